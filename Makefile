@@ -1,0 +1,48 @@
+# TQ build targets. `make test` is what CI runs (through .ci/run).
+GO        ?= go
+GOFLAGS   ?=
+TESTFLAGS ?=
+PKGS      := ./...
+BENCHTIME ?= 3x
+FUZZTIME  ?= 30s
+
+.PHONY: all build test testrace testnocgo lint bench demo fuzz clean tidy
+
+all: build
+
+build:
+	$(GO) build $(PKGS)
+	$(GO) build -o bin/tq ./cmd/tq
+
+# test: lint, the full suite with the race detector and invariant checks,
+# and a pure-Go (no cgo) build and test run.
+test: lint testrace testnocgo
+
+testrace:
+	$(GO) test -race -tags invariants -count=1 -timeout 8m $(TESTFLAGS) $(PKGS)
+
+testnocgo:
+	CGO_ENABLED=0 $(GO) build $(PKGS)
+	CGO_ENABLED=0 $(GO) test -short -count=1 -timeout 8m $(TESTFLAGS) ./engine/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# bench: a quick pass over every benchmark. For real numbers use
+# `go test -bench . -count 6 ./pkg | tee new.txt` and benchstat.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 20m $(PKGS)
+
+demo:
+	$(GO) run ./cmd/tq demo
+
+fuzz:
+	@echo "no fuzz targets yet"
+
+tidy:
+	$(GO) mod tidy
+
+clean:
+	rm -rf bin

@@ -1,0 +1,151 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Field pairs a name with a column, for building a [Batch].
+type Field struct {
+	Name string
+	Col  *Column
+}
+
+// Batch is an ordered set of named columns over the same rows. A batch is
+// immutable once built and safe for concurrent reads; it aliases the
+// columns it was built from.
+type Batch struct {
+	names []string
+	cols  []*Column
+	index map[string]int
+	rows  int
+}
+
+// NewBatch validates and builds a batch: names non-empty and unique, no nil
+// column, every column with the same row count.
+func NewBatch(fields ...Field) (*Batch, error) {
+	b := &Batch{index: make(map[string]int, len(fields)), rows: -1}
+	for _, f := range fields {
+		if f.Name == "" {
+			return nil, fmt.Errorf("batch field with an empty name: %w", ErrInvalid)
+		}
+		if f.Col == nil {
+			return nil, fmt.Errorf("batch field %q has no column: %w", f.Name, ErrInvalid)
+		}
+		if _, dup := b.index[f.Name]; dup {
+			return nil, fmt.Errorf("batch field %q appears twice: %w", f.Name, ErrInvalid)
+		}
+		if b.rows >= 0 && f.Col.Len() != b.rows {
+			return nil, fmt.Errorf("batch field %q has %d rows, %q has %d: %w", f.Name, f.Col.Len(), b.names[0], b.rows, ErrInvalid)
+		}
+		b.rows = f.Col.Len()
+		b.index[f.Name] = len(b.names)
+		b.names = append(b.names, f.Name)
+		b.cols = append(b.cols, f.Col)
+	}
+	if b.rows < 0 {
+		b.rows = 0
+	}
+	return b, nil
+}
+
+// MustBatch is [NewBatch] that panics on error, for tests and examples.
+func MustBatch(fields ...Field) *Batch {
+	b, err := NewBatch(fields...)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Rows returns the number of rows.
+func (b *Batch) Rows() int { return b.rows }
+
+// Names returns the field names in order (a fresh slice).
+func (b *Batch) Names() []string { return slices.Clone(b.names) }
+
+// NumFields returns the number of columns.
+func (b *Batch) NumFields() int { return len(b.cols) }
+
+// Col returns the column for name, or nil.
+func (b *Batch) Col(name string) *Column {
+	if i, ok := b.index[name]; ok {
+		return b.cols[i]
+	}
+	return nil
+}
+
+// At returns the i-th field.
+func (b *Batch) At(i int) Field { return Field{b.names[i], b.cols[i]} }
+
+// Fields returns all fields in order.
+func (b *Batch) Fields() []Field {
+	out := make([]Field, len(b.cols))
+	for i := range b.cols {
+		out[i] = Field{b.names[i], b.cols[i]}
+	}
+	return out
+}
+
+// Select returns a batch with only the named fields, in the given order.
+// Unknown names are an error that lists them.
+func (b *Batch) Select(names ...string) (*Batch, error) {
+	var missing []string
+	fs := make([]Field, 0, len(names))
+	for _, n := range names {
+		c := b.Col(n)
+		if c == nil {
+			missing = append(missing, n)
+			continue
+		}
+		fs = append(fs, Field{n, c})
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("fields %q not in batch: %w", missing, ErrNotFound)
+	}
+	return NewBatch(fs...)
+}
+
+// Take returns a batch of rows[i] of every column (copied).
+func (b *Batch) Take(rows []int) (*Batch, error) {
+	fs := make([]Field, len(b.cols))
+	for i, c := range b.cols {
+		t, err := c.Take(rows)
+		if err != nil {
+			return nil, fmt.Errorf("field %q: %w", b.names[i], err)
+		}
+		fs[i] = Field{b.names[i], t}
+	}
+	return NewBatch(fs...)
+}
+
+// Slice returns rows [lo, hi) of every column, aliasing b.
+func (b *Batch) Slice(lo, hi int) (*Batch, error) {
+	fs := make([]Field, len(b.cols))
+	for i, c := range b.cols {
+		s, err := c.Slice(lo, hi)
+		if err != nil {
+			return nil, err
+		}
+		fs[i] = Field{b.names[i], s}
+	}
+	return NewBatch(fs...)
+}
+
+// Clone returns a deep copy of b.
+func (b *Batch) Clone() *Batch {
+	fs := make([]Field, len(b.cols))
+	for i, c := range b.cols {
+		fs[i] = Field{b.names[i], c.Clone()}
+	}
+	return MustBatch(fs...)
+}
+
+// Size returns the total payload bytes.
+func (b *Batch) Size() int {
+	n := 0
+	for _, c := range b.cols {
+		n += c.Size()
+	}
+	return n
+}

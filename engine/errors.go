@@ -1,0 +1,66 @@
+package engine
+
+import (
+	"errors"
+	"strings"
+)
+
+// Sentinel errors. Callers branch on these with [errors.Is]; the text of a
+// wrapped error names what was wrong (the key, the field, the partition) and
+// is meant for people, never for matching.
+var (
+	// ErrInvalid reports a malformed request: a non-positive batch size,
+	// duplicate keys, a tag count that does not match the key count, a
+	// negative rank, rows out of range.
+	ErrInvalid = errors.New("engine: invalid argument")
+	// ErrNotFound reports unknown keys, fields, partitions or tasks.
+	ErrNotFound = errors.New("engine: not found")
+	// ErrDTypeMismatch reports a write whose dtype differs from the dtype the
+	// field already has.
+	ErrDTypeMismatch = errors.New("engine: dtype mismatch")
+	// ErrNotReady reports a read of cells that have not been produced yet.
+	ErrNotReady = errors.New("engine: not ready")
+	// ErrCapacity reports a storage unit that cannot fit a write before its
+	// deadline.
+	ErrCapacity = errors.New("engine: capacity exceeded")
+	// ErrClosed reports a call on a closed object.
+	ErrClosed = errors.New("engine: closed")
+	// ErrNotSupported reports a capability this build or machine lacks.
+	ErrNotSupported = errors.New("engine: not supported")
+	// ErrLost reports cells whose storage unit is gone.
+	ErrLost = errors.New("engine: data lost")
+	// ErrCorrupt reports a checkpoint or frame that fails validation.
+	ErrCorrupt = errors.New("engine: corrupt data")
+)
+
+// OpError is the one error type returned at component boundaries (controller
+// calls, storage units, transports). It records the operation and where it
+// failed, and unwraps to the cause so [errors.Is] finds the sentinel.
+type OpError struct {
+	Op        string // "fetch", "put", "read", …
+	Transport string // "shm", "tcp", "local"; empty for pure metadata ops
+	Peer      string // partition, unit id or address; empty when not relevant
+	Err       error
+}
+
+func (e *OpError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Op)
+	if e.Transport != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Transport)
+	}
+	if e.Peer != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Peer)
+	}
+	b.WriteString(": ")
+	if e.Err != nil {
+		b.WriteString(e.Err.Error())
+	} else {
+		b.WriteString("<nil>")
+	}
+	return b.String()
+}
+
+func (e *OpError) Unwrap() error { return e.Err }

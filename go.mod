@@ -1,0 +1,3 @@
+module github.com/tqgo/tq
+
+go 1.26.8
