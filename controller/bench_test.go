@@ -1,0 +1,167 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// replacementSampler samples the first BatchSize ready rows without
+// consuming them, so every iteration of a benchmark sees the same partition.
+type replacementSampler struct{}
+
+func (replacementSampler) Sample(req engine.SampleRequest) ([]uint64, []uint64, error) {
+	out := make([]uint64, 0, req.BatchSize)
+	req.Ready.Ascend(func(i uint64) bool {
+		out = append(out, i)
+		return len(out) < req.BatchSize
+	})
+	return out, nil, nil
+}
+
+// fill builds a partition of rows produced for fields, committed in
+// batches of 4096, with one key per row when keyed.
+func fill(b *testing.B, c *Controller, partition string, rows int, keyed bool, fields ...string) {
+	b.Helper()
+	const chunk = 4096
+	for done := 0; done < rows; done += chunk {
+		n := min(chunk, rows-done)
+		var m *engine.BatchMeta
+		var err error
+		if keyed {
+			keys := make([]string, n)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", done+i)
+			}
+			m, err = c.ResolveKeys(partition, keys, nil, true)
+		} else {
+			m, err = c.Insert(partition, n, fields)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		req := CommitRequest{Partition: partition, Indexes: m.Indexes}
+		for _, f := range fields {
+			locs := make([]engine.CellLoc, n)
+			for i := range locs {
+				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Offset: uint64(i) * 64, Len: 64}}
+			}
+			req.Fields = append(req.Fields, CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{16}, Locs: locs})
+		}
+		if _, err := c.Commit(req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+var partitionSizes = []struct {
+	name string
+	rows int
+}{{"10k", 10_000}, {"100k", 100_000}, {"1M", 1_000_000}}
+
+// BenchmarkFetch fetches 1024 rows from partitions of growing size. The
+// cost must not grow with the partition: a fetch is O(batch).
+func BenchmarkFetch(b *testing.B) {
+	for _, size := range partitionSizes {
+		b.Run("rows="+size.name, func(b *testing.B) {
+			c, _ := New(Config{Sampler: replacementSampler{}})
+			defer c.Close()
+			fill(b, c, "p", size.rows, false, "prompt", "response")
+			req := FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt", "response"}, BatchSize: 1024}
+			ctx := context.Background()
+			if _, err := c.Fetch(ctx, req); err != nil { // builds the ready view once
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				m, err := c.Fetch(ctx, req)
+				if err != nil || m.Len() != 1024 {
+					b.Fatalf("fetch: %d rows, %v", m.Len(), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFetchConsume fetches and consumes 1024 rows at a time with the
+// sequential sampler; the partition is refilled (untimed) when it runs dry.
+func BenchmarkFetchConsume(b *testing.B) {
+	for _, size := range partitionSizes {
+		b.Run("rows="+size.name, func(b *testing.B) {
+			c, _ := New(DefaultConfig())
+			defer c.Close()
+			fill(b, c, "p", size.rows, false, "prompt")
+			req := FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt"}, BatchSize: 1024}
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				m, err := c.Fetch(ctx, req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if m.Len() == 0 {
+					b.StopTimer()
+					c.ResetConsumption("p", "train")
+					b.StartTimer()
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkResolveKeys resolves 1024 existing keys in partitions of
+// growing size.
+func BenchmarkResolveKeys(b *testing.B) {
+	for _, size := range partitionSizes {
+		b.Run("rows="+size.name, func(b *testing.B) {
+			c, _ := New(DefaultConfig())
+			defer c.Close()
+			fill(b, c, "p", size.rows, true, "x")
+			keys := make([]string, 1024)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", (i*7919)%size.rows)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.ResolveKeys("p", keys, nil, false); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMemoryPerCell reports the controller's heap per produced cell
+// for 100k rows × 9 fields (the reference's "small" layout), without keys
+// and with a key and a tag per row.
+func BenchmarkMemoryPerCell(b *testing.B) {
+	fields := []string{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"}
+	const rows = 100_000
+	for _, keyed := range []bool{false, true} {
+		b.Run(fmt.Sprintf("keyed=%v", keyed), func(b *testing.B) {
+			for b.Loop() {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				c, _ := New(DefaultConfig())
+				fill(b, c, "p", rows, keyed, fields...)
+				if keyed {
+					ff, _ := c.ForceFetch("p", []string{})
+					tags := make([]engine.Tags, ff.Len())
+					for i := range tags {
+						tags[i] = engine.Tags{"step": i}
+					}
+					c.SetTags("p", ff.Indexes, tags)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(rows*len(fields)), "bytes/cell")
+				runtime.KeepAlive(c)
+				c.Close()
+			}
+		})
+	}
+}

@@ -1,0 +1,183 @@
+package controller
+
+import (
+	"fmt"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// CommitField reports the cells of one field that a storage unit has
+// committed for the rows of a [CommitRequest].
+type CommitField struct {
+	Name  string
+	DType engine.DType
+	// Kind is Dense (every row has Shape), Ragged (row i has Shapes[i]) or
+	// Opaque (byte strings; no shape).
+	Kind   engine.Kind
+	Shape  engine.Shape
+	Shapes []engine.Shape
+	// Locs says where each row's bytes live; nil records the cells as
+	// produced without a location (metadata-only use).
+	Locs []engine.CellLoc
+}
+
+// CommitRequest flips the production bits of cells whose bytes are
+// complete in storage.
+type CommitRequest struct {
+	Partition string
+	Indexes   []uint64
+	Fields    []CommitField
+}
+
+// validateCommit checks everything a commit could trip over before any
+// state changes, so a rejected commit leaves the partition untouched.
+func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
+	n := len(req.Indexes)
+	rows := make([]*row, n)
+	seen := make(map[uint64]struct{}, n)
+	var missing []uint64
+	for i, gi := range req.Indexes {
+		if _, dup := seen[gi]; dup {
+			return nil, fmt.Errorf("row %d appears twice in the commit: %w", gi, engine.ErrInvalid)
+		}
+		seen[gi] = struct{}{}
+		r, ok := p.rows[gi]
+		if !ok {
+			missing = append(missing, gi)
+			continue
+		}
+		rows[i] = r
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("rows %v are not in partition %q: %w", missing, p.id, engine.ErrNotFound)
+	}
+	names := make(map[string]struct{}, len(req.Fields))
+	for _, cf := range req.Fields {
+		if cf.Name == "" {
+			return nil, fmt.Errorf("commit of a field with an empty name: %w", engine.ErrInvalid)
+		}
+		if _, dup := names[cf.Name]; dup {
+			return nil, fmt.Errorf("field %q appears twice in the commit: %w", cf.Name, engine.ErrInvalid)
+		}
+		names[cf.Name] = struct{}{}
+		if !cf.DType.Valid() {
+			return nil, fmt.Errorf("field %q has dtype %v: %w", cf.Name, cf.DType, engine.ErrInvalid)
+		}
+		switch cf.Kind {
+		case engine.Opaque:
+			if cf.DType != engine.Bytes {
+				return nil, fmt.Errorf("opaque field %q has dtype %v, want bytes: %w", cf.Name, cf.DType, engine.ErrInvalid)
+			}
+		case engine.Dense:
+			if cf.DType == engine.Bytes {
+				return nil, fmt.Errorf("dense field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
+			}
+			if err := cf.Shape.Validate(); err != nil {
+				return nil, fmt.Errorf("field %q: %w", cf.Name, err)
+			}
+		case engine.Ragged:
+			if cf.DType == engine.Bytes {
+				return nil, fmt.Errorf("ragged field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
+			}
+			if len(cf.Shapes) != n {
+				return nil, fmt.Errorf("ragged field %q has %d shapes for %d rows: %w", cf.Name, len(cf.Shapes), n, engine.ErrInvalid)
+			}
+			for _, s := range cf.Shapes {
+				if err := s.Validate(); err != nil {
+					return nil, fmt.Errorf("field %q: %w", cf.Name, err)
+				}
+			}
+		default:
+			return nil, fmt.Errorf("field %q has kind %v: %w", cf.Name, cf.Kind, engine.ErrInvalid)
+		}
+		if cf.Locs != nil && len(cf.Locs) != n {
+			return nil, fmt.Errorf("field %q has %d locations for %d rows: %w", cf.Name, len(cf.Locs), n, engine.ErrInvalid)
+		}
+		if f, ok := p.fields[cf.Name]; ok && f.dtype != engine.InvalidDType && f.dtype != cf.DType {
+			// Overwriting every produced row of the field with a new dtype
+			// would be legal in principle; we keep the reference's rule that
+			// a field has one dtype for its lifetime in the partition.
+			return nil, fmt.Errorf("field %q of partition %q is %v, commit has %v: %w",
+				cf.Name, p.id, f.dtype, cf.DType, engine.ErrDTypeMismatch)
+		}
+	}
+	return rows, nil
+}
+
+// applyCommit records validated cells and returns the locations of the
+// cells they replaced (their storage can be freed).
+func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLoc {
+	var replaced []engine.CellLoc
+	for _, cf := range req.Fields {
+		f, ok := p.fields[cf.Name]
+		if !ok {
+			f = &field{name: cf.Name, slot: len(p.order)}
+			p.fields[cf.Name] = f
+			p.order = append(p.order, f)
+		}
+		for i, r := range rows {
+			if r.has(f.slot) {
+				replaced = append(replaced, r.cells[f.slot].loc())
+				p.forgetCell(f, r.index)
+			}
+			for len(r.cells) <= f.slot {
+				r.cells = append(r.cells, cell{})
+			}
+			var loc engine.CellLoc
+			if cf.Locs != nil {
+				loc = cf.Locs[i]
+			}
+			r.cells[f.slot] = cellAt(loc)
+			var s engine.Shape
+			switch cf.Kind {
+			case engine.Dense:
+				s = cf.Shape
+			case engine.Ragged:
+				s = cf.Shapes[i]
+			}
+			p.recordCell(f, r.index, cf.DType, cf.Kind == engine.Opaque, s)
+		}
+	}
+	for _, r := range rows {
+		if !r.active {
+			r.active = true
+			p.reserved.Delete(r.index)
+		}
+		p.refreshRow(r)
+	}
+	p.notify()
+	return replaced
+}
+
+// recordCell updates f's schema tracking for a newly produced cell.
+func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool, s engine.Shape) {
+	if f.produced == 0 {
+		f.dtype = dt
+		if opaque {
+			f.kind = engine.Opaque
+		} else {
+			f.kind, f.shape, f.counts = engine.Dense, s.Clone(), map[string]int{}
+		}
+	}
+	f.produced++
+	if f.kind == engine.Opaque {
+		return
+	}
+	if f.kind == engine.Dense && !s.Equal(f.shape) {
+		// Promote: every produced row so far had f.shape.
+		f.shapes = make(map[uint64]engine.Shape, f.produced)
+		for _, r := range p.rows {
+			if r.index != gi && r.has(f.slot) {
+				f.shapes[r.index] = f.shape
+			}
+		}
+		f.kind, f.shape = engine.Ragged, nil
+	}
+	if f.kind == engine.Ragged {
+		f.shapes[gi] = s.Clone()
+	}
+	f.counts[shapeKey(s)]++
+	if f.kind == engine.Ragged && len(f.counts) == 1 {
+		f.kind, f.shape, f.shapes = engine.Dense, s.Clone(), nil
+	}
+}

@@ -1,0 +1,847 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tqgo/tq/controller/sampler"
+	"github.com/tqgo/tq/engine"
+)
+
+// Config configures a [Controller].
+type Config struct {
+	// PreAlloc is the number of row indexes reserved when a partition is
+	// created, so consumers can see "not everything consumed yet" before
+	// producers write (the reference's TQ_PRE_ALLOC_SAMPLE_NUM).
+	PreAlloc int
+	// Sampler chooses the rows of each fetch. Nil means sequential.
+	Sampler engine.Sampler
+}
+
+// DefaultConfig returns the defaults: no pre-allocation, sequential
+// sampling.
+func DefaultConfig() Config { return Config{Sampler: sampler.NewSequential()} }
+
+// Validate reports a bad configuration.
+func (c Config) Validate() error {
+	if c.PreAlloc < 0 {
+		return fmt.Errorf("pre-allocation of %d rows: %w", c.PreAlloc, engine.ErrInvalid)
+	}
+	return nil
+}
+
+// Controller is TQ's metadata service: partitions, the global row index
+// allocator, production and consumption per cell and task, keys, tags and
+// samplers. It never touches column bytes.
+//
+// A Controller is safe for concurrent use. Each partition has its own lock,
+// so requests on different partitions do not serialize.
+type Controller struct {
+	cfg     Config
+	sampler engine.Sampler
+	idx     *indexAllocator
+
+	mu    sync.RWMutex
+	parts map[string]*partition
+	// created is closed and replaced when a partition is created, waking
+	// fetches that wait for a partition that does not exist yet.
+	created chan struct{}
+
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// New returns a controller with no partitions.
+func New(cfg Config) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := cfg.Sampler
+	if s == nil {
+		s = sampler.NewSequential()
+	}
+	return &Controller{
+		cfg:     cfg,
+		sampler: s,
+		idx:     newIndexAllocator(),
+		parts:   make(map[string]*partition),
+		created: make(chan struct{}),
+		done:    make(chan struct{}),
+	}, nil
+}
+
+// Close wakes every blocked fetch with [engine.ErrClosed]. Later calls that
+// wait return ErrClosed; Close is idempotent.
+func (c *Controller) Close() error {
+	c.closeOnce.Do(func() { close(c.done) })
+	return nil
+}
+
+func (c *Controller) get(id string) *partition {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.parts[id]
+}
+
+// lock returns the partition locked, or nil if it does not exist. The
+// caller unlocks it.
+func (c *Controller) lock(id string) *partition {
+	for {
+		p := c.get(id)
+		if p == nil {
+			return nil
+		}
+		p.mu.Lock()
+		if !p.dropped {
+			return p
+		}
+		p.mu.Unlock() // cleared while we waited: look again
+	}
+}
+
+// lockOrCreate returns the partition locked, creating it (with its
+// pre-allocated rows) if needed.
+func (c *Controller) lockOrCreate(id string) (*partition, error) {
+	if id == "" {
+		return nil, fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
+	}
+	if p := c.lock(id); p != nil {
+		return p, nil
+	}
+	c.mu.Lock()
+	p, ok := c.parts[id]
+	if !ok {
+		p = newPartition(id)
+		if c.cfg.PreAlloc > 0 {
+			idx, err := c.idx.alloc(c.cfg.PreAlloc)
+			if err != nil {
+				c.mu.Unlock()
+				return nil, err
+			}
+			p.addRows(idx, false)
+		}
+		c.parts[id] = p
+		close(c.created)
+		c.created = make(chan struct{})
+	}
+	c.mu.Unlock()
+	p.mu.Lock()
+	if p.dropped {
+		p.mu.Unlock()
+		return c.lockOrCreate(id)
+	}
+	return p, nil
+}
+
+// CreatePartition creates an empty partition; it reports false if the
+// partition already existed.
+func (c *Controller) CreatePartition(id string) (bool, error) {
+	if c.get(id) != nil {
+		return false, nil
+	}
+	p, err := c.lockOrCreate(id)
+	if err != nil {
+		return false, err
+	}
+	p.mu.Unlock()
+	return true, nil
+}
+
+// Partitions lists partition ids in sorted order.
+func (c *Controller) Partitions() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]string, 0, len(c.parts))
+	for id := range c.parts {
+		out = append(out, id)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// allocRows makes n active rows in p: pre-allocated rows first (lowest
+// index first), then new indexes. p is locked.
+func (c *Controller) allocRows(p *partition, n int) ([]*row, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
+	}
+	rows := p.takeReserved(n)
+	if len(rows) < n {
+		idx, err := c.idx.alloc(n - len(rows))
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, p.addRows(idx, true)...)
+	}
+	return rows, nil
+}
+
+// Insert allocates n new rows in a partition (created if needed) and
+// returns their meta: the named fields with placeholder schemas for fields
+// not produced yet, no row ready.
+func (c *Controller) Insert(partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	if n <= 0 {
+		return nil, opErr("insert", partition, fmt.Errorf("batch size %d: must be positive: %w", n, engine.ErrInvalid))
+	}
+	p, err := c.lockOrCreate(partition)
+	if err != nil {
+		return nil, opErr("insert", partition, err)
+	}
+	defer p.mu.Unlock()
+	rows, err := c.allocRows(p, n)
+	if err != nil {
+		return nil, opErr("insert", partition, err)
+	}
+	m := p.meta(rows, fields)
+	for _, f := range fields {
+		if _, ok := m.Schema[f]; !ok {
+			m.Schema[f] = engine.FieldSchema{}
+		}
+	}
+	return m, nil
+}
+
+// FetchRequest asks for a batch of rows that are produced for every named
+// field and not yet consumed by the task.
+type FetchRequest struct {
+	Partition string
+	Task      string
+	Fields    []string
+	BatchSize int
+	Options   engine.SamplingOptions
+	// Wait blocks until enough rows are ready (or the sampler has a cached
+	// answer), the context ends or the controller closes. Without Wait the
+	// fetch returns an empty meta at once when data is insufficient.
+	Wait bool
+}
+
+// Fetch returns a batch chosen by the sampler and marks the sampler's
+// consumed rows consumed for the task. Every returned row is ready.
+//
+// Errors: [engine.ErrInvalid] for a missing task or field list or a
+// non-positive batch size; the sampler's errors; with Wait, the context's
+// error or [engine.ErrClosed].
+func (c *Controller) Fetch(ctx context.Context, req FetchRequest) (*engine.BatchMeta, error) {
+	switch {
+	case req.Task == "":
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs a task name: %w", engine.ErrInvalid))
+	case len(req.Fields) == 0:
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs at least one field: %w", engine.ErrInvalid))
+	case req.BatchSize <= 0:
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("batch size %d: must be positive: %w", req.BatchSize, engine.ErrInvalid))
+	case req.Partition == "":
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("empty partition id: %w", engine.ErrInvalid))
+	}
+	for {
+		var wake <-chan struct{}
+		p := c.lock(req.Partition)
+		if p == nil {
+			c.mu.RLock()
+			wake = c.created
+			c.mu.RUnlock()
+			// The partition may have been created between lock and RLock.
+			if c.get(req.Partition) != nil {
+				continue
+			}
+		} else {
+			m, err := c.tryFetch(p, &req)
+			wake = p.changed
+			p.mu.Unlock()
+			if err != nil {
+				return nil, opErr("fetch", req.Partition, err)
+			}
+			if m != nil {
+				return m, nil
+			}
+		}
+		if !req.Wait {
+			return &engine.BatchMeta{}, nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, opErr("fetch", req.Partition, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, ctx.Err()))
+		case <-c.done:
+			return nil, opErr("fetch", req.Partition, engine.ErrClosed)
+		}
+	}
+}
+
+// tryFetch runs the sampler if enough rows are ready; nil meta means "not
+// yet". p is locked.
+func (c *Controller) tryFetch(p *partition, req *FetchRequest) (*engine.BatchMeta, error) {
+	v, ok := p.view(req.Task, req.Fields)
+	var ready engine.ReadySet = engine.ReadySlice(nil)
+	if ok {
+		ready = v
+	}
+	if ready.Len() < req.BatchSize {
+		cs, caching := c.sampler.(engine.CachingSampler)
+		if !caching || !cs.Cached(p.id, req.Task, req.Options) {
+			return nil, nil
+		}
+	}
+	sampled, consumed, err := c.sampler.Sample(engine.SampleRequest{
+		Partition: p.id,
+		Task:      req.Task,
+		BatchSize: req.BatchSize,
+		Ready:     ready,
+		Options:   req.Options,
+		Tags: func(i uint64) engine.Tags {
+			if r, ok := p.rows[i]; ok {
+				return r.tags
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sampler: %w", err)
+	}
+	if len(sampled) == 0 {
+		return nil, nil
+	}
+	rows := make([]*row, len(sampled))
+	for i, gi := range sampled {
+		r, ok := p.rows[gi]
+		if !ok {
+			return nil, fmt.Errorf("sampler returned row %d, which is not in partition %q: %w", gi, p.id, engine.ErrInvalid)
+		}
+		rows[i] = r
+	}
+	p.markConsumed(p.taskSlot(req.Task), consumed)
+	return p.meta(rows, req.Fields), nil
+}
+
+// ForceFetch returns every row of the partition (pre-allocated ones
+// included) in index order, regardless of production and consumption, and
+// marks nothing consumed. With no fields it covers every produced field.
+// Ready is set per row when all named fields are produced.
+func (c *Controller) ForceFetch(partition string, fields []string) (*engine.BatchMeta, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("force fetch", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	if fields == nil {
+		fields = p.fieldNames()
+	}
+	return p.meta(p.sortedRows(), fields), nil
+}
+
+// RowsMeta returns the meta of the given rows over the named fields (every
+// produced field when fields is nil). Unknown rows are an error naming them.
+func (c *Controller) RowsMeta(partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("rows meta", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	rows, err := p.lookup(indexes)
+	if err != nil {
+		return nil, opErr("rows meta", partition, err)
+	}
+	if fields == nil {
+		fields = p.fieldNames()
+	}
+	return p.meta(rows, fields), nil
+}
+
+func (p *partition) lookup(indexes []uint64) ([]*row, error) {
+	rows := make([]*row, len(indexes))
+	var missing []uint64
+	for i, gi := range indexes {
+		r, ok := p.rows[gi]
+		if !ok {
+			missing = append(missing, gi)
+			continue
+		}
+		rows[i] = r
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("rows %v are not in partition %q: %w", missing, p.id, engine.ErrNotFound)
+	}
+	return rows, nil
+}
+
+// Commit records cells whose bytes are complete in storage: production
+// bits flip, field schemas update, blocked fetches wake. It returns the
+// locations of cells the commit replaced, whose storage the caller frees.
+// A commit that fails validation (unknown rows, dtype conflict, malformed
+// shapes) changes nothing.
+func (c *Controller) Commit(req CommitRequest) ([]engine.CellLoc, error) {
+	p := c.lock(req.Partition)
+	if p == nil {
+		return nil, opErr("commit", req.Partition, errUnknownPartition(req.Partition))
+	}
+	defer p.mu.Unlock()
+	rows, err := p.validateCommit(&req)
+	if err != nil {
+		return nil, opErr("commit", req.Partition, err)
+	}
+	return p.applyCommit(&req, rows), nil
+}
+
+// ResolveKeys maps keys to rows, in key order. With create, missing keys
+// get new rows (and the partition is created if needed); without it,
+// unknown keys are an error wrapping [engine.ErrNotFound] that names them.
+// With fields nil the meta covers the fields every key has produced (the
+// intersection); otherwise the named fields, each of which must be known to
+// the partition.
+func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, create bool) (*engine.BatchMeta, error) {
+	if err := checkKeys(keys); err != nil {
+		return nil, opErr("resolve keys", pid, err)
+	}
+	var p *partition
+	if create {
+		var err error
+		if p, err = c.lockOrCreate(pid); err != nil {
+			return nil, opErr("resolve keys", pid, err)
+		}
+	} else if p = c.lock(pid); p == nil {
+		return nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
+	}
+	defer p.mu.Unlock()
+	rows := make([]*row, len(keys))
+	var missing []string
+	var newAt []int
+	for i, k := range keys {
+		if r, ok := p.keys[k]; ok {
+			rows[i] = r
+		} else if create {
+			newAt = append(newAt, i)
+		} else {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, opErr("resolve keys", pid, fmt.Errorf("keys %q not in partition %q: %w", missing, pid, engine.ErrNotFound))
+	}
+	if fields != nil {
+		var unknown []string
+		for _, f := range fields {
+			if pf, ok := p.fields[f]; !ok || pf.produced == 0 {
+				unknown = append(unknown, f)
+			}
+		}
+		if len(unknown) > 0 {
+			return nil, opErr("resolve keys", pid, fmt.Errorf("fields %q not in partition %q: %w", unknown, pid, engine.ErrNotFound))
+		}
+	}
+	if len(newAt) > 0 {
+		nr, err := c.allocRows(p, len(newAt))
+		if err != nil {
+			return nil, opErr("resolve keys", pid, err)
+		}
+		for j, i := range newAt {
+			r := nr[j]
+			p.keySeq++
+			r.key, r.seq = keys[i], p.keySeq
+			p.keys[r.key] = r
+			rows[i] = r
+		}
+	}
+	if fields == nil {
+		fields = p.commonFields(rows)
+	}
+	return p.meta(rows, fields), nil
+}
+
+// commonFields returns the fields every row has produced, sorted.
+func (p *partition) commonFields(rows []*row) []string {
+	var out []string
+	for _, f := range p.order {
+		if f.produced == 0 {
+			continue
+		}
+		all := len(rows) > 0
+		for _, r := range rows {
+			if !r.has(f.slot) {
+				all = false
+				break
+			}
+		}
+		if all {
+			out = append(out, f.name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func checkKeys(keys []string) error {
+	if len(keys) == 0 {
+		return fmt.Errorf("empty key list: %w", engine.ErrInvalid)
+	}
+	seen := make(map[string]struct{}, len(keys))
+	var dups []string
+	for _, k := range keys {
+		if k == "" {
+			return fmt.Errorf("empty key: %w", engine.ErrInvalid)
+		}
+		if _, ok := seen[k]; ok {
+			dups = append(dups, k)
+		}
+		seen[k] = struct{}{}
+	}
+	if len(dups) > 0 {
+		return fmt.Errorf("duplicate keys %q: %w", dups, engine.ErrInvalid)
+	}
+	return nil
+}
+
+// KeysOf returns the key of each row ("" for rows without a key or not in
+// the partition). An empty index list is an error.
+func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error) {
+	if len(indexes) == 0 {
+		return nil, opErr("keys of", partition, fmt.Errorf("empty index list: %w", engine.ErrInvalid))
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("keys of", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	out := make([]string, len(indexes))
+	for i, gi := range indexes {
+		if r, ok := p.rows[gi]; ok {
+			out[i] = r.key
+		}
+	}
+	return out, nil
+}
+
+// SetTags merges tags[i] into the tags of row indexes[i]: keys present in
+// tags[i] are set, others are kept.
+func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.Tags) error {
+	if len(indexes) != len(tags) {
+		return opErr("set tags", partition, fmt.Errorf("%d tag maps for %d rows: %w", len(tags), len(indexes), engine.ErrInvalid))
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return opErr("set tags", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	rows, err := p.lookup(indexes)
+	if err != nil {
+		return opErr("set tags", partition, err)
+	}
+	for i, r := range rows {
+		if len(tags[i]) > 0 {
+			r.tags = r.tags.Merge(tags[i])
+		}
+	}
+	return nil
+}
+
+// KeyInfo is one key of a partition with its row and tags.
+type KeyInfo struct {
+	Key   string
+	Index uint64
+	Tags  engine.Tags
+}
+
+// ListKeys returns each partition's keys, in the order they were created,
+// with their tags: one partition, or all when partition is "". An unknown
+// partition gives an empty map.
+func (c *Controller) ListKeys(partition string) map[string][]KeyInfo {
+	ids := []string{partition}
+	if partition == "" {
+		ids = c.Partitions()
+	}
+	out := make(map[string][]KeyInfo, len(ids))
+	for _, id := range ids {
+		p := c.lock(id)
+		if p == nil {
+			continue
+		}
+		list := make([]KeyInfo, 0, len(p.keys))
+		seqs := make([]uint64, 0, len(p.keys))
+		for _, r := range p.keys {
+			list = append(list, KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
+			seqs = append(seqs, r.seq)
+		}
+		p.mu.Unlock()
+		sort.Sort(bySeq{list, seqs})
+		out[id] = list
+	}
+	return out
+}
+
+type bySeq struct {
+	l []KeyInfo
+	s []uint64
+}
+
+func (b bySeq) Len() int           { return len(b.l) }
+func (b bySeq) Less(i, j int) bool { return b.s[i] < b.s[j] }
+func (b bySeq) Swap(i, j int) {
+	b.l[i], b.l[j] = b.l[j], b.l[i]
+	b.s[i], b.s[j] = b.s[j], b.s[i]
+}
+
+// ProductionStatus is, for every row of a partition (pre-allocated rows
+// included) in index order, whether each named field is produced.
+type ProductionStatus struct {
+	Indexes  []uint64
+	Fields   []string
+	Produced [][]bool // [row][field]
+}
+
+// ProductionStatus reports production per row and field. Unknown fields
+// are an error naming them.
+func (c *Controller) ProductionStatus(partition string, fields []string) (ProductionStatus, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return ProductionStatus{}, opErr("production status", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	var unknown []string
+	for _, f := range fields {
+		if _, ok := p.fields[f]; !ok {
+			unknown = append(unknown, f)
+		}
+	}
+	if len(unknown) > 0 {
+		return ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %q: %w", unknown, engine.ErrNotFound))
+	}
+	rows := p.sortedRows()
+	st := ProductionStatus{Indexes: make([]uint64, len(rows)), Fields: slices.Clone(fields), Produced: make([][]bool, len(rows))}
+	for i, r := range rows {
+		st.Indexes[i] = r.index
+		st.Produced[i] = make([]bool, len(fields))
+		for j, f := range fields {
+			st.Produced[i][j] = r.has(p.fields[f].slot)
+		}
+	}
+	return st, nil
+}
+
+// ConsumptionStatus is, for every row of a partition (pre-allocated rows
+// included) in index order, whether a task has consumed it.
+type ConsumptionStatus struct {
+	Indexes  []uint64
+	Consumed []bool
+}
+
+// ConsumptionStatus reports a task's consumption per row. A task that has
+// never fetched has consumed nothing.
+func (c *Controller) ConsumptionStatus(partition, task string) (ConsumptionStatus, error) {
+	if task == "" {
+		return ConsumptionStatus{}, opErr("consumption status", partition, fmt.Errorf("empty task name: %w", engine.ErrInvalid))
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	t, known := p.tasks[task]
+	rows := p.sortedRows()
+	st := ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
+	for i, r := range rows {
+		st.Indexes[i] = r.index
+		st.Consumed[i] = known && r.isConsumed(t)
+	}
+	return st, nil
+}
+
+// CheckProduction reports whether the partition has rows and every row
+// (pre-allocated included) has produced every named field. An unknown
+// partition or field gives false.
+func (c *Controller) CheckProduction(partition string, fields []string) bool {
+	st, err := c.ProductionStatus(partition, fields)
+	if err != nil || len(st.Indexes) == 0 {
+		return false
+	}
+	for _, r := range st.Produced {
+		if slices.Contains(r, false) {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckConsumption reports whether the partition has rows and the task has
+// consumed all of them (pre-allocated rows included).
+func (c *Controller) CheckConsumption(partition, task string) bool {
+	st, err := c.ConsumptionStatus(partition, task)
+	if err != nil || len(st.Indexes) == 0 {
+		return false
+	}
+	return !slices.Contains(st.Consumed, false)
+}
+
+// ResetConsumption makes a task's consumed rows fetchable again; with task
+// "" it resets every task.
+func (c *Controller) ResetConsumption(partition, task string) error {
+	p := c.lock(partition)
+	if p == nil {
+		return opErr("reset consumption", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	if task == "" {
+		p.resetConsumption(-1)
+	} else if t, ok := p.tasks[task]; ok {
+		p.resetConsumption(t)
+	}
+	p.notify()
+	return nil
+}
+
+// ClearRows removes rows from a partition and releases their indexes for
+// reuse. Unknown rows and partitions are ignored (clears are idempotent).
+// It returns the locations of the cleared cells, whose storage the caller
+// frees.
+func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.CellLoc, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, nil
+	}
+	var freed []engine.CellLoc
+	var released []uint64
+	for _, gi := range indexes {
+		r, ok := p.rows[gi]
+		if !ok {
+			continue
+		}
+		freed = p.removeRow(r, freed)
+		released = append(released, gi)
+	}
+	if len(released) > 0 {
+		p.notify()
+	}
+	p.mu.Unlock()
+	c.idx.release(released)
+	return freed, nil
+}
+
+// ClearKeys removes the rows of the given keys; unknown keys are ignored.
+func (c *Controller) ClearKeys(partition string, keys []string) ([]engine.CellLoc, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, nil
+	}
+	var idx []uint64
+	for _, k := range keys {
+		if r, ok := p.keys[k]; ok {
+			idx = append(idx, r.index)
+		}
+	}
+	p.mu.Unlock()
+	return c.ClearRows(partition, idx)
+}
+
+// ClearPartition drops a partition with all its rows, releases its indexes
+// and clears the sampler's cache for it. Clearing an unknown partition does
+// nothing.
+func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) {
+	c.mu.Lock()
+	p, ok := c.parts[partition]
+	if ok {
+		delete(c.parts, partition)
+	}
+	c.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	p.mu.Lock()
+	var freed []engine.CellLoc
+	rows := p.sortedRows()
+	released := make([]uint64, 0, len(rows))
+	for _, r := range rows {
+		freed = p.removeRow(r, freed)
+		released = append(released, r.index)
+	}
+	p.dropped = true
+	p.notify()
+	p.mu.Unlock()
+	c.idx.release(released)
+	if cs, ok := c.sampler.(engine.CachingSampler); ok {
+		cs.ClearCache(partition)
+	}
+	return freed, nil
+}
+
+// FieldStats describes one field of a partition.
+type FieldStats struct {
+	Name     string
+	DType    engine.DType
+	Kind     engine.Kind
+	Shape    engine.Shape // dense fields
+	Produced int
+}
+
+// TaskStats is one task's progress in a partition.
+type TaskStats struct {
+	Task     string
+	Consumed int
+	Progress float64 // consumed / rows
+}
+
+// PartitionStats summarizes a partition.
+type PartitionStats struct {
+	Partition   string
+	Created     time.Time
+	Rows        int // active rows
+	Reserved    int // pre-allocated rows not yet written
+	Keys        int
+	Produced    int     // rows with at least one produced field
+	Progress    float64 // produced / (rows + reserved)
+	Fields      []FieldStats
+	Tasks       []TaskStats
+	IndexesUse  int // global: indexes allocated across all partitions
+	IndexesFree int // global: released indexes waiting for reuse
+}
+
+// Stats summarizes one partition.
+func (c *Controller) Stats(partition string) (PartitionStats, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
+	}
+	st := PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys)}
+	st.Rows = len(p.rows) - st.Reserved
+	consumed := make([]int, len(p.taskName))
+	for _, r := range p.rows {
+		for _, cl := range r.cells {
+			if cl.produced() {
+				st.Produced++
+				break
+			}
+		}
+		for t := range consumed {
+			if r.isConsumed(t) {
+				consumed[t]++
+			}
+		}
+	}
+	total := len(p.rows)
+	if total > 0 {
+		st.Progress = float64(st.Produced) / float64(total)
+	}
+	for _, f := range p.order {
+		st.Fields = append(st.Fields, FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
+	}
+	sort.Slice(st.Fields, func(i, j int) bool { return st.Fields[i].Name < st.Fields[j].Name })
+	for t, name := range p.taskName {
+		ts := TaskStats{Task: name, Consumed: consumed[t]}
+		if total > 0 {
+			ts.Progress = float64(consumed[t]) / float64(total)
+		}
+		st.Tasks = append(st.Tasks, ts)
+	}
+	p.mu.Unlock()
+	st.IndexesUse, st.IndexesFree = c.idx.stats()
+	return st, nil
+}
+
+func opErr(op, partition string, err error) error {
+	var oe *engine.OpError
+	if errors.As(err, &oe) {
+		return err
+	}
+	return &engine.OpError{Op: op, Peer: partition, Err: err}
+}

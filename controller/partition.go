@@ -1,0 +1,466 @@
+package controller
+
+// Partition state. Every row of a partition is a *row in p.rows, keyed by
+// its global index; a row's cells are indexed by field slot. Readiness for
+// fetches is kept incrementally in ready views, one per (task, field set)
+// that has been fetched, so a fetch costs O(batch), not O(partition):
+//
+//	rows      map index → row{key, tags, cells[slot], consumed bitset, active}
+//	fields    map name → field{slot, dtype, kind, shape | per-row shapes}
+//	tasks     map name → slot in every row's consumed bitset
+//	views     map (task, fields) → ordered set of ready, unconsumed rows
+//
+// A partition is not safe for concurrent use; the controller guards it with
+// the partition's mutex.
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/btree"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// producedBit marks a produced cell in cell.unit; the low bits hold the
+// storage unit id.
+const producedBit = 1 << 31
+
+// cell is one (row, field) slot: 24 bytes.
+type cell struct {
+	off  uint64
+	len  uint64
+	seg  uint32
+	unit uint32 // producedBit | unit id
+}
+
+func (c cell) produced() bool { return c.unit&producedBit != 0 }
+
+func (c cell) loc() engine.CellLoc {
+	if !c.produced() {
+		return engine.CellLoc{}
+	}
+	return engine.CellLoc{Unit: engine.UnitID(c.unit &^ producedBit), Addr: engine.RemoteAddr{Segment: c.seg, Offset: c.off, Len: c.len}}
+}
+
+func cellAt(l engine.CellLoc) cell {
+	return cell{off: l.Addr.Offset, len: l.Addr.Len, seg: l.Addr.Segment, unit: uint32(l.Unit) | producedBit}
+}
+
+type row struct {
+	index    uint64
+	seq      uint64 // creation order of the key, for listing
+	key      string
+	tags     engine.Tags
+	cells    []cell   // by field slot; shorter than the field count when later fields were never written
+	consumed []uint64 // bitset by task slot
+	active   bool     // false while the row is only pre-allocated
+}
+
+func (r *row) has(slot int) bool { return slot < len(r.cells) && r.cells[slot].produced() }
+
+func (r *row) isConsumed(t int) bool {
+	w := t / 64
+	return w < len(r.consumed) && r.consumed[w]&(1<<(t%64)) != 0
+}
+
+func (r *row) setConsumed(t int, v bool) {
+	w := t / 64
+	for len(r.consumed) <= w {
+		r.consumed = append(r.consumed, 0)
+	}
+	if v {
+		r.consumed[w] |= 1 << (t % 64)
+	} else {
+		r.consumed[w] &^= 1 << (t % 64)
+	}
+}
+
+// field tracks a field's schema over the partition's produced cells:
+// the first dtype wins; a shape change makes the field ragged, and it turns
+// dense again when the remaining rows agree.
+type field struct {
+	name     string
+	slot     int
+	dtype    engine.DType
+	kind     engine.Kind             // Dense, Ragged or Opaque
+	shape    engine.Shape            // Dense: the shape every produced row has
+	shapes   map[uint64]engine.Shape // Ragged: per-row shapes
+	counts   map[string]int          // produced rows per distinct shape (not for opaque)
+	produced int
+}
+
+func shapeKey(s engine.Shape) string { return s.String() }
+
+type viewKey struct {
+	task   string
+	fields string // sorted field names joined by \x00
+}
+
+// readyView is the ordered set of rows that are active, produced for every
+// field in slots and not consumed by task.
+type readyView struct {
+	task  int
+	slots []int
+	set   *btree.BTreeG[uint64]
+}
+
+func (v *readyView) Len() int { return v.set.Len() }
+
+func (v *readyView) Ascend(fn func(uint64) bool) { v.set.Ascend(fn) }
+
+type partition struct {
+	mu       sync.Mutex
+	id       string
+	created  time.Time
+	rows     map[uint64]*row
+	reserved *btree.BTreeG[uint64] // pre-allocated rows not yet active
+	fields   map[string]*field
+	order    []*field // by slot
+	keys     map[string]*row
+	keySeq   uint64
+	tasks    map[string]int
+	taskName []string
+	views    map[viewKey]*readyView
+	// changed is closed and replaced whenever rows become ready, are reset
+	// or cleared, waking blocked fetches.
+	changed chan struct{}
+	dropped bool // removed from the controller; waiters must look again
+}
+
+func newPartition(id string) *partition {
+	return &partition{
+		id:       id,
+		created:  time.Now(),
+		rows:     make(map[uint64]*row),
+		reserved: btree.NewOrderedG[uint64](32),
+		fields:   make(map[string]*field),
+		keys:     make(map[string]*row),
+		tasks:    make(map[string]int),
+		views:    make(map[viewKey]*readyView),
+		changed:  make(chan struct{}),
+	}
+}
+
+func (p *partition) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// addRows registers freshly allocated indexes; reserved rows are
+// pre-allocated and not active.
+func (p *partition) addRows(idx []uint64, active bool) []*row {
+	out := make([]*row, len(idx))
+	for i, gi := range idx {
+		r := &row{index: gi, active: active}
+		p.rows[gi] = r
+		if !active {
+			p.reserved.ReplaceOrInsert(gi)
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// takeReserved activates up to n of the lowest reserved rows.
+func (p *partition) takeReserved(n int) []*row {
+	var out []*row
+	for len(out) < n {
+		gi, ok := p.reserved.DeleteMin()
+		if !ok {
+			break
+		}
+		r := p.rows[gi]
+		r.active = true
+		out = append(out, r)
+	}
+	return out
+}
+
+func (p *partition) taskSlot(name string) int {
+	if t, ok := p.tasks[name]; ok {
+		return t
+	}
+	t := len(p.taskName)
+	p.tasks[name] = t
+	p.taskName = append(p.taskName, name)
+	return t
+}
+
+func (p *partition) fieldSlots(names []string) ([]int, bool) {
+	slots := make([]int, len(names))
+	for i, n := range names {
+		f, ok := p.fields[n]
+		if !ok {
+			return nil, false
+		}
+		slots[i] = f.slot
+	}
+	return slots, true
+}
+
+func (p *partition) rowReady(r *row, slots []int) bool {
+	if !r.active {
+		return false
+	}
+	for _, s := range slots {
+		if !r.has(s) {
+			return false
+		}
+	}
+	return true
+}
+
+// view returns the ready view for (task, fields), building it on first use
+// with one pass over the partition. ok is false when a field is unknown (no
+// row can be ready).
+func (p *partition) view(task string, fields []string) (*readyView, bool) {
+	sorted := slices.Clone(fields)
+	sort.Strings(sorted)
+	sorted = slices.Compact(sorted)
+	k := viewKey{task, strings.Join(sorted, "\x00")}
+	if v, ok := p.views[k]; ok {
+		return v, true
+	}
+	slots, ok := p.fieldSlots(sorted)
+	if !ok {
+		return nil, false
+	}
+	v := &readyView{task: p.taskSlot(task), slots: slots, set: btree.NewOrderedG[uint64](32)}
+	for gi, r := range p.rows {
+		if p.rowReady(r, slots) && !r.isConsumed(v.task) {
+			v.set.ReplaceOrInsert(gi)
+		}
+	}
+	p.views[k] = v
+	return v, true
+}
+
+// refreshRow re-evaluates r in every view after its cells or consumption
+// changed.
+func (p *partition) refreshRow(r *row) {
+	for _, v := range p.views {
+		if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
+			v.set.ReplaceOrInsert(r.index)
+		} else {
+			v.set.Delete(r.index)
+		}
+	}
+}
+
+func (p *partition) markConsumed(task int, idx []uint64) {
+	for _, gi := range idx {
+		r, ok := p.rows[gi]
+		if !ok {
+			continue
+		}
+		r.setConsumed(task, true)
+		for _, v := range p.views {
+			if v.task == task {
+				v.set.Delete(gi)
+			}
+		}
+	}
+}
+
+// resetConsumption clears one task's consumption (all tasks when task < 0)
+// and rebuilds the affected views.
+func (p *partition) resetConsumption(task int) {
+	for _, r := range p.rows {
+		if task < 0 {
+			r.consumed = r.consumed[:0]
+		} else {
+			r.setConsumed(task, false)
+		}
+	}
+	for _, v := range p.views {
+		if task >= 0 && v.task != task {
+			continue
+		}
+		for _, r := range p.rows {
+			if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
+				v.set.ReplaceOrInsert(r.index)
+			}
+		}
+	}
+}
+
+// removeRow drops a row and everything attached to it, returning the
+// locations of its stored cells.
+func (p *partition) removeRow(r *row, freed []engine.CellLoc) []engine.CellLoc {
+	for slot, c := range r.cells {
+		if !c.produced() {
+			continue
+		}
+		freed = append(freed, c.loc())
+		p.forgetCell(p.order[slot], r.index)
+	}
+	if r.key != "" {
+		delete(p.keys, r.key)
+	}
+	if !r.active {
+		p.reserved.Delete(r.index)
+	}
+	for _, v := range p.views {
+		v.set.Delete(r.index)
+	}
+	delete(p.rows, r.index)
+	return freed
+}
+
+// forgetCell updates a field's schema tracking when a produced cell of row
+// gi goes away (cleared or about to be overwritten).
+func (p *partition) forgetCell(f *field, gi uint64) {
+	f.produced--
+	if f.kind == engine.Opaque {
+		if f.produced == 0 {
+			f.dtype = engine.InvalidDType
+		}
+		return
+	}
+	var s engine.Shape
+	if f.kind == engine.Ragged {
+		s = f.shapes[gi]
+		delete(f.shapes, gi)
+	} else {
+		s = f.shape
+	}
+	k := shapeKey(s)
+	if f.counts[k]--; f.counts[k] == 0 {
+		delete(f.counts, k)
+	}
+	switch {
+	case f.produced == 0:
+		// No rows left: the field keeps its slot but forgets dtype and shape.
+		f.dtype, f.kind, f.shape, f.shapes = engine.InvalidDType, engine.InvalidKind, nil, nil
+	case f.kind == engine.Ragged && len(f.counts) == 1:
+		for _, sh := range f.shapes {
+			f.shape = sh
+			break
+		}
+		f.kind, f.shapes = engine.Dense, nil
+	}
+}
+
+// schemaFor returns the schema of field f over rows, dense when every
+// produced row in the batch has the same shape.
+func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
+	s := engine.FieldSchema{DType: f.dtype, Kind: f.kind}
+	switch f.kind {
+	case engine.Dense:
+		s.Shape = f.shape.Clone()
+	case engine.Ragged:
+		shapes := make([]engine.Shape, len(rows))
+		var first engine.Shape
+		uniform, seen := true, false
+		for i, r := range rows {
+			if !r.has(f.slot) {
+				continue
+			}
+			sh := f.shapes[r.index]
+			shapes[i] = sh.Clone()
+			if !seen {
+				first, seen = sh, true
+			} else if !sh.Equal(first) {
+				uniform = false
+			}
+		}
+		if seen && uniform {
+			return engine.FieldSchema{DType: f.dtype, Kind: engine.Dense, Shape: first.Clone()}
+		}
+		s.Shapes = shapes
+	case engine.InvalidKind:
+		// Registered but nothing produced: a placeholder.
+	}
+	return s
+}
+
+// meta builds a BatchMeta for rows over the named fields. Unknown fields
+// get no schema and make every row not ready.
+func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
+	n := len(rows)
+	m := &engine.BatchMeta{
+		Indexes:    make([]uint64, n),
+		Partitions: make([]string, n),
+		Ready:      make([]bool, n),
+		Tags:       make([]engine.Tags, n),
+		Schema:     make(map[string]engine.FieldSchema, len(names)),
+		Cells:      make(map[string][]engine.CellLoc, len(names)),
+	}
+	var fs []*field
+	allKnown := true
+	for _, name := range names {
+		f, ok := p.fields[name]
+		if !ok {
+			allKnown = false
+			continue
+		}
+		fs = append(fs, f)
+	}
+	hasKey := false
+	for i, r := range rows {
+		m.Indexes[i] = r.index
+		m.Partitions[i] = p.id
+		m.Tags[i] = r.tags.Clone() // nil for rows without tags: no allocation
+		hasKey = hasKey || r.key != ""
+		ready := allKnown && r.active
+		for _, f := range fs {
+			ready = ready && r.has(f.slot)
+		}
+		m.Ready[i] = ready
+	}
+	if hasKey {
+		m.Keys = make([]string, n)
+		for i, r := range rows {
+			m.Keys[i] = r.key
+		}
+	}
+	for _, f := range fs {
+		m.Schema[f.name] = p.schemaFor(f, rows)
+		locs := make([]engine.CellLoc, n)
+		for i, r := range rows {
+			if f.slot < len(r.cells) {
+				locs[i] = r.cells[f.slot].loc()
+			}
+		}
+		m.Cells[f.name] = locs
+	}
+	return m
+}
+
+// sortedRows returns every row (active and reserved) in index order.
+func (p *partition) sortedRows() []*row {
+	out := make([]*row, 0, len(p.rows))
+	for _, r := range p.rows {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b *row) int {
+		switch {
+		case a.index < b.index:
+			return -1
+		case a.index > b.index:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+func (p *partition) fieldNames() []string {
+	out := make([]string, 0, len(p.fields))
+	for n, f := range p.fields {
+		if f.produced > 0 {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func errUnknownPartition(id string) error {
+	return fmt.Errorf("partition %q: %w", id, engine.ErrNotFound)
+}

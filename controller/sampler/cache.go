@@ -1,0 +1,241 @@
+package sampler
+
+// The caching samplers keep their answers in a cache keyed first by
+// partition (so ClearCache drops a partition in O(1)) and then by a
+// sampler-specific key. Stored values are never modified after they are
+// added; callers copy them before handing them out.
+//
+// A sampler computes a fresh answer without holding the cache lock (walking
+// the ready set and reading tags can take a while) and then stores it with
+// add, which keeps the first answer stored for a key. Two peers that race on
+// the same key therefore both return the winner's answer.
+//
+// Saved state is a JSON document:
+//
+//	{"version": 1, "sampler": "rank_aware", "entries": [
+//	  {"partition": "p", "task": "t", "dp_rank": 0, "batch_index": 0, "rows": [0, 1, 2]}]}
+//
+// GRPO adds "n"; SeqlenBalanced adds "n" and "dp_size" and stores "parts"
+// (one ascending row list per DP rank) per (partition, task, batch_index).
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// stateVersion is the version of the JSON state documents.
+const stateVersion = 1
+
+// cache maps partition → key → value. It is safe for concurrent use.
+type cache[K comparable, V any] struct {
+	mu sync.Mutex
+	m  map[string]map[K]V
+}
+
+func (c *cache[K, V]) get(partition string, k K) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[partition][k]
+	return v, ok
+}
+
+func (c *cache[K, V]) has(partition string, k K) bool {
+	_, ok := c.get(partition, k)
+	return ok
+}
+
+// add stores v under (partition, k) unless a value is already there, and
+// returns the value now stored.
+func (c *cache[K, V]) add(partition string, k K, v V) V {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.m[partition][k]; ok {
+		return old
+	}
+	if c.m == nil {
+		c.m = make(map[string]map[K]V)
+	}
+	p := c.m[partition]
+	if p == nil {
+		p = make(map[K]V)
+		c.m[partition] = p
+	}
+	p[k] = v
+	return v
+}
+
+func (c *cache[K, V]) clear(partition string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, partition)
+}
+
+// each calls fn for every entry while holding the lock.
+func (c *cache[K, V]) each(fn func(partition string, k K, v V)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p, m := range c.m {
+		for k, v := range m {
+			fn(p, k, v)
+		}
+	}
+}
+
+// replace swaps in a whole new map.
+func (c *cache[K, V]) replace(m map[string]map[K]V) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = m
+}
+
+// rankKey identifies one batch of one data-replica group.
+type rankKey struct {
+	task  string
+	rank  int
+	batch int
+}
+
+// rowsEntry is one cached answer of GRPO or RankAware in saved state.
+type rowsEntry struct {
+	Partition  string   `json:"partition"`
+	Task       string   `json:"task"`
+	DPRank     int      `json:"dp_rank"`
+	BatchIndex int      `json:"batch_index"`
+	Rows       []uint64 `json:"rows"`
+}
+
+// rowsState is the saved state of GRPO and RankAware.
+type rowsState struct {
+	Version int         `json:"version"`
+	Sampler string      `json:"sampler"`
+	N       int         `json:"n,omitempty"`
+	Entries []rowsEntry `json:"entries"`
+}
+
+// saveRows encodes a rank cache.
+func saveRows(kind string, n int, c *cache[rankKey, []uint64]) ([]byte, error) {
+	st := rowsState{Version: stateVersion, Sampler: kind, N: n, Entries: []rowsEntry{}}
+	c.each(func(p string, k rankKey, rows []uint64) {
+		st.Entries = append(st.Entries, rowsEntry{
+			Partition: p, Task: k.task, DPRank: k.rank, BatchIndex: k.batch, Rows: rows,
+		})
+	})
+	slices.SortFunc(st.Entries, func(a, b rowsEntry) int {
+		return cmp.Or(
+			cmp.Compare(a.Partition, b.Partition),
+			cmp.Compare(a.Task, b.Task),
+			cmp.Compare(a.DPRank, b.DPRank),
+			cmp.Compare(a.BatchIndex, b.BatchIndex),
+		)
+	})
+	return marshalState(kind, st)
+}
+
+func marshalState(kind string, st any) ([]byte, error) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("%s: save state: %w", kind, err)
+	}
+	return b, nil
+}
+
+// loadRows decodes and validates a rank cache document. It returns the new
+// map without touching any sampler.
+func loadRows(kind string, n int, data []byte) (map[string]map[rankKey][]uint64, error) {
+	var st rowsState
+	if err := decodeState(kind, data, &st); err != nil {
+		return nil, err
+	}
+	if st.N != n {
+		return nil, corrupt(kind, "state has n %d, sampler has %d", st.N, n)
+	}
+	m := make(map[string]map[rankKey][]uint64)
+	for i, e := range st.Entries {
+		if e.DPRank < 0 {
+			return nil, corrupt(kind, "entry %d: negative dp_rank %d", i, e.DPRank)
+		}
+		if err := checkRows(kind, i, e.Rows); err != nil {
+			return nil, err
+		}
+		if n > 0 && len(e.Rows)%n != 0 {
+			return nil, corrupt(kind, "entry %d: %d rows is not whole groups of %d", i, len(e.Rows), n)
+		}
+		p := m[e.Partition]
+		if p == nil {
+			p = make(map[rankKey][]uint64)
+			m[e.Partition] = p
+		}
+		k := rankKey{task: e.Task, rank: e.DPRank, batch: e.BatchIndex}
+		if _, dup := p[k]; dup {
+			return nil, corrupt(kind, "entry %d: duplicate key", i)
+		}
+		p[k] = e.Rows
+	}
+	return m, nil
+}
+
+// decodeState checks the version and sampler kind, then decodes data into v
+// strictly (unknown fields are corrupt).
+func decodeState(kind string, data []byte, v any) error {
+	var head struct {
+		Version int    `json:"version"`
+		Sampler string `json:"sampler"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return fmt.Errorf("%s: load state: %w: %w", kind, engine.ErrCorrupt, err)
+	}
+	if head.Version != stateVersion {
+		return corrupt(kind, "state version %d, want %d", head.Version, stateVersion)
+	}
+	if head.Sampler != kind {
+		return corrupt(kind, "state is for sampler %q", head.Sampler)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: load state: %w: %w", kind, engine.ErrCorrupt, err)
+	}
+	return nil
+}
+
+// checkRows reports a row list of saved entry i that is empty or not
+// strictly ascending; the samplers never cache such lists.
+func checkRows(kind string, entry int, rows []uint64) error {
+	if len(rows) == 0 {
+		return corrupt(kind, "entry %d: no rows", entry)
+	}
+	for j := 1; j < len(rows); j++ {
+		if rows[j] <= rows[j-1] {
+			return corrupt(kind, "entry %d: rows not ascending at %d", entry, j)
+		}
+	}
+	return nil
+}
+
+func corrupt(kind, format string, args ...any) error {
+	return fmt.Errorf("%s: load state: %s: %w", kind, fmt.Sprintf(format, args...), engine.ErrCorrupt)
+}
+
+// invalid wraps [engine.ErrInvalid] with the sampler's name and a reason.
+func invalid(kind, format string, args ...any) error {
+	return fmt.Errorf("%s: %s: %w", kind, fmt.Sprintf(format, args...), engine.ErrInvalid)
+}
+
+// pair returns two independent copies of rows that share one allocation, so
+// that sampled and consumed never alias. It returns nil, nil for no rows.
+func pair(rows []uint64) (sampled, consumed []uint64) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	n := len(rows)
+	buf := make([]uint64, 2*n)
+	copy(buf, rows)
+	copy(buf[n:], rows)
+	return buf[:n:n], buf[n:]
+}

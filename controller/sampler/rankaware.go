@@ -1,0 +1,93 @@
+package sampler
+
+import (
+	"github.com/tqgo/tq/engine"
+)
+
+var (
+	_ engine.CachingSampler  = (*RankAware)(nil)
+	_ engine.StatefulSampler = (*RankAware)(nil)
+)
+
+const rankAwareKind = "rank_aware"
+
+// RankAware gives every rank of a data-replica group the same batches, and
+// different groups disjoint ones. SamplingOptions.DPRank names the group
+// (all TP/PP/CP peers that must see identical data pass the same DPRank) and
+// BatchIndex counts the group's batches in lockstep.
+//
+// The first call for a (partition, task, DPRank, BatchIndex) takes the first
+// BatchSize ready rows, consumes them and caches them; every later call with
+// that key returns the cached rows, even when fewer rows are ready by then
+// (the peers' own call consumes them again, which is harmless). Other groups
+// see those rows consumed, so their batches are disjoint. With fewer than
+// BatchSize rows ready and nothing cached it returns no rows and caches
+// nothing. Entries stay cached until [RankAware.ClearCache].
+//
+// RankAware is safe for concurrent use.
+type RankAware struct {
+	cache cache[rankKey, []uint64]
+}
+
+// NewRankAware returns a [RankAware] sampler.
+func NewRankAware() *RankAware { return &RankAware{} }
+
+// Sample implements [engine.Sampler]. It returns an error wrapping
+// [engine.ErrInvalid] when the request has no rank
+// (SamplingOptions.HasRank is false), when DPRank or BatchSize is negative,
+// or when the ready set is not ascending.
+func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
+	opts := req.Options
+	if !opts.HasRank {
+		return nil, nil, invalid(rankAwareKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	}
+	if opts.DPRank < 0 {
+		return nil, nil, invalid(rankAwareKind, "negative dp rank %d", opts.DPRank)
+	}
+	if req.BatchSize < 0 {
+		return nil, nil, invalid(rankAwareKind, "negative batch size %d", req.BatchSize)
+	}
+	key := rankKey{task: req.Task, rank: opts.DPRank, batch: opts.BatchIndex}
+	if rows, ok := r.cache.get(req.Partition, key); ok {
+		sampled, consumed = pair(rows)
+		return sampled, consumed, nil
+	}
+	// Groups of one row are the first BatchSize ready rows.
+	rows, err := selectFirst(rankAwareKind, req.Ready, req.BatchSize)
+	if err != nil || rows == nil {
+		return nil, nil, err
+	}
+	rows = r.cache.add(req.Partition, key, rows)
+	sampled, consumed = pair(rows)
+	return sampled, consumed, nil
+}
+
+// Cached implements [engine.CachingSampler]: it reports whether opts carries
+// a rank and an answer for (partition, task, DPRank, BatchIndex) is cached.
+func (r *RankAware) Cached(partition, task string, opts engine.SamplingOptions) bool {
+	return opts.HasRank && r.cache.has(partition, rankKey{task: task, rank: opts.DPRank, batch: opts.BatchIndex})
+}
+
+// ClearCache implements [engine.CachingSampler].
+func (r *RankAware) ClearCache(partition string) { r.cache.clear(partition) }
+
+// SaveState implements [engine.StatefulSampler].
+func (r *RankAware) SaveState() ([]byte, error) { return saveRows(rankAwareKind, 0, &r.cache) }
+
+// LoadState implements [engine.StatefulSampler]. It replaces the cache only
+// when the whole document is valid; otherwise it returns an error wrapping
+// [engine.ErrCorrupt] and leaves the sampler as it was.
+func (r *RankAware) LoadState(state []byte) error {
+	m, err := loadRows(rankAwareKind, 0, state)
+	if err != nil {
+		return err
+	}
+	r.cache.replace(m)
+	return nil
+}
+
+// selectFirst returns the first batch ready rows, or nil when fewer are
+// ready. It is selectGroups with groups of one row.
+func selectFirst(kind string, ready engine.ReadySet, batch int) ([]uint64, error) {
+	return selectGroups(kind, ready, batch, 1)
+}
