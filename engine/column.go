@@ -128,7 +128,11 @@ func NewDense(dt DType, rows int, rowShape Shape, data []byte) (*Column, error) 
 		return nil, fmt.Errorf("dense %v column of %d rows of shape %v needs %d bytes, got %d: %w",
 			dt, rows, rowShape, want, len(data), ErrInvalid)
 	}
-	return &Column{kind: Dense, dtype: dt, n: rows, shape: rowShape.Clone(), data: data}, nil
+	shape := rowShape.Clone()
+	if shape == nil {
+		shape = Shape{} // a scalar row: nil would read as "not dense" (see Column.Shape)
+	}
+	return &Column{kind: Dense, dtype: dt, n: rows, shape: shape, data: data}, nil
 }
 
 // NewRagged builds a ragged column whose row i has shape shapes[i]; data
@@ -508,6 +512,11 @@ func ConcatColumns(cols ...*Column) (*Column, error) {
 	for _, c := range cols {
 		data = append(data, c.data...)
 	}
+	if sameDenseShape(cols) {
+		// Checked before the ragged path so that dense inputs with no rows
+		// stay dense (a ragged column of zero rows has no uniform shape).
+		return &Column{kind: Dense, dtype: dt, n: rows, shape: cols[0].shape.Clone(), data: data}, nil
+	}
 	if opaque {
 		offs := make([]int, 1, rows+1)
 		for _, c := range cols {
@@ -528,4 +537,14 @@ func ConcatColumns(cols ...*Column) (*Column, error) {
 		return nil, err
 	}
 	return r.Densify(), nil
+}
+
+// sameDenseShape reports whether every column is dense with one row shape.
+func sameDenseShape(cols []*Column) bool {
+	for _, c := range cols {
+		if c.kind != Dense || !c.shape.Equal(cols[0].shape) {
+			return false
+		}
+	}
+	return true
 }

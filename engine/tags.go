@@ -3,6 +3,8 @@ package engine
 import (
 	"encoding/json"
 	"maps"
+	"math"
+	"reflect"
 )
 
 // Tags is a small per-row map of JSON-like values: nil, bool, float64,
@@ -39,6 +41,50 @@ func cloneValue(v any) any {
 		return s
 	case []byte:
 		return append([]byte(nil), x...)
+	case nil, bool, string, float64, float32, int, int64, int32:
+		return v
+	}
+	// Typed slices and maps ([]string, []int64, map[string]int, …) are
+	// outside the JSON-like set but easy to put in a tag or an Extra map;
+	// copy them too so that a clone never shares memory with its source.
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Slice:
+		if rv.IsNil() {
+			return v
+		}
+		out := reflect.MakeSlice(rv.Type(), rv.Len(), rv.Len())
+		for i := range rv.Len() {
+			out.Index(i).Set(cloneReflect(rv.Index(i)))
+		}
+		return out.Interface()
+	case reflect.Map:
+		if rv.IsNil() {
+			return v
+		}
+		out := reflect.MakeMapWithSize(rv.Type(), rv.Len())
+		for it := rv.MapRange(); it.Next(); {
+			out.SetMapIndex(it.Key(), cloneReflect(it.Value()))
+		}
+		return out.Interface()
+	}
+	return v
+}
+
+// cloneReflect deep-copies a slice element or map value found through
+// reflection; the result is assignable to v's type.
+func cloneReflect(v reflect.Value) reflect.Value {
+	switch v.Kind() {
+	case reflect.Interface:
+		if v.IsNil() {
+			return v
+		}
+		return reflect.ValueOf(cloneValue(v.Interface()))
+	case reflect.Slice, reflect.Map:
+		if v.IsNil() {
+			return v
+		}
+		return reflect.ValueOf(cloneValue(v.Interface()))
 	}
 	return v
 }
@@ -61,6 +107,9 @@ func (t Tags) Equal(u Tags) bool {
 	if len(t) != len(u) {
 		return false
 	}
+	if len(t) == 0 {
+		return true // nil and empty marshal differently ("null", "{}") but hold the same tags
+	}
 	a, err1 := json.Marshal(t)
 	b, err2 := json.Marshal(u)
 	return err1 == nil && err2 == nil && string(a) == string(b)
@@ -79,7 +128,9 @@ func mapsKeys(t Tags) []string {
 	return out
 }
 
-// Int returns tag k as an int64 when it holds a number.
+// Int returns tag k as an int64 when it holds an integer: a Go integer
+// that fits in an int64, or a float with no fractional part inside the
+// int64 range (JSON decodes every number as float64).
 func (t Tags) Int(k string) (int64, bool) {
 	switch v := t[k].(type) {
 	case int:
@@ -88,13 +139,42 @@ func (t Tags) Int(k string) (int64, bool) {
 		return v, true
 	case int32:
 		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case uint:
+		return uintToInt64(uint64(v))
+	case uint64:
+		return uintToInt64(v)
+	case uint32:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint8:
+		return int64(v), true
 	case float64:
-		return int64(v), true
+		return floatToInt64(v)
 	case float32:
-		return int64(v), true
+		return floatToInt64(float64(v))
 	case json.Number:
 		i, err := v.Int64()
 		return i, err == nil
 	}
 	return 0, false
+}
+
+func uintToInt64(v uint64) (int64, bool) {
+	if v > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(v), true
+}
+
+func floatToInt64(f float64) (int64, bool) {
+	// -2^63 is exact in float64; 2^63 is the first value past the range.
+	if f != math.Trunc(f) || f < -(1<<63) || f >= 1<<63 {
+		return 0, false // fraction, NaN, ±Inf or out of range
+	}
+	return int64(f), true
 }

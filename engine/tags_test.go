@@ -1,0 +1,166 @@
+package engine
+
+import (
+	"encoding/json"
+	"math"
+	"sort"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestTagsClone(t *testing.T) {
+	orig := Tags{
+		"n":      int64(3),
+		"s":      "x",
+		"nested": map[string]any{"list": []any{1.0, map[string]any{"deep": "y"}}},
+		"tags":   Tags{"k": "v"},
+		"bytes":  []byte{1, 2},
+		"strs":   []string{"a", "b"},
+		"ints":   []int64{1, 2},
+		"typed":  map[string][]int{"a": {1}},
+		"nil":    nil,
+	}
+	want := Tags{
+		"n":      int64(3),
+		"s":      "x",
+		"nested": map[string]any{"list": []any{1.0, map[string]any{"deep": "y"}}},
+		"tags":   Tags{"k": "v"},
+		"bytes":  []byte{1, 2},
+		"strs":   []string{"a", "b"},
+		"ints":   []int64{1, 2},
+		"typed":  map[string][]int{"a": {1}},
+		"nil":    nil,
+	}
+	c := orig.Clone()
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Fatalf("clone (-want +got):\n%s", diff)
+	}
+	// Change every reachable part of the clone.
+	c["n"] = 4
+	c["nested"].(map[string]any)["list"].([]any)[1].(map[string]any)["deep"] = "changed"
+	c["nested"].(map[string]any)["list"].([]any)[0] = 2.0
+	c["tags"].(Tags)["k"] = "changed"
+	c["bytes"].([]byte)[0] = 9
+	c["strs"].([]string)[0] = "changed"
+	c["ints"].([]int64)[0] = 9
+	c["typed"].(map[string][]int)["a"][0] = 9
+	if diff := cmp.Diff(want, orig); diff != "" {
+		t.Errorf("changing the clone changed the source (-want +got):\n%s", diff)
+	}
+	if Tags(nil).Clone() != nil {
+		t.Error("Clone of nil: got non-nil")
+	}
+}
+
+func TestTagsMerge(t *testing.T) {
+	tests := []struct {
+		name string
+		t, u Tags
+		want Tags
+	}{
+		{"u wins", Tags{"a": 1, "b": 2}, Tags{"b": 3, "c": 4}, Tags{"a": 1, "b": 3, "c": 4}},
+		{"nil t", nil, Tags{"a": 1}, Tags{"a": 1}},
+		{"nil u", Tags{"a": 1}, nil, Tags{"a": 1}},
+		{"both nil", nil, nil, nil},
+		{"u sets nil", Tags{"a": 1}, Tags{"a": nil}, Tags{"a": nil}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.t.Clone()
+			got := tt.t.Merge(tt.u)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("merge (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(before, tt.t); diff != "" {
+				t.Errorf("Merge changed its receiver (-want +got):\n%s", diff)
+			}
+		})
+	}
+	t.Run("values copied", func(t *testing.T) {
+		u := Tags{"l": []any{"x"}}
+		got := Tags{}.Merge(u)
+		u["l"].([]any)[0] = "changed"
+		if got["l"].([]any)[0] != "x" {
+			t.Errorf("got %v, want the merged value unaffected", got["l"])
+		}
+	})
+}
+
+func TestTagsEqual(t *testing.T) {
+	var decoded Tags
+	if err := json.Unmarshal([]byte(`{"n": 1, "l": [1, "a"]}`), &decoded); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		a, b Tags
+		want bool
+	}{
+		{"int and float", Tags{"n": 1}, Tags{"n": 1.0}, true},
+		{"after a JSON round trip", Tags{"n": int64(1), "l": []any{1, "a"}}, decoded, true},
+		{"different values", Tags{"n": 1}, Tags{"n": 2}, false},
+		{"different keys", Tags{"n": 1}, Tags{"m": 1}, false},
+		{"different sizes", Tags{"n": 1}, Tags{"n": 1, "m": 2}, false},
+		{"nil and empty", nil, Tags{}, true},
+		{"not encodable", Tags{"f": func() {}}, Tags{"f": func() {}}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.a.Equal(tt.b); got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTagsKeys(t *testing.T) {
+	got := Tags{"b": 1, "a": 2}.Keys()
+	sort.Strings(got)
+	if diff := cmp.Diff([]string{"a", "b"}, got); diff != "" {
+		t.Errorf("keys (-want +got):\n%s", diff)
+	}
+}
+
+func TestTagsInt(t *testing.T) {
+	tests := []struct {
+		name   string
+		v      any
+		want   int64
+		wantOK bool
+	}{
+		{"int", 7, 7, true},
+		{"int64", int64(-7), -7, true},
+		{"int32", int32(7), 7, true},
+		{"int16", int16(7), 7, true},
+		{"int8", int8(-7), -7, true},
+		{"uint8", uint8(7), 7, true},
+		{"uint32", uint32(7), 7, true},
+		{"uint64", uint64(7), 7, true},
+		{"uint64 too big", uint64(math.MaxUint64), 0, false},
+		{"float64 integral", 1024.0, 1024, true},
+		{"float64 from JSON", func() any { var v any; _ = json.Unmarshal([]byte("42"), &v); return v }(), 42, true},
+		{"float32 integral", float32(-3), -3, true},
+		{"float64 fraction", 1.5, 0, false},
+		{"float64 NaN", math.NaN(), 0, false},
+		{"float64 +Inf", math.Inf(1), 0, false},
+		{"float64 too big", 1e19, 0, false},
+		{"float64 min int64", -9223372036854775808.0, math.MinInt64, true},
+		{"json.Number", json.Number("12"), 12, true},
+		{"json.Number fraction", json.Number("1.5"), 0, false},
+		{"string", "12", 0, false},
+		{"bool", true, 0, false},
+		{"nil", nil, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := Tags{"k": tt.v}.Int("k")
+			if got != tt.want || ok != tt.wantOK {
+				t.Errorf("got %d, %v, want %d, %v", got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+	if _, ok := (Tags{}).Int("missing"); ok {
+		t.Error("missing key: got ok")
+	}
+}
