@@ -1,0 +1,117 @@
+package storage
+
+// These measure the unit's bookkeeping (allocator, index, commit, leases),
+// not bytes moved: nothing is copied, so they report ns/op and allocations
+// without b.SetBytes.
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/tqgo/tq/engine"
+)
+
+func benchUnit(b *testing.B) *Unit {
+	b.Helper()
+	cfg := DefaultConfig()
+	cfg.Capacity = 64 << 20
+	cfg.SegmentSize = 16 << 20
+	u, err := NewUnit(1, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := u.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	return u
+}
+
+var benchSizes = []struct {
+	name string
+	n    int64
+}{{"64B", 64}, {"4KiB", 4 << 10}, {"1MiB", 1 << 20}}
+
+func BenchmarkReserveCommitFree(b *testing.B) {
+	for _, size := range benchSizes {
+		b.Run("size="+size.name, func(b *testing.B) {
+			u := benchUnit(b)
+			ctx := b.Context()
+			sizes := []int64{size.n}
+			cells := make([]engine.RemoteAddr, 1)
+			b.ReportAllocs()
+			for b.Loop() {
+				r, err := u.Reserve(ctx, sizes)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := r.Commit(); err != nil {
+					b.Fatal(err)
+				}
+				cells[0] = r.Addr(0)
+				if err := u.Free(cells); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkAcquireRelease(b *testing.B) {
+	for _, ranges := range []int{1, 64} {
+		b.Run(fmt.Sprintf("ranges=%d", ranges), func(b *testing.B) {
+			u := benchUnit(b)
+			sizes := make([]int64, ranges)
+			for i := range sizes {
+				sizes[i] = 4 << 10
+			}
+			r, err := u.Reserve(b.Context(), sizes)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := r.Commit(); err != nil {
+				b.Fatal(err)
+			}
+			addrs := make([]engine.RemoteAddr, ranges)
+			for i := range addrs {
+				addrs[i] = r.Addr(i)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				l, err := u.Acquire(addrs)
+				if err != nil {
+					b.Fatal(err)
+				}
+				l.Release()
+			}
+		})
+	}
+}
+
+// BenchmarkFreeCells frees an extent of 1024 rows cell by cell, in order,
+// as a partition clear does; ns/op is per extent.
+func BenchmarkFreeCells(b *testing.B) {
+	const rows, rowSize = 1024, 256
+	u := benchUnit(b)
+	ctx := b.Context()
+	sizes := []int64{rows * rowSize}
+	cells := make([]engine.RemoteAddr, rows)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := u.Reserve(ctx, sizes)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		a := r.Addr(0)
+		for i := range cells {
+			cells[i] = engine.RemoteAddr{Segment: a.Segment, Offset: a.Offset + uint64(i*rowSize), Len: rowSize}
+		}
+		if err := u.Free(cells); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,31 @@
+// Package storage is a storage unit's memory: an arena of memfd segments,
+// an extent allocator, the commit protocol of a put, capacity accounting
+// with back-pressure, and read leases.
+//
+// A put reserves one extent per column slice, fills it in place, and
+// commits it; only then can anyone read it. The controller cuts committed
+// extents into cells and frees each cell when its row is overwritten or
+// cleared. A get leases the cells' ranges and reads views of the shared
+// memory, with no copy, until it releases the lease:
+//
+//	u, err := storage.NewUnit(1, storage.DefaultConfig())
+//	if err != nil { … }
+//	defer u.Close()
+//
+//	r, err := u.Reserve(ctx, []int64{int64(len(col))}) // waits for space until ctx ends
+//	if err != nil { … }                                 // engine.ErrCapacity when full
+//	copy(r.Buf(0), col)
+//	if err := r.Commit(); err != nil { … }              // engine.ErrInvalid after a timeout: the put failed
+//	addr := r.Addr(0)                                   // engine.RemoteAddr{Segment, Offset, Len}
+//
+//	l, err := u.Acquire([]engine.RemoteAddr{addr})      // engine.ErrNotFound: the cells are lost
+//	if err != nil { … }
+//	use(l.Bytes(0))                                     // a view, valid until Release
+//	l.Release()
+//
+//	err = u.Free([]engine.RemoteAddr{addr})             // cells overwritten or cleared
+//
+// Everything here works in one process; the segments are memfds so that a
+// unit server can hand them to colocated clients by fd, and addresses are
+// plain [engine.RemoteAddr] descriptors.
+package storage

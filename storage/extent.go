@@ -1,0 +1,87 @@
+package storage
+
+// An extent is one block handed out by [Unit.Reserve]: one column slice of a
+// put. Once committed, the controller cuts it into cells (sub-ranges, one
+// per row) and frees them one by one as rows are overwritten or cleared.
+// The extent remembers which of its bytes still belong to a live cell:
+//
+//	extent  [off ........................................ off+size)  (block may be larger)
+//	cells   [ cell 0 ][ cell 1 ][cell 2][ cell 3 ]
+//	live    [ cell 0 ]          [cell 2][ cell 3 ]   after Free(cell 1)
+//
+// live is a sorted list of disjoint spans. Freeing a cell must hit bytes
+// that are all live (else it is a double free); it trims or splits a span.
+// Spans never merge again, so a lookup is a binary search.
+//
+// refs counts who holds the extent: 1 for the cells while any live byte is
+// left, plus 1 per lease entry. At 0 the block goes back to the allocator.
+
+type extentState uint8
+
+const (
+	extentReserved extentState = iota + 1
+	extentCommitted
+)
+
+type extent struct {
+	seg     *segment
+	blk     block
+	off     int64 // == blk.off
+	size    int64 // bytes asked for; cells live in [off, off+size)
+	state   extentState
+	refs    int
+	live    []span
+	liveOne [1]span // backing store of live until the first split
+}
+
+// commit makes all of the extent's bytes one live range held by the cells.
+func (e *extent) commit() {
+	e.state = extentCommitted
+	e.refs = 1
+	e.liveOne[0] = span{e.off, e.off + e.size}
+	e.live = e.liveOne[:1:1]
+}
+
+// liveSpan returns the index of the live span holding all of [lo, hi), or
+// -1. hi > lo.
+func (e *extent) liveSpan(lo, hi int64) int {
+	// The first span that ends at or after hi is the only candidate.
+	i, j := 0, len(e.live)
+	for i < j {
+		h := int(uint(i+j) >> 1)
+		if e.live[h].end < hi {
+			i = h + 1
+		} else {
+			j = h
+		}
+	}
+	if i < len(e.live) && e.live[i].off <= lo {
+		return i
+	}
+	return -1
+}
+
+// kill removes [lo, hi) from live span i, which holds it, and reports
+// whether no live byte is left.
+func (e *extent) kill(i int, lo, hi int64) bool {
+	s := e.live[i]
+	switch {
+	case s.off == lo && s.end == hi:
+		e.live = append(e.live[:i], e.live[i+1:]...)
+	case s.off == lo:
+		e.live[i].off = hi
+	case s.end == hi:
+		e.live[i].end = lo
+	default:
+		e.live = append(e.live, span{})
+		copy(e.live[i+2:], e.live[i+1:])
+		e.live[i] = span{s.off, lo}
+		e.live[i+1] = span{hi, s.end}
+	}
+	return len(e.live) == 0
+}
+
+// bytes returns the extent's memory in [lo, hi), capacity clipped.
+func (e *extent) bytes(lo, hi int64) []byte {
+	return e.seg.mem[lo:hi:hi]
+}

@@ -1,0 +1,112 @@
+package storage
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/invariants"
+)
+
+// Lease pins committed ranges for reading: while it is held, freeing their
+// cells does not let the unit reuse the bytes. Bytes returns views into
+// the unit's memory (no copy), read-only by contract and valid until
+// Release. Release is safe to call from any goroutine, and more than once.
+type Lease struct {
+	u        *Unit
+	ents     []leaseEntry
+	one      [1]leaseEntry
+	released atomic.Bool
+}
+
+type leaseEntry struct {
+	e *extent // nil for a range of length 0
+	b []byte
+}
+
+// Acquire takes a read lease on addrs. Every range of nonzero length must
+// lie inside one committed extent and cover no freed cell; otherwise
+// Acquire takes nothing and returns an error wrapping [engine.ErrNotFound]
+// (the caller reports the cells as lost). Ranges of length 0 are accepted
+// and read as empty. After [Unit.Close] it returns [engine.ErrClosed].
+func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
+	l := &Lease{u: u}
+	if len(addrs) <= len(l.one) {
+		l.ents = l.one[:len(addrs)]
+	} else {
+		l.ents = make([]leaseEntry, len(addrs))
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil, u.opErr("acquire", fmt.Errorf("%d ranges: %w", len(addrs), engine.ErrClosed))
+	}
+	var e *extent
+	for i, a := range addrs {
+		if a.Len == 0 {
+			l.ents[i].b = []byte{}
+			continue
+		}
+		var lo, hi int64
+		var err error
+		e, lo, hi, err = u.lookup(a, e)
+		if err != nil {
+			return nil, u.opErr("acquire", fmt.Errorf("range %d %s: %w", i, fmtAddr(a), err))
+		}
+		if e.liveSpan(lo, hi) < 0 {
+			return nil, u.opErr("acquire", fmt.Errorf("range %d %s covers freed cells: %w", i, fmtAddr(a), engine.ErrNotFound))
+		}
+		l.ents[i] = leaseEntry{e: e, b: e.bytes(lo, hi)}
+	}
+	for _, ent := range l.ents {
+		if ent.e != nil {
+			ent.e.refs++
+		}
+	}
+	u.leases++
+	return l, nil
+}
+
+// Len returns the number of ranges.
+func (l *Lease) Len() int { return len(l.ents) }
+
+// Bytes returns range i. The slice aliases the unit's shared memory: do
+// not write to it, and do not use it after Release.
+func (l *Lease) Bytes(i int) []byte {
+	if invariants.Enabled && l.released.Load() {
+		panic("storage: Lease.Bytes after Release")
+	}
+	return l.ents[i].b
+}
+
+// Release ends the lease; extents whose cells were all freed meanwhile go
+// back to the pool. Release is idempotent and does nothing after
+// [Unit.Close].
+func (l *Lease) Release() {
+	if !l.released.CompareAndSwap(false, true) {
+		return
+	}
+	u := l.u
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return
+	}
+	released := false
+	for _, ent := range l.ents {
+		if ent.e == nil {
+			continue
+		}
+		if ent.e.refs--; ent.e.refs == 0 {
+			u.release(ent.e, true)
+			released = true
+		}
+	}
+	u.leases--
+	if released {
+		u.signal()
+	}
+	if invariants.Enabled {
+		u.checkLocked()
+	}
+}

@@ -1,0 +1,118 @@
+package storage
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+)
+
+type reservationState uint8
+
+const (
+	reservationPending reservationState = iota // being placed by Reserve
+	reservationOpen
+	reservationCommitted
+	reservationAborted
+)
+
+// Reservation is the write half of a put: extents allocated by
+// [Unit.Reserve] that nobody can read until [Reservation.Commit]. The
+// caller fills [Reservation.Buf] and then either commits or aborts; a
+// reservation that is still open after [Config.ReserveTimeout] is aborted
+// by the unit, so a writer that dies leaves no readable bytes and no leaked
+// space.
+//
+// Its methods are safe for concurrent use, but a reservation is meant to
+// be filled by one put. The unit owns the memory of [Reservation.Buf].
+type Reservation struct {
+	u       *Unit
+	exts    []*extent // nil entries for sizes of 0
+	one     [1]*extent
+	bytes   int64 // rounded bytes of exts
+	visible bool  // extents were held across an unlock while placing
+
+	// Guarded by u.mu.
+	state      reservationState
+	deadline   time.Time
+	prev, next *Reservation // open list
+}
+
+func newReservation(u *Unit, n int) *Reservation {
+	r := &Reservation{u: u}
+	if n <= len(r.one) {
+		r.exts = r.one[:n]
+	} else {
+		r.exts = make([]*extent, n)
+	}
+	return r
+}
+
+// Len returns the number of extents, one per size passed to Reserve.
+func (r *Reservation) Len() int { return len(r.exts) }
+
+// Buf returns the writable bytes of extent i, exactly as many as were
+// asked for. The slice is valid until Commit or Abort (or the reservation
+// times out); afterwards the bytes belong to the unit and a write through
+// it corrupts the store.
+func (r *Reservation) Buf(i int) []byte {
+	e := r.exts[i]
+	if e == nil {
+		return []byte{}
+	}
+	return e.bytes(e.off, e.off+e.size)
+}
+
+// Addr returns the descriptor of extent i: the address a reader passes to
+// [Unit.Acquire] and the range the cells of this extent are cut from. An
+// extent of size 0 has the zero address.
+func (r *Reservation) Addr(i int) engine.RemoteAddr {
+	e := r.exts[i]
+	if e == nil {
+		return engine.RemoteAddr{}
+	}
+	return engine.RemoteAddr{Segment: e.seg.id, Offset: uint64(e.off), Len: uint64(e.size)}
+}
+
+// Commit makes the extents readable. Each starts with one reference held
+// by its cells (see [Unit.Free]). Commit fails with an error wrapping
+// [engine.ErrInvalid] when the reservation was committed or aborted
+// already, including by the timeout; the caller must then treat the put as
+// failed. After [Unit.Close] it returns [engine.ErrClosed].
+func (r *Reservation) Commit() error {
+	u := r.u
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case r.state == reservationCommitted:
+		return u.opErr("commit", fmt.Errorf("reservation committed already: %w", engine.ErrInvalid))
+	case r.state == reservationAborted:
+		return u.opErr("commit", fmt.Errorf("reservation aborted: %w", engine.ErrInvalid))
+	case u.closed:
+		return u.opErr("commit", engine.ErrClosed)
+	case now.After(r.deadline):
+		u.abortLocked(r)
+		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
+	}
+	for _, e := range r.exts {
+		if e != nil {
+			e.commit()
+		}
+	}
+	u.unlinkOpen(r)
+	r.state = reservationCommitted
+	return nil
+}
+
+// Abort frees the extents. It is idempotent and does nothing after Commit
+// or Close.
+func (r *Reservation) Abort() {
+	u := r.u
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if r.state != reservationOpen || u.closed {
+		return
+	}
+	u.abortLocked(r)
+}

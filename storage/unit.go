@@ -1,0 +1,708 @@
+package storage
+
+// How a unit holds its memory:
+//
+//	Unit ── segs ──▶ segment 1 (memfd, 64 MiB) ── alloc: allocator of offsets
+//	     │                                      └─ index: B-tree of extents by offset
+//	     │           segment 2 …                   (cell address → extent in O(log n))
+//	     ├─ open reservations: a list in deadline order; the reaper aborts its head
+//	     └─ wake: a channel closed and replaced when space comes back
+//
+// One mutex guards all of it. Reserve tries every segment in turn; when
+// none has room it maps a new segment (outside the lock) if Capacity
+// allows, dropping empty segments that are too small for the request, and
+// otherwise waits on wake until a Free, Release or Abort returns space, its
+// context ends, or the unit closes.
+//
+// The accounting: mapped (segment bytes) ≤ Capacity, and used (extent
+// bytes at their rounded sizes: reserved, committed, or freed but still
+// leased) ≤ mapped, so the unit never over-commits.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/invariants"
+)
+
+// Unit is a storage unit's memory: an arena of memfd segments, the extents
+// allocated in it, their commit state, and the read leases on them. It is
+// safe for concurrent use.
+//
+// Memory returned by [Reservation.Buf] and [Lease.Bytes] belongs to the
+// unit; it is valid until the reservation is committed or aborted, or the
+// lease released, and never after [Unit.Close], which unmaps it.
+type Unit struct {
+	id   engine.UnitID
+	name string // "unit 7", the Peer of the unit's errors
+	cfg  Config
+
+	done       chan struct{} // closed by Close
+	kick       chan struct{} // tells the reaper the open list was empty
+	reaperDone chan struct{}
+
+	mu       sync.Mutex
+	closed   bool
+	hugetlb  bool  // new segments use hugetlb pages
+	thp      bool  // new segments get MADV_HUGEPAGE
+	segPage  int64 // segment sizes are multiples of this
+	segs     []*segment
+	byID     map[uint32]*segment
+	retired  []*segment // dropped segments, unmapped at Close
+	lastID   uint32
+	mapped   int64 // bytes of live segments
+	growing  int64 // bytes of segments being mapped outside the lock
+	used     int64
+	reserved int64
+	extents  int
+	leases   int
+	openHead *Reservation
+	openTail *Reservation
+	open     int
+	waiters  int           // Reserve calls waiting on wake
+	wake     chan struct{} // closed and replaced when space comes back
+	probe    extent        // lookup key, reused under mu
+	lateErrs []error       // teardown errors of dropped segments, for Close
+}
+
+// Stats is a snapshot of a unit's accounting.
+type Stats struct {
+	Capacity int64 // [Config.Capacity]
+	Mapped   int64 // bytes of segments mapped
+	// Used counts extents at their rounded sizes: reserved, committed, or
+	// freed but still leased.
+	Used             int64
+	Reserved         int64 // bytes of extents in open reservations
+	Segments         int
+	Extents          int
+	OpenReservations int
+	Leases           int
+	HugePages        bool  // new segments use hugetlb pages
+	PageSize         int64 // page size of new segments: 4 KiB or 2 MiB
+}
+
+// SegmentInfo describes one segment for handing it to another process.
+// Fd belongs to the unit: it stays open until the unit closes or drops the
+// segment (only an empty one, when a larger segment is needed); a receiver
+// that keeps it must dup it.
+type SegmentInfo struct {
+	ID        uint32
+	Size      int64
+	Fd        int
+	HugePages bool
+}
+
+// NewUnit validates cfg and returns a unit with no segments yet; they are
+// mapped as reservations need them. It starts the reaper goroutine that
+// [Unit.Close] stops.
+func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	u := &Unit{
+		id:         id,
+		name:       fmt.Sprintf("unit %d", id),
+		cfg:        cfg,
+		done:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		reaperDone: make(chan struct{}),
+		segPage:    pageSize,
+		byID:       map[uint32]*segment{},
+		wake:       make(chan struct{}),
+	}
+	if cfg.HugePages {
+		if cfg.Capacity >= hugePageSize && probeHugetlb() {
+			u.hugetlb, u.segPage = true, hugePageSize
+		} else {
+			u.thp = true
+		}
+	}
+	go u.reap()
+	return u, nil
+}
+
+// ID returns the unit's id.
+func (u *Unit) ID() engine.UnitID { return u.id }
+
+func (u *Unit) opErr(op string, err error) error {
+	return &engine.OpError{Op: op, Peer: u.name, Err: err}
+}
+
+// Reserve allocates one extent per entry of sizes (one per column slice of
+// a put, not one per cell) and returns them as an open [Reservation]. A
+// size of 0 gets an empty buffer and an address of length 0.
+//
+// When the unit is full, Reserve waits until frees make room, ctx ends, or
+// the unit closes. It fails with an error wrapping [engine.ErrCapacity]
+// (and the context's error) when ctx ends first, and at once when the
+// request could not fit even in an empty unit. Waiting is all or nothing:
+// space is never held while waiting. Fragmentation across segments can
+// keep a request waiting even when [Stats] shows enough free bytes. Other
+// errors: [engine.ErrInvalid] for a negative size, [engine.ErrClosed].
+func (u *Unit) Reserve(ctx context.Context, sizes []int64) (*Reservation, error) {
+	need, err := u.checkSizes(sizes)
+	if err != nil {
+		return nil, u.opErr("reserve", err)
+	}
+	r := newReservation(u, len(sizes))
+	placed := 0
+	waited := false
+	u.mu.Lock()
+	for {
+		if waited {
+			u.waiters--
+			waited = false
+		}
+		if u.closed {
+			u.mu.Unlock()
+			return nil, u.opErr("reserve", fmt.Errorf("%d extents: %w", len(sizes), engine.ErrClosed))
+		}
+		var ok bool
+		if placed, ok = u.place(r, sizes, placed); ok {
+			u.openLocked(r)
+			u.mu.Unlock()
+			return r, nil
+		}
+		if size, drops := u.planGrowth(sizes[placed]); size > 0 {
+			if placed > 0 {
+				r.visible = true // others see the space taken while we map
+			}
+			if err := u.grow(size, drops); err != nil {
+				u.rollback(r)
+				u.mu.Unlock()
+				return nil, u.opErr("reserve", fmt.Errorf("%d extents: %w", len(sizes), err))
+			}
+			continue
+		}
+		u.rollback(r)
+		placed = 0
+		if u.extents == 0 && u.growing == 0 {
+			u.mu.Unlock()
+			return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes do not fit in an empty unit: %w",
+				len(sizes), need, engine.ErrCapacity))
+		}
+		wake := u.wake
+		u.waiters++
+		waited = true
+		u.mu.Unlock()
+		select {
+		case <-wake:
+			u.mu.Lock()
+			continue
+		case <-ctx.Done():
+			err = fmt.Errorf("%d extents of %d bytes: %w: %w", len(sizes), need, engine.ErrCapacity, context.Cause(ctx))
+		case <-u.done:
+			err = fmt.Errorf("%d extents: %w", len(sizes), engine.ErrClosed)
+		}
+		u.mu.Lock()
+		u.waiters--
+		u.mu.Unlock()
+		return nil, u.opErr("reserve", err)
+	}
+}
+
+// checkSizes rejects negative sizes and requests larger than the capacity,
+// and returns the bytes the request accounts for.
+func (u *Unit) checkSizes(sizes []int64) (int64, error) {
+	var need int64
+	for i, n := range sizes {
+		switch {
+		case n < 0:
+			return 0, fmt.Errorf("extent %d has negative size %d: %w", i, n, engine.ErrInvalid)
+		case n == 0:
+			continue
+		case n > u.cfg.Capacity:
+			return 0, fmt.Errorf("extent %d of %d bytes exceeds capacity %d: %w", i, n, u.cfg.Capacity, engine.ErrCapacity)
+		}
+		if need += blockSize(n); need > u.cfg.Capacity {
+			return 0, fmt.Errorf("%d extents need more than capacity %d: %w", len(sizes), u.cfg.Capacity, engine.ErrCapacity)
+		}
+	}
+	return need, nil
+}
+
+// place allocates extents for sizes[from:], stopping at the first that
+// does not fit; it returns the index of that one, or len(sizes).
+func (u *Unit) place(r *Reservation, sizes []int64, from int) (int, bool) {
+	for i := from; i < len(sizes); i++ {
+		if sizes[i] == 0 {
+			continue
+		}
+		e := u.allocExtent(sizes[i])
+		if e == nil {
+			return i, false
+		}
+		r.exts[i] = e
+		r.bytes += e.blk.size
+	}
+	return len(sizes), true
+}
+
+// allocExtent places one extent of n > 0 bytes in the first segment with
+// room, or returns nil.
+func (u *Unit) allocExtent(n int64) *extent {
+	for _, s := range u.segs {
+		if n > s.size() {
+			continue
+		}
+		b, ok := s.alloc.alloc(n)
+		if !ok {
+			continue
+		}
+		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved}
+		s.index.ReplaceOrInsert(e)
+		s.extents++
+		u.extents++
+		u.used += b.size
+		return e
+	}
+	return nil
+}
+
+// release returns an extent's block to its segment's allocator; in
+// invariants builds it first fills the block with 0xdb so that a reader
+// holding a stale view sees poison rather than someone else's data.
+func (u *Unit) release(e *extent, poison bool) {
+	s := e.seg
+	s.index.Delete(e)
+	s.extents--
+	u.extents--
+	u.used -= e.blk.size
+	if invariants.Enabled && poison {
+		fillPoison(s.mem[e.blk.off : e.blk.off+e.blk.size])
+	}
+	s.alloc.free(e.blk)
+	e.state = 0
+}
+
+const poisonByte = 0xdb
+
+func fillPoison(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	b[0] = poisonByte
+	for n := 1; n < len(b); n *= 2 {
+		copy(b[n:], b[:n])
+	}
+}
+
+// rollback gives back the extents of a reservation that could not be
+// completed, waking waiters if others could have seen them taken.
+func (u *Unit) rollback(r *Reservation) {
+	for i, e := range r.exts {
+		if e != nil {
+			u.release(e, false)
+			r.exts[i] = nil
+		}
+	}
+	r.bytes = 0
+	if r.visible {
+		r.visible = false
+		u.signal()
+	}
+}
+
+// planGrowth returns the size of a new segment that would hold a request
+// of n bytes within Capacity, and the empty segments to drop to make room
+// (removed from the unit already); 0 when no segment can be added now.
+func (u *Unit) planGrowth(n int64) (int64, []*segment) {
+	minSize := roundUp(footprint(n), u.segPage)
+	want := max(minSize, roundUp(u.cfg.SegmentSize, u.segPage))
+	avail := u.cfg.Capacity - u.mapped - u.growing
+	if avail >= want {
+		return want, nil
+	}
+	if roundDown(avail, u.segPage) >= minSize {
+		return roundDown(avail, u.segPage), nil
+	}
+	// Every empty segment is too small for n (or n would be in it): drop
+	// as many as it takes to map one that fits.
+	var empty int64
+	for _, s := range u.segs {
+		if s.extents == 0 {
+			empty += s.size()
+		}
+	}
+	if roundDown(avail+empty, u.segPage) < minSize {
+		return 0, nil
+	}
+	var drops []*segment
+	kept := u.segs[:0]
+	for _, s := range u.segs {
+		if s.extents == 0 && roundDown(avail, u.segPage) < minSize {
+			drops = append(drops, s)
+			delete(u.byID, s.id)
+			u.mapped -= s.size()
+			avail += s.size()
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(u.segs[len(kept):])
+	u.segs = kept
+	return min(want, roundDown(avail, u.segPage)), drops
+}
+
+// grow retires drops and maps a new segment of size bytes. It is called
+// with u.mu held, releases it while it makes syscalls, and returns with it
+// held again.
+func (u *Unit) grow(size int64, drops []*segment) error {
+	u.growing += size
+	u.lastID++
+	id := u.lastID
+	opts := mapOptions{hugetlb: u.hugetlb, thp: u.thp, prefault: u.cfg.Prefault}
+	u.mu.Unlock()
+
+	var dropErr error
+	for _, s := range drops {
+		dropErr = errors.Join(dropErr, s.retire())
+	}
+	s, err := mapSegment(id, size, opts)
+	fellBack := false
+	if err != nil && opts.hugetlb {
+		// The hugetlb pool ran dry: 4 KiB pages from now on.
+		opts.hugetlb, opts.thp = false, true
+		s, err = mapSegment(id, size, opts)
+		fellBack = true
+	}
+
+	u.mu.Lock()
+	u.growing -= size
+	if u.closed {
+		// Close did not see these; unmap them here.
+		for _, d := range drops {
+			dropErr = errors.Join(dropErr, d.close())
+		}
+		if err == nil {
+			err = errors.Join(engine.ErrClosed, s.close())
+		}
+		return errors.Join(err, dropErr)
+	}
+	if dropErr != nil {
+		u.lateErrs = append(u.lateErrs, dropErr)
+	}
+	u.retired = append(u.retired, drops...)
+	if fellBack {
+		u.hugetlb, u.thp, u.segPage = false, true, pageSize
+	}
+	if err != nil {
+		u.signal() // the bytes held in growing are free again
+		return fmt.Errorf("map segment of %d bytes: %w", size, err)
+	}
+	u.segs = append(u.segs, s)
+	u.byID[id] = s
+	u.mapped += size
+	u.signal()
+	return nil
+}
+
+// signal wakes every waiting Reserve.
+func (u *Unit) signal() {
+	if u.waiters > 0 {
+		close(u.wake)
+		u.wake = make(chan struct{})
+	}
+}
+
+// openLocked starts r's clock and puts it at the tail of the open list,
+// which stays in deadline order because every reservation gets the same
+// timeout.
+func (u *Unit) openLocked(r *Reservation) {
+	r.deadline = time.Now().Add(u.cfg.ReserveTimeout)
+	r.state = reservationOpen
+	r.visible = false
+	r.prev, r.next = u.openTail, nil
+	if u.openTail != nil {
+		u.openTail.next = r
+	} else {
+		u.openHead = r
+		select {
+		case u.kick <- struct{}{}:
+		default:
+		}
+	}
+	u.openTail = r
+	u.open++
+	u.reserved += r.bytes
+	if invariants.Enabled {
+		u.checkLocked()
+	}
+}
+
+func (u *Unit) unlinkOpen(r *Reservation) {
+	if r.prev != nil {
+		r.prev.next = r.next
+	} else {
+		u.openHead = r.next
+	}
+	if r.next != nil {
+		r.next.prev = r.prev
+	} else {
+		u.openTail = r.prev
+	}
+	r.prev, r.next = nil, nil
+	u.open--
+	u.reserved -= r.bytes
+}
+
+// abortLocked frees an open reservation's extents.
+func (u *Unit) abortLocked(r *Reservation) {
+	released := false
+	for _, e := range r.exts {
+		if e != nil {
+			u.release(e, true)
+			released = true
+		}
+	}
+	u.unlinkOpen(r)
+	r.state = reservationAborted
+	if released {
+		u.signal()
+	}
+	if invariants.Enabled {
+		u.checkLocked()
+	}
+}
+
+// reap aborts reservations that outlive ReserveTimeout. It sleeps until the
+// head of the open list expires, or until kicked when the list was empty.
+func (u *Unit) reap() {
+	defer close(u.reaperDone)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		u.mu.Lock()
+		if u.closed {
+			u.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		for r := u.openHead; r != nil && !now.Before(r.deadline); r = u.openHead {
+			u.abortLocked(r)
+		}
+		var tick <-chan time.Time
+		if u.openHead != nil {
+			timer.Reset(u.openHead.deadline.Sub(now))
+			tick = timer.C
+		}
+		u.mu.Unlock()
+		select {
+		case <-u.done:
+			timer.Stop()
+			return
+		case <-u.kick:
+		case <-tick:
+		}
+		timer.Stop()
+	}
+}
+
+// Free releases cells: sub-ranges of committed extents, as handed out by
+// [Reservation.Addr] or cut from them. An extent goes back to the free pool
+// once every byte of it has been freed and no lease covers it, so the
+// cells cut from an extent must cover all of it (the rows of a column
+// slice are contiguous); freeing the extent's whole address works too.
+// Cells of length 0 are accepted and change nothing.
+//
+// Free is all or nothing: if any cell is not inside a committed extent, or
+// any of its bytes were freed already (a double free), Free changes nothing
+// and returns an error wrapping [engine.ErrNotFound]. After [Unit.Close] it
+// returns [engine.ErrClosed].
+func (u *Unit) Free(cells []engine.RemoteAddr) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return u.opErr("free", fmt.Errorf("%d cells: %w", len(cells), engine.ErrClosed))
+	}
+	ordered := true
+	var prev engine.RemoteAddr
+	var e *extent
+	for i, c := range cells {
+		if c.Len == 0 {
+			continue
+		}
+		var lo, hi int64
+		var err error
+		e, lo, hi, err = u.lookup(c, e)
+		if err != nil {
+			return u.opErr("free", fmt.Errorf("cell %d %s: %w", i, fmtAddr(c), err))
+		}
+		if e.liveSpan(lo, hi) < 0 {
+			return u.opErr("free", fmt.Errorf("cell %d %s freed already: %w", i, fmtAddr(c), engine.ErrNotFound))
+		}
+		if prev.Len != 0 && !addrBefore(prev, c) {
+			ordered = false
+		}
+		prev = c
+	}
+	if !ordered {
+		if err := checkDisjoint(cells); err != nil {
+			return u.opErr("free", err)
+		}
+	}
+	released := false
+	e = nil
+	for _, c := range cells {
+		if c.Len == 0 {
+			continue
+		}
+		var lo, hi int64
+		e, lo, hi, _ = u.lookup(c, e)
+		if e.kill(e.liveSpan(lo, hi), lo, hi) {
+			if e.refs--; e.refs == 0 {
+				u.release(e, true)
+				released = true
+			}
+		}
+	}
+	if released {
+		u.signal()
+	}
+	if invariants.Enabled {
+		u.checkLocked()
+	}
+	return nil
+}
+
+// lookup finds the committed extent holding all of a (a.Len > 0). hint,
+// if not nil, is tried first: consecutive cells of a call usually share an
+// extent.
+func (u *Unit) lookup(a engine.RemoteAddr, hint *extent) (*extent, int64, int64, error) {
+	if e := hint; e != nil && e.state == extentCommitted && e.seg.id == a.Segment &&
+		a.Offset >= uint64(e.off) && a.Len <= uint64(e.size) && a.Offset-uint64(e.off) <= uint64(e.size)-a.Len {
+		lo := int64(a.Offset)
+		return e, lo, lo + int64(a.Len), nil
+	}
+	s := u.byID[a.Segment]
+	if s == nil {
+		return nil, 0, 0, fmt.Errorf("no segment %d: %w", a.Segment, engine.ErrNotFound)
+	}
+	size := uint64(len(s.mem))
+	if a.Offset > size || a.Len > size-a.Offset {
+		return nil, 0, 0, fmt.Errorf("outside segment of %d bytes: %w", size, engine.ErrNotFound)
+	}
+	lo := int64(a.Offset)
+	hi := lo + int64(a.Len)
+	u.probe.off = lo
+	var e *extent
+	s.index.DescendLessOrEqual(&u.probe, func(x *extent) bool {
+		e = x
+		return false
+	})
+	if e == nil || hi > e.off+e.size || e.state != extentCommitted {
+		return nil, 0, 0, fmt.Errorf("not in a committed extent: %w", engine.ErrNotFound)
+	}
+	return e, lo, hi, nil
+}
+
+func fmtAddr(a engine.RemoteAddr) string {
+	return fmt.Sprintf("[segment %d offset %d len %d]", a.Segment, a.Offset, a.Len)
+}
+
+// addrBefore reports whether a ends at or before b starts, in (segment,
+// offset) order.
+func addrBefore(a, b engine.RemoteAddr) bool {
+	return a.Segment < b.Segment || a.Segment == b.Segment && a.Offset+a.Len <= b.Offset
+}
+
+// checkDisjoint reports cells of one Free call that share bytes.
+func checkDisjoint(cells []engine.RemoteAddr) error {
+	sorted := make([]engine.RemoteAddr, 0, len(cells))
+	for _, c := range cells {
+		if c.Len > 0 {
+			sorted = append(sorted, c)
+		}
+	}
+	slices.SortFunc(sorted, func(a, b engine.RemoteAddr) int {
+		return cmp.Or(cmp.Compare(a.Segment, b.Segment), cmp.Compare(a.Offset, b.Offset))
+	})
+	for i := 1; i < len(sorted); i++ {
+		if !addrBefore(sorted[i-1], sorted[i]) {
+			return fmt.Errorf("cells %s and %s overlap (freed twice): %w",
+				fmtAddr(sorted[i-1]), fmtAddr(sorted[i]), engine.ErrNotFound)
+		}
+	}
+	return nil
+}
+
+// checkLocked panics if the accounting does not add up (invariants builds).
+func (u *Unit) checkLocked() {
+	var used int64
+	extents := 0
+	for _, s := range u.segs {
+		used += s.alloc.used
+		extents += s.extents
+		if s.index.Len() != s.extents {
+			panic(fmt.Sprintf("storage: segment %d indexes %d extents, counts %d", s.id, s.index.Len(), s.extents))
+		}
+	}
+	if used != u.used || extents != u.extents || u.reserved > u.used || u.mapped+u.growing > u.cfg.Capacity {
+		panic(fmt.Sprintf("storage: accounting: used %d (segments %d), extents %d (segments %d), reserved %d, mapped %d+%d of %d",
+			u.used, used, u.extents, extents, u.reserved, u.mapped, u.growing, u.cfg.Capacity))
+	}
+}
+
+// Stats returns a snapshot of the unit's accounting.
+func (u *Unit) Stats() Stats {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return Stats{
+		Capacity:         u.cfg.Capacity,
+		Mapped:           u.mapped,
+		Used:             u.used,
+		Reserved:         u.reserved,
+		Segments:         len(u.segs),
+		Extents:          u.extents,
+		OpenReservations: u.open,
+		Leases:           u.leases,
+		HugePages:        u.hugetlb,
+		PageSize:         u.segPage,
+	}
+}
+
+// Segments describes the unit's live segments, in the order they were
+// mapped. The result is a fresh slice; see [SegmentInfo] for the fds.
+func (u *Unit) Segments() []SegmentInfo {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := make([]SegmentInfo, len(u.segs))
+	for i, s := range u.segs {
+		out[i] = SegmentInfo{ID: s.id, Size: s.size(), Fd: s.fd, HugePages: s.huge}
+	}
+	return out
+}
+
+// Close stops the reaper, waits for it, then unmaps every segment and
+// closes its memfd. Waiting Reserve calls return [engine.ErrClosed], as do
+// later calls. Slices from [Reservation.Buf] and [Lease.Bytes] must not be
+// touched after Close. Close is idempotent.
+func (u *Unit) Close() error {
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return nil
+	}
+	u.closed = true
+	close(u.done)
+	segs := append(u.segs, u.retired...)
+	errs := u.lateErrs
+	u.segs, u.retired, u.byID, u.lateErrs = nil, nil, nil, nil
+	u.mu.Unlock()
+
+	// Memory is only touched under mu by callers that saw closed == false,
+	// so nothing uses the segments any more; wait for the reaper (rule:
+	// every goroutine's owner waits for it) before tearing down.
+	<-u.reaperDone
+	for _, s := range segs {
+		errs = append(errs, s.close())
+	}
+	return errors.Join(errs...)
+}
