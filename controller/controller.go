@@ -393,17 +393,25 @@ func (c *Controller) Commit(req CommitRequest) ([]engine.CellLoc, error) {
 // intersection); otherwise the named fields, each of which must be known to
 // the partition.
 func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, create bool) (*engine.BatchMeta, error) {
+	m, _, err := c.ResolveKeysCreated(pid, keys, fields, create)
+	return m, err
+}
+
+// ResolveKeysCreated is [Controller.ResolveKeys] that also reports the
+// positions (in keys) of the keys this call created, so a caller whose
+// write then fails can remove exactly those.
+func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []string, create bool) (*engine.BatchMeta, []int, error) {
 	if err := checkKeys(keys); err != nil {
-		return nil, opErr("resolve keys", pid, err)
+		return nil, nil, opErr("resolve keys", pid, err)
 	}
 	var p *partition
 	if create {
 		var err error
 		if p, err = c.lockOrCreate(pid); err != nil {
-			return nil, opErr("resolve keys", pid, err)
+			return nil, nil, opErr("resolve keys", pid, err)
 		}
 	} else if p = c.lock(pid); p == nil {
-		return nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
+		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
 	}
 	defer p.mu.Unlock()
 	rows := make([]*row, len(keys))
@@ -419,7 +427,7 @@ func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, cre
 		}
 	}
 	if len(missing) > 0 {
-		return nil, opErr("resolve keys", pid, fmt.Errorf("keys %q not in partition %q: %w", missing, pid, engine.ErrNotFound))
+		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q not in partition %q: %w", missing, pid, engine.ErrNotFound))
 	}
 	if fields != nil {
 		var unknown []string
@@ -429,13 +437,13 @@ func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, cre
 			}
 		}
 		if len(unknown) > 0 {
-			return nil, opErr("resolve keys", pid, fmt.Errorf("fields %q not in partition %q: %w", unknown, pid, engine.ErrNotFound))
+			return nil, nil, opErr("resolve keys", pid, fmt.Errorf("fields %q not in partition %q: %w", unknown, pid, engine.ErrNotFound))
 		}
 	}
 	if len(newAt) > 0 {
 		nr, err := c.allocRows(p, len(newAt))
 		if err != nil {
-			return nil, opErr("resolve keys", pid, err)
+			return nil, nil, opErr("resolve keys", pid, err)
 		}
 		for j, i := range newAt {
 			r := nr[j]
@@ -448,7 +456,7 @@ func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, cre
 	if fields == nil {
 		fields = p.commonFields(rows)
 	}
-	return p.meta(rows, fields), nil
+	return p.meta(rows, fields), newAt, nil
 }
 
 // commonFields returns the fields every row has produced, sorted.

@@ -1,0 +1,169 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// Placement chooses the storage unit for each row of a put.
+type Placement int
+
+const (
+	// LocalFirst writes a put to a unit on the client's own host when there
+	// is one (the put's rows stay together on one unit, chosen by the
+	// lowest row index among the local units); otherwise it falls back to
+	// Hash.
+	LocalFirst Placement = iota
+	// Hash writes row i to unit i mod (number of units), units ordered by id.
+	Hash
+)
+
+func (p Placement) String() string {
+	if p == Hash {
+		return "hash"
+	}
+	return "local-first"
+}
+
+// Config configures a [Client].
+type Config struct {
+	Placement Placement
+	// Host is this client's host identity; empty means [HostID].
+	Host string
+}
+
+// DefaultConfig returns local-first placement on this host.
+func DefaultConfig() Config { return Config{Placement: LocalFirst} }
+
+// Validate reports a bad configuration.
+func (c Config) Validate() error {
+	if c.Placement != LocalFirst && c.Placement != Hash {
+		return fmt.Errorf("placement %d: %w", int(c.Placement), engine.ErrInvalid)
+	}
+	return nil
+}
+
+// Client is TQ's low-level batch API: it asks the controller where rows
+// are (or should go) and moves column bytes directly to and from storage
+// units. It is safe for concurrent use.
+type Client struct {
+	cfg   Config
+	meta  MetaService
+	units []DataUnit // sorted by id
+	byID  map[engine.UnitID]DataUnit
+	local []DataUnit
+}
+
+// New returns a client over a metadata service and the storage units it
+// may use.
+func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if meta == nil {
+		return nil, fmt.Errorf("client without a metadata service: %w", engine.ErrInvalid)
+	}
+	if len(units) == 0 {
+		return nil, fmt.Errorf("client without storage units: %w", engine.ErrInvalid)
+	}
+	if cfg.Host == "" {
+		cfg.Host = HostID()
+	}
+	c := &Client{cfg: cfg, meta: meta, byID: make(map[engine.UnitID]DataUnit, len(units))}
+	for _, u := range units {
+		if u.ID() == 0 {
+			return nil, fmt.Errorf("storage unit id 0 is reserved: %w", engine.ErrInvalid)
+		}
+		if _, dup := c.byID[u.ID()]; dup {
+			return nil, fmt.Errorf("storage unit %d given twice: %w", u.ID(), engine.ErrInvalid)
+		}
+		c.byID[u.ID()] = u
+		c.units = append(c.units, u)
+	}
+	slices.SortFunc(c.units, func(a, b DataUnit) int { return int(a.ID()) - int(b.ID()) })
+	for _, u := range c.units {
+		if u.Host() == cfg.Host {
+			c.local = append(c.local, u)
+		}
+	}
+	return c, nil
+}
+
+// Meta returns the metadata service the client talks to.
+func (c *Client) Meta() MetaService { return c.meta }
+
+// Units returns the storage units, ordered by id.
+func (c *Client) Units() []DataUnit { return slices.Clone(c.units) }
+
+// Mode selects how [Client.GetMeta] picks rows.
+type Mode int
+
+const (
+	// Fetch returns ready, unconsumed rows chosen by the sampler and marks
+	// them consumed for the task.
+	Fetch Mode = iota
+	// ForceFetch returns every row of the partition, ready or not, and
+	// marks nothing.
+	ForceFetch
+	// Insert allocates new rows.
+	Insert
+)
+
+// MetaRequest asks the controller for rows.
+type MetaRequest struct {
+	Partition string
+	Fields    []string
+	BatchSize int
+	Mode      Mode
+	Task      string
+	Options   engine.SamplingOptions
+	// Wait makes a Fetch block until enough rows are ready or ctx ends;
+	// without it a Fetch that finds too few rows returns an empty meta.
+	Wait bool
+}
+
+// GetMeta returns rows' meta in one of the three modes.
+func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMeta, error) {
+	switch req.Mode {
+	case Fetch:
+		return c.meta.Fetch(ctx, controller.FetchRequest{
+			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
+			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
+		})
+	case ForceFetch:
+		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)
+	case Insert:
+		if len(req.Fields) == 0 {
+			return nil, fmt.Errorf("insert needs the fields it will write: %w", engine.ErrInvalid)
+		}
+		return c.meta.Insert(ctx, req.Partition, req.BatchSize, req.Fields)
+	}
+	return nil, fmt.Errorf("meta mode %d: %w", int(req.Mode), engine.ErrInvalid)
+}
+
+// freeCells frees cell locations on their units, grouped by unit. Cells of
+// units the client does not know, or without a location, are skipped.
+func (c *Client) freeCells(ctx context.Context, locs []engine.CellLoc) error {
+	by := map[engine.UnitID][]engine.RemoteAddr{}
+	for _, l := range locs {
+		if l.Stored() {
+			by[l.Unit] = append(by[l.Unit], l.Addr)
+		}
+	}
+	var errs []error
+	for id, addrs := range by {
+		u, ok := c.byID[id]
+		if !ok {
+			continue
+		}
+		if err := u.Free(ctx, addrs); err != nil {
+			errs = append(errs, fmt.Errorf("free %d cells on unit %d: %w", len(addrs), id, err))
+		}
+	}
+	return errors.Join(errs...)
+}

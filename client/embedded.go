@@ -1,0 +1,80 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// EmbeddedConfig configures an in-process cluster.
+type EmbeddedConfig struct {
+	Controller controller.Config
+	Storage    storage.Config
+	Units      int // number of storage units; default 2
+	Client     Config
+}
+
+// DefaultEmbeddedConfig returns two storage units with the storage
+// package's default capacity, a sequential sampler and local-first
+// placement.
+func DefaultEmbeddedConfig() EmbeddedConfig {
+	return EmbeddedConfig{
+		Controller: controller.DefaultConfig(),
+		Storage:    storage.DefaultConfig(),
+		Units:      2,
+		Client:     DefaultConfig(),
+	}
+}
+
+// Embedded is a controller, storage units and a client in one process:
+// TQ with nothing else to run.
+type Embedded struct {
+	Controller *controller.Controller
+	Units      []*storage.Unit
+	Client     *Client
+}
+
+// NewEmbedded starts an in-process cluster. Close it when done.
+func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Units == 0 {
+		cfg.Units = 2
+	}
+	if cfg.Units < 0 {
+		return nil, fmt.Errorf("%d storage units: %w", cfg.Units, engine.ErrInvalid)
+	}
+	ctrl, err := controller.New(cfg.Controller)
+	if err != nil {
+		return nil, err
+	}
+	e := &Embedded{Controller: ctrl}
+	var dus []DataUnit
+	for i := range cfg.Units {
+		u, err := storage.NewUnit(engine.UnitID(i+1), cfg.Storage)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("start storage unit %d: %w", i+1, err)
+		}
+		e.Units = append(e.Units, u)
+		dus = append(dus, LocalUnit(u))
+	}
+	if e.Client, err = New(Local(ctrl), dus, cfg.Client); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Close stops the units and the controller.
+func (e *Embedded) Close() error {
+	var errs []error
+	for _, u := range e.Units {
+		errs = append(errs, u.Close())
+	}
+	if e.Controller != nil {
+		errs = append(errs, e.Controller.Close())
+	}
+	return errors.Join(errs...)
+}

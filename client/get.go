@@ -1,0 +1,229 @@
+package client
+
+// A get leases every cell it reads, grouped by unit. Cells of one field
+// that sit back to back in one segment (the common case: a put's column
+// slice) are leased as one range, so a field usually becomes one range:
+// a view get builds the column straight over it (no copy); a copying get
+// does one memcpy into a fresh buffer. Scattered fields are gathered.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// View is a batch whose columns may alias storage memory. The memory stays
+// valid (and unchanged, even if the rows are cleared or overwritten) until
+// Release. The caller must not write to the columns.
+type View struct {
+	*engine.Batch
+	leases []Lease
+}
+
+// Release ends the view; its columns must not be used afterwards. Release
+// is idempotent.
+func (v *View) Release() {
+	for _, l := range v.leases {
+		l.Release()
+	}
+	v.leases = nil
+}
+
+// Get reads the meta's fields for its rows into freshly allocated columns
+// the caller owns. Every row must be ready for every field.
+//
+// Errors: [engine.ErrNotReady] naming unproduced cells, [engine.ErrLost]
+// when a unit no longer holds the cells.
+func (c *Client) Get(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch, error) {
+	v, err := c.get(ctx, meta, false)
+	if err != nil {
+		return nil, err
+	}
+	v.Release()
+	return v.Batch, nil
+}
+
+// GetView reads the meta's fields as views into storage where the cells
+// allow it (no copy); release the view when done.
+func (c *Client) GetView(ctx context.Context, meta *engine.BatchMeta) (*View, error) {
+	return c.get(ctx, meta, true)
+}
+
+// run is a stretch of back-to-back cells of one field on one unit.
+type run struct {
+	unit  engine.UnitID
+	addr  engine.RemoteAddr
+	first int // first row position
+	n     int // rows in the run
+	lease int // index of the range in its unit's lease
+}
+
+func (c *Client) get(ctx context.Context, meta *engine.BatchMeta, view bool) (*View, error) {
+	v, err := c.getRuns(ctx, meta, view, true)
+	if errors.Is(err, errMergedRange) {
+		// Back-to-back cells can straddle two extents (two puts placed side
+		// by side); lease them cell by cell.
+		v, err = c.getRuns(ctx, meta, view, false)
+	}
+	return v, err
+}
+
+// errMergedRange reports that a merged lease range was refused.
+var errMergedRange = errors.New("client: merged range refused")
+
+func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, view, merge bool) (*View, error) {
+	if meta.Len() == 0 {
+		b, _ := engine.NewBatch()
+		return &View{Batch: b}, nil
+	}
+	if err := meta.Validate(); err != nil {
+		return nil, &engine.OpError{Op: "get", Err: err}
+	}
+	names := meta.FieldNames()
+	if err := checkReady(meta, names); err != nil {
+		return nil, &engine.OpError{Op: "get", Peer: meta.Partitions[0], Err: err}
+	}
+	runs := make(map[string][]run, len(names))
+	ranges := map[engine.UnitID][]engine.RemoteAddr{}
+	for _, name := range names {
+		rs := splitRuns(meta.Cells[name], merge)
+		for i := range rs {
+			rs[i].lease = len(ranges[rs[i].unit])
+			ranges[rs[i].unit] = append(ranges[rs[i].unit], rs[i].addr)
+		}
+		runs[name] = rs
+	}
+	v := &View{}
+	leases := map[engine.UnitID]Lease{}
+	for id, addrs := range ranges {
+		u, ok := c.byID[id]
+		if !ok {
+			v.Release()
+			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
+		}
+		l, err := u.Acquire(ctx, addrs)
+		if err != nil {
+			v.Release()
+			if errors.Is(err, engine.ErrNotFound) {
+				if merge {
+					return nil, errMergedRange
+				}
+				err = fmt.Errorf("%w: %w", engine.ErrLost, err)
+			}
+			return nil, &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
+		}
+		leases[id] = l
+		v.leases = append(v.leases, l)
+	}
+	fields := make([]engine.Field, 0, len(names))
+	aliased := false
+	for _, name := range names {
+		col, alias, err := buildColumn(meta, name, runs[name], leases, view)
+		if err != nil {
+			v.Release()
+			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("field %q: %w", name, err)}
+		}
+		aliased = aliased || alias
+		fields = append(fields, engine.Field{Name: name, Col: col})
+	}
+	b, err := engine.NewBatch(fields...)
+	if err != nil {
+		v.Release()
+		return nil, &engine.OpError{Op: "get", Err: err}
+	}
+	v.Batch = b
+	if !aliased {
+		v.Release() // nothing points into storage: let it go now
+	}
+	return v, nil
+}
+
+// checkReady names the first unproduced cells, if any.
+func checkReady(meta *engine.BatchMeta, names []string) error {
+	var missing []string
+	for _, name := range names {
+		for i, l := range meta.Cells[name] {
+			if !l.Stored() {
+				missing = append(missing, fmt.Sprintf("%s[row %d]", name, meta.Indexes[i]))
+				if len(missing) == 8 {
+					break
+				}
+			}
+		}
+		if len(meta.Cells[name]) != meta.Len() {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("cells %v are not produced: %w", missing, engine.ErrNotReady)
+	}
+	return nil
+}
+
+func splitRuns(locs []engine.CellLoc, merge bool) []run {
+	var out []run
+	for i, l := range locs {
+		if n := len(out); n > 0 && merge {
+			r := &out[n-1]
+			if r.unit == l.Unit && r.addr.Segment == l.Addr.Segment && r.addr.Offset+r.addr.Len == l.Addr.Offset {
+				r.addr.Len += l.Addr.Len
+				r.n++
+				continue
+			}
+		}
+		out = append(out, run{unit: l.Unit, addr: l.Addr, first: i, n: 1})
+	}
+	return out
+}
+
+// buildColumn assembles one field's column from its runs. With view and a
+// single run the column aliases the lease (alias reports it).
+func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[engine.UnitID]Lease, view bool) (*engine.Column, bool, error) {
+	s := meta.Schema[name]
+	locs := meta.Cells[name]
+	var data []byte
+	alias := false
+	if len(runs) == 1 && view {
+		data = leases[runs[0].unit].Bytes(runs[0].lease)
+		alias = true
+	} else {
+		total := 0
+		for _, r := range runs {
+			total += int(r.addr.Len)
+		}
+		data = make([]byte, 0, total)
+		for _, r := range runs {
+			data = append(data, leases[r.unit].Bytes(r.lease)...)
+		}
+	}
+	n := meta.Len()
+	switch s.Kind {
+	case engine.Dense:
+		want := uint64(s.Shape.NumElems() * s.DType.Size())
+		for i, l := range locs {
+			if l.Addr.Len != want {
+				return nil, false, fmt.Errorf("row %d holds %d bytes, schema %v%v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.DType, s.Shape, want, engine.ErrCorrupt)
+			}
+		}
+		col, err := engine.NewDense(s.DType, n, s.Shape, data)
+		return col, alias, err
+	case engine.Ragged:
+		for i, l := range locs {
+			if want := uint64(s.Shapes[i].NumElems() * s.DType.Size()); l.Addr.Len != want {
+				return nil, false, fmt.Errorf("row %d holds %d bytes, shape %v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.Shapes[i], want, engine.ErrCorrupt)
+			}
+		}
+		col, err := engine.NewRagged(s.DType, s.Shapes, data)
+		return col, alias, err
+	case engine.Opaque:
+		offs := make([]int, n+1)
+		for i, l := range locs {
+			offs[i+1] = offs[i] + int(l.Addr.Len)
+		}
+		col, err := engine.NewOpaque(offs, data)
+		return col, alias, err
+	}
+	return nil, false, fmt.Errorf("schema kind %v: %w", s.Kind, engine.ErrCorrupt)
+}

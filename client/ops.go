@@ -1,0 +1,168 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// Clear removes the meta's rows (from every partition they belong to) and
+// frees their storage. Rows already gone are ignored; an empty meta is a
+// no-op. The controller forgets the rows first, so no new reader finds
+// them; readers holding views keep their bytes until they release.
+func (c *Client) Clear(ctx context.Context, meta *engine.BatchMeta) error {
+	var errs []error
+	for part, pos := range groupByPartition(meta) {
+		idx := make([]uint64, len(pos))
+		for i, p := range pos {
+			idx[i] = meta.Indexes[p]
+		}
+		freed, err := c.meta.ClearRows(ctx, part, idx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return &engine.OpError{Op: "clear", Err: err}
+	}
+	return nil
+}
+
+// ClearKeys removes the rows of keys and frees their storage; unknown keys
+// and partitions are ignored.
+func (c *Client) ClearKeys(ctx context.Context, partition string, keys []string) error {
+	freed, err := c.meta.ClearKeys(ctx, partition, keys)
+	if err != nil {
+		return err
+	}
+	if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
+		return &engine.OpError{Op: "clear keys", Peer: partition, Err: err}
+	}
+	return nil
+}
+
+// ClearPartition drops a partition with all its rows and frees their
+// storage. Clearing an unknown partition does nothing.
+func (c *Client) ClearPartition(ctx context.Context, partition string) error {
+	freed, err := c.meta.ClearPartition(ctx, partition)
+	if err != nil {
+		return err
+	}
+	if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
+		return &engine.OpError{Op: "clear partition", Peer: partition, Err: err}
+	}
+	return nil
+}
+
+// SetTags merges the meta's per-row tags into the controller's.
+func (c *Client) SetTags(ctx context.Context, meta *engine.BatchMeta) error {
+	if len(meta.Tags) != meta.Len() {
+		return &engine.OpError{Op: "set tags", Err: fmt.Errorf("%d tag maps for %d rows: %w", len(meta.Tags), meta.Len(), engine.ErrInvalid)}
+	}
+	for part, pos := range groupByPartition(meta) {
+		idx := make([]uint64, len(pos))
+		tags := make([]engine.Tags, len(pos))
+		for i, p := range pos {
+			idx[i], tags[i] = meta.Indexes[p], meta.Tags[p]
+		}
+		if err := c.meta.SetTags(ctx, part, idx, tags); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ProductionStatus reports, per row of the partition, which fields are
+// produced.
+func (c *Client) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+	return c.meta.ProductionStatus(ctx, partition, fields)
+}
+
+// ConsumptionStatus reports, per row of the partition, whether the task
+// consumed it.
+func (c *Client) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+	return c.meta.ConsumptionStatus(ctx, partition, task)
+}
+
+// CheckProduction reports whether every row of the partition has every
+// field produced (false for an unknown partition or field).
+func (c *Client) CheckProduction(ctx context.Context, partition string, fields []string) (bool, error) {
+	st, err := c.meta.ProductionStatus(ctx, partition, fields)
+	if errors.Is(err, engine.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil || len(st.Indexes) == 0 {
+		return false, err
+	}
+	for _, r := range st.Produced {
+		for _, ok := range r {
+			if !ok {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// CheckConsumption reports whether the task consumed every row of the
+// partition (false for an unknown partition).
+func (c *Client) CheckConsumption(ctx context.Context, partition, task string) (bool, error) {
+	st, err := c.meta.ConsumptionStatus(ctx, partition, task)
+	if errors.Is(err, engine.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil || len(st.Indexes) == 0 {
+		return false, err
+	}
+	for _, ok := range st.Consumed {
+		if !ok {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// ResetConsumption makes a task's rows fetchable again ("" resets every
+// task).
+func (c *Client) ResetConsumption(ctx context.Context, partition, task string) error {
+	return c.meta.ResetConsumption(ctx, partition, task)
+}
+
+// Partitions lists the partitions.
+func (c *Client) Partitions(ctx context.Context) ([]string, error) { return c.meta.Partitions(ctx) }
+
+// MetaByKeys resolves keys to rows (see [controller.Controller.ResolveKeys]).
+func (c *Client) MetaByKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, error) {
+	m, _, err := c.meta.ResolveKeys(ctx, partition, keys, fields, create)
+	return m, err
+}
+
+// KeysOf returns the key of each row ("" where a row has none).
+func (c *Client) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	return c.meta.KeysOf(ctx, partition, indexes)
+}
+
+// Stats summarizes a partition.
+func (c *Client) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+	return c.meta.Stats(ctx, partition)
+}
+
+// KeyRows is the result of [Client.MetaByKeysCreated].
+type KeyRows struct {
+	Meta    *engine.BatchMeta
+	Created []int // positions of the keys this call created
+}
+
+// MetaByKeysCreated resolves keys, creating missing ones, and reports
+// which it created.
+func (c *Client) MetaByKeysCreated(ctx context.Context, partition string, keys []string) (KeyRows, error) {
+	m, created, err := c.meta.ResolveKeys(ctx, partition, keys, nil, true)
+	return KeyRows{Meta: m, Created: created}, err
+}

@@ -1,0 +1,238 @@
+package client
+
+// A put, step by step:
+//
+//  1. group the meta's rows by partition, then by the storage unit the
+//     placement picks for them;
+//  2. per unit group, reserve one extent per field (the column slice of
+//     those rows) and copy the rows in — one copy when they are contiguous
+//     in the column;
+//  3. commit the extents on the unit (the bytes are complete), then commit
+//     the cells to the controller, which flips their production bits;
+//  4. free the cells the commit replaced.
+//
+// If any step fails, the extents written so far are aborted or freed and
+// the controller was never told about them: no cell is half written.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// Put writes b's columns into the rows of meta (row i of b goes to row i of
+// meta) and returns meta with the written fields added and ready. Writing
+// fields the rows already have overwrites them; other fields stay.
+//
+// Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
+// [engine.ErrDTypeMismatch] when a field already has another dtype,
+// [engine.ErrCapacity] when storage stays full until ctx ends.
+func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta) (*engine.BatchMeta, error) {
+	if err := c.checkPut(b, meta); err != nil {
+		return nil, &engine.OpError{Op: "put", Err: err}
+	}
+	out := meta.Clone()
+	if out.Cells == nil {
+		out.Cells = map[string][]engine.CellLoc{}
+	}
+	for _, f := range b.Fields() {
+		out.Cells[f.Name] = make([]engine.CellLoc, meta.Len())
+	}
+	for part, pos := range groupByPartition(meta) {
+		if err := c.putPartition(ctx, b, meta, part, pos, out.Cells); err != nil {
+			return nil, &engine.OpError{Op: "put", Peer: part, Err: err}
+		}
+	}
+	if err := out.AddFields(b); err != nil {
+		return nil, &engine.OpError{Op: "put", Err: err}
+	}
+	return out, nil
+}
+
+// PutNew allocates len(b) new rows in a partition and writes b into them.
+func (c *Client) PutNew(ctx context.Context, partition string, b *engine.Batch) (*engine.BatchMeta, error) {
+	if b == nil || b.NumFields() == 0 || b.Rows() == 0 {
+		return nil, &engine.OpError{Op: "put", Peer: partition, Err: fmt.Errorf("put of an empty batch: %w", engine.ErrInvalid)}
+	}
+	meta, err := c.meta.Insert(ctx, partition, b.Rows(), b.Names())
+	if err != nil {
+		return nil, err
+	}
+	out, err := c.Put(ctx, b, meta)
+	if err != nil {
+		// The fresh rows hold nothing: give them back.
+		if _, cerr := c.meta.ClearRows(ctx, partition, meta.Indexes); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *Client) checkPut(b *engine.Batch, meta *engine.BatchMeta) error {
+	switch {
+	case b == nil || b.NumFields() == 0:
+		return fmt.Errorf("put with no fields: %w", engine.ErrInvalid)
+	case meta.Len() == 0:
+		return fmt.Errorf("put into an empty meta: %w", engine.ErrInvalid)
+	case b.Rows() != meta.Len():
+		return fmt.Errorf("batch has %d rows, meta has %d: %w", b.Rows(), meta.Len(), engine.ErrInvalid)
+	}
+	if err := meta.Validate(); err != nil {
+		return err
+	}
+	for _, f := range b.Fields() {
+		s, ok := meta.Schema[f.Name]
+		if !ok || s.DType == engine.InvalidDType {
+			continue
+		}
+		if s.DType != f.Col.DType() {
+			return fmt.Errorf("field %q is %v, batch has %v: %w", f.Name, s.DType, f.Col.DType(), engine.ErrDTypeMismatch)
+		}
+	}
+	return nil
+}
+
+// groupByPartition returns, per partition, the positions of its rows.
+func groupByPartition(m *engine.BatchMeta) map[string][]int {
+	out := map[string][]int{}
+	for i, p := range m.Partitions {
+		out[p] = append(out[p], i)
+	}
+	return out
+}
+
+// place assigns positions (rows of one partition) to units.
+func (c *Client) place(meta *engine.BatchMeta, pos []int) map[DataUnit][]int {
+	out := map[DataUnit][]int{}
+	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
+		lowest := meta.Indexes[pos[0]]
+		for _, p := range pos {
+			lowest = min(lowest, meta.Indexes[p])
+		}
+		out[c.local[lowest%uint64(len(c.local))]] = pos
+		return out
+	}
+	for _, p := range pos {
+		u := c.units[meta.Indexes[p]%uint64(len(c.units))]
+		out[u] = append(out[u], p)
+	}
+	return out
+}
+
+// written is what one unit group put down, for commit or rollback.
+type written struct {
+	unit DataUnit
+	res  Reservation
+	locs []engine.CellLoc
+}
+
+func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta, part string, pos []int, cells map[string][]engine.CellLoc) (err error) {
+	fields := b.Fields()
+	var done []written
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, w := range done {
+			if w.res != nil {
+				w.res.Abort()
+			} else {
+				addrs := make([]engine.RemoteAddr, 0, len(w.locs))
+				for _, l := range w.locs {
+					addrs = append(addrs, l.Addr)
+				}
+				if ferr := w.unit.Free(context.WithoutCancel(ctx), addrs); ferr != nil {
+					err = errors.Join(err, ferr)
+				}
+			}
+		}
+	}()
+	for u, rows := range c.place(meta, pos) {
+		sizes := make([]int64, len(fields))
+		for i, f := range fields {
+			for _, r := range rows {
+				sizes[i] += int64(len(f.Col.RowBytes(r)))
+			}
+		}
+		res, err := u.Reserve(ctx, sizes)
+		if err != nil {
+			return fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
+		}
+		w := written{unit: u, res: res}
+		done = append(done, w)
+		for i, f := range fields {
+			fill(res.Buf(i), f.Col, rows)
+			base := res.Addr(i)
+			off := base.Offset
+			for _, r := range rows {
+				n := uint64(len(f.Col.RowBytes(r)))
+				l := engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Offset: off, Len: n}}
+				cells[f.Name][r] = l
+				off += n
+			}
+		}
+		if err := res.Commit(); err != nil {
+			return fmt.Errorf("commit on unit %d: %w", u.ID(), err)
+		}
+		// From here on the extents are live: roll back by freeing cells.
+		last := &done[len(done)-1]
+		last.res = nil
+		for _, f := range fields {
+			for _, r := range rows {
+				last.locs = append(last.locs, cells[f.Name][r])
+			}
+		}
+	}
+	req := controller.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
+	for i, p := range pos {
+		req.Indexes[i] = meta.Indexes[p]
+	}
+	for _, f := range fields {
+		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind(), Locs: make([]engine.CellLoc, len(pos))}
+		for i, p := range pos {
+			cf.Locs[i] = cells[f.Name][p]
+		}
+		switch f.Col.Kind() {
+		case engine.Dense:
+			cf.Shape = f.Col.Shape()
+		case engine.Ragged:
+			cf.Shapes = make([]engine.Shape, len(pos))
+			for i, p := range pos {
+				cf.Shapes[i] = f.Col.RowShape(p)
+			}
+		}
+		req.Fields = append(req.Fields, cf)
+	}
+	replaced, err := c.meta.Commit(ctx, req)
+	if err != nil {
+		return err
+	}
+	done = nil
+	if err := c.freeCells(context.WithoutCancel(ctx), replaced); err != nil {
+		// The new cells are committed; a failed free leaks space on a unit
+		// but loses no data. Report it without failing the put.
+		return nil
+	}
+	return nil
+}
+
+// fill copies rows of col, in order, into dst: one copy per run of
+// consecutive rows.
+func fill(dst []byte, col *engine.Column, rows []int) {
+	data := col.Data()
+	offs := col.Offsets()
+	at := 0
+	for i := 0; i < len(rows); {
+		j := i + 1
+		for j < len(rows) && rows[j] == rows[j-1]+1 {
+			j++
+		}
+		lo, hi := offs[rows[i]], offs[rows[j-1]+1]
+		at += copy(dst[at:], data[lo:hi])
+		i = j
+	}
+}

@@ -1,0 +1,281 @@
+package kvapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+)
+
+// KV is the Redis-style API over a TQ client: string keys within a
+// partition, each holding a set of fields (columns) and a tag map. It is
+// safe for concurrent use.
+type KV struct {
+	c *client.Client
+}
+
+// New returns the KV API over c.
+func New(c *client.Client) *KV { return &KV{c: c} }
+
+// Client returns the underlying low-level client.
+func (kv *KV) Client() *client.Client { return kv.c }
+
+// Put writes one key: the fields of a one-row batch, a tag merged into the
+// key's tags, or both. The key is created if needed. It returns the key's
+// meta with its merged tags and every field it now holds.
+func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Batch, tag engine.Tags) (*engine.KVMeta, error) {
+	var tags []engine.Tags
+	if tag != nil {
+		tags = []engine.Tags{tag}
+	}
+	if fields != nil && fields.Rows() != 1 {
+		return nil, opErr("put", partition, fmt.Errorf("put of one key with a %d-row batch (use BatchPut): %w", fields.Rows(), engine.ErrInvalid))
+	}
+	return kv.BatchPut(ctx, partition, []string{key}, fields, tags)
+}
+
+// BatchPut writes row i of fields to keys[i] and merges tags[i] into its
+// tags; either fields or tags may be nil, not both. Keys are created as
+// needed. Bad input (no keys, duplicate keys, row or tag count mismatch, a
+// field whose dtype differs from the partition's) changes nothing.
+//
+// The returned meta lists the fields every key holds after the put: those
+// all keys already had plus the ones written.
+func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) (*engine.KVMeta, error) {
+	if err := kv.checkPut(ctx, partition, keys, fields, tags); err != nil {
+		return nil, opErr("batch put", partition, err)
+	}
+	meta, err := kv.c.MetaByKeysCreated(ctx, partition, keys)
+	if err != nil {
+		return nil, err
+	}
+	bm, created := meta.Meta, meta.Created
+	if fields != nil {
+		if _, err := kv.c.Put(ctx, fields, bm); err != nil {
+			if len(created) > 0 {
+				gone := make([]string, len(created))
+				for i, p := range created {
+					gone[i] = keys[p]
+				}
+				if cerr := kv.c.ClearKeys(context.WithoutCancel(ctx), partition, gone); cerr != nil {
+					err = errors.Join(err, cerr)
+				}
+			}
+			return nil, err
+		}
+	}
+	merged := make([]engine.Tags, len(keys))
+	for i := range keys {
+		merged[i] = bm.Tags[i]
+		if tags != nil {
+			merged[i] = merged[i].Merge(tags[i])
+		}
+	}
+	if tags != nil {
+		if err := kv.c.Meta().SetTags(ctx, partition, bm.Indexes, tags); err != nil {
+			return nil, err
+		}
+	}
+	have := bm.FieldNames()
+	if fields != nil {
+		for _, n := range fields.Names() {
+			if !slices.Contains(have, n) {
+				have = append(have, n)
+			}
+		}
+		slices.Sort(have)
+	}
+	return engine.NewKVMeta(partition, keys, merged, have)
+}
+
+func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) error {
+	switch {
+	case partition == "":
+		return fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
+	case len(keys) == 0:
+		return fmt.Errorf("empty key list: %w", engine.ErrInvalid)
+	case fields == nil && tags == nil:
+		return fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
+	case fields != nil && fields.NumFields() == 0:
+		return fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
+	case fields != nil && fields.Rows() != len(keys):
+		return fmt.Errorf("%d keys for %d rows: %w", len(keys), fields.Rows(), engine.ErrInvalid)
+	case tags != nil && len(tags) != len(keys):
+		return fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+	}
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if k == "" {
+			return fmt.Errorf("empty key: %w", engine.ErrInvalid)
+		}
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("key %q appears twice: %w", k, engine.ErrInvalid)
+		}
+		seen[k] = struct{}{}
+	}
+	if fields == nil {
+		return nil
+	}
+	st, err := kv.c.Stats(ctx, partition)
+	if errors.Is(err, engine.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, f := range st.Fields {
+		col := fields.Col(f.Name)
+		if col != nil && f.DType != engine.InvalidDType && col.DType() != f.DType {
+			return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, f.DType, col.DType(), engine.ErrDTypeMismatch)
+		}
+	}
+	return nil
+}
+
+// BatchGet reads keys' fields, rows in key order. With no fields named it
+// reads the fields every key holds. Unknown keys or fields are an error
+// naming them ([engine.ErrNotFound]); a named field some key has not
+// produced is [engine.ErrNotReady] naming the keys. The result is the
+// caller's to modify.
+func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
+	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if err != nil {
+		return nil, err
+	}
+	return kv.c.Get(ctx, meta)
+}
+
+// BatchGetView is [KV.BatchGet] returning views into storage where
+// possible (no copy). Release the view when done.
+func (kv *KV) BatchGetView(ctx context.Context, partition string, keys []string, fields ...string) (*client.View, error) {
+	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if err != nil {
+		return nil, err
+	}
+	return kv.c.GetView(ctx, meta)
+}
+
+// BatchGetByMeta reads the keys of a meta returned by a put; with fields it
+// reads that selection, which must be among the meta's fields.
+func (kv *KV) BatchGetByMeta(ctx context.Context, meta *engine.KVMeta, fields ...string) (*engine.Batch, error) {
+	if meta == nil || meta.Partition == "" {
+		return nil, opErr("batch get", "", fmt.Errorf("meta without a partition: %w", engine.ErrInvalid))
+	}
+	if len(fields) == 0 {
+		fields = meta.Fields
+	} else {
+		var unknown []string
+		for _, f := range fields {
+			if !slices.Contains(meta.Fields, f) {
+				unknown = append(unknown, f)
+			}
+		}
+		if len(unknown) > 0 {
+			return nil, opErr("batch get", meta.Partition, fmt.Errorf("fields %q are not in the meta's fields %q: %w", unknown, meta.Fields, engine.ErrNotFound))
+		}
+	}
+	return kv.BatchGet(ctx, meta.Partition, meta.Keys, fields...)
+}
+
+func (kv *KV) resolve(ctx context.Context, partition string, keys, fields []string) (*engine.BatchMeta, error) {
+	if len(keys) == 0 {
+		return nil, opErr("batch get", partition, fmt.Errorf("empty key list: %w", engine.ErrInvalid))
+	}
+	var sel []string
+	if len(fields) > 0 {
+		sel = fields
+	}
+	meta, err := kv.c.MetaByKeys(ctx, partition, keys, sel, false)
+	if err != nil {
+		return nil, err
+	}
+	if sel != nil && !meta.IsReady() {
+		var missing []string
+		for _, f := range sel {
+			var ks []string
+			for i, l := range meta.Cells[f] {
+				if !l.Stored() {
+					ks = append(ks, keys[i])
+				}
+			}
+			if len(ks) > 0 {
+				missing = append(missing, fmt.Sprintf("%s for keys %q", f, ks))
+			}
+		}
+		return nil, opErr("batch get", partition, fmt.Errorf("not produced: %s: %w", strings.Join(missing, "; "), engine.ErrNotReady))
+	}
+	return meta, nil
+}
+
+// Entry is a key with its tags.
+type Entry struct {
+	Key  string
+	Tags engine.Tags
+}
+
+// List returns, per partition, its keys in creation order with their tags:
+// one partition, or all when partition is "". An unknown partition gives an
+// empty map.
+func (kv *KV) List(ctx context.Context, partition string) (map[string][]Entry, error) {
+	all, err := kv.c.Meta().ListKeys(ctx, partition)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]Entry, len(all))
+	for p, infos := range all {
+		es := make([]Entry, len(infos))
+		for i, k := range infos {
+			es[i] = Entry{Key: k.Key, Tags: k.Tags}
+		}
+		out[p] = es
+	}
+	return out, nil
+}
+
+// Clear removes keys and frees their storage. Unknown keys and partitions
+// are ignored, so clearing twice is harmless.
+func (kv *KV) Clear(ctx context.Context, partition string, keys []string) error {
+	return kv.c.ClearKeys(ctx, partition, keys)
+}
+
+// PutAsync runs [KV.Put] in the background.
+func (kv *KV) PutAsync(ctx context.Context, partition, key string, fields *engine.Batch, tag engine.Tags) *Future[*engine.KVMeta] {
+	return start(func() (*engine.KVMeta, error) { return kv.Put(ctx, partition, key, fields, tag) })
+}
+
+// BatchPutAsync runs [KV.BatchPut] in the background.
+func (kv *KV) BatchPutAsync(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) *Future[*engine.KVMeta] {
+	return start(func() (*engine.KVMeta, error) { return kv.BatchPut(ctx, partition, keys, fields, tags) })
+}
+
+// BatchGetAsync runs [KV.BatchGet] in the background.
+func (kv *KV) BatchGetAsync(ctx context.Context, partition string, keys []string, fields ...string) *Future[*engine.Batch] {
+	return start(func() (*engine.Batch, error) { return kv.BatchGet(ctx, partition, keys, fields...) })
+}
+
+// BatchGetByMetaAsync runs [KV.BatchGetByMeta] in the background.
+func (kv *KV) BatchGetByMetaAsync(ctx context.Context, meta *engine.KVMeta, fields ...string) *Future[*engine.Batch] {
+	return start(func() (*engine.Batch, error) { return kv.BatchGetByMeta(ctx, meta, fields...) })
+}
+
+// ListAsync runs [KV.List] in the background.
+func (kv *KV) ListAsync(ctx context.Context, partition string) *Future[map[string][]Entry] {
+	return start(func() (map[string][]Entry, error) { return kv.List(ctx, partition) })
+}
+
+// ClearAsync runs [KV.Clear] in the background.
+func (kv *KV) ClearAsync(ctx context.Context, partition string, keys []string) *Future[struct{}] {
+	return start(func() (struct{}, error) { return struct{}{}, kv.Clear(ctx, partition, keys) })
+}
+
+func opErr(op, partition string, err error) error {
+	var oe *engine.OpError
+	if errors.As(err, &oe) {
+		return err
+	}
+	return &engine.OpError{Op: op, Peer: partition, Err: err}
+}
