@@ -149,6 +149,11 @@ func (c *Client) KeysOf(ctx context.Context, partition string, indexes []uint64)
 	return c.meta.KeysOf(ctx, partition, indexes)
 }
 
+// Fields describes a partition's fields.
+func (c *Client) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+	return c.meta.Fields(ctx, partition)
+}
+
 // Stats summarizes a partition.
 func (c *Client) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
 	return c.meta.Stats(ctx, partition)

@@ -123,15 +123,20 @@ func (c *Client) place(meta *engine.BatchMeta, pos []int) map[DataUnit][]int {
 	return out
 }
 
-// written is what one unit group put down, for commit or rollback.
+// written is what one unit group put down, for rollback: an open
+// reservation, or (once committed on the unit) the rows whose cells to free.
 type written struct {
 	unit DataUnit
 	res  Reservation
-	locs []engine.CellLoc
+	rows []int
 }
 
 func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta, part string, pos []int, cells map[string][]engine.CellLoc) (err error) {
 	fields := b.Fields()
+	locs := make([][]engine.CellLoc, len(fields))
+	for i, f := range fields {
+		locs[i] = cells[f.Name]
+	}
 	var done []written
 	defer func() {
 		if err == nil {
@@ -140,14 +145,16 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		for _, w := range done {
 			if w.res != nil {
 				w.res.Abort()
-			} else {
-				addrs := make([]engine.RemoteAddr, 0, len(w.locs))
-				for _, l := range w.locs {
-					addrs = append(addrs, l.Addr)
+				continue
+			}
+			addrs := make([]engine.RemoteAddr, 0, len(w.rows)*len(fields))
+			for i := range fields {
+				for _, r := range w.rows {
+					addrs = append(addrs, locs[i][r].Addr)
 				}
-				if ferr := w.unit.Free(context.WithoutCancel(ctx), addrs); ferr != nil {
-					err = errors.Join(err, ferr)
-				}
+			}
+			if ferr := w.unit.Free(context.WithoutCancel(ctx), addrs); ferr != nil {
+				err = errors.Join(err, ferr)
 			}
 		}
 	}()
@@ -162,16 +169,15 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		if err != nil {
 			return fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
 		}
-		w := written{unit: u, res: res}
-		done = append(done, w)
+		done = append(done, written{unit: u, res: res, rows: rows})
 		for i, f := range fields {
 			fill(res.Buf(i), f.Col, rows)
 			base := res.Addr(i)
 			off := base.Offset
+			fl := locs[i]
 			for _, r := range rows {
 				n := uint64(len(f.Col.RowBytes(r)))
-				l := engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Offset: off, Len: n}}
-				cells[f.Name][r] = l
+				fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Offset: off, Len: n}}
 				off += n
 			}
 		}
@@ -179,22 +185,25 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 			return fmt.Errorf("commit on unit %d: %w", u.ID(), err)
 		}
 		// From here on the extents are live: roll back by freeing cells.
-		last := &done[len(done)-1]
-		last.res = nil
-		for _, f := range fields {
-			for _, r := range rows {
-				last.locs = append(last.locs, cells[f.Name][r])
-			}
-		}
+		done[len(done)-1].res = nil
+	}
+	identity := len(pos) == meta.Len()
+	for i, p := range pos {
+		identity = identity && p == i
 	}
 	req := controller.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
 	for i, p := range pos {
 		req.Indexes[i] = meta.Indexes[p]
 	}
-	for _, f := range fields {
-		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind(), Locs: make([]engine.CellLoc, len(pos))}
-		for i, p := range pos {
-			cf.Locs[i] = cells[f.Name][p]
+	for fi, f := range fields {
+		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
+		if identity {
+			cf.Locs = locs[fi] // the controller copies what it keeps
+		} else {
+			cf.Locs = make([]engine.CellLoc, len(pos))
+			for i, p := range pos {
+				cf.Locs[i] = locs[fi][p]
+			}
 		}
 		switch f.Col.Kind() {
 		case engine.Dense:
@@ -212,11 +221,9 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		return err
 	}
 	done = nil
-	if err := c.freeCells(context.WithoutCancel(ctx), replaced); err != nil {
-		// The new cells are committed; a failed free leaks space on a unit
-		// but loses no data. Report it without failing the put.
-		return nil
-	}
+	// The new cells are committed. A failed free of the replaced cells
+	// leaks space on a unit but loses no data, so the put still succeeds.
+	_ = c.freeCells(context.WithoutCancel(ctx), replaced)
 	return nil
 }
 

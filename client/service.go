@@ -29,6 +29,7 @@ type MetaService interface {
 	ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error)
 	Partitions(ctx context.Context) ([]string, error)
 	Stats(ctx context.Context, partition string) (controller.PartitionStats, error)
+	Fields(ctx context.Context, partition string) ([]controller.FieldStats, error)
 }
 
 // Local adapts an in-process controller to [MetaService].
@@ -102,4 +103,8 @@ func (l localMeta) Partitions(context.Context) ([]string, error) { return l.c.Pa
 
 func (l localMeta) Stats(_ context.Context, partition string) (controller.PartitionStats, error) {
 	return l.c.Stats(partition)
+}
+
+func (l localMeta) Fields(_ context.Context, partition string) ([]controller.FieldStats, error) {
+	return l.c.Fields(partition)
 }

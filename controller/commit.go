@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -108,20 +109,27 @@ func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
 // cells they replaced (their storage can be freed).
 func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLoc {
 	var replaced []engine.CellLoc
-	for _, cf := range req.Fields {
+	fs := make([]*field, len(req.Fields))
+	for i, cf := range req.Fields {
 		f, ok := p.fields[cf.Name]
 		if !ok {
 			f = &field{name: cf.Name, slot: len(p.order)}
 			p.fields[cf.Name] = f
 			p.order = append(p.order, f)
 		}
+		fs[i] = f
+	}
+	for _, r := range rows {
+		if n := len(p.order); len(r.cells) < n {
+			r.cells = slices.Grow(r.cells, n-len(r.cells))[:n]
+		}
+	}
+	for fi, cf := range req.Fields {
+		f := fs[fi]
 		for i, r := range rows {
 			if r.has(f.slot) {
 				replaced = append(replaced, r.cells[f.slot].loc())
 				p.forgetCell(f, r.index)
-			}
-			for len(r.cells) <= f.slot {
-				r.cells = append(r.cells, cell{})
 			}
 			var loc engine.CellLoc
 			if cf.Locs != nil {
@@ -143,27 +151,34 @@ func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLo
 			r.active = true
 			p.reserved.Delete(r.index)
 		}
-		p.refreshRow(r)
+		if len(p.views) > 0 {
+			p.refreshRow(r)
+		}
 	}
 	p.notify()
 	return replaced
 }
 
-// recordCell updates f's schema tracking for a newly produced cell.
+// recordCell updates f's schema tracking for a newly produced cell: the
+// first dtype wins (validated before), a shape change promotes a dense
+// field to ragged, and a ragged field whose rows agree again turns dense.
 func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool, s engine.Shape) {
 	if f.produced == 0 {
 		f.dtype = dt
 		if opaque {
 			f.kind = engine.Opaque
 		} else {
-			f.kind, f.shape, f.counts = engine.Dense, s.Clone(), map[string]int{}
+			f.kind, f.shape = engine.Dense, s.Clone()
 		}
 	}
 	f.produced++
-	if f.kind == engine.Opaque {
+	switch f.kind {
+	case engine.Opaque:
 		return
-	}
-	if f.kind == engine.Dense && !s.Equal(f.shape) {
+	case engine.Dense:
+		if s.Equal(f.shape) {
+			return
+		}
 		// Promote: every produced row so far had f.shape.
 		f.shapes = make(map[uint64]engine.Shape, f.produced)
 		for _, r := range p.rows {
@@ -171,13 +186,12 @@ func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool
 				f.shapes[r.index] = f.shape
 			}
 		}
+		f.counts = map[string]int{shapeKey(f.shape): f.produced - 1}
 		f.kind, f.shape = engine.Ragged, nil
 	}
-	if f.kind == engine.Ragged {
-		f.shapes[gi] = s.Clone()
-	}
+	f.shapes[gi] = s.Clone()
 	f.counts[shapeKey(s)]++
-	if f.kind == engine.Ragged && len(f.counts) == 1 {
-		f.kind, f.shape, f.shapes = engine.Dense, s.Clone(), nil
+	if len(f.counts) == 1 {
+		f.kind, f.shape, f.shapes, f.counts = engine.Dense, s.Clone(), nil, nil
 	}
 }

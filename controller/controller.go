@@ -804,6 +804,22 @@ type PartitionStats struct {
 	IndexesFree int // global: released indexes waiting for reuse
 }
 
+// Fields describes a partition's fields (those with produced cells and
+// those registered but now empty), sorted by name. It costs O(fields).
+func (c *Controller) Fields(partition string) ([]FieldStats, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("fields", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	out := make([]FieldStats, 0, len(p.order))
+	for _, f := range p.order {
+		out = append(out, FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
 // Stats summarizes one partition.
 func (c *Controller) Stats(partition string) (PartitionStats, error) {
 	p := c.lock(partition)

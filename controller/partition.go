@@ -14,6 +14,7 @@ package controller
 // the partition's mutex.
 
 import (
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"sort"
@@ -94,7 +95,15 @@ type field struct {
 	produced int
 }
 
-func shapeKey(s engine.Shape) string { return s.String() }
+// shapeKey encodes a shape as a map key.
+func shapeKey(s engine.Shape) string {
+	var buf [64]byte
+	b := buf[:0]
+	for _, d := range s {
+		b = binary.AppendUvarint(b, uint64(d))
+	}
+	return string(b)
+}
 
 type viewKey struct {
 	task   string
@@ -316,33 +325,25 @@ func (p *partition) removeRow(r *row, freed []engine.CellLoc) []engine.CellLoc {
 // gi goes away (cleared or about to be overwritten).
 func (p *partition) forgetCell(f *field, gi uint64) {
 	f.produced--
-	if f.kind == engine.Opaque {
-		if f.produced == 0 {
-			f.dtype = engine.InvalidDType
-		}
+	if f.produced == 0 {
+		// No rows left: the field keeps its slot but forgets dtype and shape.
+		f.dtype, f.kind, f.shape, f.shapes, f.counts = engine.InvalidDType, engine.InvalidKind, nil, nil, nil
 		return
 	}
-	var s engine.Shape
-	if f.kind == engine.Ragged {
-		s = f.shapes[gi]
-		delete(f.shapes, gi)
-	} else {
-		s = f.shape
+	if f.kind != engine.Ragged {
+		return
 	}
-	k := shapeKey(s)
+	k := shapeKey(f.shapes[gi])
+	delete(f.shapes, gi)
 	if f.counts[k]--; f.counts[k] == 0 {
 		delete(f.counts, k)
 	}
-	switch {
-	case f.produced == 0:
-		// No rows left: the field keeps its slot but forgets dtype and shape.
-		f.dtype, f.kind, f.shape, f.shapes = engine.InvalidDType, engine.InvalidKind, nil, nil
-	case f.kind == engine.Ragged && len(f.counts) == 1:
+	if len(f.counts) == 1 {
 		for _, sh := range f.shapes {
 			f.shape = sh
 			break
 		}
-		f.kind, f.shapes = engine.Dense, nil
+		f.kind, f.shapes, f.counts = engine.Dense, nil, nil
 	}
 }
 

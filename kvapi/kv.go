@@ -120,14 +120,14 @@ func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fie
 	if fields == nil {
 		return nil
 	}
-	st, err := kv.c.Stats(ctx, partition)
+	known, err := kv.c.Fields(ctx, partition)
 	if errors.Is(err, engine.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	for _, f := range st.Fields {
+	for _, f := range known {
 		col := fields.Col(f.Name)
 		if col != nil && f.DType != engine.InvalidDType && col.DType() != f.DType {
 			return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, f.DType, col.DType(), engine.ErrDTypeMismatch)
