@@ -1,0 +1,18 @@
+// Package client is TQ's low-level batch API: it asks the controller
+// ([MetaService]) where rows are or should go and moves column bytes
+// directly to and from storage units ([DataUnit]). The same API works
+// embedded (controller and units in this process, see [NewEmbedded]) and,
+// with other MetaService and DataUnit implementations, across processes.
+//
+//	e, _ := client.NewEmbedded(client.DefaultEmbeddedConfig())
+//	defer e.Close()
+//	meta, _ := e.Client.PutNew(ctx, "train", batch)      // new rows
+//	m, _ := e.Client.GetMeta(ctx, client.MetaRequest{     // ready, unconsumed rows
+//		Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 8})
+//	data, _ := e.Client.Get(ctx, m)                       // columns the caller owns
+//	v, _ := e.Client.GetView(ctx, m)                      // zero-copy views
+//	defer v.Release()
+//
+// Placement is local-first by default (a put goes to a unit on the client's
+// host, its rows kept together) or hash (row index mod units).
+package client

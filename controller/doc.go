@@ -1,0 +1,23 @@
+// Package controller is TQ's metadata service: partitions, the global row
+// index allocator, production bits per (row, field), consumption per task,
+// keys, tags, samplers and checkpoints. It never touches column bytes.
+//
+// A producer allocates rows, writes their bytes to storage, then commits
+// the cells; a consumer fetches rows that are produced for the fields it
+// needs and not yet consumed by its task:
+//
+//	c, _ := controller.New(controller.DefaultConfig())
+//	m, _ := c.Insert("train", 4, []string{"prompt"})
+//	c.Commit(controller.CommitRequest{Partition: "train", Indexes: m.Indexes,
+//		Fields: []controller.CommitField{{Name: "prompt", DType: engine.Int64,
+//			Kind: engine.Dense, Shape: engine.Shape{128}, Locs: locs}}})
+//	got, _ := c.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor",
+//		Fields: []string{"prompt"}, BatchSize: 4, Wait: true})
+//
+// Costs: a fetch, a key lookup or a commit costs O(rows × fields in the
+// request), never O(rows in the partition): readiness is kept in ordered
+// per-(task, fields) views that commits and consumption update
+// incrementally. Status queries, listing, statistics and resets walk the
+// partition. The controller is safe for concurrent use and locks per
+// partition.
+package controller

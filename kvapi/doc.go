@@ -1,0 +1,14 @@
+// Package kvapi is TQ's Redis-style API: string keys within a partition,
+// each holding a set of fields (columns) and a tag map.
+//
+//	kv := kvapi.New(cluster.Client)
+//	kv.BatchPut(ctx, "train", []string{"a", "b"}, batch, tags)
+//	kv.Put(ctx, "train", "a", oneRow, engine.Tags{"status": "done"}) // partial update, tag merge
+//	got, _ := kv.BatchGet(ctx, "train", []string{"a", "b"}, "reward") // a field selection
+//	list, _ := kv.List(ctx, "")                                       // every partition
+//	kv.Clear(ctx, "train", []string{"a", "b"})                        // idempotent
+//
+// Every call has an Async form returning a [Future]. Unlike the reference
+// system, unknown keys and unknown selected fields are errors that name
+// them ([engine.ErrNotFound]), never silently dropped.
+package kvapi
