@@ -167,7 +167,7 @@ func splitRuns(locs []engine.CellLoc, merge bool) []run {
 	for i, l := range locs {
 		if n := len(out); n > 0 && merge {
 			r := &out[n-1]
-			if r.unit == l.Unit && r.addr.Segment == l.Addr.Segment && r.addr.Offset+r.addr.Len == l.Addr.Offset {
+			if r.unit == l.Unit && r.addr.Segment == l.Addr.Segment && r.addr.Gen == l.Addr.Gen && r.addr.Offset+r.addr.Len == l.Addr.Offset {
 				r.addr.Len += l.Addr.Len
 				r.n++
 				continue

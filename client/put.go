@@ -177,7 +177,7 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 			fl := locs[i]
 			for _, r := range rows {
 				n := uint64(len(f.Col.RowBytes(r)))
-				fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Offset: off, Len: n}}
+				fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: n}}
 				off += n
 			}
 		}

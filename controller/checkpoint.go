@@ -61,6 +61,7 @@ type ckptCell struct {
 	Field   int          `json:"field"`
 	Unit    uint32       `json:"unit"`
 	Segment uint32       `json:"segment"`
+	Gen     uint32       `json:"gen,omitempty"`
 	Offset  uint64       `json:"offset"`
 	Len     uint64       `json:"len"`
 	Shape   engine.Shape `json:"shape"` // null for opaque fields
@@ -132,7 +133,7 @@ func (p *partition) snapshot() ckptPartition {
 				continue
 			}
 			f := p.order[slot]
-			cc := ckptCell{Field: slot, Unit: cl.unit &^ producedBit, Segment: cl.seg, Offset: cl.off, Len: cl.len}
+			cc := ckptCell{Field: slot, Unit: cl.unit &^ producedBit, Segment: cl.seg, Gen: cl.gen, Offset: cl.off, Len: cl.len}
 			switch f.kind {
 			case engine.Dense:
 				cc.Shape = f.shape.Clone()
@@ -377,7 +378,7 @@ func buildState(doc *ckpt) (map[string]*partition, error) {
 				for len(r.cells) <= f.slot {
 					r.cells = append(r.cells, cell{})
 				}
-				r.cells[f.slot] = cell{off: cc.Offset, len: cc.Len, seg: cc.Segment, unit: cc.Unit | producedBit}
+				r.cells[f.slot] = cell{off: cc.Offset, len: cc.Len, seg: cc.Segment, gen: cc.Gen, unit: cc.Unit | producedBit}
 				p.recordCell(f, r.index, dt, opaque, cc.Shape)
 			}
 		}

@@ -31,11 +31,12 @@ import (
 // storage unit id.
 const producedBit = 1 << 31
 
-// cell is one (row, field) slot: 24 bytes.
+// cell is one (row, field) slot: 32 bytes.
 type cell struct {
 	off  uint64
 	len  uint64
 	seg  uint32
+	gen  uint32
 	unit uint32 // producedBit | unit id
 }
 
@@ -45,11 +46,11 @@ func (c cell) loc() engine.CellLoc {
 	if !c.produced() {
 		return engine.CellLoc{}
 	}
-	return engine.CellLoc{Unit: engine.UnitID(c.unit &^ producedBit), Addr: engine.RemoteAddr{Segment: c.seg, Offset: c.off, Len: c.len}}
+	return engine.CellLoc{Unit: engine.UnitID(c.unit &^ producedBit), Addr: engine.RemoteAddr{Segment: c.seg, Gen: c.gen, Offset: c.off, Len: c.len}}
 }
 
 func cellAt(l engine.CellLoc) cell {
-	return cell{off: l.Addr.Offset, len: l.Addr.Len, seg: l.Addr.Segment, unit: uint32(l.Unit) | producedBit}
+	return cell{off: l.Addr.Offset, len: l.Addr.Len, seg: l.Addr.Segment, gen: l.Addr.Gen, unit: uint32(l.Unit) | producedBit}
 }
 
 type row struct {

@@ -7,8 +7,15 @@ type UnitID uint32
 // RemoteAddr is a byte range inside a storage unit's arena: which segment,
 // where in it, how long. It is a plain descriptor: transports turn it into
 // a live mapping, registration or socket request.
+//
+// Gen is the generation of the extent the range lies in. A unit hands out
+// a new generation every time it reuses memory for a new extent and
+// refuses an address whose generation does not match, so a reader holding
+// stale locations (rows cleared and their memory reused since) gets an
+// error instead of someone else's bytes.
 type RemoteAddr struct {
 	Segment uint32
+	Gen     uint32
 	Offset  uint64
 	Len     uint64
 }

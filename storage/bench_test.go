@@ -108,7 +108,7 @@ func BenchmarkFreeCells(b *testing.B) {
 		}
 		a := r.Addr(0)
 		for i := range cells {
-			cells[i] = engine.RemoteAddr{Segment: a.Segment, Offset: a.Offset + uint64(i*rowSize), Len: rowSize}
+			cells[i] = engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: a.Offset + uint64(i*rowSize), Len: rowSize}
 		}
 		if err := u.Free(cells); err != nil {
 			b.Fatal(err)

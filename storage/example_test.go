@@ -30,8 +30,8 @@ func ExampleUnit() {
 	ext := r.Addr(0)
 
 	// The controller cuts the extent into cells; a get leases them.
-	hello := engine.RemoteAddr{Segment: ext.Segment, Offset: ext.Offset, Len: 5}
-	world := engine.RemoteAddr{Segment: ext.Segment, Offset: ext.Offset + 6, Len: 5}
+	hello := engine.RemoteAddr{Segment: ext.Segment, Gen: ext.Gen, Offset: ext.Offset, Len: 5}
+	world := engine.RemoteAddr{Segment: ext.Segment, Gen: ext.Gen, Offset: ext.Offset + 6, Len: 5}
 	l, err := u.Acquire([]engine.RemoteAddr{world, hello})
 	if err != nil {
 		panic(err)
@@ -40,7 +40,7 @@ func ExampleUnit() {
 	l.Release()
 
 	// The cells are cleared: once every byte is freed the extent is gone.
-	space := engine.RemoteAddr{Segment: ext.Segment, Offset: ext.Offset + 5, Len: 1}
+	space := engine.RemoteAddr{Segment: ext.Segment, Gen: ext.Gen, Offset: ext.Offset + 5, Len: 1}
 	if err := u.Free([]engine.RemoteAddr{hello, space, world}); err != nil {
 		panic(err)
 	}

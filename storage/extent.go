@@ -25,6 +25,7 @@ const (
 
 type extent struct {
 	seg     *segment
+	gen     uint32 // see engine.RemoteAddr.Gen
 	blk     block
 	off     int64 // == blk.off
 	size    int64 // bytes asked for; cells live in [off, off+size)

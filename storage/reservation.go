@@ -71,7 +71,7 @@ func (r *Reservation) Addr(i int) engine.RemoteAddr {
 	if e == nil {
 		return engine.RemoteAddr{}
 	}
-	return engine.RemoteAddr{Segment: e.seg.id, Offset: uint64(e.off), Len: uint64(e.size)}
+	return engine.RemoteAddr{Segment: e.seg.id, Gen: e.gen, Offset: uint64(e.off), Len: uint64(e.size)}
 }
 
 // Commit makes the extents readable. Each starts with one reference held

@@ -68,6 +68,7 @@ type Unit struct {
 	waiters  int           // Reserve calls waiting on wake
 	wake     chan struct{} // closed and replaced when space comes back
 	probe    extent        // lookup key, reused under mu
+	gen      uint32        // last extent generation handed out
 	lateErrs []error       // teardown errors of dropped segments, for Close
 }
 
@@ -256,7 +257,11 @@ func (u *Unit) allocExtent(n int64) *extent {
 		if !ok {
 			continue
 		}
-		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved}
+		u.gen++
+		if u.gen == 0 {
+			u.gen = 1
+		}
+		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: u.gen}
 		s.index.ReplaceOrInsert(e)
 		s.extents++
 		u.extents++
@@ -576,7 +581,7 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 // if not nil, is tried first: consecutive cells of a call usually share an
 // extent.
 func (u *Unit) lookup(a engine.RemoteAddr, hint *extent) (*extent, int64, int64, error) {
-	if e := hint; e != nil && e.state == extentCommitted && e.seg.id == a.Segment &&
+	if e := hint; e != nil && e.state == extentCommitted && e.seg.id == a.Segment && e.gen == a.Gen &&
 		a.Offset >= uint64(e.off) && a.Len <= uint64(e.size) && a.Offset-uint64(e.off) <= uint64(e.size)-a.Len {
 		lo := int64(a.Offset)
 		return e, lo, lo + int64(a.Len), nil
@@ -600,11 +605,14 @@ func (u *Unit) lookup(a engine.RemoteAddr, hint *extent) (*extent, int64, int64,
 	if e == nil || hi > e.off+e.size || e.state != extentCommitted {
 		return nil, 0, 0, fmt.Errorf("not in a committed extent: %w", engine.ErrNotFound)
 	}
+	if e.gen != a.Gen {
+		return nil, 0, 0, fmt.Errorf("generation %d, the extent there is generation %d (freed and reused): %w", a.Gen, e.gen, engine.ErrNotFound)
+	}
 	return e, lo, hi, nil
 }
 
 func fmtAddr(a engine.RemoteAddr) string {
-	return fmt.Sprintf("[segment %d offset %d len %d]", a.Segment, a.Offset, a.Len)
+	return fmt.Sprintf("[segment %d gen %d offset %d len %d]", a.Segment, a.Gen, a.Offset, a.Len)
 }
 
 // addrBefore reports whether a ends at or before b starts, in (segment,

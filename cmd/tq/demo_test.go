@@ -1,0 +1,34 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestDemo(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"demo", "-capacity", "8388608"}, &out, &errb); err != nil {
+		t.Fatalf("demo: %v\nstderr:\n%s", err, errb.String())
+	}
+	s := out.String()
+	for _, want := range []string{
+		"1_0", "2_0", "status=running", "[4 5 6]", "[40 50 60]", "status=done",
+		`partition "test" holds 0 keys, storage holds 0 B`,
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"frobnicate"}, &out, &errb); err == nil {
+		t.Fatal("unknown command succeeded")
+	}
+	if err := run(context.Background(), nil, &out, &errb); err == nil {
+		t.Fatal("no command succeeded")
+	}
+}
