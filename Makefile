@@ -6,7 +6,7 @@ PKGS      := ./...
 BENCHTIME ?= 3x
 FUZZTIME  ?= 30s
 
-.PHONY: all build test testrace testnocgo lint bench demo fuzz clean tidy
+.PHONY: all build test testrace testnocgo lint bench demo fuzz clean tidy generate
 
 all: build
 
@@ -40,6 +40,14 @@ demo:
 
 fuzz:
 	@echo "no fuzz targets yet"
+
+# generate: regenerate the protobuf code in wire/wirepb (committed). Needs
+# protoc (apt-get install protobuf-compiler) and protoc-gen-go at the
+# version go.mod pins.
+PROTOC_GEN_GO := $(shell go env GOPATH)/bin/protoc-gen-go
+generate:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
+	protoc --plugin=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/tqgo/tq -I wire/proto wire/proto/*.proto
 
 tidy:
 	$(GO) mod tidy

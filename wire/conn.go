@@ -1,0 +1,450 @@
+package wire
+
+// Conn is the client side of a connection. Three goroutines own it:
+//
+//	writer     the only one that writes to the socket; it takes frames from
+//	           a queue and writes several at once with writev (net.Buffers)
+//	reader     the only one that reads; it matches replies to pending calls
+//	           by request id and reads a reply's payload straight into the
+//	           buffers the call provides
+//	keepalive  pings the peer; a peer that stops answering fails the
+//	           connection, and with it every pending call
+//
+// A call's payload buffers belong to the caller again only when Do
+// returns; Do never returns while the writer or the reader may still touch
+// them.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// ConnConfig tunes a [Conn].
+type ConnConfig struct {
+	// KeepAlive is the interval between pings; 0 means 5 s, negative
+	// disables pings.
+	KeepAlive time.Duration
+	// PingTimeout is how long a ping may go unanswered before the peer is
+	// declared dead; 0 means 10 s.
+	PingTimeout time.Duration
+}
+
+func (c ConnConfig) withDefaults() ConnConfig {
+	if c.KeepAlive == 0 {
+		c.KeepAlive = 5 * time.Second
+	}
+	if c.PingTimeout == 0 {
+		c.PingTimeout = 10 * time.Second
+	}
+	return c
+}
+
+// Conn multiplexes requests over one stream connection (TCP or unix). It
+// is safe for concurrent use; many calls can be in flight at once.
+type Conn struct {
+	nc  net.Conn
+	cfg ConnConfig
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]*call
+	err     error // why the connection failed; set once
+
+	wq        chan *outFrame
+	done      chan struct{} // closed when the connection fails or closes
+	writerOut chan struct{} // closed when the writer goroutine has exited
+	readerOut chan struct{}
+	kaOut     chan struct{}
+	failOnce  sync.Once
+}
+
+type outFrame struct {
+	buf     []byte      // header and body
+	payload net.Buffers // raw payload segments, written in place
+	written chan error  // buffered; receives the write's outcome
+}
+
+type call struct {
+	reply     proto.Message
+	into      func(Header, proto.Message) ([][]byte, error)
+	done      chan struct{}
+	err       error
+	receiving bool // the reader is filling the call's buffers
+}
+
+// NewConn takes over nc. The caller should then [Conn.Hello].
+func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
+	c := &Conn{
+		nc:        nc,
+		cfg:       cfg.withDefaults(),
+		pending:   make(map[uint64]*call),
+		wq:        make(chan *outFrame, 256),
+		done:      make(chan struct{}),
+		writerOut: make(chan struct{}),
+		readerOut: make(chan struct{}),
+		kaOut:     make(chan struct{}),
+	}
+	go c.writeLoop()
+	go c.readLoop()
+	go c.keepAlive()
+	return c
+}
+
+// Dial connects to addr ("tcp://host:port", "unix:///path", or a bare
+// host:port) and performs the handshake.
+func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig) (*Conn, *wirepb.Hello, error) {
+	network, address, err := ParseAddr(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s: %w: %w", addr, ErrUnavailable, err)
+	}
+	c := NewConn(nc, cfg)
+	reply, err := c.Hello(ctx, hello)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	return c, reply, nil
+}
+
+// Hello performs the handshake.
+func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error) {
+	if h == nil {
+		h = &wirepb.Hello{}
+	}
+	h.Version = Version
+	reply := &wirepb.Hello{}
+	if err := c.Do(ctx, OpHello, h, nil, reply, nil); err != nil {
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	return reply, nil
+}
+
+// Done is closed when the connection has failed or been closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection failed, or nil while it works.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Close fails every pending call with [engine.ErrClosed], closes the
+// socket and waits for the connection's goroutines. It is idempotent.
+func (c *Conn) Close() error {
+	c.fail(fmt.Errorf("connection closed: %w", engine.ErrClosed))
+	<-c.writerOut
+	<-c.readerOut
+	<-c.kaOut
+	return nil
+}
+
+func (c *Conn) fail(err error) {
+	c.failOnce.Do(func() {
+		c.mu.Lock()
+		c.err = err
+		c.mu.Unlock()
+		close(c.done)
+		c.nc.Close()
+	})
+}
+
+// Do sends a request and waits for its reply. body is the request
+// message; payload, if any, is written after it straight from the given
+// buffers. reply receives the reply body. into, when the reply carries a
+// payload, returns the buffers to read it into (their lengths must add up
+// to the payload length); it runs on the reader goroutine and must not
+// block.
+//
+// An error reply is returned as a *[RemoteError]. If ctx ends first, Do
+// returns ctx's error — but only once neither the writer nor the reader
+// can still touch payload or the buffers into returned.
+func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Buffers, reply proto.Message, into func(Header, proto.Message) ([][]byte, error)) error {
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
+	if err != nil {
+		return fmt.Errorf("encode %v request: %w", op, err)
+	}
+	if len(b)-HeaderSize > MaxBodyLen {
+		return fmt.Errorf("%v request body of %d bytes exceeds %d: %w", op, len(b)-HeaderSize, MaxBodyLen, engine.ErrInvalid)
+	}
+	var plen uint64
+	for _, p := range payload {
+		plen += uint64(len(p))
+	}
+	cl := &call{reply: reply, into: into, done: make(chan struct{})}
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = cl
+	c.mu.Unlock()
+	h := Header{Version: Version, Op: op, ID: id, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
+	h.Append(b[:0])
+	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
+
+	select {
+	case c.wq <- f:
+	case <-ctx.Done():
+		c.forget(id)
+		return ctx.Err()
+	case <-c.done:
+		c.forget(id)
+		return c.Err()
+	}
+	select {
+	case <-cl.done:
+		return cl.err
+	case <-ctx.Done():
+		c.abandon(id, cl, f)
+		return ctx.Err()
+	case <-c.done:
+		c.abandon(id, cl, f)
+		return c.Err()
+	}
+}
+
+func (c *Conn) forget(id uint64) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+// abandon gives up on a call without leaving goroutines that still touch
+// its buffers: it waits for the frame to be written (or dropped) and for a
+// payload being received to finish.
+func (c *Conn) abandon(id uint64, cl *call, f *outFrame) {
+	c.mu.Lock()
+	receiving := cl.receiving
+	if !receiving {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if receiving {
+		<-cl.done // the reader finishes or fails the call
+	}
+	select {
+	case <-f.written:
+	case <-c.writerOut:
+	}
+}
+
+func (c *Conn) writeLoop() {
+	defer close(c.writerOut)
+	var batch []*outFrame
+	var bufs net.Buffers
+	for {
+		var f *outFrame
+		select {
+		case f = <-c.wq:
+		case <-c.done:
+			c.drainQueue()
+			return
+		}
+		batch = append(batch[:0], f)
+		// Coalesce what is already queued into one writev.
+	more:
+		for len(batch) < 64 {
+			select {
+			case g := <-c.wq:
+				batch = append(batch, g)
+			default:
+				break more
+			}
+		}
+		bufs = bufs[:0]
+		for _, g := range batch {
+			bufs = append(bufs, g.buf)
+			bufs = append(bufs, g.payload...)
+		}
+		w := bufs
+		_, err := w.WriteTo(c.nc)
+		for _, g := range batch {
+			g.written <- err
+		}
+		if err != nil {
+			c.fail(fmt.Errorf("write: %w: %w", ErrUnavailable, err))
+			c.drainQueue()
+			return
+		}
+	}
+}
+
+func (c *Conn) drainQueue() {
+	for {
+		select {
+		case g := <-c.wq:
+			g.written <- c.Err()
+		default:
+			return
+		}
+	}
+}
+
+func (c *Conn) readLoop() {
+	defer close(c.readerOut)
+	br := bufio.NewReaderSize(c.nc, 64<<10)
+	var hb [HeaderSize]byte
+	var err error
+	for err == nil {
+		err = c.readOne(br, hb[:])
+	}
+	if !errors.Is(err, engine.ErrClosed) {
+		c.fail(err)
+	}
+	// Fail every call still waiting.
+	c.mu.Lock()
+	cerr := c.err
+	pending := c.pending
+	c.pending = map[uint64]*call{}
+	c.mu.Unlock()
+	for _, cl := range pending {
+		cl.err = cerr
+		close(cl.done)
+	}
+}
+
+func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
+	if _, err := io.ReadFull(br, hb); err != nil {
+		return c.readErr(err)
+	}
+	h, err := DecodeHeader(hb)
+	if err != nil {
+		return err
+	}
+	if h.Flags&FlagReply == 0 {
+		return fmt.Errorf("request frame (op %v) on a client connection: %w", h.Op, ErrFrame)
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return c.readErr(err)
+	}
+	c.mu.Lock()
+	cl := c.pending[h.ID]
+	if cl != nil {
+		cl.receiving = true
+	}
+	c.mu.Unlock()
+	if cl == nil { // abandoned call: skip its reply
+		_, err := io.CopyN(io.Discard, br, int64(h.PayloadLen))
+		return c.readErr(err)
+	}
+	cerr, err := c.fill(br, h, body, cl)
+	c.mu.Lock()
+	delete(c.pending, h.ID)
+	c.mu.Unlock()
+	cl.err = cerr
+	if err != nil && cerr == nil {
+		cl.err = err
+	}
+	close(cl.done)
+	return err
+}
+
+// fill decodes a reply into its call and reads its payload. cerr is the
+// call's outcome; err is a connection-level failure.
+func (c *Conn) fill(br *bufio.Reader, h Header, body []byte, cl *call) (cerr, err error) {
+	discard := func() error {
+		_, err := io.CopyN(io.Discard, br, int64(h.PayloadLen))
+		return c.readErr(err)
+	}
+	if h.Flags&FlagError != 0 {
+		var e wirepb.Error
+		if err := proto.Unmarshal(body, &e); err != nil {
+			return fmt.Errorf("decode error reply: %w", ErrFrame), discard()
+		}
+		return FromReply(&e), discard()
+	}
+	if cl.reply != nil {
+		if err := proto.Unmarshal(body, cl.reply); err != nil {
+			return fmt.Errorf("decode %v reply: %v: %w", h.Op, err.Error(), engine.ErrCorrupt), discard()
+		}
+	}
+	if h.PayloadLen == 0 {
+		return nil, nil
+	}
+	if cl.into == nil {
+		return fmt.Errorf("%v reply carries %d payload bytes nobody asked for: %w", h.Op, h.PayloadLen, engine.ErrCorrupt), discard()
+	}
+	bufs, ierr := cl.into(h, cl.reply)
+	var total uint64
+	for _, b := range bufs {
+		total += uint64(len(b))
+	}
+	if ierr == nil && total != h.PayloadLen {
+		ierr = fmt.Errorf("%v reply payload is %d bytes, buffers hold %d: %w", h.Op, h.PayloadLen, total, engine.ErrCorrupt)
+	}
+	if ierr != nil {
+		return ierr, discard()
+	}
+	for _, b := range bufs {
+		if _, err := io.ReadFull(br, b); err != nil {
+			err = c.readErr(err)
+			return err, err
+		}
+	}
+	return nil, nil
+}
+
+func (c *Conn) readErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-c.done:
+		return c.Err()
+	default:
+	}
+	return fmt.Errorf("read: %w: %w", ErrUnavailable, err)
+}
+
+// Ping sends a ping and waits for the answer.
+func (c *Conn) Ping(ctx context.Context) error {
+	return c.Do(ctx, OpPing, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil)
+}
+
+func (c *Conn) keepAlive() {
+	defer close(c.kaOut)
+	if c.cfg.KeepAlive < 0 {
+		<-c.done
+		return
+	}
+	t := time.NewTicker(c.cfg.KeepAlive)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PingTimeout)
+		err := c.Ping(ctx)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			c.fail(fmt.Errorf("peer stopped answering (no pong in %v): %w", c.cfg.PingTimeout, ErrUnavailable))
+			return
+		}
+	}
+}

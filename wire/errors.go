@@ -1,0 +1,78 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// ErrUnauthenticated reports a connection that did not complete the
+// handshake or gave the wrong token.
+var ErrUnauthenticated = errors.New("wire: unauthenticated")
+
+// ErrUnavailable reports a peer that is unreachable or stopped answering.
+var ErrUnavailable = errors.New("wire: peer unavailable")
+
+var codeErrs = []struct {
+	code wirepb.Code
+	err  error
+}{
+	{wirepb.Code_CODE_INVALID, engine.ErrInvalid},
+	{wirepb.Code_CODE_NOT_FOUND, engine.ErrNotFound},
+	{wirepb.Code_CODE_DTYPE_MISMATCH, engine.ErrDTypeMismatch},
+	{wirepb.Code_CODE_NOT_READY, engine.ErrNotReady},
+	{wirepb.Code_CODE_CAPACITY, engine.ErrCapacity},
+	{wirepb.Code_CODE_CLOSED, engine.ErrClosed},
+	{wirepb.Code_CODE_NOT_SUPPORTED, engine.ErrNotSupported},
+	{wirepb.Code_CODE_LOST, engine.ErrLost},
+	{wirepb.Code_CODE_CORRUPT, engine.ErrCorrupt},
+	{wirepb.Code_CODE_DEADLINE, context.DeadlineExceeded},
+	{wirepb.Code_CODE_CANCELED, context.Canceled},
+	{wirepb.Code_CODE_UNAUTHENTICATED, ErrUnauthenticated},
+}
+
+// CodeOf classifies err for an error reply.
+func CodeOf(err error) wirepb.Code {
+	for _, ce := range codeErrs {
+		if errors.Is(err, ce.err) {
+			return ce.code
+		}
+	}
+	return wirepb.Code_CODE_INTERNAL
+}
+
+// RemoteError is an error reply from a peer. It unwraps to the engine
+// sentinel for its code, so errors.Is(err, engine.ErrNotFound) works across
+// the wire.
+type RemoteError struct {
+	Code    wirepb.Code
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Unwrap returns the sentinel the code stands for.
+func (e *RemoteError) Unwrap() error {
+	for _, ce := range codeErrs {
+		if ce.code == e.Code {
+			return ce.err
+		}
+	}
+	return nil
+}
+
+// ErrorReply builds the body of an error reply.
+func ErrorReply(err error) *wirepb.Error {
+	return &wirepb.Error{Code: CodeOf(err), Message: err.Error()}
+}
+
+// FromReply turns an error reply body into a Go error.
+func FromReply(e *wirepb.Error) error {
+	if e == nil {
+		return fmt.Errorf("error reply without a body: %w", engine.ErrCorrupt)
+	}
+	return &RemoteError{Code: e.Code, Message: e.Message}
+}

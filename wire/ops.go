@@ -1,0 +1,63 @@
+package wire
+
+import "fmt"
+
+// Operations. Numbers are part of the protocol (wire/spec.md) and never
+// reused. Requests and their replies carry the same op.
+const (
+	// Every connection.
+	OpHello Op = 1 // Hello → Hello; must be the first request
+	OpPing  Op = 2 // Ping → Ping
+
+	// Client → controller (control plane): 16–47.
+	OpInsert            Op = 16
+	OpFetch             Op = 17
+	OpForceFetch        Op = 18
+	OpRowsMeta          Op = 19
+	OpCommit            Op = 20
+	OpResolveKeys       Op = 21
+	OpKeysOf            Op = 22
+	OpSetTags           Op = 23
+	OpListKeys          Op = 24
+	OpProductionStatus  Op = 25
+	OpConsumptionStatus Op = 26
+	OpResetConsumption  Op = 27
+	OpClearRows         Op = 28
+	OpClearKeys         Op = 29
+	OpClearPartition    Op = 30
+	OpPartitions        Op = 31
+	OpStats             Op = 32
+	OpFields            Op = 33
+	OpUnits             Op = 34
+	OpSaveCheckpoint    Op = 35
+	OpLoadCheckpoint    Op = 36
+
+	// Storage unit → controller: 48–63.
+	OpRegister  Op = 48
+	OpHeartbeat Op = 49
+
+	// Client → storage unit (data plane): 64–95.
+	OpWrite     Op = 64
+	OpRead      Op = 65
+	OpFree      Op = 66
+	OpUnitStats Op = 67
+)
+
+var opNames = map[Op]string{
+	OpHello: "HELLO", OpPing: "PING",
+	OpInsert: "INSERT", OpFetch: "FETCH", OpForceFetch: "FORCE_FETCH", OpRowsMeta: "ROWS_META",
+	OpCommit: "COMMIT", OpResolveKeys: "RESOLVE_KEYS", OpKeysOf: "KEYS_OF", OpSetTags: "SET_TAGS",
+	OpListKeys: "LIST_KEYS", OpProductionStatus: "PRODUCTION_STATUS", OpConsumptionStatus: "CONSUMPTION_STATUS",
+	OpResetConsumption: "RESET_CONSUMPTION", OpClearRows: "CLEAR_ROWS", OpClearKeys: "CLEAR_KEYS",
+	OpClearPartition: "CLEAR_PARTITION", OpPartitions: "PARTITIONS", OpStats: "STATS", OpFields: "FIELDS",
+	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
+	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT",
+	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
+}
+
+func (o Op) String() string {
+	if n, ok := opNames[o]; ok {
+		return n
+	}
+	return fmt.Sprintf("OP_%d", uint16(o))
+}

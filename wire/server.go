@@ -1,0 +1,488 @@
+package wire
+
+// Server is the serving side. Per connection, one goroutine reads frames;
+// each request runs its handler in a goroutine of its own, so a slow
+// request (a blocking fetch) does not hold up the others. A request's
+// payload is still on the socket when its handler starts: the handler
+// reads it straight into its destination (ReadPayload), and the read loop
+// waits until the payload is consumed before it reads the next frame.
+// Replies go through one writer goroutine per connection.
+//
+// A malformed frame closes its connection only; the server goes on serving
+// the others.
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// HandlerFunc serves one request. It must call exactly one of rw's reply
+// methods (or none, in which case an internal error is sent).
+type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
+
+// ServerConfig configures a [Server].
+type ServerConfig struct {
+	// Hello is what the server answers the handshake with (role, host id,
+	// unit id).
+	Hello *wirepb.Hello
+	// Token, when set, must be presented in the client's Hello.
+	Token string
+	// MaxInFlight bounds concurrent requests per connection (0: 1024).
+	MaxInFlight int
+	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection with no frame for this long (0: 5
+	// min). Clients ping every few seconds, so only dead peers hit it.
+	IdleTimeout time.Duration
+	// OnDisconnect, if set, runs when a connection ends, with the peer's
+	// Hello (nil if the handshake never completed).
+	OnDisconnect func(peer *wirepb.Hello)
+}
+
+// Server serves the protocol on any number of listeners. Safe for
+// concurrent use.
+type Server struct {
+	cfg      ServerConfig
+	handlers map[Op]HandlerFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	draining  bool
+	inflight  sync.WaitGroup
+	wg        sync.WaitGroup
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+}
+
+// NewServer returns a server with no handlers.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 1024
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.Hello == nil {
+		cfg.Hello = &wirepb.Hello{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		handlers:  map[Op]HandlerFunc{},
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*serverConn]struct{}{},
+		ctx:       ctx,
+		cancel:    cancel,
+	}
+}
+
+// Handle registers the handler for an op. Call before serving.
+func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
+
+// Serve accepts connections on l until the server closes. It returns nil
+// after Close or Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			delete(s.listeners, l)
+			s.mu.Unlock()
+			if draining || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		sc := &serverConn{s: s, nc: nc, wq: make(chan *outFrame, 256), done: make(chan struct{}), writerOut: make(chan struct{})}
+		s.mu.Lock()
+		if s.draining {
+			s.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go sc.serve()
+	}
+}
+
+// Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
+// for in-flight requests until ctx ends, then closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+	idle := make(chan struct{})
+	go func() { s.inflight.Wait(); close(idle) }()
+	var err error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		err = fmt.Errorf("shutdown with requests in flight: %w", ctx.Err())
+	}
+	return errors.Join(err, s.Close())
+}
+
+// Close stops everything at once and waits for the server's goroutines
+// (handlers included). It is idempotent.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.draining = true
+		for l := range s.listeners {
+			l.Close()
+		}
+		for c := range s.conns {
+			c.close()
+		}
+		s.mu.Unlock()
+		s.cancel()
+	})
+	s.wg.Wait()
+	s.inflight.Wait()
+	return nil
+}
+
+type serverConn struct {
+	s         *Server
+	nc        net.Conn
+	wq        chan *outFrame
+	done      chan struct{}
+	writerOut chan struct{} // closed when the writer goroutine has exited
+	once      sync.Once
+	peer      *wirepb.Hello
+}
+
+func (c *serverConn) close() {
+	c.once.Do(func() {
+		close(c.done)
+		c.nc.Close()
+	})
+}
+
+func (c *serverConn) serve() {
+	defer c.s.wg.Done()
+	go func() { defer close(c.writerOut); c.writeLoop() }()
+	ctx, cancel := context.WithCancel(c.s.ctx)
+	var handlers sync.WaitGroup
+	defer func() {
+		c.close()
+		cancel()
+		handlers.Wait()
+		<-c.writerOut
+		c.s.mu.Lock()
+		delete(c.s.conns, c)
+		c.s.mu.Unlock()
+		if c.s.cfg.OnDisconnect != nil {
+			c.s.cfg.OnDisconnect(c.peer)
+		}
+	}()
+	br := bufio.NewReaderSize(c.nc, 64<<10)
+	if err := c.handshake(br); err != nil {
+		return
+	}
+	sem := make(chan struct{}, c.s.cfg.MaxInFlight)
+	var hb [HeaderSize]byte
+	for {
+		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.IdleTimeout))
+		if _, err := io.ReadFull(br, hb[:]); err != nil {
+			return
+		}
+		c.nc.SetReadDeadline(time.Time{})
+		h, err := DecodeHeader(hb[:])
+		if err != nil || h.Flags&FlagReply != 0 {
+			return // malformed: close this connection only
+		}
+		body := make([]byte, h.BodyLen)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return
+		}
+		req := &Request{Header: h, Body: body, Peer: c.peer, br: br, left: h.PayloadLen, consumed: make(chan struct{})}
+		if h.PayloadLen == 0 {
+			req.finish()
+		}
+		rw := &ReplyWriter{c: c, h: h}
+		handler := c.s.handlers[h.Op]
+		if h.Op == OpPing {
+			handler = pong
+		}
+		c.s.mu.Lock()
+		draining := c.s.draining
+		if !draining {
+			c.s.inflight.Add(1)
+		}
+		c.s.mu.Unlock()
+		switch {
+		case draining:
+			handler = func(_ context.Context, _ *Request, rw *ReplyWriter) {
+				rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
+			}
+		case handler == nil:
+			handler = func(_ context.Context, req *Request, rw *ReplyWriter) {
+				rw.Error(fmt.Errorf("op %v: %w", req.Op, engine.ErrNotSupported))
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-c.done:
+			if !draining {
+				c.s.inflight.Done()
+			}
+			return
+		}
+		handlers.Add(1)
+		go func() {
+			defer handlers.Done()
+			defer func() { <-sem }()
+			if !draining {
+				defer c.s.inflight.Done()
+			}
+			handler(ctx, req, rw)
+			if !rw.sent {
+				rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
+			}
+			req.DiscardPayload()
+		}()
+		// The payload belongs to the handler until consumed.
+		select {
+		case <-req.consumed:
+		case <-c.done:
+			return
+		}
+		if req.broken {
+			return
+		}
+	}
+}
+
+var errInternal = errors.New("wire: internal error")
+
+func pong(_ context.Context, req *Request, rw *ReplyWriter) {
+	var p wirepb.Ping
+	if err := req.Decode(&p); err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(&p, nil, nil)
+}
+
+func (c *serverConn) handshake(br *bufio.Reader) error {
+	c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(br, hb[:]); err != nil {
+		return err
+	}
+	h, err := DecodeHeader(hb[:])
+	if err != nil {
+		return err
+	}
+	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
+		return fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(br, body); err != nil {
+		return err
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	var hello wirepb.Hello
+	rw := &ReplyWriter{c: c, h: h}
+	if err := proto.Unmarshal(body, &hello); err != nil {
+		rw.Error(fmt.Errorf("decode hello: %v: %w", err.Error(), engine.ErrInvalid))
+		return err
+	}
+	if hello.Version != Version {
+		err := fmt.Errorf("client speaks version %d, server %d: %w", hello.Version, Version, engine.ErrNotSupported)
+		rw.Error(err)
+		return err
+	}
+	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 {
+		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
+		rw.Error(err)
+		return err
+	}
+	c.peer = &hello
+	reply := proto.Clone(c.s.cfg.Hello).(*wirepb.Hello)
+	reply.Version = Version
+	rw.Reply(reply, nil, nil)
+	return nil
+}
+
+func (c *serverConn) writeLoop() {
+	var bufs net.Buffers
+	for {
+		var f *outFrame
+		select {
+		case f = <-c.wq:
+		case <-c.done:
+			c.drain()
+			return
+		}
+		bufs = append(bufs[:0], f.buf)
+		bufs = append(bufs, f.payload...)
+		w := bufs
+		_, err := w.WriteTo(c.nc)
+		f.written <- err
+		if err != nil {
+			c.close()
+			c.drain()
+			return
+		}
+	}
+}
+
+func (c *serverConn) drain() {
+	for {
+		select {
+		case f := <-c.wq:
+			f.written <- net.ErrClosed
+		default:
+			return
+		}
+	}
+}
+
+// Request is one request as the handler sees it.
+type Request struct {
+	Header
+	Body []byte
+	// Peer is the client's Hello.
+	Peer *wirepb.Hello
+
+	br       *bufio.Reader
+	left     uint64
+	consumed chan struct{}
+	once     sync.Once
+	broken   bool
+}
+
+// Decode unmarshals the request body; a malformed body is an error
+// wrapping [engine.ErrInvalid].
+func (r *Request) Decode(m proto.Message) error {
+	if err := proto.Unmarshal(r.Body, m); err != nil {
+		return fmt.Errorf("decode %v request: %v: %w", r.Op, err.Error(), engine.ErrInvalid)
+	}
+	return nil
+}
+
+// ReadPayload reads the whole payload into dst, whose lengths must add up
+// to the payload length. It can be called once.
+func (r *Request) ReadPayload(dst [][]byte) error {
+	var total uint64
+	for _, b := range dst {
+		total += uint64(len(b))
+	}
+	if total != r.left {
+		return fmt.Errorf("%v payload is %d bytes, request describes %d: %w", r.Op, r.left, total, engine.ErrInvalid)
+	}
+	defer r.finish()
+	for _, b := range dst {
+		if _, err := io.ReadFull(r.br, b); err != nil {
+			r.broken = true
+			return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
+		}
+		r.left -= uint64(len(b))
+	}
+	return nil
+}
+
+// DiscardPayload skips whatever payload is left unread.
+func (r *Request) DiscardPayload() {
+	if r.left == 0 {
+		r.finish()
+		return
+	}
+	if _, err := io.CopyN(io.Discard, r.br, int64(r.left)); err != nil {
+		r.broken = true
+	}
+	r.left = 0
+	r.finish()
+}
+
+func (r *Request) finish() { r.once.Do(func() { close(r.consumed) }) }
+
+// ReplyWriter sends a request's reply.
+type ReplyWriter struct {
+	c    *serverConn
+	h    Header
+	sent bool
+}
+
+// Reply sends body and payload (written straight from its buffers). after,
+// if set, runs once the payload has been written or dropped (release
+// leases there).
+func (rw *ReplyWriter) Reply(body proto.Message, payload net.Buffers, after func()) {
+	rw.send(0, body, payload, after)
+}
+
+// Error sends an error reply classifying err.
+func (rw *ReplyWriter) Error(err error) {
+	rw.send(FlagError, ErrorReply(err), nil, nil)
+}
+
+func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers, after func()) {
+	if rw.sent {
+		if after != nil {
+			after()
+		}
+		return
+	}
+	rw.sent = true
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
+	if err != nil {
+		b, _ = proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
+		flags, payload = FlagError, nil
+	}
+	var plen uint64
+	for _, p := range payload {
+		plen += uint64(len(p))
+	}
+	h := Header{Version: Version, Flags: FlagReply | flags, Op: rw.h.Op, ID: rw.h.ID, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
+	h.Append(b[:0])
+	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
+	select {
+	case rw.c.wq <- f:
+		// Hold on until the writer is done with the frame: it wrote it,
+		// or it has exited and will never touch the payload. (A handshake
+		// rejection relies on this: its reply is out before the close.)
+		select {
+		case <-f.written:
+		case <-rw.c.writerOut:
+		}
+	case <-rw.c.done:
+	}
+	if after != nil {
+		after()
+	}
+}
