@@ -4,15 +4,15 @@ package client
 //
 //  1. group the meta's rows by partition, then by the storage unit the
 //     placement picks for them;
-//  2. per unit group, reserve one extent per field (the column slice of
-//     those rows) and copy the rows in — one copy when they are contiguous
-//     in the column;
-//  3. commit the extents on the unit (the bytes are complete), then commit
-//     the cells to the controller, which flips their production bits;
+//  2. per unit group, write one extent per field (the column slice of
+//     those rows), handing the unit the column's bytes as few pieces as the
+//     rows allow; the unit commits the extents before it answers;
+//  3. commit the cells to the controller, which flips their production
+//     bits;
 //  4. free the cells the commit replaced.
 //
-// If any step fails, the extents written so far are aborted or freed and
-// the controller was never told about them: no cell is half written.
+// If any step fails, the extents written so far are freed and the
+// controller was never told about them: no cell is half written.
 
 import (
 	"context"
@@ -123,11 +123,10 @@ func (c *Client) place(meta *engine.BatchMeta, pos []int) map[DataUnit][]int {
 	return out
 }
 
-// written is what one unit group put down, for rollback: an open
-// reservation, or (once committed on the unit) the rows whose cells to free.
+// written is what one unit group put down: the rows whose cells to free
+// if a later step fails.
 type written struct {
 	unit DataUnit
-	res  Reservation
 	rows []int
 }
 
@@ -143,10 +142,6 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 			return
 		}
 		for _, w := range done {
-			if w.res != nil {
-				w.res.Abort()
-				continue
-			}
 			addrs := make([]engine.RemoteAddr, 0, len(w.rows)*len(fields))
 			for i := range fields {
 				for _, r := range w.rows {
@@ -159,20 +154,17 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		}
 	}()
 	for u, rows := range c.place(meta, pos) {
-		sizes := make([]int64, len(fields))
+		extents := make([][][]byte, len(fields))
 		for i, f := range fields {
-			for _, r := range rows {
-				sizes[i] += int64(len(f.Col.RowBytes(r)))
-			}
+			extents[i] = pieces(f.Col, rows)
 		}
-		res, err := u.Reserve(ctx, sizes)
+		addrs, err := u.Write(ctx, extents)
 		if err != nil {
-			return fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
+			return fmt.Errorf("write to unit %d: %w", u.ID(), err)
 		}
-		done = append(done, written{unit: u, res: res, rows: rows})
+		done = append(done, written{unit: u, rows: rows})
 		for i, f := range fields {
-			fill(res.Buf(i), f.Col, rows)
-			base := res.Addr(i)
+			base := addrs[i]
 			off := base.Offset
 			fl := locs[i]
 			for _, r := range rows {
@@ -181,11 +173,6 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 				off += n
 			}
 		}
-		if err := res.Commit(); err != nil {
-			return fmt.Errorf("commit on unit %d: %w", u.ID(), err)
-		}
-		// From here on the extents are live: roll back by freeing cells.
-		done[len(done)-1].res = nil
 	}
 	identity := len(pos) == meta.Len()
 	for i, p := range pos {
@@ -227,19 +214,20 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 	return nil
 }
 
-// fill copies rows of col, in order, into dst: one copy per run of
-// consecutive rows.
-func fill(dst []byte, col *engine.Column, rows []int) {
+// pieces returns the bytes of rows of col, in order, as few slices as the
+// rows allow: one per run of consecutive rows. The slices alias col.
+func pieces(col *engine.Column, rows []int) [][]byte {
 	data := col.Data()
 	offs := col.Offsets()
-	at := 0
+	var out [][]byte
 	for i := 0; i < len(rows); {
 		j := i + 1
 		for j < len(rows) && rows[j] == rows[j-1]+1 {
 			j++
 		}
 		lo, hi := offs[rows[i]], offs[rows[j-1]+1]
-		at += copy(dst[at:], data[lo:hi])
+		out = append(out, data[lo:hi:hi])
 		i = j
 	}
+	return out
 }

@@ -10,30 +10,22 @@ import (
 	"github.com/tqgo/tq/storage"
 )
 
-// DataUnit is the client's handle on one storage unit's data plane: reserve
-// extents and fill them, read cells under a lease, free cells. In one
-// process it is the unit itself (see [LocalUnit]); across processes it is a
-// transport connection (shm, tcp, rdma).
+// DataUnit is the client's handle on one storage unit's data plane: write
+// extents, read cells under a lease, free cells. In one process it is the
+// unit itself (see [LocalUnit]); across processes it wraps an
+// [engine.DataConn] (see [RemoteUnit]).
 type DataUnit interface {
 	ID() engine.UnitID
 	// Host identifies the machine the unit runs on (its boot id), for
 	// local-first placement.
 	Host() string
-	// Transport names how bytes move ("local", "shm", "tcp", "rdma").
+	// Transport names how bytes move ("local", "tcp", "shm", "rdma").
 	Transport() string
-	Reserve(ctx context.Context, sizes []int64) (Reservation, error)
+	// Write stores each extent — the concatenation of its pieces — in a
+	// new committed extent and returns one address per extent.
+	Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error)
 	Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error)
 	Free(ctx context.Context, cells []engine.RemoteAddr) error
-}
-
-// Reservation is extents reserved for one put: fill Buf(i), then Commit or
-// Abort. Buf's memory belongs to the unit and is valid until then.
-type Reservation interface {
-	Len() int
-	Buf(i int) []byte
-	Addr(i int) engine.RemoteAddr
-	Commit() error
-	Abort()
 }
 
 // Lease keeps cells alive while a reader looks at them. Bytes(i) is a view
@@ -43,7 +35,8 @@ type Lease interface {
 	Release()
 }
 
-// LocalUnit adapts a storage unit in this process to [DataUnit].
+// LocalUnit adapts a storage unit in this process to [DataUnit]: writes
+// copy once into the arena, reads are views.
 func LocalUnit(u *storage.Unit) DataUnit { return localUnit{u} }
 
 type localUnit struct{ u *storage.Unit }
@@ -53,12 +46,38 @@ var _ DataUnit = localUnit{}
 func (l localUnit) ID() engine.UnitID { return l.u.ID() }
 func (l localUnit) Host() string      { return HostID() }
 func (l localUnit) Transport() string { return "local" }
-func (l localUnit) Reserve(ctx context.Context, sizes []int64) (Reservation, error) {
-	r, err := l.u.Reserve(ctx, sizes)
+
+func (l localUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	return WriteReserved(ctx, l.u, extents)
+}
+
+// WriteReserved writes extents into a storage unit in this process:
+// reserve, copy each extent's pieces in, commit.
+func WriteReserved(ctx context.Context, u *storage.Unit, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	sizes := make([]int64, len(extents))
+	for i, pieces := range extents {
+		for _, p := range pieces {
+			sizes[i] += int64(len(p))
+		}
+	}
+	r, err := u.Reserve(ctx, sizes)
 	if err != nil {
 		return nil, err
 	}
-	return r, nil
+	addrs := make([]engine.RemoteAddr, len(extents))
+	for i, pieces := range extents {
+		buf := r.Buf(i)
+		at := 0
+		for _, p := range pieces {
+			at += copy(buf[at:], p)
+		}
+		addrs[i] = r.Addr(i)
+	}
+	if err := r.Commit(); err != nil {
+		r.Abort()
+		return nil, err
+	}
+	return addrs, nil
 }
 
 func (l localUnit) Acquire(_ context.Context, addrs []engine.RemoteAddr) (Lease, error) {
@@ -70,6 +89,56 @@ func (l localUnit) Acquire(_ context.Context, addrs []engine.RemoteAddr) (Lease,
 }
 
 func (l localUnit) Free(_ context.Context, cells []engine.RemoteAddr) error { return l.u.Free(cells) }
+
+// RemoteUnit adapts a data connection to a unit in another process to
+// [DataUnit]: reads copy into client memory, so a lease is just the
+// buffers.
+func RemoteUnit(id engine.UnitID, host, transport string, conn engine.DataConn) DataUnit {
+	return remoteUnit{id: id, host: host, transport: transport, conn: conn}
+}
+
+type remoteUnit struct {
+	id        engine.UnitID
+	host      string
+	transport string
+	conn      engine.DataConn
+}
+
+func (r remoteUnit) ID() engine.UnitID { return r.id }
+func (r remoteUnit) Host() string      { return r.host }
+func (r remoteUnit) Transport() string { return r.transport }
+
+func (r remoteUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	return r.conn.Write(ctx, extents)
+}
+
+func (r remoteUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
+	var total uint64
+	for _, a := range addrs {
+		total += a.Len
+	}
+	mem := make([]byte, total)
+	dst := make([][]byte, len(addrs))
+	at := uint64(0)
+	for i, a := range addrs {
+		dst[i] = mem[at : at+a.Len : at+a.Len]
+		at += a.Len
+	}
+	if err := r.conn.Read(ctx, addrs, dst); err != nil {
+		return nil, err
+	}
+	return copiedLease(dst), nil
+}
+
+func (r remoteUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	return r.conn.Free(ctx, cells)
+}
+
+// copiedLease holds bytes already copied into client memory.
+type copiedLease [][]byte
+
+func (c copiedLease) Bytes(i int) []byte { return c[i] }
+func (c copiedLease) Release()           {}
 
 var hostOnce = sync.OnceValue(func() string {
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
