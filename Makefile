@@ -38,8 +38,15 @@ bench:
 demo:
 	$(GO) run ./cmd/tq demo
 
+# fuzz: run every fuzz target for FUZZTIME each (make test runs only their
+# seed corpora).
 fuzz:
-	@echo "no fuzz targets yet"
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 # generate: regenerate the protobuf code in wire/wirepb (committed). Needs
 # protoc (apt-get install protobuf-compiler) and protoc-gen-go at the

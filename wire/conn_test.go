@@ -25,6 +25,10 @@ func echo(_ context.Context, req *Request, rw *ReplyWriter) {
 		rw.Error(err)
 		return
 	}
+	if req.PayloadLen > 16<<20 { // bound before allocating
+		rw.Error(fmt.Errorf("echo of %d bytes: %w", req.PayloadLen, engine.ErrInvalid))
+		return
+	}
 	buf := make([]byte, req.PayloadLen)
 	if err := req.ReadPayload([][]byte{buf}); err != nil {
 		rw.Error(err)
