@@ -9,7 +9,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -71,8 +73,13 @@ type ckptCell struct {
 // keys, tags, production, consumption, the index allocator and the
 // sampler's state) into dir. It writes a sibling temporary directory,
 // fsyncs it and renames it into place, so dir holds either the old
-// checkpoint or the new one, never a mix.
+// checkpoint or the new one, never a mix. A dir that exists and holds
+// files but no checkpoint is refused with [engine.ErrInvalid]: replacing
+// it would delete them.
 func (c *Controller) Save(dir string) error {
+	if err := checkReplaceable(dir); err != nil {
+		return opErr("save checkpoint", dir, err)
+	}
 	doc, err := c.snapshot()
 	if err != nil {
 		return opErr("save checkpoint", dir, err)
@@ -83,6 +90,25 @@ func (c *Controller) Save(dir string) error {
 	}
 	if err := writeDirAtomic(dir, checkpointFile, data); err != nil {
 		return opErr("save checkpoint", dir, err)
+	}
+	return nil
+}
+
+// checkReplaceable refuses a dir that Save must not replace: one that
+// holds files but no checkpoint (Save moves dir aside and deletes it).
+func checkReplaceable(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("inspect checkpoint directory: %w", err)
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, checkpointFile)); err != nil {
+		return fmt.Errorf("%s holds %d entries but no %s; refusing to replace it: %w", dir, len(entries), checkpointFile, engine.ErrInvalid)
 	}
 	return nil
 }

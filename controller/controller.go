@@ -249,9 +249,14 @@ func (c *Controller) Fetch(ctx context.Context, req FetchRequest) (*engine.Batch
 				continue
 			}
 		} else {
-			m, err := c.tryFetch(p, &req)
-			wake = p.changed
-			p.mu.Unlock()
+			// Unlock in a defer: a panicking sampler must not leave the
+			// partition locked (a server recovers the panic and goes on).
+			m, err := func() (*engine.BatchMeta, error) {
+				defer p.mu.Unlock()
+				m, err := c.tryFetch(p, &req)
+				wake = p.changed
+				return m, err
+			}()
 			if err != nil {
 				return nil, opErr("fetch", req.Partition, err)
 			}

@@ -20,4 +20,15 @@
 // incrementally. Status queries, listing, statistics and resets walk the
 // partition. The controller is safe for concurrent use and locks per
 // partition.
+//
+// A [Server] serves a controller, and a [Registry] of storage units, to
+// other processes over the wire protocol (protocol.md beside this file
+// describes each control op):
+//
+//	srv := controller.NewServer(c, controller.ServerConfig{Token: token})
+//	go srv.Serve(listener) // a unix socket or a loopback TCP listener
+//	…
+//	srv.Shutdown(ctx) // blocked fetches get a reply, then connections close
+//
+// Clients reach it with client.DialMeta.
 package controller

@@ -30,8 +30,9 @@ const Version = 1
 
 // Limits, enforced before anything is allocated.
 const (
-	// MaxBodyLen bounds a frame's protobuf body.
-	MaxBodyLen = 16 << 20
+	// MaxBodyLen bounds a frame's protobuf body: 64 MiB, enough for the
+	// meta of about a quarter million rows of nine fields.
+	MaxBodyLen = 64 << 20
 	// MaxPayloadLen bounds a frame's payload.
 	MaxPayloadLen = 1 << 40
 	// MaxSegments bounds the number of payload segments, cells or rows a

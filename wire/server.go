@@ -460,8 +460,15 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 	}
 	rw.sent = true
 	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
-	if err != nil {
+	switch {
+	case err != nil:
 		b, _ = proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
+		flags, payload = FlagError, nil
+	case len(b)-HeaderSize > MaxBodyLen:
+		// The peer would reject the frame and drop the connection: answer
+		// with an error instead.
+		b, _ = proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize), ErrorReply(fmt.Errorf(
+			"%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-HeaderSize, MaxBodyLen, engine.ErrInvalid)))
 		flags, payload = FlagError, nil
 	}
 	var plen uint64

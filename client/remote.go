@@ -1,0 +1,469 @@
+package client
+
+// RemoteMeta: the MetaService of a controller in another process, spoken
+// over one multiplexed wire.Conn (see wire/spec.md and controller's
+// handlers). Requests are encoded here and replies decoded and validated
+// here; the controller's server does the reverse.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// RemoteConfig configures [DialMeta].
+type RemoteConfig struct {
+	// Token is presented in the handshake when the controller requires one.
+	Token string
+	// Name identifies this client in the controller's logs.
+	Name string
+	// Conn tunes the connection (keepalive, ping timeout).
+	Conn wire.ConnConfig
+}
+
+// RemoteMeta is a [MetaService] backed by a controller server across the
+// network. It is safe for concurrent use; calls are multiplexed over one
+// connection. Every error it returns is an *[engine.OpError] naming the
+// transport and the controller's address, wrapping the cause: an error
+// reply from the controller unwraps to its engine sentinel, so
+// errors.Is(err, engine.ErrNotFound) works as with a local controller.
+//
+// When the connection fails (the controller died or closed), every call in
+// flight and every later call returns an error; dial again to reconnect.
+// Everything a call returns belongs to the caller.
+type RemoteMeta struct {
+	conn      *wire.Conn
+	transport string // "tcp" or "unix"
+	peer      string // the controller's address, without the scheme
+}
+
+var _ MetaService = (*RemoteMeta)(nil)
+
+// DialMeta connects to the controller at addr ("tcp://host:port",
+// "unix:///path" or "host:port") and performs the handshake. ctx bounds
+// the dial and the handshake only.
+func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, error) {
+	network, address, err := wire.ParseAddr(addr)
+	if err != nil {
+		return nil, &engine.OpError{Op: "dial", Err: err}
+	}
+	hello := &wirepb.Hello{Role: "client", HostId: HostID(), Token: cfg.Token, Name: cfg.Name}
+	conn, reply, err := wire.Dial(ctx, addr, hello, cfg.Conn)
+	if err != nil {
+		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
+	}
+	if reply.Role != "controller" {
+		conn.Close()
+		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address,
+			Err: fmt.Errorf("peer is a %q, not a controller: %w", reply.Role, engine.ErrInvalid)}
+	}
+	return &RemoteMeta{conn: conn, transport: network, peer: address}, nil
+}
+
+// Close closes the connection; calls in flight fail with an error wrapping
+// [engine.ErrClosed]. It is idempotent.
+func (r *RemoteMeta) Close() error { return r.conn.Close() }
+
+func (r *RemoteMeta) opErr(op string, err error) error {
+	return &engine.OpError{Op: op, Transport: r.transport, Peer: r.peer, Err: err}
+}
+
+// do sends one request and decodes its reply into reply.
+func (r *RemoteMeta) do(ctx context.Context, name string, op wire.Op, req, reply proto.Message) error {
+	if reply == nil {
+		reply = &wirepb.Empty{}
+	}
+	if err := r.conn.Do(ctx, op, req, nil, reply, nil); err != nil {
+		return r.opErr(name, err)
+	}
+	return nil
+}
+
+// doMeta sends a request whose reply is a MetaReply.
+func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message) (*engine.BatchMeta, error) {
+	var reply wirepb.MetaReply
+	if err := r.do(ctx, name, op, req, &reply); err != nil {
+		return nil, err
+	}
+	return r.meta(name, reply.Meta)
+}
+
+func (r *RemoteMeta) meta(name string, p *wirepb.BatchMeta) (*engine.BatchMeta, error) {
+	m, err := wire.MetaFromPB(p)
+	if err != nil {
+		return nil, r.opErr(name, corruptReply(err))
+	}
+	return m, nil
+}
+
+// corruptReply marks a reply that failed validation: the peer, not the
+// caller, is at fault.
+func corruptReply(err error) error {
+	return fmt.Errorf("invalid reply: %w: %w", engine.ErrCorrupt, err)
+}
+
+// selectionToPB encodes a field list: nil selects every produced field.
+func selectionToPB(fields []string) *wirepb.FieldSelection {
+	if fields == nil {
+		return &wirepb.FieldSelection{All: true}
+	}
+	return &wirepb.FieldSelection{Names: fields}
+}
+
+// Insert allocates n rows; see [controller.Controller.Insert].
+func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	return r.doMeta(ctx, "insert", wire.OpInsert, &wirepb.InsertRequest{Partition: partition, N: int64(n), Fields: fields})
+}
+
+// fetchMargin is the most a blocking fetch's server-side wait is cut
+// short of the caller's deadline, so that the server gives up (and
+// consumes nothing) before the caller stops listening.
+const fetchMargin = 25 * time.Millisecond
+
+// Fetch returns a batch chosen by the controller's sampler; see
+// [controller.Controller.Fetch]. With Wait it blocks until enough rows are
+// ready or ctx ends: the server waits until shortly before ctx's deadline,
+// and without a deadline the call repeats the wait each time the server's
+// own limit (its MaxFetchWait) runs out. The protocol cannot cancel a
+// request: when ctx is canceled (rather than past its deadline) while the
+// server waits, rows the server then finds are consumed for the task all
+// the same.
+func (r *RemoteMeta) Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error) {
+	pb := &wirepb.FetchRequest{
+		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
+		Options: &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
+	}
+	var err error
+	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
+		return nil, r.opErr("fetch", err)
+	}
+	deadline, hasDeadline := ctx.Deadline()
+	for {
+		pb.Wait, pb.TimeoutMs = req.Wait, 0
+		if req.Wait && hasDeadline {
+			left := time.Until(deadline)
+			wait := left - min(left/10, fetchMargin)
+			if ms := wait / time.Millisecond; ms > 0 {
+				pb.TimeoutMs = uint64(ms)
+			} else {
+				pb.Wait = false // no time left to wait: take what is ready
+			}
+		}
+		m, err := r.doMeta(ctx, "fetch", wire.OpFetch, pb)
+		switch {
+		case err == nil && req.Wait && !pb.Wait && m.Empty():
+			return nil, r.opErr("fetch", fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, context.DeadlineExceeded))
+		case err == nil:
+			return m, nil
+		case pb.Wait && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) &&
+			(!hasDeadline || time.Until(deadline) > fetchMargin):
+			continue // the server's limit ended its wait well before ours: ask again
+		}
+		return nil, err
+	}
+}
+
+// ForceFetch returns every row of a partition; see
+// [controller.Controller.ForceFetch].
+func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)})
+}
+
+// RowsMeta returns the meta of the given rows; see
+// [controller.Controller.RowsMeta].
+func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)})
+}
+
+func commitToPB(req controller.CommitRequest) *wirepb.CommitRequest {
+	p := &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: make([]*wirepb.CommitField, len(req.Fields))}
+	for i, f := range req.Fields {
+		cf := &wirepb.CommitField{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind)}
+		switch f.Kind {
+		case engine.Dense:
+			cf.Shape = wire.ShapeToPB(f.Shape)
+		case engine.Ragged:
+			cf.Shapes = make([]*wirepb.Shape, len(f.Shapes))
+			for j, s := range f.Shapes {
+				cf.Shapes[j] = wire.ShapeToPB(s)
+			}
+		}
+		if f.Locs != nil {
+			cf.HasLocs, cf.Locs = true, wire.AddrsToPB(f.Locs)
+		}
+		p.Fields[i] = cf
+	}
+	return p
+}
+
+func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req proto.Message) ([]engine.CellLoc, error) {
+	var reply wirepb.CellsReply
+	if err := r.do(ctx, name, op, req, &reply); err != nil {
+		return nil, err
+	}
+	locs, err := wire.AddrsFromPB(reply.Cells)
+	if err != nil {
+		return nil, r.opErr(name, corruptReply(err))
+	}
+	if len(locs) == 0 {
+		return nil, nil
+	}
+	return locs, nil
+}
+
+// Commit records committed cells; see [controller.Controller.Commit]. It
+// returns the locations of the cells the commit replaced.
+func (r *RemoteMeta) Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
+	return r.cells(ctx, "commit", wire.OpCommit, commitToPB(req))
+}
+
+// ResolveKeys maps keys to rows, creating missing ones with create; see
+// [controller.Controller.ResolveKeysCreated].
+func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	var reply wirepb.ResolveKeysReply
+	req := &wirepb.ResolveKeysRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), Create: create}
+	if err := r.do(ctx, "resolve keys", wire.OpResolveKeys, req, &reply); err != nil {
+		return nil, nil, err
+	}
+	m, err := r.meta("resolve keys", reply.Meta)
+	if err != nil {
+		return nil, nil, err
+	}
+	if m.Len() != len(keys) {
+		return nil, nil, r.opErr("resolve keys", corruptReply(fmt.Errorf("%d rows for %d keys", m.Len(), len(keys))))
+	}
+	var created []int
+	if len(reply.Created) > 0 {
+		created = make([]int, len(reply.Created))
+		for i, c := range reply.Created {
+			if c < 0 || c >= int64(len(keys)) {
+				return nil, nil, r.opErr("resolve keys", corruptReply(fmt.Errorf("created position %d of %d keys", c, len(keys))))
+			}
+			created[i] = int(c)
+		}
+	}
+	return m, created, nil
+}
+
+// KeysOf returns each row's key; see [controller.Controller.KeysOf].
+func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	var reply wirepb.KeysReply
+	if err := r.do(ctx, "keys of", wire.OpKeysOf, &wirepb.KeysOfRequest{Partition: partition, Indexes: indexes}, &reply); err != nil {
+		return nil, err
+	}
+	if len(reply.Keys) != len(indexes) {
+		return nil, r.opErr("keys of", corruptReply(fmt.Errorf("%d keys for %d rows", len(reply.Keys), len(indexes))))
+	}
+	return reply.Keys, nil
+}
+
+// SetTags merges tags into rows; see [controller.Controller.SetTags].
+func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	tb, err := wire.TagsToPB(tags)
+	if err != nil {
+		return r.opErr("set tags", err)
+	}
+	return r.do(ctx, "set tags", wire.OpSetTags, &wirepb.SetTagsRequest{Partition: partition, Indexes: indexes, Tags: tb}, nil)
+}
+
+// ListKeys returns each partition's keys with their tags; see
+// [controller.Controller.ListKeys]. Whole-number tags come back as int64.
+func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error) {
+	var reply wirepb.ListKeysReply
+	if err := r.do(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition}, &reply); err != nil {
+		return nil, err
+	}
+	out := make(map[string][]controller.KeyInfo, len(reply.Partitions))
+	for _, pk := range reply.Partitions {
+		list := make([]controller.KeyInfo, len(pk.Keys))
+		for i, k := range pk.Keys {
+			tags, err := wire.JSONFromPB(k.Tags)
+			if err != nil {
+				return nil, r.opErr("list keys", corruptReply(err))
+			}
+			list[i] = controller.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
+		}
+		out[pk.Partition] = list
+	}
+	return out, nil
+}
+
+// ProductionStatus reports production per row and field; see
+// [controller.Controller.ProductionStatus].
+func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+	var reply wirepb.ProductionStatusReply
+	if err := r.do(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
+		return controller.ProductionStatus{}, err
+	}
+	rows, nf := len(reply.Indexes), len(reply.Fields)
+	if uint64(len(reply.Produced)) != uint64(rows)*uint64(nf) {
+		return controller.ProductionStatus{}, r.opErr("production status", corruptReply(fmt.Errorf("%d production bits for %d rows × %d fields", len(reply.Produced), rows, nf)))
+	}
+	st := controller.ProductionStatus{Indexes: reply.Indexes, Fields: reply.Fields, Produced: make([][]bool, rows)}
+	if st.Indexes == nil {
+		st.Indexes = []uint64{}
+	}
+	for i := range st.Produced {
+		st.Produced[i] = reply.Produced[i*nf : (i+1)*nf : (i+1)*nf]
+	}
+	return st, nil
+}
+
+// ConsumptionStatus reports a task's consumption per row; see
+// [controller.Controller.ConsumptionStatus].
+func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+	var reply wirepb.ConsumptionStatusReply
+	if err := r.do(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
+		return controller.ConsumptionStatus{}, err
+	}
+	if len(reply.Consumed) != len(reply.Indexes) {
+		return controller.ConsumptionStatus{}, r.opErr("consumption status", corruptReply(fmt.Errorf("%d consumption bits for %d rows", len(reply.Consumed), len(reply.Indexes))))
+	}
+	st := controller.ConsumptionStatus{Indexes: reply.Indexes, Consumed: reply.Consumed}
+	if st.Indexes == nil {
+		st.Indexes, st.Consumed = []uint64{}, []bool{}
+	}
+	return st, nil
+}
+
+// ResetConsumption makes a task's consumed rows fetchable again (every
+// task's with task ""); see [controller.Controller.ResetConsumption].
+func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	return r.do(ctx, "reset consumption", wire.OpResetConsumption, &wirepb.ResetConsumptionRequest{Partition: partition, Task: task}, nil)
+}
+
+// ClearRows removes rows and returns the locations of their cells; see
+// [controller.Controller.ClearRows].
+func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
+	return r.cells(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes})
+}
+
+// ClearKeys removes the rows of keys; see [controller.Controller.ClearKeys].
+func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
+	return r.cells(ctx, "clear keys", wire.OpClearKeys, &wirepb.ClearKeysRequest{Partition: partition, Keys: keys})
+}
+
+// ClearPartition drops a partition; see
+// [controller.Controller.ClearPartition].
+func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error) {
+	return r.cells(ctx, "clear partition", wire.OpClearPartition, &wirepb.ClearPartitionRequest{Partition: partition})
+}
+
+// Partitions lists partition ids in sorted order.
+func (r *RemoteMeta) Partitions(ctx context.Context) ([]string, error) {
+	var reply wirepb.PartitionsReply
+	if err := r.do(ctx, "partitions", wire.OpPartitions, &wirepb.Empty{}, &reply); err != nil {
+		return nil, err
+	}
+	if reply.Partitions == nil {
+		return []string{}, nil
+	}
+	return reply.Partitions, nil
+}
+
+func fieldStatsFromPB(p *wirepb.FieldStats) (controller.FieldStats, error) {
+	f := controller.FieldStats{Name: p.Name, Produced: int(p.Produced)}
+	var err error
+	if f.DType, err = wire.DTypeFromPB(p.Dtype); err != nil {
+		return f, err
+	}
+	if f.Kind, err = wire.KindFromPB(p.Kind); err != nil {
+		return f, err
+	}
+	if p.Shape != nil { // absent: no shape (the server sends unknown for that)
+		if f.Shape, err = wire.ShapeFromPB(p.Shape); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
+// Stats summarizes a partition; see [controller.Controller.Stats]. Created
+// has millisecond precision.
+func (r *RemoteMeta) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+	var p wirepb.PartitionStats
+	if err := r.do(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
+		return controller.PartitionStats{}, err
+	}
+	st := controller.PartitionStats{
+		Partition: p.Partition, Rows: int(p.Rows), Reserved: int(p.Reserved), Keys: int(p.Keys),
+		Produced: int(p.Produced), Progress: p.Progress, IndexesUse: int(p.IndexesInUse), IndexesFree: int(p.IndexesFree),
+	}
+	if p.CreatedUnixMs != 0 {
+		st.Created = time.UnixMilli(p.CreatedUnixMs)
+	}
+	for _, pf := range p.Fields {
+		f, err := fieldStatsFromPB(pf)
+		if err != nil {
+			return controller.PartitionStats{}, r.opErr("stats", corruptReply(err))
+		}
+		st.Fields = append(st.Fields, f)
+	}
+	for _, t := range p.Tasks {
+		st.Tasks = append(st.Tasks, controller.TaskStats{Task: t.Task, Consumed: int(t.Consumed), Progress: t.Progress})
+	}
+	return st, nil
+}
+
+// Fields describes a partition's fields; see [controller.Controller.Fields].
+func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+	var reply wirepb.FieldsReply
+	if err := r.do(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
+		return nil, err
+	}
+	out := make([]controller.FieldStats, len(reply.Fields))
+	for i, pf := range reply.Fields {
+		f, err := fieldStatsFromPB(pf)
+		if err != nil {
+			return nil, r.opErr("fields", corruptReply(err))
+		}
+		out[i] = f
+	}
+	return out, nil
+}
+
+// Units lists the storage units registered with the controller, by id.
+// Units that stopped sending heartbeats are listed with Alive false;
+// LastHeartbeat has millisecond precision.
+func (r *RemoteMeta) Units(ctx context.Context) ([]controller.UnitInfo, error) {
+	var reply wirepb.UnitsReply
+	if err := r.do(ctx, "units", wire.OpUnits, &wirepb.Empty{}, &reply); err != nil {
+		return nil, err
+	}
+	out := make([]controller.UnitInfo, len(reply.Units))
+	for i, u := range reply.Units {
+		if u.UnitId == 0 {
+			return nil, r.opErr("units", corruptReply(fmt.Errorf("unit id 0: %w", engine.ErrInvalid)))
+		}
+		out[i] = controller.UnitInfo{
+			ID: engine.UnitID(u.UnitId), Host: u.HostId, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
+			Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, PageSize: u.PageSize, HugePages: u.HugePages,
+		}
+		if u.LastHeartbeatUnixMs != 0 {
+			out[i].LastHeartbeat = time.UnixMilli(u.LastHeartbeatUnixMs)
+		}
+	}
+	return out, nil
+}
+
+// SaveCheckpoint makes the controller save a checkpoint into dir, a path
+// on the controller's host (absolute, or relative to the controller's
+// checkpoint root when it has one); see [controller.Controller.Save].
+func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, dir string) error {
+	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
+}
+
+// LoadCheckpoint makes the controller replace its state with the
+// checkpoint in dir, a path on the controller's host; see
+// [controller.Controller.Load].
+func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, dir string) error {
+	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
+}

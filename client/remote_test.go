@@ -1,0 +1,631 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+func newController(t *testing.T) *controller.Controller {
+	t.Helper()
+	c, err := controller.New(controller.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// serveController serves c on a fresh "unix" or "tcp" listener and
+// returns the server and its address; the server closes at cleanup.
+func serveController(t *testing.T, c *controller.Controller, cfg controller.ServerConfig, network string) (*controller.Server, string) {
+	t.Helper()
+	s := controller.NewServer(c, cfg)
+	var l net.Listener
+	var err error
+	if network == "unix" {
+		l, err = net.Listen("unix", filepath.Join(t.TempDir(), "ctl.sock"))
+	} else {
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	t.Cleanup(func() {
+		s.Close()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return s, wire.FormatAddr(network, l.Addr().String())
+}
+
+func dialMeta(t *testing.T, addr string, cfg RemoteConfig) *RemoteMeta {
+	t.Helper()
+	r, err := DialMeta(context.Background(), addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+var sentinels = []error{
+	engine.ErrInvalid, engine.ErrNotFound, engine.ErrDTypeMismatch, engine.ErrNotReady, engine.ErrCapacity,
+	engine.ErrClosed, engine.ErrNotSupported, engine.ErrLost, engine.ErrCorrupt, context.DeadlineExceeded,
+}
+
+// sentinelOf names the sentinels err wraps ("" for nil).
+func sentinelOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	var names []string
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			names = append(names, s.Error())
+		}
+	}
+	if len(names) == 0 {
+		return "unclassified: " + err.Error()
+	}
+	return strings.Join(names, ", ")
+}
+
+// step is one call made the same way on a local and a remote controller.
+type step struct {
+	name string
+	run  func(ctx context.Context, m MetaService) (any, error)
+}
+
+func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
+	out := make([]engine.CellLoc, n)
+	for i := range out {
+		out[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 3, Offset: base + uint64(i)*64, Len: 64}}
+	}
+	return out
+}
+
+// script exercises every MetaService method, errors included. Indexes are
+// deterministic on a fresh controller: "train" gets rows 0–3, "kv" 4–.
+var script = []step{
+	{"insert", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Insert(ctx, "train", 4, []string{"prompt", "resp"})
+	}},
+	{"commit prompt", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []controller.CommitField{
+			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
+		}})
+	}},
+	{"fetch before resp", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+	}},
+	{"commit resp ragged and a scalar", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []controller.CommitField{
+			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
+			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
+		}})
+	}},
+	{"fetch", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
+			Options: engine.SamplingOptions{Params: map[string]any{"seed": 1}}})
+	}},
+	{"fetch rest", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+	}},
+	{"force fetch all", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
+	{"force fetch one field", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ForceFetch(ctx, "train", []string{"resp"})
+	}},
+	{"force fetch no fields", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", []string{}) }},
+	{"force fetch unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "nope", nil) }},
+	{"rows meta", func(ctx context.Context, m MetaService) (any, error) {
+		return m.RowsMeta(ctx, "train", []uint64{3, 0}, nil)
+	}},
+	{"rows meta unknown", func(ctx context.Context, m MetaService) (any, error) {
+		return m.RowsMeta(ctx, "train", []uint64{77}, []string{"prompt"})
+	}},
+	{"resolve keys create", func(ctx context.Context, m MetaService) (any, error) {
+		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b", "c"}, nil, true)
+		return []any{meta, created}, err
+	}},
+	{"commit kv", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []controller.CommitField{
+			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
+		}})
+	}},
+	{"resolve keys again", func(ctx context.Context, m MetaService) (any, error) {
+		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"b", "a", "d"}, nil, true)
+		return []any{meta, created}, err
+	}},
+	{"resolve keys fields", func(ctx context.Context, m MetaService) (any, error) {
+		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b"}, []string{"text"}, false)
+		return []any{meta, created}, err
+	}},
+	{"resolve unknown keys", func(ctx context.Context, m MetaService) (any, error) {
+		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "zz", "yy"}, nil, false)
+		return []any{meta, created}, err
+	}},
+	{"resolve duplicate keys", func(ctx context.Context, m MetaService) (any, error) {
+		_, _, err := m.ResolveKeys(ctx, "kv", []string{"a", "a"}, nil, true)
+		return nil, err
+	}},
+	{"keys of", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", []uint64{5, 4, 99}) }},
+	{"keys of nothing", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", nil) }},
+	{"set tags", func(ctx context.Context, m MetaService) (any, error) {
+		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"status": "running", "step": 1}, {"nested": map[string]any{"x": 2.5, "l": []any{1, "s"}}}})
+	}},
+	{"merge tags", func(ctx context.Context, m MetaService) (any, error) {
+		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}, nil})
+	}},
+	{"set tags count", func(ctx context.Context, m MetaService) (any, error) {
+		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}})
+	}},
+	{"list keys", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
+	{"list keys all", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "") }},
+	{"list keys unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},
+	{"production status", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ProductionStatus(ctx, "train", []string{"prompt", "resp"})
+	}},
+	{"production status no fields", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ProductionStatus(ctx, "train", nil)
+	}},
+	{"production status unknown field", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ProductionStatus(ctx, "train", []string{"prompt", "ghost"})
+	}},
+	{"consumption status", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ConsumptionStatus(ctx, "train", "actor")
+	}},
+	{"consumption status no task", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ConsumptionStatus(ctx, "train", "")
+	}},
+	{"reset consumption", func(ctx context.Context, m MetaService) (any, error) {
+		return nil, m.ResetConsumption(ctx, "train", "actor")
+	}},
+	{"fetch after reset", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
+	}},
+	{"overwrite returns replaced cells", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []controller.CommitField{
+			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
+		}})
+	}},
+	{"dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []controller.CommitField{
+			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
+		}})
+	}},
+	{"fields", func(ctx context.Context, m MetaService) (any, error) { return m.Fields(ctx, "train") }},
+	{"stats", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "train") }},
+	{"stats unknown", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "nope") }},
+	{"partitions", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"clear rows", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ClearRows(ctx, "train", []uint64{0, 3, 99})
+	}},
+	{"clear keys", func(ctx context.Context, m MetaService) (any, error) {
+		return m.ClearKeys(ctx, "kv", []string{"a", "nope"})
+	}},
+	{"clear nothing", func(ctx context.Context, m MetaService) (any, error) { return m.ClearRows(ctx, "nope", []uint64{1}) }},
+	{"reuse cleared indexes", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
+	{"clear partition", func(ctx context.Context, m MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
+	{"partitions after clear", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"bad insert", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
+	{"bad fetch", func(ctx context.Context, m MetaService) (any, error) {
+		return m.Fetch(ctx, controller.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
+	}},
+}
+
+// TestRemoteMatchesLocal runs the script on a local controller and on a
+// remote one, and compares every result and error class.
+func TestRemoteMatchesLocal(t *testing.T) {
+	opts := cmp.Options{
+		cmpopts.EquateEmpty(),
+		cmpopts.IgnoreFields(controller.PartitionStats{}, "Created"),
+	}
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			ctx := context.Background()
+			local := Local(newController(t))
+			remoteCtl := newController(t)
+			_, addr := serveController(t, remoteCtl, controller.ServerConfig{}, network)
+			remote := dialMeta(t, addr, RemoteConfig{Name: "test"})
+			for _, st := range script {
+				want, werr := st.run(ctx, local)
+				got, gerr := st.run(ctx, remote)
+				if sentinelOf(werr) != sentinelOf(gerr) {
+					t.Fatalf("%s: error %v, local error %v", st.name, gerr, werr)
+				}
+				if werr != nil {
+					var oe *engine.OpError
+					if !errors.As(gerr, &oe) || oe.Transport != network || !strings.HasSuffix(addr, oe.Peer) {
+						t.Fatalf("%s: error %#v is not an OpError naming transport %s and peer %s", st.name, gerr, network, addr)
+					}
+					continue
+				}
+				if diff := cmp.Diff(want, got, opts); diff != "" {
+					t.Fatalf("%s (-local +remote):\n%s", st.name, diff)
+				}
+			}
+		})
+	}
+}
+
+func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
+	ctx := context.Background()
+	c := newController(t)
+	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, RemoteConfig{})
+	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a"}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := r.ResolveKeys(ctx, "kv", []string{"a", "zz", "yy"}, nil, false)
+	if !errors.Is(err, engine.ErrNotFound) || !strings.Contains(err.Error(), `"zz" "yy"`) {
+		t.Fatalf("unknown keys: %v, want ErrNotFound naming zz and yy", err)
+	}
+	var re *wire.RemoteError
+	if !errors.As(err, &re) || re.Code != wirepb.Code_CODE_NOT_FOUND {
+		t.Fatalf("unknown keys: %#v, want a RemoteError with CODE_NOT_FOUND", err)
+	}
+	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
+	if !errors.Is(err, engine.ErrDTypeMismatch) {
+		t.Fatalf("dtype change: %v, want ErrDTypeMismatch", err)
+	}
+}
+
+func TestRemoteBlockingFetch(t *testing.T) {
+	ctx := context.Background()
+	c := newController(t)
+	_, addr := serveController(t, c, controller.ServerConfig{MaxFetchWait: 30 * time.Millisecond}, "tcp")
+	consumer := dialMeta(t, addr, RemoteConfig{Name: "consumer"})
+	producer := dialMeta(t, addr, RemoteConfig{Name: "producer"})
+	m, err := producer.Insert(ctx, "p", 2, []string{"x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true}
+
+	t.Run("deadline", func(t *testing.T) {
+		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := consumer.Fetch(dctx, req)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+		if took := time.Since(start); took < 80*time.Millisecond || took > 2*time.Second {
+			t.Fatalf("took %v, want about 100 ms", took)
+		}
+	})
+	t.Run("no time left", func(t *testing.T) {
+		dctx, cancel := context.WithTimeout(ctx, time.Microsecond)
+		defer cancel()
+		time.Sleep(time.Millisecond)
+		if _, err := consumer.Fetch(dctx, req); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+	})
+	t.Run("woken by a commit", func(t *testing.T) {
+		// No deadline: the client outlasts the server's 30 ms limit by
+		// asking again, until the producer's commit arrives.
+		got := make(chan *engine.BatchMeta, 1)
+		errc := make(chan error, 1)
+		go func() {
+			m, err := consumer.Fetch(ctx, req)
+			got <- m
+			errc <- err
+		}()
+		time.Sleep(100 * time.Millisecond)
+		if _, err := producer.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{
+			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0)},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case fm := <-got:
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(m.Indexes, fm.Indexes); diff != "" || !fm.IsReady() {
+				t.Fatalf("woken fetch rows (-want +got):\n%s", diff)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("blocked fetch not woken by the commit")
+		}
+	})
+	t.Run("ready rows with a short deadline", func(t *testing.T) {
+		if err := producer.ResetConsumption(ctx, "p", "t"); err != nil {
+			t.Fatal(err)
+		}
+		dctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+		defer cancel()
+		fm, err := consumer.Fetch(dctx, req)
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatal(err)
+		}
+		if err == nil && fm.Len() != 2 {
+			t.Fatalf("fetch returned %d rows, want 2", fm.Len())
+		}
+	})
+}
+
+func TestRemoteCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	c := newController(t)
+	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, RemoteConfig{})
+	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a", "b"}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	before, err := r.ListKeys(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "ck")
+	if err := r.SaveCheckpoint(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.ClearPartition(ctx, "kv"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.LoadCheckpoint(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	after, err := r.ListKeys(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before, after); diff != "" {
+		t.Fatalf("keys after save, clear, load (-before +after):\n%s", diff)
+	}
+	if err := r.LoadCheckpoint(ctx, filepath.Join(t.TempDir(), "none")); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("load of a missing checkpoint: %v, want ErrNotFound", err)
+	}
+	if err := r.SaveCheckpoint(ctx, "relative/dir"); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("save to a relative path: %v, want ErrInvalid", err)
+	}
+}
+
+func TestRemoteUnits(t *testing.T) {
+	ctx := context.Background()
+	s, addr := serveController(t, newController(t), controller.ServerConfig{HeartbeatInterval: 10 * time.Millisecond, UnitTimeout: 250 * time.Millisecond}, "unix")
+	unitConn, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "unit"}, wire.ConnConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unitConn.Close()
+	for _, name := range []string{"u1", "u2"} {
+		req := &wirepb.RegisterRequest{HostId: HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
+		if err := unitConn.Do(ctx, wire.OpRegister, req, nil, &wirepb.RegisterReply{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := dialMeta(t, addr, RemoteConfig{})
+	deadline := time.Now().Add(5 * time.Second)
+	var units []controller.UnitInfo
+	for {
+		if err := unitConn.Do(ctx, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 100, Used: 10}, nil, &wirepb.Empty{}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if units, err = r.Units(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if len(units) == 2 && !units[1].Alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unit 2 still alive after 5 s: %+v", units)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	want := []controller.UnitInfo{
+		{ID: 1, Host: HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
+		{ID: 2, Host: HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
+	}
+	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(controller.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
+		t.Fatalf("units (-want +got):\n%s", diff)
+	}
+	if !units[0].Alive || units[0].LastHeartbeat.Before(units[1].LastHeartbeat) {
+		t.Fatalf("unit 1 = %+v, want alive with the later heartbeat than unit 2", units[0])
+	}
+	if diff := cmp.Diff(s.Units(), units, cmpopts.EquateApproxTime(time.Millisecond), cmpopts.IgnoreFields(controller.UnitInfo{}, "Alive")); diff != "" {
+		t.Fatalf("remote units differ from the server's (-server +remote):\n%s", diff)
+	}
+}
+
+func TestRemoteToken(t *testing.T) {
+	_, addr := serveController(t, newController(t), controller.ServerConfig{Token: "tok"}, "tcp")
+	_, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	var oe *engine.OpError
+	if !errors.Is(err, wire.ErrUnauthenticated) || !errors.As(err, &oe) || oe.Op != "dial" {
+		t.Fatalf("dial without the token: %v, want an OpError wrapping ErrUnauthenticated", err)
+	}
+	r := dialMeta(t, addr, RemoteConfig{Token: "tok"})
+	if _, err := r.Partitions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDialMetaNotAController(t *testing.T) {
+	s := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "unit"}})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "u.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	defer s.Close()
+	if _, err := DialMeta(context.Background(), "unix://"+l.Addr().String(), RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("dial a storage unit as a controller: %v, want ErrInvalid", err)
+	}
+	if _, err := DialMeta(context.Background(), "udp://x", RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("dial a bad address: %v, want ErrInvalid", err)
+	}
+}
+
+// TestRemoteServerDeath: calls in flight when the controller goes away, and
+// calls after, fail promptly instead of hanging.
+func TestRemoteServerDeath(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			ctx := context.Background()
+			c := newController(t)
+			s, addr := serveController(t, c, controller.ServerConfig{}, network)
+			r := dialMeta(t, addr, RemoteConfig{})
+			errc := blockFetch(t, r)
+			s.Close()
+			select {
+			case err := <-errc:
+				if err == nil {
+					t.Fatal("fetch in flight succeeded after the server died")
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatal("fetch in flight still blocked 2 s after the server died")
+			}
+			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if _, err := r.Partitions(dctx); err == nil || dctx.Err() != nil {
+				t.Fatalf("call after the server died: %v (ctx %v), want a prompt error", err, dctx.Err())
+			}
+		})
+	}
+}
+
+// blockFetch starts a waiting fetch of 2 rows of "p" (which has 1 ready)
+// and returns once the controller is waiting on it; the fetch's error
+// arrives on the channel.
+func blockFetch(t *testing.T, r *RemoteMeta) <-chan error {
+	t.Helper()
+	ctx := context.Background()
+	m, err := r.Insert(ctx, "p", 1, []string{"x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Fetch(ctx, controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
+		errc <- err
+	}()
+	// The fetch has looked at the partition once its task shows in stats.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := r.Stats(ctx, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Tasks) > 0 {
+			return errc
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("fetch not waiting after 5 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRemoteGracefulShutdown(t *testing.T) {
+	ctx := context.Background()
+	c := newController(t)
+	s, addr := serveController(t, c, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, RemoteConfig{})
+	errc := blockFetch(t, r)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(sctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	select {
+	case err := <-errc:
+		var re *wire.RemoteError
+		if !errors.Is(err, engine.ErrClosed) || !errors.As(err, &re) {
+			t.Fatalf("blocked fetch got %v, want a reply wrapping ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("blocked fetch got nothing after shutdown")
+	}
+}
+
+func TestRemoteCloseIdempotent(t *testing.T) {
+	_, addr := serveController(t, newController(t), controller.ServerConfig{}, "unix")
+	r, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Partitions(context.Background()); !errors.Is(err, engine.ErrClosed) {
+		t.Fatalf("call after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestMetaRoundTrip encodes a BatchMeta with keys, tags, a ragged schema
+// and cells, marshals it, and decodes it back.
+func TestMetaRoundTrip(t *testing.T) {
+	m := &engine.BatchMeta{
+		Indexes:    []uint64{7, 3, 9},
+		Partitions: []string{"p", "p", "q"},
+		Keys:       []string{"a", "", "c"},
+		Schema: map[string]engine.FieldSchema{
+			"ids":  {DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{128}},
+			"resp": {DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, nil, {2, 2}}},
+			"text": {DType: engine.Bytes, Kind: engine.Opaque},
+			"todo": {},
+		},
+		Ready: []bool{true, false, true},
+		Tags:  []engine.Tags{{"step": 1, "ok": true, "nested": map[string]any{"x": []any{1, 2.5}}}, nil, {"s": "v"}},
+		Cells: map[string][]engine.CellLoc{
+			"ids":  locs(1, 3, 0),
+			"resp": {{Unit: 2, Addr: engine.RemoteAddr{Segment: 4, Gen: 1, Offset: 10, Len: 12}}, {}, {Unit: 2, Addr: engine.RemoteAddr{Offset: 30, Len: 16}}},
+		},
+		Extra: map[string]any{"batch": 3},
+	}
+	p, err := wire.MetaToPB(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := proto.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q wirepb.BatchMeta
+	if err := proto.Unmarshal(b, &q); err != nil {
+		t.Fatal(err)
+	}
+	got, err := wire.MetaFromPB(&q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Whole numbers come back as int64 (and 2.5 as float64).
+	want := *m
+	want.Extra = map[string]any{"batch": int64(3)}
+	if diff := cmp.Diff(&want, got); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	if fmt.Sprint(got.Tags[0]["step"]) != "1" {
+		t.Fatalf("tag step = %#v", got.Tags[0]["step"])
+	}
+}

@@ -1,0 +1,212 @@
+package controller
+
+// The controller server: the control plane over the framed protocol of
+// package wire (wire/spec.md). Every control op has a handler, a plain
+// function from a request body to a reply message or an error
+// (handlers.go); one adapter turns each into a wire.HandlerFunc, so tests
+// and the fuzzer run exactly the code the network runs. The adapter
+// recovers panics into internal-error replies and bounds the reply size.
+//
+// A blocking FETCH waits at most its timeout_ms, at most MaxFetchWait, and
+// only while its connection and the server live. Shutdown first wakes the
+// blocked fetches (they reply with CODE_CLOSED, or with data that arrived
+// in time), then lets the wire server drain and close.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// ServerConfig configures a [Server]. The zero value serves without a
+// token, with the defaults below.
+type ServerConfig struct {
+	// Token, when set, must be presented by every connecting peer.
+	Token string
+	// HeartbeatInterval is what storage units are told to heartbeat at
+	// (0: 1 s).
+	HeartbeatInterval time.Duration
+	// UnitTimeout is how long a unit may go without a heartbeat before it
+	// is reported dead (0: 5 × HeartbeatInterval).
+	UnitTimeout time.Duration
+	// MaxFetchWait bounds a blocking FETCH, with or without timeout_ms
+	// (0: 5 min).
+	MaxFetchWait time.Duration
+	// Name is sent in the handshake reply, for logs and stat output.
+	Name string
+	// CheckpointDir, when set, confines SAVE_CHECKPOINT and
+	// LOAD_CHECKPOINT: a request's dir must then be a local relative path
+	// (filepath.IsLocal), resolved under CheckpointDir. When empty a
+	// request's dir must be an absolute path on the controller's host,
+	// which any peer holding the token can write to with the controller's
+	// permissions.
+	CheckpointDir string
+	// Logf, if set, receives reports of handler panics (with the stack).
+	Logf func(format string, args ...any)
+}
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.UnitTimeout <= 0 {
+		c.UnitTimeout = 5 * c.HeartbeatInterval
+	}
+	if c.MaxFetchWait <= 0 {
+		c.MaxFetchWait = 5 * time.Minute
+	}
+	return c
+}
+
+// Server serves a [Controller] and a unit [Registry] over the wire
+// protocol, on any number of listeners. It does not own the controller:
+// closing the server leaves the controller open. Safe for concurrent use.
+type Server struct {
+	c        *Controller
+	cfg      ServerConfig
+	units    *Registry
+	ws       *wire.Server
+	handlers map[wire.Op]handler
+
+	// stop is canceled, with errShuttingDown as its cause, when Shutdown
+	// or Close begins; blocked fetches watch it.
+	stop   context.Context
+	cancel context.CancelCauseFunc
+}
+
+// handler serves one control op: it decodes body and returns the reply
+// message, or an error that becomes an error reply.
+type handler func(ctx context.Context, body []byte) (proto.Message, error)
+
+var (
+	errShuttingDown = fmt.Errorf("controller server is shutting down: %w", engine.ErrClosed)
+	errInternal     = errors.New("controller: internal error")
+)
+
+// NewServer returns a server for c with a fresh unit registry. Call
+// [Server.Serve] to accept connections.
+func NewServer(c *Controller, cfg ServerConfig) *Server {
+	cfg = cfg.withDefaults()
+	stop, cancel := context.WithCancelCause(context.Background())
+	s := &Server{
+		c:      c,
+		cfg:    cfg,
+		units:  NewRegistry(cfg.UnitTimeout),
+		stop:   stop,
+		cancel: cancel,
+	}
+	s.ws = wire.NewServer(wire.ServerConfig{
+		Hello: &wirepb.Hello{Role: "controller", HostId: hostID(), Name: cfg.Name},
+		Token: cfg.Token,
+	})
+	s.handlers = s.handlerTable()
+	for op := range s.handlers {
+		s.ws.Handle(op, s.adapt(op))
+	}
+	return s
+}
+
+// Serve accepts connections on l until the server closes; it returns nil
+// after Shutdown or Close.
+func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
+
+// Shutdown stops accepting, wakes blocked fetches (each gets a reply: data
+// that was ready, or an error wrapping engine.ErrClosed), waits for the
+// requests in flight until ctx ends, then closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.cancel(errShuttingDown)
+	return s.ws.Shutdown(ctx)
+}
+
+// Close stops everything at once and waits for the server's goroutines.
+// Requests in flight may get no reply. It is idempotent.
+func (s *Server) Close() error {
+	s.cancel(errShuttingDown)
+	return s.ws.Close()
+}
+
+// Units lists the registered storage units by id, dead ones included with
+// Alive false.
+func (s *Server) Units() []UnitInfo { return s.units.Units() }
+
+// adapt turns the handler of op into a wire handler.
+func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
+	return func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		if req.PayloadLen != 0 {
+			rw.Error(fmt.Errorf("%v request with %d payload bytes; control requests carry none: %w", op, req.PayloadLen, engine.ErrInvalid))
+			return
+		}
+		reply, err := s.call(ctx, op, req.Body)
+		if err != nil {
+			rw.Error(err)
+			return
+		}
+		rw.Reply(reply, nil, nil)
+	}
+}
+
+// call runs the handler of op on body. It never panics and always returns
+// a reply or an error: a panic becomes an error wrapping errInternal, a
+// reply too large for a frame an error wrapping engine.ErrInvalid.
+func (s *Server) call(ctx context.Context, op wire.Op, body []byte) (reply proto.Message, err error) {
+	h, ok := s.handlers[op]
+	if !ok {
+		return nil, fmt.Errorf("op %v: %w", op, engine.ErrNotSupported)
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			if s.cfg.Logf != nil {
+				s.cfg.Logf("controller: %v handler panicked: %v\n%s", op, v, debug.Stack())
+			}
+			reply, err = nil, fmt.Errorf("%v handler panicked: %v: %w", op, v, errInternal)
+		}
+	}()
+	reply, err = h(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	if reply == nil {
+		reply = &wirepb.Empty{}
+	}
+	if n := proto.Size(reply); n > wire.MaxBodyLen {
+		return nil, fmt.Errorf("%v reply of %d bytes exceeds the frame limit of %d; ask for fewer rows: %w", op, n, wire.MaxBodyLen, engine.ErrInvalid)
+	}
+	return reply, nil
+}
+
+// waitCtx bounds a blocking fetch: timeoutMs (0: MaxFetchWait), never more
+// than MaxFetchWait, and no longer than the server lives.
+func (s *Server) waitCtx(ctx context.Context, timeoutMs uint64) (context.Context, context.CancelFunc) {
+	wait := s.cfg.MaxFetchWait
+	if timeoutMs > 0 && timeoutMs < uint64(wait/time.Millisecond) {
+		wait = time.Duration(timeoutMs) * time.Millisecond
+	}
+	ctx, cancelTimeout := context.WithTimeout(ctx, wait)
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(s.stop, func() { cancel(context.Cause(s.stop)) })
+	return ctx, func() {
+		stop()
+		cancel(nil)
+		cancelTimeout()
+	}
+}
+
+var hostID = sync.OnceValue(func() string {
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	h, _ := os.Hostname()
+	return h
+})
