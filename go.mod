@@ -10,4 +10,4 @@ require (
 
 require google.golang.org/protobuf v1.36.12
 
-require gopkg.in/yaml.v3 v3.0.1 // indirect
+require gopkg.in/yaml.v3 v3.0.1

@@ -25,7 +25,30 @@
 //
 //	err = u.Free([]engine.RemoteAddr{addr})             // cells overwritten or cleared
 //
-// Everything here works in one process; the segments are memfds so that a
-// unit server can hand them to colocated clients by fd, and addresses are
-// plain [engine.RemoteAddr] descriptors.
+// Everything above works in one process; the segments are memfds so that
+// a unit server can hand them to colocated clients by fd, and addresses
+// are plain [engine.RemoteAddr] descriptors.
+//
+// # On the network
+//
+// [Server] serves a unit with the framed protocol of package wire (ops
+// WRITE, READ, FREE, UNIT_STATS): a WRITE's payload is read from the
+// socket straight into reserved extents and committed, or aborted if the
+// client goes away half-way; a READ's reply is written with writev
+// straight from the leased arena. Clients use transport/tcp.
+//
+// A unit process joins a cluster in three steps: it asks the controller
+// for an id ([AssignID]), creates the unit with it and serves it, then
+// registers the unit's addresses and capacity under that id and keeps a
+// heartbeat going ([Join]). The [Membership] reconnects and registers
+// again, under the same id, whenever the controller connection drops:
+//
+//	ls, addrs := listen()                                  // bind first: clients may dial at once
+//	id, err := storage.AssignID(ctx, ctrl, storage.JoinConfig{Token: tok})
+//	u, err := storage.NewUnit(id, cfg)
+//	srv := storage.NewServer(u, storage.ServerConfig{Token: tok})
+//	go srv.Serve(ls[0])
+//	m, err := storage.Join(ctx, ctrl, u, storage.JoinConfig{Token: tok, Addrs: addrs})
+//	…
+//	m.Close(); srv.Close(); u.Close()                      // in this order: the server uses the unit's memory
 package storage

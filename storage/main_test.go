@@ -1,27 +1,19 @@
 package storage
 
 import (
-	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tqgo/tq/internal/leaktest"
 )
 
-// TestMain fails the run if any unit's goroutine outlives the tests.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := leakedGoroutines(time.Second); leaked != "" {
-			fmt.Fprintf(os.Stderr, "storage: goroutines leaked by the tests:\n%s\n", leaked)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// TestMain fails the run if any goroutine of a unit, a unit server or a
+// membership outlives the tests.
+func TestMain(m *testing.M) { leaktest.Main(m) }
 
-// leakedGoroutines returns the stacks of goroutines running package code,
+// leakedGoroutines returns the stacks of unit reapers still running,
 // waiting up to d for them to exit.
 func leakedGoroutines(d time.Duration) string {
 	deadline := time.Now().Add(d)

@@ -14,6 +14,7 @@ const (
 	reservationOpen
 	reservationCommitted
 	reservationAborted
+	reservationExpired // timed out while held: extents kept until Abort
 )
 
 // Reservation is the write half of a put: extents allocated by
@@ -31,6 +32,7 @@ type Reservation struct {
 	one     [1]*extent
 	bytes   int64 // rounded bytes of exts
 	visible bool  // extents were held across an unlock while placing
+	held    bool  // see Unit.reserveHeld
 
 	// Guarded by u.mu.
 	state      reservationState
@@ -89,6 +91,8 @@ func (r *Reservation) Commit() error {
 		return u.opErr("commit", fmt.Errorf("reservation committed already: %w", engine.ErrInvalid))
 	case r.state == reservationAborted:
 		return u.opErr("commit", fmt.Errorf("reservation aborted: %w", engine.ErrInvalid))
+	case r.state == reservationExpired:
+		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	case u.closed:
 		return u.opErr("commit", engine.ErrClosed)
 	case now.After(r.deadline):
@@ -111,8 +115,11 @@ func (r *Reservation) Abort() {
 	u := r.u
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if r.state != reservationOpen || u.closed {
-		return
+	switch {
+	case u.closed:
+	case r.state == reservationOpen:
+		u.abortLocked(r)
+	case r.state == reservationExpired:
+		u.releaseReservedLocked(r)
 	}
-	u.abortLocked(r)
 }

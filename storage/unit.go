@@ -148,11 +148,26 @@ func (u *Unit) opErr(op string, err error) error {
 // keep a request waiting even when [Stats] shows enough free bytes. Other
 // errors: [engine.ErrInvalid] for a negative size, [engine.ErrClosed].
 func (u *Unit) Reserve(ctx context.Context, sizes []int64) (*Reservation, error) {
+	return u.reserve(ctx, sizes, false)
+}
+
+// reserveHeld is Reserve for a filler that is certain to end the
+// reservation itself: the unit server, whose handler reads a payload from
+// a socket straight into the extents and then commits or aborts. When such
+// a reservation times out, the unit makes it uncommittable but keeps its
+// extents allocated until the filler calls Abort, so a slow payload can
+// never land in memory handed to someone else meanwhile.
+func (u *Unit) reserveHeld(ctx context.Context, sizes []int64) (*Reservation, error) {
+	return u.reserve(ctx, sizes, true)
+}
+
+func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservation, error) {
 	need, err := u.checkSizes(sizes)
 	if err != nil {
 		return nil, u.opErr("reserve", err)
 	}
 	r := newReservation(u, len(sizes))
+	r.held = held
 	placed := 0
 	waited := false
 	u.mu.Lock()
@@ -460,6 +475,25 @@ func (u *Unit) unlinkOpen(r *Reservation) {
 
 // abortLocked frees an open reservation's extents.
 func (u *Unit) abortLocked(r *Reservation) {
+	u.unlinkOpen(r)
+	u.releaseReservedLocked(r)
+}
+
+// expireLocked ends an open reservation whose deadline passed: it is
+// aborted, unless it is held (see reserveHeld), in which case it can no
+// longer commit but keeps its extents until its filler calls Abort.
+func (u *Unit) expireLocked(r *Reservation) {
+	if !r.held {
+		u.abortLocked(r)
+		return
+	}
+	u.unlinkOpen(r)
+	r.state = reservationExpired
+}
+
+// releaseReservedLocked frees the extents of a reservation already off the
+// open list.
+func (u *Unit) releaseReservedLocked(r *Reservation) {
 	released := false
 	for _, e := range r.exts {
 		if e != nil {
@@ -467,7 +501,6 @@ func (u *Unit) abortLocked(r *Reservation) {
 			released = true
 		}
 	}
-	u.unlinkOpen(r)
 	r.state = reservationAborted
 	if released {
 		u.signal()
@@ -477,7 +510,7 @@ func (u *Unit) abortLocked(r *Reservation) {
 	}
 }
 
-// reap aborts reservations that outlive ReserveTimeout. It sleeps until the
+// reap expires reservations that outlive ReserveTimeout. It sleeps until the
 // head of the open list expires, or until kicked when the list was empty.
 func (u *Unit) reap() {
 	defer close(u.reaperDone)
@@ -491,7 +524,7 @@ func (u *Unit) reap() {
 		}
 		now := time.Now()
 		for r := u.openHead; r != nil && !now.Before(r.deadline); r = u.openHead {
-			u.abortLocked(r)
+			u.expireLocked(r)
 		}
 		var tick <-chan time.Time
 		if u.openHead != nil {

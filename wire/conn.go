@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -62,6 +63,7 @@ type Conn struct {
 	err     error // why the connection failed; set once
 
 	wq        chan *outFrame
+	writing   atomic.Bool   // the writer is inside a write
 	done      chan struct{} // closed when the connection fails or closes
 	writerOut chan struct{} // closed when the writer goroutine has exited
 	readerOut chan struct{}
@@ -248,8 +250,21 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame) {
 	select {
 	case <-f.written:
 	case <-c.writerOut:
+	case <-time.After(abandonGrace):
+		// The frame is still queued or mid-write (a large payload on a slow
+		// or dead peer). The caller's buffers cannot be returned while the
+		// writer may read them: give up on the connection to stop it.
+		c.fail(fmt.Errorf("a call was abandoned while its request was being written: %w", ErrUnavailable))
+		select {
+		case <-f.written:
+		case <-c.writerOut:
+		}
 	}
 }
+
+// abandonGrace is how long an abandoned call waits for its request frame
+// to finish writing before it fails the connection.
+const abandonGrace = 100 * time.Millisecond
 
 func (c *Conn) writeLoop() {
 	defer close(c.writerOut)
@@ -280,7 +295,9 @@ func (c *Conn) writeLoop() {
 			bufs = append(bufs, g.payload...)
 		}
 		w := bufs
+		c.writing.Store(true)
 		_, err := w.WriteTo(c.nc)
+		c.writing.Store(false)
 		for _, g := range batch {
 			g.written <- err
 		}
@@ -443,6 +460,11 @@ func (c *Conn) keepAlive() {
 		err := c.Ping(ctx)
 		cancel()
 		if err != nil && ctx.Err() != nil {
+			if c.writing.Load() {
+				// The ping is queued behind a large frame still going out:
+				// the peer is taking bytes, so it is alive. Ask again later.
+				continue
+			}
 			c.fail(fmt.Errorf("peer stopped answering (no pong in %v): %w", c.cfg.PingTimeout, ErrUnavailable))
 			return
 		}

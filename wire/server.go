@@ -229,7 +229,7 @@ func (c *serverConn) serve() {
 		if _, err := io.ReadFull(br, body); err != nil {
 			return
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, br: br, left: h.PayloadLen, consumed: make(chan struct{})}
+		req := &Request{Header: h, Body: body, Peer: c.peer, br: br, nc: c.nc, idle: c.s.cfg.IdleTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
 		if h.PayloadLen == 0 {
 			req.finish()
 		}
@@ -381,10 +381,12 @@ type Request struct {
 	Peer *wirepb.Hello
 
 	br       *bufio.Reader
+	nc       net.Conn
+	idle     time.Duration // read deadline while the payload streams in
 	left     uint64
 	consumed chan struct{}
 	once     sync.Once
-	broken   bool
+	broken   bool // set before consumed closes; read by the loop after
 }
 
 // Decode unmarshals the request body; a malformed body is an error
@@ -408,25 +410,40 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 	}
 	defer r.finish()
 	for _, b := range dst {
-		if _, err := io.ReadFull(r.br, b); err != nil {
-			r.broken = true
-			return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
+		// Read in bounded chunks, each with a deadline, so a client that
+		// stops sending mid-payload frees the handler (and what it
+		// reserved) after the idle timeout.
+		for len(b) > 0 {
+			n := min(len(b), 4<<20)
+			r.nc.SetReadDeadline(time.Now().Add(r.idle))
+			if _, err := io.ReadFull(r.br, b[:n]); err != nil {
+				r.broken, r.left = true, 0
+				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
+			}
+			r.left -= uint64(n)
+			b = b[n:]
 		}
-		r.left -= uint64(len(b))
 	}
+	r.nc.SetReadDeadline(time.Time{})
 	return nil
 }
 
-// DiscardPayload skips whatever payload is left unread.
+// DiscardPayload skips whatever payload is left unread. After the payload
+// was consumed (or its read failed) it does nothing.
 func (r *Request) DiscardPayload() {
-	if r.left == 0 {
-		r.finish()
-		return
+	select {
+	case <-r.consumed:
+		return // the read loop owns the stream again
+	default:
 	}
-	if _, err := io.CopyN(io.Discard, r.br, int64(r.left)); err != nil {
-		r.broken = true
+	if r.left > 0 {
+		r.nc.SetReadDeadline(time.Now().Add(r.idle))
+		if _, err := io.CopyN(io.Discard, r.br, int64(r.left)); err != nil {
+			r.broken = true
+		}
+		r.nc.SetReadDeadline(time.Time{})
+		r.left = 0
 	}
-	r.left = 0
 	r.finish()
 }
 

@@ -1,0 +1,240 @@
+package storage
+
+// The unit server puts a [Unit] on the network with the framed protocol of
+// package wire (see wire/spec.md). Its handlers move payload bytes with no
+// intermediate buffer:
+//
+//	WRITE       sizes checked → reserve one extent per size → the payload is
+//	            read from the socket straight into the extents → commit →
+//	            reply the extents' addresses. Any failure (a client that
+//	            disconnects mid-payload included) aborts the reservation:
+//	            no partial extent becomes readable and no space leaks.
+//	READ        lease the ranges → reply with the leased views of the
+//	            arena as the payload, written with writev straight from
+//	            shared memory → release the lease once written.
+//	FREE        free cells.
+//	UNIT_STATS  the unit's accounting.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// Role is the role a unit announces in its handshake and registration.
+const Role = "unit"
+
+// DefaultReserveWait is how long a WRITE waits for space in a full unit
+// unless [ServerConfig.ReserveWait] says otherwise.
+const DefaultReserveWait = 5 * time.Second
+
+// ServerConfig configures a [Server].
+type ServerConfig struct {
+	// Token, when set, must be presented by every client in its handshake.
+	Token string
+	// Name is free-form, announced in the handshake for logs and stats.
+	Name string
+	// ReserveWait bounds how long a WRITE waits for space when the unit is
+	// full before it is answered with CODE_CAPACITY (0: 5 s). The
+	// connection reads nothing else meanwhile, so keep it below the
+	// clients' ping timeout.
+	ReserveWait time.Duration
+	// IdleTimeout closes a connection with no frame for this long (0: the
+	// wire default, 5 min).
+	IdleTimeout time.Duration
+}
+
+// Server serves one [Unit] over any number of listeners. It is safe for
+// concurrent use. The unit must outlive the server: close the server
+// (which waits for its handlers, so nothing touches the arena afterwards)
+// before the unit.
+type Server struct {
+	u   *Unit
+	cfg ServerConfig
+	ws  *wire.Server
+}
+
+// NewServer returns a server for u. It starts nothing; call
+// [Server.Serve].
+func NewServer(u *Unit, cfg ServerConfig) *Server {
+	if cfg.ReserveWait <= 0 {
+		cfg.ReserveWait = DefaultReserveWait
+	}
+	s := &Server{u: u, cfg: cfg}
+	s.ws = wire.NewServer(wire.ServerConfig{
+		Hello:       &wirepb.Hello{Role: Role, HostId: hostid.ID(), Name: cfg.Name, UnitId: uint32(u.ID())},
+		Token:       cfg.Token,
+		IdleTimeout: cfg.IdleTimeout,
+	})
+	s.ws.Handle(wire.OpWrite, s.write)
+	s.ws.Handle(wire.OpRead, s.read)
+	s.ws.Handle(wire.OpFree, s.free)
+	s.ws.Handle(wire.OpUnitStats, s.stats)
+	return s
+}
+
+// Serve accepts connections on l until the server closes; it returns nil
+// after [Server.Close] or [Server.Shutdown].
+func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
+
+// Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
+// for requests in flight until ctx ends, then closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error { return s.ws.Shutdown(ctx) }
+
+// Close closes the listeners and every connection at once and waits for
+// the server's goroutines, handlers included. It is idempotent.
+func (s *Server) Close() error { return s.ws.Close() }
+
+// HostID returns the identity of this machine that units announce (the
+// kernel's boot id).
+func HostID() string { return hostid.ID() }
+
+// write serves WRITE: WriteRequest + the extents back to back → WriteReply.
+func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	var m wirepb.WriteRequest
+	if err := req.Decode(&m); err != nil {
+		rw.Error(err)
+		return
+	}
+	sizes, err := writeSizes(m.Sizes, req.PayloadLen)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	r, err := s.u.reserveHeld(rctx, sizes)
+	cancel()
+	if err != nil {
+		rw.Error(err) // the wire server discards the payload
+		return
+	}
+	dst := make([][]byte, 0, len(sizes))
+	for i, n := range sizes {
+		if n > 0 {
+			dst = append(dst, r.Buf(i))
+		}
+	}
+	if err := req.ReadPayload(dst); err != nil {
+		r.Abort()
+		rw.Error(err)
+		if errors.Is(err, wire.ErrUnavailable) {
+			// The connection is broken and its read loop is ending, which
+			// cancels ctx. Returning before that races with the loop:
+			// after a handler returns, wire.Server calls DiscardPayload,
+			// which marks the request broken again while the loop reads
+			// that flag.
+			<-ctx.Done()
+		}
+		return
+	}
+	addrs := make([]engine.RemoteAddr, len(sizes))
+	for i := range addrs {
+		addrs[i] = r.Addr(i)
+	}
+	if err := r.Commit(); err != nil {
+		r.Abort()
+		rw.Error(err)
+		return
+	}
+	rw.Reply(&wirepb.WriteReply{Extents: wire.RangesToPB(addrs)}, nil, nil)
+}
+
+// writeSizes checks a WRITE's sizes against the limits and the payload
+// length before anything is reserved.
+func writeSizes(sizes []uint64, payloadLen uint64) ([]int64, error) {
+	if err := wire.CheckCount("extents", len(sizes)); err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(sizes))
+	var total uint64
+	for i, n := range sizes {
+		if n > math.MaxInt64 || total+n < total {
+			return nil, fmt.Errorf("extent %d of %d bytes overflows: %w", i, n, engine.ErrInvalid)
+		}
+		total += n
+		out[i] = int64(n)
+	}
+	if total != payloadLen {
+		return nil, fmt.Errorf("extents add up to %d bytes, payload is %d: %w", total, payloadLen, engine.ErrInvalid)
+	}
+	return out, nil
+}
+
+// read serves READ: ReadRequest → Empty + the ranges' bytes back to back,
+// written from the leased views.
+func (s *Server) read(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	var m wirepb.ReadRequest
+	if err := req.Decode(&m); err != nil {
+		rw.Error(err)
+		return
+	}
+	ranges, err := wire.RangesFromPB(m.Ranges)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	var total uint64
+	for _, a := range ranges {
+		if total += a.Len; total > wire.MaxPayloadLen || total < a.Len {
+			rw.Error(fmt.Errorf("%d ranges exceed the payload limit of %d bytes: %w", len(ranges), uint64(wire.MaxPayloadLen), engine.ErrInvalid))
+			return
+		}
+	}
+	l, err := s.u.Acquire(ranges)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	payload := make(net.Buffers, 0, len(ranges))
+	for i := range ranges {
+		if b := l.Bytes(i); len(b) > 0 {
+			payload = append(payload, b)
+		}
+	}
+	rw.Reply(&wirepb.Empty{}, payload, l.Release)
+}
+
+// free serves FREE: FreeRequest → Empty.
+func (s *Server) free(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	var m wirepb.FreeRequest
+	if err := req.Decode(&m); err != nil {
+		rw.Error(err)
+		return
+	}
+	cells, err := wire.RangesFromPB(m.Cells)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	if err := s.u.Free(cells); err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(&wirepb.Empty{}, nil, nil)
+}
+
+// stats serves UNIT_STATS: Empty → UnitStats.
+func (s *Server) stats(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	if err := req.Decode(&wirepb.Empty{}); err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(StatsToPB(s.u.ID(), s.u.Stats()), nil, nil)
+}
+
+// StatsToPB encodes a unit's stats for a UNIT_STATS reply.
+func StatsToPB(id engine.UnitID, st Stats) *wirepb.UnitStats {
+	return &wirepb.UnitStats{
+		UnitId: uint32(id), Capacity: st.Capacity, Mapped: st.Mapped, Used: st.Used, Reserved: st.Reserved,
+		Segments: int64(st.Segments), Extents: int64(st.Extents), OpenReservations: int64(st.OpenReservations),
+		Leases: int64(st.Leases), HugePages: st.HugePages, PageSize: st.PageSize,
+	}
+}
