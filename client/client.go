@@ -57,6 +57,8 @@ type Client struct {
 	units []DataUnit // sorted by id
 	byID  map[engine.UnitID]DataUnit
 	local []DataUnit
+
+	closers []func() error // what Close releases
 }
 
 // New returns a client over a metadata service and the storage units it

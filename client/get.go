@@ -106,11 +106,15 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, view, merg
 		l, err := u.Acquire(ctx, addrs)
 		if err != nil {
 			v.Release()
-			if errors.Is(err, engine.ErrNotFound) {
-				if merge {
-					return nil, errMergedRange
-				}
-				err = fmt.Errorf("%w: %w", engine.ErrLost, err)
+			switch {
+			case errors.Is(err, engine.ErrNotFound) && merge:
+				return nil, errMergedRange
+			case ctx.Err() != nil:
+				// The caller gave up; nothing is known about the cells.
+			case errors.Is(err, engine.ErrNotFound):
+				err = fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
+			default:
+				err = fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
 			}
 			return nil, &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
 		}

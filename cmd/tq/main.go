@@ -16,6 +16,8 @@ import (
 const usage = `tq — a streaming data store and transfer engine for RL post-training
 
 Usage:
+  tq serve [flags]   run a controller and storage units (or one role) until SIGTERM
+  tq stat ADDR       show a cluster's partitions, task progress and storage units
   tq demo [flags]    run the KV example on an embedded cluster
   tq help            show this help
 
@@ -41,6 +43,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "demo":
 		return demo(ctx, args[1:], stdout, stderr)
+	case "serve":
+		return serve(ctx, args[1:], stdout, stderr)
+	case "stat":
+		return stat(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,350 @@
+package bench
+
+// Two-process benchmarks over loopback TCP. The benchmark process is the
+// client; a server process (this test binary re-executed as
+// TestBenchServer) runs a controller, a storage unit, and — as baselines in
+// the same process — a raw TCP sink/source and a ping-pong echo, so every
+// figure is measured next to a plain socket between the same two processes.
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/tcp"
+)
+
+// TestBenchServer is the server process of the remote benchmarks; it does
+// nothing in a normal test run.
+func TestBenchServer(t *testing.T) {
+	if os.Getenv("TQ_BENCH_SERVER") == "" {
+		t.Skip("runs only as the benchmarks' server process")
+	}
+	ctrl, err := controller.New(controller.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctrl.Close()
+	cs := controller.NewServer(ctrl, controller.ServerConfig{})
+	defer cs.Close()
+	cl := listen(t)
+	go cs.Serve(cl)
+	caddr := "tcp://" + cl.Addr().String()
+
+	ctx := context.Background()
+	id, err := storage.AssignID(ctx, caddr, storage.JoinConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = 2 << 30
+	u, err := storage.NewUnit(id, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	us := storage.NewServer(u, storage.ServerConfig{})
+	defer us.Close()
+	ul := listen(t)
+	go us.Serve(ul)
+	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + ul.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+
+	raw := listen(t)
+	go serveRaw(raw)
+	defer raw.Close()
+	fmt.Printf("ADDRS %s %s\n", caddr, raw.Addr().String())
+	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
+}
+
+func listen(t testing.TB) net.Listener {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// serveRaw is the baseline peer: 'W' n → read n bytes, ack one byte;
+// 'R' n → write n bytes; 'P' → echo 64-byte messages until EOF.
+func serveRaw(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 1<<20)
+			var hdr [9]byte
+			for {
+				if _, err := io.ReadFull(c, hdr[:]); err != nil {
+					return
+				}
+				n := int64(binary.LittleEndian.Uint64(hdr[1:]))
+				switch hdr[0] {
+				case 'W':
+					if _, err := io.CopyBuffer(io.Discard, io.LimitReader(c, n), buf); err != nil {
+						return
+					}
+					c.Write([]byte{1})
+				case 'R':
+					for n > 0 {
+						k := min(n, int64(len(buf)))
+						if _, err := c.Write(buf[:k]); err != nil {
+							return
+						}
+						n -= k
+					}
+				case 'P':
+					msg := make([]byte, 64)
+					for {
+						if _, err := io.ReadFull(c, msg); err != nil {
+							return
+						}
+						if _, err := c.Write(msg); err != nil {
+							return
+						}
+					}
+				}
+			}
+		}()
+	}
+}
+
+// benchServer starts the server process and returns the controller's and
+// the raw peer's addresses.
+func benchServer(b *testing.B) (string, string) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchServer$")
+	cmd.Env = append(os.Environ(), "TQ_BENCH_SERVER=1")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ADDRS" {
+			go io.Copy(io.Discard, stdout)
+			return f[1], f[2]
+		}
+	}
+	b.Fatal("server process ended before printing its addresses")
+	return "", ""
+}
+
+// rawConn is the baseline: a plain Go TCP stream to the same process.
+type rawConn struct{ c net.Conn }
+
+func dialRaw(b *testing.B, addr string) *rawConn {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return &rawConn{c}
+}
+
+func (r *rawConn) cmd(op byte, n int64) {
+	var hdr [9]byte
+	hdr[0] = op
+	binary.LittleEndian.PutUint64(hdr[1:], uint64(n))
+	r.c.Write(hdr[:])
+}
+
+// write streams the batch's columns in 1 MiB writes and waits for the ack.
+func (r *rawConn) write(bt *engine.Batch) time.Duration {
+	t0 := time.Now()
+	r.cmd('W', int64(bt.Size()))
+	for _, f := range bt.Fields() {
+		d := f.Col.Data()
+		for len(d) > 0 {
+			k := min(len(d), 1<<20)
+			r.c.Write(d[:k])
+			d = d[k:]
+		}
+	}
+	var ack [1]byte
+	io.ReadFull(r.c, ack[:])
+	return time.Since(t0)
+}
+
+// read pulls n bytes into dst.
+func (r *rawConn) read(dst []byte) time.Duration {
+	t0 := time.Now()
+	r.cmd('R', int64(len(dst)))
+	io.ReadFull(r.c, dst)
+	return time.Since(t0)
+}
+
+func connect(b *testing.B, addr string, conns int) *client.Client {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, TCP: tcp.Config{Conns: conns}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// BenchmarkRemote runs the reference flow's put and get of the small
+// workload (288 MiB) through the KV API from this process to a server
+// process over loopback TCP, next to a plain Go TCP stream of the same
+// bytes between the same two processes, in the same iteration.
+//
+// Target: put and get ≥ 0.8× the plain stream.
+func BenchmarkRemote(b *testing.B) {
+	caddr, raddr := benchServer(b)
+	w := small
+	batch, keys := w.make(b)
+	ctx := context.Background()
+	kv := kvapi.New(connect(b, caddr, 0))
+	raw := dialRaw(b, raddr)
+	dst := make([]byte, w.bytes())
+	for i := 0; i < len(dst); i += 4096 {
+		dst[i] = 1
+	}
+	for _, op := range []string{"put", "get"} {
+		b.Run(fmt.Sprintf("transport=tcp/workload=%s/op=%s", w.name, op), func(b *testing.B) {
+			if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil { // warm up
+				b.Fatal(err)
+			}
+			if op == "put" {
+				kv.Clear(ctx, "p", keys)
+			}
+			var s side
+			b.SetBytes(w.bytes())
+			for b.Loop() {
+				t0 := time.Now()
+				switch op {
+				case "put":
+					if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil {
+						b.Fatal(err)
+					}
+					s.op += time.Since(t0)
+					kv.Clear(ctx, "p", keys)
+					s.base += raw.write(batch)
+				case "get":
+					got, err := kv.BatchGet(ctx, "p", keys)
+					if err != nil {
+						b.Fatal(err)
+					}
+					s.op += time.Since(t0)
+					if got.Rows() != w.batch {
+						b.Fatalf("%d rows", got.Rows())
+					}
+					s.base += raw.read(dst)
+				}
+				s.n++
+			}
+			gbps := func(d time.Duration) float64 { return float64(w.bytes()) * float64(s.n) / d.Seconds() / 1e9 }
+			b.ReportMetric(gbps(s.op), op+"_GB/s")
+			b.ReportMetric(gbps(s.base), "tcp_stream_GB/s")
+			b.ReportMetric(s.base.Seconds()/s.op.Seconds(), op+"/stream")
+			kv.Clear(ctx, "p", keys)
+		})
+	}
+}
+
+// BenchmarkRemoteControl times a control-plane round trip (listing a
+// partition of one key) next to a bare 64-byte ping-pong over TCP between
+// the same two processes. Target: ≤ 1.5× the ping-pong.
+func BenchmarkRemoteControl(b *testing.B) {
+	caddr, raddr := benchServer(b)
+	ctx := context.Background()
+	c := connect(b, caddr, 0)
+	kv := kvapi.New(c)
+	one := engine.MustBatch(engine.Field{Name: "v", Col: engine.StringsOf([]string{"x"})})
+	if _, err := kv.Put(ctx, "one", "k", one, nil); err != nil {
+		b.Fatal(err)
+	}
+	raw := dialRaw(b, raddr)
+	raw.cmd('P', 0)
+	msg := make([]byte, 64)
+	var op, base time.Duration
+	n := 0
+	for b.Loop() {
+		t0 := time.Now()
+		if l, err := kv.List(ctx, "one"); err != nil || len(l["one"]) != 1 {
+			b.Fatalf("list: %v %v", l, err)
+		}
+		t1 := time.Now()
+		raw.c.Write(msg)
+		io.ReadFull(raw.c, msg)
+		base += time.Since(t1)
+		op += t1.Sub(t0)
+		n++
+	}
+	b.ReportMetric(float64(op.Nanoseconds())/float64(n), "list_ns")
+	b.ReportMetric(float64(base.Nanoseconds())/float64(n), "pingpong_ns")
+	b.ReportMetric(op.Seconds()/base.Seconds(), "list/pingpong")
+}
+
+// BenchmarkRemoteSmallKV: 64 concurrent clients, each with its own
+// connections, doing KV put + get of a 1 KiB value; reports ops/s (a put
+// and a get are two ops).
+func BenchmarkRemoteSmallKV(b *testing.B) {
+	caddr, _ := benchServer(b)
+	const clients = 64
+	kvs := make([]*kvapi.KV, clients)
+	for i := range kvs {
+		kvs[i] = kvapi.New(connect(b, caddr, 1))
+	}
+	val := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, 1024)})})
+	ctx := context.Background()
+	var ops atomic.Int64
+	b.ResetTimer()
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	per := max(b.N/clients, 1)
+	for i, kv := range kvs {
+		wg.Go(func() {
+			for j := range per {
+				key := fmt.Sprintf("c%d_%d", i, j%16)
+				if _, err := kv.Put(ctx, "small", key, val, nil); err != nil {
+					b.Error(err)
+					return
+				}
+				if _, err := kv.BatchGet(ctx, "small", []string{key}, "v"); err != nil {
+					b.Error(err)
+					return
+				}
+				ops.Add(2)
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(ops.Load())/time.Since(t0).Seconds(), "ops/s")
+}

@@ -1,0 +1,142 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/transport/tcp"
+)
+
+// ConnectConfig configures [Connect].
+type ConnectConfig struct {
+	Client Config
+	// Token is the cluster's shared secret, if it has one.
+	Token string
+	// Name identifies this client in the servers' logs and stat output.
+	Name string
+	// WaitForUnits makes Connect wait (until ctx ends) for at least one
+	// live storage unit, for clients started together with the cluster.
+	WaitForUnits bool
+	// Transport settings for the data plane.
+	TCP tcp.Config
+}
+
+// Connect attaches to a running cluster through its controller's address
+// ("tcp://host:port" or "unix:///path") and returns a client with the same
+// API as an embedded one. Storage units are reached at the addresses they
+// registered: a unix socket when the unit is on this host and its socket
+// is reachable, TCP otherwise. Close the client when done.
+func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, error) {
+	if cfg.Name == "" {
+		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())
+	}
+	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name})
+	if err != nil {
+		return nil, err
+	}
+	units, err := liveUnits(ctx, meta, cfg.WaitForUnits)
+	if err != nil {
+		meta.Close()
+		return nil, err
+	}
+	tcfg := cfg.TCP
+	if tcfg.Token == "" {
+		tcfg.Token = cfg.Token
+	}
+	tr := tcp.New(tcfg)
+	host := cfg.Client.Host
+	if host == "" {
+		host = HostID()
+	}
+	var dus []DataUnit
+	for _, u := range units {
+		peer, kind, ok := PickAddr(u, host)
+		if !ok {
+			continue
+		}
+		dc, err := tr.Dial(ctx, peer)
+		if err != nil {
+			tr.Close()
+			meta.Close()
+			return nil, fmt.Errorf("connect to storage unit %d: %w", u.ID, err)
+		}
+		dus = append(dus, RemoteUnit(u.ID, u.Host, kind, dc))
+	}
+	if len(dus) == 0 {
+		tr.Close()
+		meta.Close()
+		return nil, fmt.Errorf("no reachable storage unit registered with %s: %w", addr, engine.ErrNotFound)
+	}
+	c, err := New(meta, dus, cfg.Client)
+	if err != nil {
+		tr.Close()
+		meta.Close()
+		return nil, err
+	}
+	c.closers = append(c.closers, tr.Close, meta.Close)
+	return c, nil
+}
+
+func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]controller.UnitInfo, error) {
+	for {
+		all, err := meta.Units(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var live []controller.UnitInfo
+		for _, u := range all {
+			if u.Alive {
+				live = append(live, u)
+			}
+		}
+		if len(live) > 0 || !wait {
+			return live, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for a live storage unit: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// PickAddr chooses how to reach a unit: its unix socket when it runs on
+// this host and the socket exists, else its first TCP address.
+func PickAddr(u controller.UnitInfo, host string) (engine.PeerInfo, string, bool) {
+	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host}
+	if u.Host == host {
+		for _, a := range u.Addrs {
+			if path, ok := strings.CutPrefix(a, "unix://"); ok {
+				if _, err := os.Stat(path); err == nil {
+					peer.Addr, peer.Transport = a, "unix"
+					return peer, "unix", true
+				}
+			}
+		}
+	}
+	for _, a := range u.Addrs {
+		if strings.HasPrefix(a, "tcp://") {
+			peer.Addr, peer.Transport = a, "tcp"
+			return peer, "tcp", true
+		}
+	}
+	return peer, "", false
+}
+
+// Close releases what the client holds: for a connected client its
+// connections to the controller and the storage units. Closing an
+// embedded cluster's client does nothing (close the [Embedded]).
+func (c *Client) Close() error {
+	var errs []error
+	for _, f := range c.closers {
+		errs = append(errs, f())
+	}
+	c.closers = nil
+	return errors.Join(errs...)
+}

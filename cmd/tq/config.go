@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tqgo/tq/controller/sampler"
+	"github.com/tqgo/tq/engine"
+)
+
+// serveConfig is `tq serve`'s configuration: flags, or a YAML file with
+// the same names (flags win).
+type serveConfig struct {
+	Role              string        `yaml:"role"`
+	Listen            string        `yaml:"listen"`
+	Socket            string        `yaml:"socket"`
+	Controller        string        `yaml:"controller"`
+	Units             int           `yaml:"units"`
+	UnitListen        string        `yaml:"unit_listen"`
+	SocketDir         string        `yaml:"socket_dir"`
+	Capacity          byteSize      `yaml:"capacity"`
+	HugePages         bool          `yaml:"huge_pages"`
+	Token             string        `yaml:"token"`
+	Insecure          bool          `yaml:"insecure"`
+	PreAlloc          int           `yaml:"pre_alloc"`
+	Sampler           string        `yaml:"sampler"`
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	Name              string        `yaml:"name"`
+}
+
+func defaultServeConfig() serveConfig {
+	return serveConfig{
+		Role:              "all",
+		Listen:            "127.0.0.1:7370",
+		Units:             2,
+		UnitListen:        "127.0.0.1:0",
+		SocketDir:         filepath.Join(os.TempDir(), fmt.Sprintf("tq-%d", os.Getuid())),
+		Capacity:          1 << 30,
+		Sampler:           "sequential",
+		HeartbeatInterval: time.Second,
+		ShutdownTimeout:   10 * time.Second,
+	}
+}
+
+func (c *serveConfig) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Role, "role", c.Role, "what to run: all (a controller and its storage units), controller, or unit")
+	fs.StringVar(&c.Listen, "listen", c.Listen, `controller TCP address ("" for none)`)
+	fs.StringVar(&c.Socket, "socket", c.Socket, "controller unix socket (default SOCKET_DIR/controller.sock)")
+	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
+	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
+	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
+	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets")
+	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
+	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "try 2 MiB huge pages for storage")
+	fs.StringVar(&c.Token, "token", c.Token, "shared secret clients and units must present")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "allow a non-loopback listener without a token")
+	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
+	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "sampler: sequential, rank-aware, grpo:N, seqlen:N:DP")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "storage unit heartbeat interval")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
+	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
+}
+
+// loadYAML reads a config file over c; unknown keys are errors.
+func (c *serveConfig) loadYAML(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+func (c *serveConfig) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch c.Role {
+	case "all", "controller", "unit":
+	default:
+		bad("role %q: want all, controller or unit", c.Role)
+	}
+	if c.Role == "unit" && c.Controller == "" {
+		bad("--role unit needs --controller ADDR")
+	}
+	if c.Role != "unit" && c.Listen == "" && c.Socket == "" && c.SocketDir == "" {
+		bad("the controller needs --listen or --socket")
+	}
+	if c.Role == "all" && c.Units < 1 {
+		bad("--units %d: need at least one storage unit", c.Units)
+	}
+	if c.Role != "controller" && c.Capacity <= 0 {
+		bad("--capacity %v: must be positive", c.Capacity)
+	}
+	if c.PreAlloc < 0 {
+		bad("--pre-alloc %d: must not be negative", c.PreAlloc)
+	}
+	if c.HeartbeatInterval <= 0 {
+		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)
+	}
+	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}} {
+		if l.addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(l.addr)
+		if err != nil {
+			bad("%s %q: %v", l.name, l.addr, err)
+			continue
+		}
+		if !isLoopback(host) && c.Token == "" && !c.Insecure {
+			bad("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr)
+		}
+	}
+	if _, err := c.sampler(); err != nil {
+		bad("%v", err)
+	}
+	return errors.Join(errs...)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// sampler builds the configured sampler.
+func (c *serveConfig) sampler() (engine.Sampler, error) {
+	parts := strings.Split(c.Sampler, ":")
+	ints := func(want int) ([]int, error) {
+		if len(parts)-1 != want {
+			return nil, fmt.Errorf("sampler %q: want %d parameters", c.Sampler, want)
+		}
+		out := make([]int, want)
+		for i, p := range parts[1:] {
+			n, err := strconv.Atoi(p)
+			if err != nil {
+				return nil, fmt.Errorf("sampler %q: %q is not a number", c.Sampler, p)
+			}
+			out[i] = n
+		}
+		return out, nil
+	}
+	switch parts[0] {
+	case "sequential", "":
+		return sampler.NewSequential(), nil
+	case "rank-aware":
+		return sampler.NewRankAware(), nil
+	case "grpo":
+		n, err := ints(1)
+		if err != nil {
+			return nil, err
+		}
+		return sampler.NewGRPO(n[0])
+	case "seqlen":
+		n, err := ints(2)
+		if err != nil {
+			return nil, err
+		}
+		return sampler.NewSeqlenBalanced(n[0], n[1])
+	}
+	return nil, fmt.Errorf("sampler %q: want sequential, rank-aware, grpo:N or seqlen:N:DP", c.Sampler)
+}
+
+// byteSize is a size flag/YAML value: 1048576, 512MiB, 4GiB, 64KiB.
+type byteSize int64
+
+func (b byteSize) String() string { return bytesString(int64(b)) }
+
+func (b *byteSize) Set(s string) error {
+	v, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(v)
+	return nil
+}
+
+func (b *byteSize) UnmarshalYAML(n *yaml.Node) error { return b.Set(n.Value) }
+
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mul    int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	t := strings.TrimSpace(s)
+	mul := int64(1)
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mul = strings.TrimSpace(v), u.mul
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: want a number of bytes like 1048576, 512MiB or 4GiB", s)
+	}
+	return n * mul, nil
+}

@@ -1,0 +1,364 @@
+package main
+
+// Tests with real OS processes: `tq serve` built from this tree runs as a
+// child process; producers and consumers are this test binary re-executed
+// as helper processes (TestHelperProcess) that connect through the network
+// with client.Connect and the KV and batch APIs.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+var buildTQ = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "tq-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "tq")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func tqBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs processes; skipped in -short mode")
+	}
+	bin, err := buildTQ()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// serveProc is a running `tq serve`.
+type serveProc struct {
+	cmd   *exec.Cmd
+	lines chan string
+	addrs []string // the controller's addresses
+	done  chan error
+}
+
+// startServe runs `tq serve` with args (optionally under a wrapper such as
+// `ip netns exec NS`) and waits for it to print "ready".
+func startServe(t *testing.T, wrapper []string, bin string, args ...string) *serveProc {
+	t.Helper()
+	argv := append(append(append([]string{}, wrapper...), bin, "serve"), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &serveProc{cmd: cmd, lines: make(chan string, 64), done: make(chan error, 1)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	})
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatal("tq serve exited before it was ready")
+			}
+			t.Logf("serve: %s", l)
+			if rest, ok := strings.CutPrefix(l, "tq serve: controller on "); ok {
+				p.addrs = strings.Fields(rest)
+			}
+			if l == "tq serve: ready" {
+				go func() { // keep draining
+					for l := range p.lines {
+						t.Logf("serve: %s", l)
+					}
+				}()
+				return p
+			}
+		case <-deadline:
+			t.Fatal("tq serve not ready after 20 s")
+		}
+	}
+}
+
+func (p *serveProc) addr(scheme string) string {
+	for _, a := range p.addrs {
+		if strings.HasPrefix(a, scheme+"://") {
+			return a
+		}
+	}
+	return ""
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (p *serveProc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("tq serve after SIGTERM: %v", err)
+		}
+		p.done <- nil
+	case <-time.After(15 * time.Second):
+		t.Fatal("tq serve still running 15 s after SIGTERM")
+	}
+}
+
+// helper starts this test binary as a helper process playing role.
+func helper(t *testing.T, wrapper []string, role string, env ...string) *exec.Cmd {
+	t.Helper()
+	argv := append(append([]string{}, wrapper...), os.Args[0], "-test.run=^TestHelperProcess$", "-test.v")
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(append(os.Environ(), "TQ_HELPER="+role), env...)
+	return cmd
+}
+
+func runHelpers(t *testing.T, cmds ...*exec.Cmd) {
+	t.Helper()
+	type result struct {
+		name string
+		out  []byte
+		err  error
+	}
+	res := make(chan result, len(cmds))
+	for _, c := range cmds {
+		go func() {
+			out, err := c.CombinedOutput()
+			res <- result{strings.Join(c.Env[len(c.Env)-3:], " "), out, err}
+		}()
+	}
+	for range cmds {
+		select {
+		case r := <-res:
+			if r.err != nil || !strings.Contains(string(r.out), "HELPER OK") {
+				t.Fatalf("helper %s failed: %v\n%s", r.name, r.err, r.out)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatal("a helper process is still running after 60 s")
+		}
+	}
+}
+
+const helperRows = 64
+
+// helperBatch is what producers write and consumers check: every value
+// kind, NaN and Inf included, deterministic in the row index.
+func helperBatch(lo, n int) *engine.Batch {
+	f32 := make([]float32, 0, n*4)
+	var ragged [][]int64
+	var text []string
+	for i := lo; i < lo+n; i++ {
+		f32 = append(f32, float32(i), float32(math.NaN()), float32(math.Inf(1-2*(i%2))), -float32(i))
+		r := make([]int64, i%5)
+		for j := range r {
+			r[j] = int64(i*10 + j)
+		}
+		ragged = append(ragged, r)
+		text = append(text, strings.Repeat(fmt.Sprintf("ü%d-", i), i%7))
+	}
+	dense, _ := engine.DenseOf(f32, 4)
+	return engine.MustBatch(
+		engine.Field{Name: "prompt", Col: dense},
+		engine.Field{Name: "response", Col: engine.RaggedOf(ragged)},
+		engine.Field{Name: "text", Col: engine.StringsOf(text)},
+	)
+}
+
+func helperKeys(lo, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("sample_%d", lo+i)
+	}
+	return keys
+}
+
+// TestHelperProcess is not a test: it is the body of helper processes.
+func TestHelperProcess(t *testing.T) {
+	role := os.Getenv("TQ_HELPER")
+	if role == "" {
+		t.Skip("runs only as a helper process")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer c.Close()
+	kv := kvapi.New(c)
+	switch role {
+	case "producer":
+		// Two halves, so the consumer's blocking fetch sees data arrive.
+		for _, lo := range []int{0, helperRows / 2} {
+			b := helperBatch(lo, helperRows/2)
+			tags := make([]engine.Tags, helperRows/2)
+			for i := range tags {
+				tags[i] = engine.Tags{"row": lo + i, "status": "produced"}
+			}
+			if _, err := kv.BatchPut(ctx, "train", helperKeys(lo, helperRows/2), b, tags); err != nil {
+				t.Fatalf("batch put: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	case "consumer":
+		// Blocks in the controller until every row is produced.
+		m, err := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Task: "trainer", BatchSize: helperRows,
+			Fields: []string{"prompt", "response", "text"}, Wait: true})
+		if err != nil {
+			t.Fatalf("blocking fetch: %v", err)
+		}
+		got, err := c.Get(ctx, m)
+		if err != nil {
+			t.Fatalf("get: %v", err)
+		}
+		keys, err := c.KeysOf(ctx, "train", m.Indexes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Rows come back in index order; check each against its key's data.
+		for i, k := range keys {
+			var row int
+			fmt.Sscanf(k, "sample_%d", &row)
+			want := helperBatch(row, 1)
+			for _, f := range want.Fields() {
+				gc, _ := got.Col(f.Name).Slice(i, i+1)
+				if !gc.Equal(f.Col) {
+					t.Fatalf("key %s field %s differs", k, f.Name)
+				}
+			}
+		}
+		// And through the KV API, with tags.
+		kvGot, err := kv.BatchGet(ctx, "train", helperKeys(0, helperRows), "text")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !kvGot.Col("text").Equal(helperBatch(0, helperRows).Col("text")) {
+			t.Fatal("text via KV differs")
+		}
+		list, err := kv.List(ctx, "train")
+		if err != nil || len(list["train"]) != helperRows {
+			t.Fatalf("list: %d keys, %v", len(list["train"]), err)
+		}
+		if v, _ := list["train"][5].Tags.Int("row"); v != 5 {
+			t.Fatalf("tags of key 5: %v", list["train"][5].Tags)
+		}
+	case "roundtrip":
+		b := helperBatch(0, 8)
+		if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 8), b, nil); err != nil {
+			t.Fatal(err)
+		}
+		got, err := kv.BatchGet(ctx, "p", helperKeys(0, 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range b.Fields() {
+			if !got.Col(f.Name).Equal(f.Col) {
+				t.Fatalf("field %s differs", f.Name)
+			}
+		}
+		if err := kv.Clear(ctx, "p", helperKeys(0, 8)); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("unknown helper role %q", role)
+	}
+	fmt.Println("HELPER OK")
+}
+
+func TestServeProducerConsumer(t *testing.T) {
+	bin := tqBinary(t)
+	dir := t.TempDir()
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", dir, "--units", "2", "--capacity", "64MiB")
+	for _, scheme := range []string{"tcp", "unix"} {
+		addr := p.addr(scheme)
+		if addr == "" {
+			t.Fatalf("no %s address in %v", scheme, p.addrs)
+		}
+		t.Run(scheme, func(t *testing.T) {
+			env := []string{"TQ_ADDR=" + addr, "TQ_TOKEN=", "TQ_SCHEME=" + scheme}
+			runHelpers(t, helper(t, nil, "consumer", env...), helper(t, nil, "producer", env...))
+			out, err := exec.Command(bin, "stat", addr).CombinedOutput()
+			if err != nil {
+				t.Fatalf("tq stat: %v\n%s", err, out)
+			}
+			t.Logf("tq stat:\n%s", out)
+			for _, want := range []string{"train", "trainer", "64/64 100%", "STORAGE UNITS", "alive"} {
+				if !strings.Contains(string(out), want) {
+					t.Fatalf("tq stat output lacks %q:\n%s", want, out)
+				}
+			}
+			c, err := client.Connect(context.Background(), addr, client.ConnectConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.ClearPartition(context.Background(), "train"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	p.stop(t)
+}
+
+func TestServeRejectsBadConfig(t *testing.T) {
+	bin := tqBinary(t)
+	cfgFile := filepath.Join(t.TempDir(), "tq.yaml")
+	for _, tc := range []struct {
+		name string
+		yaml string
+		args []string
+		want string
+	}{
+		{"unknown role", "", []string{"--role", "boss"}, `role "boss"`},
+		{"unit without controller", "", []string{"--role", "unit"}, "needs --controller"},
+		{"public listener without token", "", []string{"--listen", "0.0.0.0:0"}, "without a token"},
+		{"bad capacity", "", []string{"--capacity", "lots"}, "size"},
+		{"bad sampler", "", []string{"--sampler", "grpo:x"}, "sampler"},
+		{"unknown yaml key", "colour: blue\n", nil, "colour"},
+		{"yaml values validated", "units: 0\n", nil, "at least one storage unit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"serve", "--socket-dir", t.TempDir()}, tc.args...)
+			if tc.yaml != "" {
+				os.WriteFile(cfgFile, []byte(tc.yaml), 0o644)
+				args = append(args, "--config", cfgFile)
+			}
+			out, err := exec.Command(bin, args...).CombinedOutput()
+			if err == nil {
+				t.Fatalf("tq %v succeeded:\n%s", args, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("tq %v: message lacks %q:\n%s", args, tc.want, out)
+			}
+		})
+	}
+}
