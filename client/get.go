@@ -189,7 +189,11 @@ func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[eng
 	locs := meta.Cells[name]
 	var data []byte
 	alias := false
-	if len(runs) == 1 && view {
+	if ol, ok := leases[runs[0].unit].(owned); ok && consecutive(runs) {
+		// Copied out of the unit into memory the caller owns, back to
+		// back: hand it over as it is.
+		data = ol.Span(runs[0].lease, runs[len(runs)-1].lease+1)
+	} else if len(runs) == 1 && view {
 		data = leases[runs[0].unit].Bytes(runs[0].lease)
 		alias = true
 	} else {
@@ -230,4 +234,15 @@ func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[eng
 		return col, alias, err
 	}
 	return nil, false, fmt.Errorf("schema kind %v: %w", s.Kind, engine.ErrCorrupt)
+}
+
+// consecutive reports whether runs are on one unit at consecutive lease
+// indexes (so an owned lease holds them back to back).
+func consecutive(runs []run) bool {
+	for i := 1; i < len(runs); i++ {
+		if runs[i].unit != runs[0].unit || runs[i].lease != runs[0].lease+i {
+			return false
+		}
+	}
+	return true
 }

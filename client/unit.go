@@ -25,6 +25,8 @@ type DataUnit interface {
 	// new committed extent and returns one address per extent.
 	Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error)
 	Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error)
+	// ReadInto copies each range into dst[i] (len(dst[i]) == addrs[i].Len).
+	ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error
 	Free(ctx context.Context, cells []engine.RemoteAddr) error
 }
 
@@ -88,6 +90,18 @@ func (l localUnit) Acquire(_ context.Context, addrs []engine.RemoteAddr) (Lease,
 	return ls, nil
 }
 
+func (l localUnit) ReadInto(_ context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	ls, err := l.u.Acquire(addrs)
+	if err != nil {
+		return err
+	}
+	defer ls.Release()
+	for i := range addrs {
+		copy(dst[i], ls.Bytes(i))
+	}
+	return nil
+}
+
 func (l localUnit) Free(_ context.Context, cells []engine.RemoteAddr) error { return l.u.Free(cells) }
 
 // RemoteUnit adapts a data connection to a unit in another process to
@@ -113,32 +127,51 @@ func (r remoteUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.Rem
 }
 
 func (r remoteUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
-	var total uint64
-	for _, a := range addrs {
-		total += a.Len
-	}
-	mem := make([]byte, total)
-	dst := make([][]byte, len(addrs))
-	at := uint64(0)
+	l := &ownedLease{offs: make([]uint64, len(addrs)+1)}
 	for i, a := range addrs {
-		dst[i] = mem[at : at+a.Len : at+a.Len]
-		at += a.Len
+		l.offs[i+1] = l.offs[i] + a.Len
+	}
+	l.mem = make([]byte, l.offs[len(addrs)])
+	dst := make([][]byte, len(addrs))
+	for i := range addrs {
+		dst[i] = l.Bytes(i)
 	}
 	if err := r.conn.Read(ctx, addrs, dst); err != nil {
 		return nil, err
 	}
-	return copiedLease(dst), nil
+	return l, nil
+}
+
+func (r remoteUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	return r.conn.Read(ctx, addrs, dst)
 }
 
 func (r remoteUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
 	return r.conn.Free(ctx, cells)
 }
 
-// copiedLease holds bytes already copied into client memory.
-type copiedLease [][]byte
+// ownedLease holds ranges already copied into one client-owned buffer,
+// back to back in request order. Nothing is pinned on the unit, so its
+// bytes may be handed to the caller as they are.
+type ownedLease struct {
+	mem  []byte
+	offs []uint64
+}
 
-func (c copiedLease) Bytes(i int) []byte { return c[i] }
-func (c copiedLease) Release()           {}
+func (l *ownedLease) Bytes(i int) []byte {
+	return l.mem[l.offs[i]:l.offs[i+1]:l.offs[i+1]]
+}
+
+func (l *ownedLease) Release() {}
+
+// Span returns ranges [lo, hi) as one slice of the caller-owned buffer.
+func (l *ownedLease) Span(lo, hi int) []byte { return l.mem[l.offs[lo]:l.offs[hi]:l.offs[hi]] }
+
+// owned is a lease whose bytes belong to the caller already (copied out of
+// the unit): a get hands them over instead of copying again.
+type owned interface {
+	Span(lo, hi int) []byte
+}
 
 var hostOnce = sync.OnceValue(func() string {
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {

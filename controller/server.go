@@ -113,7 +113,15 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	})
 	s.handlers = s.handlerTable()
 	for op := range s.handlers {
-		s.ws.Handle(op, s.adapt(op))
+		switch op {
+		case wire.OpFetch, wire.OpSaveCheckpoint, wire.OpLoadCheckpoint:
+			// May wait (a blocking fetch) or do disk I/O: a goroutine each.
+			s.ws.Handle(op, s.adapt(op))
+		default:
+			// Metadata operations take microseconds: run them on the
+			// connection's read loop, with no goroutine hand-off.
+			s.ws.HandleInline(op, s.adapt(op))
+		}
 	}
 	return s
 }

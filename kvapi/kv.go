@@ -159,6 +159,25 @@ func (kv *KV) BatchGetView(ctx context.Context, partition string, keys []string,
 	return kv.c.GetView(ctx, meta)
 }
 
+// BatchGetInto is [KV.BatchGet] into a buffer the caller owns and reuses
+// (see [client.Client.GetInto]); [KV.SizeOf] tells how big it must be.
+func (kv *KV) BatchGetInto(ctx context.Context, partition string, keys []string, buf []byte, fields ...string) (*engine.Batch, error) {
+	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if err != nil {
+		return nil, err
+	}
+	return kv.c.GetInto(ctx, meta, buf)
+}
+
+// SizeOf returns the bytes a BatchGetInto of these keys and fields needs.
+func (kv *KV) SizeOf(ctx context.Context, partition string, keys []string, fields ...string) (int, error) {
+	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if err != nil {
+		return 0, err
+	}
+	return client.SizeOf(meta), nil
+}
+
 // BatchGetByMeta reads the keys of a meta returned by a put; with fields it
 // reads that selection, which must be among the meta's fields.
 func (kv *KV) BatchGetByMeta(ctx context.Context, meta *engine.KVMeta, fields ...string) (*engine.Batch, error) {

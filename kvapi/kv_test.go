@@ -381,3 +381,38 @@ func TestAsyncManyInFlight(t *testing.T) {
 		t.Fatalf("get by meta of a tag-only key: %v", err)
 	}
 }
+
+func TestBatchGetInto(t *testing.T) {
+	kv, _ := newKV(t)
+	ctx := context.Background()
+	b := engine.MustBatch(
+		engine.Field{Name: "ids", Col: col(t, []int64{1, 2, 3, 4, 5, 6}, 3)},
+		engine.Field{Name: "r", Col: engine.RaggedOf([][]float32{{1}, {2, 3}})},
+		engine.Field{Name: "s", Col: engine.StringsOf([]string{"a", "ünï"})},
+	)
+	keys := []string{"x", "y"}
+	must[*engine.KVMeta](t)(kv.BatchPut(ctx, "p", keys, b, nil))
+	n := must[int](t)(kv.SizeOf(ctx, "p", keys))
+	if n != b.Size() {
+		t.Fatalf("SizeOf = %d, want %d", n, b.Size())
+	}
+	if _, err := kv.BatchGetInto(ctx, "p", keys, make([]byte, n-1)); !errors.Is(err, engine.ErrInvalid) {
+		t.Fatalf("short buffer: got %v, want ErrInvalid", err)
+	}
+	buf := make([]byte, n)
+	for range 2 { // the buffer is reusable
+		got := must[*engine.Batch](t)(kv.BatchGetInto(ctx, "p", keys, buf))
+		for _, f := range b.Fields() {
+			if !got.Col(f.Name).Equal(f.Col) {
+				t.Fatalf("field %s differs", f.Name)
+			}
+		}
+		// Writing the buffer shows through the result: it lives there.
+		saved := append([]byte(nil), buf...)
+		clear(buf)
+		if v, _ := engine.Values[int64](got.Col("ids")); v[0] != 0 {
+			t.Fatal("the result does not live in the caller's buffer")
+		}
+		copy(buf, saved)
+	}
+}

@@ -75,9 +75,12 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		IdleTimeout: cfg.IdleTimeout,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
-	s.ws.Handle(wire.OpRead, s.read)
-	s.ws.Handle(wire.OpFree, s.free)
-	s.ws.Handle(wire.OpUnitStats, s.stats)
+	// Reads, frees and stats never wait on anything slow: run them on the
+	// read loop. A write may wait for capacity, so it gets a goroutine
+	// (the loop still waits for its payload to be consumed).
+	s.ws.HandleInline(wire.OpRead, s.read)
+	s.ws.HandleInline(wire.OpFree, s.free)
+	s.ws.HandleInline(wire.OpUnitStats, s.stats)
 	return s
 }
 

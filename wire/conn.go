@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -62,10 +61,8 @@ type Conn struct {
 	pending map[uint64]*call
 	err     error // why the connection failed; set once
 
-	wq        chan *outFrame
-	writing   atomic.Bool   // the writer is inside a write
+	w         *frameWriter
 	done      chan struct{} // closed when the connection fails or closes
-	writerOut chan struct{} // closed when the writer goroutine has exited
 	readerOut chan struct{}
 	kaOut     chan struct{}
 	failOnce  sync.Once
@@ -91,13 +88,11 @@ func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 		nc:        nc,
 		cfg:       cfg.withDefaults(),
 		pending:   make(map[uint64]*call),
-		wq:        make(chan *outFrame, 256),
 		done:      make(chan struct{}),
-		writerOut: make(chan struct{}),
 		readerOut: make(chan struct{}),
 		kaOut:     make(chan struct{}),
 	}
-	go c.writeLoop()
+	c.w = newFrameWriter(nc, func(err error) { c.fail(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
 	go c.readLoop()
 	go c.keepAlive()
 	return c
@@ -154,7 +149,6 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // socket and waits for the connection's goroutines. It is idempotent.
 func (c *Conn) Close() error {
 	c.fail(fmt.Errorf("connection closed: %w", engine.ErrClosed))
-	<-c.writerOut
 	<-c.readerOut
 	<-c.kaOut
 	return nil
@@ -167,6 +161,7 @@ func (c *Conn) fail(err error) {
 		c.mu.Unlock()
 		close(c.done)
 		c.nc.Close()
+		c.w.fail(err)
 	})
 }
 
@@ -207,25 +202,25 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	h.Append(b[:0])
 	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
 
-	select {
-	case c.wq <- f:
-	case <-ctx.Done():
-		c.forget(id)
-		return ctx.Err()
-	case <-c.done:
-		c.forget(id)
-		return c.Err()
-	}
+	c.w.send(f) // writes now if the socket is idle, else queues
 	select {
 	case <-cl.done:
 		return cl.err
 	case <-ctx.Done():
-		c.abandon(id, cl, f)
-		return ctx.Err()
 	case <-c.done:
-		c.abandon(id, cl, f)
-		return c.Err()
 	}
+	// A reply that arrived before the context ended or the connection
+	// failed wins: select picks among ready cases at random.
+	select {
+	case <-cl.done:
+		return cl.err
+	default:
+	}
+	c.abandon(id, cl, f)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return c.Err()
 }
 
 func (c *Conn) forget(id uint64) {
@@ -249,76 +244,18 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame) {
 	}
 	select {
 	case <-f.written:
-	case <-c.writerOut:
 	case <-time.After(abandonGrace):
 		// The frame is still queued or mid-write (a large payload on a slow
 		// or dead peer). The caller's buffers cannot be returned while the
 		// writer may read them: give up on the connection to stop it.
 		c.fail(fmt.Errorf("a call was abandoned while its request was being written: %w", ErrUnavailable))
-		select {
-		case <-f.written:
-		case <-c.writerOut:
-		}
+		<-f.written
 	}
 }
 
 // abandonGrace is how long an abandoned call waits for its request frame
 // to finish writing before it fails the connection.
 const abandonGrace = 100 * time.Millisecond
-
-func (c *Conn) writeLoop() {
-	defer close(c.writerOut)
-	var batch []*outFrame
-	var bufs net.Buffers
-	for {
-		var f *outFrame
-		select {
-		case f = <-c.wq:
-		case <-c.done:
-			c.drainQueue()
-			return
-		}
-		batch = append(batch[:0], f)
-		// Coalesce what is already queued into one writev.
-	more:
-		for len(batch) < 64 {
-			select {
-			case g := <-c.wq:
-				batch = append(batch, g)
-			default:
-				break more
-			}
-		}
-		bufs = bufs[:0]
-		for _, g := range batch {
-			bufs = append(bufs, g.buf)
-			bufs = append(bufs, g.payload...)
-		}
-		w := bufs
-		c.writing.Store(true)
-		_, err := w.WriteTo(c.nc)
-		c.writing.Store(false)
-		for _, g := range batch {
-			g.written <- err
-		}
-		if err != nil {
-			c.fail(fmt.Errorf("write: %w: %w", ErrUnavailable, err))
-			c.drainQueue()
-			return
-		}
-	}
-}
-
-func (c *Conn) drainQueue() {
-	for {
-		select {
-		case g := <-c.wq:
-			g.written <- c.Err()
-		default:
-			return
-		}
-	}
-}
 
 func (c *Conn) readLoop() {
 	defer close(c.readerOut)
@@ -460,7 +397,7 @@ func (c *Conn) keepAlive() {
 		err := c.Ping(ctx)
 		cancel()
 		if err != nil && ctx.Err() != nil {
-			if c.writing.Load() {
+			if c.w.writing.Load() {
 				// The ping is queued behind a large frame still going out:
 				// the peer is taking bytes, so it is alive. Ask again later.
 				continue

@@ -55,7 +55,7 @@ func FuzzServerConn(f *testing.F) {
 	hello := frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil)
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		cli, srv := net.Pipe()
-		sc := &serverConn{s: s, nc: srv, wq: make(chan *outFrame, 16), done: make(chan struct{}), writerOut: make(chan struct{})}
+		sc := newServerConn(s, srv)
 		s.mu.Lock()
 		s.conns[sc] = struct{}{}
 		s.wg.Add(1)

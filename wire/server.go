@@ -2,11 +2,12 @@ package wire
 
 // Server is the serving side. Per connection, one goroutine reads frames;
 // each request runs its handler in a goroutine of its own, so a slow
-// request (a blocking fetch) does not hold up the others. A request's
+// request (a blocking fetch) does not hold up the others — or, for
+// handlers registered with HandleInline, right on the read loop. A request's
 // payload is still on the socket when its handler starts: the handler
 // reads it straight into its destination (ReadPayload), and the read loop
 // waits until the payload is consumed before it reads the next frame.
-// Replies go through one writer goroutine per connection.
+// Replies go through the connection's combining writer (frameWriter).
 //
 // A malformed frame closes its connection only; the server goes on serving
 // the others.
@@ -56,6 +57,7 @@ type ServerConfig struct {
 type Server struct {
 	cfg      ServerConfig
 	handlers map[Op]HandlerFunc
+	inline   map[Op]bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -86,6 +88,7 @@ func NewServer(cfg ServerConfig) *Server {
 	return &Server{
 		cfg:       cfg,
 		handlers:  map[Op]HandlerFunc{},
+		inline:    map[Op]bool{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 		ctx:       ctx,
@@ -93,8 +96,18 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 }
 
-// Handle registers the handler for an op. Call before serving.
+// Handle registers the handler for an op; each request runs in a goroutine
+// of its own. Call before serving.
 func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
+
+// HandleInline registers a handler that runs on the connection's read
+// loop: no goroutine hand-off, so a small request costs the least, but the
+// connection reads nothing else until it returns. Use it for handlers that
+// never wait on anything slow.
+func (s *Server) HandleInline(op Op, h HandlerFunc) {
+	s.handlers[op] = h
+	s.inline[op] = true
+}
 
 // Serve accepts connections on l until the server closes. It returns nil
 // after Close or Shutdown.
@@ -121,7 +134,7 @@ func (s *Server) Serve(l net.Listener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		sc := &serverConn{s: s, nc: nc, wq: make(chan *outFrame, 256), done: make(chan struct{}), writerOut: make(chan struct{})}
+		sc := newServerConn(s, nc)
 		s.mu.Lock()
 		if s.draining {
 			s.mu.Unlock()
@@ -176,32 +189,36 @@ func (s *Server) Close() error {
 }
 
 type serverConn struct {
-	s         *Server
-	nc        net.Conn
-	wq        chan *outFrame
-	done      chan struct{}
-	writerOut chan struct{} // closed when the writer goroutine has exited
-	once      sync.Once
-	peer      *wirepb.Hello
+	s    *Server
+	nc   net.Conn
+	w    *frameWriter
+	done chan struct{}
+	once sync.Once
+	peer *wirepb.Hello
+}
+
+func newServerConn(s *Server, nc net.Conn) *serverConn {
+	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
+	c.w = newFrameWriter(nc, func(error) { c.close() })
+	return c
 }
 
 func (c *serverConn) close() {
 	c.once.Do(func() {
 		close(c.done)
 		c.nc.Close()
+		c.w.fail(net.ErrClosed)
 	})
 }
 
 func (c *serverConn) serve() {
 	defer c.s.wg.Done()
-	go func() { defer close(c.writerOut); c.writeLoop() }()
 	ctx, cancel := context.WithCancel(c.s.ctx)
 	var handlers sync.WaitGroup
 	defer func() {
 		c.close()
 		cancel()
 		handlers.Wait()
-		<-c.writerOut
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
@@ -262,9 +279,7 @@ func (c *serverConn) serve() {
 			}
 			return
 		}
-		handlers.Add(1)
-		go func() {
-			defer handlers.Done()
+		serveOne := func() {
 			defer func() { <-sem }()
 			if !draining {
 				defer c.s.inflight.Done()
@@ -274,7 +289,16 @@ func (c *serverConn) serve() {
 				rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
 			}
 			req.DiscardPayload()
-		}()
+		}
+		if c.s.inline[h.Op] || h.Op == OpPing {
+			serveOne()
+		} else {
+			handlers.Add(1)
+			go func() {
+				defer handlers.Done()
+				serveOne()
+			}()
+		}
 		// The payload belongs to the handler until consumed.
 		select {
 		case <-req.consumed:
@@ -337,40 +361,6 @@ func (c *serverConn) handshake(br *bufio.Reader) error {
 	reply.Version = Version
 	rw.Reply(reply, nil, nil)
 	return nil
-}
-
-func (c *serverConn) writeLoop() {
-	var bufs net.Buffers
-	for {
-		var f *outFrame
-		select {
-		case f = <-c.wq:
-		case <-c.done:
-			c.drain()
-			return
-		}
-		bufs = append(bufs[:0], f.buf)
-		bufs = append(bufs, f.payload...)
-		w := bufs
-		_, err := w.WriteTo(c.nc)
-		f.written <- err
-		if err != nil {
-			c.close()
-			c.drain()
-			return
-		}
-	}
-}
-
-func (c *serverConn) drain() {
-	for {
-		select {
-		case f := <-c.wq:
-			f.written <- net.ErrClosed
-		default:
-			return
-		}
-	}
 }
 
 // Request is one request as the handler sees it.
@@ -495,17 +485,11 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 	h := Header{Version: Version, Flags: FlagReply | flags, Op: rw.h.Op, ID: rw.h.ID, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
 	h.Append(b[:0])
 	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
-	select {
-	case rw.c.wq <- f:
-		// Hold on until the writer is done with the frame: it wrote it,
-		// or it has exited and will never touch the payload. (A handshake
-		// rejection relies on this: its reply is out before the close.)
-		select {
-		case <-f.written:
-		case <-rw.c.writerOut:
-		}
-	case <-rw.c.done:
-	}
+	rw.c.w.send(f)
+	// Hold on until the frame is written or dropped, so the payload's
+	// owner (after) may let go of it. (A handshake rejection relies on
+	// this: its reply is out before the close.)
+	<-f.written
 	if after != nil {
 		after()
 	}

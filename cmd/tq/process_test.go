@@ -285,6 +285,19 @@ func TestHelperProcess(t *testing.T) {
 				t.Fatalf("field %s differs", f.Name)
 			}
 		}
+		n, err := kv.SizeOf(ctx, "p", helperKeys(0, 8))
+		if err != nil {
+			t.Fatal(err)
+		}
+		into, err := kv.BatchGetInto(ctx, "p", helperKeys(0, 8), make([]byte, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range b.Fields() {
+			if !into.Col(f.Name).Equal(f.Col) {
+				t.Fatalf("field %s differs when read into a buffer", f.Name)
+			}
+		}
 		if err := kv.Clear(ctx, "p", helperKeys(0, 8)); err != nil {
 			t.Fatal(err)
 		}
