@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -374,4 +375,49 @@ func TestServeRejectsBadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A storage unit killed with SIGKILL: readers of its cells get ErrLost
+// within their deadline, never a hang, and tq stat reports it LOST.
+func TestKilledUnitIsLostNotHung(t *testing.T) {
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
+	addr := ctrl.addr("tcp")
+	unit := startServe(t, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	kv := kvapi.New(c)
+	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 4), helperBatch(0, 4), nil); err != nil {
+		t.Fatal(err)
+	}
+	unit.cmd.Process.Signal(syscall.SIGKILL)
+	<-unit.done
+	unit.done <- nil
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	start := time.Now()
+	_, err = kv.BatchGet(rctx, "p", helperKeys(0, 4))
+	if !errors.Is(err, engine.ErrLost) {
+		t.Fatalf("read from a killed unit: got %v, want ErrLost", err)
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("the read took %v to fail", d)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := exec.Command(bin, "stat", addr).CombinedOutput()
+		if strings.Contains(string(out), "LOST") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tq stat never reported the unit lost:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	ctrl.stop(t)
 }
