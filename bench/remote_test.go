@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,7 +63,25 @@ func TestBenchServer(t *testing.T) {
 	defer us.Close()
 	ul := listen(t)
 	go us.Serve(ul)
-	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + ul.Addr().String()}})
+	// A unix socket and the memfd socket next to it, for the shm transport.
+	dir, err := os.MkdirTemp("", "tq-bench-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "unit.sock")
+	xl, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go us.Serve(xl)
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go us.ServeShm(fl)
+	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{
+		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,10 +227,10 @@ func (r *rawConn) read(dst []byte) time.Duration {
 	return time.Since(t0)
 }
 
-func connect(b *testing.B, addr string, conns int) *client.Client {
+func connect(b *testing.B, addr, transport string, conns int) *client.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, TCP: tcp.Config{Conns: conns}})
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -232,8 +251,6 @@ func BenchmarkRemote(b *testing.B) {
 	caddr, raddr := benchServer(b)
 	w := small
 	batch, keys := w.make(b)
-	ctx := context.Background()
-	kv := kvapi.New(connect(b, caddr, 0))
 	raw := dialRaw(b, raddr)
 	dst := make([]byte, w.bytes())
 	for i := 0; i < len(dst); i += 4096 {
@@ -243,8 +260,18 @@ func BenchmarkRemote(b *testing.B) {
 	for i := 0; i < len(into); i += 4096 {
 		into[i] = 1
 	}
-	for _, op := range []string{"put", "get", "get_into"} {
-		b.Run(fmt.Sprintf("transport=tcp/workload=%s/op=%s", w.name, op), func(b *testing.B) {
+	for _, tr := range []string{client.TransportTCP, client.TransportShm} {
+		kv := kvapi.New(connect(b, caddr, tr, 0))
+		for _, op := range []string{"put", "get", "get_into"} {
+			benchRemoteOp(b, tr, op, w, batch, keys, kv, raw, dst, into)
+		}
+	}
+}
+
+func benchRemoteOp(b *testing.B, tr, op string, w workload, batch *engine.Batch, keys []string, kv *kvapi.KV, raw *rawConn, dst, into []byte) {
+	ctx := context.Background()
+	{
+		b.Run(fmt.Sprintf("transport=%s/workload=%s/op=%s", tr, w.name, op), func(b *testing.B) {
 			if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil { // warm up
 				b.Fatal(err)
 			}
@@ -301,7 +328,7 @@ func BenchmarkRemote(b *testing.B) {
 func BenchmarkRemoteControl(b *testing.B) {
 	caddr, raddr := benchServer(b)
 	ctx := context.Background()
-	c := connect(b, caddr, 0)
+	c := connect(b, caddr, client.TransportTCP, 0)
 	kv := kvapi.New(c)
 	one := engine.MustBatch(engine.Field{Name: "v", Col: engine.StringsOf([]string{"x"})})
 	if _, err := kv.Put(ctx, "one", "k", one, nil); err != nil {
@@ -337,7 +364,7 @@ func BenchmarkRemoteSmallKV(b *testing.B) {
 	const clients = 64
 	kvs := make([]*kvapi.KV, clients)
 	for i := range kvs {
-		kvs[i] = kvapi.New(connect(b, caddr, 1))
+		kvs[i] = kvapi.New(connect(b, caddr, client.TransportTCP, 1))
 	}
 	val := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, 1024)})})
 	ctx := context.Background()

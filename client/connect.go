@@ -10,6 +10,7 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
 )
 
@@ -23,16 +24,37 @@ type ConnectConfig struct {
 	// WaitForUnits makes Connect wait (until ctx ends) for at least one
 	// live storage unit, for clients started together with the cluster.
 	WaitForUnits bool
+	// Transport forces the data-plane transport: "" picks per unit (shm
+	// for a unit on this host that serves shared memory, else tcp),
+	// "shm" or "tcp". Forcing shm where it cannot work is an error
+	// wrapping [engine.ErrNotSupported], never a silent downgrade; "tcp"
+	// still uses a unit's unix socket when it has one on this host.
+	Transport string
 	// Transport settings for the data plane.
 	TCP tcp.Config
+	Shm shm.Config
 }
+
+// Transport names for [ConnectConfig.Transport].
+const (
+	TransportAuto = ""
+	TransportShm  = "shm"
+	TransportTCP  = "tcp"
+)
 
 // Connect attaches to a running cluster through its controller's address
 // ("tcp://host:port" or "unix:///path") and returns a client with the same
 // API as an embedded one. Storage units are reached at the addresses they
-// registered: a unix socket when the unit is on this host and its socket
-// is reachable, TCP otherwise. Close the client when done.
+// registered: shared memory when the unit is on this host and serves it
+// (see [ConnectConfig.Transport]), else a unix socket when the unit is on
+// this host and its socket is reachable, TCP otherwise. Close the client
+// when done.
 func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, error) {
+	switch cfg.Transport {
+	case TransportAuto, TransportShm, TransportTCP:
+	default:
+		return nil, fmt.Errorf("transport %q (want \"\", \"shm\" or \"tcp\"): %w", cfg.Transport, engine.ErrInvalid)
+	}
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())
 	}
@@ -50,37 +72,97 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		tcfg.Token = cfg.Token
 	}
 	tr := tcp.New(tcfg)
+	scfg := cfg.Shm
+	if scfg.Token == "" {
+		scfg.Token = cfg.Token
+	}
+	if scfg.Name == "" {
+		scfg.Name = cfg.Name
+	}
+	str := shm.New(scfg)
+	closeAll := func() {
+		tr.Close()
+		str.Close()
+		meta.Close()
+	}
 	host := cfg.Client.Host
 	if host == "" {
 		host = HostID()
 	}
 	var dus []DataUnit
 	for _, u := range units {
+		if cfg.Transport != TransportTCP {
+			sc, err := dialShm(ctx, str, u, host)
+			if err == nil {
+				dus = append(dus, ShmUnit(u.ID, u.Host, sc))
+				continue
+			}
+			if cfg.Transport == TransportShm {
+				closeAll()
+				return nil, fmt.Errorf("connect to storage unit %d over shm: %w", u.ID, err)
+			}
+		}
 		peer, kind, ok := PickAddr(u, host)
 		if !ok {
 			continue
 		}
 		dc, err := tr.Dial(ctx, peer)
 		if err != nil {
-			tr.Close()
-			meta.Close()
+			closeAll()
 			return nil, fmt.Errorf("connect to storage unit %d: %w", u.ID, err)
 		}
 		dus = append(dus, RemoteUnit(u.ID, u.Host, kind, dc))
 	}
 	if len(dus) == 0 {
-		tr.Close()
-		meta.Close()
+		closeAll()
 		return nil, fmt.Errorf("no reachable storage unit registered with %s: %w", addr, engine.ErrNotFound)
 	}
 	c, err := New(meta, dus, cfg.Client)
 	if err != nil {
-		tr.Close()
-		meta.Close()
+		closeAll()
 		return nil, err
 	}
-	c.closers = append(c.closers, tr.Close, meta.Close)
+	c.closers = append(c.closers, tr.Close, str.Close, meta.Close)
 	return c, nil
+}
+
+// ShmPeer returns how to reach a unit through shared memory: its unix
+// socket, when it runs on this host (its host id is host) and advertises
+// a reachable fd socket ("shm:///path"). Otherwise it returns an error
+// wrapping [engine.ErrNotSupported] that says why.
+func ShmPeer(u controller.UnitInfo, host string) (engine.PeerInfo, error) {
+	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host, Transport: "shm"}
+	if u.Host != host {
+		return peer, fmt.Errorf("unit runs on host %q, this is %q: %w", u.Host, host, engine.ErrNotSupported)
+	}
+	var fdSock string
+	for _, a := range u.Addrs {
+		if path, ok := strings.CutPrefix(a, "shm://"); ok {
+			if _, err := os.Stat(path); err == nil {
+				fdSock = path
+			}
+		}
+	}
+	if fdSock == "" {
+		return peer, fmt.Errorf("unit advertises no reachable shm address: %w", engine.ErrNotSupported)
+	}
+	for _, a := range u.Addrs {
+		if path, ok := strings.CutPrefix(a, "unix://"); ok {
+			if _, err := os.Stat(path); err == nil {
+				peer.Addr = a
+				return peer, nil
+			}
+		}
+	}
+	return peer, fmt.Errorf("unit has no reachable unix socket: %w", engine.ErrNotSupported)
+}
+
+func dialShm(ctx context.Context, tr *shm.Transport, u controller.UnitInfo, host string) (*shm.Conn, error) {
+	peer, err := ShmPeer(u, host)
+	if err != nil {
+		return nil, err
+	}
+	return tr.DialConn(ctx, peer)
 }
 
 func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]controller.UnitInfo, error) {

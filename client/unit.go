@@ -8,6 +8,7 @@ import (
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/shm"
 )
 
 // DataUnit is the client's handle on one storage unit's data plane: write
@@ -148,6 +149,48 @@ func (r remoteUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst
 
 func (r remoteUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
 	return r.conn.Free(ctx, cells)
+}
+
+// ShmUnit adapts a shared-memory connection to a unit on this host to
+// [DataUnit]: writes copy once into the unit's memory, and Acquire returns
+// the shm lease itself, whose views are the unit's memory mapped
+// read-only in this process, so [Client.GetView] and kvapi's BatchGetView
+// copy nothing across processes. Such views are valid until released and
+// never after the connection (the client) closes, which unmaps them.
+func ShmUnit(id engine.UnitID, host string, conn *shm.Conn) DataUnit {
+	return shmUnit{id: id, host: host, conn: conn}
+}
+
+type shmUnit struct {
+	id   engine.UnitID
+	host string
+	conn *shm.Conn
+}
+
+var _ DataUnit = shmUnit{}
+
+func (s shmUnit) ID() engine.UnitID { return s.id }
+func (s shmUnit) Host() string      { return s.host }
+func (s shmUnit) Transport() string { return "shm" }
+
+func (s shmUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	return s.conn.Write(ctx, extents)
+}
+
+func (s shmUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
+	l, err := s.conn.View(ctx, addrs)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (s shmUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	return s.conn.Read(ctx, addrs, dst)
+}
+
+func (s shmUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	return s.conn.Free(ctx, cells)
 }
 
 // ownedLease holds ranges already copied into one client-owned buffer,

@@ -14,6 +14,9 @@ package storage
 //	            shared memory → release the lease once written.
 //	FREE        free cells.
 //	UNIT_STATS  the unit's accounting.
+//
+// and, for clients on the same host, the shared-memory ops and the fd
+// socket of shm.go.
 
 import (
 	"context"
@@ -21,6 +24,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -60,6 +64,14 @@ type Server struct {
 	u   *Unit
 	cfg ServerConfig
 	ws  *wire.Server
+
+	// The fd socket (see ServeShm).
+	mu      sync.Mutex
+	closed  bool
+	fdSock  string
+	fdLs    map[*net.UnixListener]struct{}
+	fdConns map[*net.UnixConn]struct{}
+	wg      sync.WaitGroup
 }
 
 // NewServer returns a server for u. It starts nothing; call
@@ -68,11 +80,12 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.ReserveWait <= 0 {
 		cfg.ReserveWait = DefaultReserveWait
 	}
-	s := &Server{u: u, cfg: cfg}
+	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
 	s.ws = wire.NewServer(wire.ServerConfig{
 		Hello:       &wirepb.Hello{Role: Role, HostId: hostid.ID(), Name: cfg.Name, UnitId: uint32(u.ID())},
 		Token:       cfg.Token,
 		IdleTimeout: cfg.IdleTimeout,
+		NewSession:  newSession,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
 	// Reads, frees and stats never wait on anything slow: run them on the
@@ -81,6 +94,13 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	s.ws.HandleInline(wire.OpRead, s.read)
 	s.ws.HandleInline(wire.OpFree, s.free)
 	s.ws.HandleInline(wire.OpUnitStats, s.stats)
+	// Shared memory (shm.go): only RESERVE may wait for space.
+	s.ws.HandleInline(wire.OpShmSegments, s.shmSegments)
+	s.ws.Handle(wire.OpReserve, s.reserve)
+	s.ws.HandleInline(wire.OpReserveCommit, s.reserveCommit)
+	s.ws.HandleInline(wire.OpReserveAbort, s.reserveAbort)
+	s.ws.HandleInline(wire.OpAcquire, s.acquire)
+	s.ws.HandleInline(wire.OpRelease, s.release)
 	return s
 }
 
@@ -90,11 +110,30 @@ func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
 
 // Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
 // for requests in flight until ctx ends, then closes every connection.
-func (s *Server) Shutdown(ctx context.Context) error { return s.ws.Shutdown(ctx) }
+// The fd socket stops at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	return errors.Join(s.closeFd(), s.ws.Shutdown(ctx))
+}
 
 // Close closes the listeners and every connection at once and waits for
 // the server's goroutines, handlers included. It is idempotent.
-func (s *Server) Close() error { return s.ws.Close() }
+func (s *Server) Close() error { return errors.Join(s.closeFd(), s.ws.Close()) }
+
+// closeFd closes the fd socket's listeners and connections and waits for
+// their goroutines.
+func (s *Server) closeFd() error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.fdLs {
+		l.Close()
+	}
+	for c := range s.fdConns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
 
 // HostID returns the identity of this machine that units announce (the
 // kernel's boot id).

@@ -41,6 +41,17 @@ const (
 	OpRead      Op = 65
 	OpFree      Op = 66
 	OpUnitStats Op = 67
+
+	// Client → storage unit on the same host (shared memory, unix sockets
+	// only for SHM_SEGMENTS). Reservations and leases belong to the
+	// connection that made them: when it ends, the unit aborts and
+	// releases whatever it still holds.
+	OpShmSegments   Op = 68
+	OpReserve       Op = 69
+	OpReserveCommit Op = 70 // COMMIT of a reservation (op 20 is the controller's COMMIT)
+	OpReserveAbort  Op = 71
+	OpAcquire       Op = 72
+	OpRelease       Op = 73
 )
 
 var opNames = map[Op]string{
@@ -53,6 +64,8 @@ var opNames = map[Op]string{
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
 	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
+	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
+	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",
 }
 
 func (o Op) String() string {

@@ -50,6 +50,22 @@ type ServerConfig struct {
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
 	// Hello (nil if the handshake never completed).
 	OnDisconnect func(peer *wirepb.Hello)
+	// NewSession, if set, runs once a connection's handshake succeeded and
+	// returns the connection's session: each of the connection's requests
+	// carries it in [Request.Session], and its Close runs once when the
+	// connection ends, after the connection's last handler returned and
+	// before OnDisconnect. It is how a server gives back what a client
+	// held when the client dies. nc tells a unix socket from TCP (its
+	// LocalAddr); the session must not read or write it.
+	NewSession func(peer *wirepb.Hello, nc net.Conn) Session
+}
+
+// Session is per-connection state a server keeps for its handlers (see
+// [ServerConfig.NewSession]). Handlers of one connection may run
+// concurrently, so a session guards its own state.
+type Session interface {
+	// Close releases what the connection still holds. It is called once.
+	Close()
 }
 
 // Server serves the protocol on any number of listeners. Safe for
@@ -195,6 +211,7 @@ type serverConn struct {
 	done chan struct{}
 	once sync.Once
 	peer *wirepb.Hello
+	sess Session // nil without ServerConfig.NewSession
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
@@ -219,6 +236,9 @@ func (c *serverConn) serve() {
 		c.close()
 		cancel()
 		handlers.Wait()
+		if c.sess != nil {
+			c.sess.Close()
+		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.s.mu.Unlock()
@@ -229,6 +249,9 @@ func (c *serverConn) serve() {
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	if err := c.handshake(br); err != nil {
 		return
+	}
+	if c.s.cfg.NewSession != nil {
+		c.sess = c.s.cfg.NewSession(c.peer, c.nc)
 	}
 	sem := make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
@@ -246,7 +269,7 @@ func (c *serverConn) serve() {
 		if _, err := io.ReadFull(br, body); err != nil {
 			return
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, br: br, nc: c.nc, idle: c.s.cfg.IdleTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
+		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, idle: c.s.cfg.IdleTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
 		if h.PayloadLen == 0 {
 			req.finish()
 		}
@@ -369,6 +392,9 @@ type Request struct {
 	Body []byte
 	// Peer is the client's Hello.
 	Peer *wirepb.Hello
+	// Session is the connection's session (nil without
+	// [ServerConfig.NewSession]).
+	Session Session
 
 	br       *bufio.Reader
 	nc       net.Conn

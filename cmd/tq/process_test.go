@@ -23,6 +23,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/transport/shm"
 )
 
 var buildTQ = sync.OnceValues(func() (string, error) {
@@ -210,7 +211,8 @@ func TestHelperProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role})
+	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role,
+		Transport: os.Getenv("TQ_TRANSPORT")})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}
@@ -302,10 +304,147 @@ func TestHelperProcess(t *testing.T) {
 		if err := kv.Clear(ctx, "p", helperKeys(0, 8)); err != nil {
 			t.Fatal(err)
 		}
+	case "shmview":
+		// Connected with Transport "shm": every unit is reached through
+		// shared memory, so no payload goes over a socket.
+		for _, u := range c.Units() {
+			if u.Transport() != "shm" {
+				t.Fatalf("unit %d reached over %q, want shm", u.ID(), u.Transport())
+			}
+		}
+		b := helperBatch(0, 16)
+		keys := helperKeys(0, 16)
+		if _, err := kv.BatchPut(ctx, "v", keys, b, nil); err != nil {
+			t.Fatal(err)
+		}
+		v1, err := kv.BatchGetView(ctx, "v", keys, "prompt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v2, err := kv.BatchGetView(ctx, "v", keys, "prompt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !v1.Col("prompt").Equal(b.Col("prompt")) {
+			t.Fatal("prompt via a shm view differs")
+		}
+		d1, d2 := v1.Col("prompt").Data(), v2.Col("prompt").Data()
+		if &d1[0] != &d2[0] {
+			t.Fatalf("two views of the same cells at %p and %p: copied, want the unit's shared memory", &d1[0], &d2[0])
+		}
+		v1.Release()
+		v2.Release()
+		if err := kv.Clear(ctx, "v", keys); err != nil {
+			t.Fatal(err)
+		}
+		// Forcing shm towards a unit on another host is an error, not a
+		// silent downgrade to tcp.
+		_, err = client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), Name: role,
+			Transport: "shm", Client: client.Config{Host: "another-host"}})
+		if !errors.Is(err, engine.ErrNotSupported) {
+			t.Fatalf("connect forcing shm from another host: got %v, want an error wrapping %v", err, engine.ErrNotSupported)
+		}
+	case "shmhold":
+		// Hold a lease and an open reservation, say so, and wait to be
+		// killed.
+		tr := shm.New(shm.Config{Token: os.Getenv("TQ_TOKEN")})
+		sc, err := tr.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv("TQ_UNIT")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs, err := sc.Write(ctx, [][][]byte{{make([]byte, 1<<20)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sc.View(ctx, addrs); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sc.Reserve(ctx, []int64{4 << 20}); err != nil {
+			t.Fatal(err)
+		}
+		if err := sc.Free(ctx, addrs); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Println("HOLDING")
+		<-ctx.Done()
 	default:
 		t.Fatalf("unknown helper role %q", role)
 	}
 	fmt.Println("HELPER OK")
+}
+
+// TestServeShm: a client process on the unit's host forces the shm
+// transport, puts, and gets views of the unit's shared memory.
+func TestServeShm(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
+	env := []string{"TQ_ADDR=" + p.addr("unix"), "TQ_TOKEN=", "TQ_TRANSPORT=shm"}
+	runHelpers(t, helper(t, nil, "shmview", env...))
+}
+
+// TestServeShmKilledClientGivesBack: a client process killed with SIGKILL
+// while it holds a lease and an open reservation gives both back: the unit
+// drops them when the client's connection ends.
+func TestServeShmKilledClientGivesBack(t *testing.T) {
+	bin := tqBinary(t)
+	dir := t.TempDir()
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", dir, "--units", "1", "--capacity", "64MiB")
+	unit := "unix://" + filepath.Join(dir, "unit-1.sock")
+	cmd := helper(t, nil, "shmhold", "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_UNIT="+unit)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	held := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == "HOLDING" {
+				close(held)
+			}
+		}
+	}()
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("helper did not report its holds in 30 s")
+	}
+
+	tr := shm.New(shm.Config{})
+	defer tr.Close()
+	sc, err := tr.DialConn(context.Background(), engine.PeerInfo{Addr: unit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sc.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Leases != 1 || st.OpenReservations != 1 || st.Used == 0 {
+		t.Fatalf("before the kill: %d leases, %d open reservations, %d bytes used; want 1, 1, > 0", st.Leases, st.OpenReservations, st.Used)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err = sc.Stats(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leases == 0 && st.OpenReservations == 0 && st.Used == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the kill: %d leases, %d open reservations, %d bytes used; want none", st.Leases, st.OpenReservations, st.Used)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func TestServeProducerConsumer(t *testing.T) {
@@ -317,8 +456,11 @@ func TestServeProducerConsumer(t *testing.T) {
 		if addr == "" {
 			t.Fatalf("no %s address in %v", scheme, p.addrs)
 		}
+		// Over TCP the data plane is forced to TCP too; over the unix
+		// socket the client picks shared memory for these same-host units.
+		transport := map[string]string{"tcp": client.TransportTCP, "unix": client.TransportShm}[scheme]
 		t.Run(scheme, func(t *testing.T) {
-			env := []string{"TQ_ADDR=" + addr, "TQ_TOKEN=", "TQ_SCHEME=" + scheme}
+			env := []string{"TQ_ADDR=" + addr, "TQ_TRANSPORT=" + transport, "TQ_SCHEME=" + scheme}
 			runHelpers(t, helper(t, nil, "consumer", env...), helper(t, nil, "producer", env...))
 			out, err := exec.Command(bin, "stat", addr).CombinedOutput()
 			if err != nil {

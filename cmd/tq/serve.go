@@ -196,6 +196,19 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	for _, l := range ls {
 		go ru.srv.Serve(l)
 	}
+	if sock != "" {
+		// The fd socket hands the unit's memfd segments to clients on this
+		// host (transport/shm).
+		fdSock := sock + ".shm"
+		removeStaleSocket(fdSock)
+		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: fdSock, Net: "unix"})
+		if err != nil {
+			return fmt.Errorf("storage unit %d: fd socket: %w", id, err)
+		}
+		os.Chmod(fdSock, 0o600)
+		go ru.srv.ServeShm(fl)
+		addrs = append(addrs, "shm://"+fdSock)
+	}
 	jcfg.Addrs = addrs
 	if ru.mem, err = storage.Join(ctx, controllerAddr, u, jcfg); err != nil {
 		return fmt.Errorf("storage unit %d: join %s: %w", id, controllerAddr, err)

@@ -331,6 +331,402 @@ func (x *UnitStats) GetPageSize() int64 {
 	return 0
 }
 
+// ShmSegmentsReply (op SHM_SEGMENTS, request Empty): the unit's live
+// memfd segments and the path of the unit's fd socket, where a client on
+// the same host fetches each segment's memfd (see spec.md, "Shared memory").
+// Answered only on a unix-socket connection.
+type ShmSegmentsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segments      []*ShmSegment          `protobuf:"bytes,1,rep,name=segments,proto3" json:"segments,omitempty"`
+	FdSocket      string                 `protobuf:"bytes,2,opt,name=fd_socket,json=fdSocket,proto3" json:"fd_socket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmSegmentsReply) Reset() {
+	*x = ShmSegmentsReply{}
+	mi := &file_data_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmSegmentsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmSegmentsReply) ProtoMessage() {}
+
+func (x *ShmSegmentsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmSegmentsReply.ProtoReflect.Descriptor instead.
+func (*ShmSegmentsReply) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ShmSegmentsReply) GetSegments() []*ShmSegment {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
+func (x *ShmSegmentsReply) GetFdSocket() string {
+	if x != nil {
+		return x.FdSocket
+	}
+	return ""
+}
+
+type ShmSegment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	HugePages     bool                   `protobuf:"varint,3,opt,name=huge_pages,json=hugePages,proto3" json:"huge_pages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmSegment) Reset() {
+	*x = ShmSegment{}
+	mi := &file_data_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmSegment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmSegment) ProtoMessage() {}
+
+func (x *ShmSegment) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
+func (*ShmSegment) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ShmSegment) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetHugePages() bool {
+	if x != nil {
+		return x.HugePages
+	}
+	return false
+}
+
+// ReserveRequest (op RESERVE): one extent per size, held open by the
+// connection until COMMIT or ABORT.
+type ReserveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sizes         []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReserveRequest) Reset() {
+	*x = ReserveRequest{}
+	mi := &file_data_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReserveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReserveRequest) ProtoMessage() {}
+
+func (x *ReserveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReserveRequest.ProtoReflect.Descriptor instead.
+func (*ReserveRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReserveRequest) GetSizes() []uint64 {
+	if x != nil {
+		return x.Sizes
+	}
+	return nil
+}
+
+// ReserveReply: the reservation's id on this connection and one range per
+// extent, which the client fills through its own mapping.
+type ReserveReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reservation   uint64                 `protobuf:"varint,1,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	Extents       *Addrs                 `protobuf:"bytes,2,opt,name=extents,proto3" json:"extents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReserveReply) Reset() {
+	*x = ReserveReply{}
+	mi := &file_data_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReserveReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReserveReply) ProtoMessage() {}
+
+func (x *ReserveReply) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReserveReply.ProtoReflect.Descriptor instead.
+func (*ReserveReply) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReserveReply) GetReservation() uint64 {
+	if x != nil {
+		return x.Reservation
+	}
+	return 0
+}
+
+func (x *ReserveReply) GetExtents() *Addrs {
+	if x != nil {
+		return x.Extents
+	}
+	return nil
+}
+
+// ReservationRequest (ops RESERVE_COMMIT, RESERVE_ABORT).
+type ReservationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reservation   uint64                 `protobuf:"varint,1,opt,name=reservation,proto3" json:"reservation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReservationRequest) Reset() {
+	*x = ReservationRequest{}
+	mi := &file_data_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReservationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReservationRequest) ProtoMessage() {}
+
+func (x *ReservationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReservationRequest.ProtoReflect.Descriptor instead.
+func (*ReservationRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReservationRequest) GetReservation() uint64 {
+	if x != nil {
+		return x.Reservation
+	}
+	return 0
+}
+
+// AcquireRequest (op ACQUIRE): ranges to lease for reading in place.
+type AcquireRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ranges        *Addrs                 `protobuf:"bytes,1,opt,name=ranges,proto3" json:"ranges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireRequest) Reset() {
+	*x = AcquireRequest{}
+	mi := &file_data_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireRequest) ProtoMessage() {}
+
+func (x *AcquireRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireRequest.ProtoReflect.Descriptor instead.
+func (*AcquireRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AcquireRequest) GetRanges() *Addrs {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// AcquireReply: the lease's id on this connection.
+type AcquireReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         uint64                 `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireReply) Reset() {
+	*x = AcquireReply{}
+	mi := &file_data_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireReply) ProtoMessage() {}
+
+func (x *AcquireReply) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireReply.ProtoReflect.Descriptor instead.
+func (*AcquireReply) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AcquireReply) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+// ReleaseRequest (op RELEASE).
+type ReleaseRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lease         uint64                 `protobuf:"varint,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseRequest) Reset() {
+	*x = ReleaseRequest{}
+	mi := &file_data_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseRequest) ProtoMessage() {}
+
+func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReleaseRequest) GetLease() uint64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
 var File_data_proto protoreflect.FileDescriptor
 
 const file_data_proto_rawDesc = "" +
@@ -360,7 +756,29 @@ const file_data_proto_rawDesc = "" +
 	"\n" +
 	"huge_pages\x18\n" +
 	" \x01(\bR\thugePages\x12\x1b\n" +
-	"\tpage_size\x18\v \x01(\x03R\bpageSizeB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\tpage_size\x18\v \x01(\x03R\bpageSize\"c\n" +
+	"\x10ShmSegmentsReply\x122\n" +
+	"\bsegments\x18\x01 \x03(\v2\x16.tq.wire.v1.ShmSegmentR\bsegments\x12\x1b\n" +
+	"\tfd_socket\x18\x02 \x01(\tR\bfdSocket\"O\n" +
+	"\n" +
+	"ShmSegment\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1d\n" +
+	"\n" +
+	"huge_pages\x18\x03 \x01(\bR\thugePages\"&\n" +
+	"\x0eReserveRequest\x12\x14\n" +
+	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\"]\n" +
+	"\fReserveReply\x12 \n" +
+	"\vreservation\x18\x01 \x01(\x04R\vreservation\x12+\n" +
+	"\aextents\x18\x02 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\"6\n" +
+	"\x12ReservationRequest\x12 \n" +
+	"\vreservation\x18\x01 \x01(\x04R\vreservation\";\n" +
+	"\x0eAcquireRequest\x12)\n" +
+	"\x06ranges\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x06ranges\"$\n" +
+	"\fAcquireReply\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x04R\x05lease\"&\n" +
+	"\x0eReleaseRequest\x12\x14\n" +
+	"\x05lease\x18\x01 \x01(\x04R\x05leaseB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_data_proto_rawDescOnce sync.Once
@@ -374,24 +792,35 @@ func file_data_proto_rawDescGZIP() []byte {
 	return file_data_proto_rawDescData
 }
 
-var file_data_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_data_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_data_proto_goTypes = []any{
-	(*WriteRequest)(nil), // 0: tq.wire.v1.WriteRequest
-	(*WriteReply)(nil),   // 1: tq.wire.v1.WriteReply
-	(*ReadRequest)(nil),  // 2: tq.wire.v1.ReadRequest
-	(*FreeRequest)(nil),  // 3: tq.wire.v1.FreeRequest
-	(*UnitStats)(nil),    // 4: tq.wire.v1.UnitStats
-	(*Addrs)(nil),        // 5: tq.wire.v1.Addrs
+	(*WriteRequest)(nil),       // 0: tq.wire.v1.WriteRequest
+	(*WriteReply)(nil),         // 1: tq.wire.v1.WriteReply
+	(*ReadRequest)(nil),        // 2: tq.wire.v1.ReadRequest
+	(*FreeRequest)(nil),        // 3: tq.wire.v1.FreeRequest
+	(*UnitStats)(nil),          // 4: tq.wire.v1.UnitStats
+	(*ShmSegmentsReply)(nil),   // 5: tq.wire.v1.ShmSegmentsReply
+	(*ShmSegment)(nil),         // 6: tq.wire.v1.ShmSegment
+	(*ReserveRequest)(nil),     // 7: tq.wire.v1.ReserveRequest
+	(*ReserveReply)(nil),       // 8: tq.wire.v1.ReserveReply
+	(*ReservationRequest)(nil), // 9: tq.wire.v1.ReservationRequest
+	(*AcquireRequest)(nil),     // 10: tq.wire.v1.AcquireRequest
+	(*AcquireReply)(nil),       // 11: tq.wire.v1.AcquireReply
+	(*ReleaseRequest)(nil),     // 12: tq.wire.v1.ReleaseRequest
+	(*Addrs)(nil),              // 13: tq.wire.v1.Addrs
 }
 var file_data_proto_depIdxs = []int32{
-	5, // 0: tq.wire.v1.WriteReply.extents:type_name -> tq.wire.v1.Addrs
-	5, // 1: tq.wire.v1.ReadRequest.ranges:type_name -> tq.wire.v1.Addrs
-	5, // 2: tq.wire.v1.FreeRequest.cells:type_name -> tq.wire.v1.Addrs
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	13, // 0: tq.wire.v1.WriteReply.extents:type_name -> tq.wire.v1.Addrs
+	13, // 1: tq.wire.v1.ReadRequest.ranges:type_name -> tq.wire.v1.Addrs
+	13, // 2: tq.wire.v1.FreeRequest.cells:type_name -> tq.wire.v1.Addrs
+	6,  // 3: tq.wire.v1.ShmSegmentsReply.segments:type_name -> tq.wire.v1.ShmSegment
+	13, // 4: tq.wire.v1.ReserveReply.extents:type_name -> tq.wire.v1.Addrs
+	13, // 5: tq.wire.v1.AcquireRequest.ranges:type_name -> tq.wire.v1.Addrs
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_data_proto_init() }
@@ -406,7 +835,7 @@ func file_data_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_data_proto_rawDesc), len(file_data_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,385 @@
+package storage
+
+// Shared memory for clients on the same host (transport/shm). Two parts:
+//
+//	fd socket   ServeShm answers, on a unix socket of its own, a request
+//	            for one segment with the segment's memfd (SCM_RIGHTS; the
+//	            codec is in wire/fdsock.go). The client maps it once and
+//	            reads and writes the arena through its own mapping.
+//	sessions    the ops SHM_SEGMENTS, RESERVE, RESERVE_COMMIT,
+//	            RESERVE_ABORT, ACQUIRE and RELEASE run on the unit's wire
+//	            connections. Each connection has a session that tracks,
+//	            by id, the reservations and leases it opened; when the
+//	            connection ends — a clean close, or a client killed with
+//	            SIGKILL — the session aborts the reservations and releases
+//	            the leases, so a dead client gives its memory back.
+//
+// Reservations made for a session are "held" (see Unit.reserveHeld): when
+// one outlives Config.ReserveTimeout it can no longer commit, but its
+// extents stay allocated until the session aborts it, so a slow client
+// never writes into memory handed to someone else.
+//
+// Trust: a client that was given a segment can read and write all of it.
+// The fd socket asks for the cluster token and should be reachable by the
+// unit's own user only (cmd/tq makes it 0600), like the unit's wire socket.
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// MaxSessionHolds bounds the reservations and leases one connection may
+// hold open at once; beyond it RESERVE and ACQUIRE fail with
+// [engine.ErrCapacity].
+const MaxSessionHolds = 1 << 16
+
+// fdRequestTimeout bounds one fd socket exchange.
+const fdRequestTimeout = 5 * time.Second
+
+// session is one wire connection's reservations and leases.
+type session struct {
+	unix bool // the connection is a unix socket
+
+	mu     sync.Mutex
+	closed bool
+	next   uint64
+	res    map[uint64]*Reservation
+	leases map[uint64]*Lease
+}
+
+func newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
+	return &session{
+		unix:   nc.LocalAddr().Network() == "unix",
+		res:    map[uint64]*Reservation{},
+		leases: map[uint64]*Lease{},
+	}
+}
+
+// Close aborts the open reservations and releases the leases.
+func (s *session) Close() {
+	s.mu.Lock()
+	s.closed = true
+	res, leases := s.res, s.leases
+	s.res, s.leases = nil, nil
+	s.mu.Unlock()
+	for _, r := range res {
+		r.Abort()
+	}
+	for _, l := range leases {
+		l.Release()
+	}
+}
+
+func sessionOf(req *wire.Request) (*session, error) {
+	s, ok := req.Session.(*session)
+	if !ok {
+		return nil, fmt.Errorf("op %v without a session: %w", req.Op, engine.ErrNotSupported)
+	}
+	return s, nil
+}
+
+// add records a reservation or a lease and returns its id; it fails when
+// the session is closed or full.
+func (s *session) add(r *Reservation, l *Lease) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return 0, fmt.Errorf("connection closed: %w", engine.ErrClosed)
+	case len(s.res)+len(s.leases) >= MaxSessionHolds:
+		return 0, fmt.Errorf("connection holds %d reservations and leases: %w", MaxSessionHolds, engine.ErrCapacity)
+	}
+	s.next++
+	if r != nil {
+		s.res[s.next] = r
+	} else {
+		s.leases[s.next] = l
+	}
+	return s.next, nil
+}
+
+func (s *session) takeReservation(id uint64) (*Reservation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.res[id]
+	if !ok {
+		return nil, fmt.Errorf("no open reservation %d on this connection: %w", id, engine.ErrNotFound)
+	}
+	delete(s.res, id)
+	return r, nil
+}
+
+func (s *session) takeLease(id uint64) (*Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.leases[id]
+	if !ok {
+		return nil, fmt.Errorf("no lease %d on this connection: %w", id, engine.ErrNotFound)
+	}
+	delete(s.leases, id)
+	return l, nil
+}
+
+// shmSegments serves SHM_SEGMENTS: Empty → ShmSegmentsReply.
+func (s *Server) shmSegments(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	sess, err := sessionOf(req)
+	if err == nil {
+		err = req.Decode(&wirepb.Empty{})
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	if !sess.unix {
+		rw.Error(fmt.Errorf("shared memory is offered on unix sockets only: %w", engine.ErrNotSupported))
+		return
+	}
+	path := s.fdPath()
+	if path == "" {
+		rw.Error(fmt.Errorf("unit serves no fd socket: %w", engine.ErrNotSupported))
+		return
+	}
+	segs := s.u.Segments()
+	m := &wirepb.ShmSegmentsReply{FdSocket: path, Segments: make([]*wirepb.ShmSegment, len(segs))}
+	for i, sg := range segs {
+		m.Segments[i] = &wirepb.ShmSegment{Id: sg.ID, Size: uint64(sg.Size), HugePages: sg.HugePages}
+	}
+	rw.Reply(m, nil, nil)
+}
+
+// reserve serves RESERVE: ReserveRequest → ReserveReply. It may wait for
+// space, so it runs on a goroutine of its own.
+func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	sess, err := sessionOf(req)
+	var m wirepb.ReserveRequest
+	if err == nil {
+		err = req.Decode(&m)
+	}
+	var sizes []int64
+	if err == nil {
+		sizes, err = reserveSizes(m.Sizes)
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	r, err := s.u.reserveHeld(rctx, sizes)
+	cancel()
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	id, err := sess.add(r, nil)
+	if err != nil {
+		r.Abort()
+		rw.Error(err)
+		return
+	}
+	addrs := make([]engine.RemoteAddr, len(sizes))
+	for i := range addrs {
+		addrs[i] = r.Addr(i)
+	}
+	rw.Reply(&wirepb.ReserveReply{Reservation: id, Extents: wire.RangesToPB(addrs)}, nil, nil)
+}
+
+// reserveSizes checks a RESERVE's sizes (their sum bounded like a WRITE's
+// payload).
+func reserveSizes(sizes []uint64) ([]int64, error) {
+	var total uint64
+	for _, n := range sizes {
+		if total += n; total < n || total > wire.MaxPayloadLen {
+			return nil, fmt.Errorf("%d extents exceed the limit of %d bytes: %w", len(sizes), uint64(wire.MaxPayloadLen), engine.ErrInvalid)
+		}
+	}
+	return writeSizes(sizes, total)
+}
+
+// reserveCommit serves RESERVE_COMMIT: ReservationRequest → Empty. A
+// failed commit aborts the reservation.
+func (s *Server) reserveCommit(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	r, err := s.takeReservation(req)
+	if err == nil {
+		if err = r.Commit(); err != nil {
+			r.Abort()
+		}
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(&wirepb.Empty{}, nil, nil)
+}
+
+// reserveAbort serves RESERVE_ABORT: ReservationRequest → Empty.
+func (s *Server) reserveAbort(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	r, err := s.takeReservation(req)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	r.Abort()
+	rw.Reply(&wirepb.Empty{}, nil, nil)
+}
+
+func (s *Server) takeReservation(req *wire.Request) (*Reservation, error) {
+	sess, err := sessionOf(req)
+	if err != nil {
+		return nil, err
+	}
+	var m wirepb.ReservationRequest
+	if err := req.Decode(&m); err != nil {
+		return nil, err
+	}
+	return sess.takeReservation(m.Reservation)
+}
+
+// acquire serves ACQUIRE: AcquireRequest → AcquireReply.
+func (s *Server) acquire(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	sess, err := sessionOf(req)
+	var m wirepb.AcquireRequest
+	if err == nil {
+		err = req.Decode(&m)
+	}
+	var ranges []engine.RemoteAddr
+	if err == nil {
+		ranges, err = wire.RangesFromPB(m.Ranges)
+	}
+	if err == nil {
+		err = wire.CheckCount("ranges", len(ranges))
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	l, err := s.u.Acquire(ranges)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	id, err := sess.add(nil, l)
+	if err != nil {
+		l.Release()
+		rw.Error(err)
+		return
+	}
+	rw.Reply(&wirepb.AcquireReply{Lease: id}, nil, nil)
+}
+
+// release serves RELEASE: ReleaseRequest → Empty.
+func (s *Server) release(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	sess, err := sessionOf(req)
+	var m wirepb.ReleaseRequest
+	if err == nil {
+		err = req.Decode(&m)
+	}
+	var l *Lease
+	if err == nil {
+		l, err = sess.takeLease(m.Lease)
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	l.Release()
+	rw.Reply(&wirepb.Empty{}, nil, nil)
+}
+
+// ServeShm serves the fd socket on l until the server closes: each
+// connection asks for one segment and gets its memfd (see wire/fdsock.go).
+// The SHM_SEGMENTS op names l's path as the unit's fd socket, so serve
+// one fd socket per server. It returns nil after [Server.Close] or
+// [Server.Shutdown].
+func (s *Server) ServeShm(l *net.UnixListener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.fdLs[l] = struct{}{}
+	if s.fdSock == "" {
+		s.fdSock = l.Addr().String()
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			delete(s.fdLs, l)
+			s.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.fdConns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveFd(c)
+			s.mu.Lock()
+			delete(s.fdConns, c)
+			s.mu.Unlock()
+			c.Close()
+		}()
+	}
+}
+
+func (s *Server) fdPath() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fdSock
+}
+
+// serveFd answers one fd request.
+func (s *Server) serveFd(c *net.UnixConn) {
+	c.SetDeadline(time.Now().Add(fdRequestTimeout))
+	req, err := wire.ReadFdRequest(c)
+	var rep wire.FdReply
+	fd := -1
+	switch {
+	case err != nil:
+		rep.Status = wire.FdBadRequest
+	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1:
+		rep.Status = wire.FdUnauthenticated
+	default:
+		var info SegmentInfo
+		fd, info, err = s.u.DupSegment(req.Segment)
+		switch {
+		case errors.Is(err, engine.ErrClosed):
+			rep.Status = wire.FdClosed
+		case err != nil:
+			rep.Status = wire.FdNotFound
+		default:
+			rep.Size, rep.HugePages = uint64(info.Size), info.HugePages
+		}
+	}
+	var oob []byte
+	if fd >= 0 {
+		defer unix.Close(fd)
+		oob = unix.UnixRights(fd)
+	}
+	c.WriteMsgUnix(rep.Append(nil), oob, nil)
+}

@@ -1,0 +1,25 @@
+// Package shm is the data-plane transport for a storage unit on the same
+// host: the unit hands its memfd segments over a unix socket (SCM_RIGHTS)
+// and the client maps each one once, so bytes move with one copy — or
+// none. The wire connection to the unit's unix socket carries only small
+// control requests (reserve, commit, acquire, release); no payload goes
+// over a socket.
+//
+//	tr := shm.New(shm.Config{Token: token})
+//	defer tr.Close()
+//	conn, err := tr.DialConn(ctx, engine.PeerInfo{Unit: id, Addr: "unix:///run/tq/unit-1.sock"})
+//	if err != nil { … }                       // engine.ErrNotSupported: not a same-host unit
+//	addrs, err := conn.Write(ctx, [][][]byte{{col}}) // one copy into shared memory
+//
+//	lease, err := conn.View(ctx, addrs)        // zero copy
+//	use(lease.Bytes(0))                        // read-only; valid until Release
+//	lease.Release()
+//
+//	r, err := conn.Reserve(ctx, []int64{n})    // zero copy put
+//	fill(r.Buf(0))                             // valid until Commit or Abort
+//	err = r.Commit(ctx)                        // or r.Abort(ctx); r.Addr(0) is readable after Commit
+//
+// Every failure is an [*engine.OpError] with Transport "shm" and the
+// unit's address as Peer. Views are mapped PROT_READ: writing through one
+// faults instead of corrupting the store.
+package shm

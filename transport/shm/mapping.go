@@ -1,0 +1,176 @@
+package shm
+
+// Segments. A Conn maps each of the unit's memfd segments once, twice
+// over: read-only (PROT_READ) for views and reads, so that a caller
+// writing through a view faults instead of corrupting the store, and
+// read-write for reservations. Both are MAP_SHARED|MAP_POPULATE: the unit
+// pre-faulted the pages, and populating the page tables up front keeps
+// minor faults off the first transfer. A segment id the Conn has not seen
+// (the unit's arena grew) is fetched from the unit's fd socket on first
+// use:
+//
+//	client ── connect(fd socket) ── "TQF1" | id | token ──▶ unit
+//	client ◀── "TQF1" | status | flags | size  + memfd (SCM_RIGHTS) ──
+//
+// The fd is received close-on-exec (Go's ReadMsgUnix passes
+// MSG_CMSG_CLOEXEC), so no child inherits it, and closed as soon as it is
+// mapped: the mappings keep the pages alive. Segment ids are never reused
+// by a unit, so a mapping never goes stale; a segment the unit dropped
+// stays mapped (and its pages alive) until Close.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+)
+
+type segment struct {
+	ro, rw []byte
+}
+
+func (s *segment) unmap() error {
+	return errors.Join(unix.Munmap(s.ro), unix.Munmap(s.rw))
+}
+
+// window returns bytes [off, off+n) of the mapping m, checking that the
+// unit's range lies inside the segment.
+func window(m []byte, a engine.RemoteAddr) ([]byte, error) {
+	if a.Offset > uint64(len(m)) || a.Len > uint64(len(m))-a.Offset {
+		return nil, fmt.Errorf("range %d+%d outside segment %d of %d bytes: %w", a.Offset, a.Len, a.Segment, len(m), engine.ErrCorrupt)
+	}
+	return m[a.Offset : a.Offset+a.Len : a.Offset+a.Len], nil
+}
+
+// segment returns segment id's mappings, fetching and mapping it on first
+// use. The caller holds c.ops.
+func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
+	c.mu.RLock()
+	s := c.segs[id]
+	c.mu.RUnlock()
+	if s != nil {
+		return s, nil
+	}
+	c.mapMu.Lock()
+	defer c.mapMu.Unlock()
+	c.mu.RLock()
+	s = c.segs[id]
+	c.mu.RUnlock()
+	if s != nil {
+		return s, nil
+	}
+	fd, size, err := c.fetch(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("fetch segment %d: %w", id, err)
+	}
+	s, err = mapSegment(fd, size)
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = fmt.Errorf("close memfd: %w", cerr)
+		if s != nil {
+			s.unmap()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("segment %d: %w", id, err)
+	}
+	c.mu.Lock()
+	c.segs[id] = s // Close waits for c.ops, so it has not unmapped yet
+	c.mu.Unlock()
+	return s, nil
+}
+
+func mapSegment(fd int, size int) (*segment, error) {
+	ro, err := unix.Mmap(fd, 0, size, unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d bytes read-only: %w", size, err)
+	}
+	rw, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("mmap %d bytes read-write: %w", size, err), unix.Munmap(ro))
+	}
+	return &segment{ro: ro, rw: rw}, nil
+}
+
+// fetch asks the unit's fd socket for segment id's memfd and returns it
+// with the segment's size.
+func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", c.fdSock)
+	if err != nil {
+		return -1, 0, fmt.Errorf("dial fd socket %s: %w: %w", c.fdSock, wire.ErrUnavailable, err)
+	}
+	uc := nc.(*net.UnixConn)
+	defer uc.Close()
+	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Now()) })
+	defer stop()
+	select {
+	case <-c.done:
+		return -1, 0, c.errClosed()
+	default:
+	}
+	if _, err := uc.Write(wire.FdRequest{Segment: id, Token: c.cfg.Token}.Append(nil)); err != nil {
+		return -1, 0, c.fetchErr(ctx, err)
+	}
+	buf := make([]byte, wire.FdReplySize)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return -1, 0, c.fetchErr(ctx, err)
+	}
+	fds, ferr := receivedFds(oob[:oobn])
+	closeAll := func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	rep, err := wire.ParseFdReply(buf[:n])
+	if err == nil {
+		err = ferr
+	}
+	if err == nil {
+		err = rep.Status.Err()
+	}
+	if err == nil && len(fds) != 1 {
+		err = fmt.Errorf("fd reply carries %d fds: %w", len(fds), wire.ErrFrame)
+	}
+	if err != nil {
+		closeAll()
+		return -1, 0, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fds[0], &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
+		closeAll()
+		return -1, 0, fmt.Errorf("memfd of %d bytes for a segment of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
+	}
+	return fds[0], int(rep.Size), nil
+}
+
+func (c *Conn) fetchErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return fmt.Errorf("fd socket: %w: %w", wire.ErrUnavailable, err)
+}
+
+// receivedFds returns the fds of SCM_RIGHTS messages in oob.
+func receivedFds(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("parse control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}

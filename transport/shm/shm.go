@@ -1,0 +1,409 @@
+package shm
+
+// How a Conn works. One wire connection to the unit's unix socket carries
+// the control requests; the unit keeps, per connection, the reservations
+// and leases it opened (and gives them back when the connection ends).
+// The bytes move through the client's own mappings of the unit's memfd
+// segments, fetched from the unit's fd socket on first use (mapping.go):
+//
+//	Write   RESERVE(sizes) → id + extents; copy each piece into the
+//	        read-write mapping in chunks below 1 MiB (so copy() stays
+//	        cache-temporal); RESERVE_COMMIT(id). Any failure: RESERVE_ABORT.
+//	Read    ACQUIRE(ranges) → lease id; copy out of the read-only mapping;
+//	        RELEASE(id).
+//	View    ACQUIRE; the caller reads the read-only mapping in place until
+//	        Lease.Release sends RELEASE.
+//	Reserve RESERVE; the caller fills the read-write mapping in place until
+//	        Reservation.Commit or Abort.
+//
+// A request that opens a reservation or a lease is waited for a grace
+// period past the caller's context, so that its id is known and the hold
+// can be given back; a hold whose id is lost anyway (the connection broke)
+// is given back by the unit when the connection ends.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// Defaults.
+const (
+	DefaultGrace = time.Second
+	// copyChunk is the most one copy() moves: Go's memmove switches to
+	// non-temporal stores at 1 MiB, which sends the bytes to DRAM.
+	copyChunk = 1<<20 - 4<<10
+	// cleanupTimeout bounds a best-effort ABORT or RELEASE.
+	cleanupTimeout = 2 * time.Second
+)
+
+// Config tunes a [Transport]. The zero value means the defaults.
+type Config struct {
+	// Token is presented in the handshake and on the fd socket to units
+	// that require one.
+	Token string
+	// Name identifies this client in the units' logs.
+	Name string
+	// Grace is how long a request that opens or ends a reservation or a
+	// lease keeps waiting for the unit's answer after the caller's
+	// context ended (0: 1 s; negative: not at all), so that the hold can
+	// be given back rather than left to the end of the connection.
+	Grace time.Duration
+	// Conn tunes the wire connection: keepalive pings detect a unit that
+	// stops answering.
+	Conn wire.ConnConfig
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config { return Config{Grace: DefaultGrace} }
+
+// Validate reports nothing today; it exists so that every transport's
+// config is checked the same way.
+func (c Config) Validate() error { return nil }
+
+// Transport dials storage units on this host through shared memory. It is
+// safe for concurrent use.
+type Transport struct {
+	cfg Config
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[*Conn]struct{}
+}
+
+var _ engine.Transport = (*Transport)(nil)
+
+// New returns a transport.
+func New(cfg Config) *Transport {
+	if cfg.Grace == 0 {
+		cfg.Grace = DefaultGrace
+	}
+	return &Transport{cfg: cfg, conns: map[*Conn]struct{}{}}
+}
+
+// Name returns "shm".
+func (t *Transport) Name() string { return "shm" }
+
+// Dial connects to the unit whose wire socket is peer.Addr
+// ("unix:///path") and returns a [*Conn].
+func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.DataConn, error) {
+	c, err := t.DialConn(ctx, peer)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DialConn is [Transport.Dial] returning the concrete type. It fails with
+// an error wrapping [engine.ErrNotSupported] when the unit cannot share
+// memory with this process: peer.Addr is not a unix socket, the unit runs
+// on another host (its boot id differs), or it serves no fd socket. When
+// peer.Unit is set, a server that answers as another unit is an error
+// wrapping [engine.ErrLost].
+func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
+	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]*segment{}}
+	if !strings.HasPrefix(peer.Addr, "unix://") {
+		return nil, c.opErr("dial", fmt.Errorf("address %q is not a unix socket: %w", peer.Addr, engine.ErrNotSupported))
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
+	}
+	t.conns[c] = struct{}{}
+	t.mu.Unlock()
+	if err := c.dial(ctx, peer.Unit); err != nil {
+		c.Close()
+		return nil, c.opErr("dial", err)
+	}
+	return c, nil
+}
+
+// Close closes every connection the transport made; later Dial calls fail
+// with [engine.ErrClosed]. It is idempotent.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	t.closed = true
+	conns := make([]*Conn, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	var errs []error
+	for _, c := range conns {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (t *Transport) forget(c *Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+// Conn is a shared-memory connection to one storage unit on this host. It
+// is safe for concurrent use. Buffers passed to Write and Read are the
+// caller's again when the call returns. Slices from [Lease.Bytes] and
+// [Reservation.Buf] point into the unit's segments as mapped by this Conn:
+// they are valid until the lease is released or the reservation ends, and
+// never after [Conn.Close], which unmaps the segments.
+type Conn struct {
+	t      *Transport
+	cfg    Config
+	addr   string
+	wc     *wire.Conn
+	fdSock string
+
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	closeErr  error
+
+	mu     sync.RWMutex
+	closed bool
+	ops    sync.WaitGroup // calls that may touch the mappings; Close waits
+	segs   map[uint32]*segment
+	mapMu  sync.Mutex // serializes fetching and mapping new segments
+}
+
+var _ engine.DataConn = (*Conn)(nil)
+
+func (c *Conn) dial(ctx context.Context, unit engine.UnitID) error {
+	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name}
+	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		wc.Close()
+		return c.errClosed()
+	}
+	c.wc = wc
+	c.mu.Unlock()
+	switch {
+	case reply.Role != "" && reply.Role != "unit":
+		return fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
+	case unit != 0 && engine.UnitID(reply.UnitId) != unit:
+		return fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, unit, engine.ErrLost)
+	case reply.HostId != hostid.ID():
+		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
+	}
+	var segs wirepb.ShmSegmentsReply
+	if err := wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &segs, nil); err != nil {
+		return fmt.Errorf("shm segments: %w", err)
+	}
+	c.fdSock = segs.FdSocket
+	return nil
+}
+
+// Close closes the wire connection — the unit then aborts this
+// connection's open reservations and releases its leases — fails calls in
+// flight with errors wrapping [engine.ErrClosed], waits for them, and
+// unmaps the segments. It is idempotent.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		close(c.done)
+		wc := c.wc
+		c.mu.Unlock()
+		var errs []error
+		if wc != nil {
+			errs = append(errs, wc.Close())
+		}
+		c.ops.Wait()
+		c.mapMu.Lock() // a segment being mapped is dropped by its mapper
+		for id, s := range c.segs {
+			errs = append(errs, s.unmap())
+			delete(c.segs, id)
+		}
+		c.mapMu.Unlock()
+		c.t.forget(c)
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+func (c *Conn) errClosed() error { return fmt.Errorf("connection closed: %w", engine.ErrClosed) }
+
+// opErr wraps a failure; after Close every failure also wraps
+// engine.ErrClosed.
+func (c *Conn) opErr(op string, err error) error {
+	select {
+	case <-c.done:
+		if !errors.Is(err, engine.ErrClosed) {
+			err = fmt.Errorf("%w: %w", engine.ErrClosed, err)
+		}
+	default:
+	}
+	return &engine.OpError{Op: op, Transport: "shm", Peer: c.addr, Err: err}
+}
+
+// begin registers a call that may touch the mappings; end it with
+// c.ops.Done. It fails after Close.
+func (c *Conn) begin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return c.errClosed()
+	}
+	c.ops.Add(1)
+	return nil
+}
+
+// do sends one request and waits for its reply.
+func (c *Conn) do(ctx context.Context, op wire.Op, body, reply proto.Message) error {
+	return c.wc.Do(ctx, op, body, nil, reply, nil)
+}
+
+// doHeld sends a request whose answer opens or ends a hold on the unit: it
+// waits up to Config.Grace past ctx for the answer. When ctx ended
+// meanwhile but the answer arrived, it returns nil and the caller decides.
+func (c *Conn) doHeld(ctx context.Context, op wire.Op, body, reply proto.Message) error {
+	if c.cfg.Grace < 0 {
+		return c.do(ctx, op, body, reply)
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
+	defer stop()
+	if err := c.do(dctx, op, body, reply); err != nil {
+		if dctx.Err() != nil && ctx.Err() != nil {
+			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.Grace, context.Cause(ctx))
+		}
+		return err
+	}
+	return nil
+}
+
+// cleanup sends a best-effort ABORT or RELEASE. A failure is harmless: the
+// unit gives the hold back when the connection ends.
+func (c *Conn) cleanup(op wire.Op, body proto.Message) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	c.do(ctx, op, body, &wirepb.Empty{})
+}
+
+// Write stores each extent — the concatenation of its pieces — in a fresh
+// extent of the unit: it reserves the extents, copies the pieces into
+// shared memory and commits. Extents of length 0 get the zero address.
+// Nothing of a write that fails stays on the unit. Errors wrap
+// [engine.ErrCapacity] when the unit is full, [engine.ErrClosed] after
+// Close, [wire.ErrUnavailable] when the unit stops answering, and ctx's
+// error.
+func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	if err := wire.CheckCount("extents", len(extents)); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	sizes := make([]int64, len(extents))
+	for i, pieces := range extents {
+		for _, p := range pieces {
+			sizes[i] += int64(len(p))
+		}
+	}
+	if err := c.begin(ctx); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	defer c.ops.Done()
+	r, err := c.reserve(ctx, sizes)
+	if err != nil {
+		return nil, c.opErr("write", err)
+	}
+	for i, pieces := range extents {
+		buf := r.bufs[i]
+		for _, p := range pieces {
+			copyChunked(buf, p)
+			buf = buf[len(p):]
+		}
+	}
+	if err := r.commit(ctx); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	return r.addrs, nil
+}
+
+// copyChunked copies src into dst (at least as long) in pieces below
+// 1 MiB each.
+func copyChunked(dst, src []byte) {
+	for len(src) > 0 {
+		n := copy(dst, src[:min(len(src), copyChunk)])
+		dst, src = dst[n:], src[n:]
+	}
+}
+
+// Read copies each range's bytes into dst[i], whose length must equal
+// ranges[i].Len, out of shared memory under a lease. A range the unit no
+// longer holds fails the whole read with an error wrapping
+// [engine.ErrNotFound]. Other errors as for [Conn.Write], and
+// [engine.ErrInvalid] for mismatched lengths.
+func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byte) error {
+	if len(dst) != len(ranges) {
+		return c.opErr("read", fmt.Errorf("%d buffers for %d ranges: %w", len(dst), len(ranges), engine.ErrInvalid))
+	}
+	for i, r := range ranges {
+		if uint64(len(dst[i])) != r.Len {
+			return c.opErr("read", fmt.Errorf("buffer %d holds %d bytes, range is %d: %w", i, len(dst[i]), r.Len, engine.ErrInvalid))
+		}
+	}
+	if err := c.begin(ctx); err != nil {
+		return c.opErr("read", err)
+	}
+	defer c.ops.Done()
+	l, err := c.acquire(ctx, ranges)
+	if err != nil {
+		return c.opErr("read", err)
+	}
+	for i, v := range l.views {
+		copyChunked(dst[i], v)
+	}
+	l.Release()
+	return nil
+}
+
+// Free releases cells on the unit (see storage.Unit.Free: all or nothing;
+// cells not stored, or freed already, are an error wrapping
+// [engine.ErrNotFound]).
+func (c *Conn) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	if err := wire.CheckCount("cells", len(cells)); err != nil {
+		return c.opErr("free", err)
+	}
+	if err := c.begin(ctx); err != nil {
+		return c.opErr("free", err)
+	}
+	defer c.ops.Done()
+	if len(cells) == 0 {
+		return nil
+	}
+	if err := c.do(ctx, wire.OpFree, &wirepb.FreeRequest{Cells: wire.RangesToPB(cells)}, &wirepb.Empty{}); err != nil {
+		return c.opErr("free", err)
+	}
+	return nil
+}
+
+// Stats asks the unit for its accounting (op UNIT_STATS).
+func (c *Conn) Stats(ctx context.Context) (*wirepb.UnitStats, error) {
+	if err := c.begin(ctx); err != nil {
+		return nil, c.opErr("stats", err)
+	}
+	defer c.ops.Done()
+	var st wirepb.UnitStats
+	if err := c.do(ctx, wire.OpUnitStats, &wirepb.Empty{}, &st); err != nil {
+		return nil, c.opErr("stats", err)
+	}
+	return &st, nil
+}

@@ -1,0 +1,117 @@
+package wire
+
+// The fd socket: a storage unit hands its memfd segments to clients on the
+// same host over a unix stream socket of its own (advertised as
+// "shm:///path"), because file descriptors travel only as SCM_RIGHTS
+// ancillary data, which a framed net.Conn stream cannot carry. See
+// spec.md, "Shared memory". One connection carries one request:
+//
+//	request  "TQF1" | segment u32 | token length u16 | token
+//	reply    "TQF1" | status u8 | flags u8 | 0 u16 | size u64
+//	         + the segment's memfd as SCM_RIGHTS when status is FdOK
+//
+// Integers are little-endian. flags bit 0: the segment uses hugetlb pages.
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// FdMagic opens every request and reply on a unit's fd socket.
+const FdMagic = "TQF1"
+
+// FdReplySize is the length of an fd socket reply.
+const FdReplySize = 16
+
+// FdStatus is the outcome of an fd socket request.
+type FdStatus uint8
+
+// Statuses of an fd socket reply.
+const (
+	FdOK              FdStatus = 0 // the memfd is attached
+	FdUnauthenticated FdStatus = 1 // wrong or missing token
+	FdNotFound        FdStatus = 2 // no live segment with that id
+	FdBadRequest      FdStatus = 3 // malformed request
+	FdClosed          FdStatus = 4 // the unit is shutting down
+)
+
+// Err returns nil for FdOK and otherwise an error wrapping the matching
+// sentinel.
+func (s FdStatus) Err() error {
+	switch s {
+	case FdOK:
+		return nil
+	case FdUnauthenticated:
+		return fmt.Errorf("fd socket: wrong or missing token: %w", ErrUnauthenticated)
+	case FdNotFound:
+		return fmt.Errorf("fd socket: no such segment: %w", engine.ErrNotFound)
+	case FdBadRequest:
+		return fmt.Errorf("fd socket: bad request: %w", engine.ErrInvalid)
+	case FdClosed:
+		return fmt.Errorf("fd socket: unit closing: %w", engine.ErrClosed)
+	}
+	return fmt.Errorf("fd socket: unknown status %d: %w", s, ErrFrame)
+}
+
+// FdRequest asks a unit's fd socket for one segment's memfd.
+type FdRequest struct {
+	Segment uint32
+	Token   string
+}
+
+// Append encodes r after b. A token longer than 65535 bytes is cut (a
+// unit would reject it anyway).
+func (r FdRequest) Append(b []byte) []byte {
+	tok := r.Token[:min(len(r.Token), math.MaxUint16)]
+	b = append(b, FdMagic...)
+	b = binary.LittleEndian.AppendUint32(b, r.Segment)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(tok)))
+	return append(b, tok...)
+}
+
+// ReadFdRequest reads one request; a malformed one is an error wrapping
+// [ErrFrame].
+func ReadFdRequest(rd io.Reader) (FdRequest, error) {
+	var h [10]byte
+	if _, err := io.ReadFull(rd, h[:]); err != nil {
+		return FdRequest{}, fmt.Errorf("read fd request: %w", err)
+	}
+	if string(h[:4]) != FdMagic {
+		return FdRequest{}, fmt.Errorf("fd request magic %q: %w", h[:4], ErrFrame)
+	}
+	tok := make([]byte, binary.LittleEndian.Uint16(h[8:]))
+	if _, err := io.ReadFull(rd, tok); err != nil {
+		return FdRequest{}, fmt.Errorf("read fd request token: %w", err)
+	}
+	return FdRequest{Segment: binary.LittleEndian.Uint32(h[4:]), Token: string(tok)}, nil
+}
+
+// FdReply is the fixed part of an fd socket reply.
+type FdReply struct {
+	Status    FdStatus
+	HugePages bool
+	Size      uint64
+}
+
+// Append encodes r after b.
+func (r FdReply) Append(b []byte) []byte {
+	var flags byte
+	if r.HugePages {
+		flags = 1
+	}
+	b = append(b, FdMagic...)
+	b = append(b, byte(r.Status), flags, 0, 0)
+	return binary.LittleEndian.AppendUint64(b, r.Size)
+}
+
+// ParseFdReply decodes a reply of [FdReplySize] bytes.
+func ParseFdReply(b []byte) (FdReply, error) {
+	if len(b) != FdReplySize || string(b[:4]) != FdMagic {
+		return FdReply{}, fmt.Errorf("fd reply of %d bytes: %w", len(b), ErrFrame)
+	}
+	return FdReply{Status: FdStatus(b[4]), HugePages: b[5]&1 != 0, Size: binary.LittleEndian.Uint64(b[8:])}, nil
+}

@@ -1,0 +1,72 @@
+package wire
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+type countSession struct {
+	network string
+	reqs    atomic.Int64
+	closed  chan struct{}
+}
+
+func (s *countSession) Close() { close(s.closed) }
+
+// TestSessionLivesWithItsConnection: each connection gets its own
+// session, every request of the connection carries it, and it is closed
+// once the connection ends.
+func TestSessionLivesWithItsConnection(t *testing.T) {
+	sessions := make(chan *countSession, 4)
+	cfg := ServerConfig{NewSession: func(_ *wirepb.Hello, nc net.Conn) Session {
+		s := &countSession{network: nc.LocalAddr().Network(), closed: make(chan struct{})}
+		sessions <- s
+		return s
+	}}
+	s := NewServer(cfg)
+	s.HandleInline(Op(202), func(_ context.Context, req *Request, rw *ReplyWriter) {
+		req.Session.(*countSession).reqs.Add(1)
+		rw.Reply(&wirepb.Empty{}, nil, nil)
+	})
+	l, err := net.Listen("unix", t.TempDir()+"/s.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+
+	for conn := range 2 {
+		c, _, err := Dial(t.Context(), "unix://"+l.Addr().String(), &wirepb.Hello{Role: "client"}, ConnConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range conn + 1 {
+			if err := c.Do(t.Context(), Op(202), &wirepb.Empty{}, nil, &wirepb.Empty{}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sess := <-sessions
+		if got, want := sess.network, "unix"; got != want {
+			t.Errorf("session sees a %q connection, want %q", got, want)
+		}
+		if got, want := sess.reqs.Load(), int64(conn+1); got != want {
+			t.Errorf("connection %d: session saw %d requests, want %d", conn, got, want)
+		}
+		select {
+		case <-sess.closed:
+			t.Fatalf("connection %d: session closed while the connection is open", conn)
+		default:
+		}
+		c.Close()
+		select {
+		case <-sess.closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("connection %d: session not closed 5 s after the connection closed", conn)
+		}
+	}
+}
