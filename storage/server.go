@@ -119,6 +119,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // the server's goroutines, handlers included. It is idempotent.
 func (s *Server) Close() error { return errors.Join(s.closeFd(), s.ws.Close()) }
 
+// Traffic returns the bytes the unit's wire server read and wrote on its
+// sockets. Shared-memory puts and gets move only control messages there.
+func (s *Server) Traffic() (in, out int64) { return s.ws.Traffic() }
+
 // closeFd closes the fd socket's listeners and connections and waits for
 // their goroutines.
 func (s *Server) closeFd() error {

@@ -21,6 +21,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -84,7 +85,14 @@ type Server struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closeOnce sync.Once
+
+	bytesIn, bytesOut atomic.Int64 // frame bytes read and written, all connections
 }
+
+// Traffic returns the bytes this server has read and written on its
+// connections (headers, bodies and payloads), for accounting and for tests
+// that prove a payload did not cross a socket.
+func (s *Server) Traffic() (in, out int64) { return s.bytesIn.Load(), s.bytesOut.Load() }
 
 // NewServer returns a server with no handlers.
 func NewServer(cfg ServerConfig) *Server {
@@ -217,6 +225,7 @@ type serverConn struct {
 func newServerConn(s *Server, nc net.Conn) *serverConn {
 	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
 	c.w = newFrameWriter(nc, func(error) { c.close() })
+	c.w.written = &s.bytesOut
 	return c
 }
 
@@ -265,6 +274,7 @@ func (c *serverConn) serve() {
 		if err != nil || h.Flags&FlagReply != 0 {
 			return // malformed: close this connection only
 		}
+		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
 		body := make([]byte, h.BodyLen)
 		if _, err := io.ReadFull(br, body); err != nil {
 			return

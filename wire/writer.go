@@ -17,8 +17,9 @@ import (
 
 type frameWriter struct {
 	nc      net.Conn
-	onErr   func(error) // called once, outside the lock, when a write fails
-	writing atomic.Bool // a writev is in progress
+	onErr   func(error)   // called once, outside the lock, when a write fails
+	writing atomic.Bool   // a writev is in progress
+	written *atomic.Int64 // if set, counts the bytes written
 
 	mu      sync.Mutex
 	pending []*outFrame
@@ -70,8 +71,11 @@ func (w *frameWriter) send(f *outFrame) {
 		}
 		wb := bufs
 		w.writing.Store(true)
-		_, err := wb.WriteTo(w.nc)
+		n, err := wb.WriteTo(w.nc)
 		w.writing.Store(false)
+		if w.written != nil {
+			w.written.Add(n)
+		}
 		for _, g := range batch {
 			g.written <- err
 		}
