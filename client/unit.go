@@ -227,3 +227,63 @@ var hostOnce = sync.OnceValue(func() string {
 // HostID returns this machine's identity: the kernel's boot id, which two
 // processes share exactly when they run on the same booted host.
 func HostID() string { return hostOnce() }
+
+// Reserver is implemented by data units that let a put fill the unit's
+// memory in place instead of handing it bytes to copy (see
+// [Client.ReservePut]): the in-process unit ([LocalUnit]) and the
+// shared-memory unit ([ShmUnit]). Units reached over tcp do not implement
+// it.
+type Reserver interface {
+	// ReserveExtents reserves one extent per size on the unit. The caller
+	// fills them through [Reserved.Buf] and then commits or aborts.
+	ReserveExtents(ctx context.Context, sizes []int64) (Reserved, error)
+}
+
+// Reserved is a reservation of extents on a storage unit. The unit owns
+// the memory: Buf(i) is the writable bytes of extent i, exactly as many as
+// were asked for, valid until Commit or Abort (or until the unit times the
+// reservation out); writing through it afterwards corrupts the store.
+// Addr(i) is the address of extent i, readable once committed. A failed
+// Commit leaves the extents given back or to be given back by Abort; Abort
+// does nothing after Commit or a first Abort.
+type Reserved interface {
+	Buf(i int) []byte
+	Addr(i int) engine.RemoteAddr
+	Commit(ctx context.Context) error
+	Abort(ctx context.Context) error
+}
+
+var (
+	_ Reserver = localUnit{}
+	_ Reserver = shmUnit{}
+	_ Reserved = (*shm.Reservation)(nil)
+)
+
+// ReserveExtents reserves extents in the unit's arena (see
+// [storage.Unit.Reserve]).
+func (l localUnit) ReserveExtents(ctx context.Context, sizes []int64) (Reserved, error) {
+	r, err := l.u.Reserve(ctx, sizes)
+	if err != nil {
+		return nil, err
+	}
+	return localReserved{r}, nil
+}
+
+// localReserved adapts a [storage.Reservation] to [Reserved].
+type localReserved struct{ r *storage.Reservation }
+
+func (l localReserved) Buf(i int) []byte               { return l.r.Buf(i) }
+func (l localReserved) Addr(i int) engine.RemoteAddr   { return l.r.Addr(i) }
+func (l localReserved) Commit(_ context.Context) error { return l.r.Commit() }
+func (l localReserved) Abort(_ context.Context) error  { l.r.Abort(); return nil }
+
+// ReserveExtents reserves extents on the unit and maps them writable in
+// this process (see [shm.Conn.Reserve]); they are unmapped when the
+// connection closes.
+func (s shmUnit) ReserveExtents(ctx context.Context, sizes []int64) (Reserved, error) {
+	r, err := s.conn.Reserve(ctx, sizes)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}

@@ -1,0 +1,340 @@
+package client
+
+// A reserved put moves no bytes through the client: the storage unit
+// reserves one extent per field, the caller fills the extents in place
+// through columns that alias them, and Commit makes them readable and
+// tells the controller, as step 3 and 4 of a put (see put.go).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// FieldSpec describes one field of a reserved put (see [Client.ReservePut])
+// in exactly one of three layouts:
+//
+//   - dense: Shapes and RowBytes are nil; every row has shape Shape (nil or
+//     empty for a scalar) of DType;
+//   - ragged: Shapes holds one shape per row of DType;
+//   - opaque: RowBytes holds the byte length of each row; DType is
+//     [engine.Bytes] or left invalid (zero).
+//
+// ReservePut copies what it keeps; the caller may reuse the spec after.
+type FieldSpec struct {
+	Name     string
+	DType    engine.DType
+	Shape    engine.Shape   // dense: per-row shape
+	Shapes   []engine.Shape // ragged: one per row
+	RowBytes []int          // opaque: byte length per row
+}
+
+// layout checks the spec against n rows and returns its kind and its size
+// in bytes.
+func (f FieldSpec) layout(n int) (engine.Kind, int64, error) {
+	if f.Name == "" {
+		return 0, 0, fmt.Errorf("field without a name: %w", engine.ErrInvalid)
+	}
+	switch {
+	case f.Shapes != nil && f.RowBytes != nil, f.Shape != nil && (f.Shapes != nil || f.RowBytes != nil):
+		return 0, 0, fmt.Errorf("field %q sets more than one layout: %w", f.Name, engine.ErrInvalid)
+	case f.RowBytes != nil:
+		if f.DType != engine.InvalidDType && f.DType != engine.Bytes {
+			return 0, 0, fmt.Errorf("opaque field %q of dtype %v: %w", f.Name, f.DType, engine.ErrInvalid)
+		}
+		if len(f.RowBytes) != n {
+			return 0, 0, fmt.Errorf("opaque field %q has %d row lengths, meta has %d rows: %w", f.Name, len(f.RowBytes), n, engine.ErrInvalid)
+		}
+		var size int64
+		for i, b := range f.RowBytes {
+			if b < 0 {
+				return 0, 0, fmt.Errorf("opaque field %q row %d of %d bytes: %w", f.Name, i, b, engine.ErrInvalid)
+			}
+			size += int64(b)
+		}
+		return engine.Opaque, size, nil
+	}
+	if !f.DType.Valid() || f.DType == engine.Bytes {
+		return 0, 0, fmt.Errorf("field %q of dtype %v: %w", f.Name, f.DType, engine.ErrInvalid)
+	}
+	es := int64(f.DType.Size())
+	if f.Shapes != nil {
+		if len(f.Shapes) != n {
+			return 0, 0, fmt.Errorf("ragged field %q has %d shapes, meta has %d rows: %w", f.Name, len(f.Shapes), n, engine.ErrInvalid)
+		}
+		var size int64
+		for i, s := range f.Shapes {
+			if err := s.Validate(); err != nil {
+				return 0, 0, fmt.Errorf("field %q row %d: %w", f.Name, i, err)
+			}
+			size += int64(s.NumElems()) * es
+		}
+		return engine.Ragged, size, nil
+	}
+	if err := f.Shape.Validate(); err != nil {
+		return 0, 0, fmt.Errorf("field %q: %w", f.Name, err)
+	}
+	return engine.Dense, int64(n) * int64(f.Shape.NumElems()) * es, nil
+}
+
+// column builds the field's column over data, which it aliases.
+func (f FieldSpec) column(kind engine.Kind, n int, data []byte) (*engine.Column, error) {
+	switch kind {
+	case engine.Opaque:
+		offs := make([]int, n+1)
+		for i, b := range f.RowBytes {
+			offs[i+1] = offs[i] + b
+		}
+		return engine.NewOpaque(offs, data)
+	case engine.Ragged:
+		return engine.NewRagged(f.DType, f.Shapes, data)
+	}
+	return engine.NewDense(f.DType, n, f.Shape, data)
+}
+
+// PutBuffer is a put in progress whose bytes the caller writes straight
+// into memory a storage unit reserved for it (see [Client.ReservePut]).
+// The unit owns that memory. The columns of [PutBuffer.Column] alias it and
+// may be written until Commit or Abort; afterwards they must not be used at
+// all, since the bytes belong to the unit (and, over shm, may be unmapped).
+// Nobody can read the rows before Commit. A PutBuffer must end in exactly
+// one Commit or Abort, or its extents stay reserved until the unit times
+// the reservation out. Its methods are safe for concurrent use, but it is
+// meant to be filled by one put.
+type PutBuffer struct {
+	c      *Client
+	meta   *engine.BatchMeta // the caller's rows, cloned
+	part   string
+	unit   DataUnit
+	res    Reserved
+	fields []engine.Field // columns aliasing res, in spec order
+
+	mu    sync.Mutex
+	ended bool
+}
+
+// ReservePut reserves, on one storage unit, one extent per field for the
+// rows of meta (row i of each field goes to row i of meta) and returns a
+// buffer whose columns alias them for the caller to fill; nothing is
+// copied on the way to the unit. The rows all go to one unit: under
+// [LocalFirst] the one a put would pick, otherwise the unit of the lowest
+// row index. The unit must implement [Reserver]; ReservePut never falls
+// back to copying. meta is not retained.
+//
+// Errors: [engine.ErrInvalid] for no fields, a duplicate name, a spec with
+// no or several layouts, a row-count mismatch, an empty meta or rows of
+// more than one partition; [engine.ErrDTypeMismatch] when a field already
+// has another dtype; [engine.ErrNotSupported] when the chosen unit cannot
+// reserve; [engine.ErrCapacity] when the unit stays full until ctx ends.
+// On error nothing stays reserved.
+func (c *Client) ReservePut(ctx context.Context, meta *engine.BatchMeta, fields ...FieldSpec) (*PutBuffer, error) {
+	b, err := c.reservePut(ctx, meta, fields)
+	if err != nil {
+		return nil, &engine.OpError{Op: "reserve put", Err: err}
+	}
+	return b, nil
+}
+
+func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields []FieldSpec) (*PutBuffer, error) {
+	switch {
+	case len(fields) == 0:
+		return nil, fmt.Errorf("put with no fields: %w", engine.ErrInvalid)
+	case meta.Len() == 0:
+		return nil, fmt.Errorf("put into an empty meta: %w", engine.ErrInvalid)
+	}
+	if err := meta.Validate(); err != nil {
+		return nil, err
+	}
+	n := meta.Len()
+	part := meta.Partitions[0]
+	for _, p := range meta.Partitions {
+		if p != part {
+			return nil, fmt.Errorf("reserved put spans partitions %q and %q: %w", part, p, engine.ErrInvalid)
+		}
+	}
+	kinds := make([]engine.Kind, len(fields))
+	sizes := make([]int64, len(fields))
+	seen := make(map[string]bool, len(fields))
+	for i, f := range fields {
+		if seen[f.Name] {
+			return nil, fmt.Errorf("field %q given twice: %w", f.Name, engine.ErrInvalid)
+		}
+		seen[f.Name] = true
+		kind, size, err := f.layout(n)
+		if err != nil {
+			return nil, err
+		}
+		dt := f.DType
+		if kind == engine.Opaque {
+			dt = engine.Bytes
+		}
+		if s, ok := meta.Schema[f.Name]; ok && s.DType != engine.InvalidDType && s.DType != dt {
+			return nil, fmt.Errorf("field %q is %v, put has %v: %w", f.Name, s.DType, dt, engine.ErrDTypeMismatch)
+		}
+		kinds[i], sizes[i] = kind, size
+	}
+	u := c.reserveUnit(meta)
+	rv, ok := u.(Reserver)
+	if !ok {
+		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.ID(), u.Transport(), engine.ErrNotSupported)
+	}
+	res, err := rv.ReserveExtents(ctx, sizes)
+	if err != nil {
+		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
+	}
+	pb := &PutBuffer{c: c, meta: meta.Clone(), part: part, unit: u, res: res, fields: make([]engine.Field, len(fields))}
+	for i, f := range fields {
+		col, err := f.column(kinds[i], n, res.Buf(i))
+		if err != nil {
+			// layout checked everything column checks: a unit that
+			// reserved the wrong size.
+			err = fmt.Errorf("field %q over reserved extent: %w", f.Name, err)
+			return nil, errors.Join(err, res.Abort(context.WithoutCancel(ctx)))
+		}
+		pb.fields[i] = engine.Field{Name: f.Name, Col: col}
+	}
+	return pb, nil
+}
+
+// reserveUnit picks the one unit a reserved put goes to.
+func (c *Client) reserveUnit(meta *engine.BatchMeta) DataUnit {
+	lowest := meta.Indexes[0]
+	for _, i := range meta.Indexes {
+		lowest = min(lowest, i)
+	}
+	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
+		return c.local[lowest%uint64(len(c.local))]
+	}
+	return c.units[lowest%uint64(len(c.units))]
+}
+
+// Unit returns the storage unit the buffer's extents are reserved on.
+func (b *PutBuffer) Unit() DataUnit { return b.unit }
+
+// Column returns the column of field name, in the layout its spec asked
+// for, aliasing the reserved memory: write it (through [engine.Values],
+// [engine.Row] or Data) to fill the field. Storage units align extents,
+// so engine.Values returns a view of the memory, not a copy. The column
+// is valid until Commit or Abort; Column returns nil for a name not
+// reserved or once the buffer has ended.
+func (b *PutBuffer) Column(name string) *engine.Column {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return nil
+	}
+	for _, f := range b.fields {
+		if f.Name == name {
+			return f.Col
+		}
+	}
+	return nil
+}
+
+// end marks the buffer ended and reports whether it was open.
+func (b *PutBuffer) end() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return false
+	}
+	b.ended = true
+	return true
+}
+
+// Commit makes the filled extents readable on the unit, commits the cells
+// to the controller (which flips the rows' production bits), frees the
+// cells the commit replaced, and returns the meta with the fields added
+// and ready (a fresh meta the caller owns). The columns of
+// [PutBuffer.Column] must not be used after Commit starts. On failure the
+// extents are given back and the controller was never told about them.
+// A second Commit, or Commit after Abort, fails with [engine.ErrInvalid].
+func (b *PutBuffer) Commit(ctx context.Context) (*engine.BatchMeta, error) {
+	out, err := b.commit(ctx)
+	if err != nil {
+		return nil, &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
+	}
+	return out, nil
+}
+
+func (b *PutBuffer) commit(ctx context.Context) (_ *engine.BatchMeta, err error) {
+	if !b.end() {
+		return nil, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
+	}
+	n := b.meta.Len()
+	locs := make([][]engine.CellLoc, len(b.fields))
+	for i, f := range b.fields {
+		base := b.res.Addr(i)
+		off := base.Offset
+		locs[i] = make([]engine.CellLoc, n)
+		for r := range n {
+			l := uint64(len(f.Col.RowBytes(r)))
+			locs[i][r] = engine.CellLoc{Unit: b.unit.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: l}}
+			off += l
+		}
+	}
+	req := controller.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes}
+	for i, f := range b.fields {
+		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind(), Locs: locs[i]}
+		switch f.Col.Kind() {
+		case engine.Dense:
+			cf.Shape = f.Col.Shape()
+		case engine.Ragged:
+			cf.Shapes = f.Col.Shapes()
+		}
+		req.Fields = append(req.Fields, cf)
+	}
+	batch, err := engine.NewBatch(b.fields...)
+	if err != nil {
+		return nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+	}
+	if err := b.res.Commit(ctx); err != nil {
+		err = fmt.Errorf("commit on unit %d: %w", b.unit.ID(), err)
+		return nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+	}
+	replaced, err := b.c.meta.Commit(ctx, req)
+	if err != nil {
+		// The extents are committed on the unit but no row points at
+		// them: free their cells.
+		addrs := make([]engine.RemoteAddr, 0, n*len(locs))
+		for _, fl := range locs {
+			for _, l := range fl {
+				addrs = append(addrs, l.Addr)
+			}
+		}
+		return nil, errors.Join(err, b.unit.Free(context.WithoutCancel(ctx), addrs))
+	}
+	// As in Put, a failed free of the replaced cells leaks space but loses
+	// no data.
+	_ = b.c.freeCells(context.WithoutCancel(ctx), replaced)
+	out := b.meta.Clone()
+	if out.Cells == nil {
+		out.Cells = map[string][]engine.CellLoc{}
+	}
+	for i, f := range b.fields {
+		out.Cells[f.Name] = locs[i]
+	}
+	if err := out.AddFields(batch); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Abort gives the reserved extents back; nothing was written to the
+// controller. The columns of [PutBuffer.Column] must not be used after
+// Abort starts. Abort does nothing after Commit or a first Abort. The
+// rows of the meta stay as they were (fresh rows from an insert stay
+// allocated and not ready).
+func (b *PutBuffer) Abort(ctx context.Context) error {
+	if !b.end() {
+		return nil
+	}
+	if err := b.res.Abort(ctx); err != nil {
+		return &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
+	}
+	return nil
+}

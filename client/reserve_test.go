@@ -1,0 +1,297 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/shm"
+	"github.com/tqgo/tq/wire"
+)
+
+var reserveWords = []string{"alpha", "", "gamma ray", "δ"}
+
+func reserveSpecs() []FieldSpec {
+	lens := make([]int, len(reserveWords))
+	for i, w := range reserveWords {
+		lens[i] = len(w)
+	}
+	return []FieldSpec{
+		{Name: "x", DType: engine.Float32, Shape: engine.Shape{3}},
+		{Name: "s", RowBytes: lens},
+	}
+}
+
+// fillReserved writes row i of x as {i, i+0.5, i+0.25} and the words into s.
+func fillReserved(t *testing.T, pb *PutBuffer) []float32 {
+	t.Helper()
+	x, err := engine.Values[float32](pb.Column("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range len(x) / 3 {
+		x[3*i], x[3*i+1], x[3*i+2] = float32(i), float32(i)+0.5, float32(i)+0.25
+	}
+	s := pb.Column("s")
+	offs := s.Offsets()
+	for i, w := range reserveWords {
+		copy(s.Data()[offs[i]:offs[i+1]], w)
+	}
+	return slices.Clone(x)
+}
+
+// reserveRoundTrip inserts rows, fills them through a reserved put, commits
+// and reads them back.
+func reserveRoundTrip(t *testing.T, c *Client) {
+	t.Helper()
+	ctx := context.Background()
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := pb.Unit().(Reserver); !ok {
+		t.Fatalf("unit %T is not a Reserver", pb.Unit())
+	}
+	wantX := fillReserved(t, pb)
+	out, err := pb.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pb.Column("x") != nil {
+		t.Error("Column after Commit is not nil")
+	}
+	if _, err := pb.Commit(ctx); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("second Commit: %v, want ErrInvalid", err)
+	}
+	if err := pb.Abort(ctx); err != nil {
+		t.Errorf("Abort after Commit: %v", err)
+	}
+	if out.Schema["x"].DType != engine.Float32 || out.Schema["s"].DType != engine.Bytes {
+		t.Fatalf("schema %+v", out.Schema)
+	}
+	b, err := c.Get(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotX, err := engine.Values[float32](b.Col("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(gotX, wantX) || !b.Col("x").Shape().Equal(engine.Shape{3}) {
+		t.Errorf("x = %v shape %v, want %v shape [3]", gotX, b.Col("x").Shape(), wantX)
+	}
+	gotS, err := b.Col("s").Strings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(gotS, reserveWords) {
+		t.Errorf("s = %q, want %q", gotS, reserveWords)
+	}
+	// The rows are produced: a fetch sees them.
+	m, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: len(reserveWords), Task: "t"})
+	if err != nil || m.Len() != len(reserveWords) {
+		t.Fatalf("fetch after commit: %v rows, %v", m.Len(), err)
+	}
+}
+
+func TestReservePutCommit(t *testing.T) {
+	e := newEmbedded(t, LocalFirst, 2)
+	reserveRoundTrip(t, e.Client)
+}
+
+func TestReservePutAbort(t *testing.T) {
+	ctx := context.Background()
+	e := newEmbedded(t, LocalFirst, 1)
+	c := e.Client
+	base := e.Units[0].Stats().Used
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Units[0].Stats().Used == base {
+		t.Fatal("nothing reserved")
+	}
+	fillReserved(t, pb)
+	if err := pb.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Abort(ctx); err != nil {
+		t.Errorf("second Abort: %v", err)
+	}
+	if _, err := pb.Commit(ctx); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("Commit after Abort: %v, want ErrInvalid", err)
+	}
+	if st := e.Units[0].Stats(); st.Used != base || st.OpenReservations != 0 {
+		t.Errorf("after Abort: used %d (baseline %d), %d open reservations", st.Used, base, st.OpenReservations)
+	}
+	m, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: 1, Task: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Len() != 0 {
+		t.Errorf("fetch after Abort returned %d rows, want 0", m.Len())
+	}
+}
+
+func TestReservePutInvalid(t *testing.T) {
+	ctx := context.Background()
+	e := newEmbedded(t, LocalFirst, 1)
+	c := e.Client
+	if _, err := c.PutNew(ctx, "p", ints(t, "x", []int64{1, 2})); err != nil {
+		t.Fatal(err)
+	}
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: ForceFetch, Fields: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := e.Units[0].Stats()
+	twoParts := meta.Clone()
+	twoParts.Partitions[1] = "q"
+	for _, tc := range []struct {
+		name   string
+		meta   *engine.BatchMeta
+		fields []FieldSpec
+		want   error
+	}{
+		{"dtype conflict", meta, []FieldSpec{{Name: "x", DType: engine.Float32}}, engine.ErrDTypeMismatch},
+		{"opaque over dense", meta, []FieldSpec{{Name: "x", RowBytes: []int{1, 2}}}, engine.ErrDTypeMismatch},
+		{"no fields", meta, nil, engine.ErrInvalid},
+		{"empty meta", &engine.BatchMeta{}, []FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		{"two layouts", meta, []FieldSpec{{Name: "y", DType: engine.Int64, Shape: engine.Shape{1}, Shapes: []engine.Shape{{1}, {2}}}}, engine.ErrInvalid},
+		{"row count", meta, []FieldSpec{{Name: "y", DType: engine.Int64, Shapes: []engine.Shape{{1}}}}, engine.ErrInvalid},
+		{"duplicate", meta, []FieldSpec{{Name: "y", DType: engine.Int64}, {Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		{"dense bytes", meta, []FieldSpec{{Name: "y", DType: engine.Bytes}}, engine.ErrInvalid},
+		{"two partitions", twoParts, []FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := c.ReservePut(ctx, tc.meta, tc.fields...); !errors.Is(err, tc.want) {
+				t.Fatalf("ReservePut: %v, want %v", err, tc.want)
+			}
+			if st := e.Units[0].Stats(); st.Used != base.Used || st.OpenReservations != 0 {
+				t.Errorf("after a rejected ReservePut: used %d (baseline %d), %d open reservations", st.Used, base.Used, st.OpenReservations)
+			}
+		})
+	}
+	// Overwriting the existing field frees the cells it replaces.
+	pb, err := c.ReservePut(ctx, meta, FieldSpec{Name: "x", DType: engine.Int64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := engine.Values[int64](pb.Column("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(x, []int64{7, 8})
+	out, err := pb.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Get(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := values(t, b, "x"); !slices.Equal(got, []int64{7, 8}) {
+		t.Errorf("x = %v, want [7 8]", got)
+	}
+	if st := e.Units[0].Stats(); st.Used != base.Used {
+		t.Errorf("after overwrite: used %d, want %d", st.Used, base.Used)
+	}
+}
+
+// noReserve hides a unit's Reserver implementation.
+type noReserve struct{ DataUnit }
+
+func TestReservePutNotSupported(t *testing.T) {
+	ctx := context.Background()
+	e := newEmbedded(t, LocalFirst, 1)
+	c, err := New(Local(e.Controller), []DataUnit{noReserve{LocalUnit(e.Units[0])}}, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := e.Units[0].Stats().Used
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: 2, Fields: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ReservePut(ctx, meta, FieldSpec{Name: "x", DType: engine.Float32}); !errors.Is(err, engine.ErrNotSupported) {
+		t.Fatalf("ReservePut on a unit without Reserver: %v, want ErrNotSupported", err)
+	}
+	if used := e.Units[0].Stats().Used; used != base {
+		t.Errorf("used %d after ReservePut was refused, baseline %d", used, base)
+	}
+}
+
+// TestReservePutShm fills a unit served in this process over shared
+// memory: the client writes the unit's memory mapped read-write.
+func TestReservePutShm(t *testing.T) {
+	scfg := storage.DefaultConfig()
+	scfg.Capacity = 32 << 20
+	scfg.SegmentSize = 8 << 20
+	u, err := storage.NewUnit(7, scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	srv := storage.NewServer(u, storage.ServerConfig{})
+	dir := t.TempDir()
+	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{}, 2)
+	go func() { srv.Serve(l); served <- struct{}{} }()
+	go func() { srv.ServeShm(fl); served <- struct{}{} }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-served
+		<-served
+	})
+	tr := shm.New(shm.DefaultConfig())
+	t.Cleanup(func() { tr.Close() })
+	conn, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: u.ID(), Addr: wire.FormatAddr("unix", l.Addr().String())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c, err := New(Local(newController(t)), []DataUnit{ShmUnit(u.ID(), HostID(), conn)}, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reserveRoundTrip(t, c)
+
+	// An aborted shm reservation gives its space back.
+	ctx := context.Background()
+	base := u.Stats().Used
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillReserved(t, pb)
+	if err := pb.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := u.Stats(); st.Used != base || st.OpenReservations != 0 {
+		t.Errorf("after Abort: used %d (baseline %d), %d open reservations", st.Used, base, st.OpenReservations)
+	}
+}
