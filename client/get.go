@@ -185,8 +185,6 @@ func splitRuns(locs []engine.CellLoc, merge bool) []run {
 // buildColumn assembles one field's column from its runs. With view and a
 // single run the column aliases the lease (alias reports it).
 func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[engine.UnitID]Lease, view bool) (*engine.Column, bool, error) {
-	s := meta.Schema[name]
-	locs := meta.Cells[name]
 	var data []byte
 	alias := false
 	if ol, ok := leases[runs[0].unit].(owned); ok && consecutive(runs) {
@@ -206,34 +204,40 @@ func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[eng
 			data = append(data, leases[r.unit].Bytes(r.lease)...)
 		}
 	}
+	col, err := columnOver(meta, name, data)
+	return col, alias, err
+}
+
+// columnOver builds a field's column over data (its rows back to back),
+// checking every cell's length against the field's schema.
+func columnOver(meta *engine.BatchMeta, name string, data []byte) (*engine.Column, error) {
+	s := meta.Schema[name]
+	locs := meta.Cells[name]
 	n := meta.Len()
 	switch s.Kind {
 	case engine.Dense:
 		want := uint64(s.Shape.NumElems() * s.DType.Size())
 		for i, l := range locs {
 			if l.Addr.Len != want {
-				return nil, false, fmt.Errorf("row %d holds %d bytes, schema %v%v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.DType, s.Shape, want, engine.ErrCorrupt)
+				return nil, fmt.Errorf("row %d holds %d bytes, schema %v%v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.DType, s.Shape, want, engine.ErrCorrupt)
 			}
 		}
-		col, err := engine.NewDense(s.DType, n, s.Shape, data)
-		return col, alias, err
+		return engine.NewDense(s.DType, n, s.Shape, data)
 	case engine.Ragged:
 		for i, l := range locs {
 			if want := uint64(s.Shapes[i].NumElems() * s.DType.Size()); l.Addr.Len != want {
-				return nil, false, fmt.Errorf("row %d holds %d bytes, shape %v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.Shapes[i], want, engine.ErrCorrupt)
+				return nil, fmt.Errorf("row %d holds %d bytes, shape %v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.Shapes[i], want, engine.ErrCorrupt)
 			}
 		}
-		col, err := engine.NewRagged(s.DType, s.Shapes, data)
-		return col, alias, err
+		return engine.NewRagged(s.DType, s.Shapes, data)
 	case engine.Opaque:
 		offs := make([]int, n+1)
 		for i, l := range locs {
 			offs[i+1] = offs[i] + int(l.Addr.Len)
 		}
-		col, err := engine.NewOpaque(offs, data)
-		return col, alias, err
+		return engine.NewOpaque(offs, data)
 	}
-	return nil, false, fmt.Errorf("schema kind %v: %w", s.Kind, engine.ErrCorrupt)
+	return nil, fmt.Errorf("schema kind %v: %w", s.Kind, engine.ErrCorrupt)
 }
 
 // consecutive reports whether runs are on one unit at consecutive lease

@@ -104,16 +104,3 @@ func (c *Client) readCells(ctx context.Context, u DataUnit, meta *engine.BatchMe
 	}
 	return u.ReadInto(ctx, addrs, dst)
 }
-
-// columnOver builds a field's column over data (its rows back to back).
-func columnOver(meta *engine.BatchMeta, name string, data []byte) (*engine.Column, error) {
-	runs := []run{{lease: 0}}
-	col, _, err := buildColumn(meta, name, runs, map[engine.UnitID]Lease{0: sliceLease{data}}, true)
-	return col, err
-}
-
-// sliceLease presents one byte slice as a lease.
-type sliceLease struct{ b []byte }
-
-func (s sliceLease) Bytes(int) []byte { return s.b }
-func (s sliceLease) Release()         {}

@@ -2,11 +2,9 @@ package client
 
 import (
 	"context"
-	"os"
-	"strings"
-	"sync"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/shm"
 )
@@ -216,17 +214,9 @@ type owned interface {
 	Span(lo, hi int) []byte
 }
 
-var hostOnce = sync.OnceValue(func() string {
-	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
-		return strings.TrimSpace(string(b))
-	}
-	h, _ := os.Hostname()
-	return h
-})
-
 // HostID returns this machine's identity: the kernel's boot id, which two
 // processes share exactly when they run on the same booted host.
-func HostID() string { return hostOnce() }
+func HostID() string { return hostid.ID() }
 
 // Reserver is implemented by data units that let a put fill the unit's
 // memory in place instead of handing it bytes to copy (see

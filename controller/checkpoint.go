@@ -283,9 +283,7 @@ func (c *Controller) Load(dir string) error {
 	}
 	inUse := make(map[uint64]struct{})
 	for _, p := range parts {
-		for gi := range p.rows {
-			inUse[gi] = struct{}{}
-		}
+		p.rows.all(func(r *row) { inUse[r.index] = struct{}{} })
 	}
 	c.mu.Lock()
 	old := c.parts
@@ -366,7 +364,7 @@ func buildState(doc *ckpt) (map[string]*partition, error) {
 				}
 				p.keys[r.key] = r
 			}
-			p.rows[r.index] = r
+			p.rows.put(r)
 			if cr.Reserved {
 				if len(cr.Cells) > 0 {
 					return nil, corrupt("partition %q: reserved row %d has cells", cp.ID, r.index)

@@ -42,7 +42,7 @@ func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
 			return nil, fmt.Errorf("row %d appears twice in the commit: %w", gi, engine.ErrInvalid)
 		}
 		seen[gi] = struct{}{}
-		r, ok := p.rows[gi]
+		r, ok := p.rows.get(gi)
 		if !ok {
 			missing = append(missing, gi)
 			continue
@@ -181,11 +181,11 @@ func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool
 		}
 		// Promote: every produced row so far had f.shape.
 		f.shapes = make(map[uint64]engine.Shape, f.produced)
-		for _, r := range p.rows {
+		p.rows.all(func(r *row) {
 			if r.index != gi && r.has(f.slot) {
 				f.shapes[r.index] = f.shape
 			}
-		}
+		})
 		f.counts = map[string]int{shapeKey(f.shape): f.produced - 1}
 		f.kind, f.shape = engine.Ragged, nil
 	}

@@ -298,7 +298,7 @@ func (c *Controller) tryFetch(p *partition, req *FetchRequest) (*engine.BatchMet
 		Ready:     ready,
 		Options:   req.Options,
 		Tags: func(i uint64) engine.Tags {
-			if r, ok := p.rows[i]; ok {
+			if r, ok := p.rows.get(i); ok {
 				return r.tags
 			}
 			return nil
@@ -312,7 +312,7 @@ func (c *Controller) tryFetch(p *partition, req *FetchRequest) (*engine.BatchMet
 	}
 	rows := make([]*row, len(sampled))
 	for i, gi := range sampled {
-		r, ok := p.rows[gi]
+		r, ok := p.rows.get(gi)
 		if !ok {
 			return nil, fmt.Errorf("sampler returned row %d, which is not in partition %q: %w", gi, p.id, engine.ErrInvalid)
 		}
@@ -360,7 +360,7 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 	rows := make([]*row, len(indexes))
 	var missing []uint64
 	for i, gi := range indexes {
-		r, ok := p.rows[gi]
+		r, ok := p.rows.get(gi)
 		if !ok {
 			missing = append(missing, gi)
 			continue
@@ -520,7 +520,7 @@ func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error
 	defer p.mu.Unlock()
 	out := make([]string, len(indexes))
 	for i, gi := range indexes {
-		if r, ok := p.rows[gi]; ok {
+		if r, ok := p.rows.get(gi); ok {
 			out[i] = r.key
 		}
 	}
@@ -716,7 +716,7 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	var freed []engine.CellLoc
 	var released []uint64
 	for _, gi := range indexes {
-		r, ok := p.rows[gi]
+		r, ok := p.rows.get(gi)
 		if !ok {
 			continue
 		}
@@ -832,9 +832,9 @@ func (c *Controller) Stats(partition string) (PartitionStats, error) {
 		return PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
 	}
 	st := PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys)}
-	st.Rows = len(p.rows) - st.Reserved
+	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
-	for _, r := range p.rows {
+	p.rows.all(func(r *row) {
 		for _, cl := range r.cells {
 			if cl.produced() {
 				st.Produced++
@@ -846,8 +846,8 @@ func (c *Controller) Stats(partition string) (PartitionStats, error) {
 				consumed[t]++
 			}
 		}
-	}
-	total := len(p.rows)
+	})
+	total := p.rows.len()
 	if total > 0 {
 		st.Progress = float64(st.Produced) / float64(total)
 	}

@@ -1,7 +1,7 @@
 package controller
 
-// Partition state. Every row of a partition is a *row in p.rows, keyed by
-// its global index; a row's cells are indexed by field slot. Readiness for
+// Partition state. Every row of a partition is a *row in p.rows (a paged
+// table keyed by its global index, see rowtable.go); a row's cells are indexed by field slot. Readiness for
 // fetches is kept incrementally in ready views, one per (task, field set)
 // that has been fetched, so a fetch costs O(batch), not O(partition):
 //
@@ -127,7 +127,7 @@ type partition struct {
 	mu       sync.Mutex
 	id       string
 	created  time.Time
-	rows     map[uint64]*row
+	rows     rowTable
 	reserved *btree.BTreeG[uint64] // pre-allocated rows not yet active
 	fields   map[string]*field
 	order    []*field // by slot
@@ -146,7 +146,7 @@ func newPartition(id string) *partition {
 	return &partition{
 		id:       id,
 		created:  time.Now(),
-		rows:     make(map[uint64]*row),
+		rows:     newRowTable(),
 		reserved: btree.NewOrderedG[uint64](32),
 		fields:   make(map[string]*field),
 		keys:     make(map[string]*row),
@@ -163,11 +163,16 @@ func (p *partition) notify() {
 
 // addRows registers freshly allocated indexes; reserved rows are
 // pre-allocated and not active.
+//
+// The rows of one call share one allocation, so rows inserted together
+// (and usually fetched together) sit next to each other in memory.
 func (p *partition) addRows(idx []uint64, active bool) []*row {
 	out := make([]*row, len(idx))
+	slab := make([]row, len(idx))
 	for i, gi := range idx {
-		r := &row{index: gi, active: active}
-		p.rows[gi] = r
+		r := &slab[i]
+		r.index, r.active = gi, active
+		p.rows.put(r)
 		if !active {
 			p.reserved.ReplaceOrInsert(gi)
 		}
@@ -184,7 +189,7 @@ func (p *partition) takeReserved(n int) []*row {
 		if !ok {
 			break
 		}
-		r := p.rows[gi]
+		r, _ := p.rows.get(gi)
 		r.active = true
 		out = append(out, r)
 	}
@@ -241,11 +246,11 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 		return nil, false
 	}
 	v := &readyView{task: p.taskSlot(task), slots: slots, set: btree.NewOrderedG[uint64](32)}
-	for gi, r := range p.rows {
+	p.rows.all(func(r *row) {
 		if p.rowReady(r, slots) && !r.isConsumed(v.task) {
-			v.set.ReplaceOrInsert(gi)
+			v.set.ReplaceOrInsert(r.index)
 		}
-	}
+	})
 	p.views[k] = v
 	return v, true
 }
@@ -264,7 +269,7 @@ func (p *partition) refreshRow(r *row) {
 
 func (p *partition) markConsumed(task int, idx []uint64) {
 	for _, gi := range idx {
-		r, ok := p.rows[gi]
+		r, ok := p.rows.get(gi)
 		if !ok {
 			continue
 		}
@@ -280,22 +285,22 @@ func (p *partition) markConsumed(task int, idx []uint64) {
 // resetConsumption clears one task's consumption (all tasks when task < 0)
 // and rebuilds the affected views.
 func (p *partition) resetConsumption(task int) {
-	for _, r := range p.rows {
+	p.rows.all(func(r *row) {
 		if task < 0 {
 			r.consumed = r.consumed[:0]
 		} else {
 			r.setConsumed(task, false)
 		}
-	}
+	})
 	for _, v := range p.views {
 		if task >= 0 && v.task != task {
 			continue
 		}
-		for _, r := range p.rows {
+		p.rows.all(func(r *row) {
 			if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
 				v.set.ReplaceOrInsert(r.index)
 			}
-		}
+		})
 	}
 }
 
@@ -318,7 +323,7 @@ func (p *partition) removeRow(r *row, freed []engine.CellLoc) []engine.CellLoc {
 	for _, v := range p.views {
 		v.set.Delete(r.index)
 	}
-	delete(p.rows, r.index)
+	p.rows.del(r.index)
 	return freed
 }
 
@@ -436,19 +441,8 @@ func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
 
 // sortedRows returns every row (active and reserved) in index order.
 func (p *partition) sortedRows() []*row {
-	out := make([]*row, 0, len(p.rows))
-	for _, r := range p.rows {
-		out = append(out, r)
-	}
-	slices.SortFunc(out, func(a, b *row) int {
-		switch {
-		case a.index < b.index:
-			return -1
-		case a.index > b.index:
-			return 1
-		}
-		return 0
-	})
+	out := make([]*row, 0, p.rows.len())
+	p.rows.all(func(r *row) { out = append(out, r) })
 	return out
 }
 

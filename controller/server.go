@@ -17,15 +17,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime/debug"
-	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -108,7 +106,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		cancel: cancel,
 	}
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello: &wirepb.Hello{Role: "controller", HostId: hostID(), Name: cfg.Name},
+		Hello: &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name},
 		Token: cfg.Token,
 	})
 	s.handlers = s.handlerTable()
@@ -210,11 +208,3 @@ func (s *Server) waitCtx(ctx context.Context, timeoutMs uint64) (context.Context
 		cancelTimeout()
 	}
 }
-
-var hostID = sync.OnceValue(func() string {
-	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
-		return strings.TrimSpace(string(b))
-	}
-	h, _ := os.Hostname()
-	return h
-})

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -54,8 +55,8 @@ func dialRaw(t *testing.T, addr, token string) *wire.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hello.Role != "controller" || hello.HostId != hostID() || hello.HostId == "" {
-		t.Errorf("hello reply = %v, want role controller and host %q", hello, hostID())
+	if hello.Role != "controller" || hello.HostId != hostid.ID() || hello.HostId == "" {
+		t.Errorf("hello reply = %v, want role controller and host %q", hello, hostid.ID())
 	}
 	t.Cleanup(func() { c.Close() })
 	return c

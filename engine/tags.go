@@ -5,6 +5,7 @@ import (
 	"maps"
 	"math"
 	"reflect"
+	"slices"
 )
 
 // Tags is a small per-row map of JSON-like values: nil, bool, float64,
@@ -116,17 +117,7 @@ func (t Tags) Equal(u Tags) bool {
 }
 
 // Keys returns the tag names (unordered).
-func (t Tags) Keys() []string {
-	return mapsKeys(t)
-}
-
-func mapsKeys(t Tags) []string {
-	out := make([]string, 0, len(t))
-	for k := range maps.Keys(t) {
-		out = append(out, k)
-	}
-	return out
-}
+func (t Tags) Keys() []string { return slices.Collect(maps.Keys(t)) }
 
 // Int returns tag k as an int64 when it holds an integer: a Go integer
 // that fits in an int64, or a float with no fractional part inside the

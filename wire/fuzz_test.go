@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bytes"
-	"context"
 	"net"
 	"testing"
 	"time"
@@ -89,5 +88,4 @@ func TestFuzzSeedsAreWellFormed(t *testing.T) {
 	if err != nil || h.PayloadLen != 7 || !bytes.HasSuffix(b, []byte("payload")) {
 		t.Fatalf("%+v %v", h, err)
 	}
-	_ = context.Background
 }

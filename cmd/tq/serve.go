@@ -12,9 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
-	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 )
 
@@ -247,6 +245,3 @@ func (s *server) close() {
 		s.ctrl.Close()
 	}
 }
-
-var _ = client.HostID
-var _ engine.UnitID

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/connset"
 	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -74,11 +75,8 @@ func (c Config) Validate() error { return nil }
 // Transport dials storage units on this host through shared memory. It is
 // safe for concurrent use.
 type Transport struct {
-	cfg Config
-
-	mu     sync.Mutex
-	closed bool
-	conns  map[*Conn]struct{}
+	cfg   Config
+	conns connset.Set[*Conn]
 }
 
 var _ engine.Transport = (*Transport)(nil)
@@ -88,7 +86,7 @@ func New(cfg Config) *Transport {
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
 	}
-	return &Transport{cfg: cfg, conns: map[*Conn]struct{}{}}
+	return &Transport{cfg: cfg}
 }
 
 // Name returns "shm".
@@ -115,13 +113,9 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	if !strings.HasPrefix(peer.Addr, "unix://") {
 		return nil, c.opErr("dial", fmt.Errorf("address %q is not a unix socket: %w", peer.Addr, engine.ErrNotSupported))
 	}
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
+	if !t.conns.Add(c) {
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
-	t.conns[c] = struct{}{}
-	t.mu.Unlock()
 	if err := c.dial(ctx, peer.Unit); err != nil {
 		c.Close()
 		return nil, c.opErr("dial", err)
@@ -131,26 +125,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 
 // Close closes every connection the transport made; later Dial calls fail
 // with [engine.ErrClosed]. It is idempotent.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	t.closed = true
-	conns := make([]*Conn, 0, len(t.conns))
-	for c := range t.conns {
-		conns = append(conns, c)
-	}
-	t.mu.Unlock()
-	var errs []error
-	for _, c := range conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
-}
-
-func (t *Transport) forget(c *Conn) {
-	t.mu.Lock()
-	delete(t.conns, c)
-	t.mu.Unlock()
-}
+func (t *Transport) Close() error { return t.conns.Close() }
 
 // Conn is a shared-memory connection to one storage unit on this host. It
 // is safe for concurrent use. Buffers passed to Write and Read are the
@@ -230,7 +205,7 @@ func (c *Conn) Close() error {
 			delete(c.segs, id)
 		}
 		c.mapMu.Unlock()
-		c.t.forget(c)
+		c.t.conns.Remove(c)
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr

@@ -34,6 +34,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/connset"
 	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -106,11 +107,8 @@ func (c Config) withDefaults() Config {
 // Transport dials storage units over TCP or unix sockets with the framed
 // protocol of package wire. It is safe for concurrent use.
 type Transport struct {
-	cfg Config
-
-	mu     sync.Mutex
-	closed bool
-	conns  map[*Conn]struct{}
+	cfg   Config
+	conns connset.Set[*Conn]
 }
 
 var _ engine.Transport = (*Transport)(nil)
@@ -121,7 +119,7 @@ func New(cfg Config) *Transport {
 	if cfg.Validate() != nil {
 		cfg = DefaultConfig()
 	}
-	return &Transport{cfg: cfg.withDefaults(), conns: map[*Conn]struct{}{}}
+	return &Transport{cfg: cfg.withDefaults()}
 }
 
 // Name returns "tcp".
@@ -153,13 +151,9 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	if _, _, err := wire.ParseAddr(peer.Addr); err != nil {
 		return nil, c.opErr("dial", err)
 	}
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
+	if !t.conns.Add(c) {
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
-	t.conns[c] = struct{}{}
-	t.mu.Unlock()
 	if _, err := c.get(ctx, 0); err != nil {
 		c.Close()
 		return nil, c.opErr("dial", err)
@@ -169,26 +163,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 
 // Close closes every connection the transport made; later Dial calls fail
 // with [engine.ErrClosed]. It is idempotent.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	t.closed = true
-	conns := make([]*Conn, 0, len(t.conns))
-	for c := range t.conns {
-		conns = append(conns, c)
-	}
-	t.mu.Unlock()
-	var errs []error
-	for _, c := range conns {
-		errs = append(errs, c.Close())
-	}
-	return errors.Join(errs...)
-}
-
-func (t *Transport) forget(c *Conn) {
-	t.mu.Lock()
-	delete(t.conns, c)
-	t.mu.Unlock()
-}
+func (t *Transport) Close() error { return t.conns.Close() }
 
 // Conn is a data connection to one storage unit: a small pool of wire
 // connections. It is safe for concurrent use. The buffers passed to its
@@ -237,7 +212,7 @@ func (c *Conn) Close() error {
 			wc.Close()
 		}
 		c.dialing.Wait()
-		c.t.forget(c)
+		c.t.conns.Remove(c)
 	})
 	return nil
 }
