@@ -20,7 +20,7 @@ import (
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
-func newController(t *testing.T) *controller.Controller {
+func newController(t testing.TB) *controller.Controller {
 	t.Helper()
 	c, err := controller.New(controller.DefaultConfig())
 	if err != nil {
@@ -32,7 +32,7 @@ func newController(t *testing.T) *controller.Controller {
 
 // serveController serves c on a fresh "unix" or "tcp" listener and
 // returns the server and its address; the server closes at cleanup.
-func serveController(t *testing.T, c *controller.Controller, cfg controller.ServerConfig, network string) (*controller.Server, string) {
+func serveController(t testing.TB, c *controller.Controller, cfg controller.ServerConfig, network string) (*controller.Server, string) {
 	t.Helper()
 	s := controller.NewServer(c, cfg)
 	var l net.Listener
@@ -56,7 +56,7 @@ func serveController(t *testing.T, c *controller.Controller, cfg controller.Serv
 	return s, wire.FormatAddr(network, l.Addr().String())
 }
 
-func dialMeta(t *testing.T, addr string, cfg RemoteConfig) *RemoteMeta {
+func dialMeta(t testing.TB, addr string, cfg RemoteConfig) *RemoteMeta {
 	t.Helper()
 	r, err := DialMeta(context.Background(), addr, cfg)
 	if err != nil {

@@ -95,61 +95,179 @@ func KindToPB(k engine.Kind) string {
 
 // AddrsToPB encodes cell locations (unit included).
 func AddrsToPB(locs []engine.CellLoc) *wirepb.Addrs {
-	a := &wirepb.Addrs{
-		Unit: make([]uint32, len(locs)), Segment: make([]uint32, len(locs)), Gen: make([]uint32, len(locs)),
-		Offset: make([]uint64, len(locs)), Len: make([]uint64, len(locs)),
-	}
-	for i, l := range locs {
-		a.Unit[i], a.Segment[i], a.Gen[i], a.Offset[i], a.Len[i] = uint32(l.Unit), l.Addr.Segment, l.Addr.Gen, l.Addr.Offset, l.Addr.Len
-	}
-	return a
+	return encodeAddrs(len(locs), true, func(i int) (engine.UnitID, engine.RemoteAddr) { return locs[i].Unit, locs[i].Addr })
 }
 
 // RangesToPB encodes byte ranges of one unit (no unit ids).
 func RangesToPB(rs []engine.RemoteAddr) *wirepb.Addrs {
-	a := &wirepb.Addrs{
-		Segment: make([]uint32, len(rs)), Gen: make([]uint32, len(rs)),
-		Offset: make([]uint64, len(rs)), Len: make([]uint64, len(rs)),
+	return encodeAddrs(len(rs), false, func(i int) (engine.UnitID, engine.RemoteAddr) { return 0, rs[i] })
+}
+
+// encodeAddrs writes n ranges in runs when that at least halves the
+// entries (a dense column written by one put is a single run: its 1024
+// cells cost a few bytes instead of five varints each), cell by cell
+// otherwise.
+func encodeAddrs(n int, withUnit bool, at func(int) (engine.UnitID, engine.RemoteAddr)) *wirepb.Addrs {
+	runs, uniform := 0, true
+	var prevU engine.UnitID
+	var prev, first engine.RemoteAddr
+	for i := range n {
+		u, a := at(i)
+		if i == 0 {
+			first = a
+		}
+		if i == 0 || !follows(prevU, prev, u, a) {
+			runs++
+		}
+		uniform = uniform && a.Len == first.Len
+		prevU, prev = u, a
 	}
-	for i, r := range rs {
-		a.Segment[i], a.Gen[i], a.Offset[i], a.Len[i] = r.Segment, r.Gen, r.Offset, r.Len
+	if n == 0 || runs > n/2 {
+		a := &wirepb.Addrs{
+			Segment: make([]uint32, n), Gen: make([]uint32, n), Offset: make([]uint64, n), Len: make([]uint64, n),
+		}
+		if withUnit {
+			a.Unit = make([]uint32, n)
+		}
+		for i := range n {
+			u, r := at(i)
+			if withUnit {
+				a.Unit[i] = uint32(u)
+			}
+			a.Segment[i], a.Gen[i], a.Offset[i], a.Len[i] = r.Segment, r.Gen, r.Offset, r.Len
+		}
+		return a
+	}
+	a := &wirepb.Addrs{
+		RunCount: make([]uint32, 0, runs), RunSegment: make([]uint32, 0, runs),
+		RunGen: make([]uint32, 0, runs), RunOffset: make([]uint64, 0, runs),
+	}
+	if withUnit {
+		a.RunUnit = make([]uint32, 0, runs)
+	}
+	if uniform {
+		a.RunLen = []uint64{first.Len}
+	} else {
+		a.RunLen = make([]uint64, n)
+	}
+	for i := range n {
+		u, r := at(i)
+		if !uniform {
+			a.RunLen[i] = r.Len
+		}
+		if i > 0 && follows(prevU, prev, u, r) && a.RunCount[len(a.RunCount)-1] < math.MaxUint32 {
+			a.RunCount[len(a.RunCount)-1]++
+		} else {
+			a.RunCount = append(a.RunCount, 1)
+			a.RunSegment = append(a.RunSegment, r.Segment)
+			a.RunGen = append(a.RunGen, r.Gen)
+			a.RunOffset = append(a.RunOffset, r.Offset)
+			if withUnit {
+				a.RunUnit = append(a.RunUnit, uint32(u))
+			}
+		}
+		prevU, prev = u, r
 	}
 	return a
 }
 
-func addrsLen(a *wirepb.Addrs, withUnit bool) (int, error) {
+// follows reports whether range b starts where a ends, in the same extent.
+func follows(ua engine.UnitID, a engine.RemoteAddr, ub engine.UnitID, b engine.RemoteAddr) bool {
+	return ua == ub && a.Segment == b.Segment && a.Gen == b.Gen && a.Offset+a.Len == b.Offset
+}
+
+// decodeAddrs checks a's shape and calls set for each of its ranges.
+func decodeAddrs(a *wirepb.Addrs, withUnit bool, alloc func(int), set func(int, engine.UnitID, engine.RemoteAddr)) error {
 	if a == nil {
-		return 0, nil
+		alloc(0)
+		return nil
 	}
-	n := len(a.Offset)
-	if len(a.Segment) != n || len(a.Gen) != n || len(a.Len) != n || (withUnit && len(a.Unit) != n) || (!withUnit && len(a.Unit) != 0 && len(a.Unit) != n) {
-		return 0, bad("address arrays of different lengths")
+	if len(a.RunCount) == 0 {
+		if len(a.RunUnit)+len(a.RunSegment)+len(a.RunGen)+len(a.RunOffset)+len(a.RunLen) != 0 {
+			return bad("address runs without counts")
+		}
+		n := len(a.Offset)
+		if len(a.Segment) != n || len(a.Gen) != n || len(a.Len) != n || (withUnit && len(a.Unit) != n) || (!withUnit && len(a.Unit) != 0 && len(a.Unit) != n) {
+			return bad("address arrays of different lengths")
+		}
+		if err := CheckCount("addresses", n); err != nil {
+			return err
+		}
+		alloc(n)
+		for i := range n {
+			var u engine.UnitID
+			if len(a.Unit) != 0 {
+				u = engine.UnitID(a.Unit[i])
+			}
+			set(i, u, engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]})
+		}
+		return nil
 	}
-	return n, CheckCount("addresses", n)
+	runs := len(a.RunCount)
+	if len(a.Unit)+len(a.Segment)+len(a.Gen)+len(a.Offset)+len(a.Len) != 0 {
+		return bad("addresses in both forms")
+	}
+	if len(a.RunSegment) != runs || len(a.RunGen) != runs || len(a.RunOffset) != runs ||
+		(withUnit && len(a.RunUnit) != runs) || (!withUnit && len(a.RunUnit) != 0 && len(a.RunUnit) != runs) {
+		return bad("address run arrays of different lengths")
+	}
+	n := 0
+	for _, c := range a.RunCount {
+		if c == 0 {
+			return bad("empty address run")
+		}
+		n += int(c)
+		if err := CheckCount("addresses", n); err != nil {
+			return err
+		}
+	}
+	if len(a.RunLen) != 1 && len(a.RunLen) != n {
+		return bad("%d run lengths for %d addresses", len(a.RunLen), n)
+	}
+	alloc(n)
+	i := 0
+	for r, c := range a.RunCount {
+		var u engine.UnitID
+		if len(a.RunUnit) != 0 {
+			u = engine.UnitID(a.RunUnit[r])
+		}
+		off := a.RunOffset[r]
+		for range c {
+			l := a.RunLen[0]
+			if len(a.RunLen) != 1 {
+				l = a.RunLen[i]
+			}
+			if off+l < off {
+				return bad("address run overflows")
+			}
+			set(i, u, engine.RemoteAddr{Segment: a.RunSegment[r], Gen: a.RunGen[r], Offset: off, Len: l})
+			off += l
+			i++
+		}
+	}
+	return nil
 }
 
 // AddrsFromPB decodes cell locations.
 func AddrsFromPB(a *wirepb.Addrs) ([]engine.CellLoc, error) {
-	n, err := addrsLen(a, true)
+	var out []engine.CellLoc
+	err := decodeAddrs(a, true, func(n int) { out = make([]engine.CellLoc, n) }, func(i int, u engine.UnitID, r engine.RemoteAddr) {
+		out[i] = engine.CellLoc{Unit: u, Addr: r}
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := make([]engine.CellLoc, n)
-	for i := range out {
-		out[i] = engine.CellLoc{Unit: engine.UnitID(a.Unit[i]), Addr: engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]}}
 	}
 	return out, nil
 }
 
 // RangesFromPB decodes byte ranges (ignoring unit ids).
 func RangesFromPB(a *wirepb.Addrs) ([]engine.RemoteAddr, error) {
-	n, err := addrsLen(a, false)
+	var out []engine.RemoteAddr
+	err := decodeAddrs(a, false, func(n int) { out = make([]engine.RemoteAddr, n) }, func(i int, _ engine.UnitID, r engine.RemoteAddr) {
+		out[i] = r
+	})
 	if err != nil {
 		return nil, err
-	}
-	out := make([]engine.RemoteAddr, n)
-	for i := range out {
-		out[i] = engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]}
 	}
 	return out, nil
 }

@@ -183,9 +183,13 @@ func (x *FieldSchema) GetShapes() []*Shape {
 	return nil
 }
 
-// Addrs is a column of byte ranges (engine.RemoteAddr), all arrays of equal
-// length. unit is set where the ranges belong to several storage units;
-// unit 0 in a cell means "not produced".
+// Addrs is a column of byte ranges (engine.RemoteAddr) in one of two
+// forms. Per cell: the arrays 1–5, all of equal length. In runs (when
+// run_count is not empty, and 1–5 are): cells that lie back to back in one
+// extent — a column slice written by one put — share one entry of the run
+// arrays 6–10, and run_len gives every cell's length, or holds one entry
+// when all cells have the same length. unit (run_unit) is set where the
+// ranges belong to several storage units; unit 0 means "not produced".
 type Addrs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Unit          []uint32               `protobuf:"varint,1,rep,packed,name=unit,proto3" json:"unit,omitempty"`
@@ -193,6 +197,12 @@ type Addrs struct {
 	Gen           []uint32               `protobuf:"varint,3,rep,packed,name=gen,proto3" json:"gen,omitempty"`
 	Offset        []uint64               `protobuf:"varint,4,rep,packed,name=offset,proto3" json:"offset,omitempty"`
 	Len           []uint64               `protobuf:"varint,5,rep,packed,name=len,proto3" json:"len,omitempty"`
+	RunCount      []uint32               `protobuf:"varint,6,rep,packed,name=run_count,json=runCount,proto3" json:"run_count,omitempty"` // cells in the run
+	RunUnit       []uint32               `protobuf:"varint,7,rep,packed,name=run_unit,json=runUnit,proto3" json:"run_unit,omitempty"`
+	RunSegment    []uint32               `protobuf:"varint,8,rep,packed,name=run_segment,json=runSegment,proto3" json:"run_segment,omitempty"`
+	RunGen        []uint32               `protobuf:"varint,9,rep,packed,name=run_gen,json=runGen,proto3" json:"run_gen,omitempty"`
+	RunOffset     []uint64               `protobuf:"varint,10,rep,packed,name=run_offset,json=runOffset,proto3" json:"run_offset,omitempty"` // the run's first cell; each next cell starts where the previous ends
+	RunLen        []uint64               `protobuf:"varint,11,rep,packed,name=run_len,json=runLen,proto3" json:"run_len,omitempty"`          // per cell, or one entry for all
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +268,48 @@ func (x *Addrs) GetOffset() []uint64 {
 func (x *Addrs) GetLen() []uint64 {
 	if x != nil {
 		return x.Len
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunCount() []uint32 {
+	if x != nil {
+		return x.RunCount
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunUnit() []uint32 {
+	if x != nil {
+		return x.RunUnit
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunSegment() []uint32 {
+	if x != nil {
+		return x.RunSegment
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunGen() []uint32 {
+	if x != nil {
+		return x.RunGen
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunOffset() []uint64 {
+	if x != nil {
+		return x.RunOffset
+	}
+	return nil
+}
+
+func (x *Addrs) GetRunLen() []uint64 {
+	if x != nil {
+		return x.RunLen
 	}
 	return nil
 }
@@ -2340,13 +2392,22 @@ const file_control_proto_rawDesc = "" +
 	"\x05dtype\x18\x01 \x01(\tR\x05dtype\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12'\n" +
 	"\x05shape\x18\x03 \x01(\v2\x11.tq.wire.v1.ShapeR\x05shape\x12)\n" +
-	"\x06shapes\x18\x04 \x03(\v2\x11.tq.wire.v1.ShapeR\x06shapes\"q\n" +
+	"\x06shapes\x18\x04 \x03(\v2\x11.tq.wire.v1.ShapeR\x06shapes\"\x9b\x02\n" +
 	"\x05Addrs\x12\x12\n" +
 	"\x04unit\x18\x01 \x03(\rR\x04unit\x12\x18\n" +
 	"\asegment\x18\x02 \x03(\rR\asegment\x12\x10\n" +
 	"\x03gen\x18\x03 \x03(\rR\x03gen\x12\x16\n" +
 	"\x06offset\x18\x04 \x03(\x04R\x06offset\x12\x10\n" +
-	"\x03len\x18\x05 \x03(\x04R\x03len\"\xc8\x03\n" +
+	"\x03len\x18\x05 \x03(\x04R\x03len\x12\x1b\n" +
+	"\trun_count\x18\x06 \x03(\rR\brunCount\x12\x19\n" +
+	"\brun_unit\x18\a \x03(\rR\arunUnit\x12\x1f\n" +
+	"\vrun_segment\x18\b \x03(\rR\n" +
+	"runSegment\x12\x17\n" +
+	"\arun_gen\x18\t \x03(\rR\x06runGen\x12\x1d\n" +
+	"\n" +
+	"run_offset\x18\n" +
+	" \x03(\x04R\trunOffset\x12\x17\n" +
+	"\arun_len\x18\v \x03(\x04R\x06runLen\"\xc8\x03\n" +
 	"\tBatchMeta\x12\x18\n" +
 	"\aindexes\x18\x01 \x03(\x04R\aindexes\x12\x1e\n" +
 	"\n" +

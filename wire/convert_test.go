@@ -1,0 +1,110 @@
+package wire
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// randomLocs makes n cells in stretches that lie back to back (one put's
+// column slice), jump elsewhere, change unit or extent, or are not
+// produced.
+func randomLocs(r *rand.Rand, n int, uniform bool) []engine.CellLoc {
+	out := make([]engine.CellLoc, n)
+	cur := engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 4096}}
+	size := uint64(r.IntN(64) + 1)
+	for i := range out {
+		switch r.IntN(12) {
+		case 0:
+			cur.Unit = engine.UnitID(r.IntN(3))
+		case 1:
+			cur.Addr.Segment, cur.Addr.Gen = uint32(r.IntN(4)), uint32(r.IntN(4)+1)
+		case 2:
+			cur.Addr.Offset = uint64(r.IntN(1 << 30))
+		}
+		l := size
+		if !uniform {
+			l = uint64(r.IntN(64))
+		}
+		if cur.Unit == 0 {
+			out[i] = engine.CellLoc{}
+			continue
+		}
+		out[i] = engine.CellLoc{Unit: cur.Unit, Addr: engine.RemoteAddr{Segment: cur.Addr.Segment, Gen: cur.Addr.Gen, Offset: cur.Addr.Offset, Len: l}}
+		cur.Addr.Offset += l
+	}
+	return out
+}
+
+func TestAddrsRoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for trial := range 500 {
+		n := r.IntN(300)
+		locs := randomLocs(r, n, trial%2 == 0)
+		// Through the encoded bytes, as a peer sees them.
+		raw, err := proto.Marshal(AddrsToPB(locs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pb wirepb.Addrs
+		if err := proto.Unmarshal(raw, &pb); err != nil {
+			t.Fatal(err)
+		}
+		got, err := AddrsFromPB(&pb)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if diff := cmp.Diff(locs, got, cmp.Comparer(func(a, b []engine.CellLoc) bool { return len(a) == len(b) && (len(a) == 0 || cmp.Equal(a, b)) })); diff != "" {
+			t.Fatalf("trial %d (-sent +got):\n%s", trial, diff)
+		}
+		ranges := make([]engine.RemoteAddr, n)
+		for i, l := range locs {
+			ranges[i] = l.Addr
+		}
+		back, err := RangesFromPB(RangesToPB(ranges))
+		if err != nil || len(back) != n || (n > 0 && !cmp.Equal(ranges, back)) {
+			t.Fatalf("trial %d: ranges %v", trial, err)
+		}
+	}
+}
+
+// A dense column written by one put travels as one run: a few bytes, not
+// five varints per cell.
+func TestAddrsRunsAreCompact(t *testing.T) {
+	locs := make([]engine.CellLoc, 1024)
+	for i := range locs {
+		locs[i] = engine.CellLoc{Unit: 3, Addr: engine.RemoteAddr{Segment: 7, Gen: 2, Offset: 1<<30 + uint64(i)*32768, Len: 32768}}
+	}
+	pb := AddrsToPB(locs)
+	if len(pb.RunCount) != 1 || len(pb.RunLen) != 1 || len(pb.Offset) != 0 {
+		t.Fatalf("not one uniform run: %v", pb)
+	}
+	if n := proto.Size(pb); n > 32 {
+		t.Fatalf("1024 contiguous cells encode in %d bytes", n)
+	}
+}
+
+func TestAddrsMalformed(t *testing.T) {
+	for name, a := range map[string]*wirepb.Addrs{
+		"ragged per cell":  {Offset: []uint64{1, 2}, Segment: []uint32{1}, Gen: []uint32{1, 1}, Len: []uint64{1, 1}, Unit: []uint32{1, 1}},
+		"both forms":       {Offset: []uint64{1}, Segment: []uint32{1}, Gen: []uint32{1}, Len: []uint64{1}, Unit: []uint32{1}, RunCount: []uint32{1}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+		"runs no counts":   {RunOffset: []uint64{1}},
+		"run arrays":       {RunCount: []uint32{1, 1}, RunUnit: []uint32{1, 1}, RunSegment: []uint32{1}, RunGen: []uint32{1, 1}, RunOffset: []uint64{0, 0}, RunLen: []uint64{1}},
+		"empty run":        {RunCount: []uint32{0}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+		"lens":             {RunCount: []uint32{3}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1, 2}},
+		"too many":         {RunCount: []uint32{math.MaxUint32, math.MaxUint32}, RunUnit: []uint32{1, 1}, RunSegment: []uint32{1, 1}, RunGen: []uint32{1, 1}, RunOffset: []uint64{0, 0}, RunLen: []uint64{1}},
+		"offset overflows": {RunCount: []uint32{2}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{math.MaxUint64 - 1}, RunLen: []uint64{4}},
+		"unit missing":     {RunCount: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+	} {
+		if _, err := AddrsFromPB(a); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
