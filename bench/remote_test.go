@@ -312,6 +312,7 @@ func benchRemoteOp(b *testing.B, tr, op string, w workload, batch *engine.Batch,
 					if got.Rows() != w.batch {
 						b.Fatalf("%d rows", got.Rows())
 					}
+					got.Release() // views over shm
 					s.base += base(func() time.Duration { return raw.read(dst) })
 				case "get_view":
 					v, err := kv.BatchGetView(ctx, "p", keys)
@@ -405,10 +406,12 @@ func BenchmarkRemoteSmallKV(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				if _, err := kv.BatchGet(ctx, "small", []string{key}, "v"); err != nil {
+				got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
+				if err != nil {
 					b.Error(err)
 					return
 				}
+				got.Release()
 				ops.Add(2)
 			}
 		})

@@ -46,7 +46,7 @@ func TestFlowSmoke(t *testing.T) {
 			t.Fatalf("view checksum %08x, want %08x", got, want)
 		}
 		v.Release()
-		g, err := kv.BatchGet(ctx, "p", keys)
+		g, err := kv.BatchGetCopy(ctx, "p", keys)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -147,7 +147,7 @@ func BenchmarkInProcess(b *testing.B) {
 					v.Release()
 				case "get_copy":
 					t0 := time.Now()
-					got, err := kv.BatchGet(ctx, "train_0", keys)
+					got, err := kv.BatchGetCopy(ctx, "train_0", keys)
 					if err != nil {
 						b.Fatal(err)
 					}

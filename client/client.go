@@ -35,6 +35,10 @@ type Config struct {
 	Placement Placement
 	// Host is this client's host identity; empty means [HostID].
 	Host string
+	// CopyGets makes [Client.Get] (and the KV API's gets) return copies
+	// the caller owns even over shared memory, where the default is
+	// read-only views released with [engine.Batch.Release].
+	CopyGets bool
 }
 
 // DefaultConfig returns local-first placement on this host.

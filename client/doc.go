@@ -9,7 +9,8 @@
 //	meta, _ := e.Client.PutNew(ctx, "train", batch)      // new rows
 //	m, _ := e.Client.GetMeta(ctx, client.MetaRequest{     // ready, unconsumed rows
 //		Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 8})
-//	data, _ := e.Client.Get(ctx, m)                       // columns the caller owns
+//	data, _ := e.Client.Get(ctx, m)                       // views over shm, copies otherwise
+//	defer data.Release()
 //	v, _ := e.Client.GetView(ctx, m)                      // zero-copy views
 //	defer v.Release()
 //

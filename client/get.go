@@ -31,18 +31,61 @@ func (v *View) Release() {
 	v.leases = nil
 }
 
-// Get reads the meta's fields for its rows into freshly allocated columns
-// the caller owns. Every row must be ready for every field.
+// Get reads the meta's fields for its rows. Every row must be ready for
+// every field.
+//
+// Over shared memory it returns views into the units' arenas, moving no
+// bytes: the columns are read-only (a write through them faults) and stay
+// valid, unchanged even if the rows are cleared, until the caller calls
+// [engine.Batch.Release]. Elsewhere, or with [Config.CopyGets], the
+// columns are fresh copies the caller owns and Release does nothing.
+// [Client.GetCopy] always copies; [Client.GetInto] copies into the caller's
+// buffer.
 //
 // Errors: [engine.ErrNotReady] naming unproduced cells, [engine.ErrLost]
 // when a unit no longer holds the cells.
 func (c *Client) Get(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch, error) {
+	if c.cfg.CopyGets || !c.lendsViews(meta) {
+		return c.GetCopy(ctx, meta)
+	}
+	v, err := c.get(ctx, meta, true)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.leases) == 0 {
+		return v.Batch, nil
+	}
+	return v.Batch.Views(v.Release), nil
+}
+
+// GetCopy is [Client.Get] into freshly allocated columns the caller owns,
+// whatever the transport.
+func (c *Client) GetCopy(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch, error) {
 	v, err := c.get(ctx, meta, false)
 	if err != nil {
 		return nil, err
 	}
 	v.Release()
 	return v.Batch, nil
+}
+
+// lendsViews reports whether every cell of meta is on a unit reached over
+// shared memory, the transport whose gets are views by default.
+func (c *Client) lendsViews(meta *engine.BatchMeta) bool {
+	last := engine.UnitID(0)
+	for _, locs := range meta.Cells {
+		for _, l := range locs {
+			if l.Unit == last {
+				continue
+			}
+			u, ok := c.byID[l.Unit]
+			if !ok || u.Transport() != "shm" {
+				return false
+			}
+			last = l.Unit
+		}
+	}
+	return last != 0
 }
 
 // GetView reads the meta's fields as views into storage where the cells

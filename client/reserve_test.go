@@ -237,6 +237,33 @@ func TestReservePutNotSupported(t *testing.T) {
 // TestReservePutShm fills a unit served in this process over shared
 // memory: the client writes the unit's memory mapped read-write.
 func TestReservePutShm(t *testing.T) {
+	c, u := shmClient(t, DefaultConfig())
+	reserveRoundTrip(t, c)
+
+	// An aborted shm reservation gives its space back.
+	ctx := context.Background()
+	base := u.Stats().Used
+	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fillReserved(t, pb)
+	if err := pb.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := u.Stats(); st.Used != base || st.OpenReservations != 0 {
+		t.Errorf("after Abort: used %d (baseline %d), %d open reservations", st.Used, base, st.OpenReservations)
+	}
+}
+
+// shmClient serves a fresh unit in this process over its unix and fd
+// sockets and returns a client reaching it over shared memory.
+func shmClient(t *testing.T, cfg Config) (*Client, *storage.Unit) {
+	t.Helper()
 	scfg := storage.DefaultConfig()
 	scfg.Capacity = 32 << 20
 	scfg.SegmentSize = 8 << 20
@@ -270,28 +297,9 @@ func TestReservePutShm(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c, err := New(Local(newController(t)), []DataUnit{ShmUnit(u.ID(), HostID(), conn)}, DefaultConfig())
+	c, err := New(Local(newController(t)), []DataUnit{ShmUnit(u.ID(), HostID(), conn)}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reserveRoundTrip(t, c)
-
-	// An aborted shm reservation gives its space back.
-	ctx := context.Background()
-	base := u.Stats().Used
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fillReserved(t, pb)
-	if err := pb.Abort(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if st := u.Stats(); st.Used != base || st.OpenReservations != 0 {
-		t.Errorf("after Abort: used %d (baseline %d), %d open reservations", st.Used, base, st.OpenReservations)
-	}
+	return c, u
 }

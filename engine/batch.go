@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"slices"
+	"sync"
 )
 
 // Field pairs a name with a column, for building a [Batch].
@@ -14,11 +15,45 @@ type Field struct {
 // Batch is an ordered set of named columns over the same rows. A batch is
 // immutable once built and safe for concurrent reads; it aliases the
 // columns it was built from.
+//
+// A batch may alias memory it does not own — a get over shared memory
+// returns views into the storage unit's arena, read-only — in which case
+// [Batch.Release] gives that memory back; for a batch that owns its
+// columns, Release does nothing.
 type Batch struct {
 	names []string
 	cols  []*Column
 	index map[string]int
 	rows  int
+
+	release *releaser // nil: owns its columns
+}
+
+type releaser struct {
+	once sync.Once
+	f    func()
+}
+
+// Views returns a batch over the same columns that runs release at its
+// first [Batch.Release]: for stores whose batches alias memory they lend.
+func (b *Batch) Views(release func()) *Batch {
+	v := *b
+	v.release = &releaser{f: release}
+	return &v
+}
+
+// Aliased reports whether the batch lends memory that [Batch.Release]
+// gives back: its columns are read-only and valid until then.
+func (b *Batch) Aliased() bool { return b.release != nil }
+
+// Release gives back the memory a batch of views aliases; its columns, and
+// batches derived from it by Select or Slice, must not be used afterwards.
+// Release is idempotent and does nothing for a batch that owns its
+// columns.
+func (b *Batch) Release() {
+	if b != nil && b.release != nil {
+		b.release.once.Do(b.release.f)
+	}
 }
 
 // NewBatch validates and builds a batch: names non-empty and unique, no nil

@@ -5,6 +5,7 @@
 //	kv.BatchPut(ctx, "train", []string{"a", "b"}, batch, tags)
 //	kv.Put(ctx, "train", "a", oneRow, engine.Tags{"status": "done"}) // partial update, tag merge
 //	got, _ := kv.BatchGet(ctx, "train", []string{"a", "b"}, "reward") // a field selection
+//	defer got.Release()                                               // views over shared memory
 //	list, _ := kv.List(ctx, "")                                       // every partition
 //	kv.Clear(ctx, "train", []string{"a", "b"})                        // idempotent
 //

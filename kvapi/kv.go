@@ -139,14 +139,27 @@ func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fie
 // BatchGet reads keys' fields, rows in key order. With no fields named it
 // reads the fields every key holds. Unknown keys or fields are an error
 // naming them ([engine.ErrNotFound]); a named field some key has not
-// produced is [engine.ErrNotReady] naming the keys. The result is the
-// caller's to modify.
+// produced is [engine.ErrNotReady] naming the keys.
+//
+// Over shared memory the result is read-only views into storage (no copy)
+// until [engine.Batch.Release]; elsewhere it is a copy the caller owns (see
+// [client.Client.Get]). Calling Release when done is right either way.
 func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
 	meta, err := kv.resolve(ctx, partition, keys, fields)
 	if err != nil {
 		return nil, err
 	}
 	return kv.c.Get(ctx, meta)
+}
+
+// BatchGetCopy is [KV.BatchGet] into fresh columns the caller owns and may
+// modify, whatever the transport.
+func (kv *KV) BatchGetCopy(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
+	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if err != nil {
+		return nil, err
+	}
+	return kv.c.GetCopy(ctx, meta)
 }
 
 // BatchGetView is [KV.BatchGet] returning views into storage where

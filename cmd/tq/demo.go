@@ -85,6 +85,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer got.Release() // views when the unit is reached over shared memory
 	out.step("batch get: every field of %d keys", got.Rows())
 	if err := out.batch(all, got); err != nil {
 		return err
@@ -115,6 +116,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer part.Release()
 	out.step("batch get: input_ids of %s", strings.Join(sel, ", "))
 	if err := out.batch(sel, part); err != nil {
 		return err

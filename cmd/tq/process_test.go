@@ -267,6 +267,8 @@ func TestHelperProcess(t *testing.T) {
 		if !kvGot.Col("text").Equal(helperBatch(0, helperRows).Col("text")) {
 			t.Fatal("text via KV differs")
 		}
+		kvGot.Release()
+		got.Release()
 		list, err := kv.List(ctx, "train")
 		if err != nil || len(list["train"]) != helperRows {
 			t.Fatalf("list: %d keys, %v", len(list["train"]), err)
@@ -288,6 +290,7 @@ func TestHelperProcess(t *testing.T) {
 				t.Fatalf("field %s differs", f.Name)
 			}
 		}
+		got.Release()
 		n, err := kv.SizeOf(ctx, "p", helperKeys(0, 8))
 		if err != nil {
 			t.Fatal(err)
