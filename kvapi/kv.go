@@ -92,20 +92,14 @@ func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fie
 	return engine.NewKVMeta(partition, keys, merged, have)
 }
 
-func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) error {
+// checkKeys rejects an empty partition id, no keys, an empty key or a key
+// given twice.
+func checkKeys(partition string, keys []string) error {
 	switch {
 	case partition == "":
 		return fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
 	case len(keys) == 0:
 		return fmt.Errorf("empty key list: %w", engine.ErrInvalid)
-	case fields == nil && tags == nil:
-		return fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
-	case fields != nil && fields.NumFields() == 0:
-		return fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
-	case fields != nil && fields.Rows() != len(keys):
-		return fmt.Errorf("%d keys for %d rows: %w", len(keys), fields.Rows(), engine.ErrInvalid)
-	case tags != nil && len(tags) != len(keys):
-		return fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
 	}
 	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
@@ -116,6 +110,23 @@ func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fie
 			return fmt.Errorf("key %q appears twice: %w", k, engine.ErrInvalid)
 		}
 		seen[k] = struct{}{}
+	}
+	return nil
+}
+
+func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) error {
+	if err := checkKeys(partition, keys); err != nil {
+		return err
+	}
+	switch {
+	case fields == nil && tags == nil:
+		return fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
+	case fields != nil && fields.NumFields() == 0:
+		return fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
+	case fields != nil && fields.Rows() != len(keys):
+		return fmt.Errorf("%d keys for %d rows: %w", len(keys), fields.Rows(), engine.ErrInvalid)
+	case tags != nil && len(tags) != len(keys):
+		return fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
 	}
 	if fields == nil {
 		return nil
