@@ -159,6 +159,9 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 			extents[i] = pieces(f.Col, rows)
 		}
 		addrs, err := u.Write(ctx, extents)
+		if errors.Is(err, engine.ErrUnavailable) {
+			return fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
+		}
 		if err != nil {
 			return fmt.Errorf("write to unit %d: %w", u.ID(), err)
 		}

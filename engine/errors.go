@@ -29,6 +29,9 @@ var (
 	ErrNotSupported = errors.New("engine: not supported")
 	// ErrLost reports cells whose storage unit is gone.
 	ErrLost = errors.New("engine: data lost")
+	// ErrUnavailable reports a peer — a storage unit, the controller —
+	// that cannot be reached or stopped answering.
+	ErrUnavailable = errors.New("engine: peer unavailable")
 	// ErrCorrupt reports a checkpoint or frame that fails validation.
 	ErrCorrupt = errors.New("engine: corrupt data")
 )

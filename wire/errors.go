@@ -13,8 +13,9 @@ import (
 // handshake or gave the wrong token.
 var ErrUnauthenticated = errors.New("wire: unauthenticated")
 
-// ErrUnavailable reports a peer that is unreachable or stopped answering.
-var ErrUnavailable = errors.New("wire: peer unavailable")
+// ErrUnavailable reports a peer that is unreachable or stopped answering;
+// it wraps [engine.ErrUnavailable].
+var ErrUnavailable = fmt.Errorf("wire: %w", engine.ErrUnavailable)
 
 var codeErrs = []struct {
 	code wirepb.Code

@@ -566,3 +566,66 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	}
 	ctrl.stop(t)
 }
+
+// A storage unit reached over shared memory, killed with SIGKILL: reads
+// and writes fail fast with ErrLost naming the unit, and views taken
+// before the kill stay readable (the client's mappings keep the memfd
+// pages alive, so nothing faults) until they are released.
+func TestKilledShmUnitFailsFast(t *testing.T) {
+	bin := tqBinary(t)
+	dir := t.TempDir()
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", dir, "--heartbeat", "100ms")
+	addr := ctrl.addr("unix")
+	unit := startServe(t, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB", "--heartbeat", "100ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: client.TransportShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	kv := kvapi.New(c)
+	want := helperBatch(0, 4)
+	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 4), want, nil); err != nil {
+		t.Fatal(err)
+	}
+	view, err := kv.BatchGet(ctx, "p", helperKeys(0, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !view.Aliased() {
+		t.Fatal("a get over shm did not return views")
+	}
+	unit.cmd.Process.Signal(syscall.SIGKILL)
+	<-unit.done
+	unit.done <- nil
+
+	for name, op := range map[string]func(context.Context) error{
+		"get": func(ctx context.Context) error { _, err := kv.BatchGet(ctx, "p", helperKeys(0, 4)); return err },
+		"put": func(ctx context.Context) error {
+			_, err := kv.BatchPut(ctx, "p", helperKeys(4, 4), want, nil)
+			return err
+		},
+	} {
+		octx, ocancel := context.WithTimeout(context.Background(), 5*time.Second)
+		start := time.Now()
+		err := op(octx)
+		ocancel()
+		if !errors.Is(err, engine.ErrLost) && !errors.Is(err, engine.ErrUnavailable) {
+			t.Errorf("%s on a killed unit: %v, want ErrLost or ErrUnavailable", name, err)
+		} else if !strings.Contains(err.Error(), "unit") {
+			t.Errorf("%s: the error does not name the unit: %v", name, err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("%s took %v to fail", name, d)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+	for _, f := range want.Fields() {
+		if !view.Col(f.Name).Equal(f.Col) {
+			t.Fatalf("after the kill, the view of %s differs", f.Name)
+		}
+	}
+	view.Release() // the unit is gone: nothing to tell it, and no hang
+	ctrl.stop(t)
+}
