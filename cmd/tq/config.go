@@ -48,6 +48,7 @@ func defaultServeConfig() serveConfig {
 		UnitListen:        "127.0.0.1:0",
 		SocketDir:         filepath.Join(os.TempDir(), fmt.Sprintf("tq-%d", os.Getuid())),
 		Capacity:          1 << 30,
+		HugePages:         true,
 		Sampler:           "sequential",
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
@@ -63,7 +64,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
 	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
-	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "try 2 MiB huge pages for storage")
+	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret clients and units must present")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "allow a non-loopback listener without a token")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")

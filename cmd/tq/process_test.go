@@ -475,6 +475,9 @@ func TestServeProducerConsumer(t *testing.T) {
 					t.Fatalf("tq stat output lacks %q:\n%s", want, out)
 				}
 			}
+			if !strings.Contains(string(out), "2 MiB huge") && !strings.Contains(string(out), "4 KiB pre-faulted") {
+				t.Fatalf("tq stat does not say which pages the units use:\n%s", out)
+			}
 			c, err := client.Connect(context.Background(), addr, client.ConnectConfig{})
 			if err != nil {
 				t.Fatal(err)

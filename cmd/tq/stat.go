@@ -105,9 +105,9 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				state += fmt.Sprintf(" (silent %v)", time.Since(u.LastHeartbeat).Round(time.Second))
 			}
 		}
-		pages := bytesString(u.PageSize)
+		pages := bytesString(u.PageSize) + " pre-faulted"
 		if u.HugePages {
-			pages += " (huge)"
+			pages = bytesString(u.PageSize) + " huge"
 		}
 		host := u.Host
 		if len(host) > 8 {
