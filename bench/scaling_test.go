@@ -5,7 +5,10 @@ package bench
 // physical baseline in the same iteration (a copy() of the same bytes for
 // shm, a plain TCP stream between the same two processes for tcp); and
 // control-plane operations per second against the number of concurrent
-// clients. Names are key=value so benchstat can lay the curves out, e.g.
+// clients. transport=tcp is what a client forced to "tcp" gets: the
+// controller over loopback TCP and, the unit being on this host, its data
+// over the unit's unix socket; so put/tcp_stream can exceed 1. Names are
+// key=value so benchstat can lay the curves out, e.g.
 //
 //	go test -run '^$' -bench 'Scale' -count 3 ./bench | tee scale.txt
 //	benchstat -col /fields -row /transport,/op scale.txt

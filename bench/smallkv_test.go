@@ -33,6 +33,10 @@ const smallKVKeys = 4
 // checked: its length and a stamp at both ends that the SET before it
 // wrote.
 //
+// TQ over "tcp" reaches the unit through its unix socket (the unit is on
+// this host) and the controller over loopback TCP; Redis is reached over
+// loopback TCP.
+//
 // The store=redis half runs when redis-server is installed, and is
 // skipped with a message otherwise. The TQ runs also report the wire
 // round trips a SET and a GET make (counted once per configuration,
