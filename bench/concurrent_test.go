@@ -1,0 +1,151 @@
+package bench
+
+// Helpers for the scaling and small-KV benchmarks: a server process that
+// can be profiled, and a runner that spreads b.N operations over a fixed
+// number of concurrent clients and reports ops/s and latency percentiles.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/transport/tcp"
+)
+
+// serverFlagsEnv names extra test flags for the server process, e.g.
+//
+//	TQ_BENCH_SERVER_FLAGS='-test.cpuprofile=/tmp/server.cpu'
+//
+// The server writes its profiles when the benchmark ends (it exits after
+// the benchmark closes its stdin).
+const serverFlagsEnv = "TQ_BENCH_SERVER_FLAGS"
+
+// benchServerFlags is benchServer with the test flags from
+// TQ_BENCH_SERVER_FLAGS passed to the server process.
+func benchServerFlags(b *testing.B) (string, string) {
+	b.Helper()
+	args := append([]string{"-test.run=^TestBenchServer$"}, strings.Fields(os.Getenv(serverFlagsEnv))...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "TQ_BENCH_SERVER=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	copied := make(chan struct{})
+	b.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second): // time to write a profile
+			cmd.Process.Kill()
+			<-done
+		}
+		<-copied
+	})
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ADDRS" {
+			go func() { io.Copy(io.Discard, stdout); close(copied) }()
+			return f[1], f[2]
+		}
+	}
+	close(copied)
+	b.Fatal("server process ended before printing its addresses")
+	return "", ""
+}
+
+// connectOwned is connect for a client that owner closes in its cleanup,
+// so that sub-benchmarks can share it.
+func connectOwned(owner *testing.B, addr, transport string, conns int) (*client.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
+	if err != nil {
+		return nil, fmt.Errorf("connect over %s: %w", transport, err)
+	}
+	owner.Cleanup(func() { c.Close() })
+	return c, nil
+}
+
+// latencies are one worker's samples of each kind of operation.
+type latencies [][]time.Duration
+
+func (l latencies) add(kind int, d time.Duration) { l[kind] = append(l[kind], d) }
+
+// runWorkers runs b.N iterations spread over workers goroutines, each
+// taking the next iteration from a shared counter, and returns the wall
+// time and every worker's latency samples. step(w, i) does iteration i on
+// worker w and records its operations' latencies in lat; a failure stops
+// every worker. b.Loop cannot be shared between goroutines, so this uses
+// b.N.
+func runWorkers(b *testing.B, workers, kinds int, step func(w, i int, lat latencies) error) (time.Duration, []latencies) {
+	var next atomic.Int64
+	var failed atomic.Bool
+	lats := make([]latencies, workers)
+	for w := range lats {
+		lats[w] = make(latencies, kinds)
+		for k := range lats[w] {
+			lats[w][k] = make([]time.Duration, 0, b.N/workers+1)
+		}
+	}
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	t0 := time.Now()
+	for w := range workers {
+		wg.Go(func() {
+			for !failed.Load() {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				if err := step(w, i, lats[w]); err != nil {
+					failed.Store(true)
+					b.Errorf("worker %d, iteration %d: %v", w, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	wall := time.Since(t0)
+	b.StopTimer()
+	return wall, lats
+}
+
+// reportLatency reports the p50 and p99 of one kind of sample over all
+// workers, in µs, as name_p50_us and name_p99_us.
+func reportLatency(b *testing.B, lats []latencies, kind int, name string) {
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l[kind]...)
+	}
+	if len(all) == 0 {
+		return
+	}
+	slices.Sort(all)
+	at := func(q float64) float64 {
+		return float64(all[min(len(all)-1, int(q*float64(len(all))))].Nanoseconds()) / 1e3
+	}
+	b.ReportMetric(at(0.50), name+"_p50_us")
+	b.ReportMetric(at(0.99), name+"_p99_us")
+}

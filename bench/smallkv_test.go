@@ -1,0 +1,435 @@
+package bench
+
+// BenchmarkSmallKV: TQ's KV API against redis-server at the same
+// concurrency and value size, both from this process to a server process
+// on this host. Each iteration is SET key value then GET key, checked.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+// smallKVKeys is how many keys each client rotates over.
+const smallKVKeys = 4
+
+// BenchmarkSmallKV runs clients concurrent clients, each with its own
+// connections, doing SET then GET of one key (TQ: kv.Put of a one-row
+// batch, then kv.BatchGet of that key; Redis: SET, GET), and reports ops/s
+// counting a SET and a GET as two ops, latency percentiles of each, and
+// for TQ its ops/s over Redis's at the same value size and concurrency in
+// this run (the latest redis run of that configuration). Every GET is
+// checked: its length and a stamp at both ends that the SET before it
+// wrote.
+//
+// TQ over "tcp" reaches the unit through its unix socket (the unit is on
+// this host) and the controller over loopback TCP; Redis is reached over
+// loopback TCP.
+//
+// The store=redis half runs when redis-server is installed, and is
+// skipped with a message otherwise. The TQ runs also report the wire
+// round trips a SET and a GET make (counted once per configuration,
+// outside the timed loop).
+//
+// The server process can be profiled:
+//
+//	TQ_BENCH_SERVER_FLAGS=-test.cpuprofile=/tmp/server.cpu \
+//	  go test -run '^$' -bench 'SmallKV/store=tq/transport=tcp/value=1KiB/clients=16$' -cpuprofile /tmp/client.cpu ./bench
+func BenchmarkSmallKV(b *testing.B) {
+	caddr, _ := benchServerFlags(b)
+	redisAddr, noRedis := "", ""
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		noRedis = fmt.Sprintf("redis-server is not installed (apt-get install redis-server): no redis baseline: %v", err)
+		b.Log(noRedis)
+	} else {
+		redisAddr = startRedis(b)
+	}
+	const maxClients = 64
+	pools := map[string][]*kvapi.KV{}
+	owner := b // the clients live until the whole benchmark ends
+	pool := func(b *testing.B, tr string) []*kvapi.KV {
+		for len(pools[tr]) < maxClients {
+			c, err := connectOwned(owner, caddr, tr, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pools[tr] = append(pools[tr], kvapi.New(c))
+		}
+		return pools[tr]
+	}
+	var rconns []*respConn
+	redisOps := map[string]float64{}
+	trips := map[string]func(*testing.B){}
+	for _, size := range []int{1 << 10, 1 << 20} {
+		for _, clients := range []int{16, 64} {
+			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
+			b.Run("store=redis/transport=tcp/"+conf, func(b *testing.B) {
+				if redisAddr == "" {
+					b.Skip(noRedis)
+				}
+				for len(rconns) < clients {
+					c, err := dialRedis(redisAddr)
+					if err != nil {
+						b.Fatal(err)
+					}
+					owner.Cleanup(func() { c.close() })
+					rconns = append(rconns, c)
+				}
+				bufs := make([][]byte, clients)
+				for w := range bufs {
+					bufs[w] = make([]byte, size)
+				}
+				ops := runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, error) {
+					c := rconns[w]
+					t0 := time.Now()
+					if err := c.set([]byte(key), val); err != nil {
+						return nil, err
+					}
+					t1 := time.Now()
+					got, err := c.get([]byte(key))
+					lat.add(0, t1.Sub(t0))
+					lat.add(1, time.Since(t1))
+					return got, err
+				})
+				redisOps[conf] = ops
+			})
+			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
+				b.Run(fmt.Sprintf("store=tq/transport=%s/%s", tr, conf), func(b *testing.B) {
+					kvs := pool(b, tr)
+					if trips[tr+conf] == nil {
+						trips[tr+conf] = countTrips(b, kvs[0].Client(), tr, size)
+					}
+					ctx := context.Background()
+					// Each client puts a one-row batch whose bytes are
+					// the value runSmallKV stamps.
+					vals := make([]*engine.Batch, clients)
+					bufs := make([][]byte, clients)
+					for w := range vals {
+						vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
+						bufs[w] = vals[w].Col("v").Data()
+					}
+					ops := runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, error) {
+						kv := kvs[w]
+						t0 := time.Now()
+						if _, err := kv.Put(ctx, "small", key, vals[w], nil); err != nil {
+							return nil, err
+						}
+						t1 := time.Now()
+						got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
+						lat.add(0, t1.Sub(t0))
+						lat.add(1, time.Since(t1))
+						if err != nil {
+							return nil, err
+						}
+						if got.Rows() != 1 {
+							return nil, fmt.Errorf("get of one key gave %d rows", got.Rows())
+						}
+						return got.Col("v").RowBytes(0), nil
+					})
+					trips[tr+conf](b)
+					if r := redisOps[conf]; r > 0 {
+						b.ReportMetric(ops/r, "tq/redis")
+					}
+				})
+			}
+		}
+	}
+}
+
+// runSmallKV runs SET+GET iterations on len(vals) workers, each rotating
+// over its own smallKVKeys keys; op does one SET and GET of vals[w] (of
+// size bytes, stamped anew each time) under key and returns what the GET
+// read, which must be that value. It reports and returns ops/s.
+func runSmallKV(b *testing.B, size int, vals [][]byte, op func(w int, key string, val []byte, lat latencies) ([]byte, error)) float64 {
+	clients := len(vals)
+	keys := make([][]string, clients)
+	for w := range keys {
+		for k := range smallKVKeys {
+			keys[w] = append(keys[w], fmt.Sprintf("c%d_k%d", w, k))
+		}
+		for i := range vals[w] {
+			vals[w][i] = byte(i*7 + w)
+		}
+	}
+	b.SetBytes(2 * int64(size))
+	b.ReportAllocs()
+	wall, lats := runWorkers(b, clients, 2, func(w, i int, lat latencies) error {
+		val := vals[w]
+		stamp := uint64(w)<<40 | uint64(i) + 1
+		binary.LittleEndian.PutUint64(val, stamp)
+		binary.LittleEndian.PutUint64(val[len(val)-8:], ^stamp)
+		got, err := op(w, keys[w][i%smallKVKeys], val, lat)
+		if err != nil {
+			return err
+		}
+		if len(got) != size || binary.LittleEndian.Uint64(got) != stamp || binary.LittleEndian.Uint64(got[size-8:]) != ^stamp {
+			return fmt.Errorf("read back %d bytes, stamp %x, want %d bytes, stamp %x", len(got), got[:min(8, len(got))], size, stamp)
+		}
+		return nil
+	})
+	ops := 2 * float64(b.N) / wall.Seconds()
+	b.ReportMetric(ops, "ops/s")
+	reportLatency(b, lats, 0, "set")
+	reportLatency(b, lats, 1, "get")
+	return ops
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// countTrips does a few SET+GET pairs through a client that counts the
+// calls its metadata service and storage units serve, and returns a
+// function that reports the wire round trips per SET and per GET to the
+// controller (set_ctrl_rt, get_ctrl_rt) and to the unit (set_unit_rt,
+// get_unit_rt) and logs the calls. A unit call's round trips depend on the
+// transport (see unitTrips).
+func countTrips(b *testing.B, c *client.Client, transport string, size int) func(*testing.B) {
+	const pairs = 16
+	var set, get tripCount
+	count := &set
+	var units []client.DataUnit
+	for _, u := range c.Units() {
+		units = append(units, countingUnit{u, &count})
+	}
+	cc, err := client.New(countingMeta{c.Meta(), &count}, units, client.DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv := kvapi.New(cc)
+	ctx := context.Background()
+	val := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
+	for i := range pairs + 1 {
+		if i == 1 { // the first pair creates the key: not counted
+			set, get = tripCount{}, tripCount{}
+		}
+		count = &set
+		if _, err := kv.Put(ctx, "trips", "k", val, nil); err != nil {
+			b.Fatal(err)
+		}
+		count = &get
+		if _, err := kv.BatchGet(ctx, "trips", []string{"k"}, "v"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sc, su := set.trips(transport)
+	gc, gu := get.trips(transport)
+	calls := fmt.Sprintf("%s, per SET: %s; per GET: %s", transport, set.String(pairs), get.String(pairs))
+	return func(b *testing.B) {
+		b.ReportMetric(float64(sc)/pairs, "set_ctrl_rt")
+		b.ReportMetric(float64(su)/pairs, "set_unit_rt")
+		b.ReportMetric(float64(gc)/pairs, "get_ctrl_rt")
+		b.ReportMetric(float64(gu)/pairs, "get_unit_rt")
+		b.Log(calls)
+	}
+}
+
+// tripCount counts calls by name ("ctrl.Commit", "unit.Write", ...).
+// The counting client is used by one goroutine.
+type tripCount map[string]int
+
+func (t *tripCount) add(name string) {
+	if *t == nil {
+		*t = tripCount{}
+	}
+	(*t)[name]++
+}
+
+// unitTrips is the wire round trips of one unit call by transport, from
+// the transports' code: over shm a write is RESERVE then COMMIT and a read
+// is ACQUIRE then RELEASE (Acquire's RELEASE is counted when the lease is
+// released); over tcp (or the unit's unix socket) each call of a small
+// value is one request and its reply.
+var unitTrips = map[string]map[string]int{
+	client.TransportShm: {"unit.Write": 2, "unit.Acquire": 1, "unit.Release": 1, "unit.ReadInto": 2, "unit.Free": 1},
+	client.TransportTCP: {"unit.Write": 1, "unit.Acquire": 1, "unit.Release": 0, "unit.ReadInto": 1, "unit.Free": 1},
+}
+
+// trips returns the controller and unit round trips counted.
+func (t tripCount) trips(transport string) (ctrl, unit int) {
+	for name, n := range t {
+		if strings.HasPrefix(name, "ctrl.") {
+			ctrl += n
+		} else {
+			unit += n * unitTrips[transport][name]
+		}
+	}
+	return ctrl, unit
+}
+
+func (t tripCount) String(per int) string {
+	names := make([]string, 0, len(t))
+	for name := range t {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var sb strings.Builder
+	for i, name := range names {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "%s %.3g", name, float64(t[name])/float64(per))
+	}
+	return sb.String()
+}
+
+// countingUnit counts a storage unit's calls into *n.
+type countingUnit struct {
+	client.DataUnit
+	n **tripCount
+}
+
+func (u countingUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	(*u.n).add("unit.Write")
+	return u.DataUnit.Write(ctx, extents)
+}
+
+func (u countingUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (client.Lease, error) {
+	(*u.n).add("unit.Acquire")
+	l, err := u.DataUnit.Acquire(ctx, addrs)
+	if err != nil {
+		return nil, err
+	}
+	return &countingLease{Lease: l, n: *u.n}, nil
+}
+
+func (u countingUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	(*u.n).add("unit.ReadInto")
+	return u.DataUnit.ReadInto(ctx, addrs, dst)
+}
+
+func (u countingUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	(*u.n).add("unit.Free")
+	return u.DataUnit.Free(ctx, cells)
+}
+
+type countingLease struct {
+	client.Lease
+	n    *tripCount
+	done atomic.Bool
+}
+
+func (l *countingLease) Release() {
+	if l.done.CompareAndSwap(false, true) {
+		l.n.add("unit.Release")
+	}
+	l.Lease.Release()
+}
+
+// countingMeta counts every metadata call into *n: each is one round trip
+// to the controller.
+type countingMeta struct {
+	m client.MetaService
+	n **tripCount
+}
+
+var _ client.MetaService = countingMeta{}
+
+func (c countingMeta) count(name string) { (*c.n).add("ctrl." + name) }
+
+func (c countingMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	c.count("Insert")
+	return c.m.Insert(ctx, partition, n, fields)
+}
+
+func (c countingMeta) Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error) {
+	c.count("Fetch")
+	return c.m.Fetch(ctx, req)
+}
+
+func (c countingMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	c.count("ForceFetch")
+	return c.m.ForceFetch(ctx, partition, fields)
+}
+
+func (c countingMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	c.count("RowsMeta")
+	return c.m.RowsMeta(ctx, partition, indexes, fields)
+}
+
+func (c countingMeta) Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
+	c.count("Commit")
+	return c.m.Commit(ctx, req)
+}
+
+func (c countingMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	c.count("ResolveKeys")
+	return c.m.ResolveKeys(ctx, partition, keys, fields, create)
+}
+
+func (c countingMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	c.count("KeysOf")
+	return c.m.KeysOf(ctx, partition, indexes)
+}
+
+func (c countingMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	c.count("SetTags")
+	return c.m.SetTags(ctx, partition, indexes, tags)
+}
+
+func (c countingMeta) ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error) {
+	c.count("ListKeys")
+	return c.m.ListKeys(ctx, partition)
+}
+
+func (c countingMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+	c.count("ProductionStatus")
+	return c.m.ProductionStatus(ctx, partition, fields)
+}
+
+func (c countingMeta) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+	c.count("ConsumptionStatus")
+	return c.m.ConsumptionStatus(ctx, partition, task)
+}
+
+func (c countingMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	c.count("ResetConsumption")
+	return c.m.ResetConsumption(ctx, partition, task)
+}
+
+func (c countingMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
+	c.count("ClearRows")
+	return c.m.ClearRows(ctx, partition, indexes)
+}
+
+func (c countingMeta) ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
+	c.count("ClearKeys")
+	return c.m.ClearKeys(ctx, partition, keys)
+}
+
+func (c countingMeta) ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error) {
+	c.count("ClearPartition")
+	return c.m.ClearPartition(ctx, partition)
+}
+
+func (c countingMeta) Partitions(ctx context.Context) ([]string, error) {
+	c.count("Partitions")
+	return c.m.Partitions(ctx)
+}
+
+func (c countingMeta) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+	c.count("Stats")
+	return c.m.Stats(ctx, partition)
+}
+
+func (c countingMeta) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+	c.count("Fields")
+	return c.m.Fields(ctx, partition)
+}
