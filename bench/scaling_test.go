@@ -229,7 +229,9 @@ func BenchmarkScaleClients(b *testing.B) {
 						if err != nil {
 							return err
 						}
-						if v := got.Col("v").RowBytes(0); string(v) != "12345678" {
+						v := string(got.Col("v").RowBytes(0))
+						got.Release()
+						if v != "12345678" {
 							return fmt.Errorf("got %q, want 12345678", v)
 						}
 					case "pingpong":

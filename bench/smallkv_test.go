@@ -90,17 +90,17 @@ func BenchmarkSmallKV(b *testing.B) {
 				for w := range bufs {
 					bufs[w] = make([]byte, size)
 				}
-				ops := runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, error) {
+				ops := runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, func(), error) {
 					c := rconns[w]
 					t0 := time.Now()
 					if err := c.set([]byte(key), val); err != nil {
-						return nil, err
+						return nil, nil, err
 					}
 					t1 := time.Now()
 					got, err := c.get([]byte(key))
 					lat.add(0, t1.Sub(t0))
 					lat.add(1, time.Since(t1))
-					return got, err
+					return got, nil, err
 				})
 				redisOps[conf] = ops
 			})
@@ -119,23 +119,26 @@ func BenchmarkSmallKV(b *testing.B) {
 						vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
 						bufs[w] = vals[w].Col("v").Data()
 					}
-					ops := runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, error) {
+					ops := runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, func(), error) {
 						kv := kvs[w]
 						t0 := time.Now()
 						if _, err := kv.Put(ctx, "small", key, vals[w], nil); err != nil {
-							return nil, err
+							return nil, nil, err
 						}
 						t1 := time.Now()
 						got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
 						lat.add(0, t1.Sub(t0))
 						lat.add(1, time.Since(t1))
 						if err != nil {
-							return nil, err
+							return nil, nil, err
 						}
 						if got.Rows() != 1 {
-							return nil, fmt.Errorf("get of one key gave %d rows", got.Rows())
+							got.Release()
+							return nil, nil, fmt.Errorf("get of one key gave %d rows", got.Rows())
 						}
-						return got.Col("v").RowBytes(0), nil
+						// Over shm the value is a view into storage: checked
+						// in place, then released.
+						return got.Col("v").RowBytes(0), got.Release, nil
 					})
 					trips[tr+conf](b)
 					if r := redisOps[conf]; r > 0 {
@@ -150,8 +153,9 @@ func BenchmarkSmallKV(b *testing.B) {
 // runSmallKV runs SET+GET iterations on len(vals) workers, each rotating
 // over its own smallKVKeys keys; op does one SET and GET of vals[w] (of
 // size bytes, stamped anew each time) under key and returns what the GET
-// read, which must be that value. It reports and returns ops/s.
-func runSmallKV(b *testing.B, size int, vals [][]byte, op func(w int, key string, val []byte, lat latencies) ([]byte, error)) float64 {
+// read, which must be that value, and what releases it (or nil). It
+// reports and returns ops/s.
+func runSmallKV(b *testing.B, size int, vals [][]byte, op func(w int, key string, val []byte, lat latencies) ([]byte, func(), error)) float64 {
 	clients := len(vals)
 	keys := make([][]string, clients)
 	for w := range keys {
@@ -169,9 +173,12 @@ func runSmallKV(b *testing.B, size int, vals [][]byte, op func(w int, key string
 		stamp := uint64(w)<<40 | uint64(i) + 1
 		binary.LittleEndian.PutUint64(val, stamp)
 		binary.LittleEndian.PutUint64(val[len(val)-8:], ^stamp)
-		got, err := op(w, keys[w][i%smallKVKeys], val, lat)
+		got, release, err := op(w, keys[w][i%smallKVKeys], val, lat)
 		if err != nil {
 			return err
+		}
+		if release != nil {
+			defer release()
 		}
 		if len(got) != size || binary.LittleEndian.Uint64(got) != stamp || binary.LittleEndian.Uint64(got[size-8:]) != ^stamp {
 			return fmt.Errorf("read back %d bytes, stamp %x, want %d bytes, stamp %x", len(got), got[:min(8, len(got))], size, stamp)
@@ -225,9 +232,11 @@ func countTrips(b *testing.B, c *client.Client, transport string, size int) func
 			b.Fatal(err)
 		}
 		count = &get
-		if _, err := kv.BatchGet(ctx, "trips", []string{"k"}, "v"); err != nil {
+		got, err := kv.BatchGet(ctx, "trips", []string{"k"}, "v")
+		if err != nil {
 			b.Fatal(err)
 		}
+		got.Release()
 	}
 	sc, su := set.trips(transport)
 	gc, gu := get.trips(transport)
