@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
@@ -63,6 +65,7 @@ type Client struct {
 	local []DataUnit
 
 	closers []func() error // what Close releases
+	bg      sync.WaitGroup // frees of replaced cells in flight; Close waits
 }
 
 // New returns a client over a metadata service and the storage units it
@@ -151,6 +154,35 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 	}
 	return nil, fmt.Errorf("meta mode %d: %w", int(req.Mode), engine.ErrInvalid)
 }
+
+// freeReplaced frees the cells a commit replaced: on units in this process
+// at once, on others in the background — the put is complete, and a round
+// trip per overwrite would cost small puts a third of their time. A failed
+// free leaks space on the unit but loses no data.
+func (c *Client) freeReplaced(locs []engine.CellLoc) {
+	var local, remote []engine.CellLoc
+	for _, l := range locs {
+		if !l.Stored() {
+			continue
+		}
+		if u, ok := c.byID[l.Unit]; ok && u.Transport() == "local" {
+			local = append(local, l)
+		} else {
+			remote = append(remote, l)
+		}
+	}
+	_ = c.freeCells(context.Background(), local)
+	if len(remote) > 0 {
+		c.bg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), freeTimeout)
+			defer cancel()
+			_ = c.freeCells(ctx, remote)
+		})
+	}
+}
+
+// freeTimeout bounds a background free.
+const freeTimeout = 30 * time.Second
 
 // freeCells frees cell locations on their units, grouped by unit. Cells of
 // units the client does not know, or without a location, are skipped.

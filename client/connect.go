@@ -215,6 +215,7 @@ func PickAddr(u controller.UnitInfo, host string) (engine.PeerInfo, string, bool
 // connections to the controller and the storage units. Closing an
 // embedded cluster's client does nothing (close the [Embedded]).
 func (c *Client) Close() error {
+	c.bg.Wait()
 	var errs []error
 	for _, f := range c.closers {
 		errs = append(errs, f())

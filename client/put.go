@@ -211,9 +211,9 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		return err
 	}
 	done = nil
-	// The new cells are committed. A failed free of the replaced cells
-	// leaks space on a unit but loses no data, so the put still succeeds.
-	_ = c.freeCells(context.WithoutCancel(ctx), replaced)
+	// The new cells are committed; the put succeeds whatever becomes of
+	// the replaced ones.
+	c.freeReplaced(replaced)
 	return nil
 }
 

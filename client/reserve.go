@@ -310,7 +310,7 @@ func (b *PutBuffer) commit(ctx context.Context) (_ *engine.BatchMeta, err error)
 	}
 	// As in Put, a failed free of the replaced cells leaks space but loses
 	// no data.
-	_ = b.c.freeCells(context.WithoutCancel(ctx), replaced)
+	b.c.freeReplaced(replaced)
 	out := b.meta.Clone()
 	if out.Cells == nil {
 		out.Cells = map[string][]engine.CellLoc{}
