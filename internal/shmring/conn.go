@@ -336,25 +336,26 @@ func (c *Conn) RemoteAddr() net.Addr { return c.addr }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
-	c.SetReadDeadline(t)
-	return c.SetWriteDeadline(t)
+	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
 }
 
 // SetReadDeadline sets the read deadline (zero: none) and wakes a
 // sleeping reader so that it looks at it.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	setDeadline(&c.rdl, t, &c.in.data)
-	return nil
+	return c.setDeadline(&c.rdl, t, &c.in.data)
 }
 
 // SetWriteDeadline sets the write deadline (zero: none) and wakes a
 // writer sleeping on a full ring so that it looks at it.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	setDeadline(&c.wdl, t, &c.out.space)
-	return nil
+	return c.setDeadline(&c.wdl, t, &c.out.space)
 }
 
-func setDeadline(dl *atomic.Int64, t time.Time, b *bell) {
+func (c *Conn) setDeadline(dl *atomic.Int64, t time.Time, b *bell) error {
+	if err := c.enter(); err != nil {
+		return err // the region may be unmapped
+	}
+	defer c.ops.Done()
 	var ns int64
 	if !t.IsZero() {
 		ns = max(t.UnixNano(), 1)
@@ -365,4 +366,5 @@ func setDeadline(dl *atomic.Int64, t time.Time, b *bell) {
 	if b.sleep.Load() != 0 {
 		b.wakeAll()
 	}
+	return nil
 }

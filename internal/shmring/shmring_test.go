@@ -251,6 +251,9 @@ func TestCloseWakesSleepers(t *testing.T) {
 	if _, err := a.Write([]byte{1}); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("a.Write after Close: got %v, want an error wrapping %v", err, net.ErrClosed)
 	}
+	if err := a.SetDeadline(time.Now()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("a.SetDeadline after Close: got %v, want an error wrapping %v", err, net.ErrClosed)
+	}
 	// A blocked call of b's own is woken by b's Close.
 	bRead = goRead(b, 1)
 	time.Sleep(20 * time.Millisecond)
