@@ -122,6 +122,7 @@ const (
 	ringDirEnv   = "TQ_RING_CHILD_DIR"  // unit: where to put its sockets
 	ringAddrEnv  = "TQ_RING_CHILD_ADDR" // client: the unit's address
 	ringCapEnv   = "TQ_RING_CHILD_CAP"  // unit: capacity in bytes
+	ringSpinEnv  = "TQ_RING_SPIN"       // both: a ring's spin before it sleeps
 )
 
 // child is a started TestRingChild; ready returns its first stdout line.
@@ -218,7 +219,8 @@ func TestRingChild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := storage.NewServer(u, storage.ServerConfig{ReserveWait: time.Minute})
+		spin, _ := time.ParseDuration(os.Getenv(ringSpinEnv))
+		srv := storage.NewServer(u, storage.ServerConfig{ReserveWait: time.Minute, RingSpin: spin})
 		dir := os.Getenv(ringDirEnv)
 		l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
 		if err != nil {
