@@ -54,6 +54,13 @@ type ServerConfig struct {
 	// IdleTimeout closes a connection with no frame for this long (0: the
 	// wire default, 5 min).
 	IdleTimeout time.Duration
+	// NoRing refuses control rings on the fd socket (see ServeShm):
+	// same-host clients then send their control requests over the socket.
+	NoRing bool
+	// RingSpin is how long the unit's end of a control ring spins before
+	// it sleeps in FUTEX_WAIT (0: shmring.DefaultSpin; negative: not at
+	// all).
+	RingSpin time.Duration
 }
 
 // Server serves one [Unit] over any number of listeners. It is safe for
@@ -110,9 +117,12 @@ func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
 
 // Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
 // for requests in flight until ctx ends, then closes every connection.
-// The fd socket stops at once.
+// The fd socket stops taking requests at once; control rings drain like
+// the socket connections.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return errors.Join(s.closeFd(), s.ws.Shutdown(ctx))
+	s.stopFd()
+	err := s.ws.Shutdown(ctx)
+	return errors.Join(err, s.closeFd())
 }
 
 // Close closes the listeners and every connection at once and waits for
@@ -123,8 +133,18 @@ func (s *Server) Close() error { return errors.Join(s.closeFd(), s.ws.Close()) }
 // sockets. Shared-memory puts and gets move only control messages there.
 func (s *Server) Traffic() (in, out int64) { return s.ws.Traffic() }
 
-// closeFd closes the fd socket's listeners and connections and waits for
-// their goroutines.
+// stopFd closes the fd socket's listeners: no new requests.
+func (s *Server) stopFd() {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.fdLs {
+		l.Close()
+	}
+	s.mu.Unlock()
+}
+
+// closeFd closes the fd socket's listeners and connections (which ends
+// the control rings they carry) and waits for their goroutines.
 func (s *Server) closeFd() error {
 	s.mu.Lock()
 	s.closed = true

@@ -19,6 +19,14 @@ package storage
 // extents stay allocated until the session aborts it, so a slow client
 // never writes into memory handed to someone else.
 //
+//	rings       a client may also ask the fd socket for a control ring
+//	            (internal/shmring): the unit creates the ring memfd, hands
+//	            it over, and serves its wire protocol over the ring
+//	            (wire.Server.ServeConn), with a session like a socket
+//	            connection's. The fd socket connection stays open as the
+//	            ring's liveness signal: when the client dies, it reads EOF,
+//	            the ring breaks and the session gives the holds back.
+//
 // Trust: a client that was given a segment can read and write all of it.
 // The fd socket asks for the cluster token and should be reachable by the
 // unit's own user only (cmd/tq makes it 0600), like the unit's wire socket.
@@ -35,6 +43,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/shmring"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -49,7 +58,7 @@ const fdRequestTimeout = 5 * time.Second
 
 // session is one wire connection's reservations and leases.
 type session struct {
-	unix bool // the connection is a unix socket
+	unix bool // the connection is a unix socket or a control ring: same host
 
 	mu     sync.Mutex
 	closed bool
@@ -59,8 +68,9 @@ type session struct {
 }
 
 func newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
+	network := nc.LocalAddr().Network()
 	return &session{
-		unix:   nc.LocalAddr().Network() == "unix",
+		unix:   network == "unix" || network == shmring.Network,
 		res:    map[uint64]*Reservation{},
 		leases: map[uint64]*Lease{},
 	}
@@ -353,7 +363,8 @@ func (s *Server) fdPath() string {
 	return s.fdSock
 }
 
-// serveFd answers one fd request.
+// serveFd answers one fd request; a ring request is then served until
+// the ring ends.
 func (s *Server) serveFd(c *net.UnixConn) {
 	c.SetDeadline(time.Now().Add(fdRequestTimeout))
 	req, err := wire.ReadFdRequest(c)
@@ -364,6 +375,9 @@ func (s *Server) serveFd(c *net.UnixConn) {
 		rep.Status = wire.FdBadRequest
 	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1:
 		rep.Status = wire.FdUnauthenticated
+	case req.Ring:
+		s.serveRing(c, req.RingSize)
+		return
 	default:
 		var info SegmentInfo
 		fd, info, err = s.u.DupSegment(req.Segment)
@@ -382,4 +396,56 @@ func (s *Server) serveFd(c *net.UnixConn) {
 		oob = unix.UnixRights(fd)
 	}
 	c.WriteMsgUnix(rep.Append(nil), oob, nil)
+}
+
+// ringSize is the ring size the unit grants a client that asked for n
+// bytes: its default for 0, else n rounded up to a power of two within
+// [shmring.MinRingSize, MaxRingSize].
+func ringSize(n uint32) int {
+	if n == 0 {
+		return shmring.DefaultRingSize
+	}
+	size := shmring.MinRingSize
+	for size < int(n) && size < MaxRingSize {
+		size *= 2
+	}
+	return size
+}
+
+// MaxRingSize bounds the rings of a client's control channel.
+const MaxRingSize = 1 << 20
+
+// serveRing creates a control ring, hands its memfd over c and serves the
+// wire protocol over it until it ends. c stays open as the ring's
+// liveness socket; the ring owns it.
+func (s *Server) serveRing(c *net.UnixConn, size uint32) {
+	if s.cfg.NoRing {
+		c.WriteMsgUnix(wire.FdReply{Status: wire.FdNotSupported}.Append(nil), nil, nil)
+		return
+	}
+	// A unit that cannot make a ring (out of memory or fds) still serves
+	// the client over its socket.
+	refuse := func() { c.WriteMsgUnix(wire.FdReply{Status: wire.FdNotSupported}.Append(nil), nil, nil) }
+	fd, mem, err := shmring.Create(ringSize(size))
+	if err != nil {
+		refuse()
+		return
+	}
+	defer unix.Close(fd)
+	// The ring reads c from now on, for as long as the client lives.
+	c.SetReadDeadline(time.Time{})
+	// The ring is this side's before the client can touch the region.
+	rc, err := shmring.NewConn(mem, shmring.SideB, c, func() error { return shmring.Unmap(mem) }, shmring.Config{Spin: s.cfg.RingSpin})
+	if err != nil {
+		shmring.Unmap(mem)
+		refuse()
+		return
+	}
+	rep := wire.FdReply{Size: uint64(len(mem))}
+	if _, _, err := c.WriteMsgUnix(rep.Append(nil), unix.UnixRights(fd), nil); err != nil {
+		rc.Close()
+		return
+	}
+	c.SetWriteDeadline(time.Time{})
+	s.ws.ServeConn(rc)
 }

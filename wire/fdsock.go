@@ -4,13 +4,21 @@ package wire
 // same host over a unix stream socket of its own (advertised as
 // "shm:///path"), because file descriptors travel only as SCM_RIGHTS
 // ancillary data, which a framed net.Conn stream cannot carry. See
-// spec.md, "Shared memory". One connection carries one request:
+// spec.md, "Shared memory". One connection carries one request, of one
+// of two kinds told apart by its first four bytes:
 //
-//	request  "TQF1" | segment u32 | token length u16 | token
+//	segment  "TQF1" | segment u32 | token length u16 | token
+//	ring     "TQC1" | ring size u32 | token length u16 | token
 //	reply    "TQF1" | status u8 | flags u8 | 0 u16 | size u64
-//	         + the segment's memfd as SCM_RIGHTS when status is FdOK
+//	         + the memfd as SCM_RIGHTS when status is FdOK
 //
-// Integers are little-endian. flags bit 0: the segment uses hugetlb pages.
+// Integers are little-endian. A segment request gets the segment's memfd;
+// flags bit 0: the segment uses hugetlb pages. A ring request asks for a
+// control channel (internal/shmring): the unit creates a memfd with two
+// rings of about ring size bytes each (0: its default), replies with it
+// (size: the whole region), and then serves the unit's wire protocol over
+// the channel; the connection that carried the request stays open as the
+// channel's liveness signal until either side goes.
 
 import (
 	"encoding/binary"
@@ -21,8 +29,12 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// FdMagic opens every request and reply on a unit's fd socket.
-const FdMagic = "TQF1"
+// FdMagic opens every reply, and every segment request, on a unit's fd
+// socket; FdRingMagic opens a ring request.
+const (
+	FdMagic     = "TQF1"
+	FdRingMagic = "TQC1"
+)
 
 // FdReplySize is the length of an fd socket reply.
 const FdReplySize = 16
@@ -37,6 +49,7 @@ const (
 	FdNotFound        FdStatus = 2 // no live segment with that id
 	FdBadRequest      FdStatus = 3 // malformed request
 	FdClosed          FdStatus = 4 // the unit is shutting down
+	FdNotSupported    FdStatus = 5 // the unit offers no control rings
 )
 
 // Err returns nil for FdOK and otherwise an error wrapping the matching
@@ -53,22 +66,32 @@ func (s FdStatus) Err() error {
 		return fmt.Errorf("fd socket: bad request: %w", engine.ErrInvalid)
 	case FdClosed:
 		return fmt.Errorf("fd socket: unit closing: %w", engine.ErrClosed)
+	case FdNotSupported:
+		return fmt.Errorf("fd socket: unit offers no control ring: %w", engine.ErrNotSupported)
 	}
 	return fmt.Errorf("fd socket: unknown status %d: %w", s, ErrFrame)
 }
 
-// FdRequest asks a unit's fd socket for one segment's memfd.
+// FdRequest asks a unit's fd socket for one segment's memfd, or, with
+// Ring set, for a control channel with rings of RingSize bytes.
 type FdRequest struct {
-	Segment uint32
-	Token   string
+	Segment  uint32
+	Ring     bool
+	RingSize uint32
+	Token    string
 }
 
 // Append encodes r after b. A token longer than 65535 bytes is cut (a
 // unit would reject it anyway).
 func (r FdRequest) Append(b []byte) []byte {
 	tok := r.Token[:min(len(r.Token), math.MaxUint16)]
-	b = append(b, FdMagic...)
-	b = binary.LittleEndian.AppendUint32(b, r.Segment)
+	if r.Ring {
+		b = append(b, FdRingMagic...)
+		b = binary.LittleEndian.AppendUint32(b, r.RingSize)
+	} else {
+		b = append(b, FdMagic...)
+		b = binary.LittleEndian.AppendUint32(b, r.Segment)
+	}
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(tok)))
 	return append(b, tok...)
 }
@@ -80,14 +103,21 @@ func ReadFdRequest(rd io.Reader) (FdRequest, error) {
 	if _, err := io.ReadFull(rd, h[:]); err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request: %w", err)
 	}
-	if string(h[:4]) != FdMagic {
+	var r FdRequest
+	switch string(h[:4]) {
+	case FdMagic:
+		r.Segment = binary.LittleEndian.Uint32(h[4:])
+	case FdRingMagic:
+		r.Ring, r.RingSize = true, binary.LittleEndian.Uint32(h[4:])
+	default:
 		return FdRequest{}, fmt.Errorf("fd request magic %q: %w", h[:4], ErrFrame)
 	}
 	tok := make([]byte, binary.LittleEndian.Uint16(h[8:]))
 	if _, err := io.ReadFull(rd, tok); err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request token: %w", err)
 	}
-	return FdRequest{Segment: binary.LittleEndian.Uint32(h[4:]), Token: string(tok)}, nil
+	r.Token = string(tok)
+	return r, nil
 }
 
 // FdReply is the fixed part of an fd socket reply.

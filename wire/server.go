@@ -172,6 +172,25 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
+// ServeConn serves one connection that came from no listener (a
+// shared-memory channel set up on another socket) and returns when it
+// ends. The server owns nc from then on: it closes nc when the connection
+// ends or the server closes, and runs the connection's session like any
+// other's. After Close or Shutdown it closes nc at once.
+func (s *Server) ServeConn(nc net.Conn) {
+	sc := newServerConn(s, nc)
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	sc.serve()
+}
+
 // Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
 // for in-flight requests until ctx ends, then closes every connection.
 func (s *Server) Shutdown(ctx context.Context) error {

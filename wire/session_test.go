@@ -70,3 +70,37 @@ func TestSessionLivesWithItsConnection(t *testing.T) {
 		}
 	}
 }
+
+// TestServeConn: a connection handed to ServeConn (no listener) is served
+// with a session like any other, ServeConn returns once it ends, and a
+// server that closed refuses (closes) the connection.
+func TestServeConn(t *testing.T) {
+	closed := make(chan struct{})
+	s := NewServer(ServerConfig{NewSession: func(*wirepb.Hello, net.Conn) Session {
+		return &countSession{closed: closed}
+	}})
+	cn, sn := net.Pipe()
+	served := make(chan struct{})
+	go func() { s.ServeConn(sn); close(served) }()
+	c := NewConn(cn, ConnConfig{KeepAlive: -1})
+	if _, err := c.Hello(t.Context(), &wirepb.Hello{Role: "client"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ping(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for name, ch := range map[string]chan struct{}{"ServeConn return": served, "session close": closed} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %s 5 s after the client closed", name)
+		}
+	}
+	s.Close()
+	cn, sn = net.Pipe()
+	s.ServeConn(sn) // returns at once
+	if _, err := cn.Write([]byte{1}); err == nil {
+		t.Errorf("write to a connection a closed server was handed: got nil, want an error")
+	}
+}

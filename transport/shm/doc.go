@@ -1,9 +1,10 @@
 // Package shm is the data-plane transport for a storage unit on the same
 // host: the unit hands its memfd segments over a unix socket (SCM_RIGHTS)
 // and the client maps each one once, so bytes move with one copy — or
-// none. The wire connection to the unit's unix socket carries only small
-// control requests (reserve, commit, acquire, release); no payload goes
-// over a socket.
+// none. Only small control requests (reserve, commit, acquire, release)
+// go to the unit, over a shared-memory ring with a futex doorbell when
+// the unit offers one (Config.Control; see ring.go) or else its unix
+// socket; no payload goes over a socket.
 //
 //	tr := shm.New(shm.Config{Token: token})
 //	defer tr.Close()

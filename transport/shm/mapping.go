@@ -100,13 +100,33 @@ func mapSegment(fd int, size int) (*segment, error) {
 // fetch asks the unit's fd socket for segment id's memfd and returns it
 // with the segment's size.
 func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
+	uc, fd, size, err := c.fdExchange(ctx, wire.FdRequest{Segment: id, Token: c.cfg.Token})
+	if err != nil {
+		return -1, 0, err
+	}
+	uc.Close()
+	return fd, size, nil
+}
+
+// fdExchange sends one request to the unit's fd socket and returns the
+// connection, still open, with the memfd it got and the memfd's size
+// (checked with fstat against the reply).
+func (c *Conn) fdExchange(ctx context.Context, req wire.FdRequest) (*net.UnixConn, int, int, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", c.fdSock)
 	if err != nil {
-		return -1, 0, fmt.Errorf("dial fd socket %s: %w: %w", c.fdSock, wire.ErrUnavailable, err)
+		return nil, -1, 0, fmt.Errorf("dial fd socket %s: %w: %w", c.fdSock, wire.ErrUnavailable, err)
 	}
 	uc := nc.(*net.UnixConn)
-	defer uc.Close()
+	fd, size, err := c.exchange(ctx, uc, req)
+	if err != nil {
+		uc.Close()
+		return nil, -1, 0, err
+	}
+	return uc, fd, size, nil
+}
+
+func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdRequest) (int, int, error) {
 	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Now()) })
 	defer stop()
 	select {
@@ -114,7 +134,7 @@ func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
 		return -1, 0, c.errClosed()
 	default:
 	}
-	if _, err := uc.Write(wire.FdRequest{Segment: id, Token: c.cfg.Token}.Append(nil)); err != nil {
+	if _, err := uc.Write(req.Append(nil)); err != nil {
 		return -1, 0, c.fetchErr(ctx, err)
 	}
 	buf := make([]byte, wire.FdReplySize)
@@ -146,7 +166,11 @@ func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fds[0], &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
 		closeAll()
-		return -1, 0, fmt.Errorf("memfd of %d bytes for a segment of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
+		return -1, 0, fmt.Errorf("memfd of %d bytes for a region of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
+	}
+	if !stop() {
+		closeAll()
+		return -1, 0, context.Cause(ctx)
 	}
 	return fds[0], int(rep.Size), nil
 }

@@ -63,6 +63,13 @@ type Config struct {
 	// Conn tunes the wire connection: keepalive pings detect a unit that
 	// stops answering.
 	Conn wire.ConnConfig
+	// Control picks the channel for control requests (ring.go): a
+	// shared-memory ring when the unit offers one (ControlAuto, the
+	// default), or always the unit's socket, or always a ring.
+	Control Control
+	// RingSpin is how long a control ring's reader spins for an answer
+	// before it sleeps in FUTEX_WAIT (0: 10 µs; negative: not at all).
+	RingSpin time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -138,6 +145,7 @@ type Conn struct {
 	cfg    Config
 	addr   string
 	wc     *wire.Conn
+	ring   bool // wc runs over a control ring
 	fdSock string
 
 	done      chan struct{} // closed by Close
@@ -180,7 +188,39 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID) error {
 		return fmt.Errorf("shm segments: %w", err)
 	}
 	c.fdSock = segs.FdSocket
+	if c.cfg.Control == ControlSocket {
+		return nil
+	}
+	rwc, err := c.dialRing(ctx, hello)
+	switch {
+	case err == nil:
+	case c.cfg.Control == ControlAuto && errors.Is(err, engine.ErrNotSupported):
+		return nil // the unit offers no ring: stay on the socket
+	default:
+		return fmt.Errorf("control ring: %w", err)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		rwc.Close()
+		return c.errClosed()
+	}
+	c.wc, wc = rwc, c.wc
+	c.ring = true
+	c.mu.Unlock()
+	wc.Close() // its session holds nothing
 	return nil
+}
+
+// Control reports the channel the Conn sends its control requests over:
+// ControlRing or ControlSocket.
+func (c *Conn) Control() Control {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.ring {
+		return ControlRing
+	}
+	return ControlSocket
 }
 
 // Close closes the wire connection — the unit then aborts this

@@ -101,15 +101,22 @@ func dialUnit(t *testing.T, tu *testUnit, cfg Config) *Conn {
 
 func TestConformance(t *testing.T) {
 	fast := wire.ConnConfig{KeepAlive: 100 * time.Millisecond, PingTimeout: time.Second}
-	enginetest.Run(t, func(t *testing.T) (engine.DataConn, func()) {
-		tu := startUnit(t, unitConfig(), storage.ServerConfig{})
-		c := dialUnit(t, tu, Config{Conn: fast})
-		t.Cleanup(func() {
-			c.Close()
-			settle(t, tu.u)
+	for _, control := range []Control{ControlRing, ControlSocket} {
+		t.Run("control="+control.String(), func(t *testing.T) {
+			enginetest.Run(t, func(t *testing.T) (engine.DataConn, func()) {
+				tu := startUnit(t, unitConfig(), storage.ServerConfig{})
+				c := dialUnit(t, tu, Config{Conn: fast, Control: control})
+				if got := c.Control(); got != control {
+					t.Fatalf("conn's control requests go over the %v, want the %v", got, control)
+				}
+				t.Cleanup(func() {
+					c.Close()
+					settle(t, tu.u)
+				})
+				return c, func() { tu.srv.Close() }
+			})
 		})
-		return c, func() { tu.srv.Close() }
-	})
+	}
 }
 
 func TestViewIsZeroCopyAndReadOnly(t *testing.T) {
