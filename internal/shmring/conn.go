@@ -264,23 +264,52 @@ func (c *Conn) ready(read bool) bool {
 // channel stopped, or the deadline in dl passed (an error). It spins for
 // c.spin, then sleeps on b.
 func (c *Conn) wait(b *bell, dl *atomic.Int64, read bool) error {
-	if c.spin > 0 {
-		// A goroutine this one just woke (the caller whose reply it
-		// read) runs here first, instead of waiting for another thread.
-		runtime.Gosched()
-		start := time.Now()
-		for i := 1; ; i++ {
-			if c.ready(read) {
-				return nil
+	if c.spin > 0 && spinners.Add(1) <= maxSpinners() {
+		err := c.spinWait(read)
+		spinners.Add(-1)
+		if err == nil {
+			return nil
+		}
+	} else if c.spin > 0 {
+		spinners.Add(-1)
+	}
+	return c.sleepWait(b, dl, read)
+}
+
+// spinners counts the waits spinning in this process. Past maxSpinners
+// a wait sleeps at once: with many rings (a unit serving 16 clients)
+// spinners would only take turns burning the cores the peers need, which
+// measured at half the socket's throughput before this bound.
+var spinners atomic.Int32
+
+// maxSpinners lets half the process's Ps spin, at least one.
+func maxSpinners() int32 { return int32(max(1, runtime.GOMAXPROCS(0)/2)) }
+
+// errSpun reports a spin that ran out.
+var errSpun = errors.New("shmring: spun out")
+
+// spinWait spins up to c.spin for the ring to become ready.
+func (c *Conn) spinWait(read bool) error {
+	// A goroutine this one just woke (the caller whose reply it read) runs
+	// here first, instead of waiting for another thread.
+	runtime.Gosched()
+	start := time.Now()
+	for i := 1; ; i++ {
+		if c.ready(read) {
+			return nil
+		}
+		if i%64 == 0 {
+			if time.Since(start) > c.spin {
+				return errSpun
 			}
-			if i%64 == 0 {
-				if time.Since(start) > c.spin {
-					break
-				}
-				runtime.Gosched() // let this process's other goroutines run
-			}
+			runtime.Gosched() // let this process's other goroutines run
 		}
 	}
+}
+
+// sleepWait sleeps on b until the ring may be ready, the deadline in dl
+// passes, or the channel stops.
+func (c *Conn) sleepWait(b *bell, dl *atomic.Int64, read bool) error {
 	for {
 		seq := b.seq.Load()
 		b.sleep.Store(1)
