@@ -10,4 +10,7 @@ require (
 
 require google.golang.org/protobuf v1.36.12
 
-require gopkg.in/yaml.v3 v3.0.1
+require (
+	github.com/cespare/xxhash/v2 v2.3.0
+	gopkg.in/yaml.v3 v3.0.1
+)
