@@ -51,10 +51,17 @@ func Available(transport string) error {
 	case "shm", "tcp", "unix":
 		return nil
 	case "rdma":
-		return fmt.Errorf("rdma: not available on this host (this build has no RDMA transport): %w", engine.ErrNotSupported)
+		return notAvailable("rdma: not available on this host (this build has no RDMA transport)")
 	}
 	return fmt.Errorf("transport %q: %w", transport, engine.ErrInvalid)
 }
+
+// notAvailable is a transport this host cannot run; it reads as itself
+// and matches [engine.ErrNotSupported].
+type notAvailable string
+
+func (e notAvailable) Error() string { return string(e) }
+func (e notAvailable) Unwrap() error { return engine.ErrNotSupported }
 
 // Server is a controller and one storage unit running in this process,
 // reachable over TCP, a unix socket and shared memory. Close it when done.

@@ -114,7 +114,8 @@ type Progress struct {
 	Transport   string
 	Workload    string
 	Case        string
-	Iter, Iters int // this iteration of this result (warm-up iterations are ≤ 0)
+	Iter, Iters int  // this iteration of this result (warm-up iterations are ≤ 0)
+	Starting    bool // the writer and reader are starting (the writer builds the workload)
 }
 
 // Run runs every (transport, workload, case) of opts against one server in
@@ -173,8 +174,9 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 		}
 		for _, w := range opts.Workloads {
 			for _, cs := range opts.Cases {
-				at := Progress{Done: done, Transport: tr, Workload: w.Name, Case: cs, Iter: 1 - opts.Warmup, Iters: opts.Iters}
+				at := Progress{Done: done, Transport: tr, Workload: w.Name, Case: cs, Iters: opts.Iters, Starting: true}
 				progress(at)
+				at.Starting = false
 				samples, err := runOne(ctx, srv, opts, tr, w, cs, func(i int) {
 					at.Done, at.Iter = done, i+1
 					progress(at)
