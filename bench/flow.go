@@ -24,7 +24,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tqgo/tq/controller"
@@ -84,7 +87,8 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 			s.Close()
 		}
 	}()
-	if s.dir, err = os.MkdirTemp("", "tq-bench-"); err != nil {
+	removeStaleDirs()
+	if s.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid())); err != nil {
 		return nil, err
 	}
 	if s.ctrl, err = controller.New(controller.DefaultConfig()); err != nil {
@@ -130,6 +134,26 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// dirPrefix names the server's socket directories: dirPrefix, its pid, a
+// dash and a random suffix.
+const dirPrefix = "tq-benchflow-"
+
+// removeStaleDirs removes the socket directories of servers whose process
+// is gone (a driver killed with SIGKILL cannot remove its own).
+func removeStaleDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), dirPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n <= 0 {
+			continue
+		}
+		if err := syscall.Kill(n, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // Addr returns the controller's address.
@@ -181,7 +205,6 @@ type Session struct {
 	sum            uint64
 	bytes          int64
 	stop           func() bool
-	dir            string
 }
 
 // StartSession starts the writer and the reader. The writer builds the
@@ -202,10 +225,7 @@ func StartSession(ctx context.Context, cfg SessionConfig) (s *Session, err error
 			s.Close()
 		}
 	}()
-	if s.dir, err = os.MkdirTemp("", "tq-bench-"); err != nil {
-		return nil, err
-	}
-	cc := childConfig{Controller: cfg.Controller, Transport: cfg.Transport, Workload: cfg.Workload, Case: cfg.Case, SockDir: s.dir}
+	cc := childConfig{Controller: cfg.Controller, Transport: cfg.Transport, Workload: cfg.Workload, Case: cfg.Case}
 	var ready flowResp
 	if s.writer, ready, err = startProc(cfg.Exe, cfg.Args, roleWriter, cc); err != nil {
 		return nil, err
@@ -311,9 +331,6 @@ func (s *Session) Close() error {
 		if p != nil {
 			p.wait()
 		}
-	}
-	if s.dir != "" {
-		return os.RemoveAll(s.dir)
 	}
 	return nil
 }

@@ -48,7 +48,6 @@ type childConfig struct {
 	Transport  string
 	Workload   Workload
 	Case       string
-	SockDir    string // where the reader puts its unix socket
 }
 
 // flowReq is one request from the driver to a child.
@@ -126,7 +125,8 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 			return err
 		}
 		defer ch.tcpL.Close()
-		path := fmt.Sprintf("%s/reader-%d.sock", cfg.SockDir, os.Getpid())
+		// An abstract socket: nothing in the file system to leave behind.
+		path := fmt.Sprintf("@tq-bench-reader-%d-%d", os.Getpid(), time.Now().UnixNano())
 		if ch.unixL, err = net.Listen("unix", path); err != nil {
 			return err
 		}

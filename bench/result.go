@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -204,7 +203,7 @@ func runOne(ctx context.Context, srv *Server, opts Options, tr string, w Workloa
 		sm, err := s.Iterate(ctx)
 		if err != nil {
 			if cerr := ctx.Err(); cerr != nil {
-				err = errors.Join(cerr, err)
+				return nil, cerr // the processes were killed for it
 			}
 			return nil, err
 		}
