@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -154,6 +155,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	ran := slices.ContainsFunc(results, func(r bench.Result) bool { return r.Skipped == "" })
+	if !ran {
+		fmt.Fprintln(stderr, "tq bench: nothing ran, so no plot and no Markdown")
+		return nil
+	}
 	if cfg.plot != "" {
 		if err := plotResults(cfg.plot, results); err != nil {
 			return fmt.Errorf("plot: %w", err)
@@ -284,6 +290,12 @@ func ratio(v float64) string {
 // writeTable prints the medians and the ratios to each transport's
 // baseline, then a line per skipped transport.
 func writeTable(w io.Writer, results []bench.Result) error {
+	if !slices.ContainsFunc(results, func(r bench.Result) bool { return r.Skipped == "" }) {
+		for _, r := range results {
+			fmt.Fprintf(w, "skipped %s/%s/%s: %s\n", r.Transport, r.Workload, r.Case, r.Skipped)
+		}
+		return nil
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "transport\tworkload\tcase\tsize\tput\tget\tget_copy\ttotal\tmemcpy\ttcp_stream\tunix_stream\tbaseline\tput/base\tget_copy/base\ttotal/base\t")
 	var skipped []string

@@ -160,6 +160,24 @@ func TestBenchTable(t *testing.T) {
 	}
 }
 
+func TestBenchOnlySkipped(t *testing.T) {
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"bench", "--transport", "rdma", "--case", "simple", "--plot", filepath.Join(dir, "p.png")}, &out, &errb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out.String(), "skipped rdma/small/simple: rdma: not available on this host (this build has no RDMA transport)\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if !strings.Contains(errb.String(), "nothing ran") {
+		t.Errorf("stderr: %s", errb.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "p.png")); err == nil {
+		t.Error("a plot of nothing was written")
+	}
+}
+
 func TestBenchMarkdown(t *testing.T) {
 	dir := t.TempDir()
 	md := filepath.Join(dir, "RESULTS.md")
