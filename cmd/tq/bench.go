@@ -470,6 +470,11 @@ func machineInfo() string {
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		fmt.Fprintf(&b, "- Kernel: %s %s\n", runtime.GOOS, strings.TrimSpace(string(data)))
 	}
+	if data, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(data)); len(f) >= 3 {
+			fmt.Fprintf(&b, "- Load average when written (1, 5, 15 min): %s %s %s — other work on the host moves the figures\n", f[0], f[1], f[2])
+		}
+	}
 	fmt.Fprintf(&b, "- Go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(&b, "- Date: %s\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	return b.String()
