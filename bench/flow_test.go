@@ -230,7 +230,7 @@ func TestAvailable(t *testing.T) {
 	}
 }
 
-var flowWorkloads = flag.String("flow.workloads", "small", "workloads of BenchmarkFlow: small, medium or all")
+var flowWorkloads = flag.String("flow.workloads", "small", "workloads of BenchmarkFlow: small, medium, all, or tiny (a few KiB, to check the harness)")
 
 // BenchmarkFlow is the reference flow between a writer and a reader
 // process (see flow.go), per transport, workload and case, with its

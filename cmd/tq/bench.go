@@ -59,7 +59,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 		fs.PrintDefaults()
 	}
 	transport := fs.String("transport", "all", "shm, tcp, unix (TQ's stream transport over a unix socket), rdma or all; or a comma-separated list")
-	workload := fs.String("workload", "small", "small (1024×9×8192 float32, 288 MiB), medium (2048×8×32768, 2 GiB) or all; or a list")
+	workload := fs.String("workload", "small", "small (1024×9×8192 float32, 288 MiB), medium (2048×8×32768, 2 GiB) or all; or a list (tiny: a few KiB, to check the harness)")
 	cs := fs.String("case", "all", "simple (all dense float32), complex (dense, ragged and string thirds) or all; or a list")
 	fs.IntVar(&cfg.iters, "iters", 3, "timed iterations per result")
 	fs.IntVar(&cfg.warmup, "warmup", 1, "untimed iterations before them")
