@@ -6,7 +6,7 @@ PKGS      := ./...
 BENCHTIME ?= 3x
 FUZZTIME  ?= 30s
 
-.PHONY: all build test testrace testnocgo lint bench demo fuzz clean tidy generate
+.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz clean tidy generate
 
 all: build
 
@@ -30,10 +30,25 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-# bench: a quick pass over every benchmark. For real numbers use
-# `go test -bench . -count 6 ./pkg | tee new.txt` and benchstat.
+# bench: the reference flow (`tq bench`) on the small workload, every
+# transport and case, a couple of iterations: about a minute.
+BENCHITERS ?= 2
 bench:
+	$(GO) build -o bin/tq ./cmd/tq
+	bin/tq bench --workload small --iters $(BENCHITERS)
+
+# benchgo: a quick pass over every `go test` benchmark. For real numbers use
+# `go test -bench . -count 6 ./pkg | tee new.txt` and benchstat.
+benchgo:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 20m $(PKGS)
+
+# results: run `tq bench` on every transport, workload and case and
+# regenerate bench/RESULTS.md and the chart next to it (commit both).
+RESULTITERS ?= 3
+results:
+	$(GO) build -o bin/tq ./cmd/tq
+	bin/tq bench --transport all --workload all --case all --iters $(RESULTITERS) \
+		--markdown bench/RESULTS.md --plot bench/results.png
 
 demo:
 	$(GO) run ./cmd/tq demo

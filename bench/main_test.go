@@ -6,4 +6,7 @@ import (
 	"github.com/tqgo/tq/internal/leaktest"
 )
 
-func TestMain(m *testing.M) { leaktest.Main(m) }
+func TestMain(m *testing.M) {
+	ChildMain() // the writer and reader processes of the flow benchmarks
+	leaktest.Main(m)
+}

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tqgo/tq/bench"
 )
 
 const usage = `tq — a streaming data store and transfer engine for RL post-training
@@ -19,12 +21,14 @@ Usage:
   tq serve [flags]   run a controller and storage units (or one role) until SIGTERM
   tq stat ADDR       show a cluster's partitions, task progress and storage units
   tq demo [flags]    run the KV example on an embedded cluster
+  tq bench [flags]   measure put and get between two processes against baselines
   tq help            show this help
 
 Run "tq <command> -h" for a command's flags.
 `
 
 func main() {
+	bench.ChildMain() // `tq bench` runs its writer and reader as this binary
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -47,6 +51,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stdout, stderr)
 	case "stat":
 		return stat(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return benchCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
