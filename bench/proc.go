@@ -109,7 +109,6 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 	ch.kv = kvapi.New(c)
 	ch.w = cfg.Workload
 	ch.keys = cfg.Workload.Keys()
-	ch.view = cfg.Transport == "shm"
 	enc := json.NewEncoder(out)
 	var ready flowResp
 	switch role {
@@ -194,7 +193,6 @@ type child struct {
 	kv    *kvapi.KV
 	w     Workload
 	keys  []string
-	view  bool          // reader: get returns views (shm)
 	batch *engine.Batch // writer: what it puts
 	buf   []byte        // writer: memcpy target; reader: get_copy and stream target
 
@@ -238,23 +236,14 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 	case "get":
 		runtime.GC() // no collection of the last get's garbage inside this one
 		t0 := time.Now()
-		var got *engine.Batch
-		var release func()
-		if ch.view {
-			v, err := ch.kv.BatchGetView(ctx, flowPartition, ch.keys)
-			if err != nil {
-				return 0, err
-			}
-			got, release = v.Batch, v.Release
-		} else {
-			b, err := ch.kv.BatchGet(ctx, flowPartition, ch.keys)
-			if err != nil {
-				return 0, err
-			}
-			got, release = b, func() {}
+		// The default batch get: views into storage over shm, a copy
+		// the reader owns elsewhere.
+		got, err := ch.kv.BatchGet(ctx, flowPartition, ch.keys)
+		if err != nil {
+			return 0, err
 		}
 		d := time.Since(t0)
-		defer release()
+		defer got.Release()
 		return d, verify(got, req.Sum, ch.w.Batch)
 
 	case "get_copy":
