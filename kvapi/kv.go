@@ -131,6 +131,16 @@ func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fie
 	if fields == nil {
 		return nil
 	}
+	dtypes := make(map[string]engine.DType, fields.NumFields())
+	for _, f := range fields.Fields() {
+		dtypes[f.Name] = f.Col.DType()
+	}
+	return kv.checkDTypes(ctx, partition, dtypes)
+}
+
+// checkDTypes refuses a put whose field (name → dtype) has another dtype
+// in the partition than the put's, before anything is created or written.
+func (kv *KV) checkDTypes(ctx context.Context, partition string, dtypes map[string]engine.DType) error {
 	known, err := kv.c.Fields(ctx, partition)
 	if errors.Is(err, engine.ErrNotFound) {
 		return nil
@@ -139,9 +149,9 @@ func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fie
 		return err
 	}
 	for _, f := range known {
-		col := fields.Col(f.Name)
-		if col != nil && f.DType != engine.InvalidDType && col.DType() != f.DType {
-			return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, f.DType, col.DType(), engine.ErrDTypeMismatch)
+		dt, ok := dtypes[f.Name]
+		if ok && f.DType != engine.InvalidDType && dt != f.DType {
+			return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, f.DType, dt, engine.ErrDTypeMismatch)
 		}
 	}
 	return nil

@@ -42,7 +42,14 @@ func (kv *KV) ReservePut(ctx context.Context, partition string, keys []string, f
 	if len(fields) == 0 {
 		return nil, opErr("reserve put", partition, fmt.Errorf("put with no fields: %w", engine.ErrInvalid))
 	}
-	if err := kv.checkDTypes(ctx, partition, fields); err != nil {
+	dtypes := make(map[string]engine.DType, len(fields))
+	for _, f := range fields {
+		dtypes[f.Name] = f.DType
+		if f.RowBytes != nil {
+			dtypes[f.Name] = engine.Bytes
+		}
+	}
+	if err := kv.checkDTypes(ctx, partition, dtypes); err != nil {
 		return nil, opErr("reserve put", partition, err)
 	}
 	kr, err := kv.c.MetaByKeysCreated(ctx, partition, keys)
@@ -102,28 +109,4 @@ func (b *PutBuffer) Abort(ctx context.Context) error {
 		return nil
 	}
 	return errors.Join(b.PutBuffer.Abort(ctx), b.forget(ctx))
-}
-
-// checkDTypes refuses a field whose dtype differs from the partition's
-// before anything is created or reserved.
-func (kv *KV) checkDTypes(ctx context.Context, partition string, fields []client.FieldSpec) error {
-	known, err := kv.c.Fields(ctx, partition)
-	if errors.Is(err, engine.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for _, k := range known {
-		for _, f := range fields {
-			dt := f.DType
-			if f.RowBytes != nil {
-				dt = engine.Bytes
-			}
-			if f.Name == k.Name && k.DType != engine.InvalidDType && dt != k.DType {
-				return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, k.DType, dt, engine.ErrDTypeMismatch)
-			}
-		}
-	}
-	return nil
 }

@@ -262,16 +262,10 @@ func (c *Conn) ready(read bool) bool {
 
 // wait returns once the ring may be readable (read) or writable, the
 // channel stopped, or the deadline in dl passed (an error). It spins for
-// c.spin, then sleeps on b.
+// c.spin (see trySpin), then sleeps on b.
 func (c *Conn) wait(b *bell, dl *atomic.Int64, read bool) error {
-	if c.spin > 0 && spinners.Add(1) <= maxSpinners() {
-		err := c.spinWait(read)
-		spinners.Add(-1)
-		if err == nil {
-			return nil
-		}
-	} else if c.spin > 0 {
-		spinners.Add(-1)
+	if c.spin > 0 && c.trySpin(read) {
+		return nil
 	}
 	return c.sleepWait(b, dl, read)
 }
@@ -285,22 +279,25 @@ var spinners atomic.Int32
 // maxSpinners lets half the process's Ps spin, at least one.
 func maxSpinners() int32 { return int32(max(1, runtime.GOMAXPROCS(0)/2)) }
 
-// errSpun reports a spin that ran out.
-var errSpun = errors.New("shmring: spun out")
-
-// spinWait spins up to c.spin for the ring to become ready.
-func (c *Conn) spinWait(read bool) error {
+// trySpin spins up to c.spin for the ring to become ready, when fewer
+// than maxSpinners waits spin already, and reports whether it became
+// ready.
+func (c *Conn) trySpin(read bool) bool {
+	defer spinners.Add(-1)
+	if spinners.Add(1) > maxSpinners() {
+		return false
+	}
 	// A goroutine this one just woke (the caller whose reply it read) runs
 	// here first, instead of waiting for another thread.
 	runtime.Gosched()
 	start := time.Now()
 	for i := 1; ; i++ {
 		if c.ready(read) {
-			return nil
+			return true
 		}
 		if i%64 == 0 {
 			if time.Since(start) > c.spin {
-				return errSpun
+				return false
 			}
 			runtime.Gosched() // let this process's other goroutines run
 		}
