@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,18 @@ import (
 func TestBenchServer(t *testing.T) {
 	if os.Getenv("TQ_BENCH_SERVER") == "" {
 		t.Skip("runs only as the benchmarks' server process")
+	}
+	// TQ_BENCH_SERVER_CPUPROFILE=file profiles the server side of a
+	// benchmark (the profile is written when the benchmark ends).
+	if p := os.Getenv("TQ_BENCH_SERVER_CPUPROFILE"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	ctrl, err := controller.New(controller.DefaultConfig())
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
@@ -48,4 +49,77 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 			b.Fatal(meta, err)
 		}
 	}
+}
+
+// BenchmarkRemotePutControl is the controller's share of a KV put of the
+// reference small workload (1024 keys × 9 fields) over a unix socket to a
+// controller in this process: resolving the keys (creating them), then
+// committing the cells; the clear that undoes it is timed apart. Each
+// phase is reported next to the same call made in process, so the
+// difference is the wire's cost.
+func BenchmarkRemotePutControl(b *testing.B) {
+	c, err := controller.New(controller.DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	const rows, fields = 1024, 9
+	keys := make([]string, rows)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("test_key_%d", i)
+	}
+	commit := func(idx []uint64) controller.CommitRequest {
+		req := controller.CommitRequest{Partition: "p", Indexes: idx}
+		for f := range fields {
+			locs := make([]engine.CellLoc, rows)
+			for i := range locs {
+				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
+			}
+			req.Fields = append(req.Fields, controller.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
+		}
+		return req
+	}
+	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
+	r := dialMeta(b, addr, RemoteConfig{})
+	ctx := context.Background()
+	var resolve, resolveIn, put, putIn, clear time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		m, _, err := r.ResolveKeys(ctx, "p", keys, nil, true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := r.Commit(ctx, commit(m.Indexes)); err != nil {
+			b.Fatal(err)
+		}
+		t2 := time.Now()
+		if _, err := r.ClearKeys(ctx, "p", keys); err != nil {
+			b.Fatal(err)
+		}
+		t3 := time.Now()
+		if m, err = c.ResolveKeys("p", keys, nil, true); err != nil {
+			b.Fatal(err)
+		}
+		t4 := time.Now()
+		if _, err := c.Commit(commit(m.Indexes)); err != nil {
+			b.Fatal(err)
+		}
+		t5 := time.Now()
+		if _, err := c.ClearKeys("p", keys); err != nil {
+			b.Fatal(err)
+		}
+		resolve += t1.Sub(t0)
+		put += t2.Sub(t1)
+		clear += t3.Sub(t2)
+		resolveIn += t4.Sub(t3)
+		putIn += t5.Sub(t4)
+	}
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
+	b.ReportMetric(us(resolve), "resolve_us")
+	b.ReportMetric(us(resolveIn), "resolve_inproc_us")
+	b.ReportMetric(us(put), "commit_us")
+	b.ReportMetric(us(putIn), "commit_inproc_us")
+	b.ReportMetric(us(clear), "clear_us")
 }

@@ -2,7 +2,6 @@ package controller
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -119,11 +118,7 @@ func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLo
 		}
 		fs[i] = f
 	}
-	for _, r := range rows {
-		if n := len(p.order); len(r.cells) < n {
-			r.cells = slices.Grow(r.cells, n-len(r.cells))[:n]
-		}
-	}
+	growCells(rows, len(p.order))
 	for fi, cf := range req.Fields {
 		f := fs[fi]
 		for i, r := range rows {
@@ -157,6 +152,33 @@ func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLo
 	}
 	p.notify()
 	return replaced
+}
+
+// growCells gives every row at least n cells. Rows that need more share
+// one allocation, as the rows of one insert do (see addRows): a commit of
+// a batch costs one allocation, not one per row.
+func growCells(rows []*row, n int) {
+	short := 0
+	for _, r := range rows {
+		if len(r.cells) < n {
+			short++
+		}
+	}
+	if short == 0 {
+		return
+	}
+	slab := make([]cell, short*n)
+	for _, r := range rows {
+		if len(r.cells) >= n {
+			continue
+		}
+		// The full slice expression caps each row at n cells: a row that
+		// grows later reallocates instead of running into its neighbour.
+		cs := slab[:n:n]
+		slab = slab[n:]
+		copy(cs, r.cells)
+		r.cells = cs
+	}
 }
 
 // recordCell updates f's schema tracking for a newly produced cell: the

@@ -704,6 +704,10 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 	return nil
 }
 
+// maxPrealloc bounds the cells a clear reserves room for up front: past it
+// the slice grows as cells are found (rows may have few of their fields).
+const maxPrealloc = 1 << 20
+
 // ClearRows removes rows from a partition and releases their indexes for
 // reuse. Unknown rows and partitions are ignored (clears are idempotent).
 // It returns the locations of the cleared cells, whose storage the caller
@@ -713,8 +717,9 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	if p == nil {
 		return nil, nil
 	}
-	var freed []engine.CellLoc
-	var released []uint64
+	// One allocation for what is freed: at most a cell per field per row.
+	freed := make([]engine.CellLoc, 0, min(len(indexes)*len(p.order), maxPrealloc))
+	released := make([]uint64, 0, len(indexes))
 	for _, gi := range indexes {
 		r, ok := p.rows.get(gi)
 		if !ok {
