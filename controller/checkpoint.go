@@ -281,9 +281,10 @@ func (c *Controller) Load(dir string) error {
 			return opErr("load checkpoint", dir, fmt.Errorf("sampler state: %w", err))
 		}
 	}
-	inUse := make(map[uint64]struct{})
+	var inUse bitset
+	used := 0
 	for _, p := range parts {
-		p.rows.all(func(r *row) { inUse[r.index] = struct{}{} })
+		p.rows.all(func(r *row) { inUse.set(r.index); used++ })
 	}
 	c.mu.Lock()
 	old := c.parts
@@ -292,7 +293,7 @@ func (c *Controller) Load(dir string) error {
 	c.idx.next = doc.Indexes.Next
 	c.idx.reusable = append([]uint64{}, doc.Indexes.Reusable...)
 	c.idx.head = 0
-	c.idx.inUse = inUse
+	c.idx.inUse, c.idx.used = inUse, used
 	c.idx.mu.Unlock()
 	close(c.created)
 	c.created = make(chan struct{})
@@ -317,6 +318,9 @@ func buildState(doc *ckpt) (map[string]*partition, error) {
 	}
 	if doc.Version != checkpointVersion {
 		return nil, corrupt("version %d, this build reads %d", doc.Version, checkpointVersion)
+	}
+	if doc.Indexes.Next > maxIndexes {
+		return nil, corrupt("next index %d is beyond %d", doc.Indexes.Next, uint64(maxIndexes))
 	}
 	used := make(map[uint64]string)
 	parts := make(map[string]*partition, len(doc.Partitions))

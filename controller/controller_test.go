@@ -872,6 +872,7 @@ func TestCheckpointLoadErrors(t *testing.T) {
 		{"wrong format", `{"format":"x","version":1}`},
 		{"future version", `{"format":"tq-controller-checkpoint","version":99}`},
 		{"row beyond next", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":1},"partitions":[{"id":"p","rows":[{"index":5}]}]}`},
+		{"next beyond 2^32", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":1099511627776},"partitions":[{"id":"p","rows":[{"index":1099511627775}]}]}`},
 		{"row in two partitions", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9},"partitions":[{"id":"p","rows":[{"index":5}]},{"id":"q","rows":[{"index":5}]}]}`},
 		{"reusable in use", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9,"reusable":[5]},"partitions":[{"id":"p","rows":[{"index":5}]}]}`},
 		{"cell of unknown field", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9},"partitions":[{"id":"p","rows":[{"index":5,"cells":[{"field":3,"shape":[]}]}]}]}`},

@@ -15,12 +15,32 @@ type indexAllocator struct {
 	next     uint64   // next never-used index
 	reusable []uint64 // FIFO queue of released indexes; head at reusable[head]
 	head     int
-	inUse    map[uint64]struct{}
+	inUse    bitset // indexes handed out and not released
+	used     int    // how many
 }
 
-func newIndexAllocator() *indexAllocator {
-	return &indexAllocator{inUse: make(map[uint64]struct{})}
+func newIndexAllocator() *indexAllocator { return &indexAllocator{} }
+
+// maxIndexes bounds the index space a checkpoint may claim (its bitset
+// takes one bit per index up to the highest in use).
+const maxIndexes = 1 << 32
+
+// bitset is a set of indexes below a few billion: indexes are minted from
+// a counter and reused, so they stay dense and a bit each is the cheapest
+// way to know which are taken.
+type bitset []uint64
+
+func (b bitset) has(i uint64) bool { return i/64 < uint64(len(b)) && b[i/64]&(1<<(i%64)) != 0 }
+
+func (b *bitset) set(i uint64) {
+	w := i / 64
+	if w >= uint64(len(*b)) {
+		*b = append(*b, make([]uint64, int(w)+1-len(*b))...)
+	}
+	(*b)[w] |= 1 << (i % 64)
 }
+
+func (b bitset) clear(i uint64) { b[i/64] &^= 1 << (i % 64) }
 
 // alloc returns n indexes: reused ones first, then fresh ones.
 func (a *indexAllocator) alloc(n int) ([]uint64, error) {
@@ -45,8 +65,9 @@ func (a *indexAllocator) alloc(n int) ([]uint64, error) {
 		a.next++
 	}
 	for _, i := range out {
-		a.inUse[i] = struct{}{}
+		a.inUse.set(i)
 	}
+	a.used += len(out)
 	return out, nil
 }
 
@@ -56,10 +77,11 @@ func (a *indexAllocator) release(idx []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, i := range idx {
-		if _, ok := a.inUse[i]; !ok {
+		if !a.inUse.has(i) {
 			continue
 		}
-		delete(a.inUse, i)
+		a.inUse.clear(i)
+		a.used--
 		a.reusable = append(a.reusable, i)
 	}
 }
@@ -78,5 +100,5 @@ func (a *indexAllocator) snapshot() indexState {
 func (a *indexAllocator) stats() (allocated, reusable int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.inUse), len(a.reusable) - a.head
+	return a.used, len(a.reusable) - a.head
 }
