@@ -95,24 +95,47 @@ func KindToPB(k engine.Kind) string {
 
 // AddrsToPB encodes cell locations (unit included).
 func AddrsToPB(locs []engine.CellLoc) *wirepb.Addrs {
-	return encodeAddrs(len(locs), true, func(i int) (engine.UnitID, engine.RemoteAddr) { return locs[i].Unit, locs[i].Addr })
+	return encodeAddrs(&addrList{cells: locs}, len(locs), true)
 }
 
 // RangesToPB encodes byte ranges of one unit (no unit ids).
 func RangesToPB(rs []engine.RemoteAddr) *wirepb.Addrs {
-	return encodeAddrs(len(rs), false, func(i int) (engine.UnitID, engine.RemoteAddr) { return 0, rs[i] })
+	return encodeAddrs(&addrList{ranges: rs}, len(rs), false)
+}
+
+// addrList is the cells or the ranges being encoded or decoded. Its
+// accessors are small enough to inline in the per-address loops, where a
+// func value per address cost more than the loop's work.
+type addrList struct {
+	cells  []engine.CellLoc
+	ranges []engine.RemoteAddr
+}
+
+func (l *addrList) at(i int) (engine.UnitID, engine.RemoteAddr) {
+	if l.cells != nil {
+		return l.cells[i].Unit, l.cells[i].Addr
+	}
+	return 0, l.ranges[i]
+}
+
+func (l *addrList) set(i int, u engine.UnitID, a engine.RemoteAddr) {
+	if l.cells != nil {
+		l.cells[i] = engine.CellLoc{Unit: u, Addr: a}
+	} else {
+		l.ranges[i] = a
+	}
 }
 
 // encodeAddrs writes n ranges in runs when that at least halves the
 // entries (a dense column written by one put is a single run: its 1024
 // cells cost a few bytes instead of five varints each), cell by cell
 // otherwise.
-func encodeAddrs(n int, withUnit bool, at func(int) (engine.UnitID, engine.RemoteAddr)) *wirepb.Addrs {
+func encodeAddrs(l *addrList, n int, withUnit bool) *wirepb.Addrs {
 	runs, uniform := 0, true
 	var prevU engine.UnitID
 	var prev, first engine.RemoteAddr
 	for i := range n {
-		u, a := at(i)
+		u, a := l.at(i)
 		if i == 0 {
 			first = a
 		}
@@ -130,7 +153,7 @@ func encodeAddrs(n int, withUnit bool, at func(int) (engine.UnitID, engine.Remot
 			a.Unit = make([]uint32, n)
 		}
 		for i := range n {
-			u, r := at(i)
+			u, r := l.at(i)
 			if withUnit {
 				a.Unit[i] = uint32(u)
 			}
@@ -151,7 +174,7 @@ func encodeAddrs(n int, withUnit bool, at func(int) (engine.UnitID, engine.Remot
 		a.RunLen = make([]uint64, n)
 	}
 	for i := range n {
-		u, r := at(i)
+		u, r := l.at(i)
 		if !uniform {
 			a.RunLen[i] = r.Len
 		}
@@ -176,8 +199,16 @@ func follows(ua engine.UnitID, a engine.RemoteAddr, ub engine.UnitID, b engine.R
 	return ua == ub && a.Segment == b.Segment && a.Gen == b.Gen && a.Offset+a.Len == b.Offset
 }
 
-// decodeAddrs checks a's shape and calls set for each of its ranges.
-func decodeAddrs(a *wirepb.Addrs, withUnit bool, alloc func(int), set func(int, engine.UnitID, engine.RemoteAddr)) error {
+// decodeAddrs checks a's shape and decodes its ranges into dst: cells when
+// withUnit, ranges otherwise.
+func decodeAddrs(a *wirepb.Addrs, withUnit bool, dst *addrList) error {
+	alloc := func(n int) {
+		if withUnit {
+			dst.cells = make([]engine.CellLoc, n)
+		} else {
+			dst.ranges = make([]engine.RemoteAddr, n)
+		}
+	}
 	if a == nil {
 		alloc(0)
 		return nil
@@ -199,7 +230,7 @@ func decodeAddrs(a *wirepb.Addrs, withUnit bool, alloc func(int), set func(int, 
 			if len(a.Unit) != 0 {
 				u = engine.UnitID(a.Unit[i])
 			}
-			set(i, u, engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]})
+			dst.set(i, u, engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]})
 		}
 		return nil
 	}
@@ -240,7 +271,7 @@ func decodeAddrs(a *wirepb.Addrs, withUnit bool, alloc func(int), set func(int, 
 			if off+l < off {
 				return bad("address run overflows")
 			}
-			set(i, u, engine.RemoteAddr{Segment: a.RunSegment[r], Gen: a.RunGen[r], Offset: off, Len: l})
+			dst.set(i, u, engine.RemoteAddr{Segment: a.RunSegment[r], Gen: a.RunGen[r], Offset: off, Len: l})
 			off += l
 			i++
 		}
@@ -250,26 +281,20 @@ func decodeAddrs(a *wirepb.Addrs, withUnit bool, alloc func(int), set func(int, 
 
 // AddrsFromPB decodes cell locations.
 func AddrsFromPB(a *wirepb.Addrs) ([]engine.CellLoc, error) {
-	var out []engine.CellLoc
-	err := decodeAddrs(a, true, func(n int) { out = make([]engine.CellLoc, n) }, func(i int, u engine.UnitID, r engine.RemoteAddr) {
-		out[i] = engine.CellLoc{Unit: u, Addr: r}
-	})
-	if err != nil {
+	var l addrList
+	if err := decodeAddrs(a, true, &l); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return l.cells, nil
 }
 
 // RangesFromPB decodes byte ranges (ignoring unit ids).
 func RangesFromPB(a *wirepb.Addrs) ([]engine.RemoteAddr, error) {
-	var out []engine.RemoteAddr
-	err := decodeAddrs(a, false, func(n int) { out = make([]engine.RemoteAddr, n) }, func(i int, _ engine.UnitID, r engine.RemoteAddr) {
-		out[i] = r
-	})
-	if err != nil {
+	var l addrList
+	if err := decodeAddrs(a, false, &l); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return l.ranges, nil
 }
 
 // JSONToPB encodes a tag map (or extra info) as JSON; nil encodes as empty.
