@@ -383,6 +383,11 @@ func (c countingMeta) ResolveKeys(ctx context.Context, partition string, keys, f
 	return c.m.ResolveKeys(ctx, partition, keys, fields, create)
 }
 
+func (c countingMeta) CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
+	c.count("CommitKeys")
+	return c.m.CommitKeys(ctx, req)
+}
+
 func (c countingMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
 	c.count("KeysOf")
 	return c.m.KeysOf(ctx, partition, indexes)

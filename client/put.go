@@ -138,53 +138,82 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 	}
 	var done []written
 	defer func() {
-		if err == nil {
-			return
-		}
-		for _, w := range done {
-			addrs := make([]engine.RemoteAddr, 0, len(w.rows)*len(fields))
-			for i := range fields {
-				for _, r := range w.rows {
-					addrs = append(addrs, locs[i][r].Addr)
-				}
-			}
-			if ferr := w.unit.Free(context.WithoutCancel(ctx), addrs); ferr != nil {
-				err = errors.Join(err, ferr)
-			}
+		if err != nil {
+			err = errors.Join(err, freeWritten(context.WithoutCancel(ctx), done, locs))
 		}
 	}()
 	for u, rows := range c.place(meta, pos) {
-		extents := make([][][]byte, len(fields))
-		for i, f := range fields {
-			extents[i] = pieces(f.Col, rows)
-		}
-		addrs, err := u.Write(ctx, extents)
-		if errors.Is(err, engine.ErrUnavailable) {
-			return fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
-		}
-		if err != nil {
-			return fmt.Errorf("write to unit %d: %w", u.ID(), err)
+		if err := writeRows(ctx, u, fields, rows, locs); err != nil {
+			return err
 		}
 		done = append(done, written{unit: u, rows: rows})
-		for i, f := range fields {
-			base := addrs[i]
-			off := base.Offset
-			fl := locs[i]
-			for _, r := range rows {
-				n := uint64(len(f.Col.RowBytes(r)))
-				fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: n}}
-				off += n
-			}
-		}
-	}
-	identity := len(pos) == meta.Len()
-	for i, p := range pos {
-		identity = identity && p == i
 	}
 	req := controller.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
 	for i, p := range pos {
 		req.Indexes[i] = meta.Indexes[p]
 	}
+	req.Fields = commitFields(fields, pos, locs)
+	replaced, err := c.meta.Commit(ctx, req)
+	if err != nil {
+		return err
+	}
+	done = nil
+	// The new cells are committed; the put succeeds whatever becomes of
+	// the replaced ones.
+	c.freeReplaced(replaced)
+	return nil
+}
+
+// writeRows writes rows of fields to unit u, one extent per field, and
+// sets locs[i][r] to where row r of field i went.
+func writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []int, locs [][]engine.CellLoc) error {
+	extents := make([][][]byte, len(fields))
+	for i, f := range fields {
+		extents[i] = pieces(f.Col, rows)
+	}
+	addrs, err := u.Write(ctx, extents)
+	if errors.Is(err, engine.ErrUnavailable) {
+		return fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
+	}
+	if err != nil {
+		return fmt.Errorf("write to unit %d: %w", u.ID(), err)
+	}
+	for i, f := range fields {
+		base := addrs[i]
+		off := base.Offset
+		fl := locs[i]
+		for _, r := range rows {
+			n := uint64(len(f.Col.RowBytes(r)))
+			fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: n}}
+			off += n
+		}
+	}
+	return nil
+}
+
+// freeWritten frees the cells a failed put wrote.
+func freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) error {
+	var err error
+	for _, w := range done {
+		addrs := make([]engine.RemoteAddr, 0, len(w.rows)*len(locs))
+		for _, fl := range locs {
+			for _, r := range w.rows {
+				addrs = append(addrs, fl[r].Addr)
+			}
+		}
+		err = errors.Join(err, w.unit.Free(ctx, addrs))
+	}
+	return err
+}
+
+// commitFields describes the cells of rows pos of fields, whose locations
+// are locs[field][row], for a commit.
+func commitFields(fields []engine.Field, pos []int, locs [][]engine.CellLoc) []controller.CommitField {
+	identity := len(locs) > 0 && len(pos) == len(locs[0])
+	for i, p := range pos {
+		identity = identity && p == i
+	}
+	out := make([]controller.CommitField, len(fields))
 	for fi, f := range fields {
 		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
 		if identity {
@@ -204,17 +233,9 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 				cf.Shapes[i] = f.Col.RowShape(p)
 			}
 		}
-		req.Fields = append(req.Fields, cf)
+		out[fi] = cf
 	}
-	replaced, err := c.meta.Commit(ctx, req)
-	if err != nil {
-		return err
-	}
-	done = nil
-	// The new cells are committed; the put succeeds whatever becomes of
-	// the replaced ones.
-	c.freeReplaced(replaced)
-	return nil
+	return out
 }
 
 // pieces returns the bytes of rows of col, in order, as few slices as the

@@ -184,8 +184,12 @@ func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []u
 }
 
 func commitToPB(req controller.CommitRequest) *wirepb.CommitRequest {
-	p := &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: make([]*wirepb.CommitField, len(req.Fields))}
-	for i, f := range req.Fields {
+	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: commitFieldsToPB(req.Fields)}
+}
+
+func commitFieldsToPB(fields []controller.CommitField) []*wirepb.CommitField {
+	out := make([]*wirepb.CommitField, len(fields))
+	for i, f := range fields {
 		cf := &wirepb.CommitField{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind)}
 		switch f.Kind {
 		case engine.Dense:
@@ -199,9 +203,9 @@ func commitToPB(req controller.CommitRequest) *wirepb.CommitRequest {
 		if f.Locs != nil {
 			cf.HasLocs, cf.Locs = true, wire.AddrsToPB(f.Locs)
 		}
-		p.Fields[i] = cf
+		out[i] = cf
 	}
-	return p
+	return out
 }
 
 func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req proto.Message) ([]engine.CellLoc, error) {
@@ -223,6 +227,39 @@ func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req pro
 // returns the locations of the cells the commit replaced.
 func (r *RemoteMeta) Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
 	return r.cells(ctx, "commit", wire.OpCommit, commitToPB(req))
+}
+
+// CommitKeys is a KV put's controller step; see
+// [controller.Controller.CommitKeys].
+func (r *RemoteMeta) CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
+	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: commitFieldsToPB(req.Fields)}
+	if req.Tags != nil {
+		var err error
+		if p.Tags, err = wire.TagsToPB(req.Tags); err != nil {
+			return controller.KeysCommitted{}, r.opErr("commit keys", err)
+		}
+		p.HasTags = true
+	}
+	var reply wirepb.CommitKeysReply
+	if err := r.do(ctx, "commit keys", wire.OpCommitKeys, p, &reply); err != nil {
+		return controller.KeysCommitted{}, err
+	}
+	var out controller.KeysCommitted
+	var err error
+	if out.Replaced, err = wire.AddrsFromPB(reply.Replaced); err != nil {
+		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
+	}
+	if len(out.Replaced) == 0 {
+		out.Replaced = nil
+	}
+	if len(reply.Tags) != len(req.Keys) {
+		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(fmt.Errorf("%d tag maps for %d keys", len(reply.Tags), len(req.Keys))))
+	}
+	if out.Tags, err = wire.TagsFromPB(reply.Tags); err != nil {
+		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
+	}
+	out.Fields = reply.Fields
+	return out, nil
 }
 
 // ResolveKeys maps keys to rows, creating missing ones with create; see

@@ -56,7 +56,8 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 // controller in this process: resolving the keys (creating them), then
 // committing the cells; the clear that undoes it is timed apart. Each
 // phase is reported next to the same call made in process, so the
-// difference is the wire's cost.
+// difference is the wire's cost. commit_keys is the same put as one
+// COMMIT_KEYS, the KV API's way.
 func BenchmarkRemotePutControl(b *testing.B) {
 	c, err := controller.New(controller.DefaultConfig())
 	if err != nil {
@@ -82,7 +83,7 @@ func BenchmarkRemotePutControl(b *testing.B) {
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
 	r := dialMeta(b, addr, RemoteConfig{})
 	ctx := context.Background()
-	var resolve, resolveIn, put, putIn, clear time.Duration
+	var resolve, resolveIn, put, putIn, clear, keysPut, keysPutIn time.Duration
 	b.ReportAllocs()
 	for b.Loop() {
 		t0 := time.Now()
@@ -110,11 +111,31 @@ func BenchmarkRemotePutControl(b *testing.B) {
 		if _, err := c.ClearKeys("p", keys); err != nil {
 			b.Fatal(err)
 		}
+		t6 := time.Now()
+		req := commit(nil)
+		keysReq := controller.KeysCommit{Partition: "p", Keys: keys, Fields: req.Fields}
+		if _, err := r.CommitKeys(ctx, keysReq); err != nil {
+			b.Fatal(err)
+		}
+		t7 := time.Now()
+		if _, err := c.ClearKeys("p", keys); err != nil {
+			b.Fatal(err)
+		}
+		t8 := time.Now()
+		if _, err := c.CommitKeys(keysReq); err != nil {
+			b.Fatal(err)
+		}
+		t9 := time.Now()
+		if _, err := c.ClearKeys("p", keys); err != nil {
+			b.Fatal(err)
+		}
 		resolve += t1.Sub(t0)
 		put += t2.Sub(t1)
 		clear += t3.Sub(t2)
 		resolveIn += t4.Sub(t3)
 		putIn += t5.Sub(t4)
+		keysPut += t7.Sub(t6)
+		keysPutIn += t9.Sub(t8)
 	}
 	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
 	b.ReportMetric(us(resolve), "resolve_us")
@@ -122,4 +143,6 @@ func BenchmarkRemotePutControl(b *testing.B) {
 	b.ReportMetric(us(put), "commit_us")
 	b.ReportMetric(us(putIn), "commit_inproc_us")
 	b.ReportMetric(us(clear), "clear_us")
+	b.ReportMetric(us(keysPut), "commit_keys_us")
+	b.ReportMetric(us(keysPutIn), "commit_keys_inproc_us")
 }

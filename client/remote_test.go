@@ -177,6 +177,20 @@ var script = []step{
 	{"set tags count", func(ctx context.Context, m MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}})
 	}},
+	{"commit keys", func(ctx context.Context, m MetaService) (any, error) {
+		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []controller.CommitField{
+			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0)},
+			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128)},
+		}, Tags: []engine.Tags{{"step": 3}, {"new": true}}})
+	}},
+	{"commit keys tags only", func(ctx context.Context, m MetaService) (any, error) {
+		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
+	}},
+	{"commit keys dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
+		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []controller.CommitField{
+			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
+		}})
+	}},
 	{"list keys", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
 	{"list keys all", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "") }},
 	{"list keys unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},

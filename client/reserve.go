@@ -96,6 +96,156 @@ func (f FieldSpec) column(kind engine.Kind, n int, data []byte) (*engine.Column,
 	return engine.NewDense(f.DType, n, f.Shape, data)
 }
 
+// reserved is what both kinds of reserved put share: extents on one
+// unit and the columns over them, which end in exactly one commit or
+// abort.
+type reserved struct {
+	c      *Client
+	unit   DataUnit
+	res    Reserved
+	fields []engine.Field // columns aliasing res, in spec order
+
+	mu    sync.Mutex
+	ended bool
+}
+
+// checkSpecs checks fields for n rows and returns each one's layout and
+// size, and its dtype.
+func checkSpecs(fields []FieldSpec, n int) ([]engine.Kind, []int64, []engine.DType, error) {
+	if len(fields) == 0 {
+		return nil, nil, nil, fmt.Errorf("put with no fields: %w", engine.ErrInvalid)
+	}
+	kinds := make([]engine.Kind, len(fields))
+	sizes := make([]int64, len(fields))
+	dtypes := make([]engine.DType, len(fields))
+	seen := make(map[string]bool, len(fields))
+	for i, f := range fields {
+		if seen[f.Name] {
+			return nil, nil, nil, fmt.Errorf("field %q given twice: %w", f.Name, engine.ErrInvalid)
+		}
+		seen[f.Name] = true
+		kind, size, err := f.layout(n)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		dtypes[i] = f.DType
+		if kind == engine.Opaque {
+			dtypes[i] = engine.Bytes
+		}
+		kinds[i], sizes[i] = kind, size
+	}
+	return kinds, sizes, dtypes, nil
+}
+
+// reserve reserves the extents of fields for n rows on u and builds the
+// columns over them.
+func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n int, kinds []engine.Kind, sizes []int64) (*reserved, error) {
+	rv, ok := u.(Reserver)
+	if !ok {
+		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.ID(), u.Transport(), engine.ErrNotSupported)
+	}
+	res, err := rv.ReserveExtents(ctx, sizes)
+	if err != nil {
+		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
+	}
+	b := &reserved{c: c, unit: u, res: res, fields: make([]engine.Field, len(fields))}
+	for i, f := range fields {
+		col, err := f.column(kinds[i], n, res.Buf(i))
+		if err != nil {
+			// layout checked everything column checks: a unit that
+			// reserved the wrong size.
+			err = fmt.Errorf("field %q over reserved extent: %w", f.Name, err)
+			return nil, errors.Join(err, res.Abort(context.WithoutCancel(ctx)))
+		}
+		b.fields[i] = engine.Field{Name: f.Name, Col: col}
+	}
+	return b, nil
+}
+
+// Unit returns the storage unit the buffer's extents are reserved on.
+func (b *reserved) Unit() DataUnit { return b.unit }
+
+// Column returns the column of field name, in the layout its spec asked
+// for, aliasing the reserved memory: write it (through [engine.Values],
+// [engine.Row] or Data) to fill the field. Storage units align extents,
+// so engine.Values returns a view of the memory, not a copy. The column
+// is valid until Commit or Abort; Column returns nil for a name not
+// reserved or once the buffer has ended.
+func (b *reserved) Column(name string) *engine.Column {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return nil
+	}
+	for _, f := range b.fields {
+		if f.Name == name {
+			return f.Col
+		}
+	}
+	return nil
+}
+
+// end marks the buffer ended and reports whether it was open.
+func (b *reserved) end() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ended {
+		return false
+	}
+	b.ended = true
+	return true
+}
+
+// commitUnit makes the extents readable on the unit and returns the cells
+// of each field (row by row) for the controller, with the filled columns
+// as a batch. On failure the extents are given back.
+func (b *reserved) commitUnit(ctx context.Context) ([]controller.CommitField, *engine.Batch, error) {
+	n := b.fields[0].Col.Len()
+	locs := make([][]engine.CellLoc, len(b.fields))
+	for i, f := range b.fields {
+		base := b.res.Addr(i)
+		off := base.Offset
+		locs[i] = make([]engine.CellLoc, n)
+		for r := range n {
+			l := uint64(len(f.Col.RowBytes(r)))
+			locs[i][r] = engine.CellLoc{Unit: b.unit.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: l}}
+			off += l
+		}
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	batch, err := engine.NewBatch(b.fields...)
+	if err != nil {
+		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+	}
+	if err := b.res.Commit(ctx); err != nil {
+		err = fmt.Errorf("commit on unit %d: %w", b.unit.ID(), err)
+		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+	}
+	return commitFields(b.fields, all, locs), batch, nil
+}
+
+// free gives back the cells of a unit commit the controller refused.
+func (b *reserved) free(ctx context.Context, cfs []controller.CommitField) error {
+	addrs := make([]engine.RemoteAddr, 0, len(cfs)*len(cfs[0].Locs))
+	for _, cf := range cfs {
+		for _, l := range cf.Locs {
+			addrs = append(addrs, l.Addr)
+		}
+	}
+	return b.unit.Free(context.WithoutCancel(ctx), addrs)
+}
+
+// abort gives the extents back if the buffer is still open.
+func (b *reserved) abort(ctx context.Context) error {
+	if !b.end() {
+		return nil
+	}
+	return b.res.Abort(ctx)
+}
+
 // PutBuffer is a put in progress whose bytes the caller writes straight
 // into memory a storage unit reserved for it (see [Client.ReservePut]).
 // The unit owns that memory. The columns of [PutBuffer.Column] alias it and
@@ -106,15 +256,9 @@ func (f FieldSpec) column(kind engine.Kind, n int, data []byte) (*engine.Column,
 // the reservation out. Its methods are safe for concurrent use, but it is
 // meant to be filled by one put.
 type PutBuffer struct {
-	c      *Client
-	meta   *engine.BatchMeta // the caller's rows, cloned
-	part   string
-	unit   DataUnit
-	res    Reserved
-	fields []engine.Field // columns aliasing res, in spec order
-
-	mu    sync.Mutex
-	ended bool
+	*reserved
+	meta *engine.BatchMeta // the caller's rows, cloned
+	part string
 }
 
 // ReservePut reserves, on one storage unit, one extent per field for the
@@ -140,10 +284,7 @@ func (c *Client) ReservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 }
 
 func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields []FieldSpec) (*PutBuffer, error) {
-	switch {
-	case len(fields) == 0:
-		return nil, fmt.Errorf("put with no fields: %w", engine.ErrInvalid)
-	case meta.Len() == 0:
+	if meta.Len() == 0 {
 		return nil, fmt.Errorf("put into an empty meta: %w", engine.ErrInvalid)
 	}
 	if err := meta.Validate(); err != nil {
@@ -156,48 +297,20 @@ func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 			return nil, fmt.Errorf("reserved put spans partitions %q and %q: %w", part, p, engine.ErrInvalid)
 		}
 	}
-	kinds := make([]engine.Kind, len(fields))
-	sizes := make([]int64, len(fields))
-	seen := make(map[string]bool, len(fields))
-	for i, f := range fields {
-		if seen[f.Name] {
-			return nil, fmt.Errorf("field %q given twice: %w", f.Name, engine.ErrInvalid)
-		}
-		seen[f.Name] = true
-		kind, size, err := f.layout(n)
-		if err != nil {
-			return nil, err
-		}
-		dt := f.DType
-		if kind == engine.Opaque {
-			dt = engine.Bytes
-		}
-		if s, ok := meta.Schema[f.Name]; ok && s.DType != engine.InvalidDType && s.DType != dt {
-			return nil, fmt.Errorf("field %q is %v, put has %v: %w", f.Name, s.DType, dt, engine.ErrDTypeMismatch)
-		}
-		kinds[i], sizes[i] = kind, size
-	}
-	u := c.reserveUnit(meta)
-	rv, ok := u.(Reserver)
-	if !ok {
-		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.ID(), u.Transport(), engine.ErrNotSupported)
-	}
-	res, err := rv.ReserveExtents(ctx, sizes)
+	kinds, sizes, dtypes, err := checkSpecs(fields, n)
 	if err != nil {
-		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
+		return nil, err
 	}
-	pb := &PutBuffer{c: c, meta: meta.Clone(), part: part, unit: u, res: res, fields: make([]engine.Field, len(fields))}
 	for i, f := range fields {
-		col, err := f.column(kinds[i], n, res.Buf(i))
-		if err != nil {
-			// layout checked everything column checks: a unit that
-			// reserved the wrong size.
-			err = fmt.Errorf("field %q over reserved extent: %w", f.Name, err)
-			return nil, errors.Join(err, res.Abort(context.WithoutCancel(ctx)))
+		if s, ok := meta.Schema[f.Name]; ok && s.DType != engine.InvalidDType && s.DType != dtypes[i] {
+			return nil, fmt.Errorf("field %q is %v, put has %v: %w", f.Name, s.DType, dtypes[i], engine.ErrDTypeMismatch)
 		}
-		pb.fields[i] = engine.Field{Name: f.Name, Col: col}
 	}
-	return pb, nil
+	r, err := c.reserve(ctx, c.reserveUnit(meta), fields, n, kinds, sizes)
+	if err != nil {
+		return nil, err
+	}
+	return &PutBuffer{reserved: r, meta: meta.Clone(), part: part}, nil
 }
 
 // reserveUnit picks the one unit a reserved put goes to.
@@ -210,40 +323,6 @@ func (c *Client) reserveUnit(meta *engine.BatchMeta) DataUnit {
 		return c.local[lowest%uint64(len(c.local))]
 	}
 	return c.units[lowest%uint64(len(c.units))]
-}
-
-// Unit returns the storage unit the buffer's extents are reserved on.
-func (b *PutBuffer) Unit() DataUnit { return b.unit }
-
-// Column returns the column of field name, in the layout its spec asked
-// for, aliasing the reserved memory: write it (through [engine.Values],
-// [engine.Row] or Data) to fill the field. Storage units align extents,
-// so engine.Values returns a view of the memory, not a copy. The column
-// is valid until Commit or Abort; Column returns nil for a name not
-// reserved or once the buffer has ended.
-func (b *PutBuffer) Column(name string) *engine.Column {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ended {
-		return nil
-	}
-	for _, f := range b.fields {
-		if f.Name == name {
-			return f.Col
-		}
-	}
-	return nil
-}
-
-// end marks the buffer ended and reports whether it was open.
-func (b *PutBuffer) end() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.ended {
-		return false
-	}
-	b.ended = true
-	return true
 }
 
 // Commit makes the filled extents readable on the unit, commits the cells
@@ -261,52 +340,19 @@ func (b *PutBuffer) Commit(ctx context.Context) (*engine.BatchMeta, error) {
 	return out, nil
 }
 
-func (b *PutBuffer) commit(ctx context.Context) (_ *engine.BatchMeta, err error) {
+func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if !b.end() {
 		return nil, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
 	}
-	n := b.meta.Len()
-	locs := make([][]engine.CellLoc, len(b.fields))
-	for i, f := range b.fields {
-		base := b.res.Addr(i)
-		off := base.Offset
-		locs[i] = make([]engine.CellLoc, n)
-		for r := range n {
-			l := uint64(len(f.Col.RowBytes(r)))
-			locs[i][r] = engine.CellLoc{Unit: b.unit.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: l}}
-			off += l
-		}
-	}
-	req := controller.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes}
-	for i, f := range b.fields {
-		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind(), Locs: locs[i]}
-		switch f.Col.Kind() {
-		case engine.Dense:
-			cf.Shape = f.Col.Shape()
-		case engine.Ragged:
-			cf.Shapes = f.Col.Shapes()
-		}
-		req.Fields = append(req.Fields, cf)
-	}
-	batch, err := engine.NewBatch(b.fields...)
+	cfs, batch, err := b.commitUnit(ctx)
 	if err != nil {
-		return nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+		return nil, err
 	}
-	if err := b.res.Commit(ctx); err != nil {
-		err = fmt.Errorf("commit on unit %d: %w", b.unit.ID(), err)
-		return nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
-	}
-	replaced, err := b.c.meta.Commit(ctx, req)
+	replaced, err := b.c.meta.Commit(ctx, controller.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs})
 	if err != nil {
 		// The extents are committed on the unit but no row points at
 		// them: free their cells.
-		addrs := make([]engine.RemoteAddr, 0, n*len(locs))
-		for _, fl := range locs {
-			for _, l := range fl {
-				addrs = append(addrs, l.Addr)
-			}
-		}
-		return nil, errors.Join(err, b.unit.Free(context.WithoutCancel(ctx), addrs))
+		return nil, errors.Join(err, b.free(ctx, cfs))
 	}
 	// As in Put, a failed free of the replaced cells leaks space but loses
 	// no data.
@@ -315,8 +361,8 @@ func (b *PutBuffer) commit(ctx context.Context) (_ *engine.BatchMeta, err error)
 	if out.Cells == nil {
 		out.Cells = map[string][]engine.CellLoc{}
 	}
-	for i, f := range b.fields {
-		out.Cells[f.Name] = locs[i]
+	for _, cf := range cfs {
+		out.Cells[cf.Name] = cf.Locs
 	}
 	if err := out.AddFields(batch); err != nil {
 		return nil, err
@@ -330,10 +376,7 @@ func (b *PutBuffer) commit(ctx context.Context) (_ *engine.BatchMeta, err error)
 // rows of the meta stay as they were (fresh rows from an insert stay
 // allocated and not ready).
 func (b *PutBuffer) Abort(ctx context.Context) error {
-	if !b.end() {
-		return nil
-	}
-	if err := b.res.Abort(ctx); err != nil {
+	if err := b.abort(ctx); err != nil {
 		return &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
 	}
 	return nil

@@ -18,6 +18,7 @@ type MetaService interface {
 	RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error)
 	Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error)
 	ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error)
+	CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error)
 	KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error)
 	SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error
 	ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error)
@@ -61,6 +62,10 @@ func (l localMeta) Commit(_ context.Context, req controller.CommitRequest) ([]en
 
 func (l localMeta) ResolveKeys(_ context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
 	return l.c.ResolveKeysCreated(partition, keys, fields, create)
+}
+
+func (l localMeta) CommitKeys(_ context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
+	return l.c.CommitKeys(req)
 }
 
 func (l localMeta) KeysOf(_ context.Context, partition string, indexes []uint64) ([]string, error) {

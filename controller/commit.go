@@ -51,57 +51,77 @@ func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("rows %v are not in partition %q: %w", missing, p.id, engine.ErrNotFound)
 	}
-	names := make(map[string]struct{}, len(req.Fields))
-	for _, cf := range req.Fields {
+	if err := checkFields(req.Fields, n); err != nil {
+		return nil, err
+	}
+	if err := p.checkDTypes(req.Fields); err != nil {
+		return nil, err
+	}
+	return rows, nil
+}
+
+// checkFields checks a commit's fields for n rows on their own: names,
+// dtypes, kinds, shapes and location counts.
+func checkFields(fields []CommitField, n int) error {
+	names := make(map[string]struct{}, len(fields))
+	for _, cf := range fields {
 		if cf.Name == "" {
-			return nil, fmt.Errorf("commit of a field with an empty name: %w", engine.ErrInvalid)
+			return fmt.Errorf("commit of a field with an empty name: %w", engine.ErrInvalid)
 		}
 		if _, dup := names[cf.Name]; dup {
-			return nil, fmt.Errorf("field %q appears twice in the commit: %w", cf.Name, engine.ErrInvalid)
+			return fmt.Errorf("field %q appears twice in the commit: %w", cf.Name, engine.ErrInvalid)
 		}
 		names[cf.Name] = struct{}{}
 		if !cf.DType.Valid() {
-			return nil, fmt.Errorf("field %q has dtype %v: %w", cf.Name, cf.DType, engine.ErrInvalid)
+			return fmt.Errorf("field %q has dtype %v: %w", cf.Name, cf.DType, engine.ErrInvalid)
 		}
 		switch cf.Kind {
 		case engine.Opaque:
 			if cf.DType != engine.Bytes {
-				return nil, fmt.Errorf("opaque field %q has dtype %v, want bytes: %w", cf.Name, cf.DType, engine.ErrInvalid)
+				return fmt.Errorf("opaque field %q has dtype %v, want bytes: %w", cf.Name, cf.DType, engine.ErrInvalid)
 			}
 		case engine.Dense:
 			if cf.DType == engine.Bytes {
-				return nil, fmt.Errorf("dense field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
+				return fmt.Errorf("dense field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
 			}
 			if err := cf.Shape.Validate(); err != nil {
-				return nil, fmt.Errorf("field %q: %w", cf.Name, err)
+				return fmt.Errorf("field %q: %w", cf.Name, err)
 			}
 		case engine.Ragged:
 			if cf.DType == engine.Bytes {
-				return nil, fmt.Errorf("ragged field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
+				return fmt.Errorf("ragged field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
 			}
 			if len(cf.Shapes) != n {
-				return nil, fmt.Errorf("ragged field %q has %d shapes for %d rows: %w", cf.Name, len(cf.Shapes), n, engine.ErrInvalid)
+				return fmt.Errorf("ragged field %q has %d shapes for %d rows: %w", cf.Name, len(cf.Shapes), n, engine.ErrInvalid)
 			}
 			for _, s := range cf.Shapes {
 				if err := s.Validate(); err != nil {
-					return nil, fmt.Errorf("field %q: %w", cf.Name, err)
+					return fmt.Errorf("field %q: %w", cf.Name, err)
 				}
 			}
 		default:
-			return nil, fmt.Errorf("field %q has kind %v: %w", cf.Name, cf.Kind, engine.ErrInvalid)
+			return fmt.Errorf("field %q has kind %v: %w", cf.Name, cf.Kind, engine.ErrInvalid)
 		}
 		if cf.Locs != nil && len(cf.Locs) != n {
-			return nil, fmt.Errorf("field %q has %d locations for %d rows: %w", cf.Name, len(cf.Locs), n, engine.ErrInvalid)
+			return fmt.Errorf("field %q has %d locations for %d rows: %w", cf.Name, len(cf.Locs), n, engine.ErrInvalid)
 		}
+	}
+	return nil
+}
+
+// checkDTypes refuses fields whose dtype differs from the one the
+// partition's produced cells of that field have.
+func (p *partition) checkDTypes(fields []CommitField) error {
+	for _, cf := range fields {
 		if f, ok := p.fields[cf.Name]; ok && f.dtype != engine.InvalidDType && f.dtype != cf.DType {
 			// Overwriting every produced row of the field with a new dtype
 			// would be legal in principle; we keep the reference's rule that
 			// a field has one dtype for its lifetime in the partition.
-			return nil, fmt.Errorf("field %q of partition %q is %v, commit has %v: %w",
+			return fmt.Errorf("field %q of partition %q is %v, commit has %v: %w",
 				cf.Name, p.id, f.dtype, cf.DType, engine.ErrDTypeMismatch)
 		}
 	}
-	return rows, nil
+	return nil
 }
 
 // applyCommit records validated cells and returns the locations of the

@@ -47,6 +47,7 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpUnits:             s.listUnits,
 		wire.OpSaveCheckpoint:    s.saveCheckpoint,
 		wire.OpLoadCheckpoint:    s.loadCheckpoint,
+		wire.OpCommitKeys:        s.commitKeys,
 		wire.OpRegister:          s.register,
 		wire.OpHeartbeat:         s.heartbeat,
 	}
@@ -279,6 +280,40 @@ func (s *Server) commit(_ context.Context, body []byte) (proto.Message, error) {
 		return nil, opErr("commit", p.Partition, err)
 	}
 	return cellsReply(s.c.Commit(req))
+}
+
+func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, error) {
+	p, err := decode[wirepb.CommitKeysRequest](wire.OpCommitKeys, body)
+	if err != nil {
+		return nil, err
+	}
+	n := len(p.Keys)
+	if err := errors.Join(wire.CheckCount("keys", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
+		return nil, err
+	}
+	req := KeysCommit{Partition: p.Partition, Keys: p.Keys, Fields: make([]CommitField, len(p.Fields))}
+	for i, f := range p.Fields {
+		if req.Fields[i], err = commitFieldFromPB(f, n); err != nil {
+			return nil, opErr("commit keys", p.Partition, fmt.Errorf("field %d (%q): %w", i, f.GetName(), err))
+		}
+	}
+	if p.HasTags {
+		if len(p.Tags) != n {
+			return nil, opErr("commit keys", p.Partition, fmt.Errorf("%d tag maps for %d keys: %w", len(p.Tags), n, engine.ErrInvalid))
+		}
+		if req.Tags, err = wire.TagsFromPB(p.Tags); err != nil {
+			return nil, opErr("commit keys", p.Partition, err)
+		}
+	}
+	done, err := s.c.CommitKeys(req)
+	if err != nil {
+		return nil, err
+	}
+	tags, err := wire.TagsToPB(done.Tags)
+	if err != nil {
+		return nil, err
+	}
+	return &wirepb.CommitKeysReply{Replaced: wire.AddrsToPB(done.Replaced), Tags: tags, Fields: done.Fields}, nil
 }
 
 func (s *Server) resolveKeys(_ context.Context, body []byte) (proto.Message, error) {

@@ -46,50 +46,14 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 // The returned meta lists the fields every key holds after the put: those
 // all keys already had plus the ones written.
 func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) (*engine.KVMeta, error) {
-	if err := kv.checkPut(ctx, partition, keys, fields, tags); err != nil {
+	if err := checkKeys(partition, keys); err != nil {
 		return nil, opErr("batch put", partition, err)
 	}
-	meta, err := kv.c.MetaByKeysCreated(ctx, partition, keys)
+	done, err := kv.c.PutKeys(ctx, partition, keys, fields, tags)
 	if err != nil {
 		return nil, err
 	}
-	bm, created := meta.Meta, meta.Created
-	if fields != nil {
-		if _, err := kv.c.Put(ctx, fields, bm); err != nil {
-			if len(created) > 0 {
-				gone := make([]string, len(created))
-				for i, p := range created {
-					gone[i] = keys[p]
-				}
-				if cerr := kv.c.ClearKeys(context.WithoutCancel(ctx), partition, gone); cerr != nil {
-					err = errors.Join(err, cerr)
-				}
-			}
-			return nil, err
-		}
-	}
-	merged := make([]engine.Tags, len(keys))
-	for i := range keys {
-		merged[i] = bm.Tags[i]
-		if tags != nil {
-			merged[i] = merged[i].Merge(tags[i])
-		}
-	}
-	if tags != nil {
-		if err := kv.c.Meta().SetTags(ctx, partition, bm.Indexes, tags); err != nil {
-			return nil, err
-		}
-	}
-	have := bm.FieldNames()
-	if fields != nil {
-		for _, n := range fields.Names() {
-			if !slices.Contains(have, n) {
-				have = append(have, n)
-			}
-		}
-		slices.Sort(have)
-	}
-	return engine.NewKVMeta(partition, keys, merged, have)
+	return engine.NewKVMeta(partition, keys, done.Tags, done.Fields)
 }
 
 // checkKeys rejects an empty partition id, no keys, an empty key or a key
@@ -110,49 +74,6 @@ func checkKeys(partition string, keys []string) error {
 			return fmt.Errorf("key %q appears twice: %w", k, engine.ErrInvalid)
 		}
 		seen[k] = struct{}{}
-	}
-	return nil
-}
-
-func (kv *KV) checkPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) error {
-	if err := checkKeys(partition, keys); err != nil {
-		return err
-	}
-	switch {
-	case fields == nil && tags == nil:
-		return fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
-	case fields != nil && fields.NumFields() == 0:
-		return fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
-	case fields != nil && fields.Rows() != len(keys):
-		return fmt.Errorf("%d keys for %d rows: %w", len(keys), fields.Rows(), engine.ErrInvalid)
-	case tags != nil && len(tags) != len(keys):
-		return fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
-	}
-	if fields == nil {
-		return nil
-	}
-	dtypes := make(map[string]engine.DType, fields.NumFields())
-	for _, f := range fields.Fields() {
-		dtypes[f.Name] = f.Col.DType()
-	}
-	return kv.checkDTypes(ctx, partition, dtypes)
-}
-
-// checkDTypes refuses a put whose field (name → dtype) has another dtype
-// in the partition than the put's, before anything is created or written.
-func (kv *KV) checkDTypes(ctx context.Context, partition string, dtypes map[string]engine.DType) error {
-	known, err := kv.c.Fields(ctx, partition)
-	if errors.Is(err, engine.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for _, f := range known {
-		dt, ok := dtypes[f.Name]
-		if ok && f.DType != engine.InvalidDType && dt != f.DType {
-			return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, f.DType, dt, engine.ErrDTypeMismatch)
-		}
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ const (
 	OpUnits             Op = 34
 	OpSaveCheckpoint    Op = 35
 	OpLoadCheckpoint    Op = 36
+	OpCommitKeys        Op = 37
 
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
@@ -62,7 +63,8 @@ var opNames = map[Op]string{
 	OpResetConsumption: "RESET_CONSUMPTION", OpClearRows: "CLEAR_ROWS", OpClearKeys: "CLEAR_KEYS",
 	OpClearPartition: "CLEAR_PARTITION", OpPartitions: "PARTITIONS", OpStats: "STATS", OpFields: "FIELDS",
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
-	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT",
+	OpCommitKeys: "COMMIT_KEYS",
+	OpRegister:   "REGISTER", OpHeartbeat: "HEARTBEAT",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
 	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",

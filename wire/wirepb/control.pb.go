@@ -1170,6 +1170,144 @@ func (x *ResolveKeysReply) GetCreated() []int64 {
 	return nil
 }
 
+// CommitKeysRequest is a KV put's controller step: keys resolved (missing
+// ones created), their cells committed and their tags merged, at once.
+type CommitKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Keys          []string               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"` // row i of each is keys[i]; may be empty
+	HasTags       bool                   `protobuf:"varint,4,opt,name=has_tags,json=hasTags,proto3" json:"has_tags,omitempty"`
+	Tags          [][]byte               `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"` // when has_tags: JSON objects, one per key
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitKeysRequest) Reset() {
+	*x = CommitKeysRequest{}
+	mi := &file_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitKeysRequest) ProtoMessage() {}
+
+func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitKeysRequest.ProtoReflect.Descriptor instead.
+func (*CommitKeysRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CommitKeysRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *CommitKeysRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *CommitKeysRequest) GetFields() []*CommitField {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *CommitKeysRequest) GetHasTags() bool {
+	if x != nil {
+		return x.HasTags
+	}
+	return false
+}
+
+func (x *CommitKeysRequest) GetTags() [][]byte {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+type CommitKeysReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replaced      *Addrs                 `protobuf:"bytes,1,opt,name=replaced,proto3" json:"replaced,omitempty"` // cells the commit overwrote; the caller frees them
+	Tags          [][]byte               `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`         // each key's tags after the merge
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`     // fields every key holds after the commit, sorted
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommitKeysReply) Reset() {
+	*x = CommitKeysReply{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommitKeysReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommitKeysReply) ProtoMessage() {}
+
+func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommitKeysReply.ProtoReflect.Descriptor instead.
+func (*CommitKeysReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CommitKeysReply) GetReplaced() *Addrs {
+	if x != nil {
+		return x.Replaced
+	}
+	return nil
+}
+
+func (x *CommitKeysReply) GetTags() [][]byte {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *CommitKeysReply) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
 type KeysOfRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1180,7 +1318,7 @@ type KeysOfRequest struct {
 
 func (x *KeysOfRequest) Reset() {
 	*x = KeysOfRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1330,7 @@ func (x *KeysOfRequest) String() string {
 func (*KeysOfRequest) ProtoMessage() {}
 
 func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1343,7 @@ func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysOfRequest.ProtoReflect.Descriptor instead.
 func (*KeysOfRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KeysOfRequest) GetPartition() string {
@@ -1231,7 +1369,7 @@ type KeysReply struct {
 
 func (x *KeysReply) Reset() {
 	*x = KeysReply{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1381,7 @@ func (x *KeysReply) String() string {
 func (*KeysReply) ProtoMessage() {}
 
 func (x *KeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1394,7 @@ func (x *KeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
 func (*KeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeysReply) GetKeys() []string {
@@ -1277,7 +1415,7 @@ type SetTagsRequest struct {
 
 func (x *SetTagsRequest) Reset() {
 	*x = SetTagsRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1427,7 @@ func (x *SetTagsRequest) String() string {
 func (*SetTagsRequest) ProtoMessage() {}
 
 func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1440,7 @@ func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTagsRequest.ProtoReflect.Descriptor instead.
 func (*SetTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetTagsRequest) GetPartition() string {
@@ -1335,7 +1473,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1485,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1498,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListKeysRequest) GetPartition() string {
@@ -1381,7 +1519,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1531,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1544,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -1440,7 +1578,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1590,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1603,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -1491,7 +1629,7 @@ type ListKeysReply struct {
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1641,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1654,7 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
@@ -1536,7 +1674,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1686,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1699,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -1589,7 +1727,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1739,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1752,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -1648,7 +1786,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1798,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1811,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -1700,7 +1838,7 @@ type ConsumptionStatusReply struct {
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1850,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1863,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -1752,7 +1890,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1902,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1915,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -1804,7 +1942,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1954,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1967,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -1856,7 +1994,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2006,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2019,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -1907,7 +2045,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2057,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2070,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -1951,7 +2089,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2101,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2114,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -1995,7 +2133,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2145,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2158,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -2043,7 +2181,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2193,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2206,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FieldStats) GetName() string {
@@ -2115,7 +2253,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2265,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2278,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -2161,7 +2299,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2311,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2324,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -2229,7 +2367,7 @@ type PartitionStats struct {
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2379,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2392,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -2343,7 +2481,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2493,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2506,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -2481,7 +2619,17 @@ const file_control_proto_rawDesc = "" +
 	"\x06create\x18\x04 \x01(\bR\x06create\"W\n" +
 	"\x10ResolveKeysReply\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\x12\x18\n" +
-	"\acreated\x18\x02 \x03(\x03R\acreated\"G\n" +
+	"\acreated\x18\x02 \x03(\x03R\acreated\"\xa5\x01\n" +
+	"\x11CommitKeysRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12/\n" +
+	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12\x19\n" +
+	"\bhas_tags\x18\x04 \x01(\bR\ahasTags\x12\x12\n" +
+	"\x04tags\x18\x05 \x03(\fR\x04tags\"l\n" +
+	"\x0fCommitKeysReply\x12-\n" +
+	"\breplaced\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\breplaced\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\fR\x04tags\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"G\n" +
 	"\rKeysOfRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\"\x1f\n" +
@@ -2575,7 +2723,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_control_proto_goTypes = []any{
 	(*Empty)(nil),                    // 0: tq.wire.v1.Empty
 	(*Shape)(nil),                    // 1: tq.wire.v1.Shape
@@ -2594,36 +2742,38 @@ var file_control_proto_goTypes = []any{
 	(*CellsReply)(nil),               // 14: tq.wire.v1.CellsReply
 	(*ResolveKeysRequest)(nil),       // 15: tq.wire.v1.ResolveKeysRequest
 	(*ResolveKeysReply)(nil),         // 16: tq.wire.v1.ResolveKeysReply
-	(*KeysOfRequest)(nil),            // 17: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 18: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 19: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 20: tq.wire.v1.ListKeysRequest
-	(*KeyInfo)(nil),                  // 21: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 22: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 23: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 24: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 25: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 26: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 27: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 28: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 29: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 30: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 31: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 32: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 33: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 34: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 35: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 36: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 37: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 38: tq.wire.v1.CheckpointRequest
-	nil,                              // 39: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 40: tq.wire.v1.BatchMeta.CellsEntry
+	(*CommitKeysRequest)(nil),        // 17: tq.wire.v1.CommitKeysRequest
+	(*CommitKeysReply)(nil),          // 18: tq.wire.v1.CommitKeysReply
+	(*KeysOfRequest)(nil),            // 19: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 20: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 21: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 22: tq.wire.v1.ListKeysRequest
+	(*KeyInfo)(nil),                  // 23: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 24: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 25: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 26: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 27: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 28: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 29: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 30: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 31: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 32: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 33: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 34: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 35: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 36: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 37: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 38: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 39: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 40: tq.wire.v1.CheckpointRequest
+	nil,                              // 41: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 42: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	1,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	39, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	40, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	41, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	42, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	5,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
 	6,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	6,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
@@ -2635,19 +2785,21 @@ var file_control_proto_depIdxs = []int32{
 	3,  // 12: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
 	6,  // 13: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	4,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
-	21, // 15: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	22, // 16: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
-	1,  // 17: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	34, // 18: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	34, // 19: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	36, // 20: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	2,  // 21: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	3,  // 22: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	12, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
+	3,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
+	23, // 17: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	24, // 18: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	1,  // 19: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
+	36, // 20: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	36, // 21: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	38, // 22: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	2,  // 23: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	3,  // 24: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2661,7 +2813,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,284 @@
+package client
+
+// A KV put needs no rows before it writes: the bytes go to a unit first,
+// then one COMMIT_KEYS creates the missing keys, commits the cells and
+// merges the tags at once (see [controller.Controller.CommitKeys]). That
+// holds when the put's unit does not depend on the rows' indexes: under
+// [LocalFirst] with a unit on this host, or with a single unit. Otherwise
+// (hash placement over several units) the keys are resolved first, as a
+// batch put resolves its rows, and the keys that resolve created are
+// cleared again if the put fails.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// keyPlan is where a KV put's rows go.
+type keyPlan struct {
+	groups  map[DataUnit][]int // positions in keys
+	created []string           // keys a resolve made, cleared if the put fails
+}
+
+// planKeys places the rows of keys on units, resolving the keys (and
+// creating missing ones) only when the placement needs their indexes.
+func (c *Client) planKeys(ctx context.Context, partition string, keys []string) (keyPlan, error) {
+	all := make([]int, len(keys))
+	for i := range all {
+		all[i] = i
+	}
+	if u := c.keyUnit(keys); u != nil {
+		return keyPlan{groups: map[DataUnit][]int{u: all}}, nil
+	}
+	m, created, err := c.meta.ResolveKeys(ctx, partition, keys, nil, true)
+	if err != nil {
+		return keyPlan{}, err
+	}
+	plan := keyPlan{groups: c.place(m, all)}
+	for _, p := range created {
+		plan.created = append(plan.created, keys[p])
+	}
+	return plan, nil
+}
+
+// keyUnit returns the one unit a KV put goes to when that does not depend
+// on the rows' indexes: a unit on this host under [LocalFirst] (picked by
+// a hash of the first key when there are several), or the only unit. It
+// returns nil otherwise.
+func (c *Client) keyUnit(keys []string) DataUnit {
+	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
+		if len(c.local) == 1 {
+			return c.local[0]
+		}
+		h := fnv.New64a()
+		h.Write([]byte(keys[0]))
+		return c.local[h.Sum64()%uint64(len(c.local))]
+	}
+	if len(c.units) == 1 {
+		return c.units[0]
+	}
+	return nil
+}
+
+// forget clears the keys a failed put's resolve created.
+func (c *Client) forget(ctx context.Context, partition string, created []string) error {
+	if len(created) == 0 {
+		return nil
+	}
+	_, err := c.meta.ClearKeys(context.WithoutCancel(ctx), partition, created)
+	return err
+}
+
+// PutKeys writes row i of b to keys[i] of partition and merges tags[i]
+// into its tags, creating missing keys; b or tags may be nil, not both.
+// Readers see all of the put or none of it, and a put that fails leaves
+// nothing behind: no key created, no cell written. It returns what the
+// controller reported: each key's tags after the merge and the fields
+// every key holds.
+//
+// Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated), a
+// row or tag count that does not match them, or an empty batch;
+// [engine.ErrDTypeMismatch] when a field already has another dtype in the
+// partition; [engine.ErrCapacity] when storage stays full until ctx ends.
+func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (controller.KeysCommitted, error) {
+	out, err := c.putKeys(ctx, partition, keys, b, tags)
+	if err != nil {
+		return controller.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
+	}
+	return out, nil
+}
+
+func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (_ controller.KeysCommitted, err error) {
+	switch {
+	case len(keys) == 0:
+		return controller.KeysCommitted{}, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
+	case b == nil && tags == nil:
+		return controller.KeysCommitted{}, fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
+	case b != nil && b.NumFields() == 0:
+		return controller.KeysCommitted{}, fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
+	case b != nil && b.Rows() != len(keys):
+		return controller.KeysCommitted{}, fmt.Errorf("%d keys for %d rows: %w", len(keys), b.Rows(), engine.ErrInvalid)
+	case tags != nil && len(tags) != len(keys):
+		return controller.KeysCommitted{}, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+	}
+	req := controller.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
+	if b == nil {
+		return c.meta.CommitKeys(ctx, req)
+	}
+	plan, err := c.planKeys(ctx, partition, keys)
+	if err != nil {
+		return controller.KeysCommitted{}, err
+	}
+	fields := b.Fields()
+	locs := make([][]engine.CellLoc, len(fields))
+	for i := range fields {
+		locs[i] = make([]engine.CellLoc, len(keys))
+	}
+	var done []written
+	defer func() {
+		if err != nil {
+			ctx := context.WithoutCancel(ctx)
+			err = errors.Join(err, freeWritten(ctx, done, locs), c.forget(ctx, partition, plan.created))
+		}
+	}()
+	for u, rows := range plan.groups {
+		if err := writeRows(ctx, u, fields, rows, locs); err != nil {
+			return controller.KeysCommitted{}, err
+		}
+		done = append(done, written{unit: u, rows: rows})
+	}
+	all := make([]int, len(keys))
+	for i := range all {
+		all[i] = i
+	}
+	req.Fields = commitFields(fields, all, locs)
+	out, err := c.meta.CommitKeys(ctx, req)
+	if err != nil {
+		return controller.KeysCommitted{}, err
+	}
+	c.freeReplaced(out.Replaced)
+	return out, nil
+}
+
+// KeysPutBuffer is a KV put whose bytes the caller writes in place, into
+// extents a storage unit reserved for it (see [Client.ReservePutKeys]);
+// the rules for its columns are those of [PutBuffer].
+type KeysPutBuffer struct {
+	*reserved
+	part    string
+	keys    []string
+	tags    []engine.Tags
+	created []string // keys the reservation's resolve made
+}
+
+// ReservePutKeys reserves, on one storage unit, one extent per field for
+// keys' rows (row i of each field belongs to keys[i]) and returns a buffer
+// whose columns alias them for the caller to fill. The keys and the rows
+// become visible, all at once, at Commit; tags, when not nil, are merged
+// then. A field whose dtype differs from the partition's is refused here,
+// before the caller fills anything (and again, atomically, at Commit).
+//
+// Errors as for [Client.PutKeys] and [Client.ReservePut]: in particular
+// [engine.ErrNotSupported] when the unit is reached over a transport that
+// cannot lend memory (tcp). On error nothing stays reserved and no key is
+// created.
+func (c *Client) ReservePutKeys(ctx context.Context, partition string, keys []string, tags []engine.Tags, fields ...FieldSpec) (*KeysPutBuffer, error) {
+	b, err := c.reservePutKeys(ctx, partition, keys, tags, fields)
+	if err != nil {
+		return nil, &engine.OpError{Op: "reserve put", Peer: partition, Err: err}
+	}
+	return b, nil
+}
+
+func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []string, tags []engine.Tags, fields []FieldSpec) (_ *KeysPutBuffer, err error) {
+	switch {
+	case len(keys) == 0:
+		return nil, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
+	case tags != nil && len(tags) != len(keys):
+		return nil, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+	}
+	kinds, sizes, dtypes, err := checkSpecs(fields, len(keys))
+	if err != nil {
+		return nil, err
+	}
+	// The dtype check runs next to the reservation: it costs a controller
+	// round trip, not one more in line.
+	checked := make(chan error, 1)
+	go func() { checked <- c.checkDTypes(ctx, partition, fields, dtypes) }()
+	var plan keyPlan
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.forget(ctx, partition, plan.created))
+		}
+	}()
+	plan, err = c.planKeys(ctx, partition, keys)
+	if err != nil {
+		return nil, errors.Join(err, <-checked)
+	}
+	// A reserved put goes to one unit: the one of the first key's row.
+	var u DataUnit
+	for gu, rows := range plan.groups {
+		if u == nil || rows[0] == 0 {
+			u = gu
+		}
+	}
+	r, err := c.reserve(ctx, u, fields, len(keys), kinds, sizes)
+	if cerr := <-checked; cerr != nil {
+		if err == nil {
+			err = errors.Join(cerr, r.abort(context.WithoutCancel(ctx)))
+		} else {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &KeysPutBuffer{reserved: r, part: partition, keys: keys, tags: tags, created: plan.created}, nil
+}
+
+// checkDTypes refuses fields whose dtype differs from the partition's.
+func (c *Client) checkDTypes(ctx context.Context, partition string, fields []FieldSpec, dtypes []engine.DType) error {
+	known, err := c.meta.Fields(ctx, partition)
+	if errors.Is(err, engine.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, k := range known {
+		for i, f := range fields {
+			if f.Name == k.Name && k.DType != engine.InvalidDType && k.DType != dtypes[i] {
+				return fmt.Errorf("field %q of partition %q is %v, put has %v: %w", f.Name, partition, k.DType, dtypes[i], engine.ErrDTypeMismatch)
+			}
+		}
+	}
+	return nil
+}
+
+// Commit makes the filled extents readable on the unit and commits the
+// keys' cells and tags to the controller in one step, then frees the cells
+// the commit replaced. On failure the extents are given back and no key
+// this put created stays. A second Commit, or Commit after Abort, fails
+// with [engine.ErrInvalid].
+func (b *KeysPutBuffer) Commit(ctx context.Context) (controller.KeysCommitted, error) {
+	out, err := b.commit(ctx)
+	if err != nil {
+		return controller.KeysCommitted{}, &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
+	}
+	return out, nil
+}
+
+func (b *KeysPutBuffer) commit(ctx context.Context) (controller.KeysCommitted, error) {
+	if !b.end() {
+		return controller.KeysCommitted{}, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
+	}
+	cfs, _, err := b.commitUnit(ctx)
+	if err != nil {
+		return controller.KeysCommitted{}, errors.Join(err, b.c.forget(ctx, b.part, b.created))
+	}
+	out, err := b.c.meta.CommitKeys(ctx, controller.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
+	if err != nil {
+		return controller.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
+	}
+	b.c.freeReplaced(out.Replaced)
+	return out, nil
+}
+
+// Abort gives the reserved extents back and clears the keys the
+// reservation created; keys that existed keep what they held. Abort does
+// nothing after Commit or a first Abort.
+func (b *KeysPutBuffer) Abort(ctx context.Context) error {
+	if !b.end() {
+		return nil
+	}
+	err := errors.Join(b.res.Abort(ctx), b.c.forget(ctx, b.part, b.created))
+	if err != nil {
+		return &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
+	}
+	return nil
+}

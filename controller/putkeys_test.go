@@ -1,0 +1,109 @@
+package controller
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tqgo/tq/engine"
+)
+
+func keysCommit(partition string, keys []string, unit engine.UnitID, fields ...string) KeysCommit {
+	req := KeysCommit{Partition: partition, Keys: keys}
+	for fi, f := range fields {
+		locs := make([]engine.CellLoc, len(keys))
+		for i := range locs {
+			locs[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(fi*len(keys)+i) * 8, Len: 8}}
+		}
+		req.Fields = append(req.Fields, CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs})
+	}
+	return req
+}
+
+func TestCommitKeys(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	// Creates the partition and the keys; the rows are readable at once.
+	req := keysCommit("p", []string{"a", "b"}, 1, "x", "y")
+	req.Tags = []engine.Tags{{"n": 1}, nil}
+	got, err := c.CommitKeys(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := KeysCommitted{Tags: []engine.Tags{{"n": 1}, nil}, Fields: []string{"x", "y"}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("first commit (-want +got):\n%s", d)
+	}
+	m, err := c.ResolveKeys("p", []string{"b", "a"}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(m.Ready, []bool{true, true}) || !slices.Equal(m.FieldNames(), []string{"x", "y"}) {
+		t.Fatalf("after commit: ready %v, fields %v", m.Ready, m.FieldNames())
+	}
+	if l := m.Cells["y"][1]; l.Unit != 1 || l.Addr.Offset != 2*8 {
+		t.Errorf("a's y cell at %+v", l)
+	}
+
+	// An existing key and a new one: a's x is replaced, c is created; the
+	// fields every key holds are the intersection.
+	req = keysCommit("p", []string{"a", "c"}, 2, "x")
+	req.Tags = []engine.Tags{{"m": "v"}, {"n": 2}}
+	got, err = c.CommitKeys(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Replaced) != 1 || got.Replaced[0].Unit != 1 || got.Replaced[0].Addr.Offset != 0 {
+		t.Errorf("replaced %+v, want a's old x", got.Replaced)
+	}
+	want = KeysCommitted{Replaced: got.Replaced, Tags: []engine.Tags{{"n": 1, "m": "v"}, {"n": 2}}, Fields: []string{"x"}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("second commit (-want +got):\n%s", d)
+	}
+	if keys := c.ListKeys("p")["p"]; len(keys) != 3 || keys[2].Key != "c" {
+		t.Errorf("keys %+v", keys)
+	}
+
+	// Tags only.
+	got, err = c.CommitKeys(KeysCommit{Partition: "p", Keys: []string{"d"}, Tags: []engine.Tags{{"t": true}}})
+	if err != nil || got.Fields != nil || !cmp.Equal(got.Tags, []engine.Tags{{"t": true}}) {
+		t.Errorf("tags-only commit: %+v, %v", got, err)
+	}
+}
+
+// A rejected commit creates no key, no partition and no cell.
+func TestCommitKeysRejected(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	if _, err := c.CommitKeys(keysCommit("p", []string{"a"}, 1, "x")); err != nil {
+		t.Fatal(err)
+	}
+	mismatch := keysCommit("p", []string{"new1", "a", "new2"}, 1, "x")
+	mismatch.Fields[0].DType = engine.Int64
+	for _, tc := range []struct {
+		name string
+		req  KeysCommit
+		want error
+	}{
+		{"dtype", mismatch, engine.ErrDTypeMismatch},
+		{"no keys", KeysCommit{Partition: "p", Tags: []engine.Tags{}}, engine.ErrInvalid},
+		{"duplicate key", keysCommit("p", []string{"n", "n"}, 1, "x"), engine.ErrInvalid},
+		{"nothing to put", KeysCommit{Partition: "p", Keys: []string{"n"}}, engine.ErrInvalid},
+		{"tag count", KeysCommit{Partition: "p", Keys: []string{"n"}, Tags: []engine.Tags{nil, nil}}, engine.ErrInvalid},
+		{"location count", func() KeysCommit {
+			r := keysCommit("q", []string{"n", "m"}, 1, "x")
+			r.Fields[0].Locs = r.Fields[0].Locs[:1]
+			return r
+		}(), engine.ErrInvalid},
+	} {
+		if _, err := c.CommitKeys(tc.req); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if keys := c.ListKeys("")["p"]; len(keys) != 1 || keys[0].Key != "a" {
+		t.Errorf("keys after rejected commits: %+v", keys)
+	}
+	if ps := c.Partitions(); !slices.Equal(ps, []string{"p"}) {
+		t.Errorf("partitions %v: a rejected commit created one", ps)
+	}
+}
