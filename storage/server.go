@@ -58,8 +58,8 @@ type ServerConfig struct {
 	// same-host clients then send their control requests over the socket.
 	NoRing bool
 	// RingSpin is how long the unit's end of a control ring spins before
-	// it sleeps in FUTEX_WAIT (0: shmring.DefaultSpin; negative: not at
-	// all).
+	// it parks until the client rings (0: shmring.DefaultSpin; negative:
+	// not at all).
 	RingSpin time.Duration
 }
 

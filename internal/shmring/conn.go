@@ -15,8 +15,8 @@ import (
 // Network is the network name of a channel's addresses.
 const Network = "shmring"
 
-// DefaultSpin is how long a side with nothing to do spins before it sleeps
-// in FUTEX_WAIT. Waking a sleeping process on another vCPU costs 5–30 µs
+// DefaultSpin is how long a side with nothing to do spins before it parks
+// until the peer rings its doorbell. Waking a sleeping process on another vCPU costs 5–30 µs
 // on the reference VM; a peer that answers within the spin costs no
 // system call on either side. A storage unit's round trip takes a few µs:
 // with 3 µs the client mostly slept (UNIT_STATS p50 27 µs), with 10 µs it
@@ -67,6 +67,11 @@ type Conn struct {
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time
 
+	// wake holds a token for this side's sleeper on each bell (by bell
+	// id): the watcher puts one there when the peer rings, and so do
+	// local events (deadline changes, Close, corruption).
+	wake [4]chan struct{}
+
 	mu        sync.Mutex
 	closed    bool
 	ops       sync.WaitGroup // reads and writes touching the region; Close waits
@@ -100,6 +105,9 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 		addr:     Network,
 		watchOut: make(chan struct{}),
 	}
+	for i := range c.wake {
+		c.wake[i] = make(chan struct{}, 1)
+	}
 	if c.spin == 0 {
 		c.spin = DefaultSpin
 	}
@@ -122,12 +130,19 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 }
 
 // watch reads the liveness socket until it breaks, then marks the channel
-// gone and wakes every sleeper of this process.
+// gone and wakes every sleeper of this process. Each byte the peer sends
+// is a doorbell: the id of the bell whose sleeper it wakes.
 func (c *Conn) watch() {
 	defer close(c.watchOut)
 	var buf [64]byte
 	for {
-		if _, err := c.link.Read(buf[:]); err != nil {
+		n, err := c.link.Read(buf[:])
+		for _, id := range buf[:n] {
+			if int(id) < len(c.wake) {
+				c.notify(id)
+			}
+		}
+		if err != nil {
 			break
 		}
 	}
@@ -135,11 +150,34 @@ func (c *Conn) watch() {
 	c.wakeAll()
 }
 
+// notify wakes this process's sleeper on bell id, or the next one to
+// sleep there (which then looks again and finds nothing new).
+func (c *Conn) notify(id byte) {
+	select {
+	case c.wake[id] <- struct{}{}:
+	default:
+	}
+}
+
+// wakeAll wakes every sleeper of this process.
 func (c *Conn) wakeAll() {
-	c.in.data.wakeAll()
-	c.in.space.wakeAll()
-	c.out.data.wakeAll()
-	c.out.space.wakeAll()
+	for id := range c.wake {
+		c.notify(byte(id))
+	}
+}
+
+// ring wakes the peer's waiter on b if it said it sleeps. The load keeps
+// the common case (nobody asleep) to one read of a line the waiter rarely
+// writes; otherwise it costs one write of one byte on the liveness socket,
+// which the peer's watcher reads through Go's netpoller. (A FUTEX_WAKE was
+// cheaper per wake, but the FUTEX_WAIT on the other end held a P in a
+// system call: with 16 clients, small KV ops ran at a third of the
+// socket's rate.)
+func (c *Conn) ring(b *bell) {
+	if b.sleep.Load() != 0 && b.sleep.Swap(0) != 0 && c.link != nil {
+		// A failed write means the peer is gone; the watcher sees it.
+		c.link.Write([]byte{b.id})
+	}
 }
 
 func (c *Conn) enter() error {
@@ -174,13 +212,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, c.corrupt(err)
 		}
 		if n > 0 {
-			c.in.space.ring()
+			c.ring(&c.in.space)
 			return n, nil
 		}
 		if err := c.stopErr(true); err != nil {
 			// Bytes published before the stop are still owed.
 			if n, rerr := c.in.read(p); rerr == nil && n > 0 {
-				c.in.space.ring()
+				c.ring(&c.in.space)
 				return n, nil
 			}
 			return 0, err
@@ -214,7 +252,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			return total, c.corrupt(err)
 		}
 		if n > 0 {
-			c.out.data.ring()
+			c.ring(&c.out.data)
 			total += n
 			p = p[n:]
 			continue
@@ -304,11 +342,17 @@ func (c *Conn) trySpin(read bool) bool {
 	}
 }
 
-// sleepWait sleeps on b until the ring may be ready, the deadline in dl
-// passes, or the channel stops.
+// sleepWait parks until the ring may be ready, the deadline in dl
+// passes, or the channel stops. Without a liveness socket (tests) nobody
+// rings, and it looks again every pollEvery.
 func (c *Conn) sleepWait(b *bell, dl *atomic.Int64, read bool) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		seq := b.seq.Load()
 		b.sleep.Store(1)
 		if c.ready(read) {
 			b.sleep.Store(0)
@@ -321,16 +365,32 @@ func (c *Conn) sleepWait(b *bell, dl *atomic.Int64, read bool) error {
 				return os.ErrDeadlineExceeded
 			}
 		}
-		err := futexSleep(b.seq, seq, d)
-		b.sleep.Store(0)
-		if err != nil {
-			return fmt.Errorf("futex wait: %w", err)
+		if c.link == nil && (d == 0 || d > pollEvery) {
+			d = pollEvery
 		}
+		var expired <-chan time.Time
+		if d > 0 {
+			if timer == nil {
+				timer = time.NewTimer(d)
+			} else {
+				timer.Reset(d)
+			}
+			expired = timer.C
+		}
+		select {
+		case <-c.wake[b.id]:
+		case <-expired:
+		}
+		b.sleep.Store(0)
 		if c.ready(read) {
 			return nil
 		}
 	}
 }
+
+// pollEvery is how often a Conn without a liveness socket looks at its
+// rings while it waits.
+const pollEvery = 50 * time.Microsecond
 
 // Close marks this side closed — the peer reads what is left, then EOF —
 // wakes every sleeper of both sides, closes the liveness socket, waits for
@@ -396,7 +456,7 @@ func (c *Conn) setDeadline(dl *atomic.Int64, t time.Time, b *bell) error {
 	// The sleeper sets sleep before it reads the deadline; this reads
 	// sleep after storing it, so one of the two sees the other.
 	if b.sleep.Load() != 0 {
-		b.wakeAll()
+		c.notify(b.id)
 	}
 	return nil
 }

@@ -18,14 +18,14 @@ const (
 	DefaultRingSize = 64 << 10
 
 	magic   = "TQR1"
-	version = 1
+	version = 2 // 2: doorbells over the liveness socket, not FUTEX_WAKE
 
 	offClosed  = 64
 	offRing0   = 256
 	ringCtlLen = 512
 	offTail    = 0
 	offHead    = 128
-	offData    = 256 // seq u32, sleep u32
+	offData    = 256 // unused u32, sleep u32
 	offSpace   = 384
 )
 

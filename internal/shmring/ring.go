@@ -7,30 +7,17 @@ import (
 	"github.com/tqgo/tq/internal/invariants"
 )
 
-// bell is one direction's doorbell: the waiter sleeps on seq after it set
-// sleep; the other side rings it after publishing its index.
+// bell is one direction's doorbell: the waiter sets sleep before it
+// parks; the other side, after publishing its index, swaps sleep to 0 and,
+// if it was set, sends the bell's id over the liveness socket (see
+// Conn.ring). seq is unused since version 2 (it was the futex word).
 type bell struct {
-	seq, sleep *atomic.Uint32
+	sleep *atomic.Uint32
+	id    byte // 0 ring 0 data, 1 ring 0 space, 2 ring 1 data, 3 ring 1 space
 }
 
-func bellAt(b []byte, off int) bell {
-	return bell{seq: u32At(b, off), sleep: u32At(b, off+4)}
-}
-
-// ring wakes the waiter if it said it sleeps. The load keeps the common
-// case (nobody asleep) to one read of a line the waiter rarely writes.
-func (b bell) ring() {
-	if b.sleep.Load() != 0 && b.sleep.Swap(0) != 0 {
-		b.seq.Add(1)
-		futexWakeAll(b.seq)
-	}
-}
-
-// wakeAll wakes every sleeper, flagged or about to be: the seq bump makes
-// a FUTEX_WAIT that has not started yet return at once.
-func (b bell) wakeAll() {
-	b.seq.Add(1)
-	futexWakeAll(b.seq)
+func bellAt(b []byte, off int, id byte) bell {
+	return bell{sleep: u32At(b, off+4), id: id}
 }
 
 // ring is one direction of a channel. The producer side uses write and
@@ -50,8 +37,8 @@ func ringAt(b []byte, r int, size int) ring {
 	return ring{
 		tail:  u64At(b, ctl+offTail),
 		head:  u64At(b, ctl+offHead),
-		data:  bellAt(b, ctl+offData),
-		space: bellAt(b, ctl+offSpace),
+		data:  bellAt(b, ctl+offData, byte(2*r)),
+		space: bellAt(b, ctl+offSpace, byte(2*r+1)),
 		buf:   b[data : data+size : data+size],
 		size:  uint64(size),
 		mask:  uint64(size - 1),

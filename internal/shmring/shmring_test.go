@@ -68,7 +68,7 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 // TestStream streams bytes through a 4 KiB ring in writes of many sizes —
 // empty, one byte, around the ring's size, many times it — read back in
 // reads of other sizes, against the plain byte sequence as reference;
-// with and without spinning (without, every wait sleeps in FUTEX_WAIT).
+// with and without spinning (without, every wait parks until a doorbell).
 func TestStream(t *testing.T) {
 	for _, spin := range []time.Duration{0, -1} {
 		t.Run(fmt.Sprintf("spin=%v", spin), func(t *testing.T) {

@@ -2,9 +2,10 @@
 // host: the unit hands its memfd segments over a unix socket (SCM_RIGHTS)
 // and the client maps each one once, so bytes move with one copy — or
 // none. Only small control requests (reserve, commit, acquire, release)
-// go to the unit, over a shared-memory ring with a futex doorbell when
-// the unit offers one (Config.Control; see ring.go) or else its unix
-// socket; no payload goes over a socket.
+// go to the unit, over a shared-memory ring when the unit offers one
+// (Config.Control; see ring.go) or else its unix socket; no payload goes
+// over a socket (a ring's doorbell is one byte on it, sent only when the
+// other side stopped spinning and parked).
 //
 //	tr := shm.New(shm.Config{Token: token})
 //	defer tr.Close()

@@ -69,7 +69,8 @@ type Config struct {
 	// default), or always the unit's socket, or always a ring.
 	Control Control
 	// RingSpin is how long a control ring's reader spins for an answer
-	// before it sleeps in FUTEX_WAIT (0: 10 µs; negative: not at all).
+	// before it parks until the unit rings (0: 10 µs; negative: not at
+	// all).
 	RingSpin time.Duration
 }
 
