@@ -179,16 +179,30 @@ func writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []in
 		return fmt.Errorf("write to unit %d: %w", u.ID(), err)
 	}
 	for i, f := range fields {
-		base := addrs[i]
-		off := base.Offset
-		fl := locs[i]
-		for _, r := range rows {
-			n := uint64(len(f.Col.RowBytes(r)))
-			fl[r] = engine.CellLoc{Unit: u.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: n}}
-			off += n
-		}
+		setLocs(locs[i], u.ID(), addrs[i], f.Col, rows)
 	}
 	return nil
+}
+
+// setLocs sets locs[r], for each of rows in turn, to where row r of col
+// lies in ext, the extent its rows were written to back to back.
+func setLocs(locs []engine.CellLoc, unit engine.UnitID, ext engine.RemoteAddr, col *engine.Column, rows []int) {
+	off := ext.Offset
+	cell := func(r int, n uint64) {
+		locs[r] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: ext.Segment, Gen: ext.Gen, Offset: off, Len: n}}
+		off += n
+	}
+	if col.Kind() == engine.Dense {
+		n := uint64(col.Size() / max(col.Len(), 1)) // every row has the same size
+		for _, r := range rows {
+			cell(r, n)
+		}
+		return
+	}
+	offs := col.Offsets()
+	for _, r := range rows {
+		cell(r, uint64(offs[r+1]-offs[r]))
+	}
 }
 
 // freeWritten frees the cells a failed put wrote.

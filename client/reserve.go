@@ -201,20 +201,15 @@ func (b *reserved) end() bool {
 // as a batch. On failure the extents are given back.
 func (b *reserved) commitUnit(ctx context.Context) ([]controller.CommitField, *engine.Batch, error) {
 	n := b.fields[0].Col.Len()
-	locs := make([][]engine.CellLoc, len(b.fields))
-	for i, f := range b.fields {
-		base := b.res.Addr(i)
-		off := base.Offset
-		locs[i] = make([]engine.CellLoc, n)
-		for r := range n {
-			l := uint64(len(f.Col.RowBytes(r)))
-			locs[i][r] = engine.CellLoc{Unit: b.unit.ID(), Addr: engine.RemoteAddr{Segment: base.Segment, Gen: base.Gen, Offset: off, Len: l}}
-			off += l
-		}
-	}
 	all := make([]int, n)
 	for i := range all {
 		all[i] = i
+	}
+	locs := make([][]engine.CellLoc, len(b.fields))
+	slab := make([]engine.CellLoc, n*len(b.fields))
+	for i, f := range b.fields {
+		locs[i] = slab[i*n : (i+1)*n : (i+1)*n]
+		setLocs(locs[i], b.unit.ID(), b.res.Addr(i), f.Col, all)
 	}
 	batch, err := engine.NewBatch(b.fields...)
 	if err != nil {
