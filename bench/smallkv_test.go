@@ -19,6 +19,7 @@ import (
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/transport/shm"
 )
 
 // smallKVKeys is how many keys each client rotates over.
@@ -238,8 +239,8 @@ func countTrips(b *testing.B, c *client.Client, transport string, size int) func
 		}
 		got.Release()
 	}
-	sc, su := set.trips(transport)
-	gc, gu := get.trips(transport)
+	sc, su := set.trips(transport, size)
+	gc, gu := get.trips(transport, size)
 	calls := fmt.Sprintf("%s, per SET: %s; per GET: %s", transport, set.String(pairs), get.String(pairs))
 	return func(b *testing.B) {
 		b.ReportMetric(float64(sc)/pairs, "set_ctrl_rt")
@@ -264,21 +265,32 @@ func (t *tripCount) add(name string) {
 // unitTrips is the wire round trips of one unit call by transport, from
 // the transports' code: over shm a write is RESERVE then COMMIT and a read
 // is ACQUIRE then RELEASE (Acquire's RELEASE is counted when the lease is
-// released); over tcp (or the unit's unix socket) each call of a small
-// value is one request and its reply.
+// released), except that values of at most shm.InlineMax go through the
+// control ring in one WRITE or READ (see inlineTrips); over tcp (or the
+// unit's unix socket) each call of a small value is one request and its
+// reply.
 var unitTrips = map[string]map[string]int{
 	client.TransportShm: {"unit.Write": 2, "unit.Acquire": 1, "unit.Release": 1, "unit.ReadInto": 2, "unit.Free": 1},
 	client.TransportTCP: {"unit.Write": 1, "unit.Acquire": 1, "unit.Release": 0, "unit.ReadInto": 1, "unit.Free": 1},
 }
 
-// trips returns the controller and unit round trips counted.
-func (t tripCount) trips(transport string) (ctrl, unit int) {
+// inlineTrips overrides unitTrips for shm values of at most
+// shm.InlineMax (with the default ring control).
+var inlineTrips = map[string]int{"unit.Write": 1, "unit.ReadInto": 1}
+
+// trips returns the controller and unit round trips counted for values
+// of size bytes.
+func (t tripCount) trips(transport string, size int) (ctrl, unit int) {
 	for name, n := range t {
 		if strings.HasPrefix(name, "ctrl.") {
 			ctrl += n
-		} else {
-			unit += n * unitTrips[transport][name]
+			continue
 		}
+		per := unitTrips[transport][name]
+		if k, ok := inlineTrips[name]; ok && transport == client.TransportShm && size <= shm.InlineMax {
+			per = k
+		}
+		unit += n * per
 	}
 	return ctrl, unit
 }
@@ -317,6 +329,14 @@ func (u countingUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (c
 		return nil, err
 	}
 	return &countingLease{Lease: l, n: *u.n}, nil
+}
+
+// Inline passes the unit's choice of small reads through (see client's
+// inliner): without it a counted shm get would lease what the real one
+// reads inline.
+func (u countingUnit) Inline(n uint64) bool {
+	in, ok := u.DataUnit.(interface{ Inline(uint64) bool })
+	return ok && in.Inline(n)
 }
 
 func (u countingUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {

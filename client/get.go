@@ -38,7 +38,10 @@ func (v *View) Release() {
 // bytes: the columns are read-only (a write through them faults) and stay
 // valid, unchanged even if the rows are cleared, until the caller calls
 // [engine.Batch.Release]. Elsewhere, or with [Config.CopyGets], the
-// columns are fresh copies the caller owns and Release does nothing.
+// columns are fresh copies the caller owns and Release does nothing. So
+// are a unit's cells of at most [shm.InlineMax] bytes in all: it sends
+// those in its answer, in one round trip, where a view needs a lease taken
+// and given back.
 // [Client.GetCopy] always copies; [Client.GetInto] copies into the caller's
 // buffer.
 //
@@ -48,7 +51,7 @@ func (c *Client) Get(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch
 	if c.cfg.CopyGets || !c.lendsViews(meta) {
 		return c.GetCopy(ctx, meta)
 	}
-	v, err := c.get(ctx, meta, true)
+	v, err := c.get(ctx, meta, preferViews)
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +64,7 @@ func (c *Client) Get(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch
 // GetCopy is [Client.Get] into freshly allocated columns the caller owns,
 // whatever the transport.
 func (c *Client) GetCopy(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch, error) {
-	v, err := c.get(ctx, meta, false)
+	v, err := c.get(ctx, meta, copies)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +94,7 @@ func (c *Client) lendsViews(meta *engine.BatchMeta) bool {
 // GetView reads the meta's fields as views into storage where the cells
 // allow it (no copy); release the view when done.
 func (c *Client) GetView(ctx context.Context, meta *engine.BatchMeta) (*View, error) {
-	return c.get(ctx, meta, true)
+	return c.get(ctx, meta, views)
 }
 
 // run is a stretch of back-to-back cells of one field on one unit.
@@ -103,20 +106,44 @@ type run struct {
 	lease int // index of the range in its unit's lease
 }
 
-func (c *Client) get(ctx context.Context, meta *engine.BatchMeta, view bool) (*View, error) {
-	v, err := c.getRuns(ctx, meta, view, true)
+// getMode is what a get returns.
+type getMode int
+
+const (
+	copies      getMode = iota // columns the caller owns
+	views                      // views into storage wherever a unit lends them
+	preferViews                // views, but small reads copied where that is cheaper (see inliner)
+)
+
+// inliner is a unit that answers a read of at most some bytes in one
+// round trip, with no lease (shm over a control ring).
+type inliner interface {
+	Inline(n uint64) bool
+}
+
+func (c *Client) get(ctx context.Context, meta *engine.BatchMeta, mode getMode) (*View, error) {
+	v, err := c.getRuns(ctx, meta, mode, true)
 	if errors.Is(err, errMergedRange) {
 		// Back-to-back cells can straddle two extents (two puts placed side
 		// by side); lease them cell by cell.
-		v, err = c.getRuns(ctx, meta, view, false)
+		v, err = c.getRuns(ctx, meta, mode, false)
 	}
 	return v, err
+}
+
+// rangesLen is the bytes of addrs.
+func rangesLen(addrs []engine.RemoteAddr) uint64 {
+	var n uint64
+	for _, a := range addrs {
+		n += a.Len
+	}
+	return n
 }
 
 // errMergedRange reports that a merged lease range was refused.
 var errMergedRange = errors.New("client: merged range refused")
 
-func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, view, merge bool) (*View, error) {
+func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMode, merge bool) (*View, error) {
 	if meta.Len() == 0 {
 		b, _ := engine.NewBatch()
 		return &View{Batch: b}, nil
@@ -146,7 +173,13 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, view, merg
 			v.Release()
 			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
 		}
-		l, err := u.Acquire(ctx, addrs)
+		var l Lease
+		var err error
+		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
+			l, err = readOwned(ctx, addrs, u.ReadInto)
+		} else {
+			l, err = u.Acquire(ctx, addrs)
+		}
 		if err != nil {
 			v.Release()
 			switch {
@@ -167,7 +200,7 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, view, merg
 	fields := make([]engine.Field, 0, len(names))
 	aliased := false
 	for _, name := range names {
-		col, alias, err := buildColumn(meta, name, runs[name], leases, view)
+		col, alias, err := buildColumn(meta, name, runs[name], leases, mode != copies)
 		if err != nil {
 			v.Release()
 			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("field %q: %w", name, err)}

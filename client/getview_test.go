@@ -13,12 +13,16 @@ import (
 // Over shared memory, Get lends read-only views by default: nothing is
 // copied, a write through a view faults, the unit keeps the memory until
 // Release even when the rows are cleared, and CopyGets (or GetCopy) gives
-// columns the caller owns.
+// columns the caller owns. Batches of at most shm.InlineMax bytes come as
+// copies.
 func TestGetViewsByDefaultOverShm(t *testing.T) {
 	ctx := context.Background()
 	c, u := shmClient(t, DefaultConfig())
-	vals := []float32{1, 2, 3, 4, 5, 6}
-	col, err := engine.DenseOf(vals, 2)
+	vals := make([]float32, 3*4096) // 3 rows of 16 KiB: lent as views
+	for i := range vals {
+		vals[i] = float32(i)
+	}
+	col, err := engine.DenseOf(vals, 4096)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +52,7 @@ func TestGetViewsByDefaultOverShm(t *testing.T) {
 	if err := c.Clear(ctx, meta); err != nil {
 		t.Fatal(err)
 	}
-	nines, _ := engine.DenseOf([]float32{9, 9, 9, 9, 9, 9}, 2)
+	nines, _ := engine.DenseOf(slices.Repeat([]float32{9}, len(vals)), 4096)
 	if _, err := c.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: nines})); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +87,20 @@ func TestGetViewsByDefaultOverShm(t *testing.T) {
 			t.Fatalf("%s: not a writable copy", name)
 		}
 		b.Release() // a no-op for owned columns
+	}
+
+	// A small batch comes in the unit's answer: a copy, no lease.
+	small, _ := engine.DenseOf(vals[:16], 2)
+	meta3, err := c.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: small}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Get(ctx, meta3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := engine.Values[float32](b.Col("x")); b.Aliased() || !slices.Equal(got, vals[:16]) || u.Stats().Leases != 0 {
+		t.Fatalf("small get: aliased %v, %v, %d leases", b.Aliased(), got, u.Stats().Leases)
 	}
 }
 

@@ -126,6 +126,12 @@ func (r remoteUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.Rem
 }
 
 func (r remoteUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
+	return readOwned(ctx, addrs, r.conn.Read)
+}
+
+// readOwned reads addrs with read into one fresh buffer, as a lease that
+// pins nothing.
+func readOwned(ctx context.Context, addrs []engine.RemoteAddr, read func(context.Context, []engine.RemoteAddr, [][]byte) error) (*ownedLease, error) {
 	l := &ownedLease{offs: make([]uint64, len(addrs)+1)}
 	for i, a := range addrs {
 		l.offs[i+1] = l.offs[i] + a.Len
@@ -135,7 +141,7 @@ func (r remoteUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lea
 	for i := range addrs {
 		dst[i] = l.Bytes(i)
 	}
-	if err := r.conn.Read(ctx, addrs, dst); err != nil {
+	if err := read(ctx, addrs, dst); err != nil {
 		return nil, err
 	}
 	return l, nil
@@ -182,6 +188,10 @@ func (s shmUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease,
 	}
 	return l, nil
 }
+
+// Inline reports whether a read of n bytes comes in the unit's answer
+// (see [shm.InlineMax]).
+func (s shmUnit) Inline(n uint64) bool { return s.conn.Inline(n) }
 
 func (s shmUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
 	return s.conn.Read(ctx, addrs, dst)

@@ -588,11 +588,12 @@ func TestKilledShmUnitFailsFast(t *testing.T) {
 	}
 	defer c.Close()
 	kv := kvapi.New(c)
-	want := helperBatch(0, 4)
-	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 4), want, nil); err != nil {
+	// Big enough to be lent as views (see shm.InlineMax).
+	want := helperBatch(0, 512)
+	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 512), want, nil); err != nil {
 		t.Fatal(err)
 	}
-	view, err := kv.BatchGet(ctx, "p", helperKeys(0, 4))
+	view, err := kv.BatchGet(ctx, "p", helperKeys(0, 512))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -604,9 +605,9 @@ func TestKilledShmUnitFailsFast(t *testing.T) {
 	unit.done <- nil
 
 	for name, op := range map[string]func(context.Context) error{
-		"get": func(ctx context.Context) error { _, err := kv.BatchGet(ctx, "p", helperKeys(0, 4)); return err },
+		"get": func(ctx context.Context) error { _, err := kv.BatchGet(ctx, "p", helperKeys(0, 512)); return err },
 		"put": func(ctx context.Context) error {
-			_, err := kv.BatchPut(ctx, "p", helperKeys(4, 4), want, nil)
+			_, err := kv.BatchPut(ctx, "p", helperKeys(512, 512), want, nil)
 			return err
 		},
 	} {

@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -337,6 +338,13 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		return nil, c.opErr("write", err)
 	}
 	defer c.ops.Done()
+	if c.inline(sizes...) {
+		addrs, err := c.writeInline(ctx, extents, sizes)
+		if err != nil {
+			return nil, c.opErr("write", err)
+		}
+		return addrs, nil
+	}
 	r, err := c.reserve(ctx, sizes)
 	if err != nil {
 		return nil, c.opErr("write", err)
@@ -354,6 +362,66 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		return nil, c.opErr("write", err)
 	}
 	return r.addrs, nil
+}
+
+// InlineMax is the most bytes a write or read carries through a control
+// ring itself, in one round trip, instead of reserving (or leasing)
+// shared memory and copying there in two: below it the second round trip
+// costs more than the extra copy. 1 KiB KV put+get with 16 clients:
+// 28.9k ops/s with every write reserved, 36.0k with small ones inline.
+// Over a socket the bytes never go inline.
+const InlineMax = 16 << 10
+
+// Inline reports whether n bytes would go through the control ring (see
+// [InlineMax]) rather than through shared memory.
+func (c *Conn) Inline(n uint64) bool { return n <= InlineMax && c.inline(int64(n)) }
+
+// inline reports whether an op on extents of sizes goes through the ring.
+func (c *Conn) inline(sizes ...int64) bool {
+	if c.Control() != ControlRing {
+		return false
+	}
+	var total int64
+	for _, n := range sizes {
+		if total += n; total > InlineMax {
+			return false
+		}
+	}
+	return true
+}
+
+// writeInline is WRITE with the bytes in the request: the unit copies
+// them from the ring into a fresh extent and commits it before it answers.
+func (c *Conn) writeInline(ctx context.Context, extents [][][]byte, sizes []int64) ([]engine.RemoteAddr, error) {
+	var payload net.Buffers
+	for _, pieces := range extents {
+		for _, p := range pieces {
+			if len(p) > 0 {
+				payload = append(payload, p)
+			}
+		}
+	}
+	usizes := make([]uint64, len(sizes))
+	for i, n := range sizes {
+		usizes[i] = uint64(n)
+	}
+	var reply wirepb.WriteReply
+	if err := c.wc.Do(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: usizes}, payload, &reply, nil); err != nil {
+		return nil, err
+	}
+	addrs, err := wire.RangesFromPB(reply.Extents)
+	if err == nil && len(addrs) != len(sizes) {
+		err = fmt.Errorf("unit stored %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range addrs {
+		if a.Len != uint64(sizes[i]) {
+			return nil, fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", i, a.Len, sizes[i], engine.ErrCorrupt)
+		}
+	}
+	return addrs, nil
 }
 
 // copyJob is one copy of src into dst (at least as long).
@@ -432,6 +500,18 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 		return c.opErr("read", err)
 	}
 	defer c.ops.Done()
+	lens := make([]int64, len(ranges))
+	for i, r := range ranges {
+		lens[i] = int64(r.Len)
+	}
+	if c.inline(lens...) {
+		err := c.wc.Do(ctx, wire.OpRead, &wirepb.ReadRequest{Ranges: wire.RangesToPB(ranges)}, nil, &wirepb.Empty{},
+			func(wire.Header, proto.Message) ([][]byte, error) { return dst, nil })
+		if err != nil {
+			return c.opErr("read", err)
+		}
+		return nil
+	}
 	l, err := c.acquire(ctx, ranges)
 	if err != nil {
 		return c.opErr("read", err)

@@ -60,3 +60,47 @@ func TestPayloadNeverCrossesTheSocket(t *testing.T) {
 	}
 	t.Logf("32 MiB put+read+view over shm: %d socket bytes; the same put over the socket: %d", shmBytes, traffic()-before)
 }
+
+// TestSmallOpsInline: over a control ring, writes and reads of at most
+// InlineMax bytes travel in the ring itself (one round trip, no
+// reservation or lease) and still put nothing on the socket but
+// doorbells; over the socket they go through shared memory as before.
+func TestSmallOpsInline(t *testing.T) {
+	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
+	ctx := context.Background()
+	traffic := func() int64 { in, out := tu.srv.Traffic(); return in + out }
+	payload := bytes.Repeat([]byte("tq"), InlineMax/2)
+	for _, control := range []Control{ControlRing, ControlSocket} {
+		c := dialUnit(t, tu, Config{Control: control})
+		ring := control == ControlRing
+		if c.Inline(InlineMax) != ring || c.Inline(InlineMax+1) {
+			t.Errorf("%v: Inline(%d) = %v, Inline(%d) = %v", control, InlineMax, c.Inline(InlineMax), InlineMax+1, c.Inline(InlineMax+1))
+		}
+		before := traffic()
+		const rounds = 20
+		for range rounds {
+			addrs, err := c.Write(ctx, [][][]byte{{payload[:100], payload[100:]}, {payload[:10]}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst := [][]byte{make([]byte, len(payload)), make([]byte, 10)}
+			if err := c.Read(ctx, addrs, dst); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(dst[0], payload) || !bytes.Equal(dst[1], payload[:10]) {
+				t.Fatalf("%v: read back differs", control)
+			}
+			if err := c.Free(ctx, addrs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		moved := traffic() - before
+		if ring && moved >= int64(len(payload)) {
+			t.Errorf("ring: %d small writes and reads of %d bytes put %d bytes on the socket", rounds, len(payload), moved)
+		}
+		if st := settle(t, tu.u); st.Used != 0 {
+			t.Errorf("%v: %d bytes still used", control, st.Used)
+		}
+		c.Close()
+	}
+}
