@@ -143,7 +143,7 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		}
 	}()
 	for u, rows := range c.place(meta, pos) {
-		if err := writeRows(ctx, u, fields, rows, locs); err != nil {
+		if _, err := writeRows(ctx, u, fields, rows, locs); err != nil {
 			return err
 		}
 		done = append(done, written{unit: u, rows: rows})
@@ -165,23 +165,26 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 }
 
 // writeRows writes rows of fields to unit u, one extent per field, and
-// sets locs[i][r] to where row r of field i went.
-func writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []int, locs [][]engine.CellLoc) error {
+// returns the extents; with locs, it sets locs[i][r] to where row r of
+// field i went.
+func writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []int, locs [][]engine.CellLoc) ([]engine.RemoteAddr, error) {
 	extents := make([][][]byte, len(fields))
 	for i, f := range fields {
 		extents[i] = pieces(f.Col, rows)
 	}
 	addrs, err := u.Write(ctx, extents)
 	if errors.Is(err, engine.ErrUnavailable) {
-		return fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
+		return nil, fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
 	}
 	if err != nil {
-		return fmt.Errorf("write to unit %d: %w", u.ID(), err)
+		return nil, fmt.Errorf("write to unit %d: %w", u.ID(), err)
 	}
 	for i, f := range fields {
-		setLocs(locs[i], u.ID(), addrs[i], f.Col, rows)
+		if locs != nil {
+			setLocs(locs[i], u.ID(), addrs[i], f.Col, rows)
+		}
 	}
-	return nil
+	return addrs, nil
 }
 
 // setLocs sets locs[r], for each of rows in turn, to where row r of col
@@ -205,6 +208,53 @@ func setLocs(locs []engine.CellLoc, unit engine.UnitID, ext engine.RemoteAddr, c
 	}
 }
 
+// extentFields describes, for a commit, the cells of fields whose rows
+// were written back to back, all of them, into exts[i] on unit. With
+// runs, a dense field is one run (see [engine.CellRun]); other fields,
+// and every field without runs, list their cells one by one.
+func extentFields(fields []engine.Field, unit engine.UnitID, exts []engine.RemoteAddr, runs bool) []controller.CommitField {
+	n := fields[0].Col.Len()
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	locs := make([][]engine.CellLoc, len(fields))
+	var slab []engine.CellLoc
+	for i, f := range fields {
+		if runs && f.Col.Kind() == engine.Dense {
+			continue
+		}
+		if slab == nil {
+			slab = make([]engine.CellLoc, n*len(fields))
+		}
+		locs[i] = slab[i*n : (i+1)*n : (i+1)*n]
+		setLocs(locs[i], unit, exts[i], f.Col, all)
+	}
+	cfs := commitFields(fields, all, locs)
+	for i, f := range fields {
+		if locs[i] == nil {
+			first := exts[i]
+			first.Len = uint64(f.Col.Size() / max(n, 1))
+			cfs[i].Locs, cfs[i].Runs = nil, []engine.CellRun{{Unit: unit, First: first, Count: n}}
+		}
+	}
+	return cfs
+}
+
+// fieldAddrs lists the byte ranges of commit fields' cells, a run as one.
+func fieldAddrs(cfs []controller.CommitField) []engine.RemoteAddr {
+	var addrs []engine.RemoteAddr
+	for _, cf := range cfs {
+		for _, r := range cf.Runs {
+			addrs = append(addrs, r.Span())
+		}
+		for _, l := range cf.Locs {
+			addrs = append(addrs, l.Addr)
+		}
+	}
+	return addrs
+}
+
 // freeWritten frees the cells a failed put wrote.
 func freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) error {
 	var err error
@@ -221,18 +271,21 @@ func freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) e
 }
 
 // commitFields describes the cells of rows pos of fields, whose locations
-// are locs[field][row], for a commit.
+// are locs[field][row], for a commit; a field whose locs are nil gets
+// none.
 func commitFields(fields []engine.Field, pos []int, locs [][]engine.CellLoc) []controller.CommitField {
-	identity := len(locs) > 0 && len(pos) == len(locs[0])
+	identity := true
 	for i, p := range pos {
 		identity = identity && p == i
 	}
 	out := make([]controller.CommitField, len(fields))
 	for fi, f := range fields {
 		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
-		if identity {
+		switch {
+		case locs[fi] == nil:
+		case identity && len(pos) == len(locs[fi]):
 			cf.Locs = locs[fi] // the controller copies what it keeps
-		} else {
+		default:
 			cf.Locs = make([]engine.CellLoc, len(pos))
 			for i, p := range pos {
 				cf.Locs[i] = locs[fi][p]

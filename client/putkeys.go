@@ -115,6 +115,13 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		return controller.KeysCommitted{}, err
 	}
 	fields := b.Fields()
+	if len(plan.groups) == 1 {
+		// Every row on one unit, in key order: dense fields go to the
+		// controller as one run each.
+		for u := range plan.groups {
+			return c.putKeysOn(ctx, u, req, fields, plan.created)
+		}
+	}
 	locs := make([][]engine.CellLoc, len(fields))
 	for i := range fields {
 		locs[i] = make([]engine.CellLoc, len(keys))
@@ -127,7 +134,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		}
 	}()
 	for u, rows := range plan.groups {
-		if err := writeRows(ctx, u, fields, rows, locs); err != nil {
+		if _, err := writeRows(ctx, u, fields, rows, locs); err != nil {
 			return controller.KeysCommitted{}, err
 		}
 		done = append(done, written{unit: u, rows: rows})
@@ -140,6 +147,26 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
 		return controller.KeysCommitted{}, err
+	}
+	c.freeReplaced(out.Replaced)
+	return out, nil
+}
+
+// putKeysOn is a KV put of every row to unit u.
+func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req controller.KeysCommit, fields []engine.Field, created []string) (controller.KeysCommitted, error) {
+	all := make([]int, len(req.Keys))
+	for i := range all {
+		all[i] = i
+	}
+	exts, err := writeRows(ctx, u, fields, all, nil)
+	if err != nil {
+		return controller.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
+	}
+	req.Fields = extentFields(fields, u.ID(), exts, true)
+	out, err := c.meta.CommitKeys(ctx, req)
+	if err != nil {
+		ctx := context.WithoutCancel(ctx)
+		return controller.KeysCommitted{}, errors.Join(err, u.Free(ctx, fieldAddrs(req.Fields)), c.forget(ctx, req.Partition, created))
 	}
 	c.freeReplaced(out.Replaced)
 	return out, nil
@@ -257,7 +284,7 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (controller.KeysCommitted, e
 	if !b.end() {
 		return controller.KeysCommitted{}, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
 	}
-	cfs, _, err := b.commitUnit(ctx)
+	cfs, _, err := b.commitUnit(ctx, true)
 	if err != nil {
 		return controller.KeysCommitted{}, errors.Join(err, b.c.forget(ctx, b.part, b.created))
 	}

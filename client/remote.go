@@ -200,7 +200,10 @@ func commitFieldsToPB(fields []controller.CommitField) []*wirepb.CommitField {
 				cf.Shapes[j] = wire.ShapeToPB(s)
 			}
 		}
-		if f.Locs != nil {
+		switch {
+		case f.Runs != nil:
+			cf.HasLocs, cf.Locs = true, wire.RunsToPB(f.Runs)
+		case f.Locs != nil:
 			cf.HasLocs, cf.Locs = true, wire.AddrsToPB(f.Locs)
 		}
 		out[i] = cf

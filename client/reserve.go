@@ -197,20 +197,15 @@ func (b *reserved) end() bool {
 }
 
 // commitUnit makes the extents readable on the unit and returns the cells
-// of each field (row by row) for the controller, with the filled columns
-// as a batch. On failure the extents are given back.
-func (b *reserved) commitUnit(ctx context.Context) ([]controller.CommitField, *engine.Batch, error) {
-	n := b.fields[0].Col.Len()
-	all := make([]int, n)
-	for i := range all {
-		all[i] = i
+// of each field for the controller (in runs where runs allows, see
+// extentFields), with the filled columns as a batch. On failure the
+// extents are given back.
+func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]controller.CommitField, *engine.Batch, error) {
+	exts := make([]engine.RemoteAddr, len(b.fields))
+	for i := range exts {
+		exts[i] = b.res.Addr(i)
 	}
-	locs := make([][]engine.CellLoc, len(b.fields))
-	slab := make([]engine.CellLoc, n*len(b.fields))
-	for i, f := range b.fields {
-		locs[i] = slab[i*n : (i+1)*n : (i+1)*n]
-		setLocs(locs[i], b.unit.ID(), b.res.Addr(i), f.Col, all)
-	}
+	cfs := extentFields(b.fields, b.unit.ID(), exts, runs)
 	batch, err := engine.NewBatch(b.fields...)
 	if err != nil {
 		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
@@ -219,18 +214,12 @@ func (b *reserved) commitUnit(ctx context.Context) ([]controller.CommitField, *e
 		err = fmt.Errorf("commit on unit %d: %w", b.unit.ID(), err)
 		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
 	}
-	return commitFields(b.fields, all, locs), batch, nil
+	return cfs, batch, nil
 }
 
 // free gives back the cells of a unit commit the controller refused.
 func (b *reserved) free(ctx context.Context, cfs []controller.CommitField) error {
-	addrs := make([]engine.RemoteAddr, 0, len(cfs)*len(cfs[0].Locs))
-	for _, cf := range cfs {
-		for _, l := range cf.Locs {
-			addrs = append(addrs, l.Addr)
-		}
-	}
-	return b.unit.Free(context.WithoutCancel(ctx), addrs)
+	return b.unit.Free(context.WithoutCancel(ctx), fieldAddrs(cfs))
 }
 
 // abort gives the extents back if the buffer is still open.
@@ -339,7 +328,7 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if !b.end() {
 		return nil, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
 	}
-	cfs, batch, err := b.commitUnit(ctx)
+	cfs, batch, err := b.commitUnit(ctx, false) // the meta it returns lists every cell
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,32 @@ type CommitField struct {
 	// Locs says where each row's bytes live; nil records the cells as
 	// produced without a location (metadata-only use).
 	Locs []engine.CellLoc
+	// Runs, instead of Locs, says the same in runs of cells (see
+	// [engine.CellRun]): the cells of the runs, in order, are the rows'.
+	// A column slice one put wrote is a single run, which is cheaper to
+	// send and record than its cells one by one.
+	Runs []engine.CellRun
+}
+
+// locCursor walks a commit field's row locations in row order, from Locs
+// or Runs (the zero location when it has neither).
+type locCursor struct {
+	cf     *CommitField
+	run, k int
+}
+
+func (c *locCursor) next(i int) engine.CellLoc {
+	switch {
+	case c.cf.Runs != nil:
+		for c.k == c.cf.Runs[c.run].Count {
+			c.run, c.k = c.run+1, 0
+		}
+		c.k++
+		return c.cf.Runs[c.run].Cell(c.k - 1)
+	case c.cf.Locs != nil:
+		return c.cf.Locs[i]
+	}
+	return engine.CellLoc{}
 }
 
 // CommitRequest flips the production bits of cells whose bytes are
@@ -105,6 +131,21 @@ func checkFields(fields []CommitField, n int) error {
 		if cf.Locs != nil && len(cf.Locs) != n {
 			return fmt.Errorf("field %q has %d locations for %d rows: %w", cf.Name, len(cf.Locs), n, engine.ErrInvalid)
 		}
+		if cf.Runs != nil {
+			if cf.Locs != nil {
+				return fmt.Errorf("field %q has both locations and runs: %w", cf.Name, engine.ErrInvalid)
+			}
+			cells := 0
+			for _, r := range cf.Runs {
+				if r.Count <= 0 {
+					return fmt.Errorf("field %q has a run of %d cells: %w", cf.Name, r.Count, engine.ErrInvalid)
+				}
+				cells += r.Count
+			}
+			if cells != n {
+				return fmt.Errorf("field %q has runs of %d cells for %d rows: %w", cf.Name, cells, n, engine.ErrInvalid)
+			}
+		}
 	}
 	return nil
 }
@@ -139,18 +180,15 @@ func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLo
 		fs[i] = f
 	}
 	growCells(rows, len(p.order))
-	for fi, cf := range req.Fields {
-		f := fs[fi]
+	for fi := range req.Fields {
+		cf, f := &req.Fields[fi], fs[fi]
+		locs := locCursor{cf: cf}
 		for i, r := range rows {
 			if r.has(f.slot) {
 				replaced = append(replaced, r.cells[f.slot].loc())
 				p.forgetCell(f, r.index)
 			}
-			var loc engine.CellLoc
-			if cf.Locs != nil {
-				loc = cf.Locs[i]
-			}
-			r.cells[f.slot] = cellAt(loc)
+			r.cells[f.slot] = cellAt(locs.next(i))
 			var s engine.Shape
 			switch cf.Kind {
 			case engine.Dense:

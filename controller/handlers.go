@@ -258,6 +258,15 @@ func commitFieldFromPB(f *wirepb.CommitField, n int) (CommitField, error) {
 	locs := f.GetLocs()
 	switch {
 	case f.GetHasLocs():
+		// Runs of equal cells stay runs: a column slice costs one entry.
+		runs, ok, err := wire.RunsFromPB(locs)
+		if err != nil {
+			return cf, err
+		}
+		if ok {
+			cf.Runs = runs
+			return cf, nil // checkFields counts the runs' cells
+		}
 		if cf.Locs, err = wire.AddrsFromPB(locs); err != nil {
 			return cf, err
 		}

@@ -107,3 +107,49 @@ func TestCommitKeysRejected(t *testing.T) {
 		t.Errorf("partitions %v: a rejected commit created one", ps)
 	}
 }
+
+// A field's cells may come as runs; they mean the cells they expand to.
+func TestCommitRuns(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	keys := []string{"a", "b", "c", "d", "e"}
+	runs := []engine.CellRun{
+		{Unit: 1, First: engine.RemoteAddr{Segment: 2, Gen: 3, Offset: 100, Len: 8}, Count: 3},
+		{Unit: 2, First: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 0, Len: 8}, Count: 2},
+	}
+	req := KeysCommit{Partition: "p", Keys: keys, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs}}}
+	if _, err := c.CommitKeys(req); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.ResolveKeys("p", keys, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []engine.CellLoc
+	for _, r := range runs {
+		for k := range r.Count {
+			want = append(want, r.Cell(k))
+		}
+	}
+	if d := cmp.Diff(want, m.Cells["x"]); d != "" {
+		t.Fatalf("cells (-want +got):\n%s", d)
+	}
+	if want[1].Addr.Offset != 108 || want[4].Addr.Offset != 8 {
+		t.Fatalf("Cell: %+v", want)
+	}
+	for name, bad := range map[string][]engine.CellRun{
+		"short":     runs[:1],
+		"empty run": {runs[0], runs[1], {Unit: 1, Count: 0}},
+		"negative":  {{Unit: 1, Count: -1}, runs[0], runs[1]},
+	} {
+		r := req
+		r.Fields = []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: bad}}
+		if _, err := c.CommitKeys(r); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	r := req
+	r.Fields = []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs, Locs: want}}
+	if _, err := c.CommitKeys(r); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("runs and locations: %v, want ErrInvalid", err)
+	}
+}

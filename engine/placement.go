@@ -31,6 +31,30 @@ type CellLoc struct {
 // (a zero-length row) are stored with Unit set.
 func (l CellLoc) Stored() bool { return l.Unit != 0 }
 
+// CellRun is Count cells stored back to back on one unit, each of
+// First.Len bytes: cell k starts at First.Offset + k*First.Len. A column
+// slice written by one put is one run, and a run costs the same to send
+// or record whether it holds one cell or a thousand.
+type CellRun struct {
+	Unit  UnitID
+	First RemoteAddr
+	Count int
+}
+
+// Cell returns the location of cell k of the run.
+func (r CellRun) Cell(k int) CellLoc {
+	a := r.First
+	a.Offset += uint64(k) * a.Len
+	return CellLoc{Unit: r.Unit, Addr: a}
+}
+
+// Span is the run's bytes as one range.
+func (r CellRun) Span() RemoteAddr {
+	a := r.First
+	a.Len *= uint64(r.Count)
+	return a
+}
+
 // PeerInfo describes how to reach a storage unit. Handshake is opaque,
 // transport-specific data (shm: boot id and socket path; rdma: endpoint).
 type PeerInfo struct {

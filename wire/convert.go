@@ -279,6 +279,71 @@ func decodeAddrs(a *wirepb.Addrs, withUnit bool, dst *addrList) error {
 	return nil
 }
 
+// RunsToPB encodes runs of cells (see [engine.CellRun]) in the run form
+// of Addrs, exactly as [AddrsToPB] would encode their cells one by one.
+func RunsToPB(runs []engine.CellRun) *wirepb.Addrs {
+	a := &wirepb.Addrs{
+		RunCount: make([]uint32, len(runs)), RunUnit: make([]uint32, len(runs)), RunSegment: make([]uint32, len(runs)),
+		RunGen: make([]uint32, len(runs)), RunOffset: make([]uint64, len(runs)),
+	}
+	uniform := true
+	n := 0
+	for i, r := range runs {
+		a.RunCount[i], a.RunUnit[i], a.RunSegment[i] = uint32(r.Count), uint32(r.Unit), r.First.Segment
+		a.RunGen[i], a.RunOffset[i] = r.First.Gen, r.First.Offset
+		uniform = uniform && r.First.Len == runs[0].First.Len
+		n += r.Count
+	}
+	switch {
+	case len(runs) == 0:
+	case uniform:
+		a.RunLen = []uint64{runs[0].First.Len}
+	default:
+		a.RunLen = make([]uint64, 0, n)
+		for _, r := range runs {
+			for range r.Count {
+				a.RunLen = append(a.RunLen, r.First.Len)
+			}
+		}
+	}
+	return a
+}
+
+// RunsFromPB decodes a's run form as runs of equal cells, without
+// expanding them, when it is one: every run's cells of one length. ok is
+// false otherwise (cell by cell, or cells of different lengths in a run);
+// decode those with [AddrsFromPB].
+func RunsFromPB(a *wirepb.Addrs) (runs []engine.CellRun, ok bool, err error) {
+	if a == nil || len(a.RunCount) == 0 || len(a.RunLen) != 1 {
+		return nil, false, nil
+	}
+	if len(a.Unit)+len(a.Segment)+len(a.Gen)+len(a.Offset)+len(a.Len) != 0 {
+		return nil, false, bad("addresses in both forms")
+	}
+	k := len(a.RunCount)
+	if len(a.RunSegment) != k || len(a.RunGen) != k || len(a.RunOffset) != k || len(a.RunUnit) != k {
+		return nil, false, bad("address run arrays of different lengths")
+	}
+	l := a.RunLen[0]
+	runs = make([]engine.CellRun, k)
+	n := 0
+	for i, c := range a.RunCount {
+		if c == 0 {
+			return nil, false, bad("empty address run")
+		}
+		n += int(c)
+		if err := CheckCount("addresses", n); err != nil {
+			return nil, false, err
+		}
+		off := a.RunOffset[i]
+		if l != 0 && (uint64(c) > math.MaxUint64/l || off+uint64(c)*l < off) {
+			return nil, false, bad("address run overflows")
+		}
+		runs[i] = engine.CellRun{Unit: engine.UnitID(a.RunUnit[i]), First: engine.RemoteAddr{Segment: a.RunSegment[i], Gen: a.RunGen[i], Offset: off, Len: l}, Count: int(c)}
+	}
+	return runs, true, nil
+}
+
 // AddrsFromPB decodes cell locations.
 func AddrsFromPB(a *wirepb.Addrs) ([]engine.CellLoc, error) {
 	var l addrList

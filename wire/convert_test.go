@@ -108,3 +108,63 @@ func TestAddrsMalformed(t *testing.T) {
 		}
 	}
 }
+
+// Runs decode without expanding and mean the same cells as AddrsFromPB
+// gives; RunsToPB encodes what AddrsToPB would.
+func TestRunsMatchAddrs(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	expand := func(runs []engine.CellRun) []engine.CellLoc {
+		var out []engine.CellLoc
+		for _, run := range runs {
+			for k := range run.Count {
+				out = append(out, run.Cell(k))
+			}
+		}
+		return out
+	}
+	for trial := range 500 {
+		locs := randomLocs(r, r.IntN(300)+1, trial%2 == 0)
+		pb := AddrsToPB(locs)
+		runs, ok, err := RunsFromPB(pb)
+		if err != nil {
+			t.Fatalf("trial %d: %v", trial, err)
+		}
+		if want := len(pb.RunCount) > 0 && len(pb.RunLen) == 1; ok != want {
+			t.Fatalf("trial %d: runs %v, want %v", trial, ok, want)
+		}
+		if !ok {
+			continue
+		}
+		if diff := cmp.Diff(locs, expand(runs)); diff != "" {
+			t.Fatalf("trial %d: runs expand to other cells (-sent +got):\n%s", trial, diff)
+		}
+		back, err := AddrsFromPB(RunsToPB(runs))
+		if err != nil || !cmp.Equal(locs, back) {
+			t.Fatalf("trial %d: RunsToPB decodes to other cells: %v", trial, err)
+		}
+	}
+	// Runs of different lengths encode one length per cell.
+	runs := []engine.CellRun{
+		{Unit: 1, First: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 0, Len: 8}, Count: 3},
+		{Unit: 2, First: engine.RemoteAddr{Segment: 4, Gen: 2, Offset: 64, Len: 16}, Count: 2},
+	}
+	back, err := AddrsFromPB(RunsToPB(runs))
+	if err != nil || !cmp.Equal(expand(runs), back) {
+		t.Fatalf("mixed runs: %v, %v", back, err)
+	}
+	if _, ok, _ := RunsFromPB(RunsToPB(runs)); ok {
+		t.Fatal("runs of different lengths decoded as runs")
+	}
+	for name, a := range map[string]*wirepb.Addrs{
+		"empty run":        {RunCount: []uint32{0}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+		"run arrays":       {RunCount: []uint32{1, 1}, RunUnit: []uint32{1, 1}, RunSegment: []uint32{1}, RunGen: []uint32{1, 1}, RunOffset: []uint64{0, 0}, RunLen: []uint64{1}},
+		"too many":         {RunCount: []uint32{math.MaxUint32, math.MaxUint32}, RunUnit: []uint32{1, 1}, RunSegment: []uint32{1, 1}, RunGen: []uint32{1, 1}, RunOffset: []uint64{0, 0}, RunLen: []uint64{1}},
+		"offset overflows": {RunCount: []uint32{2}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{math.MaxUint64 - 1}, RunLen: []uint64{4}},
+		"unit missing":     {RunCount: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+		"both forms":       {Offset: []uint64{1}, RunCount: []uint32{1}, RunUnit: []uint32{1}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{1}},
+	} {
+		if _, _, err := RunsFromPB(a); !errors.Is(err, engine.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
