@@ -66,6 +66,7 @@ type Client struct {
 
 	closers []func() error // what Close releases
 	bg      sync.WaitGroup // frees of replaced cells in flight; Close waits
+	dtypes  dtypeCache     // spares reserved puts their dtype round trip
 }
 
 // New returns a client over a metadata service and the storage units it

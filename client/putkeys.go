@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"sync"
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
@@ -181,6 +182,8 @@ type KeysPutBuffer struct {
 	keys    []string
 	tags    []engine.Tags
 	created []string // keys the reservation's resolve made
+	names   []string // the fields', for the dtype cache
+	dtypes  []engine.DType
 }
 
 // ReservePutKeys reserves, on one storage unit, one extent per field for
@@ -214,9 +217,14 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 		return nil, err
 	}
 	// The dtype check runs next to the reservation: it costs a controller
-	// round trip, not one more in line.
+	// round trip, not one more in line, and none when this client put the
+	// same dtypes into the partition before.
 	checked := make(chan error, 1)
-	go func() { checked <- c.checkDTypes(ctx, partition, fields, dtypes) }()
+	if c.dtypes.match(partition, specNames(fields), dtypes) {
+		checked <- nil
+	} else {
+		go func() { checked <- c.checkDTypes(ctx, partition, fields, dtypes) }()
+	}
 	var plan keyPlan
 	defer func() {
 		if err != nil {
@@ -245,7 +253,7 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 	if err != nil {
 		return nil, err
 	}
-	return &KeysPutBuffer{reserved: r, part: partition, keys: keys, tags: tags, created: plan.created}, nil
+	return &KeysPutBuffer{reserved: r, part: partition, keys: keys, tags: tags, created: plan.created, names: specNames(fields), dtypes: dtypes}, nil
 }
 
 // checkDTypes refuses fields whose dtype differs from the partition's.
@@ -264,7 +272,59 @@ func (c *Client) checkDTypes(ctx context.Context, partition string, fields []Fie
 			}
 		}
 	}
+	c.dtypes.learn(partition, specNames(fields), dtypes)
 	return nil
+}
+
+func specNames(fields []FieldSpec) []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = f.Name
+	}
+	return out
+}
+
+// dtypeCache remembers, per partition, the dtypes of fields this client
+// put or checked. It only ever spares the round trip of a reserved put's
+// dtype pre-check: a put whose every field the cache knows with the same
+// dtype skips it. Anything else asks the controller, and the controller
+// checks every commit again, atomically, so a stale entry (the partition
+// cleared and refilled with other dtypes meanwhile) at worst lets a put
+// be refused at Commit instead of before the fill.
+type dtypeCache struct {
+	mu sync.Mutex
+	m  map[string]map[string]engine.DType
+}
+
+// maxCachedPartitions bounds the cache; past it, it starts over.
+const maxCachedPartitions = 1024
+
+func (d *dtypeCache) match(partition string, names []string, dtypes []engine.DType) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	known := d.m[partition]
+	for i, name := range names {
+		if dt, ok := known[name]; !ok || dt != dtypes[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *dtypeCache) learn(partition string, names []string, dtypes []engine.DType) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.m == nil || len(d.m) >= maxCachedPartitions {
+		d.m = map[string]map[string]engine.DType{}
+	}
+	known := d.m[partition]
+	if known == nil {
+		known = map[string]engine.DType{}
+		d.m[partition] = known
+	}
+	for i, name := range names {
+		known[name] = dtypes[i]
+	}
 }
 
 // Commit makes the filled extents readable on the unit and commits the
@@ -292,6 +352,7 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (controller.KeysCommitted, e
 	if err != nil {
 		return controller.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
 	}
+	b.c.dtypes.learn(b.part, b.names, b.dtypes)
 	b.c.freeReplaced(out.Replaced)
 	return out, nil
 }

@@ -180,3 +180,45 @@ func TestReservePutKeysHash(t *testing.T) {
 		t.Fatalf("read back %v", x)
 	}
 }
+
+// The dtype cache only spares round trips: a stale entry lets a put with
+// the wrong dtype through to Commit, which refuses it and leaves nothing;
+// a mismatch against the cache asks the controller before refusing.
+func TestReservePutKeysDTypeCache(t *testing.T) {
+	ctx := context.Background()
+	e := newEmbedded(t, LocalFirst, 1)
+	c := e.Client
+	put := func(dt engine.DType) error {
+		b, err := c.ReservePutKeys(ctx, "p", []string{"k"}, nil, FieldSpec{Name: "x", DType: dt, Shape: engine.Shape{2}})
+		if err != nil {
+			return err
+		}
+		_, err = b.Commit(ctx)
+		return err
+	}
+	if err := put(engine.Float32); err != nil { // the cache learns x is float32
+		t.Fatal(err)
+	}
+	// Cleared and refilled with int64 behind the cache's back.
+	if err := c.ClearPartition(ctx, "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PutKeys(ctx, "p", []string{"j"}, ints(t, "x", []int64{1, 2}, 2), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := used(e)
+	if err := put(engine.Float32); !errors.Is(err, engine.ErrDTypeMismatch) {
+		t.Fatalf("stale cache: %v, want the commit refused", err)
+	}
+	if u := used(e); u != before {
+		t.Errorf("used %d after a refused commit, was %d", u, before)
+	}
+	if k := keysOf(t, e, "p"); !slices.Equal(k, []string{"j"}) {
+		t.Errorf("keys after a refused commit: %v", k)
+	}
+	// A mismatch with the cache is checked with the controller: int64 is
+	// what x holds now.
+	if err := put(engine.Int64); err != nil {
+		t.Fatalf("put matching the partition but not the cache: %v", err)
+	}
+}
