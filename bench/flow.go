@@ -127,6 +127,7 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.us.RegisterShm(fl)
 	s.wg.Go(func() { s.us.ServeShm(fl) })
 	s.mem, err = storage.Join(ctx, s.addr, s.unit, storage.JoinConfig{Addrs: []string{
 		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})

@@ -92,6 +92,7 @@ func TestBenchServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	us.RegisterShm(fl)
 	go us.ServeShm(fl)
 	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{
 		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})

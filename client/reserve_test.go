@@ -284,6 +284,7 @@ func shmClient(t *testing.T, cfg Config) (*Client, *storage.Unit) {
 	}
 	served := make(chan struct{}, 2)
 	go func() { srv.Serve(l); served <- struct{}{} }()
+	srv.RegisterShm(fl)
 	go func() { srv.ServeShm(fl); served <- struct{}{} }()
 	t.Cleanup(func() {
 		srv.Close()

@@ -306,21 +306,42 @@ func (s *Server) release(_ context.Context, req *wire.Request, rw *wire.ReplyWri
 	rw.Reply(&wirepb.Empty{}, nil, nil)
 }
 
+// RegisterShm makes l the unit's fd socket from now on, before
+// [Server.ServeShm] serves it: `srv.RegisterShm(l); go srv.ServeShm(l)`.
+// It reports false (and closes l) when the server is closed. Close closes
+// l whether or not it was served.
+func (s *Server) RegisterShm(l *net.UnixListener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.registerShmLocked(l)
+}
+
+func (s *Server) registerShmLocked(l *net.UnixListener) bool {
+	if s.closed {
+		l.Close()
+		return false
+	}
+	s.fdLs[l] = struct{}{} // Close closes it
+	if s.fdSock == "" {
+		s.fdSock = l.Addr().String()
+	}
+	return true
+}
+
 // ServeShm serves the fd socket on l until the server closes: each
 // connection asks for one segment and gets its memfd (see wire/fdsock.go).
 // The SHM_SEGMENTS op names l's path as the unit's fd socket, so serve
 // one fd socket per server. It returns nil after [Server.Close] or
 // [Server.Shutdown].
+//
+// Run as a goroutine, ServeShm may not have started when a client asks
+// for the fd socket, and that client would be told there is none (and
+// pick another transport): call [Server.RegisterShm] first.
 func (s *Server) ServeShm(l *net.UnixListener) error {
 	s.mu.Lock()
-	if s.closed {
+	if !s.registerShmLocked(l) {
 		s.mu.Unlock()
-		l.Close()
 		return nil
-	}
-	s.fdLs[l] = struct{}{}
-	if s.fdSock == "" {
-		s.fdSock = l.Addr().String()
 	}
 	s.wg.Add(1)
 	s.mu.Unlock()

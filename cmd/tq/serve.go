@@ -204,6 +204,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 			return fmt.Errorf("storage unit %d: fd socket: %w", id, err)
 		}
 		os.Chmod(fdSock, 0o600)
+		ru.srv.RegisterShm(fl) // before a client can ask for it
 		go ru.srv.ServeShm(fl)
 		addrs = append(addrs, "shm://"+fdSock)
 	}

@@ -230,6 +230,7 @@ func TestRingChild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		srv.RegisterShm(fl)
 		go srv.ServeShm(fl)
 		fmt.Println("ready")
 		t.Fatal(srv.Serve(l))

@@ -61,6 +61,7 @@ func startUnit(t testing.TB, ucfg storage.Config, scfg storage.ServerConfig) *te
 	}
 	served := make(chan struct{}, 2)
 	go func() { srv.Serve(l); served <- struct{}{} }()
+	srv.RegisterShm(fl)
 	go func() { srv.ServeShm(fl); served <- struct{}{} }()
 	t.Cleanup(func() {
 		srv.Close()
@@ -378,5 +379,46 @@ func TestDialNotSupported(t *testing.T) {
 	err = wc.Do(t.Context(), wire.OpShmSegments, &wirepb.Empty{}, nil, &wirepb.ShmSegmentsReply{}, nil)
 	if !errors.Is(err, engine.ErrNotSupported) {
 		t.Errorf("SHM_SEGMENTS over tcp: got %v, want an error wrapping %v", err, engine.ErrNotSupported)
+	}
+}
+
+// TestRegisteredFdSocket: a unit whose fd socket is registered but not
+// served yet names it, and a client dialing then waits for the socket
+// instead of being told the unit offers no shared memory.
+func TestRegisteredFdSocket(t *testing.T) {
+	u, err := storage.NewUnit(3, unitConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	srv := storage.NewServer(u, storage.ServerConfig{})
+	defer srv.Close()
+	dir := t.TempDir()
+	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	if !srv.RegisterShm(fl) {
+		t.Fatal("RegisterShm on an open server")
+	}
+	tr := New(DefaultConfig())
+	defer tr.Close()
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: u.ID(), Addr: wire.FormatAddr("unix", l.Addr().String())})
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the client asks before the socket is served
+	go srv.ServeShm(fl)
+	if err := <-dialed; err != nil {
+		t.Fatalf("dial while the fd socket was registered but not served: %v", err)
 	}
 }
