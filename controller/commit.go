@@ -183,6 +183,23 @@ func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLo
 	for fi := range req.Fields {
 		cf, f := &req.Fields[fi], fs[fi]
 		locs := locCursor{cf: cf}
+		if cf.Kind == engine.Dense && (f.produced == 0 || f.kind == engine.Dense && f.shape.Equal(cf.Shape)) {
+			// Dense cells of the shape the field has (or a field with none
+			// produced): the schema tracking only counts them.
+			if f.produced == 0 {
+				f.dtype, f.kind, f.shape, f.shapes, f.counts = cf.DType, engine.Dense, cf.Shape.Clone(), nil, nil
+			}
+			kept := 0
+			for i, r := range rows {
+				if r.has(f.slot) {
+					replaced = append(replaced, r.cells[f.slot].loc())
+					kept++
+				}
+				r.cells[f.slot] = cellAt(locs.next(i))
+			}
+			f.produced += len(rows) - kept
+			continue
+		}
 		for i, r := range rows {
 			if r.has(f.slot) {
 				replaced = append(replaced, r.cells[f.slot].loc())
