@@ -2,10 +2,13 @@ package controller
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -151,5 +154,89 @@ func TestCommitRuns(t *testing.T) {
 	r.Fields = []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs, Locs: want}}
 	if _, err := c.CommitKeys(r); !errors.Is(err, engine.ErrInvalid) {
 		t.Errorf("runs and locations: %v, want ErrInvalid", err)
+	}
+}
+
+// TestSchemaTrackingModel commits random mixes of dense cells of two
+// shapes and ragged cells over random subsets of rows, overwriting and
+// clearing, and checks after every step that the field's kind, shape and
+// produced count are what the rows hold: one shape → dense with it,
+// several → ragged, none → forgotten. It covers both ways a commit
+// records cells (the dense fast path and cell by cell).
+func TestSchemaTrackingModel(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	r := rand.New(rand.NewPCG(5, 6))
+	const rows = 12
+	keys := make([]string, rows)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	model := map[string]engine.Shape{} // key → shape of its produced x
+	shapes := []engine.Shape{{2}, {3}, {2, 2}}
+	for step := range 400 {
+		var pick []string
+		for _, k := range keys {
+			if r.IntN(3) == 0 {
+				pick = append(pick, k)
+			}
+		}
+		if len(pick) == 0 {
+			continue
+		}
+		switch op := r.IntN(5); op {
+		case 0: // clear
+			if _, err := c.ClearKeys("p", pick); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range pick {
+				delete(model, k)
+			}
+		case 1: // ragged
+			cf := CommitField{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: make([]engine.Shape, len(pick))}
+			for i, k := range pick {
+				cf.Shapes[i] = shapes[r.IntN(len(shapes))]
+				model[k] = cf.Shapes[i]
+			}
+			if _, err := c.CommitKeys(KeysCommit{Partition: "p", Keys: pick, Fields: []CommitField{cf}}); err != nil {
+				t.Fatal(err)
+			}
+		default: // dense
+			s := shapes[r.IntN(len(shapes))]
+			if _, err := c.CommitKeys(KeysCommit{Partition: "p", Keys: pick, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: s}}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range pick {
+				model[k] = s
+			}
+		}
+		fields, err := c.Fields("p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got FieldStats
+		for _, f := range fields {
+			if f.Name == "x" {
+				got = f
+			}
+		}
+		distinct := map[string]engine.Shape{}
+		for _, s := range model {
+			distinct[shapeKey(s)] = s
+		}
+		want := FieldStats{Name: "x", Produced: len(model)}
+		switch len(distinct) {
+		case 0:
+			want.Name = got.Name // a field with nothing produced may or may not be listed
+		case 1:
+			want.DType, want.Kind = engine.Float32, engine.Dense
+			for _, s := range distinct {
+				want.Shape = s
+			}
+		default:
+			want.DType, want.Kind = engine.Float32, engine.Ragged
+		}
+		if d := cmp.Diff(want, got, cmpopts.EquateEmpty()); d != "" {
+			t.Fatalf("step %d: field x (-model +controller):\n%s", step, d)
+		}
 	}
 }
