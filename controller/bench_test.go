@@ -199,3 +199,30 @@ func BenchmarkCommitKeys(b *testing.B) {
 	}
 	b.ReportMetric(float64(clear.Microseconds())/float64(b.N), "clear_us")
 }
+
+// BenchmarkResolveKeysFields resolves 1024 keys of a partition of 1024
+// rows with 1 to 32 fields, every field (the KV get's default): the
+// per-cell cost of building a meta.
+func BenchmarkResolveKeysFields(b *testing.B) {
+	for _, nf := range []int{1, 32} {
+		b.Run(fmt.Sprintf("fields=%d", nf), func(b *testing.B) {
+			c, _ := New(DefaultConfig())
+			defer c.Close()
+			fields := make([]string, nf)
+			for i := range fields {
+				fields[i] = fmt.Sprintf("f%02d", i)
+			}
+			fill(b, c, "p", 1024, true, fields...)
+			keys := make([]string, 1024)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("k%d", i)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.ResolveKeys("p", keys, nil, false); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
