@@ -10,6 +10,28 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
+// smallPut returns the reference small workload's 1024 keys and the
+// commit of its 9 float32 fields of 32 KiB per row into given rows of
+// partition "p".
+func smallPut() ([]string, func(idx []uint64) controller.CommitRequest) {
+	const rows, fields = 1024, 9
+	keys := make([]string, rows)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("test_key_%d", i)
+	}
+	return keys, func(idx []uint64) controller.CommitRequest {
+		req := controller.CommitRequest{Partition: "p", Indexes: idx}
+		for f := range fields {
+			locs := make([]engine.CellLoc, rows)
+			for i := range locs {
+				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
+			}
+			req.Fields = append(req.Fields, controller.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
+		}
+		return req
+	}
+}
+
 // BenchmarkRemoteMetaByKeys resolves the reference small workload's 1024
 // keys × 9 fields over a unix socket to a controller in this process: the
 // control cost in front of every KV get (encode, decode, one round trip).
@@ -19,24 +41,12 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	const rows, fields = 1024, 9
-	keys := make([]string, rows)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("test_key_%d", i)
-	}
+	keys, commit := smallPut()
 	m, err := c.ResolveKeys("p", keys, nil, true)
 	if err != nil {
 		b.Fatal(err)
 	}
-	req := controller.CommitRequest{Partition: "p", Indexes: m.Indexes}
-	for f := range fields {
-		locs := make([]engine.CellLoc, rows)
-		for i := range locs {
-			locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
-		}
-		req.Fields = append(req.Fields, controller.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
-	}
-	if _, err := c.Commit(req); err != nil {
+	if _, err := c.Commit(commit(m.Indexes)); err != nil {
 		b.Fatal(err)
 	}
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
@@ -45,7 +55,7 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		meta, _, err := r.ResolveKeys(ctx, "p", keys, nil, false)
-		if err != nil || meta.Len() != rows {
+		if err != nil || meta.Len() != len(keys) {
 			b.Fatal(meta, err)
 		}
 	}
@@ -64,22 +74,7 @@ func BenchmarkRemotePutControl(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	const rows, fields = 1024, 9
-	keys := make([]string, rows)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("test_key_%d", i)
-	}
-	commit := func(idx []uint64) controller.CommitRequest {
-		req := controller.CommitRequest{Partition: "p", Indexes: idx}
-		for f := range fields {
-			locs := make([]engine.CellLoc, rows)
-			for i := range locs {
-				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
-			}
-			req.Fields = append(req.Fields, controller.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
-		}
-		return req
-	}
+	keys, commit := smallPut()
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
 	r := dialMeta(b, addr, RemoteConfig{})
 	ctx := context.Background()

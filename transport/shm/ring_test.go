@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -221,15 +220,7 @@ func TestRingChild(t *testing.T) {
 		}
 		spin, _ := time.ParseDuration(os.Getenv(ringSpinEnv))
 		srv := storage.NewServer(u, storage.ServerConfig{ReserveWait: time.Minute, RingSpin: spin})
-		dir := os.Getenv(ringDirEnv)
-		l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
+		l, fl := unitListeners(t, os.Getenv(ringDirEnv))
 		srv.RegisterShm(fl)
 		go srv.ServeShm(fl)
 		fmt.Println("ready")

@@ -50,15 +50,7 @@ func startUnit(t testing.TB, ucfg storage.Config, scfg storage.ServerConfig) *te
 		}
 	})
 	srv := storage.NewServer(u, scfg)
-	dir := t.TempDir()
-	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, fl := unitListeners(t, t.TempDir())
 	served := make(chan struct{}, 2)
 	go func() { srv.Serve(l); served <- struct{}{} }()
 	srv.RegisterShm(fl)
@@ -69,6 +61,21 @@ func startUnit(t testing.TB, ucfg storage.Config, scfg storage.ServerConfig) *te
 		<-served
 	})
 	return &testUnit{u: u, srv: srv, addr: wire.FormatAddr("unix", l.Addr().String())}
+}
+
+// unitListeners makes a unit's unix socket in dir and its fd socket
+// beside it.
+func unitListeners(t testing.TB, dir string) (net.Listener, *net.UnixListener) {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, fl
 }
 
 // settle waits for the unit to have no open reservation and no lease.
@@ -393,15 +400,7 @@ func TestRegisteredFdSocket(t *testing.T) {
 	defer u.Close()
 	srv := storage.NewServer(u, storage.ServerConfig{})
 	defer srv.Close()
-	dir := t.TempDir()
-	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, fl := unitListeners(t, t.TempDir())
 	go srv.Serve(l)
 	if !srv.RegisterShm(fl) {
 		t.Fatal("RegisterShm on an open server")
