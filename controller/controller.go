@@ -490,18 +490,12 @@ func checkKeys(keys []string) error {
 	if len(keys) == 0 {
 		return fmt.Errorf("empty key list: %w", engine.ErrInvalid)
 	}
-	seen := make(map[string]struct{}, len(keys))
-	var dups []string
 	for _, k := range keys {
 		if k == "" {
 			return fmt.Errorf("empty key: %w", engine.ErrInvalid)
 		}
-		if _, ok := seen[k]; ok {
-			dups = append(dups, k)
-		}
-		seen[k] = struct{}{}
 	}
-	if len(dups) > 0 {
+	if dups := engine.RepeatedKeys(keys); len(dups) > 0 {
 		return fmt.Errorf("duplicate keys %q: %w", dups, engine.ErrInvalid)
 	}
 	return nil

@@ -65,15 +65,13 @@ func checkKeys(partition string, keys []string) error {
 	case len(keys) == 0:
 		return fmt.Errorf("empty key list: %w", engine.ErrInvalid)
 	}
-	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
 		if k == "" {
 			return fmt.Errorf("empty key: %w", engine.ErrInvalid)
 		}
-		if _, dup := seen[k]; dup {
-			return fmt.Errorf("key %q appears twice: %w", k, engine.ErrInvalid)
-		}
-		seen[k] = struct{}{}
+	}
+	if dups := engine.RepeatedKeys(keys); dups != nil {
+		return fmt.Errorf("key %q appears twice: %w", dups[0], engine.ErrInvalid)
 	}
 	return nil
 }
