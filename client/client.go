@@ -182,6 +182,48 @@ func (c *Client) freeReplaced(locs []engine.CellLoc) {
 	}
 }
 
+// coalesce merges ranges that continue one another in one extent (same
+// segment and generation, one starting where the other ends) into one
+// range: a unit frees by bytes, so freeing the range frees every cell in
+// it, and a cleared batch of 1024 rows × 9 fields goes to its unit as 9
+// ranges instead of 9216 for it to sort. A cell given twice is never
+// merged with itself, so the unit still refuses a double free.
+func coalesce(addrs []engine.RemoteAddr) []engine.RemoteAddr {
+	if len(addrs) < 2 {
+		return addrs
+	}
+	out := make([]engine.RemoteAddr, 0, len(addrs))
+	// open holds the ranges of out a cell may still continue, at most
+	// maxOpen. Cells come row by row, a field after another, so the cell
+	// after one that continued open[k] usually continues open[k+1]: the
+	// probe starts there and mostly hits at once.
+	const maxOpen = 64
+	open := make([]int, 0, maxOpen)
+	next := 0
+	for _, a := range addrs {
+		hit := -1
+		for t := range open {
+			k := (next + t) % len(open)
+			if r := out[open[k]]; a.Len > 0 && r.Len > 0 && r.Segment == a.Segment && r.Gen == a.Gen && r.Offset+r.Len == a.Offset {
+				hit = k
+				break
+			}
+		}
+		if hit >= 0 {
+			out[open[hit]].Len += a.Len
+			next = (hit + 1) % len(open)
+			continue
+		}
+		out = append(out, a)
+		if len(open) < maxOpen {
+			open = append(open, len(out)-1)
+		} else {
+			open[next] = len(out) - 1
+		}
+	}
+	return out
+}
+
 // freeTimeout bounds a background free.
 const freeTimeout = 30 * time.Second
 
@@ -200,7 +242,7 @@ func (c *Client) freeCells(ctx context.Context, locs []engine.CellLoc) error {
 		if !ok {
 			continue
 		}
-		if err := u.Free(ctx, addrs); err != nil {
+		if err := u.Free(ctx, coalesce(addrs)); err != nil {
 			errs = append(errs, fmt.Errorf("free %d cells on unit %d: %w", len(addrs), id, err))
 		}
 	}
