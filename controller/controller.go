@@ -711,17 +711,28 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	if p == nil {
 		return nil, nil
 	}
-	// One allocation for what is freed: at most a cell per field per row.
-	freed := make([]engine.CellLoc, 0, min(len(indexes)*len(p.order), maxPrealloc))
+	rows := make([]*row, 0, len(indexes))
 	released := make([]uint64, 0, len(indexes))
+	var seen map[uint64]struct{}
+	if len(indexes) > 1 {
+		seen = make(map[uint64]struct{}, len(indexes))
+	}
 	for _, gi := range indexes {
 		r, ok := p.rows.get(gi)
 		if !ok {
 			continue
 		}
-		freed = p.removeRow(r, freed)
+		if seen != nil {
+			if _, dup := seen[gi]; dup {
+				continue
+			}
+			seen[gi] = struct{}{}
+		}
+		rows = append(rows, r)
 		released = append(released, gi)
 	}
+	// One allocation for what is freed: at most a cell per field per row.
+	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
 		p.notify()
 	}
@@ -760,11 +771,10 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 		return nil, nil
 	}
 	p.mu.Lock()
-	var freed []engine.CellLoc
 	rows := p.sortedRows()
+	freed := p.removeRows(rows, nil)
 	released := make([]uint64, 0, len(rows))
 	for _, r := range rows {
-		freed = p.removeRow(r, freed)
 		released = append(released, r.index)
 	}
 	p.dropped = true

@@ -304,26 +304,32 @@ func (p *partition) resetConsumption(task int) {
 	}
 }
 
-// removeRow drops a row and everything attached to it, returning the
-// locations of its stored cells.
-func (p *partition) removeRow(r *row, freed []engine.CellLoc) []engine.CellLoc {
-	for slot, c := range r.cells {
-		if !c.produced() {
-			continue
+// removeRows drops rows (each given once) and everything attached to
+// them, appending the locations of their stored cells to freed field by
+// field, each field's in the rows' order: the cells of a column slice one
+// put wrote come out back to back, which the wire sends as one run and a
+// client frees as one range.
+func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.CellLoc {
+	for slot, f := range p.order {
+		for _, r := range rows {
+			if r.has(slot) {
+				freed = append(freed, r.cells[slot].loc())
+				p.forgetCell(f, r.index)
+			}
 		}
-		freed = append(freed, c.loc())
-		p.forgetCell(p.order[slot], r.index)
 	}
-	if r.key != "" {
-		delete(p.keys, r.key)
+	for _, r := range rows {
+		if r.key != "" {
+			delete(p.keys, r.key)
+		}
+		if !r.active {
+			p.reserved.Delete(r.index)
+		}
+		for _, v := range p.views {
+			v.set.Delete(r.index)
+		}
+		p.rows.del(r.index)
 	}
-	if !r.active {
-		p.reserved.Delete(r.index)
-	}
-	for _, v := range p.views {
-		v.set.Delete(r.index)
-	}
-	p.rows.del(r.index)
 	return freed
 }
 
