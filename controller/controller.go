@@ -459,7 +459,7 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 		}
 	}
 	if fields == nil {
-		fields = p.commonFields(rows)
+		return p.commonMeta(rows), newAt, nil
 	}
 	return p.meta(rows, fields), newAt, nil
 }

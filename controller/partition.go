@@ -395,16 +395,7 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 // meta builds a BatchMeta for rows over the named fields. Unknown fields
 // get no schema and make every row not ready.
 func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
-	n := len(rows)
-	m := &engine.BatchMeta{
-		Indexes:    make([]uint64, n),
-		Partitions: make([]string, n),
-		Ready:      make([]bool, n),
-		Tags:       make([]engine.Tags, n),
-		Schema:     make(map[string]engine.FieldSchema, len(names)),
-		Cells:      make(map[string][]engine.CellLoc, len(names)),
-	}
-	var fs []*field
+	fs := make([]*field, 0, len(names))
 	allKnown := true
 	for _, name := range names {
 		f, ok := p.fields[name]
@@ -414,33 +405,76 @@ func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
 		}
 		fs = append(fs, f)
 	}
+	return p.buildMeta(rows, fs, allKnown, false)
+}
+
+// commonMeta is meta over the fields every row has produced (none for no
+// rows), found in the same pass over the cells that collects them.
+func (p *partition) commonMeta(rows []*row) *engine.BatchMeta {
+	var fs []*field
+	if len(rows) > 0 {
+		for _, f := range p.order {
+			if f.produced > 0 {
+				fs = append(fs, f)
+			}
+		}
+	}
+	return p.buildMeta(rows, fs, true, true)
+}
+
+// buildMeta builds rows' meta over fields fs. A cell not produced makes
+// its row not ready, or, with common, leaves its field out of the meta.
+// Each field's cells are collected in one pass over the rows.
+func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *engine.BatchMeta {
+	n := len(rows)
+	m := &engine.BatchMeta{
+		Indexes:    make([]uint64, n),
+		Partitions: make([]string, n),
+		Ready:      make([]bool, n),
+		Tags:       make([]engine.Tags, n),
+		Schema:     make(map[string]engine.FieldSchema, len(fs)),
+		Cells:      make(map[string][]engine.CellLoc, len(fs)),
+	}
+	missing := make([]bool, n) // a field's cell of the row is not produced
+	slab := make([]engine.CellLoc, n*len(fs))
+	kept := 0
+	for _, f := range fs {
+		locs := slab[kept*n : (kept+1)*n : (kept+1)*n]
+		whole := true
+		for i, r := range rows {
+			if f.slot < len(r.cells) {
+				if c := r.cells[f.slot]; c.produced() {
+					locs[i] = c.loc()
+					continue
+				}
+			}
+			if common {
+				whole = false
+				break
+			}
+			missing[i] = true
+		}
+		if !whole {
+			clear(locs) // the next field takes this part of the slab
+			continue
+		}
+		m.Schema[f.name] = p.schemaFor(f, rows)
+		m.Cells[f.name] = locs
+		kept++
+	}
 	hasKey := false
 	for i, r := range rows {
 		m.Indexes[i] = r.index
 		m.Partitions[i] = p.id
 		m.Tags[i] = r.tags.Clone() // nil for rows without tags: no allocation
 		hasKey = hasKey || r.key != ""
-		ready := allKnown && r.active
-		for _, f := range fs {
-			ready = ready && r.has(f.slot)
-		}
-		m.Ready[i] = ready
+		m.Ready[i] = allKnown && r.active && !missing[i]
 	}
 	if hasKey {
 		m.Keys = make([]string, n)
 		for i, r := range rows {
 			m.Keys[i] = r.key
 		}
-	}
-	for _, f := range fs {
-		m.Schema[f.name] = p.schemaFor(f, rows)
-		locs := make([]engine.CellLoc, n)
-		for i, r := range rows {
-			if f.slot < len(r.cells) {
-				locs[i] = r.cells[f.slot].loc()
-			}
-		}
-		m.Cells[f.name] = locs
 	}
 	return m
 }
