@@ -50,6 +50,10 @@ var (
 	// ErrCorrupt is returned when the peer's index is impossible (more
 	// bytes in a ring than it holds) or a header is malformed.
 	ErrCorrupt = errors.New("shmring: corrupt ring")
+	// ErrVersion is returned by NewConn for a region laid out by another
+	// version of this package (the peer is another build): the caller
+	// may use another channel instead.
+	ErrVersion = errors.New("shmring: another channel version")
 )
 
 // Size returns the length of a region with rings of ringSize bytes.
@@ -85,7 +89,7 @@ func check(b []byte) (int, error) {
 		return 0, fmt.Errorf("no channel header in %d bytes: %w", len(b), ErrCorrupt)
 	}
 	if v := binary.NativeEndian.Uint32(b[4:]); v != version {
-		return 0, fmt.Errorf("channel version %d, want %d: %w", v, version, ErrCorrupt)
+		return 0, fmt.Errorf("channel version %d, want %d: %w", v, version, ErrVersion)
 	}
 	size := int(binary.NativeEndian.Uint32(b[8:]))
 	if !validRingSize(size) || len(b) != Size(size) {

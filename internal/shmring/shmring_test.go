@@ -3,6 +3,7 @@ package shmring
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -365,6 +366,12 @@ func TestFormatAndCheck(t *testing.T) {
 	Format(mem, MinRingSize)
 	if _, err := NewConn(mem[:len(mem)-8], SideA, nil, nil, Config{}); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("NewConn on a short region: got %v, want an error wrapping %v", err, ErrCorrupt)
+	}
+	// A region another build laid out is refused as such, so the caller
+	// can use another channel.
+	binary.NativeEndian.PutUint32(mem[4:], version-1)
+	if _, err := NewConn(mem, SideA, nil, nil, Config{}); !errors.Is(err, ErrVersion) || errors.Is(err, ErrCorrupt) {
+		t.Errorf("NewConn on a version %d region: got %v, want an error wrapping %v only", version-1, err, ErrVersion)
 	}
 }
 

@@ -50,6 +50,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/shmring"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -97,6 +98,10 @@ func (c *Conn) dialRing(ctx context.Context, hello *wirepb.Hello) (*wire.Conn, e
 	rc, err := shmring.NewConn(mem, shmring.SideA, uc, func() error { return shmring.Unmap(mem) }, shmring.Config{Spin: c.cfg.RingSpin})
 	if err != nil {
 		uc.Close()
+		if errors.Is(err, shmring.ErrVersion) {
+			// A unit of another build: its socket still serves us.
+			err = fmt.Errorf("%w: %w", err, engine.ErrNotSupported)
+		}
 		return nil, errors.Join(err, shmring.Unmap(mem))
 	}
 	wc := wire.NewConn(rc, c.cfg.Conn) // owns rc
