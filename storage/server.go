@@ -25,6 +25,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -57,6 +58,11 @@ type ServerConfig struct {
 	// NoRing refuses control rings on the fd socket (see ServeShm):
 	// same-host clients then send their control requests over the socket.
 	NoRing bool
+	// MaxRings bounds the control rings open at once (each holds two
+	// rings of shared memory and two goroutines a side); a client asking
+	// past it is told the unit offers none and uses the socket (0:
+	// DefaultMaxRings).
+	MaxRings int
 	// RingSpin is how long the unit's end of a control ring spins before
 	// it parks until the client rings (0: shmring.DefaultSpin; negative:
 	// not at all).
@@ -79,13 +85,20 @@ type Server struct {
 	fdLs    map[*net.UnixListener]struct{}
 	fdConns map[*net.UnixConn]struct{}
 	wg      sync.WaitGroup
+	rings   atomic.Int64 // control rings open
 }
+
+// DefaultMaxRings is ServerConfig.MaxRings' default.
+const DefaultMaxRings = 1024
 
 // NewServer returns a server for u. It starts nothing; call
 // [Server.Serve].
 func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.ReserveWait <= 0 {
 		cfg.ReserveWait = DefaultReserveWait
+	}
+	if cfg.MaxRings <= 0 {
+		cfg.MaxRings = DefaultMaxRings
 	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
 	s.ws = wire.NewServer(wire.ServerConfig{

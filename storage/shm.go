@@ -444,9 +444,15 @@ func (s *Server) serveRing(c *net.UnixConn, size uint32) {
 		c.WriteMsgUnix(wire.FdReply{Status: wire.FdNotSupported}.Append(nil), nil, nil)
 		return
 	}
-	// A unit that cannot make a ring (out of memory or fds) still serves
-	// the client over its socket.
+	// A unit that cannot make a ring (out of memory or fds, or at its
+	// bound) still serves the client over its socket.
 	refuse := func() { c.WriteMsgUnix(wire.FdReply{Status: wire.FdNotSupported}.Append(nil), nil, nil) }
+	if s.rings.Add(1) > int64(s.cfg.MaxRings) {
+		s.rings.Add(-1)
+		refuse()
+		return
+	}
+	defer s.rings.Add(-1)
 	fd, mem, err := shmring.Create(ringSize(size))
 	if err != nil {
 		refuse()

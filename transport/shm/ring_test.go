@@ -346,3 +346,26 @@ func TestRingUnitKilled(t *testing.T) {
 		t.Errorf("%d ring mappings after Close, %d before", got, maps)
 	}
 }
+
+// TestRingBound: past its MaxRings a unit offers no ring and auto mode
+// stays on the socket; a ring closed makes room again.
+func TestRingBound(t *testing.T) {
+	tu := startUnit(t, unitConfig(), storage.ServerConfig{MaxRings: 1})
+	first := dialUnit(t, tu, DefaultConfig())
+	second := dialUnit(t, tu, DefaultConfig())
+	if first.Control() != ControlRing || second.Control() != ControlSocket {
+		t.Fatalf("controls %v and %v, want ring then socket", first.Control(), second.Control())
+	}
+	if _, err := second.Stats(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	waitFor(t, "the closed ring's slot back", func() error {
+		c := dialUnit(t, tu, DefaultConfig())
+		defer c.Close()
+		if c.Control() != ControlRing {
+			return fmt.Errorf("control %v", c.Control())
+		}
+		return nil
+	})
+}
