@@ -82,6 +82,15 @@ func (m Control) String() string {
 	return fmt.Sprintf("Control(%d)", int(m))
 }
 
+// otherVersion marks a ring of another shmring version (a unit of another
+// build) as not supported: auto mode then stays on the unit's socket.
+func otherVersion(err error) error {
+	if errors.Is(err, shmring.ErrVersion) {
+		return fmt.Errorf("%w: %w", err, engine.ErrNotSupported)
+	}
+	return err
+}
+
 // dialRing sets up a control ring and returns a wire connection over it,
 // its handshake done.
 func (c *Conn) dialRing(ctx context.Context, hello *wirepb.Hello) (*wire.Conn, error) {
@@ -93,16 +102,12 @@ func (c *Conn) dialRing(ctx context.Context, hello *wirepb.Hello) (*wire.Conn, e
 	unix.Close(fd) // the mapping keeps the pages
 	if err != nil {
 		uc.Close()
-		return nil, err
+		return nil, otherVersion(err)
 	}
 	rc, err := shmring.NewConn(mem, shmring.SideA, uc, func() error { return shmring.Unmap(mem) }, shmring.Config{Spin: c.cfg.RingSpin})
 	if err != nil {
 		uc.Close()
-		if errors.Is(err, shmring.ErrVersion) {
-			// A unit of another build: its socket still serves us.
-			err = fmt.Errorf("%w: %w", err, engine.ErrNotSupported)
-		}
-		return nil, errors.Join(err, shmring.Unmap(mem))
+		return nil, errors.Join(otherVersion(err), shmring.Unmap(mem))
 	}
 	wc := wire.NewConn(rc, c.cfg.Conn) // owns rc
 	if _, err := wc.Hello(ctx, hello); err != nil {

@@ -3,6 +3,7 @@ package shm
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/shmring"
@@ -368,4 +371,56 @@ func TestRingBound(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRingOfAnotherVersion: a unit of another build hands out a ring laid
+// out by another shmring version; auto mode stays on the unit's socket,
+// and requiring a ring fails with an error that says why.
+func TestRingOfAnotherVersion(t *testing.T) {
+	u, err := storage.NewUnit(3, unitConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	srv := storage.NewServer(u, storage.ServerConfig{})
+	defer srv.Close()
+	l, fl := unitListeners(t, t.TempDir())
+	go srv.Serve(l)
+	srv.RegisterShm(fl) // named by SHM_SEGMENTS; served below, by the "old" unit
+	go func() {
+		for {
+			c, err := fl.AcceptUnix()
+			if err != nil {
+				return
+			}
+			req, err := wire.ReadFdRequest(c)
+			if err != nil || !req.Ring {
+				c.Close()
+				continue
+			}
+			fd, mem, err := shmring.Create(0)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			binary.NativeEndian.PutUint32(mem[4:], 1) // version 1's header
+			c.WriteMsgUnix(wire.FdReply{Size: uint64(len(mem))}.Append(nil), unix.UnixRights(fd), nil)
+			unix.Close(fd)
+			shmring.Unmap(mem)
+			c.Close()
+		}
+	}()
+	addr := engine.PeerInfo{Unit: u.ID(), Addr: wire.FormatAddr("unix", l.Addr().String())}
+	c := dialUnit(t, &testUnit{u: u, srv: srv, addr: addr.Addr}, DefaultConfig())
+	if c.Control() != ControlSocket {
+		t.Fatalf("auto mode with a ring of another version: control %v, want socket", c.Control())
+	}
+	if _, err := c.Stats(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tr := New(Config{Control: ControlRing})
+	defer tr.Close()
+	if _, err := tr.Dial(t.Context(), addr); !errors.Is(err, shmring.ErrVersion) {
+		t.Fatalf("ControlRing with a ring of another version: %v, want an error wrapping %v", err, shmring.ErrVersion)
+	}
 }
