@@ -77,10 +77,12 @@ func (c *Client) forget(ctx context.Context, partition string, created []string)
 
 // PutKeys writes row i of b to keys[i] of partition and merges tags[i]
 // into its tags, creating missing keys; b or tags may be nil, not both.
-// Readers see all of the put or none of it, and a put that fails leaves
-// nothing behind: no key created, no cell written. It returns what the
-// controller reported: each key's tags after the merge and the fields
-// every key holds.
+// Readers see all of the put's cells and tags or none of them, and a put
+// that fails leaves nothing behind: no key created, no cell written. (Under
+// hash placement over several units the missing keys are created before
+// the write, so a listing may show them, without the put's fields, until
+// the put commits or fails.) It returns what the controller reported: each
+// key's tags after the merge and the fields every key holds.
 //
 // Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated), a
 // row or tag count that does not match them, or an empty batch;
