@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
 	"sync"
 
 	"github.com/tqgo/tq/controller"
@@ -255,7 +256,8 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 	if err != nil {
 		return nil, err
 	}
-	return &KeysPutBuffer{reserved: r, part: partition, keys: keys, tags: tags, created: plan.created, names: specNames(fields), dtypes: dtypes}, nil
+	// Kept until Commit: copies, so that the caller may reuse its slices.
+	return &KeysPutBuffer{reserved: r, part: partition, keys: slices.Clone(keys), tags: slices.Clone(tags), created: plan.created, names: specNames(fields), dtypes: dtypes}, nil
 }
 
 // checkDTypes refuses fields whose dtype differs from the partition's.
