@@ -2,6 +2,7 @@ package kvapi
 
 import (
 	"context"
+	"slices"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
@@ -34,7 +35,7 @@ func (kv *KV) ReservePut(ctx context.Context, partition string, keys []string, f
 	if err != nil {
 		return nil, err
 	}
-	return &PutBuffer{KeysPutBuffer: b, partition: partition, keys: keys}, nil
+	return &PutBuffer{KeysPutBuffer: b, partition: partition, keys: slices.Clone(keys)}, nil
 }
 
 // Commit makes the rows readable and returns the keys' meta: the fields
