@@ -158,16 +158,3 @@ func (c *Client) Fields(ctx context.Context, partition string) ([]controller.Fie
 func (c *Client) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
 	return c.meta.Stats(ctx, partition)
 }
-
-// KeyRows is the result of [Client.MetaByKeysCreated].
-type KeyRows struct {
-	Meta    *engine.BatchMeta
-	Created []int // positions of the keys this call created
-}
-
-// MetaByKeysCreated resolves keys, creating missing ones, and reports
-// which it created.
-func (c *Client) MetaByKeysCreated(ctx context.Context, partition string, keys []string) (KeyRows, error) {
-	m, created, err := c.meta.ResolveKeys(ctx, partition, keys, nil, true)
-	return KeyRows{Meta: m, Created: created}, err
-}

@@ -214,10 +214,7 @@ func setLocs(locs []engine.CellLoc, unit engine.UnitID, ext engine.RemoteAddr, c
 // and every field without runs, list their cells one by one.
 func extentFields(fields []engine.Field, unit engine.UnitID, exts []engine.RemoteAddr, runs bool) []controller.CommitField {
 	n := fields[0].Col.Len()
-	all := make([]int, n)
-	for i := range all {
-		all[i] = i
-	}
+	all := allRows(n)
 	locs := make([][]engine.CellLoc, len(fields))
 	var slab []engine.CellLoc
 	for i, f := range fields {
@@ -239,6 +236,15 @@ func extentFields(fields []engine.Field, unit engine.UnitID, exts []engine.Remot
 		}
 	}
 	return cfs
+}
+
+// allRows is the positions 0…n-1: every row of a batch, in order.
+func allRows(n int) []int {
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	return all
 }
 
 // fieldAddrs lists the byte ranges of commit fields' cells, a run as one.

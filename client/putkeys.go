@@ -30,10 +30,7 @@ type keyPlan struct {
 // planKeys places the rows of keys on units, resolving the keys (and
 // creating missing ones) only when the placement needs their indexes.
 func (c *Client) planKeys(ctx context.Context, partition string, keys []string) (keyPlan, error) {
-	all := make([]int, len(keys))
-	for i := range all {
-		all[i] = i
-	}
+	all := allRows(len(keys))
 	if u := c.keyUnit(keys); u != nil {
 		return keyPlan{groups: map[DataUnit][]int{u: all}}, nil
 	}
@@ -143,10 +140,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		}
 		done = append(done, written{unit: u, rows: rows})
 	}
-	all := make([]int, len(keys))
-	for i := range all {
-		all[i] = i
-	}
+	all := allRows(len(keys))
 	req.Fields = commitFields(fields, all, locs)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
@@ -158,10 +152,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 
 // putKeysOn is a KV put of every row to unit u.
 func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req controller.KeysCommit, fields []engine.Field, created []string) (controller.KeysCommitted, error) {
-	all := make([]int, len(req.Keys))
-	for i := range all {
-		all[i] = i
-	}
+	all := allRows(len(req.Keys))
 	exts, err := writeRows(ctx, u, fields, all, nil)
 	if err != nil {
 		return controller.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
@@ -191,9 +182,10 @@ type KeysPutBuffer struct {
 
 // ReservePutKeys reserves, on one storage unit, one extent per field for
 // keys' rows (row i of each field belongs to keys[i]) and returns a buffer
-// whose columns alias them for the caller to fill. The keys and the rows
-// become visible, all at once, at Commit; tags, when not nil, are merged
-// then. A field whose dtype differs from the partition's is refused here,
+// whose columns alias them for the caller to fill. The rows become
+// readable, all at once, at Commit, and so do the keys (except under hash
+// placement over several units, as for [Client.PutKeys]); tags, when not
+// nil, are merged then. A field whose dtype differs from the partition's is refused here,
 // before the caller fills anything (and again, atomically, at Commit).
 //
 // Errors as for [Client.PutKeys] and [Client.ReservePut]: in particular

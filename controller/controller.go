@@ -419,19 +419,12 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
 	}
 	defer p.mu.Unlock()
-	rows := make([]*row, len(keys))
-	var missing []string
-	var newAt []int
-	for i, k := range keys {
-		if r, ok := p.keys[k]; ok {
-			rows[i] = r
-		} else if create {
-			newAt = append(newAt, i)
-		} else {
-			missing = append(missing, k)
+	rows, newAt := p.lookupKeys(keys)
+	if len(newAt) > 0 && !create {
+		missing := make([]string, len(newAt))
+		for j, i := range newAt {
+			missing[j] = keys[i]
 		}
-	}
-	if len(missing) > 0 {
 		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q not in partition %q: %w", missing, pid, engine.ErrNotFound))
 	}
 	if fields != nil {
@@ -445,23 +438,47 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 			return nil, nil, opErr("resolve keys", pid, fmt.Errorf("fields %q not in partition %q: %w", unknown, pid, engine.ErrNotFound))
 		}
 	}
-	if len(newAt) > 0 {
-		nr, err := c.allocRows(p, len(newAt))
-		if err != nil {
-			return nil, nil, opErr("resolve keys", pid, err)
-		}
-		for j, i := range newAt {
-			r := nr[j]
-			p.keySeq++
-			r.key, r.seq = keys[i], p.keySeq
-			p.keys[r.key] = r
-			rows[i] = r
-		}
+	if err := c.createKeys(p, keys, newAt, rows); err != nil {
+		return nil, nil, opErr("resolve keys", pid, err)
 	}
 	if fields == nil {
 		return p.commonMeta(rows), newAt, nil
 	}
 	return p.meta(rows, fields), newAt, nil
+}
+
+// lookupKeys returns the rows of keys, nil where a key is not in the
+// partition, and the positions of those keys.
+func (p *partition) lookupKeys(keys []string) (rows []*row, missing []int) {
+	rows = make([]*row, len(keys))
+	for i, k := range keys {
+		if r, ok := p.keys[k]; ok {
+			rows[i] = r
+		} else {
+			missing = append(missing, i)
+		}
+	}
+	return rows, missing
+}
+
+// createKeys gives keys[i], for each position i in at, a new row of p and
+// stores it in rows[i]. On error no key is created.
+func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*row) error {
+	if len(at) == 0 {
+		return nil
+	}
+	nr, err := c.allocRows(p, len(at))
+	if err != nil {
+		return err
+	}
+	for j, i := range at {
+		r := nr[j]
+		p.keySeq++
+		r.key, r.seq = keys[i], p.keySeq
+		p.keys[r.key] = r
+		rows[i] = r
+	}
+	return nil
 }
 
 // commonFields returns the fields every row has produced, sorted.

@@ -215,15 +215,24 @@ func commitFromPB(p *wirepb.CommitRequest) (CommitRequest, error) {
 	if err := errors.Join(wire.CheckCount("rows", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
 		return CommitRequest{}, err
 	}
-	req := CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: make([]CommitField, len(p.Fields))}
-	for i, f := range p.Fields {
+	fields, err := commitFieldsFromPB(p.Fields, n)
+	if err != nil {
+		return CommitRequest{}, err
+	}
+	return CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields}, nil
+}
+
+// commitFieldsFromPB decodes the fields of a commit of n rows.
+func commitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]CommitField, error) {
+	out := make([]CommitField, len(fs))
+	for i, f := range fs {
 		cf, err := commitFieldFromPB(f, n)
 		if err != nil {
-			return CommitRequest{}, fmt.Errorf("commit field %d (%q): %w", i, f.GetName(), err)
+			return nil, fmt.Errorf("commit field %d (%q): %w", i, f.GetName(), err)
 		}
-		req.Fields[i] = cf
+		out[i] = cf
 	}
-	return req, nil
+	return out, nil
 }
 
 func commitFieldFromPB(f *wirepb.CommitField, n int) (CommitField, error) {
@@ -300,11 +309,9 @@ func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, erro
 	if err := errors.Join(wire.CheckCount("keys", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
 		return nil, err
 	}
-	req := KeysCommit{Partition: p.Partition, Keys: p.Keys, Fields: make([]CommitField, len(p.Fields))}
-	for i, f := range p.Fields {
-		if req.Fields[i], err = commitFieldFromPB(f, n); err != nil {
-			return nil, opErr("commit keys", p.Partition, fmt.Errorf("field %d (%q): %w", i, f.GetName(), err))
-		}
+	req := KeysCommit{Partition: p.Partition, Keys: p.Keys}
+	if req.Fields, err = commitFieldsFromPB(p.Fields, n); err != nil {
+		return nil, opErr("commit keys", p.Partition, err)
 	}
 	if p.HasTags {
 		if len(p.Tags) != n {

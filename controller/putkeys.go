@@ -57,27 +57,9 @@ func (c *Controller) CommitKeys(req KeysCommit) (KeysCommitted, error) {
 	if err := p.checkDTypes(req.Fields); err != nil {
 		return KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
-	rows := make([]*row, n)
-	var newAt []int
-	for i, k := range req.Keys {
-		if r, ok := p.keys[k]; ok {
-			rows[i] = r
-		} else {
-			newAt = append(newAt, i)
-		}
-	}
-	if len(newAt) > 0 {
-		nr, err := c.allocRows(p, len(newAt))
-		if err != nil {
-			return KeysCommitted{}, opErr("commit keys", req.Partition, err)
-		}
-		for j, i := range newAt {
-			r := nr[j]
-			p.keySeq++
-			r.key, r.seq = req.Keys[i], p.keySeq
-			p.keys[r.key] = r
-			rows[i] = r
-		}
+	rows, newAt := p.lookupKeys(req.Keys)
+	if err := c.createKeys(p, req.Keys, newAt, rows); err != nil {
+		return KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
 	var out KeysCommitted
 	if len(req.Fields) > 0 {

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -342,6 +343,42 @@ func RunsFromPB(a *wirepb.Addrs) (runs []engine.CellRun, ok bool, err error) {
 		runs[i] = engine.CellRun{Unit: engine.UnitID(a.RunUnit[i]), First: engine.RemoteAddr{Segment: a.RunSegment[i], Gen: a.RunGen[i], Offset: off, Len: l}, Count: int(c)}
 	}
 	return runs, true, nil
+}
+
+// WritePayload is the payload of a WRITE of extents: their pieces back to
+// back, empty ones left out.
+func WritePayload(extents [][][]byte) net.Buffers {
+	n := 0
+	for _, pieces := range extents {
+		n += len(pieces)
+	}
+	payload := make(net.Buffers, 0, n)
+	for _, pieces := range extents {
+		for _, p := range pieces {
+			if len(p) > 0 {
+				payload = append(payload, p)
+			}
+		}
+	}
+	return payload
+}
+
+// WrittenExtents decodes a WRITE reply and checks that it holds one
+// extent of each size asked for.
+func WrittenExtents(reply *wirepb.WriteReply, sizes []uint64) ([]engine.RemoteAddr, error) {
+	addrs, err := RangesFromPB(reply.Extents)
+	if err == nil && len(addrs) != len(sizes) {
+		err = fmt.Errorf("unit stored %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range addrs {
+		if a.Len != sizes[i] {
+			return nil, fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", i, a.Len, sizes[i], engine.ErrCorrupt)
+		}
+	}
+	return addrs, nil
 }
 
 // AddrsFromPB decodes cell locations.

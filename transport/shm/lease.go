@@ -46,7 +46,7 @@ func (c *Conn) acquire(ctx context.Context, ranges []engine.RemoteAddr) (*Lease,
 		return nil, err
 	}
 	var reply wirepb.AcquireReply
-	if err := c.doHeld(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: wire.RangesToPB(ranges)}, &reply); err != nil {
+	if err := c.doHeld(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: wire.RangesToPB(ranges)}, nil, &reply); err != nil {
 		return nil, err
 	}
 	l := &Lease{c: c, id: reply.Lease, views: make([][]byte, len(ranges))}
@@ -145,7 +145,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		us[i] = uint64(n)
 	}
 	var reply wirepb.ReserveReply
-	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: us}, &reply); err != nil {
+	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: us}, nil, &reply); err != nil {
 		return nil, err
 	}
 	r := &Reservation{c: c, id: reply.Reservation, bufs: make([][]byte, len(sizes))}
@@ -211,7 +211,7 @@ func (r *Reservation) commit(ctx context.Context) error {
 		r.c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.id})
 		return err
 	}
-	err := r.c.doHeld(ctx, wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: r.id}, &wirepb.Empty{})
+	err := r.c.doHeld(ctx, wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: r.id}, nil, &wirepb.Empty{})
 	if err != nil {
 		// The unit aborts a reservation whose commit failed; one whose
 		// answer was lost is aborted here, or when the connection ends.
@@ -233,7 +233,7 @@ func (r *Reservation) Abort(ctx context.Context) error {
 		return nil
 	default:
 	}
-	if err := r.c.doHeld(ctx, wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.id}, &wirepb.Empty{}); err != nil {
+	if err := r.c.doHeld(ctx, wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.id}, nil, &wirepb.Empty{}); err != nil {
 		return r.c.opErr("abort", err)
 	}
 	return nil

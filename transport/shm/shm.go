@@ -289,18 +289,19 @@ func (c *Conn) do(ctx context.Context, op wire.Op, body, reply proto.Message) er
 	return c.wc.Do(ctx, op, body, nil, reply, nil)
 }
 
-// doHeld sends a request whose answer opens or ends a hold on the unit: it
-// waits up to Config.Grace past ctx for the answer. When ctx ended
-// meanwhile but the answer arrived, it returns nil and the caller decides.
-func (c *Conn) doHeld(ctx context.Context, op wire.Op, body, reply proto.Message) error {
+// doHeld sends a request whose answer opens or ends a hold on the unit
+// (or, for an inline WRITE, stores an extent): it waits up to Config.Grace
+// past ctx for the answer. When ctx ended meanwhile but the answer
+// arrived, it returns nil and the caller decides.
+func (c *Conn) doHeld(ctx context.Context, op wire.Op, body proto.Message, payload net.Buffers, reply proto.Message) error {
 	if c.cfg.Grace < 0 {
-		return c.do(ctx, op, body, reply)
+		return c.wc.Do(ctx, op, body, payload, reply, nil)
 	}
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
 	defer stop()
-	if err := c.do(dctx, op, body, reply); err != nil {
+	if err := c.wc.Do(dctx, op, body, payload, reply, nil); err != nil {
 		if dctx.Err() != nil && ctx.Err() != nil {
 			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.Grace, context.Cause(ctx))
 		}
@@ -338,7 +339,11 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		return nil, c.opErr("write", err)
 	}
 	defer c.ops.Done()
-	if c.inline(sizes...) {
+	var total int64
+	for _, n := range sizes {
+		total += n
+	}
+	if c.Inline(uint64(total)) {
 		addrs, err := c.writeInline(ctx, extents, sizes)
 		if err != nil {
 			return nil, c.opErr("write", err)
@@ -373,56 +378,24 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 // inline.
 const InlineMax = 16 << 10
 
-// Inline reports whether n bytes would go through the control ring (see
-// [InlineMax]) rather than through shared memory.
-func (c *Conn) Inline(n uint64) bool { return n <= InlineMax && c.inline(int64(n)) }
-
-// inline reports whether an op on extents of sizes goes through the ring.
-func (c *Conn) inline(sizes ...int64) bool {
-	if c.Control() != ControlRing {
-		return false
-	}
-	var total int64
-	for _, n := range sizes {
-		if total += n; total > InlineMax {
-			return false
-		}
-	}
-	return true
-}
+// Inline reports whether an op on n bytes goes through the control ring
+// (see [InlineMax]) rather than through shared memory.
+func (c *Conn) Inline(n uint64) bool { return n <= InlineMax && c.Control() == ControlRing }
 
 // writeInline is WRITE with the bytes in the request: the unit copies
-// them from the ring into a fresh extent and commits it before it answers.
+// them from the ring into a fresh extent and commits it before it answers,
+// whether or not we still wait: the answer is awaited past ctx like a
+// hold's, so a caller that gives up leaves no extent nobody knows of.
 func (c *Conn) writeInline(ctx context.Context, extents [][][]byte, sizes []int64) ([]engine.RemoteAddr, error) {
-	var payload net.Buffers
-	for _, pieces := range extents {
-		for _, p := range pieces {
-			if len(p) > 0 {
-				payload = append(payload, p)
-			}
-		}
-	}
 	usizes := make([]uint64, len(sizes))
 	for i, n := range sizes {
 		usizes[i] = uint64(n)
 	}
 	var reply wirepb.WriteReply
-	if err := c.wc.Do(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: usizes}, payload, &reply, nil); err != nil {
+	if err := c.doHeld(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: usizes}, wire.WritePayload(extents), &reply); err != nil {
 		return nil, err
 	}
-	addrs, err := wire.RangesFromPB(reply.Extents)
-	if err == nil && len(addrs) != len(sizes) {
-		err = fmt.Errorf("unit stored %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
-	}
-	if err != nil {
-		return nil, err
-	}
-	for i, a := range addrs {
-		if a.Len != uint64(sizes[i]) {
-			return nil, fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", i, a.Len, sizes[i], engine.ErrCorrupt)
-		}
-	}
-	return addrs, nil
+	return wire.WrittenExtents(&reply, usizes)
 }
 
 // copyJob is one copy of src into dst (at least as long).
@@ -501,11 +474,11 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 		return c.opErr("read", err)
 	}
 	defer c.ops.Done()
-	lens := make([]int64, len(ranges))
-	for i, r := range ranges {
-		lens[i] = int64(r.Len)
+	var total uint64
+	for _, r := range ranges {
+		total += r.Len
 	}
-	if c.inline(lens...) {
+	if c.Inline(total) {
 		err := c.wc.Do(ctx, wire.OpRead, &wirepb.ReadRequest{Ranges: wire.RangesToPB(ranges)}, nil, &wirepb.Empty{},
 			func(wire.Header, proto.Message) ([][]byte, error) { return dst, nil })
 		if err != nil {

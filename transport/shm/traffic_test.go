@@ -62,41 +62,51 @@ func TestPayloadNeverCrossesTheSocket(t *testing.T) {
 }
 
 // TestSmallOpsInline: over a control ring, writes and reads of at most
-// InlineMax bytes travel in the ring itself (one round trip, no
-// reservation or lease) and still put nothing on the socket but
-// doorbells; over the socket they go through shared memory as before.
+// InlineMax bytes in all travel in the ring's frames (one round trip, no
+// reservation or lease); over the unit's socket, and past InlineMax, the
+// frames carry no payload and the bytes go through shared memory. The
+// unit server counts every frame byte, rings' included.
 func TestSmallOpsInline(t *testing.T) {
 	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
 	ctx := context.Background()
 	traffic := func() int64 { in, out := tu.srv.Traffic(); return in + out }
-	payload := bytes.Repeat([]byte("tq"), InlineMax/2)
+	payload := bytes.Repeat([]byte("tq"), InlineMax/2) // with 10 bytes more: past InlineMax
 	for _, control := range []Control{ControlRing, ControlSocket} {
 		c := dialUnit(t, tu, Config{Control: control})
 		ring := control == ControlRing
 		if c.Inline(InlineMax) != ring || c.Inline(InlineMax+1) {
 			t.Errorf("%v: Inline(%d) = %v, Inline(%d) = %v", control, InlineMax, c.Inline(InlineMax), InlineMax+1, c.Inline(InlineMax+1))
 		}
-		before := traffic()
-		const rounds = 20
-		for range rounds {
-			addrs, err := c.Write(ctx, [][][]byte{{payload[:100], payload[100:]}, {payload[:10]}})
-			if err != nil {
-				t.Fatal(err)
+		for _, small := range []bool{true, false} {
+			first := payload // two extents, InlineMax bytes in all, or 10 more
+			if small {
+				first = payload[:len(payload)-10]
 			}
-			dst := [][]byte{make([]byte, len(payload)), make([]byte, 10)}
-			if err := c.Read(ctx, addrs, dst); err != nil {
-				t.Fatal(err)
+			total := int64(len(first) + 10)
+			before := traffic()
+			const rounds = 20
+			for range rounds {
+				addrs, err := c.Write(ctx, [][][]byte{{first[:100], first[100:]}, {payload[:10]}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				dst := [][]byte{make([]byte, len(first)), make([]byte, 10)}
+				if err := c.Read(ctx, addrs, dst); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(dst[0], first) || !bytes.Equal(dst[1], payload[:10]) {
+					t.Fatalf("%v: read back differs", control)
+				}
+				if err := c.Free(ctx, addrs); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if !bytes.Equal(dst[0], payload) || !bytes.Equal(dst[1], payload[:10]) {
-				t.Fatalf("%v: read back differs", control)
+			moved := traffic() - before
+			if inline := ring && small; inline && moved < 2*rounds*total {
+				t.Errorf("%v, %d bytes: %d rounds moved %d frame bytes; inline, each writes and reads the %d bytes", control, total, rounds, moved, total)
+			} else if !inline && moved >= total {
+				t.Errorf("%v, %d bytes: %d rounds moved %d frame bytes; the payload should not be in them", control, total, rounds, moved)
 			}
-			if err := c.Free(ctx, addrs); err != nil {
-				t.Fatal(err)
-			}
-		}
-		moved := traffic() - before
-		if ring && moved >= int64(len(payload)) {
-			t.Errorf("ring: %d small writes and reads of %d bytes put %d bytes on the socket", rounds, len(payload), moved)
 		}
 		if st := settle(t, tu.u); st.Used != 0 {
 			t.Errorf("%v: %d bytes still used", control, st.Used)

@@ -26,7 +26,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -465,18 +464,7 @@ func (c *Conn) freeStored(out []engine.RemoteAddr, cuts []int, done []bool) {
 }
 
 func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byte, sizes []uint64, out []engine.RemoteAddr) error {
-	n := 0
-	for _, pieces := range extents {
-		n += len(pieces)
-	}
-	payload := make(net.Buffers, 0, n)
-	for _, pieces := range extents {
-		for _, p := range pieces {
-			if len(p) > 0 {
-				payload = append(payload, p)
-			}
-		}
-	}
+	payload := wire.WritePayload(extents)
 	// The unit commits what it has read whether or not we wait, so a
 	// caller that gives up only stops the wait after the grace period.
 	dctx := ctx
@@ -494,17 +482,9 @@ func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byt
 		}
 		return err
 	}
-	addrs, err := wire.RangesFromPB(reply.Extents)
-	if err == nil && len(addrs) != len(sizes) {
-		err = fmt.Errorf("unit stored %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
-	}
+	addrs, err := wire.WrittenExtents(&reply, sizes)
 	if err != nil {
 		return err
-	}
-	for i, a := range addrs {
-		if a.Len != sizes[i] {
-			return fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", i, a.Len, sizes[i], engine.ErrCorrupt)
-		}
 	}
 	copy(out, addrs)
 	return nil
