@@ -37,6 +37,7 @@ type UnitInfo struct {
 	Segments            int64                  `protobuf:"varint,9,opt,name=segments,proto3" json:"segments,omitempty"`
 	HugePages           bool                   `protobuf:"varint,10,opt,name=huge_pages,json=hugePages,proto3" json:"huge_pages,omitempty"`
 	PageSize            int64                  `protobuf:"varint,11,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	Incarnation         uint64                 `protobuf:"varint,12,opt,name=incarnation,proto3" json:"incarnation,omitempty"` // the unit's process start; a new one is a new unit
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -148,13 +149,22 @@ func (x *UnitInfo) GetPageSize() int64 {
 	return 0
 }
 
+func (x *UnitInfo) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
 type RegisterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
 	Addrs         []string               `protobuf:"bytes,2,rep,name=addrs,proto3" json:"addrs,omitempty"`
 	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	Capacity      int64                  `protobuf:"varint,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	UnitId        uint32                 `protobuf:"varint,5,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"` // 0: assign one; else re-register after a reconnect
+	UnitId        uint32                 `protobuf:"varint,5,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`         // 0: assign one; else re-register after a reconnect
+	Incarnation   uint64                 `protobuf:"varint,6,opt,name=incarnation,proto3" json:"incarnation,omitempty"`             // drawn at random when the unit process starts; never 0
+	ClusterId     string                 `protobuf:"bytes,7,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"` // the cluster unit_id was assigned in ("" with unit_id 0)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -224,10 +234,31 @@ func (x *RegisterRequest) GetUnitId() uint32 {
 	return 0
 }
 
+func (x *RegisterRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *RegisterRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+// RegisterReply: unit_id is the unit's id from now on. It differs from the
+// one asked for when the controller does not know that id for this
+// incarnation in this cluster (another cluster, or a controller that lost
+// the assignment): the unit is then new, and no cell references its
+// extents, which it frees.
 type RegisterReply struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	UnitId              uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
 	HeartbeatIntervalMs uint64                 `protobuf:"varint,2,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
+	ClusterId           string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Epoch               uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -276,6 +307,20 @@ func (x *RegisterReply) GetHeartbeatIntervalMs() uint64 {
 	return 0
 }
 
+func (x *RegisterReply) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *RegisterReply) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type HeartbeatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
@@ -284,6 +329,7 @@ type HeartbeatRequest struct {
 	Segments      int64                  `protobuf:"varint,4,opt,name=segments,proto3" json:"segments,omitempty"`
 	HugePages     bool                   `protobuf:"varint,5,opt,name=huge_pages,json=hugePages,proto3" json:"huge_pages,omitempty"`
 	PageSize      int64                  `protobuf:"varint,6,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	Incarnation   uint64                 `protobuf:"varint,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +406,364 @@ func (x *HeartbeatRequest) GetPageSize() int64 {
 	return 0
 }
 
+func (x *HeartbeatRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+// UnitSyncRequest (op UNIT_SYNC): a unit's long poll for work from the
+// controller. The controller answers as soon as it has something for the
+// unit, or after wait_ms (at most 30 s) with nothing.
+type UnitSyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	WaitMs        uint64                 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitSyncRequest) Reset() {
+	*x = UnitSyncRequest{}
+	mi := &file_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitSyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitSyncRequest) ProtoMessage() {}
+
+func (x *UnitSyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitSyncRequest.ProtoReflect.Descriptor instead.
+func (*UnitSyncRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UnitSyncRequest) GetUnitId() uint32 {
+	if x != nil {
+		return x.UnitId
+	}
+	return 0
+}
+
+func (x *UnitSyncRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *UnitSyncRequest) GetWaitMs() uint64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+// UnitSyncReply: cell ranges the controller no longer references
+// (overwritten, cleared, or of a checkpoint load that replaced them),
+// which the unit frees; freeing a range that is free already is not an
+// error. reconcile asks the unit for a full RECONCILE.
+type UnitSyncReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Free          *Addrs                 `protobuf:"bytes,1,opt,name=free,proto3" json:"free,omitempty"`
+	Reconcile     bool                   `protobuf:"varint,2,opt,name=reconcile,proto3" json:"reconcile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitSyncReply) Reset() {
+	*x = UnitSyncReply{}
+	mi := &file_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitSyncReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitSyncReply) ProtoMessage() {}
+
+func (x *UnitSyncReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitSyncReply.ProtoReflect.Descriptor instead.
+func (*UnitSyncReply) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UnitSyncReply) GetFree() *Addrs {
+	if x != nil {
+		return x.Free
+	}
+	return nil
+}
+
+func (x *UnitSyncReply) GetReconcile() bool {
+	if x != nil {
+		return x.Reconcile
+	}
+	return false
+}
+
+// SegmentFence: in a RECONCILE, the highest generation of segment such
+// that no extent of that segment with a generation at or below it is
+// still being written or committed by a client (a generation only ever
+// grows within a segment).
+type SegmentFence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segment       uint32                 `protobuf:"varint,1,opt,name=segment,proto3" json:"segment,omitempty"`
+	Gen           uint32                 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SegmentFence) Reset() {
+	*x = SegmentFence{}
+	mi := &file_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SegmentFence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SegmentFence) ProtoMessage() {}
+
+func (x *SegmentFence) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SegmentFence.ProtoReflect.Descriptor instead.
+func (*SegmentFence) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SegmentFence) GetSegment() uint32 {
+	if x != nil {
+		return x.Segment
+	}
+	return 0
+}
+
+func (x *SegmentFence) GetGen() uint32 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+// ReconcileRequest (op RECONCILE): a unit reports committed extents so the
+// controller can free those no cell references (a client died between
+// writing and committing, or the controller lost the commit). The
+// controller refuses, from then on, commits of any range in the fenced
+// generations (CODE_LOST): a late commit never names freed memory.
+//
+// full: the request covers segments completely: extents lists every
+// committed extent of those segments, and cells of this unit in those
+// segments whose bytes are not inside a listed extent become lost. The
+// last page (last) also lists every segment the unit has
+// (live_segments): cells in any other segment become lost too. Without
+// full, extents lists only extents the unit has not confirmed before,
+// committed at least the controller's reconcile grace ago.
+type ReconcileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Full          bool                   `protobuf:"varint,3,opt,name=full,proto3" json:"full,omitempty"`
+	Segments      []uint32               `protobuf:"varint,4,rep,packed,name=segments,proto3" json:"segments,omitempty"` // with full: the segments this page covers
+	Extents       *Addrs                 `protobuf:"bytes,5,opt,name=extents,proto3" json:"extents,omitempty"`           // committed extents (unit left empty)
+	Fences        []*SegmentFence        `protobuf:"bytes,6,rep,name=fences,proto3" json:"fences,omitempty"`
+	Last          bool                   `protobuf:"varint,7,opt,name=last,proto3" json:"last,omitempty"`
+	LiveSegments  []uint32               `protobuf:"varint,8,rep,packed,name=live_segments,json=liveSegments,proto3" json:"live_segments,omitempty"` // with full and last
+	NextSegment   uint32                 `protobuf:"varint,9,opt,name=next_segment,json=nextSegment,proto3" json:"next_segment,omitempty"`           // with full and last: segment ids below it not live are gone
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileRequest) Reset() {
+	*x = ReconcileRequest{}
+	mi := &file_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileRequest) ProtoMessage() {}
+
+func (x *ReconcileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileRequest.ProtoReflect.Descriptor instead.
+func (*ReconcileRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReconcileRequest) GetUnitId() uint32 {
+	if x != nil {
+		return x.UnitId
+	}
+	return 0
+}
+
+func (x *ReconcileRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *ReconcileRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
+}
+
+func (x *ReconcileRequest) GetSegments() []uint32 {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
+func (x *ReconcileRequest) GetExtents() *Addrs {
+	if x != nil {
+		return x.Extents
+	}
+	return nil
+}
+
+func (x *ReconcileRequest) GetFences() []*SegmentFence {
+	if x != nil {
+		return x.Fences
+	}
+	return nil
+}
+
+func (x *ReconcileRequest) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *ReconcileRequest) GetLiveSegments() []uint32 {
+	if x != nil {
+		return x.LiveSegments
+	}
+	return nil
+}
+
+func (x *ReconcileRequest) GetNextSegment() uint32 {
+	if x != nil {
+		return x.NextSegment
+	}
+	return 0
+}
+
+// ReconcileReply: free lists the reported extents no cell references; the
+// unit frees them. The others are referenced: the unit need not report
+// them again outside a full reconcile.
+type ReconcileReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Free          *Addrs                 `protobuf:"bytes,1,opt,name=free,proto3" json:"free,omitempty"`
+	LostCells     int64                  `protobuf:"varint,2,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells this request marked lost
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReconcileReply) Reset() {
+	*x = ReconcileReply{}
+	mi := &file_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReconcileReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReconcileReply) ProtoMessage() {}
+
+func (x *ReconcileReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReconcileReply.ProtoReflect.Descriptor instead.
+func (*ReconcileReply) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReconcileReply) GetFree() *Addrs {
+	if x != nil {
+		return x.Free
+	}
+	return nil
+}
+
+func (x *ReconcileReply) GetLostCells() int64 {
+	if x != nil {
+		return x.LostCells
+	}
+	return 0
+}
+
 type UnitsReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Units         []*UnitInfo            `protobuf:"bytes,1,rep,name=units,proto3" json:"units,omitempty"`
@@ -369,7 +773,7 @@ type UnitsReply struct {
 
 func (x *UnitsReply) Reset() {
 	*x = UnitsReply{}
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +785,7 @@ func (x *UnitsReply) String() string {
 func (*UnitsReply) ProtoMessage() {}
 
 func (x *UnitsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +798,7 @@ func (x *UnitsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnitsReply.ProtoReflect.Descriptor instead.
 func (*UnitsReply) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnitsReply) GetUnits() []*UnitInfo {
@@ -409,7 +813,7 @@ var File_cluster_proto protoreflect.FileDescriptor
 const file_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\rcluster.proto\x12\n" +
-	"tq.wire.v1\"\xb9\x02\n" +
+	"tq.wire.v1\x1a\rcontrol.proto\"\xdb\x02\n" +
 	"\bUnitInfo\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x14\n" +
@@ -423,16 +827,23 @@ const file_cluster_proto_rawDesc = "" +
 	"\n" +
 	"huge_pages\x18\n" +
 	" \x01(\bR\thugePages\x12\x1b\n" +
-	"\tpage_size\x18\v \x01(\x03R\bpageSize\"\x89\x01\n" +
+	"\tpage_size\x18\v \x01(\x03R\bpageSize\x12 \n" +
+	"\vincarnation\x18\f \x01(\x04R\vincarnation\"\xca\x01\n" +
 	"\x0fRegisterRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1a\n" +
 	"\bcapacity\x18\x04 \x01(\x03R\bcapacity\x12\x17\n" +
-	"\aunit_id\x18\x05 \x01(\rR\x06unitId\"\\\n" +
+	"\aunit_id\x18\x05 \x01(\rR\x06unitId\x12 \n" +
+	"\vincarnation\x18\x06 \x01(\x04R\vincarnation\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\a \x01(\tR\tclusterId\"\x91\x01\n" +
 	"\rRegisterReply\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x02 \x01(\x04R\x13heartbeatIntervalMs\"\xb3\x01\n" +
+	"\x15heartbeat_interval_ms\x18\x02 \x01(\x04R\x13heartbeatIntervalMs\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x03 \x01(\tR\tclusterId\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\xd5\x01\n" +
 	"\x10HeartbeatRequest\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x03R\bcapacity\x12\x12\n" +
@@ -440,7 +851,32 @@ const file_cluster_proto_rawDesc = "" +
 	"\bsegments\x18\x04 \x01(\x03R\bsegments\x12\x1d\n" +
 	"\n" +
 	"huge_pages\x18\x05 \x01(\bR\thugePages\x12\x1b\n" +
-	"\tpage_size\x18\x06 \x01(\x03R\bpageSize\"8\n" +
+	"\tpage_size\x18\x06 \x01(\x03R\bpageSize\x12 \n" +
+	"\vincarnation\x18\a \x01(\x04R\vincarnation\"e\n" +
+	"\x0fUnitSyncRequest\x12\x17\n" +
+	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x17\n" +
+	"\await_ms\x18\x03 \x01(\x04R\x06waitMs\"T\n" +
+	"\rUnitSyncReply\x12%\n" +
+	"\x04free\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x04free\x12\x1c\n" +
+	"\treconcile\x18\x02 \x01(\bR\treconcile\":\n" +
+	"\fSegmentFence\x12\x18\n" +
+	"\asegment\x18\x01 \x01(\rR\asegment\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\rR\x03gen\"\xb8\x02\n" +
+	"\x10ReconcileRequest\x12\x17\n" +
+	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x12\n" +
+	"\x04full\x18\x03 \x01(\bR\x04full\x12\x1a\n" +
+	"\bsegments\x18\x04 \x03(\rR\bsegments\x12+\n" +
+	"\aextents\x18\x05 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\x120\n" +
+	"\x06fences\x18\x06 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\x12\x12\n" +
+	"\x04last\x18\a \x01(\bR\x04last\x12#\n" +
+	"\rlive_segments\x18\b \x03(\rR\fliveSegments\x12!\n" +
+	"\fnext_segment\x18\t \x01(\rR\vnextSegment\"V\n" +
+	"\x0eReconcileReply\x12%\n" +
+	"\x04free\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x04free\x12\x1d\n" +
+	"\n" +
+	"lost_cells\x18\x02 \x01(\x03R\tlostCells\"8\n" +
 	"\n" +
 	"UnitsReply\x12*\n" +
 	"\x05units\x18\x01 \x03(\v2\x14.tq.wire.v1.UnitInfoR\x05unitsB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
@@ -457,21 +893,31 @@ func file_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_proto_rawDescData
 }
 
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_cluster_proto_goTypes = []any{
 	(*UnitInfo)(nil),         // 0: tq.wire.v1.UnitInfo
 	(*RegisterRequest)(nil),  // 1: tq.wire.v1.RegisterRequest
 	(*RegisterReply)(nil),    // 2: tq.wire.v1.RegisterReply
 	(*HeartbeatRequest)(nil), // 3: tq.wire.v1.HeartbeatRequest
-	(*UnitsReply)(nil),       // 4: tq.wire.v1.UnitsReply
+	(*UnitSyncRequest)(nil),  // 4: tq.wire.v1.UnitSyncRequest
+	(*UnitSyncReply)(nil),    // 5: tq.wire.v1.UnitSyncReply
+	(*SegmentFence)(nil),     // 6: tq.wire.v1.SegmentFence
+	(*ReconcileRequest)(nil), // 7: tq.wire.v1.ReconcileRequest
+	(*ReconcileReply)(nil),   // 8: tq.wire.v1.ReconcileReply
+	(*UnitsReply)(nil),       // 9: tq.wire.v1.UnitsReply
+	(*Addrs)(nil),            // 10: tq.wire.v1.Addrs
 }
 var file_cluster_proto_depIdxs = []int32{
-	0, // 0: tq.wire.v1.UnitsReply.units:type_name -> tq.wire.v1.UnitInfo
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	10, // 0: tq.wire.v1.UnitSyncReply.free:type_name -> tq.wire.v1.Addrs
+	10, // 1: tq.wire.v1.ReconcileRequest.extents:type_name -> tq.wire.v1.Addrs
+	6,  // 2: tq.wire.v1.ReconcileRequest.fences:type_name -> tq.wire.v1.SegmentFence
+	10, // 3: tq.wire.v1.ReconcileReply.free:type_name -> tq.wire.v1.Addrs
+	0,  // 4: tq.wire.v1.UnitsReply.units:type_name -> tq.wire.v1.UnitInfo
+	5,  // [5:5] is the sub-list for method output_type
+	5,  // [5:5] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }
@@ -479,13 +925,14 @@ func file_cluster_proto_init() {
 	if File_cluster_proto != nil {
 		return
 	}
+	file_control_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -109,13 +109,22 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 
 // Hello is the first request on every connection (op HELLO) and its reply.
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`             // protocol version the sender speaks (1)
-	Role          string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`                    // "client", "unit", "controller"
-	HostId        string                 `protobuf:"bytes,3,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`  // the sender's host identity (Linux boot id)
-	Token         string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                  // shared secret, when the server requires one
-	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`                    // free-form, for logs and stat output
-	UnitId        uint32                 `protobuf:"varint,6,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"` // in a unit's reply: its storage unit id
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`            // protocol version the sender speaks (1)
+	Role    string                 `protobuf:"bytes,2,opt,name=role,proto3" json:"role,omitempty"`                   // "client", "unit", "controller"
+	HostId  string                 `protobuf:"bytes,3,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"` // the sender's host identity (Linux boot id)
+	Token   string                 `protobuf:"bytes,4,opt,name=token,proto3" json:"token,omitempty"`                 // shared secret, when the server requires one
+	Name    string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`                   // free-form, for logs and stat output
+	// A storage unit's identity. In a unit's reply: its id and incarnation.
+	// In a client's HELLO to a unit: the id and incarnation the client
+	// expects (0: any); a unit that is not that one refuses with CODE_LOST.
+	UnitId      uint32 `protobuf:"varint,6,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Incarnation uint64 `protobuf:"varint,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// In a controller's reply: the cluster's id and the controller's epoch
+	// (it grows with every start). In a unit's reply: the cluster it is
+	// registered with ("" before it registered).
+	ClusterId     string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Epoch         uint64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -188,6 +197,27 @@ func (x *Hello) GetName() string {
 func (x *Hello) GetUnitId() uint32 {
 	if x != nil {
 		return x.UnitId
+	}
+	return 0
+}
+
+func (x *Hello) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *Hello) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *Hello) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
 	}
 	return 0
 }
@@ -295,14 +325,18 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\x91\x01\n" +
+	"tq.wire.v1\"\xe8\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
 	"\ahost_id\x18\x03 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05token\x18\x04 \x01(\tR\x05token\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x17\n" +
-	"\aunit_id\x18\x06 \x01(\rR\x06unitId\"\x1c\n" +
+	"\aunit_id\x18\x06 \x01(\rR\x06unitId\x12 \n" +
+	"\vincarnation\x18\a \x01(\x04R\vincarnation\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\b \x01(\tR\tclusterId\x12\x14\n" +
+	"\x05epoch\x18\t \x01(\x04R\x05epoch\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"G\n" +
 	"\x05Error\x12$\n" +

@@ -606,14 +606,18 @@ func (x *InsertRequest) GetFields() []string {
 }
 
 type FetchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
-	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
-	BatchSize     int64                  `protobuf:"varint,4,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
-	Options       *SamplingOptions       `protobuf:"bytes,5,opt,name=options,proto3" json:"options,omitempty"`
-	Wait          bool                   `protobuf:"varint,6,opt,name=wait,proto3" json:"wait,omitempty"`
-	TimeoutMs     uint64                 `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // with wait: give up after this long (0: the server's limit)
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Task      string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Fields    []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	BatchSize int64                  `protobuf:"varint,4,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	Options   *SamplingOptions       `protobuf:"bytes,5,opt,name=options,proto3" json:"options,omitempty"`
+	Wait      bool                   `protobuf:"varint,6,opt,name=wait,proto3" json:"wait,omitempty"`
+	TimeoutMs uint64                 `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // with wait: give up after this long (0: the server's limit)
+	// key, when set (16 random bytes), names this fetch: a FETCH repeated
+	// with the same key (after a reconnect) returns the rows the first one
+	// took instead of taking more, and UNCONSUME gives them back.
+	Key           []byte `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -697,6 +701,77 @@ func (x *FetchRequest) GetTimeoutMs() uint64 {
 	return 0
 }
 
+func (x *FetchRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// UnconsumeRequest (op UNCONSUME): the caller of the fetch named key gave up
+// before it received the rows. The rows that fetch marked consumed for task
+// become fetchable again; a fetch with that key that has not happened yet
+// never will. Idempotent.
+type UnconsumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnconsumeRequest) Reset() {
+	*x = UnconsumeRequest{}
+	mi := &file_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnconsumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnconsumeRequest) ProtoMessage() {}
+
+func (x *UnconsumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnconsumeRequest.ProtoReflect.Descriptor instead.
+func (*UnconsumeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UnconsumeRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *UnconsumeRequest) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *UnconsumeRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type ForceFetchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -707,7 +782,7 @@ type ForceFetchRequest struct {
 
 func (x *ForceFetchRequest) Reset() {
 	*x = ForceFetchRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +794,7 @@ func (x *ForceFetchRequest) String() string {
 func (*ForceFetchRequest) ProtoMessage() {}
 
 func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +807,7 @@ func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceFetchRequest.ProtoReflect.Descriptor instead.
 func (*ForceFetchRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForceFetchRequest) GetPartition() string {
@@ -760,7 +835,7 @@ type RowsMetaRequest struct {
 
 func (x *RowsMetaRequest) Reset() {
 	*x = RowsMetaRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +847,7 @@ func (x *RowsMetaRequest) String() string {
 func (*RowsMetaRequest) ProtoMessage() {}
 
 func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +860,7 @@ func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsMetaRequest.ProtoReflect.Descriptor instead.
 func (*RowsMetaRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RowsMetaRequest) GetPartition() string {
@@ -818,7 +893,7 @@ type MetaReply struct {
 
 func (x *MetaReply) Reset() {
 	*x = MetaReply{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +905,7 @@ func (x *MetaReply) String() string {
 func (*MetaReply) ProtoMessage() {}
 
 func (x *MetaReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +918,7 @@ func (x *MetaReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaReply.ProtoReflect.Descriptor instead.
 func (*MetaReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MetaReply) GetMeta() *BatchMeta {
@@ -868,7 +943,7 @@ type CommitField struct {
 
 func (x *CommitField) Reset() {
 	*x = CommitField{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +955,7 @@ func (x *CommitField) String() string {
 func (*CommitField) ProtoMessage() {}
 
 func (x *CommitField) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +968,7 @@ func (x *CommitField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitField.ProtoReflect.Descriptor instead.
 func (*CommitField) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CommitField) GetName() string {
@@ -956,7 +1031,7 @@ type CommitRequest struct {
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1043,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1056,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CommitRequest) GetPartition() string {
@@ -1005,7 +1080,8 @@ func (x *CommitRequest) GetFields() []*CommitField {
 	return nil
 }
 
-// CellsReply returns cell locations the caller must free on their units.
+// CellsReply: cells is empty. (It once listed cells for the caller to
+// free; the controller frees them on their units itself.)
 type CellsReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cells         *Addrs                 `protobuf:"bytes,1,opt,name=cells,proto3" json:"cells,omitempty"`
@@ -1015,7 +1091,7 @@ type CellsReply struct {
 
 func (x *CellsReply) Reset() {
 	*x = CellsReply{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1103,7 @@ func (x *CellsReply) String() string {
 func (*CellsReply) ProtoMessage() {}
 
 func (x *CellsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1116,7 @@ func (x *CellsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CellsReply.ProtoReflect.Descriptor instead.
 func (*CellsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CellsReply) GetCells() *Addrs {
@@ -1062,7 +1138,7 @@ type ResolveKeysRequest struct {
 
 func (x *ResolveKeysRequest) Reset() {
 	*x = ResolveKeysRequest{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1150,7 @@ func (x *ResolveKeysRequest) String() string {
 func (*ResolveKeysRequest) ProtoMessage() {}
 
 func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1163,7 @@ func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysRequest.ProtoReflect.Descriptor instead.
 func (*ResolveKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResolveKeysRequest) GetPartition() string {
@@ -1128,7 +1204,7 @@ type ResolveKeysReply struct {
 
 func (x *ResolveKeysReply) Reset() {
 	*x = ResolveKeysReply{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1216,7 @@ func (x *ResolveKeysReply) String() string {
 func (*ResolveKeysReply) ProtoMessage() {}
 
 func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1229,7 @@ func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysReply.ProtoReflect.Descriptor instead.
 func (*ResolveKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResolveKeysReply) GetMeta() *BatchMeta {
@@ -1185,7 +1261,7 @@ type CommitKeysRequest struct {
 
 func (x *CommitKeysRequest) Reset() {
 	*x = CommitKeysRequest{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1273,7 @@ func (x *CommitKeysRequest) String() string {
 func (*CommitKeysRequest) ProtoMessage() {}
 
 func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1286,7 @@ func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysRequest.ProtoReflect.Descriptor instead.
 func (*CommitKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommitKeysRequest) GetPartition() string {
@@ -1250,7 +1326,7 @@ func (x *CommitKeysRequest) GetTags() [][]byte {
 
 type CommitKeysReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Replaced      *Addrs                 `protobuf:"bytes,1,opt,name=replaced,proto3" json:"replaced,omitempty"` // cells the commit overwrote; the caller frees them
+	Replaced      *Addrs                 `protobuf:"bytes,1,opt,name=replaced,proto3" json:"replaced,omitempty"` // empty: the controller frees what the commit overwrote
 	Tags          [][]byte               `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`         // each key's tags after the merge
 	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`     // fields every key holds after the commit, sorted
 	unknownFields protoimpl.UnknownFields
@@ -1259,7 +1335,7 @@ type CommitKeysReply struct {
 
 func (x *CommitKeysReply) Reset() {
 	*x = CommitKeysReply{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1347,7 @@ func (x *CommitKeysReply) String() string {
 func (*CommitKeysReply) ProtoMessage() {}
 
 func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1360,7 @@ func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysReply.ProtoReflect.Descriptor instead.
 func (*CommitKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommitKeysReply) GetReplaced() *Addrs {
@@ -1318,7 +1394,7 @@ type KeysOfRequest struct {
 
 func (x *KeysOfRequest) Reset() {
 	*x = KeysOfRequest{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1406,7 @@ func (x *KeysOfRequest) String() string {
 func (*KeysOfRequest) ProtoMessage() {}
 
 func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1419,7 @@ func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysOfRequest.ProtoReflect.Descriptor instead.
 func (*KeysOfRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeysOfRequest) GetPartition() string {
@@ -1369,7 +1445,7 @@ type KeysReply struct {
 
 func (x *KeysReply) Reset() {
 	*x = KeysReply{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1457,7 @@ func (x *KeysReply) String() string {
 func (*KeysReply) ProtoMessage() {}
 
 func (x *KeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1470,7 @@ func (x *KeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
 func (*KeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KeysReply) GetKeys() []string {
@@ -1415,7 +1491,7 @@ type SetTagsRequest struct {
 
 func (x *SetTagsRequest) Reset() {
 	*x = SetTagsRequest{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1503,7 @@ func (x *SetTagsRequest) String() string {
 func (*SetTagsRequest) ProtoMessage() {}
 
 func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1516,7 @@ func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTagsRequest.ProtoReflect.Descriptor instead.
 func (*SetTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetTagsRequest) GetPartition() string {
@@ -1467,13 +1543,15 @@ func (x *SetTagsRequest) GetTags() [][]byte {
 type ListKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"` // "" for every partition
+	Cursor        []byte                 `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`       // "" for the first page; else a reply's next
+	Limit         int64                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`        // at most this many keys (0: the server's page size)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1563,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1576,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListKeysRequest) GetPartition() string {
@@ -1506,6 +1584,20 @@ func (x *ListKeysRequest) GetPartition() string {
 		return x.Partition
 	}
 	return ""
+}
+
+func (x *ListKeysRequest) GetCursor() []byte {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
+func (x *ListKeysRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
 }
 
 type KeyInfo struct {
@@ -1519,7 +1611,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1623,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1636,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -1578,7 +1670,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1682,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1695,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -1623,13 +1715,14 @@ func (x *PartitionKeys) GetKeys() []*KeyInfo {
 type ListKeysReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partitions    []*PartitionKeys       `protobuf:"bytes,1,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	Next          []byte                 `protobuf:"bytes,2,opt,name=next,proto3" json:"next,omitempty"` // cursor of the next page; empty after the last
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1734,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,12 +1747,19 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
 	if x != nil {
 		return x.Partitions
+	}
+	return nil
+}
+
+func (x *ListKeysReply) GetNext() []byte {
+	if x != nil {
+		return x.Next
 	}
 	return nil
 }
@@ -1674,7 +1774,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1786,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1799,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -1727,7 +1827,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1839,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1852,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -1786,7 +1886,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1898,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1911,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -1838,7 +1938,7 @@ type ConsumptionStatusReply struct {
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +1950,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +1963,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -1890,7 +1990,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2002,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2015,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -1942,7 +2042,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2054,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2067,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -1994,7 +2094,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2106,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2119,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -2045,7 +2145,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2157,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2170,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -2089,7 +2189,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +2201,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +2214,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -2133,7 +2233,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2245,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2258,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -2181,7 +2281,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2293,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2306,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FieldStats) GetName() string {
@@ -2253,7 +2353,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2365,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2378,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -2299,7 +2399,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2411,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2424,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -2367,7 +2467,7 @@ type PartitionStats struct {
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2479,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2492,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -2474,14 +2574,15 @@ func (x *PartitionStats) GetIndexesFree() int64 {
 
 type CheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"` // a path on the controller's host
+	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`   // unused since names replaced paths; must be empty
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"` // letters, digits, '.', '_', '-'; not starting with '.'
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2594,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2607,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -2514,6 +2615,226 @@ func (x *CheckpointRequest) GetDir() string {
 		return x.Dir
 	}
 	return ""
+}
+
+func (x *CheckpointRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type CheckpointInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SavedUnixMs   int64                  `protobuf:"varint,2,opt,name=saved_unix_ms,json=savedUnixMs,proto3" json:"saved_unix_ms,omitempty"`
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"` // data bytes of the cells it holds
+	Cells         int64                  `protobuf:"varint,4,opt,name=cells,proto3" json:"cells,omitempty"`
+	LostCells     int64                  `protobuf:"varint,5,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells whose bytes were lost when it was saved
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointInfo) Reset() {
+	*x = CheckpointInfo{}
+	mi := &file_control_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointInfo) ProtoMessage() {}
+
+func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
+func (*CheckpointInfo) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CheckpointInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CheckpointInfo) GetSavedUnixMs() int64 {
+	if x != nil {
+		return x.SavedUnixMs
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetCells() int64 {
+	if x != nil {
+		return x.Cells
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetLostCells() int64 {
+	if x != nil {
+		return x.LostCells
+	}
+	return 0
+}
+
+type CheckpointsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoints   []*CheckpointInfo      `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointsReply) Reset() {
+	*x = CheckpointsReply{}
+	mi := &file_control_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointsReply) ProtoMessage() {}
+
+func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
+func (*CheckpointsReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+// ClusterInfoReply (op CLUSTER_INFO, request Empty).
+type ClusterInfoReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Durable       bool                   `protobuf:"varint,3,opt,name=durable,proto3" json:"durable,omitempty"`                                  // metadata changes are logged before their reply
+	Fsync         string                 `protobuf:"bytes,4,opt,name=fsync,proto3" json:"fsync,omitempty"`                                       // "always", "batch", "never"; "" when not durable
+	LogIndex      uint64                 `protobuf:"varint,5,opt,name=log_index,json=logIndex,proto3" json:"log_index,omitempty"`                // the last record logged
+	SnapshotIndex uint64                 `protobuf:"varint,6,opt,name=snapshot_index,json=snapshotIndex,proto3" json:"snapshot_index,omitempty"` // the last record the newest snapshot holds
+	LogBytes      int64                  `protobuf:"varint,7,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`                // log written since that snapshot
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterInfoReply) Reset() {
+	*x = ClusterInfoReply{}
+	mi := &file_control_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterInfoReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterInfoReply) ProtoMessage() {}
+
+func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
+func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ClusterInfoReply) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *ClusterInfoReply) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ClusterInfoReply) GetDurable() bool {
+	if x != nil {
+		return x.Durable
+	}
+	return false
+}
+
+func (x *ClusterInfoReply) GetFsync() string {
+	if x != nil {
+		return x.Fsync
+	}
+	return ""
+}
+
+func (x *ClusterInfoReply) GetLogIndex() uint64 {
+	if x != nil {
+		return x.LogIndex
+	}
+	return 0
+}
+
+func (x *ClusterInfoReply) GetSnapshotIndex() uint64 {
+	if x != nil {
+		return x.SnapshotIndex
+	}
+	return 0
+}
+
+func (x *ClusterInfoReply) GetLogBytes() int64 {
+	if x != nil {
+		return x.LogBytes
+	}
+	return 0
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -2577,7 +2898,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xe1\x01\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xf3\x01\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -2587,7 +2908,12 @@ const file_control_proto_rawDesc = "" +
 	"\aoptions\x18\x05 \x01(\v2\x1b.tq.wire.v1.SamplingOptionsR\aoptions\x12\x12\n" +
 	"\x04wait\x18\x06 \x01(\bR\x04wait\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\a \x01(\x04R\ttimeoutMs\"e\n" +
+	"timeout_ms\x18\a \x01(\x04R\ttimeoutMs\x12\x10\n" +
+	"\x03key\x18\b \x01(\fR\x03key\"V\n" +
+	"\x10UnconsumeRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\"e\n" +
 	"\x11ForceFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x122\n" +
 	"\x06fields\x18\x02 \x01(\v2\x1a.tq.wire.v1.FieldSelectionR\x06fields\"}\n" +
@@ -2638,20 +2964,23 @@ const file_control_proto_rawDesc = "" +
 	"\x0eSetTagsRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
-	"\x04tags\x18\x03 \x03(\fR\x04tags\"/\n" +
+	"\x04tags\x18\x03 \x03(\fR\x04tags\"]\n" +
 	"\x0fListKeysRequest\x12\x1c\n" +
-	"\tpartition\x18\x01 \x01(\tR\tpartition\"E\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\fR\x06cursor\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\"E\n" +
 	"\aKeyInfo\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04tags\x18\x03 \x01(\fR\x04tags\"V\n" +
 	"\rPartitionKeys\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12'\n" +
-	"\x04keys\x18\x02 \x03(\v2\x13.tq.wire.v1.KeyInfoR\x04keys\"J\n" +
+	"\x04keys\x18\x02 \x03(\v2\x13.tq.wire.v1.KeyInfoR\x04keys\"^\n" +
 	"\rListKeysReply\x129\n" +
 	"\n" +
 	"partitions\x18\x01 \x03(\v2\x19.tq.wire.v1.PartitionKeysR\n" +
-	"partitions\"O\n" +
+	"partitions\x12\x12\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\"O\n" +
 	"\x17ProductionStatusRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x16\n" +
 	"\x06fields\x18\x02 \x03(\tR\x06fields\"e\n" +
@@ -2707,9 +3036,28 @@ const file_control_proto_rawDesc = "" +
 	"\x05tasks\x18\t \x03(\v2\x15.tq.wire.v1.TaskStatsR\x05tasks\x12$\n" +
 	"\x0eindexes_in_use\x18\n" +
 	" \x01(\x03R\findexesInUse\x12!\n" +
-	"\findexes_free\x18\v \x01(\x03R\vindexesFree\"%\n" +
+	"\findexes_free\x18\v \x01(\x03R\vindexesFree\"9\n" +
 	"\x11CheckpointRequest\x12\x10\n" +
-	"\x03dir\x18\x01 \x01(\tR\x03dirB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x93\x01\n" +
+	"\x0eCheckpointInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
+	"\rsaved_unix_ms\x18\x02 \x01(\x03R\vsavedUnixMs\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x12\x14\n" +
+	"\x05cells\x18\x04 \x01(\x03R\x05cells\x12\x1d\n" +
+	"\n" +
+	"lost_cells\x18\x05 \x01(\x03R\tlostCells\"P\n" +
+	"\x10CheckpointsReply\x12<\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xd8\x01\n" +
+	"\x10ClusterInfoReply\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\adurable\x18\x03 \x01(\bR\adurable\x12\x14\n" +
+	"\x05fsync\x18\x04 \x01(\tR\x05fsync\x12\x1b\n" +
+	"\tlog_index\x18\x05 \x01(\x04R\blogIndex\x12%\n" +
+	"\x0esnapshot_index\x18\x06 \x01(\x04R\rsnapshotIndex\x12\x1b\n" +
+	"\tlog_bytes\x18\a \x01(\x03R\blogBytesB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -2723,7 +3071,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_control_proto_goTypes = []any{
 	(*Empty)(nil),                    // 0: tq.wire.v1.Empty
 	(*Shape)(nil),                    // 1: tq.wire.v1.Shape
@@ -2734,46 +3082,50 @@ var file_control_proto_goTypes = []any{
 	(*FieldSelection)(nil),           // 6: tq.wire.v1.FieldSelection
 	(*InsertRequest)(nil),            // 7: tq.wire.v1.InsertRequest
 	(*FetchRequest)(nil),             // 8: tq.wire.v1.FetchRequest
-	(*ForceFetchRequest)(nil),        // 9: tq.wire.v1.ForceFetchRequest
-	(*RowsMetaRequest)(nil),          // 10: tq.wire.v1.RowsMetaRequest
-	(*MetaReply)(nil),                // 11: tq.wire.v1.MetaReply
-	(*CommitField)(nil),              // 12: tq.wire.v1.CommitField
-	(*CommitRequest)(nil),            // 13: tq.wire.v1.CommitRequest
-	(*CellsReply)(nil),               // 14: tq.wire.v1.CellsReply
-	(*ResolveKeysRequest)(nil),       // 15: tq.wire.v1.ResolveKeysRequest
-	(*ResolveKeysReply)(nil),         // 16: tq.wire.v1.ResolveKeysReply
-	(*CommitKeysRequest)(nil),        // 17: tq.wire.v1.CommitKeysRequest
-	(*CommitKeysReply)(nil),          // 18: tq.wire.v1.CommitKeysReply
-	(*KeysOfRequest)(nil),            // 19: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 20: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 21: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 22: tq.wire.v1.ListKeysRequest
-	(*KeyInfo)(nil),                  // 23: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 24: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 25: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 26: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 27: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 28: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 29: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 30: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 31: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 32: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 33: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 34: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 35: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 36: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 37: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 38: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 39: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 40: tq.wire.v1.CheckpointRequest
-	nil,                              // 41: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 42: tq.wire.v1.BatchMeta.CellsEntry
+	(*UnconsumeRequest)(nil),         // 9: tq.wire.v1.UnconsumeRequest
+	(*ForceFetchRequest)(nil),        // 10: tq.wire.v1.ForceFetchRequest
+	(*RowsMetaRequest)(nil),          // 11: tq.wire.v1.RowsMetaRequest
+	(*MetaReply)(nil),                // 12: tq.wire.v1.MetaReply
+	(*CommitField)(nil),              // 13: tq.wire.v1.CommitField
+	(*CommitRequest)(nil),            // 14: tq.wire.v1.CommitRequest
+	(*CellsReply)(nil),               // 15: tq.wire.v1.CellsReply
+	(*ResolveKeysRequest)(nil),       // 16: tq.wire.v1.ResolveKeysRequest
+	(*ResolveKeysReply)(nil),         // 17: tq.wire.v1.ResolveKeysReply
+	(*CommitKeysRequest)(nil),        // 18: tq.wire.v1.CommitKeysRequest
+	(*CommitKeysReply)(nil),          // 19: tq.wire.v1.CommitKeysReply
+	(*KeysOfRequest)(nil),            // 20: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 21: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 22: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 23: tq.wire.v1.ListKeysRequest
+	(*KeyInfo)(nil),                  // 24: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 25: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 26: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 27: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 28: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 29: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 30: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 31: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 32: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 33: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 34: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 35: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 36: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 37: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 38: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 39: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 40: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 41: tq.wire.v1.CheckpointRequest
+	(*CheckpointInfo)(nil),           // 42: tq.wire.v1.CheckpointInfo
+	(*CheckpointsReply)(nil),         // 43: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 44: tq.wire.v1.ClusterInfoReply
+	nil,                              // 45: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 46: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	1,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	41, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	42, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	45, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	46, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	5,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
 	6,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	6,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
@@ -2781,25 +3133,26 @@ var file_control_proto_depIdxs = []int32{
 	1,  // 8: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
 	1,  // 9: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
 	3,  // 10: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
-	12, // 11: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
+	13, // 11: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
 	3,  // 12: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
 	6,  // 13: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	4,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
-	12, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
+	13, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
 	3,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
-	23, // 17: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	24, // 18: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	24, // 17: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	25, // 18: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
 	1,  // 19: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	36, // 20: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	36, // 21: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	38, // 22: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	2,  // 23: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	3,  // 24: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	37, // 20: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	37, // 21: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	39, // 22: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	42, // 23: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	2,  // 24: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	3,  // 25: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2813,7 +3166,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

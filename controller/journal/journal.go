@@ -1,0 +1,576 @@
+// Package journal is the controller's write-ahead log and its snapshots.
+//
+// Records are appended in memory, in the order the caller's changes
+// happened (the controller appends under the lock that guards the change),
+// and numbered from 1. One goroutine writes them to the log in groups: every
+// record that arrived while the previous write and fsync ran goes out in the
+// next one, so concurrent requests share an fsync (group commit). A caller
+// that must not answer before its change is durable waits for its record's
+// index ([Journal.Wait]).
+//
+// The log is a Pebble database (github.com/cockroachdb/pebble, the storage
+// engine of CockroachDB) holding record i under the 8-byte big-endian key
+// i: Pebble's write-ahead log gives checksummed records, recovery of a torn
+// tail after a crash, and space reclaimed after a range deletion, none of
+// which this package implements itself. Snapshots are files the caller
+// writes (the controller's state file format): after snapshot S, records
+// up to the snapshot before S are deleted, so the log stays about as large
+// as two snapshots' worth of changes, and a newest snapshot that turns out
+// unreadable still has its predecessor and every record since.
+//
+//	DIR/log/               the Pebble database of records
+//	DIR/snap-<index>.pb    a snapshot holding every record up to index
+//
+// A Journal is safe for concurrent use.
+package journal
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// Fsync says when records reach the disk.
+type Fsync int
+
+const (
+	// FsyncBatch writes the records that arrived while the previous write
+	// ran in one write and one fsync; a waiter returns once its record is
+	// on disk. Nothing acknowledged is lost, even in a power cut. The
+	// default.
+	FsyncBatch Fsync = iota
+	// FsyncAlways writes and fsyncs each record on its own, in order: the
+	// slowest mode, for comparison and for disks whose cache lies about
+	// grouped flushes.
+	FsyncAlways
+	// FsyncNever hands records to the operating system without an fsync: a
+	// crashed process loses nothing the kernel already has, a crashed
+	// machine may lose the last moments.
+	FsyncNever
+)
+
+var fsyncNames = []string{FsyncBatch: "batch", FsyncAlways: "always", FsyncNever: "never"}
+
+func (f Fsync) String() string {
+	if f >= 0 && int(f) < len(fsyncNames) {
+		return fsyncNames[f]
+	}
+	return "fsync(" + strconv.Itoa(int(f)) + ")"
+}
+
+// ParseFsync reads "batch", "always" or "never".
+func ParseFsync(s string) (Fsync, error) {
+	for f, n := range fsyncNames {
+		if s == n {
+			return Fsync(f), nil
+		}
+	}
+	return 0, fmt.Errorf("fsync mode %q (want batch, always or never): %w", s, engine.ErrInvalid)
+}
+
+// Config configures [Open].
+type Config struct {
+	// Dir holds the log and the snapshots; it is created (mode 0700) if
+	// needed.
+	Dir   string
+	Fsync Fsync
+}
+
+// ErrFailed reports a journal that could not write a record. The records
+// after it cannot be made durable; the controller must stop acknowledging
+// changes (a restart recovers what reached the disk).
+var ErrFailed = errors.New("journal: write failed")
+
+// Journal is an open log with its snapshots. See the package comment.
+type Journal struct {
+	cfg Config
+	db  *pebble.DB
+
+	mu       sync.Mutex
+	pending  [][]byte // appended, not written; pending[0] is record written+1
+	written  uint64   // handed to Pebble
+	err      error    // sticky write failure (wraps ErrFailed)
+	wake     chan struct{}
+	closed   bool
+	snaps    []Snapshot // newest first: the newest and the one before it
+	appended int64      // bytes of every record appended since Open
+	snapAt   int64      // appended when the newest snapshot's state was taken
+
+	last    atomic.Uint64 // index of the last appended record
+	durable atomic.Uint64 // index of the last durable record
+	groups  atomic.Int64  // writes (each with its fsync) since Open
+
+	kick       chan struct{} // tells the writer there is work (buffered, 1)
+	done       chan struct{}
+	writerDone chan struct{}
+}
+
+// Snapshot names a snapshot file holding the state through record Index.
+type Snapshot struct {
+	Index uint64
+	Path  string
+}
+
+// Pos is a position in the log: the last record appended and the bytes
+// appended up to it since the journal opened.
+type Pos struct {
+	Index uint64
+	Bytes int64
+}
+
+const snapPrefix, snapSuffix = "snap-", ".pb"
+
+// Open opens the journal in cfg.Dir, creating it if needed, and starts its
+// writer; [Journal.Close] stops it. Read the recovered state with
+// [Journal.Snapshots] and [Journal.Replay] before appending.
+func Open(cfg Config) (*Journal, error) {
+	if cfg.Dir == "" {
+		return nil, fmt.Errorf("journal without a directory: %w", engine.ErrInvalid)
+	}
+	if cfg.Fsync < FsyncBatch || cfg.Fsync > FsyncNever {
+		return nil, fmt.Errorf("fsync mode %d: %w", cfg.Fsync, engine.ErrInvalid)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("journal directory: %w", err)
+	}
+	db, err := pebble.Open(filepath.Join(cfg.Dir, "log"), &pebble.Options{
+		Logger: quiet{},
+		// One small database of sequential keys: a modest memtable is
+		// plenty, and keeps memory flat.
+		MemTableSize: 16 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	j := &Journal{
+		cfg:        cfg,
+		db:         db,
+		wake:       make(chan struct{}),
+		kick:       make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	if j.snaps, err = listSnapshots(cfg.Dir); err != nil {
+		db.Close()
+		return nil, err
+	}
+	last, err := j.lastKey()
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	if len(j.snaps) > 0 {
+		last = max(last, j.snaps[0].Index)
+	}
+	j.written = last
+	j.last.Store(last)
+	j.durable.Store(last)
+	go j.writer()
+	return j, nil
+}
+
+func key(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
+
+func (j *Journal) lastKey() (uint64, error) {
+	it, err := j.db.NewIter(nil)
+	if err != nil {
+		return 0, fmt.Errorf("read log: %w", err)
+	}
+	defer it.Close()
+	if !it.Last() {
+		return 0, it.Error()
+	}
+	if len(it.Key()) != 8 {
+		return 0, fmt.Errorf("log holds a key of %d bytes: %w", len(it.Key()), engine.ErrCorrupt)
+	}
+	return binary.BigEndian.Uint64(it.Key()), nil
+}
+
+// listSnapshots returns the snapshot files in dir, newest first, and
+// removes temporary files a crash left behind.
+func listSnapshots(dir string) ([]Snapshot, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	var out []Snapshot
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, snapPrefix) {
+			continue
+		}
+		if strings.Contains(name, ".tmp-") {
+			os.Remove(filepath.Join(dir, name))
+			continue
+		}
+		num, ok := strings.CutSuffix(strings.TrimPrefix(name, snapPrefix), snapSuffix)
+		if !ok {
+			continue
+		}
+		idx, err := strconv.ParseUint(num, 16, 64)
+		if err != nil {
+			continue
+		}
+		out = append(out, Snapshot{Index: idx, Path: filepath.Join(dir, name)})
+	}
+	slices.SortFunc(out, func(a, b Snapshot) int {
+		switch {
+		case a.Index > b.Index:
+			return -1
+		case a.Index < b.Index:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// Snapshots returns the snapshots to recover from, newest first (at most
+// two). If the newest cannot be read, replaying from the one before it
+// (with every record since) gives the same state.
+func (j *Journal) Snapshots() []Snapshot {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.snaps)
+}
+
+// Discard sets aside a snapshot that could not be read (it is renamed
+// with a .bad suffix, for inspection), so that the next snapshot follows
+// the one before it.
+func (j *Journal) Discard(s Snapshot) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.snaps = slices.DeleteFunc(j.snaps, func(x Snapshot) bool { return x == s })
+	if err := os.Rename(s.Path, s.Path+".bad"); err != nil {
+		return fmt.Errorf("set aside unreadable snapshot: %w", err)
+	}
+	return nil
+}
+
+// Replay calls fn with every record after index after, in order. A gap in
+// the records (a record missing between after and the last) is an error
+// wrapping [engine.ErrCorrupt]. fn must not keep rec.
+func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) error {
+	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: key(after + 1)})
+	if err != nil {
+		return fmt.Errorf("read log: %w", err)
+	}
+	defer it.Close()
+	want := after + 1
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Key()) != 8 {
+			return fmt.Errorf("log holds a key of %d bytes: %w", len(it.Key()), engine.ErrCorrupt)
+		}
+		i := binary.BigEndian.Uint64(it.Key())
+		if i != want {
+			return fmt.Errorf("log record %d follows %d; records %d to %d are missing: %w", i, want-1, want, i-1, engine.ErrCorrupt)
+		}
+		v, err := it.ValueAndErr()
+		if err != nil {
+			return fmt.Errorf("read log record %d: %w", i, err)
+		}
+		if err := fn(i, v); err != nil {
+			return fmt.Errorf("log record %d: %w", i, err)
+		}
+		want++
+	}
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("read log: %w", err)
+	}
+	return nil
+}
+
+// Append adds a record and returns its index. It does not wait: the record
+// becomes durable with the writer's next group ([Journal.Wait]). The
+// journal owns rec from now on. Call it in the order the changes happened.
+func (j *Journal) Append(rec []byte) uint64 {
+	j.mu.Lock()
+	j.pending = append(j.pending, rec)
+	j.appended += int64(len(rec))
+	i := j.last.Add(1)
+	j.mu.Unlock()
+	select {
+	case j.kick <- struct{}{}:
+	default:
+	}
+	return i
+}
+
+// Last returns the index of the last appended record: a reader that must
+// not answer with changes that could still be lost waits for it.
+func (j *Journal) Last() uint64 { return j.last.Load() }
+
+// Durable returns the index of the last durable record.
+func (j *Journal) Durable() uint64 { return j.durable.Load() }
+
+// Wait blocks until record index is durable (for FsyncNever: handed to
+// the operating system), ctx ends, or the journal fails or closes.
+// Errors: the context's, an error wrapping [ErrFailed], or one wrapping
+// [engine.ErrClosed].
+func (j *Journal) Wait(ctx context.Context, index uint64) error {
+	for {
+		if j.durable.Load() >= index {
+			return nil
+		}
+		j.mu.Lock()
+		if j.durable.Load() >= index {
+			j.mu.Unlock()
+			return nil
+		}
+		if j.err != nil {
+			err := j.err
+			j.mu.Unlock()
+			return err
+		}
+		if j.closed {
+			j.mu.Unlock()
+			return fmt.Errorf("journal: record %d: %w", index, engine.ErrClosed)
+		}
+		wake := j.wake
+		j.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for log record %d: %w", index, ctx.Err())
+		}
+	}
+}
+
+// Pos returns the current position. Taken while every lock under which
+// records are appended is held, it is the position of a consistent copy
+// of the state ([Journal.WriteSnapshot]).
+func (j *Journal) Pos() Pos {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return Pos{Index: j.last.Load(), Bytes: j.appended}
+}
+
+// SinceSnapshot returns the bytes of the records appended after the state
+// of the newest snapshot was taken (since Open, if it has none): the
+// controller snapshots when they outgrow its state.
+func (j *Journal) SinceSnapshot() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.appended - j.snapAt
+}
+
+// writer writes pending records in groups until the journal closes.
+func (j *Journal) writer() {
+	defer close(j.writerDone)
+	sync := pebble.Sync
+	if j.cfg.Fsync == FsyncNever {
+		sync = pebble.NoSync
+	}
+	for {
+		select {
+		case <-j.kick:
+		case <-j.done:
+			j.flush(sync) // what was appended before Close
+			return
+		}
+		j.flush(sync)
+	}
+}
+
+// flush writes every pending record: in one group, or one by one for
+// FsyncAlways.
+func (j *Journal) flush(opt *pebble.WriteOptions) {
+	for {
+		j.mu.Lock()
+		if j.err != nil || len(j.pending) == 0 {
+			j.mu.Unlock()
+			return
+		}
+		group := j.pending
+		if j.cfg.Fsync == FsyncAlways {
+			group = group[:1]
+		}
+		first := j.written + 1
+		j.mu.Unlock()
+
+		b := j.db.NewBatch()
+		for k, rec := range group {
+			b.Set(key(first+uint64(k)), rec, nil)
+		}
+		err := b.Commit(opt)
+		b.Close()
+		j.groups.Add(1)
+
+		j.mu.Lock()
+		if err != nil {
+			j.err = fmt.Errorf("log records %d to %d: %w: %w", first, first+uint64(len(group))-1, ErrFailed, err)
+		} else {
+			clear(j.pending[:len(group)])
+			j.pending = j.pending[len(group):]
+			j.written = first + uint64(len(group)) - 1
+			j.durable.Store(j.written)
+		}
+		close(j.wake)
+		j.wake = make(chan struct{})
+		j.mu.Unlock()
+	}
+}
+
+// Stats counts the journal's work since it opened.
+type Stats struct {
+	Appended uint64 // index of the last record appended
+	Durable  uint64 // index of the last durable record
+	Groups   int64  // writes to the log, each with its fsync (FsyncNever: none)
+}
+
+// Stats returns the journal's counters.
+func (j *Journal) Stats() Stats {
+	return Stats{Appended: j.last.Load(), Durable: j.durable.Load(), Groups: j.groups.Load()}
+}
+
+// Err returns the journal's write failure (wrapping [ErrFailed]), or nil.
+func (j *Journal) Err() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.err
+}
+
+// WriteSnapshot writes a snapshot of the state at pos (see [Journal.Pos]):
+// write produces the file's contents. The file is written beside its final name,
+// fsynced and renamed into place. Then the log drops the records the
+// snapshot before it needed, and older snapshot files are removed: the
+// newest two stay, with every record since the older of them.
+//
+// pos must grow from one snapshot to the next.
+func (j *Journal) WriteSnapshot(pos Pos, write func(io.Writer) error) error {
+	index := pos.Index
+	j.mu.Lock()
+	if len(j.snaps) > 0 && index <= j.snaps[0].Index {
+		j.mu.Unlock()
+		return fmt.Errorf("snapshot at record %d, the newest is at %d: %w", index, j.snaps[0].Index, engine.ErrInvalid)
+	}
+	if index > j.last.Load() {
+		j.mu.Unlock()
+		return fmt.Errorf("snapshot at record %d, the log ends at %d: %w", index, j.last.Load(), engine.ErrInvalid)
+	}
+	j.mu.Unlock()
+	// A snapshot may hold changes whose records are not durable yet; if
+	// it were renamed into place first and the process died, the records
+	// before it would have a hole that a fallback to the older snapshot
+	// could not replay across.
+	if err := j.Wait(context.Background(), index); err != nil {
+		return err
+	}
+	path := filepath.Join(j.cfg.Dir, fmt.Sprintf("%s%016x%s", snapPrefix, index, snapSuffix))
+	if err := WriteFileAtomic(path, write); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	j.mu.Lock()
+	j.snaps = append([]Snapshot{{Index: index, Path: path}}, j.snaps...)
+	j.snapAt = pos.Bytes
+	var drop []Snapshot
+	if len(j.snaps) > 2 {
+		drop = j.snaps[2:]
+		j.snaps = j.snaps[:2]
+	}
+	keepFrom := j.snaps[len(j.snaps)-1].Index // records after it stay
+	j.mu.Unlock()
+	if len(j.snaps) == 2 {
+		if err := j.db.DeleteRange(key(0), key(keepFrom+1), pebble.NoSync); err != nil {
+			return fmt.Errorf("truncate log: %w", err)
+		}
+	}
+	for _, s := range drop {
+		if err := os.Remove(s.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove old snapshot: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close writes what was appended, stops the writer and closes the log.
+// Waiters still waiting return an error wrapping [engine.ErrClosed]. It is
+// idempotent.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil
+	}
+	j.closed = true
+	j.mu.Unlock()
+	close(j.done)
+	<-j.writerDone
+	j.mu.Lock()
+	close(j.wake)
+	j.wake = make(chan struct{})
+	err := j.err
+	j.mu.Unlock()
+	return errors.Join(err, j.db.Close())
+}
+
+// WriteFileAtomic writes path through write: into a temporary file beside
+// it, fsynced, renamed into place, and the directory fsynced. On failure
+// nothing is left behind and an existing file at path is untouched.
+func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := write(f); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", f.Name(), err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("rename into place: %w", err)
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory, so that entries created or renamed in it
+// survive a crash.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory for sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// quiet is a Pebble logger that drops informational chatter ("Found 0
+// WALs") and keeps errors on standard error.
+type quiet struct{}
+
+func (quiet) Infof(string, ...any) {}
+func (quiet) Errorf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "tq journal: pebble: "+format+"\n", args...)
+}
+func (quiet) Fatalf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "tq journal: pebble: "+format+"\n", args...)
+	os.Exit(2)
+}

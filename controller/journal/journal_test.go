@@ -1,0 +1,245 @@
+package journal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+func open(t *testing.T, dir string, mode Fsync) *Journal {
+	t.Helper()
+	j, err := Open(Config{Dir: dir, Fsync: mode})
+	require.NoError(t, err)
+	t.Cleanup(func() { j.Close() })
+	return j
+}
+
+func rec(i int) []byte { return []byte(fmt.Sprintf("record %d", i)) }
+
+// replayAll returns the records after index after.
+func replayAll(t *testing.T, j *Journal, after uint64) []string {
+	t.Helper()
+	var got []string
+	require.NoError(t, j.Replay(after, func(_ uint64, r []byte) error {
+		got = append(got, string(r))
+		return nil
+	}))
+	return got
+}
+
+func TestAppendWaitReplay(t *testing.T) {
+	for _, mode := range []Fsync{FsyncBatch, FsyncAlways, FsyncNever} {
+		t.Run("fsync="+mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			j := open(t, dir, mode)
+			var last uint64
+			for i := 1; i <= 100; i++ {
+				idx := j.Append(rec(i))
+				require.Equal(t, uint64(i), idx, "records are numbered from 1")
+				last = idx
+			}
+			require.NoError(t, j.Wait(context.Background(), last))
+			assert.GreaterOrEqual(t, j.Durable(), last)
+			require.NoError(t, j.Close())
+
+			j2 := open(t, dir, mode)
+			got := replayAll(t, j2, 0)
+			require.Len(t, got, 100)
+			assert.Equal(t, "record 1", got[0])
+			assert.Equal(t, "record 100", got[99])
+			assert.Equal(t, uint64(101), j2.Append(rec(101)), "numbering continues after a restart")
+		})
+	}
+}
+
+// TestGroupCommit checks that concurrent appenders share writes: far fewer
+// groups than records reach the log when many wait at once.
+func TestGroupCommit(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncBatch)
+	const writers, each = 16, 50
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				idx := j.Append(rec(w*each + i))
+				if err := j.Wait(context.Background(), idx); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := j.Stats()
+	assert.Equal(t, uint64(writers*each), st.Durable)
+	// With 16 waiting at once most groups carry several records; one
+	// fsync per record would be 800 groups.
+	assert.Less(t, st.Groups, int64(writers*each/2), "records share writes")
+	t.Logf("%d records in %d groups", st.Durable, st.Groups)
+}
+
+func TestWaitContext(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncBatch)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := j.Wait(ctx, 1_000_000)
+	require.ErrorIs(t, err, context.Canceled)
+}
+
+func TestWaitAfterClose(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncBatch)
+	require.NoError(t, j.Close())
+	err := j.Wait(context.Background(), 1_000_000)
+	require.ErrorIs(t, err, engine.ErrClosed)
+	require.NoError(t, j.Close(), "Close is idempotent")
+}
+
+func writeState(s string) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := io.WriteString(w, s)
+		return err
+	}
+}
+
+func TestSnapshotsBoundTheLog(t *testing.T) {
+	dir := t.TempDir()
+	j := open(t, dir, FsyncBatch)
+	for i := 1; i <= 10; i++ {
+		j.Append(rec(i))
+	}
+	p1 := j.Pos()
+	require.NoError(t, j.WriteSnapshot(p1, writeState("state@10")))
+	assert.Equal(t, int64(0), j.SinceSnapshot())
+	for i := 11; i <= 20; i++ {
+		j.Append(rec(i))
+	}
+	assert.Equal(t, int64(10*len("record 11")), j.SinceSnapshot())
+	p2 := j.Pos()
+	require.NoError(t, j.WriteSnapshot(p2, writeState("state@20")))
+	for i := 21; i <= 25; i++ {
+		j.Append(rec(i))
+	}
+	require.NoError(t, j.Wait(context.Background(), 25))
+	require.NoError(t, j.Close())
+
+	j2 := open(t, dir, FsyncBatch)
+	snaps := j2.Snapshots()
+	require.Len(t, snaps, 2)
+	assert.Equal(t, uint64(20), snaps[0].Index)
+	assert.Equal(t, uint64(10), snaps[1].Index)
+	b, err := os.ReadFile(snaps[0].Path)
+	require.NoError(t, err)
+	assert.Equal(t, "state@20", string(b))
+	assert.Equal(t, []string{"record 21", "record 22", "record 23", "record 24", "record 25"}, replayAll(t, j2, 20))
+	// The older snapshot still has every record since it.
+	assert.Len(t, replayAll(t, j2, 10), 15)
+	// Records up to the older snapshot are gone.
+	err = j2.Replay(0, func(uint64, []byte) error { return nil })
+	require.ErrorIs(t, err, engine.ErrCorrupt, "replaying from before the older snapshot finds the hole")
+
+	// A third snapshot drops the first and the records before the second.
+	p3 := j2.Pos()
+	require.NoError(t, j2.WriteSnapshot(p3, writeState("state@25")))
+	snaps = j2.Snapshots()
+	require.Len(t, snaps, 2)
+	assert.Equal(t, []uint64{25, 20}, []uint64{snaps[0].Index, snaps[1].Index})
+	_, err = os.Stat(filepath.Join(dir, "snap-000000000000000a.pb"))
+	assert.True(t, errors.Is(err, os.ErrNotExist), "the oldest snapshot file is removed")
+	assert.Len(t, replayAll(t, j2, 20), 5)
+}
+
+func TestSnapshotMustGrow(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncBatch)
+	j.Append(rec(1))
+	p := j.Pos()
+	require.NoError(t, j.WriteSnapshot(p, writeState("a")))
+	require.ErrorIs(t, j.WriteSnapshot(p, writeState("b")), engine.ErrInvalid)
+}
+
+func TestFailedSnapshotLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	j := open(t, dir, FsyncBatch)
+	j.Append(rec(1))
+	boom := errors.New("boom")
+	err := j.WriteSnapshot(j.Pos(), func(w io.Writer) error {
+		io.WriteString(w, "partial")
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		assert.NotContains(t, e.Name(), "snap-", "no snapshot or temporary file is left")
+	}
+	assert.Empty(t, j.Snapshots())
+}
+
+func TestDiscardUnreadableSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	j := open(t, dir, FsyncBatch)
+	j.Append(rec(1))
+	require.NoError(t, j.WriteSnapshot(j.Pos(), writeState("one")))
+	j.Append(rec(2))
+	require.NoError(t, j.WriteSnapshot(j.Pos(), writeState("two")))
+	j.Append(rec(3))
+	require.NoError(t, j.Wait(context.Background(), 3))
+	require.NoError(t, j.Close())
+
+	j2 := open(t, dir, FsyncBatch)
+	snaps := j2.Snapshots()
+	require.NoError(t, j2.Discard(snaps[0]))
+	rest := j2.Snapshots()
+	require.Equal(t, []Snapshot{snaps[1]}, rest)
+	assert.Equal(t, []string{"record 2", "record 3"}, replayAll(t, j2, rest[0].Index))
+	_, err := os.Stat(snaps[0].Path + ".bad")
+	require.NoError(t, err, "the unreadable snapshot is kept aside")
+}
+
+func TestParseFsync(t *testing.T) {
+	for _, m := range []Fsync{FsyncBatch, FsyncAlways, FsyncNever} {
+		got, err := ParseFsync(m.String())
+		require.NoError(t, err)
+		assert.Equal(t, m, got)
+	}
+	_, err := ParseFsync("sometimes")
+	require.ErrorIs(t, err, engine.ErrInvalid)
+}
+
+func TestReplayStopsOnError(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncBatch)
+	for i := 1; i <= 3; i++ {
+		j.Append(rec(i))
+	}
+	require.NoError(t, j.Wait(context.Background(), 3))
+	boom := errors.New("bad record")
+	err := j.Replay(0, func(i uint64, r []byte) error {
+		if bytes.Equal(r, rec(2)) {
+			return boom
+		}
+		return nil
+	})
+	require.ErrorIs(t, err, boom)
+	assert.Contains(t, err.Error(), "log record 2")
+}
+
+func TestCloseFlushesPending(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(Config{Dir: dir})
+	require.NoError(t, err)
+	for i := 1; i <= 500; i++ {
+		j.Append(rec(i))
+	}
+	require.NoError(t, j.Close())
+	j2 := open(t, dir, FsyncBatch)
+	assert.Len(t, replayAll(t, j2, 0), 500)
+}
