@@ -109,25 +109,25 @@ var script = []step{
 		return m.Insert(ctx, "train", 4, []string{"prompt", "resp"})
 	}},
 	{"commit prompt", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []controller.CommitField{
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
 		}})
 	}},
 	{"fetch before resp", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
 	{"commit resp ragged and a scalar", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []controller.CommitField{
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
 			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
 			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
 		}})
 	}},
 	{"fetch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
 			Options: engine.SamplingOptions{Params: map[string]any{"seed": 1}}})
 	}},
 	{"fetch rest", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
 	{"force fetch all", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
 	{"force fetch one field", func(ctx context.Context, m MetaService) (any, error) {
@@ -146,7 +146,7 @@ var script = []step{
 		return []any{meta, created}, err
 	}},
 	{"commit kv", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []controller.CommitField{
+		return m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
 		}})
 	}},
@@ -178,16 +178,16 @@ var script = []step{
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}})
 	}},
 	{"commit keys", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []controller.CommitField{
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0)},
 			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128)},
 		}, Tags: []engine.Tags{{"step": 3}, {"new": true}}})
 	}},
 	{"commit keys tags only", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
 	}},
 	{"commit keys dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []controller.CommitField{
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []engine.CommitField{
 			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
 		}})
 	}},
@@ -213,15 +213,15 @@ var script = []step{
 		return nil, m.ResetConsumption(ctx, "train", "actor")
 	}},
 	{"fetch after reset", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
 	}},
 	{"overwrite returns replaced cells", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []controller.CommitField{
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
 		}})
 	}},
 	{"dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []controller.CommitField{
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
 		}})
 	}},
@@ -241,7 +241,7 @@ var script = []step{
 	{"partitions after clear", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
 	{"bad insert", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
 	{"bad fetch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
 	}},
 }
 
@@ -250,7 +250,7 @@ var script = []step{
 func TestRemoteMatchesLocal(t *testing.T) {
 	opts := cmp.Options{
 		cmpopts.EquateEmpty(),
-		cmpopts.IgnoreFields(controller.PartitionStats{}, "Created"),
+		cmpopts.IgnoreFields(engine.PartitionStats{}, "Created"),
 	}
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
@@ -296,11 +296,11 @@ func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != wirepb.Code_CODE_NOT_FOUND {
 		t.Fatalf("unknown keys: %#v, want a RemoteError with CODE_NOT_FOUND", err)
 	}
-	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
+	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
+	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
 	if !errors.Is(err, engine.ErrDTypeMismatch) {
 		t.Fatalf("dtype change: %v, want ErrDTypeMismatch", err)
 	}
@@ -316,7 +316,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true}
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true}
 
 	t.Run("deadline", func(t *testing.T) {
 		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
@@ -349,7 +349,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 			errc <- err
 		}()
 		time.Sleep(100 * time.Millisecond)
-		if _, err := producer.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{
+		if _, err := producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
 			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0)},
 		}}); err != nil {
 			t.Fatal(err)
@@ -435,7 +435,7 @@ func TestRemoteUnits(t *testing.T) {
 	}
 	r := dialMeta(t, addr, RemoteConfig{})
 	deadline := time.Now().Add(5 * time.Second)
-	var units []controller.UnitInfo
+	var units []engine.UnitInfo
 	for {
 		if err := unitConn.Do(ctx, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 100, Used: 10}, nil, &wirepb.Empty{}, nil); err != nil {
 			t.Fatal(err)
@@ -451,17 +451,17 @@ func TestRemoteUnits(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	want := []controller.UnitInfo{
+	want := []engine.UnitInfo{
 		{ID: 1, Host: HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
 		{ID: 2, Host: HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
 	}
-	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(controller.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
+	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(engine.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
 		t.Fatalf("units (-want +got):\n%s", diff)
 	}
 	if !units[0].Alive || units[0].LastHeartbeat.Before(units[1].LastHeartbeat) {
 		t.Fatalf("unit 1 = %+v, want alive with the later heartbeat than unit 2", units[0])
 	}
-	if diff := cmp.Diff(s.Units(), units, cmpopts.EquateApproxTime(time.Millisecond), cmpopts.IgnoreFields(controller.UnitInfo{}, "Alive")); diff != "" {
+	if diff := cmp.Diff(s.Units(), units, cmpopts.EquateApproxTime(time.Millisecond), cmpopts.IgnoreFields(engine.UnitInfo{}, "Alive")); diff != "" {
 		t.Fatalf("remote units differ from the server's (-server +remote):\n%s", diff)
 	}
 }
@@ -533,12 +533,12 @@ func blockFetch(t *testing.T, r *RemoteMeta) <-chan error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
+	if _, err := r.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := r.Fetch(ctx, controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
+		_, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
 		errc <- err
 	}()
 	// The fetch has looked at the partition once its task shows in stats.
