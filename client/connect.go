@@ -212,7 +212,8 @@ func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 
 // Close releases what the client holds: for a connected client its
 // connections to the controller and the storage units. Closing an
-// embedded cluster's client does nothing (close the [Embedded]).
+// embedded cluster's client does nothing (close the
+// [github.com/tqgo/tq/embedded.Cluster]).
 func (c *Client) Close() error {
 	c.bg.Wait()
 	var errs []error

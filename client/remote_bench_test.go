@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
@@ -50,7 +51,7 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 		b.Fatal(err)
 	}
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(b, addr, RemoteConfig{})
+	r := dialMeta(b, addr, client.RemoteConfig{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -76,7 +77,7 @@ func BenchmarkRemotePutControl(b *testing.B) {
 	defer c.Close()
 	keys, commit := smallPut()
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(b, addr, RemoteConfig{})
+	r := dialMeta(b, addr, client.RemoteConfig{})
 	ctx := context.Background()
 	var resolve, resolveIn, put, putIn, clear, keysPut, keysPutIn time.Duration
 	b.ReportAllocs()

@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -14,7 +14,9 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -56,9 +58,9 @@ func serveController(t testing.TB, c *controller.Controller, cfg controller.Serv
 	return s, wire.FormatAddr(network, l.Addr().String())
 }
 
-func dialMeta(t testing.TB, addr string, cfg RemoteConfig) *RemoteMeta {
+func dialMeta(t testing.TB, addr string, cfg client.RemoteConfig) *client.RemoteMeta {
 	t.Helper()
-	r, err := DialMeta(context.Background(), addr, cfg)
+	r, err := client.DialMeta(context.Background(), addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func sentinelOf(err error) string {
 // step is one call made the same way on a local and a remote controller.
 type step struct {
 	name string
-	run  func(ctx context.Context, m MetaService) (any, error)
+	run  func(ctx context.Context, m client.MetaService) (any, error)
 }
 
 func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
@@ -105,142 +107,148 @@ func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
 // script exercises every MetaService method, errors included. Indexes are
 // deterministic on a fresh controller: "train" gets rows 0–3, "kv" 4–.
 var script = []step{
-	{"insert", func(ctx context.Context, m MetaService) (any, error) {
+	{"insert", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Insert(ctx, "train", 4, []string{"prompt", "resp"})
 	}},
-	{"commit prompt", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit prompt", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
 		}})
 	}},
-	{"fetch before resp", func(ctx context.Context, m MetaService) (any, error) {
+	{"fetch before resp", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
-	{"commit resp ragged and a scalar", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit resp ragged and a scalar", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
 			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
 			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
 		}})
 	}},
-	{"fetch", func(ctx context.Context, m MetaService) (any, error) {
+	{"fetch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
 			Options: engine.SamplingOptions{Params: map[string]any{"seed": 1}}})
 	}},
-	{"fetch rest", func(ctx context.Context, m MetaService) (any, error) {
+	{"fetch rest", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
-	{"force fetch all", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
-	{"force fetch one field", func(ctx context.Context, m MetaService) (any, error) {
+	{"force fetch all", func(ctx context.Context, m client.MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
+	{"force fetch one field", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ForceFetch(ctx, "train", []string{"resp"})
 	}},
-	{"force fetch no fields", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", []string{}) }},
-	{"force fetch unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "nope", nil) }},
-	{"rows meta", func(ctx context.Context, m MetaService) (any, error) {
+	{"force fetch no fields", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ForceFetch(ctx, "train", []string{})
+	}},
+	{"force fetch unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.ForceFetch(ctx, "nope", nil) }},
+	{"rows meta", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.RowsMeta(ctx, "train", []uint64{3, 0}, nil)
 	}},
-	{"rows meta unknown", func(ctx context.Context, m MetaService) (any, error) {
+	{"rows meta unknown", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.RowsMeta(ctx, "train", []uint64{77}, []string{"prompt"})
 	}},
-	{"resolve keys create", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys create", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b", "c"}, nil, true)
 		return []any{meta, created}, err
 	}},
-	{"commit kv", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit kv", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
 		}})
 	}},
-	{"resolve keys again", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys again", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"b", "a", "d"}, nil, true)
 		return []any{meta, created}, err
 	}},
-	{"resolve keys fields", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys fields", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b"}, []string{"text"}, false)
 		return []any{meta, created}, err
 	}},
-	{"resolve unknown keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve unknown keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "zz", "yy"}, nil, false)
 		return []any{meta, created}, err
 	}},
-	{"resolve duplicate keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve duplicate keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		_, _, err := m.ResolveKeys(ctx, "kv", []string{"a", "a"}, nil, true)
 		return nil, err
 	}},
-	{"keys of", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", []uint64{5, 4, 99}) }},
-	{"keys of nothing", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", nil) }},
-	{"set tags", func(ctx context.Context, m MetaService) (any, error) {
+	{"keys of", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.KeysOf(ctx, "kv", []uint64{5, 4, 99})
+	}},
+	{"keys of nothing", func(ctx context.Context, m client.MetaService) (any, error) { return m.KeysOf(ctx, "kv", nil) }},
+	{"set tags", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"status": "running", "step": 1}, {"nested": map[string]any{"x": 2.5, "l": []any{1, "s"}}}})
 	}},
-	{"merge tags", func(ctx context.Context, m MetaService) (any, error) {
+	{"merge tags", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}, nil})
 	}},
-	{"set tags count", func(ctx context.Context, m MetaService) (any, error) {
+	{"set tags count", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}})
 	}},
-	{"commit keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0)},
 			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128)},
 		}, Tags: []engine.Tags{{"step": 3}, {"new": true}}})
 	}},
-	{"commit keys tags only", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit keys tags only", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
 	}},
-	{"commit keys dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
+	{"commit keys dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []engine.CommitField{
 			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
 		}})
 	}},
-	{"list keys", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
-	{"list keys all", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "") }},
-	{"list keys unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},
-	{"production status", func(ctx context.Context, m MetaService) (any, error) {
+	{"list keys", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
+	{"list keys all", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "") }},
+	{"list keys unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},
+	{"production status", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", []string{"prompt", "resp"})
 	}},
-	{"production status no fields", func(ctx context.Context, m MetaService) (any, error) {
+	{"production status no fields", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", nil)
 	}},
-	{"production status unknown field", func(ctx context.Context, m MetaService) (any, error) {
+	{"production status unknown field", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", []string{"prompt", "ghost"})
 	}},
-	{"consumption status", func(ctx context.Context, m MetaService) (any, error) {
+	{"consumption status", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ConsumptionStatus(ctx, "train", "actor")
 	}},
-	{"consumption status no task", func(ctx context.Context, m MetaService) (any, error) {
+	{"consumption status no task", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ConsumptionStatus(ctx, "train", "")
 	}},
-	{"reset consumption", func(ctx context.Context, m MetaService) (any, error) {
+	{"reset consumption", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.ResetConsumption(ctx, "train", "actor")
 	}},
-	{"fetch after reset", func(ctx context.Context, m MetaService) (any, error) {
+	{"fetch after reset", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
 	}},
-	{"overwrite returns replaced cells", func(ctx context.Context, m MetaService) (any, error) {
+	{"overwrite returns replaced cells", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
 		}})
 	}},
-	{"dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
+	{"dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
 		}})
 	}},
-	{"fields", func(ctx context.Context, m MetaService) (any, error) { return m.Fields(ctx, "train") }},
-	{"stats", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "train") }},
-	{"stats unknown", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "nope") }},
-	{"partitions", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
-	{"clear rows", func(ctx context.Context, m MetaService) (any, error) {
+	{"fields", func(ctx context.Context, m client.MetaService) (any, error) { return m.Fields(ctx, "train") }},
+	{"stats", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "train") }},
+	{"stats unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "nope") }},
+	{"partitions", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"clear rows", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ClearRows(ctx, "train", []uint64{0, 3, 99})
 	}},
-	{"clear keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"clear keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ClearKeys(ctx, "kv", []string{"a", "nope"})
 	}},
-	{"clear nothing", func(ctx context.Context, m MetaService) (any, error) { return m.ClearRows(ctx, "nope", []uint64{1}) }},
-	{"reuse cleared indexes", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
-	{"clear partition", func(ctx context.Context, m MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
-	{"partitions after clear", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
-	{"bad insert", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
-	{"bad fetch", func(ctx context.Context, m MetaService) (any, error) {
+	{"clear nothing", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ClearRows(ctx, "nope", []uint64{1})
+	}},
+	{"reuse cleared indexes", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
+	{"clear partition", func(ctx context.Context, m client.MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
+	{"partitions after clear", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"bad insert", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
+	{"bad fetch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
 	}},
 }
@@ -255,10 +263,10 @@ func TestRemoteMatchesLocal(t *testing.T) {
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			ctx := context.Background()
-			local := Local(newController(t))
+			local := embedded.Meta(newController(t))
 			remoteCtl := newController(t)
 			_, addr := serveController(t, remoteCtl, controller.ServerConfig{}, network)
-			remote := dialMeta(t, addr, RemoteConfig{Name: "test"})
+			remote := dialMeta(t, addr, client.RemoteConfig{Name: "test"})
 			for _, st := range script {
 				want, werr := st.run(ctx, local)
 				got, gerr := st.run(ctx, remote)
@@ -284,7 +292,7 @@ func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
@@ -310,8 +318,8 @@ func TestRemoteBlockingFetch(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{MaxFetchWait: 30 * time.Millisecond}, "tcp")
-	consumer := dialMeta(t, addr, RemoteConfig{Name: "consumer"})
-	producer := dialMeta(t, addr, RemoteConfig{Name: "producer"})
+	consumer := dialMeta(t, addr, client.RemoteConfig{Name: "consumer"})
+	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
 	m, err := producer.Insert(ctx, "p", 2, []string{"x"})
 	if err != nil {
 		t.Fatal(err)
@@ -386,7 +394,7 @@ func TestRemoteCheckpoint(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a", "b"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
@@ -428,12 +436,12 @@ func TestRemoteUnits(t *testing.T) {
 	}
 	defer unitConn.Close()
 	for _, name := range []string{"u1", "u2"} {
-		req := &wirepb.RegisterRequest{HostId: HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
+		req := &wirepb.RegisterRequest{HostId: client.HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
 		if err := unitConn.Do(ctx, wire.OpRegister, req, nil, &wirepb.RegisterReply{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	deadline := time.Now().Add(5 * time.Second)
 	var units []engine.UnitInfo
 	for {
@@ -452,8 +460,8 @@ func TestRemoteUnits(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	want := []engine.UnitInfo{
-		{ID: 1, Host: HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
-		{ID: 2, Host: HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
+		{ID: 1, Host: client.HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
+		{ID: 2, Host: client.HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
 	}
 	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(engine.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
 		t.Fatalf("units (-want +got):\n%s", diff)
@@ -468,12 +476,12 @@ func TestRemoteUnits(t *testing.T) {
 
 func TestRemoteToken(t *testing.T) {
 	_, addr := serveController(t, newController(t), controller.ServerConfig{Token: "tok"}, "tcp")
-	_, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	_, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{})
 	var oe *engine.OpError
 	if !errors.Is(err, wire.ErrUnauthenticated) || !errors.As(err, &oe) || oe.Op != "dial" {
 		t.Fatalf("dial without the token: %v, want an OpError wrapping ErrUnauthenticated", err)
 	}
-	r := dialMeta(t, addr, RemoteConfig{Token: "tok"})
+	r := dialMeta(t, addr, client.RemoteConfig{Token: "tok"})
 	if _, err := r.Partitions(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -487,10 +495,10 @@ func TestDialMetaNotAController(t *testing.T) {
 	}
 	go s.Serve(l)
 	defer s.Close()
-	if _, err := DialMeta(context.Background(), "unix://"+l.Addr().String(), RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := client.DialMeta(context.Background(), "unix://"+l.Addr().String(), client.RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("dial a storage unit as a controller: %v, want ErrInvalid", err)
 	}
-	if _, err := DialMeta(context.Background(), "udp://x", RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := client.DialMeta(context.Background(), "udp://x", client.RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("dial a bad address: %v, want ErrInvalid", err)
 	}
 }
@@ -503,7 +511,7 @@ func TestRemoteServerDeath(t *testing.T) {
 			ctx := context.Background()
 			c := newController(t)
 			s, addr := serveController(t, c, controller.ServerConfig{}, network)
-			r := dialMeta(t, addr, RemoteConfig{})
+			r := dialMeta(t, addr, client.RemoteConfig{})
 			errc := blockFetch(t, r)
 			s.Close()
 			select {
@@ -526,7 +534,7 @@ func TestRemoteServerDeath(t *testing.T) {
 // blockFetch starts a waiting fetch of 2 rows of "p" (which has 1 ready)
 // and returns once the controller is waiting on it; the fetch's error
 // arrives on the channel.
-func blockFetch(t *testing.T, r *RemoteMeta) <-chan error {
+func blockFetch(t *testing.T, r *client.RemoteMeta) <-chan error {
 	t.Helper()
 	ctx := context.Background()
 	m, err := r.Insert(ctx, "p", 1, []string{"x"})
@@ -562,7 +570,7 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	s, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	errc := blockFetch(t, r)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -582,7 +590,7 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 
 func TestRemoteCloseIdempotent(t *testing.T) {
 	_, addr := serveController(t, newController(t), controller.ServerConfig{}, "unix")
-	r, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	r, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
