@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/shm"
@@ -378,7 +377,7 @@ func (c countingMeta) Insert(ctx context.Context, partition string, n int, field
 	return c.m.Insert(ctx, partition, n, fields)
 }
 
-func (c countingMeta) Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error) {
+func (c countingMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	c.count("Fetch")
 	return c.m.Fetch(ctx, req)
 }
@@ -393,7 +392,7 @@ func (c countingMeta) RowsMeta(ctx context.Context, partition string, indexes []
 	return c.m.RowsMeta(ctx, partition, indexes, fields)
 }
 
-func (c countingMeta) Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
+func (c countingMeta) Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
 	c.count("Commit")
 	return c.m.Commit(ctx, req)
 }
@@ -403,7 +402,7 @@ func (c countingMeta) ResolveKeys(ctx context.Context, partition string, keys, f
 	return c.m.ResolveKeys(ctx, partition, keys, fields, create)
 }
 
-func (c countingMeta) CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
+func (c countingMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
 	c.count("CommitKeys")
 	return c.m.CommitKeys(ctx, req)
 }
@@ -418,17 +417,17 @@ func (c countingMeta) SetTags(ctx context.Context, partition string, indexes []u
 	return c.m.SetTags(ctx, partition, indexes, tags)
 }
 
-func (c countingMeta) ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error) {
+func (c countingMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
 	c.count("ListKeys")
 	return c.m.ListKeys(ctx, partition)
 }
 
-func (c countingMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+func (c countingMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
 	c.count("ProductionStatus")
 	return c.m.ProductionStatus(ctx, partition, fields)
 }
 
-func (c countingMeta) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+func (c countingMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	c.count("ConsumptionStatus")
 	return c.m.ConsumptionStatus(ctx, partition, task)
 }
@@ -458,12 +457,12 @@ func (c countingMeta) Partitions(ctx context.Context) ([]string, error) {
 	return c.m.Partitions(ctx)
 }
 
-func (c countingMeta) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+func (c countingMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
 	c.count("Stats")
 	return c.m.Stats(ctx, partition)
 }
 
-func (c countingMeta) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+func (c countingMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
 	c.count("Fields")
 	return c.m.Fields(ctx, partition)
 }

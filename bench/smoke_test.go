@@ -27,7 +27,7 @@ func TestFlowSmoke(t *testing.T) {
 	w := workload{"tiny", 8, 3, 16}
 	batch, keys := w.make(t)
 	want := checksum(t, batch, func(n string) []byte { return batch.Col(n).Data() })
-	e := embedded(t, 8<<20)
+	e := newEmbedded(t, 8<<20)
 	kv := kvapi.New(e.Client)
 	ctx := context.Background()
 	for range 3 {

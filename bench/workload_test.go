@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
@@ -46,11 +46,11 @@ func (w workload) make(tb testing.TB) (*engine.Batch, []string) {
 	return engine.MustBatch(fs...), keys
 }
 
-func embedded(tb testing.TB, capacity int64) *client.Embedded {
+func newEmbedded(tb testing.TB, capacity int64) *embedded.Cluster {
 	tb.Helper()
-	cfg := client.DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Storage.Capacity = capacity
-	e, err := client.NewEmbedded(cfg)
+	e, err := embedded.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func BenchmarkInProcess(b *testing.B) {
 	ctx := context.Background()
 	for _, op := range []string{"put", "get_view", "get_copy"} {
 		b.Run(fmt.Sprintf("workload=%s/op=%s", w.name, op), func(b *testing.B) {
-			e := embedded(b, 1<<30)
+			e := newEmbedded(b, 1<<30)
 			kv := kvapi.New(e.Client)
 			cp := newCopier(w.bytes())
 			// Warm up: map and fault the segments once.
@@ -174,7 +174,7 @@ func BenchmarkFieldCount(b *testing.B) {
 		w := workload{fmt.Sprintf("fields%d", fields), rows, fields, total / fields}
 		batch, keys := w.make(b)
 		b.Run(fmt.Sprintf("fields=%d", fields), func(b *testing.B) {
-			e := embedded(b, 1<<30)
+			e := newEmbedded(b, 1<<30)
 			kv := kvapi.New(e.Client)
 			cp := newCopier(w.bytes())
 			if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil {

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -141,7 +140,7 @@ type MetaRequest struct {
 func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMeta, error) {
 	switch req.Mode {
 	case Fetch:
-		return c.meta.Fetch(ctx, controller.FetchRequest{
+		return c.meta.Fetch(ctx, engine.FetchRequest{
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 		})

@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -8,17 +8,19 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 )
 
-func newEmbedded(t *testing.T, place Placement, units int) *Embedded {
+func newEmbedded(t *testing.T, place client.Placement, units int) *embedded.Cluster {
 	t.Helper()
-	cfg := DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Units = units
 	cfg.Client.Placement = place
 	cfg.Storage.Capacity = 32 << 20
 	cfg.Storage.SegmentSize = 8 << 20
-	e, err := NewEmbedded(cfg)
+	e, err := embedded.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +46,7 @@ func values(t *testing.T, b *engine.Batch, name string) []int64 {
 	return v
 }
 
-func used(e *Embedded) (n int64) {
+func used(e *embedded.Cluster) (n int64) {
 	for _, u := range e.Units {
 		n += u.Stats().Used
 	}
@@ -54,11 +56,11 @@ func used(e *Embedded) (n int64) {
 func TestPlacement(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
-		place Placement
+		place client.Placement
 		want  map[engine.UnitID]int // rows per unit for indexes 0..5
 	}{
-		{Hash, map[engine.UnitID]int{1: 2, 2: 2, 3: 2}},
-		{LocalFirst, map[engine.UnitID]int{1: 6}},
+		{client.Hash, map[engine.UnitID]int{1: 2, 2: 2, 3: 2}},
+		{client.LocalFirst, map[engine.UnitID]int{1: 6}},
 	} {
 		t.Run(tc.place.String(), func(t *testing.T) {
 			e := newEmbedded(t, tc.place, 3)
@@ -69,7 +71,7 @@ func TestPlacement(t *testing.T) {
 			got := map[engine.UnitID]int{}
 			for i, l := range m.Cells["x"] {
 				got[l.Unit]++
-				if tc.place == Hash && l.Unit != engine.UnitID(m.Indexes[i]%3+1) {
+				if tc.place == client.Hash && l.Unit != engine.UnitID(m.Indexes[i]%3+1) {
 					t.Fatalf("row %d on unit %d, want index mod 3 + 1", m.Indexes[i], l.Unit)
 				}
 			}
@@ -93,7 +95,7 @@ func TestPlacement(t *testing.T) {
 // where it was written.
 func TestCrossUnitOverlappingUpdate(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, Hash, 2)
+	e := newEmbedded(t, client.Hash, 2)
 	c := e.Client
 	first, err := c.PutNew(ctx, "p", ints(t, "a", []int64{0, 1, 2, 3}))
 	if err != nil {
@@ -112,7 +114,7 @@ func TestCrossUnitOverlappingUpdate(t *testing.T) {
 	if _, err := c.Put(ctx, upd, mid); err != nil {
 		t.Fatal(err)
 	}
-	ff, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: ForceFetch, Fields: []string{"a"}})
+	ff, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.ForceFetch, Fields: []string{"a"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +125,7 @@ func TestCrossUnitOverlappingUpdate(t *testing.T) {
 	if diff := cmp.Diff([]int64{0, 1, 20, 30, 40, 50, 6, 7}, values(t, got, "a")); diff != "" {
 		t.Fatalf("a after update (-want +got):\n%s", diff)
 	}
-	ffb, _ := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: ForceFetch, Fields: []string{"b"}})
+	ffb, _ := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.ForceFetch, Fields: []string{"b"}})
 	if diff := cmp.Diff([]bool{false, false, true, true, true, true, false, false}, ffb.Ready); diff != "" {
 		t.Fatalf("b readiness (-want +got):\n%s", diff)
 	}
@@ -152,13 +154,13 @@ func TestCrossUnitOverlappingUpdate(t *testing.T) {
 func TestFetchComputePutBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	e := newEmbedded(t, LocalFirst, 2)
+	e := newEmbedded(t, client.LocalFirst, 2)
 	c := e.Client
 	go func() {
 		time.Sleep(20 * time.Millisecond)
 		c.PutNew(ctx, "train", ints(t, "prompt", []int64{1, 2, 3, 4}))
 	}()
-	m, err := c.GetMeta(ctx, MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 4, Task: "rollout", Wait: true})
+	m, err := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 4, Task: "rollout", Wait: true})
 	if err != nil || m.Len() != 4 {
 		t.Fatalf("blocking fetch: %v rows, %v", m.Len(), err)
 	}
@@ -181,10 +183,10 @@ func TestFetchComputePutBack(t *testing.T) {
 	if !ok {
 		t.Fatal("rollout has not consumed everything")
 	}
-	if again, _ := c.GetMeta(ctx, MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 1, Task: "rollout"}); again.Len() != 0 {
+	if again, _ := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 1, Task: "rollout"}); again.Len() != 0 {
 		t.Fatalf("consumed rows fetched again: %v", again.Indexes)
 	}
-	tr, _ := c.GetMeta(ctx, MetaRequest{Partition: "train", Fields: []string{"prompt", "response"}, BatchSize: 4, Task: "train"})
+	tr, _ := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"prompt", "response"}, BatchSize: 4, Task: "train"})
 	got, err := c.Get(ctx, tr)
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +197,7 @@ func TestFetchComputePutBack(t *testing.T) {
 	if err := c.ResetConsumption(ctx, "train", "rollout"); err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := c.GetMeta(ctx, MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 4, Task: "rollout"}); again.Len() != 4 {
+	if again, _ := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"prompt"}, BatchSize: 4, Task: "rollout"}); again.Len() != 4 {
 		t.Fatalf("after reset: %d rows", again.Len())
 	}
 	tags := tr.Clone()
@@ -205,7 +207,7 @@ func TestFetchComputePutBack(t *testing.T) {
 	if err := c.SetTags(ctx, tags); err != nil {
 		t.Fatal(err)
 	}
-	ff, _ := c.GetMeta(ctx, MetaRequest{Partition: "train", Mode: ForceFetch})
+	ff, _ := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Mode: client.ForceFetch})
 	if ff.Tags[3]["step"] != 3 {
 		t.Fatalf("tags: %v", ff.Tags)
 	}
@@ -222,7 +224,7 @@ func TestFetchComputePutBack(t *testing.T) {
 
 func TestViewIsZeroCopy(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	m, err := e.Client.PutNew(ctx, "p", ints(t, "x", make([]int64, 4096), 64))
 	if err != nil {
 		t.Fatal(err)
@@ -248,11 +250,11 @@ func TestViewIsZeroCopy(t *testing.T) {
 }
 
 func TestCapacity(t *testing.T) {
-	cfg := DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Units = 1
 	cfg.Storage.Capacity = 1 << 20
 	cfg.Storage.SegmentSize = 1 << 20
-	e, err := NewEmbedded(cfg)
+	e, err := embedded.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +269,7 @@ func TestCapacity(t *testing.T) {
 	if parts, _ := e.Client.Partitions(ctx); len(parts) != 1 {
 		t.Fatalf("partitions: %v", parts)
 	}
-	if ff, _ := e.Client.GetMeta(ctx, MetaRequest{Partition: "p", Mode: ForceFetch}); ff.Len() != 0 {
+	if ff, _ := e.Client.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.ForceFetch}); ff.Len() != 0 {
 		t.Fatalf("a failed put left rows: %v", ff.Indexes)
 	}
 	if n := used(e); n != 0 {
@@ -277,7 +279,7 @@ func TestCapacity(t *testing.T) {
 
 func TestPutBadInput(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	m, err := e.Client.PutNew(ctx, "p", ints(t, "x", []int64{1, 2}))
 	if err != nil {
 		t.Fatal(err)
@@ -300,17 +302,17 @@ func TestPutBadInput(t *testing.T) {
 			}
 		})
 	}
-	if _, err := e.Client.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: 1}); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := e.Client.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: 1}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("insert without fields: %v", err)
 	}
-	if _, err := New(nil, nil, DefaultConfig()); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := client.New(nil, nil, client.DefaultConfig()); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("client without services: %v", err)
 	}
 }
 
 func TestKeysThroughClient(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	m, err := e.Client.MetaByKeys(ctx, "p", []string{"a", "b"}, nil, true)
 	if err != nil {
 		t.Fatal(err)
@@ -329,7 +331,7 @@ func TestKeysThroughClient(t *testing.T) {
 // put) gets ErrLost, never the other put's bytes.
 func TestStaleMetaIsLostNotWrong(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	c := e.Client
 	m, err := c.PutNew(ctx, "p", ints(t, "x", []int64{1, 2, 3, 4}))
 	if err != nil {
@@ -347,28 +349,5 @@ func TestStaleMetaIsLostNotWrong(t *testing.T) {
 	}
 	if _, err := c.Get(ctx, m); !errors.Is(err, engine.ErrLost) {
 		t.Fatalf("get with a stale meta: got %v, want ErrLost", err)
-	}
-}
-
-func TestCoalesce(t *testing.T) {
-	a := func(seg, gen uint32, off, n uint64) engine.RemoteAddr {
-		return engine.RemoteAddr{Segment: seg, Gen: gen, Offset: off, Len: n}
-	}
-	for _, tc := range []struct {
-		name     string
-		in, want []engine.RemoteAddr
-	}{
-		{"two fields interleaved, rows in order", // row-major, as a clear returns them
-			[]engine.RemoteAddr{a(1, 1, 0, 8), a(1, 2, 100, 4), a(1, 1, 8, 8), a(1, 2, 104, 4), a(1, 1, 16, 8)},
-			[]engine.RemoteAddr{a(1, 1, 0, 24), a(1, 2, 100, 8)}},
-		{"other extent at the seam", []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 2, 8, 8)}, []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 2, 8, 8)}},
-		{"other segment", []engine.RemoteAddr{a(1, 1, 0, 8), a(2, 1, 8, 8)}, []engine.RemoteAddr{a(1, 1, 0, 8), a(2, 1, 8, 8)}},
-		{"gap", []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 1, 9, 8)}, []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 1, 9, 8)}},
-		{"a cell twice stays twice", []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 1, 0, 8)}, []engine.RemoteAddr{a(1, 1, 0, 8), a(1, 1, 0, 8)}},
-		{"empty cells kept apart", []engine.RemoteAddr{a(1, 1, 8, 0), a(1, 1, 0, 8), a(1, 1, 8, 0)}, []engine.RemoteAddr{a(1, 1, 8, 0), a(1, 1, 0, 8), a(1, 1, 8, 0)}},
-	} {
-		if diff := cmp.Diff(tc.want, coalesce(tc.in)); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
-		}
 	}
 }

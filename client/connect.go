@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
@@ -130,7 +129,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 // socket, when it runs on this host (its host id is host) and advertises
 // a reachable fd socket ("shm:///path"). Otherwise it returns an error
 // wrapping [engine.ErrNotSupported] that says why.
-func ShmPeer(u controller.UnitInfo, host string) (engine.PeerInfo, error) {
+func ShmPeer(u engine.UnitInfo, host string) (engine.PeerInfo, error) {
 	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host, Transport: "shm"}
 	if u.Host != host {
 		return peer, fmt.Errorf("unit runs on host %q, this is %q: %w", u.Host, host, engine.ErrNotSupported)
@@ -157,7 +156,7 @@ func ShmPeer(u controller.UnitInfo, host string) (engine.PeerInfo, error) {
 	return peer, fmt.Errorf("unit has no reachable unix socket: %w", engine.ErrNotSupported)
 }
 
-func dialShm(ctx context.Context, tr *shm.Transport, u controller.UnitInfo, host string) (*shm.Conn, error) {
+func dialShm(ctx context.Context, tr *shm.Transport, u engine.UnitInfo, host string) (*shm.Conn, error) {
 	peer, err := ShmPeer(u, host)
 	if err != nil {
 		return nil, err
@@ -165,13 +164,13 @@ func dialShm(ctx context.Context, tr *shm.Transport, u controller.UnitInfo, host
 	return tr.DialConn(ctx, peer)
 }
 
-func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]controller.UnitInfo, error) {
+func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]engine.UnitInfo, error) {
 	for {
 		all, err := meta.Units(ctx)
 		if err != nil {
 			return nil, err
 		}
-		var live []controller.UnitInfo
+		var live []engine.UnitInfo
 		for _, u := range all {
 			if u.Alive {
 				live = append(live, u)
@@ -190,7 +189,7 @@ func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]controller.U
 
 // PickAddr chooses how to reach a unit: its unix socket when it runs on
 // this host and the socket exists, else its first TCP address.
-func PickAddr(u controller.UnitInfo, host string) (engine.PeerInfo, string, bool) {
+func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host}
 	if u.Host == host {
 		for _, a := range u.Addrs {
@@ -213,7 +212,8 @@ func PickAddr(u controller.UnitInfo, host string) (engine.PeerInfo, string, bool
 
 // Close releases what the client holds: for a connected client its
 // connections to the controller and the storage units. Closing an
-// embedded cluster's client does nothing (close the [Embedded]).
+// embedded cluster's client does nothing (close the
+// [github.com/tqgo/tq/embedded.Cluster]).
 func (c *Client) Close() error {
 	c.bg.Wait()
 	var errs []error

@@ -1,10 +1,11 @@
 // Package client is TQ's low-level batch API: it asks the controller
 // ([MetaService]) where rows are or should go and moves column bytes
 // directly to and from storage units ([DataUnit]). The same API works
-// embedded (controller and units in this process, see [NewEmbedded]) and,
-// with other MetaService and DataUnit implementations, across processes.
+// embedded (controller and units in this process, see
+// [github.com/tqgo/tq/embedded.New]) and, with other MetaService and
+// DataUnit implementations, across processes.
 //
-//	e, _ := client.NewEmbedded(client.DefaultEmbeddedConfig())
+//	e, _ := embedded.New(embedded.DefaultConfig())
 //	defer e.Close()
 //	meta, _ := e.Client.PutNew(ctx, "train", batch)      // new rows
 //	m, _ := e.Client.GetMeta(ctx, client.MetaRequest{     // ready, unconsumed rows

@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -17,7 +18,7 @@ import (
 // copies.
 func TestGetViewsByDefaultOverShm(t *testing.T) {
 	ctx := context.Background()
-	c, u := shmClient(t, DefaultConfig())
+	c, u := shmClient(t, client.DefaultConfig())
 	vals := make([]float32, 3*4096) // 3 rows of 16 KiB: lent as views
 	for i := range vals {
 		vals[i] = float32(i)
@@ -69,7 +70,7 @@ func TestGetViewsByDefaultOverShm(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	c2, _ := shmClient(t, Config{Placement: LocalFirst, CopyGets: true})
+	c2, _ := shmClient(t, client.Config{Placement: client.LocalFirst, CopyGets: true})
 	meta2, err := c2.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
 	if err != nil {
 		t.Fatal(err)

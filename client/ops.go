@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -81,13 +80,13 @@ func (c *Client) SetTags(ctx context.Context, meta *engine.BatchMeta) error {
 
 // ProductionStatus reports, per row of the partition, which fields are
 // produced.
-func (c *Client) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+func (c *Client) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
 	return c.meta.ProductionStatus(ctx, partition, fields)
 }
 
 // ConsumptionStatus reports, per row of the partition, whether the task
 // consumed it.
-func (c *Client) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+func (c *Client) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	return c.meta.ConsumptionStatus(ctx, partition, task)
 }
 
@@ -150,11 +149,11 @@ func (c *Client) KeysOf(ctx context.Context, partition string, indexes []uint64)
 }
 
 // Fields describes a partition's fields.
-func (c *Client) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+func (c *Client) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
 	return c.meta.Fields(ctx, partition)
 }
 
 // Stats summarizes a partition.
-func (c *Client) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+func (c *Client) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
 	return c.meta.Stats(ctx, partition)
 }

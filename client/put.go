@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -148,7 +147,7 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		}
 		done = append(done, written{unit: u, rows: rows})
 	}
-	req := controller.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
+	req := engine.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
 	for i, p := range pos {
 		req.Indexes[i] = meta.Indexes[p]
 	}
@@ -212,7 +211,7 @@ func setLocs(locs []engine.CellLoc, unit engine.UnitID, ext engine.RemoteAddr, c
 // were written back to back, all of them, into exts[i] on unit. With
 // runs, a dense field is one run (see [engine.CellRun]); other fields,
 // and every field without runs, list their cells one by one.
-func extentFields(fields []engine.Field, unit engine.UnitID, exts []engine.RemoteAddr, runs bool) []controller.CommitField {
+func extentFields(fields []engine.Field, unit engine.UnitID, exts []engine.RemoteAddr, runs bool) []engine.CommitField {
 	n := fields[0].Col.Len()
 	all := allRows(n)
 	locs := make([][]engine.CellLoc, len(fields))
@@ -248,7 +247,7 @@ func allRows(n int) []int {
 }
 
 // fieldAddrs lists the byte ranges of commit fields' cells, a run as one.
-func fieldAddrs(cfs []controller.CommitField) []engine.RemoteAddr {
+func fieldAddrs(cfs []engine.CommitField) []engine.RemoteAddr {
 	var addrs []engine.RemoteAddr
 	for _, cf := range cfs {
 		for _, r := range cf.Runs {
@@ -279,14 +278,14 @@ func freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) e
 // commitFields describes the cells of rows pos of fields, whose locations
 // are locs[field][row], for a commit; a field whose locs are nil gets
 // none.
-func commitFields(fields []engine.Field, pos []int, locs [][]engine.CellLoc) []controller.CommitField {
+func commitFields(fields []engine.Field, pos []int, locs [][]engine.CellLoc) []engine.CommitField {
 	identity := true
 	for i, p := range pos {
 		identity = identity && p == i
 	}
-	out := make([]controller.CommitField, len(fields))
+	out := make([]engine.CommitField, len(fields))
 	for fi, f := range fields {
-		cf := controller.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
+		cf := engine.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
 		switch {
 		case locs[fi] == nil:
 		case identity && len(pos) == len(locs[fi]):

@@ -17,7 +17,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -86,34 +85,34 @@ func (c *Client) forget(ctx context.Context, partition string, created []string)
 // row or tag count that does not match them, or an empty batch;
 // [engine.ErrDTypeMismatch] when a field already has another dtype in the
 // partition; [engine.ErrCapacity] when storage stays full until ctx ends.
-func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (controller.KeysCommitted, error) {
+func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
 	out, err := c.putKeys(ctx, partition, keys, b, tags)
 	if err != nil {
-		return controller.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
+		return engine.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
 	}
 	return out, nil
 }
 
-func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (_ controller.KeysCommitted, err error) {
+func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (_ engine.KeysCommitted, err error) {
 	switch {
 	case len(keys) == 0:
-		return controller.KeysCommitted{}, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
 	case b == nil && tags == nil:
-		return controller.KeysCommitted{}, fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
 	case b != nil && b.NumFields() == 0:
-		return controller.KeysCommitted{}, fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("put with an empty field set: %w", engine.ErrInvalid)
 	case b != nil && b.Rows() != len(keys):
-		return controller.KeysCommitted{}, fmt.Errorf("%d keys for %d rows: %w", len(keys), b.Rows(), engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("%d keys for %d rows: %w", len(keys), b.Rows(), engine.ErrInvalid)
 	case tags != nil && len(tags) != len(keys):
-		return controller.KeysCommitted{}, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
 	}
-	req := controller.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
+	req := engine.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
 	if b == nil {
 		return c.meta.CommitKeys(ctx, req)
 	}
 	plan, err := c.planKeys(ctx, partition, keys)
 	if err != nil {
-		return controller.KeysCommitted{}, err
+		return engine.KeysCommitted{}, err
 	}
 	fields := b.Fields()
 	if len(plan.groups) == 1 {
@@ -136,7 +135,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	}()
 	for u, rows := range plan.groups {
 		if _, err := writeRows(ctx, u, fields, rows, locs); err != nil {
-			return controller.KeysCommitted{}, err
+			return engine.KeysCommitted{}, err
 		}
 		done = append(done, written{unit: u, rows: rows})
 	}
@@ -144,24 +143,24 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	req.Fields = commitFields(fields, all, locs)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
-		return controller.KeysCommitted{}, err
+		return engine.KeysCommitted{}, err
 	}
 	c.freeReplaced(out.Replaced)
 	return out, nil
 }
 
 // putKeysOn is a KV put of every row to unit u.
-func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req controller.KeysCommit, fields []engine.Field, created []string) (controller.KeysCommitted, error) {
+func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, created []string) (engine.KeysCommitted, error) {
 	all := allRows(len(req.Keys))
 	exts, err := writeRows(ctx, u, fields, all, nil)
 	if err != nil {
-		return controller.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
+		return engine.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
 	}
 	req.Fields = extentFields(fields, u.ID(), exts, true)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
 		ctx := context.WithoutCancel(ctx)
-		return controller.KeysCommitted{}, errors.Join(err, u.Free(ctx, fieldAddrs(req.Fields)), c.forget(ctx, req.Partition, created))
+		return engine.KeysCommitted{}, errors.Join(err, u.Free(ctx, fieldAddrs(req.Fields)), c.forget(ctx, req.Partition, created))
 	}
 	c.freeReplaced(out.Replaced)
 	return out, nil
@@ -328,25 +327,25 @@ func (d *dtypeCache) learn(partition string, names []string, dtypes []engine.DTy
 // the commit replaced. On failure the extents are given back and no key
 // this put created stays. A second Commit, or Commit after Abort, fails
 // with [engine.ErrInvalid].
-func (b *KeysPutBuffer) Commit(ctx context.Context) (controller.KeysCommitted, error) {
+func (b *KeysPutBuffer) Commit(ctx context.Context) (engine.KeysCommitted, error) {
 	out, err := b.commit(ctx)
 	if err != nil {
-		return controller.KeysCommitted{}, &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
+		return engine.KeysCommitted{}, &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
 	}
 	return out, nil
 }
 
-func (b *KeysPutBuffer) commit(ctx context.Context) (controller.KeysCommitted, error) {
+func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error) {
 	if !b.end() {
-		return controller.KeysCommitted{}, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
+		return engine.KeysCommitted{}, fmt.Errorf("put buffer ended already: %w", engine.ErrInvalid)
 	}
 	cfs, _, err := b.commitUnit(ctx, true)
 	if err != nil {
-		return controller.KeysCommitted{}, errors.Join(err, b.c.forget(ctx, b.part, b.created))
+		return engine.KeysCommitted{}, errors.Join(err, b.c.forget(ctx, b.part, b.created))
 	}
-	out, err := b.c.meta.CommitKeys(ctx, controller.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
+	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
 	if err != nil {
-		return controller.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
+		return engine.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
 	}
 	b.c.dtypes.learn(b.part, b.names, b.dtypes)
 	b.c.freeReplaced(out.Replaced)

@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -6,11 +6,13 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 )
 
 // keysOf lists a partition's keys in creation order.
-func keysOf(t *testing.T, e *Embedded, partition string) []string {
+func keysOf(t *testing.T, e *embedded.Cluster, partition string) []string {
 	t.Helper()
 	l, err := e.Client.Meta().ListKeys(context.Background(), partition)
 	if err != nil {
@@ -28,7 +30,7 @@ func keysOf(t *testing.T, e *Embedded, partition string) []string {
 // before the write.
 func TestPutKeys(t *testing.T) {
 	ctx := context.Background()
-	for _, place := range []Placement{LocalFirst, Hash} {
+	for _, place := range []client.Placement{client.LocalFirst, client.Hash} {
 		t.Run(place.String(), func(t *testing.T) {
 			e := newEmbedded(t, place, 3)
 			c := e.Client
@@ -56,7 +58,7 @@ func TestPutKeys(t *testing.T) {
 			for _, l := range m.Cells["x"] {
 				spread[l.Unit] = true
 			}
-			if want := map[Placement]int{LocalFirst: 1, Hash: 3}[place]; len(spread) != want {
+			if want := map[client.Placement]int{client.LocalFirst: 1, client.Hash: 3}[place]; len(spread) != want {
 				t.Errorf("rows on %d units, want %d", len(spread), want)
 			}
 
@@ -65,7 +67,7 @@ func TestPutKeys(t *testing.T) {
 			if _, err := c.PutKeys(ctx, "p", []string{"a", "b", "g"}, ints(t, "x", []int64{10, 11, 12}), nil); err != nil {
 				t.Fatal(err)
 			}
-			c.bg.Wait()
+			c.WaitFrees()
 			if u := used(e); u <= before {
 				t.Errorf("used %d after adding a key, was %d", u, before)
 			}
@@ -95,7 +97,7 @@ func TestPutKeys(t *testing.T) {
 
 func TestPutKeysInvalid(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	x := ints(t, "x", []int64{1, 2})
 	for _, tc := range []struct {
 		name string
@@ -127,12 +129,12 @@ func TestPutKeysInvalid(t *testing.T) {
 // exactly the ones it created.
 func TestReservePutKeysHash(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, Hash, 2)
+	e := newEmbedded(t, client.Hash, 2)
 	c := e.Client
 	if _, err := c.PutKeys(ctx, "p", []string{"old"}, ints(t, "x", []int64{7}), nil); err != nil {
 		t.Fatal(err)
 	}
-	spec := FieldSpec{Name: "x", DType: engine.Int64}
+	spec := client.FieldSpec{Name: "x", DType: engine.Int64}
 	b, err := c.ReservePutKeys(ctx, "p", []string{"old", "new"}, nil, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +147,7 @@ func TestReservePutKeysHash(t *testing.T) {
 	}
 
 	// A dtype conflict is refused before the caller fills anything.
-	if _, err := c.ReservePutKeys(ctx, "p", []string{"new"}, nil, FieldSpec{Name: "x", DType: engine.Float32}); !errors.Is(err, engine.ErrDTypeMismatch) {
+	if _, err := c.ReservePutKeys(ctx, "p", []string{"new"}, nil, client.FieldSpec{Name: "x", DType: engine.Float32}); !errors.Is(err, engine.ErrDTypeMismatch) {
 		t.Fatalf("reserve with another dtype: %v", err)
 	}
 	if k := keysOf(t, e, "p"); !slices.Equal(k, []string{"old"}) {
@@ -186,10 +188,10 @@ func TestReservePutKeysHash(t *testing.T) {
 // a mismatch against the cache asks the controller before refusing.
 func TestReservePutKeysDTypeCache(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	c := e.Client
 	put := func(dt engine.DType) error {
-		b, err := c.ReservePutKeys(ctx, "p", []string{"k"}, nil, FieldSpec{Name: "x", DType: dt, Shape: engine.Shape{2}})
+		b, err := c.ReservePutKeys(ctx, "p", []string{"k"}, nil, client.FieldSpec{Name: "x", DType: dt, Shape: engine.Shape{2}})
 		if err != nil {
 			return err
 		}

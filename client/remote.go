@@ -13,7 +13,6 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -136,7 +135,7 @@ const fetchMargin = 25 * time.Millisecond
 // request: when ctx is canceled (rather than past its deadline) while the
 // server waits, rows the server then finds are consumed for the task all
 // the same.
-func (r *RemoteMeta) Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error) {
+func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
 		Options: &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
@@ -183,11 +182,11 @@ func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []u
 	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)})
 }
 
-func commitToPB(req controller.CommitRequest) *wirepb.CommitRequest {
+func commitToPB(req engine.CommitRequest) *wirepb.CommitRequest {
 	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: commitFieldsToPB(req.Fields)}
 }
 
-func commitFieldsToPB(fields []controller.CommitField) []*wirepb.CommitField {
+func commitFieldsToPB(fields []engine.CommitField) []*wirepb.CommitField {
 	out := make([]*wirepb.CommitField, len(fields))
 	for i, f := range fields {
 		cf := &wirepb.CommitField{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind)}
@@ -228,38 +227,38 @@ func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req pro
 
 // Commit records committed cells; see [controller.Controller.Commit]. It
 // returns the locations of the cells the commit replaced.
-func (r *RemoteMeta) Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
+func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
 	return r.cells(ctx, "commit", wire.OpCommit, commitToPB(req))
 }
 
 // CommitKeys is a KV put's controller step; see
 // [controller.Controller.CommitKeys].
-func (r *RemoteMeta) CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
+func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
 	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: commitFieldsToPB(req.Fields)}
 	if req.Tags != nil {
 		var err error
 		if p.Tags, err = wire.TagsToPB(req.Tags); err != nil {
-			return controller.KeysCommitted{}, r.opErr("commit keys", err)
+			return engine.KeysCommitted{}, r.opErr("commit keys", err)
 		}
 		p.HasTags = true
 	}
 	var reply wirepb.CommitKeysReply
 	if err := r.do(ctx, "commit keys", wire.OpCommitKeys, p, &reply); err != nil {
-		return controller.KeysCommitted{}, err
+		return engine.KeysCommitted{}, err
 	}
-	var out controller.KeysCommitted
+	var out engine.KeysCommitted
 	var err error
 	if out.Replaced, err = wire.AddrsFromPB(reply.Replaced); err != nil {
-		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
+		return engine.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
 	}
 	if len(out.Replaced) == 0 {
 		out.Replaced = nil
 	}
 	if len(reply.Tags) != len(req.Keys) {
-		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(fmt.Errorf("%d tag maps for %d keys", len(reply.Tags), len(req.Keys))))
+		return engine.KeysCommitted{}, r.opErr("commit keys", corruptReply(fmt.Errorf("%d tag maps for %d keys", len(reply.Tags), len(req.Keys))))
 	}
 	if out.Tags, err = wire.TagsFromPB(reply.Tags); err != nil {
-		return controller.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
+		return engine.KeysCommitted{}, r.opErr("commit keys", corruptReply(err))
 	}
 	out.Fields = reply.Fields
 	return out, nil
@@ -316,20 +315,20 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 
 // ListKeys returns each partition's keys with their tags; see
 // [controller.Controller.ListKeys]. Whole-number tags come back as int64.
-func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error) {
+func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
 	var reply wirepb.ListKeysReply
 	if err := r.do(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
 	}
-	out := make(map[string][]controller.KeyInfo, len(reply.Partitions))
+	out := make(map[string][]engine.KeyInfo, len(reply.Partitions))
 	for _, pk := range reply.Partitions {
-		list := make([]controller.KeyInfo, len(pk.Keys))
+		list := make([]engine.KeyInfo, len(pk.Keys))
 		for i, k := range pk.Keys {
 			tags, err := wire.JSONFromPB(k.Tags)
 			if err != nil {
 				return nil, r.opErr("list keys", corruptReply(err))
 			}
-			list[i] = controller.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
+			list[i] = engine.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
 		}
 		out[pk.Partition] = list
 	}
@@ -338,16 +337,16 @@ func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string
 
 // ProductionStatus reports production per row and field; see
 // [controller.Controller.ProductionStatus].
-func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
+func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
 	var reply wirepb.ProductionStatusReply
 	if err := r.do(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
-		return controller.ProductionStatus{}, err
+		return engine.ProductionStatus{}, err
 	}
 	rows, nf := len(reply.Indexes), len(reply.Fields)
 	if uint64(len(reply.Produced)) != uint64(rows)*uint64(nf) {
-		return controller.ProductionStatus{}, r.opErr("production status", corruptReply(fmt.Errorf("%d production bits for %d rows × %d fields", len(reply.Produced), rows, nf)))
+		return engine.ProductionStatus{}, r.opErr("production status", corruptReply(fmt.Errorf("%d production bits for %d rows × %d fields", len(reply.Produced), rows, nf)))
 	}
-	st := controller.ProductionStatus{Indexes: reply.Indexes, Fields: reply.Fields, Produced: make([][]bool, rows)}
+	st := engine.ProductionStatus{Indexes: reply.Indexes, Fields: reply.Fields, Produced: make([][]bool, rows)}
 	if st.Indexes == nil {
 		st.Indexes = []uint64{}
 	}
@@ -359,15 +358,15 @@ func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fie
 
 // ConsumptionStatus reports a task's consumption per row; see
 // [controller.Controller.ConsumptionStatus].
-func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error) {
+func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	var reply wirepb.ConsumptionStatusReply
 	if err := r.do(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
-		return controller.ConsumptionStatus{}, err
+		return engine.ConsumptionStatus{}, err
 	}
 	if len(reply.Consumed) != len(reply.Indexes) {
-		return controller.ConsumptionStatus{}, r.opErr("consumption status", corruptReply(fmt.Errorf("%d consumption bits for %d rows", len(reply.Consumed), len(reply.Indexes))))
+		return engine.ConsumptionStatus{}, r.opErr("consumption status", corruptReply(fmt.Errorf("%d consumption bits for %d rows", len(reply.Consumed), len(reply.Indexes))))
 	}
-	st := controller.ConsumptionStatus{Indexes: reply.Indexes, Consumed: reply.Consumed}
+	st := engine.ConsumptionStatus{Indexes: reply.Indexes, Consumed: reply.Consumed}
 	if st.Indexes == nil {
 		st.Indexes, st.Consumed = []uint64{}, []bool{}
 	}
@@ -409,8 +408,8 @@ func (r *RemoteMeta) Partitions(ctx context.Context) ([]string, error) {
 	return reply.Partitions, nil
 }
 
-func fieldStatsFromPB(p *wirepb.FieldStats) (controller.FieldStats, error) {
-	f := controller.FieldStats{Name: p.Name, Produced: int(p.Produced)}
+func fieldStatsFromPB(p *wirepb.FieldStats) (engine.FieldStats, error) {
+	f := engine.FieldStats{Name: p.Name, Produced: int(p.Produced)}
 	var err error
 	if f.DType, err = wire.DTypeFromPB(p.Dtype); err != nil {
 		return f, err
@@ -428,12 +427,12 @@ func fieldStatsFromPB(p *wirepb.FieldStats) (controller.FieldStats, error) {
 
 // Stats summarizes a partition; see [controller.Controller.Stats]. Created
 // has millisecond precision.
-func (r *RemoteMeta) Stats(ctx context.Context, partition string) (controller.PartitionStats, error) {
+func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
 	var p wirepb.PartitionStats
 	if err := r.do(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
-		return controller.PartitionStats{}, err
+		return engine.PartitionStats{}, err
 	}
-	st := controller.PartitionStats{
+	st := engine.PartitionStats{
 		Partition: p.Partition, Rows: int(p.Rows), Reserved: int(p.Reserved), Keys: int(p.Keys),
 		Produced: int(p.Produced), Progress: p.Progress, IndexesUse: int(p.IndexesInUse), IndexesFree: int(p.IndexesFree),
 	}
@@ -443,23 +442,23 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (controller.Pa
 	for _, pf := range p.Fields {
 		f, err := fieldStatsFromPB(pf)
 		if err != nil {
-			return controller.PartitionStats{}, r.opErr("stats", corruptReply(err))
+			return engine.PartitionStats{}, r.opErr("stats", corruptReply(err))
 		}
 		st.Fields = append(st.Fields, f)
 	}
 	for _, t := range p.Tasks {
-		st.Tasks = append(st.Tasks, controller.TaskStats{Task: t.Task, Consumed: int(t.Consumed), Progress: t.Progress})
+		st.Tasks = append(st.Tasks, engine.TaskStats{Task: t.Task, Consumed: int(t.Consumed), Progress: t.Progress})
 	}
 	return st, nil
 }
 
 // Fields describes a partition's fields; see [controller.Controller.Fields].
-func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]controller.FieldStats, error) {
+func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
 	var reply wirepb.FieldsReply
 	if err := r.do(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
 	}
-	out := make([]controller.FieldStats, len(reply.Fields))
+	out := make([]engine.FieldStats, len(reply.Fields))
 	for i, pf := range reply.Fields {
 		f, err := fieldStatsFromPB(pf)
 		if err != nil {
@@ -473,17 +472,17 @@ func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]controller
 // Units lists the storage units registered with the controller, by id.
 // Units that stopped sending heartbeats are listed with Alive false;
 // LastHeartbeat has millisecond precision.
-func (r *RemoteMeta) Units(ctx context.Context) ([]controller.UnitInfo, error) {
+func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 	var reply wirepb.UnitsReply
 	if err := r.do(ctx, "units", wire.OpUnits, &wirepb.Empty{}, &reply); err != nil {
 		return nil, err
 	}
-	out := make([]controller.UnitInfo, len(reply.Units))
+	out := make([]engine.UnitInfo, len(reply.Units))
 	for i, u := range reply.Units {
 		if u.UnitId == 0 {
 			return nil, r.opErr("units", corruptReply(fmt.Errorf("unit id 0: %w", engine.ErrInvalid)))
 		}
-		out[i] = controller.UnitInfo{
+		out[i] = engine.UnitInfo{
 			ID: engine.UnitID(u.UnitId), Host: u.HostId, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 			Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, PageSize: u.PageSize, HugePages: u.HugePages,
 		}

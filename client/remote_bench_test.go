@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
@@ -13,20 +14,20 @@ import (
 // smallPut returns the reference small workload's 1024 keys and the
 // commit of its 9 float32 fields of 32 KiB per row into given rows of
 // partition "p".
-func smallPut() ([]string, func(idx []uint64) controller.CommitRequest) {
+func smallPut() ([]string, func(idx []uint64) engine.CommitRequest) {
 	const rows, fields = 1024, 9
 	keys := make([]string, rows)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("test_key_%d", i)
 	}
-	return keys, func(idx []uint64) controller.CommitRequest {
-		req := controller.CommitRequest{Partition: "p", Indexes: idx}
+	return keys, func(idx []uint64) engine.CommitRequest {
+		req := engine.CommitRequest{Partition: "p", Indexes: idx}
 		for f := range fields {
 			locs := make([]engine.CellLoc, rows)
 			for i := range locs {
 				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
 			}
-			req.Fields = append(req.Fields, controller.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
+			req.Fields = append(req.Fields, engine.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
 		}
 		return req
 	}
@@ -50,7 +51,7 @@ func BenchmarkRemoteMetaByKeys(b *testing.B) {
 		b.Fatal(err)
 	}
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(b, addr, RemoteConfig{})
+	r := dialMeta(b, addr, client.RemoteConfig{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -76,7 +77,7 @@ func BenchmarkRemotePutControl(b *testing.B) {
 	defer c.Close()
 	keys, commit := smallPut()
 	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(b, addr, RemoteConfig{})
+	r := dialMeta(b, addr, client.RemoteConfig{})
 	ctx := context.Background()
 	var resolve, resolveIn, put, putIn, clear, keysPut, keysPutIn time.Duration
 	b.ReportAllocs()
@@ -108,7 +109,7 @@ func BenchmarkRemotePutControl(b *testing.B) {
 		}
 		t6 := time.Now()
 		req := commit(nil)
-		keysReq := controller.KeysCommit{Partition: "p", Keys: keys, Fields: req.Fields}
+		keysReq := engine.KeysCommit{Partition: "p", Keys: keys, Fields: req.Fields}
 		if _, err := r.CommitKeys(ctx, keysReq); err != nil {
 			b.Fatal(err)
 		}

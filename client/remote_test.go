@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -14,7 +14,9 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -56,9 +58,9 @@ func serveController(t testing.TB, c *controller.Controller, cfg controller.Serv
 	return s, wire.FormatAddr(network, l.Addr().String())
 }
 
-func dialMeta(t testing.TB, addr string, cfg RemoteConfig) *RemoteMeta {
+func dialMeta(t testing.TB, addr string, cfg client.RemoteConfig) *client.RemoteMeta {
 	t.Helper()
-	r, err := DialMeta(context.Background(), addr, cfg)
+	r, err := client.DialMeta(context.Background(), addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +93,7 @@ func sentinelOf(err error) string {
 // step is one call made the same way on a local and a remote controller.
 type step struct {
 	name string
-	run  func(ctx context.Context, m MetaService) (any, error)
+	run  func(ctx context.Context, m client.MetaService) (any, error)
 }
 
 func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
@@ -105,143 +107,149 @@ func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
 // script exercises every MetaService method, errors included. Indexes are
 // deterministic on a fresh controller: "train" gets rows 0–3, "kv" 4–.
 var script = []step{
-	{"insert", func(ctx context.Context, m MetaService) (any, error) {
+	{"insert", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Insert(ctx, "train", 4, []string{"prompt", "resp"})
 	}},
-	{"commit prompt", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []controller.CommitField{
+	{"commit prompt", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
 		}})
 	}},
-	{"fetch before resp", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+	{"fetch before resp", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
-	{"commit resp ragged and a scalar", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []controller.CommitField{
+	{"commit resp ragged and a scalar", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
 			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
 			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
 		}})
 	}},
-	{"fetch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
+	{"fetch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2,
 			Options: engine.SamplingOptions{Params: map[string]any{"seed": 1}}})
 	}},
-	{"fetch rest", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
+	{"fetch rest", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
-	{"force fetch all", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
-	{"force fetch one field", func(ctx context.Context, m MetaService) (any, error) {
+	{"force fetch all", func(ctx context.Context, m client.MetaService) (any, error) { return m.ForceFetch(ctx, "train", nil) }},
+	{"force fetch one field", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ForceFetch(ctx, "train", []string{"resp"})
 	}},
-	{"force fetch no fields", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "train", []string{}) }},
-	{"force fetch unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ForceFetch(ctx, "nope", nil) }},
-	{"rows meta", func(ctx context.Context, m MetaService) (any, error) {
+	{"force fetch no fields", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ForceFetch(ctx, "train", []string{})
+	}},
+	{"force fetch unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.ForceFetch(ctx, "nope", nil) }},
+	{"rows meta", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.RowsMeta(ctx, "train", []uint64{3, 0}, nil)
 	}},
-	{"rows meta unknown", func(ctx context.Context, m MetaService) (any, error) {
+	{"rows meta unknown", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.RowsMeta(ctx, "train", []uint64{77}, []string{"prompt"})
 	}},
-	{"resolve keys create", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys create", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b", "c"}, nil, true)
 		return []any{meta, created}, err
 	}},
-	{"commit kv", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []controller.CommitField{
+	{"commit kv", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
 		}})
 	}},
-	{"resolve keys again", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys again", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"b", "a", "d"}, nil, true)
 		return []any{meta, created}, err
 	}},
-	{"resolve keys fields", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve keys fields", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "b"}, []string{"text"}, false)
 		return []any{meta, created}, err
 	}},
-	{"resolve unknown keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve unknown keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		meta, created, err := m.ResolveKeys(ctx, "kv", []string{"a", "zz", "yy"}, nil, false)
 		return []any{meta, created}, err
 	}},
-	{"resolve duplicate keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"resolve duplicate keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		_, _, err := m.ResolveKeys(ctx, "kv", []string{"a", "a"}, nil, true)
 		return nil, err
 	}},
-	{"keys of", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", []uint64{5, 4, 99}) }},
-	{"keys of nothing", func(ctx context.Context, m MetaService) (any, error) { return m.KeysOf(ctx, "kv", nil) }},
-	{"set tags", func(ctx context.Context, m MetaService) (any, error) {
+	{"keys of", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.KeysOf(ctx, "kv", []uint64{5, 4, 99})
+	}},
+	{"keys of nothing", func(ctx context.Context, m client.MetaService) (any, error) { return m.KeysOf(ctx, "kv", nil) }},
+	{"set tags", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"status": "running", "step": 1}, {"nested": map[string]any{"x": 2.5, "l": []any{1, "s"}}}})
 	}},
-	{"merge tags", func(ctx context.Context, m MetaService) (any, error) {
+	{"merge tags", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}, nil})
 	}},
-	{"set tags count", func(ctx context.Context, m MetaService) (any, error) {
+	{"set tags count", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.SetTags(ctx, "kv", []uint64{4, 5}, []engine.Tags{{"step": 2}})
 	}},
-	{"commit keys", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []controller.CommitField{
+	{"commit keys", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0)},
 			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128)},
 		}, Tags: []engine.Tags{{"step": 3}, {"new": true}}})
 	}},
-	{"commit keys tags only", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
+	{"commit keys tags only", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv2", Keys: []string{"x"}, Tags: []engine.Tags{{"k": "v"}}})
 	}},
-	{"commit keys dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.CommitKeys(ctx, controller.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []controller.CommitField{
+	{"commit keys dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []engine.CommitField{
 			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
 		}})
 	}},
-	{"list keys", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
-	{"list keys all", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "") }},
-	{"list keys unknown", func(ctx context.Context, m MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},
-	{"production status", func(ctx context.Context, m MetaService) (any, error) {
+	{"list keys", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
+	{"list keys all", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "") }},
+	{"list keys unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},
+	{"production status", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", []string{"prompt", "resp"})
 	}},
-	{"production status no fields", func(ctx context.Context, m MetaService) (any, error) {
+	{"production status no fields", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", nil)
 	}},
-	{"production status unknown field", func(ctx context.Context, m MetaService) (any, error) {
+	{"production status unknown field", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ProductionStatus(ctx, "train", []string{"prompt", "ghost"})
 	}},
-	{"consumption status", func(ctx context.Context, m MetaService) (any, error) {
+	{"consumption status", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ConsumptionStatus(ctx, "train", "actor")
 	}},
-	{"consumption status no task", func(ctx context.Context, m MetaService) (any, error) {
+	{"consumption status no task", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ConsumptionStatus(ctx, "train", "")
 	}},
-	{"reset consumption", func(ctx context.Context, m MetaService) (any, error) {
+	{"reset consumption", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.ResetConsumption(ctx, "train", "actor")
 	}},
-	{"fetch after reset", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
+	{"fetch after reset", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
 	}},
-	{"overwrite returns replaced cells", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []controller.CommitField{
+	{"overwrite returns replaced cells", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
 		}})
 	}},
-	{"dtype mismatch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Commit(ctx, controller.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []controller.CommitField{
+	{"dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
 		}})
 	}},
-	{"fields", func(ctx context.Context, m MetaService) (any, error) { return m.Fields(ctx, "train") }},
-	{"stats", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "train") }},
-	{"stats unknown", func(ctx context.Context, m MetaService) (any, error) { return m.Stats(ctx, "nope") }},
-	{"partitions", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
-	{"clear rows", func(ctx context.Context, m MetaService) (any, error) {
+	{"fields", func(ctx context.Context, m client.MetaService) (any, error) { return m.Fields(ctx, "train") }},
+	{"stats", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "train") }},
+	{"stats unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "nope") }},
+	{"partitions", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"clear rows", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ClearRows(ctx, "train", []uint64{0, 3, 99})
 	}},
-	{"clear keys", func(ctx context.Context, m MetaService) (any, error) {
+	{"clear keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ClearKeys(ctx, "kv", []string{"a", "nope"})
 	}},
-	{"clear nothing", func(ctx context.Context, m MetaService) (any, error) { return m.ClearRows(ctx, "nope", []uint64{1}) }},
-	{"reuse cleared indexes", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
-	{"clear partition", func(ctx context.Context, m MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
-	{"partitions after clear", func(ctx context.Context, m MetaService) (any, error) { return m.Partitions(ctx) }},
-	{"bad insert", func(ctx context.Context, m MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
-	{"bad fetch", func(ctx context.Context, m MetaService) (any, error) {
-		return m.Fetch(ctx, controller.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
+	{"clear nothing", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ClearRows(ctx, "nope", []uint64{1})
+	}},
+	{"reuse cleared indexes", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
+	{"clear partition", func(ctx context.Context, m client.MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
+	{"partitions after clear", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
+	{"bad insert", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
+	{"bad fetch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "kv", Fields: []string{"text"}, BatchSize: 1})
 	}},
 }
 
@@ -250,15 +258,15 @@ var script = []step{
 func TestRemoteMatchesLocal(t *testing.T) {
 	opts := cmp.Options{
 		cmpopts.EquateEmpty(),
-		cmpopts.IgnoreFields(controller.PartitionStats{}, "Created"),
+		cmpopts.IgnoreFields(engine.PartitionStats{}, "Created"),
 	}
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			ctx := context.Background()
-			local := Local(newController(t))
+			local := embedded.Meta(newController(t))
 			remoteCtl := newController(t)
 			_, addr := serveController(t, remoteCtl, controller.ServerConfig{}, network)
-			remote := dialMeta(t, addr, RemoteConfig{Name: "test"})
+			remote := dialMeta(t, addr, client.RemoteConfig{Name: "test"})
 			for _, st := range script {
 				want, werr := st.run(ctx, local)
 				got, gerr := st.run(ctx, remote)
@@ -284,7 +292,7 @@ func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
@@ -296,11 +304,11 @@ func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != wirepb.Code_CODE_NOT_FOUND {
 		t.Fatalf("unknown keys: %#v, want a RemoteError with CODE_NOT_FOUND", err)
 	}
-	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
+	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Commit(ctx, controller.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []controller.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
+	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
 	if !errors.Is(err, engine.ErrDTypeMismatch) {
 		t.Fatalf("dtype change: %v, want ErrDTypeMismatch", err)
 	}
@@ -310,13 +318,13 @@ func TestRemoteBlockingFetch(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{MaxFetchWait: 30 * time.Millisecond}, "tcp")
-	consumer := dialMeta(t, addr, RemoteConfig{Name: "consumer"})
-	producer := dialMeta(t, addr, RemoteConfig{Name: "producer"})
+	consumer := dialMeta(t, addr, client.RemoteConfig{Name: "consumer"})
+	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
 	m, err := producer.Insert(ctx, "p", 2, []string{"x"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true}
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true}
 
 	t.Run("deadline", func(t *testing.T) {
 		dctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
@@ -349,7 +357,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 			errc <- err
 		}()
 		time.Sleep(100 * time.Millisecond)
-		if _, err := producer.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{
+		if _, err := producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
 			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0)},
 		}}); err != nil {
 			t.Fatal(err)
@@ -386,7 +394,7 @@ func TestRemoteCheckpoint(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a", "b"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
@@ -428,14 +436,14 @@ func TestRemoteUnits(t *testing.T) {
 	}
 	defer unitConn.Close()
 	for _, name := range []string{"u1", "u2"} {
-		req := &wirepb.RegisterRequest{HostId: HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
+		req := &wirepb.RegisterRequest{HostId: client.HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
 		if err := unitConn.Do(ctx, wire.OpRegister, req, nil, &wirepb.RegisterReply{}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	deadline := time.Now().Add(5 * time.Second)
-	var units []controller.UnitInfo
+	var units []engine.UnitInfo
 	for {
 		if err := unitConn.Do(ctx, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 100, Used: 10}, nil, &wirepb.Empty{}, nil); err != nil {
 			t.Fatal(err)
@@ -451,29 +459,29 @@ func TestRemoteUnits(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	want := []controller.UnitInfo{
-		{ID: 1, Host: HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
-		{ID: 2, Host: HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
+	want := []engine.UnitInfo{
+		{ID: 1, Host: client.HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
+		{ID: 2, Host: client.HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
 	}
-	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(controller.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
+	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(engine.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
 		t.Fatalf("units (-want +got):\n%s", diff)
 	}
 	if !units[0].Alive || units[0].LastHeartbeat.Before(units[1].LastHeartbeat) {
 		t.Fatalf("unit 1 = %+v, want alive with the later heartbeat than unit 2", units[0])
 	}
-	if diff := cmp.Diff(s.Units(), units, cmpopts.EquateApproxTime(time.Millisecond), cmpopts.IgnoreFields(controller.UnitInfo{}, "Alive")); diff != "" {
+	if diff := cmp.Diff(s.Units(), units, cmpopts.EquateApproxTime(time.Millisecond), cmpopts.IgnoreFields(engine.UnitInfo{}, "Alive")); diff != "" {
 		t.Fatalf("remote units differ from the server's (-server +remote):\n%s", diff)
 	}
 }
 
 func TestRemoteToken(t *testing.T) {
 	_, addr := serveController(t, newController(t), controller.ServerConfig{Token: "tok"}, "tcp")
-	_, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	_, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{})
 	var oe *engine.OpError
 	if !errors.Is(err, wire.ErrUnauthenticated) || !errors.As(err, &oe) || oe.Op != "dial" {
 		t.Fatalf("dial without the token: %v, want an OpError wrapping ErrUnauthenticated", err)
 	}
-	r := dialMeta(t, addr, RemoteConfig{Token: "tok"})
+	r := dialMeta(t, addr, client.RemoteConfig{Token: "tok"})
 	if _, err := r.Partitions(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -487,10 +495,10 @@ func TestDialMetaNotAController(t *testing.T) {
 	}
 	go s.Serve(l)
 	defer s.Close()
-	if _, err := DialMeta(context.Background(), "unix://"+l.Addr().String(), RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := client.DialMeta(context.Background(), "unix://"+l.Addr().String(), client.RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("dial a storage unit as a controller: %v, want ErrInvalid", err)
 	}
-	if _, err := DialMeta(context.Background(), "udp://x", RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := client.DialMeta(context.Background(), "udp://x", client.RemoteConfig{}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("dial a bad address: %v, want ErrInvalid", err)
 	}
 }
@@ -503,7 +511,7 @@ func TestRemoteServerDeath(t *testing.T) {
 			ctx := context.Background()
 			c := newController(t)
 			s, addr := serveController(t, c, controller.ServerConfig{}, network)
-			r := dialMeta(t, addr, RemoteConfig{})
+			r := dialMeta(t, addr, client.RemoteConfig{})
 			errc := blockFetch(t, r)
 			s.Close()
 			select {
@@ -526,19 +534,19 @@ func TestRemoteServerDeath(t *testing.T) {
 // blockFetch starts a waiting fetch of 2 rows of "p" (which has 1 ready)
 // and returns once the controller is waiting on it; the fetch's error
 // arrives on the channel.
-func blockFetch(t *testing.T, r *RemoteMeta) <-chan error {
+func blockFetch(t *testing.T, r *client.RemoteMeta) <-chan error {
 	t.Helper()
 	ctx := context.Background()
 	m, err := r.Insert(ctx, "p", 1, []string{"x"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Commit(ctx, controller.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []controller.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
+	if _, err := r.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
 	go func() {
-		_, err := r.Fetch(ctx, controller.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
+		_, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
 		errc <- err
 	}()
 	// The fetch has looked at the partition once its task shows in stats.
@@ -562,7 +570,7 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	s, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, RemoteConfig{})
+	r := dialMeta(t, addr, client.RemoteConfig{})
 	errc := blockFetch(t, r)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -582,7 +590,7 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 
 func TestRemoteCloseIdempotent(t *testing.T) {
 	_, addr := serveController(t, newController(t), controller.ServerConfig{}, "unix")
-	r, err := DialMeta(context.Background(), addr, RemoteConfig{})
+	r, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

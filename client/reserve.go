@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -200,7 +199,7 @@ func (b *reserved) end() bool {
 // of each field for the controller (in runs where runs allows, see
 // extentFields), with the filled columns as a batch. On failure the
 // extents are given back.
-func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]controller.CommitField, *engine.Batch, error) {
+func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]engine.CommitField, *engine.Batch, error) {
 	exts := make([]engine.RemoteAddr, len(b.fields))
 	for i := range exts {
 		exts[i] = b.res.Addr(i)
@@ -218,7 +217,7 @@ func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]controller.Comm
 }
 
 // free gives back the cells of a unit commit the controller refused.
-func (b *reserved) free(ctx context.Context, cfs []controller.CommitField) error {
+func (b *reserved) free(ctx context.Context, cfs []engine.CommitField) error {
 	return b.unit.Free(context.WithoutCancel(ctx), fieldAddrs(cfs))
 }
 
@@ -332,7 +331,7 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if err != nil {
 		return nil, err
 	}
-	replaced, err := b.c.meta.Commit(ctx, controller.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs})
+	replaced, err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs})
 	if err != nil {
 		// The extents are committed on the unit but no row points at
 		// them: free their cells.

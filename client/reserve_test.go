@@ -1,4 +1,4 @@
-package client
+package client_test
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/shm"
@@ -16,19 +18,19 @@ import (
 
 var reserveWords = []string{"alpha", "", "gamma ray", "δ"}
 
-func reserveSpecs() []FieldSpec {
+func reserveSpecs() []client.FieldSpec {
 	lens := make([]int, len(reserveWords))
 	for i, w := range reserveWords {
 		lens[i] = len(w)
 	}
-	return []FieldSpec{
+	return []client.FieldSpec{
 		{Name: "x", DType: engine.Float32, Shape: engine.Shape{3}},
 		{Name: "s", RowBytes: lens},
 	}
 }
 
 // fillReserved writes row i of x as {i, i+0.5, i+0.25} and the words into s.
-func fillReserved(t *testing.T, pb *PutBuffer) []float32 {
+func fillReserved(t *testing.T, pb *client.PutBuffer) []float32 {
 	t.Helper()
 	x, err := engine.Values[float32](pb.Column("x"))
 	if err != nil {
@@ -47,10 +49,10 @@ func fillReserved(t *testing.T, pb *PutBuffer) []float32 {
 
 // reserveRoundTrip inserts rows, fills them through a reserved put, commits
 // and reads them back.
-func reserveRoundTrip(t *testing.T, c *Client) {
+func reserveRoundTrip(t *testing.T, c *client.Client) {
 	t.Helper()
 	ctx := context.Background()
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +60,7 @@ func reserveRoundTrip(t *testing.T, c *Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := pb.Unit().(Reserver); !ok {
+	if _, ok := pb.Unit().(client.Reserver); !ok {
 		t.Fatalf("unit %T is not a Reserver", pb.Unit())
 	}
 	wantX := fillReserved(t, pb)
@@ -97,23 +99,23 @@ func reserveRoundTrip(t *testing.T, c *Client) {
 		t.Errorf("s = %q, want %q", gotS, reserveWords)
 	}
 	// The rows are produced: a fetch sees them.
-	m, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: len(reserveWords), Task: "t"})
+	m, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: len(reserveWords), Task: "t"})
 	if err != nil || m.Len() != len(reserveWords) {
 		t.Fatalf("fetch after commit: %v rows, %v", m.Len(), err)
 	}
 }
 
 func TestReservePutCommit(t *testing.T) {
-	e := newEmbedded(t, LocalFirst, 2)
+	e := newEmbedded(t, client.LocalFirst, 2)
 	reserveRoundTrip(t, e.Client)
 }
 
 func TestReservePutAbort(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	c := e.Client
 	base := e.Units[0].Stats().Used
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +139,7 @@ func TestReservePutAbort(t *testing.T) {
 	if st := e.Units[0].Stats(); st.Used != base || st.OpenReservations != 0 {
 		t.Errorf("after Abort: used %d (baseline %d), %d open reservations", st.Used, base, st.OpenReservations)
 	}
-	m, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: 1, Task: "t"})
+	m, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Fields: []string{"x", "s"}, BatchSize: 1, Task: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,12 +150,12 @@ func TestReservePutAbort(t *testing.T) {
 
 func TestReservePutInvalid(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
+	e := newEmbedded(t, client.LocalFirst, 1)
 	c := e.Client
 	if _, err := c.PutNew(ctx, "p", ints(t, "x", []int64{1, 2})); err != nil {
 		t.Fatal(err)
 	}
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: ForceFetch, Fields: []string{"x"}})
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.ForceFetch, Fields: []string{"x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,18 +165,18 @@ func TestReservePutInvalid(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		meta   *engine.BatchMeta
-		fields []FieldSpec
+		fields []client.FieldSpec
 		want   error
 	}{
-		{"dtype conflict", meta, []FieldSpec{{Name: "x", DType: engine.Float32}}, engine.ErrDTypeMismatch},
-		{"opaque over dense", meta, []FieldSpec{{Name: "x", RowBytes: []int{1, 2}}}, engine.ErrDTypeMismatch},
+		{"dtype conflict", meta, []client.FieldSpec{{Name: "x", DType: engine.Float32}}, engine.ErrDTypeMismatch},
+		{"opaque over dense", meta, []client.FieldSpec{{Name: "x", RowBytes: []int{1, 2}}}, engine.ErrDTypeMismatch},
 		{"no fields", meta, nil, engine.ErrInvalid},
-		{"empty meta", &engine.BatchMeta{}, []FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
-		{"two layouts", meta, []FieldSpec{{Name: "y", DType: engine.Int64, Shape: engine.Shape{1}, Shapes: []engine.Shape{{1}, {2}}}}, engine.ErrInvalid},
-		{"row count", meta, []FieldSpec{{Name: "y", DType: engine.Int64, Shapes: []engine.Shape{{1}}}}, engine.ErrInvalid},
-		{"duplicate", meta, []FieldSpec{{Name: "y", DType: engine.Int64}, {Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
-		{"dense bytes", meta, []FieldSpec{{Name: "y", DType: engine.Bytes}}, engine.ErrInvalid},
-		{"two partitions", twoParts, []FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		{"empty meta", &engine.BatchMeta{}, []client.FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		{"two layouts", meta, []client.FieldSpec{{Name: "y", DType: engine.Int64, Shape: engine.Shape{1}, Shapes: []engine.Shape{{1}, {2}}}}, engine.ErrInvalid},
+		{"row count", meta, []client.FieldSpec{{Name: "y", DType: engine.Int64, Shapes: []engine.Shape{{1}}}}, engine.ErrInvalid},
+		{"duplicate", meta, []client.FieldSpec{{Name: "y", DType: engine.Int64}, {Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		{"dense bytes", meta, []client.FieldSpec{{Name: "y", DType: engine.Bytes}}, engine.ErrInvalid},
+		{"two partitions", twoParts, []client.FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := c.ReservePut(ctx, tc.meta, tc.fields...); !errors.Is(err, tc.want) {
@@ -186,7 +188,7 @@ func TestReservePutInvalid(t *testing.T) {
 		})
 	}
 	// Overwriting the existing field frees the cells it replaces.
-	pb, err := c.ReservePut(ctx, meta, FieldSpec{Name: "x", DType: engine.Int64})
+	pb, err := c.ReservePut(ctx, meta, client.FieldSpec{Name: "x", DType: engine.Int64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,21 +214,21 @@ func TestReservePutInvalid(t *testing.T) {
 }
 
 // noReserve hides a unit's Reserver implementation.
-type noReserve struct{ DataUnit }
+type noReserve struct{ client.DataUnit }
 
 func TestReservePutNotSupported(t *testing.T) {
 	ctx := context.Background()
-	e := newEmbedded(t, LocalFirst, 1)
-	c, err := New(Local(e.Controller), []DataUnit{noReserve{LocalUnit(e.Units[0])}}, DefaultConfig())
+	e := newEmbedded(t, client.LocalFirst, 1)
+	c, err := client.New(embedded.Meta(e.Controller), []client.DataUnit{noReserve{embedded.Unit(e.Units[0])}}, client.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := e.Units[0].Stats().Used
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: 2, Fields: []string{"x"}})
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: 2, Fields: []string{"x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ReservePut(ctx, meta, FieldSpec{Name: "x", DType: engine.Float32}); !errors.Is(err, engine.ErrNotSupported) {
+	if _, err := c.ReservePut(ctx, meta, client.FieldSpec{Name: "x", DType: engine.Float32}); !errors.Is(err, engine.ErrNotSupported) {
 		t.Fatalf("ReservePut on a unit without Reserver: %v, want ErrNotSupported", err)
 	}
 	if used := e.Units[0].Stats().Used; used != base {
@@ -237,13 +239,13 @@ func TestReservePutNotSupported(t *testing.T) {
 // TestReservePutShm fills a unit served in this process over shared
 // memory: the client writes the unit's memory mapped read-write.
 func TestReservePutShm(t *testing.T) {
-	c, u := shmClient(t, DefaultConfig())
+	c, u := shmClient(t, client.DefaultConfig())
 	reserveRoundTrip(t, c)
 
 	// An aborted shm reservation gives its space back.
 	ctx := context.Background()
 	base := u.Stats().Used
-	meta, err := c.GetMeta(ctx, MetaRequest{Partition: "p", Mode: Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestReservePutShm(t *testing.T) {
 
 // shmClient serves a fresh unit in this process over its unix and fd
 // sockets and returns a client reaching it over shared memory.
-func shmClient(t *testing.T, cfg Config) (*Client, *storage.Unit) {
+func shmClient(t *testing.T, cfg client.Config) (*client.Client, *storage.Unit) {
 	t.Helper()
 	scfg := storage.DefaultConfig()
 	scfg.Capacity = 32 << 20
@@ -298,7 +300,7 @@ func shmClient(t *testing.T, cfg Config) (*Client, *storage.Unit) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	c, err := New(Local(newController(t)), []DataUnit{ShmUnit(u.ID(), HostID(), conn)}, cfg)
+	c, err := client.New(embedded.Meta(newController(t)), []client.DataUnit{client.ShmUnit(u.ID(), client.HostID(), conn)}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

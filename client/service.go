@@ -3,113 +3,31 @@ package client
 import (
 	"context"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
 // MetaService is what a client needs from the controller. In one process
-// it is the controller itself (see [Local]); across processes it is a
-// network stub speaking the wire protocol. Every method takes a context
-// because a remote controller can be slow or gone.
+// it is the controller itself (see [github.com/tqgo/tq/embedded.Meta]);
+// across processes it is a network stub speaking the wire protocol. Every
+// method takes a context because a remote controller can be slow or gone.
 type MetaService interface {
 	Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error)
-	Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error)
+	Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error)
 	ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error)
 	RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error)
-	Commit(ctx context.Context, req controller.CommitRequest) ([]engine.CellLoc, error)
+	Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error)
 	ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error)
-	CommitKeys(ctx context.Context, req controller.KeysCommit) (controller.KeysCommitted, error)
+	CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error)
 	KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error)
 	SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error
-	ListKeys(ctx context.Context, partition string) (map[string][]controller.KeyInfo, error)
-	ProductionStatus(ctx context.Context, partition string, fields []string) (controller.ProductionStatus, error)
-	ConsumptionStatus(ctx context.Context, partition, task string) (controller.ConsumptionStatus, error)
+	ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error)
+	ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error)
+	ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error)
 	ResetConsumption(ctx context.Context, partition, task string) error
 	ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error)
 	ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error)
 	ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error)
 	Partitions(ctx context.Context) ([]string, error)
-	Stats(ctx context.Context, partition string) (controller.PartitionStats, error)
-	Fields(ctx context.Context, partition string) ([]controller.FieldStats, error)
-}
-
-// Local adapts an in-process controller to [MetaService].
-func Local(c *controller.Controller) MetaService { return localMeta{c} }
-
-type localMeta struct{ c *controller.Controller }
-
-var _ MetaService = localMeta{}
-
-func (l localMeta) Insert(_ context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
-	return l.c.Insert(partition, n, fields)
-}
-
-func (l localMeta) Fetch(ctx context.Context, req controller.FetchRequest) (*engine.BatchMeta, error) {
-	return l.c.Fetch(ctx, req)
-}
-
-func (l localMeta) ForceFetch(_ context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
-	return l.c.ForceFetch(partition, fields)
-}
-
-func (l localMeta) RowsMeta(_ context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
-	return l.c.RowsMeta(partition, indexes, fields)
-}
-
-func (l localMeta) Commit(_ context.Context, req controller.CommitRequest) ([]engine.CellLoc, error) {
-	return l.c.Commit(req)
-}
-
-func (l localMeta) ResolveKeys(_ context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
-	return l.c.ResolveKeysCreated(partition, keys, fields, create)
-}
-
-func (l localMeta) CommitKeys(_ context.Context, req controller.KeysCommit) (controller.KeysCommitted, error) {
-	return l.c.CommitKeys(req)
-}
-
-func (l localMeta) KeysOf(_ context.Context, partition string, indexes []uint64) ([]string, error) {
-	return l.c.KeysOf(partition, indexes)
-}
-
-func (l localMeta) SetTags(_ context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
-	return l.c.SetTags(partition, indexes, tags)
-}
-
-func (l localMeta) ListKeys(_ context.Context, partition string) (map[string][]controller.KeyInfo, error) {
-	return l.c.ListKeys(partition), nil
-}
-
-func (l localMeta) ProductionStatus(_ context.Context, partition string, fields []string) (controller.ProductionStatus, error) {
-	return l.c.ProductionStatus(partition, fields)
-}
-
-func (l localMeta) ConsumptionStatus(_ context.Context, partition, task string) (controller.ConsumptionStatus, error) {
-	return l.c.ConsumptionStatus(partition, task)
-}
-
-func (l localMeta) ResetConsumption(_ context.Context, partition, task string) error {
-	return l.c.ResetConsumption(partition, task)
-}
-
-func (l localMeta) ClearRows(_ context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
-	return l.c.ClearRows(partition, indexes)
-}
-
-func (l localMeta) ClearKeys(_ context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
-	return l.c.ClearKeys(partition, keys)
-}
-
-func (l localMeta) ClearPartition(_ context.Context, partition string) ([]engine.CellLoc, error) {
-	return l.c.ClearPartition(partition)
-}
-
-func (l localMeta) Partitions(context.Context) ([]string, error) { return l.c.Partitions(), nil }
-
-func (l localMeta) Stats(_ context.Context, partition string) (controller.PartitionStats, error) {
-	return l.c.Stats(partition)
-}
-
-func (l localMeta) Fields(_ context.Context, partition string) ([]controller.FieldStats, error) {
-	return l.c.Fields(partition)
+	Stats(ctx context.Context, partition string) (engine.PartitionStats, error)
+	Fields(ctx context.Context, partition string) ([]engine.FieldStats, error)
 }

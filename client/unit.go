@@ -5,14 +5,13 @@ import (
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/hostid"
-	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/shm"
 )
 
 // DataUnit is the client's handle on one storage unit's data plane: write
 // extents, read cells under a lease, free cells. In one process it is the
-// unit itself (see [LocalUnit]); across processes it wraps an
-// [engine.DataConn] (see [RemoteUnit]).
+// unit itself (see [github.com/tqgo/tq/embedded.Unit]); across processes
+// it wraps an [engine.DataConn] (see [RemoteUnit]).
 type DataUnit interface {
 	ID() engine.UnitID
 	// Host identifies the machine the unit runs on (its boot id), for
@@ -35,73 +34,6 @@ type Lease interface {
 	Bytes(i int) []byte
 	Release()
 }
-
-// LocalUnit adapts a storage unit in this process to [DataUnit]: writes
-// copy once into the arena, reads are views.
-func LocalUnit(u *storage.Unit) DataUnit { return localUnit{u} }
-
-type localUnit struct{ u *storage.Unit }
-
-var _ DataUnit = localUnit{}
-
-func (l localUnit) ID() engine.UnitID { return l.u.ID() }
-func (l localUnit) Host() string      { return HostID() }
-func (l localUnit) Transport() string { return "local" }
-
-func (l localUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
-	return WriteReserved(ctx, l.u, extents)
-}
-
-// WriteReserved writes extents into a storage unit in this process:
-// reserve, copy each extent's pieces in, commit.
-func WriteReserved(ctx context.Context, u *storage.Unit, extents [][][]byte) ([]engine.RemoteAddr, error) {
-	sizes := make([]int64, len(extents))
-	for i, pieces := range extents {
-		for _, p := range pieces {
-			sizes[i] += int64(len(p))
-		}
-	}
-	r, err := u.Reserve(ctx, sizes)
-	if err != nil {
-		return nil, err
-	}
-	addrs := make([]engine.RemoteAddr, len(extents))
-	for i, pieces := range extents {
-		buf := r.Buf(i)
-		at := 0
-		for _, p := range pieces {
-			at += copy(buf[at:], p)
-		}
-		addrs[i] = r.Addr(i)
-	}
-	if err := r.Commit(); err != nil {
-		r.Abort()
-		return nil, err
-	}
-	return addrs, nil
-}
-
-func (l localUnit) Acquire(_ context.Context, addrs []engine.RemoteAddr) (Lease, error) {
-	ls, err := l.u.Acquire(addrs)
-	if err != nil {
-		return nil, err
-	}
-	return ls, nil
-}
-
-func (l localUnit) ReadInto(_ context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
-	ls, err := l.u.Acquire(addrs)
-	if err != nil {
-		return err
-	}
-	defer ls.Release()
-	for i := range addrs {
-		copy(dst[i], ls.Bytes(i))
-	}
-	return nil
-}
-
-func (l localUnit) Free(_ context.Context, cells []engine.RemoteAddr) error { return l.u.Free(cells) }
 
 // RemoteUnit adapts a data connection to a unit in another process to
 // [DataUnit]: reads copy into client memory, so a lease is just the
@@ -230,9 +162,9 @@ func HostID() string { return hostid.ID() }
 
 // Reserver is implemented by data units that let a put fill the unit's
 // memory in place instead of handing it bytes to copy (see
-// [Client.ReservePut]): the in-process unit ([LocalUnit]) and the
-// shared-memory unit ([ShmUnit]). Units reached over tcp do not implement
-// it.
+// [Client.ReservePut]): the in-process unit
+// ([github.com/tqgo/tq/embedded.Unit]) and the shared-memory unit
+// ([ShmUnit]). Units reached over tcp do not implement it.
 type Reserver interface {
 	// ReserveExtents reserves one extent per size on the unit. The caller
 	// fills them through [Reserved.Buf] and then commits or aborts.
@@ -254,28 +186,9 @@ type Reserved interface {
 }
 
 var (
-	_ Reserver = localUnit{}
 	_ Reserver = shmUnit{}
 	_ Reserved = (*shm.Reservation)(nil)
 )
-
-// ReserveExtents reserves extents in the unit's arena (see
-// [storage.Unit.Reserve]).
-func (l localUnit) ReserveExtents(ctx context.Context, sizes []int64) (Reserved, error) {
-	r, err := l.u.Reserve(ctx, sizes)
-	if err != nil {
-		return nil, err
-	}
-	return localReserved{r}, nil
-}
-
-// localReserved adapts a [storage.Reservation] to [Reserved].
-type localReserved struct{ r *storage.Reservation }
-
-func (l localReserved) Buf(i int) []byte               { return l.r.Buf(i) }
-func (l localReserved) Addr(i int) engine.RemoteAddr   { return l.r.Addr(i) }
-func (l localReserved) Commit(_ context.Context) error { return l.r.Commit() }
-func (l localReserved) Abort(_ context.Context) error  { l.r.Abort(); return nil }
 
 // ReserveExtents reserves extents on the unit and maps them writable in
 // this process (see [shm.Conn.Reserve]); they are unmapped when the

@@ -44,13 +44,13 @@ func fill(b *testing.B, c *Controller, partition string, rows int, keyed bool, f
 		if err != nil {
 			b.Fatal(err)
 		}
-		req := CommitRequest{Partition: partition, Indexes: m.Indexes}
+		req := engine.CommitRequest{Partition: partition, Indexes: m.Indexes}
 		for _, f := range fields {
 			locs := make([]engine.CellLoc, n)
 			for i := range locs {
 				locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Offset: uint64(i) * 64, Len: 64}}
 			}
-			req.Fields = append(req.Fields, CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{16}, Locs: locs})
+			req.Fields = append(req.Fields, engine.CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{16}, Locs: locs})
 		}
 		if _, err := c.Commit(req); err != nil {
 			b.Fatal(err)
@@ -71,7 +71,7 @@ func BenchmarkFetch(b *testing.B) {
 			c, _ := New(Config{Sampler: replacementSampler{}})
 			defer c.Close()
 			fill(b, c, "p", size.rows, false, "prompt", "response")
-			req := FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt", "response"}, BatchSize: 1024}
+			req := engine.FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt", "response"}, BatchSize: 1024}
 			ctx := context.Background()
 			if _, err := c.Fetch(ctx, req); err != nil { // builds the ready view once
 				b.Fatal(err)
@@ -95,7 +95,7 @@ func BenchmarkFetchConsume(b *testing.B) {
 			c, _ := New(DefaultConfig())
 			defer c.Close()
 			fill(b, c, "p", size.rows, false, "prompt")
-			req := FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt"}, BatchSize: 1024}
+			req := engine.FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt"}, BatchSize: 1024}
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -174,7 +174,7 @@ func BenchmarkCommitKeys(b *testing.B) {
 	c, _ := New(DefaultConfig())
 	defer c.Close()
 	const rows, fields = 1024, 9
-	req := KeysCommit{Partition: "p", Keys: make([]string, rows)}
+	req := engine.KeysCommit{Partition: "p", Keys: make([]string, rows)}
 	for i := range req.Keys {
 		req.Keys[i] = fmt.Sprintf("test_key_%d", i)
 	}
@@ -183,7 +183,7 @@ func BenchmarkCommitKeys(b *testing.B) {
 		for i := range locs {
 			locs[i] = engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(f*rows+i) * 32768, Len: 32768}}
 		}
-		req.Fields = append(req.Fields, CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
+		req.Fields = append(req.Fields, engine.CommitField{Name: fmt.Sprintf("field_%02d", f), DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8192}, Locs: locs})
 	}
 	var clear time.Duration
 	b.ReportAllocs()

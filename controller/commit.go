@@ -6,30 +6,10 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// CommitField reports the cells of one field that a storage unit has
-// committed for the rows of a [CommitRequest].
-type CommitField struct {
-	Name  string
-	DType engine.DType
-	// Kind is Dense (every row has Shape), Ragged (row i has Shapes[i]) or
-	// Opaque (byte strings; no shape).
-	Kind   engine.Kind
-	Shape  engine.Shape
-	Shapes []engine.Shape
-	// Locs says where each row's bytes live; nil records the cells as
-	// produced without a location (metadata-only use).
-	Locs []engine.CellLoc
-	// Runs, instead of Locs, says the same in runs of cells (see
-	// [engine.CellRun]): the cells of the runs, in order, are the rows'.
-	// A column slice one put wrote is a single run, which is cheaper to
-	// send and record than its cells one by one.
-	Runs []engine.CellRun
-}
-
 // locCursor walks a commit field's row locations in row order, from Locs
 // or Runs (the zero location when it has neither).
 type locCursor struct {
-	cf     *CommitField
+	cf     *engine.CommitField
 	run, k int
 }
 
@@ -47,17 +27,9 @@ func (c *locCursor) next(i int) engine.CellLoc {
 	return engine.CellLoc{}
 }
 
-// CommitRequest flips the production bits of cells whose bytes are
-// complete in storage.
-type CommitRequest struct {
-	Partition string
-	Indexes   []uint64
-	Fields    []CommitField
-}
-
 // validateCommit checks everything a commit could trip over before any
 // state changes, so a rejected commit leaves the partition untouched.
-func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
+func (p *partition) validateCommit(req *engine.CommitRequest) ([]*row, error) {
 	n := len(req.Indexes)
 	rows := make([]*row, n)
 	seen := make(map[uint64]struct{}, n)
@@ -88,7 +60,7 @@ func (p *partition) validateCommit(req *CommitRequest) ([]*row, error) {
 
 // checkFields checks a commit's fields for n rows on their own: names,
 // dtypes, kinds, shapes and location counts.
-func checkFields(fields []CommitField, n int) error {
+func checkFields(fields []engine.CommitField, n int) error {
 	names := make(map[string]struct{}, len(fields))
 	for _, cf := range fields {
 		if cf.Name == "" {
@@ -152,7 +124,7 @@ func checkFields(fields []CommitField, n int) error {
 
 // checkDTypes refuses fields whose dtype differs from the one the
 // partition's produced cells of that field have.
-func (p *partition) checkDTypes(fields []CommitField) error {
+func (p *partition) checkDTypes(fields []engine.CommitField) error {
 	for _, cf := range fields {
 		if f, ok := p.fields[cf.Name]; ok && f.dtype != engine.InvalidDType && f.dtype != cf.DType {
 			// Overwriting every produced row of the field with a new dtype
@@ -167,7 +139,7 @@ func (p *partition) checkDTypes(fields []CommitField) error {
 
 // applyCommit records validated cells and returns the locations of the
 // cells they replaced (their storage can be freed).
-func (p *partition) applyCommit(req *CommitRequest, rows []*row) []engine.CellLoc {
+func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine.CellLoc {
 	var replaced []engine.CellLoc
 	fs := make([]*field, len(req.Fields))
 	for i, cf := range req.Fields {

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
@@ -206,27 +205,13 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	return m, nil
 }
 
-// FetchRequest asks for a batch of rows that are produced for every named
-// field and not yet consumed by the task.
-type FetchRequest struct {
-	Partition string
-	Task      string
-	Fields    []string
-	BatchSize int
-	Options   engine.SamplingOptions
-	// Wait blocks until enough rows are ready (or the sampler has a cached
-	// answer), the context ends or the controller closes. Without Wait the
-	// fetch returns an empty meta at once when data is insufficient.
-	Wait bool
-}
-
 // Fetch returns a batch chosen by the sampler and marks the sampler's
 // consumed rows consumed for the task. Every returned row is ready.
 //
 // Errors: [engine.ErrInvalid] for a missing task or field list or a
 // non-positive batch size; the sampler's errors; with Wait, the context's
 // error or [engine.ErrClosed].
-func (c *Controller) Fetch(ctx context.Context, req FetchRequest) (*engine.BatchMeta, error) {
+func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	switch {
 	case req.Task == "":
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs a task name: %w", engine.ErrInvalid))
@@ -279,7 +264,7 @@ func (c *Controller) Fetch(ctx context.Context, req FetchRequest) (*engine.Batch
 
 // tryFetch runs the sampler if enough rows are ready; nil meta means "not
 // yet". p is locked.
-func (c *Controller) tryFetch(p *partition, req *FetchRequest) (*engine.BatchMeta, error) {
+func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.BatchMeta, error) {
 	v, ok := p.view(req.Task, req.Fields)
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
@@ -378,7 +363,7 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 // locations of cells the commit replaced, whose storage the caller frees.
 // A commit that fails validation (unknown rows, dtype conflict, malformed
 // shapes) changes nothing.
-func (c *Controller) Commit(req CommitRequest) ([]engine.CellLoc, error) {
+func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) {
 	p := c.lock(req.Partition)
 	if p == nil {
 		return nil, opErr("commit", req.Partition, errUnknownPartition(req.Partition))
@@ -561,31 +546,24 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	return nil
 }
 
-// KeyInfo is one key of a partition with its row and tags.
-type KeyInfo struct {
-	Key   string
-	Index uint64
-	Tags  engine.Tags
-}
-
 // ListKeys returns each partition's keys, in the order they were created,
 // with their tags: one partition, or all when partition is "". An unknown
 // partition gives an empty map.
-func (c *Controller) ListKeys(partition string) map[string][]KeyInfo {
+func (c *Controller) ListKeys(partition string) map[string][]engine.KeyInfo {
 	ids := []string{partition}
 	if partition == "" {
 		ids = c.Partitions()
 	}
-	out := make(map[string][]KeyInfo, len(ids))
+	out := make(map[string][]engine.KeyInfo, len(ids))
 	for _, id := range ids {
 		p := c.lock(id)
 		if p == nil {
 			continue
 		}
-		list := make([]KeyInfo, 0, len(p.keys))
+		list := make([]engine.KeyInfo, 0, len(p.keys))
 		seqs := make([]uint64, 0, len(p.keys))
 		for _, r := range p.keys {
-			list = append(list, KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
+			list = append(list, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
 			seqs = append(seqs, r.seq)
 		}
 		p.mu.Unlock()
@@ -596,7 +574,7 @@ func (c *Controller) ListKeys(partition string) map[string][]KeyInfo {
 }
 
 type bySeq struct {
-	l []KeyInfo
+	l []engine.KeyInfo
 	s []uint64
 }
 
@@ -607,20 +585,12 @@ func (b bySeq) Swap(i, j int) {
 	b.s[i], b.s[j] = b.s[j], b.s[i]
 }
 
-// ProductionStatus is, for every row of a partition (pre-allocated rows
-// included) in index order, whether each named field is produced.
-type ProductionStatus struct {
-	Indexes  []uint64
-	Fields   []string
-	Produced [][]bool // [row][field]
-}
-
 // ProductionStatus reports production per row and field. Unknown fields
 // are an error naming them.
-func (c *Controller) ProductionStatus(partition string, fields []string) (ProductionStatus, error) {
+func (c *Controller) ProductionStatus(partition string, fields []string) (engine.ProductionStatus, error) {
 	p := c.lock(partition)
 	if p == nil {
-		return ProductionStatus{}, opErr("production status", partition, errUnknownPartition(partition))
+		return engine.ProductionStatus{}, opErr("production status", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	var unknown []string
@@ -630,10 +600,10 @@ func (c *Controller) ProductionStatus(partition string, fields []string) (Produc
 		}
 	}
 	if len(unknown) > 0 {
-		return ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %q: %w", unknown, engine.ErrNotFound))
+		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %q: %w", unknown, engine.ErrNotFound))
 	}
 	rows := p.sortedRows()
-	st := ProductionStatus{Indexes: make([]uint64, len(rows)), Fields: slices.Clone(fields), Produced: make([][]bool, len(rows))}
+	st := engine.ProductionStatus{Indexes: make([]uint64, len(rows)), Fields: slices.Clone(fields), Produced: make([][]bool, len(rows))}
 	for i, r := range rows {
 		st.Indexes[i] = r.index
 		st.Produced[i] = make([]bool, len(fields))
@@ -644,27 +614,20 @@ func (c *Controller) ProductionStatus(partition string, fields []string) (Produc
 	return st, nil
 }
 
-// ConsumptionStatus is, for every row of a partition (pre-allocated rows
-// included) in index order, whether a task has consumed it.
-type ConsumptionStatus struct {
-	Indexes  []uint64
-	Consumed []bool
-}
-
 // ConsumptionStatus reports a task's consumption per row. A task that has
 // never fetched has consumed nothing.
-func (c *Controller) ConsumptionStatus(partition, task string) (ConsumptionStatus, error) {
+func (c *Controller) ConsumptionStatus(partition, task string) (engine.ConsumptionStatus, error) {
 	if task == "" {
-		return ConsumptionStatus{}, opErr("consumption status", partition, fmt.Errorf("empty task name: %w", engine.ErrInvalid))
+		return engine.ConsumptionStatus{}, opErr("consumption status", partition, fmt.Errorf("empty task name: %w", engine.ErrInvalid))
 	}
 	p := c.lock(partition)
 	if p == nil {
-		return ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
+		return engine.ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	t, known := p.tasks[task]
 	rows := p.sortedRows()
-	st := ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
+	st := engine.ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
 	for i, r := range rows {
 		st.Indexes[i] = r.index
 		st.Consumed[i] = known && r.isConsumed(t)
@@ -804,60 +767,29 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	return freed, nil
 }
 
-// FieldStats describes one field of a partition.
-type FieldStats struct {
-	Name     string
-	DType    engine.DType
-	Kind     engine.Kind
-	Shape    engine.Shape // dense fields
-	Produced int
-}
-
-// TaskStats is one task's progress in a partition.
-type TaskStats struct {
-	Task     string
-	Consumed int
-	Progress float64 // consumed / rows
-}
-
-// PartitionStats summarizes a partition.
-type PartitionStats struct {
-	Partition   string
-	Created     time.Time
-	Rows        int // active rows
-	Reserved    int // pre-allocated rows not yet written
-	Keys        int
-	Produced    int     // rows with at least one produced field
-	Progress    float64 // produced / (rows + reserved)
-	Fields      []FieldStats
-	Tasks       []TaskStats
-	IndexesUse  int // global: indexes allocated across all partitions
-	IndexesFree int // global: released indexes waiting for reuse
-}
-
 // Fields describes a partition's fields (those with produced cells and
 // those registered but now empty), sorted by name. It costs O(fields).
-func (c *Controller) Fields(partition string) ([]FieldStats, error) {
+func (c *Controller) Fields(partition string) ([]engine.FieldStats, error) {
 	p := c.lock(partition)
 	if p == nil {
 		return nil, opErr("fields", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
-	out := make([]FieldStats, 0, len(p.order))
+	out := make([]engine.FieldStats, 0, len(p.order))
 	for _, f := range p.order {
-		out = append(out, FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
+		out = append(out, engine.FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
 // Stats summarizes one partition.
-func (c *Controller) Stats(partition string) (PartitionStats, error) {
+func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	p := c.lock(partition)
 	if p == nil {
-		return PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
+		return engine.PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
 	}
-	st := PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys)}
+	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys)}
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
 	p.rows.all(func(r *row) {
@@ -878,11 +810,11 @@ func (c *Controller) Stats(partition string) (PartitionStats, error) {
 		st.Progress = float64(st.Produced) / float64(total)
 	}
 	for _, f := range p.order {
-		st.Fields = append(st.Fields, FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
+		st.Fields = append(st.Fields, engine.FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
 	}
 	sort.Slice(st.Fields, func(i, j int) bool { return st.Fields[i].Name < st.Fields[j].Name })
 	for t, name := range p.taskName {
-		ts := TaskStats{Task: name, Consumed: consumed[t]}
+		ts := engine.TaskStats{Task: name, Consumed: consumed[t]}
 		if total > 0 {
 			ts.Progress = float64(consumed[t]) / float64(total)
 		}

@@ -37,9 +37,9 @@ func seq(lo, hi uint64) []uint64 {
 // dense commits float32 cells of shape (2) for fields of rows.
 func commitDense(t *testing.T, c *Controller, partition string, idx []uint64, fields ...string) []engine.CellLoc {
 	t.Helper()
-	req := CommitRequest{Partition: partition, Indexes: idx}
+	req := engine.CommitRequest{Partition: partition, Indexes: idx}
 	for _, f := range fields {
-		req.Fields = append(req.Fields, CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}})
+		req.Fields = append(req.Fields, engine.CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}})
 	}
 	rep, err := c.Commit(req)
 	if err != nil {
@@ -59,7 +59,7 @@ func insert(t *testing.T, c *Controller, partition string, n int, fields ...stri
 
 func fetch(t *testing.T, c *Controller, partition, task string, n int, fields ...string) *engine.BatchMeta {
 	t.Helper()
-	m, err := c.Fetch(context.Background(), FetchRequest{Partition: partition, Task: task, Fields: fields, BatchSize: n})
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: partition, Task: task, Fields: fields, BatchSize: n})
 	if err != nil {
 		t.Fatalf("fetch %d for %q: %v", n, task, err)
 	}
@@ -382,14 +382,14 @@ func TestFieldSchema(t *testing.T) {
 	c := newController(t, DefaultConfig())
 	m := insert(t, c, "p", 4, "x")
 	idx := m.Indexes
-	mustCommit := func(req CommitRequest) {
+	mustCommit := func(req engine.CommitRequest) {
 		t.Helper()
 		if _, err := c.Commit(req); err != nil {
 			t.Fatal(err)
 		}
 	}
-	mustCommit(CommitRequest{Partition: "p", Indexes: idx[:2], Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2, 4}}}})
-	mustCommit(CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2, 6}}}})
+	mustCommit(engine.CommitRequest{Partition: "p", Indexes: idx[:2], Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2, 4}}}})
+	mustCommit(engine.CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2, 6}}}})
 	ff, _ := c.ForceFetch("p", []string{"x"})
 	s := ff.Schema["x"]
 	if s.Kind != engine.Ragged {
@@ -412,7 +412,7 @@ func TestFieldSchema(t *testing.T) {
 	}
 
 	// Dtype conflict: rejected, and the commit's other field is not applied either.
-	_, err := c.Commit(CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []CommitField{
+	_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []engine.CommitField{
 		{Name: "y", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}},
 		{Name: "x", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{2, 6}},
 	}})
@@ -424,13 +424,13 @@ func TestFieldSchema(t *testing.T) {
 	}
 
 	// Opaque fields.
-	mustCommit(CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []CommitField{{Name: "text", DType: engine.Bytes, Kind: engine.Opaque}}})
+	mustCommit(engine.CommitRequest{Partition: "p", Indexes: idx[2:], Fields: []engine.CommitField{{Name: "text", DType: engine.Bytes, Kind: engine.Opaque}}})
 	ff, _ = c.RowsMeta("p", idx[2:], []string{"text"})
 	if ff.Schema["text"].Kind != engine.Opaque || !ff.IsReady() {
 		t.Fatalf("opaque schema %+v ready %v", ff.Schema["text"], ff.IsReady())
 	}
 	// Empty commit is a no-op.
-	mustCommit(CommitRequest{Partition: "p"})
+	mustCommit(engine.CommitRequest{Partition: "p"})
 }
 
 func TestCommitReplacesAndClearFrees(t *testing.T) {
@@ -440,12 +440,12 @@ func TestCommitReplacesAndClearFrees(t *testing.T) {
 		return engine.CellLoc{Unit: u, Addr: engine.RemoteAddr{Segment: 1, Offset: off, Len: 8}}
 	}
 	first := []engine.CellLoc{loc(1, 0), loc(1, 8)}
-	rep, err := c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: first}}})
+	rep, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: first}}})
 	if err != nil || len(rep) != 0 {
 		t.Fatalf("first commit replaced %v (err %v)", rep, err)
 	}
 	second := []engine.CellLoc{loc(2, 0)}
-	rep, err = c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes[1:], Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: second}}})
+	rep, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[1:], Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: second}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,49 +502,49 @@ func TestBadInput(t *testing.T) {
 		want error
 	}{
 		{"fetch batch 0", func() error {
-			_, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}})
+			_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}})
 			return err
 		}, engine.ErrInvalid},
 		{"fetch negative batch", func() error {
-			_, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: -1})
+			_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: -1})
 			return err
 		}, engine.ErrInvalid},
 		{"fetch without task", func() error {
-			_, err := c.Fetch(ctx, FetchRequest{Partition: "p", Fields: []string{"x"}, BatchSize: 1})
+			_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Fields: []string{"x"}, BatchSize: 1})
 			return err
 		}, engine.ErrInvalid},
 		{"fetch without fields", func() error {
-			_, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", BatchSize: 1})
+			_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", BatchSize: 1})
 			return err
 		}, engine.ErrInvalid},
 		{"insert zero", func() error { _, err := c.Insert("p", 0, nil); return err }, engine.ErrInvalid},
 		{"insert empty partition id", func() error { _, err := c.Insert("", 1, nil); return err }, engine.ErrInvalid},
 		{"commit unknown partition", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "q", Indexes: []uint64{0}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "q", Indexes: []uint64{0}})
 			return err
 		}, engine.ErrNotFound},
 		{"commit unknown rows", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: []uint64{0, 77}, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense}}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: []uint64{0, 77}, Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense}}})
 			return err
 		}, engine.ErrNotFound},
 		{"commit repeated row", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: []uint64{0, 0}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: []uint64{0, 0}})
 			return err
 		}, engine.ErrInvalid},
 		{"commit ragged shape count", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []CommitField{{Name: "r", DType: engine.Int64, Kind: engine.Ragged, Shapes: []engine.Shape{{1}}}}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "r", DType: engine.Int64, Kind: engine.Ragged, Shapes: []engine.Shape{{1}}}}})
 			return err
 		}, engine.ErrInvalid},
 		{"commit bad dtype", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []CommitField{{Name: "r", Kind: engine.Dense}}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "r", Kind: engine.Dense}}})
 			return err
 		}, engine.ErrInvalid},
 		{"commit opaque with float dtype", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []CommitField{{Name: "r", DType: engine.Float32, Kind: engine.Opaque}}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "r", DType: engine.Float32, Kind: engine.Opaque}}})
 			return err
 		}, engine.ErrInvalid},
 		{"commit location count", func() error {
-			_, err := c.Commit(CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []CommitField{{Name: "r", DType: engine.Float32, Kind: engine.Dense, Locs: make([]engine.CellLoc, 1)}}})
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "r", DType: engine.Float32, Kind: engine.Dense, Locs: make([]engine.CellLoc, 1)}}})
 			return err
 		}, engine.ErrInvalid},
 		{"production status unknown field", func() error { _, err := c.ProductionStatus("p", []string{"nope"}); return err }, engine.ErrNotFound},
@@ -622,7 +622,7 @@ func TestBlockingFetch(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		got, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true})
+		got, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true})
 		done <- result{got, err}
 	}()
 	commitDense(t, c, "p", m.Indexes[:2], "x")
@@ -639,7 +639,7 @@ func TestBlockingFetch(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	_, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
+	_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("fetch past deadline: got %v, want DeadlineExceeded", err)
 	}
@@ -651,7 +651,7 @@ func TestBlockingFetchWaitsForPartition(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		m, err := c.Fetch(ctx, FetchRequest{Partition: "later", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
+		m, err := c.Fetch(ctx, engine.FetchRequest{Partition: "later", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
 		if err == nil && m.Len() != 2 {
 			err = fmt.Errorf("got %d rows", m.Len())
 		}
@@ -670,7 +670,7 @@ func TestCloseWakesFetch(t *testing.T) {
 	insert(t, c, "p", 1, "x")
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Fetch(context.Background(), FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
+		_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
 		done <- err
 	}()
 	time.Sleep(20 * time.Millisecond)
@@ -688,7 +688,7 @@ func TestClearWakesAndFetchSurvives(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		m, err := c.Fetch(ctx, FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
+		m, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true})
 		if err == nil && m.Len() != 1 {
 			err = fmt.Errorf("got %d rows", m.Len())
 		}
@@ -736,7 +736,7 @@ func TestSamplerReturningUnknownRow(t *testing.T) {
 	c := newController(t, Config{Sampler: badSampler{}})
 	m := insert(t, c, "p", 1, "x")
 	commitDense(t, c, "p", m.Indexes, "x")
-	_, err := c.Fetch(context.Background(), FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1})
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1})
 	if !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("got %v, want ErrInvalid", err)
 	}
@@ -775,11 +775,11 @@ func TestConcurrentPartitions(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, err := c.Commit(CommitRequest{Partition: part, Indexes: m.Indexes, Fields: []CommitField{{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{1}}}}); err != nil {
+				if _, err := c.Commit(engine.CommitRequest{Partition: part, Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{1}}}}); err != nil {
 					t.Error(err)
 					return
 				}
-				got, err := c.Fetch(context.Background(), FetchRequest{Partition: part, Task: "t", Fields: []string{"x"}, BatchSize: 2})
+				got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: part, Task: "t", Fields: []string{"x"}, BatchSize: 2})
 				if err != nil {
 					t.Error(err)
 					return
@@ -807,7 +807,7 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	c := newController(t, Config{PreAlloc: 2})
 	m := insert(t, c, "train", 6, "x")
 	loc := engine.CellLoc{Unit: 3, Addr: engine.RemoteAddr{Segment: 2, Offset: 4096, Len: 8}}
-	if _, err := c.Commit(CommitRequest{Partition: "train", Indexes: m.Indexes[:4], Fields: []CommitField{
+	if _, err := c.Commit(engine.CommitRequest{Partition: "train", Indexes: m.Indexes[:4], Fields: []engine.CommitField{
 		{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{1}, {2}, {2}, {3}}},
 		{Name: "s", DType: engine.Bytes, Kind: engine.Opaque, Locs: []engine.CellLoc{loc, loc, loc, loc}},
 	}}); err != nil {

@@ -8,10 +8,10 @@
 //
 //	c, _ := controller.New(controller.DefaultConfig())
 //	m, _ := c.Insert("train", 4, []string{"prompt"})
-//	c.Commit(controller.CommitRequest{Partition: "train", Indexes: m.Indexes,
-//		Fields: []controller.CommitField{{Name: "prompt", DType: engine.Int64,
+//	c.Commit(engine.CommitRequest{Partition: "train", Indexes: m.Indexes,
+//		Fields: []engine.CommitField{{Name: "prompt", DType: engine.Int64,
 //			Kind: engine.Dense, Shape: engine.Shape{128}, Locs: locs}}})
-//	got, _ := c.Fetch(ctx, controller.FetchRequest{Partition: "train", Task: "actor",
+//	got, _ := c.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor",
 //		Fields: []string{"prompt"}, BatchSize: 4, Wait: true})
 //
 // Costs: a fetch, a key lookup or a commit costs O(rows × fields in the

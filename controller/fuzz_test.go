@@ -35,7 +35,7 @@ func fuzzServer(t *testing.T, blocker string) *Server {
 	}
 	s := NewServer(c, ServerConfig{CheckpointDir: filepath.Join(blocker, "ck"), MaxFetchWait: time.Millisecond})
 	t.Cleanup(func() { s.Close() })
-	if _, err := s.units.Register(UnitInfo{Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}); err != nil {
+	if _, err := s.units.Register(engine.UnitInfo{Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}); err != nil {
 		t.Fatal(err)
 	}
 	return s

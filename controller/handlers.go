@@ -157,7 +157,7 @@ func (s *Server) fetch(ctx context.Context, body []byte) (proto.Message, error) 
 	if err != nil {
 		return nil, err
 	}
-	fr := FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait}
+	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
@@ -210,21 +210,21 @@ func (s *Server) rowsMeta(_ context.Context, body []byte) (proto.Message, error)
 
 // commitFromPB decodes a commit, checking that every per-row array (ragged
 // shapes, locations) has one entry per index.
-func commitFromPB(p *wirepb.CommitRequest) (CommitRequest, error) {
+func commitFromPB(p *wirepb.CommitRequest) (engine.CommitRequest, error) {
 	n := len(p.Indexes)
 	if err := errors.Join(wire.CheckCount("rows", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
-		return CommitRequest{}, err
+		return engine.CommitRequest{}, err
 	}
 	fields, err := commitFieldsFromPB(p.Fields, n)
 	if err != nil {
-		return CommitRequest{}, err
+		return engine.CommitRequest{}, err
 	}
-	return CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields}, nil
+	return engine.CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields}, nil
 }
 
 // commitFieldsFromPB decodes the fields of a commit of n rows.
-func commitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]CommitField, error) {
-	out := make([]CommitField, len(fs))
+func commitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]engine.CommitField, error) {
+	out := make([]engine.CommitField, len(fs))
 	for i, f := range fs {
 		cf, err := commitFieldFromPB(f, n)
 		if err != nil {
@@ -235,8 +235,8 @@ func commitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]CommitField, error) 
 	return out, nil
 }
 
-func commitFieldFromPB(f *wirepb.CommitField, n int) (CommitField, error) {
-	cf := CommitField{Name: f.GetName()}
+func commitFieldFromPB(f *wirepb.CommitField, n int) (engine.CommitField, error) {
+	cf := engine.CommitField{Name: f.GetName()}
 	var err error
 	if cf.DType, err = wire.DTypeFromPB(f.GetDtype()); err != nil {
 		return cf, err
@@ -309,7 +309,7 @@ func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, erro
 	if err := errors.Join(wire.CheckCount("keys", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
 		return nil, err
 	}
-	req := KeysCommit{Partition: p.Partition, Keys: p.Keys}
+	req := engine.KeysCommit{Partition: p.Partition, Keys: p.Keys}
 	if req.Fields, err = commitFieldsFromPB(p.Fields, n); err != nil {
 		return nil, opErr("commit keys", p.Partition, err)
 	}
@@ -494,7 +494,7 @@ func (s *Server) partitions(_ context.Context, body []byte) (proto.Message, erro
 	return &wirepb.PartitionsReply{Partitions: s.c.Partitions()}, nil
 }
 
-func fieldStatsToPB(f FieldStats) *wirepb.FieldStats {
+func fieldStatsToPB(f engine.FieldStats) *wirepb.FieldStats {
 	return &wirepb.FieldStats{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind), Shape: wire.ShapeToPB(f.Shape), Produced: int64(f.Produced)}
 }
 
@@ -538,7 +538,7 @@ func (s *Server) fields(_ context.Context, body []byte) (proto.Message, error) {
 }
 
 // unitInfoToPB encodes a unit's description for a UNITS reply.
-func unitInfoToPB(u UnitInfo) *wirepb.UnitInfo {
+func unitInfoToPB(u engine.UnitInfo) *wirepb.UnitInfo {
 	p := &wirepb.UnitInfo{
 		UnitId: uint32(u.ID), HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 		Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, HugePages: u.HugePages, PageSize: u.PageSize,
@@ -617,7 +617,7 @@ func (s *Server) register(_ context.Context, body []byte) (proto.Message, error)
 	if err := wire.CheckCount("addresses", len(req.Addrs)); err != nil {
 		return nil, err
 	}
-	id, err := s.units.Register(UnitInfo{ID: engine.UnitID(req.UnitId), Host: req.HostId, Addrs: req.Addrs, Name: req.Name, Capacity: req.Capacity})
+	id, err := s.units.Register(engine.UnitInfo{ID: engine.UnitID(req.UnitId), Host: req.HostId, Addrs: req.Addrs, Name: req.Name, Capacity: req.Capacity})
 	if err != nil {
 		return nil, opErr("register", req.Name, err)
 	}
@@ -632,7 +632,7 @@ func (s *Server) heartbeat(_ context.Context, body []byte) (proto.Message, error
 	if req.UnitId == 0 {
 		return nil, fmt.Errorf("heartbeat without a unit id: %w", engine.ErrInvalid)
 	}
-	err = s.units.Heartbeat(UnitInfo{ID: engine.UnitID(req.UnitId), Capacity: req.Capacity, Used: req.Used, Segments: req.Segments, HugePages: req.HugePages, PageSize: req.PageSize})
+	err = s.units.Heartbeat(engine.UnitInfo{ID: engine.UnitID(req.UnitId), Capacity: req.Capacity, Used: req.Used, Segments: req.Segments, HugePages: req.HugePages, PageSize: req.PageSize})
 	if err != nil {
 		return nil, opErr("heartbeat", fmt.Sprint("unit ", req.UnitId), err)
 	}

@@ -13,14 +13,14 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-func keysCommit(partition string, keys []string, unit engine.UnitID, fields ...string) KeysCommit {
-	req := KeysCommit{Partition: partition, Keys: keys}
+func keysCommit(partition string, keys []string, unit engine.UnitID, fields ...string) engine.KeysCommit {
+	req := engine.KeysCommit{Partition: partition, Keys: keys}
 	for fi, f := range fields {
 		locs := make([]engine.CellLoc, len(keys))
 		for i := range locs {
 			locs[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(fi*len(keys)+i) * 8, Len: 8}}
 		}
-		req.Fields = append(req.Fields, CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs})
+		req.Fields = append(req.Fields, engine.CommitField{Name: f, DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs})
 	}
 	return req
 }
@@ -34,7 +34,7 @@ func TestCommitKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := KeysCommitted{Tags: []engine.Tags{{"n": 1}, nil}, Fields: []string{"x", "y"}}
+	want := engine.KeysCommitted{Tags: []engine.Tags{{"n": 1}, nil}, Fields: []string{"x", "y"}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("first commit (-want +got):\n%s", d)
 	}
@@ -60,7 +60,7 @@ func TestCommitKeys(t *testing.T) {
 	if len(got.Replaced) != 1 || got.Replaced[0].Unit != 1 || got.Replaced[0].Addr.Offset != 0 {
 		t.Errorf("replaced %+v, want a's old x", got.Replaced)
 	}
-	want = KeysCommitted{Replaced: got.Replaced, Tags: []engine.Tags{{"n": 1, "m": "v"}, {"n": 2}}, Fields: []string{"x"}}
+	want = engine.KeysCommitted{Replaced: got.Replaced, Tags: []engine.Tags{{"n": 1, "m": "v"}, {"n": 2}}, Fields: []string{"x"}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("second commit (-want +got):\n%s", d)
 	}
@@ -69,7 +69,7 @@ func TestCommitKeys(t *testing.T) {
 	}
 
 	// Tags only.
-	got, err = c.CommitKeys(KeysCommit{Partition: "p", Keys: []string{"d"}, Tags: []engine.Tags{{"t": true}}})
+	got, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"d"}, Tags: []engine.Tags{{"t": true}}})
 	if err != nil || got.Fields != nil || !cmp.Equal(got.Tags, []engine.Tags{{"t": true}}) {
 		t.Errorf("tags-only commit: %+v, %v", got, err)
 	}
@@ -85,15 +85,15 @@ func TestCommitKeysRejected(t *testing.T) {
 	mismatch.Fields[0].DType = engine.Int64
 	for _, tc := range []struct {
 		name string
-		req  KeysCommit
+		req  engine.KeysCommit
 		want error
 	}{
 		{"dtype", mismatch, engine.ErrDTypeMismatch},
-		{"no keys", KeysCommit{Partition: "p", Tags: []engine.Tags{}}, engine.ErrInvalid},
+		{"no keys", engine.KeysCommit{Partition: "p", Tags: []engine.Tags{}}, engine.ErrInvalid},
 		{"duplicate key", keysCommit("p", []string{"n", "n"}, 1, "x"), engine.ErrInvalid},
-		{"nothing to put", KeysCommit{Partition: "p", Keys: []string{"n"}}, engine.ErrInvalid},
-		{"tag count", KeysCommit{Partition: "p", Keys: []string{"n"}, Tags: []engine.Tags{nil, nil}}, engine.ErrInvalid},
-		{"location count", func() KeysCommit {
+		{"nothing to put", engine.KeysCommit{Partition: "p", Keys: []string{"n"}}, engine.ErrInvalid},
+		{"tag count", engine.KeysCommit{Partition: "p", Keys: []string{"n"}, Tags: []engine.Tags{nil, nil}}, engine.ErrInvalid},
+		{"location count", func() engine.KeysCommit {
 			r := keysCommit("q", []string{"n", "m"}, 1, "x")
 			r.Fields[0].Locs = r.Fields[0].Locs[:1]
 			return r
@@ -119,7 +119,7 @@ func TestCommitRuns(t *testing.T) {
 		{Unit: 1, First: engine.RemoteAddr{Segment: 2, Gen: 3, Offset: 100, Len: 8}, Count: 3},
 		{Unit: 2, First: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 0, Len: 8}, Count: 2},
 	}
-	req := KeysCommit{Partition: "p", Keys: keys, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs}}}
+	req := engine.KeysCommit{Partition: "p", Keys: keys, Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs}}}
 	if _, err := c.CommitKeys(req); err != nil {
 		t.Fatal(err)
 	}
@@ -145,13 +145,13 @@ func TestCommitRuns(t *testing.T) {
 		"negative":  {{Unit: 1, Count: -1}, runs[0], runs[1]},
 	} {
 		r := req
-		r.Fields = []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: bad}}
+		r.Fields = []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: bad}}
 		if _, err := c.CommitKeys(r); !errors.Is(err, engine.ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
 	}
 	r := req
-	r.Fields = []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs, Locs: want}}
+	r.Fields = []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: runs, Locs: want}}
 	if _, err := c.CommitKeys(r); !errors.Is(err, engine.ErrInvalid) {
 		t.Errorf("runs and locations: %v, want ErrInvalid", err)
 	}
@@ -192,17 +192,17 @@ func TestSchemaTrackingModel(t *testing.T) {
 				delete(model, k)
 			}
 		case 1: // ragged
-			cf := CommitField{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: make([]engine.Shape, len(pick))}
+			cf := engine.CommitField{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: make([]engine.Shape, len(pick))}
 			for i, k := range pick {
 				cf.Shapes[i] = shapes[r.IntN(len(shapes))]
 				model[k] = cf.Shapes[i]
 			}
-			if _, err := c.CommitKeys(KeysCommit{Partition: "p", Keys: pick, Fields: []CommitField{cf}}); err != nil {
+			if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: pick, Fields: []engine.CommitField{cf}}); err != nil {
 				t.Fatal(err)
 			}
 		default: // dense
 			s := shapes[r.IntN(len(shapes))]
-			if _, err := c.CommitKeys(KeysCommit{Partition: "p", Keys: pick, Fields: []CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: s}}}); err != nil {
+			if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: pick, Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: s}}}); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range pick {
@@ -213,7 +213,7 @@ func TestSchemaTrackingModel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got FieldStats
+		var got engine.FieldStats
 		for _, f := range fields {
 			if f.Name == "x" {
 				got = f
@@ -223,7 +223,7 @@ func TestSchemaTrackingModel(t *testing.T) {
 		for _, s := range model {
 			distinct[shapeKey(s)] = s
 		}
-		want := FieldStats{Name: "x", Produced: len(model)}
+		want := engine.FieldStats{Name: "x", Produced: len(model)}
 		switch len(distinct) {
 		case 0:
 			want.Name = got.Name // a field with nothing produced may or may not be listed

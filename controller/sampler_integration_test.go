@@ -13,7 +13,7 @@ import (
 
 func rankFetch(t *testing.T, c *Controller, dpRank, batchIndex, n int) *engine.BatchMeta {
 	t.Helper()
-	m, err := c.Fetch(context.Background(), FetchRequest{
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{
 		Partition: "train", Task: "actor", Fields: []string{"x"}, BatchSize: n,
 		Options: engine.SamplingOptions{HasRank: true, DPRank: dpRank, BatchIndex: batchIndex},
 	})

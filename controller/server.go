@@ -145,7 +145,7 @@ func (s *Server) Close() error {
 
 // Units lists the registered storage units by id, dead ones included with
 // Alive false.
-func (s *Server) Units() []UnitInfo { return s.units.Units() }
+func (s *Server) Units() []engine.UnitInfo { return s.units.Units() }
 
 // adapt turns the handler of op into a wire handler.
 func (s *Server) adapt(op wire.Op) wire.HandlerFunc {

@@ -30,24 +30,7 @@ const (
 	maxUnitString = 4096
 )
 
-// UnitInfo describes a registered storage unit as the controller last
-// heard of it.
-type UnitInfo struct {
-	ID    engine.UnitID
-	Host  string   // host identity (Linux boot id) of the unit's machine
-	Addrs []string // "tcp://host:port", "unix:///path"
-	Name  string
-	// Capacity, Used (bytes), Segments, PageSize and HugePages are the
-	// unit's last reported figures.
-	Capacity, Used, Segments, PageSize int64
-	HugePages                          bool
-	// LastHeartbeat is when the unit last registered or sent a heartbeat.
-	LastHeartbeat time.Time
-	// Alive reports a heartbeat within the registry's timeout.
-	Alive bool
-}
-
-func (u *UnitInfo) clone() UnitInfo {
+func cloneUnit(u *engine.UnitInfo) engine.UnitInfo {
 	c := *u
 	c.Addrs = slices.Clone(u.Addrs)
 	return c
@@ -60,7 +43,7 @@ type Registry struct {
 
 	mu    sync.Mutex
 	next  engine.UnitID // the next id to assign; ids below it are taken
-	units map[engine.UnitID]*UnitInfo
+	units map[engine.UnitID]*engine.UnitInfo
 }
 
 // NewRegistry returns an empty registry in which a unit with no heartbeat
@@ -69,13 +52,13 @@ func NewRegistry(timeout time.Duration) *Registry {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	return &Registry{timeout: timeout, next: 1, units: make(map[engine.UnitID]*UnitInfo)}
+	return &Registry{timeout: timeout, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo)}
 }
 
 // Timeout returns the liveness timeout.
 func (r *Registry) Timeout() time.Duration { return r.timeout }
 
-func checkUnit(u *UnitInfo) error {
+func checkUnit(u *engine.UnitInfo) error {
 	switch {
 	case len(u.Host) > maxUnitString || len(u.Name) > maxUnitString:
 		return fmt.Errorf("unit host id or name longer than %d bytes: %w", maxUnitString, engine.ErrInvalid)
@@ -103,7 +86,7 @@ func checkUnit(u *UnitInfo) error {
 // Errors: [engine.ErrInvalid] for malformed figures or addresses or a
 // conflicting id;
 // [engine.ErrCapacity] when the registry is full of live units.
-func (r *Registry) Register(u UnitInfo) (engine.UnitID, error) {
+func (r *Registry) Register(u engine.UnitInfo) (engine.UnitID, error) {
 	if err := checkUnit(&u); err != nil {
 		return 0, err
 	}
@@ -130,7 +113,7 @@ func (r *Registry) Register(u UnitInfo) (engine.UnitID, error) {
 			r.next = math.MaxUint32
 		}
 	}
-	e := u.clone()
+	e := cloneUnit(&u)
 	e.ID, e.LastHeartbeat, e.Alive = id, now, true
 	r.units[id] = &e
 	return id, nil
@@ -138,7 +121,7 @@ func (r *Registry) Register(u UnitInfo) (engine.UnitID, error) {
 
 // evictLocked drops the dead unit silent longest; false if none is dead.
 func (r *Registry) evictLocked(now time.Time) bool {
-	var victim *UnitInfo
+	var victim *engine.UnitInfo
 	for _, u := range r.units {
 		if r.alive(u, now) {
 			continue
@@ -158,8 +141,8 @@ func (r *Registry) evictLocked(now time.Time) bool {
 // Segments, PageSize and HugePages figures; other fields of hb are
 // ignored. An unknown id is an error wrapping [engine.ErrNotFound]: the
 // unit should register again.
-func (r *Registry) Heartbeat(hb UnitInfo) error {
-	if err := checkUnit(&UnitInfo{Capacity: hb.Capacity, Used: hb.Used, Segments: hb.Segments, PageSize: hb.PageSize}); err != nil {
+func (r *Registry) Heartbeat(hb engine.UnitInfo) error {
+	if err := checkUnit(&engine.UnitInfo{Capacity: hb.Capacity, Used: hb.Used, Segments: hb.Segments, PageSize: hb.PageSize}); err != nil {
 		return err
 	}
 	now := time.Now()
@@ -174,36 +157,36 @@ func (r *Registry) Heartbeat(hb UnitInfo) error {
 	return nil
 }
 
-func (r *Registry) alive(u *UnitInfo, now time.Time) bool {
+func (r *Registry) alive(u *engine.UnitInfo, now time.Time) bool {
 	return now.Sub(u.LastHeartbeat) <= r.timeout
 }
 
 // Units lists every registered unit by id, dead ones included (Alive
 // false), as of now. The slices it returns belong to the caller.
-func (r *Registry) Units() []UnitInfo {
+func (r *Registry) Units() []engine.UnitInfo {
 	now := time.Now()
 	r.mu.Lock()
-	out := make([]UnitInfo, 0, len(r.units))
+	out := make([]engine.UnitInfo, 0, len(r.units))
 	for _, u := range r.units {
-		c := u.clone()
+		c := cloneUnit(u)
 		c.Alive = r.alive(u, now)
 		out = append(out, c)
 	}
 	r.mu.Unlock()
-	slices.SortFunc(out, func(a, b UnitInfo) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b engine.UnitInfo) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
 // Unit returns one unit as of now; false if it is not registered.
-func (r *Registry) Unit(id engine.UnitID) (UnitInfo, bool) {
+func (r *Registry) Unit(id engine.UnitID) (engine.UnitInfo, bool) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u, ok := r.units[id]
 	if !ok {
-		return UnitInfo{}, false
+		return engine.UnitInfo{}, false
 	}
-	c := u.clone()
+	c := cloneUnit(u)
 	c.Alive = r.alive(u, now)
 	return c, true
 }

@@ -1,7 +1,7 @@
 // Package engine holds TQ's domain: dtypes, columns, batches, metas,
-// placement descriptors, the typed errors, and the small interfaces the
-// other packages implement (samplers, transports). It does no I/O and
-// imports no other TQ package.
+// placement descriptors, the typed errors, the requests and replies of the
+// metadata service, and the small interfaces the other packages implement
+// (samplers, transports). It does no I/O and imports no other TQ package.
 //
 // Building a batch from ordinary Go slices and reading it back:
 //

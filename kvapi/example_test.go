@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"log"
 
-	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
@@ -14,9 +14,9 @@ import (
 // tagged with their training step.
 func Example() {
 	ctx := context.Background()
-	cfg := client.DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Storage.Capacity = 16 << 20
-	cluster, err := client.NewEmbedded(cfg) // controller + 2 storage units
+	cluster, err := embedded.New(cfg) // controller + 2 storage units
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -11,15 +11,16 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 )
 
-func newKV(t *testing.T) (*KV, *client.Embedded) {
+func newKV(t *testing.T) (*KV, *embedded.Cluster) {
 	t.Helper()
-	cfg := client.DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Storage.Capacity = 64 << 20
 	cfg.Storage.SegmentSize = 16 << 20
-	e, err := client.NewEmbedded(cfg)
+	e, err := embedded.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -93,7 +94,7 @@ func TestReservePutRefusals(t *testing.T) {
 	}
 
 	// A unit that cannot lend memory: ErrNotSupported, nothing created.
-	c, err := client.New(client.Local(e.Controller), []client.DataUnit{noReserve{client.LocalUnit(e.Units[0])}}, client.DefaultConfig())
+	c, err := client.New(embedded.Meta(e.Controller), []client.DataUnit{noReserve{embedded.Unit(e.Units[0])}}, client.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
@@ -25,10 +25,10 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := client.DefaultEmbeddedConfig()
+	cfg := embedded.DefaultConfig()
 	cfg.Units = *units
 	cfg.Storage.Capacity = *capacity
-	e, err := client.NewEmbedded(cfg)
+	e, err := embedded.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/transport/tcp"
 )
 
@@ -136,7 +136,7 @@ func percent(n, total int64) string {
 // freshUnitStats asks each live unit for its current numbers (the
 // controller only has those of the last heartbeat); units that do not
 // answer within a second keep the heartbeat's.
-func freshUnitStats(ctx context.Context, units []controller.UnitInfo, token string) {
+func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) {
 	tr := tcp.New(tcp.Config{Token: token, Conns: 1, Name: "tq-stat"})
 	defer tr.Close()
 	var wg sync.WaitGroup

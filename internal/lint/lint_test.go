@@ -52,16 +52,20 @@ func goFiles(t *testing.T, root string) map[string][]string {
 // badDeps lists, per package prefix, TQ packages its production code must
 // not import. Dependencies point inward: engine imports no other TQ
 // package (but internal helpers); only cmd/ and bench/ wire everything
-// together. Test files may wire real components (a transport's tests
-// serve a real storage unit).
+// together, and embedded wires an in-process cluster. The client library
+// (client, kvapi) links no server: it imports neither controller nor
+// storage, so a program that only talks to a cluster does not carry them.
+// Test files may wire real components (a transport's tests serve a real
+// storage unit).
 var badDeps = map[string][]string{
-	"engine":     {"controller", "storage", "transport", "wire", "kvapi", "client", "stream", "cmd", "bench"},
-	"controller": {"storage", "transport", "kvapi", "client", "stream", "cmd", "bench"},
-	"storage":    {"controller", "kvapi", "client", "stream", "cmd", "bench"},
-	"transport":  {"controller", "storage", "kvapi", "client", "stream", "cmd", "bench"},
-	"wire":       {"controller", "storage", "transport", "kvapi", "client", "stream", "cmd", "bench"},
-	"client":     {"kvapi", "stream", "cmd", "bench"},
-	"kvapi":      {"stream", "cmd", "bench"},
+	"engine":     {"controller", "storage", "transport", "wire", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
+	"controller": {"storage", "transport", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
+	"storage":    {"controller", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
+	"transport":  {"controller", "storage", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
+	"wire":       {"controller", "storage", "transport", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
+	"client":     {"controller", "storage", "embedded", "kvapi", "stream", "cmd", "bench"},
+	"kvapi":      {"controller", "storage", "embedded", "stream", "cmd", "bench"},
+	"embedded":   {"kvapi", "stream", "cmd", "bench"},
 }
 
 func TestDependencyDirection(t *testing.T) {
@@ -92,6 +96,27 @@ func TestDependencyDirection(t *testing.T) {
 						t.Errorf("%s imports %s: package %s must not depend on %s", f, path, top, b)
 					}
 				}
+			}
+		}
+	}
+}
+
+// TestClientLinksNoServer checks what badDeps implies, through every
+// package in between (internal ones included): a program built on the
+// client library does not link the controller or a storage unit.
+func TestClientLinksNoServer(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", module+"/client", module+"/kvapi").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		rest, ok := strings.CutPrefix(dep, module+"/")
+		if !ok {
+			continue
+		}
+		for _, b := range []string{"controller", "storage", "embedded"} {
+			if rest == b || strings.HasPrefix(rest, b+"/") {
+				t.Errorf("client or kvapi depends on %s", dep)
 			}
 		}
 	}

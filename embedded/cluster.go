@@ -1,44 +1,44 @@
-package client
+package embedded
 
 import (
 	"errors"
 	"fmt"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 )
 
-// EmbeddedConfig configures an in-process cluster.
-type EmbeddedConfig struct {
+// Config configures an in-process cluster.
+type Config struct {
 	Controller controller.Config
 	Storage    storage.Config
 	Units      int // number of storage units; default 2
-	Client     Config
+	Client     client.Config
 }
 
-// DefaultEmbeddedConfig returns two storage units with the storage
-// package's default capacity, a sequential sampler and local-first
-// placement.
-func DefaultEmbeddedConfig() EmbeddedConfig {
-	return EmbeddedConfig{
+// DefaultConfig returns two storage units with the storage package's
+// default capacity, a sequential sampler and local-first placement.
+func DefaultConfig() Config {
+	return Config{
 		Controller: controller.DefaultConfig(),
 		Storage:    storage.DefaultConfig(),
 		Units:      2,
-		Client:     DefaultConfig(),
+		Client:     client.DefaultConfig(),
 	}
 }
 
-// Embedded is a controller, storage units and a client in one process:
+// Cluster is a controller, storage units and a client in one process:
 // TQ with nothing else to run.
-type Embedded struct {
+type Cluster struct {
 	Controller *controller.Controller
 	Units      []*storage.Unit
-	Client     *Client
+	Client     *client.Client
 }
 
-// NewEmbedded starts an in-process cluster. Close it when done.
-func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+// New starts an in-process cluster. Close it when done.
+func New(cfg Config) (*Cluster, error) {
 	if cfg.Units == 0 {
 		cfg.Units = 2
 	}
@@ -49,8 +49,8 @@ func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Embedded{Controller: ctrl}
-	var dus []DataUnit
+	e := &Cluster{Controller: ctrl}
+	var dus []client.DataUnit
 	for i := range cfg.Units {
 		u, err := storage.NewUnit(engine.UnitID(i+1), cfg.Storage)
 		if err != nil {
@@ -58,9 +58,9 @@ func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 			return nil, fmt.Errorf("start storage unit %d: %w", i+1, err)
 		}
 		e.Units = append(e.Units, u)
-		dus = append(dus, LocalUnit(u))
+		dus = append(dus, Unit(u))
 	}
-	if e.Client, err = New(Local(ctrl), dus, cfg.Client); err != nil {
+	if e.Client, err = client.New(Meta(ctrl), dus, cfg.Client); err != nil {
 		e.Close()
 		return nil, err
 	}
@@ -68,7 +68,7 @@ func NewEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 }
 
 // Close stops the units and the controller.
-func (e *Embedded) Close() error {
+func (e *Cluster) Close() error {
 	var errs []error
 	for _, u := range e.Units {
 		errs = append(errs, u.Close())

@@ -1,0 +1,142 @@
+package engine
+
+// The requests and replies of the metadata service, shared by the
+// controller, which serves them, and its clients, which call it in process
+// or over the wire.
+
+import "time"
+
+// FetchRequest asks for a batch of rows that are produced for every named
+// field and not yet consumed by the task.
+type FetchRequest struct {
+	Partition string
+	Task      string
+	Fields    []string
+	BatchSize int
+	Options   SamplingOptions
+	// Wait blocks until enough rows are ready (or the sampler has a cached
+	// answer), the context ends or the controller closes. Without Wait the
+	// fetch returns an empty meta at once when data is insufficient.
+	Wait bool
+}
+
+// CommitRequest flips the production bits of cells whose bytes are
+// complete in storage.
+type CommitRequest struct {
+	Partition string
+	Indexes   []uint64
+	Fields    []CommitField
+}
+
+// CommitField reports the cells of one field that a storage unit has
+// committed for the rows of a [CommitRequest].
+type CommitField struct {
+	Name  string
+	DType DType
+	// Kind is Dense (every row has Shape), Ragged (row i has Shapes[i]) or
+	// Opaque (byte strings; no shape).
+	Kind   Kind
+	Shape  Shape
+	Shapes []Shape
+	// Locs says where each row's bytes live; nil records the cells as
+	// produced without a location (metadata-only use).
+	Locs []CellLoc
+	// Runs, instead of Locs, says the same in runs of cells (see
+	// [CellRun]): the cells of the runs, in order, are the rows'.
+	// A column slice one put wrote is a single run, which is cheaper to
+	// send and record than its cells one by one.
+	Runs []CellRun
+}
+
+// KeysCommit is the controller's whole share of a KV put: the cells a
+// storage unit already holds for some keys, committed in one step that
+// creates the keys it needs to. Row i of every field belongs to Keys[i].
+type KeysCommit struct {
+	Partition string
+	Keys      []string
+	// Fields may be empty: a put of tags only.
+	Fields []CommitField
+	// Tags, when not nil, holds one map per key, merged into its tags.
+	Tags []Tags
+}
+
+// KeysCommitted is what a [KeysCommit] did.
+type KeysCommitted struct {
+	// Replaced are the cells the commit overwrote; their storage can be
+	// freed.
+	Replaced []CellLoc
+	// Tags are the keys' tags after the merge, one map per key.
+	Tags []Tags
+	// Fields names the fields every key holds after the commit, sorted.
+	Fields []string
+}
+
+// KeyInfo is one key of a partition with its row and tags.
+type KeyInfo struct {
+	Key   string
+	Index uint64
+	Tags  Tags
+}
+
+// ProductionStatus is, for every row of a partition (pre-allocated rows
+// included) in index order, whether each named field is produced.
+type ProductionStatus struct {
+	Indexes  []uint64
+	Fields   []string
+	Produced [][]bool // [row][field]
+}
+
+// ConsumptionStatus is, for every row of a partition (pre-allocated rows
+// included) in index order, whether a task has consumed it.
+type ConsumptionStatus struct {
+	Indexes  []uint64
+	Consumed []bool
+}
+
+// PartitionStats summarizes a partition.
+type PartitionStats struct {
+	Partition   string
+	Created     time.Time
+	Rows        int // active rows
+	Reserved    int // pre-allocated rows not yet written
+	Keys        int
+	Produced    int     // rows with at least one produced field
+	Progress    float64 // produced / (rows + reserved)
+	Fields      []FieldStats
+	Tasks       []TaskStats
+	IndexesUse  int // global: indexes allocated across all partitions
+	IndexesFree int // global: released indexes waiting for reuse
+}
+
+// FieldStats describes one field of a partition.
+type FieldStats struct {
+	Name     string
+	DType    DType
+	Kind     Kind
+	Shape    Shape // dense fields
+	Produced int
+}
+
+// TaskStats is one task's progress in a partition.
+type TaskStats struct {
+	Task     string
+	Consumed int
+	Progress float64 // consumed / rows
+}
+
+// UnitInfo describes a registered storage unit as the controller last
+// heard of it.
+type UnitInfo struct {
+	ID    UnitID
+	Host  string   // host identity (Linux boot id) of the unit's machine
+	Addrs []string // "tcp://host:port", "unix:///path"
+	Name  string
+	// Capacity, Used (bytes), Segments, PageSize and HugePages are the
+	// unit's last reported figures.
+	Capacity, Used, Segments, PageSize int64
+	HugePages                          bool
+	// LastHeartbeat is when the unit last registered or sent a heartbeat.
+	LastHeartbeat time.Time
+	// Alive reports a heartbeat within the registry's timeout.
+	Alive bool
+}
