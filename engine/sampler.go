@@ -49,6 +49,11 @@ type SampleRequest struct {
 	// Tags returns a row's tags (read-only), for samplers that balance on
 	// them (e.g. "total_lengths"). It is valid during the call only.
 	Tags func(index uint64) Tags
+	// Journal, when not nil, takes each entry a [JournaledSampler] adds to
+	// its state during the call, so the controller's log can record the
+	// change with the fetch and replay it after a restart. It is valid
+	// during the call only.
+	Journal func(entry []byte)
 }
 
 // Sampler chooses which ready rows a fetch returns (sampled) and which the
@@ -80,4 +85,15 @@ type CachingSampler interface {
 type StatefulSampler interface {
 	SaveState() ([]byte, error)
 	LoadState(state []byte) error
+}
+
+// JournaledSampler is a [StatefulSampler] whose state grows by entries
+// that it reports through [SampleRequest.Journal] as it adds them, and
+// that ApplyEntry adds back when the controller replays its log: peers of
+// a data-replica group still get identical batches after a controller
+// restart. Entries are opaque to the controller (JSON for the built-in
+// samplers); ClearCache(partition) drops a partition's entries as before.
+type JournaledSampler interface {
+	StatefulSampler
+	ApplyEntry(entry []byte) error
 }

@@ -51,12 +51,12 @@ func (c *cache[K, V]) has(partition string, k K) bool {
 }
 
 // add stores v under (partition, k) unless a value is already there, and
-// returns the value now stored.
-func (c *cache[K, V]) add(partition string, k K, v V) V {
+// returns the value now stored and whether it is v.
+func (c *cache[K, V]) add(partition string, k K, v V) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.m[partition][k]; ok {
-		return old
+		return old, false
 	}
 	if c.m == nil {
 		c.m = make(map[string]map[K]V)
@@ -67,7 +67,7 @@ func (c *cache[K, V]) add(partition string, k K, v V) V {
 		c.m[partition] = p
 	}
 	p[k] = v
-	return v
+	return v, true
 }
 
 func (c *cache[K, V]) clear(partition string) {
@@ -116,6 +116,49 @@ type rowsState struct {
 	Sampler string      `json:"sampler"`
 	N       int         `json:"n,omitempty"`
 	Entries []rowsEntry `json:"entries"`
+}
+
+// journal hands a new entry to the request's journal (see
+// engine.SampleRequest.Journal), if it has one.
+func journal(kind string, req engine.SampleRequest, entry any) error {
+	if req.Journal == nil {
+		return nil
+	}
+	b, err := json.Marshal(entry)
+	if err != nil {
+		return fmt.Errorf("%s: journal entry: %w", kind, err)
+	}
+	req.Journal(b)
+	return nil
+}
+
+// decodeEntry decodes one journaled entry strictly.
+func decodeEntry(kind string, data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: journal entry: %w: %w", kind, engine.ErrCorrupt, err)
+	}
+	return nil
+}
+
+// applyRowsEntry adds a journaled GRPO or RankAware entry to c.
+func applyRowsEntry(kind string, n int, c *cache[rankKey, []uint64], data []byte) error {
+	var e rowsEntry
+	if err := decodeEntry(kind, data, &e); err != nil {
+		return err
+	}
+	if e.DPRank < 0 {
+		return corrupt(kind, "journal entry: negative dp_rank %d", e.DPRank)
+	}
+	if err := checkRows(kind, 0, e.Rows); err != nil {
+		return err
+	}
+	if n > 0 && len(e.Rows)%n != 0 {
+		return corrupt(kind, "journal entry: %d rows is not whole groups of %d", len(e.Rows), n)
+	}
+	c.add(e.Partition, rankKey{task: e.Task, rank: e.DPRank, batch: e.BatchIndex}, e.Rows)
+	return nil
 }
 
 // saveRows encodes a rank cache.

@@ -5,8 +5,8 @@ import (
 )
 
 var (
-	_ engine.CachingSampler  = (*GRPO)(nil)
-	_ engine.StatefulSampler = (*GRPO)(nil)
+	_ engine.CachingSampler   = (*GRPO)(nil)
+	_ engine.JournaledSampler = (*GRPO)(nil)
 )
 
 const grpoKind = "grpo"
@@ -68,7 +68,12 @@ func (g *GRPO) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err
 		return nil, nil, err
 	}
 	if opts.HasRank {
-		rows = g.cache.add(req.Partition, key, rows)
+		var added bool
+		if rows, added = g.cache.add(req.Partition, key, rows); added {
+			if err := journal(grpoKind, req, rowsEntry{Partition: req.Partition, Task: req.Task, DPRank: opts.DPRank, BatchIndex: opts.BatchIndex, Rows: rows}); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	sampled, consumed = pair(rows)
 	return sampled, consumed, nil
@@ -82,6 +87,9 @@ func (g *GRPO) Cached(partition, task string, opts engine.SamplingOptions) bool 
 
 // ClearCache implements [engine.CachingSampler].
 func (g *GRPO) ClearCache(partition string) { g.cache.clear(partition) }
+
+// ApplyEntry implements [engine.JournaledSampler].
+func (g *GRPO) ApplyEntry(entry []byte) error { return applyRowsEntry(grpoKind, g.n, &g.cache, entry) }
 
 // SaveState implements [engine.StatefulSampler].
 func (g *GRPO) SaveState() ([]byte, error) { return saveRows(grpoKind, g.n, &g.cache) }

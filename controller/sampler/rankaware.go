@@ -5,8 +5,8 @@ import (
 )
 
 var (
-	_ engine.CachingSampler  = (*RankAware)(nil)
-	_ engine.StatefulSampler = (*RankAware)(nil)
+	_ engine.CachingSampler   = (*RankAware)(nil)
+	_ engine.JournaledSampler = (*RankAware)(nil)
 )
 
 const rankAwareKind = "rank_aware"
@@ -57,7 +57,12 @@ func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64
 	if err != nil || rows == nil {
 		return nil, nil, err
 	}
-	rows = r.cache.add(req.Partition, key, rows)
+	rows, added := r.cache.add(req.Partition, key, rows)
+	if added {
+		if err := journal(rankAwareKind, req, rowsEntry{Partition: req.Partition, Task: req.Task, DPRank: opts.DPRank, BatchIndex: opts.BatchIndex, Rows: rows}); err != nil {
+			return nil, nil, err
+		}
+	}
 	sampled, consumed = pair(rows)
 	return sampled, consumed, nil
 }
@@ -84,6 +89,11 @@ func (r *RankAware) LoadState(state []byte) error {
 	}
 	r.cache.replace(m)
 	return nil
+}
+
+// ApplyEntry implements [engine.JournaledSampler].
+func (r *RankAware) ApplyEntry(entry []byte) error {
+	return applyRowsEntry(rankAwareKind, 0, &r.cache, entry)
 }
 
 // selectFirst returns the first batch ready rows, or nil when fewer are

@@ -9,8 +9,8 @@ import (
 )
 
 var (
-	_ engine.CachingSampler  = (*SeqlenBalanced)(nil)
-	_ engine.StatefulSampler = (*SeqlenBalanced)(nil)
+	_ engine.CachingSampler   = (*SeqlenBalanced)(nil)
+	_ engine.JournaledSampler = (*SeqlenBalanced)(nil)
 )
 
 const seqlenKind = "seqlen_balanced"
@@ -96,7 +96,12 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 		if err != nil {
 			return nil, nil, err
 		}
-		parts = s.cache.add(req.Partition, key, parts)
+		var added bool
+		if parts, added = s.cache.add(req.Partition, key, parts); added {
+			if err := journal(seqlenKind, req, partsEntry{Partition: req.Partition, Task: req.Task, BatchIndex: opts.BatchIndex, Parts: parts}); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	if opts.DPRank >= len(parts) {
 		return nil, nil, nil
@@ -223,23 +228,8 @@ func (s *SeqlenBalanced) LoadState(state []byte) error {
 	}
 	m := make(map[string]map[batchKey][][]uint64)
 	for i, e := range st.Entries {
-		if len(e.Parts) != s.dpSize {
-			return corrupt(seqlenKind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
-		}
-		seen := make(map[uint64]bool)
-		for _, part := range e.Parts {
-			if err := checkRows(seqlenKind, i, part); err != nil {
-				return err
-			}
-			for _, r := range part {
-				if seen[r] {
-					return corrupt(seqlenKind, "entry %d: row %d in two parts", i, r)
-				}
-				seen[r] = true
-			}
-		}
-		if len(seen)%s.n != 0 {
-			return corrupt(seqlenKind, "entry %d: %d rows is not whole groups of %d", i, len(seen), s.n)
+		if err := s.checkEntry(i, &e); err != nil {
+			return err
 		}
 		p := m[e.Partition]
 		if p == nil {
@@ -253,5 +243,41 @@ func (s *SeqlenBalanced) LoadState(state []byte) error {
 		p[k] = e.Parts
 	}
 	s.cache.replace(m)
+	return nil
+}
+
+// checkEntry validates saved or journaled entry i.
+func (s *SeqlenBalanced) checkEntry(i int, e *partsEntry) error {
+	if len(e.Parts) != s.dpSize {
+		return corrupt(seqlenKind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
+	}
+	seen := make(map[uint64]bool)
+	for _, part := range e.Parts {
+		if err := checkRows(seqlenKind, i, part); err != nil {
+			return err
+		}
+		for _, r := range part {
+			if seen[r] {
+				return corrupt(seqlenKind, "entry %d: row %d in two parts", i, r)
+			}
+			seen[r] = true
+		}
+	}
+	if len(seen)%s.n != 0 {
+		return corrupt(seqlenKind, "entry %d: %d rows is not whole groups of %d", i, len(seen), s.n)
+	}
+	return nil
+}
+
+// ApplyEntry implements [engine.JournaledSampler].
+func (s *SeqlenBalanced) ApplyEntry(entry []byte) error {
+	var e partsEntry
+	if err := decodeEntry(seqlenKind, entry, &e); err != nil {
+		return err
+	}
+	if err := s.checkEntry(0, &e); err != nil {
+		return err
+	}
+	s.cache.add(e.Partition, batchKey{task: e.Task, batch: e.BatchIndex}, e.Parts)
 	return nil
 }
