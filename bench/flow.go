@@ -82,9 +82,10 @@ type Server struct {
 // StartServer starts a controller and a storage unit of capacity bytes.
 func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	s = &Server{}
+	srv := s // the returns below set s to nil
 	defer func() {
 		if err != nil {
-			s.Close()
+			srv.Close()
 		}
 	}()
 	removeStaleDirs()

@@ -392,7 +392,7 @@ func (c countingMeta) RowsMeta(ctx context.Context, partition string, indexes []
 	return c.m.RowsMeta(ctx, partition, indexes, fields)
 }
 
-func (c countingMeta) Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
+func (c countingMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
 	c.count("Commit")
 	return c.m.Commit(ctx, req)
 }
@@ -437,17 +437,17 @@ func (c countingMeta) ResetConsumption(ctx context.Context, partition, task stri
 	return c.m.ResetConsumption(ctx, partition, task)
 }
 
-func (c countingMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
+func (c countingMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
 	c.count("ClearRows")
 	return c.m.ClearRows(ctx, partition, indexes)
 }
 
-func (c countingMeta) ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
+func (c countingMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
 	c.count("ClearKeys")
 	return c.m.ClearKeys(ctx, partition, keys)
 }
 
-func (c countingMeta) ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error) {
+func (c countingMeta) ClearPartition(ctx context.Context, partition string) error {
 	c.count("ClearPartition")
 	return c.m.ClearPartition(ctx, partition)
 }

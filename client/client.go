@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
-	"time"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // Placement chooses the storage unit for each row of a put.
@@ -64,7 +64,6 @@ type Client struct {
 	local []DataUnit
 
 	closers []func() error // what Close releases
-	bg      sync.WaitGroup // frees of replaced cells in flight; Close waits
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
 }
 
@@ -155,95 +154,22 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 	return nil, fmt.Errorf("meta mode %d: %w", int(req.Mode), engine.ErrInvalid)
 }
 
-// freeReplaced frees the cells a commit replaced: on units in this process
-// at once, on others in the background — the put is complete, and a round
-// trip per overwrite would cost small puts a third of their time. A failed
-// free leaks space on the unit but loses no data.
-func (c *Client) freeReplaced(locs []engine.CellLoc) {
-	var local, remote []engine.CellLoc
-	for _, l := range locs {
-		if !l.Stored() {
-			continue
+// refused reports whether err says the controller refused a change, so
+// that nothing of it happened: an error reply naming what was wrong, or
+// any error of a controller in this process. A connection that broke, a
+// controller shutting down or a caller that gave up leave the outcome
+// unknown: the change may have happened, and what the put wrote must stay
+// (if no cell names it, reconciliation frees it).
+func refused(err error) bool {
+	var re *wire.RemoteError
+	if errors.As(err, &re) {
+		switch re.Code {
+		case wirepb.Code_CODE_INVALID, wirepb.Code_CODE_NOT_FOUND, wirepb.Code_CODE_DTYPE_MISMATCH,
+			wirepb.Code_CODE_NOT_READY, wirepb.Code_CODE_LOST, wirepb.Code_CODE_CAPACITY:
+			return true
 		}
-		if u, ok := c.byID[l.Unit]; ok && u.Transport() == "local" {
-			local = append(local, l)
-		} else {
-			remote = append(remote, l)
-		}
+		return false
 	}
-	_ = c.freeCells(context.Background(), local)
-	if len(remote) > 0 {
-		c.bg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), freeTimeout)
-			defer cancel()
-			_ = c.freeCells(ctx, remote)
-		})
-	}
-}
-
-// coalesce merges ranges that continue one another in one extent (same
-// segment and generation, one starting where the other ends) into one
-// range: a unit frees by bytes, so freeing the range frees every cell in
-// it, and a cleared batch of 1024 rows × 9 fields goes to its unit as 9
-// ranges instead of 9216 for it to sort. A cell given twice is never
-// merged with itself, so the unit still refuses a double free.
-func coalesce(addrs []engine.RemoteAddr) []engine.RemoteAddr {
-	if len(addrs) < 2 {
-		return addrs
-	}
-	out := make([]engine.RemoteAddr, 0, len(addrs))
-	// open holds the ranges of out a cell may still continue, at most
-	// maxOpen. Cells come row by row, a field after another, so the cell
-	// after one that continued open[k] usually continues open[k+1]: the
-	// probe starts there and mostly hits at once.
-	const maxOpen = 64
-	open := make([]int, 0, maxOpen)
-	next := 0
-	for _, a := range addrs {
-		hit := -1
-		for t := range open {
-			k := (next + t) % len(open)
-			if r := out[open[k]]; a.Len > 0 && r.Len > 0 && r.Segment == a.Segment && r.Gen == a.Gen && r.Offset+r.Len == a.Offset {
-				hit = k
-				break
-			}
-		}
-		if hit >= 0 {
-			out[open[hit]].Len += a.Len
-			next = (hit + 1) % len(open)
-			continue
-		}
-		out = append(out, a)
-		if len(open) < maxOpen {
-			open = append(open, len(out)-1)
-		} else {
-			open[next] = len(out) - 1
-		}
-	}
-	return out
-}
-
-// freeTimeout bounds a background free.
-const freeTimeout = 30 * time.Second
-
-// freeCells frees cell locations on their units, grouped by unit. Cells of
-// units the client does not know, or without a location, are skipped.
-func (c *Client) freeCells(ctx context.Context, locs []engine.CellLoc) error {
-	by := map[engine.UnitID][]engine.RemoteAddr{}
-	for _, l := range locs {
-		if l.Stored() {
-			by[l.Unit] = append(by[l.Unit], l.Addr)
-		}
-	}
-	var errs []error
-	for id, addrs := range by {
-		u, ok := c.byID[id]
-		if !ok {
-			continue
-		}
-		if err := u.Free(ctx, coalesce(addrs)); err != nil {
-			errs = append(errs, fmt.Errorf("free %d cells on unit %d: %w", len(addrs), id, err))
-		}
-	}
-	return errors.Join(errs...)
+	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, engine.ErrUnavailable) && !errors.Is(err, engine.ErrClosed)
 }

@@ -215,7 +215,6 @@ func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 // embedded cluster's client does nothing (close the
 // [github.com/tqgo/tq/embedded.Cluster]).
 func (c *Client) Close() error {
-	c.bg.Wait()
 	var errs []error
 	for _, f := range c.closers {
 		errs = append(errs, f())

@@ -171,6 +171,9 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 		u, ok := c.byID[id]
 		if !ok {
 			v.Release()
+			if id == engine.LostUnit {
+				return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
+			}
 			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
 		}
 		var l Lease

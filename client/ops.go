@@ -8,8 +8,8 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// Clear removes the meta's rows (from every partition they belong to) and
-// frees their storage. Rows already gone are ignored; an empty meta is a
+// Clear removes the meta's rows (from every partition they belong to);
+// the controller frees their storage. Rows already gone are ignored; an empty meta is a
 // no-op. The controller forgets the rows first, so no new reader finds
 // them; readers holding views keep their bytes until they release.
 func (c *Client) Clear(ctx context.Context, meta *engine.BatchMeta) error {
@@ -19,12 +19,7 @@ func (c *Client) Clear(ctx context.Context, meta *engine.BatchMeta) error {
 		for i, p := range pos {
 			idx[i] = meta.Indexes[p]
 		}
-		freed, err := c.meta.ClearRows(ctx, part, idx)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
+		if err := c.meta.ClearRows(ctx, part, idx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -34,30 +29,16 @@ func (c *Client) Clear(ctx context.Context, meta *engine.BatchMeta) error {
 	return nil
 }
 
-// ClearKeys removes the rows of keys and frees their storage; unknown keys
-// and partitions are ignored.
+// ClearKeys removes the rows of keys (the controller frees their
+// storage); unknown keys and partitions are ignored.
 func (c *Client) ClearKeys(ctx context.Context, partition string, keys []string) error {
-	freed, err := c.meta.ClearKeys(ctx, partition, keys)
-	if err != nil {
-		return err
-	}
-	if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
-		return &engine.OpError{Op: "clear keys", Peer: partition, Err: err}
-	}
-	return nil
+	return c.meta.ClearKeys(ctx, partition, keys)
 }
 
-// ClearPartition drops a partition with all its rows and frees their
-// storage. Clearing an unknown partition does nothing.
+// ClearPartition drops a partition with all its rows (the controller frees
+// their storage). Clearing an unknown partition does nothing.
 func (c *Client) ClearPartition(ctx context.Context, partition string) error {
-	freed, err := c.meta.ClearPartition(ctx, partition)
-	if err != nil {
-		return err
-	}
-	if err := c.freeCells(context.WithoutCancel(ctx), freed); err != nil {
-		return &engine.OpError{Op: "clear partition", Peer: partition, Err: err}
-	}
-	return nil
+	return c.meta.ClearPartition(ctx, partition)
 }
 
 // SetTags merges the meta's per-row tags into the controller's.

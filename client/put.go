@@ -63,7 +63,7 @@ func (c *Client) PutNew(ctx context.Context, partition string, b *engine.Batch) 
 	out, err := c.Put(ctx, b, meta)
 	if err != nil {
 		// The fresh rows hold nothing: give them back.
-		if _, cerr := c.meta.ClearRows(ctx, partition, meta.Indexes); cerr != nil {
+		if cerr := c.meta.ClearRows(ctx, partition, meta.Indexes); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 		return nil, err
@@ -152,14 +152,13 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		req.Indexes[i] = meta.Indexes[p]
 	}
 	req.Fields = commitFields(fields, pos, locs)
-	replaced, err := c.meta.Commit(ctx, req)
-	if err != nil {
+	if err := c.meta.Commit(ctx, req); err != nil {
+		if !refused(err) {
+			done = nil // the commit may have happened: the cells stay
+		}
 		return err
 	}
 	done = nil
-	// The new cells are committed; the put succeeds whatever becomes of
-	// the replaced ones.
-	c.freeReplaced(replaced)
 	return nil
 }
 

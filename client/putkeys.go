@@ -68,8 +68,7 @@ func (c *Client) forget(ctx context.Context, partition string, created []string)
 	if len(created) == 0 {
 		return nil
 	}
-	_, err := c.meta.ClearKeys(context.WithoutCancel(ctx), partition, created)
-	return err
+	return c.meta.ClearKeys(context.WithoutCancel(ctx), partition, created)
 }
 
 // PutKeys writes row i of b to keys[i] of partition and merges tags[i]
@@ -143,9 +142,11 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	req.Fields = commitFields(fields, all, locs)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
+		if !refused(err) {
+			done, plan.created = nil, nil // the commit may have happened
+		}
 		return engine.KeysCommitted{}, err
 	}
-	c.freeReplaced(out.Replaced)
 	return out, nil
 }
 
@@ -159,10 +160,12 @@ func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommi
 	req.Fields = extentFields(fields, u.ID(), exts, true)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
+		if !refused(err) {
+			return engine.KeysCommitted{}, err // the commit may have happened
+		}
 		ctx := context.WithoutCancel(ctx)
 		return engine.KeysCommitted{}, errors.Join(err, u.Free(ctx, fieldAddrs(req.Fields)), c.forget(ctx, req.Partition, created))
 	}
-	c.freeReplaced(out.Replaced)
 	return out, nil
 }
 
@@ -345,10 +348,12 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 	}
 	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
 	if err != nil {
+		if !refused(err) {
+			return engine.KeysCommitted{}, err // the commit may have happened
+		}
 		return engine.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
 	}
 	b.c.dtypes.learn(b.part, b.names, b.dtypes)
-	b.c.freeReplaced(out.Replaced)
 	return out, nil
 }
 

@@ -7,8 +7,10 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -26,6 +28,11 @@ type RemoteConfig struct {
 	Name string
 	// Conn tunes the connection (keepalive, ping timeout).
 	Conn wire.ConnConfig
+	// RetryFor bounds how long a call that may safely be repeated (a
+	// read, a keyed fetch, giving rows back) keeps trying to reach a
+	// controller that went away (restarted, or the connection broke), on
+	// top of its context (0: 60 s; negative: never retry).
+	RetryFor time.Duration
 }
 
 // RemoteMeta is a [MetaService] backed by a controller server across the
@@ -35,13 +42,34 @@ type RemoteConfig struct {
 // reply from the controller unwraps to its engine sentinel, so
 // errors.Is(err, engine.ErrNotFound) works as with a local controller.
 //
-// When the connection fails (the controller died or closed), every call in
-// flight and every later call returns an error; dial again to reconnect.
-// Everything a call returns belongs to the caller.
+// When the connection fails (the controller restarted, the network broke),
+// calls in flight fail with an error wrapping [engine.ErrUnavailable] and
+// the next call dials again. Calls that may be repeated safely — reads,
+// listings, fetches (each carries a key: repeated, it returns the rows the
+// first attempt took) — repeat themselves over the new connection, for up
+// to RemoteConfig.RetryFor. A change (a commit, a clear, an insert) is
+// never repeated: when its connection breaks, whether it happened is
+// unknown, and the caller decides.
+//
+// A fetch its caller gives up on (its context ends, or the controller
+// stays unreachable) gives its rows back to the task (UNCONSUME), in the
+// background when the controller cannot be reached at once; Close waits
+// for that. Everything a call returns belongs to the caller.
 type RemoteMeta struct {
-	conn      *wire.Conn
+	addr      string
+	cfg       RemoteConfig
+	hello     *wirepb.Hello
 	transport string // "tcp" or "unix"
 	peer      string // the controller's address, without the scheme
+
+	mu      sync.Mutex
+	conn    *wire.Conn    // nil once it failed, until the next dial
+	dialing chan struct{} // closed when the dial in progress ends
+	closed  bool
+	info    *wirepb.Hello // the controller's last handshake reply
+
+	done chan struct{} // closed by Close: background work stops
+	bg   sync.WaitGroup
 }
 
 var _ MetaService = (*RemoteMeta)(nil)
@@ -54,42 +82,169 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	if err != nil {
 		return nil, &engine.OpError{Op: "dial", Err: err}
 	}
-	hello := &wirepb.Hello{Role: "client", HostId: HostID(), Token: cfg.Token, Name: cfg.Name}
-	conn, reply, err := wire.Dial(ctx, addr, hello, cfg.Conn)
-	if err != nil {
-		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = 60 * time.Second
 	}
-	if reply.Role != "controller" {
-		conn.Close()
-		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address,
-			Err: fmt.Errorf("peer is a %q, not a controller: %w", reply.Role, engine.ErrInvalid)}
+	r := &RemoteMeta{
+		addr: addr, cfg: cfg, transport: network, peer: address, done: make(chan struct{}),
+		hello: &wirepb.Hello{Role: "client", HostId: HostID(), Token: cfg.Token, Name: cfg.Name},
 	}
-	return &RemoteMeta{conn: conn, transport: network, peer: address}, nil
+	if _, err := r.connect(ctx); err != nil {
+		return nil, r.opErr("dial", err)
+	}
+	return r, nil
 }
 
-// Close closes the connection; calls in flight fail with an error wrapping
-// [engine.ErrClosed]. It is idempotent.
-func (r *RemoteMeta) Close() error { return r.conn.Close() }
+// Close closes the connection (calls in flight fail with an error
+// wrapping [engine.ErrClosed]) and waits for the background work (rows
+// being given back). It is idempotent.
+func (r *RemoteMeta) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	close(r.done)
+	conn := r.conn
+	r.mu.Unlock()
+	r.bg.Wait()
+	if conn != nil {
+		return conn.Close()
+	}
+	return nil
+}
+
+// ClusterID returns the id of the cluster the controller last answered
+// for, and its epoch (it grows with every controller start).
+func (r *RemoteMeta) ClusterID() (string, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.info == nil {
+		return "", 0
+	}
+	return r.info.ClusterId, r.info.Epoch
+}
 
 func (r *RemoteMeta) opErr(op string, err error) error {
 	return &engine.OpError{Op: op, Transport: r.transport, Peer: r.peer, Err: err}
 }
 
-// do sends one request and decodes its reply into reply.
+var errMetaClosed = fmt.Errorf("controller connection closed: %w", engine.ErrClosed)
+
+// connect returns the connection, dialing a new one when the last failed.
+// One dial runs at a time; others wait for it.
+func (r *RemoteMeta) connect(ctx context.Context) (*wire.Conn, error) {
+	for {
+		r.mu.Lock()
+		switch {
+		case r.closed:
+			r.mu.Unlock()
+			return nil, errMetaClosed
+		case r.conn != nil && r.conn.Err() == nil:
+			c := r.conn
+			r.mu.Unlock()
+			return c, nil
+		case r.dialing != nil:
+			wait := r.dialing
+			r.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if r.conn != nil {
+			r.conn.Close() // failed: release its goroutines
+			r.conn = nil
+		}
+		dialing := make(chan struct{})
+		r.dialing = dialing
+		r.mu.Unlock()
+
+		conn, reply, err := wire.Dial(ctx, r.addr, proto.Clone(r.hello).(*wirepb.Hello), r.cfg.Conn)
+		if err == nil && reply.Role != "controller" {
+			conn.Close()
+			err = fmt.Errorf("peer is a %q, not a controller: %w", reply.Role, engine.ErrInvalid)
+		}
+		r.mu.Lock()
+		r.dialing = nil
+		close(dialing)
+		if err != nil {
+			r.mu.Unlock()
+			return nil, err
+		}
+		if r.closed {
+			r.mu.Unlock()
+			conn.Close()
+			return nil, errMetaClosed
+		}
+		r.conn, r.info = conn, reply
+		r.mu.Unlock()
+		return conn, nil
+	}
+}
+
+// connLost reports an error that says the connection failed (the request
+// may or may not have reached the controller), not the request.
+func connLost(err error) bool {
+	var re *wire.RemoteError
+	return !errors.As(err, &re) && errors.Is(err, engine.ErrUnavailable)
+}
+
+// do sends one request and decodes its reply into reply. A request that
+// is safe to repeat (retry) is sent again over a new connection when its
+// connection fails, for up to RetryFor.
 func (r *RemoteMeta) do(ctx context.Context, name string, op wire.Op, req, reply proto.Message) error {
+	return r.call(ctx, name, op, req, reply, false)
+}
+
+// retry is do for a request that is safe to repeat.
+func (r *RemoteMeta) retry(ctx context.Context, name string, op wire.Op, req, reply proto.Message) error {
+	return r.call(ctx, name, op, req, reply, true)
+}
+
+func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
 	if reply == nil {
 		reply = &wirepb.Empty{}
 	}
-	if err := r.conn.Do(ctx, op, req, nil, reply, nil); err != nil {
-		return r.opErr(name, err)
+	var giveUp time.Time
+	backoff := 10 * time.Millisecond
+	for {
+		c, err := r.connect(ctx)
+		if err == nil {
+			if err = c.Do(ctx, op, req, nil, reply, nil); err == nil {
+				return nil
+			}
+		} else if !errors.Is(err, engine.ErrClosed) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", wire.ErrUnavailable, err)
+		}
+		if !repeat || r.cfg.RetryFor < 0 || ctx.Err() != nil || !connLost(err) {
+			return r.opErr(name, err)
+		}
+		if giveUp.IsZero() {
+			giveUp = time.Now().Add(r.cfg.RetryFor)
+		}
+		if time.Now().After(giveUp) {
+			return r.opErr(name, fmt.Errorf("controller unreachable for %v: %w", r.cfg.RetryFor, err))
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return r.opErr(name, ctx.Err())
+		case <-r.done:
+			return r.opErr(name, errMetaClosed)
+		}
+		backoff = min(2*backoff, time.Second)
 	}
-	return nil
 }
 
-// doMeta sends a request whose reply is a MetaReply.
-func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message) (*engine.BatchMeta, error) {
+// doMeta sends a request whose reply is a MetaReply, repeating it over a
+// new connection if repeat (see [RemoteMeta.retry]).
+func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
 	var reply wirepb.MetaReply
-	if err := r.do(ctx, name, op, req, &reply); err != nil {
+	if err := r.call(ctx, name, op, req, &reply, repeat); err != nil {
 		return nil, err
 	}
 	return r.meta(name, reply.Meta)
@@ -119,7 +274,7 @@ func selectionToPB(fields []string) *wirepb.FieldSelection {
 
 // Insert allocates n rows; see [controller.Controller.Insert].
 func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
-	return r.doMeta(ctx, "insert", wire.OpInsert, &wirepb.InsertRequest{Partition: partition, N: int64(n), Fields: fields})
+	return r.doMeta(ctx, "insert", wire.OpInsert, &wirepb.InsertRequest{Partition: partition, N: int64(n), Fields: fields}, false)
 }
 
 // fetchMargin is the most a blocking fetch's server-side wait is cut
@@ -128,22 +283,54 @@ func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields
 const fetchMargin = 25 * time.Millisecond
 
 // Fetch returns a batch chosen by the controller's sampler; see
-// [controller.Controller.Fetch]. With Wait it blocks until enough rows are
-// ready or ctx ends: the server waits until shortly before ctx's deadline,
-// and without a deadline the call repeats the wait each time the server's
-// own limit (its MaxFetchWait) runs out. The protocol cannot cancel a
-// request: when ctx is canceled (rather than past its deadline) while the
-// server waits, rows the server then finds are consumed for the task all
-// the same.
+// [github.com/tqgo/tq/controller.Controller.Fetch]. With Wait it blocks
+// until enough rows are ready or ctx ends: the server waits until shortly
+// before ctx's deadline, and without a deadline the call repeats the wait
+// each time the server's own limit (its MaxFetchWait) runs out.
+//
+// Every fetch carries a random key (engine.FetchRequest.Key, unless the
+// caller set one). If its connection breaks, the fetch is asked again
+// with the same key over a new one and returns the rows the first attempt
+// took, if it took any. If the caller gives up (ctx ends) or the controller
+// stays unreachable, the rows a late reply or a lost one held are given
+// back to the task: a fetch never consumes rows its caller did not receive.
 func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if req.Key == "" {
+		var k [16]byte
+		rand.Read(k[:])
+		req.Key = string(k[:])
+	}
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
 		Options: &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
+		Key:     []byte(req.Key),
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
 		return nil, r.opErr("fetch", err)
 	}
+	m, err := r.fetch(ctx, req, pb)
+	if err != nil && !refusedFetch(err) {
+		r.giveBack(req.Partition, req.Task, req.Key)
+	}
+	return m, err
+}
+
+// refusedFetch reports a fetch the controller answered with a refusal of
+// its own (a bad request, an unknown field): it consumed nothing.
+func refusedFetch(err error) bool {
+	var re *wire.RemoteError
+	if !errors.As(err, &re) {
+		return false
+	}
+	switch re.Code {
+	case wirepb.Code_CODE_INVALID, wirepb.Code_CODE_NOT_FOUND, wirepb.Code_CODE_DTYPE_MISMATCH, wirepb.Code_CODE_NOT_READY:
+		return true
+	}
+	return false
+}
+
+func (r *RemoteMeta) fetch(ctx context.Context, req engine.FetchRequest, pb *wirepb.FetchRequest) (*engine.BatchMeta, error) {
 	deadline, hasDeadline := ctx.Deadline()
 	for {
 		pb.Wait, pb.TimeoutMs = req.Wait, 0
@@ -156,7 +343,7 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 				pb.Wait = false // no time left to wait: take what is ready
 			}
 		}
-		m, err := r.doMeta(ctx, "fetch", wire.OpFetch, pb)
+		m, err := r.doMeta(ctx, "fetch", wire.OpFetch, pb, true)
 		switch {
 		case err == nil && req.Wait && !pb.Wait && m.Empty():
 			return nil, r.opErr("fetch", fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, context.DeadlineExceeded))
@@ -170,71 +357,55 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 }
 
+// giveBack gives the rows of the fetch named key back to the task, now
+// or, while the controller cannot be reached, in the background until
+// RetryFor passes or the RemoteMeta closes. Giving back a fetch that took
+// nothing changes nothing, and a fetch with that key can no longer take
+// rows.
+func (r *RemoteMeta) giveBack(partition, task, key string) {
+	req := &wirepb.UnconsumeRequest{Partition: partition, Task: task, Key: []byte(key)}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.bg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.bg.Done()
+		// r.retry stops when r closes; the rows then stay consumed (the
+		// client is going away, and with it the consumer).
+		r.retry(context.Background(), "unconsume", wire.OpUnconsume, req, nil)
+	}()
+}
+
 // ForceFetch returns every row of a partition; see
 // [controller.Controller.ForceFetch].
 func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
-	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)})
+	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)}, true)
 }
 
 // RowsMeta returns the meta of the given rows; see
 // [controller.Controller.RowsMeta].
 func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
-	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)})
+	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)}, true)
 }
 
 func commitToPB(req engine.CommitRequest) *wirepb.CommitRequest {
-	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: commitFieldsToPB(req.Fields)}
+	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: wire.CommitFieldsToPB(req.Fields)}
 }
 
-func commitFieldsToPB(fields []engine.CommitField) []*wirepb.CommitField {
-	out := make([]*wirepb.CommitField, len(fields))
-	for i, f := range fields {
-		cf := &wirepb.CommitField{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind)}
-		switch f.Kind {
-		case engine.Dense:
-			cf.Shape = wire.ShapeToPB(f.Shape)
-		case engine.Ragged:
-			cf.Shapes = make([]*wirepb.Shape, len(f.Shapes))
-			for j, s := range f.Shapes {
-				cf.Shapes[j] = wire.ShapeToPB(s)
-			}
-		}
-		switch {
-		case f.Runs != nil:
-			cf.HasLocs, cf.Locs = true, wire.RunsToPB(f.Runs)
-		case f.Locs != nil:
-			cf.HasLocs, cf.Locs = true, wire.AddrsToPB(f.Locs)
-		}
-		out[i] = cf
-	}
-	return out
-}
-
-func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req proto.Message) ([]engine.CellLoc, error) {
-	var reply wirepb.CellsReply
-	if err := r.do(ctx, name, op, req, &reply); err != nil {
-		return nil, err
-	}
-	locs, err := wire.AddrsFromPB(reply.Cells)
-	if err != nil {
-		return nil, r.opErr(name, corruptReply(err))
-	}
-	if len(locs) == 0 {
-		return nil, nil
-	}
-	return locs, nil
-}
-
-// Commit records committed cells; see [controller.Controller.Commit]. It
-// returns the locations of the cells the commit replaced.
-func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
-	return r.cells(ctx, "commit", wire.OpCommit, commitToPB(req))
+// Commit records committed cells; see
+// [github.com/tqgo/tq/controller.Controller.Commit]. The controller frees
+// the cells it replaced.
+func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
+	return r.do(ctx, "commit", wire.OpCommit, commitToPB(req), &wirepb.CellsReply{})
 }
 
 // CommitKeys is a KV put's controller step; see
 // [controller.Controller.CommitKeys].
 func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
-	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: commitFieldsToPB(req.Fields)}
+	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: wire.CommitFieldsToPB(req.Fields)}
 	if req.Tags != nil {
 		var err error
 		if p.Tags, err = wire.TagsToPB(req.Tags); err != nil {
@@ -269,7 +440,7 @@ func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (eng
 func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
 	var reply wirepb.ResolveKeysReply
 	req := &wirepb.ResolveKeysRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), Create: create}
-	if err := r.do(ctx, "resolve keys", wire.OpResolveKeys, req, &reply); err != nil {
+	if err := r.call(ctx, "resolve keys", wire.OpResolveKeys, req, &reply, !create); err != nil {
 		return nil, nil, err
 	}
 	m, err := r.meta("resolve keys", reply.Meta)
@@ -295,7 +466,7 @@ func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fi
 // KeysOf returns each row's key; see [controller.Controller.KeysOf].
 func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
 	var reply wirepb.KeysReply
-	if err := r.do(ctx, "keys of", wire.OpKeysOf, &wirepb.KeysOfRequest{Partition: partition, Indexes: indexes}, &reply); err != nil {
+	if err := r.retry(ctx, "keys of", wire.OpKeysOf, &wirepb.KeysOfRequest{Partition: partition, Indexes: indexes}, &reply); err != nil {
 		return nil, err
 	}
 	if len(reply.Keys) != len(indexes) {
@@ -314,32 +485,68 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 }
 
 // ListKeys returns each partition's keys with their tags; see
-// [controller.Controller.ListKeys]. Whole-number tags come back as int64.
+// [github.com/tqgo/tq/controller.Controller.ListKeys]. It reads every page
+// (see [RemoteMeta.ListKeysPage]), so any number of keys can be listed.
+// Whole-number tags come back as int64.
 func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
-	var reply wirepb.ListKeysReply
-	if err := r.do(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition}, &reply); err != nil {
-		return nil, err
+	out := map[string][]engine.KeyInfo{}
+	var cursor []byte
+	for {
+		page, next, err := r.ListKeysPage(ctx, partition, cursor, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, pk := range page {
+			out[pk.Partition] = append(out[pk.Partition], pk.Keys...)
+		}
+		if next == nil {
+			return out, nil
+		}
+		cursor = next
 	}
-	out := make(map[string][]engine.KeyInfo, len(reply.Partitions))
-	for _, pk := range reply.Partitions {
+}
+
+// PartitionKeys is one partition's part of a page of keys.
+type PartitionKeys struct {
+	Partition string
+	Keys      []engine.KeyInfo
+}
+
+// ListKeysPage returns one page of keys (see
+// [github.com/tqgo/tq/controller.Controller.ListKeysPage]): pass nil for
+// the first and the returned cursor for each next one, until it is nil.
+// limit 0 takes the server's page size.
+func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	var reply wirepb.ListKeysReply
+	if err := r.retry(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition, Cursor: cursor, Limit: int64(limit)}, &reply); err != nil {
+		return nil, nil, err
+	}
+	out := make([]PartitionKeys, len(reply.Partitions))
+	for p, pk := range reply.Partitions {
 		list := make([]engine.KeyInfo, len(pk.Keys))
 		for i, k := range pk.Keys {
 			tags, err := wire.JSONFromPB(k.Tags)
 			if err != nil {
-				return nil, r.opErr("list keys", corruptReply(err))
+				return nil, nil, r.opErr("list keys", corruptReply(err))
 			}
 			list[i] = engine.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
 		}
-		out[pk.Partition] = list
+		out[p] = PartitionKeys{Partition: pk.Partition, Keys: list}
 	}
-	return out, nil
+	if len(reply.Next) == 0 {
+		return out, nil, nil
+	}
+	if len(out) == 0 {
+		return nil, nil, r.opErr("list keys", corruptReply(fmt.Errorf("an empty page with a next cursor")))
+	}
+	return out, reply.Next, nil
 }
 
 // ProductionStatus reports production per row and field; see
 // [controller.Controller.ProductionStatus].
 func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
 	var reply wirepb.ProductionStatusReply
-	if err := r.do(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
+	if err := r.retry(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
 		return engine.ProductionStatus{}, err
 	}
 	rows, nf := len(reply.Indexes), len(reply.Fields)
@@ -360,7 +567,7 @@ func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fie
 // [controller.Controller.ConsumptionStatus].
 func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	var reply wirepb.ConsumptionStatusReply
-	if err := r.do(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
+	if err := r.retry(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
 		return engine.ConsumptionStatus{}, err
 	}
 	if len(reply.Consumed) != len(reply.Indexes) {
@@ -381,25 +588,25 @@ func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task strin
 
 // ClearRows removes rows and returns the locations of their cells; see
 // [controller.Controller.ClearRows].
-func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
-	return r.cells(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes})
+func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
+	return r.do(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes}, &wirepb.CellsReply{})
 }
 
 // ClearKeys removes the rows of keys; see [controller.Controller.ClearKeys].
-func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
-	return r.cells(ctx, "clear keys", wire.OpClearKeys, &wirepb.ClearKeysRequest{Partition: partition, Keys: keys})
+func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
+	return r.do(ctx, "clear keys", wire.OpClearKeys, &wirepb.ClearKeysRequest{Partition: partition, Keys: keys}, &wirepb.CellsReply{})
 }
 
 // ClearPartition drops a partition; see
 // [controller.Controller.ClearPartition].
-func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error) {
-	return r.cells(ctx, "clear partition", wire.OpClearPartition, &wirepb.ClearPartitionRequest{Partition: partition})
+func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) error {
+	return r.do(ctx, "clear partition", wire.OpClearPartition, &wirepb.ClearPartitionRequest{Partition: partition}, &wirepb.CellsReply{})
 }
 
 // Partitions lists partition ids in sorted order.
 func (r *RemoteMeta) Partitions(ctx context.Context) ([]string, error) {
 	var reply wirepb.PartitionsReply
-	if err := r.do(ctx, "partitions", wire.OpPartitions, &wirepb.Empty{}, &reply); err != nil {
+	if err := r.retry(ctx, "partitions", wire.OpPartitions, &wirepb.Empty{}, &reply); err != nil {
 		return nil, err
 	}
 	if reply.Partitions == nil {
@@ -429,7 +636,7 @@ func fieldStatsFromPB(p *wirepb.FieldStats) (engine.FieldStats, error) {
 // has millisecond precision.
 func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
 	var p wirepb.PartitionStats
-	if err := r.do(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
+	if err := r.retry(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
 		return engine.PartitionStats{}, err
 	}
 	st := engine.PartitionStats{
@@ -455,7 +662,7 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 // Fields describes a partition's fields; see [controller.Controller.Fields].
 func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
 	var reply wirepb.FieldsReply
-	if err := r.do(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
+	if err := r.retry(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
 	}
 	out := make([]engine.FieldStats, len(reply.Fields))
@@ -474,7 +681,7 @@ func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.Fie
 // LastHeartbeat has millisecond precision.
 func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 	var reply wirepb.UnitsReply
-	if err := r.do(ctx, "units", wire.OpUnits, &wirepb.Empty{}, &reply); err != nil {
+	if err := r.retry(ctx, "units", wire.OpUnits, &wirepb.Empty{}, &reply); err != nil {
 		return nil, err
 	}
 	out := make([]engine.UnitInfo, len(reply.Units))
@@ -483,7 +690,7 @@ func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 			return nil, r.opErr("units", corruptReply(fmt.Errorf("unit id 0: %w", engine.ErrInvalid)))
 		}
 		out[i] = engine.UnitInfo{
-			ID: engine.UnitID(u.UnitId), Host: u.HostId, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
+			ID: engine.UnitID(u.UnitId), Incarnation: u.Incarnation, Host: u.HostId, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 			Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, PageSize: u.PageSize, HugePages: u.HugePages,
 		}
 		if u.LastHeartbeatUnixMs != 0 {
@@ -493,16 +700,34 @@ func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 	return out, nil
 }
 
-// SaveCheckpoint makes the controller save a checkpoint into dir, a path
-// on the controller's host (absolute, or relative to the controller's
-// checkpoint root when it has one); see [controller.Controller.Save].
-func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, dir string) error {
-	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
+// SaveCheckpoint makes the controller save checkpoint name (its metadata
+// and, when it reaches the storage units, every cell's bytes) under its
+// checkpoint directory; see
+// [github.com/tqgo/tq/controller.Server.SaveCheckpoint].
+func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, name string) error {
+	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
 }
 
-// LoadCheckpoint makes the controller replace its state with the
-// checkpoint in dir, a path on the controller's host; see
-// [controller.Controller.Load].
-func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, dir string) error {
-	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
+// LoadCheckpoint makes the controller replace its state with checkpoint
+// name; see [github.com/tqgo/tq/controller.Server.LoadCheckpoint].
+func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, name string) error {
+	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
+}
+
+// Checkpoints lists the controller's saved checkpoints.
+func (r *RemoteMeta) Checkpoints(ctx context.Context) ([]*wirepb.CheckpointInfo, error) {
+	var reply wirepb.CheckpointsReply
+	if err := r.retry(ctx, "checkpoints", wire.OpCheckpoints, &wirepb.Empty{}, &reply); err != nil {
+		return nil, err
+	}
+	return reply.Checkpoints, nil
+}
+
+// ClusterInfo returns the controller's identity and the state of its log.
+func (r *RemoteMeta) ClusterInfo(ctx context.Context) (*wirepb.ClusterInfoReply, error) {
+	var reply wirepb.ClusterInfoReply
+	if err := r.retry(ctx, "cluster info", wire.OpClusterInfo, &wirepb.Empty{}, &reply); err != nil {
+		return nil, err
+	}
+	return &reply, nil
 }

@@ -88,11 +88,11 @@ func BenchmarkRemotePutControl(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if _, err := r.Commit(ctx, commit(m.Indexes)); err != nil {
+		if err := r.Commit(ctx, commit(m.Indexes)); err != nil {
 			b.Fatal(err)
 		}
 		t2 := time.Now()
-		if _, err := r.ClearKeys(ctx, "p", keys); err != nil {
+		if err := r.ClearKeys(ctx, "p", keys); err != nil {
 			b.Fatal(err)
 		}
 		t3 := time.Now()

@@ -111,7 +111,7 @@ var script = []step{
 		return m.Insert(ctx, "train", 4, []string{"prompt", "resp"})
 	}},
 	{"commit prompt", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
 		}})
 	}},
@@ -119,7 +119,7 @@ var script = []step{
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt", "resp"}, BatchSize: 2})
 	}},
 	{"commit resp ragged and a scalar", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
 			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
 			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
 		}})
@@ -150,7 +150,7 @@ var script = []step{
 		return []any{meta, created}, err
 	}},
 	{"commit kv", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
 			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
 		}})
 	}},
@@ -221,13 +221,13 @@ var script = []step{
 	{"fetch after reset", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
 	}},
-	{"overwrite returns replaced cells", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
+	{"overwrite", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
 		}})
 	}},
 	{"dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
 		}})
 	}},
@@ -236,16 +236,18 @@ var script = []step{
 	{"stats unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "nope") }},
 	{"partitions", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
 	{"clear rows", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.ClearRows(ctx, "train", []uint64{0, 3, 99})
+		return nil, m.ClearRows(ctx, "train", []uint64{0, 3, 99})
 	}},
 	{"clear keys", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.ClearKeys(ctx, "kv", []string{"a", "nope"})
+		return nil, m.ClearKeys(ctx, "kv", []string{"a", "nope"})
 	}},
 	{"clear nothing", func(ctx context.Context, m client.MetaService) (any, error) {
-		return m.ClearRows(ctx, "nope", []uint64{1})
+		return nil, m.ClearRows(ctx, "nope", []uint64{1})
 	}},
 	{"reuse cleared indexes", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "val", 3, nil) }},
-	{"clear partition", func(ctx context.Context, m client.MetaService) (any, error) { return m.ClearPartition(ctx, "train") }},
+	{"clear partition", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.ClearPartition(ctx, "train")
+	}},
 	{"partitions after clear", func(ctx context.Context, m client.MetaService) (any, error) { return m.Partitions(ctx) }},
 	{"bad insert", func(ctx context.Context, m client.MetaService) (any, error) { return m.Insert(ctx, "train", 0, nil) }},
 	{"bad fetch", func(ctx context.Context, m client.MetaService) (any, error) {
@@ -304,11 +306,11 @@ func TestRemoteErrorsNameWhatIsWrong(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != wirepb.Code_CODE_NOT_FOUND {
 		t.Fatalf("unknown keys: %#v, want a RemoteError with CODE_NOT_FOUND", err)
 	}
-	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
+	err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int8, Kind: engine.Dense}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
+	err = r.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{0}, Fields: []engine.CommitField{{Name: "f", DType: engine.Int16, Kind: engine.Dense}}})
 	if !errors.Is(err, engine.ErrDTypeMismatch) {
 		t.Fatalf("dtype change: %v, want ErrDTypeMismatch", err)
 	}
@@ -357,7 +359,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 			errc <- err
 		}()
 		time.Sleep(100 * time.Millisecond)
-		if _, err := producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
+		if err := producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
 			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0)},
 		}}); err != nil {
 			t.Fatal(err)
@@ -393,7 +395,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 func TestRemoteCheckpoint(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
-	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
+	_, addr := serveController(t, c, controller.ServerConfig{CheckpointDir: t.TempDir()}, "unix")
 	r := dialMeta(t, addr, client.RemoteConfig{})
 	if _, _, err := r.ResolveKeys(ctx, "kv", []string{"a", "b"}, nil, true); err != nil {
 		t.Fatal(err)
@@ -402,14 +404,13 @@ func TestRemoteCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(t.TempDir(), "ck")
-	if err := r.SaveCheckpoint(ctx, dir); err != nil {
+	if err := r.SaveCheckpoint(ctx, "ck"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.ClearPartition(ctx, "kv"); err != nil {
+	if err := r.ClearPartition(ctx, "kv"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.LoadCheckpoint(ctx, dir); err != nil {
+	if err := r.LoadCheckpoint(ctx, "ck"); err != nil {
 		t.Fatal(err)
 	}
 	after, err := r.ListKeys(ctx, "")
@@ -419,24 +420,29 @@ func TestRemoteCheckpoint(t *testing.T) {
 	if diff := cmp.Diff(before, after); diff != "" {
 		t.Fatalf("keys after save, clear, load (-before +after):\n%s", diff)
 	}
-	if err := r.LoadCheckpoint(ctx, filepath.Join(t.TempDir(), "none")); !errors.Is(err, engine.ErrNotFound) {
+	if err := r.LoadCheckpoint(ctx, "none"); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("load of a missing checkpoint: %v, want ErrNotFound", err)
 	}
 	if err := r.SaveCheckpoint(ctx, "relative/dir"); !errors.Is(err, engine.ErrInvalid) {
-		t.Fatalf("save to a relative path: %v, want ErrInvalid", err)
+		t.Fatalf("save to a path: %v, want ErrInvalid", err)
 	}
 }
 
 func TestRemoteUnits(t *testing.T) {
 	ctx := context.Background()
-	s, addr := serveController(t, newController(t), controller.ServerConfig{HeartbeatInterval: 10 * time.Millisecond, UnitTimeout: 250 * time.Millisecond}, "unix")
+	ctrl, err := controller.New(controller.Config{UnitTimeout: 250 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctrl.Close() })
+	s, addr := serveController(t, ctrl, controller.ServerConfig{HeartbeatInterval: 10 * time.Millisecond}, "unix")
 	unitConn, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "unit"}, wire.ConnConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unitConn.Close()
-	for _, name := range []string{"u1", "u2"} {
-		req := &wirepb.RegisterRequest{HostId: client.HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100}
+	for i, name := range []string{"u1", "u2"} {
+		req := &wirepb.RegisterRequest{HostId: client.HostID(), Addrs: []string{"unix:///" + name}, Name: name, Capacity: 100, Incarnation: uint64(i + 1)}
 		if err := unitConn.Do(ctx, wire.OpRegister, req, nil, &wirepb.RegisterReply{}, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -445,7 +451,7 @@ func TestRemoteUnits(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	var units []engine.UnitInfo
 	for {
-		if err := unitConn.Do(ctx, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 100, Used: 10}, nil, &wirepb.Empty{}, nil); err != nil {
+		if err := unitConn.Do(ctx, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Incarnation: 1, Capacity: 100, Used: 10}, nil, &wirepb.Empty{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if units, err = r.Units(ctx); err != nil {
@@ -460,8 +466,8 @@ func TestRemoteUnits(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	want := []engine.UnitInfo{
-		{ID: 1, Host: client.HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
-		{ID: 2, Host: client.HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
+		{ID: 1, Incarnation: 1, Host: client.HostID(), Addrs: []string{"unix:///u1"}, Name: "u1", Capacity: 100, Used: 10, Alive: true},
+		{ID: 2, Incarnation: 2, Host: client.HostID(), Addrs: []string{"unix:///u2"}, Name: "u2", Capacity: 100, Alive: false},
 	}
 	if diff := cmp.Diff(want, units, cmpopts.IgnoreFields(engine.UnitInfo{}, "LastHeartbeat", "Alive")); diff != "" {
 		t.Fatalf("units (-want +got):\n%s", diff)
@@ -504,14 +510,14 @@ func TestDialMetaNotAController(t *testing.T) {
 }
 
 // TestRemoteServerDeath: calls in flight when the controller goes away, and
-// calls after, fail promptly instead of hanging.
+// calls after, fail once RetryFor has passed instead of hanging.
 func TestRemoteServerDeath(t *testing.T) {
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
 			ctx := context.Background()
 			c := newController(t)
 			s, addr := serveController(t, c, controller.ServerConfig{}, network)
-			r := dialMeta(t, addr, client.RemoteConfig{})
+			r := dialMeta(t, addr, client.RemoteConfig{RetryFor: 200 * time.Millisecond})
 			errc := blockFetch(t, r)
 			s.Close()
 			select {
@@ -541,7 +547,7 @@ func blockFetch(t *testing.T, r *client.RemoteMeta) <-chan error {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
+	if err := r.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int8, Kind: engine.Dense}}}); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)

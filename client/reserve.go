@@ -331,15 +331,14 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if err != nil {
 		return nil, err
 	}
-	replaced, err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs})
-	if err != nil {
+	if err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs}); err != nil {
+		if !refused(err) {
+			return nil, err // the commit may have happened: the cells stay
+		}
 		// The extents are committed on the unit but no row points at
 		// them: free their cells.
 		return nil, errors.Join(err, b.free(ctx, cfs))
 	}
-	// As in Put, a failed free of the replaced cells leaks space but loses
-	// no data.
-	b.c.freeReplaced(replaced)
 	out := b.meta.Clone()
 	if out.Cells == nil {
 		out.Cells = map[string][]engine.CellLoc{}

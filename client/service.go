@@ -15,7 +15,10 @@ type MetaService interface {
 	Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error)
 	ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error)
 	RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error)
-	Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error)
+	// Commit, CommitKeys and the clears leave freeing the storage of the
+	// cells they drop to the metadata service: the controller frees them
+	// once the change is durable.
+	Commit(ctx context.Context, req engine.CommitRequest) error
 	ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error)
 	CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error)
 	KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error)
@@ -24,9 +27,9 @@ type MetaService interface {
 	ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error)
 	ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error)
 	ResetConsumption(ctx context.Context, partition, task string) error
-	ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error)
-	ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error)
-	ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error)
+	ClearRows(ctx context.Context, partition string, indexes []uint64) error
+	ClearKeys(ctx context.Context, partition string, keys []string) error
+	ClearPartition(ctx context.Context, partition string) error
 	Partitions(ctx context.Context) ([]string, error)
 	Stats(ctx context.Context, partition string) (engine.PartitionStats, error)
 	Fields(ctx context.Context, partition string) ([]engine.FieldStats, error)

@@ -1,94 +1,57 @@
 package controller
 
-// Checkpoints. The format is documented in checkpoint.md beside this file.
-// Save holds the controller-wide lock and every partition lock while it
-// takes the snapshot, so the file is one consistent view; writing happens
-// after the locks are released.
+// Checkpoints. A checkpoint is a directory holding the controller's state
+// in a state file (state.pb, the format of the journal's snapshots; see
+// durability.md) and, for a checkpoint the server saves with data, the
+// cells' bytes (data.bin). Save and Load here handle the metadata alone:
+// the cells keep their storage locations, which are only meaningful while
+// the same units (the same incarnations) hold them, so Load marks lost
+// every cell whose unit is not the one that held it at Save. Server's
+// SaveCheckpoint and LoadCheckpoint (checkpointdata.go) handle checkpoints
+// with data, which a fresh cluster can load.
+//
+// A directory is written beside its final name, fsynced and renamed into
+// place: it holds the old checkpoint or the new one, never a mix.
 
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"time"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 const (
-	checkpointFormat  = "tq-controller-checkpoint"
-	checkpointVersion = 1
-	checkpointFile    = "controller.json"
+	stateFile = "state.pb"
+	dataFile  = "data.bin"
 )
 
-type ckpt struct {
-	Format     string          `json:"format"`
-	Version    int             `json:"version"`
-	SavedAt    time.Time       `json:"saved_at"`
-	Indexes    indexState      `json:"indexes"`
-	Partitions []ckptPartition `json:"partitions"`
-	Sampler    json.RawMessage `json:"sampler,omitempty"`
-}
-
-type ckptPartition struct {
-	ID      string      `json:"id"`
-	Created time.Time   `json:"created"`
-	KeySeq  uint64      `json:"key_seq"`
-	Tasks   []string    `json:"tasks"`
-	Fields  []ckptField `json:"fields"`
-	Rows    []ckptRow   `json:"rows"`
-}
-
-type ckptField struct {
-	Name  string       `json:"name"`
-	DType engine.DType `json:"dtype"`
-}
-
-type ckptRow struct {
-	Index    uint64      `json:"index"`
-	Key      string      `json:"key,omitempty"`
-	Seq      uint64      `json:"seq,omitempty"`
-	Reserved bool        `json:"reserved,omitempty"`
-	Tags     engine.Tags `json:"tags,omitempty"`
-	Cells    []ckptCell  `json:"cells,omitempty"`
-	Consumed []int       `json:"consumed,omitempty"`
-}
-
-type ckptCell struct {
-	Field   int          `json:"field"`
-	Unit    uint32       `json:"unit"`
-	Segment uint32       `json:"segment"`
-	Gen     uint32       `json:"gen,omitempty"`
-	Offset  uint64       `json:"offset"`
-	Len     uint64       `json:"len"`
-	Shape   engine.Shape `json:"shape"` // null for opaque fields
-}
-
-// Save writes a checkpoint of the controller's state (partitions, rows,
-// keys, tags, production, consumption, the index allocator and the
-// sampler's state) into dir. It writes a sibling temporary directory,
-// fsyncs it and renames it into place, so dir holds either the old
-// checkpoint or the new one, never a mix. A dir that exists and holds
-// files but no checkpoint is refused with [engine.ErrInvalid]: replacing
-// it would delete them.
+// Save writes a checkpoint of the controller's metadata (partitions, rows,
+// keys, tags, production, consumption, the index allocator, the units and
+// the sampler's state) into dir. A dir that exists and holds files but no
+// checkpoint is refused with [engine.ErrInvalid]: replacing it would
+// delete them.
 func (c *Controller) Save(dir string) error {
 	if err := checkReplaceable(dir); err != nil {
 		return opErr("save checkpoint", dir, err)
 	}
-	doc, err := c.snapshot()
-	if err != nil {
+	unlock := c.lockAll()
+	st := c.copyState()
+	unlock()
+	if err := c.samplerState(st.head); err != nil {
 		return opErr("save checkpoint", dir, err)
 	}
-	data, err := json.Marshal(doc)
+	err := writeDirAtomic(dir, func(tmp string) error {
+		return writeFileSynced(filepath.Join(tmp, stateFile), func(w io.Writer) error { return st.write(w, nil) })
+	})
 	if err != nil {
-		return opErr("save checkpoint", dir, fmt.Errorf("encode: %w", err))
-	}
-	if err := writeDirAtomic(dir, checkpointFile, data); err != nil {
 		return opErr("save checkpoint", dir, err)
 	}
 	return nil
@@ -107,91 +70,24 @@ func checkReplaceable(dir string) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, checkpointFile)); err != nil {
-		return fmt.Errorf("%s holds %d entries but no %s; refusing to replace it: %w", dir, len(entries), checkpointFile, engine.ErrInvalid)
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err != nil {
+		return fmt.Errorf("%s holds %d entries but no %s; refusing to replace it: %w", dir, len(entries), stateFile, engine.ErrInvalid)
 	}
 	return nil
 }
 
-func (c *Controller) snapshot() (*ckpt, error) {
-	doc := &ckpt{Format: checkpointFormat, Version: checkpointVersion, SavedAt: time.Now().UTC()}
-	c.mu.Lock()
-	ids := make([]string, 0, len(c.parts))
-	for id := range c.parts {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		c.parts[id].mu.Lock()
-	}
-	for _, id := range ids {
-		doc.Partitions = append(doc.Partitions, c.parts[id].snapshot())
-	}
-	doc.Indexes = c.idx.snapshot()
-	for _, id := range ids {
-		c.parts[id].mu.Unlock()
-	}
-	c.mu.Unlock()
-	if ss, ok := c.sampler.(engine.StatefulSampler); ok {
-		st, err := ss.SaveState()
-		if err != nil {
-			return nil, fmt.Errorf("sampler state: %w", err)
-		}
-		if len(st) > 0 {
-			if !json.Valid(st) {
-				return nil, fmt.Errorf("sampler state is not JSON: %w", engine.ErrInvalid)
-			}
-			doc.Sampler = st
-		}
-	}
-	return doc, nil
-}
-
-func (p *partition) snapshot() ckptPartition {
-	cp := ckptPartition{ID: p.id, Created: p.created.UTC(), KeySeq: p.keySeq, Tasks: append([]string{}, p.taskName...)}
-	for _, f := range p.order {
-		cp.Fields = append(cp.Fields, ckptField{Name: f.name, DType: f.dtype})
-	}
-	for _, r := range p.sortedRows() {
-		cr := ckptRow{Index: r.index, Key: r.key, Seq: r.seq, Reserved: !r.active, Tags: r.tags.Clone()}
-		for slot, cl := range r.cells {
-			if !cl.produced() {
-				continue
-			}
-			f := p.order[slot]
-			cc := ckptCell{Field: slot, Unit: cl.unit &^ producedBit, Segment: cl.seg, Gen: cl.gen, Offset: cl.off, Len: cl.len}
-			switch f.kind {
-			case engine.Dense:
-				cc.Shape = f.shape.Clone()
-			case engine.Ragged:
-				cc.Shape = f.shapes[r.index].Clone()
-			}
-			if cc.Shape == nil && f.kind != engine.Opaque {
-				cc.Shape = engine.Shape{}
-			}
-			cr.Cells = append(cr.Cells, cc)
-		}
-		for t := range p.taskName {
-			if r.isConsumed(t) {
-				cr.Consumed = append(cr.Consumed, t)
-			}
-		}
-		cp.Rows = append(cp.Rows, cr)
-	}
-	return cp
-}
-
-// writeDirAtomic writes name=data into a fresh temporary sibling of dir,
-// fsyncs file and directory, and renames it to dir (replacing an existing
-// checkpoint). On failure nothing is left behind.
-func writeDirAtomic(dir, name string, data []byte) (err error) {
+// writeDirAtomic has fill write a checkpoint's files into a fresh
+// temporary sibling of dir, fsyncs the directory and renames it to dir
+// (replacing an existing checkpoint). fill fsyncs the files it writes
+// (writeFileSynced). On failure nothing is left behind.
+func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return fmt.Errorf("create parent: %w", err)
 	}
 	tmp := dir + ".tmp-" + randSuffix()
-	if err := os.Mkdir(tmp, 0o755); err != nil {
+	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return fmt.Errorf("create temporary directory: %w", err)
 	}
 	defer func() {
@@ -199,22 +95,10 @@ func writeDirAtomic(dir, name string, data []byte) (err error) {
 			os.RemoveAll(tmp)
 		}
 	}()
-	f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("create checkpoint file: %w", err)
+	if err := fill(tmp); err != nil {
+		return err
 	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write checkpoint file: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync checkpoint file: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close checkpoint file: %w", err)
-	}
-	if err := syncDir(tmp); err != nil {
+	if err := journal.SyncDir(tmp); err != nil {
 		return err
 	}
 	var old string
@@ -233,76 +117,24 @@ func writeDirAtomic(dir, name string, data []byte) (err error) {
 	if old != "" {
 		os.RemoveAll(old)
 	}
-	return syncDir(parent)
+	return journal.SyncDir(parent)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+func writeFileSynced(path string, write func(io.Writer) error) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("open directory for sync: %w", err)
+		return fmt.Errorf("create %s: %w", filepath.Base(path), err)
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory: %w", err)
+	if err := write(f); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
 	}
-	return nil
-}
-
-func randSuffix() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// Load replaces the controller's state with the checkpoint in dir. The
-// whole file is decoded and validated, and the new state built, before
-// anything is replaced: a bad checkpoint (wrapping [engine.ErrCorrupt], or
-// an *os.PathError for a missing one) leaves the controller as it was.
-// Fetches blocked on replaced partitions wake and look again.
-func (c *Controller) Load(dir string) error {
-	data, err := os.ReadFile(filepath.Join(dir, checkpointFile))
-	if err != nil {
-		return opErr("load checkpoint", dir, err)
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", filepath.Base(path), err)
 	}
-	var doc ckpt
-	if err := json.Unmarshal(data, &doc); err != nil {
-		return opErr("load checkpoint", dir, corrupt("decode %s: %s", checkpointFile, err.Error()))
-	}
-	parts, err := buildState(&doc)
-	if err != nil {
-		return opErr("load checkpoint", dir, err)
-	}
-	if len(doc.Sampler) > 0 {
-		ss, ok := c.sampler.(engine.StatefulSampler)
-		if !ok {
-			return opErr("load checkpoint", dir, fmt.Errorf("checkpoint has sampler state but the sampler %T keeps none: %w", c.sampler, engine.ErrCorrupt))
-		}
-		if err := ss.LoadState(doc.Sampler); err != nil {
-			return opErr("load checkpoint", dir, fmt.Errorf("sampler state: %w", err))
-		}
-	}
-	var inUse bitset
-	used := 0
-	for _, p := range parts {
-		p.rows.all(func(r *row) { inUse.set(r.index); used++ })
-	}
-	c.mu.Lock()
-	old := c.parts
-	c.parts = parts
-	c.idx.mu.Lock()
-	c.idx.next = doc.Indexes.Next
-	c.idx.reusable = append([]uint64{}, doc.Indexes.Reusable...)
-	c.idx.head = 0
-	c.idx.inUse, c.idx.used = inUse, used
-	c.idx.mu.Unlock()
-	close(c.created)
-	c.created = make(chan struct{})
-	c.mu.Unlock()
-	for _, p := range old {
-		p.mu.Lock()
-		p.dropped = true
-		p.notify()
-		p.mu.Unlock()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", filepath.Base(path), err)
 	}
 	return nil
 }
@@ -311,124 +143,149 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, engine.ErrCorrupt)...)
 }
 
-// buildState validates a decoded checkpoint and builds partitions from it.
-func buildState(doc *ckpt) (map[string]*partition, error) {
-	if doc.Format != checkpointFormat {
-		return nil, corrupt("format %q, want %q", doc.Format, checkpointFormat)
+func randSuffix() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Load replaces the controller's state with the checkpoint in dir and
+// returns the locations of the cells it replaced, whose storage the caller
+// frees. The whole file is decoded and validated before anything is
+// replaced: a bad checkpoint (wrapping [engine.ErrCorrupt], or an
+// *os.PathError for a missing one) leaves the controller as it was. Cells
+// whose storage unit is not registered under the incarnation that held
+// them at Save become lost (reading them fails with [engine.ErrLost]): a
+// checkpoint never serves bytes another unit (or a later run of the same
+// one) wrote there. A checkpoint with data needs the server
+// ([Server.LoadCheckpoint]). Fetches blocked on replaced partitions wake
+// and look again. A durable controller snapshots the new state before
+// Load returns.
+func (c *Controller) Load(dir string) ([]engine.CellLoc, error) {
+	ls, err := readStateFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, opErr("load checkpoint", dir, err)
 	}
-	if doc.Version != checkpointVersion {
-		return nil, corrupt("version %d, this build reads %d", doc.Version, checkpointVersion)
+	if ls.head.Data {
+		return nil, opErr("load checkpoint", dir, fmt.Errorf("a checkpoint with data is loaded through the server: %w", engine.ErrInvalid))
 	}
-	if doc.Indexes.Next > maxIndexes {
-		return nil, corrupt("next index %d is beyond %d", doc.Indexes.Next, uint64(maxIndexes))
+	c.loseForeignCells(ls)
+	freed, err := c.takeOver(ls)
+	if err != nil {
+		return nil, opErr("load checkpoint", dir, err)
 	}
-	used := make(map[uint64]string)
-	parts := make(map[string]*partition, len(doc.Partitions))
-	for _, cp := range doc.Partitions {
-		if cp.ID == "" {
-			return nil, corrupt("partition with an empty id")
-		}
-		if _, dup := parts[cp.ID]; dup {
-			return nil, corrupt("partition %q appears twice", cp.ID)
-		}
-		p := newPartition(cp.ID)
-		p.created, p.keySeq = cp.Created, cp.KeySeq
-		for _, t := range cp.Tasks {
-			if _, dup := p.tasks[t]; dup || t == "" {
-				return nil, corrupt("partition %q: bad or repeated task %q", cp.ID, t)
-			}
-			p.taskSlot(t)
-		}
-		for _, cf := range cp.Fields {
-			if cf.Name == "" {
-				return nil, corrupt("partition %q: field with an empty name", cp.ID)
-			}
-			if _, dup := p.fields[cf.Name]; dup {
-				return nil, corrupt("partition %q: field %q appears twice", cp.ID, cf.Name)
-			}
-			if cf.DType != engine.InvalidDType && !cf.DType.Valid() {
-				return nil, corrupt("partition %q: field %q has dtype %v", cp.ID, cf.Name, cf.DType)
-			}
-			f := &field{name: cf.Name, slot: len(p.order)}
-			p.fields[cf.Name] = f
-			p.order = append(p.order, f)
-		}
-		for _, cr := range cp.Rows {
-			if other, dup := used[cr.Index]; dup {
-				return nil, corrupt("row %d is in partitions %q and %q", cr.Index, other, cp.ID)
-			}
-			used[cr.Index] = cp.ID
-			if cr.Index >= doc.Indexes.Next {
-				return nil, corrupt("row %d is beyond the allocator's next index %d", cr.Index, doc.Indexes.Next)
-			}
-			r := &row{index: cr.Index, key: cr.Key, seq: cr.Seq, active: !cr.Reserved, tags: cr.Tags.Clone()}
-			if r.key != "" {
-				if _, dup := p.keys[r.key]; dup {
-					return nil, corrupt("partition %q: key %q appears twice", cp.ID, r.key)
-				}
-				p.keys[r.key] = r
-			}
-			p.rows.put(r)
-			if cr.Reserved {
-				if len(cr.Cells) > 0 {
-					return nil, corrupt("partition %q: reserved row %d has cells", cp.ID, r.index)
-				}
-				p.reserved.ReplaceOrInsert(r.index)
-			}
-			for _, t := range cr.Consumed {
-				if t < 0 || t >= len(p.taskName) {
-					return nil, corrupt("partition %q row %d: consumed by unknown task %d", cp.ID, r.index, t)
-				}
-				r.setConsumed(t, true)
-			}
-			for _, cc := range cr.Cells {
-				if cc.Field < 0 || cc.Field >= len(p.order) {
-					return nil, corrupt("partition %q row %d: cell of unknown field %d", cp.ID, r.index, cc.Field)
-				}
-				if cc.Unit&producedBit != 0 {
-					return nil, corrupt("partition %q row %d: unit id %d out of range", cp.ID, r.index, cc.Unit)
-				}
-				f := p.order[cc.Field]
-				dt := cp.Fields[cc.Field].DType
-				if !dt.Valid() {
-					return nil, corrupt("partition %q: field %q has cells but no dtype", cp.ID, f.name)
-				}
-				if r.has(f.slot) {
-					return nil, corrupt("partition %q row %d: field %q stored twice", cp.ID, r.index, f.name)
-				}
-				opaque := dt == engine.Bytes
-				if opaque != (cc.Shape == nil) {
-					return nil, corrupt("partition %q row %d: field %q shape does not match dtype %v", cp.ID, r.index, f.name, dt)
-				}
-				if err := cc.Shape.Validate(); err != nil {
-					return nil, corrupt("partition %q row %d: %s", cp.ID, r.index, err.Error())
-				}
-				for len(r.cells) <= f.slot {
-					r.cells = append(r.cells, cell{})
-				}
-				r.cells[f.slot] = cell{off: cc.Offset, len: cc.Len, seg: cc.Segment, gen: cc.Gen, unit: cc.Unit | producedBit}
-				p.recordCell(f, r.index, dt, opaque, cc.Shape)
-			}
-		}
-		for i, cf := range cp.Fields {
-			if f := p.order[i]; f.produced > 0 && f.dtype != cf.DType {
-				return nil, corrupt("partition %q: field %q dtype disagrees with its cells", cp.ID, cf.Name)
-			}
-		}
-		parts[cp.ID] = p
+	return freed, nil
+}
+
+// loseForeignCells marks lost the cells of ls whose unit is not
+// registered here under the incarnation the checkpoint names for it.
+func (c *Controller) loseForeignCells(ls *loadedState) {
+	was := make(map[uint32]uint64, len(ls.head.Units))
+	for _, u := range ls.head.Units {
+		was[u.UnitId] = u.Incarnation
 	}
-	seen := make(map[uint64]struct{}, len(doc.Indexes.Reusable))
-	for _, gi := range doc.Indexes.Reusable {
-		if gi >= doc.Indexes.Next {
-			return nil, corrupt("reusable index %d is beyond next index %d", gi, doc.Indexes.Next)
-		}
-		if p, ok := used[gi]; ok {
-			return nil, corrupt("reusable index %d is in use by partition %q", gi, p)
-		}
-		if _, dup := seen[gi]; dup {
-			return nil, corrupt("reusable index %d appears twice", gi)
-		}
-		seen[gi] = struct{}{}
+	same := make(map[uint32]bool)
+	for id, inc := range was {
+		same[id] = c.units.bound(engine.UnitID(id), inc)
 	}
-	return parts, nil
+	for _, p := range ls.parts {
+		p.rows.all(func(r *row) {
+			for slot, cl := range r.cells {
+				if u := cl.unit &^ producedBit; cl.produced() && u != 0 && u != uint32(engine.LostUnit) && !same[u] {
+					r.cells[slot] = lostCell(cl)
+				}
+			}
+		})
+	}
+}
+
+// takeOver replaces the state with ls's partitions, index allocator and
+// sampler state (the units, fences and identity stay this cluster's), and
+// returns the cells it replaced. Every loaded partition gets a new gen. A
+// durable controller records the replacement and writes a snapshot of the
+// new state before anyone sees it: every lock is held until the snapshot
+// is on disk, so no change made after the load can reach the log before
+// it (a load is rare; the controller pauses for as long as writing its
+// state takes).
+func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
+	var used []uint64
+	for _, p := range ls.parts {
+		p.rows.all(func(r *row) { used = append(used, r.index) })
+	}
+	unlock := c.lockAll()
+	defer unlock()
+	if len(ls.head.Sampler) > 0 {
+		ss, ok := c.sampler.(engine.StatefulSampler)
+		if !ok {
+			return nil, corrupt("checkpoint has sampler state but the sampler %T keeps none", c.sampler)
+		}
+		if err := ss.LoadState(ls.head.Sampler); err != nil {
+			return nil, fmt.Errorf("sampler state: %w", err)
+		}
+	} else if cs, ok := c.sampler.(engine.CachingSampler); ok {
+		for id := range c.parts {
+			cs.ClearCache(id)
+		}
+	}
+	old := c.parts
+	for _, p := range ls.parts {
+		p.gen = c.nextGen
+		c.nextGen++
+	}
+	c.parts = ls.parts
+	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, used)
+	close(c.created)
+	c.created = make(chan struct{})
+	var dropped []engine.CellLoc
+	for _, p := range old { // locked by lockAll
+		dropped = p.removeRows(p.sortedRows(), dropped)
+		p.dropped = true
+		p.notify()
+	}
+	freed := unreferenced(dropped, ls.parts)
+	if c.j == nil {
+		return freed, nil
+	}
+	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: &wirepb.ClusterOp{Epoch: c.epoch, Replaced: true}}})
+	st := c.copyState()
+	pos := c.j.Pos()
+	st.head.LogIndex = pos.Index
+	if err := c.samplerState(st.head); err != nil {
+		return freed, err
+	}
+	if err := c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) }); err != nil {
+		return freed, fmt.Errorf("snapshot the loaded state: %w", err)
+	}
+	return freed, nil
+}
+
+// unreferenced returns the cells of dropped that no row of parts
+// references (a checkpoint loaded into the cluster that saved it names
+// many of the cells it replaces).
+func unreferenced(dropped []engine.CellLoc, parts map[string]*partition) []engine.CellLoc {
+	if len(dropped) == 0 {
+		return nil
+	}
+	type key struct {
+		unit     engine.UnitID
+		seg, gen uint32
+		off      uint64
+	}
+	kept := make(map[key]bool)
+	for _, p := range parts {
+		p.rows.all(func(r *row) {
+			for _, cl := range r.cells {
+				if l := cl.loc(); l.Stored() && !l.Lost() {
+					kept[key{l.Unit, l.Addr.Segment, l.Addr.Gen, l.Addr.Offset}] = true
+				}
+			}
+		})
+	}
+	out := dropped[:0]
+	for _, l := range dropped {
+		if !kept[key{l.Unit, l.Addr.Segment, l.Addr.Gen, l.Addr.Offset}] {
+			out = append(out, l)
+		}
+	}
+	return out
 }

@@ -2,14 +2,19 @@ package controller
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // Config configures a [Controller].
@@ -20,16 +25,39 @@ type Config struct {
 	PreAlloc int
 	// Sampler chooses the rows of each fetch. Nil means sequential.
 	Sampler engine.Sampler
+	// Dir, when set, makes the metadata durable: every change is recorded
+	// in a journal in Dir before the server answers, and New recovers the
+	// state the directory holds (see durability.md). Empty keeps
+	// everything in memory.
+	Dir string
+	// Fsync says when the journal's records reach the disk (default
+	// journal.FsyncBatch: nothing acknowledged is lost).
+	Fsync journal.Fsync
+	// SnapshotBytes is the least log written before a snapshot is taken
+	// (it is taken when the log since the last one outgrows both this and
+	// the last snapshot; 0: DefaultSnapshotBytes).
+	SnapshotBytes int64
+	// UnitTimeout is how long a storage unit may go without a heartbeat
+	// before it is reported dead (0: 5 s).
+	UnitTimeout time.Duration
+	// Logf, if set, receives reports of background trouble (a failed
+	// snapshot).
+	Logf func(format string, args ...any)
 }
 
 // DefaultConfig returns the defaults: no pre-allocation, sequential
-// sampling.
+// sampling, in memory.
 func DefaultConfig() Config { return Config{Sampler: sampler.NewSequential()} }
 
 // Validate reports a bad configuration.
 func (c Config) Validate() error {
-	if c.PreAlloc < 0 {
+	switch {
+	case c.PreAlloc < 0:
 		return fmt.Errorf("pre-allocation of %d rows: %w", c.PreAlloc, engine.ErrInvalid)
+	case c.SnapshotBytes < 0:
+		return fmt.Errorf("snapshot threshold of %d bytes: %w", c.SnapshotBytes, engine.ErrInvalid)
+	case c.Fsync < journal.FsyncBatch || c.Fsync > journal.FsyncNever:
+		return fmt.Errorf("fsync mode %d: %w", c.Fsync, engine.ErrInvalid)
 	}
 	return nil
 }
@@ -44,42 +72,82 @@ type Controller struct {
 	cfg     Config
 	sampler engine.Sampler
 	idx     *indexAllocator
+	units   *Registry
+	fences  fenceTable
 
-	mu    sync.RWMutex
-	parts map[string]*partition
+	// Identity: the cluster's id and this start's epoch (see ClusterInfo).
+	cluster string
+	epoch   uint64
+
+	// The journal (nil: in memory), and while New recovers the state, the
+	// replay that must not be recorded again.
+	j             *journal.Journal
+	replaying     bool
+	snapStop      chan struct{}
+	snapDone      chan struct{}
+	lastSnapBytes atomic.Int64
+	// pins counts checkpoints being saved: reconciling waits for them.
+	pins atomic.Int32
+
+	mu      sync.RWMutex
+	parts   map[string]*partition
+	nextGen uint64 // the next partition's gen
 	// created is closed and replaced when a partition is created, waking
 	// fetches that wait for a partition that does not exist yet.
 	created chan struct{}
 
 	done      chan struct{}
 	closeOnce sync.Once
+	closeErr  error
 }
 
-// New returns a controller with no partitions.
+// New returns a controller: with cfg.Dir empty, an empty one in memory;
+// else the state the directory's journal holds (see [Config.Dir]).
 func New(cfg Config) (*Controller, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.SnapshotBytes == 0 {
+		cfg.SnapshotBytes = DefaultSnapshotBytes
 	}
 	s := cfg.Sampler
 	if s == nil {
 		s = sampler.NewSequential()
 	}
-	return &Controller{
+	c := &Controller{
 		cfg:     cfg,
 		sampler: s,
 		idx:     newIndexAllocator(),
+		units:   NewRegistry(cfg.UnitTimeout),
 		parts:   make(map[string]*partition),
+		nextGen: 1,
 		created: make(chan struct{}),
 		done:    make(chan struct{}),
-	}, nil
+	}
+	if cfg.Dir == "" {
+		c.cluster, c.epoch = newClusterID(), 1
+		return c, nil
+	}
+	c.units.log = func(op *wirepb.LogOp) { c.log(op) }
+	if err := c.openJournal(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
-// Close wakes every blocked fetch with [engine.ErrClosed]. Later calls that
-// wait return ErrClosed; Close is idempotent.
+// Close wakes every blocked fetch with [engine.ErrClosed] and, for a
+// durable controller, snapshots the state and closes the journal. Later
+// calls that wait return ErrClosed; Close is idempotent.
 func (c *Controller) Close() error {
-	c.closeOnce.Do(func() { close(c.done) })
-	return nil
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.closeErr = c.closeJournal()
+	})
+	return c.closeErr
 }
+
+// Units returns the unit registry.
+func (c *Controller) Units() *Registry { return c.units }
 
 func (c *Controller) get(id string) *partition {
 	c.mu.RLock()
@@ -115,16 +183,22 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 	c.mu.Lock()
 	p, ok := c.parts[id]
 	if !ok {
-		p = newPartition(id)
+		p = newPartition(id, c.nextGen)
+		var idx []uint64
 		if c.cfg.PreAlloc > 0 {
-			idx, err := c.idx.alloc(c.cfg.PreAlloc)
-			if err != nil {
+			var err error
+			if idx, err = c.idx.alloc(c.cfg.PreAlloc); err != nil {
 				c.mu.Unlock()
 				return nil, err
 			}
 			p.addRows(idx, false)
 		}
+		c.nextGen++
 		c.parts[id] = p
+		if c.logging() {
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Partition{Partition: &wirepb.PartitionOp{
+				Partition: id, Gen: p.gen, CreatedUnixMs: p.created.UnixMilli(), Reserved: idx}}})
+		}
 		close(c.created)
 		c.created = make(chan struct{})
 	}
@@ -196,6 +270,9 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	if err != nil {
 		return nil, opErr("insert", partition, err)
 	}
+	if c.logging() {
+		c.log(p.rowsOp(rows, false))
+	}
 	m := p.meta(rows, fields)
 	for _, f := range fields {
 		if _, ok := m.Schema[f]; !ok {
@@ -222,6 +299,9 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	case req.Partition == "":
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("empty partition id: %w", engine.ErrInvalid))
 	}
+	if err := checkFetchKey(req.Key); err != nil {
+		return nil, opErr("fetch", req.Partition, err)
+	}
 	for {
 		var wake <-chan struct{}
 		p := c.lock(req.Partition)
@@ -238,6 +318,11 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 			// partition locked (a server recovers the panic and goes on).
 			m, err := func() (*engine.BatchMeta, error) {
 				defer p.mu.Unlock()
+				// A caller that gave up (canceled, not only past a
+				// deadline) must not have rows consumed for it now.
+				if err := ctx.Err(); err != nil && req.Wait {
+					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
+				}
 				m, err := c.tryFetch(p, &req)
 				wake = p.changed
 				return m, err
@@ -265,6 +350,25 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 // tryFetch runs the sampler if enough rows are ready; nil meta means "not
 // yet". p is locked.
 func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.BatchMeta, error) {
+	now := time.Now()
+	if req.Key != "" {
+		if e := p.fetches.get(req.Key, now); e != nil {
+			// Asked again: the rows it took, not more.
+			switch {
+			case e.task != req.Task:
+				return nil, fmt.Errorf("fetch key of task %q reused by task %q: %w", e.task, req.Task, engine.ErrInvalid)
+			case e.spent:
+				return nil, errFetchGivenBack
+			}
+			rows := make([]*row, 0, len(e.sampled))
+			for _, gi := range e.sampled {
+				if r, ok := p.rows.get(gi); ok {
+					rows = append(rows, r)
+				}
+			}
+			return p.meta(rows, req.Fields), nil
+		}
+	}
 	v, ok := p.view(req.Task, req.Fields)
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
@@ -276,7 +380,8 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 			return nil, nil
 		}
 	}
-	sampled, consumed, err := c.sampler.Sample(engine.SampleRequest{
+	var entries [][]byte
+	sreq := engine.SampleRequest{
 		Partition: p.id,
 		Task:      req.Task,
 		BatchSize: req.BatchSize,
@@ -288,7 +393,11 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 			}
 			return nil
 		},
-	})
+	}
+	if c.logging() {
+		sreq.Journal = func(e []byte) { entries = append(entries, e) }
+	}
+	sampled, consumed, err := c.sampler.Sample(sreq)
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
 	}
@@ -304,7 +413,59 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 		rows[i] = r
 	}
 	p.markConsumed(p.taskSlot(req.Task), consumed)
+	if req.Key != "" {
+		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: consumed, at: now})
+	}
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
+			Key: []byte(req.Key), Sampler: entries, AtUnixMs: now.UnixMilli(),
+		}}})
+	}
 	return p.meta(rows, req.Fields), nil
+}
+
+// Unconsume gives back the rows of the fetch named key (see
+// [engine.FetchRequest.Key]): those it marked consumed for task that are
+// still in the partition become fetchable again, and the key is spent: the
+// fetch asked again answers with an error wrapping context.Canceled, and
+// one that has not happened yet never takes rows. Unknown partitions and
+// keys given back already change nothing; it is idempotent.
+func (c *Controller) Unconsume(partition, task, key string) error {
+	switch {
+	case task == "":
+		return opErr("unconsume", partition, fmt.Errorf("unconsume needs a task name: %w", engine.ErrInvalid))
+	case key == "":
+		return opErr("unconsume", partition, fmt.Errorf("unconsume needs a fetch key: %w", engine.ErrInvalid))
+	}
+	if err := checkFetchKey(key); err != nil {
+		return opErr("unconsume", partition, err)
+	}
+	p := c.lock(partition)
+	if p == nil {
+		// Nothing was taken; a fetch still waiting for the partition was
+		// canceled before this (CANCEL comes first on its connection).
+		return nil
+	}
+	defer p.mu.Unlock()
+	now := time.Now()
+	var idx []uint64
+	if e := p.fetches.get(key, now); e != nil {
+		if e.task != task {
+			return opErr("unconsume", partition, fmt.Errorf("fetch key of task %q given back for task %q: %w", e.task, task, engine.ErrInvalid))
+		}
+		if e.spent {
+			return nil
+		}
+		idx = e.consumed
+	}
+	p.unconsume(task, key, idx, now)
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+			Partition: p.id, Gen: p.gen, Task: task, Key: []byte(key), Indexes: idx, AtUnixMs: now.UnixMilli(),
+		}}})
+	}
+	return nil
 }
 
 // ForceFetch returns every row of the partition (pre-allocated ones
@@ -370,10 +531,17 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	}
 	defer p.mu.Unlock()
 	rows, err := p.validateCommit(&req)
+	if err == nil {
+		err = c.checkFences(req.Fields)
+	}
 	if err != nil {
 		return nil, opErr("commit", req.Partition, err)
 	}
-	return p.applyCommit(&req, rows), nil
+	replaced := p.applyCommit(&req, rows)
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, req.Indexes, req.Fields)}})
+	}
+	return replaced, nil
 }
 
 // ResolveKeys maps keys to rows, in key order. With create, missing keys
@@ -426,6 +594,9 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 	if err := c.createKeys(p, keys, newAt, rows); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
 	}
+	if len(newAt) > 0 && c.logging() {
+		c.log(p.createdOp(rows, newAt))
+	}
 	if fields == nil {
 		return p.commonMeta(rows), newAt, nil
 	}
@@ -461,6 +632,7 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 		p.keySeq++
 		r.key, r.seq = keys[i], p.keySeq
 		p.keys[r.key] = r
+		p.bySeq.ReplaceOrInsert(r)
 		rows[i] = r
 	}
 	return nil
@@ -538,51 +710,140 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	if err != nil {
 		return opErr("set tags", partition, err)
 	}
+	var op *wirepb.LogOp
+	if c.logging() {
+		// Encode first: tags that cannot be recorded change nothing.
+		if op, err = tagsOp(p, indexes, tags); err != nil {
+			return opErr("set tags", partition, err)
+		}
+	}
 	for i, r := range rows {
 		if len(tags[i]) > 0 {
 			r.tags = r.tags.Merge(tags[i])
 		}
+	}
+	if op != nil {
+		c.log(op)
 	}
 	return nil
 }
 
 // ListKeys returns each partition's keys, in the order they were created,
 // with their tags: one partition, or all when partition is "". An unknown
-// partition gives an empty map.
+// partition gives an empty map. It reads every page (see
+// [Controller.ListKeysPage]); each partition's list is as of the moment
+// its page was read.
 func (c *Controller) ListKeys(partition string) map[string][]engine.KeyInfo {
+	out := map[string][]engine.KeyInfo{}
+	var cursor []byte
+	for {
+		page, next, err := c.ListKeysPage(partition, cursor, 0)
+		if err != nil {
+			return out // a bad cursor: ours never is
+		}
+		for _, pk := range page {
+			out[pk.Partition] = append(out[pk.Partition], pk.Keys...)
+		}
+		if next == nil {
+			return out
+		}
+		cursor = next
+	}
+}
+
+// PartitionKeys is one partition's part of a page of keys.
+type PartitionKeys struct {
+	Partition string
+	Keys      []engine.KeyInfo
+}
+
+const (
+	// DefaultKeysPage is how many keys a page holds at most by default;
+	// maxKeysPageBytes closes a page early when keys and tags are large,
+	// so a page always fits a frame.
+	DefaultKeysPage  = 4096
+	maxKeysPage      = 1 << 16
+	maxKeysPageBytes = 8 << 20
+)
+
+// ListKeysPage returns a page of keys, in creation order per partition,
+// partitions in id order: one partition, or all when partition is "". The
+// first page has a nil cursor; each page returns the cursor of the next,
+// nil after the last. A page holds at most limit keys (0:
+// DefaultKeysPage; at most 65536) and about 8 MiB of keys and tags. A key
+// created while pages are read appears in a later page; one cleared may
+// be missed or appear. Errors: [engine.ErrInvalid] for a malformed cursor
+// or limit.
+func (c *Controller) ListKeysPage(partition string, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	switch {
+	case limit < 0 || limit > maxKeysPage:
+		return nil, nil, opErr("list keys", partition, fmt.Errorf("page of %d keys (1 to %d): %w", limit, maxKeysPage, engine.ErrInvalid))
+	case limit == 0:
+		limit = DefaultKeysPage
+	}
+	from, afterSeq, err := decodeKeysCursor(cursor)
+	if err != nil {
+		return nil, nil, opErr("list keys", partition, err)
+	}
 	ids := []string{partition}
 	if partition == "" {
 		ids = c.Partitions()
+	} else if from != "" && from != partition {
+		return nil, nil, opErr("list keys", partition, fmt.Errorf("cursor of partition %q: %w", from, engine.ErrInvalid))
 	}
-	out := make(map[string][]engine.KeyInfo, len(ids))
+	var out []PartitionKeys
+	n, size := 0, 0
 	for _, id := range ids {
+		if id < from {
+			continue
+		}
+		seq := uint64(0)
+		if id == from {
+			seq = afterSeq
+		}
 		p := c.lock(id)
 		if p == nil {
 			continue
 		}
-		list := make([]engine.KeyInfo, 0, len(p.keys))
-		seqs := make([]uint64, 0, len(p.keys))
-		for _, r := range p.keys {
-			list = append(list, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
-			seqs = append(seqs, r.seq)
-		}
+		var keys []engine.KeyInfo
+		full := false
+		p.bySeq.AscendGreaterOrEqual(&row{seq: seq + 1}, func(r *row) bool {
+			if n == limit || size >= maxKeysPageBytes {
+				full = true
+				return false
+			}
+			keys = append(keys, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
+			n++
+			size += len(r.key) + 16 + 32*len(r.tags)
+			seq = r.seq
+			return true
+		})
 		p.mu.Unlock()
-		sort.Sort(bySeq{list, seqs})
-		out[id] = list
+		if len(keys) > 0 {
+			out = append(out, PartitionKeys{Partition: id, Keys: keys})
+		}
+		if full {
+			return out, encodeKeysCursor(id, seq), nil
+		}
 	}
-	return out
+	return out, nil, nil
 }
 
-type bySeq struct {
-	l []engine.KeyInfo
-	s []uint64
+// A keys cursor is the partition id and the creation number of the last
+// key listed: uvarint(seq) then the id's bytes.
+func encodeKeysCursor(partition string, seq uint64) []byte {
+	return append(binary.AppendUvarint(nil, seq), partition...)
 }
 
-func (b bySeq) Len() int           { return len(b.l) }
-func (b bySeq) Less(i, j int) bool { return b.s[i] < b.s[j] }
-func (b bySeq) Swap(i, j int) {
-	b.l[i], b.l[j] = b.l[j], b.l[i]
-	b.s[i], b.s[j] = b.s[j], b.s[i]
+func decodeKeysCursor(b []byte) (string, uint64, error) {
+	if len(b) == 0 {
+		return "", 0, nil
+	}
+	seq, n := binary.Uvarint(b)
+	if n <= 0 || n == len(b) {
+		return "", 0, fmt.Errorf("malformed keys cursor: %w", engine.ErrInvalid)
+	}
+	return string(b[n:]), seq, nil
 }
 
 // ProductionStatus reports production per row and field. Unknown fields
@@ -669,13 +930,22 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 		return opErr("reset consumption", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
+	p.reset(task)
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ResetConsumption{ResetConsumption: &wirepb.ResetOp{Partition: p.id, Gen: p.gen, Task: task}}})
+	}
+	return nil
+}
+
+// reset makes a task's consumed rows (every task's for "") fetchable
+// again. p is locked.
+func (p *partition) reset(task string) {
 	if task == "" {
 		p.resetConsumption(-1)
 	} else if t, ok := p.tasks[task]; ok {
 		p.resetConsumption(t)
 	}
 	p.notify()
-	return nil
 }
 
 // maxPrealloc bounds the cells a clear reserves room for up front: past it
@@ -715,6 +985,9 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
 		p.notify()
+		if c.logging() {
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released}}})
+		}
 	}
 	p.mu.Unlock()
 	c.idx.release(released)
@@ -745,6 +1018,9 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	p, ok := c.parts[partition]
 	if ok {
 		delete(c.parts, partition)
+		if c.logging() {
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}})
+		}
 	}
 	c.mu.Unlock()
 	if !ok {

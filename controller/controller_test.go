@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 func newController(t *testing.T, cfg Config) *Controller {
@@ -803,8 +806,20 @@ func TestConcurrentPartitions(t *testing.T) {
 	}
 }
 
+// registerUnits registers n units (incarnations base+1..base+n) with a
+// fresh c: ids 1..n.
+func registerUnits(t *testing.T, c *Controller, n int, base uint64) {
+	t.Helper()
+	for i := range n {
+		if _, err := c.units.Register(engine.UnitInfo{Incarnation: base + uint64(i+1), Host: "h"}, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func TestCheckpointRoundTrip(t *testing.T) {
 	c := newController(t, Config{PreAlloc: 2})
+	registerUnits(t, c, 3, 0)
 	m := insert(t, c, "train", 6, "x")
 	loc := engine.CellLoc{Unit: 3, Addr: engine.RemoteAddr{Segment: 2, Offset: 4096, Len: 8}}
 	if _, err := c.Commit(engine.CommitRequest{Partition: "train", Indexes: m.Indexes[:4], Fields: []engine.CommitField{
@@ -829,60 +844,162 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("checkpoint left %d entries beside it, want only ck", len(entries))
 	}
+	want := map[string]*engine.BatchMeta{}
+	wantConsumed := map[string]engine.ConsumptionStatus{}
+	for _, part := range []string{"train", "val"} {
+		want[part], _ = c.ForceFetch(part, nil)
+		wantConsumed[part], _ = c.ConsumptionStatus(part, "t")
+	}
+	nextA, _ := c.Insert("new", 3, nil)
 
-	d := newController(t, Config{PreAlloc: 2})
-	insert(t, d, "junk", 3, "y")
-	if err := d.Load(dir); err != nil {
+	// The same controller, changed since, goes back to what it saved: its
+	// units are the same, so the cells keep their locations.
+	insert(t, c, "junk", 3, "y")
+	c.ClearPartition("val")
+	freed, err := c.Load(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d.Partitions(); !slices.Equal(got, []string{"train", "val"}) {
+	for _, l := range freed {
+		if l.Stored() {
+			t.Fatalf("load frees %+v, a cell the loaded state references", l)
+		}
+	}
+	if got := c.Partitions(); !slices.Equal(got, []string{"train", "val"}) {
 		t.Fatalf("partitions after load = %v", got)
 	}
 	for _, part := range []string{"train", "val"} {
-		want, _ := c.ForceFetch(part, nil)
-		got, _ := d.ForceFetch(part, nil)
-		if diff := cmp.Diff(want, got); diff != "" {
+		got, _ := c.ForceFetch(part, nil)
+		if diff := cmp.Diff(want[part], got); diff != "" {
 			t.Fatalf("partition %q after load (-want +got):\n%s", part, diff)
 		}
-		ws, _ := c.ConsumptionStatus(part, "t")
-		gs, _ := d.ConsumptionStatus(part, "t")
-		if diff := cmp.Diff(ws, gs); diff != "" {
+		gs, _ := c.ConsumptionStatus(part, "t")
+		if diff := cmp.Diff(wantConsumed[part], gs); diff != "" {
 			t.Fatalf("consumption of %q (-want +got):\n%s", part, diff)
 		}
 	}
-	// The index allocator came along: new rows reuse the cleared index first, then continue.
-	a, _ := c.Insert("new", 3, nil)
-	b, _ := d.Insert("new", 3, nil)
-	if diff := cmp.Diff(a.Indexes, b.Indexes); diff != "" {
+	// The index allocator came along: new rows reuse the cleared index
+	// first, then continue, as they did right after the save.
+	nextB, _ := c.Insert("new", 3, nil)
+	if diff := cmp.Diff(nextA.Indexes, nextB.Indexes); diff != "" {
 		t.Fatalf("allocation after load differs (-orig +loaded):\n%s", diff)
 	}
-	if got := fetch(t, d, "train", "t", 2, "x"); got.Len() != 2 {
+	if got := fetch(t, c, "train", "t", 2, "x"); got.Len() != 2 {
 		t.Fatalf("fetch after load: %d rows", got.Len())
 	}
+
+	// A fresh controller does not know those units: the metadata comes
+	// back, every stored cell is lost (never another unit's bytes).
+	d := newController(t, Config{PreAlloc: 2})
+	registerUnits(t, d, 3, 100) // ids 1..3 again, but other incarnations
+	if _, err := d.Load(dir); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := d.ForceFetch("train", nil)
+	for _, l := range got.Cells["s"][:4] {
+		if !l.Lost() {
+			t.Fatalf("a cell of another incarnation's unit kept its location %+v", l)
+		}
+	}
+	if !slices.Equal(got.Indexes, want["train"].Indexes) || !got.Ready[0] {
+		t.Fatalf("rows after load into a fresh controller = %v ready %v", got.Indexes, got.Ready)
+	}
+}
+
+// writeStateFile writes a state file of head and parts (each a
+// StatePartition and its rows), with a correct trailer unless trailer is
+// given.
+func writeStateFile(t *testing.T, path string, head *wirepb.StateHeader, parts []*wirepb.StatePartition, rows [][]*wirepb.StateRow, trailer *wirepb.StateTrailer) {
+	t.Helper()
+	var buf bytes.Buffer
+	sw := &stateWriter{w: bufio.NewWriter(&buf)}
+	if head.Partitions == 0 {
+		head.Partitions = uint64(len(parts))
+	}
+	var n struct{ rows, cells uint64 }
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(sw.put(head))
+	for i, sp := range parts {
+		var rs []*wirepb.StateRow
+		if i < len(rows) {
+			rs = rows[i]
+		}
+		if sp.Rows == 0 {
+			sp.Rows = uint64(len(rs))
+		}
+		must(sw.put(sp))
+		if len(rs) > 0 {
+			must(sw.put(&wirepb.StateRows{Rows: rs}))
+		}
+		for _, r := range rs {
+			n.rows++
+			n.cells += uint64(len(r.Cells))
+		}
+	}
+	if trailer == nil {
+		trailer = &wirepb.StateTrailer{Partitions: uint64(len(parts)), Rows: n.rows, Cells: n.cells, Crc32C: sw.crc}
+	}
+	must(sw.put(trailer))
+	must(sw.w.Flush())
+	must(os.WriteFile(path, buf.Bytes(), 0o600))
 }
 
 func TestCheckpointLoadErrors(t *testing.T) {
 	c := newController(t, DefaultConfig())
 	insert(t, c, "keep", 2, "x")
-	if err := c.Load(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := c.Load(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("load of missing dir: got %v, want ErrNotExist", err)
 	}
-	for _, tc := range []struct{ name, doc string }{
-		{"not json", "{"},
-		{"wrong format", `{"format":"x","version":1}`},
-		{"future version", `{"format":"tq-controller-checkpoint","version":99}`},
-		{"row beyond next", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":1},"partitions":[{"id":"p","rows":[{"index":5}]}]}`},
-		{"next beyond 2^32", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":1099511627776},"partitions":[{"id":"p","rows":[{"index":1099511627775}]}]}`},
-		{"row in two partitions", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9},"partitions":[{"id":"p","rows":[{"index":5}]},{"id":"q","rows":[{"index":5}]}]}`},
-		{"reusable in use", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9,"reusable":[5]},"partitions":[{"id":"p","rows":[{"index":5}]}]}`},
-		{"cell of unknown field", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9},"partitions":[{"id":"p","rows":[{"index":5,"cells":[{"field":3,"shape":[]}]}]}]}`},
-		{"bad dtype", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":9},"partitions":[{"id":"p","fields":[{"name":"x","dtype":"float99"}]}]}`},
-		{"sampler state for a stateless sampler", `{"format":"tq-controller-checkpoint","version":1,"indexes":{"next":1},"sampler":{"x":1}}`},
+	head := func() *wirepb.StateHeader {
+		return &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextIndex: 9, NextGen: 5, NextUnitId: 1}
+	}
+	part := func(id string) *wirepb.StatePartition { return &wirepb.StatePartition{Partition: id, Gen: 1} }
+	dense := &wirepb.StateField{Name: "x", Dtype: "float32"}
+	cellOf := func(field uint32) *wirepb.StateCell {
+		return &wirepb.StateCell{Field: field, Unit: 1, Len: 4, Shape: &wirepb.Shape{}}
+	}
+	type spec struct {
+		head    *wirepb.StateHeader
+		parts   []*wirepb.StatePartition
+		rows    [][]*wirepb.StateRow
+		trailer *wirepb.StateTrailer
+		raw     []byte
+	}
+	for _, tc := range []struct {
+		name string
+		s    spec
+	}{
+		{"not a state file", spec{raw: []byte("{")}},
+		{"truncated", spec{raw: []byte{0x80}}},
+		{"wrong format", spec{head: &wirepb.StateHeader{Format: "x", Version: 1}}},
+		{"future version", spec{head: &wirepb.StateHeader{Format: stateFormat, Version: 99}}},
+		{"row beyond next", spec{head: head(), parts: []*wirepb.StatePartition{part("p")}, rows: [][]*wirepb.StateRow{{{Index: 9}}}}},
+		{"next beyond 2^32", spec{head: &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextIndex: 1 << 40}}},
+		{"row in two partitions", spec{head: head(), parts: []*wirepb.StatePartition{part("p"), part("q")}, rows: [][]*wirepb.StateRow{{{Index: 5}}, {{Index: 5}}}}},
+		{"reusable in use", spec{head: func() *wirepb.StateHeader { h := head(); h.Reusable = []uint64{5}; return h }(), parts: []*wirepb.StatePartition{part("p")}, rows: [][]*wirepb.StateRow{{{Index: 5}}}}},
+		{"cell of unknown field", spec{head: head(), parts: []*wirepb.StatePartition{part("p")}, rows: [][]*wirepb.StateRow{{{Index: 5, Cells: []*wirepb.StateCell{cellOf(3)}}}}}},
+		{"bad dtype", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: []*wirepb.StateField{{Name: "x", Dtype: "float99"}}}}}},
+		{"dense cell without a shape", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: []*wirepb.StateField{dense}}},
+			rows: [][]*wirepb.StateRow{{{Index: 5, Cells: []*wirepb.StateCell{{Field: 0, Unit: 1, Len: 4}}}}}}},
+		{"partition gen beyond next", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 9}}}},
+		{"sampler state for a stateless sampler", spec{head: func() *wirepb.StateHeader { h := head(); h.Sampler = []byte(`{"x":1}`); return h }()}},
+		{"bad checksum", spec{head: head(), trailer: &wirepb.StateTrailer{Crc32C: 1}}},
+		{"trailer counts more rows", spec{head: head(), parts: []*wirepb.StatePartition{part("p")}, rows: [][]*wirepb.StateRow{{{Index: 5}}},
+			trailer: &wirepb.StateTrailer{Partitions: 1, Rows: 2}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			os.WriteFile(filepath.Join(dir, checkpointFile), []byte(tc.doc), 0o644)
-			if err := c.Load(dir); !errors.Is(err, engine.ErrCorrupt) && !errors.Is(err, engine.ErrInvalid) {
+			path := filepath.Join(dir, stateFile)
+			if tc.s.raw != nil {
+				os.WriteFile(path, tc.s.raw, 0o600)
+			} else {
+				writeStateFile(t, path, tc.s.head, tc.s.parts, tc.s.rows, tc.s.trailer)
+			}
+			if _, err := c.Load(dir); !errors.Is(err, engine.ErrCorrupt) && !errors.Is(err, engine.ErrInvalid) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
 			if got := c.Partitions(); !slices.Equal(got, []string{"keep"}) {

@@ -35,7 +35,7 @@ func fuzzServer(t *testing.T, blocker string) *Server {
 	}
 	s := NewServer(c, ServerConfig{CheckpointDir: filepath.Join(blocker, "ck"), MaxFetchWait: time.Millisecond})
 	t.Cleanup(func() { s.Close() })
-	if _, err := s.units.Register(engine.UnitInfo{Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}); err != nil {
+	if _, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -66,7 +66,7 @@ func FuzzHandlers(f *testing.F) {
 		}
 		for _, op := range ops {
 			for _, body := range [][]byte{data, data[:k], data[k:]} {
-				reply, err := s.call(canceled, op, body)
+				reply, err := s.call(canceled, op, body, &effects{})
 				checkOutcome(t, op, reply, err)
 			}
 		}
@@ -80,7 +80,7 @@ func checkOutcome(t *testing.T, op wire.Op, reply proto.Message, err error) {
 		t.Fatalf("%v: reply %v and error %v", op, reply, err)
 	case errors.Is(err, errInternal):
 		t.Fatalf("%v: %v", op, err)
-	case err != nil && wire.CodeOf(err) == wirepb.Code_CODE_INTERNAL && op != wire.OpSaveCheckpoint && op != wire.OpLoadCheckpoint:
+	case err != nil && wire.CodeOf(err) == wirepb.Code_CODE_INTERNAL && op != wire.OpSaveCheckpoint && op != wire.OpLoadCheckpoint && op != wire.OpCheckpoints:
 		t.Fatalf("%v: unclassified error %v", op, err)
 	case err == nil:
 		b, merr := proto.Marshal(reply)
@@ -99,6 +99,8 @@ func fuzzSeeds() map[string]proto.Message {
 	return map[string]proto.Message{
 		"insert":             &wirepb.InsertRequest{Partition: "p", N: 2, Fields: []string{"x", "y"}},
 		"fetch":              &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2},
+		"fetch_key":          &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: []byte("0123456789abcdef")},
+		"unconsume":          &wirepb.UnconsumeRequest{Partition: "p", Task: "t", Key: []byte("0123456789abcdef")},
 		"fetch_wait":         &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 3, Wait: true, TimeoutMs: 1},
 		"fetch_options":      &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Options: &wirepb.SamplingOptions{HasRank: true, DpRank: 1, BatchIndex: 2, Params: []byte(`{"n":1}`)}},
 		"force_fetch":        &wirepb.ForceFetchRequest{Partition: "p", Fields: all},
@@ -111,6 +113,7 @@ func fuzzSeeds() map[string]proto.Message {
 		"keys_of":            &wirepb.KeysOfRequest{Partition: "kv", Indexes: []uint64{4, 5, 99}},
 		"set_tags":           &wirepb.SetTagsRequest{Partition: "p", Indexes: []uint64{0, 1}, Tags: [][]byte{[]byte(`{"status":"running","step":1}`), nil}},
 		"list_keys":          &wirepb.ListKeysRequest{},
+		"list_keys_page":     &wirepb.ListKeysRequest{Partition: "kv", Limit: 1, Cursor: []byte{1, 'k', 'v'}},
 		"production_status":  &wirepb.ProductionStatusRequest{Partition: "p", Fields: []string{"x"}},
 		"consumption_status": &wirepb.ConsumptionStatusRequest{Partition: "p", Task: "t"},
 		"reset_consumption":  &wirepb.ResetConsumptionRequest{Partition: "p"},
@@ -119,10 +122,13 @@ func fuzzSeeds() map[string]proto.Message {
 		"clear_partition":    &wirepb.ClearPartitionRequest{Partition: "p"},
 		"partition":          &wirepb.PartitionRequest{Partition: "p"},
 		"empty":              &wirepb.Empty{},
-		"checkpoint":         &wirepb.CheckpointRequest{Dir: "ck1"},
-		"register":           &wirepb.RegisterRequest{HostId: "h", Addrs: []string{"unix:///u"}, Name: "u", Capacity: 1 << 30},
-		"reregister":         &wirepb.RegisterRequest{HostId: "h", UnitId: 1},
-		"heartbeat":          &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 1 << 30, Used: 1 << 20, Segments: 4, HugePages: true, PageSize: 2 << 20},
+		"cluster_info":       &wirepb.Empty{},
+		"checkpoint":         &wirepb.CheckpointRequest{Name: "ck1"},
+		"register":           &wirepb.RegisterRequest{HostId: "h", Addrs: []string{"unix:///u"}, Name: "u", Capacity: 1 << 30, Incarnation: 7},
+		"reregister":         &wirepb.RegisterRequest{HostId: "h", UnitId: 1, Incarnation: 1},
+		"heartbeat":          &wirepb.HeartbeatRequest{UnitId: 1, Incarnation: 1, Capacity: 1 << 30, Used: 1 << 20, Segments: 4, HugePages: true, PageSize: 2 << 20},
+		"unit_sync":          &wirepb.UnitSyncRequest{UnitId: 1, Incarnation: 1, WaitMs: 1},
+		"reconcile":          &wirepb.ReconcileRequest{UnitId: 1, Incarnation: 1, Full: true, Segments: []uint32{0}, Fences: []*wirepb.SegmentFence{{Segment: 0, Gen: 1}}, Extents: &wirepb.Addrs{Segment: []uint32{0}, Gen: []uint32{1}, Offset: []uint64{0}, Len: []uint64{128}}, Last: true, LiveSegments: []uint32{0}, NextSegment: 1},
 		"bad_truncated":      rawBody([]byte{0x0a, 0x05, 'p'}),
 		"bad_wiretype":       rawBody([]byte{0x0f, 0xff, 0xff, 0xff, 0xff, 0xff}),
 		"bad_varint":         rawBody([]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}),
@@ -168,12 +174,13 @@ func TestFuzzSeeds(t *testing.T) {
 		"production_status": wire.OpProductionStatus, "consumption_status": wire.OpConsumptionStatus,
 		"reset_consumption": wire.OpResetConsumption, "clear_rows": wire.OpClearRows, "clear_keys": wire.OpClearKeys,
 		"clear_partition": wire.OpClearPartition, "partition": wire.OpStats, "empty": wire.OpPartitions, "register": wire.OpRegister,
-		"reregister": wire.OpRegister, "heartbeat": wire.OpHeartbeat,
+		"reregister": wire.OpRegister, "heartbeat": wire.OpHeartbeat, "fetch_key": wire.OpFetch, "unconsume": wire.OpUnconsume,
+		"list_keys_page": wire.OpListKeys, "unit_sync": wire.OpUnitSync, "reconcile": wire.OpReconcile, "cluster_info": wire.OpClusterInfo,
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := fuzzServer(t, t.TempDir())
 			b, _ := proto.Marshal(seeds[name])
-			if _, err := s.call(context.Background(), op, b); err != nil {
+			if _, err := s.call(context.Background(), op, b, &effects{}); err != nil {
 				t.Fatalf("%v with seed %s: %v", op, name, err)
 			}
 		})
@@ -181,7 +188,7 @@ func TestFuzzSeeds(t *testing.T) {
 	for name, want := range map[string]error{"resolve_unknown": engine.ErrNotFound, "bad_utf8": engine.ErrInvalid, "bad_truncated": engine.ErrInvalid} {
 		s := fuzzServer(t, t.TempDir())
 		b, _ := proto.Marshal(seeds[name])
-		if _, err := s.call(context.Background(), wire.OpResolveKeys, b); !errors.Is(err, want) {
+		if _, err := s.call(context.Background(), wire.OpResolveKeys, b, &effects{}); !errors.Is(err, want) {
 			t.Errorf("RESOLVE_KEYS with seed %s: %v, want %v", name, err, want)
 		}
 	}

@@ -11,10 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -48,8 +44,13 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpSaveCheckpoint:    s.saveCheckpoint,
 		wire.OpLoadCheckpoint:    s.loadCheckpoint,
 		wire.OpCommitKeys:        s.commitKeys,
+		wire.OpUnconsume:         s.unconsume,
+		wire.OpClusterInfo:       s.clusterInfo,
+		wire.OpCheckpoints:       s.listCheckpoints,
 		wire.OpRegister:          s.register,
 		wire.OpHeartbeat:         s.heartbeat,
+		wire.OpUnitSync:          s.unitSync,
+		wire.OpReconcile:         s.reconcile,
 	}
 }
 
@@ -104,14 +105,17 @@ func metaReply(m *engine.BatchMeta) (proto.Message, error) {
 	return &wirepb.MetaReply{Meta: p}, nil
 }
 
-func cellsReply(locs []engine.CellLoc, err error) (proto.Message, error) {
+// cells leaves the cells a change dropped to be freed once it is durable,
+// and answers with an empty CellsReply.
+func (fx *effects) cells(locs []engine.CellLoc, err error) (proto.Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &wirepb.CellsReply{Cells: wire.AddrsToPB(locs)}, nil
+	fx.freed = locs
+	return &wirepb.CellsReply{}, nil
 }
 
-func (s *Server) insert(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) insert(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.InsertRequest](wire.OpInsert, body)
 	if err != nil {
 		return nil, err
@@ -141,7 +145,7 @@ func optionsFromPB(p *wirepb.SamplingOptions) (engine.SamplingOptions, error) {
 	return engine.SamplingOptions{HasRank: p.HasRank, DPRank: int(p.DpRank), BatchIndex: int(p.BatchIndex), Params: params}, nil
 }
 
-func (s *Server) fetch(ctx context.Context, body []byte) (proto.Message, error) {
+func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.FetchRequest](wire.OpFetch, body)
 	if err != nil {
 		return nil, err
@@ -157,7 +161,7 @@ func (s *Server) fetch(ctx context.Context, body []byte) (proto.Message, error) 
 	if err != nil {
 		return nil, err
 	}
-	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait}
+	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key)}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
@@ -173,7 +177,7 @@ func (s *Server) fetch(ctx context.Context, body []byte) (proto.Message, error) 
 	return metaReply(m)
 }
 
-func (s *Server) forceFetch(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) forceFetch(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ForceFetchRequest](wire.OpForceFetch, body)
 	if err != nil {
 		return nil, err
@@ -189,7 +193,7 @@ func (s *Server) forceFetch(_ context.Context, body []byte) (proto.Message, erro
 	return metaReply(m)
 }
 
-func (s *Server) rowsMeta(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) rowsMeta(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.RowsMetaRequest](wire.OpRowsMeta, body)
 	if err != nil {
 		return nil, err
@@ -215,80 +219,14 @@ func commitFromPB(p *wirepb.CommitRequest) (engine.CommitRequest, error) {
 	if err := errors.Join(wire.CheckCount("rows", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
 		return engine.CommitRequest{}, err
 	}
-	fields, err := commitFieldsFromPB(p.Fields, n)
+	fields, err := wire.CommitFieldsFromPB(p.Fields, n)
 	if err != nil {
 		return engine.CommitRequest{}, err
 	}
 	return engine.CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields}, nil
 }
 
-// commitFieldsFromPB decodes the fields of a commit of n rows.
-func commitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]engine.CommitField, error) {
-	out := make([]engine.CommitField, len(fs))
-	for i, f := range fs {
-		cf, err := commitFieldFromPB(f, n)
-		if err != nil {
-			return nil, fmt.Errorf("commit field %d (%q): %w", i, f.GetName(), err)
-		}
-		out[i] = cf
-	}
-	return out, nil
-}
-
-func commitFieldFromPB(f *wirepb.CommitField, n int) (engine.CommitField, error) {
-	cf := engine.CommitField{Name: f.GetName()}
-	var err error
-	if cf.DType, err = wire.DTypeFromPB(f.GetDtype()); err != nil {
-		return cf, err
-	}
-	if cf.Kind, err = wire.KindFromPB(f.GetKind()); err != nil {
-		return cf, err
-	}
-	shapes := f.GetShapes()
-	switch cf.Kind {
-	case engine.Dense:
-		if cf.Shape, err = wire.ShapeFromPB(f.GetShape()); err != nil {
-			return cf, err
-		}
-	case engine.Ragged:
-		if len(shapes) != n {
-			return cf, fmt.Errorf("ragged field has %d shapes for %d rows: %w", len(shapes), n, engine.ErrInvalid)
-		}
-		cf.Shapes = make([]engine.Shape, n)
-		for i, sh := range shapes {
-			if cf.Shapes[i], err = wire.ShapeFromPB(sh); err != nil {
-				return cf, fmt.Errorf("row %d: %w", i, err)
-			}
-		}
-	}
-	if cf.Kind != engine.Ragged && len(shapes) != 0 {
-		return cf, fmt.Errorf("%v field carries %d per-row shapes: %w", cf.Kind, len(shapes), engine.ErrInvalid)
-	}
-	locs := f.GetLocs()
-	switch {
-	case f.GetHasLocs():
-		// Runs of equal cells stay runs: a column slice costs one entry.
-		runs, ok, err := wire.RunsFromPB(locs)
-		if err != nil {
-			return cf, err
-		}
-		if ok {
-			cf.Runs = runs
-			return cf, nil // checkFields counts the runs' cells
-		}
-		if cf.Locs, err = wire.AddrsFromPB(locs); err != nil {
-			return cf, err
-		}
-		if len(cf.Locs) != n {
-			return cf, fmt.Errorf("%d locations for %d rows: %w", len(cf.Locs), n, engine.ErrInvalid)
-		}
-	case len(locs.GetOffset())+len(locs.GetUnit())+len(locs.GetSegment())+len(locs.GetGen())+len(locs.GetLen()) > 0:
-		return cf, fmt.Errorf("locations without has_locs: %w", engine.ErrInvalid)
-	}
-	return cf, nil
-}
-
-func (s *Server) commit(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) commit(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	p, err := decode[wirepb.CommitRequest](wire.OpCommit, body)
 	if err != nil {
 		return nil, err
@@ -297,10 +235,10 @@ func (s *Server) commit(_ context.Context, body []byte) (proto.Message, error) {
 	if err != nil {
 		return nil, opErr("commit", p.Partition, err)
 	}
-	return cellsReply(s.c.Commit(req))
+	return fx.cells(s.c.Commit(req))
 }
 
-func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) commitKeys(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	p, err := decode[wirepb.CommitKeysRequest](wire.OpCommitKeys, body)
 	if err != nil {
 		return nil, err
@@ -310,7 +248,7 @@ func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, erro
 		return nil, err
 	}
 	req := engine.KeysCommit{Partition: p.Partition, Keys: p.Keys}
-	if req.Fields, err = commitFieldsFromPB(p.Fields, n); err != nil {
+	if req.Fields, err = wire.CommitFieldsFromPB(p.Fields, n); err != nil {
 		return nil, opErr("commit keys", p.Partition, err)
 	}
 	if p.HasTags {
@@ -325,14 +263,15 @@ func (s *Server) commitKeys(_ context.Context, body []byte) (proto.Message, erro
 	if err != nil {
 		return nil, err
 	}
+	fx.freed = done.Replaced
 	tags, err := wire.TagsToPB(done.Tags)
 	if err != nil {
 		return nil, err
 	}
-	return &wirepb.CommitKeysReply{Replaced: wire.AddrsToPB(done.Replaced), Tags: tags, Fields: done.Fields}, nil
+	return &wirepb.CommitKeysReply{Tags: tags, Fields: done.Fields}, nil
 }
 
-func (s *Server) resolveKeys(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) resolveKeys(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ResolveKeysRequest](wire.OpResolveKeys, body)
 	if err != nil {
 		return nil, err
@@ -359,7 +298,7 @@ func (s *Server) resolveKeys(_ context.Context, body []byte) (proto.Message, err
 	return r, nil
 }
 
-func (s *Server) keysOf(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) keysOf(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.KeysOfRequest](wire.OpKeysOf, body)
 	if err != nil {
 		return nil, err
@@ -374,7 +313,7 @@ func (s *Server) keysOf(_ context.Context, body []byte) (proto.Message, error) {
 	return &wirepb.KeysReply{Keys: keys}, nil
 }
 
-func (s *Server) setTags(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) setTags(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.SetTagsRequest](wire.OpSetTags, body)
 	if err != nil {
 		return nil, err
@@ -392,33 +331,35 @@ func (s *Server) setTags(_ context.Context, body []byte) (proto.Message, error) 
 	return nil, s.c.SetTags(req.Partition, req.Indexes, tags)
 }
 
-func (s *Server) listKeys(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) listKeys(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ListKeysRequest](wire.OpListKeys, body)
 	if err != nil {
 		return nil, err
 	}
-	all := s.c.ListKeys(req.Partition)
-	ids := make([]string, 0, len(all))
-	for id := range all {
-		ids = append(ids, id)
+	limit, err := count("keys", req.Limit)
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(ids)
-	r := &wirepb.ListKeysReply{Partitions: make([]*wirepb.PartitionKeys, len(ids))}
-	for i, id := range ids {
-		pk := &wirepb.PartitionKeys{Partition: id, Keys: make([]*wirepb.KeyInfo, len(all[id]))}
-		for j, k := range all[id] {
+	page, next, err := s.c.ListKeysPage(req.Partition, req.Cursor, limit)
+	if err != nil {
+		return nil, err
+	}
+	r := &wirepb.ListKeysReply{Partitions: make([]*wirepb.PartitionKeys, len(page)), Next: next}
+	for i, pk := range page {
+		out := &wirepb.PartitionKeys{Partition: pk.Partition, Keys: make([]*wirepb.KeyInfo, len(pk.Keys))}
+		for j, k := range pk.Keys {
 			tags, err := wire.JSONToPB(k.Tags)
 			if err != nil {
 				return nil, fmt.Errorf("tags of key %q: %w", k.Key, err)
 			}
-			pk.Keys[j] = &wirepb.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
+			out.Keys[j] = &wirepb.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
 		}
-		r.Partitions[i] = pk
+		r.Partitions[i] = out
 	}
 	return r, nil
 }
 
-func (s *Server) productionStatus(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) productionStatus(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ProductionStatusRequest](wire.OpProductionStatus, body)
 	if err != nil {
 		return nil, err
@@ -437,7 +378,7 @@ func (s *Server) productionStatus(_ context.Context, body []byte) (proto.Message
 	return r, nil
 }
 
-func (s *Server) consumptionStatus(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) consumptionStatus(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ConsumptionStatusRequest](wire.OpConsumptionStatus, body)
 	if err != nil {
 		return nil, err
@@ -449,7 +390,7 @@ func (s *Server) consumptionStatus(_ context.Context, body []byte) (proto.Messag
 	return &wirepb.ConsumptionStatusReply{Indexes: st.Indexes, Consumed: st.Consumed}, nil
 }
 
-func (s *Server) resetConsumption(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) resetConsumption(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ResetConsumptionRequest](wire.OpResetConsumption, body)
 	if err != nil {
 		return nil, err
@@ -457,7 +398,7 @@ func (s *Server) resetConsumption(_ context.Context, body []byte) (proto.Message
 	return nil, s.c.ResetConsumption(req.Partition, req.Task)
 }
 
-func (s *Server) clearRows(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) clearRows(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ClearRowsRequest](wire.OpClearRows, body)
 	if err != nil {
 		return nil, err
@@ -465,10 +406,10 @@ func (s *Server) clearRows(_ context.Context, body []byte) (proto.Message, error
 	if err := wire.CheckCount("rows", len(req.Indexes)); err != nil {
 		return nil, err
 	}
-	return cellsReply(s.c.ClearRows(req.Partition, req.Indexes))
+	return fx.cells(s.c.ClearRows(req.Partition, req.Indexes))
 }
 
-func (s *Server) clearKeys(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) clearKeys(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ClearKeysRequest](wire.OpClearKeys, body)
 	if err != nil {
 		return nil, err
@@ -476,18 +417,18 @@ func (s *Server) clearKeys(_ context.Context, body []byte) (proto.Message, error
 	if err := wire.CheckCount("keys", len(req.Keys)); err != nil {
 		return nil, err
 	}
-	return cellsReply(s.c.ClearKeys(req.Partition, req.Keys))
+	return fx.cells(s.c.ClearKeys(req.Partition, req.Keys))
 }
 
-func (s *Server) clearPartition(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) clearPartition(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ClearPartitionRequest](wire.OpClearPartition, body)
 	if err != nil {
 		return nil, err
 	}
-	return cellsReply(s.c.ClearPartition(req.Partition))
+	return fx.cells(s.c.ClearPartition(req.Partition))
 }
 
-func (s *Server) partitions(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) partitions(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	if _, err := decode[wirepb.Empty](wire.OpPartitions, body); err != nil {
 		return nil, err
 	}
@@ -498,7 +439,7 @@ func fieldStatsToPB(f engine.FieldStats) *wirepb.FieldStats {
 	return &wirepb.FieldStats{Name: f.Name, Dtype: wire.DTypeToPB(f.DType), Kind: wire.KindToPB(f.Kind), Shape: wire.ShapeToPB(f.Shape), Produced: int64(f.Produced)}
 }
 
-func (s *Server) stats(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) stats(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.PartitionRequest](wire.OpStats, body)
 	if err != nil {
 		return nil, err
@@ -521,7 +462,7 @@ func (s *Server) stats(_ context.Context, body []byte) (proto.Message, error) {
 	return r, nil
 }
 
-func (s *Server) fields(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) fields(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.PartitionRequest](wire.OpFields, body)
 	if err != nil {
 		return nil, err
@@ -540,7 +481,7 @@ func (s *Server) fields(_ context.Context, body []byte) (proto.Message, error) {
 // unitInfoToPB encodes a unit's description for a UNITS reply.
 func unitInfoToPB(u engine.UnitInfo) *wirepb.UnitInfo {
 	p := &wirepb.UnitInfo{
-		UnitId: uint32(u.ID), HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
+		UnitId: uint32(u.ID), Incarnation: u.Incarnation, HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 		Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, HugePages: u.HugePages, PageSize: u.PageSize,
 	}
 	if !u.LastHeartbeat.IsZero() {
@@ -549,11 +490,11 @@ func unitInfoToPB(u engine.UnitInfo) *wirepb.UnitInfo {
 	return p
 }
 
-func (s *Server) listUnits(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) listUnits(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	if _, err := decode[wirepb.Empty](wire.OpUnits, body); err != nil {
 		return nil, err
 	}
-	us := s.units.Units()
+	us := s.c.units.Units()
 	r := &wirepb.UnitsReply{Units: make([]*wirepb.UnitInfo, len(us))}
 	for i, u := range us {
 		r.Units[i] = unitInfoToPB(u)
@@ -561,55 +502,48 @@ func (s *Server) listUnits(_ context.Context, body []byte) (proto.Message, error
 	return r, nil
 }
 
-// checkpointDir resolves a checkpoint directory named by a peer (see
-// ServerConfig.CheckpointDir).
-func (s *Server) checkpointDir(dir string) (string, error) {
-	if strings.ContainsRune(dir, 0) {
-		return "", fmt.Errorf("checkpoint directory %q contains a NUL byte: %w", dir, engine.ErrInvalid)
-	}
-	if root := s.cfg.CheckpointDir; root != "" {
-		if !filepath.IsLocal(dir) || filepath.Clean(dir) == "." {
-			return "", fmt.Errorf("checkpoint directory %q is not a relative path inside the server's checkpoint root: %w", dir, engine.ErrInvalid)
-		}
-		return filepath.Join(root, dir), nil
-	}
-	if !filepath.IsAbs(dir) {
-		return "", fmt.Errorf("checkpoint directory %q is not an absolute path on the controller's host: %w", dir, engine.ErrInvalid)
-	}
-	return filepath.Clean(dir), nil
-}
-
-func (s *Server) saveCheckpoint(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) saveCheckpoint(ctx context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.CheckpointRequest](wire.OpSaveCheckpoint, body)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := s.checkpointDir(req.Dir)
-	if err != nil {
-		return nil, opErr("save checkpoint", req.Dir, err)
+	if req.Dir != "" {
+		return nil, opErr("save checkpoint", req.Dir, fmt.Errorf("checkpoints are named, not given a path (name %q, dir %q): %w", req.Name, req.Dir, engine.ErrInvalid))
 	}
-	return nil, s.c.Save(dir)
+	_, err = s.SaveCheckpoint(ctx, req.Name)
+	return nil, err
 }
 
-func (s *Server) loadCheckpoint(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) loadCheckpoint(ctx context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.CheckpointRequest](wire.OpLoadCheckpoint, body)
 	if err != nil {
 		return nil, err
 	}
-	dir, err := s.checkpointDir(req.Dir)
-	if err != nil {
-		return nil, opErr("load checkpoint", req.Dir, err)
+	if req.Dir != "" {
+		return nil, opErr("load checkpoint", req.Dir, fmt.Errorf("checkpoints are named, not given a path (name %q, dir %q): %w", req.Name, req.Dir, engine.ErrInvalid))
 	}
-	if err := s.c.Load(dir); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no checkpoint in %s: %w: %w", req.Dir, engine.ErrNotFound, err)
-		}
-		return nil, err
-	}
-	return nil, nil
+	fx.freed, err = s.loadCheckpointFreed(ctx, req.Name)
+	return nil, err
 }
 
-func (s *Server) register(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) listCheckpoints(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	if _, err := decode[wirepb.Empty](wire.OpCheckpoints, body); err != nil {
+		return nil, err
+	}
+	infos, err := s.Checkpoints()
+	if err != nil {
+		return nil, err
+	}
+	r := &wirepb.CheckpointsReply{}
+	for _, ci := range infos {
+		r.Checkpoints = append(r.Checkpoints, &wirepb.CheckpointInfo{
+			Name: ci.Name, SavedUnixMs: ci.Saved.UnixMilli(), Bytes: ci.Bytes, Cells: ci.Cells, LostCells: ci.Lost,
+		})
+	}
+	return r, nil
+}
+
+func (s *Server) register(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.RegisterRequest](wire.OpRegister, body)
 	if err != nil {
 		return nil, err
@@ -617,14 +551,25 @@ func (s *Server) register(_ context.Context, body []byte) (proto.Message, error)
 	if err := wire.CheckCount("addresses", len(req.Addrs)); err != nil {
 		return nil, err
 	}
-	id, err := s.units.Register(engine.UnitInfo{ID: engine.UnitID(req.UnitId), Host: req.HostId, Addrs: req.Addrs, Name: req.Name, Capacity: req.Capacity})
+	u := engine.UnitInfo{ID: engine.UnitID(req.UnitId), Incarnation: req.Incarnation, Host: req.HostId, Addrs: req.Addrs, Name: req.Name, Capacity: req.Capacity}
+	id, err := s.c.units.Register(u, req.ClusterId == s.c.cluster)
 	if err != nil {
 		return nil, opErr("register", req.Name, err)
 	}
-	return &wirepb.RegisterReply{UnitId: uint32(id), HeartbeatIntervalMs: uint64(s.cfg.HeartbeatInterval / time.Millisecond)}, nil
+	if req.UnitId != 0 && engine.UnitID(req.UnitId) != id {
+		// The unit is new here: what was queued for the id it had is for
+		// a unit that is gone.
+		if old, ok := s.c.units.Unit(engine.UnitID(req.UnitId)); ok && old.Incarnation != req.Incarnation {
+			s.frees.drop(old.ID)
+		}
+	}
+	return &wirepb.RegisterReply{
+		UnitId: uint32(id), HeartbeatIntervalMs: uint64(s.cfg.HeartbeatInterval / time.Millisecond),
+		ClusterId: s.c.cluster, Epoch: s.c.epoch,
+	}, nil
 }
 
-func (s *Server) heartbeat(_ context.Context, body []byte) (proto.Message, error) {
+func (s *Server) heartbeat(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.HeartbeatRequest](wire.OpHeartbeat, body)
 	if err != nil {
 		return nil, err
@@ -632,9 +577,81 @@ func (s *Server) heartbeat(_ context.Context, body []byte) (proto.Message, error
 	if req.UnitId == 0 {
 		return nil, fmt.Errorf("heartbeat without a unit id: %w", engine.ErrInvalid)
 	}
-	err = s.units.Heartbeat(engine.UnitInfo{ID: engine.UnitID(req.UnitId), Capacity: req.Capacity, Used: req.Used, Segments: req.Segments, HugePages: req.HugePages, PageSize: req.PageSize})
+	err = s.c.units.Heartbeat(engine.UnitInfo{ID: engine.UnitID(req.UnitId), Incarnation: req.Incarnation, Capacity: req.Capacity, Used: req.Used, Segments: req.Segments, HugePages: req.HugePages, PageSize: req.PageSize})
 	if err != nil {
 		return nil, opErr("heartbeat", fmt.Sprint("unit ", req.UnitId), err)
 	}
 	return nil, nil
+}
+
+// checkUnitBound refuses a unit op from a unit not registered with that
+// incarnation (it must register again).
+func (s *Server) checkUnitBound(op string, id uint32, inc uint64) error {
+	if id == 0 || !s.c.units.bound(engine.UnitID(id), inc) {
+		return opErr(op, fmt.Sprint("unit ", id), fmt.Errorf("storage unit %d (incarnation %x) is not registered: %w", id, inc, engine.ErrNotFound))
+	}
+	return nil
+}
+
+func (s *Server) unitSync(ctx context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.UnitSyncRequest](wire.OpUnitSync, body)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkUnitBound("unit sync", req.UnitId, req.Incarnation); err != nil {
+		return nil, err
+	}
+	wait := min(time.Duration(min(req.WaitMs, uint64(maxUnitSyncWait/time.Millisecond)))*time.Millisecond, maxUnitSyncWait)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.stop, cancel)
+	defer stop()
+	ranges, seq, reconcile := s.frees.take(ctx, engine.UnitID(req.UnitId), req.Ack, wait)
+	return &wirepb.UnitSyncReply{Free: wire.RangesToPB(ranges), Reconcile: reconcile, Seq: seq}, nil
+}
+
+func (s *Server) reconcile(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.ReconcileRequest](wire.OpReconcile, body)
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(wire.CheckCount("segments", len(req.Segments)), wire.CheckCount("fences", len(req.Fences)),
+		wire.CheckCount("live segments", len(req.LiveSegments))); err != nil {
+		return nil, err
+	}
+	extents, err := wire.RangesFromPB(req.Extents)
+	if err != nil {
+		return nil, err
+	}
+	rr := ReconcileRequest{
+		Unit: engine.UnitID(req.UnitId), Incarnation: req.Incarnation, Full: req.Full, Segments: req.Segments,
+		Extents: extents, Last: req.Last, LiveSegments: req.LiveSegments, NextSegment: req.NextSegment,
+	}
+	for _, f := range req.Fences {
+		rr.Fences = append(rr.Fences, SegmentFence{Segment: f.Segment, Gen: f.Gen})
+	}
+	res, err := s.c.Reconcile(rr)
+	if err != nil {
+		return nil, opErr("reconcile", fmt.Sprint("unit ", req.UnitId), err)
+	}
+	return &wirepb.ReconcileReply{Free: wire.RangesToPB(res.Free), Keep: wire.RangesToPB(res.Keep), LostCells: int64(res.Lost)}, nil
+}
+
+func (s *Server) unconsume(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.UnconsumeRequest](wire.OpUnconsume, body)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.c.Unconsume(req.Partition, req.Task, string(req.Key))
+}
+
+func (s *Server) clusterInfo(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	if _, err := decode[wirepb.Empty](wire.OpClusterInfo, body); err != nil {
+		return nil, err
+	}
+	ci := s.c.Info()
+	return &wirepb.ClusterInfoReply{
+		ClusterId: ci.ClusterID, Epoch: ci.Epoch, Durable: ci.Durable, Fsync: ci.Fsync,
+		LogIndex: ci.LogIndex, SnapshotIndex: ci.SnapshotIndex, LogBytes: ci.LogBytes,
+	}, nil
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/tqgo/tq/engine"
@@ -101,4 +102,72 @@ func (a *indexAllocator) stats() (allocated, reusable int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.used, len(a.reusable) - a.head
+}
+
+// markUsed records indexes as handed out (replaying the durable state):
+// next moves past them. The reuse queue is rebuilt once replay ends.
+//
+// An index taken again after a release left the reuse queue from its head
+// (alloc reuses in release order), so it is looked for there first: the
+// queue after a replay is the queue the live controller had.
+func (a *indexAllocator) markUsed(idx []uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, i := range idx {
+		if a.inUse.has(i) {
+			continue
+		}
+		a.inUse.set(i)
+		a.used++
+		if i >= a.next {
+			a.next = i + 1
+			continue
+		}
+		if a.head < len(a.reusable) && a.reusable[a.head] == i {
+			a.head++
+		} else if k := slices.Index(a.reusable[a.head:], i); k >= 0 {
+			a.reusable = slices.Delete(a.reusable, a.head+k, a.head+k+1)
+		}
+	}
+}
+
+// restore starts from a state file's allocator: next, the reuse queue,
+// and the indexes its partitions hold.
+func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.next, a.reusable, a.head = next, slices.Clone(reusable), 0
+	a.inUse, a.used = nil, len(used)
+	for _, i := range used {
+		a.inUse.set(i)
+		a.next = max(a.next, i+1)
+	}
+}
+
+// rebuild makes the allocator agree with the indexes the partitions hold
+// (used) once the durable state is replayed: in use are exactly those;
+// the reuse queue keeps its order for indexes still free and ends with the
+// other free indexes below next, ascending.
+func (a *indexAllocator) rebuild(used []uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var inUse bitset
+	for _, i := range used {
+		inUse.set(i)
+		a.next = max(a.next, i+1)
+	}
+	var queued bitset
+	q := make([]uint64, 0, int(a.next)-len(used))
+	for _, i := range a.reusable[a.head:] {
+		if i < a.next && !inUse.has(i) && !queued.has(i) {
+			queued.set(i)
+			q = append(q, i)
+		}
+	}
+	for i := uint64(0); i < a.next; i++ {
+		if !inUse.has(i) && !queued.has(i) {
+			q = append(q, i)
+		}
+	}
+	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
 }

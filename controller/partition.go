@@ -126,30 +126,35 @@ func (v *readyView) Ascend(fn func(uint64) bool) { v.set.Ascend(fn) }
 type partition struct {
 	mu       sync.Mutex
 	id       string
+	gen      uint64 // the controller's number for this partition (see LogRecord in state.proto)
 	created  time.Time
 	rows     rowTable
 	reserved *btree.BTreeG[uint64] // pre-allocated rows not yet active
 	fields   map[string]*field
 	order    []*field // by slot
 	keys     map[string]*row
+	bySeq    *btree.BTreeG[*row] // the rows with keys, in creation order (listing)
 	keySeq   uint64
 	tasks    map[string]int
 	taskName []string
 	views    map[viewKey]*readyView
+	fetches  fetchTable // recent keyed fetches
 	// changed is closed and replaced whenever rows become ready, are reset
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
 }
 
-func newPartition(id string) *partition {
+func newPartition(id string, gen uint64) *partition {
 	return &partition{
 		id:       id,
+		gen:      gen,
 		created:  time.Now(),
 		rows:     newRowTable(),
 		reserved: btree.NewOrderedG[uint64](32),
 		fields:   make(map[string]*field),
 		keys:     make(map[string]*row),
+		bySeq:    btree.NewG(32, func(a, b *row) bool { return a.seq < b.seq }),
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
 		changed:  make(chan struct{}),
@@ -321,6 +326,7 @@ func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.Cel
 	for _, r := range rows {
 		if r.key != "" {
 			delete(p.keys, r.key)
+			p.bySeq.Delete(r)
 		}
 		if !r.active {
 			p.reserved.Delete(r.index)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // CommitKeys resolves keys to rows, creating the missing ones, records
@@ -31,8 +32,20 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
 	defer p.mu.Unlock()
-	if err := p.checkDTypes(req.Fields); err != nil {
+	err = p.checkDTypes(req.Fields)
+	if err == nil {
+		err = c.checkFences(req.Fields)
+	}
+	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
+	}
+	var tags *wirepb.LogOp
+	if req.Tags != nil && c.logging() {
+		// Encode first: tags that cannot be recorded change nothing. The
+		// rows' indexes are filled in below, once the keys have rows.
+		if tags, err = tagsOp(p, make([]uint64, n), req.Tags); err != nil {
+			return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
+		}
 	}
 	rows, newAt := p.lookupKeys(req.Keys)
 	if err := c.createKeys(p, req.Keys, newAt, rows); err != nil {
@@ -50,5 +63,23 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 		out.Tags[i] = r.tags.Clone()
 	}
 	out.Fields = p.commonFields(rows)
+	if c.logging() {
+		var ops []*wirepb.LogOp
+		if len(newAt) > 0 {
+			ops = append(ops, p.createdOp(rows, newAt))
+		}
+		indexes := make([]uint64, n)
+		for i, r := range rows {
+			indexes[i] = r.index
+		}
+		if len(req.Fields) > 0 {
+			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, indexes, req.Fields)}})
+		}
+		if tags != nil {
+			tags.GetTags().Indexes = indexes
+			ops = append(ops, tags)
+		}
+		c.log(ops...)
+	}
 	return out, nil
 }

@@ -113,7 +113,7 @@ func TestCheckpointSamplerState(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := newController(t, Config{Sampler: sampler.NewRankAware()})
-	if err := d.Load(dir); err != nil {
+	if _, err := d.Load(dir); err != nil {
 		t.Fatal(err)
 	}
 	again := rankFetch(t, d, 0, 0, 4)

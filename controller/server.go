@@ -18,10 +18,12 @@ import (
 	"fmt"
 	"net"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
@@ -34,24 +36,25 @@ type ServerConfig struct {
 	// Token, when set, must be presented by every connecting peer.
 	Token string
 	// HeartbeatInterval is what storage units are told to heartbeat at
-	// (0: 1 s).
+	// (0: 1 s). How long a silent unit stays alive is the controller's
+	// Config.UnitTimeout.
 	HeartbeatInterval time.Duration
-	// UnitTimeout is how long a unit may go without a heartbeat before it
-	// is reported dead (0: 5 × HeartbeatInterval).
-	UnitTimeout time.Duration
 	// MaxFetchWait bounds a blocking FETCH, with or without timeout_ms
 	// (0: 5 min).
 	MaxFetchWait time.Duration
 	// Name is sent in the handshake reply, for logs and stat output.
 	Name string
-	// CheckpointDir, when set, confines SAVE_CHECKPOINT and
-	// LOAD_CHECKPOINT: a request's dir must then be a local relative path
-	// (filepath.IsLocal), resolved under CheckpointDir. When empty a
-	// request's dir must be an absolute path on the controller's host,
-	// which any peer holding the token can write to with the controller's
-	// permissions.
+	// CheckpointDir is where SAVE_CHECKPOINT and LOAD_CHECKPOINT keep
+	// checkpoints, one directory per name (names, never paths, come from
+	// the network). Empty refuses both ops (CODE_NOT_SUPPORTED).
 	CheckpointDir string
-	// Logf, if set, receives reports of handler panics (with the stack).
+	// Dial connects the controller to a storage unit's data plane, for
+	// checkpoints with data (reading every cell at save, writing them at
+	// load). Nil saves and loads metadata only: loaded cells whose unit is
+	// not the one that held them are lost.
+	Dial func(ctx context.Context, u engine.UnitInfo) (engine.DataConn, error)
+	// Logf, if set, receives reports of handler panics (with the stack)
+	// and of a journal that cannot be written.
 	Logf func(format string, args ...any)
 }
 
@@ -59,61 +62,80 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = time.Second
 	}
-	if c.UnitTimeout <= 0 {
-		c.UnitTimeout = 5 * c.HeartbeatInterval
-	}
 	if c.MaxFetchWait <= 0 {
 		c.MaxFetchWait = 5 * time.Minute
 	}
 	return c
 }
 
-// Server serves a [Controller] and a unit [Registry] over the wire
-// protocol, on any number of listeners. It does not own the controller:
-// closing the server leaves the controller open. Safe for concurrent use.
+// Server serves a [Controller] (its metadata, and its registry of storage
+// units) over the wire protocol, on any number of listeners. It does not
+// own the controller: closing the server leaves the controller open. Safe
+// for concurrent use.
+//
+// A durable controller's server answers a request only once the changes
+// it made, and those it saw, are durable; cells a request dropped go on
+// their units' free queues at that point too.
 type Server struct {
 	c        *Controller
 	cfg      ServerConfig
-	units    *Registry
 	ws       *wire.Server
 	handlers map[wire.Op]handler
+	frees    *freeQueue
+	bg       sync.WaitGroup // frees waiting for durability after their caller left
+	logOnce  sync.Once      // a failed journal is reported once
+
+	// ckpt serializes checkpoint saves and loads.
+	ckpt sync.Mutex
 
 	// stop is canceled, with errShuttingDown as its cause, when Shutdown
-	// or Close begins; blocked fetches watch it.
+	// or Close begins; blocked fetches and unit polls watch it.
 	stop   context.Context
 	cancel context.CancelCauseFunc
 }
 
 // handler serves one control op: it decodes body and returns the reply
-// message, or an error that becomes an error reply.
-type handler func(ctx context.Context, body []byte) (proto.Message, error)
+// message, or an error that becomes an error reply. Cells it dropped go in
+// fx, to be freed once the change is durable.
+type handler func(ctx context.Context, body []byte, fx *effects) (proto.Message, error)
+
+// effects is what a handler leaves for after its change is durable.
+type effects struct {
+	freed []engine.CellLoc
+}
 
 var (
 	errShuttingDown = fmt.Errorf("controller server is shutting down: %w", engine.ErrClosed)
 	errInternal     = errors.New("controller: internal error")
 )
 
-// NewServer returns a server for c with a fresh unit registry. Call
-// [Server.Serve] to accept connections.
+// NewServer returns a server for c. Call [Server.Serve] to accept
+// connections.
 func NewServer(c *Controller, cfg ServerConfig) *Server {
 	cfg = cfg.withDefaults()
 	stop, cancel := context.WithCancelCause(context.Background())
 	s := &Server{
 		c:      c,
 		cfg:    cfg,
-		units:  NewRegistry(cfg.UnitTimeout),
+		frees:  newFreeQueue(),
 		stop:   stop,
 		cancel: cancel,
 	}
+	ci := c.Info()
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello: &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name},
+		Hello: &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch},
 		Token: cfg.Token,
 	})
 	s.handlers = s.handlerTable()
 	for op := range s.handlers {
-		switch op {
-		case wire.OpFetch, wire.OpSaveCheckpoint, wire.OpLoadCheckpoint:
-			// May wait (a blocking fetch) or do disk I/O: a goroutine each.
+		switch {
+		case op == wire.OpFetch || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile:
+			// May wait (a blocking fetch, a unit's poll), do disk I/O or
+			// walk every partition: a goroutine each.
+			s.ws.Handle(op, s.adapt(op))
+		case c.Durable():
+			// A change's reply waits for its fsync: a goroutine each, so
+			// the connection's other requests share the next one.
 			s.ws.Handle(op, s.adapt(op))
 		default:
 			// Metadata operations take microseconds: run them on the
@@ -133,19 +155,23 @@ func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
 // requests in flight until ctx ends, then closes every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel(errShuttingDown)
-	return s.ws.Shutdown(ctx)
+	err := s.ws.Shutdown(ctx)
+	s.bg.Wait()
+	return err
 }
 
 // Close stops everything at once and waits for the server's goroutines.
 // Requests in flight may get no reply. It is idempotent.
 func (s *Server) Close() error {
 	s.cancel(errShuttingDown)
-	return s.ws.Close()
+	err := s.ws.Close()
+	s.bg.Wait()
+	return err
 }
 
 // Units lists the registered storage units by id, dead ones included with
 // Alive false.
-func (s *Server) Units() []engine.UnitInfo { return s.units.Units() }
+func (s *Server) Units() []engine.UnitInfo { return s.c.units.Units() }
 
 // adapt turns the handler of op into a wire handler.
 func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
@@ -154,7 +180,13 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 			rw.Error(fmt.Errorf("%v request with %d payload bytes; control requests carry none: %w", op, req.PayloadLen, engine.ErrInvalid))
 			return
 		}
-		reply, err := s.call(ctx, op, req.Body)
+		var fx effects
+		reply, err := s.call(ctx, op, req.Body, &fx)
+		// What the request changed, and what it saw, is durable before
+		// anyone hears of it.
+		if derr := s.durable(ctx, fx.freed); derr != nil && err == nil {
+			reply, err = nil, derr
+		}
 		if err != nil {
 			rw.Error(err)
 			return
@@ -163,10 +195,34 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 	}
 }
 
+// durable waits until everything logged so far is durable, then queues
+// freed for their units. A caller that gives up first leaves the frees to
+// a goroutine that waits on.
+func (s *Server) durable(ctx context.Context, freed []engine.CellLoc) error {
+	err := s.c.WaitDurable(ctx)
+	switch {
+	case err == nil:
+		s.frees.add(freed)
+	case errors.Is(err, journal.ErrFailed):
+		s.logOnce.Do(func() {
+			if s.cfg.Logf != nil {
+				s.cfg.Logf("controller: the journal cannot be written; no change is acknowledged any more: %v", err)
+			}
+		})
+	case len(freed) > 0:
+		s.bg.Go(func() {
+			if s.c.WaitDurable(context.Background()) == nil {
+				s.frees.add(freed)
+			}
+		})
+	}
+	return err
+}
+
 // call runs the handler of op on body. It never panics and always returns
 // a reply or an error: a panic becomes an error wrapping errInternal, a
 // reply too large for a frame an error wrapping engine.ErrInvalid.
-func (s *Server) call(ctx context.Context, op wire.Op, body []byte) (reply proto.Message, err error) {
+func (s *Server) call(ctx context.Context, op wire.Op, body []byte, fx *effects) (reply proto.Message, err error) {
 	h, ok := s.handlers[op]
 	if !ok {
 		return nil, fmt.Errorf("op %v: %w", op, engine.ErrNotSupported)
@@ -179,7 +235,7 @@ func (s *Server) call(ctx context.Context, op wire.Op, body []byte) (reply proto
 			reply, err = nil, fmt.Errorf("%v handler panicked: %v: %w", op, v, errInternal)
 		}
 	}()
-	reply, err = h(ctx, body)
+	reply, err = h(ctx, body, fx)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -82,12 +83,12 @@ func codeOf(err error) wirepb.Code {
 func TestServerUnits(t *testing.T) {
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
-			s, addr := startServer(t, newController(t, DefaultConfig()), ServerConfig{HeartbeatInterval: 10 * time.Millisecond, UnitTimeout: 250 * time.Millisecond}, network)
+			s, addr := startServer(t, newController(t, Config{UnitTimeout: 250 * time.Millisecond}), ServerConfig{HeartbeatInterval: 10 * time.Millisecond}, network)
 			c := dialRaw(t, addr, "")
 			var ids []uint32
-			for _, name := range []string{"beating", "silent"} {
+			for i, name := range []string{"beating", "silent"} {
 				var reply wirepb.RegisterReply
-				err := do(c, wire.OpRegister, &wirepb.RegisterRequest{HostId: "h", Addrs: []string{"tcp://127.0.0.1:1"}, Name: name, Capacity: 1 << 20}, &reply)
+				err := do(c, wire.OpRegister, &wirepb.RegisterRequest{HostId: "h", Addrs: []string{"tcp://127.0.0.1:1"}, Name: name, Capacity: 1 << 20, Incarnation: uint64(i + 1)}, &reply)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -102,7 +103,7 @@ func TestServerUnits(t *testing.T) {
 			// Heartbeat unit 1 until unit 2 is reported dead.
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 1 << 20, Used: 7}, nil); err != nil {
+				if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Incarnation: 1, Capacity: 1 << 20, Used: 7}, nil); err != nil {
 					t.Fatal(err)
 				}
 				if !s.Units()[1].Alive {
@@ -113,7 +114,7 @@ func TestServerUnits(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Capacity: 1 << 20, Used: 7}, nil); err != nil {
+			if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 1, Incarnation: 1, Capacity: 1 << 20, Used: 7}, nil); err != nil {
 				t.Fatal(err)
 			}
 			var reply wirepb.UnitsReply
@@ -137,7 +138,7 @@ func TestServerUnits(t *testing.T) {
 			}
 			// A heartbeat for a unit the controller does not know asks it to
 			// register again.
-			if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 9}, nil); !errors.Is(err, engine.ErrNotFound) {
+			if err := do(c, wire.OpHeartbeat, &wirepb.HeartbeatRequest{UnitId: 9, Incarnation: 9}, nil); !errors.Is(err, engine.ErrNotFound) {
 				t.Fatalf("heartbeat of unknown unit: %v, want ErrNotFound", err)
 			}
 		})
@@ -259,7 +260,7 @@ func TestServerRecoversPanics(t *testing.T) {
 		logged = append(logged, format)
 		mu.Unlock()
 	}})
-	s.handlers[wire.OpStats] = func(context.Context, []byte) (proto.Message, error) {
+	s.handlers[wire.OpStats] = func(context.Context, []byte, *effects) (proto.Message, error) {
 		var m map[string]int
 		m["x"]++ // nil map write
 		return nil, nil
@@ -371,39 +372,65 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-func TestServerCheckpointPaths(t *testing.T) {
+// TestServerCheckpointNames: checkpoints are named, kept under the
+// server's checkpoint directory; a path from the network is refused
+// (another local user once made the controller write into a directory of
+// its choosing).
+func TestServerCheckpointNames(t *testing.T) {
 	root := t.TempDir()
 	ctrl := newController(t, DefaultConfig())
 	insert(t, ctrl, "p", 3, "x")
 	_, addr := startServer(t, ctrl, ServerConfig{CheckpointDir: root}, "unix")
 	c := dialRaw(t, addr, "")
-	if err := do(c, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: "ck/1"}, nil); err != nil {
+	if err := do(c, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: "ck-1"}, nil); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "ck-1", stateFile)); err != nil {
+		t.Fatalf("checkpoint not under the checkpoint directory: %v", err)
 	}
 	if _, err := ctrl.ClearPartition("p"); err != nil {
 		t.Fatal(err)
 	}
-	if err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Dir: "ck/1"}, nil); err != nil {
+	if err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: "ck-1"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := ctrl.Partitions(); !cmp.Equal(got, []string{"p"}) {
 		t.Fatalf("partitions after load = %v", got)
 	}
-	// Without a root, paths must be absolute.
-	_, addr2 := startServer(t, ctrl, ServerConfig{}, "unix")
-	c2 := dialRaw(t, addr2, "")
-	if err := do(c2, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: "relative"}, nil); !errors.Is(err, engine.ErrInvalid) {
-		t.Fatalf("relative path without a root: %v, want ErrInvalid", err)
+	var list wirepb.CheckpointsReply
+	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil || len(list.Checkpoints) != 1 || list.Checkpoints[0].Name != "ck-1" {
+		t.Fatalf("CHECKPOINTS = %v, %v", list.Checkpoints, err)
 	}
-	if err := do(c2, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: filepath.Join(root, "abs")}, nil); err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		req  *wirepb.CheckpointRequest
+	}{
+		{"absolute path", &wirepb.CheckpointRequest{Dir: filepath.Join(t.TempDir(), "abs")}},
+		{"relative path", &wirepb.CheckpointRequest{Dir: "ck/2"}},
+		{"name with a slash", &wirepb.CheckpointRequest{Name: "../escape"}},
+		{"dot name", &wirepb.CheckpointRequest{Name: ".."}},
+		{"empty name", &wirepb.CheckpointRequest{}},
+		{"long name", &wirepb.CheckpointRequest{Name: strings.Repeat("x", 129)}},
+	} {
+		for _, op := range []wire.Op{wire.OpSaveCheckpoint, wire.OpLoadCheckpoint} {
+			if err := do(c, op, tc.req, nil); !errors.Is(err, engine.ErrInvalid) {
+				t.Fatalf("%v with %s: %v, want ErrInvalid", op, tc.name, err)
+			}
+		}
+	}
+	if err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: "missing"}, nil); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("load of a missing checkpoint: %v, want ErrNotFound", err)
 	}
 	// Save refuses to replace a directory that is not a checkpoint.
-	if err := do(c2, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: root}, nil); !errors.Is(err, engine.ErrInvalid) {
+	os.MkdirAll(filepath.Join(root, "other", "stuff"), 0o700)
+	if err := do(c, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: "other"}, nil); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("save over a non-checkpoint directory: %v, want ErrInvalid", err)
 	}
-	if err := do(c2, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Dir: filepath.Join(root, "missing")}, nil); !errors.Is(err, engine.ErrNotFound) {
-		t.Fatalf("load of a missing checkpoint: %v, want ErrNotFound", err)
+	// Without a checkpoint directory there are none.
+	_, addr2 := startServer(t, ctrl, ServerConfig{}, "unix")
+	c2 := dialRaw(t, addr2, "")
+	if err := do(c2, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: "x"}, nil); !errors.Is(err, engine.ErrNotSupported) {
+		t.Fatalf("save without a checkpoint directory: %v, want ErrNotSupported", err)
 	}
 }
 

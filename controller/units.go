@@ -1,21 +1,28 @@
 package controller
 
-// The unit registry. Storage units register with the controller (which
-// assigns ids from 1 and never hands one out twice) and send heartbeats.
+// The unit registry. Storage units register with the controller and send
+// heartbeats. An id is bound to one incarnation (one run of one unit
+// process) for good: ids start at 1, are never handed out twice (the
+// counter is part of the durable state), and a unit that comes back with
+// another incarnation, or from another cluster, is a new unit under a new
+// id — the old id's cells are lost, never served from the new memory.
+//
 // Liveness is computed when the registry is read, not by a timer: a unit
 // whose last heartbeat is older than the timeout is reported with Alive
-// false, and stays listed so that readers of its cells learn it is gone.
-// A heartbeat or a re-registration brings it back.
+// false, and stays listed so that readers of its cells learn it is gone. A
+// heartbeat or a re-registration brings it back. Units known from the
+// durable state count as heard from when the controller started, so they
+// have one timeout to come back before their cells read as lost.
 
 import (
 	"cmp"
 	"fmt"
-	"math"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // Registry limits, enforced before anything is stored.
@@ -30,6 +37,7 @@ const (
 	maxUnitString = 4096
 )
 
+// cloneUnit returns a copy of u that shares no memory with it.
 func cloneUnit(u *engine.UnitInfo) engine.UnitInfo {
 	c := *u
 	c.Addrs = slices.Clone(u.Addrs)
@@ -40,10 +48,14 @@ func cloneUnit(u *engine.UnitInfo) engine.UnitInfo {
 // concurrent use and owns no goroutine.
 type Registry struct {
 	timeout time.Duration
+	// log, when set, records a registration in the controller's log; it
+	// is called with mu held, so records follow the registrations' order.
+	log func(*wirepb.LogOp)
 
-	mu    sync.Mutex
-	next  engine.UnitID // the next id to assign; ids below it are taken
-	units map[engine.UnitID]*engine.UnitInfo
+	mu      sync.Mutex
+	next    engine.UnitID // the next id to assign; ids below it are taken
+	units   map[engine.UnitID]*engine.UnitInfo
+	started time.Time // units known from the durable state were last heard of then
 }
 
 // NewRegistry returns an empty registry in which a unit with no heartbeat
@@ -52,7 +64,7 @@ func NewRegistry(timeout time.Duration) *Registry {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	return &Registry{timeout: timeout, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo)}
+	return &Registry{timeout: timeout, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo), started: time.Now()}
 }
 
 // Timeout returns the liveness timeout.
@@ -75,48 +87,113 @@ func checkUnit(u *engine.UnitInfo) error {
 	return nil
 }
 
-// Register records a unit and returns its id. With u.ID zero a new id is
-// assigned (ids start at 1 and are never reused). With a nonzero u.ID the
-// unit re-registers under that id after a reconnect: its host, addresses,
-// name and capacity are replaced. An id the registry does not know (a
-// controller restarted from a checkpoint that names it) is adopted, and
-// later assignments skip past it. Re-registering an id that is alive on
-// another host is refused: two units would share one id.
+// Register records a unit and returns its id.
 //
-// Errors: [engine.ErrInvalid] for malformed figures or addresses or a
-// conflicting id;
-// [engine.ErrCapacity] when the registry is full of live units.
-func (r *Registry) Register(u engine.UnitInfo) (engine.UnitID, error) {
+//   - With u.ID zero, or an id this registry does not bind to
+//     u.Incarnation, or with known false (the unit's id was assigned by
+//     another cluster), the unit is new: it gets a fresh id. Its old id,
+//     if the registry knows it, stays bound to the old incarnation, whose
+//     cells are lost.
+//   - With an id bound to u.Incarnation, the unit re-registers after a
+//     reconnect: its host, addresses, name and capacity are replaced.
+//
+// Errors: [engine.ErrInvalid] for a zero incarnation or malformed figures
+// or addresses; [engine.ErrCapacity] when the registry is full of live
+// units or the ids ran out.
+func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error) {
 	if err := checkUnit(&u); err != nil {
 		return 0, err
+	}
+	if u.Incarnation == 0 {
+		return 0, fmt.Errorf("unit registers without an incarnation: %w", engine.ErrInvalid)
 	}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	id := u.ID
-	if id == 0 {
-		if r.next == math.MaxUint32 {
-			return 0, fmt.Errorf("unit ids exhausted: %w", engine.ErrCapacity)
+	if old, ok := r.units[u.ID]; ok && known && u.ID != 0 && old.Incarnation == u.Incarnation {
+		changed := old.Host != u.Host || old.Name != u.Name || old.Capacity != u.Capacity || !slices.Equal(old.Addrs, u.Addrs)
+		old.Host, old.Name, old.Capacity, old.Addrs = u.Host, u.Name, u.Capacity, slices.Clone(u.Addrs)
+		old.LastHeartbeat = now
+		if changed {
+			r.record(old)
 		}
-		id = r.next
+		return u.ID, nil
 	}
-	old, known := r.units[id]
-	if known && old.Host != "" && u.Host != "" && old.Host != u.Host && r.alive(old, now) {
-		return 0, fmt.Errorf("storage unit %d is alive on host %s, re-registered from host %s: %w", id, old.Host, u.Host, engine.ErrInvalid)
+	if r.next >= engine.LostUnit {
+		return 0, fmt.Errorf("unit ids exhausted: %w", engine.ErrCapacity)
 	}
-	if !known && len(r.units) >= MaxUnits && !r.evictLocked(now) {
+	if len(r.units) >= MaxUnits && !r.evictLocked(now) {
 		return 0, fmt.Errorf("%d live storage units registered: %w", len(r.units), engine.ErrCapacity)
 	}
-	if id >= r.next {
-		r.next = id + 1
-		if r.next == 0 { // adopted the largest id: nothing left to assign
-			r.next = math.MaxUint32
+	e := cloneUnit(&u)
+	e.ID, e.LastHeartbeat = r.next, now
+	r.next++
+	r.units[e.ID] = &e
+	r.record(&e)
+	return e.ID, nil
+}
+
+func (r *Registry) record(u *engine.UnitInfo) {
+	if r.log != nil {
+		r.log(&wirepb.LogOp{Op: &wirepb.LogOp_Unit{Unit: unitOp(u)}})
+	}
+}
+
+func unitOp(u *engine.UnitInfo) *wirepb.UnitOp {
+	return &wirepb.UnitOp{UnitId: uint32(u.ID), Incarnation: u.Incarnation, HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Capacity: u.Capacity}
+}
+
+// apply records a unit from the durable state (a log record or a
+// snapshot).
+func (r *Registry) apply(op *wirepb.UnitOp) error {
+	id := engine.UnitID(op.UnitId)
+	if id == 0 || id >= engine.LostUnit || op.Incarnation == 0 {
+		return corrupt("unit %d with incarnation %d", op.UnitId, op.Incarnation)
+	}
+	u := engine.UnitInfo{ID: id, Incarnation: op.Incarnation, Host: op.HostId, Addrs: slices.Clone(op.Addrs), Name: op.Name, Capacity: op.Capacity}
+	if err := checkUnit(&u); err != nil {
+		return corrupt("unit %d: %s", id, err.Error())
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.units[id]; ok && old.Incarnation != u.Incarnation {
+		return corrupt("unit %d bound to incarnations %x and %x", id, old.Incarnation, u.Incarnation)
+	}
+	u.LastHeartbeat = r.started
+	r.units[id] = &u
+	r.next = max(r.next, id+1)
+	return nil
+}
+
+// copyLocked returns the next id and every unit, for a state file. The
+// caller holds mu.
+func (r *Registry) copyLocked() (uint32, []*wirepb.UnitOp) {
+	out := make([]*wirepb.UnitOp, 0, len(r.units))
+	for _, u := range r.units {
+		out = append(out, unitOp(u))
+	}
+	slices.SortFunc(out, func(a, b *wirepb.UnitOp) int { return cmp.Compare(a.UnitId, b.UnitId) })
+	return uint32(r.next), out
+}
+
+// restore replaces the registry's content with a state file's.
+func (r *Registry) restore(next uint32, units []*wirepb.UnitOp) error {
+	fresh := &Registry{timeout: r.timeout, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo), started: r.started}
+	for _, op := range units {
+		if _, dup := fresh.units[engine.UnitID(op.UnitId)]; dup {
+			return corrupt("unit %d appears twice", op.UnitId)
+		}
+		if err := fresh.apply(op); err != nil {
+			return err
 		}
 	}
-	e := cloneUnit(&u)
-	e.ID, e.LastHeartbeat, e.Alive = id, now, true
-	r.units[id] = &e
-	return id, nil
+	if engine.UnitID(next) < fresh.next {
+		return corrupt("next unit id %d, but unit %d is registered", next, fresh.next-1)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.units, r.next = fresh.units, max(engine.UnitID(next), 1)
+	return nil
 }
 
 // evictLocked drops the dead unit silent longest; false if none is dead.
@@ -137,10 +214,11 @@ func (r *Registry) evictLocked(now time.Time) bool {
 	return true
 }
 
-// Heartbeat records that unit hb.ID is alive and takes its Capacity, Used,
-// Segments, PageSize and HugePages figures; other fields of hb are
-// ignored. An unknown id is an error wrapping [engine.ErrNotFound]: the
-// unit should register again.
+// Heartbeat records that unit hb.ID (of incarnation hb.Incarnation) is
+// alive and takes its Capacity, Used, Segments, PageSize and HugePages
+// figures; other fields of hb are ignored. An unknown id, or one bound to
+// another incarnation, is an error wrapping [engine.ErrNotFound]: the unit
+// should register again.
 func (r *Registry) Heartbeat(hb engine.UnitInfo) error {
 	if err := checkUnit(&engine.UnitInfo{Capacity: hb.Capacity, Used: hb.Used, Segments: hb.Segments, PageSize: hb.PageSize}); err != nil {
 		return err
@@ -149,8 +227,8 @@ func (r *Registry) Heartbeat(hb engine.UnitInfo) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u, ok := r.units[hb.ID]
-	if !ok {
-		return fmt.Errorf("storage unit %d is not registered: %w", hb.ID, engine.ErrNotFound)
+	if !ok || u.Incarnation != hb.Incarnation {
+		return fmt.Errorf("storage unit %d (incarnation %x) is not registered: %w", hb.ID, hb.Incarnation, engine.ErrNotFound)
 	}
 	u.Capacity, u.Used, u.Segments, u.PageSize, u.HugePages = hb.Capacity, hb.Used, hb.Segments, hb.PageSize, hb.HugePages
 	u.LastHeartbeat = now
@@ -189,4 +267,12 @@ func (r *Registry) Unit(id engine.UnitID) (engine.UnitInfo, bool) {
 	c := cloneUnit(u)
 	c.Alive = r.alive(u, now)
 	return c, true
+}
+
+// bound reports whether id is registered with incarnation inc.
+func (r *Registry) bound(id engine.UnitID, inc uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.units[id]
+	return ok && u.Incarnation == inc
 }

@@ -22,11 +22,11 @@ func alive(us []engine.UnitInfo) map[engine.UnitID]bool {
 func TestRegistryLiveness(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := NewRegistry(5 * time.Second)
-		a, err := r.Register(engine.UnitInfo{Host: "h1", Addrs: []string{"unix:///a"}, Name: "a", Capacity: 100})
+		a, err := r.Register(engine.UnitInfo{Incarnation: 0xa, Host: "h1", Addrs: []string{"unix:///a"}, Name: "a", Capacity: 100}, true)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := r.Register(engine.UnitInfo{Host: "h2", Name: "b"})
+		b, err := r.Register(engine.UnitInfo{Incarnation: 0xb, Host: "h2", Name: "b"}, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -36,7 +36,7 @@ func TestRegistryLiveness(t *testing.T) {
 		start := time.Now()
 		for range 10 {
 			time.Sleep(time.Second)
-			if err := r.Heartbeat(engine.UnitInfo{ID: a, Capacity: 100, Used: 40, Segments: 2, PageSize: 4096, HugePages: true}); err != nil {
+			if err := r.Heartbeat(engine.UnitInfo{ID: a, Incarnation: 0xa, Capacity: 100, Used: 40, Segments: 2, PageSize: 4096, HugePages: true}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -45,13 +45,13 @@ func TestRegistryLiveness(t *testing.T) {
 			t.Fatalf("liveness after 10 s (-want +got):\n%s", diff)
 		}
 		u, ok := r.Unit(a)
-		wantA := engine.UnitInfo{ID: 1, Host: "h1", Addrs: []string{"unix:///a"}, Name: "a", Capacity: 100, Used: 40, Segments: 2,
+		wantA := engine.UnitInfo{ID: 1, Incarnation: 0xa, Host: "h1", Addrs: []string{"unix:///a"}, Name: "a", Capacity: 100, Used: 40, Segments: 2,
 			PageSize: 4096, HugePages: true, LastHeartbeat: start.Add(10 * time.Second), Alive: true}
 		if diff := cmp.Diff(wantA, u); !ok || diff != "" {
 			t.Fatalf("unit %d (-want +got):\n%s", a, diff)
 		}
 		// A dead unit comes back with a heartbeat or a re-registration.
-		if got, err := r.Register(engine.UnitInfo{ID: b, Host: "h2", Name: "b2"}); err != nil || got != b {
+		if got, err := r.Register(engine.UnitInfo{ID: b, Incarnation: 0xb, Host: "h2", Name: "b2"}, true); err != nil || got != b {
 			t.Fatalf("re-register %d = %d, %v", b, got, err)
 		}
 		if u, _ := r.Unit(b); !u.Alive || u.Name != "b2" {
@@ -69,33 +69,52 @@ func TestRegistryLiveness(t *testing.T) {
 	})
 }
 
+// TestRegistryIDs: ids are never reused, and an id stays bound to the
+// incarnation it was assigned to: a unit that comes back as another
+// incarnation, with an id the registry does not know, or from another
+// cluster, is a new unit under a new id.
 func TestRegistryIDs(t *testing.T) {
 	r := NewRegistry(time.Second)
 	for want := engine.UnitID(1); want <= 3; want++ {
-		if got, err := r.Register(engine.UnitInfo{Host: "h"}); err != nil || got != want {
+		if got, err := r.Register(engine.UnitInfo{Incarnation: uint64(want), Host: "h"}, true); err != nil || got != want {
 			t.Fatalf("register = %d, %v; want %d", got, err, want)
 		}
 	}
-	// An unknown id (a controller restarted from a checkpoint) is adopted
-	// and later ids skip past it.
-	if got, err := r.Register(engine.UnitInfo{ID: 10, Host: "h"}); err != nil || got != 10 {
-		t.Fatalf("adopt 10 = %d, %v", got, err)
+	for _, tc := range []struct {
+		name  string
+		u     engine.UnitInfo
+		known bool
+		want  engine.UnitID
+	}{
+		{"re-register the same incarnation", engine.UnitInfo{ID: 2, Incarnation: 2, Host: "h"}, true, 2},
+		{"another incarnation under a known id", engine.UnitInfo{ID: 2, Incarnation: 99, Host: "h"}, true, 4},
+		{"an id this registry never gave", engine.UnitInfo{ID: 10, Incarnation: 10, Host: "h"}, true, 5},
+		{"the same incarnation from another cluster", engine.UnitInfo{ID: 3, Incarnation: 3, Host: "h"}, false, 6},
+	} {
+		got, err := r.Register(tc.u, tc.known)
+		if err != nil || got != tc.want {
+			t.Fatalf("%s: register = %d, %v; want %d", tc.name, got, err, tc.want)
+		}
 	}
-	if got, _ := r.Register(engine.UnitInfo{Host: "h"}); got != 11 {
-		t.Fatalf("after adopting 10, new id = %d, want 11", got)
+	// Id 2 still names its first incarnation.
+	if u, _ := r.Unit(2); u.Incarnation != 2 {
+		t.Fatalf("unit 2 is incarnation %x, want 2", u.Incarnation)
 	}
-	// The largest id can be adopted; nothing is left to assign after it.
-	if got, err := r.Register(engine.UnitInfo{ID: ^engine.UnitID(0), Host: "h"}); err != nil || got != ^engine.UnitID(0) {
-		t.Fatalf("adopt max = %d, %v", got, err)
+	if !r.bound(4, 99) || r.bound(2, 99) {
+		t.Fatal("incarnation 99 is not bound to unit 4 alone")
 	}
-	if _, err := r.Register(engine.UnitInfo{Host: "h"}); !errors.Is(err, engine.ErrCapacity) {
-		t.Fatalf("register after max id: %v, want ErrCapacity", err)
+	if err := r.Heartbeat(engine.UnitInfo{ID: 2, Incarnation: 99}); !errors.Is(err, engine.ErrNotFound) {
+		t.Fatalf("heartbeat of unit 2 from another incarnation: %v, want ErrNotFound", err)
+	}
+	r.next = engine.LostUnit
+	if _, err := r.Register(engine.UnitInfo{Incarnation: 7, Host: "h"}, true); !errors.Is(err, engine.ErrCapacity) {
+		t.Fatalf("register with the ids spent: %v, want ErrCapacity", err)
 	}
 }
 
 func TestRegistryBadInput(t *testing.T) {
 	r := NewRegistry(time.Minute)
-	if _, err := r.Register(engine.UnitInfo{ID: 1, Host: "h1"}); err != nil {
+	if _, err := r.Register(engine.UnitInfo{Incarnation: 1, Host: "h1"}, true); err != nil {
 		t.Fatal(err)
 	}
 	long := string(make([]byte, maxUnitString+1))
@@ -103,22 +122,22 @@ func TestRegistryBadInput(t *testing.T) {
 		name string
 		u    engine.UnitInfo
 	}{
-		{"negative capacity", engine.UnitInfo{Capacity: -1}},
-		{"empty address", engine.UnitInfo{Addrs: []string{""}}},
-		{"too many addresses", engine.UnitInfo{Addrs: make([]string, maxUnitAddrs+1)}},
-		{"long name", engine.UnitInfo{Name: long}},
-		{"id alive on another host", engine.UnitInfo{ID: 1, Host: "h2"}},
+		{"negative capacity", engine.UnitInfo{Incarnation: 2, Capacity: -1}},
+		{"empty address", engine.UnitInfo{Incarnation: 2, Addrs: []string{""}}},
+		{"too many addresses", engine.UnitInfo{Incarnation: 2, Addrs: make([]string, maxUnitAddrs+1)}},
+		{"long name", engine.UnitInfo{Incarnation: 2, Name: long}},
+		{"no incarnation", engine.UnitInfo{Host: "h2"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := r.Register(tc.u); !errors.Is(err, engine.ErrInvalid) {
+			if _, err := r.Register(tc.u, true); !errors.Is(err, engine.ErrInvalid) {
 				t.Fatalf("got %v, want ErrInvalid", err)
 			}
 		})
 	}
-	if err := r.Heartbeat(engine.UnitInfo{ID: 7}); !errors.Is(err, engine.ErrNotFound) {
+	if err := r.Heartbeat(engine.UnitInfo{ID: 7, Incarnation: 1}); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("heartbeat of an unknown unit: %v, want ErrNotFound", err)
 	}
-	if err := r.Heartbeat(engine.UnitInfo{ID: 1, Used: -5}); !errors.Is(err, engine.ErrInvalid) {
+	if err := r.Heartbeat(engine.UnitInfo{ID: 1, Incarnation: 1, Used: -5}); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("heartbeat with negative figures: %v, want ErrInvalid", err)
 	}
 }
@@ -126,16 +145,16 @@ func TestRegistryBadInput(t *testing.T) {
 func TestRegistryFullEvictsDead(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		r := NewRegistry(time.Second)
-		for range MaxUnits {
-			if _, err := r.Register(engine.UnitInfo{}); err != nil {
+		for i := range MaxUnits {
+			if _, err := r.Register(engine.UnitInfo{Incarnation: uint64(i + 1)}, true); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, err := r.Register(engine.UnitInfo{}); !errors.Is(err, engine.ErrCapacity) {
+		if _, err := r.Register(engine.UnitInfo{Incarnation: 1 << 40}, true); !errors.Is(err, engine.ErrCapacity) {
 			t.Fatalf("register into a full registry of live units: %v, want ErrCapacity", err)
 		}
 		time.Sleep(2 * time.Second)
-		id, err := r.Register(engine.UnitInfo{})
+		id, err := r.Register(engine.UnitInfo{Incarnation: 1 << 41}, true)
 		if err != nil {
 			t.Fatalf("register after every unit died: %v", err)
 		}

@@ -1,6 +1,8 @@
 package embedded
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -51,16 +53,24 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	e := &Cluster{Controller: ctrl}
 	var dus []client.DataUnit
-	for i := range cfg.Units {
-		u, err := storage.NewUnit(engine.UnitID(i+1), cfg.Storage)
+	for range cfg.Units {
+		// The controller hands out the ids, as it does to units that
+		// register over the network.
+		inc := newIncarnation()
+		id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: inc, Host: client.HostID(), Name: "embedded", Capacity: cfg.Storage.Capacity}, true)
 		if err != nil {
 			e.Close()
-			return nil, fmt.Errorf("start storage unit %d: %w", i+1, err)
+			return nil, fmt.Errorf("register storage unit: %w", err)
+		}
+		u, err := storage.NewUnit(id, cfg.Storage)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("start storage unit %d: %w", id, err)
 		}
 		e.Units = append(e.Units, u)
 		dus = append(dus, Unit(u))
 	}
-	if e.Client, err = client.New(Meta(ctrl), dus, cfg.Client); err != nil {
+	if e.Client, err = client.New(Meta(ctrl, e.Units...), dus, cfg.Client); err != nil {
 		e.Close()
 		return nil, err
 	}
@@ -77,4 +87,16 @@ func (e *Cluster) Close() error {
 		errs = append(errs, e.Controller.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// newIncarnation draws a unit incarnation.
+// TODO(storage-identity): the unit's own (storage.Unit.Incarnation).
+func newIncarnation() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
+			return v
+		}
+	}
 }

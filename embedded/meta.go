@@ -6,12 +6,44 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
 )
 
-// Meta adapts an in-process controller to [client.MetaService].
-func Meta(c *controller.Controller) client.MetaService { return localMeta{c} }
+// Meta adapts an in-process controller to [client.MetaService]. The cells
+// a commit or a clear drops are freed at once on the units among units
+// that hold them (as a controller server frees them on its units).
+func Meta(c *controller.Controller, units ...*storage.Unit) client.MetaService {
+	l := localMeta{c: c, units: map[engine.UnitID]*storage.Unit{}}
+	for _, u := range units {
+		l.units[u.ID()] = u
+	}
+	return l
+}
 
-type localMeta struct{ c *controller.Controller }
+type localMeta struct {
+	c     *controller.Controller
+	units map[engine.UnitID]*storage.Unit
+}
+
+// free frees cells the controller no longer references on their units.
+// A unit that refuses (the cells are gone already) loses nothing.
+func (l localMeta) free(locs []engine.CellLoc, err error) error {
+	if err != nil {
+		return err
+	}
+	by := map[engine.UnitID][]engine.RemoteAddr{}
+	for _, loc := range locs {
+		if loc.Stored() && !loc.Lost() && loc.Addr.Len > 0 {
+			by[loc.Unit] = append(by[loc.Unit], loc.Addr)
+		}
+	}
+	for id, addrs := range by {
+		if u := l.units[id]; u != nil {
+			_ = u.Free(engine.CoalesceRanges(addrs))
+		}
+	}
+	return nil
+}
 
 var _ client.MetaService = localMeta{}
 
@@ -31,8 +63,8 @@ func (l localMeta) RowsMeta(_ context.Context, partition string, indexes []uint6
 	return l.c.RowsMeta(partition, indexes, fields)
 }
 
-func (l localMeta) Commit(_ context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
-	return l.c.Commit(req)
+func (l localMeta) Commit(_ context.Context, req engine.CommitRequest) error {
+	return l.free(l.c.Commit(req))
 }
 
 func (l localMeta) ResolveKeys(_ context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
@@ -40,7 +72,12 @@ func (l localMeta) ResolveKeys(_ context.Context, partition string, keys, fields
 }
 
 func (l localMeta) CommitKeys(_ context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
-	return l.c.CommitKeys(req)
+	out, err := l.c.CommitKeys(req)
+	if err == nil {
+		l.free(out.Replaced, nil)
+		out.Replaced = nil
+	}
+	return out, err
 }
 
 func (l localMeta) KeysOf(_ context.Context, partition string, indexes []uint64) ([]string, error) {
@@ -67,16 +104,16 @@ func (l localMeta) ResetConsumption(_ context.Context, partition, task string) e
 	return l.c.ResetConsumption(partition, task)
 }
 
-func (l localMeta) ClearRows(_ context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
-	return l.c.ClearRows(partition, indexes)
+func (l localMeta) ClearRows(_ context.Context, partition string, indexes []uint64) error {
+	return l.free(l.c.ClearRows(partition, indexes))
 }
 
-func (l localMeta) ClearKeys(_ context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
-	return l.c.ClearKeys(partition, keys)
+func (l localMeta) ClearKeys(_ context.Context, partition string, keys []string) error {
+	return l.free(l.c.ClearKeys(partition, keys))
 }
 
-func (l localMeta) ClearPartition(_ context.Context, partition string) ([]engine.CellLoc, error) {
-	return l.c.ClearPartition(partition)
+func (l localMeta) ClearPartition(_ context.Context, partition string) error {
+	return l.free(l.c.ClearPartition(partition))
 }
 
 func (l localMeta) Partitions(context.Context) ([]string, error) { return l.c.Partitions(), nil }

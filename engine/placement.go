@@ -1,8 +1,14 @@
 package engine
 
 // UnitID names a storage unit within a cluster. IDs are assigned by the
-// controller when a unit registers and are never reused while it runs.
+// controller when a unit registers, below [LostUnit], and never reused:
+// an id stands for one run of one unit process (one incarnation).
 type UnitID uint32
+
+// LostUnit is the unit of a cell whose bytes are lost for good (its
+// storage unit came back without them): reading it fails with an error
+// wrapping [ErrLost]. No unit has this id.
+const LostUnit UnitID = 1<<31 - 1
 
 // RemoteAddr is a byte range inside a storage unit's arena: which segment,
 // where in it, how long. It is a plain descriptor: transports turn it into
@@ -27,9 +33,13 @@ type CellLoc struct {
 	Addr RemoteAddr
 }
 
-// Stored reports whether the location points at stored bytes. Empty cells
-// (a zero-length row) are stored with Unit set.
+// Stored reports whether the cell is produced: its location points at
+// stored bytes, or at [LostUnit] for bytes lost for good. Empty cells (a
+// zero-length row) are stored with Unit set.
 func (l CellLoc) Stored() bool { return l.Unit != 0 }
+
+// Lost reports a cell whose bytes are lost for good (see [LostUnit]).
+func (l CellLoc) Lost() bool { return l.Unit == LostUnit }
 
 // CellRun is Count cells stored back to back on one unit, each of
 // First.Len bytes: cell k starts at First.Offset + k*First.Len. A column
@@ -63,4 +73,46 @@ type PeerInfo struct {
 	Addr      string // control address: "unix:///path" or "tcp://host:port"
 	Transport string
 	Handshake []byte
+}
+
+// CoalesceRanges merges ranges that continue one another in one extent
+// (same segment and generation, one starting where the other ends) into
+// one range: a unit frees by bytes, so freeing the range frees every cell
+// in it, and a cleared batch of 1024 rows × 9 fields goes to its unit as 9
+// ranges instead of 9216 for it to sort. A range given twice is never
+// merged with itself. It may reuse addrs' memory.
+func CoalesceRanges(addrs []RemoteAddr) []RemoteAddr {
+	if len(addrs) < 2 {
+		return addrs
+	}
+	out := make([]RemoteAddr, 0, len(addrs))
+	// open holds the ranges of out a cell may still continue, at most
+	// maxOpen. Cells come row by row, a field after another, so the cell
+	// after one that continued open[k] usually continues open[k+1]: the
+	// probe starts there and mostly hits at once.
+	const maxOpen = 64
+	open := make([]int, 0, maxOpen)
+	next := 0
+	for _, a := range addrs {
+		hit := -1
+		for t := range open {
+			k := (next + t) % len(open)
+			if r := out[open[k]]; a.Len > 0 && r.Len > 0 && r.Segment == a.Segment && r.Gen == a.Gen && r.Offset+r.Len == a.Offset {
+				hit = k
+				break
+			}
+		}
+		if hit >= 0 {
+			out[open[hit]].Len += a.Len
+			next = (hit + 1) % len(open)
+			continue
+		}
+		out = append(out, a)
+		if len(open) < maxOpen {
+			open = append(open, len(out)-1)
+		} else {
+			open[next] = len(out) - 1
+		}
+	}
+	return out
 }

@@ -18,6 +18,13 @@ type FetchRequest struct {
 	// answer), the context ends or the controller closes. Without Wait the
 	// fetch returns an empty meta at once when data is insufficient.
 	Wait bool
+	// Key, when not empty, names this fetch (16 random bytes make a good
+	// one): a fetch repeated with the same key returns the rows the first
+	// one took instead of taking more, and an unconsume with the key gives
+	// them back (see the controller's Fetch and Unconsume). Remote clients
+	// set it on every fetch, so that one lost to a broken connection can
+	// be asked again, and one its caller abandoned can be undone.
+	Key string
 }
 
 // CommitRequest flips the production bits of cells whose bytes are
@@ -127,10 +134,14 @@ type TaskStats struct {
 // UnitInfo describes a registered storage unit as the controller last
 // heard of it.
 type UnitInfo struct {
-	ID    UnitID
-	Host  string   // host identity (Linux boot id) of the unit's machine
-	Addrs []string // "tcp://host:port", "unix:///path"
-	Name  string
+	ID UnitID
+	// Incarnation is drawn at random each time a unit process starts; the
+	// controller binds ID to one incarnation for good, so a unit that comes
+	// back with another is a new unit under a new id.
+	Incarnation uint64
+	Host        string   // host identity (Linux boot id) of the unit's machine
+	Addrs       []string // "tcp://host:port", "unix:///path"
+	Name        string
 	// Capacity, Used (bytes), Segments, PageSize and HugePages are the
 	// unit's last reported figures.
 	Capacity, Used, Segments, PageSize int64

@@ -19,6 +19,8 @@ package storage
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -192,7 +194,7 @@ func (m *Membership) heartbeat(ctx context.Context) error {
 	defer cancel()
 	st := m.u.Stats()
 	hb := &wirepb.HeartbeatRequest{
-		UnitId: uint32(m.u.ID()), Capacity: st.Capacity, Used: st.Used, Segments: int64(st.Segments),
+		UnitId: uint32(m.u.ID()), Incarnation: processIncarnation, Capacity: st.Capacity, Used: st.Used, Segments: int64(st.Segments),
 		HugePages: st.HugePages, PageSize: st.PageSize,
 	}
 	return m.conn.Do(ctx, wire.OpHeartbeat, hb, nil, &wirepb.Empty{}, nil)
@@ -238,11 +240,17 @@ func dialController(ctx context.Context, addr string, cfg JoinConfig) (*wire.Con
 // controller answered with and the heartbeat interval it asked for. An id
 // other than the one asked for is an error wrapping [engine.ErrInvalid].
 func register(ctx context.Context, conn *wire.Conn, cfg JoinConfig, id engine.UnitID, capacity int64) (engine.UnitID, time.Duration, error) {
-	req := &wirepb.RegisterRequest{HostId: cfg.HostID, Addrs: cfg.Addrs, Name: cfg.Name, Capacity: capacity, UnitId: uint32(id)}
+	clusterMu.Lock()
+	cluster := clusterOf[id]
+	clusterMu.Unlock()
+	req := &wirepb.RegisterRequest{HostId: cfg.HostID, Addrs: cfg.Addrs, Name: cfg.Name, Capacity: capacity, UnitId: uint32(id), Incarnation: processIncarnation, ClusterId: cluster}
 	var reply wirepb.RegisterReply
 	if err := conn.Do(ctx, wire.OpRegister, req, nil, &reply, nil); err != nil {
 		return 0, 0, fmt.Errorf("register: %w", err)
 	}
+	clusterMu.Lock()
+	clusterOf[engine.UnitID(reply.UnitId)] = reply.ClusterId
+	clusterMu.Unlock()
 	got := engine.UnitID(reply.UnitId)
 	switch {
 	case got == 0:
@@ -260,3 +268,22 @@ func register(ctx context.Context, conn *wire.Conn, cfg JoinConfig, id engine.Un
 func joinErr(op, addr string, err error) error {
 	return &engine.OpError{Op: op, Peer: addr, Err: err}
 }
+
+// processIncarnation stands for the incarnation of every unit of this
+// process until units draw their own.
+var processIncarnation = func() uint64 {
+	var b [8]byte
+	for {
+		crand.Read(b[:])
+		if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
+			return v
+		}
+	}
+}()
+
+// clusterOf remembers the cluster each unit id of this process was
+// assigned in, until units keep their own.
+var (
+	clusterMu sync.Mutex
+	clusterOf = map[engine.UnitID]string{}
+)

@@ -613,3 +613,98 @@ func MetaFromPB(p *wirepb.BatchMeta) (*engine.BatchMeta, error) {
 	}
 	return m, nil
 }
+
+// CommitFieldsToPB encodes the fields of a commit (see
+// [CommitFieldsFromPB]).
+func CommitFieldsToPB(fields []engine.CommitField) []*wirepb.CommitField {
+	out := make([]*wirepb.CommitField, len(fields))
+	for i, f := range fields {
+		cf := &wirepb.CommitField{Name: f.Name, Dtype: DTypeToPB(f.DType), Kind: KindToPB(f.Kind)}
+		switch f.Kind {
+		case engine.Dense:
+			cf.Shape = ShapeToPB(f.Shape)
+		case engine.Ragged:
+			cf.Shapes = make([]*wirepb.Shape, len(f.Shapes))
+			for j, s := range f.Shapes {
+				cf.Shapes[j] = ShapeToPB(s)
+			}
+		}
+		switch {
+		case f.Runs != nil:
+			cf.HasLocs, cf.Locs = true, RunsToPB(f.Runs)
+		case f.Locs != nil:
+			cf.HasLocs, cf.Locs = true, AddrsToPB(f.Locs)
+		}
+		out[i] = cf
+	}
+	return out
+}
+
+// CommitFieldsFromPB decodes the fields of a commit of n rows: ragged
+// shapes and per-cell locations must have one entry per row; locations in
+// runs stay runs (a column slice costs one entry), and the caller checks
+// that the runs hold n cells.
+func CommitFieldsFromPB(fs []*wirepb.CommitField, n int) ([]engine.CommitField, error) {
+	out := make([]engine.CommitField, len(fs))
+	for i, f := range fs {
+		cf, err := commitFieldFromPB(f, n)
+		if err != nil {
+			return nil, fmt.Errorf("commit field %d (%q): %w", i, f.GetName(), err)
+		}
+		out[i] = cf
+	}
+	return out, nil
+}
+
+func commitFieldFromPB(f *wirepb.CommitField, n int) (engine.CommitField, error) {
+	cf := engine.CommitField{Name: f.GetName()}
+	var err error
+	if cf.DType, err = DTypeFromPB(f.GetDtype()); err != nil {
+		return cf, err
+	}
+	if cf.Kind, err = KindFromPB(f.GetKind()); err != nil {
+		return cf, err
+	}
+	shapes := f.GetShapes()
+	switch cf.Kind {
+	case engine.Dense:
+		if cf.Shape, err = ShapeFromPB(f.GetShape()); err != nil {
+			return cf, err
+		}
+	case engine.Ragged:
+		if len(shapes) != n {
+			return cf, fmt.Errorf("ragged field has %d shapes for %d rows: %w", len(shapes), n, engine.ErrInvalid)
+		}
+		cf.Shapes = make([]engine.Shape, n)
+		for i, sh := range shapes {
+			if cf.Shapes[i], err = ShapeFromPB(sh); err != nil {
+				return cf, fmt.Errorf("row %d: %w", i, err)
+			}
+		}
+	}
+	if cf.Kind != engine.Ragged && len(shapes) != 0 {
+		return cf, fmt.Errorf("%v field carries %d per-row shapes: %w", cf.Kind, len(shapes), engine.ErrInvalid)
+	}
+	locs := f.GetLocs()
+	switch {
+	case f.GetHasLocs():
+		// Runs of equal cells stay runs: a column slice costs one entry.
+		runs, ok, err := RunsFromPB(locs)
+		if err != nil {
+			return cf, err
+		}
+		if ok {
+			cf.Runs = runs
+			return cf, nil // checkFields counts the runs' cells
+		}
+		if cf.Locs, err = AddrsFromPB(locs); err != nil {
+			return cf, err
+		}
+		if len(cf.Locs) != n {
+			return cf, fmt.Errorf("%d locations for %d rows: %w", len(cf.Locs), n, engine.ErrInvalid)
+		}
+	case len(locs.GetOffset())+len(locs.GetUnit())+len(locs.GetSegment())+len(locs.GetGen())+len(locs.GetLen()) > 0:
+		return cf, fmt.Errorf("locations without has_locs: %w", engine.ErrInvalid)
+	}
+	return cf, nil
+}

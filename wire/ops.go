@@ -32,10 +32,15 @@ const (
 	OpSaveCheckpoint    Op = 35
 	OpLoadCheckpoint    Op = 36
 	OpCommitKeys        Op = 37
+	OpUnconsume         Op = 38
+	OpClusterInfo       Op = 39
+	OpCheckpoints       Op = 40
 
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
 	OpHeartbeat Op = 49
+	OpUnitSync  Op = 50
+	OpReconcile Op = 51
 
 	// Client → storage unit (data plane): 64–95.
 	OpWrite     Op = 64
@@ -63,8 +68,8 @@ var opNames = map[Op]string{
 	OpResetConsumption: "RESET_CONSUMPTION", OpClearRows: "CLEAR_ROWS", OpClearKeys: "CLEAR_KEYS",
 	OpClearPartition: "CLEAR_PARTITION", OpPartitions: "PARTITIONS", OpStats: "STATS", OpFields: "FIELDS",
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
-	OpCommitKeys: "COMMIT_KEYS",
-	OpRegister:   "REGISTER", OpHeartbeat: "HEARTBEAT",
+	OpCommitKeys: "COMMIT_KEYS", OpUnconsume: "UNCONSUME", OpClusterInfo: "CLUSTER_INFO", OpCheckpoints: "CHECKPOINTS",
+	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
 	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",

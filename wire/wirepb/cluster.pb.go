@@ -421,6 +421,7 @@ type UnitSyncRequest struct {
 	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
 	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	WaitMs        uint64                 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	Ack           uint64                 `protobuf:"varint,4,opt,name=ack,proto3" json:"ack,omitempty"` // seq of the last reply the unit applied (0: none)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -476,14 +477,24 @@ func (x *UnitSyncRequest) GetWaitMs() uint64 {
 	return 0
 }
 
+func (x *UnitSyncRequest) GetAck() uint64 {
+	if x != nil {
+		return x.Ack
+	}
+	return 0
+}
+
 // UnitSyncReply: cell ranges the controller no longer references
 // (overwritten, cleared, or of a checkpoint load that replaced them),
 // which the unit frees; freeing a range that is free already is not an
-// error. reconcile asks the unit for a full RECONCILE.
+// error. reconcile asks the unit for a full RECONCILE. seq numbers replies
+// that carry ranges: until a request acks it, the controller sends the
+// same ranges again (a reply lost with its connection loses nothing).
 type UnitSyncReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Free          *Addrs                 `protobuf:"bytes,1,opt,name=free,proto3" json:"free,omitempty"`
 	Reconcile     bool                   `protobuf:"varint,2,opt,name=reconcile,proto3" json:"reconcile,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -530,6 +541,13 @@ func (x *UnitSyncReply) GetReconcile() bool {
 		return x.Reconcile
 	}
 	return false
+}
+
+func (x *UnitSyncReply) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 // SegmentFence: in a RECONCILE, the highest generation of segment such
@@ -709,13 +727,18 @@ func (x *ReconcileRequest) GetNextSegment() uint32 {
 	return 0
 }
 
-// ReconcileReply: free lists the reported extents no cell references; the
-// unit frees them. The others are referenced: the unit need not report
-// them again outside a full reconcile.
+// ReconcileReply: free lists the reported extents (in fenced generations)
+// no cell references; the unit frees them whole. keep lists, for reported
+// extents that cells reference only in part, the ranges still referenced
+// (coalesced): the unit frees every other byte of those extents (freeing
+// bytes already free is not an error). The other reported extents are
+// referenced whole. None of the reported extents (but the ones freed) need
+// be reported again outside a full reconcile.
 type ReconcileReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Free          *Addrs                 `protobuf:"bytes,1,opt,name=free,proto3" json:"free,omitempty"`
 	LostCells     int64                  `protobuf:"varint,2,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells this request marked lost
+	Keep          *Addrs                 `protobuf:"bytes,3,opt,name=keep,proto3" json:"keep,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -762,6 +785,13 @@ func (x *ReconcileReply) GetLostCells() int64 {
 		return x.LostCells
 	}
 	return 0
+}
+
+func (x *ReconcileReply) GetKeep() *Addrs {
+	if x != nil {
+		return x.Keep
+	}
+	return nil
 }
 
 type UnitsReply struct {
@@ -852,14 +882,16 @@ const file_cluster_proto_rawDesc = "" +
 	"\n" +
 	"huge_pages\x18\x05 \x01(\bR\thugePages\x12\x1b\n" +
 	"\tpage_size\x18\x06 \x01(\x03R\bpageSize\x12 \n" +
-	"\vincarnation\x18\a \x01(\x04R\vincarnation\"e\n" +
+	"\vincarnation\x18\a \x01(\x04R\vincarnation\"w\n" +
 	"\x0fUnitSyncRequest\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x17\n" +
-	"\await_ms\x18\x03 \x01(\x04R\x06waitMs\"T\n" +
+	"\await_ms\x18\x03 \x01(\x04R\x06waitMs\x12\x10\n" +
+	"\x03ack\x18\x04 \x01(\x04R\x03ack\"f\n" +
 	"\rUnitSyncReply\x12%\n" +
 	"\x04free\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x04free\x12\x1c\n" +
-	"\treconcile\x18\x02 \x01(\bR\treconcile\":\n" +
+	"\treconcile\x18\x02 \x01(\bR\treconcile\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\":\n" +
 	"\fSegmentFence\x12\x18\n" +
 	"\asegment\x18\x01 \x01(\rR\asegment\x12\x10\n" +
 	"\x03gen\x18\x02 \x01(\rR\x03gen\"\xb8\x02\n" +
@@ -872,11 +904,12 @@ const file_cluster_proto_rawDesc = "" +
 	"\x06fences\x18\x06 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\x12\x12\n" +
 	"\x04last\x18\a \x01(\bR\x04last\x12#\n" +
 	"\rlive_segments\x18\b \x03(\rR\fliveSegments\x12!\n" +
-	"\fnext_segment\x18\t \x01(\rR\vnextSegment\"V\n" +
+	"\fnext_segment\x18\t \x01(\rR\vnextSegment\"}\n" +
 	"\x0eReconcileReply\x12%\n" +
 	"\x04free\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x04free\x12\x1d\n" +
 	"\n" +
-	"lost_cells\x18\x02 \x01(\x03R\tlostCells\"8\n" +
+	"lost_cells\x18\x02 \x01(\x03R\tlostCells\x12%\n" +
+	"\x04keep\x18\x03 \x01(\v2\x11.tq.wire.v1.AddrsR\x04keep\"8\n" +
 	"\n" +
 	"UnitsReply\x12*\n" +
 	"\x05units\x18\x01 \x03(\v2\x14.tq.wire.v1.UnitInfoR\x05unitsB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
@@ -912,12 +945,13 @@ var file_cluster_proto_depIdxs = []int32{
 	10, // 1: tq.wire.v1.ReconcileRequest.extents:type_name -> tq.wire.v1.Addrs
 	6,  // 2: tq.wire.v1.ReconcileRequest.fences:type_name -> tq.wire.v1.SegmentFence
 	10, // 3: tq.wire.v1.ReconcileReply.free:type_name -> tq.wire.v1.Addrs
-	0,  // 4: tq.wire.v1.UnitsReply.units:type_name -> tq.wire.v1.UnitInfo
-	5,  // [5:5] is the sub-list for method output_type
-	5,  // [5:5] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	10, // 4: tq.wire.v1.ReconcileReply.keep:type_name -> tq.wire.v1.Addrs
+	0,  // 5: tq.wire.v1.UnitsReply.units:type_name -> tq.wire.v1.UnitInfo
+	6,  // [6:6] is the sub-list for method output_type
+	6,  // [6:6] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }

@@ -30,6 +30,12 @@ const (
 // order, when the log is replayed. The records say what changed (which
 // indexes, which cells), never what was asked, so replaying them does not
 // depend on samplers, allocators or clocks.
+//
+// Every op on a partition names it by id and by gen, the number the
+// controller gave that partition when it created it: an op that reached
+// the log after its partition was cleared (it held the partition's lock
+// first) names a gen that is gone, and replay skips it as the live
+// controller's readers never saw it.
 type LogRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ops           []*LogOp               `protobuf:"bytes,1,rep,name=ops,proto3" json:"ops,omitempty"`
@@ -86,7 +92,7 @@ type LogOp struct {
 	//	*LogOp_Tags
 	//	*LogOp_Consume
 	//	*LogOp_Unconsume
-	//	*LogOp_Reset_
+	//	*LogOp_ResetConsumption
 	//	*LogOp_ClearRows
 	//	*LogOp_ClearPartition
 	//	*LogOp_Fence
@@ -205,10 +211,10 @@ func (x *LogOp) GetUnconsume() *UnconsumeOp {
 	return nil
 }
 
-func (x *LogOp) GetReset_() *ResetOp {
+func (x *LogOp) GetResetConsumption() *ResetOp {
 	if x != nil {
-		if x, ok := x.Op.(*LogOp_Reset_); ok {
-			return x.Reset_
+		if x, ok := x.Op.(*LogOp_ResetConsumption); ok {
+			return x.ResetConsumption
 		}
 	}
 	return nil
@@ -286,8 +292,8 @@ type LogOp_Unconsume struct {
 	Unconsume *UnconsumeOp `protobuf:"bytes,8,opt,name=unconsume,proto3,oneof"`
 }
 
-type LogOp_Reset_ struct {
-	Reset_ *ResetOp `protobuf:"bytes,9,opt,name=reset,proto3,oneof"`
+type LogOp_ResetConsumption struct {
+	ResetConsumption *ResetOp `protobuf:"bytes,9,opt,name=reset_consumption,json=resetConsumption,proto3,oneof"`
 }
 
 type LogOp_ClearRows struct {
@@ -322,7 +328,7 @@ func (*LogOp_Consume) isLogOp_Op() {}
 
 func (*LogOp_Unconsume) isLogOp_Op() {}
 
-func (*LogOp_Reset_) isLogOp_Op() {}
+func (*LogOp_ResetConsumption) isLogOp_Op() {}
 
 func (*LogOp_ClearRows) isLogOp_Op() {}
 
@@ -333,11 +339,14 @@ func (*LogOp_Fence) isLogOp_Op() {}
 func (*LogOp_Lost) isLogOp_Op() {}
 
 // ClusterOp: the cluster id (once, at the first start) and each start's
-// epoch.
+// epoch. replaced marks where a checkpoint load replaced the whole state:
+// the snapshot written with it holds everything up to here, and a replay
+// that reaches this record (from an older snapshot) cannot go on.
 type ClusterOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Replaced      bool                   `protobuf:"varint,3,opt,name=replaced,proto3" json:"replaced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -384,6 +393,13 @@ func (x *ClusterOp) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *ClusterOp) GetReplaced() bool {
+	if x != nil {
+		return x.Replaced
+	}
+	return false
 }
 
 // UnitOp: a unit registered: a new id bound to an incarnation, or new
@@ -478,6 +494,7 @@ type PartitionOp struct {
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	CreatedUnixMs int64                  `protobuf:"varint,2,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	Reserved      []uint64               `protobuf:"varint,3,rep,packed,name=reserved,proto3" json:"reserved,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -533,6 +550,13 @@ func (x *PartitionOp) GetReserved() []uint64 {
 	return nil
 }
 
+func (x *PartitionOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // RowsOp: rows became active (pre-allocated ones taken, or new indexes);
 // with keys, keys[i] (creation number seqs[i]) names indexes[i].
 type RowsOp struct {
@@ -541,6 +565,7 @@ type RowsOp struct {
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Keys          []string               `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
 	Seqs          []uint64               `protobuf:"varint,4,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
+	Gen           uint64                 `protobuf:"varint,5,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +628,13 @@ func (x *RowsOp) GetSeqs() []uint64 {
 	return nil
 }
 
+func (x *RowsOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // CommitOp: cells became produced (CommitRequest's fields, with
 // locations, for the rows indexes).
 type CommitOp struct {
@@ -610,6 +642,7 @@ type CommitOp struct {
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,12 +698,20 @@ func (x *CommitOp) GetFields() []*CommitField {
 	return nil
 }
 
+func (x *CommitOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // TagsOp: tags[i] (a JSON object) was merged into the tags of indexes[i].
 type TagsOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Tags          [][]byte               `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -726,6 +767,13 @@ func (x *TagsOp) GetTags() [][]byte {
 	return nil
 }
 
+func (x *TagsOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // ConsumeOp: a fetch took rows: consumed for task; sampled is what it
 // returned (under key, when the fetch had one); sampler holds the entries
 // the sampler added to its state (opaque to the controller).
@@ -738,6 +786,7 @@ type ConsumeOp struct {
 	Key           []byte                 `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
 	Sampler       [][]byte               `protobuf:"bytes,6,rep,name=sampler,proto3" json:"sampler,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,7,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Gen           uint64                 `protobuf:"varint,8,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -821,6 +870,13 @@ func (x *ConsumeOp) GetAtUnixMs() int64 {
 	return 0
 }
 
+func (x *ConsumeOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // UnconsumeOp: the rows of the fetch named key are fetchable again for
 // task (those still in the partition), and the key is spent.
 type UnconsumeOp struct {
@@ -830,6 +886,7 @@ type UnconsumeOp struct {
 	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,4,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Gen           uint64                 `protobuf:"varint,6,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -899,11 +956,19 @@ func (x *UnconsumeOp) GetAtUnixMs() int64 {
 	return 0
 }
 
+func (x *UnconsumeOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // ResetOp: a task's consumption (every task's for "") was reset.
 type ResetOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -952,10 +1017,18 @@ func (x *ResetOp) GetTask() string {
 	return ""
 }
 
+func (x *ResetOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 type ClearRowsOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1004,9 +1077,17 @@ func (x *ClearRowsOp) GetIndexes() []uint64 {
 	return nil
 }
 
+func (x *ClearRowsOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 type ClearPartitionOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Gen           uint64                 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1046,6 +1127,13 @@ func (x *ClearPartitionOp) GetPartition() string {
 		return x.Partition
 	}
 	return ""
+}
+
+func (x *ClearPartitionOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
 }
 
 // FenceOp: commits of ranges of unit_id in the fenced generations are
@@ -1108,6 +1196,7 @@ type LostOp struct {
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1163,25 +1252,39 @@ func (x *LostOp) GetFields() []string {
 	return nil
 }
 
+func (x *LostOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // A state file (a snapshot of the log, or a checkpoint's state) is a
 // sequence of varint-length-delimited messages (protodelim): one
 // StateHeader; then for each partition one StatePartition followed by
 // StateRows chunks holding its rows; then one StateTrailer.
 type StateHeader struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Format        string                 `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`    // "tq-controller-state"
-	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // 1
-	ClusterId     string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	LogIndex      uint64                 `protobuf:"varint,5,opt,name=log_index,json=logIndex,proto3" json:"log_index,omitempty"` // the last log record this state includes
-	SavedUnixMs   int64                  `protobuf:"varint,6,opt,name=saved_unix_ms,json=savedUnixMs,proto3" json:"saved_unix_ms,omitempty"`
-	NextIndex     uint64                 `protobuf:"varint,7,opt,name=next_index,json=nextIndex,proto3" json:"next_index,omitempty"`      // the next never-used global row index
-	NextUnitId    uint32                 `protobuf:"varint,8,opt,name=next_unit_id,json=nextUnitId,proto3" json:"next_unit_id,omitempty"` // the next unit id to assign
-	Units         []*UnitOp              `protobuf:"bytes,9,rep,name=units,proto3" json:"units,omitempty"`
-	Fences        []*FenceOp             `protobuf:"bytes,10,rep,name=fences,proto3" json:"fences,omitempty"`
-	Sampler       []byte                 `protobuf:"bytes,11,opt,name=sampler,proto3" json:"sampler,omitempty"` // the sampler's saved state, if it keeps any
-	Partitions    uint64                 `protobuf:"varint,12,opt,name=partitions,proto3" json:"partitions,omitempty"`
-	Data          bool                   `protobuf:"varint,13,opt,name=data,proto3" json:"data,omitempty"` // a checkpoint with the cells' bytes in data.bin
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Format      string                 `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`    // "tq-controller-state"
+	Version     uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"` // 1
+	ClusterId   string                 `protobuf:"bytes,3,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Epoch       uint64                 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	LogIndex    uint64                 `protobuf:"varint,5,opt,name=log_index,json=logIndex,proto3" json:"log_index,omitempty"` // the last log record this state includes
+	SavedUnixMs int64                  `protobuf:"varint,6,opt,name=saved_unix_ms,json=savedUnixMs,proto3" json:"saved_unix_ms,omitempty"`
+	NextIndex   uint64                 `protobuf:"varint,7,opt,name=next_index,json=nextIndex,proto3" json:"next_index,omitempty"`      // the next never-used global row index
+	NextUnitId  uint32                 `protobuf:"varint,8,opt,name=next_unit_id,json=nextUnitId,proto3" json:"next_unit_id,omitempty"` // the next unit id to assign
+	Units       []*UnitOp              `protobuf:"bytes,9,rep,name=units,proto3" json:"units,omitempty"`
+	Fences      []*FenceOp             `protobuf:"bytes,10,rep,name=fences,proto3" json:"fences,omitempty"`
+	Sampler     []byte                 `protobuf:"bytes,11,opt,name=sampler,proto3" json:"sampler,omitempty"` // the sampler's saved state, if it keeps any
+	Partitions  uint64                 `protobuf:"varint,12,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	Data        bool                   `protobuf:"varint,13,opt,name=data,proto3" json:"data,omitempty"`                      // a checkpoint with the cells' bytes in data.bin
+	Reusable    []uint64               `protobuf:"varint,14,rep,packed,name=reusable,proto3" json:"reusable,omitempty"`       // released indexes, in the order they are reused
+	NextGen     uint64                 `protobuf:"varint,15,opt,name=next_gen,json=nextGen,proto3" json:"next_gen,omitempty"` // the next partition gen
+	// A checkpoint's summary: the bytes of data.bin, the cells it holds
+	// (with data or lost), and those lost (their unit was gone at save).
+	DataBytes     int64 `protobuf:"varint,16,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
+	Cells         int64 `protobuf:"varint,17,opt,name=cells,proto3" json:"cells,omitempty"`
+	LostCells     int64 `protobuf:"varint,18,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1307,6 +1410,41 @@ func (x *StateHeader) GetData() bool {
 	return false
 }
 
+func (x *StateHeader) GetReusable() []uint64 {
+	if x != nil {
+		return x.Reusable
+	}
+	return nil
+}
+
+func (x *StateHeader) GetNextGen() uint64 {
+	if x != nil {
+		return x.NextGen
+	}
+	return 0
+}
+
+func (x *StateHeader) GetDataBytes() int64 {
+	if x != nil {
+		return x.DataBytes
+	}
+	return 0
+}
+
+func (x *StateHeader) GetCells() int64 {
+	if x != nil {
+		return x.Cells
+	}
+	return 0
+}
+
+func (x *StateHeader) GetLostCells() int64 {
+	if x != nil {
+		return x.LostCells
+	}
+	return 0
+}
+
 type StatePartition struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1316,6 +1454,7 @@ type StatePartition struct {
 	Fields        []*StateField          `protobuf:"bytes,5,rep,name=fields,proto3" json:"fields,omitempty"`
 	Rows          uint64                 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
 	Fetches       []*StateFetch          `protobuf:"bytes,7,rep,name=fetches,proto3" json:"fetches,omitempty"` // recent fetch keys
+	Gen           uint64                 `protobuf:"varint,8,opt,name=gen,proto3" json:"gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1397,6 +1536,13 @@ func (x *StatePartition) GetFetches() []*StateFetch {
 		return x.Fetches
 	}
 	return nil
+}
+
+func (x *StatePartition) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
 }
 
 type StateField struct {
@@ -1862,7 +2008,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\x9a\x05\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xb1\x05\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -1871,43 +2017,48 @@ const file_state_proto_rawDesc = "" +
 	"\x06commit\x18\x05 \x01(\v2\x14.tq.wire.v1.CommitOpH\x00R\x06commit\x12(\n" +
 	"\x04tags\x18\x06 \x01(\v2\x12.tq.wire.v1.TagsOpH\x00R\x04tags\x121\n" +
 	"\aconsume\x18\a \x01(\v2\x15.tq.wire.v1.ConsumeOpH\x00R\aconsume\x127\n" +
-	"\tunconsume\x18\b \x01(\v2\x17.tq.wire.v1.UnconsumeOpH\x00R\tunconsume\x12+\n" +
-	"\x05reset\x18\t \x01(\v2\x13.tq.wire.v1.ResetOpH\x00R\x05reset\x128\n" +
+	"\tunconsume\x18\b \x01(\v2\x17.tq.wire.v1.UnconsumeOpH\x00R\tunconsume\x12B\n" +
+	"\x11reset_consumption\x18\t \x01(\v2\x13.tq.wire.v1.ResetOpH\x00R\x10resetConsumption\x128\n" +
 	"\n" +
 	"clear_rows\x18\n" +
 	" \x01(\v2\x17.tq.wire.v1.ClearRowsOpH\x00R\tclearRows\x12G\n" +
 	"\x0fclear_partition\x18\v \x01(\v2\x1c.tq.wire.v1.ClearPartitionOpH\x00R\x0eclearPartition\x12+\n" +
 	"\x05fence\x18\f \x01(\v2\x13.tq.wire.v1.FenceOpH\x00R\x05fence\x12(\n" +
 	"\x04lost\x18\r \x01(\v2\x12.tq.wire.v1.LostOpH\x00R\x04lostB\x04\n" +
-	"\x02op\"@\n" +
+	"\x02op\"\\\n" +
 	"\tClusterOp\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
-	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"\xa2\x01\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
+	"\breplaced\x18\x03 \x01(\bR\breplaced\"\xa2\x01\n" +
 	"\x06UnitOp\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x17\n" +
 	"\ahost_id\x18\x03 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\tR\x05addrs\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x1a\n" +
-	"\bcapacity\x18\x06 \x01(\x03R\bcapacity\"o\n" +
+	"\bcapacity\x18\x06 \x01(\x03R\bcapacity\"\x81\x01\n" +
 	"\vPartitionOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x1a\n" +
-	"\breserved\x18\x03 \x03(\x04R\breserved\"h\n" +
+	"\breserved\x18\x03 \x03(\x04R\breserved\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"z\n" +
 	"\x06RowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\tR\x04keys\x12\x12\n" +
-	"\x04seqs\x18\x04 \x03(\x04R\x04seqs\"s\n" +
+	"\x04seqs\x18\x04 \x03(\x04R\x04seqs\x12\x10\n" +
+	"\x03gen\x18\x05 \x01(\x04R\x03gen\"\x85\x01\n" +
 	"\bCommitOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12/\n" +
-	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\"T\n" +
+	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"f\n" +
 	"\x06TagsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
-	"\x04tags\x18\x03 \x03(\fR\x04tags\"\xbd\x01\n" +
+	"\x04tags\x18\x03 \x03(\fR\x04tags\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xcf\x01\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -1916,29 +2067,35 @@ const file_state_proto_rawDesc = "" +
 	"\x03key\x18\x05 \x01(\fR\x03key\x12\x18\n" +
 	"\asampler\x18\x06 \x03(\fR\asampler\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\"\x89\x01\n" +
+	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\x12\x10\n" +
+	"\x03gen\x18\b \x01(\x04R\x03gen\"\x9b\x01\n" +
 	"\vUnconsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\x12\x18\n" +
 	"\aindexes\x18\x04 \x03(\x04R\aindexes\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\";\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x10\n" +
+	"\x03gen\x18\x06 \x01(\x04R\x03gen\"M\n" +
 	"\aResetOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
-	"\x04task\x18\x02 \x01(\tR\x04task\"E\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\"W\n" +
 	"\vClearRowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
-	"\aindexes\x18\x02 \x03(\x04R\aindexes\"0\n" +
+	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x10\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\"B\n" +
 	"\x10ClearPartitionOp\x12\x1c\n" +
-	"\tpartition\x18\x01 \x01(\tR\tpartition\"T\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x04R\x03gen\"T\n" +
 	"\aFenceOp\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x120\n" +
-	"\x06fences\x18\x02 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\"X\n" +
+	"\x06fences\x18\x02 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\"j\n" +
 	"\x06LostOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\x9b\x03\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xa6\x04\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -1958,7 +2115,14 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"partitions\x18\f \x01(\x04R\n" +
 	"partitions\x12\x12\n" +
-	"\x04data\x18\r \x01(\bR\x04data\"\xfb\x01\n" +
+	"\x04data\x18\r \x01(\bR\x04data\x12\x1a\n" +
+	"\breusable\x18\x0e \x03(\x04R\breusable\x12\x19\n" +
+	"\bnext_gen\x18\x0f \x01(\x04R\anextGen\x12\x1d\n" +
+	"\n" +
+	"data_bytes\x18\x10 \x01(\x03R\tdataBytes\x12\x14\n" +
+	"\x05cells\x18\x11 \x01(\x03R\x05cells\x12\x1d\n" +
+	"\n" +
+	"lost_cells\x18\x12 \x01(\x03R\tlostCells\"\x8d\x02\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -1966,7 +2130,8 @@ const file_state_proto_rawDesc = "" +
 	"\x05tasks\x18\x04 \x03(\tR\x05tasks\x12.\n" +
 	"\x06fields\x18\x05 \x03(\v2\x16.tq.wire.v1.StateFieldR\x06fields\x12\x12\n" +
 	"\x04rows\x18\x06 \x01(\x04R\x04rows\x120\n" +
-	"\afetches\x18\a \x03(\v2\x16.tq.wire.v1.StateFetchR\afetches\"6\n" +
+	"\afetches\x18\a \x03(\v2\x16.tq.wire.v1.StateFetchR\afetches\x12\x10\n" +
+	"\x03gen\x18\b \x01(\x04R\x03gen\"6\n" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -2060,7 +2225,7 @@ var file_state_proto_depIdxs = []int32{
 	7,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
 	8,  // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
 	9,  // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	10, // 9: tq.wire.v1.LogOp.reset:type_name -> tq.wire.v1.ResetOp
+	10, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
 	11, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
 	12, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
 	13, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
@@ -2097,7 +2262,7 @@ func file_state_proto_init() {
 		(*LogOp_Tags)(nil),
 		(*LogOp_Consume)(nil),
 		(*LogOp_Unconsume)(nil),
-		(*LogOp_Reset_)(nil),
+		(*LogOp_ResetConsumption)(nil),
 		(*LogOp_ClearRows)(nil),
 		(*LogOp_ClearPartition)(nil),
 		(*LogOp_Fence)(nil),

@@ -1,0 +1,445 @@
+package controller
+
+// Checkpoints with data: the server saves the controller's state and the
+// bytes of every cell, by name, under ServerConfig.CheckpointDir:
+//
+//	NAME/state.pb   the state file; each cell points into data.bin
+//	                (in_file, file_offset) or is lost
+//	NAME/data.bin   the cells' bytes, back to back
+//
+// Save: frees are held and reconciling paused (nothing a cell references
+// when the state is copied can be freed while its bytes are read), the
+// state is copied, each unit's cells are read over the data plane straight
+// into data.bin mapped in memory (github.com/edsrzf/mmap-go), then state.pb
+// is written and the directory renamed into place. Cells of a unit that is
+// not alive are recorded as lost (readers of them get engine.ErrLost
+// already); a unit that is alive but fails the read fails the save.
+//
+// Load: state.pb is read and validated, data.bin mapped read-only, and
+// each column's cells written to the live units as extents of at most
+// loadExtent bytes, spread over the units with the most room; then the
+// state is taken over (takeOver), so a fresh cluster serves the same bytes.
+//
+// Without ServerConfig.Dial the server saves and loads metadata alone
+// (Controller.Save and Load).
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"time"
+
+	mmap "github.com/edsrzf/mmap-go"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+const (
+	// loadExtent bounds the extents a load writes.
+	loadExtent = 64 << 20
+	// readBatch bounds the bytes one READ of a save asks for.
+	readBatch = 64 << 20
+)
+
+var checkpointName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+
+// CheckpointInfo describes a saved checkpoint.
+type CheckpointInfo struct {
+	Name  string
+	Saved time.Time
+	// Bytes is the size of the cells' data, Cells the cells it holds and
+	// Lost those whose bytes were lost when it was saved.
+	Bytes, Cells, Lost int64
+}
+
+func (s *Server) checkpointPath(name string) (string, error) {
+	if s.cfg.CheckpointDir == "" {
+		return "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported)
+	}
+	if !checkpointName.MatchString(name) {
+		return "", fmt.Errorf("checkpoint name %q: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-': %w", name, engine.ErrInvalid)
+	}
+	return filepath.Join(s.cfg.CheckpointDir, name), nil
+}
+
+// SaveCheckpoint saves the controller's state and every cell's bytes as
+// checkpoint name (see the file comment), replacing a checkpoint of that
+// name atomically. It returns what it saved.
+func (s *Server) SaveCheckpoint(ctx context.Context, name string) (CheckpointInfo, error) {
+	dir, err := s.checkpointPath(name)
+	if err == nil {
+		var info CheckpointInfo
+		if info, err = s.save(ctx, name, dir); err == nil {
+			return info, nil
+		}
+	}
+	return CheckpointInfo{}, opErr("save checkpoint", name, err)
+}
+
+// cellRead is a cell to read at save: its range on the unit, and where
+// its bytes go in data.bin.
+type cellRead struct {
+	addr engine.RemoteAddr
+	off  uint64
+}
+
+func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, error) {
+	s.ckpt.Lock()
+	defer s.ckpt.Unlock()
+	if err := checkReplaceable(dir); err != nil {
+		return CheckpointInfo{}, err
+	}
+	release := s.frees.hold()
+	defer release()
+	s.c.pins.Add(1)
+	defer s.c.pins.Add(-1)
+
+	unlock := s.c.lockAll()
+	st := s.c.copyState()
+	unlock()
+	if err := s.c.samplerState(st.head); err != nil {
+		return CheckpointInfo{}, err
+	}
+	withData := s.cfg.Dial != nil
+	st.head.Data = withData
+
+	// Lay data.bin out: every stored cell of a live unit, in state order.
+	alive := map[engine.UnitID]engine.UnitInfo{}
+	for _, u := range s.c.units.Units() {
+		if u.Alive {
+			alive[u.ID] = u
+		}
+	}
+	fileOff := map[*cellCopy]uint64{}
+	lost := map[*cellCopy]bool{}
+	byUnit := map[engine.UnitID][]cellRead{}
+	var size uint64
+	var cells, lostN int64
+	for _, pc := range st.parts {
+		for i := range pc.rows {
+			rc := &pc.rows[i]
+			for k := range rc.cells {
+				cc := &rc.cells[k]
+				cells++
+				if !withData {
+					continue
+				}
+				u := engine.UnitID(cc.c.unit &^ producedBit)
+				if _, ok := alive[u]; !ok {
+					lost[cc] = true
+					lostN++
+					continue
+				}
+				fileOff[cc] = size
+				byUnit[u] = append(byUnit[u], cellRead{addr: engine.RemoteAddr{Segment: cc.c.seg, Gen: cc.c.gen, Offset: cc.c.off, Len: cc.c.len}, off: size})
+				size += cc.c.len
+			}
+		}
+	}
+	st.head.DataBytes, st.head.Cells, st.head.LostCells = int64(size), cells, lostN
+	err := writeDirAtomic(dir, func(tmp string) error {
+		if withData {
+			err := withMappedFile(filepath.Join(tmp, dataFile), int64(size), func(m []byte) error {
+				for id, refs := range byUnit {
+					if err := s.readCells(ctx, alive[id], refs, m); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		return writeFileSynced(filepath.Join(tmp, stateFile), func(w io.Writer) error {
+			return st.write(w, func(_ *partCopy, _ *rowCopy, cc *cellCopy, out *wirepb.StateCell) error {
+				if !withData {
+					return nil
+				}
+				out.Unit, out.Segment, out.Gen, out.Offset = uint32(engine.LostUnit), 0, 0, 0
+				if !lost[cc] {
+					out.InFile, out.FileOffset = true, fileOff[cc]
+				}
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		return CheckpointInfo{}, err
+	}
+	return CheckpointInfo{Name: name, Saved: time.UnixMilli(st.head.SavedUnixMs), Bytes: int64(size), Cells: cells, Lost: lostN}, nil
+}
+
+// readCells reads a unit's cells into m (data.bin mapped); cells that lie
+// back to back both in one extent and in the file are read as one range.
+func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRead, m []byte) error {
+	dc, err := s.cfg.Dial(ctx, u)
+	if err != nil {
+		return fmt.Errorf("reach storage unit %d: %w", u.ID, err)
+	}
+	defer dc.Close()
+	var ranges []engine.RemoteAddr
+	var offs []uint64
+	var batch uint64
+	flush := func() error {
+		if len(ranges) == 0 {
+			return nil
+		}
+		dst := make([][]byte, len(ranges))
+		for i, r := range ranges {
+			dst[i] = m[offs[i] : offs[i]+r.Len]
+		}
+		if err := dc.Read(ctx, ranges, dst); err != nil {
+			return fmt.Errorf("read cells of storage unit %d: %w", u.ID, err)
+		}
+		ranges, offs, batch = ranges[:0], offs[:0], 0
+		return nil
+	}
+	for _, c := range refs {
+		if c.addr.Len == 0 {
+			continue
+		}
+		if k := len(ranges) - 1; k >= 0 {
+			last := &ranges[k]
+			if last.Segment == c.addr.Segment && last.Gen == c.addr.Gen && last.Offset+last.Len == c.addr.Offset && offs[k]+last.Len == c.off {
+				last.Len += c.addr.Len
+				batch += c.addr.Len
+				continue
+			}
+		}
+		if batch >= readBatch || len(ranges) >= 1<<16 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		ranges = append(ranges, c.addr)
+		offs = append(offs, c.off)
+		batch += c.addr.Len
+	}
+	return flush()
+}
+
+// withMappedFile creates path with size bytes, maps it read-write, calls
+// fn with the mapping, and flushes and fsyncs what fn wrote.
+func withMappedFile(path string, size int64, fn func([]byte) error) (err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", filepath.Base(path), err)
+	}
+	defer func() { err = errors.Join(err, f.Close()) }()
+	if size > 0 {
+		if err := f.Truncate(size); err != nil {
+			return fmt.Errorf("size %s: %w", filepath.Base(path), err)
+		}
+		m, err := mmap.Map(f, mmap.RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("map %s: %w", filepath.Base(path), err)
+		}
+		ferr := fn(m)
+		if ferr == nil {
+			ferr = m.Flush()
+		}
+		if err := errors.Join(ferr, m.Unmap()); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// LoadCheckpoint replaces the controller's state with checkpoint name: a
+// checkpoint with data has its cells written to the live storage units
+// first, so the cluster serves the saved bytes; one without (or a server
+// without ServerConfig.Dial) keeps the locations of cells whose unit is
+// still the same incarnation and marks the others lost. The cells the
+// state held before are freed.
+func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
+	freed, err := s.loadCheckpointFreed(ctx, name)
+	if derr := s.durable(ctx, freed); err == nil {
+		err = derr
+	}
+	return err
+}
+
+func (s *Server) loadCheckpointFreed(ctx context.Context, name string) ([]engine.CellLoc, error) {
+	dir, err := s.checkpointPath(name)
+	if err == nil {
+		var freed []engine.CellLoc
+		if freed, err = s.load(ctx, dir); err == nil {
+			return freed, nil
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		err = fmt.Errorf("no checkpoint %q: %w: %w", name, engine.ErrNotFound, err)
+	}
+	return nil, opErr("load checkpoint", name, err)
+}
+
+func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error) {
+	s.ckpt.Lock()
+	defer s.ckpt.Unlock()
+	ls, err := readStateFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	if !ls.head.Data {
+		s.c.loseForeignCells(ls)
+		return s.c.takeOver(ls)
+	}
+	if s.cfg.Dial == nil {
+		return nil, fmt.Errorf("a checkpoint with data needs a server that reaches its storage units: %w", engine.ErrNotSupported)
+	}
+	// The extents written below are referenced by nothing until the state
+	// is taken over: no reconcile may reclaim them meanwhile.
+	s.c.pins.Add(1)
+	defer s.c.pins.Add(-1)
+	f, err := os.Open(filepath.Join(dir, dataFile))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() != ls.head.DataBytes {
+		return nil, corrupt("%s holds %d bytes, the state says %d", dataFile, fi.Size(), ls.head.DataBytes)
+	}
+	var m mmap.MMap
+	if fi.Size() > 0 {
+		if m, err = mmap.Map(f, mmap.RDONLY, 0); err != nil {
+			return nil, fmt.Errorf("map %s: %w", dataFile, err)
+		}
+		defer m.Unmap()
+	}
+	for _, fc := range ls.inFile {
+		if fc.off > uint64(len(m)) || fc.len > uint64(len(m))-fc.off {
+			return nil, corrupt("a cell at %d+%d is outside %s (%d bytes)", fc.off, fc.len, dataFile, len(m))
+		}
+	}
+	if err := s.place(ctx, ls.inFile, m); err != nil {
+		return nil, err
+	}
+	return s.c.takeOver(ls)
+}
+
+// place writes the cells' bytes (in m) to the live storage units and
+// points each cell at its new location. A column's cells (one field of
+// one partition, in row order) go out together, cut into extents of at
+// most loadExtent bytes, each to the unit with the most room left.
+func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
+	type target struct {
+		u    engine.UnitInfo
+		dc   engine.DataConn
+		room int64
+	}
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			if t.dc != nil {
+				t.dc.Close()
+			}
+		}
+	}()
+	for _, u := range s.c.units.Units() {
+		if u.Alive {
+			targets = append(targets, &target{u: u, room: u.Capacity - u.Used})
+		}
+	}
+	if len(targets) == 0 && len(cells) > 0 {
+		return fmt.Errorf("no live storage unit to load %d cells into: %w", len(cells), engine.ErrUnavailable)
+	}
+	// Columns stay together: cells of one (partition, field) in row order.
+	slices.SortStableFunc(cells, func(a, b fileCell) int {
+		return cmp.Or(cmp.Compare(a.p.id, b.p.id), cmp.Compare(a.slot, b.slot), cmp.Compare(a.r.index, b.r.index))
+	})
+	for start := 0; start < len(cells); {
+		end, size := start, uint64(0)
+		for end < len(cells) && cells[end].p == cells[start].p && cells[end].slot == cells[start].slot &&
+			(end == start || size+cells[end].len <= loadExtent) {
+			size += cells[end].len
+			end++
+		}
+		slices.SortFunc(targets, func(a, b *target) int { return cmp.Compare(b.room, a.room) })
+		t := targets[0]
+		if t.dc == nil {
+			dc, err := s.cfg.Dial(ctx, t.u)
+			if err != nil {
+				return fmt.Errorf("reach storage unit %d: %w", t.u.ID, err)
+			}
+			t.dc = dc
+		}
+		pieces := make([][]byte, 0, end-start)
+		for _, c := range cells[start:end] {
+			pieces = append(pieces, m[c.off:c.off+c.len])
+		}
+		addrs, err := t.dc.Write(ctx, [][][]byte{pieces})
+		if err != nil {
+			return fmt.Errorf("write %d cells to storage unit %d: %w", end-start, t.u.ID, err)
+		}
+		a := addrs[0]
+		off := a.Offset
+		for _, c := range cells[start:end] {
+			c.r.cells[c.slot] = cell{off: off, len: c.len, seg: a.Segment, gen: a.Gen, unit: uint32(t.u.ID) | producedBit}
+			off += c.len
+		}
+		t.room -= int64(size)
+		start = end
+	}
+	return nil
+}
+
+// Checkpoints lists the saved checkpoints, by name.
+func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
+	if s.cfg.CheckpointDir == "" {
+		return nil, opErr("list checkpoints", "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported))
+	}
+	entries, err := os.ReadDir(s.cfg.CheckpointDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, opErr("list checkpoints", "", err)
+	}
+	var out []CheckpointInfo
+	for _, e := range entries {
+		if !e.IsDir() || !checkpointName.MatchString(e.Name()) {
+			continue
+		}
+		head, err := readStateHeader(filepath.Join(s.cfg.CheckpointDir, e.Name(), stateFile))
+		if err != nil {
+			continue // not a checkpoint (or a broken one): not listed
+		}
+		out = append(out, CheckpointInfo{Name: e.Name(), Saved: time.UnixMilli(head.SavedUnixMs), Bytes: head.DataBytes, Cells: head.Cells, Lost: head.LostCells})
+	}
+	return out, nil
+}
+
+// readStateHeader reads the first message of a state file.
+func readStateHeader(path string) (*wirepb.StateHeader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sr := &stateReader{r: bufio.NewReaderSize(f, 64<<10)}
+	head := &wirepb.StateHeader{}
+	if err := sr.next(head, "header"); err != nil {
+		return nil, err
+	}
+	if head.Format != stateFormat {
+		return nil, corrupt("format %q", head.Format)
+	}
+	return head, nil
+}

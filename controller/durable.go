@@ -1,0 +1,562 @@
+package controller
+
+// Durability: with Config.Dir set, every change to the controller's state
+// is recorded in its journal (package journal) while the lock that guards
+// the change is held, so records follow the order of the changes they
+// describe; the server answers only once the records a request made (or
+// read) are durable. A restart reads the newest snapshot and replays the
+// records after it. A goroutine takes a snapshot whenever the log written
+// since the last one outgrows the state (and at least Config.SnapshotBytes),
+// so the log stays about as large as the state and a restart replays at
+// most that much. durability.md describes the files.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// DefaultSnapshotBytes is Config.SnapshotBytes' default.
+const DefaultSnapshotBytes = 64 << 20
+
+// newClusterID returns a random cluster id.
+func newClusterID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// log records ops as one record, if the controller is durable. The caller
+// holds the lock that guards the change the ops describe.
+func (c *Controller) log(ops ...*wirepb.LogOp) {
+	if c.j == nil || c.replaying {
+		return
+	}
+	b, err := proto.Marshal(&wirepb.LogRecord{Ops: ops})
+	if err != nil {
+		// Every string in an op came through the wire (valid UTF-8) or was
+		// checked by the controller; failing here is a bug.
+		panic(fmt.Sprintf("controller: encode log record: %v", err))
+	}
+	c.j.Append(b)
+}
+
+// logging reports whether changes are recorded: callers skip building ops
+// when they are not.
+func (c *Controller) logging() bool { return c.j != nil && !c.replaying }
+
+// Durable reports whether the controller records its changes in a journal.
+func (c *Controller) Durable() bool { return c.j != nil }
+
+// WaitDurable waits until every change made so far (and so every change a
+// caller has seen) is durable. An in-memory controller returns at once.
+// Errors: the context's, one wrapping [journal.ErrFailed] when the log
+// cannot be written (the controller must then stop answering), or one
+// wrapping [engine.ErrClosed].
+func (c *Controller) WaitDurable(ctx context.Context) error {
+	if c.j == nil {
+		return nil
+	}
+	return c.j.Wait(ctx, c.j.Last())
+}
+
+// ClusterInfo describes the controller's identity and its log.
+type ClusterInfo struct {
+	ClusterID string
+	Epoch     uint64
+	Durable   bool
+	Fsync     string
+	// LogIndex is the last record logged, SnapshotIndex the last record
+	// the newest snapshot holds, LogBytes the bytes logged since.
+	LogIndex, SnapshotIndex uint64
+	LogBytes                int64
+}
+
+// Info returns the controller's identity and the state of its log.
+func (c *Controller) Info() ClusterInfo {
+	ci := ClusterInfo{ClusterID: c.cluster, Epoch: c.epoch}
+	if c.j != nil {
+		ci.Durable, ci.Fsync = true, c.cfg.Fsync.String()
+		ci.LogIndex = c.j.Last()
+		if s := c.j.Snapshots(); len(s) > 0 {
+			ci.SnapshotIndex = s[0].Index
+		}
+		ci.LogBytes = c.j.SinceSnapshot()
+	}
+	return ci
+}
+
+// openJournal opens the journal in c.cfg.Dir, recovers the state it holds
+// and records this start's epoch.
+func (c *Controller) openJournal() error {
+	j, err := journal.Open(journal.Config{Dir: c.cfg.Dir, Fsync: c.cfg.Fsync})
+	if err != nil {
+		return err
+	}
+	c.j = j
+	if err := c.recover(); err != nil {
+		j.Close()
+		c.j = nil
+		return fmt.Errorf("recover controller state from %s: %w", c.cfg.Dir, err)
+	}
+	c.epoch++
+	op := &wirepb.ClusterOp{Epoch: c.epoch}
+	if c.cluster == "" {
+		c.cluster = newClusterID()
+		op.ClusterId = c.cluster
+	}
+	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: op}})
+	if err := c.WaitDurable(context.Background()); err != nil {
+		j.Close()
+		c.j = nil
+		return err
+	}
+	c.snapDone = make(chan struct{})
+	c.snapStop = make(chan struct{})
+	go c.snapshotter()
+	return nil
+}
+
+// recover loads the newest readable snapshot and replays the log after it.
+// A snapshot that cannot be read is set aside, and the one before it (with
+// every record since) used instead.
+func (c *Controller) recover() error {
+	c.replaying = true
+	defer func() { c.replaying = false }()
+	var after uint64
+	for _, s := range c.j.Snapshots() {
+		ls, err := readStateFile(s.Path)
+		if err == nil {
+			if err = c.adopt(ls); err == nil {
+				after = s.Index
+				break
+			}
+		}
+		if derr := c.j.Discard(s); derr != nil {
+			return errors.Join(err, derr)
+		}
+	}
+	records := 0
+	err := c.j.Replay(after, func(_ uint64, b []byte) error {
+		var rec wirepb.LogRecord
+		if err := proto.Unmarshal(b, &rec); err != nil {
+			return corrupt("decode: %s", err.Error())
+		}
+		records++
+		for _, op := range rec.Ops {
+			if err := c.apply(op); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.idx.rebuild(c.usedIndexes())
+	return nil
+}
+
+func readStateFile(path string) (*loadedState, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ls, err := readState(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return ls, nil
+}
+
+// adopt takes over a state read from a file (c holds nothing yet).
+func (c *Controller) adopt(ls *loadedState) error {
+	if ls.head.Data {
+		return corrupt("a checkpoint with data is not a snapshot")
+	}
+	if err := c.units.restore(ls.head.NextUnitId, ls.head.Units); err != nil {
+		return err
+	}
+	if err := c.fences.restore(ls.head.Fences); err != nil {
+		return err
+	}
+	if len(ls.head.Sampler) > 0 {
+		ss, ok := c.sampler.(engine.StatefulSampler)
+		if !ok {
+			return corrupt("the state has sampler state but the sampler %T keeps none", c.sampler)
+		}
+		if err := ss.LoadState(ls.head.Sampler); err != nil {
+			return fmt.Errorf("sampler state: %w", err)
+		}
+	}
+	c.cluster, c.epoch, c.nextGen = ls.head.ClusterId, ls.head.Epoch, max(ls.head.NextGen, 1)
+	c.parts = ls.parts
+	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, c.usedIndexes())
+	return nil
+}
+
+// usedIndexes returns every index a partition holds.
+func (c *Controller) usedIndexes() []uint64 {
+	var out []uint64
+	for _, p := range c.parts {
+		p.rows.all(func(r *row) { out = append(out, r.index) })
+	}
+	return out
+}
+
+// partitionOf returns the partition an op names (by id and gen) during
+// replay, or nil when the op belongs to a partition cleared since (it
+// reached the log after the clear, holding the old partition's lock).
+func (c *Controller) partitionOf(id string, gen uint64) *partition {
+	if p := c.parts[id]; p != nil && p.gen == gen {
+		return p
+	}
+	return nil
+}
+
+// apply replays one op. It runs before the controller serves anyone, on
+// one goroutine, so it takes no locks.
+func (c *Controller) apply(lop *wirepb.LogOp) error {
+	switch op := lop.Op.(type) {
+	case *wirepb.LogOp_Cluster:
+		if op.Cluster.Replaced {
+			return corrupt("a checkpoint load replaced the state here, and the snapshot written with it is unreadable")
+		}
+		if op.Cluster.ClusterId != "" {
+			c.cluster = op.Cluster.ClusterId
+		}
+		c.epoch = max(c.epoch, op.Cluster.Epoch)
+	case *wirepb.LogOp_Unit:
+		return c.units.apply(op.Unit)
+	case *wirepb.LogOp_Fence:
+		c.fences.raiseLocked(engine.UnitID(op.Fence.UnitId), op.Fence.Fences)
+	case *wirepb.LogOp_Partition:
+		o := op.Partition
+		if o.Gen == 0 || c.parts[o.Partition] != nil {
+			return corrupt("partition %q created twice (gen %d)", o.Partition, o.Gen)
+		}
+		p := newPartition(o.Partition, o.Gen)
+		p.created = time.UnixMilli(o.CreatedUnixMs)
+		p.addRows(o.Reserved, false)
+		c.idx.markUsed(o.Reserved)
+		c.parts[o.Partition] = p
+		c.nextGen = max(c.nextGen, o.Gen+1)
+	case *wirepb.LogOp_ClearPartition:
+		o := op.ClearPartition
+		if p := c.partitionOf(o.Partition, o.Gen); p != nil {
+			delete(c.parts, o.Partition)
+			rows := p.sortedRows()
+			p.removeRows(rows, nil)
+			released := make([]uint64, len(rows))
+			for i, r := range rows {
+				released[i] = r.index
+			}
+			c.idx.release(released)
+			if cs, ok := c.sampler.(engine.CachingSampler); ok {
+				cs.ClearCache(o.Partition)
+			}
+		}
+	default:
+		return c.applyPartitionOp(lop)
+	}
+	return nil
+}
+
+// applyPartitionOp replays an op on one partition's rows.
+func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
+	switch op := lop.Op.(type) {
+	case *wirepb.LogOp_Rows:
+		o := op.Rows
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		if len(o.Keys) != 0 && (len(o.Keys) != len(o.Indexes) || len(o.Seqs) != len(o.Indexes)) {
+			return corrupt("rows of partition %q: %d indexes, %d keys, %d creation numbers", o.Partition, len(o.Indexes), len(o.Keys), len(o.Seqs))
+		}
+		for i, gi := range o.Indexes {
+			r, ok := p.rows.get(gi)
+			if ok && r.active {
+				return corrupt("row %d of partition %q activated twice", gi, o.Partition)
+			}
+			if ok {
+				r.active = true
+				p.reserved.Delete(gi)
+			} else {
+				r = p.addRows([]uint64{gi}, true)[0]
+				c.idx.markUsed([]uint64{gi})
+			}
+			if len(o.Keys) > 0 {
+				r.key, r.seq = o.Keys[i], o.Seqs[i]
+				p.keys[r.key] = r
+				p.bySeq.ReplaceOrInsert(r)
+				p.keySeq = max(p.keySeq, r.seq)
+			}
+		}
+	case *wirepb.LogOp_Commit:
+		o := op.Commit
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		fields, err := wire.CommitFieldsFromPB(o.Fields, len(o.Indexes))
+		if err != nil {
+			return corrupt("commit to partition %q: %s", o.Partition, err.Error())
+		}
+		req := engine.CommitRequest{Partition: o.Partition, Indexes: o.Indexes, Fields: fields}
+		rows, err := p.validateCommit(&req)
+		if err != nil {
+			return corrupt("commit to partition %q: %s", o.Partition, err.Error())
+		}
+		p.applyCommit(&req, rows)
+	case *wirepb.LogOp_Tags:
+		o := op.Tags
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		tags, err := wire.TagsFromPB(o.Tags)
+		if err != nil || len(tags) != len(o.Indexes) {
+			return corrupt("tags of partition %q", o.Partition)
+		}
+		rows, err := p.lookup(o.Indexes)
+		if err != nil {
+			return corrupt("tags of partition %q: %s", o.Partition, err.Error())
+		}
+		for i, r := range rows {
+			r.tags = r.tags.Merge(tags[i])
+		}
+	case *wirepb.LogOp_Consume:
+		o := op.Consume
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		if js, ok := c.sampler.(engine.JournaledSampler); ok {
+			for _, e := range o.Sampler {
+				if err := js.ApplyEntry(e); err != nil {
+					return err
+				}
+			}
+		}
+		p.markConsumed(p.taskSlot(o.Task), o.Consumed)
+		if len(o.Key) > 0 {
+			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: o.Consumed, at: time.UnixMilli(o.AtUnixMs)})
+		}
+	case *wirepb.LogOp_Unconsume:
+		o := op.Unconsume
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		p.unconsume(o.Task, string(o.Key), o.Indexes, time.UnixMilli(o.AtUnixMs))
+	case *wirepb.LogOp_ResetConsumption:
+		o := op.ResetConsumption
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		p.reset(o.Task)
+	case *wirepb.LogOp_ClearRows:
+		o := op.ClearRows
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		rows := make([]*row, 0, len(o.Indexes))
+		for _, gi := range o.Indexes {
+			if r, ok := p.rows.get(gi); ok {
+				rows = append(rows, r)
+			}
+		}
+		p.removeRows(rows, nil)
+		c.idx.release(o.Indexes)
+	case *wirepb.LogOp_Lost:
+		o := op.Lost
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		if len(o.Fields) != len(o.Indexes) {
+			return corrupt("lost cells of partition %q: %d indexes, %d fields", o.Partition, len(o.Indexes), len(o.Fields))
+		}
+		for i, gi := range o.Indexes {
+			r, ok := p.rows.get(gi)
+			f := p.fields[o.Fields[i]]
+			if ok && f != nil && r.has(f.slot) {
+				r.cells[f.slot] = lostCell(r.cells[f.slot])
+			}
+		}
+	default:
+		return corrupt("log op %T", lop.Op)
+	}
+	return nil
+}
+
+// lockAll takes every lock under which records are appended, in the
+// order the rest of the controller takes them (c.mu, then partitions,
+// then the registry and the fences), so that what it sees is one
+// consistent state at one position of the log.
+func (c *Controller) lockAll() (unlock func()) {
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.parts))
+	for id := range c.parts {
+		ids = append(ids, id)
+	}
+	parts := make([]*partition, 0, len(ids))
+	for _, id := range ids {
+		p := c.parts[id]
+		p.mu.Lock()
+		parts = append(parts, p)
+	}
+	c.units.mu.Lock()
+	c.fences.mu.Lock()
+	return func() {
+		c.fences.mu.Unlock()
+		c.units.mu.Unlock()
+		for _, p := range parts {
+			p.mu.Unlock()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// snapshot writes a snapshot of the state to the journal.
+func (c *Controller) snapshot() error {
+	unlock := c.lockAll()
+	pos := c.j.Pos()
+	if s := c.j.Snapshots(); len(s) > 0 && s[0].Index == pos.Index {
+		unlock()
+		return nil // nothing logged since the last one
+	}
+	st := c.copyState()
+	st.head.LogIndex = pos.Index
+	unlock()
+	if err := c.samplerState(st.head); err != nil {
+		return err
+	}
+	var size int64
+	err := c.j.WriteSnapshot(pos, func(w io.Writer) error {
+		cw := &countWriter{w: w}
+		err := st.write(cw, nil)
+		size = cw.n
+		return err
+	})
+	if err == nil {
+		c.lastSnapBytes.Store(size)
+	}
+	return err
+}
+
+// samplerState adds the sampler's state to a state header.
+func (c *Controller) samplerState(head *wirepb.StateHeader) error {
+	ss, ok := c.sampler.(engine.StatefulSampler)
+	if !ok {
+		return nil
+	}
+	b, err := ss.SaveState()
+	if err != nil {
+		return fmt.Errorf("sampler state: %w", err)
+	}
+	head.Sampler = b
+	return nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (w *countWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+// snapshotter takes a snapshot when the log since the last one outgrows
+// the state, until Close.
+func (c *Controller) snapshotter() {
+	defer close(c.snapDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.snapStop:
+			return
+		case <-t.C:
+		}
+		if c.j.SinceSnapshot() < max(c.cfg.SnapshotBytes, c.lastSnapBytes.Load()) {
+			continue
+		}
+		if err := c.snapshot(); err != nil && c.cfg.Logf != nil {
+			c.cfg.Logf("controller: snapshot: %v", err)
+		}
+	}
+}
+
+// closeJournal stops the snapshotter, snapshots what was logged since the
+// last snapshot (a restart then replays nothing), and closes the journal.
+func (c *Controller) closeJournal() error {
+	if c.j == nil {
+		return nil
+	}
+	close(c.snapStop)
+	<-c.snapDone
+	var err error
+	if c.j.SinceSnapshot() > 0 && c.j.Err() == nil {
+		err = c.snapshot()
+	}
+	return errors.Join(err, c.j.Close())
+}
+
+// rowsOp records rows that became active (with their keys, if withKeys).
+func (p *partition) rowsOp(rows []*row, withKeys bool) *wirepb.LogOp {
+	o := &wirepb.RowsOp{Partition: p.id, Gen: p.gen, Indexes: make([]uint64, len(rows))}
+	if withKeys {
+		o.Keys, o.Seqs = make([]string, len(rows)), make([]uint64, len(rows))
+	}
+	for i, r := range rows {
+		o.Indexes[i] = r.index
+		if withKeys {
+			o.Keys[i], o.Seqs[i] = r.key, r.seq
+		}
+	}
+	return &wirepb.LogOp{Op: &wirepb.LogOp_Rows{Rows: o}}
+}
+
+// createdOp records the rows at positions at of rows, created for keys.
+func (p *partition) createdOp(rows []*row, at []int) *wirepb.LogOp {
+	created := make([]*row, len(at))
+	for j, i := range at {
+		created[j] = rows[i]
+	}
+	return p.rowsOp(created, true)
+}
+
+func commitOp(p *partition, indexes []uint64, fields []engine.CommitField) *wirepb.CommitOp {
+	return &wirepb.CommitOp{Partition: p.id, Gen: p.gen, Indexes: indexes, Fields: wire.CommitFieldsToPB(fields)}
+}
+
+// tagsOp records tags merged into rows; it fails for tags that cannot be
+// encoded (the change must then not happen).
+func tagsOp(p *partition, indexes []uint64, tags []engine.Tags) (*wirepb.LogOp, error) {
+	b, err := wire.TagsToPB(tags)
+	if err != nil {
+		return nil, err
+	}
+	return &wirepb.LogOp{Op: &wirepb.LogOp_Tags{Tags: &wirepb.TagsOp{Partition: p.id, Gen: p.gen, Indexes: indexes, Tags: b}}}, nil
+}

@@ -1,0 +1,467 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/controller/sampler"
+	"github.com/tqgo/tq/engine"
+)
+
+func openDurable(t *testing.T, dir string, cfg Config) *Controller {
+	t.Helper()
+	cfg.Dir = dir
+	c, err := New(cfg)
+	require.NoError(t, err)
+	return c
+}
+
+// crash stops a durable controller the way a killed process would: no
+// final snapshot; the journal keeps what it wrote.
+func crash(t *testing.T, c *Controller) {
+	t.Helper()
+	close(c.snapStop)
+	<-c.snapDone
+	require.NoError(t, c.j.Close())
+	c.j = nil
+	c.closeOnce.Do(func() { close(c.done) })
+}
+
+// stateBytes encodes c's whole state (without the time it was taken), for
+// comparing two controllers.
+func stateBytes(t *testing.T, c *Controller) []byte {
+	t.Helper()
+	unlock := c.lockAll()
+	st := c.copyState()
+	unlock()
+	require.NoError(t, c.samplerState(st.head))
+	st.head.SavedUnixMs, st.head.LogIndex, st.head.Epoch = 0, 0, 0
+	for _, p := range st.parts {
+		for _, f := range p.fetches {
+			f.AtUnixMs = 0
+		}
+	}
+	var b bytes.Buffer
+	require.NoError(t, st.write(&b, nil))
+	return b.Bytes()
+}
+
+// workload makes every kind of change the log records.
+func workload(t *testing.T, c *Controller) {
+	t.Helper()
+	ctx := context.Background()
+	u1, err := c.units.Register(engine.UnitInfo{Incarnation: 11, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}, Name: "u1", Capacity: 1 << 20}, true)
+	require.NoError(t, err)
+	_, err = c.units.Register(engine.UnitInfo{Incarnation: 22, Host: "h", Name: "u2"}, true)
+	require.NoError(t, err)
+	m := insert(t, c, "train", 6, "x")
+	loc := func(i int) engine.CellLoc {
+		return engine.CellLoc{Unit: u1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}}
+	}
+	_, err = c.Commit(engine.CommitRequest{Partition: "train", Indexes: m.Indexes[:4], Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{1}, {2}, {2}, {3}}, Locs: []engine.CellLoc{loc(0), loc(1), loc(2), loc(3)}},
+		{Name: "d", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: []engine.CellRun{{Unit: u1, First: engine.RemoteAddr{Segment: 2, Gen: 1, Len: 16}, Count: 4}}},
+		{Name: "s", DType: engine.Bytes, Kind: engine.Opaque},
+	}})
+	require.NoError(t, err)
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "kv", Keys: []string{"a", "b"},
+		Fields: []engine.CommitField{{Name: "v", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{}, Runs: []engine.CellRun{{Unit: u1, First: engine.RemoteAddr{Segment: 3, Gen: 2, Len: 1}, Count: 2}}}},
+		Tags:   []engine.Tags{{"status": "running"}, nil}})
+	require.NoError(t, err)
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "kv", Keys: []string{"b", "c"}, Tags: []engine.Tags{{"step": 2}, {"n": []any{1, "x"}}}})
+	require.NoError(t, err)
+	_, err = c.ResolveKeys("kv", []string{"d"}, nil, true)
+	require.NoError(t, err)
+	require.NoError(t, c.SetTags("train", m.Indexes[:1], []engine.Tags{{"status": "done"}}))
+	_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"x"}, BatchSize: 2, Key: "key-1"})
+	require.NoError(t, err)
+	_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "critic", Fields: []string{"x"}, BatchSize: 2, Key: "key-2"})
+	require.NoError(t, err)
+	require.NoError(t, c.Unconsume("train", "critic", "key-2"))
+	require.NoError(t, c.Unconsume("train", "critic", "key-never-fetched"))
+	require.NoError(t, c.ResetConsumption("train", "nobody"))
+	_, err = c.ClearRows("train", m.Indexes[5:])
+	require.NoError(t, err)
+	insert(t, c, "gone", 3, "x")
+	_, err = c.ClearPartition("gone")
+	require.NoError(t, err)
+	insert(t, c, "gone", 1, "y") // the same id again: a new gen
+	res, err := c.Reconcile(ReconcileRequest{Unit: u1, Incarnation: 11, Full: true, Segments: []uint32{1, 2, 3},
+		Fences:  []SegmentFence{{1, 1}, {2, 1}, {3, 2}},
+		Extents: []engine.RemoteAddr{{Segment: 1, Gen: 1, Offset: 0, Len: 16}, {Segment: 2, Gen: 1, Len: 64}, {Segment: 3, Gen: 2, Len: 2}},
+		Last:    true, LiveSegments: []uint32{1, 2, 3}, NextSegment: 4})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Lost, "x of rows 2 and 3 lie outside the extents reported")
+}
+
+// TestDurableRecovery: a controller that restarts — after a clean close
+// (from its final snapshot), after a crash (replaying its log), or after a
+// crash with snapshots taken along the way (a snapshot and the log after
+// it) — comes back with exactly the state it had, in a new epoch.
+func TestDurableRecovery(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		snapshotBytes int64
+		stop          func(*testing.T, *Controller)
+	}{
+		{"clean close", 0, func(t *testing.T, c *Controller) { require.NoError(t, c.Close()) }},
+		{"crash, log only", 1 << 40, crash},
+		{"crash after snapshots", 1, crash},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rank := func() engine.Sampler { g, _ := sampler.NewGRPO(1); return g } // caches per rank
+			c := openDurable(t, dir, Config{PreAlloc: 2, Sampler: rank(), SnapshotBytes: tc.snapshotBytes})
+			workload(t, c)
+			if tc.snapshotBytes == 1 {
+				require.NoError(t, c.snapshot())
+				insert(t, c, "after", 2, "z") // and more log after it
+			}
+			// A fetch with a rank leaves a cache entry (journaled).
+			rm := insert(t, c, "ranked", 4, "r")
+			commitDense(t, c, "ranked", rm.Indexes, "r")
+			ranked, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "ranked", Task: "t", Fields: []string{"r"}, BatchSize: 2,
+				Options: engine.SamplingOptions{HasRank: true, DPRank: 0, BatchIndex: 0}})
+			require.NoError(t, err)
+			require.Len(t, ranked.Indexes, 2)
+			want := stateBytes(t, c)
+			info := c.Info()
+			require.NoError(t, c.WaitDurable(context.Background()))
+			tc.stop(t, c)
+
+			d := openDurable(t, dir, Config{PreAlloc: 2, Sampler: rank()})
+			defer d.Close()
+			assert.Equal(t, want, stateBytes(t, d), "state after recovery")
+			assert.Equal(t, info.ClusterID, d.Info().ClusterID)
+			assert.Equal(t, info.Epoch+1, d.Info().Epoch, "a new epoch per start")
+			// The keyed fetch asked again returns what it took; the one given
+			// back does not come back.
+			m, err := d.Fetch(context.Background(), engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"x"}, BatchSize: 2, Key: "key-1"})
+			require.NoError(t, err)
+			assert.Len(t, m.Indexes, 2)
+			_, err = d.Fetch(context.Background(), engine.FetchRequest{Partition: "train", Task: "critic", Fields: []string{"x"}, BatchSize: 2, Key: "key-2"})
+			require.ErrorIs(t, err, context.Canceled)
+			// The rank's peer gets the same batch from the replayed cache.
+			peer, err := d.Fetch(context.Background(), engine.FetchRequest{Partition: "ranked", Task: "t", Fields: []string{"r"}, BatchSize: 2,
+				Options: engine.SamplingOptions{HasRank: true, DPRank: 0, BatchIndex: 0}})
+			require.NoError(t, err)
+			assert.Equal(t, ranked.Indexes, peer.Indexes)
+			// Unit ids continue past the ones given out.
+			id, err := d.units.Register(engine.UnitInfo{Incarnation: 33, Host: "h"}, true)
+			require.NoError(t, err)
+			assert.Equal(t, engine.UnitID(3), id)
+		})
+	}
+}
+
+// TestDurableRandomOps: random changes, a crash at a random point, and the
+// recovered state equals the state before the crash (every change was
+// waited for, as the server waits before it answers).
+func TestDurableRandomOps(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run("", func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 1))
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+			ctx := context.Background()
+			parts := []string{"a", "b", "c"}
+			for i := range 300 {
+				p := parts[rng.IntN(len(parts))]
+				switch rng.IntN(8) {
+				case 0, 1:
+					m, err := c.Insert(p, 1+rng.IntN(4), []string{"x"})
+					require.NoError(t, err)
+					_, err = c.Commit(engine.CommitRequest{Partition: p, Indexes: m.Indexes, Fields: []engine.CommitField{{Name: "x", DType: engine.Int32, Kind: engine.Dense, Shape: engine.Shape{1}}}})
+					require.NoError(t, err)
+				case 2:
+					keys := []string{string(rune('k' + rng.IntN(5))), string(rune('p' + rng.IntN(5)))}
+					if keys[0] == keys[1] {
+						keys = keys[:1]
+					}
+					tags := make([]engine.Tags, len(keys))
+					for j := range tags {
+						tags[j] = engine.Tags{"i": i}
+					}
+					_, err := c.CommitKeys(engine.KeysCommit{Partition: p, Keys: keys, Tags: tags})
+					require.NoError(t, err)
+				case 3:
+					_, err := c.Fetch(ctx, engine.FetchRequest{Partition: p, Task: "t", Fields: []string{"x"}, BatchSize: 1 + rng.IntN(3), Key: string(rune('A' + rng.IntN(20)))})
+					if err != nil {
+						require.ErrorIs(t, err, context.Canceled)
+					}
+				case 4:
+					require.NoError(t, c.Unconsume(p, "t", string(rune('A'+rng.IntN(20)))))
+				case 5:
+					ff, err := c.ForceFetch(p, nil)
+					if err == nil && ff.Len() > 0 {
+						_, err = c.ClearRows(p, ff.Indexes[:1+rng.IntN(ff.Len())])
+						require.NoError(t, err)
+					}
+				case 6:
+					if rng.IntN(4) == 0 {
+						_, err := c.ClearPartition(p)
+						require.NoError(t, err)
+					}
+				case 7:
+					if rng.IntN(3) == 0 {
+						require.NoError(t, c.snapshot())
+					}
+				}
+			}
+			want := stateBytes(t, c)
+			require.NoError(t, c.WaitDurable(ctx))
+			crash(t, c)
+			d := openDurable(t, dir, Config{})
+			defer d.Close()
+			require.Equal(t, want, stateBytes(t, d))
+		})
+	}
+}
+
+// TestUnitIDsSurviveRestart is the first case of issue 11 at the
+// controller: after a restart, a new unit never gets the id of one that
+// is still coming back, and the old one comes back under its own id.
+func TestUnitIDsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{})
+	old, err := c.units.Register(engine.UnitInfo{Incarnation: 0xa, Host: "h"}, true)
+	require.NoError(t, err)
+	cluster := c.Info().ClusterID
+	require.NoError(t, c.Close())
+
+	d := openDurable(t, dir, Config{})
+	defer d.Close()
+	fresh, err := d.units.Register(engine.UnitInfo{Incarnation: 0xb, Host: "h"}, true)
+	require.NoError(t, err)
+	assert.NotEqual(t, old, fresh, "a new unit got the id of one in its reconnect backoff")
+	back, err := d.units.Register(engine.UnitInfo{ID: old, Incarnation: 0xa, Host: "h"}, cluster == d.Info().ClusterID)
+	require.NoError(t, err)
+	assert.Equal(t, old, back, "the old unit comes back under its id")
+
+	// An in-memory controller forgets everything: a unit that comes back
+	// from another cluster is new, under a new id.
+	e := newController(t, DefaultConfig())
+	e.units.Register(engine.UnitInfo{Incarnation: 0xb, Host: "h"}, true) // takes id 1
+	back, err = e.units.Register(engine.UnitInfo{ID: old, Incarnation: 0xa, Host: "h"}, cluster == e.Info().ClusterID)
+	require.NoError(t, err)
+	assert.Equal(t, engine.UnitID(2), back)
+	assert.NotEqual(t, cluster, e.Info().ClusterID)
+}
+
+// TestCheckpointAfterUnitsRestarted is the second case of issue 11: a
+// checkpoint saved, the units restarted (new incarnations, new ids), a
+// new key written at the very same segment, generation and offset on the
+// new unit, the checkpoint loaded: the old key's cell still names the old
+// unit (dead: reading it is engine.ErrLost), never the new bytes.
+func TestCheckpointAfterUnitsRestarted(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	u1, _ := c.units.Register(engine.UnitInfo{Incarnation: 0xa, Host: "h"}, true)
+	at := engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 0, Len: 8}
+	put := func(part, key string, u engine.UnitID) {
+		_, err := c.CommitKeys(engine.KeysCommit{Partition: part, Keys: []string{key}, Fields: []engine.CommitField{
+			{Name: "v", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{{Unit: u, Addr: at}}}}})
+		require.NoError(t, err)
+	}
+	put("p1", "x", u1)
+	dir := t.TempDir()
+	require.NoError(t, c.Save(dir))
+	u2, _ := c.units.Register(engine.UnitInfo{Incarnation: 0xb, Host: "h"}, true) // the restarted unit
+	require.NotEqual(t, u1, u2)
+	put("p2", "y", u2)
+	_, err := c.Load(dir)
+	require.NoError(t, err)
+	m, err := c.ResolveKeys("p1", []string{"x"}, nil, false)
+	require.NoError(t, err)
+	assert.Equal(t, u1, m.Cells["v"][0].Unit, "the cell names the unit that held it")
+	u, _ := c.units.Unit(u1)
+	assert.Equal(t, uint64(0xa), u.Incarnation)
+}
+
+func TestFetchKeys(t *testing.T) {
+	ctx := context.Background()
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 6, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	f := func(key string, n int) (*engine.BatchMeta, error) {
+		return c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: n, Key: key})
+	}
+	a, err := f("a", 2)
+	require.NoError(t, err)
+	again, err := f("a", 2)
+	require.NoError(t, err)
+	assert.Equal(t, a.Indexes, again.Indexes, "asked again: the same rows, none more")
+	st, _ := c.ConsumptionStatus("p", "t")
+	assert.Equal(t, 2, trues(st.Consumed))
+
+	// Given back: fetchable again, and the key is spent.
+	require.NoError(t, c.Unconsume("p", "t", "a"))
+	require.NoError(t, c.Unconsume("p", "t", "a"), "idempotent")
+	_, err = f("a", 2)
+	require.ErrorIs(t, err, context.Canceled)
+	st, _ = c.ConsumptionStatus("p", "t")
+	assert.Equal(t, 0, trues(st.Consumed))
+
+	// An unconsume that arrives before its fetch: the fetch takes nothing.
+	require.NoError(t, c.Unconsume("p", "t", "b"))
+	_, err = f("b", 2)
+	require.ErrorIs(t, err, context.Canceled)
+	st, _ = c.ConsumptionStatus("p", "t")
+	assert.Equal(t, 0, trues(st.Consumed))
+
+	// A key belongs to its task.
+	_, err = f("c", 1)
+	require.NoError(t, err)
+	_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "other", Fields: []string{"x"}, BatchSize: 1, Key: "c"})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorIs(t, c.Unconsume("p", "other", "c"), engine.ErrInvalid)
+
+	// A canceled blocking fetch consumes nothing, even when rows arrive.
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Fetch(wctx, engine.FetchRequest{Partition: "q", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true, Key: "w"})
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	mq := insert(t, c, "q", 1, "x")
+	commitDense(t, c, "q", mq.Indexes, "x")
+	stq, _ := c.ConsumptionStatus("q", "t")
+	assert.Equal(t, 0, trues(stq.Consumed), "the canceled fetch took the row produced after it")
+}
+
+func trues(bs []bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
+// TestReconcile: fences refuse late commits; a full report frees what no
+// cell references, keeps (and tells which ranges of) extents referenced in
+// part, and marks lost the cells whose bytes are gone.
+func TestReconcile(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	u, _ := c.units.Register(engine.UnitInfo{Incarnation: 7, Host: "h"}, true)
+	commit := func(part string, seg, gen uint32, off uint64, n int) error {
+		m, err := c.Insert(part, n, []string{"x"})
+		require.NoError(t, err)
+		_, err = c.Commit(engine.CommitRequest{Partition: part, Indexes: m.Indexes, Fields: []engine.CommitField{
+			{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Runs: []engine.CellRun{{Unit: u, First: engine.RemoteAddr{Segment: seg, Gen: gen, Offset: off, Len: 8}, Count: n}}}}})
+		return err
+	}
+	require.NoError(t, commit("p", 1, 1, 0, 4))    // extent 1/1: 32 bytes, whole
+	require.NoError(t, commit("p", 1, 2, 4096, 2)) // extent 1/2: 64 bytes, half referenced
+	require.NoError(t, commit("p", 2, 5, 0, 2))    // segment 2: gone at the unit
+	res, err := c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 7, Full: true, Segments: []uint32{1},
+		Fences: []SegmentFence{{1, 3}},
+		Extents: []engine.RemoteAddr{
+			{Segment: 1, Gen: 1, Offset: 0, Len: 32},
+			{Segment: 1, Gen: 2, Offset: 4096, Len: 64},
+			{Segment: 1, Gen: 3, Offset: 8192, Len: 100}, // nobody's
+		},
+		Last: true, LiveSegments: []uint32{1}, NextSegment: 3})
+	require.NoError(t, err)
+	assert.Equal(t, []engine.RemoteAddr{{Segment: 1, Gen: 3, Offset: 8192, Len: 100}}, res.Free)
+	assert.Equal(t, []engine.RemoteAddr{{Segment: 1, Gen: 2, Offset: 4096, Len: 16}}, res.Keep)
+	assert.Equal(t, 2, res.Lost, "the cells of segment 2")
+	ff, _ := c.ForceFetch("p", nil)
+	lost := 0
+	for _, l := range ff.Cells["x"] {
+		if l.Lost() {
+			lost++
+		}
+	}
+	assert.Equal(t, 2, lost)
+
+	// A commit into a fenced generation is refused, a newer one is not.
+	require.ErrorIs(t, commit("q", 1, 3, 8192, 1), engine.ErrLost)
+	require.NoError(t, commit("q", 1, 4, 0, 1))
+	// Another unit's fences are its own.
+	v, _ := c.units.Register(engine.UnitInfo{Incarnation: 8, Host: "h"}, true)
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: ff.Indexes[:1], Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{{Unit: v, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}}}}}})
+	require.NoError(t, err)
+
+	// Reports from a unit not registered as that incarnation are refused,
+	// as are malformed ones.
+	_, err = c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 99})
+	require.ErrorIs(t, err, engine.ErrNotFound)
+	_, err = c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 7, Extents: []engine.RemoteAddr{{Segment: 9, Gen: 1, Len: 8}}})
+	require.ErrorIs(t, err, engine.ErrInvalid, "an extent in a segment without a fence")
+	// While a checkpoint is saved, reconciling waits.
+	c.pins.Add(1)
+	_, err = c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 7})
+	require.ErrorIs(t, err, engine.ErrNotReady)
+	c.pins.Add(-1)
+}
+
+// TestListKeysPages: pages in creation order, partition by partition, a
+// page bounded by count; any number of keys comes back through the pages.
+func TestListKeysPages(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	var want []string
+	for _, p := range []string{"b", "a"} {
+		keys := make([]string, 10)
+		for i := range keys {
+			keys[i] = p + string(rune('0'+i))
+		}
+		_, err := c.ResolveKeys(p, keys, nil, true)
+		require.NoError(t, err)
+	}
+	for _, p := range []string{"a", "b"} {
+		for i := range 10 {
+			want = append(want, p+string(rune('0'+i)))
+		}
+	}
+	c.ClearKeys("a", []string{"a3"})
+	want = append(want[:3], want[4:]...)
+	var got []string
+	var cursor []byte
+	pages := 0
+	for {
+		page, next, err := c.ListKeysPage("", cursor, 3)
+		require.NoError(t, err)
+		pages++
+		n := 0
+		for _, pk := range page {
+			for _, k := range pk.Keys {
+				got = append(got, k.Key)
+				n++
+			}
+		}
+		assert.LessOrEqual(t, n, 3)
+		if next == nil {
+			break
+		}
+		cursor = next
+	}
+	assert.Equal(t, want, got)
+	assert.Equal(t, 7, pages)
+	_, _, err := c.ListKeysPage("", []byte{0xff}, 0)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	_, _, err = c.ListKeysPage("a", encodeKeysCursor("b", 1), 0)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	_, _, err = c.ListKeysPage("", nil, maxKeysPage+1)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+}
+
+// TestJournalFailureStopsAcknowledging: once the journal cannot write, no
+// change is acknowledged any more.
+func TestDurableConfig(t *testing.T) {
+	_, err := New(Config{Dir: t.TempDir(), Fsync: journal.Fsync(9)})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	_, err = New(Config{SnapshotBytes: -1})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+}

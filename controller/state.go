@@ -1,0 +1,506 @@
+package controller
+
+// State files: the controller's whole state in one file, for snapshots of
+// its log and for checkpoints (durability.md describes the format). Taking
+// one has two steps: copy (under every lock, so the copy is one consistent
+// view, and as little work as can be: rows are copied, nothing is encoded)
+// and write (after the locks are released: encode and write the copy).
+// Reading builds partitions from the file, validating everything before
+// the caller replaces anything.
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+const (
+	stateFormat  = "tq-controller-state"
+	stateVersion = 1
+	// stateChunk is how many rows one StateRows message holds at most;
+	// stateChunkBytes closes a chunk early when its rows are large.
+	stateChunk      = 4096
+	stateChunkBytes = 4 << 20
+	// maxStateMessage bounds one message of a state file when reading.
+	maxStateMessage = 64 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// stateCopy is the controller's state copied under its locks.
+type stateCopy struct {
+	head  *wirepb.StateHeader
+	parts []*partCopy
+}
+
+type partCopy struct {
+	id      string
+	gen     uint64
+	created time.Time
+	keySeq  uint64
+	tasks   []string
+	fields  []*wirepb.StateField
+	rows    []rowCopy
+	fetches []*wirepb.StateFetch
+}
+
+type rowCopy struct {
+	index    uint64
+	key      string
+	seq      uint64
+	reserved bool
+	tags     engine.Tags // shared: a row's tags are replaced, never changed in place
+	cells    []cellCopy
+	consumed []uint64 // bitset by task slot
+}
+
+type cellCopy struct {
+	slot  int
+	c     cell
+	shape engine.Shape // nil for opaque cells; shared like tags
+}
+
+// copyState copies the whole state. The caller holds c.mu, every
+// partition's lock, the registry's and the fences' (see lockAll).
+func (c *Controller) copyState() *stateCopy {
+	st := &stateCopy{head: &wirepb.StateHeader{
+		Format:      stateFormat,
+		Version:     stateVersion,
+		ClusterId:   c.cluster,
+		Epoch:       c.epoch,
+		SavedUnixMs: time.Now().UnixMilli(),
+		NextGen:     c.nextGen,
+	}}
+	idx := c.idx.snapshot()
+	st.head.NextIndex, st.head.Reusable = idx.Next, idx.Reusable
+	st.head.NextUnitId, st.head.Units = c.units.copyLocked()
+	st.head.Fences = c.fences.copyLocked()
+	ids := make([]string, 0, len(c.parts))
+	for id := range c.parts {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		st.parts = append(st.parts, c.parts[id].copyState())
+	}
+	st.head.Partitions = uint64(len(st.parts))
+	return st
+}
+
+func (p *partition) copyState() *partCopy {
+	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName)}
+	cells := 0
+	for _, f := range p.order {
+		pc.fields = append(pc.fields, &wirepb.StateField{Name: f.name, Dtype: wire.DTypeToPB(f.dtype)})
+		cells += f.produced
+	}
+	pc.rows = make([]rowCopy, 0, p.rows.len())
+	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
+	p.rows.all(func(r *row) {
+		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, reserved: !r.active, tags: r.tags, consumed: slices.Clone(r.consumed)}
+		start := len(slab)
+		for slot, cl := range r.cells {
+			if !cl.produced() {
+				continue
+			}
+			cc := cellCopy{slot: slot, c: cl}
+			switch f := p.order[slot]; f.kind {
+			case engine.Dense:
+				cc.shape = f.shape
+			case engine.Ragged:
+				cc.shape = f.shapes[r.index]
+			}
+			slab = append(slab, cc)
+		}
+		rc.cells = slab[start:len(slab):len(slab)]
+		pc.rows = append(pc.rows, rc)
+	})
+	pc.fetches = p.fetches.copyState()
+	return pc
+}
+
+// stateWriter writes length-delimited messages and keeps the CRC of their
+// bytes for the trailer.
+type stateWriter struct {
+	w   *bufio.Writer
+	crc uint32
+	buf []byte
+	n   struct{ partitions, rows, cells uint64 }
+}
+
+func (sw *stateWriter) put(m proto.Message) error {
+	b, err := proto.MarshalOptions{}.MarshalAppend(sw.buf[:0], m)
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	sw.buf = b
+	var pre [binary.MaxVarintLen64]byte
+	if _, err := sw.w.Write(pre[:binary.PutUvarint(pre[:], uint64(len(b)))]); err != nil {
+		return err
+	}
+	sw.crc = crc32.Update(sw.crc, castagnoli, b)
+	_, err = sw.w.Write(b)
+	return err
+}
+
+// write encodes the copy to w. cellFn, if set, rewrites each cell on its
+// way out (a checkpoint with data points cells into its data file).
+func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *cellCopy, out *wirepb.StateCell) error) error {
+	sw := &stateWriter{w: bufio.NewWriterSize(w, 1<<20)}
+	if err := sw.put(st.head); err != nil {
+		return err
+	}
+	for _, pc := range st.parts {
+		sp := &wirepb.StatePartition{
+			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
+			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches,
+		}
+		if err := sw.put(sp); err != nil {
+			return err
+		}
+		sw.n.partitions++
+		chunk := &wirepb.StateRows{}
+		size := 0
+		flush := func() error {
+			if len(chunk.Rows) == 0 {
+				return nil
+			}
+			err := sw.put(chunk)
+			chunk.Rows, size = chunk.Rows[:0], 0
+			return err
+		}
+		for i := range pc.rows {
+			rc := &pc.rows[i]
+			sr, err := rc.toPB(pc, cellFn)
+			if err != nil {
+				return fmt.Errorf("partition %q row %d: %w", pc.id, rc.index, err)
+			}
+			sw.n.rows++
+			sw.n.cells += uint64(len(sr.Cells))
+			chunk.Rows = append(chunk.Rows, sr)
+			size += len(sr.Key) + len(sr.Tags) + 32*len(sr.Cells) + 16
+			if len(chunk.Rows) == stateChunk || size >= stateChunkBytes {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+	}
+	tr := &wirepb.StateTrailer{Partitions: sw.n.partitions, Rows: sw.n.rows, Cells: sw.n.cells, Crc32C: sw.crc}
+	if err := sw.put(tr); err != nil {
+		return err
+	}
+	return sw.w.Flush()
+}
+
+func (rc *rowCopy) toPB(pc *partCopy, cellFn func(*partCopy, *rowCopy, *cellCopy, *wirepb.StateCell) error) (*wirepb.StateRow, error) {
+	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Reserved: rc.reserved}
+	if len(rc.tags) > 0 {
+		b, err := wire.JSONToPB(rc.tags)
+		if err != nil {
+			return nil, err
+		}
+		sr.Tags = b
+	}
+	for t := range pc.tasks {
+		if w := t / 64; w < len(rc.consumed) && rc.consumed[w]&(1<<(t%64)) != 0 {
+			sr.Consumed = append(sr.Consumed, uint32(t))
+		}
+	}
+	if len(rc.cells) > 0 {
+		sr.Cells = make([]*wirepb.StateCell, len(rc.cells))
+		for i := range rc.cells {
+			cc := &rc.cells[i]
+			sc := &wirepb.StateCell{
+				Field: uint32(cc.slot), Unit: cc.c.unit &^ producedBit, Segment: cc.c.seg, Gen: cc.c.gen,
+				Offset: cc.c.off, Len: cc.c.len,
+			}
+			if pc.fields[cc.slot].Dtype != wire.DTypeToPB(engine.Bytes) {
+				sc.Shape = wire.ShapeToPB(cc.shape)
+				if cc.shape == nil {
+					sc.Shape = &wirepb.Shape{}
+				}
+			}
+			if cellFn != nil {
+				if err := cellFn(pc, rc, cc, sc); err != nil {
+					return nil, err
+				}
+			}
+			sr.Cells[i] = sc
+		}
+	}
+	return sr, nil
+}
+
+// loadedState is a state file read back: everything the controller needs
+// to take it over, validated.
+type loadedState struct {
+	head  *wirepb.StateHeader
+	parts map[string]*partition
+	// inFile, for a checkpoint with data: per partition, the cells whose
+	// bytes are in the data file, to be written to storage units before
+	// the state is taken over.
+	inFile []fileCell
+	nextID uint64 // the next index allocator value
+}
+
+// fileCell is a cell whose bytes are at off in a checkpoint's data file.
+type fileCell struct {
+	p    *partition
+	r    *row
+	slot int
+	off  uint64
+	len  uint64
+}
+
+// stateReader reads the length-delimited messages of a state file.
+type stateReader struct {
+	r   *bufio.Reader
+	crc uint32
+	buf []byte
+}
+
+func (sr *stateReader) next(m proto.Message, what string) error {
+	n, err := binary.ReadUvarint(sr.r)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return corrupt("read %s: %s", what, err.Error())
+	}
+	if n > maxStateMessage {
+		return corrupt("%s of %d bytes exceeds %d", what, n, maxStateMessage)
+	}
+	if cap(sr.buf) < int(n) {
+		sr.buf = make([]byte, n)
+	}
+	b := sr.buf[:n]
+	if _, err := io.ReadFull(sr.r, b); err != nil {
+		return corrupt("read %s: %s", what, err.Error())
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return corrupt("decode %s: %s", what, err.Error())
+	}
+	sr.crc = crc32.Update(sr.crc, castagnoli, b)
+	return nil
+}
+
+// readState reads and validates a whole state file. data says whether
+// cells may point into a data file (a checkpoint with data).
+func readState(r io.Reader) (*loadedState, error) {
+	sr := &stateReader{r: bufio.NewReaderSize(r, 1<<20)}
+	head := &wirepb.StateHeader{}
+	if err := sr.next(head, "header"); err != nil {
+		return nil, err
+	}
+	switch {
+	case head.Format != stateFormat:
+		return nil, corrupt("format %q, want %q", head.Format, stateFormat)
+	case head.Version != stateVersion:
+		return nil, corrupt("version %d, this build reads %d", head.Version, stateVersion)
+	case head.NextIndex > maxIndexes:
+		return nil, corrupt("next index %d is beyond %d", head.NextIndex, uint64(maxIndexes))
+	case head.NextUnitId > uint32(engine.LostUnit):
+		return nil, corrupt("next unit id %d is beyond %d", head.NextUnitId, engine.LostUnit)
+	}
+	ls := &loadedState{head: head, parts: make(map[string]*partition, min(head.Partitions, 1<<16)), nextID: head.NextIndex}
+	used := make(map[uint64]string)
+	var n struct{ rows, cells uint64 }
+	for range head.Partitions {
+		sp := &wirepb.StatePartition{}
+		if err := sr.next(sp, "partition"); err != nil {
+			return nil, err
+		}
+		p, err := newPartitionFromState(sp, head)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := ls.parts[p.id]; dup {
+			return nil, corrupt("partition %q appears twice", p.id)
+		}
+		for got := uint64(0); got < sp.Rows; {
+			chunk := &wirepb.StateRows{}
+			if err := sr.next(chunk, "rows"); err != nil {
+				return nil, err
+			}
+			if len(chunk.Rows) == 0 || got+uint64(len(chunk.Rows)) > sp.Rows {
+				return nil, corrupt("partition %q: a chunk of %d rows after %d of %d", p.id, len(chunk.Rows), got, sp.Rows)
+			}
+			for _, srow := range chunk.Rows {
+				if other, dup := used[srow.Index]; dup {
+					return nil, corrupt("row %d is in partitions %q and %q", srow.Index, other, p.id)
+				}
+				used[srow.Index] = p.id
+				if srow.Index >= head.NextIndex {
+					return nil, corrupt("row %d is beyond the allocator's next index %d", srow.Index, head.NextIndex)
+				}
+				if err := p.loadRow(srow, sp.Fields, ls); err != nil {
+					return nil, err
+				}
+				n.cells += uint64(len(srow.Cells))
+			}
+			got += uint64(len(chunk.Rows))
+			n.rows += uint64(len(chunk.Rows))
+		}
+		for i, sf := range sp.Fields {
+			dt, _ := wire.DTypeFromPB(sf.Dtype)
+			if f := p.order[i]; f.produced > 0 && f.dtype != dt {
+				return nil, corrupt("partition %q: field %q dtype disagrees with its cells", p.id, sf.Name)
+			}
+		}
+		if err := p.loadFetches(sp.Fetches); err != nil {
+			return nil, err
+		}
+		ls.parts[p.id] = p
+	}
+	crc := sr.crc
+	tr := &wirepb.StateTrailer{}
+	if err := sr.next(tr, "trailer"); err != nil {
+		return nil, err
+	}
+	switch {
+	case tr.Crc32C != crc:
+		return nil, corrupt("checksum %08x, the file's bytes give %08x", tr.Crc32C, crc)
+	case tr.Partitions != head.Partitions || tr.Rows != n.rows || tr.Cells != n.cells:
+		return nil, corrupt("trailer counts %d partitions, %d rows, %d cells; the file holds %d, %d, %d",
+			tr.Partitions, tr.Rows, tr.Cells, head.Partitions, n.rows, n.cells)
+	}
+	if _, err := sr.r.ReadByte(); err != io.EOF {
+		return nil, corrupt("bytes after the trailer")
+	}
+	seen := make(map[uint64]struct{}, len(head.Reusable))
+	for _, gi := range head.Reusable {
+		if gi >= head.NextIndex {
+			return nil, corrupt("reusable index %d is beyond next index %d", gi, head.NextIndex)
+		}
+		if p, ok := used[gi]; ok {
+			return nil, corrupt("reusable index %d is in use by partition %q", gi, p)
+		}
+		if _, dup := seen[gi]; dup {
+			return nil, corrupt("reusable index %d appears twice", gi)
+		}
+		seen[gi] = struct{}{}
+	}
+	return ls, nil
+}
+
+func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) (*partition, error) {
+	if sp.Partition == "" {
+		return nil, corrupt("partition with an empty id")
+	}
+	if sp.Gen == 0 || sp.Gen >= head.NextGen {
+		return nil, corrupt("partition %q has gen %d, next gen is %d", sp.Partition, sp.Gen, head.NextGen)
+	}
+	p := newPartition(sp.Partition, sp.Gen)
+	p.created, p.keySeq = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq
+	for _, t := range sp.Tasks {
+		if _, dup := p.tasks[t]; dup || t == "" {
+			return nil, corrupt("partition %q: bad or repeated task %q", sp.Partition, t)
+		}
+		p.taskSlot(t)
+	}
+	for _, sf := range sp.Fields {
+		if sf.Name == "" {
+			return nil, corrupt("partition %q: field with an empty name", sp.Partition)
+		}
+		if _, dup := p.fields[sf.Name]; dup {
+			return nil, corrupt("partition %q: field %q appears twice", sp.Partition, sf.Name)
+		}
+		if _, err := wire.DTypeFromPB(sf.Dtype); err != nil {
+			return nil, corrupt("partition %q: field %q: %s", sp.Partition, sf.Name, err.Error())
+		}
+		f := &field{name: sf.Name, slot: len(p.order)}
+		p.fields[sf.Name] = f
+		p.order = append(p.order, f)
+	}
+	return p, nil
+}
+
+// loadRow adds a row read from a state file to p, whose fields are fields.
+func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
+	r := &row{index: sr.Index, key: sr.Key, seq: sr.Seq, active: !sr.Reserved}
+	tags, err := wire.JSONFromPB(sr.Tags)
+	if err != nil {
+		return corrupt("partition %q row %d: %s", p.id, r.index, err.Error())
+	}
+	r.tags = tags
+	if r.key != "" {
+		if _, dup := p.keys[r.key]; dup {
+			return corrupt("partition %q: key %q appears twice", p.id, r.key)
+		}
+		if r.seq == 0 || r.seq > p.keySeq {
+			return corrupt("partition %q: key %q has creation number %d, the partition's last is %d", p.id, r.key, r.seq, p.keySeq)
+		}
+		p.keys[r.key] = r
+		p.bySeq.ReplaceOrInsert(r)
+	}
+	p.rows.put(r)
+	if sr.Reserved {
+		if len(sr.Cells) > 0 {
+			return corrupt("partition %q: reserved row %d has cells", p.id, r.index)
+		}
+		p.reserved.ReplaceOrInsert(r.index)
+	}
+	for _, t := range sr.Consumed {
+		if int(t) >= len(p.taskName) {
+			return corrupt("partition %q row %d: consumed by unknown task %d", p.id, r.index, t)
+		}
+		r.setConsumed(int(t), true)
+	}
+	for _, sc := range sr.Cells {
+		if int(sc.Field) >= len(p.order) {
+			return corrupt("partition %q row %d: cell of unknown field %d", p.id, r.index, sc.Field)
+		}
+		if sc.Unit&producedBit != 0 {
+			return corrupt("partition %q row %d: unit id %d out of range", p.id, r.index, sc.Unit)
+		}
+		f := p.order[sc.Field]
+		if r.has(f.slot) {
+			return corrupt("partition %q row %d: field %q stored twice", p.id, r.index, f.name)
+		}
+		dt, err := wire.DTypeFromPB(fields[sc.Field].Dtype)
+		if err != nil || !dt.Valid() {
+			return corrupt("partition %q: field %q has cells but no dtype", p.id, f.name)
+		}
+		opaque := dt == engine.Bytes
+		var shape engine.Shape
+		if !opaque {
+			if sc.Shape == nil {
+				return corrupt("partition %q row %d: field %q of dtype %v has a cell without a shape", p.id, r.index, f.name, dt)
+			}
+			if shape, err = wire.ShapeFromPB(sc.Shape); err != nil || shape == nil {
+				return corrupt("partition %q row %d: field %q: bad shape", p.id, r.index, f.name)
+			}
+		} else if sc.Shape != nil {
+			return corrupt("partition %q row %d: opaque field %q has a shape", p.id, r.index, f.name)
+		}
+		for len(r.cells) <= f.slot {
+			r.cells = append(r.cells, cell{})
+		}
+		cl := cell{off: sc.Offset, len: sc.Len, seg: sc.Segment, gen: sc.Gen, unit: sc.Unit | producedBit}
+		if sc.InFile {
+			if !ls.head.Data {
+				return corrupt("partition %q row %d: a cell in a data file, but the state has none", p.id, r.index)
+			}
+			ls.inFile = append(ls.inFile, fileCell{p: p, r: r, slot: f.slot, off: sc.FileOffset, len: sc.Len})
+			cl = cell{len: sc.Len, unit: uint32(engine.LostUnit) | producedBit} // until its bytes are written
+		}
+		r.cells[f.slot] = cl
+		p.recordCell(f, r.index, dt, opaque, shape)
+	}
+	return nil
+}
