@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
 )
@@ -16,7 +17,10 @@ import (
 // ConnectConfig configures [Connect].
 type ConnectConfig struct {
 	Client Config
-	// Token is the cluster's shared secret, if it has one.
+	// Token is the cluster's shared secret. Empty means the one this
+	// user's servers use: $TQ_TOKEN, else the token file tq serve keeps in
+	// the data directory (see [FindToken]); a cluster run with --insecure
+	// needs none.
 	Token string
 	// Name identifies this client in the servers' logs and stat output.
 	Name string
@@ -57,6 +61,11 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())
 	}
+	token, err := FindToken(cfg.Token)
+	if err != nil {
+		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
+	}
+	cfg.Token = token
 	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name})
 	if err != nil {
 		return nil, err
@@ -124,6 +133,14 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	c.closers = append(c.closers, tr.Close, str.Close, meta.Close)
 	return c, nil
 }
+
+// FindToken returns the token a client presents: explicit when it is not
+// empty, else $TQ_TOKEN, else the token file in this user's data
+// directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else
+// ~/.local/state/tq) that tq serve creates on first start; "" when there
+// is none. A token file others may read, or that another user owns, is an
+// error wrapping [engine.ErrInvalid] rather than a token to send.
+func FindToken(explicit string) (string, error) { return auth.FindToken(explicit) }
 
 // ShmPeer returns how to reach a unit through shared memory: its unix
 // socket, when it runs on this host (its host id is host) and advertises

@@ -14,13 +14,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // RemoteConfig configures [DialMeta].
 type RemoteConfig struct {
-	// Token is presented in the handshake when the controller requires one.
+	// Token is presented in the handshake. Empty means the one this user's
+	// servers use, found as [Connect] finds it.
 	Token string
 	// Name identifies this client in the controller's logs.
 	Name string
@@ -54,8 +56,15 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	if err != nil {
 		return nil, &engine.OpError{Op: "dial", Err: err}
 	}
-	hello := &wirepb.Hello{Role: "client", HostId: HostID(), Token: cfg.Token, Name: cfg.Name}
+	token, err := FindToken(cfg.Token)
+	if err != nil {
+		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
+	}
+	hello := &wirepb.Hello{Role: "client", HostId: HostID(), Token: token, Name: cfg.Name}
 	conn, reply, err := wire.Dial(ctx, addr, hello, cfg.Conn)
+	if errors.Is(err, wire.ErrUnauthenticated) {
+		err = fmt.Errorf("%w (%s)", err, auth.TokenHint())
+	}
 	if err != nil {
 		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
 	}

@@ -17,10 +17,16 @@ import (
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 )
 
 // serveConfig is `tq serve`'s configuration: flags, or a YAML file with
 // the same names (flags win).
+//
+// The data directory (DataDir) is private to the user (0700) and laid
+// out as DATADIR/token (the token, 0600), DATADIR/controller/ (the
+// controller's log and snapshots) and DATADIR/checkpoints/ (checkpoints
+// by name).
 type serveConfig struct {
 	Role              string        `yaml:"role"`
 	Listen            string        `yaml:"listen"`
@@ -33,15 +39,21 @@ type serveConfig struct {
 	HugePages         bool          `yaml:"huge_pages"`
 	Token             string        `yaml:"token"`
 	Insecure          bool          `yaml:"insecure"`
+	DataDir           string        `yaml:"data_dir"` // see above
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	Name              string        `yaml:"name"`
+
+	// tokenFrom says where Token came from once secure resolved it.
+	tokenFrom string
 }
 
 func defaultServeConfig() serveConfig {
+	dataDir, _ := auth.DefaultDataDir() // "" without $HOME: validate says so
 	return serveConfig{
+		DataDir:           dataDir,
 		Role:              "all",
 		Listen:            "127.0.0.1:7370",
 		Units:             2,
@@ -62,11 +74,12 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
 	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
-	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets")
+	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets, created 0700; refused unless owned by this user and writable by nobody else")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
-	fs.StringVar(&c.Token, "token", c.Token, "shared secret clients and units must present")
-	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "allow a non-loopback listener without a token")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the token and the controller's state, private to this user ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else ~/.local/state/tq)")
+	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there)")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "sampler: sequential, rank-aware, grpo:N, seqlen:N:DP")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "storage unit heartbeat interval")
@@ -118,17 +131,41 @@ func (c *serveConfig) validate() error {
 		if l.addr == "" {
 			continue
 		}
-		host, _, err := net.SplitHostPort(l.addr)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
-			continue
 		}
-		if !isLoopback(host) && c.Token == "" && !c.Insecure {
-			bad("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr)
-		}
+	}
+	if c.Insecure && c.Token != "" {
+		bad("--insecure and --token contradict each other: --insecure serves without a token")
+	}
+	if c.DataDir == "" && c.needsDataDir() {
+		bad("no data directory: set --data-dir or $%s", auth.EnvDataDir)
 	}
 	if _, err := c.sampler(); err != nil {
 		bad("%v", err)
+	}
+	return errors.Join(errs...)
+}
+
+// needsDataDir reports whether this process keeps anything in the data
+// directory: the controller's state, or a token it reads from there.
+func (c *serveConfig) needsDataDir() bool {
+	return c.Role != "unit" || (!c.Insecure && c.Token == "" && os.Getenv(auth.EnvToken) == "")
+}
+
+// checkExposure refuses a TCP listener beyond loopback without a token,
+// unless --insecure asked for exactly that. It runs once the token is
+// known (by default one always is).
+func (c *serveConfig) checkExposure() error {
+	var errs []error
+	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}} {
+		if l.addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(l.addr)
+		if err == nil && !isLoopback(host) && c.Token == "" && !c.Insecure {
+			errs = append(errs, fmt.Errorf("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr))
+		}
 	}
 	return errors.Join(errs...)
 }

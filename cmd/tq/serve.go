@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
 )
 
 // serve runs `tq serve` until ctx ends (SIGTERM or SIGINT), then shuts
@@ -47,10 +49,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if cfg.SocketDir != "" {
-		if err := os.MkdirAll(cfg.SocketDir, 0o700); err != nil {
-			return fmt.Errorf("socket directory: %w", err)
-		}
+	if err := cfg.secure(); err != nil {
+		return err
+	}
+	if cfg.Insecure {
+		fmt.Fprintln(stderr, "tq serve: WARNING: --insecure: no token; any local user (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
+	} else {
+		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
 	s := &server{cfg: cfg, out: stdout}
 	defer s.close()
@@ -63,6 +68,43 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	return s.shutdown(sctx)
+}
+
+// secure prepares what authentication rests on: private socket and data
+// directories (created 0700, refused when another user owns them or may
+// write to them) and the token — --token, else $TQ_TOKEN, else the data
+// directory's token file, created on first start — unless --insecure.
+func (c *serveConfig) secure() error {
+	dirs := []struct{ what, path string }{{"socket directory", c.SocketDir}}
+	if c.Socket != "" {
+		dirs = append(dirs, struct{ what, path string }{"--socket's directory", filepath.Dir(c.Socket)})
+	}
+	if c.needsDataDir() {
+		dirs = append(dirs, struct{ what, path string }{"data directory", c.DataDir})
+	}
+	for _, d := range dirs {
+		if d.path == "" {
+			continue
+		}
+		if err := auth.EnsurePrivateDir(d.path); err != nil {
+			return fmt.Errorf("%s: %w", d.what, err)
+		}
+	}
+	switch {
+	case c.Insecure:
+		c.tokenFrom = ""
+	case c.Token != "":
+		c.tokenFrom = "--token"
+	case os.Getenv(auth.EnvToken) != "":
+		c.Token, c.tokenFrom = os.Getenv(auth.EnvToken), "$"+auth.EnvToken
+	default:
+		tok, err := auth.LoadOrCreateToken(c.DataDir)
+		if err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
+		c.Token, c.tokenFrom = tok, filepath.Join(c.DataDir, auth.TokenFile)
+	}
+	return c.checkExposure()
 }
 
 type server struct {
@@ -147,6 +189,10 @@ func (s *server) startController() error {
 		return err
 	}
 	s.ctrl = ctrl
+	// Every listener, loopback and unix sockets included, asks for the
+	// token. (Once the wire server can admit a unix peer of this uid by
+	// SO_PEERCRED without it, this is where TrustPeerCred goes, for the
+	// controller and for the units below.)
 	s.ctrlSrv = controller.NewServer(ctrl, controller.ServerConfig{
 		Token:             s.cfg.Token,
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
@@ -171,6 +217,10 @@ func (s *server) startController() error {
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name}
 	id, err := storage.AssignID(ctx, controllerAddr, jcfg)
+	if errors.Is(err, wire.ErrUnauthenticated) {
+		return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, $%s, or its token file in --data-dir): %w",
+			controllerAddr, s.cfg.tokenFrom, auth.EnvToken, err)
+	}
 	if err != nil {
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
