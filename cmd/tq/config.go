@@ -40,6 +40,8 @@ type serveConfig struct {
 	Token             string        `yaml:"token"`
 	Insecure          bool          `yaml:"insecure"`
 	DataDir           string        `yaml:"data_dir"` // see above
+	Advertise         string        `yaml:"advertise"`
+	UnitAdvertise     string        `yaml:"unit_advertise"`
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
@@ -70,10 +72,12 @@ func defaultServeConfig() serveConfig {
 func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Role, "role", c.Role, "what to run: all (a controller and its storage units), controller, or unit")
 	fs.StringVar(&c.Listen, "listen", c.Listen, `controller TCP address ("" for none)`)
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "the controller's address as clients on other hosts dial it, HOST or HOST:PORT (default: the --listen address; on a wildcard such as 0.0.0.0 or [::], this host's address on its default route)")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "controller unix socket (default SOCKET_DIR/controller.sock)")
 	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
 	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
+	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register for their TCP address, with each unit's own port (default: --advertise's host if set, else as --advertise picks one)")
 	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets, created 0700; refused unless owned by this user and writable by nobody else")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
@@ -135,6 +139,22 @@ func (c *serveConfig) validate() error {
 			bad("%s %q: %v", l.name, l.addr, err)
 		}
 	}
+	if c.Advertise != "" {
+		if host, _, err := splitHostMaybePort(c.Advertise); err != nil {
+			bad("--advertise %q: %v", c.Advertise, err)
+		} else if isWildcard(host) {
+			bad("--advertise %q: a wildcard address cannot be dialed; name this host", c.Advertise)
+		}
+	}
+	if c.UnitAdvertise != "" {
+		if host, port, err := splitHostMaybePort(c.UnitAdvertise); err != nil {
+			bad("--unit-advertise %q: %v", c.UnitAdvertise, err)
+		} else if port != "" {
+			bad("--unit-advertise %q: give a host; each unit registers its own port", c.UnitAdvertise)
+		} else if isWildcard(host) {
+			bad("--unit-advertise %q: a wildcard address cannot be dialed; name this host", c.UnitAdvertise)
+		}
+	}
 	if c.Insecure && c.Token != "" {
 		bad("--insecure and --token contradict each other: --insecure serves without a token")
 	}
@@ -145,6 +165,21 @@ func (c *serveConfig) validate() error {
 		bad("%v", err)
 	}
 	return errors.Join(errs...)
+}
+
+// unitAdvertise returns the host storage units register for their TCP
+// listeners: --unit-advertise, else --advertise's host, else "" (chosen
+// per listener, see advertised).
+func (c *serveConfig) unitAdvertise() string {
+	if c.UnitAdvertise != "" {
+		return c.UnitAdvertise
+	}
+	if c.Advertise != "" {
+		if host, _, err := splitHostMaybePort(c.Advertise); err == nil {
+			return host
+		}
+	}
+	return ""
 }
 
 // needsDataDir reports whether this process keeps anything in the data

@@ -113,7 +113,8 @@ type server struct {
 	ctrl    *controller.Controller
 	ctrlSrv *controller.Server
 	units   []*runningUnit
-	addrs   []string // the controller's addresses
+	addrs   []string // the controller's addresses, as given out
+	local   string   // the controller's address for units of this process
 }
 
 type runningUnit struct {
@@ -131,7 +132,7 @@ func (s *server) start(ctx context.Context) error {
 	switch s.cfg.Role {
 	case "all":
 		for range s.cfg.Units {
-			if err := s.startUnit(ctx, s.addrs[0]); err != nil {
+			if err := s.startUnit(ctx, s.local); err != nil {
 				return err
 			}
 		}
@@ -143,30 +144,44 @@ func (s *server) start(ctx context.Context) error {
 	return nil
 }
 
-// listen opens a TCP listener and a unix socket; either may be off.
-func (s *server) listen(tcpAddr, sockPath string) ([]net.Listener, []string, error) {
-	var ls []net.Listener
-	var addrs []string
-	if sockPath != "" {
-		removeStaleSocket(sockPath)
-		l, err := net.Listen("unix", sockPath)
-		if err != nil {
-			return nil, nil, err
-		}
-		os.Chmod(sockPath, 0o600)
-		ls, addrs = append(ls, l), append(addrs, "unix://"+sockPath)
-	}
-	if tcpAddr != "" {
-		l, err := net.Listen("tcp", tcpAddr)
+// listen opens a unix socket and a TCP listener; either may be off. It
+// returns the listeners, the addresses to give out (the TCP one as
+// advertised: see advertised) and one to dial from this host (the unix
+// socket's, else the TCP listener's own).
+func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener, addrs []string, local string, err error) {
+	defer func() {
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
 			}
-			return nil, nil, err
 		}
-		ls, addrs = append(ls, l), append(addrs, "tcp://"+l.Addr().String())
+	}()
+	if sockPath != "" {
+		removeStaleSocket(sockPath)
+		l, err := net.Listen("unix", sockPath)
+		if err != nil {
+			return ls, nil, "", err
+		}
+		os.Chmod(sockPath, 0o600)
+		ls, addrs = append(ls, l), append(addrs, "unix://"+sockPath)
+		local = "unix://" + sockPath
 	}
-	return ls, addrs, nil
+	if tcpAddr != "" {
+		l, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			return ls, nil, "", err
+		}
+		ls = append(ls, l)
+		adv, err := systemAddrs.advertised(tcpAddr, l.Addr().(*net.TCPAddr), advertise)
+		if err != nil {
+			return ls, nil, "", fmt.Errorf("advertise %s: %w", tcpAddr, err)
+		}
+		addrs = append(addrs, "tcp://"+adv)
+		if local == "" {
+			local = "tcp://" + l.Addr().String()
+		}
+	}
+	return ls, addrs, local, nil
 }
 
 // removeStaleSocket deletes a unix socket left by a process that died,
@@ -202,14 +217,14 @@ func (s *server) startController() error {
 	if sock == "" && s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
 	}
-	ls, addrs, err := s.listen(s.cfg.Listen, sock)
+	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	for _, l := range ls {
 		go s.ctrlSrv.Serve(l)
 	}
-	s.addrs = addrs
+	s.addrs, s.local = addrs, local
 	fmt.Fprintf(s.out, "tq serve: controller on %s\n", strings.Join(addrs, " "))
 	return nil
 }
@@ -237,7 +252,10 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	if s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, fmt.Sprintf("unit-%d.sock", id))
 	}
-	ls, addrs, err := s.listen(s.cfg.UnitListen, sock)
+	// The addresses registered are the ones clients dial: a wildcard
+	// listener's is a routable address of this host, never [::] or
+	// 0.0.0.0 (see advertised).
+	ls, addrs, _, err := s.listen(s.cfg.UnitListen, s.cfg.unitAdvertise(), sock)
 	if err != nil {
 		return fmt.Errorf("storage unit %d: %w", id, err)
 	}
