@@ -20,7 +20,8 @@ const (
 	// lowest row index among the local units); otherwise it falls back to
 	// Hash.
 	LocalFirst Placement = iota
-	// Hash writes row i to unit i mod (number of units), units ordered by id.
+	// Hash writes row i to unit i mod (number of units), units ordered by
+	// id (the units that are not down: see [Connect]).
 	Hash
 )
 
@@ -57,11 +58,12 @@ func (c Config) Validate() error {
 // are (or should go) and moves column bytes directly to and from storage
 // units. It is safe for concurrent use.
 type Client struct {
-	cfg   Config
-	meta  MetaService
-	units []DataUnit // sorted by id
-	byID  map[engine.UnitID]DataUnit
-	local []DataUnit
+	cfg     Config
+	meta    MetaService
+	units   []DataUnit // sorted by id
+	byID    map[engine.UnitID]DataUnit
+	local   []DataUnit
+	redials bool // some units may be down (see redialUnit)
 
 	closers []func() error // what Close releases
 	bg      sync.WaitGroup // frees of replaced cells in flight; Close waits
@@ -93,6 +95,9 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 		}
 		c.byID[u.ID()] = u
 		c.units = append(c.units, u)
+		if _, ok := u.(*redialUnit); ok {
+			c.redials = true
+		}
 	}
 	slices.SortFunc(c.units, func(a, b DataUnit) int { return int(a.ID()) - int(b.ID()) })
 	for _, u := range c.units {
@@ -101,6 +106,28 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 		}
 	}
 	return c, nil
+}
+
+// writable returns the units a put may go to, and those of them on this
+// host: every unit but those [Connect] could not reach that are still
+// down. If that leaves none, every unit (the put then fails naming one).
+func (c *Client) writable() (units, local []DataUnit) {
+	if !c.redials {
+		return c.units, c.local
+	}
+	for _, u := range c.units {
+		if r, ok := u.(*redialUnit); ok && !r.Available() {
+			continue
+		}
+		units = append(units, u)
+		if u.Host() == c.cfg.Host {
+			local = append(local, u)
+		}
+	}
+	if len(units) == 0 {
+		return c.units, c.local
+	}
+	return units, local
 }
 
 // Meta returns the metadata service the client talks to.

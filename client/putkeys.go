@@ -49,16 +49,17 @@ func (c *Client) planKeys(ctx context.Context, partition string, keys []string) 
 // a hash of the first key when there are several), or the only unit. It
 // returns nil otherwise.
 func (c *Client) keyUnit(keys []string) DataUnit {
-	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
-		if len(c.local) == 1 {
-			return c.local[0]
+	units, local := c.writable()
+	if c.cfg.Placement == LocalFirst && len(local) > 0 {
+		if len(local) == 1 {
+			return local[0]
 		}
 		h := fnv.New64a()
 		h.Write([]byte(keys[0]))
-		return c.local[h.Sum64()%uint64(len(c.local))]
+		return local[h.Sum64()%uint64(len(local))]
 	}
-	if len(c.units) == 1 {
-		return c.units[0]
+	if len(units) == 1 {
+		return units[0]
 	}
 	return nil
 }

@@ -302,10 +302,11 @@ func (c *Client) reserveUnit(meta *engine.BatchMeta) DataUnit {
 	for _, i := range meta.Indexes {
 		lowest = min(lowest, i)
 	}
-	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
-		return c.local[lowest%uint64(len(c.local))]
+	units, local := c.writable()
+	if c.cfg.Placement == LocalFirst && len(local) > 0 {
+		return local[lowest%uint64(len(local))]
 	}
-	return c.units[lowest%uint64(len(c.units))]
+	return units[lowest%uint64(len(units))]
 }
 
 // Commit makes the filled extents readable on the unit, commits the cells
