@@ -57,6 +57,10 @@ func (c Config) Validate() error {
 // Client is TQ's low-level batch API: it asks the controller where rows
 // are (or should go) and moves column bytes directly to and from storage
 // units. It is safe for concurrent use.
+//
+// Every call refuses a key, partition, field or task name that is not
+// valid UTF-8, or empty where a name is required, with an error wrapping
+// [engine.ErrInvalid] that quotes it, before anything is sent.
 type Client struct {
 	cfg     Config
 	meta    MetaService
@@ -84,6 +88,9 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 	}
 	if cfg.Host == "" {
 		cfg.Host = HostID()
+	}
+	if _, ok := meta.(checksNames); !ok {
+		meta = checkedMeta{meta} // see names.go
 	}
 	c := &Client{cfg: cfg, meta: meta, byID: make(map[engine.UnitID]DataUnit, len(units))}
 	for _, u := range units {

@@ -83,6 +83,9 @@ func (c *Client) checkPut(b *engine.Batch, meta *engine.BatchMeta) error {
 	if err := meta.Validate(); err != nil {
 		return err
 	}
+	if err := checkBatchNames(b); err != nil {
+		return err
+	}
 	for _, f := range b.Fields() {
 		s, ok := meta.Schema[f.Name]
 		if !ok || s.DType == engine.InvalidDType {

@@ -128,6 +128,9 @@ func selectionToPB(fields []string) *wirepb.FieldSelection {
 
 // Insert allocates n rows; see [controller.Controller.Insert].
 func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("insert", err)
+	}
 	return r.doMeta(ctx, "insert", wire.OpInsert, &wirepb.InsertRequest{Partition: partition, N: int64(n), Fields: fields})
 }
 
@@ -145,6 +148,9 @@ const fetchMargin = 25 * time.Millisecond
 // server waits, rows the server then finds are consumed for the task all
 // the same.
 func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if err := checkFetch(req); err != nil {
+		return nil, r.opErr("fetch", err)
+	}
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
 		Options: &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
@@ -182,12 +188,18 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 // ForceFetch returns every row of a partition; see
 // [controller.Controller.ForceFetch].
 func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("force fetch", err)
+	}
 	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)})
 }
 
 // RowsMeta returns the meta of the given rows; see
 // [controller.Controller.RowsMeta].
 func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("rows meta", err)
+	}
 	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)})
 }
 
@@ -237,12 +249,18 @@ func (r *RemoteMeta) cells(ctx context.Context, name string, op wire.Op, req pro
 // Commit records committed cells; see [controller.Controller.Commit]. It
 // returns the locations of the cells the commit replaced.
 func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) ([]engine.CellLoc, error) {
+	if err := checkCommit(req); err != nil {
+		return nil, r.opErr("commit", err)
+	}
 	return r.cells(ctx, "commit", wire.OpCommit, commitToPB(req))
 }
 
 // CommitKeys is a KV put's controller step; see
 // [controller.Controller.CommitKeys].
 func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
+	if err := checkCommitKeys(req); err != nil {
+		return engine.KeysCommitted{}, r.opErr("commit keys", err)
+	}
 	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: commitFieldsToPB(req.Fields)}
 	if req.Tags != nil {
 		var err error
@@ -276,6 +294,9 @@ func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (eng
 // ResolveKeys maps keys to rows, creating missing ones with create; see
 // [controller.Controller.ResolveKeysCreated].
 func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	if err := checkPartKeys(partition, keys, fields); err != nil {
+		return nil, nil, r.opErr("resolve keys", err)
+	}
 	var reply wirepb.ResolveKeysReply
 	req := &wirepb.ResolveKeysRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), Create: create}
 	if err := r.do(ctx, "resolve keys", wire.OpResolveKeys, req, &reply); err != nil {
@@ -303,6 +324,9 @@ func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fi
 
 // KeysOf returns each row's key; see [controller.Controller.KeysOf].
 func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("keys of", err)
+	}
 	var reply wirepb.KeysReply
 	if err := r.do(ctx, "keys of", wire.OpKeysOf, &wirepb.KeysOfRequest{Partition: partition, Indexes: indexes}, &reply); err != nil {
 		return nil, err
@@ -315,6 +339,9 @@ func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uin
 
 // SetTags merges tags into rows; see [controller.Controller.SetTags].
 func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	if err := checkName(namePartition, partition); err != nil {
+		return r.opErr("set tags", err)
+	}
 	tb, err := wire.TagsToPB(tags)
 	if err != nil {
 		return r.opErr("set tags", err)
@@ -325,6 +352,9 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 // ListKeys returns each partition's keys with their tags; see
 // [controller.Controller.ListKeys]. Whole-number tags come back as int64.
 func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
+	if err := checkUTF8(namePartition, partition); err != nil {
+		return nil, r.opErr("list keys", err)
+	}
 	var reply wirepb.ListKeysReply
 	if err := r.do(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
@@ -347,6 +377,9 @@ func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string
 // ProductionStatus reports production per row and field; see
 // [controller.Controller.ProductionStatus].
 func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return engine.ProductionStatus{}, r.opErr("production status", err)
+	}
 	var reply wirepb.ProductionStatusReply
 	if err := r.do(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
 		return engine.ProductionStatus{}, err
@@ -368,6 +401,9 @@ func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fie
 // ConsumptionStatus reports a task's consumption per row; see
 // [controller.Controller.ConsumptionStatus].
 func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
+	if err := errors.Join(checkName(namePartition, partition), checkName(nameTask, task)); err != nil {
+		return engine.ConsumptionStatus{}, r.opErr("consumption status", err)
+	}
 	var reply wirepb.ConsumptionStatusReply
 	if err := r.do(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
 		return engine.ConsumptionStatus{}, err
@@ -385,23 +421,35 @@ func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task stri
 // ResetConsumption makes a task's consumed rows fetchable again (every
 // task's with task ""); see [controller.Controller.ResetConsumption].
 func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	if err := errors.Join(checkName(namePartition, partition), checkUTF8(nameTask, task)); err != nil {
+		return r.opErr("reset consumption", err)
+	}
 	return r.do(ctx, "reset consumption", wire.OpResetConsumption, &wirepb.ResetConsumptionRequest{Partition: partition, Task: task}, nil)
 }
 
 // ClearRows removes rows and returns the locations of their cells; see
 // [controller.Controller.ClearRows].
 func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) ([]engine.CellLoc, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("clear rows", err)
+	}
 	return r.cells(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes})
 }
 
 // ClearKeys removes the rows of keys; see [controller.Controller.ClearKeys].
 func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) ([]engine.CellLoc, error) {
+	if err := checkPartKeys(partition, keys, nil); err != nil {
+		return nil, r.opErr("clear keys", err)
+	}
 	return r.cells(ctx, "clear keys", wire.OpClearKeys, &wirepb.ClearKeysRequest{Partition: partition, Keys: keys})
 }
 
 // ClearPartition drops a partition; see
 // [controller.Controller.ClearPartition].
 func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) ([]engine.CellLoc, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("clear partition", err)
+	}
 	return r.cells(ctx, "clear partition", wire.OpClearPartition, &wirepb.ClearPartitionRequest{Partition: partition})
 }
 
@@ -437,6 +485,9 @@ func fieldStatsFromPB(p *wirepb.FieldStats) (engine.FieldStats, error) {
 // Stats summarizes a partition; see [controller.Controller.Stats]. Created
 // has millisecond precision.
 func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return engine.PartitionStats{}, r.opErr("stats", err)
+	}
 	var p wirepb.PartitionStats
 	if err := r.do(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
 		return engine.PartitionStats{}, err
@@ -463,6 +514,9 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 
 // Fields describes a partition's fields; see [controller.Controller.Fields].
 func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("fields", err)
+	}
 	var reply wirepb.FieldsReply
 	if err := r.do(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
@@ -506,6 +560,9 @@ func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 // on the controller's host (absolute, or relative to the controller's
 // checkpoint root when it has one); see [controller.Controller.Save].
 func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, dir string) error {
+	if err := checkName(nameDir, dir); err != nil {
+		return r.opErr("save checkpoint", err)
+	}
 	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
 }
 
@@ -513,5 +570,8 @@ func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, dir string) error {
 // checkpoint in dir, a path on the controller's host; see
 // [controller.Controller.Load].
 func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, dir string) error {
+	if err := checkName(nameDir, dir); err != nil {
+		return r.opErr("load checkpoint", err)
+	}
 	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Dir: dir}, nil)
 }

@@ -38,6 +38,9 @@ func (f FieldSpec) layout(n int) (engine.Kind, int64, error) {
 	if f.Name == "" {
 		return 0, 0, fmt.Errorf("field without a name: %w", engine.ErrInvalid)
 	}
+	if err := checkUTF8(nameField, f.Name); err != nil {
+		return 0, 0, err
+	}
 	switch {
 	case f.Shapes != nil && f.RowBytes != nil, f.Shape != nil && (f.Shapes != nil || f.RowBytes != nil):
 		return 0, 0, fmt.Errorf("field %q sets more than one layout: %w", f.Name, engine.ErrInvalid)
