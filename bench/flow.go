@@ -32,6 +32,7 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
 )
 
@@ -67,16 +68,18 @@ func (e notAvailable) Error() string { return string(e) }
 func (e notAvailable) Unwrap() error { return engine.ErrNotSupported }
 
 // Server is a controller and one storage unit running in this process,
-// reachable over TCP, a unix socket and shared memory. Close it when done.
+// reachable over TCP, a unix socket and shared memory, all of them behind
+// a fresh token ([Server.Token]). Close it when done.
 type Server struct {
-	ctrl *controller.Controller
-	cs   *controller.Server
-	unit *storage.Unit
-	us   *storage.Server
-	mem  *storage.Membership
-	dir  string
-	addr string
-	wg   sync.WaitGroup
+	token string
+	ctrl  *controller.Controller
+	cs    *controller.Server
+	unit  *storage.Unit
+	us    *storage.Server
+	mem   *storage.Membership
+	dir   string
+	addr  string
+	wg    sync.WaitGroup
 }
 
 // StartServer starts a controller and a storage unit of capacity bytes.
@@ -92,10 +95,13 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	if s.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid())); err != nil {
 		return nil, err
 	}
+	if s.token, err = auth.NewToken(); err != nil {
+		return nil, err
+	}
 	if s.ctrl, err = controller.New(controller.DefaultConfig()); err != nil {
 		return nil, err
 	}
-	s.cs = controller.NewServer(s.ctrl, controller.ServerConfig{Name: "bench"})
+	s.cs = controller.NewServer(s.ctrl, controller.ServerConfig{Name: "bench", Token: s.token})
 	cl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -103,7 +109,7 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	s.wg.Go(func() { s.cs.Serve(cl) })
 	s.addr = "tcp://" + cl.Addr().String()
 
-	id, err := storage.AssignID(ctx, s.addr, storage.JoinConfig{})
+	id, err := storage.AssignID(ctx, s.addr, storage.JoinConfig{Token: s.token})
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +118,7 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	if s.unit, err = storage.NewUnit(id, cfg); err != nil {
 		return nil, err
 	}
-	s.us = storage.NewServer(s.unit, storage.ServerConfig{Name: "bench"})
+	s.us = storage.NewServer(s.unit, storage.ServerConfig{Name: "bench", Token: s.token})
 	ul, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -130,7 +136,7 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	}
 	s.us.RegisterShm(fl)
 	s.wg.Go(func() { s.us.ServeShm(fl) })
-	s.mem, err = storage.Join(ctx, s.addr, s.unit, storage.JoinConfig{Addrs: []string{
+	s.mem, err = storage.Join(ctx, s.addr, s.unit, storage.JoinConfig{Token: s.token, Addrs: []string{
 		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
 	if err != nil {
 		return nil, err
@@ -161,6 +167,9 @@ func removeStaleDirs() {
 // Addr returns the controller's address.
 func (s *Server) Addr() string { return s.addr }
 
+// Token returns the token the servers ask every client for.
+func (s *Server) Token() string { return s.token }
+
 // Close stops the servers and removes their sockets.
 func (s *Server) Close() error {
 	var errs []error
@@ -189,6 +198,7 @@ func (s *Server) Close() error {
 // SessionConfig says what a [Session] runs.
 type SessionConfig struct {
 	Controller string // the controller's address ([Server.Addr])
+	Token      string // its token ([Server.Token]); empty: as client.Connect finds one
 	Transport  string // shm, tcp or unix
 	Workload   Workload
 	Case       string
@@ -227,7 +237,7 @@ func StartSession(ctx context.Context, cfg SessionConfig) (s *Session, err error
 			s.Close()
 		}
 	}()
-	cc := childConfig{Controller: cfg.Controller, Transport: cfg.Transport, Workload: cfg.Workload, Case: cfg.Case}
+	cc := childConfig{Controller: cfg.Controller, Token: cfg.Token, Transport: cfg.Transport, Workload: cfg.Workload, Case: cfg.Case}
 	var ready flowResp
 	if s.writer, ready, err = startProc(cfg.Exe, cfg.Args, roleWriter, cc); err != nil {
 		return nil, err

@@ -203,7 +203,7 @@ func TestSessionChecksumMismatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Transport: "tcp", Workload: Tiny, Case: Simple, Args: []string{"-test.run=^$"}})
+	s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: "tcp", Workload: Tiny, Case: Simple, Args: []string{"-test.run=^$"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +261,7 @@ func BenchmarkFlow(b *testing.B) {
 					if err := Available(tr); err != nil {
 						b.Skip(err)
 					}
-					s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Transport: tr, Workload: w, Case: cs, Args: []string{"-test.run=^$"}})
+					s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: tr, Workload: w, Case: cs, Args: []string{"-test.run=^$"}})
 					if err != nil {
 						b.Fatal(err)
 					}

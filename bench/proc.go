@@ -45,6 +45,7 @@ const (
 // childConfig is what a child learns from its environment.
 type childConfig struct {
 	Controller string
+	Token      string // the environment is private to the user, as the token file is
 	Transport  string
 	Workload   Workload
 	Case       string
@@ -99,7 +100,9 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 	}()
 	ctx := context.Background()
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, err := client.Connect(cctx, cfg.Controller, connectConfig(cfg.Transport, role))
+	ccfg := connectConfig(cfg.Transport, role)
+	ccfg.Token = cfg.Token
+	c, err := client.Connect(cctx, cfg.Controller, ccfg)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("connect over %s: %w", cfg.Transport, err)

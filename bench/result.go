@@ -192,7 +192,7 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 }
 
 func runOne(ctx context.Context, srv *Server, opts Options, tr string, w Workload, cs string, each func(int), done *int) ([]Sample, error) {
-	s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Transport: tr, Workload: w, Case: cs, Exe: opts.Exe, Args: opts.Args})
+	s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: tr, Workload: w, Case: cs, Exe: opts.Exe, Args: opts.Args})
 	if err != nil {
 		return nil, err
 	}

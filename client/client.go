@@ -20,7 +20,8 @@ const (
 	// lowest row index among the local units); otherwise it falls back to
 	// Hash.
 	LocalFirst Placement = iota
-	// Hash writes row i to unit i mod (number of units), units ordered by id.
+	// Hash writes row i to unit i mod (number of units), units ordered by
+	// id (the units that are not down: see [Connect]).
 	Hash
 )
 
@@ -56,12 +57,17 @@ func (c Config) Validate() error {
 // Client is TQ's low-level batch API: it asks the controller where rows
 // are (or should go) and moves column bytes directly to and from storage
 // units. It is safe for concurrent use.
+//
+// Every call refuses a key, partition, field or task name that is not
+// valid UTF-8, or empty where a name is required, with an error wrapping
+// [engine.ErrInvalid] that quotes it, before anything is sent.
 type Client struct {
-	cfg   Config
-	meta  MetaService
-	units []DataUnit // sorted by id
-	byID  map[engine.UnitID]DataUnit
-	local []DataUnit
+	cfg     Config
+	meta    MetaService
+	units   []DataUnit // sorted by id
+	byID    map[engine.UnitID]DataUnit
+	local   []DataUnit
+	redials bool // some units may be down (see redialUnit)
 
 	closers []func() error // what Close releases
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
@@ -82,6 +88,9 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 	if cfg.Host == "" {
 		cfg.Host = HostID()
 	}
+	if _, ok := meta.(checksNames); !ok {
+		meta = checkedMeta{meta} // see names.go
+	}
 	c := &Client{cfg: cfg, meta: meta, byID: make(map[engine.UnitID]DataUnit, len(units))}
 	for _, u := range units {
 		if u.ID() == 0 {
@@ -92,6 +101,9 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 		}
 		c.byID[u.ID()] = u
 		c.units = append(c.units, u)
+		if _, ok := u.(*redialUnit); ok {
+			c.redials = true
+		}
 	}
 	slices.SortFunc(c.units, func(a, b DataUnit) int { return int(a.ID()) - int(b.ID()) })
 	for _, u := range c.units {
@@ -100,6 +112,28 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 		}
 	}
 	return c, nil
+}
+
+// writable returns the units a put may go to, and those of them on this
+// host: every unit but those [Connect] could not reach that are still
+// down. If that leaves none, every unit (the put then fails naming one).
+func (c *Client) writable() (units, local []DataUnit) {
+	if !c.redials {
+		return c.units, c.local
+	}
+	for _, u := range c.units {
+		if r, ok := u.(*redialUnit); ok && !r.Available() {
+			continue
+		}
+		units = append(units, u)
+		if u.Host() == c.cfg.Host {
+			local = append(local, u)
+		}
+	}
+	if len(units) == 0 {
+		return c.units, c.local
+	}
+	return units, local
 }
 
 // Meta returns the metadata service the client talks to.

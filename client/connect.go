@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
 )
@@ -16,7 +19,10 @@ import (
 // ConnectConfig configures [Connect].
 type ConnectConfig struct {
 	Client Config
-	// Token is the cluster's shared secret, if it has one.
+	// Token is the cluster's shared secret. Empty means the one this
+	// user's servers use: $TQ_TOKEN, else the token file tq serve keeps in
+	// the data directory (see [FindToken]); a cluster run with --insecure
+	// needs none.
 	Token string
 	// Name identifies this client in the servers' logs and stat output.
 	Name string
@@ -48,6 +54,15 @@ const (
 // (see [ConnectConfig.Transport]), else a unix socket when the unit is on
 // this host and its socket is reachable, TCP otherwise. Close the client
 // when done.
+//
+// A unit that cannot be dialed (it died and the controller does not know
+// yet, or its host is unreachable) does not fail Connect: it stays in the
+// client's table, writes go to the other units, reads of its cells fail
+// at once with an error wrapping [engine.ErrUnavailable] (and
+// [engine.ErrLost]) that names it, and it is dialed again, with a backoff,
+// so that it serves again once it is back. Connect fails only when no
+// unit is reachable: [engine.ErrUnavailable], or [engine.ErrNotFound]
+// when none is registered.
 func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, error) {
 	switch cfg.Transport {
 	case TransportAuto, TransportShm, TransportTCP:
@@ -57,6 +72,11 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())
 	}
+	token, err := FindToken(cfg.Token)
+	if err != nil {
+		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
+	}
+	cfg.Token = token
 	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name})
 	if err != nil {
 		return nil, err
@@ -79,51 +99,133 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		scfg.Name = cfg.Name
 	}
 	str := shm.New(scfg)
-	closeAll := func() {
-		tr.Close()
-		str.Close()
-		meta.Close()
-	}
 	host := cfg.Client.Host
 	if host == "" {
 		host = HostID()
 	}
-	var dus []DataUnit
-	for _, u := range units {
-		if cfg.Transport != TransportTCP {
-			sc, err := dialShm(ctx, str, u, host)
-			if err == nil {
-				dus = append(dus, ShmUnit(u.ID, u.Host, sc))
-				continue
-			}
-			if cfg.Transport == TransportShm {
-				closeAll()
-				return nil, fmt.Errorf("connect to storage unit %d over shm: %w", u.ID, err)
-			}
-		}
-		peer, kind, ok := PickAddr(u, host)
-		if !ok {
-			continue
-		}
-		dc, err := tr.Dial(ctx, peer)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("connect to storage unit %d: %w", u.ID, err)
-		}
-		dus = append(dus, RemoteUnit(u.ID, u.Host, kind, dc))
+	d := unitDialer{transport: cfg.Transport, host: host, tcp: tr, shm: str}
+	// Dial every unit at once: one that does not answer costs the dial
+	// timeout once, not once per unit.
+	dus := make([]DataUnit, len(units))
+	errs := make([]error, len(units))
+	var wg sync.WaitGroup
+	for i, u := range units {
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, redialTimeout)
+			defer cancel()
+			dus[i], errs[i] = d.dial(dctx, u)
+		})
 	}
-	if len(dus) == 0 {
+	wg.Wait()
+	var table []DataUnit
+	var redials []*redialUnit
+	var down []error
+	up := 0
+	for i, u := range units {
+		switch err := errs[i]; {
+		case err == nil:
+			table = append(table, dus[i])
+			up++
+		case errors.Is(err, errNoAddr):
+			// Nothing this client could ever dial: leave it out.
+		case cfg.Transport == TransportShm && !d.shmPossible(u):
+			// Forcing shm where it cannot work is the caller's error.
+			closeUnits(table)
+			tr.Close()
+			str.Close()
+			meta.Close()
+			return nil, fmt.Errorf("connect to storage unit %d over shm: %w", u.ID, err)
+		default:
+			// Down, or not yet known to be: keep it, reachable later.
+			down = append(down, fmt.Errorf("storage unit %d: %w", u.ID, err))
+			r := newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
+			redials = append(redials, r)
+			table = append(table, r)
+		}
+	}
+	closeAll := func() {
+		closeUnits(table)
+		tr.Close()
+		str.Close()
+		meta.Close()
+	}
+	if up == 0 {
 		closeAll()
-		return nil, fmt.Errorf("no reachable storage unit registered with %s: %w", addr, engine.ErrNotFound)
+		if len(down) == 0 {
+			return nil, fmt.Errorf("no reachable storage unit registered with %s: %w", addr, engine.ErrNotFound)
+		}
+		return nil, fmt.Errorf("no storage unit registered with %s is reachable: %w: %w", addr, engine.ErrUnavailable, errors.Join(down...))
 	}
-	c, err := New(meta, dus, cfg.Client)
+	c, err := New(meta, table, cfg.Client)
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
+	for _, r := range redials {
+		c.closers = append(c.closers, r.Close) // before the transports the dials use
+	}
 	c.closers = append(c.closers, tr.Close, str.Close, meta.Close)
 	return c, nil
 }
+
+// errNoAddr reports a unit that registered no address this client could
+// dial.
+var errNoAddr = errors.New("client: unit has no address to dial")
+
+// unitDialer connects to storage units as [Connect] was configured to.
+type unitDialer struct {
+	transport string
+	host      string // this client's host id
+	tcp       *tcp.Transport
+	shm       *shm.Transport
+}
+
+// dial connects to a unit: over shared memory when it can (and always
+// with TransportShm), else over its unix socket or TCP address.
+func (d unitDialer) dial(ctx context.Context, u engine.UnitInfo) (DataUnit, error) {
+	if d.transport != TransportTCP {
+		sc, err := dialShm(ctx, d.shm, u, d.host)
+		if err == nil {
+			return ShmUnit(u.ID, u.Host, sc), nil
+		}
+		if d.transport == TransportShm {
+			return nil, err
+		}
+	}
+	peer, kind, ok := PickAddr(u, d.host)
+	if !ok {
+		return nil, errNoAddr
+	}
+	dc, err := d.tcp.Dial(ctx, peer)
+	if err != nil {
+		return nil, err
+	}
+	return RemoteUnit(u.ID, u.Host, kind, dc), nil
+}
+
+// shmPossible reports whether shared memory could ever reach u: it runs
+// on this host and registered an fd socket (which may be gone for now,
+// with the unit).
+func (d unitDialer) shmPossible(u engine.UnitInfo) bool {
+	return u.Host == d.host && slices.ContainsFunc(u.Addrs, func(a string) bool { return strings.HasPrefix(a, "shm://") })
+}
+
+// closeUnits stops the redials among units.
+func closeUnits(units []DataUnit) {
+	for _, u := range units {
+		if r, ok := u.(*redialUnit); ok {
+			r.Close()
+		}
+	}
+}
+
+// FindToken returns the token a client presents: explicit when it is not
+// empty, else $TQ_TOKEN, else the token file in this user's data
+// directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else
+// ~/.local/state/tq) that tq serve creates on first start; "" when there
+// is none. A token file others may read, or that another user owns, is an
+// error wrapping [engine.ErrInvalid] rather than a token to send.
+func FindToken(explicit string) (string, error) { return auth.FindToken(explicit) }
 
 // ShmPeer returns how to reach a unit through shared memory: its unix
 // socket, when it runs on this host (its host id is host) and advertises

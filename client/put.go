@@ -83,6 +83,9 @@ func (c *Client) checkPut(b *engine.Batch, meta *engine.BatchMeta) error {
 	if err := meta.Validate(); err != nil {
 		return err
 	}
+	if err := checkBatchNames(b); err != nil {
+		return err
+	}
 	for _, f := range b.Fields() {
 		s, ok := meta.Schema[f.Name]
 		if !ok || s.DType == engine.InvalidDType {
@@ -104,19 +107,21 @@ func groupByPartition(m *engine.BatchMeta) map[string][]int {
 	return out
 }
 
-// place assigns positions (rows of one partition) to units.
+// place assigns positions (rows of one partition) to units, among those
+// that are not down.
 func (c *Client) place(meta *engine.BatchMeta, pos []int) map[DataUnit][]int {
 	out := map[DataUnit][]int{}
-	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
+	units, local := c.writable()
+	if c.cfg.Placement == LocalFirst && len(local) > 0 {
 		lowest := meta.Indexes[pos[0]]
 		for _, p := range pos {
 			lowest = min(lowest, meta.Indexes[p])
 		}
-		out[c.local[lowest%uint64(len(c.local))]] = pos
+		out[local[lowest%uint64(len(local))]] = pos
 		return out
 	}
 	for _, p := range pos {
-		u := c.units[meta.Indexes[p]%uint64(len(c.units))]
+		u := units[meta.Indexes[p]%uint64(len(units))]
 		out[u] = append(out[u], p)
 	}
 	return out

@@ -49,16 +49,17 @@ func (c *Client) planKeys(ctx context.Context, partition string, keys []string) 
 // a hash of the first key when there are several), or the only unit. It
 // returns nil otherwise.
 func (c *Client) keyUnit(keys []string) DataUnit {
-	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
-		if len(c.local) == 1 {
-			return c.local[0]
+	units, local := c.writable()
+	if c.cfg.Placement == LocalFirst && len(local) > 0 {
+		if len(local) == 1 {
+			return local[0]
 		}
 		h := fnv.New64a()
 		h.Write([]byte(keys[0]))
-		return c.local[h.Sum64()%uint64(len(c.local))]
+		return local[h.Sum64()%uint64(len(local))]
 	}
-	if len(c.units) == 1 {
-		return c.units[0]
+	if len(units) == 1 {
+		return units[0]
 	}
 	return nil
 }
@@ -80,8 +81,10 @@ func (c *Client) forget(ctx context.Context, partition string, created []string)
 // the put commits or fails.) It returns what the controller reported: each
 // key's tags after the merge and the fields every key holds.
 //
-// Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated), a
-// row or tag count that does not match them, or an empty batch;
+// Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated, not
+// valid UTF-8), a partition or field name that is empty or not valid
+// UTF-8 (refused before any byte moves), a row or tag count that does not
+// match the keys, or an empty batch;
 // [engine.ErrDTypeMismatch] when a field already has another dtype in the
 // partition; [engine.ErrCapacity] when storage stays full until ctx ends.
 func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
@@ -104,6 +107,13 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		return engine.KeysCommitted{}, fmt.Errorf("%d keys for %d rows: %w", len(keys), b.Rows(), engine.ErrInvalid)
 	case tags != nil && len(tags) != len(keys):
 		return engine.KeysCommitted{}, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+	}
+	// Before any byte goes to a unit (the controller checks them too late).
+	if err := checkPartKeys(partition, keys, nil); err != nil {
+		return engine.KeysCommitted{}, err
+	}
+	if err := checkBatchNames(b); err != nil {
+		return engine.KeysCommitted{}, err
 	}
 	req := engine.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
 	if b == nil {
@@ -208,6 +218,9 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 		return nil, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
 	case tags != nil && len(tags) != len(keys):
 		return nil, fmt.Errorf("%d tag maps for %d keys: %w", len(tags), len(keys), engine.ErrInvalid)
+	}
+	if err := checkPartKeys(partition, keys, nil); err != nil {
+		return nil, err
 	}
 	kinds, sizes, dtypes, err := checkSpecs(fields, len(keys))
 	if err != nil {

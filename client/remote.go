@@ -16,13 +16,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // RemoteConfig configures [DialMeta].
 type RemoteConfig struct {
-	// Token is presented in the handshake when the controller requires one.
+	// Token is presented in the handshake. Empty means the one this user's
+	// servers use, found as [Connect] finds it.
 	Token string
 	// Name identifies this client in the controller's logs.
 	Name string
@@ -85,11 +87,18 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	if cfg.RetryFor == 0 {
 		cfg.RetryFor = 60 * time.Second
 	}
+	token, err := FindToken(cfg.Token)
+	if err != nil {
+		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
+	}
 	r := &RemoteMeta{
 		addr: addr, cfg: cfg, transport: network, peer: address, done: make(chan struct{}),
-		hello: &wirepb.Hello{Role: "client", HostId: HostID(), Token: cfg.Token, Name: cfg.Name},
+		hello: &wirepb.Hello{Role: "client", HostId: HostID(), Token: token, Name: cfg.Name},
 	}
 	if _, err := r.connect(ctx); err != nil {
+		if errors.Is(err, wire.ErrUnauthenticated) {
+			err = fmt.Errorf("%w (%s)", err, auth.TokenHint())
+		}
 		return nil, r.opErr("dial", err)
 	}
 	return r, nil
@@ -274,6 +283,9 @@ func selectionToPB(fields []string) *wirepb.FieldSelection {
 
 // Insert allocates n rows; see [controller.Controller.Insert].
 func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("insert", err)
+	}
 	return r.doMeta(ctx, "insert", wire.OpInsert, &wirepb.InsertRequest{Partition: partition, N: int64(n), Fields: fields}, false)
 }
 
@@ -295,6 +307,9 @@ const fetchMargin = 25 * time.Millisecond
 // stays unreachable, the rows a late reply or a lost one held are given
 // back to the task: a fetch never consumes rows its caller did not receive.
 func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if err := checkFetch(req); err != nil {
+		return nil, r.opErr("fetch", err)
+	}
 	if req.Key == "" {
 		var k [16]byte
 		rand.Read(k[:])
@@ -382,12 +397,18 @@ func (r *RemoteMeta) giveBack(partition, task, key string) {
 // ForceFetch returns every row of a partition; see
 // [controller.Controller.ForceFetch].
 func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("force fetch", err)
+	}
 	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)}, true)
 }
 
 // RowsMeta returns the meta of the given rows; see
 // [controller.Controller.RowsMeta].
 func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return nil, r.opErr("rows meta", err)
+	}
 	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)}, true)
 }
 
@@ -399,12 +420,18 @@ func commitToPB(req engine.CommitRequest) *wirepb.CommitRequest {
 // [github.com/tqgo/tq/controller.Controller.Commit]. The controller frees
 // the cells it replaced.
 func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
+	if err := checkCommit(req); err != nil {
+		return r.opErr("commit", err)
+	}
 	return r.do(ctx, "commit", wire.OpCommit, commitToPB(req), &wirepb.CellsReply{})
 }
 
 // CommitKeys is a KV put's controller step; see
 // [controller.Controller.CommitKeys].
 func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
+	if err := checkCommitKeys(req); err != nil {
+		return engine.KeysCommitted{}, r.opErr("commit keys", err)
+	}
 	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: wire.CommitFieldsToPB(req.Fields)}
 	if req.Tags != nil {
 		var err error
@@ -438,6 +465,9 @@ func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (eng
 // ResolveKeys maps keys to rows, creating missing ones with create; see
 // [controller.Controller.ResolveKeysCreated].
 func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	if err := checkPartKeys(partition, keys, fields); err != nil {
+		return nil, nil, r.opErr("resolve keys", err)
+	}
 	var reply wirepb.ResolveKeysReply
 	req := &wirepb.ResolveKeysRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), Create: create}
 	if err := r.call(ctx, "resolve keys", wire.OpResolveKeys, req, &reply, !create); err != nil {
@@ -465,6 +495,9 @@ func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fi
 
 // KeysOf returns each row's key; see [controller.Controller.KeysOf].
 func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("keys of", err)
+	}
 	var reply wirepb.KeysReply
 	if err := r.retry(ctx, "keys of", wire.OpKeysOf, &wirepb.KeysOfRequest{Partition: partition, Indexes: indexes}, &reply); err != nil {
 		return nil, err
@@ -477,6 +510,9 @@ func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uin
 
 // SetTags merges tags into rows; see [controller.Controller.SetTags].
 func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	if err := checkName(namePartition, partition); err != nil {
+		return r.opErr("set tags", err)
+	}
 	tb, err := wire.TagsToPB(tags)
 	if err != nil {
 		return r.opErr("set tags", err)
@@ -517,6 +553,9 @@ type PartitionKeys struct {
 // the first and the returned cursor for each next one, until it is nil.
 // limit 0 takes the server's page size.
 func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	if err := checkUTF8(namePartition, partition); err != nil {
+		return nil, nil, r.opErr("list keys", err)
+	}
 	var reply wirepb.ListKeysReply
 	if err := r.retry(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition, Cursor: cursor, Limit: int64(limit)}, &reply); err != nil {
 		return nil, nil, err
@@ -545,6 +584,9 @@ func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor 
 // ProductionStatus reports production per row and field; see
 // [controller.Controller.ProductionStatus].
 func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
+	if err := checkPartFields(partition, fields); err != nil {
+		return engine.ProductionStatus{}, r.opErr("production status", err)
+	}
 	var reply wirepb.ProductionStatusReply
 	if err := r.retry(ctx, "production status", wire.OpProductionStatus, &wirepb.ProductionStatusRequest{Partition: partition, Fields: fields}, &reply); err != nil {
 		return engine.ProductionStatus{}, err
@@ -566,6 +608,9 @@ func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fie
 // ConsumptionStatus reports a task's consumption per row; see
 // [controller.Controller.ConsumptionStatus].
 func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
+	if err := errors.Join(checkName(namePartition, partition), checkName(nameTask, task)); err != nil {
+		return engine.ConsumptionStatus{}, r.opErr("consumption status", err)
+	}
 	var reply wirepb.ConsumptionStatusReply
 	if err := r.retry(ctx, "consumption status", wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: partition, Task: task}, &reply); err != nil {
 		return engine.ConsumptionStatus{}, err
@@ -583,23 +628,35 @@ func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task stri
 // ResetConsumption makes a task's consumed rows fetchable again (every
 // task's with task ""); see [controller.Controller.ResetConsumption].
 func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	if err := errors.Join(checkName(namePartition, partition), checkUTF8(nameTask, task)); err != nil {
+		return r.opErr("reset consumption", err)
+	}
 	return r.do(ctx, "reset consumption", wire.OpResetConsumption, &wirepb.ResetConsumptionRequest{Partition: partition, Task: task}, nil)
 }
 
 // ClearRows removes rows and returns the locations of their cells; see
 // [controller.Controller.ClearRows].
 func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
+	if err := checkName(namePartition, partition); err != nil {
+		return r.opErr("clear rows", err)
+	}
 	return r.do(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes}, &wirepb.CellsReply{})
 }
 
 // ClearKeys removes the rows of keys; see [controller.Controller.ClearKeys].
 func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
+	if err := checkPartKeys(partition, keys, nil); err != nil {
+		return r.opErr("clear keys", err)
+	}
 	return r.do(ctx, "clear keys", wire.OpClearKeys, &wirepb.ClearKeysRequest{Partition: partition, Keys: keys}, &wirepb.CellsReply{})
 }
 
 // ClearPartition drops a partition; see
 // [controller.Controller.ClearPartition].
 func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) error {
+	if err := checkName(namePartition, partition); err != nil {
+		return r.opErr("clear partition", err)
+	}
 	return r.do(ctx, "clear partition", wire.OpClearPartition, &wirepb.ClearPartitionRequest{Partition: partition}, &wirepb.CellsReply{})
 }
 
@@ -635,6 +692,9 @@ func fieldStatsFromPB(p *wirepb.FieldStats) (engine.FieldStats, error) {
 // Stats summarizes a partition; see [controller.Controller.Stats]. Created
 // has millisecond precision.
 func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return engine.PartitionStats{}, r.opErr("stats", err)
+	}
 	var p wirepb.PartitionStats
 	if err := r.retry(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
 		return engine.PartitionStats{}, err
@@ -661,6 +721,9 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 
 // Fields describes a partition's fields; see [controller.Controller.Fields].
 func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
+	if err := checkName(namePartition, partition); err != nil {
+		return nil, r.opErr("fields", err)
+	}
 	var reply wirepb.FieldsReply
 	if err := r.retry(ctx, "fields", wire.OpFields, &wirepb.PartitionRequest{Partition: partition}, &reply); err != nil {
 		return nil, err
@@ -705,12 +768,18 @@ func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 // checkpoint directory; see
 // [github.com/tqgo/tq/controller.Server.SaveCheckpoint].
 func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, name string) error {
+	if err := checkName(nameDir, name); err != nil {
+		return r.opErr("save checkpoint", err)
+	}
 	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
 }
 
 // LoadCheckpoint makes the controller replace its state with checkpoint
 // name; see [github.com/tqgo/tq/controller.Server.LoadCheckpoint].
 func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, name string) error {
+	if err := checkName(nameDir, name); err != nil {
+		return r.opErr("load checkpoint", err)
+	}
 	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
 }
 

@@ -38,6 +38,9 @@ func (f FieldSpec) layout(n int) (engine.Kind, int64, error) {
 	if f.Name == "" {
 		return 0, 0, fmt.Errorf("field without a name: %w", engine.ErrInvalid)
 	}
+	if err := checkUTF8(nameField, f.Name); err != nil {
+		return 0, 0, err
+	}
 	switch {
 	case f.Shapes != nil && f.RowBytes != nil, f.Shape != nil && (f.Shapes != nil || f.RowBytes != nil):
 		return 0, 0, fmt.Errorf("field %q sets more than one layout: %w", f.Name, engine.ErrInvalid)
@@ -302,10 +305,11 @@ func (c *Client) reserveUnit(meta *engine.BatchMeta) DataUnit {
 	for _, i := range meta.Indexes {
 		lowest = min(lowest, i)
 	}
-	if c.cfg.Placement == LocalFirst && len(c.local) > 0 {
-		return c.local[lowest%uint64(len(c.local))]
+	units, local := c.writable()
+	if c.cfg.Placement == LocalFirst && len(local) > 0 {
+		return local[lowest%uint64(len(local))]
 	}
-	return c.units[lowest%uint64(len(c.units))]
+	return units[lowest%uint64(len(units))]
 }
 
 // Commit makes the filled extents readable on the unit, commits the cells

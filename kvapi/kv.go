@@ -40,8 +40,11 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 
 // BatchPut writes row i of fields to keys[i] and merges tags[i] into its
 // tags; either fields or tags may be nil, not both. Keys are created as
-// needed. Bad input (no keys, duplicate keys, row or tag count mismatch, a
-// field whose dtype differs from the partition's) changes nothing.
+// needed. Bad input (no keys, duplicate keys, a key, partition or field
+// name that is empty or not valid UTF-8, row or tag count mismatch, a
+// field whose dtype differs from the partition's) changes nothing; names
+// are refused ([engine.ErrInvalid], quoting them) before anything is
+// sent.
 //
 // The returned meta lists the fields every key holds after the put: those
 // all keys already had plus the ones written.

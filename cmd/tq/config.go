@@ -17,10 +17,16 @@ import (
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 )
 
 // serveConfig is `tq serve`'s configuration: flags, or a YAML file with
 // the same names (flags win).
+//
+// The data directory (DataDir) is private to the user (0700) and laid
+// out as DATADIR/token (the token, 0600), DATADIR/controller/ (the
+// controller's log and snapshots) and DATADIR/checkpoints/ (checkpoints
+// by name).
 type serveConfig struct {
 	Role              string        `yaml:"role"`
 	Listen            string        `yaml:"listen"`
@@ -33,15 +39,23 @@ type serveConfig struct {
 	HugePages         bool          `yaml:"huge_pages"`
 	Token             string        `yaml:"token"`
 	Insecure          bool          `yaml:"insecure"`
+	DataDir           string        `yaml:"data_dir"` // see above
+	Advertise         string        `yaml:"advertise"`
+	UnitAdvertise     string        `yaml:"unit_advertise"`
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	Name              string        `yaml:"name"`
+
+	// tokenFrom says where Token came from once secure resolved it.
+	tokenFrom string
 }
 
 func defaultServeConfig() serveConfig {
+	dataDir, _ := auth.DefaultDataDir() // "" without $HOME: validate says so
 	return serveConfig{
+		DataDir:           dataDir,
 		Role:              "all",
 		Listen:            "127.0.0.1:7370",
 		Units:             2,
@@ -58,15 +72,18 @@ func defaultServeConfig() serveConfig {
 func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Role, "role", c.Role, "what to run: all (a controller and its storage units), controller, or unit")
 	fs.StringVar(&c.Listen, "listen", c.Listen, `controller TCP address ("" for none)`)
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "the controller's address as clients on other hosts dial it, HOST or HOST:PORT (default: the --listen address; on a wildcard such as 0.0.0.0 or [::], this host's address on its default route)")
 	fs.StringVar(&c.Socket, "socket", c.Socket, "controller unix socket (default SOCKET_DIR/controller.sock)")
 	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
 	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
-	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets")
+	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register with the controller for their TCP address, with each unit's own port (default: --advertise's host if set; else the --unit-listen address, a wildcard replaced by this host's address on its default route)")
+	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets, created 0700; refused unless owned by this user and writable by nobody else")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
-	fs.StringVar(&c.Token, "token", c.Token, "shared secret clients and units must present")
-	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "allow a non-loopback listener without a token")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the token and the controller's state, private to this user ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else ~/.local/state/tq)")
+	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there)")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "sampler: sequential, rank-aware, grpo:N, seqlen:N:DP")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "storage unit heartbeat interval")
@@ -118,17 +135,72 @@ func (c *serveConfig) validate() error {
 		if l.addr == "" {
 			continue
 		}
-		host, _, err := net.SplitHostPort(l.addr)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
-			continue
 		}
-		if !isLoopback(host) && c.Token == "" && !c.Insecure {
-			bad("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr)
+	}
+	if c.Advertise != "" {
+		if host, _, err := splitHostMaybePort(c.Advertise); err != nil {
+			bad("--advertise %q: %v", c.Advertise, err)
+		} else if isWildcard(host) {
+			bad("--advertise %q: a wildcard address cannot be dialed; name this host", c.Advertise)
 		}
+	}
+	if c.UnitAdvertise != "" {
+		if host, port, err := splitHostMaybePort(c.UnitAdvertise); err != nil {
+			bad("--unit-advertise %q: %v", c.UnitAdvertise, err)
+		} else if port != "" {
+			bad("--unit-advertise %q: give a host; each unit registers its own port", c.UnitAdvertise)
+		} else if isWildcard(host) {
+			bad("--unit-advertise %q: a wildcard address cannot be dialed; name this host", c.UnitAdvertise)
+		}
+	}
+	if c.Insecure && c.Token != "" {
+		bad("--insecure and --token contradict each other: --insecure serves without a token")
+	}
+	if c.DataDir == "" && c.needsDataDir() {
+		bad("no data directory: set --data-dir or $%s", auth.EnvDataDir)
 	}
 	if _, err := c.sampler(); err != nil {
 		bad("%v", err)
+	}
+	return errors.Join(errs...)
+}
+
+// unitAdvertise returns the host storage units register for their TCP
+// listeners: --unit-advertise, else --advertise's host, else "" (chosen
+// per listener, see advertised).
+func (c *serveConfig) unitAdvertise() string {
+	if c.UnitAdvertise != "" {
+		return c.UnitAdvertise
+	}
+	if c.Advertise != "" {
+		if host, _, err := splitHostMaybePort(c.Advertise); err == nil {
+			return host
+		}
+	}
+	return ""
+}
+
+// needsDataDir reports whether this process keeps anything in the data
+// directory: the controller's state, or a token it reads from there.
+func (c *serveConfig) needsDataDir() bool {
+	return c.Role != "unit" || (!c.Insecure && c.Token == "" && os.Getenv(auth.EnvToken) == "")
+}
+
+// checkExposure refuses a TCP listener beyond loopback without a token,
+// unless --insecure asked for exactly that. It runs once the token is
+// known (by default one always is).
+func (c *serveConfig) checkExposure() error {
+	var errs []error
+	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}} {
+		if l.addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(l.addr)
+		if err == nil && !isLoopback(host) && c.Token == "" && !c.Insecure {
+			errs = append(errs, fmt.Errorf("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -1,13 +1,23 @@
 package main
 
 import (
+	"os"
 	"testing"
 
 	"github.com/tqgo/tq/bench"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/internal/leaktest"
 )
 
 func TestMain(m *testing.M) {
 	bench.ChildMain() // the writer and reader processes of `tq bench`
+	// Nothing here uses this user's real data directory or token: a process
+	// that is not given one finds no token, and a tq serve that is not
+	// given a data directory fails to create this one. (Helper processes
+	// get theirs from the test.)
+	if os.Getenv("TQ_HELPER") == "" {
+		os.Setenv(auth.EnvDataDir, "/dev/null/tq-tests-name-a-data-dir")
+		os.Unsetenv(auth.EnvToken)
+	}
 	leaktest.Main(m)
 }

@@ -86,3 +86,34 @@ func TestServeAcrossNamespaces(t *testing.T) {
 	}
 	ctrl.stop(t)
 }
+
+// Servers listening on wildcards give out addresses another host can
+// dial: the controller on 0.0.0.0 prints the namespace's address, the unit
+// on [::] registers its own namespace's address (never tcp://[::]:PORT,
+// which a client elsewhere would take for itself), and a client in the
+// other namespace reaches it.
+func TestServeWildcardAcrossNamespaces(t *testing.T) {
+	bin := tqBinary(t)
+	n := newNetns(t)
+	const token = "netns-test-token"
+	ctrl := startServe(t, n.in(n.a), bin, "--role", "controller", "--listen", "0.0.0.0:7370",
+		"--socket-dir", t.TempDir(), "--token", token, "--heartbeat", "200ms")
+	caddr := ctrl.addr("tcp")
+	if want := "tcp://" + n.ipA + ":7370"; caddr != want {
+		t.Fatalf("the controller on 0.0.0.0 gives out %q, want %q", caddr, want)
+	}
+	unit := startServe(t, n.in(n.b), bin, "--role", "unit", "--controller", caddr, "--unit-listen", "[::]:0",
+		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--heartbeat", "200ms")
+	if len(unit.units) != 1 || len(unit.units[0]) != 1 || !strings.HasPrefix(unit.units[0][0], "tcp://"+n.ipB+":") {
+		t.Fatalf("the unit on [::] gives out %v, want tcp://%s:PORT", unit.units, n.ipB)
+	}
+	runHelpers(t, helper(t, n.in(n.a), "roundtrip", "TQ_ADDR="+caddr, "TQ_TOKEN="+token, "TQ_NS="+n.a))
+	out, err := exec.Command("ip", "netns", "exec", n.a, bin, "stat", "--token", token, caddr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tq stat: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "tcp://"+n.ipB) || strings.Contains(string(out), "[::]") || strings.Contains(string(out), "0.0.0.0") {
+		t.Fatalf("the unit did not register a routable address:\n%s", out)
+	}
+	ctrl.stop(t)
+}

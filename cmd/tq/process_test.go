@@ -22,8 +22,11 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/shm"
+	"github.com/tqgo/tq/transport/tcp"
+	"github.com/tqgo/tq/wire"
 )
 
 var buildTQ = sync.OnceValues(func() (string, error) {
@@ -53,18 +56,29 @@ func tqBinary(t *testing.T) string {
 
 // serveProc is a running `tq serve`.
 type serveProc struct {
-	cmd   *exec.Cmd
-	lines chan string
-	addrs []string // the controller's addresses
-	done  chan error
+	cmd     *exec.Cmd
+	lines   chan string
+	addrs   []string   // the controller's addresses
+	units   [][]string // each storage unit's addresses
+	dataDir string     // its $TQ_DATA_DIR
+	done    chan error
 }
 
 // startServe runs `tq serve` with args (optionally under a wrapper such as
-// `ip netns exec NS`) and waits for it to print "ready".
+// `ip netns exec NS`) in a fresh data directory, and waits for it to print
+// "ready".
 func startServe(t *testing.T, wrapper []string, bin string, args ...string) *serveProc {
+	t.Helper()
+	return startServeIn(t, t.TempDir(), wrapper, bin, args...)
+}
+
+// startServeIn is startServe with $TQ_DATA_DIR set to dataDir: never the
+// real ~/.local/state.
+func startServeIn(t *testing.T, dataDir string, wrapper []string, bin string, args ...string) *serveProc {
 	t.Helper()
 	argv := append(append(append([]string{}, wrapper...), bin, "serve"), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+dataDir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +87,7 @@ func startServe(t *testing.T, wrapper []string, bin string, args ...string) *ser
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &serveProc{cmd: cmd, lines: make(chan string, 64), done: make(chan error, 1)}
+	p := &serveProc{cmd: cmd, lines: make(chan string, 64), dataDir: dataDir, done: make(chan error, 1)}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -97,6 +111,11 @@ func startServe(t *testing.T, wrapper []string, bin string, args ...string) *ser
 			if rest, ok := strings.CutPrefix(l, "tq serve: controller on "); ok {
 				p.addrs = strings.Fields(rest)
 			}
+			if rest, ok := strings.CutPrefix(l, "tq serve: storage unit "); ok {
+				if _, addrs, ok := strings.Cut(rest, ") on "); ok {
+					p.units = append(p.units, strings.Fields(addrs))
+				}
+			}
 			if l == "tq serve: ready" {
 				go func() { // keep draining
 					for l := range p.lines {
@@ -118,6 +137,27 @@ func (p *serveProc) addr(scheme string) string {
 		}
 	}
 	return ""
+}
+
+// env is what a process needs to find this server's token as any client
+// of the same user does: its data directory.
+func (p *serveProc) env() []string { return []string{auth.EnvDataDir + "=" + p.dataDir} }
+
+// token returns the token the server made in its data directory.
+func (p *serveProc) token(t *testing.T) string {
+	t.Helper()
+	tok, err := auth.ReadToken(filepath.Join(p.dataDir, auth.TokenFile))
+	if err != nil {
+		t.Fatalf("the server's token: %v", err)
+	}
+	return tok
+}
+
+// tqStat runs `tq stat` as a client of the same user.
+func (p *serveProc) tqStat(bin string, args ...string) ([]byte, error) {
+	cmd := exec.Command(bin, append([]string{"stat"}, args...)...)
+	cmd.Env = append(os.Environ(), p.env()...)
+	return cmd.CombinedOutput()
 }
 
 // stop sends SIGTERM and expects a clean exit.
@@ -211,6 +251,11 @@ func TestHelperProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
+	if role == "intruder" {
+		intrude(ctx, t)
+		fmt.Println("HELPER OK")
+		return
+	}
 	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role,
 		Transport: os.Getenv("TQ_TRANSPORT")})
 	if err != nil {
@@ -350,7 +395,11 @@ func TestHelperProcess(t *testing.T) {
 	case "shmhold":
 		// Hold a lease and an open reservation, say so, and wait to be
 		// killed.
-		tr := shm.New(shm.Config{Token: os.Getenv("TQ_TOKEN")})
+		tok, err := client.FindToken(os.Getenv("TQ_TOKEN"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := shm.New(shm.Config{Token: tok})
 		sc, err := tr.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv("TQ_UNIT")})
 		if err != nil {
 			t.Fatal(err)
@@ -381,7 +430,7 @@ func TestHelperProcess(t *testing.T) {
 func TestServeShm(t *testing.T) {
 	bin := tqBinary(t)
 	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
-	env := []string{"TQ_ADDR=" + p.addr("unix"), "TQ_TOKEN=", "TQ_TRANSPORT=shm"}
+	env := append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_TRANSPORT=shm")
 	runHelpers(t, helper(t, nil, "shmview", env...))
 }
 
@@ -393,7 +442,7 @@ func TestServeShmKilledClientGivesBack(t *testing.T) {
 	dir := t.TempDir()
 	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", dir, "--units", "1", "--capacity", "64MiB")
 	unit := "unix://" + filepath.Join(dir, "unit-1.sock")
-	cmd := helper(t, nil, "shmhold", "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_UNIT="+unit)
+	cmd := helper(t, nil, "shmhold", append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_UNIT="+unit)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -419,7 +468,7 @@ func TestServeShmKilledClientGivesBack(t *testing.T) {
 		t.Fatal("helper did not report its holds in 30 s")
 	}
 
-	tr := shm.New(shm.Config{})
+	tr := shm.New(shm.Config{Token: p.token(t)})
 	defer tr.Close()
 	sc, err := tr.DialConn(context.Background(), engine.PeerInfo{Addr: unit})
 	if err != nil {
@@ -463,9 +512,9 @@ func TestServeProducerConsumer(t *testing.T) {
 		// socket the client picks shared memory for these same-host units.
 		transport := map[string]string{"tcp": client.TransportTCP, "unix": client.TransportShm}[scheme]
 		t.Run(scheme, func(t *testing.T) {
-			env := []string{"TQ_ADDR=" + addr, "TQ_TRANSPORT=" + transport, "TQ_SCHEME=" + scheme}
+			env := append(p.env(), "TQ_ADDR="+addr, "TQ_TRANSPORT="+transport, "TQ_SCHEME="+scheme)
 			runHelpers(t, helper(t, nil, "consumer", env...), helper(t, nil, "producer", env...))
-			out, err := exec.Command(bin, "stat", addr).CombinedOutput()
+			out, err := p.tqStat(bin, addr)
 			if err != nil {
 				t.Fatalf("tq stat: %v\n%s", err, out)
 			}
@@ -478,7 +527,7 @@ func TestServeProducerConsumer(t *testing.T) {
 			if !strings.Contains(string(out), "2 MiB huge") && !strings.Contains(string(out), "4 KiB pre-faulted") {
 				t.Fatalf("tq stat does not say which pages the units use:\n%s", out)
 			}
-			c, err := client.Connect(context.Background(), addr, client.ConnectConfig{})
+			c, err := client.Connect(context.Background(), addr, client.ConnectConfig{Token: p.token(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -494,27 +543,66 @@ func TestServeProducerConsumer(t *testing.T) {
 func TestServeRejectsBadConfig(t *testing.T) {
 	bin := tqBinary(t)
 	cfgFile := filepath.Join(t.TempDir(), "tq.yaml")
+	// openDir returns a fresh directory with mode, for --socket-dir or
+	// --data-dir.
+	openDir := func(mode os.FileMode) func(t *testing.T) string {
+		return func(t *testing.T) string {
+			d := filepath.Join(t.TempDir(), "d")
+			if err := os.Mkdir(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(d, mode); err != nil {
+				t.Fatal(err)
+			}
+			return d
+		}
+	}
+	openToken := func(t *testing.T) string {
+		d := t.TempDir()
+		tok := filepath.Join(d, auth.TokenFile)
+		if err := os.WriteFile(tok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(tok, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
 	for _, tc := range []struct {
 		name string
 		yaml string
 		args []string
+		// dir, if set, makes a directory passed as the value of the last
+		// of args.
+		dir  func(t *testing.T) string
 		want string
 	}{
-		{"unknown role", "", []string{"--role", "boss"}, `role "boss"`},
-		{"unit without controller", "", []string{"--role", "unit"}, "needs --controller"},
-		{"public listener without token", "", []string{"--listen", "0.0.0.0:0"}, "without a token"},
-		{"bad capacity", "", []string{"--capacity", "lots"}, "size"},
-		{"bad sampler", "", []string{"--sampler", "grpo:x"}, "sampler"},
-		{"unknown yaml key", "colour: blue\n", nil, "colour"},
-		{"yaml values validated", "units: 0\n", nil, "at least one storage unit"},
+		{"unknown role", "", []string{"--role", "boss"}, nil, `role "boss"`},
+		{"unit without controller", "", []string{"--role", "unit"}, nil, "needs --controller"},
+		{"insecure with a token", "", []string{"--insecure", "--token", "x"}, nil, "contradict"},
+		{"bad capacity", "", []string{"--capacity", "lots"}, nil, "size"},
+		{"bad sampler", "", []string{"--sampler", "grpo:x"}, nil, "sampler"},
+		{"unknown yaml key", "colour: blue\n", nil, nil, "colour"},
+		{"yaml values validated", "units: 0\n", nil, nil, "at least one storage unit"},
+		// Someone else's /tmp/tq-$UID, or one made open to all: its
+		// owner, or anyone, could delete the sockets or put their own in.
+		{"world-writable socket dir", "", []string{"--socket-dir"}, openDir(0o777), "mode 0777"},
+		{"sticky world-writable socket dir", "", []string{"--socket-dir"}, openDir(0o777 | os.ModeSticky), "mode 1777"},
+		{"group-writable data dir", "", []string{"--data-dir"}, openDir(0o770), "mode 0770"},
+		{"token file others can read", "", []string{"--listen", "0.0.0.0:0", "--data-dir"}, openToken, "mode 0644"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"serve", "--socket-dir", t.TempDir()}, tc.args...)
+			if tc.dir != nil {
+				args = append(args, tc.dir(t))
+			}
 			if tc.yaml != "" {
 				os.WriteFile(cfgFile, []byte(tc.yaml), 0o644)
 				args = append(args, "--config", cfgFile)
 			}
-			out, err := exec.Command(bin, args...).CombinedOutput()
+			cmd := exec.Command(bin, args...)
+			cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+t.TempDir())
+			out, err := runFor(cmd, 20*time.Second)
 			if err == nil {
 				t.Fatalf("tq %v succeeded:\n%s", args, out)
 			}
@@ -523,6 +611,117 @@ func TestServeRejectsBadConfig(t *testing.T) {
 			}
 		})
 	}
+	t.Run("socket dir of another user", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to give a directory to another user")
+		}
+		d := openDir(0o755)(t)
+		if err := os.Chown(d, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "serve", "--socket-dir", d)
+		cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+t.TempDir())
+		out, err := runFor(cmd, 20*time.Second)
+		if err == nil || !strings.Contains(string(out), "owned by uid 65534") {
+			t.Fatalf("tq serve --socket-dir %s (owned by uid 65534): %v\n%s", d, err, out)
+		}
+	})
+}
+
+// runFor runs cmd, killing it after d: a server that should have refused
+// to start does not hang the test.
+func runFor(cmd *exec.Cmd, d time.Duration) ([]byte, error) {
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	timer := time.AfterFunc(d, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	err := cmd.Wait()
+	return []byte(out.String()), err
+}
+
+// TestOtherUserNeedsToken: another local user — a process with neither
+// the token nor this user's token file — reaches none of a default tq
+// serve's listeners: not the controller over loopback TCP or its unix
+// socket, not a unit's TCP or unix socket, not its fd socket. What the
+// owner put is still there afterwards.
+func TestOtherUserNeedsToken(t *testing.T) {
+	bin := tqBinary(t)
+	dir := t.TempDir()
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", dir, "--units", "1", "--capacity", "16MiB")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, p.addr("tcp"), client.ConnectConfig{Token: p.token(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	kv := kvapi.New(c)
+	want := helperBatch(0, 4)
+	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 4), want, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.units) != 1 {
+		t.Fatalf("unit addresses: %v", p.units)
+	}
+	var unitTCP, unitUnix string
+	for _, a := range p.units[0] {
+		switch {
+		case strings.HasPrefix(a, "tcp://"):
+			unitTCP = a
+		case strings.HasPrefix(a, "unix://"):
+			unitUnix = a
+		}
+	}
+	env := []string{auth.EnvDataDir + "=" + t.TempDir(), "TQ_CTRL_TCP=" + p.addr("tcp"), "TQ_CTRL_UNIX=" + p.addr("unix"),
+		"TQ_UNIT_TCP=" + unitTCP, "TQ_UNIT_UNIX=" + unitUnix, "TQ_TOKEN="}
+	runHelpers(t, helper(t, nil, "intruder", env...))
+
+	got, err := kv.BatchGet(ctx, "p", helperKeys(0, 4))
+	if err != nil {
+		t.Fatalf("the owner's data after the intruder: %v", err)
+	}
+	defer got.Release()
+	for _, f := range want.Fields() {
+		if !got.Col(f.Name).Equal(f.Col) {
+			t.Fatalf("field %s changed", f.Name)
+		}
+	}
+}
+
+// intrude is the helper role of another user: every way in is refused
+// with an error wrapping wire.ErrUnauthenticated.
+func intrude(ctx context.Context, t *testing.T) {
+	if tok, err := client.FindToken(""); tok != "" || err != nil {
+		t.Fatalf("the intruder found a token %q (%v)", tok, err)
+	}
+	unauthenticated := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, wire.ErrUnauthenticated) {
+			t.Errorf("%s without the token: got %v, want an error wrapping %v", what, err, wire.ErrUnauthenticated)
+		}
+	}
+	for _, addr := range []string{os.Getenv("TQ_CTRL_TCP"), os.Getenv("TQ_CTRL_UNIX")} {
+		c, err := client.Connect(ctx, addr, client.ConnectConfig{Name: "intruder"})
+		if err == nil {
+			// Had it got in, this is what it would have done.
+			c.ClearPartition(ctx, "p")
+			c.Close()
+		}
+		unauthenticated("connect to the controller at "+addr, err)
+	}
+	tr := tcp.New(tcp.Config{Name: "intruder"})
+	defer tr.Close()
+	for _, addr := range []string{os.Getenv("TQ_UNIT_TCP"), os.Getenv("TQ_UNIT_UNIX")} {
+		_, err := tr.Dial(ctx, engine.PeerInfo{Addr: addr})
+		unauthenticated("dial the unit at "+addr, err)
+	}
+	st := shm.New(shm.Config{Name: "intruder"})
+	defer st.Close()
+	_, err := st.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv("TQ_UNIT_UNIX")})
+	unauthenticated("shared memory of the unit", err)
 }
 
 // A storage unit killed with SIGKILL: readers of its cells get ErrLost
@@ -531,10 +730,12 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	bin := tqBinary(t)
 	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
 	addr := ctrl.addr("tcp")
-	unit := startServe(t, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms")
+	// The unit finds the controller's token as a client of the same user
+	// does: no --token, the same data directory.
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true})
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,7 +759,7 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		out, _ := exec.Command(bin, "stat", addr).CombinedOutput()
+		out, _ := ctrl.tqStat(bin, addr)
 		if strings.Contains(string(out), "LOST") {
 			break
 		}
@@ -579,10 +780,10 @@ func TestKilledShmUnitFailsFast(t *testing.T) {
 	dir := t.TempDir()
 	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", dir, "--heartbeat", "100ms")
 	addr := ctrl.addr("unix")
-	unit := startServe(t, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB", "--heartbeat", "100ms")
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB", "--heartbeat", "100ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: client.TransportShm})
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: client.TransportShm, Token: ctrl.token(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,4 +833,16 @@ func TestKilledShmUnitFailsFast(t *testing.T) {
 	}
 	view.Release() // the unit is gone: nothing to tell it, and no hang
 	ctrl.stop(t)
+}
+
+// TestServeInsecure: --insecure is the explicit opt-out: no token is made
+// or asked for, so a client with none gets in.
+func TestServeInsecure(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--insecure", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB")
+	if _, err := os.Stat(filepath.Join(p.dataDir, auth.TokenFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("--insecure made a token file: %v", err)
+	}
+	runHelpers(t, helper(t, nil, "roundtrip", auth.EnvDataDir+"="+t.TempDir(), "TQ_ADDR="+p.addr("tcp"), "TQ_TOKEN="))
+	p.stop(t)
 }

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
 )
 
 // serve runs `tq serve` until ctx ends (SIGTERM or SIGINT), then shuts
@@ -47,10 +49,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if cfg.SocketDir != "" {
-		if err := os.MkdirAll(cfg.SocketDir, 0o700); err != nil {
-			return fmt.Errorf("socket directory: %w", err)
-		}
+	if err := cfg.secure(); err != nil {
+		return err
+	}
+	if cfg.Insecure {
+		fmt.Fprintln(stderr, "tq serve: WARNING: --insecure: no token; any local user (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
+	} else {
+		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
 	s := &server{cfg: cfg, out: stdout}
 	defer s.close()
@@ -65,13 +70,51 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return s.shutdown(sctx)
 }
 
+// secure prepares what authentication rests on: private socket and data
+// directories (created 0700, refused when another user owns them or may
+// write to them) and the token — --token, else $TQ_TOKEN, else the data
+// directory's token file, created on first start — unless --insecure.
+func (c *serveConfig) secure() error {
+	dirs := []struct{ what, path string }{{"socket directory", c.SocketDir}}
+	if c.Socket != "" {
+		dirs = append(dirs, struct{ what, path string }{"--socket's directory", filepath.Dir(c.Socket)})
+	}
+	if c.needsDataDir() {
+		dirs = append(dirs, struct{ what, path string }{"data directory", c.DataDir})
+	}
+	for _, d := range dirs {
+		if d.path == "" {
+			continue
+		}
+		if err := auth.EnsurePrivateDir(d.path); err != nil {
+			return fmt.Errorf("%s: %w", d.what, err)
+		}
+	}
+	switch {
+	case c.Insecure:
+		c.tokenFrom = ""
+	case c.Token != "":
+		c.tokenFrom = "--token"
+	case os.Getenv(auth.EnvToken) != "":
+		c.Token, c.tokenFrom = os.Getenv(auth.EnvToken), "$"+auth.EnvToken
+	default:
+		tok, err := auth.LoadOrCreateToken(c.DataDir)
+		if err != nil {
+			return fmt.Errorf("token: %w", err)
+		}
+		c.Token, c.tokenFrom = tok, filepath.Join(c.DataDir, auth.TokenFile)
+	}
+	return c.checkExposure()
+}
+
 type server struct {
 	cfg     serveConfig
 	out     io.Writer
 	ctrl    *controller.Controller
 	ctrlSrv *controller.Server
 	units   []*runningUnit
-	addrs   []string // the controller's addresses
+	addrs   []string // the controller's addresses, as given out
+	local   string   // the controller's address for units of this process
 }
 
 type runningUnit struct {
@@ -89,7 +132,7 @@ func (s *server) start(ctx context.Context) error {
 	switch s.cfg.Role {
 	case "all":
 		for range s.cfg.Units {
-			if err := s.startUnit(ctx, s.addrs[0]); err != nil {
+			if err := s.startUnit(ctx, s.local); err != nil {
 				return err
 			}
 		}
@@ -101,30 +144,44 @@ func (s *server) start(ctx context.Context) error {
 	return nil
 }
 
-// listen opens a TCP listener and a unix socket; either may be off.
-func (s *server) listen(tcpAddr, sockPath string) ([]net.Listener, []string, error) {
-	var ls []net.Listener
-	var addrs []string
-	if sockPath != "" {
-		removeStaleSocket(sockPath)
-		l, err := net.Listen("unix", sockPath)
-		if err != nil {
-			return nil, nil, err
-		}
-		os.Chmod(sockPath, 0o600)
-		ls, addrs = append(ls, l), append(addrs, "unix://"+sockPath)
-	}
-	if tcpAddr != "" {
-		l, err := net.Listen("tcp", tcpAddr)
+// listen opens a unix socket and a TCP listener; either may be off. It
+// returns the listeners, the addresses to give out (the TCP one as
+// advertised: see advertised) and one to dial from this host (the unix
+// socket's, else the TCP listener's own).
+func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener, addrs []string, local string, err error) {
+	defer func() {
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
 			}
-			return nil, nil, err
 		}
-		ls, addrs = append(ls, l), append(addrs, "tcp://"+l.Addr().String())
+	}()
+	if sockPath != "" {
+		removeStaleSocket(sockPath)
+		l, err := net.Listen("unix", sockPath)
+		if err != nil {
+			return ls, nil, "", err
+		}
+		os.Chmod(sockPath, 0o600)
+		ls, addrs = append(ls, l), append(addrs, "unix://"+sockPath)
+		local = "unix://" + sockPath
 	}
-	return ls, addrs, nil
+	if tcpAddr != "" {
+		l, err := net.Listen("tcp", tcpAddr)
+		if err != nil {
+			return ls, nil, "", err
+		}
+		ls = append(ls, l)
+		adv, err := systemAddrs.advertised(tcpAddr, l.Addr().(*net.TCPAddr), advertise)
+		if err != nil {
+			return ls, nil, "", fmt.Errorf("advertise %s: %w", tcpAddr, err)
+		}
+		addrs = append(addrs, "tcp://"+adv)
+		if local == "" {
+			local = "tcp://" + l.Addr().String()
+		}
+	}
+	return ls, addrs, local, nil
 }
 
 // removeStaleSocket deletes a unix socket left by a process that died,
@@ -147,6 +204,10 @@ func (s *server) startController() error {
 		return err
 	}
 	s.ctrl = ctrl
+	// Every listener, loopback and unix sockets included, asks for the
+	// token. (Once the wire server can admit a unix peer of this uid by
+	// SO_PEERCRED without it, this is where TrustPeerCred goes, for the
+	// controller and for the units below.)
 	s.ctrlSrv = controller.NewServer(ctrl, controller.ServerConfig{
 		Token:             s.cfg.Token,
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
@@ -156,14 +217,14 @@ func (s *server) startController() error {
 	if sock == "" && s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
 	}
-	ls, addrs, err := s.listen(s.cfg.Listen, sock)
+	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
 	for _, l := range ls {
 		go s.ctrlSrv.Serve(l)
 	}
-	s.addrs = addrs
+	s.addrs, s.local = addrs, local
 	fmt.Fprintf(s.out, "tq serve: controller on %s\n", strings.Join(addrs, " "))
 	return nil
 }
@@ -171,6 +232,10 @@ func (s *server) startController() error {
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name}
 	id, err := storage.AssignID(ctx, controllerAddr, jcfg)
+	if errors.Is(err, wire.ErrUnauthenticated) {
+		return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, $%s, or its token file in --data-dir): %w",
+			controllerAddr, s.cfg.tokenFrom, auth.EnvToken, err)
+	}
 	if err != nil {
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
@@ -187,7 +252,10 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	if s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, fmt.Sprintf("unit-%d.sock", id))
 	}
-	ls, addrs, err := s.listen(s.cfg.UnitListen, sock)
+	// The addresses registered are the ones clients dial: a wildcard
+	// listener's is a routable address of this host, never [::] or
+	// 0.0.0.0 (see advertised).
+	ls, addrs, _, err := s.listen(s.cfg.UnitListen, s.cfg.unitAdvertise(), sock)
 	if err != nil {
 		return fmt.Errorf("storage unit %d: %w", id, err)
 	}

@@ -20,7 +20,7 @@ import (
 func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	token := fs.String("token", "", "the cluster's shared secret")
+	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory)")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
 	fs.Usage = func() { fmt.Fprintln(stderr, "usage: tq stat [--token T] ADDR   (tcp://host:port or unix:///path)") }
 	if err := fs.Parse(args); err != nil {
@@ -33,7 +33,11 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	addr := fs.Arg(0)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	m, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: *token, Name: "tq-stat"})
+	tok, err := client.FindToken(*token)
+	if err != nil {
+		return err
+	}
+	m, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: tok, Name: "tq-stat"})
 	if err != nil {
 		return err
 	}
@@ -94,7 +98,7 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "  none registered")
 		return nil
 	}
-	freshUnitStats(ctx, units, *token)
+	freshUnitStats(ctx, units, tok)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tsegments\tpages\thost\taddresses")
 	for _, u := range units {

@@ -1,0 +1,245 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
+)
+
+// servedUnit is a storage unit registered with a controller, its data
+// plane served over TCP at addr (or not yet, or no longer).
+type servedUnit struct {
+	u    *storage.Unit
+	srv  *storage.Server
+	addr string // host:port
+
+	mu     sync.Mutex
+	served chan struct{}
+}
+
+// joinUnit registers a unit whose data plane listens on addr (a free
+// port); with serve false nothing listens there yet. Its heartbeats go on
+// until the test ends, so the controller counts it alive whatever its
+// data plane does: a unit that just died, as far as the controller knows.
+func joinUnit(t *testing.T, ctrlAddr string, serve bool) *servedUnit {
+	t.Helper()
+	ctx := t.Context()
+	id, err := storage.AssignID(ctx, ctrlAddr, storage.JoinConfig{})
+	require.NoError(t, err)
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = 16 << 20
+	u, err := storage.NewUnit(id, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	s := &servedUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	s.addr = l.Addr().String()
+	if serve {
+		s.serve(t, l)
+	} else {
+		l.Close()
+	}
+	t.Cleanup(func() { s.stop() })
+	mem, err := storage.Join(ctx, ctrlAddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + s.addr}})
+	require.NoError(t, err)
+	t.Cleanup(func() { mem.Close() })
+	return s
+}
+
+func (s *servedUnit) serve(t *testing.T, l net.Listener) {
+	t.Helper()
+	if l == nil {
+		var err error
+		l, err = net.Listen("tcp", s.addr)
+		require.NoError(t, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.served = make(chan struct{})
+	go func() { s.srv.Serve(l); close(s.served) }()
+}
+
+// stop ends the data plane: connections are refused from now on.
+func (s *servedUnit) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.served != nil {
+		s.srv.Close()
+		<-s.served
+		s.served = nil
+	}
+}
+
+// unitsOf returns the unit each row of keys is stored on.
+func unitsOf(t *testing.T, c *client.Client, partition string, keys []string) []engine.UnitID {
+	t.Helper()
+	m, err := c.MetaByKeys(t.Context(), partition, keys, []string{"x"}, false)
+	require.NoError(t, err)
+	out := make([]engine.UnitID, len(keys))
+	for i, l := range m.Cells["x"] {
+		out[i] = l.Unit
+	}
+	return out
+}
+
+func xBatch(t *testing.T, n int) *engine.Batch {
+	t.Helper()
+	vals := make([]int64, n)
+	for i := range vals {
+		vals[i] = int64(i)
+	}
+	return ints(t, "x", vals)
+}
+
+func keyRange(prefix string, n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return keys
+}
+
+// A unit that died before the controller noticed does not fail Connect:
+// the client writes to the other unit, reads of the dead unit's cells
+// fail at once naming it, and the rest reads as before.
+func TestConnectWithAUnitDown(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	u2 := joinUnit(t, addr, true)
+	hash := client.ConnectConfig{Client: client.Config{Placement: client.Hash}}
+
+	before, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	keys := keyRange("k", 8)
+	_, err = kvapi.New(before).BatchPut(ctx, "p", keys, xBatch(t, 8), nil)
+	require.NoError(t, err)
+	where := unitsOf(t, before, "p", keys)
+	require.NoError(t, before.Close())
+	var on1, on2 []string
+	for i, id := range where {
+		switch id {
+		case u1.u.ID():
+			on1 = append(on1, keys[i])
+		case u2.u.ID():
+			on2 = append(on2, keys[i])
+		}
+	}
+	require.NotEmpty(t, on1)
+	require.NotEmpty(t, on2, "hash placement put rows on both units")
+
+	u2.stop()
+	c, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err, "connect with one of two units down")
+	defer c.Close()
+	require.Len(t, c.Units(), 2, "the unit that is down stays in the table")
+	kv := kvapi.New(c)
+
+	start := time.Now()
+	_, err = kv.BatchGet(ctx, "p", keys)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, engine.ErrUnavailable) || errors.Is(err, engine.ErrLost), "read of the dead unit's cells: %v", err)
+	assert.Contains(t, err.Error(), fmt.Sprintf("unit %d", u2.u.ID()))
+	assert.Less(t, time.Since(start), 2*time.Second, "the read fails at once")
+	t.Logf("read of the dead unit: %v", err)
+
+	got, err := kv.BatchGet(ctx, "p", on1)
+	require.NoError(t, err, "cells on the live unit")
+	got.Release()
+
+	fresh := keyRange("new", 8)
+	_, err = kv.BatchPut(ctx, "p", fresh, xBatch(t, 8), nil)
+	require.NoError(t, err, "a put with one unit down")
+	for i, id := range unitsOf(t, c, "p", fresh) {
+		assert.Equal(t, u1.u.ID(), id, "row %s", fresh[i])
+	}
+	// Local-first placement, the default, skips it the same way.
+	lc, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer lc.Close()
+	_, err = kvapi.New(lc).BatchPut(ctx, "q", fresh, xBatch(t, 8), nil)
+	require.NoError(t, err)
+	for _, id := range unitsOf(t, lc, "q", fresh) {
+		assert.Equal(t, u1.u.ID(), id)
+	}
+}
+
+// Connect fails when no unit at all can be reached, with an error naming
+// them.
+func TestConnectNoUnitReachable(t *testing.T) {
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	a := joinUnit(t, addr, false)
+	b := joinUnit(t, addr, false)
+	start := time.Now()
+	_, err = client.Connect(t.Context(), addr, client.ConnectConfig{})
+	require.ErrorIs(t, err, engine.ErrUnavailable)
+	for _, u := range []*servedUnit{a, b} {
+		assert.Contains(t, err.Error(), fmt.Sprintf("storage unit %d", u.u.ID()))
+	}
+	assert.Less(t, time.Since(start), 5*time.Second)
+}
+
+// A unit that was down at Connect comes back by itself: once it serves,
+// the client dials it again and writes reach it.
+func TestConnectRedialsAUnit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinUnit(t, addr, true)
+	late := joinUnit(t, addr, false)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
+	require.NoError(t, err)
+	defer c.Close()
+	var down client.DataUnit
+	for _, u := range c.Units() {
+		if u.ID() == late.u.ID() {
+			down = u
+		}
+	}
+	require.NotNil(t, down)
+	assert.Equal(t, "none", down.Transport())
+
+	late.serve(t, nil)
+	kv := kvapi.New(c)
+	for i := 0; ; i++ {
+		keys := keyRange(fmt.Sprintf("r%d-", i), 4)
+		_, err := kv.BatchPut(ctx, "p", keys, xBatch(t, 4), nil)
+		require.NoError(t, err)
+		ids := unitsOf(t, c, "p", keys)
+		if strings.Contains(fmt.Sprint(ids), fmt.Sprint(late.u.ID())) {
+			got, err := kv.BatchGet(ctx, "p", keys)
+			require.NoError(t, err, "read back from the unit that came back")
+			got.Release()
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no write reached unit %d after it came back (transport %q)", late.u.ID(), down.Transport())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Equal(t, "tcp", down.Transport())
+}

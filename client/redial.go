@@ -1,0 +1,217 @@
+package client
+
+// A storage unit that Connect could not reach stays in the client's table
+// as a redialUnit: placement leaves it out while it is down, so writes go
+// to the other units; a read of its cells fails at once with an error
+// wrapping engine.ErrUnavailable that names it, never a hang. It is dialed
+// again, no more often than a backoff allows: in the background when
+// placement next considers it, and in the caller's goroutine when a call
+// needs it. Once a dial succeeds it serves like any unit.
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// Redial backoff: the first retry after redialMin, doubling up to
+// redialMax; each dial is bounded by redialTimeout.
+const (
+	redialMin     = 200 * time.Millisecond
+	redialMax     = 10 * time.Second
+	redialTimeout = 5 * time.Second
+)
+
+// redialUnit is a [DataUnit] that may not be connected yet. It is safe
+// for concurrent use; Close stops a background dial and waits for it.
+type redialUnit struct {
+	id   engine.UnitID
+	host string
+	dial func(ctx context.Context) (DataUnit, error)
+
+	mu      sync.Mutex
+	du      DataUnit // nil until a dial succeeds
+	err     error    // the last dial's error
+	next    time.Time
+	backoff time.Duration
+	dialing bool
+	closed  bool
+	cancel  context.CancelFunc // the background dial's, while one runs
+	wg      sync.WaitGroup     // the background dial
+}
+
+var (
+	_ DataUnit = (*redialUnit)(nil)
+	_ Reserver = (*redialUnit)(nil)
+)
+
+// newRedialUnit returns a unit that the first dial, which failed with err,
+// could not reach; dial connects to it.
+func newRedialUnit(id engine.UnitID, host string, err error, dial func(ctx context.Context) (DataUnit, error)) *redialUnit {
+	return &redialUnit{id: id, host: host, dial: dial, err: err, backoff: redialMin, next: time.Now().Add(redialMin)}
+}
+
+func (u *redialUnit) ID() engine.UnitID { return u.id }
+func (u *redialUnit) Host() string      { return u.host }
+
+// Transport names the connected unit's transport, "none" while down.
+func (u *redialUnit) Transport() string {
+	if du := u.connected(); du != nil {
+		return du.Transport()
+	}
+	return "none"
+}
+
+func (u *redialUnit) connected() DataUnit {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.du
+}
+
+// unavailableLocked is the error of a call while the unit is down.
+func (u *redialUnit) unavailableLocked() error {
+	if u.closed {
+		return fmt.Errorf("storage unit %d: client closed: %w", u.id, engine.ErrClosed)
+	}
+	return fmt.Errorf("storage unit %d is unreachable (next try in %v): %w: %w",
+		u.id, time.Until(u.next).Round(time.Millisecond), engine.ErrUnavailable, u.err)
+}
+
+// begin reports whether the caller may dial now, and marks a dial in
+// flight if so.
+func (u *redialUnit) beginLocked() bool {
+	if u.du != nil || u.closed || u.dialing || time.Now().Before(u.next) {
+		return false
+	}
+	u.dialing = true
+	return true
+}
+
+// end records a dial's outcome.
+func (u *redialUnit) end(du DataUnit, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.dialing, u.cancel = false, nil
+	if err == nil {
+		u.du, u.err, u.backoff = du, nil, redialMin
+		return
+	}
+	u.err = err
+	u.backoff = min(2*u.backoff, redialMax)
+	u.next = time.Now().Add(u.backoff)
+}
+
+// get returns the connected unit, dialing it first (bounded by ctx and
+// redialTimeout) when it is down and due.
+func (u *redialUnit) get(ctx context.Context) (DataUnit, error) {
+	u.mu.Lock()
+	if du := u.du; du != nil {
+		u.mu.Unlock()
+		return du, nil
+	}
+	if !u.beginLocked() {
+		err := u.unavailableLocked()
+		u.mu.Unlock()
+		return nil, err
+	}
+	u.mu.Unlock()
+	dctx, cancel := context.WithTimeout(ctx, redialTimeout)
+	du, err := u.dial(dctx)
+	cancel()
+	u.end(du, err)
+	if err != nil {
+		return nil, fmt.Errorf("storage unit %d is unreachable: %w: %w", u.id, engine.ErrUnavailable, err)
+	}
+	return du, nil
+}
+
+// Available reports whether the unit is connected. When it is not but a
+// dial is due, it starts one in the background (placement does not wait
+// for it: the unit is used once it is back).
+func (u *redialUnit) Available() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.du != nil {
+		return true
+	}
+	if !u.beginLocked() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), redialTimeout)
+	u.cancel = cancel
+	u.wg.Go(func() {
+		defer cancel()
+		du, err := u.dial(ctx)
+		u.end(du, err)
+	})
+	return false
+}
+
+// Close stops a background dial and waits for it. The connection a dial
+// made belongs to the client's transports, which close it.
+func (u *redialUnit) Close() error {
+	u.mu.Lock()
+	u.closed = true
+	if u.cancel != nil {
+		u.cancel()
+	}
+	u.mu.Unlock()
+	u.wg.Wait()
+	return nil
+}
+
+func (u *redialUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	du, err := u.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return du.Write(ctx, extents)
+}
+
+func (u *redialUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
+	du, err := u.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return du.Acquire(ctx, addrs)
+}
+
+func (u *redialUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	du, err := u.get(ctx)
+	if err != nil {
+		return err
+	}
+	return du.ReadInto(ctx, addrs, dst)
+}
+
+func (u *redialUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	du, err := u.get(ctx)
+	if err != nil {
+		return err
+	}
+	return du.Free(ctx, cells)
+}
+
+// Inline is the connected unit's answer (see [shm.InlineMax]); false
+// while down.
+func (u *redialUnit) Inline(n uint64) bool {
+	in, ok := u.connected().(inliner)
+	return ok && in.Inline(n)
+}
+
+// ReserveExtents reserves on the connected unit when it can reserve (see
+// [Reserver]).
+func (u *redialUnit) ReserveExtents(ctx context.Context, sizes []int64) (Reserved, error) {
+	du, err := u.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rv, ok := du.(Reserver)
+	if !ok {
+		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.id, du.Transport(), engine.ErrNotSupported)
+	}
+	return rv.ReserveExtents(ctx, sizes)
+}

@@ -1,0 +1,60 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/wire"
+)
+
+// A client of the user who started the servers finds their token with no
+// configuration; anyone else is refused with wire.ErrUnauthenticated.
+func TestDialFindsToken(t *testing.T) {
+	dataDir := t.TempDir()
+	token, err := auth.LoadOrCreateToken(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, network := range []string{"tcp", "unix"} {
+		_, addr := serveController(t, newController(t), controller.ServerConfig{Token: token}, network)
+		for _, tc := range []struct {
+			name, explicit, env, dataDir string
+			ok                           bool
+		}{
+			{"token file", "", "", dataDir, true},
+			{"$TQ_TOKEN", "", token, t.TempDir(), true},
+			{"explicit", token, "", t.TempDir(), true},
+			{"explicit wins over the file", "wrong", "", dataDir, false},
+			{"none", "", "", t.TempDir(), false},
+		} {
+			t.Run(network+"/"+tc.name, func(t *testing.T) {
+				t.Setenv(auth.EnvToken, tc.env)
+				t.Setenv(auth.EnvDataDir, tc.dataDir)
+				m, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{Token: tc.explicit})
+				if tc.ok {
+					if err != nil {
+						t.Fatalf("dial: %v", err)
+					}
+					m.Close()
+					return
+				}
+				if !errors.Is(err, wire.ErrUnauthenticated) {
+					t.Fatalf("dial: got %v, want an error wrapping %v", err, wire.ErrUnauthenticated)
+				}
+				if !strings.Contains(err.Error(), filepath.Join(tc.dataDir, auth.TokenFile)) {
+					t.Errorf("the error does not say where the token is looked for: %v", err)
+				}
+				_, err = client.Connect(context.Background(), addr, client.ConnectConfig{Token: tc.explicit})
+				if !errors.Is(err, wire.ErrUnauthenticated) {
+					t.Fatalf("connect: got %v, want an error wrapping %v", err, wire.ErrUnauthenticated)
+				}
+			})
+		}
+	}
+}

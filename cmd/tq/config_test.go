@@ -1,0 +1,100 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/internal/auth"
+)
+
+// A TCP listener beyond loopback is never open without a token unless
+// --insecure says so; by default there always is one (see secure).
+func TestCheckExposure(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		listen   string
+		unit     string
+		token    string
+		insecure bool
+		want     string // "" when accepted
+	}{
+		{"loopback without a token", "127.0.0.1:7370", "127.0.0.1:0", "", false, ""},
+		{"beyond loopback with a token", "0.0.0.0:7370", "10.0.0.2:0", "t", false, ""},
+		{"beyond loopback, insecure", "0.0.0.0:7370", "[::]:0", "", true, ""},
+		{"controller beyond loopback without a token", "0.0.0.0:7370", "127.0.0.1:0", "", false, "--listen \"0.0.0.0:7370\" listens beyond this host without a token"},
+		{"unit beyond loopback without a token", "127.0.0.1:7370", "[::]:0", "", false, "--unit-listen \"[::]:0\" listens beyond this host without a token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := defaultServeConfig()
+			c.Listen, c.UnitListen, c.Token, c.Insecure = tc.listen, tc.unit, tc.token, tc.insecure
+			err := c.checkExposure()
+			if tc.want == "" {
+				assert.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestSecureResolvesToken(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		token     string
+		env       string
+		insecure  bool
+		wantFrom  string // "file": the data directory's token file
+		wantToken string
+	}{
+		{"--token", "flag", "env", false, "--token", "flag"},
+		{"$TQ_TOKEN", "", "env", false, "$TQ_TOKEN", "env"},
+		{"token file", "", "", false, "file", ""},
+		{"insecure", "", "env", true, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(auth.EnvToken, tc.env)
+			c := defaultServeConfig()
+			c.DataDir = filepath.Join(t.TempDir(), "data")
+			c.SocketDir = filepath.Join(t.TempDir(), "sock")
+			c.Token, c.Insecure = tc.token, tc.insecure
+			require.NoError(t, c.secure())
+			if tc.wantFrom == "file" {
+				tok, err := auth.ReadToken(filepath.Join(c.DataDir, auth.TokenFile))
+				require.NoError(t, err)
+				assert.Equal(t, tok, c.Token)
+				assert.Equal(t, filepath.Join(c.DataDir, auth.TokenFile), c.tokenFrom)
+			} else {
+				assert.Equal(t, tc.wantToken, c.Token)
+				assert.Equal(t, tc.wantFrom, c.tokenFrom)
+				_, err := os.Stat(filepath.Join(c.DataDir, auth.TokenFile))
+				assert.True(t, os.IsNotExist(err), "no token file written when the token comes from elsewhere")
+			}
+			for _, d := range []string{c.DataDir, c.SocketDir} {
+				fi, err := os.Stat(d)
+				require.NoError(t, err)
+				assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm(), d)
+			}
+		})
+	}
+	t.Run("a unit with a token keeps nothing in the data directory", func(t *testing.T) {
+		c := defaultServeConfig()
+		c.Role, c.Controller, c.Token = "unit", "tcp://127.0.0.1:1", "t"
+		c.DataDir, c.SocketDir = filepath.Join(t.TempDir(), "data"), ""
+		require.NoError(t, c.secure())
+		_, err := os.Stat(c.DataDir)
+		assert.True(t, os.IsNotExist(err))
+	})
+	t.Run("no data directory", func(t *testing.T) {
+		c := defaultServeConfig()
+		c.DataDir = ""
+		err := c.validate()
+		require.Error(t, err)
+		assert.True(t, strings.Contains(err.Error(), "--data-dir"), err.Error())
+	})
+}

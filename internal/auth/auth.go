@@ -1,0 +1,263 @@
+package auth
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// Environment variables and names in the data directory.
+const (
+	// EnvDataDir names the data directory, overriding the default.
+	EnvDataDir = "TQ_DATA_DIR"
+	// EnvToken is a token clients (and tq serve) use before the token
+	// file.
+	EnvToken = "TQ_TOKEN"
+	// TokenFile is the token's file in the data directory.
+	TokenFile = "token"
+)
+
+// maxTokenFile bounds what is read of a token file.
+const maxTokenFile = 4096
+
+// DefaultDataDir returns this user's data directory: $TQ_DATA_DIR when
+// set, else $XDG_STATE_HOME/tq when $XDG_STATE_HOME is an absolute path,
+// else ~/.local/state/tq (the XDG base directory default). It does not
+// create it. It fails only when none of them can be determined ($HOME
+// unset).
+func DefaultDataDir() (string, error) {
+	if d := os.Getenv(EnvDataDir); d != "" {
+		return d, nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "tq"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no data directory: set $%s or --data-dir: %w", EnvDataDir, err)
+	}
+	return filepath.Join(home, ".local", "state", "tq"), nil
+}
+
+// CheckPrivateDir checks that path is a directory (not a symbolic link to
+// one) owned by the effective user and writable by nobody else: then no
+// other user can remove, replace or add what TQ keeps in it. A missing
+// directory is an error wrapping [fs.ErrNotExist]; any other refusal wraps
+// [engine.ErrInvalid] and says what is wrong and how to fix it.
+func CheckPrivateDir(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		target, _ := filepath.EvalSymlinks(path)
+		return fmt.Errorf("%s is a symbolic link (to %q), which whoever owns the directory it sits in can swap: name the directory itself: %w", path, target, engine.ErrInvalid)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory (mode %v): %w", path, fi.Mode(), engine.ErrInvalid)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: cannot read its owner: %w", path, engine.ErrNotSupported)
+	}
+	if euid := os.Geteuid(); int(st.Uid) != euid {
+		return fmt.Errorf("%s is owned by uid %d, not by this user (uid %d), who can change or remove what TQ keeps there: "+
+			"choose another directory, or have uid %d remove it: %w", path, st.Uid, euid, st.Uid, engine.ErrInvalid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%s has mode %04o (%v%s): other users can remove or replace what TQ keeps there: "+
+			"fix with chmod 700 %s, or choose another directory: %w",
+			path, modeBits(fi.Mode()), fi.Mode().Perm(), sticky(fi.Mode()), path, engine.ErrInvalid)
+	}
+	return nil
+}
+
+// modeBits returns the permission bits with the sticky bit, as chmod
+// writes them.
+func modeBits(m fs.FileMode) uint32 {
+	b := uint32(m.Perm())
+	if m&fs.ModeSticky != 0 {
+		b |= 0o1000
+	}
+	return b
+}
+
+func sticky(m fs.FileMode) string {
+	if m&fs.ModeSticky != 0 {
+		return ", sticky"
+	}
+	return ""
+}
+
+// EnsurePrivateDir creates path (and missing parents) with mode 0700 if
+// it does not exist, then checks it with [CheckPrivateDir]: an existing
+// directory is never loosened or tightened, only refused.
+func EnsurePrivateDir(path string) error {
+	if path == "" {
+		return fmt.Errorf("empty directory name: %w", engine.ErrInvalid)
+	}
+	if err := os.MkdirAll(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return CheckPrivateDir(path)
+}
+
+// NewToken returns a fresh token: 32 random bytes, hex-encoded.
+func NewToken() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// ReadToken reads a token file, refusing one that is not a regular file
+// (a symbolic link included), is not owned by the effective user, or that
+// group or other may read or write: such a token protects nothing. A
+// missing file is an error wrapping [fs.ErrNotExist]; refusals wrap
+// [engine.ErrInvalid].
+func ReadToken(path string) (string, error) {
+	// O_NOFOLLOW and fstat: the checks are of the file that is read.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return "", fmt.Errorf("token file %s is a symbolic link: %w", path, engine.ErrInvalid)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("token file %s is not a regular file (mode %v): %w", path, fi.Mode(), engine.ErrInvalid)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if euid := os.Geteuid(); int(st.Uid) != euid {
+			return "", fmt.Errorf("token file %s is owned by uid %d, not by this user (uid %d): remove it, or pass the token explicitly: %w",
+				path, st.Uid, euid, engine.ErrInvalid)
+		}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return "", fmt.Errorf("token file %s has mode %04o (%v): other users can read the token: fix with chmod 600 %s "+
+			"(and consider the token leaked: remove the file and restart tq serve for a new one): %w",
+			path, uint32(perm), perm, path, engine.ErrInvalid)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxTokenFile {
+		return "", fmt.Errorf("token file %s is larger than %d bytes: %w", path, maxTokenFile, engine.ErrInvalid)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty: remove it, and tq serve makes a new one: %w", path, engine.ErrInvalid)
+	}
+	if strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return "", fmt.Errorf("token file %s holds more than one word: %w", path, engine.ErrInvalid)
+	}
+	return tok, nil
+}
+
+// LoadOrCreateToken returns the token in dataDir's token file, creating
+// the directory (0700) and the file on first use: 32 random bytes in hex,
+// mode 0600, written to a temporary file and renamed into place only if
+// no token file exists by then, so that servers starting together agree
+// on one token. The directory must pass [EnsurePrivateDir] and the file
+// [ReadToken].
+func LoadOrCreateToken(dataDir string) (string, error) {
+	if err := EnsurePrivateDir(dataDir); err != nil {
+		return "", fmt.Errorf("data directory: %w", err)
+	}
+	path := filepath.Join(dataDir, TokenFile)
+	tok, err := ReadToken(path)
+	if !errors.Is(err, fs.ErrNotExist) {
+		return tok, err
+	}
+	if tok, err = NewToken(); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(dataDir, ".token-*") // mode 0600
+	if err != nil {
+		return "", err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // once renamed, this removes nothing
+	_, err = f.WriteString(tok + "\n")
+	err = errors.Join(err, f.Sync(), f.Close())
+	if err != nil {
+		return "", fmt.Errorf("write token file: %w", err)
+	}
+	switch err := renameNoReplace(tmp, path); {
+	case errors.Is(err, fs.ErrExist):
+		// Another process made one first: use it.
+		return ReadToken(path)
+	case err != nil:
+		return "", fmt.Errorf("write token file: %w", err)
+	}
+	if d, err := os.Open(dataDir); err == nil {
+		d.Sync() // make the rename durable; a failure here loses nothing yet
+		d.Close()
+	}
+	return tok, nil
+}
+
+// renameNoReplace renames oldpath to newpath unless newpath exists
+// (then the error wraps [fs.ErrExist]). File systems without
+// RENAME_NOREPLACE get a hard link, which refuses the same way.
+func renameNoReplace(oldpath, newpath string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ENOTSUP):
+		return os.Link(oldpath, newpath)
+	}
+	return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
+}
+
+// FindToken returns the token a client presents: explicit when it is not
+// empty, else $TQ_TOKEN, else the token file in [DefaultDataDir] — the one
+// tq serve of the same user made. With none of them it returns "" (a
+// server run with --insecure needs none). A token file that exists but is
+// not safe to use ([ReadToken]) is an error.
+func FindToken(explicit string) (string, error) {
+	if explicit != "" {
+		return explicit, nil
+	}
+	if t := os.Getenv(EnvToken); t != "" {
+		return t, nil
+	}
+	dir, err := DefaultDataDir()
+	if err != nil {
+		return "", nil
+	}
+	tok, err := ReadToken(filepath.Join(dir, TokenFile))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ENOTDIR) {
+		return "", nil
+	}
+	return tok, err
+}
+
+// TokenHint says where a client looks for a token, for an error message
+// after a server refused one.
+func TokenHint() string {
+	where := "$" + EnvDataDir + "/" + TokenFile
+	if dir, err := DefaultDataDir(); err == nil {
+		where = filepath.Join(dir, TokenFile)
+	}
+	return fmt.Sprintf("a client presents the token it is given, else $%s, else the token file %s that tq serve of the same user writes", EnvToken, where)
+}

@@ -1,0 +1,262 @@
+package auth
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// nobody is a uid that is not this process's, for ownership tests (they
+// need root to chown).
+const nobody = 65534
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+}
+
+func TestDefaultDataDir(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		dataDir, xdg, home string
+		want               string
+	}{
+		{"TQ_DATA_DIR wins", "/srv/tq", "/xdg", "/home/u", "/srv/tq"},
+		{"XDG_STATE_HOME", "", "/xdg", "/home/u", "/xdg/tq"},
+		{"relative XDG_STATE_HOME is ignored", "", "rel", "/home/u", "/home/u/.local/state/tq"},
+		{"home", "", "", "/home/u", "/home/u/.local/state/tq"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvDataDir, tc.dataDir)
+			t.Setenv("XDG_STATE_HOME", tc.xdg)
+			t.Setenv("HOME", tc.home)
+			got, err := DefaultDataDir()
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+	t.Run("no home", func(t *testing.T) {
+		t.Setenv(EnvDataDir, "")
+		t.Setenv("XDG_STATE_HOME", "")
+		t.Setenv("HOME", "")
+		_, err := DefaultDataDir()
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), EnvDataDir)
+	})
+}
+
+func TestCheckPrivateDir(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		make  func(t *testing.T, path string)
+		want  error  // nil: accepted
+		words string // in the message when refused
+	}{
+		{"0700", mkdir(0o700), nil, ""},
+		{"0755", mkdir(0o755), nil, ""},
+		{"0750", mkdir(0o750), nil, ""},
+		{"world-writable 0777", mkdir(0o777), engine.ErrInvalid, "mode 0777"},
+		{"sticky 1777 like /tmp", mkdir(0o777 | fs.ModeSticky), engine.ErrInvalid, "mode 1777"},
+		{"group-writable 0770", mkdir(0o770), engine.ErrInvalid, "chmod 700"},
+		{"a file", func(t *testing.T, p string) { require.NoError(t, os.WriteFile(p, nil, 0o600)) }, engine.ErrInvalid, "not a directory"},
+		{"a symlink", func(t *testing.T, p string) { require.NoError(t, os.Symlink(t.TempDir(), p)) }, engine.ErrInvalid, "symbolic link"},
+		{"missing", func(*testing.T, string) {}, fs.ErrNotExist, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "d")
+			tc.make(t, path)
+			err := CheckPrivateDir(path)
+			if tc.want == nil {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, tc.want)
+			assert.Contains(t, err.Error(), path)
+			assert.Contains(t, err.Error(), tc.words)
+		})
+	}
+	t.Run("another owner", func(t *testing.T) {
+		needRoot(t)
+		path := filepath.Join(t.TempDir(), "d")
+		mkdir(0o700)(t, path)
+		require.NoError(t, os.Chown(path, nobody, nobody))
+		err := CheckPrivateDir(path)
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "owned by uid 65534")
+	})
+}
+
+func mkdir(mode fs.FileMode) func(t *testing.T, path string) {
+	return func(t *testing.T, path string) {
+		require.NoError(t, os.Mkdir(path, 0o700))
+		require.NoError(t, os.Chmod(path, mode)) // past the umask
+	}
+}
+
+func TestEnsurePrivateDir(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a", "b")
+	require.NoError(t, EnsurePrivateDir(path))
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o700), fi.Mode().Perm())
+	require.NoError(t, EnsurePrivateDir(path), "a second time")
+
+	open := filepath.Join(t.TempDir(), "open")
+	mkdir(0o777)(t, open)
+	require.ErrorIs(t, EnsurePrivateDir(open), engine.ErrInvalid)
+	fi, err = os.Stat(open)
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o777), fi.Mode().Perm(), "a refused directory is left as it was")
+}
+
+func TestLoadOrCreateToken(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state", "tq")
+	tok, err := LoadOrCreateToken(dir)
+	require.NoError(t, err)
+	assert.Len(t, tok, 64)
+	assert.NotContains(t, tok, " ")
+	fi, err := os.Stat(filepath.Join(dir, TokenFile))
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o600), fi.Mode().Perm())
+	di, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o700), di.Mode().Perm())
+
+	again, err := LoadOrCreateToken(dir)
+	require.NoError(t, err)
+	assert.Equal(t, tok, again, "a second start reads the same token")
+	left, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Len(t, left, 1, "no temporary file left behind: %v", left)
+
+	other, err := LoadOrCreateToken(t.TempDir())
+	require.NoError(t, err)
+	assert.NotEqual(t, tok, other, "two data directories, two tokens")
+}
+
+// Servers starting together agree on one token.
+func TestLoadOrCreateTokenRace(t *testing.T) {
+	dir := t.TempDir()
+	const n = 16
+	toks := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			var err error
+			toks[i], err = LoadOrCreateToken(dir)
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	for _, tok := range toks {
+		assert.Equal(t, toks[0], tok)
+	}
+}
+
+func TestReadTokenRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		make  func(t *testing.T, path string)
+		want  error
+		words string
+	}{
+		{"mode 0644", writeToken("abc", 0o644), engine.ErrInvalid, "mode 0644"},
+		{"mode 0640", writeToken("abc", 0o640), engine.ErrInvalid, "chmod 600"},
+		{"mode 0602", writeToken("abc", 0o602), engine.ErrInvalid, "mode 0602"},
+		{"empty", writeToken("\n", 0o600), engine.ErrInvalid, "empty"},
+		{"two words", writeToken("a b", 0o600), engine.ErrInvalid, "more than one word"},
+		{"a directory", func(t *testing.T, p string) { require.NoError(t, os.Mkdir(p, 0o700)) }, engine.ErrInvalid, "not a regular file"},
+		{"a symlink", func(t *testing.T, p string) {
+			target := filepath.Join(t.TempDir(), "t")
+			writeToken("abc", 0o600)(t, target)
+			require.NoError(t, os.Symlink(target, p))
+		}, engine.ErrInvalid, "symbolic link"},
+		{"missing", func(*testing.T, string) {}, fs.ErrNotExist, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), TokenFile)
+			tc.make(t, path)
+			_, err := ReadToken(path)
+			require.ErrorIs(t, err, tc.want)
+			assert.Contains(t, err.Error(), path)
+			assert.Contains(t, err.Error(), tc.words)
+		})
+	}
+	t.Run("another owner", func(t *testing.T) {
+		needRoot(t)
+		path := filepath.Join(t.TempDir(), TokenFile)
+		writeToken("abc", 0o600)(t, path)
+		require.NoError(t, os.Chown(path, nobody, nobody))
+		_, err := ReadToken(path)
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "owned by uid 65534")
+	})
+}
+
+func writeToken(tok string, mode fs.FileMode) func(t *testing.T, path string) {
+	return func(t *testing.T, path string) {
+		require.NoError(t, os.WriteFile(path, []byte(tok), 0o600))
+		require.NoError(t, os.Chmod(path, mode))
+	}
+}
+
+// A server refuses to start with a token file others can read.
+func TestLoadOrCreateTokenRefusesOpenFile(t *testing.T) {
+	dir := t.TempDir()
+	writeToken("0123456789abcdef", 0o644)(t, filepath.Join(dir, TokenFile))
+	_, err := LoadOrCreateToken(dir)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "mode 0644")
+
+	open := t.TempDir()
+	require.NoError(t, os.Chmod(open, 0o777))
+	_, err = LoadOrCreateToken(open)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	_, err = os.Stat(filepath.Join(open, TokenFile))
+	assert.True(t, errors.Is(err, fs.ErrNotExist), "no token written into a directory others can write")
+}
+
+func TestFindToken(t *testing.T) {
+	dir := t.TempDir()
+	fileTok, err := LoadOrCreateToken(dir)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name, explicit, env, dataDir, want string
+	}{
+		{"explicit first", "given", "fromenv", dir, "given"},
+		{"then TQ_TOKEN", "", "fromenv", dir, "fromenv"},
+		{"then the token file", "", "", dir, fileTok},
+		{"else none", "", "", filepath.Join(dir, "missing"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(EnvToken, tc.env)
+			t.Setenv(EnvDataDir, tc.dataDir)
+			got, err := FindToken(tc.explicit)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+	t.Run("an unsafe token file is an error", func(t *testing.T) {
+		open := t.TempDir()
+		writeToken("abc", 0o644)(t, filepath.Join(open, TokenFile))
+		t.Setenv(EnvToken, "")
+		t.Setenv(EnvDataDir, open)
+		_, err := FindToken("")
+		require.ErrorIs(t, err, engine.ErrInvalid)
+	})
+	t.Run("hint names the file", func(t *testing.T) {
+		t.Setenv(EnvDataDir, dir)
+		assert.True(t, strings.Contains(TokenHint(), filepath.Join(dir, TokenFile)), TokenHint())
+	})
+}
