@@ -80,6 +80,15 @@ func TestRingNoLeak(t *testing.T) {
 		if err := tr.Close(); err != nil {
 			t.Fatal(err)
 		}
+		// The unit unmaps its side when it sees the ring's socket close,
+		// a moment after Close returns: wait for it before the next ring
+		// is counted.
+		waitFor(t, "the unit's mapping of the closed ring gone", func() error {
+			if got := ringMappings(t); got != maps {
+				return fmt.Errorf("%d ring mappings, %d before", got, maps)
+			}
+			return nil
+		})
 	}
 	waitFor(t, "fds and ring mappings back to where they were", func() error {
 		if got := openFds(t); got > fds {
