@@ -376,7 +376,12 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		if t.dc == nil {
 			dc, err := s.cfg.Dial(ctx, t.u)
 			if err != nil {
-				return fmt.Errorf("reach storage unit %d: %w", t.u.ID, err)
+				// Gone since it last reported (or not back yet after a
+				// controller restart): load into the others.
+				if targets = targets[1:]; len(targets) == 0 {
+					return fmt.Errorf("no storage unit reachable to load cells into; the last: %d: %w", t.u.ID, err)
+				}
+				continue
 			}
 			t.dc = dc
 		}

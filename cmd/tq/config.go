@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
@@ -40,6 +41,9 @@ type serveConfig struct {
 	Token             string        `yaml:"token"`
 	Insecure          bool          `yaml:"insecure"`
 	DataDir           string        `yaml:"data_dir"` // see above
+	Fsync             string        `yaml:"fsync"`
+	InMemory          bool          `yaml:"in_memory"`
+	Restore           string        `yaml:"restore"`
 	Advertise         string        `yaml:"advertise"`
 	UnitAdvertise     string        `yaml:"unit_advertise"`
 	PreAlloc          int           `yaml:"pre_alloc"`
@@ -64,6 +68,7 @@ func defaultServeConfig() serveConfig {
 		Capacity:          1 << 30,
 		HugePages:         true,
 		Sampler:           "sequential",
+		Fsync:             "batch",
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
 	}
@@ -82,6 +87,9 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the token and the controller's state, private to this user ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else ~/.local/state/tq)")
+	fs.StringVar(&c.Fsync, "fsync", c.Fsync, "when the controller's log reaches the disk: batch (every change on disk before its reply; concurrent changes share an fsync), always (an fsync per change), never (the operating system writes it; a machine crash may lose the last moments)")
+	fs.BoolVar(&c.InMemory, "in-memory", c.InMemory, "keep the controller's metadata in memory only: a restart forgets every key and row (the units then free their bytes)")
+	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up")
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there)")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
@@ -164,6 +172,12 @@ func (c *serveConfig) validate() error {
 	if _, err := c.sampler(); err != nil {
 		bad("%v", err)
 	}
+	if _, err := journal.ParseFsync(c.Fsync); err != nil {
+		bad("--fsync: %v", err)
+	}
+	if c.Restore != "" && c.Role == "unit" {
+		bad("--restore is for the controller (--role all or controller)")
+	}
 	return errors.Join(errs...)
 }
 
@@ -181,6 +195,11 @@ func (c *serveConfig) unitAdvertise() string {
 	}
 	return ""
 }
+
+// controllerDir and checkpointDir are where the controller keeps its log
+// and its checkpoints.
+func (c *serveConfig) controllerDir() string { return filepath.Join(c.DataDir, "controller") }
+func (c *serveConfig) checkpointDir() string { return filepath.Join(c.DataDir, "checkpoints") }
 
 // needsDataDir reports whether this process keeps anything in the data
 // directory: the controller's state, or a token it reads from there.

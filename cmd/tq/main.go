@@ -20,6 +20,8 @@ const usage = `tq — a streaming data store and transfer engine for RL post-tra
 Usage:
   tq serve [flags]   run a controller and storage units (or one role) until SIGTERM
   tq stat ADDR       show a cluster's partitions, task progress and storage units
+  tq checkpoint save|load|list ADDR [NAME]
+                     save or load the cluster's state and data by name, or list them
   tq demo [flags]    run the KV example on an embedded cluster
   tq bench [flags]   measure put and get between two processes against baselines
   tq help            show this help
@@ -51,6 +53,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stdout, stderr)
 	case "stat":
 		return stat(ctx, args[1:], stdout, stderr)
+	case "checkpoint":
+		return checkpointCmd(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -12,9 +12,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/tcp"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -60,6 +64,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	s := &server{cfg: cfg, out: stdout}
 	defer s.close()
 	if err := s.start(ctx); err != nil {
+		return err
+	}
+	if err := s.restore(ctx); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "tq serve: ready")
@@ -110,6 +117,7 @@ func (c *serveConfig) secure() error {
 type server struct {
 	cfg     serveConfig
 	out     io.Writer
+	closers []func() error
 	ctrl    *controller.Controller
 	ctrlSrv *controller.Server
 	units   []*runningUnit
@@ -199,11 +207,32 @@ func (s *server) startController() error {
 	if err != nil {
 		return err
 	}
-	ctrl, err := controller.New(controller.Config{PreAlloc: s.cfg.PreAlloc, Sampler: smp})
+	ccfg := controller.Config{PreAlloc: s.cfg.PreAlloc, Sampler: smp, Logf: s.logf}
+	if !s.cfg.InMemory {
+		ccfg.Dir = s.cfg.controllerDir()
+		ccfg.Fsync, _ = journal.ParseFsync(s.cfg.Fsync) // validated
+	}
+	ctrl, err := controller.New(ccfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("controller: %w", err)
 	}
 	s.ctrl = ctrl
+	if ci := ctrl.Info(); ci.Durable {
+		fmt.Fprintf(s.out, "tq serve: controller state in %s (cluster %s, start %d, fsync %s)\n", ccfg.Dir, ci.ClusterID, ci.Epoch, ci.Fsync)
+	} else {
+		fmt.Fprintf(s.out, "tq serve: controller state in memory only (cluster %s)\n", ci.ClusterID)
+	}
+	// The controller reaches the units' data planes for checkpoints with
+	// data (over their unix sockets on this host, else TCP).
+	dataTr := tcp.New(tcp.Config{Token: s.cfg.Token})
+	s.closers = append(s.closers, dataTr.Close)
+	dial := func(ctx context.Context, u engine.UnitInfo) (engine.DataConn, error) {
+		peer, _, ok := client.PickAddr(u, client.HostID())
+		if !ok {
+			return nil, fmt.Errorf("storage unit %d advertises no address this host can dial: %w", u.ID, engine.ErrUnavailable)
+		}
+		return dataTr.Dial(ctx, peer)
+	}
 	// Every listener, loopback and unix sockets included, asks for the
 	// token. (Once the wire server can admit a unix peer of this uid by
 	// SO_PEERCRED without it, this is where TrustPeerCred goes, for the
@@ -212,6 +241,9 @@ func (s *server) startController() error {
 		Token:             s.cfg.Token,
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
 		Name:              s.cfg.Name,
+		CheckpointDir:     s.cfg.checkpointDir(),
+		Dial:              dial,
+		Logf:              s.logf,
 	})
 	sock := s.cfg.Socket
 	if sock == "" && s.cfg.SocketDir != "" {
@@ -310,7 +342,47 @@ func (s *server) close() {
 	if s.ctrlSrv != nil {
 		s.ctrlSrv.Close()
 	}
-	if s.ctrl != nil {
-		s.ctrl.Close()
+	for _, f := range s.closers {
+		f()
 	}
+	if s.ctrl != nil {
+		if err := s.ctrl.Close(); err != nil {
+			fmt.Fprintf(s.out, "tq serve: close the controller: %v\n", err)
+		}
+	}
+}
+
+// logf reports background trouble (a failed snapshot, a journal that
+// cannot be written).
+func (s *server) logf(format string, args ...any) {
+	fmt.Fprintf(s.out, "tq serve: "+format+"\n", args...)
+}
+
+// restore loads --restore's checkpoint once storage units are up: a
+// checkpoint with data needs a live unit to write its cells to (for
+// --role controller, units of other processes; wait for them a while).
+func (s *server) restore(ctx context.Context) error {
+	if s.cfg.Restore == "" || s.ctrlSrv == nil {
+		return nil
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		alive := false
+		for _, u := range s.ctrlSrv.Units() {
+			alive = alive || u.Alive
+		}
+		if alive || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := s.ctrlSrv.LoadCheckpoint(ctx, s.cfg.Restore); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	fmt.Fprintf(s.out, "tq serve: restored checkpoint %s\n", s.cfg.Restore)
+	return nil
 }
