@@ -196,10 +196,15 @@ func (r *RemoteMeta) connect(ctx context.Context) (*wire.Conn, error) {
 }
 
 // connLost reports an error that says the connection failed (the request
-// may or may not have reached the controller), not the request.
+// may or may not have reached the controller), or that the controller is
+// shutting down (CODE_CLOSED: a restart is on its way), rather than an
+// answer to the request.
 func connLost(err error) bool {
 	var re *wire.RemoteError
-	return !errors.As(err, &re) && errors.Is(err, engine.ErrUnavailable)
+	if errors.As(err, &re) {
+		return re.Code == wirepb.Code_CODE_CLOSED
+	}
+	return errors.Is(err, engine.ErrUnavailable)
 }
 
 // do sends one request and decodes its reply into reply. A request that

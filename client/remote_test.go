@@ -576,7 +576,9 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t)
 	s, addr := serveController(t, c, controller.ServerConfig{}, "unix")
-	r := dialMeta(t, addr, client.RemoteConfig{})
+	// No retries: the fetch shows the server's answer (by default it would
+	// ask again, waiting for the controller to come back).
+	r := dialMeta(t, addr, client.RemoteConfig{RetryFor: -1})
 	errc := blockFetch(t, r)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -88,6 +88,8 @@ type Controller struct {
 	lastSnapBytes atomic.Int64
 	// pins counts checkpoints being saved: reconciling waits for them.
 	pins atomic.Int32
+	// spent holds keys given back before their partition existed.
+	spent spentKeys
 
 	mu      sync.RWMutex
 	parts   map[string]*partition
@@ -352,6 +354,9 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.BatchMeta, error) {
 	now := time.Now()
 	if req.Key != "" {
+		if c.spent.has(req.Key, now) {
+			return nil, errFetchGivenBack
+		}
 		if e := p.fetches.get(req.Key, now); e != nil {
 			// Asked again: the rows it took, not more.
 			switch {
@@ -443,8 +448,9 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 	}
 	p := c.lock(partition)
 	if p == nil {
-		// Nothing was taken; a fetch still waiting for the partition was
-		// canceled before this (CANCEL comes first on its connection).
+		// Nothing was taken; a fetch with this key still waiting for the
+		// partition must take nothing once it exists.
+		c.spent.add(key, time.Now())
 		return nil
 	}
 	defer p.mu.Unlock()

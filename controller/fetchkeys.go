@@ -19,6 +19,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -134,4 +135,38 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	if len(indexes) > 0 {
 		p.notify()
 	}
+}
+
+// spentKeys remembers keys given back for a partition that did not exist
+// yet: a keyed fetch still waiting for the partition to be created must
+// not take rows once it is. Entries live fetchKeyTTL, at most
+// maxFetchKeys; they are not durable (a restart ends the fetch that could
+// have used one along with its connection).
+type spentKeys struct {
+	mu    sync.Mutex
+	m     map[string]time.Time
+	order []string
+}
+
+func (s *spentKeys) add(key string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[string]time.Time)
+	}
+	for len(s.order) > 0 && (len(s.order) >= maxFetchKeys || now.Sub(s.m[s.order[0]]) > fetchKeyTTL) {
+		delete(s.m, s.order[0])
+		s.order = s.order[1:]
+	}
+	if _, ok := s.m[key]; !ok {
+		s.order = append(s.order, key)
+	}
+	s.m[key] = now
+}
+
+func (s *spentKeys) has(key string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.m[key]
+	return ok && now.Sub(at) <= fetchKeyTTL
 }
