@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -70,6 +71,41 @@ func FuzzServerConn(f *testing.F) {
 		}()
 		cli.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		cli.Write(hello)
+		k := int(split % uint(len(data)+1))
+		cli.Write(data[:k])
+		cli.Write(data[k:])
+		cli.Close()
+		select {
+		case <-sc.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("server connection still open 5 s after the client closed")
+		}
+	})
+}
+
+// FuzzHandshake feeds arbitrary bytes to a server connection that has
+// not authenticated, in two writes. The server must neither panic nor
+// hang, and reads nothing bigger than a HELLO of MaxHelloLen.
+func FuzzHandshake(f *testing.F) {
+	f.Add(frame(OpHello, 0, 1, &wirepb.Hello{Version: Version, Role: "client"}, nil), uint(7))
+	f.Add(frame(OpHello, 0, 1, &wirepb.Hello{Version: 2}, nil), uint(32))
+	f.Add(frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, []byte("payload")), uint(0))
+	f.Add(frame(OpPing, 0, 1, &wirepb.Ping{}, nil), uint(3))
+	f.Add(Header{Version: Version, Op: OpHello, ID: 1, BodyLen: MaxHelloLen + 1}.Append(nil), uint(16))
+	f.Add(Header{Version: Version, Op: OpHello, ID: 1, BodyLen: MaxBodyLen}.Append(nil), uint(31))
+	f.Add(append(frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil), frame(OpPing, 0, 2, &wirepb.Ping{}, nil)...), uint(40))
+	s := NewServer(ServerConfig{HandshakeTimeout: time.Second, IdleTimeout: time.Second, Token: "t"})
+	f.Cleanup(func() { s.Close() })
+	f.Fuzz(func(t *testing.T, data []byte, split uint) {
+		cli, srv := net.Pipe()
+		sc := newServerConn(s, srv)
+		s.mu.Lock()
+		s.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go sc.serve()
+		go io.Copy(io.Discard, cli)
+		cli.SetWriteDeadline(time.Now().Add(2 * time.Second))
 		k := int(split % uint(len(data)+1))
 		cli.Write(data[:k])
 		cli.Write(data[k:])

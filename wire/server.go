@@ -48,6 +48,11 @@ type ServerConfig struct {
 	// IdleTimeout closes a connection with no frame for this long (0: 5
 	// min). Clients ping every few seconds, so only dead peers hit it.
 	IdleTimeout time.Duration
+	// FrameTimeout bounds the wait for the rest of a frame once its header
+	// arrived: the whole body must arrive within it, and each 4 MiB of a
+	// payload a handler reads or skips (0: DefaultFrameTimeout). A peer
+	// that stops sending mid-frame is closed after it.
+	FrameTimeout time.Duration
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
 	// Hello (nil if the handshake never completed).
 	OnDisconnect func(peer *wirepb.Hello)
@@ -60,6 +65,11 @@ type ServerConfig struct {
 	// LocalAddr); the session must not read or write it.
 	NewSession func(peer *wirepb.Hello, nc net.Conn) Session
 }
+
+// DefaultFrameTimeout is ServerConfig.FrameTimeout's default: long enough
+// for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
+// peer that stalls mid-frame does not hold its buffers for minutes.
+const DefaultFrameTimeout = 30 * time.Second
 
 // Session is per-connection state a server keeps for its handlers (see
 // [ServerConfig.NewSession]). Handlers of one connection may run
@@ -104,6 +114,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
+	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = DefaultFrameTimeout
 	}
 	if cfg.Hello == nil {
 		cfg.Hello = &wirepb.Hello{}
@@ -274,31 +287,40 @@ func (c *serverConn) serve() {
 			c.s.cfg.OnDisconnect(c.peer)
 		}
 	}()
-	br := bufio.NewReaderSize(c.nc, 64<<10)
-	if err := c.handshake(br); err != nil {
+	if err := c.handshake(); err != nil {
 		return
 	}
 	if c.s.cfg.NewSession != nil {
 		c.sess = c.s.cfg.NewSession(c.peer, c.nc)
 	}
+	// The handshake was read straight from the socket, so nothing is
+	// buffered yet: the connection's read buffer is allocated only now
+	// that the peer authenticated.
+	br := bufio.NewReaderSize(c.nc, readBufSize)
 	sem := make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.IdleTimeout))
+		if br.Buffered() < HeaderSize {
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.IdleTimeout))
+		}
 		if _, err := io.ReadFull(br, hb[:]); err != nil {
 			return
 		}
-		c.nc.SetReadDeadline(time.Time{})
 		h, err := DecodeHeader(hb[:])
 		if err != nil || h.Flags&FlagReply != 0 {
 			return // malformed: close this connection only
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
-		body := make([]byte, h.BodyLen)
-		if _, err := io.ReadFull(br, body); err != nil {
+		if int(h.BodyLen) > br.Buffered() {
+			// The rest of the frame must follow promptly, idle timeout
+			// or not.
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+		}
+		body, err := readBody(br, int(h.BodyLen))
+		if err != nil {
 			return
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, idle: c.s.cfg.IdleTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
+		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
 		if h.PayloadLen == 0 {
 			req.finish()
 		}
@@ -374,24 +396,70 @@ func pong(_ context.Context, req *Request, rw *ReplyWriter) {
 	rw.Reply(&p, nil, nil)
 }
 
-func (c *serverConn) handshake(br *bufio.Reader) error {
-	c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
-	var hb [HeaderSize]byte
-	if _, err := io.ReadFull(br, hb[:]); err != nil {
-		return err
+// readBufSize is the read buffer of an authenticated connection.
+const readBufSize = 64 << 10
+
+// bodyChunk is how much of a frame body is allocated before its bytes
+// arrive. A larger body's buffer grows (doubling, up to the length the
+// header claims) as they do, so a peer that claims 64 MiB and sends 1 KiB
+// costs about a chunk, not 64 MiB.
+const bodyChunk = 64 << 10
+
+// readBody reads a body of n bytes. A body that is small or already
+// buffered is allocated at once, as one slice of exactly n bytes.
+func readBody(br *bufio.Reader, n int) ([]byte, error) {
+	if n <= bodyChunk || n <= br.Buffered() {
+		b := make([]byte, n)
+		_, err := io.ReadFull(br, b)
+		return b, err
 	}
-	h, err := DecodeHeader(hb[:])
+	b := make([]byte, 0, bodyChunk)
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = append(make([]byte, 0, min(2*cap(b), n)), b...)
+		}
+		m, err := br.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < n {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// readHello reads the first frame, which must be a HELLO of at most
+// MaxHelloLen body bytes, within timeout. It reads straight from the
+// socket, exactly the frame's bytes: a connection that has not
+// authenticated has no read buffer, and a larger claim is refused before
+// anything is read or allocated for it.
+func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
+	c.nc.SetReadDeadline(time.Now().Add(timeout))
+	hb := make([]byte, HeaderSize)
+	if _, err := io.ReadFull(c.nc, hb); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := DecodeHeader(hb)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
+		return Header{}, nil, fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
+	}
+	if h.BodyLen > MaxHelloLen {
+		return Header{}, nil, fmt.Errorf("HELLO of %d bytes exceeds %d: %w", h.BodyLen, MaxHelloLen, ErrFrame)
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(c.nc, body); err != nil {
+		return Header{}, nil, err
+	}
+	return h, body, nil
+}
+
+func (c *serverConn) handshake() error {
+	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
 	if err != nil {
 		return err
 	}
-	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
-		return fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
-	}
-	body := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(br, body); err != nil {
-		return err
-	}
-	c.nc.SetReadDeadline(time.Time{})
 	var hello wirepb.Hello
 	rw := &ReplyWriter{c: c, h: h}
 	if err := proto.Unmarshal(body, &hello); err != nil {
@@ -427,7 +495,7 @@ type Request struct {
 
 	br       *bufio.Reader
 	nc       net.Conn
-	idle     time.Duration // read deadline while the payload streams in
+	timeout  time.Duration // progress deadline per chunk of payload
 	left     uint64
 	consumed chan struct{}
 	once     sync.Once
@@ -457,10 +525,10 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 	for _, b := range dst {
 		// Read in bounded chunks, each with a deadline, so a client that
 		// stops sending mid-payload frees the handler (and what it
-		// reserved) after the idle timeout.
+		// reserved) after the frame timeout.
 		for len(b) > 0 {
-			n := min(len(b), 4<<20)
-			r.nc.SetReadDeadline(time.Now().Add(r.idle))
+			n := min(len(b), payloadChunk)
+			r.nc.SetReadDeadline(time.Now().Add(r.timeout))
 			if _, err := io.ReadFull(r.br, b[:n]); err != nil {
 				r.broken, r.left = true, 0
 				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
@@ -482,15 +550,22 @@ func (r *Request) DiscardPayload() {
 	default:
 	}
 	if r.left > 0 {
-		r.nc.SetReadDeadline(time.Now().Add(r.idle))
-		if _, err := io.CopyN(io.Discard, r.br, int64(r.left)); err != nil {
-			r.broken = true
+		for r.left > 0 {
+			n := min(r.left, payloadChunk)
+			r.nc.SetReadDeadline(time.Now().Add(r.timeout))
+			if _, err := io.CopyN(io.Discard, r.br, int64(n)); err != nil {
+				r.broken, r.left = true, 0
+				break
+			}
+			r.left -= n
 		}
 		r.nc.SetReadDeadline(time.Time{})
-		r.left = 0
 	}
 	r.finish()
 }
+
+// payloadChunk is how much payload must arrive within each FrameTimeout.
+const payloadChunk = 4 << 20
 
 func (r *Request) finish() { r.once.Do(func() { close(r.consumed) }) }
 
