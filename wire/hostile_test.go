@@ -7,11 +7,14 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -208,4 +211,133 @@ func TestClaimedBodiesCostWhatArrives(t *testing.T) {
 	for _, nc := range ncs {
 		nc.Close()
 	}
+}
+
+// holdServer serves opHold: each request reports its id on started, then
+// blocks until release is closed (or its context ends) and replies.
+func holdServer(t *testing.T, cfg ServerConfig, setup ...func(*Server)) (s *Server, addr string, started chan uint64, release chan struct{}) {
+	t.Helper()
+	started, release = make(chan uint64, 16), make(chan struct{})
+	s, addr = startServer(t, cfg, "tcp", append(setup, func(s *Server) {
+		s.Handle(opHold, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+			started <- req.ID
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+	})...)
+	return s, addr, started, release
+}
+
+// recv waits up to 10 s for a value from ch.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s in 10 s", what)
+		panic("unreachable")
+	}
+}
+
+const opHold Op = 203
+
+// sendAsync writes b to nc on a goroutine (the server may not read it for
+// a while); the write ends when nc closes at the latest.
+func sendAsync(t *testing.T, nc net.Conn, b []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	wg.Go(func() { nc.Write(b) })
+	t.Cleanup(func() { nc.Close(); wg.Wait() })
+}
+
+// logBuffer collects a server's log lines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// TestBufferedBodiesBounded: request bodies held from their header until
+// their handler returns are bounded per connection (the connection waits)
+// and per server (a connection that finds no room within FrameTimeout is
+// closed, and that is logged once). The bounds are set below their
+// minimum (MaxBodyLen) so that the test moves little data.
+func TestBufferedBodiesBounded(t *testing.T) {
+	const bound, body = 1 << 20, 600 << 10 // two bodies exceed the bound
+	req := func(id uint64) []byte { return append(header(opHold, id, body, 0), make([]byte, body)...) }
+
+	t.Run("server", func(t *testing.T) {
+		var logs logBuffer
+		const frameTimeout = 300 * time.Millisecond
+		_, addr, started, release := holdServer(t, ServerConfig{FrameTimeout: frameTimeout, Logger: logs.logger()},
+			func(s *Server) { s.buffered.init(bound) })
+		a := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, a, req(2))
+		recv(t, started, "start of a's request") // a's handler holds its body
+		var wg sync.WaitGroup
+		for i := range 2 {
+			b := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+			sendAsync(t, b, req(2))
+			wg.Go(func() {
+				if took := waitClosed(t, b, 10*time.Second); took < frameTimeout/2 {
+					t.Errorf("connection %d past the server's bound closed after %v, want about the frame timeout %v", i, took, frameTimeout)
+				}
+			})
+		}
+		wg.Wait()
+		if got := strings.Count(logs.String(), "no room for a request body"); got != 1 {
+			t.Errorf("logged the closures %d times, want once:\n%s", got, logs.String())
+		}
+		close(release)
+		if _, body := readFrame(t, a); len(body) != 0 {
+			t.Fatalf("a's reply: %x", body)
+		}
+		c := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, c, req(3))
+		if h, _ := readFrame(t, c); h.ID != 3 || h.Flags != FlagReply {
+			t.Fatalf("after a's request finished: got %+v, want a reply to request 3", h)
+		}
+	})
+
+	t.Run("connection", func(t *testing.T) {
+		const frameTimeout = 200 * time.Millisecond
+		_, addr, started, release := holdServer(t, ServerConfig{FrameTimeout: frameTimeout},
+			func(s *Server) { s.cfg.MaxConnBuffered = bound })
+		a := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, a, append(req(2), req(3)...))
+		if id := recv(t, started, "first request"); id != 2 {
+			t.Fatalf("request %d started first, want 2", id)
+		}
+		select {
+		case id := <-started:
+			t.Fatalf("request %d started while request 2 holds the connection's budget", id)
+		case <-time.After(3 * frameTimeout): // waiting for room is no stalled frame
+		}
+		close(release)
+		if id := recv(t, started, "second request"); id != 3 {
+			t.Fatalf("request %d started, want 3", id)
+		}
+		for range 2 {
+			if h, _ := readFrame(t, a); h.Flags != FlagReply {
+				t.Fatalf("got %+v, want a reply", h)
+			}
+		}
+	})
 }

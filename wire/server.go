@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,30 @@ type ServerConfig struct {
 	// payload a handler reads or skips (0: DefaultFrameTimeout). A peer
 	// that stops sending mid-frame is closed after it.
 	FrameTimeout time.Duration
+	// MaxConnBuffered bounds the request body bytes one connection holds:
+	// a body counts from its header until its handler returns, and the
+	// connection's read loop waits (reads nothing more) until the next
+	// body fits. 0 means DefaultMaxConnBuffered; a smaller value than
+	// MaxBodyLen is raised to it.
+	MaxConnBuffered int64
+	// MaxBuffered bounds the request body bytes all connections hold
+	// together, counted the same way. A connection waits for room before
+	// reading a body; one that gets none within FrameTimeout is closed.
+	// 0 means DefaultMaxBuffered; a smaller value than MaxBodyLen is
+	// raised to it.
+	//
+	// With these bounds a server's memory for requests is at most
+	// MaxBuffered (bodies; payloads are not buffered but read into the
+	// handlers' destinations) plus, per connection, a 64 KiB read buffer
+	// once it authenticated (before that, at most a MaxHelloLen HELLO),
+	// plus what handlers allocate: with the defaults about 1 GiB + 64 KiB
+	// per connection.
+	MaxBuffered int64
+	// Logger receives the server's rare events: a listener whose accepts
+	// fail, connections closed for want of buffer room. Recurring trouble
+	// is logged when it starts and when it ends, never per request. nil
+	// discards them.
+	Logger *slog.Logger
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
 	// Hello (nil if the handshake never completed).
 	OnDisconnect func(peer *wirepb.Hello)
@@ -70,6 +95,16 @@ type ServerConfig struct {
 // for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
 // peer that stalls mid-frame does not hold its buffers for minutes.
 const DefaultFrameTimeout = 30 * time.Second
+
+// DefaultMaxConnBuffered is ServerConfig.MaxConnBuffered's default: two
+// bodies of the largest size, so one large request does not stall the
+// connection's next.
+const DefaultMaxConnBuffered = 2 * MaxBodyLen
+
+// DefaultMaxBuffered is ServerConfig.MaxBuffered's default: 1 GiB, sixteen
+// bodies of the largest size at once, far more than a controller or unit
+// holds in normal use (bodies are metadata; bulk bytes are payloads).
+const DefaultMaxBuffered = 1 << 30
 
 // Session is per-connection state a server keeps for its handlers (see
 // [ServerConfig.NewSession]). Handlers of one connection may run
@@ -97,6 +132,10 @@ type Server struct {
 	closeOnce sync.Once
 
 	bytesIn, bytesOut atomic.Int64 // frame bytes read and written, all connections
+
+	log      *slog.Logger
+	buffered budget  // request body bytes, all connections (MaxBuffered)
+	starved  episode // connections closed for want of buffered room
 }
 
 // Traffic returns the bytes this server has read and written on its
@@ -118,12 +157,25 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = DefaultFrameTimeout
 	}
+	if cfg.MaxConnBuffered <= 0 {
+		cfg.MaxConnBuffered = DefaultMaxConnBuffered
+	}
+	cfg.MaxConnBuffered = max(cfg.MaxConnBuffered, MaxBodyLen)
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = DefaultMaxBuffered
+	}
+	cfg.MaxBuffered = max(cfg.MaxBuffered, MaxBodyLen)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if cfg.Hello == nil {
 		cfg.Hello = &wirepb.Hello{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
+		log:       log,
 		handlers:  map[Op]HandlerFunc{},
 		inline:    map[Op]bool{},
 		listeners: map[net.Listener]struct{}{},
@@ -131,6 +183,9 @@ func NewServer(cfg ServerConfig) *Server {
 		ctx:       ctx,
 		cancel:    cancel,
 	}
+	s.buffered.init(cfg.MaxBuffered)
+	s.starved = episode{log: log, quiet: time.Second}
+	return s
 }
 
 // Handle registers the handler for an op; each request runs in a goroutine
@@ -252,10 +307,13 @@ type serverConn struct {
 	once sync.Once
 	peer *wirepb.Hello
 	sess Session // nil without ServerConfig.NewSession
+
+	buffered budget // request body bytes held (MaxConnBuffered)
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
 	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
+	c.buffered.init(s.cfg.MaxConnBuffered)
 	c.w = newFrameWriter(nc, func(error) { c.close() })
 	c.w.written = &s.bytesOut
 	return c
@@ -311,6 +369,9 @@ func (c *serverConn) serve() {
 			return // malformed: close this connection only
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
+		if !c.hold(h.BodyLen) {
+			return
+		}
 		if int(h.BodyLen) > br.Buffered() {
 			// The rest of the frame must follow promptly, idle timeout
 			// or not.
@@ -318,6 +379,7 @@ func (c *serverConn) serve() {
 		}
 		body, err := readBody(br, int(h.BodyLen))
 		if err != nil {
+			c.unhold(h.BodyLen)
 			return
 		}
 		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
@@ -351,6 +413,7 @@ func (c *serverConn) serve() {
 			if !draining {
 				c.s.inflight.Done()
 			}
+			c.unhold(h.BodyLen)
 			return
 		}
 		serveOne := func() {
@@ -363,6 +426,7 @@ func (c *serverConn) serve() {
 				rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
 			}
 			req.DiscardPayload()
+			c.unhold(req.BodyLen)
 		}
 		if c.s.inline[h.Op] || h.Op == OpPing {
 			serveOne()
@@ -386,6 +450,39 @@ func (c *serverConn) serve() {
 }
 
 var errInternal = errors.New("wire: internal error")
+
+// hold takes a body's n bytes from the connection's budget (waiting for
+// its own requests to give some back) and from the server's (waiting at
+// most FrameTimeout, else the connection is closed).
+func (c *serverConn) hold(n uint32) bool {
+	if n == 0 {
+		return true
+	}
+	if !c.buffered.acquire(int64(n), 0, c.done) {
+		return false
+	}
+	if !c.s.buffered.acquire(int64(n), c.s.cfg.FrameTimeout, c.done) {
+		c.buffered.release(int64(n))
+		select {
+		case <-c.done:
+		default:
+			c.s.starved.hit("wire: closing connections that found no room for a request body within the frame timeout",
+				"max_buffered", c.s.cfg.MaxBuffered, "frame_timeout", c.s.cfg.FrameTimeout)
+		}
+		return false
+	}
+	c.s.starved.clear("wire: request bodies fit again")
+	return true
+}
+
+// unhold gives back what hold took.
+func (c *serverConn) unhold(n uint32) {
+	if n == 0 {
+		return
+	}
+	c.s.buffered.release(int64(n))
+	c.buffered.release(int64(n))
+}
 
 func pong(_ context.Context, req *Request, rw *ReplyWriter) {
 	var p wirepb.Ping
