@@ -55,11 +55,7 @@ func FuzzServerConn(f *testing.F) {
 	hello := frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil)
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		cli, srv := net.Pipe()
-		sc := newServerConn(s, srv)
-		s.mu.Lock()
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
+		sc := s.admit(srv)
 		go sc.serve()
 		go func() { // drain whatever the server answers
 			buf := make([]byte, 4096)
@@ -98,11 +94,7 @@ func FuzzHandshake(f *testing.F) {
 	f.Cleanup(func() { s.Close() })
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		cli, srv := net.Pipe()
-		sc := newServerConn(s, srv)
-		s.mu.Lock()
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
+		sc := s.admit(srv)
 		go sc.serve()
 		go io.Copy(io.Discard, cli)
 		cli.SetWriteDeadline(time.Now().Add(2 * time.Second))

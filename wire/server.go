@@ -23,6 +23,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -44,6 +45,12 @@ type ServerConfig struct {
 	Token string
 	// MaxInFlight bounds concurrent requests per connection (0: 1024).
 	MaxInFlight int
+	// MaxConns bounds the connections the server holds open, those still
+	// in their handshake included (0: DefaultMaxConns; negative: no
+	// limit). A connection past it gets an error reply to its HELLO
+	// (CODE_CAPACITY, naming the limit) and is closed; it may take at most
+	// a second to send its HELLO. Refusals are logged once per episode.
+	MaxConns int
 	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long (0: 5
@@ -70,11 +77,15 @@ type ServerConfig struct {
 	// MaxBuffered (bodies; payloads are not buffered but read into the
 	// handlers' destinations) plus, per connection, a 64 KiB read buffer
 	// once it authenticated (before that, at most a MaxHelloLen HELLO),
-	// plus what handlers allocate: with the defaults about 1 GiB + 64 KiB
-	// per connection.
+	// plus what handlers allocate. With the defaults that is at most about
+	// 1 GiB + 4096 × 80 KiB (read buffer, goroutine and connection state)
+	// ≈ 1.3 GiB; connections being refused past MaxConns add at most
+	// 64 × 8 KiB.
 	MaxBuffered int64
 	// Logger receives the server's rare events: a listener whose accepts
-	// fail, connections closed for want of buffer room. Recurring trouble
+	// fail (the server backs off and retries: a process out of file
+	// descriptors keeps its listeners), connections refused past MaxConns,
+	// connections closed for want of buffer room. Recurring trouble
 	// is logged when it starts and when it ends, never per request. nil
 	// discards them.
 	Logger *slog.Logger
@@ -95,6 +106,13 @@ type ServerConfig struct {
 // for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
 // peer that stalls mid-frame does not hold its buffers for minutes.
 const DefaultFrameTimeout = 30 * time.Second
+
+// DefaultMaxConns is ServerConfig.MaxConns' default: well under the file
+// descriptor limit a TQ server should run with (cmd/tq does not raise it
+// past what the system grants; 4096 leaves room under a typical 65536 and
+// bounds the read buffers to 256 MiB), and far more connections than a
+// cluster's clients and units open (a client pools a few per peer).
+const DefaultMaxConns = 4096
 
 // DefaultMaxConnBuffered is ServerConfig.MaxConnBuffered's default: two
 // bodies of the largest size, so one large request does not stall the
@@ -124,7 +142,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
+	nconns    int // connections admitted (counted against MaxConns)
+	nrefusing int // connections being refused
 	draining  bool
+	stop      chan struct{} // closed when draining starts
 	inflight  sync.WaitGroup
 	wg        sync.WaitGroup
 	ctx       context.Context
@@ -136,6 +157,7 @@ type Server struct {
 	log      *slog.Logger
 	buffered budget  // request body bytes, all connections (MaxBuffered)
 	starved  episode // connections closed for want of buffered room
+	refusals episode // connections refused past MaxConns
 }
 
 // Traffic returns the bytes this server has read and written on its
@@ -156,6 +178,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = DefaultFrameTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
 	}
 	if cfg.MaxConnBuffered <= 0 {
 		cfg.MaxConnBuffered = DefaultMaxConnBuffered
@@ -182,9 +207,11 @@ func NewServer(cfg ServerConfig) *Server {
 		conns:     map[*serverConn]struct{}{},
 		ctx:       ctx,
 		cancel:    cancel,
+		stop:      make(chan struct{}),
 	}
 	s.buffered.init(cfg.MaxBuffered)
 	s.starved = episode{log: log, quiet: time.Second}
+	s.refusals = episode{log: log, quiet: time.Second}
 	return s
 }
 
@@ -202,7 +229,11 @@ func (s *Server) HandleInline(op Op, h HandlerFunc) {
 }
 
 // Serve accepts connections on l until the server closes. It returns nil
-// after Close or Shutdown.
+// after Close or Shutdown. Accept errors that pass (out of file
+// descriptors or memory, a connection aborted before it was accepted) do
+// not end it: it backs off (5 ms, doubling up to 1 s) and tries again,
+// logging when the trouble starts and when it ends. Any other error ends
+// it.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.draining {
@@ -214,56 +245,131 @@ func (s *Server) Serve(l net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	addr := l.Addr().String()
+	trouble := episode{log: s.log}
+	var delay time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
 			draining := s.draining
+			s.mu.Unlock()
+			switch {
+			case draining || errors.Is(err, net.ErrClosed):
+				err = nil
+			case temporary(err):
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				trouble.hit("wire: accept failing; backing off and retrying", "addr", addr, "err", err)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-s.stop:
+					t.Stop()
+				}
+				continue
+			default:
+				s.log.Error("wire: accept failed; listener stopped", "addr", addr, "err", err)
+				err = fmt.Errorf("accept: %w", err)
+			}
+			s.mu.Lock()
 			delete(s.listeners, l)
 			s.mu.Unlock()
-			if draining || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("accept: %w", err)
+			return err
 		}
-		sc := newServerConn(s, nc)
-		s.mu.Lock()
-		if s.draining {
+		if delay != 0 {
+			delay = 0
+			trouble.clear("wire: accepting again", "addr", addr)
+		}
+		if sc := s.admit(nc); sc != nil {
+			go sc.serve()
+		}
+	}
+}
+
+// temporaryErrnos are accept errors that pass: the process is out of
+// file descriptors or memory for now, or one connection went wrong before
+// it was accepted.
+var temporaryErrnos = []syscall.Errno{
+	syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+	syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN,
+	syscall.EPROTO, syscall.EPERM,
+}
+
+func temporary(err error) bool {
+	for _, errno := range temporaryErrnos {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var te interface{ Temporary() bool } // listeners of other kinds
+	return errors.As(err, &te) && te.Temporary()
+}
+
+// refuseTimeout bounds how long a connection refused past MaxConns may
+// take to send its HELLO and read the refusal.
+const refuseTimeout = time.Second
+
+// maxRefusing bounds the connections being refused at once; past it a
+// new connection is closed without a reply.
+const maxRefusing = 64
+
+// admit registers nc as one of the server's connections and returns it,
+// to be served; past MaxConns it is marked to be refused. It returns nil,
+// nc closed, when the server is draining or too many refusals are under
+// way.
+func (s *Server) admit(nc net.Conn) *serverConn {
+	sc := newServerConn(s, nc)
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	n, limit := s.nconns, s.cfg.MaxConns
+	if limit > 0 && n >= limit {
+		if s.nrefusing >= maxRefusing {
 			s.mu.Unlock()
 			nc.Close()
-			continue
+			s.refusals.hit("wire: refusing connections past the limit", "conns", n, "limit", limit)
+			return nil
 		}
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go sc.serve()
+		s.nrefusing++
+		sc.refused = fmt.Errorf("server has %d connections, the limit is %d: %w", n, limit, engine.ErrCapacity)
+	} else {
+		s.nconns++
 	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	if sc.refused != nil {
+		s.refusals.hit("wire: refusing connections past the limit", "conns", n, "limit", limit)
+	} else {
+		s.refusals.clear("wire: accepting connections again", "conns", n+1, "limit", limit)
+	}
+	return sc
 }
 
 // ServeConn serves one connection that came from no listener (a
 // shared-memory channel set up on another socket) and returns when it
 // ends. The server owns nc from then on: it closes nc when the connection
 // ends or the server closes, and runs the connection's session like any
-// other's. After Close or Shutdown it closes nc at once.
+// other's. After Close or Shutdown it closes nc at once. It counts against
+// MaxConns like any other connection.
 func (s *Server) ServeConn(nc net.Conn) {
-	sc := newServerConn(s, nc)
-	s.mu.Lock()
-	if s.draining {
-		s.mu.Unlock()
-		nc.Close()
-		return
+	if sc := s.admit(nc); sc != nil {
+		sc.serve()
 	}
-	s.conns[sc] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	sc.serve()
 }
 
 // Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
 // for in-flight requests until ctx ends, then closes every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.draining = true
+	s.drain()
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -284,7 +390,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
-		s.draining = true
+		s.drain()
 		for l := range s.listeners {
 			l.Close()
 		}
@@ -299,6 +405,14 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// drain marks the server draining; s.mu is held.
+func (s *Server) drain() {
+	if !s.draining {
+		s.draining = true
+		close(s.stop)
+	}
+}
+
 type serverConn struct {
 	s    *Server
 	nc   net.Conn
@@ -309,6 +423,7 @@ type serverConn struct {
 	sess Session // nil without ServerConfig.NewSession
 
 	buffered budget // request body bytes held (MaxConnBuffered)
+	refused  error  // past MaxConns: the error its HELLO gets
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
@@ -340,11 +455,20 @@ func (c *serverConn) serve() {
 		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
+		if c.refused != nil {
+			c.s.nrefusing--
+		} else {
+			c.s.nconns--
+		}
 		c.s.mu.Unlock()
 		if c.s.cfg.OnDisconnect != nil {
 			c.s.cfg.OnDisconnect(c.peer)
 		}
 	}()
+	if c.refused != nil {
+		c.refuse()
+		return
+	}
 	if err := c.handshake(); err != nil {
 		return
 	}
@@ -550,6 +674,17 @@ func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
 		return Header{}, nil, err
 	}
 	return h, body, nil
+}
+
+// refuse answers the connection's HELLO with its refusal, giving it
+// refuseTimeout to send the HELLO.
+func (c *serverConn) refuse() {
+	h, _, err := c.readHello(min(refuseTimeout, c.s.cfg.HandshakeTimeout))
+	if err != nil {
+		return
+	}
+	rw := &ReplyWriter{c: c, h: h}
+	rw.Error(c.refused)
 }
 
 func (c *serverConn) handshake() error {
