@@ -341,3 +341,89 @@ func TestBufferedBodiesBounded(t *testing.T) {
 		}
 	})
 }
+
+// TestPeerThatStopsReadingIsClosed: a peer that sends requests but never
+// reads the replies does not hold the server's writer (and the handlers
+// waiting on it) forever: the connection closes once a write makes no
+// progress for WriteTimeout.
+func TestPeerThatStopsReadingIsClosed(t *testing.T) {
+	const writeTimeout = 300 * time.Millisecond
+	big := make([]byte, 4<<20)
+	gone := make(chan *wirepb.Hello, 1)
+	_, addr := startServer(t, ServerConfig{WriteTimeout: writeTimeout, OnDisconnect: func(p *wirepb.Hello) { gone <- p }}, "unix", func(s *Server) {
+		s.Handle(opBig, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			rw.Reply(&wirepb.Empty{}, net.Buffers{big}, nil)
+		})
+	})
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client", Name: "deaf"})
+	start := time.Now()
+	for id := range uint64(8) {
+		if _, err := nc.Write(frame(opBig, 0, id+2, &wirepb.Empty{}, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer := recv(t, gone, "disconnect of the peer that does not read")
+	if peer.GetName() != "deaf" {
+		t.Fatalf("disconnected %v, want the deaf peer", peer)
+	}
+	if took := time.Since(start); took < writeTimeout {
+		t.Errorf("disconnected after %v, before the write timeout of %v", took, writeTimeout)
+	}
+}
+
+const opBig Op = 204
+
+// deadlineConn records what is written to it and the write deadlines set.
+type deadlineConn struct {
+	net.Conn
+	out       bytes.Buffer
+	writes    []int // bytes written under each deadline
+	deadlines int
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if len(c.writes) == 0 { // written with no deadline
+		c.writes = append(c.writes, 0)
+	}
+	c.out.Write(p)
+	c.writes[len(c.writes)-1] += len(p)
+	return len(p), nil
+}
+
+func (c *deadlineConn) SetWriteDeadline(time.Time) error {
+	c.deadlines++
+	c.writes = append(c.writes, 0)
+	return nil
+}
+
+// TestWriterChunks: with a timeout, the writer sets a deadline before each
+// chunk of at most writeChunk bytes, and the bytes go out in order.
+func TestWriterChunks(t *testing.T) {
+	nc := &deadlineConn{}
+	w := newFrameWriter(nc, func(err error) { t.Errorf("write failed: %v", err) })
+	w.timeout = time.Second
+	var want []byte
+	var payload net.Buffers
+	for i, n := range []int{10, writeChunk + 5, 3, 2*writeChunk - 20, 0, 7} {
+		b := bytes.Repeat([]byte{byte(i + 1)}, n)
+		payload = append(payload, b)
+		want = append(want, b...)
+	}
+	f := &outFrame{buf: []byte("header"), payload: payload, written: make(chan error, 1)}
+	w.send(f)
+	if err := <-f.written; err != nil {
+		t.Fatal(err)
+	}
+	want = append([]byte("header"), want...)
+	if !bytes.Equal(nc.out.Bytes(), want) {
+		t.Fatalf("wrote %d bytes that differ from the %d sent", nc.out.Len(), len(want))
+	}
+	for i, n := range nc.writes {
+		if n > writeChunk || n == 0 {
+			t.Errorf("chunk %d: %d bytes under one deadline, want 1 to %d", i, n, writeChunk)
+		}
+	}
+	if got, wantN := nc.deadlines, (len(want)+writeChunk-1)/writeChunk; got != wantN {
+		t.Errorf("%d deadlines for %d bytes, want %d", got, len(want), wantN)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,6 +62,11 @@ type ServerConfig struct {
 	// payload a handler reads or skips (0: DefaultFrameTimeout). A peer
 	// that stops sending mid-frame is closed after it.
 	FrameTimeout time.Duration
+	// WriteTimeout bounds each write of a reply: the server writes in
+	// chunks of at most 4 MiB, and a peer that does not take a chunk
+	// within it (it stopped reading its replies) is disconnected (0:
+	// DefaultWriteTimeout).
+	WriteTimeout time.Duration
 	// MaxConnBuffered bounds the request body bytes one connection holds:
 	// a body counts from its header until its handler returns, and the
 	// connection's read loop waits (reads nothing more) until the next
@@ -106,6 +112,12 @@ type ServerConfig struct {
 // for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
 // peer that stalls mid-frame does not hold its buffers for minutes.
 const DefaultFrameTimeout = 30 * time.Second
+
+// DefaultWriteTimeout is ServerConfig.WriteTimeout's default, the same as
+// the frame timeout's for the same reasons: 4 MiB within it is a slow link
+// indeed, and a peer that stopped reading holds a goroutine and its
+// reply's memory for at most that long.
+const DefaultWriteTimeout = 30 * time.Second
 
 // DefaultMaxConns is ServerConfig.MaxConns' default: well under the file
 // descriptor limit a TQ server should run with (cmd/tq does not raise it
@@ -178,6 +190,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = DefaultFrameTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = DefaultMaxConns
@@ -310,7 +325,7 @@ func temporary(err error) bool {
 }
 
 // refuseTimeout bounds how long a connection refused past MaxConns may
-// take to send its HELLO and read the refusal.
+// take to send its HELLO, and to take the refusal.
 const refuseTimeout = time.Second
 
 // maxRefusing bounds the connections being refused at once; past it a
@@ -339,6 +354,7 @@ func (s *Server) admit(nc net.Conn) *serverConn {
 		}
 		s.nrefusing++
 		sc.refused = fmt.Errorf("server has %d connections, the limit is %d: %w", n, limit, engine.ErrCapacity)
+		sc.w.timeout = refuseTimeout
 	} else {
 		s.nconns++
 	}
@@ -429,8 +445,14 @@ type serverConn struct {
 func newServerConn(s *Server, nc net.Conn) *serverConn {
 	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
 	c.buffered.init(s.cfg.MaxConnBuffered)
-	c.w = newFrameWriter(nc, func(error) { c.close() })
+	c.w = newFrameWriter(nc, func(err error) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.log.Debug("wire: closing a connection that stopped reading its replies", "peer", nc.RemoteAddr(), "write_timeout", c.w.timeout)
+		}
+		c.close()
+	})
 	c.w.written = &s.bytesOut
+	c.w.timeout = s.cfg.WriteTimeout
 	return c
 }
 
