@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"testing"
@@ -49,8 +50,14 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(append(frame(OpPing, 0, 1, &wirepb.Ping{}, nil), 0xff, 0xfe), uint(33))
 	f.Add(frame(Op(999), 0, 7, &wirepb.Ping{}, []byte{1, 2, 3}), uint(12))
 	f.Add([]byte("TQ\x01\x00\x02\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff"), uint(10))
+	f.Add(append(frame(Op(201), 0, 4, &wirepb.Ping{}, nil), cancelFrame(4)...), uint(20))
+	f.Add(append(cancelFrame(9), frame(OpCancel, 0, 0, &wirepb.Ping{Nonce: 1}, []byte("p"))...), uint(36))
 	s := NewServer(ServerConfig{HandshakeTimeout: time.Second, IdleTimeout: time.Second})
 	s.Handle(opEcho, echo)
+	s.Handle(Op(201), func(ctx context.Context, _ *Request, rw *ReplyWriter) {
+		<-ctx.Done()
+		rw.Error(ctx.Err())
+	})
 	f.Cleanup(func() { s.Close() })
 	hello := frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil)
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {

@@ -3,7 +3,9 @@ package wire
 // Server is the serving side. Per connection, one goroutine reads frames;
 // each request runs its handler in a goroutine of its own, so a slow
 // request (a blocking fetch) does not hold up the others — or, for
-// handlers registered with HandleInline, right on the read loop. A request's
+// handlers registered with HandleInline, right on the read loop. A
+// request in a goroutine has a context of its own, which a CANCEL from
+// the client ends. A request's
 // payload is still on the socket when its handler starts: the handler
 // reads it straight into its destination (ReadPayload), and the read loop
 // waits until the payload is consumed before it reads the next frame.
@@ -34,7 +36,11 @@ import (
 )
 
 // HandlerFunc serves one request. It must call exactly one of rw's reply
-// methods (or none, in which case an internal error is sent).
+// methods (or none, in which case an internal error is sent). ctx ends
+// when the connection or the server closes, and, for a handler that runs
+// in a goroutine of its own ([Server.Handle]), when the client cancels the
+// request: then context.Cause(ctx) wraps context.Canceled, and an error
+// reply with ctx.Err() says CODE_CANCELED.
 type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
 
 // ServerConfig configures a [Server].
@@ -231,13 +237,15 @@ func NewServer(cfg ServerConfig) *Server {
 }
 
 // Handle registers the handler for an op; each request runs in a goroutine
-// of its own. Call before serving.
+// of its own, with a context the client can cancel (CANCEL). Call before
+// serving.
 func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
 
 // HandleInline registers a handler that runs on the connection's read
 // loop: no goroutine hand-off, so a small request costs the least, but the
-// connection reads nothing else until it returns. Use it for handlers that
-// never wait on anything slow.
+// connection reads nothing else until it returns (a CANCEL for it included:
+// its context is the connection's). Use it for handlers that never wait on
+// anything slow.
 func (s *Server) HandleInline(op Op, h HandlerFunc) {
 	s.handlers[op] = h
 	s.inline[op] = true
@@ -440,6 +448,12 @@ type serverConn struct {
 
 	buffered budget // request body bytes held (MaxConnBuffered)
 	refused  error  // past MaxConns: the error its HELLO gets
+
+	sem      chan struct{}  // a slot per request in flight (MaxInFlight)
+	handlers sync.WaitGroup // handlers running in goroutines
+
+	mu      sync.Mutex
+	running map[uint64]*Request // requests in goroutines, by id, for CANCEL
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
@@ -467,11 +481,10 @@ func (c *serverConn) close() {
 func (c *serverConn) serve() {
 	defer c.s.wg.Done()
 	ctx, cancel := context.WithCancel(c.s.ctx)
-	var handlers sync.WaitGroup
 	defer func() {
 		c.close()
 		cancel()
-		handlers.Wait()
+		c.handlers.Wait()
 		if c.sess != nil {
 			c.sess.Close()
 		}
@@ -501,7 +514,7 @@ func (c *serverConn) serve() {
 	// buffered yet: the connection's read buffer is allocated only now
 	// that the peer authenticated.
 	br := bufio.NewReaderSize(c.nc, readBufSize)
-	sem := make(chan struct{}, c.s.cfg.MaxInFlight)
+	c.sem = make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
 	for {
 		if br.Buffered() < HeaderSize {
@@ -528,60 +541,62 @@ func (c *serverConn) serve() {
 			c.unhold(h.BodyLen)
 			return
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
-		if h.PayloadLen == 0 {
-			req.finish()
+		if h.Op == OpCancel {
+			// No reply, no slot: it only ends another request's context.
+			c.cancelRequest(body)
+			c.unhold(h.BodyLen)
+			if h.PayloadLen != 0 {
+				return // malformed
+			}
+			continue
 		}
-		rw := &ReplyWriter{c: c, h: h}
-		handler := c.s.handlers[h.Op]
+		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen}
+		req.rw = ReplyWriter{c: c, h: h}
+		if h.PayloadLen != 0 {
+			req.consumed = make(chan struct{})
+		}
+		req.handler = c.s.handlers[h.Op]
 		if h.Op == OpPing {
-			handler = pong
+			req.handler = pong
 		}
 		c.s.mu.Lock()
-		draining := c.s.draining
-		if !draining {
+		req.draining = c.s.draining
+		if !req.draining {
 			c.s.inflight.Add(1)
 		}
 		c.s.mu.Unlock()
 		switch {
-		case draining:
-			handler = func(_ context.Context, _ *Request, rw *ReplyWriter) {
-				rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
-			}
-		case handler == nil:
-			handler = func(_ context.Context, req *Request, rw *ReplyWriter) {
-				rw.Error(fmt.Errorf("op %v: %w", req.Op, engine.ErrNotSupported))
-			}
+		case req.draining:
+			req.handler = refuseDraining
+		case req.handler == nil:
+			req.handler = notSupported
 		}
 		select {
-		case sem <- struct{}{}:
+		case c.sem <- struct{}{}:
 		case <-c.done:
-			if !draining {
+			if !req.draining {
 				c.s.inflight.Done()
 			}
 			c.unhold(h.BodyLen)
 			return
 		}
-		serveOne := func() {
-			defer func() { <-sem }()
-			if !draining {
-				defer c.s.inflight.Done()
-			}
-			handler(ctx, req, rw)
-			if !rw.sent {
-				rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
-			}
-			req.DiscardPayload()
-			c.unhold(req.BodyLen)
-		}
 		if c.s.inline[h.Op] || h.Op == OpPing {
-			serveOne()
+			c.run(ctx, req)
 		} else {
-			handlers.Add(1)
-			go func() {
-				defer handlers.Done()
-				serveOne()
-			}()
+			// A context of its own, which CANCEL ends.
+			rctx, cancel := context.WithCancelCause(ctx)
+			req.cancel = cancel
+			c.mu.Lock()
+			if c.running == nil {
+				c.running = make(map[uint64]*Request)
+			}
+			c.running[h.ID] = req
+			c.mu.Unlock()
+			c.handlers.Add(1)
+			go c.runAsync(rctx, req)
+		}
+		if h.PayloadLen == 0 {
+			continue
 		}
 		// The payload belongs to the handler until consumed.
 		select {
@@ -592,6 +607,63 @@ func (c *serverConn) serve() {
 		if req.broken {
 			return
 		}
+	}
+}
+
+func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {
+	rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
+}
+
+func notSupported(_ context.Context, req *Request, rw *ReplyWriter) {
+	rw.Error(fmt.Errorf("op %v: %w", req.Op, engine.ErrNotSupported))
+}
+
+// run serves req on the calling goroutine: the handler, an error reply if
+// it sent none, what is left of the payload skipped, then its slot and
+// its body's bytes given back.
+func (c *serverConn) run(ctx context.Context, req *Request) {
+	req.handler(ctx, req, &req.rw)
+	if !req.rw.sent {
+		req.rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
+	}
+	req.DiscardPayload()
+	c.unhold(req.BodyLen)
+	if !req.draining {
+		c.s.inflight.Done()
+	}
+	<-c.sem
+}
+
+// runAsync runs req on a goroutine of its own, cancelable by id.
+func (c *serverConn) runAsync(ctx context.Context, req *Request) {
+	defer c.handlers.Done()
+	c.run(ctx, req)
+	c.mu.Lock()
+	if c.running[req.ID] == req {
+		delete(c.running, req.ID)
+	}
+	c.mu.Unlock()
+	req.cancel(nil)
+}
+
+// errCanceled is the cause of a request's context that the client
+// canceled.
+var errCanceled = fmt.Errorf("wire: request canceled by the client: %w", context.Canceled)
+
+// cancelRequest serves CANCEL: it ends the context of the named request,
+// if it is running in a goroutine of its own. Unknown or finished ids, and
+// bodies that do not decode, are ignored: CANCEL has no reply to complain
+// in.
+func (c *serverConn) cancelRequest(body []byte) {
+	var m wirepb.Cancel
+	if proto.Unmarshal(body, &m) != nil {
+		return
+	}
+	c.mu.Lock()
+	req := c.running[m.Id]
+	c.mu.Unlock()
+	if req != nil {
+		req.cancel(errCanceled)
 	}
 }
 
@@ -751,9 +823,15 @@ type Request struct {
 	nc       net.Conn
 	timeout  time.Duration // progress deadline per chunk of payload
 	left     uint64
-	consumed chan struct{}
+	consumed chan struct{} // closed once the payload is read or skipped; nil without one
 	once     sync.Once
 	broken   bool // set before consumed closes; read by the loop after
+
+	// How the connection serves it (one allocation with the request).
+	rw       ReplyWriter
+	handler  HandlerFunc
+	draining bool                    // answered CODE_CLOSED, not counted in flight
+	cancel   context.CancelCauseFunc // nil for a request run on the read loop
 }
 
 // Decode unmarshals the request body; a malformed body is an error
@@ -776,6 +854,9 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 		return fmt.Errorf("%v payload is %d bytes, request describes %d: %w", r.Op, r.left, total, engine.ErrInvalid)
 	}
 	defer r.finish()
+	if total == 0 {
+		return nil // the read loop may be reading the next frame: leave its deadline be
+	}
 	for _, b := range dst {
 		// Read in bounded chunks, each with a deadline, so a client that
 		// stops sending mid-payload frees the handler (and what it
@@ -821,7 +902,11 @@ func (r *Request) DiscardPayload() {
 // payloadChunk is how much payload must arrive within each FrameTimeout.
 const payloadChunk = 4 << 20
 
-func (r *Request) finish() { r.once.Do(func() { close(r.consumed) }) }
+func (r *Request) finish() {
+	if r.consumed != nil {
+		r.once.Do(func() { close(r.consumed) })
+	}
+}
 
 // ReplyWriter sends a request's reply.
 type ReplyWriter struct {

@@ -103,6 +103,23 @@ func (w *frameWriter) send(f *outFrame) {
 	}
 }
 
+// post queues f without waiting for it to be written: when nobody is
+// writing, a goroutine counted in wg writes it, so the caller never blocks
+// on the socket. It is counted under the lock that fail takes, so that a
+// Wait after fail sees it.
+func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.err != nil:
+		f.written <- w.err
+	case w.active:
+		w.pending = append(w.pending, f)
+	default:
+		wg.Go(func() { w.send(f) })
+	}
+}
+
 // write writes bufs, which it may modify, to the socket.
 func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
 	if w.timeout <= 0 {
