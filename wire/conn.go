@@ -131,6 +131,9 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 		h = &wirepb.Hello{}
 	}
 	h.Version = Version
+	if n := proto.Size(h); n > MaxHelloLen {
+		return nil, fmt.Errorf("handshake: hello of %d bytes exceeds %d: %w", n, MaxHelloLen, engine.ErrInvalid)
+	}
 	reply := &wirepb.Hello{}
 	if err := c.Do(ctx, OpHello, h, nil, reply, nil); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)

@@ -50,6 +50,16 @@ type ServerConfig struct {
 	Hello *wirepb.Hello
 	// Token, when set, must be presented in the client's Hello.
 	Token string
+	// TrustPeerCred admits without the token a peer on a unix socket whose
+	// uid (SO_PEERCRED) is this process's effective uid: the same user,
+	// who could read the token anyway. TCP peers always need the token
+	// when one is set.
+	TrustPeerCred bool
+	// CheckHello, if set, runs on the peer's Hello once the peer has
+	// authenticated; an error is sent as the HELLO's error reply (its code
+	// from [CodeOf]) and the connection closed. A storage unit refuses
+	// clients that expect another unit with it.
+	CheckHello func(peer *wirepb.Hello) error
 	// MaxInFlight bounds concurrent requests per connection (0: 1024).
 	MaxInFlight int
 	// MaxConns bounds the connections the server holds open, those still
@@ -176,6 +186,7 @@ type Server struct {
 	buffered budget  // request body bytes, all connections (MaxBuffered)
 	starved  episode // connections closed for want of buffered room
 	refusals episode // connections refused past MaxConns
+	euid     int     // this process's, for TrustPeerCred
 }
 
 // Traffic returns the bytes this server has read and written on its
@@ -233,6 +244,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.buffered.init(cfg.MaxBuffered)
 	s.starved = episode{log: log, quiet: time.Second}
 	s.refusals = episode{log: log, quiet: time.Second}
+	s.euid = os.Geteuid()
 	return s
 }
 
@@ -438,13 +450,14 @@ func (s *Server) drain() {
 }
 
 type serverConn struct {
-	s    *Server
-	nc   net.Conn
-	w    *frameWriter
-	done chan struct{}
-	once sync.Once
-	peer *wirepb.Hello
-	sess Session // nil without ServerConfig.NewSession
+	s       *Server
+	nc      net.Conn
+	w       *frameWriter
+	done    chan struct{}
+	once    sync.Once
+	peer    *wirepb.Hello
+	peerUID int     // the peer's uid on a unix socket, else -1
+	sess    Session // nil without ServerConfig.NewSession
 
 	buffered budget // request body bytes held (MaxConnBuffered)
 	refused  error  // past MaxConns: the error its HELLO gets
@@ -457,7 +470,7 @@ type serverConn struct {
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
-	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
+	c := &serverConn{s: s, nc: nc, done: make(chan struct{}), peerUID: -1}
 	c.buffered.init(s.cfg.MaxConnBuffered)
 	c.w = newFrameWriter(nc, func(err error) {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -504,6 +517,7 @@ func (c *serverConn) serve() {
 		c.refuse()
 		return
 	}
+	c.peerUID = peerUID(c.nc)
 	if err := c.handshake(); err != nil {
 		return
 	}
@@ -550,7 +564,7 @@ func (c *serverConn) serve() {
 			}
 			continue
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen}
+		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen}
 		req.rw = ReplyWriter{c: c, h: h}
 		if h.PayloadLen != 0 {
 			req.consumed = make(chan struct{})
@@ -781,6 +795,12 @@ func (c *serverConn) refuse() {
 	rw.Error(c.refused)
 }
 
+// sameUser reports whether the peer may skip the token: TrustPeerCred is
+// set and the peer is a process of this process's user on a unix socket.
+func (c *serverConn) sameUser() bool {
+	return c.s.cfg.TrustPeerCred && c.peerUID >= 0 && c.peerUID == c.s.euid
+}
+
 func (c *serverConn) handshake() error {
 	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
 	if err != nil {
@@ -797,10 +817,16 @@ func (c *serverConn) handshake() error {
 		rw.Error(err)
 		return err
 	}
-	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 {
+	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
 		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
 		rw.Error(err)
 		return err
+	}
+	if check := c.s.cfg.CheckHello; check != nil {
+		if err := check(&hello); err != nil {
+			rw.Error(err)
+			return err
+		}
 	}
 	c.peer = &hello
 	reply := proto.Clone(c.s.cfg.Hello).(*wirepb.Hello)
@@ -815,6 +841,9 @@ type Request struct {
 	Body []byte
 	// Peer is the client's Hello.
 	Peer *wirepb.Hello
+	// PeerUID is the client's uid on a unix socket (SO_PEERCRED), -1 on
+	// TCP or where it is unknown.
+	PeerUID int
 	// Session is the connection's session (nil without
 	// [ServerConfig.NewSession]).
 	Session Session
