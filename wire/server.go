@@ -5,10 +5,10 @@ package wire
 // request (a blocking fetch) does not hold up the others — or, for
 // handlers registered with HandleInline, right on the read loop. A
 // request in a goroutine has a context of its own, which a CANCEL from
-// the client ends. A request's
-// payload is still on the socket when its handler starts: the handler
-// reads it straight into its destination (ReadPayload), and the read loop
-// waits until the payload is consumed before it reads the next frame.
+// the client ends. A request's payload is still on the socket when its
+// handler starts: the handler reads it straight into its destination
+// (ReadPayload), and the read loop waits until the payload is consumed
+// before it reads the next frame.
 // Replies go through the connection's combining writer (frameWriter).
 //
 // A malformed frame closes its connection only; the server goes on serving
@@ -97,12 +97,12 @@ type ServerConfig struct {
 	//
 	// With these bounds a server's memory for requests is at most
 	// MaxBuffered (bodies; payloads are not buffered but read into the
-	// handlers' destinations) plus, per connection, a 64 KiB read buffer
-	// once it authenticated (before that, at most a MaxHelloLen HELLO),
-	// plus what handlers allocate. With the defaults that is at most about
-	// 1 GiB + 4096 × 80 KiB (read buffer, goroutine and connection state)
-	// ≈ 1.3 GiB; connections being refused past MaxConns add at most
-	// 64 × 8 KiB.
+	// handlers' destinations) plus about 80 KiB per connection once it
+	// authenticated (its 64 KiB read buffer, goroutine and state; before
+	// that, about 12 KiB with a MaxHelloLen HELLO), plus what handlers
+	// allocate (replies). With the defaults: 1 GiB + 4096 × 80 KiB ≈
+	// 1.3 GiB, and at most 64 connections being refused past MaxConns add
+	// under 1 MiB.
 	MaxBuffered int64
 	// Logger receives the server's rare events: a listener whose accepts
 	// fail (the server backs off and retries: a process out of file
@@ -135,11 +135,11 @@ const DefaultFrameTimeout = 30 * time.Second
 // reply's memory for at most that long.
 const DefaultWriteTimeout = 30 * time.Second
 
-// DefaultMaxConns is ServerConfig.MaxConns' default: well under the file
-// descriptor limit a TQ server should run with (cmd/tq does not raise it
-// past what the system grants; 4096 leaves room under a typical 65536 and
-// bounds the read buffers to 256 MiB), and far more connections than a
-// cluster's clients and units open (a client pools a few per peer).
+// DefaultMaxConns is ServerConfig.MaxConns' default: far more connections
+// than a cluster's clients and units open (a client pools a few per
+// peer), few enough that their read buffers stay under 256 MiB, and under
+// the usual file descriptor limits (Go raises the soft limit to the hard
+// one, commonly 65536 or more; below that, accepts back off on EMFILE).
 const DefaultMaxConns = 4096
 
 // DefaultMaxConnBuffered is ServerConfig.MaxConnBuffered's default: two
