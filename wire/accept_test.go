@@ -116,6 +116,11 @@ func TestAcceptSurvivesFdExhaustion(t *testing.T) {
 		fdChild()
 		return
 	}
+	const conns = 300 // past the child's limit of 256
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 2*conns {
+		t.Skipf("this process may not open %d connections (limit %d, %v)", 2*conns, lim.Cur, err)
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptSurvivesFdExhaustion$")
 	cmd.Env = append(os.Environ(), fdChildEnv+"=1")
 	stdin, err := cmd.StdinPipe()
@@ -178,7 +183,6 @@ func TestAcceptSurvivesFdExhaustion(t *testing.T) {
 	}
 	addr = strings.TrimSpace(addr)
 
-	const conns = 300
 	ncs := make([]net.Conn, 0, conns)
 	for range conns {
 		nc, err := net.Dial("tcp", addr)
