@@ -36,7 +36,10 @@ import (
 )
 
 // HandlerFunc serves one request. It must call exactly one of rw's reply
-// methods (or none, in which case an internal error is sent). ctx ends
+// methods (or none, in which case an internal error is sent). Until it has
+// read or skipped its payload (ReadPayload, DiscardPayload) the
+// connection reads nothing else, so it should wait on nothing unbounded
+// before: a CANCEL, or the peer closing, cannot reach it until then. ctx ends
 // when the connection or the server closes, and, for a handler that runs
 // in a goroutine of its own ([Server.Handle]), when the client cancels the
 // request: then context.Cause(ctx) wraps context.Canceled, and an error
