@@ -10,6 +10,11 @@ package wire
 //	keepalive  pings the peer; a peer that stops answering fails the
 //	           connection, and with it every pending call
 //
+// A call whose context ends before its reply arrives is abandoned, and a
+// CANCEL for it is queued on the writer (written by a short-lived
+// goroutine when the writer is idle, so that Do never waits on the
+// socket); a reply that still comes is skipped.
+//
 // A call's payload buffers belong to the caller again only when Do
 // returns; Do never returns while the writer or the reader may still touch
 // them.
@@ -65,6 +70,7 @@ type Conn struct {
 	done      chan struct{} // closed when the connection fails or closes
 	readerOut chan struct{}
 	kaOut     chan struct{}
+	posts     sync.WaitGroup // goroutines writing CANCELs
 	failOnce  sync.Once
 }
 
@@ -125,6 +131,9 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 		h = &wirepb.Hello{}
 	}
 	h.Version = Version
+	if n := proto.Size(h); n > MaxHelloLen {
+		return nil, fmt.Errorf("handshake: hello of %d bytes exceeds %d: %w", n, MaxHelloLen, engine.ErrInvalid)
+	}
 	reply := &wirepb.Hello{}
 	if err := c.Do(ctx, OpHello, h, nil, reply, nil); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
@@ -151,6 +160,7 @@ func (c *Conn) Close() error {
 	c.fail(fmt.Errorf("connection closed: %w", engine.ErrClosed))
 	<-c.readerOut
 	<-c.kaOut
+	c.posts.Wait()
 	return nil
 }
 
@@ -174,7 +184,9 @@ func (c *Conn) fail(err error) {
 //
 // An error reply is returned as a *[RemoteError]. If ctx ends first, Do
 // returns ctx's error — but only once neither the writer nor the reader
-// can still touch payload or the buffers into returned.
+// can still touch payload or the buffers into returned — and the server
+// is sent a CANCEL for the request (not for HELLO or PING), which ends the
+// handler's context there; the reply, if one still comes, is dropped.
 func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Buffers, reply proto.Message, into func(Header, proto.Message) ([][]byte, error)) error {
 	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
 	if err != nil {
@@ -216,8 +228,9 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 		return cl.err
 	default:
 	}
-	c.abandon(id, cl, f)
-	if ctx.Err() != nil {
+	canceled := ctx.Err() != nil
+	c.abandon(id, cl, f, canceled && op != OpHello && op != OpPing)
+	if canceled {
 		return ctx.Err()
 	}
 	return c.Err()
@@ -231,14 +244,18 @@ func (c *Conn) forget(id uint64) {
 
 // abandon gives up on a call without leaving goroutines that still touch
 // its buffers: it waits for the frame to be written (or dropped) and for a
-// payload being received to finish.
-func (c *Conn) abandon(id uint64, cl *call, f *outFrame) {
+// payload being received to finish. With cancel, a call whose reply has
+// not started arriving is canceled on the server.
+func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) {
 	c.mu.Lock()
 	receiving := cl.receiving
 	if !receiving {
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
+	if cancel && !receiving {
+		c.cancel(id)
+	}
 	if receiving {
 		<-cl.done // the reader finishes or fails the call
 	}
@@ -251,6 +268,22 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame) {
 		c.fail(fmt.Errorf("a call was abandoned while its request was being written: %w", ErrUnavailable))
 		<-f.written
 	}
+}
+
+// cancel queues a CANCEL of request id behind its request (frames go out
+// in order), without waiting for it to be written.
+func (c *Conn) cancel(id uint64) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+16), &wirepb.Cancel{Id: id})
+	if err != nil {
+		return
+	}
+	Header{Version: Version, Op: OpCancel, BodyLen: uint32(len(b) - HeaderSize)}.Append(b[:0])
+	c.w.post(&outFrame{buf: b, written: make(chan error, 1)}, &c.posts)
 }
 
 // abandonGrace is how long an abandoned call waits for its request frame

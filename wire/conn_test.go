@@ -43,7 +43,9 @@ func echo(_ context.Context, req *Request, rw *ReplyWriter) {
 
 const opEcho Op = 200
 
-func startServer(t *testing.T, cfg ServerConfig, network string) (*Server, string) {
+// startServer serves echo (opEcho) and a handler that waits for its
+// context (op 201); setup may register more handlers.
+func startServer(t *testing.T, cfg ServerConfig, network string, setup ...func(*Server)) (*Server, string) {
 	t.Helper()
 	s := NewServer(cfg)
 	s.Handle(opEcho, echo)
@@ -51,6 +53,9 @@ func startServer(t *testing.T, cfg ServerConfig, network string) (*Server, strin
 		<-ctx.Done() // blocks until the server or connection closes
 		rw.Error(ctx.Err())
 	})
+	for _, f := range setup {
+		f(s)
+	}
 	var l net.Listener
 	var err error
 	var addr string

@@ -33,6 +33,10 @@ const (
 	// MaxBodyLen bounds a frame's protobuf body: 64 MiB, enough for the
 	// meta of about a quarter million rows of nine fields.
 	MaxBodyLen = 64 << 20
+	// MaxHelloLen bounds the body of the HELLO that opens a connection:
+	// nothing bigger is read before the peer authenticated. A larger
+	// claim closes the connection before anything is allocated for it.
+	MaxHelloLen = 4 << 10
 	// MaxPayloadLen bounds a frame's payload.
 	MaxPayloadLen = 1 << 40
 	// MaxSegments bounds the number of payload segments, cells or rows a

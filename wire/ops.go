@@ -6,8 +6,9 @@ import "fmt"
 // reused. Requests and their replies carry the same op.
 const (
 	// Every connection.
-	OpHello Op = 1 // Hello → Hello; must be the first request
-	OpPing  Op = 2 // Ping → Ping
+	OpHello  Op = 1 // Hello → Hello; must be the first request
+	OpPing   Op = 2 // Ping → Ping
+	OpCancel Op = 3 // Cancel → no reply: cancel a request in flight on this connection
 
 	// Client → controller (control plane): 16–47.
 	OpInsert            Op = 16
@@ -61,7 +62,7 @@ const (
 )
 
 var opNames = map[Op]string{
-	OpHello: "HELLO", OpPing: "PING",
+	OpHello: "HELLO", OpPing: "PING", OpCancel: "CANCEL",
 	OpInsert: "INSERT", OpFetch: "FETCH", OpForceFetch: "FORCE_FETCH", OpRowsMeta: "ROWS_META",
 	OpCommit: "COMMIT", OpResolveKeys: "RESOLVE_KEYS", OpKeysOf: "KEYS_OF", OpSetTags: "SET_TAGS",
 	OpListKeys: "LIST_KEYS", OpProductionStatus: "PRODUCTION_STATUS", OpConsumptionStatus: "CONSUMPTION_STATUS",

@@ -3,10 +3,12 @@ package wire
 // Server is the serving side. Per connection, one goroutine reads frames;
 // each request runs its handler in a goroutine of its own, so a slow
 // request (a blocking fetch) does not hold up the others — or, for
-// handlers registered with HandleInline, right on the read loop. A request's
-// payload is still on the socket when its handler starts: the handler
-// reads it straight into its destination (ReadPayload), and the read loop
-// waits until the payload is consumed before it reads the next frame.
+// handlers registered with HandleInline, right on the read loop. A
+// request in a goroutine has a context of its own, which a CANCEL from
+// the client ends. A request's payload is still on the socket when its
+// handler starts: the handler reads it straight into its destination
+// (ReadPayload), and the read loop waits until the payload is consumed
+// before it reads the next frame.
 // Replies go through the connection's combining writer (frameWriter).
 //
 // A malformed frame closes its connection only; the server goes on serving
@@ -19,9 +21,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -31,7 +36,14 @@ import (
 )
 
 // HandlerFunc serves one request. It must call exactly one of rw's reply
-// methods (or none, in which case an internal error is sent).
+// methods (or none, in which case an internal error is sent). Until it has
+// read or skipped its payload (ReadPayload, DiscardPayload) the
+// connection reads nothing else, so it should wait on nothing unbounded
+// before: a CANCEL, or the peer closing, cannot reach it until then. ctx ends
+// when the connection or the server closes, and, for a handler that runs
+// in a goroutine of its own ([Server.Handle]), when the client cancels the
+// request: then context.Cause(ctx) wraps context.Canceled, and an error
+// reply with ctx.Err() says CODE_CANCELED.
 type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
 
 // ServerConfig configures a [Server].
@@ -41,13 +53,67 @@ type ServerConfig struct {
 	Hello *wirepb.Hello
 	// Token, when set, must be presented in the client's Hello.
 	Token string
+	// TrustPeerCred admits without the token a peer on a unix socket whose
+	// uid (SO_PEERCRED) is this process's effective uid: the same user,
+	// who could read the token anyway. TCP peers always need the token
+	// when one is set.
+	TrustPeerCred bool
+	// CheckHello, if set, runs on the peer's Hello once the peer has
+	// authenticated; an error is sent as the HELLO's error reply (its code
+	// from [CodeOf]) and the connection closed. A storage unit refuses
+	// clients that expect another unit with it.
+	CheckHello func(peer *wirepb.Hello) error
 	// MaxInFlight bounds concurrent requests per connection (0: 1024).
 	MaxInFlight int
+	// MaxConns bounds the connections the server holds open, those still
+	// in their handshake included (0: DefaultMaxConns; negative: no
+	// limit). A connection past it gets an error reply to its HELLO
+	// (CODE_CAPACITY, naming the limit) and is closed; it may take at most
+	// a second to send its HELLO. Refusals are logged once per episode.
+	MaxConns int
 	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long (0: 5
 	// min). Clients ping every few seconds, so only dead peers hit it.
 	IdleTimeout time.Duration
+	// FrameTimeout bounds the wait for the rest of a frame once its header
+	// arrived: the whole body must arrive within it, and each 4 MiB of a
+	// payload a handler reads or skips (0: DefaultFrameTimeout). A peer
+	// that stops sending mid-frame is closed after it.
+	FrameTimeout time.Duration
+	// WriteTimeout bounds each write of a reply: the server writes in
+	// chunks of at most 4 MiB, and a peer that does not take a chunk
+	// within it (it stopped reading its replies) is disconnected (0:
+	// DefaultWriteTimeout).
+	WriteTimeout time.Duration
+	// MaxConnBuffered bounds the request body bytes one connection holds:
+	// a body counts from its header until its handler returns, and the
+	// connection's read loop waits (reads nothing more) until the next
+	// body fits. 0 means DefaultMaxConnBuffered; a smaller value than
+	// MaxBodyLen is raised to it.
+	MaxConnBuffered int64
+	// MaxBuffered bounds the request body bytes all connections hold
+	// together, counted the same way. A connection waits for room before
+	// reading a body; one that gets none within FrameTimeout is closed.
+	// 0 means DefaultMaxBuffered; a smaller value than MaxBodyLen is
+	// raised to it.
+	//
+	// With these bounds a server's memory for requests is at most
+	// MaxBuffered (bodies; payloads are not buffered but read into the
+	// handlers' destinations) plus about 80 KiB per connection once it
+	// authenticated (its 64 KiB read buffer, goroutine and state; before
+	// that, about 12 KiB with a MaxHelloLen HELLO), plus what handlers
+	// allocate (replies). With the defaults: 1 GiB + 4096 × 80 KiB ≈
+	// 1.3 GiB, and at most 64 connections being refused past MaxConns add
+	// under 1 MiB.
+	MaxBuffered int64
+	// Logger receives the server's rare events: a listener whose accepts
+	// fail (the server backs off and retries: a process out of file
+	// descriptors keeps its listeners), connections refused past MaxConns,
+	// connections closed for want of buffer room. Recurring trouble
+	// is logged when it starts and when it ends, never per request. nil
+	// discards them.
+	Logger *slog.Logger
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
 	// Hello (nil if the handshake never completed).
 	OnDisconnect func(peer *wirepb.Hello)
@@ -60,6 +126,34 @@ type ServerConfig struct {
 	// LocalAddr); the session must not read or write it.
 	NewSession func(peer *wirepb.Hello, nc net.Conn) Session
 }
+
+// DefaultFrameTimeout is ServerConfig.FrameTimeout's default: long enough
+// for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
+// peer that stalls mid-frame does not hold its buffers for minutes.
+const DefaultFrameTimeout = 30 * time.Second
+
+// DefaultWriteTimeout is ServerConfig.WriteTimeout's default, the same as
+// the frame timeout's for the same reasons: 4 MiB within it is a slow link
+// indeed, and a peer that stopped reading holds a goroutine and its
+// reply's memory for at most that long.
+const DefaultWriteTimeout = 30 * time.Second
+
+// DefaultMaxConns is ServerConfig.MaxConns' default: far more connections
+// than a cluster's clients and units open (a client pools a few per
+// peer), few enough that their read buffers stay under 256 MiB, and under
+// the usual file descriptor limits (Go raises the soft limit to the hard
+// one, commonly 65536 or more; below that, accepts back off on EMFILE).
+const DefaultMaxConns = 4096
+
+// DefaultMaxConnBuffered is ServerConfig.MaxConnBuffered's default: two
+// bodies of the largest size, so one large request does not stall the
+// connection's next.
+const DefaultMaxConnBuffered = 2 * MaxBodyLen
+
+// DefaultMaxBuffered is ServerConfig.MaxBuffered's default: 1 GiB, sixteen
+// bodies of the largest size at once, far more than a controller or unit
+// holds in normal use (bodies are metadata; bulk bytes are payloads).
+const DefaultMaxBuffered = 1 << 30
 
 // Session is per-connection state a server keeps for its handlers (see
 // [ServerConfig.NewSession]). Handlers of one connection may run
@@ -79,7 +173,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
+	nconns    int // connections admitted (counted against MaxConns)
+	nrefusing int // connections being refused
 	draining  bool
+	stop      chan struct{} // closed when draining starts
 	inflight  sync.WaitGroup
 	wg        sync.WaitGroup
 	ctx       context.Context
@@ -87,6 +184,12 @@ type Server struct {
 	closeOnce sync.Once
 
 	bytesIn, bytesOut atomic.Int64 // frame bytes read and written, all connections
+
+	log      *slog.Logger
+	buffered budget  // request body bytes, all connections (MaxBuffered)
+	starved  episode // connections closed for want of buffered room
+	refusals episode // connections refused past MaxConns
+	euid     int     // this process's, for TrustPeerCred
 }
 
 // Traffic returns the bytes this server has read and written on its
@@ -105,36 +208,70 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute
 	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = DefaultFrameTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxConnBuffered <= 0 {
+		cfg.MaxConnBuffered = DefaultMaxConnBuffered
+	}
+	cfg.MaxConnBuffered = max(cfg.MaxConnBuffered, MaxBodyLen)
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = DefaultMaxBuffered
+	}
+	cfg.MaxBuffered = max(cfg.MaxBuffered, MaxBodyLen)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if cfg.Hello == nil {
 		cfg.Hello = &wirepb.Hello{}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
+		log:       log,
 		handlers:  map[Op]HandlerFunc{},
 		inline:    map[Op]bool{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 		ctx:       ctx,
 		cancel:    cancel,
+		stop:      make(chan struct{}),
 	}
+	s.buffered.init(cfg.MaxBuffered)
+	s.starved = episode{log: log, quiet: time.Second}
+	s.refusals = episode{log: log, quiet: time.Second}
+	s.euid = os.Geteuid()
+	return s
 }
 
 // Handle registers the handler for an op; each request runs in a goroutine
-// of its own. Call before serving.
+// of its own, with a context the client can cancel (CANCEL). Call before
+// serving.
 func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
 
 // HandleInline registers a handler that runs on the connection's read
 // loop: no goroutine hand-off, so a small request costs the least, but the
-// connection reads nothing else until it returns. Use it for handlers that
-// never wait on anything slow.
+// connection reads nothing else until it returns (a CANCEL for it included:
+// its context is the connection's). Use it for handlers that never wait on
+// anything slow.
 func (s *Server) HandleInline(op Op, h HandlerFunc) {
 	s.handlers[op] = h
 	s.inline[op] = true
 }
 
 // Serve accepts connections on l until the server closes. It returns nil
-// after Close or Shutdown.
+// after Close or Shutdown. Accept errors that pass (out of file
+// descriptors or memory, a connection aborted before it was accepted) do
+// not end it: it backs off (5 ms, doubling up to 1 s) and tries again,
+// logging when the trouble starts and when it ends. Any other error ends
+// it.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.draining {
@@ -146,56 +283,132 @@ func (s *Server) Serve(l net.Listener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	addr := l.Addr().String()
+	trouble := episode{log: s.log}
+	var delay time.Duration
 	for {
 		nc, err := l.Accept()
 		if err != nil {
 			s.mu.Lock()
 			draining := s.draining
+			s.mu.Unlock()
+			switch {
+			case draining || errors.Is(err, net.ErrClosed):
+				err = nil
+			case temporary(err):
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				trouble.hit("wire: accept failing; backing off and retrying", "addr", addr, "err", err)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-s.stop:
+					t.Stop()
+				}
+				continue
+			default:
+				s.log.Error("wire: accept failed; listener stopped", "addr", addr, "err", err)
+				err = fmt.Errorf("accept: %w", err)
+			}
+			s.mu.Lock()
 			delete(s.listeners, l)
 			s.mu.Unlock()
-			if draining || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("accept: %w", err)
+			return err
 		}
-		sc := newServerConn(s, nc)
-		s.mu.Lock()
-		if s.draining {
+		if delay != 0 {
+			delay = 0
+			trouble.clear("wire: accepting again", "addr", addr)
+		}
+		if sc := s.admit(nc); sc != nil {
+			go sc.serve()
+		}
+	}
+}
+
+// temporaryErrnos are accept errors that pass: the process is out of
+// file descriptors or memory for now, or one connection went wrong before
+// it was accepted.
+var temporaryErrnos = []syscall.Errno{
+	syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+	syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EAGAIN,
+	syscall.EPROTO, syscall.EPERM,
+}
+
+func temporary(err error) bool {
+	for _, errno := range temporaryErrnos {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var te interface{ Temporary() bool } // listeners of other kinds
+	return errors.As(err, &te) && te.Temporary()
+}
+
+// refuseTimeout bounds how long a connection refused past MaxConns may
+// take to send its HELLO, and to take the refusal.
+const refuseTimeout = time.Second
+
+// maxRefusing bounds the connections being refused at once; past it a
+// new connection is closed without a reply.
+const maxRefusing = 64
+
+// admit registers nc as one of the server's connections and returns it,
+// to be served; past MaxConns it is marked to be refused. It returns nil,
+// nc closed, when the server is draining or too many refusals are under
+// way.
+func (s *Server) admit(nc net.Conn) *serverConn {
+	sc := newServerConn(s, nc)
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	n, limit := s.nconns, s.cfg.MaxConns
+	if limit > 0 && n >= limit {
+		if s.nrefusing >= maxRefusing {
 			s.mu.Unlock()
 			nc.Close()
-			continue
+			s.refusals.hit("wire: refusing connections past the limit", "conns", n, "limit", limit)
+			return nil
 		}
-		s.conns[sc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go sc.serve()
+		s.nrefusing++
+		sc.refused = fmt.Errorf("server has %d connections, the limit is %d: %w", n, limit, engine.ErrCapacity)
+		sc.w.timeout = refuseTimeout
+	} else {
+		s.nconns++
 	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	if sc.refused != nil {
+		s.refusals.hit("wire: refusing connections past the limit", "conns", n, "limit", limit)
+	} else {
+		s.refusals.clear("wire: accepting connections again", "conns", n+1, "limit", limit)
+	}
+	return sc
 }
 
 // ServeConn serves one connection that came from no listener (a
 // shared-memory channel set up on another socket) and returns when it
 // ends. The server owns nc from then on: it closes nc when the connection
 // ends or the server closes, and runs the connection's session like any
-// other's. After Close or Shutdown it closes nc at once.
+// other's. After Close or Shutdown it closes nc at once. It counts against
+// MaxConns like any other connection.
 func (s *Server) ServeConn(nc net.Conn) {
-	sc := newServerConn(s, nc)
-	s.mu.Lock()
-	if s.draining {
-		s.mu.Unlock()
-		nc.Close()
-		return
+	if sc := s.admit(nc); sc != nil {
+		sc.serve()
 	}
-	s.conns[sc] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	sc.serve()
 }
 
 // Shutdown stops accepting, answers new requests with CODE_CLOSED, waits
 // for in-flight requests until ctx ends, then closes every connection.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.draining = true
+	s.drain()
 	for l := range s.listeners {
 		l.Close()
 	}
@@ -216,7 +429,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
-		s.draining = true
+		s.drain()
 		for l := range s.listeners {
 			l.Close()
 		}
@@ -231,20 +444,45 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// drain marks the server draining; s.mu is held.
+func (s *Server) drain() {
+	if !s.draining {
+		s.draining = true
+		close(s.stop)
+	}
+}
+
 type serverConn struct {
-	s    *Server
-	nc   net.Conn
-	w    *frameWriter
-	done chan struct{}
-	once sync.Once
-	peer *wirepb.Hello
-	sess Session // nil without ServerConfig.NewSession
+	s       *Server
+	nc      net.Conn
+	w       *frameWriter
+	done    chan struct{}
+	once    sync.Once
+	peer    *wirepb.Hello
+	peerUID int     // the peer's uid on a unix socket, else -1
+	sess    Session // nil without ServerConfig.NewSession
+
+	buffered budget // request body bytes held (MaxConnBuffered)
+	refused  error  // past MaxConns: the error its HELLO gets
+
+	sem      chan struct{}  // a slot per request in flight (MaxInFlight)
+	handlers sync.WaitGroup // handlers running in goroutines
+
+	mu      sync.Mutex
+	running map[uint64]*Request // requests in goroutines, by id, for CANCEL
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
-	c := &serverConn{s: s, nc: nc, done: make(chan struct{})}
-	c.w = newFrameWriter(nc, func(error) { c.close() })
+	c := &serverConn{s: s, nc: nc, done: make(chan struct{}), peerUID: -1}
+	c.buffered.init(s.cfg.MaxConnBuffered)
+	c.w = newFrameWriter(nc, func(err error) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.log.Debug("wire: closing a connection that stopped reading its replies", "peer", nc.RemoteAddr(), "write_timeout", c.w.timeout)
+		}
+		c.close()
+	})
 	c.w.written = &s.bytesOut
+	c.w.timeout = s.cfg.WriteTimeout
 	return c
 }
 
@@ -259,97 +497,123 @@ func (c *serverConn) close() {
 func (c *serverConn) serve() {
 	defer c.s.wg.Done()
 	ctx, cancel := context.WithCancel(c.s.ctx)
-	var handlers sync.WaitGroup
 	defer func() {
 		c.close()
 		cancel()
-		handlers.Wait()
+		c.handlers.Wait()
 		if c.sess != nil {
 			c.sess.Close()
 		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
+		if c.refused != nil {
+			c.s.nrefusing--
+		} else {
+			c.s.nconns--
+		}
 		c.s.mu.Unlock()
 		if c.s.cfg.OnDisconnect != nil {
 			c.s.cfg.OnDisconnect(c.peer)
 		}
 	}()
-	br := bufio.NewReaderSize(c.nc, 64<<10)
-	if err := c.handshake(br); err != nil {
+	if c.refused != nil {
+		c.refuse()
+		return
+	}
+	c.peerUID = peerUID(c.nc)
+	if err := c.handshake(); err != nil {
 		return
 	}
 	if c.s.cfg.NewSession != nil {
 		c.sess = c.s.cfg.NewSession(c.peer, c.nc)
 	}
-	sem := make(chan struct{}, c.s.cfg.MaxInFlight)
+	// The handshake was read straight from the socket, so nothing is
+	// buffered yet: the connection's read buffer is allocated only now
+	// that the peer authenticated.
+	br := bufio.NewReaderSize(c.nc, readBufSize)
+	c.sem = make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.IdleTimeout))
+		if br.Buffered() < HeaderSize {
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.IdleTimeout))
+		}
 		if _, err := io.ReadFull(br, hb[:]); err != nil {
 			return
 		}
-		c.nc.SetReadDeadline(time.Time{})
 		h, err := DecodeHeader(hb[:])
 		if err != nil || h.Flags&FlagReply != 0 {
 			return // malformed: close this connection only
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
-		body := make([]byte, h.BodyLen)
-		if _, err := io.ReadFull(br, body); err != nil {
+		if !c.hold(h.BodyLen) {
 			return
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, Session: c.sess, br: br, nc: c.nc, idle: c.s.cfg.IdleTimeout, left: h.PayloadLen, consumed: make(chan struct{})}
-		if h.PayloadLen == 0 {
-			req.finish()
+		if int(h.BodyLen) > br.Buffered() {
+			// The rest of the frame must follow promptly, idle timeout
+			// or not.
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		}
-		rw := &ReplyWriter{c: c, h: h}
-		handler := c.s.handlers[h.Op]
+		body, err := readBody(br, int(h.BodyLen))
+		if err != nil {
+			c.unhold(h.BodyLen)
+			return
+		}
+		if h.Op == OpCancel {
+			// No reply, no slot: it only ends another request's context.
+			c.cancelRequest(body)
+			c.unhold(h.BodyLen)
+			if h.PayloadLen != 0 {
+				return // malformed
+			}
+			continue
+		}
+		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen}
+		req.rw = ReplyWriter{c: c, h: h}
+		if h.PayloadLen != 0 {
+			req.consumed = make(chan struct{})
+		}
+		req.handler = c.s.handlers[h.Op]
 		if h.Op == OpPing {
-			handler = pong
+			req.handler = pong
 		}
 		c.s.mu.Lock()
-		draining := c.s.draining
-		if !draining {
+		req.draining = c.s.draining
+		if !req.draining {
 			c.s.inflight.Add(1)
 		}
 		c.s.mu.Unlock()
 		switch {
-		case draining:
-			handler = func(_ context.Context, _ *Request, rw *ReplyWriter) {
-				rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
-			}
-		case handler == nil:
-			handler = func(_ context.Context, req *Request, rw *ReplyWriter) {
-				rw.Error(fmt.Errorf("op %v: %w", req.Op, engine.ErrNotSupported))
-			}
+		case req.draining:
+			req.handler = refuseDraining
+		case req.handler == nil:
+			req.handler = notSupported
 		}
 		select {
-		case sem <- struct{}{}:
+		case c.sem <- struct{}{}:
 		case <-c.done:
-			if !draining {
+			if !req.draining {
 				c.s.inflight.Done()
 			}
+			c.unhold(h.BodyLen)
 			return
 		}
-		serveOne := func() {
-			defer func() { <-sem }()
-			if !draining {
-				defer c.s.inflight.Done()
-			}
-			handler(ctx, req, rw)
-			if !rw.sent {
-				rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
-			}
-			req.DiscardPayload()
-		}
 		if c.s.inline[h.Op] || h.Op == OpPing {
-			serveOne()
+			c.run(ctx, req)
 		} else {
-			handlers.Add(1)
-			go func() {
-				defer handlers.Done()
-				serveOne()
-			}()
+			// A context of its own, which CANCEL ends.
+			rctx, cancel := context.WithCancelCause(ctx)
+			req.cancel = cancel
+			c.mu.Lock()
+			if c.running == nil {
+				c.running = make(map[uint64]*Request)
+			}
+			c.running[h.ID] = req
+			c.mu.Unlock()
+			c.handlers.Add(1)
+			go c.runAsync(rctx, req)
+		}
+		if h.PayloadLen == 0 {
+			continue
 		}
 		// The payload belongs to the handler until consumed.
 		select {
@@ -363,7 +627,97 @@ func (c *serverConn) serve() {
 	}
 }
 
+func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {
+	rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
+}
+
+func notSupported(_ context.Context, req *Request, rw *ReplyWriter) {
+	rw.Error(fmt.Errorf("op %v: %w", req.Op, engine.ErrNotSupported))
+}
+
+// run serves req on the calling goroutine: the handler, an error reply if
+// it sent none, what is left of the payload skipped, then its slot and
+// its body's bytes given back.
+func (c *serverConn) run(ctx context.Context, req *Request) {
+	req.handler(ctx, req, &req.rw)
+	if !req.rw.sent {
+		req.rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
+	}
+	req.DiscardPayload()
+	c.unhold(req.BodyLen)
+	if !req.draining {
+		c.s.inflight.Done()
+	}
+	<-c.sem
+}
+
+// runAsync runs req on a goroutine of its own, cancelable by id.
+func (c *serverConn) runAsync(ctx context.Context, req *Request) {
+	defer c.handlers.Done()
+	c.run(ctx, req)
+	c.mu.Lock()
+	if c.running[req.ID] == req {
+		delete(c.running, req.ID)
+	}
+	c.mu.Unlock()
+	req.cancel(nil)
+}
+
+// errCanceled is the cause of a request's context that the client
+// canceled.
+var errCanceled = fmt.Errorf("wire: request canceled by the client: %w", context.Canceled)
+
+// cancelRequest serves CANCEL: it ends the context of the named request,
+// if it is running in a goroutine of its own. Unknown or finished ids, and
+// bodies that do not decode, are ignored: CANCEL has no reply to complain
+// in.
+func (c *serverConn) cancelRequest(body []byte) {
+	var m wirepb.Cancel
+	if proto.Unmarshal(body, &m) != nil {
+		return
+	}
+	c.mu.Lock()
+	req := c.running[m.Id]
+	c.mu.Unlock()
+	if req != nil {
+		req.cancel(errCanceled)
+	}
+}
+
 var errInternal = errors.New("wire: internal error")
+
+// hold takes a body's n bytes from the connection's budget (waiting for
+// its own requests to give some back) and from the server's (waiting at
+// most FrameTimeout, else the connection is closed).
+func (c *serverConn) hold(n uint32) bool {
+	if n == 0 {
+		return true
+	}
+	if !c.buffered.acquire(int64(n), 0, c.done) {
+		return false
+	}
+	if !c.s.buffered.acquire(int64(n), c.s.cfg.FrameTimeout, c.done) {
+		c.buffered.release(int64(n))
+		select {
+		case <-c.done:
+		default:
+			c.s.starved.hit("wire: closing connections that found no room for a request body within the frame timeout",
+				"max_buffered", c.s.cfg.MaxBuffered, "frame_timeout", c.s.cfg.FrameTimeout)
+		}
+		return false
+	}
+	c.s.starved.clear("wire: request bodies fit again")
+	return true
+}
+
+// unhold gives back what hold took.
+func (c *serverConn) unhold(n uint32) {
+	if n == 0 {
+		return
+	}
+	c.s.buffered.release(int64(n))
+	c.buffered.release(int64(n))
+}
 
 func pong(_ context.Context, req *Request, rw *ReplyWriter) {
 	var p wirepb.Ping
@@ -374,24 +728,87 @@ func pong(_ context.Context, req *Request, rw *ReplyWriter) {
 	rw.Reply(&p, nil, nil)
 }
 
-func (c *serverConn) handshake(br *bufio.Reader) error {
-	c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.HandshakeTimeout))
-	var hb [HeaderSize]byte
-	if _, err := io.ReadFull(br, hb[:]); err != nil {
-		return err
+// readBufSize is the read buffer of an authenticated connection.
+const readBufSize = 64 << 10
+
+// bodyChunk is how much of a frame body is allocated before its bytes
+// arrive. A larger body's buffer grows (doubling, up to the length the
+// header claims) as they do, so a peer that claims 64 MiB and sends 1 KiB
+// costs about a chunk, not 64 MiB.
+const bodyChunk = 64 << 10
+
+// readBody reads a body of n bytes. A body that is small or already
+// buffered is allocated at once, as one slice of exactly n bytes.
+func readBody(br *bufio.Reader, n int) ([]byte, error) {
+	if n <= bodyChunk || n <= br.Buffered() {
+		b := make([]byte, n)
+		_, err := io.ReadFull(br, b)
+		return b, err
 	}
-	h, err := DecodeHeader(hb[:])
+	b := make([]byte, 0, bodyChunk)
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = append(make([]byte, 0, min(2*cap(b), n)), b...)
+		}
+		m, err := br.Read(b[len(b):cap(b)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < n {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// readHello reads the first frame, which must be a HELLO of at most
+// MaxHelloLen body bytes, within timeout. It reads straight from the
+// socket, exactly the frame's bytes: a connection that has not
+// authenticated has no read buffer, and a larger claim is refused before
+// anything is read or allocated for it.
+func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
+	c.nc.SetReadDeadline(time.Now().Add(timeout))
+	hb := make([]byte, HeaderSize)
+	if _, err := io.ReadFull(c.nc, hb); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := DecodeHeader(hb)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
+		return Header{}, nil, fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
+	}
+	if h.BodyLen > MaxHelloLen {
+		return Header{}, nil, fmt.Errorf("HELLO of %d bytes exceeds %d: %w", h.BodyLen, MaxHelloLen, ErrFrame)
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(c.nc, body); err != nil {
+		return Header{}, nil, err
+	}
+	return h, body, nil
+}
+
+// refuse answers the connection's HELLO with its refusal, giving it
+// refuseTimeout to send the HELLO.
+func (c *serverConn) refuse() {
+	h, _, err := c.readHello(min(refuseTimeout, c.s.cfg.HandshakeTimeout))
+	if err != nil {
+		return
+	}
+	rw := &ReplyWriter{c: c, h: h}
+	rw.Error(c.refused)
+}
+
+// sameUser reports whether the peer may skip the token: TrustPeerCred is
+// set and the peer is a process of this process's user on a unix socket.
+func (c *serverConn) sameUser() bool {
+	return c.s.cfg.TrustPeerCred && c.peerUID >= 0 && c.peerUID == c.s.euid
+}
+
+func (c *serverConn) handshake() error {
+	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
 	if err != nil {
 		return err
 	}
-	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
-		return fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
-	}
-	body := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(br, body); err != nil {
-		return err
-	}
-	c.nc.SetReadDeadline(time.Time{})
 	var hello wirepb.Hello
 	rw := &ReplyWriter{c: c, h: h}
 	if err := proto.Unmarshal(body, &hello); err != nil {
@@ -403,10 +820,16 @@ func (c *serverConn) handshake(br *bufio.Reader) error {
 		rw.Error(err)
 		return err
 	}
-	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 {
+	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
 		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
 		rw.Error(err)
 		return err
+	}
+	if check := c.s.cfg.CheckHello; check != nil {
+		if err := check(&hello); err != nil {
+			rw.Error(err)
+			return err
+		}
 	}
 	c.peer = &hello
 	reply := proto.Clone(c.s.cfg.Hello).(*wirepb.Hello)
@@ -421,17 +844,26 @@ type Request struct {
 	Body []byte
 	// Peer is the client's Hello.
 	Peer *wirepb.Hello
+	// PeerUID is the client's uid on a unix socket (SO_PEERCRED), -1 on
+	// TCP or where it is unknown.
+	PeerUID int
 	// Session is the connection's session (nil without
 	// [ServerConfig.NewSession]).
 	Session Session
 
 	br       *bufio.Reader
 	nc       net.Conn
-	idle     time.Duration // read deadline while the payload streams in
+	timeout  time.Duration // progress deadline per chunk of payload
 	left     uint64
-	consumed chan struct{}
+	consumed chan struct{} // closed once the payload is read or skipped; nil without one
 	once     sync.Once
 	broken   bool // set before consumed closes; read by the loop after
+
+	// How the connection serves it (one allocation with the request).
+	rw       ReplyWriter
+	handler  HandlerFunc
+	draining bool                    // answered CODE_CLOSED, not counted in flight
+	cancel   context.CancelCauseFunc // nil for a request run on the read loop
 }
 
 // Decode unmarshals the request body; a malformed body is an error
@@ -454,13 +886,16 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 		return fmt.Errorf("%v payload is %d bytes, request describes %d: %w", r.Op, r.left, total, engine.ErrInvalid)
 	}
 	defer r.finish()
+	if total == 0 {
+		return nil // the read loop may be reading the next frame: leave its deadline be
+	}
 	for _, b := range dst {
 		// Read in bounded chunks, each with a deadline, so a client that
 		// stops sending mid-payload frees the handler (and what it
-		// reserved) after the idle timeout.
+		// reserved) after the frame timeout.
 		for len(b) > 0 {
-			n := min(len(b), 4<<20)
-			r.nc.SetReadDeadline(time.Now().Add(r.idle))
+			n := min(len(b), payloadChunk)
+			r.nc.SetReadDeadline(time.Now().Add(r.timeout))
 			if _, err := io.ReadFull(r.br, b[:n]); err != nil {
 				r.broken, r.left = true, 0
 				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
@@ -482,17 +917,28 @@ func (r *Request) DiscardPayload() {
 	default:
 	}
 	if r.left > 0 {
-		r.nc.SetReadDeadline(time.Now().Add(r.idle))
-		if _, err := io.CopyN(io.Discard, r.br, int64(r.left)); err != nil {
-			r.broken = true
+		for r.left > 0 {
+			n := min(r.left, payloadChunk)
+			r.nc.SetReadDeadline(time.Now().Add(r.timeout))
+			if _, err := io.CopyN(io.Discard, r.br, int64(n)); err != nil {
+				r.broken, r.left = true, 0
+				break
+			}
+			r.left -= n
 		}
 		r.nc.SetReadDeadline(time.Time{})
-		r.left = 0
 	}
 	r.finish()
 }
 
-func (r *Request) finish() { r.once.Do(func() { close(r.consumed) }) }
+// payloadChunk is how much payload must arrive within each FrameTimeout.
+const payloadChunk = 4 << 20
+
+func (r *Request) finish() {
+	if r.consumed != nil {
+		r.once.Do(func() { close(r.consumed) })
+	}
+}
 
 // ReplyWriter sends a request's reply.
 type ReplyWriter struct {

@@ -8,11 +8,17 @@ package wire
 // batching under load, and costs no goroutine hand-off when idle, which on
 // a machine whose cross-CPU wake-ups take tens of microseconds is most of
 // a small request's latency.
+//
+// A writer with a timeout (the server's) writes in chunks of at most
+// writeChunk bytes, each with a write deadline: a peer that stops reading
+// fails the write, and with it the connection, instead of holding the
+// writer (and every handler waiting on it) forever.
 
 import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 type frameWriter struct {
@@ -20,6 +26,7 @@ type frameWriter struct {
 	onErr   func(error)   // called once, outside the lock, when a write fails
 	writing atomic.Bool   // a writev is in progress
 	written *atomic.Int64 // if set, counts the bytes written
+	timeout time.Duration // if set, each chunk's write deadline
 
 	mu      sync.Mutex
 	pending []*outFrame
@@ -27,7 +34,12 @@ type frameWriter struct {
 	err     error // sticky: once set, frames fail at once
 	bufs    net.Buffers
 	batch   []*outFrame
+	chunk   net.Buffers // the part of bufs being written (with a timeout)
+	wb      net.Buffers // what WriteTo consumes; a field, so it does not escape per write
 }
+
+// writeChunk bounds the bytes written under one write deadline.
+const writeChunk = 4 << 20
 
 func newFrameWriter(nc net.Conn, onErr func(error)) *frameWriter {
 	return &frameWriter{nc: nc, onErr: onErr}
@@ -69,9 +81,8 @@ func (w *frameWriter) send(f *outFrame) {
 			bufs = append(bufs, g.buf)
 			bufs = append(bufs, g.payload...)
 		}
-		wb := bufs
 		w.writing.Store(true)
-		n, err := wb.WriteTo(w.nc)
+		n, err := w.write(bufs)
 		w.writing.Store(false)
 		if w.written != nil {
 			w.written.Add(n)
@@ -90,6 +101,59 @@ func (w *frameWriter) send(f *outFrame) {
 			w.mu.Lock()
 		}
 	}
+}
+
+// post queues f without waiting for it to be written: when nobody is
+// writing, a goroutine counted in wg writes it, so the caller never blocks
+// on the socket. It is counted under the lock that fail takes, so that a
+// Wait after fail sees it.
+func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.err != nil:
+		f.written <- w.err
+	case w.active:
+		w.pending = append(w.pending, f)
+	default:
+		wg.Go(func() { w.send(f) })
+	}
+}
+
+// write writes bufs, which it may modify, to the socket.
+func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
+	if w.timeout <= 0 {
+		w.wb = bufs
+		n, err := w.wb.WriteTo(w.nc)
+		w.wb = nil
+		return n, err
+	}
+	var total int64
+	for len(bufs) > 0 {
+		chunk, size := w.chunk[:0], 0
+		for len(bufs) > 0 && size < writeChunk {
+			b := bufs[0]
+			if k := writeChunk - size; len(b) > k {
+				chunk = append(chunk, b[:k])
+				bufs[0] = b[k:]
+				break
+			}
+			chunk = append(chunk, b)
+			size += len(b)
+			bufs = bufs[1:]
+		}
+		w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+		w.wb = chunk
+		n, err := w.wb.WriteTo(w.nc)
+		w.wb = nil
+		clear(chunk) // do not pin payloads
+		w.chunk = chunk[:0]
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // fail makes every queued and future frame fail with err.

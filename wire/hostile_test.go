@@ -1,0 +1,429 @@
+package wire
+
+// Hostile and unlucky peers: each test speaks the protocol by hand over a
+// raw socket, misbehaves in one way, and checks that the server bounds
+// what it costs (time, memory, connections) while well-behaved clients
+// keep being served.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// rawDial opens a plain socket to addr; with hello, it sends a HELLO and
+// reads the reply, so the socket is authenticated.
+func rawDial(t testing.TB, addr string, hello *wirepb.Hello) net.Conn {
+	t.Helper()
+	network, address, err := ParseAddr(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial(network, address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	if hello != nil {
+		hello.Version = Version
+		if _, err := nc.Write(frame(OpHello, 0, 1, hello, nil)); err != nil {
+			t.Fatal(err)
+		}
+		h, body := readFrame(t, nc)
+		if h.Flags&FlagError != 0 {
+			var e wirepb.Error
+			proto.Unmarshal(body, &e)
+			t.Fatalf("handshake refused: %v", FromReply(&e))
+		}
+	}
+	return nc
+}
+
+// readFrame reads one frame with its payload (5 s at most).
+func readFrame(t testing.TB, nc net.Conn) (Header, []byte) {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer nc.SetReadDeadline(time.Time{})
+	hb := make([]byte, HeaderSize)
+	if _, err := io.ReadFull(nc, hb); err != nil {
+		t.Fatalf("read header: %v", err)
+	}
+	h, err := DecodeHeader(hb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(nc, body); err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	if _, err := io.CopyN(io.Discard, nc, int64(h.PayloadLen)); err != nil {
+		t.Fatalf("read payload: %v", err)
+	}
+	return h, body
+}
+
+// header encodes a request header claiming the given lengths.
+func header(op Op, id uint64, bodyLen uint32, payloadLen uint64) []byte {
+	return Header{Version: Version, Op: op, ID: id, BodyLen: bodyLen, PayloadLen: payloadLen}.Append(nil)
+}
+
+// waitClosed waits up to limit for the server to close nc, discarding
+// whatever it sends, and returns how long that took.
+func waitClosed(t testing.TB, nc net.Conn, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	nc.SetReadDeadline(start.Add(limit))
+	_, err := io.Copy(io.Discard, nc)
+	took := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %v", limit)
+	}
+	return took
+}
+
+// TestStalledFrameClosedAfterFrameTimeout: once a header arrived, the
+// rest of its frame must follow within FrameTimeout, whatever the (much
+// longer) idle timeout: a body, a payload a handler reads, a payload the
+// server skips.
+func TestStalledFrameClosedAfterFrameTimeout(t *testing.T) {
+	const frameTimeout = 200 * time.Millisecond
+	_, addr := startServer(t, ServerConfig{FrameTimeout: frameTimeout, IdleTimeout: time.Minute}, "tcp")
+	ping, _ := proto.Marshal(&wirepb.Ping{})
+	for _, tc := range []struct {
+		name string
+		send []byte
+	}{
+		// A header claiming a 1 MiB body, then 1 KiB of it.
+		{"body", append(header(opEcho, 2, 1<<20, 0), make([]byte, 1<<10)...)},
+		// A whole body, then 1 KiB of the 1 MiB payload echo reads.
+		{"payload read", append(append(header(opEcho, 2, uint32(len(ping)), 1<<20), ping...), make([]byte, 1<<10)...)},
+		// The same for an op nobody handles: the server skips the payload.
+		{"payload skipped", append(append(header(Op(777), 2, uint32(len(ping)), 1<<20), ping...), make([]byte, 1<<10)...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+			if _, err := nc.Write(tc.send); err != nil {
+				t.Fatal(err)
+			}
+			took := waitClosed(t, nc, 5*time.Second)
+			if took < frameTimeout/2 {
+				t.Errorf("closed after %v, before the frame timeout of %v", took, frameTimeout)
+			}
+		})
+	}
+}
+
+// TestOversizedHelloClosesAtOnce: before authentication nothing bigger
+// than MaxHelloLen is read or allocated. A HELLO claiming more closes at
+// once (not after the handshake timeout), and 30 of them claiming 64 MiB
+// allocate next to nothing; a HELLO of exactly MaxHelloLen is served.
+func TestOversizedHelloClosesAtOnce(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{HandshakeTimeout: 10 * time.Second}, "tcp")
+
+	// The largest HELLO there may be is answered.
+	big := &wirepb.Hello{Version: Version}
+	for big.Name = strings.Repeat("n", MaxHelloLen); proto.Size(big) > MaxHelloLen; {
+		big.Name = big.Name[:len(big.Name)-1]
+	}
+	nc := rawDial(t, addr, nil)
+	nc.Write(frame(OpHello, 0, 1, big, nil))
+	if h, _ := readFrame(t, nc); h.Flags != FlagReply {
+		t.Fatalf("HELLO of %d bytes: got flags %v, want a plain reply", proto.Size(big), h.Flags)
+	}
+
+	for _, claim := range []uint32{MaxHelloLen + 1, MaxBodyLen} {
+		var before runtime.MemStats
+		runtime.ReadMemStats(&before)
+		const conns = 30
+		var ncs []net.Conn
+		for range conns {
+			nc := rawDial(t, addr, nil)
+			if _, err := nc.Write(header(OpHello, 1, claim, 0)); err != nil {
+				t.Fatal(err)
+			}
+			ncs = append(ncs, nc)
+		}
+		for i, nc := range ncs {
+			if took := waitClosed(t, nc, 2*time.Second); took > time.Second {
+				t.Errorf("claim %d, connection %d: closed after %v, want at once", claim, i, took)
+			}
+		}
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(4<<20); got > limit {
+			t.Errorf("%d HELLOs claiming %d bytes: allocated %d bytes, want at most %d", conns, claim, got, limit)
+		}
+	}
+}
+
+// TestClaimedBodiesCostWhatArrives: connections that claim 64 MiB bodies
+// and send 1 KiB hold memory for what they sent, not what they claimed.
+// Bound: 256 KiB per stalled connection (its 64 KiB read buffer, a 64 KiB
+// first body chunk, its goroutines and state) plus 8 MiB of slack; before
+// bodies grew as they arrived, 20 connections held 1.25 GiB. A
+// well-behaved client is answered meanwhile.
+func TestClaimedBodiesCostWhatArrives(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{FrameTimeout: 20 * time.Second}, "tcp")
+	good := dial(t, addr, "")
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	const conns = 20
+	var ncs []net.Conn
+	for range conns {
+		nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		if _, err := nc.Write(append(header(opEcho, 2, MaxBodyLen, 0), make([]byte, 1<<10)...)); err != nil {
+			t.Fatal(err)
+		}
+		ncs = append(ncs, nc)
+	}
+	// Each connection is read by a goroutine of its own: give them a
+	// moment to take in what was sent.
+	time.Sleep(300 * time.Millisecond)
+	for i := range 10 {
+		if got, err := roundTrip(t.Context(), good, []byte("still served")); err != nil || !bytes.Equal(got, []byte("still served")) {
+			t.Fatalf("round trip %d among stalled connections: %q, %v", i, got, err)
+		}
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	limit := int64(conns*256<<10 + 8<<20)
+	t.Logf("%d connections claiming %d-byte bodies: heap grew %d bytes (limit %d)", conns, MaxBodyLen, grew, limit)
+	if grew > limit {
+		t.Errorf("heap grew %d bytes, want at most %d", grew, limit)
+	}
+	for _, nc := range ncs {
+		nc.Close()
+	}
+}
+
+// holdServer serves opHold: each request reports its id on started, then
+// blocks until release is closed (or its context ends) and replies.
+func holdServer(t *testing.T, cfg ServerConfig, setup ...func(*Server)) (s *Server, addr string, started chan uint64, release chan struct{}) {
+	t.Helper()
+	started, release = make(chan uint64, 16), make(chan struct{})
+	s, addr = startServer(t, cfg, "tcp", append(setup, func(s *Server) {
+		s.Handle(opHold, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+			started <- req.ID
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+	})...)
+	return s, addr, started, release
+}
+
+// recv waits up to 10 s for a value from ch.
+func recv[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s in 10 s", what)
+		panic("unreachable")
+	}
+}
+
+const opHold Op = 203
+
+// sendAsync writes b to nc on a goroutine (the server may not read it for
+// a while); the write ends when nc closes at the latest.
+func sendAsync(t *testing.T, nc net.Conn, b []byte) {
+	t.Helper()
+	var wg sync.WaitGroup
+	wg.Go(func() { nc.Write(b) })
+	t.Cleanup(func() { nc.Close(); wg.Wait() })
+}
+
+// logBuffer collects a server's log lines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// TestBufferedBodiesBounded: request bodies held from their header until
+// their handler returns are bounded per connection (the connection waits)
+// and per server (a connection that finds no room within FrameTimeout is
+// closed, and that is logged once). The bounds are set below their
+// minimum (MaxBodyLen) so that the test moves little data.
+func TestBufferedBodiesBounded(t *testing.T) {
+	const bound, body = 1 << 20, 600 << 10 // two bodies exceed the bound
+	req := func(id uint64) []byte { return append(header(opHold, id, body, 0), make([]byte, body)...) }
+
+	t.Run("server", func(t *testing.T) {
+		var logs logBuffer
+		const frameTimeout = 300 * time.Millisecond
+		_, addr, started, release := holdServer(t, ServerConfig{FrameTimeout: frameTimeout, Logger: logs.logger()},
+			func(s *Server) { s.buffered.init(bound) })
+		a := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, a, req(2))
+		recv(t, started, "start of a's request") // a's handler holds its body
+		var wg sync.WaitGroup
+		for i := range 2 {
+			b := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+			sendAsync(t, b, req(2))
+			wg.Go(func() {
+				if took := waitClosed(t, b, 10*time.Second); took < frameTimeout/2 {
+					t.Errorf("connection %d past the server's bound closed after %v, want about the frame timeout %v", i, took, frameTimeout)
+				}
+			})
+		}
+		wg.Wait()
+		if got := strings.Count(logs.String(), "no room for a request body"); got != 1 {
+			t.Errorf("logged the closures %d times, want once:\n%s", got, logs.String())
+		}
+		close(release)
+		if _, body := readFrame(t, a); len(body) != 0 {
+			t.Fatalf("a's reply: %x", body)
+		}
+		c := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, c, req(3))
+		if h, _ := readFrame(t, c); h.ID != 3 || h.Flags != FlagReply {
+			t.Fatalf("after a's request finished: got %+v, want a reply to request 3", h)
+		}
+	})
+
+	t.Run("connection", func(t *testing.T) {
+		const frameTimeout = 200 * time.Millisecond
+		_, addr, started, release := holdServer(t, ServerConfig{FrameTimeout: frameTimeout},
+			func(s *Server) { s.cfg.MaxConnBuffered = bound })
+		a := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		sendAsync(t, a, append(req(2), req(3)...))
+		if id := recv(t, started, "first request"); id != 2 {
+			t.Fatalf("request %d started first, want 2", id)
+		}
+		select {
+		case id := <-started:
+			t.Fatalf("request %d started while request 2 holds the connection's budget", id)
+		case <-time.After(3 * frameTimeout): // waiting for room is no stalled frame
+		}
+		close(release)
+		if id := recv(t, started, "second request"); id != 3 {
+			t.Fatalf("request %d started, want 3", id)
+		}
+		for range 2 {
+			if h, _ := readFrame(t, a); h.Flags != FlagReply {
+				t.Fatalf("got %+v, want a reply", h)
+			}
+		}
+	})
+}
+
+// TestPeerThatStopsReadingIsClosed: a peer that sends requests but never
+// reads the replies does not hold the server's writer (and the handlers
+// waiting on it) forever: the connection closes once a write makes no
+// progress for WriteTimeout.
+func TestPeerThatStopsReadingIsClosed(t *testing.T) {
+	const writeTimeout = 300 * time.Millisecond
+	big := make([]byte, 4<<20)
+	gone := make(chan *wirepb.Hello, 1)
+	_, addr := startServer(t, ServerConfig{WriteTimeout: writeTimeout, OnDisconnect: func(p *wirepb.Hello) { gone <- p }}, "unix", func(s *Server) {
+		s.Handle(opBig, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			rw.Reply(&wirepb.Empty{}, net.Buffers{big}, nil)
+		})
+	})
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client", Name: "deaf"})
+	start := time.Now()
+	for id := range uint64(8) {
+		if _, err := nc.Write(frame(opBig, 0, id+2, &wirepb.Empty{}, nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	peer := recv(t, gone, "disconnect of the peer that does not read")
+	if peer.GetName() != "deaf" {
+		t.Fatalf("disconnected %v, want the deaf peer", peer)
+	}
+	if took := time.Since(start); took < writeTimeout {
+		t.Errorf("disconnected after %v, before the write timeout of %v", took, writeTimeout)
+	}
+}
+
+const opBig Op = 204
+
+// deadlineConn records what is written to it and the write deadlines set.
+type deadlineConn struct {
+	net.Conn
+	out       bytes.Buffer
+	writes    []int // bytes written under each deadline
+	deadlines int
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if len(c.writes) == 0 { // written with no deadline
+		c.writes = append(c.writes, 0)
+	}
+	c.out.Write(p)
+	c.writes[len(c.writes)-1] += len(p)
+	return len(p), nil
+}
+
+func (c *deadlineConn) SetWriteDeadline(time.Time) error {
+	c.deadlines++
+	c.writes = append(c.writes, 0)
+	return nil
+}
+
+// TestWriterChunks: with a timeout, the writer sets a deadline before each
+// chunk of at most writeChunk bytes, and the bytes go out in order.
+func TestWriterChunks(t *testing.T) {
+	nc := &deadlineConn{}
+	w := newFrameWriter(nc, func(err error) { t.Errorf("write failed: %v", err) })
+	w.timeout = time.Second
+	var want []byte
+	var payload net.Buffers
+	for i, n := range []int{10, writeChunk + 5, 3, 2*writeChunk - 20, 0, 7} {
+		b := bytes.Repeat([]byte{byte(i + 1)}, n)
+		payload = append(payload, b)
+		want = append(want, b...)
+	}
+	f := &outFrame{buf: []byte("header"), payload: payload, written: make(chan error, 1)}
+	w.send(f)
+	if err := <-f.written; err != nil {
+		t.Fatal(err)
+	}
+	want = append([]byte("header"), want...)
+	if !bytes.Equal(nc.out.Bytes(), want) {
+		t.Fatalf("wrote %d bytes that differ from the %d sent", nc.out.Len(), len(want))
+	}
+	for i, n := range nc.writes {
+		if n > writeChunk || n == 0 {
+			t.Errorf("chunk %d: %d bytes under one deadline, want 1 to %d", i, n, writeChunk)
+		}
+	}
+	if got, wantN := nc.deadlines, (len(want)+writeChunk-1)/writeChunk; got != wantN {
+		t.Errorf("%d deadlines for %d bytes, want %d", got, len(want), wantN)
+	}
+}
