@@ -102,7 +102,14 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello:       &wirepb.Hello{Role: Role, HostId: hostid.ID(), Name: cfg.Name, UnitId: uint32(u.ID())},
+		// TODO(lead): the wire server answers every handshake with this
+		// one Hello, built now. When wire.ServerConfig gets its
+		// per-handshake hook (CheckHello), pass s.CheckHello instead, so
+		// that the reply carries the unit's current id and cluster (they
+		// change when the controller re-identifies the unit, see Join)
+		// and a client expecting another unit or incarnation is refused.
+		// Until then a re-identified unit greets clients with its old id.
+		Hello:       s.Hello(),
 		Token:       cfg.Token,
 		IdleTimeout: cfg.IdleTimeout,
 		NewSession:  newSession,
@@ -122,6 +129,33 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	s.ws.HandleInline(wire.OpAcquire, s.acquire)
 	s.ws.HandleInline(wire.OpRelease, s.release)
 	return s
+}
+
+// Hello returns the handshake reply that describes the unit now: role,
+// host, name, and the unit's current id, incarnation and cluster id. The
+// result is a fresh message.
+func (s *Server) Hello() *wirepb.Hello {
+	return &wirepb.Hello{
+		Role: Role, HostId: hostid.ID(), Name: s.cfg.Name,
+		UnitId: uint32(s.u.ID()), Incarnation: s.u.Incarnation(), ClusterId: s.u.ClusterID(),
+	}
+}
+
+// CheckHello answers a client's handshake: the unit's [Server.Hello], or,
+// when the client's Hello names a unit id or incarnation (0: any) that is
+// not this unit's, an error wrapping [engine.ErrLost] (the cells the
+// client looks for are not here). It is meant for the wire server's
+// per-handshake hook (see the TODO in NewServer).
+func (s *Server) CheckHello(peer *wirepb.Hello) (*wirepb.Hello, error) {
+	h := s.Hello()
+	switch {
+	case peer.GetUnitId() != 0 && peer.GetUnitId() != h.UnitId:
+		return nil, fmt.Errorf("this is storage unit %d, not unit %d: %w", h.UnitId, peer.GetUnitId(), engine.ErrLost)
+	case peer.GetIncarnation() != 0 && peer.GetIncarnation() != h.Incarnation:
+		return nil, fmt.Errorf("storage unit %d is incarnation %#x, not %#x (it restarted): %w",
+			h.UnitId, h.Incarnation, peer.GetIncarnation(), engine.ErrLost)
+	}
+	return h, nil
 }
 
 // Serve accepts connections on l until the server closes; it returns nil

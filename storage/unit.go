@@ -21,10 +21,13 @@ package storage
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -39,9 +42,10 @@ import (
 // unit; it is valid until the reservation is committed or aborted, or the
 // lease released, and never after [Unit.Close], which unmaps it.
 type Unit struct {
-	id   engine.UnitID
-	name string // "unit 7", the Peer of the unit's errors
-	cfg  Config
+	ident       atomic.Pointer[identity]
+	identMu     sync.Mutex // serializes changes of ident
+	incarnation uint64
+	cfg         Config
 
 	done       chan struct{} // closed by Close
 	kick       chan struct{} // tells the reaper the open list was empty
@@ -72,6 +76,14 @@ type Unit struct {
 	lateErrs []error       // teardown errors of dropped segments, for Close
 }
 
+// identity is what names a unit to the cluster; it changes as a whole
+// (see Unit.SetID).
+type identity struct {
+	id      engine.UnitID
+	cluster string // the cluster id was assigned in; "" before
+	name    string // "unit 7", the Peer of the unit's errors
+}
+
 // Stats is a snapshot of a unit's accounting.
 type Stats struct {
 	Capacity int64 // [Config.Capacity]
@@ -100,24 +112,26 @@ type SegmentInfo struct {
 }
 
 // NewUnit validates cfg and returns a unit with no segments yet; they are
-// mapped as reservations need them. It starts the reaper goroutine that
-// [Unit.Close] stops.
+// mapped as reservations need them. It draws the unit's incarnation
+// ([Unit.Incarnation]) and starts the reaper goroutine that [Unit.Close]
+// stops. id may be 0 for a unit that gets its id from the controller
+// ([AssignID]).
 func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	u := &Unit{
-		id:         id,
-		name:       fmt.Sprintf("unit %d", id),
-		cfg:        cfg,
-		done:       make(chan struct{}),
-		kick:       make(chan struct{}, 1),
-		reaperDone: make(chan struct{}),
-		segPage:    pageSize,
-		byID:       map[uint32]*segment{},
-		wake:       make(chan struct{}),
+		incarnation: newIncarnation(),
+		cfg:         cfg,
+		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		reaperDone:  make(chan struct{}),
+		segPage:     pageSize,
+		byID:        map[uint32]*segment{},
+		wake:        make(chan struct{}),
 	}
+	u.setIdentity(id, "")
 	if cfg.HugePages {
 		if cfg.Capacity >= hugePageSize && probeHugetlb() {
 			u.hugetlb, u.segPage = true, hugePageSize
@@ -129,11 +143,54 @@ func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 	return u, nil
 }
 
-// ID returns the unit's id.
-func (u *Unit) ID() engine.UnitID { return u.id }
+// newIncarnation draws a random, nonzero incarnation.
+func newIncarnation() uint64 {
+	var b [8]byte
+	for {
+		crand.Read(b[:]) // never fails (it crashes the program instead)
+		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
+			return n
+		}
+	}
+}
+
+// ID returns the unit's id: the one it was created with, or the last one
+// given to [Unit.SetID].
+func (u *Unit) ID() engine.UnitID { return u.ident.Load().id }
+
+// SetID gives the unit a new id, as the controller does when it does not
+// know the old one for this incarnation (see [Join]): the unit is then a
+// new unit to the cluster. Errors and stats name the new id from now on.
+// The unit's memory is untouched; addresses carry no unit id.
+func (u *Unit) SetID(id engine.UnitID) {
+	u.identMu.Lock()
+	defer u.identMu.Unlock()
+	u.setIdentityLocked(id, u.ident.Load().cluster)
+}
+
+// Incarnation returns the random number the unit drew when it was
+// created, never 0: a unit process that starts again is a new
+// incarnation, and the controller binds a unit id to one incarnation.
+func (u *Unit) Incarnation() uint64 { return u.incarnation }
+
+// ClusterID returns the id of the cluster the unit last registered with,
+// or "" before it registered (or when the controller names no cluster).
+func (u *Unit) ClusterID() string { return u.ident.Load().cluster }
+
+// setIdentity sets the unit's id and cluster together, so that a reader
+// never sees the id of one registration with the cluster of another.
+func (u *Unit) setIdentity(id engine.UnitID, cluster string) {
+	u.identMu.Lock()
+	defer u.identMu.Unlock()
+	u.setIdentityLocked(id, cluster)
+}
+
+func (u *Unit) setIdentityLocked(id engine.UnitID, cluster string) {
+	u.ident.Store(&identity{id: id, cluster: cluster, name: fmt.Sprintf("unit %d", id)})
+}
 
 func (u *Unit) opErr(op string, err error) error {
-	return &engine.OpError{Op: op, Peer: u.name, Err: err}
+	return &engine.OpError{Op: op, Peer: u.ident.Load().name, Err: err}
 }
 
 // Reserve allocates one extent per entry of sizes (one per column slice of

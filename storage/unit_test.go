@@ -972,3 +972,31 @@ func TestStaleGenerationRefused(t *testing.T) {
 		t.Fatalf("current address refused: %v", err)
 	}
 }
+
+// TestIdentity: every unit draws its own nonzero incarnation; SetID
+// renames the unit in its errors and stats and keeps its cluster.
+func TestIdentity(t *testing.T) {
+	seen := map[uint64]bool{}
+	for range 8 {
+		u := newTestUnit(t, testConfig())
+		if inc := u.Incarnation(); inc == 0 || seen[inc] {
+			t.Fatalf("incarnation %#x (seen before: %v)", inc, seen[inc])
+		}
+		seen[u.Incarnation()] = true
+	}
+	u := newTestUnit(t, testConfig())
+	inc := u.Incarnation()
+	if u.ID() != 1 || u.ClusterID() != "" {
+		t.Fatalf("new unit: id %d, cluster %q; want 1, \"\"", u.ID(), u.ClusterID())
+	}
+	u.setIdentity(1, "c1")
+	u.SetID(42)
+	if u.ID() != 42 || u.ClusterID() != "c1" || u.Incarnation() != inc {
+		t.Errorf("after SetID(42): id %d, cluster %q, incarnation %#x; want 42, c1, %#x", u.ID(), u.ClusterID(), u.Incarnation(), inc)
+	}
+	err := u.Free([]engine.RemoteAddr{{Segment: 9, Gen: 1, Len: 1}})
+	var op *engine.OpError
+	if !errors.As(err, &op) || op.Peer != "unit 42" {
+		t.Errorf("Free error %v does not name unit 42", err)
+	}
+}
