@@ -22,6 +22,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/google/btree"
 	"golang.org/x/sys/unix"
@@ -40,9 +41,17 @@ type segment struct {
 	huge    bool // hugetlb pages
 	alloc   *allocator
 	index   *btree.BTreeG[*extent]
-	extents int  // extents placed here: reserved, committed or still leased
-	retired bool // dropped from the unit; fd closed, pages replaced
+	extents int    // extents placed here: reserved, committed or still leased
+	gen     uint32 // the last generation handed out here (see maxGen)
+	retired bool   // dropped from the unit; fd closed, pages replaced
 }
+
+// maxGen is the last generation a segment hands out. Generations grow by
+// one per extent within a segment and never wrap, so (segment,
+// generation) names one extent for the unit's life (segment ids are never
+// reused either): a segment that reached maxGen takes no new extent and
+// is dropped once its last one goes. Tests lower it.
+var maxGen uint32 = math.MaxUint32
 
 func lessExtent(a, b *extent) bool { return a.off < b.off }
 

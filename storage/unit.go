@@ -3,8 +3,9 @@ package storage
 // How a unit holds its memory:
 //
 //	Unit ── segs ──▶ segment 1 (memfd, 64 MiB) ── alloc: allocator of offsets
-//	     │                                      └─ index: B-tree of extents by offset
-//	     │           segment 2 …                   (cell address → extent in O(log n))
+//	     │                                      ├─ index: B-tree of extents by offset
+//	     │                                      │  (cell address → extent in O(log n))
+//	     │           segment 2 …                └─ gen: last extent generation handed out
 //	     ├─ open reservations: a list in deadline order; the reaper aborts its head
 //	     └─ wake: a channel closed and replaced when space comes back
 //
@@ -12,7 +13,8 @@ package storage
 // none has room it maps a new segment (outside the lock) if Capacity
 // allows, dropping empty segments that are too small for the request, and
 // otherwise waits on wake until a Free, Release or Abort returns space, its
-// context ends, or the unit closes.
+// context ends, or the unit closes. A segment that handed out its last
+// generation (maxGen) is skipped, and dropped once empty.
 //
 // The accounting: mapped (segment bytes) ≤ Capacity, and used (extent
 // bytes at their rounded sizes: reserved, committed, or freed but still
@@ -72,7 +74,6 @@ type Unit struct {
 	waiters  int           // Reserve calls waiting on wake
 	wake     chan struct{} // closed and replaced when space comes back
 	probe    extent        // lookup key, reused under mu
-	gen      uint32        // last extent generation handed out
 	lateErrs []error       // teardown errors of dropped segments, for Close
 }
 
@@ -319,21 +320,18 @@ func (u *Unit) place(r *Reservation, sizes []int64, from int) (int, bool) {
 }
 
 // allocExtent places one extent of n > 0 bytes in the first segment with
-// room, or returns nil.
+// room and generations left, or returns nil.
 func (u *Unit) allocExtent(n int64) *extent {
 	for _, s := range u.segs {
-		if n > s.size() {
+		if n > s.size() || s.gen == maxGen {
 			continue
 		}
 		b, ok := s.alloc.alloc(n)
 		if !ok {
 			continue
 		}
-		u.gen++
-		if u.gen == 0 {
-			u.gen = 1
-		}
-		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: u.gen}
+		s.gen++
+		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: s.gen}
 		s.index.ReplaceOrInsert(e)
 		s.extents++
 		u.extents++
@@ -357,6 +355,26 @@ func (u *Unit) release(e *extent, poison bool) {
 	}
 	s.alloc.free(e.blk)
 	e.state = 0
+	if s.extents == 0 && s.gen == maxGen {
+		u.dropExhausted(s)
+	}
+}
+
+// dropExhausted drops an empty segment that has handed out its last
+// generation: it can take no extent again, so its capacity goes back to
+// the unit for a new segment. Rare enough (once per 2^32 extents of one
+// segment) that the syscalls run under the lock.
+func (u *Unit) dropExhausted(s *segment) {
+	if i := slices.Index(u.segs, s); i >= 0 {
+		u.segs = slices.Delete(u.segs, i, i+1)
+	}
+	delete(u.byID, s.id)
+	u.mapped -= s.size()
+	if err := s.retire(); err != nil {
+		u.lateErrs = append(u.lateErrs, err)
+	}
+	u.retired = append(u.retired, s)
+	u.signal() // a waiting Reserve may map a segment now
 }
 
 const poisonByte = 0xdb
