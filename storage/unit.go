@@ -48,33 +48,35 @@ type Unit struct {
 	identMu     sync.Mutex // serializes changes of ident
 	incarnation uint64
 	cfg         Config
+	epoch       time.Time // NewUnit's time; extents' commit times count from it
 
 	done       chan struct{} // closed by Close
 	kick       chan struct{} // tells the reaper the open list was empty
 	reaperDone chan struct{}
 
-	mu       sync.Mutex
-	closed   bool
-	hugetlb  bool  // new segments use hugetlb pages
-	thp      bool  // new segments get MADV_HUGEPAGE
-	segPage  int64 // segment sizes are multiples of this
-	segs     []*segment
-	byID     map[uint32]*segment
-	retired  []*segment // dropped segments, unmapped at Close
-	lastID   uint32
-	mapped   int64 // bytes of live segments
-	growing  int64 // bytes of segments being mapped outside the lock
-	used     int64
-	reserved int64
-	extents  int
-	leases   int
-	openHead *Reservation
-	openTail *Reservation
-	open     int
-	waiters  int           // Reserve calls waiting on wake
-	wake     chan struct{} // closed and replaced when space comes back
-	probe    extent        // lookup key, reused under mu
-	lateErrs []error       // teardown errors of dropped segments, for Close
+	mu         sync.Mutex
+	closed     bool
+	hugetlb    bool  // new segments use hugetlb pages
+	thp        bool  // new segments get MADV_HUGEPAGE
+	segPage    int64 // segment sizes are multiples of this
+	segs       []*segment
+	byID       map[uint32]*segment
+	retired    []*segment // dropped segments, unmapped at Close
+	lastID     uint32
+	growingIDs []uint32 // ids of segments being mapped outside the lock
+	mapped     int64    // bytes of live segments
+	growing    int64    // bytes of segments being mapped outside the lock
+	used       int64
+	reserved   int64
+	extents    int
+	leases     int
+	openHead   *Reservation
+	openTail   *Reservation
+	open       int
+	waiters    int           // Reserve calls waiting on wake
+	wake       chan struct{} // closed and replaced when space comes back
+	probe      extent        // lookup key, reused under mu
+	lateErrs   []error       // teardown errors of dropped segments, for Close
 }
 
 // identity is what names a unit to the cluster; it changes as a whole
@@ -125,6 +127,7 @@ func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 	u := &Unit{
 		incarnation: newIncarnation(),
 		cfg:         cfg,
+		epoch:       time.Now(),
 		done:        make(chan struct{}),
 		kick:        make(chan struct{}, 1),
 		reaperDone:  make(chan struct{}),
@@ -453,6 +456,7 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	u.growing += size
 	u.lastID++
 	id := u.lastID
+	u.growingIDs = append(u.growingIDs, id)
 	opts := mapOptions{hugetlb: u.hugetlb, thp: u.thp, prefault: u.cfg.Prefault}
 	u.mu.Unlock()
 
@@ -471,6 +475,9 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 
 	u.mu.Lock()
 	u.growing -= size
+	if i := slices.Index(u.growingIDs, id); i >= 0 {
+		u.growingIDs = slices.Delete(u.growingIDs, i, i+1)
+	}
 	if u.closed {
 		// Close did not see these; unmap them here.
 		for _, d := range drops {
