@@ -36,6 +36,8 @@ const (
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
 	OpHeartbeat Op = 49
+	OpUnitSync  Op = 50 // a unit's long poll for cells to free
+	OpReconcile Op = 51
 
 	// Client → storage unit (data plane): 64–95.
 	OpWrite     Op = 64
@@ -64,7 +66,7 @@ var opNames = map[Op]string{
 	OpClearPartition: "CLEAR_PARTITION", OpPartitions: "PARTITIONS", OpStats: "STATS", OpFields: "FIELDS",
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
 	OpCommitKeys: "COMMIT_KEYS",
-	OpRegister:   "REGISTER", OpHeartbeat: "HEARTBEAT",
+	OpRegister:   "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
 	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",
