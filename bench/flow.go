@@ -109,13 +109,12 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	s.wg.Go(func() { s.cs.Serve(cl) })
 	s.addr = "tcp://" + cl.Addr().String()
 
-	id, err := storage.AssignID(ctx, s.addr, storage.JoinConfig{Token: s.token})
-	if err != nil {
-		return nil, err
-	}
 	cfg := storage.DefaultConfig()
 	cfg.Capacity = capacity
-	if s.unit, err = storage.NewUnit(id, cfg); err != nil {
+	if s.unit, err = storage.NewUnit(0, cfg); err != nil {
+		return nil, err
+	}
+	if _, err = storage.AssignID(ctx, s.addr, s.unit, storage.JoinConfig{Token: s.token}); err != nil {
 		return nil, err
 	}
 	s.us = storage.NewServer(s.unit, storage.ServerConfig{Name: "bench", Token: s.token})

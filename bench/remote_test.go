@@ -61,17 +61,16 @@ func TestBenchServer(t *testing.T) {
 	caddr := "tcp://" + cl.Addr().String()
 
 	ctx := context.Background()
-	id, err := storage.AssignID(ctx, caddr, storage.JoinConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := storage.DefaultConfig()
 	cfg.Capacity = 2 << 30
-	u, err := storage.NewUnit(id, cfg)
+	u, err := storage.NewUnit(0, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer u.Close()
+	if _, err := storage.AssignID(ctx, caddr, u, storage.JoinConfig{}); err != nil {
+		t.Fatal(err)
+	}
 	us := storage.NewServer(u, storage.ServerConfig{})
 	defer us.Close()
 	ul := listen(t)

@@ -232,7 +232,7 @@ func FindToken(explicit string) (string, error) { return auth.FindToken(explicit
 // a reachable fd socket ("shm:///path"). Otherwise it returns an error
 // wrapping [engine.ErrNotSupported] that says why.
 func ShmPeer(u engine.UnitInfo, host string) (engine.PeerInfo, error) {
-	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host, Transport: "shm"}
+	peer := engine.PeerInfo{Unit: u.ID, Incarnation: u.Incarnation, Host: u.Host, Transport: "shm"}
 	if u.Host != host {
 		return peer, fmt.Errorf("unit runs on host %q, this is %q: %w", u.Host, host, engine.ErrNotSupported)
 	}
@@ -292,7 +292,7 @@ func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]engine.UnitI
 // PickAddr chooses how to reach a unit: its unix socket when it runs on
 // this host and the socket exists, else its first TCP address.
 func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
-	peer := engine.PeerInfo{Unit: u.ID, Host: u.Host}
+	peer := engine.PeerInfo{Unit: u.ID, Incarnation: u.Incarnation, Host: u.Host}
 	if u.Host == host {
 		for _, a := range u.Addrs {
 			if path, ok := strings.CutPrefix(a, "unix://"); ok {

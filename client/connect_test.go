@@ -38,13 +38,13 @@ type servedUnit struct {
 func joinUnit(t *testing.T, ctrlAddr string, serve bool) *servedUnit {
 	t.Helper()
 	ctx := t.Context()
-	id, err := storage.AssignID(ctx, ctrlAddr, storage.JoinConfig{})
-	require.NoError(t, err)
 	cfg := storage.DefaultConfig()
 	cfg.Capacity = 16 << 20
-	u, err := storage.NewUnit(id, cfg)
+	u, err := storage.NewUnit(0, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { u.Close() })
+	_, err = storage.AssignID(ctx, ctrlAddr, u, storage.JoinConfig{})
+	require.NoError(t, err)
 	s := &servedUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{})}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -1,8 +1,6 @@
 package embedded
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -54,20 +52,20 @@ func New(cfg Config) (*Cluster, error) {
 	e := &Cluster{Controller: ctrl}
 	var dus []client.DataUnit
 	for range cfg.Units {
+		u, err := storage.NewUnit(0, cfg.Storage)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("start storage unit: %w", err)
+		}
+		e.Units = append(e.Units, u)
 		// The controller hands out the ids, as it does to units that
 		// register over the network.
-		inc := newIncarnation()
-		id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: inc, Host: client.HostID(), Name: "embedded", Capacity: cfg.Storage.Capacity}, true)
+		id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: client.HostID(), Name: "embedded", Capacity: cfg.Storage.Capacity}, true)
 		if err != nil {
 			e.Close()
 			return nil, fmt.Errorf("register storage unit: %w", err)
 		}
-		u, err := storage.NewUnit(id, cfg.Storage)
-		if err != nil {
-			e.Close()
-			return nil, fmt.Errorf("start storage unit %d: %w", id, err)
-		}
-		e.Units = append(e.Units, u)
+		u.SetID(id)
 		dus = append(dus, Unit(u))
 	}
 	if e.Client, err = client.New(Meta(ctrl, e.Units...), dus, cfg.Client); err != nil {
@@ -87,16 +85,4 @@ func (e *Cluster) Close() error {
 		errs = append(errs, e.Controller.Close())
 	}
 	return errors.Join(errs...)
-}
-
-// newIncarnation draws a unit incarnation.
-// TODO(storage-identity): the unit's own (storage.Unit.Incarnation).
-func newIncarnation() uint64 {
-	var b [8]byte
-	for {
-		rand.Read(b[:])
-		if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
-			return v
-		}
-	}
 }

@@ -39,7 +39,7 @@ func (l localMeta) free(locs []engine.CellLoc, err error) error {
 	}
 	for id, addrs := range by {
 		if u := l.units[id]; u != nil {
-			_ = u.Free(engine.CoalesceRanges(addrs))
+			u.FreeRanges(engine.CoalesceRanges(addrs))
 		}
 	}
 	return nil

@@ -68,11 +68,15 @@ func (r CellRun) Span() RemoteAddr {
 // PeerInfo describes how to reach a storage unit. Handshake is opaque,
 // transport-specific data (shm: boot id and socket path; rdma: endpoint).
 type PeerInfo struct {
-	Unit      UnitID
-	Host      string // host identity (boot id) for same-host detection
-	Addr      string // control address: "unix:///path" or "tcp://host:port"
-	Transport string
-	Handshake []byte
+	Unit UnitID
+	// Incarnation, when not 0, is the unit process the caller means: a
+	// unit of another incarnation (it restarted) refuses the connection
+	// with an error wrapping ErrLost.
+	Incarnation uint64
+	Host        string // host identity (boot id) for same-host detection
+	Addr        string // control address: "unix:///path" or "tcp://host:port"
+	Transport   string
+	Handshake   []byte
 }
 
 // CoalesceRanges merges ranges that continue one another in one extent

@@ -7,6 +7,7 @@ package storage
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -114,4 +115,39 @@ func BenchmarkFreeCells(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkReconcileScan measures the scans of a reconcile over a unit
+// holding 16384 committed extents: a periodic one that finds nothing old
+// enough to report (fences computed, nothing listed), and one full page
+// of every extent.
+func BenchmarkReconcileScan(b *testing.B) {
+	u := benchUnit(b)
+	sizes := make([]int64, 16384)
+	for i := range sizes {
+		sizes[i] = 1 << 10
+	}
+	r, err := u.Reserve(b.Context(), sizes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := r.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("kind=periodic", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if rep, err := u.ReconcilePeriodic(time.Hour, 0); err != nil || len(rep.Extents) != 0 {
+				b.Fatal(len(rep.Extents), err)
+			}
+		}
+	})
+	b.Run("kind=full", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if rep, _, err := u.ReconcileFull(0, time.Hour, len(sizes)); err != nil || len(rep.Extents) != len(sizes) {
+				b.Fatal(len(rep.Extents), err)
+			}
+		}
+	})
 }

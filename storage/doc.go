@@ -37,15 +37,17 @@
 // client goes away half-way; a READ's reply is written with writev
 // straight from the leased arena. Clients use transport/tcp.
 //
-// A unit process joins a cluster in three steps: it asks the controller
-// for an id ([AssignID]), creates the unit with it and serves it, then
-// registers the unit's addresses and capacity under that id and keeps a
-// heartbeat going ([Join]). The [Membership] reconnects and registers
-// again, under the same id, whenever the controller connection drops:
+// A unit process joins a cluster in three steps: it creates the unit
+// (which draws its incarnation) and asks the controller for an id
+// ([AssignID]), serves it, then registers the unit's addresses and
+// capacity under that id and keeps a heartbeat going ([Join]). The
+// [Membership] reconnects and registers again whenever the controller
+// connection drops, frees the cells the controller no longer references,
+// and reconciles the unit's extents with the controller's cells:
 //
 //	ls, addrs := listen()                                  // bind first: clients may dial at once
-//	id, err := storage.AssignID(ctx, ctrl, storage.JoinConfig{Token: tok})
-//	u, err := storage.NewUnit(id, cfg)
+//	u, err := storage.NewUnit(0, cfg)
+//	id, err := storage.AssignID(ctx, ctrl, u, storage.JoinConfig{Token: tok})
 //	srv := storage.NewServer(u, storage.ServerConfig{Token: tok})
 //	go srv.Serve(ls[0])
 //	m, err := storage.Join(ctx, ctrl, u, storage.JoinConfig{Token: tok, Addrs: addrs})

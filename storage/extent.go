@@ -15,6 +15,10 @@ package storage
 //
 // refs counts who holds the extent: 1 for the cells while any live byte is
 // left, plus 1 per lease entry. At 0 the block goes back to the allocator.
+//
+// For reconciliation (reconcile.go) a committed extent also keeps when it
+// was committed and whether the controller confirmed that cells reference
+// it; both are set under the unit's lock that Commit holds anyway.
 
 type extentState uint8
 
@@ -24,20 +28,24 @@ const (
 )
 
 type extent struct {
-	seg     *segment
-	gen     uint32 // see engine.RemoteAddr.Gen
-	blk     block
-	off     int64 // == blk.off
-	size    int64 // bytes asked for; cells live in [off, off+size)
-	state   extentState
-	refs    int
-	live    []span
-	liveOne [1]span // backing store of live until the first split
+	seg       *segment
+	gen       uint32 // see engine.RemoteAddr.Gen
+	state     extentState
+	confirmed bool // the controller said cells reference it (reconcile)
+	blk       block
+	off       int64 // == blk.off
+	size      int64 // bytes asked for; cells live in [off, off+size)
+	refs      int
+	committed int64 // when it was committed: nanoseconds since Unit.epoch
+	live      []span
+	liveOne   [1]span // backing store of live until the first split
 }
 
-// commit makes all of the extent's bytes one live range held by the cells.
-func (e *extent) commit() {
+// commit makes all of the extent's bytes one live range held by the cells,
+// committed at now (nanoseconds since the unit's epoch).
+func (e *extent) commit(now int64) {
 	e.state = extentCommitted
+	e.committed = now
 	e.refs = 1
 	e.liveOne[0] = span{e.off, e.off + e.size}
 	e.live = e.liveOne[:1:1]
@@ -80,6 +88,34 @@ func (e *extent) kill(i int, lo, hi int64) bool {
 		e.live[i+1] = span{hi, s.end}
 	}
 	return len(e.live) == 0
+}
+
+// killRange removes every live byte of [lo, hi) (hi > lo), some of which
+// may be freed already, and reports whether any was live.
+func (e *extent) killRange(lo, hi int64) bool {
+	if i := e.liveSpan(lo, hi); i >= 0 {
+		e.kill(i, lo, hi)
+		return true
+	}
+	// No span holds all of [lo, hi), so none needs splitting: each is
+	// kept, trimmed at one end, or dropped.
+	killed := false
+	out := e.live[:0]
+	for _, s := range e.live {
+		switch {
+		case s.end <= lo || s.off >= hi:
+		case s.off >= lo && s.end <= hi:
+			killed = true
+			continue
+		case s.off < lo:
+			s.end, killed = lo, true
+		default:
+			s.off, killed = hi, true
+		}
+		out = append(out, s)
+	}
+	e.live = out
+	return killed
 }
 
 // bytes returns the extent's memory in [lo, hi), capacity clipped.

@@ -99,9 +99,10 @@ func (r *Reservation) Commit() error {
 		u.abortLocked(r)
 		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	}
+	at := int64(now.Sub(u.epoch))
 	for _, e := range r.exts {
 		if e != nil {
-			e.commit()
+			e.commit(at)
 		}
 	}
 	u.unlinkOpen(r)

@@ -12,10 +12,17 @@ package storage
 // (/proc/sys/vm/nr_hugepages), so when that fails it falls back to 4 KiB
 // pages with MADV_HUGEPAGE (transparent huge pages, effective when the
 // kernel's shmem_enabled allows it).
+//
+// Every segment's memfd is sealed once sized (F_SEAL_SHRINK, F_SEAL_GROW,
+// F_SEAL_SEAL): a client on the host that was handed the fd can read and
+// write the bytes, but it cannot truncate the file under the unit's
+// mapping, which would kill the unit with SIGBUS the next time it touched
+// a page past the new end.
 
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/google/btree"
 	"golang.org/x/sys/unix"
@@ -34,9 +41,17 @@ type segment struct {
 	huge    bool // hugetlb pages
 	alloc   *allocator
 	index   *btree.BTreeG[*extent]
-	extents int  // extents placed here: reserved, committed or still leased
-	retired bool // dropped from the unit; fd closed, pages replaced
+	extents int    // extents placed here: reserved, committed or still leased
+	gen     uint32 // the last generation handed out here (see maxGen)
+	retired bool   // dropped from the unit; fd closed, pages replaced
 }
+
+// maxGen is the last generation a segment hands out. Generations grow by
+// one per extent within a segment and never wrap, so (segment,
+// generation) names one extent for the unit's life (segment ids are never
+// reused either): a segment that reached maxGen takes no new extent and
+// is dropped once its last one goes. Tests lower it.
+var maxGen uint32 = math.MaxUint32
 
 func lessExtent(a, b *extent) bool { return a.off < b.off }
 
@@ -50,16 +65,30 @@ type mapOptions struct {
 // mapSegment creates and maps a memfd of size bytes (a multiple of
 // pageSize).
 func mapSegment(id uint32, size int64, o mapOptions) (*segment, error) {
-	flags := unix.MFD_CLOEXEC
+	name := fmt.Sprintf("tq-segment-%d", id)
+	flags := unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING
 	if o.hugetlb {
 		flags |= unix.MFD_HUGETLB | unix.MFD_HUGE_2MB
 	}
-	fd, err := unix.MemfdCreate(fmt.Sprintf("tq-segment-%d", id), flags)
+	fd, err := unix.MemfdCreate(name, flags)
+	sealed := true
+	if errors.Is(err, unix.EINVAL) && o.hugetlb {
+		// Kernels before 4.16 cannot seal a hugetlb memfd and refuse
+		// MFD_ALLOW_SEALING with MFD_HUGETLB: such a segment stays
+		// unsealed. 4 KiB-page segments are always sealed.
+		fd, err = unix.MemfdCreate(name, flags&^unix.MFD_ALLOW_SEALING)
+		sealed = false
+	}
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
 	}
 	if err := unix.Ftruncate(fd, size); err != nil {
 		return nil, errors.Join(fmt.Errorf("ftruncate %d bytes: %w", size, err), unix.Close(fd))
+	}
+	if sealed {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+			return nil, errors.Join(fmt.Errorf("seal memfd: %w", err), unix.Close(fd))
+		}
 	}
 	mflags := unix.MAP_SHARED
 	if o.prefault && !o.thp {

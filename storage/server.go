@@ -102,7 +102,11 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello:       &wirepb.Hello{Role: Role, HostId: hostid.ID(), Name: cfg.Name, UnitId: uint32(u.ID())},
+		// Each handshake is answered with the unit's identity as it is
+		// then (the controller may re-identify the unit), and a client
+		// that expects another unit or incarnation is refused.
+		Hello:       s.Hello(),
+		CheckHello:  s.CheckHello,
 		Token:       cfg.Token,
 		IdleTimeout: cfg.IdleTimeout,
 		NewSession:  newSession,
@@ -122,6 +126,33 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	s.ws.HandleInline(wire.OpAcquire, s.acquire)
 	s.ws.HandleInline(wire.OpRelease, s.release)
 	return s
+}
+
+// Hello returns the handshake reply that describes the unit now: role,
+// host, name, and the unit's current id, incarnation and cluster id. The
+// result is a fresh message.
+func (s *Server) Hello() *wirepb.Hello {
+	return &wirepb.Hello{
+		Role: Role, HostId: hostid.ID(), Name: s.cfg.Name,
+		UnitId: uint32(s.u.ID()), Incarnation: s.u.Incarnation(), ClusterId: s.u.ClusterID(),
+	}
+}
+
+// CheckHello answers a client's handshake: the unit's [Server.Hello], or,
+// when the client's Hello names a unit id or incarnation (0: any) that is
+// not this unit's, an error wrapping [engine.ErrLost] (the cells the
+// client looks for are not here). It is meant for the wire server's
+// per-handshake hook.
+func (s *Server) CheckHello(peer *wirepb.Hello) (*wirepb.Hello, error) {
+	h := s.Hello()
+	switch {
+	case peer.GetUnitId() != 0 && peer.GetUnitId() != h.UnitId:
+		return nil, fmt.Errorf("this is storage unit %d, not unit %d: %w", h.UnitId, peer.GetUnitId(), engine.ErrLost)
+	case peer.GetIncarnation() != 0 && peer.GetIncarnation() != h.Incarnation:
+		return nil, fmt.Errorf("storage unit %d is incarnation %#x, not %#x (it restarted): %w",
+			h.UnitId, h.Incarnation, peer.GetIncarnation(), engine.ErrLost)
+	}
+	return h, nil
 }
 
 // Serve accepts connections on l until the server closes; it returns nil

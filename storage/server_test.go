@@ -103,6 +103,34 @@ func TestServerHello(t *testing.T) {
 	if hello.Role != Role || hello.UnitId != 1 || hello.HostId != HostID() || hello.Name != "u1" || HostID() == "" {
 		t.Errorf("hello reply %v, want role %q, unit 1, host %q, name u1", hello, Role, HostID())
 	}
+	if hello.Incarnation == 0 || hello.Incarnation != u.Incarnation() {
+		t.Errorf("hello reply incarnation %#x, want the unit's %#x", hello.Incarnation, u.Incarnation())
+	}
+}
+
+// TestServerCheckHello: the handshake reply follows the unit's identity,
+// and a client that expects another unit or incarnation is refused.
+func TestServerCheckHello(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	srv := NewServer(u, ServerConfig{Name: "u1"})
+	defer srv.Close()
+	u.setIdentity(8, "cluster-a")
+	want := &wirepb.Hello{Role: Role, HostId: HostID(), Name: "u1", UnitId: 8, Incarnation: u.Incarnation(), ClusterId: "cluster-a"}
+	for _, peer := range []*wirepb.Hello{{}, {UnitId: 8}, {UnitId: 8, Incarnation: u.Incarnation()}, {Incarnation: u.Incarnation()}} {
+		got, err := srv.CheckHello(peer)
+		if err != nil {
+			t.Errorf("CheckHello(%v): %v", peer, err)
+			continue
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("CheckHello(%v) = %v, want %v", peer, got, want)
+		}
+	}
+	for _, peer := range []*wirepb.Hello{{UnitId: 1}, {UnitId: 8, Incarnation: u.Incarnation() + 1}, {Incarnation: u.Incarnation() ^ 1}} {
+		if _, err := srv.CheckHello(peer); !errors.Is(err, engine.ErrLost) {
+			t.Errorf("CheckHello(%v): got %v, want an error wrapping %v", peer, err, engine.ErrLost)
+		}
+	}
 }
 
 func TestServerToken(t *testing.T) {

@@ -27,7 +27,8 @@ package storage
 //	            ring's liveness signal: when the client dies, it reads EOF,
 //	            the ring breaks and the session gives the holds back.
 //
-// Trust: a client that was given a segment can read and write all of it.
+// Trust: a client that was given a segment can read and write all of it,
+// but not resize it: segment memfds are sealed (see segment.go).
 // The fd socket asks for the cluster token and should be reachable by the
 // unit's own user only (cmd/tq makes it 0600), like the unit's wire socket.
 

@@ -3,8 +3,9 @@ package storage
 // How a unit holds its memory:
 //
 //	Unit ── segs ──▶ segment 1 (memfd, 64 MiB) ── alloc: allocator of offsets
-//	     │                                      └─ index: B-tree of extents by offset
-//	     │           segment 2 …                   (cell address → extent in O(log n))
+//	     │                                      ├─ index: B-tree of extents by offset
+//	     │                                      │  (cell address → extent in O(log n))
+//	     │           segment 2 …                └─ gen: last extent generation handed out
 //	     ├─ open reservations: a list in deadline order; the reaper aborts its head
 //	     └─ wake: a channel closed and replaced when space comes back
 //
@@ -12,7 +13,8 @@ package storage
 // none has room it maps a new segment (outside the lock) if Capacity
 // allows, dropping empty segments that are too small for the request, and
 // otherwise waits on wake until a Free, Release or Abort returns space, its
-// context ends, or the unit closes.
+// context ends, or the unit closes. A segment that handed out its last
+// generation (maxGen) is skipped, and dropped once empty.
 //
 // The accounting: mapped (segment bytes) ≤ Capacity, and used (extent
 // bytes at their rounded sizes: reserved, committed, or freed but still
@@ -21,10 +23,13 @@ package storage
 import (
 	"cmp"
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -39,37 +44,47 @@ import (
 // unit; it is valid until the reservation is committed or aborted, or the
 // lease released, and never after [Unit.Close], which unmaps it.
 type Unit struct {
-	id   engine.UnitID
-	name string // "unit 7", the Peer of the unit's errors
-	cfg  Config
+	ident       atomic.Pointer[identity]
+	identMu     sync.Mutex // serializes changes of ident
+	incarnation uint64
+	cfg         Config
+	epoch       time.Time // NewUnit's time; extents' commit times count from it
 
 	done       chan struct{} // closed by Close
 	kick       chan struct{} // tells the reaper the open list was empty
 	reaperDone chan struct{}
 
-	mu       sync.Mutex
-	closed   bool
-	hugetlb  bool  // new segments use hugetlb pages
-	thp      bool  // new segments get MADV_HUGEPAGE
-	segPage  int64 // segment sizes are multiples of this
-	segs     []*segment
-	byID     map[uint32]*segment
-	retired  []*segment // dropped segments, unmapped at Close
-	lastID   uint32
-	mapped   int64 // bytes of live segments
-	growing  int64 // bytes of segments being mapped outside the lock
-	used     int64
-	reserved int64
-	extents  int
-	leases   int
-	openHead *Reservation
-	openTail *Reservation
-	open     int
-	waiters  int           // Reserve calls waiting on wake
-	wake     chan struct{} // closed and replaced when space comes back
-	probe    extent        // lookup key, reused under mu
-	gen      uint32        // last extent generation handed out
-	lateErrs []error       // teardown errors of dropped segments, for Close
+	mu         sync.Mutex
+	closed     bool
+	hugetlb    bool  // new segments use hugetlb pages
+	thp        bool  // new segments get MADV_HUGEPAGE
+	segPage    int64 // segment sizes are multiples of this
+	segs       []*segment
+	byID       map[uint32]*segment
+	retired    []*segment // dropped segments, unmapped at Close
+	lastID     uint32
+	growingIDs []uint32 // ids of segments being mapped outside the lock
+	mapped     int64    // bytes of live segments
+	growing    int64    // bytes of segments being mapped outside the lock
+	used       int64
+	reserved   int64
+	extents    int
+	leases     int
+	openHead   *Reservation
+	openTail   *Reservation
+	open       int
+	waiters    int           // Reserve calls waiting on wake
+	wake       chan struct{} // closed and replaced when space comes back
+	probe      extent        // lookup key, reused under mu
+	lateErrs   []error       // teardown errors of dropped segments, for Close
+}
+
+// identity is what names a unit to the cluster; it changes as a whole
+// (see Unit.SetID).
+type identity struct {
+	id      engine.UnitID
+	cluster string // the cluster id was assigned in; "" before
+	name    string // "unit 7", the Peer of the unit's errors
 }
 
 // Stats is a snapshot of a unit's accounting.
@@ -100,24 +115,27 @@ type SegmentInfo struct {
 }
 
 // NewUnit validates cfg and returns a unit with no segments yet; they are
-// mapped as reservations need them. It starts the reaper goroutine that
-// [Unit.Close] stops.
+// mapped as reservations need them. It draws the unit's incarnation
+// ([Unit.Incarnation]) and starts the reaper goroutine that [Unit.Close]
+// stops. id may be 0 for a unit that gets its id from the controller
+// ([AssignID]).
 func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	u := &Unit{
-		id:         id,
-		name:       fmt.Sprintf("unit %d", id),
-		cfg:        cfg,
-		done:       make(chan struct{}),
-		kick:       make(chan struct{}, 1),
-		reaperDone: make(chan struct{}),
-		segPage:    pageSize,
-		byID:       map[uint32]*segment{},
-		wake:       make(chan struct{}),
+		incarnation: newIncarnation(),
+		cfg:         cfg,
+		epoch:       time.Now(),
+		done:        make(chan struct{}),
+		kick:        make(chan struct{}, 1),
+		reaperDone:  make(chan struct{}),
+		segPage:     pageSize,
+		byID:        map[uint32]*segment{},
+		wake:        make(chan struct{}),
 	}
+	u.setIdentity(id, "")
 	if cfg.HugePages {
 		if cfg.Capacity >= hugePageSize && probeHugetlb() {
 			u.hugetlb, u.segPage = true, hugePageSize
@@ -129,11 +147,54 @@ func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 	return u, nil
 }
 
-// ID returns the unit's id.
-func (u *Unit) ID() engine.UnitID { return u.id }
+// newIncarnation draws a random, nonzero incarnation.
+func newIncarnation() uint64 {
+	var b [8]byte
+	for {
+		crand.Read(b[:]) // never fails (it crashes the program instead)
+		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
+			return n
+		}
+	}
+}
+
+// ID returns the unit's id: the one it was created with, or the last one
+// given to [Unit.SetID].
+func (u *Unit) ID() engine.UnitID { return u.ident.Load().id }
+
+// SetID gives the unit a new id, as the controller does when it does not
+// know the old one for this incarnation (see [Join]): the unit is then a
+// new unit to the cluster. Errors and stats name the new id from now on.
+// The unit's memory is untouched; addresses carry no unit id.
+func (u *Unit) SetID(id engine.UnitID) {
+	u.identMu.Lock()
+	defer u.identMu.Unlock()
+	u.setIdentityLocked(id, u.ident.Load().cluster)
+}
+
+// Incarnation returns the random number the unit drew when it was
+// created, never 0: a unit process that starts again is a new
+// incarnation, and the controller binds a unit id to one incarnation.
+func (u *Unit) Incarnation() uint64 { return u.incarnation }
+
+// ClusterID returns the id of the cluster the unit last registered with,
+// or "" before it registered (or when the controller names no cluster).
+func (u *Unit) ClusterID() string { return u.ident.Load().cluster }
+
+// setIdentity sets the unit's id and cluster together, so that a reader
+// never sees the id of one registration with the cluster of another.
+func (u *Unit) setIdentity(id engine.UnitID, cluster string) {
+	u.identMu.Lock()
+	defer u.identMu.Unlock()
+	u.setIdentityLocked(id, cluster)
+}
+
+func (u *Unit) setIdentityLocked(id engine.UnitID, cluster string) {
+	u.ident.Store(&identity{id: id, cluster: cluster, name: fmt.Sprintf("unit %d", id)})
+}
 
 func (u *Unit) opErr(op string, err error) error {
-	return &engine.OpError{Op: op, Peer: u.name, Err: err}
+	return &engine.OpError{Op: op, Peer: u.ident.Load().name, Err: err}
 }
 
 // Reserve allocates one extent per entry of sizes (one per column slice of
@@ -262,21 +323,18 @@ func (u *Unit) place(r *Reservation, sizes []int64, from int) (int, bool) {
 }
 
 // allocExtent places one extent of n > 0 bytes in the first segment with
-// room, or returns nil.
+// room and generations left, or returns nil.
 func (u *Unit) allocExtent(n int64) *extent {
 	for _, s := range u.segs {
-		if n > s.size() {
+		if n > s.size() || s.gen == maxGen {
 			continue
 		}
 		b, ok := s.alloc.alloc(n)
 		if !ok {
 			continue
 		}
-		u.gen++
-		if u.gen == 0 {
-			u.gen = 1
-		}
-		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: u.gen}
+		s.gen++
+		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: s.gen}
 		s.index.ReplaceOrInsert(e)
 		s.extents++
 		u.extents++
@@ -300,6 +358,26 @@ func (u *Unit) release(e *extent, poison bool) {
 	}
 	s.alloc.free(e.blk)
 	e.state = 0
+	if s.extents == 0 && s.gen == maxGen {
+		u.dropExhausted(s)
+	}
+}
+
+// dropExhausted drops an empty segment that has handed out its last
+// generation: it can take no extent again, so its capacity goes back to
+// the unit for a new segment. Rare enough (once per 2^32 extents of one
+// segment) that the syscalls run under the lock.
+func (u *Unit) dropExhausted(s *segment) {
+	if i := slices.Index(u.segs, s); i >= 0 {
+		u.segs = slices.Delete(u.segs, i, i+1)
+	}
+	delete(u.byID, s.id)
+	u.mapped -= s.size()
+	if err := s.retire(); err != nil {
+		u.lateErrs = append(u.lateErrs, err)
+	}
+	u.retired = append(u.retired, s)
+	u.signal() // a waiting Reserve may map a segment now
 }
 
 const poisonByte = 0xdb
@@ -378,6 +456,7 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	u.growing += size
 	u.lastID++
 	id := u.lastID
+	u.growingIDs = append(u.growingIDs, id)
 	opts := mapOptions{hugetlb: u.hugetlb, thp: u.thp, prefault: u.cfg.Prefault}
 	u.mu.Unlock()
 
@@ -396,6 +475,9 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 
 	u.mu.Lock()
 	u.growing -= size
+	if i := slices.Index(u.growingIDs, id); i >= 0 {
+		u.growingIDs = slices.Delete(u.growingIDs, i, i+1)
+	}
 	if u.closed {
 		// Close did not see these; unmap them here.
 		for _, d := range drops {

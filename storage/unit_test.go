@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -970,5 +971,162 @@ func TestStaleGenerationRefused(t *testing.T) {
 	wantErr(t, "Free(stale)", u.Free([]engine.RemoteAddr{old}), engine.ErrNotFound)
 	if _, err := u.Acquire([]engine.RemoteAddr{fresh}); err != nil {
 		t.Fatalf("current address refused: %v", err)
+	}
+}
+
+// TestIdentity: every unit draws its own nonzero incarnation; SetID
+// renames the unit in its errors and stats and keeps its cluster.
+func TestIdentity(t *testing.T) {
+	seen := map[uint64]bool{}
+	for range 8 {
+		u := newTestUnit(t, testConfig())
+		if inc := u.Incarnation(); inc == 0 || seen[inc] {
+			t.Fatalf("incarnation %#x (seen before: %v)", inc, seen[inc])
+		}
+		seen[u.Incarnation()] = true
+	}
+	u := newTestUnit(t, testConfig())
+	inc := u.Incarnation()
+	if u.ID() != 1 || u.ClusterID() != "" {
+		t.Fatalf("new unit: id %d, cluster %q; want 1, \"\"", u.ID(), u.ClusterID())
+	}
+	u.setIdentity(1, "c1")
+	u.SetID(42)
+	if u.ID() != 42 || u.ClusterID() != "c1" || u.Incarnation() != inc {
+		t.Errorf("after SetID(42): id %d, cluster %q, incarnation %#x; want 42, c1, %#x", u.ID(), u.ClusterID(), u.Incarnation(), inc)
+	}
+	err := u.Free([]engine.RemoteAddr{{Segment: 9, Gen: 1, Len: 1}})
+	var op *engine.OpError
+	if !errors.As(err, &op) || op.Peer != "unit 42" {
+		t.Errorf("Free error %v does not name unit 42", err)
+	}
+}
+
+// lowerMaxGen makes segments run out of generations after n extents for
+// the rest of the test.
+func lowerMaxGen(t *testing.T, n uint32) {
+	old := maxGen
+	maxGen = n
+	t.Cleanup(func() { maxGen = old })
+}
+
+// TestGenerationsPerSegment: generations count per segment; a segment
+// that handed out its last one takes no new extent and is dropped once
+// its extents are gone.
+func TestGenerationsPerSegment(t *testing.T) {
+	lowerMaxGen(t, 3)
+	cfg := testConfig()
+	cfg.SegmentSize = 256 << 10
+	cfg.Capacity = 512 << 10
+	u := newTestUnit(t, cfg)
+	var first []engine.RemoteAddr
+	for i := range 3 {
+		a := put(t, u, pattern(uint64(i), 1000))[0]
+		if a.Segment != 1 || a.Gen != uint32(i+1) {
+			t.Fatalf("extent %d at segment %d gen %d, want segment 1 gen %d", i, a.Segment, a.Gen, i+1)
+		}
+		first = append(first, a)
+	}
+	next := put(t, u, pattern(9, 1000))[0]
+	if next.Segment != 2 || next.Gen != 1 {
+		t.Fatalf("the 4th extent at segment %d gen %d, want segment 2 gen 1 (segment 1 is exhausted)", next.Segment, next.Gen)
+	}
+	if err := u.Free(first[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(u.Segments()); got != 2 {
+		t.Fatalf("%d segments while segment 1 holds an extent, want 2", got)
+	}
+	l, err := u.Acquire(first[2:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.Free(first[2:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(u.Segments()); got != 2 {
+		t.Fatalf("%d segments while a lease holds segment 1, want 2", got)
+	}
+	l.Release()
+	segs := u.Segments()
+	if len(segs) != 1 || segs[0].ID != 2 {
+		t.Fatalf("segments %v after segment 1 emptied, want only segment 2", segs)
+	}
+	if st := u.Stats(); st.Mapped != 256<<10 {
+		t.Errorf("mapped %d after dropping segment 1, want %d", st.Mapped, 256<<10)
+	}
+	if _, err := u.Acquire(first[:1]); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("Acquire in the dropped segment: got %v, want %v", err, engine.ErrNotFound)
+	}
+	// The capacity came back: a segment of the configured size fits again.
+	a := put(t, u, pattern(10, 200<<10))[0]
+	if a.Segment != 3 || a.Gen != 1 {
+		t.Errorf("after the drop: extent at segment %d gen %d, want segment 3 gen 1", a.Segment, a.Gen)
+	}
+}
+
+// TestGenerationsUnique: with few generations per segment, random puts,
+// aborts and frees never hand out one (segment, generation) twice, and
+// exhausted segments give their capacity back once emptied.
+func TestGenerationsUnique(t *testing.T) {
+	lowerMaxGen(t, 5)
+	cfg := testConfig()
+	cfg.SegmentSize = 128 << 10
+	cfg.Capacity = 512 << 10
+	u := newTestUnit(t, cfg)
+	rng := rand.New(rand.NewPCG(7, 7))
+	seen := map[[2]uint32]bool{}
+	var live []engine.RemoteAddr
+	waits := 0
+	for range 2000 {
+		if len(live) > 0 && (len(live) > 12 || rng.IntN(2) == 0) {
+			i := rng.IntN(len(live))
+			if err := u.Free(live[i : i+1]); err != nil {
+				t.Fatal(err)
+			}
+			live = slices.Delete(live, i, i+1)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+		r, err := u.Reserve(ctx, []int64{1 + rng.Int64N(40<<10)})
+		cancel()
+		if errors.Is(err, engine.ErrCapacity) && len(live) > 0 {
+			// Every segment is exhausted and still holds an extent: only
+			// a free brings capacity back.
+			waits++
+			if err := u.Free(live[:1]); err != nil {
+				t.Fatal(err)
+			}
+			live = live[1:]
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := r.Addr(0)
+		key := [2]uint32{a.Segment, a.Gen}
+		if seen[key] || a.Gen == 0 || a.Gen > maxGen {
+			t.Fatalf("segment %d gen %d handed out twice or out of range", a.Segment, a.Gen)
+		}
+		seen[key] = true
+		if rng.IntN(4) == 0 {
+			r.Abort()
+			continue
+		}
+		if err := r.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		live = append(live, a)
+	}
+	t.Logf("%d extents in %d segments; %d reservations waited for exhausted segments to go", len(seen), len(u.Segments()), waits)
+	if err := u.Free(live); err != nil {
+		t.Fatal(err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range u.segs {
+		if s.gen == maxGen {
+			t.Errorf("segment %d is exhausted and empty but still mapped", s.id)
+		}
 	}
 }

@@ -73,15 +73,15 @@ func TestTrustPeerCred(t *testing.T) {
 }
 
 // TestCheckHello: CheckHello runs after authentication only; its error
-// is the HELLO's error reply, with its code.
+// is the HELLO's error reply, with its code, and its Hello the answer.
 func TestCheckHello(t *testing.T) {
 	var checked atomic.Int64
-	check := func(p *wirepb.Hello) error {
+	check := func(p *wirepb.Hello) (*wirepb.Hello, error) {
 		checked.Add(1)
 		if p.Name != "unit 3" {
-			return fmt.Errorf("this is unit 3, the client expects %s: %w", p.Name, engine.ErrNotFound)
+			return nil, fmt.Errorf("this is unit 3, the client expects %s: %w", p.Name, engine.ErrNotFound)
 		}
-		return nil
+		return &wirepb.Hello{Role: "unit", UnitId: 3}, nil
 	}
 	_, addr := startServer(t, ServerConfig{Token: "s3cret", CheckHello: check}, "tcp")
 	for _, tc := range []struct {
@@ -93,9 +93,12 @@ func TestCheckHello(t *testing.T) {
 		{"s3cret", "unit 4", engine.ErrNotFound, 1},
 		{"s3cret", "unit 3", nil, 2},
 	} {
-		c, _, err := Dial(t.Context(), addr, &wirepb.Hello{Token: tc.token, Name: tc.name}, ConnConfig{})
+		c, reply, err := Dial(t.Context(), addr, &wirepb.Hello{Token: tc.token, Name: tc.name}, ConnConfig{})
 		if c != nil {
 			c.Close()
+		}
+		if err == nil && reply.UnitId != 3 {
+			t.Errorf("answer %v, want CheckHello's (unit 3)", reply)
 		}
 		if !errors.Is(err, tc.want) || (tc.want == engine.ErrNotFound && !strings.Contains(err.Error(), "expects unit 4")) {
 			t.Errorf("token %q, name %q: got %v, want %v", tc.token, tc.name, err, tc.want)

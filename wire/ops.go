@@ -40,7 +40,7 @@ const (
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
 	OpHeartbeat Op = 49
-	OpUnitSync  Op = 50
+	OpUnitSync  Op = 50 // a unit's long poll for cells to free
 	OpReconcile Op = 51
 
 	// Client → storage unit (data plane): 64–95.

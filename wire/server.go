@@ -59,10 +59,12 @@ type ServerConfig struct {
 	// when one is set.
 	TrustPeerCred bool
 	// CheckHello, if set, runs on the peer's Hello once the peer has
-	// authenticated; an error is sent as the HELLO's error reply (its code
-	// from [CodeOf]) and the connection closed. A storage unit refuses
+	// authenticated and returns the server's answer (nil: Hello); an error
+	// is sent as the HELLO's error reply (its code from [CodeOf]) and the
+	// connection closed. A storage unit answers with its current identity
+	// (its id changes when the controller re-identifies it) and refuses
 	// clients that expect another unit with it.
-	CheckHello func(peer *wirepb.Hello) error
+	CheckHello func(peer *wirepb.Hello) (*wirepb.Hello, error)
 	// MaxInFlight bounds concurrent requests per connection (0: 1024).
 	MaxInFlight int
 	// MaxConns bounds the connections the server holds open, those still
@@ -825,14 +827,19 @@ func (c *serverConn) handshake() error {
 		rw.Error(err)
 		return err
 	}
+	answer := c.s.cfg.Hello
 	if check := c.s.cfg.CheckHello; check != nil {
-		if err := check(&hello); err != nil {
+		h, err := check(&hello)
+		if err != nil {
 			rw.Error(err)
 			return err
 		}
+		if h != nil {
+			answer = h
+		}
 	}
 	c.peer = &hello
-	reply := proto.Clone(c.s.cfg.Hello).(*wirepb.Hello)
+	reply := proto.Clone(answer).(*wirepb.Hello)
 	reply.Version = Version
 	rw.Reply(reply, nil, nil)
 	return nil

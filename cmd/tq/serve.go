@@ -263,20 +263,22 @@ func (s *server) startController() error {
 
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name}
-	id, err := storage.AssignID(ctx, controllerAddr, jcfg)
-	if errors.Is(err, wire.ErrUnauthenticated) {
-		return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, $%s, or its token file in --data-dir): %w",
-			controllerAddr, s.cfg.tokenFrom, auth.EnvToken, err)
-	}
-	if err != nil {
-		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
-	}
 	scfg := storage.DefaultConfig()
 	scfg.Capacity = int64(s.cfg.Capacity)
 	scfg.HugePages = s.cfg.HugePages
-	u, err := storage.NewUnit(id, scfg)
+	// The unit exists before it registers: its incarnation is drawn here.
+	u, err := storage.NewUnit(0, scfg)
 	if err != nil {
-		return fmt.Errorf("storage unit %d: %w", id, err)
+		return fmt.Errorf("storage unit: %w", err)
+	}
+	id, err := storage.AssignID(ctx, controllerAddr, u, jcfg)
+	if err != nil {
+		u.Close()
+		if errors.Is(err, wire.ErrUnauthenticated) {
+			return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, $%s, or its token file in --data-dir): %w",
+				controllerAddr, s.cfg.tokenFrom, auth.EnvToken, err)
+		}
+		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
 	ru := &runningUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name})}
 	s.units = append(s.units, ru)

@@ -126,7 +126,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	if !t.conns.Add(c) {
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
-	if err := c.dial(ctx, peer.Unit); err != nil {
+	if err := c.dial(ctx, peer.Unit, peer.Incarnation); err != nil {
 		c.Close()
 		return nil, c.opErr("dial", err)
 	}
@@ -164,8 +164,10 @@ type Conn struct {
 
 var _ engine.DataConn = (*Conn)(nil)
 
-func (c *Conn) dial(ctx context.Context, unit engine.UnitID) error {
-	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name}
+func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
+	// The unit refuses the handshake if it is not the one meant (another
+	// id, or a later run of it).
+	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name, UnitId: uint32(unit), Incarnation: inc}
 	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
 	if err != nil {
 		return err
@@ -183,6 +185,8 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID) error {
 		return fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
 	case unit != 0 && engine.UnitID(reply.UnitId) != unit:
 		return fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, unit, engine.ErrLost)
+	case inc != 0 && reply.Incarnation != inc:
+		return fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w", reply.UnitId, c.addr, reply.Incarnation, inc, engine.ErrLost)
 	case reply.HostId != hostid.ID():
 		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
 	}

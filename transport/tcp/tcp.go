@@ -144,6 +144,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 		cfg:   t.cfg,
 		addr:  peer.Addr,
 		unit:  peer.Unit,
+		inc:   peer.Incarnation,
 		done:  make(chan struct{}),
 		slots: make([]slot, t.cfg.Conns),
 	}
@@ -173,6 +174,7 @@ type Conn struct {
 	cfg  Config
 	addr string
 	unit engine.UnitID
+	inc  uint64 // the unit's incarnation (0: any)
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -300,7 +302,10 @@ func (c *Conn) dial(ctx context.Context) (*wire.Conn, error) {
 		case <-ctx.Done():
 		}
 	}()
-	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name}
+	// The unit refuses the handshake if it is not the one meant (another
+	// id, or a later run of it): the connection is bound to that unit
+	// process for its life.
+	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name, UnitId: uint32(c.unit), Incarnation: c.inc}
 	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
 	if err != nil {
 		return nil, err
@@ -310,6 +315,8 @@ func (c *Conn) dial(ctx context.Context) (*wire.Conn, error) {
 		err = fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
 	case c.unit != 0 && engine.UnitID(reply.UnitId) != c.unit:
 		err = fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, c.unit, engine.ErrLost)
+	case c.inc != 0 && reply.Incarnation != c.inc:
+		err = fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w", reply.UnitId, c.addr, reply.Incarnation, c.inc, engine.ErrLost)
 	}
 	if err != nil {
 		wc.Close()

@@ -1,0 +1,410 @@
+package storage
+
+// Reconciliation: the unit and the controller agree on which extents hold
+// cells (RECONCILE, wire/spec.md). The unit reports committed extents; the
+// controller answers with those no cell references, which the unit frees,
+// and fences each reported segment: it refuses from then on any commit
+// naming a range of that segment at or below the fence's generation, so a
+// late commit never names memory the unit freed.
+//
+// The fence of a segment is the highest generation G such that no extent
+// of the segment with a generation at or below G is in flight:
+//
+//	in flight   reserved (an open reservation, or a WRITE being read in), or
+//	            committed less than the grace ago and not confirmed (its
+//	            client may still be committing it to the controller)
+//
+//	segment 3   gen 1 committed, confirmed      fence = 3: gens 1–3 are
+//	            gen 2 freed                     settled, 4 is in flight, and
+//	            gen 3 committed long ago        every extent placed later
+//	            gen 4 reserved                  gets a generation above 4
+//	            gen 5 committed just now
+//
+// It is computed exactly by a scan of the segment's extents, under the
+// unit's lock. A fence stays true as time passes: extents only leave
+// flight, and new ones get higher generations.
+//
+// A full reconcile reports every committed extent, page by page, each
+// page covering whole segments (ReconcileFull); a periodic one reports
+// the extents committed at least the grace ago that the controller has
+// not confirmed yet (ReconcilePeriodic). ApplyReconcile applies the
+// answer: it frees the reported extents the controller lists, and marks
+// the other reported ones confirmed, so a periodic reconcile never
+// reports them again. Only extents at or below their segment's fence
+// count: the controller may judge nothing above it (a commit may still
+// come), so such an extent is neither freed nor confirmed.
+//
+// An extent's commit time and confirmed flag are all the data path pays:
+// Commit stores the time it reads anyway, under the lock it holds anyway.
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// SegmentFence is a segment's fence in a reconcile report: no extent of
+// the segment with a generation at or below Gen is in flight.
+type SegmentFence struct {
+	Segment uint32
+	Gen     uint32
+}
+
+// ReconcileReport is the content of one RECONCILE request (see
+// wirepb.ReconcileRequest), built by [Unit.ReconcileFull] or
+// [Unit.ReconcilePeriodic] and answered through [Unit.ApplyReconcile].
+type ReconcileReport struct {
+	// Full: Segments are covered completely (Extents lists every
+	// committed extent in them).
+	Full     bool
+	Segments []uint32
+	// Extents are whole committed extents; their Unit is 0.
+	Extents []engine.RemoteAddr
+	// Fences has one entry per covered segment (Full) or per segment of
+	// Extents, in segment order.
+	Fences []SegmentFence
+	// Last is set on the last page of a full reconcile, which also lists
+	// every live segment and the next segment id the unit would assign.
+	Last         bool
+	LiveSegments []uint32
+	NextSegment  uint32
+}
+
+// DefaultReconcilePage is the most extents a reconcile report lists
+// unless told otherwise (a segment with more is a page of its own): a
+// page stays well under a megabyte on the wire.
+const DefaultReconcilePage = 16384
+
+// nowNs returns the time in nanoseconds since the unit's epoch, the clock
+// of extents' commit times.
+func (u *Unit) nowNs() int64 { return int64(time.Since(u.epoch)) }
+
+// inFlight reports whether e is reserved, or committed less than grace
+// (nanoseconds) before now and not confirmed.
+func inFlight(e *extent, now, grace int64) bool {
+	switch e.state {
+	case extentReserved:
+		return true
+	case extentCommitted:
+		return !e.confirmed && now-e.committed < grace
+	}
+	return false
+}
+
+// reportable reports whether e is a committed extent whose cells hold it:
+// committed, and not every byte freed (one that is kept only by a lease
+// was freed already and is not the controller's to judge).
+func reportable(e *extent) bool {
+	return e.state == extentCommitted && len(e.live) > 0
+}
+
+// fenceLocked returns s's fence at now.
+func fenceLocked(s *segment, now, grace int64) uint32 {
+	fence := s.gen
+	s.index.Ascend(func(e *extent) bool {
+		if e.gen <= fence && inFlight(e, now, grace) {
+			fence = e.gen - 1
+		}
+		return true
+	})
+	return fence
+}
+
+func extentAddr(e *extent) engine.RemoteAddr {
+	return engine.RemoteAddr{Segment: e.seg.id, Gen: e.gen, Offset: uint64(e.off), Len: uint64(e.size)}
+}
+
+// liveIDsLocked returns the ids of the unit's segments, those being
+// mapped included, in order.
+func (u *Unit) liveIDsLocked() []uint32 {
+	ids := make([]uint32, 0, len(u.segs)+len(u.growingIDs))
+	for _, s := range u.segs {
+		ids = append(ids, s.id)
+	}
+	ids = append(ids, u.growingIDs...)
+	slices.Sort(ids)
+	return ids
+}
+
+// ReconcileFull returns the page of a full reconcile that starts at
+// segment id from (0 for the first page), and the from of the next page.
+// A page covers whole segments in id order and lists at most maxExtents
+// extents (0: [DefaultReconcilePage]), unless one segment alone has more:
+// that segment is then a page of its own. Extents committed less than
+// grace ago and not confirmed are in flight and keep their segment's
+// fence below them. The last page (Last) also lists every segment the
+// unit has, those being mapped included, and the next id it would assign.
+//
+// Send the pages in order and apply each answer with [Unit.ApplyReconcile]
+// before building the next. After [Unit.Close] it returns an error
+// wrapping [engine.ErrClosed].
+func (u *Unit) ReconcileFull(from uint32, grace time.Duration, maxExtents int) (ReconcileReport, uint32, error) {
+	if maxExtents <= 0 {
+		maxExtents = DefaultReconcilePage
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return ReconcileReport{}, from, u.opErr("reconcile", engine.ErrClosed)
+	}
+	now := u.nowNs()
+	rep := ReconcileReport{Full: true, Extents: make([]engine.RemoteAddr, 0, min(u.extents, maxExtents))}
+	var segs []*segment
+	for _, s := range u.segs {
+		if s.id >= from {
+			segs = append(segs, s)
+		}
+	}
+	slices.SortFunc(segs, func(a, b *segment) int { return cmp.Compare(a.id, b.id) })
+	next := from
+	for _, s := range segs {
+		// s.extents bounds the extents s reports.
+		if len(rep.Segments) > 0 && len(rep.Extents)+s.extents > maxExtents {
+			return rep, next, nil
+		}
+		rep.Segments = append(rep.Segments, s.id)
+		rep.Fences = append(rep.Fences, SegmentFence{Segment: s.id, Gen: fenceLocked(s, now, int64(grace))})
+		s.index.Ascend(func(e *extent) bool {
+			if reportable(e) {
+				rep.Extents = append(rep.Extents, extentAddr(e))
+			}
+			return true
+		})
+		next = s.id + 1
+	}
+	rep.Last = true
+	rep.LiveSegments = u.liveIDsLocked()
+	rep.NextSegment = u.lastID + 1
+	return rep, next, nil
+}
+
+// ReconcilePeriodic returns the report of a periodic reconcile: at most
+// maxExtents (0: [DefaultReconcilePage]) committed extents the controller
+// has not confirmed, committed at least grace ago and at or below their
+// segment's fence, with the fences of their segments. An empty report
+// means there is nothing to send. It locks the unit one segment at a
+// time. After [Unit.Close] it returns an error wrapping
+// [engine.ErrClosed].
+func (u *Unit) ReconcilePeriodic(grace time.Duration, maxExtents int) (ReconcileReport, error) {
+	if maxExtents <= 0 {
+		maxExtents = DefaultReconcilePage
+	}
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return ReconcileReport{}, u.opErr("reconcile", engine.ErrClosed)
+	}
+	segs := slices.Clone(u.segs)
+	u.mu.Unlock()
+	slices.SortFunc(segs, func(a, b *segment) int { return cmp.Compare(a.id, b.id) })
+	var rep ReconcileReport
+	for _, s := range segs {
+		if len(rep.Extents) >= maxExtents {
+			break
+		}
+		u.mu.Lock()
+		if u.closed || s.retired || u.byID[s.id] != s {
+			u.mu.Unlock()
+			continue
+		}
+		now := u.nowNs()
+		fence := fenceLocked(s, now, int64(grace))
+		n := len(rep.Extents)
+		s.index.Ascend(func(e *extent) bool {
+			if reportable(e) && !e.confirmed && e.gen <= fence && now-e.committed >= int64(grace) {
+				rep.Extents = append(rep.Extents, extentAddr(e))
+			}
+			return len(rep.Extents) < maxExtents
+		})
+		u.mu.Unlock()
+		if len(rep.Extents) > n {
+			rep.Fences = append(rep.Fences, SegmentFence{Segment: s.id, Gen: fence})
+		}
+	}
+	return rep, nil
+}
+
+// ApplyReconcile applies the controller's answer to rep: free lists the
+// reported extents that no cell references. Each one is freed whole (its
+// cells' bytes that are still live; a lease keeps the memory until it is
+// released) when it was reported in rep, is at or below its segment's
+// fence in rep, and is still the same committed extent (not gone, and not
+// another generation since); anything else in free is skipped. Every
+// other reported extent at or below its fence is marked confirmed. It
+// returns the number of extents freed; after [Unit.Close], an error
+// wrapping [engine.ErrClosed].
+//
+// keep gives, for reported extents the controller finds referenced only in
+// part, the ranges still referenced: every other byte of such an extent is
+// freed (leniently), so bytes whose frees were lost (a controller that
+// restarted with frees still queued) come back too.
+func (u *Unit) ApplyReconcile(rep ReconcileReport, free, keep []engine.RemoteAddr) (int, error) {
+	type key struct {
+		seg, gen uint32
+		off      uint64
+	}
+	fences := make(map[uint32]uint32, len(rep.Fences))
+	for _, f := range rep.Fences {
+		fences[f.Segment] = f.Gen
+	}
+	judged := func(a engine.RemoteAddr) bool {
+		f, ok := fences[a.Segment]
+		return ok && a.Gen <= f
+	}
+	listed := make(map[key]bool, len(rep.Extents))
+	for _, a := range rep.Extents {
+		if judged(a) {
+			listed[key{a.Segment, a.Gen, a.Offset}] = true
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return 0, u.opErr("reconcile", fmt.Errorf("%d extents: %w", len(free), engine.ErrClosed))
+	}
+	freed := 0
+	for _, a := range free {
+		k := key{a.Segment, a.Gen, a.Offset}
+		if !listed[k] {
+			continue // not reported, above the fence, or listed twice
+		}
+		delete(listed, k)
+		if e := u.extentAt(a); e != nil && reportable(e) {
+			u.killAll(e)
+			freed++
+		}
+	}
+	type segGen struct{ seg, gen uint32 }
+	kept := make(map[segGen][]engine.RemoteAddr)
+	for _, k := range keep {
+		kept[segGen{k.Segment, k.Gen}] = append(kept[segGen{k.Segment, k.Gen}], k)
+	}
+	released := false
+	for _, a := range rep.Extents {
+		if !listed[key{a.Segment, a.Gen, a.Offset}] {
+			continue
+		}
+		e := u.extentAt(a)
+		if e == nil || e.state != extentCommitted {
+			continue
+		}
+		if ks := kept[segGen{a.Segment, a.Gen}]; len(ks) > 0 {
+			// Referenced in part: free the bytes between the kept ranges.
+			slices.SortFunc(ks, func(x, y engine.RemoteAddr) int { return cmp.Compare(x.Offset, y.Offset) })
+			at, end := a.Offset, a.Offset+a.Len
+			var gaps []engine.RemoteAddr
+			for _, k := range ks {
+				if k.Offset+k.Len <= at || k.Offset >= end {
+					continue
+				}
+				if k.Offset > at {
+					gaps = append(gaps, engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: at, Len: k.Offset - at})
+				}
+				at = max(at, k.Offset+k.Len)
+			}
+			if at < end {
+				gaps = append(gaps, engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: at, Len: end - at})
+			}
+			for _, g := range gaps {
+				var rel bool
+				if e, _, rel = u.freeRangeLocked(g, e); rel {
+					released = true
+					break
+				}
+			}
+			if e == nil {
+				continue
+			}
+		}
+		e.confirmed = true
+	}
+	if freed > 0 || released {
+		u.signal()
+	}
+	return freed, nil
+}
+
+// extentAt returns the extent that starts at a's offset in a's segment
+// with a's generation, or nil.
+func (u *Unit) extentAt(a engine.RemoteAddr) *extent {
+	s := u.byID[a.Segment]
+	if s == nil || a.Offset > uint64(len(s.mem)) {
+		return nil
+	}
+	u.probe.off = int64(a.Offset)
+	e, ok := s.index.Get(&u.probe)
+	if !ok || e.gen != a.Gen {
+		return nil
+	}
+	return e
+}
+
+// killAll frees every live byte of a committed extent: the cells' hold
+// on it goes, and with it the extent unless a lease keeps it.
+func (u *Unit) killAll(e *extent) {
+	e.live = e.live[:0]
+	if e.refs--; e.refs == 0 {
+		u.release(e, true)
+	}
+}
+
+// FreeRanges frees cell ranges that the controller no longer references
+// (UNIT_SYNC): like [Unit.Free], sub-ranges of committed extents, an
+// extent going back to the pool once all its bytes are freed and no lease
+// holds it. Unlike Free, each range stands on its own and nothing is an
+// error: a range not inside a committed extent of its generation is
+// skipped, and of a range whose bytes were partly freed already only the
+// live bytes are freed, so the same ranges may be applied twice (a reply
+// delivered again after a reconnect) or after a reconcile freed their
+// extent. Ranges of length 0 are skipped. It returns the number of ranges
+// that freed bytes; after [Unit.Close], an error wrapping
+// [engine.ErrClosed].
+func (u *Unit) FreeRanges(ranges []engine.RemoteAddr) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return 0, u.opErr("free", fmt.Errorf("%d ranges: %w", len(ranges), engine.ErrClosed))
+	}
+	freed, released := 0, false
+	var e *extent
+	for _, a := range ranges {
+		var ok, rel bool
+		e, ok, rel = u.freeRangeLocked(a, e)
+		if ok {
+			freed++
+		}
+		released = released || rel
+	}
+	if released {
+		u.signal()
+	}
+	return freed, nil
+}
+
+// freeRangeLocked frees range a (leniently: a range not live, or not in a
+// committed extent of its generation, is skipped) and returns the extent
+// it lay in (a hint for the next range; nil once released), whether it
+// freed anything and whether the extent went back to the pool. u.mu is
+// held.
+func (u *Unit) freeRangeLocked(a engine.RemoteAddr, hint *extent) (e *extent, freed, released bool) {
+	if a.Len == 0 {
+		return hint, false, false
+	}
+	e, lo, hi, err := u.lookup(a, hint)
+	if err != nil {
+		return nil, false, false
+	}
+	if len(e.live) == 0 || !e.killRange(lo, hi) {
+		return e, false, false
+	}
+	if len(e.live) == 0 {
+		if e.refs--; e.refs == 0 {
+			u.release(e, true)
+			return nil, true, true
+		}
+	}
+	return e, true, false
+}

@@ -1,0 +1,531 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// TestReconcileFence walks the example of reconcile.go's comment: one
+// segment with a confirmed extent, a freed one, one committed long ago,
+// a reservation and one committed just now.
+func TestReconcileFence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const grace = time.Minute
+		u := newTestUnit(t, testConfig())
+		confirmed := put(t, u, pattern(1, 100))[0]
+		freed := put(t, u, pattern(2, 100))[0]
+		old := put(t, u, pattern(3, 100))[0]
+		if err := u.Free([]engine.RemoteAddr{freed}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(grace)
+		// The controller confirms the first: it references it.
+		rep := ReconcileReport{Extents: []engine.RemoteAddr{confirmed}, Fences: []SegmentFence{{1, 1}}}
+		if _, err := u.ApplyReconcile(rep, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		r := reserve(t, u, 100)
+		fresh := put(t, u, pattern(5, 100))[0]
+		if got := []uint32{confirmed.Gen, freed.Gen, old.Gen, r.Addr(0).Gen, fresh.Gen}; !slices.Equal(got, []uint32{1, 2, 3, 4, 5}) {
+			t.Fatalf("generations %v, want 1 to 5", got)
+		}
+
+		full, next, err := u.ReconcileFull(0, grace, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := ReconcileReport{
+			Full: true, Segments: []uint32{1}, Extents: []engine.RemoteAddr{confirmed, old, fresh},
+			Fences: []SegmentFence{{1, 3}}, Last: true, LiveSegments: []uint32{1}, NextSegment: 2,
+		}
+		if diff := cmp.Diff(want, full); diff != "" || next != 2 {
+			t.Errorf("full reconcile (-want +got), next %d:\n%s", next, diff)
+		}
+		periodic, err := u.ReconcilePeriodic(grace, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = ReconcileReport{Extents: []engine.RemoteAddr{old}, Fences: []SegmentFence{{1, 3}}}
+		if diff := cmp.Diff(want, periodic); diff != "" {
+			t.Errorf("periodic reconcile (-want +got):\n%s", diff)
+		}
+
+		// The reservation commits: the fence moves up to the fresh
+		// extent, which is in flight until the grace passes.
+		if err := r.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if full, _, _ = u.ReconcileFull(0, grace, 0); full.Fences[0].Gen != 3 {
+			t.Errorf("fence right after the commit: %d, want 3", full.Fences[0].Gen)
+		}
+		time.Sleep(grace)
+		if full, _, _ = u.ReconcileFull(0, grace, 0); full.Fences[0].Gen != 5 {
+			t.Errorf("fence after the grace: %d, want 5", full.Fences[0].Gen)
+		}
+	})
+}
+
+// model of one extent for the reconcile property test.
+type mExtent struct {
+	addr      engine.RemoteAddr
+	r         *Reservation // while reserved
+	state     extentState  // 0: gone
+	committed time.Time
+	confirmed bool
+}
+
+// reconcileModel tracks every extent a test made on a unit.
+type reconcileModel struct {
+	u     *Unit
+	exts  []*mExtent
+	grace time.Duration
+}
+
+// segGen returns segment seg's generation counter: the highest handed
+// out, which may be one the model never saw (a reservation that found no
+// room gives its extents back, but not their generations).
+func (m *reconcileModel) segGen(t *testing.T, seg uint32) uint32 {
+	t.Helper()
+	m.u.mu.Lock()
+	defer m.u.mu.Unlock()
+	s := m.u.byID[seg]
+	if s == nil {
+		t.Fatalf("no segment %d", seg)
+	}
+	for _, e := range m.exts {
+		if e.addr.Segment == seg && e.addr.Gen > s.gen {
+			t.Fatalf("segment %d handed out generation %d, counts %d", seg, e.addr.Gen, s.gen)
+		}
+	}
+	return s.gen
+}
+
+func (m *reconcileModel) inFlight(e *mExtent, now time.Time) bool {
+	return e.state == extentReserved || e.state == extentCommitted && !e.confirmed && now.Sub(e.committed) < m.grace
+}
+
+// fence is the model's fence of segment seg.
+func (m *reconcileModel) fence(t *testing.T, seg uint32, now time.Time) uint32 {
+	t.Helper()
+	f := m.segGen(t, seg)
+	for _, e := range m.exts {
+		if e.addr.Segment == seg && m.inFlight(e, now) && e.addr.Gen <= f {
+			f = e.addr.Gen - 1
+		}
+	}
+	return f
+}
+
+// checkFences fails unless every fence of rep is the model's, and so
+// below every extent in flight in its segment.
+func (m *reconcileModel) checkFences(t *testing.T, rep ReconcileReport, now time.Time) {
+	t.Helper()
+	for _, f := range rep.Fences {
+		for _, e := range m.exts {
+			if e.addr.Segment == f.Segment && m.inFlight(e, now) && e.addr.Gen <= f.Gen {
+				t.Fatalf("fence %d of segment %d is at or above generation %d, in flight (state %d)", f.Gen, f.Segment, e.addr.Gen, e.state)
+			}
+		}
+		if want := m.fence(t, f.Segment, now); f.Gen != want {
+			t.Fatalf("fence of segment %d is %d, want %d", f.Segment, f.Gen, want)
+		}
+	}
+}
+
+// TestReconcileProperty drives a unit with random reservations, commits,
+// aborts, frees, time and reconciles against a model: fences are exact
+// (never at or above an extent in flight), reports hold exactly what
+// they should, and applying an answer — even one naming extents it must
+// not free — frees only reported extents at or below their fence, never a
+// reserved or unlisted one.
+func TestReconcileProperty(t *testing.T) {
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) { reconcileProperty(t, seed) })
+		})
+	}
+}
+
+func reconcileProperty(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 99))
+	cfg := testConfig()
+	cfg.SegmentSize = minSegmentSize
+	cfg.Capacity = 1 << 20
+	cfg.ReserveTimeout = 24 * time.Hour
+	u := newTestUnit(t, cfg)
+	m := &reconcileModel{u: u, grace: 10 * time.Second}
+	pick := func(state extentState) *mExtent {
+		var c []*mExtent
+		for _, e := range m.exts {
+			if e.state == state {
+				c = append(c, e)
+			}
+		}
+		if len(c) == 0 {
+			return nil
+		}
+		return c[rng.IntN(len(c))]
+	}
+	for step := range 600 {
+		switch op := rng.IntN(10); {
+		case op < 3: // reserve
+			sizes := make([]int64, 1+rng.IntN(3))
+			for i := range sizes {
+				sizes[i] = 1 + rng.Int64N(16<<10)
+			}
+			// Full: give up after a (fake) second, long before the
+			// reaper would expire the open reservations.
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			r, err := u.Reserve(ctx, sizes)
+			cancel()
+			if errors.Is(err, engine.ErrCapacity) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range sizes {
+				a := r.Addr(i)
+				m.exts = append(m.exts, &mExtent{addr: a, r: r, state: extentReserved})
+			}
+		case op < 5: // commit or abort a reservation
+			e := pick(extentReserved)
+			if e == nil {
+				continue
+			}
+			r := e.r
+			commit := rng.IntN(4) != 0
+			if commit {
+				if err := r.Commit(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				r.Abort()
+			}
+			for _, x := range m.exts {
+				if x.r == r {
+					x.r = nil
+					if commit {
+						x.state, x.committed = extentCommitted, time.Now()
+					} else {
+						x.state = 0
+					}
+				}
+			}
+		case op < 6: // a client frees a committed extent's cells
+			e := pick(extentCommitted)
+			if e == nil {
+				continue
+			}
+			if err := u.Free([]engine.RemoteAddr{e.addr}); err != nil {
+				t.Fatal(err)
+			}
+			e.state = 0
+		case op < 8:
+			time.Sleep(time.Duration(rng.Int64N(int64(m.grace))))
+		default:
+			reconcileStep(t, u, m, rng, rng.IntN(2) == 0)
+		}
+		checkModel(t, u, m, step)
+	}
+	for _, e := range m.exts {
+		if e.r != nil {
+			e.r.Abort()
+		}
+	}
+}
+
+// reconcileStep runs a full or periodic reconcile against the model and
+// answers it like a controller that references a random half of what it
+// is told about, and also names extents it must not free.
+func reconcileStep(t *testing.T, u *Unit, m *reconcileModel, rng *rand.Rand, full bool) {
+	t.Helper()
+	maxExtents := 1 + rng.IntN(6)
+	var from uint32
+	var covered []uint32
+	for {
+		now := time.Now()
+		var rep ReconcileReport
+		var err error
+		if full {
+			rep, from, err = u.ReconcileFull(from, m.grace, maxExtents)
+		} else {
+			rep, err = u.ReconcilePeriodic(m.grace, maxExtents)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.checkFences(t, rep, now)
+		checkReport(t, m, rep, now, maxExtents)
+		covered = append(covered, rep.Segments...)
+		if full && rep.Last {
+			var live []uint32
+			for _, s := range u.Segments() {
+				live = append(live, s.ID)
+			}
+			slices.Sort(live)
+			if !slices.Equal(rep.LiveSegments, live) || !slices.Equal(covered, live) {
+				t.Fatalf("full reconcile covered %v, last page lists %v live, unit has %v", covered, rep.LiveSegments, live)
+			}
+		}
+
+		// The answer: a random half of the reported extents, plus
+		// extents that were not reported (reserved, committed or gone).
+		fences := map[uint32]uint32{}
+		for _, f := range rep.Fences {
+			fences[f.Segment] = f.Gen
+		}
+		reported := map[engine.RemoteAddr]bool{}
+		var free []engine.RemoteAddr
+		for _, a := range rep.Extents {
+			reported[a] = true
+			if rng.IntN(2) == 0 {
+				free = append(free, a)
+			}
+		}
+		for _, e := range m.exts {
+			if !reported[e.addr] && rng.IntN(8) == 0 {
+				free = append(free, e.addr)
+			}
+		}
+		rng.Shuffle(len(free), func(i, j int) { free[i], free[j] = free[j], free[i] })
+		wantFreed := 0
+		inFree := map[engine.RemoteAddr]bool{}
+		for _, a := range free {
+			inFree[a] = true
+		}
+		for _, e := range m.exts {
+			if !reported[e.addr] || e.state != extentCommitted {
+				continue
+			}
+			if f, ok := fences[e.addr.Segment]; !ok || e.addr.Gen > f {
+				continue // above its fence: not judged
+			}
+			if inFree[e.addr] {
+				e.state = 0
+				wantFreed++
+			} else {
+				e.confirmed = true
+			}
+		}
+		got, err := u.ApplyReconcile(rep, free, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != wantFreed {
+			t.Fatalf("ApplyReconcile freed %d extents, want %d", got, wantFreed)
+		}
+		if !full || rep.Last {
+			return
+		}
+	}
+}
+
+// checkReport fails unless rep lists exactly the extents it should.
+func checkReport(t *testing.T, m *reconcileModel, rep ReconcileReport, now time.Time, maxExtents int) {
+	t.Helper()
+	var want []engine.RemoteAddr
+	if rep.Full {
+		if len(rep.Extents) > maxExtents && len(rep.Segments) != 1 {
+			t.Fatalf("a page of %d segments lists %d extents, more than %d", len(rep.Segments), len(rep.Extents), maxExtents)
+		}
+		for _, e := range m.exts {
+			if e.state == extentCommitted && slices.Contains(rep.Segments, e.addr.Segment) {
+				want = append(want, e.addr)
+			}
+		}
+		var fenced []uint32
+		for _, f := range rep.Fences {
+			fenced = append(fenced, f.Segment)
+		}
+		if !slices.Equal(fenced, rep.Segments) {
+			t.Fatalf("page covers segments %v, fences %v", rep.Segments, fenced)
+		}
+	} else {
+		for _, e := range m.exts {
+			if e.state == extentCommitted && !e.confirmed && now.Sub(e.committed) >= m.grace && e.addr.Gen <= m.fence(t, e.addr.Segment, now) {
+				want = append(want, e.addr)
+			}
+		}
+	}
+	less := func(a, b engine.RemoteAddr) bool {
+		return a.Segment < b.Segment || a.Segment == b.Segment && a.Offset < b.Offset
+	}
+	if !rep.Full && len(want) > maxExtents {
+		// Capped: the first maxExtents in (segment, offset) order.
+		slices.SortFunc(want, func(a, b engine.RemoteAddr) int {
+			if less(a, b) {
+				return -1
+			}
+			return 1
+		})
+		want = want[:maxExtents]
+	}
+	if diff := cmp.Diff(want, rep.Extents, cmpopts.SortSlices(less), cmpopts.EquateEmpty()); diff != "" {
+		t.Fatalf("report (full %v) extents (-want +got):\n%s", rep.Full, diff)
+	}
+}
+
+// checkModel fails unless the unit holds exactly the model's extents in
+// their states.
+func checkModel(t *testing.T, u *Unit, m *reconcileModel, step int) {
+	t.Helper()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := 0
+	for _, e := range m.exts {
+		got := u.extentAt(e.addr)
+		switch {
+		case e.state == 0 && got != nil:
+			t.Fatalf("step %d: extent %v is gone in the model, the unit has it (state %d)", step, e.addr, got.state)
+		case e.state != 0 && (got == nil || got.state != e.state || got.confirmed != e.confirmed || e.state == extentCommitted && len(got.live) != 1):
+			t.Fatalf("step %d: extent %v: model state %d confirmed %v, unit %+v", step, e.addr, e.state, e.confirmed, got)
+		}
+		if e.state != 0 {
+			n++
+		}
+	}
+	if n != u.extents {
+		t.Fatalf("step %d: the model has %d extents, the unit %d", step, n, u.extents)
+	}
+}
+
+// TestFreeRangesProperty frees random ranges — cells, runs of cells,
+// ranges overlapping freed bytes, stale generations, nonsense — twice
+// each, against a model of each extent's live bytes: the second time
+// changes nothing, live bytes match the model, and an extent goes back to
+// the pool exactly when its last byte is freed and no lease holds it.
+func TestFreeRangesProperty(t *testing.T) {
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { freeRangesProperty(t, seed) })
+	}
+}
+
+func freeRangesProperty(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	u := newTestUnit(t, testConfig())
+	type mext struct {
+		addr  engine.RemoteAddr
+		live  []bool // per byte
+		lease *Lease
+		gone  bool
+	}
+	var exts []*mext
+	liveOf := func(e *mext) []span {
+		var out []span
+		for i, l := range e.live {
+			if !l {
+				continue
+			}
+			off := int64(e.addr.Offset) + int64(i)
+			if n := len(out); n > 0 && out[n-1].end == off {
+				out[n-1].end++
+			} else {
+				out = append(out, span{off, off + 1})
+			}
+		}
+		return out
+	}
+	for step := range 400 {
+		if len(exts) < 4 || rng.IntN(4) == 0 {
+			for _, a := range put(t, u, pattern(uint64(step), 1+rng.IntN(1500))) {
+				exts = append(exts, &mext{addr: a, live: slices.Repeat([]bool{true}, int(a.Len))})
+			}
+		}
+		var ranges []engine.RemoteAddr
+		for range 1 + rng.IntN(5) {
+			e := exts[rng.IntN(len(exts))]
+			lo := rng.Uint64N(e.addr.Len)
+			hi := lo + 1 + rng.Uint64N(e.addr.Len-lo)
+			a := engine.RemoteAddr{Segment: e.addr.Segment, Gen: e.addr.Gen, Offset: e.addr.Offset + lo, Len: hi - lo}
+			switch rng.IntN(10) {
+			case 0:
+				a.Gen += 1 << 20 // a generation the segment never had: skipped
+			case 1:
+				a.Segment += 100 // no such segment
+			case 2:
+				a.Len = 0
+			default:
+				if !e.gone {
+					for i := lo; i < hi; i++ {
+						e.live[i] = false
+					}
+				}
+			}
+			ranges = append(ranges, a)
+		}
+		if e := exts[rng.IntN(len(exts))]; e.lease == nil && !e.gone && rng.IntN(4) == 0 {
+			// A lease on live bytes keeps the extent past its last free.
+			for _, s := range liveOf(e) {
+				l, err := u.Acquire([]engine.RemoteAddr{{Segment: e.addr.Segment, Gen: e.addr.Gen, Offset: uint64(s.off), Len: uint64(s.end - s.off)}})
+				if err != nil {
+					t.Fatalf("step %d: Acquire of live bytes %v of %v: %v", step, s, e.addr, err)
+				}
+				e.lease = l
+				break
+			}
+		}
+		for pass := range 2 {
+			n, err := u.FreeRanges(ranges)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pass == 1 && n != 0 {
+				t.Fatalf("step %d: the same ranges again freed %d of them", step, n)
+			}
+		}
+		if e := exts[rng.IntN(len(exts))]; e.lease != nil && rng.IntN(2) == 0 {
+			e.lease.Release()
+			e.lease = nil
+		}
+		u.mu.Lock()
+		for _, e := range exts {
+			if e.gone {
+				continue
+			}
+			live := liveOf(e)
+			got := u.extentAt(e.addr)
+			switch {
+			case len(live) == 0 && e.lease == nil:
+				if got != nil {
+					u.mu.Unlock()
+					t.Fatalf("step %d: extent %v has no live byte and no lease but is still held", step, e.addr)
+				}
+				e.gone = true
+			case got == nil || got.state != extentCommitted:
+				u.mu.Unlock()
+				t.Fatalf("step %d: extent %v with live bytes %v or a lease is gone", step, e.addr, live)
+			case !slices.Equal(got.live, live) && !(len(got.live) == 0 && len(live) == 0):
+				u.mu.Unlock()
+				t.Fatalf("step %d: extent %v live %v, want %v", step, e.addr, got.live, live)
+			}
+		}
+		u.mu.Unlock()
+	}
+	for _, e := range exts {
+		if e.lease != nil {
+			e.lease.Release()
+		}
+	}
+	var all []engine.RemoteAddr
+	for _, e := range exts {
+		all = append(all, e.addr)
+	}
+	if _, err := u.FreeRanges(all); err != nil {
+		t.Fatal(err)
+	}
+	if st := u.Stats(); st.Extents != 0 || st.Used != 0 || st.Leases != 0 {
+		t.Errorf("after freeing everything: %+v", st)
+	}
+}
