@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"runtime/debug"
 	"sync"
@@ -35,6 +36,12 @@ import (
 type ServerConfig struct {
 	// Token, when set, must be presented by every connecting peer.
 	Token string
+	// TrustPeerCred admits a peer on a unix socket that runs as this
+	// process's user (SO_PEERCRED) without the token.
+	TrustPeerCred bool
+	// Logger receives the wire server's rare events (a listener out of
+	// file descriptors, refused connections); nil discards them.
+	Logger *slog.Logger
 	// HeartbeatInterval is what storage units are told to heartbeat at
 	// (0: 1 s). How long a silent unit stays alive is the controller's
 	// Config.UnitTimeout.
@@ -123,8 +130,10 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	}
 	ci := c.Info()
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello: &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch},
-		Token: cfg.Token,
+		Hello:         &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch},
+		Token:         cfg.Token,
+		TrustPeerCred: cfg.TrustPeerCred,
+		Logger:        cfg.Logger,
 	})
 	s.handlers = s.handlerTable()
 	for op := range s.handlers {

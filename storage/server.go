@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"sync"
@@ -45,6 +46,12 @@ const DefaultReserveWait = 5 * time.Second
 type ServerConfig struct {
 	// Token, when set, must be presented by every client in its handshake.
 	Token string
+	// TrustPeerCred admits a peer on a unix socket that runs as this
+	// process's user (SO_PEERCRED) without the token.
+	TrustPeerCred bool
+	// Logger receives the wire server's rare events (a listener out of
+	// file descriptors, refused connections); nil discards them.
+	Logger *slog.Logger
 	// Name is free-form, announced in the handshake for logs and stats.
 	Name string
 	// ReserveWait bounds how long a WRITE waits for space when the unit is
@@ -105,11 +112,13 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		// Each handshake is answered with the unit's identity as it is
 		// then (the controller may re-identify the unit), and a client
 		// that expects another unit or incarnation is refused.
-		Hello:       s.Hello(),
-		CheckHello:  s.CheckHello,
-		Token:       cfg.Token,
-		IdleTimeout: cfg.IdleTimeout,
-		NewSession:  newSession,
+		Hello:         s.Hello(),
+		CheckHello:    s.CheckHello,
+		Token:         cfg.Token,
+		TrustPeerCred: cfg.TrustPeerCred,
+		Logger:        cfg.Logger,
+		IdleTimeout:   cfg.IdleTimeout,
+		NewSession:    newSession,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
 	// Reads, frees and stats never wait on anything slow: run them on the

@@ -675,9 +675,30 @@ func TestOtherUserNeedsToken(t *testing.T) {
 			unitUnix = a
 		}
 	}
-	env := []string{auth.EnvDataDir + "=" + t.TempDir(), "TQ_CTRL_TCP=" + p.addr("tcp"), "TQ_CTRL_UNIX=" + p.addr("unix"),
+	env := []string{"TQ_CTRL_TCP=" + p.addr("tcp"), "TQ_CTRL_UNIX=" + p.addr("unix"),
 		"TQ_UNIT_TCP=" + unitTCP, "TQ_UNIT_UNIX=" + unitUnix, "TQ_TOKEN="}
-	runHelpers(t, helper(t, nil, "intruder", env...))
+	// The same user without the token (a client that lost it).
+	runHelpers(t, helper(t, nil, "intruder", append([]string{auth.EnvDataDir + "=" + t.TempDir(), "TQ_INTRUDER_SAME_UID=1"}, env...)...))
+	// Another user, when this test may be one (as root: CI).
+	if os.Geteuid() == 0 {
+		shared, err := os.MkdirTemp("", "tq-intruder-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(shared) })
+		os.Chmod(shared, 0o755)
+		bin := filepath.Join(shared, "tq.test")
+		if b, err := os.ReadFile(os.Args[0]); err != nil || os.WriteFile(bin, b, 0o755) != nil {
+			t.Fatalf("copy the test binary for another user: %v", err)
+		}
+		other := filepath.Join(shared, "home")
+		os.Mkdir(other, 0o700)
+		os.Chown(other, 65534, 65534)
+		cmd := exec.Command(bin, "-test.run=^TestHelperProcess$", "-test.v")
+		cmd.Env = append(append(os.Environ(), "TQ_HELPER=intruder", auth.EnvDataDir+"="+filepath.Join(other, "tq"), "HOME="+other), env...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		runHelpers(t, cmd)
+	}
 
 	got, err := kv.BatchGet(ctx, "p", helperKeys(0, 4))
 	if err != nil {
@@ -697,13 +718,29 @@ func intrude(ctx context.Context, t *testing.T) {
 	if tok, err := client.FindToken(""); tok != "" || err != nil {
 		t.Fatalf("the intruder found a token %q (%v)", tok, err)
 	}
+	// Run as this test's own user, the intruder has no token but its unix
+	// sockets admit it by SO_PEERCRED (it could read the token file): only
+	// the TCP listeners are tried. Run as another user, it meets private
+	// socket directories (no permission) and missing tokens everywhere.
+	sameUser := os.Getenv("TQ_INTRUDER_SAME_UID") != ""
 	unauthenticated := func(what string, err error) {
 		t.Helper()
-		if !errors.Is(err, wire.ErrUnauthenticated) {
-			t.Errorf("%s without the token: got %v, want an error wrapping %v", what, err, wire.ErrUnauthenticated)
+		if errors.Is(err, wire.ErrUnauthenticated) || (!sameUser && errors.Is(err, os.ErrPermission)) {
+			return
 		}
+		t.Errorf("%s without the token: got %v, want an error wrapping %v", what, err, wire.ErrUnauthenticated)
 	}
-	for _, addr := range []string{os.Getenv("TQ_CTRL_TCP"), os.Getenv("TQ_CTRL_UNIX")} {
+	addrs := func(keys ...string) []string {
+		var out []string
+		for _, k := range keys {
+			if sameUser && strings.HasSuffix(k, "_UNIX") {
+				continue
+			}
+			out = append(out, os.Getenv(k))
+		}
+		return out
+	}
+	for _, addr := range addrs("TQ_CTRL_TCP", "TQ_CTRL_UNIX") {
 		c, err := client.Connect(ctx, addr, client.ConnectConfig{Name: "intruder"})
 		if err == nil {
 			// Had it got in, this is what it would have done.
@@ -714,9 +751,12 @@ func intrude(ctx context.Context, t *testing.T) {
 	}
 	tr := tcp.New(tcp.Config{Name: "intruder"})
 	defer tr.Close()
-	for _, addr := range []string{os.Getenv("TQ_UNIT_TCP"), os.Getenv("TQ_UNIT_UNIX")} {
+	for _, addr := range addrs("TQ_UNIT_TCP", "TQ_UNIT_UNIX") {
 		_, err := tr.Dial(ctx, engine.PeerInfo{Addr: addr})
 		unauthenticated("dial the unit at "+addr, err)
+	}
+	if sameUser {
+		return
 	}
 	st := shm.New(shm.Config{Name: "intruder"})
 	defer st.Close()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -61,7 +62,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
-	s := &server{cfg: cfg, out: stdout}
+	s := &server{cfg: cfg, out: stdout, log: slog.New(slog.NewTextHandler(stderr, nil))}
 	defer s.close()
 	if err := s.start(ctx); err != nil {
 		return err
@@ -117,6 +118,7 @@ func (c *serveConfig) secure() error {
 type server struct {
 	cfg     serveConfig
 	out     io.Writer
+	log     *slog.Logger
 	closers []func() error
 	ctrl    *controller.Controller
 	ctrlSrv *controller.Server
@@ -233,12 +235,13 @@ func (s *server) startController() error {
 		}
 		return dataTr.Dial(ctx, peer)
 	}
-	// Every listener, loopback and unix sockets included, asks for the
-	// token. (Once the wire server can admit a unix peer of this uid by
-	// SO_PEERCRED without it, this is where TrustPeerCred goes, for the
-	// controller and for the units below.)
+	// Every listener, loopback included, asks for the token; a unix
+	// socket also admits a peer of this user by SO_PEERCRED (it could read
+	// the token file anyway).
 	s.ctrlSrv = controller.NewServer(ctrl, controller.ServerConfig{
 		Token:             s.cfg.Token,
+		TrustPeerCred:     true,
+		Logger:            s.log,
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
 		Name:              s.cfg.Name,
 		CheckpointDir:     s.cfg.checkpointDir(),
@@ -280,7 +283,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
-	ru := &runningUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name})}
+	ru := &runningUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log})}
 	s.units = append(s.units, ru)
 	sock := ""
 	if s.cfg.SocketDir != "" {
