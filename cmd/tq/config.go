@@ -49,6 +49,8 @@ type serveConfig struct {
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
+	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
+	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	Name              string        `yaml:"name"`
 
@@ -95,6 +97,8 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "sampler: sequential, rank-aware, grpo:N, seqlen:N:DP")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "storage unit heartbeat interval")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
+	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 }

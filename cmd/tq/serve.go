@@ -265,7 +265,7 @@ func (s *server) startController() error {
 }
 
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
-	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name}
+	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name, ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace}
 	scfg := storage.DefaultConfig()
 	scfg.Capacity = int64(s.cfg.Capacity)
 	scfg.HugePages = s.cfg.HugePages
