@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
@@ -62,12 +63,10 @@ func (c Config) Validate() error {
 // valid UTF-8, or empty where a name is required, with an error wrapping
 // [engine.ErrInvalid] that quotes it, before anything is sent.
 type Client struct {
-	cfg     Config
-	meta    MetaService
-	units   []DataUnit // sorted by id
-	byID    map[engine.UnitID]DataUnit
-	local   []DataUnit
-	redials bool // some units may be down (see redialUnit)
+	cfg  Config
+	meta MetaService
+	tbl  atomic.Pointer[unitTable] // see units.go
+	disc *discovery                // nil: the units given to New are all there is
 
 	closers []func() error // what Close releases
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
@@ -91,56 +90,21 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 	if _, ok := meta.(checksNames); !ok {
 		meta = checkedMeta{meta} // see names.go
 	}
-	c := &Client{cfg: cfg, meta: meta, byID: make(map[engine.UnitID]DataUnit, len(units))}
-	for _, u := range units {
-		if u.ID() == 0 {
-			return nil, fmt.Errorf("storage unit id 0 is reserved: %w", engine.ErrInvalid)
-		}
-		if _, dup := c.byID[u.ID()]; dup {
-			return nil, fmt.Errorf("storage unit %d given twice: %w", u.ID(), engine.ErrInvalid)
-		}
-		c.byID[u.ID()] = u
-		c.units = append(c.units, u)
-		if _, ok := u.(*redialUnit); ok {
-			c.redials = true
-		}
+	c := &Client{cfg: cfg, meta: meta}
+	t, err := newUnitTable(units, cfg.Host)
+	if err != nil {
+		return nil, err
 	}
-	slices.SortFunc(c.units, func(a, b DataUnit) int { return int(a.ID()) - int(b.ID()) })
-	for _, u := range c.units {
-		if u.Host() == cfg.Host {
-			c.local = append(c.local, u)
-		}
-	}
+	c.tbl.Store(t)
 	return c, nil
-}
-
-// writable returns the units a put may go to, and those of them on this
-// host: every unit but those [Connect] could not reach that are still
-// down. If that leaves none, every unit (the put then fails naming one).
-func (c *Client) writable() (units, local []DataUnit) {
-	if !c.redials {
-		return c.units, c.local
-	}
-	for _, u := range c.units {
-		if r, ok := u.(*redialUnit); ok && !r.Available() {
-			continue
-		}
-		units = append(units, u)
-		if u.Host() == c.cfg.Host {
-			local = append(local, u)
-		}
-	}
-	if len(units) == 0 {
-		return c.units, c.local
-	}
-	return units, local
 }
 
 // Meta returns the metadata service the client talks to.
 func (c *Client) Meta() MetaService { return c.meta }
 
-// Units returns the storage units, ordered by id.
-func (c *Client) Units() []DataUnit { return slices.Clone(c.units) }
+// Units returns the storage units the client knows, ordered by id (a
+// connected client learns of units that join later: see [Connect]).
+func (c *Client) Units() []DataUnit { return slices.Clone(c.tbl.Load().units) }
 
 // Mode selects how [Client.GetMeta] picks rows.
 type Mode int

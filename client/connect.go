@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -63,6 +62,11 @@ const (
 // so that it serves again once it is back. Connect fails only when no
 // unit is reachable: [engine.ErrUnavailable], or [engine.ErrNotFound]
 // when none is registered.
+//
+// The client keeps learning from the controller which units there are:
+// a unit that joins later (a restarted unit comes back under a new id) is
+// dialed when a read first meets its cells, or within about a second for
+// writes; a unit the controller reports dead takes no more writes.
 func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, error) {
 	switch cfg.Transport {
 	case TransportAuto, TransportShm, TransportTCP:
@@ -104,44 +108,30 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		host = HostID()
 	}
 	d := unitDialer{transport: cfg.Transport, host: host, tcp: tr, shm: str}
-	// Dial every unit at once: one that does not answer costs the dial
-	// timeout once, not once per unit.
-	dus := make([]DataUnit, len(units))
-	errs := make([]error, len(units))
-	var wg sync.WaitGroup
-	for i, u := range units {
-		wg.Go(func() {
-			dctx, cancel := context.WithTimeout(ctx, redialTimeout)
-			defer cancel()
-			dus[i], errs[i] = d.dial(dctx, u)
-		})
-	}
-	wg.Wait()
+	dus, errs := d.dialAll(ctx, units)
 	var table []DataUnit
-	var redials []*redialUnit
 	var down []error
 	up := 0
 	for i, u := range units {
-		switch err := errs[i]; {
-		case err == nil:
-			table = append(table, dus[i])
-			up++
-		case errors.Is(err, errNoAddr):
-			// Nothing this client could ever dial: leave it out.
-		case cfg.Transport == TransportShm && !d.shmPossible(u):
+		err := errs[i]
+		if err != nil && !errors.Is(err, errNoAddr) && cfg.Transport == TransportShm && !d.shmPossible(u) {
 			// Forcing shm where it cannot work is the caller's error.
 			closeUnits(table)
 			tr.Close()
 			str.Close()
 			meta.Close()
 			return nil, fmt.Errorf("connect to storage unit %d over shm: %w", u.ID, err)
-		default:
-			// Down, or not yet known to be: keep it, reachable later.
-			down = append(down, fmt.Errorf("storage unit %d: %w", u.ID, err))
-			r := newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
-			redials = append(redials, r)
-			table = append(table, r)
 		}
+		du := d.orRedial(u, dus[i], err)
+		if du == nil {
+			continue
+		}
+		if err == nil {
+			up++
+		} else {
+			down = append(down, fmt.Errorf("storage unit %d: %w", u.ID, err))
+		}
+		table = append(table, du)
 	}
 	closeAll := func() {
 		closeUnits(table)
@@ -161,10 +151,9 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		closeAll()
 		return nil, err
 	}
-	for _, r := range redials {
-		c.closers = append(c.closers, r.Close) // before the transports the dials use
-	}
-	c.closers = append(c.closers, tr.Close, str.Close, meta.Close)
+	c.disc = &discovery{list: meta.Units, dial: d}
+	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
+		tr.Close, str.Close, meta.Close)
 	return c, nil
 }
 

@@ -25,6 +25,7 @@ import (
 type servedUnit struct {
 	u    *storage.Unit
 	srv  *storage.Server
+	mem  *storage.Membership
 	addr string // host:port
 
 	mu     sync.Mutex
@@ -55,9 +56,9 @@ func joinUnit(t *testing.T, ctrlAddr string, serve bool) *servedUnit {
 		l.Close()
 	}
 	t.Cleanup(func() { s.stop() })
-	mem, err := storage.Join(ctx, ctrlAddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + s.addr}})
+	s.mem, err = storage.Join(ctx, ctrlAddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + s.addr}})
 	require.NoError(t, err)
-	t.Cleanup(func() { mem.Close() })
+	t.Cleanup(func() { s.mem.Close() })
 	return s
 }
 
@@ -242,4 +243,59 @@ func TestConnectRedialsAUnit(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	assert.Equal(t, "tcp", down.Transport())
+}
+
+// A connected client learns of units that join after Connect (a restarted
+// unit comes back under a new id): it reads their cells, which it used to
+// report lost, and writes to them; and it stops writing to a unit the
+// controller reports dead.
+func TestClientLearnsUnits(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	hash := client.ConnectConfig{Client: client.Config{Placement: client.Hash}}
+	early, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer early.Close()
+	require.Len(t, early.Units(), 1)
+
+	u2 := joinUnit(t, addr, true)
+	late, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer late.Close()
+	keys := keyRange("k", 8)
+	_, err = kvapi.New(late).BatchPut(ctx, "p", keys, xBatch(t, 8), nil)
+	require.NoError(t, err)
+	require.Contains(t, unitsOf(t, late, "p", keys), u2.u.ID())
+
+	// The early client reads the cells on the unit it did not know.
+	got, err := kvapi.New(early).BatchGet(ctx, "p", keys)
+	require.NoError(t, err, "cells on a unit that joined after Connect")
+	assert.True(t, got.Col("x").Equal(xBatch(t, 8).Col("x")))
+	got.Release()
+	require.Len(t, early.Units(), 2)
+
+	// u1 dies; once the controller says so, puts go to u2 only (the first
+	// may fail, naming u1).
+	u1.mem.Close()
+	u1.stop()
+	fresh := keyRange("new", 8)
+	failed := 0
+	require.Eventually(t, func() bool {
+		if _, err := kvapi.New(early).BatchPut(ctx, "q", fresh, xBatch(t, 8), nil); err != nil {
+			if failed++; failed == 1 {
+				t.Logf("put while u1 is dying: %v", err)
+			}
+			return false
+		}
+		for _, id := range unitsOf(t, early, "q", fresh) {
+			if id != u2.u.ID() {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 50*time.Millisecond, "puts avoid the dead unit")
 }

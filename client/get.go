@@ -81,7 +81,7 @@ func (c *Client) lendsViews(meta *engine.BatchMeta) bool {
 			if l.Unit == last {
 				continue
 			}
-			u, ok := c.byID[l.Unit]
+			u, ok := c.tbl.Load().byID[l.Unit]
 			if !ok || u.Transport() != "shm" {
 				return false
 			}
@@ -168,7 +168,7 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 	v := &View{}
 	leases := map[engine.UnitID]Lease{}
 	for id, addrs := range ranges {
-		u, ok := c.byID[id]
+		u, ok := c.unit(ctx, id)
 		if !ok {
 			v.Release()
 			if id == engine.LostUnit {

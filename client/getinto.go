@@ -61,7 +61,7 @@ func (c *Client) GetInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 		regions[fi] = buf[start:at:at]
 	}
 	for id, t := range byUnit {
-		u, ok := c.byID[id]
+		u, ok := c.unit(ctx, id)
 		if !ok {
 			return nil, &engine.OpError{Op: "get into", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
 		}

@@ -147,7 +147,7 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		}
 	}()
 	for u, rows := range c.place(meta, pos) {
-		if _, err := writeRows(ctx, u, fields, rows, locs); err != nil {
+		if _, err := c.writeRows(ctx, u, fields, rows, locs); err != nil {
 			return err
 		}
 		done = append(done, written{unit: u, rows: rows})
@@ -170,12 +170,15 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 // writeRows writes rows of fields to unit u, one extent per field, and
 // returns the extents; with locs, it sets locs[i][r] to where row r of
 // field i went.
-func writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []int, locs [][]engine.CellLoc) ([]engine.RemoteAddr, error) {
+func (c *Client) writeRows(ctx context.Context, u DataUnit, fields []engine.Field, rows []int, locs [][]engine.CellLoc) ([]engine.RemoteAddr, error) {
 	extents := make([][][]byte, len(fields))
 	for i, f := range fields {
 		extents[i] = pieces(f.Col, rows)
 	}
 	addrs, err := u.Write(ctx, extents)
+	if err != nil && ctx.Err() == nil {
+		c.unreachable() // the unit may be dead: placement asks which are alive
+	}
 	if errors.Is(err, engine.ErrUnavailable) {
 		return nil, fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
 	}

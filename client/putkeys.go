@@ -143,7 +143,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		}
 	}()
 	for u, rows := range plan.groups {
-		if _, err := writeRows(ctx, u, fields, rows, locs); err != nil {
+		if _, err := c.writeRows(ctx, u, fields, rows, locs); err != nil {
 			return engine.KeysCommitted{}, err
 		}
 		done = append(done, written{unit: u, rows: rows})
@@ -163,7 +163,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 // putKeysOn is a KV put of every row to unit u.
 func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, created []string) (engine.KeysCommitted, error) {
 	all := allRows(len(req.Keys))
-	exts, err := writeRows(ctx, u, fields, all, nil)
+	exts, err := c.writeRows(ctx, u, fields, all, nil)
 	if err != nil {
 		return engine.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
 	}

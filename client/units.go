@@ -1,0 +1,243 @@
+package client
+
+// The client's table of storage units. A connected client (see Connect)
+// keeps it current: units come and go while a job runs (a unit that is
+// restarted comes back under a new id), and a client that knew only the
+// units of its Connect would write to dead units for ever and read the
+// cells of a new unit as lost. So the table is replaced whole (copy on
+// write) when the client learns from the controller of a unit that
+// joined or died:
+//
+//   - a read that meets cells on a unit it does not know asks at once
+//     (at most once per learnMin), and fails with engine.ErrLost only if
+//     the controller does not know the unit either;
+//   - placement asks in the background at most once per learnEvery, and
+//     at once after a write found a unit unreachable; a unit the
+//     controller reports not alive takes no writes.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+)
+
+const (
+	learnMin   = 100 * time.Millisecond // a read asks no more often
+	learnEvery = time.Second            // placement asks no more often
+)
+
+// unitTable is an immutable view of the units.
+type unitTable struct {
+	units   []DataUnit // sorted by id
+	byID    map[engine.UnitID]DataUnit
+	local   []DataUnit             // units on the client's host
+	dead    map[engine.UnitID]bool // the controller reports them not alive
+	redials bool                   // some units may be down (see redialUnit)
+}
+
+func newUnitTable(units []DataUnit, host string) (*unitTable, error) {
+	t := &unitTable{byID: make(map[engine.UnitID]DataUnit, len(units))}
+	for _, u := range units {
+		if u.ID() == 0 {
+			return nil, fmt.Errorf("storage unit id 0 is reserved: %w", engine.ErrInvalid)
+		}
+		if _, dup := t.byID[u.ID()]; dup {
+			return nil, fmt.Errorf("storage unit %d given twice: %w", u.ID(), engine.ErrInvalid)
+		}
+		t.byID[u.ID()] = u
+		t.units = append(t.units, u)
+		if _, ok := u.(*redialUnit); ok {
+			t.redials = true
+		}
+	}
+	slices.SortFunc(t.units, func(a, b DataUnit) int { return int(a.ID()) - int(b.ID()) })
+	for _, u := range t.units {
+		if u.Host() == host {
+			t.local = append(t.local, u)
+		}
+	}
+	return t, nil
+}
+
+// writable returns the units a put may go to, and those of them on this
+// host: every unit but those the controller reports dead and those
+// [Connect] could not reach that are still down. If that leaves none,
+// every unit (the put then fails naming one).
+func (c *Client) writable() (units, local []DataUnit) {
+	c.learnSoon(false)
+	t := c.tbl.Load()
+	if !t.redials && len(t.dead) == 0 {
+		return t.units, t.local
+	}
+	for _, u := range t.units {
+		if t.dead[u.ID()] {
+			continue
+		}
+		if r, ok := u.(*redialUnit); ok && !r.Available() {
+			continue
+		}
+		units = append(units, u)
+		if u.Host() == c.cfg.Host {
+			local = append(local, u)
+		}
+	}
+	if len(units) == 0 {
+		return t.units, t.local
+	}
+	return units, local
+}
+
+// unit returns the unit with id, asking the controller about units that
+// joined when the client does not know it.
+func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, bool) {
+	if u, ok := c.tbl.Load().byID[id]; ok || id == engine.LostUnit || c.disc == nil {
+		return u, ok
+	}
+	c.disc.learn(ctx, c, true)
+	u, ok := c.tbl.Load().byID[id]
+	return u, ok
+}
+
+// unreachable tells the client that a write found u unreachable: the
+// next placement asks the controller which units are alive.
+func (c *Client) unreachable() {
+	if c.disc != nil {
+		c.learnSoon(true)
+	}
+}
+
+// discovery is how a connected client learns of units.
+type discovery struct {
+	list func(ctx context.Context) ([]engine.UnitInfo, error)
+	dial unitDialer
+
+	mu     sync.Mutex // one learn at a time; guards the fields below
+	last   time.Time  // when the last learn asked
+	due    bool       // a write found a unit unreachable: ask at once
+	busy   bool       // a background learn is running
+	closed bool
+	wg     sync.WaitGroup // the background learn
+}
+
+// learnSoon starts a background learn when one is due: learnEvery after
+// the last, or at once with now.
+func (c *Client) learnSoon(now bool) {
+	d := c.disc
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now {
+		d.due = true
+	}
+	if d.busy || d.closed || (!d.due && time.Since(d.last) < learnEvery) {
+		return
+	}
+	d.busy = true
+	d.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), redialTimeout)
+		defer cancel()
+		d.learn(ctx, c, false)
+		d.mu.Lock()
+		d.busy = false
+		d.mu.Unlock()
+	})
+}
+
+// learn asks the controller for its units and replaces the client's
+// table: units that joined are added (dialed), those not alive are marked
+// dead. With read, a learn within learnMin is enough (a read that waited
+// for another's learn does not ask again).
+func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
+	asked := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || (read && d.last.After(asked.Add(-learnMin))) {
+		return
+	}
+	infos, err := d.list(ctx)
+	if err != nil {
+		return // reads fail as they would have; placement asks again later
+	}
+	d.last, d.due = time.Now(), false
+	old := c.tbl.Load()
+	units := slices.Clone(old.units)
+	dead := map[engine.UnitID]bool{}
+	alive := map[engine.UnitID]bool{}
+	var joined []engine.UnitInfo
+	for _, u := range infos {
+		if !u.Alive {
+			dead[u.ID] = true
+			continue
+		}
+		alive[u.ID] = true
+		if _, ok := old.byID[u.ID]; !ok {
+			joined = append(joined, u)
+		}
+	}
+	for _, u := range old.units {
+		if !alive[u.ID()] {
+			dead[u.ID()] = true // dead, or gone from the controller's list
+		}
+	}
+	dus, errs := d.dial.dialAll(ctx, joined)
+	for i, u := range joined {
+		if du := d.dial.orRedial(u, dus[i], errs[i]); du != nil {
+			units = append(units, du)
+		}
+	}
+	t, err := newUnitTable(units, c.cfg.Host)
+	if err != nil {
+		return // cannot happen: the ids are new
+	}
+	t.dead = dead
+	c.tbl.Store(t)
+}
+
+// close stops learning, waits for a background learn, and closes the
+// redials of the units it added.
+func (d *discovery) close(c *Client) error {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	d.wg.Wait()
+	closeUnits(c.tbl.Load().units)
+	return nil
+}
+
+// dialAll connects to units at once: one that does not answer costs the
+// dial timeout once, not once per unit.
+func (d unitDialer) dialAll(ctx context.Context, units []engine.UnitInfo) ([]DataUnit, []error) {
+	dus := make([]DataUnit, len(units))
+	errs := make([]error, len(units))
+	var wg sync.WaitGroup
+	for i, u := range units {
+		wg.Go(func() {
+			dctx, cancel := context.WithTimeout(ctx, redialTimeout)
+			defer cancel()
+			dus[i], errs[i] = d.dial(dctx, u)
+		})
+	}
+	wg.Wait()
+	return dus, errs
+}
+
+// orRedial is what the table holds for u after a dial returned (du, err):
+// du; nil when u has no address this client could ever dial; else a
+// redialUnit, reachable later.
+func (d unitDialer) orRedial(u engine.UnitInfo, du DataUnit, err error) DataUnit {
+	switch {
+	case err == nil:
+		return du
+	case errors.Is(err, errNoAddr):
+		return nil
+	default:
+		return newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
+	}
+}
