@@ -6,7 +6,7 @@ PKGS      := ./...
 BENCHTIME ?= 3x
 FUZZTIME  ?= 30s
 
-.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz clean tidy generate
+.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate
 
 all: build
 
@@ -62,6 +62,18 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+# soak: the fault matrix (cmd/tq TestFaultMatrix: real processes killed
+# and restarted at random, then every guarantee checked) run seed after
+# seed for SOAK, each injecting faults for SOAKSEEDTIME. Seeds count up
+# from SOAKSEED (default: the clock); a failing seed is named in the
+# output and reruns with -faults.seeds N.
+SOAK         ?= 10m
+SOAKSEEDTIME ?= 20s
+SOAKSEED     ?= $$(date +%s)
+soak:
+	$(GO) test -race -tags invariants -count=1 -timeout 0 -run '^TestFaultMatrix$$' -v ./cmd/tq \
+		-faults.soak $(SOAK) -faults.duration $(SOAKSEEDTIME) -faults.seeds $(SOAKSEED)
 
 # generate: regenerate the protobuf code in wire/wirepb (committed). Needs
 # protoc (apt-get install protobuf-compiler) and protoc-gen-go at the

@@ -11,6 +11,9 @@ import (
 
 func TestMain(m *testing.M) {
 	bench.ChildMain() // the writer and reader processes of `tq bench`
+	if role := os.Getenv("TQ_FM_ROLE"); role != "" {
+		os.Exit(fmMain(role)) // a client process of TestFaultMatrix
+	}
 	// Nothing here uses this user's real data directory or token: a process
 	// that is not given one finds no token, and a tq serve that is not
 	// given a data directory fails to create this one. (Helper processes

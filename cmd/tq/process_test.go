@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -76,16 +77,28 @@ func startServe(t *testing.T, wrapper []string, bin string, args ...string) *ser
 // real ~/.local/state.
 func startServeIn(t *testing.T, dataDir string, wrapper []string, bin string, args ...string) *serveProc {
 	t.Helper()
+	p, err := spawnServe(dataDir, wrapper, os.Stderr, func(l string) { t.Logf("serve: %s", l) }, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.kill)
+	return p
+}
+
+// spawnServe starts `tq serve` with args in dataDir, its stderr to
+// stderr, and waits up to 20 s for it to print "ready"; logLine receives
+// each line it prints. On error the process is gone.
+func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func(string), bin string, args ...string) (*serveProc, error) {
 	argv := append(append(append([]string{}, wrapper...), bin, "serve"), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+dataDir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	p := &serveProc{cmd: cmd, lines: make(chan string, 64), dataDir: dataDir, done: make(chan error, 1)}
 	go func() {
@@ -96,18 +109,15 @@ func startServeIn(t *testing.T, dataDir string, wrapper []string, bin string, ar
 		close(p.lines)
 		p.done <- cmd.Wait()
 	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	})
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
 		case l, ok := <-p.lines:
 			if !ok {
-				t.Fatal("tq serve exited before it was ready")
+				p.kill()
+				return nil, errors.New("tq serve exited before it was ready")
 			}
-			t.Logf("serve: %s", l)
+			logLine(l)
 			if rest, ok := strings.CutPrefix(l, "tq serve: controller on "); ok {
 				p.addrs = strings.Fields(rest)
 			}
@@ -119,15 +129,24 @@ func startServeIn(t *testing.T, dataDir string, wrapper []string, bin string, ar
 			if l == "tq serve: ready" {
 				go func() { // keep draining
 					for l := range p.lines {
-						t.Logf("serve: %s", l)
+						logLine(l)
 					}
 				}()
-				return p
+				return p, nil
 			}
 		case <-deadline:
-			t.Fatal("tq serve not ready after 20 s")
+			p.kill()
+			return nil, errors.New("tq serve not ready after 20 s")
 		}
 	}
+}
+
+// kill sends SIGKILL and waits for the process to be gone (at once if it
+// already is).
+func (p *serveProc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	err := <-p.done
+	p.done <- err
 }
 
 func (p *serveProc) addr(scheme string) string {

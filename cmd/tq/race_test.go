@@ -1,0 +1,6 @@
+//go:build race
+
+package main
+
+// raceEnabled reports a test binary built with the race detector.
+const raceEnabled = true
