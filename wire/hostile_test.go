@@ -213,6 +213,30 @@ func TestClaimedBodiesCostWhatArrives(t *testing.T) {
 	}
 }
 
+// TestClaimedBodiesDoNotStarveOthers: bodies count against the shared
+// bound as their bytes arrive, so peers that claim the largest body and
+// send little cannot take the bound from everyone else (with the bound
+// counted by claims, two such peers held all of a 128 MiB bound, and
+// every other request waited out the frame timeout and was closed).
+func TestClaimedBodiesDoNotStarveOthers(t *testing.T) {
+	const frameTimeout = 3 * time.Second
+	_, addr := startServer(t, ServerConfig{FrameTimeout: frameTimeout}, "tcp", func(s *Server) { s.buffered.init(2 * MaxBodyLen) })
+	good := dial(t, addr, "")
+	for range 4 {
+		nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		if _, err := nc.Write(append(header(opEcho, 2, MaxBodyLen, 0), make([]byte, 1<<10)...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // their read loops take in what was sent
+	ctx, cancel := context.WithTimeout(t.Context(), frameTimeout/2)
+	defer cancel()
+	var reply wirepb.Ping
+	if err := good.Do(ctx, OpPing, &wirepb.Ping{Nonce: 12345}, nil, &reply, nil); err != nil || reply.Nonce != 12345 {
+		t.Fatalf("a request with a body beside peers claiming %d-byte bodies: %v, %v", MaxBodyLen, &reply, err)
+	}
+}
+
 // holdServer serves opHold: each request reports its id on started, then
 // blocks until release is closed (or its context ends) and replies.
 func holdServer(t *testing.T, cfg ServerConfig, setup ...func(*Server)) (s *Server, addr string, started chan uint64, release chan struct{}) {

@@ -89,14 +89,17 @@ type ServerConfig struct {
 	// DefaultWriteTimeout).
 	WriteTimeout time.Duration
 	// MaxConnBuffered bounds the request body bytes one connection holds:
-	// a body counts from its header until its handler returns, and the
-	// connection's read loop waits (reads nothing more) until the next
+	// a body counts as its buffer is allocated (at once up to 64 KiB,
+	// larger ones as their bytes arrive) until its handler returns, and
+	// the connection's read loop waits (reads nothing more) until the
 	// body fits. 0 means DefaultMaxConnBuffered; a smaller value than
 	// MaxBodyLen is raised to it.
 	MaxConnBuffered int64
 	// MaxBuffered bounds the request body bytes all connections hold
-	// together, counted the same way. A connection waits for room before
-	// reading a body; one that gets none within FrameTimeout is closed.
+	// together, counted the same way, so a peer that claims a large body
+	// and sends little holds little of it. A connection waits for room
+	// before reading more of a body; one that gets none within
+	// FrameTimeout is closed.
 	// 0 means DefaultMaxBuffered; a smaller value than MaxBodyLen is
 	// raised to it.
 	//
@@ -547,17 +550,30 @@ func (c *serverConn) serve() {
 			return // malformed: close this connection only
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
-		if !c.hold(h.BodyLen) {
-			return
-		}
+		var deadline time.Time
 		if int(h.BodyLen) > br.Buffered() {
 			// The rest of the frame must follow promptly, idle timeout
 			// or not.
-			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+			deadline = time.Now().Add(c.s.cfg.FrameTimeout)
+			c.nc.SetReadDeadline(deadline)
 		}
-		body, err := readBody(br, int(h.BodyLen))
+		var held uint32
+		body, err := readBody(br, int(h.BodyLen), func(n int) bool {
+			start := time.Now()
+			if !c.hold(uint32(n)) {
+				return false
+			}
+			held += uint32(n)
+			if waited := time.Since(start); !deadline.IsZero() && waited > time.Millisecond {
+				// Waiting for room is the server's doing, not the
+				// peer's: it does not count against the frame timeout.
+				deadline = deadline.Add(waited)
+				c.nc.SetReadDeadline(deadline)
+			}
+			return true
+		})
 		if err != nil {
-			c.unhold(h.BodyLen)
+			c.unhold(held)
 			return
 		}
 		if h.Op == OpCancel {
@@ -739,18 +755,35 @@ const readBufSize = 64 << 10
 // costs about a chunk, not 64 MiB.
 const bodyChunk = 64 << 10
 
-// readBody reads a body of n bytes. A body that is small or already
-// buffered is allocated at once, as one slice of exactly n bytes.
-func readBody(br *bufio.Reader, n int) ([]byte, error) {
+// errNoRoom reports a body that found no room in the buffer budgets.
+var errNoRoom = errors.New("wire: no room for a request body")
+
+// readBody reads a body of n bytes, taking each byte it allocates from
+// the buffer budgets with hold first (n in all when it succeeds). A body
+// that is small or already buffered is allocated at once, as one slice
+// of exactly n bytes; a larger one as its bytes arrive, so that a peer
+// that claims much and sends little holds little of the budgets that all
+// connections share.
+func readBody(br *bufio.Reader, n int, hold func(n int) bool) ([]byte, error) {
 	if n <= bodyChunk || n <= br.Buffered() {
+		if !hold(n) {
+			return nil, errNoRoom
+		}
 		b := make([]byte, n)
 		_, err := io.ReadFull(br, b)
 		return b, err
 	}
+	if !hold(bodyChunk) {
+		return nil, errNoRoom
+	}
 	b := make([]byte, 0, bodyChunk)
 	for len(b) < n {
 		if len(b) == cap(b) {
-			b = append(make([]byte, 0, min(2*cap(b), n)), b...)
+			grown := min(2*cap(b), n)
+			if !hold(grown - cap(b)) {
+				return nil, errNoRoom
+			}
+			b = append(make([]byte, 0, grown), b...)
 		}
 		m, err := br.Read(b[len(b):cap(b)])
 		b = b[:len(b)+m]
