@@ -85,7 +85,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if err != nil {
 		return nil, err
 	}
-	units, err := liveUnits(ctx, meta, cfg.WaitForUnits)
+	units, down, err := liveUnits(ctx, meta, cfg.WaitForUnits)
 	if err != nil {
 		meta.Close()
 		return nil, err
@@ -110,7 +110,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	d := unitDialer{transport: cfg.Transport, host: host, tcp: tr, shm: str}
 	dus, errs := d.dialAll(ctx, units)
 	var table []DataUnit
-	var down []error
+	var unreachable []error
 	up := 0
 	for i, u := range units {
 		err := errs[i]
@@ -129,9 +129,18 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		if err == nil {
 			up++
 		} else {
-			down = append(down, fmt.Errorf("storage unit %d: %w", u.ID, err))
+			unreachable = append(unreachable, fmt.Errorf("storage unit %d: %w", u.ID, err))
 		}
 		table = append(table, du)
+	}
+	// Units the controller reports dead are in the table too, not dialed
+	// until a read meets their cells: one may only have missed heartbeats
+	// (a restarted controller waits for its units to come back), and
+	// while it serves its cells are not lost.
+	dead := map[engine.UnitID]bool{}
+	for _, u := range down {
+		table = append(table, d.deferred(u))
+		dead[u.ID] = true
 	}
 	closeAll := func() {
 		closeUnits(table)
@@ -141,16 +150,17 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	}
 	if up == 0 {
 		closeAll()
-		if len(down) == 0 {
+		if len(unreachable) == 0 {
 			return nil, fmt.Errorf("no reachable storage unit registered with %s: %w", addr, engine.ErrNotFound)
 		}
-		return nil, fmt.Errorf("no storage unit registered with %s is reachable: %w: %w", addr, engine.ErrUnavailable, errors.Join(down...))
+		return nil, fmt.Errorf("no storage unit registered with %s is reachable: %w: %w", addr, engine.ErrUnavailable, errors.Join(unreachable...))
 	}
 	c, err := New(meta, table, cfg.Client)
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
+	c.tbl.Load().dead = dead // before anyone else sees the table
 	c.disc = &discovery{list: meta.Units, dial: d}
 	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
 		tr.Close, str.Close, meta.Close)
@@ -255,24 +265,28 @@ func dialShm(ctx context.Context, tr *shm.Transport, u engine.UnitInfo, host str
 	return tr.DialConn(ctx, peer)
 }
 
-func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) ([]engine.UnitInfo, error) {
+// liveUnits returns the units the controller reports alive, waiting for
+// one with wait, and those it reports dead.
+func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) (live, dead []engine.UnitInfo, err error) {
 	for {
 		all, err := meta.Units(ctx)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		var live []engine.UnitInfo
+		live, dead = nil, nil
 		for _, u := range all {
 			if u.Alive {
 				live = append(live, u)
+			} else {
+				dead = append(dead, u)
 			}
 		}
 		if len(live) > 0 || !wait {
-			return live, nil
+			return live, dead, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("wait for a live storage unit: %w", ctx.Err())
+			return nil, nil, fmt.Errorf("wait for a live storage unit: %w", ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

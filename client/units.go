@@ -13,7 +13,12 @@ package client
 //     the controller does not know the unit either;
 //   - placement asks in the background at most once per learnEvery, and
 //     at once after a write found a unit unreachable; a unit the
-//     controller reports not alive takes no writes.
+//     controller reports not alive takes no writes;
+//   - a unit the controller reports dead stays in the table, dialed only
+//     when a read needs its cells: it may just have missed heartbeats (a
+//     restarted controller waits for its units to come back), and as
+//     long as it answers under its incarnation its bytes are there. Its
+//     cells read as lost (engine.ErrLost) when it cannot be reached.
 
 import (
 	"context"
@@ -172,14 +177,17 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	alive := map[engine.UnitID]bool{}
 	var joined []engine.UnitInfo
 	for _, u := range infos {
-		if !u.Alive {
+		_, known := old.byID[u.ID]
+		switch {
+		case !u.Alive:
 			dead[u.ID] = true
-			continue
-		}
-		alive[u.ID] = true
-		if _, ok := old.byID[u.ID]; !ok {
+			if !known {
+				units = append(units, d.dial.deferred(u)) // see Connect
+			}
+		case !known:
 			joined = append(joined, u)
 		}
+		alive[u.ID] = u.Alive
 	}
 	for _, u := range old.units {
 		if !alive[u.ID()] {
@@ -240,4 +248,13 @@ func (d unitDialer) orRedial(u engine.UnitInfo, du DataUnit, err error) DataUnit
 	default:
 		return newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
 	}
+}
+
+// deferred is what the table holds for a unit the controller reports
+// dead: a redialUnit that the first call needing it dials.
+func (d unitDialer) deferred(u engine.UnitInfo) *redialUnit {
+	r := newRedialUnit(u.ID, u.Host, fmt.Errorf("the controller reports it dead: %w", engine.ErrUnavailable),
+		func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
+	r.next = time.Time{}
+	return r
 }

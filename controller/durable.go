@@ -124,6 +124,7 @@ func (c *Controller) openJournal() error {
 		c.j = nil
 		return err
 	}
+	c.units.recovered(time.Now())
 	c.snapDone = make(chan struct{})
 	c.snapStop = make(chan struct{})
 	go c.snapshotter()

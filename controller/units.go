@@ -11,8 +11,9 @@ package controller
 // whose last heartbeat is older than the timeout is reported with Alive
 // false, and stays listed so that readers of its cells learn it is gone. A
 // heartbeat or a re-registration brings it back. Units known from the
-// durable state count as heard from when the controller started, so they
-// have one timeout to come back before their cells read as lost.
+// durable state count as heard from when the controller finished
+// recovering, so they have one timeout to come back before their cells
+// read as lost.
 
 import (
 	"cmp"
@@ -163,6 +164,20 @@ func (r *Registry) apply(op *wirepb.UnitOp) error {
 	r.units[id] = &u
 	r.next = max(r.next, id+1)
 	return nil
+}
+
+// recovered marks the end of recovery at now: units known from the
+// durable state count as heard from then (recovery may have taken a while
+// of their timeout).
+func (r *Registry) recovered(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, u := range r.units {
+		if u.LastHeartbeat.Equal(r.started) {
+			u.LastHeartbeat = now
+		}
+	}
+	r.started = now
 }
 
 // copyLocked returns the next id and every unit, for a state file. The

@@ -61,8 +61,9 @@ type JoinConfig struct {
 	// Conn tunes the controller connection (keepalive pings).
 	Conn wire.ConnConfig
 	// MaxBackoff caps the wait between attempts to reach the controller
-	// again after the connection dropped, and between failed UNIT_SYNC
-	// and RECONCILE exchanges (0: 5 s).
+	// again after the connection dropped (which also waits at most two
+	// heartbeat intervals), and between failed UNIT_SYNC and RECONCILE
+	// exchanges (0: 5 s).
 	MaxBackoff time.Duration
 	// ReconcileInterval is the time between periodic reconciles (0:
 	// 30 s).
@@ -353,6 +354,11 @@ func (m *Membership) heartbeat(ctx context.Context) error {
 // (false), waiting a jittered, doubling backoff between attempts.
 func (m *Membership) reconnect(ctx context.Context) bool {
 	b := m.newBackoff(min(m.interval, m.cfg.MaxBackoff))
+	// At most two heartbeat intervals apart: a restarted controller
+	// presumes its units alive for a few intervals, and a unit must be
+	// back before it reports the unit dead (clients would read its cells
+	// as lost meanwhile).
+	b.max = max(b.first, min(b.max, 2*m.interval))
 	for {
 		if !b.wait(ctx, nil) {
 			return false

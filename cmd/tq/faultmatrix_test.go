@@ -499,7 +499,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 				case "L":
 					f := strings.Fields(rest)
 					u, _ := strconv.Atoi(f[1])
-					lostOK("stream row "+f[0], engine.UnitID(u))
+					lostOK("drain: stream row "+rest, engine.UnitID(u))
 				}
 			}
 		})
@@ -519,7 +519,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 			c.violate("%s %d: %s", p.role, p.id, v)
 		}
 		for _, l := range j.lost {
-			lostOK(fmt.Sprintf("%s %d read %s", p.role, p.id, l.key), l.unit)
+			lostOK(fmt.Sprintf("%s %d read %s (%s)", p.role, p.id, l.key, l.err), l.unit)
 		}
 		maps.Copy(writers.keys, j.keys)
 		maps.Copy(streamP, j.streamP)
@@ -554,7 +554,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 					c.violate("%s is not found, want %s", key, h.want())
 				}
 			case errors.Is(err, engine.ErrLost):
-				lostOK("read of "+key, cellUnit(ctx, cl, fmKVPart, key))
+				lostOK(fmt.Sprintf("read of %s (%v)", key, err), cellUnit(ctx, cl, fmKVPart, key))
 			default:
 				c.violate("read of %s after the faults: %v", key, err)
 			}

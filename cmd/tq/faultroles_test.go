@@ -194,7 +194,11 @@ type fmJournal struct {
 type fmLost struct {
 	key  string
 	unit engine.UnitID
+	err  string
 }
+
+// oneLine is err's message on one line, for a journal.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
 
 func newFMJournal() *fmJournal {
 	return &fmJournal{keys: map[string]*fmHistory{}, streamP: map[string]bool{}, streamA: map[string]bool{}}
@@ -260,7 +264,11 @@ func (j *fmJournal) line(l string) {
 	case kind == "G" || kind == "R":
 		j.reads++
 	case kind == "L":
-		j.lost = append(j.lost, fmLost{key: f[0], unit: engine.UnitID(num(1))})
+		l := fmLost{key: f[0], unit: engine.UnitID(num(1))}
+		if len(f) > 2 {
+			l.err = strings.Join(f[2:], " ")
+		}
+		j.lost = append(j.lost, l)
 	}
 }
 
@@ -438,7 +446,7 @@ func (r *fmRole) verify(ctx context.Context, key string) {
 			r.log.add(fmt.Sprintf("V read %s: not found, want %s (%v)", key, h.want(), err))
 		}
 	case errors.Is(err, engine.ErrLost):
-		r.log.add(fmt.Sprintf("L %s %d", key, cellUnit(ctx, r.c, fmKVPart, key)))
+		r.log.add(fmt.Sprintf("L %s %d %s", key, cellUnit(ctx, r.c, fmKVPart, key), oneLine(err)))
 	default:
 		r.log.add(fmt.Sprintf("E read %s: %v", key, err))
 	}
@@ -514,7 +522,7 @@ func checkStreamRows(ctx context.Context, c *client.Client, keys []string, m *en
 			}
 			add("R " + key)
 		case errors.Is(rerr, engine.ErrLost):
-			add(fmt.Sprintf("L %s %d", key, m.Cells["v"][i].Unit))
+			add(fmt.Sprintf("L %s %d %s", key, m.Cells["v"][i].Unit, oneLine(rerr)))
 		default:
 			add(fmt.Sprintf("E read stream row %s: %v", key, rerr))
 		}
