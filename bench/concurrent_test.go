@@ -31,12 +31,13 @@ import (
 const serverFlagsEnv = "TQ_BENCH_SERVER_FLAGS"
 
 // benchServerFlags is benchServer with the test flags from
-// TQ_BENCH_SERVER_FLAGS passed to the server process.
-func benchServerFlags(b *testing.B) (string, string) {
+// TQ_BENCH_SERVER_FLAGS passed to the server process, and env added to
+// its environment.
+func benchServerFlags(b *testing.B, env ...string) (string, string) {
 	b.Helper()
 	args := append([]string{"-test.run=^TestBenchServer$"}, strings.Fields(os.Getenv(serverFlagsEnv))...)
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "TQ_BENCH_SERVER=1")
+	cmd.Env = append(append(os.Environ(), "TQ_BENCH_SERVER=1"), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		b.Fatal(err)

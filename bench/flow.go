@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
@@ -82,8 +83,18 @@ type Server struct {
 	wg    sync.WaitGroup
 }
 
-// StartServer starts a controller and a storage unit of capacity bytes.
-func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
+// ServerConfig configures [StartServer].
+type ServerConfig struct {
+	// Capacity is the storage unit's, in bytes.
+	Capacity int64
+	// Log is the controller's metadata log: "" or "off" keeps its state
+	// in memory; "batch", "always" or "never" keeps a durable log (see
+	// tq serve --fsync) in the server's temporary directory.
+	Log string
+}
+
+// StartServer starts a controller and a storage unit.
+func StartServer(ctx context.Context, sc ServerConfig) (s *Server, err error) {
 	s = &Server{}
 	srv := s // the returns below set s to nil
 	defer func() {
@@ -98,7 +109,14 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	if s.token, err = auth.NewToken(); err != nil {
 		return nil, err
 	}
-	if s.ctrl, err = controller.New(controller.DefaultConfig()); err != nil {
+	ccfg := controller.DefaultConfig()
+	if sc.Log != "" && sc.Log != "off" {
+		if ccfg.Fsync, err = journal.ParseFsync(sc.Log); err != nil {
+			return nil, fmt.Errorf("log %q (want off, batch, always or never): %w", sc.Log, err)
+		}
+		ccfg.Dir = filepath.Join(s.dir, "controller")
+	}
+	if s.ctrl, err = controller.New(ccfg); err != nil {
 		return nil, err
 	}
 	s.cs = controller.NewServer(s.ctrl, controller.ServerConfig{Name: "bench", Token: s.token})
@@ -110,7 +128,7 @@ func StartServer(ctx context.Context, capacity int64) (s *Server, err error) {
 	s.addr = "tcp://" + cl.Addr().String()
 
 	cfg := storage.DefaultConfig()
-	cfg.Capacity = capacity
+	cfg.Capacity = sc.Capacity
 	if s.unit, err = storage.NewUnit(0, cfg); err != nil {
 		return nil, err
 	}

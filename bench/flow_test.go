@@ -198,7 +198,7 @@ func TestSessionChecksumMismatch(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	srv, err := StartServer(ctx, 64<<20)
+	srv, err := StartServer(ctx, ServerConfig{Capacity: 64 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,7 @@ func BenchmarkFlow(b *testing.B) {
 	for _, w := range ws {
 		capacity = max(capacity, w.Bytes(Simple))
 	}
-	srv, err := StartServer(ctx, capacity+capacity/4+64<<20)
+	srv, err := StartServer(ctx, ServerConfig{Capacity: capacity + capacity/4 + 64<<20})
 	if err != nil {
 		b.Fatal(err)
 	}

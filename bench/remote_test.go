@@ -25,6 +25,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/storage"
@@ -49,7 +50,17 @@ func TestBenchServer(t *testing.T) {
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	ctrl, err := controller.New(controller.DefaultConfig())
+	// TQ_BENCH_SERVER_LOG=batch|always|never keeps the controller's
+	// state in a durable log (BenchmarkLog).
+	ccfg := controller.DefaultConfig()
+	if mode := os.Getenv("TQ_BENCH_SERVER_LOG"); mode != "" && mode != "off" {
+		var err error
+		if ccfg.Fsync, err = journal.ParseFsync(mode); err != nil {
+			t.Fatal(err)
+		}
+		ccfg.Dir = t.TempDir()
+	}
+	ctrl, err := controller.New(ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}

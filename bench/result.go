@@ -102,6 +102,8 @@ type Options struct {
 	// Exe and Args: see [SessionConfig].
 	Exe  string
 	Args []string
+	// Log is the controller's metadata log (see [ServerConfig]).
+	Log string
 	// Progress, if set, is called as each session starts, before each
 	// iteration, and once at the end.
 	Progress func(Progress)
@@ -167,7 +169,7 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 		if srv == nil {
 			// Room for one put plus the allocator's slack.
 			var err error
-			if srv, err = StartServer(ctx, capacity+capacity/4+64<<20); err != nil {
+			if srv, err = StartServer(ctx, ServerConfig{Capacity: capacity + capacity/4 + 64<<20, Log: opts.Log}); err != nil {
 				return results, fmt.Errorf("start server: %w", err)
 			}
 		}

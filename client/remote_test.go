@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/client"
@@ -657,5 +659,47 @@ func TestMetaRoundTrip(t *testing.T) {
 	}
 	if fmt.Sprint(got.Tags[0]["step"]) != "1" {
 		t.Fatalf("tag step = %#v", got.Tags[0]["step"])
+	}
+}
+
+// TestListHugePartition is issue 11's ninth case at its scale: 300k keys
+// with 256-byte tags make a listing of about 80 MB, past the 64 MiB frame
+// limit, which failed whole (that partition, and List("") of all of
+// them). Listing pages it, whatever the size.
+func TestListHugePartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a 300k-key partition")
+	}
+	c, err := controller.New(controller.DefaultConfig())
+	require.NoError(t, err)
+	defer c.Close()
+	const keys, chunk = 300_000, 10_000
+	tag := engine.Tags{"note": strings.Repeat("x", 240)}
+	for lo := 0; lo < keys; lo += chunk {
+		ks := make([]string, chunk)
+		for i := range ks {
+			ks[i] = fmt.Sprintf("key-%07d", lo+i)
+		}
+		m, err := c.ResolveKeys("big", ks, nil, true)
+		require.NoError(t, err)
+		tags := make([]engine.Tags, chunk)
+		for i := range tags {
+			tags[i] = tag
+		}
+		require.NoError(t, c.SetTags("big", m.Indexes, tags))
+	}
+	_, err = c.ResolveKeys("small", []string{"a", "b"}, nil, true)
+	require.NoError(t, err)
+	_, addr := serveController(t, c, controller.ServerConfig{}, "unix")
+	m := dialMeta(t, addr, client.RemoteConfig{})
+	for _, part := range []string{"big", ""} {
+		got, err := m.ListKeys(t.Context(), part)
+		require.NoError(t, err, "list %q", part)
+		require.Len(t, got["big"], keys)
+		assert.Equal(t, "key-0123456", got["big"][123456].Key)
+		assert.Equal(t, tag, got["big"][299_999].Tags)
+		if part == "" {
+			assert.Len(t, got["small"], 2)
+		}
 	}
 }

@@ -25,7 +25,7 @@ func openDurable(t *testing.T, dir string, cfg Config) *Controller {
 
 // crash stops a durable controller the way a killed process would: no
 // final snapshot; the journal keeps what it wrote.
-func crash(t *testing.T, c *Controller) {
+func crash(t testing.TB, c *Controller) {
 	t.Helper()
 	close(c.snapStop)
 	<-c.snapDone
@@ -112,8 +112,8 @@ func TestDurableRecovery(t *testing.T) {
 		stop          func(*testing.T, *Controller)
 	}{
 		{"clean close", 0, func(t *testing.T, c *Controller) { require.NoError(t, c.Close()) }},
-		{"crash, log only", 1 << 40, crash},
-		{"crash after snapshots", 1, crash},
+		{"crash, log only", 1 << 40, func(t *testing.T, c *Controller) { crash(t, c) }},
+		{"crash after snapshots", 1, func(t *testing.T, c *Controller) { crash(t, c) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

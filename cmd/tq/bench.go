@@ -37,6 +37,7 @@ type benchConfig struct {
 	format     string // table, json or csv
 	plot       string // PNG path
 	markdown   string // Markdown path
+	log        string // the controller's metadata log: off, batch, always, never
 }
 
 const benchUsage = `usage: tq bench [flags]
@@ -63,6 +64,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	cs := fs.String("case", "all", "simple (all dense float32), complex (dense, ragged and string thirds) or all; or a list")
 	fs.IntVar(&cfg.iters, "iters", 3, "timed iterations per result")
 	fs.IntVar(&cfg.warmup, "warmup", 1, "untimed iterations before them")
+	fs.StringVar(&cfg.log, "log", "off", "the controller's metadata log: off (in memory), or batch, always or never as tq serve --fsync (a durable log in a temporary directory)")
 	asJSON := fs.Bool("json", false, "print one JSON object per result and line instead of the table")
 	asCSV := fs.Bool("csv", false, "print CSV instead of the table")
 	fs.StringVar(&cfg.plot, "plot", "", "draw the results as grouped bars into this PNG file")
@@ -90,6 +92,8 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 		return cfg, fmt.Errorf("--warmup %d is negative", cfg.warmup)
 	case *asJSON && *asCSV:
 		return cfg, errors.New("--json and --csv: choose one")
+	case !slices.Contains([]string{"off", "batch", "always", "never"}, cfg.log):
+		return cfg, fmt.Errorf("--log %q: want off, batch, always or never", cfg.log)
 	}
 	cfg.format = "table"
 	if *asJSON {
@@ -138,6 +142,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Cases:      cfg.cases,
 		Iters:      cfg.iters,
 		Warmup:     cfg.warmup,
+		Log:        cfg.log,
 		Progress:   pp.update,
 	})
 	pp.finish()
