@@ -465,3 +465,18 @@ func TestDurableConfig(t *testing.T) {
 	_, err = New(Config{SnapshotBytes: -1})
 	require.ErrorIs(t, err, engine.ErrInvalid)
 }
+
+// indexSet, which checks a state file's rows and reusable indexes for
+// repeats.
+func TestIndexSet(t *testing.T) {
+	var s indexSet
+	assert.False(t, s.has(7))
+	for _, gi := range []uint64{0, 63, 64, 65535, 65536, 1<<32 - 1} {
+		assert.True(t, s.add(gi), "first add of %d", gi)
+		assert.True(t, s.has(gi))
+		assert.False(t, s.add(gi), "second add of %d", gi)
+	}
+	assert.False(t, s.has(1))
+	assert.False(t, s.has(65537))
+	assert.Len(t, s.pages, 3)
+}

@@ -171,3 +171,33 @@ func (a *indexAllocator) rebuild(used []uint64) {
 	}
 	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
 }
+
+// indexSet is a set of global indexes as a bitmap in 64 Ki-index pages,
+// made as indexes arrive: checking a million rows of a state file for
+// repeats costs a few pages, not a million map entries.
+type indexSet struct {
+	pages map[uint64]*[1024]uint64
+}
+
+// add adds gi and reports whether it was new.
+func (s *indexSet) add(gi uint64) bool {
+	if s.pages == nil {
+		s.pages = make(map[uint64]*[1024]uint64)
+	}
+	pg := s.pages[gi>>16]
+	if pg == nil {
+		pg = new([1024]uint64)
+		s.pages[gi>>16] = pg
+	}
+	w, bit := &pg[gi>>6&1023], uint64(1)<<(gi&63)
+	if *w&bit != 0 {
+		return false
+	}
+	*w |= bit
+	return true
+}
+
+func (s *indexSet) has(gi uint64) bool {
+	pg := s.pages[gi>>16]
+	return pg != nil && pg[gi>>6&1023]&(1<<(gi&63)) != 0
+}

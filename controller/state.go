@@ -318,7 +318,7 @@ func readState(r io.Reader) (*loadedState, error) {
 		return nil, corrupt("next unit id %d is beyond %d", head.NextUnitId, engine.LostUnit)
 	}
 	ls := &loadedState{head: head, parts: make(map[string]*partition, min(head.Partitions, 1<<16)), nextID: head.NextIndex}
-	used := make(map[uint64]string)
+	var used indexSet
 	var n struct{ rows, cells uint64 }
 	for range head.Partitions {
 		sp := &wirepb.StatePartition{}
@@ -341,10 +341,9 @@ func readState(r io.Reader) (*loadedState, error) {
 				return nil, corrupt("partition %q: a chunk of %d rows after %d of %d", p.id, len(chunk.Rows), got, sp.Rows)
 			}
 			for _, srow := range chunk.Rows {
-				if other, dup := used[srow.Index]; dup {
-					return nil, corrupt("row %d is in partitions %q and %q", srow.Index, other, p.id)
+				if !used.add(srow.Index) {
+					return nil, corrupt("row %d appears twice (again in partition %q)", srow.Index, p.id)
 				}
-				used[srow.Index] = p.id
 				if srow.Index >= head.NextIndex {
 					return nil, corrupt("row %d is beyond the allocator's next index %d", srow.Index, head.NextIndex)
 				}
@@ -382,21 +381,23 @@ func readState(r io.Reader) (*loadedState, error) {
 	if _, err := sr.r.ReadByte(); err != io.EOF {
 		return nil, corrupt("bytes after the trailer")
 	}
-	seen := make(map[uint64]struct{}, len(head.Reusable))
+	var seen indexSet
 	for _, gi := range head.Reusable {
 		if gi >= head.NextIndex {
 			return nil, corrupt("reusable index %d is beyond next index %d", gi, head.NextIndex)
 		}
-		if p, ok := used[gi]; ok {
-			return nil, corrupt("reusable index %d is in use by partition %q", gi, p)
+		if used.has(gi) {
+			return nil, corrupt("reusable index %d is in use by a row", gi)
 		}
-		if _, dup := seen[gi]; dup {
+		if !seen.add(gi) {
 			return nil, corrupt("reusable index %d appears twice", gi)
 		}
-		seen[gi] = struct{}{}
 	}
 	return ls, nil
 }
+
+// preSizeMax bounds the maps a state file's counts size in advance.
+const preSizeMax = 1 << 21
 
 func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) (*partition, error) {
 	if sp.Partition == "" {
@@ -407,6 +408,9 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 	}
 	p := newPartition(sp.Partition, sp.Gen)
 	p.created, p.keySeq = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq
+	// Sized for the keys to come (growing a map of 1M keys costs a sixth
+	// of a restart), within reason for a corrupt count.
+	p.keys = make(map[string]*row, min(sp.KeySeq, sp.Rows, preSizeMax))
 	for _, t := range sp.Tasks {
 		if _, dup := p.tasks[t]; dup || t == "" {
 			return nil, corrupt("partition %q: bad or repeated task %q", sp.Partition, t)
