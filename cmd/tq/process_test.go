@@ -538,7 +538,7 @@ func TestServeProducerConsumer(t *testing.T) {
 				t.Fatalf("tq stat: %v\n%s", err, out)
 			}
 			t.Logf("tq stat:\n%s", out)
-			for _, want := range []string{"train", "trainer", "64/64 100%", "STORAGE UNITS", "alive"} {
+			for _, want := range []string{"train", "trainer", "64/64 100%", "STORAGE UNITS", "alive", "controller start 1, state durable (fsync batch)"} {
 				if !strings.Contains(string(out), want) {
 					t.Fatalf("tq stat output lacks %q:\n%s", want, out)
 				}

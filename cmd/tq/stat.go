@@ -51,6 +51,13 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", addr, len(parts), len(units))
+	if ci, err := m.ClusterInfo(ctx); err == nil {
+		state := "in memory only"
+		if ci.Durable {
+			state = fmt.Sprintf("durable (fsync %s), log %s since the last snapshot", ci.Fsync, bytesString(ci.LogBytes))
+		}
+		fmt.Fprintf(stdout, "cluster %s, controller start %d, state %s\n", ci.ClusterId, ci.Epoch, state)
+	}
 
 	if len(parts) > 0 {
 		fmt.Fprintln(stdout, "\nPARTITIONS")
