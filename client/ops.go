@@ -118,7 +118,7 @@ func (c *Client) ResetConsumption(ctx context.Context, partition, task string) e
 // Partitions lists the partitions.
 func (c *Client) Partitions(ctx context.Context) ([]string, error) { return c.meta.Partitions(ctx) }
 
-// MetaByKeys resolves keys to rows (see [controller.Controller.ResolveKeys]).
+// MetaByKeys resolves keys to rows (see [github.com/tqgo/tq/controller.Controller.ResolveKeys]).
 func (c *Client) MetaByKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, error) {
 	m, _, err := c.meta.ResolveKeys(ctx, partition, keys, fields, create)
 	return m, err

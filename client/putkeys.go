@@ -2,7 +2,7 @@ package client
 
 // A KV put needs no rows before it writes: the bytes go to a unit first,
 // then one COMMIT_KEYS creates the missing keys, commits the cells and
-// merges the tags at once (see [controller.Controller.CommitKeys]). That
+// merges the tags at once (see [github.com/tqgo/tq/controller.Controller.CommitKeys]). That
 // holds when the put's unit does not depend on the rows' indexes: under
 // [LocalFirst] with a unit on this host, or with a single unit. Otherwise
 // (hash placement over several units) the keys are resolved first, as a

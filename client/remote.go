@@ -286,7 +286,7 @@ func selectionToPB(fields []string) *wirepb.FieldSelection {
 	return &wirepb.FieldSelection{Names: fields}
 }
 
-// Insert allocates n rows; see [controller.Controller.Insert].
+// Insert allocates n rows; see [github.com/tqgo/tq/controller.Controller.Insert].
 func (r *RemoteMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
 	if err := checkPartFields(partition, fields); err != nil {
 		return nil, r.opErr("insert", err)
@@ -400,7 +400,7 @@ func (r *RemoteMeta) giveBack(partition, task, key string) {
 }
 
 // ForceFetch returns every row of a partition; see
-// [controller.Controller.ForceFetch].
+// [github.com/tqgo/tq/controller.Controller.ForceFetch].
 func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
 	if err := checkPartFields(partition, fields); err != nil {
 		return nil, r.opErr("force fetch", err)
@@ -409,7 +409,7 @@ func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []
 }
 
 // RowsMeta returns the meta of the given rows; see
-// [controller.Controller.RowsMeta].
+// [github.com/tqgo/tq/controller.Controller.RowsMeta].
 func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
 	if err := checkPartFields(partition, fields); err != nil {
 		return nil, r.opErr("rows meta", err)
@@ -432,7 +432,7 @@ func (r *RemoteMeta) Commit(ctx context.Context, req engine.CommitRequest) error
 }
 
 // CommitKeys is a KV put's controller step; see
-// [controller.Controller.CommitKeys].
+// [github.com/tqgo/tq/controller.Controller.CommitKeys].
 func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
 	if err := checkCommitKeys(req); err != nil {
 		return engine.KeysCommitted{}, r.opErr("commit keys", err)
@@ -468,7 +468,7 @@ func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (eng
 }
 
 // ResolveKeys maps keys to rows, creating missing ones with create; see
-// [controller.Controller.ResolveKeysCreated].
+// [github.com/tqgo/tq/controller.Controller.ResolveKeysCreated].
 func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
 	if err := checkPartKeys(partition, keys, fields); err != nil {
 		return nil, nil, r.opErr("resolve keys", err)
@@ -498,7 +498,7 @@ func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fi
 	return m, created, nil
 }
 
-// KeysOf returns each row's key; see [controller.Controller.KeysOf].
+// KeysOf returns each row's key; see [github.com/tqgo/tq/controller.Controller.KeysOf].
 func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
 	if err := checkName(namePartition, partition); err != nil {
 		return nil, r.opErr("keys of", err)
@@ -513,7 +513,7 @@ func (r *RemoteMeta) KeysOf(ctx context.Context, partition string, indexes []uin
 	return reply.Keys, nil
 }
 
-// SetTags merges tags into rows; see [controller.Controller.SetTags].
+// SetTags merges tags into rows; see [github.com/tqgo/tq/controller.Controller.SetTags].
 func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
 	if err := checkName(namePartition, partition); err != nil {
 		return r.opErr("set tags", err)
@@ -587,7 +587,7 @@ func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor 
 }
 
 // ProductionStatus reports production per row and field; see
-// [controller.Controller.ProductionStatus].
+// [github.com/tqgo/tq/controller.Controller.ProductionStatus].
 func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
 	if err := checkPartFields(partition, fields); err != nil {
 		return engine.ProductionStatus{}, r.opErr("production status", err)
@@ -611,7 +611,7 @@ func (r *RemoteMeta) ProductionStatus(ctx context.Context, partition string, fie
 }
 
 // ConsumptionStatus reports a task's consumption per row; see
-// [controller.Controller.ConsumptionStatus].
+// [github.com/tqgo/tq/controller.Controller.ConsumptionStatus].
 func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	if err := errors.Join(checkName(namePartition, partition), checkName(nameTask, task)); err != nil {
 		return engine.ConsumptionStatus{}, r.opErr("consumption status", err)
@@ -631,7 +631,7 @@ func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task stri
 }
 
 // ResetConsumption makes a task's consumed rows fetchable again (every
-// task's with task ""); see [controller.Controller.ResetConsumption].
+// task's with task ""); see [github.com/tqgo/tq/controller.Controller.ResetConsumption].
 func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task string) error {
 	if err := errors.Join(checkName(namePartition, partition), checkUTF8(nameTask, task)); err != nil {
 		return r.opErr("reset consumption", err)
@@ -640,7 +640,7 @@ func (r *RemoteMeta) ResetConsumption(ctx context.Context, partition, task strin
 }
 
 // ClearRows removes rows and returns the locations of their cells; see
-// [controller.Controller.ClearRows].
+// [github.com/tqgo/tq/controller.Controller.ClearRows].
 func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
 	if err := checkName(namePartition, partition); err != nil {
 		return r.opErr("clear rows", err)
@@ -648,7 +648,7 @@ func (r *RemoteMeta) ClearRows(ctx context.Context, partition string, indexes []
 	return r.do(ctx, "clear rows", wire.OpClearRows, &wirepb.ClearRowsRequest{Partition: partition, Indexes: indexes}, &wirepb.CellsReply{})
 }
 
-// ClearKeys removes the rows of keys; see [controller.Controller.ClearKeys].
+// ClearKeys removes the rows of keys; see [github.com/tqgo/tq/controller.Controller.ClearKeys].
 func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
 	if err := checkPartKeys(partition, keys, nil); err != nil {
 		return r.opErr("clear keys", err)
@@ -657,7 +657,7 @@ func (r *RemoteMeta) ClearKeys(ctx context.Context, partition string, keys []str
 }
 
 // ClearPartition drops a partition; see
-// [controller.Controller.ClearPartition].
+// [github.com/tqgo/tq/controller.Controller.ClearPartition].
 func (r *RemoteMeta) ClearPartition(ctx context.Context, partition string) error {
 	if err := checkName(namePartition, partition); err != nil {
 		return r.opErr("clear partition", err)
@@ -694,7 +694,7 @@ func fieldStatsFromPB(p *wirepb.FieldStats) (engine.FieldStats, error) {
 	return f, nil
 }
 
-// Stats summarizes a partition; see [controller.Controller.Stats]. Created
+// Stats summarizes a partition; see [github.com/tqgo/tq/controller.Controller.Stats]. Created
 // has millisecond precision.
 func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
 	if err := checkName(namePartition, partition); err != nil {
@@ -724,7 +724,7 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 	return st, nil
 }
 
-// Fields describes a partition's fields; see [controller.Controller.Fields].
+// Fields describes a partition's fields; see [github.com/tqgo/tq/controller.Controller.Fields].
 func (r *RemoteMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
 	if err := checkName(namePartition, partition); err != nil {
 		return nil, r.opErr("fields", err)
