@@ -261,28 +261,35 @@ func BenchmarkFlow(b *testing.B) {
 					if err := Available(tr); err != nil {
 						b.Skip(err)
 					}
-					s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: tr, Workload: w, Case: cs, Args: []string{"-test.run=^$"}})
-					if err != nil {
-						b.Fatal(err)
-					}
-					defer s.Close()
-					if _, err := s.Iterate(ctx); err != nil { // warm-up
-						b.Fatal(err)
-					}
-					var samples []Sample
-					b.SetBytes(s.Bytes())
-					for b.Loop() {
-						sm, err := s.Iterate(ctx)
-						if err != nil {
-							b.Fatal(err)
-						}
-						samples = append(samples, sm)
-					}
-					reportResult(b, Summarize(tr, w, cs, samples))
+					benchFlow(b, srv, tr, w, cs)
 				})
 			}
 		}
 	}
+}
+
+// benchFlow runs the flow of workload w, case cs over transport tr
+// against srv: a warm-up iteration, then timed ones, reported.
+func benchFlow(b *testing.B, srv *Server, tr string, w Workload, cs string) {
+	ctx := b.Context()
+	s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: tr, Workload: w, Case: cs, Args: []string{"-test.run=^$"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Iterate(ctx); err != nil { // warm-up
+		b.Fatal(err)
+	}
+	var samples []Sample
+	b.SetBytes(s.Bytes())
+	for b.Loop() {
+		sm, err := s.Iterate(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		samples = append(samples, sm)
+	}
+	reportResult(b, Summarize(tr, w, cs, samples))
 }
 
 func reportResult(b *testing.B, r Result) {

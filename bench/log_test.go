@@ -1,13 +1,10 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
 
@@ -50,27 +47,7 @@ func BenchmarkLog(b *testing.B) {
 					kvs = append(kvs, kvapi.New(c))
 				}
 				pools[tr+mode] = kvs
-				ctx := context.Background()
-				vals := make([]*engine.Batch, clients)
-				bufs := make([][]byte, clients)
-				for w := range vals {
-					vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
-					bufs[w] = vals[w].Col("v").Data()
-				}
-				runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, func(), error) {
-					t0 := time.Now()
-					if _, err := kvs[w].Put(ctx, "small", key, vals[w], nil); err != nil {
-						return nil, nil, err
-					}
-					t1 := time.Now()
-					got, err := kvs[w].BatchGet(ctx, "small", []string{key}, "v")
-					lat.add(0, t1.Sub(t0))
-					lat.add(1, time.Since(t1))
-					if err != nil {
-						return nil, nil, err
-					}
-					return got.Col("v").RowBytes(0), got.Release, nil
-				})
+				runTQSmallKV(b, kvs, size)
 			})
 		}
 	}
@@ -82,24 +59,7 @@ func BenchmarkLog(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer srv.Close()
-			s, err := StartSession(ctx, SessionConfig{Controller: srv.Addr(), Token: srv.Token(), Transport: "shm", Workload: Small, Case: Simple, Args: []string{"-test.run=^$"}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			if _, err := s.Iterate(ctx); err != nil { // warm-up
-				b.Fatal(err)
-			}
-			var samples []Sample
-			b.SetBytes(s.Bytes())
-			for b.Loop() {
-				sm, err := s.Iterate(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				samples = append(samples, sm)
-			}
-			reportResult(b, Summarize("shm", Small, Simple, samples))
+			benchFlow(b, srv, "shm", Small, Simple)
 		})
 	}
 }

@@ -110,36 +110,7 @@ func BenchmarkSmallKV(b *testing.B) {
 					if trips[tr+conf] == nil {
 						trips[tr+conf] = countTrips(b, kvs[0].Client(), tr, size)
 					}
-					ctx := context.Background()
-					// Each client puts a one-row batch whose bytes are
-					// the value runSmallKV stamps.
-					vals := make([]*engine.Batch, clients)
-					bufs := make([][]byte, clients)
-					for w := range vals {
-						vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
-						bufs[w] = vals[w].Col("v").Data()
-					}
-					ops := runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, func(), error) {
-						kv := kvs[w]
-						t0 := time.Now()
-						if _, err := kv.Put(ctx, "small", key, vals[w], nil); err != nil {
-							return nil, nil, err
-						}
-						t1 := time.Now()
-						got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
-						lat.add(0, t1.Sub(t0))
-						lat.add(1, time.Since(t1))
-						if err != nil {
-							return nil, nil, err
-						}
-						if got.Rows() != 1 {
-							got.Release()
-							return nil, nil, fmt.Errorf("get of one key gave %d rows", got.Rows())
-						}
-						// Over shm the value is a view into storage: checked
-						// in place, then released.
-						return got.Col("v").RowBytes(0), got.Release, nil
-					})
+					ops := runTQSmallKV(b, kvs[:clients], size)
 					trips[tr+conf](b)
 					if r := redisOps[conf]; r > 0 {
 						b.ReportMetric(ops/r, "tq/redis")
@@ -148,6 +119,40 @@ func BenchmarkSmallKV(b *testing.B) {
 			}
 		}
 	}
+}
+
+// runTQSmallKV runs runSmallKV with TQ's KV API: each of kvs puts a
+// one-row batch of size bytes (the value runSmallKV stamps) and gets it
+// back.
+func runTQSmallKV(b *testing.B, kvs []*kvapi.KV, size int) float64 {
+	ctx := context.Background()
+	vals := make([]*engine.Batch, len(kvs))
+	bufs := make([][]byte, len(kvs))
+	for w := range vals {
+		vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
+		bufs[w] = vals[w].Col("v").Data()
+	}
+	return runSmallKV(b, size, bufs, func(w int, key string, _ []byte, lat latencies) ([]byte, func(), error) {
+		kv := kvs[w]
+		t0 := time.Now()
+		if _, err := kv.Put(ctx, "small", key, vals[w], nil); err != nil {
+			return nil, nil, err
+		}
+		t1 := time.Now()
+		got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
+		lat.add(0, t1.Sub(t0))
+		lat.add(1, time.Since(t1))
+		if err != nil {
+			return nil, nil, err
+		}
+		if got.Rows() != 1 {
+			got.Release()
+			return nil, nil, fmt.Errorf("get of one key gave %d rows", got.Rows())
+		}
+		// Over shm the value is a view into storage: checked in place,
+		// then released.
+		return got.Col("v").RowBytes(0), got.Release, nil
+	})
 }
 
 // runSmallKV runs SET+GET iterations on len(vals) workers, each rotating
