@@ -32,7 +32,7 @@ func (c *Conn) View(ctx context.Context, ranges []engine.RemoteAddr) (*Lease, er
 	if err := c.begin(ctx); err != nil {
 		return nil, c.opErr("view", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	l, err := c.acquire(ctx, ranges)
 	if err != nil {
 		return nil, c.opErr("view", err)
@@ -50,6 +50,7 @@ func (c *Conn) acquire(ctx context.Context, ranges []engine.RemoteAddr) (*Lease,
 		return nil, err
 	}
 	l := &Lease{c: c, id: reply.Lease, views: make([][]byte, len(ranges))}
+	c.held.Add(1) // until Release
 	err := ctx.Err()
 	for i, a := range ranges {
 		if err != nil {
@@ -92,11 +93,12 @@ func (l *Lease) Release() {
 	if !l.released.CompareAndSwap(false, true) {
 		return
 	}
+	l.c.unhold()
 	if l.c.begin(context.Background()) != nil {
 		return
 	}
 	go func() {
-		defer l.c.ops.Done()
+		defer l.c.end()
 		l.c.cleanup(wire.OpRelease, &wirepb.ReleaseRequest{Lease: l.id})
 	}()
 }
@@ -124,7 +126,7 @@ func (c *Conn) Reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 	if err := c.begin(ctx); err != nil {
 		return nil, c.opErr("reserve", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	r, err := c.reserve(ctx, sizes)
 	if err != nil {
 		return nil, c.opErr("reserve", err)
@@ -149,6 +151,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		return nil, err
 	}
 	r := &Reservation{c: c, id: reply.Reservation, bufs: make([][]byte, len(sizes))}
+	c.held.Add(1) // until it ends
 	addrs, err := wire.RangesFromPB(reply.Extents)
 	if err == nil && len(addrs) != len(sizes) {
 		err = fmt.Errorf("unit reserved %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
@@ -207,6 +210,7 @@ func (r *Reservation) commit(ctx context.Context) error {
 	if !r.ended.CompareAndSwap(false, true) {
 		return fmt.Errorf("reservation ended already: %w", engine.ErrInvalid)
 	}
+	r.c.unhold()
 	if err := ctx.Err(); err != nil {
 		r.c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.id})
 		return err
@@ -228,6 +232,7 @@ func (r *Reservation) Abort(ctx context.Context) error {
 	if !r.ended.CompareAndSwap(false, true) {
 		return nil
 	}
+	r.c.unhold()
 	select {
 	case <-r.c.done:
 		return nil

@@ -2,6 +2,7 @@ package shm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -431,5 +432,63 @@ func TestRingOfAnotherVersion(t *testing.T) {
 	defer tr.Close()
 	if _, err := tr.Dial(t.Context(), addr); !errors.Is(err, shmring.ErrVersion) {
 		t.Fatalf("ControlRing with a ring of another version: %v, want an error wrapping %v", err, shmring.ErrVersion)
+	}
+}
+
+// TestDeadUnitUnmapped: once the unit's process is gone, a Conn unmaps
+// its segments as soon as nothing uses them (at once with no lease; when
+// the last lease is released otherwise). The views of a lease held across
+// the unit's death stay readable until then. A client that kept the
+// mappings until Close kept every dead unit's memory it had read from
+// alive (a memfd's pages go only with its last mapping): in the fault
+// matrix, consumers grew by a unit's capacity with each unit restarted.
+func TestDeadUnitUnmapped(t *testing.T) {
+	segs := func(c *Conn) int {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return len(c.segs)
+	}
+	for _, holding := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lease=%v", holding), func(t *testing.T) {
+			ch, addr := startUnitProcess(t, 16<<20)
+			tr := New(Config{})
+			defer tr.Close()
+			c, err := tr.DialConn(t.Context(), engine.PeerInfo{Addr: addr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := bytes.Repeat([]byte("tq"), 32<<10)
+			addrs, err := c.Write(t.Context(), [][][]byte{{want}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := c.View(t.Context(), addrs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !holding {
+				l.Release()
+			}
+			if segs(c) == 0 {
+				t.Fatal("no segment mapped after a write and a view")
+			}
+			ch.kill()
+			if holding {
+				time.Sleep(200 * time.Millisecond)
+				if segs(c) == 0 {
+					t.Fatal("segments unmapped under a lease")
+				}
+				if !bytes.Equal(l.Bytes(0), want) {
+					t.Fatal("a view held across the unit's death changed")
+				}
+				l.Release()
+			}
+			waitFor(t, "the dead unit's segments unmapped", func() error {
+				if n := segs(c); n != 0 {
+					return fmt.Errorf("%d segments mapped", n)
+				}
+				return nil
+			})
+		})
 	}
 }

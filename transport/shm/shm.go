@@ -29,6 +29,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -130,6 +131,19 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 		c.Close()
 		return nil, c.opErr("dial", err)
 	}
+	c.mu.RLock()
+	wc := c.wc
+	c.mu.RUnlock()
+	go func() {
+		select {
+		case <-wc.Done():
+			c.gone.Store(true)
+			if c.held.Load() == 0 {
+				c.dropSegments()
+			}
+		case <-c.done:
+		}
+	}()
 	return c, nil
 }
 
@@ -160,6 +174,15 @@ type Conn struct {
 	ops    sync.WaitGroup // calls that may touch the mappings; Close waits
 	segs   map[uint32]*segment
 	mapMu  sync.Mutex // serializes fetching and mapping new segments
+
+	// held counts what may touch the mappings: calls in flight (begin),
+	// leases not released and reservations not ended. Once the connection
+	// to the unit has ended (gone) and nothing is held, the segments are
+	// unmapped then rather than at Close: a unit's memory is freed only
+	// when no process maps it, so a long-lived client would otherwise keep
+	// every dead unit's memory it ever read.
+	held atomic.Int64
+	gone atomic.Bool
 }
 
 var _ engine.DataConn = (*Conn)(nil)
@@ -246,16 +269,40 @@ func (c *Conn) Close() error {
 			errs = append(errs, wc.Close())
 		}
 		c.ops.Wait()
-		c.mapMu.Lock() // a segment being mapped is dropped by its mapper
-		for id, s := range c.segs {
-			errs = append(errs, s.unmap())
-			delete(c.segs, id)
-		}
-		c.mapMu.Unlock()
+		errs = append(errs, c.dropSegments()...)
 		c.t.conns.Remove(c)
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr
+}
+
+// dropSegments unmaps every segment mapped so far.
+func (c *Conn) dropSegments() []error {
+	c.mapMu.Lock() // a segment being mapped is dropped by its mapper
+	defer c.mapMu.Unlock()
+	c.mu.Lock()
+	segs := c.segs
+	c.segs = map[uint32]*segment{}
+	c.mu.Unlock()
+	var errs []error
+	for _, s := range segs {
+		errs = append(errs, s.unmap())
+	}
+	return errs
+}
+
+// unhold ends one of what held counts, and unmaps the segments when it
+// was the last and the connection has ended.
+func (c *Conn) unhold() {
+	if c.held.Add(-1) == 0 && c.gone.Load() {
+		c.dropSegments()
+	}
+}
+
+// end ends a call that begin registered.
+func (c *Conn) end() {
+	c.ops.Done()
+	c.unhold()
 }
 
 func (c *Conn) errClosed() error { return fmt.Errorf("connection closed: %w", engine.ErrClosed) }
@@ -285,6 +332,7 @@ func (c *Conn) begin(ctx context.Context) error {
 		return c.errClosed()
 	}
 	c.ops.Add(1)
+	c.held.Add(1)
 	return nil
 }
 
@@ -342,7 +390,7 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 	if err := c.begin(ctx); err != nil {
 		return nil, c.opErr("write", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	var total int64
 	for _, n := range sizes {
 		total += n
@@ -477,7 +525,7 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 	if err := c.begin(ctx); err != nil {
 		return c.opErr("read", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	var total uint64
 	for _, r := range ranges {
 		total += r.Len
@@ -513,7 +561,7 @@ func (c *Conn) Free(ctx context.Context, cells []engine.RemoteAddr) error {
 	if err := c.begin(ctx); err != nil {
 		return c.opErr("free", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	if len(cells) == 0 {
 		return nil
 	}
@@ -528,7 +576,7 @@ func (c *Conn) Stats(ctx context.Context) (*wirepb.UnitStats, error) {
 	if err := c.begin(ctx); err != nil {
 		return nil, c.opErr("stats", err)
 	}
-	defer c.ops.Done()
+	defer c.end()
 	var st wirepb.UnitStats
 	if err := c.do(ctx, wire.OpUnitStats, &wirepb.Empty{}, &st); err != nil {
 		return nil, c.opErr("stats", err)
