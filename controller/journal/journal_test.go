@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -242,4 +244,40 @@ func TestCloseFlushesPending(t *testing.T) {
 	require.NoError(t, j.Close())
 	j2 := open(t, dir, FsyncBatch)
 	assert.Len(t, replayAll(t, j2, 0), 500)
+}
+
+// BenchmarkAppendWait: writers that each append a 200-byte record and wait
+// for it to be durable, as the controller's requests do, alone and 16 at
+// once (group commit: records/group says how many share an fsync).
+func BenchmarkAppendWait(b *testing.B) {
+	for _, fsync := range []Fsync{FsyncBatch, FsyncNever} {
+		for _, writers := range []int{1, 16} {
+			b.Run(fmt.Sprintf("fsync=%v/writers=%d", fsync, writers), func(b *testing.B) {
+				j, err := Open(Config{Dir: b.TempDir(), Fsync: fsync})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer j.Close()
+				rec := make([]byte, 200)
+				var next, waited atomic.Int64
+				var wg sync.WaitGroup
+				b.ResetTimer()
+				for range writers {
+					wg.Go(func() {
+						for next.Add(1) <= int64(b.N) {
+							t0 := time.Now()
+							if err := j.Wait(context.Background(), j.Append(rec)); err != nil {
+								b.Error(err)
+								return
+							}
+							waited.Add(int64(time.Since(t0)))
+						}
+					})
+				}
+				wg.Wait()
+				b.ReportMetric(float64(waited.Load())/float64(b.N)/1e3, "wait_us")
+				b.ReportMetric(float64(b.N)/float64(j.Stats().Groups), "records/group")
+			})
+		}
+	}
 }
