@@ -75,6 +75,11 @@ type Client struct {
 // New returns a client over a metadata service and the storage units it
 // may use.
 func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
+	return newClient(meta, units, cfg, nil)
+}
+
+// newClient is New with the units the controller reports dead.
+func newClient(meta MetaService, units []DataUnit, cfg Config, dead map[engine.UnitID]bool) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -91,7 +96,7 @@ func New(meta MetaService, units []DataUnit, cfg Config) (*Client, error) {
 		meta = checkedMeta{meta} // see names.go
 	}
 	c := &Client{cfg: cfg, meta: meta}
-	t, err := newUnitTable(units, cfg.Host)
+	t, err := newUnitTable(units, cfg.Host, dead)
 	if err != nil {
 		return nil, err
 	}
@@ -155,9 +160,10 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 // refused reports whether err says the controller refused a change, so
 // that nothing of it happened: an error reply naming what was wrong, or
 // any error of a controller in this process. A connection that broke, a
-// controller shutting down or a caller that gave up leave the outcome
-// unknown: the change may have happened, and what the put wrote must stay
-// (if no cell names it, reconciliation frees it).
+// controller shutting down, a caller that gave up or a reply that could
+// not be read leave the outcome unknown: the change may have happened,
+// and what the put wrote must stay (if no cell names it, reconciliation
+// frees it).
 func refused(err error) bool {
 	var re *wire.RemoteError
 	if errors.As(err, &re) {
@@ -169,5 +175,5 @@ func refused(err error) bool {
 		return false
 	}
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) &&
-		!errors.Is(err, engine.ErrUnavailable) && !errors.Is(err, engine.ErrClosed)
+		!errors.Is(err, engine.ErrUnavailable) && !errors.Is(err, engine.ErrClosed) && !errors.Is(err, engine.ErrCorrupt)
 }

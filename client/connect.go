@@ -155,12 +155,11 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		}
 		return nil, fmt.Errorf("no storage unit registered with %s is reachable: %w: %w", addr, engine.ErrUnavailable, errors.Join(unreachable...))
 	}
-	c, err := New(meta, table, cfg.Client)
+	c, err := newClient(meta, table, cfg.Client, dead)
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
-	c.tbl.Load().dead = dead // before anyone else sees the table
 	c.disc = &discovery{list: meta.Units, dial: d}
 	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
 		tr.Close, str.Close, meta.Close)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -298,4 +299,59 @@ func TestClientLearnsUnits(t *testing.T) {
 		}
 		return true
 	}, 10*time.Second, 50*time.Millisecond, "puts avoid the dead unit")
+}
+
+// A unit reached over shared memory whose connection breaks while the
+// unit lives on (here its server restarts; a keepalive or frame timeout
+// does the same) is dialed again: an shm connection does not redial by
+// itself, and the client used to write to it, and read its cells as
+// lost, for good.
+func TestShmConnectionRedialed(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = 16 << 20
+	u, err := storage.NewUnit(0, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+	require.NoError(t, err)
+	sock := filepath.Join(t.TempDir(), "unit.sock")
+	serve := func() func() {
+		srv := storage.NewServer(u, storage.ServerConfig{})
+		l, err := net.Listen("unix", sock)
+		require.NoError(t, err)
+		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		srv.RegisterShm(fl)
+		wg.Go(func() { srv.Serve(l) })
+		wg.Go(func() { srv.ServeShm(fl) })
+		return func() { srv.Close(); wg.Wait() }
+	}
+	stop := serve()
+	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"unix://" + sock, "shm://" + sock + ".shm"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { mem.Close() })
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Transport: client.TransportShm})
+	require.NoError(t, err)
+	defer c.Close()
+	kv := kvapi.New(c)
+	_, err = kv.BatchPut(ctx, "p", []string{"a"}, xBatch(t, 1), nil)
+	require.NoError(t, err)
+
+	stop()
+	stop = serve()
+	defer stop()
+	require.Eventually(t, func() bool {
+		_, err := kv.BatchPut(ctx, "p", []string{"b"}, xBatch(t, 1), nil)
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond, "a put after the unit's server restarted")
+	got, err := kv.BatchGet(ctx, "p", []string{"a", "b"})
+	require.NoError(t, err, "cells written before and after")
+	got.Release()
+	assert.Equal(t, "shm", c.Units()[0].Transport())
 }

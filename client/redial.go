@@ -1,12 +1,15 @@
 package client
 
-// A storage unit that Connect could not reach stays in the client's table
-// as a redialUnit: placement leaves it out while it is down, so writes go
-// to the other units; a read of its cells fails at once with an error
+// A storage unit that Connect could not reach, one the controller reports
+// dead, and every unit reached over shared memory (whose connection does
+// not dial again by itself when it breaks) stay in the client's table as
+// a redialUnit: placement leaves it out while it is down, so writes go to
+// the other units; a read of its cells fails at once with an error
 // wrapping engine.ErrUnavailable that names it, never a hang. It is dialed
 // again, no more often than a backoff allows: in the background when
 // placement next considers it, and in the caller's goroutine when a call
-// needs it. Once a dial succeeds it serves like any unit.
+// needs it (callers that find a dial under way wait for it). Once a dial
+// succeeds it serves like any unit.
 
 import (
 	"context"
@@ -37,10 +40,23 @@ type redialUnit struct {
 	err     error    // the last dial's error
 	next    time.Time
 	backoff time.Duration
-	dialing bool
+	dialing chan struct{} // closed when the dial under way ends; nil when none
 	closed  bool
 	cancel  context.CancelFunc // the background dial's, while one runs
 	wg      sync.WaitGroup     // the background dial
+}
+
+// broken is a unit whose connection ended for good (see shmUnit).
+type broken interface{ broken() bool }
+
+// connectedLocked returns the connected unit, or nil when there is none or
+// its connection ended (then the next call dials again at once). The
+// caller holds mu.
+func (u *redialUnit) connectedLocked() DataUnit {
+	if b, ok := u.du.(broken); ok && b.broken() {
+		u.du, u.err, u.next = nil, fmt.Errorf("connection to storage unit %d ended: %w", u.id, engine.ErrUnavailable), time.Time{}
+	}
+	return u.du
 }
 
 var (
@@ -68,7 +84,7 @@ func (u *redialUnit) Transport() string {
 func (u *redialUnit) connected() DataUnit {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.du
+	return u.connectedLocked()
 }
 
 // unavailableLocked is the error of a call while the unit is down.
@@ -83,10 +99,10 @@ func (u *redialUnit) unavailableLocked() error {
 // begin reports whether the caller may dial now, and marks a dial in
 // flight if so.
 func (u *redialUnit) beginLocked() bool {
-	if u.du != nil || u.closed || u.dialing || time.Now().Before(u.next) {
+	if u.connectedLocked() != nil || u.closed || u.dialing != nil || time.Now().Before(u.next) {
 		return false
 	}
-	u.dialing = true
+	u.dialing = make(chan struct{})
 	return true
 }
 
@@ -94,7 +110,8 @@ func (u *redialUnit) beginLocked() bool {
 func (u *redialUnit) end(du DataUnit, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.dialing, u.cancel = false, nil
+	close(u.dialing)
+	u.dialing, u.cancel = nil, nil
 	if err == nil {
 		u.du, u.err, u.backoff = du, nil, redialMin
 		return
@@ -108,7 +125,18 @@ func (u *redialUnit) end(du DataUnit, err error) {
 // redialTimeout) when it is down and due.
 func (u *redialUnit) get(ctx context.Context) (DataUnit, error) {
 	u.mu.Lock()
-	if du := u.du; du != nil {
+	for u.dialing != nil && u.connectedLocked() == nil {
+		// Another call is dialing: its outcome is this call's too.
+		wait := u.dialing
+		u.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("storage unit %d: %w", u.id, ctx.Err())
+		}
+		u.mu.Lock()
+	}
+	if du := u.connectedLocked(); du != nil {
 		u.mu.Unlock()
 		return du, nil
 	}
@@ -134,7 +162,7 @@ func (u *redialUnit) get(ctx context.Context) (DataUnit, error) {
 func (u *redialUnit) Available() bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.du != nil {
+	if u.connectedLocked() != nil {
 		return true
 	}
 	if !u.beginLocked() {

@@ -67,6 +67,7 @@ type RemoteMeta struct {
 	mu      sync.Mutex
 	conn    *wire.Conn    // nil once it failed, until the next dial
 	dialing chan struct{} // closed when the dial in progress ends
+	closing bool          // Close waits for the background work
 	closed  bool
 	info    *wirepb.Hello // the controller's last handshake reply
 
@@ -105,19 +106,33 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 }
 
 // Close closes the connection (calls in flight fail with an error
-// wrapping [engine.ErrClosed]) and waits for the background work (rows
-// being given back). It is idempotent.
+// wrapping [engine.ErrClosed]) once the background work (rows being given
+// back) is done, or after closeGrace while the controller cannot be
+// reached. It is idempotent.
 func (r *RemoteMeta) Close() error {
 	r.mu.Lock()
-	if r.closed {
+	if r.closed || r.closing {
 		r.mu.Unlock()
 		return nil
 	}
+	r.closing = true
+	r.mu.Unlock()
+	// Rows a cancelled fetch took go back before the connection does (a
+	// program that cancels its fetches on SIGTERM, then closes, would
+	// otherwise leave them consumed).
+	drained := make(chan struct{})
+	go func() { r.bg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(closeGrace):
+	}
+	r.mu.Lock()
 	r.closed = true
 	close(r.done)
 	conn := r.conn
 	r.mu.Unlock()
 	r.bg.Wait()
+	<-drained
 	if conn != nil {
 		return conn.Close()
 	}
@@ -231,7 +246,11 @@ func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, rep
 			if err = c.Do(ctx, op, req, nil, reply, nil); err == nil {
 				return nil
 			}
-		} else if !errors.Is(err, engine.ErrClosed) && ctx.Err() == nil {
+		} else if !errors.Is(err, engine.ErrClosed) && !errors.Is(err, wire.ErrUnauthenticated) &&
+			!errors.Is(err, engine.ErrInvalid) && ctx.Err() == nil {
+			// A controller that refuses this client (the token, or it is
+			// no controller) will not change its mind: that is no lost
+			// connection to dial again.
 			err = fmt.Errorf("%w: %w", wire.ErrUnavailable, err)
 		}
 		if !repeat || r.cfg.RetryFor < 0 || ctx.Err() != nil || !connLost(err) {
@@ -805,3 +824,7 @@ func (r *RemoteMeta) ClusterInfo(ctx context.Context) (*wirepb.ClusterInfoReply,
 	}
 	return &reply, nil
 }
+
+// closeGrace bounds how long Close waits for rows being given back while
+// the controller cannot be reached.
+const closeGrace = 5 * time.Second

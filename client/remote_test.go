@@ -703,3 +703,44 @@ func TestListHugePartition(t *testing.T) {
 		}
 	}
 }
+
+// What answers where the controller was and refuses this client (another
+// token, or no controller at all) is not a lost connection to retry for
+// RetryFor: the call fails at once.
+func TestRemoteRefusedAfterRestart(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	serve := func(s interface {
+		Serve(net.Listener) error
+		Close() error
+	}) func() {
+		l, err := net.Listen("unix", sock)
+		require.NoError(t, err)
+		done := make(chan struct{})
+		go func() { s.Serve(l); close(done) }()
+		return func() { s.Close(); <-done }
+	}
+	for _, tc := range []struct {
+		name string
+		next interface {
+			Serve(net.Listener) error
+			Close() error
+		}
+		want error
+	}{
+		{"another token", controller.NewServer(newController(t), controller.ServerConfig{Token: "new"}), wire.ErrUnauthenticated},
+		{"not a controller", wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "unit"}}), engine.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop := serve(controller.NewServer(newController(t), controller.ServerConfig{Token: "old"}))
+			r := dialMeta(t, "unix://"+sock, client.RemoteConfig{Token: "old"})
+			_, err := r.Partitions(t.Context())
+			require.NoError(t, err)
+			stop()
+			defer serve(tc.next)()
+			start := time.Now()
+			_, err = r.Partitions(t.Context())
+			require.ErrorIs(t, err, tc.want)
+			assert.Less(t, time.Since(start), 5*time.Second, "retried a refusal")
+		})
+	}
+}

@@ -105,6 +105,10 @@ type shmUnit struct {
 
 var _ DataUnit = shmUnit{}
 
+// broken reports a connection that ended: an shm Conn does not dial
+// again by itself (see redialUnit).
+func (s shmUnit) broken() bool { return s.conn.Gone() }
+
 func (s shmUnit) ID() engine.UnitID { return s.id }
 func (s shmUnit) Host() string      { return s.host }
 func (s shmUnit) Transport() string { return "shm" }

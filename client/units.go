@@ -45,8 +45,8 @@ type unitTable struct {
 	redials bool                   // some units may be down (see redialUnit)
 }
 
-func newUnitTable(units []DataUnit, host string) (*unitTable, error) {
-	t := &unitTable{byID: make(map[engine.UnitID]DataUnit, len(units))}
+func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*unitTable, error) {
+	t := &unitTable{byID: make(map[engine.UnitID]DataUnit, len(units)), dead: dead}
 	for _, u := range units {
 		if u.ID() == 0 {
 			return nil, fmt.Errorf("storage unit id 0 is reserved: %w", engine.ErrInvalid)
@@ -121,13 +121,20 @@ type discovery struct {
 	list func(ctx context.Context) ([]engine.UnitInfo, error)
 	dial unitDialer
 
-	mu     sync.Mutex // one learn at a time; guards the fields below
+	learning sync.Mutex // one learn at a time
+
+	mu     sync.Mutex // guards the fields below; never held across a call
 	last   time.Time  // when the last learn asked
 	due    bool       // a write found a unit unreachable: ask at once
 	busy   bool       // a background learn is running
 	closed bool
 	wg     sync.WaitGroup // the background learn
 }
+
+// learnTimeout bounds a learn's question to the controller: while it is
+// unreachable, reads fail as they would have and placement asks again
+// later, rather than waiting out the controller's retries.
+const learnTimeout = 2 * time.Second
 
 // learnSoon starts a background learn when one is due: learnEvery after
 // the last, or at once with now.
@@ -161,16 +168,23 @@ func (c *Client) learnSoon(now bool) {
 // for another's learn does not ask again).
 func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	asked := time.Now()
+	d.learning.Lock()
+	defer d.learning.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed || (read && d.last.After(asked.Add(-learnMin))) {
+	skip := d.closed || (read && d.last.After(asked.Add(-learnMin)))
+	d.mu.Unlock()
+	if skip {
 		return
 	}
-	infos, err := d.list(ctx)
+	lctx, cancel := context.WithTimeout(ctx, learnTimeout)
+	infos, err := d.list(lctx)
+	cancel()
 	if err != nil {
 		return // reads fail as they would have; placement asks again later
 	}
+	d.mu.Lock()
 	d.last, d.due = time.Now(), false
+	d.mu.Unlock()
 	old := c.tbl.Load()
 	units := slices.Clone(old.units)
 	dead := map[engine.UnitID]bool{}
@@ -189,6 +203,9 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 		}
 		alive[u.ID] = u.Alive
 	}
+	// A unit's incarnation never changes under its id, so a known unit is
+	// the same unit: its redialUnit dials it again if its connection
+	// ended (see redial.go).
 	for _, u := range old.units {
 		if !alive[u.ID()] {
 			dead[u.ID()] = true // dead, or gone from the controller's list
@@ -200,11 +217,16 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 			units = append(units, du)
 		}
 	}
-	t, err := newUnitTable(units, c.cfg.Host)
+	t, err := newUnitTable(units, c.cfg.Host, dead)
 	if err != nil {
 		return // cannot happen: the ids are new
 	}
-	t.dead = dead
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		closeUnits(t.units[len(old.units):]) // Close took the old table's
+		return
+	}
 	c.tbl.Store(t)
 }
 
@@ -237,24 +259,34 @@ func (d unitDialer) dialAll(ctx context.Context, units []engine.UnitInfo) ([]Dat
 }
 
 // orRedial is what the table holds for u after a dial returned (du, err):
-// du; nil when u has no address this client could ever dial; else a
-// redialUnit, reachable later.
+// du (in a redialUnit when it is reached over shared memory, whose
+// connection does not dial again by itself); nil when u has no address
+// this client could ever dial; else a redialUnit, reachable later.
 func (d unitDialer) orRedial(u engine.UnitInfo, du DataUnit, err error) DataUnit {
 	switch {
 	case err == nil:
+		if _, ok := du.(broken); ok {
+			r := d.redial(u, nil)
+			r.du = du
+			return r
+		}
 		return du
 	case errors.Is(err, errNoAddr):
 		return nil
 	default:
-		return newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
+		return d.redial(u, err)
 	}
+}
+
+// redial returns a redialUnit for u, down with err.
+func (d unitDialer) redial(u engine.UnitInfo, err error) *redialUnit {
+	return newRedialUnit(u.ID, u.Host, err, func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
 }
 
 // deferred is what the table holds for a unit the controller reports
 // dead: a redialUnit that the first call needing it dials.
 func (d unitDialer) deferred(u engine.UnitInfo) *redialUnit {
-	r := newRedialUnit(u.ID, u.Host, fmt.Errorf("the controller reports it dead: %w", engine.ErrUnavailable),
-		func(ctx context.Context) (DataUnit, error) { return d.dial(ctx, u) })
+	r := d.redial(u, fmt.Errorf("the controller reports it dead: %w", engine.ErrUnavailable))
 	r.next = time.Time{}
 	return r
 }

@@ -162,9 +162,11 @@ type Membership struct {
 	// superseded (a new connection, maybe a new id) stops early.
 	full chan struct{}
 	regs atomic.Uint64
-	// syncAck is the seq of the last UNIT_SYNC reply applied (owned by the
-	// sync loop).
-	syncAck uint64
+	// syncAck is the seq of the last UNIT_SYNC reply applied, under the
+	// registration syncRegs counted (both owned by the sync loop): a new
+	// registration starts again from 0, since the controller's sequence
+	// starts again with it (after a restart, or for a new id).
+	syncAck, syncRegs uint64
 
 	mu       sync.Mutex
 	conn     *wire.Conn    // replaced by the heartbeat loop on reconnect
@@ -414,6 +416,10 @@ func (m *Membership) syncLoop(ctx context.Context) {
 func (m *Membership) unitSync(ctx context.Context, conn *wire.Conn) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncWait+max(2*m.interval, 5*time.Second))
 	defer cancel()
+	if regs := m.regs.Load(); regs != m.syncRegs {
+		m.syncAck, m.syncRegs = 0, regs
+	}
+	regs := m.syncRegs
 	req := &wirepb.UnitSyncRequest{
 		UnitId: uint32(m.u.ID()), Incarnation: m.u.Incarnation(), WaitMs: uint64(m.cfg.SyncWait / time.Millisecond),
 		Ack: m.syncAck,
@@ -429,7 +435,7 @@ func (m *Membership) unitSync(ctx context.Context, conn *wire.Conn) (bool, error
 	if _, err := m.u.FreeRanges(free); err != nil {
 		return false, err
 	}
-	if reply.Seq != 0 {
+	if reply.Seq != 0 && m.regs.Load() == regs {
 		m.syncAck = reply.Seq // applied: the controller may forget it
 	}
 	if reply.Reconcile {

@@ -276,6 +276,11 @@ func (c *Conn) Close() error {
 	return c.closeErr
 }
 
+// Gone reports whether the connection to the unit has ended (the unit
+// died, or the connection broke): every call fails from then on, and a
+// new Conn must be dialed.
+func (c *Conn) Gone() bool { return c.gone.Load() }
+
 // dropSegments unmaps every segment mapped so far.
 func (c *Conn) dropSegments() []error {
 	c.mapMu.Lock() // a segment being mapped is dropped by its mapper
