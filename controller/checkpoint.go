@@ -22,10 +22,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -44,11 +46,12 @@ func (c *Controller) Save(dir string) error {
 	}
 	unlock := c.lockAll()
 	st := c.copyState()
+	err := c.samplerState(st.head) // under the locks, as of the same moment
 	unlock()
-	if err := c.samplerState(st.head); err != nil {
+	if err != nil {
 		return opErr("save checkpoint", dir, err)
 	}
-	err := writeDirAtomic(dir, func(tmp string) error {
+	err = writeDirAtomic(dir, func(tmp string) error {
 		return writeFileSynced(filepath.Join(tmp, stateFile), func(w io.Writer) error { return st.write(w, nil) })
 	})
 	if err != nil {
@@ -77,16 +80,19 @@ func checkReplaceable(dir string) error {
 }
 
 // writeDirAtomic has fill write a checkpoint's files into a fresh
-// temporary sibling of dir, fsyncs the directory and renames it to dir
-// (replacing an existing checkpoint). fill fsyncs the files it writes
-// (writeFileSynced). On failure nothing is left behind.
+// temporary sibling of dir, fsyncs the directory and renames it to dir,
+// exchanging it with an existing checkpoint in one step where the file
+// system can (else the old one is moved aside first). fill fsyncs the
+// files it writes (writeFileSynced). On failure nothing is left behind;
+// a process killed meanwhile leaves a hidden sibling that sweepTemps
+// removes.
 func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
 	if err := os.MkdirAll(parent, 0o700); err != nil {
 		return fmt.Errorf("create parent: %w", err)
 	}
-	tmp := dir + ".tmp-" + randSuffix()
+	tmp := tempSibling(dir, "tmp")
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return fmt.Errorf("create temporary directory: %w", err)
 	}
@@ -103,9 +109,18 @@ func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 	}
 	var old string
 	if _, statErr := os.Stat(dir); statErr == nil {
-		old = dir + ".old-" + randSuffix()
-		if err := os.Rename(dir, old); err != nil {
-			return fmt.Errorf("move old checkpoint aside: %w", err)
+		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_EXCHANGE)
+		switch {
+		case err == nil:
+			os.RemoveAll(tmp) // now the old checkpoint
+			return journal.SyncDir(parent)
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ENOTSUP):
+			old = tempSibling(dir, "old")
+			if err := os.Rename(dir, old); err != nil {
+				return fmt.Errorf("move old checkpoint aside: %w", err)
+			}
+		default:
+			return fmt.Errorf("exchange checkpoint: %w", err)
 		}
 	}
 	if err := os.Rename(tmp, dir); err != nil {
@@ -118,6 +133,24 @@ func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 		os.RemoveAll(old)
 	}
 	return journal.SyncDir(parent)
+}
+
+// tempSibling names a hidden sibling of dir for what (a checkpoint being
+// written, or one being replaced): no checkpoint name starts with a dot,
+// so it is never listed nor asked for.
+func tempSibling(dir, what string) string {
+	return filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+"."+what+"-"+randSuffix())
+}
+
+// sweepTemps removes from dir what saves cut short (a killed process)
+// left: tempSibling's directories.
+func sweepTemps(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, ".") && (strings.Contains(n, ".tmp-") || strings.Contains(n, ".old-")) {
+			os.RemoveAll(filepath.Join(dir, n))
+		}
+	}
 }
 
 func writeFileSynced(path string, write func(io.Writer) error) error {

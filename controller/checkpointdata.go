@@ -100,13 +100,14 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 	}
 	release := s.frees.hold()
 	defer release()
-	s.c.pins.Add(1)
-	defer s.c.pins.Add(-1)
+	s.c.pins.Lock()
+	defer s.c.pins.Unlock()
 
 	unlock := s.c.lockAll()
 	st := s.c.copyState()
+	err := s.c.samplerState(st.head) // under the locks, as of the same moment
 	unlock()
-	if err := s.c.samplerState(st.head); err != nil {
+	if err != nil {
 		return CheckpointInfo{}, err
 	}
 	withData := s.cfg.Dial != nil
@@ -146,7 +147,7 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 		}
 	}
 	st.head.DataBytes, st.head.Cells, st.head.LostCells = int64(size), cells, lostN
-	err := writeDirAtomic(dir, func(tmp string) error {
+	err = writeDirAtomic(dir, func(tmp string) error {
 		if withData {
 			err := withMappedFile(filepath.Join(tmp, dataFile), int64(size), func(m []byte) error {
 				for id, refs := range byUnit {
@@ -302,8 +303,8 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	}
 	// The extents written below are referenced by nothing until the state
 	// is taken over: no reconcile may reclaim them meanwhile.
-	s.c.pins.Add(1)
-	defer s.c.pins.Add(-1)
+	s.c.pins.Lock()
+	defer s.c.pins.Unlock()
 	f, err := os.Open(filepath.Join(dir, dataFile))
 	if err != nil {
 		return nil, err

@@ -86,8 +86,12 @@ type Controller struct {
 	snapStop      chan struct{}
 	snapDone      chan struct{}
 	lastSnapBytes atomic.Int64
-	// pins counts checkpoints being saved: reconciling waits for them.
-	pins atomic.Int32
+	// pins is held (write) while a checkpoint is saved or loaded with
+	// data, and read-held by a reconcile for its whole run: a reconcile
+	// finds it taken and answers "not ready" (its unit tries again), and a
+	// save waits for reconciles under way, so none frees an extent the
+	// checkpoint reads or writes.
+	pins sync.RWMutex
 	// spent holds keys given back before their partition existed.
 	spent spentKeys
 
@@ -407,6 +411,14 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 		return nil, fmt.Errorf("sampler: %w", err)
 	}
 	if len(sampled) == 0 {
+		if len(entries) > 0 {
+			// The sampler remembered something (a batch split across
+			// ranks, say) though this rank got nothing: a restart must
+			// remember it too.
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+				Partition: p.id, Gen: p.gen, Task: req.Task, Sampler: entries, AtUnixMs: now.UnixMilli(),
+			}}})
+		}
 		return nil, nil
 	}
 	rows := make([]*row, len(sampled))
@@ -430,6 +442,28 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 	return p.meta(rows, req.Fields), nil
 }
 
+// lockOrSpend returns partition id locked, or, when it does not exist,
+// marks key spent and returns nil: nothing was taken, and a fetch with the
+// key still waiting for the partition must take nothing once it exists.
+// The check and the mark are under c.mu, which partitions are made under,
+// so that one made meanwhile is seen.
+func (c *Controller) lockOrSpend(id, key string) *partition {
+	for {
+		if p := c.lock(id); p != nil {
+			return p
+		}
+		c.mu.RLock()
+		_, made := c.parts[id]
+		if !made {
+			c.spent.add(key, time.Now())
+		}
+		c.mu.RUnlock()
+		if !made {
+			return nil
+		}
+	}
+}
+
 // Unconsume gives back the rows of the fetch named key (see
 // [engine.FetchRequest.Key]): those it marked consumed for task that are
 // still in the partition become fetchable again, and the key is spent: the
@@ -446,11 +480,8 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 	if err := checkFetchKey(key); err != nil {
 		return opErr("unconsume", partition, err)
 	}
-	p := c.lock(partition)
+	p := c.lockOrSpend(partition, key)
 	if p == nil {
-		// Nothing was taken; a fetch with this key still waiting for the
-		// partition must take nothing once it exists.
-		c.spent.add(key, time.Now())
 		return nil
 	}
 	defer p.mu.Unlock()
@@ -995,8 +1026,8 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released}}})
 		}
 	}
+	c.idx.release(released) // under the lock: see ClearPartition
 	p.mu.Unlock()
-	c.idx.release(released)
 	return freed, nil
 }
 
@@ -1020,19 +1051,25 @@ func (c *Controller) ClearKeys(partition string, keys []string) ([]engine.CellLo
 // and clears the sampler's cache for it. Clearing an unknown partition does
 // nothing.
 func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) {
+	// Under c.mu and the partition's lock (the order lockAll takes): a
+	// copy of the state sees the partition or its indexes free, and no
+	// partition of the same id is made again before the sampler forgets
+	// this one's cache, as in replay.
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	p, ok := c.parts[partition]
-	if ok {
-		delete(c.parts, partition)
-		if c.logging() {
-			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}})
-		}
-	}
-	c.mu.Unlock()
 	if !ok {
 		return nil, nil
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(c.parts, partition)
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}})
+	}
+	if cs, ok := c.sampler.(engine.CachingSampler); ok {
+		cs.ClearCache(partition)
+	}
 	rows := p.sortedRows()
 	freed := p.removeRows(rows, nil)
 	released := make([]uint64, 0, len(rows))
@@ -1041,11 +1078,7 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	}
 	p.dropped = true
 	p.notify()
-	p.mu.Unlock()
 	c.idx.release(released)
-	if cs, ok := c.sampler.(engine.CachingSampler); ok {
-		cs.ClearCache(partition)
-	}
 	return freed, nil
 }
 

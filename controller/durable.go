@@ -132,23 +132,31 @@ func (c *Controller) openJournal() error {
 }
 
 // recover loads the newest readable snapshot and replays the log after it.
-// A snapshot that cannot be read is set aside, and the one before it (with
-// every record since) used instead.
+// A snapshot whose bytes are damaged is set aside, and the one before it
+// (with every record since) used instead. Any other failure — a file that
+// cannot be opened, a state this configuration cannot take (another
+// sampler's) — fails the start and sets nothing aside: it is not the
+// file's fault.
 func (c *Controller) recover() error {
 	c.replaying = true
 	defer func() { c.replaying = false }()
 	var after uint64
 	for _, s := range c.j.Snapshots() {
 		ls, err := readStateFile(s.Path)
-		if err == nil {
-			if err = c.adopt(ls); err == nil {
-				after = s.Index
-				break
+		if errors.Is(err, engine.ErrCorrupt) {
+			if derr := c.j.Discard(s); derr != nil {
+				return errors.Join(err, derr)
 			}
+			continue
 		}
-		if derr := c.j.Discard(s); derr != nil {
-			return errors.Join(err, derr)
+		if err != nil {
+			return err
 		}
+		if err := c.adopt(ls); err != nil {
+			return fmt.Errorf("%s: %w", filepath.Base(s.Path), err)
+		}
+		after = s.Index
+		break
 	}
 	records := 0
 	err := c.j.Replay(after, func(_ uint64, b []byte) error {
@@ -198,10 +206,10 @@ func (c *Controller) adopt(ls *loadedState) error {
 	if len(ls.head.Sampler) > 0 {
 		ss, ok := c.sampler.(engine.StatefulSampler)
 		if !ok {
-			return corrupt("the state has sampler state but the sampler %T keeps none", c.sampler)
+			return fmt.Errorf("the state was saved with a sampler that keeps state, and sampler %T keeps none (start with the sampler it was saved with): %w", c.sampler, engine.ErrInvalid)
 		}
 		if err := ss.LoadState(ls.head.Sampler); err != nil {
-			return fmt.Errorf("sampler state: %w", err)
+			return fmt.Errorf("sampler state (start with the sampler it was saved with): %w", err)
 		}
 	}
 	c.cluster, c.epoch, c.nextGen = ls.head.ClusterId, ls.head.Epoch, max(ls.head.NextGen, 1)
@@ -446,12 +454,13 @@ func (c *Controller) snapshot() error {
 	}
 	st := c.copyState()
 	st.head.LogIndex = pos.Index
+	err := c.samplerState(st.head) // under the locks, as of pos
 	unlock()
-	if err := c.samplerState(st.head); err != nil {
+	if err != nil {
 		return err
 	}
 	var size int64
-	err := c.j.WriteSnapshot(pos, func(w io.Writer) error {
+	err = c.j.WriteSnapshot(pos, func(w io.Writer) error {
 		cw := &countWriter{w: w}
 		err := st.write(cw, nil)
 		size = cw.n

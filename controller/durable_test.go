@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -401,10 +403,10 @@ func TestReconcile(t *testing.T) {
 	_, err = c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 7, Extents: []engine.RemoteAddr{{Segment: 9, Gen: 1, Len: 8}}})
 	require.ErrorIs(t, err, engine.ErrInvalid, "an extent in a segment without a fence")
 	// While a checkpoint is saved, reconciling waits.
-	c.pins.Add(1)
+	c.pins.Lock()
 	_, err = c.Reconcile(ReconcileRequest{Unit: u, Incarnation: 7})
 	require.ErrorIs(t, err, engine.ErrNotReady)
-	c.pins.Add(-1)
+	c.pins.Unlock()
 }
 
 // TestListKeysPages: pages in creation order, partition by partition, a
@@ -457,8 +459,7 @@ func TestListKeysPages(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrInvalid)
 }
 
-// TestJournalFailureStopsAcknowledging: once the journal cannot write, no
-// change is acknowledged any more.
+// TestDurableConfig: a bad fsync mode or snapshot size is refused.
 func TestDurableConfig(t *testing.T) {
 	_, err := New(Config{Dir: t.TempDir(), Fsync: journal.Fsync(9)})
 	require.ErrorIs(t, err, engine.ErrInvalid)
@@ -479,4 +480,83 @@ func TestIndexSet(t *testing.T) {
 	assert.False(t, s.has(1))
 	assert.False(t, s.has(65537))
 	assert.Len(t, s.pages, 3)
+}
+
+// A snapshot this configuration cannot take (saved with a sampler that
+// keeps state, reopened with one that keeps none) fails the start and is
+// not set aside as damaged: reopened as it was saved, the controller comes
+// back whole (it used to rename both snapshots .bad for good).
+func TestRecoveryRefusesAnotherSampler(t *testing.T) {
+	dir := t.TempDir()
+	rank := func() engine.Sampler { g, _ := sampler.NewGRPO(1); return g }
+	c := openDurable(t, dir, Config{Sampler: rank()})
+	rm := insert(t, c, "ranked", 4, "r")
+	commitDense(t, c, "ranked", rm.Indexes, "r")
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "ranked", Task: "t", Fields: []string{"r"}, BatchSize: 2,
+		Options: engine.SamplingOptions{HasRank: true}})
+	require.NoError(t, err)
+	want := stateBytes(t, c)
+	require.NoError(t, c.Close()) // a snapshot with the sampler's state
+
+	_, err = New(Config{Dir: dir, Sampler: sampler.NewSequential()})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "sampler")
+	bad, _ := filepath.Glob(filepath.Join(dir, "*.bad"))
+	assert.Empty(t, bad, "a snapshot was set aside")
+
+	d := openDurable(t, dir, Config{Sampler: rank()})
+	defer d.Close()
+	got := stateBytes(t, d)
+	assert.Equal(t, want, got)
+}
+
+// A fetch that takes no rows but leaves the sampler remembering something
+// (a batch split across ranks, asked for by a rank past the split) is
+// logged too: after a crash the split is the same, and so the batches the
+// other ranks get.
+func TestSamplerStateOfAnEmptyFetchSurvives(t *testing.T) {
+	dir := t.TempDir()
+	seqlen := func() engine.Sampler { s, _ := sampler.NewSeqlenBalanced(1, 2); return s }
+	c := openDurable(t, dir, Config{Sampler: seqlen(), SnapshotBytes: 1 << 40})
+	m := insert(t, c, "p", 4, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2,
+		Options: engine.SamplingOptions{HasRank: true, DPRank: 2}})
+	require.NoError(t, err)
+	require.Empty(t, got.Indexes, "rank 2 of 2 gets nothing")
+	want := stateBytes(t, c)
+	require.NoError(t, c.WaitDurable(context.Background()))
+	crash(t, c)
+	d := openDurable(t, dir, Config{Sampler: seqlen()})
+	defer d.Close()
+	assert.Equal(t, want, stateBytes(t, d), "the split was lost")
+}
+
+// A checkpoint saved over another replaces it in one step, leaving no
+// temporary directory; what a save cut short left (hidden siblings, never
+// listed) goes when a server starts on the directory.
+func TestCheckpointReplaceAndSweep(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "ck")
+	c := newController(t, DefaultConfig())
+	insert(t, c, "first", 1, "x")
+	require.NoError(t, c.Save(dir))
+	insert(t, c, "second", 1, "x")
+	require.NoError(t, c.Save(dir))
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "left beside the checkpoint: %v", entries)
+	d := newController(t, DefaultConfig())
+	_, err = d.Load(dir)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"first", "second"}, d.Partitions())
+
+	for _, stale := range []string{".ck.tmp-0123", ".ck.old-4567"} {
+		require.NoError(t, os.Mkdir(filepath.Join(root, stale), 0o700))
+	}
+	NewServer(c, ServerConfig{CheckpointDir: root})
+	entries, err = os.ReadDir(root)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, "ck", entries[0].Name())
 }

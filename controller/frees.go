@@ -38,14 +38,20 @@ type unitQueue struct {
 
 // freeQueue holds, per unit, the ranges to free.
 type freeQueue struct {
+	// alive reports a unit the registry hears from. Frees for one it does
+	// not are not kept (a unit that is gone for good would hold them for
+	// ever): the unit is asked for a full reconcile instead, which frees
+	// the same once it is back.
+	alive func(engine.UnitID) bool
+
 	mu    sync.Mutex
 	units map[engine.UnitID]*unitQueue
 	holds int           // checkpoints being saved: nothing is handed out
 	wake  chan struct{} // closed and replaced when holds drops to 0
 }
 
-func newFreeQueue() *freeQueue {
-	return &freeQueue{units: make(map[engine.UnitID]*unitQueue), wake: make(chan struct{})}
+func newFreeQueue(alive func(engine.UnitID) bool) *freeQueue {
+	return &freeQueue{alive: alive, units: make(map[engine.UnitID]*unitQueue), wake: make(chan struct{})}
 }
 
 func (q *freeQueue) unitLocked(id engine.UnitID) *unitQueue {
@@ -62,6 +68,12 @@ func (q *freeQueue) add(locs []engine.CellLoc) {
 	if len(locs) == 0 {
 		return
 	}
+	alive := map[engine.UnitID]bool{}
+	for _, l := range locs {
+		if _, ok := alive[l.Unit]; !ok && l.Stored() && !l.Lost() {
+			alive[l.Unit] = q.alive(l.Unit)
+		}
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var last engine.UnitID
@@ -74,6 +86,10 @@ func (q *freeQueue) add(locs []engine.CellLoc) {
 		if u == nil || l.Unit != last {
 			last, u = l.Unit, q.unitLocked(l.Unit)
 		}
+		if !alive[l.Unit] {
+			u.ranges, u.reconcile = nil, true
+			continue
+		}
 		if len(u.ranges) >= maxQueuedFrees {
 			u.ranges, u.reconcile = nil, true
 		}
@@ -84,16 +100,6 @@ func (q *freeQueue) add(locs []engine.CellLoc) {
 		close(u.wake)
 		u.wake = make(chan struct{})
 	}
-}
-
-// askReconcile asks a unit for a full reconcile at its next sync.
-func (q *freeQueue) askReconcile(id engine.UnitID) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	u := q.unitLocked(id)
-	u.reconcile = true
-	close(u.wake)
-	u.wake = make(chan struct{})
 }
 
 // drop forgets a unit's queue: the unit is gone for good (it came back

@@ -89,3 +89,29 @@ func TestServerFreesCells(t *testing.T) {
 		})
 	}
 }
+
+// Frees for a unit the registry no longer hears from are not kept (a unit
+// gone for good held them for ever, up to 2^24 ranges each, and every
+// restarted unit leaves one such id): the unit is asked for a full
+// reconcile instead, which frees the same once it is back.
+func TestFreesForADeadUnit(t *testing.T) {
+	alive := map[engine.UnitID]bool{1: true, 2: false}
+	q := newFreeQueue(func(id engine.UnitID) bool { return alive[id] })
+	cell := func(unit engine.UnitID, off uint64) engine.CellLoc {
+		return engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: off, Len: 8}}
+	}
+	for i := range uint64(1000) {
+		q.add([]engine.CellLoc{cell(1, 16*i), cell(2, 16*i)})
+	}
+	ctx := context.Background()
+	ranges, seq, reconcile := q.take(ctx, 1, 0, 0)
+	assert.Len(t, ranges, 1000)
+	assert.NotZero(t, seq)
+	assert.False(t, reconcile)
+	q.mu.Lock()
+	assert.Empty(t, q.units[2].ranges, "kept frees for a dead unit")
+	q.mu.Unlock()
+	ranges, _, reconcile = q.take(ctx, 2, 0, 0)
+	assert.Empty(t, ranges)
+	assert.True(t, reconcile, "the dead unit, when back, is asked for a full reconcile")
+}

@@ -212,9 +212,10 @@ func (c *Controller) Reconcile(req ReconcileRequest) (ReconcileResult, error) {
 	for _, s := range req.LiveSegments {
 		live[s] = true
 	}
-	if c.pins.Load() > 0 {
+	if !c.pins.TryRLock() {
 		return res, fmt.Errorf("a checkpoint is being saved; reconcile later: %w", engine.ErrNotReady)
 	}
+	defer c.pins.RUnlock()
 
 	c.fences.mu.Lock()
 	if changed := c.fences.raiseLocked(req.Unit, fs); len(changed) > 0 {

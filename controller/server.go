@@ -54,6 +54,8 @@ type ServerConfig struct {
 	// CheckpointDir is where SAVE_CHECKPOINT and LOAD_CHECKPOINT keep
 	// checkpoints, one directory per name (names, never paths, come from
 	// the network). Empty refuses both ops (CODE_NOT_SUPPORTED).
+	// NewServer removes what saves cut short by a killed process left
+	// there.
 	CheckpointDir string
 	// Dial connects the controller to a storage unit's data plane, for
 	// checkpoints with data (reading every cell at save, writing them at
@@ -120,11 +122,14 @@ var (
 // connections.
 func NewServer(c *Controller, cfg ServerConfig) *Server {
 	cfg = cfg.withDefaults()
+	if cfg.CheckpointDir != "" {
+		sweepTemps(cfg.CheckpointDir)
+	}
 	stop, cancel := context.WithCancelCause(context.Background())
 	s := &Server{
 		c:      c,
 		cfg:    cfg,
-		frees:  newFreeQueue(),
+		frees:  newFreeQueue(c.units.Alive),
 		stop:   stop,
 		cancel: cancel,
 	}

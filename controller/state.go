@@ -255,7 +255,6 @@ type loadedState struct {
 	// bytes are in the data file, to be written to storage units before
 	// the state is taken over.
 	inFile []fileCell
-	nextID uint64 // the next index allocator value
 }
 
 // fileCell is a cell whose bytes are at off in a checkpoint's data file.
@@ -311,13 +310,14 @@ func readState(r io.Reader) (*loadedState, error) {
 	case head.Format != stateFormat:
 		return nil, corrupt("format %q, want %q", head.Format, stateFormat)
 	case head.Version != stateVersion:
-		return nil, corrupt("version %d, this build reads %d", head.Version, stateVersion)
+		// Not damage: another build's file, to be read by that build.
+		return nil, fmt.Errorf("state version %d, this build reads %d: %w", head.Version, stateVersion, engine.ErrNotSupported)
 	case head.NextIndex > maxIndexes:
 		return nil, corrupt("next index %d is beyond %d", head.NextIndex, uint64(maxIndexes))
 	case head.NextUnitId > uint32(engine.LostUnit):
 		return nil, corrupt("next unit id %d is beyond %d", head.NextUnitId, engine.LostUnit)
 	}
-	ls := &loadedState{head: head, parts: make(map[string]*partition, min(head.Partitions, 1<<16)), nextID: head.NextIndex}
+	ls := &loadedState{head: head, parts: make(map[string]*partition, min(head.Partitions, 1<<16))}
 	var used indexSet
 	var n struct{ rows, cells uint64 }
 	for range head.Partitions {

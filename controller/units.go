@@ -284,6 +284,16 @@ func (r *Registry) Unit(id engine.UnitID) (engine.UnitInfo, bool) {
 	return c, true
 }
 
+// Alive reports whether unit id is registered and heard from within the
+// timeout.
+func (r *Registry) Alive(id engine.UnitID) bool {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.units[id]
+	return ok && r.alive(u, now)
+}
+
 // bound reports whether id is registered with incarnation inc.
 func (r *Registry) bound(id engine.UnitID, inc uint64) bool {
 	r.mu.Lock()

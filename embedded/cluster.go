@@ -10,7 +10,8 @@ import (
 	"github.com/tqgo/tq/storage"
 )
 
-// Config configures an in-process cluster.
+// Config configures an in-process cluster. Its state lives in memory:
+// Controller.Dir must be empty.
 type Config struct {
 	Controller controller.Config
 	Storage    storage.Config
@@ -44,6 +45,12 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	if cfg.Units < 0 {
 		return nil, fmt.Errorf("%d storage units: %w", cfg.Units, engine.ErrInvalid)
+	}
+	if cfg.Controller.Dir != "" {
+		// Its units' bytes die with the process: a durable controller
+		// would remember only cells that are lost (and this client does
+		// not wait for the log).
+		return nil, fmt.Errorf("an embedded cluster keeps its state in memory (controller Dir %q; run tq serve for a durable one): %w", cfg.Controller.Dir, engine.ErrInvalid)
 	}
 	ctrl, err := controller.New(cfg.Controller)
 	if err != nil {

@@ -55,6 +55,11 @@ func TestNew(t *testing.T) {
 	if _, err := New(bad); !errors.Is(err, engine.ErrInvalid) {
 		t.Errorf("a storage config NewUnit rejects: got %v, want ErrInvalid", err)
 	}
+	durable := smallConfig(1)
+	durable.Controller.Dir = t.TempDir()
+	if _, err := New(durable); !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("a durable controller: got %v, want ErrInvalid", err)
+	}
 }
 
 // TestUnit drives the in-process unit adapter directly: write, views,

@@ -40,6 +40,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -100,6 +101,8 @@ type Journal struct {
 	cfg Config
 	db  *pebble.DB
 
+	snapMu sync.Mutex // held while a snapshot is written
+
 	mu       sync.Mutex
 	pending  [][]byte // appended, not written; pending[0] is record written+1
 	written  uint64   // handed to Pebble
@@ -147,12 +150,20 @@ func Open(cfg Config) (*Journal, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("journal directory: %w", err)
 	}
-	db, err := pebble.Open(filepath.Join(cfg.Dir, "log"), &pebble.Options{
+	opts := &pebble.Options{
 		Logger: quiet{},
 		// One small database of sequential keys: a modest memtable is
 		// plenty, and keeps memory flat.
 		MemTableSize: 16 << 20,
-	})
+	}
+	if cfg.Fsync == FsyncNever {
+		// Pebble keeps an unsynced record in its own buffer until a block
+		// fills, where a killed process loses it: records are committed
+		// with a sync, which for the log's files only writes to the
+		// kernel (its other files keep their fsyncs).
+		opts.FS = walNoSyncFS{vfs.Default}
+	}
+	db, err := pebble.Open(filepath.Join(cfg.Dir, "log"), opts)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
@@ -299,8 +310,12 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 // journal owns rec from now on. Call it in the order the changes happened.
 func (j *Journal) Append(rec []byte) uint64 {
 	j.mu.Lock()
-	j.pending = append(j.pending, rec)
-	j.appended += int64(len(rec))
+	if j.err == nil {
+		// After a failure nothing is written any more (and its waiters
+		// get the failure): holding records would only grow memory.
+		j.pending = append(j.pending, rec)
+		j.appended += int64(len(rec))
+	}
 	i := j.last.Add(1)
 	j.mu.Unlock()
 	select {
@@ -371,10 +386,9 @@ func (j *Journal) SinceSnapshot() int64 {
 // writer writes pending records in groups until the journal closes.
 func (j *Journal) writer() {
 	defer close(j.writerDone)
+	// With FsyncNever too: its log files only write to the kernel on a
+	// sync (see walNoSyncFS).
 	sync := pebble.Sync
-	if j.cfg.Fsync == FsyncNever {
-		sync = pebble.NoSync
-	}
 	for {
 		select {
 		case <-j.kick:
@@ -452,6 +466,11 @@ func (j *Journal) Err() error {
 //
 // pos must grow from one snapshot to the next.
 func (j *Journal) WriteSnapshot(pos Pos, write func(io.Writer) error) error {
+	// One at a time: two writers (the controller's snapshotter, a
+	// checkpoint load) finishing out of order would list the older as the
+	// newest and truncate the log past it.
+	j.snapMu.Lock()
+	defer j.snapMu.Unlock()
 	index := pos.Index
 	j.mu.Lock()
 	if len(j.snaps) > 0 && index <= j.snaps[0].Index {
@@ -483,8 +502,9 @@ func (j *Journal) WriteSnapshot(pos Pos, write func(io.Writer) error) error {
 		j.snaps = j.snaps[:2]
 	}
 	keepFrom := j.snaps[len(j.snaps)-1].Index // records after it stay
+	truncate := len(j.snaps) == 2
 	j.mu.Unlock()
-	if len(j.snaps) == 2 {
+	if truncate {
 		if err := j.db.DeleteRange(key(0), key(keepFrom+1), pebble.NoSync); err != nil {
 			return fmt.Errorf("truncate log: %w", err)
 		}
@@ -574,3 +594,38 @@ func (quiet) Fatalf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "tq journal: pebble: "+format+"\n", args...)
 	os.Exit(2)
 }
+
+// walNoSyncFS is the file system of a FsyncNever journal: Pebble's log
+// files (*.log) skip their fsyncs, so that committing with a sync hands a
+// record to the kernel, which a killed process cannot lose, without
+// waiting for the disk. (Committed without a sync, a record stays in
+// Pebble's buffer until a 32 KiB block fills.)
+type walNoSyncFS struct{ vfs.FS }
+
+func (fs walNoSyncFS) wrap(name string, f vfs.File, err error) (vfs.File, error) {
+	if err != nil || !strings.HasSuffix(name, ".log") {
+		return f, err
+	}
+	return noSyncFile{f}, nil
+}
+
+func (fs walNoSyncFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.Create(name, c)
+	return fs.wrap(name, f, err)
+}
+
+func (fs walNoSyncFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	f, err := fs.FS.OpenReadWrite(name, c, opts...)
+	return fs.wrap(name, f, err)
+}
+
+func (fs walNoSyncFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname, c)
+	return fs.wrap(newname, f, err)
+}
+
+type noSyncFile struct{ vfs.File }
+
+func (noSyncFile) Sync() error                { return nil }
+func (noSyncFile) SyncData() error            { return nil }
+func (noSyncFile) SyncTo(int64) (bool, error) { return true, nil }

@@ -1,13 +1,16 @@
 package journal
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -279,5 +282,67 @@ func BenchmarkAppendWait(b *testing.B) {
 				b.ReportMetric(float64(b.N)/float64(j.Stats().Groups), "records/group")
 			})
 		}
+	}
+}
+
+const killChildEnv = "TQ_JOURNAL_KILL_CHILD"
+
+// killChild appends records to the journal in dir (FsyncNever when dir
+// ends in "never"), waits for each, prints its index, and waits to be
+// killed.
+func killChild(dir string) int {
+	fsync := FsyncBatch
+	if strings.HasSuffix(dir, "never") {
+		fsync = FsyncNever
+	}
+	j, err := Open(Config{Dir: dir, Fsync: fsync})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	for i := 1; i <= 100; i++ {
+		if err := j.Wait(context.Background(), j.Append([]byte(fmt.Sprintf("record %d", i)))); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
+	fmt.Println("waited 100")
+	select {}
+}
+
+// TestKilledProcessKeepsWaitedRecords: a record Wait returned for survives
+// the process's SIGKILL, with FsyncNever too (the kernel has it). Pebble
+// buffers an unsynced record until a 32 KiB block fills, so FsyncNever
+// used to lose a killed process's last acknowledged records.
+func TestKilledProcessKeepsWaitedRecords(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a process")
+	}
+	for _, mode := range []string{"batch", "never"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), mode)
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), killChildEnv+"="+dir)
+			cmd.Stderr = os.Stderr
+			out, err := cmd.StdoutPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			line, err := bufio.NewReader(out).ReadString('\n')
+			require.NoError(t, err)
+			require.Equal(t, "waited 100\n", line)
+			cmd.Process.Kill()
+			cmd.Wait()
+
+			j, err := Open(Config{Dir: dir})
+			require.NoError(t, err)
+			defer j.Close()
+			var got []string
+			require.NoError(t, j.Replay(0, func(_ uint64, b []byte) error {
+				got = append(got, string(b))
+				return nil
+			}))
+			require.Len(t, got, 100)
+			assert.Equal(t, "record 100", got[99])
+		})
 	}
 }
