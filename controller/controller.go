@@ -1063,12 +1063,19 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(c.parts, partition)
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}})
 	}
+	return c.dropPartition(p), nil
+}
+
+// dropPartition removes p, its rows and its sampler cache, and releases
+// its indexes (live and in replay); it returns the cells the rows held.
+// The caller holds c.mu and p.mu.
+func (c *Controller) dropPartition(p *partition) []engine.CellLoc {
+	delete(c.parts, p.id)
 	if cs, ok := c.sampler.(engine.CachingSampler); ok {
-		cs.ClearCache(partition)
+		cs.ClearCache(p.id)
 	}
 	rows := p.sortedRows()
 	freed := p.removeRows(rows, nil)
@@ -1079,7 +1086,7 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	p.dropped = true
 	p.notify()
 	c.idx.release(released)
-	return freed, nil
+	return freed
 }
 
 // Fields describes a partition's fields (those with produced cells and

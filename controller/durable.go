@@ -267,17 +267,7 @@ func (c *Controller) apply(lop *wirepb.LogOp) error {
 	case *wirepb.LogOp_ClearPartition:
 		o := op.ClearPartition
 		if p := c.partitionOf(o.Partition, o.Gen); p != nil {
-			delete(c.parts, o.Partition)
-			rows := p.sortedRows()
-			p.removeRows(rows, nil)
-			released := make([]uint64, len(rows))
-			for i, r := range rows {
-				released[i] = r.index
-			}
-			c.idx.release(released)
-			if cs, ok := c.sampler.(engine.CachingSampler); ok {
-				cs.ClearCache(o.Partition)
-			}
+			c.dropPartition(p)
 		}
 	default:
 		return c.applyPartitionOp(lop)
