@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,7 +157,9 @@ type fmCluster struct {
 	faults           map[string]int
 	consumerKilled   bool
 	violations       []string
-	checkpoints      []chan struct{} // closed when each save has ended
+	checkpoints      []chan struct{}             // closed when each save has ended
+	unitIDs          [2]engine.UnitID            // of the unit each slot runs
+	killed           map[engine.UnitID]time.Time // when each unit was killed
 	savedCheckpoints []string
 	mu               sync.Mutex // guards savedCheckpoints
 }
@@ -217,6 +220,16 @@ func (c *fmCluster) startUnit(i int) {
 			"--socket-dir", c.socks, "--units", "1", "--capacity", "64MiB", "--heartbeat", "100ms",
 			"--reconcile-interval", "500ms", "--reconcile-grace", "2s", "--name", fmt.Sprintf("u%d", i))
 		if err == nil {
+			c.unitIDs[i] = 0
+			for _, a := range c.units[i].units[0] {
+				if m := unitSock.FindStringSubmatch(a); m != nil {
+					n, _ := strconv.Atoi(m[1])
+					c.unitIDs[i] = engine.UnitID(n)
+				}
+			}
+			if c.unitIDs[i] == 0 {
+				c.t.Fatalf("unit %d's id is not in its addresses %v", i, c.units[i].units[0])
+			}
 			return
 		}
 		if try == 3 {
@@ -224,6 +237,16 @@ func (c *fmCluster) startUnit(i int) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// unitSock finds a unit's id in its socket's name.
+var unitSock = regexp.MustCompile(`/unit-(\d+)\.sock$`)
+
+// killUnit SIGKILLs the unit of slot i, noting when (before the signal:
+// a read that failed earlier failed while it lived).
+func (c *fmCluster) killUnit(i int) {
+	c.killed[c.unitIDs[i]] = time.Now()
+	c.units[i].kill()
 }
 
 func (c *fmCluster) startClient(p *fmProc) {
@@ -267,7 +290,7 @@ func (p *fmProc) term(timeout time.Duration) error {
 func runFaultMatrix(t *testing.T, bin string, seed uint64, dur time.Duration) fmTotals {
 	dir := t.TempDir()
 	c := &fmCluster{t: t, bin: bin, dir: dir, data: filepath.Join(dir, "data"), socks: filepath.Join(dir, "socks"),
-		rng: rand.New(rand.NewPCG(seed, 0x7a17)), seed: seed, faults: map[string]int{}}
+		rng: rand.New(rand.NewPCG(seed, 0x7a17)), seed: seed, faults: map[string]int{}, killed: map[engine.UnitID]time.Time{}}
 	for _, d := range []string{c.data, c.socks} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			t.Fatal(err)
@@ -319,7 +342,7 @@ func (c *fmCluster) fault() {
 	case p < 40:
 		i := c.rng.IntN(2)
 		c.faults["unit SIGKILL"]++
-		c.units[i].kill()
+		c.killUnit(i)
 		c.pause()
 		c.startUnit(i)
 	case p < 45:
@@ -327,7 +350,7 @@ func (c *fmCluster) fault() {
 		// a unit that is gone.
 		i := c.rng.IntN(2)
 		c.faults["unit and controller SIGKILL"]++
-		c.units[i].kill()
+		c.killUnit(i)
 		c.ctrl.kill()
 		c.startController()
 		c.pause()
@@ -462,15 +485,38 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	lostOK := func(what string, unit engine.UnitID) {
+	// ErrLost is right only for a unit that was killed before the read
+	// failed (ids are never reused, so a killed unit stays dead).
+	lostOK := func(what string, unit engine.UnitID, at time.Time) {
+		killed, ok := c.killed[unit]
 		switch {
 		case unit == engine.LostUnit:
 			c.violate("%s: its cell was marked lost by reconciliation while its unit lived", what)
+		case unit == 0:
+			c.violate("%s: ErrLost, and the cell's unit is not known", what)
 		case alive[unit]:
 			c.violate("%s: ErrLost, but unit %d that holds it is alive", what, unit)
+		case !ok:
+			c.violate("%s: ErrLost from unit %d, which was never killed", what, unit)
+		case at.Before(killed):
+			c.violate("%s: ErrLost from unit %d at %v, %v before it was killed", what, unit, at.Format(time.StampMicro), killed.Sub(at))
 		}
 	}
 
+	// report takes checkStreamRows's lines for the driver's own reads.
+	report := func(what string) func(...string) {
+		return func(lines ...string) {
+			for _, l := range lines {
+				switch kind, rest, _ := strings.Cut(l, " "); kind {
+				case "V", "E":
+					c.violate("%s: %s", what, rest)
+				case "L":
+					l := parseLost(strings.Fields(rest))
+					lostOK(what+": stream row "+rest, l.unit, l.at)
+				}
+			}
+		}
+	}
 	// Drain the stream: what is left goes to the driver.
 	var drained []string
 	for {
@@ -489,20 +535,21 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 			t.Fatal(err)
 		}
 		drained = append(drained, keys...)
-		checkStreamRows(ctx, cl, keys, m, func(lines ...string) {
-			for _, l := range lines {
-				switch kind, rest, _ := strings.Cut(l, " "); kind {
-				case "V":
-					c.violate("drain: %s", rest)
-				case "E":
-					c.violate("drain: %s", rest)
-				case "L":
-					f := strings.Fields(rest)
-					u, _ := strconv.Atoi(f[1])
-					lostOK("drain: stream row "+rest, engine.UnitID(u))
-				}
-			}
-		})
+		checkStreamRows(ctx, cl, keys, m, report("drain"))
+	}
+	// Every stream row still held, fetched or not, reads back its own
+	// bytes (or is lost with its unit): reconciliation freed no extent a
+	// cell references.
+	var streamRows int
+	if m, err := meta.ForceFetch(ctx, fmStreamPart, []string{"v"}); err == nil && len(m.Indexes) > 0 {
+		keys, err := cl.KeysOf(ctx, fmStreamPart, m.Indexes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streamRows = len(keys)
+		checkStreamRows(ctx, cl, keys, m, report("final read"))
+	} else if err != nil && !errors.Is(err, engine.ErrNotFound) {
+		t.Fatal(err)
 	}
 
 	// The journals.
@@ -519,7 +566,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 			c.violate("%s %d: %s", p.role, p.id, v)
 		}
 		for _, l := range j.lost {
-			lostOK(fmt.Sprintf("%s %d read %s (%s)", p.role, p.id, l.key, l.err), l.unit)
+			lostOK(fmt.Sprintf("%s %d read %s (%s)", p.role, p.id, l.key, l.err), l.unit, l.at)
 		}
 		maps.Copy(writers.keys, j.keys)
 		maps.Copy(streamP, j.streamP)
@@ -530,6 +577,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 		tot.acks += j.acks
 		tot.reads += j.reads
 	}
+	tot.reads += streamRows
 	for _, k := range drained {
 		fetched[k]++
 	}
@@ -554,7 +602,7 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 					c.violate("%s is not found, want %s", key, h.want())
 				}
 			case errors.Is(err, engine.ErrLost):
-				lostOK(fmt.Sprintf("read of %s (%v)", key, err), cellUnit(ctx, cl, fmKVPart, key))
+				lostOK(fmt.Sprintf("read of %s (%v)", key, err), cellUnit(ctx, cl, fmKVPart, key), time.Now())
 			default:
 				c.violate("read of %s after the faults: %v", key, err)
 			}
@@ -589,10 +637,14 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 
 	c.checkExtents(ctx, meta)
 	c.checkCheckpoints(ctx, writers)
-	for _, name := range []string{"controller.log", "unit0.log", "unit1.log"} {
-		b, _ := os.ReadFile(filepath.Join(c.dir, name))
+	// Every process ran with the race detector when this test does: the
+	// servers and the clients (this binary) print what it finds as it
+	// finds it.
+	logs, _ := filepath.Glob(filepath.Join(c.dir, "*.log"))
+	for _, name := range logs {
+		b, _ := os.ReadFile(name)
 		if n := strings.Count(string(b), "WARNING: DATA RACE"); n > 0 {
-			c.violate("%s reports %d data races", name, n)
+			c.violate("%s reports %d data races", filepath.Base(name), n)
 		}
 	}
 

@@ -14,7 +14,8 @@ package main
 //	          G key ver     a read found version ver, as it should
 //	consumer: F key         a fetch returned the stream row
 //	          R key         its bytes read back as put
-//	both:     L key unit    a read failed with ErrLost; the cell was on unit
+//	both:     L key unit ns a read failed with ErrLost at ns (unix
+//	                        nanoseconds); the cell was on unit
 //	          V text        a violation seen on the spot
 //	          E text        an error (information only)
 
@@ -194,6 +195,7 @@ type fmJournal struct {
 type fmLost struct {
 	key  string
 	unit engine.UnitID
+	at   time.Time
 	err  string
 }
 
@@ -264,11 +266,7 @@ func (j *fmJournal) line(l string) {
 	case kind == "G" || kind == "R":
 		j.reads++
 	case kind == "L":
-		l := fmLost{key: f[0], unit: engine.UnitID(num(1))}
-		if len(f) > 2 {
-			l.err = strings.Join(f[2:], " ")
-		}
-		j.lost = append(j.lost, l)
+		j.lost = append(j.lost, parseLost(f))
 	}
 }
 
@@ -446,7 +444,7 @@ func (r *fmRole) verify(ctx context.Context, key string) {
 			r.log.add(fmt.Sprintf("V read %s: not found, want %s (%v)", key, h.want(), err))
 		}
 	case errors.Is(err, engine.ErrLost):
-		r.log.add(fmt.Sprintf("L %s %d %s", key, cellUnit(ctx, r.c, fmKVPart, key), oneLine(err)))
+		r.log.add(fmt.Sprintf("L %s %d %d %s", key, cellUnit(ctx, r.c, fmKVPart, key), time.Now().UnixNano(), oneLine(err)))
 	default:
 		r.log.add(fmt.Sprintf("E read %s: %v", key, err))
 	}
@@ -522,9 +520,26 @@ func checkStreamRows(ctx context.Context, c *client.Client, keys []string, m *en
 			}
 			add("R " + key)
 		case errors.Is(rerr, engine.ErrLost):
-			add(fmt.Sprintf("L %s %d %s", key, m.Cells["v"][i].Unit, oneLine(rerr)))
+			add(fmt.Sprintf("L %s %d %d %s", key, m.Cells["v"][i].Unit, time.Now().UnixNano(), oneLine(rerr)))
 		default:
 			add(fmt.Sprintf("E read stream row %s: %v", key, rerr))
 		}
 	}
+}
+
+// parseLost reads the fields of an L line: key unit ns error...
+func parseLost(f []string) fmLost {
+	l := fmLost{key: f[0]}
+	if len(f) > 1 {
+		u, _ := strconv.Atoi(f[1])
+		l.unit = engine.UnitID(u)
+	}
+	if len(f) > 2 {
+		ns, _ := strconv.ParseInt(f[2], 10, 64)
+		l.at = time.Unix(0, ns)
+	}
+	if len(f) > 3 {
+		l.err = strings.Join(f[3:], " ")
+	}
+	return l
 }
