@@ -57,20 +57,19 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// rssOf reads a process's resident set size in bytes.
-func rssOf(t *testing.T, pid int) int64 {
-	t.Helper()
+// readRSS reads a process's resident set size in bytes.
+func readRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	require.NoError(t, err)
+	if err != nil {
+		return 0, err
+	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			require.NoError(t, err)
-			return kb << 10
+			return kb << 10, err
 		}
 	}
-	t.Fatal("no VmRSS")
-	return 0
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 // helloFrame is a HELLO request with token.
@@ -190,7 +189,8 @@ func TestServeUnderHostilePeers(t *testing.T) {
 		require.Zero(t, failures.Load(), "the good client failed during %s: %v", phase, firstErr.Load())
 	}
 	served("warm-up")
-	base := rssOf(t, pid)
+	base, err := readRSS(pid)
+	require.NoError(t, err)
 	var peak atomic.Int64
 	wg.Go(func() {
 		for {
@@ -199,15 +199,8 @@ func TestServeUnderHostilePeers(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-				for _, l := range strings.Split(string(b), "\n") {
-					if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-						kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-						if kb<<10 > peak.Load() {
-							peak.Store(kb << 10)
-						}
-					}
-				}
+			if rss, err := readRSS(pid); err == nil && rss > peak.Load() {
+				peak.Store(rss)
 			}
 		}
 	})

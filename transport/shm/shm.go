@@ -134,7 +134,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	c.mu.RLock()
 	wc := c.wc
 	c.mu.RUnlock()
-	go func() {
+	c.watch.Go(func() {
 		select {
 		case <-wc.Done():
 			c.gone.Store(true)
@@ -143,7 +143,7 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 			}
 		case <-c.done:
 		}
-	}()
+	})
 	return c, nil
 }
 
@@ -181,8 +181,9 @@ type Conn struct {
 	// unmapped then rather than at Close: a unit's memory is freed only
 	// when no process maps it, so a long-lived client would otherwise keep
 	// every dead unit's memory it ever read.
-	held atomic.Int64
-	gone atomic.Bool
+	held  atomic.Int64
+	gone  atomic.Bool
+	watch sync.WaitGroup // the goroutine that sees the connection end
 }
 
 var _ engine.DataConn = (*Conn)(nil)
@@ -269,6 +270,7 @@ func (c *Conn) Close() error {
 			errs = append(errs, wc.Close())
 		}
 		c.ops.Wait()
+		c.watch.Wait()
 		errs = append(errs, c.dropSegments()...)
 		c.t.conns.Remove(c)
 		c.closeErr = errors.Join(errs...)
