@@ -444,7 +444,13 @@ func (r *fmRole) verify(ctx context.Context, key string) {
 			r.log.add(fmt.Sprintf("V read %s: not found, want %s (%v)", key, h.want(), err))
 		}
 	case errors.Is(err, engine.ErrLost):
-		r.log.add(fmt.Sprintf("L %s %d %d %s", key, cellUnit(ctx, r.c, fmKVPart, key), time.Now().UnixNano(), oneLine(err)))
+		at := time.Now()
+		if unit := cellUnit(ctx, r.c, fmKVPart, key); unit != 0 {
+			r.log.add(fmt.Sprintf("L %s %d %d %s", key, unit, at.UnixNano(), oneLine(err)))
+		} else {
+			// The controller did not answer (a fault): nothing to judge.
+			r.log.add(fmt.Sprintf("E read %s lost, its cell's unit unknown: %v", key, err))
+		}
 	default:
 		r.log.add(fmt.Sprintf("E read %s: %v", key, err))
 	}
