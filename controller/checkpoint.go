@@ -52,7 +52,7 @@ func (c *Controller) Save(dir string) error {
 		return opErr("save checkpoint", dir, err)
 	}
 	err = writeDirAtomic(dir, func(tmp string) error {
-		return writeFileSynced(filepath.Join(tmp, stateFile), func(w io.Writer) error { return st.write(w, nil) })
+		return journal.WriteFileAtomic(filepath.Join(tmp, stateFile), func(w io.Writer) error { return st.write(w, nil) })
 	})
 	if err != nil {
 		return opErr("save checkpoint", dir, err)
@@ -83,7 +83,7 @@ func checkReplaceable(dir string) error {
 // temporary sibling of dir, fsyncs the directory and renames it to dir,
 // exchanging it with an existing checkpoint in one step where the file
 // system can (else the old one is moved aside first). fill fsyncs the
-// files it writes (writeFileSynced). On failure nothing is left behind;
+// files it writes (journal.WriteFileAtomic). On failure nothing is left behind;
 // a process killed meanwhile leaves a hidden sibling that sweepTemps
 // removes.
 func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
@@ -151,25 +151,6 @@ func sweepTemps(dir string) {
 			os.RemoveAll(filepath.Join(dir, n))
 		}
 	}
-}
-
-func writeFileSynced(path string, write func(io.Writer) error) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Base(path), err)
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", filepath.Base(path), err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", filepath.Base(path), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", filepath.Base(path), err)
-	}
-	return nil
 }
 
 func corrupt(format string, args ...any) error {

@@ -39,6 +39,7 @@ import (
 
 	mmap "github.com/edsrzf/mmap-go"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -161,7 +162,7 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 				return err
 			}
 		}
-		return writeFileSynced(filepath.Join(tmp, stateFile), func(w io.Writer) error {
+		return journal.WriteFileAtomic(filepath.Join(tmp, stateFile), func(w io.Writer) error {
 			return st.write(w, func(_ *partCopy, _ *rowCopy, cc *cellCopy, out *wirepb.StateCell) error {
 				if !withData {
 					return nil
