@@ -61,13 +61,17 @@ func (k *Kind) UnmarshalText(b []byte) error {
 }
 
 // Elem is the set of Go element types a column can be built from or viewed
-// as. F16 and BF16 are bit patterns (see [F16]).
+// as. [F16], [BF16], [F8E4M3FN] and [F8E5M2] are bit patterns whose
+// underlying types (uint16, uint8) are in the set; [DTypeOf] tells them
+// apart from the integers by their exact type.
 type Elem interface {
-	~float64 | ~float32 | ~int64 | ~int32 | ~int16 | ~int8 | ~uint8 | ~bool | F16 | BF16
+	~float64 | ~float32 | ~int64 | ~int32 | ~int16 | ~int8 |
+		~uint64 | ~uint32 | ~uint16 | ~uint8 | ~bool | ~complex64 | ~complex128
 }
 
-// DTypeOf returns the dtype matching T (named types such as
-// `type Score float32` map through their underlying kind).
+// DTypeOf returns the dtype matching T. F16, BF16, F8E4M3FN and F8E5M2 map
+// to their float dtypes; every other type maps through its underlying kind,
+// so `type Score float32` is Float32 and a type defined on F16 is Uint16.
 func DTypeOf[T Elem]() DType {
 	t := reflect.TypeFor[T]()
 	switch t {
@@ -75,6 +79,10 @@ func DTypeOf[T Elem]() DType {
 		return Float16
 	case reflect.TypeFor[BF16]():
 		return BFloat16
+	case reflect.TypeFor[F8E4M3FN]():
+		return Float8E4M3FN
+	case reflect.TypeFor[F8E5M2]():
+		return Float8E5M2
 	}
 	switch t.Kind() {
 	case reflect.Float64:
@@ -89,10 +97,20 @@ func DTypeOf[T Elem]() DType {
 		return Int16
 	case reflect.Int8:
 		return Int8
+	case reflect.Uint64:
+		return Uint64
+	case reflect.Uint32:
+		return Uint32
+	case reflect.Uint16:
+		return Uint16
 	case reflect.Uint8:
 		return Uint8
 	case reflect.Bool:
 		return Bool
+	case reflect.Complex64:
+		return Complex64
+	case reflect.Complex128:
+		return Complex128
 	}
 	return InvalidDType
 }
@@ -360,7 +378,7 @@ func Row[T Elem](c *Column, i int) ([]T, error) {
 func view[T Elem](b []byte) []T {
 	var z [1]T
 	size := len(asBytes(z[:]))
-	if aligned(b, size) {
+	if aligned(b, alignOf[T]()) {
 		return fromBytes[T](b)
 	}
 	out := make([]T, len(b)/size)

@@ -16,6 +16,7 @@ type (
 	Score float32
 	Tok   int64
 	Flag  bool
+	onF16 F16 // an integer type: only F16 itself is a float16
 )
 
 func TestDTypeOf(t *testing.T) {
@@ -35,6 +36,14 @@ func TestDTypeOf(t *testing.T) {
 		{"uint8", DTypeOf[uint8](), Uint8},
 		{"byte", DTypeOf[byte](), Uint8},
 		{"bool", DTypeOf[bool](), Bool},
+		{"uint16", DTypeOf[uint16](), Uint16},
+		{"uint32", DTypeOf[uint32](), Uint32},
+		{"uint64", DTypeOf[uint64](), Uint64},
+		{"F8E4M3FN", DTypeOf[F8E4M3FN](), Float8E4M3FN},
+		{"F8E5M2", DTypeOf[F8E5M2](), Float8E5M2},
+		{"complex64", DTypeOf[complex64](), Complex64},
+		{"complex128", DTypeOf[complex128](), Complex128},
+		{"type defined on F16", DTypeOf[onF16](), Uint16},
 		{"Score", DTypeOf[Score](), Float32},
 		{"Tok", DTypeOf[Tok](), Int64},
 		{"Flag", DTypeOf[Flag](), Bool},
@@ -73,8 +82,11 @@ func TestDTypeText(t *testing.T) {
 			t.Errorf("ParseDType(%q): got %v, %v, want %v", s, got, err, want)
 		}
 	}
-	if _, err := ParseDType("complex64"); !errors.Is(err, ErrInvalid) {
-		t.Errorf("ParseDType(complex64): got %v, want ErrInvalid", err)
+	// float8_e4m3 is ml_dtypes' IEEE-style E4M3, not float8_e4m3fn.
+	for _, s := range []string{"complex32", "float8_e4m3", "Float32", "uint128"} {
+		if _, err := ParseDType(s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseDType(%s): got %v, want ErrInvalid", s, err)
+		}
 	}
 	if _, err := DType(200).MarshalText(); !errors.Is(err, ErrInvalid) {
 		t.Errorf("MarshalText(200): got %v, want ErrInvalid", err)
@@ -124,6 +136,26 @@ var (
 	}
 	f16Specials  = []F16{0x7e01, 0x7c00, 0xfc00, 0x8000, 0x0001, 0x7bff, 0x7c01, 0x3c00}
 	bf16Specials = []BF16{0x7fc1, 0x7f80, 0xff80, 0x8000, 0x0001, 0x7f7f, 0x7f81, 0x3f80}
+	u16Specials  = []uint16{0, math.MaxUint16, 1, 0x8000, 0x7fff, 0x0102, 0xfffe, 3}
+	u32Specials  = []uint32{0, math.MaxUint32, 1, 0x80000000, 0x7fffffff, 0x01020304, 0xfffffffe, 3}
+	u64Specials  = []uint64{0, math.MaxUint64, 1, 1 << 63, math.MaxInt64, 0x0102030405060708, math.MaxUint64 - 1, 3}
+	// NaN, negative NaN, largest finite ±448, negative zero, smallest and
+	// largest subnormal, one.
+	f8e4m3Specials = []F8E4M3FN{0x7f, 0xff, 0x7e, 0xfe, 0x80, 0x01, 0x07, 0x38}
+	// Inf, -Inf, three NaNs, largest finite, negative zero, smallest subnormal.
+	f8e5m2Specials = []F8E5M2{0x7c, 0xfc, 0x7d, 0x7e, 0xff, 0x7b, 0x80, 0x01}
+	c64Specials    = []complex64{
+		complex(math.Float32frombits(0x7fc00123), math.Float32frombits(0xff800001)),
+		complex(float32(math.Inf(1)), float32(math.Copysign(0, -1))),
+		complex(math.MaxFloat32, math.SmallestNonzeroFloat32),
+		1 + 2i, -3i, 0, complex(float32(math.Inf(-1)), 1), 5,
+	}
+	c128Specials = []complex128{
+		complex(math.Float64frombits(0x7ff8000000000123), math.Float64frombits(0xfff0000000000001)),
+		complex(math.Inf(1), math.Copysign(0, -1)),
+		complex(math.MaxFloat64, math.SmallestNonzeroFloat64),
+		1 + 2i, -3i, 0, complex(math.Inf(-1), 1), 5,
+	}
 )
 
 func TestColumnRoundTrip(t *testing.T) {
@@ -146,6 +178,13 @@ func TestColumnRoundTrip(t *testing.T) {
 		testRoundTrip(t, []bool{true, false, false, true, true, true, false, false})
 	})
 	t.Run("Score", func(t *testing.T) { testRoundTrip(t, []Score{1, 2, 3, 4, -0.5, 6, 7, 8}) })
+	t.Run("uint16", func(t *testing.T) { testRoundTrip(t, u16Specials) })
+	t.Run("uint32", func(t *testing.T) { testRoundTrip(t, u32Specials) })
+	t.Run("uint64", func(t *testing.T) { testRoundTrip(t, u64Specials) })
+	t.Run("float8_e4m3fn", func(t *testing.T) { testRoundTrip(t, f8e4m3Specials) })
+	t.Run("float8_e5m2", func(t *testing.T) { testRoundTrip(t, f8e5m2Specials) })
+	t.Run("complex64", func(t *testing.T) { testRoundTrip(t, c64Specials) })
+	t.Run("complex128", func(t *testing.T) { testRoundTrip(t, c128Specials) })
 }
 
 // testRoundTrip sends vals (8 of them, as 4 rows of shape (2)) through

@@ -25,13 +25,20 @@ func fromBytes[T Elem](b []byte) []T {
 	return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n)
 }
 
+// alignOf returns the alignment Go requires of a T, which for complex
+// types is less than their size.
+func alignOf[T Elem]() int {
+	var z T
+	return int(unsafe.Alignof(z))
+}
+
 // aligned reports whether b starts at an address suitable for elements of
-// the given size.
-func aligned(b []byte, size int) bool {
-	if len(b) == 0 || size <= 1 {
+// the given alignment.
+func aligned(b []byte, align int) bool {
+	if len(b) == 0 || align <= 1 {
 		return true
 	}
-	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(size) == 0
+	return uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(align) == 0
 }
 
 // stringBytes returns the bytes of s without copying; the result must not be

@@ -8,7 +8,9 @@ import (
 // DType is the element type of a column.
 type DType uint8
 
-// The dtypes TQ carries. Opaque columns use Bytes.
+// The dtypes TQ carries. Opaque columns use Bytes. The numbers are private
+// to the process: the wire, the state files and the journal carry dtype
+// names ([DType.String]), so new dtypes are appended before numDTypes.
 const (
 	InvalidDType DType = iota
 	Float64
@@ -22,6 +24,13 @@ const (
 	Uint8
 	Bool
 	Bytes
+	Uint16
+	Uint32
+	Uint64
+	Float8E4M3FN // OCP FP8 E4M3, finite only ("float8_e4m3fn"); see [F8E4M3FN]
+	Float8E5M2   // OCP FP8 E5M2, with infinities ("float8_e5m2"); see [F8E5M2]
+	Complex64
+	Complex128
 	numDTypes
 )
 
@@ -38,11 +47,20 @@ var dtypeNames = [numDTypes]string{
 	Uint8:        "uint8",
 	Bool:         "bool",
 	Bytes:        "bytes",
+	Uint16:       "uint16",
+	Uint32:       "uint32",
+	Uint64:       "uint64",
+	Float8E4M3FN: "float8_e4m3fn",
+	Float8E5M2:   "float8_e5m2",
+	Complex64:    "complex64",
+	Complex128:   "complex128",
 }
 
 var dtypeSizes = [numDTypes]int{
 	Float64: 8, Float32: 4, Float16: 2, BFloat16: 2,
 	Int64: 8, Int32: 4, Int16: 2, Int8: 1, Uint8: 1, Bool: 1, Bytes: 1,
+	Uint16: 2, Uint32: 4, Uint64: 8, Float8E4M3FN: 1, Float8E5M2: 1,
+	Complex64: 8, Complex128: 16,
 }
 
 // String returns the dtype's canonical name ("float32").
@@ -65,7 +83,9 @@ func (d DType) Size() int {
 func (d DType) Valid() bool { return d > InvalidDType && d < numDTypes }
 
 // ParseDType maps a canonical name back to its dtype. It also accepts the
-// torch-style aliases "float", "double", "half", "long", "int".
+// torch-style aliases "float", "double", "half", "long", "int". It refuses
+// "float8_e4m3": ml_dtypes and XLA use that name for the IEEE-style E4M3
+// (infinities, largest finite 240), a different format from float8_e4m3fn.
 func ParseDType(s string) (DType, error) {
 	for i, n := range dtypeNames {
 		if i > 0 && n == s {
