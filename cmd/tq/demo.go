@@ -183,18 +183,69 @@ func (p *printer) batch(keys []string, b *engine.Batch) error {
 	return err
 }
 
+// cellString prints row i of c: numbers as Go prints them, the 16- and
+// 8-bit floats widened to float32, byte strings quoted.
 func cellString(c *engine.Column, i int) (string, error) {
 	switch c.DType() {
-	case engine.Int64:
-		v, err := engine.Row[int64](c, i)
-		return fmt.Sprint(v), err
+	case engine.Float64:
+		return rowString[float64](c, i)
 	case engine.Float32:
-		v, err := engine.Row[float32](c, i)
-		return fmt.Sprint(v), err
+		return rowString[float32](c, i)
+	case engine.Float16:
+		return floatRowString[engine.F16](c, i)
+	case engine.BFloat16:
+		return floatRowString[engine.BF16](c, i)
+	case engine.Float8E4M3FN:
+		return floatRowString[engine.F8E4M3FN](c, i)
+	case engine.Float8E5M2:
+		return floatRowString[engine.F8E5M2](c, i)
+	case engine.Int64:
+		return rowString[int64](c, i)
+	case engine.Int32:
+		return rowString[int32](c, i)
+	case engine.Int16:
+		return rowString[int16](c, i)
+	case engine.Int8:
+		return rowString[int8](c, i)
+	case engine.Uint64:
+		return rowString[uint64](c, i)
+	case engine.Uint32:
+		return rowString[uint32](c, i)
+	case engine.Uint16:
+		return rowString[uint16](c, i)
+	case engine.Uint8:
+		return rowString[uint8](c, i)
+	case engine.Bool:
+		return rowString[bool](c, i)
+	case engine.Complex64:
+		return rowString[complex64](c, i)
+	case engine.Complex128:
+		return rowString[complex128](c, i)
 	case engine.Bytes:
 		return fmt.Sprintf("%q", c.String(i)), nil
 	}
 	return fmt.Sprintf("<%v %v>", c.DType(), c.RowShape(i)), nil
+}
+
+func rowString[T engine.Elem](c *engine.Column, i int) (string, error) {
+	v, err := engine.Row[T](c, i)
+	return fmt.Sprint(v), err
+}
+
+// floatRowString prints a row of float bit patterns as float32s.
+func floatRowString[T interface {
+	engine.Elem
+	Float32() float32
+}](c *engine.Column, i int) (string, error) {
+	v, err := engine.Row[T](c, i)
+	if err != nil {
+		return "", err
+	}
+	f := make([]float32, len(v))
+	for j, x := range v {
+		f[j] = x.Float32()
+	}
+	return fmt.Sprint(f), nil
 }
 
 func describe(b *engine.Batch) string {
