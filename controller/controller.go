@@ -1154,3 +1154,42 @@ func opErr(op, partition string, err error) error {
 	}
 	return &engine.OpError{Op: op, Peer: partition, Err: err}
 }
+
+// HasKeys reports, for each key, whether it is in the partition (false
+// for all of an unknown partition).
+func (c *Controller) HasKeys(partition string, keys []string) []bool {
+	out := make([]bool, len(keys))
+	p := c.lock(partition)
+	if p == nil {
+		return out
+	}
+	defer p.mu.Unlock()
+	for i, k := range keys {
+		_, out[i] = p.keys[k]
+	}
+	return out
+}
+
+// ScanKeys returns up to limit keys of one partition created after the
+// key of sequence number after (0: from the first), in creation order,
+// and the sequence number to pass to continue, 0 after the last. A key
+// present from the first call to the last is returned once; one created
+// or cleared meanwhile may or may not be (as Redis's SCAN promises).
+func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engine.KeyInfo, uint64, error) {
+	if partition == "" {
+		return nil, 0, opErr("scan keys", partition, fmt.Errorf("empty partition id: %w", engine.ErrInvalid))
+	}
+	page, next, err := c.ListKeysPage(partition, encodeKeysCursor(partition, after), limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	var keys []engine.KeyInfo
+	for _, pk := range page {
+		keys = append(keys, pk.Keys...)
+	}
+	if next == nil {
+		return keys, 0, nil
+	}
+	_, seq, err := decodeKeysCursor(next)
+	return keys, seq, err
+}

@@ -2,16 +2,20 @@ package embedded
 
 import (
 	"context"
+	"errors"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 )
 
 // Meta adapts an in-process controller to [client.MetaService]. The cells
-// a commit or a clear drops are freed at once on the units among units
-// that hold them (as a controller server frees them on its units).
+// a commit or a clear drops are freed on the units among units that hold
+// them (as a controller server frees them on its units). A controller with
+// a journal (as in tq serve) answers each call once what it changed and
+// saw is durable, and frees dropped cells only then, as its server does.
 func Meta(c *controller.Controller, units ...*storage.Unit) client.MetaService {
 	l := localMeta{c: c, units: map[engine.UnitID]*storage.Unit{}}
 	for _, u := range units {
@@ -27,8 +31,19 @@ type localMeta struct {
 
 // free frees cells the controller no longer references on their units.
 // A unit that refuses (the cells are gone already) loses nothing.
-func (l localMeta) free(locs []engine.CellLoc, err error) error {
+func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) error {
 	if err != nil {
+		return err
+	}
+	if err := l.c.WaitDurable(ctx); err != nil {
+		if len(locs) > 0 && !errors.Is(err, journal.ErrFailed) {
+			// The change may yet be durable: its frees wait for that.
+			go func() {
+				if l.c.WaitDurable(context.Background()) == nil {
+					l.free(context.Background(), locs, nil)
+				}
+			}()
+		}
 		return err
 	}
 	by := map[engine.UnitID][]engine.RemoteAddr{}
@@ -47,81 +62,116 @@ func (l localMeta) free(locs []engine.CellLoc, err error) error {
 
 var _ client.MetaService = localMeta{}
 
-func (l localMeta) Insert(_ context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
-	return l.c.Insert(partition, n, fields)
+// seen returns v and err once everything the controller logged so far is
+// durable: what a call saw is never lost after it was heard of.
+func seen[T any](ctx context.Context, l localMeta, v T, err error) (T, error) {
+	if err == nil {
+		err = l.c.WaitDurable(ctx)
+	}
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}
+
+func (l localMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	m, err := l.c.Insert(partition, n, fields)
+	return seen(ctx, l, m, err)
 }
 
 func (l localMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
-	return l.c.Fetch(ctx, req)
+	m, err := l.c.Fetch(ctx, req)
+	return seen(ctx, l, m, err)
 }
 
-func (l localMeta) ForceFetch(_ context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
-	return l.c.ForceFetch(partition, fields)
+func (l localMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	m, err := l.c.ForceFetch(partition, fields)
+	return seen(ctx, l, m, err)
 }
 
-func (l localMeta) RowsMeta(_ context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
-	return l.c.RowsMeta(partition, indexes, fields)
+func (l localMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	m, err := l.c.RowsMeta(partition, indexes, fields)
+	return seen(ctx, l, m, err)
 }
 
-func (l localMeta) Commit(_ context.Context, req engine.CommitRequest) error {
-	return l.free(l.c.Commit(req))
+func (l localMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
+	locs, err := l.c.Commit(req)
+	return l.free(ctx, locs, err)
 }
 
-func (l localMeta) ResolveKeys(_ context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
-	return l.c.ResolveKeysCreated(partition, keys, fields, create)
-}
-
-func (l localMeta) CommitKeys(_ context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
-	out, err := l.c.CommitKeys(req)
-	if err == nil {
-		l.free(out.Replaced, nil)
-		out.Replaced = nil
+func (l localMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	m, created, err := l.c.ResolveKeysCreated(partition, keys, fields, create)
+	if m, err = seen(ctx, l, m, err); err != nil {
+		return nil, nil, err
 	}
-	return out, err
+	return m, created, nil
 }
 
-func (l localMeta) KeysOf(_ context.Context, partition string, indexes []uint64) ([]string, error) {
-	return l.c.KeysOf(partition, indexes)
+func (l localMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
+	out, err := l.c.CommitKeys(req)
+	if err != nil {
+		return out, err
+	}
+	replaced := out.Replaced
+	out.Replaced = nil
+	return out, l.free(ctx, replaced, nil)
 }
 
-func (l localMeta) SetTags(_ context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
-	return l.c.SetTags(partition, indexes, tags)
+func (l localMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	keys, err := l.c.KeysOf(partition, indexes)
+	return seen(ctx, l, keys, err)
 }
 
-func (l localMeta) ListKeys(_ context.Context, partition string) (map[string][]engine.KeyInfo, error) {
-	return l.c.ListKeys(partition), nil
+func (l localMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	_, err := seen(ctx, l, struct{}{}, l.c.SetTags(partition, indexes, tags))
+	return err
 }
 
-func (l localMeta) ProductionStatus(_ context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
-	return l.c.ProductionStatus(partition, fields)
+func (l localMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
+	return seen(ctx, l, l.c.ListKeys(partition), nil)
 }
 
-func (l localMeta) ConsumptionStatus(_ context.Context, partition, task string) (engine.ConsumptionStatus, error) {
-	return l.c.ConsumptionStatus(partition, task)
+func (l localMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
+	st, err := l.c.ProductionStatus(partition, fields)
+	return seen(ctx, l, st, err)
 }
 
-func (l localMeta) ResetConsumption(_ context.Context, partition, task string) error {
-	return l.c.ResetConsumption(partition, task)
+func (l localMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
+	st, err := l.c.ConsumptionStatus(partition, task)
+	return seen(ctx, l, st, err)
 }
 
-func (l localMeta) ClearRows(_ context.Context, partition string, indexes []uint64) error {
-	return l.free(l.c.ClearRows(partition, indexes))
+func (l localMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	_, err := seen(ctx, l, struct{}{}, l.c.ResetConsumption(partition, task))
+	return err
 }
 
-func (l localMeta) ClearKeys(_ context.Context, partition string, keys []string) error {
-	return l.free(l.c.ClearKeys(partition, keys))
+func (l localMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
+	locs, err := l.c.ClearRows(partition, indexes)
+	return l.free(ctx, locs, err)
 }
 
-func (l localMeta) ClearPartition(_ context.Context, partition string) error {
-	return l.free(l.c.ClearPartition(partition))
+func (l localMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
+	locs, err := l.c.ClearKeys(partition, keys)
+	return l.free(ctx, locs, err)
 }
 
-func (l localMeta) Partitions(context.Context) ([]string, error) { return l.c.Partitions(), nil }
-
-func (l localMeta) Stats(_ context.Context, partition string) (engine.PartitionStats, error) {
-	return l.c.Stats(partition)
+func (l localMeta) ClearPartition(ctx context.Context, partition string) error {
+	locs, err := l.c.ClearPartition(partition)
+	return l.free(ctx, locs, err)
 }
 
-func (l localMeta) Fields(_ context.Context, partition string) ([]engine.FieldStats, error) {
-	return l.c.Fields(partition)
+func (l localMeta) Partitions(ctx context.Context) ([]string, error) {
+	return seen(ctx, l, l.c.Partitions(), nil)
+}
+
+func (l localMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
+	st, err := l.c.Stats(partition)
+	return seen(ctx, l, st, err)
+}
+
+func (l localMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
+	fs, err := l.c.Fields(partition)
+	return seen(ctx, l, fs, err)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/resp"
 )
 
 // serveConfig is `tq serve`'s configuration: flags, or a YAML file with
@@ -53,6 +54,9 @@ type serveConfig struct {
 	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	Name              string        `yaml:"name"`
+	RESP              string        `yaml:"resp"`
+	RESPPartition     string        `yaml:"resp_partition"`
+	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
@@ -73,6 +77,8 @@ func defaultServeConfig() serveConfig {
 		Fsync:             "batch",
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
+		RESPPartition:     "default",
+		RESPMaxValue:      resp.DefaultMaxValue,
 	}
 }
 
@@ -101,6 +107,9 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
+	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
+	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
+	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 }
 
 // loadYAML reads a config file over c; unknown keys are errors.
@@ -143,12 +152,23 @@ func (c *serveConfig) validate() error {
 	if c.HeartbeatInterval <= 0 {
 		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)
 	}
-	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}} {
+	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}, {"--resp", c.RESP}} {
 		if l.addr == "" {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
+		}
+	}
+	if c.RESP != "" {
+		if c.Role != "all" {
+			bad("--resp serves the Redis protocol from a controller and its storage units in one process: it needs --role all, not %q", c.Role)
+		}
+		if c.RESPPartition == "" {
+			bad("--resp-partition: empty partition id")
+		}
+		if c.RESPMaxValue <= 0 {
+			bad("--resp-max-value %v: must be positive", c.RESPMaxValue)
 		}
 	}
 	if c.Advertise != "" {
@@ -216,7 +236,7 @@ func (c *serveConfig) needsDataDir() bool {
 // known (by default one always is).
 func (c *serveConfig) checkExposure() error {
 	var errs []error
-	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}} {
+	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}, {"--resp", c.RESP}} {
 		if l.addr == "" {
 			continue
 		}

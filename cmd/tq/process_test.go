@@ -62,6 +62,7 @@ type serveProc struct {
 	addrs   []string   // the controller's addresses
 	units   [][]string // each storage unit's addresses
 	dataDir string     // its $TQ_DATA_DIR
+	resp    string     // its Redis-protocol address (--resp)
 	done    chan error
 }
 
@@ -125,6 +126,9 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 				if _, addrs, ok := strings.Cut(rest, ") on "); ok {
 					p.units = append(p.units, strings.Fields(addrs))
 				}
+			}
+			if rest, ok := strings.CutPrefix(l, "tq serve: Redis protocol on "); ok {
+				p.resp = strings.Fields(rest)[0]
 			}
 			if l == "tq serve: ready" {
 				go func() { // keep draining

@@ -16,8 +16,10 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/tcp"
 	"github.com/tqgo/tq/wire"
@@ -68,6 +70,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := s.restore(ctx); err != nil {
+		return err
+	}
+	if err := s.startRESP(); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "tq serve: ready")
@@ -125,6 +130,7 @@ type server struct {
 	units   []*runningUnit
 	addrs   []string // the controller's addresses, as given out
 	local   string   // the controller's address for units of this process
+	resp    *resp.Server
 }
 
 type runningUnit struct {
@@ -324,8 +330,40 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	return nil
 }
 
+// startRESP serves the Redis protocol (--resp) over the controller and
+// the storage units of this process, called directly: a command costs
+// the endpoint's own round trip and nothing more.
+func (s *server) startRESP() error {
+	if s.cfg.RESP == "" {
+		return nil
+	}
+	units := make([]*storage.Unit, len(s.units))
+	dus := make([]client.DataUnit, len(s.units))
+	for i, ru := range s.units {
+		units[i], dus[i] = ru.u, embedded.Unit(ru.u)
+	}
+	cl, err := client.New(embedded.Meta(s.ctrl, units...), dus, client.DefaultConfig())
+	if err != nil {
+		return fmt.Errorf("--resp: %w", err)
+	}
+	l, err := net.Listen("tcp", s.cfg.RESP)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("--resp: %w", err)
+	}
+	rs := resp.NewServer(s.ctrl, cl, resp.Config{Token: s.cfg.Token, Partition: s.cfg.RESPPartition, MaxValue: int64(s.cfg.RESPMaxValue), Logger: s.log})
+	s.resp = rs
+	go rs.Serve(l)
+	s.closers = append(s.closers, cl.Close)
+	fmt.Fprintf(s.out, "tq serve: Redis protocol on %s (partition %q)\n", l.Addr(), s.cfg.RESPPartition)
+	return nil
+}
+
 func (s *server) shutdown(ctx context.Context) error {
 	var errs []error
+	if s.resp != nil {
+		errs = append(errs, s.resp.Close())
+	}
 	for _, ru := range s.units {
 		if ru.mem != nil {
 			errs = append(errs, ru.mem.Close())
@@ -339,6 +377,9 @@ func (s *server) shutdown(ctx context.Context) error {
 }
 
 func (s *server) close() {
+	if s.resp != nil {
+		s.resp.Close()
+	}
 	for _, ru := range s.units {
 		if ru.mem != nil {
 			ru.mem.Close()

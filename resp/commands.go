@@ -1,0 +1,891 @@
+package resp
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/tidwall/match"
+
+	"github.com/tqgo/tq/engine"
+)
+
+type command struct {
+	fn func(c *conn, args [][]byte)
+	// arity as Redis counts it (the name included): n exactly, or at
+	// least -n when negative.
+	arity int
+	// open commands run before AUTH.
+	open bool
+}
+
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"PING":          {fn: (*conn).ping, arity: -1, open: true},
+		"ECHO":          {fn: (*conn).echo, arity: 2},
+		"HELLO":         {fn: (*conn).hello, arity: -1, open: true},
+		"AUTH":          {fn: (*conn).auth, arity: -2, open: true},
+		"QUIT":          {fn: (*conn).quitCmd, arity: -1, open: true},
+		"SELECT":        {fn: (*conn).selectCmd, arity: 2},
+		"COMMAND":       {fn: (*conn).commandCmd, arity: -1},
+		"CONFIG":        {fn: (*conn).config, arity: -2},
+		"INFO":          {fn: (*conn).info, arity: -1},
+		"CLIENT":        {fn: (*conn).client, arity: -2},
+		"DBSIZE":        {fn: (*conn).dbsize, arity: 1},
+		"FLUSHDB":       {fn: (*conn).flushdb, arity: -1},
+		"FLUSHALL":      {fn: (*conn).flushall, arity: -1},
+		"SET":           {fn: (*conn).set, arity: -3},
+		"GET":           {fn: (*conn).get, arity: 2},
+		"MSET":          {fn: (*conn).mset, arity: -3},
+		"MGET":          {fn: (*conn).mget, arity: -2},
+		"DEL":           {fn: (*conn).del, arity: -2},
+		"UNLINK":        {fn: (*conn).del, arity: -2},
+		"EXISTS":        {fn: (*conn).exists, arity: -2},
+		"TYPE":          {fn: (*conn).typeCmd, arity: 2},
+		"KEYS":          {fn: (*conn).keys, arity: 2},
+		"SCAN":          {fn: (*conn).scan, arity: -2},
+		"HSET":          {fn: (*conn).hset, arity: -4},
+		"HMSET":         {fn: (*conn).hmset, arity: -4},
+		"HGET":          {fn: (*conn).hget, arity: 3},
+		"HMGET":         {fn: (*conn).hmget, arity: -3},
+		"HGETALL":       {fn: (*conn).hgetall, arity: 2},
+		"HDEL":          {fn: (*conn).hdel, arity: -3},
+		"HKEYS":         {fn: (*conn).hkeys, arity: 2},
+		"HLEN":          {fn: (*conn).hlen, arity: 2},
+		"HEXISTS":       {fn: (*conn).hexists, arity: 3},
+		"TQ.PARTITION":  {fn: (*conn).tqPartition, arity: -1},
+		"TQ.PARTITIONS": {fn: (*conn).tqPartitions, arity: 1},
+		"TQ.TAGS":       {fn: (*conn).tqTags, arity: 2},
+		"TQ.TAG":        {fn: (*conn).tqTag, arity: -4},
+		"TQ.FIELDS":     {fn: (*conn).tqFields, arity: -1},
+	}
+}
+
+// dispatch runs one command and appends its reply.
+func (c *conn) dispatch(args [][]byte) {
+	var buf [32]byte
+	name := buf[:0]
+	if len(args[0]) <= len(buf) {
+		for _, ch := range args[0] {
+			if 'a' <= ch && ch <= 'z' {
+				ch -= 'a' - 'A'
+			}
+			name = append(name, ch)
+		}
+	}
+	cmd, ok := commands[string(name)]
+	switch {
+	case !ok:
+		c.writeError(fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", clip(args[0]), argsPreview(args[1:])))
+	case !c.authed && !cmd.open:
+		c.writeError("NOAUTH Authentication required.")
+	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
+		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
+	default:
+		cmd.fn(c, args)
+	}
+}
+
+func clip(b []byte) string {
+	if len(b) > 64 {
+		return string(b[:64]) + "…"
+	}
+	return string(b)
+}
+
+func argsPreview(args [][]byte) string {
+	var sb strings.Builder
+	for i, a := range args {
+		if i == 4 {
+			break
+		}
+		fmt.Fprintf(&sb, "'%s' ", clip(a))
+	}
+	return sb.String()
+}
+
+// target splits a key into its partition and key within it: "{p}k" is
+// key k of partition p; any other key is in the connection's partition.
+func (c *conn) target(key []byte) (partition, k string) {
+	if len(key) > 2 && key[0] == '{' {
+		if end := bytes.IndexByte(key, '}'); end > 1 {
+			return string(key[1:end]), string(key[end+1:])
+		}
+	}
+	return c.partition, string(key)
+}
+
+// sameTarget splits keys that must all be in one partition (a command
+// writes or reads one partition at a time).
+func (c *conn) sameTarget(keys [][]byte) (string, []string, error) {
+	out := make([]string, len(keys))
+	var partition string
+	for i, k := range keys {
+		p, key := c.target(k)
+		if i > 0 && p != partition {
+			return "", nil, fmt.Errorf("keys of two partitions (%q, %q) in one command; TQ reads and writes one partition at a time: %w", partition, p, engine.ErrInvalid)
+		}
+		partition, out[i] = p, key
+	}
+	return partition, out, nil
+}
+
+func (c *conn) ping(args [][]byte) {
+	switch len(args) {
+	case 1:
+		c.writeString("PONG")
+	case 2:
+		c.writeBulk(args[1])
+	default:
+		c.writeError("ERR wrong number of arguments for 'ping' command")
+	}
+}
+
+func (c *conn) echo(args [][]byte) { c.writeBulk(args[1]) }
+
+func (c *conn) quitCmd([][]byte) {
+	c.writeOK()
+	c.quit = true
+}
+
+func (c *conn) auth(args [][]byte) {
+	var user, pass []byte
+	switch len(args) {
+	case 2:
+		pass = args[1]
+	case 3:
+		user, pass = args[1], args[2]
+	default:
+		c.writeError("ERR syntax error")
+		return
+	}
+	if c.s.cfg.Token == "" {
+		c.writeError("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+		return
+	}
+	if !c.authenticate(user, pass) {
+		c.writeError(errWrongPass)
+		return
+	}
+	c.writeOK()
+}
+
+// hello answers HELLO [protover [AUTH user pass] [SETNAME name]]. TQ
+// speaks RESP2; asked for 3, it answers NOPROTO, and clients go on in 2.
+func (c *conn) hello(args [][]byte) {
+	if len(args) > 1 {
+		v, err := strconv.Atoi(string(args[1]))
+		if err != nil {
+			c.writeError("ERR Protocol version is not an integer or out of range")
+			return
+		}
+		if v != 2 {
+			c.writeError("NOPROTO sorry, this protocol version is not supported")
+			return
+		}
+	}
+	for i := 2; i < len(args); i++ {
+		switch strings.ToUpper(string(args[i])) {
+		case "AUTH":
+			if i+2 >= len(args) {
+				c.writeError("ERR syntax error in HELLO option 'auth'")
+				return
+			}
+			if !c.authenticate(args[i+1], args[i+2]) {
+				c.writeError(errWrongPass)
+				return
+			}
+			i += 2
+		case "SETNAME":
+			if i+1 >= len(args) {
+				c.writeError("ERR syntax error in HELLO option 'setname'")
+				return
+			}
+			c.name = string(args[i+1])
+			i++
+		default:
+			c.writeError(fmt.Sprintf("ERR syntax error in HELLO option '%s'", clip(args[i])))
+			return
+		}
+	}
+	if !c.authed {
+		c.writeError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+		return
+	}
+	c.writeArray(14)
+	c.writeBulkString("server")
+	c.writeBulkString("tq")
+	c.writeBulkString("version")
+	c.writeBulkString(redisVersion)
+	c.writeBulkString("proto")
+	c.writeInt(2)
+	c.writeBulkString("id")
+	c.writeInt(c.id)
+	c.writeBulkString("mode")
+	c.writeBulkString("standalone")
+	c.writeBulkString("role")
+	c.writeBulkString("master")
+	c.writeBulkString("modules")
+	c.writeArray(0)
+}
+
+// redisVersion is the Redis version TQ's endpoint answers to: clients
+// that look at it find the commands of 7.0 that TQ serves.
+const redisVersion = "7.0.0"
+
+// selectCmd chooses the connection's partition: SELECT 0 is the default
+// one, any other argument names a partition.
+func (c *conn) selectCmd(args [][]byte) {
+	p := string(args[1])
+	if p == "0" {
+		p = c.s.cfg.Partition
+	}
+	c.partition = p
+	c.writeOK()
+}
+
+func (c *conn) commandCmd(args [][]byte) {
+	if len(args) > 1 && strings.EqualFold(string(args[1]), "COUNT") {
+		c.writeInt(int64(len(commands)))
+		return
+	}
+	// No command table: redis-cli and the client libraries work without.
+	c.writeArray(0)
+}
+
+// config answers CONFIG GET for the two parameters redis-benchmark asks
+// about ("save" and "appendonly": TQ has neither RDB snapshots nor an
+// append-only file; its log is tq serve's --fsync) and nothing for
+// others; TQ is configured by tq serve's flags.
+func (c *conn) config(args [][]byte) {
+	if strings.EqualFold(string(args[1]), "GET") {
+		var out []string
+		for _, a := range args[2:] {
+			switch p := strings.ToLower(string(a)); p {
+			case "save":
+				out = append(out, p, "")
+			case "appendonly":
+				out = append(out, p, "no")
+			}
+		}
+		c.writeStrings(out)
+		return
+	}
+	c.writeError(fmt.Sprintf("ERR CONFIG %s is not supported: TQ is configured by tq serve's flags", clip(args[1])))
+}
+
+func (c *conn) info(args [][]byte) {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\nserver_name:tq\r\n", redisVersion)
+	c.s.mu.Lock()
+	n := len(c.s.conns)
+	c.s.mu.Unlock()
+	fmt.Fprintf(&sb, "\r\n# Clients\r\nconnected_clients:%d\r\n", n)
+	ci := c.s.st.ctrl.Info()
+	fmt.Fprintf(&sb, "\r\n# Persistence\r\ntq_durable:%d\r\ntq_fsync:%s\r\ntq_log_index:%d\r\n", btoi(ci.Durable), ci.Fsync, ci.LogIndex)
+	sb.WriteString("\r\n# Keyspace\r\n")
+	for _, p := range c.s.st.ctrl.Partitions() {
+		if st, err := c.s.st.ctrl.Stats(p); err == nil {
+			fmt.Fprintf(&sb, "%s:keys=%d,rows=%d\r\n", p, st.Keys, st.Rows)
+		}
+	}
+	c.writeBulkString(sb.String())
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (c *conn) client(args [][]byte) {
+	switch strings.ToUpper(string(args[1])) {
+	case "SETNAME":
+		if len(args) != 3 {
+			c.writeError("ERR wrong number of arguments for 'client|setname' command")
+			return
+		}
+		c.name = string(args[2])
+		c.writeOK()
+	case "GETNAME":
+		if c.name == "" {
+			c.writeNull()
+			return
+		}
+		c.writeBulkString(c.name)
+	case "ID":
+		c.writeInt(c.id)
+	case "SETINFO":
+		c.writeOK()
+	case "INFO":
+		c.writeBulkString(fmt.Sprintf("id=%d addr=%s name=%s db=%s\n", c.id, c.nc.RemoteAddr(), c.name, c.partition))
+	default:
+		c.writeError(fmt.Sprintf("ERR CLIENT %s is not supported", clip(args[1])))
+	}
+}
+
+func (c *conn) dbsize([][]byte) {
+	st, err := c.s.st.ctrl.Stats(c.partition)
+	if err != nil {
+		if absent(err) {
+			c.writeInt(0)
+			return
+		}
+		c.writeErr(err)
+		return
+	}
+	c.writeInt(int64(st.Keys))
+}
+
+func (c *conn) flushdb([][]byte) {
+	if err := c.s.st.cl.Meta().ClearPartition(c.ctx, c.partition); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeOK()
+}
+
+func (c *conn) flushall([][]byte) {
+	for _, p := range c.s.st.ctrl.Partitions() {
+		if err := c.s.st.cl.Meta().ClearPartition(c.ctx, p); err != nil {
+			c.writeErr(err)
+			return
+		}
+	}
+	c.writeOK()
+}
+
+func (c *conn) set(args [][]byte) {
+	if len(args) > 3 {
+		c.writeError(fmt.Sprintf("ERR SET option %s is not supported by TQ (no expiry, no conditional set)", clip(args[3])))
+		return
+	}
+	partition, key := c.target(args[1])
+	if err := c.s.st.put(c.ctx, partition, []string{key}, []string{c.s.cfg.Field}, [][][]byte{{args[2]}}, nil); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeOK()
+}
+
+func (c *conn) get(args [][]byte) {
+	partition, key := c.target(args[1])
+	v, err := c.s.st.get(c.ctx, partition, []string{key}, []string{c.s.cfg.Field})
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	defer v.release()
+	c.writeValue(v.rows[0], 0)
+}
+
+// writeValue writes field j of a row, or a null when absent.
+func (c *conn) writeValue(row [][]byte, j int) {
+	if row == nil || row[j] == nil {
+		c.writeNull()
+		return
+	}
+	c.writeBulk(row[j])
+}
+
+func (c *conn) mset(args [][]byte) {
+	if len(args)%2 != 1 {
+		c.writeError("ERR wrong number of arguments for 'mset' command")
+		return
+	}
+	n := len(args) / 2
+	keys := make([][]byte, n)
+	vals := make([][]byte, n)
+	for i := range n {
+		keys[i], vals[i] = args[1+2*i], args[2+2*i]
+	}
+	partition, ks, err := c.sameTarget(keys)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	// The last of a key given twice wins, as in Redis.
+	ks, vals = lastWins(ks, vals)
+	if err := c.s.st.put(c.ctx, partition, ks, []string{c.s.cfg.Field}, [][][]byte{vals}, nil); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeOK()
+}
+
+// lastWins drops every key but the last of each key given twice.
+func lastWins(keys []string, vals [][]byte) ([]string, [][]byte) {
+	if engine.RepeatedKeys(keys) == nil {
+		return keys, vals
+	}
+	last := map[string]int{}
+	for i, k := range keys {
+		last[k] = i
+	}
+	var ks []string
+	var vs [][]byte
+	for i, k := range keys {
+		if last[k] == i {
+			ks, vs = append(ks, k), append(vs, vals[i])
+		}
+	}
+	return ks, vs
+}
+
+func (c *conn) mget(args [][]byte) {
+	// Keys of several partitions are read partition by partition.
+	type group struct {
+		keys []string
+		at   []int
+	}
+	groups := map[string]*group{}
+	var order []string
+	for i, k := range args[1:] {
+		p, key := c.target(k)
+		g := groups[p]
+		if g == nil {
+			g = &group{}
+			groups[p] = g
+			order = append(order, p)
+		}
+		g.keys, g.at = append(g.keys, key), append(g.at, i)
+	}
+	rows := make([][][]byte, len(args)-1)
+	for _, p := range order {
+		g := groups[p]
+		uniq := slices.Compact(slices.Sorted(slices.Values(g.keys)))
+		v, err := c.s.st.get(c.ctx, p, uniq, []string{c.s.cfg.Field})
+		if err != nil {
+			c.writeErr(err)
+			return
+		}
+		defer v.release()
+		for j, k := range g.keys {
+			i, _ := slices.BinarySearch(uniq, k)
+			rows[g.at[j]] = v.rows[i]
+		}
+	}
+	c.writeArray(len(rows))
+	for _, r := range rows {
+		c.writeValue(r, 0)
+	}
+}
+
+func (c *conn) del(args [][]byte) {
+	partition, keys, err := c.sameTarget(args[1:])
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
+	n, err := c.s.st.del(c.ctx, partition, keys)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeInt(int64(n))
+}
+
+func (c *conn) exists(args [][]byte) {
+	n := 0
+	for _, k := range args[1:] {
+		p, key := c.target(k)
+		has, err := c.s.st.exists(c.ctx, p, []string{key})
+		if err != nil {
+			c.writeErr(err)
+			return
+		}
+		if has[0] {
+			n++
+		}
+	}
+	c.writeInt(int64(n))
+}
+
+// typeCmd answers "string" for a key holding the default field alone,
+// "hash" for one holding other fields (or tags only), "none" when absent.
+func (c *conn) typeCmd(args [][]byte) {
+	p, key := c.target(args[1])
+	meta, err := c.s.st.keyMeta(c.ctx, p, key)
+	switch {
+	case err != nil:
+		c.writeErr(err)
+	case meta == nil:
+		c.writeString("none")
+	default:
+		if fs := held(meta); len(fs) == 1 && fs[0] == c.s.cfg.Field {
+			c.writeString("string")
+		} else {
+			c.writeString("hash")
+		}
+	}
+}
+
+func (c *conn) keys(args [][]byte) {
+	pattern := string(args[1])
+	var out []string
+	var after uint64
+	for {
+		page, next, err := c.s.st.ctrl.ScanKeys(c.partition, after, 0)
+		if err != nil {
+			c.writeErr(err)
+			return
+		}
+		for _, k := range page {
+			if match.Match(k.Key, pattern) {
+				out = append(out, k.Key)
+			}
+		}
+		if next == 0 {
+			break
+		}
+		after = next
+	}
+	if err := c.s.st.ctrl.WaitDurable(c.ctx); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeStrings(out)
+}
+
+// scan answers SCAN cursor [MATCH pattern] [COUNT n] [TYPE t] over the
+// connection's partition: the cursor is the creation sequence of the last
+// key returned, so a key present throughout is returned exactly once.
+func (c *conn) scan(args [][]byte) {
+	after, err := strconv.ParseUint(string(args[1]), 10, 64)
+	if err != nil {
+		c.writeError("ERR invalid cursor")
+		return
+	}
+	pattern, count, typ := "*", 10, ""
+	for i := 2; i < len(args); i += 2 {
+		if i+1 >= len(args) {
+			c.writeError("ERR syntax error")
+			return
+		}
+		switch strings.ToUpper(string(args[i])) {
+		case "MATCH":
+			pattern = string(args[i+1])
+		case "COUNT":
+			n, err := strconv.Atoi(string(args[i+1]))
+			if err != nil || n < 1 {
+				c.writeError("ERR value is not an integer or out of range")
+				return
+			}
+			count = min(n, 65536)
+		case "TYPE":
+			typ = strings.ToLower(string(args[i+1]))
+		default:
+			c.writeError("ERR syntax error")
+			return
+		}
+	}
+	page, next, err := c.s.st.ctrl.ScanKeys(c.partition, after, count)
+	if err != nil {
+		if absent(err) {
+			page, next = nil, 0
+		} else {
+			c.writeErr(err)
+			return
+		}
+	}
+	var out []string
+	for _, k := range page {
+		if !match.Match(k.Key, pattern) {
+			continue
+		}
+		if typ != "" {
+			if t := c.keyType(k.Key); t != typ {
+				continue
+			}
+		}
+		out = append(out, k.Key)
+	}
+	if err := c.s.st.ctrl.WaitDurable(c.ctx); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeArray(2)
+	c.writeBulkString(strconv.FormatUint(next, 10))
+	c.writeStrings(out)
+}
+
+func (c *conn) keyType(key string) string {
+	meta, err := c.s.st.keyMeta(c.ctx, c.partition, key)
+	if err != nil || meta == nil {
+		return "none"
+	}
+	if fs := held(meta); len(fs) == 1 && fs[0] == c.s.cfg.Field {
+		return "string"
+	}
+	return "hash"
+}
+
+// fieldPairs splits "field value ..." arguments; a field given twice
+// takes its last value.
+func fieldPairs(args [][]byte) (names []string, vals [][][]byte, ok bool) {
+	if len(args)%2 != 0 {
+		return nil, nil, false
+	}
+	at := map[string]int{}
+	for i := 0; i < len(args); i += 2 {
+		f := string(args[i])
+		if j, dup := at[f]; dup {
+			vals[j][0] = args[i+1]
+			continue
+		}
+		at[f] = len(names)
+		names = append(names, f)
+		vals = append(vals, [][]byte{args[i+1]})
+	}
+	return names, vals, true
+}
+
+// hset answers the number of fields that were new to the key.
+func (c *conn) hset(args [][]byte) {
+	c.hwrite(args, false)
+}
+
+func (c *conn) hmset(args [][]byte) {
+	c.hwrite(args, true)
+}
+
+func (c *conn) hwrite(args [][]byte, ok bool) {
+	names, vals, good := fieldPairs(args[2:])
+	if !good {
+		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(args[0]))))
+		return
+	}
+	p, key := c.target(args[1])
+	before := 0
+	if !ok {
+		meta, err := c.s.st.keyMeta(c.ctx, p, key)
+		if err != nil {
+			c.writeErr(err)
+			return
+		}
+		if meta != nil {
+			had := held(meta)
+			for _, f := range names {
+				if slices.Contains(had, f) {
+					before++
+				}
+			}
+		}
+	}
+	if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil); err != nil {
+		c.writeErr(err)
+		return
+	}
+	if ok {
+		c.writeOK()
+		return
+	}
+	c.writeInt(int64(len(names) - before))
+}
+
+func (c *conn) hget(args [][]byte) {
+	p, key := c.target(args[1])
+	v, err := c.s.st.get(c.ctx, p, []string{key}, []string{string(args[2])})
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	defer v.release()
+	c.writeValue(v.rows[0], 0)
+}
+
+func (c *conn) hmget(args [][]byte) {
+	p, key := c.target(args[1])
+	fields := make([]string, len(args)-2)
+	for i, f := range args[2:] {
+		fields[i] = string(f)
+	}
+	uniq := slices.Compact(slices.Sorted(slices.Values(fields)))
+	v, err := c.s.st.get(c.ctx, p, []string{key}, uniq)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	defer v.release()
+	c.writeArray(len(fields))
+	for _, f := range fields {
+		j, _ := slices.BinarySearch(uniq, f)
+		c.writeValue(v.rows[0], j)
+	}
+}
+
+func (c *conn) hgetall(args [][]byte) {
+	p, key := c.target(args[1])
+	meta, err := c.s.st.keyMeta(c.ctx, p, key)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	var fields []string
+	if meta != nil {
+		fields = held(meta)
+	}
+	if len(fields) == 0 {
+		c.writeArray(0)
+		return
+	}
+	v, err := c.s.st.get(c.ctx, p, []string{key}, fields)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	defer v.release()
+	n := 0
+	for j := range fields {
+		if v.rows[0] != nil && v.rows[0][j] != nil {
+			n++
+		}
+	}
+	c.writeArray(2 * n)
+	for j, f := range fields {
+		if v.rows[0] != nil && v.rows[0][j] != nil {
+			c.writeBulkString(f)
+			c.writeBulk(v.rows[0][j])
+		}
+	}
+}
+
+func (c *conn) hdel(args [][]byte) {
+	c.writeError("ERR HDEL is not supported: TQ cannot drop one field of a key yet; DEL the key and write the fields to keep")
+}
+
+func (c *conn) hkeys(args [][]byte) {
+	c.hfields(args, func(fs []string) { c.writeStrings(fs) })
+}
+
+func (c *conn) hlen(args [][]byte) {
+	c.hfields(args, func(fs []string) { c.writeInt(int64(len(fs))) })
+}
+
+func (c *conn) hexists(args [][]byte) {
+	c.hfields(args, func(fs []string) { c.writeInt(int64(btoi(slices.Contains(fs, string(args[2]))))) })
+}
+
+func (c *conn) hfields(args [][]byte, reply func([]string)) {
+	p, key := c.target(args[1])
+	meta, err := c.s.st.keyMeta(c.ctx, p, key)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	var fs []string
+	if meta != nil {
+		fs = held(meta)
+	}
+	reply(fs)
+}
+
+// tqPartition answers the connection's partition, or sets it.
+func (c *conn) tqPartition(args [][]byte) {
+	switch len(args) {
+	case 1:
+		c.writeBulkString(c.partition)
+	case 2:
+		if len(args[1]) == 0 {
+			c.writeError("ERR empty partition id")
+			return
+		}
+		c.partition = string(args[1])
+		c.writeOK()
+	default:
+		c.writeError("ERR wrong number of arguments for 'tq.partition' command")
+	}
+}
+
+func (c *conn) tqPartitions([][]byte) {
+	c.writeStrings(c.s.st.ctrl.Partitions())
+}
+
+// tqTags answers a key's tags as field/value pairs: strings as they are,
+// other values as JSON.
+func (c *conn) tqTags(args [][]byte) {
+	p, key := c.target(args[1])
+	meta, err := c.s.st.cl.MetaByKeys(c.ctx, p, []string{key}, []string{}, false)
+	if absent(err) {
+		c.writeArray(0)
+		return
+	}
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeTags(meta.Tags[0])
+}
+
+func (c *conn) writeTags(t engine.Tags) {
+	names := slices.Sorted(func(yield func(string) bool) {
+		for k := range t {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	c.writeArray(2 * len(names))
+	for _, k := range names {
+		c.writeBulkString(k)
+		c.writeBulkString(tagString(t[k]))
+	}
+}
+
+func tagString(v any) string {
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+// tqTag merges name/value pairs into a key's tags, creating the key: the
+// values are strings.
+func (c *conn) tqTag(args [][]byte) {
+	if len(args)%2 != 0 {
+		c.writeError("ERR wrong number of arguments for 'tq.tag' command")
+		return
+	}
+	p, key := c.target(args[1])
+	tags := engine.Tags{}
+	for i := 2; i < len(args); i += 2 {
+		tags[string(args[i])] = string(args[i+1])
+	}
+	if err := c.s.st.put(c.ctx, p, []string{key}, nil, nil, []engine.Tags{tags}); err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeOK()
+}
+
+// tqFields answers the fields of the connection's partition (or the one
+// named) with their dtype and kind: name, dtype, kind triples.
+func (c *conn) tqFields(args [][]byte) {
+	p := c.partition
+	if len(args) > 1 {
+		p = string(args[1])
+	}
+	fs, err := c.s.st.ctrl.Fields(p)
+	if err != nil && !absent(err) {
+		c.writeErr(err)
+		return
+	}
+	c.writeArray(len(fs))
+	for _, f := range fs {
+		c.writeArray(3)
+		c.writeBulkString(f.Name)
+		c.writeBulkString(f.DType.String())
+		c.writeBulkString(f.Kind.String())
+	}
+}

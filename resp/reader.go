@@ -1,0 +1,342 @@
+package resp
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Limits on what one request may claim. Redis's own are 512 MiB per bulk
+// string (proto-max-bulk-len) and 1M arguments per command; the inline
+// limit is Redis's 64 KiB.
+const (
+	DefaultMaxValue = 512 << 20
+	MaxArgs         = 1 << 20
+	maxInline       = 64 << 10
+	// Before AUTH a command is small: HELLO 3 AUTH user pass SETNAME name
+	// is seven arguments.
+	maxUnauthArgs = 8
+	maxUnauthBulk = 4 << 10
+	// Arguments up to this size are read into a buffer the connection
+	// reuses; larger ones get their own allocation, counted against the
+	// server's budget for large values in flight.
+	smallArg = 64 << 10
+	// Arguments of this size or more are read into memory mapped for
+	// the command and unmapped after it, so that a large value's memory
+	// is given back to the system at once rather than when the garbage
+	// collector gets to it.
+	mappedArg = 1 << 20
+)
+
+// errProtocol is a malformed request: the server answers it with an error
+// that names what was wrong, then closes the connection, as Redis does
+// (nothing after it can be framed).
+type errProtocol struct{ msg string }
+
+func (e *errProtocol) Error() string { return "Protocol error: " + e.msg }
+
+func protoErr(format string, args ...any) error {
+	return &errProtocol{fmt.Sprintf(format, args...)}
+}
+
+// reader reads commands from a client: RESP arrays of bulk strings, or
+// inline commands (a line of words, as a person types in telnet). It
+// checks every length before it allocates for it.
+type reader struct {
+	br       *bufio.Reader
+	args     [][]byte
+	arena    []byte // backs the small arguments of the last command
+	maxValue int64
+	authed   bool
+	// large is called before an argument larger than smallArg is read
+	// with its size; it returns an error to refuse it (the budget for
+	// large values is spent). Its bytes are given back by the server
+	// when the command is done.
+	large func(n int64) error
+	// mapped are the arguments of the last command read into their own
+	// mappings; done unmaps them.
+	mapped [][]byte
+	// mid is true while a command is being read, from its first byte:
+	// the server bounds how long the rest may take.
+	mid bool
+}
+
+func newReader(r io.Reader, maxValue int64) *reader {
+	return &reader{br: bufio.NewReaderSize(r, 16<<10), maxValue: maxValue}
+}
+
+// next reads one command. Its arguments are valid until the next call.
+// An io.EOF before the first byte is a clean end; a command cut short is
+// io.ErrUnexpectedEOF.
+func (r *reader) next() ([][]byte, error) {
+	r.args = r.args[:0]
+	r.arena = r.arena[:0]
+	c, err := r.br.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	r.mid = true
+	defer func() { r.mid = false }()
+	if c != '*' {
+		r.br.UnreadByte()
+		return r.inline()
+	}
+	n, err := r.length("multibulk")
+	if err != nil {
+		return nil, err
+	}
+	switch max := r.argLimit(); {
+	case n < 0:
+		// "*-1" is a null array: Redis skips it.
+		return r.args, nil
+	case n > int64(max):
+		return nil, protoErr("command of %d arguments exceeds the limit of %d%s", n, max, r.authHint())
+	}
+	for range n {
+		c, err := r.br.ReadByte()
+		if err != nil {
+			return nil, unexpected(err)
+		}
+		if c != '$' {
+			return nil, protoErr("expected '$' before an argument, got %q", c)
+		}
+		size, err := r.length("bulk")
+		if err != nil {
+			return nil, err
+		}
+		if err := r.checkBulk(size); err != nil {
+			return nil, err
+		}
+		arg, err := r.bulk(int(size))
+		if err != nil {
+			return nil, err
+		}
+		r.args = append(r.args, arg)
+	}
+	return r.args, nil
+}
+
+func (r *reader) argLimit() int {
+	if r.authed {
+		return MaxArgs
+	}
+	return maxUnauthArgs
+}
+
+func (r *reader) authHint() string {
+	if r.authed {
+		return ""
+	}
+	return " before AUTH"
+}
+
+func (r *reader) checkBulk(size int64) error {
+	limit := r.maxValue
+	if !r.authed {
+		limit = maxUnauthBulk
+	}
+	switch {
+	case size < 0:
+		return protoErr("argument of length %d", size)
+	case size > limit:
+		return protoErr("argument of %d bytes exceeds the limit of %d%s", size, limit, r.authHint())
+	}
+	return nil
+}
+
+// bulk reads an argument of size bytes and its CRLF.
+func (r *reader) bulk(size int) ([]byte, error) {
+	var arg []byte
+	if size <= smallArg {
+		at := len(r.arena)
+		if cap(r.arena)-at < size {
+			// A new arena: arguments already read keep the old one.
+			r.arena = make([]byte, 0, max(2*cap(r.arena), size, 4096))
+			at = 0
+		}
+		r.arena = r.arena[:at+size]
+		arg = r.arena[at : at+size : at+size]
+	} else {
+		if r.large != nil {
+			if err := r.large(int64(size)); err != nil {
+				return nil, err
+			}
+		}
+		if size >= mappedArg {
+			m, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+			if err != nil {
+				return nil, fmt.Errorf("map %d bytes for an argument: %w", size, err)
+			}
+			r.mapped = append(r.mapped, m)
+			arg = m
+		} else {
+			arg = make([]byte, size)
+		}
+	}
+	if _, err := io.ReadFull(r.br, arg); err != nil {
+		return nil, unexpected(err)
+	}
+	if err := r.crlf(); err != nil {
+		return nil, err
+	}
+	return arg, nil
+}
+
+func (r *reader) crlf() error {
+	c1, err := r.br.ReadByte()
+	if err != nil {
+		return unexpected(err)
+	}
+	c2, err := r.br.ReadByte()
+	if err != nil {
+		return unexpected(err)
+	}
+	if c1 != '\r' || c2 != '\n' {
+		return protoErr("argument not followed by CRLF")
+	}
+	return nil
+}
+
+// length reads a decimal length and its CRLF.
+func (r *reader) length(what string) (int64, error) {
+	line, err := r.line(32)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseInt(string(line), 10, 64)
+	if err != nil {
+		return 0, protoErr("invalid %s length %q", what, line)
+	}
+	return n, nil
+}
+
+// line reads up to CRLF (or a bare LF), at most limit bytes before it.
+func (r *reader) line(limit int) ([]byte, error) {
+	var out []byte
+	for {
+		frag, err := r.br.ReadSlice('\n')
+		if len(out)+len(frag) > limit+2 {
+			return nil, protoErr("line longer than %d bytes", limit)
+		}
+		if err == nil {
+			if out == nil {
+				out = frag
+			} else {
+				out = append(out, frag...)
+			}
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, unexpected(err)
+		}
+		out = append(out, frag...)
+	}
+	out = out[:len(out)-1]
+	if len(out) > 0 && out[len(out)-1] == '\r' {
+		out = out[:len(out)-1]
+	}
+	return out, nil
+}
+
+// inline reads a command typed as a line: words split at spaces, with
+// double-quoted words that may hold \n \r \t \\ \" and \xHH escapes, and
+// single-quoted words taken as they are.
+func (r *reader) inline() ([][]byte, error) {
+	limit := maxInline
+	if !r.authed {
+		limit = maxUnauthBulk
+	}
+	line, err := r.line(limit)
+	if err != nil {
+		return nil, err
+	}
+	args, err := splitInline(line)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) > r.argLimit() {
+		return nil, protoErr("command of %d arguments exceeds the limit of %d%s", len(args), r.argLimit(), r.authHint())
+	}
+	r.args = append(r.args, args...)
+	return r.args, nil
+}
+
+func splitInline(line []byte) ([][]byte, error) {
+	var args [][]byte
+	for {
+		line = bytes.TrimLeft(line, " \t")
+		if len(line) == 0 {
+			return args, nil
+		}
+		var word []byte
+		switch q := line[0]; q {
+		case '"', '\'':
+			i := 1
+			for ; i < len(line) && line[i] != q; i++ {
+				c := line[i]
+				if q == '"' && c == '\\' && i+1 < len(line) {
+					i++
+					switch e := line[i]; e {
+					case 'n':
+						c = '\n'
+					case 'r':
+						c = '\r'
+					case 't':
+						c = '\t'
+					case 'x':
+						if i+2 < len(line) {
+							if v, err := strconv.ParseUint(string(line[i+1:i+3]), 16, 8); err == nil {
+								c = byte(v)
+								i += 2
+								break
+							}
+						}
+						c = e
+					default:
+						c = e
+					}
+				}
+				word = append(word, c)
+			}
+			if i == len(line) {
+				return nil, protoErr("unbalanced quotes in inline command")
+			}
+			line = line[i+1:]
+			if len(line) > 0 && line[0] != ' ' && line[0] != '\t' {
+				return nil, protoErr("closing quote must be followed by a space")
+			}
+			if word == nil {
+				word = []byte{}
+			}
+		default:
+			end := bytes.IndexAny(line, " \t")
+			if end < 0 {
+				end = len(line)
+			}
+			word = append([]byte(nil), line[:end]...)
+			line = line[end:]
+		}
+		args = append(args, word)
+	}
+}
+
+// done ends the last command: its mapped arguments are unmapped, so
+// nothing may refer to them any more.
+func (r *reader) done() {
+	for _, m := range r.mapped {
+		unix.Munmap(m)
+	}
+	r.mapped = r.mapped[:0]
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

@@ -1,0 +1,405 @@
+package resp
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/embedded"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+// endpoint is a RESP server over an embedded cluster.
+type endpoint struct {
+	addr string
+	srv  *Server
+	kv   *kvapi.KV
+}
+
+func newEndpoint(t testing.TB, cfg Config) *endpoint {
+	t.Helper()
+	ecfg := embedded.DefaultConfig()
+	ecfg.Storage.Capacity = 256 << 20
+	ecfg.Storage.SegmentSize = 64 << 20
+	e, err := embedded.New(ecfg)
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := NewServer(e.Controller, e.Client, cfg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+		e.Close()
+	})
+	return &endpoint{addr: l.Addr().String(), srv: srv, kv: kvapi.New(e.Client)}
+}
+
+func (e *endpoint) client(t testing.TB, opt *redis.Options) *redis.Client {
+	t.Helper()
+	if opt == nil {
+		opt = &redis.Options{}
+	}
+	opt.Addr = e.addr
+	rc := redis.NewClient(opt)
+	t.Cleanup(func() { rc.Close() })
+	return rc
+}
+
+// raw dials the endpoint and returns a connection and a reader of its
+// replies.
+func (e *endpoint) raw(t *testing.T) (net.Conn, *replyReader) {
+	t.Helper()
+	nc, err := net.Dial("tcp", e.addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { nc.Close() })
+	return nc, &replyReader{r: newReader(nc, 1<<30)}
+}
+
+// replyReader reads one reply line (or bulk) at a time, for tests that
+// speak the protocol by hand.
+type replyReader struct{ r *reader }
+
+func (rr *replyReader) line(t *testing.T) string {
+	t.Helper()
+	l, err := rr.r.line(1 << 20)
+	require.NoError(t, err)
+	return string(l)
+}
+
+func TestStringsAndKeys(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+
+	require.Equal(t, "PONG", rc.Ping(ctx).Val())
+	require.Equal(t, "hi", rc.Echo(ctx, "hi").Val())
+	require.NoError(t, rc.Set(ctx, "a", "1", 0).Err())
+	require.NoError(t, rc.Set(ctx, "a", "one", 0).Err(), "overwrite")
+	require.NoError(t, rc.MSet(ctx, "b", "2", "c", "", "b", "two").Err())
+	assert.Equal(t, "one", rc.Get(ctx, "a").Val())
+	assert.Equal(t, redis.Nil, rc.Get(ctx, "nope").Err())
+	assert.Equal(t, []any{"one", "two", "", nil, "one"}, rc.MGet(ctx, "a", "b", "c", "nope", "a").Val())
+	assert.Equal(t, int64(3), rc.Exists(ctx, "a", "b", "nope", "a").Val())
+	assert.Equal(t, int64(3), rc.DBSize(ctx).Val())
+	assert.Equal(t, "string", rc.Type(ctx, "a").Val())
+	assert.Equal(t, "none", rc.Type(ctx, "nope").Val())
+	assert.ElementsMatch(t, []string{"a", "b", "c"}, rc.Keys(ctx, "*").Val())
+	assert.Equal(t, []string{"b"}, rc.Keys(ctx, "b*").Val())
+
+	assert.Equal(t, int64(2), rc.Del(ctx, "a", "nope", "c").Val())
+	assert.Equal(t, int64(1), rc.Unlink(ctx, "b").Val())
+	assert.Equal(t, int64(0), rc.DBSize(ctx).Val())
+
+	err := rc.Do(ctx, "SET", "k", "v", "EX", "10").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "EX")
+	err = rc.Do(ctx, "NOSUCH", "x").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "unknown command 'NOSUCH'")
+	err = rc.Do(ctx, "GET").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "wrong number of arguments for 'get'")
+}
+
+func TestScanReturnsEachKeyOnce(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	want := map[string]bool{}
+	for i := range 250 {
+		k := fmt.Sprintf("k%03d", i)
+		want[k] = true
+		require.NoError(t, rc.Set(ctx, k, i, 0).Err())
+	}
+	require.NoError(t, rc.HSet(ctx, "h", "f", "v").Err())
+	seen := map[string]int{}
+	var cursor uint64
+	deleted := false
+	for {
+		keys, next, err := rc.Scan(ctx, cursor, "k*", 30).Result()
+		require.NoError(t, err)
+		for _, k := range keys {
+			seen[k]++
+		}
+		if !deleted {
+			// Keys cleared and created meanwhile do not disturb the
+			// others.
+			require.NoError(t, rc.Del(ctx, "k000", "k001").Err())
+			require.NoError(t, rc.Set(ctx, "k999", "new", 0).Err())
+			delete(want, "k001")
+			deleted = true
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	for k := range want {
+		if k == "k000" {
+			continue // returned before it was cleared
+		}
+		assert.Equal(t, 1, seen[k], "key %s", k)
+	}
+	keys, _, err := rc.ScanType(ctx, 0, "*", 1000, "hash").Result()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"h"}, keys)
+}
+
+func TestHashes(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	assert.Equal(t, int64(2), rc.HSet(ctx, "s1", "prompt", "hello", "response", "world").Val())
+	assert.Equal(t, int64(1), rc.HSet(ctx, "s1", "response", "there", "reward", "0.5").Val())
+	assert.Equal(t, "there", rc.HGet(ctx, "s1", "response").Val())
+	assert.Equal(t, redis.Nil, rc.HGet(ctx, "s1", "nope").Err())
+	assert.Equal(t, redis.Nil, rc.HGet(ctx, "nokey", "prompt").Err())
+	assert.Equal(t, []any{"hello", nil, "0.5", "hello"}, rc.HMGet(ctx, "s1", "prompt", "nope", "reward", "prompt").Val())
+	assert.Equal(t, map[string]string{"prompt": "hello", "response": "there", "reward": "0.5"}, rc.HGetAll(ctx, "s1").Val())
+	assert.Equal(t, map[string]string{}, rc.HGetAll(ctx, "nokey").Val())
+	assert.ElementsMatch(t, []string{"prompt", "response", "reward"}, rc.HKeys(ctx, "s1").Val())
+	assert.Equal(t, int64(3), rc.HLen(ctx, "s1").Val())
+	assert.True(t, rc.HExists(ctx, "s1", "reward").Val())
+	assert.False(t, rc.HExists(ctx, "s1", "value").Val())
+	assert.Equal(t, "hash", rc.Type(ctx, "s1").Val())
+	// A second key holding fewer fields: reads of both fall back to
+	// per-key reads, and each answers what it holds.
+	require.NoError(t, rc.HSet(ctx, "s2", "prompt", "p2").Err())
+	assert.Equal(t, []any{"p2", nil}, rc.HMGet(ctx, "s2", "prompt", "response").Val())
+	require.NoError(t, rc.HMSet(ctx, "s2", "response", "r2").Err())
+	assert.Equal(t, map[string]string{"prompt": "p2", "response": "r2"}, rc.HGetAll(ctx, "s2").Val())
+
+	err := rc.HDel(ctx, "s1", "reward").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "HDEL")
+}
+
+func TestPartitions(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{Partition: "train"})
+	rc := e.client(t, &redis.Options{PoolSize: 1})
+	require.NoError(t, rc.Set(ctx, "x", "in-train", 0).Err())
+	require.NoError(t, rc.Set(ctx, "{eval}x", "in-eval", 0).Err())
+	assert.Equal(t, "in-eval", rc.Get(ctx, "{eval}x").Val())
+	assert.Equal(t, "in-train", rc.Get(ctx, "x").Val())
+	assert.Equal(t, "train", rc.Do(ctx, "TQ.PARTITION").Val())
+
+	// SELECT names a partition for the connection; SELECT 0 is the
+	// default one.
+	require.NoError(t, rc.Do(ctx, "SELECT", "eval").Err())
+	assert.Equal(t, "in-eval", rc.Get(ctx, "x").Val())
+	assert.Equal(t, int64(1), rc.DBSize(ctx).Val())
+	require.NoError(t, rc.FlushDB(ctx).Err())
+	assert.Equal(t, redis.Nil, rc.Get(ctx, "x").Err())
+	require.NoError(t, rc.Do(ctx, "SELECT", "0").Err())
+	assert.Equal(t, "in-train", rc.Get(ctx, "x").Val())
+
+	// go-redis's DB option sends SELECT n.
+	rc2 := e.client(t, &redis.Options{DB: 3})
+	require.NoError(t, rc2.Set(ctx, "x", "in-3", 0).Err())
+	assert.Equal(t, "in-3", rc.Get(ctx, "{3}x").Val())
+
+	err := rc.MSet(ctx, "a", "1", "{eval}b", "2").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "two partitions")
+	assert.Equal(t, []any{"in-train", "in-3"}, rc.MGet(ctx, "x", "{3}x").Val())
+	assert.ElementsMatch(t, []any{"train", "3"}, rc.Do(ctx, "TQ.PARTITIONS").Val())
+}
+
+func TestTags(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	require.NoError(t, rc.Do(ctx, "TQ.TAG", "s1", "status", "running", "step", "3").Err())
+	assert.Equal(t, []any{"status", "running", "step", "3"}, rc.Do(ctx, "TQ.TAGS", "s1").Val())
+	require.NoError(t, rc.Do(ctx, "TQ.TAG", "s1", "status", "finished").Err())
+	assert.Equal(t, []any{"status", "finished", "step", "3"}, rc.Do(ctx, "TQ.TAGS", "s1").Val())
+	assert.Equal(t, []any{}, rc.Do(ctx, "TQ.TAGS", "nope").Val())
+	// Tags written through the Go API read back, non-strings as JSON.
+	_, err := e.kv.Put(ctx, "default", "s2", nil, engine.Tags{"score": 0.25, "ok": true})
+	require.NoError(t, err)
+	assert.Equal(t, []any{"ok", "true", "score", "0.25"}, rc.Do(ctx, "TQ.TAGS", "s2").Val())
+	assert.Equal(t, "hash", rc.Type(ctx, "s2").Val(), "a tag-only key")
+}
+
+// TestInterop checks bytes written through RESP read back bit-exact
+// through the Go KV API and the other way round, dense fields as their
+// little-endian bytes.
+func TestInterop(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	blob := make([]byte, 300<<10)
+	for i := range blob {
+		blob[i] = byte(i * 7)
+	}
+	require.NoError(t, rc.Set(ctx, "bin", blob, 0).Err())
+	require.NoError(t, rc.HSet(ctx, "bin", "zero", "\x00\r\n\x00").Err())
+	b, err := e.kv.BatchGetCopy(ctx, "default", []string{"bin"}, "value", "zero")
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(blob, b.Col("value").RowBytes(0)))
+	assert.Equal(t, "\x00\r\n\x00", b.Col("zero").String(0))
+
+	ids, err := engine.DenseOf([]int64{-1, 2, 1 << 40}, 3)
+	require.NoError(t, err)
+	txt := engine.StringsOf([]string{"from go"})
+	_, err = e.kv.Put(ctx, "default", "g", engine.MustBatch(engine.Field{Name: "ids", Col: ids}, engine.Field{Name: "txt", Col: txt}), nil)
+	require.NoError(t, err)
+	got, err := rc.HGet(ctx, "g", "ids").Bytes()
+	require.NoError(t, err)
+	want := binary.LittleEndian.AppendUint64(nil, uint64(0xffffffffffffffff))
+	want = binary.LittleEndian.AppendUint64(want, 2)
+	want = binary.LittleEndian.AppendUint64(want, 1<<40)
+	assert.Equal(t, want, got)
+	assert.Equal(t, "from go", rc.HGet(ctx, "g", "txt").Val())
+
+	// A RESP write to a dense field is refused, naming its dtype, and
+	// changes nothing.
+	err = rc.HSet(ctx, "g", "ids", "oops", "txt", "new").Err()
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "WRONGTYPE"), err.Error())
+	assert.Contains(t, err.Error(), "int64")
+	assert.Equal(t, "from go", rc.HGet(ctx, "g", "txt").Val())
+}
+
+func TestAuth(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{Token: "s3cret"})
+	rc := e.client(t, nil)
+	err := rc.Get(ctx, "x").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "NOAUTH")
+	assert.Equal(t, "PONG", rc.Ping(ctx).Val(), "PING is open, as in Redis")
+
+	bad := e.client(t, &redis.Options{Password: "wrong"})
+	err = bad.Get(ctx, "x").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "WRONGPASS")
+
+	// go-redis asks HELLO 3 with AUTH, hears NOPROTO, and goes on with
+	// AUTH in RESP2.
+	good := e.client(t, &redis.Options{Password: "s3cret"})
+	require.NoError(t, good.Set(ctx, "x", "y", 0).Err())
+	assert.Equal(t, "y", good.Get(ctx, "x").Val())
+	user := e.client(t, &redis.Options{Username: "default", Password: "s3cret", Protocol: 2})
+	assert.Equal(t, "y", user.Get(ctx, "x").Val())
+
+	// Before AUTH, a command may not be large.
+	nc, rr := e.raw(t)
+	fmt.Fprintf(nc, "*2\r\n$4\r\nAUTH\r\n$%d\r\n", 1<<20)
+	line := rr.line(t)
+	assert.Contains(t, line, "exceeds the limit of 4096 before AUTH")
+	_, err = rr.r.line(100)
+	assert.Error(t, err, "the connection is closed")
+}
+
+func TestHostileClients(t *testing.T) {
+	e := newEndpoint(t, Config{MaxValue: 1 << 20, CommandTimeout: 300 * time.Millisecond, AuthTimeout: 300 * time.Millisecond, MaxClients: 8})
+
+	t.Run("oversized value", func(t *testing.T) {
+		nc, rr := e.raw(t)
+		fmt.Fprintf(nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n", 2<<20)
+		assert.Equal(t, "-ERR Protocol error: argument of 2097152 bytes exceeds the limit of 1048576", rr.line(t))
+	})
+	t.Run("too many arguments", func(t *testing.T) {
+		nc, rr := e.raw(t)
+		fmt.Fprintf(nc, "*%d\r\n", MaxArgs+1)
+		assert.Contains(t, rr.line(t), "command of 1048577 arguments exceeds the limit of 1048576")
+	})
+	t.Run("bad framing", func(t *testing.T) {
+		for _, in := range []string{"*1\r\n+OK\r\n", "*x\r\n", "*1\r\n$-5\r\n", "*1\r\n$3\r\nGETxx", "\"unbalanced\r\n", strings.Repeat("a", maxInline+10) + "\r\n"} {
+			nc, rr := e.raw(t)
+			io.WriteString(nc, in)
+			assert.Contains(t, rr.line(t), "-ERR Protocol error", "input %.20q", in)
+		}
+	})
+	t.Run("half-sent command", func(t *testing.T) {
+		nc, rr := e.raw(t)
+		fmt.Fprintf(nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nonly part")
+		start := time.Now()
+		_, err := rr.r.line(100)
+		assert.Error(t, err, "closed after the command timeout")
+		assert.Less(t, time.Since(start), 5*time.Second)
+	})
+	t.Run("idle before auth is fine without a token", func(t *testing.T) {
+		nc, rr := e.raw(t)
+		time.Sleep(500 * time.Millisecond)
+		io.WriteString(nc, "PING\r\n")
+		assert.Equal(t, "+PONG", rr.line(t))
+	})
+	t.Run("inline commands", func(t *testing.T) {
+		nc, rr := e.raw(t)
+		io.WriteString(nc, "SET \"a b\" 'c d'\r\nGET \"a b\"\r\nECHO \"\\x41\\n\"\r\n")
+		assert.Equal(t, "+OK", rr.line(t))
+		assert.Equal(t, "$3", rr.line(t))
+		assert.Equal(t, "c d", rr.line(t))
+		assert.Equal(t, "$2", rr.line(t))
+		assert.Equal(t, "A", rr.line(t))
+	})
+	t.Run("max clients", func(t *testing.T) {
+		var conns []net.Conn
+		for range 8 {
+			nc, rr := e.raw(t)
+			io.WriteString(nc, "PING\r\n")
+			require.Equal(t, "+PONG", rr.line(t))
+			conns = append(conns, nc)
+		}
+		_, rr := e.raw(t)
+		assert.Equal(t, "-ERR max number of clients reached", rr.line(t))
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+}
+
+func TestUnauthenticatedIdleIsClosed(t *testing.T) {
+	e := newEndpoint(t, Config{Token: "t", AuthTimeout: 200 * time.Millisecond})
+	_, rr := e.raw(t)
+	start := time.Now()
+	_, err := rr.r.line(100)
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.False(t, errors.Is(err, io.ErrShortBuffer))
+}
+
+func TestPipelineAndLargeValues(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	pipe := rc.Pipeline()
+	for i := range 500 {
+		pipe.Set(ctx, fmt.Sprint("p", i), i, 0)
+	}
+	gets := make([]*redis.StringCmd, 500)
+	for i := range gets {
+		gets[i] = pipe.Get(ctx, fmt.Sprint("p", i))
+	}
+	_, err := pipe.Exec(ctx)
+	require.NoError(t, err)
+	for i, g := range gets {
+		assert.Equal(t, fmt.Sprint(i), g.Val())
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 4<<20) // 64 MiB
+	big[12345] = 0
+	require.NoError(t, rc.Set(ctx, "big", big, 0).Err())
+	got, err := rc.Get(ctx, "big").Bytes()
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(big, got))
+}

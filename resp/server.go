@@ -1,0 +1,376 @@
+package resp
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tidwall/redcon"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+// Config configures a RESP endpoint.
+type Config struct {
+	// Token is the secret AUTH must give; "" lets every client in.
+	Token string
+	// Partition is the partition a connection starts with (SELECT 0);
+	// default "default".
+	Partition string
+	// Field is the field SET and GET read and write; default "value".
+	Field string
+	// MaxValue bounds one argument, so one value (default 512 MiB, as
+	// Redis's proto-max-bulk-len).
+	MaxValue int64
+	// LargeInFlight bounds the bytes of arguments larger than 64 KiB
+	// being read or served across all connections (default 1 GiB, at
+	// least MaxValue); a connection that would exceed it waits up to
+	// CommandTimeout.
+	LargeInFlight int64
+	// MaxClients bounds connections (default 10000, as Redis).
+	MaxClients int
+	// CommandTimeout bounds how long the rest of a command may take to
+	// arrive once its first byte has, and how long a reply may take to
+	// be written (default 30 s). AuthTimeout bounds how long a client
+	// may take to authenticate (default 10 s).
+	CommandTimeout, AuthTimeout time.Duration
+	Logger                      *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Partition == "" {
+		c.Partition = "default"
+	}
+	if c.Field == "" {
+		c.Field = "value"
+	}
+	if c.MaxValue <= 0 {
+		c.MaxValue = DefaultMaxValue
+	}
+	if c.LargeInFlight <= 0 {
+		c.LargeInFlight = 1 << 30
+	}
+	c.LargeInFlight = max(c.LargeInFlight, c.MaxValue)
+	if c.MaxClients <= 0 {
+		c.MaxClients = 10000
+	}
+	if c.CommandTimeout <= 0 {
+		c.CommandTimeout = 30 * time.Second
+	}
+	if c.AuthTimeout <= 0 {
+		c.AuthTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Server serves the Redis protocol over a controller and a client of
+// storage units in the same process. See wire/resp.md for the mapping of
+// commands onto partitions, keys, fields and tags.
+type Server struct {
+	cfg   Config
+	st    *store
+	large *semaphore.Weighted
+	ids   atomic.Int64
+
+	mu     sync.Mutex
+	ls     []net.Listener
+	conns  map[*conn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+
+	stop         context.Context
+	cancel       context.CancelFunc
+	acceptLogged atomic.Bool
+}
+
+// NewServer returns an endpoint over ctrl (the controller's own view:
+// key existence, listing) and c, a client of the cluster's units.
+func NewServer(ctrl *controller.Controller, c *client.Client, cfg Config) *Server {
+	cfg = cfg.withDefaults()
+	stop, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:    cfg,
+		st:     &store{ctrl: ctrl, cl: c, kv: kvapi.New(c)},
+		large:  semaphore.NewWeighted(cfg.LargeInFlight),
+		conns:  map[*conn]struct{}{},
+		stop:   stop,
+		cancel: cancel,
+	}
+}
+
+// Serve accepts connections on l until the server closes; it returns nil
+// after Close. A failed Accept (out of file descriptors) is logged once
+// and retried after a pause: it never ends the listener.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.ls = append(s.ls, l)
+	s.mu.Unlock()
+	pause := 5 * time.Millisecond
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.stop.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if !s.acceptLogged.Swap(true) {
+				s.cfg.Logger.Warn("resp: accept failed; retrying", "err", err)
+			}
+			select {
+			case <-time.After(pause):
+			case <-s.stop.Done():
+				return nil
+			}
+			pause = min(2*pause, time.Second)
+			continue
+		}
+		pause = 5 * time.Millisecond
+		c := s.newConn(nc)
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		case len(s.conns) >= s.cfg.MaxClients:
+			s.mu.Unlock()
+			nc.SetWriteDeadline(time.Now().Add(time.Second))
+			nc.Write(redcon.AppendError(nil, "ERR max number of clients reached"))
+			nc.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			c.serve()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Close stops the listeners and every connection, and waits for them.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for _, l := range s.ls {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// conn is one client connection. Its commands run one after another on
+// its goroutine; replies collect in out and are written when no more
+// input is buffered (a pipeline's replies go out together).
+type conn struct {
+	s         *Server
+	nc        net.Conn
+	rd        *reader
+	out       []byte
+	id        int64
+	name      string
+	partition string
+	authed    bool
+	quit      bool
+	// armed is true while the read deadline bounds a command's rest;
+	// authBy is when an unauthenticated client must have authenticated.
+	armed  bool
+	authBy time.Time
+	large  int64 // bytes of the budget the current command holds
+	ctx    context.Context
+}
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
+	c.rd = newReader(deadlineReader{c}, s.cfg.MaxValue)
+	c.rd.large = c.takeLarge
+	c.authed = s.cfg.Token == ""
+	c.rd.authed = c.authed
+	if !c.authed {
+		c.authBy = time.Now().Add(s.cfg.AuthTimeout)
+		nc.SetReadDeadline(c.authBy)
+	}
+	return c
+}
+
+// deadlineReader arms the read deadline when a command is part read and
+// the rest must be waited for, and sets it back between commands: no
+// deadline (or the authentication one) while a client is idle.
+type deadlineReader struct{ c *conn }
+
+func (d deadlineReader) Read(p []byte) (int, error) {
+	c := d.c
+	switch {
+	case c.rd.mid && !c.armed:
+		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+		c.armed = true
+	case !c.rd.mid && c.armed:
+		c.nc.SetReadDeadline(c.authBy)
+		c.armed = false
+	}
+	return c.nc.Read(p)
+}
+
+func (c *conn) takeLarge(n int64) error {
+	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.CommandTimeout)
+	defer cancel()
+	if err := c.s.large.Acquire(ctx, n); err != nil {
+		return protoErr("server busy: an argument of %d bytes waited %v for the budget of %d bytes of large values in flight", n, c.s.cfg.CommandTimeout, c.s.cfg.LargeInFlight)
+	}
+	c.large += n
+	return nil
+}
+
+func (c *conn) releaseLarge() {
+	c.rd.done()
+	if c.large > 0 {
+		c.s.large.Release(c.large)
+		c.large = 0
+	}
+}
+
+func (c *conn) serve() {
+	defer c.nc.Close()
+	defer c.releaseLarge()
+	for !c.quit {
+		args, err := c.rd.next()
+		if err != nil {
+			var pe *errProtocol
+			if errors.As(err, &pe) {
+				c.writeError("ERR " + pe.Error())
+				c.flush()
+			}
+			return
+		}
+		if len(args) > 0 {
+			c.dispatch(args)
+		}
+		c.releaseLarge()
+		if c.rd.br.Buffered() == 0 || len(c.out) >= 64<<10 {
+			if c.flush() != nil {
+				return
+			}
+		}
+	}
+	c.flush()
+}
+
+func (c *conn) flush() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+	_, err := c.nc.Write(c.out)
+	if cap(c.out) > 1<<20 {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	return err
+}
+
+// writeBulk writes one value. A large one goes to the socket from where
+// it lies (a view into storage), after what is buffered, with no copy.
+func (c *conn) writeBulk(v []byte) {
+	if len(v) < 64<<10 {
+		c.out = redcon.AppendBulk(c.out, v)
+		return
+	}
+	c.out = append(c.out, '$')
+	c.out = strconv.AppendInt(c.out, int64(len(v)), 10)
+	c.out = append(c.out, '\r', '\n')
+	if c.flush() != nil {
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+	if _, err := c.nc.Write(v); err != nil {
+		c.quit = true
+	}
+	c.out = append(c.out, '\r', '\n')
+}
+
+func (c *conn) writeError(msg string) {
+	// A RESP error is one line.
+	msg = string(bytes.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, []byte(msg)))
+	c.out = redcon.AppendError(c.out, msg)
+}
+
+func (c *conn) writeOK()                 { c.out = append(c.out, "+OK\r\n"...) }
+func (c *conn) writeInt(n int64)         { c.out = redcon.AppendInt(c.out, n) }
+func (c *conn) writeNull()               { c.out = redcon.AppendNull(c.out) }
+func (c *conn) writeArray(n int)         { c.out = redcon.AppendArray(c.out, n) }
+func (c *conn) writeString(s string)     { c.out = redcon.AppendString(c.out, s) }
+func (c *conn) writeBulkString(s string) { c.out = redcon.AppendBulkString(c.out, s) }
+func (c *conn) writeStrings(ss []string) {
+	c.writeArray(len(ss))
+	for _, s := range ss {
+		c.writeBulkString(s)
+	}
+}
+
+// writeErr answers with err as a Redis error: its code first (WRONGTYPE
+// for a dtype mismatch, OOM for a full unit, ERR otherwise), then TQ's
+// message, which names what was wrong.
+func (c *conn) writeErr(err error) {
+	code := "ERR"
+	switch {
+	case errors.Is(err, engine.ErrDTypeMismatch):
+		code = "WRONGTYPE"
+	case errors.Is(err, engine.ErrCapacity):
+		code = "OOM"
+	}
+	c.writeError(code + " " + err.Error())
+}
+
+// authenticate checks a token given by AUTH or HELLO.
+func (c *conn) authenticate(user, pass []byte) bool {
+	if user != nil && string(user) != "default" {
+		return false
+	}
+	tok := c.s.cfg.Token
+	if tok == "" || subtle.ConstantTimeCompare(pass, []byte(tok)) == 1 {
+		if !c.authed {
+			c.authed, c.rd.authed = true, true
+			c.authBy = time.Time{}
+			if !c.armed {
+				c.nc.SetReadDeadline(time.Time{})
+			}
+		}
+		return true
+	}
+	return false
+}
+
+var errWrongPass = "WRONGPASS invalid username-password pair or user is disabled."
