@@ -1193,3 +1193,23 @@ func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engi
 	_, seq, err := decodeKeysCursor(next)
 	return keys, seq, err
 }
+
+// KeyCell returns where one field of one key lives, and false when the
+// partition, the key or the field is unknown or the cell not produced:
+// a single read's lookup, with nothing else built.
+func (c *Controller) KeyCell(partition, key, field string) (engine.CellLoc, bool) {
+	p := c.lock(partition)
+	if p == nil {
+		return engine.CellLoc{}, false
+	}
+	defer p.mu.Unlock()
+	r, ok := p.keys[key]
+	if !ok {
+		return engine.CellLoc{}, false
+	}
+	f, ok := p.fields[field]
+	if !ok || !r.has(f.slot) {
+		return engine.CellLoc{}, false
+	}
+	return r.cells[f.slot].loc(), true
+}

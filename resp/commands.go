@@ -367,7 +367,7 @@ func (c *conn) set(args [][]byte) {
 		return
 	}
 	partition, key := c.target(args[1])
-	if err := c.s.st.put(c.ctx, partition, []string{key}, []string{c.s.cfg.Field}, [][][]byte{{args[2]}}, nil); err != nil {
+	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2]); err != nil {
 		c.writeErr(err)
 		return
 	}
@@ -376,13 +376,20 @@ func (c *conn) set(args [][]byte) {
 
 func (c *conn) get(args [][]byte) {
 	partition, key := c.target(args[1])
-	v, err := c.s.st.get(c.ctx, partition, []string{key}, []string{c.s.cfg.Field})
-	if err != nil {
+	c.getOne(partition, key, c.s.cfg.Field)
+}
+
+func (c *conn) getOne(partition, key, field string) {
+	v, release, ok, err := c.s.st.getOne(c.ctx, partition, key, field)
+	switch {
+	case err != nil:
 		c.writeErr(err)
-		return
+	case !ok:
+		c.writeNull()
+	default:
+		c.writeBulk(v)
+		release()
 	}
-	defer v.release()
-	c.writeValue(v.rows[0], 0)
 }
 
 // writeValue writes field j of a row, or a null when absent.
@@ -692,13 +699,7 @@ func (c *conn) hwrite(args [][]byte, ok bool) {
 
 func (c *conn) hget(args [][]byte) {
 	p, key := c.target(args[1])
-	v, err := c.s.st.get(c.ctx, p, []string{key}, []string{string(args[2])})
-	if err != nil {
-		c.writeErr(err)
-		return
-	}
-	defer v.release()
-	c.writeValue(v.rows[0], 0)
+	c.getOne(p, key, string(args[2]))
 }
 
 func (c *conn) hmget(args [][]byte) {

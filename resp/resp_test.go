@@ -37,7 +37,8 @@ func newEndpoint(t testing.TB, cfg Config) *endpoint {
 	require.NoError(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	srv := NewServer(e.Controller, e.Client, cfg)
+	srv, err := NewServer(e.Controller, e.Units, cfg)
+	require.NoError(t, err)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -269,6 +270,21 @@ func TestInterop(t *testing.T) {
 	want = binary.LittleEndian.AppendUint64(want, 1<<40)
 	assert.Equal(t, want, got)
 	assert.Equal(t, "from go", rc.HGet(ctx, "g", "txt").Val())
+
+	// A SET to a partition whose value field is dense is refused the same
+	// way, on the fast path.
+	one, err := engine.DenseOf([]int64{7})
+	require.NoError(t, err)
+	_, err = e.kv.Put(ctx, "dense", "k", engine.MustBatch(engine.Field{Name: "value", Col: one}), nil)
+	require.NoError(t, err)
+	err = rc.Set(ctx, "{dense}k2", "text", 0).Err()
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "WRONGTYPE"), err.Error())
+	assert.Contains(t, err.Error(), "int64")
+	assert.Equal(t, int64(0), rc.Exists(ctx, "{dense}k2").Val(), "a refused SET creates no key")
+	got, err = rc.Get(ctx, "{dense}k").Bytes()
+	require.NoError(t, err)
+	assert.Equal(t, []byte{7, 0, 0, 0, 0, 0, 0, 0}, got)
 
 	// A RESP write to a dense field is refused, naming its dtype, and
 	// changes nothing.

@@ -15,10 +15,9 @@ import (
 	"github.com/tidwall/redcon"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
 )
 
 // Config configures a RESP endpoint.
@@ -41,8 +40,9 @@ type Config struct {
 	// MaxClients bounds connections (default 10000, as Redis).
 	MaxClients int
 	// CommandTimeout bounds how long the rest of a command may take to
-	// arrive once its first byte has, and how long a reply may take to
-	// be written (default 30 s). AuthTimeout bounds how long a client
+	// arrive once its first byte has, how long a reply may take to be
+	// written, and how long a write waits for room in a full storage unit
+	// before it is refused with OOM (default 30 s). AuthTimeout bounds how long a client
 	// may take to authenticate (default 10 s).
 	CommandTimeout, AuthTimeout time.Duration
 	Logger                      *slog.Logger
@@ -97,19 +97,24 @@ type Server struct {
 	acceptLogged atomic.Bool
 }
 
-// NewServer returns an endpoint over ctrl (the controller's own view:
-// key existence, listing) and c, a client of the cluster's units.
-func NewServer(ctrl *controller.Controller, c *client.Client, cfg Config) *Server {
+// NewServer returns an endpoint over a controller and storage units in
+// this process (registered with it). A controller with a journal answers
+// once what a command changed and saw is durable.
+func NewServer(ctrl *controller.Controller, units []*storage.Unit, cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
+	st, err := newStore(ctrl, units, cfg.CommandTimeout)
+	if err != nil {
+		return nil, err
+	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Server{
 		cfg:    cfg,
-		st:     &store{ctrl: ctrl, cl: c, kv: kvapi.New(c)},
+		st:     st,
 		large:  semaphore.NewWeighted(cfg.LargeInFlight),
 		conns:  map[*conn]struct{}{},
 		stop:   stop,
 		cancel: cancel,
-	}
+	}, nil
 }
 
 // Serve accepts connections on l until the server closes; it returns nil
@@ -183,7 +188,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
-	return nil
+	return s.st.cl.Close()
 }
 
 // conn is one client connection. Its commands run one after another on

@@ -3,20 +3,148 @@ package resp
 import (
 	"context"
 	"errors"
+	"fmt"
+	"hash/fnv"
+	"time"
+	"unicode/utf8"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
 )
 
 // store is what the commands do to TQ: puts and gets through the client
 // (its placement, its checks, its views), key existence and listing
 // straight from the controller.
 type store struct {
-	ctrl *controller.Controller
-	cl   *client.Client
-	kv   *kvapi.KV
+	ctrl  *controller.Controller
+	cl    *client.Client
+	kv    *kvapi.KV
+	units []*storage.Unit
+	byID  map[engine.UnitID]*storage.Unit
+	// wait bounds how long a write waits for room in a full unit before
+	// it is refused (OOM).
+	wait time.Duration
+}
+
+func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Duration) (*store, error) {
+	if len(units) == 0 {
+		return nil, fmt.Errorf("a Redis-protocol endpoint needs a storage unit in its process: %w", engine.ErrInvalid)
+	}
+	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait}
+	dus := make([]client.DataUnit, len(units))
+	for i, u := range units {
+		st.byID[u.ID()] = u
+		dus[i] = embedded.Unit(u)
+	}
+	cl, err := client.New(embedded.Meta(ctrl, units...), dus, client.DefaultConfig())
+	if err != nil {
+		return nil, err
+	}
+	st.cl, st.kv = cl, kvapi.New(cl)
+	return st, nil
+}
+
+// name reports a partition, key or field name the fast paths take as it
+// is; others go the general way, which refuses them with its errors.
+func name(s string) bool { return s != "" && utf8.ValidString(s) }
+
+// set writes one value to one field of one key: the steps of a client's
+// put of one key (reserve on a unit of this process, copy, commit on the
+// unit, commit the cell on the controller, free what it replaced once
+// that is durable) with nothing else built.
+func (st *store) set(ctx context.Context, partition, key, field string, val []byte) error {
+	if !name(partition) || !name(key) || !name(field) {
+		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
+	}
+	u := st.units[0]
+	if len(st.units) > 1 {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		u = st.units[h.Sum64()%uint64(len(st.units))]
+	}
+	r, err := st.reserve(ctx, u, int64(len(val)))
+	if err != nil {
+		return err
+	}
+	copy(r.Buf(0), val)
+	addr := r.Addr(0)
+	if err := r.Commit(); err != nil {
+		r.Abort()
+		return err
+	}
+	loc := []engine.CellLoc{{Unit: u.ID(), Addr: addr}}
+	out, err := st.ctrl.CommitKeys(engine.KeysCommit{Partition: partition, Keys: []string{key},
+		Fields: []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque, Locs: loc}}})
+	if err != nil {
+		// In this process a refused commit changed nothing.
+		u.FreeRanges([]engine.RemoteAddr{addr})
+		return err
+	}
+	if err := st.ctrl.WaitDurable(ctx); err != nil {
+		return err
+	}
+	st.free(out.Replaced)
+	return nil
+}
+
+// noWait is a context that has ended: a reservation with it takes room
+// that is free now, or fails at once.
+var noWait = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
+// reserve reserves size bytes on u, waiting up to st.wait for room (the
+// timer is only set up when the unit is full).
+func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*storage.Reservation, error) {
+	r, err := u.Reserve(noWait, []int64{size})
+	if err == nil || !errors.Is(err, context.Canceled) {
+		return r, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, st.wait)
+	defer cancel()
+	return u.Reserve(ctx, []int64{size})
+}
+
+// free frees cells the controller dropped (once that is durable) on the
+// units of this process that hold them.
+func (st *store) free(locs []engine.CellLoc) {
+	for _, l := range locs {
+		if l.Stored() && !l.Lost() && l.Addr.Len > 0 {
+			if u := st.byID[l.Unit]; u != nil {
+				u.FreeRanges([]engine.RemoteAddr{l.Addr})
+			}
+		}
+	}
+}
+
+// getOne reads one field of one key from where it lies: a view into a
+// unit's arena, to release once written. ok is false when the key or the
+// field is absent; a cell on a unit of another process goes the general
+// way.
+func (st *store) getOne(ctx context.Context, partition, key, field string) (val []byte, release func(), ok bool, err error) {
+	loc, ok := st.ctrl.KeyCell(partition, key, field)
+	u := st.byID[loc.Unit]
+	if ok && (loc.Lost() || u == nil) {
+		v, err := st.get(ctx, partition, []string{key}, []string{field})
+		if err != nil || v.rows[0] == nil || v.rows[0][0] == nil {
+			return nil, nil, false, err
+		}
+		return v.rows[0][0], v.release, true, nil
+	}
+	if err := st.ctrl.WaitDurable(ctx); err != nil || !ok {
+		return nil, nil, false, err
+	}
+	ls, err := u.Acquire([]engine.RemoteAddr{loc.Addr})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("key %q field %q of partition %q: %w", key, field, partition, errors.Join(err, engine.ErrLost))
+	}
+	return ls.Bytes(0), ls.Release, true, nil
 }
 
 // absent reports an error that a Redis client hears as a missing key or
@@ -45,6 +173,8 @@ func (st *store) put(ctx context.Context, partition string, keys, fields []strin
 			return err
 		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, st.wait)
+	defer cancel()
 	_, err := st.kv.BatchPut(ctx, partition, keys, b, tags)
 	return err
 }

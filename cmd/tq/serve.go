@@ -16,7 +16,6 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
-	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/resp"
@@ -338,23 +337,20 @@ func (s *server) startRESP() error {
 		return nil
 	}
 	units := make([]*storage.Unit, len(s.units))
-	dus := make([]client.DataUnit, len(s.units))
 	for i, ru := range s.units {
-		units[i], dus[i] = ru.u, embedded.Unit(ru.u)
+		units[i] = ru.u
 	}
-	cl, err := client.New(embedded.Meta(s.ctrl, units...), dus, client.DefaultConfig())
+	rs, err := resp.NewServer(s.ctrl, units, resp.Config{Token: s.cfg.Token, Partition: s.cfg.RESPPartition, MaxValue: int64(s.cfg.RESPMaxValue), Logger: s.log})
 	if err != nil {
 		return fmt.Errorf("--resp: %w", err)
 	}
 	l, err := net.Listen("tcp", s.cfg.RESP)
 	if err != nil {
-		cl.Close()
+		rs.Close()
 		return fmt.Errorf("--resp: %w", err)
 	}
-	rs := resp.NewServer(s.ctrl, cl, resp.Config{Token: s.cfg.Token, Partition: s.cfg.RESPPartition, MaxValue: int64(s.cfg.RESPMaxValue), Logger: s.log})
 	s.resp = rs
 	go rs.Serve(l)
-	s.closers = append(s.closers, cl.Close)
 	fmt.Fprintf(s.out, "tq serve: Redis protocol on %s (partition %q)\n", l.Addr(), s.cfg.RESPPartition)
 	return nil
 }
