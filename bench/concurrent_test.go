@@ -35,6 +35,21 @@ const serverFlagsEnv = "TQ_BENCH_SERVER_FLAGS"
 // its environment.
 func benchServerFlags(b *testing.B, env ...string) (string, string) {
 	b.Helper()
+	p := startBenchServer(b, env...)
+	return p.ctrl, p.raw
+}
+
+// benchProc is the benchmarks' server process: a controller, a storage
+// unit, a raw peer and a Redis-protocol endpoint over the same cluster.
+type benchProc struct {
+	ctrl, raw, resp string
+	pid             int
+}
+
+// startBenchServer starts the server process with the test flags from
+// TQ_BENCH_SERVER_FLAGS and env added to its environment.
+func startBenchServer(b *testing.B, env ...string) benchProc {
+	b.Helper()
 	args := append([]string{"-test.run=^TestBenchServer$"}, strings.Fields(os.Getenv(serverFlagsEnv))...)
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(append(os.Environ(), "TQ_BENCH_SERVER=1"), env...)
@@ -65,14 +80,14 @@ func benchServerFlags(b *testing.B, env ...string) (string, string) {
 	})
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ADDRS" {
+		if f := strings.Fields(sc.Text()); len(f) == 4 && f[0] == "ADDRS" {
 			go func() { io.Copy(io.Discard, stdout); close(copied) }()
-			return f[1], f[2]
+			return benchProc{ctrl: f[1], raw: f[2], resp: f[3], pid: cmd.Process.Pid}
 		}
 	}
 	close(copied)
 	b.Fatal("server process ended before printing its addresses")
-	return "", ""
+	return benchProc{}
 }
 
 // connectOwned is connect for a client that owner closes in its cleanup,

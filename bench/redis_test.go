@@ -21,7 +21,7 @@ import (
 // startRedis starts redis-server on a free loopback port with persistence
 // off and returns its address; the server is killed in tb's cleanup. It
 // skips tb when redis-server is not installed.
-func startRedis(tb testing.TB) string {
+func startRedis(tb testing.TB) (addr string, pid int) {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -48,7 +48,7 @@ func startRedis(tb testing.TB) string {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := dialRedis(addr)
@@ -56,7 +56,7 @@ func startRedis(tb testing.TB) string {
 			err = c.ping()
 			c.close()
 			if err == nil {
-				return addr
+				return addr, cmd.Process.Pid
 			}
 		}
 		if time.Now().After(deadline) {
@@ -179,7 +179,7 @@ func TestRedisRESP(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts redis-server")
 	}
-	addr := startRedis(t)
+	addr, _ := startRedis(t)
 	c, err := dialRedis(addr)
 	if err != nil {
 		t.Fatal(err)

@@ -7,17 +7,14 @@ package bench
 // figure is measured next to a plain socket between the same two processes.
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +25,7 @@ import (
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/tcp"
 )
@@ -114,7 +112,16 @@ func TestBenchServer(t *testing.T) {
 	raw := listen(t)
 	go serveRaw(raw)
 	defer raw.Close()
-	fmt.Printf("ADDRS %s %s\n", caddr, raw.Addr().String())
+	// The Redis-protocol endpoint over the same controller and unit, as
+	// tq serve --resp runs it.
+	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	rl := listen(t)
+	go rs.Serve(rl)
+	fmt.Printf("ADDRS %s %s %s\n", caddr, raw.Addr().String(), rl.Addr().String())
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
 }
 
@@ -177,34 +184,7 @@ func serveRaw(l net.Listener) {
 // the raw peer's addresses.
 func benchServer(b *testing.B) (string, string) {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchServer$")
-	cmd.Env = append(os.Environ(), "TQ_BENCH_SERVER=1")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "ADDRS" {
-			go io.Copy(io.Discard, stdout)
-			return f[1], f[2]
-		}
-	}
-	b.Fatal("server process ended before printing its addresses")
-	return "", ""
+	return benchServerFlags(b)
 }
 
 // rawConn is the baseline: a plain Go TCP stream to the same process.

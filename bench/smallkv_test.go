@@ -1,20 +1,29 @@
 package bench
 
-// BenchmarkSmallKV: TQ's KV API against redis-server at the same
-// concurrency and value size, both from this process to a server process
-// on this host. Each iteration is SET key value then GET key, checked.
+// BenchmarkSmallKV: TQ against redis-server at the same concurrency and
+// value size, both from this process to a server process on this host:
+// TQ's Go KV API over tcp and shm, and TQ's Redis-protocol endpoint (the
+// one tq serve --resp runs) through the same RESP clients as Redis (a
+// minimal one, and go-redis). Each iteration is SET key value then GET
+// key, checked. Every figure comes with the server process's CPU time per
+// operation and p50/p99 latencies.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
@@ -47,13 +56,14 @@ const smallKVKeys = 4
 //	TQ_BENCH_SERVER_FLAGS=-test.cpuprofile=/tmp/server.cpu \
 //	  go test -run '^$' -bench 'SmallKV/store=tq/transport=tcp/value=1KiB/clients=16$' -cpuprofile /tmp/client.cpu ./bench
 func BenchmarkSmallKV(b *testing.B) {
-	caddr, _ := benchServerFlags(b)
-	redisAddr, noRedis := "", ""
+	srv := startBenchServer(b)
+	caddr := srv.ctrl
+	redisAddr, redisPID, noRedis := "", 0, ""
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		noRedis = fmt.Sprintf("redis-server is not installed (apt-get install redis-server): no redis baseline: %v", err)
 		b.Log(noRedis)
 	} else {
-		redisAddr = startRedis(b)
+		redisAddr, redisPID = startRedis(b)
 	}
 	const maxClients = 64
 	pools := map[string][]*kvapi.KV{}
@@ -68,57 +78,156 @@ func BenchmarkSmallKV(b *testing.B) {
 		}
 		return pools[tr]
 	}
-	var rconns []*respConn
+	// RESP connections by server address and client library, grown as
+	// the concurrency grows.
+	rconns := map[string][]*respConn{}
+	gconns := map[string][]*redis.Client{}
+	raw := func(b *testing.B, addr string, n int) []*respConn {
+		for len(rconns[addr]) < n {
+			c, err := dialRedis(addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			owner.Cleanup(func() { c.close() })
+			rconns[addr] = append(rconns[addr], c)
+		}
+		return rconns[addr][:n]
+	}
+	goRedis := func(addr string, n int) []*redis.Client {
+		for len(gconns[addr]) < n {
+			c := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, Protocol: 2})
+			owner.Cleanup(func() { c.Close() })
+			gconns[addr] = append(gconns[addr], c)
+		}
+		return gconns[addr][:n]
+	}
 	redisOps := map[string]float64{}
 	trips := map[string]func(*testing.B){}
 	for _, size := range []int{1 << 10, 1 << 20} {
 		for _, clients := range []int{16, 64} {
 			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
-			b.Run("store=redis/transport=tcp/"+conf, func(b *testing.B) {
-				if redisAddr == "" {
-					b.Skip(noRedis)
-				}
-				for len(rconns) < clients {
-					c, err := dialRedis(redisAddr)
-					if err != nil {
-						b.Fatal(err)
+			// The same RESP client against redis-server and TQ's endpoint.
+			for _, rc := range []struct{ store, client string }{{"redis", "raw"}, {"tq", "raw"}, {"redis", "go-redis"}, {"tq", "go-redis"}} {
+				name := fmt.Sprintf("store=%s/transport=resp/client=%s/%s", rc.store, rc.client, conf)
+				b.Run(name, func(b *testing.B) {
+					addr, pid := srv.resp, srv.pid
+					if rc.store == "redis" {
+						if redisAddr == "" {
+							b.Skip(noRedis)
+						}
+						addr, pid = redisAddr, redisPID
 					}
-					owner.Cleanup(func() { c.close() })
-					rconns = append(rconns, c)
-				}
-				bufs := make([][]byte, clients)
-				for w := range bufs {
-					bufs[w] = make([]byte, size)
-				}
-				ops := runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, func(), error) {
-					c := rconns[w]
-					t0 := time.Now()
-					if err := c.set([]byte(key), val); err != nil {
-						return nil, nil, err
+					var ops float64
+					serverCPU(b, pid, func() {
+						if rc.client == "raw" {
+							ops = runRESPSmallKV(b, raw(b, addr, clients), size)
+						} else {
+							ops = runGoRedisSmallKV(b, goRedis(addr, clients), size)
+						}
+					})
+					if rc.store == "redis" {
+						redisOps[rc.client+conf] = ops
+					} else if r := redisOps[rc.client+conf]; r > 0 {
+						b.ReportMetric(ops/r, "tq/redis")
 					}
-					t1 := time.Now()
-					got, err := c.get([]byte(key))
-					lat.add(0, t1.Sub(t0))
-					lat.add(1, time.Since(t1))
-					return got, nil, err
 				})
-				redisOps[conf] = ops
-			})
+			}
 			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
-				b.Run(fmt.Sprintf("store=tq/transport=%s/%s", tr, conf), func(b *testing.B) {
+				b.Run(fmt.Sprintf("store=tq/transport=%s/client=go/%s", tr, conf), func(b *testing.B) {
 					kvs := pool(b, tr)
 					if trips[tr+conf] == nil {
 						trips[tr+conf] = countTrips(b, kvs[0].Client(), tr, size)
 					}
-					ops := runTQSmallKV(b, kvs[:clients], size)
+					var ops float64
+					serverCPU(b, srv.pid, func() { ops = runTQSmallKV(b, kvs[:clients], size) })
 					trips[tr+conf](b)
-					if r := redisOps[conf]; r > 0 {
+					if r := redisOps["raw"+conf]; r > 0 {
 						b.ReportMetric(ops/r, "tq/redis")
 					}
 				})
 			}
 		}
 	}
+}
+
+// serverCPU runs fn and reports the CPU time the server process pid spent
+// meanwhile (user and system, from /proc) per operation, a SET and a GET
+// counting as two.
+func serverCPU(b *testing.B, pid int, fn func()) {
+	before, err := procCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fn()
+	after, err := procCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64((after-before).Nanoseconds())/1e3/float64(2*b.N), "server_us/op")
+}
+
+// procCPU reads a process's user and system CPU time from /proc.
+func procCPU(pid int) (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count from after it.
+	rest := raw[bytes.LastIndexByte(raw, ')')+2:]
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	// Linux reports in clock ticks of 1/100 s (USER_HZ) on every
+	// architecture Go runs on.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// runRESPSmallKV is runSmallKV over RESP connections (SET, GET).
+func runRESPSmallKV(b *testing.B, conns []*respConn, size int) float64 {
+	bufs := make([][]byte, len(conns))
+	for w := range bufs {
+		bufs[w] = make([]byte, size)
+	}
+	return runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, func(), error) {
+		c := conns[w]
+		t0 := time.Now()
+		if err := c.set([]byte(key), val); err != nil {
+			return nil, nil, err
+		}
+		t1 := time.Now()
+		got, err := c.get([]byte(key))
+		lat.add(0, t1.Sub(t0))
+		lat.add(1, time.Since(t1))
+		return got, nil, err
+	})
+}
+
+// runGoRedisSmallKV is runSmallKV through go-redis, one client (of one
+// connection) per worker.
+func runGoRedisSmallKV(b *testing.B, clients []*redis.Client, size int) float64 {
+	ctx := context.Background()
+	bufs := make([][]byte, len(clients))
+	for w := range bufs {
+		bufs[w] = make([]byte, size)
+	}
+	return runSmallKV(b, size, bufs, func(w int, key string, val []byte, lat latencies) ([]byte, func(), error) {
+		c := clients[w]
+		t0 := time.Now()
+		if err := c.Set(ctx, key, val, 0).Err(); err != nil {
+			return nil, nil, err
+		}
+		t1 := time.Now()
+		got, err := c.Get(ctx, key).Bytes()
+		lat.add(0, t1.Sub(t0))
+		lat.add(1, time.Since(t1))
+		return got, nil, err
+	})
 }
 
 // runTQSmallKV runs runSmallKV with TQ's KV API: each of kvs puts a
