@@ -105,6 +105,10 @@ type Controller struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
+
+	// changeWaiters counts the KeyChanges calls in progress (tests watch
+	// a canceled one end).
+	changeWaiters atomic.Int64
 }
 
 // New returns a controller: with cfg.Dir empty, an empty one in memory;
@@ -575,8 +579,11 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 		return nil, opErr("commit", req.Partition, err)
 	}
 	replaced := p.applyCommit(&req, rows)
+	n := p.feed.touch(rows)
 	if c.logging() {
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, req.Indexes, req.Fields)}})
+		op := commitOp(p, req.Indexes, req.Fields)
+		op.ChangeSeq = n
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: op}})
 	}
 	return replaced, nil
 }
@@ -631,8 +638,11 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 	if err := c.createKeys(p, keys, newAt, rows); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
 	}
-	if len(newAt) > 0 && c.logging() {
-		c.log(p.createdOp(rows, newAt))
+	if len(newAt) > 0 {
+		n := p.feed.touch(pick(rows, newAt))
+		if c.logging() {
+			c.log(p.createdOp(rows, newAt, n))
+		}
 	}
 	if fields == nil {
 		return p.commonMeta(rows), newAt, nil
@@ -670,9 +680,19 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 		r.key, r.seq = keys[i], p.keySeq
 		p.keys[r.key] = r
 		p.bySeq.ReplaceOrInsert(r)
+		p.feed.added(r)
 		rows[i] = r
 	}
 	return nil
+}
+
+// pick returns rows[i] for each position i in at.
+func pick(rows []*row, at []int) []*row {
+	out := make([]*row, len(at))
+	for j, i := range at {
+		out[j] = rows[i]
+	}
+	return out
 }
 
 // commonFields returns the fields every row has produced, sorted.
@@ -759,7 +779,9 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 			r.tags = r.tags.Merge(tags[i])
 		}
 	}
+	n := p.feed.touch(rows)
 	if op != nil {
+		op.GetTags().ChangeSeq = n
 		c.log(op)
 	}
 	return nil
@@ -771,18 +793,26 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 // [Controller.ListKeysPage]); each partition's list is as of the moment
 // its page was read.
 func (c *Controller) ListKeys(partition string) map[string][]engine.KeyInfo {
+	out, _ := c.ListKeysWhere(partition, nil) // no filter, no error
+	return out
+}
+
+// ListKeysWhere is [Controller.ListKeys] of the keys whose tags pass
+// where (every key for an empty filter). Errors: [engine.ErrInvalid] for
+// a malformed filter.
+func (c *Controller) ListKeysWhere(partition string, where engine.TagFilter) (map[string][]engine.KeyInfo, error) {
 	out := map[string][]engine.KeyInfo{}
 	var cursor []byte
 	for {
-		page, next, err := c.ListKeysPage(partition, cursor, 0)
+		page, next, err := c.ListKeysPageWhere(partition, where, cursor, 0)
 		if err != nil {
-			return out // a bad cursor: ours never is
+			return nil, err // a bad filter: our cursors are good
 		}
 		for _, pk := range page {
 			out[pk.Partition] = append(out[pk.Partition], pk.Keys...)
 		}
 		if next == nil {
-			return out
+			return out, nil
 		}
 		cursor = next
 	}
@@ -797,10 +827,12 @@ type PartitionKeys struct {
 const (
 	// DefaultKeysPage is how many keys a page holds at most by default;
 	// maxKeysPageBytes closes a page early when keys and tags are large,
-	// so a page always fits a frame.
+	// so a page always fits a frame, and maxKeysScan when a filter passes
+	// few of the keys, so a page holds a lock for a bounded time.
 	DefaultKeysPage  = 4096
 	maxKeysPage      = 1 << 16
 	maxKeysPageBytes = 8 << 20
+	maxKeysScan      = 1 << 18
 )
 
 // ListKeysPage returns a page of keys, in creation order per partition,
@@ -812,11 +844,24 @@ const (
 // be missed or appear. Errors: [engine.ErrInvalid] for a malformed cursor
 // or limit.
 func (c *Controller) ListKeysPage(partition string, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	return c.ListKeysPageWhere(partition, nil, cursor, limit)
+}
+
+// ListKeysPageWhere is [Controller.ListKeysPage] of the keys whose tags
+// pass where: the filter runs here, so only those keys are copied (and,
+// through a server, sent). A page looks at no more than 262144 keys, so
+// with a filter it may hold fewer than limit keys, even none, and still
+// have a next cursor. Errors: also [engine.ErrInvalid] for a malformed
+// filter.
+func (c *Controller) ListKeysPageWhere(partition string, where engine.TagFilter, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
 	switch {
 	case limit < 0 || limit > maxKeysPage:
 		return nil, nil, opErr("list keys", partition, fmt.Errorf("page of %d keys (1 to %d): %w", limit, maxKeysPage, engine.ErrInvalid))
 	case limit == 0:
 		limit = DefaultKeysPage
+	}
+	if err := where.Validate(); err != nil {
+		return nil, nil, opErr("list keys", partition, err)
 	}
 	from, afterSeq, err := decodeKeysCursor(cursor)
 	if err != nil {
@@ -829,7 +874,7 @@ func (c *Controller) ListKeysPage(partition string, cursor []byte, limit int) ([
 		return nil, nil, opErr("list keys", partition, fmt.Errorf("cursor of partition %q: %w", from, engine.ErrInvalid))
 	}
 	var out []PartitionKeys
-	n, size := 0, 0
+	n, size, scanned := 0, 0, 0
 	for _, id := range ids {
 		if id < from {
 			continue
@@ -845,14 +890,18 @@ func (c *Controller) ListKeysPage(partition string, cursor []byte, limit int) ([
 		var keys []engine.KeyInfo
 		full := false
 		p.bySeq.AscendGreaterOrEqual(&row{seq: seq + 1}, func(r *row) bool {
-			if n == limit || size >= maxKeysPageBytes {
+			if n == limit || size >= maxKeysPageBytes || scanned == maxKeysScan {
 				full = true
 				return false
+			}
+			scanned++
+			seq = r.seq
+			if !where.Match(r.tags) {
+				return true
 			}
 			keys = append(keys, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
 			n++
 			size += len(r.key) + 16 + 32*len(r.tags)
-			seq = r.seq
 			return true
 		})
 		p.mu.Unlock()
@@ -1018,12 +1067,14 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 		rows = append(rows, r)
 		released = append(released, gi)
 	}
+	n := p.feed.next(rows)
+	p.feed.bury(rows, n)
 	// One allocation for what is freed: at most a cell per field per row.
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
 		p.notify()
 		if c.logging() {
-			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released}}})
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})
 		}
 	}
 	c.idx.release(released) // under the lock: see ClearPartition

@@ -287,6 +287,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if len(o.Keys) != 0 && (len(o.Keys) != len(o.Indexes) || len(o.Seqs) != len(o.Indexes)) {
 			return corrupt("rows of partition %q: %d indexes, %d keys, %d creation numbers", o.Partition, len(o.Indexes), len(o.Keys), len(o.Seqs))
 		}
+		var keyed []*row
 		for i, gi := range o.Indexes {
 			r, ok := p.rows.get(gi)
 			if ok && r.active {
@@ -304,8 +305,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				p.keys[r.key] = r
 				p.bySeq.ReplaceOrInsert(r)
 				p.keySeq = max(p.keySeq, r.seq)
+				p.feed.added(r)
+				keyed = append(keyed, r)
 			}
 		}
+		p.feed.stamp(keyed, o.ChangeSeq)
 	case *wirepb.LogOp_Commit:
 		o := op.Commit
 		p := c.partitionOf(o.Partition, o.Gen)
@@ -322,6 +326,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			return corrupt("commit to partition %q: %s", o.Partition, err.Error())
 		}
 		p.applyCommit(&req, rows)
+		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_Tags:
 		o := op.Tags
 		p := c.partitionOf(o.Partition, o.Gen)
@@ -339,6 +344,21 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		for i, r := range rows {
 			r.tags = r.tags.Merge(tags[i])
 		}
+		p.feed.stamp(rows, o.ChangeSeq)
+	case *wirepb.LogOp_RemoveTags:
+		o := op.RemoveTags
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		rows, err := p.lookup(o.Indexes)
+		if err != nil {
+			return corrupt("tags removed in partition %q: %s", o.Partition, err.Error())
+		}
+		for _, r := range rows {
+			r.tags = r.tags.Without(o.Names...)
+		}
+		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_Consume:
 		o := op.Consume
 		p := c.partitionOf(o.Partition, o.Gen)
@@ -382,6 +402,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				rows = append(rows, r)
 			}
 		}
+		p.feed.bury(rows, o.ChangeSeq)
 		p.removeRows(rows, nil)
 		c.idx.release(o.Indexes)
 	case *wirepb.LogOp_Lost:
@@ -538,13 +559,12 @@ func (p *partition) rowsOp(rows []*row, withKeys bool) *wirepb.LogOp {
 	return &wirepb.LogOp{Op: &wirepb.LogOp_Rows{Rows: o}}
 }
 
-// createdOp records the rows at positions at of rows, created for keys.
-func (p *partition) createdOp(rows []*row, at []int) *wirepb.LogOp {
-	created := make([]*row, len(at))
-	for j, i := range at {
-		created[j] = rows[i]
-	}
-	return p.rowsOp(created, true)
+// createdOp records the rows at positions at of rows, created for keys
+// by change number change.
+func (p *partition) createdOp(rows []*row, at []int, change uint64) *wirepb.LogOp {
+	op := p.rowsOp(pick(rows, at), true)
+	op.GetRows().ChangeSeq = change
+	return op
 }
 
 func commitOp(p *partition, indexes []uint64, fields []engine.CommitField) *wirepb.CommitOp {

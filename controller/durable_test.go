@@ -81,6 +81,21 @@ func workload(t *testing.T, c *Controller) {
 	require.NoError(t, err)
 	_, err = c.ResolveKeys("kv", []string{"d"}, nil, true)
 	require.NoError(t, err)
+	// Tags removed and swapped, a key made by a swap and one cleared:
+	// the change feed's numbers and cleared keys come back too.
+	_, err = c.DeleteTags("kv", []string{"b", "c"}, []string{"step", "never-set"})
+	require.NoError(t, err)
+	for _, sw := range []engine.TagSwap{
+		{Partition: "kv", Key: "a", Name: "status", Old: "running", New: "done"},
+		{Partition: "kv", Key: "e", Name: "n", New: 1},
+		{Partition: "kv", Key: "c", Name: "n", Old: []any{1, "x"}},
+	} {
+		done, err := c.CompareAndSetTag(sw)
+		require.NoError(t, err)
+		require.True(t, done.Swapped, "%+v", sw)
+	}
+	_, err = c.ClearKeys("kv", []string{"d"})
+	require.NoError(t, err)
 	require.NoError(t, c.SetTags("train", m.Indexes[:1], []engine.Tags{{"status": "done"}}))
 	_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"x"}, BatchSize: 2, Key: "key-1"})
 	require.NoError(t, err)
@@ -176,7 +191,24 @@ func TestDurableRandomOps(t *testing.T) {
 			parts := []string{"a", "b", "c"}
 			for i := range 300 {
 				p := parts[rng.IntN(len(parts))]
-				switch rng.IntN(8) {
+				key := string(rune('k' + rng.IntN(5)))
+				switch rng.IntN(10) {
+				case 8:
+					_, err := c.DeleteTags(p, []string{key}, []string{"i", "n"})
+					if err != nil {
+						require.ErrorIs(t, err, engine.ErrNotFound)
+					}
+				case 9:
+					done, err := c.CompareAndSetTag(engine.TagSwap{Partition: p, Key: key, Name: "n"})
+					require.NoError(t, err)
+					var next any = 1
+					if n, ok := (engine.Tags{"n": done.Current}).Int("n"); ok && n < 3 {
+						next = n + 1
+					} else if ok {
+						next = nil
+					}
+					_, err = c.CompareAndSetTag(engine.TagSwap{Partition: p, Key: key, Name: "n", Old: done.Current, New: next})
+					require.NoError(t, err)
 				case 0, 1:
 					m, err := c.Insert(p, 1+rng.IntN(4), []string{"x"})
 					require.NoError(t, err)

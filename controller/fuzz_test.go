@@ -129,11 +129,19 @@ func fuzzSeeds() map[string]proto.Message {
 		"heartbeat":          &wirepb.HeartbeatRequest{UnitId: 1, Incarnation: 1, Capacity: 1 << 30, Used: 1 << 20, Segments: 4, HugePages: true, PageSize: 2 << 20},
 		"unit_sync":          &wirepb.UnitSyncRequest{UnitId: 1, Incarnation: 1, WaitMs: 1},
 		"reconcile":          &wirepb.ReconcileRequest{UnitId: 1, Incarnation: 1, Full: true, Segments: []uint32{0}, Fences: []*wirepb.SegmentFence{{Segment: 0, Gen: 1}}, Extents: &wirepb.Addrs{Segment: []uint32{0}, Gen: []uint32{1}, Offset: []uint64{0}, Len: []uint64{128}}, Last: true, LiveSegments: []uint32{0}, NextSegment: 1},
-		"bad_truncated":      rawBody([]byte{0x0a, 0x05, 'p'}),
-		"bad_wiretype":       rawBody([]byte{0x0f, 0xff, 0xff, 0xff, 0xff, 0xff}),
-		"bad_varint":         rawBody([]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}),
-		"bad_huge_length":    rawBody([]byte{0x1a, 0xff, 0xff, 0xff, 0xff, 0x0f}),
-		"bad_utf8":           rawBody([]byte{0x0a, 0x02, 0xc3, 0x28}),
+		"list_keys_where": &wirepb.ListKeysRequest{Where: []*wirepb.TagCondition{
+			{Name: "status", Test: wirepb.TagTest_TAG_TEST_IN, Values: [][]byte{[]byte(`"running"`), []byte(`1`)}},
+			{Name: "x", Test: wirepb.TagTest_TAG_TEST_ABSENT},
+		}},
+		"delete_tags":         &wirepb.DeleteTagsRequest{Partition: "kv", Keys: []string{"a", "b"}, Names: []string{"status"}},
+		"compare_and_set_tag": &wirepb.CompareAndSetTagRequest{Partition: "kv", Key: "a", Name: "status", NewValue: []byte(`"running"`)},
+		"key_changes":         &wirepb.KeyChangesRequest{Partition: "kv", Limit: 1},
+		"key_changes_wait":    &wirepb.KeyChangesRequest{Partition: "kv", Cursor: []byte{1, 1, 2, 0, 0, 'k', 'v'}, Wait: true, TimeoutMs: 1},
+		"bad_truncated":       rawBody([]byte{0x0a, 0x05, 'p'}),
+		"bad_wiretype":        rawBody([]byte{0x0f, 0xff, 0xff, 0xff, 0xff, 0xff}),
+		"bad_varint":          rawBody([]byte{0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}),
+		"bad_huge_length":     rawBody([]byte{0x1a, 0xff, 0xff, 0xff, 0xff, 0x0f}),
+		"bad_utf8":            rawBody([]byte{0x0a, 0x02, 0xc3, 0x28}),
 	}
 }
 
@@ -176,6 +184,8 @@ func TestFuzzSeeds(t *testing.T) {
 		"clear_partition": wire.OpClearPartition, "partition": wire.OpStats, "empty": wire.OpPartitions, "register": wire.OpRegister,
 		"reregister": wire.OpRegister, "heartbeat": wire.OpHeartbeat, "fetch_key": wire.OpFetch, "unconsume": wire.OpUnconsume,
 		"list_keys_page": wire.OpListKeys, "unit_sync": wire.OpUnitSync, "reconcile": wire.OpReconcile, "cluster_info": wire.OpClusterInfo,
+		"list_keys_where": wire.OpListKeys, "delete_tags": wire.OpDeleteTags, "compare_and_set_tag": wire.OpCompareAndSetTag,
+		"key_changes": wire.OpKeyChanges,
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := fuzzServer(t, t.TempDir())

@@ -47,6 +47,9 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpUnconsume:         s.unconsume,
 		wire.OpClusterInfo:       s.clusterInfo,
 		wire.OpCheckpoints:       s.listCheckpoints,
+		wire.OpDeleteTags:        s.deleteTags,
+		wire.OpCompareAndSetTag:  s.compareAndSetTag,
+		wire.OpKeyChanges:        s.keyChanges,
 		wire.OpRegister:          s.register,
 		wire.OpHeartbeat:         s.heartbeat,
 		wire.OpUnitSync:          s.unitSync,
@@ -340,7 +343,11 @@ func (s *Server) listKeys(_ context.Context, body []byte, _ *effects) (proto.Mes
 	if err != nil {
 		return nil, err
 	}
-	page, next, err := s.c.ListKeysPage(req.Partition, req.Cursor, limit)
+	where, err := wire.TagFilterFromPB(req.Where)
+	if err != nil {
+		return nil, opErr("list keys", req.Partition, err)
+	}
+	page, next, err := s.c.ListKeysPageWhere(req.Partition, where, req.Cursor, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -355,6 +362,80 @@ func (s *Server) listKeys(_ context.Context, body []byte, _ *effects) (proto.Mes
 			out.Keys[j] = &wirepb.KeyInfo{Key: k.Key, Index: k.Index, Tags: tags}
 		}
 		r.Partitions[i] = out
+	}
+	return r, nil
+}
+
+func (s *Server) deleteTags(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.DeleteTagsRequest](wire.OpDeleteTags, body)
+	if err != nil {
+		return nil, err
+	}
+	if err := errors.Join(wire.CheckCount("keys", len(req.Keys)), wire.CheckCount("tag names", len(req.Names))); err != nil {
+		return nil, err
+	}
+	tags, err := s.c.DeleteTags(req.Partition, req.Keys, req.Names)
+	if err != nil {
+		return nil, err
+	}
+	b, err := wire.TagsToPB(tags)
+	if err != nil {
+		return nil, err
+	}
+	return &wirepb.DeleteTagsReply{Tags: b}, nil
+}
+
+func (s *Server) compareAndSetTag(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.CompareAndSetTagRequest](wire.OpCompareAndSetTag, body)
+	if err != nil {
+		return nil, err
+	}
+	swap := engine.TagSwap{Partition: req.Partition, Key: req.Key, Name: req.Name}
+	if swap.Old, err = wire.TagValueFromPB(req.OldValue); err != nil {
+		return nil, opErr("compare and set tag", req.Partition, fmt.Errorf("old value: %w", err))
+	}
+	if swap.New, err = wire.TagValueFromPB(req.NewValue); err != nil {
+		return nil, opErr("compare and set tag", req.Partition, fmt.Errorf("new value: %w", err))
+	}
+	done, err := s.c.CompareAndSetTag(swap)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := wire.TagValueToPB(done.Current)
+	if err != nil {
+		return nil, err
+	}
+	return &wirepb.CompareAndSetTagReply{Swapped: done.Swapped, Current: cur}, nil
+}
+
+func (s *Server) keyChanges(ctx context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.KeyChangesRequest](wire.OpKeyChanges, body)
+	if err != nil {
+		return nil, err
+	}
+	limit, err := count("changes", req.Limit)
+	if err != nil {
+		return nil, err
+	}
+	if req.Wait {
+		var cancel context.CancelFunc
+		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
+		defer cancel()
+	}
+	ch, err := s.c.KeyChanges(ctx, engine.ChangesRequest{Partition: req.Partition, Cursor: req.Cursor, Limit: limit, Wait: req.Wait})
+	if err != nil {
+		if cause := context.Cause(ctx); cause == errShuttingDown {
+			return nil, opErr("key changes", req.Partition, cause)
+		}
+		return nil, err
+	}
+	r := &wirepb.KeyChangesReply{Changes: make([]*wirepb.KeyChange, len(ch.Changes)), Cursor: ch.Cursor, Reset_: ch.Reset, More: ch.More}
+	for i, kc := range ch.Changes {
+		tags, err := wire.JSONToPB(kc.Tags)
+		if err != nil {
+			return nil, fmt.Errorf("tags of key %q: %w", kc.Key, err)
+		}
+		r.Changes[i] = &wirepb.KeyChange{Key: kc.Key, Index: kc.Index, Tags: tags, Cleared: kc.Cleared}
 	}
 	return r, nil
 }

@@ -56,6 +56,7 @@ func cellAt(l engine.CellLoc) cell {
 type row struct {
 	index    uint64
 	seq      uint64 // creation order of the key, for listing
+	change   uint64 // with a key: the change number of its last change (changes.go)
 	key      string
 	tags     engine.Tags
 	cells    []cell   // by field slot; shorter than the field count when later fields were never written
@@ -143,6 +144,7 @@ type partition struct {
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
+	feed    changeFeed
 }
 
 func newPartition(id string, gen uint64) *partition {
@@ -158,6 +160,7 @@ func newPartition(id string, gen uint64) *partition {
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
 		changed:  make(chan struct{}),
+		feed:     newChangeFeed(),
 	}
 }
 
@@ -327,6 +330,7 @@ func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.Cel
 		if r.key != "" {
 			delete(p.keys, r.key)
 			p.bySeq.Delete(r)
+			p.feed.rows.Delete(r)
 		}
 		if !r.active {
 			p.reserved.Delete(r.index)

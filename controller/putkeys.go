@@ -63,20 +63,25 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 		out.Tags[i] = r.tags.Clone()
 	}
 	out.Fields = p.commonFields(rows)
+	// One change of the keys' feed: their creation, cells and tags
+	// together, as readers see them.
+	change := p.feed.touch(rows)
 	if c.logging() {
 		var ops []*wirepb.LogOp
 		if len(newAt) > 0 {
-			ops = append(ops, p.createdOp(rows, newAt))
+			ops = append(ops, p.createdOp(rows, newAt, change))
 		}
 		indexes := make([]uint64, n)
 		for i, r := range rows {
 			indexes[i] = r.index
 		}
 		if len(req.Fields) > 0 {
-			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, indexes, req.Fields)}})
+			op := commitOp(p, indexes, req.Fields)
+			op.ChangeSeq = change
+			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: op}})
 		}
 		if tags != nil {
-			tags.GetTags().Indexes = indexes
+			tags.GetTags().Indexes, tags.GetTags().ChangeSeq = indexes, change
 			ops = append(ops, tags)
 		}
 		c.log(ops...)

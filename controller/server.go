@@ -7,8 +7,8 @@ package controller
 // and the fuzzer run exactly the code the network runs. The adapter
 // recovers panics into internal-error replies and bounds the reply size.
 //
-// A blocking FETCH waits at most its timeout_ms, at most MaxFetchWait, and
-// only while its connection and the server live. Shutdown first wakes the
+// A blocking FETCH (or KEY_CHANGES) waits at most its timeout_ms, at most
+// MaxFetchWait, and only while its connection and the server live. Shutdown first wakes the
 // blocked fetches (they reply with CODE_CLOSED, or with data that arrived
 // in time), then lets the wire server drain and close.
 
@@ -46,8 +46,8 @@ type ServerConfig struct {
 	// (0: 1 s). How long a silent unit stays alive is the controller's
 	// Config.UnitTimeout.
 	HeartbeatInterval time.Duration
-	// MaxFetchWait bounds a blocking FETCH, with or without timeout_ms
-	// (0: 5 min).
+	// MaxFetchWait bounds a blocking FETCH or KEY_CHANGES, with or
+	// without timeout_ms (0: 5 min).
 	MaxFetchWait time.Duration
 	// Name is sent in the handshake reply, for logs and stat output.
 	Name string
@@ -143,9 +143,9 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	s.handlers = s.handlerTable()
 	for op := range s.handlers {
 		switch {
-		case op == wire.OpFetch || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile:
-			// May wait (a blocking fetch, a unit's poll), do disk I/O or
-			// walk every partition: a goroutine each.
+		case op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile:
+			// May wait (a blocking fetch, a wait for key changes, a unit's
+			// poll), do disk I/O or walk every partition: a goroutine each.
 			s.ws.Handle(op, s.adapt(op))
 		case c.Durable():
 			// A change's reply waits for its fsync: a goroutine each, so

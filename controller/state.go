@@ -53,12 +53,19 @@ type partCopy struct {
 	fields  []*wirepb.StateField
 	rows    []rowCopy
 	fetches []*wirepb.StateFetch
+	// The change feed: the last change number, the cleared keys it
+	// remembers (in position order) and the position of the last one
+	// forgotten.
+	changeSeq uint64
+	cleared   []clearedKey
+	floor     changePos
 }
 
 type rowCopy struct {
 	index    uint64
 	key      string
 	seq      uint64
+	change   uint64
 	reserved bool
 	tags     engine.Tags // shared: a row's tags are replaced, never changed in place
 	cells    []cellCopy
@@ -99,7 +106,12 @@ func (c *Controller) copyState() *stateCopy {
 }
 
 func (p *partition) copyState() *partCopy {
-	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName)}
+	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName),
+		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, 0, p.feed.cleared.Len())}
+	p.feed.cleared.Ascend(func(ck clearedKey) bool {
+		pc.cleared = append(pc.cleared, ck)
+		return true
+	})
 	cells := 0
 	for _, f := range p.order {
 		pc.fields = append(pc.fields, &wirepb.StateField{Name: f.name, Dtype: wire.DTypeToPB(f.dtype)})
@@ -108,7 +120,7 @@ func (p *partition) copyState() *partCopy {
 	pc.rows = make([]rowCopy, 0, p.rows.len())
 	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
 	p.rows.all(func(r *row) {
-		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, reserved: !r.active, tags: r.tags, consumed: slices.Clone(r.consumed)}
+		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: slices.Clone(r.consumed)}
 		start := len(slab)
 		for slot, cl := range r.cells {
 			if !cl.produced() {
@@ -165,6 +177,13 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 		sp := &wirepb.StatePartition{
 			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
 			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches,
+			ChangeSeq: pc.changeSeq, ClearedFloorChange: pc.floor.change, ClearedFloorSeq: pc.floor.seq,
+		}
+		if len(pc.cleared) > 0 {
+			sp.Cleared = make([]*wirepb.StateCleared, len(pc.cleared))
+			for i, ck := range pc.cleared {
+				sp.Cleared[i] = &wirepb.StateCleared{Key: ck.key, Seq: ck.pos.seq, Change: ck.pos.change}
+			}
 		}
 		if err := sw.put(sp); err != nil {
 			return err
@@ -208,7 +227,7 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 }
 
 func (rc *rowCopy) toPB(pc *partCopy, cellFn func(*partCopy, *rowCopy, *cellCopy, *wirepb.StateCell) error) (*wirepb.StateRow, error) {
-	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Reserved: rc.reserved}
+	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Change: rc.change, Reserved: rc.reserved}
 	if len(rc.tags) > 0 {
 		b, err := wire.JSONToPB(rc.tags)
 		if err != nil {
@@ -364,6 +383,9 @@ func readState(r io.Reader) (*loadedState, error) {
 		if err := p.loadFetches(sp.Fetches); err != nil {
 			return nil, err
 		}
+		if err := p.loadCleared(sp.Cleared); err != nil {
+			return nil, err
+		}
 		ls.parts[p.id] = p
 	}
 	crc := sr.crc
@@ -408,6 +430,7 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 	}
 	p := newPartition(sp.Partition, sp.Gen)
 	p.created, p.keySeq = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq
+	p.feed.seq, p.feed.floor = sp.ChangeSeq, changePos{sp.ClearedFloorChange, sp.ClearedFloorSeq}
 	// Sized for the keys to come (growing a map of 1M keys costs a sixth
 	// of a restart), within reason for a corrupt count.
 	p.keys = make(map[string]*row, min(sp.KeySeq, sp.Rows, preSizeMax))
@@ -436,7 +459,7 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 
 // loadRow adds a row read from a state file to p, whose fields are fields.
 func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
-	r := &row{index: sr.Index, key: sr.Key, seq: sr.Seq, active: !sr.Reserved}
+	r := &row{index: sr.Index, key: sr.Key, seq: sr.Seq, change: sr.Change, active: !sr.Reserved}
 	tags, err := wire.JSONFromPB(sr.Tags)
 	if err != nil {
 		return corrupt("partition %q row %d: %s", p.id, r.index, err.Error())
@@ -449,8 +472,12 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		if r.seq == 0 || r.seq > p.keySeq {
 			return corrupt("partition %q: key %q has creation number %d, the partition's last is %d", p.id, r.key, r.seq, p.keySeq)
 		}
+		if r.change > p.feed.seq {
+			return corrupt("partition %q: key %q has change number %d, the partition's last is %d", p.id, r.key, r.change, p.feed.seq)
+		}
 		p.keys[r.key] = r
 		p.bySeq.ReplaceOrInsert(r)
+		p.feed.rows.ReplaceOrInsert(r)
 	}
 	p.rows.put(r)
 	if sr.Reserved {
@@ -505,6 +532,20 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		}
 		r.cells[f.slot] = cl
 		p.recordCell(f, r.index, dt, opaque, shape)
+	}
+	return nil
+}
+
+// loadCleared restores the cleared keys of p's change feed.
+func (p *partition) loadCleared(cleared []*wirepb.StateCleared) error {
+	for _, sc := range cleared {
+		switch _, dup := p.feed.clearedAt[sc.Key]; {
+		case sc.Key == "" || dup:
+			return corrupt("partition %q: cleared key %q empty or repeated", p.id, sc.Key)
+		case sc.Change == 0 || sc.Change > p.feed.seq || sc.Seq > p.keySeq:
+			return corrupt("partition %q: cleared key %q at change %d (creation %d), the partition's last are %d (%d)", p.id, sc.Key, sc.Change, sc.Seq, p.feed.seq, p.keySeq)
+		}
+		p.feed.remember(clearedKey{key: sc.Key, pos: changePos{sc.Change, sc.Seq}})
 	}
 	return nil
 }

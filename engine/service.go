@@ -85,6 +85,67 @@ type KeyInfo struct {
 	Tags  Tags
 }
 
+// TagSwap is an atomic read-modify-write of one tag of one key (see the
+// controller's CompareAndSetTag). nil stands for "absent" on both sides:
+// Old nil requires the tag to be absent (a tag holding null counts as
+// absent), New nil deletes it.
+type TagSwap struct {
+	Partition string
+	Key       string
+	Name      string
+	Old, New  any
+}
+
+// TagSwapped is what a [TagSwap] found and did.
+type TagSwapped struct {
+	// Swapped reports that the tag held Old and now holds New.
+	Swapped bool
+	// Current is the tag's value after the call: New when swapped, else
+	// the value that did not match (nil: absent).
+	Current any
+}
+
+// ChangesRequest asks for the keys of a partition that changed after a
+// cursor (see the controller's KeyChanges).
+type ChangesRequest struct {
+	Partition string
+	// Cursor is a previous answer's, or nil to start from the beginning.
+	Cursor []byte
+	// Limit bounds the changes of one answer (0: the server's page size).
+	Limit int
+	// Wait blocks until there is a change after Cursor (or the context
+	// ends); without it an answer with no changes comes at once.
+	Wait bool
+}
+
+// KeyChange is a key that changed after a cursor: as it is now, or
+// cleared.
+type KeyChange struct {
+	Key     string
+	Index   uint64 // its row; 0 when cleared
+	Tags    Tags   // its tags now; nil when cleared
+	Cleared bool
+}
+
+// KeyChanges is one answer to a [ChangesRequest].
+type KeyChanges struct {
+	// Changes lists the keys changed after the cursor, in the order of
+	// their last change, each once.
+	Changes []KeyChange
+	// Cursor is where the next request starts.
+	Cursor []byte
+	// Reset says that the changes since the cursor cannot be told one by
+	// one (the partition was cleared or made anew, the cursor is another
+	// controller's, or more keys were cleared since than the controller
+	// remembers): Changes starts over with every key the partition
+	// holds, and a key the caller knows that is not among them (on this
+	// answer or those that continue it) is gone.
+	Reset bool
+	// More says that more changes are ready: asking again with Cursor
+	// returns at once.
+	More bool
+}
+
 // ProductionStatus is, for every row of a partition (pre-allocated rows
 // included) in index order, whether each named field is produced.
 type ProductionStatus struct {

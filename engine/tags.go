@@ -102,6 +102,19 @@ func (t Tags) Merge(u Tags) Tags {
 	return out
 }
 
+// Without returns a copy of t without the tags names, nil when none is
+// left.
+func (t Tags) Without(names ...string) Tags {
+	out := t.Clone()
+	for _, n := range names {
+		delete(out, n)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
 // Equal reports whether two tag maps hold the same values once encoded as
 // JSON (so int 1 and float64 1 are equal, as they are after a round trip).
 func (t Tags) Equal(u Tags) bool {

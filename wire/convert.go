@@ -450,6 +450,107 @@ func numbers(v any) any {
 	return v
 }
 
+// TagValueToPB encodes one tag value as JSON; nil (absent) encodes as
+// empty.
+func TagValueToPB(v any) ([]byte, error) {
+	if v == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode tag value: %w: %w", engine.ErrInvalid, err)
+	}
+	return b, nil
+}
+
+// TagValueFromPB decodes one JSON value; empty and null decode as nil.
+// Numbers come back as JSONFromPB's do.
+func TagValueFromPB(b []byte) (any, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, bad("tag value is not JSON: %s", err.Error())
+	}
+	if dec.More() {
+		return nil, bad("tag value %q holds more than one JSON value", b)
+	}
+	return numbers(v), nil
+}
+
+var tagTests = map[engine.TagTest]wirepb.TagTest{
+	engine.TagEquals: wirepb.TagTest_TAG_TEST_EQUALS,
+	engine.TagIn:     wirepb.TagTest_TAG_TEST_IN,
+	engine.TagExists: wirepb.TagTest_TAG_TEST_EXISTS,
+	engine.TagAbsent: wirepb.TagTest_TAG_TEST_ABSENT,
+}
+
+// TagFilterToPB encodes a tag filter, checking it first.
+func TagFilterToPB(f engine.TagFilter) ([]*wirepb.TagCondition, error) {
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	out := make([]*wirepb.TagCondition, len(f))
+	for i, c := range f {
+		pc := &wirepb.TagCondition{Name: c.Name, Test: tagTests[c.Test], Values: make([][]byte, len(c.Values))}
+		for j, v := range c.Values {
+			b, err := json.Marshal(v) // null too: a value, not "absent"
+			if err != nil {
+				return nil, fmt.Errorf("tag %q: encode value: %w: %w", c.Name, engine.ErrInvalid, err)
+			}
+			pc.Values[j] = b
+		}
+		out[i] = pc
+	}
+	return out, nil
+}
+
+// TagFilterFromPB decodes and checks a tag filter.
+func TagFilterFromPB(pcs []*wirepb.TagCondition) (engine.TagFilter, error) {
+	if len(pcs) > engine.MaxTagConditions {
+		return nil, bad("tag filter of %d conditions (at most %d)", len(pcs), engine.MaxTagConditions)
+	}
+	if len(pcs) == 0 {
+		return nil, nil
+	}
+	f := make(engine.TagFilter, len(pcs))
+	for i, pc := range pcs {
+		c := engine.TagCondition{Name: pc.Name}
+		for t, pt := range tagTests {
+			if pt == pc.Test {
+				c.Test = t
+			}
+		}
+		if c.Test == 0 {
+			return nil, bad("tag %q: unknown test %v", pc.Name, pc.Test)
+		}
+		if len(pc.Values) > engine.MaxTagValues {
+			return nil, bad("tag %q: %d values (at most %d)", pc.Name, len(pc.Values), engine.MaxTagValues)
+		}
+		if len(pc.Values) > 0 {
+			c.Values = make([]any, len(pc.Values))
+		}
+		for j, b := range pc.Values {
+			if len(b) == 0 {
+				return nil, bad("tag %q: value %d is empty (null is written null)", pc.Name, j)
+			}
+			v, err := TagValueFromPB(b)
+			if err != nil {
+				return nil, fmt.Errorf("tag %q: %w", pc.Name, err)
+			}
+			c.Values[j] = v
+		}
+		f[i] = c
+	}
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
 // TagsToPB encodes per-row tags.
 func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 	out := make([][]byte, len(tags))

@@ -36,6 +36,9 @@ const (
 	OpUnconsume         Op = 38
 	OpClusterInfo       Op = 39
 	OpCheckpoints       Op = 40
+	OpDeleteTags        Op = 41
+	OpCompareAndSetTag  Op = 42
+	OpKeyChanges        Op = 43 // may wait: a long poll for keys changed after a cursor
 
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
@@ -70,6 +73,7 @@ var opNames = map[Op]string{
 	OpClearPartition: "CLEAR_PARTITION", OpPartitions: "PARTITIONS", OpStats: "STATS", OpFields: "FIELDS",
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
 	OpCommitKeys: "COMMIT_KEYS", OpUnconsume: "UNCONSUME", OpClusterInfo: "CLUSTER_INFO", OpCheckpoints: "CHECKPOINTS",
+	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
 	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",

@@ -24,6 +24,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TagTest is what a TagCondition checks of a key's tag.
+type TagTest int32
+
+const (
+	TagTest_TAG_TEST_UNSPECIFIED TagTest = 0 // invalid
+	TagTest_TAG_TEST_EQUALS      TagTest = 1 // present and equal to values[0] (exactly one value)
+	TagTest_TAG_TEST_IN          TagTest = 2 // present and equal to one of values (1 to 1024)
+	TagTest_TAG_TEST_EXISTS      TagTest = 3 // present, whatever its value (no values)
+	TagTest_TAG_TEST_ABSENT      TagTest = 4 // not present (no values)
+)
+
+// Enum value maps for TagTest.
+var (
+	TagTest_name = map[int32]string{
+		0: "TAG_TEST_UNSPECIFIED",
+		1: "TAG_TEST_EQUALS",
+		2: "TAG_TEST_IN",
+		3: "TAG_TEST_EXISTS",
+		4: "TAG_TEST_ABSENT",
+	}
+	TagTest_value = map[string]int32{
+		"TAG_TEST_UNSPECIFIED": 0,
+		"TAG_TEST_EQUALS":      1,
+		"TAG_TEST_IN":          2,
+		"TAG_TEST_EXISTS":      3,
+		"TAG_TEST_ABSENT":      4,
+	}
+)
+
+func (x TagTest) Enum() *TagTest {
+	p := new(TagTest)
+	*p = x
+	return p
+}
+
+func (x TagTest) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TagTest) Descriptor() protoreflect.EnumDescriptor {
+	return file_control_proto_enumTypes[0].Descriptor()
+}
+
+func (TagTest) Type() protoreflect.EnumType {
+	return &file_control_proto_enumTypes[0]
+}
+
+func (x TagTest) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TagTest.Descriptor instead.
+func (TagTest) EnumDescriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{0}
+}
+
 type Empty struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1545,6 +1601,7 @@ type ListKeysRequest struct {
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"` // "" for every partition
 	Cursor        []byte                 `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`       // "" for the first page; else a reply's next
 	Limit         int64                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`        // at most this many keys (0: the server's page size)
+	Where         []*TagCondition        `protobuf:"bytes,4,rep,name=where,proto3" json:"where,omitempty"`         // only keys passing every condition (none: every key)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1600,6 +1657,527 @@ func (x *ListKeysRequest) GetLimit() int64 {
 	return 0
 }
 
+func (x *ListKeysRequest) GetWhere() []*TagCondition {
+	if x != nil {
+		return x.Where
+	}
+	return nil
+}
+
+// TagCondition tests a key's tag name. Each value is one JSON value
+// ("\"finished\"", "3", "true", "null", "[1,2]"); numbers compare by value.
+type TagCondition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Test          TagTest                `protobuf:"varint,2,opt,name=test,proto3,enum=tq.wire.v1.TagTest" json:"test,omitempty"`
+	Values        [][]byte               `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TagCondition) Reset() {
+	*x = TagCondition{}
+	mi := &file_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TagCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TagCondition) ProtoMessage() {}
+
+func (x *TagCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TagCondition.ProtoReflect.Descriptor instead.
+func (*TagCondition) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TagCondition) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TagCondition) GetTest() TagTest {
+	if x != nil {
+		return x.Test
+	}
+	return TagTest_TAG_TEST_UNSPECIFIED
+}
+
+func (x *TagCondition) GetValues() [][]byte {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// DeleteTagsRequest (op DELETE_TAGS): remove the tags names from every one
+// of keys, at once. Names a key lacks are skipped.
+type DeleteTagsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Keys          []string               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	Names         []string               `protobuf:"bytes,3,rep,name=names,proto3" json:"names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTagsRequest) Reset() {
+	*x = DeleteTagsRequest{}
+	mi := &file_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTagsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTagsRequest) ProtoMessage() {}
+
+func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTagsRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTagsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DeleteTagsRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *DeleteTagsRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *DeleteTagsRequest) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+type DeleteTagsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tags          [][]byte               `protobuf:"bytes,1,rep,name=tags,proto3" json:"tags,omitempty"` // each key's tags after, a JSON object or empty
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTagsReply) Reset() {
+	*x = DeleteTagsReply{}
+	mi := &file_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTagsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTagsReply) ProtoMessage() {}
+
+func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTagsReply.ProtoReflect.Descriptor instead.
+func (*DeleteTagsReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *DeleteTagsReply) GetTags() [][]byte {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+// CompareAndSetTagRequest (op COMPARE_AND_SET_TAG): if tag name of key holds
+// old_value, set it to new_value, atomically. Each is one JSON value or
+// empty; empty old_value means "absent" (a tag holding null counts as
+// absent), empty new_value means "delete the tag".
+type CompareAndSetTagRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	OldValue      []byte                 `protobuf:"bytes,4,opt,name=old_value,json=oldValue,proto3" json:"old_value,omitempty"`
+	NewValue      []byte                 `protobuf:"bytes,5,opt,name=new_value,json=newValue,proto3" json:"new_value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompareAndSetTagRequest) Reset() {
+	*x = CompareAndSetTagRequest{}
+	mi := &file_control_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompareAndSetTagRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompareAndSetTagRequest) ProtoMessage() {}
+
+func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompareAndSetTagRequest.ProtoReflect.Descriptor instead.
+func (*CompareAndSetTagRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CompareAndSetTagRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *CompareAndSetTagRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CompareAndSetTagRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CompareAndSetTagRequest) GetOldValue() []byte {
+	if x != nil {
+		return x.OldValue
+	}
+	return nil
+}
+
+func (x *CompareAndSetTagRequest) GetNewValue() []byte {
+	if x != nil {
+		return x.NewValue
+	}
+	return nil
+}
+
+type CompareAndSetTagReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Swapped       bool                   `protobuf:"varint,1,opt,name=swapped,proto3" json:"swapped,omitempty"`
+	Current       []byte                 `protobuf:"bytes,2,opt,name=current,proto3" json:"current,omitempty"` // the tag's value after the call; empty: absent
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompareAndSetTagReply) Reset() {
+	*x = CompareAndSetTagReply{}
+	mi := &file_control_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompareAndSetTagReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompareAndSetTagReply) ProtoMessage() {}
+
+func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompareAndSetTagReply.ProtoReflect.Descriptor instead.
+func (*CompareAndSetTagReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CompareAndSetTagReply) GetSwapped() bool {
+	if x != nil {
+		return x.Swapped
+	}
+	return false
+}
+
+func (x *CompareAndSetTagReply) GetCurrent() []byte {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+// KeyChangesRequest (op KEY_CHANGES): the keys of partition changed after
+// cursor.
+type KeyChangesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Cursor        []byte                 `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`                         // empty: from the beginning; else a reply's cursor (opaque)
+	Limit         int64                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`                          // at most this many changes (0: 4096; at most 65536)
+	Wait          bool                   `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`                            // block until there is a change after cursor
+	TimeoutMs     uint64                 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"` // with wait: give up after this long (0: the server's limit)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyChangesRequest) Reset() {
+	*x = KeyChangesRequest{}
+	mi := &file_control_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyChangesRequest) ProtoMessage() {}
+
+func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyChangesRequest.ProtoReflect.Descriptor instead.
+func (*KeyChangesRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *KeyChangesRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *KeyChangesRequest) GetCursor() []byte {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
+func (x *KeyChangesRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *KeyChangesRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+func (x *KeyChangesRequest) GetTimeoutMs() uint64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type KeyChange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`     // its row; 0 when cleared
+	Tags          []byte                 `protobuf:"bytes,3,opt,name=tags,proto3" json:"tags,omitempty"`        // its tags now, a JSON object or empty
+	Cleared       bool                   `protobuf:"varint,4,opt,name=cleared,proto3" json:"cleared,omitempty"` // the key was cleared
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyChange) Reset() {
+	*x = KeyChange{}
+	mi := &file_control_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyChange) ProtoMessage() {}
+
+func (x *KeyChange) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
+func (*KeyChange) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *KeyChange) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyChange) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *KeyChange) GetTags() []byte {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *KeyChange) GetCleared() bool {
+	if x != nil {
+		return x.Cleared
+	}
+	return false
+}
+
+type KeyChangesReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*KeyChange           `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"` // in the order of their last change, each key once
+	Cursor        []byte                 `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`   // where the next request starts
+	Reset_        bool                   `protobuf:"varint,3,opt,name=reset,proto3" json:"reset,omitempty"`    // changes start over with every key the partition holds
+	More          bool                   `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`      // more changes are ready now
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyChangesReply) Reset() {
+	*x = KeyChangesReply{}
+	mi := &file_control_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyChangesReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyChangesReply) ProtoMessage() {}
+
+func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyChangesReply.ProtoReflect.Descriptor instead.
+func (*KeyChangesReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *KeyChangesReply) GetChanges() []*KeyChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *KeyChangesReply) GetCursor() []byte {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
+func (x *KeyChangesReply) GetReset_() bool {
+	if x != nil {
+		return x.Reset_
+	}
+	return false
+}
+
+func (x *KeyChangesReply) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
 type KeyInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1611,7 +2189,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +2201,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +2214,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -1670,7 +2248,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +2260,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +2273,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -1722,7 +2300,7 @@ type ListKeysReply struct {
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2312,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2325,7 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
@@ -1774,7 +2352,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +2364,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,7 +2377,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -1827,7 +2405,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2417,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2430,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -1886,7 +2464,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +2476,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +2489,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -1938,7 +2516,7 @@ type ConsumptionStatusReply struct {
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2528,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2541,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -1990,7 +2568,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2580,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2593,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -2042,7 +2620,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2632,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2645,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -2094,7 +2672,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2684,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2697,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -2145,7 +2723,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2735,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2748,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -2189,7 +2767,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2779,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2792,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -2233,7 +2811,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2823,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2836,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -2281,7 +2859,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2871,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2884,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FieldStats) GetName() string {
@@ -2353,7 +2931,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2943,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2956,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -2399,7 +2977,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2989,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +3002,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -2467,7 +3045,7 @@ type PartitionStats struct {
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +3057,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +3070,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -2582,7 +3160,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +3172,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +3185,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -2637,7 +3215,7 @@ type CheckpointInfo struct {
 
 func (x *CheckpointInfo) Reset() {
 	*x = CheckpointInfo{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2649,7 +3227,7 @@ func (x *CheckpointInfo) String() string {
 func (*CheckpointInfo) ProtoMessage() {}
 
 func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2662,7 +3240,7 @@ func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
 func (*CheckpointInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CheckpointInfo) GetName() string {
@@ -2709,7 +3287,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +3299,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +3312,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
@@ -2760,7 +3338,7 @@ type ClusterInfoReply struct {
 
 func (x *ClusterInfoReply) Reset() {
 	*x = ClusterInfoReply{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +3350,7 @@ func (x *ClusterInfoReply) String() string {
 func (*ClusterInfoReply) ProtoMessage() {}
 
 func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +3363,7 @@ func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
 func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ClusterInfoReply) GetClusterId() string {
@@ -2964,11 +3542,48 @@ const file_control_proto_rawDesc = "" +
 	"\x0eSetTagsRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
-	"\x04tags\x18\x03 \x03(\fR\x04tags\"]\n" +
+	"\x04tags\x18\x03 \x03(\fR\x04tags\"\x8d\x01\n" +
 	"\x0fListKeysRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\fR\x06cursor\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x03R\x05limit\"E\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\x12.\n" +
+	"\x05where\x18\x04 \x03(\v2\x18.tq.wire.v1.TagConditionR\x05where\"c\n" +
+	"\fTagCondition\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
+	"\x04test\x18\x02 \x01(\x0e2\x13.tq.wire.v1.TagTestR\x04test\x12\x16\n" +
+	"\x06values\x18\x03 \x03(\fR\x06values\"[\n" +
+	"\x11DeleteTagsRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12\x14\n" +
+	"\x05names\x18\x03 \x03(\tR\x05names\"%\n" +
+	"\x0fDeleteTagsReply\x12\x12\n" +
+	"\x04tags\x18\x01 \x03(\fR\x04tags\"\x97\x01\n" +
+	"\x17CompareAndSetTagRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1b\n" +
+	"\told_value\x18\x04 \x01(\fR\boldValue\x12\x1b\n" +
+	"\tnew_value\x18\x05 \x01(\fR\bnewValue\"K\n" +
+	"\x15CompareAndSetTagReply\x12\x18\n" +
+	"\aswapped\x18\x01 \x01(\bR\aswapped\x12\x18\n" +
+	"\acurrent\x18\x02 \x01(\fR\acurrent\"\x92\x01\n" +
+	"\x11KeyChangesRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\fR\x06cursor\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\x12\x12\n" +
+	"\x04wait\x18\x04 \x01(\bR\x04wait\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x05 \x01(\x04R\ttimeoutMs\"a\n" +
+	"\tKeyChange\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04tags\x18\x03 \x01(\fR\x04tags\x12\x18\n" +
+	"\acleared\x18\x04 \x01(\bR\acleared\"\x84\x01\n" +
+	"\x0fKeyChangesReply\x12/\n" +
+	"\achanges\x18\x01 \x03(\v2\x15.tq.wire.v1.KeyChangeR\achanges\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\fR\x06cursor\x12\x14\n" +
+	"\x05reset\x18\x03 \x01(\bR\x05reset\x12\x12\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\"E\n" +
 	"\aKeyInfo\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
@@ -3057,7 +3672,13 @@ const file_control_proto_rawDesc = "" +
 	"\x05fsync\x18\x04 \x01(\tR\x05fsync\x12\x1b\n" +
 	"\tlog_index\x18\x05 \x01(\x04R\blogIndex\x12%\n" +
 	"\x0esnapshot_index\x18\x06 \x01(\x04R\rsnapshotIndex\x12\x1b\n" +
-	"\tlog_bytes\x18\a \x01(\x03R\blogBytesB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\tlog_bytes\x18\a \x01(\x03R\blogBytes*s\n" +
+	"\aTagTest\x12\x18\n" +
+	"\x14TAG_TEST_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fTAG_TEST_EQUALS\x10\x01\x12\x0f\n" +
+	"\vTAG_TEST_IN\x10\x02\x12\x13\n" +
+	"\x0fTAG_TEST_EXISTS\x10\x03\x12\x13\n" +
+	"\x0fTAG_TEST_ABSENT\x10\x04B Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -3071,88 +3692,101 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_control_proto_goTypes = []any{
-	(*Empty)(nil),                    // 0: tq.wire.v1.Empty
-	(*Shape)(nil),                    // 1: tq.wire.v1.Shape
-	(*FieldSchema)(nil),              // 2: tq.wire.v1.FieldSchema
-	(*Addrs)(nil),                    // 3: tq.wire.v1.Addrs
-	(*BatchMeta)(nil),                // 4: tq.wire.v1.BatchMeta
-	(*SamplingOptions)(nil),          // 5: tq.wire.v1.SamplingOptions
-	(*FieldSelection)(nil),           // 6: tq.wire.v1.FieldSelection
-	(*InsertRequest)(nil),            // 7: tq.wire.v1.InsertRequest
-	(*FetchRequest)(nil),             // 8: tq.wire.v1.FetchRequest
-	(*UnconsumeRequest)(nil),         // 9: tq.wire.v1.UnconsumeRequest
-	(*ForceFetchRequest)(nil),        // 10: tq.wire.v1.ForceFetchRequest
-	(*RowsMetaRequest)(nil),          // 11: tq.wire.v1.RowsMetaRequest
-	(*MetaReply)(nil),                // 12: tq.wire.v1.MetaReply
-	(*CommitField)(nil),              // 13: tq.wire.v1.CommitField
-	(*CommitRequest)(nil),            // 14: tq.wire.v1.CommitRequest
-	(*CellsReply)(nil),               // 15: tq.wire.v1.CellsReply
-	(*ResolveKeysRequest)(nil),       // 16: tq.wire.v1.ResolveKeysRequest
-	(*ResolveKeysReply)(nil),         // 17: tq.wire.v1.ResolveKeysReply
-	(*CommitKeysRequest)(nil),        // 18: tq.wire.v1.CommitKeysRequest
-	(*CommitKeysReply)(nil),          // 19: tq.wire.v1.CommitKeysReply
-	(*KeysOfRequest)(nil),            // 20: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 21: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 22: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 23: tq.wire.v1.ListKeysRequest
-	(*KeyInfo)(nil),                  // 24: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 25: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 26: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 27: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 28: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 29: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 30: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 31: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 32: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 33: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 34: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 35: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 36: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 37: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 38: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 39: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 40: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 41: tq.wire.v1.CheckpointRequest
-	(*CheckpointInfo)(nil),           // 42: tq.wire.v1.CheckpointInfo
-	(*CheckpointsReply)(nil),         // 43: tq.wire.v1.CheckpointsReply
-	(*ClusterInfoReply)(nil),         // 44: tq.wire.v1.ClusterInfoReply
-	nil,                              // 45: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 46: tq.wire.v1.BatchMeta.CellsEntry
+	(TagTest)(0),                     // 0: tq.wire.v1.TagTest
+	(*Empty)(nil),                    // 1: tq.wire.v1.Empty
+	(*Shape)(nil),                    // 2: tq.wire.v1.Shape
+	(*FieldSchema)(nil),              // 3: tq.wire.v1.FieldSchema
+	(*Addrs)(nil),                    // 4: tq.wire.v1.Addrs
+	(*BatchMeta)(nil),                // 5: tq.wire.v1.BatchMeta
+	(*SamplingOptions)(nil),          // 6: tq.wire.v1.SamplingOptions
+	(*FieldSelection)(nil),           // 7: tq.wire.v1.FieldSelection
+	(*InsertRequest)(nil),            // 8: tq.wire.v1.InsertRequest
+	(*FetchRequest)(nil),             // 9: tq.wire.v1.FetchRequest
+	(*UnconsumeRequest)(nil),         // 10: tq.wire.v1.UnconsumeRequest
+	(*ForceFetchRequest)(nil),        // 11: tq.wire.v1.ForceFetchRequest
+	(*RowsMetaRequest)(nil),          // 12: tq.wire.v1.RowsMetaRequest
+	(*MetaReply)(nil),                // 13: tq.wire.v1.MetaReply
+	(*CommitField)(nil),              // 14: tq.wire.v1.CommitField
+	(*CommitRequest)(nil),            // 15: tq.wire.v1.CommitRequest
+	(*CellsReply)(nil),               // 16: tq.wire.v1.CellsReply
+	(*ResolveKeysRequest)(nil),       // 17: tq.wire.v1.ResolveKeysRequest
+	(*ResolveKeysReply)(nil),         // 18: tq.wire.v1.ResolveKeysReply
+	(*CommitKeysRequest)(nil),        // 19: tq.wire.v1.CommitKeysRequest
+	(*CommitKeysReply)(nil),          // 20: tq.wire.v1.CommitKeysReply
+	(*KeysOfRequest)(nil),            // 21: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 22: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 23: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 24: tq.wire.v1.ListKeysRequest
+	(*TagCondition)(nil),             // 25: tq.wire.v1.TagCondition
+	(*DeleteTagsRequest)(nil),        // 26: tq.wire.v1.DeleteTagsRequest
+	(*DeleteTagsReply)(nil),          // 27: tq.wire.v1.DeleteTagsReply
+	(*CompareAndSetTagRequest)(nil),  // 28: tq.wire.v1.CompareAndSetTagRequest
+	(*CompareAndSetTagReply)(nil),    // 29: tq.wire.v1.CompareAndSetTagReply
+	(*KeyChangesRequest)(nil),        // 30: tq.wire.v1.KeyChangesRequest
+	(*KeyChange)(nil),                // 31: tq.wire.v1.KeyChange
+	(*KeyChangesReply)(nil),          // 32: tq.wire.v1.KeyChangesReply
+	(*KeyInfo)(nil),                  // 33: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 34: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 35: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 36: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 37: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 38: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 39: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 40: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 41: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 42: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 43: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 44: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 45: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 46: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 47: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 48: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 49: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 50: tq.wire.v1.CheckpointRequest
+	(*CheckpointInfo)(nil),           // 51: tq.wire.v1.CheckpointInfo
+	(*CheckpointsReply)(nil),         // 52: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 53: tq.wire.v1.ClusterInfoReply
+	nil,                              // 54: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 55: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
-	1,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
-	1,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	45, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	46, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
-	5,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
-	6,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	6,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	4,  // 7: tq.wire.v1.MetaReply.meta:type_name -> tq.wire.v1.BatchMeta
-	1,  // 8: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
-	1,  // 9: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
-	3,  // 10: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
-	13, // 11: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
-	3,  // 12: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
-	6,  // 13: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	4,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
-	13, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
-	3,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
-	24, // 17: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	25, // 18: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
-	1,  // 19: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	37, // 20: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	37, // 21: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	39, // 22: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	42, // 23: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
-	2,  // 24: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	3,  // 25: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	2,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
+	2,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
+	54, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	55, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	6,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
+	7,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	7,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 7: tq.wire.v1.MetaReply.meta:type_name -> tq.wire.v1.BatchMeta
+	2,  // 8: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
+	2,  // 9: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
+	4,  // 10: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
+	14, // 11: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
+	4,  // 12: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
+	7,  // 13: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
+	14, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
+	4,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
+	25, // 17: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
+	0,  // 18: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
+	31, // 19: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
+	33, // 20: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	34, // 21: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	2,  // 22: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
+	46, // 23: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	46, // 24: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	48, // 25: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	51, // 26: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	3,  // 27: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	4,  // 28: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3165,13 +3799,14 @@ func file_control_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   47,
+			NumEnums:      1,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_control_proto_goTypes,
 		DependencyIndexes: file_control_proto_depIdxs,
+		EnumInfos:         file_control_proto_enumTypes,
 		MessageInfos:      file_control_proto_msgTypes,
 	}.Build()
 	File_control_proto = out.File

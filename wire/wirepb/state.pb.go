@@ -97,6 +97,7 @@ type LogOp struct {
 	//	*LogOp_ClearPartition
 	//	*LogOp_Fence
 	//	*LogOp_Lost
+	//	*LogOp_RemoveTags
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -256,6 +257,15 @@ func (x *LogOp) GetLost() *LostOp {
 	return nil
 }
 
+func (x *LogOp) GetRemoveTags() *RemoveTagsOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_RemoveTags); ok {
+			return x.RemoveTags
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -312,6 +322,10 @@ type LogOp_Lost struct {
 	Lost *LostOp `protobuf:"bytes,13,opt,name=lost,proto3,oneof"`
 }
 
+type LogOp_RemoveTags struct {
+	RemoveTags *RemoveTagsOp `protobuf:"bytes,14,opt,name=remove_tags,json=removeTags,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -337,6 +351,8 @@ func (*LogOp_ClearPartition) isLogOp_Op() {}
 func (*LogOp_Fence) isLogOp_Op() {}
 
 func (*LogOp_Lost) isLogOp_Op() {}
+
+func (*LogOp_RemoveTags) isLogOp_Op() {}
 
 // ClusterOp: the cluster id (once, at the first start) and each start's
 // epoch. replaced marks where a checkpoint load replaced the whole state:
@@ -559,6 +575,11 @@ func (x *PartitionOp) GetGen() uint64 {
 
 // RowsOp: rows became active (pre-allocated ones taken, or new indexes);
 // with keys, keys[i] (creation number seqs[i]) names indexes[i].
+//
+// change_seq, in the ops that change keys (RowsOp, CommitOp, TagsOp,
+// RemoveTagsOp, ClearRowsOp), is the partition's change number the change
+// gave the keys it touched (see StatePartition.change_seq); 0 when it
+// touched none (or the log predates change numbers).
 type RowsOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -566,6 +587,7 @@ type RowsOp struct {
 	Keys          []string               `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
 	Seqs          []uint64               `protobuf:"varint,4,rep,packed,name=seqs,proto3" json:"seqs,omitempty"`
 	Gen           uint64                 `protobuf:"varint,5,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,6,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -635,6 +657,13 @@ func (x *RowsOp) GetGen() uint64 {
 	return 0
 }
 
+func (x *RowsOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
 // CommitOp: cells became produced (CommitRequest's fields, with
 // locations, for the rows indexes).
 type CommitOp struct {
@@ -643,6 +672,7 @@ type CommitOp struct {
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
 	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,5,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -705,6 +735,13 @@ func (x *CommitOp) GetGen() uint64 {
 	return 0
 }
 
+func (x *CommitOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
 // TagsOp: tags[i] (a JSON object) was merged into the tags of indexes[i].
 type TagsOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -712,6 +749,7 @@ type TagsOp struct {
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Tags          [][]byte               `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty"`
 	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,5,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -774,6 +812,91 @@ func (x *TagsOp) GetGen() uint64 {
 	return 0
 }
 
+func (x *TagsOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
+// RemoveTagsOp: the tags names were removed from the rows indexes (names a
+// row lacked were skipped).
+type RemoveTagsOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Names         []string               `protobuf:"bytes,3,rep,name=names,proto3" json:"names,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,5,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveTagsOp) Reset() {
+	*x = RemoveTagsOp{}
+	mi := &file_state_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveTagsOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveTagsOp) ProtoMessage() {}
+
+func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveTagsOp.ProtoReflect.Descriptor instead.
+func (*RemoveTagsOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemoveTagsOp) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *RemoveTagsOp) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+func (x *RemoveTagsOp) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
+}
+
+func (x *RemoveTagsOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *RemoveTagsOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
 // ConsumeOp: a fetch took rows: consumed for task; sampled is what it
 // returned (under key, when the fetch had one); sampler holds the entries
 // the sampler added to its state (opaque to the controller).
@@ -793,7 +916,7 @@ type ConsumeOp struct {
 
 func (x *ConsumeOp) Reset() {
 	*x = ConsumeOp{}
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +928,7 @@ func (x *ConsumeOp) String() string {
 func (*ConsumeOp) ProtoMessage() {}
 
 func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +941,7 @@ func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeOp.ProtoReflect.Descriptor instead.
 func (*ConsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{8}
+	return file_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConsumeOp) GetPartition() string {
@@ -893,7 +1016,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1028,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1041,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -975,7 +1098,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1110,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1123,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1029,13 +1152,14 @@ type ClearRowsOp struct {
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,4,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1171,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1184,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1084,6 +1208,13 @@ func (x *ClearRowsOp) GetGen() uint64 {
 	return 0
 }
 
+func (x *ClearRowsOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
 type ClearPartitionOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1094,7 +1225,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1237,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1250,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	return file_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1148,7 +1279,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1160,7 +1291,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1173,7 +1304,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1203,7 +1334,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1346,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1359,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1291,7 +1422,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1434,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1447,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1455,13 +1586,20 @@ type StatePartition struct {
 	Rows          uint64                 `protobuf:"varint,6,opt,name=rows,proto3" json:"rows,omitempty"`
 	Fetches       []*StateFetch          `protobuf:"bytes,7,rep,name=fetches,proto3" json:"fetches,omitempty"` // recent fetch keys
 	Gen           uint64                 `protobuf:"varint,8,opt,name=gen,proto3" json:"gen,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The change feed: the last change number given, the keys cleared
+	// recently (in change order), and the position (change number, key
+	// creation number) of the last cleared key forgotten.
+	ChangeSeq          uint64          `protobuf:"varint,9,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	Cleared            []*StateCleared `protobuf:"bytes,10,rep,name=cleared,proto3" json:"cleared,omitempty"`
+	ClearedFloorChange uint64          `protobuf:"varint,11,opt,name=cleared_floor_change,json=clearedFloorChange,proto3" json:"cleared_floor_change,omitempty"`
+	ClearedFloorSeq    uint64          `protobuf:"varint,12,opt,name=cleared_floor_seq,json=clearedFloorSeq,proto3" json:"cleared_floor_seq,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1611,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1624,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -1545,6 +1683,96 @@ func (x *StatePartition) GetGen() uint64 {
 	return 0
 }
 
+func (x *StatePartition) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
+func (x *StatePartition) GetCleared() []*StateCleared {
+	if x != nil {
+		return x.Cleared
+	}
+	return nil
+}
+
+func (x *StatePartition) GetClearedFloorChange() uint64 {
+	if x != nil {
+		return x.ClearedFloorChange
+	}
+	return 0
+}
+
+func (x *StatePartition) GetClearedFloorSeq() uint64 {
+	if x != nil {
+		return x.ClearedFloorSeq
+	}
+	return 0
+}
+
+// StateCleared: a key (creation number seq) cleared by change number
+// change.
+type StateCleared struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	Change        uint64                 `protobuf:"varint,3,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateCleared) Reset() {
+	*x = StateCleared{}
+	mi := &file_state_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateCleared) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateCleared) ProtoMessage() {}
+
+func (x *StateCleared) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
+func (*StateCleared) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StateCleared) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *StateCleared) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *StateCleared) GetChange() uint64 {
+	if x != nil {
+		return x.Change
+	}
+	return 0
+}
+
 type StateField struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1555,7 +1783,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1795,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1808,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StateField) GetName() string {
@@ -1613,7 +1841,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1853,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1866,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -1692,7 +1920,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1932,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1945,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -1736,13 +1964,14 @@ type StateRow struct {
 	Tags          []byte                 `protobuf:"bytes,5,opt,name=tags,proto3" json:"tags,omitempty"`          // JSON object, or empty
 	Cells         []*StateCell           `protobuf:"bytes,6,rep,name=cells,proto3" json:"cells,omitempty"`
 	Consumed      []uint32               `protobuf:"varint,7,rep,packed,name=consumed,proto3" json:"consumed,omitempty"` // positions in the partition's tasks
+	Change        uint64                 `protobuf:"varint,8,opt,name=change,proto3" json:"change,omitempty"`            // with a key: the change number of its last change
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1983,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1996,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -1819,6 +2048,13 @@ func (x *StateRow) GetConsumed() []uint32 {
 	return nil
 }
 
+func (x *StateRow) GetChange() uint64 {
+	if x != nil {
+		return x.Change
+	}
+	return 0
+}
+
 // StateCell: a produced cell of field (a position in the partition's
 // fields). Its bytes are at (unit, segment, gen, offset, len), or, in a
 // checkpoint with data, at file_offset of data.bin (in_file). unit
@@ -1840,7 +2076,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2088,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2101,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -1945,7 +2181,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2193,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2206,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2008,7 +2244,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xb1\x05\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xee\x05\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -2024,7 +2260,9 @@ const file_state_proto_rawDesc = "" +
 	" \x01(\v2\x17.tq.wire.v1.ClearRowsOpH\x00R\tclearRows\x12G\n" +
 	"\x0fclear_partition\x18\v \x01(\v2\x1c.tq.wire.v1.ClearPartitionOpH\x00R\x0eclearPartition\x12+\n" +
 	"\x05fence\x18\f \x01(\v2\x13.tq.wire.v1.FenceOpH\x00R\x05fence\x12(\n" +
-	"\x04lost\x18\r \x01(\v2\x12.tq.wire.v1.LostOpH\x00R\x04lostB\x04\n" +
+	"\x04lost\x18\r \x01(\v2\x12.tq.wire.v1.LostOpH\x00R\x04lost\x12;\n" +
+	"\vremove_tags\x18\x0e \x01(\v2\x18.tq.wire.v1.RemoveTagsOpH\x00R\n" +
+	"removeTagsB\x04\n" +
 	"\x02op\"\\\n" +
 	"\tClusterOp\x12\x1d\n" +
 	"\n" +
@@ -2042,23 +2280,36 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x1a\n" +
 	"\breserved\x18\x03 \x03(\x04R\breserved\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"z\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\x99\x01\n" +
 	"\x06RowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
 	"\x04keys\x18\x03 \x03(\tR\x04keys\x12\x12\n" +
 	"\x04seqs\x18\x04 \x03(\x04R\x04seqs\x12\x10\n" +
-	"\x03gen\x18\x05 \x01(\x04R\x03gen\"\x85\x01\n" +
+	"\x03gen\x18\x05 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x06 \x01(\x04R\tchangeSeq\"\xa4\x01\n" +
 	"\bCommitOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12/\n" +
 	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"f\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x85\x01\n" +
 	"\x06TagsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x12\n" +
 	"\x04tags\x18\x03 \x03(\fR\x04tags\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xcf\x01\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x8d\x01\n" +
+	"\fRemoveTagsOp\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
+	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x14\n" +
+	"\x05names\x18\x03 \x03(\tR\x05names\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xcf\x01\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -2080,11 +2331,13 @@ const file_state_proto_rawDesc = "" +
 	"\aResetOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
-	"\x03gen\x18\x03 \x01(\x04R\x03gen\"W\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\"v\n" +
 	"\vClearRowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x10\n" +
-	"\x03gen\x18\x03 \x01(\x04R\x03gen\"B\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x04 \x01(\x04R\tchangeSeq\"B\n" +
 	"\x10ClearPartitionOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
 	"\x03gen\x18\x02 \x01(\x04R\x03gen\"T\n" +
@@ -2122,7 +2375,7 @@ const file_state_proto_rawDesc = "" +
 	"data_bytes\x18\x10 \x01(\x03R\tdataBytes\x12\x14\n" +
 	"\x05cells\x18\x11 \x01(\x03R\x05cells\x12\x1d\n" +
 	"\n" +
-	"lost_cells\x18\x12 \x01(\x03R\tlostCells\"\x8d\x02\n" +
+	"lost_cells\x18\x12 \x01(\x03R\tlostCells\"\xbe\x03\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -2131,7 +2384,17 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x05 \x03(\v2\x16.tq.wire.v1.StateFieldR\x06fields\x12\x12\n" +
 	"\x04rows\x18\x06 \x01(\x04R\x04rows\x120\n" +
 	"\afetches\x18\a \x03(\v2\x16.tq.wire.v1.StateFetchR\afetches\x12\x10\n" +
-	"\x03gen\x18\b \x01(\x04R\x03gen\"6\n" +
+	"\x03gen\x18\b \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\t \x01(\x04R\tchangeSeq\x122\n" +
+	"\acleared\x18\n" +
+	" \x03(\v2\x18.tq.wire.v1.StateClearedR\acleared\x120\n" +
+	"\x14cleared_floor_change\x18\v \x01(\x04R\x12clearedFloorChange\x12*\n" +
+	"\x11cleared_floor_seq\x18\f \x01(\x04R\x0fclearedFloorSeq\"J\n" +
+	"\fStateCleared\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06change\x18\x03 \x01(\x04R\x06change\"6\n" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -2146,7 +2409,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\"5\n" +
 	"\tStateRows\x12(\n" +
-	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xbd\x01\n" +
+	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xd5\x01\n" +
 	"\bStateRow\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x10\n" +
@@ -2154,7 +2417,8 @@ const file_state_proto_rawDesc = "" +
 	"\breserved\x18\x04 \x01(\bR\breserved\x12\x12\n" +
 	"\x04tags\x18\x05 \x01(\fR\x04tags\x12+\n" +
 	"\x05cells\x18\x06 \x03(\v2\x15.tq.wire.v1.StateCellR\x05cells\x12\x1a\n" +
-	"\bconsumed\x18\a \x03(\rR\bconsumed\"\xee\x01\n" +
+	"\bconsumed\x18\a \x03(\rR\bconsumed\x12\x16\n" +
+	"\x06change\x18\b \x01(\x04R\x06change\"\xee\x01\n" +
 	"\tStateCell\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\rR\x05field\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\rR\x04unit\x12\x18\n" +
@@ -2186,7 +2450,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),        // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),            // 1: tq.wire.v1.LogOp
@@ -2196,24 +2460,26 @@ var file_state_proto_goTypes = []any{
 	(*RowsOp)(nil),           // 5: tq.wire.v1.RowsOp
 	(*CommitOp)(nil),         // 6: tq.wire.v1.CommitOp
 	(*TagsOp)(nil),           // 7: tq.wire.v1.TagsOp
-	(*ConsumeOp)(nil),        // 8: tq.wire.v1.ConsumeOp
-	(*UnconsumeOp)(nil),      // 9: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),          // 10: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),      // 11: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil), // 12: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),          // 13: tq.wire.v1.FenceOp
-	(*LostOp)(nil),           // 14: tq.wire.v1.LostOp
-	(*StateHeader)(nil),      // 15: tq.wire.v1.StateHeader
-	(*StatePartition)(nil),   // 16: tq.wire.v1.StatePartition
-	(*StateField)(nil),       // 17: tq.wire.v1.StateField
-	(*StateFetch)(nil),       // 18: tq.wire.v1.StateFetch
-	(*StateRows)(nil),        // 19: tq.wire.v1.StateRows
-	(*StateRow)(nil),         // 20: tq.wire.v1.StateRow
-	(*StateCell)(nil),        // 21: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),     // 22: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),      // 23: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),     // 24: tq.wire.v1.SegmentFence
-	(*Shape)(nil),            // 25: tq.wire.v1.Shape
+	(*RemoveTagsOp)(nil),     // 8: tq.wire.v1.RemoveTagsOp
+	(*ConsumeOp)(nil),        // 9: tq.wire.v1.ConsumeOp
+	(*UnconsumeOp)(nil),      // 10: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),          // 11: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),      // 12: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil), // 13: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),          // 14: tq.wire.v1.FenceOp
+	(*LostOp)(nil),           // 15: tq.wire.v1.LostOp
+	(*StateHeader)(nil),      // 16: tq.wire.v1.StateHeader
+	(*StatePartition)(nil),   // 17: tq.wire.v1.StatePartition
+	(*StateCleared)(nil),     // 18: tq.wire.v1.StateCleared
+	(*StateField)(nil),       // 19: tq.wire.v1.StateField
+	(*StateFetch)(nil),       // 20: tq.wire.v1.StateFetch
+	(*StateRows)(nil),        // 21: tq.wire.v1.StateRows
+	(*StateRow)(nil),         // 22: tq.wire.v1.StateRow
+	(*StateCell)(nil),        // 23: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),     // 24: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),      // 25: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),     // 26: tq.wire.v1.SegmentFence
+	(*Shape)(nil),            // 27: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -2223,27 +2489,29 @@ var file_state_proto_depIdxs = []int32{
 	5,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
 	6,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
 	7,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
-	8,  // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	9,  // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	10, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	11, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	12, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	13, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	14, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
-	23, // 14: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	24, // 15: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	3,  // 16: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	13, // 17: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	17, // 18: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	18, // 19: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	20, // 20: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	21, // 21: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	25, // 22: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	9,  // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
+	10, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	11, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	12, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	13, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	14, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	15, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	8,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
+	25, // 15: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	26, // 16: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	3,  // 17: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	14, // 18: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	19, // 19: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	20, // 20: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	18, // 21: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	22, // 22: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	23, // 23: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	27, // 24: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -2267,6 +2535,7 @@ func file_state_proto_init() {
 		(*LogOp_ClearPartition)(nil),
 		(*LogOp_Fence)(nil),
 		(*LogOp_Lost)(nil),
+		(*LogOp_RemoveTags)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2274,7 +2543,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

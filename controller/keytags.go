@@ -1,0 +1,193 @@
+package controller
+
+// Tag changes beyond a put's merge: removing tags, and compare-and-set of
+// one tag. Each is one change under the partition's lock, logged as one
+// record, and a change of the keys' feed (changes.go).
+
+import (
+	"encoding/json"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// checkTagName refuses an empty tag name or one that is not valid UTF-8.
+func checkTagName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty tag name: %w", engine.ErrInvalid)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("tag name %q is not valid UTF-8: %w", name, engine.ErrInvalid)
+	}
+	return nil
+}
+
+// DeleteTags removes the tags names from each of keys, in one change:
+// every key loses them, or on error none does. Names a key lacks are
+// skipped, so deleting twice is harmless. It returns each key's tags
+// after.
+//
+// Errors: [engine.ErrInvalid] for no keys, an empty or repeated key, no
+// names, or an empty name; [engine.ErrNotFound] naming the keys the
+// partition lacks (or the partition).
+func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engine.Tags, error) {
+	err := checkKeys(keys)
+	if err == nil && len(names) == 0 {
+		err = fmt.Errorf("no tag names to delete: %w", engine.ErrInvalid)
+	}
+	for _, n := range names {
+		if err == nil {
+			err = checkTagName(n)
+		}
+	}
+	if err != nil {
+		return nil, opErr("delete tags", partition, err)
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("delete tags", partition, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(partition)))
+	}
+	defer p.mu.Unlock()
+	rows, missing := p.lookupKeys(keys)
+	if len(missing) > 0 {
+		unknown := make([]string, len(missing))
+		for j, i := range missing {
+			unknown[j] = keys[i]
+		}
+		return nil, opErr("delete tags", partition, fmt.Errorf("keys %q not in partition %q: %w", unknown, partition, engine.ErrNotFound))
+	}
+	var touched []*row
+	for _, r := range rows {
+		for _, n := range names {
+			if _, ok := r.tags[n]; ok {
+				r.tags = r.tags.Without(names...) // a new map: copies share the old one
+				touched = append(touched, r)
+				break
+			}
+		}
+	}
+	out := make([]engine.Tags, len(rows))
+	for i, r := range rows {
+		out[i] = r.tags.Clone()
+	}
+	if len(touched) == 0 {
+		return out, nil
+	}
+	n := p.feed.touch(touched)
+	if c.logging() {
+		idx := make([]uint64, len(touched))
+		for i, r := range touched {
+			idx[i] = r.index
+		}
+		c.log(removeTagsOp(p, idx, names, n))
+	}
+	return out, nil
+}
+
+func hasTag(r *row, name string) bool {
+	_, ok := r.tags[name]
+	return ok
+}
+
+func removeTagsOp(p *partition, indexes []uint64, names []string, change uint64) *wirepb.LogOp {
+	return &wirepb.LogOp{Op: &wirepb.LogOp_RemoveTags{RemoveTags: &wirepb.RemoveTagsOp{
+		Partition: p.id, Gen: p.gen, Indexes: indexes, Names: names, ChangeSeq: change}}}
+}
+
+// CompareAndSetTag sets tag req.Name of key req.Key to req.New if it
+// holds req.Old, atomically (under the partition's lock, one change, one
+// record). nil stands for "absent" on both sides: Old nil requires the
+// tag to be absent (a tag holding null counts as absent), New nil deletes
+// it. Values compare as JSON values ([engine.TagValueEqual]).
+//
+// A key the partition lacks has no tags: with Old nil and New set, the
+// swap creates it (a tag-only key, and the partition if needed), as a put
+// of that tag would; with Old set it does not swap. It reports whether it
+// swapped and the tag's value after the call (the one that did not match
+// when it did not).
+//
+// Errors: [engine.ErrInvalid] for an empty partition id, key or tag name,
+// one that is not valid UTF-8, or a value JSON cannot encode. Nothing
+// changes then.
+func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, error) {
+	err := checkKeys([]string{req.Key})
+	switch {
+	case err != nil:
+	case req.Partition == "":
+		err = fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
+	case !utf8.ValidString(req.Key):
+		err = fmt.Errorf("key %q is not valid UTF-8: %w", req.Key, engine.ErrInvalid)
+	default:
+		err = checkTagName(req.Name)
+	}
+	for _, v := range []any{req.Old, req.New} {
+		if err == nil && v != nil {
+			if _, jerr := json.Marshal(v); jerr != nil {
+				err = fmt.Errorf("tag %q: value %v is not JSON: %w: %w", req.Name, v, engine.ErrInvalid, jerr)
+			}
+		}
+	}
+	if err != nil {
+		return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+	}
+	var p *partition
+	if req.Old == nil && req.New != nil {
+		if p, err = c.lockOrCreate(req.Partition); err != nil {
+			return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+		}
+	} else if p = c.lock(req.Partition); p == nil {
+		// No partition, no key, no tag: only "absent" matches, and
+		// deleting what is absent changes nothing.
+		return engine.TagSwapped{Swapped: req.Old == nil}, nil
+	}
+	defer p.mu.Unlock()
+	r := p.keys[req.Key]
+	var cur any
+	if r != nil {
+		cur = r.tags[req.Name]
+	}
+	if !engine.TagValueEqual(cur, req.Old) {
+		return engine.TagSwapped{Current: engine.Tags{req.Name: cur}.Clone()[req.Name]}, nil
+	}
+	if req.New == nil && (r == nil || !hasTag(r, req.Name)) {
+		return engine.TagSwapped{Swapped: true}, nil // absent already
+	}
+	set := engine.Tags{req.Name: req.New}
+	var ops []*wirepb.LogOp
+	var tags *wirepb.LogOp
+	if req.New != nil && c.logging() {
+		// Encode first: a value that cannot be recorded changes nothing.
+		if tags, err = tagsOp(p, []uint64{0}, []engine.Tags{set}); err != nil {
+			return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+		}
+	}
+	rows := []*row{r}
+	created := r == nil
+	if created {
+		if err := c.createKeys(p, []string{req.Key}, []int{0}, rows); err != nil {
+			return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+		}
+		r = rows[0]
+	}
+	if req.New == nil {
+		r.tags = r.tags.Without(req.Name)
+	} else {
+		r.tags = r.tags.Merge(set)
+	}
+	n := p.feed.touch(rows)
+	if c.logging() {
+		if created {
+			ops = append(ops, p.createdOp(rows, []int{0}, n))
+		}
+		if tags != nil {
+			tags.GetTags().Indexes[0], tags.GetTags().ChangeSeq = r.index, n
+			ops = append(ops, tags)
+		} else {
+			ops = append(ops, removeTagsOp(p, []uint64{r.index}, []string{req.Name}, n))
+		}
+		c.log(ops...)
+	}
+	return engine.TagSwapped{Swapped: true, Current: set.Clone()[req.Name]}, nil
+}

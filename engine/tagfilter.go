@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"unicode/utf8"
+)
+
+// TagTest is what a [TagCondition] checks of a key's tag.
+type TagTest uint8
+
+const (
+	// TagEquals holds when the tag is present and equals Values[0].
+	TagEquals TagTest = iota + 1
+	// TagIn holds when the tag is present and equals one of Values.
+	TagIn
+	// TagExists holds when the key has the tag, whatever its value (null
+	// included).
+	TagExists
+	// TagAbsent holds when the key does not have the tag.
+	TagAbsent
+)
+
+func (t TagTest) String() string {
+	switch t {
+	case TagEquals:
+		return "equals"
+	case TagIn:
+		return "in"
+	case TagExists:
+		return "exists"
+	case TagAbsent:
+		return "absent"
+	}
+	return fmt.Sprintf("TagTest(%d)", uint8(t))
+}
+
+// MaxTagConditions bounds the conditions of one [TagFilter], and
+// MaxTagValues the values of one condition.
+const (
+	MaxTagConditions = 64
+	MaxTagValues     = 1024
+)
+
+// TagCondition is one test of a key's tag Name. Values are compared as
+// JSON values (see [TagValueEqual]): 1 equals 1.0, "1" does not.
+type TagCondition struct {
+	Name   string
+	Test   TagTest
+	Values []any // TagEquals: exactly one; TagIn: one or more; others: none
+}
+
+// Validate reports a malformed condition: an empty or non-UTF-8 name, an
+// unknown test, the wrong number of values, or a value JSON cannot carry.
+func (c TagCondition) Validate() error {
+	if c.Name == "" {
+		return fmt.Errorf("tag condition with an empty tag name: %w", ErrInvalid)
+	}
+	if !utf8.ValidString(c.Name) {
+		return fmt.Errorf("tag name %q is not valid UTF-8: %w", c.Name, ErrInvalid)
+	}
+	switch c.Test {
+	case TagEquals:
+		if len(c.Values) != 1 {
+			return fmt.Errorf("tag %q equals %d values (want one): %w", c.Name, len(c.Values), ErrInvalid)
+		}
+	case TagIn:
+		if len(c.Values) == 0 || len(c.Values) > MaxTagValues {
+			return fmt.Errorf("tag %q in %d values (1 to %d): %w", c.Name, len(c.Values), MaxTagValues, ErrInvalid)
+		}
+	case TagExists, TagAbsent:
+		if len(c.Values) != 0 {
+			return fmt.Errorf("tag %q %v with %d values (want none): %w", c.Name, c.Test, len(c.Values), ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("tag %q: unknown test %v: %w", c.Name, c.Test, ErrInvalid)
+	}
+	for _, v := range c.Values {
+		if _, err := json.Marshal(v); err != nil {
+			return fmt.Errorf("tag %q: value %v is not JSON: %w: %w", c.Name, v, ErrInvalid, err)
+		}
+	}
+	return nil
+}
+
+// Match reports whether t passes the condition.
+func (c TagCondition) Match(t Tags) bool {
+	v, ok := t[c.Name]
+	switch c.Test {
+	case TagExists:
+		return ok
+	case TagAbsent:
+		return !ok
+	case TagEquals, TagIn:
+		if !ok {
+			return false
+		}
+		for _, want := range c.Values {
+			if TagValueEqual(v, want) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (c TagCondition) String() string {
+	switch c.Test {
+	case TagEquals:
+		if len(c.Values) == 1 {
+			return fmt.Sprintf("%s == %v", c.Name, c.Values[0])
+		}
+	case TagIn:
+		return fmt.Sprintf("%s in %v", c.Name, c.Values)
+	}
+	return fmt.Sprintf("%s %v", c.Name, c.Test)
+}
+
+// TagFilter is a conjunction of conditions: a key passes when every one
+// holds. The empty filter passes every key.
+type TagFilter []TagCondition
+
+// Validate reports a malformed filter: too many conditions, or one that
+// is malformed itself.
+func (f TagFilter) Validate() error {
+	if len(f) > MaxTagConditions {
+		return fmt.Errorf("tag filter of %d conditions (at most %d): %w", len(f), MaxTagConditions, ErrInvalid)
+	}
+	for _, c := range f {
+		if err := c.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Match reports whether t passes every condition.
+func (f TagFilter) Match(t Tags) bool {
+	for _, c := range f {
+		if !c.Match(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// TagValueEqual reports whether two tag values are the same JSON value:
+// numbers compare by value (int 1, int64 1 and float64 1 are equal, as
+// they are after a trip through JSON), strings, bools and null exactly,
+// lists and objects element by element. Values JSON cannot encode are
+// equal to nothing.
+func TagValueEqual(a, b any) bool {
+	switch x := a.(type) {
+	case nil:
+		return b == nil
+	case string:
+		y, ok := b.(string)
+		return ok && x == y
+	case bool:
+		y, ok := b.(bool)
+		return ok && x == y
+	case float64:
+		if y, ok := b.(float64); ok {
+			return x == y
+		}
+	}
+	if b == nil {
+		return false
+	}
+	ta, tb := Tags{"": a}, Tags{"": b}
+	if i, ok := ta.Int(""); ok {
+		if j, ok := tb.Int(""); ok {
+			return i == j
+		}
+	}
+	ja, err := json.Marshal(a)
+	if err != nil {
+		return false
+	}
+	jb, err := json.Marshal(b)
+	return err == nil && string(ja) == string(jb)
+}

@@ -1,0 +1,64 @@
+package wire
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+func TestTagFilterRoundTrip(t *testing.T) {
+	f := engine.TagFilter{
+		{Name: "status", Test: engine.TagIn, Values: []any{"finished", nil, 3, []any{1.5, "x"}}},
+		{Name: "is_prompt", Test: engine.TagExists},
+		{Name: "taken", Test: engine.TagAbsent},
+		{Name: "n", Test: engine.TagEquals, Values: []any{map[string]any{"k": true}}},
+	}
+	pb, err := TagFilterToPB(f)
+	require.NoError(t, err)
+	assert.Equal(t, [][]byte{[]byte(`"finished"`), []byte(`null`), []byte(`3`), []byte(`[1.5,"x"]`)}, pb[0].Values)
+	got, err := TagFilterFromPB(pb)
+	require.NoError(t, err)
+	want := engine.TagFilter{
+		{Name: "status", Test: engine.TagIn, Values: []any{"finished", nil, int64(3), []any{1.5, "x"}}},
+		{Name: "is_prompt", Test: engine.TagExists},
+		{Name: "taken", Test: engine.TagAbsent},
+		{Name: "n", Test: engine.TagEquals, Values: []any{map[string]any{"k": true}}},
+	}
+	assert.Equal(t, want, got)
+
+	none, err := TagFilterFromPB(nil)
+	require.NoError(t, err)
+	assert.Nil(t, none)
+	for name, bad := range map[string][]*wirepb.TagCondition{
+		"no test":     {{Name: "x"}},
+		"empty name":  {{Test: wirepb.TagTest_TAG_TEST_EXISTS}},
+		"empty value": {{Name: "x", Test: wirepb.TagTest_TAG_TEST_EQUALS, Values: [][]byte{nil}}},
+		"two values":  {{Name: "x", Test: wirepb.TagTest_TAG_TEST_EQUALS, Values: [][]byte{[]byte(`1`), []byte(`2`)}}},
+		"not JSON":    {{Name: "x", Test: wirepb.TagTest_TAG_TEST_EQUALS, Values: [][]byte{[]byte(`{`)}}},
+		"two JSON":    {{Name: "x", Test: wirepb.TagTest_TAG_TEST_EQUALS, Values: [][]byte{[]byte(`1 2`)}}},
+		"values":      {{Name: "x", Test: wirepb.TagTest_TAG_TEST_ABSENT, Values: [][]byte{[]byte(`1`)}}},
+		"unknown":     {{Name: "x", Test: 9}},
+	} {
+		_, err := TagFilterFromPB(bad)
+		assert.ErrorIs(t, err, engine.ErrInvalid, name)
+	}
+}
+
+func TestTagValueRoundTrip(t *testing.T) {
+	for _, v := range []any{nil, "s", int64(-3), 2.5, true, []any{int64(1), "a"}, map[string]any{"k": nil}} {
+		b, err := TagValueToPB(v)
+		require.NoError(t, err)
+		got, err := TagValueFromPB(b)
+		require.NoError(t, err)
+		assert.Equal(t, v, got)
+	}
+	null, err := TagValueFromPB([]byte("null"))
+	require.NoError(t, err)
+	assert.Nil(t, null, "null decodes as absent")
+	_, err = TagValueToPB(func() {})
+	assert.ErrorIs(t, err, engine.ErrInvalid)
+}
