@@ -25,6 +25,7 @@ const (
 	nameField     = "field"
 	nameTask      = "task"
 	nameDir       = "checkpoint name"
+	nameTag       = "tag"
 )
 
 // checkName refuses an empty name, or one that is not valid UTF-8.

@@ -6,6 +6,7 @@ package client
 // here; the controller's server does the reverse.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -549,10 +550,16 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 // (see [RemoteMeta.ListKeysPage]), so any number of keys can be listed.
 // Whole-number tags come back as int64.
 func (r *RemoteMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
+	return r.ListKeysWhere(ctx, partition, nil)
+}
+
+// ListKeysWhere is [RemoteMeta.ListKeys] of the keys whose tags pass
+// where: the controller filters, so only those keys cross the wire.
+func (r *RemoteMeta) ListKeysWhere(ctx context.Context, partition string, where engine.TagFilter) (map[string][]engine.KeyInfo, error) {
 	out := map[string][]engine.KeyInfo{}
 	var cursor []byte
 	for {
-		page, next, err := r.ListKeysPage(ctx, partition, cursor, 0)
+		page, next, err := r.ListKeysPageWhere(ctx, partition, where, cursor, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -577,11 +584,23 @@ type PartitionKeys struct {
 // the first and the returned cursor for each next one, until it is nil.
 // limit 0 takes the server's page size.
 func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	return r.ListKeysPageWhere(ctx, partition, nil, cursor, limit)
+}
+
+// ListKeysPageWhere is [RemoteMeta.ListKeysPage] of the keys whose tags
+// pass where (see
+// [github.com/tqgo/tq/controller.Controller.ListKeysPageWhere]): a page
+// may then hold no keys and still have a next cursor.
+func (r *RemoteMeta) ListKeysPageWhere(ctx context.Context, partition string, where engine.TagFilter, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
 	if err := checkUTF8(namePartition, partition); err != nil {
 		return nil, nil, r.opErr("list keys", err)
 	}
+	pw, err := wire.TagFilterToPB(where)
+	if err != nil {
+		return nil, nil, r.opErr("list keys", err)
+	}
 	var reply wirepb.ListKeysReply
-	if err := r.retry(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition, Cursor: cursor, Limit: int64(limit)}, &reply); err != nil {
+	if err := r.retry(ctx, "list keys", wire.OpListKeys, &wirepb.ListKeysRequest{Partition: partition, Cursor: cursor, Limit: int64(limit), Where: pw}, &reply); err != nil {
 		return nil, nil, err
 	}
 	out := make([]PartitionKeys, len(reply.Partitions))
@@ -596,13 +615,125 @@ func (r *RemoteMeta) ListKeysPage(ctx context.Context, partition string, cursor 
 		}
 		out[p] = PartitionKeys{Partition: pk.Partition, Keys: list}
 	}
-	if len(reply.Next) == 0 {
+	switch {
+	case len(reply.Next) == 0:
 		return out, nil, nil
-	}
-	if len(out) == 0 {
-		return nil, nil, r.opErr("list keys", corruptReply(fmt.Errorf("an empty page with a next cursor")))
+	case len(out) == 0 && len(where) == 0, bytes.Equal(reply.Next, cursor):
+		// A page that does not move on would be asked for forever.
+		return nil, nil, r.opErr("list keys", corruptReply(fmt.Errorf("a page that does not advance (%d partitions)", len(out))))
 	}
 	return out, reply.Next, nil
+}
+
+// DeleteTags removes the tags names from every one of keys, atomically;
+// see [github.com/tqgo/tq/controller.Controller.DeleteTags]. Removing
+// what is gone changes nothing, so the call is repeated over a new
+// connection when its own breaks.
+func (r *RemoteMeta) DeleteTags(ctx context.Context, partition string, keys, names []string) ([]engine.Tags, error) {
+	if err := checkPartKeys(partition, keys, nil); err != nil {
+		return nil, r.opErr("delete tags", err)
+	}
+	if err := checkTagNames(names); err != nil {
+		return nil, r.opErr("delete tags", err)
+	}
+	var reply wirepb.DeleteTagsReply
+	if err := r.retry(ctx, "delete tags", wire.OpDeleteTags, &wirepb.DeleteTagsRequest{Partition: partition, Keys: keys, Names: names}, &reply); err != nil {
+		return nil, err
+	}
+	if len(reply.Tags) != len(keys) {
+		return nil, r.opErr("delete tags", corruptReply(fmt.Errorf("%d tag maps for %d keys", len(reply.Tags), len(keys))))
+	}
+	tags, err := wire.TagsFromPB(reply.Tags)
+	if err != nil {
+		return nil, r.opErr("delete tags", corruptReply(err))
+	}
+	return tags, nil
+}
+
+// CompareAndSetTag sets one tag of one key if it holds req.Old; see
+// [github.com/tqgo/tq/controller.Controller.CompareAndSetTag]. A swap is
+// a change: when its connection breaks, whether it happened is unknown
+// (the error wraps [engine.ErrUnavailable]); ask again with the value
+// the caller last read.
+func (r *RemoteMeta) CompareAndSetTag(ctx context.Context, req engine.TagSwap) (engine.TagSwapped, error) {
+	if err := checkSwap(req); err != nil {
+		return engine.TagSwapped{}, r.opErr("compare and set tag", err)
+	}
+	pb := &wirepb.CompareAndSetTagRequest{Partition: req.Partition, Key: req.Key, Name: req.Name}
+	var err error
+	if pb.OldValue, err = wire.TagValueToPB(req.Old); err != nil {
+		return engine.TagSwapped{}, r.opErr("compare and set tag", err)
+	}
+	if pb.NewValue, err = wire.TagValueToPB(req.New); err != nil {
+		return engine.TagSwapped{}, r.opErr("compare and set tag", err)
+	}
+	var reply wirepb.CompareAndSetTagReply
+	if err := r.do(ctx, "compare and set tag", wire.OpCompareAndSetTag, pb, &reply); err != nil {
+		return engine.TagSwapped{}, err
+	}
+	cur, err := wire.TagValueFromPB(reply.Current)
+	if err != nil {
+		return engine.TagSwapped{}, r.opErr("compare and set tag", corruptReply(err))
+	}
+	return engine.TagSwapped{Swapped: reply.Swapped, Current: cur}, nil
+}
+
+// KeyChanges lists the keys of a partition changed after a cursor; see
+// [github.com/tqgo/tq/controller.Controller.KeyChanges]. With Wait it
+// blocks until there is a change or ctx ends: the server waits until
+// shortly before ctx's deadline, and without a deadline the call repeats
+// the wait each time the server's own limit runs out. When ctx ends the
+// client sends CANCEL, which ends the wait on the server. A listing
+// changes nothing, so the call is repeated over a new connection when its
+// own breaks.
+func (r *RemoteMeta) KeyChanges(ctx context.Context, req engine.ChangesRequest) (engine.KeyChanges, error) {
+	if err := checkChanges(req); err != nil {
+		return engine.KeyChanges{}, r.opErr("key changes", err)
+	}
+	pb := &wirepb.KeyChangesRequest{Partition: req.Partition, Cursor: req.Cursor, Limit: int64(req.Limit)}
+	deadline, hasDeadline := ctx.Deadline()
+	for {
+		pb.Wait, pb.TimeoutMs = req.Wait, 0
+		if req.Wait && hasDeadline {
+			left := time.Until(deadline)
+			wait := left - min(left/10, fetchMargin)
+			if ms := wait / time.Millisecond; ms > 0 {
+				pb.TimeoutMs = uint64(ms)
+			} else {
+				pb.Wait = false // no time left to wait: what there is now
+			}
+		}
+		var reply wirepb.KeyChangesReply
+		err := r.retry(ctx, "key changes", wire.OpKeyChanges, pb, &reply)
+		switch {
+		case err == nil && req.Wait && !pb.Wait && len(reply.Changes) == 0 && !reply.Reset_:
+			return engine.KeyChanges{}, r.opErr("key changes", fmt.Errorf("wait for a change: %w", context.DeadlineExceeded))
+		case err == nil:
+			return r.keyChanges(&reply)
+		case pb.Wait && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) &&
+			(!hasDeadline || time.Until(deadline) > fetchMargin):
+			continue // the server's limit ended its wait well before ours: ask again
+		}
+		return engine.KeyChanges{}, err
+	}
+}
+
+func (r *RemoteMeta) keyChanges(reply *wirepb.KeyChangesReply) (engine.KeyChanges, error) {
+	out := engine.KeyChanges{Cursor: reply.Cursor, Reset: reply.Reset_, More: reply.More}
+	if len(out.Cursor) == 0 {
+		out.Cursor = nil
+	}
+	if len(reply.Changes) > 0 {
+		out.Changes = make([]engine.KeyChange, len(reply.Changes))
+	}
+	for i, kc := range reply.Changes {
+		tags, err := wire.JSONFromPB(kc.Tags)
+		if err != nil {
+			return engine.KeyChanges{}, r.opErr("key changes", corruptReply(err))
+		}
+		out.Changes[i] = engine.KeyChange{Key: kc.Key, Index: kc.Index, Tags: tags, Cleared: kc.Cleared}
+	}
+	return out, nil
 }
 
 // ProductionStatus reports production per row and field; see

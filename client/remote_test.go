@@ -199,6 +199,40 @@ var script = []step{
 			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
 		}})
 	}},
+	{"delete tags", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).DeleteTags(ctx, "kv", []string{"b", "e"}, []string{"step", "none"})
+	}},
+	{"delete tags of unknown keys", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).DeleteTags(ctx, "kv", []string{"b", "zz"}, []string{"new"})
+	}},
+	{"delete tags without names", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).DeleteTags(ctx, "kv", []string{"b"}, nil)
+	}},
+	{"compare and set a new key", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).CompareAndSetTag(ctx, engine.TagSwap{Partition: "kv", Key: "cas", Name: "n", New: int64(1)})
+	}},
+	{"compare and set", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).CompareAndSetTag(ctx, engine.TagSwap{Partition: "kv", Key: "cas", Name: "n", Old: int64(1), New: []any{"x", int64(2)}})
+	}},
+	{"compare and set mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).CompareAndSetTag(ctx, engine.TagSwap{Partition: "kv", Key: "cas", Name: "n", Old: int64(1), New: 3})
+	}},
+	{"compare and set bad name", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).CompareAndSetTag(ctx, engine.TagSwap{Partition: "kv", Key: "cas", New: 3})
+	}},
+	{"list keys where", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).ListKeysWhere(ctx, "", engine.TagFilter{{Name: "new", Test: engine.TagExists}, {Name: "status", Test: engine.TagAbsent}})
+	}},
+	{"list keys bad filter", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).ListKeysWhere(ctx, "", engine.TagFilter{{Name: "new", Test: engine.TagEquals}})
+	}},
+	{"key changes", func(ctx context.Context, m client.MetaService) (any, error) {
+		ch, err := m.(client.KeyService).KeyChanges(ctx, engine.ChangesRequest{Partition: "kv"})
+		return []any{ch.Changes, ch.Reset, ch.More}, err // cursors name their controller
+	}},
+	{"key changes bad cursor", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.(client.KeyService).KeyChanges(ctx, engine.ChangesRequest{Partition: "kv", Cursor: []byte("junk")})
+	}},
 	{"list keys", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "kv") }},
 	{"list keys all", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "") }},
 	{"list keys unknown", func(ctx context.Context, m client.MetaService) (any, error) { return m.ListKeys(ctx, "nope") }},

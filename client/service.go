@@ -34,3 +34,23 @@ type MetaService interface {
 	Stats(ctx context.Context, partition string) (engine.PartitionStats, error)
 	Fields(ctx context.Context, partition string) ([]engine.FieldStats, error)
 }
+
+// KeyService is what the KV API's tag calls and change feed need from the
+// controller beyond [MetaService] (see the controller's ListKeysWhere,
+// DeleteTags, CompareAndSetTag and KeyChanges). [RemoteMeta] and the
+// embedded adapter implement it; the KV API finds it by type assertion,
+// and a metadata service without it makes those calls fail with
+// [engine.ErrNotSupported].
+type KeyService interface {
+	// ListKeysWhere is ListKeys of the keys whose tags pass where; the
+	// controller filters, so only those keys are sent.
+	ListKeysWhere(ctx context.Context, partition string, where engine.TagFilter) (map[string][]engine.KeyInfo, error)
+	// DeleteTags removes the tags names from every one of keys, atomically,
+	// and returns each key's tags after.
+	DeleteTags(ctx context.Context, partition string, keys, names []string) ([]engine.Tags, error)
+	// CompareAndSetTag is an atomic read-modify-write of one tag.
+	CompareAndSetTag(ctx context.Context, req engine.TagSwap) (engine.TagSwapped, error)
+	// KeyChanges lists the keys changed after a cursor, waiting for one
+	// with req.Wait.
+	KeyChanges(ctx context.Context, req engine.ChangesRequest) (engine.KeyChanges, error)
+}

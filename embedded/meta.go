@@ -60,7 +60,10 @@ func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) e
 	return nil
 }
 
-var _ client.MetaService = localMeta{}
+var (
+	_ client.MetaService = localMeta{}
+	_ client.KeyService  = localMeta{}
+)
 
 // seen returns v and err once everything the controller logged so far is
 // durable: what a call saw is never lost after it was heard of.
@@ -130,6 +133,26 @@ func (l localMeta) SetTags(ctx context.Context, partition string, indexes []uint
 
 func (l localMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
 	return seen(ctx, l, l.c.ListKeys(partition), nil)
+}
+
+func (l localMeta) ListKeysWhere(ctx context.Context, partition string, where engine.TagFilter) (map[string][]engine.KeyInfo, error) {
+	keys, err := l.c.ListKeysWhere(partition, where)
+	return seen(ctx, l, keys, err)
+}
+
+func (l localMeta) DeleteTags(ctx context.Context, partition string, keys, names []string) ([]engine.Tags, error) {
+	tags, err := l.c.DeleteTags(partition, keys, names)
+	return seen(ctx, l, tags, err)
+}
+
+func (l localMeta) CompareAndSetTag(ctx context.Context, req engine.TagSwap) (engine.TagSwapped, error) {
+	done, err := l.c.CompareAndSetTag(req)
+	return seen(ctx, l, done, err)
+}
+
+func (l localMeta) KeyChanges(ctx context.Context, req engine.ChangesRequest) (engine.KeyChanges, error) {
+	ch, err := l.c.KeyChanges(ctx, req)
+	return seen(ctx, l, ch, err)
 }
 
 func (l localMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {

@@ -9,7 +9,16 @@
 //	list, _ := kv.List(ctx, "")                                       // every partition
 //	kv.Clear(ctx, "train", []string{"a", "b"})                        // idempotent
 //
-// Every call has an Async form returning a [Future]. Unlike the reference
+// Tags are a status machine and an index as well:
+//
+//	kv.Put(ctx, "prompts", uid, nil, engine.Tags{"status": "pending"}) // a tag-only key
+//	ok, cur, _ := kv.CompareAndSetTag(ctx, "prompts", uid, "status", "pending", "running")
+//	kv.DeleteTags(ctx, "prompts", []string{uid}, "worker")
+//	done, _ := kv.ListWhere(ctx, "", kvapi.In("status", "finished", "failure")) // filtered in the controller
+//	cs, _ := kv.Changes(ctx, "prompts", cursor)                                 // waits for keys that changed
+//
+// Every put, get, list and clear has an Async form returning a [Future].
+// Unlike the reference
 // system, unknown keys and unknown selected fields are errors that name
 // them ([engine.ErrNotFound]), never silently dropped.
 package kvapi

@@ -71,3 +71,44 @@ func Example() {
 	// [input_ids] [4 5 6 40 50 60]
 	// <nil>
 }
+
+// Prompts as tag-only keys moving through a status machine: workers claim
+// one with compare-and-set, a replay buffer follows the changes and lists
+// the finished ones.
+func Example_statusMachine() {
+	ctx := context.Background()
+	cfg := embedded.DefaultConfig()
+	cfg.Storage.Capacity = 16 << 20
+	cluster, err := embedded.New(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cluster.Close()
+	kv := kvapi.New(cluster.Client)
+
+	for _, uid := range []string{"u1", "u2"} {
+		kv.Put(ctx, "prompts", uid, nil, engine.Tags{"status": "pending"})
+	}
+	cs, _ := kv.Changes(ctx, "prompts", nil) // every key so far
+	fmt.Println(len(cs.Changes), "pending")
+
+	// Two workers try to claim u1: one wins.
+	ok, _, _ := kv.CompareAndSetTag(ctx, "prompts", "u1", "status", "pending", "running")
+	fmt.Println("first claim:", ok)
+	ok, cur, _ := kv.CompareAndSetTag(ctx, "prompts", "u1", "status", "pending", "running")
+	fmt.Println("second claim:", ok, cur)
+	kv.CompareAndSetTag(ctx, "prompts", "u1", "status", "running", "finished")
+
+	cs, _ = kv.Changes(ctx, "prompts", cs.Cursor) // returns at once: u1 changed
+	for _, c := range cs.Changes {
+		fmt.Println("changed:", c.Key, c.Tags["status"])
+	}
+	done, _ := kv.ListWhere(ctx, "prompts", kvapi.Eq("status", "finished"))
+	fmt.Println("finished:", done["prompts"][0].Key)
+	// Output:
+	// 2 pending
+	// first claim: true
+	// second claim: false running
+	// changed: u1 finished
+	// finished: u1
+}

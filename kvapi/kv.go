@@ -48,6 +48,11 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 //
 // The returned meta lists the fields every key holds after the put: those
 // all keys already had plus the ones written.
+//
+// A put's fields and tags become visible together, in one step of the
+// controller: a reader never sees the one without the other. A put of
+// tags alone makes tag-only keys (no fields), which [KV.List] lists,
+// [KV.Clear] clears and [KV.Changes] reports like any other.
 func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) (*engine.KVMeta, error) {
 	if err := checkKeys(partition, keys); err != nil {
 		return nil, opErr("batch put", partition, err)
@@ -200,6 +205,11 @@ func (kv *KV) List(ctx context.Context, partition string) (map[string][]Entry, e
 	if err != nil {
 		return nil, err
 	}
+	return entries(all), nil
+}
+
+// entries converts a listing of keys.
+func entries(all map[string][]engine.KeyInfo) map[string][]Entry {
 	out := make(map[string][]Entry, len(all))
 	for p, infos := range all {
 		es := make([]Entry, len(infos))
@@ -208,7 +218,7 @@ func (kv *KV) List(ctx context.Context, partition string) (map[string][]Entry, e
 		}
 		out[p] = es
 	}
-	return out, nil
+	return out
 }
 
 // Clear removes keys and frees their storage. Unknown keys and partitions
