@@ -282,3 +282,32 @@ func BenchmarkRestart(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCommitKeysWatched is BenchmarkCommitKeys' put of 1024 new keys
+// (tags only) on a partition whose change feed someone follows: each put
+// is then listed from the last cursor, as a replay buffer would.
+func BenchmarkCommitKeysWatched(b *testing.B) {
+	c, _ := New(DefaultConfig())
+	defer c.Close()
+	const rows = 1024
+	req := engine.KeysCommit{Partition: "p", Keys: make([]string, rows), Tags: make([]engine.Tags, rows)}
+	for i := range req.Keys {
+		req.Keys[i] = fmt.Sprintf("test_key_%d", i)
+		req.Tags[i] = engine.Tags{"status": "pending"}
+	}
+	var cursor []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.CommitKeys(req); err != nil {
+			b.Fatal(err)
+		}
+		ch, err := c.KeyChanges(context.Background(), engine.ChangesRequest{Partition: "p", Cursor: cursor, Limit: 2 * rows})
+		if err != nil || len(ch.Changes) != rows {
+			b.Fatal(len(ch.Changes), err)
+		}
+		cursor = ch.Cursor
+		if _, err := c.ClearKeys("p", req.Keys); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

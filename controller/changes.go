@@ -5,7 +5,9 @@ package controller
 // the partition's next change number and stamps the keys it touched with
 // it. KeyChanges lists the keys whose last change came after a cursor,
 // ordered by position (change number, then key creation number), and
-// waits for one when there is none. Cleared keys are remembered (the
+// waits for one when there is none. The ordered index of the keys is
+// built by the first listing, so a partition nobody follows pays a
+// number per key a change touches and nothing more. Cleared keys are remembered (the
 // newest maxCleared per partition) so that they can be reported; a cursor
 // from before the last one forgotten is answered with a reset, as is one
 // from another incarnation of the partition (cleared and made again) or of
@@ -17,10 +19,13 @@ package controller
 // stays valid across restarts of a durable controller.
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
+	"sort"
 
 	"github.com/google/btree"
 
@@ -28,7 +33,7 @@ import (
 )
 
 // maxCleared is how many cleared keys a partition remembers for its
-// change feed.
+// change feed at least.
 const maxCleared = 1 << 16
 
 // changePos orders the feed: a key's last change number, then its
@@ -37,6 +42,13 @@ type changePos struct{ change, seq uint64 }
 
 func (a changePos) less(b changePos) bool {
 	return a.change < b.change || a.change == b.change && a.seq < b.seq
+}
+
+func (a changePos) cmp(b changePos) int {
+	if c := cmp.Compare(a.change, b.change); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.seq, b.seq)
 }
 
 // after returns the first position after a.
@@ -55,32 +67,71 @@ type clearedKey struct {
 	pos changePos
 }
 
+// clearedRing holds the newest maxCleared cleared keys in position order:
+// buf grows to maxCleared, then each new key takes the oldest's place.
+type clearedRing struct {
+	buf  []clearedKey
+	head int // where the oldest is, once buf is full
+}
+
+func (cr *clearedRing) len() int { return len(cr.buf) }
+
+// at returns the i-th oldest.
+func (cr *clearedRing) at(i int) clearedKey { return cr.buf[(cr.head+i)%len(cr.buf)] }
+
+// push adds the newest, and returns the one it pushed out, if any.
+func (cr *clearedRing) push(ck clearedKey) (out clearedKey, full bool) {
+	if len(cr.buf) < maxCleared {
+		cr.buf = append(cr.buf, ck)
+		return clearedKey{}, false
+	}
+	out, cr.buf[cr.head] = cr.buf[cr.head], ck
+	cr.head = (cr.head + 1) % len(cr.buf)
+	return out, true
+}
+
+// search returns the first i whose key is at pos or after.
+func (cr *clearedRing) search(pos changePos) int {
+	return sort.Search(cr.len(), func(i int) bool { return !cr.at(i).pos.less(pos) })
+}
+
 // changeFeed is a partition's change feed; the partition's lock guards it.
+// Keeping it costs a change nothing but a number per key it touches until
+// someone lists changes: the ordered index of the keys is built then (and
+// kept up to date from then on).
 type changeFeed struct {
-	seq       uint64                    // the last change number given
-	rows      *btree.BTreeG[*row]       // the keyed rows, by position
-	cleared   *btree.BTreeG[clearedKey] // recently cleared keys, by position
-	clearedAt map[string]changePos      // the position of each of cleared
-	floor     changePos                 // the position of the last cleared key forgotten
-	watch     chan struct{}             // closed at the next change; nil while nobody waits
+	seq     uint64              // the last change number given
+	rows    *btree.BTreeG[*row] // the keyed rows by position; nil until the first listing
+	cleared clearedRing         // the newest maxCleared cleared keys
+	floor   changePos           // the position of the last cleared key forgotten
+	watch   chan struct{}       // closed at the next change; nil while nobody waits
 }
 
-func newChangeFeed() changeFeed {
-	return changeFeed{
-		rows:      btree.NewG(32, func(a, b *row) bool { return a.pos().less(b.pos()) }),
-		cleared:   btree.NewG(32, func(a, b clearedKey) bool { return a.pos.less(b.pos) }),
-		clearedAt: make(map[string]changePos),
+// index returns the keyed rows ordered by position, building the index
+// from keys (every keyed row) the first time.
+func (f *changeFeed) index(keys map[string]*row) *btree.BTreeG[*row] {
+	if f.rows != nil {
+		return f.rows
 	}
+	rows := make([]*row, 0, len(keys))
+	for _, r := range keys {
+		rows = append(rows, r)
+	}
+	slices.SortFunc(rows, func(a, b *row) int { return a.pos().cmp(b.pos()) })
+	f.rows = btree.NewG(32, func(a, b *row) bool { return a.pos().less(b.pos()) })
+	for _, r := range rows {
+		f.rows.ReplaceOrInsert(r)
+		r.inFeed = true
+	}
+	return f.rows
 }
 
-// added enters a row that just got its key (the key's clearing, if it was
-// cleared before, is forgotten: the key is reported as it is now).
-func (f *changeFeed) added(r *row) {
-	if pos, ok := f.clearedAt[r.key]; ok {
-		f.cleared.Delete(clearedKey{pos: pos})
-		delete(f.clearedAt, r.key)
+// drop takes r, about to be removed, out of the index.
+func (f *changeFeed) drop(r *row) {
+	if r.inFeed {
+		f.rows.Delete(r)
+		r.inFeed = false
 	}
-	f.rows.ReplaceOrInsert(r)
 }
 
 // next returns a new change number when one of rows has a key, else 0.
@@ -102,12 +153,16 @@ func (f *changeFeed) stamp(rows []*row, n uint64) {
 	}
 	f.seq = max(f.seq, n)
 	for _, r := range rows {
-		if r.key == "" || r.change == n {
-			continue
+		switch {
+		case r.key == "" || r.change == n && (r.inFeed || f.rows == nil):
+		case f.rows == nil:
+			r.change = n
+		default:
+			f.drop(r)
+			r.change = n
+			f.rows.ReplaceOrInsert(r)
+			r.inFeed = true
 		}
-		f.rows.Delete(r)
-		r.change = n
-		f.rows.ReplaceOrInsert(r)
 	}
 	f.wake()
 }
@@ -127,27 +182,19 @@ func (f *changeFeed) bury(rows []*row, n uint64) {
 		return
 	}
 	f.seq = max(f.seq, n)
+	group := make([]clearedKey, 0, len(rows))
 	for _, r := range rows {
-		if r.key == "" {
-			continue
+		if r.key != "" {
+			group = append(group, clearedKey{key: r.key, pos: changePos{n, r.seq}})
 		}
-		f.remember(clearedKey{key: r.key, pos: changePos{n, r.seq}})
+	}
+	slices.SortFunc(group, func(a, b clearedKey) int { return a.pos.cmp(b.pos) })
+	for _, ck := range group {
+		if out, full := f.cleared.push(ck); full {
+			f.floor = out.pos
+		}
 	}
 	f.wake()
-}
-
-// remember adds a cleared key, forgetting the oldest past maxCleared.
-func (f *changeFeed) remember(ck clearedKey) {
-	if pos, ok := f.clearedAt[ck.key]; ok {
-		f.cleared.Delete(clearedKey{pos: pos})
-	}
-	f.cleared.ReplaceOrInsert(ck)
-	f.clearedAt[ck.key] = ck.pos
-	for f.cleared.Len() > maxCleared {
-		old, _ := f.cleared.DeleteMin()
-		delete(f.clearedAt, old.key)
-		f.floor = old.pos
-	}
 }
 
 func (f *changeFeed) wake() {
@@ -312,39 +359,54 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int) e
 	case cur.cluster != cluster || cur.gen != p.gen || cur.pos.change > p.feed.seq || cur.pos.less(p.feed.floor):
 		from, withCleared, out.Reset = changePos{}, false, true
 	}
-	// Up to limit+1 of each, then merged in position order.
+	// The keys (up to limit+1 of them) and the cleared keys from the
+	// position on, merged in position order.
 	var rows []*row
-	p.feed.rows.AscendGreaterOrEqual(&row{change: from.change, seq: from.seq}, func(r *row) bool {
+	p.feed.index(p.keys).AscendGreaterOrEqual(&row{change: from.change, seq: from.seq}, func(r *row) bool {
 		rows = append(rows, r)
 		return len(rows) <= limit
 	})
-	var gone []clearedKey
+	cl := &p.feed.cleared
+	gone := cl.len() // the next cleared key: cl.at(gone), while gone < cl.len()
 	if withCleared {
-		p.feed.cleared.AscendGreaterOrEqual(clearedKey{pos: from}, func(ck clearedKey) bool {
-			gone = append(gone, ck)
-			return len(gone) <= limit
-		})
+		gone = cl.search(from)
 	}
+	var told map[string]bool // cleared keys told in this answer
 	last := cur.pos
 	size := 0
-	for len(rows)+len(gone) > 0 {
+	for len(rows) > 0 || gone < cl.len() {
+		var kc engine.KeyChange
+		var pos changePos
+		if gone == cl.len() || len(rows) > 0 && rows[0].pos().less(cl.at(gone).pos) {
+			r := rows[0]
+			kc, pos = engine.KeyChange{Key: r.key, Index: r.index, Tags: r.tags}, r.pos()
+		} else {
+			ck := cl.at(gone)
+			if _, live := p.keys[ck.key]; live || told[ck.key] {
+				// Made again since (it is told as it is now), or cleared
+				// twice.
+				gone, last = gone+1, ck.pos
+				continue
+			}
+			kc, pos = engine.KeyChange{Key: ck.key, Cleared: true}, ck.pos
+		}
 		if len(out.Changes) == limit || size >= maxKeysPageBytes {
 			out.More = true
 			break
 		}
-		if len(gone) == 0 || len(rows) > 0 && rows[0].pos().less(gone[0].pos) {
-			r := rows[0]
-			rows = rows[1:]
-			out.Changes = append(out.Changes, engine.KeyChange{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
-			last = r.pos()
-			size += len(r.key) + 16 + 32*len(r.tags)
+		if kc.Cleared {
+			gone++
+			if told == nil {
+				told = make(map[string]bool)
+			}
+			told[kc.Key] = true
 		} else {
-			ck := gone[0]
-			gone = gone[1:]
-			out.Changes = append(out.Changes, engine.KeyChange{Key: ck.key, Cleared: true})
-			last = ck.pos
-			size += len(ck.key) + 16
+			rows = rows[1:]
+			kc.Tags = kc.Tags.Clone()
 		}
+		out.Changes = append(out.Changes, kc)
+		last = pos
+		size += len(kc.Key) + 16 + 32*len(kc.Tags)
 	}
 	if !out.More {
 		// Everything up to the partition's last change is told.

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -83,6 +84,13 @@ func TestKeyChanges(t *testing.T) {
 	require.NoError(t, err)
 	putTags(t, c, "p", []string{"d"}, engine.Tags{"status": "again"})
 	assert.Equal(t, []string{"d=again"}, summary(changed(t, c, "p", cur)))
+	// One cleared twice is reported once.
+	for range 2 {
+		putTags(t, c, "p", []string{"e"}, nil)
+		_, err = c.ClearKeys("p", []string{"e"})
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"d=again", "-e"}, summary(changed(t, c, "p", cur)))
 
 	// Pages: limit bounds an answer, More says the next is ready.
 	var all []string
@@ -98,7 +106,9 @@ func TestKeyChanges(t *testing.T) {
 		}
 		assert.Len(t, ch.Changes, 2)
 	}
-	assert.Equal(t, []string{"a", "c=done", "d=again"}, all)
+	// The first answer from the beginning has no cleared keys; those that
+	// continue it tell what was cleared after it.
+	assert.Equal(t, []string{"a", "c=done", "d=again", "-e"}, all)
 }
 
 func TestKeyChangesReset(t *testing.T) {
@@ -144,18 +154,20 @@ func TestKeyChangesReset(t *testing.T) {
 }
 
 // TestKeyChangesForgetsClearedKeys: past maxCleared cleared keys the
-// oldest are forgotten, and a cursor from before them gets a reset.
+// oldest are forgotten, and a cursor from before them gets a reset; one
+// from after them does not.
 func TestKeyChangesForgetsClearedKeys(t *testing.T) {
-	c := newController(t, DefaultConfig())
-	keys := make([]string, maxCleared+1)
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	keys := make([]string, maxCleared+10)
 	for i := range keys {
-		keys[i] = string(rune(0x4e00+i%20000)) + string(rune('a'+i/20000))
+		keys[i] = fmt.Sprintf("k%d", i)
 	}
 	putTags(t, c, "p", []string{"keep"}, nil)
 	early := changed(t, c, "p", nil).Cursor
 	_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: make([]engine.Tags, len(keys))})
 	require.NoError(t, err)
-	_, err = c.ClearKeys("p", keys[:1])
+	_, err = c.ClearKeys("p", keys[:10])
 	require.NoError(t, err)
 	late := early
 	for ch := changed(t, c, "p", late); ; ch = changed(t, c, "p", late) {
@@ -164,15 +176,29 @@ func TestKeyChangesForgetsClearedKeys(t *testing.T) {
 			break
 		}
 	}
-	_, err = c.ClearKeys("p", keys[1:])
+	_, err = c.ClearKeys("p", keys[10:])
 	require.NoError(t, err)
+	assert.Equal(t, maxCleared, c.get("p").feed.cleared.len())
 	ch := changed(t, c, "p", late)
-	assert.False(t, ch.Reset, "the clear that came last is remembered whole")
+	assert.False(t, ch.Reset, "the clear after the cursor is remembered whole")
 	assert.Len(t, ch.Changes, DefaultKeysPage)
 	assert.True(t, ch.More)
+	assert.True(t, ch.Changes[0].Cleared)
 	ch = changed(t, c, "p", early)
-	assert.True(t, ch.Reset, "the first clear's key is forgotten")
+	assert.True(t, ch.Reset, "the first clear's keys are forgotten")
 	assert.Equal(t, []string{"keep"}, summary(ch))
+
+	// A restart, from the log and then from a snapshot, keeps the same.
+	want, fromLate := stateBytes(t, c), changed(t, c, "p", late)
+	require.NoError(t, c.WaitDurable(context.Background()))
+	crash(t, c)
+	for range 2 {
+		d := openDurable(t, dir, Config{})
+		assert.Equal(t, want, stateBytes(t, d))
+		assert.Equal(t, fromLate, changed(t, d, "p", late))
+		assert.True(t, changed(t, d, "p", early).Reset)
+		require.NoError(t, d.Close())
+	}
 }
 
 func TestKeyChangesWait(t *testing.T) {

@@ -680,7 +680,6 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 		r.key, r.seq = keys[i], p.keySeq
 		p.keys[r.key] = r
 		p.bySeq.ReplaceOrInsert(r)
-		p.feed.added(r)
 		rows[i] = r
 	}
 	return nil

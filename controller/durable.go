@@ -305,7 +305,6 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				p.keys[r.key] = r
 				p.bySeq.ReplaceOrInsert(r)
 				p.keySeq = max(p.keySeq, r.seq)
-				p.feed.added(r)
 				keyed = append(keyed, r)
 			}
 		}

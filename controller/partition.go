@@ -62,6 +62,7 @@ type row struct {
 	cells    []cell   // by field slot; shorter than the field count when later fields were never written
 	consumed []uint64 // bitset by task slot
 	active   bool     // false while the row is only pre-allocated
+	inFeed   bool     // in its partition's change feed (changes.go)
 }
 
 func (r *row) has(slot int) bool { return slot < len(r.cells) && r.cells[slot].produced() }
@@ -160,7 +161,6 @@ func newPartition(id string, gen uint64) *partition {
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
 		changed:  make(chan struct{}),
-		feed:     newChangeFeed(),
 	}
 }
 
@@ -330,7 +330,7 @@ func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.Cel
 		if r.key != "" {
 			delete(p.keys, r.key)
 			p.bySeq.Delete(r)
-			p.feed.rows.Delete(r)
+			p.feed.drop(r)
 		}
 		if !r.active {
 			p.reserved.Delete(r.index)

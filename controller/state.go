@@ -107,11 +107,10 @@ func (c *Controller) copyState() *stateCopy {
 
 func (p *partition) copyState() *partCopy {
 	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName),
-		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, 0, p.feed.cleared.Len())}
-	p.feed.cleared.Ascend(func(ck clearedKey) bool {
-		pc.cleared = append(pc.cleared, ck)
-		return true
-	})
+		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, p.feed.cleared.len())}
+	for i := range pc.cleared {
+		pc.cleared[i] = p.feed.cleared.at(i)
+	}
 	cells := 0
 	for _, f := range p.order {
 		pc.fields = append(pc.fields, &wirepb.StateField{Name: f.name, Dtype: wire.DTypeToPB(f.dtype)})
@@ -477,7 +476,6 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		}
 		p.keys[r.key] = r
 		p.bySeq.ReplaceOrInsert(r)
-		p.feed.rows.ReplaceOrInsert(r)
 	}
 	p.rows.put(r)
 	if sr.Reserved {
@@ -538,14 +536,22 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 
 // loadCleared restores the cleared keys of p's change feed.
 func (p *partition) loadCleared(cleared []*wirepb.StateCleared) error {
+	if len(cleared) > maxCleared {
+		return corrupt("partition %q: %d cleared keys remembered, at most %d", p.id, len(cleared), maxCleared)
+	}
+	p.feed.cleared.buf = make([]clearedKey, 0, len(cleared))
+	prev := p.feed.floor
 	for _, sc := range cleared {
-		switch _, dup := p.feed.clearedAt[sc.Key]; {
-		case sc.Key == "" || dup:
-			return corrupt("partition %q: cleared key %q empty or repeated", p.id, sc.Key)
-		case sc.Change == 0 || sc.Change > p.feed.seq || sc.Seq > p.keySeq:
-			return corrupt("partition %q: cleared key %q at change %d (creation %d), the partition's last are %d (%d)", p.id, sc.Key, sc.Change, sc.Seq, p.feed.seq, p.keySeq)
+		pos := changePos{sc.Change, sc.Seq}
+		switch {
+		case sc.Key == "":
+			return corrupt("partition %q: a cleared key without a name", p.id)
+		case !prev.less(pos) || sc.Change > p.feed.seq || sc.Seq > p.keySeq:
+			return corrupt("partition %q: cleared key %q at change %d (creation %d) is out of order or past the partition's last (%d, %d)",
+				p.id, sc.Key, sc.Change, sc.Seq, p.feed.seq, p.keySeq)
 		}
-		p.feed.remember(clearedKey{key: sc.Key, pos: changePos{sc.Change, sc.Seq}})
+		p.feed.cleared.buf = append(p.feed.cleared.buf, clearedKey{key: sc.Key, pos: pos})
+		prev = pos
 	}
 	return nil
 }
