@@ -2,15 +2,20 @@ package resp
 
 import (
 	"bytes"
+	"context"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tidwall/match"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
 )
 
 type command struct {
@@ -63,6 +68,10 @@ func init() {
 		"TQ.TAGS":       {fn: (*conn).tqTags, arity: 2},
 		"TQ.TAG":        {fn: (*conn).tqTag, arity: -4},
 		"TQ.FIELDS":     {fn: (*conn).tqFields, arity: -1},
+		"TQ.TAGDEL":     {fn: (*conn).tqTagDel, arity: -3},
+		"TQ.TAGCAS":     {fn: (*conn).tqTagCAS, arity: -3},
+		"TQ.LIST":       {fn: (*conn).tqList, arity: -1},
+		"TQ.CHANGES":    {fn: (*conn).tqChanges, arity: -2},
 	}
 }
 
@@ -888,5 +897,219 @@ func (c *conn) tqFields(args [][]byte) {
 		c.writeBulkString(f.Name)
 		c.writeBulkString(f.DType.String())
 		c.writeBulkString(f.Kind.String())
+	}
+}
+
+// tqTagDel removes tag names from a key and answers how many of them it
+// had (0 for a key that does not exist), as HDEL does for fields.
+func (c *conn) tqTagDel(args [][]byte) {
+	p, key := c.target(args[1])
+	names := make([]string, len(args)-2)
+	for i, a := range args[2:] {
+		names[i] = string(a)
+	}
+	meta, err := c.s.st.cl.MetaByKeys(c.ctx, p, []string{key}, []string{}, false)
+	if absent(err) {
+		c.writeInt(0)
+		return
+	}
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	had := 0
+	for _, n := range slices.Compact(slices.Sorted(slices.Values(names))) {
+		if _, ok := meta.Tags[0][n]; ok {
+			had++
+		}
+	}
+	if _, err := c.s.st.kv.DeleteTags(c.ctx, p, []string{key}, names...); err != nil {
+		if absent(err) {
+			c.writeInt(0)
+			return
+		}
+		c.writeErr(err)
+		return
+	}
+	c.writeInt(int64(had))
+}
+
+// tqTagCAS answers TQ.TAGCAS key name [OLD v | OLDJSON j | ABSENT]
+// [NEW v | NEWJSON j | DELETE]: set the tag to the new value (or delete
+// it) only if it now holds the old one (or is absent). OLD and NEW take
+// strings, the JSON forms any value; the answer is [1 or 0, the tag's
+// value after] (nil when absent; not a string: JSON).
+func (c *conn) tqTagCAS(args [][]byte) {
+	p, key := c.target(args[1])
+	name := string(args[2])
+	var old, nw any
+	var haveOld, haveNew bool
+	for i := 3; i < len(args); i++ {
+		opt := strings.ToUpper(string(args[i]))
+		switch opt {
+		case "ABSENT", "DELETE":
+			if opt == "ABSENT" {
+				old, haveOld = nil, true
+			} else {
+				nw, haveNew = nil, true
+			}
+			continue
+		case "OLD", "NEW", "OLDJSON", "NEWJSON":
+		default:
+			c.writeError(fmt.Sprintf("ERR TQ.TAGCAS option '%s': want OLD, OLDJSON, ABSENT, NEW, NEWJSON or DELETE", clip(args[i])))
+			return
+		}
+		if i+1 >= len(args) {
+			c.writeError(fmt.Sprintf("ERR TQ.TAGCAS %s needs a value", opt))
+			return
+		}
+		i++
+		var v any = string(args[i])
+		if strings.HasSuffix(opt, "JSON") {
+			if err := json.Unmarshal(args[i], &v); err != nil {
+				c.writeError(fmt.Sprintf("ERR TQ.TAGCAS %s: %q is not JSON: %v", opt, clip(args[i]), err))
+				return
+			}
+		}
+		if strings.HasPrefix(opt, "OLD") {
+			old, haveOld = v, true
+		} else {
+			nw, haveNew = v, true
+		}
+	}
+	if !haveOld || !haveNew {
+		c.writeError("ERR TQ.TAGCAS needs the old value (OLD, OLDJSON or ABSENT) and the new one (NEW, NEWJSON or DELETE)")
+		return
+	}
+	swapped, cur, err := c.s.st.kv.CompareAndSetTag(c.ctx, p, key, name, old, nw)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeArray(2)
+	c.writeInt(int64(btoi(swapped)))
+	if cur == nil {
+		c.writeNull()
+	} else {
+		c.writeBulkString(tagString(cur))
+	}
+}
+
+// tagConditions parses TQ.LIST's conditions: EQ name value, IN name n
+// v1..vn, EXISTS name, ABSENT name; values are strings.
+func tagConditions(args [][]byte) ([]engine.TagCondition, error) {
+	var out []engine.TagCondition
+	for i := 0; i < len(args); {
+		op := strings.ToUpper(string(args[i]))
+		need := map[string]int{"EQ": 2, "IN": 2, "EXISTS": 1, "ABSENT": 1}[op]
+		if need == 0 {
+			return nil, fmt.Errorf("condition '%s': want EQ, IN, EXISTS or ABSENT", clip(args[i]))
+		}
+		if i+need >= len(args) {
+			return nil, fmt.Errorf("%s needs %d arguments", op, need)
+		}
+		name := string(args[i+1])
+		switch op {
+		case "EQ":
+			out = append(out, kvapi.Eq(name, string(args[i+2])))
+		case "IN":
+			n, err := strconv.Atoi(string(args[i+2]))
+			if err != nil || n < 1 || i+3+n > len(args) {
+				return nil, fmt.Errorf("IN %s: want a count and that many values", name)
+			}
+			vs := make([]any, n)
+			for j := range n {
+				vs[j] = string(args[i+3+j])
+			}
+			out = append(out, kvapi.In(name, vs...))
+			i += n
+		case "EXISTS":
+			out = append(out, kvapi.Exists(name))
+		case "ABSENT":
+			out = append(out, kvapi.Absent(name))
+		}
+		i += need + 1
+	}
+	return out, nil
+}
+
+// tqList answers the keys of the connection's partition whose tags pass
+// every condition, each as [key, [tag, value, ...]]: the controller
+// filters, so a replay buffer asks for the finished samples only.
+func (c *conn) tqList(args [][]byte) {
+	where, err := tagConditions(args[1:])
+	if err != nil {
+		c.writeError("ERR TQ.LIST " + err.Error())
+		return
+	}
+	all, err := c.s.st.kv.ListWhere(c.ctx, c.partition, where...)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	es := all[c.partition]
+	c.writeArray(len(es))
+	for _, e := range es {
+		c.writeArray(2)
+		c.writeBulkString(e.Key)
+		c.writeTags(e.Tags)
+	}
+}
+
+// tqChanges answers TQ.CHANGES cursor [TIMEOUT ms]: the keys of the
+// connection's partition changed after cursor ("" or 0: from the
+// beginning), waiting up to the timeout (default 0: do not wait) for
+// one, as [next cursor, reset, more, [[key, cleared, [tags]] ...]]. The
+// cursor is hex, to pass back as it is.
+func (c *conn) tqChanges(args [][]byte) {
+	var cursor []byte
+	if a := string(args[1]); a != "" && a != "0" {
+		var err error
+		if cursor, err = hex.DecodeString(a); err != nil {
+			c.writeError("ERR TQ.CHANGES: the cursor is the hex string a previous call answered")
+			return
+		}
+	}
+	wait := time.Duration(0)
+	if len(args) > 2 {
+		if len(args) != 4 || !strings.EqualFold(string(args[2]), "TIMEOUT") {
+			c.writeError("ERR TQ.CHANGES cursor [TIMEOUT ms]")
+			return
+		}
+		ms, err := strconv.ParseUint(string(args[3]), 10, 32)
+		if err != nil {
+			c.writeError("ERR TQ.CHANGES TIMEOUT: milliseconds, a whole number")
+			return
+		}
+		wait = time.Duration(ms) * time.Millisecond
+	}
+	// A wait of zero still answers what is already there: give the
+	// controller a moment to say so.
+	ctx, cancel := context.WithTimeout(c.ctx, max(wait, time.Millisecond))
+	defer cancel()
+	cs, err := c.s.st.kv.Changes(ctx, c.partition, cursor)
+	if errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil {
+		// Nothing changed in time: the same cursor, nothing listed.
+		c.writeArray(4)
+		c.writeBulkString(hex.EncodeToString(cursor))
+		c.writeInt(0)
+		c.writeInt(0)
+		c.writeArray(0)
+		return
+	}
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeArray(4)
+	c.writeBulkString(hex.EncodeToString(cs.Cursor))
+	c.writeInt(int64(btoi(cs.Reset)))
+	c.writeInt(int64(btoi(cs.More)))
+	c.writeArray(len(cs.Changes))
+	for _, ch := range cs.Changes {
+		c.writeArray(3)
+		c.writeBulkString(ch.Key)
+		c.writeInt(int64(btoi(ch.Cleared)))
+		c.writeTags(ch.Tags)
 	}
 }

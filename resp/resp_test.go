@@ -419,3 +419,64 @@ func TestPipelineAndLargeValues(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(big, got))
 }
+
+// TestTagCommands drives the KV API's tag operations through RESP: a
+// status machine with compare-and-set, tag removal, a filtered listing
+// and the change feed.
+func TestTagCommands(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, &redis.Options{PoolSize: 1})
+	for _, k := range []string{"s1", "s2", "s3"} {
+		require.NoError(t, rc.Do(ctx, "TQ.TAG", k, "status", "running").Err())
+	}
+	// Compare-and-set: only one of two claims wins.
+	assert.Equal(t, []any{int64(1), "finished"}, rc.Do(ctx, "TQ.TAGCAS", "s1", "status", "OLD", "running", "NEW", "finished").Val())
+	assert.Equal(t, []any{int64(0), "finished"}, rc.Do(ctx, "TQ.TAGCAS", "s1", "status", "OLD", "running", "NEW", "failed").Val())
+	assert.Equal(t, []any{int64(1), "1"}, rc.Do(ctx, "TQ.TAGCAS", "s2", "owner", "ABSENT", "NEW", "1").Val())
+	assert.Equal(t, []any{int64(1), "2"}, rc.Do(ctx, "TQ.TAGCAS", "s2", "n", "ABSENT", "NEWJSON", "2").Val(), "a number, shown as JSON")
+	assert.Equal(t, []any{int64(1), nil}, rc.Do(ctx, "TQ.TAGCAS", "s2", "n", "OLDJSON", "2", "DELETE").Val())
+	err := rc.Do(ctx, "TQ.TAGCAS", "s2", "n", "NEW", "x").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "needs the old value")
+
+	// The filter runs in the controller.
+	list := rc.Do(ctx, "TQ.LIST", "EQ", "status", "running").Val().([]any)
+	require.Len(t, list, 2)
+	assert.Equal(t, "s2", list[0].([]any)[0])
+	assert.Equal(t, []any{"owner", "1", "status", "running"}, list[0].([]any)[1])
+	assert.Len(t, rc.Do(ctx, "TQ.LIST", "IN", "status", "2", "finished", "failed").Val(), 1)
+	assert.Len(t, rc.Do(ctx, "TQ.LIST", "EXISTS", "owner", "EQ", "status", "running").Val(), 1)
+	assert.Len(t, rc.Do(ctx, "TQ.LIST", "ABSENT", "owner").Val(), 2)
+	assert.Len(t, rc.Do(ctx, "TQ.LIST").Val(), 3)
+	err = rc.Do(ctx, "TQ.LIST", "LIKE", "status", "r*").Err()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "want EQ, IN, EXISTS or ABSENT")
+
+	assert.Equal(t, int64(1), rc.Do(ctx, "TQ.TAGDEL", "s2", "owner", "nope").Val())
+	assert.Equal(t, int64(0), rc.Do(ctx, "TQ.TAGDEL", "nokey", "owner").Val())
+	assert.Equal(t, []any{"status", "running"}, rc.Do(ctx, "TQ.TAGS", "s2").Val())
+
+	// The change feed: everything from the start, then only what changed.
+	first := rc.Do(ctx, "TQ.CHANGES", "0").Val().([]any)
+	require.Len(t, first, 4)
+	assert.Len(t, first[3], 3)
+	cursor := first[0].(string)
+	empty := rc.Do(ctx, "TQ.CHANGES", cursor, "TIMEOUT", "50").Val().([]any)
+	assert.Equal(t, cursor, empty[0])
+	assert.Empty(t, empty[3])
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		e.kv.Put(ctx, "default", "s3", nil, engine.Tags{"status": "finished"})
+		e.kv.Clear(ctx, "default", []string{"s1"})
+	}()
+	var got []any
+	for len(got) < 2 {
+		next := rc.Do(ctx, "TQ.CHANGES", cursor, "TIMEOUT", "5000").Val().([]any)
+		got = append(got, next[3].([]any)...)
+		cursor = next[0].(string)
+	}
+	assert.Equal(t, []any{"s3", int64(0), []any{"status", "finished"}}, got[0])
+	assert.Equal(t, "s1", got[1].([]any)[0])
+	assert.Equal(t, int64(1), got[1].([]any)[1], "s1 was cleared")
+}
