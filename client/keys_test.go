@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -128,4 +129,32 @@ func TestKeyServiceNotSupported(t *testing.T) {
 	// Bad names are still refused first.
 	_, _, err = kv.CompareAndSetTag(ctx, "p", "k", "", 1, 2)
 	require.ErrorIs(t, err, engine.ErrInvalid)
+}
+
+// TestRemoteKeyChangesAsksAgain: a wait the server's limit ends long
+// before the caller's deadline is asked again; the caller sees the change
+// that came later, or its own deadline.
+func TestRemoteKeyChangesAsksAgain(t *testing.T) {
+	ctx := context.Background()
+	ctrl := newController(t)
+	_, addr := serveController(t, ctrl, controller.ServerConfig{MaxFetchWait: 20 * time.Millisecond}, "tcp")
+	r := dialMeta(t, addr, client.RemoteConfig{})
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_, err := ctrl.CompareAndSetTag(engine.TagSwap{Partition: "p", Key: "k", Name: "status", New: "pending"})
+		assert.NoError(t, err)
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ch, err := r.KeyChanges(wctx, engine.ChangesRequest{Partition: "p", Wait: true})
+	require.NoError(t, err)
+	require.Len(t, ch.Changes, 1)
+	assert.Equal(t, engine.Tags{"status": "pending"}, ch.Changes[0].Tags)
+
+	start := time.Now()
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_, err = r.KeyChanges(short, engine.ChangesRequest{Partition: "p", Cursor: ch.Cursor, Wait: true})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.GreaterOrEqual(t, time.Since(start), 80*time.Millisecond, "asked again until its own deadline")
 }

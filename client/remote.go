@@ -371,30 +371,43 @@ func refusedFetch(err error) bool {
 }
 
 func (r *RemoteMeta) fetch(ctx context.Context, req engine.FetchRequest, pb *wirepb.FetchRequest) (*engine.BatchMeta, error) {
-	deadline, hasDeadline := ctx.Deadline()
 	for {
-		pb.Wait, pb.TimeoutMs = req.Wait, 0
-		if req.Wait && hasDeadline {
-			left := time.Until(deadline)
-			wait := left - min(left/10, fetchMargin)
-			if ms := wait / time.Millisecond; ms > 0 {
-				pb.TimeoutMs = uint64(ms)
-			} else {
-				pb.Wait = false // no time left to wait: take what is ready
-			}
-		}
+		pb.Wait, pb.TimeoutMs = serverWait(ctx, req.Wait)
 		m, err := r.doMeta(ctx, "fetch", wire.OpFetch, pb, true)
 		switch {
 		case err == nil && req.Wait && !pb.Wait && m.Empty():
 			return nil, r.opErr("fetch", fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, context.DeadlineExceeded))
 		case err == nil:
 			return m, nil
-		case pb.Wait && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) &&
-			(!hasDeadline || time.Until(deadline) > fetchMargin):
-			continue // the server's limit ended its wait well before ours: ask again
+		case waitAgain(ctx, pb.Wait, err):
+			continue
 		}
 		return nil, err
 	}
+}
+
+// serverWait returns what a request that waits on the server (a blocking
+// FETCH or KEY_CHANGES) asks for: to wait until shortly before ctx's
+// deadline (0: the server's limit, when ctx has none), or, with no time
+// left, not to wait but take what there is.
+func serverWait(ctx context.Context, wait bool) (bool, uint64) {
+	deadline, ok := ctx.Deadline()
+	if !wait || !ok {
+		return wait, 0
+	}
+	left := time.Until(deadline)
+	if ms := (left - min(left/10, fetchMargin)) / time.Millisecond; ms > 0 {
+		return true, uint64(ms)
+	}
+	return false, 0
+}
+
+// waitAgain reports whether a request that waited on the server ended
+// with the server's limit (well before ctx's deadline): it is asked again.
+func waitAgain(ctx context.Context, waited bool, err error) bool {
+	deadline, ok := ctx.Deadline()
+	return waited && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) &&
+		(!ok || time.Until(deadline) > fetchMargin)
 }
 
 // giveBack gives the rows of the fetch named key back to the task, now
@@ -691,18 +704,8 @@ func (r *RemoteMeta) KeyChanges(ctx context.Context, req engine.ChangesRequest) 
 		return engine.KeyChanges{}, r.opErr("key changes", err)
 	}
 	pb := &wirepb.KeyChangesRequest{Partition: req.Partition, Cursor: req.Cursor, Limit: int64(req.Limit)}
-	deadline, hasDeadline := ctx.Deadline()
 	for {
-		pb.Wait, pb.TimeoutMs = req.Wait, 0
-		if req.Wait && hasDeadline {
-			left := time.Until(deadline)
-			wait := left - min(left/10, fetchMargin)
-			if ms := wait / time.Millisecond; ms > 0 {
-				pb.TimeoutMs = uint64(ms)
-			} else {
-				pb.Wait = false // no time left to wait: what there is now
-			}
-		}
+		pb.Wait, pb.TimeoutMs = serverWait(ctx, req.Wait)
 		var reply wirepb.KeyChangesReply
 		err := r.retry(ctx, "key changes", wire.OpKeyChanges, pb, &reply)
 		switch {
@@ -710,9 +713,8 @@ func (r *RemoteMeta) KeyChanges(ctx context.Context, req engine.ChangesRequest) 
 			return engine.KeyChanges{}, r.opErr("key changes", fmt.Errorf("wait for a change: %w", context.DeadlineExceeded))
 		case err == nil:
 			return r.keyChanges(&reply)
-		case pb.Wait && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) &&
-			(!hasDeadline || time.Until(deadline) > fetchMargin):
-			continue // the server's limit ended its wait well before ours: ask again
+		case waitAgain(ctx, pb.Wait, err):
+			continue
 		}
 		return engine.KeyChanges{}, err
 	}
