@@ -358,6 +358,29 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			r.tags = r.tags.Without(o.Names...)
 		}
 		p.feed.stamp(rows, o.ChangeSeq)
+	case *wirepb.LogOp_ClearCells:
+		o := op.ClearCells
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		rows, err := p.lookup(o.Indexes)
+		if err != nil {
+			return corrupt("cells cleared in partition %q: %s", o.Partition, err.Error())
+		}
+		for _, name := range o.Fields {
+			f, ok := p.fields[name]
+			if !ok {
+				return corrupt("cells cleared in partition %q: no field %q", o.Partition, name)
+			}
+			for _, r := range rows {
+				if r.has(f.slot) {
+					p.clearCell(f, r)
+				}
+			}
+		}
+		p.unready(rows)
+		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_Consume:
 		o := op.Consume
 		p := c.partitionOf(o.Partition, o.Gen)

@@ -85,6 +85,10 @@ func workload(t *testing.T, c *Controller) {
 	// the change feed's numbers and cleared keys come back too.
 	_, err = c.DeleteTags("kv", []string{"b", "c"}, []string{"step", "never-set"})
 	require.NoError(t, err)
+	// A field dropped from one key (HDEL): the key stays, with its tags.
+	n, _, err := c.ClearFields("kv", []string{"b", "c"}, []string{"v", "never-written"})
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 	for _, sw := range []engine.TagSwap{
 		{Partition: "kv", Key: "a", Name: "status", Old: "running", New: "done"},
 		{Partition: "kv", Key: "e", Name: "n", New: 1},

@@ -767,8 +767,20 @@ func (c *conn) hgetall(args [][]byte) {
 	}
 }
 
+// hdel drops fields from a key, which keeps its other fields and tags,
+// and answers how many it held.
 func (c *conn) hdel(args [][]byte) {
-	c.writeError("ERR HDEL is not supported: TQ cannot drop one field of a key yet; DEL the key and write the fields to keep")
+	p, key := c.target(args[1])
+	fields := make([]string, 0, len(args)-2)
+	for _, f := range args[2:] {
+		fields = append(fields, string(f))
+	}
+	n, err := c.s.st.clearFields(c.ctx, p, key, slices.Compact(slices.Sorted(slices.Values(fields))))
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeInt(int64(n))
 }
 
 func (c *conn) hkeys(args [][]byte) {

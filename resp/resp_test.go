@@ -26,6 +26,16 @@ type endpoint struct {
 	addr string
 	srv  *Server
 	kv   *kvapi.KV
+	e    *embedded.Cluster
+}
+
+// used is the bytes the cluster's units hold.
+func (e *endpoint) used() int64 {
+	var n int64
+	for _, u := range e.e.Units {
+		n += u.Stats().Used
+	}
+	return n
 }
 
 func newEndpoint(t testing.TB, cfg Config) *endpoint {
@@ -49,7 +59,7 @@ func newEndpoint(t testing.TB, cfg Config) *endpoint {
 		<-done
 		e.Close()
 	})
-	return &endpoint{addr: l.Addr().String(), srv: srv, kv: kvapi.New(e.Client)}
+	return &endpoint{addr: l.Addr().String(), srv: srv, kv: kvapi.New(e.Client), e: e}
 }
 
 func (e *endpoint) client(t testing.TB, opt *redis.Options) *redis.Client {
@@ -187,9 +197,19 @@ func TestHashes(t *testing.T) {
 	require.NoError(t, rc.HMSet(ctx, "s2", "response", "r2").Err())
 	assert.Equal(t, map[string]string{"prompt": "p2", "response": "r2"}, rc.HGetAll(ctx, "s2").Val())
 
-	err := rc.HDel(ctx, "s1", "reward").Err()
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "HDEL")
+	// HDEL drops fields; the key keeps the others and its tags.
+	require.NoError(t, rc.Do(ctx, "TQ.TAG", "s1", "status", "done").Err())
+	assert.Equal(t, int64(1), rc.HDel(ctx, "s1", "reward", "nope", "reward").Val())
+	assert.Equal(t, map[string]string{"prompt": "hello", "response": "there"}, rc.HGetAll(ctx, "s1").Val())
+	assert.Equal(t, []any{"status", "done"}, rc.Do(ctx, "TQ.TAGS", "s1").Val())
+	assert.Equal(t, int64(0), rc.HDel(ctx, "nokey", "prompt").Val())
+	assert.Equal(t, int64(2), rc.HDel(ctx, "s1", "prompt", "response").Val())
+	assert.Equal(t, int64(1), rc.Exists(ctx, "s1").Val(), "a key with no fields left keeps its tags")
+	// The bytes dropped are freed: the unit's live bytes fall back.
+	require.NoError(t, rc.Set(ctx, "big", strings.Repeat("x", 1<<20), 0).Err())
+	used := e.used()
+	assert.Equal(t, int64(1), rc.HDel(ctx, "big", "value").Val())
+	assert.Less(t, e.used(), used-(1<<20)+1)
 }
 
 func TestPartitions(t *testing.T) {

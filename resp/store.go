@@ -318,3 +318,17 @@ func (st *store) del(ctx context.Context, partition string, keys []string) (int,
 	}
 	return n, st.cl.Meta().ClearKeys(ctx, partition, keys)
 }
+
+// clearFields drops fields from a key (HDEL) and answers how many it
+// held; their cells are freed once that is durable.
+func (st *store) clearFields(ctx context.Context, partition, key string, fields []string) (int, error) {
+	n, freed, err := st.ctrl.ClearFields(partition, []string{key}, fields)
+	if err != nil {
+		return 0, err
+	}
+	if err := st.ctrl.WaitDurable(ctx); err != nil {
+		return 0, err
+	}
+	st.free(freed)
+	return n, nil
+}

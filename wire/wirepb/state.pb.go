@@ -98,6 +98,7 @@ type LogOp struct {
 	//	*LogOp_Fence
 	//	*LogOp_Lost
 	//	*LogOp_RemoveTags
+	//	*LogOp_ClearCells
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -266,6 +267,15 @@ func (x *LogOp) GetRemoveTags() *RemoveTagsOp {
 	return nil
 }
 
+func (x *LogOp) GetClearCells() *ClearCellsOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_ClearCells); ok {
+			return x.ClearCells
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -326,6 +336,10 @@ type LogOp_RemoveTags struct {
 	RemoveTags *RemoveTagsOp `protobuf:"bytes,14,opt,name=remove_tags,json=removeTags,proto3,oneof"`
 }
 
+type LogOp_ClearCells struct {
+	ClearCells *ClearCellsOp `protobuf:"bytes,15,opt,name=clear_cells,json=clearCells,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -353,6 +367,8 @@ func (*LogOp_Fence) isLogOp_Op() {}
 func (*LogOp_Lost) isLogOp_Op() {}
 
 func (*LogOp_RemoveTags) isLogOp_Op() {}
+
+func (*LogOp_ClearCells) isLogOp_Op() {}
 
 // ClusterOp: the cluster id (once, at the first start) and each start's
 // epoch. replaced marks where a checkpoint load replaced the whole state:
@@ -897,6 +913,85 @@ func (x *RemoveTagsOp) GetChangeSeq() uint64 {
 	return 0
 }
 
+// ClearCellsOp: the cells of fields were dropped from the rows indexes
+// (the rows stay, with their other fields and tags; a cell a row did not
+// hold was skipped).
+type ClearCellsOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	Gen           uint64                 `protobuf:"varint,4,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq     uint64                 `protobuf:"varint,5,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearCellsOp) Reset() {
+	*x = ClearCellsOp{}
+	mi := &file_state_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearCellsOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearCellsOp) ProtoMessage() {}
+
+func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearCellsOp.ProtoReflect.Descriptor instead.
+func (*ClearCellsOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ClearCellsOp) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *ClearCellsOp) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+func (x *ClearCellsOp) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *ClearCellsOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *ClearCellsOp) GetChangeSeq() uint64 {
+	if x != nil {
+		return x.ChangeSeq
+	}
+	return 0
+}
+
 // ConsumeOp: a fetch took rows: consumed for task; sampled is what it
 // returned (under key, when the fetch had one); sampler holds the entries
 // the sampler added to its state (opaque to the controller).
@@ -916,7 +1011,7 @@ type ConsumeOp struct {
 
 func (x *ConsumeOp) Reset() {
 	*x = ConsumeOp{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1023,7 @@ func (x *ConsumeOp) String() string {
 func (*ConsumeOp) ProtoMessage() {}
 
 func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1036,7 @@ func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeOp.ProtoReflect.Descriptor instead.
 func (*ConsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConsumeOp) GetPartition() string {
@@ -1016,7 +1111,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1123,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1136,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -1098,7 +1193,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1205,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1218,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1159,7 +1254,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1266,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1279,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	return file_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1225,7 +1320,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1332,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1345,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1279,7 +1374,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1386,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1399,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1334,7 +1429,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1441,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1454,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1422,7 +1517,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1529,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1542,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1599,7 +1694,7 @@ type StatePartition struct {
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1706,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1719,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -1724,7 +1819,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1736,7 +1831,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1749,7 +1844,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -1783,7 +1878,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1890,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1903,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StateField) GetName() string {
@@ -1841,7 +1936,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +1948,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +1961,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -1920,7 +2015,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1932,7 +2027,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1945,7 +2040,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -1971,7 +2066,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2078,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2091,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2076,7 +2171,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2183,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2196,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2181,7 +2276,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2288,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2301,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2244,7 +2339,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xee\x05\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xab\x06\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -2262,7 +2357,9 @@ const file_state_proto_rawDesc = "" +
 	"\x05fence\x18\f \x01(\v2\x13.tq.wire.v1.FenceOpH\x00R\x05fence\x12(\n" +
 	"\x04lost\x18\r \x01(\v2\x12.tq.wire.v1.LostOpH\x00R\x04lost\x12;\n" +
 	"\vremove_tags\x18\x0e \x01(\v2\x18.tq.wire.v1.RemoveTagsOpH\x00R\n" +
-	"removeTagsB\x04\n" +
+	"removeTags\x12;\n" +
+	"\vclear_cells\x18\x0f \x01(\v2\x18.tq.wire.v1.ClearCellsOpH\x00R\n" +
+	"clearCellsB\x04\n" +
 	"\x02op\"\\\n" +
 	"\tClusterOp\x12\x1d\n" +
 	"\n" +
@@ -2307,6 +2404,13 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x14\n" +
 	"\x05names\x18\x03 \x03(\tR\x05names\x12\x10\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x8f\x01\n" +
+	"\fClearCellsOp\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
+	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
 	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xcf\x01\n" +
@@ -2450,7 +2554,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),        // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),            // 1: tq.wire.v1.LogOp
@@ -2461,25 +2565,26 @@ var file_state_proto_goTypes = []any{
 	(*CommitOp)(nil),         // 6: tq.wire.v1.CommitOp
 	(*TagsOp)(nil),           // 7: tq.wire.v1.TagsOp
 	(*RemoveTagsOp)(nil),     // 8: tq.wire.v1.RemoveTagsOp
-	(*ConsumeOp)(nil),        // 9: tq.wire.v1.ConsumeOp
-	(*UnconsumeOp)(nil),      // 10: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),          // 11: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),      // 12: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil), // 13: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),          // 14: tq.wire.v1.FenceOp
-	(*LostOp)(nil),           // 15: tq.wire.v1.LostOp
-	(*StateHeader)(nil),      // 16: tq.wire.v1.StateHeader
-	(*StatePartition)(nil),   // 17: tq.wire.v1.StatePartition
-	(*StateCleared)(nil),     // 18: tq.wire.v1.StateCleared
-	(*StateField)(nil),       // 19: tq.wire.v1.StateField
-	(*StateFetch)(nil),       // 20: tq.wire.v1.StateFetch
-	(*StateRows)(nil),        // 21: tq.wire.v1.StateRows
-	(*StateRow)(nil),         // 22: tq.wire.v1.StateRow
-	(*StateCell)(nil),        // 23: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),     // 24: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),      // 25: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),     // 26: tq.wire.v1.SegmentFence
-	(*Shape)(nil),            // 27: tq.wire.v1.Shape
+	(*ClearCellsOp)(nil),     // 9: tq.wire.v1.ClearCellsOp
+	(*ConsumeOp)(nil),        // 10: tq.wire.v1.ConsumeOp
+	(*UnconsumeOp)(nil),      // 11: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),          // 12: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),      // 13: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil), // 14: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),          // 15: tq.wire.v1.FenceOp
+	(*LostOp)(nil),           // 16: tq.wire.v1.LostOp
+	(*StateHeader)(nil),      // 17: tq.wire.v1.StateHeader
+	(*StatePartition)(nil),   // 18: tq.wire.v1.StatePartition
+	(*StateCleared)(nil),     // 19: tq.wire.v1.StateCleared
+	(*StateField)(nil),       // 20: tq.wire.v1.StateField
+	(*StateFetch)(nil),       // 21: tq.wire.v1.StateFetch
+	(*StateRows)(nil),        // 22: tq.wire.v1.StateRows
+	(*StateRow)(nil),         // 23: tq.wire.v1.StateRow
+	(*StateCell)(nil),        // 24: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),     // 25: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),      // 26: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),     // 27: tq.wire.v1.SegmentFence
+	(*Shape)(nil),            // 28: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -2489,29 +2594,30 @@ var file_state_proto_depIdxs = []int32{
 	5,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
 	6,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
 	7,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
-	9,  // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	10, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	11, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	12, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	13, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	14, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	15, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	10, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
+	11, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	12, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	13, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	14, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	15, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	16, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
 	8,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
-	25, // 15: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	26, // 16: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	3,  // 17: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	14, // 18: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	19, // 19: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	20, // 20: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	18, // 21: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	22, // 22: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	23, // 23: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	27, // 24: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	9,  // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
+	26, // 16: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	27, // 17: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	3,  // 18: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	15, // 19: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	20, // 20: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	21, // 21: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	19, // 22: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	23, // 23: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	24, // 24: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	28, // 25: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -2536,6 +2642,7 @@ func file_state_proto_init() {
 		(*LogOp_Fence)(nil),
 		(*LogOp_Lost)(nil),
 		(*LogOp_RemoveTags)(nil),
+		(*LogOp_ClearCells)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2543,7 +2650,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
