@@ -23,6 +23,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/resp"
@@ -112,8 +113,16 @@ func TestBenchServer(t *testing.T) {
 	raw := listen(t)
 	go serveRaw(raw)
 	defer raw.Close()
-	// The Redis-protocol endpoint over the same controller and unit, as
-	// tq serve --resp runs it.
+	// The controller takes small KV puts and gets with their bytes, and
+	// the Redis-protocol endpoint serves the same controller and unit, as
+	// tq serve runs them.
+	if os.Getenv("TQ_BENCH_SERVER_NOKV") == "" {
+		kvd, err := embedded.KVData(ctrl, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs.ServeKV(kvd)
+	}
 	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{})
 	if err != nil {
 		t.Fatal(err)

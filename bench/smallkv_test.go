@@ -580,3 +580,22 @@ func (c countingMeta) Fields(ctx context.Context, partition string) ([]engine.Fi
 	c.count("Fields")
 	return c.m.Fields(ctx, partition)
 }
+
+// The one-round-trip KV calls, counted like the others, when the wrapped
+// service has them.
+var _ client.KeyDataService = countingMeta{}
+
+func (c countingMeta) KeyDataSupported() bool {
+	kd, ok := c.m.(client.KeyDataService)
+	return ok && kd.KeyDataSupported()
+}
+
+func (c countingMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *engine.Batch) (engine.KeysCommitted, error) {
+	c.count("KVPut")
+	return c.m.(client.KeyDataService).PutKeysData(ctx, req, b)
+}
+
+func (c countingMeta) GetKeysData(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
+	c.count("KVGet")
+	return c.m.(client.KeyDataService).GetKeysData(ctx, partition, keys, fields, maxBytes)
+}

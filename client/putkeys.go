@@ -119,6 +119,14 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	if b == nil {
 		return c.meta.CommitKeys(ctx, req)
 	}
+	if kd := c.keyData(); kd != nil && b.Size() <= KVInlineMax {
+		// One round trip: the controller writes the bytes to a unit of
+		// its process and commits.
+		out, err := kd.PutKeysData(ctx, req, b)
+		if !errors.Is(err, engine.ErrNotSupported) {
+			return out, err
+		}
+	}
 	plan, err := c.planKeys(ctx, partition, keys)
 	if err != nil {
 		return engine.KeysCommitted{}, err

@@ -59,6 +59,7 @@ type RemoteConfig struct {
 // background when the controller cannot be reached at once; Close waits
 // for that. Everything a call returns belongs to the caller.
 type RemoteMeta struct {
+	kd        keyDataState
 	addr      string
 	cfg       RemoteConfig
 	hello     *wirepb.Hello

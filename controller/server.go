@@ -20,6 +20,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -90,6 +91,7 @@ type Server struct {
 	cfg      ServerConfig
 	ws       *wire.Server
 	handlers map[wire.Op]handler
+	kv       atomic.Pointer[KVData] // see ServeKV
 	frees    *freeQueue
 	bg       sync.WaitGroup // frees waiting for durability after their caller left
 	logOnce  sync.Once      // a failed journal is reported once
@@ -141,6 +143,15 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Logger:        cfg.Logger,
 	})
 	s.handlers = s.handlerTable()
+	// They carry payloads: their own wire handlers. A put may wait for
+	// room and for its fsync, a get for its fsync: a goroutine each; in
+	// memory a get takes microseconds and runs on the read loop.
+	s.ws.Handle(wire.OpKVPut, s.kvPut)
+	if c.Durable() {
+		s.ws.Handle(wire.OpKVGet, s.kvGet)
+	} else {
+		s.ws.HandleInline(wire.OpKVGet, s.kvGet)
+	}
 	for op := range s.handlers {
 		switch {
 		case op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile:

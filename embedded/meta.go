@@ -198,3 +198,56 @@ func (l localMeta) Fields(ctx context.Context, partition string) ([]engine.Field
 	fs, err := l.c.Fields(partition)
 	return seen(ctx, l, fs, err)
 }
+
+// KVData serves a controller's KV_PUT and KV_GET (see
+// [controller.KVData]) with a client of units of this process: its puts
+// and reads, views of the arena for the bytes sent.
+func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData, error) {
+	dus := make([]client.DataUnit, len(units))
+	ids := map[engine.UnitID]bool{}
+	for i, u := range units {
+		dus[i] = Unit(u)
+		ids[u.ID()] = true
+	}
+	cl, err := client.New(Meta(c, units...), dus, client.DefaultConfig())
+	if err != nil {
+		return nil, err
+	}
+	return kvData{cl: cl, local: ids}, nil
+}
+
+type kvData struct {
+	cl    *client.Client
+	local map[engine.UnitID]bool
+}
+
+func (k kvData) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
+	return k.cl.PutKeys(ctx, partition, keys, b, tags)
+}
+
+func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
+	meta, err := k.cl.MetaByKeys(ctx, partition, keys, fields, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !meta.IsReady() {
+		return meta, nil, nil // the client names what is missing
+	}
+	total := 0
+	for _, locs := range meta.Cells {
+		for _, l := range locs {
+			if !k.local[l.Unit] {
+				return meta, nil, nil
+			}
+			total += int(l.Addr.Len)
+		}
+	}
+	if total > maxBytes {
+		return meta, nil, nil
+	}
+	v, err := k.cl.GetView(ctx, meta)
+	if err != nil {
+		return nil, nil, err
+	}
+	return meta, v.Batch.Views(v.Release), nil
+}

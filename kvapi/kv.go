@@ -93,9 +93,24 @@ func checkKeys(partition string, keys []string) error {
 // until [engine.Batch.Release]; elsewhere it is a copy the caller owns (see
 // [client.Client.Get]). Calling Release when done is right either way.
 func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
-	meta, err := kv.resolve(ctx, partition, keys, fields)
+	if len(keys) == 0 {
+		return nil, opErr("batch get", partition, fmt.Errorf("empty key list: %w", engine.ErrInvalid))
+	}
+	var sel []string
+	if len(fields) > 0 {
+		sel = fields
+	}
+	// Small values of a controller with units of its own come with the
+	// keys' meta, in one round trip.
+	meta, b, err := kv.c.GetKeys(ctx, partition, keys, sel)
 	if err != nil {
 		return nil, err
+	}
+	if err := notProduced(partition, keys, sel, meta); err != nil {
+		return nil, err
+	}
+	if b != nil {
+		return b, nil
 	}
 	return kv.c.Get(ctx, meta)
 }
@@ -173,6 +188,15 @@ func (kv *KV) resolve(ctx context.Context, partition string, keys, fields []stri
 	if err != nil {
 		return nil, err
 	}
+	if err := notProduced(partition, keys, sel, meta); err != nil {
+		return nil, err
+	}
+	return meta, nil
+}
+
+// notProduced names the keys whose selected fields are not produced
+// ([engine.ErrNotReady]), or returns nil.
+func notProduced(partition string, keys, sel []string, meta *engine.BatchMeta) error {
 	if sel != nil && !meta.IsReady() {
 		var missing []string
 		for _, f := range sel {
@@ -186,9 +210,9 @@ func (kv *KV) resolve(ctx context.Context, partition string, keys, fields []stri
 				missing = append(missing, fmt.Sprintf("%s for keys %q", f, ks))
 			}
 		}
-		return nil, opErr("batch get", partition, fmt.Errorf("not produced: %s: %w", strings.Join(missing, "; "), engine.ErrNotReady))
+		return opErr("batch get", partition, fmt.Errorf("not produced: %s: %w", strings.Join(missing, "; "), engine.ErrNotReady))
 	}
-	return meta, nil
+	return nil
 }
 
 // Entry is a key with its tags.

@@ -23,10 +23,11 @@ import (
 // registered with it (its data plane on loopback TCP), and a KV API over
 // a client connected to them as another process's would be.
 type servedCluster struct {
-	ctrl *controller.Controller
-	srv  *controller.Server
-	sock string
-	kv   *KV
+	ctrl  *controller.Controller
+	srv   *controller.Server
+	sock  string
+	kv    *KV
+	units map[engine.UnitID]*storage.Unit
 }
 
 // serveController serves ctrl at sock until the test ends (or stop).
@@ -60,8 +61,9 @@ func newServed(t *testing.T, ctrl *controller.Controller) *servedCluster {
 	u, err := storage.NewUnit(0, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { u.Close() })
-	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+	id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
 	require.NoError(t, err)
+	sc.units = map[engine.UnitID]*storage.Unit{id: u}
 	us := storage.NewServer(u, storage.ServerConfig{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

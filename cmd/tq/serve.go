@@ -16,6 +16,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/resp"
@@ -69,6 +70,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := s.restore(ctx); err != nil {
+		return err
+	}
+	if err := s.serveKV(); err != nil {
 		return err
 	}
 	if err := s.startRESP(); err != nil {
@@ -326,6 +330,24 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	}
 	st := u.Stats()
 	fmt.Fprintf(s.out, "tq serve: storage unit %d (%s, %s pages) on %s\n", id, bytesString(st.Capacity), bytesString(st.PageSize), strings.Join(addrs, " "))
+	return nil
+}
+
+// serveKV lets the controller take small KV puts and gets with their
+// bytes (one round trip for clients) through the units of this process.
+func (s *server) serveKV() error {
+	if s.ctrlSrv == nil || len(s.units) == 0 {
+		return nil
+	}
+	units := make([]*storage.Unit, len(s.units))
+	for i, ru := range s.units {
+		units[i] = ru.u
+	}
+	kv, err := embedded.KVData(s.ctrl, units...)
+	if err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	s.ctrlSrv.ServeKV(kv)
 	return nil
 }
 

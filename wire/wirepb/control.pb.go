@@ -1440,6 +1440,241 @@ func (x *CommitKeysReply) GetFields() []string {
 	return nil
 }
 
+// KVPutRequest (KV_PUT) is a whole KV put sent to a controller that
+// shares its process with storage units: put.fields carry each field's
+// schema and no locations; the payload holds each field's rows back to
+// back, field after field. row_lens gives an opaque field's row lengths
+// (one RowLens per field, empty for dense and ragged ones, whose shapes
+// say). The reply is a CommitKeysReply.
+type KVPutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Put           *CommitKeysRequest     `protobuf:"bytes,1,opt,name=put,proto3" json:"put,omitempty"`
+	RowLens       []*RowLens             `protobuf:"bytes,2,rep,name=row_lens,json=rowLens,proto3" json:"row_lens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KVPutRequest) Reset() {
+	*x = KVPutRequest{}
+	mi := &file_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVPutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVPutRequest) ProtoMessage() {}
+
+func (x *KVPutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVPutRequest.ProtoReflect.Descriptor instead.
+func (*KVPutRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *KVPutRequest) GetPut() *CommitKeysRequest {
+	if x != nil {
+		return x.Put
+	}
+	return nil
+}
+
+func (x *KVPutRequest) GetRowLens() []*RowLens {
+	if x != nil {
+		return x.RowLens
+	}
+	return nil
+}
+
+type RowLens struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lens          []uint64               `protobuf:"varint,1,rep,packed,name=lens,proto3" json:"lens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RowLens) Reset() {
+	*x = RowLens{}
+	mi := &file_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RowLens) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RowLens) ProtoMessage() {}
+
+func (x *RowLens) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RowLens.ProtoReflect.Descriptor instead.
+func (*RowLens) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RowLens) GetLens() []uint64 {
+	if x != nil {
+		return x.Lens
+	}
+	return nil
+}
+
+// KVGetRequest (KV_GET) resolves keys as RESOLVE_KEYS does (never
+// creating them) and, when their cells hold at most max_bytes in all and
+// lie on units of the controller's process, sends the bytes too.
+type KVGetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Keys          []string               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	Fields        *FieldSelection        `protobuf:"bytes,3,opt,name=fields,proto3" json:"fields,omitempty"`
+	MaxBytes      uint64                 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KVGetRequest) Reset() {
+	*x = KVGetRequest{}
+	mi := &file_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVGetRequest) ProtoMessage() {}
+
+func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVGetRequest.ProtoReflect.Descriptor instead.
+func (*KVGetRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *KVGetRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *KVGetRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *KVGetRequest) GetFields() *FieldSelection {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *KVGetRequest) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+// KVGetReply: the keys' meta; with has_data, the payload holds each field
+// of meta's schema, in the order of fields, its rows' cells back to back.
+type KVGetReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Meta          *BatchMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	HasData       bool                   `protobuf:"varint,2,opt,name=has_data,json=hasData,proto3" json:"has_data,omitempty"`
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KVGetReply) Reset() {
+	*x = KVGetReply{}
+	mi := &file_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVGetReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVGetReply) ProtoMessage() {}
+
+func (x *KVGetReply) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVGetReply.ProtoReflect.Descriptor instead.
+func (*KVGetReply) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *KVGetReply) GetMeta() *BatchMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *KVGetReply) GetHasData() bool {
+	if x != nil {
+		return x.HasData
+	}
+	return false
+}
+
+func (x *KVGetReply) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
 type KeysOfRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1450,7 +1685,7 @@ type KeysOfRequest struct {
 
 func (x *KeysOfRequest) Reset() {
 	*x = KeysOfRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1697,7 @@ func (x *KeysOfRequest) String() string {
 func (*KeysOfRequest) ProtoMessage() {}
 
 func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1710,7 @@ func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysOfRequest.ProtoReflect.Descriptor instead.
 func (*KeysOfRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KeysOfRequest) GetPartition() string {
@@ -1501,7 +1736,7 @@ type KeysReply struct {
 
 func (x *KeysReply) Reset() {
 	*x = KeysReply{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1748,7 @@ func (x *KeysReply) String() string {
 func (*KeysReply) ProtoMessage() {}
 
 func (x *KeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1761,7 @@ func (x *KeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
 func (*KeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KeysReply) GetKeys() []string {
@@ -1547,7 +1782,7 @@ type SetTagsRequest struct {
 
 func (x *SetTagsRequest) Reset() {
 	*x = SetTagsRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +1794,7 @@ func (x *SetTagsRequest) String() string {
 func (*SetTagsRequest) ProtoMessage() {}
 
 func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +1807,7 @@ func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTagsRequest.ProtoReflect.Descriptor instead.
 func (*SetTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetTagsRequest) GetPartition() string {
@@ -1608,7 +1843,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1855,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1868,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListKeysRequest) GetPartition() string {
@@ -1677,7 +1912,7 @@ type TagCondition struct {
 
 func (x *TagCondition) Reset() {
 	*x = TagCondition{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1924,7 @@ func (x *TagCondition) String() string {
 func (*TagCondition) ProtoMessage() {}
 
 func (x *TagCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1937,7 @@ func (x *TagCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagCondition.ProtoReflect.Descriptor instead.
 func (*TagCondition) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TagCondition) GetName() string {
@@ -1739,7 +1974,7 @@ type DeleteTagsRequest struct {
 
 func (x *DeleteTagsRequest) Reset() {
 	*x = DeleteTagsRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1986,7 @@ func (x *DeleteTagsRequest) String() string {
 func (*DeleteTagsRequest) ProtoMessage() {}
 
 func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1999,7 @@ func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteTagsRequest) GetPartition() string {
@@ -1797,7 +2032,7 @@ type DeleteTagsReply struct {
 
 func (x *DeleteTagsReply) Reset() {
 	*x = DeleteTagsReply{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2044,7 @@ func (x *DeleteTagsReply) String() string {
 func (*DeleteTagsReply) ProtoMessage() {}
 
 func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2057,7 @@ func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsReply.ProtoReflect.Descriptor instead.
 func (*DeleteTagsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteTagsReply) GetTags() [][]byte {
@@ -1849,7 +2084,7 @@ type CompareAndSetTagRequest struct {
 
 func (x *CompareAndSetTagRequest) Reset() {
 	*x = CompareAndSetTagRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +2096,7 @@ func (x *CompareAndSetTagRequest) String() string {
 func (*CompareAndSetTagRequest) ProtoMessage() {}
 
 func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2109,7 @@ func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CompareAndSetTagRequest) GetPartition() string {
@@ -1922,7 +2157,7 @@ type CompareAndSetTagReply struct {
 
 func (x *CompareAndSetTagReply) Reset() {
 	*x = CompareAndSetTagReply{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2169,7 @@ func (x *CompareAndSetTagReply) String() string {
 func (*CompareAndSetTagReply) ProtoMessage() {}
 
 func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2182,7 @@ func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagReply.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CompareAndSetTagReply) GetSwapped() bool {
@@ -1979,7 +2214,7 @@ type KeyChangesRequest struct {
 
 func (x *KeyChangesRequest) Reset() {
 	*x = KeyChangesRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2226,7 @@ func (x *KeyChangesRequest) String() string {
 func (*KeyChangesRequest) ProtoMessage() {}
 
 func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2239,7 @@ func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*KeyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *KeyChangesRequest) GetPartition() string {
@@ -2054,7 +2289,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2066,7 +2301,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2079,7 +2314,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *KeyChange) GetKey() string {
@@ -2122,7 +2357,7 @@ type KeyChangesReply struct {
 
 func (x *KeyChangesReply) Reset() {
 	*x = KeyChangesReply{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2369,7 @@ func (x *KeyChangesReply) String() string {
 func (*KeyChangesReply) ProtoMessage() {}
 
 func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2382,7 @@ func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesReply.ProtoReflect.Descriptor instead.
 func (*KeyChangesReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *KeyChangesReply) GetChanges() []*KeyChange {
@@ -2189,7 +2424,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2436,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2449,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -2248,7 +2483,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2495,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2508,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -2300,7 +2535,7 @@ type ListKeysReply struct {
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2312,7 +2547,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2325,7 +2560,7 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
@@ -2352,7 +2587,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2599,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2612,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -2405,7 +2640,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2652,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2665,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -2464,7 +2699,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2711,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2724,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -2516,7 +2751,7 @@ type ConsumptionStatusReply struct {
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2528,7 +2763,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2541,7 +2776,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -2568,7 +2803,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2815,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2828,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -2620,7 +2855,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2867,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2880,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -2672,7 +2907,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2919,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2932,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -2723,7 +2958,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +2970,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +2983,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -2767,7 +3002,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2779,7 +3014,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2792,7 +3027,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -2811,7 +3046,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +3058,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +3071,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -2859,7 +3094,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2871,7 +3106,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2884,7 +3119,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *FieldStats) GetName() string {
@@ -2931,7 +3166,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +3178,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3191,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{46}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -2977,7 +3212,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2989,7 +3224,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3002,7 +3237,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{47}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -3045,7 +3280,7 @@ type PartitionStats struct {
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3292,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3305,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{48}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -3160,7 +3395,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3172,7 +3407,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3185,7 +3420,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{49}
+	return file_control_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -3215,7 +3450,7 @@ type CheckpointInfo struct {
 
 func (x *CheckpointInfo) Reset() {
 	*x = CheckpointInfo{}
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3227,7 +3462,7 @@ func (x *CheckpointInfo) String() string {
 func (*CheckpointInfo) ProtoMessage() {}
 
 func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3240,7 +3475,7 @@ func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
 func (*CheckpointInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{50}
+	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CheckpointInfo) GetName() string {
@@ -3287,7 +3522,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3299,7 +3534,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3312,7 +3547,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{51}
+	return file_control_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
@@ -3338,7 +3573,7 @@ type ClusterInfoReply struct {
 
 func (x *ClusterInfoReply) Reset() {
 	*x = ClusterInfoReply{}
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3350,7 +3585,7 @@ func (x *ClusterInfoReply) String() string {
 func (*ClusterInfoReply) ProtoMessage() {}
 
 func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3363,7 +3598,7 @@ func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
 func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{52}
+	return file_control_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ClusterInfoReply) GetClusterId() string {
@@ -3533,6 +3768,21 @@ const file_control_proto_rawDesc = "" +
 	"\x0fCommitKeysReply\x12-\n" +
 	"\breplaced\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\breplaced\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\fR\x04tags\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"o\n" +
+	"\fKVPutRequest\x12/\n" +
+	"\x03put\x18\x01 \x01(\v2\x1d.tq.wire.v1.CommitKeysRequestR\x03put\x12.\n" +
+	"\brow_lens\x18\x02 \x03(\v2\x13.tq.wire.v1.RowLensR\arowLens\"\x1d\n" +
+	"\aRowLens\x12\x12\n" +
+	"\x04lens\x18\x01 \x03(\x04R\x04lens\"\x91\x01\n" +
+	"\fKVGetRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x122\n" +
+	"\x06fields\x18\x03 \x01(\v2\x1a.tq.wire.v1.FieldSelectionR\x06fields\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x04R\bmaxBytes\"j\n" +
+	"\n" +
+	"KVGetReply\x12)\n" +
+	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\x12\x19\n" +
+	"\bhas_data\x18\x02 \x01(\bR\ahasData\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\"G\n" +
 	"\rKeysOfRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
@@ -3693,7 +3943,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_control_proto_goTypes = []any{
 	(TagTest)(0),                     // 0: tq.wire.v1.TagTest
 	(*Empty)(nil),                    // 1: tq.wire.v1.Empty
@@ -3716,47 +3966,51 @@ var file_control_proto_goTypes = []any{
 	(*ResolveKeysReply)(nil),         // 18: tq.wire.v1.ResolveKeysReply
 	(*CommitKeysRequest)(nil),        // 19: tq.wire.v1.CommitKeysRequest
 	(*CommitKeysReply)(nil),          // 20: tq.wire.v1.CommitKeysReply
-	(*KeysOfRequest)(nil),            // 21: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 22: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 23: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 24: tq.wire.v1.ListKeysRequest
-	(*TagCondition)(nil),             // 25: tq.wire.v1.TagCondition
-	(*DeleteTagsRequest)(nil),        // 26: tq.wire.v1.DeleteTagsRequest
-	(*DeleteTagsReply)(nil),          // 27: tq.wire.v1.DeleteTagsReply
-	(*CompareAndSetTagRequest)(nil),  // 28: tq.wire.v1.CompareAndSetTagRequest
-	(*CompareAndSetTagReply)(nil),    // 29: tq.wire.v1.CompareAndSetTagReply
-	(*KeyChangesRequest)(nil),        // 30: tq.wire.v1.KeyChangesRequest
-	(*KeyChange)(nil),                // 31: tq.wire.v1.KeyChange
-	(*KeyChangesReply)(nil),          // 32: tq.wire.v1.KeyChangesReply
-	(*KeyInfo)(nil),                  // 33: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 34: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 35: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 36: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 37: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 38: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 39: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 40: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 41: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 42: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 43: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 44: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 45: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 46: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 47: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 48: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 49: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 50: tq.wire.v1.CheckpointRequest
-	(*CheckpointInfo)(nil),           // 51: tq.wire.v1.CheckpointInfo
-	(*CheckpointsReply)(nil),         // 52: tq.wire.v1.CheckpointsReply
-	(*ClusterInfoReply)(nil),         // 53: tq.wire.v1.ClusterInfoReply
-	nil,                              // 54: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 55: tq.wire.v1.BatchMeta.CellsEntry
+	(*KVPutRequest)(nil),             // 21: tq.wire.v1.KVPutRequest
+	(*RowLens)(nil),                  // 22: tq.wire.v1.RowLens
+	(*KVGetRequest)(nil),             // 23: tq.wire.v1.KVGetRequest
+	(*KVGetReply)(nil),               // 24: tq.wire.v1.KVGetReply
+	(*KeysOfRequest)(nil),            // 25: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 26: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 27: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 28: tq.wire.v1.ListKeysRequest
+	(*TagCondition)(nil),             // 29: tq.wire.v1.TagCondition
+	(*DeleteTagsRequest)(nil),        // 30: tq.wire.v1.DeleteTagsRequest
+	(*DeleteTagsReply)(nil),          // 31: tq.wire.v1.DeleteTagsReply
+	(*CompareAndSetTagRequest)(nil),  // 32: tq.wire.v1.CompareAndSetTagRequest
+	(*CompareAndSetTagReply)(nil),    // 33: tq.wire.v1.CompareAndSetTagReply
+	(*KeyChangesRequest)(nil),        // 34: tq.wire.v1.KeyChangesRequest
+	(*KeyChange)(nil),                // 35: tq.wire.v1.KeyChange
+	(*KeyChangesReply)(nil),          // 36: tq.wire.v1.KeyChangesReply
+	(*KeyInfo)(nil),                  // 37: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 38: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 39: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 40: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 41: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 42: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 43: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 44: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 45: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 46: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 47: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 48: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 49: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 50: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 51: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 52: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 53: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 54: tq.wire.v1.CheckpointRequest
+	(*CheckpointInfo)(nil),           // 55: tq.wire.v1.CheckpointInfo
+	(*CheckpointsReply)(nil),         // 56: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 57: tq.wire.v1.ClusterInfoReply
+	nil,                              // 58: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 59: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	2,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	54, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	55, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	58, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	59, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	6,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
 	7,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	7,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
@@ -3770,23 +4024,27 @@ var file_control_proto_depIdxs = []int32{
 	5,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
 	14, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
 	4,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
-	25, // 17: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
-	0,  // 18: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
-	31, // 19: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
-	33, // 20: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	34, // 21: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
-	2,  // 22: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	46, // 23: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	46, // 24: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	48, // 25: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	51, // 26: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
-	3,  // 27: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	4,  // 28: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	19, // 17: tq.wire.v1.KVPutRequest.put:type_name -> tq.wire.v1.CommitKeysRequest
+	22, // 18: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
+	7,  // 19: tq.wire.v1.KVGetRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 20: tq.wire.v1.KVGetReply.meta:type_name -> tq.wire.v1.BatchMeta
+	29, // 21: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
+	0,  // 22: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
+	35, // 23: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
+	37, // 24: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	38, // 25: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	2,  // 26: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
+	50, // 27: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	50, // 28: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	52, // 29: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	55, // 30: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	3,  // 31: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	4,  // 32: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -3800,7 +4058,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   55,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

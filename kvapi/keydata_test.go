@@ -1,0 +1,104 @@
+package kvapi
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// newServedKV is newServed with the controller carrying small puts' and
+// gets' bytes through the unit (as tq serve's controller does with the
+// units of its process).
+func newServedKV(t *testing.T) *servedCluster {
+	t.Helper()
+	sc := newServed(t, nil)
+	var units []*storage.Unit
+	for _, id := range sc.ctrl.Units().Units() {
+		units = append(units, sc.units[id.ID])
+	}
+	kvd, err := embedded.KVData(sc.ctrl, units...)
+	require.NoError(t, err)
+	sc.srv.ServeKV(kvd)
+	return sc
+}
+
+func keyData(t *testing.T, kv *KV) client.KeyDataService {
+	t.Helper()
+	kd, ok := kv.Client().Meta().(client.KeyDataService)
+	require.True(t, ok)
+	return kd
+}
+
+// TestOneRoundTripKV puts and gets every kind of value through a
+// controller that carries the bytes (KV_PUT, KV_GET), checks them against
+// the two-round-trip path, and that large values and a controller without
+// units of its own still take that path.
+func TestOneRoundTripKV(t *testing.T) {
+	ctx := t.Context()
+	sc := newServedKV(t)
+	kv := sc.kv
+	ids := col(t, []int64{1, 2, 3, 4, 5, 6}, 3)
+	logp := engine.RaggedOf([][]float32{{0.5}, {-1, 2, 3.25}})
+	txt := engine.StringsOf([]string{"", "second \x00 row"})
+	b := engine.MustBatch(engine.Field{Name: "ids", Col: ids}, engine.Field{Name: "logp", Col: logp}, engine.Field{Name: "txt", Col: txt})
+	meta, err := kv.BatchPut(ctx, "p", []string{"a", "b"}, b, []engine.Tags{{"status": "new"}, nil})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ids", "logp", "txt"}, meta.Fields)
+	assert.Equal(t, engine.Tags{"status": "new"}, meta.Tags[0], "tags come back with the put")
+	assert.True(t, keyData(t, kv).KeyDataSupported())
+
+	got, err := kv.BatchGet(ctx, "p", []string{"b", "a"})
+	require.NoError(t, err)
+	viaUnits, err := kv.BatchGetCopy(ctx, "p", []string{"b", "a"})
+	require.NoError(t, err)
+	for _, f := range []string{"ids", "logp", "txt"} {
+		assert.True(t, got.Col(f).Equal(viaUnits.Col(f)), "field %s", f)
+	}
+	assert.Equal(t, "second \x00 row", got.Col("txt").String(0))
+	got.Release()
+
+	// What is not produced is named, as on the other path.
+	_, err = kv.Put(ctx, "p", "c", engine.MustBatch(engine.Field{Name: "txt", Col: engine.StringsOf([]string{"only"})}), nil)
+	require.NoError(t, err)
+	_, err = kv.BatchGet(ctx, "p", []string{"a", "c"}, "ids")
+	require.ErrorIs(t, err, engine.ErrNotReady)
+	assert.Contains(t, err.Error(), `ids for keys ["c"]`)
+	_, err = kv.BatchGet(ctx, "p", []string{"a", "zz"})
+	require.ErrorIs(t, err, engine.ErrNotFound)
+	assert.Contains(t, err.Error(), "zz")
+
+	// A dtype the partition has otherwise is refused, and changes nothing.
+	_, err = kv.Put(ctx, "p", "a", engine.MustBatch(engine.Field{Name: "ids", Col: col(t, []int32{9, 9, 9}, 3)}), nil)
+	require.ErrorIs(t, err, engine.ErrDTypeMismatch)
+	again, err := kv.BatchGetCopy(ctx, "p", []string{"a"}, "ids")
+	require.NoError(t, err)
+	v, _ := engine.Values[int64](again.Col("ids"))
+	assert.Equal(t, []int64{1, 2, 3}, v)
+
+	// A value over KVInlineMax goes to the unit, and reads back the same.
+	big := bytes.Repeat([]byte{7}, client.KVInlineMax+1)
+	_, err = kv.Put(ctx, "p", "big", engine.MustBatch(engine.Field{Name: "txt", Col: engine.BytesOf([][]byte{big})}), nil)
+	require.NoError(t, err)
+	gb, err := kv.BatchGet(ctx, "p", []string{"big"}, "txt")
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(big, gb.Col("txt").RowBytes(0)))
+	gb.Release()
+
+	// A controller without units of its own says so once; the client
+	// goes on the two-round-trip way.
+	plain := newServed(t, nil).kv
+	_, err = plain.Put(ctx, "p", "x", engine.MustBatch(engine.Field{Name: "txt", Col: engine.StringsOf([]string{"y"})}), nil)
+	require.NoError(t, err)
+	assert.False(t, keyData(t, plain).KeyDataSupported())
+	pg, err := plain.BatchGet(ctx, "p", []string{"x"})
+	require.NoError(t, err)
+	assert.Equal(t, "y", pg.Col("txt").String(0))
+	pg.Release()
+}
