@@ -1,0 +1,155 @@
+package bench
+
+import (
+	"encoding/csv"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkRedisBenchmark runs redis-benchmark (Debian redis-tools), the
+// load generator Redis users know, against redis-server and against TQ's
+// Redis-protocol endpoint (the one tq serve --resp runs) in the same run:
+// SET then GET of 1 KiB values over 10,000 keys, with 16 and 64 clients.
+// It reports each server's requests per second, its CPU per request and
+// redis-benchmark's p50/p99 latencies, and TQ's requests per second over
+// Redis's. An iteration is one redis-benchmark run of 100,000 requests per
+// command; b.N is the number of runs.
+//
+//	go test -run '^$' -bench RedisBenchmark -benchtime 3x ./bench
+func BenchmarkRedisBenchmark(b *testing.B) {
+	rb, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		b.Skipf("redis-benchmark is not installed (apt-get install redis-tools): %v", err)
+	}
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		b.Skipf("redis-server is not installed (apt-get install redis-server): %v", err)
+	}
+	srv := startBenchServer(b)
+	redisAddr, redisPID := startRedis(b)
+	const requests = 100000
+	for _, clients := range []int{16, 64} {
+		redisRPS := map[string]float64{}
+		for _, store := range []string{"redis", "tq"} {
+			b.Run(fmt.Sprintf("store=%s/clients=%d", store, clients), func(b *testing.B) {
+				addr, pid := redisAddr, redisPID
+				if store == "tq" {
+					addr, pid = srv.resp, srv.pid
+				}
+				host, port, _ := strings.Cut(addr, ":")
+				res := map[string][]rbResult{}
+				var cpu time.Duration
+				for range b.N {
+					before, err := procCPU(pid)
+					if err != nil {
+						b.Fatal(err)
+					}
+					out, err := exec.Command(rb, "-h", host, "-p", port, "-t", "set,get", "-n", strconv.Itoa(requests),
+						"-c", strconv.Itoa(clients), "-d", "1024", "-r", "10000", "--csv").Output()
+					if err != nil {
+						b.Fatalf("redis-benchmark: %v\n%s", err, out)
+					}
+					after, err := procCPU(pid)
+					if err != nil {
+						b.Fatal(err)
+					}
+					cpu += after - before
+					rs, err := parseRedisBenchmark(out)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, r := range rs {
+						res[r.test] = append(res[r.test], r)
+					}
+				}
+				for _, test := range []string{"SET", "GET"} {
+					rs := res[test]
+					if len(rs) == 0 {
+						b.Fatalf("no %s line in redis-benchmark's output", test)
+					}
+					var rps, p50, p99 float64
+					for _, r := range rs {
+						rps += r.rps / float64(len(rs))
+						p50 += r.p50 / float64(len(rs))
+						p99 += r.p99 / float64(len(rs))
+					}
+					name := strings.ToLower(test)
+					b.ReportMetric(rps, name+"_req/s")
+					b.ReportMetric(p50*1000, name+"_p50_us")
+					b.ReportMetric(p99*1000, name+"_p99_us")
+					if store == "redis" {
+						redisRPS[test] = rps
+					} else if r := redisRPS[test]; r > 0 {
+						b.ReportMetric(rps/r, name+"_tq/redis")
+					}
+				}
+				b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(2*requests*b.N), "server_us/req")
+			})
+		}
+	}
+}
+
+// rbResult is one line of redis-benchmark --csv: requests per second and
+// latency percentiles in milliseconds.
+type rbResult struct {
+	test          string
+	rps, p50, p99 float64
+}
+
+func parseRedisBenchmark(out []byte) ([]rbResult, error) {
+	rows, err := csv.NewReader(strings.NewReader(string(out))).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("redis-benchmark --csv: %w\n%s", err, out)
+	}
+	if len(rows) < 2 {
+		return nil, fmt.Errorf("redis-benchmark --csv printed %d lines:\n%s", len(rows), out)
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	for _, h := range []string{"test", "rps", "p50_latency_ms", "p99_latency_ms"} {
+		if _, ok := col[h]; !ok {
+			return nil, fmt.Errorf("redis-benchmark --csv has no %q column: %q", h, rows[0])
+		}
+	}
+	var rs []rbResult
+	for _, row := range rows[1:] {
+		var r rbResult
+		r.test = row[col["test"]]
+		var errs [3]error
+		r.rps, errs[0] = strconv.ParseFloat(row[col["rps"]], 64)
+		r.p50, errs[1] = strconv.ParseFloat(row[col["p50_latency_ms"]], 64)
+		r.p99, errs[2] = strconv.ParseFloat(row[col["p99_latency_ms"]], 64)
+		for _, err := range errs {
+			if err != nil {
+				return nil, fmt.Errorf("redis-benchmark --csv line %q: %w", row, err)
+			}
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
+func TestParseRedisBenchmark(t *testing.T) {
+	out := []byte(`"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+"SET","143884.89","0.066","0.016","0.063","0.095","0.159","0.615"
+"GET","141843.97","0.066","0.016","0.063","0.095","0.167","0.407"
+`)
+	rs, err := parseRedisBenchmark(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rbResult{{"SET", 143884.89, 0.063, 0.159}, {"GET", 141843.97, 0.063, 0.167}}
+	if fmt.Sprint(rs) != fmt.Sprint(want) {
+		t.Fatalf("parsed %v, want %v", rs, want)
+	}
+	for _, bad := range []string{"", `"test","rps"` + "\n" + `"SET","1"`, `"test","rps","p50_latency_ms","p99_latency_ms"` + "\n" + `"SET","x","1","2"`} {
+		if _, err := parseRedisBenchmark([]byte(bad)); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
