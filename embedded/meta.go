@@ -199,19 +199,34 @@ func (l localMeta) Fields(ctx context.Context, partition string) ([]engine.Field
 	return seen(ctx, l, fs, err)
 }
 
+// LocalClient returns a client of a controller and storage units in this
+// process (registered with it), calling them directly: [Meta] and [Unit].
+func LocalClient(c *controller.Controller, units ...*storage.Unit) (*client.Client, error) {
+	dus := make([]client.DataUnit, len(units))
+	for i, u := range units {
+		dus[i] = Unit(u)
+	}
+	return client.New(Meta(c, units...), dus, client.DefaultConfig())
+}
+
+// FreeWhenDurable frees cells the controller dropped, on the units among
+// units that hold them, once what the controller logged so far is durable
+// (as [Meta] does for the changes it makes).
+func FreeWhenDurable(ctx context.Context, c *controller.Controller, units []*storage.Unit, locs []engine.CellLoc) error {
+	return Meta(c, units...).(localMeta).free(ctx, locs, nil)
+}
+
 // KVData serves a controller's KV_PUT and KV_GET (see
 // [controller.KVData]) with a client of units of this process: its puts
 // and reads, views of the arena for the bytes sent.
 func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData, error) {
-	dus := make([]client.DataUnit, len(units))
-	ids := map[engine.UnitID]bool{}
-	for i, u := range units {
-		dus[i] = Unit(u)
-		ids[u.ID()] = true
-	}
-	cl, err := client.New(Meta(c, units...), dus, client.DefaultConfig())
+	cl, err := LocalClient(c, units...)
 	if err != nil {
 		return nil, err
+	}
+	ids := map[engine.UnitID]bool{}
+	for _, u := range units {
+		ids[u.ID()] = true
 	}
 	return kvData{cl: cl, local: ids}, nil
 }

@@ -672,7 +672,9 @@ func (c *conn) hmset(args [][]byte) {
 	c.hwrite(args, true)
 }
 
-func (c *conn) hwrite(args [][]byte, ok bool) {
+// hwrite writes field/value pairs; HMSET answers OK, HSET the number of
+// fields new to the key.
+func (c *conn) hwrite(args [][]byte, hmset bool) {
 	names, vals, good := fieldPairs(args[2:])
 	if !good {
 		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(args[0]))))
@@ -680,7 +682,7 @@ func (c *conn) hwrite(args [][]byte, ok bool) {
 	}
 	p, key := c.target(args[1])
 	before := 0
-	if !ok {
+	if !hmset {
 		meta, err := c.s.st.keyMeta(c.ctx, p, key)
 		if err != nil {
 			c.writeErr(err)
@@ -699,7 +701,7 @@ func (c *conn) hwrite(args [][]byte, ok bool) {
 		c.writeErr(err)
 		return
 	}
-	if ok {
+	if hmset {
 		c.writeOK()
 		return
 	}

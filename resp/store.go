@@ -35,12 +35,10 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 		return nil, fmt.Errorf("a Redis-protocol endpoint needs a storage unit in its process: %w", engine.ErrInvalid)
 	}
 	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait}
-	dus := make([]client.DataUnit, len(units))
-	for i, u := range units {
+	for _, u := range units {
 		st.byID[u.ID()] = u
-		dus[i] = embedded.Unit(u)
 	}
-	cl, err := client.New(embedded.Meta(ctrl, units...), dus, client.DefaultConfig())
+	cl, err := embedded.LocalClient(ctrl, units...)
 	if err != nil {
 		return nil, err
 	}
@@ -84,11 +82,7 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		u.FreeRanges([]engine.RemoteAddr{addr})
 		return err
 	}
-	if err := st.ctrl.WaitDurable(ctx); err != nil {
-		return err
-	}
-	st.free(out.Replaced)
-	return nil
+	return embedded.FreeWhenDurable(ctx, st.ctrl, st.units, out.Replaced)
 }
 
 // noWait is a context that has ended: a reservation with it takes room
@@ -109,18 +103,6 @@ func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*sto
 	ctx, cancel := context.WithTimeout(ctx, st.wait)
 	defer cancel()
 	return u.Reserve(ctx, []int64{size})
-}
-
-// free frees cells the controller dropped (once that is durable) on the
-// units of this process that hold them.
-func (st *store) free(locs []engine.CellLoc) {
-	for _, l := range locs {
-		if l.Stored() && !l.Lost() && l.Addr.Len > 0 {
-			if u := st.byID[l.Unit]; u != nil {
-				u.FreeRanges([]engine.RemoteAddr{l.Addr})
-			}
-		}
-	}
 }
 
 // getOne reads one field of one key from where it lies: a view into a
@@ -326,9 +308,5 @@ func (st *store) clearFields(ctx context.Context, partition, key string, fields 
 	if err != nil {
 		return 0, err
 	}
-	if err := st.ctrl.WaitDurable(ctx); err != nil {
-		return 0, err
-	}
-	st.free(freed)
-	return n, nil
+	return n, embedded.FreeWhenDurable(ctx, st.ctrl, st.units, freed)
 }
