@@ -500,3 +500,16 @@ func TestTagCommands(t *testing.T) {
 	assert.Equal(t, "s1", got[1].([]any)[0])
 	assert.Equal(t, int64(1), got[1].([]any)[1], "s1 was cleared")
 }
+
+// TestReplyBeforeTheRestArrives: the reply to a command goes out even
+// while the next command is only partly sent (a client may wait for it
+// before sending the rest).
+func TestReplyBeforeTheRestArrives(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	nc, rr := e.raw(t)
+	io.WriteString(nc, "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nval")
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	assert.Equal(t, "+PONG", rr.line(t))
+	io.WriteString(nc, "ue\r\n")
+	assert.Equal(t, "+OK", rr.line(t))
+}

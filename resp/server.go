@@ -192,8 +192,9 @@ func (s *Server) Close() error {
 }
 
 // conn is one client connection. Its commands run one after another on
-// its goroutine; replies collect in out and are written when no more
-// input is buffered (a pipeline's replies go out together).
+// its goroutine; replies collect in out and are written before the
+// connection waits for more input (see deadlineReader), or once 64 KiB
+// have collected.
 type conn struct {
 	s         *Server
 	nc        net.Conn
@@ -232,6 +233,14 @@ type deadlineReader struct{ c *conn }
 
 func (d deadlineReader) Read(p []byte) (int, error) {
 	c := d.c
+	// Whatever waits for more input first sends the replies it has: a
+	// pipeline's replies go out together, and none waits behind a read
+	// that blocks (a command whose rest is still on its way).
+	if len(c.out) > 0 {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+	}
 	switch {
 	case c.rd.mid && !c.armed:
 		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
@@ -278,7 +287,7 @@ func (c *conn) serve() {
 			c.dispatch(args)
 		}
 		c.releaseLarge()
-		if c.rd.br.Buffered() == 0 || len(c.out) >= 64<<10 {
+		if len(c.out) >= 64<<10 {
 			if c.flush() != nil {
 				return
 			}
