@@ -2,6 +2,7 @@ package kvapi
 
 import (
 	"bytes"
+	"net"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -11,6 +12,8 @@ import (
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // newServedKV is newServed with the controller carrying small puts' and
@@ -101,4 +104,44 @@ func TestOneRoundTripKV(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "y", pg.Col("txt").String(0))
 	pg.Release()
+}
+
+// TestKVPutHostile sends KV_PUT and KV_GET requests by hand that a client
+// never would: each is refused naming what was wrong, nothing changes,
+// and the connection goes on serving.
+func TestKVPutHostile(t *testing.T) {
+	sc := newServedKV(t)
+	ctx := t.Context()
+	c, _, err := wire.Dial(ctx, "unix://"+sc.sock, &wirepb.Hello{Role: "client", Name: "hostile"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	opaque := wire.CommitFieldsToPB([]engine.CommitField{{Name: "v", DType: engine.Bytes, Kind: engine.Opaque}})
+	put := func(keys []string, lens []uint64, payload []byte) error {
+		req := &wirepb.KVPutRequest{Put: &wirepb.CommitKeysRequest{Partition: "p", Keys: keys, Fields: opaque},
+			RowLens: []*wirepb.RowLens{{Lens: lens}}}
+		return c.Do(ctx, wire.OpKVPut, req, net.Buffers{payload}, &wirepb.CommitKeysReply{}, nil)
+	}
+
+	err = put([]string{"big"}, []uint64{2 << 20}, make([]byte, 2<<20))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "exceeds 1048576")
+	err = put([]string{"a", "b"}, []uint64{3, 3}, []byte("abcd"))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), `field "v"`)
+	err = put([]string{"a"}, []uint64{1, 1}, []byte("ab"))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "2 row lengths for 1 keys")
+	err = c.Do(ctx, wire.OpKVGet, &wirepb.KVGetRequest{Partition: "p", Keys: []string{"a"}}, net.Buffers{[]byte("x")}, &wirepb.KVGetReply{}, nil)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "payload")
+
+	// Nothing was created, and the same connection still puts.
+	all, err := sc.kv.List(ctx, "p")
+	require.NoError(t, err)
+	assert.Empty(t, all["p"])
+	require.NoError(t, put([]string{"ok"}, []uint64{2}, []byte("hi")))
+	got, err := sc.kv.BatchGet(ctx, "p", []string{"ok"}, "v")
+	require.NoError(t, err)
+	assert.Equal(t, "hi", got.Col("v").String(0))
+	got.Release()
 }
