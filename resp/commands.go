@@ -251,8 +251,12 @@ const redisVersion = "7.0.0"
 // one, any other argument names a partition.
 func (c *conn) selectCmd(args [][]byte) {
 	p := string(args[1])
-	if p == "0" {
+	switch p {
+	case "0":
 		p = c.s.cfg.Partition
+	case "":
+		c.writeError("ERR SELECT: empty partition id")
+		return
 	}
 	c.partition = p
 	c.writeOK()
@@ -1070,6 +1074,11 @@ func (c *conn) tqList(args [][]byte) {
 	}
 }
 
+// maxChangesWait bounds TQ.CHANGES's TIMEOUT, as the controller bounds a
+// blocking fetch: a client that went away holds its connection's
+// goroutine no longer than this.
+const maxChangesWait = 5 * time.Minute
+
 // tqChanges answers TQ.CHANGES cursor [TIMEOUT ms]: the keys of the
 // connection's partition changed after cursor ("" or 0: from the
 // beginning), waiting up to the timeout (default 0: do not wait) for
@@ -1091,8 +1100,8 @@ func (c *conn) tqChanges(args [][]byte) {
 			return
 		}
 		ms, err := strconv.ParseUint(string(args[3]), 10, 32)
-		if err != nil {
-			c.writeError("ERR TQ.CHANGES TIMEOUT: milliseconds, a whole number")
+		if err != nil || ms > uint64(maxChangesWait/time.Millisecond) {
+			c.writeError(fmt.Sprintf("ERR TQ.CHANGES TIMEOUT: milliseconds, a whole number up to %d", maxChangesWait/time.Millisecond))
 			return
 		}
 		wait = time.Duration(ms) * time.Millisecond

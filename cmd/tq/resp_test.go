@@ -143,6 +143,12 @@ p.execute()
 out["fromgo"] = list(r.hget("go:k", "ids"))
 out["deleted"] = r.delete("py:a", "py:nope")
 out["exists"] = r.exists("py:a", "py:b")
+r.execute_command("TQ.TAG", "py:h", "status", "running")
+out["cas"] = [r.execute_command("TQ.TAGCAS", "py:h", "status", "OLD", "running", "NEW", "finished")[0],
+              r.execute_command("TQ.TAGCAS", "py:h", "status", "OLD", "running", "NEW", "failed")[0]]
+out["finished"] = [k.decode() for k, _ in r.execute_command("TQ.LIST", "EQ", "status", "finished")]
+out["hdel"] = r.hdel("py:h", "score")
+out["hkeys"] = sorted(k.decode() for k in r.hkeys("py:h"))
 try:
     r.set("x", "y", ex=10)
 except redis.ResponseError as e:
@@ -181,6 +187,10 @@ func TestRESPRedisPy(t *testing.T) {
 		Deleted int               `json:"deleted"`
 		Exists  int               `json:"exists"`
 		ExErr   string            `json:"ex_error"`
+		CAS     []int             `json:"cas"`
+		Done    []string          `json:"finished"`
+		HDel    int               `json:"hdel"`
+		HKeys   []string          `json:"hkeys"`
 	}
 	require.NoError(t, json.Unmarshal(out, &got), "%s", out)
 	assert.True(t, got.Ping)
@@ -196,6 +206,10 @@ func TestRESPRedisPy(t *testing.T) {
 	assert.Equal(t, 1, got.Deleted)
 	assert.Equal(t, 1, got.Exists)
 	assert.Contains(t, got.ExErr, "not supported")
+	assert.Equal(t, []int{1, 0}, got.CAS, "a status machine: one claim wins")
+	assert.Equal(t, []string{"py:h"}, got.Done)
+	assert.Equal(t, 1, got.HDel)
+	assert.Equal(t, []string{"prompt"}, got.HKeys)
 
 	b, err := kv.BatchGetCopy(ctx, "default", []string{"py:bin", "py:p99"}, "value")
 	require.NoError(t, err)
