@@ -393,6 +393,13 @@ func TestHostileClients(t *testing.T) {
 		assert.Equal(t, "A", rr.line(t))
 	})
 	t.Run("max clients", func(t *testing.T) {
+		// The connections of the subtests before are closed; the server
+		// notices each on its own goroutine.
+		require.Eventually(t, func() bool {
+			e.srv.mu.Lock()
+			defer e.srv.mu.Unlock()
+			return len(e.srv.conns) == 0
+		}, 10*time.Second, 5*time.Millisecond)
 		var conns []net.Conn
 		for range 8 {
 			nc, rr := e.raw(t)
