@@ -260,7 +260,8 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	if c.j == nil {
 		return freed, nil
 	}
-	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: &wirepb.ClusterOp{Epoch: c.epoch, Replaced: true}}})
+	// Every row read from here on came from this record.
+	c.noteRemoved(c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: &wirepb.ClusterOp{Epoch: c.epoch, Replaced: true}}}))
 	st := c.copyState()
 	pos := c.j.Pos()
 	st.head.LogIndex = pos.Index

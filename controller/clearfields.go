@@ -58,8 +58,8 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 		for i, r := range touched {
 			idx[i] = r.index
 		}
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearCells{ClearCells: &wirepb.ClearCellsOp{
-			Partition: p.id, Gen: p.gen, Indexes: idx, Fields: names, ChangeSeq: n}}})
+		stamp(touched, c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearCells{ClearCells: &wirepb.ClearCellsOp{
+			Partition: p.id, Gen: p.gen, Indexes: idx, Fields: names, ChangeSeq: n}}}))
 	}
 	return len(freed), freed, nil
 }

@@ -79,6 +79,11 @@ type Controller struct {
 	cluster string
 	epoch   uint64
 
+	// removed is the log index of the last record that took whole
+	// partitions away, replaced the state or marked cells lost: every
+	// read waits for it (WaitRead).
+	removed atomic.Uint64
+
 	// The journal (nil: in memory), and while New recovers the state, the
 	// replay that must not be recorded again.
 	j             *journal.Journal
@@ -281,7 +286,7 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 		return nil, opErr("insert", partition, err)
 	}
 	if c.logging() {
-		c.log(p.rowsOp(rows, false))
+		stamp(rows, c.log(p.rowsOp(rows, false)))
 	}
 	m := p.meta(rows, fields)
 	for _, f := range fields {
@@ -583,7 +588,7 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	if c.logging() {
 		op := commitOp(p, req.Indexes, req.Fields)
 		op.ChangeSeq = n
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: op}})
+		stamp(rows, c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: op}}))
 	}
 	return replaced, nil
 }
@@ -641,7 +646,7 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 	if len(newAt) > 0 {
 		n := p.feed.touch(pick(rows, newAt))
 		if c.logging() {
-			c.log(p.createdOp(rows, newAt, n))
+			stamp(pick(rows, newAt), c.log(p.createdOp(rows, newAt, n)))
 		}
 	}
 	if fields == nil {
@@ -781,7 +786,7 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	n := p.feed.touch(rows)
 	if op != nil {
 		op.GetTags().ChangeSeq = n
-		c.log(op)
+		stamp(rows, c.log(op))
 	}
 	return nil
 }
@@ -1073,7 +1078,7 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	if len(released) > 0 {
 		p.notify()
 		if c.logging() {
-			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})
+			p.removed = c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})
 		}
 	}
 	c.idx.release(released) // under the lock: see ClearPartition
@@ -1114,7 +1119,7 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c.logging() {
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}})
+		c.noteRemoved(c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}}))
 	}
 	return c.dropPartition(p), nil
 }

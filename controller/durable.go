@@ -41,9 +41,9 @@ func newClusterID() string {
 
 // log records ops as one record, if the controller is durable. The caller
 // holds the lock that guards the change the ops describe.
-func (c *Controller) log(ops ...*wirepb.LogOp) {
+func (c *Controller) log(ops ...*wirepb.LogOp) uint64 {
 	if c.j == nil || c.replaying {
-		return
+		return 0
 	}
 	b, err := proto.Marshal(&wirepb.LogRecord{Ops: ops})
 	if err != nil {
@@ -51,7 +51,48 @@ func (c *Controller) log(ops ...*wirepb.LogOp) {
 		// checked by the controller; failing here is a bug.
 		panic(fmt.Sprintf("controller: encode log record: %v", err))
 	}
-	c.j.Append(b)
+	return c.j.Append(b)
+}
+
+// noteRemoved raises c.removed to idx.
+func (c *Controller) noteRemoved(idx uint64) {
+	for {
+		cur := c.removed.Load()
+		if idx <= cur || c.removed.CompareAndSwap(cur, idx) {
+			return
+		}
+	}
+}
+
+// WaitRead waits until what a read of keys of partition saw is durable:
+// the last records that changed those keys' rows, and, for a key it found
+// absent, the last that took keys out of the partition or removed
+// partitions. Records about other keys need not be, so a read does not
+// wait for the fsync of puts it did not see. Call it after the read: it
+// looks at the keys as they are then, which is never less than what the
+// read saw (a row's records only grow; a key cleared since counts the
+// clear). Errors as for [Controller.WaitDurable].
+func (c *Controller) WaitRead(ctx context.Context, partition string, keys []string) error {
+	if c.j == nil {
+		return nil
+	}
+	return c.j.Wait(ctx, c.readIndex(partition, keys))
+}
+
+// readIndex is the log index a read of keys of partition waits for.
+func (c *Controller) readIndex(partition string, keys []string) uint64 {
+	idx := c.removed.Load()
+	if p := c.lock(partition); p != nil {
+		for _, k := range keys {
+			if r, ok := p.keys[k]; ok {
+				idx = max(idx, r.logged)
+			} else {
+				idx = max(idx, p.removed)
+			}
+		}
+		p.mu.Unlock()
+	}
+	return idx
 }
 
 // logging reports whether changes are recorded: callers skip building ops

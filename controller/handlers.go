@@ -274,7 +274,7 @@ func (s *Server) commitKeys(_ context.Context, body []byte, fx *effects) (proto.
 	return &wirepb.CommitKeysReply{Tags: tags, Fields: done.Fields}, nil
 }
 
-func (s *Server) resolveKeys(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+func (s *Server) resolveKeys(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.ResolveKeysRequest](wire.OpResolveKeys, body)
 	if err != nil {
 		return nil, err
@@ -285,6 +285,9 @@ func (s *Server) resolveKeys(_ context.Context, body []byte, _ *effects) (proto.
 	fields, err := selection(req.Fields)
 	if err != nil {
 		return nil, err
+	}
+	if !req.Create {
+		fx.read = &keysRead{req.Partition, req.Keys}
 	}
 	m, created, err := s.c.ResolveKeysCreated(req.Partition, req.Keys, fields, req.Create)
 	if err != nil {

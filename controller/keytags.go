@@ -81,7 +81,7 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 		for i, r := range touched {
 			idx[i] = r.index
 		}
-		c.log(removeTagsOp(p, idx, names, n))
+		stamp(touched, c.log(removeTagsOp(p, idx, names, n)))
 	}
 	return out, nil
 }
@@ -187,7 +187,7 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		} else {
 			ops = append(ops, removeTagsOp(p, []uint64{r.index}, []string{req.Name}, n))
 		}
-		c.log(ops...)
+		stamp([]*row{r}, c.log(ops...))
 	}
 	return engine.TagSwapped{Swapped: true, Current: set.Clone()[req.Name]}, nil
 }

@@ -211,10 +211,8 @@ func (s *Server) kvGet(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Error(fmt.Errorf("KV_GET request with %d payload bytes: %w", req.PayloadLen, engine.ErrInvalid))
 		return
 	}
+	// KVData's lookup waits for what it saw to be durable.
 	reply, b, err := s.kvGetReply(ctx, req)
-	if derr := s.durable(ctx, nil); derr != nil && err == nil {
-		err = derr
-	}
 	if err != nil {
 		if b != nil {
 			b.Release()

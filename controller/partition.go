@@ -63,6 +63,18 @@ type row struct {
 	consumed []uint64 // bitset by task slot
 	active   bool     // false while the row is only pre-allocated
 	inFeed   bool     // in its partition's change feed (changes.go)
+	// logged is the log index of the last record that changed the row's
+	// key, cells or tags: a read that saw them waits for it (WaitRead).
+	logged uint64
+}
+
+// stamp notes that record idx changed rows (0: nothing was logged).
+func stamp(rows []*row, idx uint64) {
+	for _, r := range rows {
+		if r != nil && idx > r.logged {
+			r.logged = idx
+		}
+	}
 }
 
 func (r *row) has(slot int) bool { return slot < len(r.cells) && r.cells[slot].produced() }
@@ -145,6 +157,10 @@ type partition struct {
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
+	// removed is the log index of the last record that took rows or
+	// keys out of the partition: a read that found a key absent waits
+	// for it.
+	removed uint64
 	feed    changeFeed
 }
 

@@ -84,7 +84,7 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 			tags.GetTags().Indexes, tags.GetTags().ChangeSeq = indexes, change
 			ops = append(ops, tags)
 		}
-		c.log(ops...)
+		stamp(rows, c.log(ops...))
 	}
 	return out, nil
 }

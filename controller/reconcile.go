@@ -310,7 +310,8 @@ func (c *Controller) eachCellOf(unit engine.UnitID, fn func(p *partition, r *row
 			}
 		})
 		for _, o := range lost {
-			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Lost{Lost: o}})
+			// Rare: every read waits for it.
+			c.noteRemoved(c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Lost{Lost: o}}))
 		}
 		if len(lost) > 0 {
 			p.notify()

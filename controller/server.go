@@ -113,6 +113,14 @@ type handler func(ctx context.Context, body []byte, fx *effects) (proto.Message,
 // effects is what a handler leaves for after its change is durable.
 type effects struct {
 	freed []engine.CellLoc
+	// read, set by a handler that only read keys, narrows the wait to
+	// what it saw (Controller.WaitRead).
+	read *keysRead
+}
+
+type keysRead struct {
+	partition string
+	keys      []string
 }
 
 var (
@@ -209,7 +217,13 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 		reply, err := s.call(ctx, op, req.Body, &fx)
 		// What the request changed, and what it saw, is durable before
 		// anyone hears of it.
-		if derr := s.durable(ctx, fx.freed); derr != nil && err == nil {
+		var derr error
+		if fx.read != nil {
+			derr = s.c.WaitRead(ctx, fx.read.partition, fx.read.keys)
+		} else {
+			derr = s.durable(ctx, fx.freed)
+		}
+		if derr != nil && err == nil {
 			reply, err = nil, derr
 		}
 		if err != nil {

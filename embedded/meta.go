@@ -105,6 +105,17 @@ func (l localMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
 
 func (l localMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
 	m, created, err := l.c.ResolveKeysCreated(partition, keys, fields, create)
+	if !create {
+		// A read: what it saw (rows, or keys absent) is durable, and
+		// nothing else need be.
+		if werr := l.c.WaitRead(ctx, partition, keys); werr != nil && (err == nil || !errors.Is(err, engine.ErrInvalid)) {
+			return nil, nil, werr
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, created, nil
+	}
 	if m, err = seen(ctx, l, m, err); err != nil {
 		return nil, nil, err
 	}

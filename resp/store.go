@@ -119,7 +119,7 @@ func (st *store) getOne(ctx context.Context, partition, key, field string) (val 
 		}
 		return v.rows[0][0], v.release, true, nil
 	}
-	if err := st.ctrl.WaitDurable(ctx); err != nil || !ok {
+	if err := st.ctrl.WaitRead(ctx, partition, []string{key}); err != nil || !ok {
 		return nil, nil, false, err
 	}
 	ls, err := u.Acquire([]engine.RemoteAddr{loc.Addr})
