@@ -220,11 +220,12 @@ func LocalClient(c *controller.Controller, units ...*storage.Unit) (*client.Clie
 	return client.New(Meta(c, units...), dus, client.DefaultConfig())
 }
 
-// FreeWhenDurable frees cells the controller dropped, on the units among
-// units that hold them, once what the controller logged so far is durable
-// (as [Meta] does for the changes it makes).
-func FreeWhenDurable(ctx context.Context, c *controller.Controller, units []*storage.Unit, locs []engine.CellLoc) error {
-	return Meta(c, units...).(localMeta).free(ctx, locs, nil)
+// Freer returns what frees cells the controller dropped, on the units
+// among units that hold them, once what the controller logged so far is
+// durable (as [Meta] does for the changes it makes).
+func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Context, locs []engine.CellLoc) error {
+	l := Meta(c, units...).(localMeta)
+	return func(ctx context.Context, locs []engine.CellLoc) error { return l.free(ctx, locs, nil) }
 }
 
 // KVData serves a controller's KV_PUT and KV_GET (see

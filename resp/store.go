@@ -28,13 +28,15 @@ type store struct {
 	// wait bounds how long a write waits for room in a full unit before
 	// it is refused (OOM).
 	wait time.Duration
+	// free frees cells the controller dropped once that is durable.
+	free func(context.Context, []engine.CellLoc) error
 }
 
 func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Duration) (*store, error) {
 	if len(units) == 0 {
 		return nil, fmt.Errorf("a Redis-protocol endpoint needs a storage unit in its process: %w", engine.ErrInvalid)
 	}
-	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait}
+	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait, free: embedded.Freer(ctrl, units...)}
 	for _, u := range units {
 		st.byID[u.ID()] = u
 	}
@@ -82,7 +84,7 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		u.FreeRanges([]engine.RemoteAddr{addr})
 		return err
 	}
-	return embedded.FreeWhenDurable(ctx, st.ctrl, st.units, out.Replaced)
+	return st.free(ctx, out.Replaced)
 }
 
 // noWait is a context that has ended: a reservation with it takes room
@@ -308,5 +310,5 @@ func (st *store) clearFields(ctx context.Context, partition, key string, fields 
 	if err != nil {
 		return 0, err
 	}
-	return n, embedded.FreeWhenDurable(ctx, st.ctrl, st.units, freed)
+	return n, st.free(ctx, freed)
 }
