@@ -31,8 +31,9 @@ const KVInlineMax = 64 << 10
 type KeyDataService interface {
 	PutKeysData(ctx context.Context, req engine.KeysCommit, b *engine.Batch) (engine.KeysCommitted, error)
 	// GetKeysData resolves keys as ResolveKeys does (never creating
-	// them); the batch is nil when the cells hold more than maxBytes or
-	// lie elsewhere: read them from the units with the meta.
+	// them) and returns their rows, or, when the cells hold more than
+	// maxBytes, are not all produced or lie elsewhere, no batch and the
+	// meta to read them from the units with.
 	GetKeysData(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error)
 	KeyDataSupported() bool
 }
@@ -66,27 +67,7 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 	p := &wirepb.KVPutRequest{Put: put}
 	var payload net.Buffers
 	if b != nil {
-		for _, f := range b.Fields() {
-			cf := engine.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
-			lens := &wirepb.RowLens{}
-			switch f.Col.Kind() {
-			case engine.Dense:
-				cf.Shape = f.Col.Shape()
-			case engine.Ragged:
-				cf.Shapes = f.Col.Shapes()
-			case engine.Opaque:
-				offs := f.Col.Offsets()
-				lens.Lens = make([]uint64, len(offs)-1)
-				for i := range lens.Lens {
-					lens.Lens[i] = uint64(offs[i+1] - offs[i])
-				}
-			}
-			put.Fields = append(put.Fields, wire.CommitFieldsToPB([]engine.CommitField{cf})...)
-			p.RowLens = append(p.RowLens, lens)
-			if d := f.Col.Data(); len(d) > 0 {
-				payload = append(payload, d)
-			}
-		}
+		put.Fields, p.RowLens, payload = wire.BatchToPB(b)
 	}
 	if req.Tags != nil {
 		var err error
@@ -137,6 +118,13 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 	if err != nil {
 		return nil, nil, r.opErr("kv get", r.learn(err))
 	}
+	if reply.HasData {
+		b, err := wire.BatchFromPB(reply.Fields, reply.RowLens, len(keys), data)
+		if err != nil {
+			return nil, nil, r.opErr("kv get", corruptReply(err))
+		}
+		return nil, b, nil
+	}
 	m, err := r.meta("kv get", reply.Meta)
 	if err != nil {
 		return nil, nil, err
@@ -144,44 +132,7 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 	if m.Len() != len(keys) {
 		return nil, nil, r.opErr("kv get", corruptReply(fmt.Errorf("%d rows for %d keys", m.Len(), len(keys))))
 	}
-	if !reply.HasData {
-		return m, nil, nil
-	}
-	b, err := batchOver(m, reply.Fields, data)
-	if err != nil {
-		return nil, nil, r.opErr("kv get", corruptReply(err))
-	}
-	return m, b, nil
-}
-
-// batchOver builds the columns of fields over data, each field's cells
-// back to back in row order, field after field, as meta's cells say.
-func batchOver(meta *engine.BatchMeta, fields []string, data []byte) (*engine.Batch, error) {
-	out := make([]engine.Field, len(fields))
-	at := uint64(0)
-	for i, name := range fields {
-		locs, ok := meta.Cells[name]
-		if !ok {
-			return nil, fmt.Errorf("field %q is not in the meta", name)
-		}
-		var size uint64
-		for _, l := range locs {
-			size += l.Addr.Len
-		}
-		if size > uint64(len(data))-at {
-			return nil, fmt.Errorf("field %q needs %d bytes, %d left", name, size, uint64(len(data))-at)
-		}
-		col, err := columnOver(meta, name, data[at:at+size:at+size])
-		if err != nil {
-			return nil, err
-		}
-		at += size
-		out[i] = engine.Field{Name: name, Col: col}
-	}
-	if at != uint64(len(data)) {
-		return nil, fmt.Errorf("the fields take %d of %d bytes", at, len(data))
-	}
-	return engine.NewBatch(out...)
+	return m, nil, nil
 }
 
 func (c checkedMeta) KeyDataSupported() bool {
@@ -209,11 +160,11 @@ func (c *Client) keyData() KeyDataService {
 	return nil
 }
 
-// GetKeys resolves keys (fields nil: every field all of them hold) and
-// reads them: in one round trip when the controller carries the bytes,
-// else as [Client.MetaByKeys] then [Client.Get]. It also returns the meta
-// (for callers that name what is not produced). Release the batch when
-// done, as after Get.
+// GetKeys reads keys' fields (nil: every field all of them hold) in one
+// round trip when the controller carries the bytes: it returns the rows.
+// Otherwise it returns the keys' meta (as [Client.MetaByKeys]) and no
+// batch: read it with [Client.Get] (or name what is not produced).
+// Release a batch when done, as after Get.
 func (c *Client) GetKeys(ctx context.Context, partition string, keys, fields []string) (*engine.BatchMeta, *engine.Batch, error) {
 	if kd := c.keyData(); kd != nil {
 		meta, b, err := kd.GetKeysData(ctx, partition, keys, fields, KVInlineMax)

@@ -89,7 +89,7 @@ func (s *Server) kvPutReply(ctx context.Context, req *wire.Request) (_ proto.Mes
 	if err := errors.Join(wire.CheckCount("keys", n), wire.CheckCount("fields", len(put.GetFields()))); err != nil {
 		return nil, err
 	}
-	b, err := kvBatch(put.GetFields(), p.RowLens, n, data)
+	b, err := wire.BatchFromPB(put.GetFields(), p.RowLens, n, data)
 	if err != nil {
 		return nil, opErr("kv put", put.GetPartition(), err)
 	}
@@ -113,97 +113,6 @@ func (s *Server) kvPutReply(ctx context.Context, req *wire.Request) (_ proto.Mes
 	return &wirepb.CommitKeysReply{Tags: pbTags, Fields: done.Fields}, nil
 }
 
-// kvBatch rebuilds a put's columns over data: each field's schema from
-// fs, its rows in order, field after field.
-func kvBatch(fs []*wirepb.CommitField, lens []*wirepb.RowLens, n int, data []byte) (*engine.Batch, error) {
-	if len(fs) == 0 {
-		if len(data) > 0 {
-			return nil, fmt.Errorf("%d payload bytes and no fields: %w", len(data), engine.ErrInvalid)
-		}
-		return nil, nil
-	}
-	if len(lens) != len(fs) {
-		return nil, fmt.Errorf("%d row length lists for %d fields: %w", len(lens), len(fs), engine.ErrInvalid)
-	}
-	cfs, err := wire.CommitFieldsFromPB(fs, n)
-	if err != nil {
-		return nil, err
-	}
-	fields := make([]engine.Field, len(cfs))
-	at := 0
-	for i, cf := range cfs {
-		var size int
-		left := len(data) - at
-		switch cf.Kind {
-		case engine.Dense:
-			row, ok := shapeBytes(cf.Shape, cf.DType.Size(), left)
-			if !ok || (row > 0 && n > left/row) {
-				return nil, fmt.Errorf("field %q: %d rows of shape %v exceed the %d payload bytes left: %w", cf.Name, n, cf.Shape, left, engine.ErrInvalid)
-			}
-			size = n * row
-		case engine.Ragged:
-			for r, sh := range cf.Shapes {
-				row, ok := shapeBytes(sh, cf.DType.Size(), left-size)
-				if !ok {
-					return nil, fmt.Errorf("field %q: row %d of shape %v exceeds the %d payload bytes left: %w", cf.Name, r, sh, left-size, engine.ErrInvalid)
-				}
-				size += row
-			}
-		case engine.Opaque:
-			if len(lens[i].Lens) != n {
-				return nil, fmt.Errorf("field %q: %d row lengths for %d keys: %w", cf.Name, len(lens[i].Lens), n, engine.ErrInvalid)
-			}
-			for _, l := range lens[i].Lens {
-				if l > uint64(len(data)) {
-					return nil, fmt.Errorf("field %q: a row of %d bytes in a payload of %d: %w", cf.Name, l, len(data), engine.ErrInvalid)
-				}
-				size += int(l)
-			}
-		default:
-			return nil, fmt.Errorf("field %q of kind %v: %w", cf.Name, cf.Kind, engine.ErrInvalid)
-		}
-		if size < 0 || size > len(data)-at {
-			return nil, fmt.Errorf("field %q needs %d bytes, %d left in the payload: %w", cf.Name, size, len(data)-at, engine.ErrInvalid)
-		}
-		part := data[at : at+size : at+size]
-		at += size
-		var col *engine.Column
-		switch cf.Kind {
-		case engine.Dense:
-			col, err = engine.NewDense(cf.DType, n, cf.Shape, part)
-		case engine.Ragged:
-			col, err = engine.NewRagged(cf.DType, cf.Shapes, part)
-		default:
-			offs := make([]int, n+1)
-			for r, l := range lens[i].Lens {
-				offs[r+1] = offs[r] + int(l)
-			}
-			col, err = engine.NewOpaque(offs, part)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("field %q: %w", cf.Name, err)
-		}
-		fields[i] = engine.Field{Name: cf.Name, Col: col}
-	}
-	if at != len(data) {
-		return nil, fmt.Errorf("the fields take %d of %d payload bytes: %w", at, len(data), engine.ErrInvalid)
-	}
-	return engine.NewBatch(fields...)
-}
-
-// shapeBytes returns the bytes of one row of shape, false when they would
-// exceed limit (counted without overflow).
-func shapeBytes(shape engine.Shape, elem, limit int) (int, bool) {
-	n := elem
-	for _, d := range shape {
-		if d < 0 || (d > 0 && n > limit/d) {
-			return 0, false
-		}
-		n *= d
-	}
-	return n, n <= limit
-}
-
 // kvGet serves KV_GET.
 func (s *Server) kvGet(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
 	if req.PayloadLen != 0 {
@@ -224,12 +133,9 @@ func (s *Server) kvGet(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Reply(reply, nil, nil)
 		return
 	}
-	payload := make(net.Buffers, 0, len(reply.Fields))
-	for _, f := range reply.Fields {
-		if d := b.Col(f).Data(); len(d) > 0 {
-			payload = append(payload, d)
-		}
-	}
+	var payload net.Buffers
+	reply.HasData = true
+	reply.Fields, reply.RowLens, payload = wire.BatchToPB(b)
 	rw.Reply(reply, payload, b.Release)
 }
 
@@ -254,18 +160,15 @@ func (s *Server) kvGetReply(ctx context.Context, req *wire.Request) (_ *wirepb.K
 	if err != nil {
 		return nil, nil, err
 	}
+	if b != nil {
+		// The bytes say it all: no meta to encode.
+		return &wirepb.KVGetReply{}, b, nil
+	}
 	pm, err := wire.MetaToPB(meta)
 	if err != nil {
-		if b != nil {
-			b.Release()
-		}
 		return nil, nil, err
 	}
-	reply := &wirepb.KVGetReply{Meta: pm}
-	if b != nil {
-		reply.HasData, reply.Fields = true, b.Names()
-	}
-	return reply, b, nil
+	return &wirepb.KVGetReply{Meta: pm}, nil, nil
 }
 
 // recoverInto turns a panic of op's handler into an error wrapping

@@ -103,14 +103,11 @@ func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fie
 	// Small values of a controller with units of its own come with the
 	// keys' meta, in one round trip.
 	meta, b, err := kv.c.GetKeys(ctx, partition, keys, sel)
-	if err != nil {
-		return nil, err
+	if err != nil || b != nil {
+		return b, err
 	}
 	if err := notProduced(partition, keys, sel, meta); err != nil {
 		return nil, err
-	}
-	if b != nil {
-		return b, nil
 	}
 	return kv.c.Get(ctx, meta)
 }

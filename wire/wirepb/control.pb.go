@@ -1613,13 +1613,16 @@ func (x *KVGetRequest) GetMaxBytes() uint64 {
 	return 0
 }
 
-// KVGetReply: the keys' meta; with has_data, the payload holds each field
-// of meta's schema, in the order of fields, its rows' cells back to back.
+// KVGetReply: without has_data, the keys' meta, to read their cells from
+// the units with. With has_data, the keys' rows themselves, laid out as a
+// KV_PUT's: fields (schemas without locations), row_lens (an opaque
+// field's row lengths), and the payload, each field's rows back to back.
 type KVGetReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Meta          *BatchMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
 	HasData       bool                   `protobuf:"varint,2,opt,name=has_data,json=hasData,proto3" json:"has_data,omitempty"`
-	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	RowLens       []*RowLens             `protobuf:"bytes,4,rep,name=row_lens,json=rowLens,proto3" json:"row_lens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1668,9 +1671,16 @@ func (x *KVGetReply) GetHasData() bool {
 	return false
 }
 
-func (x *KVGetReply) GetFields() []string {
+func (x *KVGetReply) GetFields() []*CommitField {
 	if x != nil {
 		return x.Fields
+	}
+	return nil
+}
+
+func (x *KVGetReply) GetRowLens() []*RowLens {
+	if x != nil {
+		return x.RowLens
 	}
 	return nil
 }
@@ -3778,12 +3788,13 @@ const file_control_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04keys\x18\x02 \x03(\tR\x04keys\x122\n" +
 	"\x06fields\x18\x03 \x01(\v2\x1a.tq.wire.v1.FieldSelectionR\x06fields\x12\x1b\n" +
-	"\tmax_bytes\x18\x04 \x01(\x04R\bmaxBytes\"j\n" +
+	"\tmax_bytes\x18\x04 \x01(\x04R\bmaxBytes\"\xb3\x01\n" +
 	"\n" +
 	"KVGetReply\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\x12\x19\n" +
-	"\bhas_data\x18\x02 \x01(\bR\ahasData\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"G\n" +
+	"\bhas_data\x18\x02 \x01(\bR\ahasData\x12/\n" +
+	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12.\n" +
+	"\brow_lens\x18\x04 \x03(\v2\x13.tq.wire.v1.RowLensR\arowLens\"G\n" +
 	"\rKeysOfRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\"\x1f\n" +
@@ -4028,23 +4039,25 @@ var file_control_proto_depIdxs = []int32{
 	22, // 18: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
 	7,  // 19: tq.wire.v1.KVGetRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	5,  // 20: tq.wire.v1.KVGetReply.meta:type_name -> tq.wire.v1.BatchMeta
-	29, // 21: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
-	0,  // 22: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
-	35, // 23: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
-	37, // 24: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	38, // 25: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
-	2,  // 26: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	50, // 27: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	50, // 28: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	52, // 29: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	55, // 30: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
-	3,  // 31: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	4,  // 32: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	14, // 21: tq.wire.v1.KVGetReply.fields:type_name -> tq.wire.v1.CommitField
+	22, // 22: tq.wire.v1.KVGetReply.row_lens:type_name -> tq.wire.v1.RowLens
+	29, // 23: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
+	0,  // 24: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
+	35, // 25: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
+	37, // 26: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	38, // 27: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	2,  // 28: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
+	50, // 29: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	50, // 30: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	52, // 31: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	55, // 32: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	3,  // 33: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	4,  // 34: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
