@@ -26,8 +26,9 @@ import (
 const KVInlineMax = 64 << 10
 
 // KeyDataService is a metadata service that can carry a KV put's or get's
-// bytes itself. A RemoteMeta implements it; Supported reports false once
-// the controller said it cannot (then the calls are not tried again).
+// bytes itself. A RemoteMeta implements it; KeyDataSupported reports false
+// once the controller answered CODE_NOT_SUPPORTED (it has no units of its
+// own), and the client stops trying.
 type KeyDataService interface {
 	PutKeysData(ctx context.Context, req engine.KeysCommit, b *engine.Batch) (engine.KeysCommitted, error)
 	// GetKeysData resolves keys as ResolveKeys does (never creating
