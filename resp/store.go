@@ -110,25 +110,31 @@ func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*sto
 // getOne reads one field of one key from where it lies: a view into a
 // unit's arena, to release once written. ok is false when the key or the
 // field is absent; a cell on a unit of another process goes the general
-// way.
+// way. A put that replaces the cell between the lookup and the lease
+// (its old extent freed meanwhile) makes it look again.
 func (st *store) getOne(ctx context.Context, partition, key, field string) (val []byte, release func(), ok bool, err error) {
-	loc, ok := st.ctrl.KeyCell(partition, key, field)
-	u := st.byID[loc.Unit]
-	if ok && (loc.Lost() || u == nil) {
-		v, err := st.get(ctx, partition, []string{key}, []string{field})
-		if err != nil || v.rows[0] == nil || v.rows[0][0] == nil {
+	for attempt := 0; ; attempt++ {
+		loc, ok := st.ctrl.KeyCell(partition, key, field)
+		u := st.byID[loc.Unit]
+		if ok && (loc.Lost() || u == nil) {
+			v, err := st.get(ctx, partition, []string{key}, []string{field})
+			if err != nil || v.rows[0] == nil || v.rows[0][0] == nil {
+				return nil, nil, false, err
+			}
+			return v.rows[0][0], v.release, true, nil
+		}
+		if err := st.ctrl.WaitRead(ctx, partition, []string{key}); err != nil || !ok {
 			return nil, nil, false, err
 		}
-		return v.rows[0][0], v.release, true, nil
-	}
-	if err := st.ctrl.WaitRead(ctx, partition, []string{key}); err != nil || !ok {
-		return nil, nil, false, err
-	}
-	ls, err := u.Acquire([]engine.RemoteAddr{loc.Addr})
-	if err != nil {
+		ls, err := u.Acquire([]engine.RemoteAddr{loc.Addr})
+		if err == nil {
+			return ls.Bytes(0), ls.Release, true, nil
+		}
+		if now, still := st.ctrl.KeyCell(partition, key, field); attempt < 16 && (!still || now != loc) {
+			continue // replaced or cleared meanwhile
+		}
 		return nil, nil, false, fmt.Errorf("key %q field %q of partition %q: %w", key, field, partition, errors.Join(err, engine.ErrLost))
 	}
-	return ls.Bytes(0), ls.Release, true, nil
 }
 
 // absent reports an error that a Redis client hears as a missing key or
