@@ -329,3 +329,12 @@ func consecutive(runs []run) bool {
 	}
 	return true
 }
+
+// CellsGone reports the error of a read whose cells were gone from their
+// unit when it went to lease them ([engine.ErrLost] for cells the unit no
+// longer holds). Either a concurrent put replaced the key's cells and
+// freed the old ones, and resolving the keys again finds the new ones; or
+// the cells are lost for good, and reading again fails the same way.
+func CellsGone(err error) bool {
+	return errors.Is(err, engine.ErrLost) && errors.Is(err, engine.ErrNotFound)
+}

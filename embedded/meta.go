@@ -253,6 +253,17 @@ func (k kvData) PutKeys(ctx context.Context, partition string, keys []string, b 
 }
 
 func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
+	for attempt := 0; ; attempt++ {
+		meta, b, err := k.getKeys(ctx, partition, keys, fields, maxBytes)
+		// A put replaced the cells, and freed them, between the lookup
+		// and the lease: look again (cells lost for good fail each time).
+		if err == nil || attempt == 16 || !client.CellsGone(err) {
+			return meta, b, err
+		}
+	}
+}
+
+func (k kvData) getKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
 	meta, err := k.cl.MetaByKeys(ctx, partition, keys, fields, false)
 	if err != nil {
 		return nil, nil, err

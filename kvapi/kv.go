@@ -93,6 +93,26 @@ func checkKeys(partition string, keys []string) error {
 // until [engine.Batch.Release]; elsewhere it is a copy the caller owns (see
 // [client.Client.Get]). Calling Release when done is right either way.
 func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
+	return reread(func() (*engine.Batch, error) { return kv.batchGet(ctx, partition, keys, fields) })
+}
+
+// reread runs a read again when it failed because the cells it resolved
+// were gone when it went to lease them: a put that replaced them, and
+// freed them, in between (a key that is overwritten while it is read).
+// Cells lost for good fail every time; after maxRereads tries the error
+// is returned.
+func reread[T any](read func() (T, error)) (T, error) {
+	for attempt := 0; ; attempt++ {
+		v, err := read()
+		if err == nil || attempt == maxRereads || !client.CellsGone(err) {
+			return v, err
+		}
+	}
+}
+
+const maxRereads = 16
+
+func (kv *KV) batchGet(ctx context.Context, partition string, keys, fields []string) (*engine.Batch, error) {
 	if len(keys) == 0 {
 		return nil, opErr("batch get", partition, fmt.Errorf("empty key list: %w", engine.ErrInvalid))
 	}
@@ -115,31 +135,37 @@ func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fie
 // BatchGetCopy is [KV.BatchGet] into fresh columns the caller owns and may
 // modify, whatever the transport.
 func (kv *KV) BatchGetCopy(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
-	meta, err := kv.resolve(ctx, partition, keys, fields)
-	if err != nil {
-		return nil, err
-	}
-	return kv.c.GetCopy(ctx, meta)
+	return reread(func() (*engine.Batch, error) {
+		meta, err := kv.resolve(ctx, partition, keys, fields)
+		if err != nil {
+			return nil, err
+		}
+		return kv.c.GetCopy(ctx, meta)
+	})
 }
 
 // BatchGetView is [KV.BatchGet] returning views into storage where
 // possible (no copy). Release the view when done.
 func (kv *KV) BatchGetView(ctx context.Context, partition string, keys []string, fields ...string) (*client.View, error) {
-	meta, err := kv.resolve(ctx, partition, keys, fields)
-	if err != nil {
-		return nil, err
-	}
-	return kv.c.GetView(ctx, meta)
+	return reread(func() (*client.View, error) {
+		meta, err := kv.resolve(ctx, partition, keys, fields)
+		if err != nil {
+			return nil, err
+		}
+		return kv.c.GetView(ctx, meta)
+	})
 }
 
 // BatchGetInto is [KV.BatchGet] into a buffer the caller owns and reuses
 // (see [client.Client.GetInto]); [KV.SizeOf] tells how big it must be.
 func (kv *KV) BatchGetInto(ctx context.Context, partition string, keys []string, buf []byte, fields ...string) (*engine.Batch, error) {
-	meta, err := kv.resolve(ctx, partition, keys, fields)
-	if err != nil {
-		return nil, err
-	}
-	return kv.c.GetInto(ctx, meta, buf)
+	return reread(func() (*engine.Batch, error) {
+		meta, err := kv.resolve(ctx, partition, keys, fields)
+		if err != nil {
+			return nil, err
+		}
+		return kv.c.GetInto(ctx, meta, buf)
+	})
 }
 
 // SizeOf returns the bytes a BatchGetInto of these keys and fields needs.

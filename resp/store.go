@@ -140,6 +140,9 @@ func (st *store) getOne(ctx context.Context, partition, key, field string) (val 
 // absent reports an error that a Redis client hears as a missing key or
 // field (nil), not as an error.
 func absent(err error) bool {
+	if errors.Is(err, engine.ErrLost) {
+		return false // cells gone from their unit wrap ErrNotFound too
+	}
 	return errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrNotReady)
 }
 
@@ -198,6 +201,11 @@ func (v *values) release() {
 func (st *store) get(ctx context.Context, partition string, keys, fields []string) (*values, error) {
 	v := &values{rows: make([][][]byte, len(keys))}
 	err := st.getInto(ctx, v, partition, keys, fields, 0)
+	for attempt := 0; attempt < 16 && client.CellsGone(err); attempt++ {
+		// A put replaced the cells, and freed them, between the lookup
+		// and the lease: look again.
+		err = st.getInto(ctx, v, partition, keys, fields, 0)
+	}
 	if err == nil || !absent(err) {
 		return v, err
 	}
@@ -223,7 +231,11 @@ func (st *store) get(ctx context.Context, partition string, keys, fields []strin
 		if len(have) == 0 {
 			continue
 		}
-		if err := st.getInto(ctx, v, partition, []string{k}, have, i); err != nil && !absent(err) {
+		err = st.getInto(ctx, v, partition, []string{k}, have, i)
+		for attempt := 0; attempt < 16 && client.CellsGone(err); attempt++ {
+			err = st.getInto(ctx, v, partition, []string{k}, have, i)
+		}
+		if err != nil && !absent(err) {
 			v.release()
 			return nil, err
 		}
