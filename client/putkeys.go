@@ -123,7 +123,9 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		// One round trip: the controller writes the bytes to a unit of
 		// its process and commits.
 		out, err := kd.PutKeysData(ctx, req, b)
-		if !errors.Is(err, engine.ErrNotSupported) {
+		// A controller without units of its own, or one that would not
+		// wait for room (in memory): the put goes through the units.
+		if !errors.Is(err, engine.ErrNotSupported) && !errors.Is(err, engine.ErrCapacity) {
 			return out, err
 		}
 	}

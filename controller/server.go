@@ -151,13 +151,18 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Logger:        cfg.Logger,
 	})
 	s.handlers = s.handlerTable()
-	// They carry payloads: their own wire handlers. A put may wait for
-	// room and for its fsync, a get for its fsync: a goroutine each; in
-	// memory a get takes microseconds and runs on the read loop.
-	s.ws.Handle(wire.OpKVPut, s.kvPut)
+	// They carry payloads: their own wire handlers. With a journal a put
+	// waits for its fsync and a get for what it saw: a goroutine each. In
+	// memory both take microseconds and run on the read loop; a put then
+	// never waits for room (the client puts through the units instead,
+	// which wait).
 	if c.Durable() {
+		s.ws.Handle(wire.OpKVPut, s.kvPut)
 		s.ws.Handle(wire.OpKVGet, s.kvGet)
 	} else {
+		s.ws.HandleInline(wire.OpKVPut, func(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+			s.kvPut(noWait, req, rw)
+		})
 		s.ws.HandleInline(wire.OpKVGet, s.kvGet)
 	}
 	for op := range s.handlers {

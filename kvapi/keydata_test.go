@@ -2,8 +2,12 @@ package kvapi
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -143,5 +147,50 @@ func TestKVPutHostile(t *testing.T) {
 	got, err := sc.kv.BatchGet(ctx, "p", []string{"ok"}, "v")
 	require.NoError(t, err)
 	assert.Equal(t, "hi", got.Col("v").String(0))
+	got.Release()
+}
+
+// TestKVPutWaitsForRoom: with the unit full, a small put through an
+// in-memory controller (which answers KV_PUT without waiting for room)
+// waits for room through the unit and lands once keys are cleared.
+func TestKVPutWaitsForRoom(t *testing.T) {
+	ctx := t.Context()
+	sc := newServedKV(t)
+	kv := sc.kv
+	val := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, 60<<10)})})
+	var keys []string
+	for i := 0; ; i++ {
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		_, err := kv.Put(short, "p", fmt.Sprint("k", i), val, nil)
+		cancel()
+		if err != nil {
+			// The controller refused at once; the put went to the unit
+			// and waited there for room until the deadline.
+			require.True(t, errors.Is(err, engine.ErrCapacity) || errors.Is(err, context.DeadlineExceeded), "a full unit: %v", err)
+			break
+		}
+		keys = append(keys, fmt.Sprint("k", i))
+		require.Less(t, i, 1000, "the unit never filled")
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := kv.Put(ctx, "p", "late", val, nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the put did not wait for room: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	require.NoError(t, kv.Clear(ctx, "p", keys[:10]))
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the put still waits after keys were cleared")
+	}
+	got, err := kv.BatchGet(ctx, "p", []string{"late"}, "v")
+	require.NoError(t, err)
+	assert.Len(t, got.Col("v").RowBytes(0), 60<<10)
 	got.Release()
 }
