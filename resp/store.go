@@ -304,7 +304,7 @@ func held(meta *engine.BatchMeta) []string {
 
 func (st *store) exists(ctx context.Context, partition string, keys []string) ([]bool, error) {
 	has := st.ctrl.HasKeys(partition, keys)
-	return has, st.ctrl.WaitDurable(ctx)
+	return has, st.ctrl.WaitRead(ctx, partition, keys)
 }
 
 // del clears keys and returns how many existed.
