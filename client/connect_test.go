@@ -355,3 +355,40 @@ func TestShmConnectionRedialed(t *testing.T) {
 	got.Release()
 	assert.Equal(t, "shm", c.Units()[0].Transport())
 }
+
+// A read of cells on a unit that registered a moment after the client's
+// last learn learns again. It used to skip any learn within 100 ms of the
+// last and report the cells lost (the fault matrix's seed 611 met it: a
+// consumer read a restarted unit's cells as lost).
+func TestReadLearnsUnitJoinedJustAfterALearn(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinUnit(t, addr, true)
+	hash := client.ConnectConfig{Client: client.Config{Placement: client.Hash}}
+	early, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer early.Close()
+	nowhere := &engine.BatchMeta{Indexes: []uint64{1}, Partitions: []string{"p"}, Ready: []bool{true}, Tags: []engine.Tags{nil},
+		Schema: map[string]engine.FieldSchema{"x": {DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}}},
+		Cells:  map[string][]engine.CellLoc{"x": {{Unit: 9999, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}}}}}
+	for round := range 3 {
+		// A read of a unit nobody knows: the early client learns now.
+		_, err := early.Get(ctx, nowhere)
+		require.ErrorIs(t, err, engine.ErrLost)
+		learned := time.Now()
+		u := joinUnit(t, addr, true)
+		late, err := client.Connect(ctx, addr, hash)
+		require.NoError(t, err)
+		keys := keyRange(fmt.Sprint("r", round, "k"), 16)
+		_, err = kvapi.New(late).BatchPut(ctx, "p", keys, xBatch(t, 16), nil)
+		require.NoError(t, err)
+		require.Contains(t, unitsOf(t, late, "p", keys), u.u.ID())
+		late.Close()
+		got, err := kvapi.New(early).BatchGet(ctx, "p", keys)
+		require.NoError(t, err, "cells on a unit that joined %v after the last learn", time.Since(learned))
+		got.Release()
+	}
+}

@@ -8,8 +8,9 @@ package client
 // write) when the client learns from the controller of a unit that
 // joined or died:
 //
-//   - a read that meets cells on a unit it does not know asks at once
-//     (at most once per learnMin), and fails with engine.ErrLost only if
+//   - a read that meets cells on a unit it does not know asks at once,
+//     unless a list asked for since it met them is enough (many such
+//     reads at once share a list), and fails with engine.ErrLost only if
 //     the controller does not know the unit either;
 //   - placement asks in the background at most once per learnEvery, and
 //     at once after a write found a unit unreachable; a unit the
@@ -31,10 +32,7 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-const (
-	learnMin   = 100 * time.Millisecond // a read asks no more often
-	learnEvery = time.Second            // placement asks no more often
-)
+const learnEvery = time.Second // placement asks no more often
 
 // unitTable is an immutable view of the units.
 type unitTable struct {
@@ -124,7 +122,7 @@ type discovery struct {
 	learning sync.Mutex // one learn at a time
 
 	mu     sync.Mutex // guards the fields below; never held across a call
-	last   time.Time  // when the last learn asked
+	last   time.Time  // when the last learn's list was asked for
 	due    bool       // a write found a unit unreachable: ask at once
 	busy   bool       // a background learn is running
 	closed bool
@@ -164,18 +162,22 @@ func (c *Client) learnSoon(now bool) {
 
 // learn asks the controller for its units and replaces the client's
 // table: units that joined are added (dialed), those not alive are marked
-// dead. With read, a learn within learnMin is enough (a read that waited
-// for another's learn does not ask again).
+// dead. With read, a learn whose list was asked for after this call began
+// is enough: it knows every unit the read's cells could name (a read that
+// waited for another's learn does not ask again). A list asked for before
+// is not: the read's unit may have registered after it (a learn a moment
+// earlier made reads of a new unit's cells fail as lost).
 func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	asked := time.Now()
 	d.learning.Lock()
 	defer d.learning.Unlock()
 	d.mu.Lock()
-	skip := d.closed || (read && d.last.After(asked.Add(-learnMin)))
+	skip := d.closed || (read && !d.last.Before(asked))
 	d.mu.Unlock()
 	if skip {
 		return
 	}
+	listed := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, learnTimeout)
 	infos, err := d.list(lctx)
 	cancel()
@@ -183,7 +185,7 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 		return // reads fail as they would have; placement asks again later
 	}
 	d.mu.Lock()
-	d.last, d.due = time.Now(), false
+	d.last, d.due = listed, false
 	d.mu.Unlock()
 	old := c.tbl.Load()
 	units := slices.Clone(old.units)
