@@ -10,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -337,4 +339,22 @@ func consecutive(runs []run) bool {
 // the cells are lost for good, and reading again fails the same way.
 func CellsGone(err error) bool {
 	return errors.Is(err, engine.ErrLost) && errors.Is(err, engine.ErrNotFound)
+}
+
+// Reread runs read, which resolves keys and reads their cells, again
+// while it fails because the cells were gone ([CellsGone]): a put of the
+// same keys replaced them in between. From the second try on it waits a
+// random moment first, up to a millisecond more each time, so that a
+// reader that keeps meeting a writer's puts at the same point of its loop
+// falls out of step with it. Cells lost for good fail every time; after
+// 16 tries the error is returned.
+func Reread(read func() error) error {
+	err := read()
+	for attempt := 0; attempt < 16 && CellsGone(err); attempt++ {
+		if attempt > 0 {
+			time.Sleep(rand.N(time.Duration(attempt) * time.Millisecond))
+		}
+		err = read()
+	}
+	return err
 }

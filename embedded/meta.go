@@ -253,14 +253,15 @@ func (k kvData) PutKeys(ctx context.Context, partition string, keys []string, b 
 }
 
 func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
-	for attempt := 0; ; attempt++ {
-		meta, b, err := k.getKeys(ctx, partition, keys, fields, maxBytes)
-		// A put replaced the cells, and freed them, between the lookup
-		// and the lease: look again (cells lost for good fail each time).
-		if err == nil || attempt == 16 || !client.CellsGone(err) {
-			return meta, b, err
-		}
-	}
+	// A put may replace the cells, and free them, between the lookup and
+	// the lease: look again.
+	var meta *engine.BatchMeta
+	var b *engine.Batch
+	err := client.Reread(func() (err error) {
+		meta, b, err = k.getKeys(ctx, partition, keys, fields, maxBytes)
+		return err
+	})
+	return meta, b, err
 }
 
 func (k kvData) getKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {

@@ -98,19 +98,15 @@ func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fie
 
 // reread runs a read again when it failed because the cells it resolved
 // were gone when it went to lease them: a put that replaced them, and
-// freed them, in between (a key that is overwritten while it is read).
-// Cells lost for good fail every time; after maxRereads tries the error
-// is returned.
+// freed them, in between (see client.Reread).
 func reread[T any](read func() (T, error)) (T, error) {
-	for attempt := 0; ; attempt++ {
-		v, err := read()
-		if err == nil || attempt == maxRereads || !client.CellsGone(err) {
-			return v, err
-		}
-	}
+	var v T
+	err := client.Reread(func() (err error) {
+		v, err = read()
+		return err
+	})
+	return v, err
 }
-
-const maxRereads = 16
 
 func (kv *KV) batchGet(ctx context.Context, partition string, keys, fields []string) (*engine.Batch, error) {
 	if len(keys) == 0 {

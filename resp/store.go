@@ -200,12 +200,9 @@ func (v *values) release() {
 // read on its own.
 func (st *store) get(ctx context.Context, partition string, keys, fields []string) (*values, error) {
 	v := &values{rows: make([][][]byte, len(keys))}
-	err := st.getInto(ctx, v, partition, keys, fields, 0)
-	for attempt := 0; attempt < 16 && client.CellsGone(err); attempt++ {
-		// A put replaced the cells, and freed them, between the lookup
-		// and the lease: look again.
-		err = st.getInto(ctx, v, partition, keys, fields, 0)
-	}
+	// A put may replace the cells, and free them, between the lookup and
+	// the lease: look again.
+	err := client.Reread(func() error { return st.getInto(ctx, v, partition, keys, fields, 0) })
 	if err == nil || !absent(err) {
 		return v, err
 	}
@@ -231,10 +228,7 @@ func (st *store) get(ctx context.Context, partition string, keys, fields []strin
 		if len(have) == 0 {
 			continue
 		}
-		err = st.getInto(ctx, v, partition, []string{k}, have, i)
-		for attempt := 0; attempt < 16 && client.CellsGone(err); attempt++ {
-			err = st.getInto(ctx, v, partition, []string{k}, have, i)
-		}
+		err = client.Reread(func() error { return st.getInto(ctx, v, partition, []string{k}, have, i) })
 		if err != nil && !absent(err) {
 			v.release()
 			return nil, err
