@@ -96,8 +96,12 @@
  *   that shrinks that file under a registered MR makes the initiator take
  *   SIGBUS, where hardware would report an error.
  * - Copies happen synchronously inside ibv_post_send; completions are
- *   visible as soon as post_send returns (except retry-exceeded ones, which
- *   become visible after the transport timeout). There is no receive queue,
+ *   visible as soon as post_send returns, except that a WR whose peer is
+ *   unreachable completes with IBV_WC_RETRY_EXC_ERR only after the transport
+ *   timeout of its QP, 4.096 us * 2^timeout * (retry_cnt + 1) (timeout 0,
+ *   infinite on hardware, and anything longer is capped at 10 s); the later
+ *   completions of that QP wait behind it, those of other QPs on the same
+ *   CQ do not. There is no receive queue,
  *   no SEND/RECV, atomics, immediate data, completion channels, SRQ, memory
  *   windows or UD; post_recv returns EOPNOTSUPP and req_notify_cq returns
  *   EOPNOTSUPP.
@@ -269,7 +273,7 @@ struct emu_mr {
 
 struct emu_cqe {
 	struct ibv_wc wc;
-	uint64_t ready_ns;		/* 0: ready now */
+	uint64_t ready_ns;		/* 0: ready now; else not before */
 	struct emu_qp *qp;
 	uint64_t seq;			/* the WR's post number on its QP */
 };
@@ -280,6 +284,7 @@ struct emu_cq {
 	struct emu_cqe *ring;
 	uint32_t cap;			/* a power of two */
 	uint32_t head, count;
+	uint32_t ndelayed;		/* entries with ready_ns != 0 */
 	int overrun;			/* atomic */
 	int nqp;			/* under the context lock */
 };
@@ -295,6 +300,7 @@ struct emu_qp {
 	enum ibv_qp_state state;
 	struct ibv_qp_attr attr;	/* last values set by modify_qp */
 	uint64_t timeout_ns;
+	uint64_t last_ready_ns;		/* ready time of its latest entry */
 	struct emu_peer *peer;
 	uint64_t posted;		/* WRs accepted */
 	uint64_t retired;		/* atomic: post number polled */
@@ -1086,10 +1092,18 @@ static int emu_destroy_cq(struct ibv_cq *ibcq)
 	return 0;
 }
 
+/*
+ * Completions leave in ring order, except that an entry whose ready time
+ * has not come stays, and so do the entries behind it of the same QP
+ * (their ready times are never earlier, see emu_push): order is kept per
+ * QP, as on hardware, and one QP waiting out a transport timeout does not
+ * hold back the others sharing its CQ.
+ */
 static int emu_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc)
 {
 	struct emu_cq *cq = (struct emu_cq *)ibcq;
-	uint64_t now = 0;
+	uint32_t i, kept = 0, count, mask = cq->cap - 1;
+	uint64_t now;
 	int got = 0;
 
 	if (n < 0) {
@@ -1102,20 +1116,37 @@ static int emu_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc)
 		errno = EOVERFLOW;
 		return -1;
 	}
-	while (got < n && cq->count) {
-		struct emu_cqe *e = &cq->ring[cq->head];
+	if (!cq->ndelayed) {
+		while (got < n && cq->count) {
+			struct emu_cqe *e = &cq->ring[cq->head];
 
-		if (e->ready_ns) {
-			if (!now)
-				now = emu_now_ns();
-			if (e->ready_ns > now)
-				break;
+			wc[got++] = e->wc;
+			__atomic_store_n(&e->qp->retired, e->seq,
+					 __ATOMIC_RELEASE);
+			cq->head = (cq->head + 1) & mask;
+			cq->count--;
 		}
-		wc[got++] = e->wc;
-		__atomic_store_n(&e->qp->retired, e->seq, __ATOMIC_RELEASE);
-		cq->head = (cq->head + 1) & (cq->cap - 1);
-		cq->count--;
+		goto out;
 	}
+	now = emu_now_ns();
+	count = cq->count;
+	for (i = 0; i < count; i++) {
+		struct emu_cqe *e = &cq->ring[(cq->head + i) & mask];
+
+		if (got < n && e->ready_ns <= now) {
+			wc[got++] = e->wc;
+			__atomic_store_n(&e->qp->retired, e->seq,
+					 __ATOMIC_RELEASE);
+			if (e->ready_ns)
+				cq->ndelayed--;
+			continue;
+		}
+		if (kept != i)
+			cq->ring[(cq->head + kept) & mask] = *e;
+		kept++;
+	}
+	cq->count = kept;
+out:
 	pthread_mutex_unlock(&cq->lock);
 	return got;
 }
@@ -1129,8 +1160,11 @@ static void emu_cq_purge(struct emu_cq *cq, struct emu_qp *qp)
 	for (i = 0; i < cq->count; i++) {
 		struct emu_cqe *e = &cq->ring[(cq->head + i) & mask];
 
-		if (e->qp == qp)
+		if (e->qp == qp) {
+			if (e->ready_ns)
+				cq->ndelayed--;
 			continue;
+		}
 		cq->ring[(cq->head + kept) & mask] = *e;
 		kept++;
 	}
@@ -1250,6 +1284,17 @@ static struct ibv_qp *emu_create_qp(struct ibv_pd *ibpd,
 	return &qp->ibqp;
 }
 
+/* A pidfd, readable once the process has exited; -1 if unsupported. */
+static int emu_pidfd_open(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+	(void)pid;
+	return -1;
+#endif
+}
+
 /* Under the context lock. */
 static void emu_peer_put(struct emu_context *ctx, struct emu_peer *peer)
 {
@@ -1284,7 +1329,7 @@ static int emu_peer_get(struct emu_context *ctx, const union ibv_gid *gid,
 			struct emu_peer **out)
 {
 	static const uint8_t prefix[8] = { 0xfe, 0x80 };
-	struct emu_peer *peer;
+	struct emu_peer *peer, *p;
 	struct stat st, st2;
 	char path[64];
 	uint32_t pid = 0, fdn = 0;
@@ -1317,7 +1362,7 @@ static int emu_peer_get(struct emu_context *ctx, const union ibv_gid *gid,
 		err = errno;
 		goto err_close;
 	}
-	for (struct emu_peer *p = ctx->peers; p; p = p->next) {
+	for (p = ctx->peers; p; p = p->next) {
 		if (p->reg && p->pid == (pid_t)pid && p->dev == st.st_dev &&
 		    p->ino == st.st_ino) {
 			p->refs++;
@@ -1349,7 +1394,7 @@ static int emu_peer_get(struct emu_context *ctx, const union ibv_gid *gid,
 		err = EINVAL;
 		goto err_unmap;
 	}
-	peer->pidfd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+	peer->pidfd = emu_pidfd_open((pid_t)pid);
 	/* The pid could have been reused between open and pidfd_open. */
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fstat(fd, &st2) || st2.st_dev != st.st_dev ||
@@ -1508,6 +1553,7 @@ static void emu_qp_reset(struct emu_qp *qp)
 	__atomic_store_n(&qp->retired, 0, __ATOMIC_RELAXED);
 	qp->attr = (struct ibv_qp_attr){ .qp_state = IBV_QPS_RESET };
 	qp->timeout_ns = 0;
+	qp->last_ready_ns = 0;
 	emu_qp_set_state(qp, IBV_QPS_RESET);
 }
 
@@ -1674,6 +1720,11 @@ static void emu_push(struct emu_qp *qp, const struct ibv_send_wr *wr,
 		.qp_num = qp->ibqp.qp_num,
 	};
 	e->ready_ns = delay ? emu_now_ns() + delay : 0;
+	if (e->ready_ns < qp->last_ready_ns)
+		e->ready_ns = qp->last_ready_ns; /* keep the QP's order */
+	qp->last_ready_ns = e->ready_ns;
+	if (e->ready_ns)
+		cq->ndelayed++;
 	e->qp = qp;
 	e->seq = qp->posted;
 	cq->count++;
@@ -1836,6 +1887,8 @@ static enum ibv_wc_status emu_remote(struct emu_qp *qp,
 	    total > s.length - (raddr - s.addr))
 		return IBV_WC_REM_ACCESS_ERR;
 	off = s.offset + (raddr - s.addr);
+	if (off < s.offset || off + total < off)
+		return IBV_WC_REM_ACCESS_ERR;
 	base = emu_rmap_get(ctx, peer, &s, off + total, write);
 	if (!base) {
 		if (!emu_peer_alive(peer))
@@ -2012,8 +2065,7 @@ int tq_emu_inject(struct ibv_context *ibctx, int kind, int after, int count,
 		ctx->fault_post_err = err;
 		break;
 	case TQ_EMU_FAULT_COMPLETION:
-		if (count < 0 || err <= IBV_WC_SUCCESS ||
-		    err > IBV_WC_TM_RNDV_INCOMPLETE)
+		if (count < 0 || err <= IBV_WC_SUCCESS || err > 255)
 			goto inval_unlock;
 		ctx->fault_comp_count = count;
 		ctx->fault_comp_err = err;

@@ -290,6 +290,7 @@ static int target_main(int sock)
 	struct target t = { 0 };
 	struct endpoint me = { 0 }, peer;
 	struct tq_emu_counts c, base;
+	struct ibv_port_attr port;
 	struct cmd cmd;
 	int afd, dfd, i;
 	uint64_t k;
@@ -342,8 +343,6 @@ static int target_main(int sock)
 			return 15;
 		me.qpn[i] = t.qp[i]->qp_num;
 	}
-	struct ibv_port_attr port;
-
 	if (V->query_gid(t.ctx, 1, 0, &me.gid) ||
 	    V->query_port(t.ctx, 1, &port))
 		return 16;
@@ -551,6 +550,19 @@ static void test_reg_refusals(struct init *in)
 	errno = 0;
 	mr = V->reg_mr(in->pd, in->local, 0, 0);
 	check(!mr && errno == EINVAL, "reg_mr: length 0: EINVAL");
+	{
+		struct ibv_mr *m1 = V->reg_mr(in->pd, in->local, 4096, 0), *m2;
+		uint32_t k1 = m1 ? m1->lkey : 0;
+
+		if (m1)
+			V->dereg_mr(m1);
+		m2 = V->reg_mr(in->pd, in->local, 4096, 0);
+		check(m1 && m2 && m2->lkey != k1 && m2->lkey && m2->rkey,
+		      "keys are not reused at once after dereg_mr (0x%x, then 0x%x)", k1,
+		      m2 ? m2->lkey : 0);
+		if (m2)
+			V->dereg_mr(m2);
+	}
 }
 
 static void test_qp_refusals(struct init *in)
@@ -810,6 +822,16 @@ static void test_post_errors(struct init *in, struct target_conn *tc)
 	check(r == EINVAL && bad == &wr[1] && n == 1 && wc[0].wr_id == 500,
 	      "num_sge %d > max_send_sge %d at WR 1: EINVAL, bad_wr = WR 1", SQ_SGE + 1,
 	      SQ_SGE);
+	wr[1].num_sge = 1;
+	wr[1].opcode = IBV_WR_RDMA_WRITE;
+	wr[1].send_flags |= IBV_SEND_INLINE;
+	bad = NULL;
+	r = ibv_post_send(qp, wr, &bad);
+	n = ibv_poll_cq(in->cq, 8, wc);
+	check(r == EINVAL && bad == &wr[1] && n == 1,
+	      "IBV_SEND_INLINE beyond max_inline_data (0) at WR 1: EINVAL, bad_wr = WR 1");
+	wr[1].opcode = IBV_WR_RDMA_READ;
+	wr[1].send_flags = IBV_SEND_SIGNALED;
 	check(qp_state(qp) == IBV_QPS_RTS, "post errors leave the QP in RTS");
 
 	/* The send queue holds SQ_DEPTH outstanding WRs. */
@@ -1193,6 +1215,34 @@ static void expect_retry(struct init *in, struct ibv_qp *qp, const struct endpoi
 	      dt / 1e6, RETRY_NS / 1e6);
 }
 
+/* A QP waiting out its timeout does not hold back another QP on its CQ. */
+static void test_retry_other_qp(struct init *in, struct target_conn *tc)
+{
+	const struct endpoint *ep = &tc->ep;
+	struct ibv_sge sge = { .addr = (uintptr_t)in->local, .length = 64,
+			       .lkey = in->lmr->lkey };
+	struct ibv_send_wr lost, live, *bad;
+	struct ibv_wc wc[4];
+	int r1, r2, n1, n2;
+
+	check(connect_qp(in->qp[TQP_RO], &ep->gid, ep->lid, ep->qpn[TQP_RO],
+			 IBV_ACCESS_REMOTE_READ) == 0,
+	      "QP reconnected to the destroyed peer QP's number");
+	set_wr(&lost, 1200, IBV_WR_RDMA_READ, &sge, 1, ep->addr[TMR0], ep->rkey[TMR0],
+	       IBV_SEND_SIGNALED, NULL);
+	set_wr(&live, 1201, IBV_WR_RDMA_READ, &sge, 1, ep->addr[TMR0], ep->rkey[TMR0],
+	       IBV_SEND_SIGNALED, NULL);
+	r1 = ibv_post_send(in->qp[TQP_RO], &lost, &bad);
+	r2 = ibv_post_send(in->qp[TQP_RW], &live, &bad);
+	n1 = ibv_poll_cq(in->cq, 4, wc);
+	check(r1 == 0 && r2 == 0 && n1 == 1 && wc[0].wr_id == 1201 &&
+		      wc[0].status == IBV_WC_SUCCESS,
+	      "a live QP's completion passes a lost WR of another QP on the same CQ");
+	n2 = wait_wc(in->cq, wc, 1, 2000);
+	check(n2 == 1 && wc[0].wr_id == 1200 && wc[0].status == IBV_WC_RETRY_EXC_ERR,
+	      "the lost WR completes RETRY_EXC later");
+}
+
 int main(void)
 {
 	const unsigned int acc = IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
@@ -1272,6 +1322,7 @@ int main(void)
 	check(target_cmd(&tc, 'Q', TQP_RO) == 0, "target destroys its second QP");
 	expect_retry(&in, in.qp[TQP_RO], &tc.ep, "READ to a destroyed peer QP");
 	check(qp_state(in.qp[TQP_RO]) == IBV_QPS_ERR, "the QP is in ERR");
+	test_retry_other_qp(&in, &tc);
 
 	/* Peer process killed. */
 	kill(tc.pid, SIGKILL);
