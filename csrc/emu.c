@@ -1,3 +1,5 @@
+//go:build linux && cgo && rdma
+
 // SPDX-License-Identifier: Apache-2.0
 /*
  * emu.c — an emulated RDMA verbs device ("emu0".."emu3") for tests.

@@ -74,6 +74,10 @@ type ServerConfig struct {
 	// it parks until the client rings (0: shmring.DefaultSpin; negative:
 	// not at all).
 	RingSpin time.Duration
+	// RDMA, when set, serves RDMA_CONNECT and RDMA_SEGMENTS with it
+	// (transport/rdma.Target); NewServer makes it the unit's segment
+	// watcher. Nil: the unit offers no RDMA.
+	RDMA RDMATarget
 }
 
 // Server serves one [Unit] over any number of listeners. It is safe for
@@ -134,6 +138,11 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	s.ws.HandleInline(wire.OpReserveAbort, s.reserveAbort)
 	s.ws.HandleInline(wire.OpAcquire, s.acquire)
 	s.ws.HandleInline(wire.OpRelease, s.release)
+	if cfg.RDMA != nil {
+		u.WatchSegments(cfg.RDMA)
+		s.ws.Handle(wire.OpRdmaConnect, s.rdmaConnect)
+		s.ws.HandleInline(wire.OpRdmaSegments, s.rdmaSegments)
+	}
 	return s
 }
 

@@ -37,6 +37,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -66,6 +67,7 @@ type session struct {
 	next   uint64
 	res    map[uint64]*Reservation
 	leases map[uint64]*Lease
+	rdma   io.Closer // the connection's RDMA queue pairs (rdma.go)
 }
 
 func newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
@@ -81,9 +83,12 @@ func newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 func (s *session) Close() {
 	s.mu.Lock()
 	s.closed = true
-	res, leases := s.res, s.leases
-	s.res, s.leases = nil, nil
+	res, leases, qps := s.res, s.leases, s.rdma
+	s.res, s.leases, s.rdma = nil, nil, nil
 	s.mu.Unlock()
+	if qps != nil {
+		qps.Close()
+	}
 	for _, r := range res {
 		r.Abort()
 	}

@@ -73,10 +73,11 @@ type Unit struct {
 	openHead   *Reservation
 	openTail   *Reservation
 	open       int
-	waiters    int           // Reserve calls waiting on wake
-	wake       chan struct{} // closed and replaced when space comes back
-	probe      extent        // lookup key, reused under mu
-	lateErrs   []error       // teardown errors of dropped segments, for Close
+	waiters    int            // Reserve calls waiting on wake
+	wake       chan struct{}  // closed and replaced when space comes back
+	probe      extent         // lookup key, reused under mu
+	lateErrs   []error        // teardown errors of dropped segments, for Close
+	watch      SegmentWatcher // told of segments mapped and dropped; nil: none
 }
 
 // identity is what names a unit to the cluster; it changes as a whole
@@ -373,6 +374,7 @@ func (u *Unit) dropExhausted(s *segment) {
 	}
 	delete(u.byID, s.id)
 	u.mapped -= s.size()
+	u.dropped(s)
 	if err := s.retire(); err != nil {
 		u.lateErrs = append(u.lateErrs, err)
 	}
@@ -458,6 +460,9 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	id := u.lastID
 	u.growingIDs = append(u.growingIDs, id)
 	opts := mapOptions{hugetlb: u.hugetlb, thp: u.thp, prefault: u.cfg.Prefault}
+	for _, s := range drops {
+		u.dropped(s)
+	}
 	u.mu.Unlock()
 
 	var dropErr error
@@ -498,6 +503,9 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	if err != nil {
 		u.signal() // the bytes held in growing are free again
 		return fmt.Errorf("map segment of %d bytes: %w", size, err)
+	}
+	if u.watch != nil {
+		u.watch.SegmentMapped(s.id, s.mem, s.fd)
 	}
 	u.segs = append(u.segs, s)
 	u.byID[id] = s
@@ -815,6 +823,10 @@ func (u *Unit) Close() error {
 	}
 	u.closed = true
 	close(u.done)
+	for _, s := range u.segs {
+		u.dropped(s)
+	}
+	u.watch = nil
 	segs := append(u.segs, u.retired...)
 	errs := u.lateErrs
 	u.segs, u.retired, u.byID, u.lateErrs = nil, nil, nil, nil

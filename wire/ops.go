@@ -64,6 +64,13 @@ const (
 	OpReserveAbort  Op = 71
 	OpAcquire       Op = 72
 	OpRelease       Op = 73
+
+	// Client → storage unit with an RDMA device: queue pairs and
+	// registered segments. RESERVE, RESERVE_COMMIT, RESERVE_ABORT,
+	// ACQUIRE and RELEASE then carry the control of RDMA transfers, on any
+	// connection.
+	OpRdmaConnect  Op = 74
+	OpRdmaSegments Op = 75
 )
 
 var opNames = map[Op]string{
@@ -81,6 +88,7 @@ var opNames = map[Op]string{
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
 	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",
+	OpRdmaConnect: "RDMA_CONNECT", OpRdmaSegments: "RDMA_SEGMENTS",
 }
 
 func (o Op) String() string {

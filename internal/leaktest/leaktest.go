@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -21,7 +20,7 @@ const module = "github.com/tqgo/tq/"
 // Main runs the tests, then waits up to a second for goroutines running
 // TQ code (outside the testing framework's own) to exit, and fails the run
 // listing those that did not.
-func Main(m *testing.M) {
+func Main(m interface{ Run() int }) {
 	code := m.Run()
 	if code == 0 {
 		if leaked := Leaked(time.Second); leaked != "" {

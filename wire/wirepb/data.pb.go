@@ -727,6 +727,402 @@ func (x *ReleaseRequest) GetLease() uint64 {
 	return 0
 }
 
+// RdmaEndpoint is one RC queue pair's address: the port's LID and GID, the
+// QP number and its first packet sequence number.
+type RdmaEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lid           uint32                 `protobuf:"varint,1,opt,name=lid,proto3" json:"lid,omitempty"`
+	Gid           []byte                 `protobuf:"bytes,2,opt,name=gid,proto3" json:"gid,omitempty"` // 16 bytes
+	Qpn           uint32                 `protobuf:"varint,3,opt,name=qpn,proto3" json:"qpn,omitempty"`
+	Psn           uint32                 `protobuf:"varint,4,opt,name=psn,proto3" json:"psn,omitempty"` // 24 bits
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaEndpoint) Reset() {
+	*x = RdmaEndpoint{}
+	mi := &file_data_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaEndpoint) ProtoMessage() {}
+
+func (x *RdmaEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaEndpoint.ProtoReflect.Descriptor instead.
+func (*RdmaEndpoint) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RdmaEndpoint) GetLid() uint32 {
+	if x != nil {
+		return x.Lid
+	}
+	return 0
+}
+
+func (x *RdmaEndpoint) GetGid() []byte {
+	if x != nil {
+		return x.Gid
+	}
+	return nil
+}
+
+func (x *RdmaEndpoint) GetQpn() uint32 {
+	if x != nil {
+		return x.Qpn
+	}
+	return 0
+}
+
+func (x *RdmaEndpoint) GetPsn() uint32 {
+	if x != nil {
+		return x.Psn
+	}
+	return 0
+}
+
+// RdmaConnectRequest (op RDMA_CONNECT): the client's queue pairs, in the
+// RESET state, for the unit to connect its own to. A second RDMA_CONNECT
+// on a connection replaces the queue pairs of the first.
+type RdmaConnectRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`      // the client's device (for logs)
+	Emulated      bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"` // the client's device is the emulated one
+	Mtu           uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`           // enum ibv_mtu the client's port runs
+	Qps           []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
+	Timeout       uint32                 `protobuf:"varint,5,opt,name=timeout,proto3" json:"timeout,omitempty"` // the client's local ACK timeout exponent
+	RetryCnt      uint32                 `protobuf:"varint,6,opt,name=retry_cnt,json=retryCnt,proto3" json:"retry_cnt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaConnectRequest) Reset() {
+	*x = RdmaConnectRequest{}
+	mi := &file_data_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaConnectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaConnectRequest) ProtoMessage() {}
+
+func (x *RdmaConnectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaConnectRequest.ProtoReflect.Descriptor instead.
+func (*RdmaConnectRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RdmaConnectRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *RdmaConnectRequest) GetEmulated() bool {
+	if x != nil {
+		return x.Emulated
+	}
+	return false
+}
+
+func (x *RdmaConnectRequest) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *RdmaConnectRequest) GetQps() []*RdmaEndpoint {
+	if x != nil {
+		return x.Qps
+	}
+	return nil
+}
+
+func (x *RdmaConnectRequest) GetTimeout() uint32 {
+	if x != nil {
+		return x.Timeout
+	}
+	return 0
+}
+
+func (x *RdmaConnectRequest) GetRetryCnt() uint32 {
+	if x != nil {
+		return x.RetryCnt
+	}
+	return 0
+}
+
+// RdmaConnectReply: the unit's queue pairs (already in RTS), one per
+// client QP in the same order, and its live segments.
+type RdmaConnectReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Emulated      bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"`
+	Mtu           uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Qps           []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
+	Segments      []*RdmaSegment         `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaConnectReply) Reset() {
+	*x = RdmaConnectReply{}
+	mi := &file_data_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaConnectReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaConnectReply) ProtoMessage() {}
+
+func (x *RdmaConnectReply) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaConnectReply.ProtoReflect.Descriptor instead.
+func (*RdmaConnectReply) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RdmaConnectReply) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *RdmaConnectReply) GetEmulated() bool {
+	if x != nil {
+		return x.Emulated
+	}
+	return false
+}
+
+func (x *RdmaConnectReply) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *RdmaConnectReply) GetQps() []*RdmaEndpoint {
+	if x != nil {
+		return x.Qps
+	}
+	return nil
+}
+
+func (x *RdmaConnectReply) GetSegments() []*RdmaSegment {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
+// RdmaSegment is one arena segment as registered memory: a client reads
+// and writes bytes [offset, offset+len) of segment id at remote address
+// addr+offset with rkey.
+type RdmaSegment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Addr          uint64                 `protobuf:"varint,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Size          uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	Rkey          uint32                 `protobuf:"varint,4,opt,name=rkey,proto3" json:"rkey,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaSegment) Reset() {
+	*x = RdmaSegment{}
+	mi := &file_data_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaSegment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaSegment) ProtoMessage() {}
+
+func (x *RdmaSegment) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaSegment.ProtoReflect.Descriptor instead.
+func (*RdmaSegment) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RdmaSegment) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RdmaSegment) GetAddr() uint64 {
+	if x != nil {
+		return x.Addr
+	}
+	return 0
+}
+
+func (x *RdmaSegment) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *RdmaSegment) GetRkey() uint32 {
+	if x != nil {
+		return x.Rkey
+	}
+	return 0
+}
+
+// RdmaSegmentsRequest (op RDMA_SEGMENTS): segments a client met in a
+// reservation or lease that it does not know yet (empty: all live ones).
+type RdmaSegmentsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ids           []uint32               `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaSegmentsRequest) Reset() {
+	*x = RdmaSegmentsRequest{}
+	mi := &file_data_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaSegmentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaSegmentsRequest) ProtoMessage() {}
+
+func (x *RdmaSegmentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaSegmentsRequest.ProtoReflect.Descriptor instead.
+func (*RdmaSegmentsRequest) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RdmaSegmentsRequest) GetIds() []uint32 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+type RdmaSegmentsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Segments      []*RdmaSegment         `protobuf:"bytes,1,rep,name=segments,proto3" json:"segments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RdmaSegmentsReply) Reset() {
+	*x = RdmaSegmentsReply{}
+	mi := &file_data_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RdmaSegmentsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RdmaSegmentsReply) ProtoMessage() {}
+
+func (x *RdmaSegmentsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_data_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RdmaSegmentsReply.ProtoReflect.Descriptor instead.
+func (*RdmaSegmentsReply) Descriptor() ([]byte, []int) {
+	return file_data_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RdmaSegmentsReply) GetSegments() []*RdmaSegment {
+	if x != nil {
+		return x.Segments
+	}
+	return nil
+}
+
 var File_data_proto protoreflect.FileDescriptor
 
 const file_data_proto_rawDesc = "" +
@@ -778,7 +1174,34 @@ const file_data_proto_rawDesc = "" +
 	"\fAcquireReply\x12\x14\n" +
 	"\x05lease\x18\x01 \x01(\x04R\x05lease\"&\n" +
 	"\x0eReleaseRequest\x12\x14\n" +
-	"\x05lease\x18\x01 \x01(\x04R\x05leaseB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\x05lease\x18\x01 \x01(\x04R\x05lease\"V\n" +
+	"\fRdmaEndpoint\x12\x10\n" +
+	"\x03lid\x18\x01 \x01(\rR\x03lid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\fR\x03gid\x12\x10\n" +
+	"\x03qpn\x18\x03 \x01(\rR\x03qpn\x12\x10\n" +
+	"\x03psn\x18\x04 \x01(\rR\x03psn\"\xbd\x01\n" +
+	"\x12RdmaConnectRequest\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x1a\n" +
+	"\bemulated\x18\x02 \x01(\bR\bemulated\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12*\n" +
+	"\x03qps\x18\x04 \x03(\v2\x18.tq.wire.v1.RdmaEndpointR\x03qps\x12\x18\n" +
+	"\atimeout\x18\x05 \x01(\rR\atimeout\x12\x1b\n" +
+	"\tretry_cnt\x18\x06 \x01(\rR\bretryCnt\"\xb9\x01\n" +
+	"\x10RdmaConnectReply\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x1a\n" +
+	"\bemulated\x18\x02 \x01(\bR\bemulated\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12*\n" +
+	"\x03qps\x18\x04 \x03(\v2\x18.tq.wire.v1.RdmaEndpointR\x03qps\x123\n" +
+	"\bsegments\x18\x05 \x03(\v2\x17.tq.wire.v1.RdmaSegmentR\bsegments\"Y\n" +
+	"\vRdmaSegment\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\x04R\x04addr\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04rkey\x18\x04 \x01(\rR\x04rkey\"'\n" +
+	"\x13RdmaSegmentsRequest\x12\x10\n" +
+	"\x03ids\x18\x01 \x03(\rR\x03ids\"H\n" +
+	"\x11RdmaSegmentsReply\x123\n" +
+	"\bsegments\x18\x01 \x03(\v2\x17.tq.wire.v1.RdmaSegmentR\bsegmentsB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_data_proto_rawDescOnce sync.Once
@@ -792,35 +1215,45 @@ func file_data_proto_rawDescGZIP() []byte {
 	return file_data_proto_rawDescData
 }
 
-var file_data_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_data_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_data_proto_goTypes = []any{
-	(*WriteRequest)(nil),       // 0: tq.wire.v1.WriteRequest
-	(*WriteReply)(nil),         // 1: tq.wire.v1.WriteReply
-	(*ReadRequest)(nil),        // 2: tq.wire.v1.ReadRequest
-	(*FreeRequest)(nil),        // 3: tq.wire.v1.FreeRequest
-	(*UnitStats)(nil),          // 4: tq.wire.v1.UnitStats
-	(*ShmSegmentsReply)(nil),   // 5: tq.wire.v1.ShmSegmentsReply
-	(*ShmSegment)(nil),         // 6: tq.wire.v1.ShmSegment
-	(*ReserveRequest)(nil),     // 7: tq.wire.v1.ReserveRequest
-	(*ReserveReply)(nil),       // 8: tq.wire.v1.ReserveReply
-	(*ReservationRequest)(nil), // 9: tq.wire.v1.ReservationRequest
-	(*AcquireRequest)(nil),     // 10: tq.wire.v1.AcquireRequest
-	(*AcquireReply)(nil),       // 11: tq.wire.v1.AcquireReply
-	(*ReleaseRequest)(nil),     // 12: tq.wire.v1.ReleaseRequest
-	(*Addrs)(nil),              // 13: tq.wire.v1.Addrs
+	(*WriteRequest)(nil),        // 0: tq.wire.v1.WriteRequest
+	(*WriteReply)(nil),          // 1: tq.wire.v1.WriteReply
+	(*ReadRequest)(nil),         // 2: tq.wire.v1.ReadRequest
+	(*FreeRequest)(nil),         // 3: tq.wire.v1.FreeRequest
+	(*UnitStats)(nil),           // 4: tq.wire.v1.UnitStats
+	(*ShmSegmentsReply)(nil),    // 5: tq.wire.v1.ShmSegmentsReply
+	(*ShmSegment)(nil),          // 6: tq.wire.v1.ShmSegment
+	(*ReserveRequest)(nil),      // 7: tq.wire.v1.ReserveRequest
+	(*ReserveReply)(nil),        // 8: tq.wire.v1.ReserveReply
+	(*ReservationRequest)(nil),  // 9: tq.wire.v1.ReservationRequest
+	(*AcquireRequest)(nil),      // 10: tq.wire.v1.AcquireRequest
+	(*AcquireReply)(nil),        // 11: tq.wire.v1.AcquireReply
+	(*ReleaseRequest)(nil),      // 12: tq.wire.v1.ReleaseRequest
+	(*RdmaEndpoint)(nil),        // 13: tq.wire.v1.RdmaEndpoint
+	(*RdmaConnectRequest)(nil),  // 14: tq.wire.v1.RdmaConnectRequest
+	(*RdmaConnectReply)(nil),    // 15: tq.wire.v1.RdmaConnectReply
+	(*RdmaSegment)(nil),         // 16: tq.wire.v1.RdmaSegment
+	(*RdmaSegmentsRequest)(nil), // 17: tq.wire.v1.RdmaSegmentsRequest
+	(*RdmaSegmentsReply)(nil),   // 18: tq.wire.v1.RdmaSegmentsReply
+	(*Addrs)(nil),               // 19: tq.wire.v1.Addrs
 }
 var file_data_proto_depIdxs = []int32{
-	13, // 0: tq.wire.v1.WriteReply.extents:type_name -> tq.wire.v1.Addrs
-	13, // 1: tq.wire.v1.ReadRequest.ranges:type_name -> tq.wire.v1.Addrs
-	13, // 2: tq.wire.v1.FreeRequest.cells:type_name -> tq.wire.v1.Addrs
+	19, // 0: tq.wire.v1.WriteReply.extents:type_name -> tq.wire.v1.Addrs
+	19, // 1: tq.wire.v1.ReadRequest.ranges:type_name -> tq.wire.v1.Addrs
+	19, // 2: tq.wire.v1.FreeRequest.cells:type_name -> tq.wire.v1.Addrs
 	6,  // 3: tq.wire.v1.ShmSegmentsReply.segments:type_name -> tq.wire.v1.ShmSegment
-	13, // 4: tq.wire.v1.ReserveReply.extents:type_name -> tq.wire.v1.Addrs
-	13, // 5: tq.wire.v1.AcquireRequest.ranges:type_name -> tq.wire.v1.Addrs
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	19, // 4: tq.wire.v1.ReserveReply.extents:type_name -> tq.wire.v1.Addrs
+	19, // 5: tq.wire.v1.AcquireRequest.ranges:type_name -> tq.wire.v1.Addrs
+	13, // 6: tq.wire.v1.RdmaConnectRequest.qps:type_name -> tq.wire.v1.RdmaEndpoint
+	13, // 7: tq.wire.v1.RdmaConnectReply.qps:type_name -> tq.wire.v1.RdmaEndpoint
+	16, // 8: tq.wire.v1.RdmaConnectReply.segments:type_name -> tq.wire.v1.RdmaSegment
+	16, // 9: tq.wire.v1.RdmaSegmentsReply.segments:type_name -> tq.wire.v1.RdmaSegment
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_data_proto_init() }
@@ -835,7 +1268,7 @@ func file_data_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_data_proto_rawDesc), len(file_data_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,811 @@
+package rdma
+
+// How a Conn works. One wire connection to the unit (its TCP or unix
+// address) carries the control requests; bytes move by one-sided RDMA
+// between this process's registered memory and the unit's registered
+// arena segments:
+//
+//	Dial    HELLO (the unit meant, its incarnation) → RDMA_CONNECT: this
+//	        side's queue pairs (RESET) for the unit's, and the unit's
+//	        segments (address, size, rkey); our QPs go INIT → RTR → RTS.
+//	Write   RESERVE(sizes) → extents; RDMA WRITE each slice from the
+//	        caller's registered memory, or through a staging slot;
+//	        RESERVE_COMMIT. Any failure: RESERVE_ABORT.
+//	Read    ACQUIRE(ranges) → lease; RDMA READ each slice into the
+//	        caller's registered memory or a staging slot (then copied
+//	        out); RELEASE (not waited for).
+//
+// A transfer is cut into slices of Config.SliceSize, posted in waves of at
+// most 32 work requests per queue pair, spread over the QPs, each a chain
+// posted in one crossing of cgo. Completions are polled by the waiting
+// callers themselves (whoever polls hands out everyone's completions),
+// spinning briefly and then backing off. A wave whose deadline passes, a
+// post that fails or an error completion tears the queue pairs down (they
+// are in the error state, or wedged): waiters fail with an error wrapping
+// engine.ErrUnavailable (or ErrLost for remote memory that is gone) and
+// the next call connects new ones with RDMA_CONNECT, which makes the unit
+// drop its old ones.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/hostid"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+const (
+	qpMaxWR      = 256 // work requests a QP holds
+	waveWRsPerQP = 32  // work requests per QP in one wave
+	maxWaves     = qpMaxWR / waveWRsPerQP
+	pollBatch    = 64
+)
+
+// Conn is an RDMA connection to one storage unit. It is safe for
+// concurrent use; the caller's buffers are its own again when a call
+// returns.
+type Conn struct {
+	t    *Transport
+	cfg  Config
+	addr string
+	wc   *wire.Conn
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+	ops       sync.WaitGroup
+	closing   atomic.Bool
+
+	connMu sync.Mutex // serializes bringing queue pairs up
+
+	mu    sync.RWMutex // guards set and segs; posting and polling hold it for reading
+	set   *clientQPs
+	segs  map[uint32]remoteSeg
+	waves chan struct{}
+
+	wmu     sync.Mutex
+	pending map[uint64]*waiter
+	nextID  atomic.Uint64
+	rr      atomic.Uint32
+
+	reconnects atomic.Int64
+}
+
+type remoteSeg struct {
+	addr, size uint64
+	rkey       uint32
+}
+
+// clientQPs is this side's queue pairs to the unit.
+type clientQPs struct {
+	*qpSet
+	gen int64 // which bring-up made them
+}
+
+type waiter struct {
+	left int
+	err  error
+	done chan struct{}
+}
+
+var _ engine.DataConn = (*Conn)(nil)
+
+// Dial connects to the unit whose control address is peer.Addr.
+func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.DataConn, error) {
+	c, err := t.DialConn(ctx, peer)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DialConn is [Transport.Dial] returning the concrete type. It fails with
+// an error wrapping [engine.ErrNotSupported] when this host or the unit
+// has no usable RDMA device, and with [engine.ErrLost] when the unit at
+// the address is not peer.Unit or not its incarnation peer.Incarnation.
+func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
+	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]remoteSeg{},
+		waves: make(chan struct{}, maxWaves), pending: map[uint64]*waiter{}}
+	if _, err := t.Device(); err != nil {
+		return nil, c.opErr("dial", err)
+	}
+	if !t.conns.Add(c) {
+		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
+	}
+	if err := c.dial(ctx, peer); err != nil {
+		c.Close()
+		return nil, c.opErr("dial", err)
+	}
+	return c, nil
+}
+
+func (c *Conn) dial(ctx context.Context, peer engine.PeerInfo) error {
+	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name,
+		UnitId: uint32(peer.Unit), Incarnation: peer.Incarnation}
+	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
+	if err != nil {
+		return err
+	}
+	c.wc = wc
+	switch {
+	case reply.Role != "" && reply.Role != "unit":
+		return fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
+	case peer.Unit != 0 && engine.UnitID(reply.UnitId) != peer.Unit:
+		return fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, peer.Unit, engine.ErrLost)
+	case peer.Incarnation != 0 && reply.Incarnation != peer.Incarnation:
+		return fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w",
+			reply.UnitId, c.addr, reply.Incarnation, peer.Incarnation, engine.ErrLost)
+	}
+	_, err = c.qps(ctx)
+	return err
+}
+
+// qps returns the live queue pairs, bringing new ones up (RDMA_CONNECT)
+// when there are none.
+func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
+	c.mu.RLock()
+	set := c.set
+	c.mu.RUnlock()
+	if set != nil {
+		return set, nil
+	}
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	c.mu.RLock()
+	set = c.set
+	c.mu.RUnlock()
+	if set != nil {
+		return set, nil
+	}
+	dev, err := c.t.Device()
+	if err != nil {
+		return nil, err
+	}
+	qs, err := newQPSet(dev, c.cfg.QPs, QPCaps{MaxWR: qpMaxWR, MaxSGE: 1})
+	if err != nil {
+		return nil, err
+	}
+	port := dev.Port()
+	req := &wirepb.RdmaConnectRequest{Device: dev.Name(), Emulated: dev.Emulated(), Mtu: uint32(port.MTU),
+		Timeout: uint32(c.cfg.AckTimeout), RetryCnt: uint32(c.cfg.RetryCnt)}
+	for _, e := range qs.endpoints() {
+		req.Qps = append(req.Qps, endpointPB(e))
+	}
+	var reply wirepb.RdmaConnectReply
+	if err := c.wc.Do(ctx, wire.OpRdmaConnect, req, nil, &reply, nil); err != nil {
+		qs.Close()
+		return nil, fmt.Errorf("rdma connect: %w", err)
+	}
+	if len(reply.Qps) != len(req.Qps) {
+		qs.Close()
+		return nil, fmt.Errorf("rdma connect: unit answered %d queue pairs for %d: %w", len(reply.Qps), len(req.Qps), wire.ErrFrame)
+	}
+	remote := make([]Endpoint, len(reply.Qps))
+	for i, q := range reply.Qps {
+		if len(q.Gid) != 16 {
+			qs.Close()
+			return nil, fmt.Errorf("rdma connect: unit queue pair %d has a %d-byte gid: %w", i, len(q.Gid), wire.ErrFrame)
+		}
+		remote[i] = Endpoint{LID: uint16(q.Lid), QPN: q.Qpn, PSN: q.Psn}
+		copy(remote[i].GID[:], q.Gid)
+	}
+	mtu := int(reply.Mtu)
+	if mtu == 0 || mtu > port.MTU {
+		mtu = port.MTU
+	}
+	if _, err := qs.connect(remote, HandshakeOpts{MTU: mtu, Timeout: c.cfg.AckTimeout, RetryCnt: c.cfg.RetryCnt}); err != nil {
+		qs.Close()
+		return nil, fmt.Errorf("rdma connect: %w", err)
+	}
+	set = &clientQPs{qpSet: qs, gen: c.reconnects.Add(1)}
+	c.mu.Lock()
+	if c.closing.Load() {
+		c.mu.Unlock()
+		qs.Close()
+		return nil, c.errClosed()
+	}
+	c.set = set
+	c.segs = map[uint32]remoteSeg{}
+	for _, s := range reply.Segments {
+		c.segs[s.Id] = remoteSeg{addr: s.Addr, size: s.Size, rkey: s.Rkey}
+	}
+	c.mu.Unlock()
+	return set, nil
+}
+
+// Reconnects reports how many times the Conn brought queue pairs up.
+func (c *Conn) Reconnects() int64 { return c.reconnects.Load() }
+
+// breakQPs tears the queue pairs of generation gen down (nothing if they
+// were replaced already): they go to the error state, are destroyed, and
+// every waiter fails with cause.
+func (c *Conn) breakQPs(gen int64, cause error) {
+	c.mu.Lock()
+	set := c.set
+	if set == nil || set.gen != gen {
+		c.mu.Unlock()
+		return
+	}
+	c.set = nil
+	for _, q := range set.qps {
+		q.Fail()
+	}
+	set.Close()
+	c.mu.Unlock()
+	c.wmu.Lock()
+	for id, w := range c.pending {
+		delete(c.pending, id)
+		w.fail(cause)
+	}
+	c.wmu.Unlock()
+}
+
+// fail records err and ends one work request. The caller holds c.wmu.
+func (w *waiter) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+	w.finish()
+}
+
+func (w *waiter) finish() {
+	if w.left--; w.left == 0 {
+		close(w.done)
+	}
+}
+
+// poll hands out the completions waiting in the CQ; only one caller polls
+// at a time (the others find the lock taken and look at their waiter).
+func (c *Conn) poll(set *clientQPs) error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.set != set {
+		return nil // torn down: breakQPs failed the waiters
+	}
+	var wcs [pollBatch]WC
+	for {
+		n, err := set.cq.Poll(wcs[:])
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		c.wmu.Lock()
+		var werr error
+		for _, wc := range wcs[:n] {
+			w := c.pending[wc.ID]
+			if w == nil {
+				continue
+			}
+			delete(c.pending, wc.ID)
+			if wc.Status != WCSuccess {
+				werr = &Error{Op: "completion", Status: wc.Status, Device: c.t.dev.Name()}
+				w.fail(werr)
+				continue
+			}
+			w.finish()
+		}
+		c.wmu.Unlock()
+		if werr != nil {
+			return werr
+		}
+		if n < pollBatch {
+			return nil
+		}
+	}
+}
+
+// slice is one work request: bytes [0, len(local)) of local memory
+// (lkey) to or from the unit's memory at raddr (rkey).
+type slice struct {
+	local []byte
+	lkey  uint32
+	raddr uint64
+	rkey  uint32
+	// For a slice through staging: the caller's bytes.
+	user []byte
+}
+
+// job is one range of a transfer: the caller's buffer and the unit's
+// range.
+type job struct {
+	buf  []byte
+	addr engine.RemoteAddr
+}
+
+// transfer moves every job's bytes with RDMA op (OpRead: unit → buf;
+// OpWrite: buf → unit).
+func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
+	if err := c.learnSegments(ctx, jobs); err != nil {
+		return err
+	}
+	st := c.t.staging
+	var pending []slice
+	c.mu.RLock()
+	for _, j := range jobs {
+		if j.addr.Len == 0 {
+			continue
+		}
+		seg, ok := c.segs[j.addr.Segment]
+		if !ok || j.addr.Offset > seg.size || j.addr.Len > seg.size-j.addr.Offset {
+			c.mu.RUnlock()
+			return fmt.Errorf("range %d+%d outside segment %d of %d bytes: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, seg.size, engine.ErrCorrupt)
+		}
+		lkey, direct := c.t.lookup(j.buf)
+		for off := 0; off < len(j.buf); off += st.slot {
+			end := min(off+st.slot, len(j.buf))
+			s := slice{raddr: seg.addr + j.addr.Offset + uint64(off), rkey: seg.rkey}
+			if direct {
+				s.local, s.lkey = j.buf[off:end], lkey
+			} else {
+				s.user = j.buf[off:end]
+			}
+			pending = append(pending, s)
+		}
+	}
+	c.mu.RUnlock()
+	for len(pending) > 0 {
+		n, err := c.wave(ctx, op, pending)
+		if err != nil {
+			return err
+		}
+		pending = pending[n:]
+	}
+	return nil
+}
+
+// learnSegments asks the unit for segments the jobs name that the Conn
+// has not seen yet (the arena grew since RDMA_CONNECT).
+func (c *Conn) learnSegments(ctx context.Context, jobs []job) error {
+	var missing []uint32
+	c.mu.RLock()
+	for _, j := range jobs {
+		if _, ok := c.segs[j.addr.Segment]; !ok && j.addr.Len > 0 {
+			missing = append(missing, j.addr.Segment)
+		}
+	}
+	c.mu.RUnlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	var reply wirepb.RdmaSegmentsReply
+	if err := c.wc.Do(ctx, wire.OpRdmaSegments, &wirepb.RdmaSegmentsRequest{Ids: missing}, nil, &reply, nil); err != nil {
+		return fmt.Errorf("rdma segments: %w", err)
+	}
+	c.mu.Lock()
+	for _, s := range reply.Segments {
+		c.segs[s.Id] = remoteSeg{addr: s.Addr, size: s.Size, rkey: s.Rkey}
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// wave posts up to waveWRsPerQP slices per queue pair from pending, waits
+// for them and returns how many it moved.
+func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error) {
+	set, err := c.qps(ctx)
+	if err != nil {
+		return 0, err
+	}
+	select {
+	case c.waves <- struct{}{}:
+	case <-ctx.Done():
+		return 0, context.Cause(ctx)
+	case <-c.done:
+		return 0, c.errClosed()
+	}
+	defer func() { <-c.waves }()
+	st := c.t.staging
+	var slots []int
+	defer func() {
+		for _, s := range slots {
+			st.free <- s
+		}
+	}()
+	limit := min(len(pending), waveWRsPerQP*len(set.qps))
+	n := 0
+	for ; n < limit; n++ {
+		s := &pending[n]
+		if s.user == nil {
+			continue
+		}
+		var slot int
+		if len(slots) == 0 {
+			select { // the first slot is worth waiting for
+			case slot = <-st.free:
+			case <-ctx.Done():
+				return 0, context.Cause(ctx)
+			case <-c.done:
+				return 0, c.errClosed()
+			}
+		} else {
+			select {
+			case slot = <-st.free:
+			default:
+				limit = n // no slot now: the rest goes in the next wave
+			}
+			if limit == n {
+				break
+			}
+		}
+		slots = append(slots, slot)
+		s.local, s.lkey = st.buf(slot)[:len(s.user)], st.mr.LKey
+		if op == OpWrite {
+			copy(s.local, s.user)
+		}
+	}
+	batch := pending[:n]
+	if err := c.post(ctx, set, op, batch); err != nil {
+		return 0, err
+	}
+	if op == OpRead {
+		for _, s := range batch {
+			if s.user != nil {
+				copy(s.user, s.local)
+			}
+		}
+	}
+	for i := range batch {
+		if batch[i].user != nil {
+			batch[i].local = nil // the slot goes back to the pool
+		}
+	}
+	return n, nil
+}
+
+// post posts batch spread over the queue pairs and waits for every
+// completion.
+func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slice) error {
+	nq := len(set.qps)
+	first := int(c.rr.Add(1))
+	w := &waiter{left: len(batch), done: make(chan struct{})}
+	wrs := make([][]WR, nq)
+	sges := make([][]SGE, nq)
+	for i, s := range batch {
+		q := (first + i) % nq
+		id := c.nextID.Add(1)
+		wrs[q] = append(wrs[q], WR{ID: id, RemoteAddr: s.raddr, RKey: s.rkey, Op: op, Signaled: 1,
+			FirstSGE: uint32(len(sges[q])), NumSGE: 1})
+		sges[q] = append(sges[q], SGE{Addr: uint64(sliceAddr(s.local)), Length: uint32(len(s.local)), LKey: s.lkey})
+	}
+	c.wmu.Lock()
+	for q := range wrs {
+		for _, wr := range wrs[q] {
+			c.pending[wr.ID] = w
+		}
+	}
+	c.wmu.Unlock()
+	var postErr error
+	c.mu.RLock()
+	if c.set != set {
+		c.mu.RUnlock()
+		c.unpend(w, wrs, 0, fmt.Errorf("queue pairs torn down: %w", engine.ErrUnavailable))
+	} else {
+		for q, chain := range wrs {
+			if len(chain) == 0 {
+				continue
+			}
+			if bad, err := set.qps[q].Post(chain, sges[q]); err != nil {
+				postErr = fmt.Errorf("post %d work requests: %w", len(chain)-bad, err)
+				c.unpendFrom(w, wrs[q][bad:], postErr)
+				for _, rest := range wrs[q+1:] {
+					c.unpendFrom(w, rest, postErr)
+				}
+				break
+			}
+		}
+		c.mu.RUnlock()
+	}
+	err := c.wait(ctx, set, w)
+	if postErr != nil {
+		c.breakQPs(set.gen, postErr)
+		return errors.Join(postErr, wrapUnavailable(err))
+	}
+	return err
+}
+
+// unpend forgets work requests that were never posted.
+func (c *Conn) unpend(w *waiter, wrs [][]WR, _ int, err error) {
+	for _, chain := range wrs {
+		c.unpendFrom(w, chain, err)
+	}
+}
+
+func (c *Conn) unpendFrom(w *waiter, chain []WR, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, wr := range chain {
+		if c.pending[wr.ID] == w {
+			delete(c.pending, wr.ID)
+			w.fail(err)
+		}
+	}
+}
+
+func wrapUnavailable(err error) error {
+	if err == nil || errors.Is(err, engine.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", engine.ErrUnavailable, err)
+}
+
+// wait polls until w's work requests completed. When ctx ends first, the
+// queue pairs are torn down (a work request cannot be taken back, and no
+// RDMA may touch the caller's memory after the call returns) and the
+// error says so.
+func (c *Conn) wait(ctx context.Context, set *clientQPs, w *waiter) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	backoff := time.Duration(0)
+	for spins := 0; ; spins++ {
+		if err := c.poll(set); err != nil {
+			c.breakQPs(set.gen, err)
+		}
+		select {
+		case <-w.done:
+			return w.err
+		default:
+		}
+		if spins < 50 {
+			runtime.Gosched()
+			continue
+		}
+		backoff = min(max(2*backoff, 5*time.Microsecond), time.Millisecond)
+		if timer == nil {
+			timer = time.NewTimer(backoff)
+		} else {
+			timer.Reset(backoff)
+		}
+		select {
+		case <-w.done:
+			return w.err
+		case <-timer.C:
+		case <-ctx.Done():
+			cause := fmt.Errorf("work requests outstanding when the call ended (queue pairs torn down): %w: %w", engine.ErrUnavailable, context.Cause(ctx))
+			c.breakQPs(set.gen, cause)
+			<-w.done
+			return cause
+		case <-c.done:
+			c.breakQPs(set.gen, c.errClosed())
+			<-w.done
+			return c.errClosed()
+		}
+	}
+}
+
+// withTimeout bounds ctx by Config.Timeout when it has no deadline.
+func (c *Conn) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.Timeout)
+}
+
+func (c *Conn) begin(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if c.closing.Load() {
+		return c.errClosed()
+	}
+	c.ops.Add(1)
+	if c.closing.Load() {
+		c.ops.Done()
+		return c.errClosed()
+	}
+	return nil
+}
+
+func (c *Conn) errClosed() error { return fmt.Errorf("connection closed: %w", engine.ErrClosed) }
+
+func (c *Conn) opErr(op string, err error) error {
+	select {
+	case <-c.done:
+		if !errors.Is(err, engine.ErrClosed) {
+			err = fmt.Errorf("%w: %w", engine.ErrClosed, err)
+		}
+	default:
+	}
+	return &engine.OpError{Op: op, Transport: "rdma", Peer: c.addr, Err: err}
+}
+
+// doHeld sends a request whose answer opens or ends a hold on the unit,
+// waiting up to Config.Grace past ctx for it.
+func (c *Conn) doHeld(ctx context.Context, op wire.Op, body, reply proto.Message) error {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
+	defer stop()
+	if err := c.wc.Do(dctx, op, body, nil, reply, nil); err != nil {
+		if dctx.Err() != nil && ctx.Err() != nil {
+			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.Grace, context.Cause(ctx))
+		}
+		return err
+	}
+	return nil
+}
+
+// cleanup sends a best-effort RESERVE_ABORT or RELEASE; the unit gives
+// the hold back anyway when the connection ends.
+func (c *Conn) cleanup(op wire.Op, body proto.Message) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.wc.Do(ctx, op, body, nil, &wirepb.Empty{}, nil)
+}
+
+// Write stores each extent in a fresh extent of the unit: RESERVE, RDMA
+// WRITE of every piece, RESERVE_COMMIT. Nothing of a failed write stays
+// on the unit. Errors wrap [engine.ErrCapacity] when the unit stays full,
+// [engine.ErrUnavailable] when it stops answering (or its queue pairs
+// fail), [engine.ErrClosed] after Close, and ctx's error.
+func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	if err := wire.CheckCount("extents", len(extents)); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	if err := c.begin(ctx); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	defer c.ops.Done()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	sizes := make([]uint64, len(extents))
+	for i, pieces := range extents {
+		for _, p := range pieces {
+			sizes[i] += uint64(len(p))
+		}
+	}
+	var reply wirepb.ReserveReply
+	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: sizes}, &reply); err != nil {
+		return nil, c.opErr("write", err)
+	}
+	addrs, err := wire.RangesFromPB(reply.Extents)
+	if err == nil && len(addrs) != len(extents) {
+		err = fmt.Errorf("unit reserved %d extents for %d: %w", len(addrs), len(extents), wire.ErrFrame)
+	}
+	for i := 0; err == nil && i < len(addrs); i++ {
+		if addrs[i].Len != sizes[i] {
+			err = fmt.Errorf("unit reserved %d bytes for an extent of %d: %w", addrs[i].Len, sizes[i], wire.ErrFrame)
+		}
+	}
+	if err == nil {
+		var jobs []job
+		for i, pieces := range extents {
+			a := addrs[i]
+			for _, p := range pieces {
+				jobs = append(jobs, job{buf: p, addr: engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: a.Offset, Len: uint64(len(p))}})
+				a.Offset += uint64(len(p))
+			}
+		}
+		err = c.transfer(ctx, OpWrite, jobs)
+	}
+	if err == nil {
+		err = c.doHeld(ctx, wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: reply.Reservation}, &wirepb.Empty{})
+		if err != nil {
+			return nil, c.opErr("write", err) // a failed commit aborted the reservation
+		}
+		return addrs, nil
+	}
+	c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: reply.Reservation})
+	return nil, c.opErr("write", err)
+}
+
+// Read copies each range into dst[i] (len(dst[i]) == ranges[i].Len) with
+// RDMA READs under a lease. A range the unit no longer holds fails the
+// read with an error wrapping [engine.ErrNotFound]; other errors as for
+// Write, and [engine.ErrInvalid] for mismatched lengths.
+func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byte) error {
+	if len(dst) != len(ranges) {
+		return c.opErr("read", fmt.Errorf("%d buffers for %d ranges: %w", len(dst), len(ranges), engine.ErrInvalid))
+	}
+	for i, r := range ranges {
+		if uint64(len(dst[i])) != r.Len {
+			return c.opErr("read", fmt.Errorf("buffer %d holds %d bytes, range is %d: %w", i, len(dst[i]), r.Len, engine.ErrInvalid))
+		}
+	}
+	if err := wire.CheckCount("ranges", len(ranges)); err != nil {
+		return c.opErr("read", err)
+	}
+	if err := c.begin(ctx); err != nil {
+		return c.opErr("read", err)
+	}
+	defer c.ops.Done()
+	ctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	var reply wirepb.AcquireReply
+	if err := c.doHeld(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: wire.RangesToPB(ranges)}, &reply); err != nil {
+		return c.opErr("read", err)
+	}
+	jobs := make([]job, len(ranges))
+	for i, r := range ranges {
+		jobs[i] = job{buf: dst[i], addr: r}
+	}
+	err := c.transfer(ctx, OpRead, jobs)
+	c.release(reply.Lease)
+	if err != nil {
+		return c.opErr("read", err)
+	}
+	return nil
+}
+
+// release sends RELEASE without waiting for the answer: the bytes were
+// read already.
+func (c *Conn) release(lease uint64) {
+	if c.begin(context.Background()) != nil {
+		return
+	}
+	go func() {
+		defer c.ops.Done()
+		c.cleanup(wire.OpRelease, &wirepb.ReleaseRequest{Lease: lease})
+	}()
+}
+
+// Free releases cells on the unit (see storage.Unit.Free).
+func (c *Conn) Free(ctx context.Context, cells []engine.RemoteAddr) error {
+	if err := wire.CheckCount("cells", len(cells)); err != nil {
+		return c.opErr("free", err)
+	}
+	if err := c.begin(ctx); err != nil {
+		return c.opErr("free", err)
+	}
+	defer c.ops.Done()
+	if len(cells) == 0 {
+		return nil
+	}
+	if err := c.wc.Do(ctx, wire.OpFree, &wirepb.FreeRequest{Cells: wire.RangesToPB(cells)}, nil, &wirepb.Empty{}, nil); err != nil {
+		return c.opErr("free", err)
+	}
+	return nil
+}
+
+// Gone reports whether the control connection to the unit has ended.
+func (c *Conn) Gone() bool {
+	select {
+	case <-c.wc.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// Close closes the control connection (the unit then destroys its queue
+// pairs, aborts reservations and releases leases), fails calls in flight
+// with errors wrapping [engine.ErrClosed], waits for them and destroys
+// this side's queue pairs. It is idempotent.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.closing.Store(true)
+		close(c.done)
+		var errs []error
+		if c.wc != nil {
+			errs = append(errs, c.wc.Close())
+		}
+		c.ops.Wait()
+		c.mu.Lock()
+		if c.set != nil {
+			errs = append(errs, c.set.Close())
+			c.set = nil
+		}
+		c.mu.Unlock()
+		c.t.conns.Remove(c)
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+// String names the connection for logs.
+func (c *Conn) String() string { return "rdma " + strings.TrimPrefix(c.addr, "tcp://") }

@@ -1,0 +1,1 @@
+../../csrc/tqverbs.h

@@ -1,0 +1,120 @@
+package rdma
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tqgo/tq/engine/enginetest"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+)
+
+// A storage unit serving RDMA in a process of its own: the test binary run
+// again with unitProcEnv set. It prints its address and incarnation, then
+// serves until its stdin closes (or it is killed).
+const unitProcEnv = "TQ_RDMA_TEST_UNIT"
+
+func runUnitProc() int {
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "unit process:", err)
+		return 1
+	}
+	dev, err := OpenDevice(os.Getenv(unitProcEnv))
+	if err != nil {
+		return fail(err)
+	}
+	defer dev.Close()
+	tgt := NewTarget(dev)
+	defer tgt.Close()
+	u, err := storage.NewUnit(7, unitConfig())
+	if err != nil {
+		return fail(err)
+	}
+	defer u.Close()
+	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
+	defer srv.Close()
+	l, err := net.Listen("tcp", os.Getenv("TQ_RDMA_TEST_LISTEN"))
+	if err != nil {
+		return fail(err)
+	}
+	go srv.Serve(l)
+	fmt.Printf("%s %d\n", wire.FormatAddr("tcp", l.Addr().String()), u.Incarnation())
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// unitConfig is a unit big enough for the conformance suite.
+func unitConfig() storage.Config {
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = 2 * enginetest.MinCapacity
+	cfg.SegmentSize = 16 << 20
+	return cfg
+}
+
+type unitProc struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	addr string
+	inc  uint64
+}
+
+// startUnitProc starts a unit process on device dev, listening on listen
+// ("127.0.0.1:0" when empty); the test's cleanup stops it.
+func startUnitProc(t testing.TB, dev, listen string) *unitProc {
+	t.Helper()
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), unitProcEnv+"="+dev, "TQ_RDMA_TEST_LISTEN="+listen)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &unitProc{cmd: cmd, in: in}
+	t.Cleanup(p.stop)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("unit process: %v", err)
+	}
+	if _, err := fmt.Sscan(strings.TrimSpace(line), &p.addr, &p.inc); err != nil {
+		t.Fatalf("unit process said %q: %v", line, err)
+	}
+	return p
+}
+
+// stop ends the process cleanly (stdin closed), or kills it after 5 s.
+func (p *unitProc) stop() {
+	p.in.Close()
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// kill kills the process with SIGKILL.
+func (p *unitProc) kill() {
+	p.cmd.Process.Kill()
+}
+
+var _ = context.Background

@@ -1,0 +1,177 @@
+package rdma
+
+// The verbs layer: one Go type per verbs object (Device, MR, CQ,
+// PreparedQP/QP), each owning exactly one C handle. The types are
+// declared in verbs_cgo.go (linux && cgo && rdma: the real shim) and
+// verbs_stub.go (every other build: every constructor fails with an error
+// wrapping engine.ErrNotSupported). This file holds what both share.
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// Access flags of a memory registration or a queue pair (ibv_access_flags).
+type Access int
+
+// Access flags.
+const (
+	AccessLocalWrite  Access = 1
+	AccessRemoteWrite Access = 2
+	AccessRemoteRead  Access = 4
+)
+
+// Opcode is a work request's operation.
+type Opcode uint32
+
+// Opcodes (enum ibv_wr_opcode).
+const (
+	OpWrite Opcode = 0 // IBV_WR_RDMA_WRITE
+	OpRead  Opcode = 4 // IBV_WR_RDMA_READ
+)
+
+// Endpoint is what the other side of a queue pair needs to connect to it:
+// its port's LID and GID, the QP number and the first packet sequence
+// number. It is plain data and travels over the control connection.
+type Endpoint struct {
+	LID uint16
+	GID [16]byte
+	QPN uint32
+	PSN uint32
+}
+
+// PortInfo describes the port a device was opened on.
+type PortInfo struct {
+	LID       uint16
+	GID       [16]byte
+	State     int // enum ibv_port_state; 4 is ACTIVE
+	MTU       int // enum ibv_mtu of the active MTU (5: 4096)
+	LinkLayer int
+	MaxQPWR   uint32
+	MaxSGE    uint32
+	MaxCQE    int
+}
+
+// DeviceInfo names a device this host has.
+type DeviceInfo struct {
+	Name     string
+	Emulated bool // the emulated device of csrc/emu.c, not hardware
+	// NUMANode is the node nearest the device (-1: unknown). An emulated
+	// device emuN claims node N modulo the host's node count.
+	NUMANode int
+}
+
+// SGE is one piece of local memory in a work request: an address inside a
+// memory region and its lkey.
+type SGE struct {
+	Addr   uint64
+	Length uint32
+	LKey   uint32
+}
+
+// WR is one work request of a chain: an RDMA READ or WRITE of the
+// concatenation of its SGEs (SGEs[FirstSGE:FirstSGE+NumSGE] of the slice
+// passed with it) from or to remote memory.
+type WR struct {
+	ID         uint64
+	RemoteAddr uint64
+	RKey       uint32
+	Op         Opcode
+	Signaled   uint32 // 1: a completion is reported on success too
+	FirstSGE   uint32
+	NumSGE     uint32
+}
+
+// WC is one completion.
+type WC struct {
+	ID        uint64
+	Status    WCStatus
+	Opcode    uint32
+	ByteLen   uint32
+	QPN       uint32
+	VendorErr uint32
+}
+
+// WCStatus is a completion's status (enum ibv_wc_status).
+type WCStatus uint32
+
+// Completion statuses TQ branches on.
+const (
+	WCSuccess      WCStatus = 0
+	WCLocProtErr   WCStatus = 4
+	WCFlushErr     WCStatus = 5
+	WCRemAccessErr WCStatus = 10
+	WCRetryExcErr  WCStatus = 12
+	WCGeneralErr   WCStatus = 21
+	wcStatusCount           = 24
+)
+
+// wcStatusText mirrors ibv_wc_status_str (a test checks them against the
+// library's).
+var wcStatusText = [wcStatusCount]string{
+	"success", "local length error", "local QP operation error", "local EE context operation error",
+	"local protection error", "Work Request Flushed Error", "memory management operation error",
+	"bad response error", "local access error", "remote invalid request error", "remote access error",
+	"remote operation error", "transport retry counter exceeded", "RNR retry counter exceeded",
+	"local RDD violation error", "remote invalid RD request", "aborted error", "invalid EE context number",
+	"invalid EE context state", "fatal error", "response timeout error", "general error", "TM error",
+	"TM software rendezvous",
+}
+
+func (s WCStatus) String() string {
+	if int(s) < len(wcStatusText) {
+		return wcStatusText[s]
+	}
+	return fmt.Sprintf("unknown completion status %d", uint32(s))
+}
+
+// Error is a verbs failure with its detail: the verb, the errno it set,
+// and for a completion its status. It wraps the engine sentinel callers
+// branch on (see Unwrap).
+type Error struct {
+	Op     string        // the verb: "ibv_reg_mr", "ibv_post_send", "completion", …
+	Errno  syscall.Errno // 0 for a completion
+	Status WCStatus      // for a completion
+	Device string
+}
+
+func (e *Error) Error() string {
+	if e.Op == "completion" {
+		return fmt.Sprintf("rdma %s: work request completed with %q (status %d)", e.Device, e.Status.String(), uint32(e.Status))
+	}
+	return fmt.Sprintf("rdma %s: %s: %v", e.Device, e.Op, e.Errno)
+}
+
+// Unwrap maps the failure onto the engine's sentinels: a peer that does
+// not answer (retry counter exceeded, flushed work after a QP error) is
+// [engine.ErrUnavailable]; remote memory that is not there (remote access
+// error: the registration is gone, so the unit that held it restarted or
+// dropped the segment) is [engine.ErrLost]; a missing device or verb is
+// [engine.ErrNotSupported]; other errors are just the errno.
+func (e *Error) Unwrap() []error {
+	if e.Op == "completion" {
+		switch e.Status {
+		case WCRemAccessErr:
+			return []error{engine.ErrLost}
+		default:
+			return []error{engine.ErrUnavailable}
+		}
+	}
+	switch e.Errno {
+	case syscall.ENODEV, syscall.ENOSYS, syscall.EOPNOTSUPP:
+		return []error{e.Errno, engine.ErrNotSupported}
+	}
+	return []error{e.Errno}
+}
+
+// ErrNoRDMA is returned (wrapped) by builds without the verbs shim.
+var errNoRDMA = fmt.Errorf("this build has no RDMA transport (it needs linux, cgo, libibverbs-dev and -tags rdma): %w", engine.ErrNotSupported)
+
+// IsCompletion reports whether err is a completion error with status s.
+func IsCompletion(err error, s WCStatus) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Op == "completion" && e.Status == s
+}

@@ -1,0 +1,463 @@
+//go:build linux && cgo && rdma
+
+package rdma
+
+/*
+#cgo CFLAGS: -O2 -Wall
+#cgo LDFLAGS: -libverbs
+#include <errno.h>
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// The Go structs passed to C as arrays must have the C layout.
+var _ = [1]struct{}{}[unsafe.Sizeof(WR{})-C.sizeof_struct_tq_wr]
+var _ = [1]struct{}{}[unsafe.Sizeof(SGE{})-C.sizeof_struct_tq_sge]
+var _ = [1]struct{}{}[unsafe.Sizeof(WC{})-C.sizeof_struct_tq_wc]
+
+// Supported reports whether this build has the verbs shim.
+const Supported = true
+
+func cerr(dev string, e *C.struct_tq_err) error {
+	return &Error{Op: C.GoString(&e.verb[0]), Errno: syscall.Errno(e.errnum), Device: dev}
+}
+
+// Devices lists this host's RDMA devices and the emulated ones.
+func Devices() ([]DeviceInfo, error) {
+	var out [64]C.struct_tq_devinfo
+	var e C.struct_tq_err
+	n := C.tq_shim_devices(&out[0], C.int(len(out)), &e)
+	if n < 0 {
+		return nil, cerr("", &e)
+	}
+	infos := make([]DeviceInfo, n)
+	for i := range infos {
+		infos[i] = DeviceInfo{Name: C.GoString(&out[i].name[0]), Emulated: out[i].emulated != 0}
+		infos[i].NUMANode = numaNode(infos[i])
+	}
+	return infos, nil
+}
+
+func numaNode(d DeviceInfo) int {
+	if d.Emulated {
+		n, err := strconv.Atoi(strings.TrimPrefix(d.Name, "emu"))
+		if err != nil {
+			return -1
+		}
+		nodes, _ := filepath.Glob("/sys/devices/system/node/node[0-9]*")
+		return n % max(len(nodes), 1)
+	}
+	b, err := os.ReadFile(filepath.Join("/sys/class/infiniband", d.Name, "device/numa_node"))
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// Device is an opened RDMA device (one port) with its protection domain.
+// Close it after every MR, CQ and QP made through it.
+type Device struct {
+	name     string
+	emulated bool
+	port     PortInfo
+
+	mu     sync.Mutex
+	c      *C.struct_tq_dev
+	closed bool
+}
+
+// OpenDevice opens the named device on port 1 ("emu0".."emu3" are the
+// emulated device). A name the host does not have is an error wrapping
+// [engine.ErrNotSupported].
+func OpenDevice(name string) (*Device, error) {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	var e C.struct_tq_err
+	c := C.tq_shim_open(cname, 1, &e)
+	if c == nil {
+		err := cerr(name, &e)
+		if e.errnum == C.ENODEV {
+			return nil, fmt.Errorf("no RDMA device %q on this host: %w", name, err)
+		}
+		return nil, err
+	}
+	d := &Device{name: name, emulated: c.emulated != 0, c: c}
+	var pi C.struct_tq_port_info
+	if C.tq_shim_query_port(c, &pi, &e) != 0 {
+		err := cerr(name, &e)
+		C.tq_shim_close(c, &e)
+		return nil, err
+	}
+	d.port = PortInfo{LID: uint16(pi.lid), State: int(pi.state), MTU: int(pi.active_mtu), LinkLayer: int(pi.link_layer),
+		MaxQPWR: uint32(pi.max_qp_wr), MaxSGE: uint32(pi.max_sge), MaxCQE: int(pi.max_cqe)}
+	for i := range d.port.GID {
+		d.port.GID[i] = byte(pi.gid[i])
+	}
+	track(d)
+	return d, nil
+}
+
+// Name is the device's name; Emulated reports the emulated device.
+func (d *Device) Name() string   { return d.name }
+func (d *Device) Emulated() bool { return d.emulated }
+
+// Port describes the opened port.
+func (d *Device) Port() PortInfo { return d.port }
+
+// Close deallocates the protection domain and closes the device. It fails
+// (EBUSY) while registrations or queue pairs made through it are open.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	var e C.struct_tq_err
+	if C.tq_shim_close(d.c, &e) != 0 {
+		return cerr(d.name, &e)
+	}
+	d.closed, d.c = true, nil
+	untrack(d)
+	return nil
+}
+
+func (d *Device) handle() (*C.struct_tq_dev, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, fmt.Errorf("rdma device %s closed: %w", d.name, engine.ErrClosed)
+	}
+	return d.c, nil
+}
+
+// MR is a memory registration.
+type MR struct {
+	d      *Device
+	mu     sync.Mutex
+	c      *C.struct_ibv_mr
+	Addr   uintptr
+	Len    int
+	LKey   uint32
+	RKey   uint32
+	closed bool
+}
+
+// Register registers mem, which must not be Go-managed memory (mmap it or
+// allocate it in C): the device reads and writes it behind Go's back.
+func (d *Device) Register(mem []byte, access Access) (*MR, error) {
+	if len(mem) == 0 {
+		return nil, fmt.Errorf("register 0 bytes: %w", engine.ErrInvalid)
+	}
+	c, err := d.handle()
+	if err != nil {
+		return nil, err
+	}
+	var e C.struct_tq_err
+	mr := C.tq_shim_reg_mr(c, unsafe.Pointer(&mem[0]), C.size_t(len(mem)), C.int(access), &e)
+	if mr == nil {
+		return nil, cerr(d.name, &e)
+	}
+	return d.newMR(mr), nil
+}
+
+// RegisterDmabuf registers len bytes at offset of a dma-buf (device
+// memory exported by a GPU or NPU driver), addressed as iova.
+func (d *Device) RegisterDmabuf(fd int, offset, length, iova uint64, access Access) (*MR, error) {
+	c, err := d.handle()
+	if err != nil {
+		return nil, err
+	}
+	var e C.struct_tq_err
+	mr := C.tq_shim_reg_dmabuf_mr(c, C.int(fd), C.uint64_t(offset), C.size_t(length), C.uint64_t(iova), C.int(access), &e)
+	if mr == nil {
+		return nil, cerr(d.name, &e)
+	}
+	return d.newMR(mr), nil
+}
+
+func (d *Device) newMR(mr *C.struct_ibv_mr) *MR {
+	m := &MR{d: d, c: mr, Addr: uintptr(mr.addr), Len: int(mr.length), LKey: uint32(mr.lkey), RKey: uint32(mr.rkey)}
+	track(m)
+	return m
+}
+
+// Close deregisters the memory. It is idempotent.
+func (m *MR) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	c, err := m.d.handle()
+	if err != nil {
+		return err
+	}
+	var e C.struct_tq_err
+	if C.tq_shim_dereg_mr(c, m.c, &e) != 0 {
+		return cerr(m.d.name, &e)
+	}
+	m.closed, m.c = true, nil
+	untrack(m)
+	return nil
+}
+
+// CQ is a completion queue.
+type CQ struct {
+	d      *Device
+	mu     sync.Mutex
+	c      *C.struct_ibv_cq
+	closed bool
+}
+
+// NewCQ makes a completion queue of at least n entries.
+func (d *Device) NewCQ(n int) (*CQ, error) {
+	c, err := d.handle()
+	if err != nil {
+		return nil, err
+	}
+	var e C.struct_tq_err
+	cq := C.tq_shim_create_cq(c, C.int(n), &e)
+	if cq == nil {
+		return nil, cerr(d.name, &e)
+	}
+	q := &CQ{d: d, c: cq}
+	track(q)
+	return q, nil
+}
+
+// Poll fills out with up to len(out) (at most 64) completions and
+// returns how many. The CQ must not be closed concurrently.
+func (q *CQ) Poll(out []WC) (int, error) {
+	if len(out) == 0 {
+		return 0, nil
+	}
+	var e C.struct_tq_err
+	n := C.tq_shim_poll(q.c, (*C.struct_tq_wc)(unsafe.Pointer(&out[0])), C.int(len(out)), &e)
+	if n < 0 {
+		return 0, cerr(q.d.name, &e)
+	}
+	return int(n), nil
+}
+
+// Close destroys the CQ (after the QPs that use it). It is idempotent.
+func (q *CQ) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil
+	}
+	c, err := q.d.handle()
+	if err != nil {
+		return err
+	}
+	var e C.struct_tq_err
+	if C.tq_shim_destroy_cq(c, q.c, &e) != 0 {
+		return cerr(q.d.name, &e)
+	}
+	q.closed, q.c = true, nil
+	untrack(q)
+	return nil
+}
+
+// QPCaps sizes a queue pair.
+type QPCaps struct {
+	MaxWR  uint32 // work requests outstanding at once
+	MaxSGE uint32 // SGEs per work request
+}
+
+// PreparedQP is an RC queue pair in the RESET state: its Endpoint goes to
+// the peer, and Handshake with the peer's Endpoint brings it up.
+type PreparedQP struct {
+	qp  *QP
+	psn uint32
+}
+
+// QP is a connected RC queue pair (RTS).
+type QP struct {
+	d      *Device
+	cq     *CQ
+	mu     sync.Mutex
+	c      *C.struct_ibv_qp
+	qpn    uint32
+	closed bool
+}
+
+// NewPreparedQP makes an RC queue pair on cq. Close it (Handshake's QP,
+// or the PreparedQP when the handshake never happens).
+func (d *Device) NewPreparedQP(cq *CQ, caps QPCaps, psn uint32) (*PreparedQP, error) {
+	c, err := d.handle()
+	if err != nil {
+		return nil, err
+	}
+	var e C.struct_tq_err
+	qp := C.tq_shim_create_qp(c, cq.c, C.uint32_t(caps.MaxWR), C.uint32_t(caps.MaxSGE), &e)
+	if qp == nil {
+		return nil, cerr(d.name, &e)
+	}
+	q := &QP{d: d, cq: cq, c: qp, qpn: uint32(qp.qp_num)}
+	track(q)
+	return &PreparedQP{qp: q, psn: psn & 0xffffff}, nil
+}
+
+// Endpoint is what the peer needs to connect to this QP.
+func (p *PreparedQP) Endpoint() Endpoint {
+	return Endpoint{LID: p.qp.d.port.LID, GID: p.qp.d.port.GID, QPN: p.qp.qpn, PSN: p.psn}
+}
+
+// HandshakeOpts tunes the RTR and RTS transitions.
+type HandshakeOpts struct {
+	Access   Access // what the peer may do to memory through this QP
+	MTU      int    // enum ibv_mtu; 0: the port's active MTU
+	Timeout  uint8  // local ACK timeout: 4.096 µs × 2^Timeout per try
+	RetryCnt uint8  // tries before a retry-exceeded completion
+}
+
+// Handshake walks the QP through INIT, RTR (connected to remote) and RTS.
+// On failure the QP is closed.
+func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
+	q := p.qp
+	c, err := q.d.handle()
+	if err != nil {
+		q.Close()
+		return nil, err
+	}
+	mtu := o.MTU
+	if mtu == 0 {
+		mtu = q.d.port.MTU
+	}
+	var e C.struct_tq_err
+	gid := (*C.uint8_t)(unsafe.Pointer(&remote.GID[0]))
+	switch {
+	case C.tq_shim_qp_init(c, q.c, C.int(o.Access), &e) != 0,
+		C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), &e) != 0,
+		C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), &e) != 0:
+		err := cerr(q.d.name, &e)
+		q.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// Close destroys a QP that never completed its handshake.
+func (p *PreparedQP) Close() error { return p.qp.Close() }
+
+// QPN is the queue pair's number.
+func (q *QP) QPN() uint32 { return q.qpn }
+
+// Post posts wrs as one chain (at most 256) with their SGEs: one crossing
+// of cgo. On failure bad is the index of the first WR not posted.
+func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
+	if len(wrs) == 0 {
+		return 0, nil
+	}
+	var sp *C.struct_tq_sge
+	if len(sges) > 0 {
+		sp = (*C.struct_tq_sge)(unsafe.Pointer(&sges[0]))
+	}
+	var e C.struct_tq_err
+	var cbad C.int
+	if C.tq_shim_post(q.c, (*C.struct_tq_wr)(unsafe.Pointer(&wrs[0])), C.int(len(wrs)), sp, C.int(len(sges)), &cbad, &e) != 0 {
+		return int(cbad), cerr(q.d.name, &e)
+	}
+	runtime.KeepAlive(sges)
+	return 0, nil
+}
+
+// Fail moves the QP to the error state: work requests outstanding
+// complete as flushed and the peer's memory is no longer touched.
+func (q *QP) Fail() error {
+	c, err := q.d.handle()
+	if err != nil {
+		return err
+	}
+	var e C.struct_tq_err
+	if C.tq_shim_qp_error(c, q.c, &e) != 0 {
+		return cerr(q.d.name, &e)
+	}
+	return nil
+}
+
+// State is the QP's state (enum ibv_qp_state: 3 RTS, 6 ERR).
+func (q *QP) State() (int, error) {
+	c, err := q.d.handle()
+	if err != nil {
+		return 0, err
+	}
+	var e C.struct_tq_err
+	s := C.tq_shim_qp_state(c, q.c, &e)
+	if s < 0 {
+		return 0, cerr(q.d.name, &e)
+	}
+	return int(s), nil
+}
+
+// Close destroys the QP. It is idempotent.
+func (q *QP) Close() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return nil
+	}
+	c, err := q.d.handle()
+	if err != nil {
+		return err
+	}
+	var e C.struct_tq_err
+	if C.tq_shim_destroy_qp(c, q.c, &e) != 0 {
+		return cerr(q.d.name, &e)
+	}
+	q.closed, q.c = true, nil
+	untrack(q)
+	return nil
+}
+
+// InjectFault arms a fault on an emulated device (see csrc/tqverbs.h,
+// enum tq_emu_fault): kind 1 fails the next count posts with errno err at
+// WR index after; 2 completes the next count WRs with status err; 3
+// overruns the CQs. On hardware it is an error wrapping ErrNotSupported.
+func (d *Device) InjectFault(kind, after, count, err int) error {
+	c, herr := d.handle()
+	if herr != nil {
+		return herr
+	}
+	if !d.emulated {
+		return fmt.Errorf("fault injection on hardware device %s: %w", d.name, engine.ErrNotSupported)
+	}
+	if r, cerrno := C.tq_emu_inject(c.ctx, C.int(kind), C.int(after), C.int(count), C.int(err)); r != 0 {
+		en, _ := cerrno.(syscall.Errno)
+		return &Error{Op: "tq_emu_inject", Errno: en, Device: d.name}
+	}
+	return nil
+}
+
+// EmuCounts reports the emulated device's live objects in this process
+// (leak checks).
+type EmuCounts struct{ Contexts, PDs, MRs, CQs, QPs, RemoteMaps int }
+
+// EmulatedCounts returns the live objects of every emulated context.
+func EmulatedCounts() EmuCounts {
+	var c C.struct_tq_emu_counts
+	C.tq_emu_counts(&c)
+	return EmuCounts{int(c.contexts), int(c.pds), int(c.mrs), int(c.cqs), int(c.qps), int(c.remote_maps)}
+}
+
+func wcStatusC(s WCStatus) string { return C.GoString(C.tq_shim_wc_status_str(C.int(s))) }
