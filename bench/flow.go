@@ -35,6 +35,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/rdma"
 )
 
 // Transports returns the named transports: "all" is shm, tcp, unix and
@@ -56,9 +57,45 @@ func Available(transport string) error {
 	case "shm", "tcp", "unix":
 		return nil
 	case "rdma":
-		return notAvailable("rdma: not available on this host (this build has no RDMA transport)")
+		if !rdma.Supported {
+			return notAvailable("rdma: not available on this host (this build has no RDMA transport)")
+		}
+		name, _ := RDMADevice()
+		dev, err := rdma.OpenDevice(name)
+		if err != nil {
+			return notAvailable(fmt.Sprintf("rdma: not available on this host (%v)", err))
+		}
+		dev.Close()
+		return nil
 	}
 	return fmt.Errorf("transport %q: %w", transport, engine.ErrInvalid)
+}
+
+// RDMADeviceEnv names the RDMA device the bench's unit and clients use
+// (its children inherit it); unset, the first hardware device, else the
+// emulated device emu0.
+const RDMADeviceEnv = "TQ_BENCH_RDMA_DEVICE"
+
+// RDMADevice is the device "rdma" runs on, and whether it is emulated.
+func RDMADevice() (name string, emulated bool) {
+	if name = os.Getenv(RDMADeviceEnv); name != "" {
+		return name, strings.HasPrefix(name, "emu")
+	}
+	devs, _ := rdma.Devices()
+	if name, err := rdma.PickDevice(devs, -1); err == nil {
+		return name, false
+	}
+	return "emu0", true
+}
+
+// rdmaLabel is how results name the rdma transport: with the device, and
+// marked when it is the emulated one.
+func rdmaLabel() string {
+	name, emulated := RDMADevice()
+	if emulated {
+		return "rdma (emulated " + name + ")"
+	}
+	return "rdma (" + name + ")"
 }
 
 // notAvailable is a transport this host cannot run; it reads as itself
@@ -77,10 +114,13 @@ type Server struct {
 	cs    *controller.Server
 	unit  *storage.Unit
 	us    *storage.Server
-	mem   *storage.Membership
-	dir   string
-	addr  string
-	wg    sync.WaitGroup
+	// rdma and rdmaDev serve the unit over RDMA (ServerConfig.RDMADevice).
+	rdma    *rdma.Target
+	rdmaDev *rdma.Device
+	mem     *storage.Membership
+	dir     string
+	addr    string
+	wg      sync.WaitGroup
 }
 
 // ServerConfig configures [StartServer].
@@ -91,6 +131,8 @@ type ServerConfig struct {
 	// in memory; "batch", "always" or "never" keeps a durable log (see
 	// tq serve --fsync) in the server's temporary directory.
 	Log string
+	// RDMADevice, when set, serves the unit over RDMA on it too.
+	RDMADevice string
 }
 
 // StartServer starts a controller and a storage unit.
@@ -135,7 +177,17 @@ func StartServer(ctx context.Context, sc ServerConfig) (s *Server, err error) {
 	if _, err = storage.AssignID(ctx, s.addr, s.unit, storage.JoinConfig{Token: s.token}); err != nil {
 		return nil, err
 	}
-	s.us = storage.NewServer(s.unit, storage.ServerConfig{Name: "bench", Token: s.token})
+	scfg := storage.ServerConfig{Name: "bench", Token: s.token}
+	addrs := []string{}
+	if sc.RDMADevice != "" {
+		if s.rdmaDev, err = rdma.OpenDevice(sc.RDMADevice); err != nil {
+			return nil, err
+		}
+		s.rdma = rdma.NewTarget(s.rdmaDev)
+		scfg.RDMA = s.rdma
+		addrs = append(addrs, "rdma://"+sc.RDMADevice)
+	}
+	s.us = storage.NewServer(s.unit, scfg)
 	ul, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -153,8 +205,8 @@ func StartServer(ctx context.Context, sc ServerConfig) (s *Server, err error) {
 	}
 	s.us.RegisterShm(fl)
 	s.wg.Go(func() { s.us.ServeShm(fl) })
-	s.mem, err = storage.Join(ctx, s.addr, s.unit, storage.JoinConfig{Token: s.token, Addrs: []string{
-		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
+	s.mem, err = storage.Join(ctx, s.addr, s.unit, storage.JoinConfig{Token: s.token, Addrs: append([]string{
+		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}, addrs...)})
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +254,12 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if s.unit != nil {
 		errs = append(errs, s.unit.Close())
+	}
+	if s.rdma != nil {
+		errs = append(errs, s.rdma.Close())
+	}
+	if s.rdmaDev != nil {
+		errs = append(errs, s.rdmaDev.Close())
 	}
 	if s.ctrl != nil {
 		errs = append(errs, s.ctrl.Close())

@@ -178,6 +178,10 @@ func connectConfig(transport, role string) client.ConnectConfig {
 		cfg.Client = client.Config{Host: "tq-bench-elsewhere"}
 	case "unix":
 		cfg.Transport = client.TransportTCP
+	case "rdma":
+		cfg.Transport = client.TransportRDMA
+		cfg.RDMA.Device, _ = RDMADevice()
+		cfg.Client = client.Config{Host: "tq-bench-elsewhere"}
 	}
 	return cfg
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 )
@@ -169,7 +170,13 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 		if srv == nil {
 			// Room for one put plus the allocator's slack.
 			var err error
-			if srv, err = StartServer(ctx, ServerConfig{Capacity: capacity + capacity/4 + 64<<20, Log: opts.Log}); err != nil {
+			sc := ServerConfig{Capacity: capacity + capacity/4 + 64<<20, Log: opts.Log}
+			if slices.Contains(opts.Transports, "rdma") && Available("rdma") == nil {
+				name, _ := RDMADevice()
+				os.Setenv(RDMADeviceEnv, name) // for the children
+				sc.RDMADevice = name
+			}
+			if srv, err = StartServer(ctx, sc); err != nil {
 				return results, fmt.Errorf("start server: %w", err)
 			}
 		}
@@ -185,7 +192,11 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 				if err != nil {
 					return results, fmt.Errorf("%s/%s/%s: %w", tr, w.Name, cs, err)
 				}
-				results = append(results, Summarize(tr, w, cs, samples))
+				r := Summarize(tr, w, cs, samples)
+				if tr == "rdma" {
+					r.Transport = rdmaLabel()
+				}
+				results = append(results, r)
 			}
 		}
 	}

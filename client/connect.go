@@ -11,6 +11,7 @@ import (
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
 )
@@ -29,20 +30,26 @@ type ConnectConfig struct {
 	// live storage unit, for clients started together with the cluster.
 	WaitForUnits bool
 	// Transport forces the data-plane transport: "" picks per unit (shm
-	// for a unit on this host that serves shared memory, else tcp),
-	// "shm" or "tcp". Forcing shm where it cannot work is an error
-	// wrapping [engine.ErrNotSupported], never a silent downgrade; "tcp"
-	// still uses a unit's unix socket when it has one on this host.
+	// for a unit on this host that serves shared memory, else rdma when
+	// the unit serves it and this host has a usable device — see RDMA —,
+	// else tcp), "shm", "rdma" or "tcp". Forcing shm or rdma where it
+	// cannot work is an error wrapping [engine.ErrNotSupported], never a
+	// silent downgrade; "tcp" still uses a unit's unix socket when it has
+	// one on this host.
 	Transport string
-	// Transport settings for the data plane.
-	TCP tcp.Config
-	Shm shm.Config
+	// Transport settings for the data plane. RDMA.Device names this
+	// host's device ("" : the hardware device nearest this process, if
+	// any; an emulated device such as "emu0" is used only when named).
+	TCP  tcp.Config
+	Shm  shm.Config
+	RDMA rdma.Config
 }
 
 // Transport names for [ConnectConfig.Transport].
 const (
 	TransportAuto = ""
 	TransportShm  = "shm"
+	TransportRDMA = "rdma"
 	TransportTCP  = "tcp"
 )
 
@@ -69,9 +76,12 @@ const (
 // writes; a unit the controller reports dead takes no more writes.
 func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, error) {
 	switch cfg.Transport {
-	case TransportAuto, TransportShm, TransportTCP:
+	case TransportAuto, TransportShm, TransportRDMA, TransportTCP:
 	default:
-		return nil, fmt.Errorf("transport %q (want \"\", \"shm\" or \"tcp\"): %w", cfg.Transport, engine.ErrInvalid)
+		return nil, fmt.Errorf("transport %q (want \"\", \"shm\", \"rdma\" or \"tcp\"): %w", cfg.Transport, engine.ErrInvalid)
+	}
+	if err := cfg.RDMA.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())
@@ -103,24 +113,34 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		scfg.Name = cfg.Name
 	}
 	str := shm.New(scfg)
+	rcfg := cfg.RDMA
+	if rcfg.Token == "" {
+		rcfg.Token = cfg.Token
+	}
+	if rcfg.Name == "" {
+		rcfg.Name = cfg.Name
+	}
+	rtr := rdma.New(rcfg)
 	host := cfg.Client.Host
 	if host == "" {
 		host = HostID()
 	}
-	d := unitDialer{transport: cfg.Transport, host: host, tcp: tr, shm: str}
+	d := unitDialer{transport: cfg.Transport, host: host, tcp: tr, shm: str, rdma: rtr}
 	dus, errs := d.dialAll(ctx, units)
 	var table []DataUnit
 	var unreachable []error
 	up := 0
 	for i, u := range units {
 		err := errs[i]
-		if err != nil && !errors.Is(err, errNoAddr) && cfg.Transport == TransportShm && !d.shmPossible(u) {
-			// Forcing shm where it cannot work is the caller's error.
+		if err != nil && !errors.Is(err, errNoAddr) && (cfg.Transport == TransportShm && !d.shmPossible(u) ||
+			cfg.Transport == TransportRDMA && errors.Is(err, engine.ErrNotSupported)) {
+			// Forcing a transport where it cannot work is the caller's error.
 			closeUnits(table)
 			tr.Close()
 			str.Close()
+			rtr.Close()
 			meta.Close()
-			return nil, fmt.Errorf("connect to storage unit %d over shm: %w", u.ID, err)
+			return nil, fmt.Errorf("connect to storage unit %d over %s: %w", u.ID, cfg.Transport, err)
 		}
 		du := d.orRedial(u, dus[i], err)
 		if du == nil {
@@ -146,6 +166,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		closeUnits(table)
 		tr.Close()
 		str.Close()
+		rtr.Close()
 		meta.Close()
 	}
 	if up == 0 {
@@ -162,7 +183,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	}
 	c.disc = &discovery{list: meta.Units, dial: d}
 	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
-		tr.Close, str.Close, meta.Close)
+		tr.Close, str.Close, rtr.Close, meta.Close)
 	return c, nil
 }
 
@@ -176,6 +197,7 @@ type unitDialer struct {
 	host      string // this client's host id
 	tcp       *tcp.Transport
 	shm       *shm.Transport
+	rdma      *rdma.Transport
 }
 
 // dial connects to a unit: over shared memory when it can (and always
@@ -187,6 +209,15 @@ func (d unitDialer) dial(ctx context.Context, u engine.UnitInfo) (DataUnit, erro
 			return ShmUnit(u.ID, u.Host, sc), nil
 		}
 		if d.transport == TransportShm {
+			return nil, err
+		}
+	}
+	if d.transport == TransportRDMA || d.transport == TransportAuto && d.rdmaUsable(u) {
+		rc, err := dialRDMA(ctx, d.rdma, u)
+		if err == nil {
+			return RemoteUnit(u.ID, u.Host, "rdma", rc), nil
+		}
+		if d.transport == TransportRDMA {
 			return nil, err
 		}
 	}
@@ -206,6 +237,41 @@ func (d unitDialer) dial(ctx context.Context, u engine.UnitInfo) (DataUnit, erro
 // with the unit).
 func (d unitDialer) shmPossible(u engine.UnitInfo) bool {
 	return u.Host == d.host && slices.ContainsFunc(u.Addrs, func(a string) bool { return strings.HasPrefix(a, "shm://") })
+}
+
+// rdmaUsable reports whether auto selection should try RDMA for u: it
+// serves RDMA and this host has a device the transport can open.
+func (d unitDialer) rdmaUsable(u engine.UnitInfo) bool {
+	if !slices.ContainsFunc(u.Addrs, func(a string) bool { return strings.HasPrefix(a, "rdma://") }) {
+		return false
+	}
+	_, err := d.rdma.Device()
+	return err == nil
+}
+
+// RDMAPeer returns how to reach a unit over RDMA: its TCP address (the
+// control connection), when it advertises an RDMA device ("rdma://NAME").
+// Otherwise it returns an error wrapping [engine.ErrNotSupported].
+func RDMAPeer(u engine.UnitInfo) (engine.PeerInfo, error) {
+	peer := engine.PeerInfo{Unit: u.ID, Incarnation: u.Incarnation, Host: u.Host, Transport: "rdma"}
+	if !slices.ContainsFunc(u.Addrs, func(a string) bool { return strings.HasPrefix(a, "rdma://") }) {
+		return peer, fmt.Errorf("unit %d serves no RDMA: %w", u.ID, engine.ErrNotSupported)
+	}
+	for _, a := range u.Addrs {
+		if strings.HasPrefix(a, "tcp://") {
+			peer.Addr = a
+			return peer, nil
+		}
+	}
+	return peer, fmt.Errorf("unit %d has no TCP address for RDMA's control connection: %w", u.ID, engine.ErrNotSupported)
+}
+
+func dialRDMA(ctx context.Context, tr *rdma.Transport, u engine.UnitInfo) (*rdma.Conn, error) {
+	peer, err := RDMAPeer(u)
+	if err != nil {
+		return nil, err
+	}
+	return tr.DialConn(ctx, peer)
 }
 
 // closeUnits stops the redials among units.

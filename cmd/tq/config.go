@@ -57,6 +57,7 @@ type serveConfig struct {
 	RESP              string        `yaml:"resp"`
 	RESPPartition     string        `yaml:"resp_partition"`
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
+	RDMADevice        string        `yaml:"rdma_device"`
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
@@ -110,6 +111,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
+	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
 }
 
 // loadYAML reads a config file over c; unknown keys are errors.

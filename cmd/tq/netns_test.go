@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tqgo/tq/transport/rdma"
 )
 
 // netns is a pair of network namespaces joined by a veth pair, made by
@@ -84,6 +87,30 @@ func TestServeAcrossNamespaces(t *testing.T) {
 	if !strings.Contains(string(out), "tcp://"+n.ipB) {
 		t.Fatalf("the unit did not register its address in the other namespace:\n%s", out)
 	}
+	ctrl.stop(t)
+}
+
+// The same across namespaces over RDMA: the unit serves the emulated
+// device, the client in the other namespace is forced onto RDMA (no
+// silent fallback to TCP), and every payload byte moves by one-sided RDMA
+// READ and WRITE; only the control requests cross the veth pair.
+func TestServeRDMAAcrossNamespaces(t *testing.T) {
+	if !rdma.Supported {
+		t.Skip("this build has no RDMA transport (make test builds it with libibverbs-dev)")
+	}
+	bin := tqBinary(t)
+	n := newNetns(t)
+	const token = "netns-test-token"
+	ctrl := startServe(t, n.in(n.a), bin, "--role", "controller", "--listen", n.ipA+":7370",
+		"--socket-dir", t.TempDir(), "--token", token, "--heartbeat", "200ms")
+	caddr := ctrl.addr("tcp")
+	unit := startServe(t, n.in(n.b), bin, "--role", "unit", "--controller", caddr, "--unit-listen", n.ipB+":0",
+		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--heartbeat", "200ms", "--rdma-device", "emu0")
+	if len(unit.units) != 1 || !slices.Contains(unit.units[0], "rdma://emu0") {
+		t.Fatalf("the unit advertises %v, want rdma://emu0 among them", unit.units)
+	}
+	runHelpers(t, helper(t, n.in(n.a), "roundtrip", "TQ_ADDR="+caddr, "TQ_TOKEN="+token, "TQ_NS="+n.a,
+		"TQ_TRANSPORT=rdma", "TQ_RDMA_DEVICE=emu0"))
 	ctrl.stop(t)
 }
 

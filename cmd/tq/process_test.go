@@ -25,6 +25,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
 	"github.com/tqgo/tq/wire"
@@ -36,7 +37,11 @@ var buildTQ = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "tq")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if rdma.Supported { // this test binary has the RDMA transport: so does tq
+		args = append(args, "-tags", "rdma")
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
@@ -280,7 +285,7 @@ func TestHelperProcess(t *testing.T) {
 		return
 	}
 	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role,
-		Transport: os.Getenv("TQ_TRANSPORT")})
+		Transport: os.Getenv("TQ_TRANSPORT"), RDMA: rdma.Config{Device: os.Getenv("TQ_RDMA_DEVICE")}})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/tcp"
 	"github.com/tqgo/tq/wire"
 )
@@ -134,12 +135,14 @@ type server struct {
 	addrs   []string // the controller's addresses, as given out
 	local   string   // the controller's address for units of this process
 	resp    *resp.Server
+	rdmaDev *rdma.Device // --rdma-device, shared by the units
 }
 
 type runningUnit struct {
-	u   *storage.Unit
-	srv *storage.Server
-	mem *storage.Membership
+	u    *storage.Unit
+	srv  *storage.Server
+	mem  *storage.Membership
+	rdma *rdma.Target // nil without --rdma-device
 }
 
 func (s *server) start(ctx context.Context) error {
@@ -275,6 +278,24 @@ func (s *server) startController() error {
 	return nil
 }
 
+// rdmaDevice opens --rdma-device once for every unit of the process.
+func (s *server) rdmaDevice() (*rdma.Device, error) {
+	if s.rdmaDev != nil {
+		return s.rdmaDev, nil
+	}
+	dev, err := rdma.OpenDevice(s.cfg.RDMADevice)
+	if err != nil {
+		return nil, err
+	}
+	kind := "hardware"
+	if dev.Emulated() {
+		kind = "emulated"
+	}
+	fmt.Fprintf(s.out, "tq serve: RDMA device %s (%s)\n", dev.Name(), kind)
+	s.rdmaDev = dev
+	return dev, nil
+}
+
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name, ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace}
 	scfg := storage.DefaultConfig()
@@ -294,7 +315,18 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
-	ru := &runningUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log})}
+	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log}
+	ru := &runningUnit{u: u}
+	if s.cfg.RDMADevice != "" {
+		dev, err := s.rdmaDevice()
+		if err != nil {
+			u.Close()
+			return fmt.Errorf("storage unit %d: --rdma-device %s: %w", id, s.cfg.RDMADevice, err)
+		}
+		ru.rdma = rdma.NewTarget(dev)
+		srvCfg.RDMA = ru.rdma
+	}
+	ru.srv = storage.NewServer(u, srvCfg)
 	s.units = append(s.units, ru)
 	sock := ""
 	if s.cfg.SocketDir != "" {
@@ -323,6 +355,9 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		ru.srv.RegisterShm(fl) // before a client can ask for it
 		go ru.srv.ServeShm(fl)
 		addrs = append(addrs, "shm://"+fdSock)
+	}
+	if ru.rdma != nil {
+		addrs = append(addrs, "rdma://"+s.cfg.RDMADevice)
 	}
 	jcfg.Addrs = addrs
 	if ru.mem, err = storage.Join(ctx, controllerAddr, u, jcfg); err != nil {
@@ -403,7 +438,15 @@ func (s *server) close() {
 			ru.mem.Close()
 		}
 		ru.srv.Close()
-		ru.u.Close()
+		ru.u.Close() // deregisters the segments
+		if ru.rdma != nil {
+			ru.rdma.Close()
+		}
+	}
+	if s.rdmaDev != nil {
+		if err := s.rdmaDev.Close(); err != nil {
+			fmt.Fprintf(s.out, "tq serve: close RDMA device %s: %v\n", s.cfg.RDMADevice, err)
+		}
 	}
 	if s.ctrlSrv != nil {
 		s.ctrlSrv.Close()
