@@ -11,7 +11,7 @@ FUZZTIME  ?= 30s
 RDMA      := $(shell test -f /usr/include/infiniband/verbs.h && echo rdma)
 TAGS      ?= $(RDMA)
 
-.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate
+.PHONY: test-rdma-hw all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate
 
 all: build
 
@@ -36,6 +36,18 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+# test-rdma-hw: the RDMA transport's tests and benchmarks on a real device
+# (make test-rdma-hw RDMA_DEVICE=mlx5_0); without one named, or when the
+# host lacks it, they skip.
+RDMA_DEVICE ?=
+test-rdma-hw:
+	@if [ -z "$(RDMA_DEVICE)" ]; then echo "test-rdma-hw: no RDMA_DEVICE named (see ibv_devices): skipped"; exit 0; fi; \
+	set -e; \
+	TQ_RDMA_TEST_DEVICE=$(RDMA_DEVICE) $(GO) test -tags rdma -count=1 -v -run 'TestConformance$$|TestUnitRestart|TestRegisteredBuffers' ./transport/rdma; \
+	TQ_RDMA_TEST_DEVICE=$(RDMA_DEVICE) $(GO) test -tags rdma -run '^$$' -bench 'SmallWorkload' -count 3 ./transport/rdma; \
+	$(GO) build -tags rdma -o bin/tq ./cmd/tq; \
+	TQ_BENCH_RDMA_DEVICE=$(RDMA_DEVICE) bin/tq bench --transport rdma,tcp --workload small
 
 # bench: the reference flow (`tq bench`) on the small workload, every
 # transport and case, a couple of iterations: about a minute.

@@ -1741,8 +1741,16 @@ static bool emu_peer_alive(struct emu_peer *peer)
 
 	if (!peer->reg)
 		return false;
-	if (peer->pidfd >= 0)
-		return poll(&pfd, 1, 0) == 0;
+	if (peer->pidfd >= 0) {
+		int r;
+
+		/* A signal (Go preempts its threads with SIGURG) is no death. */
+		do
+			r = poll(&pfd, 1, 0);
+		while (r < 0 && errno == EINTR);
+		if (r >= 0)
+			return r == 0;
+	}
 	return kill(peer->pid, 0) == 0 || errno == EPERM;
 }
 

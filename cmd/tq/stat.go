@@ -125,7 +125,7 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			host = host[:8]
 		}
 		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%d\t%s\t%s\t%s\n", u.ID, state, bytesString(u.Used), bytesString(u.Capacity),
-			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(u.Addrs, " "))
+			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(showAddrs(u.Addrs), " "))
 	}
 	return tw.Flush()
 }
@@ -176,4 +176,17 @@ func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) 
 		})
 	}
 	wg.Wait()
+}
+
+// showAddrs marks an emulated RDMA device (csrc/emu.c) as such: it moves
+// bytes between processes of one host, and is no NIC.
+func showAddrs(addrs []string) []string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a
+		if strings.HasPrefix(a, "rdma://emu") {
+			out[i] += "(emulated)"
+		}
+	}
+	return out
 }

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
+	"os/exec"
 	"syscall"
 	"testing"
 	"time"
@@ -19,16 +21,30 @@ import (
 	"github.com/tqgo/tq/internal/testenv"
 )
 
-// testConfig is a client config on the emulated device that notices a
-// dead peer quickly.
-func testConfig() Config {
-	return Config{Device: "emu0", AckTimeout: 10, RetryCnt: 3}
+// testDevice is the device the transport tests run on: the emulated
+// emu0, or the one $TQ_RDMA_TEST_DEVICE names (make test-rdma-hw).
+func testDevice(t testing.TB) string {
+	name := os.Getenv("TQ_RDMA_TEST_DEVICE")
+	if name == "" {
+		return "emu0"
+	}
+	d, err := OpenDevice(name)
+	testenv.SkipIfNotSupported(t, err)
+	d.Close()
+	return name
+}
+
+// testConfig is a client config on the test device that notices a dead
+// peer quickly.
+func testConfig(t testing.TB) Config {
+	return Config{Device: testDevice(t), AckTimeout: 10, RetryCnt: 3}
 }
 
 func TestConformance(t *testing.T) {
 	enginetest.Run(t, func(t *testing.T) (engine.DataConn, func()) {
-		p := startUnitProc(t, "emu0", "")
-		tr := New(testConfig())
+		p := startUnitProc(t, testDevice(t), "")
+		t.Logf("unit at %s", p.addr)
+		tr := New(testConfig(t))
 		t.Cleanup(func() {
 			if err := tr.Close(); err != nil {
 				t.Errorf("transport Close: %v", err)
@@ -60,14 +76,17 @@ func newTransport(t *testing.T, cfg Config) *Transport {
 // A queue pair that fails (an error completion) is torn down: the call
 // fails with ErrUnavailable and the next one brings new queue pairs up.
 func TestQPReestablishedAfterError(t *testing.T) {
-	p := startUnitProc(t, "emu0", "")
-	tr := newTransport(t, testConfig())
+	p := startUnitProc(t, testDevice(t), "")
+	tr := newTransport(t, testConfig(t))
 	c := dialUnit(t, tr, p)
 	data := bytes.Repeat([]byte("tq"), 3<<19) // 3 MiB: three slices
 	addrs, err := c.Write(t.Context(), [][][]byte{{data}})
 	require.NoError(t, err)
 	dev, err := tr.Device()
 	require.NoError(t, err)
+	if !dev.Emulated() {
+		t.Skip("injects faults: emulated device only")
+	}
 	require.NoError(t, dev.InjectFault(2, 0, 1, int(WCGeneralErr)))
 	dst := make([]byte, len(data))
 	err = c.Read(t.Context(), addrs, [][]byte{dst})
@@ -100,8 +119,8 @@ func TestUnitRestart(t *testing.T) {
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	l.Close()
-	p := startUnitProc(t, "emu0", addr)
-	tr := newTransport(t, testConfig())
+	p := startUnitProc(t, testDevice(t), addr)
+	tr := newTransport(t, testConfig(t))
 	c := dialUnit(t, tr, p)
 	data := bytes.Repeat([]byte{0xab}, 100000)
 	addrs, err := c.Write(t.Context(), [][][]byte{{data}})
@@ -109,7 +128,7 @@ func TestUnitRestart(t *testing.T) {
 
 	p.kill()
 	p.cmd.Wait()
-	q := startUnitProc(t, "emu0", addr)
+	q := startUnitProc(t, testDevice(t), addr)
 	require.NotEqual(t, p.inc, q.inc)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -134,8 +153,8 @@ func addr2url(a string) string { return "tcp://" + a }
 // Reads into and writes from memory the caller registered move without
 // staging; the bytes are the same.
 func TestRegisteredBuffers(t *testing.T) {
-	p := startUnitProc(t, "emu0", "")
-	tr := newTransport(t, testConfig())
+	p := startUnitProc(t, testDevice(t), "")
+	tr := newTransport(t, testConfig(t))
 	c := dialUnit(t, tr, p)
 	mem, err := unix.Mmap(-1, 0, 8<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	require.NoError(t, err)
@@ -170,4 +189,23 @@ func TestConfigAndPick(t *testing.T) {
 	assert.Equal(t, "mlx5_1", name)
 	name, _ = PickDevice(devs, 3)
 	assert.Equal(t, "mlx5_0", name)
+}
+
+// The conformance suite with the client in one network namespace and the
+// unit in another: the test binary runs TestConformance again inside
+// namespace B, starting its unit processes inside namespace A.
+func TestConformanceAcrossNamespaces(t *testing.T) {
+	if os.Getenv(unitNetnsEnv) != "" {
+		t.Skip("runs only from the root namespace")
+	}
+	if testing.Short() {
+		t.Skip("starts processes in network namespaces")
+	}
+	n := testenv.NewNetns(t)
+	cmd := exec.Command("ip", "netns", "exec", n.B, os.Args[0], "-test.run=^TestConformance$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), unitNetnsEnv+"="+n.A, unitListenEnv+"="+n.IPA+":0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "--- PASS: TestConformance/PeerDeath")
+	require.Contains(t, string(out), "tcp://"+n.IPA, "the unit listened in the other namespace")
 }

@@ -2,7 +2,6 @@ package rdma
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +21,13 @@ import (
 // serves until its stdin closes (or it is killed).
 const unitProcEnv = "TQ_RDMA_TEST_UNIT"
 
+// unitNetnsEnv and unitListenEnv put the unit processes a test starts in
+// a network namespace, listening on an address there.
+const (
+	unitNetnsEnv  = "TQ_RDMA_TEST_UNIT_NETNS"
+	unitListenEnv = "TQ_RDMA_TEST_UNIT_LISTEN"
+)
+
 func runUnitProc() int {
 	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "unit process:", err)
@@ -34,7 +40,11 @@ func runUnitProc() int {
 	defer dev.Close()
 	tgt := NewTarget(dev)
 	defer tgt.Close()
-	u, err := storage.NewUnit(7, unitConfig())
+	ucfg := unitConfig()
+	if c := os.Getenv("TQ_RDMA_TEST_CAPACITY"); c != "" {
+		fmt.Sscan(c, &ucfg.Capacity)
+	}
+	u, err := storage.NewUnit(7, ucfg)
 	if err != nil {
 		return fail(err)
 	}
@@ -74,6 +84,13 @@ func startUnitProc(t testing.TB, dev, listen string) *unitProc {
 		listen = "127.0.0.1:0"
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	if ns := os.Getenv(unitNetnsEnv); ns != "" {
+		// The unit on another "host": a network namespace of its own.
+		cmd = exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^$")
+		if l := os.Getenv(unitListenEnv); l != "" && listen == "127.0.0.1:0" {
+			listen = l
+		}
+	}
 	cmd.Env = append(os.Environ(), unitProcEnv+"="+dev, "TQ_RDMA_TEST_LISTEN="+listen)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
@@ -116,5 +133,3 @@ func (p *unitProc) stop() {
 func (p *unitProc) kill() {
 	p.cmd.Process.Kill()
 }
-
-var _ = context.Background

@@ -60,7 +60,7 @@ type pair struct {
 	remoteFile int
 }
 
-func newPair(t *testing.T, remoteAccess Access, o HandshakeOpts) *pair {
+func newPair(t testing.TB, remoteAccess Access, o HandshakeOpts) *pair {
 	t.Helper()
 	p := &pair{}
 	var err error
@@ -111,7 +111,7 @@ func newPair(t *testing.T, remoteAccess Access, o HandshakeOpts) *pair {
 }
 
 // pollN polls a's CQ until n completions arrived (or 5 s passed).
-func (p *pair) pollN(t *testing.T, n int) []WC {
+func (p *pair) pollN(t testing.TB, n int) []WC {
 	t.Helper()
 	var out []WC
 	deadline := time.Now().Add(5 * time.Second)
