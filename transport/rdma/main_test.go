@@ -12,6 +12,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(unitProcEnv) != "" {
 		os.Exit(runUnitProc())
 	}
+	if os.Getenv(clientProcEnv) != "" {
+		os.Exit(runClientProc())
+	}
 	TrackHandles(true)
 	leaktest.Main(&leakChecked{m})
 }

@@ -2,6 +2,7 @@ package rdma
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/engine/enginetest"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
@@ -132,4 +134,30 @@ func (p *unitProc) stop() {
 // kill kills the process with SIGKILL.
 func (p *unitProc) kill() {
 	p.cmd.Process.Kill()
+}
+
+// clientProcEnv makes the test binary a client that puts 32 MiB extents
+// to the unit at that address over RDMA, forever, printing "putting" once
+// it is connected.
+const clientProcEnv = "TQ_RDMA_TEST_CLIENT"
+
+func runClientProc() int {
+	tr := New(Config{Device: "emu0"})
+	defer tr.Close()
+	ctx := context.Background()
+	c, err := tr.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv(clientProcEnv)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client process:", err)
+		return 1
+	}
+	buf := make([]byte, 32<<20)
+	fmt.Println("putting")
+	for {
+		addrs, err := c.Write(ctx, [][][]byte{{buf}})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client process:", err)
+			return 1
+		}
+		c.Free(ctx, addrs)
+	}
 }

@@ -1,0 +1,138 @@
+//go:build linux && cgo && rdma
+
+package rdma
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+var _ storage.RDMATarget = (*Target)(nil)
+
+// inProcUnit serves a unit with an RDMA target on emulated device emu1 in
+// this process (the client side uses emu0: another context, so another
+// "host" to the emulator).
+func inProcUnit(t *testing.T) (*Target, *storage.Unit, string) {
+	t.Helper()
+	dev, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
+	tgt := NewTarget(dev)
+	t.Cleanup(func() { assert.NoError(t, tgt.Close()) })
+	u, err := storage.NewUnit(7, unitConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, u.Close()) })
+	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
+	t.Cleanup(func() { srv.Close() })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	return tgt, u, wire.FormatAddr("tcp", l.Addr().String())
+}
+
+// Malformed or impossible RDMA_CONNECT requests get errors that say what
+// was wrong, and leave no queue pairs behind.
+func TestConnectRefusals(t *testing.T) {
+	tgt, _, addr := inProcUnit(t)
+	wc, _, err := wire.Dial(t.Context(), addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	defer wc.Close()
+	ep := func() *wirepb.RdmaEndpoint {
+		return &wirepb.RdmaEndpoint{Lid: 1, Gid: make([]byte, 16), Qpn: 5, Psn: 1}
+	}
+	cases := []struct {
+		name string
+		req  *wirepb.RdmaConnectRequest
+		is   error
+		says string
+	}{
+		{"no queue pairs", &wirepb.RdmaConnectRequest{Emulated: true}, engine.ErrInvalid, "0 queue pairs"},
+		{"too many", &wirepb.RdmaConnectRequest{Emulated: true, Qps: func() []*wirepb.RdmaEndpoint {
+			var eps []*wirepb.RdmaEndpoint
+			for range MaxQPs + 1 {
+				eps = append(eps, ep())
+			}
+			return eps
+		}()}, engine.ErrInvalid, "17 queue pairs"},
+		{"short gid", &wirepb.RdmaConnectRequest{Emulated: true, Qps: []*wirepb.RdmaEndpoint{{Lid: 1, Gid: []byte{1, 2}, Qpn: 5}}}, engine.ErrInvalid, "gid 2 bytes"},
+		{"qpn out of range", &wirepb.RdmaConnectRequest{Emulated: true, Qps: []*wirepb.RdmaEndpoint{{Lid: 1, Gid: make([]byte, 16), Qpn: 1 << 24}}}, engine.ErrInvalid, "qpn"},
+		{"hardware client", &wirepb.RdmaConnectRequest{Emulated: false, Qps: []*wirepb.RdmaEndpoint{ep()}}, engine.ErrNotSupported, "cannot reach"},
+		{"not an emulated gid", &wirepb.RdmaConnectRequest{Emulated: true, Qps: []*wirepb.RdmaEndpoint{ep()}}, syscallEINVAL, "ibv_modify_qp(RTR)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := wc.Do(t.Context(), wire.OpRdmaConnect, tc.req, nil, &wirepb.RdmaConnectReply{}, nil)
+			require.Error(t, err)
+			if tc.is != syscallEINVAL {
+				assert.ErrorIs(t, err, tc.is)
+			}
+			assert.Contains(t, err.Error(), tc.says)
+			assert.Equal(t, 0, tgt.Connections())
+		})
+	}
+	var segs wirepb.RdmaSegmentsReply
+	err = wc.Do(t.Context(), wire.OpRdmaSegments, &wirepb.RdmaSegmentsRequest{Ids: []uint32{99}}, nil, &segs, nil)
+	require.ErrorIs(t, err, engine.ErrNotFound)
+}
+
+var syscallEINVAL = errorString("EINVAL")
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// A client's queue pairs die with its connection: the unit destroys its
+// side when the connection ends, whether the client closed or vanished.
+func TestQueuePairsEndWithConnection(t *testing.T) {
+	tgt, u, addr := inProcUnit(t)
+	tr := newTransport(t, Config{Device: "emu0"})
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.NoError(t, err)
+	addrs, err := c.Write(t.Context(), [][][]byte{{make([]byte, 5<<20)}})
+	require.NoError(t, err)
+	require.Equal(t, 1, tgt.Connections())
+	segs, err := tgt.Segments(nil)
+	require.NoError(t, err)
+	require.Len(t, segs, len(u.Segments()), "every live segment is registered")
+
+	// A lease left open by a read in flight is released with the session.
+	require.NoError(t, c.Read(t.Context(), addrs, [][]byte{make([]byte, 5<<20)}))
+	require.NoError(t, c.Close())
+	require.Eventually(t, func() bool { return tgt.Connections() == 0 && u.Stats().Leases == 0 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// A client killed with SIGKILL in the middle of its puts: the unit aborts
+// its open reservation (nothing half-written becomes readable, no space
+// leaks) and destroys its queue pairs.
+func TestClientKilledMidPut(t *testing.T) {
+	tgt, u, addr := inProcUnit(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), clientProcEnv+"="+addr)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "putting\n", line)
+	require.Eventually(t, func() bool { return u.Stats().OpenReservations > 0 }, 10*time.Second, 100*time.Microsecond,
+		"the client never had a reservation open")
+	require.NoError(t, cmd.Process.Kill())
+	cmd.Wait()
+	require.Eventually(t, func() bool {
+		st := u.Stats()
+		return tgt.Connections() == 0 && st.OpenReservations == 0 && st.Used == 0
+	}, 10*time.Second, 10*time.Millisecond, "stats after the kill: %+v, %d connections", u.Stats(), tgt.Connections())
+}
