@@ -175,6 +175,38 @@ func (c *Conn) fail(err error) {
 	})
 }
 
+// DoGrace is Do for a request whose answer opens or ends a hold on the
+// peer (a reservation, a lease, an extent written): it keeps waiting for
+// the answer up to grace past ctx, so that the caller learns of the hold
+// and can give it back rather than leave it to the end of the
+// connection. A negative grace waits no longer than ctx. When ctx ended
+// meanwhile but the answer arrived, it returns nil and the caller decides.
+func (c *Conn) DoGrace(ctx context.Context, grace time.Duration, op Op, body proto.Message, payload net.Buffers, reply proto.Message) error {
+	if grace < 0 {
+		return c.Do(ctx, op, body, payload, reply, nil)
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(grace, cancel) })
+	defer stop()
+	if err := c.Do(dctx, op, body, payload, reply, nil); err != nil {
+		if dctx.Err() != nil && ctx.Err() != nil {
+			return fmt.Errorf("no answer from the peer %v after the deadline: %w", grace, context.Cause(ctx))
+		}
+		return err
+	}
+	return nil
+}
+
+// Cleanup sends a best-effort request that gives a hold back (an abort, a
+// release), bounded by 2 s: a failure is harmless, as the peer gives the
+// connection's holds back when it ends.
+func (c *Conn) Cleanup(op Op, body proto.Message) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c.Do(ctx, op, body, nil, &wirepb.Empty{}, nil)
+}
+
 // Do sends a request and waits for its reply. body is the request
 // message; payload, if any, is written after it straight from the given
 // buffers. reply receives the reply body. into, when the reply carries a

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,9 +87,12 @@ type remoteSeg struct {
 	rkey       uint32
 }
 
-// clientQPs is this side's queue pairs to the unit.
+// clientQPs is this side's queue pairs to the unit. qps is its own copy
+// of the set's: a caller still holding a torn-down set sees its QPs
+// closed (posting fails), never a shorter list.
 type clientQPs struct {
 	*qpSet
+	qps []*QP
 	gen int64 // which bring-up made them
 }
 
@@ -207,7 +211,7 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 		qs.Close()
 		return nil, fmt.Errorf("rdma connect: %w", err)
 	}
-	set = &clientQPs{qpSet: qs, gen: c.reconnects.Add(1)}
+	set = &clientQPs{qpSet: qs, qps: slices.Clone(qs.qps), gen: c.reconnects.Add(1)}
 	c.mu.Lock()
 	if c.closing.Load() {
 		c.mu.Unlock()
@@ -242,12 +246,33 @@ func (c *Conn) breakQPs(gen int64, cause error) {
 	}
 	set.Close()
 	c.mu.Unlock()
+	torn := &tornDown{cause}
 	c.wmu.Lock()
 	for id, w := range c.pending {
 		delete(c.pending, id)
-		w.fail(cause)
+		w.fail(torn)
 	}
 	c.wmu.Unlock()
+}
+
+// tornDown fails the work requests of calls whose queue pairs another
+// call tore down; they did not run, and their wave may go again on new
+// queue pairs.
+type tornDown struct{ cause error }
+
+func (e *tornDown) Error() string {
+	return fmt.Sprintf("queue pairs torn down: %v", e.cause)
+}
+
+func (e *tornDown) Unwrap() []error { return []error{engine.ErrUnavailable, e.cause} }
+
+// retryable reports a wave that failed through no fault of its own: its
+// queue pairs were torn down by another call, or its work requests were
+// flushed after another's failed. Its reservation or lease still holds,
+// so writing or reading the same bytes again is safe.
+func retryable(err error) bool {
+	var td *tornDown
+	return errors.As(err, &td) || IsCompletion(err, WCFlushErr)
 }
 
 // fail records err and ends one work request. The caller holds c.wmu.
@@ -355,15 +380,23 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 		}
 	}
 	c.mu.RUnlock()
-	for len(pending) > 0 {
+	for retries := 0; len(pending) > 0; {
 		n, err := c.wave(ctx, op, pending)
 		if err != nil {
+			if retries < maxWaveRetries && ctx.Err() == nil && retryable(err) {
+				retries++
+				continue
+			}
 			return err
 		}
 		pending = pending[n:]
 	}
 	return nil
 }
+
+// maxWaveRetries bounds how often a wave goes again after other calls'
+// failures tore its queue pairs down.
+const maxWaveRetries = 3
 
 // learnSegments asks the unit for segments the jobs name that the Conn
 // has not seen yet (the arena grew since RDMA_CONNECT).
@@ -490,7 +523,7 @@ func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slic
 	c.mu.RLock()
 	if c.set != set {
 		c.mu.RUnlock()
-		c.unpend(w, wrs, 0, fmt.Errorf("queue pairs torn down: %w", engine.ErrUnavailable))
+		c.unpend(w, wrs, 0, &tornDown{errors.New("before the post")})
 	} else {
 		for q, chain := range wrs {
 			if len(chain) == 0 {
@@ -498,6 +531,9 @@ func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slic
 			}
 			if bad, err := set.qps[q].Post(chain, sges[q]); err != nil {
 				postErr = fmt.Errorf("post %d work requests: %w", len(chain)-bad, err)
+				if errors.Is(err, engine.ErrClosed) { // torn down since we looked
+					postErr = &tornDown{postErr}
+				}
 				c.unpendFrom(w, wrs[q][bad:], postErr)
 				for _, rest := range wrs[q+1:] {
 					c.unpendFrom(w, rest, postErr)
@@ -625,28 +661,14 @@ func (c *Conn) opErr(op string, err error) error {
 }
 
 // doHeld sends a request whose answer opens or ends a hold on the unit,
-// waiting up to Config.Grace past ctx for it.
+// waiting up to Config.Grace past ctx for it (wire.Conn.DoGrace).
 func (c *Conn) doHeld(ctx context.Context, op wire.Op, body, reply proto.Message) error {
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
-	defer stop()
-	if err := c.wc.Do(dctx, op, body, nil, reply, nil); err != nil {
-		if dctx.Err() != nil && ctx.Err() != nil {
-			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.Grace, context.Cause(ctx))
-		}
-		return err
-	}
-	return nil
+	return c.wc.DoGrace(ctx, c.cfg.Grace, op, body, nil, reply)
 }
 
 // cleanup sends a best-effort RESERVE_ABORT or RELEASE; the unit gives
 // the hold back anyway when the connection ends.
-func (c *Conn) cleanup(op wire.Op, body proto.Message) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	c.wc.Do(ctx, op, body, nil, &wirepb.Empty{}, nil)
-}
+func (c *Conn) cleanup(op wire.Op, body proto.Message) { c.wc.Cleanup(op, body) }
 
 // Write stores each extent in a fresh extent of the unit: RESERVE, RDMA
 // WRITE of every piece, RESERVE_COMMIT. Nothing of a failed write stays

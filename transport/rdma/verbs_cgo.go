@@ -140,6 +140,25 @@ func (d *Device) Close() error {
 	return nil
 }
 
+// destroy runs a child handle's destroy verb once (the caller holds the
+// child's lock) and takes it off the leak net.
+func (d *Device) destroy(closed *bool, h any, verb func(*C.struct_tq_dev, *C.struct_tq_err) C.int) error {
+	if *closed {
+		return nil
+	}
+	c, err := d.handle()
+	if err != nil {
+		return err
+	}
+	var e C.struct_tq_err
+	if verb(c, &e) != 0 {
+		return cerr(d.name, &e)
+	}
+	*closed = true
+	untrack(h)
+	return nil
+}
+
 func (d *Device) handle() (*C.struct_tq_dev, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -204,20 +223,7 @@ func (d *Device) newMR(mr *C.struct_ibv_mr) *MR {
 func (m *MR) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return nil
-	}
-	c, err := m.d.handle()
-	if err != nil {
-		return err
-	}
-	var e C.struct_tq_err
-	if C.tq_shim_dereg_mr(c, m.c, &e) != 0 {
-		return cerr(m.d.name, &e)
-	}
-	m.closed, m.c = true, nil
-	untrack(m)
-	return nil
+	return m.d.destroy(&m.closed, m, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_dereg_mr(c, m.c, e) })
 }
 
 // CQ is a completion queue.
@@ -245,10 +251,15 @@ func (d *Device) NewCQ(n int) (*CQ, error) {
 }
 
 // Poll fills out with up to len(out) (at most 64) completions and
-// returns how many. The CQ must not be closed concurrently.
+// returns how many.
 func (q *CQ) Poll(out []WC) (int, error) {
 	if len(out) == 0 {
 		return 0, nil
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, fmt.Errorf("poll a destroyed completion queue: %w", engine.ErrClosed)
 	}
 	var e C.struct_tq_err
 	n := C.tq_shim_poll(q.c, (*C.struct_tq_wc)(unsafe.Pointer(&out[0])), C.int(len(out)), &e)
@@ -262,20 +273,7 @@ func (q *CQ) Poll(out []WC) (int, error) {
 func (q *CQ) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed {
-		return nil
-	}
-	c, err := q.d.handle()
-	if err != nil {
-		return err
-	}
-	var e C.struct_tq_err
-	if C.tq_shim_destroy_cq(c, q.c, &e) != 0 {
-		return cerr(q.d.name, &e)
-	}
-	q.closed, q.c = true, nil
-	untrack(q)
-	return nil
+	return q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_cq(c, q.c, e) })
 }
 
 // QPCaps sizes a queue pair.
@@ -369,6 +367,11 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	if len(wrs) == 0 {
 		return 0, nil
 	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, fmt.Errorf("post to a destroyed queue pair: %w", engine.ErrClosed)
+	}
 	var sp *C.struct_tq_sge
 	if len(sges) > 0 {
 		sp = (*C.struct_tq_sge)(unsafe.Pointer(&sges[0]))
@@ -385,6 +388,11 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 // Fail moves the QP to the error state: work requests outstanding
 // complete as flushed and the peer's memory is no longer touched.
 func (q *QP) Fail() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return fmt.Errorf("queue pair destroyed: %w", engine.ErrClosed)
+	}
 	c, err := q.d.handle()
 	if err != nil {
 		return err
@@ -398,6 +406,11 @@ func (q *QP) Fail() error {
 
 // State is the QP's state (enum ibv_qp_state: 3 RTS, 6 ERR).
 func (q *QP) State() (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, fmt.Errorf("queue pair destroyed: %w", engine.ErrClosed)
+	}
 	c, err := q.d.handle()
 	if err != nil {
 		return 0, err
@@ -414,20 +427,7 @@ func (q *QP) State() (int, error) {
 func (q *QP) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed {
-		return nil
-	}
-	c, err := q.d.handle()
-	if err != nil {
-		return err
-	}
-	var e C.struct_tq_err
-	if C.tq_shim_destroy_qp(c, q.c, &e) != 0 {
-		return cerr(q.d.name, &e)
-	}
-	q.closed, q.c = true, nil
-	untrack(q)
-	return nil
+	return q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_qp(c, q.c, e) })
 }
 
 // InjectFault arms a fault on an emulated device (see csrc/tqverbs.h,

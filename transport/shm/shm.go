@@ -349,33 +349,13 @@ func (c *Conn) do(ctx context.Context, op wire.Op, body, reply proto.Message) er
 }
 
 // doHeld sends a request whose answer opens or ends a hold on the unit
-// (or, for an inline WRITE, stores an extent): it waits up to Config.Grace
-// past ctx for the answer. When ctx ended meanwhile but the answer
-// arrived, it returns nil and the caller decides.
+// (or, for an inline WRITE, stores an extent): see wire.Conn.DoGrace.
 func (c *Conn) doHeld(ctx context.Context, op wire.Op, body proto.Message, payload net.Buffers, reply proto.Message) error {
-	if c.cfg.Grace < 0 {
-		return c.wc.Do(ctx, op, body, payload, reply, nil)
-	}
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
-	defer stop()
-	if err := c.wc.Do(dctx, op, body, payload, reply, nil); err != nil {
-		if dctx.Err() != nil && ctx.Err() != nil {
-			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.Grace, context.Cause(ctx))
-		}
-		return err
-	}
-	return nil
+	return c.wc.DoGrace(ctx, c.cfg.Grace, op, body, payload, reply)
 }
 
-// cleanup sends a best-effort ABORT or RELEASE. A failure is harmless: the
-// unit gives the hold back when the connection ends.
-func (c *Conn) cleanup(op wire.Op, body proto.Message) {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	c.do(ctx, op, body, &wirepb.Empty{})
-}
+// cleanup sends a best-effort ABORT or RELEASE (wire.Conn.Cleanup).
+func (c *Conn) cleanup(op wire.Op, body proto.Message) { c.wc.Cleanup(op, body) }
 
 // Write stores each extent — the concatenation of its pieces — in a fresh
 // extent of the unit: it reserves the extents, copies the pieces into

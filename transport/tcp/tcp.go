@@ -474,19 +474,12 @@ func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byt
 	payload := wire.WritePayload(extents)
 	// The unit commits what it has read whether or not we wait, so a
 	// caller that gives up only stops the wait after the grace period.
-	dctx := ctx
-	if c.cfg.WriteGrace > 0 {
-		var cancel context.CancelFunc
-		dctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
-		defer cancel()
-		stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.WriteGrace, cancel) })
-		defer stop()
+	grace := c.cfg.WriteGrace
+	if grace <= 0 {
+		grace = -1
 	}
 	var reply wirepb.WriteReply
-	if err := wc.Do(dctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: sizes}, payload, &reply, nil); err != nil {
-		if dctx != ctx && dctx.Err() != nil && ctx.Err() != nil {
-			return fmt.Errorf("no answer from the unit %v after the deadline: %w", c.cfg.WriteGrace, ctx.Err())
-		}
+	if err := wc.DoGrace(ctx, grace, wire.OpWrite, &wirepb.WriteRequest{Sizes: sizes}, payload, &reply); err != nil {
 		return err
 	}
 	addrs, err := wire.WrittenExtents(&reply, sizes)
