@@ -683,7 +683,10 @@ func TestJoinFullReconcilePages(t *testing.T) {
 		t.Errorf("the held reservation, committed now, is %v; its segment's fence %v", held, fence)
 	}
 	// Above the fence, the committed extent of segment 4 was not judged;
-	// the others were, and are confirmed.
+	// the others were, and are confirmed once the unit has the answer to
+	// the last page (the fake controller records the page before it
+	// answers).
+	waitFor(t, "the judged extents to be confirmed", func() bool { return confirmed(u, big1) && confirmed(u, small[0]) })
 	if confirmed(u, above) || !confirmed(u, big1) || !confirmed(u, small[0]) {
 		t.Errorf("confirmed: above the fence %v, below %v %v; want false, true, true", confirmed(u, above), confirmed(u, big1), confirmed(u, small[0]))
 	}
