@@ -44,6 +44,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/tcp"
 )
 
@@ -64,7 +65,11 @@ var buildTQRace = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "tq")
-	out, err := exec.Command("go", "build", "-race", "-tags", "invariants", "-o", bin, ".").CombinedOutput()
+	tags := "invariants"
+	if rdma.Supported {
+		tags += " rdma"
+	}
+	out, err := exec.Command("go", "build", "-race", "-tags", tags, "-o", bin, ".").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build -race: %v\n%s", err, out)
 	}
@@ -216,9 +221,13 @@ func (c *fmCluster) startUnit(i int) {
 	c.t.Helper()
 	var err error
 	for try := 0; ; try++ {
-		c.units[i], err = c.serve(fmt.Sprintf("unit%d", i), "--role", "unit", "--controller", c.addr(), "--unit-listen", "",
+		args := []string{"--role", "unit", "--controller", c.addr(), "--unit-listen", "",
 			"--socket-dir", c.socks, "--units", "1", "--capacity", "64MiB", "--heartbeat", "100ms",
-			"--reconcile-interval", "500ms", "--reconcile-grace", "2s", "--name", fmt.Sprintf("u%d", i))
+			"--reconcile-interval", "500ms", "--reconcile-grace", "2s", "--name", fmt.Sprintf("u%d", i)}
+		if rdma.Supported { // consumer 1 reads over RDMA (the emulated device)
+			args = append(args, "--rdma-device", "emu0")
+		}
+		c.units[i], err = c.serve(fmt.Sprintf("unit%d", i), args...)
 		if err == nil {
 			c.unitIDs[i] = 0
 			for _, a := range c.units[i].units[0] {
@@ -256,6 +265,9 @@ func (c *fmCluster) startClient(p *fmProc) {
 	transport := ""
 	if p.role == "writer" && p.id == 1 {
 		transport = "tcp" // its unit sockets, not shared memory
+	}
+	if p.role == "consumer" && p.id == 1 && rdma.Supported {
+		transport = "rdma" // one-sided reads through the emulated device
 	}
 	cmd.Env = append(os.Environ(), "TQ_FM_ROLE="+p.role, fmt.Sprintf("FM_ID=%d", p.id), "FM_LOG="+p.log, "FM_ADDR="+c.addr(),
 		"TQ_TOKEN="+c.token, fmt.Sprintf("FM_SEED=%d", c.seed), "FM_TRANSPORT="+transport)

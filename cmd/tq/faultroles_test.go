@@ -36,6 +36,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/transport/rdma"
 )
 
 const (
@@ -307,7 +308,7 @@ func fmMain(role string) int {
 	for c == nil {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		c, err = client.Connect(cctx, os.Getenv("FM_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true,
-			Name: fmt.Sprintf("%s-%d", role, id), Transport: os.Getenv("FM_TRANSPORT")})
+			Name: fmt.Sprintf("%s-%d", role, id), Transport: os.Getenv("FM_TRANSPORT"), RDMA: rdma.Config{Device: "emu0"}})
 		cancel()
 		if ctx.Err() != nil {
 			return 0
