@@ -6,7 +6,7 @@ PKGS      := ./...
 BENCHTIME ?= 3x
 FUZZTIME  ?= 30s
 
-.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate
+.PHONY: all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate pygen pycheck pytest
 
 all: build
 
@@ -15,8 +15,8 @@ build:
 	$(GO) build -o bin/tq ./cmd/tq
 
 # test: lint, the full suite with the race detector and invariant checks,
-# and a pure-Go (no cgo) build and test run.
-test: lint testrace testnocgo
+# a pure-Go (no cgo) build and test run, and the Python client's suite.
+test: lint testrace testnocgo pytest
 
 testrace:
 	$(GO) test -race -tags invariants -count=1 -timeout 8m $(TESTFLAGS) $(PKGS)
@@ -82,6 +82,33 @@ PROTOC_GEN_GO := $(shell go env GOPATH)/bin/protoc-gen-go
 generate:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
 	protoc --plugin=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/tqgo/tq -I wire/proto wire/proto/*.proto
+
+# The Python client (python/): its message code is generated from
+# wire/proto by protoc (apt-get install protobuf-compiler) and committed;
+# pycheck (part of make test) fails when it is not in step with wire/proto.
+# pytest runs python/tests with Debian's python3 against a tq serve its
+# fixture starts (apt-get install python3-numpy python3-protobuf
+# python3-pytest python3-zmq).
+PYTHON   ?= /usr/bin/python3
+PYPB     := python/tq/_pb
+PYPROTOS := wire/proto/common.proto wire/proto/control.proto wire/proto/data.proto wire/proto/cluster.proto
+pygen:
+	@mkdir -p $(PYPB)
+	protoc --python_out=$(PYPB) -I wire/proto $(PYPROTOS)
+	sed -i 's/^import \(.*_pb2\) as/from . import \1 as/' $(PYPB)/*_pb2.py
+
+pycheck:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	protoc --python_out=$$tmp -I wire/proto $(PYPROTOS) && \
+	sed -i 's/^import \(.*_pb2\) as/from . import \1 as/' $$tmp/*_pb2.py && \
+	for f in $$tmp/*_pb2.py; do \
+		cmp -s $$f $(PYPB)/$$(basename $$f) || { echo "$(PYPB)/$$(basename $$f) is not in step with wire/proto: run make pygen"; exit 1; }; \
+	done
+
+pytest: pycheck
+	$(GO) build -o bin/tq ./cmd/tq
+	$(GO) build -o bin/tqxlang ./internal/xlang
+	cd python && TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 tidy:
 	$(GO) mod tidy

@@ -1,0 +1,199 @@
+"""The KV API against a real tq serve, over tcp and shm."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+import tq
+import xlang
+
+
+def test_dense_ragged_opaque_round_trip(client, part):
+    keys = ["a", "b", "c"]
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    r = [np.arange(2, dtype=np.int64), np.arange(0, dtype=np.int64), np.arange(5, dtype=np.int64)]
+    s = ["hi", b"\x00yo", ""]
+    m = client.kv_batch_put(keys, part, {"x": x, "r": r, "s": s}, [{"n": 1}, {"n": 2}, {}])
+    assert m.keys == keys and m.partition_id == part and m.fields == ["r", "s", "x"]
+    assert m.tags == [{"n": 1}, {"n": 2}, {}]
+    got = client.kv_batch_get(["c", "a"], part)
+    np.testing.assert_array_equal(got["x"], x[[2, 0]])
+    assert [a.tolist() for a in got["r"]] == [[0, 1, 2, 3, 4], [0, 1]]
+    assert got["s"] == [b"", b"hi"]
+    got = client.kv_batch_get("b", part, select_fields="x")
+    assert list(got) == ["x"]
+    np.testing.assert_array_equal(got["x"], x[1:2])
+
+
+def test_values_offsets_form(client, part):
+    vals = np.arange(10, dtype=np.int32)
+    offs = [0, 3, 3, 10]
+    client.kv_batch_put(["a", "b", "c"], part, {"seq": (vals, offs)})
+    got = client.kv_batch_get(["a", "b", "c"], part)["seq"]
+    assert [g.tolist() for g in got] == [[0, 1, 2], [], list(range(3, 10))]
+
+
+@pytest.mark.parametrize("size", [1, 100, 100_000])
+def test_sizes(client, part, size):
+    """Inline (KV_PUT/KV_GET) and through the units."""
+    x = np.random.default_rng(size).random((4, size))
+    client.kv_batch_put(["k0", "k1", "k2", "k3"], part, {"x": x})
+    got = client.kv_batch_get(["k3", "k0"], part)
+    assert got["x"].tobytes() == x[[3, 0]].tobytes()
+
+
+def test_every_dtype_bit_exact(client, part):
+    want = xlang.batch()
+    client.kv_batch_put(xlang.keys(3), part, want)
+    xlang.assert_same(client.kv_batch_get(xlang.keys(3), part), want)
+
+
+def test_every_dtype_bit_exact_large(client, part):
+    """The same dtypes through the units (more than the inline limit)."""
+    rng = np.random.default_rng(1)
+    want = {}
+    for dt, d in tq.columns.DTYPES.items():
+        raw = rng.integers(0, 256, size=(64, 1100 * d.itemsize), dtype=np.uint8)
+        if dt == "bool":
+            raw &= 1
+        want["f_" + dt] = raw.view(d).reshape(64, -1)
+    keys = [f"k{i}" for i in range(64)]
+    client.kv_batch_put(keys, part, want)
+    xlang.assert_same(client.kv_batch_get(keys, part), want)
+
+
+def test_bfloat16_marks(client, part):
+    bits = np.array([[0x3F80, 0x7FC1], [0xFF80, 0x8000]], dtype=np.uint16)
+    client.kv_batch_put(["a", "b"], part, {"w": bits.view(tq.bfloat16), "t": tq.Typed(bits, "bfloat16")})
+    got = client.kv_batch_get(["a", "b"], part)
+    for f in ("w", "t"):
+        assert got[f].dtype.metadata == {"tq_dtype": "bfloat16"}
+        assert got[f].view(np.uint16).tolist() == bits.tolist()
+    # Plain uint16 is another dtype: a mismatch, naming the field.
+    with pytest.raises(tq.DTypeMismatchError):
+        client.kv_batch_put(["c"], part, {"w": bits[:1]})
+
+
+def test_kv_put_one_key(client, part):
+    m = client.kv_put("a", part, {"x": np.arange(3, dtype=np.int16), "s": "text"}, {"state": "new"})
+    assert m.tags == [{"state": "new"}]
+    got = client.kv_batch_get("a", part)
+    assert got["x"].tolist() == [[0, 1, 2]] and got["s"] == [b"text"]
+    m = client.kv_put("a", part, tag={"score": 1.5})
+    assert m.tags == [{"state": "new", "score": 1.5}]
+
+
+def test_list_and_clear(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 1))}, [{"i": 1}, {"i": 2}])
+    client.kv_put("t", part, tag={"only": True})
+    assert client.kv_list(part) == {part: {"a": {"i": 1}, "b": {"i": 2}, "t": {"only": True}}}
+    assert part in client.kv_list()
+    assert client.kv_list("no-such-" + part) == {}
+    client.kv_clear(["a", "zzz"], part)
+    assert set(client.kv_list(part)[part]) == {"b", "t"}
+    client.kv_clear(["zzz"], "no-such-" + part)  # idempotent
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(["a"], part)
+
+
+def test_errors_name_what_was_wrong(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 2), np.float32)})
+    with pytest.raises(tq.NotFoundError) as e:
+        client.kv_batch_get(["a", "nope"], part)
+    assert "nope" in str(e.value) and e.value.partition == part and e.value.code == 2
+    assert isinstance(e.value, KeyError)
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(["a"], part, select_fields=["nofield"])
+    with pytest.raises(tq.DTypeMismatchError) as e:
+        client.kv_batch_put(["c"], part, {"x": np.zeros((1, 2), np.float64)})
+    assert "x" in str(e.value)
+    # A field that some keys lack is not ready for them: the keys and field are named.
+    client.kv_batch_put(["a"], part, {"y": np.ones((1,), np.int8)})
+    with pytest.raises(tq.NotReadyError) as e:
+        client.kv_batch_get(["a", "b"], part, select_fields=["y"])
+    assert e.value.keys == ["b"] and e.value.fields == ["y"]
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a", "a"], part, {"x": np.zeros((2, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a", "b"], part, {"x": np.zeros((3, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put([], part, {"x": np.zeros((0, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a"], part)
+    with pytest.raises(TypeError):
+        client.kv_batch_put([1], part, tags=[{}])
+
+
+def test_without_select_fields_the_common_fields(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 1))})
+    client.kv_batch_put(["a"], part, {"y": np.zeros((1, 1))})
+    assert list(client.kv_batch_get(["a", "b"], part)) == ["x"]
+    assert sorted(client.kv_batch_get(["a"], part)) == ["x", "y"]
+
+
+def test_view_and_copy(client, part, transport):
+    x = np.random.default_rng(0).random((64, 4096))  # through the units
+    keys = [f"k{i}" for i in range(64)]
+    client.kv_batch_put(keys, part, {"x": x, "r": [x[i, :i] for i in range(64)]})
+    with client.kv_batch_get(keys, part, copy=False) as v:
+        assert np.array_equal(v["x"], x)
+        assert [a.tolist() for a in v["r"]] == [x[i, :i].tolist() for i in range(64)]
+        if transport == "shm":
+            assert not v["x"].flags.writeable and not v["x"].flags.owndata
+            with pytest.raises(ValueError):
+                v["x"][0, 0] = 1
+    assert v.released
+    owned = client.kv_batch_get(keys, part)
+    owned["x"][0, 0] = 7.0  # owned and writable
+    assert client.kv_batch_get(["k0"], part)["x"][0, 0] == x[0, 0]
+
+
+def test_module_api_and_async(server, part, monkeypatch):
+    monkeypatch.setenv("TQ_ADDRESS", server.address)
+    monkeypatch.setenv("TQ_DATA_DIR", server.data_dir)
+    tq.close()
+    with pytest.raises(tq.ClosedError):
+        tq.get_client()
+    c = tq.init()
+    try:
+        assert tq.init() is c and tq.get_client() is c
+        tq.kv_put("a", part, {"x": np.arange(2.0)}, {"t": 1})
+        m = tq.kv_batch_put(["b"], part, {"x": np.ones((1, 2))}, [{"t": 2}])
+        assert tq.kv_batch_get_by_meta(m)["x"].tolist() == [[1.0, 1.0]]
+
+        async def go():
+            await tq.async_kv_batch_put(["c", "d"], part, {"x": np.zeros((2, 2))})
+            got = await asyncio.gather(tq.async_kv_batch_get(["a"], part), tq.async_kv_batch_get(["c", "d"], part))
+            lst = await tq.async_kv_list(part)
+            await tq.async_kv_clear(["a"], part)
+            one = await tq.async_kv_put("e", part, tag={"z": 0})
+            return got, lst, one
+        got, lst, one = asyncio.run(go())
+        assert got[0]["x"].tolist() == [[0.0, 1.0]] and got[1]["x"].shape == (2, 2)
+        assert set(lst[part]) == {"a", "b", "c", "d"}
+        assert one.tags == [{"z": 0}]
+        assert "a" not in tq.kv_list(part)[part]
+    finally:
+        tq.close()
+
+
+def test_concurrent_threads(client, part):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        x = np.full((2, 1000), i, dtype=np.int32)
+        client.kv_batch_put([f"a{i}", f"b{i}"], part, {"x": x})
+        return client.kv_batch_get([f"b{i}"], part)["x"][0, 0]
+    with ThreadPoolExecutor(8) as ex:
+        assert list(ex.map(work, range(32))) == list(range(32))
+
+
+def test_wrong_token(server):
+    with pytest.raises(tq.UnauthenticatedError):
+        server.client(token="not-the-token")
+
+
+def test_unreachable():
+    with pytest.raises(tq.UnavailableError):
+        tq.Client("tcp://127.0.0.1:1", token="x")

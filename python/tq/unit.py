@@ -1,0 +1,274 @@
+"""A storage unit as a client sees it: its data plane over TCP or, on the
+same host, over its unix socket with its memfd segments mapped (wire/spec.md,
+"Data plane" and "Shared memory")."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+import threading
+
+import numpy as np
+
+from . import addrs as _addrs
+from . import errors
+from . import wire
+from ._pb import control_pb2, data_pb2
+
+
+class Pool:
+    """Idle connections to one address, handed out one caller at a time."""
+
+    def __init__(self, dial):
+        self._dial = dial
+        self._idle = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self) -> wire.Conn:
+        import time
+        with self._lock:
+            if self._closed:
+                raise errors.ClosedError("client is closed")
+            while self._idle:
+                c = self._idle.pop()
+                if not c.closed and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
+                    return c
+                c.close()
+        return self._dial()
+
+    def give(self, c: wire.Conn) -> None:
+        with self._lock:
+            if self._closed or c.closed or len(self._idle) >= 16:
+                c.close()
+                return
+            self._idle.append(c)
+
+    def call(self, *args, **kw):
+        c = self.take()
+        try:
+            return c.call(*args, **kw)
+        finally:
+            self.give(c)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
+def _recv_fd(path: str, segment: int, token: str):
+    """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge)."""
+    tok = token.encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(b"TQF1" + struct.pack("<IH", segment, len(tok)) + tok)
+        msg, fds, _, _ = socket.recv_fds(s, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        while len(msg) < 16:
+            more = s.recv(16 - len(msg))
+            if not more:
+                break
+            msg += more
+    except OSError as e:
+        raise errors.UnavailableError(f"fd socket {path}: {e}") from None
+    finally:
+        s.close()
+    if len(msg) != 16 or msg[:4] != b"TQF1":
+        for fd in fds:
+            os.close(fd)
+        raise errors.CorruptError(f"fd socket {path}: bad reply")
+    status, flags, _, size = struct.unpack("<BBHQ", msg[4:])
+    if status != 0:
+        for fd in fds:
+            os.close(fd)
+        why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
+               4: "the unit is closing"}.get(status, f"status {status}")
+        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError}.get(status, errors.TQError)
+        raise cls(f"fd socket {path}: segment {segment}: {why}")
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise errors.CorruptError(f"fd socket {path}: {len(fds)} fds with the reply")
+    return fds[0], size, bool(flags & 1)
+
+
+class Unit:
+    """One storage unit. Safe for concurrent use."""
+
+    def __init__(self, info, *, token: str, name: str, host: str, transport: str, timeout: float):
+        self.id = info.unit_id
+        self.incarnation = info.incarnation
+        self.host_id = info.host_id
+        self.alive = info.alive
+        self.token = token
+        self.shm = False
+        self._segs = {}  # segment id → mmap
+        self._seg_lock = threading.Lock()
+        self.fd_socket = ""
+        addr = None
+        if transport in ("auto", "shm") and info.host_id == host:
+            ux = [a for a in info.addrs if a.startswith("unix://") and os.path.exists(a[7:])]
+            if ux and any(a.startswith("shm://") for a in info.addrs):
+                addr = ux[0]
+                self.shm = True
+        if addr is None:
+            if transport == "shm":
+                raise errors.NotSupportedError(f"unit {self.id}: no shared memory from this host (transport='shm')")
+            tcp = [a for a in info.addrs if a.startswith("tcp://")]
+            if not tcp:
+                raise errors.UnavailableError(f"unit {self.id} has no address this client can reach: {list(info.addrs)}")
+            addr = tcp[0]
+        self.addr = addr
+        self.transport = "shm" if self.shm else "tcp"
+        self.pool = Pool(lambda: wire.Conn(addr, token=token, name=name, unit_id=self.id,
+                                           incarnation=self.incarnation, timeout=timeout))
+        if self.shm:
+            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+            self.fd_socket = rep.fd_socket
+
+    def close(self) -> None:
+        self.pool.close()
+        with self._seg_lock:
+            segs, self._segs = self._segs, {}
+        for m in segs.values():
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view still holds it; the mapping goes when the view does
+
+    # ---- shared memory -------------------------------------------------
+
+    def segment(self, seg: int) -> mmap.mmap:
+        """The mapping of segment ``seg`` (fetched and mapped once)."""
+        m = self._segs.get(seg)
+        if m is not None:
+            return m
+        with self._seg_lock:
+            m = self._segs.get(seg)
+            if m is not None:
+                return m
+            fd, size, _ = _recv_fd(self.fd_socket, seg, self.token)
+            try:
+                st = os.fstat(fd)
+                if st.st_size < size:
+                    raise errors.CorruptError(f"segment {seg}: memfd of {st.st_size} bytes, {size} announced")
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self._segs[seg] = m
+            return m
+
+    def seg_array(self, seg: int, offset: int, nbytes: int) -> np.ndarray:
+        """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
+        return np.frombuffer(self.segment(seg), dtype=np.uint8, count=nbytes, offset=offset)
+
+    # ---- data plane ----------------------------------------------------
+
+    def write(self, cols):
+        """Put each column's bytes in an extent of its own; returns one
+        (segment, gen, offset) per column. Over shm: RESERVE, copy into the
+        mapping, RESERVE_COMMIT; over tcp: one WRITE."""
+        sizes = [c.nbytes for c in cols]
+        if self.shm:
+            conn = self.pool.take()
+            try:
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes), data_pb2.ReserveReply,
+                                op_name="reserve")
+                ext = _addrs.expand(rep.extents, len(cols), self.id)
+                try:
+                    for i, c in enumerate(cols):
+                        if not sizes[i]:
+                            continue
+                        dst = self.seg_array(int(ext.segment[i]), int(ext.offset[i]), sizes[i])
+                        at = 0
+                        for b in c.bufs:
+                            src = np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8) if not isinstance(b, np.ndarray) \
+                                else b.reshape(-1).view(np.uint8)
+                            dst[at:at + len(src)] = src
+                            at += len(src)
+                    conn.call(wire.RESERVE_COMMIT, data_pb2.ReservationRequest(reservation=rep.reservation), None,
+                              op_name="reserve commit")
+                except BaseException:
+                    if not conn.closed:
+                        try:
+                            conn.call(wire.RESERVE_ABORT, data_pb2.ReservationRequest(reservation=rep.reservation),
+                                      None, op_name="reserve abort")
+                        except errors.TQError:
+                            pass
+                    raise
+            finally:
+                self.pool.give(conn)
+        else:
+            payload = []
+            for c in cols:
+                payload.extend(c.bufs)
+            rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=sizes), data_pb2.WriteReply,
+                                 payload=payload, op_name="write", timeout=max(30.0, sum(sizes) / (4 << 20) * 30))
+            ext = _addrs.expand(rep.extents, len(cols), self.id)
+        return ext
+
+    def read(self, cells: _addrs.Cells, into=None):
+        """The bytes of ``cells`` back to back (into ``into`` when given)."""
+        total = int(cells.len.sum())
+        buf = into if into is not None else bytearray(total)
+        if total == 0:
+            return buf
+        if self.shm:
+            return self._read_shm(cells, buf)
+        req = data_pb2.ReadRequest(ranges=_addrs.to_pb(cells, with_unit=False))
+        self.pool.call(wire.READ, req, None, into=buf, op_name="read",
+                       timeout=max(30.0, total / (4 << 20) * 30))
+        return buf
+
+    def acquire(self, cells: _addrs.Cells):
+        """Lease ``cells`` for reading in place: (conn, lease id)."""
+        conn = self.pool.take()
+        try:
+            rep = conn.call(wire.ACQUIRE, data_pb2.AcquireRequest(ranges=_addrs.to_pb(cells, with_unit=False)),
+                            data_pb2.AcquireReply, op_name="acquire")
+        except BaseException:
+            self.pool.give(conn)
+            raise
+        return conn, rep.lease
+
+    def release(self, conn, lease) -> None:
+        try:
+            if not conn.closed:
+                conn.call(wire.RELEASE, data_pb2.ReleaseRequest(lease=lease), None, op_name="release")
+        finally:
+            self.pool.give(conn)
+
+    def _read_shm(self, cells, buf):
+        conn, lease = self.acquire(cells)
+        try:
+            dst = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1).view(np.uint8)
+            at = 0
+            for seg, off, ln in _runs(cells):
+                dst[at:at + ln] = self.seg_array(seg, off, ln)
+                at += ln
+        finally:
+            self.release(conn, lease)
+        return buf
+
+    def free(self, cells: _addrs.Cells) -> None:
+        self.pool.call(wire.FREE, data_pb2.FreeRequest(cells=_addrs.to_pb(cells, with_unit=False)), None,
+                       op_name="free")
+
+
+def _runs(cells: _addrs.Cells):
+    """(segment, offset, nbytes) of the back-to-back stretches of ``cells``."""
+    n = len(cells)
+    if n == 0:
+        return []
+    brk = np.ones(n, dtype=bool)
+    brk[1:] = (cells.segment[1:] != cells.segment[:-1]) | (cells.offset[1:] != cells.offset[:-1] + cells.len[:-1])
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], n)
+    cs = np.concatenate([[0], np.cumsum(cells.len, dtype=np.uint64)])
+    return [(int(cells.segment[s]), int(cells.offset[s]), int(cs[e] - cs[s])) for s, e in zip(starts, ends)]
