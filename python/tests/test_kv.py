@@ -197,3 +197,51 @@ def test_wrong_token(server):
 def test_unreachable():
     with pytest.raises(tq.UnavailableError):
         tq.Client("tcp://127.0.0.1:1", token="x")
+
+
+def test_get_into_reused_arrays(client, part):
+    x = np.random.default_rng(2).random((32, 3000)).astype(np.float32)
+    keys = [f"k{i}" for i in range(32)]
+    client.kv_batch_put(keys[:16], part, {"x": x[:16], "y": np.arange(16)})
+    client.kv_batch_put(keys[16:], part, {"x": x[16:], "y": np.arange(16, 32)})  # maybe another unit
+    out = {"x": np.zeros((32, 3000), np.float32)}
+    assert client.kv_batch_get(keys, part, into=out) is out
+    assert out["x"].tobytes() == x.tobytes()
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_get(keys, part, into={"x": np.zeros((32, 3000), np.float64)})
+    m = client.kv_retrieve_meta(keys[::-1], part)
+    client.get_data(m, into=out)
+    assert out["x"].tobytes() == x[::-1].tobytes()
+
+
+def test_reserve_put_in_place(client, part, transport):
+    keys = ["a", "b", "c"]
+    if transport == "tcp":
+        # A tcp client reaches units through their unix sockets only with
+        # transport="auto"; forced tcp has no shared memory to reserve.
+        with pytest.raises(tq.NotSupportedError):
+            client.reserve_kv_put(keys, part, {"x": ("float32", (4,))})
+        return
+    with client.reserve_kv_put(keys, part, {"x": ("float32", (4,)), "w": (tq.bfloat16, ())}) as r:
+        assert r.fields["x"].shape == (3, 4) and r.fields["w"].shape == (3,)
+        r.fields["x"][:] = np.arange(12, dtype=np.float32).reshape(3, 4)
+        r.fields["w"][:] = [0x3F80, 0x7FC1, 0x8000]
+        m = r.commit([{"i": 0}, {"i": 1}, {"i": 2}])
+    assert m.fields == ["w", "x"] and m.tags[2] == {"i": 2}
+    got = client.kv_batch_get(keys, part)
+    assert got["x"].tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert got["w"].view(np.uint16).tolist() == [0x3F80, 0x7FC1, 0x8000]
+    with client.reserve_kv_put(["z"], part, {"x": ("float32", (4,))}) as r:
+        r.fields["x"][:] = 1
+    with pytest.raises(tq.NotFoundError):  # aborted: nothing of it is readable
+        client.kv_batch_get(["z"], part)
+
+
+def test_torch_tensors(client, part):
+    torch = pytest.importorskip("torch", reason="torch is not installed: the torch paths are untested here")
+    x = torch.randn(3, 4).to(torch.bfloat16)
+    client.kv_batch_put(["a", "b", "c"], part, {"x": x, "r": [torch.arange(i) for i in range(3)]})
+    got = client.kv_batch_get(["a", "b", "c"], part)
+    assert got["x"].dtype.metadata == {"tq_dtype": "bfloat16"}
+    t = tq.columns.to_tensor(np.array(got["x"]))
+    assert t.dtype == torch.bfloat16 and torch.equal(t, x)

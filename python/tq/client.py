@@ -17,7 +17,7 @@ from . import addrs as _addrs
 from . import columns as _cols
 from . import errors
 from . import wire
-from ._pb import cluster_pb2, control_pb2
+from ._pb import cluster_pb2, control_pb2, data_pb2
 from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
 from .unit import Pool, Unit
 
@@ -207,7 +207,8 @@ class Client:
 
     # ---- reading cells -------------------------------------------------
 
-    def _read_fields(self, n, schema, cells, names, row_keys, *, view=False, partition="", op="get"):
+    def _read_fields(self, n, schema, cells, names, row_keys, *, view=False, partition="", op="get",
+                     check_only=False):
         """Read ``names`` of n rows: field → value, and the leases a view holds."""
         for f in names:
             c = cells.get(f)
@@ -221,6 +222,8 @@ class Client:
             if len(lost):
                 raise errors.LostError("cells whose bytes are lost", op=op, partition=partition,
                                        keys=[row_keys[i] for i in lost], fields=[f])
+        if check_only:
+            return None, None
         units = set()
         for f in names:
             units.update(np.unique(cells[f].unit).tolist())
@@ -241,7 +244,7 @@ class Client:
         for f in names:
             c = cells[f]
             ln = int(c.len.sum())
-            buf = bytearray(ln)
+            buf = np.empty(ln, dtype=np.uint8)
             dst = np.frombuffer(buf, dtype=np.uint8)
             starts = np.cumsum(c.len, dtype=np.uint64) - c.len
             for uid in np.unique(c.unit).tolist():
@@ -293,7 +296,7 @@ class Client:
                     raw.flags.writeable = False
                     data[f] = self._value(s, n, c, raw)
                 else:
-                    buf = bytearray(int(c.len.sum()))
+                    buf = np.empty(int(c.len.sum()), dtype=np.uint8)
                     dst = np.frombuffer(buf, dtype=np.uint8)
                     at = 0
                     for i in range(n):
@@ -399,17 +402,26 @@ class Client:
             fields = one
         return self.kv_batch_put([key], partition_id, fields, [tag] if tag is not None else None)
 
-    def kv_batch_get(self, keys, partition_id: str, select_fields=None, *, copy: bool = True):
+    def kv_batch_get(self, keys, partition_id: str, select_fields=None, *, copy: bool = True, into=None):
         """The fields of ``keys``, rows in key order: a dict field → value
         (a TensorDict when ``tensordict`` is importable and every field is
-        dense or ragged). Without ``select_fields``: the fields every key
-        holds. ``copy=False`` returns a :class:`View` over shared memory."""
+        dense). Without ``select_fields``: the fields every key holds.
+        ``copy=False`` returns a :class:`View` over shared memory.
+        ``into``: a dict field → a C-contiguous numpy array of the field's
+        dtype and shape that the cells are read into (a buffer the caller
+        reuses; dense fields only; only those fields are read)."""
         keys = _as_keys(keys)
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
         if isinstance(select_fields, str):
             select_fields = [select_fields]
         ctx = {"op_name": "kv_batch_get", "partition": partition_id}
+        if into is not None:
+            names = list(into)
+            req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(names))
+            rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
+            meta = BatchMeta.from_pb(rep.meta)
+            return self._read_into(meta, into, keys, partition_id, "kv_batch_get")
         if copy and not self._no_kv_data:
             req = control_pb2.KVGetRequest(partition=partition_id, keys=keys, fields=_sel(select_fields),
                                            max_bytes=KV_INLINE_MAX)
@@ -430,7 +442,7 @@ class Client:
 
     def _inline(self, rep, n, payload):
         data, at = {}, 0
-        mv = memoryview(payload) if payload else memoryview(b"")
+        mv = memoryview(payload) if payload is not None else memoryview(b"")
         for f, rl in zip(rep.fields, rep.row_lens):
             dt = _cols.numpy_dtype(f.dtype).itemsize if f.kind != "opaque" else 1
             if f.kind == "dense":
@@ -456,6 +468,49 @@ class Client:
         if not copy:
             return View(data, leases)
         return _maybe_tensordict(data, meta.size)
+
+    def _read_into(self, meta: BatchMeta, into: dict, row_keys, partition, op):
+        for f, arr in into.items():
+            s = meta.field_schema.get(f)
+            if s is None:
+                raise errors.NotFoundError("unknown field", op=op, partition=partition, fields=[f])
+            if s["kind"] != "dense":
+                raise errors.InvalidError(f"into= takes dense fields; {f!r} is {s['kind']}", op=op, fields=[f])
+            want = (meta.size,) + tuple(s["shape"])
+            if not isinstance(arr, np.ndarray) or arr.shape != want or not arr.flags.c_contiguous \
+                    or not arr.flags.writeable or _cols.tq_dtype(arr.dtype) != s["dtype"]:
+                raise errors.InvalidError(f"into[{f!r}] must be a writable C-contiguous {s['dtype']} array of shape "
+                                          f"{want}", op=op, fields=[f])
+        self._read_fields(meta.size, meta.field_schema, meta._cells, list(into), row_keys, partition=partition,
+                          op=op, check_only=True)
+        names = list(into)
+        flats = [into[f].reshape(-1).view(np.uint8) for f in names]
+        units = set()
+        for f in names:
+            units.update(np.unique(meta._cells[f].unit).tolist())
+        if len(units) == 1:
+            # Every cell on one unit: one READ (or one lease) for all fields,
+            # straight into the caller's arrays.
+            u = self._unit(units.pop())
+            u.read_many([meta._cells[f] for f in names], flats)
+            return into
+        for f, arr in into.items():
+            c = meta._cells[f]
+            flat = arr.reshape(-1).view(np.uint8)
+            units = np.unique(c.unit).tolist()
+            if len(units) == 1:
+                self._unit(units[0]).read(c, into=flat)
+                continue
+            starts = np.cumsum(c.len, dtype=np.uint64) - c.len
+            for uid in units:
+                pos = np.flatnonzero(c.unit == uid)
+                tmp = np.frombuffer(self._unit(uid).read(c.take(pos)), dtype=np.uint8)
+                at = 0
+                for p in pos.tolist():
+                    L, st = int(c.len[p]), int(starts[p])
+                    flat[st:st + L] = tmp[at:at + L]
+                    at += L
+        return into
 
     def kv_list(self, partition_id: str | None = None) -> dict:
         """partition → {key: tags}; every partition when ``partition_id`` is None."""
@@ -594,9 +649,14 @@ class Client:
         out.extra_info = dict(metadata.extra_info)
         return out
 
-    def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None):
+    def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None):
         """The fields of ``metadata``'s rows, in its row order (dict, or
-        TensorDict when importable). ``copy=False``: a :class:`View`."""
+        TensorDict when importable). ``copy=False``: a :class:`View`.
+        ``into``: arrays to read dense fields into, as for :meth:`kv_batch_get`."""
+        if into is not None:
+            keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
+            return self._read_into(metadata, into, list(keys), metadata.partition_ids[0] if metadata.size else "",
+                                   "get_data")
         names = list(fields) if fields is not None else metadata.field_names
         if metadata.size == 0 or not names:
             return View({}, []) if not copy else {}
@@ -608,6 +668,48 @@ class Client:
         if not copy:
             return View(data, leases)
         return _maybe_tensordict(data, metadata.size)
+
+    def reserve_kv_put(self, keys, partition_id: str, specs: dict) -> "Reservation":
+        """Shared memory for a KV put that the caller fills in place: no
+        copy at all. ``specs``: field → (TQ dtype name or numpy dtype, row
+        shape), dense fields. Returns a :class:`Reservation` whose
+        ``fields`` are writable arrays of shape ``(len(keys),) + row shape``
+        in the storage unit's memory; :meth:`Reservation.commit` makes them
+        the keys' values (with tags), :meth:`Reservation.abort` gives the
+        memory back. Needs a storage unit on this host
+        (:class:`NotSupportedError` otherwise)."""
+        keys = _as_keys(keys)
+        if not keys or not specs:
+            raise errors.InvalidError("a reservation needs keys and fields", op="reserve_kv_put")
+        n = len(keys)
+        fields = []
+        for name, (dt, shape) in specs.items():
+            dname = dt if isinstance(dt, str) else _cols.tq_dtype(np.dtype(dt))
+            npdt = _cols.numpy_dtype(dname)
+            shape = tuple(int(d) for d in shape)
+            row = npdt.itemsize * int(np.prod(shape, dtype=np.int64))
+            fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
+        unit = self._pick(zlib.crc32(keys[0].encode()))
+        if not unit.shm:
+            local = [u for u in self.units().values() if u.shm and u.alive]
+            if not local:
+                raise errors.NotSupportedError("no storage unit on this host serves shared memory",
+                                               op="reserve_kv_put")
+            unit = local[zlib.crc32(keys[0].encode()) % len(local)]
+        conn = unit.pool.take()
+        try:
+            rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields]),
+                            data_pb2.ReserveReply, op_name="reserve_kv_put")
+        except BaseException:
+            unit.pool.give(conn)
+            raise
+        ext = _addrs.expand(rep.extents, len(fields), unit.id)
+        arrays = {}
+        for i, c in enumerate(fields):
+            raw = unit.seg_array(int(ext.segment[i]), int(ext.offset[i]), c.nbytes)
+            raw.flags.writeable = True
+            arrays[c.name] = raw.view(_cols.numpy_dtype(c.dtype)).reshape((n,) + c.shape)
+        return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays)
 
     def set_custom_meta(self, metadata: BatchMeta) -> None:
         """Merge each row's ``custom_meta`` into its tags."""
@@ -732,6 +834,65 @@ class Client:
     def stats(self, partition_id: str):
         return self._call(wire.STATS, control_pb2.PartitionRequest(partition=partition_id),
                           control_pb2.PartitionStats, op_name="stats", partition=partition_id)
+
+
+class Reservation:
+    """A KV put whose bytes the caller writes in place (see
+    :meth:`Client.reserve_kv_put`). ``fields``: field → writable array in
+    shared memory, valid until :meth:`commit` or :meth:`abort`; after that
+    the memory belongs to the store (do not write it). A context manager:
+    leaving the block without commit aborts."""
+
+    def __init__(self, client, unit, conn, rid, keys, partition, cols, ext, arrays):
+        self._client, self._unit, self._conn, self._rid = client, unit, conn, rid
+        self.keys, self.partition_id, self._cols, self._ext = keys, partition, cols, ext
+        self.fields = arrays
+        self.done = False
+
+    def commit(self, tags=None) -> KVBatchMeta:
+        if self.done:
+            raise errors.ClosedError("reservation already committed or aborted")
+        self.done = True
+        self.fields = {}
+        unit, conn = self._unit, self._conn
+        try:
+            conn.call(wire.RESERVE_COMMIT, data_pb2.ReservationRequest(reservation=self._rid), None,
+                      op_name="reserve commit")
+        finally:
+            unit.pool.give(conn)
+        locs = [_addrs.run(unit.id, int(self._ext.segment[i]), int(self._ext.gen[i]), int(self._ext.offset[i]),
+                           c.row_lens) for i, c in enumerate(self._cols)]
+        req = control_pb2.CommitKeysRequest(partition=self.partition_id, keys=self.keys)
+        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(self._cols, locs))
+        if tags is not None:
+            req.has_tags = True
+            req.tags.extend(tags_to_json(t or {}) for t in tags)
+        try:
+            rep = self._client._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, op_name="reserve commit",
+                                     partition=self.partition_id)
+        except errors.UnavailableError:
+            raise
+        except errors.TQError:
+            Client._free_quietly(unit, locs)
+            raise
+        return Client._kvmeta(self.keys, self.partition_id, rep)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.fields = {}
+        try:
+            self._conn.call(wire.RESERVE_ABORT, data_pb2.ReservationRequest(reservation=self._rid), None,
+                            op_name="reserve abort")
+        finally:
+            self._unit.pool.give(self._conn)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()
 
 
 def tag_conditions(where: dict):

@@ -23,6 +23,8 @@ import struct
 import threading
 import time
 
+import numpy as np
+
 from . import errors
 from ._pb import common_pb2, control_pb2, data_pb2, cluster_pb2  # noqa: F401
 
@@ -198,8 +200,9 @@ class Conn:
         """Send one request and wait for its reply.
 
         ``payload``: a list of bytes-like objects sent back to back after the
-        body. ``into``: a writable buffer the reply's payload is read into
-        (it must be exactly the payload's size); without it a payload is
+        body. ``into``: a writable buffer, or a list of them filled one after
+        another, the reply's payload is read into (exactly the payload's
+        size in all); without it a payload is
         returned as a new bytearray. Returns the decoded reply (or
         ``(reply, payload)`` when the reply carries a payload or ``into`` was
         given).
@@ -225,12 +228,16 @@ class Conn:
                 rpay = None
                 if plen:
                     if into is not None:
-                        if len(memoryview(into).cast("B")) != plen:
-                            raise errors.CorruptError(f"reply payload of {plen} bytes for a buffer of {len(memoryview(into).cast('B'))}")
+                        parts = into if isinstance(into, list) else [into]
+                        have = sum(len(memoryview(b).cast("B")) for b in parts)
+                        if have != plen:
+                            raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}")
+                        for b in parts:
+                            _recv_exact(self.sock, b)
                         rpay = into
                     else:
-                        rpay = bytearray(plen)
-                    _recv_exact(self.sock, rpay)
+                        rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
+                        _recv_exact(self.sock, rpay)
             except (OSError, ConnectionError) as e:
                 self.close()
                 if isinstance(e, socket.timeout):
