@@ -33,7 +33,7 @@ __all__ = [
     "init", "close", "get_client", "kv_put", "kv_batch_put", "kv_batch_get", "kv_batch_get_by_meta", "kv_list",
     "kv_clear", "async_kv_put", "async_kv_batch_put", "async_kv_batch_get", "async_kv_batch_get_by_meta",
     "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "Client", "TransferQueueClient",
-    "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "bfloat16", "float8_e4m3fn",
+    "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator", "bfloat16", "float8_e4m3fn",
     "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors", "TQError", "InvalidError",
     "NotFoundError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
     "LostError", "CorruptError", "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
