@@ -19,7 +19,7 @@ from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
 from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
-from .unit import Pool, Unit
+from .unit import Pool, Unit, alloc
 
 # The most bytes a KV put or get moves through the controller in one round
 # trip (KV_PUT, KV_GET); larger values go to the units. As the Go client.
@@ -38,9 +38,10 @@ def _as_keys(keys):
     if isinstance(keys, str):
         return [keys]
     keys = list(keys)
-    for k in keys:
-        if not isinstance(k, str):
-            raise TypeError(f"keys must be str, not {type(k).__name__}")
+    if not all(type(k) is str for k in keys):
+        for k in keys:
+            if not isinstance(k, str):
+                raise TypeError(f"keys must be str, not {type(k).__name__}")
     return keys
 
 
@@ -232,19 +233,15 @@ class Client:
             return self._view_fields(n, schema, cells, names, units, partition, op)
         if len(units) == 1:
             u = self._unit(units.pop())
-            allc = _addrs.Cells.concat([cells[f] for f in names]) if names else None
-            buf = u.read(allc) if names else b""
-            at = 0
-            mv = memoryview(buf)
-            for f in names:
-                ln = int(cells[f].len.sum())
-                data[f] = self._value(schema[f], n, cells[f], mv[at:at + ln])
-                at += ln
+            bufs = [alloc(int(cells[f].len.sum())) for f in names]
+            u.read_many([cells[f] for f in names], bufs)
+            for f, buf in zip(names, bufs):
+                data[f] = self._value(schema[f], n, cells[f], buf)
             return data, leases
         for f in names:
             c = cells[f]
             ln = int(c.len.sum())
-            buf = np.empty(ln, dtype=np.uint8)
+            buf = alloc(ln)
             dst = np.frombuffer(buf, dtype=np.uint8)
             starts = np.cumsum(c.len, dtype=np.uint64) - c.len
             for uid in np.unique(c.unit).tolist():

@@ -63,7 +63,7 @@ class BatchMeta:
             cells[name] = _addrs.expand(a, n)
         keys = [k if k else None for k in m.keys] if m.has_keys else None
         return cls(m.indexes, m.partitions, keys, schema, [1 if r else 0 for r in m.ready] if len(m.ready) else None,
-                   [tags_from_json(t) for t in m.tags] if len(m.tags) else None,
+                   [json.loads(t) if t else {} for t in m.tags] if len(m.tags) else None,
                    json.loads(m.extra) if m.extra else None, cells)
 
     @classmethod

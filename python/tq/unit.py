@@ -18,6 +18,16 @@ from . import wire
 from ._pb import control_pb2, data_pb2
 
 
+def alloc(n: int) -> np.ndarray:
+    """n uninitialised bytes for a get's result. Large ones are an anonymous
+    mapping populated at once (MAP_POPULATE): faulting in fresh pages one by
+    one on first touch is the slowest part of a large allocating get."""
+    if n < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
+        return np.empty(n, dtype=np.uint8)
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(m, dtype=np.uint8)
+
+
 class Pool:
     """Idle connections to one address, handed out one caller at a time."""
 
@@ -193,7 +203,7 @@ class Unit:
                         for b in c.bufs:
                             src = np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8) if not isinstance(b, np.ndarray) \
                                 else b.reshape(-1).view(np.uint8)
-                            dst[at:at + len(src)] = src
+                            pcopy(dst[at:at + len(src)], src)
                             at += len(src)
                     conn.call(wire.RESERVE_COMMIT, data_pb2.ReservationRequest(reservation=rep.reservation), None,
                               op_name="reserve commit")
@@ -208,18 +218,23 @@ class Unit:
             finally:
                 self.pool.give(conn)
         else:
-            payload = []
-            for c in cols:
-                payload.extend(c.bufs)
-            rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=sizes), data_pb2.WriteReply,
-                                 payload=payload, op_name="write", timeout=max(30.0, sum(sizes) / (4 << 20) * 30))
-            ext = _addrs.expand(rep.extents, len(cols), self.id)
+            def one(group):
+                payload = [b for i in group for b in cols[i].bufs]
+                gs = [sizes[i] for i in group]
+                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs), data_pb2.WriteReply,
+                                     payload=payload, op_name="write", timeout=max(30.0, sum(gs) / (4 << 20) * 30))
+                return _addrs.expand(rep.extents, len(group), self.id)
+            groups = _stripes(sizes)
+            parts = _parallel(one, groups)
+            ext = _addrs.Cells.concat(parts)
+            order = np.argsort(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]), kind="stable")
+            ext = ext.take(order)
         return ext
 
     def read(self, cells: _addrs.Cells, into=None):
         """The bytes of ``cells`` back to back (into ``into`` when given)."""
         total = int(cells.len.sum())
-        buf = into if into is not None else np.empty(total, dtype=np.uint8)
+        buf = into if into is not None else alloc(total)
         if total == 0:
             return buf
         if self.shm:
@@ -241,15 +256,20 @@ class Unit:
                 for cells, buf in zip(cells_list, bufs):
                     at = 0
                     for seg, off, ln in _runs(cells):
-                        buf[at:at + ln] = self.seg_array(seg, off, ln)
+                        pcopy(buf[at:at + ln], self.seg_array(seg, off, ln))
                         at += ln
             finally:
                 self.release(conn, lease)
             return
-        req = data_pb2.ReadRequest(ranges=_addrs.to_pb(allc, with_unit=False))
-        total = int(allc.len.sum())
-        self.pool.call(wire.READ, req, None, into=[b for b in bufs if len(b)], op_name="read",
-                       timeout=max(30.0, total / (4 << 20) * 30))
+        def one(group):
+            cells = _addrs.Cells.concat([cells_list[i] for i in group])
+            total = int(cells.len.sum())
+            if total == 0:
+                return
+            req = data_pb2.ReadRequest(ranges=_addrs.to_pb(cells, with_unit=False))
+            self.pool.call(wire.READ, req, None, into=[bufs[i] for i in group if len(bufs[i])], op_name="read",
+                           timeout=max(30.0, total / (4 << 20) * 30))
+        _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
 
     def acquire(self, cells: _addrs.Cells):
         """Lease ``cells`` for reading in place: (conn, lease id)."""
@@ -275,7 +295,7 @@ class Unit:
             dst = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1).view(np.uint8)
             at = 0
             for seg, off, ln in _runs(cells):
-                dst[at:at + ln] = self.seg_array(seg, off, ln)
+                pcopy(dst[at:at + ln], self.seg_array(seg, off, ln))
                 at += ln
         finally:
             self.release(conn, lease)
@@ -297,3 +317,61 @@ def _runs(cells: _addrs.Cells):
     ends = np.append(starts[1:], n)
     cs = np.concatenate([[0], np.cumsum(cells.len, dtype=np.uint64)])
     return [(int(cells.segment[s]), int(cells.offset[s]), int(cs[e] - cs[s])) for s, e in zip(starts, ends)]
+
+
+# Large transfers over tcp go over several connections at once (the
+# socket calls release the GIL), as the Go client stripes them.
+STRIPE_MIN = 8 << 20
+STRIPES = 4
+
+
+def _stripes(sizes):
+    """Indexes of ``sizes`` in up to STRIPES groups of about equal bytes
+    (one group when the total is small), each in order."""
+    total = sum(sizes)
+    k = min(STRIPES, len(sizes), max(1, total // STRIPE_MIN))
+    if k <= 1:
+        return [list(range(len(sizes)))]
+    groups, load = [[] for _ in range(k)], [0] * k
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        g = load.index(min(load))
+        groups[g].append(i)
+        load[g] += sizes[i]
+    return [sorted(g) for g in groups if g]
+
+
+_executor = None
+_executor_lock = threading.Lock()
+
+
+def _parallel(fn, groups):
+    if len(groups) == 1:
+        return [fn(groups[0])]
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _executor = ThreadPoolExecutor(max_workers=2 * STRIPES, thread_name_prefix="tq-stripe")
+    futs = [_executor.submit(fn, g) for g in groups]
+    return [f.result() for f in futs]
+
+
+# Copies of more than PCOPY_MIN bytes are split over threads (numpy releases
+# the GIL while it copies): one core's memcpy does not saturate memory.
+PCOPY_MIN = 4 << 20
+PCOPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def pcopy(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[:] = src (uint8 arrays of one length), in parallel when large."""
+    n = len(src)
+    k = min(PCOPY_THREADS, n // PCOPY_MIN)
+    if k <= 1:
+        dst[:] = src
+        return
+    step = -(-n // k)
+    step += -step % 4096
+
+    def one(i):
+        dst[i:i + step] = src[i:i + step]
+    _parallel(one, list(range(0, n, step)))
