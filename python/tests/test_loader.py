@@ -65,3 +65,4 @@ def test_torch_dataset(server, part):
         assert isinstance(ds, torch.utils.data.IterableDataset)
         data, meta = next(iter(ds))
         assert torch.equal(data["x"], torch.tensor([0.0, 1.0]))
+
