@@ -245,3 +245,29 @@ def test_torch_tensors(client, part):
     assert got["x"].dtype.metadata == {"tq_dtype": "bfloat16"}
     t = tq.columns.to_tensor(np.array(got["x"]))
     assert t.dtype == torch.bfloat16 and torch.equal(t, x)
+
+
+def test_get_while_the_keys_are_overwritten(server, transport, part):
+    """Reads of keys a writer keeps replacing see whole values, never an error."""
+    import threading
+    keys = [f"k{i}" for i in range(8)]
+    stop = threading.Event()
+    with server.client(transport=transport) as w, server.client(transport=transport) as r:
+        w.kv_batch_put(keys, part, {"x": np.zeros((8, 20000))})
+
+        def write():
+            v = 0
+            while not stop.is_set():
+                v += 1
+                w.kv_batch_put(keys, part, {"x": np.full((8, 20000), float(v))})
+        th = threading.Thread(target=write)
+        th.start()
+        try:
+            for _ in range(100):
+                x = r.kv_batch_get(keys, part)["x"]
+                assert np.all(x == x[0, 0])  # one put's value, whole
+                with r.kv_batch_get(keys, part, copy=False) as v:
+                    assert np.all(v["x"] == v["x"][0, 0])
+        finally:
+            stop.set()
+            th.join()

@@ -8,7 +8,9 @@ call takes a connection of its own from a pool.
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -413,6 +415,17 @@ class Client:
         if isinstance(select_fields, str):
             select_fields = [select_fields]
         ctx = {"op_name": "kv_batch_get", "partition": partition_id}
+        # A put that replaces the keys' cells between the lookup and the
+        # read makes the read fail (StaleError): look them up again.
+        for attempt in range(16):
+            try:
+                return self._kv_batch_get(keys, partition_id, select_fields, copy, into, ctx)
+            except errors.StaleError:
+                if attempt == 15:
+                    raise
+                time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
+
+    def _kv_batch_get(self, keys, partition_id, select_fields, copy, into, ctx):
         if into is not None:
             names = list(into)
             req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(names))

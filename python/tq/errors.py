@@ -11,6 +11,9 @@ meant for people.
     TQError
     ├── InvalidError          (also a ValueError)   CODE_INVALID
     ├── NotFoundError         (also a KeyError)     CODE_NOT_FOUND
+    │   └── StaleError                              a unit no longer holds cells a
+    │                                               meta named (overwritten or cleared
+    │                                               since): look the keys up again
     ├── DTypeMismatchError    (also a TypeError)    CODE_DTYPE_MISMATCH
     ├── NotReadyError                               CODE_NOT_READY
     ├── CapacityError                               CODE_CAPACITY
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 __all__ = [
     "TQError", "InvalidError", "NotFoundError", "DTypeMismatchError", "NotReadyError",
-    "CapacityError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
+    "StaleError", "CapacityError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
     "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
     "UnavailableError", "from_code",
 ]
@@ -85,6 +88,12 @@ class NotFoundError(TQError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return TQError.__str__(self)
+
+
+class StaleError(NotFoundError):
+    """A storage unit no longer holds the cells a meta named: they were
+    overwritten or cleared between the lookup and the read. A KV get looks
+    the keys up again by itself; a get of a meta the caller holds raises it."""
 
 
 class DTypeMismatchError(TQError, TypeError):

@@ -108,6 +108,21 @@ def _recv_fd(path: str, segment: int, token: str):
     return fds[0], size, bool(flags & 1)
 
 
+def _stale(fn):
+    """Unit reads: a range the unit no longer holds is a StaleError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except errors.StaleError:
+            raise
+        except errors.NotFoundError as e:
+            raise errors.StaleError(e.message, op=e.op, partition=e.partition, keys=e.keys, fields=e.fields) from None
+    return wrapped
+
+
 class Unit:
     """One storage unit. Safe for concurrent use."""
 
@@ -231,6 +246,7 @@ class Unit:
             ext = ext.take(order)
         return ext
 
+    @_stale
     def read(self, cells: _addrs.Cells, into=None):
         """The bytes of ``cells`` back to back (into ``into`` when given)."""
         total = int(cells.len.sum())
@@ -244,6 +260,7 @@ class Unit:
                        timeout=max(30.0, total / (4 << 20) * 30))
         return buf
 
+    @_stale
     def read_many(self, cells_list, bufs) -> None:
         """Read each Cells of ``cells_list`` into the matching buffer of
         ``bufs`` (exactly its size): one READ, or one lease over shm."""
@@ -271,6 +288,7 @@ class Unit:
                            timeout=max(30.0, total / (4 << 20) * 30))
         _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
 
+    @_stale
     def acquire(self, cells: _addrs.Cells):
         """Lease ``cells`` for reading in place: (conn, lease id)."""
         conn = self.pool.take()
