@@ -23,8 +23,8 @@ from . import errors
 from .client import ABSENT, Client, View, tag_conditions
 from .columns import Typed, as_dtype, bfloat16, float8_e4m3fn, float8_e5m2
 from .errors import (CanceledError, CapacityError, ClosedError, CorruptError, DeadlineError, DTypeMismatchError,
-                     InternalError, InvalidError, LostError, NotFoundError, NotReadyError, NotSupportedError, TQError,
-                     UnauthenticatedError, UnavailableError)
+                     InternalError, InvalidError, LostError, NotFoundError, NotReadyError, NotSupportedError, StaleError,
+                     TQError, UnauthenticatedError, UnavailableError)
 from .meta import BatchMeta, KVBatchMeta
 
 __version__ = "0.1.0"
@@ -33,9 +33,9 @@ __all__ = [
     "init", "close", "get_client", "kv_put", "kv_batch_put", "kv_batch_get", "kv_batch_get_by_meta", "kv_list",
     "kv_clear", "async_kv_put", "async_kv_batch_put", "async_kv_batch_get", "async_kv_batch_get_by_meta",
     "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "Client", "TransferQueueClient",
-    "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator", "bfloat16", "float8_e4m3fn",
-    "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors", "TQError", "InvalidError",
-    "NotFoundError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
+    "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator",
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors",
+    "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
     "LostError", "CorruptError", "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
     "UnavailableError",
 ]

@@ -38,7 +38,15 @@ class Cells:
 
 def expand(a: control_pb2.Addrs, n: int | None = None, default_unit: int = 0) -> Cells:
     """The per-cell arrays of ``a`` (either form)."""
-    if len(a.run_count):
+    if len(a.run_count) == 1 and len(a.run_len) == 1 and len(a.run_segment) == 1 and len(a.run_gen) == 1 \
+            and len(a.run_offset) == 1 and len(a.run_unit) <= 1:
+        # One run of equal cells (a column written by one put): the common case.
+        total, L = int(a.run_count[0]), int(a.run_len[0])
+        unit = a.run_unit[0] if len(a.run_unit) else default_unit
+        cells = Cells(np.full(total, unit, _U32), np.full(total, a.run_segment[0], _U32),
+                      np.full(total, a.run_gen[0], _U32),
+                      np.arange(total, dtype=_U64) * _U64(L) + _U64(a.run_offset[0]), np.full(total, L, _U64))
+    elif len(a.run_count):
         counts = np.asarray(a.run_count, dtype=np.int64)
         total = int(counts.sum())
         nr = len(counts)

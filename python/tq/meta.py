@@ -61,10 +61,22 @@ class BatchMeta:
             schema[name] = s
         for name, a in m.cells.items():
             cells[name] = _addrs.expand(a, n)
-        keys = [k if k else None for k in m.keys] if m.has_keys else None
-        return cls(m.indexes, m.partitions, keys, schema, [1 if r else 0 for r in m.ready] if len(m.ready) else None,
-                   [json.loads(t) if t else {} for t in m.tags] if len(m.tags) else None,
-                   json.loads(m.extra) if m.extra else None, cells)
+        # Built in place: the constructor's checks and copies cost more than
+        # the rest of decoding a meta of many rows.
+        self = cls.__new__(cls)
+        self.global_indexes = list(m.indexes)
+        self.partition_ids = list(m.partitions)
+        self.keys = [k or None for k in m.keys] if m.has_keys else None
+        self.field_schema = schema
+        self.production_status = (np.asarray(m.ready, dtype=np.int8) if len(m.ready)
+                                  else np.zeros(n, dtype=np.int8))
+        self.custom_meta = [json.loads(t) if t else {} for t in m.tags] if len(m.tags) else [{} for _ in range(n)]
+        self.extra_info = json.loads(m.extra) if m.extra else {}
+        self._cells = cells
+        if len(self.partition_ids) != n or len(self.production_status) != n or len(self.custom_meta) != n \
+                or (self.keys is not None and len(self.keys) != n):
+            raise errors.CorruptError(f"meta: per-row lists of unequal length for {n} rows")
+        return self
 
     @classmethod
     def empty(cls) -> "BatchMeta":

@@ -301,9 +301,11 @@ class Unit:
         return conn, rep.lease
 
     def release(self, conn, lease) -> None:
+        """Give a lease back. Its reply is not waited for (it is read before
+        the connection's next request): nothing the caller does depends on
+        it, and the unit releases the lease in order, before that request."""
         try:
-            if not conn.closed:
-                conn.call(wire.RELEASE, data_pb2.ReleaseRequest(lease=lease), None, op_name="release")
+            conn.send_only(wire.RELEASE, data_pb2.ReleaseRequest(lease=lease))
         finally:
             self.pool.give(conn)
 

@@ -144,6 +144,7 @@ class Conn:
         self.family, sockaddr = parse_addr(addr)
         self._lock = threading.Lock()
         self._next_id = 1
+        self._pending = []  # ids of send_only requests whose replies are unread
         self.timeout = timeout
         try:
             s = socket.socket(self.family, socket.SOCK_STREAM)
@@ -216,6 +217,7 @@ class Conn:
             self._next_id += 1
             try:
                 self.sock.settimeout(timeout if timeout is not None else self.timeout)
+                self._drain()
                 self._send(op, rid, body, payload)
                 hdr = bytearray(HEADER.size)
                 _recv_exact(self.sock, hdr)
@@ -255,6 +257,38 @@ class Conn:
         if rpay is not None or into is not None:
             return reply, rpay
         return reply
+
+    def send_only(self, op: int, req) -> None:
+        """Send a request whose reply nobody waits for (RELEASE): its reply
+        is read, and dropped, before the next call's request goes out.
+        Errors are dropped with it; a broken connection shows at the next
+        call."""
+        body = req.SerializeToString() if req is not None else b""
+        with self._lock:
+            if self.sock is None:
+                return
+            rid = self._next_id
+            self._next_id += 1
+            try:
+                self.sock.settimeout(self.timeout)
+                self._drain()
+                self._send(op, rid, body, None)
+            except OSError:
+                self.close()
+                return
+            self._pending.append(rid)
+
+    def _drain(self) -> None:
+        """Read the replies of send_only requests (under the lock)."""
+        while self._pending:
+            rid = self._pending.pop(0)
+            hdr = bytearray(HEADER.size)
+            _recv_exact(self.sock, hdr)
+            magic, ver, flags, _, _, rrid, blen, _, plen = HEADER.unpack(hdr)
+            if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
+                    or blen > MAX_BODY or plen > (1 << 20):
+                raise ConnectionError(f"bad reply header from {self.addr}")
+            _recv_exact(self.sock, bytearray(blen + plen))
 
     def cancel(self, rid: int) -> None:
         """Send CANCEL for request ``rid`` (no reply comes)."""
