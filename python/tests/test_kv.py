@@ -271,3 +271,33 @@ def test_get_while_the_keys_are_overwritten(server, transport, part):
         finally:
             stop.set()
             th.join()
+
+
+def test_empty_cells(client, part):
+    """Rows of no bytes (empty ragged rows, empty strings) next to a large field: their extents
+    are empty and name no segment."""
+    keys = ["a", "b"]
+    client.kv_batch_put(keys, part, {"big": np.zeros((2, 100000)), "e": [np.zeros(0), np.zeros(0)], "o": [b"", b""]})
+    for copy in (True, False):
+        got = client.kv_batch_get(keys, part, copy=copy)
+        assert [len(x) for x in got["e"]] == [0, 0] and list(got["o"]) == [b"", b""]
+        assert got["big"].shape == (2, 100000)
+        if not copy:
+            got.release()
+
+
+def test_ragged_rows_of_one_shape_read_back_dense(client, part):
+    """The controller describes a ragged field whose rows (in this get) share one shape as dense."""
+    client.kv_batch_put(["a", "b", "c"], part, {"r": [np.arange(2), np.arange(3), np.arange(3)]})
+    assert [x.tolist() for x in client.kv_batch_get(["a", "b"], part)["r"]] == [[0, 1], [0, 1, 2]]
+    same = client.kv_batch_get(["b", "c"], part)["r"]
+    assert isinstance(same, np.ndarray) and same.shape == (2, 3)
+
+
+def test_view_as_torch_tensors(client, part, transport):
+    torch = pytest.importorskip("torch", reason="torch is not installed: tensors over views are untested here")
+    x = np.random.default_rng(3).random((16, 5000)).astype(np.float32)
+    client.kv_batch_put([f"k{i}" for i in range(16)], part, {"x": x})
+    with client.kv_batch_get([f"k{i}" for i in range(16)], part, copy=False) as v:
+        t = v.tensors()["x"]
+        assert torch.equal(t, torch.from_numpy(x))

@@ -134,3 +134,17 @@ def test_checkpoint_save_load(client, part):
     assert client.kv_list(part)[part] == {"a": {"v": 1}, "b": {"v": 2}}
     with pytest.raises(tq.TQError):
         client.load_checkpoint("no-such-" + name)
+
+
+def test_async_twins(client, part):
+    import asyncio
+
+    async def go():
+        m = await client.async_put({"x": np.arange(3.0)}, partition_id=part)
+        f = await client.async_get_meta(["x"], 3, part, task_name="t", wait=True, timeout=5)
+        d, parts = await asyncio.gather(client.async_get_data(f), client.async_get_partition_list())
+        await client.async_clear_partition(part)
+        return m, d, parts
+    m, d, parts = asyncio.run(go())
+    assert m.size == 3 and d["x"].tolist() == [0.0, 1.0, 2.0] and part in parts
+    assert part not in client.get_partition_list()

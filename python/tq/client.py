@@ -78,6 +78,20 @@ class View:
     def items(self):
         return self.data.items()
 
+    def tensors(self) -> dict:
+        """The views as torch tensors over the same memory (dense fields:
+        a tensor; ragged: a list of tensors; opaque: as they are). Same
+        lifetime as the view. Needs torch."""
+        out = {}
+        for k, v in self.data.items():
+            if isinstance(v, np.ndarray):
+                out[k] = _cols.to_tensor(v)
+            elif v and isinstance(v[0], np.ndarray):
+                out[k] = [_cols.to_tensor(a) for a in v]
+            else:
+                out[k] = v
+        return out
+
     def release(self) -> None:
         if self.released:
             return
@@ -903,6 +917,27 @@ class Reservation:
 
     def __exit__(self, *exc):
         self.abort()
+
+
+def _async_twin(name):
+    fn = getattr(Client, name)
+
+    async def twin(self, *args, **kw):
+        import asyncio
+        return await asyncio.to_thread(fn, self, *args, **kw)
+    twin.__name__ = twin.__qualname__ = "async_" + name
+    twin.__doc__ = f"The asyncio twin of :meth:`{name}` (runs it on a worker thread)."
+    return twin
+
+
+# Every call has an async_ twin, as TransferQueue's AsyncTransferQueueClient.
+for _name in ("kv_put", "kv_batch_put", "kv_batch_get", "kv_list", "kv_clear", "kv_retrieve_keys",
+              "kv_retrieve_meta", "get_meta", "put", "get_data", "set_custom_meta", "clear_samples",
+              "clear_partition", "get_partition_list", "get_production_status", "get_consumption_status",
+              "check_production_status", "check_consumption_status", "reset_consumption", "set_tags",
+              "delete_tags", "compare_and_set_tag", "list_keys", "save_checkpoint", "load_checkpoint",
+              "list_checkpoints"):
+    setattr(Client, "async_" + _name, _async_twin(_name))
 
 
 def tag_conditions(where: dict):

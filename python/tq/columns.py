@@ -119,15 +119,19 @@ def to_tensor(a: np.ndarray):
     if _torch is None:
         raise errors.NotSupportedError("torch is not importable")
     name = tq_dtype(a.dtype)
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        a = a.view(np.int16 if name == "bfloat16" else np.uint8)
     if not a.flags.writeable:
+        # A read-only view stays read-only by contract; torch only warns
+        # that it cannot mark the tensor so.
         import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = _torch.from_numpy(a.view(a.dtype.newbyteorder("=")) if False else a)
+            t = _torch.from_numpy(a)
     else:
         t = _torch.from_numpy(a)
     if name == "bfloat16":
-        return t.view(_torch.int16).view(_torch.bfloat16) if t.dtype != _torch.int16 else t.view(_torch.bfloat16)
+        return t.view(_torch.bfloat16)
     if name in ("float8_e4m3fn", "float8_e5m2") and hasattr(_torch, name):
         return t.view(getattr(_torch, name))
     return t

@@ -194,6 +194,8 @@ class Unit:
 
     def seg_array(self, seg: int, offset: int, nbytes: int) -> np.ndarray:
         """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
+        if nbytes == 0:
+            return np.empty(0, dtype=np.uint8)  # an empty cell names no segment
         return np.frombuffer(self.segment(seg), dtype=np.uint8, count=nbytes, offset=offset)
 
     # ---- data plane ----------------------------------------------------
