@@ -27,6 +27,10 @@ from .unit import Pool, Unit, alloc
 # trip (KV_PUT, KV_GET); larger values go to the units. As the Go client.
 KV_INLINE_MAX = 64 << 10
 
+# How often the client asks the controller which storage units are alive
+# (when it places a put): a unit that died stops taking writes within this.
+UNITS_REFRESH_S = 1.0
+
 
 def _sel(fields):
     if fields is None:
@@ -143,6 +147,7 @@ class Client:
         self.host = wire.host_id()
         self._ctl = Pool(lambda: wire.Conn(self.address, token=self.token, name=name, timeout=timeout))
         self._units = {}
+        self._units_at = 0.0
         self._units_lock = threading.Lock()
         self._no_kv_data = False
         self._closed = False
@@ -177,9 +182,10 @@ class Client:
         """The storage units the controller knows: unit id → :class:`Unit`
         (connected lazily; dead units are left out)."""
         with self._units_lock:
-            if self._units and not refresh:
+            if self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S:
                 return dict(self._units)
         rep = self._call(wire.UNITS, None, cluster_pb2.UnitsReply, op_name="units")
+        self._units_at = time.monotonic()
         fresh = {}
         with self._units_lock:
             for info in rep.units:
@@ -206,16 +212,17 @@ class Client:
         if u is None:
             u = self.units(refresh=True).get(uid)
             if u is None:
-                raise errors.LostError(f"storage unit {uid} is not registered or not alive", op="read")
+                raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
         return u
 
-    def _pick(self, h: int) -> Unit:
+    def _pick(self, h: int, exclude=()) -> Unit:
         """Local-first placement: a unit on this host (by hash ``h`` among
         several), else any alive unit by hash."""
         units = self.units()
-        alive = sorted((u for u in units.values() if u.alive), key=lambda u: u.id)
+        alive = sorted((u for u in units.values() if u.alive and u.id not in exclude), key=lambda u: u.id)
         if not alive:
-            alive = sorted((u for u in self.units(refresh=True).values() if u.alive), key=lambda u: u.id)
+            alive = sorted((u for u in self.units(refresh=True).values() if u.alive and u.id not in exclude),
+                           key=lambda u: u.id)
             if not alive:
                 raise errors.UnavailableError("no storage unit is alive", op="put")
         local = [u for u in alive if u.host_id == self.host]
@@ -334,6 +341,21 @@ class Client:
         return [_addrs.run(unit.id, int(ext.segment[i]), int(ext.gen[i]), int(ext.offset[i]), c.row_lens)
                 for i, c in enumerate(cols)]
 
+    def _place_and_write(self, h: int, cols):
+        """Write cols to the unit placement picks for hash h; a unit that
+        cannot be reached is skipped for another (nothing of a failed write
+        is readable, so writing again elsewhere is safe)."""
+        tried = set()
+        while True:
+            unit = self._pick(h, exclude=tried)
+            try:
+                return unit, self._write(unit, cols)
+            except errors.UnavailableError:
+                tried.add(unit.id)
+                if len(tried) >= 3:
+                    raise
+                self.units(refresh=True)
+
     @staticmethod
     def _free_quietly(unit, locs):
         try:
@@ -380,8 +402,7 @@ class Client:
                 self._no_kv_data = True
             except errors.CapacityError:
                 pass
-        unit = self._pick(zlib.crc32(keys[0].encode()))
-        locs = self._write(unit, cols)
+        unit, locs = self._place_and_write(zlib.crc32(keys[0].encode()), cols)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
         try:
             rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
@@ -652,8 +673,7 @@ class Client:
             raise errors.InvalidError(f"put to rows of {len(parts)} partitions", op="put")
         part = parts.pop()
         cols = _cols.columns(data, metadata.size)
-        unit = self._pick(metadata.global_indexes[0])
-        locs = self._write(unit, cols)
+        unit, locs = self._place_and_write(metadata.global_indexes[0], cols)
         req = control_pb2.CommitRequest(partition=part, indexes=metadata.global_indexes)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
         try:

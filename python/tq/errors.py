@@ -26,7 +26,9 @@ meant for people.
     ├── UnauthenticatedError  (also PermissionError) CODE_UNAUTHENTICATED
     ├── InternalError                               CODE_INTERNAL
     └── UnavailableError      (also ConnectionError) a peer that cannot be
-                                                    reached or stopped answering
+        │                                           reached or stopped answering
+        └── UnitLostError     (also a LostError)    the storage unit holding cells
+                                                    that a read needs is unreachable
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = [
     "TQError", "InvalidError", "NotFoundError", "DTypeMismatchError", "NotReadyError",
     "StaleError", "CapacityError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
     "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
-    "UnavailableError", "from_code",
+    "UnavailableError", "UnitLostError", "from_code",
 ]
 
 
@@ -142,6 +144,13 @@ class InternalError(TQError):
 
 class UnavailableError(TQError, ConnectionError):
     """A peer (the controller, a storage unit) cannot be reached or stopped answering."""
+
+
+class UnitLostError(UnavailableError, LostError):
+    """The storage unit holding the cells a read needs cannot be reached (it
+    died, or its host is gone): the cells are lost unless it comes back. Both
+    an UnavailableError and a LostError, as the Go client's error wraps both
+    sentinels."""
 
 
 _BY_CODE = {c.code: c for c in (

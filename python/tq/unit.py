@@ -109,7 +109,8 @@ def _recv_fd(path: str, segment: int, token: str):
 
 
 def _stale(fn):
-    """Unit reads: a range the unit no longer holds is a StaleError."""
+    """Unit reads: a range the unit no longer holds is a StaleError; a unit
+    that cannot be reached is a UnitLostError."""
     import functools
 
     @functools.wraps(fn)
@@ -120,6 +121,10 @@ def _stale(fn):
             raise
         except errors.NotFoundError as e:
             raise errors.StaleError(e.message, op=e.op, partition=e.partition, keys=e.keys, fields=e.fields) from None
+        except errors.UnitLostError:
+            raise
+        except errors.UnavailableError as e:
+            raise errors.UnitLostError(f"storage unit {a[0].id} is unreachable: {e.message}", op=e.op) from None
     return wrapped
 
 
