@@ -19,21 +19,27 @@ _U32, _U64 = np.uint32, np.uint64
 class Cells:
     """The ranges of n cells: parallel arrays unit, segment, gen, offset, len."""
 
-    __slots__ = ("unit", "segment", "gen", "offset", "len")
+    __slots__ = ("unit", "segment", "gen", "offset", "len", "run1")
 
-    def __init__(self, unit, segment, gen, offset, len_):
+    def __init__(self, unit, segment, gen, offset, len_, run1=False):
         self.unit, self.segment, self.gen = unit, segment, gen
         self.offset, self.len = offset, len_
+        # run1: the cells are one run of the controller's (back to back in
+        # one extent, on one unit), so they can be read or leased as one range.
+        self.run1 = run1
 
     def __len__(self):
         return len(self.offset)
 
     def take(self, pos) -> "Cells":
-        return Cells(self.unit[pos], self.segment[pos], self.gen[pos], self.offset[pos], self.len[pos])
+        pos = np.asarray(pos, dtype=np.int64)
+        # Consecutive rows of a run are a run.
+        run1 = bool(self.run1 and len(pos) and pos[-1] - pos[0] == len(pos) - 1 and np.all(np.diff(pos) == 1))
+        return Cells(self.unit[pos], self.segment[pos], self.gen[pos], self.offset[pos], self.len[pos], run1)
 
     @staticmethod
     def concat(parts) -> "Cells":
-        return Cells(*(np.concatenate([getattr(p, a) for p in parts]) for a in Cells.__slots__))
+        return Cells(*(np.concatenate([getattr(p, a) for p in parts]) for a in Cells.__slots__[:5]))
 
 
 def expand(a: control_pb2.Addrs, n: int | None = None, default_unit: int = 0) -> Cells:
@@ -45,7 +51,8 @@ def expand(a: control_pb2.Addrs, n: int | None = None, default_unit: int = 0) ->
         unit = a.run_unit[0] if len(a.run_unit) else default_unit
         cells = Cells(np.full(total, unit, _U32), np.full(total, a.run_segment[0], _U32),
                       np.full(total, a.run_gen[0], _U32),
-                      np.arange(total, dtype=_U64) * _U64(L) + _U64(a.run_offset[0]), np.full(total, L, _U64))
+                      np.arange(total, dtype=_U64) * _U64(L) + _U64(a.run_offset[0]), np.full(total, L, _U64),
+                      run1=True)
     elif len(a.run_count):
         counts = np.asarray(a.run_count, dtype=np.int64)
         total = int(counts.sum())
@@ -110,6 +117,23 @@ def to_pb(c: Cells, with_unit: bool = True) -> control_pb2.Addrs:
         a.offset.extend(c.offset.tolist())
         a.len.extend(c.len.tolist())
     return a
+
+
+def ranges_pb(parts) -> control_pb2.Addrs:
+    """The ranges to READ or ACQUIRE for the cells of ``parts`` (in order),
+    without units: a run of the controller's as one range (the same bytes
+    back to back), other cells one range each."""
+    one = [c for c in parts if len(c)]
+    if all(c.run1 for c in one):
+        a = control_pb2.Addrs()
+        for c in one:
+            a.segment.append(int(c.segment[0]))
+            a.gen.append(int(c.gen[0]))
+            a.offset.append(int(c.offset[0]))
+            a.len.append(int(c.len.sum()))
+        return a
+    return to_pb(Cells.concat(one) if one else Cells(*(np.zeros(0, t) for t in (_U32, _U32, _U32, _U64, _U64))),
+                 with_unit=False)
 
 
 def run(unit: int, segment: int, gen: int, offset: int, lens) -> Cells:

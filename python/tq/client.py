@@ -293,8 +293,9 @@ class Client:
             return d, []
         try:
             for uid, u in unit_objs.items():
-                parts = [cells[f].take(np.flatnonzero(cells[f].unit == uid)) for f in names]
-                conn, lease = u.acquire(_addrs.Cells.concat(parts))
+                parts = [cells[f] if cells[f].run1 and len(cells[f]) and int(cells[f].unit[0]) == uid
+                         else cells[f].take(np.flatnonzero(cells[f].unit == uid)) for f in names]
+                conn, lease = u.acquire(parts)
                 leases.append((u, conn, lease))
             for f in names:
                 s, c = schema[f], cells[f]
@@ -308,8 +309,8 @@ class Client:
                         rows.append(a)
                     data[f] = rows
                     continue
-                one = len(np.unique(c.unit)) == 1 and len(np.unique(c.segment)) == 1 and (
-                    n <= 1 or bool(np.all(c.offset[1:] == c.offset[:-1] + c.len[:-1])))
+                one = c.run1 or (len(np.unique(c.unit)) == 1 and len(np.unique(c.segment)) == 1 and (
+                    n <= 1 or bool(np.all(c.offset[1:] == c.offset[:-1] + c.len[:-1]))))
                 if one and n:
                     u = unit_objs[int(c.unit[0])]
                     raw = u.seg_array(int(c.segment[0]), int(c.offset[0]), int(c.len.sum()))

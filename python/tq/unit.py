@@ -262,7 +262,7 @@ class Unit:
             return buf
         if self.shm:
             return self._read_shm(cells, buf)
-        req = data_pb2.ReadRequest(ranges=_addrs.to_pb(cells, with_unit=False))
+        req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb([cells]))
         self.pool.call(wire.READ, req, None, into=buf, op_name="read",
                        timeout=max(30.0, total / (4 << 20) * 30))
         return buf
@@ -271,11 +271,10 @@ class Unit:
     def read_many(self, cells_list, bufs) -> None:
         """Read each Cells of ``cells_list`` into the matching buffer of
         ``bufs`` (exactly its size): one READ, or one lease over shm."""
-        allc = _addrs.Cells.concat(cells_list)
-        if int(allc.len.sum()) == 0:
+        if sum(int(c.len.sum()) for c in cells_list) == 0:
             return
         if self.shm:
-            conn, lease = self.acquire(allc)
+            conn, lease = self.acquire(cells_list)
             try:
                 for cells, buf in zip(cells_list, bufs):
                     at = 0
@@ -286,21 +285,23 @@ class Unit:
                 self.release(conn, lease)
             return
         def one(group):
-            cells = _addrs.Cells.concat([cells_list[i] for i in group])
-            total = int(cells.len.sum())
+            parts = [cells_list[i] for i in group]
+            total = sum(int(c.len.sum()) for c in parts)
             if total == 0:
                 return
-            req = data_pb2.ReadRequest(ranges=_addrs.to_pb(cells, with_unit=False))
+            req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb(parts))
             self.pool.call(wire.READ, req, None, into=[bufs[i] for i in group if len(bufs[i])], op_name="read",
                            timeout=max(30.0, total / (4 << 20) * 30))
         _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
 
     @_stale
-    def acquire(self, cells: _addrs.Cells):
-        """Lease ``cells`` for reading in place: (conn, lease id)."""
+    def acquire(self, cells):
+        """Lease ``cells`` (a Cells or a list of them) for reading in place:
+        (conn, lease id)."""
+        ranges = _addrs.ranges_pb(cells if isinstance(cells, list) else [cells])
         conn = self.pool.take()
         try:
-            rep = conn.call(wire.ACQUIRE, data_pb2.AcquireRequest(ranges=_addrs.to_pb(cells, with_unit=False)),
+            rep = conn.call(wire.ACQUIRE, data_pb2.AcquireRequest(ranges=ranges),
                             data_pb2.AcquireReply, op_name="acquire")
         except BaseException:
             self.pool.give(conn)
