@@ -21,7 +21,7 @@ from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
 from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
-from .unit import Pool, Unit, alloc
+from .unit import Lease, Pool, Unit, alloc
 
 # The most bytes a KV put or get moves through the controller in one round
 # trip (KV_PUT, KV_GET); larger values go to the units. As the Go client.
@@ -52,14 +52,17 @@ def _as_keys(keys):
 
 
 class View:
-    """Fields read in place from shared memory, valid until :meth:`release`.
+    """Fields read in place from shared memory.
 
     A mapping of field name → value (dense: a read-only numpy array; ragged:
     a list of read-only arrays; opaque: a list of bytes). The arrays alias
-    the storage unit's memory: do not use them after :meth:`release` (or the
-    end of the ``with`` block). Values that could not be viewed (cells
-    scattered over several places) are owned copies. Over TCP every value is
-    an owned copy and :meth:`release` does nothing.
+    the storage unit's memory, which the view leases: the unit keeps it
+    unchanged (even if the keys are overwritten or cleared) until
+    :meth:`release`, the end of the ``with`` block, or — when neither
+    happens — until the view and every array taken from it are garbage.
+    Do not use the arrays after :meth:`release`. Values that could not be
+    viewed (cells scattered over several places) are owned copies. Over TCP
+    every value is an owned copy and :meth:`release` does nothing.
     """
 
     def __init__(self, data, leases):
@@ -97,14 +100,15 @@ class View:
         return out
 
     def release(self) -> None:
+        """Give the leases back now; the arrays must not be used after."""
         if self.released:
             return
         self.released = True
         leases, self._leases = self._leases, []
         err = None
-        for unit, conn, lease in leases:
+        for lease in leases:
             try:
-                unit.release(conn, lease)
+                lease.release()
             except errors.TQError as e:
                 err = err or e
         if err is not None:
@@ -115,13 +119,6 @@ class View:
 
     def __exit__(self, *exc):
         self.release()
-
-    def __del__(self):
-        try:
-            if not self.released and self._leases:
-                self.release()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 class Client:
@@ -291,30 +288,30 @@ class Client:
         if not all(u.shm for u in unit_objs.values()):
             d, _ = self._read_fields(n, schema, cells, names, [None] * n, partition=partition, op=op)
             return d, []
+        held = {}
         try:
             for uid, u in unit_objs.items():
                 parts = [cells[f] if cells[f].run1 and len(cells[f]) and int(cells[f].unit[0]) == uid
                          else cells[f].take(np.flatnonzero(cells[f].unit == uid)) for f in names]
                 conn, lease = u.acquire(parts)
-                leases.append((u, conn, lease))
+                held[uid] = Lease(u, conn, lease)
+                leases.append(held[uid])
             for f in names:
                 s, c = schema[f], cells[f]
                 if s["kind"] == "ragged":
                     dt = _cols.numpy_dtype(s["dtype"])
                     rows = []
                     for i, sh in enumerate(s["shapes"]):
-                        u = unit_objs[int(c.unit[i])]
-                        a = u.seg_array(int(c.segment[i]), int(c.offset[i]), int(c.len[i])).view(dt).reshape(sh)
-                        a.flags.writeable = False
-                        rows.append(a)
+                        uid = int(c.unit[i])
+                        a = unit_objs[uid].seg_view(int(c.segment[i]), int(c.offset[i]), int(c.len[i]), held[uid])
+                        rows.append(a.view(dt).reshape(sh))
                     data[f] = rows
                     continue
                 one = c.run1 or (len(np.unique(c.unit)) == 1 and len(np.unique(c.segment)) == 1 and (
                     n <= 1 or bool(np.all(c.offset[1:] == c.offset[:-1] + c.len[:-1]))))
                 if one and n:
-                    u = unit_objs[int(c.unit[0])]
-                    raw = u.seg_array(int(c.segment[0]), int(c.offset[0]), int(c.len.sum()))
-                    raw.flags.writeable = False
+                    uid = int(c.unit[0])
+                    raw = unit_objs[uid].seg_view(int(c.segment[0]), int(c.offset[0]), int(c.len.sum()), held[uid])
                     data[f] = self._value(s, n, c, raw)
                 else:
                     buf = np.empty(int(c.len.sum()), dtype=np.uint8)
@@ -326,9 +323,9 @@ class Client:
                         at += L
                     data[f] = self._value(s, n, c, memoryview(buf))
         except BaseException:
-            for u, conn, lease in leases:
+            for lease in leases:
                 try:
-                    u.release(conn, lease)
+                    lease.release()
                 except errors.TQError:
                     pass
             raise

@@ -4,6 +4,8 @@ same host, over its unix socket with its memfd segments mapped (wire/spec.md,
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import mmap
 import os
 import socket
@@ -128,6 +130,31 @@ def _stale(fn):
     return wrapped
 
 
+class Lease:
+    """A lease on ranges of a unit (ACQUIRE), held by a :class:`View` and by
+    every array viewing its memory (through their buffers' base), so that it
+    ends when the view is released, or else when the view and the last such
+    array are garbage. A lease that ends as garbage is handed to its unit,
+    which gives it back at its next operation (no I/O runs inside the
+    garbage collector)."""
+
+    __slots__ = ("unit", "conn", "lease", "done", "__weakref__")
+
+    def __init__(self, unit, conn, lease):
+        self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.unit.release(self.conn, self.lease)
+
+    def __del__(self):
+        if not self.done:
+            self.done = True
+            self.unit.orphans.append((self.conn, self.lease))
+
+
 class Unit:
     """One storage unit. Safe for concurrent use."""
 
@@ -139,6 +166,7 @@ class Unit:
         self.token = token
         self.shm = False
         self._segs = {}  # segment id → mmap
+        self.orphans = collections.deque()  # (conn, lease) of leases that ended as garbage
         self._seg_lock = threading.Lock()
         self.fd_socket = ""
         addr = None
@@ -163,6 +191,7 @@ class Unit:
             self.fd_socket = rep.fd_socket
 
     def close(self) -> None:
+        self.give_back_orphans()
         self.pool.close()
         with self._seg_lock:
             segs, self._segs = self._segs, {}
@@ -196,6 +225,29 @@ class Unit:
                 os.close(fd)
             self._segs[seg] = m
             return m
+
+    def seg_view(self, seg: int, offset: int, nbytes: int, holder) -> np.ndarray:
+        """A read-only uint8 array over ``nbytes`` of segment ``seg`` at
+        ``offset`` whose buffer keeps ``holder`` (a :class:`Lease`) alive."""
+        if nbytes == 0:
+            return np.empty(0, dtype=np.uint8)
+        b = (ctypes.c_ubyte * nbytes).from_buffer(self.segment(seg), offset)
+        b._tq_lease = holder
+        a = np.frombuffer(b, dtype=np.uint8)
+        a.flags.writeable = False
+        return a
+
+    def give_back_orphans(self) -> None:
+        """Release the leases that ended as garbage."""
+        while self.orphans:
+            try:
+                conn, lease = self.orphans.popleft()
+            except IndexError:
+                return
+            try:
+                self.release(conn, lease)
+            except errors.TQError:
+                pass
 
     def seg_array(self, seg: int, offset: int, nbytes: int) -> np.ndarray:
         """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
@@ -298,6 +350,7 @@ class Unit:
     def acquire(self, cells):
         """Lease ``cells`` (a Cells or a list of them) for reading in place:
         (conn, lease id)."""
+        self.give_back_orphans()
         ranges = _addrs.ranges_pb(cells if isinstance(cells, list) else [cells])
         conn = self.pool.take()
         try:
