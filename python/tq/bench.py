@@ -14,7 +14,8 @@ shared memory; tcp: loopback) it times, per iteration:
   memory: views, no copy).
 
 The Go client (``bin/tqxlang bench``) runs the same ops against the same
-server. The pyzmq baseline moves the same nine 32 MiB columns between this
+server, one iteration after each of Python's (so that both see the same
+load on a shared machine). The pyzmq baseline moves the same nine 32 MiB columns between this
 process and a peer process with ``copy=False`` on both sides, as
 TransferQueue's own data path does: "put" sends them to the peer and waits
 for its acknowledgement, "get" asks for them and receives them (ipc:// as
@@ -81,7 +82,7 @@ def _med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def bench_python(c, part, keys, fields, iters, ops):
+def bench_python(c, part, keys, fields, iters, ops, between=None):
     nbytes = sum(a.nbytes for a in fields.values())
     c.kv_batch_put(keys, part, fields)  # warm up: map segments, dial units
     into = {k: np.empty_like(v) for k, v in fields.items()}
@@ -108,18 +109,26 @@ def bench_python(c, part, keys, fields, iters, ops):
             v = c.kv_batch_get(keys, part, copy=False)
             v.release()
             t["get_view"].append(time.perf_counter() - s)
+        if between is not None:
+            between()
     for k in fields:
         assert np.array_equal(into[k], fields[k])
     c.kv_clear(keys, part)
     return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}, {op: _med(xs) for op, xs in t.items()}
 
 
-def bench_go(xlang, address, env, part, transport, iters):
-    r = subprocess.run([xlang, "bench", address, part, transport, str(iters)], env=env, capture_output=True,
+def go_iteration(xlang, address, env, part, transport, into: dict) -> None:
+    """One iteration of the Go client's ops (bin/tqxlang bench, after its
+    own warm-up); appends each op's seconds to ``into``."""
+    r = subprocess.run([xlang, "bench", address, part, transport, "1"], env=env, capture_output=True,
                        text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
-    secs = json.loads(r.stdout.strip().splitlines()[-1])
+    for op, xs in json.loads(r.stdout.strip().splitlines()[-1]).items():
+        into.setdefault(op, []).extend(xs)
+
+
+def rates(secs: dict):
     nbytes = ROWS * FIELDS * SEQ * 4
     return {op: nbytes / _med(xs) / 2**30 for op, xs in secs.items()}, {op: _med(xs) for op, xs in secs.items()}
 
@@ -222,12 +231,19 @@ def main(argv=None):
     rows = []
     try:
         for tr in a.transports.split(","):
+            go_secs = {}
+            between = None
+            if not a.no_go and a.xlang:
+                # The Go client's iterations alternate with Python's, so that
+                # both see the same load on a shared machine.
+                def between(tr=tr):
+                    go_iteration(a.xlang, address, env, "bench-go-" + tr, tr, go_secs)
             with tq.Client(address, transport=tr, token=a.token) as c:
                 ops = ["put", "get", "get_into"] + (["get_view"] if tr == "shm" else [])
-                py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops)
+                py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops, between)
             rows.append((f"python {tr}", py, pys))
-            if not a.no_go and a.xlang:
-                go, gos = bench_go(a.xlang, address, env, "bench-go-" + tr, tr, a.iters)
+            if go_secs:
+                go, gos = rates(go_secs)
                 rows.append((f"go {tr}", {k: v for k, v in go.items() if k in ops},
                              {k: v for k, v in gos.items() if k in ops}))
                 ratio = {op: py[op] / go[op] for op in ops if op in go}
