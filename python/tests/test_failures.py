@@ -97,3 +97,18 @@ def test_unit_dies(split, transport):
             assert np.array_equal(c.kv_batch_get([f"n{k}"], "p")["x"], big[:1])
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_capacity(split, transport):
+    """A put bigger than a unit's memory is CapacityError, and leaves nothing."""
+    c = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        with pytest.raises(tq.CapacityError):
+            c.kv_batch_put(["big"], "p", {"x": np.zeros((1, 80 << 17))})  # 80 MiB, units of 64 MiB
+        with pytest.raises(tq.NotFoundError):
+            c.kv_batch_get(["big"], "p")
+        c.kv_batch_put(["small"], "p", {"x": np.zeros((1, 1 << 17))})  # the client goes on
+        assert c.kv_batch_get(["small"], "p")["x"].shape == (1, 1 << 17)
+    finally:
+        c.close()
