@@ -4,9 +4,10 @@ A field's value for n rows is one of:
 
 * **dense**: a numpy array (or a torch tensor) whose first dimension is n;
   every row has the shape ``value.shape[1:]``.
-* **ragged**: a list of n arrays of one dtype and any shapes, or a tuple
-  ``(values, offsets)`` of a flat array and n+1 offsets (row i is
-  ``values[offsets[i]:offsets[i+1]]``), the form packed sequences take.
+* **ragged**: a list of n arrays of one dtype and any shapes, a torch
+  nested tensor, or a tuple ``(values, offsets)`` of a flat array and n+1
+  offsets (row i is ``values[offsets[i]:offsets[i+1]]``), the form packed
+  sequences take.
 * **opaque**: a list of n ``str`` or ``bytes`` (str is stored as UTF-8).
 
 numpy has no bfloat16 or float8 types. TQ stores them bit-exact and numpy
@@ -185,14 +186,15 @@ def to_column(name: str, v, n: int) -> Column:
     """Convert a field's value for n rows (see the module doc)."""
     if not name:
         raise errors.InvalidError("empty field name", fields=[name])
+    if is_tensor(v) and getattr(v, "is_nested", False):
+        v = list(v.unbind())  # a nested tensor is ragged: one tensor per row
     if isinstance(v, tuple) and len(v) == 2 and not isinstance(v[0], (str, bytes)):
-        vals, offs = _array(v[0])[0], np.asarray(v[1], dtype=np.int64)
         a, dt = _array(v[0])
+        offs = np.asarray(v[1], dtype=np.int64)
         if a.ndim != 1 or offs.ndim != 1 or len(offs) != n + 1 or offs[0] != 0 or offs[-1] != len(a) \
                 or np.any(np.diff(offs) < 0):
             raise errors.InvalidError(f"field {name!r}: (values, offsets) needs 1-D values and {n + 1} "
                                       "non-decreasing offsets from 0 to len(values)", fields=[name])
-        del vals
         lens = (np.diff(offs) * a.itemsize).tolist()
         shapes = [(int(x),) for x in np.diff(offs)]
         return Column(name, dt, "ragged", None, shapes, lens, [a])

@@ -45,12 +45,6 @@ except Exception:  # noqa: BLE001
     _IterableDataset = object
 
 
-def _take(v, lo, hi):
-    if isinstance(v, (list, tuple)):
-        return v[lo:hi]
-    return v[lo:hi]
-
-
 def split(data: dict, meta, micro_batch_size: int):
     """``(data, meta)`` in ceil(B/m) micro-batches of ``micro_batch_size``
     rows (the last may be smaller)."""
@@ -62,7 +56,7 @@ def split(data: dict, meta, micro_batch_size: int):
     out = []
     for i in range(math.ceil(n / micro_batch_size)):
         lo, hi = i * micro_batch_size, min(n, (i + 1) * micro_batch_size)
-        out.append(({k: _take(v, lo, hi) for k, v in data.items()}, meta.select_samples(range(lo, hi))))
+        out.append(({k: v[lo:hi] for k, v in data.items()}, meta.select_samples(range(lo, hi))))
     return out
 
 
