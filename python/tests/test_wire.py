@@ -121,3 +121,30 @@ def test_token_file_rules(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", "/abs/state")
     monkeypatch.delenv("TQ_DATA_DIR")
     assert wire.data_dir() == "/abs/state/tq"
+
+
+def test_interrupted_call_closes_the_connection(server, part):
+    """An exception raised inside a call (here a KeyboardInterrupt while it
+    waits) closes that connection instead of leaving an unread reply on it
+    for the next caller."""
+    c = server.client()
+    try:
+        conn = c._ctl.take()
+        real = conn.sock
+
+        class Interrupting:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def recv_into(self, *a, **kw):
+                raise KeyboardInterrupt
+        conn.sock = Interrupting()
+        with pytest.raises(KeyboardInterrupt):
+            conn.call(wire.PARTITIONS, None, None)
+        assert conn.closed
+        real.close()
+        c._ctl.give(conn)  # a closed connection is dropped, not pooled
+        c.kv_batch_put(["a"], part, tags=[{"ok": 1}])
+        assert c.kv_list(part) == {part: {"a": {"ok": 1}}}
+    finally:
+        c.close()

@@ -245,7 +245,10 @@ class Conn:
                 if isinstance(e, socket.timeout):
                     raise errors.DeadlineError(f"no reply from {self.addr} in time", op=op_name, **err_ctx) from None
                 raise errors.UnavailableError(f"{self.addr}: {e}", op=op_name, **err_ctx) from None
-            except errors.CorruptError:
+            except BaseException:
+                # A corrupt reply, or an interrupt (KeyboardInterrupt) half
+                # way through a frame: the stream is out of step for good.
+                # The server cancels what this connection had running.
                 self.close()
                 raise
             finally:
