@@ -66,3 +66,33 @@ def test_torch_dataset(server, part):
         data, meta = next(iter(ds))
         assert torch.equal(data["x"], torch.tensor([0.0, 1.0]))
 
+
+
+@pytest.fixture(scope="module")
+def rank_aware_server():
+    from conftest import Server
+    s = Server(extra=["--sampler", "rank-aware", "--in-memory"])
+    yield s
+    s.stop()
+
+
+def test_rank_aware_groups(rank_aware_server, part):
+    """Under tq serve --sampler rank-aware, the ranks of one data-parallel
+    group (same dp_rank) get the same batches; another group gets others."""
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+
+        def first_batches(dp_rank, k):
+            it = tq.StreamIterator(2, 2, ["x"], part, "train", dp_rank=dp_rank, client=c, fetch_timeout=0.3)
+            out = []
+            for data, _ in it:
+                out.append(data["x"].tolist())
+                if len(out) == k:
+                    return out
+        a0 = first_batches(0, 2)
+        a1 = first_batches(0, 2)  # a peer of the same group
+        b = first_batches(1, 2)
+    assert a0 == a1
+    assert not set(sum(a0, [])) & set(sum(b, []))
+    assert sorted(sum(a0, []) + sum(b, [])) == list(range(8))
