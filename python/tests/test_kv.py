@@ -329,3 +329,25 @@ def test_view_arrays_outlive_their_view(client, part, transport):
                 break
             time.sleep(0.05)
         assert leases == 0
+
+
+def test_get_across_units(client, part):
+    """Keys written by many puts land on both units (placement hashes each
+    put's first key): a get of all of them gathers every field in key order."""
+    keys = [f"key{i}" for i in range(40)]
+    x = np.random.default_rng(5).random((40, 3000))
+    for i in range(0, 40, 4):
+        client.kv_batch_put(keys[i:i + 4], part, {"x": x[i:i + 4], "r": [x[j, :j] for j in range(i, i + 4)],
+                                                  "s": [str(j) for j in range(i, i + 4)]})
+    units = {int(client.kv_retrieve_meta([k], part)._cells["x"].unit[0]) for k in keys[::4]}
+    assert len(units) == 2
+    order = list(np.random.default_rng(6).permutation(40))
+    got = client.kv_batch_get([keys[i] for i in order], part)
+    assert got["x"].tobytes() == x[order].tobytes()
+    assert [a.tolist() for a in got["r"]] == [x[j, :j].tolist() for j in order]
+    assert got["s"] == [str(j).encode() for j in order]
+    out = {"x": np.empty((40, 3000))}
+    client.kv_batch_get([keys[i] for i in order], part, into=out)
+    assert out["x"].tobytes() == x[order].tobytes()
+    with client.kv_batch_get([keys[i] for i in order], part, copy=False) as v:
+        assert v["x"].tobytes() == x[order].tobytes()

@@ -263,17 +263,9 @@ class Client:
             ln = int(c.len.sum())
             buf = alloc(ln)
             dst = np.frombuffer(buf, dtype=np.uint8)
-            starts = np.cumsum(c.len, dtype=np.uint64) - c.len
             for uid in np.unique(c.unit).tolist():
                 pos = np.flatnonzero(c.unit == uid)
-                part = c.take(pos)
-                tmp = np.frombuffer(self._unit(uid).read(part), dtype=np.uint8)
-                at = 0
-                for p in pos.tolist():
-                    L = int(c.len[p])
-                    s = int(starts[p])
-                    dst[s:s + L] = tmp[at:at + L]
-                    at += L
+                _scatter(dst, c, pos, self._unit(uid).read(c.take(pos)))
             data[f] = self._value(schema[f], n, c, memoryview(buf))
         return data, leases
 
@@ -544,15 +536,9 @@ class Client:
             if len(units) == 1:
                 self._unit(units[0]).read(c, into=flat)
                 continue
-            starts = np.cumsum(c.len, dtype=np.uint64) - c.len
             for uid in units:
                 pos = np.flatnonzero(c.unit == uid)
-                tmp = np.frombuffer(self._unit(uid).read(c.take(pos)), dtype=np.uint8)
-                at = 0
-                for p in pos.tolist():
-                    L, st = int(c.len[p]), int(starts[p])
-                    flat[st:st + L] = tmp[at:at + L]
-                    at += L
+                _scatter(flat, c, pos, self._unit(uid).read(c.take(pos)))
         return into
 
     def kv_list(self, partition_id: str | None = None) -> dict:
@@ -986,6 +972,23 @@ class _Absent:
 
 
 ABSENT = _Absent()
+
+
+def _scatter(dst: np.ndarray, c, pos, got) -> None:
+    """Put the bytes ``got`` of cells ``pos`` of ``c`` (read back to back)
+    where those cells go in ``dst`` (every cell of ``c`` back to back)."""
+    got = np.frombuffer(got, dtype=np.uint8) if not isinstance(got, np.ndarray) else got
+    L = int(c.len[0]) if len(c) else 0
+    if len(c) and bool(np.all(c.len == L)) and L:
+        # Cells of one size (a dense field): one fancy-indexed copy.
+        dst.reshape(len(c), L)[pos] = got.reshape(len(pos), L)
+        return
+    starts = np.cumsum(c.len, dtype=np.uint64) - c.len
+    at = 0
+    for p in pos.tolist():
+        ln, st = int(c.len[p]), int(starts[p])
+        dst[st:st + ln] = got[at:at + ln]
+        at += ln
 
 
 def _rows_of(data) -> int:
