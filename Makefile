@@ -11,7 +11,7 @@ FUZZTIME  ?= 30s
 RDMA      := $(shell test -f /usr/include/infiniband/verbs.h && echo rdma)
 TAGS      ?= $(RDMA)
 
-.PHONY: test-rdma-hw all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate
+.PHONY: test-rdma-hw all build test testrace testnocgo lint bench benchgo results demo fuzz soak clean tidy generate pygen pycheck pytest
 
 all: build
 
@@ -20,8 +20,8 @@ build:
 	$(GO) build -tags '$(TAGS)' -o bin/tq ./cmd/tq
 
 # test: lint, the full suite with the race detector and invariant checks,
-# and a pure-Go (no cgo) build and test run.
-test: lint testrace testnocgo
+# a pure-Go (no cgo) build and test run, and the Python client's suite.
+test: lint testrace testnocgo pytest
 
 testrace:
 	@test -n "$(RDMA)" || echo "make: no /usr/include/infiniband/verbs.h: the RDMA transport is tested as its stub (apt-get install libibverbs-dev)"
@@ -101,6 +101,33 @@ PROTOC_GEN_GO := $(shell go env GOPATH)/bin/protoc-gen-go
 generate:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
 	protoc --plugin=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/tqgo/tq -I wire/proto wire/proto/*.proto
+
+# The Python client (python/): its message code is generated from
+# wire/proto by protoc (apt-get install protobuf-compiler) and committed;
+# pycheck (part of make test) fails when it is not in step with wire/proto.
+# pytest runs python/tests with Debian's python3 against a tq serve its
+# fixture starts (apt-get install python3-numpy python3-protobuf
+# python3-pytest python3-zmq).
+PYTHON   ?= /usr/bin/python3
+PYPB     := python/tq/_pb
+PYPROTOS := wire/proto/common.proto wire/proto/control.proto wire/proto/data.proto wire/proto/cluster.proto
+pygen:
+	@mkdir -p $(PYPB)
+	protoc --python_out=$(PYPB) -I wire/proto $(PYPROTOS)
+	sed -i 's/^import \(.*_pb2\) as/from . import \1 as/' $(PYPB)/*_pb2.py
+
+pycheck:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	protoc --python_out=$$tmp -I wire/proto $(PYPROTOS) && \
+	sed -i 's/^import \(.*_pb2\) as/from . import \1 as/' $$tmp/*_pb2.py && \
+	for f in $$tmp/*_pb2.py; do \
+		cmp -s $$f $(PYPB)/$$(basename $$f) || { echo "$(PYPB)/$$(basename $$f) is not in step with wire/proto: run make pygen"; exit 1; }; \
+	done
+
+pytest: pycheck
+	$(GO) build -tags '$(TAGS)' -o bin/tq ./cmd/tq
+	$(GO) build -o bin/tqxlang ./internal/xlang
+	cd python && TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider tests
 
 tidy:
 	$(GO) mod tidy

@@ -25,7 +25,7 @@ import (
 // port and returns it with its token.
 func startRESP(t *testing.T, bin string, args ...string) (*serveProc, string) {
 	t.Helper()
-	args = append([]string{"--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--capacity", "256MiB"}, args...)
+	args = append([]string{"--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--capacity", "256MiB", "--socket-dir", t.TempDir()}, args...)
 	p := startServe(t, nil, bin, args...)
 	require.NotEmpty(t, p.resp, "tq serve printed no Redis-protocol address")
 	return p, p.token(t)

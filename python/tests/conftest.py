@@ -1,0 +1,115 @@
+"""Fixtures: a real `tq serve` (bin/tq, built by make test) for the session,
+and clients over each transport."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the package from this checkout
+sys.path.insert(0, HERE)
+
+import tq  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def _bin(env, name):
+    p = os.environ.get(env) or os.path.join(REPO, "bin", name)
+    if not os.path.exists(p):
+        pytest.skip(f"{p} not built (make pytest builds it)")
+    return p
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Server:
+    """A running `tq serve --role all` with its own data and socket dirs."""
+
+    def __init__(self, extra=()):
+        self.dir = tempfile.mkdtemp(prefix="tqpy-")
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.data_dir = os.path.join(self.dir, "d")
+        self.env = dict(os.environ, TQ_DATA_DIR=self.data_dir)
+        self.env.pop("TQ_TOKEN", None)
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen(
+            [_bin("TQ_BIN", "tq"), "serve", "--listen", f"127.0.0.1:{self.port}", "--socket-dir",
+             os.path.join(self.dir, "s"), "--data-dir", self.data_dir, "--capacity", "256MiB",
+             "--huge-pages=false", *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self.log.seek(0)
+            if "tq serve: ready" in self.log.read():
+                break
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError("tq serve did not start")
+        if self.proc.poll() is not None:
+            self.log.seek(0)
+            raise RuntimeError("tq serve exited:\n" + self.log.read())
+        with open(os.path.join(self.data_dir, "token")) as f:
+            self.token = f.read().strip()
+
+    def client(self, **kw):
+        kw.setdefault("token", self.token)
+        return tq.Client(self.address, **kw)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(params=["tcp", "shm"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def client(server, transport):
+    c = server.client(transport=transport)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def part():
+    """A partition name of this test's own."""
+    return "p-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def xlang_bin():
+    return _bin("TQ_XLANG", "tqxlang")

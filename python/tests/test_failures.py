@@ -1,0 +1,114 @@
+"""A storage unit that dies: reads of its cells are LostError (and
+UnavailableError), never a hang or wrong data; puts go to the units left."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+import tq
+from conftest import _bin, _free_port
+
+
+class Split:
+    """A controller and two storage units, each a process of its own."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="tqpy-split-")
+        port = _free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        d = os.path.join(self.dir, "d")
+        self.env = dict(os.environ, TQ_DATA_DIR=d)
+        self.env.pop("TQ_TOKEN", None)
+        self.procs, self.logs = [], []
+        self._start("c", ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory"])
+        self.units = {}
+        for name in ("u1", "u2"):
+            p, log = self._start(name, ["--role", "unit", "--controller", self.address, "--capacity", "64MiB",
+                                        "--huge-pages=false"])
+            uid = int(re.search(r"storage unit (\d+)", log).group(1))
+            self.units[uid] = p
+        with open(os.path.join(d, "token")) as f:
+            self.token = f.read().strip()
+
+    def _start(self, name, args):
+        logp = os.path.join(self.dir, name + ".log")
+        log = open(logp, "w+")
+        p = subprocess.Popen([_bin("TQ_BIN", "tq"), "serve", "--socket-dir", os.path.join(self.dir, "s" + name),
+                              "--data-dir", os.path.join(self.dir, "d"), "--heartbeat", "100ms", *args],
+                             stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        self.procs.append(p)
+        for _ in range(600):
+            log.seek(0)
+            text = log.read()
+            if "tq serve: ready" in text:
+                return p, text
+            if p.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"tq serve {name} did not start:\n{text}")
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def split():
+    s = Split()
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_unit_dies(split, transport):
+    c = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        big = np.arange(2 * 100000, dtype=np.float64).reshape(2, 100000)
+        for k in range(8):  # keys land on both units (placement hashes the first key)
+            c.kv_batch_put([f"a{k}", f"b{k}"], "p", {"x": big + k})
+        where = {}
+        for k in range(8):
+            m = c.kv_retrieve_meta([f"a{k}"], "p")
+            where[k] = int(m._cells["x"].unit[0])
+        assert set(where.values()) == set(split.units), where
+        dead = sorted(split.units)[0]
+        split.units[dead].send_signal(signal.SIGKILL)
+        split.units[dead].wait()
+        for k, uid in where.items():
+            if uid == dead:
+                with pytest.raises(tq.LostError) as e:
+                    c.kv_batch_get([f"a{k}", f"b{k}"], "p")
+                assert isinstance(e.value, tq.UnavailableError)
+            else:
+                assert np.array_equal(c.kv_batch_get([f"a{k}", f"b{k}"], "p")["x"], big + k)
+        # Puts go on, to the unit left.
+        for k in range(8):
+            c.kv_batch_put([f"n{k}"], "p", {"x": big[:1]})
+            assert np.array_equal(c.kv_batch_get([f"n{k}"], "p")["x"], big[:1])
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_capacity(split, transport):
+    """A put bigger than a unit's memory is CapacityError, and leaves nothing."""
+    c = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        with pytest.raises(tq.CapacityError):
+            c.kv_batch_put(["big"], "p", {"x": np.zeros((1, 80 << 17))})  # 80 MiB, units of 64 MiB
+        with pytest.raises(tq.NotFoundError):
+            c.kv_batch_get(["big"], "p")
+        c.kv_batch_put(["small"], "p", {"x": np.zeros((1, 1 << 17))})  # the client goes on
+        assert c.kv_batch_get(["small"], "p")["x"].shape == (1, 1 << 17)
+    finally:
+        c.close()

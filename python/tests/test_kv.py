@@ -1,0 +1,353 @@
+"""The KV API against a real tq serve, over tcp and shm."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+import tq
+import xlang
+
+
+def test_dense_ragged_opaque_round_trip(client, part):
+    keys = ["a", "b", "c"]
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    r = [np.arange(2, dtype=np.int64), np.arange(0, dtype=np.int64), np.arange(5, dtype=np.int64)]
+    s = ["hi", b"\x00yo", ""]
+    m = client.kv_batch_put(keys, part, {"x": x, "r": r, "s": s}, [{"n": 1}, {"n": 2}, {}])
+    assert m.keys == keys and m.partition_id == part and m.fields == ["r", "s", "x"]
+    assert m.tags == [{"n": 1}, {"n": 2}, {}]
+    got = client.kv_batch_get(["c", "a"], part)
+    np.testing.assert_array_equal(got["x"], x[[2, 0]])
+    assert [a.tolist() for a in got["r"]] == [[0, 1, 2, 3, 4], [0, 1]]
+    assert got["s"] == [b"", b"hi"]
+    got = client.kv_batch_get("b", part, select_fields="x")
+    assert list(got) == ["x"]
+    np.testing.assert_array_equal(got["x"], x[1:2])
+
+
+def test_values_offsets_form(client, part):
+    vals = np.arange(10, dtype=np.int32)
+    offs = [0, 3, 3, 10]
+    client.kv_batch_put(["a", "b", "c"], part, {"seq": (vals, offs)})
+    got = client.kv_batch_get(["a", "b", "c"], part)["seq"]
+    assert [g.tolist() for g in got] == [[0, 1, 2], [], list(range(3, 10))]
+
+
+@pytest.mark.parametrize("size", [1, 100, 100_000])
+def test_sizes(client, part, size):
+    """Inline (KV_PUT/KV_GET) and through the units."""
+    x = np.random.default_rng(size).random((4, size))
+    client.kv_batch_put(["k0", "k1", "k2", "k3"], part, {"x": x})
+    got = client.kv_batch_get(["k3", "k0"], part)
+    assert got["x"].tobytes() == x[[3, 0]].tobytes()
+
+
+def test_every_dtype_bit_exact(client, part):
+    want = xlang.batch()
+    client.kv_batch_put(xlang.keys(3), part, want)
+    xlang.assert_same(client.kv_batch_get(xlang.keys(3), part), want)
+
+
+def test_every_dtype_bit_exact_large(client, part):
+    """The same dtypes through the units (more than the inline limit)."""
+    rng = np.random.default_rng(1)
+    want = {}
+    for dt, d in tq.columns.DTYPES.items():
+        raw = rng.integers(0, 256, size=(64, 1100 * d.itemsize), dtype=np.uint8)
+        if dt == "bool":
+            raw &= 1
+        want["f_" + dt] = raw.view(d).reshape(64, -1)
+    keys = [f"k{i}" for i in range(64)]
+    client.kv_batch_put(keys, part, want)
+    xlang.assert_same(client.kv_batch_get(keys, part), want)
+
+
+def test_bfloat16_marks(client, part):
+    bits = np.array([[0x3F80, 0x7FC1], [0xFF80, 0x8000]], dtype=np.uint16)
+    client.kv_batch_put(["a", "b"], part, {"w": bits.view(tq.bfloat16), "t": tq.Typed(bits, "bfloat16")})
+    got = client.kv_batch_get(["a", "b"], part)
+    for f in ("w", "t"):
+        assert got[f].dtype.metadata == {"tq_dtype": "bfloat16"}
+        assert got[f].view(np.uint16).tolist() == bits.tolist()
+    # Plain uint16 is another dtype: a mismatch, naming the field.
+    with pytest.raises(tq.DTypeMismatchError):
+        client.kv_batch_put(["c"], part, {"w": bits[:1]})
+
+
+def test_kv_put_one_key(client, part):
+    m = client.kv_put("a", part, {"x": np.arange(3, dtype=np.int16), "s": "text"}, {"state": "new"})
+    assert m.tags == [{"state": "new"}]
+    got = client.kv_batch_get("a", part)
+    assert got["x"].tolist() == [[0, 1, 2]] and got["s"] == [b"text"]
+    m = client.kv_put("a", part, tag={"score": 1.5})
+    assert m.tags == [{"state": "new", "score": 1.5}]
+
+
+def test_list_and_clear(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 1))}, [{"i": 1}, {"i": 2}])
+    client.kv_put("t", part, tag={"only": True})
+    assert client.kv_list(part) == {part: {"a": {"i": 1}, "b": {"i": 2}, "t": {"only": True}}}
+    assert part in client.kv_list()
+    assert client.kv_list("no-such-" + part) == {}
+    client.kv_clear(["a", "zzz"], part)
+    assert set(client.kv_list(part)[part]) == {"b", "t"}
+    client.kv_clear(["zzz"], "no-such-" + part)  # idempotent
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(["a"], part)
+
+
+def test_errors_name_what_was_wrong(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 2), np.float32)})
+    with pytest.raises(tq.NotFoundError) as e:
+        client.kv_batch_get(["a", "nope"], part)
+    assert "nope" in str(e.value) and e.value.partition == part and e.value.code == 2
+    assert isinstance(e.value, KeyError)
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(["a"], part, select_fields=["nofield"])
+    with pytest.raises(tq.DTypeMismatchError) as e:
+        client.kv_batch_put(["c"], part, {"x": np.zeros((1, 2), np.float64)})
+    assert "x" in str(e.value)
+    # A field that some keys lack is not ready for them: the keys and field are named.
+    client.kv_batch_put(["a"], part, {"y": np.ones((1,), np.int8)})
+    with pytest.raises(tq.NotReadyError) as e:
+        client.kv_batch_get(["a", "b"], part, select_fields=["y"])
+    assert e.value.keys == ["b"] and e.value.fields == ["y"]
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a", "a"], part, {"x": np.zeros((2, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a", "b"], part, {"x": np.zeros((3, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put([], part, {"x": np.zeros((0, 2), np.float32)})
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_put(["a"], part)
+    with pytest.raises(TypeError):
+        client.kv_batch_put([1], part, tags=[{}])
+
+
+def test_without_select_fields_the_common_fields(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 1))})
+    client.kv_batch_put(["a"], part, {"y": np.zeros((1, 1))})
+    assert list(client.kv_batch_get(["a", "b"], part)) == ["x"]
+    assert sorted(client.kv_batch_get(["a"], part)) == ["x", "y"]
+
+
+def test_view_and_copy(client, part, transport):
+    x = np.random.default_rng(0).random((64, 4096))  # through the units
+    keys = [f"k{i}" for i in range(64)]
+    client.kv_batch_put(keys, part, {"x": x, "r": [x[i, :i] for i in range(64)]})
+    with client.kv_batch_get(keys, part, copy=False) as v:
+        assert np.array_equal(v["x"], x)
+        assert [a.tolist() for a in v["r"]] == [x[i, :i].tolist() for i in range(64)]
+        if transport == "shm":
+            assert not v["x"].flags.writeable and not v["x"].flags.owndata
+            with pytest.raises(ValueError):
+                v["x"][0, 0] = 1
+    assert v.released
+    owned = client.kv_batch_get(keys, part)
+    owned["x"][0, 0] = 7.0  # owned and writable
+    assert client.kv_batch_get(["k0"], part)["x"][0, 0] == x[0, 0]
+
+
+def test_module_api_and_async(server, part, monkeypatch):
+    monkeypatch.setenv("TQ_ADDRESS", server.address)
+    monkeypatch.setenv("TQ_DATA_DIR", server.data_dir)
+    tq.close()
+    with pytest.raises(tq.ClosedError):
+        tq.get_client()
+    c = tq.init()
+    try:
+        assert tq.init() is c and tq.get_client() is c
+        tq.kv_put("a", part, {"x": np.arange(2.0)}, {"t": 1})
+        m = tq.kv_batch_put(["b"], part, {"x": np.ones((1, 2))}, [{"t": 2}])
+        assert tq.kv_batch_get_by_meta(m)["x"].tolist() == [[1.0, 1.0]]
+
+        async def go():
+            await tq.async_kv_batch_put(["c", "d"], part, {"x": np.zeros((2, 2))})
+            got = await asyncio.gather(tq.async_kv_batch_get(["a"], part), tq.async_kv_batch_get(["c", "d"], part))
+            lst = await tq.async_kv_list(part)
+            await tq.async_kv_clear(["a"], part)
+            one = await tq.async_kv_put("e", part, tag={"z": 0})
+            return got, lst, one
+        got, lst, one = asyncio.run(go())
+        assert got[0]["x"].tolist() == [[0.0, 1.0]] and got[1]["x"].shape == (2, 2)
+        assert set(lst[part]) == {"a", "b", "c", "d"}
+        assert one.tags == [{"z": 0}]
+        assert "a" not in tq.kv_list(part)[part]
+    finally:
+        tq.close()
+
+
+def test_concurrent_threads(client, part):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i):
+        x = np.full((2, 1000), i, dtype=np.int32)
+        client.kv_batch_put([f"a{i}", f"b{i}"], part, {"x": x})
+        return client.kv_batch_get([f"b{i}"], part)["x"][0, 0]
+    with ThreadPoolExecutor(8) as ex:
+        assert list(ex.map(work, range(32))) == list(range(32))
+
+
+def test_wrong_token(server):
+    with pytest.raises(tq.UnauthenticatedError):
+        server.client(token="not-the-token")
+
+
+def test_unreachable():
+    with pytest.raises(tq.UnavailableError):
+        tq.Client("tcp://127.0.0.1:1", token="x")
+
+
+def test_get_into_reused_arrays(client, part):
+    x = np.random.default_rng(2).random((32, 3000)).astype(np.float32)
+    keys = [f"k{i}" for i in range(32)]
+    client.kv_batch_put(keys[:16], part, {"x": x[:16], "y": np.arange(16)})
+    client.kv_batch_put(keys[16:], part, {"x": x[16:], "y": np.arange(16, 32)})  # maybe another unit
+    out = {"x": np.zeros((32, 3000), np.float32)}
+    assert client.kv_batch_get(keys, part, into=out) is out
+    assert out["x"].tobytes() == x.tobytes()
+    with pytest.raises(tq.InvalidError):
+        client.kv_batch_get(keys, part, into={"x": np.zeros((32, 3000), np.float64)})
+    m = client.kv_retrieve_meta(keys[::-1], part)
+    client.get_data(m, into=out)
+    assert out["x"].tobytes() == x[::-1].tobytes()
+
+
+def test_reserve_put_in_place(client, part, transport):
+    keys = ["a", "b", "c"]
+    if transport == "tcp":
+        # A tcp client reaches units through their unix sockets only with
+        # transport="auto"; forced tcp has no shared memory to reserve.
+        with pytest.raises(tq.NotSupportedError):
+            client.reserve_kv_put(keys, part, {"x": ("float32", (4,))})
+        return
+    with client.reserve_kv_put(keys, part, {"x": ("float32", (4,)), "w": (tq.bfloat16, ())}) as r:
+        assert r.fields["x"].shape == (3, 4) and r.fields["w"].shape == (3,)
+        r.fields["x"][:] = np.arange(12, dtype=np.float32).reshape(3, 4)
+        r.fields["w"][:] = [0x3F80, 0x7FC1, 0x8000]
+        m = r.commit([{"i": 0}, {"i": 1}, {"i": 2}])
+    assert m.fields == ["w", "x"] and m.tags[2] == {"i": 2}
+    got = client.kv_batch_get(keys, part)
+    assert got["x"].tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert got["w"].view(np.uint16).tolist() == [0x3F80, 0x7FC1, 0x8000]
+    with client.reserve_kv_put(["z"], part, {"x": ("float32", (4,))}) as r:
+        r.fields["x"][:] = 1
+    with pytest.raises(tq.NotFoundError):  # aborted: nothing of it is readable
+        client.kv_batch_get(["z"], part)
+
+
+def test_torch_tensors(client, part):
+    torch = pytest.importorskip("torch", reason="torch is not installed: the torch paths are untested here")
+    x = torch.randn(3, 4).to(torch.bfloat16)
+    client.kv_batch_put(["a", "b", "c"], part, {"x": x, "r": [torch.arange(i) for i in range(3)]})
+    got = client.kv_batch_get(["a", "b", "c"], part)
+    assert got["x"].dtype.metadata == {"tq_dtype": "bfloat16"}
+    t = tq.columns.to_tensor(np.array(got["x"]))
+    assert t.dtype == torch.bfloat16 and torch.equal(t, x)
+
+
+def test_get_while_the_keys_are_overwritten(server, transport, part):
+    """Reads of keys a writer keeps replacing see whole values, never an error."""
+    import threading
+    keys = [f"k{i}" for i in range(8)]
+    stop = threading.Event()
+    with server.client(transport=transport) as w, server.client(transport=transport) as r:
+        w.kv_batch_put(keys, part, {"x": np.zeros((8, 20000))})
+
+        def write():
+            v = 0
+            while not stop.is_set():
+                v += 1
+                w.kv_batch_put(keys, part, {"x": np.full((8, 20000), float(v))})
+        th = threading.Thread(target=write)
+        th.start()
+        try:
+            for _ in range(100):
+                x = r.kv_batch_get(keys, part)["x"]
+                assert np.all(x == x[0, 0])  # one put's value, whole
+                with r.kv_batch_get(keys, part, copy=False) as v:
+                    assert np.all(v["x"] == v["x"][0, 0])
+        finally:
+            stop.set()
+            th.join()
+
+
+def test_empty_cells(client, part):
+    """Rows of no bytes (empty ragged rows, empty strings) next to a large field: their extents
+    are empty and name no segment."""
+    keys = ["a", "b"]
+    client.kv_batch_put(keys, part, {"big": np.zeros((2, 100000)), "e": [np.zeros(0), np.zeros(0)], "o": [b"", b""]})
+    for copy in (True, False):
+        got = client.kv_batch_get(keys, part, copy=copy)
+        assert [len(x) for x in got["e"]] == [0, 0] and list(got["o"]) == [b"", b""]
+        assert got["big"].shape == (2, 100000)
+        if not copy:
+            got.release()
+
+
+def test_ragged_rows_of_one_shape_read_back_dense(client, part):
+    """The controller describes a ragged field whose rows (in this get) share one shape as dense."""
+    client.kv_batch_put(["a", "b", "c"], part, {"r": [np.arange(2), np.arange(3), np.arange(3)]})
+    assert [x.tolist() for x in client.kv_batch_get(["a", "b"], part)["r"]] == [[0, 1], [0, 1, 2]]
+    same = client.kv_batch_get(["b", "c"], part)["r"]
+    assert isinstance(same, np.ndarray) and same.shape == (2, 3)
+
+
+def test_view_as_torch_tensors(client, part, transport):
+    torch = pytest.importorskip("torch", reason="torch is not installed: tensors over views are untested here")
+    x = np.random.default_rng(3).random((16, 5000)).astype(np.float32)
+    client.kv_batch_put([f"k{i}" for i in range(16)], part, {"x": x})
+    with client.kv_batch_get([f"k{i}" for i in range(16)], part, copy=False) as v:
+        t = v.tensors()["x"]
+        assert torch.equal(t, torch.from_numpy(x))
+
+
+def test_view_arrays_outlive_their_view(client, part, transport):
+    """An array taken from a view that is never released keeps its lease:
+    a later put of the same keys does not change it; once the array is
+    garbage, the lease goes back."""
+    import gc
+    keys = [f"k{i}" for i in range(8)]
+    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
+    x = client.kv_batch_get(keys, part, copy=False)["x"]  # the View itself is garbage at once
+    gc.collect()
+    for v in (2.0, 3.0):
+        client.kv_batch_put(keys, part, {"x": np.full((8, 20000), v)})
+    assert np.all(x == 1.0)
+    del x
+    gc.collect()
+    assert np.all(client.kv_batch_get(keys, part)["x"] == 3.0)
+    if transport == "shm":
+        deadline = time.monotonic() + 5
+        while True:
+            client.kv_batch_get(keys, part, copy=False).release()  # gives the orphaned lease back
+            leases = sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
+                         for u in client.units(refresh=True).values())
+            if leases == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert leases == 0
+
+
+def test_get_across_units(client, part):
+    """Keys written by many puts land on both units (placement hashes each
+    put's first key): a get of all of them gathers every field in key order."""
+    keys = [f"key{i}" for i in range(40)]
+    x = np.random.default_rng(5).random((40, 3000))
+    for i in range(0, 40, 4):
+        client.kv_batch_put(keys[i:i + 4], part, {"x": x[i:i + 4], "r": [x[j, :j] for j in range(i, i + 4)],
+                                                  "s": [str(j) for j in range(i, i + 4)]})
+    units = {int(client.kv_retrieve_meta([k], part)._cells["x"].unit[0]) for k in keys[::4]}
+    assert len(units) == 2
+    order = list(np.random.default_rng(6).permutation(40))
+    got = client.kv_batch_get([keys[i] for i in order], part)
+    assert got["x"].tobytes() == x[order].tobytes()
+    assert [a.tolist() for a in got["r"]] == [x[j, :j].tolist() for j in order]
+    assert got["s"] == [str(j).encode() for j in order]
+    out = {"x": np.empty((40, 3000))}
+    client.kv_batch_get([keys[i] for i in order], part, into=out)
+    assert out["x"].tobytes() == x[order].tobytes()
+    with client.kv_batch_get([keys[i] for i in order], part, copy=False) as v:
+        assert v["x"].tobytes() == x[order].tobytes()

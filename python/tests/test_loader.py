@@ -1,0 +1,98 @@
+"""The streaming loader over a real tq serve."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tq
+from tq import loader
+
+
+def test_stream_micro_batches_until_consumed(server, transport, part):
+    total, bs, mbs = 12, 4, 3
+    with server.client() as c:
+        # Rows made up front, so that "all consumed" is known early.
+        m = c.get_meta(["x", "r"], total, part, mode="insert")
+
+        def produce():
+            for i in range(0, total, 2):
+                time.sleep(0.02)
+                c.put({"x": np.arange(i, i + 2, dtype=np.float32),
+                       "r": [np.arange(i), np.arange(i + 1)]}, metadata=m.select_samples([i, i + 1]))
+        th = threading.Thread(target=produce)
+        th.start()
+        with server.client(transport=transport) as cc:
+            it = tq.StreamIterator(bs, mbs, ["x", "r"], part, "train", dp_rank=0,
+                                   should_check_consumption_status=True, client=cc, fetch_timeout=0.5)
+            seen, sizes = [], []
+            for data, meta in it:
+                assert data["x"].shape[0] == meta.size == len(data["r"])
+                sizes.append(meta.size)
+                seen.extend(data["x"].tolist())
+            th.join()
+            assert sorted(seen) == list(range(total))
+            assert sizes == [3, 1] * (total // bs)
+            assert len(it.get_buffer()) == total // bs
+            # reset() replays the buffered batches.
+            it.reset()
+            replay = [d["x"].tolist() for d, _ in it]
+            assert sum(replay, []) == seen
+
+
+def test_bad_arguments():
+    with pytest.raises(tq.InvalidError):
+        tq.StreamIterator(4, 0, ["x"], "p", "t")
+    with pytest.raises(tq.InvalidError):
+        tq.StreamIterator(4, 2, [], "p", "t")
+    with pytest.raises(tq.InvalidError):
+        tq.StreamIterator(4, 2, ["x"], "p", "t", dp_rank=-1)
+
+
+def test_split():
+    meta = tq.BatchMeta(range(5), ["p"] * 5)
+    parts = loader.split({"x": np.arange(5), "s": list("abcde")}, meta, 2)
+    assert [p[1].size for p in parts] == [2, 2, 1]
+    assert parts[2][0]["s"] == ["e"] and parts[1][0]["x"].tolist() == [2, 3]
+
+
+def test_torch_dataset(server, part):
+    torch = pytest.importorskip("torch", reason="torch is not installed: the torch IterableDataset is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(4, dtype=np.float32)}, partition_id=part)
+        ds = tq.StreamingDataset(4, 2, ["x"], part, "t", client=c)
+        assert isinstance(ds, torch.utils.data.IterableDataset)
+        data, meta = next(iter(ds))
+        assert torch.equal(data["x"], torch.tensor([0.0, 1.0]))
+
+
+
+@pytest.fixture(scope="module")
+def rank_aware_server():
+    from conftest import Server
+    s = Server(extra=["--sampler", "rank-aware", "--in-memory"])
+    yield s
+    s.stop()
+
+
+def test_rank_aware_groups(rank_aware_server, part):
+    """Under tq serve --sampler rank-aware, the ranks of one data-parallel
+    group (same dp_rank) get the same batches; another group gets others."""
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+
+        def first_batches(dp_rank, k):
+            it = tq.StreamIterator(2, 2, ["x"], part, "train", dp_rank=dp_rank, client=c, fetch_timeout=0.3)
+            out = []
+            for data, _ in it:
+                out.append(data["x"].tolist())
+                if len(out) == k:
+                    return out
+        a0 = first_batches(0, 2)
+        a1 = first_batches(0, 2)  # a peer of the same group
+        b = first_batches(1, 2)
+    assert a0 == a1
+    assert not set(sum(a0, [])) & set(sum(b, []))
+    assert sorted(sum(a0, []) + sum(b, [])) == list(range(8))

@@ -1,0 +1,150 @@
+"""The low-level API (get_client()): get_meta's modes and blocking wait,
+put, get_data, clears, tags, production and consumption status, and
+checkpoints."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tq
+
+
+def test_insert_put_fetch_get(client, part):
+    m = client.get_meta(["prompt", "len"], 4, part, mode="insert")
+    assert m.size == 4 and not m.is_ready
+    prompts = [np.arange(i + 1, dtype=np.int64) for i in range(4)]
+    m2 = client.put({"prompt": prompts, "len": np.arange(1, 5, dtype=np.int32)}, metadata=m)
+    assert m2.global_indexes == m.global_indexes and m2.is_ready
+    assert m2.field_schema["prompt"]["kind"] == "ragged" and m2.field_schema["len"]["dtype"] == "int32"
+    # A second task column added to the same rows.
+    client.put({"reward": np.ones(4, np.float32)}, metadata=m2)
+    f = client.get_meta(["prompt", "reward"], 3, part, task_name="train")
+    assert f.size == 3 and f.is_ready
+    d = client.get_data(f)
+    assert [a.tolist() for a in d["prompt"]] == [list(range(i + 1)) for i in range(3)]
+    assert d["reward"].tolist() == [1.0, 1.0, 1.0]
+    # Too few left: polling returns an empty meta at once.
+    assert client.get_meta(["prompt"], 3, part, task_name="train").size == 0
+    # Another task sees every row.
+    assert client.get_meta(["prompt"], 4, part, task_name="other").size == 4
+    ff = client.get_meta(["prompt"], 0, part, mode="force_fetch")
+    assert ff.size == 4
+
+
+def test_put_with_partition_id(client, part):
+    m = client.put({"x": np.zeros((3, 2), np.float16), "s": ["a", "b", "c"]}, partition_id=part)
+    assert m.size == 3 and m.is_ready and m.field_names == ["s", "x"]
+    assert client.get_data(m)["s"] == [b"a", b"b", b"c"]
+
+
+def test_blocking_fetch(client, server, part):
+    t0 = time.monotonic()
+    with pytest.raises(tq.DeadlineError):
+        client.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 10
+
+    def later():
+        time.sleep(0.3)
+        with server.client() as c:
+            c.put({"x": np.arange(2.0)}, partition_id=part)
+    th = threading.Thread(target=later)
+    th.start()
+    m = client.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=20)
+    th.join()
+    assert m.size == 2 and client.get_data(m)["x"].tolist() == [0.0, 1.0]
+
+
+def test_statuses_tags_and_clears(client, part):
+    m = client.put({"x": np.zeros(4)}, partition_id=part)
+    idx, prod = client.get_production_status(["x"], part)
+    assert idx.tolist() == m.global_indexes and prod.tolist() == [[1]] * 4
+    assert client.check_production_status(["x"], part)
+    assert not client.check_consumption_status("t", part)
+    f = client.get_meta(["x"], 4, part, task_name="t")
+    assert f.size == 4
+    idx, cons = client.get_consumption_status("t", part)
+    assert cons.tolist() == [1] * 4 and client.check_consumption_status("t", part)
+    client.reset_consumption(part, "t")
+    assert not client.check_consumption_status("t", part)
+    # Tags (custom_meta) ride along in every meta.
+    f.custom_meta[0]["score"] = 0.5
+    f.update_custom_meta([{"step": i} for i in range(4)])
+    client.set_custom_meta(f)
+    again = client.get_meta(["x"], 0, part, mode="force_fetch")
+    assert again.custom_meta[0] == {"score": 0.5, "step": 0} and again.custom_meta[3] == {"step": 3}
+    client.clear_samples(again[:2])
+    assert client.get_meta(["x"], 0, part, mode="force_fetch").size == 2
+    assert part in client.get_partition_list()
+    client.clear_partition(part)
+    assert part not in client.get_partition_list()
+    assert not client.check_production_status(["x"], part)
+
+
+def test_get_data_of_unproduced_names_rows_and_field(client, part):
+    m = client.get_meta(["x", "y"], 2, part, mode="insert")
+    client.put({"x": np.zeros(2)}, metadata=m)
+    client.put({"y": np.zeros(1)}, metadata=m[1:])
+    meta = client.get_meta(["x", "y"], 0, part, mode="force_fetch")
+    assert meta.production_status.tolist() == [0, 1]
+    with pytest.raises(tq.NotReadyError) as e:
+        client.get_data(meta, fields=["y"])
+    assert e.value.fields == ["y"] and e.value.keys == [m.global_indexes[0]]
+    with pytest.raises(tq.NotFoundError) as e:
+        client.get_data(meta, fields=["never"])
+    assert e.value.fields == ["never"]
+
+
+def test_meta_chunk_and_select(client, part):
+    m = client.put({"x": np.arange(10.0), "r": [np.arange(i) for i in range(10)]}, partition_id=part)
+    parts = m.chunk(3)
+    assert [p.size for p in parts] == [4, 3, 3]
+    got = [client.get_data(p) for p in parts]
+    assert np.concatenate([g["x"] for g in got]).tolist() == list(range(10))
+    assert [len(a) for g in got for a in g["r"]] == list(range(10))
+    sel = m.select_samples([9, 0])
+    assert client.get_data(sel)["x"].tolist() == [9.0, 0.0]
+    assert client.get_data(m.select_fields(["x"])).keys() == {"x"}
+
+
+def test_tags_by_key(client, part):
+    client.kv_batch_put(["a", "b"], part, tags=[{"status": "new"}, {"status": "done", "n": 1}])
+    assert client.list_keys(part, where={"status": "new"}) == {"a": {"status": "new"}}
+    assert set(client.list_keys(part, where={"status": {"new", "done"}})) == {"a", "b"}
+    assert set(client.list_keys(part, where={"n": ...})) == {"b"}
+    assert set(client.list_keys(part, where={"n": tq.ABSENT})) == {"a"}
+    ok, cur = client.compare_and_set_tag("a", part, "status", "new", "running")
+    assert ok and cur == "running"
+    ok, cur = client.compare_and_set_tag("a", part, "status", "new", "running")
+    assert not ok and cur == "running"
+    assert client.delete_tags(["b"], part, ["n"]) == [{"status": "done"}]
+
+
+def test_checkpoint_save_load(client, part):
+    client.kv_batch_put(["a", "b"], part, {"x": np.arange(4.0).reshape(2, 2)}, [{"v": 1}, {"v": 2}])
+    name = "ck-" + part
+    client.save_checkpoint(name)
+    assert name in [c["name"] for c in client.list_checkpoints()]
+    client.kv_clear(["a"], part)
+    client.kv_batch_put(["b"], part, {"x": np.zeros((1, 2))})
+    client.load_checkpoint(name)
+    got = client.kv_batch_get(["a", "b"], part)
+    assert got["x"].tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    assert client.kv_list(part)[part] == {"a": {"v": 1}, "b": {"v": 2}}
+    with pytest.raises(tq.TQError):
+        client.load_checkpoint("no-such-" + name)
+
+
+def test_async_twins(client, part):
+    import asyncio
+
+    async def go():
+        m = await client.async_put({"x": np.arange(3.0)}, partition_id=part)
+        f = await client.async_get_meta(["x"], 3, part, task_name="t", wait=True, timeout=5)
+        d, parts = await asyncio.gather(client.async_get_data(f), client.async_get_partition_list())
+        await client.async_clear_partition(part)
+        return m, d, parts
+    m, d, parts = asyncio.run(go())
+    assert m.size == 3 and d["x"].tolist() == [0.0, 1.0, 2.0] and part in parts
+    assert part not in client.get_partition_list()

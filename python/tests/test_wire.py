@@ -1,0 +1,150 @@
+"""The framing and handshake against fake servers, and the token file rules."""
+
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+import tq
+from tq import wire
+from tq._pb import common_pb2
+
+
+def _serve_once(handler):
+    """A TCP server that runs handler(conn) on its first connection."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            handler(c)
+        finally:
+            c.close()
+            ls.close()
+    threading.Thread(target=run, daemon=True).start()
+    return f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+
+
+def _read_frame(c):
+    hdr = b""
+    while len(hdr) < 32:
+        hdr += c.recv(32 - len(hdr))
+    magic, ver, flags, op, _, rid, blen, _, plen = wire.HEADER.unpack(hdr)
+    body = b""
+    while len(body) < blen:
+        body += c.recv(blen - len(body))
+    return op, rid, body
+
+
+def _reply(c, op, rid, msg, flags=wire.FLAG_REPLY, payload=b""):
+    body = msg.SerializeToString()
+    c.sendall(wire.HEADER.pack(wire.MAGIC, 1, flags, op, 0, rid, len(body), 0, len(payload)) + body + payload)
+
+
+def test_hello_carries_token_and_host():
+    seen = {}
+
+    def h(c):
+        op, rid, body = _read_frame(c)
+        seen["op"], seen["hello"] = op, common_pb2.Hello.FromString(body)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", cluster_id="cid", epoch=3))
+    addr = _serve_once(h)
+    conn = wire.Conn(addr, token="sekrit", name="t")
+    assert seen["op"] == wire.HELLO
+    assert seen["hello"].token == "sekrit" and seen["hello"].role == "client" and seen["hello"].version == 1
+    assert seen["hello"].host_id == wire.host_id()
+    assert conn.server.cluster_id == "cid" and conn.server.epoch == 3
+    conn.close()
+
+
+@pytest.mark.parametrize("code,cls", [(12, tq.UnauthenticatedError), (5, tq.CapacityError),
+                                      (7, tq.NotSupportedError), (99, tq.TQError)])
+def test_refused_hello(code, cls):
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Error(code=code, message="no"), flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+    with pytest.raises(cls) as e:
+        wire.Conn(_serve_once(h))
+    assert e.value.code == code and e.value.message == "no"
+
+
+def test_bad_reply_header_is_corrupt():
+    def h(c):
+        _read_frame(c)
+        c.sendall(b"XX" + bytes(30))
+    with pytest.raises(tq.CorruptError):
+        wire.Conn(_serve_once(h))
+
+
+def test_server_gone_mid_reply_is_unavailable():
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        c.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY, op, 0, rid, 100, 0, 0) + b"short")
+    with pytest.raises(tq.UnavailableError):
+        wire.Conn(_serve_once(h))
+
+
+def test_addresses():
+    assert wire.parse_addr("tcp://127.0.0.1:7370") == (socket.AF_INET, ("127.0.0.1", 7370))
+    assert wire.parse_addr("10.0.0.1:1") == (socket.AF_INET, ("10.0.0.1", 1))
+    assert wire.parse_addr("unix:///tmp/x.sock") == (socket.AF_UNIX, "/tmp/x.sock")
+    assert wire.parse_addr("tcp://[::1]:5") == (socket.AF_INET6, ("::1", 5))
+    with pytest.raises(tq.InvalidError):
+        wire.parse_addr("nope")
+
+
+def test_token_file_rules(tmp_path, monkeypatch):
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    assert wire.find_token() == ""  # none: a server run with --insecure needs none
+    tok = tmp_path / "token"
+    tok.write_text("abc123\n")
+    os.chmod(tok, 0o600)
+    assert wire.find_token() == "abc123"
+    assert wire.find_token("explicit") == "explicit"
+    monkeypatch.setenv("TQ_TOKEN", "fromenv")
+    assert wire.find_token() == "fromenv"
+    monkeypatch.delenv("TQ_TOKEN")
+    os.chmod(tok, 0o640)
+    with pytest.raises(tq.InvalidError):
+        wire.find_token()
+    os.chmod(tok, 0o600)
+    tok.unlink()
+    (tmp_path / "elsewhere").write_text("x")
+    os.symlink(tmp_path / "elsewhere", tok)
+    with pytest.raises(tq.InvalidError):
+        wire.find_token()
+    monkeypatch.setenv("XDG_STATE_HOME", "/abs/state")
+    monkeypatch.delenv("TQ_DATA_DIR")
+    assert wire.data_dir() == "/abs/state/tq"
+
+
+def test_interrupted_call_closes_the_connection(server, part):
+    """An exception raised inside a call (here a KeyboardInterrupt while it
+    waits) closes that connection instead of leaving an unread reply on it
+    for the next caller."""
+    c = server.client()
+    try:
+        conn = c._ctl.take()
+        real = conn.sock
+
+        class Interrupting:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def recv_into(self, *a, **kw):
+                raise KeyboardInterrupt
+        conn.sock = Interrupting()
+        with pytest.raises(KeyboardInterrupt):
+            conn.call(wire.PARTITIONS, None, None)
+        assert conn.closed
+        real.close()
+        c._ctl.give(conn)  # a closed connection is dropped, not pooled
+        c.kv_batch_put(["a"], part, tags=[{"ok": 1}])
+        assert c.kv_list(part) == {part: {"a": {"ok": 1}}}
+    finally:
+        c.close()

@@ -1,0 +1,276 @@
+"""``python3 -m tq.bench``: the reference small workload through the Python
+client, next to the Go client and a pyzmq zero-copy transfer of the same
+bytes, in one run.
+
+The small workload (inventory §8) is 1024 keys with 9 float32 fields of
+8192 values each: 288 MiB a batch. For each transport (shm: this host's
+shared memory; tcp: loopback) it times, per iteration:
+
+* ``put``: ``kv_batch_put`` of the batch (the keys cleared first, untimed);
+* ``get``: ``kv_batch_get`` into fresh arrays;
+* ``get_into``: ``kv_batch_get(..., into=arrays)`` into arrays reused
+  across iterations;
+* ``get_view``: ``kv_batch_get(..., copy=False)`` and its release (shared
+  memory: views, no copy).
+
+The Go client (``bin/tqxlang bench``) runs the same ops against the same
+server, one iteration after each of Python's (so that both see the same
+load on a shared machine). The pyzmq baseline moves the same nine 32 MiB columns between this
+process and a peer process with ``copy=False`` on both sides, as
+TransferQueue's own data path does: "put" sends them to the peer and waits
+for its acknowledgement, "get" asks for them and receives them (ipc:// as
+the same-host baseline, tcp:// over loopback).
+
+Without ``--address`` it starts a ``tq serve`` of its own (``--tq-bin``,
+default bin/tq of this checkout or ``tq`` on PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import tq
+
+ROWS, FIELDS, SEQ = 1024, 9, 8192
+WORKLOADS = {"small": (1024, 9, 8192), "tiny": (16, 3, 64)}  # tiny: to check the harness
+
+PEER = r"""
+import sys, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.PAIR)
+s.connect(sys.argv[1])
+held = None
+while True:
+    cmd = s.recv()
+    if cmd == b"put":
+        held = s.recv_multipart(copy=False)
+        s.send(b"ok")
+    elif cmd == b"get":
+        s.send_multipart(held, copy=False)
+    else:
+        break
+"""
+
+
+def _repo_bin(name):
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = os.path.join(here, "bin", name)
+    return p if os.path.exists(p) else shutil.which(name)
+
+
+def workload():
+    keys = [f"k{i}" for i in range(ROWS)]
+    fields = {}
+    for f in range(FIELDS):
+        i = np.arange(ROWS * SEQ, dtype=np.uint32) * 4
+        fields[f"f{f}"] = (i * 31 + f).view(np.float32).reshape(ROWS, SEQ)
+    return keys, fields
+
+
+def _med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def bench_python(c, part, keys, fields, iters, ops, between=None):
+    nbytes = sum(a.nbytes for a in fields.values())
+    c.kv_batch_put(keys, part, fields)  # warm up: map segments, dial units
+    into = {k: np.empty_like(v) for k, v in fields.items()}
+    c.kv_batch_get(keys, part, into=into)
+    t = {op: [] for op in ops}
+    for _ in range(iters):
+        c.kv_clear(keys, part)
+        if "put" in ops:
+            s = time.perf_counter()
+            c.kv_batch_put(keys, part, fields)
+            t["put"].append(time.perf_counter() - s)
+        else:
+            c.kv_batch_put(keys, part, fields)
+        if "get" in ops:
+            s = time.perf_counter()
+            c.kv_batch_get(keys, part)
+            t["get"].append(time.perf_counter() - s)
+        if "get_into" in ops:
+            s = time.perf_counter()
+            c.kv_batch_get(keys, part, into=into)
+            t["get_into"].append(time.perf_counter() - s)
+        if "get_view" in ops:
+            s = time.perf_counter()
+            v = c.kv_batch_get(keys, part, copy=False)
+            v.release()
+            t["get_view"].append(time.perf_counter() - s)
+        if between is not None:
+            between()
+    for k in fields:
+        assert np.array_equal(into[k], fields[k])
+    c.kv_clear(keys, part)
+    return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}, {op: _med(xs) for op, xs in t.items()}
+
+
+def go_iteration(xlang, address, env, part, transport, into: dict) -> None:
+    """One iteration of the Go client's ops (bin/tqxlang bench, after its
+    own warm-up); appends each op's seconds to ``into``."""
+    r = subprocess.run([xlang, "bench", address, part, transport, "1"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    for op, xs in json.loads(r.stdout.strip().splitlines()[-1]).items():
+        into.setdefault(op, []).extend(xs)
+
+
+def rates(secs: dict):
+    nbytes = ROWS * FIELDS * SEQ * 4
+    return {op: nbytes / _med(xs) / 2**30 for op, xs in secs.items()}, {op: _med(xs) for op, xs in secs.items()}
+
+
+def bench_zmq(endpoint, fields, iters):
+    import zmq
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PAIR)
+    if endpoint.startswith("tcp"):
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        endpoint = f"tcp://127.0.0.1:{port}"
+    else:
+        s.bind(endpoint)
+    peer = subprocess.Popen([sys.executable, "-c", PEER, endpoint])
+    cols = [np.ascontiguousarray(a) for a in fields.values()]
+    nbytes = sum(a.nbytes for a in cols)
+    t = {"put": [], "get": []}
+    try:
+        for i in range(iters + 1):
+            st = time.perf_counter()
+            s.send(b"put", zmq.SNDMORE)  # noqa: the peer reads "put" then the frames
+            s.send_multipart(cols, copy=False)
+            assert s.recv() == b"ok"
+            put = time.perf_counter() - st
+            st = time.perf_counter()
+            s.send(b"get")
+            got = s.recv_multipart(copy=False)
+            get = time.perf_counter() - st
+            assert sum(len(f.buffer) for f in got) == nbytes
+            if i:  # the first is a warm-up
+                t["put"].append(put)
+                t["get"].append(get)
+        s.send(b"stop")
+    finally:
+        peer.wait(10)
+        s.close(linger=0)
+        ctx.term()
+    return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}
+
+
+class _Server:
+    def __init__(self, binary):
+        self.dir = tempfile.mkdtemp(prefix="tqbench-")
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.env = dict(os.environ, TQ_DATA_DIR=os.path.join(self.dir, "d"))
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen([binary, "serve", "--listen", f"127.0.0.1:{port}", "--socket-dir",
+                                      os.path.join(self.dir, "s"), "--data-dir", os.path.join(self.dir, "d"),
+                                      "--in-memory", "--capacity", "2GiB"],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        for _ in range(600):
+            self.log.seek(0)
+            if "tq serve: ready" in self.log.read() or self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if self.proc.poll() is not None:
+            self.log.seek(0)
+            raise RuntimeError("tq serve exited:\n" + self.log.read())
+        os.environ["TQ_DATA_DIR"] = self.env["TQ_DATA_DIR"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(20)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m tq.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--address", help="a running cluster (default: start tq serve)")
+    ap.add_argument("--tq-bin", default=_repo_bin("tq"), help="tq binary to serve with")
+    ap.add_argument("--xlang", default=_repo_bin("tqxlang"), help="the Go client's bench (bin/tqxlang)")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--token", help="the cluster's token (default: $TQ_TOKEN, else the data directory's)")
+    ap.add_argument("--transports", default="shm,tcp")
+    ap.add_argument("--no-go", action="store_true")
+    ap.add_argument("--no-zmq", action="store_true")
+    ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS),
+                    help="small (the reference), or tiny (a few KiB, to check the harness; no Go side)")
+    a = ap.parse_args(argv)
+    global ROWS, FIELDS, SEQ
+    ROWS, FIELDS, SEQ = WORKLOADS[a.workload]
+    if a.workload != "small":
+        a.no_go = True  # bin/tqxlang bench runs the small workload only
+    srv = None
+    if a.address is None:
+        if not a.tq_bin:
+            ap.error("no --address and no tq binary (build it: make build)")
+        srv = _Server(a.tq_bin)
+        address, env = srv.address, srv.env
+    else:
+        address, env = a.address, dict(os.environ)
+    keys, fields = workload()
+    gib = ROWS * FIELDS * SEQ * 4 / 2**30
+    print(f"{a.workload} workload: {ROWS} keys × {FIELDS} float32 fields × {SEQ} = {gib * 1024:.0f} MiB; "
+          f"median of {a.iters}; GiB/s (seconds)")
+    rows = []
+    try:
+        for tr in a.transports.split(","):
+            go_secs = {}
+            between = None
+            if not a.no_go and a.xlang:
+                # The Go client's iterations alternate with Python's, so that
+                # both see the same load on a shared machine.
+                def between(tr=tr):
+                    go_iteration(a.xlang, address, env, "bench-go-" + tr, tr, go_secs)
+            with tq.Client(address, transport=tr, token=a.token) as c:
+                ops = ["put", "get", "get_into"] + (["get_view"] if tr == "shm" else [])
+                py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops, between)
+            rows.append((f"python {tr}", py, pys))
+            if go_secs:
+                go, gos = rates(go_secs)
+                rows.append((f"go {tr}", {k: v for k, v in go.items() if k in ops},
+                             {k: v for k, v in gos.items() if k in ops}))
+                ratio = {op: py[op] / go[op] for op in ops if op in go}
+                rows.append((f"python/go {tr}", ratio, None))
+        if not a.no_zmq:
+            for ep in ("ipc://" + os.path.join(tempfile.gettempdir(), f"tqbench-{os.getpid()}.ipc"), "tcp"):
+                z = bench_zmq(ep, fields, a.iters)
+                rows.append((f"pyzmq {ep.split(':')[0]} copy=False", z, None))
+    finally:
+        if srv is not None:
+            srv.stop()
+    ops = ["put", "get", "get_into", "get_view"]
+    print(f"{'':28}" + "".join(f"{op:>18}" for op in ops))
+    for name, v, secs in rows:
+        cells = []
+        for op in ops:
+            if op not in v:
+                cells.append(f"{'-':>18}")
+            elif name.startswith("python/go"):
+                cells.append(f"{v[op]:>17.2f}×")
+            elif secs is not None:
+                cells.append(f"{v[op]:>9.2f} ({secs[op] * 1000:5.0f}ms)")
+            else:
+                cells.append(f"{v[op]:>18.2f}")
+        print(f"{name:28}" + "".join(cells))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

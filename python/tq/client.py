@@ -1,0 +1,1015 @@
+"""The TQ client: KV and low-level calls over the wire protocol.
+
+A :class:`Client` holds connections to the controller and to the storage
+units it has used. It is safe for concurrent use from several threads: each
+call takes a connection of its own from a pool.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import zlib
+
+import numpy as np
+
+from . import addrs as _addrs
+from . import columns as _cols
+from . import errors
+from . import wire
+from ._pb import cluster_pb2, control_pb2, data_pb2
+from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
+from .unit import Lease, Pool, Unit, alloc
+
+# The most bytes a KV put or get moves through the controller in one round
+# trip (KV_PUT, KV_GET); larger values go to the units. As the Go client.
+KV_INLINE_MAX = 64 << 10
+
+# How often the client asks the controller which storage units are alive
+# (when it places a put): a unit that died stops taking writes within this.
+UNITS_REFRESH_S = 1.0
+
+
+def _sel(fields):
+    if fields is None:
+        return control_pb2.FieldSelection(all=True)
+    if isinstance(fields, str):
+        fields = [fields]
+    return control_pb2.FieldSelection(names=list(fields))
+
+
+def _as_keys(keys):
+    if isinstance(keys, str):
+        return [keys]
+    keys = list(keys)
+    if not all(type(k) is str for k in keys):
+        for k in keys:
+            if not isinstance(k, str):
+                raise TypeError(f"keys must be str, not {type(k).__name__}")
+    return keys
+
+
+class View:
+    """Fields read in place from shared memory.
+
+    A mapping of field name → value (dense: a read-only numpy array; ragged:
+    a list of read-only arrays; opaque: a list of bytes). The arrays alias
+    the storage unit's memory, which the view leases: the unit keeps it
+    unchanged (even if the keys are overwritten or cleared) until
+    :meth:`release`, the end of the ``with`` block, or — when neither
+    happens — until the view and every array taken from it are garbage.
+    Do not use the arrays after :meth:`release`. Values that could not be
+    viewed (cells scattered over several places) are owned copies. Over TCP
+    every value is an owned copy and :meth:`release` does nothing.
+    """
+
+    def __init__(self, data, leases):
+        self.data = data
+        self._leases = leases
+        self.released = False
+
+    def __getitem__(self, k):
+        return self.data[k]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+    def keys(self):
+        return self.data.keys()
+
+    def items(self):
+        return self.data.items()
+
+    def tensors(self) -> dict:
+        """The views as torch tensors over the same memory (dense fields:
+        a tensor; ragged: a list of tensors; opaque: as they are). Same
+        lifetime as the view. Needs torch."""
+        out = {}
+        for k, v in self.data.items():
+            if isinstance(v, np.ndarray):
+                out[k] = _cols.to_tensor(v)
+            elif v and isinstance(v[0], np.ndarray):
+                out[k] = [_cols.to_tensor(a) for a in v]
+            else:
+                out[k] = v
+        return out
+
+    def release(self) -> None:
+        """Give the leases back now; the arrays must not be used after."""
+        if self.released:
+            return
+        self.released = True
+        leases, self._leases = self._leases, []
+        err = None
+        for lease in leases:
+            try:
+                lease.release()
+            except errors.TQError as e:
+                err = err or e
+        if err is not None:
+            raise err
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class Client:
+    """A connection to one TQ cluster.
+
+    ``address``: the controller (``tcp://host:port``, ``unix:///path``,
+    ``host:port``); default $TQ_ADDRESS, else ``tcp://127.0.0.1:7370``.
+    ``token``: default $TQ_TOKEN, else the token file in this user's data
+    directory. ``transport``: ``"auto"`` (shared memory with units on this
+    host, TCP with the others), ``"tcp"``, or ``"shm"`` (fail where shared
+    memory is impossible).
+    """
+
+    def __init__(self, address: str | None = None, *, token: str | None = None, name: str = "tq-python",
+                 transport: str = "auto", timeout: float = 30.0):
+        if transport not in ("auto", "tcp", "shm"):
+            raise errors.InvalidError(f"transport {transport!r}: want auto, tcp or shm")
+        self.address = address or os.environ.get(wire.ENV_ADDRESS) or wire.DEFAULT_ADDRESS
+        self.token = wire.find_token(token)
+        self.name = name
+        self.transport = transport
+        self.timeout = timeout
+        self.host = wire.host_id()
+        self._ctl = Pool(lambda: wire.Conn(self.address, token=self.token, name=name, timeout=timeout))
+        self._units = {}
+        self._units_at = 0.0
+        self._units_lock = threading.Lock()
+        self._no_kv_data = False
+        self._closed = False
+        # Fail early on a wrong address or token.
+        c = self._ctl.take()
+        self.cluster_id, self.epoch = c.server.cluster_id, c.server.epoch
+        self._ctl.give(c)
+
+    # ---- plumbing ------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection. Views still held stay valid until released."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ctl.close()
+        with self._units_lock:
+            units, self._units = list(self._units.values()), {}
+        for u in units:
+            u.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, op, req, reply_cls=None, *, op_name="", partition="", **kw):
+        return self._ctl.call(op, req, reply_cls, op_name=op_name, err_ctx={"partition": partition}, **kw)
+
+    def units(self, refresh: bool = False):
+        """The storage units the controller knows: unit id → :class:`Unit`
+        (connected lazily; dead units are left out)."""
+        with self._units_lock:
+            if self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S:
+                return dict(self._units)
+        rep = self._call(wire.UNITS, None, cluster_pb2.UnitsReply, op_name="units")
+        self._units_at = time.monotonic()
+        fresh = {}
+        with self._units_lock:
+            for info in rep.units:
+                old = self._units.get(info.unit_id)
+                if old is not None and old.incarnation == info.incarnation:
+                    old.alive = info.alive
+                    fresh[info.unit_id] = old
+                    continue
+                if not info.alive:
+                    continue
+                try:
+                    fresh[info.unit_id] = Unit(info, token=self.token, name=self.name, host=self.host,
+                                               transport=self.transport, timeout=self.timeout)
+                except errors.UnavailableError:
+                    continue
+            for uid, u in self._units.items():
+                if fresh.get(uid) is not u:
+                    u.close()
+            self._units = fresh
+            return dict(fresh)
+
+    def _unit(self, uid: int) -> Unit:
+        u = self._units.get(uid)
+        if u is None:
+            u = self.units(refresh=True).get(uid)
+            if u is None:
+                raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
+        return u
+
+    def _pick(self, h: int, exclude=()) -> Unit:
+        """Local-first placement: a unit on this host (by hash ``h`` among
+        several), else any alive unit by hash."""
+        units = self.units()
+        alive = sorted((u for u in units.values() if u.alive and u.id not in exclude), key=lambda u: u.id)
+        if not alive:
+            alive = sorted((u for u in self.units(refresh=True).values() if u.alive and u.id not in exclude),
+                           key=lambda u: u.id)
+            if not alive:
+                raise errors.UnavailableError("no storage unit is alive", op="put")
+        local = [u for u in alive if u.host_id == self.host]
+        pool = local or alive
+        return pool[h % len(pool)]
+
+    # ---- reading cells -------------------------------------------------
+
+    def _read_fields(self, n, schema, cells, names, row_keys, *, view=False, partition="", op="get",
+                     check_only=False):
+        """Read ``names`` of n rows: field → value, and the leases a view holds."""
+        for f in names:
+            c = cells.get(f)
+            if c is None:
+                raise errors.NotFoundError("field has no cells in this meta", op=op, partition=partition, fields=[f])
+            missing = np.flatnonzero(c.unit == 0)
+            if len(missing):
+                raise errors.NotReadyError("cells not produced yet", op=op, partition=partition,
+                                           keys=[row_keys[i] for i in missing], fields=[f])
+            lost = np.flatnonzero(c.unit == _addrs.UNIT_LOST)
+            if len(lost):
+                raise errors.LostError("cells whose bytes are lost", op=op, partition=partition,
+                                       keys=[row_keys[i] for i in lost], fields=[f])
+        if check_only:
+            return None, None
+        units = set()
+        for f in names:
+            units.update(np.unique(cells[f].unit).tolist())
+        data, leases = {}, []
+        if view:
+            return self._view_fields(n, schema, cells, names, units, partition, op)
+        if len(units) == 1:
+            u = self._unit(units.pop())
+            bufs = [alloc(int(cells[f].len.sum())) for f in names]
+            u.read_many([cells[f] for f in names], bufs)
+            for f, buf in zip(names, bufs):
+                data[f] = self._value(schema[f], n, cells[f], buf)
+            return data, leases
+        for f in names:
+            c = cells[f]
+            ln = int(c.len.sum())
+            buf = alloc(ln)
+            dst = np.frombuffer(buf, dtype=np.uint8)
+            for uid in np.unique(c.unit).tolist():
+                pos = np.flatnonzero(c.unit == uid)
+                _scatter(dst, c, pos, self._unit(uid).read(c.take(pos)))
+            data[f] = self._value(schema[f], n, c, memoryview(buf))
+        return data, leases
+
+    @staticmethod
+    def _value(s, n, c, buf):
+        return _cols.from_bytes(s["dtype"], s["kind"], s.get("shape", ()), s.get("shapes"),
+                                c.len.tolist() if s["kind"] == "opaque" else None, n, buf)
+
+    def _view_fields(self, n, schema, cells, names, units, partition, op):
+        leases, data = [], {}
+        unit_objs = {uid: self._unit(uid) for uid in units}
+        if not all(u.shm for u in unit_objs.values()):
+            d, _ = self._read_fields(n, schema, cells, names, [None] * n, partition=partition, op=op)
+            return d, []
+        held = {}
+        try:
+            for uid, u in unit_objs.items():
+                parts = [cells[f] if cells[f].run1 and len(cells[f]) and int(cells[f].unit[0]) == uid
+                         else cells[f].take(np.flatnonzero(cells[f].unit == uid)) for f in names]
+                conn, lease = u.acquire(parts)
+                held[uid] = Lease(u, conn, lease)
+                leases.append(held[uid])
+            for f in names:
+                s, c = schema[f], cells[f]
+                if s["kind"] == "ragged":
+                    dt = _cols.numpy_dtype(s["dtype"])
+                    rows = []
+                    for i, sh in enumerate(s["shapes"]):
+                        uid = int(c.unit[i])
+                        a = unit_objs[uid].seg_view(int(c.segment[i]), int(c.offset[i]), int(c.len[i]), held[uid])
+                        rows.append(a.view(dt).reshape(sh))
+                    data[f] = rows
+                    continue
+                one = c.run1 or (len(np.unique(c.unit)) == 1 and len(np.unique(c.segment)) == 1 and (
+                    n <= 1 or bool(np.all(c.offset[1:] == c.offset[:-1] + c.len[:-1]))))
+                if one and n:
+                    uid = int(c.unit[0])
+                    raw = unit_objs[uid].seg_view(int(c.segment[0]), int(c.offset[0]), int(c.len.sum()), held[uid])
+                    data[f] = self._value(s, n, c, raw)
+                else:
+                    buf = np.empty(int(c.len.sum()), dtype=np.uint8)
+                    dst = np.frombuffer(buf, dtype=np.uint8)
+                    at = 0
+                    for i in range(n):
+                        L = int(c.len[i])
+                        dst[at:at + L] = unit_objs[int(c.unit[i])].seg_array(int(c.segment[i]), int(c.offset[i]), L)
+                        at += L
+                    data[f] = self._value(s, n, c, memoryview(buf))
+        except BaseException:
+            for lease in leases:
+                try:
+                    lease.release()
+                except errors.TQError:
+                    pass
+            raise
+        return data, leases
+
+    # ---- writing cells -------------------------------------------------
+
+    def _write(self, unit: Unit, cols):
+        """Write cols to unit; returns each column's per-row Cells."""
+        ext = unit.write(cols)
+        return [_addrs.run(unit.id, int(ext.segment[i]), int(ext.gen[i]), int(ext.offset[i]), c.row_lens)
+                for i, c in enumerate(cols)]
+
+    def _place_and_write(self, h: int, cols):
+        """Write cols to the unit placement picks for hash h; a unit that
+        cannot be reached is skipped for another (nothing of a failed write
+        is readable, so writing again elsewhere is safe)."""
+        tried = set()
+        while True:
+            unit = self._pick(h, exclude=tried)
+            try:
+                return unit, self._write(unit, cols)
+            except errors.UnavailableError:
+                tried.add(unit.id)
+                if len(tried) >= 3:
+                    raise
+                self.units(refresh=True)
+
+    @staticmethod
+    def _free_quietly(unit, locs):
+        try:
+            unit.free(_addrs.Cells.concat(locs))
+        except errors.TQError:
+            pass
+
+    # ---- KV API --------------------------------------------------------
+
+    def kv_batch_put(self, keys, partition_id: str, fields=None, tags=None) -> KVBatchMeta:
+        """Write row i of ``fields`` to ``keys[i]`` and merge ``tags[i]`` into
+        its tags, creating missing keys; readers see the whole put or none."""
+        keys = _as_keys(keys)
+        if not keys:
+            raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_put", partition=partition_id)
+        if fields is None and tags is None:
+            raise errors.InvalidError("a put needs fields or tags", op="kv_batch_put", partition=partition_id)
+        if tags is not None and len(tags) != len(keys):
+            raise errors.InvalidError(f"{len(tags)} tags for {len(keys)} keys", op="kv_batch_put",
+                                      partition=partition_id)
+        if fields is not None and not hasattr(fields, "items"):
+            raise errors.InvalidError("fields must be a dict of name → value", op="kv_batch_put")
+        cols = _cols.columns(fields, len(keys))
+        if fields is not None and not cols:
+            raise errors.InvalidError("a put with an empty field set", op="kv_batch_put", partition=partition_id)
+        req = control_pb2.CommitKeysRequest(partition=partition_id, keys=keys)
+        if tags is not None:
+            req.has_tags = True
+            req.tags.extend(tags_to_json(t or {}) for t in tags)
+        ctx = {"op_name": "kv_batch_put", "partition": partition_id}
+        if not cols:
+            rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
+            return self._kvmeta(keys, partition_id, rep)
+        total = sum(c.nbytes for c in cols)
+        if total <= KV_INLINE_MAX and not self._no_kv_data:
+            kreq = control_pb2.KVPutRequest(put=req)
+            kreq.put.fields.extend(c.commit_field() for c in cols)
+            kreq.row_lens.extend(c.lens_pb() for c in cols)
+            payload = [b for c in cols for b in c.bufs]
+            try:
+                rep = self._call(wire.KV_PUT, kreq, control_pb2.CommitKeysReply, payload=payload, **ctx)
+                return self._kvmeta(keys, partition_id, rep)
+            except errors.NotSupportedError:
+                self._no_kv_data = True
+            except errors.CapacityError:
+                pass
+        unit, locs = self._place_and_write(zlib.crc32(keys[0].encode()), cols)
+        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
+        try:
+            rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
+        except errors.UnavailableError:
+            raise  # the commit may have happened: reconciliation frees what no cell names
+        except errors.TQError:
+            self._free_quietly(unit, locs)
+            raise
+        return self._kvmeta(keys, partition_id, rep)
+
+    @staticmethod
+    def _kvmeta(keys, partition, rep) -> KVBatchMeta:
+        return KVBatchMeta(keys=list(keys), tags=[tags_from_json(t) for t in rep.tags], partition_id=partition,
+                           fields=list(rep.fields))
+
+    def kv_put(self, key: str, partition_id: str, fields=None, tag=None) -> KVBatchMeta:
+        """Put one key: each field value is that key's row (no batch dimension)."""
+        if fields is not None:
+            if not hasattr(fields, "items"):
+                raise errors.InvalidError("fields must be a dict of name → value", op="kv_put")
+            one = {}
+            for k, v in fields.items():
+                if isinstance(v, (str, bytes, bytearray)):
+                    one[k] = [v]
+                elif isinstance(v, list):
+                    raise errors.InvalidError(f"field {k!r}: a list is a batch; use kv_batch_put", fields=[k])
+                elif _cols.is_tensor(v):
+                    one[k] = v.unsqueeze(0)
+                else:
+                    one[k] = np.asarray(v)[None]
+            fields = one
+        return self.kv_batch_put([key], partition_id, fields, [tag] if tag is not None else None)
+
+    def kv_batch_get(self, keys, partition_id: str, select_fields=None, *, copy: bool = True, into=None):
+        """The fields of ``keys``, rows in key order: a dict field → value
+        (a TensorDict when ``tensordict`` is importable and every field is
+        dense). Without ``select_fields``: the fields every key holds.
+        ``copy=False`` returns a :class:`View` over shared memory.
+        ``into``: a dict field → a C-contiguous numpy array of the field's
+        dtype and shape that the cells are read into (a buffer the caller
+        reuses; dense fields only; only those fields are read)."""
+        keys = _as_keys(keys)
+        if not keys:
+            raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
+        if isinstance(select_fields, str):
+            select_fields = [select_fields]
+        ctx = {"op_name": "kv_batch_get", "partition": partition_id}
+        # A put that replaces the keys' cells between the lookup and the
+        # read makes the read fail (StaleError): look them up again.
+        for attempt in range(16):
+            try:
+                return self._kv_batch_get(keys, partition_id, select_fields, copy, into, ctx)
+            except errors.StaleError:
+                if attempt == 15:
+                    raise
+                time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
+
+    def _kv_batch_get(self, keys, partition_id, select_fields, copy, into, ctx):
+        if into is not None:
+            names = list(into)
+            req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(names))
+            rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
+            meta = BatchMeta.from_pb(rep.meta)
+            return self._read_into(meta, into, keys, partition_id, "kv_batch_get")
+        if copy and not self._no_kv_data:
+            req = control_pb2.KVGetRequest(partition=partition_id, keys=keys, fields=_sel(select_fields),
+                                           max_bytes=KV_INLINE_MAX)
+            try:
+                out = self._call(wire.KV_GET, req, control_pb2.KVGetReply, **ctx)
+            except errors.NotSupportedError:
+                self._no_kv_data = True
+            else:
+                rep, payload = out if isinstance(out, tuple) else (out, b"")
+                if rep.has_data:
+                    return self._inline(rep, len(keys), payload)
+                return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields,
+                                           copy=True, op="kv_batch_get")
+        req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
+        rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
+        return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields, copy=copy,
+                                   op="kv_batch_get")
+
+    def _inline(self, rep, n, payload):
+        data, at = {}, 0
+        mv = memoryview(payload) if payload is not None else memoryview(b"")
+        for f, rl in zip(rep.fields, rep.row_lens):
+            dt = _cols.numpy_dtype(f.dtype).itemsize if f.kind != "opaque" else 1
+            if f.kind == "dense":
+                ln = n * dt * int(np.prod(f.shape.dims, dtype=np.int64))
+            elif f.kind == "ragged":
+                ln = dt * sum(int(np.prod(s.dims, dtype=np.int64)) for s in f.shapes)
+            else:
+                ln = sum(rl.lens)
+            data[f.name] = _cols.from_bytes(f.dtype, f.kind, tuple(f.shape.dims), [tuple(s.dims) for s in f.shapes],
+                                            list(rl.lens), n, mv[at:at + ln])
+            at += ln
+        if at != len(mv):
+            raise errors.CorruptError(f"KV_GET: the fields take {at} of {len(mv)} payload bytes")
+        return _maybe_tensordict(data, n)
+
+    def _get_meta_data(self, meta: BatchMeta, keys, partition, select_fields, *, copy, op):
+        names = sorted(meta.field_schema) if select_fields is None else list(select_fields)
+        for f in names:
+            if f not in meta.field_schema:
+                raise errors.NotFoundError("unknown field", op=op, partition=partition, fields=[f])
+        data, leases = self._read_fields(meta.size, meta.field_schema, meta._cells, names, keys, view=not copy,
+                                         partition=partition, op=op)
+        if not copy:
+            return View(data, leases)
+        return _maybe_tensordict(data, meta.size)
+
+    def _read_into(self, meta: BatchMeta, into: dict, row_keys, partition, op):
+        for f, arr in into.items():
+            s = meta.field_schema.get(f)
+            if s is None:
+                raise errors.NotFoundError("unknown field", op=op, partition=partition, fields=[f])
+            if s["kind"] != "dense":
+                raise errors.InvalidError(f"into= takes dense fields; {f!r} is {s['kind']}", op=op, fields=[f])
+            want = (meta.size,) + tuple(s["shape"])
+            if not isinstance(arr, np.ndarray) or arr.shape != want or not arr.flags.c_contiguous \
+                    or not arr.flags.writeable or _cols.tq_dtype(arr.dtype) != s["dtype"]:
+                raise errors.InvalidError(f"into[{f!r}] must be a writable C-contiguous {s['dtype']} array of shape "
+                                          f"{want}", op=op, fields=[f])
+        self._read_fields(meta.size, meta.field_schema, meta._cells, list(into), row_keys, partition=partition,
+                          op=op, check_only=True)
+        names = list(into)
+        flats = [into[f].reshape(-1).view(np.uint8) for f in names]
+        units = set()
+        for f in names:
+            units.update(np.unique(meta._cells[f].unit).tolist())
+        if len(units) == 1:
+            # Every cell on one unit: one READ (or one lease) for all fields,
+            # straight into the caller's arrays.
+            u = self._unit(units.pop())
+            u.read_many([meta._cells[f] for f in names], flats)
+            return into
+        for f, arr in into.items():
+            c = meta._cells[f]
+            flat = arr.reshape(-1).view(np.uint8)
+            units = np.unique(c.unit).tolist()
+            if len(units) == 1:
+                self._unit(units[0]).read(c, into=flat)
+                continue
+            for uid in units:
+                pos = np.flatnonzero(c.unit == uid)
+                _scatter(flat, c, pos, self._unit(uid).read(c.take(pos)))
+        return into
+
+    def kv_list(self, partition_id: str | None = None) -> dict:
+        """partition → {key: tags}; every partition when ``partition_id`` is None."""
+        out, cursor = {}, b""
+        while True:
+            req = control_pb2.ListKeysRequest(partition=partition_id or "", cursor=cursor)
+            try:
+                rep = self._call(wire.LIST_KEYS, req, control_pb2.ListKeysReply, op_name="kv_list",
+                                 partition=partition_id or "")
+            except errors.NotFoundError:
+                return out
+            for p in rep.partitions:
+                d = out.setdefault(p.partition, {})
+                for k in p.keys:
+                    d[k.key] = tags_from_json(k.tags)
+            if not rep.next:
+                return out
+            cursor = rep.next
+
+    def kv_clear(self, keys, partition_id: str) -> None:
+        """Remove ``keys`` (idempotent: unknown keys are skipped)."""
+        keys = _as_keys(keys)
+        if not keys:
+            return
+        self._call(wire.CLEAR_KEYS, control_pb2.ClearKeysRequest(partition=partition_id, keys=keys),
+                   control_pb2.CellsReply, op_name="kv_clear", partition=partition_id)
+
+    def kv_retrieve_keys(self, global_indexes, partition_id: str):
+        idx = [global_indexes] if isinstance(global_indexes, int) else list(global_indexes)
+        rep = self._call(wire.KEYS_OF, control_pb2.KeysOfRequest(partition=partition_id, indexes=idx),
+                         control_pb2.KeysReply, op_name="kv_retrieve_keys", partition=partition_id)
+        return [k or None for k in rep.keys]
+
+    def kv_retrieve_meta(self, keys, partition_id: str, create: bool = False) -> BatchMeta:
+        rep = self._call(wire.RESOLVE_KEYS, control_pb2.ResolveKeysRequest(
+            partition=partition_id, keys=_as_keys(keys), fields=_sel(None), create=create),
+            control_pb2.ResolveKeysReply, op_name="kv_retrieve_meta", partition=partition_id)
+        return BatchMeta.from_pb(rep.meta)
+
+    # ---- low-level API -------------------------------------------------
+
+    def get_meta(self, data_fields, batch_size: int, partition_id: str, mode: str = "fetch",
+                 task_name: str | None = None, sampling_config: dict | None = None, *,
+                 wait: bool = False, timeout: float | None = None) -> BatchMeta:
+        """Rows of ``partition_id``.
+
+        ``mode="fetch"``: ``batch_size`` rows produced for every one of
+        ``data_fields`` and not yet consumed by ``task_name``, chosen by the
+        controller's sampler and marked consumed; without ``wait`` an empty
+        meta when too few are ready, with it block up to ``timeout`` seconds
+        (None: the server's limit) and then raise :class:`DeadlineError`.
+        ``mode="insert"``: allocate ``batch_size`` new rows.
+        ``mode="force_fetch"``: every row, nothing marked.
+        ``sampling_config``: ``dp_rank``, ``batch_index`` and sampler
+        parameters.
+        """
+        if isinstance(data_fields, str):
+            data_fields = [data_fields]
+        ctx = {"op_name": f"get_meta({mode})", "partition": partition_id}
+        if mode == "insert":
+            if data_fields is None:
+                raise errors.InvalidError("insert needs data_fields", **{"op": ctx["op_name"]})
+            rep = self._call(wire.INSERT, control_pb2.InsertRequest(partition=partition_id, n=batch_size,
+                                                                    fields=list(data_fields)),
+                             control_pb2.MetaReply, **ctx)
+            return BatchMeta.from_pb(rep.meta)
+        if mode == "force_fetch":
+            rep = self._call(wire.FORCE_FETCH, control_pb2.ForceFetchRequest(partition=partition_id,
+                                                                             fields=_sel(data_fields)),
+                             control_pb2.MetaReply, **ctx)
+            return BatchMeta.from_pb(rep.meta)
+        if mode != "fetch":
+            raise errors.InvalidError(f"mode {mode!r}: want fetch, insert or force_fetch")
+        if not task_name:
+            raise errors.InvalidError("fetch needs a task_name", op=ctx["op_name"])
+        sc = dict(sampling_config or {})
+        opts = control_pb2.SamplingOptions()
+        if "dp_rank" in sc:
+            opts.has_rank = True
+            opts.dp_rank = int(sc.pop("dp_rank"))
+        if "batch_index" in sc:
+            opts.batch_index = int(sc.pop("batch_index"))
+        sc.pop("task_name", None)
+        sc.pop("partition_id", None)
+        if sc:
+            opts.params = tags_to_json(sc)
+        req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
+                                       batch_size=batch_size, options=opts, wait=wait, key=os.urandom(16))
+        sock_timeout = None
+        if wait:
+            req.timeout_ms = int(timeout * 1000) if timeout is not None else 0
+            sock_timeout = (timeout if timeout is not None else 600.0) + self.timeout
+        try:
+            rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+        except errors.UnavailableError:
+            # The connection broke: the same keyed FETCH returns the rows the
+            # first one took, if it happened.
+            rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+        return BatchMeta.from_pb(rep.meta)
+
+    def put(self, data, metadata: BatchMeta | None = None, partition_id: str | None = None) -> BatchMeta:
+        """Write the fields of ``data`` to the rows of ``metadata`` (new rows
+        of ``partition_id`` when None); returns the rows' meta afterwards."""
+        if not hasattr(data, "items"):
+            raise errors.InvalidError("data must be a dict of name → value", op="put")
+        n = _rows_of(data)
+        if metadata is None:
+            if partition_id is None:
+                raise errors.InvalidError("put needs metadata or a partition_id", op="put")
+            metadata = self.get_meta(list(data.keys()), n, partition_id, mode="insert")
+        if metadata.size == 0:
+            raise errors.InvalidError("put with an empty meta", op="put")
+        parts = set(metadata.partition_ids)
+        if len(parts) != 1:
+            raise errors.InvalidError(f"put to rows of {len(parts)} partitions", op="put")
+        part = parts.pop()
+        cols = _cols.columns(data, metadata.size)
+        unit, locs = self._place_and_write(metadata.global_indexes[0], cols)
+        req = control_pb2.CommitRequest(partition=part, indexes=metadata.global_indexes)
+        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
+        try:
+            self._call(wire.COMMIT, req, control_pb2.CellsReply, op_name="put", partition=part)
+        except errors.UnavailableError:
+            raise
+        except errors.TQError:
+            self._free_quietly(unit, locs)
+            raise
+        if any(metadata.custom_meta):
+            self.set_custom_meta(metadata)
+        names = sorted(set(metadata.field_schema) | set(data.keys()))
+        rep = self._call(wire.ROWS_META, control_pb2.RowsMetaRequest(partition=part, indexes=metadata.global_indexes,
+                                                                     fields=_sel(names)),
+                         control_pb2.MetaReply, op_name="put", partition=part)
+        out = BatchMeta.from_pb(rep.meta)
+        out.extra_info = dict(metadata.extra_info)
+        return out
+
+    def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None):
+        """The fields of ``metadata``'s rows, in its row order (dict, or
+        TensorDict when importable). ``copy=False``: a :class:`View`.
+        ``into``: arrays to read dense fields into, as for :meth:`kv_batch_get`."""
+        if into is not None:
+            keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
+            return self._read_into(metadata, into, list(keys), metadata.partition_ids[0] if metadata.size else "",
+                                   "get_data")
+        names = list(fields) if fields is not None else metadata.field_names
+        if metadata.size == 0 or not names:
+            return View({}, []) if not copy else {}
+        keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
+        part = metadata.partition_ids[0]
+        data, leases = self._read_fields(metadata.size, metadata.field_schema, metadata._cells, names,
+                                         [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)],
+                                         view=not copy, partition=part, op="get_data")
+        if not copy:
+            return View(data, leases)
+        return _maybe_tensordict(data, metadata.size)
+
+    def reserve_kv_put(self, keys, partition_id: str, specs: dict) -> "Reservation":
+        """Shared memory for a KV put that the caller fills in place: no
+        copy at all. ``specs``: field → (TQ dtype name or numpy dtype, row
+        shape), dense fields. Returns a :class:`Reservation` whose
+        ``fields`` are writable arrays of shape ``(len(keys),) + row shape``
+        in the storage unit's memory; :meth:`Reservation.commit` makes them
+        the keys' values (with tags), :meth:`Reservation.abort` gives the
+        memory back. Needs a storage unit on this host
+        (:class:`NotSupportedError` otherwise)."""
+        keys = _as_keys(keys)
+        if not keys or not specs:
+            raise errors.InvalidError("a reservation needs keys and fields", op="reserve_kv_put")
+        n = len(keys)
+        fields = []
+        for name, (dt, shape) in specs.items():
+            dname = dt if isinstance(dt, str) else _cols.tq_dtype(np.dtype(dt))
+            npdt = _cols.numpy_dtype(dname)
+            shape = tuple(int(d) for d in shape)
+            row = npdt.itemsize * int(np.prod(shape, dtype=np.int64))
+            fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
+        unit = self._pick(zlib.crc32(keys[0].encode()))
+        if not unit.shm:
+            local = [u for u in self.units().values() if u.shm and u.alive]
+            if not local:
+                raise errors.NotSupportedError("no storage unit on this host serves shared memory",
+                                               op="reserve_kv_put")
+            unit = local[zlib.crc32(keys[0].encode()) % len(local)]
+        conn = unit.pool.take()
+        try:
+            rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields]),
+                            data_pb2.ReserveReply, op_name="reserve_kv_put")
+        except BaseException:
+            unit.pool.give(conn)
+            raise
+        ext = _addrs.expand(rep.extents, len(fields), unit.id)
+        arrays = {}
+        for i, c in enumerate(fields):
+            raw = unit.seg_array(int(ext.segment[i]), int(ext.offset[i]), c.nbytes)
+            raw.flags.writeable = True
+            arrays[c.name] = raw.view(_cols.numpy_dtype(c.dtype)).reshape((n,) + c.shape)
+        return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays)
+
+    def set_custom_meta(self, metadata: BatchMeta) -> None:
+        """Merge each row's ``custom_meta`` into its tags."""
+        by = {}
+        for gi, p, t in zip(metadata.global_indexes, metadata.partition_ids, metadata.custom_meta):
+            by.setdefault(p, ([], []))
+            by[p][0].append(gi)
+            by[p][1].append(tags_to_json(t or {}))
+        for p, (idx, tags) in by.items():
+            self._call(wire.SET_TAGS, control_pb2.SetTagsRequest(partition=p, indexes=idx, tags=tags), None,
+                       op_name="set_custom_meta", partition=p)
+
+    def clear_samples(self, metadata: BatchMeta) -> None:
+        by = {}
+        for gi, p in zip(metadata.global_indexes, metadata.partition_ids):
+            by.setdefault(p, []).append(gi)
+        for p, idx in by.items():
+            self._call(wire.CLEAR_ROWS, control_pb2.ClearRowsRequest(partition=p, indexes=idx),
+                       control_pb2.CellsReply, op_name="clear_samples", partition=p)
+
+    def clear_partition(self, partition_id: str) -> None:
+        self._call(wire.CLEAR_PARTITION, control_pb2.ClearPartitionRequest(partition=partition_id),
+                   control_pb2.CellsReply, op_name="clear_partition", partition=partition_id)
+
+    def get_partition_list(self):
+        return list(self._call(wire.PARTITIONS, None, control_pb2.PartitionsReply, op_name="partitions").partitions)
+
+    def get_production_status(self, data_fields, partition_id: str):
+        """(global indexes, produced) — produced is an int8 array rows × fields."""
+        rep = self._call(wire.PRODUCTION_STATUS, control_pb2.ProductionStatusRequest(
+            partition=partition_id, fields=list(data_fields)), control_pb2.ProductionStatusReply,
+            op_name="get_production_status", partition=partition_id)
+        idx = np.asarray(rep.indexes, dtype=np.int64)
+        prod = np.asarray(rep.produced, dtype=np.int8).reshape(len(idx), len(rep.fields)) if len(idx) else \
+            np.zeros((0, len(rep.fields)), np.int8)
+        return idx, prod
+
+    def get_consumption_status(self, task_name: str, partition_id: str):
+        """(global indexes, consumed) — consumed is an int8 array."""
+        rep = self._call(wire.CONSUMPTION_STATUS, control_pb2.ConsumptionStatusRequest(
+            partition=partition_id, task=task_name), control_pb2.ConsumptionStatusReply,
+            op_name="get_consumption_status", partition=partition_id)
+        return np.asarray(rep.indexes, dtype=np.int64), np.asarray(rep.consumed, dtype=np.int8)
+
+    def check_production_status(self, data_fields, partition_id: str) -> bool:
+        try:
+            idx, prod = self.get_production_status(data_fields, partition_id)
+        except errors.NotFoundError:
+            return False
+        return len(idx) > 0 and bool(np.all(prod == 1))
+
+    def check_consumption_status(self, task_name: str, partition_id: str) -> bool:
+        try:
+            idx, cons = self.get_consumption_status(task_name, partition_id)
+        except errors.NotFoundError:
+            return False
+        return len(idx) > 0 and bool(np.all(cons == 1))
+
+    def reset_consumption(self, partition_id: str, task_name: str | None = None) -> bool:
+        self._call(wire.RESET_CONSUMPTION, control_pb2.ResetConsumptionRequest(partition=partition_id,
+                                                                               task=task_name or ""),
+                   None, op_name="reset_consumption", partition=partition_id)
+        return True
+
+    # Tags by key.
+    def set_tags(self, partition_id: str, indexes, tags) -> None:
+        self._call(wire.SET_TAGS, control_pb2.SetTagsRequest(partition=partition_id, indexes=list(indexes),
+                                                             tags=[tags_to_json(t) for t in tags]),
+                   None, op_name="set_tags", partition=partition_id)
+
+    def delete_tags(self, keys, partition_id: str, names):
+        rep = self._call(wire.DELETE_TAGS, control_pb2.DeleteTagsRequest(partition=partition_id, keys=_as_keys(keys),
+                                                                         names=list(names)),
+                         control_pb2.DeleteTagsReply, op_name="delete_tags", partition=partition_id)
+        return [tags_from_json(t) for t in rep.tags]
+
+    def compare_and_set_tag(self, key: str, partition_id: str, name: str, old=None, new=None, *,
+                            old_absent: bool = False, delete: bool = False):
+        """Set tag ``name`` of ``key`` to ``new`` if it holds ``old``
+        (``old_absent``: if absent; ``delete``: remove it). Returns
+        (swapped, current value or None when absent)."""
+        import json
+        req = control_pb2.CompareAndSetTagRequest(
+            partition=partition_id, key=key, name=name,
+            old_value=b"" if old_absent else json.dumps(old).encode(),
+            new_value=b"" if delete else json.dumps(new).encode())
+        rep = self._call(wire.COMPARE_AND_SET_TAG, req, control_pb2.CompareAndSetTagReply,
+                         op_name="compare_and_set_tag", partition=partition_id)
+        return rep.swapped, (json.loads(rep.current) if rep.current else None)
+
+    def list_keys(self, partition_id: str, where=None) -> dict:
+        """key → tags of ``partition_id`` whose tags pass every condition of
+        ``where``: ``{name: value}`` (equals), ``{name: [v1, v2]}`` (in),
+        ``{name: ...}`` (exists) or ``{name: None}`` … see :func:`tag_conditions`."""
+        out, cursor = {}, b""
+        conds = tag_conditions(where or {})
+        while True:
+            rep = self._call(wire.LIST_KEYS, control_pb2.ListKeysRequest(partition=partition_id, cursor=cursor,
+                                                                         where=conds),
+                             control_pb2.ListKeysReply, op_name="list_keys", partition=partition_id)
+            for p in rep.partitions:
+                for k in p.keys:
+                    out[k.key] = tags_from_json(k.tags)
+            if not rep.next:
+                return out
+            cursor = rep.next
+
+    # Checkpoints (named; saved under the controller's data directory).
+    def save_checkpoint(self, name: str) -> None:
+        self._call(wire.SAVE_CHECKPOINT, control_pb2.CheckpointRequest(name=name), None, op_name="save_checkpoint",
+                   timeout=max(self.timeout, 600.0))
+
+    def load_checkpoint(self, name: str) -> None:
+        self._call(wire.LOAD_CHECKPOINT, control_pb2.CheckpointRequest(name=name), None, op_name="load_checkpoint",
+                   timeout=max(self.timeout, 600.0))
+
+    def list_checkpoints(self):
+        rep = self._call(wire.CHECKPOINTS, None, control_pb2.CheckpointsReply, op_name="checkpoints")
+        return [{"name": c.name, "saved_unix_ms": c.saved_unix_ms, "bytes": c.bytes, "cells": c.cells,
+                 "lost_cells": c.lost_cells} for c in rep.checkpoints]
+
+    def stats(self, partition_id: str):
+        return self._call(wire.STATS, control_pb2.PartitionRequest(partition=partition_id),
+                          control_pb2.PartitionStats, op_name="stats", partition=partition_id)
+
+
+class Reservation:
+    """A KV put whose bytes the caller writes in place (see
+    :meth:`Client.reserve_kv_put`). ``fields``: field → writable array in
+    shared memory, valid until :meth:`commit` or :meth:`abort`; after that
+    the memory belongs to the store (do not write it). A context manager:
+    leaving the block without commit aborts."""
+
+    def __init__(self, client, unit, conn, rid, keys, partition, cols, ext, arrays):
+        self._client, self._unit, self._conn, self._rid = client, unit, conn, rid
+        self.keys, self.partition_id, self._cols, self._ext = keys, partition, cols, ext
+        self.fields = arrays
+        self.done = False
+
+    def commit(self, tags=None) -> KVBatchMeta:
+        if self.done:
+            raise errors.ClosedError("reservation already committed or aborted")
+        self.done = True
+        self.fields = {}
+        unit, conn = self._unit, self._conn
+        try:
+            conn.call(wire.RESERVE_COMMIT, data_pb2.ReservationRequest(reservation=self._rid), None,
+                      op_name="reserve commit")
+        finally:
+            unit.pool.give(conn)
+        locs = [_addrs.run(unit.id, int(self._ext.segment[i]), int(self._ext.gen[i]), int(self._ext.offset[i]),
+                           c.row_lens) for i, c in enumerate(self._cols)]
+        req = control_pb2.CommitKeysRequest(partition=self.partition_id, keys=self.keys)
+        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(self._cols, locs))
+        if tags is not None:
+            req.has_tags = True
+            req.tags.extend(tags_to_json(t or {}) for t in tags)
+        try:
+            rep = self._client._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, op_name="reserve commit",
+                                     partition=self.partition_id)
+        except errors.UnavailableError:
+            raise
+        except errors.TQError:
+            Client._free_quietly(unit, locs)
+            raise
+        return Client._kvmeta(self.keys, self.partition_id, rep)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.fields = {}
+        try:
+            self._conn.call(wire.RESERVE_ABORT, data_pb2.ReservationRequest(reservation=self._rid), None,
+                            op_name="reserve abort")
+        finally:
+            self._unit.pool.give(self._conn)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.abort()
+
+
+def _async_twin(name):
+    fn = getattr(Client, name)
+
+    async def twin(self, *args, **kw):
+        import asyncio
+        return await asyncio.to_thread(fn, self, *args, **kw)
+    twin.__name__ = twin.__qualname__ = "async_" + name
+    twin.__doc__ = f"The asyncio twin of :meth:`{name}` (runs it on a worker thread)."
+    return twin
+
+
+# Every call has an async_ twin, as TransferQueue's AsyncTransferQueueClient.
+for _name in ("kv_put", "kv_batch_put", "kv_batch_get", "kv_list", "kv_clear", "kv_retrieve_keys",
+              "kv_retrieve_meta", "get_meta", "put", "get_data", "set_custom_meta", "clear_samples",
+              "clear_partition", "get_partition_list", "get_production_status", "get_consumption_status",
+              "check_production_status", "check_consumption_status", "reset_consumption", "set_tags",
+              "delete_tags", "compare_and_set_tag", "list_keys", "save_checkpoint", "load_checkpoint",
+              "list_checkpoints"):
+    setattr(Client, "async_" + _name, _async_twin(_name))
+
+
+def tag_conditions(where: dict):
+    """``{name: value}`` → TagConditions: a value is tested for equality; a
+    ``set`` or ``frozenset`` of values for membership; ``...`` (Ellipsis) for
+    presence; :data:`ABSENT` for absence."""
+    import json
+    out = []
+    for name, v in where.items():
+        c = control_pb2.TagCondition(name=name)
+        if v is Ellipsis:
+            c.test = control_pb2.TAG_TEST_EXISTS
+        elif v is ABSENT:
+            c.test = control_pb2.TAG_TEST_ABSENT
+        elif isinstance(v, (set, frozenset)):
+            c.test = control_pb2.TAG_TEST_IN
+            c.values.extend(json.dumps(x).encode() for x in v)
+        else:
+            c.test = control_pb2.TAG_TEST_EQUALS
+            c.values.append(json.dumps(v).encode())
+        out.append(c)
+    return out
+
+
+class _Absent:
+    def __repr__(self):
+        return "tq.ABSENT"
+
+
+ABSENT = _Absent()
+
+
+def _scatter(dst: np.ndarray, c, pos, got) -> None:
+    """Put the bytes ``got`` of cells ``pos`` of ``c`` (read back to back)
+    where those cells go in ``dst`` (every cell of ``c`` back to back)."""
+    got = np.frombuffer(got, dtype=np.uint8) if not isinstance(got, np.ndarray) else got
+    L = int(c.len[0]) if len(c) else 0
+    if len(c) and bool(np.all(c.len == L)) and L:
+        # Cells of one size (a dense field): one fancy-indexed copy.
+        dst.reshape(len(c), L)[pos] = got.reshape(len(pos), L)
+        return
+    starts = np.cumsum(c.len, dtype=np.uint64) - c.len
+    at = 0
+    for p in pos.tolist():
+        ln, st = int(c.len[p]), int(starts[p])
+        dst[st:st + ln] = got[at:at + ln]
+        at += ln
+
+
+def _rows_of(data) -> int:
+    for v in data.values():
+        if isinstance(v, tuple) and len(v) == 2:
+            return len(v[1]) - 1
+        if isinstance(v, list):
+            return len(v)
+        return int(np.shape(v)[0]) if not _cols.is_tensor(v) else int(v.shape[0])
+    raise errors.InvalidError("data has no fields")
+
+
+try:  # pragma: no cover - depends on the environment
+    from tensordict import TensorDict as _TD  # type: ignore
+except Exception:  # noqa: BLE001
+    _TD = None
+
+
+def _maybe_tensordict(data: dict, n: int):
+    """A TensorDict when tensordict and torch are importable and every field
+    is dense; else the dict itself."""
+    if _TD is None or not data or not all(isinstance(v, np.ndarray) for v in data.values()):
+        return data
+    return _TD({k: _cols.to_tensor(np.array(v)) for k, v in data.items()}, batch_size=[n])

@@ -1,0 +1,254 @@
+"""Values ↔ TQ columns (wire/spec.md, "Cell bytes").
+
+A field's value for n rows is one of:
+
+* **dense**: a numpy array (or a torch tensor) whose first dimension is n;
+  every row has the shape ``value.shape[1:]``.
+* **ragged**: a list of n arrays of one dtype and any shapes, a torch
+  nested tensor, or a tuple ``(values, offsets)`` of a flat array and n+1
+  offsets (row i is ``values[offsets[i]:offsets[i+1]]``), the form packed
+  sequences take.
+* **opaque**: a list of n ``str`` or ``bytes`` (str is stored as UTF-8).
+
+numpy has no bfloat16 or float8 types. TQ stores them bit-exact and numpy
+holds their bit patterns: :data:`bfloat16` is a ``uint16`` dtype and
+:data:`float8_e4m3fn`/:data:`float8_e5m2` are ``uint8`` dtypes, each marked
+with numpy dtype metadata so that a put knows them (``arr.view(tq.bfloat16)``)
+and a get returns them marked the same way. :func:`as_dtype` wraps an array
+with an explicit TQ dtype instead. torch tensors of ``torch.bfloat16`` and the
+float8 types are converted both ways when torch is importable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors
+from ._pb import control_pb2
+
+__all__ = ["bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "Typed", "tq_dtype",
+           "numpy_dtype", "DTYPES"]
+
+bfloat16 = np.dtype("<u2", metadata={"tq_dtype": "bfloat16"})
+float8_e4m3fn = np.dtype("u1", metadata={"tq_dtype": "float8_e4m3fn"})
+float8_e5m2 = np.dtype("u1", metadata={"tq_dtype": "float8_e5m2"})
+
+# TQ dtype name → numpy dtype (little-endian: cell bytes are little-endian).
+DTYPES = {
+    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
+    "bfloat16": bfloat16, "float8_e4m3fn": float8_e4m3fn, "float8_e5m2": float8_e5m2,
+    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2"), "uint8": np.dtype("u1"),
+    "complex64": np.dtype("<c8"), "complex128": np.dtype("<c16"), "bool": np.dtype("?"),
+}
+_BY_KIND = {(d.kind, d.itemsize): name for name, d in DTYPES.items() if d.metadata is None}
+
+
+class Typed:
+    """An array with an explicit TQ dtype: ``Typed(bits_uint16, "bfloat16")``."""
+
+    __slots__ = ("array", "dtype")
+
+    def __init__(self, array, dtype: str):
+        if dtype not in DTYPES:
+            raise errors.InvalidError(f"unknown TQ dtype {dtype!r}")
+        a = np.asarray(array)
+        want = DTYPES[dtype]
+        if a.dtype.itemsize != want.itemsize:
+            raise errors.InvalidError(f"a {a.dtype} array cannot hold {dtype} ({want.itemsize}-byte elements)")
+        self.array, self.dtype = a, dtype
+
+
+def as_dtype(array, dtype: str) -> np.ndarray:
+    """``array``'s bits as an array of TQ dtype ``dtype`` (a view, no copy)."""
+    a = np.ascontiguousarray(np.asarray(array))
+    want = DTYPES[dtype]
+    if a.dtype.itemsize != want.itemsize:
+        raise errors.InvalidError(f"a {a.dtype} array cannot hold {dtype}")
+    return a.view(want)
+
+
+def tq_dtype(dt: np.dtype) -> str:
+    """The TQ dtype name of a numpy dtype (metadata marks bfloat16 and float8)."""
+    md = dt.metadata
+    if md and "tq_dtype" in md:
+        return md["tq_dtype"]
+    name = _BY_KIND.get((dt.kind, dt.itemsize))
+    if name is None:
+        raise errors.InvalidError(f"numpy dtype {dt} has no TQ dtype")
+    return name
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise errors.CorruptError(f"unknown dtype {name!r}") from None
+
+
+# torch, when importable.
+try:  # pragma: no cover - depends on the environment
+    import torch as _torch
+except Exception:  # noqa: BLE001
+    _torch = None
+
+_TORCH_SPECIAL = {}
+if _torch is not None:  # pragma: no cover
+    _TORCH_SPECIAL[_torch.bfloat16] = ("bfloat16", _torch.int16)
+    for _n in ("float8_e4m3fn", "float8_e5m2"):
+        if hasattr(_torch, _n):
+            _TORCH_SPECIAL[getattr(_torch, _n)] = (_n, _torch.uint8)
+
+
+def is_tensor(v) -> bool:
+    return _torch is not None and isinstance(v, _torch.Tensor)
+
+
+def _from_tensor(t) -> np.ndarray:
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    sp = _TORCH_SPECIAL.get(t.dtype)
+    if sp is not None:
+        return t.view(sp[1]).numpy().view(DTYPES[sp[0]])
+    return t.numpy()
+
+
+def to_tensor(a: np.ndarray):
+    """A torch tensor over ``a`` (no copy; bfloat16/float8 keep their torch dtype)."""
+    if _torch is None:
+        raise errors.NotSupportedError("torch is not importable")
+    name = tq_dtype(a.dtype)
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        a = a.view(np.int16 if name == "bfloat16" else np.uint8)
+    if not a.flags.writeable:
+        # A read-only view stays read-only by contract; torch only warns
+        # that it cannot mark the tensor so.
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = _torch.from_numpy(a)
+    else:
+        t = _torch.from_numpy(a)
+    if name == "bfloat16":
+        return t.view(_torch.bfloat16)
+    if name in ("float8_e4m3fn", "float8_e5m2") and hasattr(_torch, name):
+        return t.view(getattr(_torch, name))
+    return t
+
+
+def _array(v):
+    """A C-contiguous little-endian numpy array and its TQ dtype name."""
+    if isinstance(v, Typed):
+        a, name = np.ascontiguousarray(v.array), v.dtype
+        return a.view(DTYPES[name]) if a.dtype.itemsize == DTYPES[name].itemsize else a, name
+    if is_tensor(v):
+        a = _from_tensor(v)
+    else:
+        a = np.asarray(v)
+    if a.dtype.kind in "OUSV":
+        raise errors.InvalidError(f"an array of {a.dtype} is not a tensor field (use a list of str or bytes)")
+    name = tq_dtype(a.dtype)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(a), name
+
+
+class Column:
+    """One field's value in wire form: its schema, its rows' byte lengths, and
+    the buffers that hold its bytes back to back."""
+
+    __slots__ = ("name", "dtype", "kind", "shape", "shapes", "row_lens", "bufs", "nbytes")
+
+    def __init__(self, name, dtype, kind, shape, shapes, row_lens, bufs):
+        self.name, self.dtype, self.kind = name, dtype, kind
+        self.shape, self.shapes, self.row_lens, self.bufs = shape, shapes, row_lens, bufs
+        self.nbytes = sum(row_lens)
+
+    def commit_field(self, locs=None) -> control_pb2.CommitField:
+        f = control_pb2.CommitField(name=self.name, dtype=self.dtype, kind=self.kind)
+        if self.kind == "dense":
+            f.shape.dims.extend(self.shape)
+        elif self.kind == "ragged":
+            for s in self.shapes:
+                f.shapes.add().dims.extend(s)
+        if locs is not None:
+            f.has_locs = True
+            f.locs.CopyFrom(locs)
+        return f
+
+    def lens_pb(self) -> control_pb2.RowLens:
+        return control_pb2.RowLens(lens=self.row_lens if self.kind == "opaque" else [])
+
+
+def to_column(name: str, v, n: int) -> Column:
+    """Convert a field's value for n rows (see the module doc)."""
+    if not name:
+        raise errors.InvalidError("empty field name", fields=[name])
+    if is_tensor(v) and getattr(v, "is_nested", False):
+        v = list(v.unbind())  # a nested tensor is ragged: one tensor per row
+    if isinstance(v, tuple) and len(v) == 2 and not isinstance(v[0], (str, bytes)):
+        a, dt = _array(v[0])
+        offs = np.asarray(v[1], dtype=np.int64)
+        if a.ndim != 1 or offs.ndim != 1 or len(offs) != n + 1 or offs[0] != 0 or offs[-1] != len(a) \
+                or np.any(np.diff(offs) < 0):
+            raise errors.InvalidError(f"field {name!r}: (values, offsets) needs 1-D values and {n + 1} "
+                                      "non-decreasing offsets from 0 to len(values)", fields=[name])
+        lens = (np.diff(offs) * a.itemsize).tolist()
+        shapes = [(int(x),) for x in np.diff(offs)]
+        return Column(name, dt, "ragged", None, shapes, lens, [a])
+    if isinstance(v, (list, tuple)):
+        if len(v) != n:
+            raise errors.InvalidError(f"field {name!r} has {len(v)} rows, want {n}", fields=[name])
+        if n and all(isinstance(x, (str, bytes, bytearray, memoryview)) for x in v):
+            rows = [x.encode() if isinstance(x, str) else bytes(x) for x in v]
+            return Column(name, "bytes", "opaque", None, None, [len(r) for r in rows], [b"".join(rows)])
+        arrs = [_array(x) for x in v]
+        dts = {d for _, d in arrs}
+        if len(dts) != 1:
+            raise errors.InvalidError(f"ragged field {name!r} mixes dtypes {sorted(dts)}", fields=[name])
+        dt = dts.pop()
+        rows = [a for a, _ in arrs]
+        return Column(name, dt, "ragged", None, [a.shape for a in rows], [a.nbytes for a in rows], rows)
+    a, dt = _array(v)
+    if a.ndim == 0 or a.shape[0] != n:
+        raise errors.InvalidError(f"field {name!r} has shape {a.shape}: its first dimension must be the {n} rows",
+                                  fields=[name])
+    row = a.nbytes // n if n else 0
+    return Column(name, dt, "dense", a.shape[1:], None, [row] * n, [a])
+
+
+def columns(fields, n: int):
+    if fields is None:
+        return []
+    if hasattr(fields, "items"):
+        items = list(fields.items())
+    else:
+        raise errors.InvalidError("fields must be a dict of name → value")
+    return [to_column(k, v, n) for k, v in items]
+
+
+def from_bytes(dtype: str, kind: str, shape, shapes, row_lens, n: int, buf, *, owned=True):
+    """A field's value over ``buf`` (the field's rows back to back): a dense
+    array, a list of arrays (ragged) or a list of bytes (opaque). The arrays
+    alias ``buf``."""
+    mv = memoryview(buf).cast("B") if not isinstance(buf, np.ndarray) else buf
+    if kind == "opaque":
+        out, at = [], 0
+        for L in row_lens:
+            out.append(bytes(mv[at:at + L]))
+            at += L
+        return out
+    dt = numpy_dtype(dtype)
+    if kind == "dense":
+        shape = tuple(shape)
+        return np.frombuffer(mv, dtype=dt, count=n * int(np.prod(shape, dtype=np.int64))).reshape((n,) + shape)
+    if kind == "ragged":
+        out, at = [], 0
+        for s in shapes:
+            cnt = int(np.prod(s, dtype=np.int64))
+            out.append(np.frombuffer(mv, dtype=dt, count=cnt, offset=at).reshape(tuple(s)))
+            at += cnt * dt.itemsize
+        return out
+    raise errors.CorruptError(f"unknown kind {kind!r}")

@@ -1,0 +1,206 @@
+"""The streaming loader: micro-batches of a partition for one rank, as
+TransferQueue's ``StreamingDataset`` yields them, over ``get_meta`` and
+``get_data``.
+
+    ds = tq.StreamingDataset(batch_size=8, micro_batch_size=2, data_fields=["prompt", "reward"],
+                             partition_id="train", task_name="actor", dp_rank=0,
+                             should_check_consumption_status=True)
+    for data, meta in ds:          # data: field → value for micro_batch_size rows
+        ...
+        tq.get_client().put({"logp": logp}, metadata=meta)
+
+Rows are chosen by the controller's sampler (``tq serve --sampler``);
+``dp_rank`` and the batch counter travel with each fetch, so a rank-aware
+sampler hands identical batches to the ranks of one data-parallel group. A
+batch is fetched with a blocking ``get_meta`` (the controller wakes it as
+soon as enough rows are produced), so an idle loader costs no polling.
+Iteration ends when ``should_check_consumption_status`` is set and every
+row of the partition has been consumed by the task (pre-allocate the rows,
+``tq serve --pre-alloc``, so that the total is known before producers
+finish); otherwise it never ends and the caller breaks out.
+
+When torch is importable, :class:`StreamingDataset` is a
+``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
+first ``__iter__``; nothing is pickled but the settings) and
+:class:`StreamingDataLoader` wraps ``torch.utils.data.DataLoader``.
+:class:`StreamIterator` is the same without torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import errors
+from .client import Client
+
+try:  # pragma: no cover - depends on the environment
+    import torch as _torch
+    from torch.utils.data import DataLoader as _DataLoader
+    from torch.utils.data import IterableDataset as _IterableDataset
+except Exception:  # noqa: BLE001
+    _torch = None
+    _DataLoader = None
+    _IterableDataset = object
+
+
+def split(data: dict, meta, micro_batch_size: int):
+    """``(data, meta)`` in ceil(B/m) micro-batches of ``micro_batch_size``
+    rows (the last may be smaller)."""
+    n = meta.size
+    if micro_batch_size < 1:
+        raise errors.InvalidError(f"micro_batch_size {micro_batch_size} must be at least 1")
+    if n == 0:
+        raise errors.InvalidError("cannot split an empty batch")
+    out = []
+    for i in range(math.ceil(n / micro_batch_size)):
+        lo, hi = i * micro_batch_size, min(n, (i + 1) * micro_batch_size)
+        out.append(({k: v[lo:hi] for k, v in data.items()}, meta.select_samples(range(lo, hi))))
+    return out
+
+
+class StreamIterator:
+    """Micro-batches for one rank; see the module doc. Not safe for
+    concurrent use (one iterator per consumer)."""
+
+    def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
+                 dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
+                 client: Client | None = None, token: str | None = None, transport: str = "auto",
+                 fetch_timeout: float = 1.0, sampling_config: dict | None = None, copy: bool = True):
+        if micro_batch_size < 1:
+            raise errors.InvalidError(f"micro_batch_size {micro_batch_size} must be at least 1")
+        if batch_size < 1:
+            raise errors.InvalidError(f"batch_size {batch_size} must be at least 1")
+        if not data_fields:
+            raise errors.InvalidError("data_fields is empty")
+        if dp_rank < 0:
+            raise errors.InvalidError(f"dp_rank {dp_rank} is negative")
+        self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
+        self.data_fields = [data_fields] if isinstance(data_fields, str) else list(data_fields)
+        self.partition_id, self.task_name, self.dp_rank = partition_id, task_name, dp_rank
+        self.should_check_consumption_status = should_check_consumption_status
+        self.fetch_timeout = fetch_timeout
+        self.sampling_config = dict(sampling_config or {})
+        self.copy = copy
+        self._address, self._token, self._transport = address, token, transport
+        self._client = client
+        self._own_client = False
+        self.buffer = []  # (data, meta) of every batch fetched since the last step()
+        self.batch_index = 0
+
+    def _get_client(self) -> Client:
+        if self._client is None:
+            import tq
+            if self._address is None and tq._client is not None:
+                self._client = tq._client
+            else:
+                self._client = Client(self._address, token=self._token, transport=self._transport)
+                self._own_client = True
+        return self._client
+
+    def __getstate__(self):
+        st = dict(self.__dict__)
+        st["_client"], st["_own_client"], st["buffer"] = None, False, []
+        return st
+
+    def reset(self) -> None:
+        """Replay the buffered batches from the first (another epoch over them)."""
+        self.batch_index = 0
+
+    def step(self, partition_id: str) -> None:
+        """Drop the buffer and go on with another partition."""
+        self.buffer, self.batch_index, self.partition_id = [], 0, partition_id
+
+    def get_buffer(self):
+        return list(self.buffer)
+
+    def _fetch(self):
+        c = self._get_client()
+        sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
+        try:
+            meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
+                              sampling_config=sc, wait=True, timeout=self.fetch_timeout)
+        except (errors.DeadlineError, errors.NotFoundError):
+            return None
+        if meta.size == 0:
+            return None
+        return c.get_data(meta, fields=self.data_fields), meta
+
+    def batches(self):
+        """Whole batches: (data, meta)."""
+        while True:
+            if self.batch_index < len(self.buffer):
+                b = self.buffer[self.batch_index]
+                self.batch_index += 1
+                yield b
+                continue
+            got = self._fetch()
+            if got is not None:
+                self.buffer.append(got)
+                continue
+            if self.should_check_consumption_status and \
+                    self._get_client().check_consumption_status(self.task_name, self.partition_id):
+                return
+
+    def __iter__(self):
+        for data, meta in self.batches():
+            for d, m in split(data, meta, self.micro_batch_size):
+                yield self._convert(d), m
+
+    def _convert(self, d):
+        return d
+
+    def close(self) -> None:
+        if self._own_client and self._client is not None:
+            self._client.close()
+        self._client = None
+
+
+if _torch is not None:  # pragma: no cover - exercised only where torch is installed
+    from .columns import to_tensor
+
+    class StreamingDataset(StreamIterator, _IterableDataset):
+        """:class:`StreamIterator` as a torch ``IterableDataset``: dense
+        fields become tensors (ragged fields lists of tensors; opaque lists
+        of bytes)."""
+
+        def _convert(self, d):
+            out = {}
+            for k, v in d.items():
+                if isinstance(v, np.ndarray):
+                    out[k] = to_tensor(np.array(v))
+                elif v and isinstance(v[0], np.ndarray):
+                    out[k] = [to_tensor(np.array(a)) for a in v]
+                else:
+                    out[k] = v
+            return out
+
+    class StreamingDataLoader(_DataLoader):
+        """A torch DataLoader over a :class:`StreamingDataset` that yields
+        its ``(data, meta)`` pairs as they are (no batching, no collation)."""
+
+        def __init__(self, dataset, num_workers=0, collate_fn=None, pin_memory=False, worker_init_fn=None,
+                     multiprocessing_context=None, prefetch_factor=None, persistent_workers=False,
+                     pin_memory_device=""):
+            super().__init__(dataset, batch_size=None, num_workers=num_workers,
+                             collate_fn=collate_fn or (lambda x: x), pin_memory=pin_memory,
+                             worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
+                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                             pin_memory_device=pin_memory_device)
+            self.dataset_ref = dataset
+
+        def reset(self):
+            self.dataset_ref.reset()
+
+        def step(self, partition_id):
+            self.dataset_ref.step(partition_id)
+
+        def get_buffer(self):
+            return self.dataset_ref.get_buffer()
+else:
+    StreamingDataset = StreamIterator
+
+    class StreamingDataLoader:  # noqa: D101
+        def __init__(self, *a, **kw):
+            raise errors.NotSupportedError("StreamingDataLoader needs torch; iterate a StreamingDataset instead")

@@ -1,0 +1,175 @@
+"""BatchMeta and KVBatchMeta: what the controller hands out."""
+
+from __future__ import annotations
+
+import copy as _copy
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import addrs as _addrs
+from . import errors
+
+
+def tags_to_json(t) -> bytes:
+    if t is None:
+        return b""
+    if not isinstance(t, dict):
+        raise errors.InvalidError(f"a tag must be a dict, not {type(t).__name__}")
+    return json.dumps(t, separators=(",", ":"), allow_nan=False).encode()
+
+
+def tags_from_json(b: bytes) -> dict:
+    return json.loads(b) if b else {}
+
+
+class BatchMeta:
+    """Rows of one or more partitions and where their cells live.
+
+    ``global_indexes``, ``partition_ids``, ``keys`` (None for rows without a
+    key), ``field_schema`` (field → ``{"dtype", "kind", "shape"}`` with
+    ``"shapes"``, one per row, for ragged fields), ``production_status``
+    (numpy int8, 1 when every field of the schema is produced for the row),
+    ``custom_meta`` (each row's tags), ``extra_info``. Not safe for
+    concurrent mutation.
+    """
+
+    def __init__(self, global_indexes=(), partition_ids=(), keys=None, field_schema=None,
+                 production_status=None, custom_meta=None, extra_info=None, cells=None):
+        self.global_indexes = [int(i) for i in global_indexes]
+        n = len(self.global_indexes)
+        self.partition_ids = list(partition_ids)
+        if len(self.partition_ids) != n:
+            raise errors.InvalidError(f"{len(self.partition_ids)} partition ids for {n} rows")
+        self.keys = list(keys) if keys is not None else None
+        self.field_schema = dict(field_schema or {})
+        self.production_status = (np.asarray(production_status, dtype=np.int8) if production_status is not None
+                                  else np.zeros(n, dtype=np.int8))
+        self.custom_meta = [dict(t) for t in custom_meta] if custom_meta is not None else [{} for _ in range(n)]
+        self.extra_info = dict(extra_info or {})
+        self._cells = dict(cells or {})  # field → addrs.Cells
+
+    @classmethod
+    def from_pb(cls, m) -> "BatchMeta":
+        n = len(m.indexes)
+        schema, cells = {}, {}
+        for name, fs in m.schema.items():
+            s = {"dtype": fs.dtype, "kind": fs.kind, "shape": tuple(fs.shape.dims)}
+            if fs.kind == "ragged":
+                s["shapes"] = [None if sh.unknown else tuple(sh.dims) for sh in fs.shapes]
+            schema[name] = s
+        for name, a in m.cells.items():
+            cells[name] = _addrs.expand(a, n)
+        # Built in place: the constructor's checks and copies cost more than
+        # the rest of decoding a meta of many rows.
+        self = cls.__new__(cls)
+        self.global_indexes = list(m.indexes)
+        self.partition_ids = list(m.partitions)
+        self.keys = [k or None for k in m.keys] if m.has_keys else None
+        self.field_schema = schema
+        self.production_status = (np.asarray(m.ready, dtype=np.int8) if len(m.ready)
+                                  else np.zeros(n, dtype=np.int8))
+        self.custom_meta = [json.loads(t) if t else {} for t in m.tags] if len(m.tags) else [{} for _ in range(n)]
+        self.extra_info = json.loads(m.extra) if m.extra else {}
+        self._cells = cells
+        if len(self.partition_ids) != n or len(self.production_status) != n or len(self.custom_meta) != n \
+                or (self.keys is not None and len(self.keys) != n):
+            raise errors.CorruptError(f"meta: per-row lists of unequal length for {n} rows")
+        return self
+
+    @classmethod
+    def empty(cls) -> "BatchMeta":
+        return cls()
+
+    @property
+    def size(self) -> int:
+        return len(self.global_indexes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def field_names(self):
+        return sorted(self.field_schema)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.size > 0 and bool(np.all(self.production_status == 1))
+
+    def get_all_custom_meta(self):
+        return _copy.deepcopy(self.custom_meta)
+
+    def update_custom_meta(self, tags) -> None:
+        if len(tags) != self.size:
+            raise errors.InvalidError(f"{len(tags)} tag dicts for {self.size} rows")
+        for mine, new in zip(self.custom_meta, tags):
+            mine.update(new or {})
+
+    def select_samples(self, positions) -> "BatchMeta":
+        pos = [int(p) for p in positions]
+        for p in pos:
+            if not -self.size <= p < self.size:
+                raise errors.InvalidError(f"position {p} out of range for {self.size} rows")
+        pos = [p % self.size for p in pos] if self.size else []
+        schema = {}
+        for k, s in self.field_schema.items():
+            s = dict(s)
+            if "shapes" in s:
+                s["shapes"] = [s["shapes"][p] for p in pos]
+            schema[k] = s
+        ipos = np.asarray(pos, dtype=np.int64)
+        return BatchMeta([self.global_indexes[p] for p in pos], [self.partition_ids[p] for p in pos],
+                         [self.keys[p] for p in pos] if self.keys is not None else None, schema,
+                         self.production_status[ipos] if len(pos) else np.zeros(0, np.int8),
+                         [_copy.deepcopy(self.custom_meta[p]) for p in pos], self.extra_info,
+                         {k: c.take(ipos) for k, c in self._cells.items()})
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.select_samples(range(*i.indices(self.size)))
+        if isinstance(i, int):
+            return self.select_samples([i])
+        raise TypeError(f"BatchMeta indices must be int or slice, not {type(i).__name__}")
+
+    def select_fields(self, names) -> "BatchMeta":
+        keep = [n for n in names if n in self.field_schema]
+        m = self.select_samples(range(self.size))
+        m.field_schema = {k: m.field_schema[k] for k in keep}
+        m._cells = {k: v for k, v in m._cells.items() if k in keep}
+        return m
+
+    def chunk(self, n: int):
+        """n chunks; the first ``size % n`` get one row more."""
+        if n <= 0:
+            raise errors.InvalidError(f"chunk count {n} must be positive")
+        q, r = divmod(self.size, n)
+        out, at = [], 0
+        for i in range(n):
+            k = q + (1 if i < r else 0)
+            out.append(self.select_samples(range(at, at + k)))
+            at += k
+        return out
+
+    def __repr__(self) -> str:
+        return (f"BatchMeta(size={self.size}, partitions={sorted(set(self.partition_ids))}, "
+                f"fields={self.field_names}, ready={self.is_ready})")
+
+
+@dataclass
+class KVBatchMeta:
+    """What a KV put reports: the keys, each key's tags after the merge, the
+    partition, and the fields every key holds."""
+
+    keys: list = field(default_factory=list)
+    tags: list = field(default_factory=list)
+    partition_id: str | None = None
+    fields: list | None = None
+    extra_info: dict | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def __len__(self) -> int:
+        return self.size

@@ -1,0 +1,458 @@
+"""A storage unit as a client sees it: its data plane over TCP or, on the
+same host, over its unix socket with its memfd segments mapped (wire/spec.md,
+"Data plane" and "Shared memory")."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import mmap
+import os
+import socket
+import struct
+import threading
+
+import numpy as np
+
+from . import addrs as _addrs
+from . import errors
+from . import wire
+from ._pb import control_pb2, data_pb2
+
+
+def alloc(n: int) -> np.ndarray:
+    """n uninitialised bytes for a get's result. Large ones are an anonymous
+    mapping populated at once (MAP_POPULATE): faulting in fresh pages one by
+    one on first touch is the slowest part of a large allocating get."""
+    if n < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
+        return np.empty(n, dtype=np.uint8)
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(m, dtype=np.uint8)
+
+
+class Pool:
+    """Idle connections to one address, handed out one caller at a time."""
+
+    def __init__(self, dial):
+        self._dial = dial
+        self._idle = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def take(self) -> wire.Conn:
+        import time
+        with self._lock:
+            if self._closed:
+                raise errors.ClosedError("client is closed")
+            while self._idle:
+                c = self._idle.pop()
+                if not c.closed and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
+                    return c
+                c.close()
+        return self._dial()
+
+    def give(self, c: wire.Conn) -> None:
+        with self._lock:
+            if self._closed or c.closed or len(self._idle) >= 16:
+                c.close()
+                return
+            self._idle.append(c)
+
+    def call(self, *args, **kw):
+        c = self.take()
+        try:
+            return c.call(*args, **kw)
+        finally:
+            self.give(c)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+
+def _recv_fd(path: str, segment: int, token: str):
+    """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge)."""
+    tok = token.encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(b"TQF1" + struct.pack("<IH", segment, len(tok)) + tok)
+        msg, fds, _, _ = socket.recv_fds(s, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        while len(msg) < 16:
+            more = s.recv(16 - len(msg))
+            if not more:
+                break
+            msg += more
+    except OSError as e:
+        raise errors.UnavailableError(f"fd socket {path}: {e}") from None
+    finally:
+        s.close()
+    if len(msg) != 16 or msg[:4] != b"TQF1":
+        for fd in fds:
+            os.close(fd)
+        raise errors.CorruptError(f"fd socket {path}: bad reply")
+    status, flags, _, size = struct.unpack("<BBHQ", msg[4:])
+    if status != 0:
+        for fd in fds:
+            os.close(fd)
+        why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
+               4: "the unit is closing"}.get(status, f"status {status}")
+        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError}.get(status, errors.TQError)
+        raise cls(f"fd socket {path}: segment {segment}: {why}")
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise errors.CorruptError(f"fd socket {path}: {len(fds)} fds with the reply")
+    return fds[0], size, bool(flags & 1)
+
+
+def _stale(fn):
+    """Unit reads: a range the unit no longer holds is a StaleError; a unit
+    that cannot be reached is a UnitLostError."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except errors.StaleError:
+            raise
+        except errors.NotFoundError as e:
+            raise errors.StaleError(e.message, op=e.op, partition=e.partition, keys=e.keys, fields=e.fields) from None
+        except errors.UnitLostError:
+            raise
+        except errors.UnavailableError as e:
+            raise errors.UnitLostError(f"storage unit {a[0].id} is unreachable: {e.message}", op=e.op) from None
+    return wrapped
+
+
+class Lease:
+    """A lease on ranges of a unit (ACQUIRE), held by a :class:`View` and by
+    every array viewing its memory (through their buffers' base), so that it
+    ends when the view is released, or else when the view and the last such
+    array are garbage. A lease that ends as garbage is handed to its unit,
+    which gives it back at its next operation (no I/O runs inside the
+    garbage collector)."""
+
+    __slots__ = ("unit", "conn", "lease", "done", "__weakref__")
+
+    def __init__(self, unit, conn, lease):
+        self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.unit.release(self.conn, self.lease)
+
+    def __del__(self):
+        if not self.done:
+            self.done = True
+            self.unit.orphans.append((self.conn, self.lease))
+
+
+class Unit:
+    """One storage unit. Safe for concurrent use."""
+
+    def __init__(self, info, *, token: str, name: str, host: str, transport: str, timeout: float):
+        self.id = info.unit_id
+        self.incarnation = info.incarnation
+        self.host_id = info.host_id
+        self.alive = info.alive
+        self.token = token
+        self.shm = False
+        self._segs = {}  # segment id → mmap
+        self.orphans = collections.deque()  # (conn, lease) of leases that ended as garbage
+        self._seg_lock = threading.Lock()
+        self.fd_socket = ""
+        addr = None
+        if transport in ("auto", "shm") and info.host_id == host:
+            ux = [a for a in info.addrs if a.startswith("unix://") and os.path.exists(a[7:])]
+            if ux and any(a.startswith("shm://") for a in info.addrs):
+                addr = ux[0]
+                self.shm = True
+        if addr is None:
+            if transport == "shm":
+                raise errors.NotSupportedError(f"unit {self.id}: no shared memory from this host (transport='shm')")
+            tcp = [a for a in info.addrs if a.startswith("tcp://")]
+            if not tcp:
+                raise errors.UnavailableError(f"unit {self.id} has no address this client can reach: {list(info.addrs)}")
+            addr = tcp[0]
+        self.addr = addr
+        self.transport = "shm" if self.shm else "tcp"
+        self.pool = Pool(lambda: wire.Conn(addr, token=token, name=name, unit_id=self.id,
+                                           incarnation=self.incarnation, timeout=timeout))
+        if self.shm:
+            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+            self.fd_socket = rep.fd_socket
+
+    def close(self) -> None:
+        self.give_back_orphans()
+        self.pool.close()
+        with self._seg_lock:
+            segs, self._segs = self._segs, {}
+        for m in segs.values():
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view still holds it; the mapping goes when the view does
+
+    # ---- shared memory -------------------------------------------------
+
+    def segment(self, seg: int) -> mmap.mmap:
+        """The mapping of segment ``seg`` (fetched and mapped once)."""
+        m = self._segs.get(seg)
+        if m is not None:
+            return m
+        with self._seg_lock:
+            m = self._segs.get(seg)
+            if m is not None:
+                return m
+            fd, size, _ = _recv_fd(self.fd_socket, seg, self.token)
+            try:
+                st = os.fstat(fd)
+                if st.st_size < size:
+                    raise errors.CorruptError(f"segment {seg}: memfd of {st.st_size} bytes, {size} announced")
+                # Pre-faulted: first touch of each page would otherwise cost
+                # a fault on the hot path (as the Go client maps them).
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self._segs[seg] = m
+            return m
+
+    def seg_view(self, seg: int, offset: int, nbytes: int, holder) -> np.ndarray:
+        """A read-only uint8 array over ``nbytes`` of segment ``seg`` at
+        ``offset`` whose buffer keeps ``holder`` (a :class:`Lease`) alive."""
+        if nbytes == 0:
+            return np.empty(0, dtype=np.uint8)
+        b = (ctypes.c_ubyte * nbytes).from_buffer(self.segment(seg), offset)
+        b._tq_lease = holder
+        a = np.frombuffer(b, dtype=np.uint8)
+        a.flags.writeable = False
+        return a
+
+    def give_back_orphans(self) -> None:
+        """Release the leases that ended as garbage."""
+        while self.orphans:
+            try:
+                conn, lease = self.orphans.popleft()
+            except IndexError:
+                return
+            try:
+                self.release(conn, lease)
+            except errors.TQError:
+                pass
+
+    def seg_array(self, seg: int, offset: int, nbytes: int) -> np.ndarray:
+        """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
+        if nbytes == 0:
+            return np.empty(0, dtype=np.uint8)  # an empty cell names no segment
+        return np.frombuffer(self.segment(seg), dtype=np.uint8, count=nbytes, offset=offset)
+
+    # ---- data plane ----------------------------------------------------
+
+    def write(self, cols):
+        """Put each column's bytes in an extent of its own; returns one
+        (segment, gen, offset) per column. Over shm: RESERVE, copy into the
+        mapping, RESERVE_COMMIT; over tcp: one WRITE."""
+        sizes = [c.nbytes for c in cols]
+        if self.shm:
+            conn = self.pool.take()
+            try:
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes), data_pb2.ReserveReply,
+                                op_name="reserve")
+                ext = _addrs.expand(rep.extents, len(cols), self.id)
+                try:
+                    for i, c in enumerate(cols):
+                        if not sizes[i]:
+                            continue
+                        dst = self.seg_array(int(ext.segment[i]), int(ext.offset[i]), sizes[i])
+                        at = 0
+                        for b in c.bufs:
+                            src = np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8) if not isinstance(b, np.ndarray) \
+                                else b.reshape(-1).view(np.uint8)
+                            pcopy(dst[at:at + len(src)], src)
+                            at += len(src)
+                    conn.call(wire.RESERVE_COMMIT, data_pb2.ReservationRequest(reservation=rep.reservation), None,
+                              op_name="reserve commit")
+                except BaseException:
+                    if not conn.closed:
+                        try:
+                            conn.call(wire.RESERVE_ABORT, data_pb2.ReservationRequest(reservation=rep.reservation),
+                                      None, op_name="reserve abort")
+                        except errors.TQError:
+                            pass
+                    raise
+            finally:
+                self.pool.give(conn)
+        else:
+            def one(group):
+                payload = [b for i in group for b in cols[i].bufs]
+                gs = [sizes[i] for i in group]
+                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs), data_pb2.WriteReply,
+                                     payload=payload, op_name="write", timeout=max(30.0, sum(gs) / (4 << 20) * 30))
+                return _addrs.expand(rep.extents, len(group), self.id)
+            groups = _stripes(sizes)
+            parts = _parallel(one, groups)
+            ext = _addrs.Cells.concat(parts)
+            order = np.argsort(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]), kind="stable")
+            ext = ext.take(order)
+        return ext
+
+    @_stale
+    def read(self, cells: _addrs.Cells, into=None):
+        """The bytes of ``cells`` back to back (into ``into`` when given)."""
+        total = int(cells.len.sum())
+        buf = into if into is not None else alloc(total)
+        if total == 0:
+            return buf
+        if self.shm:
+            return self._read_shm(cells, buf)
+        req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb([cells]))
+        self.pool.call(wire.READ, req, None, into=buf, op_name="read",
+                       timeout=max(30.0, total / (4 << 20) * 30))
+        return buf
+
+    @_stale
+    def read_many(self, cells_list, bufs) -> None:
+        """Read each Cells of ``cells_list`` into the matching buffer of
+        ``bufs`` (exactly its size): one READ, or one lease over shm."""
+        if sum(int(c.len.sum()) for c in cells_list) == 0:
+            return
+        if self.shm:
+            conn, lease = self.acquire(cells_list)
+            try:
+                for cells, buf in zip(cells_list, bufs):
+                    at = 0
+                    for seg, off, ln in _runs(cells):
+                        pcopy(buf[at:at + ln], self.seg_array(seg, off, ln))
+                        at += ln
+            finally:
+                self.release(conn, lease)
+            return
+        def one(group):
+            parts = [cells_list[i] for i in group]
+            total = sum(int(c.len.sum()) for c in parts)
+            if total == 0:
+                return
+            req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb(parts))
+            self.pool.call(wire.READ, req, None, into=[bufs[i] for i in group if len(bufs[i])], op_name="read",
+                           timeout=max(30.0, total / (4 << 20) * 30))
+        _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
+
+    @_stale
+    def acquire(self, cells):
+        """Lease ``cells`` (a Cells or a list of them) for reading in place:
+        (conn, lease id)."""
+        self.give_back_orphans()
+        ranges = _addrs.ranges_pb(cells if isinstance(cells, list) else [cells])
+        conn = self.pool.take()
+        try:
+            rep = conn.call(wire.ACQUIRE, data_pb2.AcquireRequest(ranges=ranges),
+                            data_pb2.AcquireReply, op_name="acquire")
+        except BaseException:
+            self.pool.give(conn)
+            raise
+        return conn, rep.lease
+
+    def release(self, conn, lease) -> None:
+        """Give a lease back. Its reply is not waited for (it is read before
+        the connection's next request): nothing the caller does depends on
+        it, and the unit releases the lease in order, before that request."""
+        try:
+            conn.send_only(wire.RELEASE, data_pb2.ReleaseRequest(lease=lease))
+        finally:
+            self.pool.give(conn)
+
+    def _read_shm(self, cells, buf):
+        conn, lease = self.acquire(cells)
+        try:
+            dst = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1).view(np.uint8)
+            at = 0
+            for seg, off, ln in _runs(cells):
+                pcopy(dst[at:at + ln], self.seg_array(seg, off, ln))
+                at += ln
+        finally:
+            self.release(conn, lease)
+        return buf
+
+    def free(self, cells: _addrs.Cells) -> None:
+        self.pool.call(wire.FREE, data_pb2.FreeRequest(cells=_addrs.to_pb(cells, with_unit=False)), None,
+                       op_name="free")
+
+
+def _runs(cells: _addrs.Cells):
+    """(segment, offset, nbytes) of the back-to-back stretches of ``cells``."""
+    n = len(cells)
+    if n == 0:
+        return []
+    brk = np.ones(n, dtype=bool)
+    brk[1:] = (cells.segment[1:] != cells.segment[:-1]) | (cells.offset[1:] != cells.offset[:-1] + cells.len[:-1])
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], n)
+    cs = np.concatenate([[0], np.cumsum(cells.len, dtype=np.uint64)])
+    return [(int(cells.segment[s]), int(cells.offset[s]), int(cs[e] - cs[s])) for s, e in zip(starts, ends)]
+
+
+# Large transfers over tcp go over several connections at once (the
+# socket calls release the GIL), as the Go client stripes them.
+STRIPE_MIN = 8 << 20
+STRIPES = 4
+
+
+def _stripes(sizes):
+    """Indexes of ``sizes`` in up to STRIPES groups of about equal bytes
+    (one group when the total is small), each in order."""
+    total = sum(sizes)
+    k = min(STRIPES, len(sizes), max(1, total // STRIPE_MIN))
+    if k <= 1:
+        return [list(range(len(sizes)))]
+    groups, load = [[] for _ in range(k)], [0] * k
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        g = load.index(min(load))
+        groups[g].append(i)
+        load[g] += sizes[i]
+    return [sorted(g) for g in groups if g]
+
+
+_executor = None
+_executor_lock = threading.Lock()
+
+
+def _parallel(fn, groups):
+    if len(groups) == 1:
+        return [fn(groups[0])]
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _executor = ThreadPoolExecutor(max_workers=2 * STRIPES, thread_name_prefix="tq-stripe")
+    futs = [_executor.submit(fn, g) for g in groups]
+    return [f.result() for f in futs]
+
+
+# Copies of more than PCOPY_MIN bytes are split over threads (numpy releases
+# the GIL while it copies): one core's memcpy does not saturate memory.
+PCOPY_MIN = 4 << 20
+PCOPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def pcopy(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[:] = src (uint8 arrays of one length), in parallel when large."""
+    n = len(src)
+    k = min(PCOPY_THREADS, n // PCOPY_MIN)
+    if k <= 1:
+        dst[:] = src
+        return
+    step = -(-n // k)
+    step += -step % 4096
+
+    def one(i):
+        dst[i:i + step] = src[i:i + step]
+    _parallel(one, list(range(0, n, step)))

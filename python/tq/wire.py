@@ -1,0 +1,301 @@
+"""Frames, the handshake, and one connection to a TQ server (wire/spec.md).
+
+A :class:`Conn` is one stream socket (TCP or unix) that has done its
+``HELLO``. It runs one request at a time (callers on several threads take
+turns under its lock), which is all the synchronous client needs; the
+protocol allows more in flight, and a client that wants them opens more
+connections.
+
+Layout of a frame (32-byte header, little-endian)::
+
+    0  magic "TQ"   2 version 1   3 flags (1 REPLY, 2 ERROR)   4 op u16
+    6  reserved u16  8 request id u64  16 body length u32  20 reserved u32
+    24 payload length u64
+    then the body (a protobuf message), then the payload (raw bytes)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+
+import numpy as np
+
+from . import errors
+from ._pb import common_pb2, control_pb2, data_pb2, cluster_pb2  # noqa: F401
+
+HEADER = struct.Struct("<2sBBHHQIIQ")
+MAGIC = b"TQ"
+VERSION = 1
+FLAG_REPLY = 1
+FLAG_ERROR = 2
+MAX_BODY = 64 << 20
+MAX_PAYLOAD = 1 << 40
+
+# Ops (wire/spec.md).
+HELLO, PING, CANCEL = 1, 2, 3
+INSERT, FETCH, FORCE_FETCH, ROWS_META, COMMIT, RESOLVE_KEYS, KEYS_OF, SET_TAGS = range(16, 24)
+LIST_KEYS, PRODUCTION_STATUS, CONSUMPTION_STATUS, RESET_CONSUMPTION = range(24, 28)
+CLEAR_ROWS, CLEAR_KEYS, CLEAR_PARTITION, PARTITIONS, STATS, FIELDS, UNITS = range(28, 35)
+SAVE_CHECKPOINT, LOAD_CHECKPOINT, COMMIT_KEYS, UNCONSUME, CLUSTER_INFO, CHECKPOINTS = range(35, 41)
+DELETE_TAGS, COMPARE_AND_SET_TAG, KEY_CHANGES, KV_PUT, KV_GET = range(41, 46)
+WRITE, READ, FREE, UNIT_STATS, SHM_SEGMENTS, RESERVE, RESERVE_COMMIT, RESERVE_ABORT, ACQUIRE, RELEASE = range(64, 74)
+
+ENV_TOKEN = "TQ_TOKEN"
+ENV_DATA_DIR = "TQ_DATA_DIR"
+ENV_ADDRESS = "TQ_ADDRESS"
+DEFAULT_ADDRESS = "tcp://127.0.0.1:7370"
+
+# A connection idle this long is replaced before use: servers close
+# connections that send nothing for 5 minutes (wire/spec.md, "Liveness").
+IDLE_REDIAL_S = 240.0
+
+
+def host_id() -> str:
+    """This host's identity: the Linux boot id, trimmed ("" elsewhere)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def data_dir() -> str:
+    """This user's TQ data directory: $TQ_DATA_DIR, else $XDG_STATE_HOME/tq
+    (when absolute), else ~/.local/state/tq."""
+    d = os.environ.get(ENV_DATA_DIR)
+    if d:
+        return d
+    x = os.environ.get("XDG_STATE_HOME", "")
+    if x and os.path.isabs(x):
+        return os.path.join(x, "tq")
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "tq")
+
+
+def find_token(explicit: str | None = None) -> str:
+    """The token a client presents: ``explicit``, else $TQ_TOKEN, else the
+    token file in :func:`data_dir` (the one ``tq serve`` of this user made),
+    else "" (a server run with --insecure needs none). A token file that
+    another user owns, or that group or others may read, is refused."""
+    if explicit:
+        return explicit
+    t = os.environ.get(ENV_TOKEN)
+    if t:
+        return t
+    path = os.path.join(data_dir(), "token")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return ""
+    except (PermissionError, NotADirectoryError):
+        return ""
+    except OSError as e:
+        raise errors.InvalidError(f"token file {path}: {e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise errors.InvalidError(f"token file {path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise errors.InvalidError(f"token file {path} is owned by uid {st.st_uid}, not by this user")
+        if st.st_mode & 0o077:
+            raise errors.InvalidError(f"token file {path} has mode {st.st_mode & 0o777:04o}: chmod 600 it")
+        b = os.read(fd, 4097)
+    finally:
+        os.close(fd)
+    tok = b.decode().strip()
+    if not tok or any(c <= " " or c == "\x7f" for c in tok):
+        raise errors.InvalidError(f"token file {path} does not hold one word")
+    return tok
+
+
+def parse_addr(addr: str):
+    """``tcp://host:port``, ``unix:///path`` or ``host:port`` → (family, sockaddr)."""
+    if addr.startswith("unix://"):
+        return socket.AF_UNIX, addr[len("unix://"):]
+    if addr.startswith("tcp://"):
+        addr = addr[len("tcp://"):]
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise errors.InvalidError(f"address {addr!r}: want tcp://host:port or unix:///path")
+    host = host.strip("[]") or "127.0.0.1"
+    return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port))
+
+
+def _recv_exact(sock: socket.socket, buf) -> None:
+    mv = memoryview(buf).cast("B")
+    got, n = 0, len(mv)
+    while got < n:
+        k = sock.recv_into(mv[got:], n - got)
+        if k == 0:
+            raise ConnectionError("connection closed by the server")
+        got += k
+
+
+class Conn:
+    """One authenticated connection. Safe for concurrent use (calls take turns)."""
+
+    def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
+                 unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0):
+        self.addr = addr
+        self.family, sockaddr = parse_addr(addr)
+        self._lock = threading.Lock()
+        self._next_id = 1
+        self._pending = []  # ids of send_only requests whose replies are unread
+        self.timeout = timeout
+        try:
+            s = socket.socket(self.family, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(sockaddr)
+        except OSError as e:
+            raise errors.UnavailableError(f"dial {addr}: {e}") from None
+        if self.family != socket.AF_UNIX:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = s
+        self.last_used = time.monotonic()
+        hello = common_pb2.Hello(version=VERSION, role="client", host_id=host_id(),
+                                 token=token, name=name, unit_id=unit_id, incarnation=incarnation)
+        try:
+            self.server = self.call(HELLO, hello, common_pb2.Hello, op_name="hello")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        s, self.sock = self.sock, None
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self.sock is None
+
+    def _send(self, op: int, rid: int, body: bytes, payload) -> None:
+        plen = sum(len(memoryview(p).cast("B")) for p in payload) if payload else 0
+        hdr = HEADER.pack(MAGIC, VERSION, 0, op, 0, rid, len(body), 0, plen)
+        bufs = [hdr, body]
+        if payload:
+            bufs.extend(memoryview(p).cast("B") for p in payload if len(memoryview(p).cast("B")))
+        # sendmsg may send less than all: keep going from where it stopped.
+        while bufs:
+            n = self.sock.sendmsg(bufs[:512])  # at most IOV_MAX (1024) buffers a call
+            while n:
+                b = memoryview(bufs[0]).cast("B")
+                if n >= len(b):
+                    n -= len(b)
+                    bufs.pop(0)
+                else:
+                    bufs[0] = b[n:]
+                    n = 0
+            while bufs and len(memoryview(bufs[0]).cast("B")) == 0:
+                bufs.pop(0)
+
+    def call(self, op: int, req, reply_cls=None, *, payload=None, into=None,
+             op_name: str = "", timeout: float | None = None, err_ctx=None):
+        """Send one request and wait for its reply.
+
+        ``payload``: a list of bytes-like objects sent back to back after the
+        body. ``into``: a writable buffer, or a list of them filled one after
+        another, the reply's payload is read into (exactly the payload's
+        size in all); without it a payload is
+        returned as a new bytearray. Returns the decoded reply (or
+        ``(reply, payload)`` when the reply carries a payload or ``into`` was
+        given).
+        """
+        body = req.SerializeToString() if req is not None else b""
+        err_ctx = err_ctx or {}
+        with self._lock:
+            if self.sock is None:
+                raise errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
+            rid = self._next_id
+            self._next_id += 1
+            try:
+                self.sock.settimeout(timeout if timeout is not None else self.timeout)
+                self._drain()
+                self._send(op, rid, body, payload)
+                hdr = bytearray(HEADER.size)
+                _recv_exact(self.sock, hdr)
+                magic, ver, flags, rop, _, rrid, blen, _, plen = HEADER.unpack(hdr)
+                if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
+                        or blen > MAX_BODY or plen > MAX_PAYLOAD:
+                    raise errors.CorruptError(f"bad reply header from {self.addr}")
+                rbody = bytearray(blen)
+                _recv_exact(self.sock, rbody)
+                rpay = None
+                if plen:
+                    if into is not None:
+                        parts = into if isinstance(into, list) else [into]
+                        have = sum(len(memoryview(b).cast("B")) for b in parts)
+                        if have != plen:
+                            raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}")
+                        for b in parts:
+                            _recv_exact(self.sock, b)
+                        rpay = into
+                    else:
+                        rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
+                        _recv_exact(self.sock, rpay)
+            except (OSError, ConnectionError) as e:
+                self.close()
+                if isinstance(e, socket.timeout):
+                    raise errors.DeadlineError(f"no reply from {self.addr} in time", op=op_name, **err_ctx) from None
+                raise errors.UnavailableError(f"{self.addr}: {e}", op=op_name, **err_ctx) from None
+            except BaseException:
+                # A corrupt reply, or an interrupt (KeyboardInterrupt) half
+                # way through a frame: the stream is out of step for good.
+                # The server cancels what this connection had running.
+                self.close()
+                raise
+            finally:
+                self.last_used = time.monotonic()
+        if flags & FLAG_ERROR:
+            err = common_pb2.Error.FromString(bytes(rbody))
+            raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
+        reply = reply_cls.FromString(bytes(rbody)) if reply_cls is not None else None
+        if rpay is not None or into is not None:
+            return reply, rpay
+        return reply
+
+    def send_only(self, op: int, req) -> None:
+        """Send a request whose reply nobody waits for (RELEASE): its reply
+        is read, and dropped, before the next call's request goes out.
+        Errors are dropped with it; a broken connection shows at the next
+        call."""
+        body = req.SerializeToString() if req is not None else b""
+        with self._lock:
+            if self.sock is None:
+                return
+            rid = self._next_id
+            self._next_id += 1
+            try:
+                self.sock.settimeout(self.timeout)
+                self._drain()
+                self._send(op, rid, body, None)
+            except OSError:
+                self.close()
+                return
+            self._pending.append(rid)
+
+    def _drain(self) -> None:
+        """Read the replies of send_only requests (under the lock)."""
+        while self._pending:
+            rid = self._pending.pop(0)
+            hdr = bytearray(HEADER.size)
+            _recv_exact(self.sock, hdr)
+            magic, ver, flags, _, _, rrid, blen, _, plen = HEADER.unpack(hdr)
+            if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
+                    or blen > MAX_BODY or plen > (1 << 20):
+                raise ConnectionError(f"bad reply header from {self.addr}")
+            _recv_exact(self.sock, bytearray(blen + plen))
+
+    def cancel(self, rid: int) -> None:
+        """Send CANCEL for request ``rid`` (no reply comes)."""
+        body = common_pb2.Cancel(id=rid).SerializeToString()
+        with self._lock:
+            if self.sock is not None:
+                self._send(CANCEL, 0, body, None)
