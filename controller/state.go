@@ -119,7 +119,7 @@ func (p *partition) copyState() *partCopy {
 	pc.rows = make([]rowCopy, 0, p.rows.len())
 	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
 	p.rows.all(func(r *row) {
-		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: slices.Clone(r.consumed)}
+		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: r.consumedWords()}
 		start := len(slab)
 		for slot, cl := range r.cells {
 			if !cl.produced() {
