@@ -183,6 +183,7 @@ type partition struct {
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
+	done    bool // its producer marked it done (MarkDone)
 	// removed is the log index of the last record that took rows or
 	// keys out of the partition: a read that found a key absent waits
 	// for it.

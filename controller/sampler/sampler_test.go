@@ -300,7 +300,7 @@ func TestState(t *testing.T) {
 			new:   newGRPO(2),
 			other: newGRPO(4),
 			bad: []string{
-				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[0,1,2]}]}`,
+				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[]}]}`,
 				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":-1,"batch_index":0,"rows":[0,1]}]}`,
 			},
 		},
@@ -323,8 +323,8 @@ func TestState(t *testing.T) {
 			bad: []string{
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1]]}]}`,
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[1,2]]}]}`,
-				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[2]]}]}`,
-				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[]]}]}`,
+				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[],[]]}]}`,
+				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[1,0],[2]]}]}`,
 			},
 		},
 	} {
