@@ -449,12 +449,20 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		spec = req.Sampler.String()
 	}
 	if len(sampled) == 0 {
-		if len(entries) > 0 {
+		// The sampler may have consumed rows though this rank got
+		// nothing (a batch balanced across ranks: the others' parts).
+		if len(consumed) > 0 {
+			if err := p.checkRows(consumed); err != nil {
+				return nil, err
+			}
+			p.markConsumed(p.taskSlot(req.Task), consumed)
+		}
+		if len(entries) > 0 || len(consumed) > 0 {
 			// The sampler remembered something (a batch split across
 			// ranks, say) though this rank got nothing: a restart must
 			// remember it too.
 			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
-				Partition: p.id, Gen: p.gen, Task: req.Task, Sampler: entries, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+				Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampler: entries, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
 			}}})
 		}
 		if final {
@@ -481,6 +489,16 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}}})
 	}
 	return p.meta(rows, req.Fields), nil
+}
+
+// checkRows reports a sampler's row that is not in p.
+func (p *partition) checkRows(idx []uint64) error {
+	for _, gi := range idx {
+		if _, ok := p.rows.get(gi); !ok {
+			return fmt.Errorf("sampler consumed row %d, which is not in partition %q: %w", gi, p.id, engine.ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // lockOrSpend returns partition id locked, or, when it does not exist,

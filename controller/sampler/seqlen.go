@@ -87,6 +87,7 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 	}
 	key := batchKey{task: req.Task, batch: opts.BatchIndex}
 	parts, ok := s.cache.get(req.Partition, key)
+	fresh := !ok
 	if !ok {
 		rows, err := selectGroups(seqlenKind, req.Ready, req.BatchSize*s.dpSize, s.n, req.Final)
 		if err != nil || rows == nil {
@@ -96,15 +97,31 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 		if err != nil {
 			return nil, nil, err
 		}
-		if parts, err = s.add(req, parts); err != nil {
+		if parts, fresh, err = s.add(req, parts); err != nil {
 			return nil, nil, err
 		}
 	}
-	if opts.DPRank >= len(parts) || len(parts[opts.DPRank]) == 0 {
-		return nil, nil, nil
-	}
-	sampled, consumed = pair(parts[opts.DPRank])
+	sampled, consumed = answer(parts, opts.DPRank, fresh)
 	return sampled, consumed, nil
+}
+
+// answer returns rank's part of a balanced batch, and what the call
+// consumes: the whole batch when the call made it (the other ranks' rows
+// are theirs, not for the next batch index to take), else the part.
+// A rank with no part (past dpSize, or an empty part of a final batch)
+// samples nothing.
+func answer(parts [][]uint64, rank int, fresh bool) (sampled, consumed []uint64) {
+	if rank < len(parts) && len(parts[rank]) > 0 {
+		sampled = slices.Clone(parts[rank])
+	}
+	if !fresh {
+		return sampled, slices.Clone(sampled)
+	}
+	for _, p := range parts {
+		consumed = append(consumed, p...)
+	}
+	slices.Sort(consumed)
+	return sampled, consumed
 }
 
 // balance splits the selected rows (whole groups of n, ascending) into
@@ -186,15 +203,15 @@ type partsCache struct {
 }
 
 // add stores a freshly balanced batch (or finds the one a peer stored
-// first) and journals it.
-func (s *partsCache) add(req engine.SampleRequest, parts [][]uint64) ([][]uint64, error) {
-	parts, added := s.cache.add(req.Partition, batchKey{task: req.Task, batch: req.Options.BatchIndex}, parts)
+// first: added is false) and journals it.
+func (s *partsCache) add(req engine.SampleRequest, parts [][]uint64) (_ [][]uint64, added bool, _ error) {
+	parts, added = s.cache.add(req.Partition, batchKey{task: req.Task, batch: req.Options.BatchIndex}, parts)
 	if added {
 		if err := journal(s.kind, req, partsEntry{Partition: req.Partition, Task: req.Task, BatchIndex: req.Options.BatchIndex, Parts: parts}); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 	}
-	return parts, nil
+	return parts, added, nil
 }
 
 // ClearCache implements [engine.CachingSampler].

@@ -67,19 +67,17 @@ func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint
 		return nil, nil, err
 	}
 	parts, ok := t.cache.get(req.Partition, batchKey{task: req.Task, batch: opts.BatchIndex})
+	fresh := !ok
 	if !ok {
 		parts, err = t.fill(req)
 		if err != nil || parts == nil {
 			return nil, nil, err
 		}
-		if parts, err = t.add(req, parts); err != nil {
+		if parts, fresh, err = t.add(req, parts); err != nil {
 			return nil, nil, err
 		}
 	}
-	if opts.DPRank >= len(parts) || len(parts[opts.DPRank]) == 0 {
-		return nil, nil, nil
-	}
-	sampled, consumed = pair(parts[opts.DPRank])
+	sampled, consumed = answer(parts, opts.DPRank, fresh)
 	return sampled, consumed, nil
 }
 
