@@ -479,13 +479,23 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		rows[i] = r
 	}
 	p.markConsumed(p.taskSlot(req.Task), consumed)
+	// Rows of a batch the sampler keeps for a DP group are the group's:
+	// giving the fetch back (Unconsume) must not hand them to other
+	// groups, since the group's peers (and this rank, asking again) get
+	// them from the sampler.
+	cs, caching := smp.(engine.CachingSampler)
+	kept := caching && req.Options.HasRank && cs.Cached(p.id, req.Task, req.Options)
 	if req.Key != "" {
-		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: consumed, at: now})
+		back := consumed
+		if kept {
+			back = nil
+		}
+		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now})
 	}
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
-			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, AtUnixMs: now.UnixMilli(),
 		}}})
 	}
 	return p.meta(rows, req.Fields), nil

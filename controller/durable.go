@@ -444,7 +444,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		}
 		p.markConsumed(p.taskSlot(o.Task), o.Consumed)
 		if len(o.Key) > 0 {
-			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: o.Consumed, at: time.UnixMilli(o.AtUnixMs)})
+			back := o.Consumed
+			if o.Kept {
+				back = nil // the group's (see tryFetch)
+			}
+			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: time.UnixMilli(o.AtUnixMs)})
 		}
 	case *wirepb.LogOp_Unconsume:
 		o := op.Unconsume

@@ -247,3 +247,34 @@ func TestDurableDoneAndSamplerPerFetch(t *testing.T) {
 		require.NoError(t, d.Close()) // a clean close writes a snapshot
 	}
 }
+
+// A keyed fetch of a batch a sampler keeps for a DP group, given back,
+// leaves the rows with the group: other groups never get them, the peer
+// and the rank itself still do.
+func TestGiveBackKeepsGroupBatches(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	ctx := context.Background()
+	ra := engine.SamplerSpec{Name: engine.SamplerRankAware}
+	req := specFetch(ra, 0, 0, 4)
+	req.Key = "k0"
+	first, err := c.Fetch(ctx, req)
+	require.NoError(t, err)
+	require.NoError(t, c.Unconsume("p", "t", "k0"))
+	other, err := c.Fetch(ctx, specFetch(ra, 1, 0, 8))
+	require.NoError(t, err)
+	require.Empty(t, other.Indexes, "group 1 cannot take group 0's rows: only 4 are free")
+	again, err := c.Fetch(ctx, specFetch(ra, 0, 0, 4))
+	require.NoError(t, err)
+	require.Equal(t, first.Indexes, again.Indexes, "group 0 still gets its batch")
+
+	// A private fetch given back goes back to the task.
+	req = engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "k1"}
+	priv, err := c.Fetch(ctx, req)
+	require.NoError(t, err)
+	require.Len(t, priv.Indexes, 4)
+	require.NoError(t, c.Unconsume("p", "t", "k1"))
+	back := fetch(t, c, "p", "t", 4, "x")
+	require.Equal(t, priv.Indexes, back.Indexes)
+}

@@ -1077,7 +1077,12 @@ type ConsumeOp struct {
 	// sampler_spec names the sampler the fetch chose (FetchRequest.sampler,
 	// in its text form "grpo:4"); empty: the controller's own. The sampler
 	// entries go to it.
-	SamplerSpec   string `protobuf:"bytes,9,opt,name=sampler_spec,json=samplerSpec,proto3" json:"sampler_spec,omitempty"`
+	SamplerSpec string `protobuf:"bytes,9,opt,name=sampler_spec,json=samplerSpec,proto3" json:"sampler_spec,omitempty"`
+	// kept: the rows belong to a batch the sampler keeps for a DP group
+	// (a caching sampler, a request with a rank), so UNCONSUME of the key
+	// does not give them back: the group's peers, and the rank itself
+	// when it asks for that batch index again, still get them.
+	Kept          bool `protobuf:"varint,10,opt,name=kept,proto3" json:"kept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1173,6 +1178,13 @@ func (x *ConsumeOp) GetSamplerSpec() string {
 		return x.SamplerSpec
 	}
 	return ""
+}
+
+func (x *ConsumeOp) GetKept() bool {
+	if x != nil {
+		return x.Kept
+	}
+	return false
 }
 
 // UnconsumeOp: the rows of the fetch named key are fetchable again for
@@ -2567,7 +2579,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xf2\x01\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x86\x02\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -2578,7 +2590,9 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\x12\x10\n" +
 	"\x03gen\x18\b \x01(\x04R\x03gen\x12!\n" +
-	"\fsampler_spec\x18\t \x01(\tR\vsamplerSpec\"\x9b\x01\n" +
+	"\fsampler_spec\x18\t \x01(\tR\vsamplerSpec\x12\x12\n" +
+	"\x04kept\x18\n" +
+	" \x01(\bR\x04kept\"\x9b\x01\n" +
 	"\vUnconsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
