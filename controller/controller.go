@@ -411,9 +411,13 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	// A done partition whose every unconsumed row is ready gets no more:
 	// the sampler may return a short last batch, and nothing means the
 	// end (ErrDone).
+	// (Counting the unconsumed rows walks the partition: only a done
+	// partition's fetch that comes up short pays it, at the end of the
+	// data.)
+	isFinal := func() bool { return p.done && p.unconsumed(req.Task) == ready.Len() }
 	final := false
-	if ready.Len() < req.BatchSize || req.TokenBudget > 0 {
-		final = p.done && p.unconsumed(req.Task) == ready.Len()
+	if ready.Len() < req.BatchSize {
+		final = isFinal()
 	}
 	if ready.Len() < req.BatchSize && !final {
 		cs, caching := smp.(engine.CachingSampler)
@@ -441,6 +445,12 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
 	}
 	sampled, consumed, err := smp.Sample(sreq)
+	if err == nil && len(sampled) == 0 && len(consumed) == 0 && len(entries) == 0 && !final && req.TokenBudget > 0 && isFinal() {
+		// A token budget's batch did not fill; at the end of a done
+		// partition it takes what there is.
+		final, sreq.Final = true, true
+		sampled, consumed, err = smp.Sample(sreq)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
 	}
