@@ -7,11 +7,16 @@ package bench
 //   - BenchmarkStreamLoader: consuming a partition of 1024 rows in
 //     micro-batches of 64 with stream.Loader (no prefetch, and prefetch
 //     2) and with the hand-written loop (GetMeta, Get, Release until the
-//     partition is drained). The loader's overhead is the difference.
+//     partition is drained). The loader's overhead is the difference;
+//     impl=paired runs both in turn in every iteration and reports the
+//     ratio (loader/manual), which a busy shared machine disturbs less.
 //   - BenchmarkStreamTrainer: a simulated trainer that computes for a
 //     fixed time per micro-batch (a sleep: the accelerator works, the CPU
-//     waits), with and without prefetch; ns/step is the step time, and
-//     prefetch=baseline is the compute alone.
+//     waits), with and without prefetch; ns/step is the step time,
+//     wait-ns/step the part of it the loop waited for its next
+//     micro-batch, and baseline the compute alone. (On a machine with
+//     few cores the prefetcher's CPU work can delay the sleeping loop's
+//     wake-ups: wait-ns/step shows what prefetch hides.)
 //
 //	go test -run '^$' -bench 'Stream' -count 6 ./bench | tee new.txt
 //	benchstat new.txt
@@ -20,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,11 +40,18 @@ const (
 	streamWidth = 512 // int32 tokens per row: 2 KiB
 )
 
-// streamSetup fills a partition of streamRows rows of a 2 KiB "tokens"
-// field and marks it done.
-func streamSetup(b *testing.B, c *client.Client, part string) {
+// streamParts numbers the benchmarks' partitions: -count runs each
+// sub-benchmark again against the same server process.
+var streamParts atomic.Int64
+
+// streamSetup fills a fresh partition of streamRows rows of a 2 KiB
+// "tokens" field, marks it done, and returns its name; it is cleared when
+// the benchmark ends.
+func streamSetup(b *testing.B, c *client.Client, name string) string {
 	b.Helper()
 	ctx := context.Background()
+	part := fmt.Sprintf("%s_%d", name, streamParts.Add(1))
+	b.Cleanup(func() { c.ClearPartition(context.Background(), part) })
 	toks := make([]int32, streamRows*streamWidth)
 	for i := range toks {
 		toks[i] = int32(i)
@@ -53,6 +66,7 @@ func streamSetup(b *testing.B, c *client.Client, part string) {
 	if err := c.MarkDone(ctx, part); err != nil {
 		b.Fatal(err)
 	}
+	return part
 }
 
 // touch reads every 1024th byte of a micro-batch, as a trainer's copy to
@@ -131,8 +145,7 @@ func BenchmarkStreamLoader(b *testing.B) {
 		{"loader/prefetch=2", func(b *testing.B, part string) int { return drainLoader(b, c, part, 2, compute) }},
 	} {
 		b.Run("impl="+impl.name, func(b *testing.B) {
-			part := "loader_" + impl.name
-			streamSetup(b, c, part)
+			part := streamSetup(b, c, "loader")
 			ctx := context.Background()
 			b.SetBytes(streamRows * streamWidth * 4)
 			b.ReportAllocs()
@@ -149,6 +162,30 @@ func BenchmarkStreamLoader(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*streamRows), "ns/row")
 		})
 	}
+	// Paired: the manual loop and the loader take turns on two
+	// partitions in every iteration, so a load that comes and goes on a
+	// shared machine hits both alike; loader/manual is the ratio of their
+	// times.
+	b.Run("impl=paired", func(b *testing.B) {
+		pm, pl := streamSetup(b, c, "paired_manual"), streamSetup(b, c, "paired_loader")
+		ctx := context.Background()
+		var tm, tl time.Duration
+		for b.Loop() {
+			start := time.Now()
+			drainManual(b, c, pm, compute)
+			mid := time.Now()
+			drainLoader(b, c, pl, 0, compute)
+			tm, tl = tm+mid.Sub(start), tl+time.Since(mid)
+			b.StopTimer()
+			if err := errors.Join(c.ResetConsumption(ctx, pm, "train"), c.ResetConsumption(ctx, pl, "train")); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(tm.Nanoseconds())/float64(b.N*streamRows), "manual-ns/row")
+		b.ReportMetric(float64(tl.Nanoseconds())/float64(b.N*streamRows), "loader-ns/row")
+		b.ReportMetric(float64(tl)/float64(tm), "loader/manual")
+	})
 	_ = sink
 }
 
@@ -168,16 +205,22 @@ func BenchmarkStreamTrainer(b *testing.B) {
 		})
 		for _, prefetch := range []int{0, 2} {
 			b.Run(fmt.Sprintf("compute=%v/prefetch=%d", compute, prefetch), func(b *testing.B) {
-				part := fmt.Sprintf("trainer_%v_%d", compute, prefetch)
-				streamSetup(b, c, part)
+				part := streamSetup(b, c, "trainer")
 				ctx := context.Background()
-				var sink byte
+				var (
+					sink   byte
+					waited time.Duration // the loop waiting for its next micro-batch
+					last   time.Time
+				)
 				step := func(d *engine.Batch) {
+					waited += time.Since(last)
 					sink += touch(d)
 					time.Sleep(compute)
+					last = time.Now()
 				}
 				steps := 0
 				for b.Loop() {
+					last = time.Now()
 					steps += drainLoader(b, c, part, prefetch, step)
 					b.StopTimer()
 					if err := c.ResetConsumption(ctx, part, "train"); err != nil {
@@ -186,6 +229,7 @@ func BenchmarkStreamTrainer(b *testing.B) {
 					b.StartTimer()
 				}
 				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(steps), "ns/step")
+				b.ReportMetric(float64(waited.Nanoseconds())/float64(steps), "wait-ns/step")
 				_ = sink
 			})
 		}
