@@ -25,6 +25,10 @@ import (
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
+// maxNamedSamplers bounds the samplers fetches may make (each spec with
+// its parameters is one).
+const maxNamedSamplers = 256
+
 // samplerFor returns the sampler a fetch with spec uses: the configured
 // one for the zero spec, else the instance for the spec, made on first
 // use. A bad spec is an error wrapping [engine.ErrInvalid].
@@ -41,6 +45,9 @@ func (c *Controller) samplerFor(spec engine.SamplerSpec) (engine.Sampler, error)
 	defer c.namedMu.Unlock()
 	if s, ok := c.named[key]; ok {
 		return s, nil
+	}
+	if len(c.named) >= maxNamedSamplers {
+		return nil, fmt.Errorf("sampler %s: the controller already keeps the %d samplers fetches may choose: %w", key, maxNamedSamplers, engine.ErrInvalid)
 	}
 	s, err := sampler.New(spec)
 	if err != nil {

@@ -278,3 +278,16 @@ func TestGiveBackKeepsGroupBatches(t *testing.T) {
 	back := fetch(t, c, "p", "t", 4, "x")
 	require.Equal(t, priv.Indexes, back.Indexes)
 }
+
+func TestSamplersPerFetchAreBounded(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	for n := 1; n <= maxNamedSamplers; n++ {
+		_, err := c.samplerFor(engine.SamplerSpec{Name: engine.SamplerGRPO, N: n})
+		require.NoError(t, err)
+	}
+	_, err := c.samplerFor(engine.SamplerSpec{Name: engine.SamplerGRPO, N: maxNamedSamplers + 1})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "already keeps the 256 samplers")
+	_, err = c.samplerFor(engine.SamplerSpec{Name: engine.SamplerGRPO, N: 3})
+	require.NoError(t, err, "one made before is still there")
+}
