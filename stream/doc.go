@@ -32,8 +32,11 @@
 // In finite mode (the default) the loop ends once every partition is
 // drained: its producer marked it done ([client.Client.MarkDone]) and the
 // rank's group has taken all it can. A short last micro-batch is
-// yielded. Without the done marker the loader waits for more rows, as in
-// continuous mode (Config.Continuous), which never ends on its own.
+// yielded. With Config.EndWhenConsumed a partition also ends, as in the
+// reference, once the task consumed every row it has (pre-allocated ones
+// included: the controller's PreAlloc). Otherwise, without the done
+// marker, the loader waits for more rows, as in continuous mode
+// (Config.Continuous), which never ends on its own.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

@@ -65,6 +65,15 @@ type Config struct {
 	// partition is drained, even one marked done; without it (finite mode)
 	// the iteration ends there.
 	Continuous bool
+	// EndWhenConsumed also counts a partition as drained, as the
+	// reference's check_consumption_status does, once the task has
+	// consumed every row it has, pre-allocated ones included: with the
+	// controller's PreAlloc set to the number of rows a step will have,
+	// a partition ends without MarkDone. The loader then waits for rows
+	// PollInterval at a time and asks between the waits. Without
+	// pre-allocation a consumer faster than its producer can end before
+	// the producer is finished: prefer MarkDone.
+	EndWhenConsumed bool
 	// Prefetch is how many micro-batches are fetched ahead while the loop
 	// body runs (0: none; each is fetched when the loop asks for it).
 	Prefetch int
@@ -73,7 +82,8 @@ type Config struct {
 	// of a shared sampler that it never yielded.
 	Start Position
 	// PollInterval is how long the loader waits before looking again at a
-	// drained partition in continuous mode (0: 100 ms).
+	// drained partition in continuous mode, and how long a wait for rows
+	// lasts with EndWhenConsumed (0: 100 ms).
 	PollInterval time.Duration
 }
 
@@ -426,7 +436,25 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		} else {
 			req.Key = newKey()
 		}
-		m, err := l.c.GetMeta(ctx, req)
+		fctx, cancel := ctx, context.CancelFunc(func() {})
+		if l.cfg.EndWhenConsumed {
+			fctx, cancel = context.WithTimeout(ctx, l.cfg.PollInterval)
+		}
+		m, err := l.c.GetMeta(fctx, req)
+		cancel()
+		if l.cfg.EndWhenConsumed && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// No rows for a while: has the task consumed them all?
+			all, cerr := l.c.CheckConsumption(ctx, part, l.cfg.Task)
+			if cerr != nil {
+				return item{err: fmt.Errorf("stream: consumption of %q: %w", part, cerr)}
+			}
+			err = nil
+			if all {
+				err = fmt.Errorf("partition %q consumed: %w", part, engine.ErrDone)
+			} else {
+				continue
+			}
+		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {

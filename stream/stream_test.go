@@ -341,3 +341,33 @@ func TestBadConfig(t *testing.T) {
 		break
 	}
 }
+
+// With pre-allocated rows, a partition ends once every row is produced
+// and consumed, without the done marker.
+func TestEndWhenConsumed(t *testing.T) {
+	cfg := embedded.DefaultConfig()
+	cfg.Controller.PreAlloc = 16
+	e, err := embedded.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	lcfg := config("p")
+	lcfg.EndWhenConsumed, lcfg.PollInterval = true, 20*time.Millisecond
+	l, err := New(e.Client, lcfg)
+	require.NoError(t, err)
+	done := make(chan [][]int64, 1)
+	go func() { done <- collect(t, context.Background(), l) }()
+	produce(t, e.Client, "p", 0, 8, nil)
+	time.Sleep(100 * time.Millisecond) // the loader drained these and waits: 8 rows are still reserved
+	select {
+	case <-done:
+		t.Fatal("ended with pre-allocated rows not produced yet")
+	default:
+	}
+	produce(t, e.Client, "p", 8, 8, nil)
+	select {
+	case got := <-done:
+		require.Equal(t, upTo(16), flat(got))
+	case <-time.After(20 * time.Second):
+		t.Fatal("the loader did not end")
+	}
+}
