@@ -133,9 +133,17 @@ type MetaRequest struct {
 	Mode      Mode
 	Task      string
 	Options   engine.SamplingOptions
+	// Sampler chooses a built-in sampler for a Fetch (the zero value: the
+	// controller's); TokenBudget bounds its batch by tokens (see
+	// [engine.FetchRequest]).
+	Sampler     engine.SamplerSpec
+	TokenBudget int64
 	// Wait makes a Fetch block until enough rows are ready or ctx ends;
 	// without it a Fetch that finds too few rows returns an empty meta.
 	Wait bool
+	// Key names a Fetch, so that [Client.GiveBack] can return its rows
+	// (empty: a remote client makes one of its own).
+	Key string
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -145,6 +153,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 		return c.meta.Fetch(ctx, engine.FetchRequest{
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
+			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

@@ -343,8 +343,10 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
-		Options: &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
-		Key:     []byte(req.Key),
+		Options:     &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
+		Key:         []byte(req.Key),
+		Sampler:     wire.SamplerSpecToPB(req.Sampler),
+		TokenBudget: req.TokenBudget,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
@@ -431,6 +433,32 @@ func (r *RemoteMeta) giveBack(partition, task, key string) {
 		// client is going away, and with it the consumer).
 		r.retry(context.Background(), "unconsume", wire.OpUnconsume, req, nil)
 	}()
+}
+
+// Unconsume gives back the rows of the fetch named key (see
+// [engine.FetchRequest.Key]) to task, now: a caller that fetched with its
+// own key and will not use the rows (a streaming loader that stopped with
+// batches it never yielded) hands them to the task's other consumers. It
+// repeats over a new connection as reads do; see
+// [github.com/tqgo/tq/controller.Controller.Unconsume].
+func (r *RemoteMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return r.opErr("unconsume", err)
+	}
+	if err := checkName(nameTask, task); err != nil {
+		return r.opErr("unconsume", err)
+	}
+	return r.retry(ctx, "unconsume", wire.OpUnconsume, &wirepb.UnconsumeRequest{Partition: partition, Task: task, Key: []byte(key)}, nil)
+}
+
+// MarkDone tells the controller that the partition's producer will add no
+// more rows; see [github.com/tqgo/tq/controller.Controller.MarkDone]. It
+// is idempotent, so it repeats over a new connection.
+func (r *RemoteMeta) MarkDone(ctx context.Context, partition string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return r.opErr("mark done", err)
+	}
+	return r.retry(ctx, "mark done", wire.OpMarkDone, &wirepb.MarkDoneRequest{Partition: partition}, nil)
 }
 
 // ForceFetch returns every row of a partition; see
@@ -859,7 +887,7 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 	}
 	st := engine.PartitionStats{
 		Partition: p.Partition, Rows: int(p.Rows), Reserved: int(p.Reserved), Keys: int(p.Keys),
-		Produced: int(p.Produced), Progress: p.Progress, IndexesUse: int(p.IndexesInUse), IndexesFree: int(p.IndexesFree),
+		Produced: int(p.Produced), Progress: p.Progress, IndexesUse: int(p.IndexesInUse), IndexesFree: int(p.IndexesFree), Done: p.Done,
 	}
 	if p.CreatedUnixMs != 0 {
 		st.Created = time.UnixMilli(p.CreatedUnixMs)

@@ -20,8 +20,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/tqgo/tq/controller/journal"
@@ -240,6 +242,9 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 		for id := range c.parts {
 			cs.ClearCache(id)
 		}
+	}
+	if err := c.loadNamed(ls.head, true, slices.Collect(maps.Keys(c.parts))); err != nil {
+		return nil, err
 	}
 	old := c.parts
 	for _, p := range ls.parts {

@@ -76,7 +76,7 @@ func (p *partition) unready(rows []*row) {
 	for _, v := range p.views {
 		for _, r := range rows {
 			if !p.rowReady(r, v.slots) {
-				v.set.Delete(r.index)
+				v.set.remove(r.index)
 			}
 		}
 	}

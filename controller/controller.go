@@ -71,6 +71,11 @@ func (c Config) Validate() error {
 type Controller struct {
 	cfg     Config
 	sampler engine.Sampler
+	// named holds the samplers fetches chose by spec
+	// (engine.FetchRequest.Sampler), by the spec's text, made on first
+	// use; guarded by namedMu.
+	namedMu sync.Mutex
+	named   map[string]engine.Sampler
 	idx     *indexAllocator
 	units   *Registry
 	fences  fenceTable
@@ -132,6 +137,7 @@ func New(cfg Config) (*Controller, error) {
 	c := &Controller{
 		cfg:     cfg,
 		sampler: s,
+		named:   make(map[string]engine.Sampler),
 		idx:     newIndexAllocator(),
 		units:   NewRegistry(cfg.UnitTimeout),
 		parts:   make(map[string]*partition),
@@ -309,13 +315,23 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs a task name: %w", engine.ErrInvalid))
 	case len(req.Fields) == 0:
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs at least one field: %w", engine.ErrInvalid))
-	case req.BatchSize <= 0:
-		return nil, opErr("fetch", req.Partition, fmt.Errorf("batch size %d: must be positive: %w", req.BatchSize, engine.ErrInvalid))
+	case req.TokenBudget < 0:
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("token budget %d: must not be negative: %w", req.TokenBudget, engine.ErrInvalid))
+	case req.BatchSize < 0 || (req.BatchSize == 0 && req.TokenBudget == 0):
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("batch size %d: must be positive (or 0 with a token budget): %w", req.BatchSize, engine.ErrInvalid))
 	case req.Partition == "":
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("empty partition id: %w", engine.ErrInvalid))
 	}
 	if err := checkFetchKey(req.Key); err != nil {
 		return nil, opErr("fetch", req.Partition, err)
+	}
+	smp, err := c.samplerFor(req.Sampler)
+	if err != nil {
+		return nil, opErr("fetch", req.Partition, err)
+	}
+	if _, tb := smp.(*sampler.TokenBudget); req.TokenBudget > 0 && !tb {
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("token budget %d needs the %s sampler (FetchRequest.Sampler), not %T: %w",
+			req.TokenBudget, engine.SamplerTokenBudget, smp, engine.ErrInvalid))
 	}
 	for {
 		var wake <-chan struct{}
@@ -338,7 +354,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 				if err := ctx.Err(); err != nil && req.Wait {
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
-				m, err := c.tryFetch(p, &req)
+				m, err := c.tryFetch(p, &req, smp)
 				wake = p.changed
 				return m, err
 			}()
@@ -362,9 +378,9 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 }
 
-// tryFetch runs the sampler if enough rows are ready; nil meta means "not
-// yet". p is locked.
-func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.BatchMeta, error) {
+// tryFetch runs the sampler if enough rows are ready (or the partition is
+// done and no more will be); nil meta means "not yet". p is locked.
+func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler) (*engine.BatchMeta, error) {
 	now := time.Now()
 	if req.Key != "" {
 		if c.spent.has(req.Key, now) {
@@ -392,19 +408,32 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 	if ok {
 		ready = v
 	}
+	// A done partition whose every unconsumed row is ready gets no more:
+	// the sampler may return a short last batch, and nothing means the
+	// end (ErrDone).
+	// (Counting the unconsumed rows walks the partition: only a done
+	// partition's fetch that comes up short pays it, at the end of the
+	// data.)
+	isFinal := func() bool { return p.done && p.unconsumed(req.Task) == ready.Len() }
+	final := false
 	if ready.Len() < req.BatchSize {
-		cs, caching := c.sampler.(engine.CachingSampler)
+		final = isFinal()
+	}
+	if ready.Len() < req.BatchSize && !final {
+		cs, caching := smp.(engine.CachingSampler)
 		if !caching || !cs.Cached(p.id, req.Task, req.Options) {
 			return nil, nil
 		}
 	}
 	var entries [][]byte
 	sreq := engine.SampleRequest{
-		Partition: p.id,
-		Task:      req.Task,
-		BatchSize: req.BatchSize,
-		Ready:     ready,
-		Options:   req.Options,
+		Partition:   p.id,
+		Task:        req.Task,
+		BatchSize:   req.BatchSize,
+		TokenBudget: req.TokenBudget,
+		Final:       final,
+		Ready:       ready,
+		Options:     req.Options,
 		Tags: func(i uint64) engine.Tags {
 			if r, ok := p.rows.get(i); ok {
 				return r.tags
@@ -415,18 +444,39 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 	if c.logging() {
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
 	}
-	sampled, consumed, err := c.sampler.Sample(sreq)
+	sampled, consumed, err := smp.Sample(sreq)
+	if err == nil && len(sampled) == 0 && len(consumed) == 0 && len(entries) == 0 && !final && req.TokenBudget > 0 && isFinal() {
+		// A token budget's batch did not fill; at the end of a done
+		// partition it takes what there is.
+		final, sreq.Final = true, true
+		sampled, consumed, err = smp.Sample(sreq)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
 	}
+	spec := ""
+	if !req.Sampler.IsZero() {
+		spec = req.Sampler.String()
+	}
 	if len(sampled) == 0 {
-		if len(entries) > 0 {
+		// The sampler may have consumed rows though this rank got
+		// nothing (a batch balanced across ranks: the others' parts).
+		if len(consumed) > 0 {
+			if err := p.checkRows(consumed); err != nil {
+				return nil, err
+			}
+			p.markConsumed(p.taskSlot(req.Task), consumed)
+		}
+		if len(entries) > 0 || len(consumed) > 0 {
 			// The sampler remembered something (a batch split across
 			// ranks, say) though this rank got nothing: a restart must
 			// remember it too.
 			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
-				Partition: p.id, Gen: p.gen, Task: req.Task, Sampler: entries, AtUnixMs: now.UnixMilli(),
+				Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampler: entries, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
 			}}})
+		}
+		if final {
+			return nil, fmt.Errorf("partition %q has nothing left for task %q: %w", p.id, req.Task, engine.ErrDone)
 		}
 		return nil, nil
 	}
@@ -439,16 +489,36 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest) (*engine.B
 		rows[i] = r
 	}
 	p.markConsumed(p.taskSlot(req.Task), consumed)
+	// Rows of a batch the sampler keeps for a DP group are the group's:
+	// giving the fetch back (Unconsume) must not hand them to other
+	// groups, since the group's peers (and this rank, asking again) get
+	// them from the sampler.
+	cs, caching := smp.(engine.CachingSampler)
+	kept := caching && req.Options.HasRank && cs.Cached(p.id, req.Task, req.Options)
 	if req.Key != "" {
-		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: consumed, at: now})
+		back := consumed
+		if kept {
+			back = nil
+		}
+		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now})
 	}
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
-			Key: []byte(req.Key), Sampler: entries, AtUnixMs: now.UnixMilli(),
+			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, AtUnixMs: now.UnixMilli(),
 		}}})
 	}
 	return p.meta(rows, req.Fields), nil
+}
+
+// checkRows reports a sampler's row that is not in p.
+func (p *partition) checkRows(idx []uint64) error {
+	for _, gi := range idx {
+		if _, ok := p.rows.get(gi); !ok {
+			return fmt.Errorf("sampler consumed row %d, which is not in partition %q: %w", gi, p.id, engine.ErrInvalid)
+		}
+	}
+	return nil
 }
 
 // lockOrSpend returns partition id locked, or, when it does not exist,
@@ -1076,6 +1146,7 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	// One allocation for what is freed: at most a cell per field per row.
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
+		c.forgetRows(p.id, released)
 		p.notify()
 		if c.logging() {
 			p.removed = c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})
@@ -1129,9 +1200,11 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 // The caller holds c.mu and p.mu.
 func (c *Controller) dropPartition(p *partition) []engine.CellLoc {
 	delete(c.parts, p.id)
-	if cs, ok := c.sampler.(engine.CachingSampler); ok {
-		cs.ClearCache(p.id)
-	}
+	c.eachSampler(func(s engine.Sampler) {
+		if cs, ok := s.(engine.CachingSampler); ok {
+			cs.ClearCache(p.id)
+		}
+	})
 	rows := p.sortedRows()
 	freed := p.removeRows(rows, nil)
 	released := make([]uint64, 0, len(rows))
@@ -1166,7 +1239,7 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	if p == nil {
 		return engine.PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
 	}
-	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys)}
+	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys), Done: p.done}
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
 	p.rows.all(func(r *row) {

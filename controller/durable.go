@@ -253,6 +253,9 @@ func (c *Controller) adopt(ls *loadedState) error {
 			return fmt.Errorf("sampler state (start with the sampler it was saved with): %w", err)
 		}
 	}
+	if err := c.loadNamed(ls.head, false, nil); err != nil {
+		return err
+	}
 	c.cluster, c.epoch, c.nextGen = ls.head.ClusterId, ls.head.Epoch, max(ls.head.NextGen, 1)
 	c.parts = ls.parts
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, c.usedIndexes())
@@ -428,7 +431,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p == nil {
 			return nil
 		}
-		if js, ok := c.sampler.(engine.JournaledSampler); ok {
+		smp, err := c.samplerForText(o.SamplerSpec)
+		if err != nil {
+			return corrupt("consume of partition %q: sampler spec %q: %v", o.Partition, o.SamplerSpec, err)
+		}
+		if js, ok := smp.(engine.JournaledSampler); ok {
 			for _, e := range o.Sampler {
 				if err := js.ApplyEntry(e); err != nil {
 					return err
@@ -437,7 +444,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		}
 		p.markConsumed(p.taskSlot(o.Task), o.Consumed)
 		if len(o.Key) > 0 {
-			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: o.Consumed, at: time.UnixMilli(o.AtUnixMs)})
+			back := o.Consumed
+			if o.Kept {
+				back = nil // the group's (see tryFetch)
+			}
+			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: time.UnixMilli(o.AtUnixMs)})
 		}
 	case *wirepb.LogOp_Unconsume:
 		o := op.Unconsume
@@ -467,7 +478,12 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		}
 		p.feed.bury(rows, o.ChangeSeq)
 		p.removeRows(rows, nil)
+		c.forgetRows(p.id, o.Indexes)
 		c.idx.release(o.Indexes)
+	case *wirepb.LogOp_Done:
+		if p := c.partitionOf(op.Done.Partition, op.Done.Gen); p != nil {
+			p.done = true
+		}
 	case *wirepb.LogOp_Lost:
 		o := op.Lost
 		p := c.partitionOf(o.Partition, o.Gen)
@@ -546,8 +562,12 @@ func (c *Controller) snapshot() error {
 	return err
 }
 
-// samplerState adds the sampler's state to a state header.
+// samplerState adds the samplers' state to a state header: the
+// configured sampler's and that of those fetches chose.
 func (c *Controller) samplerState(head *wirepb.StateHeader) error {
+	if err := c.namedState(head); err != nil {
+		return err
+	}
 	ss, ok := c.sampler.(engine.StatefulSampler)
 	if !ok {
 		return nil

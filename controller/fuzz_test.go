@@ -101,6 +101,8 @@ func fuzzSeeds() map[string]proto.Message {
 		"fetch":              &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2},
 		"fetch_key":          &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: []byte("0123456789abcdef")},
 		"unconsume":          &wirepb.UnconsumeRequest{Partition: "p", Task: "t", Key: []byte("0123456789abcdef")},
+		"mark_done":          &wirepb.MarkDoneRequest{Partition: "p"},
+		"fetch_sampler":      &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, TokenBudget: 64, Sampler: &wirepb.SamplerSpec{Name: "token_budget", N: 1, DpSize: 2}, Options: &wirepb.SamplingOptions{HasRank: true, DpRank: 1}},
 		"fetch_wait":         &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 3, Wait: true, TimeoutMs: 1},
 		"fetch_options":      &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Options: &wirepb.SamplingOptions{HasRank: true, DpRank: 1, BatchIndex: 2, Params: []byte(`{"n":1}`)}},
 		"force_fetch":        &wirepb.ForceFetchRequest{Partition: "p", Fields: all},
@@ -185,7 +187,7 @@ func TestFuzzSeeds(t *testing.T) {
 		"reregister": wire.OpRegister, "heartbeat": wire.OpHeartbeat, "fetch_key": wire.OpFetch, "unconsume": wire.OpUnconsume,
 		"list_keys_page": wire.OpListKeys, "unit_sync": wire.OpUnitSync, "reconcile": wire.OpReconcile, "cluster_info": wire.OpClusterInfo,
 		"list_keys_where": wire.OpListKeys, "delete_tags": wire.OpDeleteTags, "compare_and_set_tag": wire.OpCompareAndSetTag,
-		"key_changes": wire.OpKeyChanges,
+		"key_changes": wire.OpKeyChanges, "mark_done": wire.OpMarkDone, "fetch_sampler": wire.OpFetch,
 	} {
 		t.Run(name, func(t *testing.T) {
 			s := fuzzServer(t, t.TempDir())

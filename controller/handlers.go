@@ -45,6 +45,7 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpLoadCheckpoint:    s.loadCheckpoint,
 		wire.OpCommitKeys:        s.commitKeys,
 		wire.OpUnconsume:         s.unconsume,
+		wire.OpMarkDone:          s.markDone,
 		wire.OpClusterInfo:       s.clusterInfo,
 		wire.OpCheckpoints:       s.listCheckpoints,
 		wire.OpDeleteTags:        s.deleteTags,
@@ -164,7 +165,8 @@ func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Mess
 	if err != nil {
 		return nil, err
 	}
-	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key)}
+	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
+		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler)}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
@@ -535,7 +537,7 @@ func (s *Server) stats(_ context.Context, body []byte, _ *effects) (proto.Messag
 	r := &wirepb.PartitionStats{
 		Partition: st.Partition, CreatedUnixMs: st.Created.UnixMilli(),
 		Rows: int64(st.Rows), Reserved: int64(st.Reserved), Keys: int64(st.Keys), Produced: int64(st.Produced),
-		Progress: st.Progress, IndexesInUse: int64(st.IndexesUse), IndexesFree: int64(st.IndexesFree),
+		Progress: st.Progress, IndexesInUse: int64(st.IndexesUse), IndexesFree: int64(st.IndexesFree), Done: st.Done,
 	}
 	for _, f := range st.Fields {
 		r.Fields = append(r.Fields, fieldStatsToPB(f))
@@ -727,6 +729,14 @@ func (s *Server) unconsume(_ context.Context, body []byte, _ *effects) (proto.Me
 		return nil, err
 	}
 	return nil, s.c.Unconsume(req.Partition, req.Task, string(req.Key))
+}
+
+func (s *Server) markDone(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.MarkDoneRequest](wire.OpMarkDone, body)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.c.MarkDone(req.Partition)
 }
 
 func (s *Server) clusterInfo(_ context.Context, body []byte, _ *effects) (proto.Message, error) {

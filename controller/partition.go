@@ -54,15 +54,18 @@ func cellAt(l engine.CellLoc) cell {
 }
 
 type row struct {
-	index    uint64
-	seq      uint64 // creation order of the key, for listing
-	change   uint64 // with a key: the change number of its last change (changes.go)
-	key      string
-	tags     engine.Tags
-	cells    []cell   // by field slot; shorter than the field count when later fields were never written
-	consumed []uint64 // bitset by task slot
-	active   bool     // false while the row is only pre-allocated
-	inFeed   bool     // in its partition's change feed (changes.go)
+	index  uint64
+	seq    uint64 // creation order of the key, for listing
+	change uint64 // with a key: the change number of its last change (changes.go)
+	key    string
+	tags   engine.Tags
+	cells  []cell // by field slot; shorter than the field count when later fields were never written
+	// consumed is a bitset by task slot: the first 64 tasks inline (a
+	// row's first consumption allocates nothing), the rest in more.
+	consumed     uint64
+	consumedMore []uint64
+	active       bool // false while the row is only pre-allocated
+	inFeed       bool // in its partition's change feed (changes.go)
 	// logged is the log index of the last record that changed the row's
 	// key, cells or tags: a read that saw them waits for it (WaitRead).
 	logged uint64
@@ -80,21 +83,44 @@ func stamp(rows []*row, idx uint64) {
 func (r *row) has(slot int) bool { return slot < len(r.cells) && r.cells[slot].produced() }
 
 func (r *row) isConsumed(t int) bool {
-	w := t / 64
-	return w < len(r.consumed) && r.consumed[w]&(1<<(t%64)) != 0
+	if t < 64 {
+		return r.consumed&(1<<t) != 0
+	}
+	w := t/64 - 1
+	return w < len(r.consumedMore) && r.consumedMore[w]&(1<<(t%64)) != 0
 }
 
 func (r *row) setConsumed(t int, v bool) {
-	w := t / 64
-	for len(r.consumed) <= w {
-		r.consumed = append(r.consumed, 0)
+	word := &r.consumed
+	if t >= 64 {
+		w := t/64 - 1
+		for len(r.consumedMore) <= w {
+			r.consumedMore = append(r.consumedMore, 0)
+		}
+		word = &r.consumedMore[w]
 	}
 	if v {
-		r.consumed[w] |= 1 << (t % 64)
+		*word |= 1 << (t % 64)
 	} else {
-		r.consumed[w] &^= 1 << (t % 64)
+		*word &^= 1 << (t % 64)
 	}
 }
+
+// consumedWords returns the consumption bitset as words (task slot t is
+// bit t%64 of word t/64), trailing zero words trimmed.
+func (r *row) consumedWords() []uint64 {
+	if r.consumed == 0 && len(r.consumedMore) == 0 {
+		return nil
+	}
+	out := append([]uint64{r.consumed}, r.consumedMore...)
+	for len(out) > 0 && out[len(out)-1] == 0 {
+		out = out[:len(out)-1]
+	}
+	return out
+}
+
+// clearConsumed forgets every task's consumption.
+func (r *row) clearConsumed() { r.consumed, r.consumedMore = 0, r.consumedMore[:0] }
 
 // field tracks a field's schema over the partition's produced cells:
 // the first dtype wins; a shape change makes the field ragged, and it turns
@@ -130,7 +156,7 @@ type viewKey struct {
 type readyView struct {
 	task  int
 	slots []int
-	set   *btree.BTreeG[uint64]
+	set   *readySet
 }
 
 func (v *readyView) Len() int { return v.set.Len() }
@@ -157,6 +183,7 @@ type partition struct {
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
+	done    bool // its producer marked it done (MarkDone)
 	// removed is the log index of the last record that took rows or
 	// keys out of the partition: a read that found a key absent waits
 	// for it.
@@ -269,10 +296,10 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 	if !ok {
 		return nil, false
 	}
-	v := &readyView{task: p.taskSlot(task), slots: slots, set: btree.NewOrderedG[uint64](32)}
+	v := &readyView{task: p.taskSlot(task), slots: slots, set: newReadySet()}
 	p.rows.all(func(r *row) {
 		if p.rowReady(r, slots) && !r.isConsumed(v.task) {
-			v.set.ReplaceOrInsert(r.index)
+			v.set.add(r.index)
 		}
 	})
 	p.views[k] = v
@@ -284,24 +311,26 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 func (p *partition) refreshRow(r *row) {
 	for _, v := range p.views {
 		if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
-			v.set.ReplaceOrInsert(r.index)
+			v.set.add(r.index)
 		} else {
-			v.set.Delete(r.index)
+			v.set.remove(r.index)
 		}
 	}
 }
 
 func (p *partition) markConsumed(task int, idx []uint64) {
 	for _, gi := range idx {
-		r, ok := p.rows.get(gi)
-		if !ok {
+		if r, ok := p.rows.get(gi); ok {
+			r.setConsumed(task, true)
+		}
+	}
+	// One pass per view, not a walk of the views per row.
+	for _, v := range p.views {
+		if v.task != task {
 			continue
 		}
-		r.setConsumed(task, true)
-		for _, v := range p.views {
-			if v.task == task {
-				v.set.Delete(gi)
-			}
+		for _, gi := range idx {
+			v.set.remove(gi)
 		}
 	}
 }
@@ -311,7 +340,7 @@ func (p *partition) markConsumed(task int, idx []uint64) {
 func (p *partition) resetConsumption(task int) {
 	p.rows.all(func(r *row) {
 		if task < 0 {
-			r.consumed = r.consumed[:0]
+			r.clearConsumed()
 		} else {
 			r.setConsumed(task, false)
 		}
@@ -322,7 +351,7 @@ func (p *partition) resetConsumption(task int) {
 		}
 		p.rows.all(func(r *row) {
 			if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
-				v.set.ReplaceOrInsert(r.index)
+				v.set.add(r.index)
 			}
 		})
 	}
@@ -352,7 +381,7 @@ func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.Cel
 			p.reserved.Delete(r.index)
 		}
 		for _, v := range p.views {
-			v.set.Delete(r.index)
+			v.set.remove(r.index)
 		}
 		p.rows.del(r.index)
 	}

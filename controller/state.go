@@ -59,6 +59,7 @@ type partCopy struct {
 	changeSeq uint64
 	cleared   []clearedKey
 	floor     changePos
+	done      bool
 }
 
 type rowCopy struct {
@@ -106,7 +107,7 @@ func (c *Controller) copyState() *stateCopy {
 }
 
 func (p *partition) copyState() *partCopy {
-	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName),
+	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName), done: p.done,
 		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, p.feed.cleared.len())}
 	for i := range pc.cleared {
 		pc.cleared[i] = p.feed.cleared.at(i)
@@ -119,7 +120,7 @@ func (p *partition) copyState() *partCopy {
 	pc.rows = make([]rowCopy, 0, p.rows.len())
 	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
 	p.rows.all(func(r *row) {
-		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: slices.Clone(r.consumed)}
+		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: r.consumedWords()}
 		start := len(slab)
 		for slot, cl := range r.cells {
 			if !cl.produced() {
@@ -177,6 +178,7 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
 			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches,
 			ChangeSeq: pc.changeSeq, ClearedFloorChange: pc.floor.change, ClearedFloorSeq: pc.floor.seq,
+			Done: pc.done,
 		}
 		if len(pc.cleared) > 0 {
 			sp.Cleared = make([]*wirepb.StateCleared, len(pc.cleared))
@@ -428,7 +430,7 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 		return nil, corrupt("partition %q has gen %d, next gen is %d", sp.Partition, sp.Gen, head.NextGen)
 	}
 	p := newPartition(sp.Partition, sp.Gen)
-	p.created, p.keySeq = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq
+	p.created, p.keySeq, p.done = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq, sp.Done
 	p.feed.seq, p.feed.floor = sp.ChangeSeq, changePos{sp.ClearedFloorChange, sp.ClearedFloorSeq}
 	// Sized for the keys to come (growing a map of 1M keys costs a sixth
 	// of a restart), within reason for a corrupt count.

@@ -61,9 +61,20 @@ func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) e
 }
 
 var (
-	_ client.MetaService = localMeta{}
-	_ client.KeyService  = localMeta{}
+	_ client.MetaService   = localMeta{}
+	_ client.KeyService    = localMeta{}
+	_ client.StreamService = localMeta{}
 )
+
+func (l localMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	_, err := seen(ctx, l, struct{}{}, l.c.Unconsume(partition, task, key))
+	return err
+}
+
+func (l localMeta) MarkDone(ctx context.Context, partition string) error {
+	_, err := seen(ctx, l, struct{}{}, l.c.MarkDone(partition))
+	return err
+}
 
 // seen returns v and err once everything the controller logged so far is
 // durable: what a call saw is never lost after it was heard of.

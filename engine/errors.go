@@ -34,6 +34,11 @@ var (
 	ErrUnavailable = errors.New("engine: peer unavailable")
 	// ErrCorrupt reports a checkpoint or frame that fails validation.
 	ErrCorrupt = errors.New("engine: corrupt data")
+	// ErrDone reports a fetch from a partition its producer marked done
+	// (the controller's MarkDone) that has nothing left for the caller:
+	// every row is consumed by the task, or the rest can never make a
+	// batch. A streaming loader in finite mode ends on it.
+	ErrDone = errors.New("engine: partition done")
 )
 
 // OpError is the one error type returned at component boundaries (controller

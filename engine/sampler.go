@@ -1,5 +1,7 @@
 package engine
 
+import "fmt"
+
 // ReadySet is the set of rows a sampler may choose from: produced for every
 // requested field and not yet consumed by the task. It is a view owned by
 // the controller and valid only during the [Sampler.Sample] call.
@@ -49,6 +51,15 @@ type SampleRequest struct {
 	// Tags returns a row's tags (read-only), for samplers that balance on
 	// them (e.g. "total_lengths"). It is valid during the call only.
 	Tags func(index uint64) Tags
+	// TokenBudget is the fetch's token budget (0: none); see
+	// [FetchRequest.TokenBudget].
+	TokenBudget int64
+	// Final says no more rows will become ready for this request: the
+	// partition is marked done and every row not consumed is ready. A
+	// sampler then returns what it can (a short last batch) instead of
+	// waiting for BatchSize rows; returning nothing ends the task's
+	// stream ([ErrDone]).
+	Final bool
 	// Journal, when not nil, takes each entry a [JournaledSampler] adds to
 	// its state during the call, so the controller's log can record the
 	// change with the fetch and replay it after a restart. It is valid
@@ -79,6 +90,15 @@ type CachingSampler interface {
 	ClearCache(partition string)
 }
 
+// RowForgetter is a [CachingSampler] that can drop cleared rows from its
+// cache: the controller calls ForgetRows with the indexes of rows cleared
+// from a partition (not only on a whole-partition clear), so that no
+// cached batch names a row that is gone or an index reused by a new row.
+// A cached batch left with no rows is dropped.
+type RowForgetter interface {
+	ForgetRows(partition string, rows []uint64)
+}
+
 // StatefulSampler is a sampler whose state goes into controller
 // checkpoints. The state is an opaque, self-describing document (JSON for
 // the built-in samplers).
@@ -96,4 +116,47 @@ type StatefulSampler interface {
 type JournaledSampler interface {
 	StatefulSampler
 	ApplyEntry(entry []byte) error
+}
+
+// Built-in sampler names (see [SamplerSpec]).
+const (
+	SamplerSequential     = "sequential"
+	SamplerGRPO           = "grpo"
+	SamplerRankAware      = "rank_aware"
+	SamplerSeqlenBalanced = "seqlen_balanced"
+	SamplerTokenBudget    = "token_budget"
+)
+
+// SamplerSpec names one of the built-in samplers and its parameters, so
+// that a fetch can choose its sampler ([FetchRequest.Sampler]) rather than
+// take the controller's. The zero value means "the controller's sampler".
+//
+//	{Name: "sequential"}
+//	{Name: "grpo", N: 4}                      // groups of 4 consecutive rows
+//	{Name: "rank_aware"}
+//	{Name: "seqlen_balanced", N: 4, DPSize: 2}
+//	{Name: "token_budget", N: 4, DPSize: 2}   // with FetchRequest.TokenBudget
+//
+// Its text form (String, and the sampler package's ParseSpec) is
+// "grpo:4", "seqlen_balanced:4:2" and so on.
+type SamplerSpec struct {
+	Name   string
+	N      int // group size: grpo, seqlen_balanced, token_budget (0: 1)
+	DPSize int // data-parallel ranks: seqlen_balanced, token_budget (0: 1)
+}
+
+// IsZero reports the zero spec: the controller's own sampler.
+func (s SamplerSpec) IsZero() bool { return s == SamplerSpec{} }
+
+// String returns the spec's canonical text: the name, then the
+// parameters the sampler takes, colon-separated.
+func (s SamplerSpec) String() string {
+	n, dp := max(s.N, 1), max(s.DPSize, 1)
+	switch s.Name {
+	case SamplerGRPO:
+		return fmt.Sprintf("%s:%d", s.Name, n)
+	case SamplerSeqlenBalanced, SamplerTokenBudget:
+		return fmt.Sprintf("%s:%d:%d", s.Name, n, dp)
+	}
+	return s.Name
 }

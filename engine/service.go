@@ -12,8 +12,19 @@ type FetchRequest struct {
 	Partition string
 	Task      string
 	Fields    []string
+	// BatchSize is the number of rows to take (per DP rank for the
+	// seqlen-balanced and token-budget samplers). With TokenBudget it may
+	// be 0: no row limit.
 	BatchSize int
-	Options   SamplingOptions
+	// TokenBudget, when positive, bounds a batch by the sum of its rows'
+	// "total_lengths" tags instead of (or as well as) a row count; only
+	// the token-budget sampler takes it (upstream's get_meta(token_budget=N)).
+	TokenBudget int64
+	Options     SamplingOptions
+	// Sampler chooses a built-in sampler for this fetch; the zero value is
+	// the controller's configured sampler. Fetches naming the same spec
+	// share one sampler (and its cache of batches per DP rank).
+	Sampler SamplerSpec
 	// Wait blocks until enough rows are ready (or the sampler has a cached
 	// answer), the context ends or the controller closes. Without Wait the
 	// fetch returns an empty meta at once when data is insufficient.
@@ -168,6 +179,7 @@ type PartitionStats struct {
 	Rows        int // active rows
 	Reserved    int // pre-allocated rows not yet written
 	Keys        int
+	Done        bool    // the producer marked the partition done (MarkDone)
 	Produced    int     // rows with at least one produced field
 	Progress    float64 // produced / (rows + reserved)
 	Fields      []FieldStats

@@ -809,3 +809,22 @@ func commitFieldFromPB(f *wirepb.CommitField, n int) (engine.CommitField, error)
 	}
 	return cf, nil
 }
+
+// SamplerSpecToPB converts a sampler spec; the zero spec is nil (absent).
+func SamplerSpecToPB(s engine.SamplerSpec) *wirepb.SamplerSpec {
+	if s.IsZero() {
+		return nil
+	}
+	return &wirepb.SamplerSpec{Name: s.Name, N: int64(s.N), DpSize: int64(s.DPSize)}
+}
+
+// SamplerSpecFromPB converts a sampler spec from the wire (nil: the zero
+// spec). Values out of int's range saturate; the controller refuses them
+// as out of range.
+func SamplerSpecFromPB(p *wirepb.SamplerSpec) engine.SamplerSpec {
+	if p == nil {
+		return engine.SamplerSpec{}
+	}
+	clamp := func(v int64) int { return int(max(min(v, 1<<31), -1)) }
+	return engine.SamplerSpec{Name: p.Name, N: clamp(p.N), DPSize: clamp(p.DpSize)}
+}

@@ -33,6 +33,7 @@ var codeErrs = []struct {
 	{wirepb.Code_CODE_DEADLINE, context.DeadlineExceeded},
 	{wirepb.Code_CODE_CANCELED, context.Canceled},
 	{wirepb.Code_CODE_UNAUTHENTICATED, ErrUnauthenticated},
+	{wirepb.Code_CODE_DONE, engine.ErrDone},
 }
 
 // CodeOf classifies err for an error reply.

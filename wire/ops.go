@@ -41,6 +41,7 @@ const (
 	OpKeyChanges        Op = 43 // may wait: a long poll for keys changed after a cursor
 	OpKVPut             Op = 44 // a KV put with its bytes, to a controller sharing its process with units
 	OpKVGet             Op = 45 // a KV get answered with the bytes by such a controller
+	OpMarkDone          Op = 46 // a producer will add no more rows to a partition
 
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
@@ -83,7 +84,7 @@ var opNames = map[Op]string{
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
 	OpCommitKeys: "COMMIT_KEYS", OpUnconsume: "UNCONSUME", OpClusterInfo: "CLUSTER_INFO", OpCheckpoints: "CHECKPOINTS",
 	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
-	OpKVPut: "KV_PUT", OpKVGet: "KV_GET",
+	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE",
 	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",

@@ -102,7 +102,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there)")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
-	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "sampler: sequential, rank-aware, grpo:N, seqlen:N:DP")
+	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "storage unit heartbeat interval; a unit silent for five is reported dead")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
@@ -258,42 +258,17 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// sampler builds the configured sampler.
+// sampler builds the configured sampler (a fetch may choose another: see
+// engine.FetchRequest.Sampler).
 func (c *serveConfig) sampler() (engine.Sampler, error) {
-	parts := strings.Split(c.Sampler, ":")
-	ints := func(want int) ([]int, error) {
-		if len(parts)-1 != want {
-			return nil, fmt.Errorf("sampler %q: want %d parameters", c.Sampler, want)
-		}
-		out := make([]int, want)
-		for i, p := range parts[1:] {
-			n, err := strconv.Atoi(p)
-			if err != nil {
-				return nil, fmt.Errorf("sampler %q: %q is not a number", c.Sampler, p)
-			}
-			out[i] = n
-		}
-		return out, nil
-	}
-	switch parts[0] {
-	case "sequential", "":
+	if c.Sampler == "" {
 		return sampler.NewSequential(), nil
-	case "rank-aware":
-		return sampler.NewRankAware(), nil
-	case "grpo":
-		n, err := ints(1)
-		if err != nil {
-			return nil, err
-		}
-		return sampler.NewGRPO(n[0])
-	case "seqlen":
-		n, err := ints(2)
-		if err != nil {
-			return nil, err
-		}
-		return sampler.NewSeqlenBalanced(n[0], n[1])
 	}
-	return nil, fmt.Errorf("sampler %q: want sequential, rank-aware, grpo:N or seqlen:N:DP", c.Sampler)
+	spec, err := sampler.ParseSpec(c.Sampler)
+	if err != nil {
+		return nil, err
+	}
+	return sampler.New(spec)
 }
 
 // byteSize is a size flag/YAML value: 1048576, 512MiB, 4GiB, 64KiB.

@@ -22,8 +22,16 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	units := fs.Int("units", 2, "storage units to start")
 	capacity := fs.Int64("capacity", 256<<20, "bytes per storage unit")
 	partition := fs.String("partition", "test", "partition to use")
+	streamDemo := fs.Bool("stream", false, "run the streaming-loader demo instead: tq serve, a producer and 2 DP groups × 2 trainer ranks, each its own process")
+	streamRole := fs.String("stream-role", "", "(internal) run as a worker of --stream: producer or rank")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *streamRole != "" {
+		return demoWorker(ctx, *streamRole, stdout)
+	}
+	if *streamDemo {
+		return demoStream(ctx, stdout, stderr)
 	}
 	cfg := embedded.DefaultConfig()
 	cfg.Units = *units

@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 func TestDemo(t *testing.T) {
@@ -30,5 +34,19 @@ func TestUnknownCommand(t *testing.T) {
 	}
 	if err := run(context.Background(), nil, &out, &errb); err == nil {
 		t.Fatal("no command succeeded")
+	}
+}
+
+// TestDemoStream runs `tq demo --stream`: tq serve, a producer and four
+// trainer ranks, each its own process.
+func TestDemoStream(t *testing.T) {
+	bin := tqBinary(t)
+	cmd := exec.Command(bin, "demo", "--stream")
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	s := string(out)
+	for _, want := range []string{"marked \"rollouts\" done", "DP group 1 micro-batch 7", "ok: the ranks of each DP group saw identical micro-batches"} {
+		require.Contains(t, s, want)
 	}
 }

@@ -447,6 +447,8 @@ func TestHelperProcess(t *testing.T) {
 		}
 		fmt.Println("HOLDING")
 		<-ctx.Done()
+	case "stream-producer", "stream-consumer":
+		streamHelper(ctx, t, c, role)
 	default:
 		t.Fatalf("unknown helper role %q", role)
 	}

@@ -76,6 +76,64 @@ func (c *cache[K, V]) clear(partition string) {
 	delete(c.m, partition)
 }
 
+// rewrite calls fn for every entry of a partition under the lock and
+// stores what it returns; an entry fn reports not kept is deleted.
+func (c *cache[K, V]) rewrite(partition string, fn func(V) (V, bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.m[partition]
+	for k, v := range m {
+		if nv, keep := fn(v); keep {
+			m[k] = nv
+		} else {
+			delete(m, k)
+		}
+	}
+	if len(m) == 0 {
+		delete(c.m, partition)
+	}
+}
+
+// rowSet returns rows as a set.
+func rowSet(rows []uint64) map[uint64]struct{} {
+	m := make(map[uint64]struct{}, len(rows))
+	for _, r := range rows {
+		m[r] = struct{}{}
+	}
+	return m
+}
+
+// dropRows returns rows without those in gone: rows itself when none is
+// (stored values are never modified), a new slice otherwise.
+func dropRows(rows []uint64, gone map[uint64]struct{}) []uint64 {
+	n := 0
+	for _, r := range rows {
+		if _, ok := gone[r]; ok {
+			n++
+		}
+	}
+	if n == 0 {
+		return rows
+	}
+	out := make([]uint64, 0, len(rows)-n)
+	for _, r := range rows {
+		if _, ok := gone[r]; !ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// forgetRows drops cleared rows from a rank cache (see
+// engine.RowForgetter).
+func forgetRows(c *cache[rankKey, []uint64], partition string, rows []uint64) {
+	gone := rowSet(rows)
+	c.rewrite(partition, func(v []uint64) ([]uint64, bool) {
+		v = dropRows(v, gone)
+		return v, len(v) > 0
+	})
+}
+
 // each calls fn for every entry while holding the lock.
 func (c *cache[K, V]) each(fn func(partition string, k K, v V)) {
 	c.mu.Lock()
@@ -151,11 +209,10 @@ func applyRowsEntry(kind string, n int, c *cache[rankKey, []uint64], data []byte
 	if e.DPRank < 0 {
 		return corrupt(kind, "journal entry: negative dp_rank %d", e.DPRank)
 	}
+	// Not necessarily whole groups of n: cleared rows leave cached
+	// batches (ForgetRows).
 	if err := checkRows(kind, 0, e.Rows); err != nil {
 		return err
-	}
-	if n > 0 && len(e.Rows)%n != 0 {
-		return corrupt(kind, "journal entry: %d rows is not whole groups of %d", len(e.Rows), n)
 	}
 	c.add(e.Partition, rankKey{task: e.Task, rank: e.DPRank, batch: e.BatchIndex}, e.Rows)
 	return nil
@@ -205,9 +262,6 @@ func loadRows(kind string, n int, data []byte) (map[string]map[rankKey][]uint64,
 		}
 		if err := checkRows(kind, i, e.Rows); err != nil {
 			return nil, err
-		}
-		if n > 0 && len(e.Rows)%n != 0 {
-			return nil, corrupt(kind, "entry %d: %d rows is not whole groups of %d", i, len(e.Rows), n)
 		}
 		p := m[e.Partition]
 		if p == nil {

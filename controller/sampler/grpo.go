@@ -7,6 +7,7 @@ import (
 var (
 	_ engine.CachingSampler   = (*GRPO)(nil)
 	_ engine.JournaledSampler = (*GRPO)(nil)
+	_ engine.RowForgetter     = (*GRPO)(nil)
 )
 
 const grpoKind = "grpo"
@@ -63,7 +64,7 @@ func (g *GRPO) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err
 			return sampled, consumed, nil
 		}
 	}
-	rows, err := selectGroups(grpoKind, req.Ready, req.BatchSize, g.n)
+	rows, err := selectGroups(grpoKind, req.Ready, req.BatchSize, g.n, req.Final)
 	if err != nil || rows == nil {
 		return nil, nil, err
 	}
@@ -87,6 +88,9 @@ func (g *GRPO) Cached(partition, task string, opts engine.SamplingOptions) bool 
 
 // ClearCache implements [engine.CachingSampler].
 func (g *GRPO) ClearCache(partition string) { g.cache.clear(partition) }
+
+// ForgetRows implements [engine.RowForgetter].
+func (g *GRPO) ForgetRows(partition string, rows []uint64) { forgetRows(&g.cache, partition, rows) }
 
 // ApplyEntry implements [engine.JournaledSampler].
 func (g *GRPO) ApplyEntry(entry []byte) error { return applyRowsEntry(grpoKind, g.n, &g.cache, entry) }
@@ -120,17 +124,19 @@ func checkBatch(kind string, batch, n int) error {
 
 // selectGroups walks ready in ascending order and returns the rows of the
 // first batch/n groups of n consecutive indexes, or nil when there are not
-// that many. batch must be a non-negative multiple of n.
+// that many; with partial (the request is final: no more rows will come),
+// the whole groups there are when there are fewer. batch must be a
+// non-negative multiple of n.
 //
 // The walk keeps the current run of consecutive rows (shorter than n). A gap
 // restarts the run at the new row; a run that reaches n rows is a group.
 // This finds the same groups as the reference's sliding window, which moves
 // by one row past a gap and by n rows past a group.
-func selectGroups(kind string, ready engine.ReadySet, batch, n int) ([]uint64, error) {
-	if batch == 0 || ready == nil || ready.Len() < batch {
+func selectGroups(kind string, ready engine.ReadySet, batch, n int, partial bool) ([]uint64, error) {
+	if batch == 0 || ready == nil || (!partial && ready.Len() < batch) || ready.Len() == 0 {
 		return nil, nil
 	}
-	rows := make([]uint64, 0, batch)
+	rows := make([]uint64, 0, min(batch, ready.Len()))
 	run := 0 // rows at the end of rows that form the current partial run
 	var prev uint64
 	first, ordered := true, true
@@ -155,7 +161,7 @@ func selectGroups(kind string, ready engine.ReadySet, batch, n int) ([]uint64, e
 		return nil, invalid(kind, "ready set is not in ascending order")
 	}
 	rows = rows[:len(rows)-run]
-	if len(rows) < batch {
+	if len(rows) == 0 || (!partial && len(rows) < batch) {
 		return nil, nil
 	}
 	return rows, nil

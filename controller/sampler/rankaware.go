@@ -7,6 +7,7 @@ import (
 var (
 	_ engine.CachingSampler   = (*RankAware)(nil)
 	_ engine.JournaledSampler = (*RankAware)(nil)
+	_ engine.RowForgetter     = (*RankAware)(nil)
 )
 
 const rankAwareKind = "rank_aware"
@@ -53,7 +54,7 @@ func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64
 		return sampled, consumed, nil
 	}
 	// Groups of one row are the first BatchSize ready rows.
-	rows, err := selectFirst(rankAwareKind, req.Ready, req.BatchSize)
+	rows, err := selectFirst(rankAwareKind, req.Ready, req.BatchSize, req.Final)
 	if err != nil || rows == nil {
 		return nil, nil, err
 	}
@@ -76,6 +77,11 @@ func (r *RankAware) Cached(partition, task string, opts engine.SamplingOptions) 
 // ClearCache implements [engine.CachingSampler].
 func (r *RankAware) ClearCache(partition string) { r.cache.clear(partition) }
 
+// ForgetRows implements [engine.RowForgetter].
+func (r *RankAware) ForgetRows(partition string, rows []uint64) {
+	forgetRows(&r.cache, partition, rows)
+}
+
 // SaveState implements [engine.StatefulSampler].
 func (r *RankAware) SaveState() ([]byte, error) { return saveRows(rankAwareKind, 0, &r.cache) }
 
@@ -97,7 +103,8 @@ func (r *RankAware) ApplyEntry(entry []byte) error {
 }
 
 // selectFirst returns the first batch ready rows, or nil when fewer are
-// ready. It is selectGroups with groups of one row.
-func selectFirst(kind string, ready engine.ReadySet, batch int) ([]uint64, error) {
-	return selectGroups(kind, ready, batch, 1)
+// ready (with partial, those there are). It is selectGroups with groups of
+// one row.
+func selectFirst(kind string, ready engine.ReadySet, batch int, partial bool) ([]uint64, error) {
+	return selectGroups(kind, ready, batch, 1, partial)
 }

@@ -167,8 +167,18 @@ func TestSamplerIntegration(t *testing.T) {
 				if len(sampled) == 0 || len(sampled) > 4 {
 					t.Errorf("len(sampled): got %d, want 1..4", len(sampled))
 				}
-				if d := cmp.Diff(sampled, consumed); d != "" {
-					t.Errorf("consumed differs from sampled (-sampled +consumed):\n%s", d)
+				// SeqlenBalanced's first call consumes the whole global
+				// batch (every rank's part); the others consume what they
+				// sample.
+				for _, r := range sampled {
+					if !slices.Contains(consumed, r) {
+						t.Errorf("sampled row %d not consumed (sampled %v, consumed %v)", r, sampled, consumed)
+					}
+				}
+				if _, whole := s.(*SeqlenBalanced); !whole {
+					if d := cmp.Diff(sampled, consumed); d != "" {
+						t.Errorf("consumed differs from sampled (-sampled +consumed):\n%s", d)
+					}
 				}
 			})
 			t.Run("negative batch", func(t *testing.T) {
@@ -181,11 +191,11 @@ func TestSamplerIntegration(t *testing.T) {
 				s := f.new(t)
 				req := engine.SampleRequest{Partition: "p", Task: "t", BatchSize: 4, Ready: rows(0, 8), Options: opts}
 				sampled, consumed := mustSample(t, s, req)
-				want := slices.Clone(consumed)
+				want, wantConsumed := slices.Clone(sampled), slices.Clone(consumed)
 				for i := range sampled {
 					sampled[i] = 999
 				}
-				if d := cmp.Diff(want, consumed); d != "" {
+				if d := cmp.Diff(wantConsumed, consumed); d != "" {
 					t.Errorf("writing sampled changed consumed (-want +got):\n%s", d)
 				}
 				// A cached answer must not change either.
@@ -300,7 +310,7 @@ func TestState(t *testing.T) {
 			new:   newGRPO(2),
 			other: newGRPO(4),
 			bad: []string{
-				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[0,1,2]}]}`,
+				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[]}]}`,
 				`{"version":1,"sampler":"grpo","n":2,"entries":[{"partition":"p","task":"t","dp_rank":-1,"batch_index":0,"rows":[0,1]}]}`,
 			},
 		},
@@ -323,8 +333,8 @@ func TestState(t *testing.T) {
 			bad: []string{
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1]]}]}`,
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[1,2]]}]}`,
-				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[2]]}]}`,
-				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[]]}]}`,
+				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[],[]]}]}`,
+				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[1,0],[2]]}]}`,
 			},
 		},
 	} {

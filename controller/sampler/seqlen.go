@@ -11,6 +11,7 @@ import (
 var (
 	_ engine.CachingSampler   = (*SeqlenBalanced)(nil)
 	_ engine.JournaledSampler = (*SeqlenBalanced)(nil)
+	_ engine.RowForgetter     = (*SeqlenBalanced)(nil)
 )
 
 const seqlenKind = "seqlen_balanced"
@@ -37,8 +38,7 @@ const LengthTag = "total_lengths"
 //
 // SeqlenBalanced is safe for concurrent use.
 type SeqlenBalanced struct {
-	n, dpSize int
-	cache     cache[batchKey, [][]uint64]
+	partsCache
 }
 
 // batchKey identifies one global batch of a task.
@@ -57,7 +57,7 @@ func NewSeqlenBalanced(n, dpSize int) (*SeqlenBalanced, error) {
 	if dpSize <= 0 {
 		return nil, invalid(seqlenKind, "dp size %d is not positive", dpSize)
 	}
-	return &SeqlenBalanced{n: n, dpSize: dpSize}, nil
+	return &SeqlenBalanced{partsCache{kind: seqlenKind, n: n, dpSize: dpSize}}, nil
 }
 
 // N returns the group size.
@@ -87,8 +87,9 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 	}
 	key := batchKey{task: req.Task, batch: opts.BatchIndex}
 	parts, ok := s.cache.get(req.Partition, key)
+	fresh := !ok
 	if !ok {
-		rows, err := selectGroups(seqlenKind, req.Ready, req.BatchSize*s.dpSize, s.n)
+		rows, err := selectGroups(seqlenKind, req.Ready, req.BatchSize*s.dpSize, s.n, req.Final)
 		if err != nil || rows == nil {
 			return nil, nil, err
 		}
@@ -96,26 +97,78 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 		if err != nil {
 			return nil, nil, err
 		}
-		var added bool
-		if parts, added = s.cache.add(req.Partition, key, parts); added {
-			if err := journal(seqlenKind, req, partsEntry{Partition: req.Partition, Task: req.Task, BatchIndex: opts.BatchIndex, Parts: parts}); err != nil {
-				return nil, nil, err
-			}
+		if parts, fresh, err = s.add(req, parts); err != nil {
+			return nil, nil, err
 		}
 	}
-	if opts.DPRank >= len(parts) {
-		return nil, nil, nil
-	}
-	sampled, consumed = pair(parts[opts.DPRank])
+	sampled, consumed = answer(parts, opts.DPRank, fresh)
 	return sampled, consumed, nil
 }
 
+// answer returns rank's part of a balanced batch, and what the call
+// consumes: the whole batch when the call made it (the other ranks' rows
+// are theirs, not for the next batch index to take), else the part.
+// A rank with no part (past dpSize, or an empty part of a final batch)
+// samples nothing.
+func answer(parts [][]uint64, rank int, fresh bool) (sampled, consumed []uint64) {
+	if rank < len(parts) && len(parts[rank]) > 0 {
+		sampled = slices.Clone(parts[rank])
+	}
+	if !fresh {
+		return sampled, slices.Clone(sampled)
+	}
+	for _, p := range parts {
+		consumed = append(consumed, p...)
+	}
+	slices.Sort(consumed)
+	return sampled, consumed
+}
+
 // balance splits the selected rows (whole groups of n, ascending) into
-// dpSize parts of about equal total length. Like the reference it falls
-// back to balancing single rows when the groups do not divide evenly
-// between the ranks; Sample's checks (BatchSize a multiple of n) make that
-// branch unreachable today.
+// dpSize parts of about equal total length, keeping groups whole: with a
+// number of groups that divides evenly between the ranks, parts of equal
+// size (the reference's equal_size); otherwise (a final, short batch)
+// parts of any size, and with fewer groups than ranks one group per rank
+// and empty parts for the rest.
 func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) ([][]uint64, error) {
+	lengths, err := rowLengths(seqlenKind, rows, tags)
+	if err != nil {
+		return nil, err
+	}
+	groups := len(rows) / s.n
+	groupLengths := make([]int64, groups)
+	for i, l := range lengths[:groups*s.n] {
+		groupLengths[i/s.n] += l
+	}
+	var byGroup [][]int
+	switch {
+	case groups > 0 && groups%s.dpSize == 0:
+		byGroup, err = KarmarkarKarp(groupLengths, s.dpSize, true)
+	case groups >= s.dpSize:
+		byGroup, err = KarmarkarKarp(groupLengths, s.dpSize, false)
+	default:
+		byGroup = make([][]int, s.dpSize)
+		for g := range groups {
+			byGroup[g] = []int{g}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	parts := make([][]uint64, len(byGroup))
+	for p, gs := range byGroup {
+		part := make([]uint64, 0, len(gs)*s.n)
+		for _, g := range gs {
+			part = append(part, rows[g*s.n:(g+1)*s.n]...)
+		}
+		slices.Sort(part)
+		parts[p] = part
+	}
+	return parts, nil
+}
+
+// rowLengths reads each row's [LengthTag] (1 when absent or not a number).
+func rowLengths(kind string, rows []uint64, tags func(uint64) engine.Tags) ([]int64, error) {
 	lengths := make([]int64, len(rows))
 	for i, r := range rows {
 		lengths[i] = 1
@@ -124,49 +177,12 @@ func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) (
 		}
 		if l, ok := tags(r).Int(LengthTag); ok {
 			if l < 0 {
-				return nil, invalid(seqlenKind, "row %d has negative %s %d", r, LengthTag, l)
+				return nil, invalid(kind, "row %d has negative %s %d", r, LengthTag, l)
 			}
 			lengths[i] = l
 		}
 	}
-
-	groups := len(rows) / s.n
-	var parts [][]uint64
-	if len(rows)%s.n == 0 && groups > 0 && groups%s.dpSize == 0 {
-		groupLengths := make([]int64, groups)
-		for i, l := range lengths {
-			groupLengths[i/s.n] += l
-		}
-		byGroup, err := KarmarkarKarp(groupLengths, s.dpSize, true)
-		if err != nil {
-			return nil, err
-		}
-		parts = make([][]uint64, len(byGroup))
-		for p, gs := range byGroup {
-			part := make([]uint64, 0, len(gs)*s.n)
-			for _, g := range gs {
-				part = append(part, rows[g*s.n:(g+1)*s.n]...)
-			}
-			parts[p] = part
-		}
-	} else {
-		byRow, err := KarmarkarKarp(lengths, s.dpSize, false)
-		if err != nil {
-			return nil, err
-		}
-		parts = make([][]uint64, len(byRow))
-		for p, rs := range byRow {
-			part := make([]uint64, len(rs))
-			for i, r := range rs {
-				part[i] = rows[r]
-			}
-			parts[p] = part
-		}
-	}
-	for _, p := range parts {
-		slices.Sort(p)
-	}
-	return parts, nil
+	return lengths, nil
 }
 
 // Cached implements [engine.CachingSampler]: it reports whether opts carries
@@ -177,8 +193,48 @@ func (s *SeqlenBalanced) Cached(partition, task string, opts engine.SamplingOpti
 		s.cache.has(partition, batchKey{task: task, batch: opts.BatchIndex})
 }
 
+// partsCache is the cache and saved state shared by [SeqlenBalanced] and
+// [TokenBudget]: one balanced global batch (a row list per DP rank) per
+// (partition, task, batch index).
+type partsCache struct {
+	kind      string
+	n, dpSize int
+	cache     cache[batchKey, [][]uint64]
+}
+
+// add stores a freshly balanced batch (or finds the one a peer stored
+// first: added is false) and journals it.
+func (s *partsCache) add(req engine.SampleRequest, parts [][]uint64) (_ [][]uint64, added bool, _ error) {
+	parts, added = s.cache.add(req.Partition, batchKey{task: req.Task, batch: req.Options.BatchIndex}, parts)
+	if added {
+		if err := journal(s.kind, req, partsEntry{Partition: req.Partition, Task: req.Task, BatchIndex: req.Options.BatchIndex, Parts: parts}); err != nil {
+			return nil, false, err
+		}
+	}
+	return parts, added, nil
+}
+
 // ClearCache implements [engine.CachingSampler].
-func (s *SeqlenBalanced) ClearCache(partition string) { s.cache.clear(partition) }
+func (s *partsCache) ClearCache(partition string) { s.cache.clear(partition) }
+
+// ForgetRows implements [engine.RowForgetter]: cleared rows leave every
+// cached batch; a batch left with no rows is dropped.
+func (s *partsCache) ForgetRows(partition string, rows []uint64) {
+	gone := rowSet(rows)
+	s.cache.rewrite(partition, func(parts [][]uint64) ([][]uint64, bool) {
+		changed, left := false, 0
+		out := make([][]uint64, len(parts))
+		for i, part := range parts {
+			out[i] = dropRows(part, gone)
+			changed = changed || len(out[i]) != len(part)
+			left += len(out[i])
+		}
+		if !changed {
+			return parts, true
+		}
+		return out, left > 0
+	})
+}
 
 // partsEntry is one balanced batch in saved state.
 type partsEntry struct {
@@ -188,7 +244,7 @@ type partsEntry struct {
 	Parts      [][]uint64 `json:"parts"`
 }
 
-// partsState is the saved state of SeqlenBalanced.
+// partsState is the saved state of SeqlenBalanced and TokenBudget.
 type partsState struct {
 	Version int          `json:"version"`
 	Sampler string       `json:"sampler"`
@@ -198,8 +254,8 @@ type partsState struct {
 }
 
 // SaveState implements [engine.StatefulSampler].
-func (s *SeqlenBalanced) SaveState() ([]byte, error) {
-	st := partsState{Version: stateVersion, Sampler: seqlenKind, N: s.n, DPSize: s.dpSize, Entries: []partsEntry{}}
+func (s *partsCache) SaveState() ([]byte, error) {
+	st := partsState{Version: stateVersion, Sampler: s.kind, N: s.n, DPSize: s.dpSize, Entries: []partsEntry{}}
 	s.cache.each(func(p string, k batchKey, parts [][]uint64) {
 		st.Entries = append(st.Entries, partsEntry{Partition: p, Task: k.task, BatchIndex: k.batch, Parts: parts})
 	})
@@ -210,20 +266,20 @@ func (s *SeqlenBalanced) SaveState() ([]byte, error) {
 			cmp.Compare(a.BatchIndex, b.BatchIndex),
 		)
 	})
-	return marshalState(seqlenKind, st)
+	return marshalState(s.kind, st)
 }
 
 // LoadState implements [engine.StatefulSampler]. It replaces the cache only
 // when the whole document is valid; otherwise it returns an error wrapping
 // [engine.ErrCorrupt] and leaves the sampler as it was. A state saved with a
 // different group size or dp size is corrupt.
-func (s *SeqlenBalanced) LoadState(state []byte) error {
+func (s *partsCache) LoadState(state []byte) error {
 	var st partsState
-	if err := decodeState(seqlenKind, state, &st); err != nil {
+	if err := decodeState(s.kind, state, &st); err != nil {
 		return err
 	}
 	if st.N != s.n || st.DPSize != s.dpSize {
-		return corrupt(seqlenKind, "state has n %d and dp size %d, sampler has %d and %d",
+		return corrupt(s.kind, "state has n %d and dp size %d, sampler has %d and %d",
 			st.N, st.DPSize, s.n, s.dpSize)
 	}
 	m := make(map[string]map[batchKey][][]uint64)
@@ -238,7 +294,7 @@ func (s *SeqlenBalanced) LoadState(state []byte) error {
 		}
 		k := batchKey{task: e.Task, batch: e.BatchIndex}
 		if _, dup := p[k]; dup {
-			return corrupt(seqlenKind, "entry %d: duplicate key", i)
+			return corrupt(s.kind, "entry %d: duplicate key", i)
 		}
 		p[k] = e.Parts
 	}
@@ -246,33 +302,37 @@ func (s *SeqlenBalanced) LoadState(state []byte) error {
 	return nil
 }
 
-// checkEntry validates saved or journaled entry i.
-func (s *SeqlenBalanced) checkEntry(i int, e *partsEntry) error {
+// checkEntry validates saved or journaled entry i: dpSize parts, each
+// ascending (a final batch may leave some empty), no row in two parts, and
+// some rows.
+func (s *partsCache) checkEntry(i int, e *partsEntry) error {
 	if len(e.Parts) != s.dpSize {
-		return corrupt(seqlenKind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
+		return corrupt(s.kind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
 	}
 	seen := make(map[uint64]bool)
 	for _, part := range e.Parts {
-		if err := checkRows(seqlenKind, i, part); err != nil {
-			return err
+		if len(part) > 0 {
+			if err := checkRows(s.kind, i, part); err != nil {
+				return err
+			}
 		}
 		for _, r := range part {
 			if seen[r] {
-				return corrupt(seqlenKind, "entry %d: row %d in two parts", i, r)
+				return corrupt(s.kind, "entry %d: row %d in two parts", i, r)
 			}
 			seen[r] = true
 		}
 	}
-	if len(seen)%s.n != 0 {
-		return corrupt(seqlenKind, "entry %d: %d rows is not whole groups of %d", i, len(seen), s.n)
+	if len(seen) == 0 {
+		return corrupt(s.kind, "entry %d: no rows", i)
 	}
 	return nil
 }
 
 // ApplyEntry implements [engine.JournaledSampler].
-func (s *SeqlenBalanced) ApplyEntry(entry []byte) error {
+func (s *partsCache) ApplyEntry(entry []byte) error {
 	var e partsEntry
-	if err := decodeEntry(seqlenKind, entry, &e); err != nil {
+	if err := decodeEntry(s.kind, entry, &e); err != nil {
 		return err
 	}
 	if err := s.checkEntry(0, &e); err != nil {

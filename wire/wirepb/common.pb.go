@@ -42,6 +42,7 @@ const (
 	Code_CODE_CANCELED        Code = 11 // the request was canceled
 	Code_CODE_UNAUTHENTICATED Code = 12 // missing or wrong token, or no handshake
 	Code_CODE_INTERNAL        Code = 13 // a bug on the server
+	Code_CODE_DONE            Code = 14 // a fetch from a partition marked done that has nothing left for the caller
 )
 
 // Enum value maps for Code.
@@ -61,6 +62,7 @@ var (
 		11: "CODE_CANCELED",
 		12: "CODE_UNAUTHENTICATED",
 		13: "CODE_INTERNAL",
+		14: "CODE_DONE",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":     0,
@@ -77,6 +79,7 @@ var (
 		"CODE_CANCELED":        11,
 		"CODE_UNAUTHENTICATED": 12,
 		"CODE_INTERNAL":        13,
+		"CODE_DONE":            14,
 	}
 )
 
@@ -389,7 +392,7 @@ const file_common_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\"G\n" +
 	"\x05Error\x12$\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x10.tq.wire.v1.CodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\x9f\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage*\xae\x02\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fCODE_INVALID\x10\x01\x12\x12\n" +
@@ -405,7 +408,8 @@ const file_common_proto_rawDesc = "" +
 	"\x12\x11\n" +
 	"\rCODE_CANCELED\x10\v\x12\x18\n" +
 	"\x14CODE_UNAUTHENTICATED\x10\f\x12\x11\n" +
-	"\rCODE_INTERNAL\x10\rB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\rCODE_INTERNAL\x10\r\x12\r\n" +
+	"\tCODE_DONE\x10\x0eB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once

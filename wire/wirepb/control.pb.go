@@ -673,7 +673,15 @@ type FetchRequest struct {
 	// key, when set (16 random bytes), names this fetch: a FETCH repeated
 	// with the same key (after a reconnect) returns the rows the first one
 	// took instead of taking more, and UNCONSUME gives them back.
-	Key           []byte `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`
+	Key []byte `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`
+	// sampler, when set, chooses a built-in sampler for this fetch instead
+	// of the server's (fetches naming the same spec share one sampler and
+	// its cache).
+	Sampler *SamplerSpec `protobuf:"bytes,9,opt,name=sampler,proto3" json:"sampler,omitempty"`
+	// token_budget, when positive, bounds the batch by the sum of its rows'
+	// "total_lengths" tags (per DP rank); batch_size may then be 0 (no row
+	// limit). Only the token_budget sampler takes it.
+	TokenBudget   int64 `protobuf:"varint,10,opt,name=token_budget,json=tokenBudget,proto3" json:"token_budget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -764,6 +772,129 @@ func (x *FetchRequest) GetKey() []byte {
 	return nil
 }
 
+func (x *FetchRequest) GetSampler() *SamplerSpec {
+	if x != nil {
+		return x.Sampler
+	}
+	return nil
+}
+
+func (x *FetchRequest) GetTokenBudget() int64 {
+	if x != nil {
+		return x.TokenBudget
+	}
+	return 0
+}
+
+// SamplerSpec names a built-in sampler: "sequential", "rank_aware",
+// "grpo" (n), "seqlen_balanced" (n, dp_size) or "token_budget" (n,
+// dp_size). n and dp_size of 0 mean 1.
+type SamplerSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	N             int64                  `protobuf:"varint,2,opt,name=n,proto3" json:"n,omitempty"`
+	DpSize        int64                  `protobuf:"varint,3,opt,name=dp_size,json=dpSize,proto3" json:"dp_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SamplerSpec) Reset() {
+	*x = SamplerSpec{}
+	mi := &file_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SamplerSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SamplerSpec) ProtoMessage() {}
+
+func (x *SamplerSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SamplerSpec.ProtoReflect.Descriptor instead.
+func (*SamplerSpec) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SamplerSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SamplerSpec) GetN() int64 {
+	if x != nil {
+		return x.N
+	}
+	return 0
+}
+
+func (x *SamplerSpec) GetDpSize() int64 {
+	if x != nil {
+		return x.DpSize
+	}
+	return 0
+}
+
+// MarkDoneRequest (op MARK_DONE): the producer of partition will add no
+// more rows. The partition is made if it does not exist. Idempotent.
+type MarkDoneRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkDoneRequest) Reset() {
+	*x = MarkDoneRequest{}
+	mi := &file_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkDoneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkDoneRequest) ProtoMessage() {}
+
+func (x *MarkDoneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkDoneRequest.ProtoReflect.Descriptor instead.
+func (*MarkDoneRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *MarkDoneRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
 // UnconsumeRequest (op UNCONSUME): the caller of the fetch named key gave up
 // before it received the rows. The rows that fetch marked consumed for task
 // become fetchable again; a fetch with that key that has not happened yet
@@ -779,7 +910,7 @@ type UnconsumeRequest struct {
 
 func (x *UnconsumeRequest) Reset() {
 	*x = UnconsumeRequest{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +922,7 @@ func (x *UnconsumeRequest) String() string {
 func (*UnconsumeRequest) ProtoMessage() {}
 
 func (x *UnconsumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +935,7 @@ func (x *UnconsumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeRequest.ProtoReflect.Descriptor instead.
 func (*UnconsumeRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnconsumeRequest) GetPartition() string {
@@ -838,7 +969,7 @@ type ForceFetchRequest struct {
 
 func (x *ForceFetchRequest) Reset() {
 	*x = ForceFetchRequest{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +981,7 @@ func (x *ForceFetchRequest) String() string {
 func (*ForceFetchRequest) ProtoMessage() {}
 
 func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +994,7 @@ func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceFetchRequest.ProtoReflect.Descriptor instead.
 func (*ForceFetchRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ForceFetchRequest) GetPartition() string {
@@ -891,7 +1022,7 @@ type RowsMetaRequest struct {
 
 func (x *RowsMetaRequest) Reset() {
 	*x = RowsMetaRequest{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1034,7 @@ func (x *RowsMetaRequest) String() string {
 func (*RowsMetaRequest) ProtoMessage() {}
 
 func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1047,7 @@ func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsMetaRequest.ProtoReflect.Descriptor instead.
 func (*RowsMetaRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RowsMetaRequest) GetPartition() string {
@@ -949,7 +1080,7 @@ type MetaReply struct {
 
 func (x *MetaReply) Reset() {
 	*x = MetaReply{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1092,7 @@ func (x *MetaReply) String() string {
 func (*MetaReply) ProtoMessage() {}
 
 func (x *MetaReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1105,7 @@ func (x *MetaReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaReply.ProtoReflect.Descriptor instead.
 func (*MetaReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MetaReply) GetMeta() *BatchMeta {
@@ -999,7 +1130,7 @@ type CommitField struct {
 
 func (x *CommitField) Reset() {
 	*x = CommitField{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1142,7 @@ func (x *CommitField) String() string {
 func (*CommitField) ProtoMessage() {}
 
 func (x *CommitField) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1155,7 @@ func (x *CommitField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitField.ProtoReflect.Descriptor instead.
 func (*CommitField) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommitField) GetName() string {
@@ -1087,7 +1218,7 @@ type CommitRequest struct {
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1099,7 +1230,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1112,7 +1243,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CommitRequest) GetPartition() string {
@@ -1147,7 +1278,7 @@ type CellsReply struct {
 
 func (x *CellsReply) Reset() {
 	*x = CellsReply{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1290,7 @@ func (x *CellsReply) String() string {
 func (*CellsReply) ProtoMessage() {}
 
 func (x *CellsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1303,7 @@ func (x *CellsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CellsReply.ProtoReflect.Descriptor instead.
 func (*CellsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CellsReply) GetCells() *Addrs {
@@ -1194,7 +1325,7 @@ type ResolveKeysRequest struct {
 
 func (x *ResolveKeysRequest) Reset() {
 	*x = ResolveKeysRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1337,7 @@ func (x *ResolveKeysRequest) String() string {
 func (*ResolveKeysRequest) ProtoMessage() {}
 
 func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1350,7 @@ func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysRequest.ProtoReflect.Descriptor instead.
 func (*ResolveKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResolveKeysRequest) GetPartition() string {
@@ -1260,7 +1391,7 @@ type ResolveKeysReply struct {
 
 func (x *ResolveKeysReply) Reset() {
 	*x = ResolveKeysReply{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1403,7 @@ func (x *ResolveKeysReply) String() string {
 func (*ResolveKeysReply) ProtoMessage() {}
 
 func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1416,7 @@ func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysReply.ProtoReflect.Descriptor instead.
 func (*ResolveKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResolveKeysReply) GetMeta() *BatchMeta {
@@ -1317,7 +1448,7 @@ type CommitKeysRequest struct {
 
 func (x *CommitKeysRequest) Reset() {
 	*x = CommitKeysRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1460,7 @@ func (x *CommitKeysRequest) String() string {
 func (*CommitKeysRequest) ProtoMessage() {}
 
 func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1473,7 @@ func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysRequest.ProtoReflect.Descriptor instead.
 func (*CommitKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CommitKeysRequest) GetPartition() string {
@@ -1391,7 +1522,7 @@ type CommitKeysReply struct {
 
 func (x *CommitKeysReply) Reset() {
 	*x = CommitKeysReply{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1534,7 @@ func (x *CommitKeysReply) String() string {
 func (*CommitKeysReply) ProtoMessage() {}
 
 func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1547,7 @@ func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysReply.ProtoReflect.Descriptor instead.
 func (*CommitKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommitKeysReply) GetReplaced() *Addrs {
@@ -1456,7 +1587,7 @@ type KVPutRequest struct {
 
 func (x *KVPutRequest) Reset() {
 	*x = KVPutRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1468,7 +1599,7 @@ func (x *KVPutRequest) String() string {
 func (*KVPutRequest) ProtoMessage() {}
 
 func (x *KVPutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1481,7 +1612,7 @@ func (x *KVPutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVPutRequest.ProtoReflect.Descriptor instead.
 func (*KVPutRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *KVPutRequest) GetPut() *CommitKeysRequest {
@@ -1507,7 +1638,7 @@ type RowLens struct {
 
 func (x *RowLens) Reset() {
 	*x = RowLens{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1650,7 @@ func (x *RowLens) String() string {
 func (*RowLens) ProtoMessage() {}
 
 func (x *RowLens) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1663,7 @@ func (x *RowLens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowLens.ProtoReflect.Descriptor instead.
 func (*RowLens) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RowLens) GetLens() []uint64 {
@@ -1557,7 +1688,7 @@ type KVGetRequest struct {
 
 func (x *KVGetRequest) Reset() {
 	*x = KVGetRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1700,7 @@ func (x *KVGetRequest) String() string {
 func (*KVGetRequest) ProtoMessage() {}
 
 func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1713,7 @@ func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetRequest.ProtoReflect.Descriptor instead.
 func (*KVGetRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KVGetRequest) GetPartition() string {
@@ -1629,7 +1760,7 @@ type KVGetReply struct {
 
 func (x *KVGetReply) Reset() {
 	*x = KVGetReply{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1641,7 +1772,7 @@ func (x *KVGetReply) String() string {
 func (*KVGetReply) ProtoMessage() {}
 
 func (x *KVGetReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1654,7 +1785,7 @@ func (x *KVGetReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetReply.ProtoReflect.Descriptor instead.
 func (*KVGetReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KVGetReply) GetMeta() *BatchMeta {
@@ -1695,7 +1826,7 @@ type KeysOfRequest struct {
 
 func (x *KeysOfRequest) Reset() {
 	*x = KeysOfRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1838,7 @@ func (x *KeysOfRequest) String() string {
 func (*KeysOfRequest) ProtoMessage() {}
 
 func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1851,7 @@ func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysOfRequest.ProtoReflect.Descriptor instead.
 func (*KeysOfRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KeysOfRequest) GetPartition() string {
@@ -1746,7 +1877,7 @@ type KeysReply struct {
 
 func (x *KeysReply) Reset() {
 	*x = KeysReply{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1889,7 @@ func (x *KeysReply) String() string {
 func (*KeysReply) ProtoMessage() {}
 
 func (x *KeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1902,7 @@ func (x *KeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
 func (*KeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *KeysReply) GetKeys() []string {
@@ -1792,7 +1923,7 @@ type SetTagsRequest struct {
 
 func (x *SetTagsRequest) Reset() {
 	*x = SetTagsRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1935,7 @@ func (x *SetTagsRequest) String() string {
 func (*SetTagsRequest) ProtoMessage() {}
 
 func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1948,7 @@ func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTagsRequest.ProtoReflect.Descriptor instead.
 func (*SetTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetTagsRequest) GetPartition() string {
@@ -1853,7 +1984,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1996,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2009,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListKeysRequest) GetPartition() string {
@@ -1922,7 +2053,7 @@ type TagCondition struct {
 
 func (x *TagCondition) Reset() {
 	*x = TagCondition{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2065,7 @@ func (x *TagCondition) String() string {
 func (*TagCondition) ProtoMessage() {}
 
 func (x *TagCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2078,7 @@ func (x *TagCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagCondition.ProtoReflect.Descriptor instead.
 func (*TagCondition) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TagCondition) GetName() string {
@@ -1984,7 +2115,7 @@ type DeleteTagsRequest struct {
 
 func (x *DeleteTagsRequest) Reset() {
 	*x = DeleteTagsRequest{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2127,7 @@ func (x *DeleteTagsRequest) String() string {
 func (*DeleteTagsRequest) ProtoMessage() {}
 
 func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2140,7 @@ func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteTagsRequest) GetPartition() string {
@@ -2042,7 +2173,7 @@ type DeleteTagsReply struct {
 
 func (x *DeleteTagsReply) Reset() {
 	*x = DeleteTagsReply{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2185,7 @@ func (x *DeleteTagsReply) String() string {
 func (*DeleteTagsReply) ProtoMessage() {}
 
 func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2198,7 @@ func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsReply.ProtoReflect.Descriptor instead.
 func (*DeleteTagsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteTagsReply) GetTags() [][]byte {
@@ -2094,7 +2225,7 @@ type CompareAndSetTagRequest struct {
 
 func (x *CompareAndSetTagRequest) Reset() {
 	*x = CompareAndSetTagRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2237,7 @@ func (x *CompareAndSetTagRequest) String() string {
 func (*CompareAndSetTagRequest) ProtoMessage() {}
 
 func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2250,7 @@ func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CompareAndSetTagRequest) GetPartition() string {
@@ -2167,7 +2298,7 @@ type CompareAndSetTagReply struct {
 
 func (x *CompareAndSetTagReply) Reset() {
 	*x = CompareAndSetTagReply{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2310,7 @@ func (x *CompareAndSetTagReply) String() string {
 func (*CompareAndSetTagReply) ProtoMessage() {}
 
 func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2323,7 @@ func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagReply.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CompareAndSetTagReply) GetSwapped() bool {
@@ -2224,7 +2355,7 @@ type KeyChangesRequest struct {
 
 func (x *KeyChangesRequest) Reset() {
 	*x = KeyChangesRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2367,7 @@ func (x *KeyChangesRequest) String() string {
 func (*KeyChangesRequest) ProtoMessage() {}
 
 func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2380,7 @@ func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*KeyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *KeyChangesRequest) GetPartition() string {
@@ -2299,7 +2430,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2442,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2455,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyChange) GetKey() string {
@@ -2367,7 +2498,7 @@ type KeyChangesReply struct {
 
 func (x *KeyChangesReply) Reset() {
 	*x = KeyChangesReply{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2510,7 @@ func (x *KeyChangesReply) String() string {
 func (*KeyChangesReply) ProtoMessage() {}
 
 func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2523,7 @@ func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesReply.ProtoReflect.Descriptor instead.
 func (*KeyChangesReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *KeyChangesReply) GetChanges() []*KeyChange {
@@ -2434,7 +2565,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2577,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2590,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -2493,7 +2624,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2505,7 +2636,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2518,7 +2649,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -2545,7 +2676,7 @@ type ListKeysReply struct {
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2557,7 +2688,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2570,7 +2701,7 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
@@ -2597,7 +2728,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2740,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2753,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -2650,7 +2781,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2662,7 +2793,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2675,7 +2806,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -2709,7 +2840,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2721,7 +2852,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2734,7 +2865,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -2761,7 +2892,7 @@ type ConsumptionStatusReply struct {
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2904,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2917,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -2813,7 +2944,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2825,7 +2956,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2838,7 +2969,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -2865,7 +2996,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3008,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3021,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -2917,7 +3048,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2929,7 +3060,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2942,7 +3073,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -2968,7 +3099,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2980,7 +3111,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2993,7 +3124,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{46}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -3012,7 +3143,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3155,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3168,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{47}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -3056,7 +3187,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3199,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3212,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{48}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -3104,7 +3235,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3247,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3260,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{49}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FieldStats) GetName() string {
@@ -3176,7 +3307,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3188,7 +3319,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3201,7 +3332,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{50}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -3222,7 +3353,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3365,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3378,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{51}
+	return file_control_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -3284,13 +3415,14 @@ type PartitionStats struct {
 	Tasks         []*TaskStats           `protobuf:"bytes,9,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	IndexesInUse  int64                  `protobuf:"varint,10,opt,name=indexes_in_use,json=indexesInUse,proto3" json:"indexes_in_use,omitempty"`
 	IndexesFree   int64                  `protobuf:"varint,11,opt,name=indexes_free,json=indexesFree,proto3" json:"indexes_free,omitempty"`
+	Done          bool                   `protobuf:"varint,12,opt,name=done,proto3" json:"done,omitempty"` // marked done by its producer (MARK_DONE)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3434,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3447,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{52}
+	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -3395,6 +3527,13 @@ func (x *PartitionStats) GetIndexesFree() int64 {
 	return 0
 }
 
+func (x *PartitionStats) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 type CheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`   // unused since names replaced paths; must be empty
@@ -3405,7 +3544,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3556,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3569,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{53}
+	return file_control_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -3460,7 +3599,7 @@ type CheckpointInfo struct {
 
 func (x *CheckpointInfo) Reset() {
 	*x = CheckpointInfo{}
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3472,7 +3611,7 @@ func (x *CheckpointInfo) String() string {
 func (*CheckpointInfo) ProtoMessage() {}
 
 func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3485,7 +3624,7 @@ func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
 func (*CheckpointInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{54}
+	return file_control_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CheckpointInfo) GetName() string {
@@ -3532,7 +3671,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3683,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3696,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{55}
+	return file_control_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
@@ -3583,7 +3722,7 @@ type ClusterInfoReply struct {
 
 func (x *ClusterInfoReply) Reset() {
 	*x = ClusterInfoReply{}
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3595,7 +3734,7 @@ func (x *ClusterInfoReply) String() string {
 func (*ClusterInfoReply) ProtoMessage() {}
 
 func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3608,7 +3747,7 @@ func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
 func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{56}
+	return file_control_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ClusterInfoReply) GetClusterId() string {
@@ -3721,7 +3860,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xf3\x01\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xc9\x02\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -3732,7 +3871,16 @@ const file_control_proto_rawDesc = "" +
 	"\x04wait\x18\x06 \x01(\bR\x04wait\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\a \x01(\x04R\ttimeoutMs\x12\x10\n" +
-	"\x03key\x18\b \x01(\fR\x03key\"V\n" +
+	"\x03key\x18\b \x01(\fR\x03key\x121\n" +
+	"\asampler\x18\t \x01(\v2\x17.tq.wire.v1.SamplerSpecR\asampler\x12!\n" +
+	"\ftoken_budget\x18\n" +
+	" \x01(\x03R\vtokenBudget\"H\n" +
+	"\vSamplerSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
+	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +
+	"\adp_size\x18\x03 \x01(\x03R\x06dpSize\"/\n" +
+	"\x0fMarkDoneRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\"V\n" +
 	"\x10UnconsumeRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
@@ -3899,7 +4047,7 @@ const file_control_proto_rawDesc = "" +
 	"\tTaskStats\x12\x12\n" +
 	"\x04task\x18\x01 \x01(\tR\x04task\x12\x1a\n" +
 	"\bconsumed\x18\x02 \x01(\x03R\bconsumed\x12\x1a\n" +
-	"\bprogress\x18\x03 \x01(\x01R\bprogress\"\xf8\x02\n" +
+	"\bprogress\x18\x03 \x01(\x01R\bprogress\"\x8c\x03\n" +
 	"\x0ePartitionStats\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x12\n" +
@@ -3912,7 +4060,8 @@ const file_control_proto_rawDesc = "" +
 	"\x05tasks\x18\t \x03(\v2\x15.tq.wire.v1.TaskStatsR\x05tasks\x12$\n" +
 	"\x0eindexes_in_use\x18\n" +
 	" \x01(\x03R\findexesInUse\x12!\n" +
-	"\findexes_free\x18\v \x01(\x03R\vindexesFree\"9\n" +
+	"\findexes_free\x18\v \x01(\x03R\vindexesFree\x12\x12\n" +
+	"\x04done\x18\f \x01(\bR\x04done\"9\n" +
 	"\x11CheckpointRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x93\x01\n" +
@@ -3954,7 +4103,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_control_proto_goTypes = []any{
 	(TagTest)(0),                     // 0: tq.wire.v1.TagTest
 	(*Empty)(nil),                    // 1: tq.wire.v1.Empty
@@ -3966,98 +4115,101 @@ var file_control_proto_goTypes = []any{
 	(*FieldSelection)(nil),           // 7: tq.wire.v1.FieldSelection
 	(*InsertRequest)(nil),            // 8: tq.wire.v1.InsertRequest
 	(*FetchRequest)(nil),             // 9: tq.wire.v1.FetchRequest
-	(*UnconsumeRequest)(nil),         // 10: tq.wire.v1.UnconsumeRequest
-	(*ForceFetchRequest)(nil),        // 11: tq.wire.v1.ForceFetchRequest
-	(*RowsMetaRequest)(nil),          // 12: tq.wire.v1.RowsMetaRequest
-	(*MetaReply)(nil),                // 13: tq.wire.v1.MetaReply
-	(*CommitField)(nil),              // 14: tq.wire.v1.CommitField
-	(*CommitRequest)(nil),            // 15: tq.wire.v1.CommitRequest
-	(*CellsReply)(nil),               // 16: tq.wire.v1.CellsReply
-	(*ResolveKeysRequest)(nil),       // 17: tq.wire.v1.ResolveKeysRequest
-	(*ResolveKeysReply)(nil),         // 18: tq.wire.v1.ResolveKeysReply
-	(*CommitKeysRequest)(nil),        // 19: tq.wire.v1.CommitKeysRequest
-	(*CommitKeysReply)(nil),          // 20: tq.wire.v1.CommitKeysReply
-	(*KVPutRequest)(nil),             // 21: tq.wire.v1.KVPutRequest
-	(*RowLens)(nil),                  // 22: tq.wire.v1.RowLens
-	(*KVGetRequest)(nil),             // 23: tq.wire.v1.KVGetRequest
-	(*KVGetReply)(nil),               // 24: tq.wire.v1.KVGetReply
-	(*KeysOfRequest)(nil),            // 25: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 26: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 27: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 28: tq.wire.v1.ListKeysRequest
-	(*TagCondition)(nil),             // 29: tq.wire.v1.TagCondition
-	(*DeleteTagsRequest)(nil),        // 30: tq.wire.v1.DeleteTagsRequest
-	(*DeleteTagsReply)(nil),          // 31: tq.wire.v1.DeleteTagsReply
-	(*CompareAndSetTagRequest)(nil),  // 32: tq.wire.v1.CompareAndSetTagRequest
-	(*CompareAndSetTagReply)(nil),    // 33: tq.wire.v1.CompareAndSetTagReply
-	(*KeyChangesRequest)(nil),        // 34: tq.wire.v1.KeyChangesRequest
-	(*KeyChange)(nil),                // 35: tq.wire.v1.KeyChange
-	(*KeyChangesReply)(nil),          // 36: tq.wire.v1.KeyChangesReply
-	(*KeyInfo)(nil),                  // 37: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 38: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 39: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 40: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 41: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 42: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 43: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 44: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 45: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 46: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 47: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 48: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 49: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 50: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 51: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 52: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 53: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 54: tq.wire.v1.CheckpointRequest
-	(*CheckpointInfo)(nil),           // 55: tq.wire.v1.CheckpointInfo
-	(*CheckpointsReply)(nil),         // 56: tq.wire.v1.CheckpointsReply
-	(*ClusterInfoReply)(nil),         // 57: tq.wire.v1.ClusterInfoReply
-	nil,                              // 58: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 59: tq.wire.v1.BatchMeta.CellsEntry
+	(*SamplerSpec)(nil),              // 10: tq.wire.v1.SamplerSpec
+	(*MarkDoneRequest)(nil),          // 11: tq.wire.v1.MarkDoneRequest
+	(*UnconsumeRequest)(nil),         // 12: tq.wire.v1.UnconsumeRequest
+	(*ForceFetchRequest)(nil),        // 13: tq.wire.v1.ForceFetchRequest
+	(*RowsMetaRequest)(nil),          // 14: tq.wire.v1.RowsMetaRequest
+	(*MetaReply)(nil),                // 15: tq.wire.v1.MetaReply
+	(*CommitField)(nil),              // 16: tq.wire.v1.CommitField
+	(*CommitRequest)(nil),            // 17: tq.wire.v1.CommitRequest
+	(*CellsReply)(nil),               // 18: tq.wire.v1.CellsReply
+	(*ResolveKeysRequest)(nil),       // 19: tq.wire.v1.ResolveKeysRequest
+	(*ResolveKeysReply)(nil),         // 20: tq.wire.v1.ResolveKeysReply
+	(*CommitKeysRequest)(nil),        // 21: tq.wire.v1.CommitKeysRequest
+	(*CommitKeysReply)(nil),          // 22: tq.wire.v1.CommitKeysReply
+	(*KVPutRequest)(nil),             // 23: tq.wire.v1.KVPutRequest
+	(*RowLens)(nil),                  // 24: tq.wire.v1.RowLens
+	(*KVGetRequest)(nil),             // 25: tq.wire.v1.KVGetRequest
+	(*KVGetReply)(nil),               // 26: tq.wire.v1.KVGetReply
+	(*KeysOfRequest)(nil),            // 27: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 28: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 29: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 30: tq.wire.v1.ListKeysRequest
+	(*TagCondition)(nil),             // 31: tq.wire.v1.TagCondition
+	(*DeleteTagsRequest)(nil),        // 32: tq.wire.v1.DeleteTagsRequest
+	(*DeleteTagsReply)(nil),          // 33: tq.wire.v1.DeleteTagsReply
+	(*CompareAndSetTagRequest)(nil),  // 34: tq.wire.v1.CompareAndSetTagRequest
+	(*CompareAndSetTagReply)(nil),    // 35: tq.wire.v1.CompareAndSetTagReply
+	(*KeyChangesRequest)(nil),        // 36: tq.wire.v1.KeyChangesRequest
+	(*KeyChange)(nil),                // 37: tq.wire.v1.KeyChange
+	(*KeyChangesReply)(nil),          // 38: tq.wire.v1.KeyChangesReply
+	(*KeyInfo)(nil),                  // 39: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 40: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 41: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 42: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 43: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 44: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 45: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 46: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 47: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 48: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 49: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 50: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 51: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 52: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 53: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 54: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 55: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 56: tq.wire.v1.CheckpointRequest
+	(*CheckpointInfo)(nil),           // 57: tq.wire.v1.CheckpointInfo
+	(*CheckpointsReply)(nil),         // 58: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 59: tq.wire.v1.ClusterInfoReply
+	nil,                              // 60: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 61: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	2,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	58, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	59, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	60, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	61, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	6,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
-	7,  // 5: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	7,  // 6: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	5,  // 7: tq.wire.v1.MetaReply.meta:type_name -> tq.wire.v1.BatchMeta
-	2,  // 8: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
-	2,  // 9: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
-	4,  // 10: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
-	14, // 11: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
-	4,  // 12: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
-	7,  // 13: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	5,  // 14: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
-	14, // 15: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
-	4,  // 16: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
-	19, // 17: tq.wire.v1.KVPutRequest.put:type_name -> tq.wire.v1.CommitKeysRequest
-	22, // 18: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
-	7,  // 19: tq.wire.v1.KVGetRequest.fields:type_name -> tq.wire.v1.FieldSelection
-	5,  // 20: tq.wire.v1.KVGetReply.meta:type_name -> tq.wire.v1.BatchMeta
-	14, // 21: tq.wire.v1.KVGetReply.fields:type_name -> tq.wire.v1.CommitField
-	22, // 22: tq.wire.v1.KVGetReply.row_lens:type_name -> tq.wire.v1.RowLens
-	29, // 23: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
-	0,  // 24: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
-	35, // 25: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
-	37, // 26: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	38, // 27: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
-	2,  // 28: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	50, // 29: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	50, // 30: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	52, // 31: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	55, // 32: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
-	3,  // 33: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
-	4,  // 34: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	10, // 5: tq.wire.v1.FetchRequest.sampler:type_name -> tq.wire.v1.SamplerSpec
+	7,  // 6: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	7,  // 7: tq.wire.v1.RowsMetaRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 8: tq.wire.v1.MetaReply.meta:type_name -> tq.wire.v1.BatchMeta
+	2,  // 9: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
+	2,  // 10: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
+	4,  // 11: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
+	16, // 12: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
+	4,  // 13: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
+	7,  // 14: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 15: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
+	16, // 16: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
+	4,  // 17: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
+	21, // 18: tq.wire.v1.KVPutRequest.put:type_name -> tq.wire.v1.CommitKeysRequest
+	24, // 19: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
+	7,  // 20: tq.wire.v1.KVGetRequest.fields:type_name -> tq.wire.v1.FieldSelection
+	5,  // 21: tq.wire.v1.KVGetReply.meta:type_name -> tq.wire.v1.BatchMeta
+	16, // 22: tq.wire.v1.KVGetReply.fields:type_name -> tq.wire.v1.CommitField
+	24, // 23: tq.wire.v1.KVGetReply.row_lens:type_name -> tq.wire.v1.RowLens
+	31, // 24: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
+	0,  // 25: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
+	37, // 26: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
+	39, // 27: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	40, // 28: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	2,  // 29: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
+	52, // 30: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	52, // 31: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	54, // 32: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	57, // 33: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	3,  // 34: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
+	4,  // 35: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -4071,7 +4223,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   59,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

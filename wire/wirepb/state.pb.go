@@ -99,6 +99,7 @@ type LogOp struct {
 	//	*LogOp_Lost
 	//	*LogOp_RemoveTags
 	//	*LogOp_ClearCells
+	//	*LogOp_Done
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -276,6 +277,15 @@ func (x *LogOp) GetClearCells() *ClearCellsOp {
 	return nil
 }
 
+func (x *LogOp) GetDone() *DoneOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_Done); ok {
+			return x.Done
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -340,6 +350,10 @@ type LogOp_ClearCells struct {
 	ClearCells *ClearCellsOp `protobuf:"bytes,15,opt,name=clear_cells,json=clearCells,proto3,oneof"`
 }
 
+type LogOp_Done struct {
+	Done *DoneOp `protobuf:"bytes,16,opt,name=done,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -370,6 +384,61 @@ func (*LogOp_RemoveTags) isLogOp_Op() {}
 
 func (*LogOp_ClearCells) isLogOp_Op() {}
 
+func (*LogOp_Done) isLogOp_Op() {}
+
+// DoneOp: the partition's producer marked it done (MARK_DONE).
+type DoneOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Gen           uint64                 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DoneOp) Reset() {
+	*x = DoneOp{}
+	mi := &file_state_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DoneOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DoneOp) ProtoMessage() {}
+
+func (x *DoneOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DoneOp.ProtoReflect.Descriptor instead.
+func (*DoneOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DoneOp) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *DoneOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
 // ClusterOp: the cluster id (once, at the first start) and each start's
 // epoch. replaced marks where a checkpoint load replaced the whole state:
 // the snapshot written with it holds everything up to here, and a replay
@@ -385,7 +454,7 @@ type ClusterOp struct {
 
 func (x *ClusterOp) Reset() {
 	*x = ClusterOp{}
-	mi := &file_state_proto_msgTypes[2]
+	mi := &file_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +466,7 @@ func (x *ClusterOp) String() string {
 func (*ClusterOp) ProtoMessage() {}
 
 func (x *ClusterOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[2]
+	mi := &file_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +479,7 @@ func (x *ClusterOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterOp.ProtoReflect.Descriptor instead.
 func (*ClusterOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{2}
+	return file_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ClusterOp) GetClusterId() string {
@@ -450,7 +519,7 @@ type UnitOp struct {
 
 func (x *UnitOp) Reset() {
 	*x = UnitOp{}
-	mi := &file_state_proto_msgTypes[3]
+	mi := &file_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +531,7 @@ func (x *UnitOp) String() string {
 func (*UnitOp) ProtoMessage() {}
 
 func (x *UnitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[3]
+	mi := &file_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +544,7 @@ func (x *UnitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnitOp.ProtoReflect.Descriptor instead.
 func (*UnitOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{3}
+	return file_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UnitOp) GetUnitId() uint32 {
@@ -533,7 +602,7 @@ type PartitionOp struct {
 
 func (x *PartitionOp) Reset() {
 	*x = PartitionOp{}
-	mi := &file_state_proto_msgTypes[4]
+	mi := &file_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +614,7 @@ func (x *PartitionOp) String() string {
 func (*PartitionOp) ProtoMessage() {}
 
 func (x *PartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[4]
+	mi := &file_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +627,7 @@ func (x *PartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionOp.ProtoReflect.Descriptor instead.
 func (*PartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{4}
+	return file_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PartitionOp) GetPartition() string {
@@ -610,7 +679,7 @@ type RowsOp struct {
 
 func (x *RowsOp) Reset() {
 	*x = RowsOp{}
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +691,7 @@ func (x *RowsOp) String() string {
 func (*RowsOp) ProtoMessage() {}
 
 func (x *RowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +704,7 @@ func (x *RowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsOp.ProtoReflect.Descriptor instead.
 func (*RowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{5}
+	return file_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RowsOp) GetPartition() string {
@@ -695,7 +764,7 @@ type CommitOp struct {
 
 func (x *CommitOp) Reset() {
 	*x = CommitOp{}
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +776,7 @@ func (x *CommitOp) String() string {
 func (*CommitOp) ProtoMessage() {}
 
 func (x *CommitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +789,7 @@ func (x *CommitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOp.ProtoReflect.Descriptor instead.
 func (*CommitOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{6}
+	return file_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CommitOp) GetPartition() string {
@@ -772,7 +841,7 @@ type TagsOp struct {
 
 func (x *TagsOp) Reset() {
 	*x = TagsOp{}
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +853,7 @@ func (x *TagsOp) String() string {
 func (*TagsOp) ProtoMessage() {}
 
 func (x *TagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +866,7 @@ func (x *TagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagsOp.ProtoReflect.Descriptor instead.
 func (*TagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{7}
+	return file_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TagsOp) GetPartition() string {
@@ -850,7 +919,7 @@ type RemoveTagsOp struct {
 
 func (x *RemoveTagsOp) Reset() {
 	*x = RemoveTagsOp{}
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +931,7 @@ func (x *RemoveTagsOp) String() string {
 func (*RemoveTagsOp) ProtoMessage() {}
 
 func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +944,7 @@ func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTagsOp.ProtoReflect.Descriptor instead.
 func (*RemoveTagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{8}
+	return file_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RemoveTagsOp) GetPartition() string {
@@ -929,7 +998,7 @@ type ClearCellsOp struct {
 
 func (x *ClearCellsOp) Reset() {
 	*x = ClearCellsOp{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1010,7 @@ func (x *ClearCellsOp) String() string {
 func (*ClearCellsOp) ProtoMessage() {}
 
 func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1023,7 @@ func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearCellsOp.ProtoReflect.Descriptor instead.
 func (*ClearCellsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ClearCellsOp) GetPartition() string {
@@ -996,22 +1065,31 @@ func (x *ClearCellsOp) GetChangeSeq() uint64 {
 // returned (under key, when the fetch had one); sampler holds the entries
 // the sampler added to its state (opaque to the controller).
 type ConsumeOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
-	Consumed      []uint64               `protobuf:"varint,3,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
-	Sampled       []uint64               `protobuf:"varint,4,rep,packed,name=sampled,proto3" json:"sampled,omitempty"`
-	Key           []byte                 `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
-	Sampler       [][]byte               `protobuf:"bytes,6,rep,name=sampler,proto3" json:"sampler,omitempty"`
-	AtUnixMs      int64                  `protobuf:"varint,7,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
-	Gen           uint64                 `protobuf:"varint,8,opt,name=gen,proto3" json:"gen,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Task      string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Consumed  []uint64               `protobuf:"varint,3,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
+	Sampled   []uint64               `protobuf:"varint,4,rep,packed,name=sampled,proto3" json:"sampled,omitempty"`
+	Key       []byte                 `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
+	Sampler   [][]byte               `protobuf:"bytes,6,rep,name=sampler,proto3" json:"sampler,omitempty"`
+	AtUnixMs  int64                  `protobuf:"varint,7,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Gen       uint64                 `protobuf:"varint,8,opt,name=gen,proto3" json:"gen,omitempty"`
+	// sampler_spec names the sampler the fetch chose (FetchRequest.sampler,
+	// in its text form "grpo:4"); empty: the controller's own. The sampler
+	// entries go to it.
+	SamplerSpec string `protobuf:"bytes,9,opt,name=sampler_spec,json=samplerSpec,proto3" json:"sampler_spec,omitempty"`
+	// kept: the rows belong to a batch the sampler keeps for a DP group
+	// (a caching sampler, a request with a rank), so UNCONSUME of the key
+	// does not give them back: the group's peers, and the rank itself
+	// when it asks for that batch index again, still get them.
+	Kept          bool `protobuf:"varint,10,opt,name=kept,proto3" json:"kept,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConsumeOp) Reset() {
 	*x = ConsumeOp{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1101,7 @@ func (x *ConsumeOp) String() string {
 func (*ConsumeOp) ProtoMessage() {}
 
 func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1114,7 @@ func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeOp.ProtoReflect.Descriptor instead.
 func (*ConsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConsumeOp) GetPartition() string {
@@ -1095,6 +1173,20 @@ func (x *ConsumeOp) GetGen() uint64 {
 	return 0
 }
 
+func (x *ConsumeOp) GetSamplerSpec() string {
+	if x != nil {
+		return x.SamplerSpec
+	}
+	return ""
+}
+
+func (x *ConsumeOp) GetKept() bool {
+	if x != nil {
+		return x.Kept
+	}
+	return false
+}
+
 // UnconsumeOp: the rows of the fetch named key are fetchable again for
 // task (those still in the partition), and the key is spent.
 type UnconsumeOp struct {
@@ -1111,7 +1203,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1215,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1228,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -1193,7 +1285,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1297,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1310,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	return file_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1254,7 +1346,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1358,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1371,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1320,7 +1412,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1424,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1437,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1374,7 +1466,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1478,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1491,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1429,7 +1521,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1533,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1546,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1508,16 +1600,19 @@ type StateHeader struct {
 	NextGen     uint64                 `protobuf:"varint,15,opt,name=next_gen,json=nextGen,proto3" json:"next_gen,omitempty"` // the next partition gen
 	// A checkpoint's summary: the bytes of data.bin, the cells it holds
 	// (with data or lost), and those lost (their unit was gone at save).
-	DataBytes     int64 `protobuf:"varint,16,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
-	Cells         int64 `protobuf:"varint,17,opt,name=cells,proto3" json:"cells,omitempty"`
-	LostCells     int64 `protobuf:"varint,18,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"`
+	DataBytes int64 `protobuf:"varint,16,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
+	Cells     int64 `protobuf:"varint,17,opt,name=cells,proto3" json:"cells,omitempty"`
+	LostCells int64 `protobuf:"varint,18,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"`
+	// The state of the samplers fetches chose by spec (FetchRequest.sampler)
+	// that keep state, by spec text.
+	Samplers      []*NamedSamplerState `protobuf:"bytes,19,rep,name=samplers,proto3" json:"samplers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1624,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1637,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1671,6 +1766,65 @@ func (x *StateHeader) GetLostCells() int64 {
 	return 0
 }
 
+func (x *StateHeader) GetSamplers() []*NamedSamplerState {
+	if x != nil {
+		return x.Samplers
+	}
+	return nil
+}
+
+type NamedSamplerState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          string                 `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	State         []byte                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedSamplerState) Reset() {
+	*x = NamedSamplerState{}
+	mi := &file_state_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedSamplerState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedSamplerState) ProtoMessage() {}
+
+func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
+func (*NamedSamplerState) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *NamedSamplerState) GetSpec() string {
+	if x != nil {
+		return x.Spec
+	}
+	return ""
+}
+
+func (x *NamedSamplerState) GetState() []byte {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
 type StatePartition struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1688,13 +1842,14 @@ type StatePartition struct {
 	Cleared            []*StateCleared `protobuf:"bytes,10,rep,name=cleared,proto3" json:"cleared,omitempty"`
 	ClearedFloorChange uint64          `protobuf:"varint,11,opt,name=cleared_floor_change,json=clearedFloorChange,proto3" json:"cleared_floor_change,omitempty"`
 	ClearedFloorSeq    uint64          `protobuf:"varint,12,opt,name=cleared_floor_seq,json=clearedFloorSeq,proto3" json:"cleared_floor_seq,omitempty"`
+	Done               bool            `protobuf:"varint,13,opt,name=done,proto3" json:"done,omitempty"` // marked done by its producer
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1861,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1874,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -1806,6 +1961,13 @@ func (x *StatePartition) GetClearedFloorSeq() uint64 {
 	return 0
 }
 
+func (x *StatePartition) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 // StateCleared: a key (creation number seq) cleared by change number
 // change.
 type StateCleared struct {
@@ -1819,7 +1981,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1993,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2006,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -1878,7 +2040,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1890,7 +2052,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1903,7 +2065,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateField) GetName() string {
@@ -1936,7 +2098,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2110,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2123,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2015,7 +2177,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2189,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2202,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2066,7 +2228,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2240,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2253,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2171,7 +2333,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2345,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2358,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2276,7 +2438,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2450,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2463,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2339,7 +2501,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xab\x06\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xd5\x06\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -2359,8 +2521,12 @@ const file_state_proto_rawDesc = "" +
 	"\vremove_tags\x18\x0e \x01(\v2\x18.tq.wire.v1.RemoveTagsOpH\x00R\n" +
 	"removeTags\x12;\n" +
 	"\vclear_cells\x18\x0f \x01(\v2\x18.tq.wire.v1.ClearCellsOpH\x00R\n" +
-	"clearCellsB\x04\n" +
-	"\x02op\"\\\n" +
+	"clearCells\x12(\n" +
+	"\x04done\x18\x10 \x01(\v2\x12.tq.wire.v1.DoneOpH\x00R\x04doneB\x04\n" +
+	"\x02op\"8\n" +
+	"\x06DoneOp\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x04R\x03gen\"\\\n" +
 	"\tClusterOp\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
@@ -2413,7 +2579,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xcf\x01\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x86\x02\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -2423,7 +2589,10 @@ const file_state_proto_rawDesc = "" +
 	"\asampler\x18\x06 \x03(\fR\asampler\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\a \x01(\x03R\batUnixMs\x12\x10\n" +
-	"\x03gen\x18\b \x01(\x04R\x03gen\"\x9b\x01\n" +
+	"\x03gen\x18\b \x01(\x04R\x03gen\x12!\n" +
+	"\fsampler_spec\x18\t \x01(\tR\vsamplerSpec\x12\x12\n" +
+	"\x04kept\x18\n" +
+	" \x01(\bR\x04kept\"\x9b\x01\n" +
 	"\vUnconsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
@@ -2452,7 +2621,7 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xa6\x04\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xe1\x04\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -2479,7 +2648,11 @@ const file_state_proto_rawDesc = "" +
 	"data_bytes\x18\x10 \x01(\x03R\tdataBytes\x12\x14\n" +
 	"\x05cells\x18\x11 \x01(\x03R\x05cells\x12\x1d\n" +
 	"\n" +
-	"lost_cells\x18\x12 \x01(\x03R\tlostCells\"\xbe\x03\n" +
+	"lost_cells\x18\x12 \x01(\x03R\tlostCells\x129\n" +
+	"\bsamplers\x18\x13 \x03(\v2\x1d.tq.wire.v1.NamedSamplerStateR\bsamplers\"=\n" +
+	"\x11NamedSamplerState\x12\x12\n" +
+	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\"\xd2\x03\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -2494,7 +2667,8 @@ const file_state_proto_rawDesc = "" +
 	"\acleared\x18\n" +
 	" \x03(\v2\x18.tq.wire.v1.StateClearedR\acleared\x120\n" +
 	"\x14cleared_floor_change\x18\v \x01(\x04R\x12clearedFloorChange\x12*\n" +
-	"\x11cleared_floor_seq\x18\f \x01(\x04R\x0fclearedFloorSeq\"J\n" +
+	"\x11cleared_floor_seq\x18\f \x01(\x04R\x0fclearedFloorSeq\x12\x12\n" +
+	"\x04done\x18\r \x01(\bR\x04done\"J\n" +
 	"\fStateCleared\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
@@ -2554,70 +2728,74 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_state_proto_goTypes = []any{
-	(*LogRecord)(nil),        // 0: tq.wire.v1.LogRecord
-	(*LogOp)(nil),            // 1: tq.wire.v1.LogOp
-	(*ClusterOp)(nil),        // 2: tq.wire.v1.ClusterOp
-	(*UnitOp)(nil),           // 3: tq.wire.v1.UnitOp
-	(*PartitionOp)(nil),      // 4: tq.wire.v1.PartitionOp
-	(*RowsOp)(nil),           // 5: tq.wire.v1.RowsOp
-	(*CommitOp)(nil),         // 6: tq.wire.v1.CommitOp
-	(*TagsOp)(nil),           // 7: tq.wire.v1.TagsOp
-	(*RemoveTagsOp)(nil),     // 8: tq.wire.v1.RemoveTagsOp
-	(*ClearCellsOp)(nil),     // 9: tq.wire.v1.ClearCellsOp
-	(*ConsumeOp)(nil),        // 10: tq.wire.v1.ConsumeOp
-	(*UnconsumeOp)(nil),      // 11: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),          // 12: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),      // 13: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil), // 14: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),          // 15: tq.wire.v1.FenceOp
-	(*LostOp)(nil),           // 16: tq.wire.v1.LostOp
-	(*StateHeader)(nil),      // 17: tq.wire.v1.StateHeader
-	(*StatePartition)(nil),   // 18: tq.wire.v1.StatePartition
-	(*StateCleared)(nil),     // 19: tq.wire.v1.StateCleared
-	(*StateField)(nil),       // 20: tq.wire.v1.StateField
-	(*StateFetch)(nil),       // 21: tq.wire.v1.StateFetch
-	(*StateRows)(nil),        // 22: tq.wire.v1.StateRows
-	(*StateRow)(nil),         // 23: tq.wire.v1.StateRow
-	(*StateCell)(nil),        // 24: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),     // 25: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),      // 26: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),     // 27: tq.wire.v1.SegmentFence
-	(*Shape)(nil),            // 28: tq.wire.v1.Shape
+	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
+	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
+	(*DoneOp)(nil),            // 2: tq.wire.v1.DoneOp
+	(*ClusterOp)(nil),         // 3: tq.wire.v1.ClusterOp
+	(*UnitOp)(nil),            // 4: tq.wire.v1.UnitOp
+	(*PartitionOp)(nil),       // 5: tq.wire.v1.PartitionOp
+	(*RowsOp)(nil),            // 6: tq.wire.v1.RowsOp
+	(*CommitOp)(nil),          // 7: tq.wire.v1.CommitOp
+	(*TagsOp)(nil),            // 8: tq.wire.v1.TagsOp
+	(*RemoveTagsOp)(nil),      // 9: tq.wire.v1.RemoveTagsOp
+	(*ClearCellsOp)(nil),      // 10: tq.wire.v1.ClearCellsOp
+	(*ConsumeOp)(nil),         // 11: tq.wire.v1.ConsumeOp
+	(*UnconsumeOp)(nil),       // 12: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),           // 13: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),       // 14: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil),  // 15: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),           // 16: tq.wire.v1.FenceOp
+	(*LostOp)(nil),            // 17: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 18: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 19: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 20: tq.wire.v1.StatePartition
+	(*StateCleared)(nil),      // 21: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 22: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 23: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 24: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 25: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 26: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 27: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 28: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 29: tq.wire.v1.SegmentFence
+	(*Shape)(nil),             // 30: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
-	2,  // 1: tq.wire.v1.LogOp.cluster:type_name -> tq.wire.v1.ClusterOp
-	3,  // 2: tq.wire.v1.LogOp.unit:type_name -> tq.wire.v1.UnitOp
-	4,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
-	5,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
-	6,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
-	7,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
-	10, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	11, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	12, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	13, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	14, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	15, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	16, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
-	8,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
-	9,  // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
-	26, // 16: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	27, // 17: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	3,  // 18: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	15, // 19: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	20, // 20: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	21, // 21: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	19, // 22: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	23, // 23: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	24, // 24: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	28, // 25: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 1: tq.wire.v1.LogOp.cluster:type_name -> tq.wire.v1.ClusterOp
+	4,  // 2: tq.wire.v1.LogOp.unit:type_name -> tq.wire.v1.UnitOp
+	5,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
+	6,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
+	7,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
+	8,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
+	11, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
+	12, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	13, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	14, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	15, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	16, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	17, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	9,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
+	10, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
+	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
+	28, // 17: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	29, // 18: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	4,  // 19: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	16, // 20: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	19, // 21: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	22, // 22: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	23, // 23: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	21, // 24: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	25, // 25: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	26, // 26: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	30, // 27: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -2643,6 +2821,7 @@ func file_state_proto_init() {
 		(*LogOp_Lost)(nil),
 		(*LogOp_RemoveTags)(nil),
 		(*LogOp_ClearCells)(nil),
+		(*LogOp_Done)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2650,7 +2829,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,82 @@
+package client
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// StreamService is what a streaming loader needs from the controller
+// beyond [MetaService]: giving back the rows of a keyed fetch it will not
+// use, and the producer's "no more rows" marker. [RemoteMeta] and the
+// embedded adapter implement it; [Client.GiveBack] and [Client.MarkDone]
+// find it by type assertion, and without it they fail with
+// [engine.ErrNotSupported].
+type StreamService interface {
+	// Unconsume gives the rows the fetch named key took back to task.
+	Unconsume(ctx context.Context, partition, task, key string) error
+	// MarkDone says the partition's producer will add no more rows.
+	MarkDone(ctx context.Context, partition string) error
+}
+
+var (
+	_ StreamService = (*RemoteMeta)(nil)
+	_ StreamService = checkedMeta{}
+)
+
+func (c checkedMeta) stream(op string) (StreamService, error) {
+	ss, ok := c.m.(StreamService)
+	if !ok {
+		return nil, invalid(op, fmt.Errorf("metadata service %T cannot give back fetches or mark partitions done: %w", c.m, engine.ErrNotSupported))
+	}
+	return ss, nil
+}
+
+func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return invalid("unconsume", err)
+	}
+	if err := checkName(nameTask, task); err != nil {
+		return invalid("unconsume", err)
+	}
+	ss, err := c.stream("unconsume")
+	if err != nil {
+		return err
+	}
+	return ss.Unconsume(ctx, partition, task, key)
+}
+
+func (c checkedMeta) MarkDone(ctx context.Context, partition string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return invalid("mark done", err)
+	}
+	ss, err := c.stream("mark done")
+	if err != nil {
+		return err
+	}
+	return ss.MarkDone(ctx, partition)
+}
+
+// GiveBack gives the rows of the fetch named key (a [MetaRequest] with
+// that Key) back to task: they become fetchable again, and the fetch, if
+// it has not happened yet, never takes rows. Idempotent.
+func (c *Client) GiveBack(ctx context.Context, partition, task, key string) error {
+	ss, ok := c.meta.(StreamService)
+	if !ok {
+		return &engine.OpError{Op: "unconsume", Err: fmt.Errorf("metadata service %T cannot give back fetches: %w", c.meta, engine.ErrNotSupported)}
+	}
+	return ss.Unconsume(ctx, partition, task, key)
+}
+
+// MarkDone says the producer of partition will add no more rows: fetches
+// then take short last batches and, with nothing left for their task,
+// fail with an error wrapping [engine.ErrDone] (a finite streaming loader
+// ends there). See [github.com/tqgo/tq/controller.Controller.MarkDone].
+func (c *Client) MarkDone(ctx context.Context, partition string) error {
+	ss, ok := c.meta.(StreamService)
+	if !ok {
+		return &engine.OpError{Op: "mark done", Err: fmt.Errorf("metadata service %T cannot mark partitions done: %w", c.meta, engine.ErrNotSupported)}
+	}
+	return ss.MarkDone(ctx, partition)
+}

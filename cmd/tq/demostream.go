@@ -1,0 +1,273 @@
+package main
+
+// tq demo --stream: the streaming loader with every party its own
+// process on this host. The demo process starts `tq serve` (a controller
+// and a storage unit, in a temporary data directory), a producer process
+// that writes a partition of prompts with their token counts and marks it
+// done, and a trainer of 2 data-parallel groups × 2 ranks: four processes,
+// each iterating over its micro-batches with stream.Loader and the
+// seqlen-balanced sampler. The demo prints what each process prints, then
+// checks that the ranks of a group saw identical micro-batches and that
+// every row reached exactly one group.
+//
+// The workers are this binary again: `tq demo --stream-role producer|rank`
+// with the controller's address and the data directory (where the token
+// is) in their environment.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/stream"
+)
+
+const (
+	demoAddrEnv = "TQ_DEMO_ADDR"
+	demoRankEnv = "TQ_DEMO_RANK"
+	demoRows    = 64
+	demoGroups  = 2
+	demoPerDP   = 2 // ranks per data-parallel group
+	demoMicro   = 4
+)
+
+// demoLength is row i's token count.
+func demoLength(i int) int { return 16 + (i*37)%97 }
+
+// demoStream runs the orchestrating process.
+func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this binary: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "tq-demo-stream-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	env := append(os.Environ(), auth.EnvDataDir+"="+dir+"/data")
+	out := &printer{w: stdout}
+	var mu sync.Mutex // one line at a time
+	say := func(who, line string) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(stdout, "  %-9s %s\n", who+":", line)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	srv := exec.CommandContext(ctx, exe, "serve", "--listen", "", "--socket-dir", dir+"/sock", "--units", "1",
+		"--capacity", "64MiB", "--in-memory")
+	srv.Env, srv.Stderr = env, stderr
+	srvOut, err := srv.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("start tq serve: %w", err)
+	}
+	defer func() {
+		srv.Process.Signal(os.Interrupt)
+		srv.Wait()
+	}()
+	addr, err := serveAddr(srvOut)
+	if err != nil {
+		return err
+	}
+	out.title("TQ demo --stream: tq serve (pid %d) on %s; a producer and %d trainer ranks (%d DP groups × %d), each its own process",
+		srv.Process.Pid, addr, demoGroups*demoPerDP, demoGroups, demoPerDP)
+
+	env = append(env, demoAddrEnv+"="+addr)
+	type worker struct {
+		name  string
+		rank  int
+		lines []string
+	}
+	workers := []*worker{{name: "producer", rank: -1}}
+	for r := range demoGroups * demoPerDP {
+		workers = append(workers, &worker{name: fmt.Sprintf("rank %d", r), rank: r})
+	}
+	errs := make([]error, len(workers))
+	var wg sync.WaitGroup
+	for i, w := range workers {
+		role := "rank"
+		if w.rank < 0 {
+			role = "producer"
+		}
+		cmd := exec.CommandContext(ctx, exe, "demo", "--stream-role", role)
+		cmd.Env, cmd.Stderr = append(slices.Clone(env), fmt.Sprintf("%s=%d", demoRankEnv, w.rank)), stderr
+		pipe, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start %s: %w", w.name, err)
+		}
+		wg.Go(func() {
+			sc := bufio.NewScanner(pipe)
+			for sc.Scan() {
+				w.lines = append(w.lines, sc.Text())
+				say(fmt.Sprintf("%s[%d]", strings.ReplaceAll(w.name, " ", ""), cmd.Process.Pid), sc.Text())
+			}
+			if err := cmd.Wait(); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", w.name, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	// Check what the ranks saw.
+	batches := func(w *worker) []string {
+		var bs []string
+		for _, l := range w.lines {
+			if _, rows, ok := strings.Cut(l, "rows "); ok {
+				bs = append(bs, rows)
+			}
+		}
+		return bs
+	}
+	var all []int
+	for g := range demoGroups {
+		a, b := workers[1+g*demoPerDP], workers[2+g*demoPerDP]
+		if !slices.Equal(batches(a), batches(b)) {
+			return fmt.Errorf("%s and %s (DP group %d) saw different micro-batches", a.name, b.name, g)
+		}
+		for _, bs := range batches(a) {
+			rows, _, _ := strings.Cut(bs, " ")
+			for _, s := range strings.Split(strings.Trim(rows, "[]"), ",") {
+				v, err := strconv.Atoi(s)
+				if err != nil {
+					return fmt.Errorf("bad row %q in %q", s, bs)
+				}
+				all = append(all, v)
+			}
+		}
+	}
+	slices.Sort(all)
+	for i, v := range all {
+		if v != i || len(all) != demoRows {
+			return fmt.Errorf("the groups saw rows %v, want each of 0..%d exactly once", all, demoRows-1)
+		}
+	}
+	out.step("ok: the ranks of each DP group saw identical micro-batches, and each of the %d rows reached exactly one group", demoRows)
+	return nil
+}
+
+// serveAddr reads tq serve's output until it is ready and returns the
+// controller's unix address; it keeps draining the output.
+func serveAddr(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	addr := ""
+	for sc.Scan() {
+		l := sc.Text()
+		if rest, ok := strings.CutPrefix(l, "tq serve: controller on "); ok {
+			for _, a := range strings.Fields(rest) {
+				if strings.HasPrefix(a, "unix://") {
+					addr = a
+				}
+			}
+		}
+		if l == "tq serve: ready" {
+			go io.Copy(io.Discard, r)
+			if addr == "" {
+				return "", errors.New("tq serve printed no unix address")
+			}
+			return addr, nil
+		}
+	}
+	return "", errors.New("tq serve exited before it was ready")
+}
+
+// demoWorker is a producer or a trainer rank of tq demo --stream.
+func demoWorker(ctx context.Context, role string, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	c, err := client.Connect(ctx, os.Getenv(demoAddrEnv), client.ConnectConfig{WaitForUnits: true, Name: "demo-" + role})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	const part = "rollouts"
+	switch role {
+	case "producer":
+		for lo := 0; lo < demoRows; lo += 16 {
+			ids := make([]int64, 16)
+			tags := make([]engine.Tags, 16)
+			tokens := 0
+			for i := range ids {
+				ids[i] = int64(lo + i)
+				tags[i] = engine.Tags{"total_lengths": demoLength(lo + i)}
+				tokens += demoLength(lo + i)
+			}
+			col, err := engine.DenseOf(ids, 1)
+			if err != nil {
+				return err
+			}
+			m, err := c.PutNew(ctx, part, engine.MustBatch(engine.Field{Name: "sample_id", Col: col}))
+			if err != nil {
+				return err
+			}
+			if err := m.MergeTags(tags); err != nil {
+				return err
+			}
+			if err := c.SetTags(ctx, m); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote rows %d..%d (%d tokens)\n", lo, lo+15, tokens)
+			time.Sleep(30 * time.Millisecond)
+		}
+		if err := c.MarkDone(ctx, part); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "marked %q done\n", part)
+		return nil
+	case "rank":
+		rank, err := strconv.Atoi(os.Getenv(demoRankEnv))
+		if err != nil {
+			return fmt.Errorf("%s: %w", demoRankEnv, err)
+		}
+		cfg := stream.DefaultConfig()
+		cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = []string{part}, "actor", []string{"sample_id"}, demoMicro
+		cfg.DPRank, cfg.DPSize = rank/demoPerDP, demoGroups
+		cfg.Sampler = engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced}
+		l, err := stream.New(c, cfg)
+		if err != nil {
+			return err
+		}
+		n, tokens := 0, 0
+		for b, err := range l.All(ctx) {
+			if err != nil {
+				return err
+			}
+			ids, err := engine.Values[int64](b.Data.Col("sample_id"))
+			if err != nil {
+				return err
+			}
+			strs, t := make([]string, len(ids)), 0
+			for i, id := range ids {
+				strs[i] = strconv.FormatInt(id, 10)
+				t += demoLength(int(id))
+			}
+			fmt.Fprintf(stdout, "DP group %d micro-batch %d: rows [%s] %d tokens\n", cfg.DPRank, b.Index, strings.Join(strs, ","), t)
+			n, tokens = n+1, tokens+t
+		}
+		fmt.Fprintf(stdout, "done: %d micro-batches, %d tokens\n", n, tokens)
+		return nil
+	}
+	return fmt.Errorf("unknown stream role %q", role)
+}

@@ -1,0 +1,208 @@
+package main
+
+// The streaming loader across processes: a producer process writes a
+// partition through `tq serve`, and trainer ranks — each its own process
+// — consume it with stream.Loader.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/stream"
+)
+
+// streamHelper is the body of the stream-producer and stream-consumer
+// helper processes, configured through the environment:
+//
+//	producer: TQ_PART, TQ_ROWS, TQ_CHUNK, TQ_PAUSE (between chunks),
+//	          TQ_DONE (mark the partition done at the end)
+//	consumer: TQ_PART, TQ_DP_RANK, TQ_DP_SIZE, TQ_BREAK_AFTER (stop after
+//	          that many micro-batches and print NEXT step:index),
+//	          TQ_START (step:index), TQ_CONTINUOUS with TQ_WANT (stop
+//	          after that many rows)
+//
+// A consumer prints each micro-batch as "BATCH step index x,x,...".
+func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role string) {
+	env := func(name string) int {
+		v, _ := strconv.Atoi(os.Getenv(name))
+		return v
+	}
+	part := os.Getenv("TQ_PART")
+	switch role {
+	case "stream-producer":
+		rows, chunk := env("TQ_ROWS"), env("TQ_CHUNK")
+		for lo := 0; lo < rows; lo += chunk {
+			n := min(chunk, rows-lo)
+			xs := make([]int64, n)
+			for i := range xs {
+				xs[i] = int64(lo + i)
+			}
+			col, err := engine.DenseOf(xs, 1)
+			require.NoError(t, err)
+			_, err = c.PutNew(ctx, part, engine.MustBatch(engine.Field{Name: "x", Col: col}))
+			require.NoError(t, err)
+			time.Sleep(time.Duration(env("TQ_PAUSE")) * time.Millisecond)
+		}
+		if os.Getenv("TQ_DONE") != "" {
+			require.NoError(t, c.MarkDone(ctx, part))
+		}
+	case "stream-consumer":
+		cfg := stream.DefaultConfig()
+		cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = []string{part}, "train", []string{"x"}, 4
+		cfg.DPRank, cfg.DPSize, cfg.Prefetch = env("TQ_DP_RANK"), max(env("TQ_DP_SIZE"), 1), 3
+		cfg.Continuous = os.Getenv("TQ_CONTINUOUS") != ""
+		if s := os.Getenv("TQ_START"); s != "" {
+			_, err := fmt.Sscanf(s, "%d:%d", &cfg.Start.Step, &cfg.Start.Index)
+			require.NoError(t, err)
+		}
+		l, err := stream.New(c, cfg)
+		require.NoError(t, err)
+		stop, want, rows, n := env("TQ_BREAK_AFTER"), env("TQ_WANT"), 0, 0
+		for b, err := range l.All(ctx) {
+			require.NoError(t, err)
+			xs, err := engine.Values[int64](b.Data.Col("x"))
+			require.NoError(t, err)
+			strs := make([]string, len(xs))
+			for i, x := range xs {
+				strs[i] = strconv.FormatInt(x, 10)
+			}
+			fmt.Printf("BATCH %d %d %s\n", b.Step, b.Index, strings.Join(strs, ","))
+			n++
+			rows += len(xs)
+			if n == stop || (want > 0 && rows >= want) {
+				// Let the prefetcher fetch ahead before the break.
+				time.Sleep(100 * time.Millisecond)
+				break
+			}
+		}
+		next := l.Next()
+		fmt.Printf("NEXT %d:%d\n", next.Step, next.Index)
+	}
+}
+
+// streamRun runs helper processes and returns each one's BATCH lines and
+// NEXT position.
+type streamOut struct {
+	batches []string // "step index xs"
+	next    string
+}
+
+func runStreamHelpers(t *testing.T, cmds ...*exec.Cmd) []streamOut {
+	t.Helper()
+	type result struct {
+		i   int
+		out []byte
+		err error
+	}
+	res := make(chan result, len(cmds))
+	for i, c := range cmds {
+		go func() {
+			out, err := c.CombinedOutput()
+			res <- result{i, out, err}
+		}()
+	}
+	outs := make([]streamOut, len(cmds))
+	for range cmds {
+		select {
+		case r := <-res:
+			if r.err != nil || !strings.Contains(string(r.out), "HELPER OK") {
+				t.Fatalf("helper %d failed: %v\n%s", r.i, r.err, r.out)
+			}
+			for _, l := range strings.Split(string(r.out), "\n") {
+				if rest, ok := strings.CutPrefix(l, "BATCH "); ok {
+					outs[r.i].batches = append(outs[r.i].batches, rest)
+				}
+				if rest, ok := strings.CutPrefix(l, "NEXT "); ok {
+					outs[r.i].next = rest
+				}
+			}
+		case <-time.After(90 * time.Second):
+			t.Fatal("a helper process is still running after 90 s")
+		}
+	}
+	return outs
+}
+
+// rowsOf returns the rows of BATCH lines, each once, failing on a repeat.
+func rowsOf(t *testing.T, batches []string) []int {
+	t.Helper()
+	var out []int
+	for _, b := range batches {
+		f := strings.Fields(b)
+		require.Len(t, f, 3, "batch line %q", b)
+		for _, s := range strings.Split(f[2], ",") {
+			x, err := strconv.Atoi(s)
+			require.NoError(t, err)
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func TestStreamProcesses(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
+	env := append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=")
+
+	// One producer and a trainer of 2 DP groups × 2 ranks, four
+	// processes. Rank 1 (group 0) breaks out after 3 micro-batches and
+	// restarts as a new process at its Next.
+	t.Run("groups", func(t *testing.T) {
+		const rows = 96
+		part := []string{"TQ_PART=groups"}
+		consumer := func(rank int, extra ...string) *exec.Cmd {
+			e := append(append(slices.Clone(env), part...), fmt.Sprintf("TQ_DP_RANK=%d", rank/2), "TQ_DP_SIZE=2")
+			return helper(t, nil, "stream-consumer", append(e, extra...)...)
+		}
+		cmds := []*exec.Cmd{
+			helper(t, nil, "stream-producer", append(append(slices.Clone(env), part...),
+				fmt.Sprintf("TQ_ROWS=%d", rows), "TQ_CHUNK=16", "TQ_PAUSE=20", "TQ_DONE=1")...),
+			consumer(0), consumer(1, "TQ_BREAK_AFTER=3"), consumer(2), consumer(3),
+		}
+		outs := runStreamHelpers(t, cmds...)
+		require.Len(t, outs[2].batches, 3)
+		require.Equal(t, "0:3", outs[2].next)
+		again := runStreamHelpers(t, consumer(1, "TQ_START="+outs[2].next))
+		rank := [][]string{outs[1].batches, append(outs[2].batches, again[0].batches...), outs[3].batches, outs[4].batches}
+
+		require.Equal(t, rank[0], rank[1], "the ranks of group 0 see identical micro-batches, the restarted one too")
+		require.Equal(t, rank[2], rank[3], "the ranks of group 1 see identical micro-batches")
+		require.Equal(t, "1:0", outs[1].next, "finite mode ended past the partition")
+		all := append(rowsOf(t, rank[0]), rowsOf(t, rank[2])...)
+		slices.Sort(all)
+		want := make([]int, rows)
+		for i := range want {
+			want[i] = i
+		}
+		require.Equal(t, want, all, "every row reaches exactly one group, once")
+		require.NotEmpty(t, rank[0])
+		require.NotEmpty(t, rank[2])
+	})
+
+	// Continuous mode follows a producer that keeps writing (and never
+	// says done).
+	t.Run("continuous", func(t *testing.T) {
+		part := []string{"TQ_PART=cont"}
+		outs := runStreamHelpers(t,
+			helper(t, nil, "stream-consumer", append(append(slices.Clone(env), part...), "TQ_CONTINUOUS=1", "TQ_WANT=64")...),
+			helper(t, nil, "stream-producer", append(append(slices.Clone(env), part...), "TQ_ROWS=64", "TQ_CHUNK=8", "TQ_PAUSE=50")...),
+		)
+		got := rowsOf(t, outs[0].batches)
+		want := make([]int, 64)
+		for i := range want {
+			want[i] = i
+		}
+		require.Equal(t, want, got, "every row, in order, as it was written")
+	})
+}

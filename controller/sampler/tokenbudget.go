@@ -1,0 +1,155 @@
+package sampler
+
+import (
+	"github.com/tqgo/tq/engine"
+)
+
+var (
+	_ engine.CachingSampler   = (*TokenBudget)(nil)
+	_ engine.JournaledSampler = (*TokenBudget)(nil)
+	_ engine.RowForgetter     = (*TokenBudget)(nil)
+)
+
+const tokenBudgetKind = "token_budget"
+
+// TokenBudget makes batches bounded by a number of tokens rather than a
+// number of rows (upstream's StreamingTokenBudgetSampler, get_meta with
+// token_budget=N): SampleRequest.TokenBudget is the budget of each of
+// dpSize DP ranks, a row's tokens are its [LengthTag] tag (1 when absent),
+// and prompt groups (n consecutive rows, as [GRPO] finds them) stay whole.
+//
+// The first call for a (partition, task, BatchIndex) walks the ready
+// groups in ascending order and puts each into the rank with the fewest
+// tokens so far, as long as it fits that rank's budget (and, with a
+// positive BatchSize, its row limit); the first group that does not fit
+// closes the batch. Every rank's part thus stays within the budget, and
+// the parts are balanced greedily. A group longer than the whole budget
+// goes alone into an empty rank (it could never fit). When the ready rows
+// run out before the batch closes, TokenBudget returns no rows ("not
+// enough yet") unless the request is final (SampleRequest.Final: the
+// partition is done), when it takes what there is. The batch is cached
+// like [SeqlenBalanced]'s: every rank of the batch index gets its part,
+// and its peers the same.
+//
+// TokenBudget is safe for concurrent use.
+type TokenBudget struct {
+	partsCache
+}
+
+// NewTokenBudget returns a [TokenBudget] sampler for prompt groups of n
+// rows and dpSize DP ranks. Both must be positive; otherwise the error
+// wraps [engine.ErrInvalid].
+func NewTokenBudget(n, dpSize int) (*TokenBudget, error) {
+	if n <= 0 {
+		return nil, invalid(tokenBudgetKind, "group size %d is not positive", n)
+	}
+	if dpSize <= 0 {
+		return nil, invalid(tokenBudgetKind, "dp size %d is not positive", dpSize)
+	}
+	return &TokenBudget{partsCache{kind: tokenBudgetKind, n: n, dpSize: dpSize}}, nil
+}
+
+// Sample implements [engine.Sampler]. It returns an error wrapping
+// [engine.ErrInvalid] when the request has no rank, a negative DPRank or
+// BatchSize, no positive TokenBudget, a BatchSize that is not whole groups,
+// a row with a negative length, or a ready set out of order.
+func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
+	opts := req.Options
+	switch {
+	case !opts.HasRank:
+		return nil, nil, invalid(tokenBudgetKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	case opts.DPRank < 0:
+		return nil, nil, invalid(tokenBudgetKind, "negative dp rank %d", opts.DPRank)
+	case req.TokenBudget <= 0:
+		return nil, nil, invalid(tokenBudgetKind, "token budget %d is not positive (the request's TokenBudget)", req.TokenBudget)
+	}
+	if err := checkBatch(tokenBudgetKind, req.BatchSize, t.n); err != nil {
+		return nil, nil, err
+	}
+	parts, ok := t.cache.get(req.Partition, batchKey{task: req.Task, batch: opts.BatchIndex})
+	fresh := !ok
+	if !ok {
+		parts, err = t.fill(req)
+		if err != nil || parts == nil {
+			return nil, nil, err
+		}
+		if parts, fresh, err = t.add(req, parts); err != nil {
+			return nil, nil, err
+		}
+	}
+	sampled, consumed = answer(parts, opts.DPRank, fresh)
+	return sampled, consumed, nil
+}
+
+// fill builds a batch: nil when it does not close with the rows ready and
+// the request is not final.
+func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
+	if req.Ready == nil || req.Ready.Len() == 0 {
+		return nil, nil
+	}
+	parts := make([][]uint64, t.dpSize)
+	tokens := make([]int64, t.dpSize)
+	var (
+		group        []uint64
+		prev         uint64
+		first        = true
+		closed, bad  bool
+		lengthErr    error
+		placedGroups int
+	)
+	req.Ready.Ascend(func(i uint64) bool {
+		if !first && i <= prev {
+			bad = true
+			return false
+		}
+		if len(group) > 0 && i != prev+1 {
+			group = group[:0]
+		}
+		first, prev = false, i
+		group = append(group, i)
+		if len(group) < t.n {
+			return true
+		}
+		lengths, err := rowLengths(tokenBudgetKind, group, req.Tags)
+		if err != nil {
+			lengthErr = err
+			return false
+		}
+		var size int64
+		for _, l := range lengths {
+			size += l
+		}
+		least := 0
+		for r := range tokens {
+			if tokens[r] < tokens[least] {
+				least = r
+			}
+		}
+		fits := tokens[least]+size <= req.TokenBudget &&
+			(req.BatchSize == 0 || len(parts[least])+t.n <= req.BatchSize)
+		if !fits && len(parts[least]) > 0 {
+			closed = true
+			return false
+		}
+		parts[least] = append(parts[least], group...)
+		tokens[least] += size
+		placedGroups++
+		group = group[:0]
+		return true
+	})
+	switch {
+	case bad:
+		return nil, invalid(tokenBudgetKind, "ready set is not in ascending order")
+	case lengthErr != nil:
+		return nil, lengthErr
+	case placedGroups == 0 || (!closed && !req.Final):
+		return nil, nil
+	}
+	return parts, nil
+}
+
+// Cached implements [engine.CachingSampler].
+func (t *TokenBudget) Cached(partition, task string, opts engine.SamplingOptions) bool {
+	return opts.HasRank && opts.DPRank >= 0 && opts.DPRank < t.dpSize &&
+		t.cache.has(partition, batchKey{task: task, batch: opts.BatchIndex})
+}

@@ -1,0 +1,190 @@
+package controller
+
+// Samplers by request, the done marker, and what both put in the durable
+// state.
+//
+// A fetch may name a built-in sampler (engine.FetchRequest.Sampler); the
+// controller keeps one instance per spec text ("grpo:4"), made on first
+// use, beside the sampler it was configured with. Each one's journal
+// entries carry the spec (ConsumeOp.sampler_spec) and each one's state
+// goes into snapshots and checkpoints (StateHeader.samplers), so that a
+// restarted controller gives data-parallel peers the batches it gave
+// before, whichever sampler made them.
+//
+// A partition's producer marks it done (MarkDone) when it will add no
+// more rows; fetches then take short last batches and, with nothing left,
+// fail with engine.ErrDone (see tryFetch).
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/tqgo/tq/controller/sampler"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// maxNamedSamplers bounds the samplers fetches may make (each spec with
+// its parameters is one).
+const maxNamedSamplers = 256
+
+// samplerFor returns the sampler a fetch with spec uses: the configured
+// one for the zero spec, else the instance for the spec, made on first
+// use. A bad spec is an error wrapping [engine.ErrInvalid].
+func (c *Controller) samplerFor(spec engine.SamplerSpec) (engine.Sampler, error) {
+	if spec.IsZero() {
+		return c.sampler, nil
+	}
+	spec, err := sampler.Canonical(spec)
+	if err != nil {
+		return nil, err
+	}
+	key := spec.String()
+	c.namedMu.Lock()
+	defer c.namedMu.Unlock()
+	if s, ok := c.named[key]; ok {
+		return s, nil
+	}
+	if len(c.named) >= maxNamedSamplers {
+		return nil, fmt.Errorf("sampler %s: the controller already keeps the %d samplers fetches may choose: %w", key, maxNamedSamplers, engine.ErrInvalid)
+	}
+	s, err := sampler.New(spec)
+	if err != nil {
+		return nil, err
+	}
+	c.named[key] = s
+	return s, nil
+}
+
+// samplerForText is samplerFor of a spec in text form ("" is the
+// configured sampler), for replay and state loads.
+func (c *Controller) samplerForText(text string) (engine.Sampler, error) {
+	if text == "" {
+		return c.sampler, nil
+	}
+	spec, err := sampler.ParseSpec(text)
+	if err != nil {
+		return nil, err
+	}
+	return c.samplerFor(spec)
+}
+
+// eachSampler calls fn for the configured sampler and every one fetches
+// chose.
+func (c *Controller) eachSampler(fn func(engine.Sampler)) {
+	fn(c.sampler)
+	c.namedMu.Lock()
+	named := slices.Collect(maps.Values(c.named))
+	c.namedMu.Unlock()
+	for _, s := range named {
+		fn(s)
+	}
+}
+
+// forgetRows tells every sampler that keeps batches that rows of
+// partition were cleared (live and in replay; the partition is locked).
+func (c *Controller) forgetRows(partition string, rows []uint64) {
+	c.eachSampler(func(s engine.Sampler) {
+		if f, ok := s.(engine.RowForgetter); ok {
+			f.ForgetRows(partition, rows)
+		}
+	})
+}
+
+// namedState adds the state of the samplers fetches chose to a state
+// header, by spec text in sorted order.
+func (c *Controller) namedState(head *wirepb.StateHeader) error {
+	c.namedMu.Lock()
+	keys := slices.Sorted(maps.Keys(c.named))
+	named := maps.Clone(c.named)
+	c.namedMu.Unlock()
+	for _, k := range keys {
+		ss, ok := named[k].(engine.StatefulSampler)
+		if !ok {
+			continue
+		}
+		b, err := ss.SaveState()
+		if err != nil {
+			return fmt.Errorf("sampler %s state: %w", k, err)
+		}
+		head.Samplers = append(head.Samplers, &wirepb.NamedSamplerState{Spec: k, State: b})
+	}
+	return nil
+}
+
+// loadNamed loads the state of the samplers fetches chose from a state
+// header; with replace, samplers the header does not name forget every
+// partition's batches (a checkpoint load). A bad spec or state is
+// corrupt.
+func (c *Controller) loadNamed(head *wirepb.StateHeader, replace bool, partitions []string) error {
+	seen := make(map[string]bool)
+	for _, ns := range head.Samplers {
+		s, err := c.samplerForText(ns.Spec)
+		if err != nil {
+			return corrupt("sampler spec %q: %v", ns.Spec, err)
+		}
+		ss, ok := s.(engine.StatefulSampler)
+		if !ok {
+			return corrupt("state for sampler %q, which keeps none", ns.Spec)
+		}
+		if err := ss.LoadState(ns.State); err != nil {
+			return fmt.Errorf("sampler %s state: %w", ns.Spec, err)
+		}
+		seen[ns.Spec] = true
+	}
+	if !replace {
+		return nil
+	}
+	c.namedMu.Lock()
+	defer c.namedMu.Unlock()
+	for k, s := range c.named {
+		if cs, ok := s.(engine.CachingSampler); ok && !seen[k] {
+			for _, id := range partitions {
+				cs.ClearCache(id)
+			}
+		}
+	}
+	return nil
+}
+
+// MarkDone records that the producer of partition will add no more rows
+// (the partition is made if it does not exist). From then on a fetch that
+// finds fewer rows ready than it asks for, while every row the task has
+// not consumed is ready, takes what the sampler gives it (a short last
+// batch), and a fetch that gets nothing fails with an error wrapping
+// [engine.ErrDone]: a finite streaming loader ends there. Rows added
+// after all the same are served as usual. MarkDone is idempotent.
+func (c *Controller) MarkDone(partition string) error {
+	p, err := c.lockOrCreate(partition)
+	if err != nil {
+		return opErr("mark done", partition, err)
+	}
+	defer p.mu.Unlock()
+	if p.done {
+		return nil
+	}
+	p.done = true
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Done{Done: &wirepb.DoneOp{Partition: p.id, Gen: p.gen}}})
+	}
+	p.notify()
+	return nil
+}
+
+// unconsumed counts the rows of p (pre-allocated ones included) that task
+// has not consumed. It walks the partition: tryFetch asks only when a
+// done partition comes up short, at the end of its data.
+func (p *partition) unconsumed(task string) int {
+	t, ok := p.tasks[task]
+	if !ok {
+		return p.rows.len()
+	}
+	n := 0
+	p.rows.all(func(r *row) {
+		if !r.isConsumed(t) {
+			n++
+		}
+	})
+	return n
+}

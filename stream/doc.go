@@ -1,0 +1,47 @@
+// Package stream is TQ's streaming loader (the reference's
+// StreamingDataLoader): a Go iterator over the micro-batches of one
+// trainer rank, fetched ahead while the loop body computes.
+//
+//	l, err := stream.New(c, stream.Config{
+//		Partitions:     []string{"step_0", "step_1"}, // one per global step
+//		Task:           "actor",
+//		Fields:         []string{"input_ids", "attention_mask"},
+//		MicroBatchSize: 8,
+//		DPRank:         rank / tpSize, // this rank's data-parallel group
+//		DPSize:         worldSize / tpSize,
+//		Prefetch:       2,
+//	})
+//	if err != nil {
+//		return err
+//	}
+//	for b, err := range l.All(ctx) {
+//		if err != nil {
+//			return err
+//		}
+//		out := train(b.Data) // b.Data's views live until the body returns
+//		c.Put(ctx, out, b.Meta)
+//	}
+//
+// Ranks of one data-parallel group (same DPRank) receive identical
+// micro-batches and different groups disjoint ones: the loader's fetches
+// name a shared sampler (rank_aware by default; seqlen_balanced balances
+// tokens across the groups, token_budget bounds each micro-batch by a sum
+// of sequence lengths) and count micro-batches per partition in lockstep
+// (the batch index).
+//
+// In finite mode (the default) the loop ends once every partition is
+// drained: its producer marked it done ([client.Client.MarkDone]) and the
+// rank's group has taken all it can. A short last micro-batch is
+// yielded. With Config.EndWhenConsumed a partition also ends, as in the
+// reference, once the task consumed every row it has (pre-allocated ones
+// included: the controller's PreAlloc). Otherwise, without the done
+// marker, the loader waits for more rows, as in continuous mode
+// (Config.Continuous), which never ends on its own.
+//
+// Breaking out of the loop, or canceling ctx, stops the prefetcher. What
+// it fetched and the loop never saw is not lost for the task: with a
+// private sampler (sequential, grpo) its rows are given back to the task
+// (any consumer of the task may fetch them again); with a shared one they
+// stay cached for the group's batch index, and a rank that restarts with
+// Config.Start set to [Loader.Next] gets exactly those micro-batches.
+package stream

@@ -1,0 +1,9 @@
+package stream
+
+import (
+	"testing"
+
+	"github.com/tqgo/tq/internal/leaktest"
+)
+
+func TestMain(m *testing.M) { leaktest.Main(m) }

@@ -1,0 +1,493 @@
+package stream
+
+// The loader's mechanism. All(ctx) starts one goroutine, the prefetcher,
+// that fetches micro-batches (a blocking FETCH, then a get of the bytes)
+// and hands them to the iterator through a channel of Config.Prefetch
+// slots; with Prefetch 0 the iterator fetches each one itself when the
+// loop asks for it.
+//
+//	prefetcher:  FETCH (wait) → GET → ch ← item   (blocks when ch is full)
+//	iterator:    item ← ch → yield → release the item's views
+//
+// When the loop ends early (break, a panic, the context canceled), the
+// iterator cancels the prefetcher's context, waits for it to exit, and
+// then disposes of every item still in the channel or in the prefetcher's
+// hands: its views are released and, for a private fetch, its rows are
+// given back to the task (UNCONSUME by the fetch's key). A fetch the
+// cancellation cut short gives its rows back itself (the client does that
+// for a fetch its caller abandons). Batches of a shared sampler (one that
+// keeps batches for DP peers) are not given back: they stay with the
+// group's batch index, and a rank that restarts at Loader.Next gets them.
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+)
+
+// Config configures a [Loader].
+type Config struct {
+	// Partitions are consumed in order, one per global step: the loader
+	// moves to the next when the current one has nothing left for this
+	// rank (its producer marked it done and it is drained). At least one.
+	Partitions []string
+	// Task is the consumer's name; consumption is tracked per task.
+	Task string
+	// Fields are the columns each micro-batch holds.
+	Fields []string
+	// MicroBatchSize is the number of rows per micro-batch (per DP rank).
+	// With TokenBudget it is a cap on rows (0: none).
+	MicroBatchSize int
+	// TokenBudget, when positive, bounds each micro-batch by the sum of its
+	// rows' "total_lengths" tags instead; it needs the token_budget
+	// sampler.
+	TokenBudget int64
+	// DPRank is this rank's data-parallel group, in [0, DPSize): every
+	// rank that must see identical micro-batches (TP/PP/CP peers) passes
+	// the same DPRank. DPSize is the number of groups.
+	DPRank, DPSize int
+	// Sampler chooses the rows. The zero value is rank_aware. The shared
+	// samplers (rank_aware, seqlen_balanced, token_budget) give every rank
+	// of a group the same micro-batches and groups disjoint ones; their
+	// DPSize is Config.DPSize. The private ones (sequential, grpo) hand
+	// each fetch to one rank alone.
+	Sampler engine.SamplerSpec
+	// Continuous keeps the loader waiting for more rows after the last
+	// partition is drained, even one marked done; without it (finite mode)
+	// the iteration ends there.
+	Continuous bool
+	// EndWhenConsumed also counts a partition as drained, as the
+	// reference's check_consumption_status does, once the task has
+	// consumed every row it has, pre-allocated ones included: with the
+	// controller's PreAlloc set to the number of rows a step will have,
+	// a partition ends without MarkDone. The loader then waits for rows
+	// PollInterval at a time and asks between the waits. Without
+	// pre-allocation a consumer faster than its producer can end before
+	// the producer is finished: prefer MarkDone.
+	EndWhenConsumed bool
+	// Prefetch is how many micro-batches are fetched ahead while the loop
+	// body runs (0: none; each is fetched when the loop asks for it).
+	Prefetch int
+	// Start is where the iteration begins: a rank that restarts passes
+	// the Loader.Next its previous run ended at, and gets the micro-batches
+	// of a shared sampler that it never yielded.
+	Start Position
+	// PollInterval is how long the loader waits before looking again at a
+	// drained partition in continuous mode, and how long a wait for rows
+	// lasts with EndWhenConsumed (0: 100 ms).
+	PollInterval time.Duration
+}
+
+// Position is a place in the stream: the partition (its index in
+// Config.Partitions) and the micro-batch index within it.
+type Position struct {
+	Step, Index int
+}
+
+// MaxPrefetch bounds Config.Prefetch.
+const MaxPrefetch = 1024
+
+// DefaultConfig returns a finite, rank_aware loader for one DP group,
+// prefetching two micro-batches; the caller fills in partitions, task,
+// fields and the micro-batch size.
+func DefaultConfig() Config {
+	return Config{DPSize: 1, Prefetch: 2}
+}
+
+var errConfig = fmt.Errorf("stream: bad config: %w", engine.ErrInvalid)
+
+// Validate reports a bad configuration, naming what was wrong; the error
+// wraps [engine.ErrInvalid].
+func (c Config) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", errConfig, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case len(c.Partitions) == 0:
+		return bad("no partitions")
+	case slices.Contains(c.Partitions, ""):
+		return bad("an empty partition name in %q", c.Partitions)
+	case c.Task == "":
+		return bad("no task name")
+	case len(c.Fields) == 0:
+		return bad("no fields")
+	case slices.Contains(c.Fields, ""):
+		return bad("an empty field name in %q", c.Fields)
+	case c.MicroBatchSize < 0:
+		return bad("micro-batch size %d is negative", c.MicroBatchSize)
+	case c.TokenBudget < 0:
+		return bad("token budget %d is negative", c.TokenBudget)
+	case c.MicroBatchSize == 0 && c.TokenBudget == 0:
+		return bad("micro-batch size 0 without a token budget")
+	case c.DPSize < 1:
+		return bad("dp size %d: want at least 1", c.DPSize)
+	case c.DPRank < 0 || c.DPRank >= c.DPSize:
+		return bad("dp rank %d out of range [0, %d)", c.DPRank, c.DPSize)
+	case c.Prefetch < 0 || c.Prefetch > MaxPrefetch:
+		return bad("prefetch depth %d out of range [0, %d]", c.Prefetch, MaxPrefetch)
+	case c.Start.Step < 0 || c.Start.Index < 0:
+		return bad("start position %+v is negative", c.Start)
+	case c.Start.Step > len(c.Partitions):
+		return bad("start step %d is past the %d partitions", c.Start.Step, len(c.Partitions))
+	case c.PollInterval < 0:
+		return bad("poll interval %v is negative", c.PollInterval)
+	}
+	s := c.sampler()
+	switch s.Name {
+	case engine.SamplerSequential, engine.SamplerGRPO, engine.SamplerRankAware, engine.SamplerSeqlenBalanced, engine.SamplerTokenBudget:
+	default:
+		return bad("sampler %q is not a built-in one (%s, %s, %s, %s, %s)", s.Name, engine.SamplerSequential,
+			engine.SamplerGRPO, engine.SamplerRankAware, engine.SamplerSeqlenBalanced, engine.SamplerTokenBudget)
+	}
+	switch {
+	case s.N < 0:
+		return bad("sampler group size %d is negative", s.N)
+	case s.DPSize != c.DPSize:
+		return bad("sampler %s has dp size %d, the loader %d", s.Name, s.DPSize, c.DPSize)
+	case c.TokenBudget > 0 && s.Name != engine.SamplerTokenBudget:
+		return bad("a token budget needs the %s sampler, not %s", engine.SamplerTokenBudget, s.Name)
+	case c.TokenBudget == 0 && s.Name == engine.SamplerTokenBudget:
+		return bad("the %s sampler needs a token budget", engine.SamplerTokenBudget)
+	case c.DPSize > 1 && !shared(s):
+		return bad("sampler %s hands each fetch to one rank; with %d DP groups use %s, %s or %s", s.Name, c.DPSize,
+			engine.SamplerRankAware, engine.SamplerSeqlenBalanced, engine.SamplerTokenBudget)
+	}
+	return nil
+}
+
+// sampler returns the spec the loader's fetches name.
+func (c Config) sampler() engine.SamplerSpec {
+	s := c.Sampler
+	if s.Name == "" {
+		s.Name = engine.SamplerRankAware
+	}
+	if s.DPSize == 0 && (s.Name == engine.SamplerSeqlenBalanced || s.Name == engine.SamplerTokenBudget) {
+		s.DPSize = c.DPSize
+	}
+	if s.Name != engine.SamplerSeqlenBalanced && s.Name != engine.SamplerTokenBudget && s.DPSize == 0 {
+		s.DPSize = c.DPSize // checked against c.DPSize; never sent for these
+	}
+	return s
+}
+
+// shared reports a sampler that keeps batches per DP group.
+func shared(s engine.SamplerSpec) bool {
+	switch s.Name {
+	case engine.SamplerRankAware, engine.SamplerSeqlenBalanced, engine.SamplerTokenBudget:
+		return true
+	}
+	return false
+}
+
+// Batch is one micro-batch.
+type Batch struct {
+	// Position is where the micro-batch is in the stream.
+	Position
+	// Partition is Config.Partitions[Step].
+	Partition string
+	// Meta describes the rows (put outputs back with it).
+	Meta *engine.BatchMeta
+	// Data holds the columns. They may be views into shared memory that
+	// the loader releases when the loop body returns: use Data.Clone to
+	// keep them longer.
+	Data *engine.Batch
+}
+
+// Loader yields the micro-batches of one rank. A Loader runs one iteration
+// at a time (All refuses a second concurrent one); its methods are safe
+// for concurrent use.
+type Loader struct {
+	c   *client.Client
+	cfg Config
+	// spec is what fetches name; private is true for samplers that hand a
+	// fetch to one rank (their unyielded rows are given back).
+	spec    engine.SamplerSpec
+	private bool
+
+	running atomic.Bool
+	mu      sync.Mutex
+	next    Position // the first position not yet yielded
+}
+
+// New returns a loader reading through c. The configuration is checked
+// ([Config.Validate]).
+func New(c *client.Client, cfg Config) (*Loader, error) {
+	if c == nil {
+		return nil, fmt.Errorf("%w: no client", errConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 100 * time.Millisecond
+	}
+	cfg.Partitions, cfg.Fields = slices.Clone(cfg.Partitions), slices.Clone(cfg.Fields)
+	spec := cfg.sampler()
+	l := &Loader{c: c, cfg: cfg, spec: spec, private: !shared(spec), next: cfg.Start}
+	if spec.Name != engine.SamplerSeqlenBalanced && spec.Name != engine.SamplerTokenBudget {
+		l.spec.DPSize = 0 // the others take none
+	}
+	return l, nil
+}
+
+// Next returns the position of the first micro-batch not yet yielded: a
+// rank that stops (or fails) and starts again passes it as Config.Start.
+func (l *Loader) Next() Position {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.next
+}
+
+// errRunning reports a second concurrent iteration.
+var errRunning = errors.New("stream: the loader is already iterating")
+
+// item is a fetched micro-batch on its way to the loop, or an error that
+// ends the iteration; end marks the stream's end.
+type item struct {
+	b   *Batch
+	key string
+	err error
+	end bool
+	pos Position // with end: past the last partition
+}
+
+// All returns the iterator over this rank's micro-batches, from Next on:
+//
+//	for b, err := range loader.All(ctx) {
+//		if err != nil {
+//			return err
+//		}
+//		train(b.Data)
+//	}
+//
+// In finite mode the iteration ends once the last partition has nothing
+// left for this rank (its producer marked it done with
+// [client.Client.MarkDone] and the rank's group drained it). An error ends
+// it after being yielded; a canceled ctx ends it with ctx's error.
+// Breaking out of the loop stops the prefetcher and gives back what it
+// fetched and never yielded (see the package documentation).
+func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
+	return func(yield func(*Batch, error) bool) {
+		if !l.running.CompareAndSwap(false, true) {
+			yield(nil, errRunning)
+			return
+		}
+		defer l.running.Store(false)
+		ctx, cancel := context.WithCancel(ctx)
+		pos := l.Next()
+		var src source
+		if l.cfg.Prefetch == 0 {
+			src = &direct{l: l, pos: pos}
+		} else {
+			src = l.prefetch(ctx, pos)
+		}
+		defer func() {
+			cancel()
+			src.stop(l)
+		}()
+		for {
+			it := src.next(ctx)
+			if it.end {
+				l.mu.Lock()
+				l.next = it.pos
+				l.mu.Unlock()
+				return
+			}
+			if it.err != nil {
+				if ctx.Err() != nil {
+					it.err = fmt.Errorf("stream: %w", context.Cause(ctx))
+				}
+				yield(nil, it.err)
+				return
+			}
+			l.mu.Lock()
+			l.next = Position{Step: it.b.Step, Index: it.b.Index + 1}
+			l.mu.Unlock()
+			more := yield(it.b, nil)
+			it.b.Data.Release()
+			if !more {
+				return
+			}
+		}
+	}
+}
+
+// source hands the iterator its items.
+type source interface {
+	next(ctx context.Context) item
+	// stop ends the source (its context is canceled) and disposes of what
+	// it still holds.
+	stop(l *Loader)
+}
+
+// direct fetches each micro-batch when the loop asks for it.
+type direct struct {
+	l   *Loader
+	pos Position
+}
+
+func (d *direct) next(ctx context.Context) item {
+	it := d.l.fetch(ctx, &d.pos)
+	return it
+}
+
+func (d *direct) stop(*Loader) {}
+
+// prefetcher fetches ahead on its own goroutine.
+type prefetcher struct {
+	ch   chan item
+	done chan struct{} // closed when the goroutine exited
+	// held is the item the goroutine fetched and could not hand over
+	// before it was stopped; read after done.
+	held *item
+}
+
+func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
+	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for {
+			it := l.fetch(ctx, &pos)
+			select {
+			case p.ch <- it:
+			case <-ctx.Done():
+				p.held = &it
+				return
+			}
+			if it.end || it.err != nil {
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *prefetcher) next(ctx context.Context) item {
+	select {
+	case it := <-p.ch:
+		return it
+	case <-ctx.Done():
+		return item{err: ctx.Err()}
+	}
+}
+
+func (p *prefetcher) stop(l *Loader) {
+	<-p.done
+	if p.held != nil {
+		l.dispose(*p.held)
+	}
+	for {
+		select {
+		case it := <-p.ch:
+			l.dispose(it)
+		default:
+			return
+		}
+	}
+}
+
+// giveBackTimeout bounds a give-back after the loop ended.
+const giveBackTimeout = 10 * time.Second
+
+// dispose releases an item nobody will yield and gives back its rows
+// (private samplers only: a shared sampler keeps them for the group).
+func (l *Loader) dispose(it item) {
+	if it.b == nil {
+		return
+	}
+	it.b.Data.Release()
+	if l.private && it.key != "" {
+		l.giveBack(it.b.Partition, it.key)
+	}
+}
+
+// giveBack returns the rows of the fetch named key to the task.
+func (l *Loader) giveBack(partition, key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
+	defer cancel()
+	// An error leaves the rows consumed; the client already retries over
+	// new connections, and there is no one left to tell.
+	_ = l.c.GiveBack(ctx, partition, l.cfg.Task, key)
+}
+
+// fetch gets the micro-batch at *pos (moving to the next partition when
+// one is drained) and advances *pos past it.
+func (l *Loader) fetch(ctx context.Context, pos *Position) item {
+	for {
+		if pos.Step >= len(l.cfg.Partitions) {
+			return item{end: true, pos: *pos}
+		}
+		part := l.cfg.Partitions[pos.Step]
+		req := client.MetaRequest{
+			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
+			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
+		}
+		if !l.private {
+			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
+		} else {
+			req.Key = newKey()
+		}
+		fctx, cancel := ctx, context.CancelFunc(func() {})
+		if l.cfg.EndWhenConsumed {
+			fctx, cancel = context.WithTimeout(ctx, l.cfg.PollInterval)
+		}
+		m, err := l.c.GetMeta(fctx, req)
+		cancel()
+		if l.cfg.EndWhenConsumed && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// No rows for a while: has the task consumed them all?
+			all, cerr := l.c.CheckConsumption(ctx, part, l.cfg.Task)
+			if cerr != nil {
+				return item{err: fmt.Errorf("stream: consumption of %q: %w", part, cerr)}
+			}
+			err = nil
+			if all {
+				err = fmt.Errorf("partition %q consumed: %w", part, engine.ErrDone)
+			} else {
+				continue
+			}
+		}
+		switch {
+		case errors.Is(err, engine.ErrDone):
+			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
+				select {
+				case <-time.After(l.cfg.PollInterval):
+					continue
+				case <-ctx.Done():
+					return item{err: ctx.Err()}
+				}
+			}
+			*pos = Position{Step: pos.Step + 1}
+			continue
+		case err != nil:
+			return item{err: fmt.Errorf("stream: fetch from %q: %w", part, err)}
+		case m.Empty():
+			continue // a wait that ended without rows: wait again
+		}
+		data, err := l.c.Get(ctx, m)
+		if err != nil {
+			if l.private {
+				l.giveBack(part, req.Key)
+			}
+			return item{err: fmt.Errorf("stream: read %d rows of %q: %w", m.Len(), part, err)}
+		}
+		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
+		pos.Index++
+		return item{b: b, key: req.Key}
+	}
+}
+
+// newKey returns a fetch key: 16 random bytes.
+func newKey() string {
+	var k [16]byte
+	rand.Read(k[:])
+	return string(k[:])
+}

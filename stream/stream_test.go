@@ -1,0 +1,373 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
+	"github.com/tqgo/tq/engine"
+)
+
+func cluster(t *testing.T) *embedded.Cluster {
+	t.Helper()
+	e, err := embedded.New(embedded.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// produce writes rows lo..lo+n-1 of partition: an int64 "x" equal to the
+// row number and a "total_lengths" tag of length(row).
+func produce(t *testing.T, c *client.Client, partition string, lo, n int, length func(int) int) {
+	t.Helper()
+	ctx := context.Background()
+	xs := make([]int64, n)
+	for i := range xs {
+		xs[i] = int64(lo + i)
+	}
+	col, err := engine.DenseOf(xs, 1)
+	require.NoError(t, err)
+	m, err := c.PutNew(ctx, partition, engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	if length != nil {
+		tags := make([]engine.Tags, n)
+		for i := range tags {
+			tags[i] = engine.Tags{"total_lengths": length(lo + i)}
+		}
+		require.NoError(t, m.MergeTags(tags))
+		require.NoError(t, c.SetTags(ctx, m))
+	}
+}
+
+// values reads the "x" column of a micro-batch.
+func values(t *testing.T, b *Batch) []int64 {
+	t.Helper()
+	col := b.Data.Col("x")
+	require.NotNil(t, col)
+	xs, err := engine.Values[int64](col)
+	require.NoError(t, err)
+	return slices.Clone(xs)
+}
+
+func collect(t *testing.T, ctx context.Context, l *Loader) (batches [][]int64) {
+	t.Helper()
+	for b, err := range l.All(ctx) {
+		require.NoError(t, err)
+		batches = append(batches, values(t, b))
+	}
+	return batches
+}
+
+func flat(bs [][]int64) []int64 { return slices.Concat(bs...) }
+
+func upTo(n int) []int64 {
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(i)
+	}
+	return out
+}
+
+func config(parts ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = parts, "train", []string{"x"}, 4
+	return cfg
+}
+
+func TestFiniteEndsWithShortLastBatch(t *testing.T) {
+	for _, prefetch := range []int{0, 1, 3} {
+		for _, smp := range []string{engine.SamplerRankAware, engine.SamplerSequential} {
+			t.Run(smp, func(t *testing.T) {
+				e := cluster(t)
+				produce(t, e.Client, "p", 0, 10, nil)
+				require.NoError(t, e.Client.MarkDone(context.Background(), "p"))
+				cfg := config("p")
+				cfg.Prefetch, cfg.Sampler = prefetch, engine.SamplerSpec{Name: smp}
+				l, err := New(e.Client, cfg)
+				require.NoError(t, err)
+				got := collect(t, context.Background(), l)
+				require.Equal(t, [][]int64{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}}, got, "prefetch %d", prefetch)
+				require.Equal(t, Position{Step: 1}, l.Next(), "past the last partition")
+			})
+		}
+	}
+}
+
+func TestStepsThroughPartitions(t *testing.T) {
+	e := cluster(t)
+	ctx := context.Background()
+	l, err := New(e.Client, config("s0", "s1", "s2"))
+	require.NoError(t, err)
+	done := make(chan [][]int64)
+	go func() { done <- collect(t, ctx, l) }()
+	for s, part := range []string{"s0", "s1", "s2"} {
+		produce(t, e.Client, part, 100*s, 8, nil)
+		require.NoError(t, e.Client.MarkDone(ctx, part))
+	}
+	select {
+	case got := <-done:
+		require.Equal(t, [][]int64{{0, 1, 2, 3}, {4, 5, 6, 7}, {100, 101, 102, 103}, {104, 105, 106, 107},
+			{200, 201, 202, 203}, {204, 205, 206, 207}}, got)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the loader did not finish")
+	}
+}
+
+func TestContinuousFollowsTheProducer(t *testing.T) {
+	e := cluster(t)
+	cfg := config("p")
+	cfg.Continuous = true
+	l, err := New(e.Client, cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got []int64
+	produce(t, e.Client, "p", 0, 8, nil)
+	produced := 8
+	for b, err := range l.All(ctx) {
+		require.NoError(t, err)
+		got = append(got, values(t, b)...)
+		if len(got) == produced && produced < 40 {
+			produce(t, e.Client, "p", produced, 8, nil)
+			produced += 8
+			if produced == 24 {
+				// Done marks no end in continuous mode.
+				require.NoError(t, e.Client.MarkDone(ctx, "p"))
+			}
+		}
+		if len(got) == 40 {
+			break
+		}
+	}
+	require.Equal(t, upTo(40), got)
+}
+
+func TestContinuousWaitsForTheFirstRows(t *testing.T) {
+	e := cluster(t)
+	cfg := config("p")
+	cfg.Continuous = true
+	l, err := New(e.Client, cfg)
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		produce(t, e.Client, "p", 0, 4, nil)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for b, err := range l.All(ctx) {
+		require.NoError(t, err)
+		require.Equal(t, upTo(4), values(t, b))
+		break
+	}
+}
+
+// A rank that breaks out early loses nothing: private fetches it never
+// yielded go back to the task; a shared sampler keeps them for the
+// group's batch index, and the rank restarts at Next.
+func TestBreakLosesNothing(t *testing.T) {
+	for _, smp := range []string{engine.SamplerSequential, engine.SamplerRankAware} {
+		t.Run(smp, func(t *testing.T) {
+			e := cluster(t)
+			ctx := context.Background()
+			produce(t, e.Client, "p", 0, 64, nil)
+			require.NoError(t, e.Client.MarkDone(ctx, "p"))
+			cfg := config("p")
+			cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: smp}, 4
+			l, err := New(e.Client, cfg)
+			require.NoError(t, err)
+			var got []int64
+			for b, err := range l.All(ctx) {
+				require.NoError(t, err)
+				got = append(got, values(t, b)...)
+				if len(got) == 8 {
+					// Let the prefetcher fill its slots.
+					time.Sleep(50 * time.Millisecond)
+					break
+				}
+			}
+			require.Equal(t, Position{Index: 2}, l.Next())
+			// Restart: a new loader at Next, as a restarted process would.
+			cfg.Start = l.Next()
+			again, err := New(e.Client, cfg)
+			require.NoError(t, err)
+			got = append(got, flat(collect(t, ctx, again))...)
+			require.Equal(t, upTo(64), got, "every row once, in order")
+		})
+	}
+}
+
+func TestCancelStopsThePrefetcher(t *testing.T) {
+	e := cluster(t)
+	produce(t, e.Client, "p", 0, 8, nil)
+	cfg := config("p")
+	cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 2
+	l, err := New(e.Client, cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	var last error
+	for b, err := range l.All(ctx) {
+		if err != nil {
+			last = err
+			break
+		}
+		n += b.Data.Rows()
+		if n == 8 {
+			cancel() // the prefetcher is blocked waiting for rows
+		}
+	}
+	require.ErrorIs(t, last, context.Canceled)
+	// Nothing was taken after the cancel: a new consumer finds no rows.
+	st, err := e.Client.ConsumptionStatus(context.Background(), "p", "train")
+	require.NoError(t, err)
+	consumed := 0
+	for _, c := range st.Consumed {
+		if c {
+			consumed++
+		}
+	}
+	require.Equal(t, 8, consumed)
+}
+
+// Two DP groups of two ranks each: ranks of a group see identical
+// micro-batches, groups disjoint ones, every row reaches one group.
+func TestGroups(t *testing.T) {
+	for _, smp := range []engine.SamplerSpec{{Name: engine.SamplerRankAware}, {Name: engine.SamplerSeqlenBalanced}} {
+		t.Run(smp.Name, func(t *testing.T) {
+			e := cluster(t)
+			ctx := context.Background()
+			produce(t, e.Client, "p", 0, 64, func(i int) int { return 1 + i%7*10 })
+			require.NoError(t, e.Client.MarkDone(ctx, "p"))
+			got := make([][][]int64, 4)
+			var wg sync.WaitGroup
+			for r := range 4 {
+				cfg := config("p")
+				cfg.DPRank, cfg.DPSize, cfg.Sampler = r/2, 2, smp
+				l, err := New(e.Client, cfg)
+				require.NoError(t, err)
+				wg.Go(func() { got[r] = collect(t, ctx, l) })
+			}
+			wg.Wait()
+			require.Equal(t, got[0], got[1], "ranks of group 0")
+			require.Equal(t, got[2], got[3], "ranks of group 1")
+			all := append(flat(got[0]), flat(got[2])...)
+			slices.Sort(all)
+			require.Equal(t, upTo(64), all, "every row to exactly one group")
+		})
+	}
+}
+
+func TestTokenBudget(t *testing.T) {
+	e := cluster(t)
+	ctx := context.Background()
+	length := func(i int) int { return 10 + i%4*10 } // 10, 20, 30, 40
+	produce(t, e.Client, "p", 0, 32, length)
+	require.NoError(t, e.Client.MarkDone(ctx, "p"))
+	cfg := config("p")
+	cfg.MicroBatchSize, cfg.TokenBudget, cfg.Sampler = 0, 100, engine.SamplerSpec{Name: engine.SamplerTokenBudget}
+	l, err := New(e.Client, cfg)
+	require.NoError(t, err)
+	var all []int64
+	for _, b := range collect(t, ctx, l) {
+		sum := 0
+		for _, x := range b {
+			sum += length(int(x))
+		}
+		assert.LessOrEqual(t, sum, 100, "micro-batch %v", b)
+		all = append(all, b...)
+	}
+	require.Equal(t, upTo(32), all)
+}
+
+func TestBadConfig(t *testing.T) {
+	e := cluster(t)
+	for _, tc := range []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Partitions = nil }, "no partitions"},
+		{func(c *Config) { c.Partitions = []string{"a", ""} }, "empty partition name"},
+		{func(c *Config) { c.Task = "" }, "no task"},
+		{func(c *Config) { c.Fields = nil }, "no fields"},
+		{func(c *Config) { c.MicroBatchSize = 0 }, "micro-batch size 0 without a token budget"},
+		{func(c *Config) { c.MicroBatchSize = -1 }, "micro-batch size -1"},
+		{func(c *Config) { c.DPSize = 0 }, "dp size 0"},
+		{func(c *Config) { c.DPRank = 2; c.DPSize = 2 }, "dp rank 2 out of range [0, 2)"},
+		{func(c *Config) { c.Prefetch = -1 }, "prefetch depth -1"},
+		{func(c *Config) { c.Start.Index = -1 }, "start position"},
+		{func(c *Config) { c.Sampler.Name = "random" }, `sampler "random" is not a built-in one`},
+		{func(c *Config) { c.TokenBudget = 10 }, "a token budget needs the token_budget sampler"},
+		{func(c *Config) { c.Sampler.Name = engine.SamplerTokenBudget }, "needs a token budget"},
+		{func(c *Config) { c.DPSize = 2; c.Sampler.Name = engine.SamplerSequential }, "hands each fetch to one rank"},
+		{func(c *Config) {
+			c.DPSize = 2
+			c.Sampler = engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, DPSize: 3}
+		}, "dp size 3, the loader 2"},
+	} {
+		cfg := config("p")
+		tc.mod(&cfg)
+		_, err := New(e.Client, cfg)
+		require.ErrorIs(t, err, engine.ErrInvalid, tc.want)
+		require.ErrorContains(t, err, tc.want)
+	}
+	_, err := New(nil, config("p"))
+	require.ErrorContains(t, err, "no client")
+
+	// A field that does not exist is the server's to refuse... or to wait
+	// for: a loader waits for rows that may come.
+	l, err := New(e.Client, config("p"))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	for _, err := range l.All(ctx) {
+		require.True(t, errors.Is(err, context.DeadlineExceeded), "got %v", err)
+	}
+	// One iteration at a time.
+	produce(t, e.Client, "p", 0, 8, nil)
+	for _, err := range l.All(context.Background()) {
+		require.NoError(t, err)
+		for _, err := range l.All(context.Background()) {
+			require.ErrorContains(t, err, "already iterating")
+		}
+		break
+	}
+}
+
+// With pre-allocated rows, a partition ends once every row is produced
+// and consumed, without the done marker.
+func TestEndWhenConsumed(t *testing.T) {
+	cfg := embedded.DefaultConfig()
+	cfg.Controller.PreAlloc = 16
+	e, err := embedded.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	lcfg := config("p")
+	lcfg.EndWhenConsumed, lcfg.PollInterval = true, 20*time.Millisecond
+	l, err := New(e.Client, lcfg)
+	require.NoError(t, err)
+	done := make(chan [][]int64, 1)
+	go func() { done <- collect(t, context.Background(), l) }()
+	produce(t, e.Client, "p", 0, 8, nil)
+	time.Sleep(100 * time.Millisecond) // the loader drained these and waits: 8 rows are still reserved
+	select {
+	case <-done:
+		t.Fatal("ended with pre-allocated rows not produced yet")
+	default:
+	}
+	produce(t, e.Client, "p", 8, 8, nil)
+	select {
+	case got := <-done:
+		require.Equal(t, upTo(16), flat(got))
+	case <-time.After(20 * time.Second):
+		t.Fatal("the loader did not end")
+	}
+}
