@@ -107,6 +107,20 @@ func newClient(meta MetaService, units []DataUnit, cfg Config, dead map[engine.U
 // Meta returns the metadata service the client talks to.
 func (c *Client) Meta() MetaService { return c.meta }
 
+// MetricsEndpoints returns the cluster's Prometheus endpoints
+// ("http://host:port/metrics", the reference's get_metrics_endpoint):
+// the controller's process's, then each live storage unit's that serves
+// one. It is empty when no server runs with --metrics, and for an
+// in-process cluster, which serves none.
+func (c *Client) MetricsEndpoints(ctx context.Context) ([]string, error) {
+	if m, ok := c.meta.(interface {
+		MetricsEndpoints(context.Context) ([]string, error)
+	}); ok {
+		return m.MetricsEndpoints(ctx)
+	}
+	return nil, nil
+}
+
 // Units returns the storage units the client knows, ordered by id (a
 // connected client learns of units that join later: see [Connect]).
 func (c *Client) Units() []DataUnit { return slices.Clone(c.tbl.Load().units) }

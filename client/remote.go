@@ -987,6 +987,18 @@ func (r *RemoteMeta) ClusterInfo(ctx context.Context) (*wirepb.ClusterInfoReply,
 	return &reply, nil
 }
 
+// MetricsEndpoints returns the cluster's Prometheus endpoints
+// ("http://host:port/metrics"): the controller's process's, then each
+// live storage unit's that serves one, each once. Empty when no server
+// runs with --metrics.
+func (r *RemoteMeta) MetricsEndpoints(ctx context.Context) ([]string, error) {
+	ci, err := r.ClusterInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ci.Metrics, nil
+}
+
 // closeGrace bounds how long Close waits for rows being given back while
 // the controller cannot be reached.
 const closeGrace = 5 * time.Second

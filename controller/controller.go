@@ -43,6 +43,9 @@ type Config struct {
 	// Logf, if set, receives reports of background trouble (a failed
 	// snapshot).
 	Logf func(format string, args ...any)
+	// OnJournalWrite, if set, is the journal's [journal.Config.OnWrite]:
+	// each group of records written, with its write (and fsync) time.
+	OnJournalWrite func(d time.Duration, records int)
 }
 
 // DefaultConfig returns the defaults: no pre-allocation, sequential
@@ -79,6 +82,7 @@ type Controller struct {
 	idx     *indexAllocator
 	units   *Registry
 	fences  fenceTable
+	blocked atomic.Int64 // fetches waiting for rows (BlockedFetches)
 
 	// Identity: the cluster's id and this start's epoch (see ClusterInfo).
 	cluster string
@@ -303,6 +307,9 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	return m, nil
 }
 
+// BlockedFetches returns the fetches waiting now for rows to be ready.
+func (c *Controller) BlockedFetches() int64 { return c.blocked.Load() }
+
 // Fetch returns a batch chosen by the sampler and marks the sampler's
 // consumed rows consumed for the task. Every returned row is ready.
 //
@@ -368,11 +375,15 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		if !req.Wait {
 			return &engine.BatchMeta{}, nil
 		}
+		c.blocked.Add(1)
 		select {
 		case <-wake:
+			c.blocked.Add(-1)
 		case <-ctx.Done():
+			c.blocked.Add(-1)
 			return nil, opErr("fetch", req.Partition, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, ctx.Err()))
 		case <-c.done:
+			c.blocked.Add(-1)
 			return nil, opErr("fetch", req.Partition, engine.ErrClosed)
 		}
 	}

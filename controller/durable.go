@@ -143,7 +143,7 @@ func (c *Controller) Info() ClusterInfo {
 // openJournal opens the journal in c.cfg.Dir, recovers the state it holds
 // and records this start's epoch.
 func (c *Controller) openJournal() error {
-	j, err := journal.Open(journal.Config{Dir: c.cfg.Dir, Fsync: c.cfg.Fsync})
+	j, err := journal.Open(journal.Config{Dir: c.cfg.Dir, Fsync: c.cfg.Fsync, OnWrite: c.cfg.OnJournalWrite})
 	if err != nil {
 		return err
 	}

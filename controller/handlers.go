@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -747,5 +749,23 @@ func (s *Server) clusterInfo(_ context.Context, body []byte, _ *effects) (proto.
 	return &wirepb.ClusterInfoReply{
 		ClusterId: ci.ClusterID, Epoch: ci.Epoch, Durable: ci.Durable, Fsync: ci.Fsync,
 		LogIndex: ci.LogIndex, SnapshotIndex: ci.SnapshotIndex, LogBytes: ci.LogBytes,
+		Metrics: s.metricsAddrs(),
 	}, nil
+}
+
+// metricsAddrs lists the controller's metrics endpoints, then those the
+// live units list among their addresses (http:// ones), each once.
+func (s *Server) metricsAddrs() []string {
+	out := slices.Clone(s.cfg.MetricsAddrs)
+	for _, u := range s.c.units.Units() {
+		if !u.Alive {
+			continue
+		}
+		for _, a := range u.Addrs {
+			if strings.HasPrefix(a, "http://") && !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }

@@ -66,6 +66,12 @@ type ServerConfig struct {
 	// Logf, if set, receives reports of handler panics (with the stack)
 	// and of a journal that cannot be written.
 	Logf func(format string, args ...any)
+	// Observer, if set, sees every request answered (metrics; see
+	// [wire.ServerConfig.Observer]).
+	Observer wire.Observer
+	// MetricsAddrs are the URLs of this process's metrics endpoints
+	// ("http://host:port/metrics"), given to clients in CLUSTER_INFO.
+	MetricsAddrs []string
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -149,6 +155,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Token:         cfg.Token,
 		TrustPeerCred: cfg.TrustPeerCred,
 		Logger:        cfg.Logger,
+		Observer:      cfg.Observer,
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put
@@ -206,6 +213,9 @@ func (s *Server) Close() error {
 	s.bg.Wait()
 	return err
 }
+
+// Conns returns the connections the server holds open.
+func (s *Server) Conns() int { return s.ws.Conns() }
 
 // Units lists the registered storage units by id, dead ones included with
 // Alive false.

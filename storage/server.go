@@ -78,6 +78,9 @@ type ServerConfig struct {
 	// (transport/rdma.Target); NewServer makes it the unit's segment
 	// watcher. Nil: the unit offers no RDMA.
 	RDMA RDMATarget
+	// Observer, if set, sees every request answered (metrics; see
+	// [wire.ServerConfig.Observer]).
+	Observer wire.Observer
 }
 
 // Server serves one [Unit] over any number of listeners. It is safe for
@@ -97,6 +100,8 @@ type Server struct {
 	fdConns map[*net.UnixConn]struct{}
 	wg      sync.WaitGroup
 	rings   atomic.Int64 // control rings open
+
+	traffic traffic // column bytes by transport (DataBytes)
 }
 
 // DefaultMaxRings is ServerConfig.MaxRings' default.
@@ -123,6 +128,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		Logger:        cfg.Logger,
 		IdleTimeout:   cfg.IdleTimeout,
 		NewSession:    newSession,
+		Observer:      cfg.Observer,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
 	// Reads, frees and stats never wait on anything slow: run them on the
@@ -145,6 +151,10 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	}
 	return s
 }
+
+// Conns returns the connections the server holds open (control rings
+// included).
+func (s *Server) Conns() int { return s.ws.Conns() }
 
 // Hello returns the handshake reply that describes the unit now: role,
 // host, name, and the unit's current id, incarnation and cluster id. The
@@ -272,6 +282,7 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Error(err)
 		return
 	}
+	s.traffic.wrote(payloadIdx(req), int64(req.PayloadLen))
 	rw.Reply(&wirepb.WriteReply{Extents: wire.RangesToPB(addrs)}, nil, nil)
 }
 
@@ -327,6 +338,7 @@ func (s *Server) read(_ context.Context, req *wire.Request, rw *wire.ReplyWriter
 			payload = append(payload, b)
 		}
 	}
+	s.traffic.readBytes(payloadIdx(req), int64(total))
 	rw.Reply(&wirepb.Empty{}, payload, l.Release)
 }
 

@@ -235,6 +235,7 @@ func (s *Server) reserveCommit(_ context.Context, req *wire.Request, rw *wire.Re
 		rw.Error(err)
 		return
 	}
+	s.traffic.wrote(extentIdx(req), r.asked())
 	rw.Reply(&wirepb.Empty{}, nil, nil)
 }
 
@@ -290,6 +291,11 @@ func (s *Server) acquire(_ context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Error(err)
 		return
 	}
+	var n uint64
+	for _, a := range ranges {
+		n += a.Len
+	}
+	s.traffic.readBytes(extentIdx(req), int64(n))
 	rw.Reply(&wirepb.AcquireReply{Lease: id}, nil, nil)
 }
 

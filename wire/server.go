@@ -130,6 +130,35 @@ type ServerConfig struct {
 	// held when the client dies. nc tells a unix socket from TCP (its
 	// LocalAddr); the session must not read or write it.
 	NewSession func(peer *wirepb.Hello, nc net.Conn) Session
+	// Observer, if set, sees every request the server answered, once its
+	// handler returned (metrics). It runs on the request's goroutine and
+	// must be cheap and must not block. nil costs nothing, not even a
+	// clock read.
+	Observer Observer
+}
+
+// Observer sees the requests a [Server] answered (see
+// [ServerConfig.Observer]). Implementations must be safe for concurrent
+// use.
+type Observer interface {
+	Observe(r Served)
+}
+
+// Served describes one answered request to an [Observer].
+type Served struct {
+	Op Op
+	// Network is the connection's: "tcp", "unix", or "shmring" (a
+	// shared-memory control ring, package internal/shmring).
+	Network string
+	// Duration runs from the request's header read to its handler's
+	// return (the reply was sent by then).
+	Duration time.Duration
+	// In is the request frame's bytes (header, body and payload); Out is
+	// the reply's.
+	In, Out int64
+	// Code is the error reply's code; CODE_UNSPECIFIED (0) for a reply
+	// that is not an error.
+	Code wirepb.Code
 }
 
 // DefaultFrameTimeout is ServerConfig.FrameTimeout's default: long enough
@@ -201,6 +230,14 @@ type Server struct {
 // connections (headers, bodies and payloads), for accounting and for tests
 // that prove a payload did not cross a socket.
 func (s *Server) Traffic() (in, out int64) { return s.bytesIn.Load(), s.bytesOut.Load() }
+
+// Conns returns the connections the server holds open now, those still
+// in their handshake included.
+func (s *Server) Conns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nconns + s.nrefusing
+}
 
 // NewServer returns a server with no handlers.
 func NewServer(cfg ServerConfig) *Server {
@@ -466,6 +503,7 @@ type serverConn struct {
 	peer    *wirepb.Hello
 	peerUID int     // the peer's uid on a unix socket, else -1
 	sess    Session // nil without ServerConfig.NewSession
+	network string  // nc's: "tcp", "unix", "shmring"
 
 	buffered budget // request body bytes held (MaxConnBuffered)
 	refused  error  // past MaxConns: the error its HELLO gets
@@ -479,6 +517,9 @@ type serverConn struct {
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
 	c := &serverConn{s: s, nc: nc, done: make(chan struct{}), peerUID: -1}
+	if a := nc.LocalAddr(); a != nil {
+		c.network = a.Network()
+	}
 	c.buffered.init(s.cfg.MaxConnBuffered)
 	c.w = newFrameWriter(nc, func(err error) {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -586,6 +627,9 @@ func (c *serverConn) serve() {
 			continue
 		}
 		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen}
+		if c.s.cfg.Observer != nil {
+			req.start = time.Now()
+		}
 		req.rw = ReplyWriter{c: c, h: h}
 		if h.PayloadLen != 0 {
 			req.consumed = make(chan struct{})
@@ -662,6 +706,12 @@ func (c *serverConn) run(ctx context.Context, req *Request) {
 		req.rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
 	}
 	req.DiscardPayload()
+	if o := c.s.cfg.Observer; o != nil {
+		o.Observe(Served{
+			Op: req.Op, Network: c.network, Duration: time.Since(req.start),
+			In: int64(HeaderSize) + int64(req.BodyLen) + int64(req.PayloadLen), Out: req.rw.out, Code: req.rw.code,
+		})
+	}
 	c.unhold(req.BodyLen)
 	if !req.draining {
 		c.s.inflight.Done()
@@ -904,6 +954,7 @@ type Request struct {
 	handler  HandlerFunc
 	draining bool                    // answered CODE_CLOSED, not counted in flight
 	cancel   context.CancelCauseFunc // nil for a request run on the read loop
+	start    time.Time               // header read; set only with an Observer
 }
 
 // Decode unmarshals the request body; a malformed body is an error
@@ -985,6 +1036,8 @@ type ReplyWriter struct {
 	c    *serverConn
 	h    Header
 	sent bool
+	out  int64       // the reply frame's bytes, once sent
+	code wirepb.Code // the error reply's code, once sent
 }
 
 // Reply sends body and payload (written straight from its buffers). after,
@@ -1025,6 +1078,14 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 	}
 	h := Header{Version: Version, Flags: FlagReply | flags, Op: rw.h.Op, ID: rw.h.ID, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
 	h.Append(b[:0])
+	rw.out = int64(len(b)) + int64(plen)
+	if flags&FlagError != 0 {
+		if e, ok := body.(*wirepb.Error); ok {
+			rw.code = e.Code
+		} else {
+			rw.code = wirepb.Code_CODE_INTERNAL
+		}
+	}
 	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
 	rw.c.w.send(f)
 	// Hold on until the frame is written or dropped, so the payload's

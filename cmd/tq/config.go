@@ -58,6 +58,7 @@ type serveConfig struct {
 	RESPPartition     string        `yaml:"resp_partition"`
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
 	RDMADevice        string        `yaml:"rdma_device"`
+	Metrics           string        `yaml:"metrics"` // see metricsAddr
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
@@ -112,6 +113,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
+	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
 }
 
 // loadYAML reads a config file over c; unknown keys are errors.
@@ -160,6 +162,11 @@ func (c *serveConfig) validate() error {
 		}
 		if _, _, err := net.SplitHostPort(l.addr); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
+		}
+	}
+	if c.Metrics != "" {
+		if _, err := metricsAddr(c.Metrics); err != nil {
+			bad("--metrics %q: %v", c.Metrics, err)
 		}
 	}
 	if c.RESP != "" {

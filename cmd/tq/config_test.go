@@ -98,3 +98,24 @@ func TestSecureResolvesToken(t *testing.T) {
 		assert.True(t, strings.Contains(err.Error(), "--data-dir"), err.Error())
 	})
 }
+
+func TestMetricsAddr(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"9464", "127.0.0.1:9464"},
+		{":9464", "127.0.0.1:9464"},
+		{"0.0.0.0:9464", "0.0.0.0:9464"},
+		{"[::1]:0", "[::1]:0"},
+		{"no-port", ""},
+	} {
+		got, err := metricsAddr(tc.in)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("metricsAddr(%q) = %q, want an error", tc.in, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("metricsAddr(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}

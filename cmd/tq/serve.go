@@ -19,6 +19,7 @@ import (
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	tqmetrics "github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/transport/rdma"
@@ -67,6 +68,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	s := &server{cfg: cfg, out: stdout, log: slog.New(slog.NewTextHandler(stderr, nil))}
 	defer s.close()
+	if err := s.startMetrics(); err != nil {
+		return err
+	}
 	if err := s.start(ctx); err != nil {
 		return err
 	}
@@ -136,6 +140,9 @@ type server struct {
 	local   string   // the controller's address for units of this process
 	resp    *resp.Server
 	rdmaDev *rdma.Device // --rdma-device, shared by the units
+
+	metrics    *tqmetrics.Registry // --metrics; nil without
+	metricsURL string
 }
 
 type runningUnit struct {
@@ -227,6 +234,9 @@ func (s *server) startController() error {
 	if !s.cfg.InMemory {
 		ccfg.Dir = s.cfg.controllerDir()
 		ccfg.Fsync, _ = journal.ParseFsync(s.cfg.Fsync) // validated
+		if s.metrics != nil {
+			ccfg.OnJournalWrite = s.metrics.OnJournalWrite
+		}
 	}
 	ctrl, err := controller.New(ccfg)
 	if err != nil {
@@ -261,7 +271,12 @@ func (s *server) startController() error {
 		CheckpointDir:     s.cfg.checkpointDir(),
 		Dial:              dial,
 		Logf:              s.logf,
+		Observer:          s.observer(tqmetrics.RoleController),
+		MetricsAddrs:      s.metricsAddrs(),
 	})
+	if s.metrics != nil {
+		s.metrics.AddController(ctrl, s.ctrlSrv)
+	}
 	sock := s.cfg.Socket
 	if sock == "" && s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
@@ -315,7 +330,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
-	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log}
+	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit)}
 	ru := &runningUnit{u: u}
 	if s.cfg.RDMADevice != "" {
 		dev, err := s.rdmaDevice()
@@ -328,6 +343,9 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	}
 	ru.srv = storage.NewServer(u, srvCfg)
 	s.units = append(s.units, ru)
+	if s.metrics != nil {
+		s.metrics.AddUnit(u, ru.srv)
+	}
 	sock := ""
 	if s.cfg.SocketDir != "" {
 		sock = filepath.Join(s.cfg.SocketDir, fmt.Sprintf("unit-%d.sock", id))
@@ -358,6 +376,9 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	}
 	if ru.rdma != nil {
 		addrs = append(addrs, "rdma://"+s.cfg.RDMADevice)
+	}
+	if s.metricsURL != "" {
+		addrs = append(addrs, s.metricsURL)
 	}
 	jcfg.Addrs = addrs
 	if ru.mem, err = storage.Join(ctx, controllerAddr, u, jcfg); err != nil {

@@ -38,6 +38,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -89,6 +90,10 @@ type Config struct {
 	// needed.
 	Dir   string
 	Fsync Fsync
+	// OnWrite, if set, runs after each group of records is written (and,
+	// unless FsyncNever, synced) with the group's write time and size:
+	// metrics. It runs on the journal's writer and must not block.
+	OnWrite func(d time.Duration, records int)
 }
 
 // ErrFailed reports a journal that could not write a record. The records
@@ -416,6 +421,7 @@ func (j *Journal) flush(opt *pebble.WriteOptions) {
 		first := j.written + 1
 		j.mu.Unlock()
 
+		start := time.Now()
 		b := j.db.NewBatch()
 		for k, rec := range group {
 			b.Set(key(first+uint64(k)), rec, nil)
@@ -423,6 +429,9 @@ func (j *Journal) flush(opt *pebble.WriteOptions) {
 		err := b.Commit(opt)
 		b.Close()
 		j.groups.Add(1)
+		if j.cfg.OnWrite != nil {
+			j.cfg.OnWrite(time.Since(start), len(group))
+		}
 
 		j.mu.Lock()
 		if err != nil {

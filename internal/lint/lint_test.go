@@ -66,6 +66,7 @@ var badDeps = map[string][]string{
 	"client":     {"controller", "storage", "embedded", "kvapi", "stream", "cmd", "bench"},
 	"kvapi":      {"controller", "storage", "embedded", "stream", "cmd", "bench"},
 	"embedded":   {"kvapi", "stream", "cmd", "bench"},
+	"metrics":    {"transport", "kvapi", "client", "embedded", "stream", "cmd", "bench"},
 }
 
 func TestDependencyDirection(t *testing.T) {

@@ -3716,6 +3716,10 @@ type ClusterInfoReply struct {
 	LogIndex      uint64                 `protobuf:"varint,5,opt,name=log_index,json=logIndex,proto3" json:"log_index,omitempty"`                // the last record logged
 	SnapshotIndex uint64                 `protobuf:"varint,6,opt,name=snapshot_index,json=snapshotIndex,proto3" json:"snapshot_index,omitempty"` // the last record the newest snapshot holds
 	LogBytes      int64                  `protobuf:"varint,7,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`                // log written since that snapshot
+	// The Prometheus endpoints ("http://host:port/metrics") of the
+	// controller's process and of every live storage unit that lists one
+	// among its addresses; empty when none serves metrics.
+	Metrics       []string `protobuf:"bytes,8,rep,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3797,6 +3801,13 @@ func (x *ClusterInfoReply) GetLogBytes() int64 {
 		return x.LogBytes
 	}
 	return 0
+}
+
+func (x *ClusterInfoReply) GetMetrics() []string {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -4073,7 +4084,7 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"lost_cells\x18\x05 \x01(\x03R\tlostCells\"P\n" +
 	"\x10CheckpointsReply\x12<\n" +
-	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xd8\x01\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xf2\x01\n" +
 	"\x10ClusterInfoReply\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
@@ -4082,7 +4093,8 @@ const file_control_proto_rawDesc = "" +
 	"\x05fsync\x18\x04 \x01(\tR\x05fsync\x12\x1b\n" +
 	"\tlog_index\x18\x05 \x01(\x04R\blogIndex\x12%\n" +
 	"\x0esnapshot_index\x18\x06 \x01(\x04R\rsnapshotIndex\x12\x1b\n" +
-	"\tlog_bytes\x18\a \x01(\x03R\blogBytes*s\n" +
+	"\tlog_bytes\x18\a \x01(\x03R\blogBytes\x12\x18\n" +
+	"\ametrics\x18\b \x03(\tR\ametrics*s\n" +
 	"\aTagTest\x12\x18\n" +
 	"\x14TAG_TEST_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fTAG_TEST_EQUALS\x10\x01\x12\x0f\n" +

@@ -1,0 +1,146 @@
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The controller's and the units' figures, read at scrape time.
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+var (
+	descPartitions    = desc("tq_partitions", "Partitions the controller holds.")
+	descRows          = desc("tq_partition_rows", "Active rows of a partition (written or being written).", "partition")
+	descReserved      = desc("tq_partition_reserved_rows", "Pre-allocated rows of a partition not yet written.", "partition")
+	descKeys          = desc("tq_partition_keys", "Keys of a partition (KV API).", "partition")
+	descProduced      = desc("tq_partition_produced_rows", "Rows of a partition with at least one produced field.", "partition")
+	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced.", "partition", "field")
+	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed.", "partition", "task")
+	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
+	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
+	descBlocked       = desc("tq_fetches_blocked", "Fetches waiting for rows to be ready.")
+	descCtrlConns     = desc("tq_controller_connections", "Connections the controller's wire server holds open.")
+	descLogIndex      = desc("tq_journal_last_index", "Index of the last record in the controller's log.")
+	descLogBytes      = desc("tq_journal_since_snapshot_bytes", "Controller log bytes written since the newest snapshot.")
+
+	descCapacity     = desc("tq_unit_capacity_bytes", "A storage unit's capacity.", "unit")
+	descUsed         = desc("tq_unit_used_bytes", "A storage unit's bytes in extents (reserved, committed, or freed but leased).", "unit")
+	descMapped       = desc("tq_unit_mapped_bytes", "A storage unit's bytes of segments mapped.", "unit")
+	descResBytes     = desc("tq_unit_reserved_bytes", "A storage unit's bytes in open reservations.", "unit")
+	descSegments     = desc("tq_unit_segments", "A storage unit's segments.", "unit")
+	descExtents      = desc("tq_unit_extents", "A storage unit's extents.", "unit")
+	descReservations = desc("tq_unit_reservations", "A storage unit's open reservations.", "unit")
+	descLeases       = desc("tq_unit_leases", "A storage unit's leases held by readers.", "unit")
+	descUnitConns    = desc("tq_unit_connections", "Connections a storage unit's wire server holds open.", "unit")
+	descDataBytes    = desc("tq_unit_data_bytes_total", "Column bytes a storage unit moved, by transport (tcp, unix: payloads; shm, rdma: extents committed or leased by a client that moves the bytes itself) and direction (write, read).", "unit", "transport", "direction")
+	descDataOps      = desc("tq_unit_data_operations_total", "Column transfers a storage unit served, by transport and direction.", "unit", "transport", "direction")
+)
+
+type ctrlCollector struct{ r *Registry }
+
+func (c *ctrlCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPartitions, descRows, descReserved, descKeys, descProduced, descFieldProduced,
+		descConsumed, descIndexes, descUnits, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
+		ch <- d
+	}
+}
+
+func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+}
+
+func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
+	ctrls, _ := c.r.sources()
+	for _, s := range ctrls {
+		parts := s.c.Partitions()
+		gauge(ch, descPartitions, float64(len(parts)))
+		indexed := false
+		for _, p := range parts {
+			st, err := s.c.Stats(p)
+			if err != nil {
+				continue // cleared since
+			}
+			gauge(ch, descRows, float64(st.Rows), p)
+			gauge(ch, descReserved, float64(st.Reserved), p)
+			gauge(ch, descKeys, float64(st.Keys), p)
+			gauge(ch, descProduced, float64(st.Produced), p)
+			for _, f := range st.Fields {
+				gauge(ch, descFieldProduced, float64(f.Produced), p, f.Name)
+			}
+			for _, t := range st.Tasks {
+				gauge(ch, descConsumed, float64(t.Consumed), p, t.Task)
+			}
+			if !indexed {
+				gauge(ch, descIndexes, float64(st.IndexesUse), "allocated")
+				gauge(ch, descIndexes, float64(st.IndexesFree), "free")
+				indexed = true
+			}
+		}
+		if !indexed {
+			gauge(ch, descIndexes, 0, "allocated")
+			gauge(ch, descIndexes, 0, "free")
+		}
+		gauge(ch, descBlocked, float64(s.c.BlockedFetches()))
+		ci := s.c.Info()
+		if ci.Durable {
+			gauge(ch, descLogIndex, float64(ci.LogIndex))
+			gauge(ch, descLogBytes, float64(ci.LogBytes))
+		}
+		if s.srv != nil {
+			alive, dead := 0, 0
+			for _, u := range s.srv.Units() {
+				if u.Alive {
+					alive++
+				} else {
+					dead++
+				}
+			}
+			gauge(ch, descUnits, float64(alive), "alive")
+			gauge(ch, descUnits, float64(dead), "dead")
+			gauge(ch, descCtrlConns, float64(s.srv.Conns()))
+		}
+	}
+}
+
+type unitCollector struct{ r *Registry }
+
+func (c *unitCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCapacity, descUsed, descMapped, descResBytes, descSegments, descExtents,
+		descReservations, descLeases, descUnitConns, descDataBytes, descDataOps} {
+		ch <- d
+	}
+}
+
+func (c *unitCollector) Collect(ch chan<- prometheus.Metric) {
+	_, units := c.r.sources()
+	for _, s := range units {
+		id := strconv.FormatUint(uint64(s.u.ID()), 10)
+		st := s.u.Stats()
+		gauge(ch, descCapacity, float64(st.Capacity), id)
+		gauge(ch, descUsed, float64(st.Used), id)
+		gauge(ch, descMapped, float64(st.Mapped), id)
+		gauge(ch, descResBytes, float64(st.Reserved), id)
+		gauge(ch, descSegments, float64(st.Segments), id)
+		gauge(ch, descExtents, float64(st.Extents), id)
+		gauge(ch, descReservations, float64(st.OpenReservations), id)
+		gauge(ch, descLeases, float64(st.Leases), id)
+		if s.srv == nil {
+			continue
+		}
+		gauge(ch, descUnitConns, float64(s.srv.Conns()), id)
+		for _, d := range s.srv.DataBytes() {
+			counter(ch, descDataBytes, float64(d.Written), id, d.Transport, "write")
+			counter(ch, descDataBytes, float64(d.Read), id, d.Transport, "read")
+			counter(ch, descDataOps, float64(d.Writes), id, d.Transport, "write")
+			counter(ch, descDataOps, float64(d.Reads), id, d.Transport, "read")
+		}
+	}
+}

@@ -1,0 +1,171 @@
+package metrics_test
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/metrics"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+)
+
+// cluster is a controller and one storage unit served over TCP, both
+// reporting to one registry.
+type cluster struct {
+	reg  *metrics.Registry
+	addr string
+	unit *storage.Unit
+	ctrl *controller.Controller
+}
+
+func serve(t *testing.T, serveFn func(net.Listener) error, closeFn func() error) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { serveFn(l); close(done) }()
+	t.Cleanup(func() { closeFn(); <-done })
+	return l.Addr().String()
+}
+
+func newCluster(t *testing.T, ccfg controller.Config) *cluster {
+	t.Helper()
+	ctx := t.Context()
+	reg := metrics.New()
+	ccfg.OnJournalWrite = reg.OnJournalWrite
+	ctrl, err := controller.New(ccfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	cs := controller.NewServer(ctrl, controller.ServerConfig{Observer: reg.Observer(metrics.RoleController), MetricsAddrs: []string{"http://127.0.0.1:1/metrics"}})
+	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
+	reg.AddController(ctrl, cs)
+
+	ucfg := storage.DefaultConfig()
+	ucfg.Capacity = 16 << 20
+	u, err := storage.NewUnit(0, ucfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+	require.NoError(t, err)
+	us := storage.NewServer(u, storage.ServerConfig{Observer: reg.Observer(metrics.RoleUnit)})
+	uaddr := serve(t, us.Serve, us.Close)
+	reg.AddUnit(u, us)
+	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://" + uaddr, "http://127.0.0.2:2/metrics"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { mem.Close() })
+	return &cluster{reg: reg, addr: addr, unit: u, ctrl: ctrl}
+}
+
+// value returns the one series of name whose labels include want
+// (name="value" pairs), or fails.
+func (c *cluster) value(t *testing.T, name string, want ...string) float64 {
+	t.Helper()
+	mfs, err := c.reg.Gatherer().Gather()
+	require.NoError(t, err)
+	var got []float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i < len(want); i += 2 {
+				if have[want[i]] != want[i+1] {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				got = append(got, m.Counter.GetValue())
+			case m.Gauge != nil:
+				got = append(got, m.Gauge.GetValue())
+			case m.Histogram != nil:
+				got = append(got, float64(m.Histogram.GetSampleCount()))
+			}
+		}
+	}
+	require.Len(t, got, 1, "series %s%v", name, want)
+	return got[0]
+}
+
+// After known work, the counters and gauges say exactly that work.
+func TestCountersAfterKnownWork(t *testing.T) {
+	ctx := t.Context()
+	cl := newCluster(t, controller.Config{Dir: t.TempDir()})
+	c, err := client.Connect(ctx, cl.addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+
+	const rows = 100
+	vals := make([]int64, rows)
+	col, err := engine.DenseOf(vals)
+	require.NoError(t, err)
+	_, err = c.PutNew(ctx, "train", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"x"}, BatchSize: 40, Task: "ref", Mode: client.Fetch})
+	require.NoError(t, err)
+	got, err := c.Get(ctx, meta)
+	require.NoError(t, err)
+	got.Release()
+	_, err = c.Meta().(*client.RemoteMeta).Stats(ctx, "no-such-partition")
+	require.Error(t, err)
+
+	id := strconv.FormatUint(uint64(cl.unit.ID()), 10)
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"tq_partitions", nil, 1},
+		{"tq_partition_rows", []string{"partition", "train"}, rows},
+		{"tq_partition_produced_rows", []string{"partition", "train"}, rows},
+		{"tq_partition_field_produced_rows", []string{"partition", "train", "field", "x"}, rows},
+		{"tq_task_consumed_rows", []string{"partition", "train", "task", "ref"}, 40},
+		{"tq_global_indexes", []string{"state", "allocated"}, rows},
+		{"tq_units", []string{"state", "alive"}, 1},
+		{"tq_fetches_blocked", nil, 0},
+		{"tq_unit_data_bytes_total", []string{"unit", id, "transport", "tcp", "direction", "write"}, rows * 8},
+		{"tq_unit_data_bytes_total", []string{"unit", id, "transport", "tcp", "direction", "read"}, 40 * 8},
+		{"tq_unit_data_operations_total", []string{"unit", id, "transport", "tcp", "direction", "write"}, 1},
+		{"tq_unit_data_operations_total", []string{"unit", id, "transport", "tcp", "direction", "read"}, 1},
+		{"tq_unit_data_bytes_total", []string{"unit", id, "transport", "shm", "direction", "write"}, 0},
+		{"tq_unit_capacity_bytes", []string{"unit", id}, 16 << 20},
+		{"tq_unit_reservations", []string{"unit", id}, 0},
+		{"tq_unit_leases", []string{"unit", id}, 0},
+		{"tq_request_duration_seconds", []string{"server", "unit", "op", "WRITE", "network", "tcp"}, 1},
+		{"tq_request_duration_seconds", []string{"server", "unit", "op", "READ", "network", "tcp"}, 1},
+		{"tq_request_duration_seconds", []string{"server", "controller", "op", "STATS", "network", "tcp"}, 1},
+		{"tq_request_errors_total", []string{"server", "controller", "op", "STATS", "code", "not_found"}, 1},
+		{"tq_request_received_bytes_total", []string{"server", "unit", "op", "WRITE", "network", "tcp"}, -1},
+	} {
+		t.Run(tc.name+strings.Join(tc.labels, ","), func(t *testing.T) {
+			got := cl.value(t, tc.name, tc.labels...)
+			if tc.want < 0 {
+				require.Greater(t, got, float64(rows*8+wire.HeaderSize), "a WRITE carries its payload")
+				return
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+	require.Greater(t, cl.value(t, "tq_journal_records_written_total"), 0.0)
+	require.Greater(t, cl.value(t, "tq_journal_write_seconds"), 0.0)
+	lint, err := testutil.GatherAndLint(cl.reg.Gatherer())
+	require.NoError(t, err)
+	require.Empty(t, lint, "metric names and help follow the Prometheus conventions")
+
+	eps, err := c.MetricsEndpoints(ctx)
+	require.NoError(t, err)
+	require.Equal(t, []string{"http://127.0.0.1:1/metrics", "http://127.0.0.2:2/metrics"}, eps)
+}
