@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -16,13 +17,21 @@ import (
 )
 
 // stat prints a cluster's partitions, rows, production and consumption
-// progress per task, and its storage units with their capacity.
+// progress per task, and its storage units with their capacity; with
+// --watch it redraws that view every --interval with progress bars and
+// the rates since the last refresh, and with --json it prints the same
+// figures as JSON (one object per line with --watch).
 func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory)")
-	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
-	fs.Usage = func() { fmt.Fprintln(stderr, "usage: tq stat [--token T] ADDR   (tcp://host:port or unix:///path)") }
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long (with --watch: on each refresh)")
+	watch := fs.Bool("watch", false, "refresh every --interval until interrupted, with progress bars and rates since the last refresh")
+	interval := fs.Duration("interval", 2*time.Second, "refresh interval for --watch")
+	asJSON := fs.Bool("json", false, "print JSON (with --watch: one object per line per refresh)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] ADDR   (tcp://host:port or unix:///path)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -30,62 +39,129 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return fmt.Errorf("stat needs the controller's address")
 	}
+	if *interval <= 0 {
+		return fmt.Errorf("--interval %v: must be positive", *interval)
+	}
 	addr := fs.Arg(0)
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
 	tok, err := client.FindToken(*token)
 	if err != nil {
 		return err
 	}
-	m, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: tok, Name: "tq-stat"})
+	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	m, err := client.DialMeta(dctx, addr, client.RemoteConfig{Token: tok, Name: "tq-stat"})
+	cancel()
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	parts, err := m.Partitions(ctx)
-	if err != nil {
-		return err
+	take := func() (*statSnapshot, error) {
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return takeSnapshot(ctx, m, addr, tok)
 	}
-	units, err := m.Units(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", addr, len(parts), len(units))
-	if ci, err := m.ClusterInfo(ctx); err == nil {
-		state := "in memory only"
-		if ci.Durable {
-			state = fmt.Sprintf("durable (fsync %s), log %s since the last snapshot", ci.Fsync, bytesString(ci.LogBytes))
+	if !*watch {
+		s, err := take()
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(stdout, "cluster %s, controller start %d, state %s\n", ci.ClusterId, ci.Epoch, state)
+		if *asJSON {
+			return writeJSONLine(stdout, s.json(nil))
+		}
+		return s.print(stdout)
 	}
+	var prev *statSnapshot
+	t := time.NewTicker(*interval)
+	defer t.Stop()
+	for {
+		s, err := take()
+		if err != nil && ctx.Err() != nil {
+			return nil // interrupted
+		}
+		switch {
+		case err != nil && *asJSON:
+			return err
+		case err != nil:
+			// A controller that went away for a moment: say so and retry.
+			fmt.Fprintf(stdout, "%s%s: %v (retrying every %v)\n", clearScreen, time.Now().Format(time.TimeOnly), err, *interval)
+		case *asJSON:
+			if err := writeJSONLine(stdout, s.json(prev)); err != nil {
+				return err
+			}
+			prev = s
+		default:
+			fmt.Fprint(stdout, clearScreen)
+			if err := s.printWatch(stdout, prev, *interval); err != nil {
+				return err
+			}
+			prev = s
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
 
-	if len(parts) > 0 {
+// clearScreen moves the cursor home and clears the terminal (ANSI).
+const clearScreen = "\x1b[H\x1b[2J"
+
+// statSnapshot is what one look at the cluster found.
+type statSnapshot struct {
+	at      time.Time
+	addr    string
+	info    *clusterInfo // nil when the controller did not say
+	parts   []engine.PartitionStats
+	units   []engine.UnitInfo
+	metrics []string
+}
+
+type clusterInfo struct {
+	ClusterID string `json:"cluster_id"`
+	Epoch     uint64 `json:"epoch"`
+	Durable   bool   `json:"durable"`
+	Fsync     string `json:"fsync,omitempty"`
+	LogBytes  int64  `json:"log_bytes_since_snapshot"`
+}
+
+func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (*statSnapshot, error) {
+	s := &statSnapshot{at: time.Now(), addr: addr}
+	names, err := m.Partitions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range names {
+		st, err := m.Stats(ctx, p)
+		if err != nil {
+			continue // cleared meanwhile
+		}
+		s.parts = append(s.parts, st)
+	}
+	if s.units, err = m.Units(ctx); err != nil {
+		return nil, err
+	}
+	if ci, err := m.ClusterInfo(ctx); err == nil {
+		s.info = &clusterInfo{ClusterID: ci.ClusterId, Epoch: ci.Epoch, Durable: ci.Durable, Fsync: ci.Fsync, LogBytes: ci.LogBytes}
+		s.metrics = ci.Metrics
+	}
+	freshUnitStats(ctx, s.units, tok)
+	return s, nil
+}
+
+// print writes the one-shot text view.
+func (s *statSnapshot) print(stdout io.Writer) error {
+	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", s.addr, len(s.parts), len(s.units))
+	s.printCluster(stdout)
+	if len(s.parts) > 0 {
 		fmt.Fprintln(stdout, "\nPARTITIONS")
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  partition\trows\treserved\tkeys\tproduced\tfields")
 		var taskLines []string
-		for _, p := range parts {
-			st, err := m.Stats(ctx, p)
-			if err != nil {
-				continue // cleared meanwhile
-			}
-			var fields []string
-			for _, f := range st.Fields {
-				if f.Produced == 0 {
-					continue
-				}
-				d := fmt.Sprintf("%s %v", f.Name, f.DType)
-				if f.Shape != nil {
-					d += f.Shape.String()
-				} else {
-					d += " " + f.Kind.String()
-				}
-				fields = append(fields, d)
-			}
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", p, st.Rows, st.Reserved, st.Keys,
-				progress(st.Produced, st.Rows+st.Reserved), strings.Join(fields, ", "))
+		for _, st := range s.parts {
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", st.Partition, st.Rows, st.Reserved, st.Keys,
+				progress(st.Produced, st.Rows+st.Reserved), strings.Join(fieldList(st), ", "))
 			for _, t := range st.Tasks {
-				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s", p, t.Task, progress(t.Consumed, st.Rows+st.Reserved)))
+				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s", st.Partition, t.Task, progress(t.Consumed, st.Rows+st.Reserved)))
 			}
 		}
 		tw.Flush()
@@ -99,23 +175,49 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			tw.Flush()
 		}
 	}
+	return s.printUnits(stdout)
+}
 
+func (s *statSnapshot) printCluster(w io.Writer) {
+	if s.info == nil {
+		return
+	}
+	state := "in memory only"
+	if s.info.Durable {
+		state = fmt.Sprintf("durable (fsync %s), log %s since the last snapshot", s.info.Fsync, bytesString(s.info.LogBytes))
+	}
+	fmt.Fprintf(w, "cluster %s, controller start %d, state %s\n", s.info.ClusterID, s.info.Epoch, state)
+	if len(s.metrics) > 0 {
+		fmt.Fprintf(w, "metrics %s\n", strings.Join(s.metrics, " "))
+	}
+}
+
+func fieldList(st engine.PartitionStats) []string {
+	var fields []string
+	for _, f := range st.Fields {
+		if f.Produced == 0 {
+			continue
+		}
+		d := fmt.Sprintf("%s %v", f.Name, f.DType)
+		if f.Shape != nil {
+			d += f.Shape.String()
+		} else {
+			d += " " + f.Kind.String()
+		}
+		fields = append(fields, d)
+	}
+	return fields
+}
+
+func (s *statSnapshot) printUnits(stdout io.Writer) error {
 	fmt.Fprintln(stdout, "\nSTORAGE UNITS")
-	if len(units) == 0 {
+	if len(s.units) == 0 {
 		fmt.Fprintln(stdout, "  none registered")
 		return nil
 	}
-	freshUnitStats(ctx, units, tok)
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tsegments\tpages\thost\taddresses")
-	for _, u := range units {
-		state := "alive"
-		if !u.Alive {
-			state = "LOST"
-			if !u.LastHeartbeat.IsZero() {
-				state += fmt.Sprintf(" (silent %v)", time.Since(u.LastHeartbeat).Round(time.Second))
-			}
-		}
+	for _, u := range s.units {
 		pages := bytesString(u.PageSize) + " pre-faulted"
 		if u.HugePages {
 			pages = bytesString(u.PageSize) + " huge"
@@ -124,10 +226,208 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(host) > 8 {
 			host = host[:8]
 		}
-		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%d\t%s\t%s\t%s\n", u.ID, state, bytesString(u.Used), bytesString(u.Capacity),
+		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%d\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
 			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(showAddrs(u.Addrs), " "))
 	}
 	return tw.Flush()
+}
+
+func unitState(u engine.UnitInfo) string {
+	if u.Alive {
+		return "alive"
+	}
+	state := "LOST"
+	if !u.LastHeartbeat.IsZero() {
+		state += fmt.Sprintf(" (silent %v)", time.Since(u.LastHeartbeat).Round(time.Second))
+	}
+	return state
+}
+
+// printWatch writes the --watch view: progress bars per partition and
+// task, and rates since prev (nil on the first refresh).
+func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time.Duration) error {
+	fmt.Fprintf(w, "tq stat %s   %s   every %v (Ctrl-C to stop)\n", s.addr, s.at.Format(time.TimeOnly), interval)
+	s.printCluster(w)
+	r := s.rates(prev)
+	if len(s.parts) == 0 {
+		fmt.Fprintln(w, "\nno partitions")
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, st := range s.parts {
+		total := st.Rows + st.Reserved
+		// No tabs: the line does not widen the columns below it.
+		fmt.Fprintf(tw, "\n%s (%d rows, %d keys)\n", st.Partition, total, st.Keys)
+		fmt.Fprintf(tw, "  produced\t%s\t%s\t%s\t\n", bar(st.Produced, total), progress(st.Produced, total), rateString(r.produced, st.Partition, ""))
+		for _, t := range st.Tasks {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", t.Task, bar(t.Consumed, total), progress(t.Consumed, total), rateString(r.consumed, st.Partition, t.Task))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nSTORAGE UNITS")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, u := range s.units {
+		used := fmt.Sprintf("%s / %s", bytesString(u.Used), bytesString(u.Capacity))
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t\n", u.ID, unitState(u), bar(int(u.Used>>10), int(u.Capacity>>10)), used, r.usedString(u.ID))
+	}
+	return tw.Flush()
+}
+
+// bar draws n of total as a 24-character progress bar.
+func bar(n, total int) string {
+	const width = 24
+	filled := 0
+	if total > 0 {
+		filled = min(width, max(0, n*width/total))
+	}
+	return "[" + strings.Repeat("#", filled) + strings.Repeat(".", width-filled) + "]"
+}
+
+// statRates are per-second changes since the previous snapshot.
+type statRates struct {
+	ok       bool
+	produced map[[2]string]float64 // {partition, ""}
+	consumed map[[2]string]float64 // {partition, task}
+	used     map[engine.UnitID]float64
+}
+
+func (s *statSnapshot) rates(prev *statSnapshot) statRates {
+	r := statRates{produced: map[[2]string]float64{}, consumed: map[[2]string]float64{}, used: map[engine.UnitID]float64{}}
+	if prev == nil {
+		return r
+	}
+	dt := s.at.Sub(prev.at).Seconds()
+	if dt <= 0 {
+		return r
+	}
+	r.ok = true
+	old := map[string]engine.PartitionStats{}
+	for _, st := range prev.parts {
+		old[st.Partition] = st
+	}
+	for _, st := range s.parts {
+		o, found := old[st.Partition]
+		if !found || !o.Created.Equal(st.Created) {
+			continue // new, or cleared and created again: no rate yet
+		}
+		r.produced[[2]string{st.Partition, ""}] = float64(st.Produced-o.Produced) / dt
+		for _, t := range st.Tasks {
+			for _, ot := range o.Tasks {
+				if ot.Task == t.Task {
+					r.consumed[[2]string{st.Partition, t.Task}] = float64(t.Consumed-ot.Consumed) / dt
+				}
+			}
+		}
+	}
+	for _, u := range s.units {
+		for _, ou := range prev.units {
+			if ou.ID == u.ID {
+				r.used[u.ID] = float64(u.Used-ou.Used) / dt
+			}
+		}
+	}
+	return r
+}
+
+func rateString(m map[[2]string]float64, partition, task string) string {
+	v, ok := m[[2]string{partition, task}]
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%.1f rows/s", v)
+}
+
+func (r statRates) usedString(id engine.UnitID) string {
+	v, ok := r.used[id]
+	if !ok {
+		return ""
+	}
+	sign := "+"
+	if v < 0 {
+		sign, v = "-", -v
+	}
+	return fmt.Sprintf("%s%s/s", sign, bytesString(int64(v)))
+}
+
+// The --json form.
+type statJSON struct {
+	Time       time.Time       `json:"time"`
+	Controller string          `json:"controller"`
+	Cluster    *clusterInfo    `json:"cluster,omitempty"`
+	Metrics    []string        `json:"metrics"`
+	Partitions []partitionJSON `json:"partitions"`
+	Units      []unitJSON      `json:"units"`
+}
+
+type partitionJSON struct {
+	Partition string      `json:"partition"`
+	Rows      int         `json:"rows"`
+	Reserved  int         `json:"reserved"`
+	Keys      int         `json:"keys"`
+	Produced  int         `json:"produced"`
+	Fields    []fieldJSON `json:"fields"`
+	Tasks     []taskJSON  `json:"tasks"`
+	// ProducedPerSecond is the rate since the previous refresh (--watch),
+	// absent on the first.
+	ProducedPerSecond *float64 `json:"produced_per_second,omitempty"`
+}
+
+type fieldJSON struct {
+	Name     string `json:"name"`
+	DType    string `json:"dtype"`
+	Produced int    `json:"produced"`
+}
+
+type taskJSON struct {
+	Task              string   `json:"task"`
+	Consumed          int      `json:"consumed"`
+	ConsumedPerSecond *float64 `json:"consumed_per_second,omitempty"`
+}
+
+type unitJSON struct {
+	ID       engine.UnitID `json:"id"`
+	Alive    bool          `json:"alive"`
+	Used     int64         `json:"used_bytes"`
+	Capacity int64         `json:"capacity_bytes"`
+	Segments int64         `json:"segments"`
+	Addrs    []string      `json:"addresses"`
+}
+
+func (s *statSnapshot) json(prev *statSnapshot) statJSON {
+	r := s.rates(prev)
+	out := statJSON{Time: s.at, Controller: s.addr, Cluster: s.info, Metrics: s.metrics, Partitions: []partitionJSON{}, Units: []unitJSON{}}
+	if out.Metrics == nil {
+		out.Metrics = []string{}
+	}
+	rate := func(m map[[2]string]float64, k [2]string) *float64 {
+		if v, ok := m[k]; ok {
+			return &v
+		}
+		return nil
+	}
+	for _, st := range s.parts {
+		p := partitionJSON{Partition: st.Partition, Rows: st.Rows, Reserved: st.Reserved, Keys: st.Keys, Produced: st.Produced,
+			Fields: []fieldJSON{}, Tasks: []taskJSON{}, ProducedPerSecond: rate(r.produced, [2]string{st.Partition, ""})}
+		for _, f := range st.Fields {
+			p.Fields = append(p.Fields, fieldJSON{Name: f.Name, DType: f.DType.String(), Produced: f.Produced})
+		}
+		for _, t := range st.Tasks {
+			p.Tasks = append(p.Tasks, taskJSON{Task: t.Task, Consumed: t.Consumed, ConsumedPerSecond: rate(r.consumed, [2]string{st.Partition, t.Task})})
+		}
+		out.Partitions = append(out.Partitions, p)
+	}
+	for _, u := range s.units {
+		out.Units = append(out.Units, unitJSON{ID: u.ID, Alive: u.Alive, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs})
+	}
+	return out
+}
+
+func writeJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
 }
 
 func progress(n, total int) string {

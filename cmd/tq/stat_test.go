@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+)
+
+// tq stat --json says what a workload did; --watch --json prints one
+// object per refresh with rates from the second on; --watch draws
+// progress bars.
+func TestStatJSONAndWatch(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB")
+	ctx := t.Context()
+	c, err := client.Connect(ctx, p.addr("unix"), client.ConnectConfig{Token: p.token(t), WaitForUnits: true})
+	require.NoError(t, err)
+	defer c.Close()
+	col, err := engine.DenseOf(make([]int64, 30))
+	require.NoError(t, err)
+	_, err = c.PutNew(ctx, "train", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	_, err = c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"x"}, BatchSize: 10, Task: "actor", Mode: client.Fetch})
+	require.NoError(t, err)
+	addr := p.addr("unix")
+
+	out, err := p.tqStat(bin, "--json", addr)
+	require.NoError(t, err, "%s", out)
+	var s statJSON
+	require.NoError(t, json.Unmarshal(out, &s), "%s", out)
+	require.Len(t, s.Partitions, 1)
+	got := s.Partitions[0]
+	require.Equal(t, "train", got.Partition)
+	require.Equal(t, 30, got.Rows)
+	require.Equal(t, 30, got.Produced)
+	require.Equal(t, []taskJSON{{Task: "actor", Consumed: 10}}, got.Tasks)
+	require.Nil(t, got.ProducedPerSecond, "no rate without a previous refresh")
+	require.Len(t, s.Units, 1)
+	require.True(t, s.Units[0].Alive)
+
+	watch := func(args ...string) []byte {
+		cmd := exec.Command(bin, append([]string{"stat", "--watch", "--interval", "200ms"}, args...)...)
+		cmd.Env = append(cmd.Environ(), p.env()...)
+		out, _ := runFor(cmd, 1500*time.Millisecond)
+		return out
+	}
+	lines := 0
+	sc := bufio.NewScanner(bytes.NewReader(watch("--json", addr)))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var s statJSON
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &s), "%s", sc.Bytes())
+		lines++
+		if lines > 1 {
+			require.NotNil(t, s.Partitions[0].ProducedPerSecond, "refresh %d has a rate", lines)
+			require.Equal(t, 0.0, *s.Partitions[0].ProducedPerSecond)
+		}
+	}
+	require.GreaterOrEqual(t, lines, 2, "--watch --json refreshes")
+
+	text := string(watch(addr))
+	require.Contains(t, text, clearScreen)
+	frames := strings.Split(text, clearScreen)
+	last := frames[len(frames)-1]
+	t.Logf("tq stat --watch:\n%s", last)
+	require.Contains(t, last, "produced  ["+strings.Repeat("#", 24)+"]  30/30 100%")
+	require.Contains(t, last, "actor     ["+strings.Repeat("#", 8)+strings.Repeat(".", 16)+"]  10/30 33%")
+	require.Contains(t, last, "0.0 rows/s")
+}
