@@ -26,7 +26,7 @@ type cluster struct {
 	ctrl *controller.Controller
 }
 
-func serve(t *testing.T, serveFn func(net.Listener) error, closeFn func() error) string {
+func serve(t testing.TB, serveFn func(net.Listener) error, closeFn func() error) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -36,17 +36,28 @@ func serve(t *testing.T, serveFn func(net.Listener) error, closeFn func() error)
 	return l.Addr().String()
 }
 
-func newCluster(t *testing.T, ccfg controller.Config) *cluster {
+func newCluster(t testing.TB, ccfg controller.Config) *cluster {
+	return startCluster(t, ccfg, metrics.New())
+}
+
+// startCluster starts the cluster reporting to reg, or to nothing when reg
+// is nil.
+func startCluster(t testing.TB, ccfg controller.Config, reg *metrics.Registry) *cluster {
 	t.Helper()
 	ctx := t.Context()
-	reg := metrics.New()
-	ccfg.OnJournalWrite = reg.OnJournalWrite
+	var ctrlObs, unitObs wire.Observer
+	if reg != nil {
+		ccfg.OnJournalWrite = reg.OnJournalWrite
+		ctrlObs, unitObs = reg.Observer(metrics.RoleController), reg.Observer(metrics.RoleUnit)
+	}
 	ctrl, err := controller.New(ccfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctrl.Close() })
-	cs := controller.NewServer(ctrl, controller.ServerConfig{Observer: reg.Observer(metrics.RoleController), MetricsAddrs: []string{"http://127.0.0.1:1/metrics"}})
+	cs := controller.NewServer(ctrl, controller.ServerConfig{Observer: ctrlObs, MetricsAddrs: []string{"http://127.0.0.1:1/metrics"}})
 	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
-	reg.AddController(ctrl, cs)
+	if reg != nil {
+		reg.AddController(ctrl, cs)
+	}
 
 	ucfg := storage.DefaultConfig()
 	ucfg.Capacity = 16 << 20
@@ -55,9 +66,11 @@ func newCluster(t *testing.T, ccfg controller.Config) *cluster {
 	t.Cleanup(func() { u.Close() })
 	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
 	require.NoError(t, err)
-	us := storage.NewServer(u, storage.ServerConfig{Observer: reg.Observer(metrics.RoleUnit)})
+	us := storage.NewServer(u, storage.ServerConfig{Observer: unitObs})
 	uaddr := serve(t, us.Serve, us.Close)
-	reg.AddUnit(u, us)
+	if reg != nil {
+		reg.AddUnit(u, us)
+	}
 	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://" + uaddr, "http://127.0.0.2:2/metrics"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { mem.Close() })

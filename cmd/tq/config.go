@@ -59,6 +59,9 @@ type serveConfig struct {
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
 	RDMADevice        string        `yaml:"rdma_device"`
 	Metrics           string        `yaml:"metrics"` // see metricsAddr
+	Pprof             string        `yaml:"pprof"`   // the same form
+	LogFormat         string        `yaml:"log_format"`
+	LogLevel          string        `yaml:"log_level"`
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
@@ -81,6 +84,8 @@ func defaultServeConfig() serveConfig {
 		ShutdownTimeout:   10 * time.Second,
 		RESPPartition:     "default",
 		RESPMaxValue:      resp.DefaultMaxValue,
+		LogFormat:         "text",
+		LogLevel:          "info",
 	}
 }
 
@@ -114,6 +119,9 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
+	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none)`)
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format on stderr: text or json (log/slog)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "least level logged: debug, info, warn or error")
 }
 
 // loadYAML reads a config file over c; unknown keys are errors.
@@ -164,10 +172,16 @@ func (c *serveConfig) validate() error {
 			bad("%s %q: %v", l.name, l.addr, err)
 		}
 	}
-	if c.Metrics != "" {
-		if _, err := metricsAddr(c.Metrics); err != nil {
-			bad("--metrics %q: %v", c.Metrics, err)
+	for _, l := range []struct{ name, addr string }{{"--metrics", c.Metrics}, {"--pprof", c.Pprof}} {
+		if l.addr == "" {
+			continue
 		}
+		if _, err := metricsAddr(l.addr); err != nil {
+			bad("%s %q: %v", l.name, l.addr, err)
+		}
+	}
+	if _, err := newLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
+		bad("%v", err)
 	}
 	if c.RESP != "" {
 		if c.Role != "all" {

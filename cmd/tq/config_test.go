@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,5 +118,28 @@ func TestMetricsAddr(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("metricsAddr(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+func TestNewLogger(t *testing.T) {
+	var b strings.Builder
+	log, err := newLogger(&b, "json", "warn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("hidden")
+	log.Warn("unit lost", "unit", 3)
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &rec); err != nil {
+		t.Fatalf("one JSON record, got %q: %v", b.String(), err)
+	}
+	if rec["level"] != "WARN" || rec["msg"] != "unit lost" || rec["unit"] != 3.0 {
+		t.Errorf("got %v, want level WARN, msg %q, unit 3", rec, "unit lost")
+	}
+	b.Reset()
+	log, _ = newLogger(&b, "text", "debug")
+	log.Debug("shown")
+	if !strings.Contains(b.String(), "level=DEBUG msg=shown") {
+		t.Errorf("text log: got %q", b.String())
 	}
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
+	"strings"
 	"time"
 
 	tqmetrics "github.com/tqgo/tq/metrics"
@@ -46,34 +50,14 @@ func (s *server) startMetrics() error {
 		return nil
 	}
 	addr, _ := metricsAddr(s.cfg.Metrics) // validated
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--metrics: %w", err)
-	}
-	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise())
-	if err != nil {
-		l.Close()
-		return fmt.Errorf("--metrics: advertise %s: %w", addr, err)
-	}
 	s.metrics = tqmetrics.New()
-	s.metricsURL = "http://" + adv + "/metrics"
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.metrics.Handler())
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Error("metrics endpoint stopped", "addr", l.Addr().String(), "err", err)
-		}
-	}()
-	s.closers = append(s.closers, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		err := hs.Shutdown(ctx)
-		<-done
+	url, err := s.serveHTTP("--metrics", addr, mux)
+	if err != nil {
 		return err
-	})
+	}
+	s.metricsURL = url + "/metrics"
 	fmt.Fprintf(s.out, "tq serve: metrics on %s\n", s.metricsURL)
 	return nil
 }
@@ -84,4 +68,72 @@ func (s *server) metricsAddrs() []string {
 		return nil
 	}
 	return []string{s.metricsURL}
+}
+
+// startPprof serves --pprof: Go's profiles at http://ADDR/debug/pprof/.
+func (s *server) startPprof() error {
+	if s.cfg.Pprof == "" {
+		return nil
+	}
+	addr, _ := metricsAddr(s.cfg.Pprof) // validated
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	url, err := s.serveHTTP("--pprof", addr, mux)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(s.out, "tq serve: profiles on %s/debug/pprof/\n", url)
+	return nil
+}
+
+// newLogger returns the process's logger: log/slog in format (text or
+// json) on w, from level on.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// serveHTTP serves h on addr until the server closes and returns the
+// address to give out, http://HOST:PORT (a wildcard replaced as for the
+// units' addresses).
+func (s *server) serveHTTP(flag, addr string, h http.Handler) (string, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", flag, err)
+	}
+	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise())
+	if err != nil {
+		l.Close()
+		return "", fmt.Errorf("%s: advertise %s: %w", flag, addr, err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http endpoint stopped", "flag", flag, "addr", l.Addr().String(), "err", err)
+		}
+	}()
+	s.closers = append(s.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err := hs.Shutdown(ctx)
+		<-done
+		return err
+	})
+	return "http://" + adv, nil
 }

@@ -608,6 +608,9 @@ func TestServeRejectsBadConfig(t *testing.T) {
 		want string
 	}{
 		{"unknown role", "", []string{"--role", "boss"}, nil, `role "boss"`},
+		{"bad metrics address", "", []string{"--metrics", "nowhere"}, nil, `--metrics "nowhere"`},
+		{"bad log format", "", []string{"--log-format", "xml"}, nil, `--log-format "xml": want text or json`},
+		{"bad log level", "log_level: loud\n", nil, nil, `--log-level "loud"`},
 		{"unit without controller", "", []string{"--role", "unit"}, nil, "needs --controller"},
 		{"insecure with a token", "", []string{"--insecure", "--token", "x"}, nil, "contradict"},
 		{"bad capacity", "", []string{"--capacity", "lots"}, nil, "size"},

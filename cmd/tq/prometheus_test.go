@@ -31,18 +31,25 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	if err != nil {
 		t.Skip("no prometheus binary (Debian package prometheus): the scrape test needs one")
 	}
-	var metricsURL string
+	var metricsURL, pprofURL string
 	socks := t.TempDir()
 	p, err := spawnServe(t.TempDir(), nil, os.Stderr, func(l string) {
 		t.Logf("serve: %s", l)
 		if rest, ok := strings.CutPrefix(l, "tq serve: metrics on "); ok {
 			metricsURL = rest
 		}
+		if rest, ok := strings.CutPrefix(l, "tq serve: profiles on "); ok {
+			pprofURL = rest
+		}
 	}, bin, "--listen", "127.0.0.1:0", "--unit-listen", "127.0.0.1:0", "--socket-dir", socks,
-		"--units", "2", "--capacity", "64MiB", "--metrics", "127.0.0.1:0")
+		"--units", "2", "--capacity", "64MiB", "--metrics", "127.0.0.1:0", "--pprof", "127.0.0.1:0", "--log-format", "json")
 	require.NoError(t, err)
 	t.Cleanup(p.kill)
 	require.NotEmpty(t, metricsURL)
+	resp, err := http.Get(pprofURL + "goroutine?debug=1")
+	require.NoError(t, err, "--pprof")
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "--pprof serves profiles")
 	target := strings.TrimSuffix(strings.TrimPrefix(metricsURL, "http://"), "/metrics")
 	promAddr := startPrometheus(t, promBin, target)
 

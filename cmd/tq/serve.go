@@ -66,9 +66,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
-	s := &server{cfg: cfg, out: stdout, log: slog.New(slog.NewTextHandler(stderr, nil))}
+	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
+	s := &server{cfg: cfg, out: stdout, log: log}
 	defer s.close()
 	if err := s.startMetrics(); err != nil {
+		return err
+	}
+	if err := s.startPprof(); err != nil {
 		return err
 	}
 	if err := s.start(ctx); err != nil {
@@ -483,9 +487,9 @@ func (s *server) close() {
 }
 
 // logf reports background trouble (a failed snapshot, a journal that
-// cannot be written).
+// cannot be written, a handler that panicked) at level error.
 func (s *server) logf(format string, args ...any) {
-	fmt.Fprintf(s.out, "tq serve: "+format+"\n", args...)
+	s.log.Error(fmt.Sprintf(format, args...))
 }
 
 // restore loads --restore's checkpoint once storage units are up: a
