@@ -801,7 +801,13 @@ func intrude(ctx context.Context, t *testing.T) {
 // within their deadline, never a hang, and tq stat reports it LOST.
 func TestKilledUnitIsLostNotHung(t *testing.T) {
 	bin := tqBinary(t)
-	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
+	var stderr syncBuffer
+	ctrl, err := spawnServe(t.TempDir(), nil, &stderr, func(l string) { t.Logf("serve: %s", l) }, bin,
+		"--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ctrl.kill)
 	addr := ctrl.addr("tcp")
 	// The unit finds the controller's token as a client of the same user
 	// does: no --token, the same data directory.
@@ -840,6 +846,12 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 			t.Fatalf("tq stat never reported the unit lost:\n%s", out)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The controller logs the loss once, however long the unit stays
+	// silent.
+	time.Sleep(500 * time.Millisecond)
+	if n := strings.Count(stderr.String(), "storage unit lost"); n != 1 {
+		t.Fatalf("the controller logged the unit's loss %d times, want once:\n%s", n, stderr.String())
 	}
 	ctrl.stop(t)
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
 )
 
 // A real Prometheus scrapes `tq serve --metrics` while a workload runs:
@@ -94,6 +95,16 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	tcpBytes := put(tcpC, "val", 4, 32)
 	consume(shmC, "train", "actor", shmRows)
 	consume(tcpC, "val", "critic", tcpRows)
+	// A small KV value goes to the controller with its bytes (KV_PUT: the
+	// units' figures do not see it) and is read back from its unit
+	// (READ over the unit's unix socket).
+	kv := kvapi.New(shmC)
+	small := []byte("small value")
+	_, err = kv.Put(ctx, "kv", "k", engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{small})}), nil)
+	require.NoError(t, err)
+	kb, err := kv.BatchGetCopy(ctx, "kv", []string{"k"})
+	require.NoError(t, err)
+	kb.Release()
 	_, err = tcpC.Meta().(*client.RemoteMeta).Stats(ctx, "no-such-partition")
 	require.Error(t, err)
 
@@ -102,7 +113,7 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	require.Equal(t, []string{metricsURL}, eps, "the controller names the process's endpoint, once")
 
 	want := map[string]float64{
-		`sum(tq_partition_rows)`:                                                        shmRows + tcpRows,
+		`sum(tq_partition_rows{partition=~"train|val"})`:                                shmRows + tcpRows,
 		`sum(tq_partition_produced_rows{partition="train"})`:                            shmRows,
 		`sum(tq_partition_field_produced_rows{partition="val",field="y"})`:              tcpRows,
 		`sum(tq_task_consumed_rows{partition="train",task="actor"})`:                    shmRows,
@@ -110,8 +121,8 @@ func TestPrometheusScrapesServe(t *testing.T) {
 		`sum(tq_unit_data_bytes_total{direction="write"})`:                              float64(shmBytes + tcpBytes),
 		`sum(tq_unit_data_bytes_total{direction="write",transport="shm"})`:              float64(shmBytes),
 		`sum(tq_unit_data_bytes_total{direction="write",transport=~"tcp|unix"})`:        float64(tcpBytes),
-		`sum(tq_unit_data_bytes_total{direction="read"})`:                               float64(shmBytes + tcpBytes),
-		`sum(tq_unit_data_bytes_total{direction="read",transport=~"tcp|unix"})`:         float64(tcpBytes),
+		`sum(tq_unit_data_bytes_total{direction="read"})`:                               float64(shmBytes + tcpBytes + int64(len(small))),
+		`sum(tq_unit_data_bytes_total{direction="read",transport=~"tcp|unix"})`:         float64(tcpBytes + int64(len(small))),
 		`sum(tq_request_errors_total{server="controller",op="STATS",code="not_found"})`: 1,
 		`sum(tq_units{state="alive"})`:                                                  2,
 	}

@@ -292,6 +292,7 @@ func (s *server) startController() error {
 	for _, l := range ls {
 		go s.ctrlSrv.Serve(l)
 	}
+	s.watchUnits()
 	s.addrs, s.local = addrs, local
 	fmt.Fprintf(s.out, "tq serve: controller on %s\n", strings.Join(addrs, " "))
 	return nil

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"time"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// watchUnits logs each storage unit the controller registers, loses (no
+// heartbeat within the timeout) or gets back, once per change, until
+// the server closes. It checks every heartbeat interval.
+func (s *server) watchUnits() {
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	s.closers = append(s.closers, func() error {
+		close(done)
+		<-exited
+		return nil
+	})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(s.cfg.HeartbeatInterval)
+		defer t.Stop()
+		alive := map[engine.UnitID]bool{}
+		for {
+			for _, u := range s.ctrlSrv.Units() {
+				was, known := alive[u.ID]
+				switch {
+				case !known && u.Alive:
+					s.log.Info("storage unit registered", "unit", u.ID, "name", u.Name, "addrs", u.Addrs)
+				case !known:
+					s.log.Warn("storage unit not heard from since the controller started; its cells read as lost", "unit", u.ID, "name", u.Name)
+				case known && was && !u.Alive:
+					s.log.Warn("storage unit lost: no heartbeat; its cells read as lost", "unit", u.ID, "name", u.Name,
+						"last_heartbeat", u.LastHeartbeat.Format(time.RFC3339Nano))
+				case known && !was && u.Alive:
+					s.log.Info("storage unit back", "unit", u.ID, "name", u.Name)
+				}
+				alive[u.ID] = u.Alive
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
