@@ -2,6 +2,8 @@ package metrics_test
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -16,47 +18,95 @@ import (
 	"github.com/tqgo/tq/wire"
 )
 
-// BenchmarkKVMetrics is the small-value KV path (a 1 KiB put of one key,
-// then a get of it, over TCP loopback to an in-process controller and
-// unit) with metrics off and on, side by side in one run: two clusters,
-// one reporting to a registry, and each iteration does one put+get on
-// each, alternating, so that the load of a shared machine hits both
-// alike. It reports each one's time per put+get (off-ns/op, on-ns/op:
-// the median of the iterations) and their ratio (on/off).
+// BenchmarkMetricsOnOff measures what counting every request costs the
+// hot paths, side by side in one run: two in-process clusters (a
+// controller and a unit over TCP loopback), one reporting to a registry,
+// and each iteration runs the operation once on each, alternating which
+// goes first, so that the load of a shared machine hits both alike. It
+// reports each one's median time per operation (off-ns/op, on-ns/op) and
+// their ratio (on/off).
 //
-//	go test -run '^$' -bench KVMetrics -benchtime 5000x -count 5 ./metrics
-func BenchmarkKVMetrics(b *testing.B) {
+//   - op=kv: a 1 KiB KV put of one key, then a get of it (the small-value
+//     path: every request is a small one, so the observer's share is the
+//     largest);
+//
+//   - op=batch: a batch of 64 rows of 9 float32 fields of 4 KiB each
+//     (2.25 MiB) put, fetched for a task, read and cleared (the reference
+//     flow's shape at 1/128 of its small workload).
+//
+//     go test -run '^$' -bench MetricsOnOff -benchtime 2000x -count 5 ./metrics
+func BenchmarkMetricsOnOff(b *testing.B) {
+	b.Run("op=kv/value=1KiB", func(b *testing.B) {
+		val := bytes.Repeat([]byte{7}, 1<<10)
+		batch := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{val})})
+		keys := []string{"k"}
+		sideBySide(b, 16<<20, func(ctx context.Context, c *client.Client, _ int) error {
+			kv := kvapi.New(c)
+			if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil {
+				return err
+			}
+			got, err := kv.BatchGetCopy(ctx, "p", keys)
+			if err != nil {
+				return err
+			}
+			got.Release()
+			return nil
+		})
+	})
+	b.Run("op=batch/rows=64/fields=9/row=4KiB", func(b *testing.B) {
+		const rows, fields, dim = 64, 9, 1024
+		var fs []engine.Field
+		var names []string
+		for f := range fields {
+			col, err := engine.DenseOf(make([]float32, rows*dim), dim)
+			require.NoError(b, err)
+			name := fmt.Sprintf("f%d", f)
+			fs = append(fs, engine.Field{Name: name, Col: col})
+			names = append(names, name)
+		}
+		batch := engine.MustBatch(fs...)
+		sideBySide(b, 64<<20, func(ctx context.Context, c *client.Client, i int) error {
+			p := fmt.Sprintf("p%d", i)
+			if _, err := c.PutNew(ctx, p, batch); err != nil {
+				return err
+			}
+			m, err := c.GetMeta(ctx, client.MetaRequest{Partition: p, Fields: names, BatchSize: rows, Task: "train", Mode: client.Fetch})
+			if err != nil {
+				return err
+			}
+			got, err := c.GetCopy(ctx, m)
+			if err != nil {
+				return err
+			}
+			got.Release()
+			return c.ClearPartition(ctx, p)
+		})
+	})
+}
+
+// sideBySide runs op alternately on a cluster without metrics and one
+// with, once each per iteration, and reports their median times.
+func sideBySide(b *testing.B, capacity int64, op func(ctx context.Context, c *client.Client, i int) error) {
 	ctx := b.Context()
-	val := bytes.Repeat([]byte{7}, 1<<10)
-	batch := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{val})})
-	keys := []string{"k"}
-	kvOf := func(reg *metrics.Registry) *kvapi.KV {
-		cl := startCluster(b, controller.Config{}, reg)
+	connect := func(reg *metrics.Registry) *client.Client {
+		cl := startCluster(b, controller.Config{}, reg, capacity)
 		c, err := client.Connect(ctx, cl.addr, client.ConnectConfig{})
 		require.NoError(b, err)
 		b.Cleanup(func() { c.Close() })
-		return kvapi.New(c)
+		return c
 	}
-	kvs := []*kvapi.KV{kvOf(nil), kvOf(metrics.New())}
-	op := func(kv *kvapi.KV) time.Duration {
-		start := time.Now()
-		if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil {
-			b.Fatal(err)
-		}
-		got, err := kv.BatchGetCopy(ctx, "p", keys)
-		if err != nil {
-			b.Fatal(err)
-		}
-		got.Release()
-		return time.Since(start)
-	}
+	cs := []*client.Client{connect(nil), connect(metrics.New())}
 	var times [2][]time.Duration
 	i := 0
 	for b.Loop() {
-		// Alternate which goes first, too.
-		first := i % 2
-		times[first] = append(times[first], op(kvs[first]))
-		times[1-first] = append(times[1-first], op(kvs[1-first]))
+		for k := range 2 {
+			which := (i + k) % 2
+			start := time.Now()
+			if err := op(ctx, cs[which], i); err != nil {
+				b.Fatal(err)
+			}
+			times[which] = append(times[which], time.Since(start))
+		}
 		i++
 	}
 	med := func(d []time.Duration) float64 {

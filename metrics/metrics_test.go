@@ -37,12 +37,12 @@ func serve(t testing.TB, serveFn func(net.Listener) error, closeFn func() error)
 }
 
 func newCluster(t testing.TB, ccfg controller.Config) *cluster {
-	return startCluster(t, ccfg, metrics.New())
+	return startCluster(t, ccfg, metrics.New(), 16<<20)
 }
 
 // startCluster starts the cluster reporting to reg, or to nothing when reg
 // is nil.
-func startCluster(t testing.TB, ccfg controller.Config, reg *metrics.Registry) *cluster {
+func startCluster(t testing.TB, ccfg controller.Config, reg *metrics.Registry, capacity int64) *cluster {
 	t.Helper()
 	ctx := t.Context()
 	var ctrlObs, unitObs wire.Observer
@@ -60,7 +60,7 @@ func startCluster(t testing.TB, ccfg controller.Config, reg *metrics.Registry) *
 	}
 
 	ucfg := storage.DefaultConfig()
-	ucfg.Capacity = 16 << 20
+	ucfg.Capacity = capacity
 	u, err := storage.NewUnit(0, ucfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { u.Close() })
