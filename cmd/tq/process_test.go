@@ -803,7 +803,7 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	bin := tqBinary(t)
 	var stderr syncBuffer
 	ctrl, err := spawnServe(t.TempDir(), nil, &stderr, func(l string) { t.Logf("serve: %s", l) }, bin,
-		"--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
+		"--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms", "--metrics", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -811,7 +811,7 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	addr := ctrl.addr("tcp")
 	// The unit finds the controller's token as a client of the same user
 	// does: no --token, the same data directory.
-	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms")
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms", "--metrics", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
@@ -819,6 +819,12 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	// Each process serves its own metrics; the controller names both,
+	// its own first, then the live unit's.
+	eps, err := c.MetricsEndpoints(ctx)
+	if err != nil || len(eps) != 2 || eps[0] == eps[1] || !strings.HasPrefix(eps[1], "http://127.0.0.1:") {
+		t.Fatalf("MetricsEndpoints = %q, %v; want the controller's and the unit's", eps, err)
+	}
 	kv := kvapi.New(c)
 	if _, err := kv.BatchPut(ctx, "p", helperKeys(0, 4), helperBatch(0, 4), nil); err != nil {
 		t.Fatal(err)
@@ -852,6 +858,9 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := strings.Count(stderr.String(), "storage unit lost"); n != 1 {
 		t.Fatalf("the controller logged the unit's loss %d times, want once:\n%s", n, stderr.String())
+	}
+	if eps, err := c.MetricsEndpoints(ctx); err != nil || len(eps) != 1 {
+		t.Fatalf("MetricsEndpoints with the unit lost = %q, %v; want the controller's only", eps, err)
 	}
 	ctrl.stop(t)
 }
