@@ -38,6 +38,7 @@ type benchConfig struct {
 	plot       string // PNG path
 	markdown   string // Markdown path
 	log        string // the controller's metadata log: off, batch, always, never
+	progress   bool   // a line per step even when stderr is not a terminal
 }
 
 const benchUsage = `usage: tq bench [flags]
@@ -69,6 +70,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	asCSV := fs.Bool("csv", false, "print CSV instead of the table")
 	fs.StringVar(&cfg.plot, "plot", "", "draw the results as grouped bars into this PNG file")
 	fs.StringVar(&cfg.markdown, "markdown", "", "write the results, the command and the machine into this Markdown file")
+	fs.BoolVar(&cfg.progress, "progress", false, "print a progress line per step when stderr is not a terminal (on a terminal a bar is always drawn)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -135,7 +137,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "tq bench: skip %v\n", err)
 		}
 	}
-	pp := newProgressPrinter(stderr)
+	pp := newProgressPrinter(stderr, cfg.progress)
 	results, err := bench.Run(ctx, bench.Options{
 		Transports: cfg.transports,
 		Workloads:  cfg.workloads,
@@ -333,16 +335,18 @@ func writeTable(w io.Writer, results []bench.Result) error {
 }
 
 // progressPrinter shows a run's progress on stderr: a bar redrawn in
-// place on a terminal, a line per step otherwise.
+// place on a terminal; piped, nothing but the final line, or a line per
+// step with --progress.
 type progressPrinter struct {
 	w     io.Writer
 	tty   bool
+	lines bool
 	start time.Time
 	drawn bool
 }
 
-func newProgressPrinter(w io.Writer) *progressPrinter {
-	p := &progressPrinter{w: w, start: time.Now()}
+func newProgressPrinter(w io.Writer, lines bool) *progressPrinter {
+	p := &progressPrinter{w: w, lines: lines, start: time.Now()}
 	if f, ok := w.(*os.File); ok {
 		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 		p.tty = err == nil
@@ -365,7 +369,9 @@ func (p *progressPrinter) update(pr bench.Progress) {
 	}
 	el := time.Since(p.start).Round(time.Second)
 	if !p.tty {
-		fmt.Fprintf(p.w, "tq bench: [%d/%d] %s (%v)\n", pr.Done, pr.Total, step, el)
+		if p.lines {
+			fmt.Fprintf(p.w, "tq bench: [%d/%d] %s (%v)\n", pr.Done, pr.Total, step, el)
+		}
 		return
 	}
 	const width = 30

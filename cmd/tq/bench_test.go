@@ -236,7 +236,7 @@ func TestBenchTiny(t *testing.T) {
 	dir := t.TempDir()
 	plot, md := filepath.Join(dir, "r.png"), filepath.Join(dir, "r.md")
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"bench", "--workload", "tiny", "--iters", "2", "--json", "--plot", plot, "--markdown", md}, &out, &errb)
+	err := run(context.Background(), []string{"bench", "--workload", "tiny", "--iters", "2", "--json", "--plot", plot, "--markdown", md, "--progress"}, &out, &errb)
 	if err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
 	}
@@ -275,5 +275,21 @@ func TestBenchTiny(t *testing.T) {
 		if fi, err := os.Stat(p); err != nil || fi.Size() == 0 {
 			t.Errorf("%s: %v", p, err)
 		}
+	}
+}
+
+// Piped (stderr not a terminal) and without --progress, tq bench prints
+// no step lines: only the skips, and the line that says it is done.
+func TestBenchQuietWhenPiped(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"bench", "--workload", "tiny", "--transport", "tcp", "--case", "simple", "--iters", "1"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("bench: %v\nstderr:\n%s", err, errb.String())
+	}
+	if got := errb.String(); strings.Contains(got, "iteration") || strings.Contains(got, "starting") || !strings.Contains(got, "done in") {
+		t.Errorf("piped stderr is not quiet:\n%s", got)
 	}
 }
