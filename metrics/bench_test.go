@@ -32,9 +32,13 @@ import (
 //
 //   - op=batch: a batch of 64 rows of 9 float32 fields of 4 KiB each
 //     (2.25 MiB) put, fetched for a task, read and cleared (the reference
-//     flow's shape at 1/128 of its small workload).
+//     flow's shape at 1/128 of its small workload);
+//
+//   - op=batch/small: the same flow on the small workload itself (1024
+//     rows × 9 fields × 32 KiB, 288 MiB).
 //
 //     go test -run '^$' -bench MetricsOnOff -benchtime 2000x -count 5 ./metrics
+//     go test -run '^$' -bench 'MetricsOnOff/op=batch/small' -benchtime 20x -count 5 ./metrics
 func BenchmarkMetricsOnOff(b *testing.B) {
 	b.Run("op=kv/value=1KiB", func(b *testing.B) {
 		val := bytes.Repeat([]byte{7}, 1<<10)
@@ -54,7 +58,20 @@ func BenchmarkMetricsOnOff(b *testing.B) {
 		})
 	})
 	b.Run("op=batch/rows=64/fields=9/row=4KiB", func(b *testing.B) {
-		const rows, fields, dim = 64, 9, 1024
+		batchFlow(b, 64, 1024, 64<<20)
+	})
+	// The small workload itself (bench.Small, simple case: 1024 rows of 9
+	// float32 fields of 32 KiB, 288 MiB).
+	b.Run("op=batch/small", func(b *testing.B) {
+		batchFlow(b, 1024, 8192, 400<<20)
+	})
+}
+
+// batchFlow puts rows of 9 float32 fields of dim values, fetches them for
+// a task, reads them and clears the partition, side by side.
+func batchFlow(b *testing.B, rows, dim int, capacity int64) {
+	{
+		const fields = 9
 		var fs []engine.Field
 		var names []string
 		for f := range fields {
@@ -65,7 +82,7 @@ func BenchmarkMetricsOnOff(b *testing.B) {
 			names = append(names, name)
 		}
 		batch := engine.MustBatch(fs...)
-		sideBySide(b, 64<<20, func(ctx context.Context, c *client.Client, i int) error {
+		sideBySide(b, capacity, func(ctx context.Context, c *client.Client, i int) error {
 			p := fmt.Sprintf("p%d", i)
 			if _, err := c.PutNew(ctx, p, batch); err != nil {
 				return err
@@ -81,7 +98,7 @@ func BenchmarkMetricsOnOff(b *testing.B) {
 			got.Release()
 			return c.ClearPartition(ctx, p)
 		})
-	})
+	}
 }
 
 // sideBySide runs op alternately on a cluster without metrics and one
