@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,6 +150,27 @@ func TestToken(t *testing.T) {
 		t.Fatalf("wrong token: got %v, want ErrUnauthenticated", err)
 	}
 	dial(t, addr, "s3cret")
+}
+
+// Clients refused for their token are logged once when it starts and
+// once when it is over, not once per client.
+func TestTokenRefusalsLoggedOnce(t *testing.T) {
+	var logs logBuffer
+	_, addr := startServer(t, ServerConfig{Token: "s3cret", Logger: logs.logger()}, "tcp")
+	for range 20 {
+		if _, _, err := Dial(context.Background(), addr, &wirepb.Hello{Token: "wrong", Name: "intruder"}, ConnConfig{}); !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("wrong token: got %v, want ErrUnauthenticated", err)
+		}
+	}
+	time.Sleep(1100 * time.Millisecond) // the episode's quiet time
+	dial(t, addr, "s3cret")
+	got := logs.String()
+	if n := strings.Count(got, "refusing clients with a wrong or missing token"); n != 1 {
+		t.Errorf("refusals logged %d times, want once:\n%s", n, got)
+	}
+	if !strings.Contains(got, "name=intruder") || !strings.Contains(got, "occurrences=20") {
+		t.Errorf("the log does not name the client or count the refusals:\n%s", got)
+	}
 }
 
 func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {

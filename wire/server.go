@@ -115,7 +115,8 @@ type ServerConfig struct {
 	// Logger receives the server's rare events: a listener whose accepts
 	// fail (the server backs off and retries: a process out of file
 	// descriptors keeps its listeners), connections refused past MaxConns,
-	// connections closed for want of buffer room. Recurring trouble
+	// clients refused for a wrong or missing token, connections closed
+	// for want of buffer room. Recurring trouble
 	// is logged when it starts and when it ends, never per request. nil
 	// discards them.
 	Logger *slog.Logger
@@ -223,6 +224,7 @@ type Server struct {
 	buffered budget  // request body bytes, all connections (MaxBuffered)
 	starved  episode // connections closed for want of buffered room
 	refusals episode // connections refused past MaxConns
+	unauth   episode // handshakes refused for a wrong or missing token
 	euid     int     // this process's, for TrustPeerCred
 }
 
@@ -289,6 +291,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.buffered.init(cfg.MaxBuffered)
 	s.starved = episode{log: log, quiet: time.Second}
 	s.refusals = episode{log: log, quiet: time.Second}
+	s.unauth = episode{log: log, quiet: time.Second}
 	s.euid = os.Geteuid()
 	return s
 }
@@ -907,9 +910,11 @@ func (c *serverConn) handshake() error {
 	}
 	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
 		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
+		c.s.unauth.hit("wire: refusing clients with a wrong or missing token", "peer", c.nc.RemoteAddr().String(), "name", hello.Name)
 		rw.Error(err)
 		return err
 	}
+	c.s.unauth.clear("wire: no client refused for its token since")
 	answer := c.s.cfg.Hello
 	if check := c.s.cfg.CheckHello; check != nil {
 		h, err := check(&hello)
