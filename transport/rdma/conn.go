@@ -141,14 +141,8 @@ func (c *Conn) dial(ctx context.Context, peer engine.PeerInfo) error {
 		return err
 	}
 	c.wc = wc
-	switch {
-	case reply.Role != "" && reply.Role != "unit":
-		return fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
-	case peer.Unit != 0 && engine.UnitID(reply.UnitId) != peer.Unit:
-		return fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, peer.Unit, engine.ErrLost)
-	case peer.Incarnation != 0 && reply.Incarnation != peer.Incarnation:
-		return fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w",
-			reply.UnitId, c.addr, reply.Incarnation, peer.Incarnation, engine.ErrLost)
+	if err := wire.CheckUnit(reply, c.addr, peer.Unit, peer.Incarnation); err != nil {
+		return err
 	}
 	_, err = c.qps(ctx)
 	return err

@@ -204,14 +204,10 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 	}
 	c.wc = wc
 	c.mu.Unlock()
-	switch {
-	case reply.Role != "" && reply.Role != "unit":
-		return fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
-	case unit != 0 && engine.UnitID(reply.UnitId) != unit:
-		return fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, unit, engine.ErrLost)
-	case inc != 0 && reply.Incarnation != inc:
-		return fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w", reply.UnitId, c.addr, reply.Incarnation, inc, engine.ErrLost)
-	case reply.HostId != hostid.ID():
+	if err := wire.CheckUnit(reply, c.addr, unit, inc); err != nil {
+		return err
+	}
+	if reply.HostId != hostid.ID() {
 		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
 	}
 	var segs wirepb.ShmSegmentsReply

@@ -310,15 +310,7 @@ func (c *Conn) dial(ctx context.Context) (*wire.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case reply.Role != "" && reply.Role != "unit":
-		err = fmt.Errorf("%s answers as a %q, not a storage unit: %w", c.addr, reply.Role, engine.ErrInvalid)
-	case c.unit != 0 && engine.UnitID(reply.UnitId) != c.unit:
-		err = fmt.Errorf("%s serves storage unit %d, not unit %d: %w", c.addr, reply.UnitId, c.unit, engine.ErrLost)
-	case c.inc != 0 && reply.Incarnation != c.inc:
-		err = fmt.Errorf("storage unit %d at %s is incarnation %#x, not %#x (it restarted): %w", reply.UnitId, c.addr, reply.Incarnation, c.inc, engine.ErrLost)
-	}
-	if err != nil {
+	if err := wire.CheckUnit(reply, c.addr, c.unit, c.inc); err != nil {
 		wc.Close()
 		return nil, err
 	}
