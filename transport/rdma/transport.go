@@ -107,6 +107,7 @@ type Transport struct {
 
 	mu      sync.Mutex
 	dev     *Device
+	devErr  error // why the device could not be opened (asked once)
 	staging *staging
 	regs    []*MR // caller buffers registered with Register
 	closed  bool
@@ -120,9 +121,10 @@ func New(cfg Config) *Transport { return &Transport{cfg: cfg.withDefaults()} }
 // Name returns "rdma".
 func (t *Transport) Name() string { return "rdma" }
 
-// Device opens the transport's device (once) and returns it. It fails
-// with an error wrapping [engine.ErrNotSupported] when the host has no
-// such device, or no device at all, or the build has no verbs.
+// Device opens the transport's device (once: a failure is remembered,
+// so auto selection asks the host once) and returns it. It fails with an
+// error wrapping [engine.ErrNotSupported] when the host has no such
+// device, or no device at all, or the build has no verbs.
 func (t *Transport) Device() (*Device, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -133,34 +135,44 @@ func (t *Transport) deviceLocked() (*Device, error) {
 	if t.closed {
 		return nil, fmt.Errorf("rdma transport closed: %w", engine.ErrClosed)
 	}
-	if t.dev != nil {
-		return t.dev, nil
+	if t.dev != nil || t.devErr != nil {
+		return t.dev, t.devErr
 	}
-	if err := t.cfg.Validate(); err != nil {
+	dev, st, err := t.open()
+	if err != nil {
+		t.devErr = err
 		return nil, err
+	}
+	t.dev, t.staging = dev, st
+	return dev, nil
+}
+
+// open opens the configured device and registers the staging memory.
+func (t *Transport) open() (*Device, *staging, error) {
+	if err := t.cfg.Validate(); err != nil {
+		return nil, nil, err
 	}
 	name := t.cfg.Device
 	if name == "" {
 		devs, err := Devices()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		name, err = PickDevice(devs, currentNode())
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	dev, err := OpenDevice(name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st, err := newStaging(dev, t.cfg.Staging, t.cfg.SliceSize)
 	if err != nil {
 		dev.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	t.dev, t.staging = dev, st
-	return dev, nil
+	return dev, st, nil
 }
 
 // PickDevice chooses among devs the hardware device nearest NUMA node
