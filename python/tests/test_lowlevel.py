@@ -148,3 +148,36 @@ def test_async_twins(client, part):
     m, d, parts = asyncio.run(go())
     assert m.size == 3 and d["x"].tolist() == [0.0, 1.0, 2.0] and part in parts
     assert part not in client.get_partition_list()
+
+
+def test_samplers_per_fetch_token_budget_and_done(client, part):
+    """A fetch names its sampler; a token budget bounds a batch by its rows'
+    total_lengths; a partition marked done ends with short batches, then
+    DoneError."""
+    m = client.put({"x": np.zeros(16, np.float32)}, partition_id=part)
+    client.set_tags(part, m.global_indexes, [{"total_lengths": 10 * (1 + i % 3)} for i in range(16)])
+    # GRPO with a rank: the group's peers get the same rows.
+    g = client.get_meta(["x"], 4, part, task_name="t", sampling_config={"dp_rank": 0, "batch_index": 0},
+                        sampler={"name": "grpo", "n": 2})
+    peer = client.get_meta(["x"], 4, part, task_name="t", sampling_config={"dp_rank": 0, "batch_index": 0},
+                           sampler={"name": "grpo", "n": 2})
+    assert g.global_indexes == m.global_indexes[:4] == peer.global_indexes
+    b = client.get_meta(["x"], 0, part, task_name="t", sampling_config={"dp_rank": 0, "batch_index": 0},
+                        token_budget=40)
+    assert b.size > 0 and sum(t["total_lengths"] for t in b.custom_meta) <= 40
+    with pytest.raises(tq.InvalidError, match="nope"):
+        client.get_meta(["x"], 4, part, task_name="t", sampler="nope")
+    with pytest.raises(tq.InvalidError, match="token_budget"):
+        client.get_meta(["x"], 4, part, task_name="t", token_budget=0)
+    client.mark_done(part)
+    got = g.size + b.size
+    for batch in range(16):
+        try:
+            f = client.get_meta(["x"], 5, part, task_name="t", sampling_config={"dp_rank": 1, "batch_index": batch},
+                                sampler="rank_aware")
+        except tq.DoneError:
+            break
+        got += f.size
+    else:
+        pytest.fail("no DoneError after every row")
+    assert got == 16, "every row once; the last batch short"

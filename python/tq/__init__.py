@@ -22,7 +22,7 @@ import threading
 from . import errors
 from .client import ABSENT, Client, View, tag_conditions
 from .columns import Typed, as_dtype, bfloat16, float8_e4m3fn, float8_e5m2
-from .errors import (CanceledError, CapacityError, ClosedError, CorruptError, DeadlineError, DTypeMismatchError,
+from .errors import (CanceledError, CapacityError, ClosedError, CorruptError, DeadlineError, DoneError, DTypeMismatchError,
                      InternalError, InvalidError, LostError, NotFoundError, NotReadyError, NotSupportedError, StaleError,
                      TQError, UnauthenticatedError, UnavailableError, UnitLostError)
 from .meta import BatchMeta, KVBatchMeta
@@ -37,7 +37,7 @@ __all__ = [
     "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors",
     "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
     "LostError", "CorruptError", "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
-    "UnavailableError", "UnitLostError",
+    "UnavailableError", "UnitLostError", "DoneError",
 ]
 
 TransferQueueClient = Client

@@ -583,7 +583,8 @@ class Client:
 
     def get_meta(self, data_fields, batch_size: int, partition_id: str, mode: str = "fetch",
                  task_name: str | None = None, sampling_config: dict | None = None, *,
-                 wait: bool = False, timeout: float | None = None) -> BatchMeta:
+                 wait: bool = False, timeout: float | None = None, sampler=None,
+                 token_budget: int | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
 
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
@@ -595,6 +596,14 @@ class Client:
         ``mode="force_fetch"``: every row, nothing marked.
         ``sampling_config``: ``dp_rank``, ``batch_index`` and sampler
         parameters.
+        ``sampler``: a built-in sampler for this fetch instead of the
+        server's — a name (``"sequential"``, ``"rank_aware"``, ``"grpo"``,
+        ``"seqlen_balanced"``, ``"token_budget"``) or a dict with ``name``,
+        ``n`` and ``dp_size``. ``token_budget``: bound the batch by the sum
+        of its rows' ``total_lengths`` tags rather than by ``batch_size``
+        (which may then be 0); implies the token_budget sampler. A fetch
+        from a partition marked done (:meth:`mark_done`) whose rows the
+        task has all raises :class:`DoneError`.
         """
         if isinstance(data_fields, str):
             data_fields = [data_fields]
@@ -628,6 +637,16 @@ class Client:
             opts.params = tags_to_json(sc)
         req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
                                        batch_size=batch_size, options=opts, wait=wait, key=os.urandom(16))
+        if token_budget is not None:
+            if int(token_budget) <= 0:
+                raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])
+            req.token_budget = int(token_budget)
+            if sampler is None:
+                sampler = "token_budget"
+        if sampler is not None:
+            spec = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
+            req.sampler.CopyFrom(control_pb2.SamplerSpec(name=str(spec.get("name", "")), n=int(spec.get("n", 0)),
+                                                         dp_size=int(spec.get("dp_size", 0))))
         sock_timeout = None
         if wait:
             req.timeout_ms = int(timeout * 1000) if timeout is not None else 0
@@ -761,6 +780,13 @@ class Client:
     def clear_partition(self, partition_id: str) -> None:
         self._call(wire.CLEAR_PARTITION, control_pb2.ClearPartitionRequest(partition=partition_id),
                    control_pb2.CellsReply, op_name="clear_partition", partition=partition_id)
+
+    def mark_done(self, partition_id: str) -> None:
+        """Say the producer adds no more rows to ``partition_id``: fetches
+        then return short last batches, and after them raise
+        :class:`DoneError` (the streaming loader's finite mode ends)."""
+        self._call(wire.MARK_DONE, control_pb2.MarkDoneRequest(partition=partition_id), control_pb2.Empty,
+                   op_name="mark_done", partition=partition_id)
 
     def get_partition_list(self):
         return list(self._call(wire.PARTITIONS, None, control_pb2.PartitionsReply, op_name="partitions").partitions)
@@ -937,7 +963,7 @@ def _async_twin(name):
 # Every call has an async_ twin, as TransferQueue's AsyncTransferQueueClient.
 for _name in ("kv_put", "kv_batch_put", "kv_batch_get", "kv_list", "kv_clear", "kv_retrieve_keys",
               "kv_retrieve_meta", "get_meta", "put", "get_data", "set_custom_meta", "clear_samples",
-              "clear_partition", "get_partition_list", "get_production_status", "get_consumption_status",
+              "clear_partition", "mark_done", "get_partition_list", "get_production_status", "get_consumption_status",
               "check_production_status", "check_consumption_status", "reset_consumption", "set_tags",
               "delete_tags", "compare_and_set_tag", "list_keys", "save_checkpoint", "load_checkpoint",
               "list_checkpoints"):

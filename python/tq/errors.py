@@ -25,6 +25,7 @@ meant for people.
     ├── CanceledError                               CODE_CANCELED
     ├── UnauthenticatedError  (also PermissionError) CODE_UNAUTHENTICATED
     ├── InternalError                               CODE_INTERNAL
+    ├── DoneError                                   CODE_DONE
     └── UnavailableError      (also ConnectionError) a peer that cannot be
         │                                           reached or stopped answering
         └── UnitLostError     (also a LostError)    the storage unit holding cells
@@ -142,6 +143,12 @@ class InternalError(TQError):
     code = 13
 
 
+class DoneError(TQError):
+    """The partition's producer marked it done (``mark_done``) and the task
+    has every row: the stream is over."""
+    code = 14
+
+
 class UnavailableError(TQError, ConnectionError):
     """A peer (the controller, a storage unit) cannot be reached or stopped answering."""
 
@@ -156,7 +163,7 @@ class UnitLostError(UnavailableError, LostError):
 _BY_CODE = {c.code: c for c in (
     InvalidError, NotFoundError, DTypeMismatchError, NotReadyError, CapacityError,
     ClosedError, NotSupportedError, LostError, CorruptError, DeadlineError,
-    CanceledError, UnauthenticatedError, InternalError)}
+    CanceledError, UnauthenticatedError, InternalError, DoneError)}
 
 
 def from_code(code: int, message: str, **kw) -> TQError:
