@@ -27,6 +27,21 @@ func CheckCount(what string, n int) error {
 	return nil
 }
 
+// CheckReadBuffers checks a read's destination buffers against its
+// ranges: one buffer per range, each exactly the range's length, and no
+// more ranges than a request may carry.
+func CheckReadBuffers(ranges []engine.RemoteAddr, dst [][]byte) error {
+	if len(dst) != len(ranges) {
+		return bad("%d buffers for %d ranges", len(dst), len(ranges))
+	}
+	for i, r := range ranges {
+		if uint64(len(dst[i])) != r.Len {
+			return bad("buffer %d holds %d bytes, range is %d", i, len(dst[i]), r.Len)
+		}
+	}
+	return CheckCount("ranges", len(ranges))
+}
+
 // ShapeToPB encodes a shape; nil encodes as unknown.
 func ShapeToPB(s engine.Shape) *wirepb.Shape {
 	if s == nil {

@@ -497,13 +497,8 @@ func copyChunked(dst, src []byte) {
 // [engine.ErrNotFound]. Other errors as for [Conn.Write], and
 // [engine.ErrInvalid] for mismatched lengths.
 func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byte) error {
-	if len(dst) != len(ranges) {
-		return c.opErr("read", fmt.Errorf("%d buffers for %d ranges: %w", len(dst), len(ranges), engine.ErrInvalid))
-	}
-	for i, r := range ranges {
-		if uint64(len(dst[i])) != r.Len {
-			return c.opErr("read", fmt.Errorf("buffer %d holds %d bytes, range is %d: %w", i, len(dst[i]), r.Len, engine.ErrInvalid))
-		}
+	if err := wire.CheckReadBuffers(ranges, dst); err != nil {
+		return c.opErr("read", err)
 	}
 	if err := c.begin(ctx); err != nil {
 		return c.opErr("read", err)

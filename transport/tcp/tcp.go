@@ -516,17 +516,11 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 }
 
 func (c *Conn) checkRead(ranges []engine.RemoteAddr, dst [][]byte) error {
-	if len(dst) != len(ranges) {
-		return fmt.Errorf("%d buffers for %d ranges: %w", len(dst), len(ranges), engine.ErrInvalid)
-	}
-	if err := wire.CheckCount("ranges", len(ranges)); err != nil {
+	if err := wire.CheckReadBuffers(ranges, dst); err != nil {
 		return err
 	}
 	var total uint64
-	for i, r := range ranges {
-		if uint64(len(dst[i])) != r.Len {
-			return fmt.Errorf("buffer %d holds %d bytes, range is %d: %w", i, len(dst[i]), r.Len, engine.ErrInvalid)
-		}
+	for _, r := range ranges {
 		if total += r.Len; total > wire.MaxPayloadLen {
 			return fmt.Errorf("ranges exceed the limit of %d bytes: %w", uint64(wire.MaxPayloadLen), engine.ErrInvalid)
 		}
