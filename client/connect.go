@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tqgo/tq/internal/hostid"
+
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/transport/rdma"
@@ -82,6 +84,9 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	}
 	if err := cfg.RDMA.Validate(); err != nil {
 		return nil, err
+	}
+	if err := hostid.Check(); err != nil {
+		return nil, fmt.Errorf("%w: %w", err, engine.ErrInvalid)
 	}
 	if cfg.Name == "" {
 		cfg.Name = fmt.Sprintf("client-%d", os.Getpid())

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tqgo/tq/internal/hostid"
+
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
@@ -56,6 +58,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if err := hostid.Check(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if err := cfg.secure(); err != nil {

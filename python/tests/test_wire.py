@@ -148,3 +148,15 @@ def test_interrupted_call_closes_the_connection(server, part):
         assert c.kv_list(part) == {part: {"a": {"ok": 1}}}
     finally:
         c.close()
+
+
+def test_host_id_override(monkeypatch):
+    monkeypatch.setenv("TQ_HOST_ID", "host-a")
+    assert wire.host_id() == "host-a"
+    monkeypatch.delenv("TQ_HOST_ID")
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert wire.host_id() == f.read().strip()
+    for bad in ("host a", "x\x07", "x" * 129):
+        monkeypatch.setenv("TQ_HOST_ID", bad)
+        with pytest.raises(ValueError, match="TQ_HOST_ID"):
+            wire.host_id()

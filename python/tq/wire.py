@@ -55,8 +55,25 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:7370"
 IDLE_REDIAL_S = 240.0
 
 
+ENV_HOST_ID = "TQ_HOST_ID"
+
+
 def host_id() -> str:
-    """This host's identity: the Linux boot id, trimmed ("" elsewhere)."""
+    """This host's identity: $TQ_HOST_ID when set (processes that share a
+    kernel but stand for separate hosts, as network namespaces in a
+    multi-host rehearsal), else the Linux boot id, trimmed ("" elsewhere).
+    An override with spaces or control characters, or over 128 bytes, is
+    a ValueError, as the Go side refuses it."""
+    override = os.environ.get(ENV_HOST_ID, "")
+    if override:
+        if len(override.encode()) > 128 or any(
+            c.isspace() or not c.isprintable() for c in override
+        ):
+            raise ValueError(
+                f"${ENV_HOST_ID}={override!r}: at most 128 bytes of printable "
+                "characters without spaces"
+            )
+        return override
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
