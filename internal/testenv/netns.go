@@ -66,3 +66,89 @@ func NewNetns(t testing.TB) *Netns {
 
 // In is the command prefix that runs a program in namespace ns.
 func (n *Netns) In(ns string) []string { return []string{"ip", "netns", "exec", ns} }
+
+// Hosts is n network namespaces standing for n machines on one network:
+// each holds one end of a veth pair whose other end is on a bridge in a
+// further "switch" namespace, so every host reaches every other and
+// nothing reaches the machine's own network. Made by a test and removed
+// when it ends.
+type Hosts struct {
+	Names []string // namespace names, one per host
+	IPs   []string // their addresses
+	link  []string // each host's end of its veth pair
+}
+
+// NewHosts makes n hosts, or skips the test when it cannot (not root, no
+// iproute2, no namespace or bridge support).
+func NewHosts(t testing.TB, n int) *Hosts {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("iproute2 (ip) is not installed")
+	}
+	id := os.Getpid() % 10000
+	sw := fmt.Sprintf("tqS%d", id)
+	ip := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := ip("netns", "add", sw); err != nil {
+		t.Skipf("ip netns does not work here: %v", err)
+	}
+	h := &Hosts{}
+	t.Cleanup(func() {
+		for _, ns := range h.Names {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+		exec.Command("ip", "netns", "del", sw).Run()
+	})
+	if err := ip("-n", sw, "link", "add", "br0", "type", "bridge"); err != nil {
+		t.Skipf("cannot make a bridge: %v", err)
+	}
+	steps := [][]string{{"-n", sw, "link", "set", "br0", "up"}}
+	for i := range n {
+		ns := fmt.Sprintf("tqH%d-%d", i, id)
+		addr := fmt.Sprintf("10.214.%d.%d", id%250, i+1)
+		end, port := fmt.Sprintf("tqh%d", i), fmt.Sprintf("tqp%d-%d", i, id)
+		h.Names, h.IPs, h.link = append(h.Names, ns), append(h.IPs, addr), append(h.link, end)
+		if err := ip("netns", "add", ns); err != nil {
+			t.Skipf("cannot add namespace %s: %v", ns, err)
+		}
+		steps = append(steps,
+			[]string{"link", "add", port, "type", "veth", "peer", "name", end, "netns", ns},
+			[]string{"link", "set", port, "netns", sw},
+			[]string{"-n", sw, "link", "set", port, "master", "br0"},
+			[]string{"-n", sw, "link", "set", port, "up"},
+			[]string{"-n", ns, "addr", "add", addr + "/24", "dev", end},
+			[]string{"-n", ns, "link", "set", end, "up"},
+			[]string{"-n", ns, "link", "set", "lo", "up"},
+		)
+	}
+	for _, args := range steps {
+		if err := ip(args...); err != nil {
+			t.Skipf("cannot build the hosts' network: %v", err)
+		}
+	}
+	return h
+}
+
+// In is the command prefix that runs a program on host i: in its
+// namespace, with $TQ_HOST_ID naming the host, since namespaces share the
+// kernel's boot id.
+func (h *Hosts) In(i int) []string {
+	return []string{"ip", "netns", "exec", h.Names[i], "env", "TQ_HOST_ID=" + h.Names[i]}
+}
+
+// Unplug takes host i off the network: its link goes down, so packets to
+// and from it are dropped (peers see timeouts, not refusals).
+func (h *Hosts) Unplug(t testing.TB, i int) {
+	t.Helper()
+	if out, err := exec.Command("ip", "-n", h.Names[i], "link", "set", h.link[i], "down").CombinedOutput(); err != nil {
+		t.Fatalf("unplug host %d: %v: %s", i, err, out)
+	}
+}
