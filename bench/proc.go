@@ -11,6 +11,7 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,6 +50,8 @@ type childConfig struct {
 	Transport  string
 	Workload   Workload
 	Case       string
+	Partition  string // "" for flowPartition
+	Listen     string // where a reader's stream listener binds; "" for 127.0.0.1:0
 }
 
 // flowReq is one request from the driver to a child.
@@ -110,6 +113,7 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 	defer c.Close()
 	var ch child
 	ch.kv = kvapi.New(c)
+	ch.part = cmp.Or(cfg.Partition, flowPartition)
 	ch.w = cfg.Workload
 	ch.keys = cfg.Workload.Keys()
 	enc := json.NewEncoder(out)
@@ -123,7 +127,7 @@ func runChild(role string, in io.Reader, out io.Writer) error {
 		ch.buf = prefaulted(ch.batch.Size())
 	case roleReader:
 		ch.buf = prefaulted(int(cfg.Workload.Bytes(cfg.Case)))
-		if ch.tcpL, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		if ch.tcpL, err = net.Listen("tcp", cmp.Or(cfg.Listen, "127.0.0.1:0")); err != nil {
 			return err
 		}
 		defer ch.tcpL.Close()
@@ -198,6 +202,7 @@ func prefaulted(n int) []byte {
 // child is a writer's or a reader's state.
 type child struct {
 	kv    *kvapi.KV
+	part  string // the partition it puts to and gets from
 	w     Workload
 	keys  []string
 	batch *engine.Batch // writer: what it puts
@@ -219,7 +224,7 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 	switch req.Op {
 	case "put":
 		t0 := time.Now()
-		_, err := ch.kv.BatchPut(ctx, flowPartition, ch.keys, ch.batch, nil)
+		_, err := ch.kv.BatchPut(ctx, ch.part, ch.keys, ch.batch, nil)
 		return time.Since(t0), err
 
 	case "memcpy":
@@ -231,11 +236,11 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 		return time.Since(t0), nil
 
 	case "list":
-		l, err := ch.kv.List(ctx, flowPartition)
+		l, err := ch.kv.List(ctx, ch.part)
 		if err != nil {
 			return 0, err
 		}
-		if n := len(l[flowPartition]); n != len(ch.keys) {
+		if n := len(l[ch.part]); n != len(ch.keys) {
 			return 0, fmt.Errorf("listed %d keys, put %d", n, len(ch.keys))
 		}
 		return 0, nil
@@ -245,7 +250,7 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 		t0 := time.Now()
 		// The default batch get: views into storage over shm, a copy
 		// the reader owns elsewhere.
-		got, err := ch.kv.BatchGet(ctx, flowPartition, ch.keys)
+		got, err := ch.kv.BatchGet(ctx, ch.part, ch.keys)
 		if err != nil {
 			return 0, err
 		}
@@ -256,7 +261,7 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 	case "get_copy":
 		runtime.GC()
 		t0 := time.Now()
-		got, err := ch.kv.BatchGetInto(ctx, flowPartition, ch.keys, ch.buf)
+		got, err := ch.kv.BatchGetInto(ctx, ch.part, ch.keys, ch.buf)
 		if err != nil {
 			return 0, err
 		}
@@ -264,11 +269,15 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 		return d, verify(got, req.Sum, ch.w.Batch)
 
 	case "clear":
-		return 0, ch.kv.Clear(ctx, flowPartition, ch.keys)
+		return 0, ch.kv.Clear(ctx, ch.part, ch.keys)
 
-	case "accept": // reader
+	case "accept": // reader: both streams, or the one req.Net names
 		ch.conns = map[string]net.Conn{}
-		for _, l := range []net.Listener{ch.tcpL, ch.unixL} {
+		ls := []net.Listener{ch.tcpL, ch.unixL}
+		if req.Net == "tcp" {
+			ls = ls[:1]
+		}
+		for _, l := range ls {
 			c, err := l.Accept()
 			if err != nil {
 				return 0, err
@@ -280,6 +289,9 @@ func (ch *child) do(ctx context.Context, req flowReq) (time.Duration, error) {
 	case "dial": // writer
 		ch.conns = map[string]net.Conn{}
 		for _, a := range [][2]string{{"tcp", req.Addr}, {"unix", req.Unix}} {
+			if a[1] == "" {
+				continue // a reader on another host: its abstract socket is out of reach
+			}
 			c, err := net.Dial(a[0], a[1])
 			if err != nil {
 				return 0, err

@@ -3,19 +3,23 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tqgo/tq/bench"
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/internal/testenv"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/rdma"
+	"golang.org/x/sync/errgroup"
 )
 
 // TestMultiHostRehearsal runs a cluster of four hosts, each a network
@@ -197,4 +201,106 @@ func checkRows(t *testing.T, p string, b *engine.Batch) {
 	if n := len(b.Fields()); n != len(want.Fields()) {
 		t.Fatalf("%s: %d fields, want %d", p, n, len(want.Fields()))
 	}
+}
+
+var mhWorkload = flag.String("mh.workload", "small", "workload of BenchmarkMultiHost (small, medium or tiny)")
+
+// BenchmarkMultiHost measures the aggregate throughput of the small
+// workload (bench.Small, 288 MiB a batch) with 1, 2 and 4 hosts, each a
+// network namespace with a unit, a writer and a reader: every writer puts
+// its batch to its own partition (local-first: to its host's unit, over
+// shared memory), all at once; then every reader gets the partition of
+// the next host's writer (over TCP between hosts; with one host, its
+// own), all at once. put_GB/s and get_GB/s are all bytes moved over the
+// wall time of the phase (get: the default batch get, views over shared
+// memory and fresh memory otherwise; get_into: into a buffer faulted in
+// beforehand); tcp_stream_GB/s is the baseline, the same bytes sent by
+// the writers over plain TCP streams into such buffers along the same
+// paths as the gets, all at once, and get_into/tcp_stream their ratio. Needs root; on one machine the hosts share its
+// cores, so the curve shows what crossing hosts costs and whether phases
+// serialize, not what a real cluster would reach:
+//
+//	go test -run '^$' -bench MultiHost -benchtime 3x -count 3 ./cmd/tq | tee mh.txt
+//	benchstat -col /hosts mh.txt
+func BenchmarkMultiHost(b *testing.B) {
+	ws, err := bench.Workloads(*mhWorkload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := ws[0]
+	bin := tqBinary(b)
+	h := testenv.NewHosts(b, 4)
+	for _, n := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("hosts=%d", n), func(b *testing.B) { benchHosts(b, bin, h, n, w) })
+	}
+}
+
+func benchHosts(b *testing.B, bin string, h *testenv.Hosts, n int, w bench.Workload) {
+	const token = "multihost-bench-token"
+	size := w.Bytes(bench.Simple)
+	ctrl, err := spawnServe(b.TempDir(), h.In(0), io.Discard, func(string) {}, bin, "--role", "controller",
+		"--listen", h.IPs[0]+":7371", "--socket-dir", b.TempDir(), "--token", token)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(ctrl.kill)
+	caddr := ctrl.addr("tcp")
+	capacity := fmt.Sprintf("%dMiB", (2*size>>20)+64)
+	for i := range n {
+		u, err := spawnServe(b.TempDir(), h.In(i), io.Discard, func(string) {}, bin, "--role", "unit", "--controller", caddr,
+			"--unit-listen", h.IPs[i]+":0", "--socket-dir", b.TempDir(), "--token", token, "--capacity", capacity)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(u.kill)
+	}
+	writers := make([]*bench.Child, n)
+	readers := make([]*bench.Child, n)
+	for i := range n {
+		cfg := bench.ChildConfig{Controller: caddr, Token: token, Partition: part(i), Workload: w, Case: bench.Simple}
+		if writers[i], err = bench.StartWriter(os.Args[0], h.In(i), cfg); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(writers[i].Close)
+		cfg.Partition, cfg.Listen = part((i+1)%n), h.IPs[i]+":0"
+		if readers[i], err = bench.StartReader(os.Args[0], h.In(i), cfg); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(readers[i].Close)
+	}
+	// The baseline: the same bytes over a plain TCP stream along the
+	// same path, from host i+1 to host i.
+	for i := range n {
+		if err := bench.Connect(writers[(i+1)%n], readers[i], readers[i].Listening()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	phase := func(f func(i int) error) time.Duration {
+		var g errgroup.Group
+		t0 := time.Now()
+		for i := range n {
+			g.Go(func() error { return f(i) })
+		}
+		if err := g.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	var put, get, into, stream time.Duration
+	b.ResetTimer()
+	for range b.N {
+		put += phase(func(i int) error { _, err := writers[i].Put(); return err })
+		get += phase(func(i int) error { _, err := readers[i].Get(writers[(i+1)%n].Sum()); return err })
+		into += phase(func(i int) error { _, err := readers[i].GetInto(writers[(i+1)%n].Sum()); return err })
+		b.StopTimer()
+		phase(func(i int) error { return writers[i].Clear() })
+		stream += phase(func(i int) error { _, err := bench.Send(writers[(i+1)%n], readers[i]); return err })
+		b.StartTimer()
+	}
+	moved := float64(size) * float64(n) * float64(b.N)
+	b.ReportMetric(moved/put.Seconds()/1e9, "put_GB/s")
+	b.ReportMetric(moved/get.Seconds()/1e9, "get_GB/s")
+	b.ReportMetric(moved/stream.Seconds()/1e9, "tcp_stream_GB/s")
+	b.ReportMetric(moved/into.Seconds()/1e9, "get_into_GB/s")
+	b.ReportMetric(stream.Seconds()/into.Seconds(), "get_into/tcp_stream")
 }

@@ -48,7 +48,7 @@ var buildTQ = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-func tqBinary(t *testing.T) string {
+func tqBinary(t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs processes; skipped in -short mode")
