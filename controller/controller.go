@@ -421,10 +421,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	// A done partition whose every unconsumed row is ready gets no more:
 	// the sampler may return a short last batch, and nothing means the
-	// end (ErrDone).
-	// (Counting the unconsumed rows walks the partition: only a done
-	// partition's fetch that comes up short pays it, at the end of the
-	// data.)
+	// end (ErrDone). Both counts are kept as rows change: O(1).
 	isFinal := func() bool { return p.done && p.unconsumed(req.Task) == ready.Len() }
 	final := false
 	if ready.Len() < req.BatchSize {
@@ -447,7 +444,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		Options:     req.Options,
 		Tags: func(i uint64) engine.Tags {
 			if r, ok := p.rows.get(i); ok {
-				return r.tags
+				return p.tagsOf(r)
 			}
 			return nil
 		},
@@ -763,8 +760,9 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 	for j, i := range at {
 		r := nr[j]
 		p.keySeq++
-		r.key, r.seq = keys[i], p.keySeq
-		p.keys[r.key] = r
+		r.seq = p.keySeq
+		p.setKey(r, keys[i])
+		p.keys[keys[i]] = r
 		p.bySeq.ReplaceOrInsert(r)
 		rows[i] = r
 	}
@@ -789,7 +787,7 @@ func (p *partition) commonFields(rows []*row) []string {
 		}
 		all := len(rows) > 0
 		for _, r := range rows {
-			if !r.has(f.slot) {
+			if !p.has(r, f.slot) {
 				all = false
 				break
 			}
@@ -831,7 +829,7 @@ func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error
 	out := make([]string, len(indexes))
 	for i, gi := range indexes {
 		if r, ok := p.rows.get(gi); ok {
-			out[i] = r.key
+			out[i] = p.keyOf(r)
 		}
 	}
 	return out, nil
@@ -861,7 +859,7 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	}
 	for i, r := range rows {
 		if len(tags[i]) > 0 {
-			r.tags = r.tags.Merge(tags[i])
+			p.setTags(r, p.tagsOf(r).Merge(tags[i]))
 		}
 	}
 	n := p.feed.touch(rows)
@@ -981,12 +979,14 @@ func (c *Controller) ListKeysPageWhere(partition string, where engine.TagFilter,
 			}
 			scanned++
 			seq = r.seq
-			if !where.Match(r.tags) {
+			tags := p.tagsOf(r)
+			if !where.Match(tags) {
 				return true
 			}
-			keys = append(keys, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
+			key := p.keyOf(r)
+			keys = append(keys, engine.KeyInfo{Key: key, Index: r.index, Tags: tags.Clone()})
 			n++
-			size += len(r.key) + 16 + 32*len(r.tags)
+			size += len(key) + 16 + 32*len(tags)
 			return true
 		})
 		p.mu.Unlock()
@@ -1040,7 +1040,7 @@ func (c *Controller) ProductionStatus(partition string, fields []string) (engine
 		st.Indexes[i] = r.index
 		st.Produced[i] = make([]bool, len(fields))
 		for j, f := range fields {
-			st.Produced[i][j] = r.has(p.fields[f].slot)
+			st.Produced[i][j] = p.has(r, p.fields[f].slot)
 		}
 	}
 	return st, nil
@@ -1062,7 +1062,7 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 	st := engine.ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
 	for i, r := range rows {
 		st.Indexes[i] = r.index
-		st.Consumed[i] = known && r.isConsumed(t)
+		st.Consumed[i] = known && p.isConsumed(r, t)
 	}
 	return st, nil
 }
@@ -1153,7 +1153,7 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 		released = append(released, gi)
 	}
 	n := p.feed.next(rows)
-	p.feed.bury(rows, n)
+	p.feed.bury(p, rows, n)
 	// One allocation for what is freed: at most a cell per field per row.
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
@@ -1253,17 +1253,12 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys), Done: p.done}
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
+	copy(consumed, p.consumedN)
 	p.rows.all(func(r *row) {
-		for _, cl := range r.cells {
-			if cl.produced() {
-				st.Produced++
-				break
-			}
-		}
-		for t := range consumed {
-			if r.isConsumed(t) {
-				consumed[t]++
-			}
+		produced := false
+		p.rows.cells(r, func(int, cell) { produced = true })
+		if produced {
+			st.Produced++
 		}
 	})
 	total := p.rows.len()
@@ -1347,8 +1342,8 @@ func (c *Controller) KeyCell(partition, key, field string) (engine.CellLoc, bool
 		return engine.CellLoc{}, false
 	}
 	f, ok := p.fields[field]
-	if !ok || !r.has(f.slot) {
+	if !ok || !p.has(r, f.slot) {
 		return engine.CellLoc{}, false
 	}
-	return r.cells[f.slot].loc(), true
+	return p.rows.cell(r, f.slot).loc(), true
 }

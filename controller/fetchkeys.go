@@ -121,7 +121,7 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	t := p.taskSlot(task)
 	for _, gi := range indexes {
 		if r, ok := p.rows.get(gi); ok {
-			r.setConsumed(t, false)
+			p.setConsumed(r, t, false)
 			if len(p.views) > 0 {
 				p.refreshRow(r)
 			}
