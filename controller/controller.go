@@ -46,6 +46,11 @@ type Config struct {
 	// OnJournalWrite, if set, is the journal's [journal.Config.OnWrite]:
 	// each group of records written, with its write (and fsync) time.
 	OnJournalWrite func(d time.Duration, records int)
+	// KeptBatchTTL is how long a batch a sampler keeps for a data-replica
+	// group (rank-aware, GRPO with ranks) may go unfetched before, if the
+	// group left it behind, its rows are given back to the task for other
+	// groups (0: DefaultKeptBatchTTL; negative: never). See keptbatches.go.
+	KeptBatchTTL time.Duration
 }
 
 // DefaultConfig returns the defaults: no pre-allocation, sequential
@@ -342,6 +347,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 	for {
 		var wake <-chan struct{}
+		var check time.Time // when kept batches may be given back (keptbatches.go)
 		p := c.lock(req.Partition)
 		if p == nil {
 			c.mu.RLock()
@@ -362,7 +368,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
 				m, err := c.tryFetch(p, &req, smp)
-				wake = p.changed
+				wake, check = p.changed, p.keptCheck
 				return m, err
 			}()
 			if err != nil {
@@ -375,9 +381,17 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		if !req.Wait {
 			return &engine.BatchMeta{}, nil
 		}
+		var expire <-chan time.Time
+		if !check.IsZero() {
+			t := time.NewTimer(time.Until(check))
+			defer t.Stop()
+			expire = t.C
+		}
 		c.blocked.Add(1)
 		select {
 		case <-wake:
+			c.blocked.Add(-1)
+		case <-expire:
 			c.blocked.Add(-1)
 		case <-ctx.Done():
 			c.blocked.Add(-1)
@@ -413,6 +427,16 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			}
 			return p.meta(rows, req.Fields), nil
 		}
+	}
+	c.expireKept(p, now)
+	spec := ""
+	if !req.Sampler.IsZero() {
+		spec = req.Sampler.String()
+	}
+	follows := c.followsKept(req, smp)
+	gk := groupKey{spec: spec, task: req.Task, rank: req.Options.DPRank}
+	if follows {
+		p.asked(gk, req.Options.BatchIndex)
 	}
 	v, ok := p.view(req.Task, req.Fields)
 	var ready engine.ReadySet = engine.ReadySlice(nil)
@@ -462,10 +486,6 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
 	}
-	spec := ""
-	if !req.Sampler.IsZero() {
-		spec = req.Sampler.String()
-	}
 	if len(sampled) == 0 {
 		// The sampler may have consumed rows though this rank got
 		// nothing (a batch balanced across ranks: the others' parts).
@@ -503,12 +523,16 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	// them from the sampler.
 	cs, caching := smp.(engine.CachingSampler)
 	kept := caching && req.Options.HasRank && cs.Cached(p.id, req.Task, req.Options)
+	var ref *keptRef
+	if kept && follows {
+		ref = p.took(gk, req.Options.BatchIndex, now, c.keptTTL())
+	}
 	if req.Key != "" {
 		back := consumed
 		if kept {
 			back = nil
 		}
-		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now})
+		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref})
 	}
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
@@ -582,6 +606,9 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 			return nil
 		}
 		idx = e.consumed
+		if e.kept != nil {
+			p.gaveBack(e.kept)
+		}
 	}
 	p.unconsume(task, key, idx, now)
 	if c.logging() {
@@ -1111,6 +1138,7 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 // reset makes a task's consumed rows (every task's for "") fetchable
 // again. p is locked.
 func (p *partition) reset(task string) {
+	p.forgetGroups(task)
 	if task == "" {
 		p.resetConsumption(-1)
 	} else if t, ok := p.tasks[task]; ok {

@@ -273,6 +273,11 @@ type partition struct {
 	taskName  []string
 	views     map[viewKey]*readyView
 	fetches   fetchTable // recent keyed fetches
+	// groups follows the batches samplers keep for data-replica groups;
+	// keptCheck is when the first could be left behind (zero: none). See
+	// keptbatches.go.
+	groups    map[groupKey]*groupState
+	keptCheck time.Time
 	// changed is closed and replaced whenever rows become ready, are reset
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
