@@ -221,16 +221,16 @@ func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool
 			return
 		}
 		// Promote: every produced row so far had f.shape.
-		f.shapes = make(map[uint64]engine.Shape, f.produced)
+		f.shapes = newShapeTable(f.produced)
 		p.rows.all(func(r *row) {
 			if r.index != gi && p.has(r, f.slot) {
-				f.shapes[r.index] = f.shape
+				f.shapes.put(r.index, f.shape)
 			}
 		})
 		f.counts = map[string]int{shapeKey(f.shape): f.produced - 1}
 		f.kind, f.shape = engine.Ragged, nil
 	}
-	f.shapes[gi] = s.Clone()
+	f.shapes.put(gi, s)
 	f.counts[shapeKey(s)]++
 	if len(f.counts) == 1 {
 		f.kind, f.shape, f.shapes, f.counts = engine.Dense, s.Clone(), nil, nil

@@ -217,10 +217,10 @@ type field struct {
 	name     string
 	slot     int
 	dtype    engine.DType
-	kind     engine.Kind             // Dense, Ragged or Opaque
-	shape    engine.Shape            // Dense: the shape every produced row has
-	shapes   map[uint64]engine.Shape // Ragged: per-row shapes
-	counts   map[string]int          // produced rows per distinct shape (not for opaque)
+	kind     engine.Kind    // Dense, Ragged or Opaque
+	shape    engine.Shape   // Dense: the shape every produced row has
+	shapes   *shapeTable    // Ragged: per-row shapes
+	counts   map[string]int // produced rows per distinct shape (not for opaque)
 	produced int
 }
 
@@ -498,16 +498,13 @@ func (p *partition) forgetCell(f *field, gi uint64) {
 	if f.kind != engine.Ragged {
 		return
 	}
-	k := shapeKey(f.shapes[gi])
-	delete(f.shapes, gi)
+	k := f.shapes.key(gi)
+	f.shapes.del(gi)
 	if f.counts[k]--; f.counts[k] == 0 {
 		delete(f.counts, k)
 	}
 	if len(f.counts) == 1 {
-		for _, sh := range f.shapes {
-			f.shape = sh
-			break
-		}
+		f.shape = f.shapes.any()
 		f.kind, f.shapes, f.counts = engine.Dense, nil, nil
 	}
 }
@@ -527,8 +524,8 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 			if !p.has(r, f.slot) {
 				continue
 			}
-			sh := f.shapes[r.index]
-			shapes[i] = sh.Clone()
+			sh, _ := f.shapes.get(r.index)
+			shapes[i] = sh
 			if !seen {
 				first, seen = sh, true
 			} else if !sh.Equal(first) {

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // rowTable against a plain map of rows and their cells, with random adds,
@@ -79,13 +81,54 @@ func TestRowTableMatchesMap(t *testing.T) {
 // collector must not scan a page of rows (rowtable.go), so a field that
 // brings one back fails here.
 func TestRowHasNoPointers(t *testing.T) {
-	for _, typ := range []reflect.Type{reflect.TypeFor[row](), reflect.TypeFor[cell]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[row](), reflect.TypeFor[cell](), reflect.TypeFor[inlineShape]()} {
 		for i := range typ.NumField() {
-			switch k := typ.Field(i).Type.Kind(); k {
+			ft := typ.Field(i).Type
+			if ft.Kind() == reflect.Array {
+				ft = ft.Elem()
+			}
+			switch k := ft.Kind(); k {
 			case reflect.Bool, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Int, reflect.Int64:
 			default:
-				t.Errorf("%s.%s is a %v: rows and cells must hold no pointers", typ.Name(), typ.Field(i).Name, k)
+				t.Errorf("%s.%s is a %v: rows, cells and inline shapes must hold no pointers", typ.Name(), typ.Field(i).Name, k)
 			}
 		}
+	}
+}
+
+// shapeTable against a map of shapes, short and long: what get returns,
+// and key agrees with shapeKey.
+func TestShapeTableMatchesMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	tab := newShapeTable(0)
+	ref := map[uint64]engine.Shape{}
+	for i := range 5000 {
+		gi := uint64(rng.IntN(64))
+		if rng.IntN(3) == 0 {
+			tab.del(gi)
+			delete(ref, gi)
+		} else {
+			s := make(engine.Shape, rng.IntN(6))
+			for j := range s {
+				s[j] = rng.IntN(1 << 20)
+			}
+			tab.put(gi, s)
+			ref[gi] = s.Clone()
+			if len(s) > 0 {
+				s[0] = -1 // the table keeps its own copy
+			}
+		}
+		probe := uint64(rng.IntN(64))
+		got, ok := tab.get(probe)
+		want, wok := ref[probe]
+		if ok != wok || !got.Equal(want) {
+			t.Fatalf("step %d: get(%d) = %v %v, want %v %v", i, probe, got, ok, want, wok)
+		}
+		if ok && tab.key(probe) != shapeKey(want) {
+			t.Fatalf("step %d: key(%d) differs from shapeKey(%v)", i, probe, want)
+		}
+	}
+	if tab.len() != len(ref) {
+		t.Fatalf("len = %d, want %d", tab.len(), len(ref))
 	}
 }

@@ -128,7 +128,7 @@ func (p *partition) copyState() *partCopy {
 			case engine.Dense:
 				cc.shape = f.shape
 			case engine.Ragged:
-				cc.shape = f.shapes[r.index]
+				cc.shape, _ = f.shapes.get(r.index)
 			}
 			slab = append(slab, cc)
 		})
