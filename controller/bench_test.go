@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,9 +100,12 @@ func BenchmarkFetch(b *testing.B) {
 //
 // ns/fetch is the time of the fetches alone; ns/op adds the resets, a walk
 // of the partition once per partition's worth of fetches (about the same
-// per fetch at every size). The resets are not left out with StopTimer:
-// it stops the world to read memory statistics, which at 10k rows (a
-// reset every 10 fetches) cost more than the fetches. Compare sizes with
+// per fetch at every size). cpu-ns/fetch is the process's CPU time (every
+// thread: the garbage collector's work counts) outside the resets, per
+// fetch: on a machine busy with other work it varies far less than the
+// wall-clock figures. The resets are not left out with StopTimer: it
+// stops the world to read memory statistics, which at 10k rows (a reset
+// every 10 fetches) cost more than the fetches. Compare sizes with
 // benchstat over -count 6, each size run in its own process, interleaved:
 //
 //	for i in 1 2 3 4 5 6; do for s in 10k 1M; do
@@ -114,8 +118,9 @@ func BenchmarkFetchConsume(b *testing.B) {
 			fill(b, c, "p", size.rows, false, "prompt")
 			req := engine.FetchRequest{Partition: "p", Task: "train", Fields: []string{"prompt"}, BatchSize: 1024}
 			ctx := context.Background()
-			var fetching time.Duration
+			var fetching, resetCPU time.Duration
 			b.ReportAllocs()
+			cpu0 := processCPU()
 			for b.Loop() {
 				t0 := time.Now()
 				m, err := c.Fetch(ctx, req)
@@ -124,12 +129,25 @@ func BenchmarkFetchConsume(b *testing.B) {
 					b.Fatal(err)
 				}
 				if m.Len() == 0 {
+					r0 := processCPU()
 					c.ResetConsumption("p", "train")
+					resetCPU += processCPU() - r0
 				}
 			}
+			cpu := processCPU() - cpu0 - resetCPU
 			b.ReportMetric(float64(fetching.Nanoseconds())/float64(b.N), "ns/fetch")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/fetch")
 		})
 	}
+}
+
+// processCPU returns the CPU time the process has used, every thread.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkFetchFinal is the fetch at the end of a finite stream: a done

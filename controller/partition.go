@@ -416,9 +416,25 @@ func (p *partition) refreshRow(r *row) {
 }
 
 func (p *partition) markConsumed(task int, idx []uint64) {
-	for _, gi := range idx {
-		if r, ok := p.rows.get(gi); ok {
-			p.setConsumed(r, task, true)
+	if task < 64 {
+		// The first 64 tasks' bits are in the row: set them here, and
+		// count them once.
+		m, n := uint64(1)<<task, 0
+		for _, gi := range idx {
+			if r, ok := p.rows.get(gi); ok && r.consumed&m == 0 {
+				r.consumed |= m
+				n++
+			}
+		}
+		for len(p.consumedN) <= task {
+			p.consumedN = append(p.consumedN, 0)
+		}
+		p.consumedN[task] += n
+	} else {
+		for _, gi := range idx {
+			if r, ok := p.rows.get(gi); ok {
+				p.setConsumed(r, task, true)
+			}
 		}
 	}
 	// One pass per view, not a walk of the views per row.
@@ -591,10 +607,17 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 	for _, f := range fs {
 		locs := slab[kept*n : (kept+1)*n : (kept+1)*n]
 		whole := true
+		var col []cell // f's cells of the page of the row before
+		colPage := ^uint64(0)
 		for i, r := range rows {
-			if c := p.rows.cell(r, f.slot); c.produced() {
-				locs[i] = c.loc()
-				continue
+			if k := r.index / pageSize; k != colPage {
+				col, colPage = p.rows.column(r.index, f.slot), k
+			}
+			if col != nil {
+				if c := col[r.index%pageSize]; c.produced() {
+					locs[i] = c.loc()
+					continue
+				}
 			}
 			if common {
 				whole = false

@@ -137,6 +137,17 @@ func (t *rowTable) cell(r *row, slot int) cell {
 	return p.cols[slot][r.index%pageSize]
 }
 
+// column returns the cells of field slot of the page that holds row gi
+// (nil when none of its rows has one): the rows of a batch in one page
+// cost one lookup.
+func (t *rowTable) column(gi uint64, slot int) []cell {
+	p := t.page(gi)
+	if p == nil || slot >= len(p.cols) {
+		return nil
+	}
+	return p.cols[slot]
+}
+
 // has reports whether r's cell of field slot is produced.
 func (t *rowTable) has(r *row, slot int) bool { return t.cell(r, slot).produced() }
 
