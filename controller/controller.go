@@ -466,12 +466,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		Final:       final,
 		Ready:       ready,
 		Options:     req.Options,
-		Tags: func(i uint64) engine.Tags {
-			if r, ok := p.rows.get(i); ok {
-				return p.tagsOf(r)
-			}
-			return nil
-		},
+		Tags:        p.tagsAt,
 	}
 	if c.logging() {
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
@@ -508,7 +503,13 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}
 		return nil, nil
 	}
-	rows := make([]*row, len(sampled))
+	// The partition's scratch slice (meta keeps nothing of it), unless the
+	// batch is a big one.
+	rows := slices.Grow(p.scratch[:0], len(sampled))[:len(sampled)]
+	if cap(rows) <= maxScratchRows {
+		p.scratch = rows[:0]
+	}
+	defer clear(rows) // no row pointers kept past the fetch
 	for i, gi := range sampled {
 		r, ok := p.rows.get(gi)
 		if !ok {
@@ -1146,6 +1147,10 @@ func (p *partition) reset(task string) {
 	}
 	p.notify()
 }
+
+// maxScratchRows bounds the scratch slice a partition keeps for the rows
+// of its fetches.
+const maxScratchRows = 1 << 16
 
 // maxPrealloc bounds the cells a clear reserves room for up front: past it
 // the slice grows as cells are found (rows may have few of their fields).

@@ -278,6 +278,10 @@ type partition struct {
 	// keptbatches.go.
 	groups    map[groupKey]*groupState
 	keptCheck time.Time
+	// scratch is tryFetch's slice of the rows a fetch returns, reused.
+	scratch []*row
+	// tagsAt is SampleRequest.Tags for this partition, made once.
+	tagsAt func(uint64) engine.Tags
 	// changed is closed and replaced whenever rows become ready, are reset
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
@@ -291,7 +295,7 @@ type partition struct {
 }
 
 func newPartition(id string, gen uint64) *partition {
-	return &partition{
+	p := &partition{
 		id:       id,
 		gen:      gen,
 		created:  time.Now(),
@@ -306,6 +310,17 @@ func newPartition(id string, gen uint64) *partition {
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
 		changed:  make(chan struct{}),
+	}
+	p.initTagsAt()
+	return p
+}
+
+func (p *partition) initTagsAt() {
+	p.tagsAt = func(i uint64) engine.Tags {
+		if r, ok := p.rows.get(i); ok {
+			return p.tagsOf(r)
+		}
+		return nil
 	}
 }
 
@@ -601,7 +616,7 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 		Schema:     make(map[string]engine.FieldSchema, len(fs)),
 		Cells:      make(map[string][]engine.CellLoc, len(fs)),
 	}
-	missing := make([]bool, n) // a field's cell of the row is not produced
+	var missing []bool // a field's cell of the row is not produced (nil: none)
 	slab := make([]engine.CellLoc, n*len(fs))
 	kept := 0
 	for _, f := range fs {
@@ -623,6 +638,9 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 				whole = false
 				break
 			}
+			if missing == nil {
+				missing = make([]bool, n)
+			}
 			missing[i] = true
 		}
 		if !whole {
@@ -641,7 +659,7 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 			m.Tags[i] = p.tagsOf(r).Clone()
 		}
 		hasKey = hasKey || r.keyed
-		m.Ready[i] = allKnown && r.active && !missing[i]
+		m.Ready[i] = allKnown && r.active && (missing == nil || !missing[i])
 	}
 	if hasKey {
 		m.Keys = make([]string, n)
