@@ -409,11 +409,7 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 		return nil, false
 	}
 	v := &readyView{task: p.taskSlot(task), slots: slots, set: newReadySet()}
-	p.rows.all(func(r *row) {
-		if p.rowReady(r, slots) && !p.isConsumed(r, v.task) {
-			v.set.add(r.index)
-		}
-	})
+	p.readyRows(v, v.set.add)
 	p.views[k] = v
 	return v, true
 }
@@ -471,18 +467,47 @@ func (p *partition) resetConsumption(task int) {
 		clear(p.more)
 		clear(p.consumedN)
 	} else if task < len(p.consumedN) && p.consumedN[task] > 0 {
-		p.rows.all(func(r *row) { p.setConsumed(r, task, false) })
+		if task < 64 {
+			m := ^(uint64(1) << task)
+			p.rows.all(func(r *row) { r.consumed &= m })
+			p.consumedN[task] = 0
+		} else {
+			p.rows.all(func(r *row) { p.setConsumed(r, task, false) })
+		}
 	}
 	for _, v := range p.views {
 		if task >= 0 && v.task != task {
 			continue
 		}
-		p.rows.all(func(r *row) {
-			if p.rowReady(r, v.slots) && !p.isConsumed(r, v.task) {
-				v.set.add(r.index)
-			}
-		})
+		p.readyRows(v, v.set.add)
 	}
+}
+
+// readyRows calls fn for every row ready in v (active, produced for v's
+// fields, not consumed by v's task), in index order, a page at a time.
+func (p *partition) readyRows(v *readyView, fn func(gi uint64)) {
+	p.rows.pagesInOrder(func(base uint64, pg *rowPage) {
+		cols := make([][]cell, len(v.slots))
+		for j, s := range v.slots {
+			if s >= len(pg.cols) || pg.cols[s] == nil {
+				return // no row of the page has the field
+			}
+			cols[j] = pg.cols[s]
+		}
+	rows:
+		for i := range pg.rows {
+			r := &pg.rows[i]
+			if !r.live || !r.active || p.isConsumed(r, v.task) {
+				continue
+			}
+			for _, col := range cols {
+				if !col[i].produced() {
+					continue rows
+				}
+			}
+			fn(base + uint64(i))
+		}
+	})
 }
 
 // removeRows drops rows (each given once) and everything attached to

@@ -182,6 +182,19 @@ func (t *rowTable) cells(r *row, fn func(slot int, c cell)) {
 	}
 }
 
+// pagesInOrder calls fn for every page, with the index of its first slot,
+// in ascending order. fn must not add or delete rows.
+func (t *rowTable) pagesInOrder(fn func(base uint64, p *rowPage)) {
+	keys := make([]uint64, 0, len(t.pages))
+	for k := range t.pages {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fn(k*pageSize, t.pages[k])
+	}
+}
+
 // all calls fn for every row in ascending index order. fn may change the
 // rows and their cells but not add or delete rows.
 func (t *rowTable) all(fn func(*row)) {

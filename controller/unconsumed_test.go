@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -28,7 +29,7 @@ func walkUnconsumed(p *partition, task string) int {
 // finite stream without a walk of the partition, follows every change of
 // rows and consumption: inserts (pre-allocated rows included), fetches,
 // fetches given back, cleared rows, cleared cells, resets and more than
-// 64 tasks.
+// 64 tasks; and so do the ready views.
 func TestUnconsumedCountFollowsChanges(t *testing.T) {
 	for seed := range uint64(4) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -96,6 +97,21 @@ func TestUnconsumedCountFollowsChanges(t *testing.T) {
 					if got, want := p.unconsumed(task), walkUnconsumed(p, task); got != want {
 						p.mu.Unlock()
 						t.Fatalf("step %d: task %q: %d rows unconsumed by the count, %d by a walk", i, task, got, want)
+					}
+					// The ready view, kept incrementally and rebuilt page by
+					// page on resets, against a walk.
+					if v := p.views[viewKey{task, "x"}]; v != nil {
+						var got, want []uint64
+						v.Ascend(func(gi uint64) bool { got = append(got, gi); return true })
+						p.rows.all(func(r *row) {
+							if p.rowReady(r, v.slots) && !p.isConsumed(r, v.task) {
+								want = append(want, r.index)
+							}
+						})
+						if !slices.Equal(got, want) {
+							p.mu.Unlock()
+							t.Fatalf("step %d: task %q: ready view %v, by a walk %v", i, task, got, want)
+						}
 					}
 				}
 				p.mu.Unlock()
