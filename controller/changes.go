@@ -137,7 +137,7 @@ func (f *changeFeed) drop(r *row) {
 // next returns a new change number when one of rows has a key, else 0.
 func (f *changeFeed) next(rows []*row) uint64 {
 	for _, r := range rows {
-		if r.key != "" {
+		if r.keyed {
 			f.seq++
 			return f.seq
 		}
@@ -154,7 +154,7 @@ func (f *changeFeed) stamp(rows []*row, n uint64) {
 	f.seq = max(f.seq, n)
 	for _, r := range rows {
 		switch {
-		case r.key == "" || r.change == n && (r.inFeed || f.rows == nil):
+		case !r.keyed || r.change == n && (r.inFeed || f.rows == nil):
 		case f.rows == nil:
 			r.change = n
 		default:
@@ -177,15 +177,15 @@ func (f *changeFeed) touch(rows []*row) uint64 {
 
 // bury records the keyed rows among rows, about to be removed, as cleared
 // by change n.
-func (f *changeFeed) bury(rows []*row, n uint64) {
+func (f *changeFeed) bury(p *partition, rows []*row, n uint64) {
 	if n == 0 {
 		return
 	}
 	f.seq = max(f.seq, n)
 	group := make([]clearedKey, 0, len(rows))
 	for _, r := range rows {
-		if r.key != "" {
-			group = append(group, clearedKey{key: r.key, pos: changePos{n, r.seq}})
+		if r.keyed {
+			group = append(group, clearedKey{key: p.keyOf(r), pos: changePos{n, r.seq}})
 		}
 	}
 	slices.SortFunc(group, func(a, b clearedKey) int { return a.pos.cmp(b.pos) })
@@ -379,7 +379,7 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int) e
 		var pos changePos
 		if gone == cl.len() || len(rows) > 0 && rows[0].pos().less(cl.at(gone).pos) {
 			r := rows[0]
-			kc, pos = engine.KeyChange{Key: r.key, Index: r.index, Tags: r.tags}, r.pos()
+			kc, pos = engine.KeyChange{Key: p.keyOf(r), Index: r.index, Tags: p.tagsOf(r)}, r.pos()
 		} else {
 			ck := cl.at(gone)
 			if _, live := p.keys[ck.key]; live || told[ck.key] {

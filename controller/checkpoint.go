@@ -206,11 +206,11 @@ func (c *Controller) loseForeignCells(ls *loadedState) {
 	}
 	for _, p := range ls.parts {
 		p.rows.all(func(r *row) {
-			for slot, cl := range r.cells {
-				if u := cl.unit &^ producedBit; cl.produced() && u != 0 && u != uint32(engine.LostUnit) && !same[u] {
-					r.cells[slot] = lostCell(cl)
+			p.rows.cells(r, func(slot int, cl cell) {
+				if u := cl.unit &^ producedBit; u != 0 && u != uint32(engine.LostUnit) && !same[u] {
+					p.rows.set(r, slot, lostCell(cl))
 				}
-			}
+			})
 		})
 	}
 }
@@ -294,11 +294,11 @@ func unreferenced(dropped []engine.CellLoc, parts map[string]*partition) []engin
 	kept := make(map[key]bool)
 	for _, p := range parts {
 		p.rows.all(func(r *row) {
-			for _, cl := range r.cells {
+			p.rows.cells(r, func(_ int, cl cell) {
 				if l := cl.loc(); l.Stored() && !l.Lost() {
 					kept[key{l.Unit, l.Addr.Segment, l.Addr.Gen, l.Addr.Offset}] = true
 				}
-			}
+			})
 		})
 	}
 	out := dropped[:0]

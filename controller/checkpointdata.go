@@ -398,7 +398,7 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		a := addrs[0]
 		off := a.Offset
 		for _, c := range cells[start:end] {
-			c.r.cells[c.slot] = cell{off: off, len: c.len, seg: a.Segment, gen: a.Gen, unit: uint32(t.u.ID) | producedBit}
+			c.p.rows.set(c.r, c.slot, cell{off: off, len: c.len, seg: a.Segment, gen: a.Gen, unit: uint32(t.u.ID) | producedBit})
 			off += c.len
 		}
 		t.room -= int64(size)

@@ -39,10 +39,10 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 		}
 		names = append(names, name)
 		for _, r := range rows {
-			if r == nil || !r.has(f.slot) {
+			if r == nil || !p.has(r, f.slot) {
 				continue
 			}
-			freed = append(freed, r.cells[f.slot].loc())
+			freed = append(freed, p.rows.cell(r, f.slot).loc())
 			p.clearCell(f, r)
 			touched = append(touched, r)
 		}
@@ -67,7 +67,7 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 // clearCell drops row r's cell of field f.
 func (p *partition) clearCell(f *field, r *row) {
 	p.forgetCell(f, r.index)
-	r.cells[f.slot] = cell{}
+	p.rows.set(r, f.slot, cell{})
 }
 
 // unready takes rows that lost a cell out of the consumption views whose

@@ -151,7 +151,6 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 		}
 		fs[i] = f
 	}
-	growCells(rows, len(p.order))
 	for fi := range req.Fields {
 		cf, f := &req.Fields[fi], fs[fi]
 		locs := locCursor{cf: cf}
@@ -163,21 +162,21 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 			}
 			kept := 0
 			for i, r := range rows {
-				if r.has(f.slot) {
-					replaced = append(replaced, r.cells[f.slot].loc())
+				if c := p.rows.cell(r, f.slot); c.produced() {
+					replaced = append(replaced, c.loc())
 					kept++
 				}
-				r.cells[f.slot] = cellAt(locs.next(i))
+				p.rows.set(r, f.slot, cellAt(locs.next(i)))
 			}
 			f.produced += len(rows) - kept
 			continue
 		}
 		for i, r := range rows {
-			if r.has(f.slot) {
-				replaced = append(replaced, r.cells[f.slot].loc())
+			if c := p.rows.cell(r, f.slot); c.produced() {
+				replaced = append(replaced, c.loc())
 				p.forgetCell(f, r.index)
 			}
-			r.cells[f.slot] = cellAt(locs.next(i))
+			p.rows.set(r, f.slot, cellAt(locs.next(i)))
 			var s engine.Shape
 			switch cf.Kind {
 			case engine.Dense:
@@ -201,33 +200,6 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 	return replaced
 }
 
-// growCells gives every row at least n cells. Rows that need more share
-// one allocation, as the rows of one insert do (see addRows): a commit of
-// a batch costs one allocation, not one per row.
-func growCells(rows []*row, n int) {
-	short := 0
-	for _, r := range rows {
-		if len(r.cells) < n {
-			short++
-		}
-	}
-	if short == 0 {
-		return
-	}
-	slab := make([]cell, short*n)
-	for _, r := range rows {
-		if len(r.cells) >= n {
-			continue
-		}
-		// The full slice expression caps each row at n cells: a row that
-		// grows later reallocates instead of running into its neighbour.
-		cs := slab[:n:n]
-		slab = slab[n:]
-		copy(cs, r.cells)
-		r.cells = cs
-	}
-}
-
 // recordCell updates f's schema tracking for a newly produced cell: the
 // first dtype wins (validated before), a shape change promotes a dense
 // field to ragged, and a ragged field whose rows agree again turns dense.
@@ -249,16 +221,16 @@ func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool
 			return
 		}
 		// Promote: every produced row so far had f.shape.
-		f.shapes = make(map[uint64]engine.Shape, f.produced)
+		f.shapes = newShapeTable(f.produced)
 		p.rows.all(func(r *row) {
-			if r.index != gi && r.has(f.slot) {
-				f.shapes[r.index] = f.shape
+			if r.index != gi && p.has(r, f.slot) {
+				f.shapes.put(r.index, f.shape)
 			}
 		})
 		f.counts = map[string]int{shapeKey(f.shape): f.produced - 1}
 		f.kind, f.shape = engine.Ragged, nil
 	}
-	f.shapes[gi] = s.Clone()
+	f.shapes.put(gi, s)
 	f.counts[shapeKey(s)]++
 	if len(f.counts) == 1 {
 		f.kind, f.shape, f.shapes, f.counts = engine.Dense, s.Clone(), nil, nil

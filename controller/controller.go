@@ -46,6 +46,11 @@ type Config struct {
 	// OnJournalWrite, if set, is the journal's [journal.Config.OnWrite]:
 	// each group of records written, with its write (and fsync) time.
 	OnJournalWrite func(d time.Duration, records int)
+	// KeptBatchTTL is how long a batch a sampler keeps for a data-replica
+	// group (rank-aware, GRPO with ranks) may go unfetched before, if the
+	// group left it behind, its rows are given back to the task for other
+	// groups (0: DefaultKeptBatchTTL; negative: never). See keptbatches.go.
+	KeptBatchTTL time.Duration
 }
 
 // DefaultConfig returns the defaults: no pre-allocation, sequential
@@ -342,6 +347,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 	for {
 		var wake <-chan struct{}
+		var check time.Time // when kept batches may be given back (keptbatches.go)
 		p := c.lock(req.Partition)
 		if p == nil {
 			c.mu.RLock()
@@ -362,7 +368,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
 				m, err := c.tryFetch(p, &req, smp)
-				wake = p.changed
+				wake, check = p.changed, p.keptCheck
 				return m, err
 			}()
 			if err != nil {
@@ -375,9 +381,17 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		if !req.Wait {
 			return &engine.BatchMeta{}, nil
 		}
+		var expire <-chan time.Time
+		if !check.IsZero() {
+			t := time.NewTimer(time.Until(check))
+			defer t.Stop()
+			expire = t.C
+		}
 		c.blocked.Add(1)
 		select {
 		case <-wake:
+			c.blocked.Add(-1)
+		case <-expire:
 			c.blocked.Add(-1)
 		case <-ctx.Done():
 			c.blocked.Add(-1)
@@ -414,6 +428,16 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			return p.meta(rows, req.Fields), nil
 		}
 	}
+	c.expireKept(p, now)
+	spec := ""
+	if !req.Sampler.IsZero() {
+		spec = req.Sampler.String()
+	}
+	follows := c.followsKept(req, smp)
+	gk := groupKey{spec: spec, task: req.Task, rank: req.Options.DPRank}
+	if follows {
+		p.asked(gk, req.Options.BatchIndex)
+	}
 	v, ok := p.view(req.Task, req.Fields)
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
@@ -421,10 +445,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	// A done partition whose every unconsumed row is ready gets no more:
 	// the sampler may return a short last batch, and nothing means the
-	// end (ErrDone).
-	// (Counting the unconsumed rows walks the partition: only a done
-	// partition's fetch that comes up short pays it, at the end of the
-	// data.)
+	// end (ErrDone). Both counts are kept as rows change: O(1).
 	isFinal := func() bool { return p.done && p.unconsumed(req.Task) == ready.Len() }
 	final := false
 	if ready.Len() < req.BatchSize {
@@ -445,12 +466,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		Final:       final,
 		Ready:       ready,
 		Options:     req.Options,
-		Tags: func(i uint64) engine.Tags {
-			if r, ok := p.rows.get(i); ok {
-				return r.tags
-			}
-			return nil
-		},
+		Tags:        p.tagsAt,
 	}
 	if c.logging() {
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
@@ -464,10 +480,6 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
-	}
-	spec := ""
-	if !req.Sampler.IsZero() {
-		spec = req.Sampler.String()
 	}
 	if len(sampled) == 0 {
 		// The sampler may have consumed rows though this rank got
@@ -491,7 +503,13 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}
 		return nil, nil
 	}
-	rows := make([]*row, len(sampled))
+	// The partition's scratch slice (meta keeps nothing of it), unless the
+	// batch is a big one.
+	rows := slices.Grow(p.scratch[:0], len(sampled))[:len(sampled)]
+	if cap(rows) <= maxScratchRows {
+		p.scratch = rows[:0]
+	}
+	defer clear(rows) // no row pointers kept past the fetch
 	for i, gi := range sampled {
 		r, ok := p.rows.get(gi)
 		if !ok {
@@ -506,12 +524,16 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	// them from the sampler.
 	cs, caching := smp.(engine.CachingSampler)
 	kept := caching && req.Options.HasRank && cs.Cached(p.id, req.Task, req.Options)
+	var ref *keptRef
+	if kept && follows {
+		ref = p.took(gk, req.Options.BatchIndex, now, c.keptTTL())
+	}
 	if req.Key != "" {
 		back := consumed
 		if kept {
 			back = nil
 		}
-		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now})
+		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref})
 	}
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
@@ -585,6 +607,9 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 			return nil
 		}
 		idx = e.consumed
+		if e.kept != nil {
+			p.gaveBack(e.kept)
+		}
 	}
 	p.unconsume(task, key, idx, now)
 	if c.logging() {
@@ -763,8 +788,9 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 	for j, i := range at {
 		r := nr[j]
 		p.keySeq++
-		r.key, r.seq = keys[i], p.keySeq
-		p.keys[r.key] = r
+		r.seq = p.keySeq
+		p.setKey(r, keys[i])
+		p.keys[keys[i]] = r
 		p.bySeq.ReplaceOrInsert(r)
 		rows[i] = r
 	}
@@ -789,7 +815,7 @@ func (p *partition) commonFields(rows []*row) []string {
 		}
 		all := len(rows) > 0
 		for _, r := range rows {
-			if !r.has(f.slot) {
+			if !p.has(r, f.slot) {
 				all = false
 				break
 			}
@@ -831,7 +857,7 @@ func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error
 	out := make([]string, len(indexes))
 	for i, gi := range indexes {
 		if r, ok := p.rows.get(gi); ok {
-			out[i] = r.key
+			out[i] = p.keyOf(r)
 		}
 	}
 	return out, nil
@@ -861,7 +887,7 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	}
 	for i, r := range rows {
 		if len(tags[i]) > 0 {
-			r.tags = r.tags.Merge(tags[i])
+			p.setTags(r, p.tagsOf(r).Merge(tags[i]))
 		}
 	}
 	n := p.feed.touch(rows)
@@ -981,12 +1007,14 @@ func (c *Controller) ListKeysPageWhere(partition string, where engine.TagFilter,
 			}
 			scanned++
 			seq = r.seq
-			if !where.Match(r.tags) {
+			tags := p.tagsOf(r)
+			if !where.Match(tags) {
 				return true
 			}
-			keys = append(keys, engine.KeyInfo{Key: r.key, Index: r.index, Tags: r.tags.Clone()})
+			key := p.keyOf(r)
+			keys = append(keys, engine.KeyInfo{Key: key, Index: r.index, Tags: tags.Clone()})
 			n++
-			size += len(r.key) + 16 + 32*len(r.tags)
+			size += len(key) + 16 + 32*len(tags)
 			return true
 		})
 		p.mu.Unlock()
@@ -1040,7 +1068,7 @@ func (c *Controller) ProductionStatus(partition string, fields []string) (engine
 		st.Indexes[i] = r.index
 		st.Produced[i] = make([]bool, len(fields))
 		for j, f := range fields {
-			st.Produced[i][j] = r.has(p.fields[f].slot)
+			st.Produced[i][j] = p.has(r, p.fields[f].slot)
 		}
 	}
 	return st, nil
@@ -1062,7 +1090,7 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 	st := engine.ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
 	for i, r := range rows {
 		st.Indexes[i] = r.index
-		st.Consumed[i] = known && r.isConsumed(t)
+		st.Consumed[i] = known && p.isConsumed(r, t)
 	}
 	return st, nil
 }
@@ -1111,6 +1139,7 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 // reset makes a task's consumed rows (every task's for "") fetchable
 // again. p is locked.
 func (p *partition) reset(task string) {
+	p.forgetGroups(task)
 	if task == "" {
 		p.resetConsumption(-1)
 	} else if t, ok := p.tasks[task]; ok {
@@ -1118,6 +1147,10 @@ func (p *partition) reset(task string) {
 	}
 	p.notify()
 }
+
+// maxScratchRows bounds the scratch slice a partition keeps for the rows
+// of its fetches.
+const maxScratchRows = 1 << 16
 
 // maxPrealloc bounds the cells a clear reserves room for up front: past it
 // the slice grows as cells are found (rows may have few of their fields).
@@ -1153,7 +1186,7 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 		released = append(released, gi)
 	}
 	n := p.feed.next(rows)
-	p.feed.bury(rows, n)
+	p.feed.bury(p, rows, n)
 	// One allocation for what is freed: at most a cell per field per row.
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
@@ -1253,17 +1286,12 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys), Done: p.done}
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
+	copy(consumed, p.consumedN)
 	p.rows.all(func(r *row) {
-		for _, cl := range r.cells {
-			if cl.produced() {
-				st.Produced++
-				break
-			}
-		}
-		for t := range consumed {
-			if r.isConsumed(t) {
-				consumed[t]++
-			}
+		produced := false
+		p.rows.cells(r, func(int, cell) { produced = true })
+		if produced {
+			st.Produced++
 		}
 	})
 	total := p.rows.len()
@@ -1347,8 +1375,8 @@ func (c *Controller) KeyCell(partition, key, field string) (engine.CellLoc, bool
 		return engine.CellLoc{}, false
 	}
 	f, ok := p.fields[field]
-	if !ok || !r.has(f.slot) {
+	if !ok || !p.has(r, f.slot) {
 		return engine.CellLoc{}, false
 	}
-	return r.cells[f.slot].loc(), true
+	return p.rows.cell(r, f.slot).loc(), true
 }

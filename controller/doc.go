@@ -17,9 +17,15 @@
 // Costs: a fetch, a key lookup or a commit costs O(rows × fields in the
 // request), never O(rows in the partition): readiness is kept in ordered
 // per-(task, fields) views that commits and consumption update
-// incrementally. Status queries, listing, statistics and resets walk the
-// partition. The controller is safe for concurrent use and locks per
-// partition.
+// incrementally, and the end of a finite stream is a comparison of counts
+// kept per task. Status queries, listing, statistics and resets walk the
+// partition. Rows and cells hold no pointers (rowtable.go), so the garbage
+// collector's work does not grow with them either. The controller is safe
+// for concurrent use and locks per partition.
+//
+// Batches a rank-aware or GRPO sampler keeps for a data-parallel group go
+// back to the task when the group leaves them behind for
+// Config.KeptBatchTTL (keptbatches.go).
 //
 // A [Server] serves a controller, and a [Registry] of storage units, to
 // other processes over the wire protocol (protocol.md beside this file

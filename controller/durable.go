@@ -345,8 +345,9 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				c.idx.markUsed([]uint64{gi})
 			}
 			if len(o.Keys) > 0 {
-				r.key, r.seq = o.Keys[i], o.Seqs[i]
-				p.keys[r.key] = r
+				r.seq = o.Seqs[i]
+				p.setKey(r, o.Keys[i])
+				p.keys[o.Keys[i]] = r
 				p.bySeq.ReplaceOrInsert(r)
 				p.keySeq = max(p.keySeq, r.seq)
 				keyed = append(keyed, r)
@@ -385,7 +386,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			return corrupt("tags of partition %q: %s", o.Partition, err.Error())
 		}
 		for i, r := range rows {
-			r.tags = r.tags.Merge(tags[i])
+			p.setTags(r, p.tagsOf(r).Merge(tags[i]))
 		}
 		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_RemoveTags:
@@ -399,7 +400,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			return corrupt("tags removed in partition %q: %s", o.Partition, err.Error())
 		}
 		for _, r := range rows {
-			r.tags = r.tags.Without(o.Names...)
+			p.setTags(r, p.tagsOf(r).Without(o.Names...))
 		}
 		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_ClearCells:
@@ -418,7 +419,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				return corrupt("cells cleared in partition %q: no field %q", o.Partition, name)
 			}
 			for _, r := range rows {
-				if r.has(f.slot) {
+				if p.has(r, f.slot) {
 					p.clearCell(f, r)
 				}
 			}
@@ -476,7 +477,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				rows = append(rows, r)
 			}
 		}
-		p.feed.bury(rows, o.ChangeSeq)
+		p.feed.bury(p, rows, o.ChangeSeq)
 		p.removeRows(rows, nil)
 		c.forgetRows(p.id, o.Indexes)
 		c.idx.release(o.Indexes)
@@ -496,8 +497,8 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		for i, gi := range o.Indexes {
 			r, ok := p.rows.get(gi)
 			f := p.fields[o.Fields[i]]
-			if ok && f != nil && r.has(f.slot) {
-				r.cells[f.slot] = lostCell(r.cells[f.slot])
+			if ok && f != nil && p.has(r, f.slot) {
+				p.rows.set(r, f.slot, lostCell(p.rows.cell(r, f.slot)))
 			}
 		}
 	default:
@@ -636,7 +637,7 @@ func (p *partition) rowsOp(rows []*row, withKeys bool) *wirepb.LogOp {
 	for i, r := range rows {
 		o.Indexes[i] = r.index
 		if withKeys {
-			o.Keys[i], o.Seqs[i] = r.key, r.seq
+			o.Keys[i], o.Seqs[i] = p.keyOf(r), r.seq
 		}
 	}
 	return &wirepb.LogOp{Op: &wirepb.LogOp_Rows{Rows: o}}

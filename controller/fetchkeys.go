@@ -42,6 +42,7 @@ type fetchEntry struct {
 	consumed []uint64
 	spent    bool // given back (or refused before it happened)
 	at       time.Time
+	kept     *keptRef // the kept batch it took, while followed (keptbatches.go)
 }
 
 // fetchTable is a partition's recent keyed fetches, guarded by the
@@ -116,18 +117,20 @@ func checkFetchKey(key string) error {
 var errFetchGivenBack = fmt.Errorf("fetch was given back by its caller: %w", context.Canceled)
 
 // unconsume marks the rows indexes (those still here) not consumed by task
-// and spends key. p is locked.
+// and spends key (none for ""). p is locked.
 func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) {
 	t := p.taskSlot(task)
 	for _, gi := range indexes {
 		if r, ok := p.rows.get(gi); ok {
-			r.setConsumed(t, false)
+			p.setConsumed(r, t, false)
 			if len(p.views) > 0 {
 				p.refreshRow(r)
 			}
 		}
 	}
-	if e := p.fetches.m[key]; e != nil && e.task == task {
+	if key == "" {
+		// Rows given back by the controller (keptbatches.go).
+	} else if e := p.fetches.m[key]; e != nil && e.task == task {
 		e.spent = true
 	} else {
 		p.fetches.add(&fetchEntry{key: key, task: task, spent: true, at: at})

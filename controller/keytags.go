@@ -61,8 +61,8 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 	var touched []*row
 	for _, r := range rows {
 		for _, n := range names {
-			if _, ok := r.tags[n]; ok {
-				r.tags = r.tags.Without(names...) // a new map: copies share the old one
+			if _, ok := p.tagsOf(r)[n]; ok {
+				p.setTags(r, p.tagsOf(r).Without(names...)) // a new map: copies share the old one
 				touched = append(touched, r)
 				break
 			}
@@ -70,7 +70,7 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 	}
 	out := make([]engine.Tags, len(rows))
 	for i, r := range rows {
-		out[i] = r.tags.Clone()
+		out[i] = p.tagsOf(r).Clone()
 	}
 	if len(touched) == 0 {
 		return out, nil
@@ -86,8 +86,8 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 	return out, nil
 }
 
-func hasTag(r *row, name string) bool {
-	_, ok := r.tags[name]
+func hasTag(p *partition, r *row, name string) bool {
+	_, ok := p.tagsOf(r)[name]
 	return ok
 }
 
@@ -146,12 +146,12 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 	r := p.keys[req.Key]
 	var cur any
 	if r != nil {
-		cur = r.tags[req.Name]
+		cur = p.tagsOf(r)[req.Name]
 	}
 	if !engine.TagValueEqual(cur, req.Old) {
 		return engine.TagSwapped{Current: engine.Tags{req.Name: cur}.Clone()[req.Name]}, nil
 	}
-	if req.New == nil && (r == nil || !hasTag(r, req.Name)) {
+	if req.New == nil && (r == nil || !hasTag(p, r, req.Name)) {
 		return engine.TagSwapped{Swapped: true}, nil // absent already
 	}
 	set := engine.Tags{req.Name: req.New}
@@ -172,9 +172,9 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		r = rows[0]
 	}
 	if req.New == nil {
-		r.tags = r.tags.Without(req.Name)
+		p.setTags(r, p.tagsOf(r).Without(req.Name))
 	} else {
-		r.tags = r.tags.Merge(set)
+		p.setTags(r, p.tagsOf(r).Merge(set))
 	}
 	n := p.feed.touch(rows)
 	if c.logging() {

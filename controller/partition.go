@@ -1,11 +1,17 @@
 package controller
 
-// Partition state. Every row of a partition is a *row in p.rows (a paged
-// table keyed by its global index, see rowtable.go); a row's cells are indexed by field slot. Readiness for
+// Partition state. Every row of a partition is a row in p.rows (a paged
+// table keyed by its global index that holds the rows and their cells by
+// field slot, with no pointer per row: see rowtable.go). Readiness for
 // fetches is kept incrementally in ready views, one per (task, field set)
 // that has been fetched, so a fetch costs O(batch), not O(partition):
 //
-//	rows      map index → row{key, tags, cells[slot], consumed bitset, active}
+//	rows      index → row{seq, change, consumed bits, flags} + cells[slot]
+//	rowKeys   index → key      } side tables, only for the rows that
+//	rowTags   index → tags     } have them: a row holds no pointer
+//	more      index → consumed bits of task slots 64 and up
+//	consumedN task slot → rows the task has consumed (the end of a
+//	          finite stream is a comparison, not a walk)
 //	fields    map name → field{slot, dtype, kind, shape | per-row shapes}
 //	tasks     map name → slot in every row's consumed bitset
 //	views     map (task, fields) → ordered set of ready, unconsumed rows
@@ -53,22 +59,26 @@ func cellAt(l engine.CellLoc) cell {
 	return cell{off: l.Addr.Offset, len: l.Addr.Len, seg: l.Addr.Segment, gen: l.Addr.Gen, unit: uint32(l.Unit) | producedBit}
 }
 
+// row is one row's fixed-size state. It holds no pointers (see
+// rowtable.go): its key, its tags and its consumption by tasks past the
+// first 64 live in the partition's side tables, found by index when its
+// flags say it has them.
 type row struct {
 	index  uint64
 	seq    uint64 // creation order of the key, for listing
 	change uint64 // with a key: the change number of its last change (changes.go)
-	key    string
-	tags   engine.Tags
-	cells  []cell // by field slot; shorter than the field count when later fields were never written
-	// consumed is a bitset by task slot: the first 64 tasks inline (a
-	// row's first consumption allocates nothing), the rest in more.
-	consumed     uint64
-	consumedMore []uint64
-	active       bool // false while the row is only pre-allocated
-	inFeed       bool // in its partition's change feed (changes.go)
 	// logged is the log index of the last record that changed the row's
 	// key, cells or tags: a read that saw them waits for it (WaitRead).
 	logged uint64
+	// consumed is the consumption bitset of the first 64 task slots; the
+	// rest are in partition.more (with more set).
+	consumed uint64
+	live     bool // the slot of its page holds a row
+	active   bool // false while the row is only pre-allocated
+	inFeed   bool // in its partition's change feed (changes.go)
+	keyed    bool // has a key (partition.rowKeys)
+	tagged   bool // has tags (partition.rowTags)
+	more     bool // consumed by a task past the first 64 (partition.more)
 }
 
 // stamp notes that record idx changed rows (0: nothing was logged).
@@ -80,24 +90,81 @@ func stamp(rows []*row, idx uint64) {
 	}
 }
 
-func (r *row) has(slot int) bool { return slot < len(r.cells) && r.cells[slot].produced() }
+// has reports whether r's cell of field slot is produced.
+func (p *partition) has(r *row, slot int) bool { return p.rows.has(r, slot) }
 
-func (r *row) isConsumed(t int) bool {
+// keyOf returns r's key ("" for none).
+func (p *partition) keyOf(r *row) string {
+	if !r.keyed {
+		return ""
+	}
+	return p.rowKeys[r.index]
+}
+
+// setKey gives r the key k (not the key map: see createKeys).
+func (p *partition) setKey(r *row, k string) {
+	r.keyed = k != ""
+	if r.keyed {
+		p.rowKeys[r.index] = k
+	} else {
+		delete(p.rowKeys, r.index)
+	}
+}
+
+// tagsOf returns r's tags (nil for none). The map is shared: change tags
+// with setTags and a new map.
+func (p *partition) tagsOf(r *row) engine.Tags {
+	if !r.tagged {
+		return nil
+	}
+	return p.rowTags[r.index]
+}
+
+// setTags replaces r's tags.
+func (p *partition) setTags(r *row, t engine.Tags) {
+	r.tagged = t != nil
+	if r.tagged {
+		p.rowTags[r.index] = t
+	} else {
+		delete(p.rowTags, r.index)
+	}
+}
+
+func (p *partition) isConsumed(r *row, t int) bool {
 	if t < 64 {
 		return r.consumed&(1<<t) != 0
 	}
+	if !r.more {
+		return false
+	}
+	more := p.more[r.index]
 	w := t/64 - 1
-	return w < len(r.consumedMore) && r.consumedMore[w]&(1<<(t%64)) != 0
+	return w < len(more) && more[w]&(1<<(t%64)) != 0
 }
 
-func (r *row) setConsumed(t int, v bool) {
+// setConsumed marks r consumed by task slot t or not, keeping the task's
+// count of consumed rows.
+func (p *partition) setConsumed(r *row, t int, v bool) {
+	if p.isConsumed(r, t) == v {
+		return
+	}
+	for len(p.consumedN) <= t {
+		p.consumedN = append(p.consumedN, 0)
+	}
+	if v {
+		p.consumedN[t]++
+	} else {
+		p.consumedN[t]--
+	}
 	word := &r.consumed
 	if t >= 64 {
 		w := t/64 - 1
-		for len(r.consumedMore) <= w {
-			r.consumedMore = append(r.consumedMore, 0)
+		more := p.more[r.index]
+		for len(more) <= w {
+			more = append(more, 0)
 		}
-		word = &r.consumedMore[w]
+		p.more[r.index], r.more = more, true
+		word = &more[w]
 	}
 	if v {
 		*word |= 1 << (t % 64)
@@ -106,21 +173,42 @@ func (r *row) setConsumed(t int, v bool) {
 	}
 }
 
-// consumedWords returns the consumption bitset as words (task slot t is
+// consumedWords returns r's consumption bitset as words (task slot t is
 // bit t%64 of word t/64), trailing zero words trimmed.
-func (r *row) consumedWords() []uint64 {
-	if r.consumed == 0 && len(r.consumedMore) == 0 {
+func (p *partition) consumedWords(r *row) []uint64 {
+	if r.consumed == 0 && !r.more {
 		return nil
 	}
-	out := append([]uint64{r.consumed}, r.consumedMore...)
+	out := []uint64{r.consumed}
+	if r.more {
+		out = append(out, p.more[r.index]...)
+	}
 	for len(out) > 0 && out[len(out)-1] == 0 {
 		out = out[:len(out)-1]
 	}
 	return out
 }
 
-// clearConsumed forgets every task's consumption.
-func (r *row) clearConsumed() { r.consumed, r.consumedMore = 0, r.consumedMore[:0] }
+// forgetRow takes r, about to be removed, out of the tasks' counts of
+// consumed rows, and drops its side tables.
+func (p *partition) forgetRow(r *row) {
+	if r.consumed != 0 || r.more {
+		for t, n := range p.consumedN {
+			if n > 0 && p.isConsumed(r, t) {
+				p.consumedN[t]--
+			}
+		}
+	}
+	if r.more {
+		delete(p.more, r.index)
+	}
+	if r.tagged {
+		delete(p.rowTags, r.index)
+	}
+	if r.keyed {
+		delete(p.rowKeys, r.index)
+	}
+}
 
 // field tracks a field's schema over the partition's produced cells:
 // the first dtype wins; a shape change makes the field ragged, and it turns
@@ -129,10 +217,10 @@ type field struct {
 	name     string
 	slot     int
 	dtype    engine.DType
-	kind     engine.Kind             // Dense, Ragged or Opaque
-	shape    engine.Shape            // Dense: the shape every produced row has
-	shapes   map[uint64]engine.Shape // Ragged: per-row shapes
-	counts   map[string]int          // produced rows per distinct shape (not for opaque)
+	kind     engine.Kind    // Dense, Ragged or Opaque
+	shape    engine.Shape   // Dense: the shape every produced row has
+	shapes   *shapeTable    // Ragged: per-row shapes
+	counts   map[string]int // produced rows per distinct shape (not for opaque)
 	produced int
 }
 
@@ -172,13 +260,28 @@ type partition struct {
 	reserved *btree.BTreeG[uint64] // pre-allocated rows not yet active
 	fields   map[string]*field
 	order    []*field // by slot
-	keys     map[string]*row
-	bySeq    *btree.BTreeG[*row] // the rows with keys, in creation order (listing)
-	keySeq   uint64
-	tasks    map[string]int
-	taskName []string
-	views    map[viewKey]*readyView
-	fetches  fetchTable // recent keyed fetches
+	// rowKeys, rowTags and more are the rows' side tables (see row).
+	rowKeys map[uint64]string
+	rowTags map[uint64]engine.Tags
+	more    map[uint64][]uint64
+	// consumedN counts the rows each task slot has consumed.
+	consumedN []int
+	keys      map[string]*row
+	bySeq     *btree.BTreeG[*row] // the rows with keys, in creation order (listing)
+	keySeq    uint64
+	tasks     map[string]int
+	taskName  []string
+	views     map[viewKey]*readyView
+	fetches   fetchTable // recent keyed fetches
+	// groups follows the batches samplers keep for data-replica groups;
+	// keptCheck is when the first could be left behind (zero: none). See
+	// keptbatches.go.
+	groups    map[groupKey]*groupState
+	keptCheck time.Time
+	// scratch is tryFetch's slice of the rows a fetch returns, reused.
+	scratch []*row
+	// tagsAt is SampleRequest.Tags for this partition, made once.
+	tagsAt func(uint64) engine.Tags
 	// changed is closed and replaced whenever rows become ready, are reset
 	// or cleared, waking blocked fetches.
 	changed chan struct{}
@@ -192,7 +295,7 @@ type partition struct {
 }
 
 func newPartition(id string, gen uint64) *partition {
-	return &partition{
+	p := &partition{
 		id:       id,
 		gen:      gen,
 		created:  time.Now(),
@@ -200,10 +303,24 @@ func newPartition(id string, gen uint64) *partition {
 		reserved: btree.NewOrderedG[uint64](32),
 		fields:   make(map[string]*field),
 		keys:     make(map[string]*row),
+		rowKeys:  make(map[uint64]string),
+		rowTags:  make(map[uint64]engine.Tags),
+		more:     make(map[uint64][]uint64),
 		bySeq:    btree.NewG(32, func(a, b *row) bool { return a.seq < b.seq }),
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
 		changed:  make(chan struct{}),
+	}
+	p.initTagsAt()
+	return p
+}
+
+func (p *partition) initTagsAt() {
+	p.tagsAt = func(i uint64) engine.Tags {
+		if r, ok := p.rows.get(i); ok {
+			return p.tagsOf(r)
+		}
+		return nil
 	}
 }
 
@@ -214,16 +331,11 @@ func (p *partition) notify() {
 
 // addRows registers freshly allocated indexes; reserved rows are
 // pre-allocated and not active.
-//
-// The rows of one call share one allocation, so rows inserted together
-// (and usually fetched together) sit next to each other in memory.
 func (p *partition) addRows(idx []uint64, active bool) []*row {
 	out := make([]*row, len(idx))
-	slab := make([]row, len(idx))
 	for i, gi := range idx {
-		r := &slab[i]
-		r.index, r.active = gi, active
-		p.rows.put(r)
+		r := p.rows.add(gi)
+		r.active = active
 		if !active {
 			p.reserved.ReplaceOrInsert(gi)
 		}
@@ -274,7 +386,7 @@ func (p *partition) rowReady(r *row, slots []int) bool {
 		return false
 	}
 	for _, s := range slots {
-		if !r.has(s) {
+		if !p.has(r, s) {
 			return false
 		}
 	}
@@ -297,11 +409,7 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 		return nil, false
 	}
 	v := &readyView{task: p.taskSlot(task), slots: slots, set: newReadySet()}
-	p.rows.all(func(r *row) {
-		if p.rowReady(r, slots) && !r.isConsumed(v.task) {
-			v.set.add(r.index)
-		}
-	})
+	p.readyRows(v, v.set.add)
 	p.views[k] = v
 	return v, true
 }
@@ -310,7 +418,7 @@ func (p *partition) view(task string, fields []string) (*readyView, bool) {
 // changed.
 func (p *partition) refreshRow(r *row) {
 	for _, v := range p.views {
-		if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
+		if p.rowReady(r, v.slots) && !p.isConsumed(r, v.task) {
 			v.set.add(r.index)
 		} else {
 			v.set.remove(r.index)
@@ -319,9 +427,25 @@ func (p *partition) refreshRow(r *row) {
 }
 
 func (p *partition) markConsumed(task int, idx []uint64) {
-	for _, gi := range idx {
-		if r, ok := p.rows.get(gi); ok {
-			r.setConsumed(task, true)
+	if task < 64 {
+		// The first 64 tasks' bits are in the row: set them here, and
+		// count them once.
+		m, n := uint64(1)<<task, 0
+		for _, gi := range idx {
+			if r, ok := p.rows.get(gi); ok && r.consumed&m == 0 {
+				r.consumed |= m
+				n++
+			}
+		}
+		for len(p.consumedN) <= task {
+			p.consumedN = append(p.consumedN, 0)
+		}
+		p.consumedN[task] += n
+	} else {
+		for _, gi := range idx {
+			if r, ok := p.rows.get(gi); ok {
+				p.setConsumed(r, task, true)
+			}
 		}
 	}
 	// One pass per view, not a walk of the views per row.
@@ -338,23 +462,52 @@ func (p *partition) markConsumed(task int, idx []uint64) {
 // resetConsumption clears one task's consumption (all tasks when task < 0)
 // and rebuilds the affected views.
 func (p *partition) resetConsumption(task int) {
-	p.rows.all(func(r *row) {
-		if task < 0 {
-			r.clearConsumed()
+	if task < 0 {
+		p.rows.all(func(r *row) { r.consumed, r.more = 0, false })
+		clear(p.more)
+		clear(p.consumedN)
+	} else if task < len(p.consumedN) && p.consumedN[task] > 0 {
+		if task < 64 {
+			m := ^(uint64(1) << task)
+			p.rows.all(func(r *row) { r.consumed &= m })
+			p.consumedN[task] = 0
 		} else {
-			r.setConsumed(task, false)
+			p.rows.all(func(r *row) { p.setConsumed(r, task, false) })
 		}
-	})
+	}
 	for _, v := range p.views {
 		if task >= 0 && v.task != task {
 			continue
 		}
-		p.rows.all(func(r *row) {
-			if p.rowReady(r, v.slots) && !r.isConsumed(v.task) {
-				v.set.add(r.index)
-			}
-		})
+		p.readyRows(v, v.set.add)
 	}
+}
+
+// readyRows calls fn for every row ready in v (active, produced for v's
+// fields, not consumed by v's task), in index order, a page at a time.
+func (p *partition) readyRows(v *readyView, fn func(gi uint64)) {
+	p.rows.pagesInOrder(func(base uint64, pg *rowPage) {
+		cols := make([][]cell, len(v.slots))
+		for j, s := range v.slots {
+			if s >= len(pg.cols) || pg.cols[s] == nil {
+				return // no row of the page has the field
+			}
+			cols[j] = pg.cols[s]
+		}
+	rows:
+		for i := range pg.rows {
+			r := &pg.rows[i]
+			if !r.live || !r.active || p.isConsumed(r, v.task) {
+				continue
+			}
+			for _, col := range cols {
+				if !col[i].produced() {
+					continue rows
+				}
+			}
+			fn(base + uint64(i))
+		}
+	})
 }
 
 // removeRows drops rows (each given once) and everything attached to
@@ -365,18 +518,19 @@ func (p *partition) resetConsumption(task int) {
 func (p *partition) removeRows(rows []*row, freed []engine.CellLoc) []engine.CellLoc {
 	for slot, f := range p.order {
 		for _, r := range rows {
-			if r.has(slot) {
-				freed = append(freed, r.cells[slot].loc())
+			if c := p.rows.cell(r, slot); c.produced() {
+				freed = append(freed, c.loc())
 				p.forgetCell(f, r.index)
 			}
 		}
 	}
 	for _, r := range rows {
-		if r.key != "" {
-			delete(p.keys, r.key)
+		if r.keyed {
+			delete(p.keys, p.keyOf(r))
 			p.bySeq.Delete(r)
 			p.feed.drop(r)
 		}
+		p.forgetRow(r)
 		if !r.active {
 			p.reserved.Delete(r.index)
 		}
@@ -400,16 +554,13 @@ func (p *partition) forgetCell(f *field, gi uint64) {
 	if f.kind != engine.Ragged {
 		return
 	}
-	k := shapeKey(f.shapes[gi])
-	delete(f.shapes, gi)
+	k := f.shapes.key(gi)
+	f.shapes.del(gi)
 	if f.counts[k]--; f.counts[k] == 0 {
 		delete(f.counts, k)
 	}
 	if len(f.counts) == 1 {
-		for _, sh := range f.shapes {
-			f.shape = sh
-			break
-		}
+		f.shape = f.shapes.any()
 		f.kind, f.shapes, f.counts = engine.Dense, nil, nil
 	}
 }
@@ -426,11 +577,11 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 		var first engine.Shape
 		uniform, seen := true, false
 		for i, r := range rows {
-			if !r.has(f.slot) {
+			if !p.has(r, f.slot) {
 				continue
 			}
-			sh := f.shapes[r.index]
-			shapes[i] = sh.Clone()
+			sh, _ := f.shapes.get(r.index)
+			shapes[i] = sh
 			if !seen {
 				first, seen = sh, true
 			} else if !sh.Equal(first) {
@@ -490,15 +641,20 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 		Schema:     make(map[string]engine.FieldSchema, len(fs)),
 		Cells:      make(map[string][]engine.CellLoc, len(fs)),
 	}
-	missing := make([]bool, n) // a field's cell of the row is not produced
+	var missing []bool // a field's cell of the row is not produced (nil: none)
 	slab := make([]engine.CellLoc, n*len(fs))
 	kept := 0
 	for _, f := range fs {
 		locs := slab[kept*n : (kept+1)*n : (kept+1)*n]
 		whole := true
+		var col []cell // f's cells of the page of the row before
+		colPage := ^uint64(0)
 		for i, r := range rows {
-			if f.slot < len(r.cells) {
-				if c := r.cells[f.slot]; c.produced() {
+			if k := r.index / pageSize; k != colPage {
+				col, colPage = p.rows.column(r.index, f.slot), k
+			}
+			if col != nil {
+				if c := col[r.index%pageSize]; c.produced() {
 					locs[i] = c.loc()
 					continue
 				}
@@ -506,6 +662,9 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 			if common {
 				whole = false
 				break
+			}
+			if missing == nil {
+				missing = make([]bool, n)
 			}
 			missing[i] = true
 		}
@@ -521,14 +680,16 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 	for i, r := range rows {
 		m.Indexes[i] = r.index
 		m.Partitions[i] = p.id
-		m.Tags[i] = r.tags.Clone() // nil for rows without tags: no allocation
-		hasKey = hasKey || r.key != ""
-		m.Ready[i] = allKnown && r.active && !missing[i]
+		if r.tagged {
+			m.Tags[i] = p.tagsOf(r).Clone()
+		}
+		hasKey = hasKey || r.keyed
+		m.Ready[i] = allKnown && r.active && (missing == nil || !missing[i])
 	}
 	if hasKey {
 		m.Keys = make([]string, n)
 		for i, r := range rows {
-			m.Keys[i] = r.key
+			m.Keys[i] = p.keyOf(r)
 		}
 	}
 	return m

@@ -58,9 +58,9 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 	out.Tags = make([]engine.Tags, n)
 	for i, r := range rows {
 		if req.Tags != nil && len(req.Tags[i]) > 0 {
-			r.tags = r.tags.Merge(req.Tags[i])
+			p.setTags(r, p.tagsOf(r).Merge(req.Tags[i]))
 		}
-		out.Tags[i] = r.tags.Clone()
+		out.Tags[i] = p.tagsOf(r).Clone()
 	}
 	out.Fields = p.commonFields(rows)
 	// One change of the keys' feed: their creation, cells and tags

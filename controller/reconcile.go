@@ -241,9 +241,9 @@ func (c *Controller) Reconcile(req ReconcileRequest) (ReconcileResult, error) {
 		return req.Last && cl.seg < req.NextSegment && !live[cl.seg]
 	}
 	c.eachCellOf(req.Unit, func(p *partition, r *row, slot int, lost *[]*wirepb.LostOp) {
-		cl := r.cells[slot]
+		cl := p.rows.cell(r, slot)
 		if gone(cl) {
-			r.cells[slot] = lostCell(cl)
+			p.rows.set(r, slot, lostCell(cl))
 			if len(*lost) == 0 || (*lost)[len(*lost)-1].Partition != p.id {
 				*lost = append(*lost, &wirepb.LostOp{Partition: p.id, Gen: p.gen})
 			}
@@ -272,8 +272,8 @@ func (c *Controller) Reconcile(req ReconcileRequest) (ReconcileResult, error) {
 		// Second pass, for the extents cells reference in part only: their
 		// referenced ranges. A cell dropped meanwhile is freed through the
 		// queue; none can be added (the generations are fenced).
-		c.eachCellOf(req.Unit, func(_ *partition, r *row, slot int, _ *[]*wirepb.LostOp) {
-			cl := r.cells[slot]
+		c.eachCellOf(req.Unit, func(p *partition, r *row, slot int, _ *[]*wirepb.LostOp) {
+			cl := p.rows.cell(r, slot)
 			k := segGen{cl.seg, cl.gen}
 			if rs, ok := partial[k]; ok {
 				partial[k] = append(rs, engine.RemoteAddr{Segment: cl.seg, Gen: cl.gen, Offset: cl.off, Len: cl.len})
@@ -303,11 +303,11 @@ func (c *Controller) eachCellOf(unit engine.UnitID, fn func(p *partition, r *row
 		}
 		var lost []*wirepb.LostOp
 		p.rows.all(func(r *row) {
-			for slot, cl := range r.cells {
-				if cl.produced() && engine.UnitID(cl.unit&^producedBit) == unit && cl.len > 0 {
+			p.rows.cells(r, func(slot int, cl cell) {
+				if engine.UnitID(cl.unit&^producedBit) == unit && cl.len > 0 {
 					fn(p, r, slot, &lost)
 				}
-			}
+			})
 		})
 		for _, o := range lost {
 			// Rare: every read waits for it.

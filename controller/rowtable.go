@@ -1,20 +1,44 @@
 package controller
 
-// rowTable maps a partition's global row indexes to rows. Rows live in
-// pages of pageSize slots keyed by index/pageSize, so a batch of nearby
-// indexes (the usual fetch: the lowest ready rows) touches a few pages
-// instead of probing a hash map once per row, which on a partition of a
-// million rows is a cache miss per row. Iteration is in index order.
+// rowTable maps a partition's global row indexes to rows, and holds the
+// rows and their cells itself, in pages of pageSize rows keyed by
+// index/pageSize:
+//
+//	pages  map page number → rowPage
+//	rowPage
+//	  rows  [pageSize]row       by value; row holds no pointers
+//	  cols  [field slot][]cell  pageSize cells per field, nil until a row
+//	                            of the page has a cell of the field
+//
+// Neither a row nor a cell holds a pointer (keys, tags and the rare
+// consumption words past the first 64 tasks are side tables of the
+// partition), so a partition of a million rows is a few thousand
+// pointer-free objects to the garbage collector, not millions of small
+// ones it must mark and scan on every cycle: before, that marking took a
+// third of a fetch's CPU at a million rows. A batch of nearby indexes (the
+// usual fetch: the lowest ready rows) touches a few pages, and a field's
+// cells of a page are contiguous, so a meta's column is read in order.
+//
+// A *row handed out points into its page: it stays valid until the row is
+// deleted (the page is not freed under it, the garbage collector keeps it),
+// and must not be kept past that.
+//
+// A rowTable is not safe for concurrent use (the partition's lock guards it).
 
 import (
 	"slices"
 )
 
-const pageSize = 1024
+// pageSize is the rows per page: small enough that a page sparsely used
+// (indexes are shared by all partitions, so a partition's rows can be
+// interleaved with others') wastes little, large enough that a fetch of a
+// thousand rows looks up a handful.
+const pageSize = 256
 
 type rowPage struct {
-	slots [pageSize]*row
-	n     int // rows in the page
+	rows [pageSize]row
+	cols [][]cell // by field slot
+	n    int      // live rows in the page
 }
 
 type rowTable struct {
@@ -45,33 +69,52 @@ func (t *rowTable) get(gi uint64) (*row, bool) {
 	if p == nil {
 		return nil, false
 	}
-	r := p.slots[gi%pageSize]
-	return r, r != nil
+	r := &p.rows[gi%pageSize]
+	if !r.live {
+		return nil, false
+	}
+	return r, true
 }
 
-// put stores r under r.index (replacing any row there).
-func (t *rowTable) put(r *row) {
-	p := t.page(r.index)
+// add makes a new row with index gi, with no cells, and returns it. A row
+// already there is replaced.
+func (t *rowTable) add(gi uint64) *row {
+	p := t.page(gi)
 	if p == nil {
 		p = &rowPage{}
-		t.pages[r.index/pageSize] = p
-		t.lastKey, t.lastPage = r.index/pageSize, p
+		t.pages[gi/pageSize] = p
+		t.lastKey, t.lastPage = gi/pageSize, p
 	}
-	s := &p.slots[r.index%pageSize]
-	if *s == nil {
+	i := gi % pageSize
+	r := &p.rows[i]
+	if r.live {
+		t.clearCells(p, i)
+	} else {
 		p.n++
 		t.n++
 	}
-	*s = r
+	*r = row{index: gi, live: true}
+	return r
 }
 
-// del removes the row with index gi, if any.
+func (t *rowTable) clearCells(p *rowPage, i uint64) {
+	for _, col := range p.cols {
+		if col != nil {
+			col[i] = cell{}
+		}
+	}
+}
+
+// del removes the row with index gi, if any, and its cells. A *row of it
+// still reads as it was (its index, say) until the index is added again.
 func (t *rowTable) del(gi uint64) {
 	p := t.page(gi)
-	if p == nil || p.slots[gi%pageSize] == nil {
+	if p == nil || !p.rows[gi%pageSize].live {
 		return
 	}
-	p.slots[gi%pageSize] = nil
+	i := gi % pageSize
+	p.rows[i].live = false
+	t.clearCells(p, i)
 	p.n--
 	t.n--
 	if p.n == 0 {
@@ -84,7 +127,76 @@ func (t *rowTable) del(gi uint64) {
 
 func (t *rowTable) len() int { return t.n }
 
-// all calls fn for every row in ascending index order.
+// cell returns r's cell of field slot (the zero cell, not produced, when
+// there is none).
+func (t *rowTable) cell(r *row, slot int) cell {
+	p := t.page(r.index)
+	if slot >= len(p.cols) || p.cols[slot] == nil {
+		return cell{}
+	}
+	return p.cols[slot][r.index%pageSize]
+}
+
+// column returns the cells of field slot of the page that holds row gi
+// (nil when none of its rows has one): the rows of a batch in one page
+// cost one lookup.
+func (t *rowTable) column(gi uint64, slot int) []cell {
+	p := t.page(gi)
+	if p == nil || slot >= len(p.cols) {
+		return nil
+	}
+	return p.cols[slot]
+}
+
+// has reports whether r's cell of field slot is produced.
+func (t *rowTable) has(r *row, slot int) bool { return t.cell(r, slot).produced() }
+
+// set stores r's cell of field slot.
+func (t *rowTable) set(r *row, slot int, c cell) {
+	p := t.page(r.index)
+	if slot >= len(p.cols) {
+		if !c.produced() && c == (cell{}) {
+			return
+		}
+		p.cols = append(p.cols, make([][]cell, slot+1-len(p.cols))...)
+	}
+	col := p.cols[slot]
+	if col == nil {
+		if c == (cell{}) {
+			return
+		}
+		col = make([]cell, pageSize)
+		p.cols[slot] = col
+	}
+	col[r.index%pageSize] = c
+}
+
+// cells calls fn for each produced cell of r, by field slot.
+func (t *rowTable) cells(r *row, fn func(slot int, c cell)) {
+	p := t.page(r.index)
+	i := r.index % pageSize
+	for slot, col := range p.cols {
+		if col != nil && col[i].produced() {
+			fn(slot, col[i])
+		}
+	}
+}
+
+// pagesInOrder calls fn for every page, with the index of its first slot,
+// in ascending order. fn must not add or delete rows.
+func (t *rowTable) pagesInOrder(fn func(base uint64, p *rowPage)) {
+	keys := make([]uint64, 0, len(t.pages))
+	for k := range t.pages {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fn(k*pageSize, t.pages[k])
+	}
+}
+
+// all calls fn for every row in ascending index order. fn may change the
+// rows and their cells but not add or delete rows.
 func (t *rowTable) all(fn func(*row)) {
 	keys := make([]uint64, 0, len(t.pages))
 	for k := range t.pages {
@@ -92,8 +204,10 @@ func (t *rowTable) all(fn func(*row)) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		for _, r := range t.pages[k].slots {
-			if r != nil {
+		p := t.pages[k]
+		t.lastKey, t.lastPage = k, p // cell lookups of fn's row hit it
+		for i := range p.rows {
+			if r := &p.rows[i]; r.live {
 				fn(r)
 			}
 		}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/invariants"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -173,18 +174,25 @@ func (c *Controller) MarkDone(partition string) error {
 }
 
 // unconsumed counts the rows of p (pre-allocated ones included) that task
-// has not consumed. It walks the partition: tryFetch asks only when a
-// done partition comes up short, at the end of its data.
+// has not consumed, from the count of consumed rows kept per task as rows
+// are consumed, given back and removed: a finite stream's end is found
+// without walking the partition.
 func (p *partition) unconsumed(task string) int {
 	t, ok := p.tasks[task]
-	if !ok {
-		return p.rows.len()
+	n := p.rows.len()
+	if ok && t < len(p.consumedN) {
+		n -= p.consumedN[t]
 	}
-	n := 0
-	p.rows.all(func(r *row) {
-		if !r.isConsumed(t) {
-			n++
+	if invariants.Enabled && ok {
+		walked := 0
+		p.rows.all(func(r *row) {
+			if !p.isConsumed(r, t) {
+				walked++
+			}
+		})
+		if walked != n {
+			panic(fmt.Sprintf("partition %q task %q: %d rows unconsumed by the count, %d by a walk", p.id, task, n, walked))
 		}
-	})
+	}
 	return n
 }

@@ -120,21 +120,18 @@ func (p *partition) copyState() *partCopy {
 	pc.rows = make([]rowCopy, 0, p.rows.len())
 	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
 	p.rows.all(func(r *row) {
-		rc := rowCopy{index: r.index, key: r.key, seq: r.seq, change: r.change, reserved: !r.active, tags: r.tags, consumed: r.consumedWords()}
+		rc := rowCopy{index: r.index, key: p.keyOf(r), seq: r.seq, change: r.change, reserved: !r.active, tags: p.tagsOf(r), consumed: p.consumedWords(r)}
 		start := len(slab)
-		for slot, cl := range r.cells {
-			if !cl.produced() {
-				continue
-			}
+		p.rows.cells(r, func(slot int, cl cell) {
 			cc := cellCopy{slot: slot, c: cl}
 			switch f := p.order[slot]; f.kind {
 			case engine.Dense:
 				cc.shape = f.shape
 			case engine.Ragged:
-				cc.shape = f.shapes[r.index]
+				cc.shape, _ = f.shapes.get(r.index)
 			}
 			slab = append(slab, cc)
-		}
+		})
 		rc.cells = slab[start:len(slab):len(slab)]
 		pc.rows = append(pc.rows, rc)
 	})
@@ -460,26 +457,32 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 
 // loadRow adds a row read from a state file to p, whose fields are fields.
 func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
-	r := &row{index: sr.Index, key: sr.Key, seq: sr.Seq, change: sr.Change, active: !sr.Reserved}
 	tags, err := wire.JSONFromPB(sr.Tags)
 	if err != nil {
-		return corrupt("partition %q row %d: %s", p.id, r.index, err.Error())
+		return corrupt("partition %q row %d: %s", p.id, sr.Index, err.Error())
 	}
-	r.tags = tags
-	if r.key != "" {
-		if _, dup := p.keys[r.key]; dup {
-			return corrupt("partition %q: key %q appears twice", p.id, r.key)
+	if sr.Key != "" {
+		if _, dup := p.keys[sr.Key]; dup {
+			return corrupt("partition %q: key %q appears twice", p.id, sr.Key)
 		}
-		if r.seq == 0 || r.seq > p.keySeq {
-			return corrupt("partition %q: key %q has creation number %d, the partition's last is %d", p.id, r.key, r.seq, p.keySeq)
+		if sr.Seq == 0 || sr.Seq > p.keySeq {
+			return corrupt("partition %q: key %q has creation number %d, the partition's last is %d", p.id, sr.Key, sr.Seq, p.keySeq)
 		}
-		if r.change > p.feed.seq {
-			return corrupt("partition %q: key %q has change number %d, the partition's last is %d", p.id, r.key, r.change, p.feed.seq)
+		if sr.Change > p.feed.seq {
+			return corrupt("partition %q: key %q has change number %d, the partition's last is %d", p.id, sr.Key, sr.Change, p.feed.seq)
 		}
-		p.keys[r.key] = r
+	}
+	if _, dup := p.rows.get(sr.Index); dup {
+		return corrupt("partition %q: row %d appears twice", p.id, sr.Index)
+	}
+	r := p.rows.add(sr.Index)
+	r.seq, r.change, r.active = sr.Seq, sr.Change, !sr.Reserved
+	p.setTags(r, tags)
+	if sr.Key != "" {
+		p.setKey(r, sr.Key)
+		p.keys[sr.Key] = r
 		p.bySeq.ReplaceOrInsert(r)
 	}
-	p.rows.put(r)
 	if sr.Reserved {
 		if len(sr.Cells) > 0 {
 			return corrupt("partition %q: reserved row %d has cells", p.id, r.index)
@@ -490,7 +493,7 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		if int(t) >= len(p.taskName) {
 			return corrupt("partition %q row %d: consumed by unknown task %d", p.id, r.index, t)
 		}
-		r.setConsumed(int(t), true)
+		p.setConsumed(r, int(t), true)
 	}
 	for _, sc := range sr.Cells {
 		if int(sc.Field) >= len(p.order) {
@@ -500,7 +503,7 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 			return corrupt("partition %q row %d: unit id %d out of range", p.id, r.index, sc.Unit)
 		}
 		f := p.order[sc.Field]
-		if r.has(f.slot) {
+		if p.has(r, f.slot) {
 			return corrupt("partition %q row %d: field %q stored twice", p.id, r.index, f.name)
 		}
 		dt, err := wire.DTypeFromPB(fields[sc.Field].Dtype)
@@ -519,9 +522,6 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		} else if sc.Shape != nil {
 			return corrupt("partition %q row %d: opaque field %q has a shape", p.id, r.index, f.name)
 		}
-		for len(r.cells) <= f.slot {
-			r.cells = append(r.cells, cell{})
-		}
 		cl := cell{off: sc.Offset, len: sc.Len, seg: sc.Segment, gen: sc.Gen, unit: sc.Unit | producedBit}
 		if sc.InFile {
 			if !ls.head.Data {
@@ -530,7 +530,7 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 			ls.inFile = append(ls.inFile, fileCell{p: p, r: r, slot: f.slot, off: sc.FileOffset, len: sc.Len})
 			cl = cell{len: sc.Len, unit: uint32(engine.LostUnit) | producedBit} // until its bytes are written
 		}
-		r.cells[f.slot] = cl
+		p.rows.set(r, f.slot, cl)
 		p.recordCell(f, r.index, dt, opaque, shape)
 	}
 	return nil

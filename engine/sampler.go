@@ -99,6 +99,17 @@ type RowForgetter interface {
 	ForgetRows(partition string, rows []uint64)
 }
 
+// BatchDropper is a [CachingSampler] that can drop one cached batch of a
+// data-replica group: the controller drops a batch its group left behind
+// (see controller.Config.KeptBatchTTL) and gives the rows back to the
+// task. DropBatch returns the rows of the batch cached for (partition,
+// task, opts.DPRank, opts.BatchIndex), nil when there is none, and hands
+// the change to journal (when not nil) as Sample hands its entries to
+// [SampleRequest.Journal], so that a replay of the log drops it too.
+type BatchDropper interface {
+	DropBatch(partition, task string, opts SamplingOptions, journal func(entry []byte)) ([]uint64, error)
+}
+
 // StatefulSampler is a sampler whose state goes into controller
 // checkpoints. The state is an opaque, self-describing document (JSON for
 // the built-in samplers).

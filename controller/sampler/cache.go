@@ -70,6 +70,20 @@ func (c *cache[K, V]) add(partition string, k K, v V) (V, bool) {
 	return v, true
 }
 
+// del removes the value under (partition, k) and returns it.
+func (c *cache[K, V]) del(partition string, k K) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[partition][k]
+	if ok {
+		delete(c.m[partition], k)
+		if len(c.m[partition]) == 0 {
+			delete(c.m, partition)
+		}
+	}
+	return v, ok
+}
+
 func (c *cache[K, V]) clear(partition string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -159,13 +173,16 @@ type rankKey struct {
 	batch int
 }
 
-// rowsEntry is one cached answer of GRPO or RankAware in saved state.
+// rowsEntry is one cached answer of GRPO or RankAware in saved state, or
+// in the journal; a journal entry with Dropped (and no rows) drops the
+// answer (DropBatch).
 type rowsEntry struct {
 	Partition  string   `json:"partition"`
 	Task       string   `json:"task"`
 	DPRank     int      `json:"dp_rank"`
 	BatchIndex int      `json:"batch_index"`
 	Rows       []uint64 `json:"rows"`
+	Dropped    bool     `json:"dropped,omitempty"`
 }
 
 // rowsState is the saved state of GRPO and RankAware.
@@ -209,13 +226,41 @@ func applyRowsEntry(kind string, n int, c *cache[rankKey, []uint64], data []byte
 	if e.DPRank < 0 {
 		return corrupt(kind, "journal entry: negative dp_rank %d", e.DPRank)
 	}
+	k := rankKey{task: e.Task, rank: e.DPRank, batch: e.BatchIndex}
+	if e.Dropped {
+		if len(e.Rows) > 0 {
+			return corrupt(kind, "journal entry: a dropped batch with rows")
+		}
+		c.del(e.Partition, k)
+		return nil
+	}
 	// Not necessarily whole groups of n: cleared rows leave cached
 	// batches (ForgetRows).
 	if err := checkRows(kind, 0, e.Rows); err != nil {
 		return err
 	}
-	c.add(e.Partition, rankKey{task: e.Task, rank: e.DPRank, batch: e.BatchIndex}, e.Rows)
+	c.add(e.Partition, k, e.Rows)
 	return nil
+}
+
+// dropRowsBatch drops a cached GRPO or RankAware batch (see
+// engine.BatchDropper) and journals the drop.
+func dropRowsBatch(kind string, c *cache[rankKey, []uint64], partition, task string, opts engine.SamplingOptions, j func([]byte)) ([]uint64, error) {
+	if !opts.HasRank {
+		return nil, nil
+	}
+	rows, ok := c.del(partition, rankKey{task: task, rank: opts.DPRank, batch: opts.BatchIndex})
+	if !ok {
+		return nil, nil
+	}
+	if j != nil {
+		b, err := json.Marshal(rowsEntry{Partition: partition, Task: task, DPRank: opts.DPRank, BatchIndex: opts.BatchIndex, Dropped: true})
+		if err != nil {
+			return nil, fmt.Errorf("%s: journal entry: %w", kind, err)
+		}
+		j(b)
+	}
+	return slices.Clone(rows), nil
 }
 
 // saveRows encodes a rank cache.

@@ -8,6 +8,7 @@ var (
 	_ engine.CachingSampler   = (*GRPO)(nil)
 	_ engine.JournaledSampler = (*GRPO)(nil)
 	_ engine.RowForgetter     = (*GRPO)(nil)
+	_ engine.BatchDropper     = (*GRPO)(nil)
 )
 
 const grpoKind = "grpo"
@@ -84,6 +85,11 @@ func (g *GRPO) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err
 // a rank and an answer for (partition, task, DPRank, BatchIndex) is cached.
 func (g *GRPO) Cached(partition, task string, opts engine.SamplingOptions) bool {
 	return opts.HasRank && g.cache.has(partition, rankKey{task: task, rank: opts.DPRank, batch: opts.BatchIndex})
+}
+
+// DropBatch implements [engine.BatchDropper].
+func (g *GRPO) DropBatch(partition, task string, opts engine.SamplingOptions, journal func([]byte)) ([]uint64, error) {
+	return dropRowsBatch(grpoKind, &g.cache, partition, task, opts, journal)
 }
 
 // ClearCache implements [engine.CachingSampler].

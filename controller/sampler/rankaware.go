@@ -8,6 +8,7 @@ var (
 	_ engine.CachingSampler   = (*RankAware)(nil)
 	_ engine.JournaledSampler = (*RankAware)(nil)
 	_ engine.RowForgetter     = (*RankAware)(nil)
+	_ engine.BatchDropper     = (*RankAware)(nil)
 )
 
 const rankAwareKind = "rank_aware"
@@ -23,7 +24,9 @@ const rankAwareKind = "rank_aware"
 // (the peers' own call consumes them again, which is harmless). Other groups
 // see those rows consumed, so their batches are disjoint. With fewer than
 // BatchSize rows ready and nothing cached it returns no rows and caches
-// nothing. Entries stay cached until [RankAware.ClearCache].
+// nothing. Entries stay cached until [RankAware.ClearCache], or until
+// [RankAware.DropBatch] (the controller drops a batch its group left
+// behind).
 //
 // RankAware is safe for concurrent use.
 type RankAware struct {
@@ -72,6 +75,11 @@ func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64
 // a rank and an answer for (partition, task, DPRank, BatchIndex) is cached.
 func (r *RankAware) Cached(partition, task string, opts engine.SamplingOptions) bool {
 	return opts.HasRank && r.cache.has(partition, rankKey{task: task, rank: opts.DPRank, batch: opts.BatchIndex})
+}
+
+// DropBatch implements [engine.BatchDropper].
+func (r *RankAware) DropBatch(partition, task string, opts engine.SamplingOptions, journal func([]byte)) ([]uint64, error) {
+	return dropRowsBatch(rankAwareKind, &r.cache, partition, task, opts, journal)
 }
 
 // ClearCache implements [engine.CachingSampler].

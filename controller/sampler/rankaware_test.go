@@ -1,6 +1,7 @@
 package sampler
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -179,4 +180,64 @@ func TestRankAwareCached(t *testing.T) {
 		})
 		wantRows(t, sampled, consumed, []uint64{2, 3})
 	})
+}
+
+// DropBatch takes one group's batch out of the cache (the others stay),
+// returns its rows and journals the drop: a sampler that replays the
+// journal ends with the same cache, and the next call for the batch takes
+// fresh rows.
+func TestDropBatch(t *testing.T) {
+	for _, s := range []interface {
+		engine.JournaledSampler
+		engine.CachingSampler
+		engine.BatchDropper
+	}{NewRankAware(), newGRPO(t, 1)} {
+		var log [][]byte
+		j := func(e []byte) { log = append(log, e) }
+		sample := func(rank, batch int, ready engine.ReadySet) []uint64 {
+			got, _ := mustSample(t, s, engine.SampleRequest{Partition: "p", Task: "t", BatchSize: 2, Ready: ready, Options: ranked(rank, batch), Journal: j})
+			return got
+		}
+		if got := sample(0, 0, rows(0, 8)); !slices.Equal(got, []uint64{0, 1}) {
+			t.Fatalf("%T: group 0 got %v, want [0 1]", s, got)
+		}
+		if got := sample(1, 0, rows(2, 8)); !slices.Equal(got, []uint64{2, 3}) {
+			t.Fatalf("%T: group 1 got %v, want [2 3]", s, got)
+		}
+		got, err := s.DropBatch("p", "t", ranked(0, 0), j)
+		if err != nil || !slices.Equal(got, []uint64{0, 1}) {
+			t.Fatalf("%T: DropBatch = %v, %v; want [0 1]", s, got, err)
+		}
+		if got, err := s.DropBatch("p", "t", ranked(0, 0), j); err != nil || got != nil {
+			t.Fatalf("%T: DropBatch again = %v, %v; want nothing", s, got, err)
+		}
+		if s.Cached("p", "t", ranked(0, 0)) || !s.Cached("p", "t", ranked(1, 0)) {
+			t.Fatalf("%T: after the drop: group 0 cached %v (want false), group 1 %v (want true)", s, s.Cached("p", "t", ranked(0, 0)), s.Cached("p", "t", ranked(1, 0)))
+		}
+		if got := sample(0, 0, rows(4, 8)); !slices.Equal(got, []uint64{4, 5}) {
+			t.Fatalf("%T: group 0 after the drop got %v, want fresh rows [4 5]", s, got)
+		}
+		want, err := s.SaveState()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var replayed interface {
+			engine.JournaledSampler
+		}
+		switch s.(type) {
+		case *RankAware:
+			replayed = NewRankAware()
+		default:
+			replayed = newGRPO(t, 1)
+		}
+		for _, e := range log {
+			if err := replayed.ApplyEntry(e); err != nil {
+				t.Fatalf("%T: replay %s: %v", s, e, err)
+			}
+		}
+		got2, err := replayed.SaveState()
+		if err != nil || string(got2) != string(want) {
+			t.Fatalf("%T: replayed state\n%s\nwant\n%s (%v)", s, got2, want, err)
+		}
+	}
 }

@@ -1188,7 +1188,9 @@ func (x *ConsumeOp) GetKept() bool {
 }
 
 // UnconsumeOp: the rows of the fetch named key are fetchable again for
-// task (those still in the partition), and the key is spent.
+// task (those still in the partition), and the key is spent. An empty key:
+// the controller gave back a batch a DP group left behind (the sampler's
+// drop of it is the ConsumeOp just before, with no rows); no key is spent.
 type UnconsumeOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`

@@ -1,0 +1,219 @@
+package controller
+
+// Batches a caching sampler keeps for a data-replica group, and giving
+// back the ones the group left behind.
+//
+// A rank-aware or GRPO sampler with ranks keeps each group's batch so that
+// the group's peers get it too, and the rows are consumed for the task as
+// soon as the first peer takes it; giving a fetch of it back (Unconsume)
+// returns nothing, since the peers still ask the sampler for it. A group
+// that never comes back for the batch (its ranks gave their fetches back
+// and stopped, or died holding it) would hold those rows forever: no
+// other group can have them and nobody gives them back.
+//
+// So the partition follows each kept batch of a group, by (sampler spec,
+// task, DP rank, batch index): when a fetch last took it, and how many
+// fetches took it and did not give it back (a fetch without a key never
+// can). And per group, the highest batch index it asked for. A batch that
+// no fetch took for Config.KeptBatchTTL is left behind when
+//
+//   - the group never asked for a later batch (the group stopped there), or
+//   - every fetch that took it gave it back (prefetched and dropped when
+//     the loader stopped);
+//
+// then the sampler drops it (engine.BatchDropper) and its rows are no
+// longer consumed for the task: another group gets them. A batch that a
+// fetch kept and that the group went past was consumed; it is only
+// forgotten. Both changes are logged (the sampler's drop in a consume
+// record, the rows in an unconsume record), so a restart agrees.
+//
+// What is followed lives in memory: after a restart only batches fetched
+// again are followed. The check runs on fetches of the partition, and a
+// blocked fetch wakes for it (Fetch's wait).
+
+import (
+	"time"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// DefaultKeptBatchTTL is the default Config.KeptBatchTTL.
+const DefaultKeptBatchTTL = 10 * time.Minute
+
+// groupKey names a data-replica group of a task under one sampler.
+type groupKey struct {
+	spec string // the sampler's spec text ("": the configured sampler)
+	task string
+	rank int
+}
+
+// keptBatch follows one batch a sampler keeps for a group.
+type keptBatch struct {
+	touched time.Time // when a fetch last took it
+	held    int       // fetches that took it and did not give it back
+}
+
+type groupState struct {
+	asked   int // the highest batch index the group asked for
+	batches map[int]*keptBatch
+}
+
+// keptRef names the kept batch a keyed fetch took, so that giving the
+// fetch back can be counted.
+type keptRef struct {
+	group groupKey
+	batch int
+}
+
+func (c *Controller) keptTTL() time.Duration {
+	if c.cfg.KeptBatchTTL == 0 {
+		return DefaultKeptBatchTTL
+	}
+	return c.cfg.KeptBatchTTL
+}
+
+// followsKept reports whether batches smp keeps for req's group are
+// followed.
+func (c *Controller) followsKept(req *engine.FetchRequest, smp engine.Sampler) bool {
+	_, ok := smp.(engine.BatchDropper)
+	return ok && req.Options.HasRank && c.keptTTL() > 0 && !c.replaying
+}
+
+// group returns the state of a group, made on first use.
+func (p *partition) group(k groupKey) *groupState {
+	if p.groups == nil {
+		p.groups = make(map[groupKey]*groupState)
+	}
+	g := p.groups[k]
+	if g == nil {
+		g = &groupState{asked: -1, batches: make(map[int]*keptBatch)}
+		p.groups[k] = g
+	}
+	return g
+}
+
+// asked notes that req's group asked for its batch.
+func (p *partition) asked(k groupKey, batch int) {
+	g := p.group(k)
+	g.asked = max(g.asked, batch)
+}
+
+// took notes that a fetch took the group's kept batch at now and returns
+// what names it for a keyed fetch.
+func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration) *keptRef {
+	g := p.group(k)
+	kb := g.batches[batch]
+	if kb == nil {
+		kb = &keptBatch{}
+		g.batches[batch] = kb
+	}
+	kb.touched = now
+	kb.held++
+	if at := now.Add(ttl); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
+		p.keptCheck = at
+	}
+	return &keptRef{group: k, batch: batch}
+}
+
+// gaveBack notes that a keyed fetch of a kept batch was given back.
+func (p *partition) gaveBack(ref *keptRef) {
+	if g := p.groups[ref.group]; g != nil {
+		if kb := g.batches[ref.batch]; kb != nil && kb.held > 0 {
+			kb.held--
+		}
+	}
+}
+
+// forgetGroups stops following the batches of task ("": every task), whose
+// consumption was reset: giving one back later could hand its rows out a
+// second time.
+func (p *partition) forgetGroups(task string) {
+	for k := range p.groups {
+		if task == "" || k.task == task {
+			delete(p.groups, k)
+		}
+	}
+	if len(p.groups) == 0 {
+		p.keptCheck = time.Time{}
+	}
+}
+
+// expireKept gives back the batches groups left behind (see the file
+// comment) once the earliest could be. p is locked.
+func (c *Controller) expireKept(p *partition, now time.Time) {
+	if p.keptCheck.IsZero() || now.Before(p.keptCheck) {
+		return
+	}
+	ttl := c.keptTTL()
+	var next time.Time
+	changed := false
+	for k, g := range p.groups { // a few groups, each with a few batches
+		for b, kb := range g.batches {
+			if at := kb.touched.Add(ttl); now.Before(at) {
+				if next.IsZero() || at.Before(next) {
+					next = at
+				}
+				continue
+			}
+			delete(g.batches, b)
+			if b < g.asked && kb.held > 0 {
+				continue // the group went past it: consumed
+			}
+			changed = c.giveBackKept(p, k, b, now) || changed
+		}
+	}
+	p.keptCheck = next
+	if changed {
+		p.notify()
+	}
+}
+
+// giveBackKept drops group k's batch b from its sampler and makes its rows
+// (those still in p) fetchable again for the task, and logs both. It
+// reports whether anything changed.
+func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time) bool {
+	smp, err := c.samplerForText(k.spec)
+	if err != nil {
+		return false // a spec it took before: cannot fail
+	}
+	d, ok := smp.(engine.BatchDropper)
+	if !ok {
+		return false
+	}
+	var entries [][]byte
+	var journal func([]byte)
+	if c.logging() {
+		journal = func(e []byte) { entries = append(entries, e) }
+	}
+	opts := engine.SamplingOptions{HasRank: true, DPRank: k.rank, BatchIndex: b}
+	rows, err := d.DropBatch(p.id, k.task, opts, journal)
+	if err != nil {
+		if c.cfg.Logf != nil {
+			c.cfg.Logf("controller: partition %q: give back batch %d of group %d of task %q: %v", p.id, b, k.rank, k.task, err)
+		}
+		return false
+	}
+	if len(rows) == 0 && len(entries) == 0 {
+		return false
+	}
+	var back []uint64
+	t := p.taskSlot(k.task)
+	for _, gi := range rows {
+		if r, ok := p.rows.get(gi); ok && p.isConsumed(r, t) {
+			back = append(back, gi)
+		}
+	}
+	p.unconsume(k.task, "", back, now)
+	if c.logging() {
+		c.log(
+			&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+				Partition: p.id, Gen: p.gen, Task: k.task, Sampler: entries, SamplerSpec: k.spec, AtUnixMs: now.UnixMilli(),
+			}}},
+			&wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+				Partition: p.id, Gen: p.gen, Task: k.task, Indexes: back, AtUnixMs: now.UnixMilli(),
+			}}},
+		)
+	}
+	return true
+}

@@ -1,0 +1,118 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+var rankAware = engine.SamplerSpec{Name: engine.SamplerRankAware}
+
+// keyedFetch is specFetch with rank-aware sampling and a fetch key.
+func keyedFetch(group, batch, size int, key string) engine.FetchRequest {
+	req := specFetch(rankAware, group, batch, size)
+	req.Key = key
+	return req
+}
+
+// A group that took a batch, gave its fetch back and never came back held
+// the rows forever: they were consumed for the task, kept for the group,
+// and no other group could have them (the other group's blocked fetch
+// waited until its deadline). After KeptBatchTTL the rows go back, and the
+// blocked fetch wakes for them.
+func TestKeptBatchLeftBehindGoesBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newController(t, Config{KeptBatchTTL: time.Minute})
+		m := insert(t, c, "p", 8, "x")
+		commitDense(t, c, "p", m.Indexes, "x")
+		ctx := context.Background()
+
+		a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "g0-b0"))
+		require.NoError(t, err)
+		require.Equal(t, seq(0, 4), a.Indexes)
+		require.NoError(t, c.Unconsume("p", "t", "g0-b0")) // group 0 stops here
+		b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
+		require.NoError(t, err)
+		require.Equal(t, seq(4, 8), b.Indexes)
+
+		req := specFetch(rankAware, 1, 1, 4)
+		req.Wait = true
+		wctx, cancel := context.WithTimeout(ctx, time.Hour)
+		defer cancel()
+		start := time.Now()
+		got, err := c.Fetch(wctx, req)
+		require.NoError(t, err, "group 1's next batch: the rows group 0 left behind")
+		require.Equal(t, seq(0, 4), got.Indexes)
+		require.Equal(t, time.Minute, time.Since(start), "given back when the batch was a TTL old")
+
+		// Group 0 coming back late gets fresh rows, not the ones group 1
+		// has now: nothing is left.
+		late, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
+		require.NoError(t, err)
+		require.Zero(t, late.Len())
+	})
+}
+
+// A batch a group took and went past (it asked for the next one, as a
+// finite stream's last batch is followed by an ask that ends the stream)
+// was consumed: it is never given back, however long it stays unfetched.
+// Batches the loader prefetched and gave back when it stopped are.
+func TestKeptBatchTakenStaysConsumed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newController(t, Config{KeptBatchTTL: time.Minute})
+		m := insert(t, c, "p", 16, "x")
+		commitDense(t, c, "p", m.Indexes, "x")
+		ctx := context.Background()
+
+		_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "b0")) // yielded: kept
+		require.NoError(t, err)
+		for b, key := range []string{"b1", "b2"} { // prefetched, then given back
+			got, err := c.Fetch(ctx, keyedFetch(0, b+1, 4, key))
+			require.NoError(t, err)
+			require.Equal(t, 4, got.Len())
+			require.NoError(t, c.Unconsume("p", "t", key))
+		}
+		time.Sleep(2 * time.Minute)
+		st, err := c.ConsumptionStatus("p", "t")
+		require.NoError(t, err)
+		held := []bool{true, true, true, true, true, true, true, true, true, true, true, true, false, false, false, false}
+		require.Equal(t, held, st.Consumed, "before any fetch looks: the batches are still held")
+		other, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
+		require.NoError(t, err)
+		require.Equal(t, seq(4, 12), other.Indexes, "the prefetched batches went back; the yielded one did not")
+	})
+}
+
+// Giving a left-behind batch back is logged: after a crash the rows are
+// still fetchable and the sampler no longer keeps the batch for the group.
+func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	c := openDurable(t, dir, cfg)
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	ctx := context.Background()
+	_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+	require.NoError(t, err)
+	require.NoError(t, c.Unconsume("p", "t", "k"))
+	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 8), b.Indexes)
+	require.NoError(t, c.ResetConsumption("p", "t")) // logged after the give-back
+	require.NoError(t, c.WaitDurable(ctx))
+	want := stateBytes(t, c)
+	crash(t, c)
+
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	require.Equal(t, want, stateBytes(t, c))
+	again, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 2))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 2), again.Indexes, "group 0's batch 0 is no longer kept (it had 4 rows)")
+}
