@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/client"
@@ -87,8 +88,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := s.startRESP(); err != nil {
 		return err
 	}
+	s.state.Store(stateServing)
 	fmt.Fprintln(stdout, "tq serve: ready")
 	<-ctx.Done()
+	s.state.Store(stateStopping)
 	fmt.Fprintln(stdout, "tq serve: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -147,6 +150,7 @@ type server struct {
 
 	metrics    *tqmetrics.Registry // --metrics; nil without
 	metricsURL string
+	state      atomic.Int32 // stateStarting, stateServing or stateStopping: see readiness
 }
 
 type runningUnit struct {
