@@ -39,7 +39,7 @@ type serveConfig struct {
 	SocketDir         string        `yaml:"socket_dir"`
 	Capacity          byteSize      `yaml:"capacity"`
 	HugePages         bool          `yaml:"huge_pages"`
-	Token             string        `yaml:"token"`
+	Token             string        `yaml:"token,omitempty"`
 	Insecure          bool          `yaml:"insecure"`
 	DataDir           string        `yaml:"data_dir"` // see above
 	Fsync             string        `yaml:"fsync"`
