@@ -217,7 +217,7 @@ func check(fsys fs.FS, b *built, tq checkTQ) error {
 				p.bad("selector %v does not match its pod template's labels %v", s, tmpl.Labels)
 			}
 		}
-		checkPod(p, o.namespace, byKind, b, tq)
+		checkPod(p, o.namespace, byKind, tq)
 		pods = append(pods, p)
 	}
 
@@ -278,7 +278,7 @@ func includes(objs, base []*object) bool {
 	return true
 }
 
-func checkPod(p *pod, ns string, byKind func(kind, ns, name string) *object, b *built, tq checkTQ) {
+func checkPod(p *pod, ns string, byKind func(kind, ns, name string) *object, tq checkTQ) {
 	spec := p.spec
 	vols := map[string]*corev1.Volume{}
 	for i := range spec.Volumes {
@@ -331,8 +331,8 @@ func checkPod(p *pod, ns string, byKind func(kind, ns, name string) *object, b *
 		}
 		if c.Image == "" {
 			p.bad("container %s: no image", c.Name)
-		} else if name, _, _ := strings.Cut(c.Image, ":"); !strings.Contains(name, "/") && !b.images[name] {
-			p.bad("container %s: image %q is a placeholder no images entry of the kustomization names", c.Name, c.Image)
+		} else if name, _, _ := strings.Cut(c.Image, ":"); !strings.Contains(name, "/") {
+			p.bad("container %s: image %q names no registry: a placeholder that no images entry of the kustomization rewrites", c.Name, c.Image)
 		}
 		env := checkEnv(p, &c, ns, byKind)
 		for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
@@ -858,39 +858,40 @@ func TestManifestsCatchBreakage(t *testing.T) {
 		needsTQ   bool
 		replaceAt int // which occurrence of old (0: the first)
 	}{
-		{name: "unknown kind", file: "unit.yaml", old: "kind: DaemonSet", new: "kind: DaemonSett", want: `unknown kind "DaemonSett"`},
-		{name: "unknown field", file: "unit.yaml", old: "livenessProbe:", new: "livenesProbe:", want: `unknown field "livenesProbe"`},
-		{name: "wrong apiVersion", file: "controller.yaml", old: "apiVersion: apps/v1", new: "apiVersion: v1", want: `apiVersion "v1", want "apps/v1"`},
-		{name: "field of the wrong type", file: "unit.yaml", old: "containerPort: 7371", new: "containerPort: data", want: "containerPort"},
-		{name: "service selects nothing", file: "controller.yaml", old: "app.kubernetes.io/component: controller", new: "app.kubernetes.io/component: controler", replaceAt: 1, want: "selects no pod template"},
-		{name: "targetPort not declared", file: "controller.yaml", old: "targetPort: metrics", new: "targetPort: metric", want: "targetPort metric: no container"},
-		{name: "probe port not declared", file: "unit.yaml", old: "port: metrics", new: "port: metricz", want: "probe: container unit declares no port metricz"},
-		{name: "mount of no volume", file: "unit.yaml", old: "- name: sockets\n              mountPath", new: "- name: socket\n              mountPath", want: `mounts "socket", which is neither a volume`},
-		{name: "claim template renamed", file: "controller.yaml", old: "        name: data\n      spec:", new: "        name: state\n      spec:", want: `mounts "data", which is neither`},
-		{name: "no such Secret", file: "unit.yaml", old: "name: tq-token", new: "name: tq-tokens", want: `no Secret "tq-tokens"`},
-		{name: "no such Secret key", file: "controller.yaml", old: "key: token", new: "key: tokn", want: `Secret tq-token has no key "tokn"`},
+		{name: "unknown kind", file: "base/unit.yaml", old: "kind: DaemonSet", new: "kind: DaemonSett", want: `unknown kind "DaemonSett"`},
+		{name: "unknown field", file: "base/unit.yaml", old: "livenessProbe:", new: "livenesProbe:", want: `unknown field "livenesProbe"`},
+		{name: "wrong apiVersion", file: "base/controller.yaml", old: "apiVersion: apps/v1", new: "apiVersion: v1", want: `apiVersion "v1", want "apps/v1"`},
+		{name: "field of the wrong type", file: "base/unit.yaml", old: "containerPort: 7371", new: "containerPort: data", want: "containerPort"},
+		{name: "service selects nothing", file: "base/controller.yaml", old: "app.kubernetes.io/component: controller", new: "app.kubernetes.io/component: controler", replaceAt: 1, want: "selects no pod template"},
+		{name: "targetPort not declared", file: "base/controller.yaml", old: "targetPort: metrics", new: "targetPort: metric", want: "targetPort metric: no container"},
+		{name: "probe port not declared", file: "base/unit.yaml", old: "port: metrics", new: "port: metricz", want: "probe: container unit declares no port metricz"},
+		{name: "mount of no volume", file: "base/unit.yaml", old: "- name: sockets\n              mountPath", new: "- name: socket\n              mountPath", want: `mounts "socket", which is neither a volume`},
+		{name: "claim template renamed", file: "base/controller.yaml", old: "        name: data\n      spec:", new: "        name: state\n      spec:", want: `mounts "data", which is neither`},
+		{name: "no such Secret", file: "base/unit.yaml", old: "name: tq-token", new: "name: tq-tokens", want: `no Secret "tq-tokens"`},
+		{name: "no such Secret key", file: "base/controller.yaml", old: "key: token", new: "key: tokn", want: `Secret tq-token has no key "tokn"`},
 		{name: "no such ConfigMap", file: "example/client-job.yaml", old: "name: tq-client-example\n", new: "name: tq-client-exampel\n", replaceAt: 1, want: `no ConfigMap "tq-client-exampel"`},
-		{name: "no such downward field", file: "unit.yaml", old: "fieldPath: status.podIP", new: "fieldPath: status.podIp", want: `fieldPath "status.podIp"`},
-		{name: "undefined $(VAR)", file: "unit.yaml", old: "--unit-advertise=$(POD_IP)", new: "--unit-advertise=$(POD_ADDR)", want: "refers to $(POD_ADDR)"},
-		{name: "selector does not match template", file: "unit.yaml", old: "    matchLabels:\n      app.kubernetes.io/name: tq", new: "    matchLabels:\n      app.kubernetes.io/name: tq-unit", want: "does not match its pod template's labels"},
-		{name: "headless service missing", file: "controller.yaml", old: "serviceName: tq-controller-headless", new: "serviceName: tq-controller", want: "not a headless Service"},
+		{name: "no such downward field", file: "base/unit.yaml", old: "fieldPath: status.podIP", new: "fieldPath: status.podIp", want: `fieldPath "status.podIp"`},
+		{name: "undefined $(VAR)", file: "base/unit.yaml", old: "--unit-advertise=$(POD_IP)", new: "--unit-advertise=$(POD_ADDR)", want: "refers to $(POD_ADDR)"},
+		{name: "selector does not match template", file: "base/unit.yaml", old: "    matchLabels:\n      app.kubernetes.io/name: tq", new: "    matchLabels:\n      app.kubernetes.io/name: tq-unit", want: "does not match its pod template's labels"},
+		{name: "headless service missing", file: "base/controller.yaml", old: "serviceName: tq-controller-headless", new: "serviceName: tq-controller", want: "not a headless Service"},
+		{name: "overlay inside its base", file: "rdma/kustomization.yaml", old: "../base", new: "../", want: "which kustomize refuses (a cycle)"},
 		{name: "patch on a missing path", file: "rdma/unit-rdma.yaml", old: "resources/limits/", new: "resources/limitz/", want: `no member "limitz"`},
 		{name: "orphan manifest", file: "extra.yaml", new: "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n", want: "extra.yaml: no kustomization reads it"},
-		{name: "placeholder image not rewritten", file: "example/kustomization.yaml", old: "  - name: tq\n", new: "  - name: tq-image\n", want: `image "tq" is a placeholder`},
-		{name: "flag tq serve does not know", file: "unit.yaml", old: "--capacity=4GiB", new: "--capacty=4GiB", needsTQ: true, want: "flag provided but not defined: -capacty"},
-		{name: "flag value tq serve refuses", file: "controller.yaml", old: "--fsync=batch", new: "--fsync=sometimes", needsTQ: true, want: "--fsync"},
-		{name: "memory limit below capacity", file: "unit.yaml", old: "--capacity=4GiB", new: "--capacity=8GiB", needsTQ: true, want: "memory limit 4608Mi is below --capacity 8Gi"},
-		{name: "metrics on loopback", file: "unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=9090", needsTQ: true, want: "listens on loopback only"},
-		{name: "probe not on the metrics port", file: "unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=0.0.0.0:9091", needsTQ: true, want: "but --metrics listens on 9091"},
-		{name: "unit listens on an undeclared port", file: "unit.yaml", old: "--unit-listen=:7371", new: "--unit-listen=:7372", needsTQ: true, want: "--unit-listen :7372: container unit declares no port 7372"},
-		{name: "socket dir off the hostPath", file: "unit.yaml", old: "--socket-dir=/run/tq", new: "--socket-dir=/tmp/tq", needsTQ: true, want: "is not on a hostPath volume"},
+		{name: "placeholder image not rewritten", file: "example/kustomization.yaml", old: "  - name: tq\n", new: "  - name: tq-image\n", want: `image "tq" names no registry`},
+		{name: "flag tq serve does not know", file: "base/unit.yaml", old: "--capacity=4GiB", new: "--capacty=4GiB", needsTQ: true, want: "flag provided but not defined: -capacty"},
+		{name: "flag value tq serve refuses", file: "base/controller.yaml", old: "--fsync=batch", new: "--fsync=sometimes", needsTQ: true, want: "--fsync"},
+		{name: "memory limit below capacity", file: "base/unit.yaml", old: "--capacity=4GiB", new: "--capacity=8GiB", needsTQ: true, want: "memory limit 4608Mi is below --capacity 8Gi"},
+		{name: "metrics on loopback", file: "base/unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=9090", needsTQ: true, want: "listens on loopback only"},
+		{name: "probe not on the metrics port", file: "base/unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=0.0.0.0:9091", needsTQ: true, want: "but --metrics listens on 9091"},
+		{name: "unit listens on an undeclared port", file: "base/unit.yaml", old: "--unit-listen=:7371", new: "--unit-listen=:7372", needsTQ: true, want: "--unit-listen :7372: container unit declares no port 7372"},
+		{name: "socket dir off the hostPath", file: "base/unit.yaml", old: "--socket-dir=/run/tq", new: "--socket-dir=/tmp/tq", needsTQ: true, want: "is not on a hostPath volume"},
 		{name: "client mounts the sockets elsewhere", file: "example/client-job.yaml", old: "mountPath: /run/tq", new: "mountPath: /var/run/tq", needsTQ: true, want: "registered their sockets under /run/tq"},
-		{name: "data dir off the claim", file: "controller.yaml", old: "--data-dir=/var/lib/tq/data", new: "--data-dir=/data", needsTQ: true, want: "--data-dir /data is on no volume"},
-		{name: "units dial a missing Service", file: "unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-ctl:7370", needsTQ: true, want: "no Service tq-ctl"},
-		{name: "units dial the metrics port", file: "unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-controller:9090", needsTQ: true, want: "not the controller's --listen"},
-		{name: "token from a file", file: "unit.yaml", old: "            - name: TQ_TOKEN\n", new: "            - name: TQ_TOKEM\n", needsTQ: true, want: "the token comes from the Secret"},
+		{name: "data dir off the claim", file: "base/controller.yaml", old: "--data-dir=/var/lib/tq/data", new: "--data-dir=/data", needsTQ: true, want: "--data-dir /data is on no volume"},
+		{name: "units dial a missing Service", file: "base/unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-ctl:7370", needsTQ: true, want: "no Service tq-ctl"},
+		{name: "units dial the metrics port", file: "base/unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-controller:9090", needsTQ: true, want: "not the controller's --listen"},
+		{name: "token from a file", file: "base/unit.yaml", old: "            - name: TQ_TOKEN\n", new: "            - name: TQ_TOKEM\n", needsTQ: true, want: "the token comes from the Secret"},
 		{name: "rdma without IPC_LOCK", file: "rdma/unit-rdma.yaml", old: `value: ["IPC_LOCK"]`, new: `value: ["NET_RAW"]`, needsTQ: true, want: "--rdma-device without the IPC_LOCK capability"},
-		{name: "huge pages without a hugepages request", file: "unit.yaml", old: "--huge-pages=false", new: "--huge-pages=true", needsTQ: true, want: "hugepages-2Mi"},
+		{name: "huge pages without a hugepages request", file: "base/unit.yaml", old: "--huge-pages=false", new: "--huge-pages=true", needsTQ: true, want: "hugepages-2Mi"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.needsTQ && tq == nil {
