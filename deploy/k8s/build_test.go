@@ -273,8 +273,11 @@ func readObjects(fsys fs.FS, file string) ([]*object, error) {
 			return nil, fmt.Errorf("%s, document %d: %w", file, i+1, err)
 		}
 		var raw map[string]any
-		if err := yaml.Unmarshal(js, &raw); err != nil || raw == nil {
-			return nil, fmt.Errorf("%s, document %d: not a mapping: %v", file, i+1, err)
+		if err := yaml.Unmarshal(js, &raw); err != nil {
+			return nil, fmt.Errorf("%s, document %d: %w", file, i+1, err)
+		}
+		if raw == nil {
+			return nil, fmt.Errorf("%s, document %d: not a mapping", file, i+1)
 		}
 		o := &object{file: file, raw: raw}
 		o.kind, _ = raw["kind"].(string)

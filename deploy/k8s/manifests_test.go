@@ -787,7 +787,7 @@ var buildTQ = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "tq")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/tqgo/tq/cmd/tq").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}
 	return bin, nil
 })
