@@ -779,11 +779,15 @@ func checkTokens(pods []*pod, problems *[]error) {
 	}
 }
 
+// tqDir holds the tq that buildTQ built, removed by TestMain.
+var tqDir string
+
 var buildTQ = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "tq-k8s-")
 	if err != nil {
 		return "", err
 	}
+	tqDir = dir
 	bin := filepath.Join(dir, "tq")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/tqgo/tq/cmd/tq").CombinedOutput()
 	if err != nil {
@@ -817,8 +821,8 @@ func realTQ(t *testing.T) checkTQ {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bin, err := buildTQ(); err == nil && bin != "" {
-		os.RemoveAll(filepath.Dir(bin))
+	if tqDir != "" {
+		os.RemoveAll(tqDir)
 	}
 	os.Exit(code)
 }
