@@ -165,7 +165,7 @@ func check(fsys fs.FS, b *built, tq checkTQ) error {
 	seen := map[string]*object{}
 	for _, o := range objs {
 		id := o.kind + "/" + o.namespace + "/" + o.name
-		if prev := seen[id]; prev != nil && prev.file != o.file {
+		if prev := seen[id]; prev != nil {
 			bad("%v and %v: the same object twice", prev, o)
 		}
 		seen[id] = o
@@ -209,7 +209,9 @@ func check(fsys fs.FS, b *built, tq checkTQ) error {
 		if _, isJob := o.typed.(*batchv1.Job); !isJob || sel != nil {
 			s, err := metav1.LabelSelectorAsSelector(sel)
 			switch {
-			case err != nil || sel == nil:
+			case sel == nil:
+				p.bad("no selector")
+			case err != nil:
 				p.bad("selector: %v", err)
 			case s.Empty():
 				p.bad("an empty selector")
