@@ -39,7 +39,7 @@ type serveConfig struct {
 	SocketDir         string        `yaml:"socket_dir"`
 	Capacity          byteSize      `yaml:"capacity"`
 	HugePages         bool          `yaml:"huge_pages"`
-	Token             string        `yaml:"token"`
+	Token             string        `yaml:"token,omitempty"`
 	Insecure          bool          `yaml:"insecure"`
 	DataDir           string        `yaml:"data_dir"` // see above
 	Fsync             string        `yaml:"fsync"`
@@ -120,7 +120,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
-	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
+	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics and the probes /healthz (the process lives) and /readyz (its servers are up, its storage units registered with the controller) (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
 	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none)`)
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format on stderr: text or json (log/slog)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "least level logged: debug, info, warn or error")

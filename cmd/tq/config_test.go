@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,5 +142,68 @@ func TestNewLogger(t *testing.T) {
 	log.Debug("shown")
 	if !strings.Contains(b.String(), "level=DEBUG msg=shown") {
 		t.Errorf("text log: got %q", b.String())
+	}
+}
+
+// `tq serve --check-config` validates as tq serve does, starts nothing,
+// creates nothing, leaves the token out, and prints a configuration that
+// --config reads back to the same one.
+func TestCheckConfig(t *testing.T) {
+	t.Setenv(auth.EnvToken, "")
+	root := t.TempDir()
+	dataDir, sockDir := filepath.Join(root, "data"), filepath.Join(root, "sock")
+	args := []string{"--check-config", "--role", "unit", "--controller", "tcp://tq-controller:7370", "--capacity", "4GiB",
+		"--unit-listen", ":7371", "--unit-advertise", "10.1.2.3", "--heartbeat", "2s", "--huge-pages=false",
+		"--data-dir", dataDir, "--socket-dir", sockDir, "--token", "secret", "--metrics", "0.0.0.0:9090"}
+	var out, errOut strings.Builder
+	require.NoError(t, serve(t.Context(), args, &out, &errOut), errOut.String())
+	assert.NotContains(t, out.String(), "secret", "the token is left out")
+	first, _, _ := strings.Cut(out.String(), "\n")
+	assert.Equal(t, "# tq serve: configuration ok; token from --token", first)
+	for _, d := range []string{dataDir, sockDir} {
+		_, err := os.Stat(d)
+		assert.True(t, os.IsNotExist(err), "--check-config created %s", d)
+	}
+
+	want, check, err := parseServeConfig(args, &errOut)
+	require.NoError(t, err)
+	require.True(t, check)
+	assert.Equal(t, int64(4<<30), int64(want.Capacity))
+	want.Token = ""
+	file := filepath.Join(root, "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(out.String()), 0o600))
+	got := defaultServeConfig()
+	require.NoError(t, got.loadYAML(file))
+	assert.Equal(t, want, got, "the printed configuration reads back as the same")
+
+	t.Run("the token's source without --token", func(t *testing.T) {
+		for _, tc := range []struct{ env, insecure, want string }{
+			{"from-env", "false", "token from $TQ_TOKEN"},
+			{"", "false", "token from " + filepath.Join(dataDir, auth.TokenFile)},
+			{"", "true", "token from none (--insecure)"},
+		} {
+			t.Setenv(auth.EnvToken, tc.env)
+			var out strings.Builder
+			require.NoError(t, serve(t.Context(), []string{"--check-config", "--data-dir", dataDir, "--insecure=" + tc.insecure}, &out, io.Discard))
+			assert.Contains(t, out.String(), tc.want)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"invalid value", []string{"--check-config", "--role", "unit"}, "needs --controller"},
+		{"unknown flag", []string{"--check-config", "--capacty", "1GiB"}, "flag provided but not defined: -capacty"},
+		{"flag and value in one argument", []string{"--check-config", "--capacity 1GiB"}, "flag provided but not defined"},
+		{"a stray argument", []string{"--check-config", "--role", "all", "unit"}, `unexpected "unit"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			err := serve(t.Context(), tc.args, &out, io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Empty(t, out.String())
+		})
 	}
 }

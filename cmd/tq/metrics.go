@@ -43,8 +43,10 @@ func metricsAddr(a string) (string, error) {
 }
 
 // startMetrics serves --metrics: the registry every server of the
-// process reports to, at http://ADDR/metrics. It runs before the servers
-// start, so that they can announce the endpoint.
+// process reports to, at http://ADDR/metrics, and the probes of a
+// process supervisor (Kubernetes) at /healthz and /readyz. It runs
+// before the servers start, so that they can announce the endpoint and
+// /readyz can say "starting".
 func (s *server) startMetrics() error {
 	if s.cfg.Metrics == "" {
 		return nil
@@ -53,6 +55,8 @@ func (s *server) startMetrics() error {
 	s.metrics = tqmetrics.New()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.metrics.Handler())
+	mux.HandleFunc("/healthz", s.healthz)
+	mux.HandleFunc("/readyz", s.readyz)
 	url, err := s.serveHTTP("--metrics", addr, mux)
 	if err != nil {
 		return err
@@ -60,6 +64,56 @@ func (s *server) startMetrics() error {
 	s.metricsURL = url + "/metrics"
 	fmt.Fprintf(s.out, "tq serve: metrics on %s\n", s.metricsURL)
 	return nil
+}
+
+// The life of a tq serve process, as /readyz reports it.
+const (
+	stateStarting int32 = iota // before "tq serve: ready"
+	stateServing               // every server of the process is up
+	stateStopping              // SIGTERM: finishing requests in flight
+)
+
+// healthz answers 200 for as long as the process serves HTTP: the
+// liveness probe. It deliberately asks nothing of the controller: a
+// storage unit whose controller is away must not be restarted for that,
+// since its memory holds the cells.
+func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "ok\n")
+}
+
+// readyz answers 200 when the process serves (see readiness), else 503
+// with the reason: the readiness probe.
+func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := s.readiness(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %v\n", err)
+		return
+	}
+	io.WriteString(w, "ready\n")
+}
+
+// readiness is nil once every server of the process is up (the
+// controller listens, each storage unit has registered) and, for a
+// process with storage units, while each unit's heartbeats reach the
+// controller; otherwise it says what is missing.
+func (s *server) readiness() error {
+	switch s.state.Load() {
+	case stateStarting:
+		return errors.New("starting")
+	case stateStopping:
+		return errors.New("shutting down")
+	}
+	// s.units is complete and no longer written once the state is
+	// serving (stored after the last append).
+	var errs []error
+	for _, ru := range s.units {
+		if err := ru.mem.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("storage unit %d is not registered with the controller: %w", ru.mem.ID(), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // metricsAddrs is what the controller gives clients in CLUSTER_INFO.

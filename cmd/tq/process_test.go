@@ -68,7 +68,9 @@ type serveProc struct {
 	units   [][]string // each storage unit's addresses
 	dataDir string     // its $TQ_DATA_DIR
 	resp    string     // its Redis-protocol address (--resp)
-	done    chan error
+	// metricsURL is its --metrics endpoint, http://HOST:PORT/metrics.
+	metricsURL string
+	done       chan error
 }
 
 // startServe runs `tq serve` with args (optionally under a wrapper such as
@@ -131,6 +133,9 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 				if _, addrs, ok := strings.Cut(rest, ") on "); ok {
 					p.units = append(p.units, strings.Fields(addrs))
 				}
+			}
+			if rest, ok := strings.CutPrefix(l, "tq serve: metrics on "); ok {
+				p.metricsURL = rest
 			}
 			if rest, ok := strings.CutPrefix(l, "tq serve: Redis protocol on "); ok {
 				p.resp = strings.Fields(rest)[0]

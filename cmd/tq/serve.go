@@ -11,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
-	"github.com/tqgo/tq/internal/hostid"
+	"gopkg.in/yaml.v3"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
@@ -21,6 +22,7 @@ import (
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/internal/hostid"
 	tqmetrics "github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
@@ -31,37 +33,18 @@ import (
 
 // serve runs `tq serve` until ctx ends (SIGTERM or SIGINT), then shuts
 // down gracefully: stop accepting, finish requests in flight within the
-// shutdown timeout, close.
+// shutdown timeout, close. With --check-config it only reports the
+// configuration (see checkConfig).
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := defaultServeConfig()
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (keys as the flags, with _ for -)")
-	cfg.flags(fs)
-	// A first pass finds --config; the file is loaded, then the flags
-	// parsed again so they win over the file.
-	if err := fs.Parse(args); err != nil {
+	cfg, check, err := parseServeConfig(args, stderr)
+	if err != nil {
 		return err
-	}
-	if *configPath != "" {
-		fileCfg := defaultServeConfig()
-		if err := fileCfg.loadYAML(*configPath); err != nil {
-			return err
-		}
-		cfg = fileCfg
-		fs = flag.NewFlagSet("serve", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		fs.String("config", "", "")
-		cfg.flags(fs)
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-	}
-	if err := cfg.validate(); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if err := hostid.Check(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if check {
+		return cfg.checkConfig(stdout)
 	}
 	if err := cfg.secure(); err != nil {
 		return err
@@ -92,12 +75,86 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := s.startRESP(); err != nil {
 		return err
 	}
+	s.state.Store(stateServing)
 	fmt.Fprintln(stdout, "tq serve: ready")
 	<-ctx.Done()
+	s.state.Store(stateStopping)
 	fmt.Fprintln(stdout, "tq serve: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	return s.shutdown(sctx)
+}
+
+// parseServeConfig reads `tq serve`'s flags and --config file (the flags
+// win) and validates the result; check reports --check-config.
+func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, check bool, err error) {
+	cfg = defaultServeConfig()
+	parse := func(c *serveConfig) (configPath string, check bool, err error) {
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.StringVar(&configPath, "config", "", "YAML config file (keys as the flags, with _ for -)")
+		fs.BoolVar(&check, "check-config", false, "check the flags and the --config file, print the resulting configuration as YAML (a --config file; the token left out) and exit, starting nothing and creating no file or directory")
+		c.flags(fs)
+		if err := fs.Parse(args); err != nil {
+			return "", false, err
+		}
+		if fs.NArg() > 0 {
+			return "", false, fmt.Errorf("serve takes flags only, no arguments: unexpected %q", fs.Arg(0))
+		}
+		return configPath, check, nil
+	}
+	// A first pass finds --config; the file is loaded, then the flags
+	// parsed again so they win over the file.
+	configPath, check, err := parse(&cfg)
+	if err != nil {
+		return cfg, false, err
+	}
+	if configPath != "" {
+		cfg = defaultServeConfig()
+		if err := cfg.loadYAML(configPath); err != nil {
+			return cfg, false, err
+		}
+		if _, _, err := parse(&cfg); err != nil {
+			return cfg, false, err
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return cfg, false, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, check, nil
+}
+
+// checkConfig prints what --check-config promises: a comment naming
+// where the token would come from, then the configuration as YAML that
+// --config reads back to the same configuration, less the token.
+// Deployment recipes are checked with it (deploy/k8s).
+func (c serveConfig) checkConfig(w io.Writer) error {
+	from := c.tokenSource()
+	if from == "" {
+		from = "none (--insecure)"
+	}
+	c.Token = ""
+	b, err := yaml.Marshal(&c)
+	if err != nil {
+		return fmt.Errorf("--check-config: %w", err)
+	}
+	fmt.Fprintf(w, "# tq serve: configuration ok; token from %s\n%s", from, b)
+	return nil
+}
+
+// tokenSource says where secure takes the token from — --token, else
+// $TQ_TOKEN, else the data directory's token file; "" with --insecure —
+// touching nothing.
+func (c *serveConfig) tokenSource() string {
+	switch {
+	case c.Insecure:
+		return ""
+	case c.Token != "":
+		return "--token"
+	case os.Getenv(auth.EnvToken) != "":
+		return "$" + auth.EnvToken
+	}
+	return filepath.Join(c.DataDir, auth.TokenFile)
 }
 
 // secure prepares what authentication rests on: private socket and data
@@ -120,19 +177,17 @@ func (c *serveConfig) secure() error {
 			return fmt.Errorf("%s: %w", d.what, err)
 		}
 	}
+	c.tokenFrom = c.tokenSource()
 	switch {
-	case c.Insecure:
-		c.tokenFrom = ""
-	case c.Token != "":
-		c.tokenFrom = "--token"
+	case c.Insecure, c.Token != "":
 	case os.Getenv(auth.EnvToken) != "":
-		c.Token, c.tokenFrom = os.Getenv(auth.EnvToken), "$"+auth.EnvToken
+		c.Token = os.Getenv(auth.EnvToken)
 	default:
 		tok, err := auth.LoadOrCreateToken(c.DataDir)
 		if err != nil {
 			return fmt.Errorf("token: %w", err)
 		}
-		c.Token, c.tokenFrom = tok, filepath.Join(c.DataDir, auth.TokenFile)
+		c.Token = tok
 	}
 	return c.checkExposure()
 }
@@ -152,6 +207,7 @@ type server struct {
 
 	metrics    *tqmetrics.Registry // --metrics; nil without
 	metricsURL string
+	state      atomic.Int32 // stateStarting, stateServing or stateStopping: see readiness
 }
 
 type runningUnit struct {
