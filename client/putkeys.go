@@ -150,11 +150,11 @@ func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCo
 // the rules for its columns are those of [PutBuffer].
 type KeysPutBuffer struct {
 	*reserved
-	part    string
-	keys    []string
-	tags    []engine.Tags
-	names   []string // the fields', for the dtype cache
-	dtypes  []engine.DType
+	part   string
+	keys   []string
+	tags   []engine.Tags
+	names  []string // the fields', for the dtype cache
+	dtypes []engine.DType
 }
 
 // ReservePutKeys reserves, on one storage unit, one extent per field for
