@@ -28,9 +28,12 @@ package client
 // placed on an estimate goes without waiting ([engine.WithoutWait]), and
 // a unit without room refuses it at once (engine.ErrCapacity), which
 // halves the estimate for that unit and places the refused rows again.
-// Only rows that no unit has room for, by the estimate, are written to
-// their first choice in the ordinary way, waiting there for room: a put
-// waits only while no unit has room.
+// Rows that no unit has room for by the estimate are first offered, again
+// without waiting, to the units that have not refused this put (their
+// figures may be stale: frees reach the unit list a heartbeat later).
+// Only rows that every unit refused are written to their first choice in
+// the ordinary way, waiting there for room: a put waits only while no
+// unit has room.
 
 import (
 	"context"
@@ -106,6 +109,9 @@ type slot struct {
 	cap  int64 // 0: unknown
 	free int64 // estimated free bytes (math.MaxInt64: unknown)
 	fill int64 // used bytes (known capacity) or bytes sent (unknown), plus what the plan put there
+	// refused: the unit refused a write of this put for lack of room, so
+	// its estimate is its own word, not a figure that may be stale.
+	refused bool
 }
 
 // planner places the rows of one put. It works on a snapshot of the
@@ -220,15 +226,15 @@ func (p *planner) place(rows []int, sizes []int64, seeds []uint64) []group {
 		})
 	}
 	for _, r := range order {
-		s := p.pick(sizes[r], seeds[r], true)
-		if s >= 0 {
+		if s := p.pick(sizes[r], seeds[r], withRoom); s >= 0 {
 			add(s, r, false)
-			continue
+		} else if s := p.pick(sizes[r], seeds[r], unrefused); s >= 0 {
+			add(s, r, false) // the estimate may be stale: ask the unit
+		} else {
+			// No unit has room: wait on the first choice that could
+			// ever hold the row.
+			add(max(p.pick(sizes[r], seeds[r], anyCapacity), 0), r, true)
 		}
-		// No unit has room: wait on the first choice that could ever
-		// hold the row.
-		s = p.pick(sizes[r], seeds[r], false)
-		add(max(s, 0), r, true)
 	}
 	for i := range out {
 		slices.Sort(out[i].rows) // back in batch order: fewer pieces
@@ -236,14 +242,23 @@ func (p *planner) place(rows []int, sizes []int64, seeds []uint64) []group {
 	return out
 }
 
-// pick returns the slot for a row of n bytes: with room, the first in
-// order (local-first) or the least full after it (hash) among those with
-// room for it; without, the same among those whose capacity could hold
-// it. It returns -1 when none qualifies.
-func (p *planner) pick(n int64, seed uint64, room bool) int {
+// Which slots pick considers.
+const (
+	withRoom    = iota // room for the row by the estimate
+	unrefused          // not refused this put: its estimate may be stale
+	anyCapacity        // capacity for the row, full or not
+)
+
+// pick returns the slot for a row of n bytes among those the filter
+// admits: the first in order (local-first) or the least full after it
+// (hash). It returns -1 when none qualifies.
+func (p *planner) pick(n int64, seed uint64, filter int) int {
 	best, bestScore, bestTie := -1, math.Inf(1), uint64(0)
 	for i, s := range p.slots {
-		if room && s.free < n || !room && s.cap > 0 && s.cap < n {
+		switch {
+		case filter == withRoom && s.free < n,
+			filter == unrefused && s.refused,
+			filter == anyCapacity && s.cap > 0 && s.cap < n:
 			continue
 		}
 		if !p.hash {
@@ -281,6 +296,7 @@ func rendezvous(seed uint64, id engine.UnitID) uint64 {
 // refused notes that slot s had no room for n bytes.
 func (p *planner) refused(s int, n int64) {
 	p.slots[s].free = min(p.slots[s].free, n/2)
+	p.slots[s].refused = true
 	p.c.room.refused(p.slots[s].u.ID(), n)
 }
 
@@ -420,10 +436,13 @@ func (c *Client) releaseIO() { <-c.io }
 // reports whether the unit had room by the estimate (else the caller
 // waits there).
 func (p *planner) pickOne(n int64, seed uint64) (int, bool) {
-	if s := p.pick(n, seed, true); s >= 0 {
+	if s := p.pick(n, seed, withRoom); s >= 0 {
 		return s, true
 	}
-	return max(p.pick(n, seed, false), 0), false
+	if s := p.pick(n, seed, unrefused); s >= 0 {
+		return s, true
+	}
+	return max(p.pick(n, seed, anyCapacity), 0), false
 }
 
 // whole returns the slot that takes a put of n bytes whole, if the plan
