@@ -10,16 +10,19 @@ package client
 //     free bytes. Each row goes to the first unit in that order with room
 //     for it. A put that fits the local unit stays there; one that does
 //     not spills its rows to the next units with room.
-//   - Hash (by bytes): every row, largest first, to the unit that would be
-//     least full with it, the fill being used bytes over capacity; ties
-//     between equally full units go to the unit that hashes highest with
-//     the row's seed (rendezvous), so that clients do not all pick the
-//     first one. This greedy "least loaded, largest first" assignment keeps
-//     each unit within about one row's bytes of the others for one client's
-//     puts, whatever the rows' sizes, and follows the fill the units
-//     report for what other clients wrote. Hashing the row index alone
-//     balances rows, not bytes: a run of large rows can land on one unit;
-//     rendezvous weighted by free bytes balances only in expectation.
+//   - Hash (by bytes): the put's rows, in order, are cut into one
+//     contiguous stretch per unit, sized so that after the put every unit
+//     is as full as the others (water filling: the fill is used bytes over
+//     capacity), within one row; units fuller than that level get none.
+//     The units take their stretches in the order of a rendezvous hash of
+//     the put's seed, so that puts do not all begin on the same unit. This
+//     keeps each unit within about one row's bytes of the others, whatever
+//     the rows' sizes, and follows the fill the units report for what
+//     other clients wrote. Hashing each row's index balances rows, not
+//     bytes (a run of large rows can land on one unit); rendezvous weighted
+//     by free bytes balances only in expectation; and both scatter a
+//     unit's rows over the batch, so a get reads one range per row where
+//     a contiguous stretch is one range per field.
 //
 // "Room" is an estimate: the free bytes each unit last reported (an
 // in-process unit answers at once; a remote one through the controller's
@@ -212,21 +215,14 @@ func (p *planner) place(rows []int, sizes []int64, seeds []uint64) []group {
 		p.slots[s].free = max(p.slots[s].free-sizes[r], 0)
 		p.slots[s].fill += sizes[r]
 	}
-	order := rows
+	var share []int // hash: each row's slot by the water level, -1: none
 	if p.hash {
-		order = slices.Clone(rows)
-		slices.SortStableFunc(order, func(a, b int) int {
-			switch {
-			case sizes[a] > sizes[b]:
-				return -1
-			case sizes[a] < sizes[b]:
-				return 1
-			}
-			return 0
-		})
+		share = p.shares(rows, sizes, seeds[rows[0]])
 	}
-	for _, r := range order {
-		if s := p.pick(sizes[r], seeds[r], withRoom); s >= 0 {
+	for i, r := range rows {
+		if share != nil && share[i] >= 0 && p.slots[share[i]].free >= sizes[r] {
+			add(share[i], r, false)
+		} else if s := p.pick(sizes[r], seeds[r], withRoom); s >= 0 {
 			add(s, r, false)
 		} else if s := p.pick(sizes[r], seeds[r], unrefused); s >= 0 {
 			add(s, r, false) // the estimate may be stale: ask the unit
@@ -238,6 +234,93 @@ func (p *planner) place(rows []int, sizes []int64, seeds []uint64) []group {
 	}
 	for i := range out {
 		slices.Sort(out[i].rows) // back in batch order: fewer pieces
+	}
+	return out
+}
+
+// shares splits rows (in order) into one contiguous stretch per slot, so
+// that after the put every slot with room is as full as the others (the
+// water level: used bytes over capacity, or bytes alone while a unit's
+// capacity is unknown), within one row. A slot whose fill is above the
+// level gets nothing. Slots take their stretches in the order of their
+// rendezvous hash with seed, so that puts do not all begin on one unit.
+// It returns each row's slot, -1 for rows past every stretch (not enough
+// room by the estimate).
+func (p *planner) shares(rows []int, sizes []int64, seed uint64) []int {
+	known := true
+	for _, s := range p.slots {
+		known = known && s.cap > 0
+	}
+	capOf := func(s slot) float64 {
+		if known {
+			return float64(s.cap)
+		}
+		return 1
+	}
+	var total int64
+	for _, r := range rows {
+		total += sizes[r]
+	}
+	// x(level) is what the slots take to reach level, each at most its
+	// free bytes; find the level at which they take the put (bisection:
+	// x grows with level).
+	take := func(level float64, s slot) float64 {
+		return min(max(level*capOf(s)-float64(s.fill), 0), float64(s.free))
+	}
+	x := func(level float64) float64 {
+		var sum float64
+		for _, s := range p.slots {
+			sum += take(level, s)
+		}
+		return sum
+	}
+	lo, hi := 0.0, 1.0
+	for x(hi) < float64(total) && hi < 1e30 {
+		hi *= 2
+	}
+	for range 64 {
+		mid := (lo + hi) / 2
+		if x(mid) < float64(total) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	order := make([]int, len(p.slots))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		ha, hb := rendezvous(seed, p.slots[a].u.ID()), rendezvous(seed, p.slots[b].u.ID())
+		switch {
+		case ha > hb:
+			return -1
+		case ha < hb:
+			return 1
+		}
+		return 0
+	})
+	// Stretch k ends at the sum of the first k slots' shares; a row goes
+	// to the stretch its middle byte falls in.
+	ends := make([]float64, len(order))
+	var end float64
+	for k, s := range order {
+		end += take(hi, p.slots[s])
+		ends[k] = end
+	}
+	out := make([]int, len(rows))
+	var at int64
+	k := 0
+	for i, r := range rows {
+		mid := float64(at) + float64(sizes[r])/2
+		at += sizes[r]
+		for k < len(ends) && mid >= ends[k] {
+			k++
+		}
+		out[i] = -1
+		if k < len(ends) {
+			out[i] = order[k]
+		}
 	}
 	return out
 }
