@@ -15,7 +15,9 @@ package bench
 // BenchmarkUnitsSpan: one client puts and gets (into a reused buffer)
 // the small workload (288 MiB, 1024 rows × 9 fields) with hash placement,
 // so one put or get spans every unit and its unit requests run in
-// parallel (Config.MaxUnitIO). units=1 is the same bytes on one unit.
+// parallel (Config.MaxUnitIO). units=1 is the same bytes on one unit;
+// units=4/maxio=1 is four units talked to one after another, as before
+// parallel unit I/O.
 //
 // BenchmarkUnitsAggregate: four clients (each its own connections) at
 // once, local-first, each putting and getting a quarter of the small
@@ -133,12 +135,12 @@ func startUnitsServer(b *testing.B, n int) string {
 
 // connectUnits connects a client to a cluster of n units and waits until
 // it knows all of them.
-func connectUnits(b *testing.B, addr, transport string, n int, place client.Placement) *client.Client {
+func connectUnits(b *testing.B, addr, transport string, n int, place client.Placement, maxIO int) *client.Client {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
-		c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, Client: client.Config{Placement: place}})
+		c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, Client: client.Config{Placement: place, MaxUnitIO: maxIO}})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -161,9 +163,9 @@ func BenchmarkUnitsSpan(b *testing.B) {
 	}
 	for _, tr := range []string{client.TransportShm, client.TransportTCP} {
 		for _, op := range []string{"put", "get_into"} {
-			for _, n := range unitCounts {
-				kv := kvapi.New(connectUnits(b, servers[n], tr, n, client.Hash))
-				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d", tr, op, n), func(b *testing.B) {
+			for _, pt := range []struct{ units, maxIO int }{{1, 8}, {2, 8}, {4, 8}, {4, 1}} {
+				kv := kvapi.New(connectUnits(b, servers[pt.units], tr, pt.units, client.Hash, pt.maxIO))
+				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/maxio=%d", tr, op, pt.units, pt.maxIO), func(b *testing.B) {
 					benchUnitsOp(b, op, w, []*kvapi.KV{kv}, [][]string{keys}, []*engine.Batch{batch}, [][]byte{into})
 				})
 			}
@@ -191,7 +193,7 @@ func BenchmarkUnitsAggregate(b *testing.B) {
 			for _, n := range unitCounts {
 				kvs := make([]*kvapi.KV, clients)
 				for c := range kvs {
-					kvs[c] = kvapi.New(connectUnits(b, servers[n], tr, n, client.LocalFirst))
+					kvs[c] = kvapi.New(connectUnits(b, servers[n], tr, n, client.LocalFirst, 0))
 				}
 				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/clients=%d", tr, op, n, clients), func(b *testing.B) {
 					benchUnitsOp(b, op, w, kvs, keys, batches, into)
