@@ -161,12 +161,14 @@ func (c *Client) newPlanner(seed uint64) *planner {
 		return p
 	}
 	first := int(seed % uint64(len(local)))
+	isLocal := make(map[engine.UnitID]bool, len(local))
 	for i := range local {
 		p.slots = append(p.slots, snap(local[(first+i)%len(local)]))
+		isLocal[local[i].ID()] = true
 	}
 	var others []slot
 	for _, u := range units {
-		if !slices.Contains(local, u) {
+		if !isLocal[u.ID()] {
 			others = append(others, snap(u))
 		}
 	}

@@ -328,10 +328,18 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 			c.room.wrote(u.ID(), total)
 			return r, nil
 		}
-		if !room || !errors.Is(err, engine.ErrCapacity) || ctx.Err() != nil {
+		switch {
+		case !room || ctx.Err() != nil:
+			return nil, err
+		case errors.Is(err, engine.ErrCapacity):
+			p.refused(s, total)
+		case errors.Is(err, engine.ErrNotSupported):
+			// A unit reached over tcp cannot lend its memory: not a
+			// place for this put, though it has room.
+			p.slots[s].free, p.slots[s].refused = 0, true
+		default:
 			return nil, err
 		}
-		p.refused(s, total)
 	}
 }
 
