@@ -455,3 +455,27 @@ func TestFailedSpanningPutFreesEveryUnit(t *testing.T) {
 	}
 	assert.Equal(t, []string{"old"}, keys, "keys after the failed put")
 }
+
+// A reserved put (one unit, zero copy) goes to a unit with room for all
+// of it when its first choice is full, without waiting there.
+func TestReservePutSpills(t *testing.T) {
+	ctx := t.Context()
+	e, c := unitCluster(t, 2, 1<<20, client.DefaultConfig(), nil)
+	m, err := c.PutNew(ctx, "p", opaque(repeat(3, 300<<10))) // most of unit 1 (the first choice of index 0)
+	require.NoError(t, err)
+	require.Equal(t, map[engine.UnitID]int{e.Units[0].ID(): 3}, cellsPerUnit(m, "v"))
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "r", Mode: client.Insert, BatchSize: 4, Fields: []string{"x"}})
+	require.NoError(t, err)
+	if meta.Indexes[0]%2 != 0 { // keep unit 1 the first choice
+		meta, err = c.GetMeta(ctx, client.MetaRequest{Partition: "r", Mode: client.Insert, BatchSize: 4, Fields: []string{"x"}})
+		require.NoError(t, err)
+	}
+	pb, err := c.ReservePut(ctx, meta, client.FieldSpec{Name: "x", DType: engine.Uint8, Shape: engine.Shape{64 << 10}})
+	require.NoError(t, err)
+	assert.Equal(t, e.Units[1].ID(), pb.Unit().ID(), "the reservation's unit")
+	require.NoError(t, pb.Abort(ctx))
+	kb, err := c.ReservePutKeys(ctx, "kv", []string{"a", "b", "c", "d"}, nil, client.FieldSpec{Name: "x", DType: engine.Uint8, Shape: engine.Shape{64 << 10}})
+	require.NoError(t, err)
+	assert.Equal(t, e.Units[1].ID(), kb.Unit().ID(), "the KV reservation's unit")
+	require.NoError(t, kb.Abort(ctx))
+}
