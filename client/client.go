@@ -17,12 +17,15 @@ type Placement int
 
 const (
 	// LocalFirst writes a put to a unit on the client's own host when there
-	// is one (the put's rows stay together on one unit, chosen by the
-	// lowest row index among the local units); otherwise it falls back to
-	// Hash.
+	// is one (the first among several chosen by the put's lowest row
+	// index, or its first key's hash), as long as it has room; rows that
+	// do not fit spill to the other local units, then to the other units
+	// with room. Without a local unit it places as Hash does. See
+	// place.go.
 	LocalFirst Placement = iota
-	// Hash writes row i to unit i mod (number of units), units ordered by
-	// id (the units that are not down: see [Connect]).
+	// Hash spreads a put's rows over the units (those that are not down:
+	// see [Connect]) by bytes: each row, largest first, goes to the unit
+	// that is least full with it.
 	Hash
 )
 
@@ -42,15 +45,30 @@ type Config struct {
 	// the caller owns even over shared memory, where the default is
 	// read-only views released with [engine.Batch.Release].
 	CopyGets bool
+	// MaxUnitIO bounds the unit requests (writes, reads, frees) this
+	// client has in flight at once, over all its calls: a put or get that
+	// spans several units talks to them concurrently, up to this many.
+	// 0 means [DefaultMaxUnitIO]. One request per unit at a time already
+	// keeps a unit busy (a transport stripes a large one itself), so the
+	// bound is about how many units one client drives at once, and keeps
+	// a client of many goroutines from opening a request to every unit
+	// for each of them.
+	MaxUnitIO int
 }
 
+// DefaultMaxUnitIO is [Config.MaxUnitIO] when left 0.
+const DefaultMaxUnitIO = 8
+
 // DefaultConfig returns local-first placement on this host.
-func DefaultConfig() Config { return Config{Placement: LocalFirst} }
+func DefaultConfig() Config { return Config{Placement: LocalFirst, MaxUnitIO: DefaultMaxUnitIO} }
 
 // Validate reports a bad configuration.
 func (c Config) Validate() error {
 	if c.Placement != LocalFirst && c.Placement != Hash {
 		return fmt.Errorf("placement %d: %w", int(c.Placement), engine.ErrInvalid)
+	}
+	if c.MaxUnitIO < 0 {
+		return fmt.Errorf("MaxUnitIO %d: must be 0 (the default, %d) or positive: %w", c.MaxUnitIO, DefaultMaxUnitIO, engine.ErrInvalid)
 	}
 	return nil
 }
@@ -70,6 +88,8 @@ type Client struct {
 
 	closers []func() error // what Close releases
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
+	room    roomBook       // the units' free bytes, as placement estimates them
+	io      chan struct{}  // unit I/O slots (Config.MaxUnitIO)
 }
 
 // New returns a client over a metadata service and the storage units it
@@ -95,7 +115,10 @@ func newClient(meta MetaService, units []DataUnit, cfg Config, dead map[engine.U
 	if _, ok := meta.(checksNames); !ok {
 		meta = checkedMeta{meta} // see names.go
 	}
-	c := &Client{cfg: cfg, meta: meta}
+	if cfg.MaxUnitIO == 0 {
+		cfg.MaxUnitIO = DefaultMaxUnitIO
+	}
+	c := &Client{cfg: cfg, meta: meta, io: make(chan struct{}, cfg.MaxUnitIO)}
 	t, err := newUnitTable(units, cfg.Host, dead)
 	if err != nil {
 		return nil, err

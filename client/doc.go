@@ -16,5 +16,9 @@
 //	defer v.Release()
 //
 // Placement is local-first by default (a put goes to a unit on the client's
-// host, its rows kept together) or hash (row index mod units).
+// host while it has room, and spills its other rows to units with room) or
+// hash (the rows spread over the units by bytes); either way a put waits
+// for room only when no unit has any. The writes of a put and the reads of
+// a get that span several units run at once, up to [Config.MaxUnitIO] per
+// client. See place.go.
 package client

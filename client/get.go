@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -168,39 +169,13 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 		runs[name] = rs
 	}
 	v := &View{}
-	leases := map[engine.UnitID]Lease{}
-	for id, addrs := range ranges {
-		u, ok := c.unit(ctx, id)
-		if !ok {
-			v.Release()
-			if id == engine.LostUnit {
-				return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
-			}
-			return nil, &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
-		}
-		var l Lease
-		var err error
-		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
-			l, err = readOwned(ctx, addrs, u.ReadInto)
-		} else {
-			l, err = u.Acquire(ctx, addrs)
-		}
-		if err != nil {
-			v.Release()
-			switch {
-			case errors.Is(err, engine.ErrNotFound) && merge:
-				return nil, errMergedRange
-			case ctx.Err() != nil:
-				// The caller gave up; nothing is known about the cells.
-			case errors.Is(err, engine.ErrNotFound):
-				err = fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
-			default:
-				err = fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
-			}
-			return nil, &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
-		}
-		leases[id] = l
+	leases, err := c.leaseAll(ctx, ranges, mode, merge)
+	for _, l := range leases {
 		v.leases = append(v.leases, l)
+	}
+	if err != nil {
+		v.Release()
+		return nil, err
 	}
 	fields := make([]engine.Field, 0, len(names))
 	aliased := false
@@ -223,6 +198,66 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 		v.Release() // nothing points into storage: let it go now
 	}
 	return v, nil
+}
+
+// leaseAll leases (or reads, see inliner) the ranges of every unit at
+// once, bounded by [Config.MaxUnitIO]. On error it returns the leases it
+// took, for the caller to release, and the first unit's error in id
+// order (errMergedRange when a merged range was refused).
+func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine.RemoteAddr, mode getMode, merge bool) (map[engine.UnitID]Lease, error) {
+	ids := make([]engine.UnitID, 0, len(ranges))
+	for id := range ranges {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	got := make([]Lease, len(ids))
+	errs := c.parallel(ctx, len(ids), func(i int) error {
+		id, addrs := ids[i], ranges[ids[i]]
+		u, ok := c.unit(ctx, id)
+		if !ok {
+			if id == engine.LostUnit {
+				return &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
+			}
+			return &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
+		}
+		var err error
+		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
+			got[i], err = readOwned(ctx, addrs, u.ReadInto)
+		} else {
+			got[i], err = u.Acquire(ctx, addrs)
+		}
+		if err == nil {
+			return nil
+		}
+		got[i] = nil
+		switch {
+		case errors.Is(err, engine.ErrNotFound) && merge:
+			return errMergedRange
+		case ctx.Err() != nil:
+			// The caller gave up; nothing is known about the cells.
+		case errors.Is(err, engine.ErrNotFound):
+			err = fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
+		default:
+			err = fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
+		}
+		return &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
+	})
+	leases := make(map[engine.UnitID]Lease, len(ids))
+	var first error
+	for i, id := range ids {
+		if got[i] != nil {
+			leases[id] = got[i]
+		}
+		if errs[i] != nil && (first == nil || errors.Is(errs[i], errMergedRange)) {
+			// errMergedRange first: the get tries again cell by cell,
+			// which may well succeed where another unit failed now.
+			first = errs[i]
+		}
+	}
+	if _, ok := first.(*engine.OpError); first != nil && !ok && !errors.Is(first, errMergedRange) {
+		first = &engine.OpError{Op: "get", Err: first} // no I/O slot before ctx ended
+	}
+	return leases, first
 }
 
 // checkReady names the first unproduced cells, if any.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -60,10 +61,18 @@ func (c *Client) GetInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 		}
 		regions[fi] = buf[start:at:at]
 	}
-	for id, t := range byUnit {
+	ids := make([]engine.UnitID, 0, len(byUnit))
+	for id := range byUnit {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	// Every unit's reads at once (bounded by Config.MaxUnitIO): each lands
+	// in its own stretches of buf.
+	errs := c.parallel(ctx, len(ids), func(i int) error {
+		id, t := ids[i], byUnit[ids[i]]
 		u, ok := c.unit(ctx, id)
 		if !ok {
-			return nil, &engine.OpError{Op: "get into", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
+			return &engine.OpError{Op: "get into", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
 		}
 		err := u.ReadInto(ctx, t.addrs, t.dst)
 		if errors.Is(err, engine.ErrNotFound) {
@@ -74,7 +83,16 @@ func (c *Client) GetInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 			if ctx.Err() == nil {
 				err = fmt.Errorf("read from storage unit %d: %w: %w", id, engine.ErrLost, err)
 			}
-			return nil, &engine.OpError{Op: "get into", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
+			return &engine.OpError{Op: "get into", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
+		}
+		return nil
+	})
+	for _, err := range errs {
+		if err != nil {
+			if _, ok := err.(*engine.OpError); !ok {
+				err = &engine.OpError{Op: "get into", Err: err}
+			}
+			return nil, err
 		}
 	}
 	fields := make([]engine.Field, len(names))

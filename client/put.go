@@ -107,24 +107,14 @@ func groupByPartition(m *engine.BatchMeta) map[string][]int {
 	return out
 }
 
-// place assigns positions (rows of one partition) to units, among those
-// that are not down.
-func (c *Client) place(meta *engine.BatchMeta, pos []int) map[DataUnit][]int {
-	out := map[DataUnit][]int{}
-	units, local := c.writable()
-	if c.cfg.Placement == LocalFirst && len(local) > 0 {
-		lowest := meta.Indexes[pos[0]]
-		for _, p := range pos {
-			lowest = min(lowest, meta.Indexes[p])
-		}
-		out[local[lowest%uint64(len(local))]] = pos
-		return out
-	}
+// indexPlanner returns the planner of a put into rows pos of meta: its
+// seed is the lowest row index, and each row's seed its index.
+func (c *Client) indexPlanner(meta *engine.BatchMeta, pos []int) (*planner, []uint64) {
+	lowest := meta.Indexes[pos[0]]
 	for _, p := range pos {
-		u := units[meta.Indexes[p]%uint64(len(units))]
-		out[u] = append(out[u], p)
+		lowest = min(lowest, meta.Indexes[p])
 	}
-	return out
+	return c.newPlanner(lowest), meta.Indexes
 }
 
 // written is what one unit group put down: the rows whose cells to free
@@ -143,14 +133,12 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 	var done []written
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, freeWritten(context.WithoutCancel(ctx), done, locs))
+			err = errors.Join(err, c.freeWritten(context.WithoutCancel(ctx), done, locs))
 		}
 	}()
-	for u, rows := range c.place(meta, pos) {
-		if _, err := c.writeRows(ctx, u, fields, rows, locs); err != nil {
-			return err
-		}
-		done = append(done, written{unit: u, rows: rows})
+	p, seeds := c.indexPlanner(meta, pos)
+	if done, err = c.writePlaced(ctx, p, fields, pos, seeds, locs); err != nil {
+		return err
 	}
 	req := engine.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
 	for i, p := range pos {
@@ -176,7 +164,7 @@ func (c *Client) writeRows(ctx context.Context, u DataUnit, fields []engine.Fiel
 		extents[i] = pieces(f.Col, rows)
 	}
 	addrs, err := u.Write(ctx, extents)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, engine.ErrCapacity) {
 		c.unreachable() // the unit may be dead: placement asks which are alive
 	}
 	if errors.Is(err, engine.ErrUnavailable) {
@@ -267,19 +255,21 @@ func fieldAddrs(cfs []engine.CommitField) []engine.RemoteAddr {
 	return addrs
 }
 
-// freeWritten frees the cells a failed put wrote.
-func freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) error {
-	var err error
-	for _, w := range done {
+// freeWritten frees the cells a failed put wrote, on every unit at once.
+func (c *Client) freeWritten(ctx context.Context, done []written, locs [][]engine.CellLoc) error {
+	return errors.Join(c.parallel(ctx, len(done), func(i int) error {
+		w := done[i]
 		addrs := make([]engine.RemoteAddr, 0, len(w.rows)*len(locs))
 		for _, fl := range locs {
 			for _, r := range w.rows {
 				addrs = append(addrs, fl[r].Addr)
 			}
 		}
-		err = errors.Join(err, w.unit.Free(ctx, addrs))
-	}
-	return err
+		if err := w.unit.Free(ctx, addrs); err != nil {
+			return fmt.Errorf("free what a failed put wrote to unit %d: %w", w.unit.ID(), err)
+		}
+		return nil
+	})...)
 }
 
 // commitFields describes the cells of rows pos of fields, whose locations

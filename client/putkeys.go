@@ -1,13 +1,10 @@
 package client
 
-// A KV put needs no rows before it writes: the bytes go to a unit first,
-// then one COMMIT_KEYS creates the missing keys, commits the cells and
-// merges the tags at once (see [github.com/tqgo/tq/controller.Controller.CommitKeys]). That
-// holds when the put's unit does not depend on the rows' indexes: under
-// [LocalFirst] with a unit on this host, or with a single unit. Otherwise
-// (hash placement over several units) the keys are resolved first, as a
-// batch put resolves its rows, and the keys that resolve created are
-// cleared again if the put fails.
+// A KV put needs no rows before it writes: the bytes go to the units
+// first, then one COMMIT_KEYS creates the missing keys, commits the cells
+// and merges the tags at once (see [github.com/tqgo/tq/controller.Controller.CommitKeys]).
+// Placement does not depend on the rows' indexes (see place.go: the seeds
+// are the keys' hashes), so no put resolves its keys first.
 
 import (
 	"context"
@@ -20,66 +17,30 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// keyPlan is where a KV put's rows go.
-type keyPlan struct {
-	groups  map[DataUnit][]int // positions in keys
-	created []string           // keys a resolve made, cleared if the put fails
+// keySeed is the placement seed of a key.
+func keySeed(key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return h.Sum64()
 }
 
-// planKeys places the rows of keys on units, resolving the keys (and
-// creating missing ones) only when the placement needs their indexes.
-func (c *Client) planKeys(ctx context.Context, partition string, keys []string) (keyPlan, error) {
-	all := allRows(len(keys))
-	if u := c.keyUnit(keys); u != nil {
-		return keyPlan{groups: map[DataUnit][]int{u: all}}, nil
+// keyPlanner returns the planner of a KV put of keys: its seed is the
+// first key's hash, each row's seed its key's.
+func (c *Client) keyPlanner(keys []string) (*planner, []uint64) {
+	seeds := make([]uint64, len(keys))
+	for i, k := range keys {
+		seeds[i] = keySeed(k)
 	}
-	m, created, err := c.meta.ResolveKeys(ctx, partition, keys, nil, true)
-	if err != nil {
-		return keyPlan{}, err
-	}
-	plan := keyPlan{groups: c.place(m, all)}
-	for _, p := range created {
-		plan.created = append(plan.created, keys[p])
-	}
-	return plan, nil
-}
-
-// keyUnit returns the one unit a KV put goes to when that does not depend
-// on the rows' indexes: a unit on this host under [LocalFirst] (picked by
-// a hash of the first key when there are several), or the only unit. It
-// returns nil otherwise.
-func (c *Client) keyUnit(keys []string) DataUnit {
-	units, local := c.writable()
-	if c.cfg.Placement == LocalFirst && len(local) > 0 {
-		if len(local) == 1 {
-			return local[0]
-		}
-		h := fnv.New64a()
-		h.Write([]byte(keys[0]))
-		return local[h.Sum64()%uint64(len(local))]
-	}
-	if len(units) == 1 {
-		return units[0]
-	}
-	return nil
-}
-
-// forget clears the keys a failed put's resolve created.
-func (c *Client) forget(ctx context.Context, partition string, created []string) error {
-	if len(created) == 0 {
-		return nil
-	}
-	return c.meta.ClearKeys(context.WithoutCancel(ctx), partition, created)
+	return c.newPlanner(seeds[0]), seeds
 }
 
 // PutKeys writes row i of b to keys[i] of partition and merges tags[i]
 // into its tags, creating missing keys; b or tags may be nil, not both.
 // Readers see all of the put's cells and tags or none of them, and a put
-// that fails leaves nothing behind: no key created, no cell written. (Under
-// hash placement over several units the missing keys are created before
-// the write, so a listing may show them, without the put's fields, until
-// the put commits or fails.) It returns what the controller reported: each
-// key's tags after the merge and the fields every key holds.
+// that fails leaves nothing behind: no key created, no cell written. The
+// rows may spread over several units (see place.go), written to them at
+// once. It returns what the controller reported: each key's tags after
+// the merge and the fields every key holds.
 //
 // Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated, not
 // valid UTF-8), a partition or field name that is empty or not valid
@@ -129,62 +90,57 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 			return out, err
 		}
 	}
-	plan, err := c.planKeys(ctx, partition, keys)
-	if err != nil {
-		return engine.KeysCommitted{}, err
-	}
 	fields := b.Fields()
-	if len(plan.groups) == 1 {
+	all := allRows(len(keys))
+	p, seeds := c.keyPlanner(keys)
+	if s, ok := p.whole(b.Size()); ok {
 		// Every row on one unit, in key order: dense fields go to the
 		// controller as one run each.
-		for u := range plan.groups {
-			return c.putKeysOn(ctx, u, req, fields, plan.created)
+		u := p.slots[s].u
+		exts, err := c.writeRows(engine.WithoutWait(ctx), u, fields, all, nil)
+		if err == nil {
+			c.room.wrote(u.ID(), int64(b.Size()))
+			return c.commitKeysOn(ctx, u, req, fields, exts)
 		}
+		if !errors.Is(err, engine.ErrCapacity) || ctx.Err() != nil {
+			return engine.KeysCommitted{}, err
+		}
+		p.refused(s, int64(b.Size())) // the rows spill
 	}
 	locs := make([][]engine.CellLoc, len(fields))
 	for i := range fields {
 		locs[i] = make([]engine.CellLoc, len(keys))
 	}
-	var done []written
+	done, err := c.writePlaced(ctx, p, fields, all, seeds, locs)
 	defer func() {
 		if err != nil {
-			ctx := context.WithoutCancel(ctx)
-			err = errors.Join(err, freeWritten(ctx, done, locs), c.forget(ctx, partition, plan.created))
+			err = errors.Join(err, c.freeWritten(context.WithoutCancel(ctx), done, locs))
 		}
 	}()
-	for u, rows := range plan.groups {
-		if _, err := c.writeRows(ctx, u, fields, rows, locs); err != nil {
-			return engine.KeysCommitted{}, err
-		}
-		done = append(done, written{unit: u, rows: rows})
+	if err != nil {
+		return engine.KeysCommitted{}, err
 	}
-	all := allRows(len(keys))
 	req.Fields = commitFields(fields, all, locs)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
 		if !refused(err) {
-			done, plan.created = nil, nil // the commit may have happened
+			done = nil // the commit may have happened
 		}
 		return engine.KeysCommitted{}, err
 	}
 	return out, nil
 }
 
-// putKeysOn is a KV put of every row to unit u.
-func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, created []string) (engine.KeysCommitted, error) {
-	all := allRows(len(req.Keys))
-	exts, err := c.writeRows(ctx, u, fields, all, nil)
-	if err != nil {
-		return engine.KeysCommitted{}, errors.Join(err, c.forget(ctx, req.Partition, created))
-	}
+// commitKeysOn commits a KV put whose rows were all written to unit u,
+// one extent per field.
+func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, exts []engine.RemoteAddr) (engine.KeysCommitted, error) {
 	req.Fields = extentFields(fields, u.ID(), exts, true)
 	out, err := c.meta.CommitKeys(ctx, req)
 	if err != nil {
 		if !refused(err) {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
-		ctx := context.WithoutCancel(ctx)
-		return engine.KeysCommitted{}, errors.Join(err, u.Free(ctx, fieldAddrs(req.Fields)), c.forget(ctx, req.Partition, created))
+		return engine.KeysCommitted{}, errors.Join(err, u.Free(context.WithoutCancel(ctx), fieldAddrs(req.Fields)))
 	}
 	return out, nil
 }
@@ -194,20 +150,19 @@ func (c *Client) putKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommi
 // the rules for its columns are those of [PutBuffer].
 type KeysPutBuffer struct {
 	*reserved
-	part    string
-	keys    []string
-	tags    []engine.Tags
-	created []string // keys the reservation's resolve made
-	names   []string // the fields', for the dtype cache
-	dtypes  []engine.DType
+	part   string
+	keys   []string
+	tags   []engine.Tags
+	names  []string // the fields', for the dtype cache
+	dtypes []engine.DType
 }
 
 // ReservePutKeys reserves, on one storage unit, one extent per field for
 // keys' rows (row i of each field belongs to keys[i]) and returns a buffer
 // whose columns alias them for the caller to fill. The rows become
-// readable, all at once, at Commit, and so do the keys (except under hash
-// placement over several units, as for [Client.PutKeys]); tags, when not
-// nil, are merged then. A field whose dtype differs from the partition's is refused here,
+// readable, all at once, at Commit, and so do the keys; tags, when not
+// nil, are merged then. The unit is the one placement picks for the whole
+// put (see place.go: the first local unit with room, under local-first). A field whose dtype differs from the partition's is refused here,
 // before the caller fills anything (and again, atomically, at Commit).
 //
 // Errors as for [Client.PutKeys] and [Client.ReservePut]: in particular
@@ -222,7 +177,7 @@ func (c *Client) ReservePutKeys(ctx context.Context, partition string, keys []st
 	return b, nil
 }
 
-func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []string, tags []engine.Tags, fields []FieldSpec) (_ *KeysPutBuffer, err error) {
+func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []string, tags []engine.Tags, fields []FieldSpec) (*KeysPutBuffer, error) {
 	switch {
 	case len(keys) == 0:
 		return nil, fmt.Errorf("empty key list: %w", engine.ErrInvalid)
@@ -245,24 +200,7 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 	} else {
 		go func() { checked <- c.checkDTypes(ctx, partition, fields, dtypes) }()
 	}
-	var plan keyPlan
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, c.forget(ctx, partition, plan.created))
-		}
-	}()
-	plan, err = c.planKeys(ctx, partition, keys)
-	if err != nil {
-		return nil, errors.Join(err, <-checked)
-	}
-	// A reserved put goes to one unit: the one of the first key's row.
-	var u DataUnit
-	for gu, rows := range plan.groups {
-		if u == nil || rows[0] == 0 {
-			u = gu
-		}
-	}
-	r, err := c.reserve(ctx, u, fields, len(keys), kinds, sizes)
+	r, err := c.reservePlaced(ctx, keySeed(keys[0]), fields, len(keys), kinds, sizes)
 	if cerr := <-checked; cerr != nil {
 		if err == nil {
 			err = errors.Join(cerr, r.abort(context.WithoutCancel(ctx)))
@@ -274,7 +212,7 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 		return nil, err
 	}
 	// Kept until Commit: copies, so that the caller may reuse its slices.
-	return &KeysPutBuffer{reserved: r, part: partition, keys: slices.Clone(keys), tags: slices.Clone(tags), created: plan.created, names: specNames(fields), dtypes: dtypes}, nil
+	return &KeysPutBuffer{reserved: r, part: partition, keys: slices.Clone(keys), tags: slices.Clone(tags), names: specNames(fields), dtypes: dtypes}, nil
 }
 
 // checkDTypes refuses fields whose dtype differs from the partition's.
@@ -367,14 +305,14 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 	}
 	cfs, _, err := b.commitUnit(ctx, true)
 	if err != nil {
-		return engine.KeysCommitted{}, errors.Join(err, b.c.forget(ctx, b.part, b.created))
+		return engine.KeysCommitted{}, err
 	}
 	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
 	if err != nil {
 		if !refused(err) {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
-		return engine.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs), b.c.forget(ctx, b.part, b.created))
+		return engine.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs))
 	}
 	b.c.dtypes.learn(b.part, b.names, b.dtypes)
 	return out, nil
@@ -387,8 +325,7 @@ func (b *KeysPutBuffer) Abort(ctx context.Context) error {
 	if !b.end() {
 		return nil
 	}
-	err := errors.Join(b.res.Abort(ctx), b.c.forget(ctx, b.part, b.created))
-	if err != nil {
+	if err := b.res.Abort(ctx); err != nil {
 		return &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
 	}
 	return nil

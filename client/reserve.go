@@ -250,9 +250,8 @@ type PutBuffer struct {
 // ReservePut reserves, on one storage unit, one extent per field for the
 // rows of meta (row i of each field goes to row i of meta) and returns a
 // buffer whose columns alias them for the caller to fill; nothing is
-// copied on the way to the unit. The rows all go to one unit: under
-// [LocalFirst] the one a put would pick, otherwise the unit of the lowest
-// row index. The unit must implement [Reserver]; ReservePut never falls
+// copied on the way to the unit. The rows all go to one unit: the first
+// that placement (see place.go) finds room on for all of them. The unit must implement [Reserver]; ReservePut never falls
 // back to copying. meta is not retained.
 //
 // Errors: [engine.ErrInvalid] for no fields, a duplicate name, a spec with
@@ -292,24 +291,56 @@ func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 			return nil, fmt.Errorf("field %q is %v, put has %v: %w", f.Name, s.DType, dtypes[i], engine.ErrDTypeMismatch)
 		}
 	}
-	r, err := c.reserve(ctx, c.reserveUnit(meta), fields, n, kinds, sizes)
+	lowest := meta.Indexes[0]
+	for _, i := range meta.Indexes {
+		lowest = min(lowest, i)
+	}
+	r, err := c.reservePlaced(ctx, lowest, fields, n, kinds, sizes)
 	if err != nil {
 		return nil, err
 	}
 	return &PutBuffer{reserved: r, meta: meta.Clone(), part: part}, nil
 }
 
-// reserveUnit picks the one unit a reserved put goes to.
-func (c *Client) reserveUnit(meta *engine.BatchMeta) DataUnit {
-	lowest := meta.Indexes[0]
-	for _, i := range meta.Indexes {
-		lowest = min(lowest, i)
+// reservePlaced reserves the extents of a put that goes to one unit
+// (its sizes, n rows) on the unit placement picks for it (see place.go),
+// seeded by seed: without waiting where the estimate says there is room,
+// on another unit when that one refuses, and waiting for room only when
+// no unit has it.
+func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldSpec, n int, kinds []engine.Kind, sizes []int64) (*reserved, error) {
+	var total int64
+	for _, s := range sizes {
+		total += s
 	}
-	units, local := c.writable()
-	if c.cfg.Placement == LocalFirst && len(local) > 0 {
-		return local[lowest%uint64(len(local))]
+	p := c.newPlanner(seed)
+	if most := p.largest(); most > 0 && total > most {
+		return nil, fmt.Errorf("a reserved put of %d bytes goes to one unit, more than the largest storage unit's capacity (%d bytes): %w", total, most, engine.ErrCapacity)
 	}
-	return units[lowest%uint64(len(units))]
+	for {
+		s, room := p.pickOne(total, seed)
+		u := p.slots[s].u
+		rctx := ctx
+		if room {
+			rctx = engine.WithoutWait(ctx)
+		}
+		r, err := c.reserve(rctx, u, fields, n, kinds, sizes)
+		if err == nil {
+			c.room.wrote(u.ID(), total)
+			return r, nil
+		}
+		switch {
+		case !room || ctx.Err() != nil:
+			return nil, err
+		case errors.Is(err, engine.ErrCapacity):
+			p.refused(s, total)
+		case errors.Is(err, engine.ErrNotSupported):
+			// A unit reached over tcp cannot lend its memory: not a
+			// place for this put, though it has room.
+			p.slots[s].free, p.slots[s].refused = 0, true
+		default:
+			return nil, err
+		}
+	}
 }
 
 // Commit makes the filled extents readable on the unit, commits the cells

@@ -187,6 +187,7 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	d.mu.Lock()
 	d.last, d.due = listed, false
 	d.mu.Unlock()
+	c.room.learn(infos)
 	old := c.tbl.Load()
 	units := slices.Clone(old.units)
 	dead := map[engine.UnitID]bool{}

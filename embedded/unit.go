@@ -75,6 +75,13 @@ func (l localUnit) ReadInto(_ context.Context, addrs []engine.RemoteAddr, dst []
 
 func (l localUnit) Free(_ context.Context, cells []engine.RemoteAddr) error { return l.u.Free(cells) }
 
+// Room reports the unit's capacity and used bytes, for the client's
+// placement (a unit in this process answers without a round trip).
+func (l localUnit) Room() (capacity, used int64) {
+	st := l.u.Stats()
+	return st.Capacity, st.Used
+}
+
 var _ client.Reserver = localUnit{}
 
 // ReserveExtents reserves extents in the unit's arena (see

@@ -248,6 +248,9 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	if m.NoWait {
+		rctx = engine.WithoutWait(rctx)
+	}
 	r, err := s.u.reserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {

@@ -299,6 +299,27 @@ func TestServerWriteValidation(t *testing.T) {
 	if err := remoteFree(ctx, c, fill...); err != nil {
 		t.Fatal(err)
 	}
+	// With no_wait a full unit answers CODE_CAPACITY at once, even where
+	// it would otherwise wait an hour (this test's deadline is far
+	// shorter), and discards the payload; so does RESERVE.
+	patient := dialUnit(t, serve(t, u, ServerConfig{ReserveWait: time.Hour}), "")
+	fill, err = remoteWrite(ctx, patient, make([]byte, 1<<20), make([]byte, 1<<20), make([]byte, 1<<20), make([]byte, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	err = patient.Do(nctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: []uint64{1 << 20}, NoWait: true}, net.Buffers{make([]byte, 1<<20)}, &wirepb.WriteReply{}, nil)
+	if !errors.Is(err, engine.ErrCapacity) || nctx.Err() != nil {
+		t.Errorf("no-wait write to a full unit: got %v, want an error wrapping %v at once", err, engine.ErrCapacity)
+	}
+	err = patient.Do(nctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{1 << 20}, NoWait: true}, nil, &wirepb.ReserveReply{}, nil)
+	if !errors.Is(err, engine.ErrCapacity) || nctx.Err() != nil {
+		t.Errorf("no-wait reserve on a full unit: got %v, want an error wrapping %v at once", err, engine.ErrCapacity)
+	}
+	if err := remoteFree(ctx, patient, fill...); err != nil {
+		t.Fatal(err)
+	}
 	// The connection is still in step after all that.
 	addrs, err := remoteWrite(ctx, c, []byte("still fine"))
 	if err != nil {

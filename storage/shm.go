@@ -191,6 +191,9 @@ func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyW
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	if m.NoWait {
+		rctx = engine.WithoutWait(rctx)
+	}
 	r, err := s.u.reserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {

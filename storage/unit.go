@@ -205,7 +205,8 @@ func (u *Unit) opErr(op string, err error) error {
 // When the unit is full, Reserve waits until frees make room, ctx ends, or
 // the unit closes. It fails with an error wrapping [engine.ErrCapacity]
 // (and the context's error) when ctx ends first, and at once when the
-// request could not fit even in an empty unit. Waiting is all or nothing:
+// request could not fit even in an empty unit, or when ctx comes from
+// [engine.WithoutWait] (a client that spills to other units). Waiting is all or nothing:
 // space is never held while waiting. Fragmentation across segments can
 // keep a request waiting even when [Stats] shows enough free bytes. Other
 // errors: [engine.ErrInvalid] for a negative size, [engine.ErrClosed].
@@ -264,6 +265,11 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 		if u.extents == 0 && u.growing == 0 {
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes do not fit in an empty unit: %w",
+				len(sizes), need, engine.ErrCapacity))
+		}
+		if engine.NoWait(ctx) {
+			u.mu.Unlock()
+			return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes: no room now, and the caller would not wait: %w",
 				len(sizes), need, engine.ErrCapacity))
 		}
 		wake := u.wake

@@ -446,6 +446,15 @@ func TestCapacityBackPressure(t *testing.T) {
 		}
 	})
 
+	t.Run("without wait", func(t *testing.T) {
+		// No deadline: a Reserve that waited would hang the test.
+		_, err := u.Reserve(engine.WithoutWait(t.Context()), []int64{64})
+		wantErr(t, "Reserve without wait on a full unit", err, engine.ErrCapacity)
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("got %v, want a refusal, not a wait that timed out", err)
+		}
+	})
+
 	t.Run("free wakes a waiter", func(t *testing.T) {
 		type result struct {
 			r   *Reservation

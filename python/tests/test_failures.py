@@ -112,3 +112,24 @@ def test_capacity(split, transport):
         assert c.kv_batch_get(["small"], "p")["x"].shape == (1, 1 << 17)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_full_unit_does_not_hold_up_put(split, transport):
+    """Puts whose first choice is full go to the other unit instead of
+    waiting there for room (and failing after the unit's reserve wait)."""
+    import zlib
+    c = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        a, b = sorted(split.units)
+        keys = [k for k in (f"k{i}" for i in range(200)) if zlib.crc32(k.encode()) % 2 == 0][:24]
+        val = np.ones((1, 1 << 20), dtype=np.float32)  # 4 MiB: 24 of them are 96 MiB, unit a holds 64
+        on = {a: 0, b: 0}
+        for i, k in enumerate(keys):
+            c.kv_batch_put([k], "p", {"x": val * i})  # every key's first choice is unit a
+            on[int(c.kv_retrieve_meta([k], "p")._cells["x"].unit[0])] += 1
+        assert on[a] >= 12 and on[b] >= 8, on
+        for i, k in enumerate(keys):
+            assert np.array_equal(c.kv_batch_get([k], "p")["x"], val * i)
+    finally:
+        c.close()

@@ -325,21 +325,33 @@ class Client:
 
     # ---- writing cells -------------------------------------------------
 
-    def _write(self, unit: Unit, cols):
+    def _write(self, unit: Unit, cols, no_wait=False):
         """Write cols to unit; returns each column's per-row Cells."""
-        ext = unit.write(cols)
+        ext = unit.write(cols, no_wait=no_wait)
         return [_addrs.run(unit.id, int(ext.segment[i]), int(ext.gen[i]), int(ext.offset[i]), c.row_lens)
                 for i, c in enumerate(cols)]
 
     def _place_and_write(self, h: int, cols):
         """Write cols to the unit placement picks for hash h; a unit that
         cannot be reached is skipped for another (nothing of a failed write
-        is readable, so writing again elsewhere is safe)."""
-        tried = set()
+        is readable, so writing again elsewhere is safe). The write does not
+        wait for room (no_wait): a full unit refuses at once and the next
+        unit is tried; only when every unit refused does the write wait for
+        room on the first choice. (The Go client also splits a put over
+        several units; this one keeps a put on one.)"""
+        tried, full = set(), set()
         while True:
-            unit = self._pick(h, exclude=tried)
             try:
-                return unit, self._write(unit, cols)
+                unit = self._pick(h, exclude=tried | full)
+            except errors.UnavailableError:
+                if not full:
+                    raise
+                unit = self._pick(h, exclude=tried)
+                return unit, self._write(unit, cols)  # no unit has room: wait for it
+            try:
+                return unit, self._write(unit, cols, no_wait=True)
+            except errors.CapacityError:
+                full.add(unit.id)
             except errors.UnavailableError:
                 tried.add(unit.id)
                 if len(tried) >= 3:

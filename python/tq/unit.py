@@ -257,16 +257,18 @@ class Unit:
 
     # ---- data plane ----------------------------------------------------
 
-    def write(self, cols):
+    def write(self, cols, no_wait=False):
         """Put each column's bytes in an extent of its own; returns one
         (segment, gen, offset) per column. Over shm: RESERVE, copy into the
-        mapping, RESERVE_COMMIT; over tcp: one WRITE."""
+        mapping, RESERVE_COMMIT; over tcp: one WRITE. With ``no_wait`` a
+        full unit refuses at once (CapacityError) instead of waiting for
+        room, and nothing of the write stays."""
         sizes = [c.nbytes for c in cols]
         if self.shm:
             conn = self.pool.take()
             try:
-                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes), data_pb2.ReserveReply,
-                                op_name="reserve")
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes, no_wait=no_wait),
+                                data_pb2.ReserveReply, op_name="reserve")
                 ext = _addrs.expand(rep.extents, len(cols), self.id)
                 try:
                     for i, c in enumerate(cols):
@@ -295,11 +297,28 @@ class Unit:
             def one(group):
                 payload = [b for i in group for b in cols[i].bufs]
                 gs = [sizes[i] for i in group]
-                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs), data_pb2.WriteReply,
+                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs, no_wait=no_wait), data_pb2.WriteReply,
                                      payload=payload, op_name="write", timeout=max(30.0, sum(gs) / (4 << 20) * 30))
                 return _addrs.expand(rep.extents, len(group), self.id)
+            def caught(group):
+                try:
+                    return one(group), None
+                except errors.TQError as e:
+                    return None, e
             groups = _stripes(sizes)
-            parts = _parallel(one, groups)
+            results = _parallel(caught, groups)
+            failed = [e for _, e in results if e is not None]
+            if failed:
+                # One stripe refused (no room, a broken connection): the
+                # others' extents would be nobody's until reconciliation.
+                done = [p for p, _ in results if p is not None and len(p)]
+                if done:
+                    try:
+                        self.free(_addrs.Cells.concat(done))
+                    except errors.TQError:
+                        pass
+                raise failed[0]
+            parts = [p for p, _ in results]
             ext = _addrs.Cells.concat(parts)
             order = np.argsort(np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]), kind="stable")
             ext = ext.take(order)

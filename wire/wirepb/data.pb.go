@@ -27,8 +27,11 @@ const (
 // sizes gives each extent's length. The unit reserves one extent per size,
 // reads the payload straight into them and commits them before replying.
 type WriteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sizes         []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Sizes []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	// no_wait: a unit without room answers CODE_CAPACITY at once instead of
+	// waiting for frees (a client that can place the rows elsewhere).
+	NoWait        bool `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -68,6 +71,13 @@ func (x *WriteRequest) GetSizes() []uint64 {
 		return x.Sizes
 	}
 	return nil
+}
+
+func (x *WriteRequest) GetNoWait() bool {
+	if x != nil {
+		return x.NoWait
+	}
+	return false
 }
 
 // WriteReply gives one range per extent (unit left empty).
@@ -450,8 +460,10 @@ func (x *ShmSegment) GetHugePages() bool {
 // ReserveRequest (op RESERVE): one extent per size, held open by the
 // connection until COMMIT or ABORT.
 type ReserveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sizes         []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Sizes []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
+	// no_wait: as WriteRequest.no_wait.
+	NoWait        bool `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -491,6 +503,13 @@ func (x *ReserveRequest) GetSizes() []uint64 {
 		return x.Sizes
 	}
 	return nil
+}
+
+func (x *ReserveRequest) GetNoWait() bool {
+	if x != nil {
+		return x.NoWait
+	}
+	return false
 }
 
 // ReserveReply: the reservation's id on this connection and one range per
@@ -1129,9 +1148,10 @@ const file_data_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
 	"data.proto\x12\n" +
-	"tq.wire.v1\x1a\rcontrol.proto\"$\n" +
+	"tq.wire.v1\x1a\rcontrol.proto\"=\n" +
 	"\fWriteRequest\x12\x14\n" +
-	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\"9\n" +
+	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\x12\x17\n" +
+	"\ano_wait\x18\x02 \x01(\bR\x06noWait\"9\n" +
 	"\n" +
 	"WriteReply\x12+\n" +
 	"\aextents\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\"8\n" +
@@ -1161,9 +1181,10 @@ const file_data_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1d\n" +
 	"\n" +
-	"huge_pages\x18\x03 \x01(\bR\thugePages\"&\n" +
+	"huge_pages\x18\x03 \x01(\bR\thugePages\"?\n" +
 	"\x0eReserveRequest\x12\x14\n" +
-	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\"]\n" +
+	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\x12\x17\n" +
+	"\ano_wait\x18\x02 \x01(\bR\x06noWait\"]\n" +
 	"\fReserveReply\x12 \n" +
 	"\vreservation\x18\x01 \x01(\x04R\vreservation\x12+\n" +
 	"\aextents\x18\x02 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\"6\n" +

@@ -1,0 +1,26 @@
+package engine
+
+import "context"
+
+// noWaitKey marks a context whose writes must not wait for room.
+type noWaitKey struct{}
+
+// WithoutWait returns a context under which a write or reservation that
+// finds its storage unit full fails at once with an error wrapping
+// [ErrCapacity] instead of waiting for frees. A client that has other
+// units with room (spill placement) writes this way, so that one full
+// unit never holds up a put the rest of the cluster could take.
+//
+// It is a context value rather than a parameter because it has to cross
+// [DataConn.Write], which every transport implements, down to the unit
+// (in this process, or as WriteRequest.no_wait and ReserveRequest.no_wait
+// on the wire): it is request-scoped data, read once per request.
+func WithoutWait(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noWaitKey{}, true)
+}
+
+// NoWait reports whether ctx came from [WithoutWait].
+func NoWait(ctx context.Context) bool {
+	v, _ := ctx.Value(noWaitKey{}).(bool)
+	return v
+}
