@@ -99,3 +99,25 @@ func (t *rowTable) all(fn func(*row)) {
 		}
 	}
 }
+
+// from calls fn for every row with an index at or above gi, in ascending
+// index order, until fn returns false.
+func (t *rowTable) from(gi uint64, fn func(*row) bool) {
+	keys := make([]uint64, 0, len(t.pages))
+	for k := range t.pages {
+		if k >= gi/pageSize {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		for i, r := range t.pages[k].slots {
+			if r == nil || k*pageSize+uint64(i) < gi {
+				continue
+			}
+			if !fn(r) {
+				return
+			}
+		}
+	}
+}
