@@ -40,13 +40,14 @@ const learnEvery = time.Second // placement asks no more often
 
 // unitTable is an immutable view of the units.
 type unitTable struct {
-	units []DataUnit // sorted by id
-	byID  map[engine.UnitID]DataUnit
-	local []DataUnit             // units on the client's host
-	dead  map[engine.UnitID]bool // the controller reports them not alive
+	units   []DataUnit // sorted by id
+	byID    map[engine.UnitID]DataUnit
+	local   []DataUnit             // units on the client's host
+	dead    map[engine.UnitID]bool // the controller reports them not alive
+	redials bool                   // some units may be down (see redialUnit)
+
 	// draining are the units the controller reports draining: no writes.
 	draining map[engine.UnitID]bool
-	redials  bool // some units may be down (see redialUnit)
 }
 
 func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*unitTable, error) {
