@@ -81,11 +81,12 @@ func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*
 func (c *Client) writable() (units, local []DataUnit) {
 	c.learnSoon(false)
 	t := c.tbl.Load()
-	if !t.redials && len(t.dead) == 0 && len(t.draining) == 0 {
+	dr := c.drainReporter()
+	if !t.redials && len(t.dead) == 0 && len(t.draining) == 0 && dr == nil {
 		return t.units, t.local
 	}
 	for _, u := range t.units {
-		if t.dead[u.ID()] || t.draining[u.ID()] {
+		if t.dead[u.ID()] || t.draining[u.ID()] || dr != nil && dr.Draining(u.ID()) {
 			continue
 		}
 		if r, ok := u.(*redialUnit); ok && !r.Available() {
@@ -314,4 +315,23 @@ func drainingOf(infos []engine.UnitInfo) map[engine.UnitID]bool {
 		}
 	}
 	return m
+}
+
+// drainReporter is a metadata service in this process that says which
+// units are draining, for a client that does not list the units (see
+// [New]): it asks on every placement.
+type drainReporter interface {
+	Draining(id engine.UnitID) bool
+}
+
+func (c *Client) drainReporter() drainReporter {
+	if c.disc != nil {
+		return nil // it learns from the unit list
+	}
+	m := c.meta
+	if cm, ok := m.(checkedMeta); ok {
+		m = cm.m
+	}
+	dr, _ := m.(drainReporter)
+	return dr
 }

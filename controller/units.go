@@ -327,6 +327,14 @@ func (r *Registry) SetDraining(id engine.UnitID, draining bool) (engine.UnitInfo
 	return c, nil
 }
 
+// Draining reports whether unit id is registered and draining.
+func (r *Registry) Draining(id engine.UnitID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.units[id]
+	return ok && u.Draining
+}
+
 // bound reports whether id is registered with incarnation inc.
 func (r *Registry) bound(id engine.UnitID, inc uint64) bool {
 	r.mu.Lock()
