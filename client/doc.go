@@ -16,5 +16,8 @@
 //	defer v.Release()
 //
 // Placement is local-first by default (a put goes to a unit on the client's
-// host, its rows kept together) or hash (row index mod units).
+// host, its rows kept together) or hash (row index mod units), over the
+// units that are alive and not draining. [Client.Drain] takes a unit out
+// of service and moves its cells to the others (tq unit drain); a read
+// whose cells were moved since its meta was resolved follows them.
 package client

@@ -14,6 +14,10 @@ package controller
 // durable state count as heard from when the controller finished
 // recovering, so they have one timeout to come back before their cells
 // read as lost.
+//
+// A unit may be marked draining (SetDraining, durable like its
+// registration): clients place no new cells on it, and a mover relocates
+// the ones it holds (drain.go). It stays registered and readable.
 
 import (
 	"cmp"
