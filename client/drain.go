@@ -196,6 +196,12 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 			moves[i] = engine.CellMove{Index: cl.Index, Field: cl.Field, From: cl.Loc, To: to[lo+i]}
 		}
 		ok, err := m.mv.MoveCells(ctx, cells[lo].Partition, moves)
+		if errors.Is(err, engine.ErrLost) {
+			// The target's reconcile fenced the copies (this page took
+			// longer than its grace) and frees them: the cells stay where
+			// they are, for the next pass.
+			return moved, m.free(ctx, target, notTaken)
+		}
 		if err != nil {
 			// Refused: nothing of this request was taken, free its copies
 			// and those of the rest. Otherwise the request may have been

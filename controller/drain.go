@@ -214,8 +214,10 @@ func (c *Controller) Moved(from []engine.CellLoc) []engine.CellLoc {
 // durable. A cell overwritten, cleared or moved by another meanwhile is
 // not moved: its copy is the mover's to free.
 //
-// Errors (nothing changes): [engine.ErrNotFound] for an unknown
-// partition; [engine.ErrInvalid] for a move to no unit, to lost storage,
+// A partition that does not exist (cleared since the cells were listed)
+// moves nothing.
+//
+// Errors (nothing changes): [engine.ErrInvalid] for a move to no unit, to lost storage,
 // to an unregistered unit, of another length, or of a cell named twice;
 // [engine.ErrLost] for a target in generations its unit's reconcile
 // fenced (write the copy again).
@@ -251,7 +253,8 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 	}
 	p := c.lock(partition)
 	if p == nil {
-		return nil, nil, opErr("move cells", partition, errUnknownPartition(partition))
+		// Cleared since the mover listed it: no cell is at From.
+		return make([]bool, len(moves)), nil, nil
 	}
 	defer p.mu.Unlock()
 	copies := make([]engine.CommitField, 1)

@@ -91,8 +91,10 @@ func TestMoveCellsRefuses(t *testing.T) {
 		_, _, err := c.MoveCells("p", []engine.CellMove{mv})
 		assert.ErrorIs(t, err, engine.ErrInvalid, name)
 	}
-	_, _, err = c.MoveCells("nope", nil)
-	assert.ErrorIs(t, err, engine.ErrNotFound)
+	moved, freed, err := c.MoveCells("cleared", []engine.CellMove{{Index: 0, Field: "x", From: from, To: loc(1, 5, 1, 0, 8)}})
+	require.NoError(t, err, "a partition cleared since its cells were listed")
+	assert.Equal(t, []bool{false}, moved)
+	assert.Empty(t, freed)
 	_, _, err = c.UnitCells(9, nil, 0, 0)
 	assert.ErrorIs(t, err, engine.ErrNotFound)
 	_, _, err = c.UnitCells(1, []byte{0xff}, 0, 0)

@@ -1,0 +1,105 @@
+package client_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+// TestDrainMovesEveryCell drains a unit holding dense, ragged and opaque
+// cells (empty ones included) with pages of three cells: every cell
+// moves, the unit frees every byte, reads by key and reads through metas
+// resolved before the drain (Get and GetInto, whose old locations were
+// freed) return the same bytes, puts avoid the unit until it is back in
+// service, and a second drain has nothing to move.
+func TestDrainMovesEveryCell(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
+	require.NoError(t, err)
+	defer c.Close()
+	kv := kvapi.New(c)
+	keys := keyRange("k", 10)
+	want := engine.MustBatch(
+		engine.Field{Name: "x", Col: xBatch(t, 10).Col("x")},
+		engine.Field{Name: "s", Col: engine.StringsOf([]string{"", "a", "bb", "", "cccc", "d", "", "eeeeee", "f", "gg"})},
+		engine.Field{Name: "r", Col: engine.RaggedOf([][]int64{{}, {1}, {2, 3}, {}, {4}, {5, 6, 7}, {}, {8}, {9}, {}})},
+	)
+	_, err = kv.BatchPut(ctx, "p", keys, want, nil)
+	require.NoError(t, err)
+	stale, err := c.MetaByKeys(ctx, "p", keys, nil, false)
+	require.NoError(t, err)
+	for _, locs := range stale.Cells {
+		for _, l := range locs {
+			require.Equal(t, u1.u.ID(), l.Unit)
+		}
+	}
+
+	u2 := joinUnit(t, addr, true)
+	var steps int
+	st, err := c.Drain(ctx, u1.u.ID(), client.DrainConfig{PageCells: 3, Settle: 10 * time.Millisecond, Progress: func(client.DrainStats) { steps++ }})
+	require.NoError(t, err)
+	assert.Equal(t, 30, st.Moved, "every cell of 10 rows × 3 fields")
+	assert.Equal(t, 0, st.Skipped)
+	assert.GreaterOrEqual(t, steps, 10, "pages of 3 cells")
+	m := c.Meta().(*client.RemoteMeta)
+	cells, _, err := m.UnitCells(ctx, u1.u.ID(), nil, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, cells)
+	require.Eventually(t, func() bool { return u1.u.Stats().Used == 0 }, 10*time.Second, 20*time.Millisecond,
+		"the drained unit frees every byte")
+
+	check := func(how string, got *engine.Batch, err error) {
+		t.Helper()
+		require.NoError(t, err, how)
+		for _, f := range want.Fields() {
+			assert.True(t, got.Col(f.Name).Equal(f.Col), "%s: field %q", how, f.Name)
+		}
+	}
+	got, err := kv.BatchGetCopy(ctx, "p", keys)
+	check("by key", got, err)
+	got, err = c.GetCopy(ctx, stale)
+	check("by a meta resolved before the drain", got, err)
+	got, err = c.GetInto(ctx, stale, make([]byte, client.SizeOf(stale)))
+	check("into a buffer by a meta resolved before the drain", got, err)
+
+	fresh := keyRange("after", 16)
+	_, err = kv.BatchPut(ctx, "q", fresh, xBatch(t, 16), nil)
+	require.NoError(t, err)
+	for _, id := range unitsOf(t, c, "q", fresh) {
+		assert.Equal(t, u2.u.ID(), id, "a put placed on the draining unit")
+	}
+	st, err = c.Drain(ctx, u1.u.ID(), client.DrainConfig{Settle: time.Millisecond})
+	require.NoError(t, err)
+	assert.Zero(t, st.Moved, "a second drain")
+
+	// Back in service: puts reach it again once the client re-lists.
+	info, err := m.DrainUnit(ctx, u1.u.ID(), false)
+	require.NoError(t, err)
+	assert.False(t, info.Draining)
+	require.Eventually(t, func() bool {
+		_, err := kv.BatchPut(ctx, "r", fresh, xBatch(t, 16), nil)
+		require.NoError(t, err)
+		for _, id := range unitsOf(t, c, "r", fresh) {
+			if id == u1.u.ID() {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 100*time.Millisecond, "puts reach the undrained unit")
+
+	_, err = c.Drain(ctx, 77, client.DrainConfig{})
+	assert.True(t, errors.Is(err, engine.ErrNotFound), "drain of an unknown unit: %v", err)
+}
