@@ -137,24 +137,42 @@ func (c *Client) Drain(ctx context.Context, id engine.UnitID, cfg DrainConfig) (
 }
 
 type mover struct {
-	c    *Client
-	mv   cellMover
-	src  DataUnit
-	cfg  DrainConfig
-	st   *DrainStats
-	next int // the target to try first, in turn
+	c   *Client
+	mv  cellMover
+	src DataUnit
+	cfg DrainConfig
+	st  *DrainStats
+	// targets, when set, returns the units to write size bytes to, in
+	// order of preference (a rebalance's emptier units).
+	targets func(size uint64) []DataUnit
+	// budget, when positive, bounds the bytes of cells a pass lists.
+	budget int64
+	next   int // the target to try first, in turn
 }
 
 // pass lists the unit's cells once, moving each page; it returns the
 // cells listed and those moved.
 func (m *mover) pass(ctx context.Context) (found, moved int, err error) {
 	var cursor []byte
+	left := m.budget
 	for {
-		cells, next, err := m.mv.UnitCells(ctx, m.src.ID(), cursor, m.cfg.PageCells, m.cfg.PageBytes)
+		pageBytes := m.cfg.PageBytes
+		if m.budget > 0 {
+			if left <= 0 {
+				return found, moved, nil
+			}
+			if pageBytes <= 0 || pageBytes > left {
+				pageBytes = left
+			}
+		}
+		cells, next, err := m.mv.UnitCells(ctx, m.src.ID(), cursor, m.cfg.PageCells, pageBytes)
 		if err != nil {
 			return found, moved, err
 		}
 		found += len(cells)
+		for _, cl := range cells {
+			left -= int64(cl.Loc.Addr.Len)
+		}
 		if len(cells) > 0 {
 			n, err := m.page(ctx, cells)
 			moved += n
@@ -278,27 +296,35 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 // before the mover tries the next.
 const targetWait = 5 * time.Second
 
-// write stores the cells' bytes back to back as one extent on a unit that
-// takes placements (each in turn, so a drain spreads its cells) and
-// returns each cell's new location.
+// write stores the cells' bytes back to back as one extent on a target —
+// m.targets' first that has room, else a unit that takes placements, each
+// in turn so that a drain spreads its cells — and returns each cell's new
+// location.
 func (m *mover) write(ctx context.Context, cells []engine.UnitCell, data [][]byte) ([]engine.CellLoc, DataUnit, error) {
-	units, _ := m.c.writable()
+	var size uint64
+	for _, d := range data {
+		size += uint64(len(d))
+	}
 	var targets []DataUnit
-	for _, u := range units {
-		if u.ID() != m.src.ID() && !m.c.tbl.Load().draining[u.ID()] {
-			targets = append(targets, u)
+	if m.targets != nil {
+		targets = m.targets(size)
+	} else {
+		units, _ := m.c.writable()
+		for _, u := range units {
+			if u.ID() != m.src.ID() && !m.c.tbl.Load().draining[u.ID()] {
+				targets = append(targets, u)
+			}
+		}
+		if len(targets) > 0 {
+			k := m.next % len(targets)
+			targets = append(targets[k:len(targets):len(targets)], targets[:k]...)
 		}
 	}
 	if len(targets) == 0 {
 		return nil, nil, fmt.Errorf("no storage unit but %d takes placements: its cells have nowhere to go: %w", m.src.ID(), engine.ErrCapacity)
 	}
-	var size uint64
-	for _, d := range data {
-		size += uint64(len(d))
-	}
 	var errs []error
-	for k := range targets {
-		t := targets[(m.next+k)%len(targets)]
+	for _, t := range targets {
 		to := make([]engine.CellLoc, len(cells))
 		if size == 0 {
 			for i := range to {

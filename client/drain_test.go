@@ -103,3 +103,55 @@ func TestDrainMovesEveryCell(t *testing.T) {
 	_, err = c.Drain(ctx, 77, client.DrainConfig{})
 	assert.True(t, errors.Is(err, engine.ErrNotFound), "drain of an unknown unit: %v", err)
 }
+
+// TestRebalanceSplitsTheExcess: cells written while one unit was alone
+// move, about half of them, to a unit that joined later; every row reads
+// the same.
+func TestRebalanceSplitsTheExcess(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+	kv := kvapi.New(c)
+	const rows = 64
+	vals := make([]float32, rows*1024)
+	for i := range vals {
+		vals[i] = float32(i)
+	}
+	col, err := engine.DenseOf(vals, 1024)
+	require.NoError(t, err)
+	want := engine.MustBatch(engine.Field{Name: "x", Col: col})
+	keys := keyRange("k", rows)
+	_, err = kv.BatchPut(ctx, "p", keys, want, nil)
+	require.NoError(t, err)
+	u2 := joinUnit(t, addr, true)
+	m := c.Meta().(*client.RemoteMeta)
+	require.Eventually(t, func() bool {
+		us, err := m.Units(ctx)
+		return err == nil && len(us) == 2 && us[0].Used >= rows*4096
+	}, 10*time.Second, 50*time.Millisecond, "the units' heartbeats report their use")
+
+	st, err := c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 0.001})
+	require.NoError(t, err)
+	onU2 := 0
+	for _, id := range unitsOf(t, c, "p", keys) {
+		if id == u2.u.ID() {
+			onU2++
+		}
+	}
+	t.Logf("moved %d cells (%d bytes); %d of %d rows on the new unit", st.Moved, st.Bytes, onU2, rows)
+	assert.Equal(t, st.Moved, onU2)
+	assert.True(t, onU2 >= rows/4 && onU2 <= 3*rows/4, "%d of %d rows moved to the emptier unit, want about half", onU2, rows)
+	got, err := kv.BatchGetCopy(ctx, "p", keys)
+	require.NoError(t, err)
+	assert.True(t, got.Col("x").Equal(want.Col("x")))
+	assert.NotZero(t, u1.u.Stats().Used)
+
+	_, err = c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 1})
+	assert.True(t, errors.Is(err, engine.ErrInvalid), "tolerance 1: %v", err)
+}

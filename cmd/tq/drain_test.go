@@ -456,6 +456,8 @@ func TestDrainRefusals(t *testing.T) {
 		{"not an id", nil, []string{"drain", "--controller", dc.addr, "one"}, `"one" is not a unit id`},
 		{"no controller", []string{"TQ_CONTROLLER="}, []string{"drain", "1"}, "no controller address"},
 		{"unknown verb", nil, []string{"remove", "1"}, `unknown verb "remove"`},
+		{"rebalance with an id", nil, []string{"rebalance", "--controller", dc.addr, "1"}, "takes no unit id"},
+		{"rebalance with a bad tolerance", nil, []string{"rebalance", "--controller", dc.addr, "--tolerance", "2"}, "tolerance 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := dc.tq(ctx, tc.env, append([]string{"unit"}, tc.args...)...).CombinedOutput()
@@ -464,6 +466,10 @@ func TestDrainRefusals(t *testing.T) {
 				t.Fatalf("tq unit %s: got %v\n%s\nwant a failure saying %q", strings.Join(tc.args, " "), err, out, tc.want)
 			}
 		})
+	}
+	// A rebalance with one unit has nothing to do.
+	if out, err := dc.tq(ctx, nil, "unit", "rebalance", "--controller", dc.addr).CombinedOutput(); err != nil || !strings.Contains(string(out), "moved 0 cells") {
+		t.Fatalf("rebalance of one unit: %v\n%s", err, out)
 	}
 	got, err := kv.BatchGetCopy(ctx, "p", keys)
 	if err != nil {

@@ -22,8 +22,9 @@ Usage:
   tq stat ADDR       show a cluster's partitions, task progress and storage units
   tq checkpoint save|load|list ADDR [NAME]
                      save or load the cluster's state and data by name, or list them
-  tq unit drain|undrain --controller ADDR ID
-                     take a storage unit out of service, moving its cells to others
+  tq unit drain|undrain|rebalance --controller ADDR [ID]
+                     take a storage unit out of service, moving its cells to others;
+                     or move cells from fuller units to emptier ones
   tq demo [flags]    run the KV example on an embedded cluster
   tq bench [flags]   measure put and get between two processes against baselines
   tq help            show this help

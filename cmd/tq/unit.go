@@ -18,6 +18,7 @@ const unitUsage = `usage:
   tq unit drain --controller ADDR [--wait] ID     stop placements on unit ID and move its cells to other units
   tq unit drain --controller ADDR --cancel ID     return unit ID to service (the same as undrain)
   tq unit undrain --controller ADDR ID            return unit ID to service
+  tq unit rebalance --controller ADDR             move cells from fuller units to emptier ones
 
 ADDR is the controller's (tcp://host:port or unix:///path; default $TQ_CONTROLLER).
 A drain copies each cell to another unit, commits the copy, then frees the
@@ -40,18 +41,26 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	transport := fs.String("transport", "", "how to reach the units' data: tcp, shm, rdma (default: the best for each)")
 	progress := fs.Duration("progress", time.Second, "with drain: report progress at most this often (0: after every page)")
 	pageCells := fs.Int("page-cells", 0, "with drain: cells moved per step (0: 4096)")
+	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it")
 	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
 	if len(args) == 0 {
 		fs.Usage()
-		return errors.New("unit: want drain or undrain")
+		return errors.New("unit: want drain, undrain or rebalance")
 	}
 	verb := args[0]
-	if verb != "drain" && verb != "undrain" {
+	if verb != "drain" && verb != "undrain" && verb != "rebalance" {
 		fs.Usage()
-		return fmt.Errorf("unit: unknown verb %q: want drain or undrain", verb)
+		return fmt.Errorf("unit: unknown verb %q: want drain, undrain or rebalance", verb)
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if verb == "rebalance" {
+		if fs.NArg() != 0 {
+			fs.Usage()
+			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", fs.NArg())
+		}
+		return rebalance(ctx, *addr, *token, *transport, *tolerance, *timeout, stdout)
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
@@ -146,4 +155,29 @@ func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout i
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// rebalance runs `tq unit rebalance`.
+func rebalance(ctx context.Context, addr, token, transport string, tolerance float64, timeout time.Duration, stdout io.Writer) error {
+	if addr == "" {
+		return errors.New("unit rebalance: no controller address: give --controller ADDR or set $TQ_CONTROLLER")
+	}
+	tok, err := client.FindToken(token)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Token: tok, Name: "tq-unit-rebalance", Transport: transport})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	st, err := c.Rebalance(ctx, client.RebalanceConfig{Tolerance: tolerance})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tq unit: rebalanced: moved %d cells (%s) off %d units in %v\n", st.Moved, bytesString(st.Bytes), st.Passes, time.Since(start).Round(time.Millisecond))
+	return nil
 }
