@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
 )
 
 // TestDrainMovesEveryCell drains a unit holding dense, ragged and opaque
@@ -154,4 +156,66 @@ func TestRebalanceSplitsTheExcess(t *testing.T) {
 
 	_, err = c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 1})
 	assert.True(t, errors.Is(err, engine.ErrInvalid), "tolerance 1: %v", err)
+}
+
+// benchUnit is joinUnit for a benchmark: a unit of 256 MiB registered with
+// the controller at ctrlAddr, its data plane served over TCP.
+func benchUnit(b *testing.B, ctrlAddr string) *storage.Unit {
+	b.Helper()
+	ctx := b.Context()
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = 256 << 20
+	u, err := storage.NewUnit(0, cfg)
+	require.NoError(b, err)
+	b.Cleanup(func() { u.Close() })
+	_, err = storage.AssignID(ctx, ctrlAddr, u, storage.JoinConfig{})
+	require.NoError(b, err)
+	srv := storage.NewServer(u, storage.ServerConfig{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	done := make(chan struct{})
+	go func() { srv.Serve(l); close(done) }()
+	b.Cleanup(func() { srv.Close(); <-done })
+	mem, err := storage.Join(ctx, ctrlAddr, u, storage.JoinConfig{Addrs: []string{"tcp://" + l.Addr().String()}})
+	require.NoError(b, err)
+	b.Cleanup(func() { mem.Close() })
+	return u
+}
+
+// BenchmarkDrain moves 32 MiB of cells (rows of 64 KiB) from one unit to
+// another and back per op, over TCP loopback, with pages of the default
+// size: the mover's throughput (read, write, commit), without the
+// settle a drain waits for its clients.
+func BenchmarkDrain(b *testing.B) {
+	ctx := b.Context()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(b, err)
+	b.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(b, ctrl, controller.ServerConfig{}, "unix")
+	u1, u2 := benchUnit(b, addr), benchUnit(b, addr)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Transport: client.TransportTCP})
+	require.NoError(b, err)
+	defer c.Close()
+	m := c.Meta().(*client.RemoteMeta)
+	const rows, rowBytes = 512, 64 << 10
+	col, err := engine.DenseOf(make([]byte, rows*rowBytes), rowBytes)
+	require.NoError(b, err)
+	_, err = kvapi.New(c).BatchPut(ctx, "p", keyRange("k", rows), engine.MustBatch(engine.Field{Name: "x", Col: col}), nil)
+	require.NoError(b, err)
+	from, to := u1.ID(), u2.ID()
+	if n, _, _ := m.UnitCells(ctx, from, nil, 1, 0); len(n) == 0 {
+		from, to = to, from
+	}
+	b.SetBytes(2 * rows * rowBytes)
+	b.ReportAllocs()
+	for b.Loop() {
+		for range 2 {
+			st, err := c.Drain(ctx, from, client.DrainConfig{Settle: time.Nanosecond})
+			require.NoError(b, err)
+			require.Equal(b, rows, st.Moved)
+			_, err = m.DrainUnit(ctx, from, false)
+			require.NoError(b, err)
+			from, to = to, from
+		}
+	}
 }
