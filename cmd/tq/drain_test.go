@@ -455,6 +455,7 @@ func TestDrainRefusals(t *testing.T) {
 		{"not an id", nil, []string{"drain", "--controller", dc.addr, "one"}, `"one" is not a unit id`},
 		{"no controller", []string{"TQ_CONTROLLER="}, []string{"drain", "1"}, "no controller address"},
 		{"unknown verb", nil, []string{"remove", "1"}, `unknown verb "remove"`},
+		{"undrain of an unknown unit", nil, []string{"undrain", "--controller", dc.addr, "99"}, "storage unit 99 is not registered"},
 		{"rebalance with an id", nil, []string{"rebalance", "--controller", dc.addr, "1"}, "takes no unit id"},
 		{"rebalance with a bad tolerance", nil, []string{"rebalance", "--controller", dc.addr, "--tolerance", "2"}, "tolerance 2"},
 	} {
@@ -465,6 +466,13 @@ func TestDrainRefusals(t *testing.T) {
 				t.Fatalf("tq unit %s: got %v\n%s\nwant a failure saying %q", strings.Join(tc.args, " "), err, out, tc.want)
 			}
 		})
+	}
+	// Undraining a unit in service changes nothing.
+	for _, args := range [][]string{{"undrain", "1"}, {"drain", "--cancel", "1"}} {
+		out, err := dc.tq(ctx, nil, append([]string{"unit"}, append(args[:len(args)-1:len(args)-1], "--controller", dc.addr, args[len(args)-1])...)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "unit 1 takes placements again") {
+			t.Fatalf("tq unit %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 	// A rebalance with one unit has nothing to do.
 	if out, err := dc.tq(ctx, nil, "unit", "rebalance", "--controller", dc.addr).CombinedOutput(); err != nil || !strings.Contains(string(out), "moved 0 cells") {
