@@ -187,6 +187,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		return nil, err
 	}
 	c.room.learn(units)
+	c.tbl.Load().draining = drainingOf(append(units, down...)) // no one else has c yet
 	c.disc = &discovery{list: meta.Units, dial: d}
 	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
 		tr.Close, str.Close, rtr.Close, meta.Close)

@@ -17,8 +17,11 @@
 //
 // Placement is local-first by default (a put goes to a unit on the client's
 // host while it has room, and spills its other rows to units with room) or
-// hash (the rows spread over the units by bytes); either way a put waits
-// for room only when no unit has any. The writes of a put and the reads of
-// a get that span several units run at once, up to [Config.MaxUnitIO] per
-// client. See place.go.
+// hash (the rows spread over the units by bytes), over the units that are
+// alive and not draining; either way a put waits for room only when no
+// unit has any. The writes of a put and the reads of a get that span
+// several units run at once, up to [Config.MaxUnitIO] per client. See
+// place.go. [Client.Drain] takes a unit out of service and moves its
+// cells to the others (tq unit drain); a read whose cells were moved since
+// its meta was resolved follows them.
 package client

@@ -125,6 +125,23 @@ type inliner interface {
 }
 
 func (c *Client) get(ctx context.Context, meta *engine.BatchMeta, mode getMode) (*View, error) {
+	v, err := c.getOnce(ctx, meta, mode)
+	// Cells gone from their unit may have been moved (a drain): read them
+	// where they went. A cell moved again between the answer and the read
+	// is asked for again; cells overwritten or cleared have no forwarding,
+	// and the read fails as it would have.
+	for try := 0; try < 3 && CellsGone(err) && ctx.Err() == nil; try++ {
+		moved := c.movedMeta(ctx, meta)
+		if moved == nil {
+			break
+		}
+		meta = moved
+		v, err = c.getOnce(ctx, meta, mode)
+	}
+	return v, err
+}
+
+func (c *Client) getOnce(ctx context.Context, meta *engine.BatchMeta, mode getMode) (*View, error) {
 	v, err := c.getRuns(ctx, meta, mode, true)
 	if errors.Is(err, errMergedRange) {
 		// Back-to-back cells can straddle two extents (two puts placed side
@@ -132,6 +149,45 @@ func (c *Client) get(ctx context.Context, meta *engine.BatchMeta, mode getMode) 
 		v, err = c.getRuns(ctx, meta, mode, false)
 	}
 	return v, err
+}
+
+// forwarder is a metadata service that knows where moved cells went (see
+// [RemoteMeta.Moved]).
+type forwarder interface {
+	Moved(ctx context.Context, from []engine.CellLoc) ([]engine.CellLoc, error)
+}
+
+// movedChunk bounds the cells of one MOVED request.
+const movedChunk = 1 << 16
+
+// movedMeta returns meta with the cells the controller reports moved at
+// their new locations; nil when none moved (or it cannot tell).
+func (c *Client) movedMeta(ctx context.Context, meta *engine.BatchMeta) *engine.BatchMeta {
+	fw, ok := c.meta.(forwarder)
+	if !ok {
+		return nil
+	}
+	var out *engine.BatchMeta
+	for _, name := range meta.FieldNames() {
+		locs := meta.Cells[name]
+		for lo := 0; lo < len(locs); lo += movedChunk {
+			part := locs[lo:min(lo+movedChunk, len(locs))]
+			to, err := fw.Moved(ctx, part)
+			if err != nil {
+				return nil
+			}
+			for i, l := range to {
+				if !l.Stored() {
+					continue
+				}
+				if out == nil {
+					out = meta.Clone()
+				}
+				out.Cells[name][lo+i] = l
+			}
+		}
+	}
+	return out
 }
 
 // rangesLen is the bytes of addrs.

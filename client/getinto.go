@@ -27,6 +27,21 @@ func SizeOf(meta *engine.BatchMeta) int {
 // batch aliases buf: it is valid until the caller reuses buf. Over the
 // network the bytes go from the socket straight into buf.
 func (c *Client) GetInto(ctx context.Context, meta *engine.BatchMeta, buf []byte) (*engine.Batch, error) {
+	b, err := c.getInto(ctx, meta, buf)
+	// Cells gone from their unit may have been moved (see Client.get);
+	// a moved cell keeps its length, so buf's layout stays.
+	for try := 0; try < 3 && CellsGone(err) && ctx.Err() == nil; try++ {
+		moved := c.movedMeta(ctx, meta)
+		if moved == nil {
+			break
+		}
+		meta = moved
+		b, err = c.getInto(ctx, meta, buf)
+	}
+	return b, err
+}
+
+func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte) (*engine.Batch, error) {
 	if meta.Len() == 0 {
 		return engine.NewBatch()
 	}

@@ -941,12 +941,94 @@ func (r *RemoteMeta) Units(ctx context.Context) ([]engine.UnitInfo, error) {
 		out[i] = engine.UnitInfo{
 			ID: engine.UnitID(u.UnitId), Incarnation: u.Incarnation, Host: u.HostId, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 			Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, PageSize: u.PageSize, HugePages: u.HugePages,
+			Draining: u.Draining,
 		}
 		if u.LastHeartbeatUnixMs != 0 {
 			out[i].LastHeartbeat = time.UnixMilli(u.LastHeartbeatUnixMs)
 		}
 	}
 	return out, nil
+}
+
+// DrainUnit marks storage unit id draining (clients place no new cells on
+// it; see [Client.Drain] for moving its cells off) or, with draining
+// false, returns it to service, and returns the unit as the controller
+// sees it now.
+//
+// Errors: [engine.ErrNotFound] for a unit not registered;
+// [engine.ErrCapacity] when it is the last live unit that takes
+// placements.
+func (r *RemoteMeta) DrainUnit(ctx context.Context, id engine.UnitID, draining bool) (engine.UnitInfo, error) {
+	var reply wirepb.UnitInfo
+	if err := r.retry(ctx, "drain unit", wire.OpDrainUnit, &wirepb.DrainUnitRequest{UnitId: uint32(id), Draining: draining}, &reply); err != nil {
+		return engine.UnitInfo{}, err
+	}
+	return engine.UnitInfo{ID: engine.UnitID(reply.UnitId), Incarnation: reply.Incarnation, Host: reply.HostId, Addrs: reply.Addrs,
+		Name: reply.Name, Alive: reply.Alive, Capacity: reply.Capacity, Used: reply.Used, Draining: reply.Draining}, nil
+}
+
+// UnitCells returns a page of the cells located on unit, from cursor (nil
+// for the first page): at most limit cells (0: the controller's page) and
+// about maxBytes of them (0: its default). next is nil after the last
+// page.
+func (r *RemoteMeta) UnitCells(ctx context.Context, unit engine.UnitID, cursor []byte, limit int, maxBytes int64) ([]engine.UnitCell, []byte, error) {
+	var reply wirepb.UnitCellsReply
+	req := &wirepb.UnitCellsRequest{UnitId: uint32(unit), Cursor: cursor, Limit: int64(limit), MaxBytes: maxBytes}
+	if err := r.retry(ctx, "unit cells", wire.OpUnitCells, req, &reply); err != nil {
+		return nil, nil, err
+	}
+	locs, err := wire.AddrsFromPB(reply.Locs)
+	n := len(reply.Indexes)
+	if err == nil && (len(reply.Partitions) != n || len(reply.Fields) != n || len(locs) != n) {
+		err = fmt.Errorf("%d rows, %d partitions, %d fields, %d locations: %w", n, len(reply.Partitions), len(reply.Fields), len(locs), engine.ErrInvalid)
+	}
+	if err != nil {
+		return nil, nil, r.opErr("unit cells", corruptReply(err))
+	}
+	out := make([]engine.UnitCell, n)
+	for i := range out {
+		out[i] = engine.UnitCell{Partition: reply.Partitions[i], Index: reply.Indexes[i], Field: reply.Fields[i], Loc: locs[i]}
+	}
+	return out, reply.Next, nil
+}
+
+// MoveCells commits copies of cells of partition: cell i takes
+// moves[i].To if it is still at moves[i].From. It returns, per cell,
+// whether it is at To now; a copy not taken is the caller's to free. The
+// request is safe to repeat (a cell already at To reports moved).
+func (r *RemoteMeta) MoveCells(ctx context.Context, partition string, moves []engine.CellMove) ([]bool, error) {
+	req := &wirepb.MoveCellsRequest{Partition: partition, Indexes: make([]uint64, len(moves)), Fields: make([]string, len(moves))}
+	from := make([]engine.CellLoc, len(moves))
+	to := make([]engine.CellLoc, len(moves))
+	for i, m := range moves {
+		req.Indexes[i], req.Fields[i], from[i], to[i] = m.Index, m.Field, m.From, m.To
+	}
+	req.From, req.To = wire.AddrsToPB(from), wire.AddrsToPB(to)
+	var reply wirepb.MoveCellsReply
+	if err := r.retry(ctx, "move cells", wire.OpMoveCells, req, &reply); err != nil {
+		return nil, err
+	}
+	if len(reply.Moved) != len(moves) {
+		return nil, r.opErr("move cells", corruptReply(fmt.Errorf("%d answers for %d cells: %w", len(reply.Moved), len(moves), engine.ErrInvalid)))
+	}
+	return reply.Moved, nil
+}
+
+// Moved returns where the cells that were at from live now (the zero
+// CellLoc for a cell the controller knows of no move of).
+func (r *RemoteMeta) Moved(ctx context.Context, from []engine.CellLoc) ([]engine.CellLoc, error) {
+	var reply wirepb.MovedReply
+	if err := r.retry(ctx, "moved", wire.OpMoved, &wirepb.MovedRequest{From: wire.AddrsToPB(from)}, &reply); err != nil {
+		return nil, err
+	}
+	to, err := wire.AddrsFromPB(reply.To)
+	if err == nil && len(to) != len(from) {
+		err = fmt.Errorf("%d answers for %d cells: %w", len(to), len(from), engine.ErrInvalid)
+	}
+	if err != nil {
+		return nil, r.opErr("moved", corruptReply(err))
+	}
+	return to, nil
 }
 
 // SaveCheckpoint makes the controller save checkpoint name (its metadata

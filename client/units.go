@@ -15,6 +15,10 @@ package client
 //   - placement asks in the background at most once per learnEvery, and
 //     at once after a write found a unit unreachable; a unit the
 //     controller reports not alive takes no writes;
+//   - a unit the controller reports draining takes no writes (placement
+//     learns it within learnEvery; a put placed on it meanwhile is moved
+//     off by the drain, which lists the unit's cells until none is left)
+//     and stays readable;
 //   - a unit the controller reports dead stays in the table, dialed only
 //     when a read needs its cells: it may just have missed heartbeats (a
 //     restarted controller waits for its units to come back), and as
@@ -41,6 +45,9 @@ type unitTable struct {
 	local   []DataUnit             // units on the client's host
 	dead    map[engine.UnitID]bool // the controller reports them not alive
 	redials bool                   // some units may be down (see redialUnit)
+
+	// draining are the units the controller reports draining: no writes.
+	draining map[engine.UnitID]bool
 }
 
 func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*unitTable, error) {
@@ -68,17 +75,18 @@ func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*
 }
 
 // writable returns the units a put may go to, and those of them on this
-// host: every unit but those the controller reports dead and those
+// host: every unit but those the controller reports dead or draining, and those
 // [Connect] could not reach that are still down. If that leaves none,
 // every unit (the put then fails naming one).
 func (c *Client) writable() (units, local []DataUnit) {
 	c.learnSoon(false)
 	t := c.tbl.Load()
-	if !t.redials && len(t.dead) == 0 {
+	dr := c.drainReporter()
+	if !t.redials && len(t.dead) == 0 && len(t.draining) == 0 && dr == nil {
 		return t.units, t.local
 	}
 	for _, u := range t.units {
-		if t.dead[u.ID()] {
+		if t.dead[u.ID()] || t.draining[u.ID()] || dr != nil && dr.Draining(u.ID()) {
 			continue
 		}
 		if r, ok := u.(*redialUnit); ok && !r.Available() {
@@ -193,6 +201,7 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	dead := map[engine.UnitID]bool{}
 	alive := map[engine.UnitID]bool{}
 	var joined []engine.UnitInfo
+	draining := drainingOf(infos)
 	for _, u := range infos {
 		_, known := old.byID[u.ID]
 		switch {
@@ -224,6 +233,7 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	if err != nil {
 		return // cannot happen: the ids are new
 	}
+	t.draining = draining
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -292,4 +302,37 @@ func (d unitDialer) deferred(u engine.UnitInfo) *redialUnit {
 	r := d.redial(u, fmt.Errorf("the controller reports it dead: %w", engine.ErrUnavailable))
 	r.next = time.Time{}
 	return r
+}
+
+// drainingOf returns the units of infos that are draining, nil if none.
+func drainingOf(infos []engine.UnitInfo) map[engine.UnitID]bool {
+	var m map[engine.UnitID]bool
+	for _, u := range infos {
+		if u.Draining {
+			if m == nil {
+				m = map[engine.UnitID]bool{}
+			}
+			m[u.ID] = true
+		}
+	}
+	return m
+}
+
+// drainReporter is a metadata service in this process that says which
+// units are draining, for a client that does not list the units (see
+// [New]): it asks on every placement.
+type drainReporter interface {
+	Draining(id engine.UnitID) bool
+}
+
+func (c *Client) drainReporter() drainReporter {
+	if c.disc != nil {
+		return nil // it learns from the unit list
+	}
+	m := c.meta
+	if cm, ok := m.(checkedMeta); ok {
+		m = cm.m
+	}
+	dr, _ := m.(drainReporter)
+	return dr
 }

@@ -87,6 +87,7 @@ type Controller struct {
 	idx     *indexAllocator
 	units   *Registry
 	fences  fenceTable
+	moves   moveTable    // recent moves of cells (drain.go)
 	blocked atomic.Int64 // fetches waiting for rows (BlockedFetches)
 
 	// Identity: the cluster's id and this start's epoch (see ClusterInfo).

@@ -485,6 +485,8 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p := c.partitionOf(op.Done.Partition, op.Done.Gen); p != nil {
 			p.done = true
 		}
+	case *wirepb.LogOp_Move:
+		return c.applyMove(op.Move)
 	case *wirepb.LogOp_Lost:
 		o := op.Lost
 		p := c.partitionOf(o.Partition, o.Gen)

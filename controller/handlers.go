@@ -57,6 +57,10 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpHeartbeat:         s.heartbeat,
 		wire.OpUnitSync:          s.unitSync,
 		wire.OpReconcile:         s.reconcile,
+		wire.OpDrainUnit:         s.drainUnit,
+		wire.OpUnitCells:         s.unitCells,
+		wire.OpMoveCells:         s.moveCells,
+		wire.OpMoved:             s.moved,
 	}
 }
 
@@ -571,6 +575,7 @@ func unitInfoToPB(u engine.UnitInfo) *wirepb.UnitInfo {
 	p := &wirepb.UnitInfo{
 		UnitId: uint32(u.ID), Incarnation: u.Incarnation, HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Alive: u.Alive,
 		Capacity: u.Capacity, Used: u.Used, Segments: u.Segments, HugePages: u.HugePages, PageSize: u.PageSize,
+		Draining: u.Draining,
 	}
 	if !u.LastHeartbeat.IsZero() {
 		p.LastHeartbeatUnixMs = u.LastHeartbeat.UnixMilli()
@@ -768,4 +773,86 @@ func (s *Server) metricsAddrs() []string {
 		}
 	}
 	return out
+}
+
+func (s *Server) drainUnit(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.DrainUnitRequest](wire.OpDrainUnit, body)
+	if err != nil {
+		return nil, err
+	}
+	u, err := s.c.DrainUnit(engine.UnitID(req.UnitId), req.Draining)
+	if err != nil {
+		return nil, err
+	}
+	return unitInfoToPB(u), nil
+}
+
+func (s *Server) unitCells(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.UnitCellsRequest](wire.OpUnitCells, body)
+	if err != nil {
+		return nil, err
+	}
+	if req.Limit > MaxUnitCellsPage {
+		return nil, fmt.Errorf("unit cells page of %d cells, at most %d: %w", req.Limit, MaxUnitCellsPage, engine.ErrInvalid)
+	}
+	cells, next, err := s.c.UnitCells(engine.UnitID(req.UnitId), req.Cursor, int(req.Limit), req.MaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	r := &wirepb.UnitCellsReply{
+		Partitions: make([]string, len(cells)), Indexes: make([]uint64, len(cells)), Fields: make([]string, len(cells)), Next: next,
+	}
+	locs := make([]engine.CellLoc, len(cells))
+	for i, c := range cells {
+		r.Partitions[i], r.Indexes[i], r.Fields[i], locs[i] = c.Partition, c.Index, c.Field, c.Loc
+	}
+	r.Locs = wire.AddrsToPB(locs)
+	return r, nil
+}
+
+func (s *Server) moveCells(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
+	req, err := decode[wirepb.MoveCellsRequest](wire.OpMoveCells, body)
+	if err != nil {
+		return nil, err
+	}
+	n := len(req.Indexes)
+	if err := wire.CheckCount("cells", n); err != nil {
+		return nil, err
+	}
+	from, err := wire.AddrsFromPB(req.From)
+	if err != nil {
+		return nil, opErr("move cells", req.Partition, err)
+	}
+	to, err := wire.AddrsFromPB(req.To)
+	if err != nil {
+		return nil, opErr("move cells", req.Partition, err)
+	}
+	if len(req.Fields) != n || len(from) != n || len(to) != n {
+		return nil, opErr("move cells", req.Partition, fmt.Errorf("%d rows, %d fields, %d old and %d new locations: %w", n, len(req.Fields), len(from), len(to), engine.ErrInvalid))
+	}
+	moves := make([]engine.CellMove, n)
+	for i := range moves {
+		moves[i] = engine.CellMove{Index: req.Indexes[i], Field: req.Fields[i], From: from[i], To: to[i]}
+	}
+	moved, freed, err := s.c.MoveCells(req.Partition, moves)
+	if err != nil {
+		return nil, err
+	}
+	fx.freed = freed
+	return &wirepb.MoveCellsReply{Moved: moved}, nil
+}
+
+func (s *Server) moved(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.MovedRequest](wire.OpMoved, body)
+	if err != nil {
+		return nil, err
+	}
+	from, err := wire.AddrsFromPB(req.From)
+	if err != nil {
+		return nil, err
+	}
+	if err := wire.CheckCount("cells", len(from)); err != nil {
+		return nil, err
+	}
+	return &wirepb.MovedReply{To: wire.AddrsToPB(s.c.Moved(from))}, nil
 }

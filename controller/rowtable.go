@@ -213,3 +213,24 @@ func (t *rowTable) all(fn func(*row)) {
 		}
 	}
 }
+
+// from calls fn for every row with an index at or above gi, in ascending
+// index order, until fn returns false. fn must not add or delete rows.
+func (t *rowTable) from(gi uint64, fn func(*row) bool) {
+	keys := make([]uint64, 0, len(t.pages))
+	for k := range t.pages {
+		if k >= gi/pageSize {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		p := t.pages[k]
+		t.lastKey, t.lastPage = k, p // cell lookups of fn's row hit it
+		for i := range p.rows {
+			if r := &p.rows[i]; r.live && r.index >= gi && !fn(r) {
+				return
+			}
+		}
+	}
+}

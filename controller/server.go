@@ -174,7 +174,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	}
 	for op := range s.handlers {
 		switch {
-		case op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile:
+		case op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpReconcile || op == wire.OpUnitCells:
 			// May wait (a blocking fetch, a wait for key changes, a unit's
 			// poll), do disk I/O or walk every partition: a goroutine each.
 			s.ws.Handle(op, s.adapt(op))

@@ -14,6 +14,10 @@ package controller
 // durable state count as heard from when the controller finished
 // recovering, so they have one timeout to come back before their cells
 // read as lost.
+//
+// A unit may be marked draining (SetDraining, durable like its
+// registration): clients place no new cells on it, and a mover relocates
+// the ones it holds (drain.go). It stays registered and readable.
 
 import (
 	"cmp"
@@ -141,7 +145,7 @@ func (r *Registry) record(u *engine.UnitInfo) {
 }
 
 func unitOp(u *engine.UnitInfo) *wirepb.UnitOp {
-	return &wirepb.UnitOp{UnitId: uint32(u.ID), Incarnation: u.Incarnation, HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Capacity: u.Capacity}
+	return &wirepb.UnitOp{UnitId: uint32(u.ID), Incarnation: u.Incarnation, HostId: u.Host, Addrs: u.Addrs, Name: u.Name, Capacity: u.Capacity, Draining: u.Draining}
 }
 
 // apply records a unit from the durable state (a log record or a
@@ -151,7 +155,7 @@ func (r *Registry) apply(op *wirepb.UnitOp) error {
 	if id == 0 || id >= engine.LostUnit || op.Incarnation == 0 {
 		return corrupt("unit %d with incarnation %d", op.UnitId, op.Incarnation)
 	}
-	u := engine.UnitInfo{ID: id, Incarnation: op.Incarnation, Host: op.HostId, Addrs: slices.Clone(op.Addrs), Name: op.Name, Capacity: op.Capacity}
+	u := engine.UnitInfo{ID: id, Incarnation: op.Incarnation, Host: op.HostId, Addrs: slices.Clone(op.Addrs), Name: op.Name, Capacity: op.Capacity, Draining: op.Draining}
 	if err := checkUnit(&u); err != nil {
 		return corrupt("unit %d: %s", id, err.Error())
 	}
@@ -292,6 +296,47 @@ func (r *Registry) Alive(id engine.UnitID) bool {
 	defer r.mu.Unlock()
 	u, ok := r.units[id]
 	return ok && r.alive(u, now)
+}
+
+// SetDraining marks unit id draining (it takes no new placements) or
+// returns it to service, records the change in the log, and returns the
+// unit as it is now. With draining, some other live unit that is not
+// draining must exist: the cells would have nowhere to go.
+//
+// Errors: [engine.ErrNotFound] for an id not registered;
+// [engine.ErrCapacity] when no other live unit takes placements.
+func (r *Registry) SetDraining(id engine.UnitID, draining bool) (engine.UnitInfo, error) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.units[id]
+	if !ok {
+		return engine.UnitInfo{}, fmt.Errorf("storage unit %d is not registered: %w", id, engine.ErrNotFound)
+	}
+	if draining && !u.Draining {
+		other := false
+		for _, o := range r.units {
+			other = other || (o.ID != id && !o.Draining && r.alive(o, now))
+		}
+		if !other {
+			return engine.UnitInfo{}, fmt.Errorf("storage unit %d is the only live unit that is not draining: its cells would have nowhere to go: %w", id, engine.ErrCapacity)
+		}
+	}
+	if u.Draining != draining {
+		u.Draining = draining
+		r.record(u)
+	}
+	c := cloneUnit(u)
+	c.Alive = r.alive(u, now)
+	return c, nil
+}
+
+// Draining reports whether unit id is registered and draining.
+func (r *Registry) Draining(id engine.UnitID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u, ok := r.units[id]
+	return ok && u.Draining
 }
 
 // bound reports whether id is registered with incarnation inc.

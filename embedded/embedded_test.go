@@ -129,3 +129,29 @@ func TestUnit(t *testing.T) {
 		t.Errorf("after Free: used %d, %d leases, %d open reservations; want none", st.Used, st.Leases, st.OpenReservations)
 	}
 }
+
+// TestDrainingUnitTakesNoPuts: a client of units in its process, which
+// does not list the units, asks the controller on each placement: once a
+// unit is draining, no put lands on it (the KV_PUT path of tq serve
+// --role all goes through such a client).
+func TestDrainingUnitTakesNoPuts(t *testing.T) {
+	c, err := New(smallConfig(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Controller.DrainUnit(1, true); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 8 {
+		col, _ := engine.DenseOf([]int64{int64(i)}, 1)
+		m, err := c.Client.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := m.Cells["x"][0].Unit; u != 2 {
+			t.Fatalf("put %d (row %d) placed on unit %d, want 2: unit 1 is draining", i, m.Indexes[0], u)
+		}
+	}
+}

@@ -29,6 +29,11 @@ type localMeta struct {
 	units map[engine.UnitID]*storage.Unit
 }
 
+// Draining reports whether the controller reports unit id draining: a
+// client over this service places no cell on it (see
+// [github.com/tqgo/tq/client.Client.Drain]).
+func (l localMeta) Draining(id engine.UnitID) bool { return l.c.Units().Draining(id) }
+
 // free frees cells the controller no longer references on their units.
 // A unit that refuses (the cells are gone already) loses nothing.
 func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) error {

@@ -223,4 +223,25 @@ type UnitInfo struct {
 	LastHeartbeat time.Time
 	// Alive reports a heartbeat within the registry's timeout.
 	Alive bool
+	// Draining reports a unit taken out of service: clients place no new
+	// cells on it, and a mover relocates those it holds (see the
+	// controller's DrainUnit). It stays registered and readable.
+	Draining bool
+}
+
+// UnitCell is one cell located on a storage unit: field Field of row
+// Index of Partition, at Loc (see the controller's UnitCells).
+type UnitCell struct {
+	Partition string
+	Index     uint64
+	Field     string
+	Loc       CellLoc
+}
+
+// CellMove relocates one cell whose bytes were copied elsewhere: it takes
+// location To if it is still at From (see the controller's MoveCells).
+type CellMove struct {
+	Index    uint64
+	Field    string
+	From, To CellLoc
 }

@@ -49,6 +49,12 @@ const (
 	OpUnitSync  Op = 50 // a unit's long poll for cells to free
 	OpReconcile Op = 51
 
+	// Cluster administration → controller: moving cells off a unit.
+	OpDrainUnit Op = 52 // mark a unit draining (no new placements), or back in service
+	OpUnitCells Op = 53 // a page of the cells located on a unit
+	OpMoveCells Op = 54 // compare-and-set of cells' locations
+	OpMoved     Op = 55 // where moved cells went
+
 	// Client → storage unit (data plane): 64–95.
 	OpWrite     Op = 64
 	OpRead      Op = 65
@@ -86,6 +92,7 @@ var opNames = map[Op]string{
 	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
 	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE",
 	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
+	OpDrainUnit: "DRAIN_UNIT", OpUnitCells: "UNIT_CELLS", OpMoveCells: "MOVE_CELLS", OpMoved: "MOVED",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
 	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",

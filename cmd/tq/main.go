@@ -22,6 +22,9 @@ Usage:
   tq stat ADDR       show a cluster's partitions, task progress and storage units
   tq checkpoint save|load|list ADDR [NAME]
                      save or load the cluster's state and data by name, or list them
+  tq unit drain|undrain|rebalance --controller ADDR [ID]
+                     take a storage unit out of service, moving its cells to others;
+                     or move cells from fuller units to emptier ones
   tq demo [flags]    run the KV example on an embedded cluster
   tq bench [flags]   measure put and get between two processes against baselines
   tq help            show this help
@@ -55,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return stat(ctx, args[1:], stdout, stderr)
 	case "checkpoint":
 		return checkpointCmd(ctx, args[1:], stdout, stderr)
+	case "unit":
+		return unitCmd(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -233,12 +233,15 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 }
 
 func unitState(u engine.UnitInfo) string {
-	if u.Alive {
-		return "alive"
+	state := "alive"
+	if !u.Alive {
+		state = "LOST"
+		if !u.LastHeartbeat.IsZero() {
+			state += fmt.Sprintf(" (silent %v)", time.Since(u.LastHeartbeat).Round(time.Second))
+		}
 	}
-	state := "LOST"
-	if !u.LastHeartbeat.IsZero() {
-		state += fmt.Sprintf(" (silent %v)", time.Since(u.LastHeartbeat).Round(time.Second))
+	if u.Draining {
+		state += ", draining"
 	}
 	return state
 }
@@ -386,6 +389,7 @@ type taskJSON struct {
 type unitJSON struct {
 	ID       engine.UnitID `json:"id"`
 	Alive    bool          `json:"alive"`
+	Draining bool          `json:"draining"`
 	Used     int64         `json:"used_bytes"`
 	Capacity int64         `json:"capacity_bytes"`
 	Segments int64         `json:"segments"`
@@ -416,7 +420,7 @@ func (s *statSnapshot) json(prev *statSnapshot) statJSON {
 		out.Partitions = append(out.Partitions, p)
 	}
 	for _, u := range s.units {
-		out.Units = append(out.Units, unitJSON{ID: u.ID, Alive: u.Alive, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs})
+		out.Units = append(out.Units, unitJSON{ID: u.ID, Alive: u.Alive, Draining: u.Draining, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs})
 	}
 	return out
 }

@@ -189,6 +189,7 @@ class Client:
                 old = self._units.get(info.unit_id)
                 if old is not None and old.incarnation == info.incarnation:
                     old.alive = info.alive
+                    old.draining = info.draining
                     fresh[info.unit_id] = old
                     continue
                 if not info.alive:
@@ -214,7 +215,8 @@ class Client:
 
     def _pick(self, h: int, exclude=()) -> Unit:
         """Local-first placement: a unit on this host (by hash ``h`` among
-        several), else any alive unit by hash."""
+        several), else any alive unit by hash; never a draining one while
+        another is alive."""
         units = self.units()
         alive = sorted((u for u in units.values() if u.alive and u.id not in exclude), key=lambda u: u.id)
         if not alive:
@@ -222,6 +224,7 @@ class Client:
                            key=lambda u: u.id)
             if not alive:
                 raise errors.UnavailableError("no storage unit is alive", op="put")
+        alive = [u for u in alive if not u.draining] or alive
         local = [u for u in alive if u.host_id == self.host]
         pool = local or alive
         return pool[h % len(pool)]
@@ -750,7 +753,7 @@ class Client:
             fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
         unit = self._pick(zlib.crc32(keys[0].encode()))
         if not unit.shm:
-            local = [u for u in self.units().values() if u.shm and u.alive]
+            local = [u for u in self.units().values() if u.shm and u.alive and not u.draining]
             if not local:
                 raise errors.NotSupportedError("no storage unit on this host serves shared memory",
                                                op="reserve_kv_put")

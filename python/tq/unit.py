@@ -163,6 +163,9 @@ class Unit:
         self.incarnation = info.incarnation
         self.host_id = info.host_id
         self.alive = info.alive
+        # A draining unit (tq unit drain) takes no new placements; its
+        # cells are being moved off, and it stays readable.
+        self.draining = info.draining
         self.token = token
         self.shm = False
         self._segs = {}  # segment id → mmap

@@ -38,6 +38,7 @@ type UnitInfo struct {
 	HugePages           bool                   `protobuf:"varint,10,opt,name=huge_pages,json=hugePages,proto3" json:"huge_pages,omitempty"`
 	PageSize            int64                  `protobuf:"varint,11,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	Incarnation         uint64                 `protobuf:"varint,12,opt,name=incarnation,proto3" json:"incarnation,omitempty"` // the unit's process start; a new one is a new unit
+	Draining            bool                   `protobuf:"varint,13,opt,name=draining,proto3" json:"draining,omitempty"`       // takes no new placements; its cells are being moved off (DRAIN_UNIT)
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -154,6 +155,13 @@ func (x *UnitInfo) GetIncarnation() uint64 {
 		return x.Incarnation
 	}
 	return 0
+}
+
+func (x *UnitInfo) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 type RegisterRequest struct {
@@ -838,12 +846,427 @@ func (x *UnitsReply) GetUnits() []*UnitInfo {
 	return nil
 }
 
+// DrainUnitRequest marks a unit draining (clients stop placing on it) or
+// returns it to service.
+type DrainUnitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Draining      bool                   `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainUnitRequest) Reset() {
+	*x = DrainUnitRequest{}
+	mi := &file_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainUnitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainUnitRequest) ProtoMessage() {}
+
+func (x *DrainUnitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainUnitRequest.ProtoReflect.Descriptor instead.
+func (*DrainUnitRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *DrainUnitRequest) GetUnitId() uint32 {
+	if x != nil {
+		return x.UnitId
+	}
+	return 0
+}
+
+func (x *DrainUnitRequest) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+// UnitCellsRequest asks for one page of the cells located on a unit.
+type UnitCellsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Cursor        []byte                 `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`                      // empty: from the start; else a previous reply's next
+	Limit         int64                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`                       // at most this many cells (0: 4096; <= 65536)
+	MaxBytes      int64                  `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"` // and about this many bytes of cells (0: 64 MiB); at least one cell
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitCellsRequest) Reset() {
+	*x = UnitCellsRequest{}
+	mi := &file_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitCellsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitCellsRequest) ProtoMessage() {}
+
+func (x *UnitCellsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitCellsRequest.ProtoReflect.Descriptor instead.
+func (*UnitCellsRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *UnitCellsRequest) GetUnitId() uint32 {
+	if x != nil {
+		return x.UnitId
+	}
+	return 0
+}
+
+func (x *UnitCellsRequest) GetCursor() []byte {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
+func (x *UnitCellsRequest) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *UnitCellsRequest) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+// UnitCellsReply: cell i is field fields[i] of row indexes[i] of
+// partitions[i], at locs' range i, in (partition, index) order.
+type UnitCellsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partitions    []string               `protobuf:"bytes,1,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	Locs          *Addrs                 `protobuf:"bytes,4,opt,name=locs,proto3" json:"locs,omitempty"`
+	Next          []byte                 `protobuf:"bytes,5,opt,name=next,proto3" json:"next,omitempty"` // empty after the last page
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitCellsReply) Reset() {
+	*x = UnitCellsReply{}
+	mi := &file_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitCellsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitCellsReply) ProtoMessage() {}
+
+func (x *UnitCellsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitCellsReply.ProtoReflect.Descriptor instead.
+func (*UnitCellsReply) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UnitCellsReply) GetPartitions() []string {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+func (x *UnitCellsReply) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+func (x *UnitCellsReply) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *UnitCellsReply) GetLocs() *Addrs {
+	if x != nil {
+		return x.Locs
+	}
+	return nil
+}
+
+func (x *UnitCellsReply) GetNext() []byte {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+// MoveCellsRequest relocates cells of one partition: cell i (field
+// fields[i] of row indexes[i]) takes location to[i] if it is still at
+// from[i] (a compare-and-set per cell).
+type MoveCellsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	From          *Addrs                 `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	To            *Addrs                 `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveCellsRequest) Reset() {
+	*x = MoveCellsRequest{}
+	mi := &file_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveCellsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveCellsRequest) ProtoMessage() {}
+
+func (x *MoveCellsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveCellsRequest.ProtoReflect.Descriptor instead.
+func (*MoveCellsRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MoveCellsRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *MoveCellsRequest) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+func (x *MoveCellsRequest) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *MoveCellsRequest) GetFrom() *Addrs {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *MoveCellsRequest) GetTo() *Addrs {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+type MoveCellsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Moved         []bool                 `protobuf:"varint,1,rep,packed,name=moved,proto3" json:"moved,omitempty"` // per cell: it is now at to[i]
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveCellsReply) Reset() {
+	*x = MoveCellsReply{}
+	mi := &file_cluster_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveCellsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveCellsReply) ProtoMessage() {}
+
+func (x *MoveCellsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveCellsReply.ProtoReflect.Descriptor instead.
+func (*MoveCellsReply) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MoveCellsReply) GetMoved() []bool {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
+// MovedRequest asks where cells that were moved went.
+type MovedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          *Addrs                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MovedRequest) Reset() {
+	*x = MovedRequest{}
+	mi := &file_cluster_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MovedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MovedRequest) ProtoMessage() {}
+
+func (x *MovedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MovedRequest.ProtoReflect.Descriptor instead.
+func (*MovedRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MovedRequest) GetFrom() *Addrs {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+// MovedReply: to[i] is where the cell at from[i] lives now, unit 0 when
+// the controller knows of no move of it.
+type MovedReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	To            *Addrs                 `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MovedReply) Reset() {
+	*x = MovedReply{}
+	mi := &file_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MovedReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MovedReply) ProtoMessage() {}
+
+func (x *MovedReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MovedReply.ProtoReflect.Descriptor instead.
+func (*MovedReply) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MovedReply) GetTo() *Addrs {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
 var File_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\rcluster.proto\x12\n" +
-	"tq.wire.v1\x1a\rcontrol.proto\"\xdb\x02\n" +
+	"tq.wire.v1\x1a\rcontrol.proto\"\xf7\x02\n" +
 	"\bUnitInfo\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12\x14\n" +
@@ -858,7 +1281,8 @@ const file_cluster_proto_rawDesc = "" +
 	"huge_pages\x18\n" +
 	" \x01(\bR\thugePages\x12\x1b\n" +
 	"\tpage_size\x18\v \x01(\x03R\bpageSize\x12 \n" +
-	"\vincarnation\x18\f \x01(\x04R\vincarnation\"\xca\x01\n" +
+	"\vincarnation\x18\f \x01(\x04R\vincarnation\x12\x1a\n" +
+	"\bdraining\x18\r \x01(\bR\bdraining\"\xca\x01\n" +
 	"\x0fRegisterRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05addrs\x18\x02 \x03(\tR\x05addrs\x12\x12\n" +
@@ -912,7 +1336,36 @@ const file_cluster_proto_rawDesc = "" +
 	"\x04keep\x18\x03 \x01(\v2\x11.tq.wire.v1.AddrsR\x04keep\"8\n" +
 	"\n" +
 	"UnitsReply\x12*\n" +
-	"\x05units\x18\x01 \x03(\v2\x14.tq.wire.v1.UnitInfoR\x05unitsB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\x05units\x18\x01 \x03(\v2\x14.tq.wire.v1.UnitInfoR\x05units\"G\n" +
+	"\x10DrainUnitRequest\x12\x17\n" +
+	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x1a\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\"v\n" +
+	"\x10UnitCellsRequest\x12\x17\n" +
+	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\fR\x06cursor\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x03R\bmaxBytes\"\x9d\x01\n" +
+	"\x0eUnitCellsReply\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x01 \x03(\tR\n" +
+	"partitions\x12\x18\n" +
+	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\x12%\n" +
+	"\x04locs\x18\x04 \x01(\v2\x11.tq.wire.v1.AddrsR\x04locs\x12\x12\n" +
+	"\x04next\x18\x05 \x01(\fR\x04next\"\xac\x01\n" +
+	"\x10MoveCellsRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
+	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\x12%\n" +
+	"\x04from\x18\x04 \x01(\v2\x11.tq.wire.v1.AddrsR\x04from\x12!\n" +
+	"\x02to\x18\x05 \x01(\v2\x11.tq.wire.v1.AddrsR\x02to\"&\n" +
+	"\x0eMoveCellsReply\x12\x14\n" +
+	"\x05moved\x18\x01 \x03(\bR\x05moved\"5\n" +
+	"\fMovedRequest\x12%\n" +
+	"\x04from\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x04from\"/\n" +
+	"\n" +
+	"MovedReply\x12!\n" +
+	"\x02to\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x02toB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_cluster_proto_rawDescOnce sync.Once
@@ -926,7 +1379,7 @@ func file_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_proto_rawDescData
 }
 
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_cluster_proto_goTypes = []any{
 	(*UnitInfo)(nil),         // 0: tq.wire.v1.UnitInfo
 	(*RegisterRequest)(nil),  // 1: tq.wire.v1.RegisterRequest
@@ -938,20 +1391,32 @@ var file_cluster_proto_goTypes = []any{
 	(*ReconcileRequest)(nil), // 7: tq.wire.v1.ReconcileRequest
 	(*ReconcileReply)(nil),   // 8: tq.wire.v1.ReconcileReply
 	(*UnitsReply)(nil),       // 9: tq.wire.v1.UnitsReply
-	(*Addrs)(nil),            // 10: tq.wire.v1.Addrs
+	(*DrainUnitRequest)(nil), // 10: tq.wire.v1.DrainUnitRequest
+	(*UnitCellsRequest)(nil), // 11: tq.wire.v1.UnitCellsRequest
+	(*UnitCellsReply)(nil),   // 12: tq.wire.v1.UnitCellsReply
+	(*MoveCellsRequest)(nil), // 13: tq.wire.v1.MoveCellsRequest
+	(*MoveCellsReply)(nil),   // 14: tq.wire.v1.MoveCellsReply
+	(*MovedRequest)(nil),     // 15: tq.wire.v1.MovedRequest
+	(*MovedReply)(nil),       // 16: tq.wire.v1.MovedReply
+	(*Addrs)(nil),            // 17: tq.wire.v1.Addrs
 }
 var file_cluster_proto_depIdxs = []int32{
-	10, // 0: tq.wire.v1.UnitSyncReply.free:type_name -> tq.wire.v1.Addrs
-	10, // 1: tq.wire.v1.ReconcileRequest.extents:type_name -> tq.wire.v1.Addrs
+	17, // 0: tq.wire.v1.UnitSyncReply.free:type_name -> tq.wire.v1.Addrs
+	17, // 1: tq.wire.v1.ReconcileRequest.extents:type_name -> tq.wire.v1.Addrs
 	6,  // 2: tq.wire.v1.ReconcileRequest.fences:type_name -> tq.wire.v1.SegmentFence
-	10, // 3: tq.wire.v1.ReconcileReply.free:type_name -> tq.wire.v1.Addrs
-	10, // 4: tq.wire.v1.ReconcileReply.keep:type_name -> tq.wire.v1.Addrs
+	17, // 3: tq.wire.v1.ReconcileReply.free:type_name -> tq.wire.v1.Addrs
+	17, // 4: tq.wire.v1.ReconcileReply.keep:type_name -> tq.wire.v1.Addrs
 	0,  // 5: tq.wire.v1.UnitsReply.units:type_name -> tq.wire.v1.UnitInfo
-	6,  // [6:6] is the sub-list for method output_type
-	6,  // [6:6] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	17, // 6: tq.wire.v1.UnitCellsReply.locs:type_name -> tq.wire.v1.Addrs
+	17, // 7: tq.wire.v1.MoveCellsRequest.from:type_name -> tq.wire.v1.Addrs
+	17, // 8: tq.wire.v1.MoveCellsRequest.to:type_name -> tq.wire.v1.Addrs
+	17, // 9: tq.wire.v1.MovedRequest.from:type_name -> tq.wire.v1.Addrs
+	17, // 10: tq.wire.v1.MovedReply.to:type_name -> tq.wire.v1.Addrs
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }
@@ -966,7 +1431,7 @@ func file_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

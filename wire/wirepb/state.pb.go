@@ -100,6 +100,7 @@ type LogOp struct {
 	//	*LogOp_RemoveTags
 	//	*LogOp_ClearCells
 	//	*LogOp_Done
+	//	*LogOp_Move
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -286,6 +287,15 @@ func (x *LogOp) GetDone() *DoneOp {
 	return nil
 }
 
+func (x *LogOp) GetMove() *MoveOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_Move); ok {
+			return x.Move
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -354,6 +364,10 @@ type LogOp_Done struct {
 	Done *DoneOp `protobuf:"bytes,16,opt,name=done,proto3,oneof"`
 }
 
+type LogOp_Move struct {
+	Move *MoveOp `protobuf:"bytes,17,opt,name=move,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -385,6 +399,8 @@ func (*LogOp_RemoveTags) isLogOp_Op() {}
 func (*LogOp_ClearCells) isLogOp_Op() {}
 
 func (*LogOp_Done) isLogOp_Op() {}
+
+func (*LogOp_Move) isLogOp_Op() {}
 
 // DoneOp: the partition's producer marked it done (MARK_DONE).
 type DoneOp struct {
@@ -513,6 +529,7 @@ type UnitOp struct {
 	Addrs         []string               `protobuf:"bytes,4,rep,name=addrs,proto3" json:"addrs,omitempty"`
 	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
 	Capacity      int64                  `protobuf:"varint,6,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Draining      bool                   `protobuf:"varint,7,opt,name=draining,proto3" json:"draining,omitempty"` // DRAIN_UNIT: takes no placements
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +604,13 @@ func (x *UnitOp) GetCapacity() int64 {
 		return x.Capacity
 	}
 	return 0
+}
+
+func (x *UnitOp) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 // PartitionOp: a partition was created, with its pre-allocated rows.
@@ -1510,6 +1534,84 @@ func (x *FenceOp) GetFences() []*SegmentFence {
 	return nil
 }
 
+// MoveOp: the cells (indexes[i], fields[i]) of partition moved to
+// to[i] (MOVE_CELLS); their bytes are the same.
+type MoveOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Gen           uint64                 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,3,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields        []string               `protobuf:"bytes,4,rep,name=fields,proto3" json:"fields,omitempty"`
+	To            *Addrs                 `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MoveOp) Reset() {
+	*x = MoveOp{}
+	mi := &file_state_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MoveOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MoveOp) ProtoMessage() {}
+
+func (x *MoveOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MoveOp.ProtoReflect.Descriptor instead.
+func (*MoveOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MoveOp) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *MoveOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *MoveOp) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
+	}
+	return nil
+}
+
+func (x *MoveOp) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *MoveOp) GetTo() *Addrs {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
 // LostOp: the cells (indexes[i], fields[i]) of partition lost their bytes.
 type LostOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1523,7 +1625,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1637,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1650,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1614,7 +1716,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1728,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1741,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1785,7 +1887,7 @@ type NamedSamplerState struct {
 
 func (x *NamedSamplerState) Reset() {
 	*x = NamedSamplerState{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1899,7 @@ func (x *NamedSamplerState) String() string {
 func (*NamedSamplerState) ProtoMessage() {}
 
 func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1912,7 @@ func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
 func (*NamedSamplerState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NamedSamplerState) GetSpec() string {
@@ -1851,7 +1953,7 @@ type StatePartition struct {
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1965,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1978,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -1983,7 +2085,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2097,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2110,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2042,7 +2144,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2156,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2169,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateField) GetName() string {
@@ -2100,7 +2202,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2214,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2227,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2179,7 +2281,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2293,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2306,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2230,7 +2332,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2344,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2357,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2335,7 +2437,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2449,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2462,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2440,7 +2542,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2452,7 +2554,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2465,7 +2567,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2503,7 +2605,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xd5\x06\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xff\x06\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -2524,7 +2626,8 @@ const file_state_proto_rawDesc = "" +
 	"removeTags\x12;\n" +
 	"\vclear_cells\x18\x0f \x01(\v2\x18.tq.wire.v1.ClearCellsOpH\x00R\n" +
 	"clearCells\x12(\n" +
-	"\x04done\x18\x10 \x01(\v2\x12.tq.wire.v1.DoneOpH\x00R\x04doneB\x04\n" +
+	"\x04done\x18\x10 \x01(\v2\x12.tq.wire.v1.DoneOpH\x00R\x04done\x12(\n" +
+	"\x04move\x18\x11 \x01(\v2\x12.tq.wire.v1.MoveOpH\x00R\x04moveB\x04\n" +
 	"\x02op\"8\n" +
 	"\x06DoneOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
@@ -2533,14 +2636,15 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\breplaced\x18\x03 \x01(\bR\breplaced\"\xa2\x01\n" +
+	"\breplaced\x18\x03 \x01(\bR\breplaced\"\xbe\x01\n" +
 	"\x06UnitOp\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x17\n" +
 	"\ahost_id\x18\x03 \x01(\tR\x06hostId\x12\x14\n" +
 	"\x05addrs\x18\x04 \x03(\tR\x05addrs\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x1a\n" +
-	"\bcapacity\x18\x06 \x01(\x03R\bcapacity\"\x81\x01\n" +
+	"\bcapacity\x18\x06 \x01(\x03R\bcapacity\x12\x1a\n" +
+	"\bdraining\x18\a \x01(\bR\bdraining\"\x81\x01\n" +
 	"\vPartitionOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x1a\n" +
@@ -2618,7 +2722,13 @@ const file_state_proto_rawDesc = "" +
 	"\x03gen\x18\x02 \x01(\x04R\x03gen\"T\n" +
 	"\aFenceOp\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x120\n" +
-	"\x06fences\x18\x02 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\"j\n" +
+	"\x06fences\x18\x02 \x03(\v2\x18.tq.wire.v1.SegmentFenceR\x06fences\"\x8d\x01\n" +
+	"\x06MoveOp\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x04R\x03gen\x12\x18\n" +
+	"\aindexes\x18\x03 \x03(\x04R\aindexes\x12\x16\n" +
+	"\x06fields\x18\x04 \x03(\tR\x06fields\x12!\n" +
+	"\x02to\x18\x05 \x01(\v2\x11.tq.wire.v1.AddrsR\x02to\"j\n" +
 	"\x06LostOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
@@ -2730,7 +2840,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
@@ -2749,20 +2859,22 @@ var file_state_proto_goTypes = []any{
 	(*ClearRowsOp)(nil),       // 14: tq.wire.v1.ClearRowsOp
 	(*ClearPartitionOp)(nil),  // 15: tq.wire.v1.ClearPartitionOp
 	(*FenceOp)(nil),           // 16: tq.wire.v1.FenceOp
-	(*LostOp)(nil),            // 17: tq.wire.v1.LostOp
-	(*StateHeader)(nil),       // 18: tq.wire.v1.StateHeader
-	(*NamedSamplerState)(nil), // 19: tq.wire.v1.NamedSamplerState
-	(*StatePartition)(nil),    // 20: tq.wire.v1.StatePartition
-	(*StateCleared)(nil),      // 21: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 22: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 23: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 24: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 25: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 26: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 27: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 28: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 29: tq.wire.v1.SegmentFence
-	(*Shape)(nil),             // 30: tq.wire.v1.Shape
+	(*MoveOp)(nil),            // 17: tq.wire.v1.MoveOp
+	(*LostOp)(nil),            // 18: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 19: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 20: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 21: tq.wire.v1.StatePartition
+	(*StateCleared)(nil),      // 22: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 23: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 24: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 25: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 26: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 27: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 28: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 29: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 30: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 31: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 32: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -2778,26 +2890,28 @@ var file_state_proto_depIdxs = []int32{
 	14, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
 	15, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
 	16, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	17, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	18, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
 	9,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
 	10, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
 	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
-	28, // 17: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	29, // 18: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	4,  // 19: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	16, // 20: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	19, // 21: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	22, // 22: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	23, // 23: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	21, // 24: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	25, // 25: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	26, // 26: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	30, // 27: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	17, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
+	29, // 18: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	30, // 19: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	31, // 20: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	4,  // 21: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	16, // 22: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	20, // 23: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	23, // 24: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	24, // 25: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	22, // 26: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	26, // 27: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	27, // 28: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	32, // 29: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -2824,6 +2938,7 @@ func file_state_proto_init() {
 		(*LogOp_RemoveTags)(nil),
 		(*LogOp_ClearCells)(nil),
 		(*LogOp_Done)(nil),
+		(*LogOp_Move)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2831,7 +2946,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

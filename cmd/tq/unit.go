@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+)
+
+const unitUsage = `usage:
+  tq unit drain --controller ADDR [--wait] ID     stop placements on unit ID and move its cells to other units
+  tq unit drain --controller ADDR --cancel ID     return unit ID to service (the same as undrain)
+  tq unit undrain --controller ADDR ID            return unit ID to service
+  tq unit rebalance --controller ADDR             move cells from fuller units to emptier ones
+
+ADDR is the controller's (tcp://host:port or unix:///path; default $TQ_CONTROLLER).
+A drain copies each cell to another unit, commits the copy, then frees the
+old bytes: readers never see a missing cell. It returns when the unit holds
+no cell; the unit stays registered and draining until undrained. A drain
+killed midway can be run again: nothing is lost, and copies it left
+uncommitted are freed by their unit's reconcile. A unit that registers
+takes placements at once: adding capacity needs no command.
+`
+
+// unitCmd runs `tq unit`.
+func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("unit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("controller", os.Getenv("TQ_CONTROLLER"), "the controller's address (default $TQ_CONTROLLER)")
+	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory)")
+	cancelDrain := fs.Bool("cancel", false, "with drain: return the unit to service instead (cells already moved stay where they are)")
+	wait := fs.Bool("wait", false, "with drain: after the cells are moved, wait until the unit reports holding no bytes (its frees applied)")
+	timeout := fs.Duration("timeout", time.Hour, "give up after this long")
+	transport := fs.String("transport", "", "how to reach the units' data: tcp, shm, rdma (default: the best for each)")
+	progress := fs.Duration("progress", time.Second, "with drain: report progress at most this often (0: after every page)")
+	pageCells := fs.Int("page-cells", 0, "with drain: cells moved per step (0: 4096)")
+	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it")
+	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
+	if len(args) == 0 {
+		fs.Usage()
+		return errors.New("unit: want drain, undrain or rebalance")
+	}
+	verb := args[0]
+	if verb != "drain" && verb != "undrain" && verb != "rebalance" {
+		fs.Usage()
+		return fmt.Errorf("unit: unknown verb %q: want drain, undrain or rebalance", verb)
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if verb == "rebalance" {
+		if fs.NArg() != 0 {
+			fs.Usage()
+			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", fs.NArg())
+		}
+		return rebalance(ctx, *addr, *token, *transport, *tolerance, *timeout, stdout)
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return fmt.Errorf("unit %s: want one unit ID, got %d arguments", verb, fs.NArg())
+	}
+	n, err := strconv.ParseUint(fs.Arg(0), 10, 31)
+	if err != nil || n == 0 {
+		return fmt.Errorf("unit %s: %q is not a unit id (a positive integer, as tq stat lists them)", verb, fs.Arg(0))
+	}
+	id := engine.UnitID(n)
+	if *addr == "" {
+		fs.Usage()
+		return fmt.Errorf("unit %s: no controller address: give --controller ADDR or set $TQ_CONTROLLER", verb)
+	}
+	tok, err := client.FindToken(*token)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	if verb == "undrain" || *cancelDrain {
+		m, err := client.DialMeta(ctx, *addr, client.RemoteConfig{Token: tok, Name: "tq-unit"})
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		if _, err := m.DrainUnit(ctx, id, false); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "tq unit: unit %d takes placements again\n", id)
+		return nil
+	}
+	c, err := client.Connect(ctx, *addr, client.ConnectConfig{Token: tok, Name: "tq-unit-drain", Transport: *transport})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	last := time.Now()
+	if *pageCells < 0 {
+		return fmt.Errorf("unit drain: --page-cells %d: want 0 or more", *pageCells)
+	}
+	st, err := c.Drain(ctx, id, client.DrainConfig{PageCells: *pageCells, Progress: func(st client.DrainStats) {
+		if time.Since(last) >= *progress {
+			last = time.Now()
+			fmt.Fprintf(stdout, "tq unit: unit %d: moved %d cells (%s) so far\n", id, st.Moved, bytesString(st.Bytes))
+		}
+	}})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tq unit: unit %d drained: moved %d cells (%s) in %v, %d passes, %d copies of changed cells freed\n",
+		id, st.Moved, bytesString(st.Bytes), time.Since(start).Round(time.Millisecond), st.Passes, st.Skipped)
+	if !*wait {
+		return nil
+	}
+	return waitEmpty(ctx, c, id, stdout)
+}
+
+// waitEmpty waits until unit id reports no bytes in use: the controller
+// has handed it the moved cells' old ranges and it freed them (leases
+// readers still hold keep theirs until released).
+func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout io.Writer) error {
+	m, ok := c.Meta().(*client.RemoteMeta)
+	if !ok {
+		return nil
+	}
+	for {
+		units, err := m.Units(ctx)
+		if err != nil {
+			return err
+		}
+		for _, u := range units {
+			if u.ID == id && u.Used == 0 {
+				fmt.Fprintf(stdout, "tq unit: unit %d holds no bytes\n", id)
+				return nil
+			}
+		}
+		// A put slower than the drain's settle may have landed since.
+		if cells, _, err := m.UnitCells(ctx, id, nil, 1, 0); err != nil {
+			return err
+		} else if len(cells) > 0 {
+			st, err := c.Drain(ctx, id, client.DrainConfig{Settle: time.Millisecond})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "tq unit: unit %d: moved %d more cells (%s) that landed after the drain\n", id, st.Moved, bytesString(st.Bytes))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("unit %d still reports bytes in use: %w", id, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rebalance runs `tq unit rebalance`.
+func rebalance(ctx context.Context, addr, token, transport string, tolerance float64, timeout time.Duration, stdout io.Writer) error {
+	if addr == "" {
+		return errors.New("unit rebalance: no controller address: give --controller ADDR or set $TQ_CONTROLLER")
+	}
+	tok, err := client.FindToken(token)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Token: tok, Name: "tq-unit-rebalance", Transport: transport})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	st, err := c.Rebalance(ctx, client.RebalanceConfig{Tolerance: tolerance})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tq unit: rebalanced: moved %d cells (%s) off %d units in %v\n", st.Moved, bytesString(st.Bytes), st.Passes, time.Since(start).Round(time.Millisecond))
+	return nil
+}

@@ -1,0 +1,173 @@
+package controller
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+func loc(unit engine.UnitID, seg, gen uint32, off, n uint64) engine.CellLoc {
+	return engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: seg, Gen: gen, Offset: off, Len: n}}
+}
+
+// drainSetup registers units 1 and 2 and commits rows 0..n-1 of field "x"
+// (8 bytes each) on unit 1, back to back in segment 1 generation 1.
+func drainSetup(t *testing.T, c *Controller, n int) *engine.BatchMeta {
+	t.Helper()
+	for _, inc := range []uint64{0xa, 0xb} {
+		_, err := c.units.Register(engine.UnitInfo{Incarnation: inc, Host: "h"}, true)
+		require.NoError(t, err)
+	}
+	m, err := c.Insert("p", n, nil)
+	require.NoError(t, err)
+	locs := make([]engine.CellLoc, n)
+	for i := range locs {
+		locs[i] = loc(1, 1, 1, uint64(8*i), 8)
+	}
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{
+		Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs}}})
+	require.NoError(t, err)
+	return m
+}
+
+// TestMoveCellsCompareAndSet: a move applies only to cells still at their
+// old location; a repeated move reports moved without freeing twice; an
+// overwritten cell is not moved; the old locations are handed back to be
+// freed, Moved forwards them, and UnitCells of the drained unit comes up
+// empty.
+func TestMoveCellsCompareAndSet(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 3)
+	cells, next, err := c.UnitCells(1, nil, 0, 0)
+	require.NoError(t, err)
+	require.Nil(t, next)
+	require.Len(t, cells, 3)
+	assert.Equal(t, engine.UnitCell{Partition: "p", Index: m.Indexes[1], Field: "x", Loc: loc(1, 1, 1, 8, 8)}, cells[1])
+
+	// Row 2 is overwritten before the mover commits its copy.
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[2:], Fields: []engine.CommitField{{
+		Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{loc(1, 2, 1, 0, 8)}}}})
+	require.NoError(t, err)
+	moves := make([]engine.CellMove, 3)
+	for i, cl := range cells {
+		moves[i] = engine.CellMove{Index: cl.Index, Field: cl.Field, From: cl.Loc, To: loc(2, 1, 1, uint64(8*i), 8)}
+	}
+	moved, freed, err := c.MoveCells("p", moves)
+	require.NoError(t, err)
+	assert.Equal(t, []bool{true, true, false}, moved)
+	assert.Equal(t, []engine.CellLoc{loc(1, 1, 1, 0, 8), loc(1, 1, 1, 8, 8)}, freed)
+
+	again, freed, err := c.MoveCells("p", moves)
+	require.NoError(t, err)
+	assert.Equal(t, moved, again, "a repeated move reports what the first did")
+	assert.Empty(t, freed, "a repeated move frees nothing more")
+
+	assert.Equal(t, []engine.CellLoc{loc(2, 1, 1, 0, 8), {}}, c.Moved([]engine.CellLoc{loc(1, 1, 1, 0, 8), loc(1, 1, 1, 16, 8)}))
+	got, err := c.RowsMeta("p", m.Indexes, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []engine.CellLoc{loc(2, 1, 1, 0, 8), loc(2, 1, 1, 8, 8), loc(1, 2, 1, 0, 8)}, got.Cells["x"])
+	cells, _, err = c.UnitCells(1, nil, 0, 0)
+	require.NoError(t, err)
+	assert.Len(t, cells, 1, "only the overwritten row's new cell is left on unit 1")
+}
+
+func TestMoveCellsRefuses(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 2)
+	from := loc(1, 1, 1, 0, 8)
+	_, err := c.DrainUnit(2, true)
+	require.NoError(t, err)
+	for name, mv := range map[string]engine.CellMove{
+		"to no unit":         {Index: m.Indexes[0], Field: "x", From: from, To: loc(0, 1, 1, 0, 8)},
+		"to lost storage":    {Index: m.Indexes[0], Field: "x", From: from, To: loc(engine.LostUnit, 1, 1, 0, 8)},
+		"to an unknown unit": {Index: m.Indexes[0], Field: "x", From: from, To: loc(9, 1, 1, 0, 8)},
+		"to a draining unit": {Index: m.Indexes[0], Field: "x", From: from, To: loc(2, 1, 1, 0, 8)},
+		"of another length":  {Index: m.Indexes[0], Field: "x", From: from, To: loc(1, 5, 1, 0, 4)},
+	} {
+		_, _, err := c.MoveCells("p", []engine.CellMove{mv})
+		assert.ErrorIs(t, err, engine.ErrInvalid, name)
+	}
+	moved, freed, err := c.MoveCells("cleared", []engine.CellMove{{Index: 0, Field: "x", From: from, To: loc(1, 5, 1, 0, 8)}})
+	require.NoError(t, err, "a partition cleared since its cells were listed")
+	assert.Equal(t, []bool{false}, moved)
+	assert.Empty(t, freed)
+	_, _, err = c.UnitCells(9, nil, 0, 0)
+	assert.ErrorIs(t, err, engine.ErrNotFound)
+	_, _, err = c.UnitCells(1, []byte{0xff}, 0, 0)
+	assert.ErrorIs(t, err, engine.ErrInvalid)
+}
+
+// TestUnitCellsPages: pages of one cell walk every row once, in order.
+func TestUnitCellsPages(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 5)
+	var got []uint64
+	var cursor []byte
+	for range 10 {
+		cells, next, err := c.UnitCells(1, cursor, 2, 0)
+		require.NoError(t, err)
+		for _, cl := range cells {
+			got = append(got, cl.Index)
+		}
+		if next == nil {
+			break
+		}
+		cursor = next
+	}
+	assert.Equal(t, m.Indexes, got)
+}
+
+// TestDrainUnitRules: an unknown unit, the last live unit that takes
+// placements, and undrain.
+func TestDrainUnitRules(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	drainSetup(t, c, 1)
+	_, err := c.DrainUnit(7, true)
+	assert.ErrorIs(t, err, engine.ErrNotFound)
+	u, err := c.DrainUnit(1, true)
+	require.NoError(t, err)
+	assert.True(t, u.Draining)
+	_, err = c.DrainUnit(2, true)
+	assert.True(t, errors.Is(err, engine.ErrCapacity), "draining the last unit that takes placements: %v", err)
+	u, err = c.DrainUnit(1, false)
+	require.NoError(t, err)
+	assert.False(t, u.Draining)
+	_, err = c.DrainUnit(2, true)
+	require.NoError(t, err)
+}
+
+// TestDrainSurvivesRestart: the draining mark and the moved locations
+// are in the log and in snapshots.
+func TestDrainSurvivesRestart(t *testing.T) {
+	for _, how := range []string{"log", "snapshot"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			m := drainSetup(t, c, 2)
+			_, err := c.DrainUnit(1, true)
+			require.NoError(t, err)
+			moved, _, err := c.MoveCells("p", []engine.CellMove{{Index: m.Indexes[0], Field: "x", From: loc(1, 1, 1, 0, 8), To: loc(2, 3, 1, 0, 8)}})
+			require.NoError(t, err)
+			require.Equal(t, []bool{true}, moved)
+			if how == "log" {
+				crash(t, c)
+			} else {
+				require.NoError(t, c.Close())
+			}
+			d := openDurable(t, dir, Config{})
+			defer d.Close()
+			u, ok := d.units.Unit(1)
+			require.True(t, ok)
+			assert.True(t, u.Draining, "unit 1 is draining after a restart")
+			u, _ = d.units.Unit(2)
+			assert.False(t, u.Draining)
+			got, err := d.RowsMeta("p", m.Indexes, nil)
+			require.NoError(t, err)
+			assert.Equal(t, []engine.CellLoc{loc(2, 3, 1, 0, 8), loc(1, 1, 1, 8, 8)}, got.Cells["x"])
+		})
+	}
+}
