@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,6 +32,8 @@ import (
 //   - reads of other hosts' cells cross the network: over TCP, and over
 //     the emulated RDMA device for the host that forces it (when this
 //     build has the RDMA transport);
+//   - a unit drained from another host moves its cells to the other
+//     hosts' units, where readers find them, and takes no more puts;
 //   - a host that drops off the network turns its cells into
 //     engine.ErrLost for readers elsewhere, nothing waits on it for long,
 //     and the other hosts keep writing and reading.
@@ -77,6 +80,23 @@ func TestMultiHostRehearsal(t *testing.T) {
 	}
 	runHelpers(t, readers...)
 
+	// Host 2's unit is drained from host 0: its cells move to the other
+	// hosts' units (read over the network from host 2, written to the
+	// others), host 1 reads them back from their new places, and host 2's
+	// own puts go elsewhere while it drains.
+	drained := unitOn(t, bin, h, caddr, token, 2)
+	drain := exec.Command(h.In(0)[0], append(h.In(0)[1:], bin, "unit", "drain", "--controller", caddr, "--token", token, "--wait",
+		"--timeout", "60s", fmt.Sprint(drained.ID))...)
+	if out, err := drain.CombinedOutput(); err != nil {
+		t.Fatalf("tq unit drain %d: %v\n%s", drained.ID, err, out)
+	}
+	if u := unitOn(t, bin, h, caddr, token, 2); !u.Draining || u.Used != 0 {
+		t.Fatalf("after the drain host 2's unit is %+v, want draining and holding nothing", u)
+	}
+	runHelpers(t,
+		helper(t, h.In(1), "mh-read", env(1, "TQ_READ="+part(2), fmt.Sprintf("TQ_NOT_ON=%d", drained.ID))...),
+		helper(t, h.In(2), "mh-drained", env(2, fmt.Sprintf("TQ_NOT_ON=%d", drained.ID))...))
+
 	// Host 3 drops off the network: its unit stops answering and its
 	// heartbeats stop reaching the controller.
 	h.Unplug(t, 3)
@@ -84,6 +104,30 @@ func TestMultiHostRehearsal(t *testing.T) {
 }
 
 func part(host int) string { return fmt.Sprintf("host%d", host) }
+
+// unitOn returns the unit that host i runs, as `tq stat --json` on host 0
+// reports it: the one whose TCP address is on host i.
+func unitOn(t *testing.T, bin string, h *testenv.Hosts, caddr, token string, i int) unitJSON {
+	t.Helper()
+	cmd := exec.Command(h.In(0)[0], append(h.In(0)[1:], bin, "stat", "--json", "--token", token, caddr)...)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tq stat --json: %v", err)
+	}
+	var st statJSON
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("tq stat --json: %v\n%s", err, out)
+	}
+	for _, u := range st.Units {
+		for _, a := range u.Addrs {
+			if strings.HasPrefix(a, "tcp://"+h.IPs[i]+":") {
+				return u
+			}
+		}
+	}
+	t.Fatalf("no unit of host %d (%s) in %s", i, h.IPs[i], out)
+	return unitJSON{}
+}
 
 // multiHostHelper is the body of the rehearsal's client processes.
 func multiHostHelper(ctx context.Context, t *testing.T, c *client.Client, kv *kvapi.KV, role string) {
@@ -134,6 +178,19 @@ func multiHostHelper(ctx context.Context, t *testing.T, c *client.Client, kv *kv
 			}
 		}
 		readParts(ctx, t, c, os.Getenv("TQ_READ"))
+		notOn(ctx, t, c, os.Getenv("TQ_READ"))
+	case "mh-drained":
+		// This host's unit is drained: what was put here reads back from
+		// other hosts' units, and a new put goes to them too.
+		p := os.Getenv("TQ_PART")
+		readParts(ctx, t, c, p)
+		notOn(ctx, t, c, p)
+		after := p + "-drained"
+		if _, err := kv.BatchPut(ctx, after, keys, helperBatch(0, helperRows), nil); err != nil {
+			t.Fatalf("put on a host whose unit drained: %v", err)
+		}
+		readParts(ctx, t, c, after)
+		notOn(ctx, t, c, after)
 	case "mh-lost":
 		lost := os.Getenv("TQ_LOST")
 		start := time.Now()
@@ -186,6 +243,27 @@ func readParts(ctx context.Context, t *testing.T, c *client.Client, parts string
 			t.Fatalf("host %s: read %s: %v", hostid.ID(), p, err)
 		}
 		checkRows(t, p, b)
+	}
+}
+
+// notOn checks that no cell of parts lies on unit $TQ_NOT_ON, if set.
+func notOn(ctx context.Context, t *testing.T, c *client.Client, parts string) {
+	not := os.Getenv("TQ_NOT_ON")
+	if not == "" {
+		return
+	}
+	for p := range strings.SplitSeq(parts, ",") {
+		meta, err := c.MetaByKeys(ctx, p, helperKeys(0, helperRows), nil, false)
+		if err != nil {
+			t.Fatalf("meta of %s: %v", p, err)
+		}
+		for f, cells := range meta.Cells {
+			for r, cell := range cells {
+				if fmt.Sprint(cell.Unit) == not {
+					t.Fatalf("%s row %d field %s is still on unit %s", p, r, f, not)
+				}
+			}
+		}
 	}
 }
 

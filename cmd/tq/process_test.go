@@ -454,7 +454,7 @@ func TestHelperProcess(t *testing.T) {
 		<-ctx.Done()
 	case "stream-producer", "stream-consumer":
 		streamHelper(ctx, t, c, role)
-	case "mh-write", "mh-read", "mh-lost":
+	case "mh-write", "mh-read", "mh-lost", "mh-drained":
 		multiHostHelper(ctx, t, c, kv, role)
 	default:
 		t.Fatalf("unknown helper role %q", role)
