@@ -54,6 +54,7 @@ type serveConfig struct {
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
 	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	ControllerWait    time.Duration `yaml:"controller_wait"`
 	Name              string        `yaml:"name"`
 	RESP              string        `yaml:"resp"`
 	RESPPartition     string        `yaml:"resp_partition"`
@@ -83,6 +84,7 @@ func defaultServeConfig() serveConfig {
 		Fsync:             "batch",
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
+		ControllerWait:    2 * time.Minute,
 		RESPPartition:     "default",
 		RESPMaxValue:      resp.DefaultMaxValue,
 		LogFormat:         "text",
@@ -115,6 +117,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
+	fs.DurationVar(&c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
@@ -162,6 +165,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.PreAlloc < 0 {
 		bad("--pre-alloc %d: must not be negative", c.PreAlloc)
+	}
+	if c.ControllerWait < 0 {
+		bad("--controller-wait %v: must not be negative", c.ControllerWait)
 	}
 	if c.HeartbeatInterval <= 0 {
 		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)

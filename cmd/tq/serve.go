@@ -377,6 +377,36 @@ func (s *server) rdmaDevice() (*rdma.Device, error) {
 	return dev, nil
 }
 
+// assignID asks the controller for the unit's id. A controller that
+// cannot be reached yet is asked again, with a backoff, for up to
+// --controller-wait: units and their controller start in any order (a
+// Kubernetes DaemonSet's units come up beside a controller still
+// starting, and without this crash-looped until it answered). A refusal
+// (a wrong token, say) fails at once.
+func (s *server) assignID(ctx context.Context, controllerAddr string, u *storage.Unit, jcfg storage.JoinConfig) (engine.UnitID, error) {
+	deadline := time.Now().Add(s.cfg.ControllerWait)
+	backoff := 100 * time.Millisecond
+	for logged := false; ; {
+		id, err := storage.AssignID(ctx, controllerAddr, u, jcfg)
+		if err == nil || !errors.Is(err, engine.ErrUnavailable) || time.Now().Add(backoff).After(deadline) {
+			if err != nil && logged {
+				err = fmt.Errorf("still unreachable after --controller-wait %v: %w", s.cfg.ControllerWait, err)
+			}
+			return id, err
+		}
+		if !logged {
+			s.log.Warn("controller not reachable yet; trying again", "controller", controllerAddr, "for", s.cfg.ControllerWait, "err", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
 func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	jcfg := storage.JoinConfig{Token: s.cfg.Token, Name: s.cfg.Name, ReconcileInterval: s.cfg.ReconcileInterval, ReconcileGrace: s.cfg.ReconcileGrace}
 	scfg := storage.DefaultConfig()
@@ -387,7 +417,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	if err != nil {
 		return fmt.Errorf("storage unit: %w", err)
 	}
-	id, err := storage.AssignID(ctx, controllerAddr, u, jcfg)
+	id, err := s.assignID(ctx, controllerAddr, u, jcfg)
 	if err != nil {
 		u.Close()
 		if errors.Is(err, wire.ErrUnauthenticated) {
