@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -70,45 +71,14 @@ func TestBenchServer(t *testing.T) {
 	go cs.Serve(cl)
 	caddr := "tcp://" + cl.Addr().String()
 
-	ctx := context.Background()
-	cfg := storage.DefaultConfig()
-	cfg.Capacity = 2 << 30
-	u, err := storage.NewUnit(0, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer u.Close()
-	if _, err := storage.AssignID(ctx, caddr, u, storage.JoinConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	us := storage.NewServer(u, storage.ServerConfig{})
-	defer us.Close()
-	ul := listen(t)
-	go us.Serve(ul)
 	// A unix socket and the memfd socket next to it, for the shm transport.
 	dir, err := os.MkdirTemp("", "tq-bench-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "unit.sock")
-	xl, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go us.Serve(xl)
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	us.RegisterShm(fl)
-	go us.ServeShm(fl)
-	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{
-		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	u, stop := serveUnit(t, caddr, 2<<30, filepath.Join(dir, "unit.sock"))
+	defer stop()
 
 	raw := listen(t)
 	go serveRaw(raw)
@@ -132,6 +102,55 @@ func TestBenchServer(t *testing.T) {
 	go rs.Serve(rl)
 	fmt.Printf("ADDRS %s %s %s\n", caddr, raw.Addr().String(), rl.Addr().String())
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
+}
+
+// serveUnit runs a storage unit of capacity bytes as tq serve does, on a
+// TCP listener, the unix socket sock and the memfd socket next to it,
+// registered with the controller at caddr; stop ends it.
+func serveUnit(t testing.TB, caddr string, capacity int64, sock string) (u *storage.Unit, stop func()) {
+	ctx := context.Background()
+	cfg := storage.DefaultConfig()
+	cfg.Capacity = capacity
+	u, err := storage.NewUnit(0, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stops []func() error
+	stop = func() {
+		for _, f := range slices.Backward(stops) {
+			f()
+		}
+	}
+	fail := func(err error) {
+		stop()
+		t.Fatal(err)
+	}
+	stops = append(stops, func() error { u.Close(); return nil })
+	if _, err := storage.AssignID(ctx, caddr, u, storage.JoinConfig{}); err != nil {
+		fail(err)
+	}
+	us := storage.NewServer(u, storage.ServerConfig{})
+	stops = append(stops, us.Close)
+	ul := listen(t)
+	go us.Serve(ul)
+	xl, err := net.Listen("unix", sock)
+	if err != nil {
+		fail(err)
+	}
+	go us.Serve(xl)
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
+	if err != nil {
+		fail(err)
+	}
+	us.RegisterShm(fl)
+	go us.ServeShm(fl)
+	m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{
+		"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
+	if err != nil {
+		fail(err)
+	}
+	stops = append(stops, m.Close)
+	return u, stop
 }
 
 func listen(t testing.TB) net.Listener {

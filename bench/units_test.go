@@ -29,7 +29,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -41,7 +40,6 @@ import (
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
-	"github.com/tqgo/tq/storage"
 )
 
 const unitsServerEnv = "TQ_BENCH_UNITS_SERVER"
@@ -73,40 +71,9 @@ func TestUnitsServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	ctx := context.Background()
 	for i := range n {
-		cfg := storage.DefaultConfig()
-		cfg.Capacity = unitsCapacity
-		u, err := storage.NewUnit(0, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer u.Close()
-		if _, err := storage.AssignID(ctx, caddr, u, storage.JoinConfig{}); err != nil {
-			t.Fatal(err)
-		}
-		us := storage.NewServer(u, storage.ServerConfig{})
-		defer us.Close()
-		ul := listen(t)
-		go us.Serve(ul)
-		sock := filepath.Join(dir, fmt.Sprintf("unit-%d.sock", i))
-		xl, err := net.Listen("unix", sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go us.Serve(xl)
-		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		us.RegisterShm(fl)
-		go us.ServeShm(fl)
-		m, err := storage.Join(ctx, caddr, u, storage.JoinConfig{Addrs: []string{
-			"tcp://" + ul.Addr().String(), "unix://" + sock, "shm://" + sock + ".shm"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
+		_, stop := serveUnit(t, caddr, unitsCapacity, filepath.Join(dir, fmt.Sprintf("unit-%d.sock", i)))
+		defer stop()
 	}
 	fmt.Printf("ADDRS %s - -\n", caddr)
 	io.Copy(io.Discard, os.Stdin)
