@@ -133,3 +133,26 @@ def test_full_unit_does_not_hold_up_put(split, transport):
             assert np.array_equal(c.kv_batch_get([k], "p")["x"], val * i)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_put_spills_across_units(split, transport):
+    """A put bigger than any one unit but within the cluster's room is
+    split over the units (96 MiB into two of 64 MiB), reads back
+    bit-exact, and clears to nothing."""
+    c = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        keys = [f"s{i}" for i in range(24)]
+        val = np.arange(24 * (1 << 20), dtype=np.float32).reshape(24, 1 << 20)  # 24 rows of 4 MiB
+        c.kv_batch_put(keys, "spill", {"x": val, "t": [f"row {i}" for i in range(24)]})
+        meta = c.kv_retrieve_meta(keys, "spill")
+        assert set(meta._cells["x"].unit.tolist()) == set(split.units)
+        got = c.kv_batch_get(keys, "spill")
+        assert np.array_equal(got["x"], val)
+        assert list(got["t"]) == [f"row {i}".encode() for i in range(24)]  # opaque rows read back as bytes
+        c.kv_clear(keys, "spill")
+        m = c.put({"x": val}, partition_id="spill-batch")  # the batch API spills too
+        assert np.array_equal(c.get_data(m)["x"], val)
+        c.clear_samples(m)
+    finally:
+        c.close()

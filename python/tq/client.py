@@ -335,13 +335,30 @@ class Client:
                 for i, c in enumerate(cols)]
 
     def _place_and_write(self, h: int, cols):
-        """Write cols to the unit placement picks for hash h; a unit that
-        cannot be reached is skipped for another (nothing of a failed write
-        is readable, so writing again elsewhere is safe). The write does not
-        wait for room (no_wait): a full unit refuses at once and the next
-        unit is tried; only when every unit refused does the write wait for
-        room on the first choice. (The Go client also splits a put over
-        several units; this one keeps a put on one.)"""
+        """Write cols to the units placement picks for hash h; returns the
+        pieces written, (unit, locs), and each column's cells over all of
+        them. A unit that cannot be reached is skipped for another (nothing
+        of a failed write is readable, so writing again elsewhere is safe).
+        A write does not wait for room (no_wait): a full unit refuses at
+        once and the next unit is tried. When every unit refused the whole
+        put, its rows are split in halves, each placed the same way, so a
+        put that fits the cluster never fails for lack of room on one unit
+        (as the Go client spills); only a single row that every unit
+        refused waits for room on its first choice. A failure frees the
+        pieces already written."""
+        pieces = []
+        try:
+            self._place_rows(h, cols, pieces)
+        except BaseException:
+            for unit, locs in pieces:
+                self._free_quietly(unit, locs)
+            raise
+        if len(pieces) == 1:
+            return pieces, pieces[0][1]
+        return pieces, [_addrs.Cells.concat([locs[i] for _, locs in pieces]) for i in range(len(cols))]
+
+    def _place_rows(self, h: int, cols, pieces):
+        n = len(cols[0].row_lens) if cols else 0
         tried, full = set(), set()
         while True:
             try:
@@ -349,10 +366,17 @@ class Client:
             except errors.UnavailableError:
                 if not full:
                     raise
+                if n > 1:  # no unit takes it whole: halves may fit where the whole did not
+                    half = n // 2
+                    self._place_rows(h, [c.rows(0, half) for c in cols], pieces)
+                    self._place_rows(h + 1, [c.rows(half, n) for c in cols], pieces)
+                    return
                 unit = self._pick(h, exclude=tried)
-                return unit, self._write(unit, cols)  # no unit has room: wait for it
+                pieces.append((unit, self._write(unit, cols)))  # no unit has room: wait for it
+                return
             try:
-                return unit, self._write(unit, cols, no_wait=True)
+                pieces.append((unit, self._write(unit, cols, no_wait=True)))
+                return
             except errors.CapacityError:
                 full.add(unit.id)
             except errors.UnavailableError:
@@ -360,6 +384,10 @@ class Client:
                 if len(tried) >= 3:
                     raise
                 self.units(refresh=True)
+
+    def _free_pieces(self, pieces):
+        for unit, locs in pieces:
+            self._free_quietly(unit, locs)
 
     @staticmethod
     def _free_quietly(unit, locs):
@@ -407,14 +435,14 @@ class Client:
                 self._no_kv_data = True
             except errors.CapacityError:
                 pass
-        unit, locs = self._place_and_write(zlib.crc32(keys[0].encode()), cols)
+        pieces, locs = self._place_and_write(zlib.crc32(keys[0].encode()), cols)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
         try:
             rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
         except errors.UnavailableError:
             raise  # the commit may have happened: reconciliation frees what no cell names
         except errors.TQError:
-            self._free_quietly(unit, locs)
+            self._free_pieces(pieces)
             raise
         return self._kvmeta(keys, partition_id, rep)
 
@@ -691,7 +719,7 @@ class Client:
             raise errors.InvalidError(f"put to rows of {len(parts)} partitions", op="put")
         part = parts.pop()
         cols = _cols.columns(data, metadata.size)
-        unit, locs = self._place_and_write(metadata.global_indexes[0], cols)
+        pieces, locs = self._place_and_write(metadata.global_indexes[0], cols)
         req = control_pb2.CommitRequest(partition=part, indexes=metadata.global_indexes)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
         try:
@@ -699,7 +727,7 @@ class Client:
         except errors.UnavailableError:
             raise
         except errors.TQError:
-            self._free_quietly(unit, locs)
+            self._free_pieces(pieces)
             raise
         if any(metadata.custom_meta):
             self.set_custom_meta(metadata)

@@ -178,6 +178,22 @@ class Column:
             f.locs.CopyFrom(locs)
         return f
 
+    def rows(self, lo: int, hi: int) -> "Column":
+        """Rows lo..hi of the column: the same schema, the bytes a view of
+        this column's (no copy), for writing part of a put elsewhere."""
+        cum = np.concatenate(([0], np.cumsum(self.row_lens, dtype=np.int64)))
+        start, stop = int(cum[lo]), int(cum[hi])
+        bufs, at = [], 0
+        for b in self.bufs:
+            flat = b.reshape(-1).view(np.uint8) if isinstance(b, np.ndarray) else \
+                np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8)
+            end = at + len(flat)
+            if end > start and at < stop:
+                bufs.append(flat[max(start - at, 0):min(stop, end) - at])
+            at = end
+        return Column(self.name, self.dtype, self.kind, self.shape,
+                      self.shapes[lo:hi] if self.shapes is not None else None, self.row_lens[lo:hi], bufs)
+
     def lens_pb(self) -> control_pb2.RowLens:
         return control_pb2.RowLens(lens=self.row_lens if self.kind == "opaque" else [])
 
