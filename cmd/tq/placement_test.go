@@ -77,6 +77,24 @@ func TestServeSpillsAcrossUnits(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, want.Col("v").Data(), got.Col("v").Data(), "bytes read back")
 			require.NoError(t, c.Clear(ctx, m))
+			// The units free the cleared cells when the controller's frees
+			// reach them: wait, or the unit filled below gets room back
+			// under the puts that expect it full.
+			lister := c.Meta().(interface {
+				Units(context.Context) ([]engine.UnitInfo, error)
+			})
+			require.Eventually(t, func() bool {
+				infos, err := lister.Units(ctx)
+				if err != nil {
+					return false
+				}
+				for _, u := range infos {
+					if u.Used != 0 {
+						return false
+					}
+				}
+				return true
+			}, 20*time.Second, 50*time.Millisecond, "the 12 MiB put's cells freed on both units")
 
 			// Fill the first choice of the next put (its lowest index is
 			// even: the first local unit) to the last 4 KiB.
