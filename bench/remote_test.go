@@ -60,16 +60,8 @@ func TestBenchServer(t *testing.T) {
 		}
 		ccfg.Dir = t.TempDir()
 	}
-	ctrl, err := controller.New(ccfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctrl.Close()
-	cs := controller.NewServer(ctrl, controller.ServerConfig{})
-	defer cs.Close()
-	cl := listen(t)
-	go cs.Serve(cl)
-	caddr := "tcp://" + cl.Addr().String()
+	ctrl, cs, caddr, stopCtrl := serveController(t, ccfg)
+	defer stopCtrl()
 
 	// A unix socket and the memfd socket next to it, for the shm transport.
 	dir, err := os.MkdirTemp("", "tq-bench-")
@@ -102,6 +94,19 @@ func TestBenchServer(t *testing.T) {
 	go rs.Serve(rl)
 	fmt.Printf("ADDRS %s %s %s\n", caddr, raw.Addr().String(), rl.Addr().String())
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
+}
+
+// serveController runs a controller with cfg on a TCP listener; stop
+// ends it.
+func serveController(t testing.TB, cfg controller.Config) (ctrl *controller.Controller, cs *controller.Server, caddr string, stop func()) {
+	ctrl, err := controller.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs = controller.NewServer(ctrl, controller.ServerConfig{})
+	cl := listen(t)
+	go cs.Serve(cl)
+	return ctrl, cs, "tcp://" + cl.Addr().String(), func() { cs.Close(); ctrl.Close() }
 }
 
 // serveUnit runs a storage unit of capacity bytes as tq serve does, on a

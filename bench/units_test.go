@@ -56,16 +56,8 @@ func TestUnitsServer(t *testing.T) {
 	if n == 0 {
 		t.Skip("runs only as the Units benchmarks' server process")
 	}
-	ctrl, err := controller.New(controller.DefaultConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctrl.Close()
-	cs := controller.NewServer(ctrl, controller.ServerConfig{})
-	defer cs.Close()
-	cl := listen(t)
-	go cs.Serve(cl)
-	caddr := "tcp://" + cl.Addr().String()
+	_, _, caddr, stopCtrl := serveController(t, controller.DefaultConfig())
+	defer stopCtrl()
 	dir, err := os.MkdirTemp("", "tq-bench-units-")
 	if err != nil {
 		t.Fatal(err)

@@ -19,25 +19,13 @@ type Netns struct {
 // no iproute2, no namespace support).
 func NewNetns(t testing.TB) *Netns {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("iproute2 (ip) is not installed")
-	}
+	needIP(t)
 	id := os.Getpid() % 10000
 	n := &Netns{
 		A: fmt.Sprintf("tqA%d", id), B: fmt.Sprintf("tqB%d", id),
 		IPA: fmt.Sprintf("10.213.%d.1", id%250), IPB: fmt.Sprintf("10.213.%d.2", id%250),
 	}
 	vethA, vethB := fmt.Sprintf("tqa%d", id), fmt.Sprintf("tqb%d", id)
-	ip := func(args ...string) error {
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
 	if err := ip("netns", "add", n.A); err != nil {
 		t.Skipf("ip netns does not work here: %v", err)
 	}
@@ -64,6 +52,27 @@ func NewNetns(t testing.TB) *Netns {
 	return n
 }
 
+// needIP skips the test unless it can make network namespaces: it runs
+// as root and iproute2 is installed.
+func needIP(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("iproute2 (ip) is not installed")
+	}
+}
+
+// ip runs iproute2's ip with args; its error carries what ip printed.
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
 // In is the command prefix that runs a program in namespace ns.
 func (n *Netns) In(ns string) []string { return []string{"ip", "netns", "exec", ns} }
 
@@ -82,21 +91,9 @@ type Hosts struct {
 // iproute2, no namespace or bridge support).
 func NewHosts(t testing.TB, n int) *Hosts {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("iproute2 (ip) is not installed")
-	}
+	needIP(t)
 	id := os.Getpid() % 10000
 	sw := fmt.Sprintf("tqS%d", id)
-	ip := func(args ...string) error {
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
 	if err := ip("netns", "add", sw); err != nil {
 		t.Skipf("ip netns does not work here: %v", err)
 	}
