@@ -51,7 +51,6 @@ type Unit struct {
 	epoch       time.Time // NewUnit's time; extents' commit times count from it
 
 	done       chan struct{} // closed by Close
-	kick       chan struct{} // tells the reaper the open list was empty
 	reaperDone chan struct{}
 
 	mu         sync.Mutex
@@ -130,7 +129,6 @@ func NewUnit(id engine.UnitID, cfg Config) (*Unit, error) {
 		cfg:         cfg,
 		epoch:       time.Now(),
 		done:        make(chan struct{}),
-		kick:        make(chan struct{}, 1),
 		reaperDone:  make(chan struct{}),
 		segPage:     pageSize,
 		byID:        map[uint32]*segment{},
@@ -539,11 +537,9 @@ func (u *Unit) openLocked(r *Reservation) {
 	if u.openTail != nil {
 		u.openTail.next = r
 	} else {
+		// The reaper needs no wake-up: it looks again within
+		// ReserveTimeout, before r can expire.
 		u.openHead = r
-		select {
-		case u.kick <- struct{}{}:
-		default:
-		}
 	}
 	u.openTail = r
 	u.open++
@@ -607,7 +603,8 @@ func (u *Unit) releaseReservedLocked(r *Reservation) {
 }
 
 // reap expires reservations that outlive ReserveTimeout. It sleeps until the
-// head of the open list expires, or until kicked when the list was empty.
+// head of the open list expires, or for ReserveTimeout when the list is
+// empty.
 func (u *Unit) reap() {
 	defer close(u.reaperDone)
 	timer := time.NewTimer(time.Hour)
@@ -622,18 +619,19 @@ func (u *Unit) reap() {
 		for r := u.openHead; r != nil && !now.Before(r.deadline); r = u.openHead {
 			u.expireLocked(r)
 		}
-		var tick <-chan time.Time
+		// With nothing open, sleep ReserveTimeout: a reservation opened
+		// meanwhile expires no sooner, so opening one costs no wake-up.
+		wait := u.cfg.ReserveTimeout
 		if u.openHead != nil {
-			timer.Reset(u.openHead.deadline.Sub(now))
-			tick = timer.C
+			wait = u.openHead.deadline.Sub(now)
 		}
+		timer.Reset(wait)
 		u.mu.Unlock()
 		select {
 		case <-u.done:
 			timer.Stop()
 			return
-		case <-u.kick:
-		case <-tick:
+		case <-timer.C:
 		}
 		timer.Stop()
 	}
