@@ -78,6 +78,15 @@ type outFrame struct {
 	buf     []byte      // header and body
 	payload net.Buffers // raw payload segments, written in place
 	written chan error  // buffered; receives the write's outcome
+	after   func()      // if set, runs once the outcome is known (the payload may go)
+}
+
+// finish reports the write's outcome and lets the payload go.
+func (f *outFrame) finish(err error) {
+	f.written <- err
+	if f.after != nil {
+		f.after()
+	}
 }
 
 type call struct {

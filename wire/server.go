@@ -223,6 +223,7 @@ type Server struct {
 	closeOnce sync.Once
 
 	bytesIn, bytesOut atomic.Int64 // frame bytes read and written, all connections
+	writes            atomic.Int64 // batches of frames written, all connections
 
 	log      *slog.Logger
 	buffered budget  // request body bytes, all connections (MaxBuffered)
@@ -236,6 +237,11 @@ type Server struct {
 // connections (headers, bodies and payloads), for accounting and for tests
 // that prove a payload did not cross a socket.
 func (s *Server) Traffic() (in, out int64) { return s.bytesIn.Load(), s.bytesOut.Load() }
+
+// Writes returns how many batches of reply frames the server has written,
+// all connections: a writev each (large replies take one per 4 MiB). Replies
+// to requests that arrived together share one.
+func (s *Server) Writes() int64 { return s.writes.Load() }
 
 // Conns returns the connections the server holds open now, those still
 // in their handshake included.
@@ -573,6 +579,7 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 		c.close()
 	})
 	c.w.written = &s.bytesOut
+	c.w.writes = &s.writes
 	c.w.timeout = s.cfg.WriteTimeout
 	return c
 }
@@ -621,7 +628,7 @@ func (c *serverConn) serve() {
 	// The handshake was read straight from the socket, so nothing is
 	// buffered yet: the connection's read buffer is allocated only now
 	// that the peer authenticated.
-	br := bufio.NewReaderSize(c.nc, readBufSize)
+	br := bufio.NewReaderSize(corkingReader{c.nc, c.w}, readBufSize)
 	c.sem = make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
 	for {
@@ -695,9 +702,7 @@ func (c *serverConn) serve() {
 		case req.handler == nil:
 			req.handler = notSupported
 		}
-		select {
-		case c.sem <- struct{}{}:
-		case <-c.done:
+		if !c.slot() {
 			if !req.draining {
 				c.s.inflight.Done()
 			}
@@ -722,16 +727,59 @@ func (c *serverConn) serve() {
 		if h.PayloadLen == 0 {
 			continue
 		}
-		// The payload belongs to the handler until consumed.
+		// The payload belongs to the handler until consumed. A handler
+		// may wait before it reads it (for room to put it in): let the
+		// corked replies out first, in case that wait is on the peer.
 		select {
 		case <-req.consumed:
-		case <-c.done:
-			return
+		default:
+			c.w.uncork()
+			select {
+			case <-req.consumed:
+			case <-c.done:
+				return
+			}
 		}
 		if req.broken {
 			return
 		}
 	}
+}
+
+// slot takes a request slot, waiting for one while MaxInFlight requests
+// run; false when the connection closed meanwhile.
+func (c *serverConn) slot() bool {
+	select {
+	case c.sem <- struct{}{}:
+		return true
+	default:
+	}
+	// Let corked replies out while waiting: the requests they answer may
+	// be what holds the slots.
+	c.w.uncork()
+	select {
+	case c.sem <- struct{}{}:
+		return true
+	case <-c.done:
+		return false
+	}
+}
+
+// corkingReader is what a connection's read loop reads the socket
+// through: replies corked while the loop served requests it had already
+// read go out before it reads again (and may block), and the replies to
+// what it reads now are corked until its next read, so that requests that
+// arrived together are answered in one writev.
+type corkingReader struct {
+	nc net.Conn
+	w  *frameWriter
+}
+
+func (r corkingReader) Read(p []byte) (int, error) {
+	r.w.uncork()
+	n, err := r.nc.Read(p)
+	r.w.cork()
+	return n, err
 }
 
 func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {
@@ -1133,13 +1181,16 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 			rw.code = wirepb.Code_CODE_INTERNAL
 		}
 	}
-	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
-	rw.c.w.send(f)
-	// Hold on until the frame is written or dropped, so the payload's
-	// owner (after) may let go of it. (A handshake rejection relies on
-	// this: its reply is out before the close.)
-	<-f.written
-	if after != nil {
-		after()
+	// after runs once the frame is written or dropped: the payload's
+	// owner may let go of it then.
+	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1), after: after}
+	if rw.c.w.send(f) {
+		// Corked: it goes out with the replies to the requests the read
+		// loop has already read, before the loop next reads the socket.
+		return
 	}
+	// Hold on until the frame is written or dropped, so that a handler
+	// that replies faster than its peer reads is held back. (A handshake
+	// rejection relies on this too: its reply is out before the close.)
+	<-f.written
 }

@@ -26,11 +26,13 @@ type frameWriter struct {
 	onErr   func(error)   // called once, outside the lock, when a write fails
 	writing atomic.Bool   // a writev is in progress
 	written *atomic.Int64 // if set, counts the bytes written
+	writes  *atomic.Int64 // if set, counts the batches written (a writev each, unless chunked)
 	timeout time.Duration // if set, each chunk's write deadline
 
 	mu      sync.Mutex
 	pending []*outFrame
 	active  bool
+	corked  bool  // frames queue until uncork (see cork)
 	err     error // sticky: once set, frames fail at once
 	bufs    net.Buffers
 	batch   []*outFrame
@@ -45,32 +47,64 @@ func newFrameWriter(nc net.Conn, onErr func(error)) *frameWriter {
 	return &frameWriter{nc: nc, onErr: onErr}
 }
 
-// send queues f and, if no one is writing, writes everything queued. f.written
-// receives the outcome exactly once, by whoever writes (or fails) it.
-func (w *frameWriter) send(f *outFrame) {
+// send queues f and, if no one is writing and the writer is not corked,
+// writes everything queued. f.written receives the outcome exactly once,
+// by whoever writes (or fails) it, and then f.after runs. It reports
+// whether f stays queued until uncork: its sender must not wait for it
+// then (the server's read loop, which uncorks, may be that sender).
+func (w *frameWriter) send(f *outFrame) (corked bool) {
 	w.mu.Lock()
 	if w.err != nil {
 		err := w.err
 		w.mu.Unlock()
-		f.written <- err
-		return
+		f.finish(err)
+		return false
 	}
 	w.pending = append(w.pending, f)
-	if w.active {
+	if w.active || w.corked {
+		corked = !w.active
+		w.mu.Unlock()
+		return corked
+	}
+	w.active = true
+	w.drain()
+	return false
+}
+
+// cork holds frames sent from now on in the queue, to go out together at
+// uncork: the server's read loop corks while it serves requests it has
+// already read, so that their replies share a writev.
+func (w *frameWriter) cork() {
+	w.mu.Lock()
+	w.corked = true
+	w.mu.Unlock()
+}
+
+// uncork writes what cork held back (unless someone is writing, who
+// writes it) and lets frames go out as they are sent again.
+func (w *frameWriter) uncork() {
+	w.mu.Lock()
+	w.corked = false
+	if w.active || len(w.pending) == 0 {
 		w.mu.Unlock()
 		return
 	}
 	w.active = true
+	w.drain()
+}
+
+// drain writes queued frames until none is left, with w.mu held and
+// w.active set on entry; it releases both.
+func (w *frameWriter) drain() {
 	for {
 		batch := append(w.batch[:0], w.pending...)
 		w.pending = w.pending[:0]
 		if len(batch) == 0 || w.err != nil {
 			w.active = false
 			err := w.err
-			for _, g := range w.pending {
-				g.written <- err
+			for _, g := range batch {
+				g.finish(err)
 			}
-			w.pending = w.pending[:0]
 			w.mu.Unlock()
 			return
 		}
@@ -87,10 +121,14 @@ func (w *frameWriter) send(f *outFrame) {
 		if w.written != nil {
 			w.written.Add(n)
 		}
+		if w.writes != nil {
+			w.writes.Add(1)
+		}
 		for _, g := range batch {
-			g.written <- err
+			g.finish(err)
 		}
 		clear(bufs) // do not pin payloads
+		clear(batch)
 		w.bufs, w.batch = bufs[:0], batch[:0]
 
 		w.mu.Lock()
@@ -112,8 +150,8 @@ func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	defer w.mu.Unlock()
 	switch {
 	case w.err != nil:
-		f.written <- w.err
-	case w.active:
+		f.finish(w.err)
+	case w.active || w.corked:
 		w.pending = append(w.pending, f)
 	default:
 		wg.Go(func() { w.send(f) })
@@ -166,6 +204,6 @@ func (w *frameWriter) fail(err error) {
 	w.pending = nil
 	w.mu.Unlock()
 	for _, g := range pending {
-		g.written <- err
+		g.finish(err)
 	}
 }
