@@ -33,7 +33,8 @@ import (
 // smallKVKeys is how many keys each client rotates over.
 const smallKVKeys = 4
 
-// BenchmarkSmallKV runs clients concurrent clients, each with its own
+// BenchmarkSmallKV runs clients concurrent clients (TQ: also as callers
+// sharing one client, client=go-shared), each with its own
 // connections, doing SET then GET of one key (TQ: kv.Put of a one-row
 // batch, then kv.BatchGet of that key; Redis: SET, GET), and reports ops/s
 // counting a SET and a GET as two ops, latency percentiles of each, and
@@ -133,18 +134,27 @@ func BenchmarkSmallKV(b *testing.B) {
 				})
 			}
 			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
-				b.Run(fmt.Sprintf("store=tq/transport=%s/client=go/%s", tr, conf), func(b *testing.B) {
-					kvs := pool(b, tr)
-					if trips[tr+conf] == nil {
-						trips[tr+conf] = countTrips(b, kvs[0].Client(), tr, size)
-					}
-					var ops float64
-					serverCPU(b, srv.pid, func() { ops = runTQSmallKV(b, kvs[:clients], size) })
-					trips[tr+conf](b)
-					if r := redisOps["raw"+conf]; r > 0 {
-						b.ReportMetric(ops/r, "tq/redis")
-					}
-				})
+				// go: a client (and connections) per caller, as Redis has
+				// a connection per client; go-shared: one client for
+				// every caller, as the goroutines of one Go process share
+				// it (their requests share frames and syscalls).
+				for _, cl := range []string{"go", "go-shared"} {
+					b.Run(fmt.Sprintf("store=tq/transport=%s/client=%s/%s", tr, cl, conf), func(b *testing.B) {
+						kvs := pool(b, tr)[:clients]
+						if cl == "go-shared" {
+							kvs = slices.Repeat(kvs[:1], clients)
+						}
+						if trips[tr+conf] == nil {
+							trips[tr+conf] = countTrips(b, kvs[0].Client(), tr, size)
+						}
+						var ops float64
+						serverCPU(b, srv.pid, func() { ops = runTQSmallKV(b, kvs, size) })
+						trips[tr+conf](b)
+						if r := redisOps["raw"+conf]; r > 0 {
+							b.ReportMetric(ops/r, "tq/redis")
+						}
+					})
+				}
 			}
 		}
 	}
