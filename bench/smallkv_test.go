@@ -162,9 +162,14 @@ func BenchmarkSmallKV(b *testing.B) {
 
 // serverCPU runs fn and reports the CPU time the server process pid spent
 // meanwhile (user and system, from /proc) per operation, a SET and a GET
-// counting as two.
+// counting as two, and the same for this process (the clients; with the
+// benchmark's own bookkeeping).
 func serverCPU(b *testing.B, pid int, fn func()) {
 	before, err := procCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	self, err := procCPU(os.Getpid())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -173,7 +178,12 @@ func serverCPU(b *testing.B, pid int, fn func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	selfAfter, err := procCPU(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.ReportMetric(float64((after-before).Nanoseconds())/1e3/float64(2*b.N), "server_us/op")
+	b.ReportMetric(float64((selfAfter-self).Nanoseconds())/1e3/float64(2*b.N), "client_us/op")
 }
 
 // procCPU reads a process's user and system CPU time from /proc.
