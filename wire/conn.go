@@ -79,6 +79,7 @@ type outFrame struct {
 	payload net.Buffers // raw payload segments, written in place
 	written chan error  // buffered; receives the write's outcome
 	after   func()      // if set, runs once the outcome is known (the payload may go)
+	done    func()      // if set, runs after after
 }
 
 // finish reports the write's outcome and lets the payload go.
@@ -86,6 +87,9 @@ func (f *outFrame) finish(err error) {
 	f.written <- err
 	if f.after != nil {
 		f.after()
+	}
+	if f.done != nil {
+		f.done()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -72,4 +73,36 @@ func TestCorkedRepliesReachAPeerThatWaitsForThem(t *testing.T) {
 	h, _ = readFrame(t, nc)
 	require.Equal(t, uint64(2), h.ID)
 	require.Zero(t, h.Flags&FlagError)
+}
+
+// TestShutdownWritesCorkedReplies: a request the read loop served counts
+// as in flight until its reply is written, so Shutdown does not close the
+// connection on a reply still corked behind requests read with it.
+func TestShutdownWritesCorkedReplies(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	s, addr := startServer(t, ServerConfig{}, "tcp", func(s *Server) {
+		s.HandleInline(opGated, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			close(started)
+			<-release
+			rw.Reply(&wirepb.Ping{Nonce: 1}, nil, nil)
+		})
+		s.HandleInline(opInlineEcho, echo)
+	})
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	reqs := append(frame(opGated, 0, 1, &wirepb.Ping{}, nil), frame(opInlineEcho, 0, 2, &wirepb.Ping{}, []byte{2})...)
+	_, err := nc.Write(reqs)
+	require.NoError(t, err)
+	recv(t, started, "gated request")
+	sd := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		sd <- s.Shutdown(ctx)
+	}()
+	time.Sleep(20 * time.Millisecond) // Shutdown is waiting for the gated request
+	close(release)
+	h, body := readFrame(t, nc)
+	require.Equal(t, uint64(1), h.ID)
+	require.Zero(t, h.Flags&FlagError, "%x", body)
+	require.NoError(t, recv(t, sd, "shutdown"))
 }

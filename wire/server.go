@@ -694,6 +694,7 @@ func (c *serverConn) serve() {
 		req.draining = c.s.draining
 		if !req.draining {
 			c.s.inflight.Add(1)
+			req.rw.written = c.s.inflight.Done
 		}
 		c.s.mu.Unlock()
 		switch {
@@ -806,9 +807,6 @@ func (c *serverConn) run(ctx context.Context, req *Request) {
 		})
 	}
 	c.unhold(req.BodyLen)
-	if !req.draining {
-		c.s.inflight.Done()
-	}
 	<-c.sem
 }
 
@@ -1131,8 +1129,12 @@ type ReplyWriter struct {
 	c    *serverConn
 	h    Header
 	sent bool
-	out  int64       // the reply frame's bytes, once sent
-	code wirepb.Code // the error reply's code, once sent
+	// written, if set, runs once the reply is written or dropped: the
+	// request counts as in flight (for Shutdown) until then, a corked
+	// reply included.
+	written func()
+	out     int64       // the reply frame's bytes, once sent
+	code    wirepb.Code // the error reply's code, once sent
 }
 
 // Reply sends body and payload (written straight from its buffers). after,
@@ -1183,7 +1185,7 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 	}
 	// after runs once the frame is written or dropped: the payload's
 	// owner may let go of it then.
-	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1), after: after}
+	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1), after: after, done: rw.written}
 	if rw.c.w.send(f) {
 		// Corked: it goes out with the replies to the requests the read
 		// loop has already read, before the loop next reads the socket.
