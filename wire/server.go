@@ -1139,7 +1139,9 @@ type ReplyWriter struct {
 
 // Reply sends body and payload (written straight from its buffers). after,
 // if set, runs once the payload has been written or dropped (release
-// leases there).
+// leases there). A reply corked behind requests read with it is written
+// after Reply returns: the payload's buffers belong to the writer until
+// after runs, which may be on another goroutine.
 func (rw *ReplyWriter) Reply(body proto.Message, payload net.Buffers, after func()) {
 	rw.send(0, body, payload, after)
 }
