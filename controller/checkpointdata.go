@@ -268,7 +268,7 @@ func withMappedFile(path string, size int64, fn func([]byte) error) (err error) 
 // state held before are freed.
 func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
 	freed, err := s.loadCheckpointFreed(ctx, name)
-	if derr := s.durable(ctx, freed); err == nil {
+	if derr := s.durable(ctx, &effects{freed: freed}); err == nil {
 		err = derr
 	}
 	return err

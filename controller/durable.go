@@ -71,7 +71,12 @@ func (c *Controller) noteRemoved(idx uint64) {
 // wait for the fsync of puts it did not see. Call it after the read: it
 // looks at the keys as they are then, which is never less than what the
 // read saw (a row's records only grow; a key cleared since counts the
-// clear). Errors as for [Controller.WaitDurable].
+// clear). A change that touched only keys of one partition and saw
+// nothing but them and their fields (CommitKeys) waits the same way after
+// it returns: its own record is the last that changed them, or a later
+// one is, and every record it saw came before its own. So a put does not
+// wait for the next group's fsync because other puts were appended after
+// it. Errors as for [Controller.WaitDurable].
 func (c *Controller) WaitRead(ctx context.Context, partition string, keys []string) error {
 	if c.j == nil {
 		return nil

@@ -275,6 +275,7 @@ func (s *Server) commitKeys(_ context.Context, body []byte, fx *effects) (proto.
 		return nil, err
 	}
 	fx.freed = done.Replaced
+	fx.read = &keysRead{req.Partition, req.Keys}
 	tags, err := wire.TagsToPB(done.Tags)
 	if err != nil {
 		return nil, err

@@ -1,12 +1,16 @@
 package controller
 
 import (
+	"context"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // TestReadIndex: a read of keys waits for the last records that changed
@@ -72,4 +76,31 @@ func TestReadIndex(t *testing.T) {
 	// And the waits end once durable.
 	require.NoError(t, c.WaitRead(t.Context(), "p", []string{"a", "b"}))
 	assert.GreaterOrEqual(t, c.j.Durable(), dropped)
+}
+
+// durableNow reports whether what a read of key saw is durable already:
+// a wait with a context that has ended returns nil only then.
+func durableNow(c *Controller, partition, key string) bool {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return c.WaitRead(ctx, partition, []string{key}) == nil
+}
+
+// TestCommitKeysReplyWaitsForItsRecord: COMMIT_KEYS is answered once its
+// own record is durable. It waits for that record only (not for every
+// record appended by then), so it is checked on each reply: a reply sent
+// before its fsync would be seen here nearly every time.
+func TestCommitKeysReplyWaitsForItsRecord(t *testing.T) {
+	ctrl := newController(t, Config{Dir: t.TempDir()})
+	_, addr := startServer(t, ctrl, ServerConfig{}, "unix")
+	c := dialRaw(t, addr, "")
+	var reg wirepb.RegisterReply
+	require.NoError(t, do(c, wire.OpRegister, &wirepb.RegisterRequest{HostId: "h", Incarnation: 5}, &reg))
+	for i := range 50 {
+		key := fmt.Sprintf("k%d", i)
+		locs := wire.RunsToPB([]engine.CellRun{{Unit: engine.UnitID(reg.UnitId), First: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}, Count: 1}})
+		require.NoError(t, do(c, wire.OpCommitKeys, &wirepb.CommitKeysRequest{Partition: "p", Keys: []string{key},
+			Fields: []*wirepb.CommitField{{Name: "v", Dtype: "int64", Kind: "dense", Shape: &wirepb.Shape{}, HasLocs: true, Locs: locs}}}, nil))
+		require.True(t, durableNow(ctrl, "p", key), "put %d answered before its record was durable", i)
+	}
 }

@@ -119,8 +119,9 @@ type handler func(ctx context.Context, body []byte, fx *effects) (proto.Message,
 // effects is what a handler leaves for after its change is durable.
 type effects struct {
 	freed []engine.CellLoc
-	// read, set by a handler that only read keys, narrows the wait to
-	// what it saw (Controller.WaitRead).
+	// read, set by a handler that only read keys, or that changed only
+	// them (COMMIT_KEYS, once it succeeded), narrows the wait to the
+	// keys' last changes (Controller.WaitRead).
 	read *keysRead
 }
 
@@ -232,12 +233,7 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 		reply, err := s.call(ctx, op, req.Body, &fx)
 		// What the request changed, and what it saw, is durable before
 		// anyone hears of it.
-		var derr error
-		if fx.read != nil {
-			derr = s.c.WaitRead(ctx, fx.read.partition, fx.read.keys)
-		} else {
-			derr = s.durable(ctx, fx.freed)
-		}
+		derr := s.durable(ctx, &fx)
 		if derr != nil && err == nil {
 			reply, err = nil, derr
 		}
@@ -249,11 +245,18 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 	}
 }
 
-// durable waits until everything logged so far is durable, then queues
-// freed for their units. A caller that gives up first leaves the frees to
-// a goroutine that waits on.
-func (s *Server) durable(ctx context.Context, freed []engine.CellLoc) error {
-	err := s.c.WaitDurable(ctx)
+// durable waits until what a handler changed and saw is durable (fx.read's
+// keys' last changes, or everything logged so far), then queues the cells
+// it dropped for their units. A caller that gives up first leaves the
+// frees to a goroutine that waits on.
+func (s *Server) durable(ctx context.Context, fx *effects) error {
+	var err error
+	if fx.read != nil {
+		err = s.c.WaitRead(ctx, fx.read.partition, fx.read.keys)
+	} else {
+		err = s.c.WaitDurable(ctx)
+	}
+	freed := fx.freed
 	switch {
 	case err == nil:
 		s.frees.add(freed)

@@ -34,18 +34,25 @@ type localMeta struct {
 // [github.com/tqgo/tq/client.Client.Drain]).
 func (l localMeta) Draining(id engine.UnitID) bool { return l.c.Units().Draining(id) }
 
-// free frees cells the controller no longer references on their units.
-// A unit that refuses (the cells are gone already) loses nothing.
+// free frees cells the controller no longer references on their units,
+// once everything logged so far is durable. A unit that refuses (the
+// cells are gone already) loses nothing.
 func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) error {
 	if err != nil {
 		return err
 	}
-	if err := l.c.WaitDurable(ctx); err != nil {
+	return l.freeAfter(ctx, locs, l.c.WaitDurable)
+}
+
+// freeAfter frees locs once wait, which waits for the change that dropped
+// them to be durable, returns.
+func (l localMeta) freeAfter(ctx context.Context, locs []engine.CellLoc, wait func(context.Context) error) error {
+	if err := wait(ctx); err != nil {
 		if len(locs) > 0 && !errors.Is(err, journal.ErrFailed) {
 			// The change may yet be durable: its frees wait for that.
 			go func() {
-				if l.c.WaitDurable(context.Background()) == nil {
-					l.free(context.Background(), locs, nil)
+				if wait(context.Background()) == nil {
+					l.freeAfter(context.Background(), locs, wait)
 				}
 			}()
 		}
@@ -145,7 +152,11 @@ func (l localMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engin
 	}
 	replaced := out.Replaced
 	out.Replaced = nil
-	return out, l.free(ctx, replaced, nil)
+	// Durable once the keys' last change is (this commit's record, or a
+	// later one's): not every record other puts appended meanwhile.
+	return out, l.freeAfter(ctx, replaced, func(ctx context.Context) error {
+		return l.c.WaitRead(ctx, req.Partition, req.Keys)
+	})
 }
 
 func (l localMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
@@ -236,12 +247,15 @@ func LocalClient(c *controller.Controller, units ...*storage.Unit) (*client.Clie
 	return client.New(Meta(c, units...), dus, client.DefaultConfig())
 }
 
-// Freer returns what frees cells the controller dropped, on the units
-// among units that hold them, once what the controller logged so far is
-// durable (as [Meta] does for the changes it makes).
-func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Context, locs []engine.CellLoc) error {
+// Freer returns what frees cells that a change of keys of partition
+// dropped (a commit that replaced them, a clear of fields), on the units
+// among units that hold them, once the keys' last change is durable (as
+// [Meta] does for the changes it makes).
+func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
 	l := Meta(c, units...).(localMeta)
-	return func(ctx context.Context, locs []engine.CellLoc) error { return l.free(ctx, locs, nil) }
+	return func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
+		return l.freeAfter(ctx, locs, func(ctx context.Context) error { return c.WaitRead(ctx, partition, keys) })
+	}
 }
 
 // KVData serves a controller's KV_PUT and KV_GET (see

@@ -28,8 +28,8 @@ type store struct {
 	// wait bounds how long a write waits for room in a full unit before
 	// it is refused (OOM).
 	wait time.Duration
-	// free frees cells the controller dropped once that is durable.
-	free func(context.Context, []engine.CellLoc) error
+	// free frees cells a change of keys dropped once that is durable.
+	free func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error
 }
 
 func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Duration) (*store, error) {
@@ -84,7 +84,7 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		u.FreeRanges([]engine.RemoteAddr{addr})
 		return err
 	}
-	return st.free(ctx, out.Replaced)
+	return st.free(ctx, partition, []string{key}, out.Replaced)
 }
 
 // noWait is a context that has ended: a reservation with it takes room
@@ -322,5 +322,5 @@ func (st *store) clearFields(ctx context.Context, partition, key string, fields 
 	if err != nil {
 		return 0, err
 	}
-	return n, st.free(ctx, freed)
+	return n, st.free(ctx, partition, []string{key}, freed)
 }
