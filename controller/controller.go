@@ -1381,3 +1381,52 @@ func (c *Controller) KeyCell(partition, key, field string) (engine.CellLoc, bool
 	}
 	return p.rows.cell(r, f.slot).loc(), true
 }
+
+// KeyCell is one field of one key: where its bytes lie and how to read
+// them, as a get of that key alone sees it.
+type KeyCell struct {
+	Field string
+	DType engine.DType
+	// Kind is Opaque (bytes, no shape) or Dense: a ragged field's cell
+	// is the one row of a dense column, of its own shape (as a batch of
+	// one row reports it).
+	Kind  engine.Kind
+	Shape engine.Shape
+	Loc   engine.CellLoc
+}
+
+// KeyCells appends to out the cells of fields of key, and returns false
+// when the partition or the key is unknown or any of the fields is
+// unknown or not produced for the key: the lookup of a one-key get, under
+// one lock, with nothing else built. A caller that gets false answers
+// the general way (ResolveKeys), which says what is missing.
+func (c *Controller) KeyCells(partition, key string, fields []string, out []KeyCell) ([]KeyCell, bool) {
+	p := c.lock(partition)
+	if p == nil {
+		return out, false
+	}
+	defer p.mu.Unlock()
+	r, ok := p.keys[key]
+	if !ok || !r.active {
+		return out, false
+	}
+	for _, name := range fields {
+		f, ok := p.fields[name]
+		if !ok || !p.has(r, f.slot) {
+			return out, false
+		}
+		kc := KeyCell{Field: name, DType: f.dtype, Kind: f.kind, Loc: p.rows.cell(r, f.slot).loc()}
+		switch f.kind {
+		case engine.Dense:
+			kc.Shape = f.shape.Clone()
+		case engine.Ragged:
+			sh, _ := f.shapes.get(r.index)
+			kc.Kind, kc.Shape = engine.Dense, sh.Clone()
+		case engine.Opaque:
+		default:
+			return out, false
+		}
+		out = append(out, kc)
+	}
+	return out, true
+}

@@ -34,7 +34,8 @@ type KVData interface {
 	PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error)
 	// GetKeys resolves keys (fields nil: every field all of them hold)
 	// and, when their cells hold at most maxBytes and lie on units of
-	// this process, reads them: a batch of views to release once sent.
+	// this process, reads them: a batch of views to release once sent
+	// (the meta may then be nil: the reply carries only the batch).
 	// Otherwise the batch is nil.
 	GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error)
 }

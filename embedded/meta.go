@@ -259,8 +259,10 @@ func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Co
 }
 
 // KVData serves a controller's KV_PUT and KV_GET (see
-// [controller.KVData]) with a client of units of this process: its puts
-// and reads, views of the arena for the bytes sent.
+// [controller.KVData]) with units of this process: a put or get of one
+// key through [OneKey], others (and those OneKey leaves) through a client
+// of those units: its puts and reads, views of the arena for the bytes
+// sent.
 func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData, error) {
 	cl, err := LocalClient(c, units...)
 	if err != nil {
@@ -270,16 +272,64 @@ func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData
 	for _, u := range units {
 		ids[u.ID()] = true
 	}
-	return kvData{cl: cl, local: ids}, nil
+	return kvData{cl: cl, one: NewOneKey(c, units...), local: ids}, nil
 }
 
 type kvData struct {
 	cl    *client.Client
+	one   *OneKey
 	local map[engine.UnitID]bool
 }
 
 func (k kvData) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
+	if out, ok, err := k.putOne(ctx, partition, keys, b, tags); ok {
+		if err != nil {
+			return engine.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
+		}
+		return out, nil
+	}
 	return k.cl.PutKeys(ctx, partition, keys, b, tags)
+}
+
+// putOne puts one row to one key through OneKey when it can: on the unit
+// the key picks, if it has room now. ok is false when the client must.
+func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (_ engine.KeysCommitted, ok bool, _ error) {
+	if len(keys) != 1 || b == nil || b.Rows() != 1 || b.NumFields() == 0 || (tags != nil && len(tags) != 1) || !Name(partition) || !Name(keys[0]) {
+		return engine.KeysCommitted{}, false, nil
+	}
+	fs := b.Fields()
+	sizes := make([]int64, len(fs))
+	cfs := make([]engine.CommitField, len(fs))
+	for i, f := range fs {
+		if !Name(f.Name) {
+			return engine.KeysCommitted{}, false, nil
+		}
+		sizes[i] = int64(f.Col.Size())
+		cfs[i] = engine.CommitField{Name: f.Name, DType: f.Col.DType(), Kind: f.Col.Kind()}
+		switch f.Col.Kind() {
+		case engine.Dense:
+			cfs[i].Shape = f.Col.Shape()
+		case engine.Ragged:
+			cfs[i].Shapes = []engine.Shape{f.Col.RowShape(0)}
+		}
+	}
+	u := k.one.UnitFor(keys[0])
+	if u == nil {
+		return engine.KeysCommitted{}, false, nil
+	}
+	r, err := u.Reserve(engine.WithoutWait(ctx), sizes)
+	if err != nil {
+		return engine.KeysCommitted{}, false, nil // full: the client spills or waits
+	}
+	for i, f := range fs {
+		copy(r.Buf(i), f.Col.Data())
+	}
+	var t engine.Tags
+	if tags != nil {
+		t = tags[0]
+	}
+	out, err := k.one.Commit(ctx, u, r, partition, keys[0], cfs, t)
+	return out, true, err
 }
 
 func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
@@ -288,6 +338,13 @@ func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []st
 	var meta *engine.BatchMeta
 	var b *engine.Batch
 	err := client.Reread(func() (err error) {
+		if len(keys) == 1 && len(fields) > 0 {
+			var ok bool
+			if b, ok, err = k.one.Get(ctx, partition, keys[0], fields, maxBytes); ok {
+				meta = nil // the batch says it all
+				return err
+			}
+		}
 		meta, b, err = k.getKeys(ctx, partition, keys, fields, maxBytes)
 		return err
 	})

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
@@ -30,13 +28,14 @@ type store struct {
 	wait time.Duration
 	// free frees cells a change of keys dropped once that is durable.
 	free func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error
+	one  *embedded.OneKey
 }
 
 func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Duration) (*store, error) {
 	if len(units) == 0 {
 		return nil, fmt.Errorf("a Redis-protocol endpoint needs a storage unit in its process: %w", engine.ErrInvalid)
 	}
-	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait, free: embedded.Freer(ctrl, units...)}
+	st := &store{ctrl: ctrl, units: units, byID: map[engine.UnitID]*storage.Unit{}, wait: wait, free: embedded.Freer(ctrl, units...), one: embedded.NewOneKey(ctrl, units...)}
 	for _, u := range units {
 		st.byID[u.ID()] = u
 	}
@@ -48,43 +47,24 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 	return st, nil
 }
 
-// name reports a partition, key or field name the fast paths take as it
-// is; others go the general way, which refuses them with its errors.
-func name(s string) bool { return s != "" && utf8.ValidString(s) }
-
 // set writes one value to one field of one key: the steps of a client's
 // put of one key (reserve on a unit of this process, copy, commit on the
 // unit, commit the cell on the controller, free what it replaced once
-// that is durable) with nothing else built.
+// that is durable) with nothing else built ([embedded.OneKey]). Names
+// the fast path does not take, and a cluster whose units all drain, go
+// the general way.
 func (st *store) set(ctx context.Context, partition, key, field string, val []byte) error {
-	if !name(partition) || !name(key) || !name(field) {
+	u := st.one.UnitFor(key)
+	if u == nil || !embedded.Name(partition) || !embedded.Name(key) || !embedded.Name(field) {
 		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
-	}
-	u := st.units[0]
-	if len(st.units) > 1 {
-		h := fnv.New64a()
-		h.Write([]byte(key))
-		u = st.units[h.Sum64()%uint64(len(st.units))]
 	}
 	r, err := st.reserve(ctx, u, int64(len(val)))
 	if err != nil {
 		return err
 	}
 	copy(r.Buf(0), val)
-	addr := r.Addr(0)
-	if err := r.Commit(); err != nil {
-		r.Abort()
-		return err
-	}
-	loc := []engine.CellLoc{{Unit: u.ID(), Addr: addr}}
-	out, err := st.ctrl.CommitKeys(engine.KeysCommit{Partition: partition, Keys: []string{key},
-		Fields: []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque, Locs: loc}}})
-	if err != nil {
-		// In this process a refused commit changed nothing.
-		u.FreeRanges([]engine.RemoteAddr{addr})
-		return err
-	}
-	return st.free(ctx, partition, []string{key}, out.Replaced)
+	_, err = st.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
+	return err
 }
 
 // noWait is a context that has ended: a reservation with it takes room

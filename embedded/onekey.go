@@ -1,0 +1,162 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"unicode/utf8"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// OneKey puts and gets one key's fields on storage units of the
+// controller's process with nothing general built: the fast paths of
+// KV_PUT and KV_GET of a single key and of the Redis endpoint's SET and
+// GET. A put reserves on one unit, the caller copies, one commit
+// follows; a get looks the cells up under one lock and leases them. What
+// they do not cover (several keys, a full or draining unit, a cell on a
+// unit of another process, a key not ready) the caller answers the
+// general way, through a client of the same controller and units. Both
+// keep the general path's guarantees: a put is answered once its record
+// is durable and frees what it replaced only then; a get waits for what
+// it saw to be durable and leases cells the unit checks (incarnation,
+// generation), so a cell replaced meanwhile is an error to read again
+// ([github.com/tqgo/tq/client.CellsGone]), never other bytes.
+type OneKey struct {
+	c     *controller.Controller
+	meta  localMeta
+	units []*storage.Unit
+}
+
+// NewOneKey returns the one-key paths over c and units of this process
+// (registered with it).
+func NewOneKey(c *controller.Controller, units ...*storage.Unit) *OneKey {
+	return &OneKey{c: c, meta: Meta(c, units...).(localMeta), units: units}
+}
+
+// Name reports a partition, key or field name the fast paths take as it
+// is; the general path refuses the others with its errors.
+func Name(s string) bool { return s != "" && utf8.ValidString(s) }
+
+// UnitFor returns the unit a put of key writes to: one picked by the
+// key's hash among the units not draining, nil when every unit is.
+func (o *OneKey) UnitFor(key string) *storage.Unit {
+	n := len(o.units)
+	var h uint64
+	if n > 1 {
+		f := fnv.New64a()
+		f.Write([]byte(key))
+		h = f.Sum64()
+	}
+	for i := range n {
+		u := o.units[(h+uint64(i))%uint64(n)]
+		if !o.meta.Draining(u.ID()) {
+			return u
+		}
+	}
+	return nil
+}
+
+// Commit commits r, reserved on u with one extent per field and filled by
+// the caller, as key's fields (each with its dtype, kind and shape; Locs
+// are set here) and merges tags (may be nil) into its tags. It returns
+// once the commit's record is durable, then frees the cells it replaced.
+// A commit the controller refuses (a dtype the partition holds otherwise)
+// frees the extents and changes nothing. r is ended either way.
+func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
+	addrs := make([]engine.RemoteAddr, len(fields))
+	for i := range fields {
+		addrs[i] = r.Addr(i)
+	}
+	if err := r.Commit(); err != nil {
+		r.Abort()
+		return engine.KeysCommitted{}, err
+	}
+	locs := make([]engine.CellLoc, len(fields))
+	for i := range fields {
+		locs[i] = engine.CellLoc{Unit: u.ID(), Addr: addrs[i]}
+		fields[i].Locs = locs[i : i+1 : i+1]
+	}
+	req := engine.KeysCommit{Partition: partition, Keys: []string{key}, Fields: fields}
+	if tags != nil {
+		req.Tags = []engine.Tags{tags}
+	}
+	out, err := o.c.CommitKeys(req)
+	if err != nil {
+		// In this process a refused commit changed nothing.
+		u.FreeRanges(addrs)
+		return engine.KeysCommitted{}, err
+	}
+	replaced := out.Replaced
+	out.Replaced = nil
+	return out, o.meta.freeAfter(ctx, replaced, func(ctx context.Context) error {
+		return o.c.WaitRead(ctx, partition, req.Keys)
+	})
+}
+
+// Get reads fields of key when every one of them is produced and lies on
+// a unit of this process, holding at most maxBytes in all: a batch of one
+// row whose columns are views of the units' memory, released with the
+// batch. ok is false when the caller must take the general path: the key
+// absent, a field missing or not produced, a cell lost or on another
+// process's unit, or more than maxBytes. A cell freed between the lookup
+// and the lease (a put replaced it) is an error wrapping
+// [engine.ErrLost] and [engine.ErrNotFound]: look again.
+func (o *OneKey) Get(ctx context.Context, partition, key string, fields []string, maxBytes int) (_ *engine.Batch, ok bool, err error) {
+	var buf [4]controller.KeyCell
+	cells, found := o.c.KeyCells(partition, key, fields, buf[:0])
+	if !found {
+		return nil, false, nil
+	}
+	total := 0
+	for _, kc := range cells {
+		if kc.Loc.Lost() || o.meta.units[kc.Loc.Unit] == nil {
+			return nil, false, nil
+		}
+		total += int(kc.Loc.Addr.Len)
+	}
+	if total > maxBytes {
+		return nil, false, nil
+	}
+	if err := o.c.WaitRead(ctx, partition, []string{key}); err != nil {
+		return nil, true, err
+	}
+	leases := make([]*storage.Lease, 0, len(cells))
+	release := func() {
+		for _, l := range leases {
+			l.Release()
+		}
+	}
+	cols := make([]engine.Field, len(cells))
+	for i, kc := range cells {
+		l, err := o.meta.units[kc.Loc.Unit].Acquire([]engine.RemoteAddr{kc.Loc.Addr})
+		if err != nil {
+			release()
+			return nil, true, fmt.Errorf("key %q field %q of partition %q: %w", key, kc.Field, partition, errors.Join(err, engine.ErrLost))
+		}
+		leases = append(leases, l)
+		data := l.Bytes(0)
+		var col *engine.Column
+		if kc.Kind == engine.Opaque {
+			col, err = engine.NewOpaque([]int{0, len(data)}, data)
+		} else if want := kc.Shape.NumElems() * kc.DType.Size(); len(data) != want {
+			err = fmt.Errorf("key %q field %q holds %d bytes, %v%v needs %d: %w", key, kc.Field, len(data), kc.DType, kc.Shape, want, engine.ErrCorrupt)
+		} else {
+			col, err = engine.NewDense(kc.DType, 1, kc.Shape, data)
+		}
+		if err != nil {
+			release()
+			return nil, true, err
+		}
+		cols[i] = engine.Field{Name: kc.Field, Col: col}
+	}
+	b, err := engine.NewBatch(cols...)
+	if err != nil {
+		release() // a field named twice: the general path says so
+		return nil, false, nil
+	}
+	return b.Views(release), true, nil
+}

@@ -1,0 +1,176 @@
+package embedded
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// kvPair is a durable controller with two units of its process, the
+// KVData tq serve gives its KV_PUT and KV_GET, and a general client of the
+// same units.
+func kvPair(t *testing.T) (*controller.Controller, []*storage.Unit, kvData, *client.Client) {
+	t.Helper()
+	cfg := controller.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	ctrl, err := controller.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	scfg := storage.DefaultConfig()
+	scfg.Capacity, scfg.SegmentSize = 1<<20, 1<<20
+	var units []*storage.Unit
+	for range 2 {
+		u, err := storage.NewUnit(0, scfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { u.Close() })
+		id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+		require.NoError(t, err)
+		u.SetID(id)
+		units = append(units, u)
+	}
+	kd, err := KVData(ctrl, units...)
+	require.NoError(t, err)
+	cl, err := LocalClient(ctrl, units...)
+	require.NoError(t, err)
+	return ctrl, units, kd.(kvData), cl
+}
+
+func used(units []*storage.Unit) int64 {
+	var n int64
+	for _, u := range units {
+		_, got := localUnit{u}.Room()
+		n += got
+	}
+	return n
+}
+
+// TestOneKeyMatchesTheGeneralPath: a one-key put and get through the fast
+// path store and read what the general client does, for every kind of
+// column (bytes, dense, ragged), several fields at once, with tags; the
+// general client reads what the fast path wrote and the other way round.
+func TestOneKeyMatchesTheGeneralPath(t *testing.T) {
+	_, units, kd, cl := kvPair(t)
+	ctx := context.Background()
+	dense, err := engine.DenseOf([]float32{1, 2, 3}, 3)
+	require.NoError(t, err)
+	b := engine.MustBatch(
+		engine.Field{Name: "b", Col: engine.BytesOf([][]byte{[]byte("hello")})},
+		engine.Field{Name: "d", Col: dense},
+		engine.Field{Name: "r", Col: engine.RaggedOf([][]int64{{7, 8}})},
+		engine.Field{Name: "e", Col: engine.BytesOf([][]byte{{}})},
+	)
+	fields := []string{"b", "d", "e", "r"}
+	took := map[string]int64{}
+	for _, writer := range []string{"fast", "general"} {
+		t.Run("written by "+writer, func(t *testing.T) {
+			before := used(units)
+			defer func() { took[writer] = used(units) - before }()
+			key := "k-" + writer
+			var out engine.KeysCommitted
+			if writer == "fast" {
+				var ok bool
+				out, ok, err = kd.putOne(ctx, "p", []string{key}, b, []engine.Tags{{"s": 1}})
+				require.True(t, ok, "the fast path takes a put of one key")
+			} else {
+				out, err = cl.PutKeys(ctx, "p", []string{key}, b, []engine.Tags{{"s": 1}})
+			}
+			require.NoError(t, err)
+			assert.Equal(t, engine.Tags{"s": 1}, out.Tags[0])
+			assert.ElementsMatch(t, fields, out.Fields)
+
+			fast, ok, err := kd.one.Get(ctx, "p", key, fields, 1<<20)
+			require.NoError(t, err)
+			require.True(t, ok, "the fast path reads a key whose fields are all here")
+			defer fast.Release()
+			meta, err := cl.MetaByKeys(ctx, "p", []string{key}, fields, false)
+			require.NoError(t, err)
+			general, err := cl.Get(ctx, meta)
+			require.NoError(t, err)
+			for _, f := range fields {
+				assert.True(t, general.Col(f).Equal(fast.Col(f)), "field %s: fast %v, general %v", f, fast.Col(f), general.Col(f))
+			}
+			assert.Equal(t, general.Names(), fast.Names())
+		})
+	}
+	assert.Equal(t, took["general"], took["fast"], "the same room taken")
+}
+
+// TestOneKeyFallsBack: what the fast paths leave to the general one, and
+// a get whose cell was freed under it.
+func TestOneKeyFallsBack(t *testing.T) {
+	ctrl, units, kd, _ := kvPair(t)
+	ctx := context.Background()
+	one := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte("x")})})
+	two := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte("x"), []byte("y")})})
+
+	for name, put := range map[string]func() (engine.KeysCommitted, bool, error){
+		"two keys": func() (engine.KeysCommitted, bool, error) { return kd.putOne(ctx, "p", []string{"a", "b"}, two, nil) },
+		"tags only": func() (engine.KeysCommitted, bool, error) {
+			return kd.putOne(ctx, "p", []string{"a"}, nil, []engine.Tags{{"x": 1}})
+		},
+		"bad key":       func() (engine.KeysCommitted, bool, error) { return kd.putOne(ctx, "p", []string{"\xff"}, one, nil) },
+		"bad partition": func() (engine.KeysCommitted, bool, error) { return kd.putOne(ctx, "", []string{"a"}, one, nil) },
+		"too large a unit": func() (engine.KeysCommitted, bool, error) {
+			return kd.putOne(ctx, "p", []string{"a"}, big(t, 2<<20), nil)
+		},
+	} {
+		_, ok, err := put()
+		assert.False(t, ok, "%s: left to the client", name)
+		assert.NoError(t, err, name)
+	}
+
+	// A dtype the partition holds otherwise: refused, nothing kept.
+	_, ok, err := kd.putOne(ctx, "p", []string{"a"}, one, nil)
+	require.True(t, ok)
+	require.NoError(t, err)
+	before := used(units)
+	dense, _ := engine.DenseOf([]int64{1}, 1)
+	_, ok, err = kd.putOne(ctx, "p", []string{"a"}, engine.MustBatch(engine.Field{Name: "v", Col: dense}), nil)
+	assert.True(t, ok)
+	assert.ErrorIs(t, err, engine.ErrDTypeMismatch)
+	assert.Equal(t, before, used(units), "the refused put's extent is freed")
+
+	// Draining units take no put; with only draining units the client
+	// decides.
+	_, err = ctrl.DrainUnit(units[0].ID(), true)
+	require.NoError(t, err)
+	for i := range 8 {
+		assert.Equal(t, units[1], kd.one.UnitFor(string(rune('a'+i))), "unit 1 drains")
+	}
+	assert.Nil(t, NewOneKey(ctrl, units[0]).UnitFor("a"))
+
+	// Gets: absent keys and fields, not this process's bytes, too many.
+	for name, get := range map[string][]string{"absent key": {"nope", "v"}, "absent field": {"a", "w"}} {
+		_, ok, err := kd.one.Get(ctx, "p", get[0], get[1:], 1<<20)
+		assert.False(t, ok, name)
+		assert.NoError(t, err, name)
+	}
+	_, ok, err = kd.one.Get(ctx, "p", "a", []string{"v"}, 0)
+	assert.False(t, ok, "more than maxBytes")
+	assert.NoError(t, err)
+
+	// The cell freed between lookup and lease: read again.
+	loc, found := ctrl.KeyCell("p", "a", "v")
+	require.True(t, found)
+	for _, u := range units {
+		if u.ID() == loc.Unit {
+			_, err := u.FreeRanges([]engine.RemoteAddr{loc.Addr})
+			require.NoError(t, err)
+		}
+	}
+	_, ok, err = kd.one.Get(ctx, "p", "a", []string{"v"}, 1<<20)
+	assert.True(t, ok)
+	assert.True(t, client.CellsGone(err), "a freed cell is read again: %v", err)
+}
+
+func big(t *testing.T, n int) *engine.Batch {
+	t.Helper()
+	return engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, n)})})
+}
