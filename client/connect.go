@@ -28,6 +28,10 @@ type ConnectConfig struct {
 	Token string
 	// Name identifies this client in the servers' logs and stat output.
 	Name string
+	// Lanes bounds the controller connections over which the small KV
+	// puts and gets of goroutines sharing the client spread (see
+	// [RemoteConfig.Lanes]; 0: 4, opened only as calls overlap).
+	Lanes int
 	// WaitForUnits makes Connect wait (until ctx ends) for at least one
 	// live storage unit, for clients started together with the cluster.
 	WaitForUnits bool
@@ -96,7 +100,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
 	}
 	cfg.Token = token
-	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name})
+	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name, Lanes: cfg.Lanes})
 	if err != nil {
 		return nil, err
 	}

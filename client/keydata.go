@@ -78,10 +78,11 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 		put.HasTags = true
 	}
 	var reply wirepb.CommitKeysReply
-	c, err := r.connect(ctx)
+	c, done, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVPut, p, payload, &reply, nil)
 	}
+	done()
 	if err != nil {
 		return engine.KeysCommitted{}, r.opErr("kv put", r.learn(err))
 	}
@@ -112,10 +113,11 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 		data = make([]byte, h.PayloadLen)
 		return [][]byte{data}, nil
 	}
-	c, err := r.connect(ctx)
+	c, done, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, into)
 	}
+	done()
 	if err != nil {
 		return nil, nil, r.opErr("kv get", r.learn(err))
 	}

@@ -197,3 +197,60 @@ func TestKVPutWaitsForRoom(t *testing.T) {
 	assert.Len(t, got.Col("v").RowBytes(0), 60<<10)
 	got.Release()
 }
+
+// TestKVLanes: a client used by one goroutine keeps one controller
+// connection; goroutines sharing it spread their KV puts and gets over
+// more, up to RemoteConfig.Lanes (4 by default, here also 1), and every
+// value reads back as written.
+func TestKVLanes(t *testing.T) {
+	for _, lanes := range []int{0, 1} {
+		t.Run(fmt.Sprintf("lanes=%d", lanes), func(t *testing.T) {
+			ctx := t.Context()
+			sc := newServedKV(t)
+			c, err := client.Connect(ctx, "unix://"+sc.sock, client.ConnectConfig{Name: "lanes", Lanes: lanes})
+			require.NoError(t, err)
+			defer c.Close()
+			kv := New(c)
+			base := sc.srv.Conns()
+			roundTrip := func(key string, v byte) error {
+				val := bytes.Repeat([]byte{v}, 100)
+				if _, err := kv.Put(ctx, "p", key, engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{val})}), nil); err != nil {
+					return err
+				}
+				got, err := kv.BatchGetCopy(ctx, "p", []string{key}, "v")
+				if err != nil {
+					return err
+				}
+				if !bytes.Equal(got.Col("v").RowBytes(0), val) {
+					return fmt.Errorf("key %s read %x, wrote %x", key, got.Col("v").RowBytes(0), val)
+				}
+				return nil
+			}
+			for i := range 50 {
+				require.NoError(t, roundTrip(fmt.Sprint("solo", i%5), byte(i)))
+			}
+			assert.Equal(t, base, sc.srv.Conns(), "one goroutine, one connection")
+
+			errs := make(chan error, 16)
+			for g := range 16 {
+				go func() {
+					var err error
+					for i := 0; i < 50 && err == nil; i++ {
+						err = roundTrip(fmt.Sprintf("g%d-%d", g, i%5), byte(g*50+i))
+					}
+					errs <- err
+				}()
+			}
+			for range 16 {
+				require.NoError(t, <-errs)
+			}
+			opened := sc.srv.Conns() - base
+			if lanes == 1 {
+				assert.Zero(t, opened, "one lane: no other connection")
+			} else {
+				assert.Positive(t, opened, "overlapping calls open lanes")
+				assert.LessOrEqual(t, opened, 3, "at most 4 lanes")
+			}
+		})
+	}
+}

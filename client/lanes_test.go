@@ -1,0 +1,59 @@
+package client
+
+import (
+	"net"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// TestKVLaneChoice: a KV call takes the first lane while it is free, the
+// least busy lane (dialing it) once it is not, and the first lane when
+// another lane cannot be dialed.
+func TestKVLaneChoice(t *testing.T) {
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller"}, Token: "secret"})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	go srv.Serve(l)
+	defer srv.Close()
+	ctx := t.Context()
+	r, err := DialMeta(ctx, "unix://"+l.Addr().String(), RemoteConfig{Token: "secret", Lanes: 3})
+	require.NoError(t, err)
+	defer r.Close()
+	first := r.lanes[0].conn
+
+	c, done, err := r.kvLane(ctx)
+	require.NoError(t, err)
+	assert.Same(t, first, c, "nothing in flight: the first lane")
+	assert.Equal(t, 1, srv.Conns())
+
+	c2, done2, err := r.kvLane(ctx) // the first lane is busy
+	require.NoError(t, err)
+	assert.NotSame(t, first, c2, "a call overlapping another opens the second lane")
+	assert.Equal(t, 2, srv.Conns())
+	done()
+
+	c3, done3, err := r.kvLane(ctx)
+	require.NoError(t, err)
+	assert.Same(t, first, c3, "the first lane is free again")
+
+	// Both open lanes busy, and the third cannot be dialed: the call goes
+	// over the first.
+	r.addr = "unix://" + filepath.Join(t.TempDir(), "gone.sock")
+	c4, done4, err := r.kvLane(ctx)
+	require.NoError(t, err)
+	assert.Same(t, first, c4)
+	assert.Equal(t, int32(2), r.lanes[0].inflight.Load())
+	assert.Zero(t, r.lanes[2].inflight.Load(), "the lane that failed holds no call")
+	done2()
+	done3()
+	done4()
+	for i := range r.lanes {
+		assert.Zero(t, r.lanes[i].inflight.Load(), "lane %d", i)
+	}
+}
