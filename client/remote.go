@@ -104,7 +104,14 @@ type lane struct {
 	conn     *wire.Conn    // nil once it failed, until the next dial
 	dialing  chan struct{} // closed when the dial in progress ends
 	inflight atomic.Int32  // KV calls using the lane
+	// idleUntil (unix ns) keeps a lane other than the first whose dial
+	// failed (the controller refuses connections past its limit) out of
+	// the choice for laneRetry, so calls do not each dial it again.
+	idleUntil atomic.Int64
 }
+
+// laneRetry is how long a lane whose dial failed stays unused.
+const laneRetry = time.Second
 
 // DialMeta connects to the controller at addr ("tcp://host:port",
 // "unix:///path" or "host:port") and performs the handshake. ctx bounds
@@ -209,7 +216,7 @@ func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, done func(), err
 	l := &r.lanes[0]
 	if n := l.inflight.Load(); n > 0 {
 		for i := 1; i < len(r.lanes); i++ {
-			if m := r.lanes[i].inflight.Load(); m < n {
+			if m := r.lanes[i].inflight.Load(); m < n && !r.lanes[i].idle() {
 				l, n = &r.lanes[i], m
 			}
 		}
@@ -217,6 +224,7 @@ func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, done func(), err
 	l.inflight.Add(1)
 	done = func() { l.inflight.Add(-1) }
 	if c, err = r.connectLane(ctx, l); err != nil && l != &r.lanes[0] && ctx.Err() == nil {
+		l.idleUntil.Store(time.Now().Add(laneRetry).UnixNano())
 		done()
 		first := &r.lanes[0]
 		first.inflight.Add(1)
@@ -224,6 +232,12 @@ func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, done func(), err
 		c, err = r.connectLane(ctx, first)
 	}
 	return c, done, err
+}
+
+// idle reports a lane kept out of the choice after a failed dial.
+func (l *lane) idle() bool {
+	t := l.idleUntil.Load()
+	return t != 0 && time.Now().UnixNano() < t
 }
 
 // connectLane returns l's connection, dialing a new one when the last
