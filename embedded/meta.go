@@ -44,6 +44,13 @@ func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) e
 	return l.freeAfter(ctx, locs, l.c.WaitDurable)
 }
 
+// freeAfterKeys frees locs, which a change of keys of partition dropped,
+// once the keys' last change is durable (that change's record, or a later
+// one's): not every record appended meanwhile.
+func (l localMeta) freeAfterKeys(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
+	return l.freeAfter(ctx, locs, func(ctx context.Context) error { return l.c.WaitRead(ctx, partition, keys) })
+}
+
 // freeAfter frees locs once wait, which waits for the change that dropped
 // them to be durable, returns.
 func (l localMeta) freeAfter(ctx context.Context, locs []engine.CellLoc, wait func(context.Context) error) error {
@@ -152,11 +159,7 @@ func (l localMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engin
 	}
 	replaced := out.Replaced
 	out.Replaced = nil
-	// Durable once the keys' last change is (this commit's record, or a
-	// later one's): not every record other puts appended meanwhile.
-	return out, l.freeAfter(ctx, replaced, func(ctx context.Context) error {
-		return l.c.WaitRead(ctx, req.Partition, req.Keys)
-	})
+	return out, l.freeAfterKeys(ctx, req.Partition, req.Keys, replaced)
 }
 
 func (l localMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
@@ -253,9 +256,7 @@ func LocalClient(c *controller.Controller, units ...*storage.Unit) (*client.Clie
 // [Meta] does for the changes it makes).
 func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
 	l := Meta(c, units...).(localMeta)
-	return func(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
-		return l.freeAfter(ctx, locs, func(ctx context.Context) error { return c.WaitRead(ctx, partition, keys) })
-	}
+	return l.freeAfterKeys
 }
 
 // KVData serves a controller's KV_PUT and KV_GET (see

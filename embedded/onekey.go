@@ -14,8 +14,9 @@ import (
 
 // OneKey puts and gets one key's fields on storage units of the
 // controller's process with nothing general built: the fast paths of
-// KV_PUT and KV_GET of a single key and of the Redis endpoint's SET and
-// GET. A put reserves on one unit, the caller copies, one commit
+// KV_PUT and KV_GET of a single key and of the Redis endpoint's SET (its
+// GET has a leaner one still: one field's raw bytes, no batch). A put
+// reserves on one unit, the caller copies, one commit
 // follows; a get looks the cells up under one lock and leases them. What
 // they do not cover (several keys, a full or draining unit, a cell on a
 // unit of another process, a key not ready) the caller answers the
@@ -92,9 +93,7 @@ func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 	}
 	replaced := out.Replaced
 	out.Replaced = nil
-	return out, o.meta.freeAfter(ctx, replaced, func(ctx context.Context) error {
-		return o.c.WaitRead(ctx, partition, req.Keys)
-	})
+	return out, o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
 }
 
 // Get reads fields of key when every one of them is produced and lies on
