@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -207,11 +208,23 @@ func TestKVLanes(t *testing.T) {
 		t.Run(fmt.Sprintf("lanes=%d", lanes), func(t *testing.T) {
 			ctx := t.Context()
 			sc := newServedKV(t)
-			c, err := client.Connect(ctx, "unix://"+sc.sock, client.ConnectConfig{Name: "lanes", Lanes: lanes})
+			// A server of the same controller for this client alone, so
+			// that its connections are the only ones counted.
+			sock := filepath.Join(t.TempDir(), "lanes.sock")
+			srv := serveController(t, sc.ctrl, sock)
+			var units []*storage.Unit
+			for _, u := range sc.units {
+				units = append(units, u)
+			}
+			kvd, err := embedded.KVData(sc.ctrl, units...)
+			require.NoError(t, err)
+			srv.ServeKV(kvd)
+			c, err := client.Connect(ctx, "unix://"+sock, client.ConnectConfig{Name: "lanes", Lanes: lanes})
 			require.NoError(t, err)
 			defer c.Close()
 			kv := New(c)
-			base := sc.srv.Conns()
+			base := srv.Conns()
+			require.Equal(t, 1, base)
 			roundTrip := func(key string, v byte) error {
 				val := bytes.Repeat([]byte{v}, 100)
 				if _, err := kv.Put(ctx, "p", key, engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{val})}), nil); err != nil {
@@ -229,7 +242,7 @@ func TestKVLanes(t *testing.T) {
 			for i := range 50 {
 				require.NoError(t, roundTrip(fmt.Sprint("solo", i%5), byte(i)))
 			}
-			assert.Equal(t, base, sc.srv.Conns(), "one goroutine, one connection")
+			assert.Equal(t, base, srv.Conns(), "one goroutine, one connection")
 
 			errs := make(chan error, 16)
 			for g := range 16 {
@@ -244,7 +257,7 @@ func TestKVLanes(t *testing.T) {
 			for range 16 {
 				require.NoError(t, <-errs)
 			}
-			opened := sc.srv.Conns() - base
+			opened := srv.Conns() - base
 			if lanes == 1 {
 				assert.Zero(t, opened, "one lane: no other connection")
 			} else {
