@@ -23,7 +23,7 @@ type Field struct {
 type Batch struct {
 	names []string
 	cols  []*Column
-	index map[string]int
+	index map[string]int // name to position; nil for a few fields, which Col scans
 	rows  int
 
 	release *releaser // nil: owns its columns
@@ -59,7 +59,10 @@ func (b *Batch) Release() {
 // NewBatch validates and builds a batch: names non-empty and unique, no nil
 // column, every column with the same row count.
 func NewBatch(fields ...Field) (*Batch, error) {
-	b := &Batch{index: make(map[string]int, len(fields)), rows: -1}
+	b := &Batch{rows: -1, names: make([]string, 0, len(fields)), cols: make([]*Column, 0, len(fields))}
+	if len(fields) > scanFields {
+		b.index = make(map[string]int, len(fields))
+	}
 	for _, f := range fields {
 		if f.Name == "" {
 			return nil, fmt.Errorf("batch field with an empty name: %w", ErrInvalid)
@@ -67,14 +70,16 @@ func NewBatch(fields ...Field) (*Batch, error) {
 		if f.Col == nil {
 			return nil, fmt.Errorf("batch field %q has no column: %w", f.Name, ErrInvalid)
 		}
-		if _, dup := b.index[f.Name]; dup {
+		if b.find(f.Name) >= 0 {
 			return nil, fmt.Errorf("batch field %q appears twice: %w", f.Name, ErrInvalid)
 		}
 		if b.rows >= 0 && f.Col.Len() != b.rows {
 			return nil, fmt.Errorf("batch field %q has %d rows, %q has %d: %w", f.Name, f.Col.Len(), b.names[0], b.rows, ErrInvalid)
 		}
 		b.rows = f.Col.Len()
-		b.index[f.Name] = len(b.names)
+		if b.index != nil {
+			b.index[f.Name] = len(b.names)
+		}
 		b.names = append(b.names, f.Name)
 		b.cols = append(b.cols, f.Col)
 	}
@@ -102,9 +107,30 @@ func (b *Batch) Names() []string { return slices.Clone(b.names) }
 // NumFields returns the number of columns.
 func (b *Batch) NumFields() int { return len(b.cols) }
 
+// scanFields is the most fields a batch finds by scanning its names
+// rather than through a map: a small KV value's batch of one field was
+// two allocations cheaper without it.
+const scanFields = 8
+
+// find returns the position of field name, or -1.
+func (b *Batch) find(name string) int {
+	if b.index != nil {
+		if i, ok := b.index[name]; ok {
+			return i
+		}
+		return -1
+	}
+	for i, n := range b.names {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // Col returns the column for name, or nil.
 func (b *Batch) Col(name string) *Column {
-	if i, ok := b.index[name]; ok {
+	if i := b.find(name); i >= 0 {
 		return b.cols[i]
 	}
 	return nil

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -45,6 +46,31 @@ func TestNewBatch(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := NewBatch(tt.fields...); !errors.Is(err, ErrInvalid) {
 				t.Errorf("got %v, want ErrInvalid", err)
+			}
+		})
+	}
+	// Past scanFields a batch finds its fields through a map: both ways
+	// find every field and refuse a name given twice.
+	for _, n := range []int{scanFields, scanFields + 1, 3 * scanFields} {
+		t.Run(fmt.Sprintf("%d fields", n), func(t *testing.T) {
+			fs := make([]Field, n)
+			for i := range fs {
+				fs[i] = Field{fmt.Sprintf("f%d", i), mustDense(t, []int32{int32(i)})}
+			}
+			b, err := NewBatch(fs...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, f := range fs {
+				if got := b.Col(f.Name); got != f.Col {
+					t.Errorf("Col(%q) = %v, want field %d's column", f.Name, got, i)
+				}
+			}
+			if b.Col("f-absent") != nil {
+				t.Error("Col of an absent name is not nil")
+			}
+			if _, err := NewBatch(append(fs, Field{"f1", fs[0].Col})...); !errors.Is(err, ErrInvalid) {
+				t.Errorf("a name given twice among %d: got %v, want ErrInvalid", n+1, err)
 			}
 		})
 	}
@@ -152,5 +178,25 @@ func TestBatchTakeSlice(t *testing.T) {
 	cl.Col("ids").Data()[0] = 99
 	if v, _ := Values[int64](b.Col("ids")); v[0] != 1 {
 		t.Errorf("changing a clone changed its source: got %d, want 1", v[0])
+	}
+}
+
+// BenchmarkNewBatch: a small KV value's batch (one field), and a wide one.
+func BenchmarkNewBatch(b *testing.B) {
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("fields=%d", n), func(b *testing.B) {
+			fs := make([]Field, n)
+			for i := range fs {
+				c, _ := DenseOf([]int32{int32(i)})
+				fs[i] = Field{fmt.Sprintf("f%d", i), c}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				bt, err := NewBatch(fs...)
+				if err != nil || bt.Col(fs[n-1].Name) == nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
