@@ -269,17 +269,12 @@ func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData
 	if err != nil {
 		return nil, err
 	}
-	ids := map[engine.UnitID]bool{}
-	for _, u := range units {
-		ids[u.ID()] = true
-	}
-	return kvData{cl: cl, one: NewOneKey(c, units...), local: ids}, nil
+	return kvData{cl: cl, one: NewOneKey(c, units...)}, nil
 }
 
 type kvData struct {
-	cl    *client.Client
-	one   *OneKey
-	local map[engine.UnitID]bool
+	cl  *client.Client
+	one *OneKey // its units by id are the units of this process
 }
 
 func (k kvData) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
@@ -363,7 +358,7 @@ func (k kvData) getKeys(ctx context.Context, partition string, keys, fields []st
 	total := 0
 	for _, locs := range meta.Cells {
 		for _, l := range locs {
-			if !k.local[l.Unit] {
+			if k.one.meta.units[l.Unit] == nil {
 				return meta, nil, nil
 			}
 			total += int(l.Addr.Len)
