@@ -25,38 +25,43 @@ type command struct {
 	arity int
 	// open commands run before AUTH.
 	open bool
+	// loop commands run on a connection's loop: they never wait, and
+	// where one would (SET with its unit full, GET of a cell on another
+	// process's unit) or its reply is large, it leaves its reply out and
+	// the connection leaves the loop to run it again.
+	loop bool
 }
 
 var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"PING":          {fn: (*conn).ping, arity: -1, open: true},
-		"ECHO":          {fn: (*conn).echo, arity: 2},
-		"HELLO":         {fn: (*conn).hello, arity: -1, open: true},
-		"AUTH":          {fn: (*conn).auth, arity: -2, open: true},
-		"QUIT":          {fn: (*conn).quitCmd, arity: -1, open: true},
-		"SELECT":        {fn: (*conn).selectCmd, arity: 2},
+		"PING":          {fn: (*conn).ping, arity: -1, open: true, loop: true},
+		"ECHO":          {fn: (*conn).echo, arity: 2, loop: true},
+		"HELLO":         {fn: (*conn).hello, arity: -1, open: true, loop: true},
+		"AUTH":          {fn: (*conn).auth, arity: -2, open: true, loop: true},
+		"QUIT":          {fn: (*conn).quitCmd, arity: -1, open: true, loop: true},
+		"SELECT":        {fn: (*conn).selectCmd, arity: 2, loop: true},
 		"COMMAND":       {fn: (*conn).commandCmd, arity: -1},
-		"CONFIG":        {fn: (*conn).config, arity: -2},
+		"CONFIG":        {fn: (*conn).config, arity: -2, loop: true},
 		"INFO":          {fn: (*conn).info, arity: -1},
-		"CLIENT":        {fn: (*conn).client, arity: -2},
+		"CLIENT":        {fn: (*conn).client, arity: -2, loop: true},
 		"DBSIZE":        {fn: (*conn).dbsize, arity: 1},
 		"FLUSHDB":       {fn: (*conn).flushdb, arity: -1},
 		"FLUSHALL":      {fn: (*conn).flushall, arity: -1},
-		"SET":           {fn: (*conn).set, arity: -3},
-		"GET":           {fn: (*conn).get, arity: 2},
+		"SET":           {fn: (*conn).set, arity: -3, loop: true},
+		"GET":           {fn: (*conn).get, arity: 2, loop: true},
 		"MSET":          {fn: (*conn).mset, arity: -3},
 		"MGET":          {fn: (*conn).mget, arity: -2},
 		"DEL":           {fn: (*conn).del, arity: -2},
 		"UNLINK":        {fn: (*conn).del, arity: -2},
-		"EXISTS":        {fn: (*conn).exists, arity: -2},
+		"EXISTS":        {fn: (*conn).exists, arity: -2, loop: true},
 		"TYPE":          {fn: (*conn).typeCmd, arity: 2},
 		"KEYS":          {fn: (*conn).keys, arity: 2},
 		"SCAN":          {fn: (*conn).scan, arity: -2},
 		"HSET":          {fn: (*conn).hset, arity: -4},
 		"HMSET":         {fn: (*conn).hmset, arity: -4},
-		"HGET":          {fn: (*conn).hget, arity: 3},
+		"HGET":          {fn: (*conn).hget, arity: 3, loop: true},
 		"HMGET":         {fn: (*conn).hmget, arity: -3},
 		"HGETALL":       {fn: (*conn).hgetall, arity: 2},
 		"HDEL":          {fn: (*conn).hdel, arity: -3},
@@ -95,6 +100,8 @@ func (c *conn) dispatch(args [][]byte) {
 		c.writeError("NOAUTH Authentication required.")
 	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
 		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
+	case c.lp != nil && !cmd.loop:
+		c.leave = true
 	default:
 		cmd.fn(c, args)
 	}
@@ -337,7 +344,7 @@ func (c *conn) client(args [][]byte) {
 	case "SETINFO":
 		c.writeOK()
 	case "INFO":
-		c.writeBulkString(fmt.Sprintf("id=%d addr=%s name=%s db=%s\n", c.id, c.nc.RemoteAddr(), c.name, c.partition))
+		c.writeBulkString(fmt.Sprintf("id=%d addr=%s name=%s db=%s\n", c.id, c.remote, c.name, c.partition))
 	default:
 		c.writeError(fmt.Sprintf("ERR CLIENT %s is not supported", clip(args[1])))
 	}
@@ -380,7 +387,7 @@ func (c *conn) set(args [][]byte) {
 		return
 	}
 	partition, key := c.target(args[1])
-	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2]); err != nil {
+	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2], c.lp == nil); err != nil {
 		c.writeErr(err)
 		return
 	}
@@ -393,7 +400,7 @@ func (c *conn) get(args [][]byte) {
 }
 
 func (c *conn) getOne(partition, key, field string) {
-	v, release, ok, err := c.s.st.getOne(c.ctx, partition, key, field)
+	v, release, ok, err := c.s.st.getOne(c.ctx, partition, key, field, c.lp == nil)
 	switch {
 	case err != nil:
 		c.writeErr(err)

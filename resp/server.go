@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,7 +46,15 @@ type Config struct {
 	// before it is refused with OOM (default 30 s). AuthTimeout bounds how long a client
 	// may take to authenticate (default 10 s).
 	CommandTimeout, AuthTimeout time.Duration
-	Logger                      *slog.Logger
+	// Loops is how many event loops serve connections while they send
+	// small commands that need not wait (0: half the CPUs Go may use, at
+	// least one; negative: none, a goroutine per connection). A
+	// connection leaves its loop for a goroutine of its own, for good, at
+	// its first command that may wait or that the loop does not take (see
+	// loop_linux.go). A controller with a log gets none: its writes and
+	// reads wait for the log.
+	Loops  int
+	Logger *slog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -74,6 +83,9 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Loops == 0 {
+		c.Loops = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	return c
 }
 
@@ -95,6 +107,12 @@ type Server struct {
 	stop         context.Context
 	cancel       context.CancelFunc
 	acceptLogged atomic.Bool
+
+	// loops serve connections while their commands need not wait
+	// (started by the first Serve; none when Config.Loops < 0 or the
+	// controller has a log); next picks the loop of the next connection.
+	loops []*loop
+	next  int
 }
 
 // NewServer returns an endpoint over a controller and storage units in
@@ -128,6 +146,9 @@ func (s *Server) Serve(l net.Listener) error {
 		return nil
 	}
 	s.ls = append(s.ls, l)
+	if s.loops == nil && s.cfg.Loops > 0 && !s.st.ctrl.Durable() {
+		s.loops = s.startLoops(s.cfg.Loops)
+	}
 	s.mu.Unlock()
 	pause := 5 * time.Millisecond
 	for {
@@ -163,16 +184,37 @@ func (s *Server) Serve(l net.Listener) error {
 			continue
 		}
 		s.conns[c] = struct{}{}
-		s.wg.Add(1)
+		if !s.adopt(c) {
+			s.goServe(c)
+		}
 		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			c.serve()
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-		}()
 	}
+}
+
+// adopt gives c to the next loop, if there are loops; s.mu is held.
+func (s *Server) adopt(c *conn) bool {
+	if len(s.loops) == 0 {
+		return false
+	}
+	lp := s.loops[s.next%len(s.loops)]
+	s.next++
+	return !lp.stopped.Load() && lp.adopt(c)
+}
+
+// goServe serves c on a goroutine of its own; s.mu is held.
+func (s *Server) goServe(c *conn) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.serve()
+		s.forget(c)
+	}()
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 // Close stops the listeners and every connection, and waits for them.
@@ -183,7 +225,12 @@ func (s *Server) Close() error {
 		l.Close()
 	}
 	for c := range s.conns {
-		c.nc.Close()
+		if c.nc != nil {
+			c.nc.Close()
+		}
+	}
+	for _, lp := range s.loops {
+		lp.stop()
 	}
 	s.mu.Unlock()
 	s.cancel()
@@ -194,10 +241,20 @@ func (s *Server) Close() error {
 // conn is one client connection. Its commands run one after another on
 // its goroutine; replies collect in out and are written before the
 // connection waits for more input (see deadlineReader), or once 64 KiB
-// have collected.
+// have collected. A connection starts on a loop where there are loops
+// (lp and fd set, nc nil) and may leave it for a goroutine of its own.
 type conn struct {
-	s         *Server
-	nc        net.Conn
+	s      *Server
+	nc     net.Conn
+	lp     *loop
+	fd     int
+	remote string
+	// pre is input the loop read but did not serve, read first once
+	// the connection has left the loop; leave is set by a command the
+	// loop ran that must run again on the connection's own goroutine
+	// (it would wait, or its reply is large).
+	pre       []byte
+	leave     bool
 	rd        *reader
 	out       []byte
 	id        int64
@@ -214,7 +271,7 @@ type conn struct {
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
+	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
 	c.rd = newReader(deadlineReader{c}, s.cfg.MaxValue)
 	c.rd.large = c.takeLarge
 	c.authed = s.cfg.Token == ""
@@ -240,6 +297,13 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 		if err := c.flush(); err != nil {
 			return 0, err
 		}
+	}
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		if c.pre = c.pre[n:]; len(c.pre) == 0 {
+			c.pre = nil
+		}
+		return n, nil
 	}
 	switch {
 	case c.rd.mid && !c.armed:
@@ -317,6 +381,10 @@ func (c *conn) writeBulk(v []byte) {
 		c.out = redcon.AppendBulk(c.out, v)
 		return
 	}
+	if c.lp != nil {
+		c.leave = true // large replies go from the connection's goroutine
+		return
+	}
 	c.out = append(c.out, '$')
 	c.out = strconv.AppendInt(c.out, int64(len(v)), 10)
 	c.out = append(c.out, '\r', '\n')
@@ -358,6 +426,10 @@ func (c *conn) writeStrings(ss []string) {
 // for a dtype mismatch, OOM for a full unit, ERR otherwise), then TQ's
 // message, which names what was wrong.
 func (c *conn) writeErr(err error) {
+	if err == errWouldWait {
+		c.leave = true // run again on the connection's own goroutine
+		return
+	}
 	code := "ERR"
 	switch {
 	case errors.Is(err, engine.ErrDTypeMismatch):
@@ -378,7 +450,9 @@ func (c *conn) authenticate(user, pass []byte) bool {
 		if !c.authed {
 			c.authed, c.rd.authed = true, true
 			c.authBy = time.Time{}
-			if !c.armed {
+			if c.lp != nil {
+				c.lp.unauthed.Add(-1)
+			} else if !c.armed {
 				c.nc.SetReadDeadline(time.Time{})
 			}
 		}

@@ -52,13 +52,24 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 // unit, commit the cell on the controller, free what it replaced once
 // that is durable) with nothing else built ([embedded.OneKey]). Names
 // the fast path does not take, and a cluster whose units all drain, go
-// the general way.
-func (st *store) set(ctx context.Context, partition, key, field string, val []byte) error {
+// the general way. A set that may not wait (on a loop) returns
+// errWouldWait, having changed nothing, where it would wait for room or
+// go the general way.
+func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool) error {
 	u := st.one.UnitFor(key)
 	if u == nil || !embedded.Name(partition) || !embedded.Name(key) || !embedded.Name(field) {
+		if !mayWait {
+			return errWouldWait
+		}
 		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
 	}
-	r, err := st.reserve(ctx, u, int64(len(val)))
+	var r *storage.Reservation
+	var err error
+	if mayWait {
+		r, err = st.reserve(ctx, u, int64(len(val)))
+	} else if r, err = u.Reserve(noWait, []int64{int64(len(val))}); errors.Is(err, context.Canceled) {
+		return errWouldWait
+	}
 	if err != nil {
 		return err
 	}
@@ -66,6 +77,10 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	_, err = st.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
 	return err
 }
+
+// errWouldWait is what a command run on a loop hears where it would
+// wait: the connection leaves the loop and runs it again.
+var errWouldWait = errors.New("resp: the command would wait")
 
 // noWait is a context that has ended: a reservation with it takes room
 // that is free now, or fails at once.
@@ -91,12 +106,16 @@ func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*sto
 // unit's arena, to release once written. ok is false when the key or the
 // field is absent; a cell on a unit of another process goes the general
 // way. A put that replaces the cell between the lookup and the lease
-// (its old extent freed meanwhile) makes it look again.
-func (st *store) getOne(ctx context.Context, partition, key, field string) (val []byte, release func(), ok bool, err error) {
+// (its old extent freed meanwhile) makes it look again. A get that may
+// not wait returns errWouldWait where it would go the general way.
+func (st *store) getOne(ctx context.Context, partition, key, field string, mayWait bool) (val []byte, release func(), ok bool, err error) {
 	for attempt := 0; ; attempt++ {
 		loc, ok := st.ctrl.KeyCell(partition, key, field)
 		u := st.byID[loc.Unit]
 		if ok && (loc.Lost() || u == nil) {
+			if !mayWait {
+				return nil, nil, false, errWouldWait
+			}
 			v, err := st.get(ctx, partition, []string{key}, []string{field})
 			if err != nil || v.rows[0] == nil || v.rows[0][0] == nil {
 				return nil, nil, false, err
