@@ -59,6 +59,47 @@ func BenchmarkReserveCommitFree(b *testing.B) {
 	}
 }
 
+// BenchmarkReplaceAmong does what a SET that overwrites a random one of
+// 16384 keys of 1 KiB does to a unit: reserve, commit, lease the new cell
+// once (a GET) and free the old one, with the index holding every
+// other key's extent (the index's searches then leave the CPU's caches).
+func BenchmarkReplaceAmong(b *testing.B) {
+	const keys = 16384
+	u := benchUnit(b)
+	ctx := b.Context()
+	sizes := []int64{1 << 10}
+	live := make([]engine.RemoteAddr, keys)
+	put := func() engine.RemoteAddr {
+		r, err := u.Reserve(ctx, sizes)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		return r.Addr(0)
+	}
+	for i := range live {
+		live[i] = put()
+	}
+	rng := uint64(1)
+	b.ReportAllocs()
+	for b.Loop() {
+		rng = rng*6364136223846793005 + 1442695040888963407
+		i := rng >> 33 % keys
+		a := put()
+		l, err := u.Acquire([]engine.RemoteAddr{a})
+		if err != nil {
+			b.Fatal(err)
+		}
+		l.Release()
+		if err := u.Free(live[i : i+1]); err != nil {
+			b.Fatal(err)
+		}
+		live[i] = a
+	}
+}
+
 func BenchmarkAcquireRelease(b *testing.B) {
 	for _, ranges := range []int{1, 64} {
 		b.Run(fmt.Sprintf("ranges=%d", ranges), func(b *testing.B) {

@@ -334,9 +334,8 @@ func (u *Unit) extentAt(a engine.RemoteAddr) *extent {
 	if s == nil || a.Offset > uint64(len(s.mem)) {
 		return nil
 	}
-	u.probe.off = int64(a.Offset)
-	e, ok := s.index.Get(&u.probe)
-	if !ok || e.gen != a.Gen {
+	e := s.byGen[a.Gen]
+	if e == nil || e.off != int64(a.Offset) {
 		return nil
 	}
 	return e

@@ -35,12 +35,16 @@ const hugePageSize = 2 << 20
 // guards everything but id, fd, mem and huge, which never change while the
 // segment is live.
 type segment struct {
-	id      uint32
-	fd      int
-	mem     []byte
-	huge    bool // hugetlb pages
-	alloc   *allocator
-	index   *btree.BTreeG[*extent]
+	id    uint32
+	fd    int
+	mem   []byte
+	huge  bool // hugetlb pages
+	alloc *allocator
+	index *btree.BTreeG[*extent]
+	// byGen finds an extent by its generation, which names it within
+	// the segment: a cell's address is looked up here, in one step,
+	// and index serves the scans in offset order.
+	byGen   map[uint32]*extent
 	extents int    // extents placed here: reserved, committed or still leased
 	gen     uint32 // the last generation handed out here (see maxGen)
 	retired bool   // dropped from the unit; fd closed, pages replaced
@@ -113,6 +117,7 @@ func mapSegment(id uint32, size int64, o mapOptions) (*segment, error) {
 		huge:  o.hugetlb,
 		alloc: newAllocator(size),
 		index: btree.NewG(treeDegree, lessExtent),
+		byGen: map[uint32]*extent{},
 	}, nil
 }
 

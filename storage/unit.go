@@ -74,7 +74,6 @@ type Unit struct {
 	open       int
 	waiters    int            // Reserve calls waiting on wake
 	wake       chan struct{}  // closed and replaced when space comes back
-	probe      extent         // lookup key, reused under mu
 	lateErrs   []error        // teardown errors of dropped segments, for Close
 	watch      SegmentWatcher // told of segments mapped and dropped; nil: none
 }
@@ -341,6 +340,7 @@ func (u *Unit) allocExtent(n int64) *extent {
 		s.gen++
 		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: s.gen}
 		s.index.ReplaceOrInsert(e)
+		s.byGen[e.gen] = e
 		s.extents++
 		u.extents++
 		u.used += b.size
@@ -355,6 +355,7 @@ func (u *Unit) allocExtent(n int64) *extent {
 func (u *Unit) release(e *extent, poison bool) {
 	s := e.seg
 	s.index.Delete(e)
+	delete(s.byGen, e.gen)
 	s.extents--
 	u.extents--
 	u.used -= e.blk.size
@@ -723,19 +724,20 @@ func (u *Unit) lookup(a engine.RemoteAddr, hint *extent) (*extent, int64, int64,
 	}
 	lo := int64(a.Offset)
 	hi := lo + int64(a.Len)
-	u.probe.off = lo
-	var e *extent
-	s.index.DescendLessOrEqual(&u.probe, func(x *extent) bool {
+	e := s.byGen[a.Gen]
+	if e != nil && lo >= e.off && hi <= e.off+e.size && e.state == extentCommitted {
+		return e, lo, hi, nil
+	}
+	// Name what lies there instead, for the error.
+	e = nil
+	s.index.DescendLessOrEqual(&extent{off: lo}, func(x *extent) bool {
 		e = x
 		return false
 	})
 	if e == nil || hi > e.off+e.size || e.state != extentCommitted {
 		return nil, 0, 0, fmt.Errorf("not in a committed extent: %w", engine.ErrNotFound)
 	}
-	if e.gen != a.Gen {
-		return nil, 0, 0, fmt.Errorf("generation %d, the extent there is generation %d (freed and reused): %w", a.Gen, e.gen, engine.ErrNotFound)
-	}
-	return e, lo, hi, nil
+	return nil, 0, 0, fmt.Errorf("generation %d, the extent there is generation %d (freed and reused): %w", a.Gen, e.gen, engine.ErrNotFound)
 }
 
 func fmtAddr(a engine.RemoteAddr) string {
@@ -777,6 +779,9 @@ func (u *Unit) checkLocked() {
 		extents += s.extents
 		if s.index.Len() != s.extents {
 			panic(fmt.Sprintf("storage: segment %d indexes %d extents, counts %d", s.id, s.index.Len(), s.extents))
+		}
+		if len(s.byGen) != s.extents {
+			panic(fmt.Sprintf("storage: segment %d finds %d extents by generation, counts %d", s.id, len(s.byGen), s.extents))
 		}
 	}
 	if used != u.used || extents != u.extents || u.reserved > u.used || u.mapped+u.growing > u.cfg.Capacity {
