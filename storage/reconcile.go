@@ -101,15 +101,19 @@ func reportable(e *extent) bool {
 	return e.state == extentCommitted && len(e.live) > 0
 }
 
+// byOffset sorts one segment's extents of a report by offset.
+func byOffset(as []engine.RemoteAddr) {
+	slices.SortFunc(as, func(a, b engine.RemoteAddr) int { return cmp.Compare(a.Offset, b.Offset) })
+}
+
 // fenceLocked returns s's fence at now.
 func fenceLocked(s *segment, now, grace int64) uint32 {
 	fence := s.gen
-	s.index.Ascend(func(e *extent) bool {
+	for _, e := range s.byGen {
 		if e.gen <= fence && inFlight(e, now, grace) {
 			fence = e.gen - 1
 		}
-		return true
-	})
+	}
 	return fence
 }
 
@@ -146,10 +150,26 @@ func (u *Unit) ReconcileFull(from uint32, grace time.Duration, maxExtents int) (
 		maxExtents = DefaultReconcilePage
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if u.closed {
+		u.mu.Unlock()
 		return ReconcileReport{}, from, u.opErr("reconcile", engine.ErrClosed)
 	}
+	rep, next := u.reconcileFullLocked(from, grace, maxExtents)
+	u.mu.Unlock()
+	// Each segment's extents by offset, sorted outside the lock.
+	at := 0
+	for i := range rep.Segments {
+		end := at
+		for end < len(rep.Extents) && rep.Extents[end].Segment == rep.Segments[i] {
+			end++
+		}
+		byOffset(rep.Extents[at:end])
+		at = end
+	}
+	return rep, next, nil
+}
+
+func (u *Unit) reconcileFullLocked(from uint32, grace time.Duration, maxExtents int) (ReconcileReport, uint32) {
 	now := u.nowNs()
 	rep := ReconcileReport{Full: true, Extents: make([]engine.RemoteAddr, 0, min(u.extents, maxExtents))}
 	var segs []*segment
@@ -163,22 +183,21 @@ func (u *Unit) ReconcileFull(from uint32, grace time.Duration, maxExtents int) (
 	for _, s := range segs {
 		// s.extents bounds the extents s reports.
 		if len(rep.Segments) > 0 && len(rep.Extents)+s.extents > maxExtents {
-			return rep, next, nil
+			return rep, next
 		}
 		rep.Segments = append(rep.Segments, s.id)
 		rep.Fences = append(rep.Fences, SegmentFence{Segment: s.id, Gen: fenceLocked(s, now, int64(grace))})
-		s.index.Ascend(func(e *extent) bool {
+		for _, e := range s.byGen {
 			if reportable(e) {
 				rep.Extents = append(rep.Extents, extentAddr(e))
 			}
-			return true
-		})
+		}
 		next = s.id + 1
 	}
 	rep.Last = true
 	rep.LiveSegments = u.liveIDsLocked()
 	rep.NextSegment = u.lastID + 1
-	return rep, next, nil
+	return rep, next
 }
 
 // ReconcilePeriodic returns the report of a periodic reconcile: at most
@@ -213,13 +232,15 @@ func (u *Unit) ReconcilePeriodic(grace time.Duration, maxExtents int) (Reconcile
 		now := u.nowNs()
 		fence := fenceLocked(s, now, int64(grace))
 		n := len(rep.Extents)
-		s.index.Ascend(func(e *extent) bool {
+		for _, e := range s.byGen {
 			if reportable(e) && !e.confirmed && e.gen <= fence && now-e.committed >= int64(grace) {
 				rep.Extents = append(rep.Extents, extentAddr(e))
 			}
-			return len(rep.Extents) < maxExtents
-		})
+		}
 		u.mu.Unlock()
+		// The lowest offsets first, as a scan in offset order finds them.
+		byOffset(rep.Extents[n:])
+		rep.Extents = rep.Extents[:min(len(rep.Extents), maxExtents)]
 		if len(rep.Extents) > n {
 			rep.Fences = append(rep.Fences, SegmentFence{Segment: s.id, Gen: fence})
 		}

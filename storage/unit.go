@@ -3,8 +3,8 @@ package storage
 // How a unit holds its memory:
 //
 //	Unit ── segs ──▶ segment 1 (memfd, 64 MiB) ── alloc: allocator of offsets
-//	     │                                      ├─ index: B-tree of extents by offset
-//	     │                                      │  (cell address → extent in O(log n))
+//	     │                                      ├─ byGen: extents by generation
+//	     │                                      │  (cell address → extent in one step)
 //	     │           segment 2 …                └─ gen: last extent generation handed out
 //	     ├─ open reservations: a list in deadline order; the reaper aborts its head
 //	     └─ wake: a channel closed and replaced when space comes back
@@ -339,7 +339,6 @@ func (u *Unit) allocExtent(n int64) *extent {
 		}
 		s.gen++
 		e := &extent{seg: s, blk: b, off: b.off, size: n, state: extentReserved, gen: s.gen}
-		s.index.ReplaceOrInsert(e)
 		s.byGen[e.gen] = e
 		s.extents++
 		u.extents++
@@ -354,7 +353,6 @@ func (u *Unit) allocExtent(n int64) *extent {
 // holding a stale view sees poison rather than someone else's data.
 func (u *Unit) release(e *extent, poison bool) {
 	s := e.seg
-	s.index.Delete(e)
 	delete(s.byGen, e.gen)
 	s.extents--
 	u.extents--
@@ -724,20 +722,16 @@ func (u *Unit) lookup(a engine.RemoteAddr, hint *extent) (*extent, int64, int64,
 	}
 	lo := int64(a.Offset)
 	hi := lo + int64(a.Len)
-	e := s.byGen[a.Gen]
-	if e != nil && lo >= e.off && hi <= e.off+e.size && e.state == extentCommitted {
+	switch e := s.byGen[a.Gen]; {
+	case e == nil:
+		return nil, 0, 0, fmt.Errorf("no extent of generation %d (freed): %w", a.Gen, engine.ErrNotFound)
+	case lo < e.off || hi > e.off+e.size:
+		return nil, 0, 0, fmt.Errorf("outside the extent of generation %d [offset %d len %d]: %w", a.Gen, e.off, e.size, engine.ErrNotFound)
+	case e.state != extentCommitted:
+		return nil, 0, 0, fmt.Errorf("not in a committed extent: %w", engine.ErrNotFound)
+	default:
 		return e, lo, hi, nil
 	}
-	// Name what lies there instead, for the error.
-	e = nil
-	s.index.DescendLessOrEqual(&extent{off: lo}, func(x *extent) bool {
-		e = x
-		return false
-	})
-	if e == nil || hi > e.off+e.size || e.state != extentCommitted {
-		return nil, 0, 0, fmt.Errorf("not in a committed extent: %w", engine.ErrNotFound)
-	}
-	return nil, 0, 0, fmt.Errorf("generation %d, the extent there is generation %d (freed and reused): %w", a.Gen, e.gen, engine.ErrNotFound)
 }
 
 func fmtAddr(a engine.RemoteAddr) string {
@@ -777,9 +771,6 @@ func (u *Unit) checkLocked() {
 	for _, s := range u.segs {
 		used += s.alloc.used
 		extents += s.extents
-		if s.index.Len() != s.extents {
-			panic(fmt.Sprintf("storage: segment %d indexes %d extents, counts %d", s.id, s.index.Len(), s.extents))
-		}
 		if len(s.byGen) != s.extents {
 			panic(fmt.Sprintf("storage: segment %d finds %d extents by generation, counts %d", s.id, len(s.byGen), s.extents))
 		}
