@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -155,12 +156,25 @@ func (lp *loop) poke() {
 func (lp *loop) run() {
 	defer lp.closeAll()
 	defer lp.stopped.Store(true)
+	busy := false
 	for {
+		var n int
+		var err error
 		timeout := -1
 		if lp.unauthed.Load() > 0 {
 			timeout = 100
 		}
-		n, err := unix.EpollWait(lp.ep, lp.events, timeout)
+		if busy {
+			// Under load the next requests are often there already:
+			// look without blocking, and without telling the scheduler
+			// (a blocking call hands this goroutine's P over, and
+			// taking it back costs more than the look).
+			n, err = rawEpollWait(lp.ep, lp.events)
+		}
+		if !busy || n == 0 && err == nil {
+			n, err = unix.EpollWait(lp.ep, lp.events, timeout)
+		}
+		busy = n > 0
 		if err != nil && err != unix.EINTR {
 			lp.s.cfg.Logger.Error("resp: epoll_wait failed; closing the loop's connections", "err", err)
 			return
@@ -191,7 +205,7 @@ func (lp *loop) run() {
 // serve reads what arrived on c, runs the complete commands in it and
 // writes their replies.
 func (lp *loop) serve(c *conn) {
-	n, err := unix.Read(c.fd, lp.buf)
+	n, err := rawRead(c.fd, lp.buf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -226,7 +240,7 @@ func (lp *loop) serve(c *conn) {
 // was closed.
 func (lp *loop) flush(c *conn) bool {
 	for w := 0; w < len(c.out); {
-		n, err := unix.Write(c.fd, c.out[w:])
+		n, err := rawWrite(c.fd, c.out[w:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -378,4 +392,30 @@ func (lp *loop) closeAll() {
 	}
 	unix.Close(lp.ep)
 	unix.Close(lp.wake)
+}
+
+// The loop's sockets never block: their reads and writes, and a look for
+// events that does not wait, go to the kernel without the scheduler's
+// bookkeeping for calls that may block.
+
+func rawRead(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return rawResult(n, e)
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return rawResult(n, e)
+}
+
+func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	return rawResult(n, e)
+}
+
+func rawResult(n uintptr, e unix.Errno) (int, error) {
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }
