@@ -323,7 +323,7 @@ func (c *Controller) KeyChanges(ctx context.Context, req engine.ChangesRequest) 
 			}
 		} else {
 			out := p.changesSince(c.cluster, cur, limit)
-			wake, dropped = p.feed.wait(), p.changed
+			wake, dropped = p.feed.wait(), p.changedChan()
 			p.mu.Unlock()
 			if len(out.Changes) > 0 || out.Reset {
 				return out, nil

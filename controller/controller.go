@@ -369,7 +369,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
 				m, err := c.tryFetch(p, &req, smp)
-				wake, check = p.changed, p.keptCheck
+				wake, check = p.changedChan(), p.keptCheck
 				return m, err
 			}()
 			if err != nil {

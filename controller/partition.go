@@ -282,8 +282,9 @@ type partition struct {
 	scratch []*row
 	// tagsAt is SampleRequest.Tags for this partition, made once.
 	tagsAt func(uint64) engine.Tags
-	// changed is closed and replaced whenever rows become ready, are reset
-	// or cleared, waking blocked fetches.
+	// changed is closed whenever rows become ready, are reset or
+	// cleared, waking blocked fetches; nil while nobody waits (see
+	// changedChan).
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
 	done    bool // its producer marked it done (MarkDone)
@@ -309,7 +310,6 @@ func newPartition(id string, gen uint64) *partition {
 		bySeq:    btree.NewG(32, func(a, b *row) bool { return a.seq < b.seq }),
 		tasks:    make(map[string]int),
 		views:    make(map[viewKey]*readyView),
-		changed:  make(chan struct{}),
 	}
 	p.initTagsAt()
 	return p
@@ -325,8 +325,19 @@ func (p *partition) initTagsAt() {
 }
 
 func (p *partition) notify() {
-	close(p.changed)
-	p.changed = make(chan struct{})
+	if p.changed != nil {
+		close(p.changed)
+		p.changed = nil
+	}
+}
+
+// changedChan returns the channel notify closes next, made when a waiter
+// first asks: a commit nobody waits for makes none.
+func (p *partition) changedChan() chan struct{} {
+	if p.changed == nil {
+		p.changed = make(chan struct{})
+	}
+	return p.changed
 }
 
 // addRows registers freshly allocated indexes; reserved rows are

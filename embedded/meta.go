@@ -48,6 +48,10 @@ func (l localMeta) free(ctx context.Context, locs []engine.CellLoc, err error) e
 // once the keys' last change is durable (that change's record, or a later
 // one's): not every record appended meanwhile.
 func (l localMeta) freeAfterKeys(ctx context.Context, partition string, keys []string, locs []engine.CellLoc) error {
+	if !l.c.Durable() {
+		l.freeNow(locs) // nothing to wait for
+		return nil
+	}
 	return l.freeAfter(ctx, locs, func(ctx context.Context) error { return l.c.WaitRead(ctx, partition, keys) })
 }
 
@@ -65,9 +69,23 @@ func (l localMeta) freeAfter(ctx context.Context, locs []engine.CellLoc, wait fu
 		}
 		return err
 	}
+	l.freeNow(locs)
+	return nil
+}
+
+// freeNow frees the bytes of locs on the units of this process.
+func (l localMeta) freeNow(locs []engine.CellLoc) {
+	freeable := func(loc engine.CellLoc) bool { return loc.Stored() && !loc.Lost() && loc.Addr.Len > 0 }
+	if len(locs) == 1 {
+		// A put of one cell replaced one: no grouping by unit.
+		if u := l.units[locs[0].Unit]; u != nil && freeable(locs[0]) {
+			u.FreeRanges([]engine.RemoteAddr{locs[0].Addr})
+		}
+		return
+	}
 	by := map[engine.UnitID][]engine.RemoteAddr{}
 	for _, loc := range locs {
-		if loc.Stored() && !loc.Lost() && loc.Addr.Len > 0 {
+		if freeable(loc) {
 			by[loc.Unit] = append(by[loc.Unit], loc.Addr)
 		}
 	}
@@ -76,7 +94,6 @@ func (l localMeta) freeAfter(ctx context.Context, locs []engine.CellLoc, wait fu
 			u.FreeRanges(engine.CoalesceRanges(addrs))
 		}
 	}
-	return nil
 }
 
 var (
