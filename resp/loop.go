@@ -226,19 +226,25 @@ func (lp *loop) serve(c *conn) {
 			break
 		}
 		in = rest
+		// Replies to a long pipeline go out as they collect, as on a
+		// connection's goroutine: what one read brings does not
+		// hold its replies in memory.
+		if len(c.out) >= 64<<10 && !lp.flush(c, in) {
+			return
+		}
 	}
 	if len(in) > 0 && !c.quit {
 		lp.leave(c, in)
 		return
 	}
-	if lp.flush(c) && c.quit {
+	if lp.flush(c, nil) && c.quit {
 		lp.drop(c)
 	}
 }
 
-// flush writes c's replies; it returns false when c has left the loop or
-// was closed.
-func (lp *loop) flush(c *conn) bool {
+// flush writes c's replies; it returns false when c has left the loop,
+// with in (input not served yet), or was closed.
+func (lp *loop) flush(c *conn, in []byte) bool {
 	for w := 0; w < len(c.out); {
 		n, err := rawWrite(c.fd, c.out[w:])
 		switch {
@@ -248,7 +254,7 @@ func (lp *loop) flush(c *conn) bool {
 			// A client that does not read: its goroutine waits for
 			// it, up to CommandTimeout.
 			c.out = append(c.out[:0], c.out[w:]...)
-			lp.leave(c, nil)
+			lp.leave(c, in)
 			return false
 		case err != nil:
 			lp.drop(c)
