@@ -523,7 +523,7 @@ func (c *conn) exists(args [][]byte) {
 	n := 0
 	for _, k := range args[1:] {
 		p, key := c.target(k)
-		has, err := c.s.st.exists(c.ctx, p, []string{key})
+		has, err := c.s.st.exists(c.ctx, p, []string{key}, c.lp == nil)
 		if err != nil {
 			c.writeErr(err)
 			return

@@ -14,7 +14,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
 )
 
 // onLoop counts the endpoint's connections a loop serves.
@@ -185,6 +187,51 @@ func TestLoop(t *testing.T) {
 		assert.Equal(t, "1", string(rr.bulk(t)))
 		assert.Empty(t, e.srv.loops)
 	})
+}
+
+// TestLoopDurable: with a durable controller a SET leaves the loop (its
+// commit waits for the log), and reads of what is durable stay on it.
+func TestLoopDurable(t *testing.T) {
+	cfg := controller.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	ctrl, err := controller.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	scfg := storage.DefaultConfig()
+	scfg.Capacity, scfg.SegmentSize = 16<<20, 16<<20
+	u, err := storage.NewUnit(0, scfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+	require.NoError(t, err)
+	u.SetID(id)
+	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	e := &endpoint{addr: l.Addr().String(), srv: srv}
+
+	w, wr := e.raw(t)
+	io.WriteString(w, cmdline("SET", "a", "1")+cmdline("SET", "b", "2"))
+	assert.Equal(t, "+OK", wr.line(t))
+	assert.Equal(t, "+OK", wr.line(t))
+	assert.Equal(t, 0, e.onLoop(), "the writer left its loop")
+	r, rr := e.raw(t)
+	io.WriteString(r, cmdline("GET", "a")+cmdline("HGET", "b", "value")+cmdline("EXISTS", "a", "b", "c")+cmdline("GET", "c"))
+	assert.Equal(t, "1", string(rr.bulk(t)))
+	assert.Equal(t, "2", string(rr.bulk(t)))
+	assert.Equal(t, ":2", rr.line(t))
+	assert.Equal(t, "$-1", rr.line(t))
+	assert.Equal(t, 1, e.onLoop(), "the reader stays on its loop")
 }
 
 // FuzzLoopParse checks the loop's framing against the connection's

@@ -51,8 +51,9 @@ type Config struct {
 	// least one; negative: none, a goroutine per connection). A
 	// connection leaves its loop for a goroutine of its own, for good, at
 	// its first command that may wait or that the loop does not take (see
-	// loop_linux.go). A controller with a log gets none: its writes and
-	// reads wait for the log.
+	// loop.go). With a durable controller a SET always leaves (its
+	// commit waits for the log); a GET stays while what it reads is
+	// durable already.
 	Loops  int
 	Logger *slog.Logger
 }
@@ -109,8 +110,8 @@ type Server struct {
 	acceptLogged atomic.Bool
 
 	// loops serve connections while their commands need not wait
-	// (started by the first Serve; none when Config.Loops < 0 or the
-	// controller has a log); next picks the loop of the next connection.
+	// (started by the first Serve; none when Config.Loops < 0); next
+	// picks the loop of the next connection.
 	loops []*loop
 	next  int
 }
@@ -146,7 +147,7 @@ func (s *Server) Serve(l net.Listener) error {
 		return nil
 	}
 	s.ls = append(s.ls, l)
-	if s.loops == nil && s.cfg.Loops > 0 && !s.st.ctrl.Durable() {
+	if s.loops == nil && s.cfg.Loops > 0 {
 		s.loops = s.startLoops(s.cfg.Loops)
 	}
 	s.mu.Unlock()

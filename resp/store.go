@@ -56,6 +56,9 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 // errWouldWait, having changed nothing, where it would wait for room or
 // go the general way.
 func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool) error {
+	if !mayWait && st.ctrl.Durable() {
+		return errWouldWait // the commit waits for the log
+	}
 	u := st.one.UnitFor(key)
 	if u == nil || !embedded.Name(partition) || !embedded.Name(key) || !embedded.Name(field) {
 		if !mayWait {
@@ -122,7 +125,7 @@ func (st *store) getOne(ctx context.Context, partition, key, field string, mayWa
 			}
 			return v.rows[0][0], v.release, true, nil
 		}
-		if err := st.ctrl.WaitRead(ctx, partition, []string{key}); err != nil || !ok {
+		if err := st.waitRead(ctx, partition, []string{key}, mayWait); err != nil || !ok {
 			return nil, nil, false, err
 		}
 		ls, err := u.Acquire([]engine.RemoteAddr{loc.Addr})
@@ -295,9 +298,22 @@ func held(meta *engine.BatchMeta) []string {
 	return out
 }
 
-func (st *store) exists(ctx context.Context, partition string, keys []string) ([]bool, error) {
+func (st *store) exists(ctx context.Context, partition string, keys []string, mayWait bool) ([]bool, error) {
 	has := st.ctrl.HasKeys(partition, keys)
-	return has, st.ctrl.WaitRead(ctx, partition, keys)
+	return has, st.waitRead(ctx, partition, keys, mayWait)
+}
+
+// waitRead waits until what a read of keys saw is durable. One that may
+// not wait returns errWouldWait when it is not durable yet.
+func (st *store) waitRead(ctx context.Context, partition string, keys []string, mayWait bool) error {
+	if mayWait {
+		return st.ctrl.WaitRead(ctx, partition, keys)
+	}
+	err := st.ctrl.WaitRead(noWait, partition, keys)
+	if errors.Is(err, context.Canceled) {
+		return errWouldWait
+	}
+	return err
 }
 
 // del clears keys and returns how many existed.
