@@ -397,35 +397,36 @@ func TestPeerThatStopsReadingIsClosed(t *testing.T) {
 
 const opBig Op = 204
 
-// deadlineConn records what is written to it and the write deadlines set.
+// deadlineConn records what is written to it, the write deadlines set,
+// and how far ahead the deadline was at each write.
 type deadlineConn struct {
 	net.Conn
 	out       bytes.Buffer
-	writes    []int // bytes written under each deadline
+	deadline  time.Time
 	deadlines int
+	margins   []time.Duration // deadline - now at each write
 }
 
 func (c *deadlineConn) Write(p []byte) (int, error) {
-	if len(c.writes) == 0 { // written with no deadline
-		c.writes = append(c.writes, 0)
-	}
+	c.margins = append(c.margins, time.Until(c.deadline))
 	c.out.Write(p)
-	c.writes[len(c.writes)-1] += len(p)
 	return len(p), nil
 }
 
-func (c *deadlineConn) SetWriteDeadline(time.Time) error {
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
 	c.deadlines++
-	c.writes = append(c.writes, 0)
+	c.deadline = t
 	return nil
 }
 
-// TestWriterChunks: with a timeout, the writer sets a deadline before each
-// chunk of at most writeChunk bytes, and the bytes go out in order.
+// TestWriterChunks: with a timeout, every write of the writer (in chunks
+// of at most writeChunk bytes) has at least the timeout and at most a
+// quarter more to go, the deadline is not set again while it is that far
+// ahead, and the bytes go out in order.
 func TestWriterChunks(t *testing.T) {
 	nc := &deadlineConn{}
 	w := newFrameWriter(nc, func(err error) { t.Errorf("write failed: %v", err) })
-	w.timeout = time.Second
+	w.timeout = time.Minute // long enough that no write here uses a quarter of it
 	var want []byte
 	var payload net.Buffers
 	for i, n := range []int{10, writeChunk + 5, 3, 2*writeChunk - 20, 0, 7} {
@@ -442,12 +443,62 @@ func TestWriterChunks(t *testing.T) {
 	if !bytes.Equal(nc.out.Bytes(), want) {
 		t.Fatalf("wrote %d bytes that differ from the %d sent", nc.out.Len(), len(want))
 	}
-	for i, n := range nc.writes {
-		if n > writeChunk || n == 0 {
-			t.Errorf("chunk %d: %d bytes under one deadline, want 1 to %d", i, n, writeChunk)
+	for i, m := range nc.margins {
+		if m < w.timeout-100*time.Millisecond || m > w.timeout+w.timeout/4 {
+			t.Errorf("write %d: deadline %v ahead, want %v to %v", i, m, w.timeout, w.timeout+w.timeout/4)
 		}
 	}
-	if got, wantN := nc.deadlines, (len(want)+writeChunk-1)/writeChunk; got != wantN {
-		t.Errorf("%d deadlines for %d bytes, want %d", got, len(want), wantN)
+	if nc.deadlines != 1 {
+		t.Errorf("%d deadlines set for writes within a quarter of the timeout, want 1", nc.deadlines)
+	}
+	// Once the margin is used up, the next write renews it.
+	w.deadline = time.Now().Add(w.timeout / 2)
+	f = &outFrame{buf: []byte("more"), written: make(chan error, 1)}
+	w.send(f)
+	if err := <-f.written; err != nil {
+		t.Fatal(err)
+	}
+	if m := nc.margins[len(nc.margins)-1]; nc.deadlines != 2 || m < w.timeout-100*time.Millisecond {
+		t.Errorf("after the margin was used: %d deadlines, the last %v ahead; want 2, at least %v", nc.deadlines, m, w.timeout)
+	}
+}
+
+// TestIdleTimeout: a connection that sends a frame now and then stays
+// open past IdleTimeout, though the server renews its idle deadline only
+// once a quarter of it is used; one that goes quiet is closed between
+// IdleTimeout and 1.25 × IdleTimeout after its last frame, also when its
+// last request's payload was read with a deadline of its own (that
+// deadline is then taken away, and the idle one must be set again).
+func TestIdleTimeout(t *testing.T) {
+	const idle = 400 * time.Millisecond
+	_, addr := startServer(t, ServerConfig{IdleTimeout: idle}, "tcp")
+	echoFrame := func(nc net.Conn, id uint64, payload int) {
+		body, _ := proto.Marshal(&wirepb.Ping{Nonce: id})
+		if _, err := nc.Write(append(header(opEcho, id, uint32(len(body)), uint64(payload)), body...)); err != nil {
+			t.Fatal(err)
+		}
+		if payload > 0 {
+			// After the handler started: its read waits for it.
+			time.Sleep(10 * time.Millisecond)
+			if _, err := nc.Write(make([]byte, payload)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		readFrame(t, nc)
+	}
+	for _, payload := range []int{0, 64 << 10} {
+		nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		for i := range 12 { // 1.2 s of a frame every 100 ms
+			echoFrame(nc, uint64(i+2), 0)
+			time.Sleep(100 * time.Millisecond)
+		}
+		// Two frames close together: the second comes before the
+		// first's idle deadline needs renewing.
+		echoFrame(nc, 20, 0)
+		echoFrame(nc, 21, payload)
+		took := waitClosed(t, nc, 5*time.Second)
+		if took < idle-50*time.Millisecond || took > idle+idle/4+time.Second {
+			t.Errorf("payload %d: closed %v after the last frame, want %v to %v (and some scheduling)", payload, took, idle, idle+idle/4)
+		}
 	}
 }

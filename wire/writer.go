@@ -28,6 +28,9 @@ type frameWriter struct {
 	written *atomic.Int64 // if set, counts the bytes written
 	writes  *atomic.Int64 // if set, counts the batches written (a writev each, unless chunked)
 	timeout time.Duration // if set, each chunk's write deadline
+	// deadline is the write deadline the socket has (see write); only the
+	// active writer touches it.
+	deadline time.Time
 
 	mu      sync.Mutex
 	pending []*outFrame
@@ -180,7 +183,14 @@ func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
 			size += len(b)
 			bufs = bufs[1:]
 		}
-		w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+		// The deadline is set a quarter beyond the timeout and renewed
+		// once that margin is used up: a write that blocks fails within
+		// 1.25 × timeout, and a busy connection updates no timer per
+		// write.
+		if now := time.Now(); w.deadline.Sub(now) < w.timeout {
+			w.deadline = now.Add(w.timeout + w.timeout/4)
+			w.nc.SetWriteDeadline(w.deadline)
+		}
 		w.wb = chunk
 		n, err := w.wb.WriteTo(w.nc)
 		w.wb = nil
