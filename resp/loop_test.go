@@ -207,18 +207,7 @@ func TestLoopDurable(t *testing.T) {
 	u.SetID(id)
 	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
 	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
-	e := &endpoint{addr: l.Addr().String(), srv: srv}
+	e := &endpoint{addr: serve(t, srv), srv: srv}
 
 	w, wr := e.raw(t)
 	io.WriteString(w, cmdline("SET", "a", "1")+cmdline("SET", "b", "2"))

@@ -45,9 +45,17 @@ func newEndpoint(t testing.TB, cfg Config) *endpoint {
 	ecfg.Storage.SegmentSize = 64 << 20
 	e, err := embedded.New(ecfg)
 	require.NoError(t, err)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
 	srv, err := NewServer(e.Controller, e.Units, cfg)
+	require.NoError(t, err)
+	return &endpoint{addr: serve(t, srv), srv: srv, kv: kvapi.New(e.Client), e: e}
+}
+
+// serve serves srv on a loopback port until the test ends, and returns
+// its address.
+func serve(t testing.TB, srv *Server) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan struct{})
 	go func() {
@@ -57,9 +65,8 @@ func newEndpoint(t testing.TB, cfg Config) *endpoint {
 	t.Cleanup(func() {
 		srv.Close()
 		<-done
-		e.Close()
 	})
-	return &endpoint{addr: l.Addr().String(), srv: srv, kv: kvapi.New(e.Client), e: e}
+	return l.Addr().String()
 }
 
 func (e *endpoint) client(t testing.TB, opt *redis.Options) *redis.Client {

@@ -101,9 +101,11 @@ func reportable(e *extent) bool {
 	return e.state == extentCommitted && len(e.live) > 0
 }
 
-// byOffset sorts one segment's extents of a report by offset.
-func byOffset(as []engine.RemoteAddr) {
-	slices.SortFunc(as, func(a, b engine.RemoteAddr) int { return cmp.Compare(a.Offset, b.Offset) })
+// byAddr sorts extents of a report by segment, then offset.
+func byAddr(as []engine.RemoteAddr) {
+	slices.SortFunc(as, func(a, b engine.RemoteAddr) int {
+		return cmp.Or(cmp.Compare(a.Segment, b.Segment), cmp.Compare(a.Offset, b.Offset))
+	})
 }
 
 // fenceLocked returns s's fence at now.
@@ -156,16 +158,7 @@ func (u *Unit) ReconcileFull(from uint32, grace time.Duration, maxExtents int) (
 	}
 	rep, next := u.reconcileFullLocked(from, grace, maxExtents)
 	u.mu.Unlock()
-	// Each segment's extents by offset, sorted outside the lock.
-	at := 0
-	for i := range rep.Segments {
-		end := at
-		for end < len(rep.Extents) && rep.Extents[end].Segment == rep.Segments[i] {
-			end++
-		}
-		byOffset(rep.Extents[at:end])
-		at = end
-	}
+	byAddr(rep.Extents) // outside the lock
 	return rep, next, nil
 }
 
@@ -239,7 +232,7 @@ func (u *Unit) ReconcilePeriodic(grace time.Duration, maxExtents int) (Reconcile
 		}
 		u.mu.Unlock()
 		// The lowest offsets first, as a scan in offset order finds them.
-		byOffset(rep.Extents[n:])
+		byAddr(rep.Extents[n:])
 		rep.Extents = rep.Extents[:min(len(rep.Extents), maxExtents)]
 		if len(rep.Extents) > n {
 			rep.Fences = append(rep.Fences, SegmentFence{Segment: s.id, Gen: fence})
