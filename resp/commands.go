@@ -301,10 +301,10 @@ func (c *conn) config(args [][]byte) {
 
 func (c *conn) info(args [][]byte) {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\nserver_name:tq\r\n", redisVersion)
 	c.s.mu.Lock()
-	n := len(c.s.conns)
+	n, loops := len(c.s.conns), len(c.s.loops)
 	c.s.mu.Unlock()
+	fmt.Fprintf(&sb, "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\nserver_name:tq\r\ntq_event_loops:%d\r\n", redisVersion, loops)
 	fmt.Fprintf(&sb, "\r\n# Clients\r\nconnected_clients:%d\r\n", n)
 	ci := c.s.st.ctrl.Info()
 	fmt.Fprintf(&sb, "\r\n# Persistence\r\ntq_durable:%d\r\ntq_fsync:%s\r\ntq_log_index:%d\r\n", btoi(ci.Durable), ci.Fsync, ci.LogIndex)

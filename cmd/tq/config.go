@@ -59,6 +59,7 @@ type serveConfig struct {
 	RESP              string        `yaml:"resp"`
 	RESPPartition     string        `yaml:"resp_partition"`
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
+	RESPLoops         int           `yaml:"resp_loops"`
 	RDMADevice        string        `yaml:"rdma_device"`
 	Metrics           string        `yaml:"metrics"` // see metricsAddr
 	Pprof             string        `yaml:"pprof"`   // the same form
@@ -122,6 +123,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
+	fs.IntVar(&c.RESPLoops, "resp-loops", c.RESPLoops, "event loops serving Redis-protocol connections while they send small commands that need not wait (0: half the CPUs, at least one; -1: none, a goroutine per connection); see wire/resp.md")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics and the probes /healthz (the process lives) and /readyz (its servers are up, its storage units registered with the controller) (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
 	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none)`)

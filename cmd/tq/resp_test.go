@@ -96,33 +96,49 @@ func TestRESPRedisCLI(t *testing.T) {
 func TestRESPRedisBenchmark(t *testing.T) {
 	rb := needTool(t, "redis-benchmark")
 	bin := tqBinary(t)
-	p, tok := startRESP(t, bin)
-	host, port := hostPort(t, p.resp)
-	cmd := exec.Command(rb, "-h", host, "-p", port, "-a", tok, "-t", "set,get,mset", "-n", "3000", "-c", "8", "-d", "1024", "-r", "500", "-q")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	for _, op := range []string{"SET", "GET", "MSET (10 keys)"} {
-		re := regexp.MustCompile(regexp.QuoteMeta(op) + `: ([0-9.]+) requests per second`)
-		m := re.FindStringSubmatch(string(out))
-		require.NotNil(t, m, "no %s figure in:\n%s", op, out)
-		rps, _ := strconv.ParseFloat(m[1], 64)
-		assert.Positive(t, rps)
-	}
-	assert.NotContains(t, string(out), "ERR")
-	kv := kvapi.New(connectTo(t, p, p.addr("unix")))
-	all, err := kv.List(context.Background(), "default")
-	require.NoError(t, err)
-	require.NotEmpty(t, all["default"])
-	var keys []string
-	for _, e := range all["default"] {
-		require.Regexp(t, `^key:[0-9]{12}$`, e.Key)
-		keys = append(keys, e.Key)
-	}
-	b, err := kv.BatchGetCopy(context.Background(), "default", keys, "value")
-	require.NoError(t, err)
-	for i := range keys {
-		// redis-benchmark fills its values with random characters.
-		require.Len(t, b.Col("value").RowBytes(i), 1024, "key %s", keys[i])
+	// With event loops (the default) and with a goroutine per connection.
+	for _, loops := range []string{"0", "-1"} {
+		t.Run("resp-loops="+loops, func(t *testing.T) {
+			p, tok := startRESP(t, bin, "--resp-loops", loops)
+			host, port := hostPort(t, p.resp)
+			cmd := exec.Command(rb, "-h", host, "-p", port, "-a", tok, "-t", "set,get,mset", "-n", "3000", "-c", "8", "-d", "1024", "-r", "500", "-q")
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			for _, op := range []string{"SET", "GET", "MSET (10 keys)"} {
+				re := regexp.MustCompile(regexp.QuoteMeta(op) + `: ([0-9.]+) requests per second`)
+				m := re.FindStringSubmatch(string(out))
+				require.NotNil(t, m, "no %s figure in:\n%s", op, out)
+				rps, _ := strconv.ParseFloat(m[1], 64)
+				assert.Positive(t, rps)
+			}
+			assert.NotContains(t, string(out), "ERR")
+			if cli, err := exec.LookPath("redis-cli"); err == nil {
+				info, err := exec.Command(cli, "-h", host, "-p", port, "-a", tok, "--no-auth-warning", "INFO", "server").Output()
+				require.NoError(t, err)
+				m := regexp.MustCompile(`tq_event_loops:([0-9]+)`).FindStringSubmatch(string(info))
+				require.NotNil(t, m, "INFO server: %s", info)
+				if loops == "-1" {
+					assert.Equal(t, "0", m[1], "--resp-loops -1: a goroutine per connection")
+				} else {
+					assert.NotEqual(t, "0", m[1], "--resp-loops 0: at least one loop")
+				}
+			}
+			kv := kvapi.New(connectTo(t, p, p.addr("unix")))
+			all, err := kv.List(context.Background(), "default")
+			require.NoError(t, err)
+			require.NotEmpty(t, all["default"])
+			var keys []string
+			for _, e := range all["default"] {
+				require.Regexp(t, `^key:[0-9]{12}$`, e.Key)
+				keys = append(keys, e.Key)
+			}
+			b, err := kv.BatchGetCopy(context.Background(), "default", keys, "value")
+			require.NoError(t, err)
+			for i := range keys {
+				// redis-benchmark fills its values with random characters.
+				require.Len(t, b.Col("value").RowBytes(i), 1024, "key %s", keys[i])
+			}
+		})
 	}
 }
 

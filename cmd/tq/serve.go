@@ -514,7 +514,7 @@ func (s *server) startRESP() error {
 	for i, ru := range s.units {
 		units[i] = ru.u
 	}
-	rs, err := resp.NewServer(s.ctrl, units, resp.Config{Token: s.cfg.Token, Partition: s.cfg.RESPPartition, MaxValue: int64(s.cfg.RESPMaxValue), Logger: s.log})
+	rs, err := resp.NewServer(s.ctrl, units, resp.Config{Token: s.cfg.Token, Partition: s.cfg.RESPPartition, MaxValue: int64(s.cfg.RESPMaxValue), Loops: s.cfg.RESPLoops, Logger: s.log})
 	if err != nil {
 		return fmt.Errorf("--resp: %w", err)
 	}
