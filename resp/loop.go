@@ -2,15 +2,13 @@ package resp
 
 import (
 	"bytes"
-	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/internal/evloop"
 )
 
 // A loop serves the connections given to it from one goroutine, as
@@ -36,9 +34,9 @@ import (
 // the connection is served as every connection is without loops: with
 // its deadlines, limits and budgets.
 type loop struct {
-	s        *Server
-	ep, wake int
-	stopped  atomic.Bool
+	s       *Server
+	poller  *evloop.Poller
+	stopped atomic.Bool
 	// unauthed counts connections that must still authenticate: while
 	// there are some, the loop wakes every 100 ms to close those past
 	// their AuthTimeout.
@@ -48,9 +46,8 @@ type loop struct {
 	conns map[int]*conn
 
 	// Used by the loop's goroutine only.
-	buf    []byte
-	args   [][]byte
-	events []unix.EpollEvent
+	buf  []byte
+	args [][]byte
 }
 
 const (
@@ -79,26 +76,11 @@ func (s *Server) startLoops(n int) []*loop {
 }
 
 func newLoop(s *Server) (*loop, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	p, err := evloop.NewPoller()
 	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
+		return nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
-	if err != nil {
-		unix.Close(ep)
-		return nil, os.NewSyscallError("eventfd", err)
-	}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
-		unix.Close(ep)
-		unix.Close(wake)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	return &loop{
-		s: s, ep: ep, wake: wake,
-		conns:  map[int]*conn{},
-		buf:    make([]byte, loopRead),
-		events: make([]unix.EpollEvent, 128),
-	}, nil
+	return &loop{s: s, poller: p, conns: map[int]*conn{}, buf: make([]byte, loopRead)}, nil
 }
 
 // adopt moves c onto the loop: the loop serves a duplicate of its socket
@@ -106,23 +88,12 @@ func newLoop(s *Server) (*loop, error) {
 // connection has no socket to duplicate. s.mu is held (so Close sees
 // either c.nc or the loop's copy).
 func (lp *loop) adopt(c *conn) bool {
-	sc, ok := c.nc.(syscall.Conn)
+	fd, ok := evloop.Take(c.nc)
 	if !ok {
 		return false
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	fd, derr := -1, error(nil)
-	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
-		return false
-	}
-	// The duplicate shares the socket's file status, O_NONBLOCK
-	// included; closing the original leaves the socket open.
-	c.nc.Close()
 	c.nc, c.fd, c.lp = nil, fd, lp
-	if err := unix.EpollCtl(lp.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+	if err := lp.poller.Add(fd); err != nil {
 		lp.s.cfg.Logger.Warn("resp: a loop could not watch a connection; closing it", "err", err)
 		unix.Close(fd)
 		delete(lp.s.conns, c)
@@ -137,7 +108,7 @@ func (lp *loop) adopt(c *conn) bool {
 	lp.conns[fd] = c
 	lp.mu.Unlock()
 	if poke {
-		lp.poke() // the loop may be waiting with no timeout
+		lp.poller.Poke() // the loop may be waiting with no timeout
 	}
 	return true
 }
@@ -145,50 +116,26 @@ func (lp *loop) adopt(c *conn) bool {
 // stop ends the loop: it closes its connections and returns.
 func (lp *loop) stop() {
 	lp.stopped.Store(true)
-	lp.poke()
-}
-
-// poke wakes the loop.
-func (lp *loop) poke() {
-	unix.Write(lp.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	lp.poller.Poke()
 }
 
 func (lp *loop) run() {
 	defer lp.closeAll()
 	defer lp.stopped.Store(true)
-	busy := false
 	for {
-		var n int
-		var err error
 		timeout := -1
 		if lp.unauthed.Load() > 0 {
 			timeout = 100
 		}
-		if busy {
-			// Under load the next requests are often there already:
-			// look without blocking, and without telling the scheduler
-			// (a blocking call hands this goroutine's P over, and
-			// taking it back costs more than the look).
-			n, err = rawEpollWait(lp.ep, lp.events)
-		}
-		if !busy || n == 0 && err == nil {
-			n, err = unix.EpollWait(lp.ep, lp.events, timeout)
-		}
-		busy = n > 0
-		if err != nil && err != unix.EINTR {
+		ready, err := lp.poller.Wait(timeout)
+		if err != nil {
 			lp.s.cfg.Logger.Error("resp: epoll_wait failed; closing the loop's connections", "err", err)
 			return
 		}
 		if lp.stopped.Load() {
 			return
 		}
-		for _, ev := range lp.events[:max(n, 0)] {
-			fd := int(ev.Fd)
-			if fd == lp.wake {
-				var b [8]byte
-				unix.Read(lp.wake, b[:])
-				continue
-			}
+		for _, fd := range ready {
 			lp.mu.Lock()
 			c := lp.conns[fd]
 			lp.mu.Unlock()
@@ -205,7 +152,7 @@ func (lp *loop) run() {
 // serve reads what arrived on c, runs the complete commands in it and
 // writes their replies.
 func (lp *loop) serve(c *conn) {
-	n, err := rawRead(c.fd, lp.buf)
+	n, err := evloop.Read(c.fd, lp.buf)
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -246,7 +193,7 @@ func (lp *loop) serve(c *conn) {
 // with in (input not served yet), or was closed.
 func (lp *loop) flush(c *conn, in []byte) bool {
 	for w := 0; w < len(c.out); {
-		n, err := rawWrite(c.fd, c.out[w:])
+		n, err := evloop.Write(c.fd, c.out[w:])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -327,9 +274,7 @@ func (lp *loop) leave(c *conn, in []byte) {
 	if !c.authed {
 		lp.unauthed.Add(-1)
 	}
-	f := os.NewFile(uintptr(c.fd), "resp")
-	nc, err := net.FileConn(f) // a duplicate, watched by Go's poller
-	f.Close()
+	nc, err := evloop.Give(c.fd, "resp")
 	c.fd, c.lp = -1, nil
 	s := lp.s
 	if err != nil {
@@ -357,7 +302,7 @@ func (lp *loop) remove(c *conn) {
 	lp.mu.Lock()
 	delete(lp.conns, c.fd)
 	lp.mu.Unlock()
-	unix.EpollCtl(lp.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	lp.poller.Del(c.fd)
 }
 
 // drop closes c.
@@ -396,32 +341,5 @@ func (lp *loop) closeAll() {
 	for _, c := range cs {
 		lp.drop(c)
 	}
-	unix.Close(lp.ep)
-	unix.Close(lp.wake)
-}
-
-// The loop's sockets never block: their reads and writes, and a look for
-// events that does not wait, go to the kernel without the scheduler's
-// bookkeeping for calls that may block.
-
-func rawRead(fd int, p []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return rawResult(n, e)
-}
-
-func rawWrite(fd int, p []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return rawResult(n, e)
-}
-
-func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
-	return rawResult(n, e)
-}
-
-func rawResult(n uintptr, e unix.Errno) (int, error) {
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
+	lp.poller.Close()
 }

@@ -1,0 +1,165 @@
+// Package evloop is the plumbing of the event loops that serve small
+// requests without a goroutine per connection (the Redis-protocol
+// endpoint's and the wire server's): an epoll set with a wake-up, sockets
+// taken from and given back to Go's poller, and reads and writes that go
+// straight to the kernel.
+//
+// A loop serves a socket through a duplicate of its descriptor, taken with
+// [Take] (which closes the net.Conn, so Go's poller stops watching it:
+// with both watching, every request would also wake the scheduler's
+// poller for nothing). [Give] turns the descriptor back into a net.Conn
+// for a goroutine to serve.
+package evloop
+
+import (
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller is an epoll set, level-triggered, with an eventfd that [Poller.Poke]
+// uses to wake [Poller.Wait]. Wait is for one goroutine; Add, Del and Poke
+// may be called from any.
+type Poller struct {
+	ep, wake int
+	busy     bool // the last Wait found events
+	events   []unix.EpollEvent
+	ready    []int
+}
+
+// NewPoller returns a Poller, or the system's refusal.
+func NewPoller() (*Poller, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(ep)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(ep)
+		unix.Close(wake)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return &Poller{ep: ep, wake: wake, events: make([]unix.EpollEvent, 128)}, nil
+}
+
+// Add watches fd for input (and for the peer closing).
+func (p *Poller) Add(fd int) error {
+	if err := unix.EpollCtl(p.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// Del stops watching fd.
+func (p *Poller) Del(fd int) { unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, fd, nil) }
+
+// Poke wakes Wait.
+func (p *Poller) Poke() { unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
+
+// Wait returns the descriptors with input, waiting up to timeoutMs
+// milliseconds (-1: for ever) for one, or for a Poke (then it returns
+// none). The slice is reused by the next Wait. An interrupted wait returns
+// none and no error.
+func (p *Poller) Wait(timeoutMs int) ([]int, error) {
+	var n int
+	var err error
+	if p.busy {
+		// Under load the next requests are often there already: look
+		// without blocking, and without telling the scheduler (a blocking
+		// call hands this goroutine's P over, and taking it back costs
+		// more than the look).
+		n, err = rawEpollWait(p.ep, p.events)
+	}
+	if !p.busy || n == 0 && err == nil {
+		n, err = unix.EpollWait(p.ep, p.events, timeoutMs)
+	}
+	p.busy = n > 0
+	if err == unix.EINTR {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_wait", err)
+	}
+	p.ready = p.ready[:0]
+	for _, ev := range p.events[:n] {
+		if fd := int(ev.Fd); fd != p.wake {
+			p.ready = append(p.ready, fd)
+			continue
+		}
+		var b [8]byte
+		unix.Read(p.wake, b[:])
+	}
+	return p.ready, nil
+}
+
+// Close releases the epoll set.
+func (p *Poller) Close() {
+	unix.Close(p.ep)
+	unix.Close(p.wake)
+}
+
+// Take returns a duplicate of nc's socket descriptor (close-on-exec,
+// sharing the socket's file status, O_NONBLOCK included) and closes nc,
+// which leaves the socket open. ok is false, nc untouched, for a
+// connection without a socket to duplicate.
+func Take(nc net.Conn) (fd int, ok bool) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1, false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
+		return -1, false
+	}
+	nc.Close()
+	return fd, true
+}
+
+// Give returns a net.Conn, watched by Go's poller, for a descriptor Take
+// returned, and closes fd.
+func Give(fd int, name string) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	nc, err := net.FileConn(f) // a duplicate
+	f.Close()
+	return nc, err
+}
+
+// The loops' sockets never block: their reads and writes, and a look for
+// events that does not wait, go to the kernel without the scheduler's
+// bookkeeping for calls that may block.
+
+// Read reads from fd without blocking (unix.EAGAIN when nothing is there).
+func Read(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return rawResult(n, e)
+}
+
+// Write writes to fd without blocking (unix.EAGAIN when the socket takes
+// nothing more now).
+func Write(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	return rawResult(n, e)
+}
+
+func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	return rawResult(n, e)
+}
+
+func rawResult(n uintptr, e unix.Errno) (int, error) {
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
