@@ -72,6 +72,12 @@ type ServerConfig struct {
 	// MetricsAddrs are the URLs of this process's metrics endpoints
 	// ("http://host:port/metrics"), given to clients in CLUSTER_INFO.
 	MetricsAddrs []string
+	// Loops is how many event loops serve connections while they send
+	// small requests that need no goroutine (see
+	// [wire.ServerConfig.Loops]): without a journal, KV puts and gets and
+	// metadata operations; with one, only pings. 0 means half the CPUs,
+	// at least one; negative, none.
+	Loops int
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -157,6 +163,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		TrustPeerCred: cfg.TrustPeerCred,
 		Logger:        cfg.Logger,
 		Observer:      cfg.Observer,
+		Loops:         cfg.Loops,
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put

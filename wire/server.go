@@ -13,6 +13,11 @@ package wire
 //
 // A malformed frame closes its connection only; the server goes on serving
 // the others.
+//
+// While a connection sends only small requests for inline handlers, its
+// goroutine lends it to an event loop, which serves many connections
+// without a goroutine hand-off per request, and takes it back for
+// anything else (loop.go).
 
 import (
 	"bufio"
@@ -24,6 +29,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -137,6 +143,13 @@ type ServerConfig struct {
 	// must be cheap and must not block. nil costs nothing, not even a
 	// clock read.
 	Observer Observer
+	// Loops is how many event loops serve connections while they send
+	// only small requests that handlers registered with HandleInline
+	// answer (and PINGs), with no goroutine parked and woken per request
+	// (see loop.go). 0 means half the CPUs, at least one; negative, none:
+	// a goroutine serves each connection throughout. A connection with a
+	// session (NewSession) is never on a loop.
+	Loops int
 }
 
 // Observer sees the requests a [Server] answered (see
@@ -232,6 +245,13 @@ type Server struct {
 	refusals episode // connections refused past MaxConns
 	unauth   episode // handshakes refused for a wrong or missing token
 	euid     int     // this process's, for TrustPeerCred
+
+	// loops serve connections while their requests need no goroutine
+	// (started by the first connection that goes to one; see loop.go);
+	// nextLoop picks the next one; loopsWG waits for them. Under mu.
+	loops    []*loop
+	nextLoop int
+	loopsWG  sync.WaitGroup
 }
 
 // Traffic returns the bytes this server has read and written on its
@@ -286,6 +306,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.Hello == nil {
 		cfg.Hello = &wirepb.Hello{}
+	}
+	if cfg.Loops == 0 {
+		cfg.Loops = max(1, runtime.GOMAXPROCS(0)/2)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
@@ -497,6 +520,7 @@ func (s *Server) Close() error {
 		s.cancel()
 	})
 	s.wg.Wait() // every connection, and so every handler, has ended: nothing spawns
+	s.stopLoops()
 	s.inflight.Wait()
 	s.workers.Wait()
 	return nil
@@ -565,6 +589,14 @@ type serverConn struct {
 
 	mu      sync.Mutex
 	running map[uint64]*Request // requests in goroutines, by id, for CANCEL
+	async   atomic.Int32        // handlers running in goroutines
+
+	// ctx is the connection's, which the handlers a loop runs get; ncMu
+	// guards nc, which changes each time a loop gives the connection
+	// back (see loop.go for the rest).
+	ctx  context.Context
+	ncMu sync.Mutex
+	onLoop
 }
 
 func newServerConn(s *Server, nc net.Conn) *serverConn {
@@ -587,8 +619,11 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 
 func (c *serverConn) close() {
 	c.once.Do(func() {
-		close(c.done)
-		c.nc.Close()
+		close(c.done) // before nc is read: see back
+		c.ncMu.Lock()
+		nc := c.nc
+		c.ncMu.Unlock()
+		nc.Close()
 		c.w.fail(net.ErrClosed)
 	})
 }
@@ -629,9 +664,15 @@ func (c *serverConn) serve() {
 	// The handshake was read straight from the socket, so nothing is
 	// buffered yet: the connection's read buffer is allocated only now
 	// that the peer authenticated.
-	br := bufio.NewReaderSize(corkingReader{c.nc, c.w}, readBufSize)
+	c.ctx = ctx
+	rd := &connReader{corkingReader: corkingReader{c.nc, c.w}}
+	br := bufio.NewReaderSize(rd, readBufSize)
 	c.sem = make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
+	// streak counts the requests in a row a loop could have served: the
+	// connection goes to a loop (back) once it has loopStreak of them
+	// and nothing else to do, and right after its handshake.
+	streak := loopStreak
 	// idle is the idle deadline the socket has; zero once another was set
 	// (a frame's or a payload's). It is set a quarter beyond IdleTimeout
 	// and renewed only once that margin is used up, so that a busy
@@ -641,6 +682,16 @@ func (c *serverConn) serve() {
 	// frame.
 	var idle time.Time
 	for {
+		if streak >= loopStreak && br.Buffered() == 0 && len(rd.pre) == 0 && c.mayLoop() {
+			nc, pre, ok := c.toLoop()
+			if !ok {
+				return // closed while on the loop
+			}
+			if nc != nil {
+				rd.nc, rd.pre = nc, pre
+				idle, streak = time.Time{}, 0
+			}
+		}
 		if br.Buffered() < HeaderSize {
 			if now := time.Now(); idle.Sub(now) < c.s.cfg.IdleTimeout {
 				idle = now.Add(c.s.cfg.IdleTimeout + c.s.cfg.IdleTimeout/4)
@@ -655,6 +706,11 @@ func (c *serverConn) serve() {
 			return // malformed: close this connection only
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
+		if c.s.loopable(h) {
+			streak++
+		} else {
+			streak = 0
+		}
 		var deadline time.Time
 		if int(h.BodyLen) > br.Buffered() {
 			// The rest of the frame must follow promptly, idle timeout
@@ -736,6 +792,7 @@ func (c *serverConn) serve() {
 			c.running[h.ID] = req
 			c.mu.Unlock()
 			c.handlers.Add(1)
+			c.async.Add(1)
 			c.s.spawn(func() { c.runAsync(rctx, req) })
 		}
 		if h.PayloadLen == 0 {
@@ -796,6 +853,22 @@ func (r corkingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// connReader reads first pre, what a loop read of the connection but did
+// not serve, then the socket.
+type connReader struct {
+	pre []byte
+	corkingReader
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if len(r.pre) > 0 {
+		n := copy(p, r.pre)
+		r.pre = r.pre[n:]
+		return n, nil
+	}
+	return r.corkingReader.Read(p)
+}
+
 func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {
 	rw.Error(fmt.Errorf("server is shutting down: %w", engine.ErrClosed))
 }
@@ -808,6 +881,14 @@ func notSupported(_ context.Context, req *Request, rw *ReplyWriter) {
 // it sent none, what is left of the payload skipped, then its slot and
 // its body's bytes given back.
 func (c *serverConn) run(ctx context.Context, req *Request) {
+	c.handle(ctx, req)
+	c.unhold(req.BodyLen)
+	<-c.sem
+}
+
+// handle runs req's handler, sends an error reply if it sent none, skips
+// what is left of the payload and shows the request to the Observer.
+func (c *serverConn) handle(ctx context.Context, req *Request) {
 	req.handler(ctx, req, &req.rw)
 	if !req.rw.sent {
 		req.rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
@@ -819,13 +900,12 @@ func (c *serverConn) run(ctx context.Context, req *Request) {
 			In: int64(HeaderSize) + int64(req.BodyLen) + int64(req.PayloadLen), Out: req.rw.out, Code: req.rw.code,
 		})
 	}
-	c.unhold(req.BodyLen)
-	<-c.sem
 }
 
 // runAsync runs req on a goroutine of its own, cancelable by id.
 func (c *serverConn) runAsync(ctx context.Context, req *Request) {
 	defer c.handlers.Done()
+	defer c.async.Add(-1)
 	c.run(ctx, req)
 	c.mu.Lock()
 	if c.running[req.ID] == req {
@@ -1047,7 +1127,8 @@ type Request struct {
 	// [ServerConfig.NewSession]).
 	Session Session
 
-	br       *bufio.Reader
+	br       *bufio.Reader // nil for a request a loop serves, whose payload is mem
+	mem      []byte
 	nc       net.Conn
 	timeout  time.Duration // progress deadline per chunk of payload
 	idle     *time.Time    // the read loop's idle deadline, zeroed when a payload read sets another
@@ -1087,6 +1168,13 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 	defer r.finish()
 	if total == 0 {
 		return nil // the read loop may be reading the next frame: leave its deadline be
+	}
+	if r.br == nil {
+		for _, b := range dst {
+			r.mem = r.mem[copy(b, r.mem):]
+		}
+		r.left = 0
+		return nil
 	}
 	defer r.clearDeadline()
 	for _, b := range dst {
@@ -1138,6 +1226,9 @@ func (r *Request) DiscardPayload() {
 		return // the read loop owns the stream again
 	default:
 	}
+	if r.br == nil {
+		r.mem, r.left = nil, 0
+	}
 	for r.left > 0 {
 		n := min(r.left, payloadChunk)
 		r.chunkDeadline(int(n))
@@ -1171,6 +1262,9 @@ type ReplyWriter struct {
 	written func()
 	out     int64       // the reply frame's bytes, once sent
 	code    wirepb.Code // the error reply's code, once sent
+	// loop: the request came from a loop, which writes the reply with
+	// the others it collects (c.out) once it served what it read.
+	loop bool
 }
 
 // Reply sends body and payload (written straight from its buffers). after,
@@ -1187,6 +1281,8 @@ func (rw *ReplyWriter) Error(err error) {
 	rw.send(FlagError, ErrorReply(err), nil, nil)
 }
 
+var zeroHeader [HeaderSize]byte
+
 func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers, after func()) {
 	if rw.sent {
 		if after != nil {
@@ -1195,31 +1291,52 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 		return
 	}
 	rw.sent = true
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
+	// On a loop the frame is encoded at the end of the connection's
+	// output, else into a buffer of its own.
+	var base []byte
+	if rw.loop {
+		base = rw.c.out
+	} else {
+		base = make([]byte, 0, HeaderSize+64)
+	}
+	mark := len(base)
+	b, err := proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), body)
 	switch {
 	case err != nil:
-		b, _ = proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
+		b, _ = proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
 		flags, payload = FlagError, nil
-	case len(b)-HeaderSize > MaxBodyLen:
+	case len(b)-mark-HeaderSize > MaxBodyLen:
 		// The peer would reject the frame and drop the connection: answer
 		// with an error instead.
-		b, _ = proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize), ErrorReply(fmt.Errorf(
-			"%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-HeaderSize, MaxBodyLen, engine.ErrInvalid)))
+		b, _ = proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf(
+			"%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-mark-HeaderSize, MaxBodyLen, engine.ErrInvalid)))
 		flags, payload = FlagError, nil
 	}
 	var plen uint64
 	for _, p := range payload {
 		plen += uint64(len(p))
 	}
-	h := Header{Version: Version, Flags: FlagReply | flags, Op: rw.h.Op, ID: rw.h.ID, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
-	h.Append(b[:0])
-	rw.out = int64(len(b)) + int64(plen)
+	h := Header{Version: Version, Flags: FlagReply | flags, Op: rw.h.Op, ID: rw.h.ID, BodyLen: uint32(len(b) - mark - HeaderSize), PayloadLen: plen}
+	h.Append(b[mark:mark])
+	rw.out = int64(len(b)-mark) + int64(plen)
 	if flags&FlagError != 0 {
 		if e, ok := body.(*wirepb.Error); ok {
 			rw.code = e.Code
 		} else {
 			rw.code = wirepb.Code_CODE_INTERNAL
 		}
+	}
+	if rw.loop {
+		// The payload is copied into the output (a loop's requests
+		// are small, their replies mostly too), and may go at once.
+		for _, p := range payload {
+			b = append(b, p...)
+		}
+		rw.c.out = b
+		if after != nil {
+			after()
+		}
+		return
 	}
 	// after runs once the frame is written or dropped: the payload's
 	// owner may let go of it then.

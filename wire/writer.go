@@ -74,6 +74,14 @@ func (w *frameWriter) send(f *outFrame) (corked bool) {
 	return false
 }
 
+// idle reports whether nothing is being written or waits to be, and no
+// write failed.
+func (w *frameWriter) idle() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.active && len(w.pending) == 0 && w.err == nil
+}
+
 // cork holds frames sent from now on in the queue, to go out together at
 // uncork: the server's read loop corks while it serves requests it has
 // already read, so that their replies share a writev.

@@ -60,6 +60,7 @@ type serveConfig struct {
 	RESPPartition     string        `yaml:"resp_partition"`
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
 	RESPLoops         int           `yaml:"resp_loops"`
+	Loops             int           `yaml:"loops"`
 	RDMADevice        string        `yaml:"rdma_device"`
 	Metrics           string        `yaml:"metrics"` // see metricsAddr
 	Pprof             string        `yaml:"pprof"`   // the same form
@@ -124,6 +125,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 	fs.IntVar(&c.RESPLoops, "resp-loops", c.RESPLoops, "event loops serving Redis-protocol connections while they send small commands that need not wait (0: half the CPUs, at least one; -1: none, a goroutine per connection); see wire/resp.md")
+	fs.IntVar(&c.Loops, "loops", c.Loops, "event loops serving the controller's connections while they send small requests that need no goroutine (with --in-memory: KV puts and gets, metadata operations; 0: half the CPUs, at least one; -1: none, a goroutine per connection); see wire/spec.md")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics and the probes /healthz (the process lives) and /readyz (its servers are up, its storage units registered with the controller) (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
 	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none)`)

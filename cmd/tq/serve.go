@@ -338,6 +338,7 @@ func (s *server) startController() error {
 		Logf:              s.logf,
 		Observer:          s.observer(tqmetrics.RoleController),
 		MetricsAddrs:      s.metricsAddrs(),
+		Loops:             s.cfg.Loops,
 	})
 	if s.metrics != nil {
 		s.metrics.AddController(ctrl, s.ctrlSrv)

@@ -1,0 +1,434 @@
+package wire
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/internal/evloop"
+)
+
+// A loop serves many connections from one goroutine while they send only
+// small requests that inline handlers answer (the controller's KV puts
+// and gets, its metadata operations, pings): it waits for input on all of
+// them at once (epoll), reads what arrived, runs the complete requests
+// found and writes their replies, with no goroutine parked and woken per
+// request. That park and wake, and the read that finds nothing before it,
+// were most of what a small request cost the server on top of its two
+// syscalls (profiles of 1 KiB KV puts and gets: ~40% of its CPU).
+//
+// A connection's goroutine stays its owner: it hands the connection to a
+// loop when it has nothing else to do (nothing buffered, no handler
+// running, no reply waiting to be written) and the requests before were
+// ones a loop serves, right after the handshake included, and waits
+// until the loop gives it back. The loop gives it back, with the input it
+// read but did not serve and the replies it could not write, for anything
+// it does not serve: a request for a handler that runs in a goroutine of
+// its own or over loopMax bytes, a frame cut short by the network or
+// malformed (the goroutine's reader names what was wrong), replies the
+// socket does not take at once, a server shutting down. From there the
+// goroutine serves it as before, with its deadlines, limits and budgets,
+// and hands it back to a loop once idle again. The loop closes what it
+// holds when the peer closes, when the connection is idle past
+// IdleTimeout, and when the goroutine asks (the connection or the server
+// is closing).
+type loop struct {
+	s       *Server
+	poller  *evloop.Poller
+	stopped atomic.Bool
+	scan    time.Duration // how often idle connections are looked for
+
+	mu       sync.Mutex
+	conns    map[int]*serverConn
+	released []*serverConn // connections to close, from their goroutines
+
+	// Used by the loop's goroutine only.
+	buf     []byte
+	now     time.Time
+	scanned time.Time
+}
+
+// onLoop is a connection's state for loops. fd, out, unflushed and
+// lastIn belong to the loop while it has the connection, and to the
+// connection's goroutine otherwise (back passes them over).
+type onLoop struct {
+	fd        int       // the loop's duplicate of the socket
+	out       []byte    // replies not written yet
+	unflushed int       // requests answered in out, in flight until written
+	lastIn    time.Time // the last input the loop read
+	back      chan loopExit
+	noLoop    bool // the connection cannot go to a loop
+}
+
+// loopExit is how a loop gives a connection back to its goroutine.
+type loopExit struct {
+	fd        int // the socket, or -1: the loop closed it
+	pre       []byte
+	out       []byte
+	unflushed int
+}
+
+const (
+	loopRead = 64 << 10 // bytes one read may return
+	// loopMax bounds a request a loop serves: its body and its payload.
+	loopMax = 64 << 10
+	// loopStreak is how many requests in a row a loop could have served
+	// send a connection back to one: a connection that mixes others in
+	// does not go back and forth for each.
+	loopStreak = 2
+)
+
+// loopable reports whether a loop serves requests like h.
+func (s *Server) loopable(h Header) bool {
+	return (s.inline[h.Op] || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
+}
+
+// mayLoop reports whether the connection may go to a loop now: it has no
+// session, no handler runs in a goroutine and its replies are written.
+func (c *serverConn) mayLoop() bool {
+	if c.noLoop || c.sess != nil || c.async.Load() != 0 {
+		return false
+	}
+	c.w.uncork()
+	return c.w.idle()
+}
+
+// toLoop hands the connection to a loop and waits for it back: nc is its
+// socket again and pre the input the loop read but did not serve (its
+// replies so far are written or queued). nc is nil when no loop took the
+// connection (it never goes to one again); ok is false when the
+// connection was closed meanwhile.
+func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
+	lp := c.s.pickLoop()
+	if lp == nil {
+		c.noLoop = true
+		return nil, nil, true
+	}
+	c.ncMu.Lock()
+	fd, took := evloop.Take(c.nc)
+	c.ncMu.Unlock()
+	if !took {
+		c.noLoop = true
+		return nil, nil, true
+	}
+	if c.back == nil {
+		c.back = make(chan loopExit, 1)
+	}
+	var x loopExit
+	if !lp.add(c, fd) {
+		c.noLoop = true
+		x = loopExit{fd: fd}
+	} else {
+		select {
+		case x = <-c.back:
+		case <-c.done:
+			lp.release(c)
+			x = <-c.back
+		}
+	}
+	if x.fd < 0 {
+		return nil, nil, false
+	}
+	nc, err := evloop.Give(x.fd, "wire")
+	if err != nil {
+		c.s.log.Warn("wire: a connection could not leave its loop; closing it", "peer", c.peer.GetName(), "err", err)
+		return nil, nil, false
+	}
+	c.ncMu.Lock()
+	c.nc = nc
+	c.ncMu.Unlock()
+	select {
+	case <-c.done:
+		// close read the old socket before it saw this one.
+		nc.Close()
+		return nil, nil, false
+	default:
+	}
+	c.w.nc, c.w.deadline = nc, time.Time{}
+	if len(x.out) > 0 || x.unflushed > 0 {
+		n := x.unflushed
+		c.w.send(&outFrame{buf: x.out, written: make(chan error, 1), done: func() { c.s.inflight.Add(-n) }})
+	}
+	return nc, x.pre, true
+}
+
+// pickLoop returns the next loop, starting the loops the first time; nil
+// when there are none or the server is draining.
+func (s *Server) pickLoop() *loop {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.cfg.Loops < 0 {
+		return nil
+	}
+	if s.loops == nil {
+		for range s.cfg.Loops {
+			lp, err := newLoop(s)
+			if err != nil {
+				s.log.Warn("wire: no event loop; connections keep a goroutine each", "err", err)
+				break
+			}
+			s.loops = append(s.loops, lp)
+			s.loopsWG.Go(lp.run)
+		}
+		if s.loops == nil {
+			s.cfg.Loops = -1
+			return nil
+		}
+	}
+	lp := s.loops[s.nextLoop%len(s.loops)]
+	s.nextLoop++
+	return lp
+}
+
+// stopLoops ends the loops once no connection is left to them.
+func (s *Server) stopLoops() {
+	s.mu.Lock()
+	loops := s.loops
+	s.mu.Unlock()
+	for _, lp := range loops {
+		lp.stopped.Store(true)
+		lp.poller.Poke()
+	}
+	s.loopsWG.Wait()
+}
+
+func newLoop(s *Server) (*loop, error) {
+	p, err := evloop.NewPoller()
+	if err != nil {
+		return nil, err
+	}
+	return &loop{
+		s: s, poller: p,
+		scan:  min(time.Second, s.cfg.IdleTimeout/4),
+		conns: map[int]*serverConn{},
+		buf:   make([]byte, loopRead),
+	}, nil
+}
+
+// add gives c, whose socket is fd, to the loop; false if the loop has
+// stopped or cannot watch fd.
+func (lp *loop) add(c *serverConn, fd int) bool {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.stopped.Load() {
+		return false
+	}
+	// Everything the loop reads of c is set before c is in conns.
+	c.fd, c.lastIn = fd, time.Now()
+	if err := lp.poller.Add(fd); err != nil {
+		return false
+	}
+	lp.conns[fd] = c
+	return true
+}
+
+// release asks the loop to close c, if it still has it; c's goroutine
+// then hears back.
+func (lp *loop) release(c *serverConn) {
+	lp.mu.Lock()
+	lp.released = append(lp.released, c)
+	lp.mu.Unlock()
+	lp.poller.Poke()
+}
+
+func (lp *loop) run() {
+	defer lp.closeAll()
+	timeout := int(max(lp.scan/time.Millisecond, 1))
+	for !lp.stopped.Load() {
+		ready, err := lp.poller.Wait(timeout)
+		if err != nil {
+			lp.s.log.Error("wire: epoll_wait failed; closing the loop's connections", "err", err)
+			lp.stopped.Store(true)
+			return
+		}
+		lp.now = time.Now()
+		for _, fd := range ready {
+			lp.mu.Lock()
+			c := lp.conns[fd]
+			lp.mu.Unlock()
+			if c != nil {
+				lp.serve(c)
+			}
+		}
+		lp.mu.Lock()
+		released := lp.released
+		lp.released = nil
+		lp.mu.Unlock()
+		for _, c := range released {
+			if lp.conns[c.fd] == c {
+				lp.close(c)
+			}
+		}
+		if lp.now.Sub(lp.scanned) >= lp.scan {
+			lp.expire()
+		}
+	}
+}
+
+// serve reads what arrived on c, runs the complete requests in it and
+// writes their replies.
+func (lp *loop) serve(c *serverConn) {
+	n, err := evloop.Read(c.fd, lp.buf)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil || n == 0:
+		lp.close(c) // the peer closed, or the connection broke
+		return
+	}
+	c.lastIn = lp.now
+	in := lp.buf[:n]
+	for len(in) >= HeaderSize {
+		h, err := DecodeHeader(in[:HeaderSize])
+		if err != nil || h.Flags&FlagReply != 0 || !lp.s.loopable(h) {
+			break
+		}
+		size := HeaderSize + int(h.BodyLen) + int(h.PayloadLen)
+		if len(in) < size || !lp.request(c, h, in[HeaderSize:size]) {
+			break
+		}
+		in = in[size:]
+		// Replies to a long pipeline go out as they collect.
+		if len(c.out) >= loopRead && !lp.flush(c, in) {
+			return
+		}
+	}
+	if len(in) > 0 {
+		lp.exit(c, in)
+		return
+	}
+	lp.flush(c, nil)
+}
+
+// request serves one request, whose body and payload are frame; false
+// when c's goroutine must serve it.
+func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
+	s := lp.s
+	if h.Op == OpCancel {
+		// Nothing runs in a goroutine while a loop has the connection:
+		// the request it names has been answered.
+		if h.PayloadLen != 0 {
+			return false // malformed: the goroutine closes the connection
+		}
+		s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen))
+		return true
+	}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return false // the goroutine says the server is shutting down
+	}
+	s.inflight.Add(1)
+	s.mu.Unlock()
+	s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
+	req := &Request{
+		Header: h, Body: bytes.Clone(frame[:h.BodyLen]), Peer: c.peer, PeerUID: c.peerUID,
+		mem: frame[h.BodyLen:], left: h.PayloadLen,
+	}
+	if s.cfg.Observer != nil {
+		req.start = time.Now()
+	}
+	req.rw = ReplyWriter{c: c, h: h, loop: true}
+	req.handler = s.handlers[h.Op]
+	if h.Op == OpPing {
+		req.handler = pong
+	}
+	c.handle(c.ctx, req)
+	req.mem = nil
+	c.unflushed++
+	return true
+}
+
+// flush writes c's replies; it returns false when c has left the loop,
+// with in (input not served yet), or was closed.
+func (lp *loop) flush(c *serverConn, in []byte) bool {
+	if len(c.out) == 0 {
+		return true
+	}
+	for w := 0; w < len(c.out); {
+		n, err := evloop.Write(c.fd, c.out[w:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			// A peer that does not read: its goroutine waits for it, up
+			// to WriteTimeout.
+			lp.s.bytesOut.Add(int64(w))
+			c.out = append(c.out[:0], c.out[w:]...)
+			lp.exit(c, in)
+			return false
+		case err != nil:
+			lp.close(c)
+			return false
+		}
+		w += n
+	}
+	lp.s.bytesOut.Add(int64(len(c.out)))
+	lp.s.writes.Add(1)
+	lp.s.inflight.Add(-c.unflushed)
+	c.unflushed = 0
+	if cap(c.out) > 1<<20 {
+		c.out = nil
+	} else {
+		c.out = c.out[:0]
+	}
+	return true
+}
+
+// exit gives c back to its goroutine, with in (input not served) and its
+// replies not written.
+func (lp *loop) exit(c *serverConn, in []byte) {
+	lp.remove(c)
+	x := loopExit{fd: c.fd, pre: bytes.Clone(in), out: c.out, unflushed: c.unflushed}
+	c.fd, c.out, c.unflushed = -1, nil, 0
+	c.back <- x
+}
+
+// close closes c's socket and tells its goroutine.
+func (lp *loop) close(c *serverConn) {
+	lp.remove(c)
+	unix.Close(c.fd)
+	lp.s.inflight.Add(-c.unflushed)
+	c.fd, c.out, c.unflushed = -1, nil, 0
+	c.back <- loopExit{fd: -1}
+}
+
+func (lp *loop) remove(c *serverConn) {
+	lp.mu.Lock()
+	delete(lp.conns, c.fd)
+	lp.mu.Unlock()
+	lp.poller.Del(c.fd)
+}
+
+// expire closes the connections idle past IdleTimeout.
+func (lp *loop) expire() {
+	lp.scanned = lp.now
+	var idle []*serverConn
+	lp.mu.Lock()
+	for _, c := range lp.conns {
+		if lp.now.Sub(c.lastIn) > lp.s.cfg.IdleTimeout {
+			idle = append(idle, c)
+		}
+	}
+	lp.mu.Unlock()
+	for _, c := range idle {
+		lp.close(c)
+	}
+}
+
+func (lp *loop) closeAll() {
+	lp.mu.Lock()
+	cs := make([]*serverConn, 0, len(lp.conns))
+	for _, c := range lp.conns {
+		cs = append(cs, c)
+	}
+	lp.mu.Unlock()
+	for _, c := range cs {
+		lp.close(c)
+	}
+	lp.poller.Close()
+}

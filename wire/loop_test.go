@@ -1,0 +1,328 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+const opLoopBig Op = 210
+
+// loopServer serves echo inline (opInlineEcho) and counts the requests it
+// answered on a loop and off one.
+type loopCount struct{ on, off atomic.Int64 }
+
+func loopServer(t *testing.T, cfg ServerConfig, network string, setup ...func(*Server)) (*Server, string, *loopCount) {
+	t.Helper()
+	var n loopCount
+	s, addr := startServer(t, cfg, network, append([]func(*Server){func(s *Server) {
+		s.HandleInline(opInlineEcho, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+			if rw.loop {
+				n.on.Add(1)
+			} else {
+				n.off.Add(1)
+			}
+			echo(ctx, req, rw)
+		})
+	}}, setup...)...)
+	return s, addr, &n
+}
+
+func inlineEcho(ctx context.Context, c *Conn, payload []byte) ([]byte, error) {
+	var got []byte
+	err := c.Do(ctx, opInlineEcho, &wirepb.Ping{}, net.Buffers{payload}, &wirepb.Ping{}, func(h Header, _ proto.Message) ([][]byte, error) {
+		got = make([]byte, h.PayloadLen)
+		return [][]byte{got}, nil
+	})
+	return got, err
+}
+
+// TestLoopServesInlineRequests: requests for inline handlers are served
+// from a loop, bit-exact and in any mix of sizes, from many callers on
+// one connection and on many; those over loopMax by the connection's
+// goroutine; with Loops < 0, none from a loop.
+func TestLoopServesInlineRequests(t *testing.T) {
+	for _, tc := range []struct {
+		network string
+		loops   int
+	}{{"tcp", 0}, {"unix", 2}, {"tcp", -1}} {
+		t.Run(fmt.Sprintf("%s/loops=%d", tc.network, tc.loops), func(t *testing.T) {
+			_, addr, n := loopServer(t, ServerConfig{Loops: tc.loops}, tc.network)
+			shared := dial(t, addr, "")
+			var wg sync.WaitGroup
+			for w := range 8 {
+				own := dial(t, addr, "")
+				wg.Go(func() {
+					for i := range 50 {
+						c := own
+						if i%2 == 1 {
+							c = shared
+						}
+						size := []int{0, 1, 1000, loopMax - 200, loopMax + 1, 1 << 20}[(i+w)%6]
+						if i%10 != 9 {
+							size = min(size, 4096)
+						}
+						p := bytes.Repeat([]byte{byte(w*50 + i)}, size)
+						got, err := inlineEcho(context.Background(), c, p)
+						if !assert.NoError(t, err) || !assert.True(t, bytes.Equal(got, p), "worker %d request %d: %d bytes came back as %d", w, i, size, len(got)) {
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if tc.loops < 0 {
+				assert.Zero(t, n.on.Load(), "requests served from a loop with Loops < 0")
+			} else {
+				assert.Greater(t, n.on.Load(), int64(300), "requests served from a loop (%d off one)", n.off.Load())
+				assert.Positive(t, n.off.Load(), "requests over loopMax served off the loop")
+			}
+		})
+	}
+}
+
+// TestLoopHandsBack: whatever a loop does not serve goes to the
+// connection's goroutine with the input after it, nothing lost or
+// reordered: a request for a handler with a goroutine of its own, a
+// CANCEL, a frame over loopMax, a frame cut in two by the network. Once
+// the connection sends only what a loop serves again, it is back on one.
+func TestLoopHandsBack(t *testing.T) {
+	_, addr, n := loopServer(t, ServerConfig{}, "tcp")
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	echoFrame := func(op Op, id uint64, payload int) []byte {
+		return frame(op, 0, id, &wirepb.Ping{}, bytes.Repeat([]byte{byte(id)}, payload))
+	}
+	expect := func(ids ...uint64) {
+		t.Helper()
+		want := map[uint64]bool{}
+		for _, id := range ids {
+			want[id] = true
+		}
+		for range ids {
+			h, _ := readFrame(t, nc)
+			require.Zero(t, h.Flags&FlagError, "reply to %d", h.ID)
+			require.True(t, want[h.ID], "unexpected reply to %d", h.ID)
+			delete(want, h.ID)
+		}
+	}
+	// One write: served on the loop, then the async one sends the
+	// connection to its goroutine with the rest.
+	var b []byte
+	b = append(b, echoFrame(opInlineEcho, 2, 10)...)
+	b = append(b, echoFrame(opEcho, 3, 10)...)
+	b = append(b, frame(OpCancel, 0, 0, &wirepb.Cancel{Id: 99}, nil)...)
+	b = append(b, echoFrame(opInlineEcho, 4, 10)...)
+	b = append(b, echoFrame(opInlineEcho, 5, loopMax+10)...)
+	_, err := nc.Write(b)
+	require.NoError(t, err)
+	expect(2, 3, 4, 5)
+	on := n.on.Load()
+	require.Positive(t, on, "the first request was served on the loop")
+
+	// Two small inline requests in a row, and the connection is idle:
+	// back on the loop.
+	for id := uint64(6); id < 9; id++ {
+		_, err := nc.Write(echoFrame(opInlineEcho, id, 10))
+		require.NoError(t, err)
+		expect(id)
+	}
+	require.Eventually(t, func() bool {
+		_, err := nc.Write(echoFrame(opInlineEcho, 20, 10))
+		require.NoError(t, err)
+		expect(20)
+		return n.on.Load() > on
+	}, 5*time.Second, 10*time.Millisecond, "back on a loop")
+
+	// A frame cut in two: the loop gives the first half to the goroutine,
+	// which waits for the rest.
+	f := echoFrame(opInlineEcho, 30, 100)
+	_, err = nc.Write(f[:HeaderSize+3])
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond)
+	_, err = nc.Write(f[HeaderSize+3:])
+	require.NoError(t, err)
+	expect(30)
+
+	// A malformed frame closes the connection, as without loops.
+	for id := uint64(40); id < 43; id++ {
+		_, err := nc.Write(echoFrame(opInlineEcho, id, 10))
+		require.NoError(t, err)
+		expect(id)
+	}
+	_, err = nc.Write(bytes.Repeat([]byte{0xee}, HeaderSize))
+	require.NoError(t, err)
+	waitClosed(t, nc, 5*time.Second)
+}
+
+// TestLoopPeerThatStopsReading: a peer whose replies the socket does not
+// take goes to its goroutine, which closes it after WriteTimeout; the
+// loop goes on serving its other connections meanwhile.
+func TestLoopPeerThatStopsReading(t *testing.T) {
+	const writeTimeout = 300 * time.Millisecond
+	gone := make(chan *wirepb.Hello, 2)
+	big := make([]byte, 1<<20)
+	_, addr, _ := loopServer(t, ServerConfig{WriteTimeout: writeTimeout, Loops: 1, OnDisconnect: func(p *wirepb.Hello) { gone <- p }}, "tcp", func(s *Server) {
+		s.HandleInline(opLoopBig, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			rw.Reply(&wirepb.Empty{}, net.Buffers{big}, nil)
+		})
+	})
+	good := dial(t, addr, "")
+	deaf := rawDial(t, addr, &wirepb.Hello{Role: "client", Name: "deaf"})
+	start := time.Now()
+	var reqs []byte
+	for id := range uint64(32) {
+		reqs = append(reqs, frame(opLoopBig, 0, id+2, &wirepb.Empty{}, nil)...)
+	}
+	_, err := deaf.Write(reqs)
+	require.NoError(t, err)
+	for time.Since(start) < writeTimeout {
+		got, err := inlineEcho(context.Background(), good, []byte("alive"))
+		require.NoError(t, err)
+		require.Equal(t, "alive", string(got))
+	}
+	peer := recv(t, gone, "disconnect of the peer that does not read")
+	require.Equal(t, "deaf", peer.GetName())
+	require.GreaterOrEqual(t, time.Since(start), writeTimeout)
+	_, err = inlineEcho(context.Background(), good, []byte("still"))
+	require.NoError(t, err)
+}
+
+// TestLoopIdleTimeout: a connection on a loop that sends nothing for
+// IdleTimeout is closed, within a quarter more (the loop looks every
+// quarter); one that keeps sending is not.
+func TestLoopIdleTimeout(t *testing.T) {
+	const idle = 400 * time.Millisecond
+	_, addr, n := loopServer(t, ServerConfig{IdleTimeout: idle}, "tcp")
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	for i := range 12 { // 1.2 s of a frame every 100 ms
+		_, err := nc.Write(frame(opInlineEcho, 0, uint64(i+2), &wirepb.Ping{}, []byte{1}))
+		require.NoError(t, err)
+		readFrame(t, nc)
+		time.Sleep(100 * time.Millisecond)
+	}
+	require.Positive(t, n.on.Load(), "served on a loop")
+	took := waitClosed(t, nc, 5*time.Second)
+	assert.True(t, took > idle-100*time.Millisecond && took < idle+idle/4+time.Second, "closed %v after the last frame, want %v to %v (and some scheduling)", took, idle, idle+idle/4)
+}
+
+// TestLoopShutdownAndClose: Shutdown answers what arrives meanwhile
+// (CODE_CLOSED) and closes connections on loops; Close ends every
+// goroutine (TestMain checks none is left) with connections on the loops
+// and in their goroutines, and clients coming and going.
+func TestLoopShutdownAndClose(t *testing.T) {
+	t.Run("shutdown", func(t *testing.T) {
+		s, addr, _ := loopServer(t, ServerConfig{}, "unix")
+		c := dial(t, addr, "")
+		_, err := inlineEcho(context.Background(), c, []byte("x"))
+		require.NoError(t, err)
+		require.NoError(t, s.Shutdown(context.Background()))
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("connection on a loop still open after Shutdown")
+		}
+	})
+	t.Run("draining", func(t *testing.T) {
+		gate := make(chan struct{})
+		s, addr, _ := loopServer(t, ServerConfig{}, "tcp", func(s *Server) {
+			s.Handle(opGated, func(ctx context.Context, _ *Request, rw *ReplyWriter) {
+				<-gate
+				rw.Reply(&wirepb.Empty{}, nil, nil)
+			})
+		})
+		held := dial(t, addr, "")
+		other := dial(t, addr, "")
+		_, err := inlineEcho(context.Background(), other, []byte("x"))
+		require.NoError(t, err)
+		slow := make(chan error, 1)
+		go func() { slow <- held.Do(context.Background(), opGated, &wirepb.Empty{}, nil, &wirepb.Empty{}, nil) }()
+		time.Sleep(50 * time.Millisecond)
+		down := make(chan error, 1)
+		go func() { down <- s.Shutdown(context.Background()) }()
+		require.Eventually(t, func() bool {
+			_, err := inlineEcho(context.Background(), other, []byte("y"))
+			return errors.Is(err, engine.ErrClosed)
+		}, 5*time.Second, 5*time.Millisecond, "a request on a loop while draining is refused")
+		close(gate)
+		require.NoError(t, <-slow)
+		require.NoError(t, <-down)
+	})
+	t.Run("churn", func(t *testing.T) {
+		s, addr, _ := loopServer(t, ServerConfig{Loops: 2}, "tcp")
+		var wg sync.WaitGroup
+		for w := range 8 {
+			wg.Go(func() {
+				for range 10 {
+					c, _, err := Dial(context.Background(), addr, &wirepb.Hello{Role: "client"}, ConnConfig{})
+					if err != nil {
+						return // the server closed
+					}
+					for i := range 5 {
+						if _, err := inlineEcho(context.Background(), c, []byte{byte(w), byte(i)}); err != nil {
+							break
+						}
+					}
+					c.Close()
+				}
+			})
+		}
+		time.Sleep(30 * time.Millisecond)
+		require.NoError(t, s.Close())
+		wg.Wait()
+	})
+}
+
+// FuzzLoop feeds arbitrary bytes, in two writes, to an authenticated
+// connection over a real socket, so that a loop reads them first (over
+// net.Pipe, FuzzServerConn's, there is no socket to lend a loop). The
+// server must neither panic nor hang: once the client closes, the
+// connection ends, wherever it was served.
+func FuzzLoop(f *testing.F) {
+	inline := func(id uint64, n int) []byte {
+		return frame(opInlineEcho, 0, id, &wirepb.Ping{}, bytes.Repeat([]byte{7}, n))
+	}
+	f.Add(slices.Concat(inline(2, 10), inline(3, 0), frame(OpPing, 0, 4, &wirepb.Ping{}, nil)), uint(0))
+	f.Add(slices.Concat(inline(2, 10), frame(opEcho, 0, 3, &wirepb.Ping{}, []byte("x")), inline(4, 1)), uint(200))
+	f.Add(slices.Concat(inline(2, 10), cancelFrame(2), inline(3, loopMax+1)), uint(90))
+	f.Add(slices.Concat(inline(2, 10), inline(3, 100)), uint(80))
+	f.Add(slices.Concat(inline(2, 10), []byte("TQ\x01\x00\x02\x00\x00\x00\x01\x00\x00\x00")), uint(0))
+	f.Add(slices.Concat(inline(2, 10), frame(OpCancel, 0, 0, &wirepb.Ping{Nonce: 1}, []byte("p"))), uint(0))
+	s := NewServer(ServerConfig{HandshakeTimeout: time.Second, IdleTimeout: time.Second, Loops: 1})
+	s.Handle(opEcho, echo)
+	s.HandleInline(opInlineEcho, echo)
+	path := filepath.Join(f.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	require.NoError(f, err)
+	go s.Serve(l)
+	f.Cleanup(func() { s.Close() })
+	hello := frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil)
+	f.Fuzz(func(t *testing.T, data []byte, split uint) {
+		cli, err := net.Dial("unix", path)
+		require.NoError(t, err)
+		go io.Copy(io.Discard, cli) // whatever the server answers
+		cli.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		cli.Write(hello)
+		k := int(split % uint(len(data)+1))
+		cli.Write(data[:k])
+		cli.Write(data[k:])
+		cli.Close()
+		require.Eventually(t, func() bool { return s.Conns() == 0 }, 5*time.Second, time.Millisecond,
+			"server connection still open 5 s after the client closed")
+	})
+}
