@@ -82,23 +82,48 @@ type outFrame struct {
 	done    func()      // if set, runs after after
 }
 
-// finish reports the write's outcome and lets the payload go.
+// finish reports the write's outcome and lets the payload go. It reads
+// nothing of f after the outcome is sent: a client's frame is reused
+// once its caller has it.
 func (f *outFrame) finish(err error) {
+	after, done := f.after, f.done
 	f.written <- err
-	if f.after != nil {
-		f.after()
+	if after != nil {
+		after()
 	}
-	if f.done != nil {
-		f.done()
+	if done != nil {
+		done()
 	}
 }
 
 type call struct {
 	reply     proto.Message
 	into      func(Header, proto.Message) ([][]byte, error)
-	done      chan struct{}
+	done      chan struct{} // buffered: receives once, when the call is finished or failed
 	err       error
 	receiving bool // the reader is filling the call's buffers
+}
+
+// request is a call and its frame, reused from call to call (requests):
+// a small request then allocates nothing of its own on its way.
+type request struct {
+	cl call
+	f  outFrame
+}
+
+var requests = sync.Pool{New: func() any {
+	return &request{cl: call{done: make(chan struct{}, 1)}, f: outFrame{written: make(chan error, 1)}}
+}}
+
+// putRequest returns r to the pool once neither the writer nor the
+// reader holds it (Do's outcome is known, and the frame's).
+func putRequest(r *request) {
+	if cap(r.f.buf) > 4<<10 {
+		r.f.buf = nil // do not keep a large body's buffer
+	}
+	r.f.buf, r.f.payload = r.f.buf[:0], nil
+	r.cl.reply, r.cl.into, r.cl.err, r.cl.receiving = nil, nil, nil, false
+	requests.Put(r)
 }
 
 // NewConn takes over nc. The caller should then [Conn.Hello].
@@ -233,22 +258,28 @@ func (c *Conn) Cleanup(op Op, body proto.Message) {
 // is sent a CANCEL for the request (not for HELLO or PING), which ends the
 // handler's context there; the reply, if one still comes, is dropped.
 func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Buffers, reply proto.Message, into func(Header, proto.Message) ([][]byte, error)) error {
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+64), body)
+	r := requests.Get().(*request)
+	b, err := proto.MarshalOptions{}.MarshalAppend(append(r.f.buf[:0], zeroHeader[:]...), body)
+	r.f.buf = b
 	if err != nil {
+		putRequest(r)
 		return fmt.Errorf("encode %v request: %w", op, err)
 	}
 	if len(b)-HeaderSize > MaxBodyLen {
+		putRequest(r)
 		return fmt.Errorf("%v request body of %d bytes exceeds %d: %w", op, len(b)-HeaderSize, MaxBodyLen, engine.ErrInvalid)
 	}
 	var plen uint64
 	for _, p := range payload {
 		plen += uint64(len(p))
 	}
-	cl := &call{reply: reply, into: into, done: make(chan struct{})}
+	cl, f := &r.cl, &r.f
+	cl.reply, cl.into = reply, into
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
+		putRequest(r)
 		return err
 	}
 	c.nextID++
@@ -257,12 +288,12 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	c.mu.Unlock()
 	h := Header{Version: Version, Op: op, ID: id, BodyLen: uint32(len(b) - HeaderSize), PayloadLen: plen}
 	h.Append(b[:0])
-	f := &outFrame{buf: b, payload: payload, written: make(chan error, 1)}
+	f.payload = payload
 
 	c.w.send(f) // writes now if the socket is idle, else queues
 	select {
 	case <-cl.done:
-		return cl.err
+		return c.finished(r)
 	case <-ctx.Done():
 	case <-c.done:
 	}
@@ -270,15 +301,27 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	// failed wins: select picks among ready cases at random.
 	select {
 	case <-cl.done:
-		return cl.err
+		return c.finished(r)
 	default:
 	}
 	canceled := ctx.Err() != nil
-	c.abandon(id, cl, f, canceled && op != OpHello && op != OpPing)
+	if c.abandon(id, cl, f, canceled && op != OpHello && op != OpPing) {
+		putRequest(r)
+	}
 	if canceled {
 		return ctx.Err()
 	}
 	return c.Err()
+}
+
+// finished returns the outcome of r's call, whose reply has been read,
+// once the writer is done with its frame too (mostly it is: a caller
+// that finds the socket idle writes its own frame), and reuses r.
+func (c *Conn) finished(r *request) error {
+	<-r.f.written
+	err := r.cl.err
+	putRequest(r)
+	return err
 }
 
 func (c *Conn) forget(id uint64) {
@@ -290,15 +333,18 @@ func (c *Conn) forget(id uint64) {
 // abandon gives up on a call without leaving goroutines that still touch
 // its buffers: it waits for the frame to be written (or dropped) and for a
 // payload being received to finish. With cancel, a call whose reply has
-// not started arriving is canceled on the server.
-func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) {
+// not started arriving is canceled on the server. It reports whether the
+// call and its frame may be reused: the reader no longer holds the call
+// (it could still, for a moment, when the connection failed meanwhile).
+func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse bool) {
 	c.mu.Lock()
 	receiving := cl.receiving
-	if !receiving {
+	_, pending := c.pending[id]
+	if pending && !receiving {
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
-	if cancel && !receiving {
+	if cancel && pending && !receiving {
 		c.cancel(id)
 	}
 	if receiving {
@@ -313,6 +359,7 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) {
 		c.fail(fmt.Errorf("a call was abandoned while its request was being written: %w", ErrUnavailable))
 		<-f.written
 	}
+	return pending || receiving
 }
 
 // cancel queues a CANCEL of request id behind its request (frames go out
@@ -354,7 +401,7 @@ func (c *Conn) readLoop() {
 	c.mu.Unlock()
 	for _, cl := range pending {
 		cl.err = cerr
-		close(cl.done)
+		cl.done <- struct{}{}
 	}
 }
 
@@ -391,7 +438,7 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	if err != nil && cerr == nil {
 		cl.err = err
 	}
-	close(cl.done)
+	cl.done <- struct{}{}
 	return err
 }
 

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -284,4 +286,61 @@ func TestHeaderRoundTripAndValidation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReusedRequestsUnderCancellation: callers whose contexts end at
+// random points (before the write, while the reply is on its way, while
+// its payload is being read) and callers that finish, all on one
+// connection whose requests and frames are reused from call to call:
+// every call that returns nil got its own reply, bit-exact, and the
+// connection keeps working. A request reused while the reader or writer
+// still held it would show as another call's bytes (or as a race).
+func TestReusedRequestsUnderCancellation(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{}, "tcp", func(s *Server) {
+		s.HandleInline(opInlineEcho, echo)
+	})
+	c := dial(t, addr, "")
+	var wg sync.WaitGroup
+	var ok, canceled atomic.Int64
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 150 {
+				size := []int{0, 16, 1000, 70 << 10, 1 << 20}[(w+i)%5]
+				p := bytes.Repeat([]byte{byte(w), byte(i)}, size/2)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration((w*31+i*17)%3000)*time.Microsecond)
+				if i%3 == 0 {
+					ctx, cancel = context.WithCancel(context.Background())
+				}
+				op := opEcho
+				if i%2 == 0 {
+					op = opInlineEcho
+				}
+				var got []byte
+				err := c.Do(ctx, op, &wirepb.Ping{}, net.Buffers{p}, &wirepb.Ping{}, func(h Header, _ proto.Message) ([][]byte, error) {
+					got = make([]byte, h.PayloadLen)
+					return [][]byte{got}, nil
+				})
+				cancel()
+				switch {
+				case err == nil:
+					ok.Add(1)
+					if !bytes.Equal(got, p) {
+						t.Errorf("worker %d call %d: another call's reply (%d bytes, want %d)", w, i, len(got), len(p))
+						return
+					}
+				case errors.Is(err, context.DeadlineExceeded):
+					canceled.Add(1)
+				default:
+					t.Errorf("worker %d call %d: %v", w, i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d calls answered, %d canceled", ok.Load(), canceled.Load())
+	require.NoError(t, c.Ping(context.Background()))
+	got, err := roundTrip(context.Background(), c, []byte("after"))
+	require.NoError(t, err)
+	require.Equal(t, "after", string(got))
 }
