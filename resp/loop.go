@@ -192,27 +192,16 @@ func (lp *loop) serve(c *conn) {
 // flush writes c's replies; it returns false when c has left the loop,
 // with in (input not served yet), or was closed.
 func (lp *loop) flush(c *conn, in []byte) bool {
-	for w := 0; w < len(c.out); {
-		n, err := evloop.Write(c.fd, c.out[w:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			// A client that does not read: its goroutine waits for
-			// it, up to CommandTimeout.
-			c.out = append(c.out[:0], c.out[w:]...)
-			lp.leave(c, in)
-			return false
-		case err != nil:
-			lp.drop(c)
-			return false
-		}
-		w += n
-	}
-	if cap(c.out) > 1<<20 {
-		c.out = nil
-	} else {
-		c.out = c.out[:0]
+	var err error
+	switch c.out, err = evloop.Flush(c.fd, c.out); {
+	case err == unix.EAGAIN:
+		// A client that does not read: its goroutine waits for it, up
+		// to CommandTimeout.
+		lp.leave(c, in)
+		return false
+	case err != nil:
+		lp.drop(c)
+		return false
 	}
 	return true
 }

@@ -349,33 +349,23 @@ func (lp *loop) flush(c *serverConn, in []byte) bool {
 	if len(c.out) == 0 {
 		return true
 	}
-	for w := 0; w < len(c.out); {
-		n, err := evloop.Write(c.fd, c.out[w:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			// A peer that does not read: its goroutine waits for it, up
-			// to WriteTimeout.
-			lp.s.bytesOut.Add(int64(w))
-			c.out = append(c.out[:0], c.out[w:]...)
-			lp.exit(c, in)
-			return false
-		case err != nil:
-			lp.close(c)
-			return false
-		}
-		w += n
+	n := len(c.out)
+	var err error
+	c.out, err = evloop.Flush(c.fd, c.out)
+	lp.s.bytesOut.Add(int64(n - len(c.out)))
+	switch {
+	case err == unix.EAGAIN:
+		// A peer that does not read: its goroutine waits for it, up to
+		// WriteTimeout.
+		lp.exit(c, in)
+		return false
+	case err != nil:
+		lp.close(c)
+		return false
 	}
-	lp.s.bytesOut.Add(int64(len(c.out)))
 	lp.s.writes.Add(1)
 	lp.s.inflight.Add(-c.unflushed)
 	c.unflushed = 0
-	if cap(c.out) > 1<<20 {
-		c.out = nil
-	} else {
-		c.out = c.out[:0]
-	}
 	return true
 }
 

@@ -152,6 +152,27 @@ func Write(fd int, p []byte) (int, error) {
 	return rawResult(n, e)
 }
 
+// Flush writes out to fd without blocking. It returns out emptied
+// (keeping its buffer, unless that grew past 1 MiB) once all of it is
+// written; else out less what was written, and the error:
+// unix.EAGAIN when the socket takes nothing more now.
+func Flush(fd int, out []byte) ([]byte, error) {
+	for w := 0; w < len(out); {
+		n, err := Write(fd, out[w:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return append(out[:0], out[w:]...), err
+		}
+		w += n
+	}
+	if cap(out) > 1<<20 {
+		return nil, nil
+	}
+	return out[:0], nil
+}
+
 func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
 	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
 	return rawResult(n, e)
