@@ -78,11 +78,11 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 		put.HasTags = true
 	}
 	var reply wirepb.CommitKeysReply
-	c, done, err := r.kvLane(ctx)
+	c, l, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVPut, p, payload, &reply, nil)
 	}
-	done()
+	l.done()
 	if err != nil {
 		return engine.KeysCommitted{}, r.opErr("kv put", r.learn(err))
 	}
@@ -113,11 +113,11 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 		data = make([]byte, h.PayloadLen)
 		return [][]byte{data}, nil
 	}
-	c, done, err := r.kvLane(ctx)
+	c, l, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, into)
 	}
-	done()
+	l.done()
 	if err != nil {
 		return nil, nil, r.opErr("kv get", r.learn(err))
 	}

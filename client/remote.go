@@ -210,10 +210,11 @@ func (r *RemoteMeta) connect(ctx context.Context) (*wire.Conn, error) {
 
 // kvLane returns the connection of the lane with the fewest KV calls in
 // flight (the first among equals, so lanes open only as calls overlap),
-// counting the caller's call in it until done runs. A lane other than the
-// first that cannot be dialed leaves the call to the first.
-func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, done func(), err error) {
-	l := &r.lanes[0]
+// counting the caller's call in the lane it returns until its done runs.
+// A lane other than the first that cannot be dialed leaves the call to the
+// first.
+func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, l *lane, err error) {
+	l = &r.lanes[0]
 	if n := l.inflight.Load(); n > 0 {
 		for i := 1; i < len(r.lanes); i++ {
 			if m := r.lanes[i].inflight.Load(); m < n && !r.lanes[i].idle() {
@@ -222,17 +223,18 @@ func (r *RemoteMeta) kvLane(ctx context.Context) (c *wire.Conn, done func(), err
 		}
 	}
 	l.inflight.Add(1)
-	done = func() { l.inflight.Add(-1) }
 	if c, err = r.connectLane(ctx, l); err != nil && l != &r.lanes[0] && ctx.Err() == nil {
 		l.idleUntil.Store(time.Now().Add(laneRetry).UnixNano())
-		done()
-		first := &r.lanes[0]
-		first.inflight.Add(1)
-		done = func() { first.inflight.Add(-1) }
-		c, err = r.connectLane(ctx, first)
+		l.done()
+		l = &r.lanes[0]
+		l.inflight.Add(1)
+		c, err = r.connectLane(ctx, l)
 	}
-	return c, done, err
+	return c, l, err
 }
+
+// done ends a call kvLane counted in l.
+func (l *lane) done() { l.inflight.Add(-1) }
 
 // idle reports a lane kept out of the choice after a failed dial.
 func (l *lane) idle() bool {
