@@ -136,6 +136,7 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 	nc, err := evloop.Give(x.fd, "wire")
 	if err != nil {
 		c.s.log.Warn("wire: a connection could not leave its loop; closing it", "peer", c.peer.GetName(), "err", err)
+		c.s.inflight.Add(-x.unflushed) // their replies are dropped
 		return nil, nil, false
 	}
 	c.ncMu.Lock()
@@ -145,6 +146,7 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 	case <-c.done:
 		// close read the old socket before it saw this one.
 		nc.Close()
+		c.s.inflight.Add(-x.unflushed)
 		return nil, nil, false
 	default:
 	}
