@@ -14,17 +14,19 @@ import (
 )
 
 // BenchmarkRoundTrip measures one request and its reply through Conn and
-// Server over a real socket: an echo of size payload bytes, served on the
-// read loop (inline) or in a goroutine of its own. Allocations count both
-// sides (they share the process).
+// Server over a real socket: an echo of size payload bytes, served by an
+// inline handler from an event loop (loop; 1 MiB frames are too large for
+// one, and go to the connection's goroutine) or from the connection's
+// goroutine (inline: the server has no loops), or in a goroutine of its
+// own. Allocations count both sides (they share the process).
 //
 //	go test -run '^$' -bench RoundTrip -count 6 ./wire | tee new.txt
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, network := range []string{"tcp", "unix"} {
-		for _, handler := range []string{"inline", "goroutine"} {
+		for _, handler := range []string{"loop", "inline", "goroutine"} {
 			for _, size := range []int{0, 4 << 10, 1 << 20} {
 				name := fmt.Sprintf("net=%s/handler=%s/size=%s", network, handler, sizeName(size))
-				b.Run(name, func(b *testing.B) { benchRoundTrip(b, network, handler == "inline", size) })
+				b.Run(name, func(b *testing.B) { benchRoundTrip(b, network, handler, size) })
 			}
 		}
 	}
@@ -33,9 +35,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 // BenchmarkRoundTripParallel runs small echoes from many goroutines on one
 // connection, where the writer combines frames.
 func BenchmarkRoundTripParallel(b *testing.B) {
-	for _, handler := range []string{"inline", "goroutine"} {
+	for _, handler := range []string{"loop", "inline", "goroutine"} {
 		b.Run("net=unix/handler="+handler, func(b *testing.B) {
-			c, op := benchConn(b, "unix", handler == "inline")
+			c, op := benchConn(b, "unix", handler)
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {
@@ -61,13 +63,19 @@ func sizeName(n int) string {
 	return fmt.Sprintf("%dB", n)
 }
 
-func benchConn(b *testing.B, network string, inline bool) (*Conn, Op) {
-	s := NewServer(ServerConfig{})
+// benchConn connects to a server of echo; handler is "loop", "inline" or
+// "goroutine" (see BenchmarkRoundTrip).
+func benchConn(b *testing.B, network string, handler string) (*Conn, Op) {
+	cfg := ServerConfig{Loops: -1}
+	if handler == "loop" {
+		cfg.Loops = 0
+	}
+	s := NewServer(cfg)
 	op := Op(210)
-	if inline {
-		s.HandleInline(op, echo)
-	} else {
+	if handler == "goroutine" {
 		s.Handle(op, echo)
+	} else {
+		s.HandleInline(op, echo)
 	}
 	var l net.Listener
 	var err error
@@ -89,8 +97,8 @@ func benchConn(b *testing.B, network string, inline bool) (*Conn, Op) {
 	return c, op
 }
 
-func benchRoundTrip(b *testing.B, network string, inline bool, size int) {
-	c, op := benchConn(b, network, inline)
+func benchRoundTrip(b *testing.B, network string, handler string, size int) {
+	c, op := benchConn(b, network, handler)
 	payload := make([]byte, size)
 	dst := make([]byte, size)
 	var out net.Buffers
