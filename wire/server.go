@@ -619,7 +619,7 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 
 func (c *serverConn) close() {
 	c.once.Do(func() {
-		close(c.done) // before nc is read: see back
+		close(c.done) // before nc is read: see toLoop
 		c.ncMu.Lock()
 		nc := c.nc
 		c.ncMu.Unlock()
