@@ -256,14 +256,20 @@ func (lp *loop) run() {
 				lp.serve(c)
 			}
 		}
+		// Connections whose goroutines asked for them to be closed, if
+		// the loop still has them (conns is read under mu: goroutines
+		// add to it).
+		var gone []*serverConn
 		lp.mu.Lock()
-		released := lp.released
+		for _, c := range lp.released {
+			if lp.conns[c.fd] == c {
+				gone = append(gone, c)
+			}
+		}
 		lp.released = nil
 		lp.mu.Unlock()
-		for _, c := range released {
-			if lp.conns[c.fd] == c {
-				lp.close(c)
-			}
+		for _, c := range gone {
+			lp.close(c)
 		}
 		if lp.now.Sub(lp.scanned) >= lp.scan {
 			lp.expire()
