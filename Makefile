@@ -95,12 +95,17 @@ soak:
 		-faults.soak $(SOAK) -faults.duration $(SOAKSEEDTIME) -faults.seeds $(SOAKSEED)
 
 # generate: regenerate the protobuf code in wire/wirepb (committed). Needs
-# protoc (apt-get install protobuf-compiler) and protoc-gen-go at the
-# version go.mod pins.
+# protoc (apt-get install protobuf-compiler); installs protoc-gen-go and
+# protoc-gen-go-vtproto (the fast marshal code, wire/codec.go) at the
+# versions go.mod pins.
 PROTOC_GEN_GO := $(shell go env GOPATH)/bin/protoc-gen-go
+PROTOC_GEN_VT := $(shell go env GOPATH)/bin/protoc-gen-go-vtproto
 generate:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
-	protoc --plugin=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/tqgo/tq -I wire/proto wire/proto/*.proto
+	$(GO) install github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@$$($(GO) list -m -f '{{.Version}}' github.com/planetscale/vtprotobuf)
+	protoc --plugin=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/tqgo/tq \
+		--plugin=$(PROTOC_GEN_VT) --go-vtproto_out=. --go-vtproto_opt=module=github.com/tqgo/tq,features=marshal+size \
+		-I wire/proto wire/proto/*.proto
 
 # The Python client (python/): its message code is generated from
 # wire/proto by protoc (apt-get install protobuf-compiler) and committed;

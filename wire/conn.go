@@ -259,7 +259,7 @@ func (c *Conn) Cleanup(op Op, body proto.Message) {
 // handler's context there; the reply, if one still comes, is dropped.
 func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Buffers, reply proto.Message, into func(Header, proto.Message) ([][]byte, error)) error {
 	r := requests.Get().(*request)
-	b, err := proto.MarshalOptions{}.MarshalAppend(append(r.f.buf[:0], zeroHeader[:]...), body)
+	b, err := AppendMessage(append(r.f.buf[:0], zeroHeader[:]...), body)
 	r.f.buf = b
 	if err != nil {
 		putRequest(r)
@@ -370,7 +370,7 @@ func (c *Conn) cancel(id uint64) {
 		return
 	default:
 	}
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, HeaderSize, HeaderSize+16), &wirepb.Cancel{Id: id})
+	b, err := AppendMessage(make([]byte, HeaderSize, HeaderSize+16), &wirepb.Cancel{Id: id})
 	if err != nil {
 		return
 	}

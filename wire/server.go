@@ -1300,15 +1300,15 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 		base = make([]byte, 0, HeaderSize+64)
 	}
 	mark := len(base)
-	b, err := proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), body)
+	b, err := AppendMessage(append(base, zeroHeader[:]...), body)
 	switch {
 	case err != nil:
-		b, _ = proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
+		b, _ = AppendMessage(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
 		flags, payload = FlagError, nil
 	case len(b)-mark-HeaderSize > MaxBodyLen:
 		// The peer would reject the frame and drop the connection: answer
 		// with an error instead.
-		b, _ = proto.MarshalOptions{}.MarshalAppend(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf(
+		b, _ = AppendMessage(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf(
 			"%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-mark-HeaderSize, MaxBodyLen, engine.ErrInvalid)))
 		flags, payload = FlagError, nil
 	}
