@@ -2,9 +2,10 @@ package client
 
 // One round trip for small KV puts and gets: a controller that shares its
 // process with storage units (tq serve's default) takes a put's bytes
-// with it (KV_PUT) and answers a get with them (KV_GET). A client uses
-// these for values of at most KVInlineMax bytes, and goes to the units
-// itself otherwise, or when the controller has no units of its own
+// with it (KV_PUT) and answers a get with them (KV_GET); one value of one
+// key goes without the batch around it (KV_SET, KV_GET_VALUE). A client
+// uses these for values of at most KVInlineMax bytes, and goes to the
+// units itself otherwise, or when the controller has no units of its own
 // (which it learns once).
 
 import (
@@ -46,7 +47,12 @@ var (
 
 // keyDataState marks a RemoteMeta whose controller answered a KV_PUT or
 // KV_GET with CODE_NOT_SUPPORTED.
-type keyDataState struct{ unsupported atomic.Bool }
+type keyDataState struct {
+	unsupported atomic.Bool
+	// noValue: the controller does not know KV_SET and KV_GET_VALUE;
+	// KV_PUT and KV_GET serve every put and get.
+	noValue atomic.Bool
+}
 
 func (r *RemoteMeta) KeyDataSupported() bool { return !r.kd.unsupported.Load() }
 
@@ -63,6 +69,12 @@ func (r *RemoteMeta) learn(err error) error {
 func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *engine.Batch) (engine.KeysCommitted, error) {
 	if err := checkCommitKeys(req); err != nil {
 		return engine.KeysCommitted{}, r.opErr("kv put", err)
+	}
+	if field, val, ok := oneValue(req, b); ok && !r.kd.noValue.Load() {
+		out, err := r.setValue(ctx, req, field, val)
+		if !errors.Is(err, engine.ErrNotSupported) {
+			return out, err
+		}
 	}
 	put := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys}
 	p := &wirepb.KVPutRequest{Put: put}
@@ -86,7 +98,45 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 	if err != nil {
 		return engine.KeysCommitted{}, r.opErr("kv put", r.learn(err))
 	}
+	return r.committed(req, &reply)
+}
+
+// oneValue returns the bytes of a put that is one opaque value of one
+// key (KV_SET's shape): one key, one row, one opaque field, no tags.
+func oneValue(req engine.KeysCommit, b *engine.Batch) (field string, val []byte, ok bool) {
+	if len(req.Keys) != 1 || req.Tags != nil || b == nil || b.Rows() != 1 || b.NumFields() != 1 {
+		return "", nil, false
+	}
+	f := b.Fields()[0]
+	if f.Col.Kind() != engine.Opaque || f.Col.DType() != engine.Bytes {
+		return "", nil, false
+	}
+	return f.Name, f.Col.RowBytes(0), true
+}
+
+// setValue sends one value of one key (KV_SET). A controller that does
+// not know KV_SET answers CODE_NOT_SUPPORTED, as one without units does:
+// the client then keeps to KV_PUT, which tells them apart.
+func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field string, val []byte) (engine.KeysCommitted, error) {
+	var reply wirepb.CommitKeysReply
+	c, l, err := r.kvLane(ctx)
+	if err == nil {
+		err = c.Do(ctx, wire.OpKVSet, &wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}, net.Buffers{val}, &reply, nil)
+	}
+	l.done()
+	if err != nil {
+		if errors.Is(err, engine.ErrNotSupported) {
+			r.kd.noValue.Store(true)
+		}
+		return engine.KeysCommitted{}, r.opErr("kv put", err)
+	}
+	return r.committed(req, &reply)
+}
+
+// committed checks and converts a KV put's reply.
+func (r *RemoteMeta) committed(req engine.KeysCommit, reply *wirepb.CommitKeysReply) (engine.KeysCommitted, error) {
 	var out engine.KeysCommitted
+	var err error
 	if len(reply.Tags) != len(req.Keys) {
 		return out, r.opErr("kv put", corruptReply(fmt.Errorf("%d tag maps for %d keys", len(reply.Tags), len(req.Keys))))
 	}
@@ -102,6 +152,18 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {
 	if err := checkPartKeys(partition, keys, fields); err != nil {
 		return nil, nil, r.opErr("kv get", err)
+	}
+	if len(keys) == 1 && len(fields) == 1 && !r.kd.noValue.Load() {
+		b, err := r.getValue(ctx, partition, keys[0], fields[0], maxBytes)
+		switch {
+		case err == nil:
+			return nil, b, nil
+		case errors.Is(err, engine.ErrNotSupported):
+			r.kd.noValue.Store(true)
+		case !errors.Is(err, engine.ErrNotFound):
+			return nil, nil, err
+		}
+		// Not answered with its bytes: KV_GET answers, or says why not.
 	}
 	req := &wirepb.KVGetRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), MaxBytes: uint64(maxBytes)}
 	var reply wirepb.KVGetReply
@@ -136,6 +198,36 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 		return nil, nil, r.opErr("kv get", corruptReply(fmt.Errorf("%d rows for %d keys", m.Len(), len(keys))))
 	}
 	return m, nil, nil
+}
+
+// getValue reads one field of one key (KV_GET_VALUE): its bytes, or
+// an error wrapping engine.ErrNotFound when the controller leaves the
+// get to KV_GET.
+func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
+	var schema wirepb.FieldSchema
+	var data []byte
+	into := func(h wire.Header, _ proto.Message) ([][]byte, error) {
+		if h.PayloadLen > uint64(maxBytes) {
+			return nil, fmt.Errorf("a KV_GET_VALUE answer of %d bytes, %d asked at most: %w", h.PayloadLen, maxBytes, engine.ErrCorrupt)
+		}
+		data = make([]byte, h.PayloadLen)
+		return [][]byte{data}, nil
+	}
+	req := &wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
+	c, l, err := r.kvLane(ctx)
+	if err == nil {
+		err = c.Do(ctx, wire.OpKVGetValue, req, nil, &schema, into)
+	}
+	l.done()
+	if err != nil {
+		return nil, r.opErr("kv get", err)
+	}
+	cf := &wirepb.CommitField{Name: field, Dtype: schema.Dtype, Kind: schema.Kind, Shape: schema.Shape, Shapes: schema.Shapes}
+	b, err := wire.BatchFromPB([]*wirepb.CommitField{cf}, []*wirepb.RowLens{{Lens: []uint64{uint64(len(data))}}}, 1, data)
+	if err != nil {
+		return nil, r.opErr("kv get", corruptReply(err))
+	}
+	return b, nil
 }
 
 func (c checkedMeta) KeyDataSupported() bool {

@@ -2,12 +2,14 @@ package controller
 
 // KV_PUT and KV_GET: a KV put or get in one round trip, bytes included,
 // for a controller that shares its process with storage units (tq serve
-// --role all). The controller hands the bytes to units of its process
-// through KVData; a client whose values are small uses these ops, and
-// falls back to the controller-then-unit path when a controller has no
-// KVData (CODE_NOT_SUPPORTED) or the values are large.
+// --role all); KV_SET and KV_GET_VALUE: the same for one value of one
+// key, without the batch around it. The controller hands the bytes to
+// units of its process through KVData; a client whose values are small
+// uses these ops, and falls back to the controller-then-unit path when a
+// controller has no KVData (CODE_NOT_SUPPORTED) or the values are large.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,9 +42,24 @@ type KVData interface {
 	GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error)
 }
 
-// ServeKV makes the server answer KV_PUT and KV_GET through kv: call it
+// ValueKV is a KVData that also puts and gets one value of one key with
+// nothing general built (KV_SET, KV_GET_VALUE).
+type ValueKV interface {
+	KVData
+	// SetValue puts size bytes, which read fills, as the opaque field
+	// field of key, once durable. read is called once, unless an error
+	// comes first; an error from it is the put's.
+	SetValue(ctx context.Context, partition, key, field string, size int, read func([]byte) error) (engine.KeysCommitted, error)
+	// GetValue returns the bytes of field of key, a view to release once
+	// sent, and its schema, when its cell is produced, lies on a unit of
+	// this process and holds at most maxBytes; ok is false otherwise.
+	GetValue(ctx context.Context, partition, key, field string, maxBytes int) (val []byte, schema engine.CommitField, release func(), ok bool, err error)
+}
+
+// ServeKV makes the server answer KV_PUT and KV_GET through kv (and
+// KV_SET and KV_GET_VALUE when it is a ValueKV): call it
 // once storage units of this process have registered. Until then (and in
-// a controller without units) both are answered CODE_NOT_SUPPORTED.
+// a controller without units) they are answered CODE_NOT_SUPPORTED.
 func (s *Server) ServeKV(kv KVData) { s.kv.Store(&kv) }
 
 func (s *Server) kvData() KVData {
@@ -191,4 +208,88 @@ func (s *Server) recoverInto(op wire.Op, err *error) {
 		}
 		*err = fmt.Errorf("%v handler panicked: %v: %w", op, v, errInternal)
 	}
+}
+
+// kvSet serves KV_SET: a KV_PUT of one opaque value, whose bytes go
+// straight from the connection to where they are stored.
+func (s *Server) kvSet(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	reply, err := s.kvSetReply(ctx, req)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(reply, nil, nil)
+}
+
+func (s *Server) kvSetReply(ctx context.Context, req *wire.Request) (_ proto.Message, err error) {
+	defer s.recoverInto(wire.OpKVSet, &err)
+	kv, _ := s.kvData().(ValueKV)
+	if kv == nil {
+		req.DiscardPayload()
+		return nil, fmt.Errorf("KV_SET: this controller shares its process with no storage unit: %w", engine.ErrNotSupported)
+	}
+	if req.PayloadLen > MaxKVPayload {
+		req.DiscardPayload()
+		return nil, fmt.Errorf("KV_SET of %d bytes exceeds %d (write large values to the units): %w", req.PayloadLen, MaxKVPayload, engine.ErrInvalid)
+	}
+	p, err := decode[wirepb.KVSetRequest](wire.OpKVSet, req.Body)
+	if err != nil {
+		req.DiscardPayload()
+		return nil, err
+	}
+	read := func(dst []byte) error { return req.ReadPayload([][]byte{dst}) }
+	done, err := kv.SetValue(ctx, p.Partition, p.Key, p.Field, int(req.PayloadLen), read)
+	if err != nil {
+		req.DiscardPayload() // when SetValue failed before reading
+		return nil, err
+	}
+	pbTags, err := wire.TagsToPB(done.Tags)
+	if err != nil {
+		return nil, err
+	}
+	return &wirepb.CommitKeysReply{Tags: pbTags, Fields: done.Fields}, nil
+}
+
+// errTakeKVGet answers a KV_GET_VALUE the controller does not answer
+// with the bytes: the client asks KV_GET, which says why.
+var errTakeKVGet = fmt.Errorf("KV_GET_VALUE: not answered with its bytes here; ask KV_GET: %w", engine.ErrNotFound)
+
+// kvGetValue serves KV_GET_VALUE: one field of one key, its bytes sent
+// from where they lie.
+func (s *Server) kvGetValue(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	if req.PayloadLen != 0 {
+		req.DiscardPayload()
+		rw.Error(fmt.Errorf("KV_GET_VALUE request with %d payload bytes: %w", req.PayloadLen, engine.ErrInvalid))
+		return
+	}
+	schema, val, release, err := s.kvGetValueReply(ctx, req)
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	rw.Reply(schema, net.Buffers{val}, release)
+}
+
+func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wirepb.FieldSchema, _ []byte, _ func(), err error) {
+	defer s.recoverInto(wire.OpKVGetValue, &err)
+	kv, _ := s.kvData().(ValueKV)
+	if kv == nil {
+		return nil, nil, nil, fmt.Errorf("KV_GET_VALUE: this controller shares its process with no storage unit: %w", engine.ErrNotSupported)
+	}
+	p, err := decode[wirepb.KVGetValueRequest](wire.OpKVGetValue, req.Body)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	val, cf, release, ok, err := kv.GetValue(ctx, p.Partition, p.Key, p.Field, int(min(p.MaxBytes, MaxKVPayload)))
+	if err != nil || !ok {
+		return nil, nil, nil, cmp.Or(err, errTakeKVGet)
+	}
+	schema := &wirepb.FieldSchema{Dtype: cf.DType.String(), Kind: cf.Kind.String()}
+	switch cf.Kind {
+	case engine.Dense:
+		schema.Shape = wire.ShapeToPB(cf.Shape)
+	case engine.Ragged:
+		schema.Shapes = []*wirepb.Shape{wire.ShapeToPB(cf.Shapes[0])}
+	}
+	return schema, val, release, nil
 }

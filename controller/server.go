@@ -174,11 +174,17 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	if c.Durable() {
 		s.ws.Handle(wire.OpKVPut, s.kvPut)
 		s.ws.Handle(wire.OpKVGet, s.kvGet)
+		s.ws.Handle(wire.OpKVSet, s.kvSet)
+		s.ws.Handle(wire.OpKVGetValue, s.kvGetValue)
 	} else {
 		s.ws.HandleInline(wire.OpKVPut, func(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
 			s.kvPut(noWait, req, rw)
 		})
 		s.ws.HandleInline(wire.OpKVGet, s.kvGet)
+		s.ws.HandleInline(wire.OpKVSet, func(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+			s.kvSet(noWait, req, rw)
+		})
+		s.ws.HandleInline(wire.OpKVGetValue, s.kvGetValue)
 	}
 	for op := range s.handlers {
 		switch {

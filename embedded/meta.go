@@ -289,6 +289,8 @@ func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData
 	return kvData{cl: cl, one: NewOneKey(c, units...)}, nil
 }
 
+var _ controller.ValueKV = kvData{}
+
 type kvData struct {
 	cl  *client.Client
 	one *OneKey // its units by id are the units of this process
@@ -343,6 +345,65 @@ func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *
 	}
 	out, err := k.one.Commit(ctx, u, r, partition, keys[0], cfs, t)
 	return out, true, err
+}
+
+// SetValue puts one opaque value (KV_SET): reserved on the unit the key
+// picks, read there straight from the connection, committed through
+// OneKey, as KV_PUT's one-key put is; when OneKey cannot (a name it does
+// not take, every unit draining, no room now) the bytes are read into a
+// batch of their own and go the general way.
+func (k kvData) SetValue(ctx context.Context, partition, key, field string, size int, read func([]byte) error) (engine.KeysCommitted, error) {
+	if Name(partition) && Name(key) && Name(field) {
+		if u := k.one.UnitFor(key); u != nil {
+			if r, err := u.Reserve(engine.WithoutWait(ctx), []int64{int64(size)}); err == nil {
+				if err := read(r.Buf(0)); err != nil {
+					r.Abort()
+					return engine.KeysCommitted{}, err
+				}
+				out, err := k.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
+				if err != nil {
+					return engine.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
+				}
+				return out, nil
+			}
+		}
+	}
+	data := make([]byte, size)
+	if err := read(data); err != nil {
+		return engine.KeysCommitted{}, err
+	}
+	col, err := engine.NewOpaque([]int{0, size}, data)
+	if err != nil {
+		return engine.KeysCommitted{}, err
+	}
+	b, err := engine.NewBatch(engine.Field{Name: field, Col: col})
+	if err != nil {
+		return engine.KeysCommitted{}, err
+	}
+	return k.PutKeys(ctx, partition, []string{key}, b, nil)
+}
+
+// GetValue reads one field of one key (KV_GET_VALUE) through OneKey: a
+// view of the cell, with its schema. ok is false where OneKey would leave
+// the get to the general path.
+func (k kvData) GetValue(ctx context.Context, partition, key, field string, maxBytes int) (val []byte, cf engine.CommitField, release func(), ok bool, err error) {
+	var b *engine.Batch
+	err = client.Reread(func() (err error) {
+		b, ok, err = k.one.Get(ctx, partition, key, []string{field}, maxBytes)
+		return err
+	})
+	if err != nil || !ok {
+		return nil, cf, nil, false, err
+	}
+	col := b.Col(field)
+	cf = engine.CommitField{Name: field, DType: col.DType(), Kind: col.Kind()}
+	switch col.Kind() {
+	case engine.Dense:
+		cf.Shape = col.Shape()
+	case engine.Ragged:
+		cf.Shapes = []engine.Shape{col.RowShape(0)}
+	}
+	return col.Data(), cf, b.Release, true, nil
 }
 
 func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/embedded"
@@ -266,4 +269,219 @@ func TestKVLanes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestValueOps: a put of one opaque value of one key goes as KV_SET and a
+// get of one field of one key as KV_GET_VALUE; what they answer by hand,
+// what the client reads back through them (opaque and dense fields), and
+// where they leave the get to KV_GET (CODE_NOT_FOUND).
+func TestValueOps(t *testing.T) {
+	sc := newServedKV(t)
+	ctx := t.Context()
+	c, _, err := wire.Dial(ctx, "unix://"+sc.sock, &wirepb.Hello{Role: "client", Name: "by-hand"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	set := func(key, field string, val []byte) (*wirepb.CommitKeysReply, error) {
+		var reply wirepb.CommitKeysReply
+		return &reply, c.Do(ctx, wire.OpKVSet, &wirepb.KVSetRequest{Partition: "p", Key: key, Field: field}, net.Buffers{val}, &reply, nil)
+	}
+	get := func(key, field string, max uint64) (*wirepb.FieldSchema, []byte, error) {
+		var schema wirepb.FieldSchema
+		var data []byte
+		err := c.Do(ctx, wire.OpKVGetValue, &wirepb.KVGetValueRequest{Partition: "p", Key: key, Field: field, MaxBytes: max}, nil, &schema,
+			func(h wire.Header, _ proto.Message) ([][]byte, error) {
+				data = make([]byte, h.PayloadLen)
+				return [][]byte{data}, nil
+			})
+		return &schema, data, err
+	}
+
+	val := []byte("hello \x00 value")
+	reply, err := set("k", "v", val)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"v"}, reply.Fields)
+	require.Len(t, reply.Tags, 1)
+	schema, data, err := get("k", "v", 1<<10)
+	require.NoError(t, err)
+	assert.Equal(t, "bytes", schema.Dtype)
+	assert.Equal(t, "opaque", schema.Kind)
+	assert.Equal(t, val, data)
+	// The same bytes through the client's general paths, and KV_GET_VALUE
+	// for a value written the general way.
+	viaUnits, err := sc.kv.BatchGetCopy(ctx, "p", []string{"k"}, "v")
+	require.NoError(t, err)
+	assert.Equal(t, val, viaUnits.Col("v").RowBytes(0))
+	_, err = sc.kv.Put(ctx, "p", "k", engine.MustBatch(
+		engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte("other")})},
+		engine.Field{Name: "emb", Col: col(t, []float32{1.5, -2, 3, 4}, 2, 2)}), engine.Tags{"status": "done"})
+	require.NoError(t, err)
+	_, data, err = get("k", "v", 1<<10)
+	require.NoError(t, err)
+	assert.Equal(t, "other", string(data))
+
+	// A dense field comes with its dtype and shape, and reads back as one.
+	schema, data, err = get("k", "emb", 1<<10)
+	require.NoError(t, err)
+	assert.Equal(t, "float32", schema.Dtype)
+	assert.Equal(t, "dense", schema.Kind)
+	assert.Equal(t, []int64{2, 2}, schema.GetShape().GetDims())
+	assert.Len(t, data, 16)
+	got, err := sc.kv.BatchGet(ctx, "p", []string{"k"}, "emb")
+	require.NoError(t, err)
+	emb, err := engine.Values[float32](got.Col("emb"))
+	require.NoError(t, err)
+	assert.Equal(t, []float32{1.5, -2, 3, 4}, emb)
+	assert.Equal(t, engine.Shape{2, 2}, got.Col("emb").Shape())
+	got.Release()
+	// Tags a KV_SET does not touch come back with its reply.
+	reply, err = set("k", "v", []byte("third"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"emb", "v"}, reply.Fields)
+	tags, err := wire.TagsFromPB(reply.Tags)
+	require.NoError(t, err)
+	assert.Equal(t, engine.Tags{"status": "done"}, tags[0])
+
+	// What KV_GET_VALUE does not answer with bytes it leaves to KV_GET:
+	// an absent key or field, or more bytes than asked for.
+	for _, tc := range []struct {
+		key, field string
+		max        uint64
+	}{{"absent", "v", 1 << 10}, {"k", "nope", 1 << 10}, {"k", "emb", 8}} {
+		_, _, err := get(tc.key, tc.field, tc.max)
+		require.ErrorIs(t, err, engine.ErrNotFound, "%+v", tc)
+		assert.Contains(t, err.Error(), "ask KV_GET")
+	}
+	// Through the client those say what they would have said anyway.
+	_, err = sc.kv.BatchGet(ctx, "p", []string{"absent"}, "v")
+	require.ErrorIs(t, err, engine.ErrNotFound)
+	assert.Contains(t, err.Error(), "absent")
+	_, err = sc.kv.BatchGet(ctx, "p", []string{"k"}, "nope")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "nope")
+
+	// A KV_SET of a field the partition holds with another dtype is
+	// refused, naming it, and changes nothing.
+	_, err = set("k", "emb", []byte("12345678"))
+	require.ErrorIs(t, err, engine.ErrDTypeMismatch)
+	assert.Contains(t, err.Error(), "float32")
+	_, data, err = get("k", "emb", 1<<10)
+	require.NoError(t, err)
+	assert.Len(t, data, 16)
+
+	// An empty value is a value.
+	_, err = set("empty", "v", nil)
+	require.NoError(t, err)
+	schema, data, err = get("empty", "v", 1<<10)
+	require.NoError(t, err)
+	assert.Equal(t, "opaque", schema.Kind)
+	assert.Empty(t, data)
+}
+
+// TestValueOpsHostile sends KV_SET and KV_GET_VALUE requests a client
+// never would: each is refused naming what was wrong, nothing changes,
+// the connection goes on serving; a KV_SET whose payload stops halfway
+// gives its reservation back when the connection ends.
+func TestValueOpsHostile(t *testing.T) {
+	sc := newServedKV(t)
+	ctx := t.Context()
+	c, _, err := wire.Dial(ctx, "unix://"+sc.sock, &wirepb.Hello{Role: "client", Name: "hostile"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	set := func(req *wirepb.KVSetRequest, val []byte) error {
+		return c.Do(ctx, wire.OpKVSet, req, net.Buffers{val}, &wirepb.CommitKeysReply{}, nil)
+	}
+
+	err = set(&wirepb.KVSetRequest{Partition: "p", Key: "big", Field: "v"}, make([]byte, 2<<20))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "exceeds 1048576")
+	err = set(&wirepb.KVSetRequest{Partition: "", Key: "k", Field: "v"}, []byte("x"))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "partition")
+	err = set(&wirepb.KVSetRequest{Partition: "p", Key: "", Field: "v"}, []byte("x"))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "key")
+	err = set(&wirepb.KVSetRequest{Partition: "p", Key: "k", Field: ""}, []byte("x"))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "field")
+	err = c.Do(ctx, wire.OpKVGetValue, &wirepb.KVGetValueRequest{Partition: "p", Key: "k", Field: "v", MaxBytes: 10}, net.Buffers{[]byte("x")}, &wirepb.FieldSchema{}, nil)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "payload")
+
+	// A body that does not decode (a key that is not UTF-8), sent by hand.
+	body := protowire.AppendTag(nil, 2, protowire.BytesType)
+	body = protowire.AppendBytes(body, []byte{0xff, 0xfe})
+	nc := rawHello(t, sc.sock)
+	_, err = nc.Write(append(wire.Header{Version: wire.Version, Op: wire.OpKVSet, ID: 2, BodyLen: uint32(len(body)), PayloadLen: 1}.Append(nil), append(body, 'x')...))
+	require.NoError(t, err)
+	h, rb := rawReply(t, nc)
+	require.NotZero(t, h.Flags&wire.FlagError)
+	var e wirepb.Error
+	require.NoError(t, proto.Unmarshal(rb, &e))
+	require.ErrorIs(t, wire.FromReply(&e), engine.ErrInvalid)
+	assert.Contains(t, e.Message, "KV_SET")
+	nc.Close()
+
+	// Nothing was created, and the same connection still sets.
+	all, err := sc.kv.List(ctx, "p")
+	require.NoError(t, err)
+	assert.Empty(t, all["p"])
+	require.NoError(t, set(&wirepb.KVSetRequest{Partition: "p", Key: "ok", Field: "v"}, []byte("hi")))
+	got, err := sc.kv.BatchGet(ctx, "p", []string{"ok"}, "v")
+	require.NoError(t, err)
+	assert.Equal(t, "hi", got.Col("v").String(0))
+	got.Release()
+
+	// Half a payload, then the peer goes: the reservation made for it is
+	// given back and nothing is committed.
+	var u *storage.Unit
+	for _, unit := range sc.units {
+		u = unit
+	}
+	before := u.Stats()
+	nc = rawHello(t, sc.sock)
+	req, err := proto.Marshal(&wirepb.KVSetRequest{Partition: "p", Key: "half", Field: "v"})
+	require.NoError(t, err)
+	frame := wire.Header{Version: wire.Version, Op: wire.OpKVSet, ID: 2, BodyLen: uint32(len(req)), PayloadLen: 200 << 10}.Append(nil)
+	frame = append(append(frame, req...), make([]byte, 1<<10)...)
+	_, err = nc.Write(frame)
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond) // the handler reserves and reads
+	require.NoError(t, nc.Close())
+	require.Eventually(t, func() bool {
+		s := u.Stats()
+		return s.Reserved == before.Reserved && s.Used == before.Used
+	}, 10*time.Second, 10*time.Millisecond, "the half-sent KV_SET's reservation stays: %+v, before %+v", u.Stats(), before)
+	_, err = sc.kv.BatchGet(ctx, "p", []string{"half"}, "v")
+	require.ErrorIs(t, err, engine.ErrNotFound)
+}
+
+// rawHello connects to a wire server's unix socket and makes the
+// handshake by hand, for frames a client never sends.
+func rawHello(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	nc, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { nc.Close() })
+	hello, err := proto.Marshal(&wirepb.Hello{Version: wire.Version, Role: "client"})
+	require.NoError(t, err)
+	_, err = nc.Write(append(wire.Header{Version: wire.Version, Op: wire.OpHello, ID: 1, BodyLen: uint32(len(hello))}.Append(nil), hello...))
+	require.NoError(t, err)
+	h, _ := rawReply(t, nc)
+	require.Zero(t, h.Flags&wire.FlagError)
+	return nc
+}
+
+// rawReply reads one reply frame without payload.
+func rawReply(t *testing.T, nc net.Conn) (wire.Header, []byte) {
+	t.Helper()
+	require.NoError(t, nc.SetReadDeadline(time.Now().Add(10*time.Second)))
+	var hb [wire.HeaderSize]byte
+	_, err := io.ReadFull(nc, hb[:])
+	require.NoError(t, err)
+	h, err := wire.DecodeHeader(hb[:])
+	require.NoError(t, err)
+	body := make([]byte, h.BodyLen)
+	_, err = io.ReadFull(nc, body)
+	require.NoError(t, err)
+	return h, body
 }

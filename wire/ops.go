@@ -42,6 +42,7 @@ const (
 	OpKVPut             Op = 44 // a KV put with its bytes, to a controller sharing its process with units
 	OpKVGet             Op = 45 // a KV get answered with the bytes by such a controller
 	OpMarkDone          Op = 46 // a producer will add no more rows to a partition
+	OpKVSet             Op = 47 // KV_PUT of one opaque value of one key
 
 	// Storage unit → controller: 48–63.
 	OpRegister  Op = 48
@@ -54,6 +55,9 @@ const (
 	OpUnitCells Op = 53 // a page of the cells located on a unit
 	OpMoveCells Op = 54 // compare-and-set of cells' locations
 	OpMoved     Op = 55 // where moved cells went
+
+	// Client → controller, past 47: small values.
+	OpKVGetValue Op = 56 // KV_GET of one field of one key
 
 	// Client → storage unit (data plane): 64–95.
 	OpWrite     Op = 64
@@ -90,7 +94,7 @@ var opNames = map[Op]string{
 	OpUnits: "UNITS", OpSaveCheckpoint: "SAVE_CHECKPOINT", OpLoadCheckpoint: "LOAD_CHECKPOINT",
 	OpCommitKeys: "COMMIT_KEYS", OpUnconsume: "UNCONSUME", OpClusterInfo: "CLUSTER_INFO", OpCheckpoints: "CHECKPOINTS",
 	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
-	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE",
+	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE", OpKVSet: "KV_SET", OpKVGetValue: "KV_GET_VALUE",
 	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpDrainUnit: "DRAIN_UNIT", OpUnitCells: "UNIT_CELLS", OpMoveCells: "MOVE_CELLS", OpMoved: "MOVED",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",

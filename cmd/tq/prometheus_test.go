@@ -95,7 +95,7 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	tcpBytes := put(tcpC, "val", 4, 32)
 	consume(shmC, "train", "actor", shmRows)
 	consume(tcpC, "val", "critic", tcpRows)
-	// A small KV value goes to the controller with its bytes (KV_PUT: the
+	// A small KV value goes to the controller with its bytes (KV_SET: the
 	// units' figures do not see it) and is read back from its unit
 	// (READ over the unit's unix socket).
 	kv := kvapi.New(shmC)
