@@ -387,23 +387,19 @@ func (k kvData) SetValue(ctx context.Context, partition, key, field string, size
 // view of the cell, with its schema. ok is false where OneKey would leave
 // the get to the general path.
 func (k kvData) GetValue(ctx context.Context, partition, key, field string, maxBytes int) (val []byte, cf engine.CommitField, release func(), ok bool, err error) {
-	var b *engine.Batch
+	var kc controller.KeyCell
 	err = client.Reread(func() (err error) {
-		b, ok, err = k.one.Get(ctx, partition, key, []string{field}, maxBytes)
+		val, kc, release, ok, err = k.one.Value(ctx, partition, key, field, maxBytes)
 		return err
 	})
 	if err != nil || !ok {
 		return nil, cf, nil, false, err
 	}
-	col := b.Col(field)
-	cf = engine.CommitField{Name: field, DType: col.DType(), Kind: col.Kind()}
-	switch col.Kind() {
-	case engine.Dense:
-		cf.Shape = col.Shape()
-	case engine.Ragged:
-		cf.Shapes = []engine.Shape{col.RowShape(0)}
+	cf = engine.CommitField{Name: field, DType: kc.DType, Kind: kc.Kind}
+	if kc.Kind == engine.Dense {
+		cf.Shape = kc.Shape
 	}
-	return col.Data(), cf, b.Release, true, nil
+	return val, cf, release, true, nil
 }
 
 func (k kvData) GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error) {

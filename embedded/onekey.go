@@ -14,10 +14,11 @@ import (
 
 // OneKey puts and gets one key's fields on storage units of the
 // controller's process with nothing general built: the fast paths of
-// KV_PUT and KV_GET of a single key and of the Redis endpoint's SET (its
-// GET has a leaner one still: one field's raw bytes, no batch). A put
-// reserves on one unit, the caller copies, one commit
-// follows; a get looks the cells up under one lock and leases them. What
+// KV_PUT and KV_GET of a single key, of KV_SET and KV_GET_VALUE (Value:
+// one field's bytes, no batch) and of the Redis endpoint's SET (its GET
+// has a lean one of its own). A put reserves on one unit, the caller
+// copies (or reads the bytes there), one commit follows; a get looks the
+// cells up under one lock and leases them. What
 // they do not cover (several keys, a full or draining unit, a cell on a
 // unit of another process, a key not ready) the caller answers the
 // general way, through a client of the same controller and units. Both
@@ -94,6 +95,35 @@ func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 	replaced := out.Replaced
 	out.Replaced = nil
 	return out, o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
+}
+
+// Value reads one field of key as Get does, without the batch around
+// it: a view of the cell's bytes, released by release, and the cell
+// (its dtype, kind and shape, as a batch of one row would report them).
+func (o *OneKey) Value(ctx context.Context, partition, key, field string, maxBytes int) (val []byte, kc controller.KeyCell, release func(), ok bool, err error) {
+	var buf [1]controller.KeyCell
+	cells, found := o.c.KeyCells(partition, key, []string{field}, buf[:0])
+	if !found || len(cells) != 1 {
+		return nil, kc, nil, false, nil
+	}
+	kc = cells[0]
+	u := o.meta.units[kc.Loc.Unit]
+	if kc.Loc.Lost() || u == nil || int(kc.Loc.Addr.Len) > maxBytes {
+		return nil, kc, nil, false, nil
+	}
+	if err := o.c.WaitRead(ctx, partition, []string{key}); err != nil {
+		return nil, kc, nil, true, err
+	}
+	l, err := u.Acquire([]engine.RemoteAddr{kc.Loc.Addr})
+	if err != nil {
+		return nil, kc, nil, true, fmt.Errorf("key %q field %q of partition %q: %w", key, field, partition, errors.Join(err, engine.ErrLost))
+	}
+	data := l.Bytes(0)
+	if want := kc.Shape.NumElems() * kc.DType.Size(); kc.Kind != engine.Opaque && len(data) != want {
+		l.Release()
+		return nil, kc, nil, true, fmt.Errorf("key %q field %q holds %d bytes, %v%v needs %d: %w", key, field, len(data), kc.DType, kc.Shape, want, engine.ErrCorrupt)
+	}
+	return data, kc, l.Release, true, nil
 }
 
 // Get reads fields of key when every one of them is produced and lies on

@@ -95,6 +95,17 @@ func TestOneKeyMatchesTheGeneralPath(t *testing.T) {
 			require.NoError(t, err)
 			for _, f := range fields {
 				assert.True(t, general.Col(f).Equal(fast.Col(f)), "field %s: fast %v, general %v", f, fast.Col(f), general.Col(f))
+				// One field alone (KV_GET_VALUE): the same bytes and schema.
+				val, kc, release, ok, err := kd.one.Value(ctx, "p", key, f, 1<<20)
+				require.NoError(t, err)
+				require.True(t, ok, "field %s", f)
+				assert.Equal(t, fast.Col(f).Data(), val, "field %s", f)
+				assert.Equal(t, fast.Col(f).DType(), kc.DType, "field %s", f)
+				assert.Equal(t, fast.Col(f).Kind(), kc.Kind, "field %s", f)
+				if kc.Kind == engine.Dense {
+					assert.Equal(t, fast.Col(f).Shape(), kc.Shape, "field %s", f)
+				}
+				release()
 			}
 			assert.Equal(t, general.Names(), fast.Names())
 		})
@@ -151,8 +162,14 @@ func TestOneKeyFallsBack(t *testing.T) {
 		_, ok, err := kd.one.Get(ctx, "p", get[0], get[1:], 1<<20)
 		assert.False(t, ok, name)
 		assert.NoError(t, err, name)
+		_, _, _, ok, err = kd.one.Value(ctx, "p", get[0], get[1], 1<<20)
+		assert.False(t, ok, name)
+		assert.NoError(t, err, name)
 	}
 	_, ok, err = kd.one.Get(ctx, "p", "a", []string{"v"}, 0)
+	assert.False(t, ok, "more than maxBytes")
+	assert.NoError(t, err)
+	_, _, _, ok, err = kd.one.Value(ctx, "p", "a", "v", 0)
 	assert.False(t, ok, "more than maxBytes")
 	assert.NoError(t, err)
 
@@ -167,6 +184,10 @@ func TestOneKeyFallsBack(t *testing.T) {
 	}
 	_, ok, err = kd.one.Get(ctx, "p", "a", []string{"v"}, 1<<20)
 	assert.True(t, ok)
+	assert.True(t, client.CellsGone(err), "a freed cell is read again: %v", err)
+	_, _, release, ok, err := kd.one.Value(ctx, "p", "a", "v", 1<<20)
+	assert.True(t, ok)
+	assert.Nil(t, release)
 	assert.True(t, client.CellsGone(err), "a freed cell is read again: %v", err)
 }
 
