@@ -168,16 +168,9 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 	req := &wirepb.KVGetRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), MaxBytes: uint64(maxBytes)}
 	var reply wirepb.KVGetReply
 	var data []byte
-	into := func(h wire.Header, _ proto.Message) ([][]byte, error) {
-		if h.PayloadLen > uint64(maxBytes) {
-			return nil, fmt.Errorf("a KV_GET answer of %d bytes, %d asked at most: %w", h.PayloadLen, maxBytes, engine.ErrCorrupt)
-		}
-		data = make([]byte, h.PayloadLen)
-		return [][]byte{data}, nil
-	}
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
-		err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, into)
+		err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, intoBuffer(wire.OpKVGet, maxBytes, &data))
 	}
 	l.done()
 	if err != nil {
@@ -206,17 +199,10 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
 	var schema wirepb.FieldSchema
 	var data []byte
-	into := func(h wire.Header, _ proto.Message) ([][]byte, error) {
-		if h.PayloadLen > uint64(maxBytes) {
-			return nil, fmt.Errorf("a KV_GET_VALUE answer of %d bytes, %d asked at most: %w", h.PayloadLen, maxBytes, engine.ErrCorrupt)
-		}
-		data = make([]byte, h.PayloadLen)
-		return [][]byte{data}, nil
-	}
 	req := &wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
-		err = c.Do(ctx, wire.OpKVGetValue, req, nil, &schema, into)
+		err = c.Do(ctx, wire.OpKVGetValue, req, nil, &schema, intoBuffer(wire.OpKVGetValue, maxBytes, &data))
 	}
 	l.done()
 	if err != nil {
@@ -228,6 +214,18 @@ func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string,
 		return nil, r.opErr("kv get", corruptReply(err))
 	}
 	return b, nil
+}
+
+// intoBuffer has a reply's payload, of at most maxBytes, read into a
+// buffer of its own, set in *data.
+func intoBuffer(op wire.Op, maxBytes int, data *[]byte) func(wire.Header, proto.Message) ([][]byte, error) {
+	return func(h wire.Header, _ proto.Message) ([][]byte, error) {
+		if h.PayloadLen > uint64(maxBytes) {
+			return nil, fmt.Errorf("a %v answer of %d bytes, %d asked at most: %w", op, h.PayloadLen, maxBytes, engine.ErrCorrupt)
+		}
+		*data = make([]byte, h.PayloadLen)
+		return [][]byte{*data}, nil
+	}
 }
 
 func (c checkedMeta) KeyDataSupported() bool {
