@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
@@ -29,7 +30,13 @@ import (
 // units of its process).
 func newServedKV(t *testing.T) *servedCluster {
 	t.Helper()
-	sc := newServed(t, nil)
+	return newServedKVWith(t, nil)
+}
+
+// newServedKVWith is newServedKV around ctrl (nil: a new one in memory).
+func newServedKVWith(t *testing.T, ctrl *controller.Controller) *servedCluster {
+	t.Helper()
+	sc := newServed(t, ctrl)
 	var units []*storage.Unit
 	for _, id := range sc.ctrl.Units().Units() {
 		units = append(units, sc.units[id.ID])
@@ -276,7 +283,21 @@ func TestKVLanes(t *testing.T) {
 // what the client reads back through them (opaque and dense fields), and
 // where they leave the get to KV_GET (CODE_NOT_FOUND).
 func TestValueOps(t *testing.T) {
-	sc := newServedKV(t)
+	t.Run("in-memory", func(t *testing.T) { testValueOps(t, newServedKV(t)) })
+	t.Run("durable", func(t *testing.T) {
+		// With a journal both ops run in goroutines and answer once what
+		// they did, or saw, is durable.
+		cfg := controller.DefaultConfig()
+		cfg.Dir = t.TempDir()
+		ctrl, err := controller.New(cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { ctrl.Close() })
+		require.True(t, ctrl.Durable())
+		testValueOps(t, newServedKVWith(t, ctrl))
+	})
+}
+
+func testValueOps(t *testing.T, sc *servedCluster) {
 	ctx := t.Context()
 	c, _, err := wire.Dial(ctx, "unix://"+sc.sock, &wirepb.Hello{Role: "client", Name: "by-hand"}, wire.ConnConfig{})
 	require.NoError(t, err)

@@ -663,6 +663,10 @@ func (c *fmCluster) settleAndCheck() fmTotals {
 	tot.seeds, tot.violations, tot.byKind = 1, len(c.violations), c.faults
 	t.Logf("seed %d: faults %v; %d acknowledged, %d reads checked, %d stream rows delivered (%d put, %d acknowledged), %d checkpoints saved; %d violations",
 		c.seed, c.faults, tot.acks, tot.reads, len(fetched), len(streamP), len(streamA), len(c.savedCheckpoints), len(c.violations))
+	if len(c.violations) > 0 {
+		// All of them, beside the journals and logs kept for a failed seed.
+		os.WriteFile(filepath.Join(c.dir, "violations.txt"), []byte(strings.Join(c.violations, "\n")+"\n"), 0o600)
+	}
 	for i, v := range c.violations {
 		if i == 40 {
 			t.Errorf("... and %d more", len(c.violations)-i)
