@@ -53,6 +53,8 @@ type ValueKV interface {
 	// GetValue returns the bytes of field of key, a view to release once
 	// sent, and its schema, when its cell is produced, lies on a unit of
 	// this process and holds at most maxBytes; ok is false otherwise.
+	// The schema's kind is Opaque or Dense: one row of a ragged field is
+	// dense, of its own shape (as a batch of one row reports it).
 	GetValue(ctx context.Context, partition, key, field string, maxBytes int) (val []byte, schema engine.CommitField, release func(), ok bool, err error)
 }
 
@@ -285,11 +287,8 @@ func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wir
 		return nil, nil, nil, cmp.Or(err, errTakeKVGet)
 	}
 	schema := &wirepb.FieldSchema{Dtype: cf.DType.String(), Kind: cf.Kind.String()}
-	switch cf.Kind {
-	case engine.Dense:
+	if cf.Kind == engine.Dense {
 		schema.Shape = wire.ShapeToPB(cf.Shape)
-	case engine.Ragged:
-		schema.Shapes = []*wirepb.Shape{wire.ShapeToPB(cf.Shapes[0])}
 	}
 	return schema, val, release, nil
 }
