@@ -93,11 +93,16 @@ func startBenchServer(b *testing.B, env ...string) benchProc {
 // connectOwned is connect for a client that owner closes in its cleanup,
 // so that sub-benchmarks can share it.
 func connectOwned(owner *testing.B, addr, transport string, conns int) (*client.Client, error) {
+	return connectWith(owner, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
+}
+
+// connectWith is connectOwned with the whole configuration.
+func connectWith(owner *testing.B, addr string, cfg client.ConnectConfig) (*client.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
+	c, err := client.Connect(ctx, addr, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("connect over %s: %w", transport, err)
+		return nil, fmt.Errorf("connect over %s: %w", cfg.Transport, err)
 	}
 	owner.Cleanup(func() { c.Close() })
 	return c, nil

@@ -23,6 +23,14 @@ import (
 // skips tb when redis-server is not installed.
 func startRedis(tb testing.TB) (addr string, pid int) {
 	tb.Helper()
+	addr, _, pid = startRedisSock(tb)
+	return addr, pid
+}
+
+// startRedisSock is startRedis that also returns the path of the unix
+// socket the server listens on too.
+func startRedisSock(tb testing.TB) (addr, sock string, pid int) {
+	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		tb.Skipf("redis-server is not installed (apt-get install redis-server), no redis baseline: %v", err)
@@ -37,9 +45,10 @@ func startRedis(tb testing.TB) (addr string, pid int) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	dir := tb.TempDir()
+	sock = filepath.Join(dir, "redis.sock")
 	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", strconv.Itoa(port),
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
-		"--dir", dir, "--unixsocket", filepath.Join(dir, "redis.sock"), "--unixsocketperm", "700",
+		"--dir", dir, "--unixsocket", sock, "--unixsocketperm", "700",
 		"--logfile", filepath.Join(dir, "redis.log"))
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start redis-server: %v", err)
@@ -56,7 +65,7 @@ func startRedis(tb testing.TB) (addr string, pid int) {
 			err = c.ping()
 			c.close()
 			if err == nil {
-				return addr, cmd.Process.Pid
+				return addr, sock, cmd.Process.Pid
 			}
 		}
 		if time.Now().After(deadline) {
@@ -74,7 +83,11 @@ type respConn struct {
 }
 
 func dialRedis(addr string) (*respConn, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	network := "tcp"
+	if filepath.IsAbs(addr) {
+		network = "unix" // a socket's path
+	}
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("dial redis: %w", err)
 	}

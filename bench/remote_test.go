@@ -60,15 +60,15 @@ func TestBenchServer(t *testing.T) {
 		}
 		ccfg.Dir = t.TempDir()
 	}
-	ctrl, cs, caddr, stopCtrl := serveController(t, ccfg)
-	defer stopCtrl()
-
-	// A unix socket and the memfd socket next to it, for the shm transport.
+	// Unix sockets (the controller's, a unit's) and the unit's memfd
+	// socket, as tq serve has them.
 	dir, err := os.MkdirTemp("", "tq-bench-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
+	ctrl, cs, caddr, stopCtrl := serveController(t, ccfg, filepath.Join(dir, "controller.sock"))
+	defer stopCtrl()
 	u, stop := serveUnit(t, caddr, 2<<30, filepath.Join(dir, "unit.sock"))
 	defer stop()
 
@@ -96,16 +96,28 @@ func TestBenchServer(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
 }
 
-// serveController runs a controller with cfg on a TCP listener; stop
-// ends it.
-func serveController(t testing.TB, cfg controller.Config) (ctrl *controller.Controller, cs *controller.Server, caddr string, stop func()) {
+// serveController runs a controller with cfg on a TCP listener, and on
+// the unix socket sock unless it is "" (which it names to clients on
+// this host, as tq serve does); stop ends it.
+func serveController(t testing.TB, cfg controller.Config, sock string) (ctrl *controller.Controller, cs *controller.Server, caddr string, stop func()) {
 	ctrl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs = controller.NewServer(ctrl, controller.ServerConfig{})
+	var scfg controller.ServerConfig
+	if sock != "" {
+		scfg.LocalAddrs = []string{"unix://" + sock}
+	}
+	cs = controller.NewServer(ctrl, scfg)
 	cl := listen(t)
 	go cs.Serve(cl)
+	if sock != "" {
+		ul, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go cs.Serve(ul)
+	}
 	return ctrl, cs, "tcp://" + cl.Addr().String(), func() { cs.Close(); ctrl.Close() }
 }
 

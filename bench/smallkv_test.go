@@ -28,6 +28,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/shm"
+	"github.com/tqgo/tq/transport/tcp"
 )
 
 // smallKVKeys is how many keys each client rotates over.
@@ -43,9 +44,13 @@ const smallKVKeys = 4
 // checked: its length and a stamp at both ends that the SET before it
 // wrote.
 //
-// TQ over "tcp" reaches the unit through its unix socket (the unit is on
-// this host) and the controller over loopback TCP; Redis is reached over
-// loopback TCP.
+// TQ over "tcp" is a client as on another host: it reaches the
+// controller and the unit over loopback TCP. TQ over "shm" is a client on
+// their host: it reaches the unit through shared memory and the
+// controller through the unix socket the controller names in its
+// handshake. Redis is reached over loopback TCP (transport=resp: the
+// baseline of both, tq/redis) and over its unix socket (transport=unix:
+// the same-host baseline of shm, tq/redis-unix).
 //
 // The store=redis half runs when redis-server is installed, and is
 // skipped with a message otherwise. The TQ runs also report the wire
@@ -59,19 +64,25 @@ const smallKVKeys = 4
 func BenchmarkSmallKV(b *testing.B) {
 	srv := startBenchServer(b)
 	caddr := srv.ctrl
-	redisAddr, redisPID, noRedis := "", 0, ""
+	redisAddr, redisSock, redisPID, noRedis := "", "", 0, ""
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		noRedis = fmt.Sprintf("redis-server is not installed (apt-get install redis-server): no redis baseline: %v", err)
 		b.Log(noRedis)
 	} else {
-		redisAddr, redisPID = startRedis(b)
+		redisAddr, redisSock, redisPID = startRedisSock(b)
 	}
 	const maxClients = 64
 	pools := map[string][]*kvapi.KV{}
 	owner := b // the clients live until the whole benchmark ends
 	pool := func(b *testing.B, tr string) []*kvapi.KV {
 		for len(pools[tr]) < maxClients {
-			c, err := connectOwned(owner, caddr, tr, 1)
+			cfg := client.ConnectConfig{WaitForUnits: true, Transport: tr, TCP: tcp.Config{Conns: 1}}
+			if tr == client.TransportTCP {
+				// As a client on another host: loopback TCP to the
+				// controller and the unit, not their unix sockets.
+				cfg.Client.Host = "bench-another-host"
+			}
+			c, err := connectWith(owner, caddr, cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -107,9 +118,13 @@ func BenchmarkSmallKV(b *testing.B) {
 	for _, size := range []int{1 << 10, 1 << 20} {
 		for _, clients := range []int{16, 64} {
 			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
-			// The same RESP client against redis-server and TQ's endpoint.
-			for _, rc := range []struct{ store, client string }{{"redis", "raw"}, {"tq", "raw"}, {"redis", "go-redis"}, {"tq", "go-redis"}} {
-				name := fmt.Sprintf("store=%s/transport=resp/client=%s/%s", rc.store, rc.client, conf)
+			// The same RESP client against redis-server and TQ's endpoint
+			// over TCP, and redis-server over its unix socket (the
+			// same-host baseline of TQ's shm transport).
+			for _, rc := range []struct{ store, transport, client string }{
+				{"redis", "resp", "raw"}, {"redis", "unix", "raw"}, {"tq", "resp", "raw"}, {"redis", "resp", "go-redis"}, {"tq", "resp", "go-redis"},
+			} {
+				name := fmt.Sprintf("store=%s/transport=%s/client=%s/%s", rc.store, rc.transport, rc.client, conf)
 				b.Run(name, func(b *testing.B) {
 					addr, pid := srv.resp, srv.pid
 					if rc.store == "redis" {
@@ -117,6 +132,9 @@ func BenchmarkSmallKV(b *testing.B) {
 							b.Skip(noRedis)
 						}
 						addr, pid = redisAddr, redisPID
+						if rc.transport == "unix" {
+							addr = redisSock
+						}
 					}
 					var ops float64
 					serverCPU(b, pid, func() {
@@ -127,8 +145,8 @@ func BenchmarkSmallKV(b *testing.B) {
 						}
 					})
 					if rc.store == "redis" {
-						redisOps[rc.client+conf] = ops
-					} else if r := redisOps[rc.client+conf]; r > 0 {
+						redisOps[rc.transport+rc.client+conf] = ops
+					} else if r := redisOps[rc.transport+rc.client+conf]; r > 0 {
 						b.ReportMetric(ops/r, "tq/redis")
 					}
 				})
@@ -150,8 +168,14 @@ func BenchmarkSmallKV(b *testing.B) {
 						var ops float64
 						serverCPU(b, srv.pid, func() { ops = runTQSmallKV(b, kvs, size) })
 						trips[tr+conf](b)
-						if r := redisOps["raw"+conf]; r > 0 {
+						// Against redis-server over TCP; over shm (a client
+						// on the controller's host, which takes its unix
+						// socket) also against redis-server's unix socket.
+						if r := redisOps["resp"+"raw"+conf]; r > 0 {
 							b.ReportMetric(ops/r, "tq/redis")
+						}
+						if r := redisOps["unix"+"raw"+conf]; r > 0 && tr == client.TransportShm {
+							b.ReportMetric(ops/r, "tq/redis-unix")
 						}
 					})
 				}

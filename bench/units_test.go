@@ -56,7 +56,7 @@ func TestUnitsServer(t *testing.T) {
 	if n == 0 {
 		t.Skip("runs only as the Units benchmarks' server process")
 	}
-	_, _, caddr, stopCtrl := serveController(t, controller.DefaultConfig())
+	_, _, caddr, stopCtrl := serveController(t, controller.DefaultConfig(), "")
 	defer stopCtrl()
 	dir, err := os.MkdirTemp("", "tq-bench-units-")
 	if err != nil {

@@ -100,7 +100,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
 	}
 	cfg.Token = token
-	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name, Lanes: cfg.Lanes})
+	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name, Lanes: cfg.Lanes, Host: cfg.Client.Host})
 	if err != nil {
 		return nil, err
 	}

@@ -7,10 +7,14 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +51,12 @@ type RemoteConfig struct {
 	// flight, so a client used by one goroutine holds one connection.
 	// Every other request goes over the first. 0: 4; 1: one connection.
 	Lanes int
+	// Host is this client's host identity; empty means [HostID]. A
+	// client on the controller's host opens its connections at the
+	// controller's unix socket when the controller names one (see
+	// [DialMeta]); another value makes it keep to the address given,
+	// as a client on another host does.
+	Host string
 }
 
 // defaultLanes is RemoteConfig.Lanes' default: on a 2-core machine, 16
@@ -116,6 +126,14 @@ const laneRetry = time.Second
 // DialMeta connects to the controller at addr ("tcp://host:port",
 // "unix:///path" or "host:port") and performs the handshake. ctx bounds
 // the dial and the handshake only.
+//
+// Every connection is opened at addr. When the controller's handshake
+// reply says it runs on this host and serves a unix socket too (its
+// local_addrs), the connection moves there: the client opens the socket,
+// shakes hands again, and keeps the new connection when that reply names
+// the same cluster and epoch (else the one at addr). A request then costs
+// about half the CPU it costs over loopback TCP, and the client need not
+// be told the socket's path.
 func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, error) {
 	network, address, err := wire.ParseAddr(addr)
 	if err != nil {
@@ -133,7 +151,7 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	}
 	r := &RemoteMeta{
 		addr: addr, cfg: cfg, transport: network, peer: address, done: make(chan struct{}),
-		hello: &wirepb.Hello{Role: "client", HostId: HostID(), Token: token, Name: cfg.Name},
+		hello: &wirepb.Hello{Role: "client", HostId: cmp.Or(cfg.Host, HostID()), Token: token, Name: cfg.Name},
 		lanes: make([]lane, cfg.Lanes),
 	}
 	if _, err := r.connect(ctx); err != nil {
@@ -273,11 +291,7 @@ func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, erro
 		l.dialing = dialing
 		r.mu.Unlock()
 
-		conn, reply, err := wire.Dial(ctx, r.addr, proto.Clone(r.hello).(*wirepb.Hello), r.cfg.Conn)
-		if err == nil && reply.Role != "controller" {
-			conn.Close()
-			err = fmt.Errorf("peer is a %q, not a controller: %w", reply.Role, engine.ErrInvalid)
-		}
+		conn, reply, err := r.dial(ctx)
 		r.mu.Lock()
 		l.dialing = nil
 		close(dialing)
@@ -297,6 +311,49 @@ func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, erro
 		r.mu.Unlock()
 		return conn, nil
 	}
+}
+
+// dial opens a connection to the controller at r.addr and, when the
+// controller names a unix socket on this host, moves it there (see
+// DialMeta).
+func (r *RemoteMeta) dial(ctx context.Context) (*wire.Conn, *wirepb.Hello, error) {
+	conn, reply, err := r.handshake(ctx, r.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if reply.HostId != r.hello.HostId || r.transport == "unix" {
+		return conn, reply, nil
+	}
+	for _, a := range reply.LocalAddrs {
+		path, ok := strings.CutPrefix(a, "unix://")
+		if !ok || !filepath.IsAbs(path) {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			continue
+		}
+		lc, lreply, err := r.handshake(ctx, a)
+		if err != nil {
+			continue
+		}
+		if lreply.ClusterId != reply.ClusterId || lreply.Epoch != reply.Epoch {
+			lc.Close() // another controller (another container's, at the same path)
+			continue
+		}
+		conn.Close()
+		return lc, lreply, nil
+	}
+	return conn, reply, nil
+}
+
+// handshake dials addr and checks that a controller answers.
+func (r *RemoteMeta) handshake(ctx context.Context, addr string) (*wire.Conn, *wirepb.Hello, error) {
+	conn, reply, err := wire.Dial(ctx, addr, proto.Clone(r.hello).(*wirepb.Hello), r.cfg.Conn)
+	if err == nil && reply.Role != "controller" {
+		conn.Close()
+		err = fmt.Errorf("peer is a %q, not a controller: %w", reply.Role, engine.ErrInvalid)
+	}
+	return conn, reply, err
 }
 
 // connLost reports an error that says the connection failed (the request

@@ -52,6 +52,11 @@ type ServerConfig struct {
 	MaxFetchWait time.Duration
 	// Name is sent in the handshake reply, for logs and stat output.
 	Name string
+	// LocalAddrs are addresses this server also serves on that only its
+	// own host reaches (unix://path), sent in the handshake reply: a
+	// client on this host opens its connections there (a unix socket
+	// costs about half of loopback TCP per request).
+	LocalAddrs []string
 	// CheckpointDir is where SAVE_CHECKPOINT and LOAD_CHECKPOINT keep
 	// checkpoints, one directory per name (names, never paths, come from
 	// the network). Empty refuses both ops (CODE_NOT_SUPPORTED).
@@ -158,7 +163,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	}
 	ci := c.Info()
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello:         &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch},
+		Hello:         &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs},
 		Token:         cfg.Token,
 		TrustPeerCred: cfg.TrustPeerCred,
 		Logger:        cfg.Logger,

@@ -327,7 +327,16 @@ func (s *server) startController() error {
 	// Every listener, loopback included, asks for the token; a unix
 	// socket also admits a peer of this user by SO_PEERCRED (it could read
 	// the token file anyway).
+	sock := s.cfg.Socket
+	if sock == "" && s.cfg.SocketDir != "" {
+		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
+	}
+	var localAddrs []string
+	if abs, err := filepath.Abs(sock); sock != "" && err == nil {
+		localAddrs = []string{"unix://" + abs}
+	}
 	s.ctrlSrv = controller.NewServer(ctrl, controller.ServerConfig{
+		LocalAddrs:        localAddrs,
 		Token:             s.cfg.Token,
 		TrustPeerCred:     true,
 		Logger:            s.log,
@@ -342,10 +351,6 @@ func (s *server) startController() error {
 	})
 	if s.metrics != nil {
 		s.metrics.AddController(ctrl, s.ctrlSrv)
-	}
-	sock := s.cfg.Socket
-	if sock == "" && s.cfg.SocketDir != "" {
-		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
 	}
 	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {

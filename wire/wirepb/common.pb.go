@@ -126,8 +126,14 @@ type Hello struct {
 	// In a controller's reply: the cluster's id and the controller's epoch
 	// (it grows with every start). In a unit's reply: the cluster it is
 	// registered with ("" before it registered).
-	ClusterId     string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	Epoch         uint64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	ClusterId string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Epoch     uint64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// In a controller's reply: addresses it also serves on that only a
+	// peer on its own host can reach (unix://path). A client whose host_id
+	// is the controller's may dial one instead of the address it was given,
+	// and keeps to it only when its HELLO reply names the same cluster_id
+	// and epoch.
+	LocalAddrs    []string `protobuf:"bytes,10,rep,name=local_addrs,json=localAddrs,proto3" json:"local_addrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,6 +229,13 @@ func (x *Hello) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
+}
+
+func (x *Hello) GetLocalAddrs() []string {
+	if x != nil {
+		return x.LocalAddrs
+	}
+	return nil
 }
 
 // Ping (op PING) and its reply carry nothing but an optional echo.
@@ -374,7 +387,7 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\xe8\x01\n" +
+	"tq.wire.v1\"\x89\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
@@ -385,7 +398,10 @@ const file_common_proto_rawDesc = "" +
 	"\vincarnation\x18\a \x01(\x04R\vincarnation\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\b \x01(\tR\tclusterId\x12\x14\n" +
-	"\x05epoch\x18\t \x01(\x04R\x05epoch\"\x1c\n" +
+	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12\x1f\n" +
+	"\vlocal_addrs\x18\n" +
+	" \x03(\tR\n" +
+	"localAddrs\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x18\n" +
 	"\x06Cancel\x12\x0e\n" +

@@ -46,6 +46,15 @@ func (m *Hello) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.LocalAddrs) > 0 {
+		for iNdEx := len(m.LocalAddrs) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.LocalAddrs[iNdEx])
+			copy(dAtA[i:], m.LocalAddrs[iNdEx])
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.LocalAddrs[iNdEx])))
+			i--
+			dAtA[i] = 0x52
+		}
+	}
 	if m.Epoch != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Epoch))
 		i--
@@ -262,6 +271,12 @@ func (m *Hello) SizeVT() (n int) {
 	}
 	if m.Epoch != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Epoch))
+	}
+	if len(m.LocalAddrs) > 0 {
+		for _, s := range m.LocalAddrs {
+			l = len(s)
+			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
 	}
 	n += len(m.unknownFields)
 	return n
