@@ -160,3 +160,22 @@ def test_host_id_override(monkeypatch):
         monkeypatch.setenv("TQ_HOST_ID", bad)
         with pytest.raises(ValueError, match="TQ_HOST_ID"):
             wire.host_id()
+
+
+def test_controller_over_its_unix_socket(server, monkeypatch):
+    """Given the controller's TCP address, a client on its host talks to it
+    over the unix socket it names; a client on another host keeps to TCP."""
+    def family(c):
+        conn = c._ctl.take()
+        try:
+            return conn.family
+        finally:
+            c._ctl.give(conn)
+
+    with server.client() as c:
+        assert family(c) == socket.AF_UNIX
+        c.kv_put("k", "p-local", fields={"v": b"x"})
+        assert bytes(c.kv_batch_get(["k"], "p-local")["v"][0]) == b"x"
+    monkeypatch.setenv("TQ_HOST_ID", "another-host")
+    with server.client() as c:
+        assert family(c) == socket.AF_INET

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 import zlib
@@ -142,7 +143,7 @@ class Client:
         self.transport = transport
         self.timeout = timeout
         self.host = wire.host_id()
-        self._ctl = Pool(lambda: wire.Conn(self.address, token=self.token, name=name, timeout=timeout))
+        self._ctl = Pool(self._dial_controller)
         self._units = {}
         self._units_at = 0.0
         self._units_lock = threading.Lock()
@@ -154,6 +155,28 @@ class Client:
         self._ctl.give(c)
 
     # ---- plumbing ------------------------------------------------------
+
+    def _dial_controller(self) -> "wire.Conn":
+        """A connection to the controller: at the address given, moved to
+        the unix socket the controller names (local_addrs) when it runs on
+        this host and that socket's controller is the same one (cluster id
+        and epoch), as the Go client does."""
+        c = wire.Conn(self.address, token=self.token, name=self.name, timeout=self.timeout)
+        if c.family == socket.AF_UNIX or c.server.host_id != self.host:
+            return c
+        for a in c.server.local_addrs:
+            path = a[len("unix://"):] if a.startswith("unix://") else ""
+            if not os.path.isabs(path) or not os.path.exists(path):
+                continue
+            try:
+                lc = wire.Conn(a, token=self.token, name=self.name, timeout=self.timeout)
+            except (errors.TQError, OSError):
+                continue
+            if lc.server.cluster_id == c.server.cluster_id and lc.server.epoch == c.server.epoch:
+                c.close()
+                return lc
+            lc.close()
+        return c
 
     def close(self) -> None:
         """Close every connection. Views still held stay valid until released."""
