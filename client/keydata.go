@@ -9,6 +9,7 @@ package client
 // (which it learns once).
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -197,7 +198,7 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 // an error wrapping engine.ErrNotFound when the controller leaves the
 // get to KV_GET.
 func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
-	var schema wirepb.FieldSchema
+	var schema valueSchema
 	var data []byte
 	req := &wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
 	c, l, err := r.kvLane(ctx)
@@ -208,12 +209,43 @@ func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string,
 	if err != nil {
 		return nil, r.opErr("kv get", err)
 	}
+	if schema.opaque {
+		col, err := engine.NewOpaque([]int{0, len(data)}, data)
+		if err == nil {
+			return engine.NewBatch(engine.Field{Name: field, Col: col})
+		}
+	}
 	cf := &wirepb.CommitField{Name: field, Dtype: schema.Dtype, Kind: schema.Kind, Shape: schema.Shape, Shapes: schema.Shapes}
 	b, err := wire.BatchFromPB([]*wirepb.CommitField{cf}, []*wirepb.RowLens{{Lens: []uint64{uint64(len(data))}}}, 1, data)
 	if err != nil {
 		return nil, r.opErr("kv get", corruptReply(err))
 	}
 	return b, nil
+}
+
+// valueSchema is KV_GET_VALUE's reply, the field's schema. Most values
+// are opaque bytes, whose schema it recognizes by its encoding (which it
+// then need not decode, nor the batch build from it); any other it
+// decodes as protobuf.
+type valueSchema struct {
+	wirepb.FieldSchema
+	opaque bool // the schema is opaqueBytesSchema
+}
+
+// opaqueBytesSchema is the encoding of an opaque bytes field's schema.
+var opaqueBytesSchema = func() []byte {
+	b, err := proto.Marshal(&wirepb.FieldSchema{Dtype: wire.DTypeToPB(engine.Bytes), Kind: wire.KindToPB(engine.Opaque)})
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
+
+func (s *valueSchema) DecodeBody(b []byte) error {
+	if s.opaque = bytes.Equal(b, opaqueBytesSchema); s.opaque {
+		return nil
+	}
+	return proto.Unmarshal(b, &s.FieldSchema)
 }
 
 // intoBuffer has a reply's payload, of at most maxBytes, read into a

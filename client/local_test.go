@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -71,4 +72,26 @@ func TestDialMovesToLocalSocket(t *testing.T) {
 
 	// Given a unix address, the client stays there.
 	assert.Equal(t, "unix", network(t, "unix://"+sock, RemoteConfig{}))
+}
+
+// TestValueSchemaShortcut: the reply schema of an opaque bytes value, as
+// the controller encodes it, is recognized by its bytes; any other
+// schema is decoded, and a body that is not one is an error.
+func TestValueSchemaShortcut(t *testing.T) {
+	opaque, err := wire.AppendMessage(nil, &wirepb.FieldSchema{Dtype: engine.Bytes.String(), Kind: engine.Opaque.String()})
+	require.NoError(t, err)
+	var s valueSchema
+	require.NoError(t, s.DecodeBody(opaque))
+	assert.True(t, s.opaque, "the controller's encoding of an opaque bytes schema")
+
+	dense, err := wire.AppendMessage(nil, &wirepb.FieldSchema{Dtype: "float32", Kind: "dense", Shape: &wirepb.Shape{Dims: []int64{4}}})
+	require.NoError(t, err)
+	s = valueSchema{}
+	require.NoError(t, s.DecodeBody(dense))
+	assert.False(t, s.opaque)
+	assert.Equal(t, "float32", s.Dtype)
+	assert.Equal(t, []int64{4}, s.Shape.GetDims())
+
+	s = valueSchema{}
+	assert.Error(t, s.DecodeBody([]byte{0x0a, 0x05, 'b'}), "a string cut short")
 }
