@@ -119,10 +119,15 @@ func oneValue(req engine.KeysCommit, b *engine.Batch) (field string, val []byte,
 // not know KV_SET answers CODE_NOT_SUPPORTED, as one without units does:
 // the client then keeps to KV_PUT, which tells them apart.
 func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field string, val []byte) (engine.KeysCommitted, error) {
-	var reply wirepb.CommitKeysReply
+	// One allocation for the request, its payload and the reply.
+	sc := &struct {
+		req   wirepb.KVSetRequest
+		reply wirepb.CommitKeysReply
+		bufs  [1][]byte
+	}{req: wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}, bufs: [1][]byte{val}}
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
-		err = c.Do(ctx, wire.OpKVSet, &wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}, net.Buffers{val}, &reply, nil)
+		err = c.Do(ctx, wire.OpKVSet, &sc.req, sc.bufs[:], &sc.reply, nil)
 	}
 	l.done()
 	if err != nil {
@@ -131,7 +136,7 @@ func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field 
 		}
 		return engine.KeysCommitted{}, r.opErr("kv put", err)
 	}
-	return r.committed(req, &reply)
+	return r.committed(req, &sc.reply)
 }
 
 // committed checks and converts a KV put's reply.
@@ -198,17 +203,16 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 // an error wrapping engine.ErrNotFound when the controller leaves the
 // get to KV_GET.
 func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
-	var schema valueSchema
-	var data []byte
-	req := &wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
+	g := &valueGet{req: wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}}
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
-		err = c.Do(ctx, wire.OpKVGetValue, req, nil, &schema, intoBuffer(wire.OpKVGetValue, maxBytes, &data))
+		err = c.Do(ctx, wire.OpKVGetValue, &g.req, nil, &g.schema, g.into)
 	}
 	l.done()
 	if err != nil {
 		return nil, r.opErr("kv get", err)
 	}
+	schema, data := &g.schema, g.buf[0]
 	if schema.opaque {
 		col, err := engine.NewOpaque([]int{0, len(data)}, data)
 		if err == nil {
@@ -221,6 +225,22 @@ func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string,
 		return nil, r.opErr("kv get", corruptReply(err))
 	}
 	return b, nil
+}
+
+// valueGet is one KV_GET_VALUE call: its request, its reply and the
+// buffer the value is read into, in one allocation.
+type valueGet struct {
+	req    wirepb.KVGetValueRequest
+	schema valueSchema
+	buf    [1][]byte
+}
+
+// into reads the reply's payload, of at most req.MaxBytes, into a buffer
+// of its own.
+func (g *valueGet) into(h wire.Header, _ proto.Message) ([][]byte, error) {
+	var err error
+	g.buf[0], err = replyBuffer(wire.OpKVGetValue, h, g.req.MaxBytes)
+	return g.buf[:], err
 }
 
 // valueSchema is KV_GET_VALUE's reply, the field's schema. Most values
@@ -252,12 +272,18 @@ func (s *valueSchema) DecodeBody(b []byte) error {
 // buffer of its own, set in *data.
 func intoBuffer(op wire.Op, maxBytes int, data *[]byte) func(wire.Header, proto.Message) ([][]byte, error) {
 	return func(h wire.Header, _ proto.Message) ([][]byte, error) {
-		if h.PayloadLen > uint64(maxBytes) {
-			return nil, fmt.Errorf("a %v answer of %d bytes, %d asked at most: %w", op, h.PayloadLen, maxBytes, engine.ErrCorrupt)
-		}
-		*data = make([]byte, h.PayloadLen)
-		return [][]byte{*data}, nil
+		var err error
+		*data, err = replyBuffer(op, h, uint64(maxBytes))
+		return [][]byte{*data}, err
 	}
+}
+
+// replyBuffer returns a buffer for a reply's payload of at most maxBytes.
+func replyBuffer(op wire.Op, h wire.Header, maxBytes uint64) ([]byte, error) {
+	if h.PayloadLen > maxBytes {
+		return nil, fmt.Errorf("a %v answer of %d bytes, %d asked at most: %w", op, h.PayloadLen, maxBytes, engine.ErrCorrupt)
+	}
+	return make([]byte, h.PayloadLen), nil
 }
 
 func (c checkedMeta) KeyDataSupported() bool {
