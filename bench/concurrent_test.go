@@ -43,6 +43,7 @@ func benchServerFlags(b *testing.B, env ...string) (string, string) {
 // unit, a raw peer and a Redis-protocol endpoint over the same cluster.
 type benchProc struct {
 	ctrl, raw, resp string
+	respSock        string // the Redis-protocol endpoint's unix socket
 	pid             int
 }
 
@@ -80,9 +81,9 @@ func startBenchServer(b *testing.B, env ...string) benchProc {
 	})
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 4 && f[0] == "ADDRS" {
+		if f := strings.Fields(sc.Text()); len(f) == 5 && f[0] == "ADDRS" {
 			go func() { io.Copy(io.Discard, stdout); close(copied) }()
-			return benchProc{ctrl: f[1], raw: f[2], resp: f[3], pid: cmd.Process.Pid}
+			return benchProc{ctrl: f[1], raw: f[2], resp: f[3], respSock: f[4], pid: cmd.Process.Pid}
 		}
 	}
 	close(copied)

@@ -92,7 +92,13 @@ func TestBenchServer(t *testing.T) {
 	defer rs.Close()
 	rl := listen(t)
 	go rs.Serve(rl)
-	fmt.Printf("ADDRS %s %s %s\n", caddr, raw.Addr().String(), rl.Addr().String())
+	rsock := filepath.Join(dir, "resp.sock") // as tq serve --resp-socket
+	ul, err := net.Listen("unix", rsock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go rs.Serve(ul)
+	fmt.Printf("ADDRS %s %s %s %s\n", caddr, raw.Addr().String(), rl.Addr().String(), rsock)
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
 }
 

@@ -119,14 +119,18 @@ func BenchmarkSmallKV(b *testing.B) {
 		for _, clients := range []int{16, 64} {
 			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
 			// The same RESP client against redis-server and TQ's endpoint
-			// over TCP, and redis-server over its unix socket (the
+			// over TCP, and both over their unix sockets (redis-server's is the
 			// same-host baseline of TQ's shm transport).
 			for _, rc := range []struct{ store, transport, client string }{
-				{"redis", "resp", "raw"}, {"redis", "unix", "raw"}, {"tq", "resp", "raw"}, {"redis", "resp", "go-redis"}, {"tq", "resp", "go-redis"},
+				{"redis", "resp", "raw"}, {"redis", "unix", "raw"}, {"tq", "resp", "raw"}, {"tq", "unix", "raw"},
+				{"redis", "resp", "go-redis"}, {"tq", "resp", "go-redis"},
 			} {
 				name := fmt.Sprintf("store=%s/transport=%s/client=%s/%s", rc.store, rc.transport, rc.client, conf)
 				b.Run(name, func(b *testing.B) {
 					addr, pid := srv.resp, srv.pid
+					if rc.transport == "unix" {
+						addr = srv.respSock
+					}
 					if rc.store == "redis" {
 						if redisAddr == "" {
 							b.Skip(noRedis)

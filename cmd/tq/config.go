@@ -57,6 +57,7 @@ type serveConfig struct {
 	ControllerWait    time.Duration `yaml:"controller_wait"`
 	Name              string        `yaml:"name"`
 	RESP              string        `yaml:"resp"`
+	RESPSocket        string        `yaml:"resp_socket"`
 	RESPPartition     string        `yaml:"resp_partition"`
 	RESPMaxValue      byteSize      `yaml:"resp_max_value"`
 	RESPLoops         int           `yaml:"resp_loops"`
@@ -122,6 +123,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
+	fs.StringVar(&c.RESPSocket, "resp-socket", c.RESPSocket, `serve the Redis protocol on this unix socket too (e.g. /run/tq/resp.sock; "" for none), for --role all: redis-cli -s, redis-py's unix_socket_path; clients AUTH with the token`)
 	fs.StringVar(&c.RESPPartition, "resp-partition", c.RESPPartition, "the partition a Redis-protocol connection starts in (SELECT 0)")
 	fs.Var(&c.RESPMaxValue, "resp-max-value", "largest value one Redis-protocol command may carry (e.g. 512MiB)")
 	fs.IntVar(&c.RESPLoops, "resp-loops", c.RESPLoops, "event loops serving Redis-protocol connections while they send small commands that need not wait (0: half the CPUs, at least one; -1: none, a goroutine per connection); see wire/resp.md")
@@ -195,9 +197,12 @@ func (c *serveConfig) validate() error {
 	if _, err := newLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		bad("%v", err)
 	}
-	if c.RESP != "" {
+	if c.RESP != "" || c.RESPSocket != "" {
 		if c.Role != "all" {
-			bad("--resp serves the Redis protocol from a controller and its storage units in one process: it needs --role all, not %q", c.Role)
+			bad("--resp and --resp-socket serve the Redis protocol from a controller and its storage units in one process: they need --role all, not %q", c.Role)
+		}
+		if c.RESPSocket != "" && !filepath.IsAbs(c.RESPSocket) {
+			bad("--resp-socket %q: give an absolute path", c.RESPSocket)
 		}
 		if c.RESPPartition == "" {
 			bad("--resp-partition: empty partition id")

@@ -197,6 +197,8 @@ func TestCheckConfig(t *testing.T) {
 		{"unknown flag", []string{"--check-config", "--capacty", "1GiB"}, "flag provided but not defined: -capacty"},
 		{"flag and value in one argument", []string{"--check-config", "--capacity 1GiB"}, "flag provided but not defined"},
 		{"a stray argument", []string{"--check-config", "--role", "all", "unit"}, `unexpected "unit"`},
+		{"a relative RESP socket", []string{"--check-config", "--resp-socket", "resp.sock"}, `--resp-socket "resp.sock": give an absolute path`},
+		{"a RESP socket on a unit", []string{"--check-config", "--role", "unit", "--controller", "tcp://c:7370", "--resp-socket", "/tmp/r.sock"}, "they need --role all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out strings.Builder

@@ -62,12 +62,13 @@ func tqBinary(t testing.TB) string {
 
 // serveProc is a running `tq serve`.
 type serveProc struct {
-	cmd     *exec.Cmd
-	lines   chan string
-	addrs   []string   // the controller's addresses
-	units   [][]string // each storage unit's addresses
-	dataDir string     // its $TQ_DATA_DIR
-	resp    string     // its Redis-protocol address (--resp)
+	cmd      *exec.Cmd
+	lines    chan string
+	addrs    []string   // the controller's addresses
+	units    [][]string // each storage unit's addresses
+	dataDir  string     // its $TQ_DATA_DIR
+	resp     string     // its Redis-protocol address (--resp)
+	respSock string     // its Redis-protocol unix socket (--resp-socket)
 	// metricsURL is its --metrics endpoint, http://HOST:PORT/metrics.
 	metricsURL string
 	done       chan error
@@ -138,7 +139,11 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 				p.metricsURL = rest
 			}
 			if rest, ok := strings.CutPrefix(l, "tq serve: Redis protocol on "); ok {
-				p.resp = strings.Fields(rest)[0]
+				if a := strings.Fields(rest)[0]; strings.HasPrefix(a, "unix://") {
+					p.respSock = strings.TrimPrefix(a, "unix://")
+				} else {
+					p.resp = a
+				}
 			}
 			if l == "tq serve: ready" {
 				go func() { // keep draining

@@ -54,7 +54,7 @@ func hostPort(t *testing.T, addr string) (string, string) {
 func TestRESPRedisCLI(t *testing.T) {
 	cli := needTool(t, "redis-cli")
 	bin := tqBinary(t)
-	p, tok := startRESP(t, bin)
+	p, tok := startRESP(t, bin, "--resp-socket", filepath.Join(t.TempDir(), "resp.sock"))
 	host, port := hostPort(t, p.resp)
 	run := func(stdin []byte, args ...string) string {
 		t.Helper()
@@ -79,6 +79,18 @@ func TestRESPRedisCLI(t *testing.T) {
 	cmd := exec.Command(cli, "-h", host, "-p", port, "GET", "greeting")
 	out, _ := cmd.CombinedOutput()
 	assert.Contains(t, string(out), "NOAUTH")
+
+	// The unix socket (--resp-socket) serves the same store, and asks
+	// for the token too.
+	require.NotEmpty(t, p.respSock, "tq serve printed no Redis-protocol socket")
+	out, err := exec.Command(cli, "-s", p.respSock, "--user", "default", "--pass", tok, "--no-auth-warning", "GET", "greeting").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, "hello world\n", string(out))
+	out, _ = exec.Command(cli, "-s", p.respSock, "GET", "greeting").CombinedOutput()
+	assert.Contains(t, string(out), "NOAUTH")
+	fi, err := os.Stat(p.respSock)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the socket is its user's alone")
 
 	kv := kvapi.New(connectTo(t, p, p.addr("unix")))
 	ctx := context.Background()

@@ -513,7 +513,7 @@ func (s *server) serveKV() error {
 // the storage units of this process, called directly: a command costs
 // the endpoint's own round trip and nothing more.
 func (s *server) startRESP() error {
-	if s.cfg.RESP == "" {
+	if s.cfg.RESP == "" && s.cfg.RESPSocket == "" {
 		return nil
 	}
 	units := make([]*storage.Unit, len(s.units))
@@ -524,14 +524,38 @@ func (s *server) startRESP() error {
 	if err != nil {
 		return fmt.Errorf("--resp: %w", err)
 	}
-	l, err := net.Listen("tcp", s.cfg.RESP)
-	if err != nil {
-		rs.Close()
-		return fmt.Errorf("--resp: %w", err)
+	var ls []net.Listener
+	var names []string
+	if s.cfg.RESP != "" {
+		l, err := net.Listen("tcp", s.cfg.RESP)
+		if err != nil {
+			rs.Close()
+			return fmt.Errorf("--resp: %w", err)
+		}
+		ls, names = append(ls, l), append(names, l.Addr().String())
+	}
+	if s.cfg.RESPSocket != "" {
+		// A unix socket costs a command about half of loopback TCP's CPU;
+		// like the others it is the user's alone, and asks for AUTH.
+		removeStaleSocket(s.cfg.RESPSocket)
+		l, err := net.Listen("unix", s.cfg.RESPSocket)
+		if err == nil {
+			err = os.Chmod(s.cfg.RESPSocket, 0o600)
+		}
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			rs.Close()
+			return fmt.Errorf("--resp-socket: %w", err)
+		}
+		ls, names = append(ls, l), append(names, "unix://"+s.cfg.RESPSocket)
 	}
 	s.resp = rs
-	go rs.Serve(l)
-	fmt.Fprintf(s.out, "tq serve: Redis protocol on %s (partition %q)\n", l.Addr(), s.cfg.RESPPartition)
+	for i, l := range ls {
+		go rs.Serve(l)
+		fmt.Fprintf(s.out, "tq serve: Redis protocol on %s (partition %q)\n", names[i], s.cfg.RESPPartition)
+	}
 	return nil
 }
 
