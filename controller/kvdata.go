@@ -234,13 +234,13 @@ func (s *Server) kvSetReply(ctx context.Context, req *wire.Request) (_ proto.Mes
 		req.DiscardPayload()
 		return nil, fmt.Errorf("KV_SET of %d bytes exceeds %d (write large values to the units): %w", req.PayloadLen, MaxKVPayload, engine.ErrInvalid)
 	}
-	p, err := decode[wirepb.KVSetRequest](wire.OpKVSet, req.Body)
+	partition, key, field, err := wire.DecodeKVSet(req.Body)
 	if err != nil {
 		req.DiscardPayload()
-		return nil, err
+		return nil, fmt.Errorf("decode %v request: %v: %w", wire.OpKVSet, err.Error(), engine.ErrInvalid)
 	}
 	read := func(dst []byte) error { return req.ReadPayload([][]byte{dst}) }
-	done, err := kv.SetValue(ctx, p.Partition, p.Key, p.Field, int(req.PayloadLen), read)
+	done, err := kv.SetValue(ctx, partition, key, field, int(req.PayloadLen), read)
 	if err != nil {
 		req.DiscardPayload() // when SetValue failed before reading
 		return nil, err
@@ -278,11 +278,11 @@ func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wir
 	if kv == nil {
 		return nil, nil, nil, fmt.Errorf("KV_GET_VALUE: this controller shares its process with no storage unit: %w", engine.ErrNotSupported)
 	}
-	p, err := decode[wirepb.KVGetValueRequest](wire.OpKVGetValue, req.Body)
+	partition, key, field, maxBytes, err := wire.DecodeKVGetValue(req.Body)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("decode %v request: %v: %w", wire.OpKVGetValue, err.Error(), engine.ErrInvalid)
 	}
-	val, cf, release, ok, err := kv.GetValue(ctx, p.Partition, p.Key, p.Field, int(min(p.MaxBytes, MaxKVPayload)))
+	val, cf, release, ok, err := kv.GetValue(ctx, partition, key, field, int(min(maxBytes, MaxKVPayload)))
 	if err != nil || !ok {
 		return nil, nil, nil, cmp.Or(err, errTakeKVGet)
 	}

@@ -440,6 +440,7 @@ func TestValueOpsHostile(t *testing.T) {
 	require.NoError(t, proto.Unmarshal(rb, &e))
 	require.ErrorIs(t, wire.FromReply(&e), engine.ErrInvalid)
 	assert.Contains(t, e.Message, "KV_SET")
+	assert.Contains(t, e.Message, "the key is not valid UTF-8")
 	nc.Close()
 
 	// Nothing was created, and the same connection still sets.

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -200,4 +201,57 @@ func BenchmarkCodec(b *testing.B) {
 			})
 		}
 	}
+}
+
+// FuzzDecodeKVRequests: DecodeKVSet and DecodeKVGetValue accept what
+// proto.Unmarshal accepts, refuse what it refuses, and decode the same
+// values.
+func FuzzDecodeKVRequests(f *testing.F) {
+	for _, m := range []proto.Message{
+		&wirepb.KVSetRequest{Partition: "p", Key: "k-1", Field: "value"},
+		&wirepb.KVGetValueRequest{Partition: "p", Key: "k-1", Field: "value", MaxBytes: 1 << 20},
+		&wirepb.KVGetValueRequest{Key: "ключ", MaxBytes: math.MaxUint64},
+		&wirepb.KVGetRequest{Partition: "p", Keys: []string{"a", "b"}, MaxBytes: 7}, // other shapes of fields 1-4
+	} {
+		b, err := proto.Marshal(m)
+		require.NoError(f, err)
+		f.Add(b)
+		f.Add(append(b, b...))
+	}
+	for _, b := range [][]byte{
+		{0x0a, 0x02, 0xff, 0xfe}, // partition not UTF-8
+		{0x0a, 0x05, 'a'},        // cut short
+		{0x20, 0x80},             // max_bytes cut inside its varint
+		{0x20, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02}, // a varint over 64 bits
+		{0x08, 0x01},                         // partition as a varint: unknown, skipped
+		{0x13, 0x0a, 0x01, 'x', 0x14},        // a group holding a field
+		{0x13, 0x1c},                         // a group ended by another number
+		{0x0c},                               // a stray end of group
+		{0x00},                               // field number 0
+		{0xf8, 0xff, 0xff, 0xff, 0x0f, 0x00}, // the largest field number
+		{0x80, 0x80, 0x80, 0x80, 0x10, 0x00}, // a field number over the maximum
+		{0x25, 1, 2, 3, 4, 0x21, 1, 2, 3, 4, 5, 6, 7, 8}, // fixed32 and fixed64 where a varint is known
+	} {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var set wirepb.KVSetRequest
+		want := proto.Unmarshal(b, &set)
+		p, k, fl, err := DecodeKVSet(b)
+		if (want == nil) != (err == nil) {
+			t.Fatalf("KVSetRequest %x: proto.Unmarshal says %v, DecodeKVSet %v", b, want, err)
+		}
+		if err == nil && (p != set.Partition || k != set.Key || fl != set.Field) {
+			t.Fatalf("KVSetRequest %x: decoded %q %q %q, want %q %q %q", b, p, k, fl, set.Partition, set.Key, set.Field)
+		}
+		var get wirepb.KVGetValueRequest
+		want = proto.Unmarshal(b, &get)
+		p, k, fl, max, err := DecodeKVGetValue(b)
+		if (want == nil) != (err == nil) {
+			t.Fatalf("KVGetValueRequest %x: proto.Unmarshal says %v, DecodeKVGetValue %v", b, want, err)
+		}
+		if err == nil && (p != get.Partition || k != get.Key || fl != get.Field || max != get.MaxBytes) {
+			t.Fatalf("KVGetValueRequest %x: decoded %q %q %q %d, want %+v", b, p, k, fl, max, &get)
+		}
+	})
 }
