@@ -351,3 +351,44 @@ def test_get_across_units(client, part):
     assert out["x"].tobytes() == x[order].tobytes()
     with client.kv_batch_get([keys[i] for i in order], part, copy=False) as v:
         assert v["x"].tobytes() == x[order].tobytes()
+
+
+def test_single_value_ops(client, part):
+    """One value of one key goes as KV_SET and comes back through
+    KV_GET_VALUE, with the same results as KV_PUT/KV_GET give."""
+    ops = []
+    call = client._call
+
+    def spy(op, *a, **kw):
+        ops.append(op)
+        return call(op, *a, **kw)
+
+    client._call = spy
+    client.kv_put("a", part, fields={"v": b"\x00hello\r\n"})
+    r = [np.arange(3, dtype=np.int64), np.arange(5, dtype=np.int64)]
+    client.kv_batch_put(["a", "b"], part, {"x": np.arange(8, dtype=np.float32).reshape(2, 4), "r": r})
+    client.kv_put("e", part, fields={"v": b""})
+    assert ops[0] == tq.wire.KV_SET and tq.wire.KV_SET not in ops[1:2]
+    got = {}
+    for key, field in [("a", "v"), ("a", "x"), ("b", "r"), ("e", "v")]:
+        ops.clear()
+        got[key, field] = client.kv_batch_get([key], part, field)
+        assert ops == [tq.wire.KV_GET_VALUE], (key, field, ops)
+    assert got["a", "v"]["v"] == [b"\x00hello\r\n"]
+    assert got["e", "v"]["v"] == [b""]
+    np.testing.assert_array_equal(got["a", "x"]["x"], [[0, 1, 2, 3]])
+    # Absent: KV_GET_VALUE leaves it to KV_GET, which names what is missing.
+    ops.clear()
+    with pytest.raises(tq.errors.NotFoundError):
+        client.kv_batch_get(["nope"], part, "v")
+    assert ops[:2] == [tq.wire.KV_GET_VALUE, tq.wire.KV_GET]
+    # The same reads through KV_GET.
+    client._no_value = True
+    for (key, field), want in got.items():
+        ops.clear()
+        same = client.kv_batch_get([key], part, field)
+        assert tq.wire.KV_GET_VALUE not in ops
+        assert list(same) == list(want)
+        for a, b in zip(np.atleast_1d(same[field]) if field == "x" else same[field],
+                        np.atleast_1d(want[field]) if field == "x" else want[field]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

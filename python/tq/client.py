@@ -25,7 +25,8 @@ from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
 from .unit import Lease, Pool, Unit, alloc
 
 # The most bytes a KV put or get moves through the controller in one round
-# trip (KV_PUT, KV_GET); larger values go to the units. As the Go client.
+# trip (KV_PUT, KV_GET; KV_SET and KV_GET_VALUE for one value of one key);
+# larger values go to the units. As the Go client.
 KV_INLINE_MAX = 64 << 10
 
 # How often the client asks the controller which storage units are alive
@@ -148,6 +149,7 @@ class Client:
         self._units_at = 0.0
         self._units_lock = threading.Lock()
         self._no_kv_data = False
+        self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
         self._closed = False
         # Fail early on a wrong address or token.
         c = self._ctl.take()
@@ -446,6 +448,17 @@ class Client:
             rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
             return self._kvmeta(keys, partition_id, rep)
         total = sum(c.nbytes for c in cols)
+        if (len(keys) == 1 and tags is None and len(cols) == 1 and cols[0].kind == "opaque" and cols[0].dtype == "bytes"
+                and total <= KV_INLINE_MAX and not self._no_kv_data and not self._no_value):
+            # One value of one key: KV_SET, its bytes straight to where they are stored.
+            sreq = control_pb2.KVSetRequest(partition=partition_id, key=keys[0], field=cols[0].name)
+            try:
+                rep = self._call(wire.KV_SET, sreq, control_pb2.CommitKeysReply, payload=cols[0].bufs, **ctx)
+                return self._kvmeta(keys, partition_id, rep)
+            except errors.NotSupportedError:
+                self._no_value = True  # KV_PUT below tells the reasons apart
+            except errors.CapacityError:
+                total = KV_INLINE_MAX + 1  # no room now: through the units, which wait
         if total <= KV_INLINE_MAX and not self._no_kv_data:
             kreq = control_pb2.KVPutRequest(put=req)
             kreq.put.fields.extend(c.commit_field() for c in cols)
@@ -523,6 +536,23 @@ class Client:
             rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
             meta = BatchMeta.from_pb(rep.meta)
             return self._read_into(meta, into, keys, partition_id, "kv_batch_get")
+        if (copy and not self._no_kv_data and not self._no_value and len(keys) == 1 and select_fields is not None
+                and len(select_fields) == 1):
+            # One field of one key: KV_GET_VALUE; NOT_FOUND leaves it to KV_GET, which says why.
+            vreq = control_pb2.KVGetValueRequest(partition=partition_id, key=keys[0], field=select_fields[0],
+                                                 max_bytes=KV_INLINE_MAX)
+            try:
+                out = self._call(wire.KV_GET_VALUE, vreq, control_pb2.FieldSchema, **ctx)
+            except errors.NotSupportedError:
+                self._no_value = True
+            except errors.NotFoundError:
+                pass
+            else:
+                f, payload = out if isinstance(out, tuple) else (out, b"")
+                mv = memoryview(payload) if payload is not None else memoryview(b"")
+                data = {select_fields[0]: _cols.from_bytes(f.dtype, f.kind, tuple(f.shape.dims),
+                                                           [tuple(s.dims) for s in f.shapes], [len(mv)], 1, mv)}
+                return _maybe_tensordict(data, 1)
         if copy and not self._no_kv_data:
             req = control_pb2.KVGetRequest(partition=partition_id, keys=keys, fields=_sel(select_fields),
                                            max_bytes=KV_INLINE_MAX)
