@@ -447,9 +447,9 @@ class Client:
         if not cols:
             rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
             return self._kvmeta(keys, partition_id, rep)
-        total = sum(c.nbytes for c in cols)
-        if (len(keys) == 1 and tags is None and len(cols) == 1 and cols[0].kind == "opaque" and cols[0].dtype == "bytes"
-                and total <= KV_INLINE_MAX and not self._no_kv_data and not self._no_value):
+        inline = sum(c.nbytes for c in cols) <= KV_INLINE_MAX and not self._no_kv_data
+        if (inline and len(keys) == 1 and tags is None and len(cols) == 1 and cols[0].kind == "opaque"
+                and cols[0].dtype == "bytes" and not self._no_value):
             # One value of one key: KV_SET, its bytes straight to where they are stored.
             sreq = control_pb2.KVSetRequest(partition=partition_id, key=keys[0], field=cols[0].name)
             try:
@@ -458,8 +458,8 @@ class Client:
             except errors.NotSupportedError:
                 self._no_value = True  # KV_PUT below tells the reasons apart
             except errors.CapacityError:
-                total = KV_INLINE_MAX + 1  # no room now: through the units, which wait
-        if total <= KV_INLINE_MAX and not self._no_kv_data:
+                inline = False  # no room now: through the units, which wait
+        if inline:
             kreq = control_pb2.KVPutRequest(put=req)
             kreq.put.fields.extend(c.commit_field() for c in cols)
             kreq.row_lens.extend(c.lens_pb() for c in cols)
