@@ -7,6 +7,9 @@ import time
 import uuid
 
 import numpy as np
+import pytest
+
+import tq
 
 from conftest import Server, _bin
 
@@ -33,6 +36,59 @@ def test_puts_avoid_a_draining_unit():
             c.kv_batch_put(fresh, part, {"x": rows})
             assert {int(u) for u in c.kv_retrieve_meta(fresh, part)._cells["x"].unit} == {2}
             assert c.units(refresh=True)[1].draining
+        finally:
+            c.close()
+    finally:
+        s.stop()
+
+
+def _drain(s, uid):
+    out = subprocess.run([_bin("TQ_BIN", "tq"), "unit", "drain", "--controller", s.address, str(uid)],
+                         env=s.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _wait_freed(c, cells, timeout=10.0):
+    """Until the unit no longer holds ``cells`` (a drain frees the old
+    locations once its moves are durable)."""
+    u = c._unit(int(cells.unit[0]))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            u.read(cells)
+        except tq.StaleError:
+            return
+        assert time.monotonic() < deadline, "the drained unit still holds the moved cells"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("transport", ["auto", "tcp"])
+def test_a_meta_taken_before_a_drain_reads_after_it(transport):
+    """A meta holding cells a drain moved reads them where they went (the
+    controller's MOVED), as the Go client does: by copy, into arrays and
+    as a view."""
+    s = Server(extra=["--units", "2"])
+    try:
+        c = s.client(transport=transport)
+        try:
+            part = "p-" + uuid.uuid4().hex[:12]
+            rows = np.arange(8 * (32 << 10), dtype=np.float32).reshape(8, 32 << 10)
+            keys = [f"k{i}" for i in range(8)]
+            c.kv_batch_put(keys, part, {"x": rows, "y": rows[:, :4] * 2})
+            meta = c.kv_retrieve_meta(keys, part)
+            old = meta._cells["x"]
+            _drain(s, int(old.unit[0]))
+            _wait_freed(c, old)
+            got = c.get_data(meta)
+            np.testing.assert_array_equal(np.asarray(got["x"]), rows)
+            np.testing.assert_array_equal(np.asarray(got["y"]), rows[:, :4] * 2)
+            into = {"x": np.zeros_like(rows)}
+            c.get_data(meta, into=into)
+            np.testing.assert_array_equal(into["x"], rows)
+            with c.get_data(meta, copy=False) as v:
+                np.testing.assert_array_equal(np.asarray(v["x"]), rows)
+            # The meta itself is left as it was: it names where the cells were.
+            assert meta._cells["x"] is old
         finally:
             c.close()
     finally:

@@ -28,6 +28,8 @@ from .unit import Lease, Pool, Unit, alloc
 # trip (KV_PUT, KV_GET; KV_SET and KV_GET_VALUE for one value of one key);
 # larger values go to the units. As the Go client.
 KV_INLINE_MAX = 64 << 10
+# MOVED_CHUNK bounds the cells of one MOVED request, as the Go client does.
+MOVED_CHUNK = 1 << 16
 
 # How often the client asks the controller which storage units are alive
 # (when it places a put): a unit that died stops taking writes within this.
@@ -600,7 +602,8 @@ class Client:
             return View(data, leases)
         return _maybe_tensordict(data, meta.size)
 
-    def _read_into(self, meta: BatchMeta, into: dict, row_keys, partition, op):
+    def _read_into(self, meta: BatchMeta, into: dict, row_keys, partition, op, cells=None):
+        cells = meta._cells if cells is None else cells
         for f, arr in into.items():
             s = meta.field_schema.get(f)
             if s is None:
@@ -612,21 +615,21 @@ class Client:
                     or not arr.flags.writeable or _cols.tq_dtype(arr.dtype) != s["dtype"]:
                 raise errors.InvalidError(f"into[{f!r}] must be a writable C-contiguous {s['dtype']} array of shape "
                                           f"{want}", op=op, fields=[f])
-        self._read_fields(meta.size, meta.field_schema, meta._cells, list(into), row_keys, partition=partition,
+        self._read_fields(meta.size, meta.field_schema, cells, list(into), row_keys, partition=partition,
                           op=op, check_only=True)
         names = list(into)
         flats = [into[f].reshape(-1).view(np.uint8) for f in names]
         units = set()
         for f in names:
-            units.update(np.unique(meta._cells[f].unit).tolist())
+            units.update(np.unique(cells[f].unit).tolist())
         if len(units) == 1:
             # Every cell on one unit: one READ (or one lease) for all fields,
             # straight into the caller's arrays.
             u = self._unit(units.pop())
-            u.read_many([meta._cells[f] for f in names], flats)
+            u.read_many([cells[f] for f in names], flats)
             return into
         for f, arr in into.items():
-            c = meta._cells[f]
+            c = cells[f]
             flat = arr.reshape(-1).view(np.uint8)
             units = np.unique(c.unit).tolist()
             if len(units) == 1:
@@ -795,22 +798,69 @@ class Client:
     def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None):
         """The fields of ``metadata``'s rows, in its row order (dict, or
         TensorDict when importable). ``copy=False``: a :class:`View`.
-        ``into``: arrays to read dense fields into, as for :meth:`kv_batch_get`."""
-        if into is not None:
-            keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
-            return self._read_into(metadata, into, list(keys), metadata.partition_ids[0] if metadata.size else "",
-                                   "get_data")
-        names = list(fields) if fields is not None else metadata.field_names
-        if metadata.size == 0 or not names:
+        ``into``: arrays to read dense fields into, as for :meth:`kv_batch_get`.
+        Cells a drain (``tq unit drain``) moved since the meta was taken are
+        read where they went; the meta is left as it is."""
+        names = list(into) if into is not None else list(fields) if fields is not None else metadata.field_names
+        if into is None and (metadata.size == 0 or not names):
             return View({}, []) if not copy else {}
         keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
-        part = metadata.partition_ids[0]
-        data, leases = self._read_fields(metadata.size, metadata.field_schema, metadata._cells, names,
+        part = metadata.partition_ids[0] if metadata.size else ""
+        cells = metadata._cells
+        # A unit that no longer holds the cells (StaleError) may have had
+        # them moved off by a drain: the controller says where (MOVED).
+        # Cells overwritten or cleared have no forwarding: the read fails
+        # as it would have.
+        for attempt in range(3):
+            try:
+                return self._get_data(metadata, cells, names, keys, part, copy, into)
+            except errors.StaleError:
+                moved = self._moved(cells, names, part) if attempt < 2 else None
+                if moved is None:
+                    raise
+                cells = moved
+
+    def _get_data(self, metadata, cells, names, keys, part, copy, into):
+        if into is not None:
+            return self._read_into(metadata, into, list(keys), part, "get_data", cells=cells)
+        data, leases = self._read_fields(metadata.size, metadata.field_schema, cells, names,
                                          [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)],
                                          view=not copy, partition=part, op="get_data")
         if not copy:
             return View(data, leases)
         return _maybe_tensordict(data, metadata.size)
+
+    def _moved(self, cells: dict, names, partition: str):
+        """``cells`` with those of ``names`` that the controller reports
+        moved at their new locations; None when none moved (or it cannot
+        tell)."""
+        out = None
+        for f in names:
+            c = cells[f]
+            to_unit, to_seg, to_gen = c.unit.copy(), c.segment.copy(), c.gen.copy()
+            to_off, to_len = c.offset.copy(), c.len.copy()
+            any_moved = False
+            for lo in range(0, len(c), MOVED_CHUNK):
+                part = c.take(np.arange(lo, min(lo + MOVED_CHUNK, len(c))))
+                req = cluster_pb2.MovedRequest()
+                getattr(req, "from").CopyFrom(_addrs.to_pb(part))
+                try:
+                    rep = self._call(wire.MOVED, req, cluster_pb2.MovedReply, op_name="get_data", partition=partition)
+                    to = _addrs.expand(rep.to, len(part))
+                except errors.TQError:
+                    return None
+                moved = np.flatnonzero((to.unit != 0) & (to.unit != _addrs.UNIT_LOST))
+                if len(moved) == 0:
+                    continue
+                any_moved = True
+                at = moved + lo
+                to_unit[at], to_seg[at], to_gen[at] = to.unit[moved], to.segment[moved], to.gen[moved]
+                to_off[at], to_len[at] = to.offset[moved], to.len[moved]
+            if any_moved:
+                if out is None:
+                    out = dict(cells)
+                out[f] = _addrs.Cells(to_unit, to_seg, to_gen, to_off, to_len)
+        return out
 
     def reserve_kv_put(self, keys, partition_id: str, specs: dict) -> "Reservation":
         """Shared memory for a KV put that the caller fills in place: no
