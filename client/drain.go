@@ -16,12 +16,13 @@ package client
 // still on the unit.
 //
 // A put placed on the unit before its client learned that it is draining
-// (clients list the units at most once per learnEvery) lands there all
-// the same: the mover lists the unit again after each pass, until a pass
-// that began at least DrainConfig.Settle after the unit was marked finds
-// no cell. A put slower than that (placed before its client learned,
-// committed after the settle) can still land on the unit: running the
-// drain again moves it.
+// (clients list the units at most once per learnEvery) is refused at its
+// commit once the unit is marked (ErrLost), and its client lists the
+// units and writes it again elsewhere (Client.placeAgain); a commit the
+// controller checked before the mark is in what the mover lists. The
+// mover still lists the unit again after each pass, until a pass that
+// began at least DrainConfig.Settle after the unit was marked finds no
+// cell, for controllers that took such commits.
 
 import (
 	"context"

@@ -219,3 +219,69 @@ func BenchmarkDrain(b *testing.B) {
 		}
 	}
 }
+
+// TestPutPlacedOnADrainingUnitGoesElsewhere: a client that has not
+// re-listed the units since one was marked draining places rows on it;
+// the controller refuses the commit (the drain would not see the cells)
+// and the client lists the units and writes them again elsewhere, for KV
+// puts and puts into rows alike, and nothing is left on the unit.
+func TestPutPlacedOnADrainingUnitGoesElsewhere(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	u2 := joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
+	require.NoError(t, err)
+	defer c.Close()
+	// Marked through the controller directly: the client learns it only
+	// when it next lists the units (at most once a second, or when a
+	// commit is refused).
+	_, err = ctrl.DrainUnit(u1.u.ID(), true)
+	require.NoError(t, err)
+
+	kv := kvapi.New(c)
+	keys := keyRange("k", 32)
+	rows := bigRows(t, 32)
+	_, err = kv.BatchPut(ctx, "p", keys, rows, nil)
+	require.NoError(t, err)
+	for _, id := range unitsOf(t, c, "p", keys) {
+		require.Equal(t, u2.u.ID(), id, "a KV put's cell on the draining unit")
+	}
+	got, err := kv.BatchGetCopy(ctx, "p", keys)
+	require.NoError(t, err)
+	assert.True(t, got.Col("x").Equal(rows.Col("x")))
+
+	// A put into rows, by a client that listed the units while the unit
+	// was in service.
+	_, err = ctrl.DrainUnit(u1.u.ID(), false)
+	require.NoError(t, err)
+	c3, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
+	require.NoError(t, err)
+	defer c3.Close()
+	_, err = ctrl.DrainUnit(u1.u.ID(), true)
+	require.NoError(t, err)
+	meta, err := c3.PutNew(ctx, "q", rows)
+	require.NoError(t, err)
+	for _, l := range meta.Cells["x"] {
+		require.Equal(t, u2.u.ID(), l.Unit, "a put's cell on the draining unit")
+	}
+	cells, _, err := c.Meta().(*client.RemoteMeta).UnitCells(ctx, u1.u.ID(), nil, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, cells, "cells committed to the draining unit")
+}
+
+// bigRows is n rows of field "x", 4 KiB each: together past what a KV put
+// sends through the controller.
+func bigRows(t *testing.T, n int) *engine.Batch {
+	t.Helper()
+	data := make([]byte, n*4096)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	col, err := engine.NewDense(engine.Uint8, n, engine.Shape{4096}, data)
+	require.NoError(t, err)
+	return engine.MustBatch(engine.Field{Name: "x", Col: col})
+}

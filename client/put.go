@@ -41,7 +41,11 @@ func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMet
 		out.Cells[f.Name] = make([]engine.CellLoc, meta.Len())
 	}
 	for part, pos := range groupByPartition(meta) {
-		if err := c.putPartition(ctx, b, meta, part, pos, out.Cells); err != nil {
+		err := c.putPartition(ctx, b, meta, part, pos, out.Cells)
+		if c.placeAgain(ctx, err) {
+			err = c.putPartition(ctx, b, meta, part, pos, out.Cells)
+		}
+		if err != nil {
 			return nil, &engine.OpError{Op: "put", Peer: part, Err: err}
 		}
 	}
@@ -49,6 +53,20 @@ func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMet
 		return nil, &engine.OpError{Op: "put", Err: err}
 	}
 	return out, nil
+}
+
+// placeAgain reports whether a put that failed with err is worth one more
+// try, after listing the units: a commit refused the cells it wrote
+// ([engine.ErrLost]: a unit marked draining since the client last listed
+// the units, or a generation its unit fenced), or a unit it wrote to
+// restarted. The failed try gave back what it wrote and changed nothing,
+// and the next one places the bytes on the units as they are now.
+func (c *Client) placeAgain(ctx context.Context, err error) bool {
+	if err == nil || !errors.Is(err, engine.ErrLost) || ctx.Err() != nil || c.disc == nil {
+		return false
+	}
+	c.disc.learn(ctx, c, false)
+	return true
 }
 
 // PutNew allocates len(b) new rows in a partition and writes b into them.

@@ -50,6 +50,9 @@ func (c *Client) keyPlanner(keys []string) (*planner, []uint64) {
 // partition; [engine.ErrCapacity] when storage stays full until ctx ends.
 func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
 	out, err := c.putKeys(ctx, partition, keys, b, tags)
+	if c.placeAgain(ctx, err) {
+		out, err = c.putKeys(ctx, partition, keys, b, tags)
+	}
 	if err != nil {
 		return engine.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
 	}

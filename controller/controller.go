@@ -687,6 +687,9 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	if err == nil {
 		err = c.checkFences(req.Fields)
 	}
+	if err == nil {
+		err = c.checkDraining(req.Fields)
+	}
 	if err != nil {
 		return nil, opErr("commit", req.Partition, err)
 	}

@@ -7,7 +7,9 @@ package controller
 //
 //  1. DrainUnit marks the unit draining (durable, in the registry):
 //     clients learn it with their next unit list (at most a second later)
-//     and stop placing new cells on it.
+//     and stop placing new cells on it; a commit of cells placed on it
+//     before then is refused (checkDraining), and its client writes them
+//     again elsewhere.
 //  2. UnitCells pages through the cells located on the unit, in
 //     (partition, row index) order; the mover reads their bytes and
 //     writes them to other units.

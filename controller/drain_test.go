@@ -171,3 +171,38 @@ func TestDrainSurvivesRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestCommitToDrainingUnitRefused: once a unit is marked draining, a
+// commit naming a cell on it (a put its client placed before it learned)
+// is refused with ErrLost and changes nothing, through Commit and
+// CommitKeys, per cell and in runs; back in service, it is taken again.
+func TestCommitToDrainingUnitRefused(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 2)
+	_, err := c.DrainUnit(1, true)
+	require.NoError(t, err)
+	field := func(l engine.CellLoc) []engine.CommitField {
+		return []engine.CommitField{{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{l}}}
+	}
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[:1], Fields: field(loc(1, 3, 1, 0, 8))})
+	require.ErrorIs(t, err, engine.ErrLost)
+	assert.Contains(t, err.Error(), "storage unit 1 is draining")
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "k", Keys: []string{"a"}, Fields: field(loc(1, 3, 1, 8, 8))})
+	require.ErrorIs(t, err, engine.ErrLost)
+	run := []engine.CommitField{{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{},
+		Runs: []engine.CellRun{{Unit: 1, First: engine.RemoteAddr{Segment: 3, Gen: 1, Offset: 16, Len: 8}, Count: 2}}}}
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "k", Keys: []string{"a", "b"}, Fields: run})
+	require.ErrorIs(t, err, engine.ErrLost, "a run on the draining unit")
+	_, err = c.ResolveKeys("k", []string{"a"}, nil, false)
+	require.ErrorIs(t, err, engine.ErrNotFound, "a refused commit creates no key")
+	got, err := c.RowsMeta("p", m.Indexes, nil)
+	require.NoError(t, err)
+	assert.Equal(t, []engine.CellLoc{loc(1, 1, 1, 0, 8), loc(1, 1, 1, 8, 8)}, got.Cells["x"], "a refused commit changes nothing")
+
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "k", Keys: []string{"a"}, Fields: field(loc(2, 3, 1, 0, 8))})
+	require.NoError(t, err, "another unit takes it")
+	_, err = c.DrainUnit(1, false)
+	require.NoError(t, err)
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[:1], Fields: field(loc(1, 3, 1, 0, 8))})
+	require.NoError(t, err, "back in service")
+}

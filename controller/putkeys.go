@@ -36,6 +36,9 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 	if err == nil {
 		err = c.checkFences(req.Fields)
 	}
+	if err == nil {
+		err = c.checkDraining(req.Fields)
+	}
 	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}

@@ -125,6 +125,41 @@ func (c *Controller) checkFences(fields []engine.CommitField) error {
 	return nil
 }
 
+// checkDraining refuses a commit naming a cell on a draining unit
+// ([Registry.SetDraining]): a drain lists the unit's cells after marking
+// it, under the partitions' locks, so a commit checked here before the
+// mark is in what it lists, and one checked after would land behind it.
+// The error wraps [engine.ErrLost], as a fenced generation's does: the
+// bytes written will not be taken, and the client writes them again,
+// elsewhere once it has listed the units.
+func (c *Controller) checkDraining(fields []engine.CommitField) error {
+	var last engine.UnitID
+	draining := func(name string, u engine.UnitID) error {
+		if u == last || u == 0 || u == engine.LostUnit {
+			return nil
+		}
+		last = u
+		if !c.units.Draining(u) {
+			return nil
+		}
+		return fmt.Errorf("field %q: storage unit %d is draining (tq unit drain) and takes no new cells; write them to another unit: %w", name, u, engine.ErrLost)
+	}
+	for i := range fields {
+		cf := &fields[i]
+		for _, r := range cf.Runs {
+			if err := draining(cf.Name, r.Unit); err != nil {
+				return err
+			}
+		}
+		for _, l := range cf.Locs {
+			if err := draining(cf.Name, l.Unit); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // SegmentFence is a unit's fence for one segment (see [ReconcileRequest]).
 type SegmentFence struct {
 	Segment, Gen uint32

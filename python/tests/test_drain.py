@@ -5,6 +5,7 @@ units it moved to."""
 import subprocess
 import time
 import uuid
+import zlib
 
 import numpy as np
 import pytest
@@ -91,5 +92,42 @@ def test_a_meta_taken_before_a_drain_reads_after_it(transport):
             assert meta._cells["x"] is old
         finally:
             c.close()
+    finally:
+        s.stop()
+
+
+def test_a_put_placed_on_a_unit_drained_since_goes_elsewhere():
+    """A client that has not re-listed the units since one was marked
+    draining places a put on it; the controller refuses the commit (the
+    drain would not see the cells) and the client writes the put again on
+    the units as they are now, for kv_batch_put and put alike."""
+    s = Server(extra=["--units", "2"])
+    try:
+        c, c2 = s.client(transport="tcp"), s.client(transport="tcp")
+        try:
+            for cl in (c, c2):
+                assert sorted(cl.units(refresh=True)) == [1, 2]
+                cl._units_at = time.monotonic() + 3600  # no re-listing before a refused commit
+            _drain(s, 1)
+            part = "p-" + uuid.uuid4().hex[:12]
+            rows = np.arange(8 * (32 << 10), dtype=np.float32).reshape(8, 32 << 10)
+            # Keys whose hash picks unit 1 of the two the client knows.
+            first = next(f"k{i}" for i in range(100) if zlib.crc32(f"k{i}".encode()) % 2 == 0)
+            keys = [first] + [f"r{i}" for i in range(7)]
+            c.kv_batch_put(keys, part, {"x": rows})
+            assert {int(u) for u in c.kv_retrieve_meta(keys, part)._cells["x"].unit} == {2}
+            np.testing.assert_array_equal(np.asarray(c.kv_batch_get(keys, part)["x"]), rows)
+
+            # Rows from an even index: the hash that picks unit 1.
+            if c2.get_meta(["x"], 1, part, mode="insert").global_indexes[0] % 2 == 0:
+                c2.get_meta(["x"], 1, part, mode="insert")
+            meta = c2.get_meta(["x"], 8, part, mode="insert")
+            assert meta.global_indexes[0] % 2 == 0
+            out = c2.put({"x": rows}, meta)
+            assert {int(u) for u in out._cells["x"].unit} == {2}
+            np.testing.assert_array_equal(np.asarray(c2.get_data(out)["x"]), rows)
+        finally:
+            c.close()
+            c2.close()
     finally:
         s.stop()

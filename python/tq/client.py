@@ -473,16 +473,33 @@ class Client:
                 self._no_kv_data = True
             except errors.CapacityError:
                 pass
-        pieces, locs = self._place_and_write(zlib.crc32(keys[0].encode()), cols)
-        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
-        try:
-            rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
-        except errors.UnavailableError:
-            raise  # the commit may have happened: reconciliation frees what no cell names
-        except errors.TQError:
-            self._free_pieces(pieces)
-            raise
+        rep = self._write_and_commit(zlib.crc32(keys[0].encode()), cols, req, wire.COMMIT_KEYS,
+                                     control_pb2.CommitKeysReply, ctx)
         return self._kvmeta(keys, partition_id, rep)
+
+    def _write_and_commit(self, h, cols, req, op, reply_cls, ctx):
+        """Place and write ``cols`` on the units (by hash ``h``), then commit
+        them with ``req`` (``op``). A commit that refuses the cells written
+        (LostError: a unit marked draining since this client last listed the
+        units, or a generation its unit fenced) changed nothing: the pieces
+        are freed and the put is placed again once, on the units as they
+        are now."""
+        for attempt in (0, 1):
+            pieces, locs = self._place_and_write(h, cols)
+            del req.fields[:]
+            req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
+            try:
+                return self._call(op, req, reply_cls, **ctx)
+            except errors.UnavailableError:
+                raise  # the commit may have happened: reconciliation frees what no cell names
+            except errors.LostError:
+                self._free_pieces(pieces)
+                if attempt:
+                    raise
+                self.units(refresh=True)
+            except errors.TQError:
+                self._free_pieces(pieces)
+                raise
 
     @staticmethod
     def _kvmeta(keys, partition, rep) -> KVBatchMeta:
@@ -775,16 +792,9 @@ class Client:
             raise errors.InvalidError(f"put to rows of {len(parts)} partitions", op="put")
         part = parts.pop()
         cols = _cols.columns(data, metadata.size)
-        pieces, locs = self._place_and_write(metadata.global_indexes[0], cols)
         req = control_pb2.CommitRequest(partition=part, indexes=metadata.global_indexes)
-        req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
-        try:
-            self._call(wire.COMMIT, req, control_pb2.CellsReply, op_name="put", partition=part)
-        except errors.UnavailableError:
-            raise
-        except errors.TQError:
-            self._free_pieces(pieces)
-            raise
+        self._write_and_commit(metadata.global_indexes[0], cols, req, wire.COMMIT, control_pb2.CellsReply,
+                               {"op_name": "put", "partition": part})
         if any(metadata.custom_meta):
             self.set_custom_meta(metadata)
         names = sorted(set(metadata.field_schema) | set(data.keys()))
