@@ -168,6 +168,9 @@ func TestDrainSurvivesRestart(t *testing.T) {
 			got, err := d.RowsMeta("p", m.Indexes, nil)
 			require.NoError(t, err)
 			assert.Equal(t, []engine.CellLoc{loc(2, 3, 1, 0, 8), loc(1, 1, 1, 8, 8)}, got.Cells["x"])
+			_, err = d.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[1:], Fields: []engine.CommitField{{
+				Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{loc(1, 4, 1, 0, 8)}}}})
+			assert.ErrorIs(t, err, engine.ErrLost, "a commit onto the unit drained before the restart")
 		})
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -61,6 +62,10 @@ type Registry struct {
 	next    engine.UnitID // the next id to assign; ids below it are taken
 	units   map[engine.UnitID]*engine.UnitInfo
 	started time.Time // units known from the durable state were last heard of then
+	// draining counts the units marked draining (changed under mu, by
+	// drainingChange): a commit checks its cells' units against the
+	// registry only when some unit is.
+	draining atomic.Int32
 }
 
 // NewRegistry returns an empty registry in which a unit with no heartbeat
@@ -134,6 +139,7 @@ func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error
 	e.ID, e.LastHeartbeat = r.next, now
 	r.next++
 	r.units[e.ID] = &e
+	r.drainingChange(nil, &e)
 	r.record(&e)
 	return e.ID, nil
 }
@@ -165,6 +171,7 @@ func (r *Registry) apply(op *wirepb.UnitOp) error {
 		return corrupt("unit %d bound to incarnations %x and %x", id, old.Incarnation, u.Incarnation)
 	}
 	u.LastHeartbeat = r.started
+	r.drainingChange(r.units[id], &u)
 	r.units[id] = &u
 	r.next = max(r.next, id+1)
 	return nil
@@ -212,6 +219,7 @@ func (r *Registry) restore(next uint32, units []*wirepb.UnitOp) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.units, r.next = fresh.units, max(engine.UnitID(next), 1)
+	r.draining.Store(fresh.draining.Load())
 	return nil
 }
 
@@ -230,6 +238,7 @@ func (r *Registry) evictLocked(now time.Time) bool {
 		return false
 	}
 	delete(r.units, victim.ID)
+	r.drainingChange(victim, nil)
 	return true
 }
 
@@ -323,7 +332,9 @@ func (r *Registry) SetDraining(id engine.UnitID, draining bool) (engine.UnitInfo
 		}
 	}
 	if u.Draining != draining {
+		was := *u
 		u.Draining = draining
+		r.drainingChange(&was, u)
 		r.record(u)
 	}
 	c := cloneUnit(u)
@@ -331,8 +342,27 @@ func (r *Registry) SetDraining(id engine.UnitID, draining bool) (engine.UnitInfo
 	return c, nil
 }
 
+// drainingChange counts a unit's entry replaced from old to now (either
+// may be nil: added, removed) in the units marked draining. The caller
+// holds mu.
+func (r *Registry) drainingChange(old, now *engine.UnitInfo) {
+	var d int32
+	if old != nil && old.Draining {
+		d--
+	}
+	if now != nil && now.Draining {
+		d++
+	}
+	if d != 0 {
+		r.draining.Add(d)
+	}
+}
+
 // Draining reports whether unit id is registered and draining.
 func (r *Registry) Draining(id engine.UnitID) bool {
+	if r.draining.Load() == 0 {
+		return false
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u, ok := r.units[id]
