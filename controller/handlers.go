@@ -589,9 +589,16 @@ func (s *Server) listUnits(_ context.Context, body []byte, _ *effects) (proto.Me
 		return nil, err
 	}
 	us := s.c.units.Units()
-	r := &wirepb.UnitsReply{Units: make([]*wirepb.UnitInfo, len(us))}
-	for i, u := range us {
-		r.Units[i] = unitInfoToPB(u)
+	r := &wirepb.UnitsReply{Units: make([]*wirepb.UnitInfo, 0, len(us))}
+	for _, u := range us {
+		// A unit that registered no address yet is asking for its id
+		// (its sockets are named after it): nobody can reach it, and a
+		// client that listed it would keep the address-less entry once
+		// the unit registers its addresses (it knows the id).
+		if len(u.Addrs) == 0 {
+			continue
+		}
+		r.Units = append(r.Units, unitInfoToPB(u))
 	}
 	return r, nil
 }

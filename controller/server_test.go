@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -78,6 +80,26 @@ func codeOf(err error) wirepb.Code {
 		return re.Code
 	}
 	return wirepb.Code_CODE_UNSPECIFIED
+}
+
+// TestUnitsLeavesOutUnitsWithoutAddresses: a unit that registered to get
+// its id, before it could name its sockets, is not listed until it
+// registers its addresses. A client that listed it would have kept the
+// address-less entry for the id (the fault matrix's RDMA reader failed
+// every read of such a unit until it died).
+func TestUnitsLeavesOutUnitsWithoutAddresses(t *testing.T) {
+	_, addr := startServer(t, newController(t, Config{}), ServerConfig{}, "unix")
+	c := dialRaw(t, addr, "")
+	var reg wirepb.RegisterReply
+	require.NoError(t, do(c, wire.OpRegister, &wirepb.RegisterRequest{Incarnation: 7}, &reg))
+	var reply wirepb.UnitsReply
+	require.NoError(t, do(c, wire.OpUnits, &wirepb.Empty{}, &reply))
+	assert.Empty(t, reply.Units, "a unit with no address yet")
+	require.NoError(t, do(c, wire.OpRegister, &wirepb.RegisterRequest{UnitId: reg.UnitId, Incarnation: 7, ClusterId: reg.ClusterId,
+		HostId: "h", Addrs: []string{"unix:///run/tq/unit-1.sock", "rdma://emu0"}, Capacity: 1 << 20}, &reg))
+	require.NoError(t, do(c, wire.OpUnits, &wirepb.Empty{}, &reply))
+	require.Len(t, reply.Units, 1)
+	assert.Equal(t, []string{"unix:///run/tq/unit-1.sock", "rdma://emu0"}, reply.Units[0].Addrs)
 }
 
 func TestServerUnits(t *testing.T) {
