@@ -258,12 +258,12 @@ func TestPutPlacedOnADrainingUnitGoesElsewhere(t *testing.T) {
 	// was in service.
 	_, err = ctrl.DrainUnit(u1.u.ID(), false)
 	require.NoError(t, err)
-	c3, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
+	c2, err := client.Connect(ctx, addr, client.ConnectConfig{Client: client.Config{Placement: client.Hash}})
 	require.NoError(t, err)
-	defer c3.Close()
+	defer c2.Close()
 	_, err = ctrl.DrainUnit(u1.u.ID(), true)
 	require.NoError(t, err)
-	meta, err := c3.PutNew(ctx, "q", rows)
+	meta, err := c2.PutNew(ctx, "q", rows)
 	require.NoError(t, err)
 	for _, l := range meta.Cells["x"] {
 		require.Equal(t, u2.u.ID(), l.Unit, "a put's cell on the draining unit")
