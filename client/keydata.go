@@ -90,7 +90,7 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 		}
 		put.HasTags = true
 	}
-	var reply wirepb.CommitKeysReply
+	var reply commitKeysReply
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVPut, p, payload, &reply, nil)
@@ -99,7 +99,7 @@ func (r *RemoteMeta) PutKeysData(ctx context.Context, req engine.KeysCommit, b *
 	if err != nil {
 		return engine.KeysCommitted{}, r.opErr("kv put", r.learn(err))
 	}
-	return r.committed(req, &reply)
+	return r.committed(req, &reply.CommitKeysReply)
 }
 
 // oneValue returns the bytes of a put that is one opaque value of one
@@ -122,7 +122,7 @@ func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field 
 	// One allocation for the request, its payload and the reply.
 	sc := &struct {
 		req   wirepb.KVSetRequest
-		reply wirepb.CommitKeysReply
+		reply commitKeysReply
 		bufs  [1][]byte
 	}{req: wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}, bufs: [1][]byte{val}}
 	c, l, err := r.kvLane(ctx)
@@ -136,7 +136,14 @@ func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field 
 		}
 		return engine.KeysCommitted{}, r.opErr("kv put", err)
 	}
-	return r.committed(req, &sc.reply)
+	return r.committed(req, &sc.reply.CommitKeysReply)
+}
+
+// commitKeysReply is a KV put's answer, decoded by [wire.DecodeCommitKeysReply].
+type commitKeysReply struct{ wirepb.CommitKeysReply }
+
+func (r *commitKeysReply) DecodeBody(b []byte) error {
+	return wire.DecodeCommitKeysReply(b, &r.CommitKeysReply)
 }
 
 // committed checks and converts a KV put's reply.

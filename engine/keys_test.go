@@ -55,3 +55,26 @@ func BenchmarkRepeatedKeys(b *testing.B) {
 		}
 	})
 }
+
+// duplicates names each repeated value once, in order of its second
+// appearance, whether it compares pairwise (few values) or counts in a map.
+func TestDuplicates(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for trial := range 300 {
+		n := r.IntN(40)
+		s := make([]string, n)
+		for i := range s {
+			s[i] = fmt.Sprintf("v%d", r.IntN(max(1, n/(1+trial%3))))
+		}
+		var want []string
+		count := map[string]int{}
+		for _, v := range s {
+			if count[v]++; count[v] == 2 {
+				want = append(want, v)
+			}
+		}
+		if got := duplicates(s); !slices.Equal(got, want) {
+			t.Fatalf("duplicates(%q) = %q, want %q", s, got, want)
+		}
+	}
+}

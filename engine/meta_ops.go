@@ -609,6 +609,17 @@ func diffNames(a, b map[string]FieldSchema) (onlyA, onlyB []string) {
 // duplicates returns each value that appears more than once in s, in order
 // of its second appearance.
 func duplicates(s []string) []string {
+	if len(s) <= 16 {
+		// Few names (a put's keys, its fields): compared pairwise, with
+		// no map to allocate.
+		var out []string
+		for i, v := range s {
+			if n := countOf(s[:i], v); n == 1 {
+				out = append(out, v)
+			}
+		}
+		return out
+	}
 	seen := make(map[string]int, len(s))
 	var out []string
 	for _, v := range s {
@@ -618,6 +629,16 @@ func duplicates(s []string) []string {
 		}
 	}
 	return out
+}
+
+func countOf(s []string, v string) int {
+	n := 0
+	for _, w := range s {
+		if w == v {
+			n++
+		}
+	}
+	return n
 }
 
 func cloneTagList(tags []Tags) []Tags {

@@ -9,6 +9,7 @@ package wire
 // varints over 64 bits), as both spend their time allocating the message.
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -16,6 +17,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // vtMessage is a message with vtproto's generated code.
@@ -103,4 +106,36 @@ func decodeKeyField(b []byte, withMax bool) (partition, key, field string, maxBy
 		}
 	}
 	return partition, key, field, maxBytes, nil
+}
+
+// DecodeCommitKeysReply decodes a CommitKeysReply body (the answer to
+// every KV put) into m, accepting and refusing what proto.Unmarshal does
+// (FuzzDecodeCommitKeysReply compares them). A put's answer holds only
+// tags and fields, which it decodes by hand; a body with anything else in
+// it (the overwritten addresses, an unknown field) goes to proto.Unmarshal.
+func DecodeCommitKeysReply(b []byte, m *wirepb.CommitKeysReply) error {
+	var tags [][]byte
+	var fields []string
+	for rest := b; len(rest) > 0; {
+		num, typ, n := protowire.ConsumeTag(rest)
+		if n < 0 || typ != protowire.BytesType || num < 2 || num > 3 {
+			return proto.Unmarshal(b, m)
+		}
+		v, k := protowire.ConsumeBytes(rest[n:])
+		if k < 0 {
+			return errBadMessage
+		}
+		rest = rest[n+k:]
+		if num == 2 {
+			tags = append(tags, bytes.Clone(v))
+			continue
+		}
+		if !utf8.Valid(v) {
+			return fmt.Errorf("field name %q is not valid UTF-8", v)
+		}
+		fields = append(fields, string(v))
+	}
+	proto.Reset(m)
+	m.Tags, m.Fields = tags, fields
+	return nil
 }

@@ -203,6 +203,30 @@ func BenchmarkCodec(b *testing.B) {
 	}
 }
 
+// BenchmarkDecodeCommitKeysReply: a KV put's answer (one key, no tags,
+// one field), by proto.Unmarshal and by hand.
+func BenchmarkDecodeCommitKeysReply(b *testing.B) {
+	body, err := proto.Marshal(&wirepb.CommitKeysReply{Tags: [][]byte{nil}, Fields: []string{"v"}})
+	require.NoError(b, err)
+	for _, codec := range []string{"protobuf-go", "tq"} {
+		b.Run("codec="+codec, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var m wirepb.CommitKeysReply
+				var err error
+				if codec == "tq" {
+					err = DecodeCommitKeysReply(body, &m)
+				} else {
+					err = proto.Unmarshal(body, &m)
+				}
+				if err != nil || len(m.Fields) != 1 {
+					b.Fatal(err, &m)
+				}
+			}
+		})
+	}
+}
+
 // FuzzDecodeKVRequests: DecodeKVSet and DecodeKVGetValue accept what
 // proto.Unmarshal accepts, refuse what it refuses, and decode the same
 // values.
@@ -252,6 +276,46 @@ func FuzzDecodeKVRequests(f *testing.F) {
 		}
 		if err == nil && (p != get.Partition || k != get.Key || fl != get.Field || max != get.MaxBytes) {
 			t.Fatalf("KVGetValueRequest %x: decoded %q %q %q %d, want %+v", b, p, k, fl, max, &get)
+		}
+	})
+}
+
+// FuzzDecodeCommitKeysReply: DecodeCommitKeysReply decodes what
+// proto.Unmarshal does into the same message, and refuses what it refuses.
+func FuzzDecodeCommitKeysReply(f *testing.F) {
+	for _, m := range []*wirepb.CommitKeysReply{
+		{Tags: [][]byte{nil}, Fields: []string{"v"}},
+		{Tags: [][]byte{[]byte(`{"status":"done"}`), nil}, Fields: []string{"a", "ключ"}},
+		{Replaced: &wirepb.Addrs{Unit: []uint32{1}}, Tags: [][]byte{nil}},
+		{},
+	} {
+		b, err := proto.Marshal(m)
+		require.NoError(f, err)
+		f.Add(b)
+		f.Add(append(b, b...))
+	}
+	for _, b := range [][]byte{
+		{0x1a, 0x02, 0xff, 0xfe},       // a field name not UTF-8
+		{0x12, 0x05, 'a'},              // tags cut short
+		{0x1a, 0x01, 'x', 0x08, 0x01},  // an unknown varint after a field
+		{0x18, 0x01},                   // fields as a varint
+		{0x12, 0x00, 0x1a, 0x00},       // an empty tag map and an empty name
+		{0x0a, 0x02, 0x08, 0x07},       // replaced, well formed
+		{0x0a, 0x02, 0x08},             // replaced, cut short
+		{0x1a, 0x80, 0x80, 0x80, 0x80}, // a length cut inside its varint
+	} {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want wirepb.CommitKeysReply
+		werr := proto.Unmarshal(b, &want)
+		got := wirepb.CommitKeysReply{Tags: [][]byte{[]byte("stale")}, Fields: []string{"stale"}}
+		err := DecodeCommitKeysReply(b, &got)
+		if (werr == nil) != (err == nil) {
+			t.Fatalf("%x: proto.Unmarshal says %v, DecodeCommitKeysReply %v", b, werr, err)
+		}
+		if err == nil && !proto.Equal(&got, &want) {
+			t.Fatalf("%x: decoded %v, want %v", b, &got, &want)
 		}
 	})
 }

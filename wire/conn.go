@@ -416,8 +416,8 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	if h.Flags&FlagReply == 0 {
 		return fmt.Errorf("request frame (op %v) on a client connection: %w", h.Op, ErrFrame)
 	}
-	body := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(br, body); err != nil {
+	body, err := peekBody(br, int(h.BodyLen))
+	if err != nil {
 		return c.readErr(err)
 	}
 	c.mu.Lock()
@@ -440,6 +440,26 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	}
 	cl.done <- struct{}{}
 	return err
+}
+
+// peekBody reads a reply's body of n bytes. One that fits br's buffer is
+// not copied out of it: the slice holds until br's next read, and a
+// reply's decoders copy what they keep before fill reads the payload.
+func peekBody(br *bufio.Reader, n int) ([]byte, error) {
+	if n > br.Size() {
+		body := make([]byte, n)
+		_, err := io.ReadFull(br, body)
+		return body, err
+	}
+	body, err := br.Peek(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF // the header came: the frame is cut short
+	}
+	if err != nil {
+		return nil, err
+	}
+	br.Discard(n)
+	return body, nil
 }
 
 // fill decodes a reply into its call and reads its payload. cerr is the
@@ -495,7 +515,9 @@ func (c *Conn) fill(br *bufio.Reader, h Header, body []byte, cl *call) (cerr, er
 
 // BodyDecoder is a reply message that decodes its body itself (on the
 // reader goroutine, like into): a caller's shortcut for a reply it
-// recognizes by its bytes, falling back to proto.Unmarshal.
+// recognizes by its bytes, or decodes faster, falling back to
+// proto.Unmarshal. body holds only during the call: what the message
+// keeps of it, it copies.
 type BodyDecoder interface {
 	proto.Message
 	DecodeBody(body []byte) error
