@@ -68,7 +68,16 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // once the commit's record is durable, then frees the cells it replaced.
 // A commit the controller refuses (a dtype the partition holds otherwise)
 // frees the extents and changes nothing. r is ended either way.
+//
+// A commit refused because u was marked draining after [OneKey.UnitFor]
+// picked it is made once more on the unit the key picks now, with the
+// bytes copied there (when it has room at once), so that a put during a
+// drain does not fail for any client: none of them sees the unit chosen.
 func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
+	return o.commit(ctx, u, r, partition, key, fields, tags, true)
+}
+
+func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags, again bool) (engine.KeysCommitted, error) {
 	addrs := make([]engine.RemoteAddr, len(fields))
 	for i := range fields {
 		addrs[i] = r.Addr(i)
@@ -89,12 +98,48 @@ func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 	out, err := o.c.CommitKeys(req)
 	if err != nil {
 		// In this process a refused commit changed nothing.
+		var nu *storage.Unit
+		var nr *storage.Reservation
+		if again && errors.Is(err, engine.ErrLost) && o.meta.Draining(u.ID()) {
+			nu, nr = o.moveOff(ctx, u, addrs, key)
+		}
 		u.FreeRanges(addrs)
+		if nr != nil {
+			return o.commit(ctx, nu, nr, partition, key, fields, tags, false)
+		}
 		return engine.KeysCommitted{}, err
 	}
 	replaced := out.Replaced
 	out.Replaced = nil
 	return out, o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
+}
+
+// moveOff copies the extents at addrs, committed on from (a draining
+// unit) but named by no cell, into a reservation on the unit key picks
+// now; nil when there is none but from, it has no room at once, or the
+// extents cannot be read.
+func (o *OneKey) moveOff(ctx context.Context, from *storage.Unit, addrs []engine.RemoteAddr, key string) (*storage.Unit, *storage.Reservation) {
+	to := o.UnitFor(key)
+	if to == nil || to == from {
+		return nil, nil
+	}
+	sizes := make([]int64, len(addrs))
+	for i, a := range addrs {
+		sizes[i] = int64(a.Len)
+	}
+	l, err := from.Acquire(addrs)
+	if err != nil {
+		return nil, nil
+	}
+	defer l.Release()
+	r, err := to.Reserve(engine.WithoutWait(ctx), sizes)
+	if err != nil {
+		return nil, nil
+	}
+	for i := range addrs {
+		copy(r.Buf(i), l.Bytes(i))
+	}
+	return to, r
 }
 
 // Value reads one field of key as Get does, without the batch around

@@ -195,3 +195,70 @@ func big(t *testing.T, n int) *engine.Batch {
 	t.Helper()
 	return engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, n)})})
 }
+
+// TestOneKeyCommitMovesOffADrainingUnit: a unit marked draining between
+// UnitFor and the commit has the commit refused by the controller; OneKey
+// writes the bytes to the unit the key picks now and commits there, and
+// the draining unit keeps nothing. With no room elsewhere the commit fails
+// as the controller refused it, and nothing is kept.
+func TestOneKeyCommitMovesOffADrainingUnit(t *testing.T) {
+	ctrl, units, kd, cl := kvPair(t)
+	ctx := context.Background()
+	fields := func() []engine.CommitField {
+		return []engine.CommitField{{Name: "b", DType: engine.Bytes, Kind: engine.Opaque}, {Name: "e", DType: engine.Bytes, Kind: engine.Opaque}}
+	}
+	reserve := func(key string) (*storage.Unit, *storage.Reservation) {
+		u := kd.one.UnitFor(key)
+		require.NotNil(t, u)
+		r, err := u.Reserve(ctx, []int64{5, 0})
+		require.NoError(t, err)
+		copy(r.Buf(0), "hello")
+		return u, r
+	}
+
+	u, r := reserve("k")
+	_, err := ctrl.DrainUnit(u.ID(), true)
+	require.NoError(t, err)
+	out, err := kd.one.Commit(ctx, u, r, "p", "k", fields(), engine.Tags{"s": int64(1)})
+	require.NoError(t, err, "a commit refused for the drain is made on another unit")
+	assert.Equal(t, []string{"b", "e"}, out.Fields)
+	assert.Equal(t, engine.Tags{"s": int64(1)}, out.Tags[0])
+	cells, found := ctrl.KeyCells("p", "k", []string{"b"}, nil)
+	require.True(t, found)
+	require.Len(t, cells, 1)
+	assert.NotEqual(t, u.ID(), cells[0].Loc.Unit, "the cell lies on the unit not draining")
+	assert.Zero(t, used([]*storage.Unit{u}), "the draining unit keeps nothing")
+	meta, err := cl.MetaByKeys(ctx, "p", []string{"k"}, []string{"b", "e"}, false)
+	require.NoError(t, err)
+	b, err := cl.Get(ctx, meta)
+	require.NoError(t, err)
+	assert.Equal(t, []byte("hello"), b.Col("b").RowBytes(0))
+	assert.Empty(t, b.Col("e").RowBytes(0))
+	b.Release()
+
+	// The other unit full: nowhere to go at once. The commit fails as
+	// the controller refused it, and no unit keeps the bytes.
+	_, err = ctrl.DrainUnit(u.ID(), false)
+	require.NoError(t, err)
+	u, r = reserve("k2")
+	other := units[0]
+	if other == u {
+		other = units[1]
+	}
+	for _, size := range []int64{64 << 10, 4 << 10, 64, 1} {
+		for {
+			filler, err := other.Reserve(engine.WithoutWait(ctx), []int64{size})
+			if err != nil {
+				break
+			}
+			defer filler.Abort()
+		}
+	}
+	_, err = ctrl.DrainUnit(u.ID(), true)
+	require.NoError(t, err)
+	_, err = kd.one.Commit(ctx, u, r, "p", "k2", fields(), nil)
+	require.ErrorIs(t, err, engine.ErrLost)
+	_, found = ctrl.KeyCells("p", "k2", []string{"b"}, nil)
+	assert.False(t, found, "a refused commit changes nothing")
+	assert.Zero(t, used([]*storage.Unit{u}), "and keeps no bytes")
+}
