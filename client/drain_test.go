@@ -285,3 +285,62 @@ func bigRows(t *testing.T, n int) *engine.Batch {
 	require.NoError(t, err)
 	return engine.MustBatch(engine.Field{Name: "x", Col: col})
 }
+
+// A reserved put (zero copy: filled in place on one unit) whose unit was
+// marked draining after the reservation has its commit refused by the
+// controller; the client reads the bytes back from the unit, frees them
+// there and puts them on another unit, so the put succeeds and the
+// draining unit keeps nothing. Into keys, and into rows.
+func TestReservedPutOnADrainingUnitGoesElsewhere(t *testing.T) {
+	ctx := t.Context()
+	e, c := unitCluster(t, 2, 4<<20, client.DefaultConfig(), nil)
+	spec := client.FieldSpec{Name: "x", DType: engine.Uint8, Shape: engine.Shape{4096}}
+	want := bigRows(t, 4)
+	fill := func(col *engine.Column) { copy(col.Data(), want.Col("x").Data()) }
+	drainedKeepsNothing := func(id engine.UnitID) {
+		t.Helper()
+		cells, _, err := e.Controller.UnitCells(id, nil, 0, 0)
+		require.NoError(t, err)
+		assert.Empty(t, cells, "cells on the draining unit")
+		for _, u := range e.Units {
+			if u.ID() == id {
+				assert.Zero(t, u.Stats().Used, "bytes on the draining unit")
+			}
+		}
+		_, err = e.Controller.DrainUnit(id, false)
+		require.NoError(t, err)
+	}
+
+	keys := keyRange("k", 4)
+	kb, err := c.ReservePutKeys(ctx, "kv", keys, []engine.Tags{{"n": int64(0)}, nil, nil, nil}, spec)
+	require.NoError(t, err)
+	fill(kb.Column("x"))
+	_, err = e.Controller.DrainUnit(kb.Unit().ID(), true)
+	require.NoError(t, err)
+	out, err := kb.Commit(ctx)
+	require.NoError(t, err, "a reserved KV put whose unit began draining")
+	assert.Equal(t, []string{"x"}, out.Fields)
+	assert.Equal(t, engine.Tags{"n": int64(0)}, out.Tags[0])
+	got, err := kvapi.New(c).BatchGetCopy(ctx, "kv", keys)
+	require.NoError(t, err)
+	assert.True(t, got.Col("x").Equal(want.Col("x")), "the bytes read back")
+	drainedKeepsNothing(kb.Unit().ID())
+
+	meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: 4, Fields: []string{"x"}})
+	require.NoError(t, err)
+	pb, err := c.ReservePut(ctx, meta, spec)
+	require.NoError(t, err)
+	fill(pb.Column("x"))
+	_, err = e.Controller.DrainUnit(pb.Unit().ID(), true)
+	require.NoError(t, err)
+	done, err := pb.Commit(ctx)
+	require.NoError(t, err, "a reserved put into rows whose unit began draining")
+	for _, l := range done.Cells["x"] {
+		require.NotEqual(t, pb.Unit().ID(), l.Unit, "a cell on the draining unit")
+	}
+	rows, err := c.Get(ctx, done)
+	require.NoError(t, err)
+	assert.True(t, rows.Col("x").Equal(want.Col("x")), "the bytes read back")
+	rows.Release()
+	drainedKeepsNothing(pb.Unit().ID())
+}

@@ -292,8 +292,9 @@ func (d *dtypeCache) learn(partition string, names []string, dtypes []engine.DTy
 // Commit makes the filled extents readable on the unit and commits the
 // keys' cells and tags to the controller in one step, then frees the cells
 // the commit replaced. On failure the extents are given back and no key
-// this put created stays. A second Commit, or Commit after Abort, fails
-// with [engine.ErrInvalid].
+// this put created stays. A commit the controller refuses as lost (see
+// [PutBuffer.Commit]) is put again elsewhere. A second Commit, or Commit
+// after Abort, fails with [engine.ErrInvalid].
 func (b *KeysPutBuffer) Commit(ctx context.Context) (engine.KeysCommitted, error) {
 	out, err := b.commit(ctx)
 	if err != nil {
@@ -315,7 +316,13 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 		if !refused(err) {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
-		return engine.KeysCommitted{}, errors.Join(err, b.free(ctx, cfs))
+		err = b.writeAgain(ctx, err, cfs, func(again *engine.Batch) (err error) {
+			out, err = b.c.PutKeys(ctx, b.part, b.keys, again, b.tags)
+			return err
+		})
+		if err != nil {
+			return engine.KeysCommitted{}, err
+		}
 	}
 	b.c.dtypes.learn(b.part, b.names, b.dtypes)
 	return out, nil

@@ -219,6 +219,59 @@ func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]engine.CommitFi
 	return cfs, batch, nil
 }
 
+// readBack copies the buffer's bytes, committed on the unit but named by
+// no cell (the controller refused them as lost), from the unit into a
+// batch of the same columns that the client owns, for the put to be
+// written again elsewhere: the columns over the extents must not be read
+// after the unit's commit.
+func (b *reserved) readBack(ctx context.Context) (*engine.Batch, error) {
+	var addrs []engine.RemoteAddr
+	var dst [][]byte
+	fields := make([]engine.Field, len(b.fields))
+	for i, f := range b.fields {
+		data := make([]byte, f.Col.Size())
+		if len(data) > 0 {
+			addrs, dst = append(addrs, b.res.Addr(i)), append(dst, data)
+		}
+		var col *engine.Column
+		var err error
+		switch f.Col.Kind() {
+		case engine.Opaque:
+			col, err = engine.NewOpaque(f.Col.Offsets(), data)
+		case engine.Ragged:
+			col, err = engine.NewRagged(f.Col.DType(), f.Col.Shapes(), data)
+		default:
+			col, err = engine.NewDense(f.Col.DType(), f.Col.Len(), f.Col.Shape(), data)
+		}
+		if err != nil {
+			return nil, err
+		}
+		fields[i] = engine.Field{Name: f.Name, Col: col}
+	}
+	if err := b.unit.ReadInto(ctx, addrs, dst); err != nil {
+		return nil, fmt.Errorf("read back from unit %d: %w", b.unit.ID(), err)
+	}
+	return engine.NewBatch(fields...)
+}
+
+// writeAgain is how a reserved put whose commit the controller refused
+// ends: the cells freed, and, when the refusal was CODE_LOST (the unit
+// was marked draining after the reservation, or its generation fenced),
+// the bytes read back and handed to put, which writes them elsewhere
+// after the client listed the units again. err is the refusal; the
+// result is put's, or err when the bytes cannot be read back.
+func (b *reserved) writeAgain(ctx context.Context, err error, cfs []engine.CommitField, put func(*engine.Batch) error) error {
+	var batch *engine.Batch
+	if errors.Is(err, engine.ErrLost) && ctx.Err() == nil {
+		b.c.placeAgain(ctx, err) // a client that lists the units lists them
+		batch, _ = b.readBack(ctx)
+	}
+	if ferr := b.free(ctx, cfs); ferr != nil || batch == nil {
+		return errors.Join(err, ferr)
+	}
+	return put(batch)
+}
+
 // free gives back the cells of a unit commit the controller refused.
 func (b *reserved) free(ctx context.Context, cfs []engine.CommitField) error {
 	return b.unit.Free(context.WithoutCancel(ctx), fieldAddrs(cfs))
@@ -349,6 +402,9 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 // and ready (a fresh meta the caller owns). The columns of
 // [PutBuffer.Column] must not be used after Commit starts. On failure the
 // extents are given back and the controller was never told about them.
+// A commit the controller refuses as lost (the unit was marked draining,
+// or its generation fenced, after the reservation) is not a failure: the
+// bytes are read back from the unit and put again elsewhere.
 // A second Commit, or Commit after Abort, fails with [engine.ErrInvalid].
 func (b *PutBuffer) Commit(ctx context.Context) (*engine.BatchMeta, error) {
 	out, err := b.commit(ctx)
@@ -371,8 +427,14 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 			return nil, err // the commit may have happened: the cells stay
 		}
 		// The extents are committed on the unit but no row points at
-		// them: free their cells.
-		return nil, errors.Join(err, b.free(ctx, cfs))
+		// them: free their cells (and write them again where CODE_LOST
+		// says to).
+		var out *engine.BatchMeta
+		err = b.writeAgain(ctx, err, cfs, func(again *engine.Batch) (err error) {
+			out, err = b.c.Put(ctx, again, b.meta)
+			return err
+		})
+		return out, err
 	}
 	out := b.meta.Clone()
 	if out.Cells == nil {

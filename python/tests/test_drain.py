@@ -43,6 +43,32 @@ def test_puts_avoid_a_draining_unit():
         s.stop()
 
 
+def test_a_reservation_on_a_unit_drained_since_commits_elsewhere():
+    """A KV put filled in place (reserve_kv_put) on a unit marked draining
+    before its commit: the controller refuses the commit, and the client
+    reads the bytes back from the unit, frees them there and puts them on
+    the units as they are now; the commit returns as if nothing happened."""
+    s = Server(extra=["--units", "2"])
+    try:
+        c = s.client()
+        try:
+            part = "p-" + uuid.uuid4().hex[:12]
+            keys = [f"k{i}" for i in range(4)]
+            rows = np.arange(4 * 1024, dtype=np.float32).reshape(4, 1024)
+            r = c.reserve_kv_put(keys, part, {"x": ("float32", (1024,))})
+            r.fields["x"][:] = rows
+            uid = r._unit.id
+            _drain(s, uid)
+            meta = r.commit(tags=[{"n": i} for i in range(4)])
+            assert meta.tags == [{"n": i} for i in range(4)]
+            assert {int(u) for u in c.kv_retrieve_meta(keys, part)._cells["x"].unit} == {3 - uid}
+            np.testing.assert_array_equal(np.asarray(c.kv_batch_get(keys, part)["x"]), rows)
+        finally:
+            c.close()
+    finally:
+        s.stop()
+
+
 def _drain(s, uid):
     out = subprocess.run([_bin("TQ_BIN", "tq"), "unit", "drain", "--controller", s.address, str(uid)],
                          env=s.env, capture_output=True, text=True, timeout=120)

@@ -1082,10 +1082,24 @@ class Reservation:
                                      partition=self.partition_id)
         except errors.UnavailableError:
             raise
+        except errors.LostError:
+            # Refused as lost: the unit was marked draining (or its
+            # generation fenced) since the reservation. The bytes are the
+            # unit's, named by no cell: read them back, free them there
+            # and put them on the units as they are now.
+            again = {c.name: self._read_back(i, c) for i, c in enumerate(self._cols)}
+            Client._free_quietly(unit, locs)
+            self._client.units(refresh=True)
+            return self._client.kv_batch_put(self.keys, self.partition_id, fields=again, tags=tags)
         except errors.TQError:
             Client._free_quietly(unit, locs)
             raise
         return Client._kvmeta(self.keys, self.partition_id, rep)
+
+    def _read_back(self, i, col):
+        """A copy of field ``i``'s bytes, committed on the unit."""
+        raw = self._unit.seg_array(int(self._ext.segment[i]), int(self._ext.offset[i]), col.nbytes)
+        return raw.view(_cols.numpy_dtype(col.dtype)).reshape((len(self.keys),) + col.shape).copy()
 
     def abort(self) -> None:
         if self.done:
