@@ -16,9 +16,9 @@ package controller
 // already); a unit that is alive but fails the read fails the save.
 //
 // Load: state.pb is read and validated, data.bin mapped read-only, and
-// each column's cells written to the live units as extents of at most
-// loadExtent bytes, spread over the units with the most room; then the
-// state is taken over (takeOver), so a fresh cluster serves the same bytes.
+// each column's cells written to the live units not draining as extents
+// of at most loadExtent bytes, spread over the units with the most room;
+// then the state is taken over (takeOver), so a fresh cluster serves the same bytes.
 //
 // Without ServerConfig.Dial the server saves and loads metadata alone
 // (Controller.Save and Load).
@@ -336,10 +336,11 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	return s.c.takeOver(ls)
 }
 
-// place writes the cells' bytes (in m) to the live storage units and
-// points each cell at its new location. A column's cells (one field of
-// one partition, in row order) go out together, cut into extents of at
-// most loadExtent bytes, each to the unit with the most room left.
+// place writes the cells' bytes (in m) to the live storage units not
+// draining and points each cell at its new location. A column's cells
+// (one field of one partition, in row order) go out together, cut into
+// extents of at most loadExtent bytes, each to the unit with the most
+// room left.
 func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 	type target struct {
 		u    engine.UnitInfo
@@ -355,12 +356,14 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		}
 	}()
 	for _, u := range s.c.units.Units() {
-		if u.Alive {
+		// Not onto a draining unit: its drain has finished, or moves
+		// what it lists; cells loaded behind it would stay there.
+		if u.Alive && !u.Draining {
 			targets = append(targets, &target{u: u, room: u.Capacity - u.Used})
 		}
 	}
 	if len(targets) == 0 && len(cells) > 0 {
-		return fmt.Errorf("no live storage unit to load %d cells into: %w", len(cells), engine.ErrUnavailable)
+		return fmt.Errorf("no live storage unit that is not draining to load %d cells into: %w", len(cells), engine.ErrUnavailable)
 	}
 	// Columns stay together: cells of one (partition, field) in row order.
 	slices.SortStableFunc(cells, func(a, b fileCell) int {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,6 +191,39 @@ func TestCheckpointWithDataAcrossRestarts(t *testing.T) {
 	list, err := kv.List(context.Background(), "p3")
 	require.NoError(t, err)
 	assert.Len(t, list["p3"], 20)
+}
+
+// TestCheckpointLoadAvoidsADrainingUnit: a checkpoint with data loaded
+// after a unit was drained writes no cell to that unit (it had the most
+// room, being empty: the load put its cells there, behind the drain).
+func TestCheckpointLoadAvoidsADrainingUnit(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServeIn(t, t.TempDir(), nil, bin, "--listen", "", "--socket-dir", t.TempDir(), "--units", "2", "--capacity", "16MiB")
+	addr := p.addr("unix")
+	c := connectTo(t, p, addr)
+	kv := kvapi.New(c)
+	var keys []string
+	for i := range 20 {
+		keys = append(keys, fmt.Sprintf("k%d", i))
+		putInt(t, kv, "p", keys[i], int64(i))
+	}
+	out, err := runTQ(t, p, bin, "checkpoint", "save", addr, "ck")
+	require.NoError(t, err, out)
+	out, err = runTQ(t, p, bin, "unit", "drain", "--controller", addr, "1")
+	require.NoError(t, err, out)
+	out, err = runTQ(t, p, bin, "checkpoint", "load", addr, "ck")
+	require.NoError(t, err, out)
+	ctx := context.Background()
+	meta, err := c.MetaByKeys(ctx, "p", keys, []string{"v"}, false)
+	require.NoError(t, err)
+	for i, l := range meta.Cells["v"] {
+		require.NotEqual(t, engine.UnitID(1), l.Unit, "key %s loaded onto the drained unit", keys[i])
+	}
+	for i, k := range keys {
+		v, err := getInt(t, kv, "p", k)
+		require.NoError(t, err)
+		assert.Equal(t, []int64{int64(i)}, v)
+	}
 }
 
 // TestServeRecoversAfterKill: tq serve killed with SIGKILL (no clean
