@@ -253,6 +253,7 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	}
 	c.parts = ls.parts
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, used)
+	c.moves.reset() // of cells the load replaced
 	close(c.created)
 	c.created = make(chan struct{})
 	var dropped []engine.CellLoc

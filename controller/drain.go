@@ -150,9 +150,10 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 }
 
 // moveTable remembers where recently moved cells went, for readers that
-// hold the old locations (see [Controller.Moved]). It is in memory only:
-// after a restart a reader holding a location from before gets the
-// "lost" error of any freed cell, as it would after maxMoves more moves.
+// hold the old locations (see [Controller.Moved]). A durable controller's
+// snapshots hold it and replaying the log's moves adds to it, so a
+// restart remembers the moves it had; a reader holding a location moved
+// more than maxMoves moves ago gets the "lost" error of any freed cell.
 type moveTable struct {
 	mu    sync.Mutex
 	to    map[engine.CellLoc]engine.CellLoc
@@ -174,6 +175,26 @@ func (t *moveTable) add(from, to engine.CellLoc) {
 		t.order = append(t.order, from)
 	}
 	t.to[from] = to
+}
+
+// reset forgets every move.
+func (t *moveTable) reset() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.to, t.order, t.head = nil, nil, 0
+}
+
+// list returns the moves the table holds, oldest first.
+func (t *moveTable) list() (from, to []engine.CellLoc) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	from = make([]engine.CellLoc, 0, len(t.order))
+	from = append(append(from, t.order[t.head:]...), t.order[:t.head]...)
+	to = make([]engine.CellLoc, len(from))
+	for i, f := range from {
+		to[i] = t.to[f]
+	}
+	return from, to
 }
 
 // lookup follows from's moves (a cell may have moved more than once) to
@@ -314,6 +335,9 @@ func (c *Controller) applyMove(o *wirepb.MoveOp) error {
 		r, ok := p.rows.get(gi)
 		f := p.fields[o.Fields[i]]
 		if ok && f != nil && p.rows.has(r, f.slot) {
+			if from := p.rows.cell(r, f.slot).loc(); from != to[i] {
+				c.moves.add(from, to[i])
+			}
 			p.rows.set(r, f.slot, cellAt(to[i]))
 		}
 	}

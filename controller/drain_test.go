@@ -141,7 +141,8 @@ func TestDrainUnitRules(t *testing.T) {
 }
 
 // TestDrainSurvivesRestart: the draining mark and the moved locations
-// are in the log and in snapshots.
+// are in the log and in snapshots, and so is where MOVED says the cells
+// went.
 func TestDrainSurvivesRestart(t *testing.T) {
 	for _, how := range []string{"log", "snapshot"} {
 		t.Run(how, func(t *testing.T) {
@@ -168,6 +169,8 @@ func TestDrainSurvivesRestart(t *testing.T) {
 			got, err := d.RowsMeta("p", m.Indexes, nil)
 			require.NoError(t, err)
 			assert.Equal(t, []engine.CellLoc{loc(2, 3, 1, 0, 8), loc(1, 1, 1, 8, 8)}, got.Cells["x"])
+			assert.Equal(t, []engine.CellLoc{loc(2, 3, 1, 0, 8), {}}, d.Moved([]engine.CellLoc{loc(1, 1, 1, 0, 8), loc(1, 1, 1, 8, 8)}),
+				"MOVED after a restart: where the moved cell went; nothing for the one not moved")
 			_, err = d.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[1:], Fields: []engine.CommitField{{
 				Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{loc(1, 4, 1, 0, 8)}}}})
 			assert.ErrorIs(t, err, engine.ErrLost, "a commit onto the unit drained before the restart")

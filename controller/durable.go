@@ -261,9 +261,25 @@ func (c *Controller) adopt(ls *loadedState) error {
 	if err := c.loadNamed(ls.head, false, nil); err != nil {
 		return err
 	}
+	if err := c.restoreMoves(ls.head); err != nil {
+		return err
+	}
 	c.cluster, c.epoch, c.nextGen = ls.head.ClusterId, ls.head.Epoch, max(ls.head.NextGen, 1)
 	c.parts = ls.parts
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, c.usedIndexes())
+	return nil
+}
+
+// restoreMoves takes a snapshot's table of recent moves.
+func (c *Controller) restoreMoves(head *wirepb.StateHeader) error {
+	from, err1 := wire.AddrsFromPB(head.MovedFrom)
+	to, err2 := wire.AddrsFromPB(head.MovedTo)
+	if err := errors.Join(err1, err2); err != nil || len(from) != len(to) {
+		return corrupt("the table of moved cells: %d from, %d to (%v)", len(from), len(to), err)
+	}
+	for i := range from {
+		c.moves.add(from[i], to[i])
+	}
 	return nil
 }
 
@@ -552,6 +568,8 @@ func (c *Controller) snapshot() error {
 	}
 	st := c.copyState()
 	st.head.LogIndex = pos.Index
+	from, to := c.moves.list()
+	st.head.MovedFrom, st.head.MovedTo = wire.AddrsToPB(from), wire.AddrsToPB(to)
 	err := c.samplerState(st.head) // under the locks, as of pos
 	unlock()
 	if err != nil {

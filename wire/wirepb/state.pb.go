@@ -1709,7 +1709,12 @@ type StateHeader struct {
 	LostCells int64 `protobuf:"varint,18,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"`
 	// The state of the samplers fetches chose by spec (FetchRequest.sampler)
 	// that keep state, by spec text.
-	Samplers      []*NamedSamplerState `protobuf:"bytes,19,rep,name=samplers,proto3" json:"samplers,omitempty"`
+	Samplers []*NamedSamplerState `protobuf:"bytes,19,rep,name=samplers,proto3" json:"samplers,omitempty"`
+	// A snapshot's table of recent moves of cells (MOVED answers from it):
+	// cell i moved from moved_from[i] to moved_to[i], oldest first. A
+	// checkpoint holds none.
+	MovedFrom     *Addrs `protobuf:"bytes,20,opt,name=moved_from,json=movedFrom,proto3" json:"moved_from,omitempty"`
+	MovedTo       *Addrs `protobuf:"bytes,21,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1873,6 +1878,20 @@ func (x *StateHeader) GetLostCells() int64 {
 func (x *StateHeader) GetSamplers() []*NamedSamplerState {
 	if x != nil {
 		return x.Samplers
+	}
+	return nil
+}
+
+func (x *StateHeader) GetMovedFrom() *Addrs {
+	if x != nil {
+		return x.MovedFrom
+	}
+	return nil
+}
+
+func (x *StateHeader) GetMovedTo() *Addrs {
+	if x != nil {
+		return x.MovedTo
 	}
 	return nil
 }
@@ -2733,7 +2752,7 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xe1\x04\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xc1\x05\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -2761,7 +2780,10 @@ const file_state_proto_rawDesc = "" +
 	"\x05cells\x18\x11 \x01(\x03R\x05cells\x12\x1d\n" +
 	"\n" +
 	"lost_cells\x18\x12 \x01(\x03R\tlostCells\x129\n" +
-	"\bsamplers\x18\x13 \x03(\v2\x1d.tq.wire.v1.NamedSamplerStateR\bsamplers\"=\n" +
+	"\bsamplers\x18\x13 \x03(\v2\x1d.tq.wire.v1.NamedSamplerStateR\bsamplers\x120\n" +
+	"\n" +
+	"moved_from\x18\x14 \x01(\v2\x11.tq.wire.v1.AddrsR\tmovedFrom\x12,\n" +
+	"\bmoved_to\x18\x15 \x01(\v2\x11.tq.wire.v1.AddrsR\amovedTo\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\"\xd2\x03\n" +
@@ -2901,17 +2923,19 @@ var file_state_proto_depIdxs = []int32{
 	4,  // 21: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
 	16, // 22: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
 	20, // 23: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	23, // 24: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	24, // 25: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	22, // 26: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	26, // 27: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	27, // 28: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	32, // 29: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	30, // [30:30] is the sub-list for method output_type
-	30, // [30:30] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	31, // 24: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	31, // 25: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	23, // 26: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	24, // 27: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	22, // 28: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	26, // 29: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	27, // 30: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	32, // 31: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
