@@ -264,3 +264,42 @@ func TestServeRecoversAfterKill(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []int64{7}, v)
 }
+
+// TestReservedPutOverShmOnADrainingUnit: a Go client's put filled in place
+// in shared memory (ReservePutKeys) on a unit of tq serve that tq unit
+// drain marks before the commit: the controller refuses the commit, the
+// client reads the bytes back over shm, frees them and puts them on the
+// other unit.
+func TestReservedPutOverShmOnADrainingUnit(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServeIn(t, t.TempDir(), nil, bin, "--listen", "", "--socket-dir", t.TempDir(), "--units", "2", "--capacity", "16MiB")
+	addr := p.addr("unix")
+	c := connectTo(t, p, addr)
+	ctx := context.Background()
+	keys := []string{"a", "b", "c", "d"}
+	kb, err := c.ReservePutKeys(ctx, "p", keys, nil, client.FieldSpec{Name: "v", DType: engine.Int64, Shape: engine.Shape{512}})
+	require.NoError(t, err)
+	require.Equal(t, "shm", kb.Unit().Transport(), "the reservation is in shared memory")
+	want := make([]int64, 4*512)
+	for i := range want {
+		want[i] = int64(i*7 + 1)
+	}
+	vals, err := engine.Values[int64](kb.Column("v"))
+	require.NoError(t, err)
+	copy(vals, want)
+	drained := kb.Unit().ID()
+	out, err := runTQ(t, p, bin, "unit", "drain", "--controller", addr, fmt.Sprint(drained))
+	require.NoError(t, err, out)
+	_, err = kb.Commit(ctx)
+	require.NoError(t, err, "the commit of a reservation whose unit was drained since")
+	meta, err := c.MetaByKeys(ctx, "p", keys, []string{"v"}, false)
+	require.NoError(t, err)
+	for _, l := range meta.Cells["v"] {
+		require.NotEqual(t, drained, l.Unit, "a cell on the drained unit")
+	}
+	b, err := kvapi.New(c).BatchGetCopy(ctx, "p", keys)
+	require.NoError(t, err)
+	got, err := engine.Values[int64](b.Col("v"))
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+}
