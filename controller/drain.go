@@ -54,6 +54,11 @@ const (
 	// it the oldest are forgotten, and a reader holding a location that
 	// old gets the "lost" error it would have got for any freed cell.
 	maxMoves = 1 << 20
+	// maxSavedMoves bounds the moves a snapshot keeps of the table (the
+	// newest): they go in its header, one message of at most
+	// maxStateMessage bytes with the units and the reusable indexes;
+	// 2^18 moves take about 6.5 MiB there (TestSavedMovesFitTheHeader).
+	maxSavedMoves = 1 << 18
 )
 
 // DrainUnit marks unit id draining, so that clients place no new cells on
@@ -151,9 +156,9 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 
 // moveTable remembers where recently moved cells went, for readers that
 // hold the old locations (see [Controller.Moved]). A durable controller's
-// snapshots hold it and replaying the log's moves adds to it, so a
-// restart remembers the moves it had; a reader holding a location moved
-// more than maxMoves moves ago gets the "lost" error of any freed cell.
+// snapshots hold its newest maxSavedMoves and replaying the log's moves
+// adds to it, so a restart remembers the recent moves; a reader holding
+// a location moved longer ago gets the "lost" error of any freed cell.
 type moveTable struct {
 	mu    sync.Mutex
 	to    map[engine.CellLoc]engine.CellLoc

@@ -6,8 +6,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
 )
 
 func loc(unit engine.UnitID, seg, gen uint32, off, n uint64) engine.CellLoc {
@@ -211,4 +213,28 @@ func TestCommitToDrainingUnitRefused(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes[:1], Fields: field(loc(1, 3, 1, 0, 8))})
 	require.NoError(t, err, "back in service")
+}
+
+// A snapshot keeps the newest maxSavedMoves moves of a full table, and
+// they take a small part of the header's bound, even with large segment,
+// generation and offset numbers.
+func TestSavedMovesFitTheHeader(t *testing.T) {
+	c := openDurable(t, t.TempDir(), Config{})
+	defer c.Close()
+	drainSetup(t, c, 1) // something logged: a snapshot to write
+	for i := range uint64(maxMoves + 10) {
+		from := loc(engine.UnitID(1+i%64), uint32(i%1000), uint32(1<<20+i), i<<12, 4096)
+		c.moves.add(from, loc(engine.UnitID(65+i%64), uint32(i%1000), uint32(1<<20+i), i<<12, 4096))
+	}
+	require.NoError(t, c.snapshot())
+	head, err := readStateHeader(c.j.Snapshots()[0].Path)
+	require.NoError(t, err)
+	size := proto.Size(head)
+	t.Logf("header with %d moves: %d bytes", len(head.MovedFrom.GetUnit()), size)
+	assert.Less(t, size, maxStateMessage/4)
+	from, err := wire.AddrsFromPB(head.MovedFrom)
+	require.NoError(t, err)
+	require.Len(t, from, maxSavedMoves)
+	newest := uint64(maxMoves + 9)
+	assert.Equal(t, loc(engine.UnitID(1+newest%64), uint32(newest%1000), uint32(1<<20+newest), newest<<12, 4096), from[len(from)-1])
 }

@@ -569,6 +569,9 @@ func (c *Controller) snapshot() error {
 	st := c.copyState()
 	st.head.LogIndex = pos.Index
 	from, to := c.moves.list()
+	if n := len(from) - maxSavedMoves; n > 0 {
+		from, to = from[n:], to[n:] // the newest
+	}
 	st.head.MovedFrom, st.head.MovedTo = wire.AddrsToPB(from), wire.AddrsToPB(to)
 	err := c.samplerState(st.head) // under the locks, as of pos
 	unlock()

@@ -1710,9 +1710,9 @@ type StateHeader struct {
 	// The state of the samplers fetches chose by spec (FetchRequest.sampler)
 	// that keep state, by spec text.
 	Samplers []*NamedSamplerState `protobuf:"bytes,19,rep,name=samplers,proto3" json:"samplers,omitempty"`
-	// A snapshot's table of recent moves of cells (MOVED answers from it):
-	// cell i moved from moved_from[i] to moved_to[i], oldest first. A
-	// checkpoint holds none.
+	// A snapshot's table of recent moves of cells (MOVED answers from it;
+	// at most its newest 2^18): cell i moved from moved_from[i] to
+	// moved_to[i], oldest first. A checkpoint holds none.
 	MovedFrom     *Addrs `protobuf:"bytes,20,opt,name=moved_from,json=movedFrom,proto3" json:"moved_from,omitempty"`
 	MovedTo       *Addrs `protobuf:"bytes,21,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
