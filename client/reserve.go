@@ -259,15 +259,16 @@ func (b *reserved) readBack(ctx context.Context) (*engine.Batch, error) {
 // was marked draining after the reservation, or its generation fenced),
 // the bytes read back and handed to put, which writes them elsewhere
 // after the client listed the units again. err is the refusal; the
-// result is put's, or err when the bytes cannot be read back.
+// result is put's, or err (with why) when the bytes cannot be read back.
 func (b *reserved) writeAgain(ctx context.Context, err error, cfs []engine.CommitField, put func(*engine.Batch) error) error {
 	var batch *engine.Batch
+	var rerr error
 	if errors.Is(err, engine.ErrLost) && ctx.Err() == nil {
 		b.c.placeAgain(ctx, err) // a client that lists the units lists them
-		batch, _ = b.readBack(ctx)
+		batch, rerr = b.readBack(ctx)
 	}
 	if ferr := b.free(ctx, cfs); ferr != nil || batch == nil {
-		return errors.Join(err, ferr)
+		return errors.Join(err, rerr, ferr)
 	}
 	return put(batch)
 }
