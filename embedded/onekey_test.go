@@ -16,10 +16,16 @@ import (
 // kvPair is a durable controller with two units of its process, the
 // KVData tq serve gives its KV_PUT and KV_GET, and a general client of the
 // same units.
-func kvPair(t *testing.T) (*controller.Controller, []*storage.Unit, kvData, *client.Client) {
+func kvPair(t testing.TB) (*controller.Controller, []*storage.Unit, kvData, *client.Client) {
 	t.Helper()
 	cfg := controller.DefaultConfig()
 	cfg.Dir = t.TempDir()
+	return kvPairWith(t, cfg)
+}
+
+// kvPairWith is kvPair with a controller of cfg.
+func kvPairWith(t testing.TB, cfg controller.Config) (*controller.Controller, []*storage.Unit, kvData, *client.Client) {
+	t.Helper()
 	ctrl, err := controller.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctrl.Close() })
