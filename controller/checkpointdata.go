@@ -24,7 +24,6 @@ package controller
 // (Controller.Save and Load).
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"errors"
@@ -443,7 +442,11 @@ func readStateHeader(path string) (*wirepb.StateHeader, error) {
 		return nil, err
 	}
 	defer f.Close()
-	sr := &stateReader{r: bufio.NewReaderSize(f, 64<<10)}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	sr := newStateReader(f, st.Size(), 64<<10)
 	head := &wirepb.StateHeader{}
 	if err := sr.next(head, "header"); err != nil {
 		return nil, err

@@ -55,9 +55,9 @@ const (
 	// old gets the "lost" error it would have got for any freed cell.
 	maxMoves = 1 << 20
 	// maxSavedMoves bounds the moves a snapshot keeps of the table (the
-	// newest): they go in its header, one message of at most
-	// maxStateMessage bytes with the units and the reusable indexes;
-	// 2^18 moves take about 6.5 MiB there (TestSavedMovesFitTheHeader).
+	// newest), so that its header, read whole at every start, stays
+	// small: 2^18 moves take about 6.5 MiB there
+	// (TestSavedMovesFitTheHeader).
 	maxSavedMoves = 1 << 18
 )
 

@@ -231,7 +231,7 @@ func TestSavedMovesFitTheHeader(t *testing.T) {
 	require.NoError(t, err)
 	size := proto.Size(head)
 	t.Logf("header with %d moves: %d bytes", len(head.MovedFrom.GetUnit()), size)
-	assert.Less(t, size, maxStateMessage/4)
+	assert.Less(t, size, int(maxStateMessage/4))
 	from, err := wire.AddrsFromPB(head.MovedFrom)
 	require.NoError(t, err)
 	require.Len(t, from, maxSavedMoves)

@@ -231,7 +231,11 @@ func readStateFile(path string) (*loadedState, error) {
 		return nil, err
 	}
 	defer f.Close()
-	ls, err := readState(f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	ls, err := readState(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
 	}

@@ -3,9 +3,12 @@ package controller
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"google.golang.org/protobuf/proto"
 )
 
 func openDurable(t *testing.T, dir string, cfg Config) *Controller {
@@ -595,4 +599,57 @@ func TestCheckpointReplaceAndSweep(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, entries, 1)
 	assert.Equal(t, "ck", entries[0].Name())
+}
+
+// A snapshot whose messages outgrow the bound a state stream of unknown
+// length has is read back whole: in a file, what is left of it bounds a
+// message. (Its header used to be refused past 64 MiB — a controller
+// that had released millions of row indexes, or a partition remembering
+// 65536 long cleared keys, wrote snapshots it could not start from. The
+// bound is lowered here so that small messages outgrow it.)
+func TestSnapshotMessagesPastTheStreamBound(t *testing.T) {
+	defer func(old uint64) { maxStateMessage = old }(maxStateMessage)
+	maxStateMessage = 1 << 10
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{})
+	m := insert(t, c, "p", 2000, "x")
+	_, err := c.ClearRows("p", m.Indexes[:1500]) // 1500 reusable indexes: a header of ~3 KB
+	require.NoError(t, err)
+	long := strings.Repeat("k", 100)
+	var keys []string
+	for i := range 40 {
+		keys = append(keys, fmt.Sprintf("%s%d", long, i))
+	}
+	tags := make([]engine.Tags, len(keys))
+	for i := range tags {
+		tags[i] = engine.Tags{"status": "new"}
+	}
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "q", Keys: keys, Tags: tags}) // tag-only keys
+	require.NoError(t, err)
+	_, err = c.ClearKeys("q", keys) // 40 cleared keys of 100 bytes: a partition of ~4 KB
+	require.NoError(t, err)
+	want := stateBytes(t, c)
+	require.NoError(t, c.Close()) // a snapshot of it
+
+	head, err := readStateHeader(c.j.Snapshots()[0].Path)
+	require.NoError(t, err)
+	require.Greater(t, uint64(proto.Size(head)), maxStateMessage, "the header outgrows the stream bound")
+	d := openDurable(t, dir, Config{})
+	defer d.Close()
+	assert.Equal(t, want, stateBytes(t, d))
+	_, reusable := d.idx.stats()
+	assert.Equal(t, 1500, reusable)
+	bad, _ := filepath.Glob(filepath.Join(dir, "*.bad"))
+	assert.Empty(t, bad, "a snapshot was set aside")
+}
+
+// A state file whose message claims more bytes than the file has left is
+// refused as damaged, before anything that size is allocated.
+func TestStateMessageLongerThanTheFile(t *testing.T) {
+	var b []byte
+	b = binary.AppendUvarint(b, 1<<40)
+	b = append(b, make([]byte, 16)...)
+	_, err := readState(bytes.NewReader(b), int64(len(b)))
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.Contains(t, err.Error(), "header of 1099511627776 bytes, 16 left in the file")
 }

@@ -32,9 +32,13 @@ const (
 	// stateChunkBytes closes a chunk early when its rows are large.
 	stateChunk      = 4096
 	stateChunkBytes = 4 << 20
-	// maxStateMessage bounds one message of a state file when reading.
-	maxStateMessage = 64 << 20
 )
+
+// maxStateMessage bounds one message of a state stream whose length is
+// not known; in a file, the bytes left in it bound each message (see
+// stateReader), so that whatever was written can be read back. A
+// variable for tests.
+var maxStateMessage uint64 = 64 << 20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -284,10 +288,24 @@ type fileCell struct {
 }
 
 // stateReader reads the length-delimited messages of a state file.
+//
+// A message's length is bounded by what is left of the file (left), not
+// by a fixed size: the writer bounds no message (a header with millions
+// of reusable indexes, a partition remembering 65536 long cleared keys,
+// a row with large tags), and a bound it did not know would make a
+// snapshot it wrote unreadable at the next start. A damaged length past
+// the end of the file is refused before anything is allocated. A stream
+// of unknown length (left < 0) bounds messages at maxStateMessage.
 type stateReader struct {
-	r   *bufio.Reader
-	crc uint32
-	buf []byte
+	r    *bufio.Reader
+	crc  uint32
+	buf  []byte
+	left int64 // bytes not yet read, or -1 when not known
+}
+
+// newStateReader reads r, of size bytes (-1 when not known).
+func newStateReader(r io.Reader, size int64, bufSize int) *stateReader {
+	return &stateReader{r: bufio.NewReaderSize(r, bufSize), left: size}
 }
 
 func (sr *stateReader) next(m proto.Message, what string) error {
@@ -298,7 +316,13 @@ func (sr *stateReader) next(m proto.Message, what string) error {
 		}
 		return corrupt("read %s: %s", what, err.Error())
 	}
-	if n > maxStateMessage {
+	if sr.left >= 0 {
+		sr.left -= int64(uvarintLen(n))
+		if n > uint64(max(sr.left, 0)) {
+			return corrupt("%s of %d bytes, %d left in the file", what, n, max(sr.left, 0))
+		}
+		sr.left -= int64(n)
+	} else if n > maxStateMessage {
 		return corrupt("%s of %d bytes exceeds %d", what, n, maxStateMessage)
 	}
 	if cap(sr.buf) < int(n) {
@@ -315,10 +339,16 @@ func (sr *stateReader) next(m proto.Message, what string) error {
 	return nil
 }
 
-// readState reads and validates a whole state file. data says whether
-// cells may point into a data file (a checkpoint with data).
-func readState(r io.Reader) (*loadedState, error) {
-	sr := &stateReader{r: bufio.NewReaderSize(r, 1<<20)}
+// uvarintLen is the length of n as a varint.
+func uvarintLen(n uint64) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], n)
+}
+
+// readState reads and validates a whole state file of size bytes (-1
+// when not known: each message is then bounded at maxStateMessage).
+func readState(r io.Reader, size int64) (*loadedState, error) {
+	sr := newStateReader(r, size, 1<<20)
 	head := &wirepb.StateHeader{}
 	if err := sr.next(head, "header"); err != nil {
 		return nil, err
