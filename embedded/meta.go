@@ -344,14 +344,18 @@ func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *
 		t = tags[0]
 	}
 	out, err := k.one.Commit(ctx, u, r, partition, keys[0], cfs, t)
+	if _, ok := errors.AsType[*DrainRefused](err); ok {
+		return engine.KeysCommitted{}, false, nil // the client puts b, waiting for room
+	}
 	return out, true, err
 }
 
 // SetValue puts one opaque value (KV_SET): reserved on the unit the key
 // picks, read there straight from the connection, committed through
 // OneKey, as KV_PUT's one-key put is; when OneKey cannot (a name it does
-// not take, every unit draining, no room now) the bytes are read into a
-// batch of their own and go the general way.
+// not take, every unit draining, no room now, a commit refused for a
+// drain begun meanwhile with no room elsewhere at once) the bytes go in
+// a batch of their own the general way.
 func (k kvData) SetValue(ctx context.Context, partition, key, field string, size int, read func([]byte) error) (engine.KeysCommitted, error) {
 	if Name(partition) && Name(key) && Name(field) {
 		if u := k.one.UnitFor(key); u != nil {
@@ -361,6 +365,9 @@ func (k kvData) SetValue(ctx context.Context, partition, key, field string, size
 					return engine.KeysCommitted{}, err
 				}
 				out, err := k.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
+				if dr, ok := errors.AsType[*DrainRefused](err); ok {
+					return k.setGeneral(ctx, partition, key, field, dr.Bytes[0])
+				}
 				if err != nil {
 					return engine.KeysCommitted{}, &engine.OpError{Op: "put keys", Peer: partition, Err: err}
 				}
@@ -372,6 +379,13 @@ func (k kvData) SetValue(ctx context.Context, partition, key, field string, size
 	if err := read(data); err != nil {
 		return engine.KeysCommitted{}, err
 	}
+	return k.setGeneral(ctx, partition, key, field, data)
+}
+
+// setGeneral puts data as field of key the general way (a batch of one
+// opaque cell through PutKeys).
+func (k kvData) setGeneral(ctx context.Context, partition, key, field string, data []byte) (engine.KeysCommitted, error) {
+	size := len(data)
 	col, err := engine.NewOpaque([]int{0, size}, data)
 	if err != nil {
 		return engine.KeysCommitted{}, err

@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -73,6 +74,9 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // picked it is made once more on the unit the key picks now, with the
 // bytes copied there (when it has room at once), so that a put during a
 // drain does not fail for any client: none of them sees the unit chosen.
+// Where no unit has room at once, the error is a [*DrainRefused] holding
+// the bytes, for the caller to put the general way (which waits for room
+// as its context allows).
 func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
 	return o.commit(ctx, u, r, partition, key, fields, tags, true)
 }
@@ -100,12 +104,18 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 		// In this process a refused commit changed nothing.
 		var nu *storage.Unit
 		var nr *storage.Reservation
+		var saved [][]byte
 		if again && errors.Is(err, engine.ErrLost) && o.meta.Draining(u.ID()) {
-			nu, nr = o.moveOff(ctx, u, addrs, key)
+			if nu, nr = o.moveOff(ctx, u, addrs, key); nr == nil {
+				saved = copyOut(u, addrs)
+			}
 		}
 		u.FreeRanges(addrs)
 		if nr != nil {
 			return o.commit(ctx, nu, nr, partition, key, fields, tags, false)
+		}
+		if saved != nil {
+			return engine.KeysCommitted{}, &DrainRefused{Bytes: saved, Err: err}
 		}
 		return engine.KeysCommitted{}, err
 	}
@@ -140,6 +150,40 @@ func (o *OneKey) moveOff(ctx context.Context, from *storage.Unit, addrs []engine
 		copy(r.Buf(i), l.Bytes(i))
 	}
 	return to, r
+}
+
+// DrainRefused is [OneKey.Commit]'s error when the controller refused the
+// commit because the unit had started draining and no other unit had
+// room at once: Bytes holds each field's bytes, copied out before the
+// extents were freed, for the caller to put the general way. It wraps
+// the refusal ([engine.ErrLost]).
+type DrainRefused struct {
+	Bytes [][]byte
+	Err   error
+}
+
+func (e *DrainRefused) Error() string {
+	return fmt.Sprintf("no unit has room at once for a put refused on a draining unit: %v", e.Err)
+}
+
+func (e *DrainRefused) Unwrap() error { return e.Err }
+
+// copyOut copies the extents at addrs on u to the heap; nil when they
+// cannot be read.
+func copyOut(u *storage.Unit, addrs []engine.RemoteAddr) [][]byte {
+	l, err := u.Acquire(addrs)
+	if err != nil {
+		return nil
+	}
+	defer l.Release()
+	out := make([][]byte, len(addrs))
+	for i := range addrs {
+		out[i] = bytes.Clone(l.Bytes(i))
+		if out[i] == nil {
+			out[i] = []byte{}
+		}
+	}
+	return out
 }
 
 // Value reads one field of key as Get does, without the batch around

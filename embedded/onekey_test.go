@@ -2,7 +2,9 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -247,24 +249,97 @@ func TestOneKeyCommitMovesOffADrainingUnit(t *testing.T) {
 	_, err = ctrl.DrainUnit(u.ID(), false)
 	require.NoError(t, err)
 	u, r = reserve("k2")
-	other := units[0]
-	if other == u {
-		other = units[1]
-	}
-	for _, size := range []int64{64 << 10, 4 << 10, 64, 1} {
-		for {
-			filler, err := other.Reserve(engine.WithoutWait(ctx), []int64{size})
-			if err != nil {
-				break
-			}
-			defer filler.Abort()
-		}
+	for _, filler := range fill(otherUnit(units, u)) {
+		defer filler.Abort()
 	}
 	_, err = ctrl.DrainUnit(u.ID(), true)
 	require.NoError(t, err)
 	_, err = kd.one.Commit(ctx, u, r, "p", "k2", fields(), nil)
 	require.ErrorIs(t, err, engine.ErrLost)
+	dr, ok := errors.AsType[*DrainRefused](err)
+	require.True(t, ok, "the refusal hands the bytes back: %v", err)
+	assert.Equal(t, [][]byte{[]byte("hello"), {}}, dr.Bytes)
 	_, found = ctrl.KeyCells("p", "k2", []string{"b"}, nil)
 	assert.False(t, found, "a refused commit changes nothing")
 	assert.Zero(t, used([]*storage.Unit{u}), "and keeps no bytes")
+}
+
+// otherUnit is the unit of two that is not u.
+func otherUnit(units []*storage.Unit, u *storage.Unit) *storage.Unit {
+	if units[0] == u {
+		return units[1]
+	}
+	return units[0]
+}
+
+// fill reserves every byte u has free, in reservations to abort.
+func fill(u *storage.Unit) []*storage.Reservation {
+	var out []*storage.Reservation
+	for _, size := range []int64{64 << 10, 4 << 10, 64, 1} {
+		for {
+			r, err := u.Reserve(engine.WithoutWait(context.Background()), []int64{size})
+			if err != nil {
+				break
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// A KV_SET whose unit starts draining while its bytes are read, with no
+// other unit having room at once, goes the general way: it waits for
+// room (as its context allows) and lands on the unit not draining. It
+// used to fail as lost. One that may not wait is refused as a full
+// cluster's put is, and leaves nothing anywhere.
+func TestSetValueRefusedForADrainGoesTheGeneralWay(t *testing.T) {
+	ctrl, units, kd, cl := kvPair(t)
+	ctx := context.Background()
+	u := kd.one.UnitFor("k")
+	other := otherUnit(units, u)
+	drainAndFill := func(release time.Duration) func([]byte) error {
+		return func(dst []byte) error {
+			copy(dst, "hello")
+			fillers := fill(other)
+			if release > 0 {
+				time.AfterFunc(release, func() {
+					for _, f := range fillers {
+						f.Abort()
+					}
+				})
+			} else {
+				t.Cleanup(func() {
+					for _, f := range fillers {
+						f.Abort()
+					}
+				})
+			}
+			_, err := ctrl.DrainUnit(u.ID(), true)
+			return err
+		}
+	}
+
+	_, err := kd.SetValue(ctx, "p", "k", "v", 5, drainAndFill(50*time.Millisecond))
+	require.NoError(t, err)
+	cells, found := ctrl.KeyCells("p", "k", []string{"v"}, nil)
+	require.True(t, found)
+	assert.Equal(t, other.ID(), cells[0].Loc.Unit, "the cell lies on the unit not draining")
+	assert.Zero(t, used([]*storage.Unit{u}), "the draining unit keeps nothing")
+	meta, err := cl.MetaByKeys(ctx, "p", []string{"k"}, []string{"v"}, false)
+	require.NoError(t, err)
+	b, err := cl.Get(ctx, meta)
+	require.NoError(t, err)
+	assert.Equal(t, []byte("hello"), b.Col("v").RowBytes(0))
+	b.Release()
+
+	_, err = ctrl.DrainUnit(u.ID(), false)
+	require.NoError(t, err)
+	require.Equal(t, u, kd.one.UnitFor("k2"), "k2 picks the same unit as k")
+	_, err = kd.SetValue(engine.WithoutWait(ctx), "p", "k2", "v", 5, drainAndFill(0))
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, engine.ErrLost)
+	t.Log(err)
+	_, found = ctrl.KeyCells("p", "k2", []string{"v"}, nil)
+	assert.False(t, found)
+	assert.Zero(t, used([]*storage.Unit{u}), "the draining unit keeps nothing")
 }

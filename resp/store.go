@@ -51,8 +51,9 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 // put of one key (reserve on a unit of this process, copy, commit on the
 // unit, commit the cell on the controller, free what it replaced once
 // that is durable) with nothing else built ([embedded.OneKey]). Names
-// the fast path does not take, and a cluster whose units all drain, go
-// the general way. A set that may not wait (on a loop) returns
+// the fast path does not take, a cluster whose units all drain, and a
+// set refused because its unit started draining with no other unit
+// having room at once, go the general way. A set that may not wait (on a loop) returns
 // errWouldWait, having changed nothing, where it would wait for room or
 // go the general way.
 func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool) error {
@@ -78,6 +79,14 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	}
 	copy(r.Buf(0), val)
 	_, err = st.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
+	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
+		// u started draining and no other unit had room at once: nothing
+		// changed; the general way waits for room.
+		if !mayWait {
+			return errWouldWait
+		}
+		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
+	}
 	return err
 }
 
