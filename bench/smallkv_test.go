@@ -52,6 +52,11 @@ const smallKVKeys = 4
 // baseline of both, tq/redis) and over its unix socket (transport=unix:
 // the same-host baseline of shm, tq/redis-unix).
 //
+// TQ over "tcp" with client=raw is TQ's own protocol through a minimal
+// client (rawTQ: one request at a time, answered in the caller's
+// goroutine, as the RESP rows' client): the server's share without the
+// Go client's.
+//
 // The store=redis half runs when redis-server is installed, and is
 // skipped with a message otherwise. The TQ runs also report the wire
 // round trips a SET and a GET make (counted once per configuration,
@@ -113,6 +118,18 @@ func BenchmarkSmallKV(b *testing.B) {
 		}
 		return gconns[addr][:n]
 	}
+	var rawConns []*rawTQ
+	rawTQs := func(b *testing.B, n int) []*rawTQ {
+		for len(rawConns) < n {
+			c, err := dialRawTQ(caddr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			owner.Cleanup(func() { c.close() })
+			rawConns = append(rawConns, c)
+		}
+		return rawConns[:n]
+	}
 	redisOps := map[string]float64{}
 	trips := map[string]func(*testing.B){}
 	for _, size := range []int{1 << 10, 1 << 20} {
@@ -155,6 +172,17 @@ func BenchmarkSmallKV(b *testing.B) {
 					}
 				})
 			}
+			// TQ's own protocol through a minimal client (rawTQ), as the
+			// RESP rows' client: what the server costs without the Go
+			// client's own.
+			b.Run(fmt.Sprintf("store=tq/transport=tcp/client=raw/%s", conf), func(b *testing.B) {
+				conns := rawTQs(b, clients)
+				var ops float64
+				serverCPU(b, srv.pid, func() { ops = runRawTQSmallKV(b, conns, size) })
+				if r := redisOps["resp"+"raw"+conf]; r > 0 {
+					b.ReportMetric(ops/r, "tq/redis")
+				}
+			})
 			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
 				// go: a client (and connections) per caller, as Redis has
 				// a connection per client; go-shared: one client for
