@@ -71,14 +71,15 @@ func (s *Server) kvData() KVData {
 	return nil
 }
 
-// noWait is a context that has ended: an in-memory controller's KV_PUT
-// runs on the connection's read loop with it, so it takes room that is
-// free now or fails at once (engine.ErrCapacity), and the client puts
-// through the units, where waiting for room blocks nobody else.
+// noWait is a context that has ended, marked engine.WithoutWait: an
+// in-memory controller's KV_PUT runs on the connection's read loop with
+// it, so it takes room that is free now or fails at once
+// (engine.ErrCapacity), and the client puts through the units, where
+// waiting for room blocks nobody else.
 var noWait = func() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	return ctx
+	return engine.WithoutWait(ctx)
 }()
 
 // kvPut serves KV_PUT.

@@ -15,7 +15,13 @@ type noWaitKey struct{}
 // [DataConn.Write], which every transport implements, down to the unit
 // (in this process, or as WriteRequest.no_wait and ReserveRequest.no_wait
 // on the wire): it is request-scoped data, read once per request.
+//
+// A ctx that already says so is returned as it is (no allocation: the
+// controller's in-memory KV path asks it of every put).
 func WithoutWait(ctx context.Context) context.Context {
+	if NoWait(ctx) {
+		return ctx
+	}
 	return context.WithValue(ctx, noWaitKey{}, true)
 }
 

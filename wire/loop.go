@@ -84,7 +84,7 @@ const (
 
 // loopable reports whether a loop serves requests like h.
 func (s *Server) loopable(h Header) bool {
-	return (s.inline[h.Op] || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
+	return (s.isInline(h.Op) || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
 }
 
 // mayLoop reports whether the connection may go to a loop now: it has no
@@ -341,7 +341,7 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 		req.start = time.Now()
 	}
 	req.rw = ReplyWriter{c: c, h: h, loop: true}
-	req.handler = s.handlers[h.Op]
+	req.handler = s.handler(h.Op)
 	if h.Op == OpPing {
 		req.handler = pong
 	}

@@ -215,9 +215,11 @@ type Session interface {
 // Server serves the protocol on any number of listeners. Safe for
 // concurrent use.
 type Server struct {
-	cfg      ServerConfig
-	handlers map[Op]HandlerFunc
-	inline   map[Op]bool
+	cfg ServerConfig
+	// By op, below maxOps; arrays, not maps: every request looks both up
+	// (a map keyed by a uint16 takes the generic, hashing lookup).
+	handlers [maxOps]HandlerFunc
+	inline   [maxOps]bool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -314,8 +316,6 @@ func NewServer(cfg ServerConfig) *Server {
 	s := &Server{
 		cfg:       cfg,
 		log:       log,
-		handlers:  map[Op]HandlerFunc{},
-		inline:    map[Op]bool{},
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 		ctx:       ctx,
@@ -334,7 +334,29 @@ func NewServer(cfg ServerConfig) *Server {
 // Handle registers the handler for an op; each request runs in a goroutine
 // of its own, with a context the client can cancel (CANCEL). Call before
 // serving.
-func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
+func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[checkOp(op)] = h }
+
+// maxOps bounds the ops a server registers handlers for; frames of
+// others are answered as not supported.
+const maxOps = 256
+
+func checkOp(op Op) Op {
+	if op >= maxOps {
+		panic(fmt.Sprintf("wire: op %d is beyond the %d a server handles", op, maxOps))
+	}
+	return op
+}
+
+// handler returns op's handler, nil for none.
+func (s *Server) handler(op Op) HandlerFunc {
+	if op >= maxOps {
+		return nil
+	}
+	return s.handlers[op]
+}
+
+// isInline reports whether op's handler runs on the read loop.
+func (s *Server) isInline(op Op) bool { return op < maxOps && s.inline[op] }
 
 // HandleInline registers a handler that runs on the connection's read
 // loop: no goroutine hand-off, so a small request costs the least, but the
@@ -342,7 +364,7 @@ func (s *Server) Handle(op Op, h HandlerFunc) { s.handlers[op] = h }
 // its context is the connection's). Use it for handlers that never wait on
 // anything slow.
 func (s *Server) HandleInline(op Op, h HandlerFunc) {
-	s.handlers[op] = h
+	s.handlers[checkOp(op)] = h
 	s.inline[op] = true
 }
 
@@ -755,7 +777,7 @@ func (c *serverConn) serve() {
 		if h.PayloadLen != 0 {
 			req.consumed = make(chan struct{})
 		}
-		req.handler = c.s.handlers[h.Op]
+		req.handler = c.s.handler(h.Op)
 		if h.Op == OpPing {
 			req.handler = pong
 		}
@@ -779,7 +801,7 @@ func (c *serverConn) serve() {
 			c.unhold(h.BodyLen)
 			return
 		}
-		if c.s.inline[h.Op] || h.Op == OpPing {
+		if c.s.isInline(h.Op) || h.Op == OpPing {
 			c.run(ctx, req)
 		} else {
 			// A context of its own, which CANCEL ends.
