@@ -53,9 +53,9 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 // that is durable) with nothing else built ([embedded.OneKey]). Names
 // the fast path does not take, a cluster whose units all drain, and a
 // set refused because its unit started draining with no other unit
-// having room at once, go the general way. A set that may not wait (on a loop) returns
-// errWouldWait, having changed nothing, where it would wait for room or
-// go the general way.
+// having room at once, go the general way. A set that may not wait (on
+// a loop) returns errWouldWait, having changed nothing, where it would
+// wait for room or go the general way.
 func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool) error {
 	if !mayWait && st.ctrl.Durable() {
 		return errWouldWait // the commit waits for the log
