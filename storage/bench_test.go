@@ -5,6 +5,7 @@ package storage
 // without b.SetBytes.
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -191,4 +192,30 @@ func BenchmarkReconcileScan(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkFirstReserve is the reservation that maps a unit's first
+// segment (64 MiB, Prefault on, as tq serve runs units): what a put that
+// makes a unit grow waits. The segment is faulted in behind it.
+func BenchmarkFirstReserve(b *testing.B) {
+	cfg := DefaultConfig()
+	cfg.Capacity = 64 << 20
+	for b.Loop() {
+		b.StopTimer()
+		u, err := NewUnit(1, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		r, err := u.Reserve(context.Background(), []int64{1 << 10})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		r.Abort()
+		if err := u.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
 }

@@ -20,9 +20,10 @@ type Config struct {
 	// 4 KiB pages with MADV_HUGEPAGE when the kernel has none reserved.
 	// [Unit.Stats] reports which one is in use.
 	HugePages bool
-	// Prefault faults every page of a segment in when it is mapped
-	// (MAP_POPULATE), so no put pays for first touch. DefaultConfig sets
-	// it; the zero Config does not.
+	// Prefault faults every page of a segment in when it is mapped (its
+	// first 256 KiB at once, the rest in the background where the kernel
+	// has MADV_POPULATE_WRITE), so puts seldom pay for first touch.
+	// DefaultConfig sets it; the zero Config does not.
 	Prefault bool
 	// ReserveTimeout bounds how long a [Reservation] may stay open: after
 	// it the unit aborts the reservation and [Reservation.Commit] fails.

@@ -6,7 +6,15 @@ package storage
 //
 // First touch of a fresh 4 KiB shmem page costs microseconds on the
 // development machines, so segments are pre-faulted when they are mapped
-// (MAP_POPULATE) and reused for the life of the unit. With
+// and reused for the life of the unit. Faulting in a 64 MiB segment takes
+// ~50 ms, and the reservation that maps it would wait that long (and with
+// it every request of the event loop it runs on): so the first 256 KiB are
+// faulted in at once and the rest in the background (MADV_POPULATE_WRITE,
+// which faults pages in without touching their bytes, so puts may write
+// into the segment meanwhile; a page a put reaches first it faults in
+// itself). A kernel without MADV_POPULATE_WRITE (before 5.14) gets the
+// whole segment faulted in at once, by writing to every page, as before
+// anyone can use it. With
 // [Config.HugePages] the unit tries hugetlb pages (MFD_HUGETLB, 2 MiB), which
 // fault in several times faster; they need a reserved pool
 // (/proc/sys/vm/nr_hugepages), so when that fails it falls back to 4 KiB
@@ -23,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +58,22 @@ type segment struct {
 	extents int    // extents placed here: reserved, committed or still leased
 	gen     uint32 // the last generation handed out here (see maxGen)
 	retired bool   // dropped from the unit; fd closed, pages replaced
+	// faulting, if set, is the background prefault (see mapSegment):
+	// stop asks it to end early, faulted is closed when it has.
+	faulting *backgroundFault
 }
+
+type backgroundFault struct {
+	stop    atomic.Bool
+	faulted chan struct{}
+}
+
+// prefaultNow is how much of a segment is faulted in before it is used;
+// the rest is faulted in the background, prefaultChunk at a time.
+const (
+	prefaultNow   = 256 << 10
+	prefaultChunk = 4 << 20
+)
 
 // maxGen is the last generation a segment hands out. Generations grow by
 // one per extent within a segment and never wrap, so (segment,
@@ -93,41 +117,66 @@ func mapSegment(id uint32, size int64, o mapOptions) (*segment, error) {
 			return nil, errors.Join(fmt.Errorf("seal memfd: %w", err), unix.Close(fd))
 		}
 	}
-	mflags := unix.MAP_SHARED
-	if o.prefault && !o.thp {
-		mflags |= unix.MAP_POPULATE
-	}
-	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, mflags)
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("mmap %d bytes: %w", size, err), unix.Close(fd))
 	}
 	if o.thp {
 		// Only a hint: the kernel ignores it unless shmem THP is enabled,
-		// and the segment works either way.
+		// and the segment works either way. Given before any page is
+		// faulted in, so that huge pages can back them.
 		_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
-		if o.prefault {
-			prefault(mem)
-		}
 	}
-	return &segment{
+	s := &segment{
 		id:    id,
 		fd:    fd,
 		mem:   mem,
 		huge:  o.hugetlb,
 		alloc: newAllocator(size),
 		byGen: map[uint32]*extent{},
-	}, nil
+	}
+	if o.prefault {
+		s.prefault()
+	}
+	return s, nil
 }
 
-// prefault faults in every page of mem for writing, after MADV_HUGEPAGE had
-// its chance to pick huge pages (MAP_POPULATE would fault 4 KiB pages in
-// before the advice).
-func prefault(mem []byte) {
-	if unix.Madvise(mem, unix.MADV_POPULATE_WRITE) == nil {
+// prefault faults in the segment's pages for writing: the first
+// prefaultNow bytes now, the rest in the background where the kernel
+// can fault pages in without writing to them, else all of them now.
+func (s *segment) prefault() {
+	now := min(len(s.mem), prefaultNow)
+	if unix.Madvise(s.mem[:now], unix.MADV_POPULATE_WRITE) != nil {
+		// Kernels before 5.14: write to every page, before the segment
+		// is used (a write would clobber a put's bytes later).
+		for i := 0; i < len(s.mem); i += pageSize {
+			s.mem[i] = 0
+		}
 		return
 	}
-	for i := 0; i < len(mem); i += pageSize { // kernels before 5.14
-		mem[i] = 0
+	if now == len(s.mem) {
+		return
+	}
+	bf := &backgroundFault{faulted: make(chan struct{})}
+	s.faulting = bf
+	rest := s.mem[now:]
+	go func() {
+		defer close(bf.faulted)
+		for off := 0; off < len(rest) && !bf.stop.Load(); off += prefaultChunk {
+			if unix.Madvise(rest[off:min(off+prefaultChunk, len(rest))], unix.MADV_POPULATE_WRITE) != nil {
+				return // the pages fault in as they are first written
+			}
+		}
+	}()
+}
+
+// stopFaulting ends the background prefault, if any, and waits for it:
+// the pages are not to be faulted in behind the segment's unmapping (or
+// its replacement by anonymous memory, which would be faulted in whole).
+func (s *segment) stopFaulting() {
+	if bf := s.faulting; bf != nil {
+		bf.stop.Store(true)
+		<-bf.faulted
 	}
 }
 
@@ -148,12 +197,14 @@ func (s *segment) size() int64 { return int64(len(s.mem)) }
 // harmless pages instead of faulting or corrupting a reused segment. The
 // address range is unmapped by close.
 func (s *segment) retire() error {
+	s.stopFaulting()
 	s.retired = true
 	return errors.Join(replaceWithAnon(s.mem), unix.Close(s.fd))
 }
 
 // close unmaps the segment and closes its fd (unless retired already).
 func (s *segment) close() error {
+	s.stopFaulting()
 	err := unix.Munmap(s.mem)
 	if !s.retired {
 		err = errors.Join(err, unix.Close(s.fd))
