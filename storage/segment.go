@@ -58,7 +58,7 @@ type segment struct {
 	extents int    // extents placed here: reserved, committed or still leased
 	gen     uint32 // the last generation handed out here (see maxGen)
 	retired bool   // dropped from the unit; fd closed, pages replaced
-	// faulting, if set, is the background prefault (see mapSegment):
+	// faulting, if set, is the background prefault (see prefault):
 	// stop asks it to end early, faulted is closed when it has.
 	faulting *backgroundFault
 }
