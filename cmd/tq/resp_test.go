@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
@@ -327,11 +328,12 @@ func readMem(t *testing.T, pid int) memUse {
 // TestRESPSetsAcrossDrains: go-redis clients keep setting and reading
 // back their keys while tq serve's two storage units are drained in turn
 // (each drain moving what was written to the unit, then the unit returned
-// to service): no SET or GET fails, every GET returns what its client set
-// last, and afterwards every key reads its last value through RESP and
-// through the Go KV API. A SET racing a drain is written to the other
-// unit by the controller (OneKey.Commit), or the general way: without
-// that, SETs fail here as "lost" within the first drain.
+// to service), then marked draining and returned to service for 2 s:
+// no SET or GET fails, every GET returns what its client set last, and
+// afterwards every key reads its last value through RESP and through the
+// Go KV API. A SET racing a drain is written to the other unit by the
+// controller (OneKey.Commit), or the general way: without that, SETs
+// fail here as "lost".
 func TestRESPSetsAcrossDrains(t *testing.T) {
 	bin := tqBinary(t)
 	p, tok := startRESP(t, bin, "--units", "2")
@@ -378,13 +380,27 @@ func TestRESPSetsAcrossDrains(t *testing.T) {
 		out, err = runTQ(t, p, bin, "unit", "undrain", "--controller", addr, unit)
 		require.NoError(t, err, "undrain of unit %s: %s", unit, out)
 	}
+	// Then drains marked and lifted at once, many times over: a SET
+	// whose unit is marked between its placement and its commit is
+	// refused there, and must land anyway.
+	m, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: tok})
+	require.NoError(t, err)
+	defer m.Close()
+	marks := 0
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); marks++ {
+		unit := engine.UnitID(1 + marks%2)
+		_, err := m.DrainUnit(ctx, unit, true)
+		require.NoError(t, err)
+		_, err = m.DrainUnit(ctx, unit, false)
+		require.NoError(t, err)
+	}
 	close(stop)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Error(err)
 	}
-	t.Logf("%d SETs across 2 drains", sets.Load())
+	t.Logf("%d SETs across 2 drains and %d marked and lifted", sets.Load(), marks)
 	require.Positive(t, sets.Load())
 
 	rc := redis.NewClient(&redis.Options{Addr: p.resp, Password: tok, Protocol: 2})
