@@ -125,13 +125,25 @@ func (c *Controller) checkFences(fields []engine.CommitField) error {
 	return nil
 }
 
+// ErrDraining is in the refusal of a commit that names a cell on a
+// draining unit. It reads and unwraps as [engine.ErrLost] (CODE_LOST on
+// the wire, which clients answer by writing the cells again elsewhere);
+// callers in the controller's process tell it from other losses with
+// errors.Is.
+var ErrDraining error = drainingErr{}
+
+type drainingErr struct{}
+
+func (drainingErr) Error() string { return engine.ErrLost.Error() }
+func (drainingErr) Unwrap() error { return engine.ErrLost }
+
 // checkDraining refuses a commit naming a cell on a draining unit
 // ([Registry.SetDraining]): a drain lists the unit's cells after marking
 // it, under the partitions' locks, so a commit checked here before the
 // mark is in what it lists, and one checked after would land behind it.
-// The error wraps [engine.ErrLost], as a fenced generation's does: the
-// bytes written will not be taken, and the client writes them again,
-// elsewhere once it has listed the units.
+// The error wraps [ErrDraining], and so [engine.ErrLost], as a fenced
+// generation's does: the bytes written will not be taken, and the client
+// writes them again, elsewhere once it has listed the units.
 func (c *Controller) checkDraining(fields []engine.CommitField) error {
 	var last engine.UnitID
 	draining := func(name string, u engine.UnitID) error {
@@ -142,7 +154,7 @@ func (c *Controller) checkDraining(fields []engine.CommitField) error {
 		if !c.units.Draining(u) {
 			return nil
 		}
-		return fmt.Errorf("field %q: storage unit %d is draining (tq unit drain) and takes no new cells; write them to another unit: %w", name, u, engine.ErrLost)
+		return fmt.Errorf("field %q: storage unit %d is draining (tq unit drain) and takes no new cells; write them to another unit: %w", name, u, ErrDraining)
 	}
 	for i := range fields {
 		cf := &fields[i]

@@ -71,12 +71,13 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // frees the extents and changes nothing. r is ended either way.
 //
 // A commit refused because u was marked draining after [OneKey.UnitFor]
-// picked it is made once more on the unit the key picks now, with the
-// bytes copied there (when it has room at once), so that a put during a
-// drain does not fail for any client: none of them sees the unit chosen.
-// Where no unit has room at once, the error is a [*DrainRefused] holding
-// the bytes, for the caller to put the general way (which waits for room
-// as its context allows).
+// picked it is made once more: on u, if the drain was lifted meanwhile,
+// else on the unit the key picks now, with the bytes copied there (when
+// it has room at once), so that a put during a drain does not fail for
+// any client: none of them sees the unit chosen. Where that is refused
+// too, or no unit has room at once, the error is a [*DrainRefused]
+// holding the bytes, for the caller to put the general way (which waits
+// for room as its context allows).
 func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
 	return o.commit(ctx, u, r, partition, key, fields, tags, true)
 }
@@ -100,13 +101,22 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 		req.Tags = []engine.Tags{tags}
 	}
 	out, err := o.c.CommitKeys(req)
+	if err != nil && again && errors.Is(err, controller.ErrDraining) && !o.meta.Draining(u.ID()) {
+		// The drain was lifted since the refusal: the cells may stay.
+		out, err = o.c.CommitKeys(req)
+	}
 	if err != nil {
-		// In this process a refused commit changed nothing.
+		// In this process a refused commit changed nothing. One refused
+		// for a drain is made elsewhere: on the unit the key picks now
+		// (once), or by the caller the general way, with the bytes.
 		var nu *storage.Unit
 		var nr *storage.Reservation
 		var saved [][]byte
-		if again && errors.Is(err, engine.ErrLost) && o.meta.Draining(u.ID()) {
-			if nu, nr = o.moveOff(ctx, u, addrs, key); nr == nil {
+		if errors.Is(err, controller.ErrDraining) {
+			if again {
+				nu, nr = o.moveOff(ctx, u, addrs, key)
+			}
+			if nr == nil {
 				saved = copyOut(u, addrs)
 			}
 		}
