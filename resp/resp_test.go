@@ -40,9 +40,19 @@ func (e *endpoint) used() int64 {
 
 func newEndpoint(t testing.TB, cfg Config) *endpoint {
 	t.Helper()
+	return newEndpointWith(t, cfg, nil)
+}
+
+// newEndpointWith is newEndpoint with the cluster's config changed by
+// change first.
+func newEndpointWith(t testing.TB, cfg Config, change func(*embedded.Config)) *endpoint {
+	t.Helper()
 	ecfg := embedded.DefaultConfig()
 	ecfg.Storage.Capacity = 256 << 20
 	ecfg.Storage.SegmentSize = 64 << 20
+	if change != nil {
+		change(&ecfg)
+	}
 	e, err := embedded.New(ecfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { e.Close() })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/client"
@@ -78,6 +79,9 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		return err
 	}
 	copy(r.Buf(0), val)
+	if h := testHookCommit.Load(); h != nil {
+		(*h)(u)
+	}
 	_, err = st.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
 	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
 		// u started draining and no other unit had room at once: nothing
@@ -89,6 +93,10 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	}
 	return err
 }
+
+// testHookCommit, if set, runs in set between a value's copy into its
+// reservation on u and its commit: tests start drains there.
+var testHookCommit atomic.Pointer[func(u *storage.Unit)]
 
 // errWouldWait is what a command run on a loop hears where it would
 // wait: the connection leaves the loop and runs it again.

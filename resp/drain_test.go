@@ -1,0 +1,111 @@
+package resp
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/embedded"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// TestSetRefusedForADrainWithNoRoomElsewhere starts a drain of the unit a
+// SET reserved on, between its copy and its commit, while the other unit
+// has no room (another writer's open reservations hold it): the
+// controller refuses the commit and no unit can take the cells at once.
+// The SET must then wait for room and put the value elsewhere, rather
+// than answer an error or lose it; the draining unit gets back what the
+// SET had reserved there.
+func TestSetRefusedForADrainWithNoRoomElsewhere(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpointWith(t, Config{Loops: 1}, func(c *embedded.Config) {
+		c.Storage.Capacity, c.Storage.SegmentSize = 4<<20, 1<<20
+	})
+	require.Len(t, e.e.Units, 2)
+	rc := e.client(t, nil)
+	require.NoError(t, rc.Set(ctx, "before", "x", 0).Err()) // the connection is on the loop
+	other := e.client(t, nil)
+	require.NoError(t, other.Ping(ctx).Err()) // and this one too
+	used := map[engine.UnitID]int64{}
+	for _, u := range e.e.Units {
+		used[u.ID()] = u.Stats().Used
+	}
+
+	var (
+		once    sync.Once
+		drained = make(chan *storage.Unit, 1) // the unit the SET had reserved on
+		freeing = make(chan struct{})         // closed before the room is given back
+		freed   = make(chan struct{})
+	)
+	hook := func(u *storage.Unit) {
+		once.Do(func() {
+			_, err := e.e.Controller.DrainUnit(u.ID(), true)
+			assert.NoError(t, err)
+			drained <- u
+			// Take every byte the other unit has left, down to its
+			// smallest extent.
+			var held []*storage.Reservation
+			for _, v := range e.e.Units {
+				for size := int64(64 << 10); v != u && size > 0; size /= 2 {
+					for {
+						r, err := v.Reserve(noWait, []int64{size})
+						if err != nil {
+							break
+						}
+						held = append(held, r)
+					}
+				}
+				if v != u {
+					st := v.Stats()
+					assert.Equal(t, st.Capacity, st.Used, "unit %v has room left", v.ID())
+				}
+			}
+			assert.NotEmpty(t, held)
+			go func() {
+				defer close(freed)
+				// The SET waits for room off the loop: the loop still
+				// answers the other connection.
+				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				assert.NoError(t, other.Ping(pctx).Err(), "the loop waited with the SET")
+				time.Sleep(100 * time.Millisecond)
+				close(freeing)
+				for _, r := range held {
+					r.Abort()
+				}
+			}()
+		})
+	}
+	testHookCommit.Store(&hook)
+	t.Cleanup(func() { testHookCommit.Store(nil) })
+
+	val := "a value set while its unit began draining"
+	require.NoError(t, rc.Set(ctx, "k", val, 0).Err())
+	testHookCommit.Store(nil)
+	var u *storage.Unit
+	select {
+	case u = <-drained:
+	default:
+		t.Fatal("the SET never reached its commit through the fast path")
+	}
+	select {
+	case <-freeing:
+	default:
+		t.Error("the SET was answered before any unit had room for it")
+	}
+	<-freed
+
+	assert.Equal(t, val, rc.Get(ctx, "k").Val())
+	b, err := e.kv.BatchGetCopy(ctx, "default", []string{"k"}, "value")
+	require.NoError(t, err)
+	assert.Equal(t, val, string(b.Col("value").RowBytes(0)))
+	cells, ok := e.e.Controller.KeyCells("default", "k", []string{"value"}, nil)
+	require.True(t, ok)
+	assert.NotEqual(t, u.ID(), cells[0].Loc.Unit, "the value was committed on the unit that was draining")
+	assert.Equal(t, used[u.ID()], u.Stats().Used, "the draining unit kept the bytes the SET had reserved")
+}
