@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
 
@@ -23,6 +26,10 @@ import (
 //     value (BenchmarkSmallKV's loop) against a server process, over tcp
 //     (the unit's unix socket) and shm: every put is a commit the log
 //     must hold;
+//   - workload=kvget: the same clients each read their own 1 KiB values,
+//     put before the timer starts, one GET at a time: a read waits only
+//     for records of the keys it reads that are not synced yet, here
+//     none, so the log should cost it nothing;
 //   - workload=small: the reference flow on the small workload (288 MiB,
 //     simple case) between a writer and a reader process over shm
 //     (BenchmarkFlow): few, large commits.
@@ -49,19 +56,23 @@ func BenchmarkLog(b *testing.B) {
 	}
 	pools := map[string][]*kvapi.KV{}
 	owner := b // the clients live until the whole benchmark ends
+	pool := func(b *testing.B, tr, mode string) []*kvapi.KV {
+		kvs := pools[tr+mode]
+		for len(kvs) < clients {
+			c, err := connectOwned(owner, kvServers[mode], tr, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			kvs = append(kvs, kvapi.New(c))
+		}
+		pools[tr+mode] = kvs
+		return kvs
+	}
 	for _, tr := range []string{client.TransportTCP, client.TransportShm} {
 		var offOps float64 // log=off's ops/s, run just before log=batch
 		for _, mode := range modes {
 			b.Run(fmt.Sprintf("workload=kv/transport=%s/log=%s", tr, mode), func(b *testing.B) {
-				kvs := pools[tr+mode]
-				for len(kvs) < clients {
-					c, err := connectOwned(owner, kvServers[mode], tr, 1)
-					if err != nil {
-						b.Fatal(err)
-					}
-					kvs = append(kvs, kvapi.New(c))
-				}
-				pools[tr+mode] = kvs
+				kvs := pool(b, tr, mode)
 				var sync time.Duration
 				if mode != "off" {
 					sync = syncLatency(b, os.TempDir())
@@ -78,6 +89,13 @@ func BenchmarkLog(b *testing.B) {
 			})
 		}
 	}
+	for _, tr := range []string{client.TransportTCP, client.TransportShm} {
+		for _, mode := range modes {
+			b.Run(fmt.Sprintf("workload=kvget/transport=%s/log=%s", tr, mode), func(b *testing.B) {
+				runTQSmallGets(b, pool(b, tr, mode), size)
+			})
+		}
+	}
 	ctx := b.Context()
 	for _, mode := range modes {
 		b.Run(fmt.Sprintf("workload=small/transport=shm/log=%s", mode), func(b *testing.B) {
@@ -89,6 +107,47 @@ func BenchmarkLog(b *testing.B) {
 			benchFlow(b, srv, "shm", Small, Simple)
 		})
 	}
+}
+
+// runTQSmallGets puts smallKVKeys values of size bytes per client, then
+// has each client read its own, one GET at a time, checking each, and
+// reports ops/s and the GETs' latency.
+func runTQSmallGets(b *testing.B, kvs []*kvapi.KV, size int) {
+	ctx := context.Background()
+	keys := make([][]string, len(kvs))
+	vals := make([][][]byte, len(kvs))
+	for w, kv := range kvs {
+		for k := range smallKVKeys {
+			key := fmt.Sprintf("r%d_k%d", w, k)
+			val := make([]byte, size)
+			for i := range val {
+				val[i] = byte(i*7 + w + k)
+			}
+			batch := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{val})})
+			if _, err := kv.Put(ctx, "small", key, batch, nil); err != nil {
+				b.Fatal(err)
+			}
+			keys[w], vals[w] = append(keys[w], key), append(vals[w], val)
+		}
+	}
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	wall, lats := runWorkers(b, len(kvs), 1, func(w, i int, lat latencies) error {
+		k := i % smallKVKeys
+		t0 := time.Now()
+		got, err := kvs[w].BatchGet(ctx, "small", keys[w][k:k+1], "v")
+		lat.add(0, time.Since(t0))
+		if err != nil {
+			return err
+		}
+		defer got.Release()
+		if v := got.Col("v").RowBytes(0); !bytes.Equal(v, vals[w][k]) {
+			return fmt.Errorf("key %s read back %d bytes, not the %d put", keys[w][k], len(v), size)
+		}
+		return nil
+	})
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "ops/s")
+	reportLatency(b, lats, 0, "get")
 }
 
 // syncLatency is the median time to append a 1 KiB record to a file in

@@ -153,6 +153,11 @@ func (s *Server) kvGet(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 	}
 	// KVData's lookup waits for what it saw to be durable.
 	reply, b, err := s.kvGetReply(ctx, req)
+	kvGetSend(rw, reply, b, err)
+}
+
+// kvGetSend answers a KV_GET with what kvGetReply returned.
+func kvGetSend(rw *wire.ReplyWriter, reply *wirepb.KVGetReply, b *engine.Batch, err error) {
 	if err != nil {
 		if b != nil {
 			b.Release()
@@ -168,6 +173,23 @@ func (s *Server) kvGet(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 	reply.HasData = true
 	reply.Fields, reply.RowLens, payload = wire.BatchToPB(b)
 	rw.Reply(reply, payload, b.Release)
+}
+
+// tryKVGet serves KV_GET where it was read, unless what it read is not
+// durable yet: then it answers nothing and kvGet runs it in a goroutine.
+func (s *Server) tryKVGet(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) bool {
+	if req.PayloadLen != 0 {
+		return false // kvGet says what is wrong
+	}
+	reply, b, err := s.kvGetReply(noWait, req)
+	if errors.Is(err, context.Canceled) {
+		if b != nil {
+			b.Release()
+		}
+		return false
+	}
+	kvGetSend(rw, reply, b, err)
+	return true
 }
 
 func (s *Server) kvGetReply(ctx context.Context, req *wire.Request) (_ *wirepb.KVGetReply, _ *engine.Batch, err error) {
@@ -271,6 +293,25 @@ func (s *Server) kvGetValue(ctx context.Context, req *wire.Request, rw *wire.Rep
 		return
 	}
 	rw.Reply(schema, net.Buffers{val}, release)
+}
+
+// tryKVGetValue serves KV_GET_VALUE where it was read, unless what it
+// read is not durable yet: then it answers nothing and kvGetValue runs
+// it in a goroutine.
+func (s *Server) tryKVGetValue(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) bool {
+	if req.PayloadLen != 0 {
+		return false // kvGetValue says what is wrong
+	}
+	schema, val, release, err := s.kvGetValueReply(noWait, req)
+	switch {
+	case errors.Is(err, context.Canceled):
+		return false
+	case err != nil:
+		rw.Error(err)
+	default:
+		rw.Reply(schema, net.Buffers{val}, release)
+	}
+	return true
 }
 
 func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wirepb.FieldSchema, _ []byte, _ func(), err error) {

@@ -172,15 +172,16 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put
-	// waits for its fsync and a get for what it saw: a goroutine each. In
-	// memory both take microseconds and run on the read loop; a put then
-	// never waits for room (the client puts through the units instead,
-	// which wait).
+	// waits for its fsync: a goroutine each; a get waits only for the
+	// records of the keys it read that are not on disk yet, mostly none:
+	// it runs where it was read unless it has to wait. In memory both
+	// take microseconds and run on the read loop; a put then never waits
+	// for room (the client puts through the units instead, which wait).
 	if c.Durable() {
 		s.ws.Handle(wire.OpKVPut, s.kvPut)
-		s.ws.Handle(wire.OpKVGet, s.kvGet)
 		s.ws.Handle(wire.OpKVSet, s.kvSet)
-		s.ws.Handle(wire.OpKVGetValue, s.kvGetValue)
+		s.ws.HandleTry(wire.OpKVGet, s.tryKVGet, s.kvGet)
+		s.ws.HandleTry(wire.OpKVGetValue, s.tryKVGetValue, s.kvGetValue)
 	} else {
 		s.ws.HandleInline(wire.OpKVPut, func(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
 			s.kvPut(noWait, req, rw)

@@ -84,7 +84,7 @@ const (
 
 // loopable reports whether a loop serves requests like h.
 func (s *Server) loopable(h Header) bool {
-	return (s.isInline(h.Op) || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
+	return (s.isInline(h.Op) || s.try(h.Op) != nil || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
 }
 
 // mayLoop reports whether the connection may go to a loop now: it has no
@@ -332,7 +332,6 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	}
 	s.inflight.Add(1)
 	s.mu.Unlock()
-	s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
 	req := &Request{
 		Header: h, Body: bytes.Clone(frame[:h.BodyLen]), Peer: c.peer, PeerUID: c.peerUID,
 		mem: frame[h.BodyLen:], left: h.PayloadLen,
@@ -345,7 +344,17 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	if h.Op == OpPing {
 		req.handler = pong
 	}
-	c.handle(c.ctx, req)
+	if try := s.try(h.Op); try != nil {
+		if !try(c.ctx, req, &req.rw) {
+			// It would wait: the connection's goroutine runs it.
+			s.inflight.Done()
+			return false
+		}
+		c.served(req)
+	} else {
+		c.handle(c.ctx, req)
+	}
+	s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
 	req.mem = nil
 	c.unflushed++
 	return true

@@ -331,3 +331,88 @@ func FuzzLoop(f *testing.F) {
 			"server connection still open 5 s after the client closed")
 	})
 }
+
+const opTry Op = 211
+
+// tryCount counts where opTry's requests were served: by the TryFunc on
+// a loop, by it on the connection's goroutine, by the handler after the
+// TryFunc declined; and what the Observer saw.
+type tryCount struct{ onLoop, onConn, handler, declined, observed atomic.Int64 }
+
+func (n *tryCount) Observe(r Served) {
+	if r.Op == opTry {
+		n.observed.Add(1)
+	}
+}
+
+// TestHandleTry: a TryFunc serves its op's requests where they were read,
+// on a loop or on the connection's goroutine, and those it declines run
+// through the op's handler in a goroutine of their own: every request is
+// answered once, bit-exact, counted once in the traffic and by the
+// Observer, and nothing stays in flight (Shutdown returns).
+func TestHandleTry(t *testing.T) {
+	for _, tc := range []struct {
+		network string
+		loops   int
+	}{{"tcp", 0}, {"unix", 2}, {"tcp", -1}} {
+		t.Run(fmt.Sprintf("%s/loops=%d", tc.network, tc.loops), func(t *testing.T) {
+			var n tryCount
+			s, addr, _ := loopServer(t, ServerConfig{Loops: tc.loops, Observer: &n}, tc.network, func(s *Server) {
+				s.HandleTry(opTry, func(ctx context.Context, req *Request, rw *ReplyWriter) bool {
+					if req.ID%3 == 0 {
+						n.declined.Add(1)
+						return false // as if it had to wait
+					}
+					if rw.loop {
+						n.onLoop.Add(1)
+					} else {
+						n.onConn.Add(1)
+					}
+					echo(ctx, req, rw)
+					return true
+				}, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+					n.handler.Add(1)
+					echo(ctx, req, rw)
+				})
+			})
+			c := dial(t, addr, "")
+			in0, _ := s.Traffic()
+			const requests = 120
+			var want int64
+			for i := range requests {
+				p := bytes.Repeat([]byte{byte(i)}, 1+i%7*100)
+				var got []byte
+				err := c.Do(context.Background(), opTry, &wirepb.Ping{}, net.Buffers{p}, &wirepb.Ping{}, func(h Header, _ proto.Message) ([][]byte, error) {
+					got = make([]byte, h.PayloadLen)
+					return [][]byte{got}, nil
+				})
+				require.NoError(t, err)
+				require.Equal(t, p, got, "request %d", i)
+				want += int64(HeaderSize + len(p))
+			}
+			in1, _ := s.Traffic()
+			assert.Equal(t, want, in1-in0, "bytes in")
+			// A request a loop's TryFunc declined is tried once more on
+			// the connection's goroutine (which does not know), and
+			// declined again.
+			assert.GreaterOrEqual(t, n.declined.Load(), int64(requests/3), "declined")
+			assert.Equal(t, int64(requests/3), n.handler.Load(), "every declined request ran through the handler, once")
+			assert.Equal(t, int64(requests), n.onLoop.Load()+n.onConn.Load()+n.handler.Load(), "requests served")
+			if tc.loops < 0 {
+				assert.Zero(t, n.onLoop.Load(), "served on a loop with Loops < 0")
+				assert.Positive(t, n.onConn.Load(), "served by the TryFunc on the connection's goroutine")
+			} else {
+				assert.Positive(t, n.onLoop.Load(), "served by the TryFunc on a loop")
+			}
+			down := make(chan error, 1)
+			go func() { down <- s.Shutdown(context.Background()) }()
+			select {
+			case err := <-down:
+				require.NoError(t, err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("Shutdown waits: a request is still counted in flight")
+			}
+			assert.Equal(t, int64(requests), n.observed.Load(), "observed")
+		})
+	}
+}

@@ -52,6 +52,11 @@ import (
 // reply with ctx.Err() says CODE_CANCELED.
 type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
 
+// TryFunc serves a request in place if it can do so without waiting:
+// it replies and returns true, or returns false having neither replied
+// nor read the payload (see [Server.HandleTry]).
+type TryFunc func(ctx context.Context, req *Request, rw *ReplyWriter) bool
+
 // ServerConfig configures a [Server].
 type ServerConfig struct {
 	// Hello is what the server answers the handshake with (role, host id,
@@ -220,6 +225,7 @@ type Server struct {
 	// (a map keyed by a uint16 takes the generic, hashing lookup).
 	handlers [maxOps]HandlerFunc
 	inline   [maxOps]bool
+	tries    [maxOps]TryFunc
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -366,6 +372,25 @@ func (s *Server) isInline(op Op) bool { return op < maxOps && s.inline[op] }
 func (s *Server) HandleInline(op Op, h HandlerFunc) {
 	s.handlers[checkOp(op)] = h
 	s.inline[op] = true
+}
+
+// HandleTry registers h for op as [Server.Handle] does, and try to run
+// first where the request was read, on a loop or the connection's read
+// goroutine: a request that try serves costs what an inline one does,
+// and one it declines (it would wait: for the log, for room) runs in a
+// goroutine of its own through h. try must not wait, and returns false
+// only before it has replied or read any payload.
+func (s *Server) HandleTry(op Op, try TryFunc, h HandlerFunc) {
+	s.handlers[checkOp(op)] = h
+	s.tries[op] = try
+}
+
+// try returns op's TryFunc, nil for none.
+func (s *Server) try(op Op) TryFunc {
+	if op >= maxOps {
+		return nil
+	}
+	return s.tries[op]
 }
 
 // Serve accepts connections on l until the server closes. It returns nil
@@ -803,6 +828,10 @@ func (c *serverConn) serve() {
 		}
 		if c.s.isInline(h.Op) || h.Op == OpPing {
 			c.run(ctx, req)
+		} else if try := c.s.try(h.Op); try != nil && !req.draining && try(ctx, req, &req.rw) {
+			c.served(req)
+			c.unhold(req.BodyLen)
+			<-c.sem
 		} else {
 			// A context of its own, which CANCEL ends.
 			rctx, cancel := context.WithCancelCause(ctx)
@@ -912,6 +941,13 @@ func (c *serverConn) run(ctx context.Context, req *Request) {
 // what is left of the payload and shows the request to the Observer.
 func (c *serverConn) handle(ctx context.Context, req *Request) {
 	req.handler(ctx, req, &req.rw)
+	c.served(req)
+}
+
+// served finishes req once its handler returned: an error reply if it
+// sent none, what is left of the payload skipped, the request shown to
+// the Observer.
+func (c *serverConn) served(req *Request) {
 	if !req.rw.sent {
 		req.rw.Error(fmt.Errorf("op %v: handler sent no reply: %w", req.Op, errInternal))
 	}
