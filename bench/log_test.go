@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"slices"
@@ -30,6 +31,12 @@ import (
 //     put before the timer starts, one GET at a time: a read waits only
 //     for records of the keys it reads that are not synced yet, here
 //     none, so the log should cost it nothing;
+//   - workload=kvfresh: half the clients put 1 KiB values, each to a key
+//     of its own, while the other half each read one writer's key: most
+//     reads see a put whose record is not synced yet and wait for it.
+//     It tells what reads that must wait cost (with the log a KV get is
+//     served on the event loop unless it must wait, and then leaves the
+//     loop for a goroutine);
 //   - workload=small: the reference flow on the small workload (288 MiB,
 //     simple case) between a writer and a reader process over shm
 //     (BenchmarkFlow): few, large commits.
@@ -96,6 +103,11 @@ func BenchmarkLog(b *testing.B) {
 			})
 		}
 	}
+	for _, mode := range modes {
+		b.Run(fmt.Sprintf("workload=kvfresh/transport=tcp/log=%s", mode), func(b *testing.B) {
+			runTQFreshGets(b, pool(b, client.TransportTCP, mode), size)
+		})
+	}
 	ctx := b.Context()
 	for _, mode := range modes {
 		b.Run(fmt.Sprintf("workload=small/transport=shm/log=%s", mode), func(b *testing.B) {
@@ -148,6 +160,56 @@ func runTQSmallGets(b *testing.B, kvs []*kvapi.KV, size int) {
 	})
 	b.ReportMetric(float64(b.N)/wall.Seconds(), "ops/s")
 	reportLatency(b, lats, 0, "get")
+}
+
+// runTQFreshGets has the even clients put values of size bytes to a key
+// each and the odd ones read the key of the writer before them, checking
+// that each read is a whole value one of the puts wrote; it reports puts
+// and reads together as ops/s.
+func runTQFreshGets(b *testing.B, kvs []*kvapi.KV, size int) {
+	ctx := context.Background()
+	vals := make([]*engine.Batch, len(kvs))
+	for w := range kvs {
+		key := fmt.Sprintf("f%d", w/2)
+		vals[w] = engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, size)})})
+		if w%2 == 0 {
+			v := vals[w].Col("v").Data()
+			binary.LittleEndian.PutUint64(v, uint64(w)<<40)
+			binary.LittleEndian.PutUint64(v[size-8:], ^(uint64(w) << 40))
+			if _, err := kvs[w].Put(ctx, "small", key, vals[w], nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	wall, lats := runWorkers(b, len(kvs), 2, func(w, i int, lat latencies) error {
+		key := fmt.Sprintf("f%d", w/2)
+		t0 := time.Now()
+		if w%2 == 0 {
+			v := vals[w].Col("v").Data()
+			stamp := uint64(w)<<40 | uint64(i) + 1
+			binary.LittleEndian.PutUint64(v, stamp)
+			binary.LittleEndian.PutUint64(v[len(v)-8:], ^stamp)
+			_, err := kvs[w].Put(ctx, "small", key, vals[w], nil)
+			lat.add(0, time.Since(t0))
+			return err
+		}
+		got, err := kvs[w].BatchGet(ctx, "small", []string{key}, "v")
+		lat.add(1, time.Since(t0))
+		if err != nil {
+			return err
+		}
+		defer got.Release()
+		v := got.Col("v").RowBytes(0)
+		if len(v) != size || binary.LittleEndian.Uint64(v) != ^binary.LittleEndian.Uint64(v[size-8:]) {
+			return fmt.Errorf("key %s read back %d bytes that no put wrote", key, len(v))
+		}
+		return nil
+	})
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "ops/s")
+	reportLatency(b, lats, 0, "put")
+	reportLatency(b, lats, 1, "get")
 }
 
 // syncLatency is the median time to append a 1 KiB record to a file in
