@@ -33,10 +33,10 @@ import (
 //     none, so the log should cost it nothing;
 //   - workload=kvgetcopy: the same through BatchGetCopy, which resolves
 //     the key on the controller (RESOLVE_KEYS) and reads the value from
-//     its unit. With the log RESOLVE_KEYS runs in a goroutine each, in
-//     memory on the event loop; here the goroutines did better (30.7k vs
-//     27.3k ops/s with RESOLVE_KEYS tried on the loop, 2026-12-04): a
-//     metadata read costs more than a KV get, and one loop is one core;
+//     its unit. RESOLVE_KEYS runs in a goroutine each, not on the event
+//     loop, with the log or without: 16 readers did 10–12% better so
+//     (2026-12-04, 2 CPUs, one loop): a metadata read costs more than a
+//     KV get, and a loop is one core;
 //   - workload=kvfresh: half the clients put 1 KiB values, each to a key
 //     of its own, while the other half each read one writer's key: most
 //     reads see a put whose record is not synced yet and wait for it.
