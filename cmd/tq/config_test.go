@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -207,5 +209,27 @@ func TestCheckConfig(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want)
 			assert.Empty(t, out.String())
 		})
+	}
+}
+
+// TestConfigKeysAreFlags: every key of a config file is also a flag of
+// the same name, with dashes for underscores, setting the same value.
+func TestConfigKeysAreFlags(t *testing.T) {
+	c := defaultServeConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	c.flags(fs)
+	typ := reflect.TypeOf(c)
+	for i := range typ.NumField() {
+		key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ",")
+		if key == "" || key == "-" {
+			continue
+		}
+		f := fs.Lookup(strings.ReplaceAll(key, "_", "-"))
+		if !assert.NotNil(t, f, "config key %s has no flag --%s", key, strings.ReplaceAll(key, "_", "-")) {
+			continue
+		}
+		// The flag's value is the field the key sets.
+		field := reflect.ValueOf(&c).Elem().Field(i)
+		assert.Equal(t, field.Addr().Pointer(), reflect.ValueOf(f.Value).Pointer(), "--%s sets another field than config key %s", f.Name, key)
 	}
 }
