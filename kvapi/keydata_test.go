@@ -403,7 +403,20 @@ func testValueOps(t *testing.T, sc *servedCluster) {
 // the connection goes on serving; a KV_SET whose payload stops halfway
 // gives its reservation back when the connection ends.
 func TestValueOpsHostile(t *testing.T) {
-	sc := newServedKV(t)
+	// In memory the controller answers on its event loops; with the log
+	// the gets are tried there and the puts run in goroutines.
+	t.Run("in-memory", func(t *testing.T) { valueOpsHostile(t, newServedKV(t)) })
+	t.Run("durable", func(t *testing.T) {
+		cfg := controller.DefaultConfig()
+		cfg.Dir = t.TempDir()
+		ctrl, err := controller.New(cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { ctrl.Close() })
+		valueOpsHostile(t, newServedKVWith(t, ctrl))
+	})
+}
+
+func valueOpsHostile(t *testing.T, sc *servedCluster) {
 	ctx := t.Context()
 	c, _, err := wire.Dial(ctx, "unix://"+sc.sock, &wirepb.Hello{Role: "client", Name: "hostile"}, wire.ConnConfig{})
 	require.NoError(t, err)
@@ -427,6 +440,9 @@ func TestValueOpsHostile(t *testing.T) {
 	err = c.Do(ctx, wire.OpKVGetValue, &wirepb.KVGetValueRequest{Partition: "p", Key: "k", Field: "v", MaxBytes: 10}, net.Buffers{[]byte("x")}, &wirepb.FieldSchema{}, nil)
 	require.ErrorIs(t, err, engine.ErrInvalid)
 	assert.Contains(t, err.Error(), "payload")
+	err = c.Do(ctx, wire.OpKVGet, &wirepb.KVGetRequest{Partition: "p", Keys: []string{"k"}}, net.Buffers{[]byte("xy")}, &wirepb.KVGetReply{}, nil)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "KV_GET request with 2 payload bytes")
 
 	// A body that does not decode (a key that is not UTF-8), sent by hand.
 	body := protowire.AppendTag(nil, 2, protowire.BytesType)
