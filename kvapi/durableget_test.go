@@ -25,17 +25,14 @@ import (
 func TestDurableKVGetsWaitOnlyForTheirKeys(t *testing.T) {
 	ctx := t.Context()
 	var hold atomic.Pointer[chan struct{}] // set: the log's writer waits on it
-	cfg := controller.DefaultConfig()
-	cfg.Dir = t.TempDir()
-	cfg.OnJournalWrite = func(time.Duration, int) {
-		if h := hold.Load(); h != nil {
-			<-*h
+	sc := newServedDurableKV(t, func(cfg *controller.Config) {
+		cfg.OnJournalWrite = func(time.Duration, int) {
+			if h := hold.Load(); h != nil {
+				<-*h
+			}
 		}
-	}
-	ctrl, err := controller.New(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	sc := newServedKVWith(t, ctrl)
+	})
+	ctrl := sc.ctrl
 
 	val := func(s string, n int) *engine.Batch {
 		return engine.MustBatch(

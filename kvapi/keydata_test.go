@@ -47,6 +47,22 @@ func newServedKVWith(t *testing.T, ctrl *controller.Controller) *servedCluster {
 	return sc
 }
 
+// newServedDurableKV is newServedKV around a controller that keeps a
+// journal, its config changed by change first (nil: none).
+func newServedDurableKV(t *testing.T, change func(*controller.Config)) *servedCluster {
+	t.Helper()
+	cfg := controller.DefaultConfig()
+	cfg.Dir = t.TempDir()
+	if change != nil {
+		change(&cfg)
+	}
+	ctrl, err := controller.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	require.True(t, ctrl.Durable())
+	return newServedKVWith(t, ctrl)
+}
+
 func keyData(t *testing.T, kv *KV) client.KeyDataService {
 	t.Helper()
 	kd, ok := kv.Client().Meta().(client.KeyDataService)
@@ -285,15 +301,10 @@ func TestKVLanes(t *testing.T) {
 func TestValueOps(t *testing.T) {
 	t.Run("in-memory", func(t *testing.T) { testValueOps(t, newServedKV(t)) })
 	t.Run("durable", func(t *testing.T) {
-		// With a journal both ops run in goroutines and answer once what
-		// they did, or saw, is durable.
-		cfg := controller.DefaultConfig()
-		cfg.Dir = t.TempDir()
-		ctrl, err := controller.New(cfg)
-		require.NoError(t, err)
-		t.Cleanup(func() { ctrl.Close() })
-		require.True(t, ctrl.Durable())
-		testValueOps(t, newServedKVWith(t, ctrl))
+		// With a journal both ops answer once what they did, or saw, is
+		// durable: a put in a goroutine, a get where it was read unless
+		// it must wait.
+		testValueOps(t, newServedDurableKV(t, nil))
 	})
 }
 
@@ -406,14 +417,7 @@ func TestValueOpsHostile(t *testing.T) {
 	// In memory the controller answers on its event loops; with the log
 	// the gets are tried there and the puts run in goroutines.
 	t.Run("in-memory", func(t *testing.T) { valueOpsHostile(t, newServedKV(t)) })
-	t.Run("durable", func(t *testing.T) {
-		cfg := controller.DefaultConfig()
-		cfg.Dir = t.TempDir()
-		ctrl, err := controller.New(cfg)
-		require.NoError(t, err)
-		t.Cleanup(func() { ctrl.Close() })
-		valueOpsHostile(t, newServedKVWith(t, ctrl))
-	})
+	t.Run("durable", func(t *testing.T) { valueOpsHostile(t, newServedDurableKV(t, nil)) })
 }
 
 func valueOpsHostile(t *testing.T, sc *servedCluster) {
