@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -85,7 +86,7 @@ func TestBenchServer(t *testing.T) {
 		}
 		cs.ServeKV(kvd)
 	}
-	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{})
+	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{Loops: loopsEnv()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +103,14 @@ func TestBenchServer(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin) // until the benchmark closes our stdin
 }
 
+// loopsEnv is TQ_BENCH_SERVER_LOOPS, the server's event loops (the
+// controller's and the Redis-protocol endpoint's, as tq serve --loops and
+// --resp-loops); unset, 0: their default.
+func loopsEnv() int {
+	n, _ := strconv.Atoi(os.Getenv("TQ_BENCH_SERVER_LOOPS"))
+	return n
+}
+
 // serveController runs a controller with cfg on a TCP listener, and on
 // the unix socket sock unless it is "" (which it names to clients on
 // this host, as tq serve does); stop ends it.
@@ -111,6 +120,7 @@ func serveController(t testing.TB, cfg controller.Config, sock string) (ctrl *co
 		t.Fatal(err)
 	}
 	var scfg controller.ServerConfig
+	scfg.Loops = loopsEnv()
 	if sock != "" {
 		scfg.LocalAddrs = []string{"unix://" + sock}
 	}
