@@ -84,10 +84,18 @@ func newLoop(s *Server) (*loop, error) {
 }
 
 // adopt moves c onto the loop: the loop serves a duplicate of its socket
-// and c.nc is closed. It returns false, changing nothing, when c's
-// connection has no socket to duplicate. s.mu is held (so Close sees
-// either c.nc or the loop's copy).
+// and c.nc is closed. It returns false, changing nothing, when the loop
+// has stopped or c's connection has no socket to duplicate. s.mu is held
+// (so Close sees either c.nc or the loop's copy).
 func (lp *loop) adopt(c *conn) bool {
+	// Under lp.mu, so that a loop stopping on its own (closeAll takes its
+	// connections under lp.mu, once stopped is set) either closes c or
+	// is seen stopped here.
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.stopped.Load() {
+		return false
+	}
 	fd, ok := evloop.Take(c.nc)
 	if !ok {
 		return false
@@ -103,13 +111,10 @@ func (lp *loop) adopt(c *conn) bool {
 	// event for c (or a stale one for a closed connection whose fd
 	// number c took) finds it there or nothing, and the level-triggered
 	// epoll reports what c has to read again.
-	poke := !c.authed && lp.unauthed.Add(1) == 1
-	lp.mu.Lock()
-	lp.conns[fd] = c
-	lp.mu.Unlock()
-	if poke {
+	if !c.authed && lp.unauthed.Add(1) == 1 {
 		lp.poller.Poke() // the loop may be waiting with no timeout
 	}
+	lp.conns[fd] = c
 	return true
 }
 

@@ -199,7 +199,7 @@ func (s *Server) adopt(c *conn) bool {
 	}
 	lp := s.loops[s.next%len(s.loops)]
 	s.next++
-	return !lp.stopped.Load() && lp.adopt(c)
+	return lp.adopt(c)
 }
 
 // goServe serves c on a goroutine of its own; s.mu is held.
