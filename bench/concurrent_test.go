@@ -80,14 +80,16 @@ func startBenchServer(b *testing.B, env ...string) benchProc {
 		<-copied
 	})
 	sc := bufio.NewScanner(stdout)
+	var said []string // what the server printed before, the last lines of it
 	for sc.Scan() {
 		if f := strings.Fields(sc.Text()); len(f) == 5 && f[0] == "ADDRS" {
 			go func() { io.Copy(io.Discard, stdout); close(copied) }()
 			return benchProc{ctrl: f[1], raw: f[2], resp: f[3], respSock: f[4], pid: cmd.Process.Pid}
 		}
+		said = append(said[max(0, len(said)-19):], sc.Text())
 	}
 	close(copied)
-	b.Fatal("server process ended before printing its addresses")
+	b.Fatalf("server process ended before printing its addresses; its output ended with:\n%s", strings.Join(said, "\n"))
 	return benchProc{}
 }
 

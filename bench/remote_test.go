@@ -86,7 +86,7 @@ func TestBenchServer(t *testing.T) {
 		}
 		cs.ServeKV(kvd)
 	}
-	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{Loops: loopsEnv()})
+	rs, err := resp.NewServer(ctrl, []*storage.Unit{u}, resp.Config{Loops: loopsEnv(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,9 +105,16 @@ func TestBenchServer(t *testing.T) {
 
 // loopsEnv is TQ_BENCH_SERVER_LOOPS, the server's event loops (the
 // controller's and the Redis-protocol endpoint's, as tq serve --loops and
-// --resp-loops); unset, 0: their default.
-func loopsEnv() int {
-	n, _ := strconv.Atoi(os.Getenv("TQ_BENCH_SERVER_LOOPS"))
+// --resp-loops; -1: none); unset: their default.
+func loopsEnv(t testing.TB) int {
+	v := os.Getenv("TQ_BENCH_SERVER_LOOPS")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < -1 {
+		t.Fatalf("TQ_BENCH_SERVER_LOOPS=%q: want a number of event loops (-1: none, 0: the default)", v)
+	}
 	return n
 }
 
@@ -120,7 +127,7 @@ func serveController(t testing.TB, cfg controller.Config, sock string) (ctrl *co
 		t.Fatal(err)
 	}
 	var scfg controller.ServerConfig
-	scfg.Loops = loopsEnv()
+	scfg.Loops = loopsEnv(t)
 	if sock != "" {
 		scfg.LocalAddrs = []string{"unix://" + sock}
 	}
