@@ -67,6 +67,24 @@ def test_torch_dataset(server, part):
         assert torch.equal(data["x"], torch.tensor([0.0, 1.0]))
 
 
+def test_torch_dataloader(server, part):
+    """StreamingDataLoader with its defaults (no prefetch_factor: torch
+    before 2.0 refuses one without workers) yields the dataset's
+    micro-batches as they are."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(6, dtype=np.float32)}, partition_id=part)
+        dl = tq.StreamingDataLoader(tq.StreamingDataset(6, 2, ["x"], part, "t", client=c))
+        assert isinstance(dl, torch.utils.data.DataLoader)
+        got = []
+        for data, meta in dl:
+            assert isinstance(data["x"], torch.Tensor) and meta.size == 2
+            got += data["x"].tolist()
+            if len(got) == 6:
+                break
+        assert sorted(got) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
 
 @pytest.fixture(scope="module")
 def rank_aware_server():

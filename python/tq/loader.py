@@ -183,11 +183,14 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         def __init__(self, dataset, num_workers=0, collate_fn=None, pin_memory=False, worker_init_fn=None,
                      multiprocessing_context=None, prefetch_factor=None, persistent_workers=False,
                      pin_memory_device=""):
+            # prefetch_factor None is torch's own default from 2.0; before,
+            # the default was 2 and None (or any other value with no
+            # workers) was refused: pass it only when set.
+            extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
             super().__init__(dataset, batch_size=None, num_workers=num_workers,
                              collate_fn=collate_fn or (lambda x: x), pin_memory=pin_memory,
                              worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
-                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                             pin_memory_device=pin_memory_device)
+                             persistent_workers=persistent_workers, pin_memory_device=pin_memory_device, **extra)
             self.dataset_ref = dataset
 
         def reset(self):
