@@ -21,6 +21,17 @@ TransferQueue's own data path does: "put" sends them to the peer and waits
 for its acknowledgement, "get" asks for them and receives them (ipc:// as
 the same-host baseline, tcp:// over loopback).
 
+With ``--device cuda`` (the reference perftest's ``--device gpu``) the
+fields are CUDA tensors: ``put`` takes them from the device (the client
+copies them to the host), and every get ends with the fields on the
+device again, inside the timed region: ``get`` and ``get_view`` copy what
+they return to the GPU, ``get_into`` reads into page-locked host tensors
+reused across iterations and copies those. A row ``torch copies`` times the
+same bytes through torch alone — to page-locked host memory (``put``), and
+back from pageable (``get``, ``get_view``) or page-locked memory
+(``get_into``) — the floor of any store that keeps its bytes in host
+memory, and ``python/torch`` the client's share of it.
+
 Without ``--address`` it starts a ``tq serve`` of its own (``--tq-bin``,
 default bin/tq of this checkout or ``tq`` on PATH).
 """
@@ -82,10 +93,15 @@ def _med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def bench_python(c, part, keys, fields, iters, ops, between=None):
-    nbytes = sum(a.nbytes for a in fields.values())
+def bench_python(c, part, keys, fields, iters, ops, between=None, dev=None):
+    """Times ops on fields (numpy arrays; with dev, a _Device, CUDA tensors
+    whose gets end on the device)."""
+    nbytes = sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in fields.values())
     c.kv_batch_put(keys, part, fields)  # warm up: map segments, dial units
-    into = {k: np.empty_like(v) for k, v in fields.items()}
+    if dev is None:
+        into = {k: np.empty_like(v) for k, v in fields.items()}
+    else:
+        into = {k: dev.pinned(v) for k, v in fields.items()}
     c.kv_batch_get(keys, part, into=into)
     t = {op: [] for op in ops}
     for _ in range(iters):
@@ -98,23 +114,87 @@ def bench_python(c, part, keys, fields, iters, ops, between=None):
             c.kv_batch_put(keys, part, fields)
         if "get" in ops:
             s = time.perf_counter()
-            c.kv_batch_get(keys, part)
+            got = c.kv_batch_get(keys, part)
+            if dev is not None:
+                dev.upload(got)
             t["get"].append(time.perf_counter() - s)
         if "get_into" in ops:
             s = time.perf_counter()
             c.kv_batch_get(keys, part, into=into)
+            if dev is not None:
+                dev.upload(into, pinned=True)
             t["get_into"].append(time.perf_counter() - s)
         if "get_view" in ops:
             s = time.perf_counter()
             v = c.kv_batch_get(keys, part, copy=False)
+            if dev is not None:
+                dev.upload(v)
             v.release()
             t["get_view"].append(time.perf_counter() - s)
         if between is not None:
             between()
     for k in fields:
-        assert np.array_equal(into[k], fields[k])
+        if dev is None:
+            assert np.array_equal(into[k], fields[k])
+        else:
+            assert dev.equal(into[k], fields[k]), f"field {k} read back from the GPU differs"
     c.kv_clear(keys, part)
     return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}, {op: _med(xs) for op, xs in t.items()}
+
+
+class _Device:
+    """The CUDA side of --device cuda (torch)."""
+
+    def __init__(self):
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+        self.torch = torch
+
+    def fields(self, fields: dict) -> dict:
+        return {k: self.torch.from_numpy(v).cuda() for k, v in fields.items()}
+
+    def pinned(self, t):
+        """A numpy array over page-locked host memory, of t's shape and dtype."""
+        return self.torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True).numpy()
+
+    def upload(self, got, pinned=False) -> list:
+        """Copies every field of got (numpy arrays) to the GPU and waits."""
+        out = [tq.columns.to_tensor(np.asarray(got[k])).to("cuda", non_blocking=pinned) for k in got.keys()]
+        self.torch.cuda.synchronize()
+        return out
+
+    def equal(self, host: np.ndarray, t) -> bool:
+        return bool(self.torch.equal(self.torch.from_numpy(host).cuda(), t))
+
+    def baseline(self, fields: dict, iters: int) -> dict:
+        """torch alone: the fields to the host and back (pageable, then page-locked)."""
+        torch = self.torch
+        nbytes = sum(t.numel() * t.element_size() for t in fields.values())
+        pinned = {k: torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True) for k, t in fields.items()}
+        t = {"put": [], "get": [], "get_into": [], "get_view": []}
+        for i in range(iters + 1):
+            s = time.perf_counter()
+            for k, v in fields.items():
+                pinned[k].copy_(v)
+            put = time.perf_counter() - s
+            host = {k: v.cpu() for k, v in fields.items()}
+            s = time.perf_counter()
+            for v in host.values():
+                v.to("cuda")
+            torch.cuda.synchronize()
+            get = time.perf_counter() - s
+            s = time.perf_counter()
+            for v in pinned.values():
+                v.to("cuda", non_blocking=True)
+            torch.cuda.synchronize()
+            get_into = time.perf_counter() - s
+            if i:  # the first is a warm-up
+                t["put"].append(put)
+                t["get"].append(get)
+                t["get_view"].append(get)
+                t["get_into"].append(get_into)
+        return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}
 
 
 def go_iteration(xlang, address, env, part, transport, into: dict) -> None:
@@ -211,11 +291,17 @@ def main(argv=None):
     ap.add_argument("--no-zmq", action="store_true")
     ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS),
                     help="small (the reference), or tiny (a few KiB, to check the harness; no Go side)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where the fields live: cuda puts from the GPU and ends each get there (torch)")
     a = ap.parse_args(argv)
     global ROWS, FIELDS, SEQ
     ROWS, FIELDS, SEQ = WORKLOADS[a.workload]
     if a.workload != "small":
         a.no_go = True  # bin/tqxlang bench runs the small workload only
+    dev = None
+    if a.device == "cuda":
+        dev = _Device()
+        a.no_go, a.no_zmq = True, True  # their bytes stay on the host
     srv = None
     if a.address is None:
         if not a.tq_bin:
@@ -225,9 +311,11 @@ def main(argv=None):
     else:
         address, env = a.address, dict(os.environ)
     keys, fields = workload()
+    if dev is not None:
+        fields = dev.fields(fields)
     gib = ROWS * FIELDS * SEQ * 4 / 2**30
-    print(f"{a.workload} workload: {ROWS} keys × {FIELDS} float32 fields × {SEQ} = {gib * 1024:.0f} MiB; "
-          f"median of {a.iters}; GiB/s (seconds)")
+    print(f"{a.workload} workload: {ROWS} keys × {FIELDS} float32 fields × {SEQ} = {gib * 1024:.0f} MiB"
+          f"{' on the GPU' if dev else ''}; median of {a.iters}; GiB/s (seconds)")
     rows = []
     try:
         for tr in a.transports.split(","):
@@ -240,8 +328,12 @@ def main(argv=None):
                     go_iteration(a.xlang, address, env, "bench-go-" + tr, tr, go_secs)
             with tq.Client(address, transport=tr, token=a.token) as c:
                 ops = ["put", "get", "get_into"] + (["get_view"] if tr == "shm" else [])
-                py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops, between)
+                py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops, between, dev)
             rows.append((f"python {tr}", py, pys))
+            if dev is not None:
+                base = dev.baseline(fields, a.iters)
+                rows.append((f"torch copies ({tr} run)", {k: v for k, v in base.items() if k in ops}, None))
+                rows.append((f"python/torch {tr}", {op: py[op] / base[op] for op in ops}, None))
             if go_secs:
                 go, gos = rates(go_secs)
                 rows.append((f"go {tr}", {k: v for k, v in go.items() if k in ops},
@@ -262,7 +354,7 @@ def main(argv=None):
         for op in ops:
             if op not in v:
                 cells.append(f"{'-':>18}")
-            elif name.startswith("python/go"):
+            elif name.startswith(("python/go", "python/torch")):
                 cells.append(f"{v[op]:>17.2f}×")
             elif secs is not None:
                 cells.append(f"{v[op]:>9.2f} ({secs[op] * 1000:5.0f}ms)")

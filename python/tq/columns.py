@@ -106,13 +106,29 @@ def is_tensor(v) -> bool:
 
 def _from_tensor(t) -> np.ndarray:
     t = t.detach()
-    if t.device.type != "cpu":
+    if t.device.type == "cuda":
+        t = _to_pinned(t)
+    elif t.device.type != "cpu":
         t = t.cpu()
     t = t.contiguous()
     sp = _TORCH_SPECIAL.get(t.dtype)
     if sp is not None:
         return t.view(sp[1]).numpy().view(DTYPES[sp[0]])
     return t.numpy()
+
+
+def _to_pinned(t):
+    """t, a CUDA tensor, copied to page-locked host memory (torch's caching
+    host allocator keeps the block for the next put). Copied into fresh
+    pageable memory (.cpu()), 288 MiB left an H200 at ~1.3 GiB/s; into
+    page-locked memory the copy runs at the link's speed (tq.bench
+    --device cuda). Where memory cannot be page-locked, .cpu()."""
+    try:
+        host = _torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True)
+    except RuntimeError:
+        return t.cpu()
+    host.copy_(t)
+    return host
 
 
 def to_tensor(a: np.ndarray):
