@@ -392,3 +392,31 @@ def test_single_value_ops(client, part):
         for a, b in zip(np.atleast_1d(same[field]) if field == "x" else same[field],
                         np.atleast_1d(want[field]) if field == "x" else want[field]):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_get_to_a_device(client, part):
+    """kv_batch_get(device=...) gives torch tensors there, bit-exact: dense
+    fields of any dtype, ragged ones as lists, opaque ones as they are;
+    not with into= or copy=False."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: device= is untested here")
+    x = torch.randn(4, 3).to(torch.bfloat16)
+    y = np.arange(8, dtype=np.int16).reshape(4, 2)
+    z = np.array([True, False, True, True])
+    r = [np.arange(i + 1, dtype=np.float64) for i in range(4)]
+    keys = ["a", "b", "c", "d"]
+    client.kv_batch_put(keys, part, {"x": x, "y": y, "z": z, "r": r, "o": [b"1", b"22", b"", b"4444"]})
+    got = client.kv_batch_get(keys, part, device="cpu")
+    assert sorted(got) == ["o", "r", "x", "y", "z"]
+    assert got["x"].dtype == torch.bfloat16 and torch.equal(got["x"], x)
+    assert got["y"].dtype == torch.int16 and got["y"].numpy().tolist() == y.tolist()
+    assert got["z"].dtype == torch.bool and got["z"].tolist() == z.tolist()
+    assert [t.tolist() for t in got["r"]] == [a.tolist() for a in r]
+    assert list(got["o"]) == [b"1", b"22", b"", b"4444"]
+    one = client.kv_batch_get(["c"], part, select_fields=["y"], device=torch.device("cpu"))
+    assert list(one) == ["y"] and one["y"].tolist() == [[4, 5]]
+    with pytest.raises(tq.InvalidError, match="device="):
+        client.kv_batch_get(keys, part, device="cpu", copy=False)
+    with pytest.raises(tq.InvalidError, match="device="):
+        client.kv_batch_get(keys, part, device="no-such-device")
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(keys, part, select_fields=["nope"], device="cpu")

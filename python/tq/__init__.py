@@ -81,8 +81,8 @@ def kv_batch_put(keys, partition_id, fields=None, tags=None) -> KVBatchMeta:
     return get_client().kv_batch_put(keys, partition_id, fields, tags)
 
 
-def kv_batch_get(keys, partition_id, select_fields=None, *, copy=True):
-    return get_client().kv_batch_get(keys, partition_id, select_fields, copy=copy)
+def kv_batch_get(keys, partition_id, select_fields=None, *, copy=True, device=None):
+    return get_client().kv_batch_get(keys, partition_id, select_fields, copy=copy, device=device)
 
 
 def kv_batch_get_by_meta(meta: KVBatchMeta, select_fields=None, *, copy=True):

@@ -26,7 +26,8 @@ fields are CUDA tensors: ``put`` takes them from the device (the client
 copies them to the host), and every get ends with the fields on the
 device again, inside the timed region: ``get`` and ``get_view`` copy what
 they return to the GPU, ``get_into`` reads into page-locked host tensors
-reused across iterations and copies those. A row ``torch copies`` times the
+reused across iterations and copies those, and ``get_device`` is
+``kv_batch_get(..., device="cuda")``. A row ``torch copies`` times the
 same bytes through torch alone — to page-locked host memory (``put``), and
 back from pageable (``get``, ``get_view``) or page-locked memory
 (``get_into``) — the floor of any store that keeps its bytes in host
@@ -124,6 +125,11 @@ def bench_python(c, part, keys, fields, iters, ops, between=None, dev=None):
             if dev is not None:
                 dev.upload(into, pinned=True)
             t["get_into"].append(time.perf_counter() - s)
+        if "get_device" in ops:
+            s = time.perf_counter()
+            c.kv_batch_get(keys, part, device="cuda")
+            dev.torch.cuda.synchronize()
+            t["get_device"].append(time.perf_counter() - s)
         if "get_view" in ops:
             s = time.perf_counter()
             v = c.kv_batch_get(keys, part, copy=False)
@@ -327,13 +333,14 @@ def main(argv=None):
                 def between(tr=tr):
                     go_iteration(a.xlang, address, env, "bench-go-" + tr, tr, go_secs)
             with tq.Client(address, transport=tr, token=a.token) as c:
-                ops = ["put", "get", "get_into"] + (["get_view"] if tr == "shm" else [])
+                ops = ["put", "get", "get_into"] + (["get_view"] if tr == "shm" else []) + \
+                    (["get_device"] if dev is not None else [])
                 py, pys = bench_python(c, "bench-py-" + tr, keys, fields, a.iters, ops, between, dev)
             rows.append((f"python {tr}", py, pys))
             if dev is not None:
                 base = dev.baseline(fields, a.iters)
                 rows.append((f"torch copies ({tr} run)", {k: v for k, v in base.items() if k in ops}, None))
-                rows.append((f"python/torch {tr}", {op: py[op] / base[op] for op in ops}, None))
+                rows.append((f"python/torch {tr}", {op: py[op] / base[op] for op in ops if op in base}, None))
             if go_secs:
                 go, gos = rates(go_secs)
                 rows.append((f"go {tr}", {k: v for k, v in go.items() if k in ops},
@@ -347,7 +354,7 @@ def main(argv=None):
     finally:
         if srv is not None:
             srv.stop()
-    ops = ["put", "get", "get_into", "get_view"]
+    ops = ["put", "get", "get_into", "get_view"] + (["get_device"] if dev is not None else [])
     print(f"{'':28}" + "".join(f"{op:>18}" for op in ops))
     for name, v, secs in rows:
         cells = []

@@ -524,24 +524,36 @@ class Client:
             fields = one
         return self.kv_batch_put([key], partition_id, fields, [tag] if tag is not None else None)
 
-    def kv_batch_get(self, keys, partition_id: str, select_fields=None, *, copy: bool = True, into=None):
+    def kv_batch_get(self, keys, partition_id: str, select_fields=None, *, copy: bool = True, into=None,
+                     device=None):
         """The fields of ``keys``, rows in key order: a dict field → value
         (a TensorDict when ``tensordict`` is importable and every field is
         dense). Without ``select_fields``: the fields every key holds.
         ``copy=False`` returns a :class:`View` over shared memory.
         ``into``: a dict field → a C-contiguous numpy array of the field's
         dtype and shape that the cells are read into (a buffer the caller
-        reuses; dense fields only; only those fields are read)."""
+        reuses; dense fields only; only those fields are read).
+        ``device``: a torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``): a
+        dict field → tensor on it. Dense fields are read into page-locked
+        host memory and copied to a CUDA device asynchronously, in the
+        current stream's order (use them on that stream, or synchronize);
+        ragged fields come as lists of tensors there, opaque ones as they
+        are."""
         keys = _as_keys(keys)
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
         if isinstance(select_fields, str):
             select_fields = [select_fields]
+        if device is not None and (into is not None or not copy):
+            raise errors.InvalidError("device= reads into memory of its own: not with into= or copy=False",
+                                      op="kv_batch_get")
         ctx = {"op_name": "kv_batch_get", "partition": partition_id}
         # A put that replaces the keys' cells between the lookup and the
         # read makes the read fail (StaleError): look them up again.
         for attempt in range(16):
             try:
+                if device is not None:
+                    return self._kv_batch_get_to(keys, partition_id, select_fields, device, ctx)
                 return self._kv_batch_get(keys, partition_id, select_fields, copy, into, ctx)
             except errors.StaleError:
                 if attempt == 15:
@@ -589,6 +601,53 @@ class Client:
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
         return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields, copy=copy,
                                    op="kv_batch_get")
+
+    def _kv_batch_get_to(self, keys, partition_id, select_fields, device, ctx):
+        """kv_batch_get(device=...): see there."""
+        torch = _cols._torch
+        if torch is None:
+            raise errors.NotSupportedError("device= needs torch, which is not importable", op="kv_batch_get")
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise errors.InvalidError(f"device={device!r}: {e}", op="kv_batch_get") from None
+        req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
+        rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
+        meta = BatchMeta.from_pb(rep.meta)
+        names = sorted(meta.field_schema) if select_fields is None else list(select_fields)
+        for f in names:
+            if f not in meta.field_schema:
+                raise errors.NotFoundError("unknown field", op="kv_batch_get", partition=partition_id, fields=[f])
+        # Dense fields: into page-locked bytes that torch's caching host
+        # allocator owns, so that the block outlives the asynchronous copy.
+        pins, into = {}, {}
+        for f in names:
+            s = meta.field_schema[f]
+            if s["kind"] != "dense":
+                continue
+            dt = _cols.numpy_dtype(s["dtype"])
+            shape = (meta.size,) + tuple(s["shape"])
+            pins[f] = torch.empty(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, dtype=torch.uint8,
+                                  pin_memory=dev.type == "cuda")
+            into[f] = pins[f].numpy().view(dt).reshape(shape)
+        out = {}
+        if into:
+            self._read_into(meta, into, keys, partition_id, "kv_batch_get")
+            for f, b in pins.items():
+                t = b.to(dev, non_blocking=True)
+                out[f] = t.view(_cols.torch_dtype(meta.field_schema[f]["dtype"])).reshape(into[f].shape)
+        rest = [f for f in names if f not in pins]
+        if rest:
+            data = self._get_meta_data(meta, keys, partition_id, rest, copy=True, op="kv_batch_get")
+            for f in rest:
+                v = data[f]
+                if isinstance(v, np.ndarray):
+                    out[f] = _cols.to_tensor(np.array(v)).to(dev)
+                elif v and isinstance(v[0], np.ndarray):
+                    out[f] = [_cols.to_tensor(np.array(a)).to(dev) for a in v]
+                else:
+                    out[f] = v
+        return {f: out[f] for f in names}
 
     def _inline(self, rep, n, payload):
         data, at = {}, 0

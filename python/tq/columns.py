@@ -117,6 +117,13 @@ def _from_tensor(t) -> np.ndarray:
     return t.numpy()
 
 
+def torch_dtype(name: str):
+    """The torch dtype of the TQ dtype ``name``."""
+    if _torch is None:
+        raise errors.NotSupportedError("torch is not importable")
+    return to_tensor(np.empty(0, dtype=numpy_dtype(name))).dtype
+
+
 def _to_pinned(t):
     """t, a CUDA tensor, copied to page-locked host memory (torch's caching
     host allocator keeps the block for the next put). Copied into fresh
