@@ -127,7 +127,7 @@ def bench_python(c, part, keys, fields, iters, ops, between=None, dev=None):
             t["get_into"].append(time.perf_counter() - s)
         if "get_device" in ops:
             s = time.perf_counter()
-            c.kv_batch_get(keys, part, device="cuda")
+            on_dev = c.kv_batch_get(keys, part, device="cuda")
             dev.torch.cuda.synchronize()
             t["get_device"].append(time.perf_counter() - s)
         if "get_view" in ops:
@@ -144,6 +144,8 @@ def bench_python(c, part, keys, fields, iters, ops, between=None, dev=None):
             assert np.array_equal(into[k], fields[k])
         else:
             assert dev.equal(into[k], fields[k]), f"field {k} read back from the GPU differs"
+            if "get_device" in ops:
+                assert dev.torch.equal(on_dev[k], fields[k]), f"field {k} of get(device=) differs"
     c.kv_clear(keys, part)
     return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}, {op: _med(xs) for op, xs in t.items()}
 
@@ -174,7 +176,8 @@ class _Device:
         return bool(self.torch.equal(self.torch.from_numpy(host).cuda(), t))
 
     def baseline(self, fields: dict, iters: int) -> dict:
-        """torch alone: the fields to the host and back (pageable, then page-locked)."""
+        """torch alone: the fields to page-locked host memory, and back from
+        pageable and from page-locked memory."""
         torch = self.torch
         nbytes = sum(t.numel() * t.element_size() for t in fields.values())
         pinned = {k: torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True) for k, t in fields.items()}
