@@ -119,3 +119,13 @@ def test_get_to_the_gpu(client, part):
             else:
                 assert got[name].is_cuda and got[name].dtype == want.dtype, name
                 assert _bits(got[name]) == _bits(want), name
+
+
+def test_get_data_to_the_gpu(server, part):
+    """The batch API: get_data(meta, device="cuda") after a put of device tensors."""
+    x = _cuda(torch.bfloat16, (5, 64), 60)
+    with server.client() as c:
+        meta = c.put({"x": x, "y": _cuda(torch.int32, (5, 2), 61)}, partition_id=part)
+        got = c.get_data(meta, fields=["x"], device="cuda")
+        torch.cuda.synchronize()
+        assert list(got) == ["x"] and got["x"].is_cuda and _bits(got["x"]) == _bits(x)

@@ -420,3 +420,16 @@ def test_get_to_a_device(client, part):
         client.kv_batch_get(keys, part, device="no-such-device")
     with pytest.raises(tq.NotFoundError):
         client.kv_batch_get(keys, part, select_fields=["nope"], device="cpu")
+
+
+def test_get_data_to_a_device(client, part):
+    """The batch API's get_data(meta, device=...) as kv_batch_get's: tensors there, bit-exact."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: device= is untested here")
+    x = torch.arange(12, dtype=torch.float16).reshape(4, 3)
+    meta = client.put({"x": x, "r": [np.arange(i) for i in range(4)]}, partition_id=part)
+    got = client.get_data(meta, device="cpu")
+    assert sorted(got) == ["r", "x"] and got["x"].dtype == torch.float16 and torch.equal(got["x"], x)
+    assert [t.tolist() for t in got["r"]] == [list(range(i)) for i in range(4)]
+    assert list(client.get_data(meta, fields=["x"], device="cpu")) == ["x"]
+    with pytest.raises(tq.InvalidError, match="device="):
+        client.get_data(meta, device="cpu", copy=False)

@@ -544,16 +544,14 @@ class Client:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
         if isinstance(select_fields, str):
             select_fields = [select_fields]
-        if device is not None and (into is not None or not copy):
-            raise errors.InvalidError("device= reads into memory of its own: not with into= or copy=False",
-                                      op="kv_batch_get")
+        dev = _device(device, into, copy, "kv_batch_get")
         ctx = {"op_name": "kv_batch_get", "partition": partition_id}
         # A put that replaces the keys' cells between the lookup and the
         # read makes the read fail (StaleError): look them up again.
         for attempt in range(16):
             try:
-                if device is not None:
-                    return self._kv_batch_get_to(keys, partition_id, select_fields, device, ctx)
+                if dev is not None:
+                    return self._kv_batch_get_to(keys, partition_id, select_fields, dev, ctx)
                 return self._kv_batch_get(keys, partition_id, select_fields, copy, into, ctx)
             except errors.StaleError:
                 if attempt == 15:
@@ -602,22 +600,21 @@ class Client:
         return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields, copy=copy,
                                    op="kv_batch_get")
 
-    def _kv_batch_get_to(self, keys, partition_id, select_fields, device, ctx):
+    def _kv_batch_get_to(self, keys, partition_id, select_fields, dev, ctx):
         """kv_batch_get(device=...): see there."""
-        torch = _cols._torch
-        if torch is None:
-            raise errors.NotSupportedError("device= needs torch, which is not importable", op="kv_batch_get")
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError) as e:
-            raise errors.InvalidError(f"device={device!r}: {e}", op="kv_batch_get") from None
         req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
         meta = BatchMeta.from_pb(rep.meta)
         names = sorted(meta.field_schema) if select_fields is None else list(select_fields)
+        return self._read_to(meta, meta._cells, names, keys, partition_id, "kv_batch_get", dev)
+
+    def _read_to(self, meta, cells, names, row_keys, partition, op, dev):
+        """The fields names of meta's rows (cells) as tensors on dev (see
+        kv_batch_get's device=)."""
+        torch = _cols._torch
         for f in names:
             if f not in meta.field_schema:
-                raise errors.NotFoundError("unknown field", op="kv_batch_get", partition=partition_id, fields=[f])
+                raise errors.NotFoundError("unknown field", op=op, partition=partition, fields=[f])
         # Dense fields: into page-locked bytes that torch's caching host
         # allocator owns, so that the block outlives the asynchronous copy.
         pins, into = {}, {}
@@ -632,13 +629,14 @@ class Client:
             into[f] = pins[f].numpy().view(dt).reshape(shape)
         out = {}
         if into:
-            self._read_into(meta, into, keys, partition_id, "kv_batch_get")
+            self._read_into(meta, into, row_keys, partition, op, cells=cells)
             for f, b in pins.items():
                 t = b.to(dev, non_blocking=True)
                 out[f] = t.view(_cols.torch_dtype(meta.field_schema[f]["dtype"])).reshape(into[f].shape)
         rest = [f for f in names if f not in pins]
         if rest:
-            data = self._get_meta_data(meta, keys, partition_id, rest, copy=True, op="kv_batch_get")
+            data, _ = self._read_fields(meta.size, meta.field_schema, cells, rest, row_keys, partition=partition,
+                                        op=op)
             for f in rest:
                 v = data[f]
                 if isinstance(v, np.ndarray):
@@ -864,12 +862,14 @@ class Client:
         out.extra_info = dict(metadata.extra_info)
         return out
 
-    def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None):
+    def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None, device=None):
         """The fields of ``metadata``'s rows, in its row order (dict, or
         TensorDict when importable). ``copy=False``: a :class:`View`.
-        ``into``: arrays to read dense fields into, as for :meth:`kv_batch_get`.
+        ``into``: arrays to read dense fields into, and ``device``: a torch
+        device to return tensors on, as for :meth:`kv_batch_get`.
         Cells a drain (``tq unit drain``) moved since the meta was taken are
         read where they went; the meta is left as it is."""
+        dev = _device(device, into, copy, "get_data")
         names = list(into) if into is not None else list(fields) if fields is not None else metadata.field_names
         if into is None and (metadata.size == 0 or not names):
             return View({}, []) if not copy else {}
@@ -882,6 +882,9 @@ class Client:
         # as it would have.
         for attempt in range(3):
             try:
+                if dev is not None:
+                    row_keys = [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)]
+                    return self._read_to(metadata, cells, names, row_keys, part, "get_data", dev)
                 return self._get_data(metadata, cells, names, keys, part, copy, into)
             except errors.StaleError:
                 moved = self._moved(cells, names, part) if attempt < 2 else None
@@ -1260,6 +1263,21 @@ try:  # pragma: no cover - depends on the environment
     from tensordict import TensorDict as _TD  # type: ignore
 except Exception:  # noqa: BLE001
     _TD = None
+
+
+def _device(device, into, copy, op):
+    """The torch device that device= names, None for none; refused with
+    into= or copy=False, or without torch."""
+    if device is None:
+        return None
+    if into is not None or not copy:
+        raise errors.InvalidError("device= reads into memory of its own: not with into= or copy=False", op=op)
+    if _cols._torch is None:
+        raise errors.NotSupportedError("device= needs torch, which is not importable", op=op)
+    try:
+        return _cols._torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise errors.InvalidError(f"device={device!r}: {e}", op=op) from None
 
 
 def _maybe_tensordict(data: dict, n: int):
