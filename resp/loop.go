@@ -2,7 +2,6 @@ package resp
 
 import (
 	"bytes"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,16 +33,12 @@ import (
 // the connection is served as every connection is without loops: with
 // its deadlines, limits and budgets.
 type loop struct {
-	s       *Server
-	poller  *evloop.Poller
-	stopped atomic.Bool
+	s   *Server
+	set *evloop.Set[*conn]
 	// unauthed counts connections that must still authenticate: while
 	// there are some, the loop wakes every 100 ms to close those past
 	// their AuthTimeout.
 	unauthed atomic.Int64
-
-	mu    sync.Mutex
-	conns map[int]*conn
 
 	// Used by the loop's goroutine only.
 	buf  []byte
@@ -76,11 +71,11 @@ func (s *Server) startLoops(n int) []*loop {
 }
 
 func newLoop(s *Server) (*loop, error) {
-	p, err := evloop.NewPoller()
+	set, err := evloop.NewSet[*conn]()
 	if err != nil {
 		return nil, err
 	}
-	return &loop{s: s, poller: p, conns: map[int]*conn{}, buf: make([]byte, loopRead)}, nil
+	return &loop{s: s, set: set, buf: make([]byte, loopRead)}, nil
 }
 
 // adopt moves c onto the loop: the loop serves a duplicate of its socket
@@ -88,63 +83,57 @@ func newLoop(s *Server) (*loop, error) {
 // has stopped or c's connection has no socket to duplicate. s.mu is held
 // (so Close sees either c.nc or the loop's copy).
 func (lp *loop) adopt(c *conn) bool {
-	// Under lp.mu, so that a loop stopping on its own (closeAll takes its
-	// connections under lp.mu, once stopped is set) either closes c or
-	// is seen stopped here.
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	if lp.stopped.Load() {
-		return false
-	}
-	fd, ok := evloop.Take(c.nc)
-	if !ok {
-		return false
-	}
-	c.nc, c.fd, c.lp = nil, fd, lp
-	if err := lp.poller.Add(fd); err != nil {
-		lp.s.cfg.Logger.Warn("resp: a loop could not watch a connection; closing it", "err", err)
-		unix.Close(fd)
-		delete(lp.s.conns, c)
-		return true
-	}
-	// Everything the loop reads of c is set before c is in conns: an
+	// Everything the loop reads of c is set before c is in the set: an
 	// event for c (or a stale one for a closed connection whose fd
 	// number c took) finds it there or nothing, and the level-triggered
 	// epoll reports what c has to read again.
-	if !c.authed && lp.unauthed.Add(1) == 1 {
-		lp.poller.Poke() // the loop may be waiting with no timeout
+	err := lp.set.Add(c, func() (int, bool) {
+		fd, ok := evloop.Take(c.nc)
+		if !ok {
+			return -1, false
+		}
+		c.nc, c.fd, c.lp = nil, fd, lp
+		if !c.authed && lp.unauthed.Add(1) == 1 {
+			lp.set.Poller.Poke() // the loop may be waiting with no timeout
+		}
+		return fd, true
+	})
+	switch {
+	case err == nil:
+		return true
+	case c.fd < 0:
+		return false // the loop has stopped, or c has no socket: c is as it was
 	}
-	lp.conns[fd] = c
+	lp.s.cfg.Logger.Warn("resp: a loop could not watch a connection; closing it", "err", err)
+	if !c.authed {
+		lp.unauthed.Add(-1)
+	}
+	unix.Close(c.fd)
+	c.fd, c.lp = -1, nil
+	delete(lp.s.conns, c)
 	return true
 }
 
 // stop ends the loop: it closes its connections and returns.
-func (lp *loop) stop() {
-	lp.stopped.Store(true)
-	lp.poller.Poke()
-}
+func (lp *loop) stop() { lp.set.Stop() }
 
 func (lp *loop) run() {
 	defer lp.closeAll()
-	defer lp.stopped.Store(true)
 	for {
 		timeout := -1
 		if lp.unauthed.Load() > 0 {
 			timeout = 100
 		}
-		ready, err := lp.poller.Wait(timeout)
+		ready, err := lp.set.Poller.Wait(timeout)
 		if err != nil {
 			lp.s.cfg.Logger.Error("resp: epoll_wait failed; closing the loop's connections", "err", err)
 			return
 		}
-		if lp.stopped.Load() {
+		if lp.set.Stopped() {
 			return
 		}
 		for _, fd := range ready {
-			lp.mu.Lock()
-			c := lp.conns[fd]
-			lp.mu.Unlock()
-			if c != nil {
+			if c, ok := lp.set.Lookup(fd); ok {
 				lp.serve(c)
 			}
 		}
@@ -292,12 +281,7 @@ func (lp *loop) leave(c *conn, in []byte) {
 }
 
 // remove stops watching c.
-func (lp *loop) remove(c *conn) {
-	lp.mu.Lock()
-	delete(lp.conns, c.fd)
-	lp.mu.Unlock()
-	lp.poller.Del(c.fd)
-}
+func (lp *loop) remove(c *conn) { lp.set.Remove(c.fd) }
 
 // drop closes c.
 func (lp *loop) drop(c *conn) {
@@ -312,28 +296,10 @@ func (lp *loop) drop(c *conn) {
 // expire closes the connections that did not authenticate in time.
 func (lp *loop) expire() {
 	now := time.Now()
-	var late []*conn
-	lp.mu.Lock()
-	for _, c := range lp.conns {
-		if !c.authed && now.After(c.authBy) {
-			late = append(late, c)
-		}
-	}
-	lp.mu.Unlock()
+	late := lp.set.Filter(func(c *conn) bool { return !c.authed && now.After(c.authBy) })
 	for _, c := range late {
 		lp.drop(c)
 	}
 }
 
-func (lp *loop) closeAll() {
-	lp.mu.Lock()
-	cs := make([]*conn, 0, len(lp.conns))
-	for _, c := range lp.conns {
-		cs = append(cs, c)
-	}
-	lp.mu.Unlock()
-	for _, c := range cs {
-		lp.drop(c)
-	}
-	lp.poller.Close()
-}
+func (lp *loop) closeAll() { lp.set.Close(lp.drop) }

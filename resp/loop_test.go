@@ -26,9 +26,7 @@ func (e *endpoint) onLoop() int {
 	e.srv.mu.Unlock()
 	n := 0
 	for _, lp := range loops {
-		lp.mu.Lock()
-		n += len(lp.conns)
-		lp.mu.Unlock()
+		n += lp.set.Len()
 	}
 	return n
 }

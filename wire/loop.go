@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,13 +36,11 @@ import (
 // IdleTimeout, and when the goroutine asks (the connection or the server
 // is closing).
 type loop struct {
-	s       *Server
-	poller  *evloop.Poller
-	stopped atomic.Bool
-	scan    time.Duration // how often idle connections are looked for
+	s    *Server
+	set  *evloop.Set[*serverConn]
+	scan time.Duration // how often idle connections are looked for
 
 	mu       sync.Mutex
-	conns    map[int]*serverConn
 	released []*serverConn // connections to close, from their goroutines
 
 	// Used by the loop's goroutine only.
@@ -192,40 +189,30 @@ func (s *Server) stopLoops() {
 	loops := s.loops
 	s.mu.Unlock()
 	for _, lp := range loops {
-		lp.stopped.Store(true)
-		lp.poller.Poke()
+		lp.set.Stop()
 	}
 	s.loopsWG.Wait()
 }
 
 func newLoop(s *Server) (*loop, error) {
-	p, err := evloop.NewPoller()
+	set, err := evloop.NewSet[*serverConn]()
 	if err != nil {
 		return nil, err
 	}
 	return &loop{
-		s: s, poller: p,
-		scan:  min(time.Second, s.cfg.IdleTimeout/4),
-		conns: map[int]*serverConn{},
-		buf:   make([]byte, loopRead),
+		s: s, set: set,
+		scan: min(time.Second, s.cfg.IdleTimeout/4),
+		buf:  make([]byte, loopRead),
 	}, nil
 }
 
 // add gives c, whose socket is fd, to the loop; false if the loop has
 // stopped or cannot watch fd.
 func (lp *loop) add(c *serverConn, fd int) bool {
-	lp.mu.Lock()
-	defer lp.mu.Unlock()
-	if lp.stopped.Load() {
-		return false
-	}
-	// Everything the loop reads of c is set before c is in conns.
-	c.fd, c.lastIn = fd, time.Now()
-	if err := lp.poller.Add(fd); err != nil {
-		return false
-	}
-	lp.conns[fd] = c
-	return true
+	return lp.set.Add(c, func() (int, bool) {
+		c.fd, c.lastIn = fd, time.Now()
+		return fd, true
+	}) == nil
 }
 
 // release asks the loop to close c, if it still has it; c's goroutine
@@ -234,42 +221,35 @@ func (lp *loop) release(c *serverConn) {
 	lp.mu.Lock()
 	lp.released = append(lp.released, c)
 	lp.mu.Unlock()
-	lp.poller.Poke()
+	lp.set.Poller.Poke()
 }
 
 func (lp *loop) run() {
 	defer lp.closeAll()
 	timeout := int(max(lp.scan/time.Millisecond, 1))
-	for !lp.stopped.Load() {
-		ready, err := lp.poller.Wait(timeout)
+	for !lp.set.Stopped() {
+		ready, err := lp.set.Poller.Wait(timeout)
 		if err != nil {
 			lp.s.log.Error("wire: epoll_wait failed; closing the loop's connections", "err", err)
-			lp.stopped.Store(true)
 			return
 		}
 		lp.now = time.Now()
 		for _, fd := range ready {
-			lp.mu.Lock()
-			c := lp.conns[fd]
-			lp.mu.Unlock()
-			if c != nil {
+			if c, ok := lp.set.Lookup(fd); ok {
 				lp.serve(c)
 			}
 		}
 		// Connections whose goroutines asked for them to be closed, if
-		// the loop still has them (conns is read under mu: goroutines
-		// add to it).
-		var gone []*serverConn
+		// the loop still has them. A goroutine that asked waits to hear
+		// back: it does not touch c.fd meanwhile.
 		lp.mu.Lock()
-		for _, c := range lp.released {
-			if lp.conns[c.fd] == c {
-				gone = append(gone, c)
-			}
-		}
+		released := lp.released
 		lp.released = nil
 		lp.mu.Unlock()
-		for _, c := range gone {
-			lp.close(c)
+		for _, c := range released {
+			if lp.set.Has(c.fd, c) {
+				lp.close(c)
+			}
 		}
 		if lp.now.Sub(lp.scanned) >= lp.scan {
 			lp.expire()
@@ -404,38 +384,15 @@ func (lp *loop) close(c *serverConn) {
 	c.back <- loopExit{fd: -1}
 }
 
-func (lp *loop) remove(c *serverConn) {
-	lp.mu.Lock()
-	delete(lp.conns, c.fd)
-	lp.mu.Unlock()
-	lp.poller.Del(c.fd)
-}
+func (lp *loop) remove(c *serverConn) { lp.set.Remove(c.fd) }
 
 // expire closes the connections idle past IdleTimeout.
 func (lp *loop) expire() {
 	lp.scanned = lp.now
-	var idle []*serverConn
-	lp.mu.Lock()
-	for _, c := range lp.conns {
-		if lp.now.Sub(c.lastIn) > lp.s.cfg.IdleTimeout {
-			idle = append(idle, c)
-		}
-	}
-	lp.mu.Unlock()
+	idle := lp.set.Filter(func(c *serverConn) bool { return lp.now.Sub(c.lastIn) > lp.s.cfg.IdleTimeout })
 	for _, c := range idle {
 		lp.close(c)
 	}
 }
 
-func (lp *loop) closeAll() {
-	lp.mu.Lock()
-	cs := make([]*serverConn, 0, len(lp.conns))
-	for _, c := range lp.conns {
-		cs = append(cs, c)
-	}
-	lp.mu.Unlock()
-	for _, c := range cs {
-		lp.close(c)
-	}
-	lp.poller.Close()
-}
+func (lp *loop) closeAll() { lp.set.Close(lp.close) }
