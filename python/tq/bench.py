@@ -7,7 +7,10 @@ The small workload (inventory §8) is 1024 keys with 9 float32 fields of
 shared memory; tcp: loopback) it times, per iteration:
 
 * ``put``: ``kv_batch_put`` of the batch (the keys cleared first, untimed);
-* ``get``: ``kv_batch_get`` into fresh arrays;
+* ``get``: ``kv_batch_get`` into new arrays, dropped before the next
+  iteration as a training step drops its batch (from the second on, the
+  client reuses their memory: ``tq.bufpool``; ``TQ_GET_POOL_BYTES=0``
+  times fresh memory every time);
 * ``get_into``: ``kv_batch_get(..., into=arrays)`` into arrays reused
   across iterations;
 * ``get_view``: ``kv_batch_get(..., copy=False)`` and its release (shared
@@ -119,6 +122,7 @@ def bench_python(c, part, keys, fields, iters, ops, between=None, dev=None):
             if dev is not None:
                 dev.upload(got)
             t["get"].append(time.perf_counter() - s)
+            del got  # as a training step drops its batch
         if "get_into" in ops:
             s = time.perf_counter()
             c.kv_batch_get(keys, part, into=into)

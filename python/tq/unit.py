@@ -15,19 +15,10 @@ import threading
 import numpy as np
 
 from . import addrs as _addrs
+from .bufpool import alloc
 from . import errors
 from . import wire
 from ._pb import control_pb2, data_pb2
-
-
-def alloc(n: int) -> np.ndarray:
-    """n uninitialised bytes for a get's result. Large ones are an anonymous
-    mapping populated at once (MAP_POPULATE): faulting in fresh pages one by
-    one on first touch is the slowest part of a large allocating get."""
-    if n < (1 << 20) or not hasattr(mmap, "MAP_POPULATE"):
-        return np.empty(n, dtype=np.uint8)
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
-    return np.frombuffer(m, dtype=np.uint8)
 
 
 class Pool:
