@@ -8,3 +8,22 @@ def test_bench_harness(server):
     names = [r[0] for r in rows]
     assert names == ["python shm", "python tcp", "pyzmq ipc copy=False", "pyzmq tcp copy=False"]
     assert all(v > 0 for _, vals, _ in rows for v in vals.values())
+
+
+def test_bench_values(server):
+    """--workload values: TQ's rows, and redis-py's against a redis-server
+    of its own when both are installed (CI installs them)."""
+    import shutil
+
+    from tq import bench
+    rows = bench.main(["--address", server.address, "--token", server.token, "--workload", "values",
+                       "--iters", "50", "--transports", "tcp"])
+    try:
+        import redis  # noqa: F401
+        have_redis = shutil.which("redis-server") is not None
+    except ImportError:
+        have_redis = False
+    assert [r[0] for r in rows] == ["python tcp"] + (["redis-py"] if have_redis else [])
+    for _, v in rows:
+        assert set(v) == {"set", "get", "tag"}
+        assert all(ops > 0 and 0 < p50 <= p99 for ops, p50, p99 in v.values())

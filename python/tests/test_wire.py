@@ -179,3 +179,34 @@ def test_controller_over_its_unix_socket(server, monkeypatch):
     monkeypatch.setenv("TQ_HOST_ID", "another-host")
     with server.client() as c:
         assert family(c) == socket.AF_INET
+
+
+def test_replies_dribbled_drained_and_larger_than_the_buffer():
+    """Replies are read through a buffer: one sent a byte at a time, a
+    send_only's reply drained before the next call, a payload that starts
+    in the buffer and ends past it, read into several buffers or a new
+    one, all arrive whole and in order."""
+    big = bytes(range(256)) * ((wire.RECV_BUF + 7000) // 256)
+
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        body = common_pb2.Hello(version=1, role="controller", cluster_id="slow").SerializeToString()
+        for b in wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY, op, 0, rid, len(body), 0, 0) + body:
+            c.sendall(bytes([b]))
+        op1, rid1, _ = _read_frame(c)  # the send_only
+        _reply(c, op1, rid1, common_pb2.Error(message="dropped"), payload=b"xyz")
+        op2, rid2, _ = _read_frame(c)
+        _reply(c, op2, rid2, common_pb2.Hello(cluster_id="two"), payload=big)
+        op3, rid3, _ = _read_frame(c)
+        _reply(c, op3, rid3, common_pb2.Hello(cluster_id="three"), payload=big[:5])
+        c.recv(1)  # until the client closes
+
+    conn = wire.Conn(_serve_once(h))
+    assert conn.server.cluster_id == "slow"
+    conn.send_only(wire.PING, None)
+    first, rest = bytearray(1000), bytearray(len(big) - 1000)
+    reply, pay = conn.call(wire.PING, None, common_pb2.Hello, into=[first, rest])
+    assert reply.cluster_id == "two" and bytes(first + rest) == big
+    reply, pay = conn.call(wire.PING, None, common_pb2.Hello)
+    assert reply.cluster_id == "three" and bytes(pay) == big[:5]
+    conn.close()

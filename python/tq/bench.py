@@ -36,6 +36,14 @@ back from pageable (``get``, ``get_view``) or page-locked memory
 (``get_into``) — the floor of any store that keeps its bytes in host
 memory, and ``python/torch`` the client's share of it.
 
+``--workload values`` times small values instead, one key per call as a
+trainer's status updates and rewards go: ``set`` (``kv_put`` of a 1 KiB
+value), ``get`` (``kv_batch_get`` of that key), ``tag`` (``kv_put`` of a
+tag alone), each op's rate and its p50/p99 latency, one caller, next to
+redis-py's SET, GET and HSET against a ``redis-server`` (no persistence,
+as the benchmark's ``tq serve --in-memory``) that it starts on loopback
+when both are installed.
+
 Without ``--address`` it starts a ``tq serve`` of its own (``--tq-bin``,
 default bin/tq of this checkout or ``tq`` on PATH).
 """
@@ -59,6 +67,7 @@ import tq
 
 ROWS, FIELDS, SEQ = 1024, 9, 8192
 WORKLOADS = {"small": (1024, 9, 8192), "tiny": (16, 3, 64)}  # tiny: to check the harness
+VALUE = 1024  # --workload values: bytes a value
 
 PEER = r"""
 import sys, zmq
@@ -262,6 +271,119 @@ def bench_zmq(endpoint, fields, iters):
     return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}
 
 
+def _time_ops(ops, n):
+    """Runs each op of ops (name → f(i)) n times after a warm-up, in turn
+    (so that all see the same load): name → (ops/s, p50 µs, p99 µs)."""
+    for f in ops.values():
+        for i in range(min(n, 200)):
+            f(i)
+    lat = {name: [] for name in ops}
+    for i in range(n):
+        for name, f in ops.items():
+            t0 = time.perf_counter()
+            f(i)
+            lat[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, xs in lat.items():
+        xs.sort()
+        out[name] = (len(xs) / sum(xs), xs[len(xs) // 2] * 1e6, xs[int(len(xs) * 0.99)] * 1e6)
+    return out
+
+
+def bench_values(c, part, n):
+    """Small values through the client, one key per call."""
+    val = np.random.default_rng(0).integers(0, 256, VALUE, dtype=np.uint8).tobytes()
+
+    def get(i):
+        got = c.kv_batch_get(f"k{i}", part)
+        assert bytes(got["v"][0]) == val
+
+    return _time_ops({
+        "set": lambda i: c.kv_put(f"k{i}", part, {"v": val}),
+        "get": get,
+        "tag": lambda i: c.kv_put(f"t{i}", part, tag={"status": "finished"}),
+    }, n)
+
+
+class _Redis:
+    """A redis-server on loopback, without persistence."""
+
+    def __init__(self):
+        import redis  # Debian's python3-redis
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        self.client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with status {self.proc.returncode}") from None
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not answer in 10 s")
+
+    def bench(self, n):
+        r = self.client
+        val = np.random.default_rng(0).integers(0, 256, VALUE, dtype=np.uint8).tobytes()
+
+        def get(i):
+            assert r.get(f"k{i}") == val
+
+        return _time_ops({
+            "set": lambda i: r.set(f"k{i}", val),
+            "get": get,
+            "tag": lambda i: r.hset(f"t{i}", "status", "finished"),
+        }, n)
+
+    def stop(self):
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def values_main(a, address):
+    """--workload values: one table of small-value ops, TQ and redis-py."""
+    n = a.iters
+    rows = []
+    red, why = None, ""
+    try:
+        red = _Redis()
+    except (ImportError, RuntimeError) as e:
+        why = str(e)
+    try:
+        for tr in a.transports.split(","):
+            with tq.Client(address, transport=tr, token=a.token) as c:
+                rows.append((f"python {tr}", bench_values(c, "bench-values-" + tr, n)))
+            if red is not None:
+                rows.append(("redis-py", red.bench(n)))
+    finally:
+        if red is not None:
+            red.stop()
+    print(f"values: {VALUE} B a value, one key per call, one caller, {n} calls an op; "
+          "ops/s (p50 / p99 µs)" + (f"; no redis rows: {why}" if why else ""))
+    ops = ["set", "get", "tag"]
+    print(f"{'':16}" + "".join(f"{op:>26}" for op in ops))
+    redis_rows = [v for name, v in rows if name == "redis-py"]
+    for name, v in rows:
+        print(f"{name:16}" + "".join(f"{v[op][0]:>10.0f} ({v[op][1]:5.0f} / {v[op][2]:5.0f})" for op in ops))
+    for (name, v) in rows:
+        if name.startswith("python") and redis_rows:
+            # Against the redis-py run that followed it.
+            r = rows[rows.index((name, v)) + 1][1]
+            print(f"{name + '/redis':16}" + "".join(f"{v[op][0] / r[op][0]:>25.2f}×" for op in ops))
+    return rows
+
+
 class _Server:
     def __init__(self, binary):
         self.dir = tempfile.mkdtemp(prefix="tqbench-")
@@ -297,16 +419,35 @@ def main(argv=None):
     ap.add_argument("--address", help="a running cluster (default: start tq serve)")
     ap.add_argument("--tq-bin", default=_repo_bin("tq"), help="tq binary to serve with")
     ap.add_argument("--xlang", default=_repo_bin("tqxlang"), help="the Go client's bench (bin/tqxlang)")
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int)
     ap.add_argument("--token", help="the cluster's token (default: $TQ_TOKEN, else the data directory's)")
     ap.add_argument("--transports", default="shm,tcp")
     ap.add_argument("--no-go", action="store_true")
     ap.add_argument("--no-zmq", action="store_true")
-    ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS),
-                    help="small (the reference), or tiny (a few KiB, to check the harness; no Go side)")
+    ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS) + ["values"],
+                    help="small (the reference), tiny (a few KiB, to check the harness; no Go side), or "
+                    "values (1 KiB values one key per call, against redis-py; --iters calls an op, "
+                    "default 5000)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the fields live: cuda puts from the GPU and ends each get there (torch)")
     a = ap.parse_args(argv)
+    if a.iters is None:
+        a.iters = 5000 if a.workload == "values" else 3
+    if a.iters < 1:
+        ap.error(f"--iters {a.iters}: want at least 1")
+    if a.workload == "values":
+        if a.device != "cpu":
+            ap.error("--workload values runs on the host: no --device")
+        srv = None
+        if a.address is None:
+            if not a.tq_bin:
+                ap.error("no --address and no tq binary (build it: make build)")
+            srv = _Server(a.tq_bin)
+        try:
+            return values_main(a, srv.address if srv else a.address)
+        finally:
+            if srv is not None:
+                srv.stop()
     global ROWS, FIELDS, SEQ
     ROWS, FIELDS, SEQ = WORKLOADS[a.workload]
     if a.workload != "small":

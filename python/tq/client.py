@@ -7,6 +7,7 @@ call takes a connection of its own from a pool.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -624,7 +625,7 @@ class Client:
                 continue
             dt = _cols.numpy_dtype(s["dtype"])
             shape = (meta.size,) + tuple(s["shape"])
-            pins[f] = torch.empty(int(np.prod(shape, dtype=np.int64)) * dt.itemsize, dtype=torch.uint8,
+            pins[f] = torch.empty(math.prod(shape) * dt.itemsize, dtype=torch.uint8,
                                   pin_memory=dev.type == "cuda")
             into[f] = pins[f].numpy().view(dt).reshape(shape)
         out = {}
@@ -653,9 +654,9 @@ class Client:
         for f, rl in zip(rep.fields, rep.row_lens):
             dt = _cols.numpy_dtype(f.dtype).itemsize if f.kind != "opaque" else 1
             if f.kind == "dense":
-                ln = n * dt * int(np.prod(f.shape.dims, dtype=np.int64))
+                ln = n * dt * math.prod(f.shape.dims)
             elif f.kind == "ragged":
-                ln = dt * sum(int(np.prod(s.dims, dtype=np.int64)) for s in f.shapes)
+                ln = dt * sum(math.prod(s.dims) for s in f.shapes)
             else:
                 ln = sum(rl.lens)
             data[f.name] = _cols.from_bytes(f.dtype, f.kind, tuple(f.shape.dims), [tuple(s.dims) for s in f.shapes],
@@ -952,7 +953,7 @@ class Client:
             dname = dt if isinstance(dt, str) else _cols.tq_dtype(np.dtype(dt))
             npdt = _cols.numpy_dtype(dname)
             shape = tuple(int(d) for d in shape)
-            row = npdt.itemsize * int(np.prod(shape, dtype=np.int64))
+            row = npdt.itemsize * math.prod(shape)
             fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
         unit = self._pick(zlib.crc32(keys[0].encode()))
         if not unit.shm:

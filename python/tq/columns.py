@@ -21,6 +21,8 @@ float8 types are converted both ways when torch is importable.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import errors
@@ -282,11 +284,11 @@ def from_bytes(dtype: str, kind: str, shape, shapes, row_lens, n: int, buf, *, o
     dt = numpy_dtype(dtype)
     if kind == "dense":
         shape = tuple(shape)
-        return np.frombuffer(mv, dtype=dt, count=n * int(np.prod(shape, dtype=np.int64))).reshape((n,) + shape)
+        return np.frombuffer(mv, dtype=dt, count=n * math.prod(shape)).reshape((n,) + shape)
     if kind == "ragged":
         out, at = [], 0
         for s in shapes:
-            cnt = int(np.prod(s, dtype=np.int64))
+            cnt = math.prod(s)
             out.append(np.frombuffer(mv, dtype=dt, count=cnt, offset=at).reshape(tuple(s)))
             at += cnt * dt.itemsize
         return out

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import numpy as np
 
@@ -31,7 +32,6 @@ class Pool:
         self._closed = False
 
     def take(self) -> wire.Conn:
-        import time
         with self._lock:
             if self._closed:
                 raise errors.ClosedError("client is closed")

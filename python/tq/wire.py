@@ -144,6 +144,9 @@ def parse_addr(addr: str):
     return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port))
 
 
+RECV_BUF = 64 << 10  # bytes a connection's reply buffer holds
+
+
 def _recv_exact(sock: socket.socket, buf) -> None:
     mv = memoryview(buf).cast("B")
     got, n = 0, len(mv)
@@ -165,6 +168,14 @@ class Conn:
         self._next_id = 1
         self._pending = []  # ids of send_only requests whose replies are unread
         self.timeout = timeout
+        self._sock_timeout = timeout
+        # Replies are read through a buffer: one recv takes a small reply's
+        # header and body (and often its payload) at once. A payload's
+        # remainder past what is buffered is read straight into its
+        # destination.
+        self._rbuf = bytearray(RECV_BUF)
+        self._rmv = memoryview(self._rbuf)
+        self._rlo = self._rhi = 0  # the unread bytes: _rbuf[_rlo:_rhi]
         try:
             s = socket.socket(self.family, socket.SOCK_STREAM)
             s.settimeout(timeout)
@@ -195,12 +206,69 @@ class Conn:
     def closed(self) -> bool:
         return self.sock is None
 
+    def _settimeout(self, t: float) -> None:
+        # settimeout costs system calls (the socket's blocking mode is set
+        # again each time): only when it changes.
+        if t != self._sock_timeout:
+            self.sock.settimeout(t)
+            self._sock_timeout = t
+
+    def _fill(self, n: int) -> None:
+        """Reads until at least n (at most RECV_BUF) bytes are buffered."""
+        if self._rlo == self._rhi:
+            self._rlo = self._rhi = 0
+        elif self._rlo + n > RECV_BUF:
+            have = self._rhi - self._rlo
+            self._rbuf[:have] = self._rmv[self._rlo:self._rhi]
+            self._rlo, self._rhi = 0, have
+        while self._rhi - self._rlo < n:
+            k = self.sock.recv_into(self._rmv[self._rhi:])
+            if k == 0:
+                raise ConnectionError("connection closed by the server")
+            self._rhi += k
+
+    def _read_header(self):
+        self._fill(HEADER.size)
+        h = HEADER.unpack_from(self._rbuf, self._rlo)
+        self._rlo += HEADER.size
+        return h
+
+    def _read_into(self, buf) -> None:
+        """Fills buf: from the buffer first, the rest from the socket."""
+        mv = memoryview(buf).cast("B")
+        take = min(len(mv), self._rhi - self._rlo)
+        if take:
+            mv[:take] = self._rmv[self._rlo:self._rlo + take]
+            self._rlo += take
+        if take < len(mv):
+            if len(mv) - take < RECV_BUF // 2:
+                self._fill(len(mv) - take)
+                mv[take:] = self._rmv[self._rlo:self._rlo + len(mv) - take]
+                self._rlo += len(mv) - take
+            else:
+                _recv_exact(self.sock, mv[take:])
+
+    def _read_bytes(self, n: int) -> bytes:
+        if n <= RECV_BUF:
+            self._fill(n)
+            b = bytes(self._rmv[self._rlo:self._rlo + n])
+            self._rlo += n
+            return b
+        b = bytearray(n)
+        self._read_into(b)
+        return bytes(b)
+
     def _send(self, op: int, rid: int, body: bytes, payload) -> None:
-        plen = sum(len(memoryview(p).cast("B")) for p in payload) if payload else 0
-        hdr = HEADER.pack(MAGIC, VERSION, 0, op, 0, rid, len(body), 0, plen)
-        bufs = [hdr, body]
+        bufs = [None, body]
+        plen = 0
         if payload:
-            bufs.extend(memoryview(p).cast("B") for p in payload if len(memoryview(p).cast("B")))
+            for p in payload:
+                if type(p) is not bytes:
+                    p = memoryview(p).cast("B")
+                if len(p):
+                    bufs.append(p)
+                    plen += len(p)
+        bufs[0] = HEADER.pack(MAGIC, VERSION, 0, op, 0, rid, len(body), 0, plen)
         # sendmsg may send less than all: keep going from where it stopped.
         while bufs:
             n = self.sock.sendmsg(bufs[:512])  # at most IOV_MAX (1024) buffers a call
@@ -235,17 +303,14 @@ class Conn:
             rid = self._next_id
             self._next_id += 1
             try:
-                self.sock.settimeout(timeout if timeout is not None else self.timeout)
+                self._settimeout(timeout if timeout is not None else self.timeout)
                 self._drain()
                 self._send(op, rid, body, payload)
-                hdr = bytearray(HEADER.size)
-                _recv_exact(self.sock, hdr)
-                magic, ver, flags, rop, _, rrid, blen, _, plen = HEADER.unpack(hdr)
+                magic, ver, flags, rop, _, rrid, blen, _, plen = self._read_header()
                 if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
                         or blen > MAX_BODY or plen > MAX_PAYLOAD:
                     raise errors.CorruptError(f"bad reply header from {self.addr}")
-                rbody = bytearray(blen)
-                _recv_exact(self.sock, rbody)
+                rbody = self._read_bytes(blen)
                 rpay = None
                 if plen:
                     if into is not None:
@@ -254,11 +319,11 @@ class Conn:
                         if have != plen:
                             raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}")
                         for b in parts:
-                            _recv_exact(self.sock, b)
+                            self._read_into(b)
                         rpay = into
                     else:
                         rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
-                        _recv_exact(self.sock, rpay)
+                        self._read_into(rpay)
             except (OSError, ConnectionError) as e:
                 self.close()
                 if isinstance(e, socket.timeout):
@@ -273,9 +338,9 @@ class Conn:
             finally:
                 self.last_used = time.monotonic()
         if flags & FLAG_ERROR:
-            err = common_pb2.Error.FromString(bytes(rbody))
+            err = common_pb2.Error.FromString(rbody)
             raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
-        reply = reply_cls.FromString(bytes(rbody)) if reply_cls is not None else None
+        reply = reply_cls.FromString(rbody) if reply_cls is not None else None
         if rpay is not None or into is not None:
             return reply, rpay
         return reply
@@ -292,7 +357,7 @@ class Conn:
             rid = self._next_id
             self._next_id += 1
             try:
-                self.sock.settimeout(self.timeout)
+                self._settimeout(self.timeout)
                 self._drain()
                 self._send(op, rid, body, None)
             except OSError:
@@ -304,13 +369,11 @@ class Conn:
         """Read the replies of send_only requests (under the lock)."""
         while self._pending:
             rid = self._pending.pop(0)
-            hdr = bytearray(HEADER.size)
-            _recv_exact(self.sock, hdr)
-            magic, ver, flags, _, _, rrid, blen, _, plen = HEADER.unpack(hdr)
+            magic, ver, flags, _, _, rrid, blen, _, plen = self._read_header()
             if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
                     or blen > MAX_BODY or plen > (1 << 20):
                 raise ConnectionError(f"bad reply header from {self.addr}")
-            _recv_exact(self.sock, bytearray(blen + plen))
+            self._read_into(bytearray(blen + plen))
 
     def cancel(self, rid: int) -> None:
         """Send CANCEL for request ``rid`` (no reply comes)."""
