@@ -27,3 +27,12 @@ def test_bench_values(server):
     for _, v in rows:
         assert set(v) == {"set", "get", "tag"}
         assert all(ops > 0 and 0 < p50 <= p99 for ops, p50, p99 in v.values())
+
+
+def test_bench_rows(server):
+    """--workload rows: put, get and list of 4096 small rows a call."""
+    from tq import bench
+    rows = bench.main(["--address", server.address, "--token", server.token, "--workload", "rows",
+                       "--iters", "2"])
+    assert [r[0] for r in rows] == ["python shm", "python tcp"]
+    assert all(set(v) == {"put", "get", "list"} and all(x[0] > 0 for x in v.values()) for _, v in rows)

@@ -44,6 +44,12 @@ redis-py's SET, GET and HSET against a ``redis-server`` (no persistence,
 as the benchmark's ``tq serve --in-memory``) that it starts on loopback
 when both are installed.
 
+``--workload rows`` times a batch of many small rows, as a rollout's
+results come: 4096 keys, each with a float32 reward, 64 float32
+log-probs, a response of 1–200 int32 tokens (ragged) and a status tag;
+``put`` (``kv_batch_put``), ``get`` (``kv_batch_get``) and ``list``
+(``kv_list`` of the partition), per call.
+
 Without ``--address`` it starts a ``tq serve`` of its own (``--tq-bin``,
 default bin/tq of this checkout or ``tq`` on PATH).
 """
@@ -351,6 +357,41 @@ class _Redis:
         self.proc.wait(20)
 
 
+ROWS_KEYS = 4096  # --workload rows
+
+
+def rows_main(a, address):
+    """--workload rows: a batch of many small rows a call."""
+    rng = np.random.default_rng(0)
+    n = ROWS_KEYS
+    keys = [f"r{i}" for i in range(n)]
+    fields = {"reward": rng.random(n, dtype=np.float32), "logp": rng.random((n, 64), dtype=np.float32),
+              "response": [rng.integers(0, 50000, rng.integers(1, 201)).astype(np.int32) for _ in range(n)]}
+    tags = [{"status": "finished"}] * n
+    rows = []
+    for tr in a.transports.split(","):
+        with tq.Client(address, transport=tr, token=a.token) as c:
+            part = "bench-rows-" + tr
+
+            def get(i):
+                got = c.kv_batch_get(keys, part)
+                assert len(got["response"]) == n
+
+            rows.append((f"python {tr}", _time_ops({
+                "put": lambda i: c.kv_batch_put(keys, part, fields, tags),
+                "get": get,
+                "list": lambda i: c.kv_list(part),
+            }, a.iters)))
+    print(f"rows: {n} keys a call (reward, 64 log-probs, 1–200 response tokens, a tag); {a.iters} calls an op; "
+          "ms a call (p50 / p99)")
+    ops = ["put", "get", "list"]
+    print(f"{'':16}" + "".join(f"{op:>24}" for op in ops))
+    for name, v in rows:
+        print(f"{name:16}" + "".join(f"{1e3 / v[op][0]:>10.2f} ({v[op][1] / 1e3:5.2f} / {v[op][2] / 1e3:5.2f})"
+                                     for op in ops))
+    return rows
+
+
 def values_main(a, address):
     """--workload values: one table of small-value ops, TQ and redis-py."""
     n = a.iters
@@ -424,27 +465,28 @@ def main(argv=None):
     ap.add_argument("--transports", default="shm,tcp")
     ap.add_argument("--no-go", action="store_true")
     ap.add_argument("--no-zmq", action="store_true")
-    ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS) + ["values"],
-                    help="small (the reference), tiny (a few KiB, to check the harness; no Go side), or "
+    ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS) + ["values", "rows"],
+                    help="small (the reference), tiny (a few KiB, to check the harness; no Go side), "
                     "values (1 KiB values one key per call, against redis-py; --iters calls an op, "
-                    "default 5000)")
+                    "default 5000), or rows (4096 small rows a call; --iters calls an op, default 50)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the fields live: cuda puts from the GPU and ends each get there (torch)")
     a = ap.parse_args(argv)
     if a.iters is None:
-        a.iters = 5000 if a.workload == "values" else 3
+        a.iters = {"values": 5000, "rows": 50}.get(a.workload, 3)
     if a.iters < 1:
         ap.error(f"--iters {a.iters}: want at least 1")
-    if a.workload == "values":
+    if a.workload in ("values", "rows"):
         if a.device != "cpu":
-            ap.error("--workload values runs on the host: no --device")
+            ap.error(f"--workload {a.workload} runs on the host: no --device")
         srv = None
         if a.address is None:
             if not a.tq_bin:
                 ap.error("no --address and no tq binary (build it: make build)")
             srv = _Server(a.tq_bin)
         try:
-            return values_main(a, srv.address if srv else a.address)
+            run = values_main if a.workload == "values" else rows_main
+            return run(a, srv.address if srv else a.address)
         finally:
             if srv is not None:
                 srv.stop()

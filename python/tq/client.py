@@ -22,7 +22,7 @@ from . import columns as _cols
 from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
-from .meta import BatchMeta, KVBatchMeta, tags_from_json, tags_to_json
+from .meta import BatchMeta, KVBatchMeta, tags_from_json_list, tags_to_json, tags_to_json_list
 from .unit import Lease, Pool, Unit, alloc
 
 # The most bytes a KV put or get moves through the controller in one round
@@ -445,7 +445,7 @@ class Client:
         req = control_pb2.CommitKeysRequest(partition=partition_id, keys=keys)
         if tags is not None:
             req.has_tags = True
-            req.tags.extend(tags_to_json(t or {}) for t in tags)
+            req.tags.extend(tags_to_json_list(tags))
         ctx = {"op_name": "kv_batch_put", "partition": partition_id}
         if not cols:
             rep = self._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, **ctx)
@@ -504,7 +504,7 @@ class Client:
 
     @staticmethod
     def _kvmeta(keys, partition, rep) -> KVBatchMeta:
-        return KVBatchMeta(keys=list(keys), tags=[tags_from_json(t) for t in rep.tags], partition_id=partition,
+        return KVBatchMeta(keys=list(keys), tags=tags_from_json_list(rep.tags), partition_id=partition,
                            fields=list(rep.fields))
 
     def kv_put(self, key: str, partition_id: str, fields=None, tag=None) -> KVBatchMeta:
@@ -727,8 +727,8 @@ class Client:
                 return out
             for p in rep.partitions:
                 d = out.setdefault(p.partition, {})
-                for k in p.keys:
-                    d[k.key] = tags_from_json(k.tags)
+                ks = p.keys
+                d.update(zip([k.key for k in ks], tags_from_json_list([k.tags for k in ks])))
             if not rep.next:
                 return out
             cursor = rep.next
@@ -1057,7 +1057,7 @@ class Client:
         rep = self._call(wire.DELETE_TAGS, control_pb2.DeleteTagsRequest(partition=partition_id, keys=_as_keys(keys),
                                                                          names=list(names)),
                          control_pb2.DeleteTagsReply, op_name="delete_tags", partition=partition_id)
-        return [tags_from_json(t) for t in rep.tags]
+        return tags_from_json_list(rep.tags)
 
     def compare_and_set_tag(self, key: str, partition_id: str, name: str, old=None, new=None, *,
                             old_absent: bool = False, delete: bool = False):
@@ -1084,8 +1084,8 @@ class Client:
                                                                          where=conds),
                              control_pb2.ListKeysReply, op_name="list_keys", partition=partition_id)
             for p in rep.partitions:
-                for k in p.keys:
-                    out[k.key] = tags_from_json(k.tags)
+                ks = p.keys
+                out.update(zip([k.key for k in ks], tags_from_json_list([k.tags for k in ks])))
             if not rep.next:
                 return out
             cursor = rep.next
@@ -1139,7 +1139,7 @@ class Reservation:
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(self._cols, locs))
         if tags is not None:
             req.has_tags = True
-            req.tags.extend(tags_to_json(t or {}) for t in tags)
+            req.tags.extend(tags_to_json_list(tags))
         try:
             rep = self._client._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, op_name="reserve commit",
                                      partition=self.partition_id)

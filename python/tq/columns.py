@@ -180,6 +180,26 @@ def _array(v):
     return np.ascontiguousarray(a), name
 
 
+JOIN_ROWS_BELOW = 64 << 10  # a ragged field's rows, on average smaller, go as one buffer
+
+
+def _plain_rows(v):
+    """v's rows as they are when every one is a C-contiguous native numpy
+    array of one plain dtype (the common case, checked without _array's
+    per-row work); else None."""
+    if not all(type(x) is np.ndarray for x in v):
+        return None
+    dts = {x.dtype for x in v}
+    if len(dts) != 1:
+        return None
+    d = dts.pop()
+    if d.kind in "OUSV" or d.byteorder == ">":
+        return None
+    if not all(x.flags.c_contiguous for x in v):
+        return None
+    return list(v)
+
+
 class Column:
     """One field's value in wire form: its schema, its rows' byte lengths, and
     the buffers that hold its bytes back to back."""
@@ -245,13 +265,24 @@ def to_column(name: str, v, n: int) -> Column:
         if n and all(isinstance(x, (str, bytes, bytearray, memoryview)) for x in v):
             rows = [x.encode() if isinstance(x, str) else bytes(x) for x in v]
             return Column(name, "bytes", "opaque", None, None, [len(r) for r in rows], [b"".join(rows)])
-        arrs = [_array(x) for x in v]
-        dts = {d for _, d in arrs}
-        if len(dts) != 1:
-            raise errors.InvalidError(f"ragged field {name!r} mixes dtypes {sorted(dts)}", fields=[name])
-        dt = dts.pop()
-        rows = [a for a, _ in arrs]
-        return Column(name, dt, "ragged", None, [a.shape for a in rows], [a.nbytes for a in rows], rows)
+        rows = _plain_rows(v)
+        if rows is not None:
+            dt = tq_dtype(rows[0].dtype)
+        else:
+            arrs = [_array(x) for x in v]
+            dts = {d for _, d in arrs}
+            if len(dts) != 1:
+                raise errors.InvalidError(f"ragged field {name!r} mixes dtypes {sorted(dts)}", fields=[name])
+            dt = dts.pop()
+            rows = [a for a, _ in arrs]
+        lens = [a.nbytes for a in rows]
+        bufs = rows
+        if n > 1 and sum(lens) < n * JOIN_ROWS_BELOW:
+            # Many small rows: one buffer (one copy, in C) instead of a
+            # buffer a row, each of which costs the send and the write a
+            # Python step.
+            bufs = [b"".join(rows)]
+        return Column(name, dt, "ragged", None, [a.shape for a in rows], lens, bufs)
     a, dt = _array(v)
     if a.ndim == 0 or a.shape[0] != n:
         raise errors.InvalidError(f"field {name!r} has shape {a.shape}: its first dimension must be the {n} rows",

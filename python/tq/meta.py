@@ -12,16 +12,50 @@ from . import addrs as _addrs
 from . import errors
 
 
+# One encoder for every tag: json.dumps builds a new one per call when
+# given options, which cost more than encoding a small tag.
+_ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def tags_to_json(t) -> bytes:
     if t is None:
         return b""
     if not isinstance(t, dict):
         raise errors.InvalidError(f"a tag must be a dict, not {type(t).__name__}")
-    return json.dumps(t, separators=(",", ":"), allow_nan=False).encode()
+    return _ENC.encode(t).encode()
+
+
+def tags_to_json_list(ts) -> list:
+    """tags_to_json of each of ts (None as {}), each distinct object once: a
+    batch often repeats one dict for every row."""
+    seen, out = {}, []
+    for t in ts:
+        b = seen.get(id(t))
+        if b is None:
+            b = seen[id(t)] = tags_to_json(t if t is not None else {})
+        out.append(b)
+    return out
 
 
 def tags_from_json(b: bytes) -> dict:
     return json.loads(b) if b else {}
+
+
+def tags_from_json_list(bs) -> list:
+    """tags_from_json of each of bs, in one parse: the tags as one JSON
+    array. A new dict a row, even where rows' tags are equal."""
+    full = [b for b in bs if b]
+    if len(full) > 1 and all(b[:1] == b"{" and b[-1:] == b"}" for b in full):
+        try:
+            got = json.loads(b"[" + b",".join(full) + b"]")
+        except ValueError:
+            got = None
+        # The server writes each tag as one JSON object; anything else is
+        # parsed alone, where its error names it.
+        if got is not None and len(got) == len(full) and all(type(t) is dict for t in got):
+            it = iter(got)
+            return [next(it) if b else {} for b in bs]
+    return [tags_from_json(b) for b in bs]
 
 
 class BatchMeta:
@@ -70,7 +104,7 @@ class BatchMeta:
         self.field_schema = schema
         self.production_status = (np.asarray(m.ready, dtype=np.int8) if len(m.ready)
                                   else np.zeros(n, dtype=np.int8))
-        self.custom_meta = [json.loads(t) if t else {} for t in m.tags] if len(m.tags) else [{} for _ in range(n)]
+        self.custom_meta = tags_from_json_list(m.tags) if len(m.tags) else [{} for _ in range(n)]
         self.extra_info = json.loads(m.extra) if m.extra else {}
         self._cells = cells
         if len(self.partition_ids) != n or len(self.production_status) != n or len(self.custom_meta) != n \

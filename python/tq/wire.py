@@ -269,19 +269,21 @@ class Conn:
                     bufs.append(p)
                     plen += len(p)
         bufs[0] = HEADER.pack(MAGIC, VERSION, 0, op, 0, rid, len(body), 0, plen)
-        # sendmsg may send less than all: keep going from where it stopped.
-        while bufs:
-            n = self.sock.sendmsg(bufs[:512])  # at most IOV_MAX (1024) buffers a call
+        # sendmsg may send less than all: keep going from where it stopped
+        # (bufs[i:] is what is left; every item's len counts bytes).
+        i = 0
+        while i < len(bufs):
+            n = self.sock.sendmsg(bufs[i:i + 512])  # at most IOV_MAX (1024) buffers a call
             while n:
-                b = memoryview(bufs[0]).cast("B")
+                b = bufs[i]
                 if n >= len(b):
                     n -= len(b)
-                    bufs.pop(0)
+                    i += 1
                 else:
-                    bufs[0] = b[n:]
+                    bufs[i] = memoryview(b)[n:]
                     n = 0
-            while bufs and len(memoryview(bufs[0]).cast("B")) == 0:
-                bufs.pop(0)
+            while i < len(bufs) and len(bufs[i]) == 0:
+                i += 1
 
     def call(self, op: int, req, reply_cls=None, *, payload=None, into=None,
              op_name: str = "", timeout: float | None = None, err_ctx=None):

@@ -1,0 +1,72 @@
+"""Batches of many small rows: a ragged field's rows sent as one buffer,
+tags encoded and decoded a batch at a time, with what each row gets
+unchanged."""
+
+import numpy as np
+import pytest
+
+import tq
+from tq import columns as cols
+from tq.meta import tags_from_json_list, tags_to_json_list
+
+
+def test_small_ragged_rows_go_as_one_buffer():
+    rows = [np.arange(i, dtype=np.int32) for i in range(50)]
+    c = cols.to_column("r", rows, 50)
+    assert len(c.bufs) == 1 and bytes(c.bufs[0]) == b"".join(r.tobytes() for r in rows)
+    assert c.row_lens == [r.nbytes for r in rows] and c.shapes == [r.shape for r in rows]
+    big = [np.zeros(cols.JOIN_ROWS_BELOW, dtype=np.uint8) for _ in range(3)]
+    c = cols.to_column("b", big, 3)
+    assert len(c.bufs) == 3 and all(b is r for b, r in zip(c.bufs, big)), "large rows are not copied"
+
+
+@pytest.mark.parametrize("rows,dtype", [
+    ([np.arange(6, dtype=np.float32)[::2], np.arange(3, dtype=np.float32)], "float32"),  # not contiguous
+    ([np.arange(3, dtype=">i4"), np.arange(2, dtype=">i4")], "int32"),  # big-endian
+    ([np.arange(3, dtype=np.uint16).view(cols.bfloat16), np.arange(1, dtype=np.uint16).view(cols.bfloat16)],
+     "bfloat16"),
+    ([np.arange(4.0).reshape(2, 2), [1.0, 2.0]], "float64"),  # a list among arrays
+])
+def test_ragged_rows_of_every_form(rows, dtype):
+    c = cols.to_column("r", rows, len(rows))
+    assert c.dtype == dtype
+    want = b"".join(np.ascontiguousarray(np.asarray(r), dtype=np.asarray(r).dtype.newbyteorder("<")).tobytes()
+                    for r in rows)
+    assert b"".join(bytes(memoryview(b).cast("B")) for b in c.bufs) == want
+
+
+def test_ragged_rows_that_mix_dtypes_are_refused():
+    with pytest.raises(tq.InvalidError, match=r"mixes dtypes \['float32', 'int64'\]"):
+        cols.to_column("r", [np.zeros(2, np.float32), np.zeros(2, np.int64)], 2)
+    with pytest.raises(tq.InvalidError, match="not a tensor field"):
+        cols.to_column("r", [np.array(["a"]), np.array(["b"])], 2)
+
+
+def test_tags_a_batch_at_a_time():
+    same = {"status": "done", "n": [1, 2]}
+    enc = tags_to_json_list([same, same, None, {"x": 1.5}])
+    assert enc == [b'{"status":"done","n":[1,2]}'] * 2 + [b"{}", b'{"x":1.5}']
+    with pytest.raises(tq.InvalidError, match="a tag must be a dict, not list"):
+        tags_to_json_list([same, ["not", "a", "dict"]])
+    got = tags_from_json_list([enc[0], b"", enc[0], enc[3]])
+    assert got == [same, {}, same, {"x": 1.5}]
+    got[0]["n"].append(3)
+    assert got[2] == same, "every row gets its own dict"
+    # Not objects: each parsed alone, as before.
+    assert tags_from_json_list([b"[1]", b"{}"]) == [[1], {}]
+    with pytest.raises(ValueError):
+        tags_from_json_list([b'{"x":[1', b'2]},{"y":3}'])
+
+
+def test_many_keys_round_trip(client, part):
+    n = 3000
+    rng = np.random.default_rng(7)
+    keys = [f"k{i}" for i in range(n)]
+    resp = [rng.integers(0, 1000, rng.integers(0, 40)).astype(np.int32) for _ in range(n)]
+    tag = {"status": "finished"}
+    m = client.kv_batch_put(keys, part, {"resp": resp, "r": rng.random(n, dtype=np.float32)}, [tag] * n)
+    assert m.tags == [tag] * n and m.tags[0] is not m.tags[1]
+    got = client.kv_batch_get(keys, part)
+    assert all(np.array_equal(g, w) for g, w in zip(got["resp"], resp))
+    listed = client.kv_list(part)[part]
+    assert listed == {k: tag for k in keys}
