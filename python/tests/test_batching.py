@@ -70,3 +70,15 @@ def test_many_keys_round_trip(client, part):
     assert all(np.array_equal(g, w) for g, w in zip(got["resp"], resp))
     listed = client.kv_list(part)[part]
     assert listed == {k: tag for k in keys}
+
+
+def test_ragged_rows_decode_as_slices_of_any_shape(client, part):
+    rows = [np.arange(6, dtype=np.int16).reshape(2, 3), np.zeros((0, 4), np.int16), np.array(7, dtype=np.int16),
+            np.arange(3, dtype=np.int16), np.zeros(0, np.int16)]
+    client.kv_batch_put([f"s{i}" for i in range(len(rows))], part, {"r": rows})
+    got = client.kv_batch_get([f"s{i}" for i in range(len(rows))], part)["r"]
+    assert [g.shape for g in got] == [r.shape for r in rows]
+    assert all(np.array_equal(g, r) and g.dtype == r.dtype for g, r in zip(got, rows))
+    c = cols.to_column("r", rows, len(rows))
+    with pytest.raises(ValueError):
+        cols.from_bytes("int16", "ragged", None, c.shapes, None, len(rows), bytes(c.bufs[0])[:-2])
