@@ -579,10 +579,17 @@ func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 	return out, nil
 }
 
-// TagsFromPB decodes per-row tags.
+// TagsFromPB decodes per-row tags. A batch often gives every row the
+// same tags: a row whose bytes equal the previous row's gets a copy of
+// its tags rather than a second decode (a JSON decoder a row was most of
+// a tagged put's server time).
 func TagsFromPB(bs [][]byte) ([]engine.Tags, error) {
 	out := make([]engine.Tags, len(bs))
 	for i, b := range bs {
+		if i > 0 && out[i-1] != nil && bytes.Equal(b, bs[i-1]) {
+			out[i] = out[i-1].Clone()
+			continue
+		}
 		m, err := JSONFromPB(b)
 		if err != nil {
 			return nil, fmt.Errorf("row %d: %w", i, err)
