@@ -277,6 +277,13 @@ def bench_zmq(endpoint, fields, iters):
     return {op: nbytes / _med(xs) / 2**30 for op, xs in t.items()}
 
 
+def _free_port() -> int:
+    """A loopback port free now, for a server the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _time_ops(ops, n):
     """Runs each op of ops (name → f(i)) n times after a warm-up, in turn
     (so that all see the same load): name → (ops/s, p50 µs, p99 µs)."""
@@ -319,10 +326,7 @@ class _Redis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = _free_port()
         self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
@@ -428,10 +432,7 @@ def values_main(a, address):
 class _Server:
     def __init__(self, binary):
         self.dir = tempfile.mkdtemp(prefix="tqbench-")
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = _free_port()
         self.address = f"tcp://127.0.0.1:{port}"
         self.env = dict(os.environ, TQ_DATA_DIR=os.path.join(self.dir, "d"))
         self.log = open(os.path.join(self.dir, "log"), "w+")
