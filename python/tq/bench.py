@@ -418,13 +418,11 @@ def values_main(a, address):
           "ops/s (p50 / p99 µs)" + (f"; no redis rows: {why}" if why else ""))
     ops = ["set", "get", "tag"]
     print(f"{'':16}" + "".join(f"{op:>26}" for op in ops))
-    redis_rows = [v for name, v in rows if name == "redis-py"]
     for name, v in rows:
         print(f"{name:16}" + "".join(f"{v[op][0]:>10.0f} ({v[op][1]:5.0f} / {v[op][2]:5.0f})" for op in ops))
-    for (name, v) in rows:
-        if name.startswith("python") and redis_rows:
-            # Against the redis-py run that followed it.
-            r = rows[rows.index((name, v)) + 1][1]
+    # Each TQ row against the redis-py run that followed it.
+    for (name, v), (after, r) in zip(rows, rows[1:]):
+        if name.startswith("python") and after == "redis-py":
             print(f"{name + '/redis':16}" + "".join(f"{v[op][0] / r[op][0]:>25.2f}×" for op in ops))
     return rows
 
