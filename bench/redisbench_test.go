@@ -56,7 +56,7 @@ func BenchmarkRedisBenchmark(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					cpu += after - before
+					cpu += after.total() - before.total()
 					rs, err := parseRedisBenchmark(out)
 					if err != nil {
 						b.Fatal(err)

@@ -6,7 +6,8 @@ package bench
 // one tq serve --resp runs) through the same RESP clients as Redis (a
 // minimal one, and go-redis). Each iteration is SET key value then GET
 // key, checked. Every figure comes with the server process's CPU time per
-// operation and p50/p99 latencies.
+// operation (in all, server_us/op, and its user part, server_user_us/op),
+// this process's (client_us/op) and p50/p99 latencies.
 
 import (
 	"bytes"
@@ -222,7 +223,9 @@ func BenchmarkSmallKV(b *testing.B) {
 
 // serverCPU runs fn and reports the CPU time the server process pid spent
 // meanwhile (user and system, from /proc) per operation, a SET and a GET
-// counting as two, and the same for this process (the clients; with the
+// counting as two, the user part of it on its own (the system part is
+// mostly the socket calls, which cost the same for any server making
+// them), and the same total for this process (the clients, with the
 // benchmark's own bookkeeping).
 func serverCPU(b *testing.B, pid int, fn func()) {
 	before, err := procCPU(pid)
@@ -242,30 +245,38 @@ func serverCPU(b *testing.B, pid int, fn func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64((after-before).Nanoseconds())/1e3/float64(2*b.N), "server_us/op")
-	b.ReportMetric(float64((selfAfter-self).Nanoseconds())/1e3/float64(2*b.N), "client_us/op")
+	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(2*b.N) }
+	b.ReportMetric(perOp(after.total()-before.total()), "server_us/op")
+	b.ReportMetric(perOp(after.user-before.user), "server_user_us/op")
+	b.ReportMetric(perOp(selfAfter.total()-self.total()), "client_us/op")
 }
 
+// cpuTime is a process's CPU time so far.
+type cpuTime struct{ user, sys time.Duration }
+
+func (c cpuTime) total() time.Duration { return c.user + c.sys }
+
 // procCPU reads a process's user and system CPU time from /proc.
-func procCPU(pid int) (time.Duration, error) {
+func procCPU(pid int) (cpuTime, error) {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return cpuTime{}, err
 	}
 	// The command name (field 2) may hold spaces: count from after it.
 	rest := raw[bytes.LastIndexByte(raw, ')')+2:]
 	f := strings.Fields(string(rest))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
 	// Linux reports in clock ticks of 1/100 s (USER_HZ) on every
 	// architecture Go runs on.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	const tick = 10 * time.Millisecond
+	return cpuTime{user: time.Duration(utime) * tick, sys: time.Duration(stime) * tick}, nil
 }
 
 // runRESPSmallKV is runSmallKV over RESP connections (SET, GET).
