@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -79,22 +80,10 @@ func TestServeSpillsAcrossUnits(t *testing.T) {
 			require.NoError(t, c.Clear(ctx, m))
 			// The units free the cleared cells when the controller's frees
 			// reach them: wait, or the unit filled below gets room back
-			// under the puts that expect it full.
-			lister := c.Meta().(interface {
-				Units(context.Context) ([]engine.UnitInfo, error)
-			})
-			require.Eventually(t, func() bool {
-				infos, err := lister.Units(ctx)
-				if err != nil {
-					return false
-				}
-				for _, u := range infos {
-					if u.Used != 0 {
-						return false
-					}
-				}
-				return true
-			}, 20*time.Second, 50*time.Millisecond, "the 12 MiB put's cells freed on both units")
+			// under the puts that expect it full. Ask the units: the
+			// controller's numbers are those of the last heartbeat, which
+			// may be from before the put.
+			waitFreed(t, ctx, c, ctrl.token(t), "the 12 MiB put's cells")
 
 			// Fill the first choice of the next put (its lowest index is
 			// even: the first local unit) to the last 4 KiB.
@@ -116,6 +105,8 @@ func TestServeSpillsAcrossUnits(t *testing.T) {
 				}
 				require.NoError(t, c.Clear(ctx, m))
 			}
+			// The 6 MiB below needs the other unit's 8 MiB back.
+			waitFreed(t, ctx, c, ctrl.token(t), "the puts' cells", units[1].ID())
 
 			// A KV put goes there too, whichever unit its first key picks.
 			kv := kvapi.New(c)
@@ -133,4 +124,31 @@ func TestServeSpillsAcrossUnits(t *testing.T) {
 			require.Equal(t, vals.Col("v").Data(), back.Col("v").Data())
 		})
 	}
+}
+
+// waitFreed waits until the units of ids (all of the cluster's, if none)
+// hold no committed bytes, by their own account.
+func waitFreed(t *testing.T, ctx context.Context, c *client.Client, token, what string, ids ...engine.UnitID) {
+	t.Helper()
+	lister := c.Meta().(interface {
+		Units(context.Context) ([]engine.UnitInfo, error)
+	})
+	require.Eventually(t, func() bool {
+		infos, err := lister.Units(ctx)
+		if err != nil {
+			return false
+		}
+		if len(ids) > 0 {
+			infos = slices.DeleteFunc(infos, func(u engine.UnitInfo) bool { return !slices.Contains(ids, u.ID) })
+		}
+		if len(infos) == 0 || freshUnitStats(ctx, infos, token) != len(infos) {
+			return false
+		}
+		for _, u := range infos {
+			if u.Used != 0 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "%s freed on units %v", what, ids)
 }

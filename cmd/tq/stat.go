@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -449,12 +450,14 @@ func percent(n, total int64) string {
 }
 
 // freshUnitStats asks each live unit for its current numbers (the
-// controller only has those of the last heartbeat); units that do not
-// answer within a second keep the heartbeat's.
-func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) {
+// controller only has those of the last heartbeat) and returns how many
+// answered; units that do not answer within a second keep the
+// heartbeat's.
+func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) (answered int) {
 	tr := tcp.New(tcp.Config{Token: token, Conns: 1, Name: "tq-stat"})
 	defer tr.Close()
 	var wg sync.WaitGroup
+	var n atomic.Int32
 	for i := range units {
 		u := &units[i]
 		if !u.Alive {
@@ -477,9 +480,11 @@ func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) 
 				return
 			}
 			u.Used, u.Capacity, u.Segments, u.PageSize, u.HugePages = st.Used, st.Capacity, st.Segments, st.PageSize, st.HugePages
+			n.Add(1)
 		})
 	}
 	wg.Wait()
+	return int(n.Load())
 }
 
 // showAddrs marks an emulated RDMA device (csrc/emu.c) as such: it moves
