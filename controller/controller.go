@@ -889,9 +889,10 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 			return opErr("set tags", partition, err)
 		}
 	}
+	m := tagMerge{}
 	for i, r := range rows {
 		if len(tags[i]) > 0 {
-			p.setTags(r, p.tagsOf(r).Merge(tags[i]))
+			p.setTags(r, m.merge(p.tagsOf(r), tags[i]))
 		}
 	}
 	n := p.feed.touch(rows)

@@ -402,7 +402,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p == nil {
 			return nil
 		}
-		tags, err := wire.TagsFromPB(o.Tags)
+		tags, err := wire.TagsFromPBShared(o.Tags)
 		if err != nil || len(tags) != len(o.Indexes) {
 			return corrupt("tags of partition %q", o.Partition)
 		}
@@ -410,8 +410,9 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if err != nil {
 			return corrupt("tags of partition %q: %s", o.Partition, err.Error())
 		}
+		m := tagMerge{adopt: true}
 		for i, r := range rows {
-			p.setTags(r, p.tagsOf(r).Merge(tags[i]))
+			p.setTags(r, m.merge(p.tagsOf(r), tags[i]))
 		}
 		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_RemoveTags:

@@ -266,11 +266,11 @@ func (s *Server) commitKeys(_ context.Context, body []byte, fx *effects) (proto.
 		if len(p.Tags) != n {
 			return nil, opErr("commit keys", p.Partition, fmt.Errorf("%d tag maps for %d keys: %w", len(p.Tags), n, engine.ErrInvalid))
 		}
-		if req.Tags, err = wire.TagsFromPB(p.Tags); err != nil {
+		if req.Tags, err = wire.TagsFromPBShared(p.Tags); err != nil {
 			return nil, opErr("commit keys", p.Partition, err)
 		}
 	}
-	done, err := s.c.CommitKeys(req)
+	done, err := s.c.commitKeys(req, true)
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +339,7 @@ func (s *Server) setTags(_ context.Context, body []byte, _ *effects) (proto.Mess
 	if len(req.Tags) != len(req.Indexes) {
 		return nil, opErr("set tags", req.Partition, fmt.Errorf("%d tag maps for %d rows: %w", len(req.Tags), len(req.Indexes), engine.ErrInvalid))
 	}
-	tags, err := wire.TagsFromPB(req.Tags)
+	tags, err := wire.TagsFromPBShared(req.Tags) // SetTags copies what it keeps
 	if err != nil {
 		return nil, opErr("set tags", req.Partition, err)
 	}

@@ -129,7 +129,7 @@ func (s *Server) kvPutReply(ctx context.Context, req *wire.Request) (_ proto.Mes
 		if len(put.Tags) != n {
 			return nil, opErr("kv put", put.Partition, fmt.Errorf("%d tag maps for %d keys: %w", len(put.Tags), n, engine.ErrInvalid))
 		}
-		if tags, err = wire.TagsFromPB(put.Tags); err != nil {
+		if tags, err = wire.TagsFromPBShared(put.Tags); err != nil { // the commit copies what it keeps
 			return nil, opErr("kv put", put.Partition, err)
 		}
 	}

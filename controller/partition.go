@@ -22,6 +22,7 @@ package controller
 import (
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -118,6 +119,48 @@ func (p *partition) tagsOf(r *row) engine.Tags {
 		return nil
 	}
 	return p.rowTags[r.index]
+}
+
+// tagMerge merges a batch's tags into its rows'. A row's map is never
+// changed in place (see tagsOf), so rows that merge the same map into the
+// same map (a batch that gives each row one tag map, into rows without
+// tags or with those of an earlier such batch) can share the result: one
+// merge, and one encoding (wire.TagsToPB), a batch instead of one a row,
+// and one map in memory.
+type tagMerge struct {
+	// adopt: the maps merged in are the controller's (decoded for it,
+	// shared by nobody who changes them) and are kept as they are.
+	adopt bool
+
+	done          bool
+	old, add, out engine.Tags // the last merge
+}
+
+// merge returns old with add's tags set (add's win).
+func (m *tagMerge) merge(old, add engine.Tags) engine.Tags {
+	if m.done && old.Same(m.old) && add.Same(m.add) {
+		return m.out
+	}
+	var out engine.Tags
+	switch {
+	case len(add) == 0:
+		out = old
+	case len(old) == 0 && m.adopt:
+		out = add
+	case len(old) == 0:
+		out = add.Clone()
+	default:
+		// old's values are never changed in place either: no deep copy.
+		out = make(engine.Tags, len(old)+len(add))
+		maps.Copy(out, old)
+		if m.adopt {
+			maps.Copy(out, add)
+		} else {
+			maps.Copy(out, add.Clone())
+		}
+	}
+	m.done, m.old, m.add, m.out = true, old, add, out
+	return out
 }
 
 // setTags replaces r's tags.

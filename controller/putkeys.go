@@ -13,6 +13,14 @@ import (
 // rejected commit (bad keys or fields, a dtype other than the partition's)
 // creates no key and changes nothing.
 func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, error) {
+	return c.commitKeys(req, false)
+}
+
+// commitKeys is CommitKeys; with shared, for the server, which decoded
+// req's tags for it and encodes the reply at once, the controller keeps
+// req's tag maps and the reply's are the rows' own (to read, not change),
+// where CommitKeys copies both.
+func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.KeysCommitted, error) {
 	n := len(req.Keys)
 	err := checkKeys(req.Keys)
 	switch {
@@ -59,11 +67,14 @@ func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, er
 		out.Replaced = p.applyCommit(&engine.CommitRequest{Partition: req.Partition, Fields: req.Fields}, rows)
 	}
 	out.Tags = make([]engine.Tags, n)
+	m := tagMerge{adopt: shared}
 	for i, r := range rows {
 		if req.Tags != nil && len(req.Tags[i]) > 0 {
-			p.setTags(r, p.tagsOf(r).Merge(req.Tags[i]))
+			p.setTags(r, m.merge(p.tagsOf(r), req.Tags[i]))
 		}
-		out.Tags[i] = p.tagsOf(r).Clone()
+		if out.Tags[i] = p.tagsOf(r); !shared {
+			out.Tags[i] = out.Tags[i].Clone()
+		}
 	}
 	out.Fields = p.commonFields(rows)
 	// One change of the keys' feed: their creation, cells and tags

@@ -10,6 +10,7 @@ package controller
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -201,9 +202,10 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 			chunk.Rows, size = chunk.Rows[:0], 0
 			return err
 		}
+		var tags runTags
 		for i := range pc.rows {
 			rc := &pc.rows[i]
-			sr, err := rc.toPB(pc, cellFn)
+			sr, err := rc.toPB(pc, cellFn, &tags)
 			if err != nil {
 				return fmt.Errorf("partition %q row %d: %w", pc.id, rc.index, err)
 			}
@@ -228,10 +230,10 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 	return sw.w.Flush()
 }
 
-func (rc *rowCopy) toPB(pc *partCopy, cellFn func(*partCopy, *rowCopy, *cellCopy, *wirepb.StateCell) error) (*wirepb.StateRow, error) {
+func (rc *rowCopy) toPB(pc *partCopy, cellFn func(*partCopy, *rowCopy, *cellCopy, *wirepb.StateCell) error, tags *runTags) (*wirepb.StateRow, error) {
 	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Change: rc.change, Reserved: rc.reserved}
 	if len(rc.tags) > 0 {
-		b, err := wire.JSONToPB(rc.tags)
+		b, err := tags.encode(rc.tags)
 		if err != nil {
 			return nil, err
 		}
@@ -276,6 +278,39 @@ type loadedState struct {
 	// bytes are in the data file, to be written to storage units before
 	// the state is taken over.
 	inFile []fileCell
+	tags   runTags
+}
+
+// runTags encodes or decodes the tags of consecutive rows that share one
+// map (a batch's rows mostly do: see tagMerge) once, and keeps them one
+// map when they are read back.
+type runTags struct {
+	m engine.Tags
+	b []byte
+}
+
+func (l *runTags) encode(m engine.Tags) ([]byte, error) {
+	if l.b != nil && m.Same(l.m) {
+		return l.b, nil
+	}
+	b, err := wire.JSONToPB(m)
+	if err != nil {
+		return nil, err
+	}
+	l.m, l.b = m, b
+	return b, nil
+}
+
+func (l *runTags) decode(b []byte) (engine.Tags, error) {
+	if l.m != nil && bytes.Equal(b, l.b) {
+		return l.m, nil
+	}
+	m, err := wire.JSONFromPB(b)
+	if err != nil {
+		return nil, err
+	}
+	l.m, l.b = m, b
+	return m, nil
 }
 
 // fileCell is a cell whose bytes are at off in a checkpoint's data file.
@@ -487,7 +522,7 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 
 // loadRow adds a row read from a state file to p, whose fields are fields.
 func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
-	tags, err := wire.JSONFromPB(sr.Tags)
+	tags, err := ls.tags.decode(sr.Tags)
 	if err != nil {
 		return corrupt("partition %q row %d: %s", p.id, sr.Index, err.Error())
 	}

@@ -90,6 +90,15 @@ func cloneReflect(v reflect.Value) reflect.Value {
 	return v
 }
 
+// Same reports whether t and u are one map (not merely equal ones; two nil
+// maps are the same).
+func (t Tags) Same(u Tags) bool {
+	if t == nil || u == nil {
+		return t == nil && u == nil
+	}
+	return reflect.ValueOf(t).UnsafePointer() == reflect.ValueOf(u).UnsafePointer()
+}
+
 // Merge returns a copy of t with every key of u set to u's value (u wins).
 func (t Tags) Merge(u Tags) Tags {
 	out := t.Clone()

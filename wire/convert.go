@@ -566,10 +566,16 @@ func TagFilterFromPB(pcs []*wirepb.TagCondition) (engine.TagFilter, error) {
 	return f, nil
 }
 
-// TagsToPB encodes per-row tags.
+// TagsToPB encodes per-row tags. A row whose tags are the previous row's
+// map ([engine.Tags.Same]: a batch's rows often share one) shares its
+// bytes.
 func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 	out := make([][]byte, len(tags))
 	for i, t := range tags {
+		if i > 0 && t != nil && t.Same(tags[i-1]) {
+			out[i] = out[i-1]
+			continue
+		}
 		b, err := JSONToPB(t)
 		if err != nil {
 			return nil, err
@@ -579,15 +585,24 @@ func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 	return out, nil
 }
 
-// TagsFromPB decodes per-row tags. A batch often gives every row the
-// same tags: a row whose bytes equal the previous row's gets a copy of
-// its tags rather than a second decode (a JSON decoder a row was most of
-// a tagged put's server time).
-func TagsFromPB(bs [][]byte) ([]engine.Tags, error) {
+// TagsFromPB decodes per-row tags, each row's a map of its own. A batch
+// often gives every row the same tags: a row whose bytes equal the
+// previous row's gets a copy of its tags rather than a second decode (a
+// JSON decoder a row was most of a tagged put's server time).
+func TagsFromPB(bs [][]byte) ([]engine.Tags, error) { return tagsFromPB(bs, false) }
+
+// TagsFromPBShared is TagsFromPB for a reader that never changes the maps
+// (the controller, which replaces a row's tags rather than change them):
+// rows with equal bytes share one map.
+func TagsFromPBShared(bs [][]byte) ([]engine.Tags, error) { return tagsFromPB(bs, true) }
+
+func tagsFromPB(bs [][]byte, share bool) ([]engine.Tags, error) {
 	out := make([]engine.Tags, len(bs))
 	for i, b := range bs {
 		if i > 0 && out[i-1] != nil && bytes.Equal(b, bs[i-1]) {
-			out[i] = out[i-1].Clone()
+			if out[i] = out[i-1]; !share {
+				out[i] = out[i].Clone()
+			}
 			continue
 		}
 		m, err := JSONFromPB(b)

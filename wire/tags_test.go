@@ -44,3 +44,24 @@ func BenchmarkTagsFromPB(b *testing.B) {
 		}
 	}
 }
+
+// TagsFromPBShared gives rows with the bytes of the row before the same
+// map; TagsToPB encodes a map that rows share once, and equal maps that
+// are not shared each (the same bytes).
+func TestTagsSharedRows(t *testing.T) {
+	same := []byte(`{"status":"finished"}`)
+	got, err := TagsFromPBShared([][]byte{same, same, nil, []byte(`{"x":2.5}`), same})
+	require.NoError(t, err)
+	assert.True(t, got[0].Same(got[1]))
+	assert.Nil(t, got[2])
+	assert.False(t, got[4].Same(got[0]), "not after another row")
+	assert.Equal(t, got[0], got[4])
+
+	b, err := TagsToPB(got)
+	require.NoError(t, err)
+	assert.Same(t, &b[0][0], &b[1][0], "a shared map is encoded once")
+	assert.NotSame(t, &b[0][0], &b[4][0])
+	for i, want := range []string{string(same), string(same), "", `{"x":2.5}`, string(same)} {
+		assert.Equal(t, want, string(b[i]), "row %d", i)
+	}
+}

@@ -1,0 +1,141 @@
+package controller
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+)
+
+// keyTags returns the stored tag maps of keys (not copies: for checking
+// which rows share one).
+func keyTags(t *testing.T, c *Controller, partition string, keys ...string) []engine.Tags {
+	t.Helper()
+	p := c.lock(partition)
+	require.NotNil(t, p, "partition %q", partition)
+	defer p.mu.Unlock()
+	rows, missing := p.lookupKeys(keys)
+	require.Empty(t, missing)
+	out := make([]engine.Tags, len(rows))
+	for i, r := range rows {
+		out[i] = p.tagsOf(r)
+	}
+	return out
+}
+
+// The rows of a batch that carries one tag map share one merged map (the
+// controller never changes a row's map in place), and the sharing never
+// shows: a caller's maps are copied on the way in, the tags CommitKeys
+// returns are copies, and a later change to one row leaves the rows it
+// shared a map with as they were.
+func TestTagMergeSharing(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	mine := engine.Tags{"status": "generated", "nested": map[string]any{"a": []any{int64(1)}}}
+	want := engine.Tags{"status": "generated", "nested": map[string]any{"a": []any{int64(1)}}}
+	out, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"a", "b", "c"}, Tags: []engine.Tags{mine, mine, mine}})
+	require.NoError(t, err)
+	stored := keyTags(t, c, "p", "a", "b", "c")
+	assert.True(t, stored[0].Same(stored[1]) && stored[1].Same(stored[2]), "one map for the batch")
+	assert.False(t, stored[0].Same(mine), "the caller's map is copied")
+
+	mine["status"] = "changed"
+	mine["nested"].(map[string]any)["a"].([]any)[0] = int64(9)
+	out.Tags[0]["status"] = "changed too"
+	out.Tags[1]["nested"].(map[string]any)["a"].([]any)[0] = int64(8)
+	for i, tags := range keyTags(t, c, "p", "a", "b", "c") {
+		assert.Equal(t, want, tags, "row %d after the caller changed its maps and the reply's", i)
+	}
+	assert.Equal(t, "generated", out.Tags[2]["status"], "each reply row is its own copy")
+
+	// One row changes: the others keep the map they shared.
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"b"}, Tags: []engine.Tags{{"status": "scored"}}})
+	require.NoError(t, err)
+	got := keyTags(t, c, "p", "a", "b", "c")
+	assert.Equal(t, want, got[0])
+	assert.Equal(t, "scored", got[1]["status"])
+	assert.Equal(t, want, got[2])
+
+	// One map merged into rows whose tags differ: each row its own merge
+	// (a, b, c: the last merge remembered is b's, c's old map is a's).
+	step := engine.Tags{"step": int64(3)}
+	require.NoError(t, c.SetTags("p", []uint64{0, 1, 2}, []engine.Tags{step, step, step}))
+	got = keyTags(t, c, "p", "a", "b", "c")
+	assert.Equal(t, engine.Tags{"status": "generated", "step": int64(3), "nested": want["nested"]}, got[0])
+	assert.Equal(t, engine.Tags{"status": "scored", "step": int64(3), "nested": want["nested"]}, got[1])
+	assert.Equal(t, got[0], got[2])
+	assert.False(t, got[0].Same(got[1]))
+}
+
+// The server hands CommitKeys the maps it decoded (rows with equal bytes
+// share one) and encodes the reply at once: the controller keeps the
+// decoded map and the reply names the stored one, encoded once for the
+// batch.
+func TestCommitKeysSharedTags(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	enc := []byte(`{"status":"generated"}`)
+	tags, err := wire.TagsFromPBShared([][]byte{enc, enc, enc, []byte(`{"status":"other"}`)})
+	require.NoError(t, err)
+	require.True(t, tags[0].Same(tags[2]))
+	require.False(t, tags[2].Same(tags[3]))
+	out, err := c.commitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"a", "b", "c", "d"}, Tags: tags}, true)
+	require.NoError(t, err)
+	stored := keyTags(t, c, "p", "a", "b", "c", "d")
+	for i := range stored {
+		assert.True(t, stored[i].Same(tags[i]), "row %d keeps the decoded map", i)
+		assert.True(t, out.Tags[i].Same(stored[i]), "row %d: the reply names the stored map", i)
+	}
+	b, err := wire.TagsToPB(out.Tags)
+	require.NoError(t, err)
+	assert.Equal(t, []string{string(enc), string(enc), string(enc), `{"status":"other"}`},
+		[]string{string(b[0]), string(b[1]), string(b[2]), string(b[3])})
+
+	// Merged into existing tags, the decoded maps are kept as values.
+	more, err := wire.TagsFromPBShared([][]byte{[]byte(`{"step":1}`), []byte(`{"step":1}`)})
+	require.NoError(t, err)
+	_, err = c.commitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"a", "b"}, Tags: more}, true)
+	require.NoError(t, err)
+	got := keyTags(t, c, "p", "a", "b", "c")
+	assert.Equal(t, engine.Tags{"status": "generated", "step": int64(1)}, got[0])
+	assert.True(t, got[0].Same(got[1]))
+	assert.Equal(t, engine.Tags{"status": "generated"}, got[2], "c keeps the map a and b had")
+	assert.True(t, got[2].Same(tags[2]))
+}
+
+// Rows that shared one map before a restart come back right, still
+// sharing it, whether replayed from the log or read from a snapshot, and
+// a change to one of them after it changes no other.
+func TestSharedTagsAfterRestart(t *testing.T) {
+	for _, snapshot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("snapshot=%v", snapshot), func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			one := engine.Tags{"status": "generated"}
+			_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"a", "b", "c", "d"}, Tags: []engine.Tags{one, one, one, {"status": "other"}}})
+			require.NoError(t, err)
+			if snapshot {
+				require.NoError(t, c.snapshot())
+			}
+			crash(t, c)
+
+			c = openDurable(t, dir, Config{})
+			defer c.Close()
+			got := keyTags(t, c, "p", "a", "b", "c", "d")
+			for i := range 3 {
+				assert.Equal(t, one, got[i], "row %d", i)
+			}
+			assert.Equal(t, engine.Tags{"status": "other"}, got[3])
+			assert.True(t, got[0].Same(got[2]), "read back as one map")
+			assert.False(t, got[2].Same(got[3]))
+			_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"b"}, Tags: []engine.Tags{{"status": "scored"}}})
+			require.NoError(t, err)
+			got = keyTags(t, c, "p", "a", "b", "c")
+			assert.Equal(t, one, got[0])
+			assert.Equal(t, engine.Tags{"status": "scored"}, got[1])
+			assert.Equal(t, one, got[2])
+		})
+	}
+}
