@@ -430,3 +430,37 @@ func BenchmarkCommitKeysTagged(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
 }
+
+// BenchmarkListKeysTagged lists a partition of 4096 keys put in one
+// tagged batch as the server answers LIST_KEYS: list, encode the reply.
+func BenchmarkListKeysTagged(b *testing.B) {
+	c, _ := New(DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	defer s.Close()
+	const rows = 4096
+	keys := make([]string, rows)
+	tags := make([]engine.Tags, rows)
+	one := engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
+	for i := range keys {
+		keys[i], tags[i] = fmt.Sprintf("rollout/step-7/%d", i), one
+	}
+	if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags}); err != nil {
+		b.Fatal(err)
+	}
+	body, err := proto.Marshal(&wirepb.ListKeysRequest{Partition: "p"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		reply, err := s.call(ctx, wire.OpListKeys, body, &effects{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := proto.Marshal(reply); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/key")
+}

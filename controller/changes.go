@@ -289,6 +289,13 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 // malformed cursor or one of another partition; with Wait, the context's
 // error or [engine.ErrClosed].
 func (c *Controller) KeyChanges(ctx context.Context, req engine.ChangesRequest) (engine.KeyChanges, error) {
+	return c.keyChanges(ctx, req, false)
+}
+
+// keyChanges is KeyChanges; with shared, for the server, which encodes
+// the answer at once, the keys' tags are the rows' own maps (to read, not
+// change) rather than copies.
+func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, shared bool) (engine.KeyChanges, error) {
 	limit := req.Limit
 	switch {
 	case req.Partition == "":
@@ -322,7 +329,7 @@ func (c *Controller) KeyChanges(ctx context.Context, req engine.ChangesRequest) 
 				continue // made between lock and RLock
 			}
 		} else {
-			out := p.changesSince(c.cluster, cur, limit)
+			out := p.changesSince(c.cluster, cur, limit, shared)
 			wake, dropped = p.feed.wait(), p.changedChan()
 			p.mu.Unlock()
 			if len(out.Changes) > 0 || out.Reset {
@@ -350,7 +357,7 @@ func (c *Controller) KeyChanges(ctx context.Context, req engine.ChangesRequest) 
 }
 
 // changesSince lists the changes after cur. p is locked.
-func (p *partition) changesSince(cluster string, cur changesCursor, limit int) engine.KeyChanges {
+func (p *partition) changesSince(cluster string, cur changesCursor, limit int, shared bool) engine.KeyChanges {
 	var out engine.KeyChanges
 	from, withCleared := cur.pos.after(), true
 	switch {
@@ -402,7 +409,9 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int) e
 			told[kc.Key] = true
 		} else {
 			rows = rows[1:]
-			kc.Tags = kc.Tags.Clone()
+			if !shared {
+				kc.Tags = kc.Tags.Clone()
+			}
 		}
 		out.Changes = append(out.Changes, kc)
 		last = pos

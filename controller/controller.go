@@ -970,6 +970,13 @@ func (c *Controller) ListKeysPage(partition string, cursor []byte, limit int) ([
 // have a next cursor. Errors: also [engine.ErrInvalid] for a malformed
 // filter.
 func (c *Controller) ListKeysPageWhere(partition string, where engine.TagFilter, cursor []byte, limit int) ([]PartitionKeys, []byte, error) {
+	return c.listKeysPage(partition, where, cursor, limit, false)
+}
+
+// listKeysPage is ListKeysPageWhere; with shared, for the server, which
+// encodes the page at once, the keys' tags are the rows' own maps (to
+// read, not change) rather than copies.
+func (c *Controller) listKeysPage(partition string, where engine.TagFilter, cursor []byte, limit int, shared bool) ([]PartitionKeys, []byte, error) {
 	switch {
 	case limit < 0 || limit > maxKeysPage:
 		return nil, nil, opErr("list keys", partition, fmt.Errorf("page of %d keys (1 to %d): %w", limit, maxKeysPage, engine.ErrInvalid))
@@ -1017,7 +1024,11 @@ func (c *Controller) ListKeysPageWhere(partition string, where engine.TagFilter,
 				return true
 			}
 			key := p.keyOf(r)
-			keys = append(keys, engine.KeyInfo{Key: key, Index: r.index, Tags: tags.Clone()})
+			ki := engine.KeyInfo{Key: key, Index: r.index, Tags: tags}
+			if !shared {
+				ki.Tags = tags.Clone()
+			}
+			keys = append(keys, ki)
 			n++
 			size += len(key) + 16 + 32*len(tags)
 			return true

@@ -359,15 +359,16 @@ func (s *Server) listKeys(_ context.Context, body []byte, _ *effects) (proto.Mes
 	if err != nil {
 		return nil, opErr("list keys", req.Partition, err)
 	}
-	page, next, err := s.c.ListKeysPageWhere(req.Partition, where, req.Cursor, limit)
+	page, next, err := s.c.listKeysPage(req.Partition, where, req.Cursor, limit, true)
 	if err != nil {
 		return nil, err
 	}
 	r := &wirepb.ListKeysReply{Partitions: make([]*wirepb.PartitionKeys, len(page)), Next: next}
+	var run runTags // keys put in one batch share their tags' map
 	for i, pk := range page {
 		out := &wirepb.PartitionKeys{Partition: pk.Partition, Keys: make([]*wirepb.KeyInfo, len(pk.Keys))}
 		for j, k := range pk.Keys {
-			tags, err := wire.JSONToPB(k.Tags)
+			tags, err := run.encode(k.Tags)
 			if err != nil {
 				return nil, fmt.Errorf("tags of key %q: %w", k.Key, err)
 			}
@@ -434,7 +435,7 @@ func (s *Server) keyChanges(ctx context.Context, body []byte, _ *effects) (proto
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
 		defer cancel()
 	}
-	ch, err := s.c.KeyChanges(ctx, engine.ChangesRequest{Partition: req.Partition, Cursor: req.Cursor, Limit: limit, Wait: req.Wait})
+	ch, err := s.c.keyChanges(ctx, engine.ChangesRequest{Partition: req.Partition, Cursor: req.Cursor, Limit: limit, Wait: req.Wait}, true)
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errShuttingDown {
 			return nil, opErr("key changes", req.Partition, cause)
@@ -442,8 +443,9 @@ func (s *Server) keyChanges(ctx context.Context, body []byte, _ *effects) (proto
 		return nil, err
 	}
 	r := &wirepb.KeyChangesReply{Changes: make([]*wirepb.KeyChange, len(ch.Changes)), Cursor: ch.Cursor, Reset_: ch.Reset, More: ch.More}
+	var run runTags // keys put in one batch share their tags' map
 	for i, kc := range ch.Changes {
-		tags, err := wire.JSONToPB(kc.Tags)
+		tags, err := run.encode(kc.Tags)
 		if err != nil {
 			return nil, fmt.Errorf("tags of key %q: %w", kc.Key, err)
 		}

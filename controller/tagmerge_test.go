@@ -1,14 +1,17 @@
 package controller
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // keyTags returns the stored tag maps of keys (not copies: for checking
@@ -137,5 +140,62 @@ func TestSharedTagsAfterRestart(t *testing.T) {
 			assert.Equal(t, engine.Tags{"status": "scored"}, got[1])
 			assert.Equal(t, one, got[2])
 		})
+	}
+}
+
+// Listing keys and reading their changes: the methods give copies, and the
+// server, which encodes the rows' own maps, encodes a map the keys share
+// once.
+func TestListAndChangesSharedTags(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	t.Cleanup(func() { s.Close() })
+	one := engine.Tags{"status": "generated"}
+	_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"a", "b", "c"}, Tags: []engine.Tags{one, one, {"status": "other"}}})
+	require.NoError(t, err)
+	ctx := context.Background()
+
+	page, _, err := c.ListKeysPage("p", nil, 0)
+	require.NoError(t, err)
+	page[0].Keys[0].Tags["status"] = "changed"
+	ch, err := c.KeyChanges(ctx, engine.ChangesRequest{Partition: "p"})
+	require.NoError(t, err)
+	require.Len(t, ch.Changes, 3)
+	ch.Changes[1].Tags["status"] = "changed"
+	assert.Equal(t, []engine.Tags{one, one, {"status": "other"}}, keyTags(t, c, "p", "a", "b", "c"), "copies")
+
+	call := func(op wire.Op, req, reply proto.Message) {
+		t.Helper()
+		body, err := proto.Marshal(req)
+		require.NoError(t, err)
+		got, err := s.call(ctx, op, body, &effects{})
+		require.NoError(t, err)
+		b, err := proto.Marshal(got)
+		require.NoError(t, err)
+		require.NoError(t, proto.Unmarshal(b, reply))
+		// Shared in the reply the server built (the bytes above are a
+		// copy of it).
+		var tags [][]byte
+		switch r := got.(type) {
+		case *wirepb.ListKeysReply:
+			for _, k := range r.Partitions[0].Keys {
+				tags = append(tags, k.Tags)
+			}
+		case *wirepb.KeyChangesReply:
+			for _, k := range r.Changes {
+				tags = append(tags, k.Tags)
+			}
+		}
+		require.Len(t, tags, 3)
+		assert.Same(t, &tags[0][0], &tags[1][0], "%v: a shared map encoded once", op)
+		assert.NotSame(t, &tags[1][0], &tags[2][0])
+	}
+	var lr wirepb.ListKeysReply
+	call(wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "p"}, &lr)
+	var kr wirepb.KeyChangesReply
+	call(wire.OpKeyChanges, &wirepb.KeyChangesRequest{Partition: "p"}, &kr)
+	for i, want := range []string{`{"status":"generated"}`, `{"status":"generated"}`, `{"status":"other"}`} {
+		assert.Equal(t, want, string(lr.Partitions[0].Keys[i].Tags), "list, key %d", i)
+		assert.Equal(t, want, string(kr.Changes[i].Tags), "changes, key %d", i)
 	}
 }
