@@ -464,3 +464,47 @@ func BenchmarkListKeysTagged(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/key")
 }
+
+// BenchmarkResolveKeysTagged resolves 4096 keys put in one tagged batch
+// with one field, as the server answers RESOLVE_KEYS (a KV get's
+// controller step): resolve, encode the reply.
+func BenchmarkResolveKeysTagged(b *testing.B) {
+	c, _ := New(DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	defer s.Close()
+	id, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const rows = 4096
+	keys := make([]string, rows)
+	tags := make([]engine.Tags, rows)
+	one := engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
+	for i := range keys {
+		keys[i], tags[i] = fmt.Sprintf("rollout/step-7/%d", i), one
+	}
+	locs := make([]engine.CellLoc, rows)
+	for i := range locs {
+		locs[i] = engine.CellLoc{Unit: id, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}}
+	}
+	reward := engine.CommitField{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs}
+	if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags, Fields: []engine.CommitField{reward}}); err != nil {
+		b.Fatal(err)
+	}
+	body, err := proto.Marshal(&wirepb.ResolveKeysRequest{Partition: "p", Keys: keys})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		reply, err := s.call(ctx, wire.OpResolveKeys, body, &effects{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := proto.Marshal(reply); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/key")
+}

@@ -567,12 +567,14 @@ func TagFilterFromPB(pcs []*wirepb.TagCondition) (engine.TagFilter, error) {
 }
 
 // TagsToPB encodes per-row tags. A row whose tags are the previous row's
-// map ([engine.Tags.Same]: a batch's rows often share one) shares its
-// bytes.
+// map ([engine.Tags.Same]: a batch's rows often share one), or a map of
+// the same plain values (strings, numbers, bools, nulls of the same Go
+// types: copies of one, as a batch's metadata holds them), shares its
+// bytes: a JSON encoding a row was most of the time of a reply with tags.
 func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 	out := make([][]byte, len(tags))
 	for i, t := range tags {
-		if i > 0 && t != nil && t.Same(tags[i-1]) {
+		if i > 0 && t != nil && (t.Same(tags[i-1]) || samePlain(t, tags[i-1])) {
 			out[i] = out[i-1]
 			continue
 		}
@@ -583,6 +585,52 @@ func TagsToPB(tags []engine.Tags) ([][]byte, error) {
 		out[i] = b
 	}
 	return out, nil
+}
+
+// samePlain reports whether a and b hold the same keys with equal values
+// of the same plain types, which encode alike; false for anything else
+// (nested values, other types), which is then encoded on its own.
+func samePlain(a, b engine.Tags) bool {
+	if len(a) != len(b) || b == nil {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok {
+			return false
+		}
+		switch x := va.(type) {
+		case string:
+			if y, ok := vb.(string); !ok || x != y {
+				return false
+			}
+		case float64:
+			// Bits, not ==: 0 and -0 encode differently. (A NaN never
+			// gets here: its row's encoding fails.)
+			if y, ok := vb.(float64); !ok || math.Float64bits(x) != math.Float64bits(y) {
+				return false
+			}
+		case int64:
+			if y, ok := vb.(int64); !ok || x != y {
+				return false
+			}
+		case int:
+			if y, ok := vb.(int); !ok || x != y {
+				return false
+			}
+		case bool:
+			if y, ok := vb.(bool); !ok || x != y {
+				return false
+			}
+		case nil:
+			if vb != nil {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // TagsFromPB decodes per-row tags, each row's a map of its own. A batch

@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"math"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -64,4 +66,57 @@ func TestTagsSharedRows(t *testing.T) {
 	for i, want := range []string{string(same), string(same), "", `{"x":2.5}`, string(same)} {
 		assert.Equal(t, want, string(b[i]), "row %d", i)
 	}
+}
+
+// TagsToPB's shortcut for rows like the one before gives every row the
+// bytes its own encoding would: random runs of equal, near-equal (0 and
+// -0, 7 as int, int64 and float64, a nested value) and shared maps.
+func TestTagsToPBMatchesEachRow(t *testing.T) {
+	values := []any{"a", "b", "", 0.0, math.Copysign(0, -1), 7, int64(7), 7.0, 2.5, true, false, nil,
+		map[string]any{"x": 1}, []any{"y"}}
+	twins := [][2]any{{0.0, math.Copysign(0, -1)}, {7, int64(7)}, {int64(7), 7.0}, {"", nil}}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 200 {
+		var prev engine.Tags
+		rows := make([]engine.Tags, 1+rng.IntN(12))
+		for i := range rows {
+			switch rng.IntN(5) {
+			case 0:
+				rows[i] = prev // the same map (or nil)
+			case 1:
+				rows[i] = prev.Clone()
+			case 2: // a twin: one value swapped for one that compares or encodes alike
+				rows[i] = prev.Clone()
+				for k, v := range rows[i] {
+					for _, pair := range twins {
+						if v == pair[0] {
+							rows[i][k] = pair[1]
+						} else if v == pair[1] {
+							rows[i][k] = pair[0]
+						}
+					}
+					break
+				}
+			default:
+				m := engine.Tags{}
+				for range rng.IntN(3) {
+					m[[]string{"status", "step", "score"}[rng.IntN(3)]] = values[rng.IntN(len(values))]
+				}
+				if rng.IntN(8) == 0 {
+					m = nil
+				}
+				rows[i] = m
+			}
+			prev = rows[i]
+		}
+		got, err := TagsToPB(rows)
+		require.NoError(t, err)
+		for i, m := range rows {
+			want, err := JSONToPB(m)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(got[i]), "row %d of %v", i, rows)
+		}
+	}
+	_, err := TagsToPB([]engine.Tags{{"x": 1.0}, {"x": math.NaN()}})
+	require.ErrorIs(t, err, engine.ErrInvalid, "a NaN is refused, not shortcut")
 }
