@@ -52,6 +52,15 @@ def test_tags_a_batch_at_a_time():
     assert got == [same, {}, same, {"x": 1.5}]
     got[0]["n"].append(3)
     assert got[2] == same, "every row gets its own dict"
+    # Rows with the bytes of the row before: their own dicts too, nested
+    # values included.
+    got = tags_from_json_list([enc[0], enc[0], enc[3], enc[3], enc[3], b"", b"", enc[0]])
+    assert got == [same, same, {"x": 1.5}, {"x": 1.5}, {"x": 1.5}, {}, {}, same]
+    got[0]["n"].append(3)
+    got[2]["x"] = 0
+    got[5]["y"] = 1
+    assert got[1] == same and got[7] == same and got[3] == got[4] == {"x": 1.5} and got[6] == {}
+    assert tags_from_json_list([b"null", b"null", b"[1]", b"[1]"]) == [None, None, [1], [1]]
     # Not objects: each parsed alone, as before.
     assert tags_from_json_list([b"[1]", b"{}"]) == [[1], {}]
     with pytest.raises(ValueError):

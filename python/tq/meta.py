@@ -42,19 +42,40 @@ def tags_from_json(b: bytes) -> dict:
 
 
 def tags_from_json_list(bs) -> list:
-    """tags_from_json of each of bs, in one parse: the tags as one JSON
-    array. A new dict a row, even where rows' tags are equal."""
-    full = [b for b in bs if b]
-    if len(full) > 1 and all(b[:1] == b"{" and b[-1:] == b"}" for b in full):
+    """tags_from_json of each of bs: a new dict a row, even where rows' tags
+    are equal. Rows whose bytes differ from the row before's are parsed in
+    one parse (the tags as one JSON array); a row with the bytes of the row
+    before (a batch's rows mostly carry the same tags) gets a copy of its
+    dict, or, when that holds lists or dicts, a parse of its own, so that
+    no two rows share anything."""
+    bs = list(bs)
+    firsts = [i for i, b in enumerate(bs) if b and (i == 0 or b != bs[i - 1])]
+    out = [None] * len(bs)
+    for i, t in zip(firsts, _parse_objects([bs[i] for i in firsts])):
+        out[i] = t
+    flat = False
+    for i, b in enumerate(bs):
+        if not b:
+            out[i] = {}
+        elif i and b == bs[i - 1]:
+            out[i] = out[i - 1].copy() if flat else tags_from_json(b)
+        else:
+            t = out[i]
+            flat = type(t) is dict and not any(type(v) in (dict, list) for v in t.values())
+    return out
+
+
+def _parse_objects(bs) -> list:
+    """tags_from_json of each of bs (none empty), in one parse when it can."""
+    if len(bs) > 1 and all(b[:1] == b"{" and b[-1:] == b"}" for b in bs):
         try:
-            got = json.loads(b"[" + b",".join(full) + b"]")
+            got = json.loads(b"[" + b",".join(bs) + b"]")
         except ValueError:
             got = None
         # The server writes each tag as one JSON object; anything else is
         # parsed alone, where its error names it.
-        if got is not None and len(got) == len(full) and all(type(t) is dict for t in got):
-            it = iter(got)
-            return [next(it) if b else {} for b in bs]
+        if got is not None and len(got) == len(bs) and all(type(t) is dict for t in got):
+            return got
     return [tags_from_json(b) for b in bs]
 
 
