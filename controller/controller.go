@@ -304,7 +304,7 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	if c.logging() {
 		stamp(rows, c.log(p.rowsOp(rows, false)))
 	}
-	m := p.meta(rows, fields)
+	m := p.meta(rows, fields, false)
 	for _, f := range fields {
 		if _, ok := m.Schema[f]; !ok {
 			m.Schema[f] = engine.FieldSchema{}
@@ -323,6 +323,13 @@ func (c *Controller) BlockedFetches() int64 { return c.blocked.Load() }
 // non-positive batch size; the sampler's errors; with Wait, the context's
 // error or [engine.ErrClosed].
 func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	return c.fetch(ctx, req, false)
+}
+
+// fetch is Fetch; with shared, for the server, which encodes the meta at
+// once, the rows' tags in it are their own maps (to read, not change)
+// rather than copies.
+func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared bool) (*engine.BatchMeta, error) {
 	switch {
 	case req.Task == "":
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs a task name: %w", engine.ErrInvalid))
@@ -368,7 +375,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 				if err := ctx.Err(); err != nil && req.Wait {
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
-				m, err := c.tryFetch(p, &req, smp)
+				m, err := c.tryFetch(p, &req, smp, shared)
 				wake, check = p.changedChan(), p.keptCheck
 				return m, err
 			}()
@@ -406,7 +413,7 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 
 // tryFetch runs the sampler if enough rows are ready (or the partition is
 // done and no more will be); nil meta means "not yet". p is locked.
-func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler) (*engine.BatchMeta, error) {
+func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler, shared bool) (*engine.BatchMeta, error) {
 	now := time.Now()
 	if req.Key != "" {
 		if c.spent.has(req.Key, now) {
@@ -426,7 +433,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 					rows = append(rows, r)
 				}
 			}
-			return p.meta(rows, req.Fields), nil
+			return p.meta(rows, req.Fields, shared), nil
 		}
 	}
 	c.expireKept(p, now)
@@ -542,7 +549,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, AtUnixMs: now.UnixMilli(),
 		}}})
 	}
-	return p.meta(rows, req.Fields), nil
+	return p.meta(rows, req.Fields, shared), nil
 }
 
 // checkRows reports a sampler's row that is not in p.
@@ -634,7 +641,7 @@ func (c *Controller) ForceFetch(partition string, fields []string) (*engine.Batc
 	if fields == nil {
 		fields = p.fieldNames()
 	}
-	return p.meta(p.sortedRows(), fields), nil
+	return p.meta(p.sortedRows(), fields, false), nil
 }
 
 // RowsMeta returns the meta of the given rows over the named fields (every
@@ -652,7 +659,7 @@ func (c *Controller) RowsMeta(partition string, indexes []uint64, fields []strin
 	if fields == nil {
 		fields = p.fieldNames()
 	}
-	return p.meta(rows, fields), nil
+	return p.meta(rows, fields, false), nil
 }
 
 func (p *partition) lookup(indexes []uint64) ([]*row, error) {
@@ -718,6 +725,11 @@ func (c *Controller) ResolveKeys(pid string, keys []string, fields []string, cre
 // positions (in keys) of the keys this call created, so a caller whose
 // write then fails can remove exactly those.
 func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	return c.resolveKeys(pid, keys, fields, create, false)
+}
+
+// resolveKeys is ResolveKeysCreated; shared as for fetch.
+func (c *Controller) resolveKeys(pid string, keys []string, fields []string, create, shared bool) (*engine.BatchMeta, []int, error) {
 	if err := checkKeys(keys); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
 	}
@@ -760,9 +772,9 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 		}
 	}
 	if fields == nil {
-		return p.commonMeta(rows), newAt, nil
+		return p.commonMeta(rows, shared), newAt, nil
 	}
-	return p.meta(rows, fields), newAt, nil
+	return p.meta(rows, fields, shared), newAt, nil
 }
 
 // lookupKeys returns the rows of keys, nil where a key is not in the

@@ -178,7 +178,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Mess
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
 		defer cancel()
 	}
-	m, err := s.c.Fetch(ctx, fr)
+	m, err := s.c.fetch(ctx, fr, true)
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errShuttingDown {
 			return nil, opErr("fetch", req.Partition, cause)
@@ -298,7 +298,7 @@ func (s *Server) resolveKeys(_ context.Context, body []byte, fx *effects) (proto
 	if !req.Create {
 		fx.read = &keysRead{req.Partition, req.Keys}
 	}
-	m, created, err := s.c.ResolveKeysCreated(req.Partition, req.Keys, fields, req.Create)
+	m, created, err := s.c.resolveKeys(req.Partition, req.Keys, fields, req.Create, true)
 	if err != nil {
 		return nil, err
 	}

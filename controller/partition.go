@@ -653,8 +653,10 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 }
 
 // meta builds a BatchMeta for rows over the named fields. Unknown fields
-// get no schema and make every row not ready.
-func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
+// get no schema and make every row not ready. The rows' tags are copies,
+// or, with shared (for a server that encodes the meta at once), the rows'
+// own maps, to read and not change.
+func (p *partition) meta(rows []*row, names []string, shared bool) *engine.BatchMeta {
 	fs := make([]*field, 0, len(names))
 	allKnown := true
 	for _, name := range names {
@@ -665,12 +667,12 @@ func (p *partition) meta(rows []*row, names []string) *engine.BatchMeta {
 		}
 		fs = append(fs, f)
 	}
-	return p.buildMeta(rows, fs, allKnown, false)
+	return p.buildMeta(rows, fs, allKnown, false, shared)
 }
 
 // commonMeta is meta over the fields every row has produced (none for no
 // rows), found in the same pass over the cells that collects them.
-func (p *partition) commonMeta(rows []*row) *engine.BatchMeta {
+func (p *partition) commonMeta(rows []*row, shared bool) *engine.BatchMeta {
 	var fs []*field
 	if len(rows) > 0 {
 		for _, f := range p.order {
@@ -679,13 +681,14 @@ func (p *partition) commonMeta(rows []*row) *engine.BatchMeta {
 			}
 		}
 	}
-	return p.buildMeta(rows, fs, true, true)
+	return p.buildMeta(rows, fs, true, true, shared)
 }
 
 // buildMeta builds rows' meta over fields fs. A cell not produced makes
 // its row not ready, or, with common, leaves its field out of the meta.
-// Each field's cells are collected in one pass over the rows.
-func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *engine.BatchMeta {
+// Each field's cells are collected in one pass over the rows. shared: as
+// for meta.
+func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common, shared bool) *engine.BatchMeta {
 	n := len(rows)
 	m := &engine.BatchMeta{
 		Indexes:    make([]uint64, n),
@@ -735,7 +738,9 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common bool) *
 		m.Indexes[i] = r.index
 		m.Partitions[i] = p.id
 		if r.tagged {
-			m.Tags[i] = p.tagsOf(r).Clone()
+			if m.Tags[i] = p.tagsOf(r); !shared {
+				m.Tags[i] = m.Tags[i].Clone()
+			}
 		}
 		hasKey = hasKey || r.keyed
 		m.Ready[i] = allKnown && r.active && (missing == nil || !missing[i])

@@ -207,7 +207,9 @@ func TestListAndChangesSharedTags(t *testing.T) {
 // race reads that encode the maps, through the server's handlers, under
 // the race detector.
 func TestSharedTagsRace(t *testing.T) {
-	c := newController(t, DefaultConfig())
+	c := newController(t, Config{Sampler: replacementSampler{}})
+	unit, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true)
+	require.NoError(t, err)
 	s := NewServer(c, ServerConfig{})
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
@@ -238,6 +240,11 @@ func TestSharedTagsRace(t *testing.T) {
 		call(wire.OpCommitKeys, &wirepb.CommitKeysRequest{Partition: "p", Keys: keys, HasTags: true, Tags: enc})
 	}
 	put(keys, `{"status":"generated"}`)
+	// A field on every key, for the fetches (which sample without
+	// consuming: "t" is a task of the replacement sampler).
+	call(wire.OpCommitKeys, &wirepb.CommitKeysRequest{Partition: "p", Keys: keys,
+		Fields: []*wirepb.CommitField{{Name: "v", Dtype: "int64", Kind: "dense", Shape: &wirepb.Shape{}, HasLocs: true,
+			Locs: wire.RunsToPB([]engine.CellRun{{Unit: unit, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}, Count: len(keys)}})}}})
 	const rounds = 100
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -262,11 +269,48 @@ func TestSharedTagsRace(t *testing.T) {
 			call(wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "p"})
 			call(wire.OpKeyChanges, &wirepb.KeyChangesRequest{Partition: "p"})
 			call(wire.OpResolveKeys, &wirepb.ResolveKeysRequest{Partition: "p", Keys: keys})
+			call(wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"v"}, BatchSize: 8})
 		}
 	})
 	wg.Wait()
 	got := keyTags(t, c, "p", keys...)
 	for i, tags := range got {
 		assert.Equal(t, "generated", tags["status"], "key %d", i)
+	}
+}
+
+// Fetch and ResolveKeys give copies of the rows' tags; the server, which
+// encodes the meta at once, takes the rows' own maps.
+func TestFetchAndResolveSharedTags(t *testing.T) {
+	c := newController(t, Config{Sampler: replacementSampler{}})
+	one := engine.Tags{"status": "generated", "n": []any{int64(1)}}
+	keys := []string{"a", "b", "c"}
+	_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: []engine.Tags{one, one, one},
+		Fields: []engine.CommitField{{Name: "v", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{},
+			Locs: []engine.CellLoc{{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Len: 8}}, {Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Offset: 8, Len: 8}}, {Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Offset: 16, Len: 8}}}}}})
+	require.NoError(t, err)
+	stored := keyTags(t, c, "p", keys...)
+	ctx := context.Background()
+
+	m, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"v"}, BatchSize: 3})
+	require.NoError(t, err)
+	require.Len(t, m.Tags, 3)
+	r, err := c.ResolveKeys("p", keys, nil, false)
+	require.NoError(t, err)
+	for i := range 3 {
+		assert.False(t, m.Tags[i].Same(stored[0]), "fetch row %d: a copy", i)
+		assert.False(t, r.Tags[i].Same(stored[0]), "resolve row %d: a copy", i)
+	}
+	m.Tags[0]["n"].([]any)[0] = int64(9)
+	r.Tags[1]["status"] = "changed"
+	assert.Equal(t, []engine.Tags{one, one, one}, keyTags(t, c, "p", keys...))
+
+	m, err = c.fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"v"}, BatchSize: 3}, true)
+	require.NoError(t, err)
+	r, _, err = c.resolveKeys("p", keys, []string{"v"}, false, true)
+	require.NoError(t, err)
+	for i := range 3 {
+		assert.True(t, m.Tags[i].Same(stored[0]), "fetch row %d: the row's own map", i)
+		assert.True(t, r.Tags[i].Same(stored[0]), "resolve row %d: the row's own map", i)
 	}
 }
