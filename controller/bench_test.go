@@ -385,42 +385,39 @@ func BenchmarkCommitKeysWatched(b *testing.B) {
 	}
 }
 
-// BenchmarkCommitKeysTagged is a tagged KV put of 4096 keys as the
-// server handles it: decode the request, commit (cells of one field, and
-// the same tags on every row, as a batch of a rollout step carries them),
-// encode the reply. The keys exist (each iteration updates them), so the
-// tags merge into those already there.
-func BenchmarkCommitKeysTagged(b *testing.B) {
-	c, _ := New(DefaultConfig())
-	s := NewServer(c, ServerConfig{})
-	defer s.Close()
-	id, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true)
+// taggedRows: a server over a fresh controller with one unit registered,
+// and 4096 keys with the tags of a rollout step, one map for every row.
+func taggedRows(b *testing.B) (c *Controller, s *Server, unit engine.UnitID, keys []string, tags []engine.Tags) {
+	b.Helper()
+	c, _ = New(DefaultConfig())
+	s = NewServer(c, ServerConfig{})
+	b.Cleanup(func() { s.Close() })
+	unit, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true)
 	if err != nil {
 		b.Fatal(err)
 	}
 	const rows = 4096
-	keys := make([]string, rows)
+	keys = make([]string, rows)
+	tags = make([]engine.Tags, rows)
+	one := engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
 	for i := range keys {
-		keys[i] = fmt.Sprintf("rollout/step-7/%d", i)
+		keys[i], tags[i] = fmt.Sprintf("rollout/step-7/%d", i), one
 	}
-	tags := make([]engine.Tags, rows)
-	for i := range tags {
-		tags[i] = engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
-	}
-	enc, err := wire.TagsToPB(tags)
-	if err != nil {
-		b.Fatal(err)
-	}
-	locs := wire.RunsToPB([]engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}, Count: rows}})
-	body, err := proto.Marshal(&wirepb.CommitKeysRequest{Partition: "p", Keys: keys, HasTags: true, Tags: enc,
-		Fields: []*wirepb.CommitField{{Name: "reward", Dtype: "float64", Kind: "dense", Shape: &wirepb.Shape{}, HasLocs: true, Locs: locs}}})
+	return c, s, unit, keys, tags
+}
+
+// benchCall serves req (of op) with s's handler, and encodes the reply,
+// for the whole benchmark, and reports the time a row of rows.
+func benchCall(b *testing.B, s *Server, op wire.Op, req proto.Message, rows int) {
+	b.Helper()
+	body, err := proto.Marshal(req)
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		reply, err := s.call(ctx, wire.OpCommitKeys, body, &effects{})
+		reply, err := s.call(ctx, op, body, &effects{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -431,80 +428,44 @@ func BenchmarkCommitKeysTagged(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
 }
 
-// BenchmarkListKeysTagged lists a partition of 4096 keys put in one
-// tagged batch as the server answers LIST_KEYS: list, encode the reply.
-func BenchmarkListKeysTagged(b *testing.B) {
-	c, _ := New(DefaultConfig())
-	s := NewServer(c, ServerConfig{})
-	defer s.Close()
-	const rows = 4096
-	keys := make([]string, rows)
-	tags := make([]engine.Tags, rows)
-	one := engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
-	for i := range keys {
-		keys[i], tags[i] = fmt.Sprintf("rollout/step-7/%d", i), one
-	}
-	if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags}); err != nil {
-		b.Fatal(err)
-	}
-	body, err := proto.Marshal(&wirepb.ListKeysRequest{Partition: "p"})
+// BenchmarkCommitKeysTagged is a tagged KV put of 4096 keys as the
+// server handles it: decode the request, commit (cells of one field, and
+// the same tags on every row, as a batch of a rollout step carries them),
+// encode the reply. The keys exist (each iteration updates them), so the
+// tags merge into those already there.
+func BenchmarkCommitKeysTagged(b *testing.B) {
+	_, s, unit, keys, tags := taggedRows(b)
+	enc, err := wire.TagsToPB(tags)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		reply, err := s.call(ctx, wire.OpListKeys, body, &effects{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := proto.Marshal(reply); err != nil {
-			b.Fatal(err)
-		}
+	locs := wire.RunsToPB([]engine.CellRun{{Unit: unit, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}, Count: len(keys)}})
+	benchCall(b, s, wire.OpCommitKeys, &wirepb.CommitKeysRequest{Partition: "p", Keys: keys, HasTags: true, Tags: enc,
+		Fields: []*wirepb.CommitField{{Name: "reward", Dtype: "float64", Kind: "dense", Shape: &wirepb.Shape{}, HasLocs: true, Locs: locs}}}, len(keys))
+}
+
+// BenchmarkListKeysTagged lists a partition of 4096 keys put in one
+// tagged batch as the server answers LIST_KEYS: list, encode the reply.
+func BenchmarkListKeysTagged(b *testing.B) {
+	c, s, _, keys, tags := taggedRows(b)
+	if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags}); err != nil {
+		b.Fatal(err)
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/key")
+	benchCall(b, s, wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "p"}, len(keys))
 }
 
 // BenchmarkResolveKeysTagged resolves 4096 keys put in one tagged batch
 // with one field, as the server answers RESOLVE_KEYS (a KV get's
 // controller step): resolve, encode the reply.
 func BenchmarkResolveKeysTagged(b *testing.B) {
-	c, _ := New(DefaultConfig())
-	s := NewServer(c, ServerConfig{})
-	defer s.Close()
-	id, err := c.units.Register(engine.UnitInfo{Incarnation: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}}, true)
-	if err != nil {
-		b.Fatal(err)
-	}
-	const rows = 4096
-	keys := make([]string, rows)
-	tags := make([]engine.Tags, rows)
-	one := engine.Tags{"status": "generated", "model": "policy-v3", "step": 7}
-	for i := range keys {
-		keys[i], tags[i] = fmt.Sprintf("rollout/step-7/%d", i), one
-	}
-	locs := make([]engine.CellLoc, rows)
+	c, s, unit, keys, tags := taggedRows(b)
+	locs := make([]engine.CellLoc, len(keys))
 	for i := range locs {
-		locs[i] = engine.CellLoc{Unit: id, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}}
+		locs[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}}
 	}
 	reward := engine.CommitField{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs}
 	if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags, Fields: []engine.CommitField{reward}}); err != nil {
 		b.Fatal(err)
 	}
-	body, err := proto.Marshal(&wirepb.ResolveKeysRequest{Partition: "p", Keys: keys})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		reply, err := s.call(ctx, wire.OpResolveKeys, body, &effects{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := proto.Marshal(reply); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/key")
+	benchCall(b, s, wire.OpResolveKeys, &wirepb.ResolveKeysRequest{Partition: "p", Keys: keys}, len(keys))
 }
