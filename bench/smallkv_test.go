@@ -207,9 +207,15 @@ func BenchmarkSmallKV(b *testing.B) {
 						trips[tr+conf](b)
 						// Against redis-server over TCP; over shm (a client
 						// on the controller's host, which takes its unix
-						// socket) also against redis-server's unix socket.
+						// socket) also against redis-server's unix socket;
+						// over tcp also against redis-server through
+						// go-redis, the client a Go program would use (the
+						// minimal RESP client does less than any real one).
 						if r := redisOps["resp"+"raw"+conf]; r > 0 {
 							b.ReportMetric(ops/r, "tq/redis")
+						}
+						if r := redisOps["resp"+"go-redis"+conf]; r > 0 && tr == client.TransportTCP {
+							b.ReportMetric(ops/r, "tq/redis-goredis")
 						}
 						if r := redisOps["unix"+"raw"+conf]; r > 0 && tr == client.TransportShm {
 							b.ReportMetric(ops/r, "tq/redis-unix")
