@@ -728,6 +728,14 @@ func (c *Controller) ResolveKeysCreated(pid string, keys []string, fields []stri
 	return c.resolveKeys(pid, keys, fields, create, false)
 }
 
+// ResolveKeysShared is [Controller.ResolveKeysCreated] for a server that
+// encodes the meta at once (the in-process client behind KV_GET): the
+// meta's tags are the rows' own maps, which the controller replaces and
+// never changes, rather than copies. Read them; do not change them.
+func (c *Controller) ResolveKeysShared(pid string, keys []string, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	return c.resolveKeys(pid, keys, fields, create, true)
+}
+
 // resolveKeys is ResolveKeysCreated; shared as for fetch.
 func (c *Controller) resolveKeys(pid string, keys []string, fields []string, create, shared bool) (*engine.BatchMeta, []int, error) {
 	if err := checkKeys(keys); err != nil {

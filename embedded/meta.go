@@ -27,6 +27,9 @@ func Meta(c *controller.Controller, units ...*storage.Unit) client.MetaService {
 type localMeta struct {
 	c     *controller.Controller
 	units map[engine.UnitID]*storage.Unit
+	// sharedTags: metas carry the rows' own tag maps (ResolveKeysShared),
+	// for KVData's client, whose metas a server encodes at once.
+	sharedTags bool
 }
 
 // Draining reports whether the controller reports unit id draining: a
@@ -151,7 +154,11 @@ func (l localMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
 }
 
 func (l localMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
-	m, created, err := l.c.ResolveKeysCreated(partition, keys, fields, create)
+	resolve := l.c.ResolveKeysCreated
+	if l.sharedTags {
+		resolve = l.c.ResolveKeysShared
+	}
+	m, created, err := resolve(partition, keys, fields, create)
 	if !create {
 		// A read: what it saw (rows, or keys absent) is durable, and
 		// nothing else need be.
@@ -260,11 +267,15 @@ func (l localMeta) Fields(ctx context.Context, partition string) ([]engine.Field
 // LocalClient returns a client of a controller and storage units in this
 // process (registered with it), calling them directly: [Meta] and [Unit].
 func LocalClient(c *controller.Controller, units ...*storage.Unit) (*client.Client, error) {
+	return localClient(Meta(c, units...).(localMeta), units)
+}
+
+func localClient(meta localMeta, units []*storage.Unit) (*client.Client, error) {
 	dus := make([]client.DataUnit, len(units))
 	for i, u := range units {
 		dus[i] = Unit(u)
 	}
-	return client.New(Meta(c, units...), dus, client.DefaultConfig())
+	return client.New(meta, dus, client.DefaultConfig())
 }
 
 // Freer returns what frees cells that a change of keys of partition
@@ -282,7 +293,11 @@ func Freer(c *controller.Controller, units ...*storage.Unit) func(ctx context.Co
 // of those units: its puts and reads, views of the arena for the bytes
 // sent.
 func KVData(c *controller.Controller, units ...*storage.Unit) (controller.KVData, error) {
-	cl, err := LocalClient(c, units...)
+	// The server encodes the metas of its gets at once: they may carry the
+	// rows' own tag maps rather than copies.
+	meta := Meta(c, units...).(localMeta)
+	meta.sharedTags = true
+	cl, err := localClient(meta, units)
 	if err != nil {
 		return nil, err
 	}

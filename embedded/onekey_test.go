@@ -343,3 +343,29 @@ func TestSetValueRefusedForADrainGoesTheGeneralWay(t *testing.T) {
 	assert.False(t, found)
 	assert.Zero(t, used([]*storage.Unit{u}), "the draining unit keeps nothing")
 }
+
+// KVData's gets carry the rows' own tag maps (the server encodes them at
+// once: rows put with one map come back as one map), where the general
+// client's are copies of their own that its caller may change.
+func TestKVDataSharesTags(t *testing.T) {
+	ctrl, _, kd, cl := kvPair(t)
+	ctx := context.Background()
+	keys := []string{"a", "b", "c"}
+	one := engine.Tags{"status": "generated"}
+	vals := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte("x"), []byte("y"), []byte("z")})})
+	_, err := cl.PutKeys(ctx, "p", keys, vals, []engine.Tags{one, one, one})
+	require.NoError(t, err)
+
+	meta, _, err := kd.GetKeys(ctx, "p", keys, []string{"v"}, 0)
+	require.NoError(t, err)
+	require.Len(t, meta.Tags, 3)
+	assert.True(t, meta.Tags[0].Same(meta.Tags[2]), "one map, the rows'")
+
+	own, err := cl.MetaByKeys(ctx, "p", keys, []string{"v"}, false)
+	require.NoError(t, err)
+	assert.False(t, own.Tags[0].Same(own.Tags[1]), "copies")
+	own.Tags[0]["status"] = "changed"
+	again, err := ctrl.ResolveKeys("p", keys, nil, false)
+	require.NoError(t, err)
+	assert.Equal(t, []engine.Tags{one, one, one}, again.Tags)
+}
