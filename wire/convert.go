@@ -600,30 +600,14 @@ func samePlain(a, b engine.Tags) bool {
 			return false
 		}
 		switch x := va.(type) {
-		case string:
-			if y, ok := vb.(string); !ok || x != y {
-				return false
-			}
 		case float64:
 			// Bits, not ==: 0 and -0 encode differently. (A NaN never
 			// gets here: its row's encoding fails.)
 			if y, ok := vb.(float64); !ok || math.Float64bits(x) != math.Float64bits(y) {
 				return false
 			}
-		case int64:
-			if y, ok := vb.(int64); !ok || x != y {
-				return false
-			}
-		case int:
-			if y, ok := vb.(int); !ok || x != y {
-				return false
-			}
-		case bool:
-			if y, ok := vb.(bool); !ok || x != y {
-				return false
-			}
-		case nil:
-			if vb != nil {
+		case string, int64, int, bool, nil:
+			if va != vb { // the same dynamic type and value
 				return false
 			}
 		default:
