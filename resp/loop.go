@@ -41,8 +41,9 @@ type loop struct {
 	unauthed atomic.Int64
 
 	// Used by the loop's goroutine only.
-	buf  []byte
-	args [][]byte
+	buf      []byte
+	args     [][]byte
+	answered []*conn // served this pass, replies not written yet
 }
 
 const (
@@ -137,14 +138,23 @@ func (lp *loop) run() {
 				lp.serve(c)
 			}
 		}
+		// Replies go out after the pass, as in the wire server's loops
+		// (see there why).
+		for i, c := range lp.answered {
+			if lp.flush(c, nil) && c.quit {
+				lp.drop(c)
+			}
+			lp.answered[i] = nil
+		}
+		lp.answered = lp.answered[:0]
 		if timeout > 0 {
 			lp.expire()
 		}
 	}
 }
 
-// serve reads what arrived on c, runs the complete commands in it and
-// writes their replies.
+// serve reads what arrived on c and runs the complete commands in it;
+// their replies are written at the end of the pass (answered).
 func (lp *loop) serve(c *conn) {
 	n, err := evloop.Read(c.fd, lp.buf)
 	switch {
@@ -178,8 +188,8 @@ func (lp *loop) serve(c *conn) {
 		lp.leave(c, in)
 		return
 	}
-	if lp.flush(c, nil) && c.quit {
-		lp.drop(c)
+	if len(c.out) > 0 || c.quit {
+		lp.answered = append(lp.answered, c)
 	}
 }
 

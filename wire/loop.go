@@ -35,6 +35,15 @@ import (
 // holds when the peer closes, when the connection is idle past
 // IdleTimeout, and when the goroutine asks (the connection or the server
 // is closing).
+//
+// A pass of the loop serves every connection with input first and writes
+// their replies after (as Redis does, before it waits again): a reply
+// wakes its client, and on a small host the woken client takes a CPU the
+// loop was still using for the pass, so replies written one by one held
+// back the requests behind them. Replies to a long pipeline still go out
+// as they collect. (BenchmarkSmallKV, 1 KiB SET+GET from 16 clients with
+// a connection each, on a 2-vCPU host: 79.6k → 85.6k ops/s through the Go
+// client, 76.7k → 81.2k through a minimal client; medians of 6.)
 type loop struct {
 	s    *Server
 	set  *evloop.Set[*serverConn]
@@ -44,9 +53,10 @@ type loop struct {
 	released []*serverConn // connections to close, from their goroutines
 
 	// Used by the loop's goroutine only.
-	buf     []byte
-	now     time.Time
-	scanned time.Time
+	buf      []byte
+	now      time.Time
+	scanned  time.Time
+	answered []*serverConn // served this pass, replies not written yet
 }
 
 // onLoop is a connection's state for loops. fd, out, unflushed and
@@ -239,6 +249,11 @@ func (lp *loop) run() {
 				lp.serve(c)
 			}
 		}
+		for i, c := range lp.answered {
+			lp.flush(c, nil)
+			lp.answered[i] = nil
+		}
+		lp.answered = lp.answered[:0]
 		// Connections whose goroutines asked for them to be closed, if
 		// the loop still has them. A goroutine that asked waits to hear
 		// back: it does not touch c.fd meanwhile.
@@ -257,8 +272,8 @@ func (lp *loop) run() {
 	}
 }
 
-// serve reads what arrived on c, runs the complete requests in it and
-// writes their replies.
+// serve reads what arrived on c and runs the complete requests in it;
+// their replies are written at the end of the pass (answered).
 func (lp *loop) serve(c *serverConn) {
 	n, err := evloop.Read(c.fd, lp.buf)
 	switch {
@@ -289,7 +304,9 @@ func (lp *loop) serve(c *serverConn) {
 		lp.exit(c, in)
 		return
 	}
-	lp.flush(c, nil)
+	if len(c.out) > 0 {
+		lp.answered = append(lp.answered, c)
+	}
 }
 
 // request serves one request, whose body and payload are frame; false

@@ -11,11 +11,13 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -415,4 +417,87 @@ func TestHandleTry(t *testing.T) {
 			assert.Equal(t, int64(requests), n.observed.Load(), "observed")
 		})
 	}
+}
+
+// TestLoopWritesRepliesAfterThePass: a loop serves every connection with
+// input before it writes any of their replies (a reply wakes its client,
+// which on a small host takes the CPU from the rest of the pass). Two
+// connections' requests arrive while the loop is held in a third's
+// handler; when the second of them runs, the first one's reply must not
+// have reached its client yet.
+func TestLoopWritesRepliesAfterThePass(t *testing.T) {
+	const opLoopGate, opLoopProbe Op = 211, 212
+	gate, entered := make(chan struct{}), make(chan struct{})
+	var (
+		mu       sync.Mutex
+		order    []int  // the probes' clients, in the order they ran
+		written  []bool // per probe after the first: the first's reply was readable
+		onLoop   = true
+		probeNCs []net.Conn
+	)
+	// readable peeks at a client's socket without net.Conn's read lock
+	// (the test may be reading it meanwhile).
+	readable := func(nc net.Conn) bool {
+		rc, err := nc.(syscall.Conn).SyscallConn()
+		require.NoError(t, err)
+		fd := -1
+		require.NoError(t, rc.Control(func(f uintptr) { fd = int(f) }))
+		var b [1]byte
+		n, _, _ := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return n > 0
+	}
+	_, addr, n := loopServer(t, ServerConfig{Loops: 1}, "tcp", func(s *Server) {
+		s.HandleInline(opLoopGate, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			mu.Lock()
+			onLoop = onLoop && rw.loop
+			mu.Unlock()
+			close(entered)
+			<-gate
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+		s.HandleInline(opLoopProbe, func(_ context.Context, req *Request, rw *ReplyWriter) {
+			var p wirepb.Ping
+			err := req.Decode(&p)
+			mu.Lock()
+			onLoop = onLoop && rw.loop && err == nil
+			if len(order) > 0 {
+				written = append(written, readable(probeNCs[order[0]]))
+			}
+			order = append(order, int(p.Nonce))
+			mu.Unlock()
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+	})
+	var ncs []net.Conn
+	for range 3 {
+		nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+		// Wait until the connection is on the loop: its goroutine hands it
+		// over once idle after the handshake.
+		require.Eventually(t, func() bool {
+			on := n.on.Load()
+			_, err := nc.Write(frame(opInlineEcho, 0, 2, &wirepb.Ping{}, []byte{1}))
+			require.NoError(t, err)
+			readFrame(t, nc)
+			return n.on.Load() > on
+		}, 5*time.Second, time.Millisecond)
+		ncs = append(ncs, nc)
+	}
+	probeNCs = ncs[1:]
+	_, err := ncs[0].Write(frame(opLoopGate, 0, 3, &wirepb.Empty{}, nil))
+	require.NoError(t, err)
+	<-entered
+	for i, nc := range probeNCs {
+		_, err := nc.Write(frame(opLoopProbe, 0, 4, &wirepb.Ping{Nonce: uint64(i)}, nil))
+		require.NoError(t, err)
+	}
+	close(gate) // both probes are in their sockets: the next pass has both
+	for _, nc := range ncs {
+		h, _ := readFrame(t, nc)
+		require.Zero(t, h.Flags&FlagError)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.True(t, onLoop, "every request decoded and served on the loop")
+	require.Len(t, order, 2)
+	assert.Equal(t, []bool{false}, written, "the first probe's reply was written before the second probe ran")
 }
