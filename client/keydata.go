@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
@@ -108,7 +109,7 @@ func oneValue(req engine.KeysCommit, b *engine.Batch) (field string, val []byte,
 	if len(req.Keys) != 1 || req.Tags != nil || b == nil || b.Rows() != 1 || b.NumFields() != 1 {
 		return "", nil, false
 	}
-	f := b.Fields()[0]
+	f := b.At(0)
 	if f.Col.Kind() != engine.Opaque || f.Col.DType() != engine.Bytes {
 		return "", nil, false
 	}
@@ -119,25 +120,38 @@ func oneValue(req engine.KeysCommit, b *engine.Batch) (field string, val []byte,
 // not know KV_SET answers CODE_NOT_SUPPORTED, as one without units does:
 // the client then keeps to KV_PUT, which tells them apart.
 func (r *RemoteMeta) setValue(ctx context.Context, req engine.KeysCommit, field string, val []byte) (engine.KeysCommitted, error) {
-	// One allocation for the request, its payload and the reply.
-	sc := &struct {
-		req   wirepb.KVSetRequest
-		reply commitKeysReply
-		bufs  [1][]byte
-	}{req: wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}, bufs: [1][]byte{val}}
+	sc := valueSets.Get().(*valueSet)
+	sc.req = wirepb.KVSetRequest{Partition: req.Partition, Key: req.Keys[0], Field: field}
+	sc.bufs[0] = val
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
 		err = c.Do(ctx, wire.OpKVSet, &sc.req, sc.bufs[:], &sc.reply, nil)
 	}
 	l.done()
 	if err != nil {
+		// Not reused: a call that failed may still be the writer's.
 		if errors.Is(err, engine.ErrNotSupported) {
 			r.kd.noValue.Store(true)
 		}
 		return engine.KeysCommitted{}, r.opErr("kv put", err)
 	}
-	return r.committed(req, &sc.reply.CommitKeysReply)
+	out, err := r.committed(req, &sc.reply.CommitKeysReply)
+	// out keeps none of sc: the reply's fields and tags are slices and
+	// maps of their own.
+	sc.req, sc.reply, sc.bufs[0] = wirepb.KVSetRequest{}, commitKeysReply{}, nil
+	valueSets.Put(sc)
+	return out, err
 }
+
+// valueSet is one KV_SET call: its request, payload and reply, reused
+// through valueSets once a call is answered.
+type valueSet struct {
+	req   wirepb.KVSetRequest
+	reply commitKeysReply
+	bufs  [1][]byte
+}
+
+var valueSets = sync.Pool{New: func() any { return new(valueSet) }}
 
 // commitKeysReply is a KV put's answer, decoded by [wire.DecodeCommitKeysReply].
 type commitKeysReply struct{ wirepb.CommitKeysReply }
@@ -210,21 +224,21 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 // an error wrapping engine.ErrNotFound when the controller leaves the
 // get to KV_GET.
 func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
-	g := &valueGet{req: wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}}
+	g := valueGets.Get().(*valueGet)
+	g.req = wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
 	c, l, err := r.kvLane(ctx)
 	if err == nil {
-		err = c.Do(ctx, wire.OpKVGetValue, &g.req, nil, &g.schema, g.into)
+		err = c.Do(ctx, wire.OpKVGetValue, &g.req, nil, &g.schema, g.intoFn)
 	}
 	l.done()
 	if err != nil {
+		// Not reused: a call that failed may still be the reader's.
 		return nil, r.opErr("kv get", err)
 	}
 	schema, data := &g.schema, g.buf[0]
 	if schema.opaque {
-		col, err := engine.NewOpaque([]int{0, len(data)}, data)
-		if err == nil {
-			return engine.NewBatch(engine.Field{Name: field, Col: col})
-		}
+		g.release()
+		return engine.OneValue(field, data), nil
 	}
 	cf := &wirepb.CommitField{Name: field, Dtype: schema.Dtype, Kind: schema.Kind, Shape: schema.Shape, Shapes: schema.Shapes}
 	b, err := wire.BatchFromPB([]*wirepb.CommitField{cf}, []*wirepb.RowLens{{Lens: []uint64{uint64(len(data))}}}, 1, data)
@@ -234,12 +248,29 @@ func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string,
 	return b, nil
 }
 
-// valueGet is one KV_GET_VALUE call: its request, its reply and the
-// buffer the value is read into, in one allocation.
+// valueGet is one KV_GET_VALUE call: its request, its reply, the buffer
+// the value is read into and the function that reads it, reused through
+// valueGets once a call is answered.
 type valueGet struct {
 	req    wirepb.KVGetValueRequest
 	schema valueSchema
 	buf    [1][]byte
+	intoFn func(wire.Header, proto.Message) ([][]byte, error) // g.into, bound once
+}
+
+var valueGets = sync.Pool{New: func() any {
+	g := new(valueGet)
+	g.intoFn = g.into
+	return g
+}}
+
+// release returns g, whose call was answered with an opaque value, to
+// valueGets, keeping nothing of the call.
+func (g *valueGet) release() {
+	g.req = wirepb.KVGetValueRequest{}
+	g.schema.opaque = false
+	g.buf[0] = nil
+	valueGets.Put(g)
 }
 
 // into reads the reply's payload, of at most req.MaxBytes, into a buffer

@@ -89,6 +89,23 @@ func NewBatch(fields ...Field) (*Batch, error) {
 	return b, nil
 }
 
+// OneValue returns a batch of one row of one opaque field, name, holding
+// data (which it aliases), in one allocation: a small KV get's result,
+// built per call. name must not be empty.
+func OneValue(name string, data []byte) *Batch {
+	v := &struct {
+		b     Batch
+		col   Column
+		names [1]string
+		cols  [1]*Column
+		offs  [2]int
+	}{names: [1]string{name}, offs: [2]int{0, len(data)}}
+	v.col = Column{kind: Opaque, dtype: Bytes, n: 1, offs: v.offs[:], data: data}
+	v.cols[0] = &v.col
+	v.b = Batch{names: v.names[:], cols: v.cols[:], rows: 1}
+	return &v.b
+}
+
 // MustBatch is [NewBatch] that panics on error, for tests and examples.
 func MustBatch(fields ...Field) *Batch {
 	b, err := NewBatch(fields...)

@@ -200,3 +200,29 @@ func BenchmarkNewBatch(b *testing.B) {
 		})
 	}
 }
+
+func TestOneValue(t *testing.T) {
+	data := []byte("a value")
+	col, err := NewOpaque([]int{0, len(data)}, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := MustBatch(Field{"v", col})
+	got := OneValue("v", data)
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(Batch{}, Column{})); diff != "" {
+		t.Errorf("OneValue differs from NewBatch of NewOpaque (-want +got):\n%s", diff)
+	}
+	if &got.Col("v").RowBytes(0)[0] != &data[0] {
+		t.Error("OneValue copied its data; it aliases it")
+	}
+	// What a caller may do with it: select, slice, take, clone.
+	if s, err := got.Select("v"); err != nil || string(s.Col("v").RowBytes(0)) != "a value" {
+		t.Errorf("Select: %v", err)
+	}
+	if c := got.Clone(); string(c.Col("v").RowBytes(0)) != "a value" {
+		t.Error("Clone lost the value")
+	}
+	if n := testing.AllocsPerRun(100, func() { OneValue("v", data) }); n != 1 {
+		t.Errorf("OneValue made %v allocations, want 1", n)
+	}
+}

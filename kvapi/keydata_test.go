@@ -527,3 +527,43 @@ func rawReply(t *testing.T, nc net.Conn) (wire.Header, []byte) {
 	require.NoError(t, err)
 	return h, body
 }
+
+// TestOneValueCallsKeepTheirResults: one-value puts and gets (KV_SET,
+// KV_GET_VALUE) reuse their call's memory once answered; what each
+// returned stays as it was through the calls after it, a failed one
+// among them.
+func TestOneValueCallsKeepTheirResults(t *testing.T) {
+	ctx := t.Context()
+	kv := newServedKV(t).kv
+	value := func(s string) *engine.Batch {
+		return engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte(s)})})
+	}
+	m1, err := kv.Put(ctx, "p", "k1", value("one"), nil)
+	require.NoError(t, err)
+	m2, err := kv.Put(ctx, "p", "k2", value("two"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"k1"}, m1.Keys)
+	assert.Equal(t, []string{"v"}, m1.Fields)
+	assert.Equal(t, []string{"k2"}, m2.Keys)
+
+	g1, err := kv.BatchGet(ctx, "p", []string{"k1"}, "v")
+	require.NoError(t, err)
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = kv.BatchGet(canceled, "p", []string{"k2"}, "v")
+	require.ErrorIs(t, err, context.Canceled)
+	g2, err := kv.BatchGet(ctx, "p", []string{"k2"}, "v")
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "p", "k1", value("uno"), nil)
+	require.NoError(t, err)
+	g3, err := kv.BatchGet(ctx, "p", []string{"k1"}, "v")
+	require.NoError(t, err)
+	assert.Equal(t, "one", string(g1.Col("v").RowBytes(0)))
+	assert.Equal(t, "two", string(g2.Col("v").RowBytes(0)))
+	assert.Equal(t, "uno", string(g3.Col("v").RowBytes(0)))
+	for _, g := range []*engine.Batch{g1, g2, g3} {
+		assert.Equal(t, 1, g.Rows())
+		assert.Equal(t, []string{"v"}, g.Names())
+		g.Release()
+	}
+}
