@@ -42,6 +42,19 @@ type KVData interface {
 	GetKeys(ctx context.Context, partition string, keys, fields []string, maxBytes int) (*engine.BatchMeta, *engine.Batch, error)
 }
 
+// ValueReader fills a KV_SET's value: a *[wire.Request], whose payload
+// it is, or a [ReadFunc]. (An interface, where a function would be a
+// closure allocated per request.)
+type ValueReader interface {
+	// ReadPayloadTo fills dst, the value's size.
+	ReadPayloadTo(dst []byte) error
+}
+
+// ReadFunc is a function as a ValueReader.
+type ReadFunc func(dst []byte) error
+
+func (f ReadFunc) ReadPayloadTo(dst []byte) error { return f(dst) }
+
 // ValueKV is a KVData that also puts and gets one value of one key with
 // nothing general built (KV_SET, KV_GET_VALUE).
 type ValueKV interface {
@@ -49,7 +62,7 @@ type ValueKV interface {
 	// SetValue puts size bytes, which read fills, as the opaque field
 	// field of key, once durable. read is called once, unless an error
 	// comes first; an error from it is the put's.
-	SetValue(ctx context.Context, partition, key, field string, size int, read func([]byte) error) (engine.KeysCommitted, error)
+	SetValue(ctx context.Context, partition, key, field string, size int, read ValueReader) (engine.KeysCommitted, error)
 	// GetValue returns the bytes of field of key, a view to release once
 	// sent, and its schema, when its cell is produced, lies on a unit of
 	// this process and holds at most maxBytes; ok is false otherwise.
@@ -262,8 +275,7 @@ func (s *Server) kvSetReply(ctx context.Context, req *wire.Request) (_ proto.Mes
 		req.DiscardPayload()
 		return nil, fmt.Errorf("decode %v request: %v: %w", wire.OpKVSet, err.Error(), engine.ErrInvalid)
 	}
-	read := func(dst []byte) error { return req.ReadPayload([][]byte{dst}) }
-	done, err := kv.SetValue(ctx, partition, key, field, int(req.PayloadLen), read)
+	done, err := kv.SetValue(ctx, partition, key, field, int(req.PayloadLen), req)
 	if err != nil {
 		req.DiscardPayload() // when SetValue failed before reading
 		return nil, err
@@ -292,7 +304,7 @@ func (s *Server) kvGetValue(ctx context.Context, req *wire.Request, rw *wire.Rep
 		rw.Error(err)
 		return
 	}
-	rw.Reply(schema, net.Buffers{val}, release)
+	rw.ReplyBytes(schema, val, release)
 }
 
 // tryKVGetValue serves KV_GET_VALUE where it was read, unless what it
@@ -309,10 +321,14 @@ func (s *Server) tryKVGetValue(_ context.Context, req *wire.Request, rw *wire.Re
 	case err != nil:
 		rw.Error(err)
 	default:
-		rw.Reply(schema, net.Buffers{val}, release)
+		rw.ReplyBytes(schema, val, release)
 	}
 	return true
 }
+
+// opaqueSchema is the schema of most values, shared (and never changed)
+// by their replies.
+var opaqueSchema = &wirepb.FieldSchema{Dtype: engine.Bytes.String(), Kind: engine.Opaque.String()}
 
 func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wirepb.FieldSchema, _ []byte, _ func(), err error) {
 	defer s.recoverInto(wire.OpKVGetValue, &err)
@@ -327,6 +343,9 @@ func (s *Server) kvGetValueReply(ctx context.Context, req *wire.Request) (_ *wir
 	val, cf, release, ok, err := kv.GetValue(ctx, partition, key, field, int(min(maxBytes, MaxKVPayload)))
 	if err != nil || !ok {
 		return nil, nil, nil, cmp.Or(err, errTakeKVGet)
+	}
+	if cf.Kind == engine.Opaque && cf.DType == engine.Bytes {
+		return opaqueSchema, val, release, nil
 	}
 	schema := &wirepb.FieldSchema{Dtype: cf.DType.String(), Kind: cf.Kind.String()}
 	if cf.Kind == engine.Dense {

@@ -371,11 +371,11 @@ func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *
 // not take, every unit draining, no room now, a commit refused for a
 // drain begun meanwhile with no room elsewhere at once) the bytes go in
 // a batch of their own the general way.
-func (k kvData) SetValue(ctx context.Context, partition, key, field string, size int, read func([]byte) error) (engine.KeysCommitted, error) {
+func (k kvData) SetValue(ctx context.Context, partition, key, field string, size int, read controller.ValueReader) (engine.KeysCommitted, error) {
 	if Name(partition) && Name(key) && Name(field) {
 		if u := k.one.UnitFor(key); u != nil {
 			if r, err := u.Reserve(engine.WithoutWait(ctx), []int64{int64(size)}); err == nil {
-				if err := read(r.Buf(0)); err != nil {
+				if err := read.ReadPayloadTo(r.Buf(0)); err != nil {
 					r.Abort()
 					return engine.KeysCommitted{}, err
 				}
@@ -391,7 +391,7 @@ func (k kvData) SetValue(ctx context.Context, partition, key, field string, size
 		}
 	}
 	data := make([]byte, size)
-	if err := read(data); err != nil {
+	if err := read.ReadPayloadTo(data); err != nil {
 		return engine.KeysCommitted{}, err
 	}
 	return k.setGeneral(ctx, partition, key, field, data)

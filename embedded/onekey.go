@@ -91,12 +91,20 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 		r.Abort()
 		return engine.KeysCommitted{}, err
 	}
-	locs := make([]engine.CellLoc, len(fields))
+	// The key and one field's location in one allocation.
+	mem := &struct {
+		keys [1]string
+		locs [1]engine.CellLoc
+	}{keys: [1]string{key}}
+	locs := mem.locs[:]
+	if len(fields) > len(locs) {
+		locs = make([]engine.CellLoc, len(fields))
+	}
 	for i := range fields {
 		locs[i] = engine.CellLoc{Unit: u.ID(), Addr: addrs[i]}
 		fields[i].Locs = locs[i : i+1 : i+1]
 	}
-	req := engine.KeysCommit{Partition: partition, Keys: []string{key}, Fields: fields}
+	req := engine.KeysCommit{Partition: partition, Keys: mem.keys[:], Fields: fields}
 	if tags != nil {
 		req.Tags = []engine.Tags{tags}
 	}

@@ -17,7 +17,7 @@ func BenchmarkSetGetValue(b *testing.B) {
 	_, _, kd, _ := kvPairWith(b, controller.DefaultConfig()) // in memory, as the benchmarks' server
 	ctx := context.Background()
 	val := make([]byte, 1<<10)
-	read := func(dst []byte) error { copy(dst, val); return nil }
+	read := controller.ReadFunc(func(dst []byte) error { copy(dst, val); return nil })
 	keys := make([]string, 64)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("k%d", i)

@@ -297,7 +297,7 @@ func TestSetValueRefusedForADrainGoesTheGeneralWay(t *testing.T) {
 	ctx := context.Background()
 	u := kd.one.UnitFor("k")
 	other := otherUnit(units, u)
-	drainAndFill := func(release time.Duration) func([]byte) error {
+	drainAndFill := func(release time.Duration) controller.ReadFunc {
 		return func(dst []byte) error {
 			copy(dst, "hello")
 			fillers := fill(other)

@@ -25,12 +25,30 @@ func NewKVMeta(partition string, keys []string, tags []Tags, fields []string) (*
 	if d := duplicates(fields); len(d) > 0 {
 		return nil, fmt.Errorf("kv meta fields %q appear more than once: %w", d, ErrInvalid)
 	}
-	m := &KVMeta{
-		Partition: partition,
-		Keys:      append(make([]string, 0, len(keys)), keys...),
-		Tags:      make([]Tags, len(keys)),
-		Fields:    slices.Clone(fields),
+	var m *KVMeta
+	if len(keys) == 1 && len(fields) <= oneKeyFields {
+		// A one-key meta (what a KV put of one key returns) in one
+		// allocation, its slices capped at their lengths.
+		mem := &struct {
+			m      KVMeta
+			keys   [1]string
+			tags   [1]Tags
+			fields [oneKeyFields]string
+		}{}
+		m = &mem.m
+		m.Keys = append(mem.keys[:0:1], keys...)
+		m.Tags = mem.tags[:1:1]
+		if fields != nil {
+			m.Fields = append(mem.fields[:0:len(fields)], fields...)
+		}
+	} else {
+		m = &KVMeta{
+			Keys:   append(make([]string, 0, len(keys)), keys...),
+			Tags:   make([]Tags, len(keys)),
+			Fields: slices.Clone(fields),
+		}
 	}
+	m.Partition = partition
 	for i := range m.Tags {
 		if tags != nil && tags[i] != nil {
 			m.Tags[i] = tags[i].Clone()
@@ -40,6 +58,10 @@ func NewKVMeta(partition string, keys []string, tags []Tags, fields []string) (*
 	}
 	return m, nil
 }
+
+// oneKeyFields is the most fields a one-key meta holds in its own
+// allocation.
+const oneKeyFields = 4
 
 // emptyKV returns a KV meta with no keys and no partition.
 func emptyKV() *KVMeta { return &KVMeta{Keys: []string{}, Tags: []Tags{}} }

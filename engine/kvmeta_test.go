@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -48,6 +49,35 @@ func TestNewKVMeta(t *testing.T) {
 		tags[0]["x"] = 2
 		if diff := cmp.Diff(want, m); diff != "" {
 			t.Errorf("changing the arguments changed the meta (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("one key", func(t *testing.T) {
+		// One allocation holds what a one-key meta has, up to
+		// oneKeyFields fields; it is copied all the same.
+		for _, fields := range [][]string{nil, {}, {"f1"}, {"f1", "f2", "f3", "f4"}, {"f1", "f2", "f3", "f4", "f5"}} {
+			keys, tags := []string{"k"}, []Tags{{"x": 1}}
+			m := mustKV(t, "p", keys, tags, fields)
+			want := &KVMeta{Partition: "p", Keys: []string{"k"}, Tags: []Tags{{"x": 1}}, Fields: slices.Clone(fields)}
+			if diff := cmp.Diff(want, m); diff != "" {
+				t.Errorf("%d fields: meta (-want +got):\n%s", len(fields), diff)
+			}
+			if (m.Fields == nil) != (fields == nil) {
+				t.Errorf("fields %#v became %#v", fields, m.Fields)
+			}
+			keys[0], tags[0]["x"] = "changed", 2
+			if len(fields) > 0 {
+				fields[0] = "changed"
+			}
+			// Appending to the meta's slices writes nothing of the meta's.
+			_ = append(m.Keys, "more")
+			_ = append(m.Tags, Tags{"more": 1})
+			_ = append(m.Fields, "more")
+			if diff := cmp.Diff(want, m); diff != "" {
+				t.Errorf("%d fields: changing the arguments or appending changed the meta (-want +got):\n%s", len(fields), diff)
+			}
+		}
+		if n := testing.AllocsPerRun(100, func() { NewKVMeta("p", []string{"k"}, nil, []string{"v"}) }); n != 2 {
+			t.Errorf("a one-key meta made %v allocations, want 2 (the meta, its empty tag map)", n)
 		}
 	})
 	t.Run("nil tags", func(t *testing.T) {

@@ -329,10 +329,9 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	}
 	s.inflight.Add(1)
 	s.mu.Unlock()
-	req := &Request{
-		Header: h, Body: bytes.Clone(frame[:h.BodyLen]), Peer: c.peer, PeerUID: c.peerUID,
-		mem: frame[h.BodyLen:], left: h.PayloadLen,
-	}
+	req := newLoopRequest(frame[:h.BodyLen])
+	req.Header, req.Peer, req.PeerUID = h, c.peer, c.peerUID
+	req.mem, req.left = frame[h.BodyLen:], h.PayloadLen
 	if s.cfg.Observer != nil {
 		req.start = time.Now()
 	}
@@ -355,6 +354,25 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	req.mem = nil
 	c.unflushed++
 	return true
+}
+
+// loopBodyInline is the longest request body a loop's request holds in
+// its own allocation (a KV get's or set's names fit).
+const loopBodyInline = 64
+
+// newLoopRequest returns a request whose Body is a copy of body (the
+// loop's read buffer is reused), in one allocation with the request when
+// it is short.
+func newLoopRequest(body []byte) *Request {
+	if len(body) > loopBodyInline {
+		return &Request{Body: bytes.Clone(body)}
+	}
+	r := &struct {
+		Request
+		body [loopBodyInline]byte
+	}{}
+	r.Body = r.body[:copy(r.body[:], body):len(body)]
+	return &r.Request
 }
 
 // flush writes c's replies; it returns false when c has left the loop,

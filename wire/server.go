@@ -1253,6 +1253,9 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 	return nil
 }
 
+// ReadPayloadTo is [Request.ReadPayload] into one buffer.
+func (r *Request) ReadPayloadTo(dst []byte) error { return r.ReadPayload([][]byte{dst}) }
+
 // chunkDeadline gives the next n bytes of payload the frame timeout to
 // arrive, unless they are buffered already (reading them cannot wait:
 // a small request's payload mostly came with its header).
@@ -1323,15 +1326,23 @@ type ReplyWriter struct {
 	// loop: the request came from a loop, which writes the reply with
 	// the others it collects (c.out) once it served what it read.
 	loop bool
+	one  [1][]byte // ReplyBytes's payload, as net.Buffers
 }
 
 // Reply sends body and payload (written straight from its buffers). after,
 // if set, runs once the payload has been written or dropped (release
-// leases there). A reply corked behind requests read with it is written
-// after Reply returns: the payload's buffers belong to the writer until
-// after runs, which may be on another goroutine.
+// leases there). body is encoded before Reply returns. A reply corked
+// behind requests read with it is written after Reply returns: the
+// payload's buffers belong to the writer until after runs, which may be
+// on another goroutine.
 func (rw *ReplyWriter) Reply(body proto.Message, payload net.Buffers, after func()) {
 	rw.send(0, body, payload, after)
+}
+
+// ReplyBytes is [ReplyWriter.Reply] with a payload of one buffer.
+func (rw *ReplyWriter) ReplyBytes(body proto.Message, payload []byte, after func()) {
+	rw.one[0] = payload
+	rw.send(0, body, rw.one[:], after)
 }
 
 // Error sends an error reply classifying err.
