@@ -291,10 +291,17 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	f.payload = payload
 
 	c.w.send(f) // writes now if the socket is idle, else queues
+	done := ctx.Done()
+	if done == nil {
+		// A context that never ends: only the reply, or the reader
+		// failing every call when the connection fails, ends the wait.
+		<-cl.done
+		return c.finished(r)
+	}
 	select {
 	case <-cl.done:
 		return c.finished(r)
-	case <-ctx.Done():
+	case <-done:
 	case <-c.done:
 	}
 	// A reply that arrived before the context ended or the connection
