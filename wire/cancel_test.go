@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,7 +12,10 @@ import (
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
-const opWait Op = 205
+const (
+	opWait  Op = 205
+	opCount Op = 213
+)
 
 // waitServer serves opWait: each request reports its id on started, waits
 // for its context to end, reports the context's cause on causes, and
@@ -115,5 +119,34 @@ func TestCancelFrames(t *testing.T) {
 				t.Errorf("closed after %v, want at once", took)
 			}
 		})
+	}
+}
+
+// TestDoWithEndedContextSendsNothing: a call whose context has already
+// ended returns the context's error every time, and the server never sees
+// it (no reply could race the cancellation and win by chance).
+func TestDoWithEndedContextSendsNothing(t *testing.T) {
+	var served atomic.Int64
+	_, addr := startServer(t, ServerConfig{}, "tcp", func(s *Server) {
+		s.Handle(opCount, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			served.Add(1)
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+	})
+	c := dial(t, addr, "")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	for range 200 {
+		if err := c.Do(ctx, opCount, &wirepb.Empty{}, nil, &wirepb.Empty{}, nil); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Do with a canceled context: got %v, want context.Canceled", err)
+		}
+	}
+	// A live call after them: had any been sent, the server would have
+	// served it before this one.
+	if err := c.Do(t.Context(), opCount, &wirepb.Empty{}, nil, &wirepb.Empty{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := served.Load(); n != 1 {
+		t.Fatalf("server served %d requests, want only the live one", n)
 	}
 }

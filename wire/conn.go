@@ -252,12 +252,23 @@ func (c *Conn) Cleanup(op Op, body proto.Message) {
 // to the payload length); it runs on the reader goroutine and must not
 // block.
 //
-// An error reply is returned as a *[RemoteError]. If ctx ends first, Do
+// An error reply is returned as a *[RemoteError]. A ctx that has already
+// ended sends nothing: Do returns its error. If ctx ends first, Do
 // returns ctx's error — but only once neither the writer nor the reader
 // can still touch payload or the buffers into returned — and the server
 // is sent a CANCEL for the request (not for HELLO or PING), which ends the
 // handler's context there; the reply, if one still comes, is dropped.
 func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Buffers, reply proto.Message, into func(Header, proto.Message) ([][]byte, error)) error {
+	done := ctx.Done()
+	if done != nil {
+		select {
+		case <-done:
+			// Sent anyway, the request would race its own CANCEL, and
+			// the caller would see its outcome or ctx's error by chance.
+			return ctx.Err()
+		default:
+		}
+	}
 	r := requests.Get().(*request)
 	b, err := AppendMessage(append(r.f.buf[:0], zeroHeader[:]...), body)
 	r.f.buf = b
@@ -291,7 +302,6 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	f.payload = payload
 
 	c.w.send(f) // writes now if the socket is idle, else queues
-	done := ctx.Done()
 	if done == nil {
 		// A context that never ends: only the reply, or the reader
 		// failing every call when the connection fails, ends the wait.
