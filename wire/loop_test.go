@@ -92,7 +92,12 @@ func TestLoopServesInlineRequests(t *testing.T) {
 			if tc.loops < 0 {
 				assert.Zero(t, n.on.Load(), "requests served from a loop with Loops < 0")
 			} else {
-				assert.Greater(t, n.on.Load(), int64(300), "requests served from a loop (%d off one)", n.off.Load())
+				// About 13 of the 400 are over loopMax. How many of the
+				// rest a connection's goroutine serves before it hands the
+				// connection back depends on timing (one run in six on a
+				// loaded two-CPU machine had 106 off a loop, against a
+				// bound of 100 then): most, not nearly all, come from one.
+				assert.Greater(t, n.on.Load(), int64(200), "requests served from a loop (%d off one)", n.off.Load())
 				assert.Positive(t, n.off.Load(), "requests over loopMax served off the loop")
 			}
 		})
