@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -117,6 +118,63 @@ func FuzzHandshake(f *testing.F) {
 		case <-sc.done:
 		case <-time.After(5 * time.Second):
 			t.Fatal("server connection still open 5 s after the client closed")
+		}
+	})
+}
+
+// FuzzClientConn feeds arbitrary bytes, as a server's answer, to a
+// client connection with a call waiting, in two writes (split at a
+// fuzzed point), then closes. The client must neither panic nor hang: the
+// call ends, with its reply or an error, a payload lands only in the
+// buffer the call gave for it, and Close returns.
+func FuzzClientConn(f *testing.F) {
+	f.Add(frame(opEcho, FlagReply, 1, &wirepb.Ping{Nonce: 7}, nil), uint(3))
+	f.Add(frame(opEcho, FlagReply, 1, &wirepb.Ping{}, []byte("payload")), uint(40))
+	f.Add(frame(opEcho, FlagReply|FlagError, 1, &wirepb.Error{Code: wirepb.Code_CODE_INVALID, Message: "no"}, []byte("xy")), uint(33))
+	f.Add(append(frame(opEcho, FlagReply, 2, &wirepb.Ping{}, []byte("other")), frame(opEcho, FlagReply, 1, &wirepb.Ping{}, nil)...), uint(37))
+	f.Add(frame(opEcho, 0, 1, &wirepb.Ping{}, nil), uint(0))
+	f.Add(Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, BodyLen: MaxBodyLen}.Append(nil), uint(32))
+	f.Add(append(Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, BodyLen: 3}.Append(nil), 0xff, 0xff, 0xff), uint(34))
+	f.Add(Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, PayloadLen: 1 << 40}.Append(nil), uint(8))
+	f.Add(frame(opEcho, FlagReply, 1, &wirepb.Ping{}, []byte("cut short"))[:40], uint(36))
+	f.Fuzz(func(t *testing.T, data []byte, split uint) {
+		cli, srv := net.Pipe()
+		c := NewConn(cli, ConnConfig{KeepAlive: -1})
+		go io.Copy(io.Discard, srv) // the call's request
+		go func() {
+			srv.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			k := int(split % uint(len(data)+1))
+			srv.Write(data[:k])
+			srv.Write(data[k:])
+			srv.Close()
+		}()
+		// A call without a deadline: it must end because the server
+		// answered or the connection failed, not by waiting out a context.
+		var got []byte
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, func(h Header, _ proto.Message) ([][]byte, error) {
+				if h.PayloadLen > 1<<10 {
+					return nil, fmt.Errorf("a payload of %d bytes, 1 KiB asked at most", h.PayloadLen)
+				}
+				got = make([]byte, h.PayloadLen)
+				return [][]byte{got}, nil
+			})
+		}()
+		select {
+		case err := <-done:
+			if err == nil && len(got) > 1<<10 {
+				t.Fatalf("a reply of %d payload bytes accepted", len(got))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a call still waiting 5 s after the server closed")
+		}
+		closed := make(chan struct{})
+		go func() { c.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close still waiting after 5 s")
 		}
 	})
 }
