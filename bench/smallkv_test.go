@@ -69,7 +69,7 @@ const smallKVKeys = 4
 //	  go test -run '^$' -bench 'SmallKV/store=tq/transport=tcp/value=1KiB/clients=16$' -cpuprofile /tmp/client.cpu ./bench
 //
 // and run with another number of event loops (TQ_BENCH_SERVER_LOOPS=2,
-// as tq serve --loops 2 --resp-loops 2; the README says what that did on
+// as tq serve --loops 2 --resp-loops 2; docs/small-values.md says what that did on
 // two cores).
 func BenchmarkSmallKV(b *testing.B) {
 	srv := startBenchServer(b)
