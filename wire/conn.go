@@ -136,7 +136,7 @@ func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 		readerOut: make(chan struct{}),
 		kaOut:     make(chan struct{}),
 	}
-	c.w = newFrameWriter(nc, func(err error) { c.fail(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
+	c.w = newFrameWriter(nc, func(err error) { c.failWrite(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
 	go c.readLoop()
 	go c.keepAlive()
 	return c
@@ -182,7 +182,9 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 // Done is closed when the connection has failed or been closed.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-// Err returns why the connection failed, or nil while it works.
+// Err returns why the connection failed, or nil while it works. It may
+// be set a moment before Done closes: a connection whose write failed
+// takes no new calls but still reads answers (see failWrite).
 func (c *Conn) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -202,16 +204,50 @@ func (c *Conn) Close() error {
 	return nil
 }
 
+// fail ends the connection at once: err is why, unless a failed write
+// gave a reason first (see failWrite).
 func (c *Conn) fail(err error) {
 	c.failOnce.Do(func() {
 		c.mu.Lock()
-		c.err = err
+		if c.err == nil {
+			c.err = err
+		}
+		err = c.err
 		c.mu.Unlock()
 		close(c.done)
 		c.nc.Close()
 		c.w.fail(err)
 	})
 }
+
+// failWrite ends the connection after a failed write, but not its reads.
+// A peer that answers a request and closes without reading the rest of
+// it (a server refusing a large request from its header) makes the write
+// fail while its answer waits in the socket: closing the socket at once
+// would lose the answer, and the caller would see a broken pipe instead
+// of the reason. So new calls and queued frames fail with err now, the
+// write side is shut (a peer reading a frame cut short sees its end), and
+// the reader goes on delivering what arrives until the peer closes, or
+// for writeFailGrace at most; then every call still waiting fails with
+// err.
+func (c *Conn) failWrite(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	c.mu.Unlock()
+	c.w.fail(err)
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.nc.SetReadDeadline(time.Now().Add(writeFailGrace))
+}
+
+// writeFailGrace bounds how long a connection whose write failed keeps
+// reading answers (see failWrite).
+const writeFailGrace = 2 * time.Second
 
 // DoGrace is Do for a request whose answer opens or ends a hold on the
 // peer (a reservation, a lease, an extent written): it keeps waiting for

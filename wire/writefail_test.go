@@ -1,0 +1,119 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// TestAnswerBeforeCloseWinsOverFailedWrite: a server that answers a
+// large request from its header alone and closes without reading the
+// payload fails the client's write (a broken pipe, or a reset on TCP)
+// while its answer is still arriving or waiting in the socket. The caller
+// gets the answer, not the write's error: a refusal that names its reason
+// (an error reply), or a reply with a payload of its own, read whole.
+func TestAnswerBeforeCloseWinsOverFailedWrite(t *testing.T) {
+	// More than the reader's buffer, less than the socket holds: the
+	// server's write completes and it closes while the reader has yet to
+	// read most of the payload from the socket. (Over TCP the reset that
+	// a close with unread bytes sends may discard what the closing side
+	// had not sent yet, so the reply case runs on a unix socket.)
+	answer := bytes.Repeat([]byte("answer, "), 16<<10)
+	for _, tc := range []struct {
+		network string
+		refuse  bool
+	}{{"tcp", true}, {"unix", true}, {"unix", false}} {
+		name := tc.network + "/reply"
+		if tc.refuse {
+			name = tc.network + "/error"
+		}
+		t.Run(name, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if tc.network == "unix" {
+				addr = filepath.Join(t.TempDir(), "s")
+			}
+			ln, err := net.Listen(tc.network, addr)
+			require.NoError(t, err)
+			defer ln.Close()
+			served := make(chan error, 1)
+			go func() { served <- answerAndClose(ln, tc.refuse, answer) }()
+			nc, err := net.Dial(tc.network, ln.Addr().String())
+			require.NoError(t, err)
+			c := NewConn(nc, ConnConfig{KeepAlive: -1})
+			defer c.Close()
+
+			// Far more than the socket buffers hold: the write is still
+			// going when the server closes.
+			big := make([]byte, 64<<20)
+			var got []byte
+			start := time.Now()
+			err = c.Do(context.Background(), opEcho, &wirepb.Ping{}, net.Buffers{big}, &wirepb.Ping{},
+				func(h Header, _ proto.Message) ([][]byte, error) {
+					// Read the payload only once the write has failed.
+					for c.Err() == nil {
+						if time.Since(start) > 5*time.Second {
+							return nil, errors.New("the write has not failed in 5 s")
+						}
+						time.Sleep(time.Millisecond)
+					}
+					got = make([]byte, h.PayloadLen)
+					return [][]byte{got}, nil
+				})
+			require.NoError(t, <-served)
+			if tc.refuse {
+				require.True(t, errors.Is(err, engine.ErrInvalid), "want the server's answer, got %v", err)
+				require.ErrorContains(t, err, "over this server's 1 MiB")
+			} else {
+				require.NoError(t, err)
+				require.True(t, bytes.Equal(got, answer), "the answer's payload differs")
+			}
+			require.Less(t, time.Since(start), 5*time.Second)
+
+			// The connection is done: the next call fails at once.
+			select {
+			case <-c.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("connection not failed 5 s after the server closed it")
+			}
+			err = c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil)
+			require.True(t, errors.Is(err, ErrUnavailable), "got %v", err)
+		})
+	}
+}
+
+// answerAndClose accepts one connection, reads a request's header and
+// answers it — an error reply if refuse, else a reply carrying payload —
+// and closes without reading the request's body or payload.
+func answerAndClose(ln net.Listener, refuse bool, payload []byte) error {
+	nc, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer nc.Close() // unread bytes: a reset on TCP
+	hb := make([]byte, HeaderSize)
+	if _, err := io.ReadFull(nc, hb); err != nil {
+		return err
+	}
+	h, err := DecodeHeader(hb)
+	if err != nil {
+		return err
+	}
+	if refuse {
+		e := &wirepb.Error{Code: wirepb.Code_CODE_INVALID, Message: "a payload of 64 MiB is over this server's 1 MiB"}
+		_, err = nc.Write(frame(h.Op, FlagReply|FlagError, h.ID, e, nil))
+	} else {
+		_, err = nc.Write(frame(h.Op, FlagReply, h.ID, &wirepb.Ping{}, payload))
+	}
+	return err
+}
