@@ -210,3 +210,41 @@ def test_replies_dribbled_drained_and_larger_than_the_buffer():
     reply, pay = conn.call(wire.PING, None, common_pb2.Hello)
     assert reply.cluster_id == "three" and bytes(pay) == big[:5]
     conn.close()
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_answer_before_close_wins_over_failed_send(family, tmp_path):
+    # A server that refuses a large request from its header, answers and
+    # closes without reading the payload: the send fails (a broken pipe,
+    # or a reset on TCP), and the caller gets the server's reason, not
+    # the broken pipe.
+    if family == "tcp":
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    else:
+        ls = socket.socket(socket.AF_UNIX)
+        ls.bind(str(tmp_path / "s"))
+        addr = f"unix://{tmp_path / 's'}"
+    ls.listen(1)
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            op, rid, body = _read_frame(c)  # the HELLO
+            _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+            hdr = b""
+            while len(hdr) < 32:
+                hdr += c.recv(32 - len(hdr))
+            _, _, _, op, _, rid, _, _, _ = wire.HEADER.unpack(hdr)
+            _reply(c, op, rid, common_pb2.Error(code=1, message="a payload of 64 MiB is over this server's 1 MiB"),
+                   flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+        finally:
+            c.close()
+            ls.close()
+    threading.Thread(target=run, daemon=True).start()
+    conn = wire.Conn(addr, timeout=10)
+    with pytest.raises(tq.InvalidError) as e:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, payload=[bytes(64 << 20)], op_name="ping")
+    assert "over this server's 1 MiB" in e.value.message
+    assert conn.closed  # the request was cut short: the stream is out of step

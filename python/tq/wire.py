@@ -145,6 +145,9 @@ def parse_addr(addr: str):
 
 
 RECV_BUF = 64 << 10  # bytes a connection's reply buffer holds
+# How long a call whose request could not be sent whole (the server closed)
+# still waits for the server's answer to it, in seconds.
+WRITE_FAIL_GRACE = 2.0
 
 
 def _recv_exact(sock: socket.socket, buf) -> None:
@@ -307,8 +310,26 @@ class Conn:
             try:
                 self._settimeout(timeout if timeout is not None else self.timeout)
                 self._drain()
-                self._send(op, rid, body, payload)
-                magic, ver, flags, rop, _, rrid, blen, _, plen = self._read_header()
+                send_err = None
+                try:
+                    self._send(op, rid, body, payload)
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    # The server may have answered from the request's
+                    # header and closed without reading the rest (a
+                    # refusal): its answer is in the socket. Read it, for
+                    # a while; the connection is done either way.
+                    send_err = e
+                    try:
+                        self.sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    self._settimeout(min(WRITE_FAIL_GRACE, self._sock_timeout or WRITE_FAIL_GRACE))
+                try:
+                    magic, ver, flags, rop, _, rrid, blen, _, plen = self._read_header()
+                except (OSError, ConnectionError):
+                    if send_err is not None:
+                        raise send_err from None
+                    raise
                 if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
                         or blen > MAX_BODY or plen > MAX_PAYLOAD:
                     raise errors.CorruptError(f"bad reply header from {self.addr}")
@@ -339,6 +360,8 @@ class Conn:
                 raise
             finally:
                 self.last_used = time.monotonic()
+            if send_err is not None:
+                self.close()  # answered, but the request was cut short
         if flags & FLAG_ERROR:
             err = common_pb2.Error.FromString(rbody)
             raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
