@@ -497,12 +497,13 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 
 // peekBody reads a reply's body of n bytes. One that fits br's buffer is
 // not copied out of it: the slice holds until br's next read, and a
-// reply's decoders copy what they keep before fill reads the payload.
+// reply's decoders copy what they keep before fill reads the payload. A
+// larger one is allocated as its bytes arrive, as a server reads request
+// bodies (readBody): a peer that claims 64 MiB and sends little costs
+// little.
 func peekBody(br *bufio.Reader, n int) ([]byte, error) {
 	if n > br.Size() {
-		body := make([]byte, n)
-		_, err := io.ReadFull(br, body)
-		return body, err
+		return readBody(br, n, func(int) bool { return true })
 	}
 	body, err := br.Peek(n)
 	if err == io.EOF {

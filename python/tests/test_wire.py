@@ -4,6 +4,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -248,3 +249,58 @@ def test_answer_before_close_wins_over_failed_send(family, tmp_path):
         conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, payload=[bytes(64 << 20)], op_name="ping")
     assert "over this server's 1 MiB" in e.value.message
     assert conn.closed  # the request was cut short: the stream is out of step
+
+
+def test_claimed_reply_body_costs_what_arrives():
+    # A server that claims a 64 MiB reply body and sends 1 KiB of it: the
+    # client allocates about what came while it waits for the rest.
+    import tracemalloc
+    waiting = threading.Event()
+    release = threading.Event()
+
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        op, rid, _ = _read_frame(c)
+        c.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY, op, 0, rid, 64 << 20, 0, 0) + bytes(1 << 10))
+        waiting.set()
+        release.wait(10)
+    conn = wire.Conn(_serve_once(h), timeout=10)
+    tracemalloc.start()
+    try:
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("err", _call_err(conn)))
+        t.start()
+        assert waiting.wait(5)
+        time.sleep(0.1)  # the client is reading the body
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        release.set()
+    t.join(10)
+    assert peak < 8 << 20, f"{peak} bytes allocated for a claim of 64 MiB"
+    assert isinstance(out["err"], tq.UnavailableError)
+
+
+def _call_err(conn):
+    try:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, op_name="ping")
+    except tq.TQError as e:
+        return e
+
+
+def test_large_reply_body_read_whole():
+    msg = "a long reason, " * (40 << 10)  # 600 KiB
+
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        op, rid, _ = _read_frame(c)
+        body = common_pb2.Error(code=1, message=msg).SerializeToString()
+        b = wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY | wire.FLAG_ERROR, op, 0, rid, len(body), 0, 0) + body
+        for i in range(0, len(b), 10000):
+            c.sendall(b[i:i + 10000])
+    conn = wire.Conn(_serve_once(h), timeout=10)
+    with pytest.raises(tq.InvalidError) as e:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, op_name="ping")
+    assert e.value.message == msg

@@ -257,8 +257,16 @@ class Conn:
             b = bytes(self._rmv[self._rlo:self._rlo + n])
             self._rlo += n
             return b
-        b = bytearray(n)
-        self._read_into(b)
+        # A larger body is allocated as its bytes arrive, not as the header
+        # claims it: a server that claims 64 MiB and sends little costs
+        # little (n is more than the buffer holds).
+        b = bytearray(self._rmv[self._rlo:self._rhi])
+        self._rlo = self._rhi = 0
+        while len(b) < n:
+            chunk = self.sock.recv(min(n - len(b), 1 << 20))
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            b += chunk
         return bytes(b)
 
     def _send(self, op: int, rid: int, body: bytes, payload) -> None:

@@ -1,5 +1,8 @@
 package wire
 
+// Servers that misbehave toward the client: answering and closing before
+// reading a request whole, claiming reply bodies they do not send.
+
 import (
 	"bytes"
 	"context"
@@ -7,6 +10,8 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +121,70 @@ func answerAndClose(ln net.Listener, refuse bool, payload []byte) error {
 		_, err = nc.Write(frame(h.Op, FlagReply, h.ID, &wirepb.Ping{}, payload))
 	}
 	return err
+}
+
+// TestClaimedReplyBodyCostsWhatArrives: a server that claims a reply body
+// of 64 MiB and sends 1 KiB of it makes the client allocate about what
+// came, not what was claimed (the server's reads of request bodies work
+// the same way).
+func TestClaimedReplyBodyCostsWhatArrives(t *testing.T) {
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	c := NewConn(cli, ConnConfig{KeepAlive: -1})
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { done <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := srv.Read(make([]byte, 1)) // the request is on its way
+	require.NoError(t, err)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	claim := Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, BodyLen: MaxBodyLen}.Append(nil)
+	srv.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err = srv.Write(append(claim, make([]byte, 1<<10)...)) // returns once the reader took it
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond) // the reader waits for more
+	runtime.ReadMemStats(&after)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(4<<20),
+		"the client allocated for the claim, not for the bytes that came")
+
+	srv.Close()
+	select {
+	case err := <-done:
+		require.True(t, errors.Is(err, ErrUnavailable), "got %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call still waiting 5 s after the server closed")
+	}
+}
+
+// TestLargeReplyBodyReadWhole: a reply body larger than the reader's
+// buffer, read as its bytes arrive in small writes, comes out whole.
+func TestLargeReplyBodyReadWhole(t *testing.T) {
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	c := NewConn(cli, ConnConfig{KeepAlive: -1})
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { done <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	readFrame(t, srv)
+	msg := strings.Repeat("a long reason, ", 40<<10) // 600 KiB
+	b := frame(opEcho, FlagReply|FlagError, 1, &wirepb.Error{Code: wirepb.Code_CODE_INVALID, Message: msg}, nil)
+	go func() {
+		for len(b) > 0 { // in pieces of 10,000 bytes: the body grows as they come
+			n := min(len(b), 10000)
+			if _, err := srv.Write(b[:n]); err != nil {
+				return
+			}
+			b = b[n:]
+		}
+	}()
+	select {
+	case err := <-done:
+		var re *RemoteError
+		require.True(t, errors.As(err, &re), "got %v", err)
+		require.Equal(t, msg, re.Message)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no answer in 5 s")
+	}
 }
