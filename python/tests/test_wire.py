@@ -304,3 +304,19 @@ def test_large_reply_body_read_whole():
     with pytest.raises(tq.InvalidError) as e:
         conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, op_name="ping")
     assert e.value.message == msg
+
+
+def test_payload_over_what_was_asked_is_corrupt():
+    # A call that bounds its answer's payload (a KV get asks for at most
+    # 64 KiB inline) refuses a larger one before allocating for it, and
+    # the connection, out of step, is closed.
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        op, rid, _ = _read_frame(c)
+        c.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY, op, 0, rid, 0, 0, 1 << 36))
+    conn = wire.Conn(_serve_once(h), timeout=10)
+    with pytest.raises(tq.CorruptError) as e:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, max_payload=64 << 10, op_name="kv get")
+    assert "answer of 68719476736 bytes" in e.value.message and "65536 asked at most" in e.value.message
+    assert conn.closed

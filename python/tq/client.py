@@ -572,7 +572,7 @@ class Client:
             vreq = control_pb2.KVGetValueRequest(partition=partition_id, key=keys[0], field=select_fields[0],
                                                  max_bytes=KV_INLINE_MAX)
             try:
-                out = self._call(wire.KV_GET_VALUE, vreq, control_pb2.FieldSchema, **ctx)
+                out = self._call(wire.KV_GET_VALUE, vreq, control_pb2.FieldSchema, max_payload=KV_INLINE_MAX, **ctx)
             except errors.NotSupportedError:
                 self._no_value = True
             except errors.NotFoundError:
@@ -587,7 +587,7 @@ class Client:
             req = control_pb2.KVGetRequest(partition=partition_id, keys=keys, fields=_sel(select_fields),
                                            max_bytes=KV_INLINE_MAX)
             try:
-                out = self._call(wire.KV_GET, req, control_pb2.KVGetReply, **ctx)
+                out = self._call(wire.KV_GET, req, control_pb2.KVGetReply, max_payload=KV_INLINE_MAX, **ctx)
             except errors.NotSupportedError:
                 self._no_kv_data = True
             else:

@@ -296,15 +296,16 @@ class Conn:
             while i < len(bufs) and len(bufs[i]) == 0:
                 i += 1
 
-    def call(self, op: int, req, reply_cls=None, *, payload=None, into=None,
+    def call(self, op: int, req, reply_cls=None, *, payload=None, into=None, max_payload=None,
              op_name: str = "", timeout: float | None = None, err_ctx=None):
         """Send one request and wait for its reply.
 
         ``payload``: a list of bytes-like objects sent back to back after the
         body. ``into``: a writable buffer, or a list of them filled one after
         another, the reply's payload is read into (exactly the payload's
-        size in all); without it a payload is
-        returned as a new bytearray. Returns the decoded reply (or
+        size in all); without it a payload is returned as a new buffer, of at
+        most ``max_payload`` bytes when given (a larger answer is corrupt, and
+        nothing is allocated for it). Returns the decoded reply (or
         ``(reply, payload)`` when the reply carries a payload or ``into`` was
         given).
         """
@@ -353,6 +354,9 @@ class Conn:
                             self._read_into(b)
                         rpay = into
                     else:
+                        if max_payload is not None and plen > max_payload:
+                            raise errors.CorruptError(f"a {op_name or op} answer of {plen} bytes from {self.addr}, "
+                                                      f"{max_payload} asked at most", op=op_name, **err_ctx)
                         rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
                         self._read_into(rpay)
             except (OSError, ConnectionError) as e:
