@@ -128,12 +128,7 @@ func answerAndClose(ln net.Listener, refuse bool, payload []byte) error {
 // came, not what was claimed (the server's reads of request bodies work
 // the same way).
 func TestClaimedReplyBodyCostsWhatArrives(t *testing.T) {
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	c := NewConn(cli, ConnConfig{KeepAlive: -1})
-	defer c.Close()
-	done := make(chan error, 1)
-	go func() { done <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	srv, done := pipeCall(t)
 	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := srv.Read(make([]byte, 1)) // the request is on its way
 	require.NoError(t, err)
@@ -161,12 +156,7 @@ func TestClaimedReplyBodyCostsWhatArrives(t *testing.T) {
 // TestLargeReplyBodyReadWhole: a reply body larger than the reader's
 // buffer, read as its bytes arrive in small writes, comes out whole.
 func TestLargeReplyBodyReadWhole(t *testing.T) {
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	c := NewConn(cli, ConnConfig{KeepAlive: -1})
-	defer c.Close()
-	done := make(chan error, 1)
-	go func() { done <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	srv, done := pipeCall(t)
 	readFrame(t, srv)
 	msg := strings.Repeat("a long reason, ", 40<<10) // 600 KiB
 	b := frame(opEcho, FlagReply|FlagError, 1, &wirepb.Error{Code: wirepb.Code_CODE_INVALID, Message: msg}, nil)
@@ -187,4 +177,16 @@ func TestLargeReplyBodyReadWhole(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no answer in 5 s")
 	}
+}
+
+// pipeCall starts a call (id 1, no payload either way) on a client
+// connection over a pipe, and returns the server's end and the call's
+// outcome. Both ends close when the test does.
+func pipeCall(t *testing.T) (srv net.Conn, done <-chan error) {
+	cli, srv := net.Pipe()
+	c := NewConn(cli, ConnConfig{KeepAlive: -1})
+	t.Cleanup(func() { srv.Close(); c.Close() })
+	out := make(chan error, 1)
+	go func() { out <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	return srv, out
 }
