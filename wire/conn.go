@@ -473,6 +473,9 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	if err != nil {
 		return c.readErr(err)
 	}
+	if h.ID == 0 {
+		return c.ended(h, body)
+	}
 	c.mu.Lock()
 	cl := c.pending[h.ID]
 	if cl != nil {
@@ -492,6 +495,33 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 		cl.err = err
 	}
 	cl.done <- struct{}{}
+	return err
+}
+
+// ended takes a connection error, an error reply with request id 0 (no
+// request has it): the server ends the connection over something this
+// side sent, and its message says what. The connection fails with it,
+// and so does every call in flight, over a write that failed meanwhile
+// (that failure is the server closing).
+func (c *Conn) ended(h Header, body []byte) error {
+	var e wirepb.Error
+	var err error
+	switch {
+	case h.Flags&FlagError == 0:
+		err = fmt.Errorf("%v reply with request id 0, which no request has: %w", h.Op, ErrFrame)
+	case proto.Unmarshal(body, &e) != nil:
+		err = fmt.Errorf("decode a connection error: %w", ErrFrame)
+	default:
+		err = fmt.Errorf("the server ended the connection: %w", FromReply(&e))
+	}
+	c.mu.Lock()
+	select {
+	case <-c.done: // closed already
+	default:
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.fail(err)
 	return err
 }
 

@@ -138,6 +138,9 @@ func FuzzClientConn(f *testing.F) {
 	f.Add(append(Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, BodyLen: 3}.Append(nil), 0xff, 0xff, 0xff), uint(34))
 	f.Add(Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 1, PayloadLen: 1 << 40}.Append(nil), uint(8))
 	f.Add(frame(opEcho, FlagReply, 1, &wirepb.Ping{}, []byte("cut short"))[:40], uint(36))
+	f.Add(append(frame(0, FlagReply|FlagError, 0, &wirepb.Error{Code: wirepb.Code_CODE_CORRUPT, Message: "reserved bytes set"}, nil),
+		frame(opEcho, FlagReply, 1, &wirepb.Ping{}, nil)...), uint(50))
+	f.Add(append(frame(0, FlagReply, 0, &wirepb.Ping{}, nil), frame(opEcho, FlagReply, 1, &wirepb.Ping{}, nil)...), uint(9))
 	f.Fuzz(func(t *testing.T, data []byte, split uint) {
 		cli, srv := net.Pipe()
 		c := NewConn(cli, ConnConfig{KeepAlive: -1})
@@ -194,9 +197,10 @@ func FuzzClientConn(f *testing.F) {
 }
 
 // replyTo says, independently of Conn, whether stream answers call id
-// with success: a run of well-formed reply frames (others' skipped) up
-// to one for id that is not an error, whose body is a Ping and whose
-// payload, at most max bytes, it returns.
+// with success: a run of well-formed reply frames (others' skipped, but
+// none with id 0: that ends the connection) up to one for id that is not
+// an error, whose body is a Ping and whose payload, at most max bytes, it
+// returns.
 func replyTo(stream []byte, id uint64, max uint64) ([]byte, bool) {
 	for len(stream) >= HeaderSize {
 		h, err := DecodeHeader(stream[:HeaderSize])
@@ -208,6 +212,9 @@ func replyTo(stream []byte, id uint64, max uint64) ([]byte, bool) {
 			return nil, false // cut short: the connection ends first
 		}
 		body, payload := rest[:h.BodyLen], rest[h.BodyLen:uint64(h.BodyLen)+h.PayloadLen]
+		if h.ID == 0 {
+			return nil, false // a connection error
+		}
 		if h.ID == id {
 			if h.Flags&FlagError != 0 || proto.Unmarshal(body, &wirepb.Ping{}) != nil || h.PayloadLen > max {
 				return nil, false

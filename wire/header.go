@@ -85,6 +85,10 @@ func (h Header) Append(b []byte) []byte {
 // closed.
 var ErrFrame = fmt.Errorf("wire: malformed frame: %w", engine.ErrCorrupt)
 
+// errNotTQ is a frame whose magic is not TQ's: its sender does not speak
+// the protocol at all.
+var errNotTQ = fmt.Errorf("not TQ's magic: %w", ErrFrame)
+
 // DecodeHeader parses and validates a header: magic, version, known flags,
 // zero reserved bytes, and lengths within the limits.
 func DecodeHeader(b []byte) (Header, error) {
@@ -92,7 +96,7 @@ func DecodeHeader(b []byte) (Header, error) {
 		return Header{}, fmt.Errorf("header of %d bytes: %w", len(b), ErrFrame)
 	}
 	if b[0] != 'T' || b[1] != 'Q' {
-		return Header{}, fmt.Errorf("bad magic %q: %w", b[:2], ErrFrame)
+		return Header{}, fmt.Errorf("bad magic %q: %w", b[:2], errNotTQ)
 	}
 	h := Header{
 		Version:    b[2],
@@ -104,7 +108,7 @@ func DecodeHeader(b []byte) (Header, error) {
 	}
 	switch {
 	case h.Version != Version:
-		return Header{}, fmt.Errorf("version %d, this side speaks %d: %w", h.Version, Version, ErrFrame)
+		return Header{}, fmt.Errorf("a frame of protocol version %d, this side speaks version %d: %w", h.Version, Version, ErrFrame)
 	case h.Flags&^knownFlags != 0:
 		return Header{}, fmt.Errorf("unknown flags %#x: %w", uint8(h.Flags), ErrFrame)
 	case h.Flags&FlagError != 0 && h.Flags&FlagReply == 0:

@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -630,6 +631,10 @@ type serverConn struct {
 
 	buffered budget // request body bytes held (MaxConnBuffered)
 	refused  error  // past MaxConns: the error its HELLO gets
+	// linger is set once the connection was answered with a refusal
+	// that ends it: it ends lingering (see serve), so that the answer
+	// survives what the peer still sends.
+	linger bool
 
 	sem      chan struct{}  // a slot per request in flight (MaxInFlight)
 	handlers sync.WaitGroup // handlers running in goroutines
@@ -679,6 +684,12 @@ func (c *serverConn) serve() {
 	defer c.s.wg.Done()
 	ctx, cancel := context.WithCancel(c.s.ctx)
 	defer func() {
+		if c.linger {
+			c.ncMu.Lock()
+			nc := c.nc
+			c.ncMu.Unlock()
+			linger.Drain(nc, linger.Time)
+		}
 		c.close()
 		cancel()
 		c.handlers.Wait()
@@ -749,8 +760,12 @@ func (c *serverConn) serve() {
 			return
 		}
 		h, err := DecodeHeader(hb[:])
-		if err != nil || h.Flags&FlagReply != 0 {
-			return // malformed: close this connection only
+		if err == nil && h.Flags&FlagReply != 0 {
+			err = fmt.Errorf("a reply frame (op %v) from the client: %w", h.Op, ErrFrame)
+		}
+		if err != nil {
+			c.refuseConn(err) // this connection only
+			return
 		}
 		c.s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
 		if c.s.loopable(h) {
@@ -783,6 +798,10 @@ func (c *serverConn) serve() {
 		})
 		if err != nil {
 			c.unhold(held)
+			if errors.Is(err, errNoRoom) {
+				c.refuseConn(fmt.Errorf("no room for a request body of %d bytes within %v: the server's memory for request bodies is taken: %w",
+					h.BodyLen, c.s.cfg.FrameTimeout, engine.ErrCapacity))
+			}
 			return
 		}
 		if h.Op == OpCancel {
@@ -790,7 +809,8 @@ func (c *serverConn) serve() {
 			c.cancelRequest(body)
 			c.unhold(h.BodyLen)
 			if h.PayloadLen != 0 {
-				return // malformed
+				c.refuseConn(fmt.Errorf("CANCEL with a payload of %d bytes: %w", h.PayloadLen, ErrFrame))
+				return
 			}
 			continue
 		}
@@ -1119,10 +1139,41 @@ func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
 func (c *serverConn) refuse() {
 	h, _, err := c.readHello(min(refuseTimeout, c.s.cfg.HandshakeTimeout))
 	if err != nil {
+		c.refuseConn(err)
 		return
 	}
+	c.answerHello(h, c.refused)
+}
+
+// answerHello refuses the connection's HELLO (h) with err, which ends the
+// connection.
+func (c *serverConn) answerHello(h Header, err error) {
 	rw := &ReplyWriter{c: c, h: h}
-	rw.Error(c.refused)
+	rw.Error(err)
+	c.linger = true
+}
+
+// refuseConn answers a connection the server ends over what it sent — a
+// frame that does not decode or breaks the protocol's rules, a request
+// body there is no room for — with a connection error: an error reply
+// with request id 0, which no request uses, whose message names what was
+// wrong. The peer fails whatever it has in flight with it. A read that
+// failed gets no answer (nobody may be there to read it), nor does a peer
+// whose first bytes are not TQ's magic: it does not speak the protocol.
+func (c *serverConn) refuseConn(err error) {
+	if !errors.Is(err, ErrFrame) && !errors.Is(err, engine.ErrCapacity) || errors.Is(err, errNotTQ) {
+		return
+	}
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.s.log.Debug("wire: ending a connection over what it sent", "peer", c.nc.RemoteAddr(), "err", err)
+	c.w.uncork() // replies held back go first
+	rw := &ReplyWriter{c: c}
+	rw.Error(err)
+	c.linger = true
 }
 
 // sameUser reports whether the peer may skip the token: TrustPeerCred is
@@ -1134,40 +1185,41 @@ func (c *serverConn) sameUser() bool {
 func (c *serverConn) handshake() error {
 	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
 	if err != nil {
+		c.refuseConn(err)
 		return err
 	}
 	var hello wirepb.Hello
-	rw := &ReplyWriter{c: c, h: h}
 	if err := proto.Unmarshal(body, &hello); err != nil {
-		rw.Error(fmt.Errorf("decode hello: %v: %w", err.Error(), engine.ErrInvalid))
+		c.answerHello(h, fmt.Errorf("decode hello: %v: %w", err.Error(), engine.ErrInvalid))
 		return err
 	}
 	if hello.Version != Version {
 		err := fmt.Errorf("client speaks version %d, server %d: %w", hello.Version, Version, engine.ErrNotSupported)
-		rw.Error(err)
+		c.answerHello(h, err)
 		return err
 	}
 	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
 		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
 		c.s.unauth.hit("wire: refusing clients with a wrong or missing token", "peer", c.nc.RemoteAddr().String(), "name", hello.Name)
-		rw.Error(err)
+		c.answerHello(h, err)
 		return err
 	}
 	c.s.unauth.clear("wire: no client refused for its token since")
 	answer := c.s.cfg.Hello
 	if check := c.s.cfg.CheckHello; check != nil {
-		h, err := check(&hello)
+		a, err := check(&hello)
 		if err != nil {
-			rw.Error(err)
+			c.answerHello(h, err)
 			return err
 		}
-		if h != nil {
-			answer = h
+		if a != nil {
+			answer = a
 		}
 	}
 	c.peer = &hello
 	reply := proto.Clone(answer).(*wirepb.Hello)
 	reply.Version = Version
+	rw := &ReplyWriter{c: c, h: h}
 	rw.Reply(reply, nil, nil)
 	return nil
 }
