@@ -320,3 +320,46 @@ def test_payload_over_what_was_asked_is_corrupt():
         conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, max_payload=64 << 10, op_name="kv get")
     assert "answer of 68719476736 bytes" in e.value.message and "65536 asked at most" in e.value.message
     assert conn.closed
+
+
+def test_connection_error_names_what_was_wrong(server):
+    # A frame the server cannot take (here: reserved bytes set) ends the
+    # connection with a connection error, request id 0, and the call in
+    # flight fails with the server's reason rather than "connection
+    # closed".
+    conn = wire.Conn(server.address, token=server.token, timeout=10)
+    conn.sock.sendall(wire.HEADER.pack(wire.MAGIC, 1, 0, wire.PING, 0, 99, 0, 1, 0))
+    with pytest.raises(tq.CorruptError) as e:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, op_name="ping")
+    assert e.value.message.startswith("the server ended the connection: reserved bytes set"), e.value.message
+    assert conn.closed
+
+
+def test_connection_error_after_send_only():
+    # A connection error that arrives where a send_only request's reply
+    # was due ends the next call with the server's reason.
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        _read_frame(c)  # the send_only request
+        _reply(c, 0, 0, common_pb2.Error(code=5, message="no room for a request body of 9 bytes"),
+               flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+        c.recv(1)  # until the client closes
+    conn = wire.Conn(_serve_once(h), timeout=10)
+    conn.send_only(wire.PING, common_pb2.Ping())
+    with pytest.raises(tq.CapacityError) as e:
+        conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, op_name="ping")
+    assert e.value.message == "the server ended the connection: no room for a request body of 9 bytes"
+    assert conn.closed
+
+
+def test_server_of_another_version_is_named():
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        body = common_pb2.Error(code=9, message="a frame of protocol version 1, this side speaks version 2")
+        b = body.SerializeToString()
+        c.sendall(wire.HEADER.pack(wire.MAGIC, 2, wire.FLAG_REPLY | wire.FLAG_ERROR, 0, 0, 0, len(b), 0, 0) + b)
+        c.recv(1)
+    with pytest.raises(tq.CorruptError) as e:
+        wire.Conn(_serve_once(h), timeout=10)
+    assert "speaks wire protocol version 2, this client 1" in e.value.message

@@ -160,6 +160,15 @@ def _recv_exact(sock: socket.socket, buf) -> None:
         got += k
 
 
+class _Ended(Exception):
+    """A connection error from the server (an error reply with request id 0):
+    it ends the connection over something this side sent, and says what."""
+
+    def __init__(self, error):
+        super().__init__(error.message)
+        self.error = error
+
+
 class Conn:
     """One authenticated connection. Safe for concurrent use (calls take turns)."""
 
@@ -311,6 +320,7 @@ class Conn:
         """
         body = req.SerializeToString() if req is not None else b""
         err_ctx = err_ctx or {}
+        ended = send_err = None
         with self._lock:
             if self.sock is None:
                 raise errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
@@ -319,7 +329,6 @@ class Conn:
             try:
                 self._settimeout(timeout if timeout is not None else self.timeout)
                 self._drain()
-                send_err = None
                 try:
                     self._send(op, rid, body, payload)
                 except (BrokenPipeError, ConnectionResetError) as e:
@@ -339,11 +348,11 @@ class Conn:
                     if send_err is not None:
                         raise send_err from None
                     raise
-                if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
-                        or blen > MAX_BODY or plen > MAX_PAYLOAD:
-                    raise errors.CorruptError(f"bad reply header from {self.addr}")
+                self._check_header(magic, ver, flags, rrid, rid, blen, plen, MAX_PAYLOAD)
                 rbody = self._read_bytes(blen)
                 rpay = None
+                if rrid == 0:
+                    raise _Ended(common_pb2.Error.FromString(rbody))
                 if plen:
                     if into is not None:
                         parts = into if isinstance(into, list) else [into]
@@ -359,6 +368,9 @@ class Conn:
                                                       f"{max_payload} asked at most", op=op_name, **err_ctx)
                         rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
                         self._read_into(rpay)
+            except _Ended as e:
+                self.close()
+                ended = e.error
             except (OSError, ConnectionError) as e:
                 self.close()
                 if isinstance(e, socket.timeout):
@@ -374,6 +386,9 @@ class Conn:
                 self.last_used = time.monotonic()
             if send_err is not None:
                 self.close()  # answered, but the request was cut short
+        if ended is not None:
+            raise errors.from_code(ended.code, f"the server ended the connection: {ended.message}",
+                                   op=op_name, **err_ctx)
         if flags & FLAG_ERROR:
             err = common_pb2.Error.FromString(rbody)
             raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
@@ -397,20 +412,32 @@ class Conn:
                 self._settimeout(self.timeout)
                 self._drain()
                 self._send(op, rid, body, None)
-            except OSError:
+            except (OSError, errors.CorruptError, _Ended):
                 self.close()
                 return
             self._pending.append(rid)
+
+    def _check_header(self, magic, ver, flags, rrid, rid, blen, plen, max_payload) -> None:
+        """Raises CorruptError for a reply header that is not the answer to
+        request ``rid``, nor a connection error (request id 0: an error
+        reply the server sends before it ends the connection)."""
+        if magic == MAGIC and ver != VERSION:
+            raise errors.CorruptError(f"{self.addr} speaks wire protocol version {ver}, this client {VERSION}")
+        conn_err = rrid == 0 and flags & FLAG_ERROR and not plen
+        if magic != MAGIC or not flags & FLAG_REPLY or (rrid != rid and not conn_err) \
+                or blen > MAX_BODY or plen > max_payload:
+            raise errors.CorruptError(f"bad reply header from {self.addr}")
 
     def _drain(self) -> None:
         """Read the replies of send_only requests (under the lock)."""
         while self._pending:
             rid = self._pending.pop(0)
             magic, ver, flags, _, _, rrid, blen, _, plen = self._read_header()
-            if magic != MAGIC or ver != VERSION or not flags & FLAG_REPLY or rrid != rid \
-                    or blen > MAX_BODY or plen > (1 << 20):
-                raise ConnectionError(f"bad reply header from {self.addr}")
-            self._read_into(bytearray(blen + plen))
+            self._check_header(magic, ver, flags, rrid, rid, blen, plen, 1 << 20)
+            body = self._read_bytes(blen)
+            if rrid == 0:
+                raise _Ended(common_pb2.Error.FromString(body))
+            self._read_into(bytearray(plen))
 
     def cancel(self, rid: int) -> None:
         """Send CANCEL for request ``rid`` (no reply comes)."""
