@@ -374,6 +374,25 @@ func TestHostileClients(t *testing.T) {
 		fmt.Fprintf(nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n", 2<<20)
 		assert.Equal(t, "-ERR Protocol error: argument of 2097152 bytes exceeds the limit of 1048576", rr.line(t))
 	})
+	t.Run("oversized value sent whole", func(t *testing.T) {
+		// A client that sends the whole value before it reads (redis-py
+		// does) is not reset under its write: it reads the reason.
+		nc, rr := e.raw(t)
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := fmt.Fprintf(nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", 16<<20, bytes.Repeat([]byte{'v'}, 16<<20))
+			wrote <- err
+		}()
+		select {
+		case err := <-wrote:
+			require.NoError(t, err, "the write must not meet a reset")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the write did not end in 10 s")
+		}
+		assert.Equal(t, "-ERR Protocol error: argument of 16777216 bytes exceeds the limit of 1048576", rr.line(t))
+		_, err := rr.r.line(100)
+		assert.ErrorIs(t, err, io.ErrUnexpectedEOF, "then the end of the connection (no reset)")
+	})
 	t.Run("too many arguments", func(t *testing.T) {
 		nc, rr := e.raw(t)
 		fmt.Fprintf(nc, "*%d\r\n", MaxArgs+1)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/storage"
 )
 
@@ -344,7 +345,14 @@ func (c *conn) serve() {
 			var pe *errProtocol
 			if errors.As(err, &pe) {
 				c.writeError("ERR " + pe.Error())
-				c.flush()
+				if c.flush() == nil {
+					// The client may be sending the rest of what was
+					// refused (a value over the limit): read and drop it
+					// for a while, so that the error reaches it, not a
+					// reset (see package linger).
+					c.releaseLarge()
+					linger.Drain(c.nc, linger.Time)
+				}
 			}
 			return
 		}

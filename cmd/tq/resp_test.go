@@ -187,6 +187,16 @@ try:
     r.set("x", "y", ex=10)
 except redis.ResponseError as e:
     out["ex_error"] = str(e)
+# A value over --resp-max-value: redis-py sends it whole before it reads
+# the answer, so it gets the reason only if the server reads the rest
+# rather than resetting the connection under the write.
+try:
+    r.set("py:big", b"x" * (8 << 20))
+except redis.ResponseError as e:
+    out["big_error"] = str(e)
+except redis.ConnectionError as e:
+    out["big_error"] = "connection error: " + str(e)
+out["after_big"] = r.ping()
 print(json.dumps(out))
 `
 
@@ -198,7 +208,7 @@ func TestRESPRedisPy(t *testing.T) {
 		t.Skip("redis-py is not installed for /usr/bin/python3 (apt-get install python3-redis; .ci/run installs it)")
 	}
 	bin := tqBinary(t)
-	p, tok := startRESP(t, bin)
+	p, tok := startRESP(t, bin, "--resp-max-value", "1MiB")
 	host, port := hostPort(t, p.resp)
 	kv := kvapi.New(connectTo(t, p, p.addr("unix")))
 	ctx := context.Background()
@@ -225,6 +235,8 @@ func TestRESPRedisPy(t *testing.T) {
 		Done    []string          `json:"finished"`
 		HDel    int               `json:"hdel"`
 		HKeys   []string          `json:"hkeys"`
+		BigErr  string            `json:"big_error"`
+		After   bool              `json:"after_big"`
 	}
 	require.NoError(t, json.Unmarshal(out, &got), "%s", out)
 	assert.True(t, got.Ping)
@@ -244,6 +256,8 @@ func TestRESPRedisPy(t *testing.T) {
 	assert.Equal(t, []string{"py:h"}, got.Done)
 	assert.Equal(t, 1, got.HDel)
 	assert.Equal(t, []string{"prompt"}, got.HKeys)
+	assert.Equal(t, "Protocol error: argument of 8388608 bytes exceeds the limit of 1048576", got.BigErr)
+	assert.True(t, got.After, "redis-py reconnects after the protocol error")
 
 	b, err := kv.BatchGetCopy(ctx, "default", []string{"py:bin", "py:p99"}, "value")
 	require.NoError(t, err)
