@@ -445,6 +445,21 @@ func TestHostileClients(t *testing.T) {
 		}
 		_, rr := e.raw(t)
 		assert.Equal(t, "-ERR max number of clients reached", rr.line(t))
+		// One that sends before it reads (a pipelined AUTH and more) gets
+		// the answer too, not a reset under its write.
+		nc, rr := e.raw(t)
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := fmt.Fprintf(nc, "AUTH secret\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", 8<<20, bytes.Repeat([]byte{'v'}, 8<<20))
+			wrote <- err
+		}()
+		select {
+		case err := <-wrote:
+			require.NoError(t, err, "the write must not meet a reset")
+		case <-time.After(10 * time.Second):
+			t.Fatal("the write did not end in 10 s")
+		}
+		assert.Equal(t, "-ERR max number of clients reached", rr.line(t))
 		for _, c := range conns {
 			c.Close()
 		}

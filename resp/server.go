@@ -109,6 +109,7 @@ type Server struct {
 	stop         context.Context
 	cancel       context.CancelFunc
 	acceptLogged atomic.Bool
+	turningAway  atomic.Int32 // connections being turned away (see turnAway)
 
 	// loops serve connections while their commands need not wait
 	// (started by the first Serve; none when Config.Loops < 0); next
@@ -179,10 +180,8 @@ func (s *Server) Serve(l net.Listener) error {
 			nc.Close()
 			return nil
 		case len(s.conns) >= s.cfg.MaxClients:
+			s.turnAway(nc)
 			s.mu.Unlock()
-			nc.SetWriteDeadline(time.Now().Add(time.Second))
-			nc.Write(redcon.AppendError(nil, "ERR max number of clients reached"))
-			nc.Close()
 			continue
 		}
 		s.conns[c] = struct{}{}
@@ -191,6 +190,35 @@ func (s *Server) Serve(l net.Listener) error {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// maxTurningAway bounds the connections being turned away past
+// MaxClients at once; past it, one is closed without an answer.
+const maxTurningAway = 64
+
+// turnAway answers a connection past MaxClients, as Redis does, and
+// closes it lingering (its client may have sent its AUTH already: see
+// package linger), on a goroutine of its own so that a peer that does not
+// read holds no accept; 1 s for each at most, maxTurningAway at once.
+// s.mu is held.
+func (s *Server) turnAway(nc net.Conn) {
+	if s.turningAway.Add(1) > maxTurningAway {
+		s.turningAway.Add(-1)
+		nc.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.turningAway.Add(-1)
+		defer nc.Close()
+		stop := context.AfterFunc(s.stop, func() { nc.Close() })
+		defer stop()
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := nc.Write(redcon.AppendError(nil, "ERR max number of clients reached")); err == nil {
+			linger.Drain(nc, time.Second)
+		}
+	}()
 }
 
 // adopt gives c to the next loop, if there are loops; s.mu is held.
