@@ -101,6 +101,27 @@ func authenticated(t *testing.T, addr, token string) net.Conn {
 	return nc
 }
 
+// connError reads the connection error the server answers on nc with
+// and returns its message.
+func connError(t *testing.T, nc net.Conn) string {
+	t.Helper()
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer nc.SetReadDeadline(time.Time{})
+	hb := make([]byte, wire.HeaderSize)
+	_, err := io.ReadFull(nc, hb)
+	require.NoError(t, err)
+	h, err := wire.DecodeHeader(hb)
+	require.NoError(t, err)
+	require.Equal(t, uint64(0), h.ID, "a connection error has request id 0")
+	require.Equal(t, wire.FlagReply|wire.FlagError, h.Flags)
+	body := make([]byte, h.BodyLen)
+	_, err = io.ReadFull(nc, body)
+	require.NoError(t, err)
+	var e wirepb.Error
+	require.NoError(t, proto.Unmarshal(body, &e))
+	return e.Message
+}
+
 // closedWithin reports whether the server closes nc within d.
 func closedWithin(nc net.Conn, d time.Duration) bool {
 	nc.SetReadDeadline(time.Now().Add(d))
@@ -236,6 +257,10 @@ func TestServeUnderHostilePeers(t *testing.T) {
 		case 0:
 			h := wire.Header{Version: wire.Version, Op: wire.OpHello, ID: 1, BodyLen: 64 << 20}
 			nc.Write(append(h.Append(nil), make([]byte, 4<<10)...))
+			if i == 0 {
+				// The peer is told why (a connection error, request id 0).
+				assert.Contains(t, connError(t, nc), "HELLO of 67108864 bytes exceeds 4096")
+			}
 			assert.True(t, closedWithin(nc, 5*time.Second), "an oversized HELLO is refused at once")
 		case 1:
 			nc.Write(bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 256))
