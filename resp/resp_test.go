@@ -378,17 +378,7 @@ func TestHostileClients(t *testing.T) {
 		// A client that sends the whole value before it reads (redis-py
 		// does) is not reset under its write: it reads the reason.
 		nc, rr := e.raw(t)
-		wrote := make(chan error, 1)
-		go func() {
-			_, err := fmt.Fprintf(nc, "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", 16<<20, bytes.Repeat([]byte{'v'}, 16<<20))
-			wrote <- err
-		}()
-		select {
-		case err := <-wrote:
-			require.NoError(t, err, "the write must not meet a reset")
-		case <-time.After(10 * time.Second):
-			t.Fatal("the write did not end in 10 s")
-		}
+		sendWhole(t, nc, "", 16<<20)
 		assert.Equal(t, "-ERR Protocol error: argument of 16777216 bytes exceeds the limit of 1048576", rr.line(t))
 		_, err := rr.r.line(100)
 		assert.ErrorIs(t, err, io.ErrUnexpectedEOF, "then the end of the connection (no reset)")
@@ -448,22 +438,31 @@ func TestHostileClients(t *testing.T) {
 		// One that sends before it reads (a pipelined AUTH and more) gets
 		// the answer too, not a reset under its write.
 		nc, rr := e.raw(t)
-		wrote := make(chan error, 1)
-		go func() {
-			_, err := fmt.Fprintf(nc, "AUTH secret\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", 8<<20, bytes.Repeat([]byte{'v'}, 8<<20))
-			wrote <- err
-		}()
-		select {
-		case err := <-wrote:
-			require.NoError(t, err, "the write must not meet a reset")
-		case <-time.After(10 * time.Second):
-			t.Fatal("the write did not end in 10 s")
-		}
+		sendWhole(t, nc, "AUTH secret\r\n", 8<<20)
 		assert.Equal(t, "-ERR max number of clients reached", rr.line(t))
 		for _, c := range conns {
 			c.Close()
 		}
 	})
+}
+
+// sendWhole writes before, then a SET of a size-byte value, as a client
+// that sends a whole command before it reads does: the write must go
+// through (the server reads what it refuses rather than resetting the
+// connection under it), within 10 s.
+func sendWhole(t *testing.T, nc net.Conn, before string, size int) {
+	t.Helper()
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := fmt.Fprintf(nc, "%s*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n", before, size, bytes.Repeat([]byte{'v'}, size))
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		require.NoError(t, err, "the write must not meet a reset")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write did not end in 10 s")
+	}
 }
 
 func TestUnauthenticatedIdleIsClosed(t *testing.T) {

@@ -1161,7 +1161,8 @@ func (c *serverConn) answerHello(h Header, err error) {
 // failed gets no answer (nobody may be there to read it), nor does a peer
 // whose first bytes are not TQ's magic: it does not speak the protocol.
 func (c *serverConn) refuseConn(err error) {
-	if !errors.Is(err, ErrFrame) && !errors.Is(err, engine.ErrCapacity) || errors.Is(err, errNotTQ) {
+	answerable := errors.Is(err, ErrFrame) || errors.Is(err, engine.ErrCapacity)
+	if !answerable || errors.Is(err, errNotTQ) {
 		return
 	}
 	select {
