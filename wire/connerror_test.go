@@ -151,3 +151,28 @@ func TestRefusalSurvivesTheRestOfTheRequest(t *testing.T) {
 		waitClosed(t, nc, 5*time.Second)
 	}
 }
+
+// TestLingerOutlastsALateReply: a handler that replies while its
+// connection lingers after a connection error does not cut the lingering
+// short. Its reply cannot go out (the sending side is shut), and the
+// write's failure must not close the socket under the peer, which would
+// then meet a reset for what it still sends.
+func TestLingerOutlastsALateReply(t *testing.T) {
+	_, addr, started, release := holdServer(t, ServerConfig{})
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	_, err := nc.Write(frame(opHold, 0, 5, &wirepb.Empty{}, nil))
+	require.NoError(t, err)
+	recv(t, started, "request started")
+	_, err = nc.Write(patch(header(OpPing, 6, 0, 0), 20, 1))
+	require.NoError(t, err)
+	h, _ := readFrame(t, nc)
+	require.Equal(t, uint64(0), h.ID, "the connection error")
+	close(release) // the held request replies now, into the shut side
+	time.Sleep(100 * time.Millisecond)
+	for i := range 3 {
+		_, err := nc.Write([]byte("more"))
+		require.NoError(t, err, "write %d while the server lingers", i)
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitClosed(t, nc, 5*time.Second)
+}

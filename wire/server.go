@@ -633,8 +633,10 @@ type serverConn struct {
 	refused  error  // past MaxConns: the error its HELLO gets
 	// linger is set once the connection was answered with a refusal
 	// that ends it: it ends lingering (see serve), so that the answer
-	// survives what the peer still sends.
-	linger bool
+	// survives what the peer still sends. A reply a handler sends
+	// meanwhile fails on the shut side without closing the socket under
+	// the lingering (see newServerConn).
+	linger atomic.Bool
 
 	sem      chan struct{}  // a slot per request in flight (MaxInFlight)
 	handlers sync.WaitGroup // handlers running in goroutines
@@ -658,6 +660,9 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 	}
 	c.buffered.init(s.cfg.MaxConnBuffered)
 	c.w = newFrameWriter(nc, func(err error) {
+		if c.linger.Load() {
+			return // serve closes it once the lingering ends
+		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			s.log.Debug("wire: closing a connection that stopped reading its replies", "peer", nc.RemoteAddr(), "write_timeout", c.w.timeout)
 		}
@@ -684,7 +689,7 @@ func (c *serverConn) serve() {
 	defer c.s.wg.Done()
 	ctx, cancel := context.WithCancel(c.s.ctx)
 	defer func() {
-		if c.linger {
+		if c.linger.Load() {
 			c.ncMu.Lock()
 			nc := c.nc
 			c.ncMu.Unlock()
@@ -1150,7 +1155,7 @@ func (c *serverConn) refuse() {
 func (c *serverConn) answerHello(h Header, err error) {
 	rw := &ReplyWriter{c: c, h: h}
 	rw.Error(err)
-	c.linger = true
+	c.linger.Store(true)
 }
 
 // refuseConn answers a connection the server ends over what it sent — a
@@ -1174,7 +1179,7 @@ func (c *serverConn) refuseConn(err error) {
 	c.w.uncork() // replies held back go first
 	rw := &ReplyWriter{c: c}
 	rw.Error(err)
-	c.linger = true
+	c.linger.Store(true)
 }
 
 // sameUser reports whether the peer may skip the token: TrustPeerCred is
