@@ -433,3 +433,30 @@ def test_get_data_to_a_device(client, part):
     assert list(client.get_data(meta, fields=["x"], device="cpu")) == ["x"]
     with pytest.raises(tq.InvalidError, match="device="):
         client.get_data(meta, device="cpu", copy=False)
+
+
+@pytest.mark.parametrize("err", [tq.DeadlineError, tq.ClosedError, tq.InternalError])
+def test_commit_of_unknown_outcome_keeps_what_it_wrote(server, part, err):
+    """A put through the units whose commit may have happened (its reply
+    did not come in time, the controller was closing or failed) keeps the
+    cells it wrote: freeing them would leave the key naming freed bytes.
+    Only a refusal frees them."""
+    c = server.client(transport="tcp")
+    try:
+        big = np.arange(40000, dtype=np.int64).reshape(1, -1)  # 320 KB: through the units
+        c.kv_batch_put(["k"], part, fields={"x": big})
+        real = c._call
+
+        def reply_lost(op, req, *a, **kw):
+            out = real(op, req, *a, **kw)
+            if op == tq.wire.COMMIT_KEYS:
+                raise err("the commit's reply was lost (simulated)")
+            return out
+        c._call = reply_lost
+        with pytest.raises(err):
+            c.kv_batch_put(["k"], part, fields={"x": big + 1})
+        c._call = real
+        got = np.asarray(c.kv_batch_get(["k"], part)["x"])
+        assert (got == big + 1).all(), "the commit happened: the key holds the new value"
+    finally:
+        c.close()

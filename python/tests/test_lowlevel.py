@@ -181,3 +181,29 @@ def test_samplers_per_fetch_token_budget_and_done(client, part):
     else:
         pytest.fail("no DoneError after every row")
     assert got == 16, "every row once; the last batch short"
+
+
+def test_interrupted_fetch_gives_its_rows_back(client, part):
+    """A fetch whose reply arrives while the caller is interrupted
+    (KeyboardInterrupt, a signal handler's exception) took rows the caller
+    never received: they go back to the task."""
+    client.put({"x": np.arange(4, dtype=np.int64)}, partition_id=part)
+    real = tq.wire.Conn._read_header
+    armed = [True]
+
+    def interrupted(self):
+        h = real(self)  # the reply is here: the controller consumed the rows
+        if armed[0] and h[3] == tq.wire.FETCH:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return h
+    tq.wire.Conn._read_header = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.get_meta(["x"], 4, part, task_name="t")
+    finally:
+        tq.wire.Conn._read_header = real
+    assert not armed[0]
+    again = client.get_meta(["x"], 4, part, task_name="t")
+    assert again.size == 4, client.get_consumption_status("t", part)
+

@@ -322,6 +322,23 @@ def test_payload_over_what_was_asked_is_corrupt():
     assert conn.closed
 
 
+
+def test_read_answered_without_its_payload_is_corrupt():
+    # A READ into a 16-byte buffer answered with success and no payload at
+    # all must not return as if the buffer were filled.
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="unit"))
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Ping())
+        _read_frame(c)
+    conn = wire.Conn(_serve_once(h), timeout=10)
+    buf = bytearray(b"\xaa" * 16)
+    with pytest.raises(tq.CorruptError) as e:
+        conn.call(wire.READ, common_pb2.Ping(), None, into=buf, op_name="read")
+    assert "reply payload of 0 bytes for buffers of 16" in e.value.message
+    assert conn.closed
+
 def test_connection_error_names_what_was_wrong(server):
     # A frame the server cannot take (here: reserved bytes set) ends the
     # connection with a connection error, request id 0, and the call in

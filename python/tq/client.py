@@ -126,6 +126,26 @@ class View:
         self.release()
 
 
+
+# GIVE_BACK_S is how long a fetch's rows are offered back to their task
+# while the controller cannot be reached (the Go client's RetryFor).
+GIVE_BACK_S = 60.0
+
+# Errors with which the controller refused a fetch outright: it took nothing.
+_FETCH_REFUSED = (errors.InvalidError, errors.NotFoundError, errors.DTypeMismatchError, errors.NotReadyError)
+
+
+def _refused(e: BaseException) -> bool:
+    """Whether the controller refused a change outright, so that nothing
+    happened and what the change named may be freed. A broken connection,
+    a reply that did not come in time, a server closing or failing leave the
+    outcome unknown: the change may have happened, and freeing its cells
+    would leave a key naming freed bytes (reconciliation frees what no cell
+    names). The same classes as the Go client's."""
+    return (isinstance(e, (errors.InvalidError, errors.NotFoundError, errors.DTypeMismatchError,
+                           errors.NotReadyError, errors.LostError, errors.CapacityError))
+            and not isinstance(e, errors.UnavailableError))
+
 class Client:
     """A connection to one TQ cluster.
 
@@ -491,16 +511,17 @@ class Client:
             req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
             try:
                 return self._call(op, req, reply_cls, **ctx)
-            except errors.UnavailableError:
-                raise  # the commit may have happened: reconciliation frees what no cell names
-            except errors.LostError:
+            except errors.LostError as e:
+                if not _refused(e):
+                    raise
                 self._free_pieces(pieces)
                 if attempt:
                     raise
                 self.units(refresh=True)
-            except errors.TQError:
-                self._free_pieces(pieces)
-                raise
+            except errors.TQError as e:
+                if _refused(e):
+                    self._free_pieces(pieces)
+                raise  # else the commit may have happened: reconciliation frees what no cell names
 
     @staticmethod
     def _kvmeta(keys, partition, rep) -> KVBatchMeta:
@@ -826,12 +847,48 @@ class Client:
             req.timeout_ms = int(timeout * 1000) if timeout is not None else 0
             sock_timeout = (timeout if timeout is not None else 600.0) + self.timeout
         try:
-            rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
-        except errors.UnavailableError:
-            # The connection broke: the same keyed FETCH returns the rows the
-            # first one took, if it happened.
-            rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
-        return BatchMeta.from_pb(rep.meta)
+            try:
+                rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+            except errors.UnavailableError:
+                # The connection broke: the same keyed FETCH returns the rows
+                # the first one took, if it happened.
+                rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+            return BatchMeta.from_pb(rep.meta)
+        except BaseException as e:
+            # A late reply, a lost one, an interrupt while it arrived: the
+            # rows it took, if any, go back to the task. A fetch never
+            # consumes rows its caller did not receive.
+            if not isinstance(e, _FETCH_REFUSED) or isinstance(e, errors.UnavailableError):
+                self._give_back(partition_id, task_name, req.key)
+            raise
+
+    def _give_back(self, partition, task, key):
+        """Give the rows of the fetch named ``key`` back to ``task``: now, or
+        while the controller cannot be reached, from a thread that tries
+        again for up to GIVE_BACK_S. Giving back a fetch that took nothing
+        changes nothing, and no fetch with that key can take rows after."""
+        req = control_pb2.UnconsumeRequest(partition=partition, task=task, key=key)
+
+        def once():
+            try:
+                self._call(wire.UNCONSUME, req, None, op_name="unconsume", partition=partition)
+            except errors.UnavailableError:
+                return False
+            except errors.TQError:
+                pass  # refused, or the client closed: nothing to try again
+            return True
+
+        if once():
+            return
+
+        def later():
+            end, pause = time.monotonic() + GIVE_BACK_S, 0.05
+            while not self._closed and time.monotonic() < end:
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                if once():
+                    return
+        threading.Thread(target=later, name="tq-give-back", daemon=True).start()
 
     def put(self, data, metadata: BatchMeta | None = None, partition_id: str | None = None) -> BatchMeta:
         """Write the fields of ``data`` to the rows of ``metadata`` (new rows
@@ -1143,9 +1200,9 @@ class Reservation:
         try:
             rep = self._client._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, op_name="reserve commit",
                                      partition=self.partition_id)
-        except errors.UnavailableError:
-            raise
-        except errors.LostError:
+        except errors.LostError as e:
+            if not _refused(e):
+                raise
             # Refused as lost: the unit was marked draining (or its
             # generation fenced) since the reservation. The bytes are the
             # unit's, named by no cell: read them back, free them there
@@ -1154,8 +1211,9 @@ class Reservation:
             Client._free_quietly(unit, locs)
             self._client.units(refresh=True)
             return self._client.kv_batch_put(self.keys, self.partition_id, fields=again, tags=tags)
-        except errors.TQError:
-            Client._free_quietly(unit, locs)
+        except errors.TQError as e:
+            if _refused(e):
+                Client._free_quietly(unit, locs)
             raise
         return Client._kvmeta(self.keys, self.partition_id, rep)
 

@@ -353,21 +353,23 @@ class Conn:
                 rpay = None
                 if rrid == 0:
                     raise _Ended(common_pb2.Error.FromString(rbody))
-                if plen:
-                    if into is not None:
-                        parts = into if isinstance(into, list) else [into]
-                        have = sum(len(memoryview(b).cast("B")) for b in parts)
-                        if have != plen:
-                            raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}")
-                        for b in parts:
-                            self._read_into(b)
-                        rpay = into
-                    else:
-                        if max_payload is not None and plen > max_payload:
-                            raise errors.CorruptError(f"a {op_name or op} answer of {plen} bytes from {self.addr}, "
-                                                      f"{max_payload} asked at most", op=op_name, **err_ctx)
-                        rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
-                        self._read_into(rpay)
+                if into is not None and not flags & FLAG_ERROR:
+                    # The answer fills the buffers exactly, or it is wrong:
+                    # none at all would leave them as they were.
+                    parts = into if isinstance(into, list) else [into]
+                    have = sum(len(memoryview(b).cast("B")) for b in parts)
+                    if have != plen:
+                        raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}",
+                                                  op=op_name, **err_ctx)
+                    for b in parts:
+                        self._read_into(b)
+                    rpay = into
+                elif plen:
+                    if max_payload is not None and plen > max_payload:
+                        raise errors.CorruptError(f"a {op_name or op} answer of {plen} bytes from {self.addr}, "
+                                                  f"{max_payload} asked at most", op=op_name, **err_ctx)
+                    rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
+                    self._read_into(rpay)
             except _Ended as e:
                 self.close()
                 ended = e.error
