@@ -121,39 +121,39 @@ func (u *redialUnit) end(du DataUnit, err error) {
 	u.next = time.Now().Add(u.backoff)
 }
 
-// get returns the connected unit, dialing it first (bounded by ctx and
-// redialTimeout) when it is down and due.
+// get returns the connected unit, dialing it first when it is down and
+// due. The dial runs on its own (bounded by redialTimeout), not under
+// ctx: a caller that gives up stops waiting for it, but neither ends it
+// nor makes its own cancellation the unit's failure, which every other
+// caller would meet until the next try.
 func (u *redialUnit) get(ctx context.Context) (DataUnit, error) {
 	u.mu.Lock()
-	for u.dialing != nil && u.connectedLocked() == nil {
-		// Another call is dialing: its outcome is this call's too.
-		wait := u.dialing
-		u.mu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("storage unit %d: %w", u.id, ctx.Err())
-		}
-		u.mu.Lock()
-	}
 	if du := u.connectedLocked(); du != nil {
 		u.mu.Unlock()
 		return du, nil
 	}
-	if !u.beginLocked() {
+	if u.dialing == nil && !u.startLocked() {
 		err := u.unavailableLocked()
 		u.mu.Unlock()
 		return nil, err
 	}
+	// This call's dial, or another call's: its outcome is this call's too.
+	wait := u.dialing
 	u.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, redialTimeout)
-	du, err := u.dial(dctx)
-	cancel()
-	u.end(du, err)
-	if err != nil {
-		return nil, fmt.Errorf("storage unit %d is unreachable: %w: %w", u.id, engine.ErrUnavailable, err)
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("storage unit %d: %w", u.id, ctx.Err())
 	}
-	return du, nil
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if du := u.connectedLocked(); du != nil {
+		return du, nil
+	}
+	if u.closed {
+		return nil, u.unavailableLocked()
+	}
+	return nil, fmt.Errorf("storage unit %d is unreachable: %w: %w", u.id, engine.ErrUnavailable, u.err)
 }
 
 // Available reports whether the unit is connected. When it is not but a
@@ -165,6 +165,13 @@ func (u *redialUnit) Available() bool {
 	if u.connectedLocked() != nil {
 		return true
 	}
+	u.startLocked()
+	return false
+}
+
+// startLocked starts a dial in the background if one is due, and reports
+// whether it did.
+func (u *redialUnit) startLocked() bool {
 	if !u.beginLocked() {
 		return false
 	}
@@ -175,7 +182,7 @@ func (u *redialUnit) Available() bool {
 		du, err := u.dial(ctx)
 		u.end(du, err)
 	})
-	return false
+	return true
 }
 
 // Close stops a background dial and waits for it. The connection a dial
