@@ -195,13 +195,22 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 	req := &wirepb.KVGetRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), MaxBytes: uint64(maxBytes)}
 	var reply wirepb.KVGetReply
 	var data []byte
-	c, l, err := r.kvLane(ctx)
-	if err == nil {
-		err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, intoBuffer(wire.OpKVGet, maxBytes, &data))
-	}
-	l.done()
-	if err != nil {
-		return nil, nil, r.opErr("kv get", r.learn(err))
+	// A get is safe to repeat: it is sent again over a new connection
+	// while the controller cannot be reached, as the other reads are.
+	for again := (repeater{}); ; {
+		c, l, err := r.kvLane(ctx)
+		if err == nil {
+			err = c.Do(ctx, wire.OpKVGet, req, nil, &reply, intoBuffer(wire.OpKVGet, maxBytes, &data))
+		}
+		l.done()
+		if err == nil {
+			break
+		}
+		if err = r.waitToRepeat(ctx, "kv get", &again, r.learn(err)); err != nil {
+			return nil, nil, err
+		}
+		reply.Reset()
+		data = nil
 	}
 	if reply.HasData {
 		b, err := wire.BatchFromPB(reply.Fields, reply.RowLens, len(keys), data)
@@ -224,16 +233,23 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 // an error wrapping engine.ErrNotFound when the controller leaves the
 // get to KV_GET.
 func (r *RemoteMeta) getValue(ctx context.Context, partition, key, field string, maxBytes int) (*engine.Batch, error) {
-	g := valueGets.Get().(*valueGet)
-	g.req = wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
-	c, l, err := r.kvLane(ctx)
-	if err == nil {
-		err = c.Do(ctx, wire.OpKVGetValue, &g.req, nil, &g.schema, g.intoFn)
-	}
-	l.done()
-	if err != nil {
-		// Not reused: a call that failed may still be the reader's.
-		return nil, r.opErr("kv get", err)
+	var g *valueGet
+	for again := (repeater{}); ; {
+		g = valueGets.Get().(*valueGet)
+		g.req = wirepb.KVGetValueRequest{Partition: partition, Key: key, Field: field, MaxBytes: uint64(maxBytes)}
+		c, l, err := r.kvLane(ctx)
+		if err == nil {
+			err = c.Do(ctx, wire.OpKVGetValue, &g.req, nil, &g.schema, g.intoFn)
+		}
+		l.done()
+		if err == nil {
+			break
+		}
+		// g is not reused: a call that failed may still be the reader's.
+		// A lost connection sends the get again over a new one.
+		if err = r.waitToRepeat(ctx, "kv get", &again, err); err != nil {
+			return nil, err
+		}
 	}
 	schema, data := &g.schema, g.buf[0]
 	if schema.opaque {

@@ -384,8 +384,7 @@ func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, rep
 	if reply == nil {
 		reply = &wirepb.Empty{}
 	}
-	var giveUp time.Time
-	backoff := 10 * time.Millisecond
+	var again repeater
 	for {
 		c, err := r.connect(ctx)
 		if err == nil {
@@ -399,24 +398,45 @@ func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, rep
 			// connection to dial again.
 			err = fmt.Errorf("%w: %w", wire.ErrUnavailable, err)
 		}
-		if !repeat || r.cfg.RetryFor < 0 || ctx.Err() != nil || !connLost(err) {
+		if !repeat {
 			return r.opErr(name, err)
 		}
-		if giveUp.IsZero() {
-			giveUp = time.Now().Add(r.cfg.RetryFor)
+		if err = r.waitToRepeat(ctx, name, &again, err); err != nil {
+			return err
 		}
-		if time.Now().After(giveUp) {
-			return r.opErr(name, fmt.Errorf("controller unreachable for %v: %w", r.cfg.RetryFor, err))
-		}
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return r.opErr(name, ctx.Err())
-		case <-r.done:
-			return r.opErr(name, errMetaClosed)
-		}
-		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// repeater is what a call sent again over new connections keeps between
+// tries (see waitToRepeat).
+type repeater struct {
+	giveUp  time.Time
+	backoff time.Duration
+}
+
+// waitToRepeat decides whether a call that is safe to repeat and failed
+// with err is sent again: it returns nil after waiting the call's backoff
+// if err is a lost connection and RetryFor has not passed since the first
+// failure, else the error the call ends with.
+func (r *RemoteMeta) waitToRepeat(ctx context.Context, name string, again *repeater, err error) error {
+	if r.cfg.RetryFor < 0 || ctx.Err() != nil || !connLost(err) {
+		return r.opErr(name, err)
+	}
+	if again.giveUp.IsZero() {
+		again.giveUp, again.backoff = time.Now().Add(r.cfg.RetryFor), 10*time.Millisecond
+	}
+	if time.Now().After(again.giveUp) {
+		return r.opErr(name, fmt.Errorf("controller unreachable for %v: %w", r.cfg.RetryFor, err))
+	}
+	select {
+	case <-time.After(again.backoff):
+	case <-ctx.Done():
+		return r.opErr(name, ctx.Err())
+	case <-r.done:
+		return r.opErr(name, errMetaClosed)
+	}
+	again.backoff = min(2*again.backoff, time.Second)
+	return nil
 }
 
 // doMeta sends a request whose reply is a MetaReply, repeating it over a

@@ -567,3 +567,46 @@ func TestOneValueCallsKeepTheirResults(t *testing.T) {
 		g.Release()
 	}
 }
+
+// TestKVGetWaitsOutAControllerRestart: a KV get (KV_GET_VALUE for one
+// value, KV_GET for more) is a read, and like the other reads it is sent
+// again over a new connection while the controller restarts, instead of
+// failing as unavailable at once.
+func TestKVGetWaitsOutAControllerRestart(t *testing.T) {
+	ctx := t.Context()
+	sc := newServedKV(t)
+	var units []*storage.Unit
+	for _, u := range sc.units {
+		units = append(units, u)
+	}
+	kvd, err := embedded.KVData(sc.ctrl, units...)
+	require.NoError(t, err)
+	sock := filepath.Join(t.TempDir(), "restart.sock")
+	serve := func() *controller.Server {
+		srv := serveController(t, sc.ctrl, sock)
+		srv.ServeKV(kvd)
+		return srv
+	}
+	srv := serve()
+	c, err := client.Connect(ctx, "unix://"+sock, client.ConnectConfig{Name: "restart"})
+	require.NoError(t, err)
+	defer c.Close()
+	kv := New(c)
+	val := func(v byte) *engine.Batch {
+		return engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{bytes.Repeat([]byte{v}, 100)})})
+	}
+	_, err = kv.BatchPut(ctx, "p", []string{"a", "b"}, engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{{1}, {2}})}), nil)
+	require.NoError(t, err)
+	_, err = kv.Put(ctx, "p", "k", val(7), nil)
+	require.NoError(t, err)
+	for _, keys := range [][]string{{"k"}, {"a", "b"}} {
+		srv.Close()
+		restarted := make(chan *controller.Server, 1)
+		go func() { time.Sleep(300 * time.Millisecond); restarted <- serve() }()
+		got, err := kv.BatchGet(ctx, "p", keys, "v")
+		srv = <-restarted
+		require.NoError(t, err, "a get of %v across the controller's restart", keys)
+		require.Equal(t, len(keys), got.Rows())
+		got.Release()
+	}
+}
