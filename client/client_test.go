@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -346,5 +347,40 @@ func TestStaleMetaIsLostNotWrong(t *testing.T) {
 	}
 	if _, err := c.Get(ctx, m); !errors.Is(err, engine.ErrLost) {
 		t.Fatalf("get with a stale meta: got %v, want ErrLost", err)
+	}
+}
+
+// TestPutAcrossPartitionsNamesWhatItCommitted: a put whose rows span two
+// partitions commits them one after the other, in name order; when the
+// second fails, the first stays committed and the error says so.
+func TestPutAcrossPartitionsNamesWhatItCommitted(t *testing.T) {
+	ctx := context.Background()
+	c := newEmbedded(t, client.LocalFirst, 1).Client
+	insert := func(part string) *engine.BatchMeta {
+		m, err := c.GetMeta(ctx, client.MetaRequest{Mode: client.Insert, Partition: part, BatchSize: 2, Fields: []string{"x"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	// The partitions' order in the meta is not their name order.
+	m, err := engine.ConcatMetas(insert("b"), insert("a"), insert("c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ClearPartition(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Put(ctx, ints(t, "x", []int64{1, 2, 3, 4, 5, 6}), m)
+	if err == nil || !strings.Contains(err.Error(), `partition "b"`) || !strings.Contains(err.Error(), `the rows of partitions ["a"] before it were committed`) {
+		t.Fatalf("put into a cleared partition: %v", err)
+	}
+	st, err := c.ProductionStatus(ctx, "a", []string{"x"})
+	if err != nil || !st.Produced[0][0] {
+		t.Errorf("partition a, committed before the failure: %v, %v", st, err)
+	}
+	// Partition c, after it, was not committed: it has no field x.
+	if _, err := c.ProductionStatus(ctx, "c", []string{"x"}); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("partition c, after the failure: %v", err)
 	}
 }

@@ -14,12 +14,12 @@ import (
 // them; readers holding views keep their bytes until they release.
 func (c *Client) Clear(ctx context.Context, meta *engine.BatchMeta) error {
 	var errs []error
-	for part, pos := range groupByPartition(meta) {
-		idx := make([]uint64, len(pos))
-		for i, p := range pos {
+	for _, g := range groupByPartition(meta) {
+		idx := make([]uint64, len(g.pos))
+		for i, p := range g.pos {
 			idx[i] = meta.Indexes[p]
 		}
-		if err := c.meta.ClearRows(ctx, part, idx); err != nil {
+		if err := c.meta.ClearRows(ctx, g.part, idx); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -41,20 +41,23 @@ func (c *Client) ClearPartition(ctx context.Context, partition string) error {
 	return c.meta.ClearPartition(ctx, partition)
 }
 
-// SetTags merges the meta's per-row tags into the controller's.
+// SetTags merges the meta's per-row tags into the controller's, partition
+// by partition in name order (an error names those merged before it).
 func (c *Client) SetTags(ctx context.Context, meta *engine.BatchMeta) error {
 	if len(meta.Tags) != meta.Len() {
 		return &engine.OpError{Op: "set tags", Err: fmt.Errorf("%d tag maps for %d rows: %w", len(meta.Tags), meta.Len(), engine.ErrInvalid)}
 	}
-	for part, pos := range groupByPartition(meta) {
-		idx := make([]uint64, len(pos))
-		tags := make([]engine.Tags, len(pos))
-		for i, p := range pos {
+	var done []string
+	for _, g := range groupByPartition(meta) {
+		idx := make([]uint64, len(g.pos))
+		tags := make([]engine.Tags, len(g.pos))
+		for i, p := range g.pos {
 			idx[i], tags[i] = meta.Indexes[p], meta.Tags[p]
 		}
-		if err := c.meta.SetTags(ctx, part, idx, tags); err != nil {
-			return err
+		if err := c.meta.SetTags(ctx, g.part, idx, tags); err != nil {
+			return committedBefore(err, done)
 		}
+		done = append(done, g.part)
 	}
 	return nil
 }

@@ -12,12 +12,17 @@ package client
 //  4. free the cells the commit replaced.
 //
 // If any step fails, the extents written so far are freed and the
-// controller was never told about them: no cell is half written.
+// controller was never told about them: no cell is half written. A put
+// whose rows span partitions commits them partition by partition, in
+// name order; if one fails, those before it stay committed, and the
+// error names them.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -25,6 +30,10 @@ import (
 // Put writes b's columns into the rows of meta (row i of b goes to row i of
 // meta) and returns meta with the written fields added and ready. Writing
 // fields the rows already have overwrites them; other fields stay.
+//
+// The rows of each partition are committed together; a meta spanning
+// partitions commits them one after another in name order, and an error
+// names the partitions committed before it.
 //
 // Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
 // [engine.ErrDTypeMismatch] when a field already has another dtype,
@@ -40,14 +49,16 @@ func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMet
 	for _, f := range b.Fields() {
 		out.Cells[f.Name] = make([]engine.CellLoc, meta.Len())
 	}
-	for part, pos := range groupByPartition(meta) {
-		err := c.putPartition(ctx, b, meta, part, pos, out.Cells)
+	var done []string
+	for _, g := range groupByPartition(meta) {
+		err := c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
 		if c.placeAgain(ctx, err) {
-			err = c.putPartition(ctx, b, meta, part, pos, out.Cells)
+			err = c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
 		}
 		if err != nil {
-			return nil, &engine.OpError{Op: "put", Peer: part, Err: err}
+			return nil, &engine.OpError{Op: "put", Peer: g.part, Err: committedBefore(err, done)}
 		}
+		done = append(done, g.part)
 	}
 	if err := out.AddFields(b); err != nil {
 		return nil, &engine.OpError{Op: "put", Err: err}
@@ -116,13 +127,37 @@ func (c *Client) checkPut(b *engine.Batch, meta *engine.BatchMeta) error {
 	return nil
 }
 
-// groupByPartition returns, per partition, the positions of its rows.
-func groupByPartition(m *engine.BatchMeta) map[string][]int {
-	out := map[string][]int{}
+// partRows are the positions of a meta's rows in one partition.
+type partRows struct {
+	part string
+	pos  []int
+}
+
+// groupByPartition returns, per partition in name order, the positions of
+// its rows.
+func groupByPartition(m *engine.BatchMeta) []partRows {
+	at := map[string]int{}
+	var out []partRows
 	for i, p := range m.Partitions {
-		out[p] = append(out[p], i)
+		j, ok := at[p]
+		if !ok {
+			j = len(out)
+			at[p] = j
+			out = append(out, partRows{part: p})
+		}
+		out[j].pos = append(out[j].pos, i)
 	}
+	slices.SortFunc(out, func(a, b partRows) int { return strings.Compare(a.part, b.part) })
 	return out
+}
+
+// committedBefore adds to the error of a change that spans partitions the
+// partitions it changed before it failed (done): those changes stand.
+func committedBefore(err error, done []string) error {
+	if len(done) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (the rows of partitions %q before it were committed)", err, done)
 }
 
 // indexPlanner returns the planner of a put into rows pos of meta: its
