@@ -312,13 +312,19 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 			l.mu.Lock()
 			l.next = Position{Step: it.b.Step, Index: it.b.Index + 1}
 			l.mu.Unlock()
-			more := yield(it.b, nil)
-			it.b.Data.Release()
-			if !more {
+			if !yieldBatch(yield, it.b) {
 				return
 			}
 		}
 	}
+}
+
+// yieldBatch hands b to the loop's body and releases its data after,
+// however the body ends: a panic the caller recovers from leaves no lease
+// behind.
+func yieldBatch(yield func(*Batch, error) bool, b *Batch) bool {
+	defer b.Data.Release()
+	return yield(b, nil)
 }
 
 // source hands the iterator its items.

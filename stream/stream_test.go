@@ -3,6 +3,8 @@ package stream
 import (
 	"context"
 	"errors"
+	"net"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -12,8 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/transport/shm"
+	"github.com/tqgo/tq/wire"
 )
 
 func cluster(t *testing.T) *embedded.Cluster {
@@ -370,4 +376,64 @@ func TestEndWhenConsumed(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the loader did not end")
 	}
+}
+
+// TestPanicInTheLoopReleasesTheBatch: a loop body that panics, recovered
+// by its caller, leaves no lease on the units behind, and the rows it
+// never finished are handed out again from Next.
+func TestPanicInTheLoopReleasesTheBatch(t *testing.T) {
+	ctx := context.Background()
+	c, u := shmCluster(t)
+	// Rows of 32 KiB: read as views (leases), not copied as small reads are.
+	col, err := engine.DenseOf(make([]int64, 16*4096), 4096)
+	require.NoError(t, err)
+	_, err = c.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	require.NoError(t, c.MarkDone(ctx, "p"))
+	l, err := New(c, config("p"))
+	require.NoError(t, err)
+	func() {
+		defer func() { require.Equal(t, "body failed", recover()) }()
+		for b, err := range l.All(ctx) {
+			require.NoError(t, err)
+			require.True(t, b.Data.Aliased(), "a view of the units' bytes")
+			panic("body failed")
+		}
+	}()
+	// A lease goes back to the unit in a message of its own, answered
+	// later; the prefetcher's batches go back as it stops.
+	assert.Eventually(t, func() bool { return u.Stats().Leases == 0 }, 10*time.Second, 10*time.Millisecond,
+		"leases left on the unit")
+}
+
+// shmCluster is a client of an in-memory controller and one storage unit
+// it reaches over shared memory, whose gets are views holding leases.
+func shmCluster(t *testing.T) (*client.Client, *storage.Unit) {
+	t.Helper()
+	u, err := storage.NewUnit(7, storage.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	srv := storage.NewServer(u, storage.ServerConfig{})
+	dir := t.TempDir()
+	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
+	require.NoError(t, err)
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unit.sock.shm"), Net: "unix"})
+	require.NoError(t, err)
+	var served sync.WaitGroup
+	served.Go(func() { srv.Serve(l) })
+	srv.RegisterShm(fl)
+	served.Go(func() { srv.ServeShm(fl) })
+	t.Cleanup(func() { srv.Close(); served.Wait() })
+	tr := shm.New(shm.DefaultConfig())
+	t.Cleanup(func() { tr.Close() })
+	conn, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: u.ID(), Addr: wire.FormatAddr("unix", l.Addr().String())})
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ctrl, err := controller.New(controller.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	c, err := client.New(embedded.Meta(ctrl), []client.DataUnit{client.ShmUnit(u.ID(), client.HostID(), conn)}, client.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c, u
 }
