@@ -4,21 +4,27 @@ package controller
 // bytes of every cell, by name, under ServerConfig.CheckpointDir:
 //
 //	NAME/state.pb   the state file; each cell points into data.bin
-//	                (in_file, file_offset) or is lost
+//	                (in_file, file_offset, with the CRC-32C of its
+//	                bytes) or is lost
 //	NAME/data.bin   the cells' bytes, back to back
 //
 // Save: frees are held and reconciling paused (nothing a cell references
 // when the state is copied can be freed while its bytes are read), the
 // state is copied, each unit's cells are read over the data plane straight
-// into data.bin mapped in memory (github.com/edsrzf/mmap-go), then state.pb
-// is written and the directory renamed into place. Cells of a unit that is
-// not alive are recorded as lost (readers of them get engine.ErrLost
-// already); a unit that is alive but fails the read fails the save.
+// into data.bin mapped in memory (github.com/edsrzf/mmap-go), each cell's
+// CRC-32C taken as soon as its read lands, then state.pb is written and
+// the directory renamed into place. Cells of a unit that is not alive are
+// recorded as lost (readers of them get engine.ErrLost already); a unit
+// that is alive but fails the read fails the save.
 //
-// Load: state.pb is read and validated, data.bin mapped read-only, and
-// each column's cells written to the live units not draining as extents
-// of at most loadExtent bytes, spread over the units with the most room;
-// then the state is taken over (takeOver), so a fresh cluster serves the same bytes.
+// Load: state.pb is read and validated, data.bin mapped read-only, every
+// cell's bytes checked against its CRC-32C (a checkpoint saved before
+// cells carried one, without StateHeader.data_crc32c, is loaded
+// unchecked), and each column's cells written to the live units not
+// draining as extents of at most loadExtent bytes, spread over the units
+// with the most room; then the state is taken over (takeOver), so a fresh
+// cluster serves the same bytes. Damage found by the check fails the load
+// before anything is written or replaced.
 //
 // Without ServerConfig.Dial the server saves and loads metadata alone
 // (Controller.Save and Load).
@@ -28,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -85,11 +92,18 @@ func (s *Server) SaveCheckpoint(ctx context.Context, name string) (CheckpointInf
 	return CheckpointInfo{}, opErr("save checkpoint", name, err)
 }
 
-// cellRead is a cell to read at save: its range on the unit, and where
-// its bytes go in data.bin.
+// cellRead is a cell to read at save: its range on the unit, and its
+// place in data.bin (an index into the save's spots).
 type cellRead struct {
 	addr engine.RemoteAddr
-	off  uint64
+	spot int
+}
+
+// fileSpot is where a saved cell's bytes are in data.bin, and their
+// CRC-32C.
+type fileSpot struct {
+	off uint64
+	crc uint32
 }
 
 func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, error) {
@@ -120,7 +134,8 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 			alive[u.ID] = u
 		}
 	}
-	fileOff := map[*cellCopy]uint64{}
+	spotOf := map[*cellCopy]int{}
+	var spots []fileSpot
 	lost := map[*cellCopy]bool{}
 	byUnit := map[engine.UnitID][]cellRead{}
 	var size uint64
@@ -140,18 +155,20 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 					lostN++
 					continue
 				}
-				fileOff[cc] = size
-				byUnit[u] = append(byUnit[u], cellRead{addr: engine.RemoteAddr{Segment: cc.c.seg, Gen: cc.c.gen, Offset: cc.c.off, Len: cc.c.len}, off: size})
+				spotOf[cc] = len(spots)
+				byUnit[u] = append(byUnit[u], cellRead{addr: engine.RemoteAddr{Segment: cc.c.seg, Gen: cc.c.gen, Offset: cc.c.off, Len: cc.c.len}, spot: len(spots)})
+				spots = append(spots, fileSpot{off: size})
 				size += cc.c.len
 			}
 		}
 	}
 	st.head.DataBytes, st.head.Cells, st.head.LostCells = int64(size), cells, lostN
+	st.head.DataCrc32C = withData
 	err = writeDirAtomic(dir, func(tmp string) error {
 		if withData {
 			err := withMappedFile(filepath.Join(tmp, dataFile), int64(size), func(m []byte) error {
 				for id, refs := range byUnit {
-					if err := s.readCells(ctx, alive[id], refs, m); err != nil {
+					if err := s.readCells(ctx, alive[id], refs, spots, m); err != nil {
 						return err
 					}
 				}
@@ -168,7 +185,8 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 				}
 				out.Unit, out.Segment, out.Gen, out.Offset = uint32(engine.LostUnit), 0, 0, 0
 				if !lost[cc] {
-					out.InFile, out.FileOffset = true, fileOff[cc]
+					sp := spots[spotOf[cc]]
+					out.InFile, out.FileOffset, out.Crc32C = true, sp.off, sp.crc
 				}
 				return nil
 			})
@@ -180,9 +198,12 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 	return CheckpointInfo{Name: name, Saved: time.UnixMilli(st.head.SavedUnixMs), Bytes: int64(size), Cells: cells, Lost: lostN}, nil
 }
 
-// readCells reads a unit's cells into m (data.bin mapped); cells that lie
-// back to back both in one extent and in the file are read as one range.
-func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRead, m []byte) error {
+// readCells reads a unit's cells into m (data.bin mapped) at their spots,
+// and records each cell's CRC-32C there as soon as its bytes are in (while
+// they are still in the cache: a second pass over data.bin would read it
+// all again). Cells that lie back to back both in one extent and in the
+// file are read as one range.
+func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRead, spots []fileSpot, m []byte) error {
 	dc, err := s.cfg.Dial(ctx, u)
 	if err != nil {
 		return fmt.Errorf("reach storage unit %d: %w", u.ID, err)
@@ -191,7 +212,8 @@ func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRe
 	var ranges []engine.RemoteAddr
 	var offs []uint64
 	var batch uint64
-	flush := func() error {
+	first := 0 // refs[first:] are the cells of ranges
+	flush := func(end int) error {
 		if len(ranges) == 0 {
 			return nil
 		}
@@ -202,31 +224,36 @@ func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRe
 		if err := dc.Read(ctx, ranges, dst); err != nil {
 			return fmt.Errorf("read cells of storage unit %d: %w", u.ID, err)
 		}
-		ranges, offs, batch = ranges[:0], offs[:0], 0
+		for _, c := range refs[first:end] {
+			sp := &spots[c.spot]
+			sp.crc = crc32.Checksum(m[sp.off:sp.off+c.addr.Len], castagnoli)
+		}
+		ranges, offs, batch, first = ranges[:0], offs[:0], 0, end
 		return nil
 	}
-	for _, c := range refs {
+	for i, c := range refs {
 		if c.addr.Len == 0 {
 			continue
 		}
+		off := spots[c.spot].off
 		if k := len(ranges) - 1; k >= 0 {
 			last := &ranges[k]
-			if last.Segment == c.addr.Segment && last.Gen == c.addr.Gen && last.Offset+last.Len == c.addr.Offset && offs[k]+last.Len == c.off {
+			if last.Segment == c.addr.Segment && last.Gen == c.addr.Gen && last.Offset+last.Len == c.addr.Offset && offs[k]+last.Len == off {
 				last.Len += c.addr.Len
 				batch += c.addr.Len
 				continue
 			}
 		}
 		if batch >= readBatch || len(ranges) >= 1<<16 {
-			if err := flush(); err != nil {
+			if err := flush(i); err != nil {
 				return err
 			}
 		}
 		ranges = append(ranges, c.addr)
-		offs = append(offs, c.off)
+		offs = append(offs, off)
 		batch += c.addr.Len
 	}
-	return flush()
+	return flush(len(refs))
 }
 
 // withMappedFile creates path with size bytes, maps it read-write, calls
@@ -261,10 +288,14 @@ func withMappedFile(path string, size int64, fn func([]byte) error) (err error) 
 
 // LoadCheckpoint replaces the controller's state with checkpoint name: a
 // checkpoint with data has its cells written to the live storage units
-// first, so the cluster serves the saved bytes; one without (or a server
-// without ServerConfig.Dial) keeps the locations of cells whose unit is
-// still the same incarnation and marks the others lost. The cells the
-// state held before are freed.
+// first, so the cluster serves the saved bytes. Its cells' bytes are
+// checked against their CRC-32C before any is written: a damaged data.bin
+// fails with an error wrapping [engine.ErrCorrupt] that names the cell,
+// and changes nothing (a checkpoint saved before cells carried checksums
+// is loaded unchecked). One without data (or a server without
+// ServerConfig.Dial) keeps the locations of cells whose unit is still the
+// same incarnation and marks the others lost. The cells the state held
+// before are freed.
 func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
 	freed, err := s.loadCheckpointFreed(ctx, name)
 	if derr := s.durable(ctx, &effects{freed: freed}); err == nil {
@@ -327,6 +358,18 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	for _, fc := range ls.inFile {
 		if fc.off > uint64(len(m)) || fc.len > uint64(len(m))-fc.off {
 			return nil, corrupt("a cell at %d+%d is outside %s (%d bytes)", fc.off, fc.len, dataFile, len(m))
+		}
+	}
+	// Every cell's bytes are checked before any is written: a damaged
+	// data.bin fails the load with the units and the state as they were.
+	// A checkpoint saved before cells carried checksums is loaded
+	// unchecked.
+	if ls.head.DataCrc32C {
+		for _, fc := range ls.inFile {
+			if got := crc32.Checksum(m[fc.off:fc.off+fc.len], castagnoli); got != fc.crc {
+				return nil, corrupt("%s: the cell at byte %d (%d bytes) of partition %q, field %q, row %d: checksum %08x, its bytes give %08x",
+					dataFile, fc.off, fc.len, fc.p.id, fc.p.order[fc.slot].name, fc.r.index, fc.crc, got)
+			}
 		}
 	}
 	if err := s.place(ctx, ls.inFile, m); err != nil {

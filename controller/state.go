@@ -313,13 +313,15 @@ func (l *runTags) decode(b []byte) (engine.Tags, error) {
 	return m, nil
 }
 
-// fileCell is a cell whose bytes are at off in a checkpoint's data file.
+// fileCell is a cell whose bytes are at off in a checkpoint's data file,
+// with their CRC-32C (when the header has DataCrc32C).
 type fileCell struct {
 	p    *partition
 	r    *row
 	slot int
 	off  uint64
 	len  uint64
+	crc  uint32
 }
 
 // stateReader reads the length-delimited messages of a state file.
@@ -592,7 +594,7 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 			if !ls.head.Data {
 				return corrupt("partition %q row %d: a cell in a data file, but the state has none", p.id, r.index)
 			}
-			ls.inFile = append(ls.inFile, fileCell{p: p, r: r, slot: f.slot, off: sc.FileOffset, len: sc.Len})
+			ls.inFile = append(ls.inFile, fileCell{p: p, r: r, slot: f.slot, off: sc.FileOffset, len: sc.Len, crc: sc.Crc32C})
 			cl = cell{len: sc.Len, unit: uint32(engine.LostUnit) | producedBit} // until its bytes are written
 		}
 		p.rows.set(r, f.slot, cl)

@@ -1713,8 +1713,12 @@ type StateHeader struct {
 	// A snapshot's table of recent moves of cells (MOVED answers from it;
 	// at most its newest 2^18): cell i moved from moved_from[i] to
 	// moved_to[i], oldest first. A checkpoint holds none.
-	MovedFrom     *Addrs `protobuf:"bytes,20,opt,name=moved_from,json=movedFrom,proto3" json:"moved_from,omitempty"`
-	MovedTo       *Addrs `protobuf:"bytes,21,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
+	MovedFrom *Addrs `protobuf:"bytes,20,opt,name=moved_from,json=movedFrom,proto3" json:"moved_from,omitempty"`
+	MovedTo   *Addrs `protobuf:"bytes,21,opt,name=moved_to,json=movedTo,proto3" json:"moved_to,omitempty"`
+	// A checkpoint with data whose in_file cells carry the CRC-32C of their
+	// bytes (StateCell.crc32c). Checkpoints saved before it have none: their
+	// data.bin is loaded unchecked.
+	DataCrc32C    bool `protobuf:"varint,22,opt,name=data_crc32c,json=dataCrc32c,proto3" json:"data_crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1894,6 +1898,13 @@ func (x *StateHeader) GetMovedTo() *Addrs {
 		return x.MovedTo
 	}
 	return nil
+}
+
+func (x *StateHeader) GetDataCrc32C() bool {
+	if x != nil {
+		return x.DataCrc32C
+	}
+	return false
 }
 
 type NamedSamplerState struct {
@@ -2437,7 +2448,8 @@ func (x *StateRow) GetChange() uint64 {
 
 // StateCell: a produced cell of field (a position in the partition's
 // fields). Its bytes are at (unit, segment, gen, offset, len), or, in a
-// checkpoint with data, at file_offset of data.bin (in_file). unit
+// checkpoint with data, at file_offset of data.bin (in_file), with their
+// CRC-32C (Castagnoli) in crc32c when the header has data_crc32c. unit
 // 2147483647 (engine.LostUnit) marks a cell whose bytes were lost.
 type StateCell struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2450,6 +2462,7 @@ type StateCell struct {
 	Shape         *Shape                 `protobuf:"bytes,7,opt,name=shape,proto3" json:"shape,omitempty"` // absent for opaque cells
 	InFile        bool                   `protobuf:"varint,8,opt,name=in_file,json=inFile,proto3" json:"in_file,omitempty"`
 	FileOffset    uint64                 `protobuf:"varint,9,opt,name=file_offset,json=fileOffset,proto3" json:"file_offset,omitempty"`
+	Crc32C        uint32                 `protobuf:"fixed32,10,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2543,6 +2556,13 @@ func (x *StateCell) GetInFile() bool {
 func (x *StateCell) GetFileOffset() uint64 {
 	if x != nil {
 		return x.FileOffset
+	}
+	return 0
+}
+
+func (x *StateCell) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
 	}
 	return 0
 }
@@ -2752,7 +2772,7 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xc1\x05\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xe2\x05\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -2783,7 +2803,9 @@ const file_state_proto_rawDesc = "" +
 	"\bsamplers\x18\x13 \x03(\v2\x1d.tq.wire.v1.NamedSamplerStateR\bsamplers\x120\n" +
 	"\n" +
 	"moved_from\x18\x14 \x01(\v2\x11.tq.wire.v1.AddrsR\tmovedFrom\x12,\n" +
-	"\bmoved_to\x18\x15 \x01(\v2\x11.tq.wire.v1.AddrsR\amovedTo\"=\n" +
+	"\bmoved_to\x18\x15 \x01(\v2\x11.tq.wire.v1.AddrsR\amovedTo\x12\x1f\n" +
+	"\vdata_crc32c\x18\x16 \x01(\bR\n" +
+	"dataCrc32c\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\"\xd2\x03\n" +
@@ -2830,7 +2852,7 @@ const file_state_proto_rawDesc = "" +
 	"\x04tags\x18\x05 \x01(\fR\x04tags\x12+\n" +
 	"\x05cells\x18\x06 \x03(\v2\x15.tq.wire.v1.StateCellR\x05cells\x12\x1a\n" +
 	"\bconsumed\x18\a \x03(\rR\bconsumed\x12\x16\n" +
-	"\x06change\x18\b \x01(\x04R\x06change\"\xee\x01\n" +
+	"\x06change\x18\b \x01(\x04R\x06change\"\x86\x02\n" +
 	"\tStateCell\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\rR\x05field\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\rR\x04unit\x12\x18\n" +
@@ -2841,7 +2863,9 @@ const file_state_proto_rawDesc = "" +
 	"\x05shape\x18\a \x01(\v2\x11.tq.wire.v1.ShapeR\x05shape\x12\x17\n" +
 	"\ain_file\x18\b \x01(\bR\x06inFile\x12\x1f\n" +
 	"\vfile_offset\x18\t \x01(\x04R\n" +
-	"fileOffset\"p\n" +
+	"fileOffset\x12\x16\n" +
+	"\x06crc32c\x18\n" +
+	" \x01(\aR\x06crc32c\"p\n" +
 	"\fStateTrailer\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\x01 \x01(\x04R\n" +

@@ -5,6 +5,7 @@
 package wirepb
 
 import (
+	binary "encoding/binary"
 	protohelpers "github.com/planetscale/vtprotobuf/protohelpers"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
@@ -1718,6 +1719,18 @@ func (m *StateHeader) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.DataCrc32C {
+		i--
+		if m.DataCrc32C {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb0
+	}
 	if m.MovedTo != nil {
 		size, err := m.MovedTo.MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -2449,6 +2462,12 @@ func (m *StateCell) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Crc32C != 0 {
+		i -= 4
+		binary.LittleEndian.PutUint32(dAtA[i:], uint32(m.Crc32C))
+		i--
+		dAtA[i] = 0x55
 	}
 	if m.FileOffset != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.FileOffset))
@@ -3391,6 +3410,9 @@ func (m *StateHeader) SizeVT() (n int) {
 		l = m.MovedTo.SizeVT()
 		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
+	if m.DataCrc32C {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -3643,6 +3665,9 @@ func (m *StateCell) SizeVT() (n int) {
 	}
 	if m.FileOffset != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.FileOffset))
+	}
+	if m.Crc32C != 0 {
+		n += 5
 	}
 	n += len(m.unknownFields)
 	return n

@@ -1,0 +1,281 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// ckptUnit is a storage unit's data plane in memory: extents by segment.
+// Segments a load writes are numbered from ckptFirstWritten.
+type ckptUnit struct {
+	mu   sync.Mutex
+	segs map[uint32][]byte
+	next uint32
+}
+
+const ckptFirstWritten = 101
+
+func newCkptUnit() *ckptUnit {
+	return &ckptUnit{segs: map[uint32][]byte{}, next: ckptFirstWritten - 1}
+}
+
+func (u *ckptUnit) Write(_ context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []engine.RemoteAddr
+	for _, e := range extents {
+		var b []byte
+		for _, p := range e {
+			b = append(b, p...)
+		}
+		u.next++
+		u.segs[u.next] = b
+		out = append(out, engine.RemoteAddr{Segment: u.next, Gen: 1, Len: uint64(len(b))})
+	}
+	return out, nil
+}
+
+func (u *ckptUnit) Read(_ context.Context, ranges []engine.RemoteAddr, dst [][]byte) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for i, r := range ranges {
+		s, ok := u.segs[r.Segment]
+		if !ok || r.Offset+r.Len > uint64(len(s)) {
+			return fmt.Errorf("segment %d at %d+%d: %w", r.Segment, r.Offset, r.Len, engine.ErrNotFound)
+		}
+		copy(dst[i], s[r.Offset:r.Offset+r.Len])
+	}
+	return nil
+}
+
+func (u *ckptUnit) Free(context.Context, []engine.RemoteAddr) error { return nil }
+func (u *ckptUnit) Close() error                                    { return nil }
+
+var _ engine.DataConn = (*ckptUnit)(nil)
+
+// written returns what a load wrote to u, by segment.
+func (u *ckptUnit) written() map[uint32]string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	out := map[uint32]string{}
+	for seg, b := range u.segs {
+		if seg >= ckptFirstWritten {
+			out[seg] = string(b)
+		}
+	}
+	return out
+}
+
+// ckptWithData starts a server over a controller whose partition "p"
+// holds two rows with an opaque field "x" and a dense float32 field "y"
+// of shape (2), their bytes on one unit (segments 1 and 2), and saves
+// checkpoint "ck". data.bin holds the cells in state order: x of row 0
+// at 0, y of row 0 at 8, x of row 1 at 16, y of row 1 at 24.
+func ckptWithData(t *testing.T) (*Controller, *Server, *ckptUnit, string) {
+	t.Helper()
+	c, s, unit, dir := ckptSaved(t, 2, map[uint32][]byte{1: []byte("AAAAAAAABBBBBBBB"), 2: []byte("yyyy0000yyyy1111")}, func(id engine.UnitID) []engine.CommitField {
+		return []engine.CommitField{
+			{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Runs: []engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}, Count: 2}}},
+			{Name: "y", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: []engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: 2, Gen: 1, Len: 8}, Count: 2}}},
+		}
+	})
+	b, err := os.ReadFile(filepath.Join(dir, "ck", dataFile))
+	require.NoError(t, err)
+	require.Equal(t, "AAAAAAAAyyyy0000BBBBBBBByyyy1111", string(b))
+	return c, s, unit, dir
+}
+
+// ckptSaved starts a server over a controller with one unit holding segs,
+// whose partition "p" has rows rows with the fields fields gives (for the
+// unit's id), and saves checkpoint "ck" in the directory it returns.
+func ckptSaved(t *testing.T, rows int, segs map[uint32][]byte, fields func(engine.UnitID) []engine.CommitField) (*Controller, *Server, *ckptUnit, string) {
+	t.Helper()
+	c := newController(t, DefaultConfig())
+	id, err := c.units.Register(engine.UnitInfo{Incarnation: 11, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}, Name: "u1", Capacity: 1 << 30}, true)
+	require.NoError(t, err)
+	unit := newCkptUnit()
+	maps.Copy(unit.segs, segs)
+	fs := fields(id)
+	var names []string
+	for _, f := range fs {
+		names = append(names, f.Name)
+	}
+	m := insert(t, c, "p", rows, names...)
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: fs})
+	require.NoError(t, err)
+	dir := t.TempDir()
+	s := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) { return unit, nil }})
+	t.Cleanup(func() { s.Close() })
+	_, err = s.SaveCheckpoint(context.Background(), "ck")
+	require.NoError(t, err)
+	return c, s, unit, dir
+}
+
+// segmentsOf returns the segments that hold the cells of field f in
+// rows 0 and 1 of partition "p".
+func segmentsOf(t *testing.T, c *Controller, f string) []uint32 {
+	t.Helper()
+	m, err := c.RowsMeta("p", []uint64{0, 1}, []string{f})
+	require.NoError(t, err)
+	var segs []uint32
+	for _, l := range m.Cells[f] {
+		segs = append(segs, l.Addr.Segment)
+	}
+	return segs
+}
+
+// TestCheckpointLoadServesSavedBytes: a checkpoint with data loaded
+// writes each column's saved bytes to the units and points the cells at
+// them.
+func TestCheckpointLoadServesSavedBytes(t *testing.T) {
+	c, s, unit, _ := ckptWithData(t)
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"))
+	got := map[string]bool{}
+	for _, b := range unit.written() {
+		got[b] = true
+	}
+	assert.Equal(t, map[string]bool{"AAAAAAAABBBBBBBB": true, "yyyy0000yyyy1111": true}, got)
+	for _, f := range []string{"x", "y"} {
+		for _, seg := range segmentsOf(t, c, f) {
+			assert.GreaterOrEqual(t, seg, uint32(ckptFirstWritten), "field %q: a cell still on its saved segment", f)
+		}
+	}
+}
+
+// TestCheckpointLoadRefusesDamagedData: a byte of data.bin changed on
+// disk after the save fails the load with engine.ErrCorrupt, naming
+// data.bin, the damaged cell's offset and the cell, before anything is
+// written to a unit or the state replaced.
+func TestCheckpointLoadRefusesDamagedData(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		at   int
+		want string
+	}{
+		{"opaque cell", 3, `data.bin: the cell at byte 0 (8 bytes) of partition "p", field "x", row 0`},
+		{"dense cell", 27, `data.bin: the cell at byte 24 (8 bytes) of partition "p", field "y", row 1`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s, unit, dir := ckptWithData(t)
+			path := filepath.Join(dir, "ck", dataFile)
+			b, err := os.ReadFile(path)
+			require.NoError(t, err)
+			b[tc.at] ^= 0x20
+			require.NoError(t, os.WriteFile(path, b, 0o600))
+
+			err = s.LoadCheckpoint(context.Background(), "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, tc.want)
+			assert.Empty(t, unit.written(), "the load wrote to the unit")
+			assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+			assert.Equal(t, []uint32{2, 2}, segmentsOf(t, c, "y"), "the state was replaced")
+		})
+	}
+}
+
+// TestCheckpointWithoutChecksumsLoads: a checkpoint saved before cells
+// carried checksums (testdata/checkpoint-unchecked, written by the code
+// of commit 960100a from ckptWithData's state) still loads, unchecked: a
+// changed byte of its data.bin is loaded as it is.
+func TestCheckpointWithoutChecksumsLoads(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		flip bool
+		want map[string]bool
+	}{
+		{"intact", false, map[string]bool{"AAAAAAAABBBBBBBB": true, "yyyy0000yyyy1111": true}},
+		{"changed byte", true, map[string]bool{"AAAaAAAABBBBBBBB": true, "yyyy0000yyyy1111": true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, DefaultConfig())
+			_, err := c.units.Register(engine.UnitInfo{Incarnation: 12, Host: "h", Addrs: []string{"tcp://127.0.0.1:2"}, Name: "u2", Capacity: 1 << 20}, true)
+			require.NoError(t, err)
+			unit := newCkptUnit()
+			root := t.TempDir()
+			require.NoError(t, os.Mkdir(filepath.Join(root, "old"), 0o700))
+			for _, f := range []string{stateFile, dataFile} {
+				b, err := os.ReadFile(filepath.Join("testdata", "checkpoint-unchecked", f))
+				require.NoError(t, err)
+				if f == dataFile && tc.flip {
+					b[3] ^= 0x20
+				}
+				require.NoError(t, os.WriteFile(filepath.Join(root, "old", f), b, 0o600))
+			}
+			s := NewServer(c, ServerConfig{CheckpointDir: root, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) { return unit, nil }})
+			t.Cleanup(func() { s.Close() })
+
+			require.NoError(t, s.LoadCheckpoint(context.Background(), "old"))
+			got := map[string]bool{}
+			for _, b := range unit.written() {
+				got[b] = true
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// TestCheckpointChecksumsOfMergedAndBatchedReads: a save reads cells
+// that lie back to back on the unit and in data.bin as one range, and
+// cuts a unit's reads into batches of at most 65536 ranges; every cell's
+// checksum is still its own, so the checkpoint loads, and a changed byte
+// is found in the cell that holds it.
+func TestCheckpointChecksumsOfMergedAndBatchedReads(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rows   int
+		fields []string // each on its own segment of rows 1-byte cells
+		at     int      // the byte of data.bin to change
+		want   string
+	}{
+		// One field: the cells of both rows are one range.
+		{"one range", 2, []string{"x"}, 1, `data.bin: the cell at byte 1 (1 bytes) of partition "p", field "x", row 1`},
+		// Two fields interleaved in data.bin: a range per cell, 2*40000
+		// of them, read in two batches.
+		{"two batches", 40000, []string{"x", "y"}, 2*40000 - 1, `data.bin: the cell at byte 79999 (1 bytes) of partition "p", field "y", row 39999`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			segs := map[uint32][]byte{}
+			for i := range tc.fields {
+				b := make([]byte, tc.rows)
+				for k := range b {
+					b[k] = byte(k*7 + i)
+				}
+				segs[uint32(i+1)] = b
+			}
+			_, s, unit, dir := ckptSaved(t, tc.rows, segs, func(id engine.UnitID) []engine.CommitField {
+				var fs []engine.CommitField
+				for i, f := range tc.fields {
+					fs = append(fs, engine.CommitField{Name: f, DType: engine.Bytes, Kind: engine.Opaque,
+						Runs: []engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: uint32(i + 1), Gen: 1, Len: 1}, Count: tc.rows}}})
+				}
+				return fs
+			})
+			// Saved again, loaded whole: every checksum is right.
+			_, err := s.SaveCheckpoint(context.Background(), "ck2")
+			require.NoError(t, err)
+			require.NoError(t, s.LoadCheckpoint(context.Background(), "ck2"))
+			assert.Len(t, unit.written(), len(tc.fields))
+
+			path := filepath.Join(dir, "ck", dataFile)
+			b, err := os.ReadFile(path)
+			require.NoError(t, err)
+			b[tc.at] ^= 0x01
+			require.NoError(t, os.WriteFile(path, b, 0o600))
+			written := len(unit.written())
+			err = s.LoadCheckpoint(context.Background(), "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, tc.want)
+			assert.Len(t, unit.written(), written, "the load wrote to the unit")
+		})
+	}
+}
