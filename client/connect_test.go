@@ -392,3 +392,30 @@ func TestReadLearnsUnitJoinedJustAfterALearn(t *testing.T) {
 		got.Release()
 	}
 }
+
+// TestReadOfAnUnknownUnitWithTheControllerGone: a read of cells on a unit
+// the client does not know asks the controller about it; when the
+// controller cannot be asked, the read fails as unavailable, not as if
+// the cells were lost for good.
+func TestReadOfAnUnknownUnitWithTheControllerGone(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	srv, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+	nowhere := &engine.BatchMeta{Indexes: []uint64{1}, Partitions: []string{"p"}, Ready: []bool{true}, Tags: []engine.Tags{nil},
+		Schema: map[string]engine.FieldSchema{"x": {DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}}},
+		Cells:  map[string][]engine.CellLoc{"x": {{Unit: 9999, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}}}}}
+	_, err = c.Get(ctx, nowhere)
+	require.ErrorIs(t, err, engine.ErrLost, "a unit the controller does not know either")
+	srv.Close()
+	_, err = c.Get(ctx, nowhere)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, engine.ErrLost)
+	require.ErrorIs(t, err, engine.ErrUnavailable)
+	require.ErrorContains(t, err, "storage unit 9999, which the controller could not be asked about")
+}

@@ -269,14 +269,13 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 	got := make([]Lease, len(ids))
 	errs := c.parallel(ctx, len(ids), func(i int) error {
 		id, addrs := ids[i], ranges[ids[i]]
-		u, ok := c.unit(ctx, id)
-		if !ok {
-			if id == engine.LostUnit {
-				return &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
-			}
-			return &engine.OpError{Op: "get", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
+		if id == engine.LostUnit {
+			return &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
 		}
-		var err error
+		u, err := c.unit(ctx, id)
+		if err != nil {
+			return &engine.OpError{Op: "get", Err: err}
+		}
 		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
 			got[i], err = readOwned(ctx, addrs, u.ReadInto)
 		} else {

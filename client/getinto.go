@@ -85,11 +85,11 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 	// in its own stretches of buf.
 	errs := c.parallel(ctx, len(ids), func(i int) error {
 		id, t := ids[i], byUnit[ids[i]]
-		u, ok := c.unit(ctx, id)
-		if !ok {
-			return &engine.OpError{Op: "get into", Err: fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)}
+		u, err := c.unit(ctx, id)
+		if err != nil {
+			return &engine.OpError{Op: "get into", Err: err}
 		}
-		err := u.ReadInto(ctx, t.addrs, t.dst)
+		err = u.ReadInto(ctx, t.addrs, t.dst)
 		if errors.Is(err, engine.ErrNotFound) {
 			// Merged ranges can straddle extents: read cell by cell.
 			err = c.readCells(ctx, u, meta, names, id, buf)

@@ -101,8 +101,8 @@ func (c *Client) Rebalance(ctx context.Context, cfg RebalanceConfig) (DrainStats
 	}
 	dcfg := DrainConfig{PageCells: cfg.PageCells, PageBytes: cfg.PageBytes, Progress: cfg.Progress}
 	for _, src := range sources {
-		du, ok := c.unit(ctx, src.ID)
-		if !ok {
+		du, err := c.unit(ctx, src.ID)
+		if err != nil {
 			continue
 		}
 		m := mover{c: c, mv: mv, src: du, cfg: dcfg, st: &st, targets: targets,

@@ -104,14 +104,24 @@ func (c *Client) writable() (units, local []DataUnit) {
 }
 
 // unit returns the unit with id, asking the controller about units that
-// joined when the client does not know it.
-func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, bool) {
-	if u, ok := c.tbl.Load().byID[id]; ok || id == engine.LostUnit || c.disc == nil {
-		return u, ok
+// joined when the client does not know it. A unit the controller does not
+// know either is an error wrapping [engine.ErrLost] (so is
+// [engine.LostUnit]); one the controller could not be asked about, the
+// error of asking.
+func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, error) {
+	if u, ok := c.tbl.Load().byID[id]; ok {
+		return u, nil
 	}
-	c.disc.learn(ctx, c, true)
-	u, ok := c.tbl.Load().byID[id]
-	return u, ok
+	if id != engine.LostUnit && c.disc != nil {
+		err := c.disc.learn(ctx, c, true)
+		if u, ok := c.tbl.Load().byID[id]; ok {
+			return u, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cells on storage unit %d, which the controller could not be asked about: %w", id, err)
+		}
+	}
+	return nil, fmt.Errorf("cells on unknown storage unit %d: %w", id, engine.ErrLost)
 }
 
 // unreachable tells the client that a write found u unreachable: the
@@ -175,7 +185,7 @@ func (c *Client) learnSoon(now bool) {
 // waited for another's learn does not ask again). A list asked for before
 // is not: the read's unit may have registered after it (a learn a moment
 // earlier made reads of a new unit's cells fail as lost).
-func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
+func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 	asked := time.Now()
 	d.learning.Lock()
 	defer d.learning.Unlock()
@@ -183,14 +193,20 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	skip := d.closed || (read && !d.last.Before(asked))
 	d.mu.Unlock()
 	if skip {
-		return
+		return nil
 	}
 	listed := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, learnTimeout)
 	infos, err := d.list(lctx)
 	cancel()
 	if err != nil {
-		return // reads fail as they would have; placement asks again later
+		// Placement asks again later; a read that needed the list fails
+		// with its error (the controller unreachable, the caller gone),
+		// not as if the unit were lost.
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("list storage units: no answer in %v: %w: %w", learnTimeout, engine.ErrUnavailable, err)
+		}
+		return err
 	}
 	d.mu.Lock()
 	d.last, d.due = listed, false
@@ -231,16 +247,17 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) {
 	}
 	t, err := newUnitTable(units, c.cfg.Host, dead)
 	if err != nil {
-		return // cannot happen: the ids are new
+		return err // cannot happen: the ids are new
 	}
 	t.draining = draining
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		closeUnits(t.units[len(old.units):]) // Close took the old table's
-		return
+		return nil
 	}
 	c.tbl.Store(t)
+	return nil
 }
 
 // close stops learning, waits for a background learn, and closes the
