@@ -506,6 +506,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		p.feed.bury(p, rows, o.ChangeSeq)
 		p.removeRows(rows, nil)
 		c.forgetRows(p.id, o.Indexes)
+		p.fetches.forgetRows(o.Indexes)
 		c.idx.release(o.Indexes)
 	case *wirepb.LogOp_Done:
 		if p := c.partitionOf(op.Done.Partition, op.Done.Gen); p != nil {

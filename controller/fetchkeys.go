@@ -14,6 +14,12 @@ package controller
 // Entries live fetchKeyTTL, at most maxFetchKeys per partition (the oldest
 // go first). They are part of the durable state: consume and unconsume
 // records carry the key, and snapshots hold the table.
+//
+// An entry names its rows by index, and a clear releases indexes for new
+// rows. So a clear takes the rows it removes out of every entry (live and
+// in replay, which finds them through the table's index by row): the
+// fetch asked again must not answer with a new row at a reused index,
+// nor give it back (Unconsume) while another fetch holds it.
 
 import (
 	"context"
@@ -50,6 +56,18 @@ type fetchEntry struct {
 type fetchTable struct {
 	m     map[string]*fetchEntry
 	order []*fetchEntry // by insertion: the oldest first
+	// byRow holds, for each row index an entry in order names, the
+	// entries that name it, so that a clear finds what it changes without
+	// walking the table.
+	byRow map[uint64]fetchRefs
+}
+
+// fetchRefs are the entries that name one row: almost always one (a row
+// is named twice only when several tasks, or rounds of a task between
+// resets, fetched it), kept without an allocation.
+type fetchRefs struct {
+	one  *fetchEntry
+	more []*fetchEntry
 }
 
 func (t *fetchTable) get(key string, now time.Time) *fetchEntry {
@@ -70,6 +88,7 @@ func (t *fetchTable) add(e *fetchEntry) {
 		if t.m[t.order[drop].key] == t.order[drop] {
 			delete(t.m, t.order[drop].key)
 		}
+		t.unindex(t.order[drop])
 		drop++
 	}
 	if drop > 0 {
@@ -77,9 +96,111 @@ func (t *fetchTable) add(e *fetchEntry) {
 	}
 	if old := t.m[e.key]; old != nil {
 		t.order = slices.DeleteFunc(t.order, func(x *fetchEntry) bool { return x == old })
+		t.unindex(old)
 	}
 	t.m[e.key] = e
 	t.order = append(t.order, e)
+	t.index(e)
+}
+
+// index adds e to byRow under each row it names.
+func (t *fetchTable) index(e *fetchEntry) {
+	if len(e.sampled) == 0 && len(e.consumed) == 0 {
+		return
+	}
+	if t.byRow == nil {
+		t.byRow = make(map[uint64]fetchRefs)
+	}
+	link := func(gi uint64) {
+		r := t.byRow[gi]
+		switch {
+		case r.one == nil:
+			r.one = e
+		case r.one == e && len(r.more) == 0, len(r.more) > 0 && r.more[len(r.more)-1] == e:
+			return // named in sampled and consumed: e's rows are linked in a row
+		default:
+			r.more = append(r.more, e)
+		}
+		t.byRow[gi] = r
+	}
+	for _, gi := range e.sampled {
+		link(gi)
+	}
+	for _, gi := range e.consumed {
+		link(gi)
+	}
+}
+
+// unindex removes e from byRow.
+func (t *fetchTable) unindex(e *fetchEntry) {
+	unlink := func(gi uint64) {
+		r, ok := t.byRow[gi]
+		if !ok {
+			return
+		}
+		r.more = slices.DeleteFunc(r.more, func(x *fetchEntry) bool { return x == e })
+		if r.one == e {
+			r.one = nil
+			if len(r.more) > 0 {
+				r.one, r.more = r.more[0], r.more[1:]
+			}
+		}
+		if r.one == nil {
+			delete(t.byRow, gi)
+		} else {
+			t.byRow[gi] = r
+		}
+	}
+	for _, gi := range e.sampled {
+		unlink(gi)
+	}
+	for _, gi := range e.consumed {
+		unlink(gi)
+	}
+}
+
+// forgetRows takes rows removed from the partition out of every entry
+// (see the file comment). Slices an entry held are replaced, not
+// changed: a snapshot may still be writing them.
+func (t *fetchTable) forgetRows(rows []uint64) {
+	var hit []*fetchEntry
+	for _, gi := range rows {
+		r, ok := t.byRow[gi]
+		if !ok {
+			continue
+		}
+		delete(t.byRow, gi)
+		hit = append(hit, r.one)
+		hit = append(hit, r.more...)
+	}
+	if len(hit) == 0 {
+		return
+	}
+	gone := make(map[uint64]struct{}, len(rows))
+	for _, gi := range rows {
+		gone[gi] = struct{}{}
+	}
+	for _, e := range hit {
+		e.sampled = withoutRows(e.sampled, gone)
+		e.consumed = withoutRows(e.consumed, gone)
+	}
+}
+
+// withoutRows returns rows less those in gone: rows itself when it has
+// none of them, else a new slice.
+func withoutRows(rows []uint64, gone map[uint64]struct{}) []uint64 {
+	keep := func(gi uint64) bool { _, ok := gone[gi]; return !ok }
+	i := slices.IndexFunc(rows, func(gi uint64) bool { return !keep(gi) })
+	if i < 0 {
+		return rows
+	}
+	out := slices.Clone(rows[:i])
+	for _, gi := range rows[i+1:] {
+		if keep(gi) {
+			out = append(out, gi)
+		}
+	}
+	return out
 }
 
 func (t *fetchTable) copyState() []*wirepb.StateFetch {

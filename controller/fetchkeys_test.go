@@ -1,0 +1,119 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// keyFetch is a sequential fetch of n rows of "x" for task "t" of
+// partition "p", named key.
+func keyFetch(t *testing.T, c *Controller, key string, n int) []uint64 {
+	t.Helper()
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: n, Key: key})
+	require.NoError(t, err)
+	return m.Indexes
+}
+
+// fetchKeyCases runs a test of keyed fetches twice: on one controller,
+// and with a restart (the log replayed, no snapshot) just before the
+// steps that follow, so that a replayed controller agrees with the one
+// that made the changes.
+func fetchKeyCases(t *testing.T, setup func(t *testing.T, c *Controller), after func(t *testing.T, c *Controller)) {
+	t.Run("live", func(t *testing.T) {
+		c := newController(t, DefaultConfig())
+		setup(t, c)
+		after(t, c)
+	})
+	t.Run("restarted", func(t *testing.T) {
+		dir := t.TempDir()
+		c := openDurable(t, dir, DefaultConfig())
+		setup(t, c)
+		require.NoError(t, c.WaitDurable(context.Background()))
+		want := stateBytes(t, c)
+		crash(t, c)
+		c = openDurable(t, dir, DefaultConfig())
+		t.Cleanup(func() { c.Close() })
+		require.Equal(t, want, stateBytes(t, c), "the replayed state differs")
+		after(t, c)
+	})
+}
+
+// Rows a keyed fetch took, cleared, and their indexes reused by new rows
+// that another fetch took: the first fetch asked again returned the new
+// rows, and given back, made them fetchable again, so a third fetch got
+// the second's rows.
+func TestFetchKeyForgetsClearedRows(t *testing.T) {
+	fetchKeyCases(t, func(t *testing.T, c *Controller) {
+		first := insert(t, c, "p", 2, "x").Indexes
+		commitDense(t, c, "p", first, "x")
+		require.Equal(t, first, keyFetch(t, c, "k1", 2))
+		_, err := c.ClearRows("p", first)
+		require.NoError(t, err)
+		second := insert(t, c, "p", 2, "x").Indexes
+		require.ElementsMatch(t, first, second, "the new rows reuse the cleared indexes")
+		commitDense(t, c, "p", second, "x")
+		require.ElementsMatch(t, second, keyFetch(t, c, "k2", 2))
+	}, func(t *testing.T, c *Controller) {
+		require.Empty(t, keyFetch(t, c, "k1", 2), "k1 asked again: its rows are gone, the new ones are k2's")
+		require.NoError(t, c.Unconsume("p", "t", "k1"))
+		require.Empty(t, keyFetch(t, c, "k3", 2), "k1 given back handed k2's rows to k3")
+		require.NoError(t, c.Unconsume("p", "t", "k2"))
+		require.Len(t, keyFetch(t, c, "k4", 2), 2, "k2 given back: its rows are fetchable again")
+	})
+}
+
+// The table's index by row names, for each row, exactly the entries that
+// name it, through entries added, replaced, forgotten for their age and
+// cut by clears.
+func TestFetchTableIndexFollowsEntries(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var tab fetchTable
+	now := time.Unix(1000, 0)
+	rows := func() []uint64 {
+		var out []uint64
+		for gi := range uint64(8) {
+			if rng.IntN(3) == 0 {
+				out = append(out, gi)
+			}
+		}
+		return out
+	}
+	for i := range 2000 {
+		switch rng.IntN(3) {
+		case 0, 1:
+			s := rows()
+			c := s
+			if rng.IntN(2) == 0 {
+				c = rows()
+			}
+			now = now.Add(time.Duration(rng.IntN(120)) * time.Second)
+			tab.add(&fetchEntry{key: fmt.Sprint(rng.IntN(12)), task: "t", sampled: s, consumed: c, at: now})
+		case 2:
+			tab.forgetRows(rows())
+		}
+		want := make(map[uint64][]*fetchEntry)
+		for _, e := range tab.order {
+			for _, gi := range append(slices.Clone(e.sampled), e.consumed...) {
+				if !slices.Contains(want[gi], e) {
+					want[gi] = append(want[gi], e)
+				}
+			}
+		}
+		got := make(map[uint64][]*fetchEntry)
+		for gi, r := range tab.byRow {
+			got[gi] = append([]*fetchEntry{r.one}, r.more...)
+		}
+		require.Len(t, got, len(want), "step %d: rows indexed", i)
+		for gi, es := range want {
+			require.ElementsMatch(t, es, got[gi], "step %d: entries of row %d", i, gi)
+		}
+	}
+}
