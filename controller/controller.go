@@ -1173,9 +1173,11 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 }
 
 // reset makes a task's consumed rows (every task's for "") fetchable
-// again. p is locked.
+// again, and its keyed fetches from before give nothing back. p is
+// locked.
 func (p *partition) reset(task string) {
 	p.forgetGroups(task)
+	p.fetches.reset(task)
 	if task == "" {
 		p.resetConsumption(-1)
 	} else if t, ok := p.tasks[task]; ok {

@@ -15,6 +15,9 @@ package controller
 // go first). They are part of the durable state: consume and unconsume
 // records carry the key, and snapshots hold the table.
 //
+// A reset of a task's consumption ends what its entries can give back:
+// the rows are the new round's, and may be another fetch's by now.
+//
 // An entry names its rows by index, and a clear releases indexes for new
 // rows. So a clear takes the rows it removes out of every entry (live and
 // in replay, which finds them through the table's index by row): the
@@ -183,6 +186,25 @@ func (t *fetchTable) forgetRows(rows []uint64) {
 	for _, e := range hit {
 		e.sampled = withoutRows(e.sampled, gone)
 		e.consumed = withoutRows(e.consumed, gone)
+	}
+}
+
+// reset forgets the rows the entries of task ("": every task) consumed,
+// whose consumption was reset: given back now, a fetch from before would
+// make rows fetchable again that a fetch since took. Its kept batch is
+// no longer followed either (forgetGroups). Asked again, it still
+// answers with the rows it sampled.
+func (t *fetchTable) reset(task string) {
+	for _, e := range t.order {
+		if task != "" && e.task != task {
+			continue
+		}
+		e.kept = nil
+		if len(e.consumed) > 0 {
+			t.unindex(e)
+			e.consumed = nil
+			t.index(e)
+		}
 	}
 }
 

@@ -70,9 +70,31 @@ func TestFetchKeyForgetsClearedRows(t *testing.T) {
 	})
 }
 
+// A keyed fetch from before its task's consumption was reset, given back
+// after another fetch took the same rows in the new round, made them
+// fetchable again: a third fetch got them too.
+func TestFetchKeyFromBeforeReset(t *testing.T) {
+	for _, task := range []string{"t", ""} {
+		t.Run("task="+task, func(t *testing.T) {
+			fetchKeyCases(t, func(t *testing.T, c *Controller) {
+				m := insert(t, c, "p", 2, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				require.Equal(t, m.Indexes, keyFetch(t, c, "k1", 2))
+				require.NoError(t, c.ResetConsumption("p", task))
+				require.Equal(t, m.Indexes, keyFetch(t, c, "k2", 2))
+			}, func(t *testing.T, c *Controller) {
+				require.NoError(t, c.Unconsume("p", "t", "k1"))
+				require.Empty(t, keyFetch(t, c, "k3", 2), "k1, from before the reset, given back handed k2's rows to k3")
+				require.NoError(t, c.Unconsume("p", "t", "k2"))
+				require.Len(t, keyFetch(t, c, "k4", 2), 2, "k2 given back: its rows are fetchable again")
+			})
+		})
+	}
+}
+
 // The table's index by row names, for each row, exactly the entries that
-// name it, through entries added, replaced, forgotten for their age and
-// cut by clears.
+// name it, through entries added, replaced, forgotten for their age, cut
+// by clears and reset.
 func TestFetchTableIndexFollowsEntries(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var tab fetchTable
@@ -87,7 +109,7 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 		return out
 	}
 	for i := range 2000 {
-		switch rng.IntN(3) {
+		switch rng.IntN(4) {
 		case 0, 1:
 			s := rows()
 			c := s
@@ -98,6 +120,8 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 			tab.add(&fetchEntry{key: fmt.Sprint(rng.IntN(12)), task: "t", sampled: s, consumed: c, at: now})
 		case 2:
 			tab.forgetRows(rows())
+		case 3:
+			tab.reset("t")
 		}
 		want := make(map[uint64][]*fetchEntry)
 		for _, e := range tab.order {
