@@ -1158,7 +1158,9 @@ func (c *Controller) CheckConsumption(partition, task string) bool {
 }
 
 // ResetConsumption makes a task's consumed rows fetchable again; with task
-// "" it resets every task.
+// "" it resets every task. The samplers forget the batches they keep for
+// the task's DP groups (see [engine.TaskForgetter]): the new round's are
+// made afresh.
 func (c *Controller) ResetConsumption(partition, task string) error {
 	p := c.lock(partition)
 	if p == nil {
@@ -1166,6 +1168,7 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 	}
 	defer p.mu.Unlock()
 	p.reset(task)
+	c.forgetTask(p.id, task)
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ResetConsumption{ResetConsumption: &wirepb.ResetOp{Partition: p.id, Gen: p.gen, Task: task}}})
 	}

@@ -491,6 +491,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			return nil
 		}
 		p.reset(o.Task)
+		c.forgetTask(p.id, o.Task)
 	case *wirepb.LogOp_ClearRows:
 		o := op.ClearRows
 		p := c.partitionOf(o.Partition, o.Gen)

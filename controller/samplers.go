@@ -93,6 +93,23 @@ func (c *Controller) forgetRows(partition string, rows []uint64) {
 	})
 }
 
+// forgetTask tells every caching sampler that task's consumption of
+// partition ("": every task's) was reset, live and in replay (the reset
+// record stands for the samplers' change; the partition is locked): the
+// batches they keep for it are the last round's.
+func (c *Controller) forgetTask(partition, task string) {
+	c.eachSampler(func(s engine.Sampler) {
+		switch s := s.(type) {
+		case engine.TaskForgetter:
+			s.ForgetTask(partition, task)
+		case engine.CachingSampler:
+			if task == "" {
+				s.ClearCache(partition)
+			}
+		}
+	})
+}
+
 // namedState adds the state of the samplers fetches chose to a state
 // header, by spec text in sorted order.
 func (c *Controller) namedState(head *wirepb.StateHeader) error {

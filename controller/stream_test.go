@@ -2,18 +2,20 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
 )
 
 // Tests of what the streaming loader needs from the controller: samplers
 // chosen per fetch, token budgets, the done marker, and sampler caches
-// that learn about cleared rows.
+// that learn about cleared rows and reset consumption.
 
 func specFetch(spec engine.SamplerSpec, group, batch, size int) engine.FetchRequest {
 	return engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: size, Sampler: spec,
@@ -290,4 +292,60 @@ func TestSamplersPerFetchAreBounded(t *testing.T) {
 	require.ErrorContains(t, err, "already keeps the 256 samplers")
 	_, err = c.samplerFor(engine.SamplerSpec{Name: engine.SamplerGRPO, N: 3})
 	require.NoError(t, err, "one made before is still there")
+}
+
+// A reset kept the batches caching samplers keep for DP groups: in the
+// new round a group whose batch was not kept took rows fresh, among them
+// rows still kept for another group, which then got its old batch again,
+// so two groups got the same rows in one round. The reset now forgets the
+// task's kept batches, on the controller that made it and on one that
+// replays it; another task's stay.
+func TestResetForgetsKeptBatches(t *testing.T) {
+	type at struct{ group, batch int }
+	for _, tc := range []struct {
+		name       string
+		cfg        Config
+		spec       engine.SamplerSpec
+		fresh, old at // asked in the new round: fresh was not kept, old was
+	}{
+		{"rank_aware configured", Config{Sampler: sampler.NewRankAware()}, engine.SamplerSpec{}, at{1, 0}, at{0, 0}},
+		{"grpo", DefaultConfig(), engine.SamplerSpec{Name: engine.SamplerGRPO, N: 1}, at{1, 0}, at{0, 0}},
+		{"seqlen_balanced", DefaultConfig(), engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2}, at{0, 1}, at{0, 0}},
+	} {
+		for _, restart := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/restart=%v", tc.name, restart), func(t *testing.T) {
+				ctx := context.Background()
+				dir := t.TempDir()
+				c := openDurable(t, dir, tc.cfg)
+				t.Cleanup(func() { c.Close() }) // the controller c is at the end
+				get := func(task string, a at) []uint64 {
+					t.Helper()
+					req := specFetch(tc.spec, a.group, a.batch, 2)
+					req.Task = task
+					m, err := c.Fetch(ctx, req)
+					require.NoError(t, err)
+					require.Len(t, m.Indexes, 2)
+					return m.Indexes
+				}
+				m := insert(t, c, "p", 8, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				get("t", tc.old)
+				other := get("u", tc.old)
+				require.NoError(t, c.ResetConsumption("p", "t"))
+				if restart {
+					require.NoError(t, c.WaitDurable(ctx))
+					want := stateBytes(t, c)
+					crash(t, c)
+					c = openDurable(t, dir, tc.cfg)
+					require.Equal(t, want, stateBytes(t, c), "the replayed state differs")
+				}
+				fresh := get("t", tc.fresh)
+				old := get("t", tc.old)
+				for _, gi := range fresh {
+					assert.NotContains(t, old, gi, "row %d handed out twice in one round (%v and %v)", gi, fresh, old)
+				}
+				assert.Equal(t, other, get("u", tc.old), "task u, not reset, keeps its batch")
+			})
+		}
+	}
 }

@@ -99,6 +99,18 @@ type RowForgetter interface {
 	ForgetRows(partition string, rows []uint64)
 }
 
+// TaskForgetter is a [CachingSampler] that can drop what it caches for one
+// task of a partition: the controller calls ForgetTask when the task's
+// consumption is reset (task "" for every task), so that every batch of
+// the new round is made from the rows ready in it. A batch cached from
+// the round before would give a group its old rows while another group,
+// whose batch was not cached, takes some of the same rows fresh. For a
+// reset of every task, a CachingSampler without ForgetTask has its
+// ClearCache called instead.
+type TaskForgetter interface {
+	ForgetTask(partition, task string)
+}
+
 // BatchDropper is a [CachingSampler] that can drop one cached batch of a
 // data-replica group: the controller drops a batch its group left behind
 // (see controller.Config.KeptBatchTTL) and gives the rows back to the

@@ -108,6 +108,22 @@ func (c *cache[K, V]) rewrite(partition string, fn func(V) (V, bool)) {
 	}
 }
 
+// forgetTask drops the entries of task ("": every task) of a partition
+// (see engine.TaskForgetter); taskOf names an entry's task.
+func (c *cache[K, V]) forgetTask(partition, task string, taskOf func(K) string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.m[partition]
+	for k := range m {
+		if task == "" || taskOf(k) == task {
+			delete(m, k)
+		}
+	}
+	if len(m) == 0 {
+		delete(c.m, partition)
+	}
+}
+
 // rowSet returns rows as a set.
 func rowSet(rows []uint64) map[uint64]struct{} {
 	m := make(map[uint64]struct{}, len(rows))
@@ -172,6 +188,8 @@ type rankKey struct {
 	rank  int
 	batch int
 }
+
+func (k rankKey) taskOf() string { return k.task }
 
 // rowsEntry is one cached answer of GRPO or RankAware in saved state, or
 // in the journal; a journal entry with Dropped (and no rows) drops the

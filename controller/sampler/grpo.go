@@ -9,6 +9,7 @@ var (
 	_ engine.JournaledSampler = (*GRPO)(nil)
 	_ engine.RowForgetter     = (*GRPO)(nil)
 	_ engine.BatchDropper     = (*GRPO)(nil)
+	_ engine.TaskForgetter    = (*GRPO)(nil)
 )
 
 const grpoKind = "grpo"
@@ -26,7 +27,8 @@ const grpoKind = "grpo"
 //
 // When the request carries a rank (SamplingOptions.HasRank), the answer is
 // cached per (partition, task, DPRank, BatchIndex) and a later call with the
-// same key returns it again, whatever is ready by then.
+// same key returns it again, whatever is ready by then, until the task's
+// consumption is reset ([GRPO.ForgetTask]) or the partition cleared.
 //
 // GRPO is safe for concurrent use.
 type GRPO struct {
@@ -94,6 +96,11 @@ func (g *GRPO) DropBatch(partition, task string, opts engine.SamplingOptions, jo
 
 // ClearCache implements [engine.CachingSampler].
 func (g *GRPO) ClearCache(partition string) { g.cache.clear(partition) }
+
+// ForgetTask implements [engine.TaskForgetter].
+func (g *GRPO) ForgetTask(partition, task string) {
+	g.cache.forgetTask(partition, task, rankKey.taskOf)
+}
 
 // ForgetRows implements [engine.RowForgetter].
 func (g *GRPO) ForgetRows(partition string, rows []uint64) { forgetRows(&g.cache, partition, rows) }

@@ -9,6 +9,7 @@ var (
 	_ engine.JournaledSampler = (*RankAware)(nil)
 	_ engine.RowForgetter     = (*RankAware)(nil)
 	_ engine.BatchDropper     = (*RankAware)(nil)
+	_ engine.TaskForgetter    = (*RankAware)(nil)
 )
 
 const rankAwareKind = "rank_aware"
@@ -24,7 +25,8 @@ const rankAwareKind = "rank_aware"
 // (the peers' own call consumes them again, which is harmless). Other groups
 // see those rows consumed, so their batches are disjoint. With fewer than
 // BatchSize rows ready and nothing cached it returns no rows and caches
-// nothing. Entries stay cached until [RankAware.ClearCache], or until
+// nothing. Entries stay cached until [RankAware.ClearCache], until
+// [RankAware.ForgetTask] (the task's consumption was reset), or until
 // [RankAware.DropBatch] (the controller drops a batch its group left
 // behind).
 //
@@ -84,6 +86,11 @@ func (r *RankAware) DropBatch(partition, task string, opts engine.SamplingOption
 
 // ClearCache implements [engine.CachingSampler].
 func (r *RankAware) ClearCache(partition string) { r.cache.clear(partition) }
+
+// ForgetTask implements [engine.TaskForgetter].
+func (r *RankAware) ForgetTask(partition, task string) {
+	r.cache.forgetTask(partition, task, rankKey.taskOf)
+}
 
 // ForgetRows implements [engine.RowForgetter].
 func (r *RankAware) ForgetRows(partition string, rows []uint64) {

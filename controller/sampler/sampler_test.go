@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -428,6 +430,37 @@ func TestState(t *testing.T) {
 					}
 				})
 			}
+		})
+	}
+}
+
+// ForgetTask drops what a caching sampler keeps for one task of one
+// partition (every task's for ""), and nothing else: the controller calls
+// it when the task's consumption is reset.
+func TestForgetTask(t *testing.T) {
+	type forgetter interface {
+		engine.CachingSampler
+		engine.TaskForgetter
+	}
+	seqlen, err := NewSeqlenBalanced(1, 2)
+	require.NoError(t, err)
+	budget, err := NewTokenBudget(1, 2)
+	require.NoError(t, err)
+	for _, s := range []forgetter{NewRankAware(), newGRPO(t, 1), seqlen, budget} {
+		t.Run(fmt.Sprintf("%T", s), func(t *testing.T) {
+			opts := ranked(0, 0)
+			for _, k := range [][2]string{{"p", "t"}, {"p", "u"}, {"q", "t"}} {
+				got, _ := mustSample(t, s, engine.SampleRequest{Partition: k[0], Task: k[1], BatchSize: 2, TokenBudget: 2,
+					Ready: rows(0, 8), Options: opts, Tags: func(uint64) engine.Tags { return nil }})
+				require.NotEmpty(t, got, "%s/%s", k[0], k[1])
+			}
+			cached := func() [3]bool {
+				return [3]bool{s.Cached("p", "t", opts), s.Cached("p", "u", opts), s.Cached("q", "t", opts)}
+			}
+			s.ForgetTask("p", "t")
+			assert.Equal(t, [3]bool{false, true, true}, cached(), "after forgetting p/t: p/t, p/u, q/t cached")
+			s.ForgetTask("p", "")
+			assert.Equal(t, [3]bool{false, false, true}, cached(), "after forgetting p: p/t, p/u, q/t cached")
 		})
 	}
 }

@@ -12,6 +12,7 @@ var (
 	_ engine.CachingSampler   = (*SeqlenBalanced)(nil)
 	_ engine.JournaledSampler = (*SeqlenBalanced)(nil)
 	_ engine.RowForgetter     = (*SeqlenBalanced)(nil)
+	_ engine.TaskForgetter    = (*SeqlenBalanced)(nil)
 )
 
 const seqlenKind = "seqlen_balanced"
@@ -46,6 +47,8 @@ type batchKey struct {
 	task  string
 	batch int
 }
+
+func (k batchKey) taskOf() string { return k.task }
 
 // NewSeqlenBalanced returns a [SeqlenBalanced] sampler for prompt groups of
 // n rows and dpSize data-parallel ranks. Both must be positive; otherwise
@@ -216,6 +219,11 @@ func (s *partsCache) add(req engine.SampleRequest, parts [][]uint64) (_ [][]uint
 
 // ClearCache implements [engine.CachingSampler].
 func (s *partsCache) ClearCache(partition string) { s.cache.clear(partition) }
+
+// ForgetTask implements [engine.TaskForgetter].
+func (s *partsCache) ForgetTask(partition, task string) {
+	s.cache.forgetTask(partition, task, batchKey.taskOf)
+}
 
 // ForgetRows implements [engine.RowForgetter]: cleared rows leave every
 // cached batch; a batch left with no rows is dropped.

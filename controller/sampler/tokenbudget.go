@@ -8,6 +8,7 @@ var (
 	_ engine.CachingSampler   = (*TokenBudget)(nil)
 	_ engine.JournaledSampler = (*TokenBudget)(nil)
 	_ engine.RowForgetter     = (*TokenBudget)(nil)
+	_ engine.TaskForgetter    = (*TokenBudget)(nil)
 )
 
 const tokenBudgetKind = "token_budget"
