@@ -12,13 +12,18 @@
 // engine of CockroachDB) holding record i under the 8-byte big-endian key
 // i: Pebble's write-ahead log gives checksummed records, recovery of a torn
 // tail after a crash, and space reclaimed after a range deletion, none of
-// which this package implements itself. Snapshots are files the caller
+// which this package implements itself. Its write-ahead files say how far
+// they were synced, so damage before that point fails [Open] rather than
+// reading as a torn tail; for damage in a file's last block, which Pebble
+// cannot tell from one, DIR/acked remembers the last record acknowledged
+// and Open refuses a log that ends before it. Snapshots are files the caller
 // writes (the controller's state file format): after snapshot S, records
 // up to the snapshot before S are deleted, so the log stays about as large
 // as two snapshots' worth of changes, and a newest snapshot that turns out
 // unreadable still has its predecessor and every record since.
 //
 //	DIR/log/               the Pebble database of records
+//	DIR/acked              the last record acknowledged durable (not for FsyncNever)
 //	DIR/snap-<index>.pb    a snapshot holding every record up to index
 //
 // A Journal is safe for concurrent use.
@@ -29,6 +34,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"os"
@@ -40,6 +46,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	crdberrors "github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -103,8 +110,9 @@ var ErrFailed = errors.New("journal: write failed")
 
 // Journal is an open log with its snapshots. See the package comment.
 type Journal struct {
-	cfg Config
-	db  *pebble.DB
+	cfg   Config
+	db    *pebble.DB
+	acked *os.File // the mark of acknowledged records (ackedFile); nil for FsyncNever
 
 	snapMu sync.Mutex // held while a snapshot is written
 
@@ -144,7 +152,9 @@ const snapPrefix, snapSuffix = "snap-", ".pb"
 
 // Open opens the journal in cfg.Dir, creating it if needed, and starts its
 // writer; [Journal.Close] stops it. Read the recovered state with
-// [Journal.Snapshots] and [Journal.Replay] before appending.
+// [Journal.Snapshots] and [Journal.Replay] before appending. A damaged log,
+// or one that lost records it acknowledged, is an error wrapping
+// [engine.ErrCorrupt] that names the file.
 func Open(cfg Config) (*Journal, error) {
 	if cfg.Dir == "" {
 		return nil, fmt.Errorf("journal without a directory: %w", engine.ErrInvalid)
@@ -160,6 +170,12 @@ func Open(cfg Config) (*Journal, error) {
 		// One small database of sequential keys: a modest memtable is
 		// plenty, and keeps memory flat.
 		MemTableSize: 16 << 20,
+		// Write-ahead files that say how far they were synced, so that
+		// damage before that point fails the open instead of reading as
+		// a torn tail (Pebble's default, its oldest format, cannot tell
+		// the two apart and drops every record after the damage). An
+		// older log is upgraded in place.
+		FormatMajorVersion: logFormat,
 	}
 	if cfg.Fsync == FsyncNever {
 		// Pebble keeps an unsynced record in its own buffer until a block
@@ -168,9 +184,13 @@ func Open(cfg Config) (*Journal, error) {
 		// kernel (its other files keep their fsyncs).
 		opts.FS = walNoSyncFS{vfs.Default}
 	}
-	db, err := pebble.Open(filepath.Join(cfg.Dir, "log"), opts)
+	logDir := filepath.Join(cfg.Dir, "log")
+	// Named in an error about lost records: Pebble recycles the file
+	// once it has read it.
+	newest := newestLogFile(logDir)
+	db, err := openLog(logDir, opts)
 	if err != nil {
-		return nil, fmt.Errorf("open log: %w", err)
+		return nil, err
 	}
 	j := &Journal{
 		cfg:        cfg,
@@ -192,11 +212,109 @@ func Open(cfg Config) (*Journal, error) {
 	if len(j.snaps) > 0 {
 		last = max(last, j.snaps[0].Index)
 	}
+	markPath := filepath.Join(cfg.Dir, ackedFile)
+	if mark := readAcked(markPath); mark > last {
+		db.Close()
+		return nil, fmt.Errorf("the log ends at record %d, but %s says records up to %d were acknowledged: records %d to %d are lost, to damage in %s "+
+			"(remove %s to start without them): %w", last, markPath, mark, last+1, mark, newest, markPath, engine.ErrCorrupt)
+	}
+	if cfg.Fsync != FsyncNever {
+		// With FsyncNever a machine's crash may lose what was
+		// acknowledged: a mark would refuse the start that follows.
+		if j.acked, err = os.OpenFile(markPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open %s: %w", ackedFile, err)
+		}
+	}
 	j.written = last
 	j.last.Store(last)
 	j.durable.Store(last)
 	go j.writer()
 	return j, nil
+}
+
+// ackedFile (in the journal's directory) holds the index of the last
+// record the journal acknowledged as durable, and the CRC-32C of its 8
+// bytes. It is written in place after each group's fsync and never synced
+// itself: it may lag behind the log, never run ahead of it. Pebble reads
+// damage in the last 32 KiB block of its newest write-ahead file as a torn
+// tail (it cannot tell them apart); the mark turns the records lost that
+// way into an error. A mark that cannot be read (a crash during its
+// write) counts as none.
+const ackedFile = "acked"
+
+// readAcked returns the mark in path, or 0.
+func readAcked(path string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) != 12 || crc32.Checksum(b[:8], castagnoli) != binary.BigEndian.Uint32(b[8:]) {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// noteAcked records index as acknowledged (see ackedFile).
+func (j *Journal) noteAcked(index uint64) {
+	if j.acked == nil {
+		return
+	}
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:], index)
+	binary.BigEndian.PutUint32(b[8:], crc32.Checksum(b[:8], castagnoli))
+	// A failed write leaves an older mark, which still holds.
+	j.acked.WriteAt(b[:], 0)
+}
+
+// newestLogFile names the newest non-empty write-ahead file in dir, or
+// says there is none.
+func newestLogFile(dir string) string {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for i := len(logs) - 1; i >= 0; i-- { // zero-padded numbers: sorted
+		if fi, err := os.Stat(logs[i]); err == nil && fi.Size() > 0 {
+			return logs[i]
+		}
+	}
+	return "the log (no write-ahead file left)"
+}
+
+// logFormat is the Pebble format of the log: the first whose write-ahead
+// files carry sync offsets.
+const logFormat = pebble.FormatWALSyncChunks
+
+// openLog opens the Pebble database at dir, upgrading an older one to
+// opts.FormatMajorVersion.
+func openLog(dir string, opts *pebble.Options) (*pebble.DB, error) {
+	// A database created or upgraded now writes its first write-ahead file
+	// in the format it had before (Pebble creates the file before it
+	// upgrades); the next file has sync offsets.
+	fs := opts.FS
+	if fs == nil {
+		fs = vfs.Default
+	}
+	upgrade := true
+	if d, err := pebble.Peek(dir, fs); err == nil && d.Exists {
+		upgrade = d.FormatMajorVersion < opts.FormatMajorVersion
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		if pebble.IsCorruptionError(err) {
+			// Pebble's details name the file and the offset.
+			where := strings.Join(crdberrors.GetAllDetails(err), "; ")
+			if where == "" {
+				where = dir
+			}
+			return nil, fmt.Errorf("damaged log (%s): %w: %w", where, engine.ErrCorrupt, err)
+		}
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	if upgrade {
+		if err := db.Flush(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("start a log file in format %v: %w", opts.FormatMajorVersion, err)
+		}
+	}
+	return db, nil
 }
 
 func key(i uint64) []byte { return binary.BigEndian.AppendUint64(nil, i) }
@@ -433,6 +551,10 @@ func (j *Journal) flush(opt *pebble.WriteOptions) {
 			j.cfg.OnWrite(time.Since(start), len(group))
 		}
 
+		if err == nil {
+			j.noteAcked(first + uint64(len(group)) - 1)
+		}
+
 		j.mu.Lock()
 		if err != nil {
 			j.err = fmt.Errorf("log records %d to %d: %w: %w", first, first+uint64(len(group))-1, ErrFailed, err)
@@ -544,6 +666,9 @@ func (j *Journal) Close() error {
 	j.wake = make(chan struct{})
 	err := j.err
 	j.mu.Unlock()
+	if j.acked != nil {
+		err = errors.Join(err, j.acked.Close())
+	}
 	return errors.Join(err, j.db.Close())
 }
 
