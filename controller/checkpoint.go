@@ -222,7 +222,10 @@ func (c *Controller) loseForeignCells(ls *loadedState) {
 // new state before anyone sees it: every lock is held until the snapshot
 // is on disk, so no change made after the load can reach the log before
 // it (a load is rare; the controller pauses for as long as writing its
-// state takes).
+// state takes). If the snapshot cannot be written the journal is stopped
+// ([journal.Journal.Fail]): the controller acknowledges nothing more, and
+// a restart comes back with the state before the load. So does a restart
+// after a process killed before the snapshot was in place.
 func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	var used []uint64
 	for _, p := range ls.parts {
@@ -271,11 +274,19 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	st := c.copyState()
 	pos := c.j.Pos()
 	st.head.LogIndex = pos.Index
-	if err := c.samplerState(st.head); err != nil {
-		return freed, err
+	err := c.samplerState(st.head)
+	if err == nil {
+		err = c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) })
 	}
-	if err := c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) }); err != nil {
-		return freed, fmt.Errorf("snapshot the loaded state: %w", err)
+	if err != nil {
+		// The state is replaced and cannot be put back, and without its
+		// snapshot no record can follow the load's: stop the journal, so
+		// that nothing more is acknowledged (reads wait for the load's
+		// record, and fail too). A restart comes back with the state
+		// before the load (recover's replaced).
+		err = fmt.Errorf("snapshot the loaded state (the controller acknowledges nothing more; a restart undoes the load): %w", err)
+		c.j.Fail(err)
+		return nil, err
 	}
 	return freed, nil
 }

@@ -153,7 +153,15 @@ func (c *Controller) openJournal() error {
 		return err
 	}
 	c.j = j
-	if err := c.recover(); err != nil {
+	abandoned, err := c.recover()
+	if err == nil && abandoned {
+		// Settle it before any record follows it: replay from this
+		// snapshot on never meets it again.
+		if err = c.snapshot(); err != nil {
+			err = fmt.Errorf("snapshot the state before an unfinished checkpoint load: %w", err)
+		}
+	}
+	if err != nil {
 		j.Close()
 		c.j = nil
 		return fmt.Errorf("recover controller state from %s: %w", c.cfg.Dir, err)
@@ -182,8 +190,9 @@ func (c *Controller) openJournal() error {
 // (with every record since) used instead. Any other failure — a file that
 // cannot be opened, a state this configuration cannot take (another
 // sampler's) — fails the start and sets nothing aside: it is not the
-// file's fault.
-func (c *Controller) recover() error {
+// file's fault. abandoned reports a checkpoint load that did not finish
+// (see replaced), which the caller settles with a snapshot.
+func (c *Controller) recover() (abandoned bool, err error) {
 	c.replaying = true
 	defer func() { c.replaying = false }()
 	var after uint64
@@ -191,27 +200,34 @@ func (c *Controller) recover() error {
 		ls, err := readStateFile(s.Path)
 		if errors.Is(err, engine.ErrCorrupt) {
 			if derr := c.j.Discard(s); derr != nil {
-				return errors.Join(err, derr)
+				return false, errors.Join(err, derr)
 			}
 			continue
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := c.adopt(ls); err != nil {
-			return fmt.Errorf("%s: %w", filepath.Base(s.Path), err)
+			return false, fmt.Errorf("%s: %w", filepath.Base(s.Path), err)
 		}
 		after = s.Index
 		break
 	}
 	records := 0
-	err := c.j.Replay(after, func(_ uint64, b []byte) error {
+	err = c.j.Replay(after, func(i uint64, b []byte) error {
 		var rec wirepb.LogRecord
 		if err := proto.Unmarshal(b, &rec); err != nil {
 			return corrupt("decode: %s", err.Error())
 		}
 		records++
 		for _, op := range rec.Ops {
+			if cl := op.GetCluster(); cl != nil && cl.Replaced {
+				if err := c.replaced(i); err != nil {
+					return err
+				}
+				abandoned = true
+				continue
+			}
 			if err := c.apply(op); err != nil {
 				return err
 			}
@@ -219,9 +235,34 @@ func (c *Controller) recover() error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	c.idx.rebuild(c.usedIndexes())
+	return abandoned, nil
+}
+
+// replaced handles a checkpoint load's record, at index, met in replay.
+// A load writes a snapshot of the state it loaded at its record and holds
+// every lock until the snapshot is in place, and a load that fails after
+// its record stops the journal: so records follow a load's only with its
+// snapshot, from which replay starts after it. Met here, with no snapshot
+// at or after it and no record after it, it is a load that did not finish
+// (the process died while the snapshot was written, or the load failed):
+// nobody saw its state, and the state before it stands. With a snapshot
+// set aside at or after it, or records after it, the state it loaded is
+// lost.
+func (c *Controller) replaced(index uint64) error {
+	for _, s := range c.j.SetAside() {
+		if s.Index >= index {
+			return corrupt("a checkpoint load replaced the state here, and the snapshot written with it is unreadable (set aside as %s)", filepath.Base(s.Path))
+		}
+	}
+	if index != c.j.Last() {
+		return corrupt("a checkpoint load replaced the state here, and records follow it without a snapshot of the state it loaded")
+	}
+	if c.cfg.Logf != nil {
+		c.cfg.Logf("controller: log record %d: a checkpoint load that did not finish (no snapshot of the state it loaded); starting from the state before it", index)
+	}
 	return nil
 }
 
@@ -312,7 +353,7 @@ func (c *Controller) apply(lop *wirepb.LogOp) error {
 	switch op := lop.Op.(type) {
 	case *wirepb.LogOp_Cluster:
 		if op.Cluster.Replaced {
-			return corrupt("a checkpoint load replaced the state here, and the snapshot written with it is unreadable")
+			return corrupt("a checkpoint load replaced the state here") // recover's (replaced)
 		}
 		if op.Cluster.ClusterId != "" {
 			c.cluster = op.Cluster.ClusterId

@@ -123,6 +123,7 @@ type Journal struct {
 	wake     chan struct{}
 	closed   bool
 	snaps    []Snapshot // newest first: the newest and the one before it
+	setAside []Snapshot // unreadable snapshots renamed .bad, newest first
 	appended int64      // bytes of every record appended since Open
 	snapAt   int64      // appended when the newest snapshot's state was taken
 
@@ -148,7 +149,7 @@ type Pos struct {
 	Bytes int64
 }
 
-const snapPrefix, snapSuffix = "snap-", ".pb"
+const snapPrefix, snapSuffix, badSuffix = "snap-", ".pb", ".bad"
 
 // Open opens the journal in cfg.Dir, creating it if needed, and starts its
 // writer; [Journal.Close] stops it. Read the recovered state with
@@ -200,7 +201,7 @@ func Open(cfg Config) (*Journal, error) {
 		done:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
-	if j.snaps, err = listSnapshots(cfg.Dir); err != nil {
+	if j.snaps, j.setAside, err = listSnapshots(cfg.Dir); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -334,14 +335,14 @@ func (j *Journal) lastKey() (uint64, error) {
 	return binary.BigEndian.Uint64(it.Key()), nil
 }
 
-// listSnapshots returns the snapshot files in dir, newest first, and
-// removes temporary files a crash left behind.
-func listSnapshots(dir string) ([]Snapshot, error) {
+// listSnapshots returns the snapshot files in dir and those set aside
+// (.bad), each newest first, and removes temporary files a crash left
+// behind.
+func listSnapshots(dir string) (snaps, bad []Snapshot, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
+		return nil, nil, fmt.Errorf("list snapshots: %w", err)
 	}
-	var out []Snapshot
 	for _, e := range entries {
 		name := e.Name()
 		if !strings.HasPrefix(name, snapPrefix) {
@@ -351,7 +352,12 @@ func listSnapshots(dir string) ([]Snapshot, error) {
 			os.Remove(filepath.Join(dir, name))
 			continue
 		}
-		num, ok := strings.CutSuffix(strings.TrimPrefix(name, snapPrefix), snapSuffix)
+		list := &snaps
+		num := strings.TrimPrefix(name, snapPrefix)
+		if n, ok := strings.CutSuffix(num, badSuffix); ok {
+			list, num = &bad, n
+		}
+		num, ok := strings.CutSuffix(num, snapSuffix)
 		if !ok {
 			continue
 		}
@@ -359,18 +365,21 @@ func listSnapshots(dir string) ([]Snapshot, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, Snapshot{Index: idx, Path: filepath.Join(dir, name)})
+		*list = append(*list, Snapshot{Index: idx, Path: filepath.Join(dir, name)})
 	}
-	slices.SortFunc(out, func(a, b Snapshot) int {
-		switch {
-		case a.Index > b.Index:
-			return -1
-		case a.Index < b.Index:
-			return 1
-		}
-		return 0
-	})
-	return out, nil
+	slices.SortFunc(snaps, newestFirst)
+	slices.SortFunc(bad, newestFirst)
+	return snaps, bad, nil
+}
+
+func newestFirst(a, b Snapshot) int {
+	switch {
+	case a.Index > b.Index:
+		return -1
+	case a.Index < b.Index:
+		return 1
+	}
+	return 0
 }
 
 // Snapshots returns the snapshots to recover from, newest first (at most
@@ -389,10 +398,21 @@ func (j *Journal) Discard(s Snapshot) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.snaps = slices.DeleteFunc(j.snaps, func(x Snapshot) bool { return x == s })
-	if err := os.Rename(s.Path, s.Path+".bad"); err != nil {
+	bad := Snapshot{Index: s.Index, Path: s.Path + badSuffix}
+	if err := os.Rename(s.Path, bad.Path); err != nil {
 		return fmt.Errorf("set aside unreadable snapshot: %w", err)
 	}
+	j.setAside = append(j.setAside, bad)
+	slices.SortFunc(j.setAside, newestFirst)
 	return nil
+}
+
+// SetAside returns the snapshots set aside as unreadable, by [Journal.Discard]
+// or before this Open, newest first; Path is the .bad file's.
+func (j *Journal) SetAside() []Snapshot {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return slices.Clone(j.setAside)
 }
 
 // Replay calls fn with every record after index after, in order. A gap in
@@ -556,11 +576,14 @@ func (j *Journal) flush(opt *pebble.WriteOptions) {
 		}
 
 		j.mu.Lock()
-		if err != nil {
+		switch {
+		case err != nil && j.err == nil:
 			j.err = fmt.Errorf("log records %d to %d: %w: %w", first, first+uint64(len(group))-1, ErrFailed, err)
-		} else {
-			clear(j.pending[:len(group)])
-			j.pending = j.pending[len(group):]
+		case err == nil:
+			if j.err == nil { // else Fail dropped pending meanwhile
+				clear(j.pending[:len(group)])
+				j.pending = j.pending[len(group):]
+			}
 			j.written = first + uint64(len(group)) - 1
 			j.durable.Store(j.written)
 		}
@@ -580,6 +603,24 @@ type Stats struct {
 // Stats returns the journal's counters.
 func (j *Journal) Stats() Stats {
 	return Stats{Appended: j.last.Load(), Durable: j.durable.Load(), Groups: j.groups.Load()}
+}
+
+// Fail stops the journal as a failed write would: records not written
+// yet never are, and waiting for them (or for any record appended from now
+// on) returns an error wrapping [ErrFailed] and err. For a caller whose
+// state ran ahead of what it can make durable; a restart recovers what
+// reached the disk. Only the first failure counts.
+func (j *Journal) Fail(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return
+	}
+	j.err = fmt.Errorf("%w: %w", ErrFailed, err)
+	clear(j.pending)
+	j.pending = nil
+	close(j.wake)
+	j.wake = make(chan struct{})
 }
 
 // Err returns the journal's write failure (wrapping [ErrFailed]), or nil.
@@ -604,6 +645,12 @@ func (j *Journal) WriteSnapshot(pos Pos, write func(io.Writer) error) error {
 	defer j.snapMu.Unlock()
 	index := pos.Index
 	j.mu.Lock()
+	if j.err != nil {
+		// After Fail, the state may hold what the log never will.
+		err := j.err
+		j.mu.Unlock()
+		return err
+	}
 	if len(j.snaps) > 0 && index <= j.snaps[0].Index {
 		j.mu.Unlock()
 		return fmt.Errorf("snapshot at record %d, the newest is at %d: %w", index, j.snaps[0].Index, engine.ErrInvalid)

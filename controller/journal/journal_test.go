@@ -208,6 +208,34 @@ func TestDiscardUnreadableSnapshot(t *testing.T) {
 	assert.Equal(t, []string{"record 2", "record 3"}, replayAll(t, j2, rest[0].Index))
 	_, err := os.Stat(snaps[0].Path + ".bad")
 	require.NoError(t, err, "the unreadable snapshot is kept aside")
+	want := []Snapshot{{Index: snaps[0].Index, Path: snaps[0].Path + ".bad"}}
+	assert.Equal(t, want, j2.SetAside())
+	require.NoError(t, j2.Close())
+	j3 := open(t, dir, FsyncBatch)
+	assert.Equal(t, want, j3.SetAside(), "set aside before this Open")
+	assert.Equal(t, rest, j3.Snapshots())
+}
+
+// TestFailStopsTheJournal: after Fail nothing more is written, waiters
+// and snapshots get the failure, and a restart has what was written
+// before it.
+func TestFailStopsTheJournal(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(Config{Dir: dir})
+	require.NoError(t, err)
+	require.NoError(t, j.Wait(context.Background(), j.Append(rec(1))))
+	boom := errors.New("boom")
+	j.Fail(boom)
+	i := j.Append(rec(2))
+	err = j.Wait(context.Background(), i)
+	require.ErrorIs(t, err, ErrFailed)
+	require.ErrorIs(t, err, boom)
+	require.ErrorIs(t, j.WriteSnapshot(j.Pos(), writeState("after")), ErrFailed)
+	require.ErrorIs(t, j.Close(), ErrFailed)
+
+	j2 := open(t, dir, FsyncBatch)
+	assert.Equal(t, []string{"record 1"}, replayAll(t, j2, 0))
+	assert.Empty(t, j2.Snapshots())
 }
 
 func TestParseFsync(t *testing.T) {
