@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -186,21 +187,32 @@ func (c *Controller) openJournal() error {
 }
 
 // recover loads the newest readable snapshot and replays the log after it.
-// A snapshot whose bytes are damaged is set aside, and the one before it
-// (with every record since) used instead. Any other failure — a file that
-// cannot be opened, a state this configuration cannot take (another
-// sampler's) — fails the start and sets nothing aside: it is not the
-// file's fault. abandoned reports a checkpoint load that did not finish
+// A snapshot whose bytes are damaged is set aside (and Config.Logf told),
+// and the one before it (with every record since) used instead; if the
+// start fails all the same, its error names the snapshots set aside. Any
+// other failure — a file that cannot be opened, a state this
+// configuration cannot take (another sampler's) — fails the start and
+// sets nothing aside: it is not the file's fault. abandoned reports a checkpoint load that did not finish
 // (see replaced), which the caller settles with a snapshot.
 func (c *Controller) recover() (abandoned bool, err error) {
 	c.replaying = true
 	defer func() { c.replaying = false }()
 	var after uint64
+	var setAside []string // this start's, with why
+	defer func() {
+		if err != nil && len(setAside) > 0 {
+			err = fmt.Errorf("%w (snapshots set aside, renamed .bad: %s)", err, strings.Join(setAside, "; "))
+		}
+	}()
 	for _, s := range c.j.Snapshots() {
 		ls, err := readStateFile(s.Path)
 		if errors.Is(err, engine.ErrCorrupt) {
 			if derr := c.j.Discard(s); derr != nil {
 				return false, errors.Join(err, derr)
+			}
+			setAside = append(setAside, err.Error()) // names the file
+			if c.cfg.Logf != nil {
+				c.cfg.Logf("controller: snapshot set aside as %s.bad, recovering without it: %v", filepath.Base(s.Path), err)
 			}
 			continue
 		}

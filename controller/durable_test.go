@@ -651,5 +651,5 @@ func TestStateMessageLongerThanTheFile(t *testing.T) {
 	b = append(b, make([]byte, 16)...)
 	_, err := readState(bytes.NewReader(b), int64(len(b)))
 	require.ErrorIs(t, err, engine.ErrCorrupt)
-	assert.Contains(t, err.Error(), "header of 1099511627776 bytes, 16 left in the file")
+	assert.Contains(t, err.Error(), "header at byte 0: 1099511627776 bytes, 16 left in the file")
 }

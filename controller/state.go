@@ -338,6 +338,11 @@ type stateReader struct {
 	crc  uint32
 	buf  []byte
 	left int64 // bytes not yet read, or -1 when not known
+	// off is the bytes read so far; at and what are the offset and kind
+	// of the message read last (or being read), for errors.
+	off  int64
+	at   int64
+	what string
 }
 
 // newStateReader reads r, of size bytes (-1 when not known).
@@ -345,34 +350,78 @@ func newStateReader(r io.Reader, size int64, bufSize int) *stateReader {
 	return &stateReader{r: bufio.NewReaderSize(r, bufSize), left: size}
 }
 
+// next reads the next message, a what, into m. Its errors do not say
+// where: the caller's do (sr.what, sr.at).
 func (sr *stateReader) next(m proto.Message, what string) error {
+	b, err := sr.raw(what)
+	if err != nil {
+		return err
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return corrupt("decode: %s", err.Error())
+	}
+	return nil
+}
+
+// raw reads the next message's bytes (valid until the next read) and
+// adds them to the CRC.
+func (sr *stateReader) raw(what string) ([]byte, error) {
+	sr.at, sr.what = sr.off, what
 	n, err := binary.ReadUvarint(sr.r)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return corrupt("read %s: %s", what, err.Error())
+		return nil, corrupt("read: %s", err.Error())
 	}
+	sr.off += int64(uvarintLen(n))
 	if sr.left >= 0 {
 		sr.left -= int64(uvarintLen(n))
 		if n > uint64(max(sr.left, 0)) {
-			return corrupt("%s of %d bytes, %d left in the file", what, n, max(sr.left, 0))
+			return nil, corrupt("%d bytes, %d left in the file", n, max(sr.left, 0))
 		}
 		sr.left -= int64(n)
 	} else if n > maxStateMessage {
-		return corrupt("%s of %d bytes exceeds %d", what, n, maxStateMessage)
+		return nil, corrupt("%d bytes exceeds %d", n, maxStateMessage)
 	}
 	if cap(sr.buf) < int(n) {
 		sr.buf = make([]byte, n)
 	}
 	b := sr.buf[:n]
 	if _, err := io.ReadFull(sr.r, b); err != nil {
-		return corrupt("read %s: %s", what, err.Error())
+		return nil, corrupt("read: %s", err.Error())
 	}
-	if err := proto.Unmarshal(b, m); err != nil {
-		return corrupt("decode %s: %s", what, err.Error())
-	}
+	sr.off += int64(n)
 	sr.crc = crc32.Update(sr.crc, castagnoli, b)
+	return b, nil
+}
+
+// checkStateSum reads a state file of size bytes message by message,
+// decoding only the last (the trailer), and checks the CRC it holds
+// against the bytes before it: a damaged file is refused as such before
+// anything in it is believed.
+func checkStateSum(r io.Reader, size int64) error {
+	sr := newStateReader(r, size, 1<<20)
+	var last []byte
+	var before uint32 // the CRC of the messages before last
+	for what := "header"; sr.left > 0; what = "message" {
+		before = sr.crc
+		b, err := sr.raw(what)
+		if err != nil {
+			return fmt.Errorf("%s at byte %d: %w", sr.what, sr.at, err)
+		}
+		last = b
+	}
+	if last == nil {
+		return corrupt("an empty file")
+	}
+	tr := &wirepb.StateTrailer{}
+	if err := proto.Unmarshal(last, tr); err != nil {
+		return corrupt("decode the trailer (the last message, at byte %d): %s", sr.at, err.Error())
+	}
+	if tr.Crc32C != before {
+		return corrupt("checksum %08x in the trailer at byte %d, the bytes before it give %08x", tr.Crc32C, sr.at, before)
+	}
 	return nil
 }
 
@@ -383,9 +432,27 @@ func uvarintLen(n uint64) int {
 }
 
 // readState reads and validates a whole state file of size bytes (-1
-// when not known: each message is then bounded at maxStateMessage).
-func readState(r io.Reader, size int64) (*loadedState, error) {
+// when not known: each message is then bounded at maxStateMessage, and
+// the checksum is only checked at the end). Errors say where in the file.
+func readState(r io.ReadSeeker, size int64) (*loadedState, error) {
+	if size >= 0 {
+		if err := checkStateSum(r, size); err != nil {
+			return nil, err
+		}
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
 	sr := newStateReader(r, size, 1<<20)
+	ls, err := sr.readState()
+	if err != nil {
+		// In the last message read, or found in what it said.
+		return nil, fmt.Errorf("%s at byte %d: %w", sr.what, sr.at, err)
+	}
+	return ls, nil
+}
+
+func (sr *stateReader) readState() (*loadedState, error) {
 	head := &wirepb.StateHeader{}
 	if err := sr.next(head, "header"); err != nil {
 		return nil, err
@@ -468,6 +535,7 @@ func readState(r io.Reader, size int64) (*loadedState, error) {
 	if _, err := sr.r.ReadByte(); err != io.EOF {
 		return nil, corrupt("bytes after the trailer")
 	}
+	sr.at, sr.what = 0, "header" // what the rest checks
 	var seen indexSet
 	for _, gi := range head.Reusable {
 		if gi >= head.NextIndex {

@@ -1,0 +1,109 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// A damaged state file is refused with an error naming the file and
+// where in it the damage is; a flipped byte is found by the checksum
+// before anything is read into the state. A flip used to read as whatever
+// the flipped message then said ('partition "p": a chunk of 0 rows after
+// 49 of 50'), and no error said where.
+func TestStateFileErrorNamesOffset(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	insert(t, c, "p", 50, "x")
+	dir := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(dir))
+	path := filepath.Join(dir, stateFile)
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name string
+		mod  func([]byte) []byte
+		want string
+	}{
+		{"truncated", func(b []byte) []byte { return b[:len(b)*2/3] }, "at byte"},
+		{"flipped", func(b []byte) []byte { b = append([]byte{}, b...); b[len(b)/2] ^= 0x40; return b }, "checksum"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(path, tc.mod(orig), 0o600))
+			_, err := c.Load(dir)
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.Contains(t, err.Error(), stateFile)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, err.Error(), "chunk", "read before its checksum was checked")
+		})
+	}
+}
+
+// logLines collects what a controller reports through Config.Logf.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *logLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+// An unreadable snapshot is set aside with a line in the log saying which
+// and why; when the log cannot make up for the snapshots set aside, the
+// error that fails the start names them. Both used to be silent: the
+// error said only which records were missing.
+func TestSetAsideSnapshotsAreReported(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	insert(t, c, "p", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "q", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "r", 5, "x")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	snaps := c.j.Snapshots()
+	require.Len(t, snaps, 2)
+	crash(t, c)
+
+	damage := func(path string) {
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		b[len(b)/2] ^= 0x40
+		require.NoError(t, os.WriteFile(path, b, 0o600))
+	}
+	damage(snaps[0].Path)
+	var log logLines
+	d, err := New(Config{Dir: dir, Logf: log.logf})
+	require.NoError(t, err, "the older snapshot and the records since")
+	require.NoError(t, d.Close())
+	require.Len(t, log.all(), 1)
+	assert.Contains(t, log.all()[0], filepath.Base(snaps[0].Path))
+	assert.Contains(t, log.all()[0], "checksum")
+
+	// Both unreadable: the newest is the one the clean close just wrote.
+	for _, s := range d.j.Snapshots() {
+		damage(s.Path)
+	}
+	_, err = New(Config{Dir: dir})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.Contains(t, err.Error(), "set aside")
+	for _, s := range d.j.Snapshots() {
+		assert.Contains(t, err.Error(), filepath.Base(s.Path), "the error names the snapshots set aside")
+	}
+}
