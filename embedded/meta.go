@@ -374,7 +374,10 @@ func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *
 func (k kvData) SetValue(ctx context.Context, partition, key, field string, size int, read controller.ValueReader) (engine.KeysCommitted, error) {
 	if Name(partition) && Name(key) && Name(field) {
 		if u := k.one.UnitFor(key); u != nil {
-			if r, err := u.Reserve(engine.WithoutWait(ctx), []int64{int64(size)}); err == nil {
+			// Held: a client slower than the unit's reserve timeout must
+			// not write into extents handed to another put meanwhile.
+			// Every path below ends r (Abort here, OneKey.Commit).
+			if r, err := u.ReserveHeld(engine.WithoutWait(ctx), []int64{int64(size)}); err == nil {
 				if err := read.ReadPayloadTo(r.Buf(0)); err != nil {
 					r.Abort()
 					return engine.KeysCommitted{}, err

@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -368,4 +369,55 @@ func TestKVDataSharesTags(t *testing.T) {
 	again, err := ctrl.ResolveKeys("p", keys, nil, false)
 	require.NoError(t, err)
 	assert.Equal(t, []engine.Tags{one, one, one}, again.Tags)
+}
+
+// A KV_SET whose payload arrives slower than the unit's reservation
+// timeout fails, and the rest of its bytes never land in memory the unit
+// handed to another put meanwhile: its reservation is held (see
+// storage.Unit.ReserveHeld) until SetValue ends it. It used to be
+// aborted by the unit's reaper with the read still going, so another put
+// got the same bytes and the slow payload overwrote that put's cell.
+func TestSetValueSlowerThanTheReserveTimeoutSparesOtherPuts(t *testing.T) {
+	ctrl, err := controller.New(controller.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	scfg := storage.DefaultConfig()
+	scfg.Capacity, scfg.SegmentSize = 1<<20, 1<<20
+	scfg.ReserveTimeout = 50 * time.Millisecond
+	u, err := storage.NewUnit(0, scfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+	require.NoError(t, err)
+	u.SetID(id)
+	kdi, err := KVData(ctrl, u)
+	require.NoError(t, err)
+	kd := kdi.(kvData)
+	ctx := context.Background()
+
+	const n = 100
+	victim := bytes.Repeat([]byte("V"), n)
+	_, err = kd.SetValue(ctx, "p", "slow", "f", n, controller.ReadFunc(func(dst []byte) error {
+		copy(dst[:n/2], bytes.Repeat([]byte("A"), n/2))
+		// The client stalls until the unit's reaper has timed the
+		// reservation out; another put comes meanwhile.
+		require.Eventually(t, func() bool { return u.Stats().OpenReservations == 0 }, 10*time.Second, time.Millisecond)
+		_, err := kd.SetValue(ctx, "p", "victim", "f", n, controller.ReadFunc(func(d []byte) error {
+			copy(d, victim)
+			return nil
+		}))
+		require.NoError(t, err)
+		copy(dst[n/2:], bytes.Repeat([]byte("X"), n/2)) // the rest of the slow payload
+		return nil
+	}))
+	require.ErrorIs(t, err, engine.ErrInvalid, "the slow put outlived its reservation")
+	_, found := ctrl.KeyCells("p", "slow", []string{"f"}, nil)
+	assert.False(t, found)
+
+	val, _, release, ok, err := kd.GetValue(ctx, "p", "victim", "f", 1<<20)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, string(victim), string(val), "the other put's bytes")
+	release()
+	assert.Equal(t, 1, u.Stats().Extents, "the slow put's extent is given back")
 }

@@ -22,7 +22,8 @@ const (
 // caller fills [Reservation.Buf] and then either commits or aborts; a
 // reservation that is still open after [Config.ReserveTimeout] is aborted
 // by the unit, so a writer that dies leaves no readable bytes and no leaked
-// space.
+// space (one from [Unit.ReserveHeld] can no longer commit, and keeps its
+// extents until Abort).
 //
 // Its methods are safe for concurrent use, but a reservation is meant to
 // be filled by one put. The unit owns the memory of [Reservation.Buf].
@@ -32,7 +33,7 @@ type Reservation struct {
 	one     [1]*extent
 	bytes   int64 // rounded bytes of exts
 	visible bool  // extents were held across an unlock while placing
-	held    bool  // see Unit.reserveHeld
+	held    bool  // see Unit.ReserveHeld
 
 	// Guarded by u.mu.
 	state      reservationState

@@ -251,7 +251,7 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 	if m.NoWait {
 		rctx = engine.WithoutWait(rctx)
 	}
-	r, err := s.u.reserveHeld(rctx, sizes)
+	r, err := s.u.ReserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {
 		rw.Error(err) // the wire server discards the payload

@@ -533,7 +533,7 @@ func TestHeldReservation(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer u.Close()
-		r, err := u.reserveHeld(t.Context(), []int64{1000, 0, 64 << 10})
+		r, err := u.ReserveHeld(t.Context(), []int64{1000, 0, 64 << 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -554,7 +554,7 @@ func TestHeldReservation(t *testing.T) {
 			t.Fatalf("after Abort: %+v", st)
 		}
 		// One committed in time is not affected.
-		ok, err := u.reserveHeld(t.Context(), []int64{10})
+		ok, err := u.ReserveHeld(t.Context(), []int64{10})
 		if err != nil {
 			t.Fatal(err)
 		}

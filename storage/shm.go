@@ -14,7 +14,7 @@ package storage
 //	            SIGKILL — the session aborts the reservations and releases
 //	            the leases, so a dead client gives its memory back.
 //
-// Reservations made for a session are "held" (see Unit.reserveHeld): when
+// Reservations made for a session are "held" (see Unit.ReserveHeld): when
 // one outlives Config.ReserveTimeout it can no longer commit, but its
 // extents stay allocated until the session aborts it, so a slow client
 // never writes into memory handed to someone else.
@@ -194,7 +194,7 @@ func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyW
 	if m.NoWait {
 		rctx = engine.WithoutWait(rctx)
 	}
-	r, err := s.u.reserveHeld(rctx, sizes)
+	r, err := s.u.ReserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {
 		rw.Error(err)

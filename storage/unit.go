@@ -211,13 +211,16 @@ func (u *Unit) Reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 	return u.reserve(ctx, sizes, false)
 }
 
-// reserveHeld is Reserve for a filler that is certain to end the
-// reservation itself: the unit server, whose handler reads a payload from
-// a socket straight into the extents and then commits or aborts. When such
-// a reservation times out, the unit makes it uncommittable but keeps its
-// extents allocated until the filler calls Abort, so a slow payload can
-// never land in memory handed to someone else meanwhile.
-func (u *Unit) reserveHeld(ctx context.Context, sizes []int64) (*Reservation, error) {
+// ReserveHeld is [Unit.Reserve] for a filler that is certain to end the
+// reservation itself, by Commit or Abort, and may still be writing
+// [Reservation.Buf] when the timeout passes: one that reads a payload
+// from a peer straight into the extents, as the unit server's handlers
+// and an in-process KV_SET do. When such a reservation times out, the unit
+// makes it uncommittable but keeps its extents allocated until the filler
+// calls Abort, so a slow payload never lands in memory handed to someone
+// else meanwhile. A filler that may leave the reservation open must use
+// Reserve: a held reservation nobody ends keeps its extents for good.
+func (u *Unit) ReserveHeld(ctx context.Context, sizes []int64) (*Reservation, error) {
 	return u.reserve(ctx, sizes, true)
 }
 
@@ -571,7 +574,7 @@ func (u *Unit) abortLocked(r *Reservation) {
 }
 
 // expireLocked ends an open reservation whose deadline passed: it is
-// aborted, unless it is held (see reserveHeld), in which case it can no
+// aborted, unless it is held (see ReserveHeld), in which case it can no
 // longer commit but keeps its extents until its filler calls Abort.
 func (u *Unit) expireLocked(r *Reservation) {
 	if !r.held {
