@@ -15,6 +15,7 @@ const (
 	reservationCommitted
 	reservationAborted
 	reservationExpired // timed out while held: extents kept until Abort
+	reservationReaped  // timed out and aborted by the unit: extents freed
 )
 
 // Reservation is the write half of a put: extents allocated by
@@ -92,12 +93,13 @@ func (r *Reservation) Commit() error {
 		return u.opErr("commit", fmt.Errorf("reservation committed already: %w", engine.ErrInvalid))
 	case r.state == reservationAborted:
 		return u.opErr("commit", fmt.Errorf("reservation aborted: %w", engine.ErrInvalid))
-	case r.state == reservationExpired:
+	case r.state == reservationExpired || r.state == reservationReaped:
 		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	case u.closed:
 		return u.opErr("commit", engine.ErrClosed)
 	case now.After(r.deadline):
 		u.abortLocked(r)
+		r.state = reservationReaped
 		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	}
 	at := int64(now.Sub(u.epoch))

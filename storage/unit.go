@@ -576,9 +576,11 @@ func (u *Unit) abortLocked(r *Reservation) {
 // expireLocked ends an open reservation whose deadline passed: it is
 // aborted, unless it is held (see ReserveHeld), in which case it can no
 // longer commit but keeps its extents until its filler calls Abort.
+// Either way a later Commit says it expired.
 func (u *Unit) expireLocked(r *Reservation) {
 	if !r.held {
 		u.abortLocked(r)
+		r.state = reservationReaped // Abort finds nothing to free
 		return
 	}
 	u.unlinkOpen(r)

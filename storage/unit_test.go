@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/invariants"
@@ -407,6 +409,38 @@ func TestReserveTimeout(t *testing.T) {
 		if _, err := u.Acquire([]engine.RemoteAddr{ok.Addr(0)}); err != nil {
 			t.Fatalf("Acquire of a committed extent after the timeout: %v", err)
 		}
+	})
+}
+
+// TestCommitAfterTheReaperSaysExpired: a Commit of a reservation the
+// reaper timed out says so, as one that finds its deadline passed itself
+// does; a later Abort frees nothing twice. It used to say "reservation
+// aborted", as if the caller had aborted it.
+func TestCommitAfterTheReaperSaysExpired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.ReserveTimeout = time.Second
+		u, err := NewUnit(1, cfg)
+		require.NoError(t, err)
+		defer u.Close()
+		r := reserve(t, u, 100)
+		other := reserve(t, u, 100)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		require.Zero(t, u.Stats().OpenReservations, "the reaper ran")
+		err = r.Commit()
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.ErrorContains(t, err, "reservation expired after 1s")
+		r.Abort()
+		assert.ErrorContains(t, r.Commit(), "reservation expired after 1s", "after an Abort of nothing")
+
+		// Nothing was released twice: the unit holds exactly one new
+		// reservation's bytes.
+		again := reserve(t, u, 100)
+		assert.Equal(t, blockSize(100), u.Stats().Used)
+		again.Abort()
+		other.Abort()
+		assert.Zero(t, u.Stats().Used)
 	})
 }
 
