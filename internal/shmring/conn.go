@@ -9,7 +9,10 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Network is the network name of a channel's addresses.
@@ -44,6 +47,7 @@ const (
 	stClosed  = 1 << iota // Close was called
 	stGone                // the liveness socket broke: the peer is gone
 	stCorrupt             // the peer's index was impossible
+	stDeaf                // the peer left its doorbells unread until the socket filled
 )
 
 // Conn is one side of a channel, as a [net.Conn]. It is safe for
@@ -64,6 +68,14 @@ type Conn struct {
 	state    atomic.Uint32 // st* bits
 	rdl, wdl atomic.Int64  // deadlines in Unix ns, 0: none
 	watchOut chan struct{} // closed when the link watcher exits
+
+	// raw is link's fd (nil for a link without one). bellFns write bell
+	// i's byte on it without blocking, leaving the error in bellErrs[i]:
+	// built once, so that ringing allocates nothing. A bell is rung by
+	// one goroutine at a time (under rmu or wmu).
+	raw      syscall.RawConn
+	bellFns  [4]func(fd uintptr) bool
+	bellErrs [4]error
 
 	rmu, wmu sync.Mutex // one reader, one writer at a time
 
@@ -122,6 +134,22 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 	c.out.mine = c.out.tail.Load()
 	if link != nil {
 		c.addr = Addr(link.LocalAddr().String())
+		if sc, ok := link.(syscall.Conn); ok {
+			if c.raw, err = sc.SyscallConn(); err != nil {
+				return nil, fmt.Errorf("liveness socket: %w", err)
+			}
+			for i := range c.bellFns {
+				c.bellFns[i] = func(fd uintptr) bool {
+					for {
+						_, err := unix.Write(int(fd), bellIDs[i:i+1])
+						if err != unix.EINTR {
+							c.bellErrs[i] = err
+							return true // never wait for room
+						}
+					}
+				}
+			}
+		}
 		go c.watch()
 	} else {
 		close(c.watchOut)
@@ -173,10 +201,25 @@ func (c *Conn) wakeAll() {
 // cheaper per wake, but the FUTEX_WAIT on the other end held a P in a
 // system call: with 16 clients, small KV ops ran at a third of the
 // socket's rate.)
+//
+// The write never blocks: a peer that keeps a sleep word set and never
+// reads its end of the socket would otherwise fill the socket's buffer
+// (a few hundred one-byte writes) and then hold this side's Read or Write
+// in the write past every deadline. A full buffer means a broken peer
+// (one whose watcher reads the socket leaves a few doorbells unread at
+// most) and fails the channel with an error wrapping [ErrCorrupt].
 func (c *Conn) ring(b *bell) {
-	if b.sleep.Load() != 0 && b.sleep.Swap(0) != 0 && c.link != nil {
-		// A failed write means the peer is gone; the watcher sees it.
-		c.link.Write(bellIDs[b.id : b.id+1])
+	if b.sleep.Load() == 0 || b.sleep.Swap(0) == 0 || c.link == nil {
+		return
+	}
+	if c.raw == nil {
+		c.link.Write(bellIDs[b.id : b.id+1]) // a link without an fd (tests)
+		return
+	}
+	// Other failures mean the peer is gone; the watcher sees it.
+	if c.raw.Write(c.bellFns[b.id]) == nil && c.bellErrs[b.id] == unix.EAGAIN {
+		c.state.Or(stDeaf)
+		c.wakeAll()
 	}
 }
 
@@ -211,6 +254,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	for {
+		if c.state.Load()&stDeaf != 0 {
+			return 0, c.stopErr(true)
+		}
 		n, err := c.in.read(p)
 		if err != nil {
 			return 0, c.corrupt(err)
@@ -281,6 +327,8 @@ func (c *Conn) stopErr(read bool) error {
 		return errClosed
 	case st&stCorrupt != 0:
 		return fmt.Errorf("peer's index out of range: %w", ErrCorrupt)
+	case st&stDeaf != 0:
+		return fmt.Errorf("peer reads none of its doorbells (liveness socket full): %w", ErrCorrupt)
 	case c.closedW.Load()&c.peerBit != 0:
 		if read {
 			return io.EOF

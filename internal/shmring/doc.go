@@ -34,7 +34,9 @@
 // it), then parks. Before it parks it sets the bell's sleep word and
 // checks once more; the other side, after publishing its index, rings the
 // bell only when the sleep word is set: it swaps it to 0 and writes the
-// bell's id, one byte, on the liveness socket. Both steps are
+// bell's id, one byte, on the liveness socket, without blocking (a
+// socket too full to take it means the peer stopped reading its
+// doorbells: the channel fails with [ErrCorrupt]). Both steps are
 // sequentially consistent atomics, so either the sleeper sees the new
 // index or the publisher sees the sleeper: no wake-up is lost and an
 // uncontended publish costs no system call. The sleeper parks on a

@@ -48,7 +48,8 @@ var (
 	// (Reads drain what is left and then return io.EOF.)
 	ErrPeerClosed = errors.New("shmring: peer closed")
 	// ErrCorrupt is returned when the peer's index is impossible (more
-	// bytes in a ring than it holds) or a header is malformed.
+	// bytes in a ring than it holds), a header is malformed, or the peer
+	// leaves its doorbells unread until its liveness socket is full.
 	ErrCorrupt = errors.New("shmring: corrupt ring")
 	// ErrVersion is returned by NewConn for a region laid out by another
 	// version of this package (the peer is another build): the caller

@@ -12,9 +12,11 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
@@ -350,6 +352,84 @@ func TestCorruptIndex(t *testing.T) {
 	}
 	if _, err := b.Write([]byte{1}); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("write after corruption: got %v, want an error wrapping %v", err, ErrCorrupt)
+	}
+}
+
+// TestDeafPeerFailsTheChannel: a peer that keeps its sleep words set and
+// never reads its end of the liveness socket makes every read (or write)
+// of this side ring it; once the socket's buffer is full, the channel
+// fails with an error wrapping ErrCorrupt instead of blocking. Reads and
+// writes used to block in the doorbell's write for good, past every
+// deadline (which only governs waiting for the ring).
+func TestDeafPeerFailsTheChannel(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// peer plays the hostile side A on ring 0 (A→B) once.
+		peer func(r0 ring)
+		op   func(b *Conn) error
+	}{
+		{"read", func(r0 ring) { // keeps ring 0 full and waits for space
+			tail := r0.tail.Load()
+			for head := r0.head.Load(); tail-head < uint64(len(r0.buf)); tail++ {
+				r0.buf[tail&r0.mask] = 'x'
+			}
+			r0.tail.Store(tail)
+			r0.space.sleep.Store(1)
+		}, func(b *Conn) error {
+			_, err := b.Read(make([]byte, 1))
+			return err
+		}},
+		{"write", func(r1 ring) { // empties ring 1 and waits for data
+			r1.head.Store(r1.tail.Load())
+			r1.data.sleep.Store(1)
+		}, func(b *Conn) error {
+			_, err := b.Write([]byte{1})
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const size = MinRingSize
+			mem := make([]byte, Size(size))
+			require.NoError(t, Format(mem, size))
+			la, lb := socketPair(t) // la: the peer's end, never read
+			defer la.Close()
+			b, err := NewConn(mem, SideB, lb, nil, Config{Spin: -1})
+			require.NoError(t, err)
+			defer b.Close()
+			r := ringAt(mem, 0, size) // what b reads
+			if tc.name == "write" {
+				r = ringAt(mem, 1, size) // what b writes
+			}
+			var stop atomic.Bool
+			peerDone := make(chan struct{})
+			go func() {
+				defer close(peerDone)
+				for !stop.Load() {
+					tc.peer(r)
+				}
+			}()
+			defer func() {
+				stop.Store(true)
+				<-peerDone
+			}()
+			// Each call returns by its deadline (the peer rings no bell
+			// of its own: a call that waits for it times out), until the
+			// channel fails; before, one blocked in the doorbell's write
+			// for good.
+			done := make(chan error, 1)
+			go func() {
+				for i := 0; ; i++ {
+					b.SetDeadline(time.Now().Add(100 * time.Millisecond))
+					if err := tc.op(b); err != nil && !os.IsTimeout(err) || i > 10_000_000 {
+						done <- err
+						return
+					}
+				}
+			}()
+			err = within(t, tc.name+"s of a deaf peer", done, time.Minute)
+			require.ErrorIs(t, err, ErrCorrupt)
+			t.Log(err)
+		})
 	}
 }
 
