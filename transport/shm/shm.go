@@ -20,6 +20,16 @@ package shm
 // period past the caller's context, so that its id is known and the hold
 // can be given back; a hold whose id is lost anyway (the connection broke)
 // is given back by the unit when the connection ends.
+//
+// The unit gives a connection's holds back the moment it ends, and may
+// hand their bytes to another put at once; so no copy of Write or Read
+// may run through a hold past the connection's end. Close stops the
+// copies in flight (they check between chunks) and waits for them before
+// it closes the connection. A connection that ends otherwise (the unit
+// hangs up, a ping times out) stops them too, and a Read whose connection
+// ended before its copy finished fails: the bytes may be another put's.
+// A Write's copy can still run a moment past such an end, until this
+// side sees it (see Conn.Write).
 
 import (
 	"context"
@@ -156,7 +166,9 @@ func (t *Transport) Close() error { return t.conns.Close() }
 // caller's again when the call returns. Slices from [Lease.Bytes] and
 // [Reservation.Buf] point into the unit's segments as mapped by this Conn:
 // they are valid until the lease is released or the reservation ends, and
-// never after [Conn.Close], which unmaps the segments.
+// never after [Conn.Close], which unmaps the segments. The unit holds
+// them for this connection only: once it ends ([Conn.Gone]), it may hand
+// their bytes to others.
 type Conn struct {
 	t      *Transport
 	cfg    Config
@@ -172,6 +184,7 @@ type Conn struct {
 	mu     sync.RWMutex
 	closed bool
 	ops    sync.WaitGroup // calls that may touch the mappings; Close waits
+	copies sync.WaitGroup // Write's and Read's copies through a hold; Close waits before it ends the connection
 	segs   map[uint32]*segment
 	mapMu  sync.Mutex // serializes fetching and mapping new segments
 
@@ -250,10 +263,11 @@ func (c *Conn) Control() Control {
 	return ControlSocket
 }
 
-// Close closes the wire connection — the unit then aborts this
-// connection's open reservations and releases its leases — fails calls in
-// flight with errors wrapping [engine.ErrClosed], waits for them, and
-// unmaps the segments. It is idempotent.
+// Close stops the copies of Write and Read in flight, then closes the
+// wire connection — the unit then aborts this connection's open
+// reservations and releases its leases — fails calls in flight with
+// errors wrapping [engine.ErrClosed], waits for them, and unmaps the
+// segments. It is idempotent.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
@@ -261,6 +275,9 @@ func (c *Conn) Close() error {
 		close(c.done)
 		wc := c.wc
 		c.mu.Unlock()
+		// The copies stop at their next chunk; until they have, the
+		// connection keeps the unit from reusing their extents.
+		c.copies.Wait()
 		var errs []error
 		if wc != nil {
 			errs = append(errs, wc.Close())
@@ -360,6 +377,13 @@ func (c *Conn) cleanup(op wire.Op, body proto.Message) { c.wc.Cleanup(op, body) 
 // [engine.ErrCapacity] when the unit is full, [engine.ErrClosed] after
 // Close, [wire.ErrUnavailable] when the unit stops answering, and ctx's
 // error.
+//
+// The copy stops when the Conn closes (Close waits for it) or the
+// connection ends. A connection that ends without Close — the unit
+// hangs up, or stops answering pings — may have ended on the unit a
+// moment before this side sees it, and the unit may have given the
+// reservation's extents to another put meanwhile: the copy can write up
+// to one chunk per copying goroutine into them before it stops.
 func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
 	if err := wire.CheckCount("extents", len(extents)); err != nil {
 		return nil, c.opErr("write", err)
@@ -397,7 +421,10 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 			buf = buf[len(p):]
 		}
 	}
-	copyAll(jobs)
+	if err := c.copyHeld(jobs); err != nil {
+		r.abort()
+		return nil, c.opErr("write", err)
+	}
 	if err := r.commit(ctx); err != nil {
 		return nil, c.opErr("write", err)
 	}
@@ -436,14 +463,54 @@ func (c *Conn) writeInline(ctx context.Context, extents [][][]byte, sizes []int6
 // copyJob is one copy of src into dst (at least as long).
 type copyJob struct{ dst, src []byte }
 
+// copyHeld runs jobs through a hold of this connection (a reservation or
+// a lease) unless the Conn closes or the connection ends first, and fails
+// if that happened before the copy was done: the unit gives the holds
+// back when the connection ends. Close waits for it.
+func (c *Conn) copyHeld(jobs []copyJob) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return c.errClosed()
+	}
+	c.copies.Add(1)
+	c.mu.Unlock()
+	defer c.copies.Done()
+	ended := c.wc.Done()
+	stop := func() bool {
+		select {
+		case <-c.done:
+			return true
+		case <-ended:
+			return true
+		default:
+			return false
+		}
+	}
+	if copyAll(jobs, stop) && c.wc.Err() == nil {
+		return nil
+	}
+	select {
+	case <-c.done:
+		return c.errClosed()
+	default:
+	}
+	if err := c.wc.Err(); err != nil {
+		return fmt.Errorf("connection ended during the copy: %w", err)
+	}
+	return fmt.Errorf("connection ended during the copy: %w", wire.ErrUnavailable)
+}
+
 // parallelCopyMin is the smallest copy worth splitting across goroutines.
 const parallelCopyMin = 16 << 20
 
 // copyAll runs the copies, split into byte ranges of about equal size on
 // up to GOMAXPROCS goroutines (at most 4) when they are large: one core
 // does not saturate memory bandwidth here (machine.md §3a: 20–23 GB/s on
-// one core, 24–26 on two).
-func copyAll(jobs []copyJob) {
+// one core, 24–26 on two). Each goroutine asks stop before every chunk
+// and gives up when it says so; copyAll reports whether every byte was
+// copied.
+func copyAll(jobs []copyJob, stop func() bool) bool {
 	total := 0
 	for _, j := range jobs {
 		total += len(j.src)
@@ -451,12 +518,23 @@ func copyAll(jobs []copyJob) {
 	workers := min(runtime.GOMAXPROCS(0), 4, total/(parallelCopyMin/2))
 	if total < parallelCopyMin || workers < 2 {
 		for _, j := range jobs {
-			copyChunked(j.dst, j.src)
+			if !copyChunked(j.dst, j.src, stop) {
+				return false
+			}
 		}
-		return
+		return true
 	}
 	share := (total + workers - 1) / workers
 	var wg sync.WaitGroup
+	var stopped atomic.Bool
+	copyPart := func(part []copyJob) {
+		for _, p := range part {
+			if !copyChunked(p.dst, p.src, stop) {
+				stopped.Store(true)
+				return
+			}
+		}
+	}
 	var mine []copyJob
 	left := share
 	for _, j := range jobs {
@@ -467,35 +545,38 @@ func copyAll(jobs []copyJob) {
 			dst, src, left = dst[n:], src[n:], left-n
 			if left == 0 {
 				part := mine
-				wg.Go(func() {
-					for _, p := range part {
-						copyChunked(p.dst, p.src)
-					}
-				})
+				wg.Go(func() { copyPart(part) })
 				mine, left = nil, share
 			}
 		}
 	}
-	for _, p := range mine { // the last share, on this goroutine
-		copyChunked(p.dst, p.src)
-	}
+	copyPart(mine) // the last share, on this goroutine
 	wg.Wait()
+	return !stopped.Load()
 }
 
 // copyChunked copies src into dst (at least as long) in pieces below
-// 1 MiB each.
-func copyChunked(dst, src []byte) {
+// 1 MiB each, asking stop before each; it reports whether it copied all.
+func copyChunked(dst, src []byte, stop func() bool) bool {
 	for len(src) > 0 {
+		if stop() {
+			return false
+		}
 		n := copy(dst, src[:min(len(src), copyChunk)])
 		dst, src = dst[n:], src[n:]
 	}
+	return true
 }
 
 // Read copies each range's bytes into dst[i], whose length must equal
 // ranges[i].Len, out of shared memory under a lease. A range the unit no
 // longer holds fails the whole read with an error wrapping
 // [engine.ErrNotFound]. Other errors as for [Conn.Write], and
-// [engine.ErrInvalid] for mismatched lengths.
+// [engine.ErrInvalid] for mismatched lengths. A Read whose connection
+// ended (as far as this side has seen) before its copy was done fails —
+// the unit released the lease then, and the bytes may be another put's —
+// with an error wrapping [engine.ErrClosed] after Close; dst then holds
+// garbage.
 func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byte) error {
 	if err := wire.CheckReadBuffers(ranges, dst); err != nil {
 		return c.opErr("read", err)
@@ -524,8 +605,11 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 	for i, v := range l.views {
 		jobs[i] = copyJob{dst[i], v}
 	}
-	copyAll(jobs)
+	err = c.copyHeld(jobs)
 	l.Release()
+	if err != nil {
+		return c.opErr("read", err)
+	}
 	return nil
 }
 
