@@ -7,8 +7,9 @@ package wire
 //	reader     the only one that reads; it matches replies to pending calls
 //	           by request id and reads a reply's payload straight into the
 //	           buffers the call provides
-//	keepalive  pings the peer; a peer that stops answering fails the
-//	           connection, and with it every pending call
+//	keepalive  pings the peer; a peer that stops answering (and sends
+//	           nothing else, and takes nothing being written to it) fails
+//	           the connection, and with it every pending call
 //
 // A call whose context ends before its reply arrives is abandoned, and a
 // CANCEL for it is queued on the writer (written by a short-lived
@@ -27,6 +28,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -67,6 +69,7 @@ type Conn struct {
 	err     error // why the connection failed; set once
 
 	w         *frameWriter
+	read      atomic.Int64  // bytes the reader took off the socket (see keepAlive)
 	done      chan struct{} // closed when the connection fails or closes
 	readerOut chan struct{}
 	kaOut     chan struct{}
@@ -437,7 +440,7 @@ const abandonGrace = 100 * time.Millisecond
 
 func (c *Conn) readLoop() {
 	defer close(c.readerOut)
-	br := bufio.NewReaderSize(c.nc, 64<<10)
+	br := bufio.NewReaderSize(countingReader{c.nc, &c.read}, 64<<10)
 	var hb [HeaderSize]byte
 	var err error
 	for err == nil {
@@ -624,6 +627,13 @@ func (c *Conn) Ping(ctx context.Context) error {
 	return c.Do(ctx, OpPing, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil)
 }
 
+// keepAlive pings the peer every KeepAlive and fails the connection when
+// a ping goes unanswered for PingTimeout while the peer shows no other
+// sign of life. Frames go each way in order: a working peer's pong may
+// come late, after a large reply it is still sending, and the ping may go
+// out late, after a large request still being written to it. So bytes
+// read since the ping, or a write in progress, count as an answer; the
+// peer is asked again later.
 func (c *Conn) keepAlive() {
 	defer close(c.kaOut)
 	if c.cfg.KeepAlive < 0 {
@@ -638,17 +648,28 @@ func (c *Conn) keepAlive() {
 			return
 		case <-t.C:
 		}
+		read := c.read.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PingTimeout)
 		err := c.Ping(ctx)
 		cancel()
 		if err != nil && ctx.Err() != nil {
-			if c.w.writing.Load() {
-				// The ping is queued behind a large frame still going out:
-				// the peer is taking bytes, so it is alive. Ask again later.
+			if c.read.Load() != read || c.w.writing.Load() {
 				continue
 			}
 			c.fail(fmt.Errorf("peer stopped answering (no pong in %v): %w", c.cfg.PingTimeout, ErrUnavailable))
 			return
 		}
 	}
+}
+
+// countingReader counts the bytes read through it into n.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n.Add(int64(n))
+	return n, err
 }

@@ -1,0 +1,64 @@
+package wire
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// slowReadConn reads at most 64 KiB per 10 ms (about 6 MiB/s).
+type slowReadConn struct{ net.Conn }
+
+func (c slowReadConn) Read(p []byte) (int, error) {
+	time.Sleep(10 * time.Millisecond)
+	if len(p) > 64<<10 {
+		p = p[:64<<10]
+	}
+	return c.Conn.Read(p)
+}
+
+// keepAliveConn dials addr with pings every 50 ms that may go unanswered
+// for 300 ms, reading through wrap.
+func keepAliveConn(t *testing.T, addr string, wrap func(net.Conn) net.Conn) *Conn {
+	network, address, err := ParseAddr(addr)
+	require.NoError(t, err)
+	nc, err := net.Dial(network, address)
+	require.NoError(t, err)
+	c := NewConn(wrap(nc), ConnConfig{KeepAlive: 50 * time.Millisecond, PingTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { c.Close() })
+	_, err = c.Hello(t.Context(), nil)
+	require.NoError(t, err)
+	return c
+}
+
+// TestKeepAliveSparesAPeerSendingALongReply: a reply that takes longer
+// than the ping timeout to arrive delays the pong, which the server sends
+// after it; the bytes of the reply arriving meanwhile show the peer is
+// alive, and the call gets its reply.
+func TestKeepAliveSparesAPeerSendingALongReply(t *testing.T) {
+	const size = 8 << 20 // about 1.3 s through slowReadConn
+	big := make([]byte, size)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	const opBigReply Op = 202
+	_, addr := startServer(t, ServerConfig{}, "tcp", func(s *Server) {
+		s.Handle(opBigReply, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+			rw.Reply(&wirepb.Ping{}, net.Buffers{big}, nil)
+		})
+	})
+	c := keepAliveConn(t, addr, func(nc net.Conn) net.Conn { return slowReadConn{nc} })
+	got := make([]byte, size)
+	err := c.Do(t.Context(), opBigReply, &wirepb.Ping{}, nil, &wirepb.Ping{}, func(Header, proto.Message) ([][]byte, error) {
+		return [][]byte{got}, nil
+	})
+	require.NoError(t, err, "a live peer sending its reply was declared dead")
+	require.Equal(t, big, got)
+	require.NoError(t, c.Err())
+}
