@@ -14,7 +14,9 @@ package wire
 // A call whose context ends before its reply arrives is abandoned, and a
 // CANCEL for it is queued on the writer (written by a short-lived
 // goroutine when the writer is idle, so that Do never waits on the
-// socket); a reply that still comes is skipped.
+// socket); a reply that still comes is skipped. A request still queued,
+// which nobody has started writing, is dropped from the queue instead: the
+// peer never sees it.
 //
 // A call's payload buffers belong to the caller again only when Do
 // returns; Do never returns while the writer or the reader may still touch
@@ -387,11 +389,17 @@ func (c *Conn) forget(id uint64) {
 }
 
 // abandon gives up on a call without leaving goroutines that still touch
-// its buffers: it waits for the frame to be written (or dropped) and for a
-// payload being received to finish. With cancel, a call whose reply has
-// not started arriving is canceled on the server. It reports whether the
-// call and its frame may be reused: the reader no longer holds the call
-// (it could still, for a moment, when the connection failed meanwhile).
+// its buffers. A frame still queued, which nobody has started writing, is
+// taken out of the queue: the peer never sees the request, and nothing
+// else on the connection waits for it. Otherwise, with cancel, a call
+// whose reply has not started arriving is canceled on the server; abandon
+// waits for a payload being received to finish, and for a payload being
+// written, failing the connection if that takes longer than abandonGrace
+// (a frame without a payload holds none of the caller's buffers: the
+// writer finishes it on its own). It reports whether the call and its
+// frame may be reused: neither the writer nor the reader holds them (the
+// reader could still, for a moment, when the connection failed
+// meanwhile).
 func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse bool) {
 	c.mu.Lock()
 	receiving := cl.receiving
@@ -400,6 +408,9 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
+	if c.w.unqueue(f) {
+		return pending
+	}
 	if cancel && pending && !receiving {
 		c.cancel(id)
 	}
@@ -408,10 +419,18 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	}
 	select {
 	case <-f.written:
+		return pending || receiving
+	default:
+	}
+	if len(f.payload) == 0 {
+		return false // the writer still holds the frame
+	}
+	select {
+	case <-f.written:
 	case <-time.After(abandonGrace):
-		// The frame is still queued or mid-write (a large payload on a slow
-		// or dead peer). The caller's buffers cannot be returned while the
-		// writer may read them: give up on the connection to stop it.
+		// The payload is mid-write (a large one on a slow or dead peer).
+		// The caller's buffers cannot be returned while the writer may
+		// read them: give up on the connection to stop it.
 		c.fail(fmt.Errorf("a call was abandoned while its request was being written: %w", ErrUnavailable))
 		<-f.written
 	}
@@ -434,8 +453,8 @@ func (c *Conn) cancel(id uint64) {
 	c.w.post(&outFrame{buf: b, written: make(chan error, 1)}, &c.posts)
 }
 
-// abandonGrace is how long an abandoned call waits for its request frame
-// to finish writing before it fails the connection.
+// abandonGrace is how long an abandoned call waits for its request's
+// payload to finish writing before it fails the connection.
 const abandonGrace = 100 * time.Millisecond
 
 func (c *Conn) readLoop() {

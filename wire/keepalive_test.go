@@ -62,3 +62,20 @@ func TestKeepAliveSparesAPeerSendingALongReply(t *testing.T) {
 	require.Equal(t, big, got)
 	require.NoError(t, c.Err())
 }
+
+// TestKeepAliveSparesAPeerThatTakesALargeRequestLate: the keepalive's
+// ping, queued behind a large payload the server takes only after a
+// wait, goes unanswered past the ping timeout; giving it up takes it out
+// of the queue, and the write in progress shows the peer is alive: the
+// connection and the large call go on.
+func TestKeepAliveSparesAPeerThatTakesALargeRequestLate(t *testing.T) {
+	addr, started, open := gatedReadServer(t)
+	c := keepAliveConn(t, addr, func(nc net.Conn) net.Conn { return nc })
+	large := largeGatedCall(t, c, started)
+
+	time.Sleep(time.Second) // pings given up, the first after 300 ms
+	require.NoError(t, c.Err(), "the connection failed while its peer was alive")
+
+	open()
+	require.NoError(t, recv(t, large, "end of the large call"))
+}

@@ -16,6 +16,7 @@ package wire
 
 import (
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -168,6 +169,20 @@ func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	default:
 		wg.Go(func() { w.send(f) })
 	}
+}
+
+// unqueue takes f out of the queue if nobody has started writing it, and
+// reports whether it did: f.written then receives nothing, and f is the
+// caller's again.
+func (w *frameWriter) unqueue(f *outFrame) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := slices.Index(w.pending, f)
+	if i < 0 {
+		return false
+	}
+	w.pending = slices.Delete(w.pending, i, i+1)
+	return true
 }
 
 // flatMax is the most bytes a writer without a timeout copies into one
