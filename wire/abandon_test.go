@@ -15,12 +15,22 @@ import (
 const opGatedRead Op = 207
 
 // gatedReadServer serves opGatedRead: each request reports its id on
-// started; one whose Ping nonce is not 0 then waits for open before it
-// reads its payload (as a unit waits for space), and every one replies
-// once it has read its payload.
-func gatedReadServer(t *testing.T) (addr string, started chan uint64, open func()) {
+// started; one whose Ping nonce is not 0 then waits for open(nonce)
+// before it reads its payload (as a unit waits for space), and every one
+// replies once it has read its payload.
+func gatedReadServer(t *testing.T) (addr string, started chan uint64, open func(nonce uint64)) {
 	t.Helper()
-	started, gate := make(chan uint64, 16), make(chan struct{})
+	started = make(chan uint64, 16)
+	var mu sync.Mutex
+	gates := map[uint64]chan struct{}{}
+	gate := func(nonce uint64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if gates[nonce] == nil {
+			gates[nonce] = make(chan struct{})
+		}
+		return gates[nonce]
+	}
 	_, addr = startServer(t, ServerConfig{}, "tcp", func(s *Server) {
 		s.Handle(opGatedRead, func(ctx context.Context, req *Request, rw *ReplyWriter) {
 			started <- req.ID
@@ -31,7 +41,7 @@ func gatedReadServer(t *testing.T) (addr string, started chan uint64, open func(
 			}
 			if p.Nonce != 0 {
 				select {
-				case <-gate:
+				case <-gate(p.Nonce):
 				case <-ctx.Done():
 				}
 			}
@@ -42,20 +52,29 @@ func gatedReadServer(t *testing.T) (addr string, started chan uint64, open func(
 			rw.Reply(&wirepb.Empty{}, nil, nil)
 		})
 	})
-	open = sync.OnceFunc(func() { close(gate) })
-	t.Cleanup(open)
+	opened := map[uint64]bool{}
+	open = func(nonce uint64) {
+		g := gate(nonce)
+		mu.Lock()
+		defer mu.Unlock()
+		if !opened[nonce] {
+			opened[nonce] = true
+			close(g)
+		}
+	}
+	t.Cleanup(func() { open(1); open(2) })
 	return addr, started, open
 }
 
 // largeGatedCall starts a call of a 64 MiB payload, more than the
-// sockets hold, that the server takes only once open is called; it
+// sockets hold, that the server takes only once open(nonce) is called; it
 // returns once the server has its header, while the payload is being
 // written.
-func largeGatedCall(t *testing.T, c *Conn, started chan uint64) <-chan error {
+func largeGatedCall(t *testing.T, c *Conn, started chan uint64, nonce uint64) <-chan error {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- c.Do(context.Background(), opGatedRead, &wirepb.Ping{Nonce: 1}, net.Buffers{make([]byte, 64<<20)}, &wirepb.Empty{}, nil)
+		errc <- c.Do(context.Background(), opGatedRead, &wirepb.Ping{Nonce: nonce}, net.Buffers{make([]byte, 64<<20)}, &wirepb.Empty{}, nil)
 	}()
 	recv(t, started, "start of the large call")
 	return errc
@@ -68,7 +87,7 @@ func largeGatedCall(t *testing.T, c *Conn, started chan uint64) <-chan error {
 func TestGivingUpOnAQueuedCallSparesTheConnection(t *testing.T) {
 	addr, started, open := gatedReadServer(t)
 	c := dial(t, addr, "")
-	large := largeGatedCall(t, c, started)
+	large := largeGatedCall(t, c, started, 1)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
@@ -76,7 +95,7 @@ func TestGivingUpOnAQueuedCallSparesTheConnection(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.NoError(t, c.Err(), "the connection failed with the small call")
 
-	open()
+	open(1)
 	require.NoError(t, recv(t, large, "end of the large call"))
 	require.NoError(t, c.Ping(t.Context()))
 	select {
@@ -84,4 +103,33 @@ func TestGivingUpOnAQueuedCallSparesTheConnection(t *testing.T) {
 		t.Fatalf("the server got request %d, the call given up before it was written", id)
 	default:
 	}
+}
+
+// TestCallerLeavesOthersLargePayloadsToTheWriter: a caller that found the
+// socket idle writes its own frame, and leaves a large payload another
+// caller queued meanwhile to a goroutine: its call returns with its
+// reply, while the server has not taken the other payload yet.
+func TestCallerLeavesOthersLargePayloadsToTheWriter(t *testing.T) {
+	addr, started, open := gatedReadServer(t)
+	c := dial(t, addr, "")
+	first := largeGatedCall(t, c, started, 1) // the writer, blocked
+	second := make(chan error, 1)
+	go func() {
+		second <- c.Do(t.Context(), opGatedRead, &wirepb.Ping{Nonce: 2}, net.Buffers{make([]byte, 64<<20)}, &wirepb.Empty{}, nil)
+	}()
+	require.Eventually(t, func() bool {
+		c.w.mu.Lock()
+		defer c.w.mu.Unlock()
+		return len(c.w.pending) == 1
+	}, 10*time.Second, time.Millisecond, "the second call queued")
+
+	open(1)
+	require.NoError(t, recv(t, first, "end of the first call, while the second's payload waits"))
+	select {
+	case err := <-second:
+		t.Fatalf("the second call ended before the server took its payload: %v", err)
+	default:
+	}
+	open(2)
+	require.NoError(t, recv(t, second, "end of the second call"))
 }

@@ -75,7 +75,7 @@ type Conn struct {
 	done      chan struct{} // closed when the connection fails or closes
 	readerOut chan struct{}
 	kaOut     chan struct{}
-	posts     sync.WaitGroup // goroutines writing CANCELs
+	posts     sync.WaitGroup // goroutines writing CANCELs, or frames a caller left queued
 	failOnce  sync.Once
 }
 
@@ -142,6 +142,7 @@ func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 		kaOut:     make(chan struct{}),
 	}
 	c.w = newFrameWriter(nc, func(err error) { c.failWrite(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
+	c.w.bg = &c.posts
 	go c.readLoop()
 	go c.keepAlive()
 	return c
@@ -342,7 +343,7 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	h.Append(b[:0])
 	f.payload = payload
 
-	c.w.send(f) // writes now if the socket is idle, else queues
+	c.w.sendWithin(ctx, f) // writes now if the socket is idle, else queues
 	if done == nil {
 		// A context that never ends: only the reply, or the reader
 		// failing every call when the connection fails, ends the wait.

@@ -71,11 +71,11 @@ func TestKeepAliveSparesAPeerSendingALongReply(t *testing.T) {
 func TestKeepAliveSparesAPeerThatTakesALargeRequestLate(t *testing.T) {
 	addr, started, open := gatedReadServer(t)
 	c := keepAliveConn(t, addr, func(nc net.Conn) net.Conn { return nc })
-	large := largeGatedCall(t, c, started)
+	large := largeGatedCall(t, c, started, 1)
 
 	time.Sleep(time.Second) // pings given up, the first after 300 ms
 	require.NoError(t, c.Err(), "the connection failed while its peer was alive")
 
-	open()
+	open(1)
 	require.NoError(t, recv(t, large, "end of the large call"))
 }

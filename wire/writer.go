@@ -9,12 +9,20 @@ package wire
 // a machine whose cross-CPU wake-ups take tens of microseconds is most of
 // a small request's latency.
 //
+// A client's caller (sendWithin) steps down early, once its own frame is
+// written, when what others queued meanwhile is large or its context is
+// about to end: a goroutine writes the rest, so that the caller's Do
+// returns in time. A few small frames written together stay with the
+// caller: batching them costs it little, and a hand-off on every batch
+// would cost the latency this design saves.
+//
 // A writer with a timeout (the server's) writes in chunks of at most
 // writeChunk bytes, each with a write deadline: a peer that stops reading
 // fails the write, and with it the connection, instead of holding the
 // writer (and every handler waiting on it) forever.
 
 import (
+	"context"
 	"net"
 	"slices"
 	"sync"
@@ -32,6 +40,9 @@ type frameWriter struct {
 	// deadline is the write deadline the socket has (see write); only the
 	// active writer touches it.
 	deadline time.Time
+	// bg, if set, counts the goroutines that callers of sendWithin leave
+	// the writing to.
+	bg *sync.WaitGroup
 
 	mu      sync.Mutex
 	pending []*outFrame
@@ -58,6 +69,14 @@ func newFrameWriter(nc net.Conn, onErr func(error)) *frameWriter {
 // whether f stays queued until uncork: its sender must not wait for it
 // then (the server's read loop, which uncorks, may be that sender).
 func (w *frameWriter) send(f *outFrame) (corked bool) {
+	return w.sendWithin(nil, f)
+}
+
+// sendWithin is send for a caller whose wait ends with ctx (a client's
+// Do): once f is written, the caller leaves what is still queued to a
+// goroutine counted in w.bg when that is large or ctx is about to end
+// (see handOff). A nil ctx, or no w.bg, writes until the queue is empty.
+func (w *frameWriter) sendWithin(ctx context.Context, f *outFrame) (corked bool) {
 	w.mu.Lock()
 	if w.err != nil {
 		err := w.err
@@ -72,7 +91,7 @@ func (w *frameWriter) send(f *outFrame) (corked bool) {
 		return corked
 	}
 	w.active = true
-	w.drain()
+	w.drain(ctx)
 	return false
 }
 
@@ -103,13 +122,24 @@ func (w *frameWriter) uncork() {
 		return
 	}
 	w.active = true
-	w.drain()
+	w.drain(nil)
 }
 
 // drain writes queued frames until none is left, with w.mu held and
-// w.active set on entry; it releases both.
-func (w *frameWriter) drain() {
-	for {
+// w.active set on entry; it releases both. With ctx (see sendWithin), it
+// may leave what is queued after its first batch, which holds the
+// caller's frame, to a goroutine.
+func (w *frameWriter) drain(ctx context.Context) {
+	others := 0 // bytes of others' frames written after the first batch
+	for first := true; ; first = false {
+		if !first && ctx != nil && w.bg != nil && w.err == nil && len(w.pending) > 0 && w.handOff(ctx, &others) {
+			w.bg.Go(func() {
+				w.mu.Lock()
+				w.drain(nil)
+			})
+			w.mu.Unlock()
+			return
+		}
 		batch := append(w.batch[:0], w.pending...)
 		w.pending = w.pending[:0]
 		if len(batch) == 0 || w.err != nil {
@@ -169,6 +199,38 @@ func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	default:
 		wg.Go(func() { w.send(f) })
 	}
+}
+
+// handOffMax is the most bytes of others' frames a caller of sendWithin
+// writes after its own: about what a socket takes at once, so that it
+// rarely blocks a caller for long.
+const handOffMax = 64 << 10
+
+// handOffMargin is how far from its end a caller's context must be for the
+// caller to write others' frames.
+const handOffMargin = time.Millisecond
+
+// handOff reports whether a caller of sendWithin, whose own frame is
+// written, leaves what is queued to a goroutine: when, with what it wrote
+// for others already (counted in others), that is more than handOffMax
+// bytes, or ctx is about to end. It runs with w.mu held.
+func (w *frameWriter) handOff(ctx context.Context, others *int) bool {
+	for _, g := range w.pending {
+		*others += len(g.buf)
+		for _, p := range g.payload {
+			*others += len(p)
+		}
+	}
+	if *others > handOffMax {
+		return true
+	}
+	select {
+	case <-ctx.Done():
+		return true
+	default:
+	}
+	d, ok := ctx.Deadline()
+	return ok && time.Until(d) < handOffMargin
 }
 
 // unqueue takes f out of the queue if nobody has started writing it, and
