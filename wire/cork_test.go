@@ -106,3 +106,43 @@ func TestShutdownWritesCorkedReplies(t *testing.T) {
 	require.Zero(t, h.Flags&FlagError, "%x", body)
 	require.NoError(t, recv(t, sd, "shutdown"))
 }
+
+// TestCorkedRepliesGoOutWhileABodyWaitsForRoom: a reply corked while the
+// read loop serves frames it has already read goes out when the loop
+// then waits for room for the next body, in the connection's budget or
+// the server's, as it does when it waits for a slot: the request holding
+// the room may be waiting for the peer, and the peer for that reply.
+func TestCorkedRepliesGoOutWhileABodyWaitsForRoom(t *testing.T) {
+	const bound = 1 << 20 // below the minimum, so that the test moves little data
+	for _, tc := range []struct {
+		name  string
+		setup func(*Server)
+	}{
+		{"connection", func(s *Server) { s.cfg.MaxConnBuffered = bound }},
+		{"server", func(s *Server) { s.buffered.init(bound) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr, started, release := holdServer(t, ServerConfig{FrameTimeout: time.Minute}, tc.setup)
+			nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+			const held = bound - 10<<10 // until release
+			sendAsync(t, nc, append(header(opHold, 2, held, 0), make([]byte, held)...))
+			recv(t, started, "start of request 2")
+			// Read together: an echo, answered at once, and a body that
+			// finds no room until request 2 returns.
+			reqs := frame(opEcho, 0, 3, &wirepb.Ping{Nonce: 7}, nil)
+			reqs = append(reqs, header(opHold, 4, 20<<10, 0)...)
+			_, err := nc.Write(append(reqs, make([]byte, 20<<10)...))
+			require.NoError(t, err)
+			h, _ := readFrame(t, nc) // fails after 5 s if corked behind the wait
+			require.Equal(t, uint64(3), h.ID)
+			close(release)
+			ids := map[uint64]bool{}
+			for range 2 {
+				h, _ := readFrame(t, nc)
+				require.Equal(t, FlagReply, h.Flags)
+				ids[h.ID] = true
+			}
+			require.Equal(t, map[uint64]bool{2: true, 4: true}, ids)
+		})
+	}
+}

@@ -1023,15 +1023,25 @@ var errInternal = errors.New("wire: internal error")
 
 // hold takes a body's n bytes from the connection's budget (waiting for
 // its own requests to give some back) and from the server's (waiting at
-// most FrameTimeout, else the connection is closed).
+// most FrameTimeout, else the connection is closed). Before it waits, it
+// lets the corked replies out, as slot does: a request holding the bytes
+// may be waiting for the peer, and the peer for one of those replies.
 func (c *serverConn) hold(n uint32) bool {
 	if n == 0 {
 		return true
 	}
-	if !c.buffered.acquire(int64(n), 0, c.done) {
-		return false
+	if !c.buffered.tryAcquire(int64(n)) {
+		c.w.uncork()
+		if !c.buffered.acquire(int64(n), 0, c.done) {
+			return false
+		}
 	}
-	if !c.s.buffered.acquire(int64(n), c.s.cfg.FrameTimeout, c.done) {
+	ok := c.s.buffered.tryAcquire(int64(n))
+	if !ok {
+		c.w.uncork()
+		ok = c.s.buffered.acquire(int64(n), c.s.cfg.FrameTimeout, c.done)
+	}
+	if !ok {
 		c.buffered.release(int64(n))
 		select {
 		case <-c.done:
