@@ -183,7 +183,7 @@ type Conn struct {
 	mu      sync.Mutex
 	closed  bool
 	slots   []slot
-	dialing sync.WaitGroup // dials in progress; Close waits for them
+	dialing sync.WaitGroup // dials in progress, and failed connections left to end; Close waits for them
 }
 
 type slot struct {
@@ -259,16 +259,25 @@ func (c *Conn) get(ctx context.Context, i int) (*wire.Conn, error) {
 				return nil, c.errClosed()
 			}
 		}
-		failed := s.conn
+		if failed := s.conn; failed != nil {
+			// A connection whose write failed still reads answers for a
+			// while (see wire.Conn.Err): closing it now would fail the
+			// calls waiting for them with the write's error. It ends on
+			// its own; closing it then ends its goroutines.
+			c.dialing.Go(func() {
+				select {
+				case <-failed.Done():
+				case <-c.done:
+				}
+				failed.Close()
+			})
+		}
 		s.conn = nil
 		ready := make(chan struct{})
 		s.ready = ready
 		c.dialing.Add(1)
 		c.mu.Unlock()
 
-		if failed != nil {
-			failed.Close() // ends its goroutines
-		}
 		wc, err := c.dial(ctx)
 
 		c.mu.Lock()
