@@ -594,12 +594,14 @@ func (c *Conn) fill(br *bufio.Reader, h Header, body []byte, cl *call) (cerr, er
 			return fmt.Errorf("decode %v reply: %v: %w", h.Op, err.Error(), engine.ErrCorrupt), discard()
 		}
 	}
-	if h.PayloadLen == 0 {
-		return nil, nil
-	}
 	if cl.into == nil {
+		if h.PayloadLen == 0 {
+			return nil, nil
+		}
 		return fmt.Errorf("%v reply carries %d payload bytes nobody asked for: %w", h.Op, h.PayloadLen, engine.ErrCorrupt), discard()
 	}
+	// A call with buffers for a payload gets them filled exactly, or an
+	// error: an answer without its payload would leave them as they were.
 	bufs, ierr := cl.into(h, cl.reply)
 	var total uint64
 	for _, b := range bufs {

@@ -344,3 +344,26 @@ func TestReusedRequestsUnderCancellation(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "after", string(got))
 }
+
+// TestReplyWithoutItsPayloadIsCorrupt: a call that gives buffers for its
+// reply's payload gets them filled exactly or an error; a success reply
+// that carries no payload at all must not return as if it had.
+func TestReplyWithoutItsPayloadIsCorrupt(t *testing.T) {
+	const opBare Op = 204
+	_, addr := startServer(t, ServerConfig{}, "tcp", func(s *Server) {
+		s.Handle(opBare, func(_ context.Context, _ *Request, rw *ReplyWriter) { rw.Reply(&wirepb.Ping{}, nil, nil) })
+	})
+	c := dial(t, addr, "")
+	defer c.Close()
+	buf := bytes.Repeat([]byte{0xaa}, 16)
+	err := c.Do(context.Background(), opBare, &wirepb.Ping{}, nil, &wirepb.Ping{}, func(Header, proto.Message) ([][]byte, error) {
+		return [][]byte{buf}, nil
+	})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.ErrorContains(t, err, "reply payload is 0 bytes, buffers hold 16")
+	// Buffers for no bytes take an answer without any.
+	err = c.Do(context.Background(), opBare, &wirepb.Ping{}, nil, &wirepb.Ping{}, func(Header, proto.Message) ([][]byte, error) {
+		return nil, nil
+	})
+	require.NoError(t, err)
+}
