@@ -291,7 +291,10 @@ type conn struct {
 	name      string
 	partition string
 	authed    bool
-	quit      bool
+	// quit ends the connection after the command; werr is the write
+	// that failed, after which nothing more is written (see write).
+	quit bool
+	werr error
 	// armed is true while the read deadline bounds a command's rest;
 	// authBy is when an unauthenticated client must have authenticated.
 	armed  bool
@@ -399,16 +402,32 @@ func (c *conn) serve() {
 
 func (c *conn) flush() error {
 	if len(c.out) == 0 {
-		return nil
+		return c.werr
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
-	_, err := c.nc.Write(c.out)
+	err := c.write(c.out)
 	if cap(c.out) > 1<<20 {
 		c.out = nil
 	} else {
 		c.out = c.out[:0]
 	}
 	return err
+}
+
+// write writes b to the client within CommandTimeout. A failed write
+// (its deadline passed, the peer went away) may have sent part of b: the
+// stream is cut inside a reply, so the failure is final: the connection
+// quits, and every later write fails at once with the same error, so no
+// reply goes out after the hole.
+func (c *conn) write(b []byte) error {
+	if c.werr != nil {
+		return c.werr
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+	if _, err := c.nc.Write(b); err != nil {
+		c.werr, c.quit = err, true
+		return err
+	}
+	return nil
 }
 
 // writeBulk writes one value. A large one goes to the socket from where
@@ -425,14 +444,9 @@ func (c *conn) writeBulk(v []byte) {
 	c.out = append(c.out, '$')
 	c.out = strconv.AppendInt(c.out, int64(len(v)), 10)
 	c.out = append(c.out, '\r', '\n')
-	if c.flush() != nil {
-		return
+	if c.flush() == nil && c.write(v) == nil {
+		c.out = append(c.out, '\r', '\n')
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
-	if _, err := c.nc.Write(v); err != nil {
-		c.quit = true
-	}
-	c.out = append(c.out, '\r', '\n')
 }
 
 func (c *conn) writeError(msg string) {
