@@ -11,10 +11,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tidwall/redcon"
 	"golang.org/x/sync/semaphore"
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
@@ -32,7 +34,9 @@ type Config struct {
 	// Field is the field SET and GET read and write; default "value".
 	Field string
 	// MaxValue bounds one argument, so one value (default 512 MiB, as
-	// Redis's proto-max-bulk-len).
+	// Redis's proto-max-bulk-len), and what a connection reads ahead of
+	// its commands while a reply waits for the client to read (see
+	// conn.write).
 	MaxValue int64
 	// LargeInFlight bounds the bytes of arguments larger than 64 KiB
 	// being read or served across all connections (default 1 GiB, at
@@ -297,10 +301,22 @@ type conn struct {
 	werr error
 	// armed is true while the read deadline bounds a command's rest;
 	// authBy is when an unauthenticated client must have authenticated.
-	armed  bool
-	authBy time.Time
-	large  int64 // bytes of the budget the current command holds
-	ctx    context.Context
+	armed   bool
+	armedBy time.Time
+	authBy  time.Time
+	// aheadCharged is what pre's buffer holds of the budget for large
+	// arguments, where a write that waited read ahead into it (see
+	// writeReadingAhead); raw is nc's raw connection, for writes that
+	// must not wait (nil: none), and wb, wn and wErrno what writeFD
+	// writes through it.
+	aheadCharged int64
+	raw          syscall.RawConn
+	rawChecked   bool
+	wb           []byte
+	wn           int
+	wErrno       error
+	large        int64 // bytes of the budget the current command holds
+	ctx          context.Context
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
@@ -335,12 +351,14 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 		n := copy(p, c.pre)
 		if c.pre = c.pre[n:]; len(c.pre) == 0 {
 			c.pre = nil
+			c.releaseAhead()
 		}
 		return n, nil
 	}
 	switch {
 	case c.rd.mid && !c.armed:
-		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+		c.armedBy = time.Now().Add(c.s.cfg.CommandTimeout)
+		c.nc.SetReadDeadline(c.armedBy)
 		c.armed = true
 	case !c.rd.mid && c.armed:
 		c.nc.SetReadDeadline(c.authBy)
@@ -369,6 +387,7 @@ func (c *conn) releaseLarge() {
 
 func (c *conn) serve() {
 	defer c.nc.Close()
+	defer c.releaseAhead()
 	defer c.releaseLarge()
 	for !c.quit {
 		args, err := c.rd.next()
@@ -418,16 +437,145 @@ func (c *conn) flush() error {
 // stream is cut inside a reply, so the failure is final: the connection
 // quits, and every later write fails at once with the same error, so no
 // reply goes out after the hole.
+//
+// What the socket does not take at once is written while the client's
+// next commands are read ahead (writeReadingAhead): a client that sends
+// its whole pipeline before it reads a reply (redis-py's and go-redis's
+// pipelines do) would otherwise wait for the server to read, while the
+// server waits for it to read.
 func (c *conn) write(b []byte) error {
 	if c.werr != nil {
 		return c.werr
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
-	if _, err := c.nc.Write(b); err != nil {
-		c.werr, c.quit = err, true
-		return err
+	n, err := c.writeNoWait(b)
+	if err == nil && n < len(b) {
+		if c.raw != nil {
+			err = c.writeReadingAhead(b[n:])
+		} else {
+			_, err = c.nc.Write(b[n:])
+		}
 	}
-	return nil
+	if err != nil {
+		c.werr, c.quit = err, true
+	}
+	return err
+}
+
+// writeNoWait writes what of b the socket takes now; with no raw
+// connection to write through, nothing.
+func (c *conn) writeNoWait(b []byte) (int, error) {
+	if !c.rawChecked {
+		c.rawChecked = true
+		if sc, ok := c.nc.(syscall.Conn); ok {
+			c.raw, _ = sc.SyscallConn()
+		}
+	}
+	if c.raw == nil {
+		return 0, nil
+	}
+	c.wb, c.wn, c.wErrno = b, 0, nil
+	err := c.raw.Write(c.writeFD)
+	n := c.wn
+	if err == nil {
+		err = c.wErrno
+	}
+	c.wb, c.wn, c.wErrno = nil, 0, nil
+	return n, err
+}
+
+// writeFD writes c.wb[c.wn:] to fd until the socket takes no more now.
+func (c *conn) writeFD(fd uintptr) bool {
+	for c.wn < len(c.wb) {
+		n, err := unix.Write(int(fd), c.wb[c.wn:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return true
+		case err != nil:
+			c.wErrno = err
+			return true
+		}
+		c.wn += n
+	}
+	return true
+}
+
+// Bounds on reading ahead: a connection reads ahead at most its largest
+// argument (MaxValue) while a write waits; its buffer's bytes past
+// aheadFree are charged to the server's budget for large arguments.
+const aheadFree = 1 << 20
+
+// writeReadingAhead writes b, waiting for the client to take it, while
+// it reads what the client sends meanwhile into c.pre, which the reader
+// reads first. A client that sends more than the bound meanwhile, or
+// past the budget, is not reading its replies: its write is ended at
+// once (and so its connection), logged.
+func (c *conn) writeReadingAhead(b []byte) error {
+	limit := int(c.s.cfg.MaxValue)
+	done := make(chan struct{})
+	over := false
+	go func() {
+		defer close(done)
+		for {
+			if len(c.pre) == cap(c.pre) && !c.growAhead(limit) {
+				over = true
+				c.nc.SetWriteDeadline(time.Now())
+				return
+			}
+			n, err := c.nc.Read(c.pre[len(c.pre):cap(c.pre)])
+			c.pre = c.pre[:len(c.pre)+n]
+			if err != nil {
+				return // the reader meets it again (or its deadline was ours)
+			}
+		}
+	}()
+	_, err := c.nc.Write(b)
+	c.nc.SetReadDeadline(time.Unix(1, 0)) // ends the read ahead
+	<-done
+	if c.armed {
+		c.nc.SetReadDeadline(c.armedBy)
+	} else {
+		c.nc.SetReadDeadline(c.authBy)
+	}
+	if len(c.pre) == 0 {
+		c.pre = nil
+		c.releaseAhead()
+	}
+	if over && err != nil {
+		c.s.cfg.Logger.Warn("resp: a client sent more than it may ahead of reading its replies; closing it", "remote", c.remote, "bytes", len(c.pre), "limit", limit)
+	}
+	return err
+}
+
+// growAhead makes room in c.pre for more of what is read ahead, up to
+// limit bytes in all, charging its buffer past aheadFree; false when
+// there is no room.
+func (c *conn) growAhead(limit int) bool {
+	if len(c.pre) >= limit {
+		return false
+	}
+	size := min(max(2*cap(c.pre), 64<<10), limit)
+	charge := max(int64(size-aheadFree), 0)
+	if charge > c.aheadCharged {
+		if !c.s.large.TryAcquire(charge - c.aheadCharged) {
+			return false
+		}
+		c.aheadCharged = charge
+	}
+	pre := make([]byte, len(c.pre), size)
+	copy(pre, c.pre)
+	c.pre = pre
+	return true
+}
+
+// releaseAhead gives back the budget c.pre's buffer held, once read.
+func (c *conn) releaseAhead() {
+	if c.aheadCharged > 0 {
+		c.s.large.Release(c.aheadCharged)
+		c.aheadCharged = 0
+	}
 }
 
 // writeBulk writes one value. A large one goes to the socket from where

@@ -3,9 +3,11 @@ package resp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -52,4 +54,65 @@ func TestFailedWriteEndsConnection(t *testing.T) {
 		}
 		t.Fatalf("read %d bytes that are not a prefix of the %d-byte reply: they differ at byte %d", len(got), want.Len(), i)
 	}
+}
+
+// TestPipelineSentWholeBeforeReading checks that a client that writes
+// its whole pipeline before it reads a reply (redis-py's pipeline and
+// go-redis's Pipelined do) gets every reply, as from redis-server, which
+// buffers them: here replies far larger than the socket buffers hold, of
+// many small GETs and of large SETs and GETs in turn.
+func TestPipelineSentWholeBeforeReading(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) {
+			ctx := context.Background()
+			e := newEndpoint(t, Config{CommandTimeout: 5 * time.Second, Loops: loops})
+			rc := e.client(t, nil)
+			small := bytes.Repeat([]byte("s"), 1<<10)
+			big := bytes.Repeat([]byte("B"), 1<<20)
+			require.NoError(t, rc.Set(ctx, "small", small, 0).Err())
+			require.NoError(t, rc.Set(ctx, "big", big, 0).Err())
+
+			var req, want bytes.Buffer
+			for range 50000 {
+				req.WriteString(cmdline("GET", "small"))
+				fmt.Fprintf(&want, "$%d\r\n%s\r\n", len(small), small)
+			}
+			for i := range 32 {
+				req.WriteString(cmdline("SET", fmt.Sprint("k", i), string(big)))
+				req.WriteString(cmdline("GET", "big"))
+				fmt.Fprintf(&want, "+OK\r\n$%d\r\n%s\r\n", len(big), big)
+			}
+
+			nc, err := net.Dial("tcp", e.addr)
+			require.NoError(t, err)
+			defer nc.Close()
+			nc.SetDeadline(time.Now().Add(time.Minute)) // a safety limit
+			_, err = nc.Write(req.Bytes())
+			require.NoError(t, err, "writing the whole pipeline before reading")
+			got := make([]byte, want.Len())
+			_, err = io.ReadFull(nc, got)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(want.Bytes(), got), "the replies differ from what was asked")
+		})
+	}
+}
+
+// TestClientThatNeverReadsIsClosed checks that a client that goes on
+// sending while it reads none of its replies is closed once it has sent
+// more than a connection reads ahead (its MaxValue), not held for
+// CommandTimeout nor read into memory without end.
+func TestClientThatNeverReadsIsClosed(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{CommandTimeout: time.Minute, MaxValue: 1 << 20, Loops: -1})
+	rc := e.client(t, nil)
+	require.NoError(t, rc.Set(ctx, "big", bytes.Repeat([]byte("B"), 1<<20), 0).Err())
+	nc, err := net.Dial("tcp", e.addr)
+	require.NoError(t, err)
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second)) // a safety limit, well before CommandTimeout
+	get := []byte(cmdline("GET", "big"))
+	for err == nil {
+		_, err = nc.Write(get)
+	}
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the server was still reading after 30 s: %v", err)
 }
