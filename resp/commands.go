@@ -14,6 +14,7 @@ import (
 
 	"github.com/tidwall/match"
 
+	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 )
@@ -1113,11 +1114,7 @@ func (c *conn) tqChanges(args [][]byte) {
 		}
 		wait = time.Duration(ms) * time.Millisecond
 	}
-	// A wait of zero still answers what is already there: give the
-	// controller a moment to say so.
-	ctx, cancel := context.WithTimeout(c.ctx, max(wait, time.Millisecond))
-	defer cancel()
-	cs, err := c.s.st.kv.Changes(ctx, c.partition, cursor)
+	cs, err := c.changes(cursor, wait)
 	if errors.Is(err, context.DeadlineExceeded) && c.ctx.Err() == nil {
 		// Nothing changed in time: the same cursor, nothing listed.
 		c.writeArray(4)
@@ -1142,4 +1139,28 @@ func (c *conn) tqChanges(args [][]byte) {
 		c.writeInt(int64(btoi(ch.Cleared)))
 		c.writeTags(ch.Tags)
 	}
+}
+
+// changes asks the controller for the changes after cursor, waiting up to
+// wait for one (context.DeadlineExceeded when none came). The timeout
+// bounds that wait only: changes found are answered once they are
+// durable, which may take longer under other clients' writes (the wait
+// for the log is bounded by CommandTimeout).
+func (c *conn) changes(cursor []byte, wait time.Duration) (engine.KeyChanges, error) {
+	if !embedded.Name(c.partition) {
+		// Refused with the partition named.
+		_, err := c.s.st.kv.Changes(c.ctx, c.partition, cursor)
+		return engine.KeyChanges{}, err
+	}
+	// A wait of zero still answers what is already there: give the
+	// controller a moment to say so.
+	ctx, cancel := context.WithTimeout(c.ctx, max(wait, time.Millisecond))
+	cs, err := c.s.st.ctrl.KeyChanges(ctx, engine.ChangesRequest{Partition: c.partition, Cursor: cursor, Wait: true})
+	cancel()
+	if err != nil {
+		return cs, err
+	}
+	ctx, cancel = context.WithTimeout(c.ctx, c.s.cfg.CommandTimeout)
+	defer cancel()
+	return cs, c.s.st.ctrl.WaitDurable(ctx)
 }
