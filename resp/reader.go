@@ -23,9 +23,12 @@ const (
 	maxUnauthArgs = 8
 	maxUnauthBulk = 4 << 10
 	// Arguments up to this size are read into a buffer the connection
-	// reuses; larger ones get their own allocation, counted against the
-	// server's budget for large values in flight.
+	// reuses (its arena); larger ones get their own allocation, counted
+	// against the server's budget for large values in flight.
 	smallArg = 64 << 10
+	// An arena larger than this (a command of many small arguments) is
+	// counted against that budget too, and dropped after its command.
+	arenaFree = 1 << 20
 	// Arguments of this size or more are read into memory mapped for
 	// the command and unmapped after it, so that a large value's memory
 	// is given back to the system at once rather than when the garbage
@@ -156,7 +159,13 @@ func (r *reader) bulk(size int) ([]byte, error) {
 		at := len(r.arena)
 		if cap(r.arena)-at < size {
 			// A new arena: arguments already read keep the old one.
-			r.arena = make([]byte, 0, max(2*cap(r.arena), size, 4096))
+			n := max(2*cap(r.arena), size, 4096)
+			if n > arenaFree && r.large != nil {
+				if err := r.large(int64(n)); err != nil {
+					return nil, err
+				}
+			}
+			r.arena = make([]byte, 0, n)
 			at = 0
 		}
 		r.arena = r.arena[:at+size]
@@ -325,13 +334,21 @@ func splitInline(line []byte) ([][]byte, error) {
 	}
 }
 
-// done ends the last command: its mapped arguments are unmapped, so
-// nothing may refer to them any more.
+// done ends the last command: its mapped arguments are unmapped, and a
+// large arena dropped, so nothing may refer to them any more.
 func (r *reader) done() {
 	for _, m := range r.mapped {
 		unix.Munmap(m)
 	}
 	r.mapped = r.mapped[:0]
+	// What a command of many arguments needed is not kept for the
+	// connection's life (nor its budget held).
+	if cap(r.arena) > arenaFree {
+		r.arena = nil
+	}
+	if cap(r.args) > 4096 {
+		r.args = nil
+	}
 }
 
 func unexpected(err error) error {

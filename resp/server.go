@@ -38,10 +38,11 @@ type Config struct {
 	// its commands while a reply waits for the client to read (see
 	// conn.write).
 	MaxValue int64
-	// LargeInFlight bounds the bytes of arguments larger than 64 KiB
+	// LargeInFlight bounds the bytes of arguments larger than 64 KiB,
+	// and of the smaller arguments of a command past its first MiB,
 	// being read or served across all connections (default 1 GiB, at
 	// least MaxValue); a connection that would exceed it waits up to
-	// CommandTimeout.
+	// CommandTimeout, and a command that exceeds it alone is refused.
 	LargeInFlight int64
 	// MaxClients bounds connections (default 10000, as Redis).
 	MaxClients int
@@ -368,6 +369,10 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 }
 
 func (c *conn) takeLarge(n int64) error {
+	if c.large+n > c.s.cfg.LargeInFlight {
+		// It would wait for ever.
+		return protoErr("a command of arguments of more than %d bytes exceeds the budget of %d bytes of large values in flight", c.large+n, c.s.cfg.LargeInFlight)
+	}
 	ctx, cancel := context.WithTimeout(c.ctx, c.s.cfg.CommandTimeout)
 	defer cancel()
 	if err := c.s.large.Acquire(ctx, n); err != nil {

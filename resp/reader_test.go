@@ -1,0 +1,57 @@
+package resp
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// manySmallArgs encodes a command of n arguments of size bytes each.
+func manySmallArgs(name string, n, size int) []byte {
+	var in bytes.Buffer
+	fmt.Fprintf(&in, "*%d\r\n$%d\r\n%s\r\n", n+1, len(name), name)
+	arg := bytes.Repeat([]byte("a"), size)
+	for range n {
+		fmt.Fprintf(&in, "$%d\r\n%s\r\n", len(arg), arg)
+	}
+	return in.Bytes()
+}
+
+// TestManySmallArgumentsAreCharged checks that a command of many
+// arguments of at most 64 KiB is charged to the budget for large values
+// past its first MiB, and that the buffer that held them is not kept
+// after it: before, one command of 1M arguments of 64 KiB could allocate
+// 64 GiB, uncharged, and keep it for the connection's life.
+func TestManySmallArgumentsAreCharged(t *testing.T) {
+	in := bytes.NewBuffer(manySmallArgs("NOPE", 1000, 64<<10))
+	in.WriteString(cmdline("PING"))
+	r := newReader(in, DefaultMaxValue)
+	r.authed = true
+	var charged int64
+	r.large = func(n int64) error { charged += n; return nil }
+	args, err := r.next()
+	require.NoError(t, err)
+	require.Len(t, args, 1001)
+	assert.GreaterOrEqual(t, charged, int64(1000*64<<10)-arenaFree, "bytes charged to the budget")
+	r.done()
+	_, err = r.next()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, cap(r.arena), arenaFree, "arena kept after the command")
+}
+
+// TestManySmallArgumentsOverTheBudget checks that a command whose small
+// arguments exceed the whole budget for large values is refused with an
+// error naming the budget.
+func TestManySmallArgumentsOverTheBudget(t *testing.T) {
+	e := newEndpoint(t, Config{MaxValue: 1 << 20, LargeInFlight: 4 << 20, Loops: -1})
+	nc, rr := e.raw(t)
+	// The server may refuse (and close) before all is sent: the reply
+	// is read either way.
+	nc.Write(manySmallArgs("MSET", 200, 64<<10))
+	line := rr.line(t)
+	assert.True(t, strings.HasPrefix(line, "-ERR Protocol error:") && strings.Contains(line, "budget of 4194304 bytes"), "got %q", line)
+}
