@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tidwall/match"
-
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
@@ -566,7 +564,7 @@ func (c *conn) keys(args [][]byte) {
 			return
 		}
 		for _, k := range page {
-			if match.Match(k.Key, pattern) {
+			if globMatch(pattern, k.Key) {
 				out = append(out, k.Key)
 			}
 		}
@@ -625,7 +623,7 @@ func (c *conn) scan(args [][]byte) {
 	}
 	var out []string
 	for _, k := range page {
-		if !match.Match(k.Key, pattern) {
+		if !globMatch(pattern, k.Key) {
 			continue
 		}
 		if typ != "" {
