@@ -362,7 +362,21 @@ func (c *conn) dbsize([][]byte) {
 	c.writeInt(int64(st.Keys))
 }
 
-func (c *conn) flushdb([][]byte) {
+// flushMode checks FLUSHDB's and FLUSHALL's arguments: nothing, ASYNC or
+// SYNC (TQ's clear is one change either way), as Redis takes; anything
+// else is a syntax error, and nothing is cleared.
+func (c *conn) flushMode(args [][]byte) bool {
+	if len(args) == 1 || len(args) == 2 && (strings.EqualFold(string(args[1]), "ASYNC") || strings.EqualFold(string(args[1]), "SYNC")) {
+		return true
+	}
+	c.writeError("ERR syntax error")
+	return false
+}
+
+func (c *conn) flushdb(args [][]byte) {
+	if !c.flushMode(args) {
+		return
+	}
 	if err := c.s.st.cl.Meta().ClearPartition(c.ctx, c.partition); err != nil {
 		c.writeErr(err)
 		return
@@ -370,7 +384,10 @@ func (c *conn) flushdb([][]byte) {
 	c.writeOK()
 }
 
-func (c *conn) flushall([][]byte) {
+func (c *conn) flushall(args [][]byte) {
+	if !c.flushMode(args) {
+		return
+	}
 	for _, p := range c.s.st.ctrl.Partitions() {
 		if err := c.s.st.cl.Meta().ClearPartition(c.ctx, p); err != nil {
 			c.writeErr(err)
