@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -221,6 +222,10 @@ func (c *conn) hello(args [][]byte) {
 				c.writeError("ERR syntax error in HELLO option 'setname'")
 				return
 			}
+			if !clientName(args[i+1]) {
+				c.writeError(errClientName)
+				return
+			}
 			c.name = string(args[i+1])
 			i++
 		default:
@@ -330,6 +335,10 @@ func (c *conn) client(args [][]byte) {
 			c.writeError("ERR wrong number of arguments for 'client|setname' command")
 			return
 		}
+		if !clientName(args[2]) {
+			c.writeError(errClientName)
+			return
+		}
 		c.name = string(args[2])
 		c.writeOK()
 	case "GETNAME":
@@ -348,6 +357,19 @@ func (c *conn) client(args [][]byte) {
 		c.writeError(fmt.Sprintf("ERR CLIENT %s is not supported", clip(args[1])))
 	}
 }
+
+// clientName reports whether name may name a connection: as in Redis,
+// printable ASCII with no space (CLIENT INFO lists it between spaces).
+func clientName(name []byte) bool {
+	for _, ch := range name {
+		if ch < '!' || ch > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+const errClientName = "ERR Client names cannot contain spaces, newlines or special characters."
 
 func (c *conn) dbsize([][]byte) {
 	st, err := c.s.st.ctrl.Stats(c.partition)
@@ -628,6 +650,14 @@ func (c *conn) scan(args [][]byte) {
 			c.writeError("ERR syntax error")
 			return
 		}
+	}
+	if after == math.MaxUint64 {
+		// No key is created after it (the controller would look from
+		// after+1, which wraps to the start).
+		c.writeArray(2)
+		c.writeBulkString("0")
+		c.writeArray(0)
+		return
 	}
 	page, next, err := c.s.st.ctrl.ScanKeys(c.partition, after, count)
 	if err != nil {
