@@ -1206,6 +1206,14 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 	if p == nil {
 		return nil, nil
 	}
+	_, freed := c.clearRows(p, indexes)
+	p.mu.Unlock()
+	return freed, nil
+}
+
+// clearRows is ClearRows with p locked; it also returns how many rows it
+// removed.
+func (c *Controller) clearRows(p *partition, indexes []uint64) (int, []engine.CellLoc) {
 	rows := make([]*row, 0, len(indexes))
 	released := make([]uint64, 0, len(indexes))
 	var seen map[uint64]struct{}
@@ -1239,24 +1247,38 @@ func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.Cel
 		}
 	}
 	c.idx.release(released) // under the lock: see ClearPartition
-	p.mu.Unlock()
-	return freed, nil
+	return len(released), freed
 }
 
 // ClearKeys removes the rows of the given keys; unknown keys are ignored.
 func (c *Controller) ClearKeys(partition string, keys []string) ([]engine.CellLoc, error) {
+	_, freed, err := c.ClearKeysCounted(partition, keys)
+	return freed, err
+}
+
+// ClearKeysCounted is ClearKeys that also answers how many of keys (each
+// counted once) the partition held, found under the lock that removes
+// them: of callers clearing one key at once, one hears that it was there
+// (what Redis's DEL answers). The keys are looked up and their rows
+// removed in one step, so a row index released meanwhile and taken by
+// another key is never cleared in its place.
+func (c *Controller) ClearKeysCounted(partition string, keys []string) (int, []engine.CellLoc, error) {
 	p := c.lock(partition)
 	if p == nil {
-		return nil, nil
+		return 0, nil, nil
 	}
+	defer p.mu.Unlock()
 	var idx []uint64
 	for _, k := range keys {
 		if r, ok := p.keys[k]; ok {
 			idx = append(idx, r.index)
 		}
 	}
-	p.mu.Unlock()
-	return c.ClearRows(partition, idx)
+	if len(idx) == 0 {
+		return 0, nil, nil
+	}
+	n, freed := c.clearRows(p, idx)
+	return n, freed, nil
 }
 
 // ClearPartition drops a partition with all its rows, releases its indexes

@@ -33,6 +33,15 @@ func checkTagName(name string) error {
 // names, or an empty name; [engine.ErrNotFound] naming the keys the
 // partition lacks (or the partition).
 func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engine.Tags, error) {
+	tags, _, err := c.DeleteTagsCounted(partition, keys, names)
+	return tags, err
+}
+
+// DeleteTagsCounted is DeleteTags that also answers, for each key, how
+// many of names it had, counted in the same step as the removal (so of
+// callers removing one tag at once, one hears that the key had it): what
+// a Redis client expects of a delete. A name given twice counts once.
+func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) ([]engine.Tags, []int, error) {
 	err := checkKeys(keys)
 	if err == nil && len(names) == 0 {
 		err = fmt.Errorf("no tag names to delete: %w", engine.ErrInvalid)
@@ -43,11 +52,11 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 		}
 	}
 	if err != nil {
-		return nil, opErr("delete tags", partition, err)
+		return nil, nil, opErr("delete tags", partition, err)
 	}
 	p := c.lock(partition)
 	if p == nil {
-		return nil, opErr("delete tags", partition, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(partition)))
+		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(partition)))
 	}
 	defer p.mu.Unlock()
 	rows, missing := p.lookupKeys(keys)
@@ -56,13 +65,16 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 		for j, i := range missing {
 			unknown[j] = keys[i]
 		}
-		return nil, opErr("delete tags", partition, fmt.Errorf("keys %q not in partition %q: %w", unknown, partition, engine.ErrNotFound))
+		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q not in partition %q: %w", unknown, partition, engine.ErrNotFound))
 	}
 	var touched []*row
-	for _, r := range rows {
+	had := make([]int, len(rows))
+	for i, r := range rows {
 		for _, n := range names {
 			if _, ok := p.tagsOf(r)[n]; ok {
-				p.setTags(r, p.tagsOf(r).Without(names...)) // a new map: copies share the old one
+				after := p.tagsOf(r).Without(names...) // a new map: copies share the old one
+				had[i] = len(p.tagsOf(r)) - len(after)
+				p.setTags(r, after)
 				touched = append(touched, r)
 				break
 			}
@@ -73,7 +85,7 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 		out[i] = p.tagsOf(r).Clone()
 	}
 	if len(touched) == 0 {
-		return out, nil
+		return out, had, nil
 	}
 	n := p.feed.touch(touched)
 	if c.logging() {
@@ -83,7 +95,7 @@ func (c *Controller) DeleteTags(partition string, keys, names []string) ([]engin
 		}
 		stamp(touched, c.log(removeTagsOp(p, idx, names, n)))
 	}
-	return out, nil
+	return out, had, nil
 }
 
 func hasTag(p *partition, r *row, name string) bool {

@@ -79,17 +79,27 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // holding the bytes, for the caller to put the general way (which waits
 // for room as its context allows).
 func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
-	return o.commit(ctx, u, r, partition, key, fields, tags, true)
+	out, _, err := o.commit(ctx, u, r, partition, key, fields, tags, true)
+	return out, err
 }
 
-func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags, again bool) (engine.KeysCommitted, error) {
+// CommitHeld is [OneKey.Commit] that also answers how many of fields
+// (each named once) the key held before, counted by the controller in
+// the step that replaced their cells: of callers writing one new field at
+// once, one hears that it was new (what Redis's HSET answers).
+func (o *OneKey) CommitHeld(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (int, error) {
+	_, held, err := o.commit(ctx, u, r, partition, key, fields, tags, true)
+	return held, err
+}
+
+func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags, again bool) (engine.KeysCommitted, int, error) {
 	addrs := make([]engine.RemoteAddr, len(fields))
 	for i := range fields {
 		addrs[i] = r.Addr(i)
 	}
 	if err := r.Commit(); err != nil {
 		r.Abort()
-		return engine.KeysCommitted{}, err
+		return engine.KeysCommitted{}, 0, err
 	}
 	// The key and one field's location in one allocation.
 	mem := &struct {
@@ -133,13 +143,14 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 			return o.commit(ctx, nu, nr, partition, key, fields, tags, false)
 		}
 		if saved != nil {
-			return engine.KeysCommitted{}, &DrainRefused{Bytes: saved, Err: err}
+			return engine.KeysCommitted{}, 0, &DrainRefused{Bytes: saved, Err: err}
 		}
-		return engine.KeysCommitted{}, err
+		return engine.KeysCommitted{}, 0, err
 	}
+	// Each cell replaced is one of fields the key held.
 	replaced := out.Replaced
 	out.Replaced = nil
-	return out, o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
+	return out, len(replaced), o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
 }
 
 // moveOff copies the extents at addrs, committed on from (a draining

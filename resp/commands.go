@@ -738,31 +738,20 @@ func (c *conn) hwrite(args [][]byte, hmset bool) {
 		return
 	}
 	p, key := c.target(args[1])
-	before := 0
-	if !hmset {
-		meta, err := c.s.st.keyMeta(c.ctx, p, key)
-		if err != nil {
+	if hmset {
+		if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil); err != nil {
 			c.writeErr(err)
 			return
 		}
-		if meta != nil {
-			had := held(meta)
-			for _, f := range names {
-				if slices.Contains(had, f) {
-					before++
-				}
-			}
-		}
-	}
-	if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil); err != nil {
-		c.writeErr(err)
-		return
-	}
-	if hmset {
 		c.writeOK()
 		return
 	}
-	c.writeInt(int64(len(names) - before))
+	n, err := c.s.st.hset(c.ctx, p, key, names, vals)
+	if err != nil {
+		c.writeErr(err)
+		return
+	}
+	c.writeInt(int64(n))
 }
 
 func (c *conn) hget(args [][]byte) {
@@ -979,26 +968,8 @@ func (c *conn) tqTagDel(args [][]byte) {
 	for i, a := range args[2:] {
 		names[i] = string(a)
 	}
-	meta, err := c.s.st.cl.MetaByKeys(c.ctx, p, []string{key}, []string{}, false)
-	if absent(err) {
-		c.writeInt(0)
-		return
-	}
+	had, err := c.s.st.deleteTags(c.ctx, p, key, names)
 	if err != nil {
-		c.writeErr(err)
-		return
-	}
-	had := 0
-	for _, n := range slices.Compact(slices.Sorted(slices.Values(names))) {
-		if _, ok := meta.Tags[0][n]; ok {
-			had++
-		}
-	}
-	if _, err := c.s.st.kv.DeleteTags(c.ctx, p, []string{key}, names...); err != nil {
-		if absent(err) {
-			c.writeInt(0)
-			return
-		}
 		c.writeErr(err)
 		return
 	}

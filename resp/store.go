@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -113,13 +114,75 @@ var noWait = func() context.Context {
 // reserve reserves size bytes on u, waiting up to st.wait for room (the
 // timer is only set up when the unit is full).
 func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*storage.Reservation, error) {
-	r, err := u.Reserve(noWait, []int64{size})
+	return st.reserveAll(ctx, u, []int64{size})
+}
+
+// reserveAll is reserve of one extent per size.
+func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64) (*storage.Reservation, error) {
+	r, err := u.Reserve(noWait, sizes)
 	if err == nil || !errors.Is(err, context.Canceled) {
 		return r, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, st.wait)
 	defer cancel()
-	return u.Reserve(ctx, []int64{size})
+	return u.Reserve(ctx, sizes)
+}
+
+// hset writes fields (each named once) of one key, vals[j][0] the value
+// of field j, and answers how many of them are new to the key, counted
+// in the controller's step that writes them (so of clients setting one
+// new field at once, one hears 1). Names the one-key path does not take,
+// and a cluster whose units all drain, go the general way, where the
+// count is read before the write (a concurrent write of the same field
+// may be counted new twice there).
+func (st *store) hset(ctx context.Context, partition, key string, fields []string, vals [][][]byte) (int, error) {
+	u := st.one.UnitFor(key)
+	ok := u != nil && embedded.Name(partition) && embedded.Name(key)
+	sizes := make([]int64, len(fields))
+	cfs := make([]engine.CommitField, len(fields))
+	for j, f := range fields {
+		ok = ok && embedded.Name(f)
+		sizes[j] = int64(len(vals[j][0]))
+		cfs[j] = engine.CommitField{Name: f, DType: engine.Bytes, Kind: engine.Opaque}
+	}
+	if !ok {
+		return st.hsetGeneral(ctx, partition, key, fields, vals)
+	}
+	r, err := st.reserveAll(ctx, u, sizes)
+	if err != nil {
+		return 0, err
+	}
+	for j := range fields {
+		copy(r.Buf(j), vals[j][0])
+	}
+	held, err := st.one.CommitHeld(ctx, u, r, partition, key, cfs, nil)
+	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
+		// Nothing changed: see set.
+		return st.hsetGeneral(ctx, partition, key, fields, vals)
+	}
+	return len(fields) - held, err
+}
+
+// hsetGeneral is hset through the client: it counts the fields the key
+// held before it writes.
+func (st *store) hsetGeneral(ctx context.Context, partition, key string, fields []string, vals [][][]byte) (int, error) {
+	meta, err := st.keyMeta(ctx, partition, key)
+	if err != nil {
+		return 0, err
+	}
+	before := 0
+	if meta != nil {
+		had := held(meta)
+		for _, f := range fields {
+			if slices.Contains(had, f) {
+				before++
+			}
+		}
+	}
+	if err := st.put(ctx, partition, []string{key}, fields, vals, nil); err != nil {
+		return 0, err
+	}
+	return len(fields) - before, nil
 }
 
 // getOne reads one field of one key from where it lies: a view into a
@@ -333,18 +396,30 @@ func (st *store) waitRead(ctx context.Context, partition string, keys []string, 
 	return err
 }
 
-// del clears keys and returns how many existed.
+// del clears keys and returns how many existed, counted in the
+// controller's step that clears them (so of clients deleting one key at
+// once, one hears 1). The cells the keys held are freed once that is
+// durable.
 func (st *store) del(ctx context.Context, partition string, keys []string) (int, error) {
-	n := 0
-	for _, ok := range st.ctrl.HasKeys(partition, keys) {
-		if ok {
-			n++
-		}
+	n, freed, err := st.ctrl.ClearKeysCounted(partition, keys)
+	if err != nil {
+		return 0, err
 	}
-	if n == 0 {
-		return 0, st.ctrl.WaitDurable(ctx)
+	return n, st.free(ctx, partition, keys, freed)
+}
+
+// deleteTags removes tag names from a key and answers how many of them
+// it had, counted in the controller's step that removes them; 0 for a key
+// that does not exist.
+func (st *store) deleteTags(ctx context.Context, partition, key string, names []string) (int, error) {
+	_, had, err := st.ctrl.DeleteTagsCounted(partition, []string{key}, names)
+	if absent(err) {
+		return 0, st.ctrl.WaitRead(ctx, partition, []string{key})
 	}
-	return n, st.cl.Meta().ClearKeys(ctx, partition, keys)
+	if err != nil {
+		return 0, err
+	}
+	return had[0], st.ctrl.WaitRead(ctx, partition, []string{key})
 }
 
 // clearFields drops fields from a key (HDEL) and answers how many it
