@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
@@ -127,13 +128,63 @@ func argsPreview(args [][]byte) string {
 
 // target splits a key into its partition and key within it: "{p}k" is
 // key k of partition p; any other key is in the connection's partition.
-func (c *conn) target(key []byte) (partition, k string) {
+// A key TQ cannot name (see nameProblem) is answered with an error that
+// says why, and ok is false: every command refuses it alike, rather than
+// reads answering nil for a key no write could make.
+func (c *conn) target(key []byte) (partition, k string, ok bool) {
+	partition, k, err := c.split(key)
+	if err != nil {
+		c.writeErr(err)
+		return "", "", false
+	}
+	return partition, k, true
+}
+
+func (c *conn) split(key []byte) (partition, k string, err error) {
+	partition = c.partition
 	if len(key) > 2 && key[0] == '{' {
 		if end := bytes.IndexByte(key, '}'); end > 1 {
-			return string(key[1:end]), string(key[end+1:])
+			if err := nameProblem("partition id", key[1:end]); err != nil {
+				return "", "", fmt.Errorf("key %q: %w", clip(key), err)
+			}
+			partition = string(key[1:end])
+			if err := nameProblem("key", key[end+1:]); err != nil {
+				return "", "", fmt.Errorf("key %q (key %q of partition %q): %w", clip(key), clip(key[end+1:]), partition, err)
+			}
+			return partition, string(key[end+1:]), nil
 		}
 	}
-	return c.partition, string(key)
+	if err := nameProblem("key", key); err != nil {
+		return "", "", err
+	}
+	return partition, string(key), nil
+}
+
+// nameProblem says why name cannot be a TQ key, field or partition
+// (what): TQ names them with non-empty UTF-8 text, where Redis takes any
+// bytes. nil when it can.
+func nameProblem(what string, name []byte) error {
+	switch {
+	case len(name) == 0:
+		return fmt.Errorf("empty %s; TQ's keys, fields and partitions are non-empty UTF-8 text: %w", what, engine.ErrInvalid)
+	case !utf8.Valid(name):
+		return fmt.Errorf("%s %q is not valid UTF-8; TQ's keys, fields and partitions are non-empty UTF-8 text: %w", what, clip(name), engine.ErrInvalid)
+	}
+	return nil
+}
+
+// fieldNames converts field names, answering an error for one TQ cannot
+// name (ok false).
+func (c *conn) fieldNames(args [][]byte) (names []string, ok bool) {
+	names = make([]string, len(args))
+	for i, f := range args {
+		if err := nameProblem("field", f); err != nil {
+			c.writeErr(err)
+			return nil, false
+		}
+		names[i] = string(f)
+	}
+	return names, true
 }
 
 // sameTarget splits keys that must all be in one partition (a command
@@ -142,7 +193,10 @@ func (c *conn) sameTarget(keys [][]byte) (string, []string, error) {
 	out := make([]string, len(keys))
 	var partition string
 	for i, k := range keys {
-		p, key := c.target(k)
+		p, key, err := c.split(k)
+		if err != nil {
+			return "", nil, err
+		}
 		if i > 0 && p != partition {
 			return "", nil, fmt.Errorf("keys of two partitions (%q, %q) in one command; TQ reads and writes one partition at a time: %w", partition, p, engine.ErrInvalid)
 		}
@@ -265,8 +319,9 @@ func (c *conn) selectCmd(args [][]byte) {
 	switch p {
 	case "0":
 		p = c.s.cfg.Partition
-	case "":
-		c.writeError("ERR SELECT: empty partition id")
+	}
+	if err := nameProblem("partition id", []byte(p)); err != nil {
+		c.writeErr(fmt.Errorf("SELECT: %w", err))
 		return
 	}
 	c.partition = p
@@ -424,7 +479,10 @@ func (c *conn) set(args [][]byte) {
 		c.writeError(fmt.Sprintf("ERR SET option %s is not supported by TQ (no expiry, no conditional set)", clip(args[3])))
 		return
 	}
-	partition, key := c.target(args[1])
+	partition, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2], c.lp == nil); err != nil {
 		c.writeErr(err)
 		return
@@ -433,7 +491,10 @@ func (c *conn) set(args [][]byte) {
 }
 
 func (c *conn) get(args [][]byte) {
-	partition, key := c.target(args[1])
+	partition, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	c.getOne(partition, key, c.s.cfg.Field)
 }
 
@@ -512,7 +573,10 @@ func (c *conn) mget(args [][]byte) {
 	groups := map[string]*group{}
 	var order []string
 	for i, k := range args[1:] {
-		p, key := c.target(k)
+		p, key, ok := c.target(k)
+		if !ok {
+			return
+		}
 		g := groups[p]
 		if g == nil {
 			g = &group{}
@@ -560,7 +624,10 @@ func (c *conn) del(args [][]byte) {
 func (c *conn) exists(args [][]byte) {
 	n := 0
 	for _, k := range args[1:] {
-		p, key := c.target(k)
+		p, key, ok := c.target(k)
+		if !ok {
+			return
+		}
 		has, err := c.s.st.exists(c.ctx, p, []string{key}, c.lp == nil)
 		if err != nil {
 			c.writeErr(err)
@@ -576,7 +643,10 @@ func (c *conn) exists(args [][]byte) {
 // typeCmd answers "string" for a key holding the default field alone,
 // "hash" for one holding other fields (or tags only), "none" when absent.
 func (c *conn) typeCmd(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	meta, err := c.s.st.keyMeta(c.ctx, p, key)
 	switch {
 	case err != nil:
@@ -737,7 +807,16 @@ func (c *conn) hwrite(args [][]byte, hmset bool) {
 		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(args[0]))))
 		return
 	}
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
+	for i := 2; i < len(args); i += 2 {
+		if err := nameProblem("field", args[i]); err != nil {
+			c.writeErr(err)
+			return
+		}
+	}
 	if hmset {
 		if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil); err != nil {
 			c.writeErr(err)
@@ -755,15 +834,25 @@ func (c *conn) hwrite(args [][]byte, hmset bool) {
 }
 
 func (c *conn) hget(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
+	if err := nameProblem("field", args[2]); err != nil {
+		c.writeErr(err)
+		return
+	}
 	c.getOne(p, key, string(args[2]))
 }
 
 func (c *conn) hmget(args [][]byte) {
-	p, key := c.target(args[1])
-	fields := make([]string, len(args)-2)
-	for i, f := range args[2:] {
-		fields[i] = string(f)
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
+	fields, ok := c.fieldNames(args[2:])
+	if !ok {
+		return
 	}
 	uniq := slices.Compact(slices.Sorted(slices.Values(fields)))
 	v, err := c.s.st.get(c.ctx, p, []string{key}, uniq)
@@ -780,7 +869,10 @@ func (c *conn) hmget(args [][]byte) {
 }
 
 func (c *conn) hgetall(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	meta, err := c.s.st.keyMeta(c.ctx, p, key)
 	if err != nil {
 		c.writeErr(err)
@@ -818,10 +910,13 @@ func (c *conn) hgetall(args [][]byte) {
 // hdel drops fields from a key, which keeps its other fields and tags,
 // and answers how many it held.
 func (c *conn) hdel(args [][]byte) {
-	p, key := c.target(args[1])
-	fields := make([]string, 0, len(args)-2)
-	for _, f := range args[2:] {
-		fields = append(fields, string(f))
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
+	fields, ok := c.fieldNames(args[2:])
+	if !ok {
+		return
 	}
 	n, err := c.s.st.clearFields(c.ctx, p, key, slices.Compact(slices.Sorted(slices.Values(fields))))
 	if err != nil {
@@ -840,11 +935,18 @@ func (c *conn) hlen(args [][]byte) {
 }
 
 func (c *conn) hexists(args [][]byte) {
+	if err := nameProblem("field", args[2]); err != nil {
+		c.writeErr(err)
+		return
+	}
 	c.hfields(args, func(fs []string) { c.writeInt(int64(btoi(slices.Contains(fs, string(args[2]))))) })
 }
 
 func (c *conn) hfields(args [][]byte, reply func([]string)) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	meta, err := c.s.st.keyMeta(c.ctx, p, key)
 	if err != nil {
 		c.writeErr(err)
@@ -863,8 +965,8 @@ func (c *conn) tqPartition(args [][]byte) {
 	case 1:
 		c.writeBulkString(c.partition)
 	case 2:
-		if len(args[1]) == 0 {
-			c.writeError("ERR empty partition id")
+		if err := nameProblem("partition id", args[1]); err != nil {
+			c.writeErr(err)
 			return
 		}
 		c.partition = string(args[1])
@@ -881,7 +983,10 @@ func (c *conn) tqPartitions([][]byte) {
 // tqTags answers a key's tags as field/value pairs: strings as they are,
 // other values as JSON.
 func (c *conn) tqTags(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	meta, err := c.s.st.cl.MetaByKeys(c.ctx, p, []string{key}, []string{}, false)
 	if absent(err) {
 		c.writeArray(0)
@@ -927,7 +1032,10 @@ func (c *conn) tqTag(args [][]byte) {
 		c.writeError("ERR wrong number of arguments for 'tq.tag' command")
 		return
 	}
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	tags := engine.Tags{}
 	for i := 2; i < len(args); i += 2 {
 		tags[string(args[i])] = string(args[i+1])
@@ -963,7 +1071,10 @@ func (c *conn) tqFields(args [][]byte) {
 // tqTagDel removes tag names from a key and answers how many of them it
 // had (0 for a key that does not exist), as HDEL does for fields.
 func (c *conn) tqTagDel(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	names := make([]string, len(args)-2)
 	for i, a := range args[2:] {
 		names[i] = string(a)
@@ -982,7 +1093,10 @@ func (c *conn) tqTagDel(args [][]byte) {
 // strings, the JSON forms any value; the answer is [1 or 0, the tag's
 // value after] (nil when absent; not a string: JSON).
 func (c *conn) tqTagCAS(args [][]byte) {
-	p, key := c.target(args[1])
+	p, key, ok := c.target(args[1])
+	if !ok {
+		return
+	}
 	name := string(args[2])
 	var old, nw any
 	var haveOld, haveNew bool
