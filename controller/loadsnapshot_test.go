@@ -80,6 +80,9 @@ func TestLoadWhoseSnapshotFailsStopsTheController(t *testing.T) {
 	ck := filepath.Join(t.TempDir(), "ck")
 	require.NoError(t, c.Save(ck))
 	insert(t, c, "q", 2, "x")
+	// What the restart must bring back is what was acknowledged durable:
+	// records still waiting for their fsync when the journal stops may go.
+	require.NoError(t, c.WaitDurable(context.Background()))
 	want := stateBytes(t, c)
 
 	s.fail.Store(true)
