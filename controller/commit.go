@@ -82,7 +82,9 @@ func checkFields(fields []engine.CommitField, n int) error {
 			if cf.DType == engine.Bytes {
 				return fmt.Errorf("dense field %q has dtype bytes: %w", cf.Name, engine.ErrInvalid)
 			}
-			if err := cf.Shape.Validate(); err != nil {
+			// Checked against the dtype: a cell's byte count that wrapped
+			// around would let the shape claim bytes its cells lack.
+			if _, err := cf.Shape.CellBytes(cf.DType); err != nil {
 				return fmt.Errorf("field %q: %w", cf.Name, err)
 			}
 		case engine.Ragged:
@@ -93,7 +95,7 @@ func checkFields(fields []engine.CommitField, n int) error {
 				return fmt.Errorf("ragged field %q has %d shapes for %d rows: %w", cf.Name, len(cf.Shapes), n, engine.ErrInvalid)
 			}
 			for _, s := range cf.Shapes {
-				if err := s.Validate(); err != nil {
+				if _, err := s.CellBytes(cf.DType); err != nil {
 					return fmt.Errorf("field %q: %w", cf.Name, err)
 				}
 			}

@@ -13,6 +13,7 @@ package engine
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
 )
@@ -130,7 +131,8 @@ type Column struct {
 }
 
 // NewDense builds a dense column over data, which it aliases. len(data) must
-// be rows × rowShape.NumElems() × dt.Size().
+// be rows × rowShape.NumElems() × dt.Size(), and one row at most
+// [MaxCellBytes].
 func NewDense(dt DType, rows int, rowShape Shape, data []byte) (*Column, error) {
 	if !dt.Valid() || dt == Bytes {
 		return nil, fmt.Errorf("dense column of dtype %v: %w", dt, ErrInvalid)
@@ -138,10 +140,15 @@ func NewDense(dt DType, rows int, rowShape Shape, data []byte) (*Column, error) 
 	if rows < 0 {
 		return nil, fmt.Errorf("dense column with %d rows: %w", rows, ErrInvalid)
 	}
-	if err := rowShape.Validate(); err != nil {
+	stride, err := rowShape.CellBytes(dt)
+	if err != nil {
 		return nil, err
 	}
-	want := rows * rowShape.NumElems() * dt.Size()
+	if stride > 0 && rows > math.MaxInt/stride {
+		return nil, fmt.Errorf("dense %v column of %d rows of shape %v needs more than %d bytes: %w",
+			dt, rows, rowShape, math.MaxInt, ErrInvalid)
+	}
+	want := rows * stride
 	if len(data) != want {
 		return nil, fmt.Errorf("dense %v column of %d rows of shape %v needs %d bytes, got %d: %w",
 			dt, rows, rowShape, want, len(data), ErrInvalid)
@@ -162,11 +169,15 @@ func NewRagged(dt DType, shapes []Shape, data []byte) (*Column, error) {
 	offs := make([]int, len(shapes)+1)
 	cp := make([]Shape, len(shapes))
 	for i, s := range shapes {
-		if err := s.Validate(); err != nil {
+		b, err := s.CellBytes(dt)
+		if err != nil {
 			return nil, fmt.Errorf("row %d: %w", i, err)
 		}
+		if b > math.MaxInt-offs[i] {
+			return nil, fmt.Errorf("ragged %v column needs more than %d bytes by row %d of shape %v: %w", dt, math.MaxInt, i, s, ErrInvalid)
+		}
 		cp[i] = s.Clone()
-		offs[i+1] = offs[i] + s.NumElems()*dt.Size()
+		offs[i+1] = offs[i] + b
 	}
 	if len(data) != offs[len(shapes)] {
 		return nil, fmt.Errorf("ragged %v column needs %d bytes, got %d: %w", dt, offs[len(shapes)], len(data), ErrInvalid)
@@ -192,6 +203,9 @@ func NewOpaque(offs []int, data []byte) (*Column, error) {
 // one row; with no rowShape each row is a scalar (shape ()).
 func DenseOf[T Elem](vals []T, rowShape ...int) (*Column, error) {
 	s := Shape(rowShape)
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
 	per := s.NumElems()
 	if per == 0 {
 		if len(vals) != 0 {

@@ -37,7 +37,7 @@ func TestBatchFromPBRefusesBadPayloads(t *testing.T) {
 		{"lens per row", []*wirepb.CommitField{opaque}, []*wirepb.RowLens{lens(1)}, 2, 1, "1 row lengths for 2 keys"},
 		{"huge row", []*wirepb.CommitField{opaque}, []*wirepb.RowLens{lens(1<<62, 1)}, 2, 4, "a row of 4611686018427387904 bytes, 4 payload bytes left"},
 		{"bytes, no fields", nil, nil, 1, 3, "3 payload bytes and no fields"},
-		{"shape overflow", []*wirepb.CommitField{CommitFieldsToPB([]engine.CommitField{{Name: "h", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{1 << 30, 1 << 30, 1 << 30}}})[0]}, []*wirepb.RowLens{none}, 1, 8, `field "h": 1 rows of shape`},
+		{"shape overflow", []*wirepb.CommitField{CommitFieldsToPB([]engine.CommitField{{Name: "h", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{1 << 30, 1 << 30, 1 << 30}}})[0]}, []*wirepb.RowLens{none}, 1, 8, `("h"): shape (1073741824,1073741824,1073741824) holds more than`},
 		{"many rows", []*wirepb.CommitField{dense}, []*wirepb.RowLens{none}, 1 << 40, 16, `field "d": 1099511627776 rows`},
 	} {
 		_, err := BatchFromPB(tc.fields, tc.lens, tc.n, make([]byte, tc.data))

@@ -55,7 +55,9 @@ func ShapeToPB(s engine.Shape) *wirepb.Shape {
 }
 
 // ShapeFromPB decodes a shape; unknown decodes as nil, an absent message
-// as the scalar shape ().
+// as the scalar shape (). It refuses more than 64 dimensions, a dimension
+// outside [0, 2^31), and more elements than a cell holds
+// ([engine.MaxCellBytes]).
 func ShapeFromPB(p *wirepb.Shape) (engine.Shape, error) {
 	if p == nil {
 		return engine.Shape{}, nil
@@ -72,6 +74,11 @@ func ShapeFromPB(p *wirepb.Shape) (engine.Shape, error) {
 			return nil, bad("shape dimension %d", d)
 		}
 		s[i] = int(d)
+	}
+	// Each dimension fits, but their product may not: a count that wrapped
+	// around would let a shape claim bytes that are not there.
+	if err := s.Validate(); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
