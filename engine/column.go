@@ -12,6 +12,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"reflect"
@@ -365,6 +366,12 @@ func (c *Column) Strings() ([]string, error) {
 // Values returns all elements of a dense or ragged column as a []T without
 // copying when the memory is suitably aligned (always, for memory TQ
 // allocated) and as a copy otherwise. T must match the column's dtype.
+//
+// A bool element is a byte, 0 or 1, but nothing keeps a writer from
+// storing others (a torch .view(torch.bool), any raw put). Values reads
+// each nonzero byte as true, as numpy and torch do: where a bool column
+// holds other bytes it returns a copy, so every value is a valid Go bool
+// and the column's bytes are left as they are.
 func Values[T Elem](c *Column) ([]T, error) {
 	if c.kind == Opaque {
 		return nil, fmt.Errorf("values of an opaque column: %w", ErrInvalid)
@@ -372,7 +379,7 @@ func Values[T Elem](c *Column) ([]T, error) {
 	if dt := DTypeOf[T](); dt != c.dtype {
 		return nil, fmt.Errorf("view %v column as %v: %w", c.dtype, dt, ErrDTypeMismatch)
 	}
-	return view[T](c.data), nil
+	return view[T](c.dtype, c.data), nil
 }
 
 // Row returns row i of a dense or ragged column as a []T (see [Values]).
@@ -386,10 +393,14 @@ func Row[T Elem](c *Column, i int) ([]T, error) {
 	if i < 0 || i >= c.n {
 		return nil, fmt.Errorf("row %d of %d: %w", i, c.n, ErrInvalid)
 	}
-	return view[T](c.RowBytes(i)), nil
+	return view[T](c.dtype, c.RowBytes(i)), nil
 }
 
-func view[T Elem](b []byte) []T {
+// view returns b, bytes of dtype dt, as a []T (see [Values]).
+func view[T Elem](dt DType, b []byte) []T {
+	if dt == Bool {
+		b = boolBytes(b)
+	}
 	var z [1]T
 	size := len(asBytes(z[:]))
 	if aligned(b, alignOf[T]()) {
@@ -397,6 +408,36 @@ func view[T Elem](b []byte) []T {
 	}
 	out := make([]T, len(b)/size)
 	copy(asBytes(out), b)
+	return out
+}
+
+// boolBytes returns b when each of its bytes is 0 or 1, and otherwise a
+// copy with each nonzero byte 1. Reading such a byte as a Go bool gives a
+// value that is neither true nor false (v == true fails, two of them are
+// distinct map keys). The scan, 8 bytes at a time, is the only cost a
+// valid column pays, and only bool columns pay it.
+func boolBytes(b []byte) []byte {
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:])&0xfefefefefefefefe != 0 {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		if b[i] > 1 {
+			break
+		}
+	}
+	if i == len(b) {
+		return b
+	}
+	out := make([]byte, len(b))
+	copy(out, b[:i])
+	for j := i; j < len(b); j++ {
+		if b[j] != 0 {
+			out[j] = 1
+		}
+	}
 	return out
 }
 

@@ -22,7 +22,7 @@ const (
 	Int16
 	Int8
 	Uint8
-	Bool
+	Bool // one byte, 0 or 1; read back, any nonzero byte is true (see [Values])
 	Bytes
 	Uint16
 	Uint32

@@ -17,6 +17,13 @@ with numpy dtype metadata so that a put knows them (``arr.view(tq.bfloat16)``)
 and a get returns them marked the same way. :func:`as_dtype` wraps an array
 with an explicit TQ dtype instead. torch tensors of ``torch.bfloat16`` and the
 float8 types are converted both ways when torch is importable.
+
+A bool cell is one byte, 0 or 1, and a put sends a bool array's bytes as
+they are. numpy and torch bools are 0 or 1, except an array made by
+reinterpreting other bytes (``arr.view(bool)``, ``t.view(torch.bool)``):
+TQ stores such bytes unchanged and a Go reader takes any nonzero byte as
+true, but numpy's own vectorised operations on them can misbehave, so
+convert with ``arr != 0`` before a put.
 """
 
 from __future__ import annotations
