@@ -53,8 +53,8 @@ func (f FieldSpec) layout(n int) (engine.Kind, int64, error) {
 		}
 		var size int64
 		for i, b := range f.RowBytes {
-			if b < 0 {
-				return 0, 0, fmt.Errorf("opaque field %q row %d of %d bytes: %w", f.Name, i, b, engine.ErrInvalid)
+			if b < 0 || int64(b) > maxFieldBytes-size {
+				return 0, 0, fmt.Errorf("opaque field %q row %d of %d bytes: %w", f.Name, i, b, errFieldSize(size))
 			}
 			size += int64(b)
 		}
@@ -63,24 +63,41 @@ func (f FieldSpec) layout(n int) (engine.Kind, int64, error) {
 	if !f.DType.Valid() || f.DType == engine.Bytes {
 		return 0, 0, fmt.Errorf("field %q of dtype %v: %w", f.Name, f.DType, engine.ErrInvalid)
 	}
-	es := int64(f.DType.Size())
 	if f.Shapes != nil {
 		if len(f.Shapes) != n {
 			return 0, 0, fmt.Errorf("ragged field %q has %d shapes, meta has %d rows: %w", f.Name, len(f.Shapes), n, engine.ErrInvalid)
 		}
 		var size int64
 		for i, s := range f.Shapes {
-			if err := s.Validate(); err != nil {
+			b, err := s.CellBytes(f.DType)
+			if err != nil {
 				return 0, 0, fmt.Errorf("field %q row %d: %w", f.Name, i, err)
 			}
-			size += int64(s.NumElems()) * es
+			if int64(b) > maxFieldBytes-size {
+				return 0, 0, fmt.Errorf("field %q row %d of %d bytes: %w", f.Name, i, b, errFieldSize(size))
+			}
+			size += int64(b)
 		}
 		return engine.Ragged, size, nil
 	}
-	if err := f.Shape.Validate(); err != nil {
+	b, err := f.Shape.CellBytes(f.DType)
+	if err != nil {
 		return 0, 0, fmt.Errorf("field %q: %w", f.Name, err)
 	}
-	return engine.Dense, int64(n) * int64(f.Shape.NumElems()) * es, nil
+	if b > 0 && int64(n) > maxFieldBytes/int64(b) {
+		return 0, 0, fmt.Errorf("field %q: %d rows of %d bytes exceed %d bytes: %w", f.Name, n, b, maxFieldBytes, engine.ErrInvalid)
+	}
+	return engine.Dense, int64(n) * int64(b), nil
+}
+
+// maxFieldBytes bounds the bytes one field of a reservation spans: the
+// largest payload a frame carries.
+const maxFieldBytes = engine.MaxCellBytes
+
+// errFieldSize is the error of a field whose rows, after size bytes,
+// exceed maxFieldBytes (or of a negative row length).
+func errFieldSize(size int64) error {
+	return fmt.Errorf("negative, or past %d bytes after %d: %w", int64(maxFieldBytes), size, engine.ErrInvalid)
 }
 
 // column builds the field's column over data, which it aliases.

@@ -177,6 +177,11 @@ func TestReservePutInvalid(t *testing.T) {
 		{"duplicate", meta, []client.FieldSpec{{Name: "y", DType: engine.Int64}, {Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
 		{"dense bytes", meta, []client.FieldSpec{{Name: "y", DType: engine.Bytes}}, engine.ErrInvalid},
 		{"two partitions", twoParts, []client.FieldSpec{{Name: "y", DType: engine.Int64}}, engine.ErrInvalid},
+		// Sizes whose products would wrap around.
+		{"cell too large", meta, []client.FieldSpec{{Name: "y", DType: engine.Int64, Shape: engine.Shape{1 << 30, 1 << 30, 16}}}, engine.ErrInvalid},
+		{"rows too large", meta, []client.FieldSpec{{Name: "y", DType: engine.Complex128, Shape: engine.Shape{1 << 36}}}, engine.ErrInvalid},
+		{"ragged rows too large", meta, []client.FieldSpec{{Name: "y", DType: engine.Int16, Shapes: []engine.Shape{{1 << 39}, {1 << 39}}}}, engine.ErrInvalid},
+		{"opaque rows too large", meta, []client.FieldSpec{{Name: "y", RowBytes: []int{1 << 62, 1 << 62}}}, engine.ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := c.ReservePut(ctx, tc.meta, tc.fields...); !errors.Is(err, tc.want) {
