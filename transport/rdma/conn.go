@@ -59,7 +59,7 @@ type Conn struct {
 	t    *Transport
 	cfg  Config
 	addr string
-	wc   *wire.Conn
+	wc   *wire.Conn // set once by dial, under mu: Close may run meanwhile
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -69,7 +69,7 @@ type Conn struct {
 
 	connMu sync.Mutex // serializes bringing queue pairs up
 
-	mu    sync.RWMutex // guards set and segs; posting and polling hold it for reading
+	mu    sync.RWMutex // guards wc while dialing, set and segs; posting and polling hold it for reading
 	set   *clientQPs
 	segs  map[uint32]remoteSeg
 	waves chan struct{}
@@ -123,10 +123,17 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	if _, err := t.Device(); err != nil {
 		return nil, c.opErr("dial", err)
 	}
+	// The dial counts as a call in flight: Close (the transport's, once
+	// the Conn is in its set) stops it and waits for it before it
+	// destroys anything the dial may be using.
+	c.ops.Add(1)
 	if !t.conns.Add(c) {
+		c.ops.Done()
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
-	if err := c.dial(ctx, peer); err != nil {
+	err := c.dial(ctx, peer)
+	c.ops.Done()
+	if err != nil {
 		c.Close()
 		return nil, c.opErr("dial", err)
 	}
@@ -134,13 +141,29 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 }
 
 func (c *Conn) dial(ctx context.Context, peer engine.PeerInfo) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // Close ends a dial still connecting or in its handshake
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name,
 		UnitId: uint32(peer.Unit), Incarnation: peer.Incarnation}
 	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
+	if c.closing.Load() { // Close found no connection to close
+		c.mu.Unlock()
+		wc.Close()
+		return c.errClosed()
+	}
 	c.wc = wc
+	c.mu.Unlock()
 	if err := wire.CheckUnit(reply, c.addr, peer.Unit, peer.Incarnation); err != nil {
 		return err
 	}
@@ -798,9 +821,12 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.closing.Store(true)
 		close(c.done)
+		c.mu.Lock()
+		wc := c.wc // nil while a dial has none yet: it closes its own
+		c.mu.Unlock()
 		var errs []error
-		if c.wc != nil {
-			errs = append(errs, c.wc.Close())
+		if wc != nil {
+			errs = append(errs, wc.Close())
 		}
 		c.ops.Wait()
 		c.mu.Lock()

@@ -243,8 +243,9 @@ func (t *Transport) lookup(b []byte) (uint32, bool) {
 	return 0, false
 }
 
-// Close closes every connection, then the registrations, the staging
-// memory and the device. It is idempotent.
+// Close closes every connection, stopping dials in progress (they fail
+// with an error wrapping [engine.ErrClosed]), then the registrations, the
+// staging memory and the device. It is idempotent.
 func (t *Transport) Close() error {
 	errs := []error{t.conns.Close()}
 	t.mu.Lock()
