@@ -98,6 +98,7 @@ type clientQPs struct {
 
 type waiter struct {
 	left int
+	gen  int64 // the queue pairs its work requests are posted on
 	err  error
 	done chan struct{}
 }
@@ -249,7 +250,10 @@ func (c *Conn) Reconnects() int64 { return c.reconnects.Load() }
 
 // breakQPs tears the queue pairs of generation gen down (nothing if they
 // were replaced already): they go to the error state, are destroyed, and
-// every waiter fails with cause.
+// every waiter on them fails with cause. Waiters on queue pairs another
+// call brought up once these were gone are left alone: their work
+// requests are outstanding on live queue pairs, and their buffers (staging
+// slots) must stay theirs until those complete.
 func (c *Conn) breakQPs(gen int64, cause error) {
 	c.mu.Lock()
 	set := c.set
@@ -266,6 +270,9 @@ func (c *Conn) breakQPs(gen int64, cause error) {
 	torn := &tornDown{cause}
 	c.wmu.Lock()
 	for id, w := range c.pending {
+		if w.gen > gen {
+			continue
+		}
 		delete(c.pending, id)
 		w.fail(torn)
 	}
@@ -519,7 +526,7 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slice) error {
 	nq := len(set.qps)
 	first := int(c.rr.Add(1))
-	w := &waiter{left: len(batch), done: make(chan struct{})}
+	w := &waiter{left: len(batch), gen: set.gen, done: make(chan struct{})}
 	wrs := make([][]WR, nq)
 	sges := make([][]SGE, nq)
 	for i, s := range batch {

@@ -3,6 +3,8 @@
 package rdma
 
 import (
+	"bytes"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -72,4 +74,72 @@ func TestCloseDuringDialClosesControlConnection(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dial's control connection is still open after Close")
 	}
+}
+
+// Tearing one generation of queue pairs down fails only the work requests
+// posted on it (or on older ones). A call that brought a new set up after
+// the old one was torn down, and posted on it, keeps waiting for its
+// completions: were it failed, its wave would give its staging slots back
+// and go again while the old work requests could still move bytes into or
+// out of those slots.
+//
+// The interleaving is forced by holding c.wmu, which breakQPs takes once
+// it has torn the old set down, and which post takes to register its work
+// requests.
+func TestBreakQPsSparesWaitersOfNewerQueuePairs(t *testing.T) {
+	p := startUnitProc(t, testDevice(t), "")
+	tr := newTransport(t, testConfig(t))
+	c := dialUnit(t, tr, p)
+	data := bytes.Repeat([]byte("x"), 4096)
+	addrs, err := c.Write(t.Context(), [][][]byte{{data}})
+	require.NoError(t, err)
+	c.mu.RLock()
+	old := c.set
+	c.mu.RUnlock()
+
+	c.wmu.Lock()
+	broke := make(chan struct{})
+	go func() {
+		c.breakQPs(old.gen, errors.New("another call's error completion"))
+		close(broke)
+	}()
+	require.Eventually(t, func() bool {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return c.set == nil
+	}, 10*time.Second, time.Millisecond, "the old queue pairs were never torn down")
+
+	// Another call brings new queue pairs up and posts a READ on them,
+	// as post does (it registers its work request under c.wmu).
+	set, err := c.qps(t.Context())
+	require.NoError(t, err)
+	require.Greater(t, set.gen, old.gen)
+	st := tr.staging
+	slot := <-st.free
+	defer func() { st.free <- slot }()
+	local := st.buf(slot)[:len(data)]
+	clear(local)
+	c.mu.RLock()
+	seg := c.segs[addrs[0].Segment]
+	c.mu.RUnlock()
+	id := c.nextID.Add(1)
+	w := &waiter{left: 1, gen: set.gen, done: make(chan struct{})}
+	c.pending[id] = w
+	_, err = set.qps[0].Post([]WR{{ID: id, RemoteAddr: seg.addr + addrs[0].Offset, RKey: seg.rkey, Op: OpRead, Signaled: 1, NumSGE: 1}},
+		[]SGE{{Addr: uint64(sliceAddr(local)), Length: uint32(len(local)), LKey: st.mr.LKey}})
+	require.NoError(t, err)
+	c.wmu.Unlock()
+	<-broke
+
+	select {
+	case <-w.done:
+		t.Fatalf("tearing generation %d down failed a work request on generation %d: %v", old.gen, set.gen, w.err)
+	default:
+	}
+	require.NoError(t, c.wait(t.Context(), set, w))
+	require.Equal(t, data, local)
+	c.mu.RLock()
+	live := c.set
+	c.mu.RUnlock()
+	require.Same(t, set, live, "the new queue pairs are still the Conn's")
 }
