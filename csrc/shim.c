@@ -234,14 +234,19 @@ err_free:
 	return NULL;
 }
 
+/* A close that fails part way may be tried again: each handle is cleared
+ * once freed, so it is freed once. */
 int tq_shim_close(struct tq_dev *d, struct tq_err *err)
 {
 	int ret;
 
-	ret = d->v->dealloc_pd(d->pd);
-	if (ret) {
-		tq_set_err(err, "ibv_dealloc_pd", ret > 0 ? ret : errno);
-		return -1;
+	if (d->pd) {
+		ret = d->v->dealloc_pd(d->pd);
+		if (ret) {
+			tq_set_err(err, "ibv_dealloc_pd", ret > 0 ? ret : errno);
+			return -1;
+		}
+		d->pd = NULL;
 	}
 	ret = d->v->close_device(d->ctx);
 	if (ret) {
@@ -289,10 +294,23 @@ int tq_shim_query_port(struct tq_dev *d, struct tq_port_info *out, struct tq_err
 	return 0;
 }
 
+/* tq_no_pd fails a verb that needs the protection domain of a device
+ * whose close freed it already. */
+static int tq_no_pd(struct tq_dev *d, const char *verb, struct tq_err *err)
+{
+	if (d->pd)
+		return 0;
+	tq_set_err(err, verb, EBADF);
+	return 1;
+}
+
 struct ibv_mr *tq_shim_reg_mr(struct tq_dev *d, void *addr, size_t len, int access, struct tq_err *err)
 {
-	struct ibv_mr *mr = d->v->reg_mr(d->pd, addr, len, access);
+	struct ibv_mr *mr;
 
+	if (tq_no_pd(d, "ibv_reg_mr", err))
+		return NULL;
+	mr = d->v->reg_mr(d->pd, addr, len, access);
 	if (!mr)
 		tq_set_err(err, "ibv_reg_mr", errno);
 	return mr;
@@ -303,6 +321,8 @@ struct ibv_mr *tq_shim_reg_dmabuf_mr(struct tq_dev *d, int fd, uint64_t offset, 
 {
 	struct ibv_mr *mr;
 
+	if (tq_no_pd(d, "ibv_reg_dmabuf_mr", err))
+		return NULL;
 	if (!d->v->reg_dmabuf_mr) {
 		tq_set_err(err, "ibv_reg_dmabuf_mr", EOPNOTSUPP);
 		return NULL;
@@ -359,8 +379,11 @@ struct ibv_qp *tq_shim_create_qp(struct tq_dev *d, struct ibv_cq *cq, uint32_t m
 		.qp_type = IBV_QPT_RC,
 		.sq_sig_all = 0,
 	};
-	struct ibv_qp *qp = d->v->create_qp(d->pd, &attr);
+	struct ibv_qp *qp;
 
+	if (tq_no_pd(d, "ibv_create_qp", err))
+		return NULL;
+	qp = d->v->create_qp(d->pd, &attr);
 	if (!qp)
 		tq_set_err(err, "ibv_create_qp", errno);
 	return qp;

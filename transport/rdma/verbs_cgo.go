@@ -124,7 +124,10 @@ func (d *Device) Emulated() bool { return d.emulated }
 func (d *Device) Port() PortInfo { return d.port }
 
 // Close deallocates the protection domain and closes the device. It fails
-// (EBUSY) while registrations or queue pairs made through it are open.
+// (EBUSY) while registrations, completion queues or queue pairs made
+// through it are open, and may be called again once they are closed (a
+// failure after the protection domain was freed leaves a device that
+// registers nothing and makes no queue pairs: EBADF).
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -312,3 +312,33 @@ func TestCloseOrder(t *testing.T) {
 	assert.Equal(t, before.MRs-1, after.MRs)
 	assert.Equal(t, before.Contexts-1, after.Contexts)
 }
+
+// A device whose close fails after its protection domain was freed (a
+// completion queue is still open) closes on the next try, once the
+// child is gone: the protection domain is not freed twice. Meanwhile
+// what needs it fails instead of using it.
+func TestCloseRetriedAfterPDFreed(t *testing.T) {
+	d, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	cq, err := d.NewCQ(16)
+	require.NoError(t, err)
+	before := EmulatedCounts()
+	err = d.Close()
+	require.ErrorIs(t, err, syscall.EBUSY)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, "ibv_close_device", e.Op)
+	assert.Equal(t, before.PDs-1, EmulatedCounts().PDs, "the protection domain is freed")
+
+	mem, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	require.NoError(t, err)
+	defer unix.Munmap(mem)
+	_, err = d.Register(mem, AccessLocalWrite)
+	require.ErrorIs(t, err, syscall.EBADF, "register without a protection domain")
+
+	require.NoError(t, cq.Close())
+	require.NoError(t, d.Close())
+	after := EmulatedCounts()
+	assert.Equal(t, before.PDs-1, after.PDs)
+	assert.Equal(t, before.Contexts-1, after.Contexts)
+}
