@@ -179,13 +179,21 @@ int tq_shim_devices(struct tq_devinfo *out, int max, struct tq_err *err)
 	return n;
 }
 
+static uint8_t tq_rd_atom(int dev_max)
+{
+	if (dev_max < 0)
+		return 0;
+	return dev_max < TQ_SHIM_RD_ATOM ? (uint8_t)dev_max : TQ_SHIM_RD_ATOM;
+}
+
 struct tq_dev *tq_shim_open(const char *name, uint8_t port, struct tq_err *err)
 {
 	const struct tq_verbs *v = tq_verbs_for(name);
 	struct ibv_device **list;
 	struct ibv_device *dev = NULL;
+	struct ibv_device_attr da;
 	struct tq_dev *d;
-	int num = 0;
+	int num = 0, ret;
 
 	d = calloc(1, sizeof(*d));
 	if (!d) {
@@ -217,6 +225,14 @@ struct tq_dev *tq_shim_open(const char *name, uint8_t port, struct tq_err *err)
 		tq_set_err(err, "ibv_open_device", errno);
 		goto err_list;
 	}
+	memset(&da, 0, sizeof(da));
+	ret = v->query_device(d->ctx, &da);
+	if (ret) {
+		tq_set_err(err, "ibv_query_device", ret > 0 ? ret : errno);
+		goto err_close;
+	}
+	d->max_rd_atomic = tq_rd_atom(da.max_qp_init_rd_atom);
+	d->max_dest_rd_atomic = tq_rd_atom(da.max_qp_rd_atom);
 	d->pd = v->alloc_pd(d->ctx);
 	if (!d->pd) {
 		tq_set_err(err, "ibv_alloc_pd", errno);
@@ -422,7 +438,7 @@ int tq_shim_qp_rtr(struct tq_dev *d, struct ibv_qp *qp, uint32_t dest_qpn, uint3
 		.path_mtu = mtu,
 		.dest_qp_num = dest_qpn,
 		.rq_psn = rq_psn,
-		.max_dest_rd_atomic = 16,
+		.max_dest_rd_atomic = d->max_dest_rd_atomic,
 		.min_rnr_timer = 12,
 		.ah_attr = {
 			.is_global = 1,
@@ -453,7 +469,7 @@ int tq_shim_qp_rts(struct tq_dev *d, struct ibv_qp *qp, uint32_t sq_psn, uint8_t
 		.retry_cnt = retry_cnt,
 		.rnr_retry = 7,
 		.sq_psn = sq_psn,
-		.max_rd_atomic = 16,
+		.max_rd_atomic = d->max_rd_atomic,
 	};
 
 	return tq_modify(d, qp, &attr,

@@ -27,6 +27,9 @@
 
 #define TQ_SHIM_MAX_CHAIN 256 /* work requests per tq_shim_post call */
 #define TQ_SHIM_NAME_LEN 64
+/* RDMA READs in flight per queue pair, each way, at most: the device's
+ * limits (max_qp_init_rd_atom, max_qp_rd_atom) when they are lower. */
+#define TQ_SHIM_RD_ATOM 16
 
 struct tq_err {
 	char verb[32];
@@ -38,6 +41,8 @@ struct tq_dev {
 	struct ibv_context *ctx;
 	struct ibv_pd *pd;
 	uint8_t port;
+	uint8_t max_rd_atomic;	    /* TQ_SHIM_RD_ATOM or max_qp_init_rd_atom */
+	uint8_t max_dest_rd_atomic; /* TQ_SHIM_RD_ATOM or max_qp_rd_atom */
 	int emulated;
 	char name[TQ_SHIM_NAME_LEN];
 };
