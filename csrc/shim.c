@@ -186,7 +186,7 @@ static uint8_t tq_rd_atom(int dev_max)
 	return dev_max < TQ_SHIM_RD_ATOM ? (uint8_t)dev_max : TQ_SHIM_RD_ATOM;
 }
 
-struct tq_dev *tq_shim_open(const char *name, uint8_t port, struct tq_err *err)
+struct tq_dev *tq_shim_open(const char *name, uint8_t port, uint8_t gid_index, struct tq_err *err)
 {
 	const struct tq_verbs *v = tq_verbs_for(name);
 	struct ibv_device **list;
@@ -202,6 +202,7 @@ struct tq_dev *tq_shim_open(const char *name, uint8_t port, struct tq_err *err)
 	}
 	d->v = v;
 	d->port = port;
+	d->gid_index = gid_index;
 	d->emulated = v != &tq_hw_verbs;
 	strncpy(d->name, name, sizeof(d->name) - 1);
 
@@ -286,7 +287,7 @@ int tq_shim_query_port(struct tq_dev *d, struct tq_port_info *out, struct tq_err
 		tq_set_err(err, "ibv_query_port", ret > 0 ? ret : errno);
 		return -1;
 	}
-	ret = d->v->query_gid(d->ctx, d->port, 0, &gid);
+	ret = d->v->query_gid(d->ctx, d->port, d->gid_index, &gid);
 	if (ret) {
 		tq_set_err(err, "ibv_query_gid", ret > 0 ? ret : errno);
 		return -1;
@@ -446,9 +447,11 @@ int tq_shim_qp_rtr(struct tq_dev *d, struct ibv_qp *qp, uint32_t dest_qpn, uint3
 			.sl = 0,
 			.src_path_bits = 0,
 			.port_num = d->port,
+			/* RoCE v2 packets are routed: a hop limit of 1
+			 * would drop them at the first router. */
 			.grh = {
-				.hop_limit = 1,
-				.sgid_index = 0,
+				.hop_limit = 64,
+				.sgid_index = d->gid_index,
 			},
 		},
 	};

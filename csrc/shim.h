@@ -41,6 +41,7 @@ struct tq_dev {
 	struct ibv_context *ctx;
 	struct ibv_pd *pd;
 	uint8_t port;
+	uint8_t gid_index;	    /* the port's GID this side's queue pairs use */
 	uint8_t max_rd_atomic;	    /* TQ_SHIM_RD_ATOM or max_qp_init_rd_atom */
 	uint8_t max_dest_rd_atomic; /* TQ_SHIM_RD_ATOM or max_qp_rd_atom */
 	int emulated;
@@ -54,7 +55,7 @@ struct tq_devinfo {
 
 struct tq_port_info {
 	uint16_t lid;
-	uint8_t gid[16];
+	uint8_t gid[16]; /* at the device's gid_index */
 	int state;	/* enum ibv_port_state */
 	int active_mtu; /* enum ibv_mtu */
 	int link_layer;
@@ -90,7 +91,7 @@ struct tq_wc {
 };
 
 int tq_shim_devices(struct tq_devinfo *out, int max, struct tq_err *err);
-struct tq_dev *tq_shim_open(const char *name, uint8_t port, struct tq_err *err);
+struct tq_dev *tq_shim_open(const char *name, uint8_t port, uint8_t gid_index, struct tq_err *err);
 int tq_shim_close(struct tq_dev *d, struct tq_err *err);
 int tq_shim_query_port(struct tq_dev *d, struct tq_port_info *out, struct tq_err *err);
 

@@ -28,6 +28,12 @@
 // transport's life). Bytes from or to any other buffer pass through the
 // staging pool, one copy on this side; nothing is registered per request.
 //
+// Addressing. Queue pairs carry a global route header to the peer's GID,
+// hop limit 64, from the port's GID at index $TQ_RDMA_GID_INDEX
+// ([GIDIndexEnv]; 0 when unset, right for InfiniBand). On RoCE, entry 0
+// is usually the RoCE v1 link-local GID: point it at the RoCE v2 entry of
+// the address the hosts reach each other on, on clients and units alike.
+//
 // Testing without hardware. The emulated device emu0…emu3 (csrc/emu.c)
 // implements the verbs with real semantics across processes of one host:
 // the initiator does READ and WRITE alone through the target's shared

@@ -9,6 +9,8 @@ package rdma
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"syscall"
 
 	"github.com/tqgo/tq/engine"
@@ -33,8 +35,30 @@ const (
 	OpRead  Opcode = 4 // IBV_WR_RDMA_READ
 )
 
+// GIDIndexEnv names the environment variable that picks the entry of the
+// port's GID table queue pairs use: their source GID, and the GID their
+// Endpoint gives the peer ([OpenDevice] reads it; unset means 0). On
+// InfiniBand entry 0 is right. On RoCE entry 0 is usually the RoCE v1
+// link-local GID, which does not cross an IP router: set it to the RoCE
+// v2 entry of the address the hosts reach each other on (show_gids lists
+// them), on clients and units alike.
+const GIDIndexEnv = "TQ_RDMA_GID_INDEX"
+
+// gidIndex is the GID table entry GIDIndexEnv asks for.
+func gidIndex() (uint8, error) {
+	v := os.Getenv(GIDIndexEnv)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 8)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want a GID table index from 0 to 255: %w", GIDIndexEnv, v, engine.ErrInvalid)
+	}
+	return uint8(n), nil
+}
+
 // Endpoint is what the other side of a queue pair needs to connect to it:
-// its port's LID and GID, the QP number and the first packet sequence
+// its port's LID and GID (the entry GIDIndexEnv picks), the QP number and the first packet sequence
 // number. It is plain data and travels over the control connection.
 type Endpoint struct {
 	LID uint16
@@ -46,7 +70,8 @@ type Endpoint struct {
 // PortInfo describes the port a device was opened on.
 type PortInfo struct {
 	LID       uint16
-	GID       [16]byte
+	GID       [16]byte // entry GIDIndex of the port's GID table
+	GIDIndex  int
 	State     int // enum ibv_port_state; 4 is ACTIVE
 	MTU       int // enum ibv_mtu of the active MTU (5: 4096)
 	LinkLayer int

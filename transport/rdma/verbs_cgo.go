@@ -86,13 +86,19 @@ type Device struct {
 }
 
 // OpenDevice opens the named device on port 1 ("emu0".."emu3" are the
-// emulated device). A name the host does not have is an error wrapping
-// [engine.ErrNotSupported].
+// emulated device), its queue pairs to use the GID [GIDIndexEnv] picks.
+// A name the host does not have is an error wrapping
+// [engine.ErrNotSupported]; a GID index that is malformed or has no GID,
+// one wrapping [engine.ErrInvalid].
 func OpenDevice(name string) (*Device, error) {
+	gi, err := gidIndex()
+	if err != nil {
+		return nil, err
+	}
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
 	var e C.struct_tq_err
-	c := C.tq_shim_open(cname, 1, &e)
+	c := C.tq_shim_open(cname, 1, C.uint8_t(gi), &e)
 	if c == nil {
 		err := cerr(name, &e)
 		if e.errnum == C.ENODEV {
@@ -103,14 +109,18 @@ func OpenDevice(name string) (*Device, error) {
 	d := &Device{name: name, emulated: c.emulated != 0, c: c}
 	var pi C.struct_tq_port_info
 	if C.tq_shim_query_port(c, &pi, &e) != 0 {
-		err := cerr(name, &e)
+		err := fmt.Errorf("port 1 (gid index %d): %w", gi, cerr(name, &e))
 		C.tq_shim_close(c, &e)
 		return nil, err
 	}
-	d.port = PortInfo{LID: uint16(pi.lid), State: int(pi.state), MTU: int(pi.active_mtu), LinkLayer: int(pi.link_layer),
+	d.port = PortInfo{LID: uint16(pi.lid), GIDIndex: int(gi), State: int(pi.state), MTU: int(pi.active_mtu), LinkLayer: int(pi.link_layer),
 		MaxQPWR: uint32(pi.max_qp_wr), MaxSGE: uint32(pi.max_sge), MaxCQE: int(pi.max_cqe)}
 	for i := range d.port.GID {
 		d.port.GID[i] = byte(pi.gid[i])
+	}
+	if d.port.GID == [16]byte{} {
+		C.tq_shim_close(c, &e)
+		return nil, fmt.Errorf("rdma %s: port 1 has no GID at index %d (see %s): %w", name, gi, GIDIndexEnv, engine.ErrInvalid)
 	}
 	track(d)
 	return d, nil

@@ -342,3 +342,34 @@ func TestCloseRetriedAfterPDFreed(t *testing.T) {
 	assert.Equal(t, before.PDs-1, after.PDs)
 	assert.Equal(t, before.Contexts-1, after.Contexts)
 }
+
+// TQ_RDMA_GID_INDEX picks the GID queue pairs use; a malformed index, or
+// one the port's table does not have, fails OpenDevice saying so.
+func TestOpenDeviceGIDIndex(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		is   error
+		says string
+	}{
+		{"", nil, ""},
+		{"0", nil, ""},
+		{"1", syscall.EINVAL, "gid index 1"}, // the emulated port has one GID
+		{"256", engine.ErrInvalid, "TQ_RDMA_GID_INDEX"},
+		{"-1", engine.ErrInvalid, "TQ_RDMA_GID_INDEX"},
+		{"roce", engine.ErrInvalid, "TQ_RDMA_GID_INDEX"},
+	} {
+		t.Run("env="+tc.env, func(t *testing.T) {
+			t.Setenv(GIDIndexEnv, tc.env)
+			d, err := OpenDevice("emu0")
+			if tc.is == nil {
+				require.NoError(t, err)
+				assert.Equal(t, 0, d.Port().GIDIndex)
+				assert.NotEqual(t, [16]byte{}, d.Port().GID)
+				require.NoError(t, d.Close())
+				return
+			}
+			require.ErrorIs(t, err, tc.is)
+			assert.Contains(t, err.Error(), tc.says)
+		})
+	}
+}
