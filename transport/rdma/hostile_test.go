@@ -4,14 +4,18 @@ package rdma
 
 import (
 	"bufio"
+	"bytes"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
@@ -135,4 +139,39 @@ func TestClientKilledMidPut(t *testing.T) {
 		st := u.Stats()
 		return tgt.Connections() == 0 && st.OpenReservations == 0 && st.Used == 0
 	}, 10*time.Second, 10*time.Millisecond, "stats after the kill: %+v, %d connections", u.Stats(), tgt.Connections())
+}
+
+// A segment the device cannot register is logged, and a client that meets
+// it is told why; a registration past the locked-memory limit says so.
+func TestSegmentNotRegistered(t *testing.T) {
+	dev, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
+	tgt := NewTarget(dev)
+	var logged bytes.Buffer
+	tgt.log = slog.New(slog.NewTextHandler(&logged, nil))
+	// Private anonymous memory: the emulated device cannot share it with
+	// another process, so it refuses remote access to it.
+	mem, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Munmap(mem) })
+	tgt.SegmentMapped(3, mem, -1)
+	assert.Contains(t, logged.String(), "level=ERROR")
+	assert.Contains(t, logged.String(), "segment=3")
+	_, err = tgt.Segments([]uint32{3})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "register segment 3")
+	tgt.SegmentDropped(3)
+	require.Error(t, tgt.Close(), "Close reports the failed registration")
+
+	enomem := &Error{Op: "ibv_reg_mr", Errno: syscall.ENOMEM, Device: "mlx5_0"}
+	err = registerError(3, 1<<30, 8<<20, enomem)
+	require.ErrorIs(t, err, syscall.ENOMEM)
+	assert.Contains(t, err.Error(), "RLIMIT_MEMLOCK) of 8388608 bytes")
+	for _, err := range []error{
+		registerError(3, 1<<30, uint64(unix.RLIM_INFINITY), enomem),
+		registerError(3, 1<<30, 8<<20, &Error{Op: "ibv_reg_mr", Errno: syscall.EINVAL, Device: "mlx5_0"}),
+	} {
+		assert.NotContains(t, err.Error(), "RLIMIT_MEMLOCK")
+	}
 }

@@ -4,8 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -21,6 +25,7 @@ const MaxQPs = 16
 // storage.ServerConfig.RDMA. It is safe for concurrent use.
 type Target struct {
 	dev *Device
+	log *slog.Logger
 
 	mu     sync.Mutex
 	segs   map[uint32]*targetSeg
@@ -38,22 +43,45 @@ type targetSeg struct {
 // NewTarget serves RDMA on dev, which the caller keeps open until after
 // [Target.Close].
 func NewTarget(dev *Device) *Target {
-	return &Target{dev: dev, segs: map[uint32]*targetSeg{}, sets: map[*qpSet]struct{}{}}
+	return &Target{dev: dev, log: slog.Default(), segs: map[uint32]*targetSeg{}, sets: map[*qpSet]struct{}{}}
 }
 
 // Device is the target's device.
 func (t *Target) Device() *Device { return t.dev }
 
-// SegmentMapped registers a new segment for remote reads and writes.
+// SegmentMapped registers a new segment for remote reads and writes. A
+// registration that fails is logged (slog's default logger), and clients
+// that meet the segment are told why (see [Target.Segments]): the unit
+// still places extents in it, which no RDMA transfer can reach.
 func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) {
 	mr, err := t.dev.Register(mem, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite)
+	if err != nil {
+		var lim unix.Rlimit
+		memlock := uint64(unix.RLIM_INFINITY)
+		if unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) == nil {
+			memlock = lim.Cur
+		}
+		err = registerError(id, len(mem), memlock, err)
+		t.log.Error("rdma: segment not registered: RDMA transfers to and from its extents will fail",
+			"device", t.dev.Name(), "segment", id, "bytes", len(mem), "err", err)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("register segment %d (%d bytes): %w", id, len(mem), err)
 		t.errs = append(t.errs, err)
 	}
 	t.segs[id] = &targetSeg{mr: mr, size: uint64(len(mem)), err: err}
+}
+
+// registerError says why segment id could not be registered. Registering
+// pins the memory: past the locked-memory limit (memlock, RLIMIT_MEMLOCK)
+// ibv_reg_mr fails with ENOMEM, and the error names the limit.
+func registerError(id uint32, size int, memlock uint64, err error) error {
+	if errors.Is(err, syscall.ENOMEM) && memlock != uint64(unix.RLIM_INFINITY) {
+		return fmt.Errorf("register segment %d (%d bytes) under a locked-memory limit (RLIMIT_MEMLOCK) of %d bytes: "+
+			"raise it (ulimit -l, LimitMEMLOCK=, or CAP_IPC_LOCK): %w", id, size, memlock, err)
+	}
+	return fmt.Errorf("register segment %d (%d bytes): %w", id, size, err)
 }
 
 // SegmentDropped deregisters a segment.
