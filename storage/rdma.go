@@ -14,6 +14,13 @@ package storage
 // and ACQUIRE/RELEASE around a get's reads, as for shared memory. The
 // queue pairs belong to the connection's session: when it ends they are
 // destroyed, so a dead client's QPs never outlive it.
+//
+// Trust: as with shared memory, a client that passed the handshake can
+// read and write every segment, all of it: the target registers each
+// segment whole for remote read and write and gives its rkey to every
+// client that asks (RDMA_CONNECT, RDMA_SEGMENTS). Reservations and leases
+// order honest clients; they do not fence the others off (see the
+// transport/rdma package doc).
 
 import (
 	"context"

@@ -28,6 +28,20 @@
 // transport's life). Bytes from or to any other buffer pass through the
 // staging pool, one copy on this side; nothing is registered per request.
 //
+// Trust. A unit registers each arena segment once, whole, for remote
+// read and write, and hands every segment's address and rkey to each
+// client that passed the handshake (the cluster token, when the unit has
+// one), in RDMA_CONNECT and RDMA_SEGMENTS. Through its queue pairs such a
+// client can read and write any byte of any segment, at any time: RESERVE
+// and ACQUIRE keep honest clients from each other's bytes, they do not
+// stop a client that ignores them, as with shared memory (storage/shm.go).
+// The unit's queue pairs live only as long as the client's authenticated
+// connection, so a client that has gone can no longer use the keys it
+// saw. A client's own memory is registered for local access only: a unit
+// cannot read or write it. RDMA packets are not authenticated on the
+// fabric: give the units a network (an InfiniBand partition, a RoCE VLAN)
+// that only trusted hosts reach.
+//
 // Addressing. Queue pairs carry a global route header to the peer's GID,
 // hop limit 64, from the port's GID at index $TQ_RDMA_GID_INDEX
 // ([GIDIndexEnv]; 0 when unset, right for InfiniBand). On RoCE, entry 0
