@@ -11,8 +11,8 @@
 //
 // Names follow Prometheus conventions (base units, _total for counters,
 // _seconds, _bytes); labels take bounded values only: partitions, tasks,
-// fields, unit ids, ops, networks, transports, error codes — never a key
-// or a row.
+// fields, unit ids, ops (those a peer sends without a name share the op
+// "unknown"), networks, transports, error codes — never a key or a row.
 //
 // Usage, as tq serve wires it:
 //

@@ -170,7 +170,7 @@ func networkIdx(n string) int {
 }
 
 func (o *observer) lookup(op wire.Op, network string) *series {
-	name := op.String()
+	name := opLabel(op)
 	return &series{
 		duration: o.r.duration.WithLabelValues(o.role, name, network),
 		received: o.r.received.WithLabelValues(o.role, name, network),
@@ -194,8 +194,19 @@ func (o *observer) Observe(s wire.Served) {
 	ser.received.Add(float64(s.In))
 	ser.sent.Add(float64(s.Out))
 	if s.Code != wirepb.Code_CODE_UNSPECIFIED {
-		o.r.errors.WithLabelValues(o.role, s.Op.String(), codeName(s.Code)).Inc()
+		o.r.errors.WithLabelValues(o.role, opLabel(s.Op), codeName(s.Code)).Inc()
 	}
+}
+
+// opLabel is an op's label: its name, or "unknown" for an op without one
+// (which wire names OP_N). A peer may send any op number; a series each
+// would grow the registry without bound.
+func opLabel(op wire.Op) string {
+	name := op.String()
+	if name == "OP_"+strconv.Itoa(int(uint16(op))) {
+		return "unknown"
+	}
+	return name
 }
 
 // codeName is an error code's label: "not_found" for CODE_NOT_FOUND.

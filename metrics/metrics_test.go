@@ -15,6 +15,7 @@ import (
 	"github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // cluster is a controller and one storage unit served over TCP, both
@@ -181,4 +182,38 @@ func TestCountersAfterKnownWork(t *testing.T) {
 	eps, err := c.MetricsEndpoints(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []string{"http://127.0.0.1:1/metrics", "http://127.0.0.2:2/metrics"}, eps)
+}
+
+// Requests with op numbers the server does not know, which an
+// authenticated peer may send at will, share one "unknown" op label:
+// they do not make a set of series each.
+func TestUnknownOpsShareOneSeries(t *testing.T) {
+	ctx := t.Context()
+	cl := newCluster(t, controller.Config{})
+	conn, _, err := wire.Dial(ctx, cl.addr, &wirepb.Hello{Version: wire.Version, Name: "unknown-ops"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	defer conn.Close()
+	var ops []wire.Op
+	for op := 120; op < 128; op++ { // within the observer's table
+		ops = append(ops, wire.Op(op))
+	}
+	for op := 1000; op < 1200; op++ { // beyond it
+		ops = append(ops, wire.Op(op))
+	}
+	for _, op := range ops {
+		require.Error(t, conn.Do(ctx, op, &wirepb.Hello{}, nil, &wirepb.Hello{}, nil), "op %d", op)
+	}
+	require.Equal(t, float64(len(ops)), cl.value(t, "tq_request_duration_seconds", "server", "controller", "op", "unknown", "network", "tcp"))
+	require.Equal(t, float64(len(ops)), cl.value(t, "tq_request_errors_total", "server", "controller", "op", "unknown"))
+	mfs, err := cl.reg.Gatherer().Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "op" {
+					require.False(t, strings.HasPrefix(lp.GetValue(), "OP_"), "%s has a series for op %s", mf.GetName(), lp.GetValue())
+				}
+			}
+		}
+	}
 }
