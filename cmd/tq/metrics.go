@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	tqmetrics "github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/wire"
 )
@@ -57,7 +59,7 @@ func (s *server) startMetrics() error {
 	mux.Handle("/metrics", s.metrics.Handler())
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.HandleFunc("/readyz", s.readyz)
-	url, err := s.serveHTTP("--metrics", addr, mux)
+	url, err := s.serveHTTP("--metrics", addr, mux, metricsLimits)
 	if err != nil {
 		return err
 	}
@@ -136,7 +138,7 @@ func (s *server) startPprof() error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	url, err := s.serveHTTP("--pprof", addr, mux)
+	url, err := s.serveHTTP("--pprof", addr, mux, pprofLimits)
 	if err != nil {
 		return err
 	}
@@ -161,20 +163,43 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
-// serveHTTP serves h on addr until the server closes and returns the
-// address to give out, http://HOST:PORT (a wildcard replaced as for the
-// units' addresses).
-func (s *server) serveHTTP(flag, addr string, h http.Handler) (string, error) {
+// httpLimits bound what the clients of an HTTP endpoint may hold:
+// anyone who reaches its port (Kubernetes binds 0.0.0.0) could otherwise
+// keep connections open, each an fd of the process, for ever.
+type httpLimits struct {
+	readHeader time.Duration // to send a request's header
+	read       time.Duration // to send the whole request
+	write      time.Duration // from a request's header to its reply's end
+	idle       time.Duration // a keep-alive connection waiting for its next request
+	conns      int           // open connections; more wait to be accepted
+}
+
+// metricsLimits are --metrics': a scrape or a probe answers in well under
+// write.
+var metricsLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: time.Minute, conns: 128}
+
+// pprofLimits are --pprof's: write leaves room for a CPU profile or trace
+// of up to pprofMaxSeconds (profile?seconds=N; net/http/pprof refuses
+// longer ones, saying they exceed the write timeout).
+var pprofLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Second, write: (pprofMaxSeconds + 30) * time.Second, idle: time.Minute, conns: 16}
+
+const pprofMaxSeconds = 300
+
+// serveHTTP serves h on addr within lim until the server closes and
+// returns the address to give out, http://HOST:PORT (a wildcard replaced
+// as for the units' addresses).
+func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (string, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
+	l = netutil.LimitListener(l, lim.conns)
 	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise())
 	if err != nil {
 		l.Close()
 		return "", fmt.Errorf("%s: advertise %s: %w", flag, addr, err)
 	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: lim.readHeader, ReadTimeout: lim.read, WriteTimeout: lim.write, IdleTimeout: lim.idle}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// serveLimited serves a /healthz endpoint as --metrics does, within lim,
+// and returns its host:port.
+func serveLimited(t *testing.T, lim httpLimits) string {
+	t.Helper()
+	s := &server{cfg: defaultServeConfig(), out: io.Discard, log: slog.New(slog.DiscardHandler)}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", s.healthz)
+	url, err := s.serveHTTP("--metrics", "127.0.0.1:0", mux, lim)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		for _, c := range s.closers {
+			c()
+		}
+	})
+	return strings.TrimPrefix(url, "http://")
+}
+
+// get sends a keep-alive GET /healthz on c and reads its reply.
+func get(t *testing.T, c net.Conn, r *bufio.Reader) {
+	t.Helper()
+	_, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(r, nil)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// A keep-alive connection that sends nothing more is closed after the
+// idle timeout: a client cannot hold the process's fds for ever.
+func TestHTTPEndpointClosesIdleConnections(t *testing.T) {
+	lim := metricsLimits
+	lim.idle = 100 * time.Millisecond
+	addr := serveLimited(t, lim)
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	r := bufio.NewReader(c)
+	get(t, c, r)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second))) // a safety limit
+	_, err = r.ReadByte()
+	require.ErrorIs(t, err, io.EOF, "the idle connection is closed by the server")
+}
+
+// Connections beyond the cap wait to be accepted until one closes.
+func TestHTTPEndpointCapsConnections(t *testing.T) {
+	lim := metricsLimits
+	lim.conns = 2
+	addr := serveLimited(t, lim)
+	var held []net.Conn
+	for range lim.conns {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer c.Close()
+		get(t, c, bufio.NewReader(c))
+		held = append(held, c)
+	}
+	extra, err := net.Dial("tcp", addr) // the kernel's backlog takes it
+	require.NoError(t, err)
+	defer extra.Close()
+	_, err = io.WriteString(extra, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	r := bufio.NewReader(extra)
+	require.NoError(t, extra.SetReadDeadline(time.Now().Add(200*time.Millisecond)))
+	_, err = r.ReadByte()
+	var ne net.Error
+	require.ErrorAs(t, err, &ne, "no answer while the cap is reached")
+	require.True(t, ne.Timeout(), "got %v, want a timeout", err)
+
+	held[0].Close()
+	require.NoError(t, extra.SetReadDeadline(time.Now().Add(10*time.Second))) // a safety limit
+	resp, err := http.ReadResponse(r, nil)
+	require.NoError(t, err, "answered once a connection closed")
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
