@@ -126,7 +126,8 @@ func (s *server) metricsAddrs() []string {
 	return []string{s.metricsURL}
 }
 
-// startPprof serves --pprof: Go's profiles at http://ADDR/debug/pprof/.
+// startPprof serves --pprof: Go's profiles at http://ADDR/debug/pprof/,
+// but not the process's command line.
 func (s *server) startPprof() error {
 	if s.cfg.Pprof == "" {
 		return nil
@@ -134,7 +135,11 @@ func (s *server) startPprof() error {
 	addr, _ := metricsAddr(s.cfg.Pprof) // validated
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	// Not pprof.Cmdline: the command line may carry --token, and this
+	// endpoint asks for none.
+	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "not served: the command line may hold the token", http.StatusNotFound)
+	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)

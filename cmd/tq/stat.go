@@ -25,13 +25,14 @@ import (
 func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory)")
+	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long (with --watch: on each refresh)")
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted, with progress bars and rates since the last refresh")
 	interval := fs.Duration("interval", 2*time.Second, "refresh interval for --watch")
 	asJSON := fs.Bool("json", false, "print JSON (with --watch: one object per line per refresh)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] ADDR   (tcp://host:port or unix:///path)")
+		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -34,7 +34,7 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := flag.NewFlagSet("unit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("controller", os.Getenv("TQ_CONTROLLER"), "the controller's address (default $TQ_CONTROLLER)")
-	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory)")
+	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	cancelDrain := fs.Bool("cancel", false, "with drain: return the unit to service instead (cells already moved stay where they are)")
 	wait := fs.Bool("wait", false, "with drain: after the cells are moved, wait until the unit reports holding no bytes (its frees applied)")
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long")

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// --pprof asks for no token, so it does not serve the command line, which
+// may carry --token; the profiles it does serve.
+func TestPprofServesNoCommandLine(t *testing.T) {
+	var out bytes.Buffer
+	cfg := defaultServeConfig()
+	cfg.Pprof = "127.0.0.1:0"
+	s := &server{cfg: cfg, out: &out, log: slog.New(slog.DiscardHandler)}
+	require.NoError(t, s.startPprof())
+	t.Cleanup(func() {
+		for _, c := range s.closers {
+			c()
+		}
+	})
+	_, url, ok := strings.Cut(strings.TrimSpace(out.String()), "profiles on ")
+	require.True(t, ok, "announced: %q", out.String())
+
+	code, body := probe(t, url+"cmdline")
+	require.Equal(t, http.StatusNotFound, code)
+	require.NotContains(t, body, os.Args[0])
+	code, _ = probe(t, url+"goroutine?debug=1")
+	require.Equal(t, http.StatusOK, code)
+	code, body = probe(t, url)
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "goroutine")
+}
+
+// Each command's --help says --token is visible to other users and
+// points to $TQ_TOKEN.
+func TestTokenFlagHelpWarnsOfTheProcessList(t *testing.T) {
+	for _, args := range [][]string{{"serve", "-h"}, {"stat", "-h"}, {"checkpoint", "-h"}, {"unit", "drain", "-h"}} {
+		t.Run(args[0], func(t *testing.T) {
+			var stderr bytes.Buffer
+			err := run(t.Context(), args, io.Discard, &stderr)
+			require.Error(t, err)
+			require.Contains(t, stderr.String(), "Prefer $TQ_TOKEN: other users of this host see a command line (ps)")
+		})
+	}
+}
