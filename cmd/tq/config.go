@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +23,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/resp"
+	"github.com/tqgo/tq/wire"
 )
 
 // serveConfig is `tq serve`'s configuration: flags, or a YAML file with
@@ -136,11 +140,31 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "least level logged: debug, info, warn or error")
 }
 
-// loadYAML reads a config file over c; unknown keys are errors.
+// loadYAML reads a config file over c. Unknown keys, a value that is
+// not an integer for an integer key (yaml.v3 would truncate 3.9 to 3)
+// and a second document (after ---, which would be ignored) are errors.
 func (c *serveConfig) loadYAML(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
+	}
+	var docs []*yaml.Node
+	for dec := yaml.NewDecoder(bytes.NewReader(b)); ; {
+		var doc yaml.Node
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return fmt.Errorf("config %s: %w", path, err)
+		}
+		docs = append(docs, &doc)
+	}
+	if len(docs) > 1 {
+		return fmt.Errorf("config %s: %d YAML documents (separated by ---): want one", path, len(docs))
+	}
+	if len(docs) == 1 && len(docs[0].Content) == 1 {
+		if err := checkKeys(docs[0].Content[0]); err != nil {
+			return fmt.Errorf("config %s: %w", path, err)
+		}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -148,6 +172,38 @@ func (c *serveConfig) loadYAML(path string) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return nil
+}
+
+// checkKeys checks the values of m's keys that yaml.v3 would take
+// wrongly or report without the key: an integer key's value must be an
+// integer, a size key's a size.
+func checkKeys(m *yaml.Node) error {
+	if m.Kind != yaml.MappingNode {
+		return nil
+	}
+	types := map[string]reflect.Type{}
+	typ := reflect.TypeFor[serveConfig]()
+	for i := range typ.NumField() {
+		if key, _, _ := strings.Cut(typ.Field(i).Tag.Get("yaml"), ","); key != "" {
+			types[key] = typ.Field(i).Type
+		}
+	}
+	var errs []error
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		switch t := types[k.Value]; {
+		case t == nil:
+		case t == reflect.TypeFor[byteSize]():
+			if _, err := parseSize(v.Value); err != nil || v.Kind != yaml.ScalarNode {
+				errs = append(errs, fmt.Errorf("line %d: %s %q: want a size like 1048576, 512MiB or 4GiB", v.Line, k.Value, v.Value))
+			}
+		case t.Kind() == reflect.Int:
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" {
+				errs = append(errs, fmt.Errorf("line %d: %s %q: not an integer", v.Line, k.Value, v.Value))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (c *serveConfig) validate() error {
@@ -179,11 +235,29 @@ func (c *serveConfig) validate() error {
 	if c.HeartbeatInterval <= 0 {
 		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"--shutdown-timeout", c.ShutdownTimeout}, {"--reconcile-interval", c.ReconcileInterval}, {"--reconcile-grace", c.ReconcileGrace}} {
+		if d.v < 0 {
+			bad("%s %v: must not be negative", d.name, d.v)
+		}
+	}
+	for _, l := range []struct {
+		name string
+		n    int
+	}{{"--loops", c.Loops}, {"--resp-loops", c.RESPLoops}} {
+		if l.n < -1 {
+			bad("%s %d: want -1 (none), 0 (half the CPUs) or a number of loops", l.name, l.n)
+		}
+	}
 	for _, l := range []struct{ name, addr string }{{"--listen", c.Listen}, {"--unit-listen", c.UnitListen}, {"--resp", c.RESP}} {
 		if l.addr == "" {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(l.addr); err != nil {
+		if _, port, err := net.SplitHostPort(l.addr); err != nil {
+			bad("%s %q: %v", l.name, l.addr, err)
+		} else if err := checkPort(port); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
 		}
 	}
@@ -191,10 +265,18 @@ func (c *serveConfig) validate() error {
 		if l.addr == "" {
 			continue
 		}
-		if _, err := metricsAddr(l.addr); err != nil {
+		if a, err := metricsAddr(l.addr); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
+		} else if _, port, _ := net.SplitHostPort(a); checkPort(port) != nil {
+			bad("%s %q: %v", l.name, l.addr, checkPort(port))
 		}
 	}
+	if c.Controller != "" {
+		if err := checkControllerAddr(c.Controller); err != nil {
+			bad("--controller %q: %v", c.Controller, err)
+		}
+	}
+	errs = append(errs, c.checkRoleFlags()...)
 	if _, err := newLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		bad("%v", err)
 	}
@@ -213,8 +295,10 @@ func (c *serveConfig) validate() error {
 		}
 	}
 	if c.Advertise != "" {
-		if host, _, err := splitHostMaybePort(c.Advertise); err != nil {
+		if host, port, err := splitHostMaybePort(c.Advertise); err != nil {
 			bad("--advertise %q: %v", c.Advertise, err)
+		} else if port != "" && checkPort(port) != nil {
+			bad("--advertise %q: %v", c.Advertise, checkPort(port))
 		} else if isWildcard(host) {
 			bad("--advertise %q: a wildcard address cannot be dialed; name this host", c.Advertise)
 		}
@@ -244,6 +328,88 @@ func (c *serveConfig) validate() error {
 		bad("--restore is for the controller (--role all or controller)")
 	}
 	return errors.Join(errs...)
+}
+
+// checkPort refuses a port net.Listen and net.Dial would: a number
+// beyond 65535, or a name /etc/services does not know.
+func checkPort(port string) error {
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
+	}
+	return nil
+}
+
+// checkControllerAddr checks --controller up front: a malformed address
+// would otherwise be retried for --controller-wait as a controller not
+// reachable yet.
+func checkControllerAddr(addr string) error {
+	network, a, err := wire.ParseAddr(addr)
+	if err != nil {
+		return errors.New("want tcp://HOST:PORT or unix:///PATH")
+	}
+	if network == "unix" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("want tcp://HOST:PORT or unix:///PATH: %w", err)
+	}
+	if host == "" {
+		return errors.New("no host: want tcp://HOST:PORT")
+	}
+	return checkPort(port)
+}
+
+// roleFlags are the flags (and config keys) that only some roles use,
+// with the roles that do.
+var roleFlags = []struct {
+	name  string
+	roles string // space-separated
+	value func(*serveConfig) any
+}{
+	{"listen", "all controller", func(c *serveConfig) any { return c.Listen }},
+	{"socket", "all controller", func(c *serveConfig) any { return c.Socket }},
+	{"advertise", "all controller", func(c *serveConfig) any { return c.Advertise }},
+	{"units", "all", func(c *serveConfig) any { return c.Units }},
+	{"fsync", "all controller", func(c *serveConfig) any { return c.Fsync }},
+	{"in-memory", "all controller", func(c *serveConfig) any { return c.InMemory }},
+	{"pre-alloc", "all controller", func(c *serveConfig) any { return c.PreAlloc }},
+	{"sampler", "all controller", func(c *serveConfig) any { return c.Sampler }},
+	{"kept-batch-ttl", "all controller", func(c *serveConfig) any { return c.KeptBatchTTL }},
+	{"loops", "all controller", func(c *serveConfig) any { return c.Loops }},
+	{"resp-partition", "all", func(c *serveConfig) any { return c.RESPPartition }},
+	{"resp-max-value", "all", func(c *serveConfig) any { return c.RESPMaxValue }},
+	{"resp-loops", "all", func(c *serveConfig) any { return c.RESPLoops }},
+	{"controller", "unit", func(c *serveConfig) any { return c.Controller }},
+	{"controller-wait", "unit", func(c *serveConfig) any { return c.ControllerWait }},
+	{"unit-listen", "all unit", func(c *serveConfig) any { return c.UnitListen }},
+	{"capacity", "all unit", func(c *serveConfig) any { return c.Capacity }},
+	{"huge-pages", "all unit", func(c *serveConfig) any { return c.HugePages }},
+	{"rdma-device", "all unit", func(c *serveConfig) any { return c.RDMADevice }},
+	{"reconcile-interval", "all unit", func(c *serveConfig) any { return c.ReconcileInterval }},
+	{"reconcile-grace", "all unit", func(c *serveConfig) any { return c.ReconcileGrace }},
+}
+
+// checkRoleFlags refuses a flag the role does not use, set to other than
+// its default: it would be ignored. A default value passes, so that
+// --check-config's output, which lists every key, reads back.
+func (c *serveConfig) checkRoleFlags() []error {
+	switch c.Role {
+	case "all", "controller", "unit":
+	default:
+		return nil // said already
+	}
+	def := defaultServeConfig()
+	var errs []error
+	for _, f := range roleFlags {
+		if slices.Contains(strings.Fields(f.roles), c.Role) {
+			continue
+		}
+		if v := f.value(c); v != f.value(&def) {
+			errs = append(errs, fmt.Errorf("--%s %v: not used by --role %s (only by --role %s)", f.name, v, c.Role, strings.ReplaceAll(f.roles, " ", " or ")))
+		}
+	}
+	return errs
 }
 
 // unitAdvertise returns the host storage units register for their TCP
@@ -342,6 +508,9 @@ func parseSize(s string) (int64, error) {
 	n, err := strconv.ParseInt(t, 10, 64)
 	if err != nil || n < 0 {
 		return 0, fmt.Errorf("size %q: want a number of bytes like 1048576, 512MiB or 4GiB", s)
+	}
+	if n > math.MaxInt64/mul {
+		return 0, fmt.Errorf("size %q: too large", s)
 	}
 	return n * mul, nil
 }

@@ -233,3 +233,79 @@ func TestConfigKeysAreFlags(t *testing.T) {
 		assert.Equal(t, field.Addr().Pointer(), reflect.ValueOf(f.Value).Pointer(), "--%s sets another field than config key %s", f.Name, key)
 	}
 }
+
+// tq serve refuses a configuration it would otherwise take wrongly —
+// wrap a size, truncate a number, ignore a document or a flag, retry a
+// malformed address — and each error names the flag or key and the value.
+func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	dir := t.TempDir()
+	yamlFile := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // each in the error
+	}{
+		{"a size past 2^64 bytes", []string{"--capacity", "17179869185GiB"}, []string{"-capacity", `"17179869185GiB"`, "too large"}},
+		{"a size of exactly 2^64 bytes", []string{"--capacity", "17179869184GiB"}, []string{"-capacity", "too large"}},
+		{"a size past 2^63 bytes", []string{"--resp-max-value", "9223372036854775808B"}, []string{"-resp-max-value"}},
+		{"a float for an integer key", []string{"--config", yamlFile("float.yaml", "units: 3.9\nloops: 1.5\n")}, []string{`units "3.9": not an integer`, `loops "1.5": not an integer`}},
+		{"a string for an integer key", []string{"--config", yamlFile("str.yaml", "pre_alloc: many\n")}, []string{`pre_alloc "many": not an integer`}},
+		{"a size that wraps in a config file", []string{"--config", yamlFile("size.yaml", "capacity: 17179869185GiB\n")}, []string{`capacity "17179869185GiB"`}},
+		{"a second YAML document", []string{"--config", yamlFile("two.yaml", "units: 3\n---\nunits: 9\n")}, []string{"2 YAML documents"}},
+		{"a negative shutdown timeout", []string{"--shutdown-timeout", "-5s"}, []string{"--shutdown-timeout -5s: must not be negative"}},
+		{"a negative reconcile interval", []string{"--reconcile-interval", "-1s"}, []string{"--reconcile-interval -1s: must not be negative"}},
+		{"a negative reconcile grace", []string{"--reconcile-grace", "-1s"}, []string{"--reconcile-grace -1s: must not be negative"}},
+		{"loops below -1", []string{"--loops", "-7"}, []string{"--loops -7"}},
+		{"RESP loops below -1", []string{"--resp-loops", "-2"}, []string{"--resp-loops -2"}},
+		{"a listen port past 65535", []string{"--listen", "127.0.0.1:99999"}, []string{`--listen "127.0.0.1:99999"`, `port "99999"`}},
+		{"a unit listen port past 65535", []string{"--unit-listen", "127.0.0.1:65536"}, []string{`--unit-listen "127.0.0.1:65536"`}},
+		{"a RESP port past 65535", []string{"--resp", ":70000"}, []string{`--resp ":70000"`}},
+		{"a metrics port past 65535", []string{"--metrics", "127.0.0.1:70000"}, []string{`--metrics "127.0.0.1:70000"`}},
+		{"an advertised port past 65535", []string{"--advertise", "h:70000"}, []string{`--advertise "h:70000"`}},
+		{"a unit with --units", []string{"--role", "unit", "--controller", "tcp://h:1", "--units", "5"}, []string{"--units 5: not used by --role unit"}},
+		{"a unit with --resp-partition", []string{"--role", "unit", "--controller", "tcp://h:1", "--resp-partition", "p"}, []string{"--resp-partition p: not used by --role unit"}},
+		{"a unit with --listen", []string{"--role", "unit", "--controller", "tcp://h:1", "--listen", "127.0.0.1:1"}, []string{"--listen 127.0.0.1:1: not used by --role unit"}},
+		{"a unit with units in its config file", []string{"--role", "unit", "--controller", "tcp://h:1", "--config", yamlFile("unit.yaml", "units: 4\n")}, []string{"--units 4: not used by --role unit"}},
+		{"a controller with --capacity", []string{"--role", "controller", "--capacity", "2GiB"}, []string{"--capacity 2 GiB: not used by --role controller"}},
+		{"a controller with --controller", []string{"--role", "controller", "--controller", "tcp://h:1"}, []string{"--controller tcp://h:1: not used by --role controller"}},
+		{"all with --controller-wait", []string{"--controller-wait", "1s"}, []string{"--controller-wait 1s: not used by --role all"}},
+		{"a controller address without a port", []string{"--role", "unit", "--controller", "bogus"}, []string{`--controller "bogus"`, "missing port"}},
+		{"a controller address of another scheme", []string{"--role", "unit", "--controller", "http://h:1"}, []string{`--controller "http://h:1"`, "want tcp://HOST:PORT or unix:///PATH"}},
+		{"a controller address without a host", []string{"--role", "unit", "--controller", "tcp://:7370"}, []string{`--controller "tcp://:7370"`, "no host"}},
+		{"a controller port past 65535", []string{"--role", "unit", "--controller", "tcp://h:99999"}, []string{`--controller "tcp://h:99999"`, `port "99999"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out strings.Builder
+			err := serve(t.Context(), append([]string{"--check-config"}, tc.args...), &out, io.Discard)
+			require.Error(t, err, "accepted:\n%s", out.String())
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"a unit at the defaults of flags it does not use", []string{"--role", "unit", "--controller", "unix:///run/tq/controller.sock", "--units", "2", "--listen", "127.0.0.1:7370"}},
+		{"a controller address as host:port", []string{"--role", "unit", "--controller", "h:7370"}},
+		{"loops -1", []string{"--loops", "-1", "--resp-loops", "-1"}},
+		{"the largest size", []string{"--capacity", "9223372036854775807"}},
+		{"a config file of one document", []string{"--config", yamlFile("one.yaml", "---\nunits: 3\ncapacity: 64MiB\n")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, serve(t.Context(), append([]string{"--check-config"}, tc.args...), io.Discard, io.Discard))
+		})
+	}
+	t.Run("--check-config's output of a unit reads back", func(t *testing.T) {
+		var out strings.Builder
+		require.NoError(t, serve(t.Context(), []string{"--check-config", "--role", "unit", "--controller", "tcp://h:1", "--capacity", "64MiB"}, &out, io.Discard))
+		file := yamlFile("back.yaml", out.String())
+		require.NoError(t, serve(t.Context(), []string{"--check-config", "--config", file}, io.Discard, io.Discard))
+	})
+}

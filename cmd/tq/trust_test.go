@@ -76,7 +76,7 @@ func TestUnitIDNotReusedAfterControllerRestart(t *testing.T) {
 	ctrl := startServeIn(t, data, nil, bin, ctrlArgs...)
 	addr := ctrl.addr("unix")
 	unitArgs := func(name string) []string {
-		return []string{"--role", "unit", "--controller", addr, "--unit-listen", "", "--socket-dir", socks, "--units", "1", "--capacity", "16MiB", "--name", name}
+		return []string{"--role", "unit", "--controller", addr, "--unit-listen", "", "--socket-dir", socks, "--capacity", "16MiB", "--name", name}
 	}
 	oldUnit := startServeIn(t, data, nil, bin, unitArgs("old")...)
 	c := connectTo(t, ctrl, addr)
