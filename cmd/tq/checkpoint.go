@@ -29,12 +29,14 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
 	fs.Usage = func() { fmt.Fprint(stderr, checkpointUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	verb, rest := fs.Arg(0), fs.Args()
+	var verb string
+	rest := pos
 	if len(rest) > 0 {
-		rest = rest[1:]
+		verb, rest = rest[0], rest[1:]
 	}
 	want := map[string]int{"save": 2, "load": 2, "list": 1}[verb]
 	if want == 0 || len(rest) != want {

@@ -34,17 +34,21 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] ADDR   (tcp://host:port or unix:///path)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fs.Usage()
-		return fmt.Errorf("stat needs the controller's address")
+		if len(pos) == 0 {
+			return fmt.Errorf("stat needs the controller's address")
+		}
+		return fmt.Errorf("stat takes one address, got %d arguments: %q", len(pos), pos)
 	}
 	if *interval <= 0 {
 		return fmt.Errorf("--interval %v: must be positive", *interval)
 	}
-	addr := fs.Arg(0)
+	addr := pos[0]
 	tok, err := client.FindToken(*token)
 	if err != nil {
 		return err

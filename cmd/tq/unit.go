@@ -52,23 +52,24 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return fmt.Errorf("unit: unknown verb %q: want drain, undrain or rebalance", verb)
 	}
-	if err := fs.Parse(args[1:]); err != nil {
+	pos, err := parseArgs(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	if verb == "rebalance" {
-		if fs.NArg() != 0 {
+		if len(pos) != 0 {
 			fs.Usage()
-			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", fs.NArg())
+			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", len(pos))
 		}
 		return rebalance(ctx, *addr, *token, *transport, *tolerance, *timeout, stdout)
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		fs.Usage()
-		return fmt.Errorf("unit %s: want one unit ID, got %d arguments", verb, fs.NArg())
+		return fmt.Errorf("unit %s: want one unit ID, got %d arguments", verb, len(pos))
 	}
-	n, err := strconv.ParseUint(fs.Arg(0), 10, 31)
+	n, err := strconv.ParseUint(pos[0], 10, 31)
 	if err != nil || n == 0 {
-		return fmt.Errorf("unit %s: %q is not a unit id (a positive integer, as tq stat lists them)", verb, fs.Arg(0))
+		return fmt.Errorf("unit %s: %q is not a unit id (a positive integer, as tq stat lists them)", verb, pos[0])
 	}
 	id := engine.UnitID(n)
 	if *addr == "" {

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseArgsTakesFlagsAfterArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		wantPos  []string
+		wantJSON bool
+		wantN    int
+	}{
+		{[]string{"ADDR"}, []string{"ADDR"}, false, 0},
+		{[]string{"--json", "ADDR"}, []string{"ADDR"}, true, 0},
+		{[]string{"ADDR", "--json"}, []string{"ADDR"}, true, 0},
+		{[]string{"save", "ADDR", "-n", "3", "NAME", "--json"}, []string{"save", "ADDR", "NAME"}, true, 3},
+		{[]string{"ADDR", "--", "--json"}, []string{"ADDR", "--json"}, false, 0},
+		{[]string{"--", "-x", "--json"}, []string{"-x", "--json"}, false, 0},
+		{nil, nil, false, 0},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		asJSON := fs.Bool("json", false, "")
+		n := fs.Int("n", 0, "")
+		pos, err := parseArgs(fs, tc.args)
+		require.NoError(t, err, "%q", tc.args)
+		assert.Equal(t, tc.wantPos, pos, "%q", tc.args)
+		assert.Equal(t, tc.wantJSON, *asJSON, "%q: --json", tc.args)
+		assert.Equal(t, tc.wantN, *n, "%q: -n", tc.args)
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	_, err := parseArgs(fs, []string{"ADDR", "--nope"})
+	require.ErrorContains(t, err, "flag provided but not defined: -nope")
+}
+
+// tq stat, checkpoint and unit take their flags after the address, the
+// name or the unit id too: each case's error shows the flag was read.
+func TestCommandsTakeFlagsAfterArguments(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	t.Setenv("TQ_CONTROLLER", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"stat", "tcp://127.0.0.1:1", "--interval", "0s"}, "--interval 0s: must be positive"},
+		{[]string{"stat", "tcp://127.0.0.1:1", "--json", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"stat", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"}, "stat takes one address, got 2 arguments"},
+		{[]string{"checkpoint", "save", "tcp://127.0.0.1:1", "NAME", "--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"unit", "drain", "2", "--controller", "unix:///nonexistent/controller.sock", "--timeout", "5s"}, "nonexistent"},
+		{[]string{"unit", "rebalance", "--controller", "x", "2"}, "takes no unit id"},
+	} {
+		t.Run(tc.args[0], func(t *testing.T) {
+			err := run(t.Context(), tc.args, io.Discard, io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		})
+	}
+}
