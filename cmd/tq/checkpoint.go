@@ -71,7 +71,7 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tSAVED\tCELLS\tLOST\tBYTES")
 		for _, c := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", c.Name, time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", printable(c.Name), time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes))
 		}
 		return tw.Flush()
 	}

@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
@@ -88,7 +90,7 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		case err != nil:
 			// A controller that went away for a moment: say so and retry.
-			fmt.Fprintf(stdout, "%s%s: %v (retrying every %v)\n", clearScreen, time.Now().Format(time.TimeOnly), err, *interval)
+			fmt.Fprintf(stdout, "%s%s: %s (retrying every %v)\n", clearScreen, time.Now().Format(time.TimeOnly), printable(err.Error()), *interval)
 		case *asJSON:
 			if err := writeJSONLine(stdout, s.json(prev)); err != nil {
 				return err
@@ -107,6 +109,27 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case <-t.C:
 		}
 	}
+}
+
+// printable is s as the human views print it: as is when every rune is
+// printable, else Go-quoted ("\x1b[2J"). Names come from whoever holds
+// the token; raw, they could drive the operator's terminal with escape
+// sequences. (--json escapes them itself.)
+func printable(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+func printables(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = printable(s)
+	}
+	return out
 }
 
 // clearScreen moves the cursor home and clears the terminal (ANSI).
@@ -156,7 +179,7 @@ func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (
 
 // print writes the one-shot text view.
 func (s *statSnapshot) print(stdout io.Writer) error {
-	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", s.addr, len(s.parts), len(s.units))
+	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", printable(s.addr), len(s.parts), len(s.units))
 	s.printCluster(stdout)
 	if len(s.parts) > 0 {
 		fmt.Fprintln(stdout, "\nPARTITIONS")
@@ -164,10 +187,10 @@ func (s *statSnapshot) print(stdout io.Writer) error {
 		fmt.Fprintln(tw, "  partition\trows\treserved\tkeys\tproduced\tfields")
 		var taskLines []string
 		for _, st := range s.parts {
-			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", st.Partition, st.Rows, st.Reserved, st.Keys,
+			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", printable(st.Partition), st.Rows, st.Reserved, st.Keys,
 				progress(st.Produced, st.Rows+st.Reserved), strings.Join(fieldList(st), ", "))
 			for _, t := range st.Tasks {
-				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s", st.Partition, t.Task, progress(t.Consumed, st.Rows+st.Reserved)))
+				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s", printable(st.Partition), printable(t.Task), progress(t.Consumed, st.Rows+st.Reserved)))
 			}
 		}
 		tw.Flush()
@@ -190,11 +213,11 @@ func (s *statSnapshot) printCluster(w io.Writer) {
 	}
 	state := "in memory only"
 	if s.info.Durable {
-		state = fmt.Sprintf("durable (fsync %s), log %s since the last snapshot", s.info.Fsync, bytesString(s.info.LogBytes))
+		state = fmt.Sprintf("durable (fsync %s), log %s since the last snapshot", printable(s.info.Fsync), bytesString(s.info.LogBytes))
 	}
-	fmt.Fprintf(w, "cluster %s, controller start %d, state %s\n", s.info.ClusterID, s.info.Epoch, state)
+	fmt.Fprintf(w, "cluster %s, controller start %d, state %s\n", printable(s.info.ClusterID), s.info.Epoch, state)
 	if len(s.metrics) > 0 {
-		fmt.Fprintf(w, "metrics %s\n", strings.Join(s.metrics, " "))
+		fmt.Fprintf(w, "metrics %s\n", strings.Join(printables(s.metrics), " "))
 	}
 }
 
@@ -204,7 +227,7 @@ func fieldList(st engine.PartitionStats) []string {
 		if f.Produced == 0 {
 			continue
 		}
-		d := fmt.Sprintf("%s %v", f.Name, f.DType)
+		d := fmt.Sprintf("%s %v", printable(f.Name), f.DType)
 		if f.Shape != nil {
 			d += f.Shape.String()
 		} else {
@@ -232,8 +255,9 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 		if len(host) > 8 {
 			host = host[:8]
 		}
+		host = printable(host)
 		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%d\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
-			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(showAddrs(u.Addrs), " "))
+			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(printables(showAddrs(u.Addrs)), " "))
 	}
 	return tw.Flush()
 }
@@ -255,7 +279,7 @@ func unitState(u engine.UnitInfo) string {
 // printWatch writes the --watch view: progress bars per partition and
 // task, and rates since prev (nil on the first refresh).
 func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time.Duration) error {
-	fmt.Fprintf(w, "tq stat %s   %s   every %v (Ctrl-C to stop)\n", s.addr, s.at.Format(time.TimeOnly), interval)
+	fmt.Fprintf(w, "tq stat %s   %s   every %v (Ctrl-C to stop)\n", printable(s.addr), s.at.Format(time.TimeOnly), interval)
 	s.printCluster(w)
 	r := s.rates(prev)
 	if len(s.parts) == 0 {
@@ -265,10 +289,10 @@ func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time
 	for _, st := range s.parts {
 		total := st.Rows + st.Reserved
 		// No tabs: the line does not widen the columns below it.
-		fmt.Fprintf(tw, "\n%s (%d rows, %d keys)\n", st.Partition, total, st.Keys)
+		fmt.Fprintf(tw, "\n%s (%d rows, %d keys)\n", printable(st.Partition), total, st.Keys)
 		fmt.Fprintf(tw, "  produced\t%s\t%s\t%s\t\n", bar(st.Produced, total), progress(st.Produced, total), rateString(r.produced, st.Partition, ""))
 		for _, t := range st.Tasks {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", t.Task, bar(t.Consumed, total), progress(t.Consumed, total), rateString(r.consumed, st.Partition, t.Task))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", printable(t.Task), bar(t.Consumed, total), progress(t.Consumed, total), rateString(r.consumed, st.Partition, t.Task))
 		}
 	}
 	tw.Flush()

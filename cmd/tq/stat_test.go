@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
@@ -75,4 +76,40 @@ func TestStatJSONAndWatch(t *testing.T) {
 	require.Contains(t, last, "produced  ["+strings.Repeat("#", 24)+"]  30/30 100%")
 	require.Contains(t, last, "actor     ["+strings.Repeat("#", 8)+strings.Repeat(".", 16)+"]  10/30 33%")
 	require.Contains(t, last, "0.0 rows/s")
+}
+
+// Names a token holder chose (partitions, tasks, fields, unit hosts and
+// addresses, metrics URLs) reach the operator's terminal quoted when
+// they hold non-printable characters: no escape sequence gets through.
+func TestStatQuotesNamesThatAreNotPrintable(t *testing.T) {
+	const evil = "p\x1b]0;owned\x07\x1b[2J"
+	s := &statSnapshot{
+		at:      time.Now(),
+		addr:    "tcp://127.0.0.1:7370",
+		info:    &clusterInfo{ClusterID: "c\x1b[1m", Durable: true, Fsync: "batch\r"},
+		metrics: []string{"http://h:1/metrics\x1b[A"},
+		parts: []engine.PartitionStats{{
+			Partition: evil, Rows: 2, Produced: 2,
+			Fields: []engine.FieldStats{{Name: "f\x1b[31m", Produced: 2}},
+			Tasks:  []engine.TaskStats{{Task: "t\u009b2J", Consumed: 1}}, // C1 CSI, in UTF-8
+		}, {Partition: "plain name", Rows: 1}},
+		units: []engine.UnitInfo{{ID: 1, Alive: true, Host: "h\x9b0m", Addrs: []string{"tcp://h:1\n"}}},
+	}
+	var one, watch bytes.Buffer
+	require.NoError(t, s.print(&one))
+	require.NoError(t, s.printWatch(&watch, s, time.Second))
+	for name, out := range map[string]string{"print": one.String(), "printWatch": watch.String()} {
+		t.Logf("%s:\n%s", name, out)
+		assert.NotContains(t, out, "\x1b", name)
+		assert.NotContains(t, out, "\x9b", name)
+		assert.NotContains(t, out, "\u009b", name)
+		assert.NotContains(t, out, "\x07", name)
+		assert.NotContains(t, out, "\r", name)
+		assert.Contains(t, out, `"p\x1b]0;owned\a\x1b[2J"`, name)
+		assert.Contains(t, out, `"t\u009b2J"`, name)
+		assert.Contains(t, out, "plain name", name, "printable names are left as they are")
+	}
+	for _, want := range []string{`"c\x1b[1m"`, `"batch\r"`, `"http://h:1/metrics\x1b[A"`, `"f\x1b[31m"`, `"h\x9b0m"`, `"tcp://h:1\n"`} {
+		assert.Contains(t, one.String(), want)
+	}
 }
