@@ -1,5 +1,8 @@
 # TQ build targets. `make test` is what CI runs (through .ci/run).
-GO        ?= go
+# GO: the go command on PATH, else the one README installs at
+# /usr/local/go (a fresh machine's PATH lacks /usr/local/go/bin).
+GO        ?= $(or $(shell command -v go 2>/dev/null),/usr/local/go/bin/go)
+GOFMT     ?= $(shell $(GO) env GOROOT)/bin/gofmt
 GOFLAGS   ?=
 TESTFLAGS ?=
 PKGS      := ./...
@@ -33,7 +36,7 @@ testnocgo:
 	CGO_ENABLED=0 $(GO) test -short -count=1 -timeout 8m $(TESTFLAGS) ./engine/... ./transport/rdma/...
 
 lint:
-	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
+	@out=$$($(GOFMT) -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
@@ -98,8 +101,8 @@ soak:
 # protoc (apt-get install protobuf-compiler); installs protoc-gen-go and
 # protoc-gen-go-vtproto (the fast marshal code, wire/codec.go) at the
 # versions go.mod pins.
-PROTOC_GEN_GO := $(shell go env GOPATH)/bin/protoc-gen-go
-PROTOC_GEN_VT := $(shell go env GOPATH)/bin/protoc-gen-go-vtproto
+PROTOC_GEN_GO = $(shell $(GO) env GOPATH)/bin/protoc-gen-go
+PROTOC_GEN_VT = $(shell $(GO) env GOPATH)/bin/protoc-gen-go-vtproto
 generate:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$$($(GO) list -m -f '{{.Version}}' google.golang.org/protobuf)
 	$(GO) install github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@$$($(GO) list -m -f '{{.Version}}' github.com/planetscale/vtprotobuf)
