@@ -20,7 +20,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	units := fs.Int("units", 2, "storage units to start")
-	capacity := fs.Int64("capacity", 256<<20, "bytes per storage unit")
+	capacity := byteSize(256 << 20)
+	fs.Var(&capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	partition := fs.String("partition", "test", "partition to use")
 	streamDemo := fs.Bool("stream", false, "run the streaming-loader demo instead: tq serve, a producer and 2 DP groups × 2 trainer ranks, each its own process")
 	streamRole := fs.String("stream-role", "", "(internal) run as a worker of --stream: producer or rank")
@@ -35,7 +36,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg := embedded.DefaultConfig()
 	cfg.Units = *units
-	cfg.Storage.Capacity = *capacity
+	cfg.Storage.Capacity = int64(capacity)
 	e, err := embedded.New(cfg)
 	if err != nil {
 		return err
@@ -46,7 +47,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := &printer{w: stdout}
 
 	out.title("TQ demo: embedded cluster — 1 controller, %d storage units of %s each, %s placement",
-		len(e.Units), bytesString(*capacity), cfg.Client.Placement)
+		len(e.Units), capacity, cfg.Client.Placement)
 
 	// 1. Batch put four keys with two fields and tags.
 	ids, err := engine.DenseOf([]int64{4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, 3)

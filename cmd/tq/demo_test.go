@@ -12,17 +12,21 @@ import (
 )
 
 func TestDemo(t *testing.T) {
-	var out, errb bytes.Buffer
-	if err := run(context.Background(), []string{"demo", "-capacity", "8388608"}, &out, &errb); err != nil {
-		t.Fatalf("demo: %v\nstderr:\n%s", err, errb.String())
-	}
-	s := out.String()
-	for _, want := range []string{
-		"1_0", "2_0", "status=running", "[4 5 6]", "[40 50 60]", "status=done",
-		`partition "test" holds 0 keys, storage holds 0 B`,
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, s)
+	// --capacity takes a size as tq serve's does, or bytes.
+	for _, capacity := range []string{"8388608", "8MiB"} {
+		var out, errb bytes.Buffer
+		if err := run(context.Background(), []string{"demo", "-capacity", capacity}, &out, &errb); err != nil {
+			t.Fatalf("demo --capacity %s: %v\nstderr:\n%s", capacity, err, errb.String())
+		}
+		s := out.String()
+		for _, want := range []string{
+			"2 storage units of 8 MiB each",
+			"1_0", "2_0", "status=running", "[4 5 6]", "[40 50 60]", "status=done",
+			`partition "test" holds 0 keys, storage holds 0 B`,
+		} {
+			if !strings.Contains(s, want) {
+				t.Errorf("demo --capacity %s output lacks %q:\n%s", capacity, want, s)
+			}
 		}
 	}
 }
