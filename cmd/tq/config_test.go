@@ -167,9 +167,9 @@ func TestCheckConfig(t *testing.T) {
 		assert.True(t, os.IsNotExist(err), "--check-config created %s", d)
 	}
 
-	want, check, err := parseServeConfig(args, &errOut)
+	want, once, err := parseServeConfig(args, &errOut)
 	require.NoError(t, err)
-	require.True(t, check)
+	require.True(t, once.checkConfig)
 	assert.Equal(t, int64(4<<30), int64(want.Capacity))
 	want.Token = ""
 	file := filepath.Join(root, "tq.yaml")

@@ -36,14 +36,14 @@ import (
 // shutdown timeout, close. With --check-config it only reports the
 // configuration (see checkConfig).
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, check, err := parseServeConfig(args, stderr)
+	cfg, once, err := parseServeConfig(args, stderr)
 	if err != nil {
 		return err
 	}
 	if err := hostid.Check(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if check {
+	if once.checkConfig {
 		return cfg.checkConfig(stdout)
 	}
 	if err := cfg.secure(); err != nil {
@@ -55,7 +55,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
 	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
-	s := &server{cfg: cfg, out: stdout, log: log}
+	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce}
 	defer s.close()
 	if err := s.startMetrics(); err != nil {
 		return err
@@ -85,43 +85,56 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return s.shutdown(sctx)
 }
 
+// serveOnce is what `tq serve` is asked to do this time, beside its
+// configuration: flags with no config file key.
+type serveOnce struct {
+	checkConfig  bool // --check-config
+	restoreForce bool // --restore-force
+}
+
 // parseServeConfig reads `tq serve`'s flags and --config file (the flags
-// win) and validates the result; check reports --check-config.
-func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, check bool, err error) {
+// win) and validates the result.
+func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once serveOnce, err error) {
 	cfg = defaultServeConfig()
-	parse := func(c *serveConfig) (configPath string, check bool, err error) {
+	parse := func(c *serveConfig) (configPath string, once serveOnce, err error) {
 		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		fs.StringVar(&configPath, "config", "", "YAML config file (keys as the flags, with _ for -)")
-		fs.BoolVar(&check, "check-config", false, "check the flags and the --config file, print the resulting configuration as YAML (a --config file; the token left out) and exit, starting nothing and creating no file or directory")
+		fs.BoolVar(&once.checkConfig, "check-config", false, "check the flags and the --config file, print the resulting configuration as YAML (a --config file; the token left out) and exit, starting nothing and creating no file or directory")
+		// Not a config key: it is meant for one start, not for every
+		// restart (see restore).
+		fs.BoolVar(&once.restoreForce, "restore-force", false, "load --restore's checkpoint even when the controller recovers partitions from its data directory, replacing them (without it, --restore loads only into a controller that holds none); give it for one start")
 		c.flags(fs)
 		if err := fs.Parse(args); err != nil {
-			return "", false, err
+			return "", once, err
 		}
 		if fs.NArg() > 0 {
-			return "", false, fmt.Errorf("serve takes flags only, no arguments: unexpected %q", fs.Arg(0))
+			return "", once, fmt.Errorf("serve takes flags only, no arguments: unexpected %q", fs.Arg(0))
 		}
-		return configPath, check, nil
+		return configPath, once, nil
 	}
 	// A first pass finds --config; the file is loaded, then the flags
 	// parsed again so they win over the file.
-	configPath, check, err := parse(&cfg)
+	configPath, once, err := parse(&cfg)
 	if err != nil {
-		return cfg, false, err
+		return cfg, once, err
 	}
 	if configPath != "" {
 		cfg = defaultServeConfig()
 		if err := cfg.loadYAML(configPath); err != nil {
-			return cfg, false, err
+			return cfg, once, err
 		}
 		if _, _, err := parse(&cfg); err != nil {
-			return cfg, false, err
+			return cfg, once, err
 		}
 	}
 	if err := cfg.validate(); err != nil {
-		return cfg, false, fmt.Errorf("invalid configuration:\n%w", err)
+		return cfg, once, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	return cfg, check, nil
+	if once.restoreForce && cfg.Restore == "" {
+		return cfg, once, errors.New("invalid configuration:\n--restore-force needs --restore")
+	}
+	return cfg, once, nil
 }
 
 // checkConfig prints what --check-config promises: a comment naming
@@ -204,6 +217,12 @@ type server struct {
 	local   string   // the controller's address for units of this process
 	resp    *resp.Server
 	rdmaDev *rdma.Device // --rdma-device, shared by the units
+
+	// held is how many partitions the controller recovered from its data
+	// directory at start (0 for a fresh one, or --in-memory): --restore
+	// loads only into a controller that held none, unless restoreForce.
+	held         int
+	restoreForce bool
 
 	metrics    *tqmetrics.Registry // --metrics; nil without
 	metricsURL string
@@ -308,6 +327,7 @@ func (s *server) startController() error {
 		return fmt.Errorf("controller: %w", err)
 	}
 	s.ctrl = ctrl
+	s.held = len(ctrl.Partitions()) // before anything is served
 	if ci := ctrl.Info(); ci.Durable {
 		fmt.Fprintf(s.out, "tq serve: controller state in %s (cluster %s, start %d, fsync %s)\n", ccfg.Dir, ci.ClusterID, ci.Epoch, ci.Fsync)
 	} else {
@@ -617,8 +637,20 @@ func (s *server) logf(format string, args ...any) {
 // restore loads --restore's checkpoint once storage units are up: a
 // checkpoint with data needs a live unit to write its cells to (for
 // --role controller, units of other processes; wait for them a while).
+//
+// --restore stays where it was given (a config file, a Kubernetes args
+// list), so every restart sees it: it loads only into a controller that
+// recovered no partition from its data directory (a fresh one, or
+// --in-memory). Loaded over a restarted controller, it would drop every
+// key written and acknowledged since the checkpoint and free their cells.
+// --restore-force loads it all the same.
 func (s *server) restore(ctx context.Context) error {
 	if s.cfg.Restore == "" || s.ctrlSrv == nil {
+		return nil
+	}
+	if s.held > 0 && !s.restoreForce {
+		fmt.Fprintf(s.out, "tq serve: not restoring checkpoint %s: the controller's state in %s holds %d partition(s) from an earlier start, which the checkpoint would replace, dropping what was written since it (--restore loads only into a controller that holds none; give --restore-force once to load it all the same)\n",
+			s.cfg.Restore, s.cfg.controllerDir(), s.held)
 		return nil
 	}
 	deadline := time.Now().Add(30 * time.Second)
