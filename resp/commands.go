@@ -1283,11 +1283,17 @@ func (c *conn) changes(cursor []byte, wait time.Duration) (engine.KeyChanges, er
 		return engine.KeyChanges{}, err
 	}
 	// A wait of zero still answers what is already there: give the
-	// controller a moment to say so.
+	// controller a moment to say so. Shutdown ends the wait as its
+	// timeout would (see Server.Shutdown).
 	ctx, cancel := context.WithTimeout(c.ctx, max(wait, time.Millisecond))
+	stop := context.AfterFunc(c.s.drain, cancel)
 	cs, err := c.s.st.ctrl.KeyChanges(ctx, engine.ChangesRequest{Partition: c.partition, Cursor: cursor, Wait: true})
+	stop()
 	cancel()
 	if err != nil {
+		if errors.Is(err, context.Canceled) && c.s.drain.Err() != nil && c.ctx.Err() == nil {
+			err = context.DeadlineExceeded // nothing changed before the shutdown
+		}
 		return cs, err
 	}
 	ctx, cancel = context.WithTimeout(c.ctx, c.s.cfg.CommandTimeout)

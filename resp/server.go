@@ -5,8 +5,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -105,14 +108,19 @@ type Server struct {
 	large *semaphore.Weighted
 	ids   atomic.Int64
 
-	mu     sync.Mutex
-	ls     []net.Listener
-	conns  map[*conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
+	mu           sync.Mutex
+	ls           []net.Listener
+	conns        map[*conn]struct{}
+	closed       bool
+	loopsStopped bool
+	wg           sync.WaitGroup
 
-	stop         context.Context
-	cancel       context.CancelFunc
+	stop   context.Context
+	cancel context.CancelFunc
+	// drain is canceled when Shutdown begins: connections end between
+	// commands, and waits for a change end (see Shutdown).
+	drain        context.Context
+	drainCancel  context.CancelFunc
 	acceptLogged atomic.Bool
 	turningAway  atomic.Int32 // connections being turned away (see turnAway)
 
@@ -133,22 +141,25 @@ func NewServer(ctrl *controller.Controller, units []*storage.Unit, cfg Config) (
 		return nil, err
 	}
 	stop, cancel := context.WithCancel(context.Background())
+	drain, drainCancel := context.WithCancel(context.Background())
 	return &Server{
-		cfg:    cfg,
-		st:     st,
-		large:  semaphore.NewWeighted(cfg.LargeInFlight),
-		conns:  map[*conn]struct{}{},
-		stop:   stop,
-		cancel: cancel,
+		cfg:         cfg,
+		st:          st,
+		large:       semaphore.NewWeighted(cfg.LargeInFlight),
+		conns:       map[*conn]struct{}{},
+		stop:        stop,
+		cancel:      cancel,
+		drain:       drain,
+		drainCancel: drainCancel,
 	}, nil
 }
 
 // Serve accepts connections on l until the server closes; it returns nil
-// after Close. A failed Accept (out of file descriptors) is logged once
-// and retried after a pause: it never ends the listener.
+// after Shutdown or Close. A failed Accept (out of file descriptors) is
+// logged once and retried after a pause: it never ends the listener.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.drain.Err() != nil {
 		s.mu.Unlock()
 		l.Close()
 		return nil
@@ -180,7 +191,7 @@ func (s *Server) Serve(l net.Listener) error {
 		c := s.newConn(nc)
 		s.mu.Lock()
 		switch {
-		case s.closed:
+		case s.closed || s.drain.Err() != nil:
 			s.mu.Unlock()
 			nc.Close()
 			return nil
@@ -252,7 +263,47 @@ func (s *Server) forget(c *conn) {
 	s.mu.Unlock()
 }
 
+// Shutdown stops the endpoint gracefully: it stops accepting, closes
+// each connection once it waits for its next command (at once for those
+// waiting now) and lets the commands in flight finish, the rest of a
+// command being read included, their replies written; a TQ.CHANGES
+// waiting for a change answers that none came. It waits for that until
+// ctx ends, then closes the server as Close does, cutting off what still
+// runs (and returning an error wrapping ctx's).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.drainCancel()
+	for _, l := range s.ls {
+		l.Close()
+	}
+	for c := range s.conns {
+		if c.nc != nil {
+			// Wakes a connection waiting for input: between commands it
+			// ends; in the middle of one it reads on (see deadlineReader).
+			c.nc.SetReadDeadline(time.Now())
+		}
+	}
+	// A loop finishes its pass, writes its replies, and closes its
+	// connections; one that was reading a command cut short has left it
+	// for a goroutine, which reads on.
+	s.stopLoops()
+	s.mu.Unlock()
+	idle := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(idle)
+	}()
+	var err error
+	select {
+	case <-idle:
+	case <-ctx.Done():
+		err = fmt.Errorf("resp: shutdown with commands in flight: %w", ctx.Err())
+	}
+	return errors.Join(err, s.Close())
+}
+
 // Close stops the listeners and every connection, and waits for them.
+// It may follow Shutdown.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -264,13 +315,24 @@ func (s *Server) Close() error {
 			c.nc.Close()
 		}
 	}
+	s.stopLoops()
+	s.mu.Unlock()
+	s.cancel()
+	s.drainCancel()
+	s.wg.Wait()
+	return s.st.cl.Close()
+}
+
+// stopLoops stops the loops, once: a loop that stopped has closed its
+// poller. s.mu is held.
+func (s *Server) stopLoops() {
+	if s.loopsStopped {
+		return
+	}
+	s.loopsStopped = true
 	for _, lp := range s.loops {
 		lp.stop()
 	}
-	s.mu.Unlock()
-	s.cancel()
-	s.wg.Wait()
-	return s.st.cl.Close()
 }
 
 // conn is one client connection. Its commands run one after another on
@@ -365,7 +427,20 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 		c.nc.SetReadDeadline(c.authBy)
 		c.armed = false
 	}
-	return c.nc.Read(p)
+	// Shutdown: between commands the connection ends. This looks after
+	// the connection's last deadline was set, and Shutdown sets its own
+	// after it begins: one of the two sees the other.
+	if !c.rd.mid && c.s.drain.Err() != nil {
+		return 0, io.EOF
+	}
+	n, err := c.nc.Read(p)
+	// Shutdown's deadline woke a command being read: it reads on, within
+	// its own.
+	for err != nil && c.rd.mid && errors.Is(err, os.ErrDeadlineExceeded) && c.s.drain.Err() != nil && time.Now().Before(c.armedBy) {
+		c.nc.SetReadDeadline(c.armedBy)
+		n, err = c.nc.Read(p)
+	}
+	return n, err
 }
 
 func (c *conn) takeLarge(n int64) error {

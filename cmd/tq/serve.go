@@ -579,19 +579,23 @@ func (s *server) startRESP() error {
 	return nil
 }
 
+// shutdown stops the servers gracefully, within ctx: the Redis endpoint
+// and the controller first, each letting the requests in flight finish,
+// then the storage units, which those requests may still need (a
+// checkpoint save reads every cell from them, a RESP SET writes to them).
 func (s *server) shutdown(ctx context.Context) error {
 	var errs []error
 	if s.resp != nil {
-		errs = append(errs, s.resp.Close())
+		errs = append(errs, s.resp.Shutdown(ctx))
+	}
+	if s.ctrlSrv != nil {
+		errs = append(errs, s.ctrlSrv.Shutdown(ctx))
 	}
 	for _, ru := range s.units {
 		if ru.mem != nil {
 			errs = append(errs, ru.mem.Close())
 		}
 		errs = append(errs, ru.srv.Shutdown(ctx))
-	}
-	if s.ctrlSrv != nil {
-		errs = append(errs, s.ctrlSrv.Shutdown(ctx))
 	}
 	return errors.Join(errs...)
 }
