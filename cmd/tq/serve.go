@@ -6,12 +6,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -270,7 +272,9 @@ func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener,
 		}
 	}()
 	if sockPath != "" {
-		removeStaleSocket(sockPath)
+		if err := removeStaleSocket(sockPath); err != nil {
+			return ls, nil, "", err
+		}
 		l, err := net.Listen("unix", sockPath)
 		if err != nil {
 			return ls, nil, "", err
@@ -297,14 +301,33 @@ func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener,
 	return ls, addrs, local, nil
 }
 
-// removeStaleSocket deletes a unix socket left by a process that died,
-// but never one something still listens on.
-func removeStaleSocket(path string) {
-	if c, err := net.DialTimeout("unix", path, 100*time.Millisecond); err == nil {
-		c.Close()
-		return
+// removeStaleSocket makes way for a unix socket at path: it deletes a
+// socket left by a process that died (a dial is refused: nothing listens
+// on it), and leaves any other socket (then Listen fails, saying the
+// address is in use). Anything else at path (a file, a directory, a
+// link) is not ours to delete: an error.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode().Type() != fs.ModeSocket:
+		return fmt.Errorf("%s exists and is not a socket (mode %v): not replacing it", path, fi.Mode())
 	}
-	os.Remove(path)
+	c, err := net.DialTimeout("unix", path, 100*time.Millisecond)
+	if err == nil {
+		c.Close()
+		return nil
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale socket: %w", err)
+	}
+	return nil
 }
 
 func (s *server) startController() error {
@@ -486,7 +509,9 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		// The fd socket hands the unit's memfd segments to clients on this
 		// host (transport/shm).
 		fdSock := sock + ".shm"
-		removeStaleSocket(fdSock)
+		if err := removeStaleSocket(fdSock); err != nil {
+			return fmt.Errorf("storage unit %d: fd socket: %w", id, err)
+		}
 		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: fdSock, Net: "unix"})
 		if err != nil {
 			return fmt.Errorf("storage unit %d: fd socket: %w", id, err)
@@ -557,8 +582,11 @@ func (s *server) startRESP() error {
 	if s.cfg.RESPSocket != "" {
 		// A unix socket costs a command about half of loopback TCP's CPU;
 		// like the others it is the user's alone, and asks for AUTH.
-		removeStaleSocket(s.cfg.RESPSocket)
-		l, err := net.Listen("unix", s.cfg.RESPSocket)
+		err := removeStaleSocket(s.cfg.RESPSocket)
+		var l net.Listener
+		if err == nil {
+			l, err = net.Listen("unix", s.cfg.RESPSocket)
+		}
 		if err == nil {
 			err = os.Chmod(s.cfg.RESPSocket, 0o600)
 		}

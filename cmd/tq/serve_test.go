@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
 )
 
@@ -133,4 +135,71 @@ func TestSIGTERMLetsACheckpointSaveFinish(t *testing.T) {
 	assert.Contains(t, out.String(), "saved c1")
 	_, err := os.Stat(filepath.Join(ckpts, "c1", "data.bin"))
 	require.NoError(t, err)
+}
+
+// TestServeKeepsAFileWhereASocketGoes: --resp-socket or --socket naming
+// a file that is not a socket (a typo, a path reused) stops tq serve,
+// which says so, and the file stays. Before, any path a dial failed on
+// was removed as a stale socket: the file was deleted.
+func TestServeKeepsAFileWhereASocketGoes(t *testing.T) {
+	bin := tqBinary(t)
+	for _, flag := range []string{"--resp-socket", "--socket"} {
+		t.Run(flag, func(t *testing.T) {
+			precious := filepath.Join(t.TempDir(), "precious.txt")
+			require.NoError(t, os.WriteFile(precious, []byte("precious data\n"), 0o600))
+			cmd := exec.Command(bin, "serve", "--listen", "", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB", flag, precious)
+			cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+t.TempDir())
+			out, err := runFor(cmd, 20*time.Second)
+			require.Error(t, err, "tq serve %s %s started:\n%s", flag, precious, out)
+			assert.Contains(t, string(out), precious+" exists and is not a socket")
+			b, err := os.ReadFile(precious)
+			require.NoError(t, err, "the file is gone")
+			assert.Equal(t, "precious data\n", string(b))
+		})
+	}
+}
+
+// TestRemoveStaleSocket: only a socket nobody listens on is removed; a
+// live one is left for Listen to refuse, and what is not a socket is an
+// error, left as it was.
+func TestRemoveStaleSocket(t *testing.T) {
+	unixSocket := func(t *testing.T, path string, live bool) {
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		require.NoError(t, err)
+		if !live {
+			l.SetUnlinkOnClose(false)
+			l.Close()
+			return
+		}
+		t.Cleanup(func() { l.Close() })
+	}
+	for _, tc := range []struct {
+		name    string
+		make    func(t *testing.T, path string)
+		wantErr string // "" for none
+		removed bool
+	}{
+		{"nothing there", func(*testing.T, string) {}, "", true},
+		{"stale socket", func(t *testing.T, path string) { unixSocket(t, path, false) }, "", true},
+		{"live socket", func(t *testing.T, path string) { unixSocket(t, path, true) }, "", false},
+		{"regular file", func(t *testing.T, path string) { require.NoError(t, os.WriteFile(path, []byte("x"), 0o600)) }, "exists and is not a socket", false},
+		{"directory", func(t *testing.T, path string) { require.NoError(t, os.Mkdir(path, 0o700)) }, "exists and is not a socket", false},
+		{"link to a stale socket", func(t *testing.T, path string) {
+			unixSocket(t, path+".target", false)
+			require.NoError(t, os.Symlink(path+".target", path))
+		}, "exists and is not a socket", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "s.sock")
+			tc.make(t, path)
+			err := removeStaleSocket(path)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, path+" "+tc.wantErr)
+			} else {
+				require.NoError(t, err)
+			}
+			_, err = os.Lstat(path)
+			assert.Equal(t, tc.removed, os.IsNotExist(err), "removed: got %v, want %v", os.IsNotExist(err), tc.removed)
+		})
+	}
 }
