@@ -36,6 +36,10 @@ func main() {
 	bench.ChildMain() // `tq bench` runs its writer and reader as this binary
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal asks for a graceful end (tq serve lets requests
+	// finish for up to --shutdown-timeout); from then on the signals are
+	// the system's again, so a second one ends the process at once.
+	context.AfterFunc(ctx, stop)
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "tq:", err)

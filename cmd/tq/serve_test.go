@@ -4,6 +4,7 @@ package main
 // does with the state it finds, and what SIGTERM lets finish.
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -201,5 +203,56 @@ func TestRemoveStaleSocket(t *testing.T) {
 			_, err = os.Lstat(path)
 			assert.Equal(t, tc.removed, os.IsNotExist(err), "removed: got %v, want %v", os.IsNotExist(err), tc.removed)
 		})
+	}
+}
+
+// TestSecondSIGTERMEndsServeAtOnce: while SIGTERM's graceful shutdown
+// waits (here for a RESP SET whose value is still on its way, which it
+// lets finish), a second SIGTERM, or Ctrl-C, ends the process at once, as
+// users expect. Before, tq serve kept catching signals until it exited:
+// the second was swallowed.
+func TestSecondSIGTERMEndsServeAtOnce(t *testing.T) {
+	bin := tqBinary(t)
+	p, lines := startServeLogged(t, t.TempDir(), bin, "--listen", "", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB",
+		"--resp", "127.0.0.1:0", "--resp-loops", "-1", "--shutdown-timeout", "2m")
+	nc, err := net.Dial("tcp", p.resp)
+	require.NoError(t, err)
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(20 * time.Second))
+	r := bufio.NewReader(nc)
+	tok := p.token(t)
+	_, err = fmt.Fprintf(nc, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(tok), tok)
+	require.NoError(t, err)
+	l, err := r.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "+OK\r\n", l)
+	// The PONG is written once the server waits for more input: it has
+	// begun to read the SET.
+	_, err = fmt.Fprintf(nc, "*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n0123456789", 1<<20)
+	require.NoError(t, err)
+	l, err = r.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "+PONG\r\n", l)
+
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.Eventually(t, func() bool { return strings.Contains(lines.String(), "tq serve: shutting down") }, 20*time.Second, 10*time.Millisecond)
+	// Again, until it ends (the first may come before tq serve stops
+	// catching them).
+	deadline := time.After(10 * time.Second)
+	for {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-p.done:
+			p.done <- err
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee)
+			ws := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ws.Signaled(), "tq serve exited with %v; want killed by the second SIGTERM", err)
+			assert.Equal(t, syscall.SIGTERM, ws.Signal())
+			return
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("tq serve still running 10 s after a second SIGTERM")
+		}
 	}
 }
