@@ -114,7 +114,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the token and the controller's state, private to this user ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else ~/.local/state/tq)")
 	fs.StringVar(&c.Fsync, "fsync", c.Fsync, "when the controller's log reaches the disk: batch (every change on disk before its reply; concurrent changes share an fsync), always (an fsync per change), never (the operating system writes it; a machine crash may lose the last moments)")
 	fs.BoolVar(&c.InMemory, "in-memory", c.InMemory, "keep the controller's metadata in memory only: a restart forgets every key and row (the units then free their bytes)")
-	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up")
+	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up, into a controller that holds no partition (a restart keeps its state; see --restore-force)")
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
