@@ -270,7 +270,8 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 		return freed, nil
 	}
 	// Every row read from here on came from this record.
-	c.noteRemoved(c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: &wirepb.ClusterOp{Epoch: c.epoch, Replaced: true}}}))
+	replaced := c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: &wirepb.ClusterOp{Epoch: c.epoch, Replaced: true}}})
+	c.noteRemoved(replaced)
 	st := c.copyState()
 	pos := c.j.Pos()
 	st.head.LogIndex = pos.Index
@@ -281,11 +282,11 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	if err != nil {
 		// The state is replaced and cannot be put back, and without its
 		// snapshot no record can follow the load's: stop the journal, so
-		// that nothing more is acknowledged (reads wait for the load's
-		// record, and fail too). A restart comes back with the state
-		// before the load (recover's replaced).
+		// that nothing more is acknowledged. Reads wait for the load's
+		// record, and fail too, even if it is durable already: a restart
+		// comes back with the state before the load (recover's replaced).
 		err = fmt.Errorf("snapshot the loaded state (the controller acknowledges nothing more; a restart undoes the load): %w", err)
-		c.j.Fail(err)
+		c.j.Fail(err, replaced)
 		return nil, err
 	}
 	return freed, nil

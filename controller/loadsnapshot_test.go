@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -59,6 +60,9 @@ var errSaveState = errors.New("save state failed")
 
 func (s *failingSaver) SaveState() ([]byte, error) {
 	if s.fail.Load() {
+		// Slow, as a disk that fails often is: the load's record is
+		// durable by the time the snapshot fails.
+		time.Sleep(100 * time.Millisecond)
 		return nil, errSaveState
 	}
 	return nil, nil
@@ -88,6 +92,10 @@ func TestLoadWhoseSnapshotFailsStopsTheController(t *testing.T) {
 	s.fail.Store(true)
 	_, err := c.Load(ck)
 	require.ErrorIs(t, err, errSaveState)
+	// A read of the loaded state (q is gone from it) is not acknowledged:
+	// the restart brings q back.
+	require.ErrorIs(t, c.WaitRead(context.Background(), "q", []string{"k"}), journal.ErrFailed,
+		"a read after the failed load is not acknowledged")
 	_, err = c.Insert("r", 1, []string{"x"})
 	if err == nil {
 		err = c.WaitDurable(context.Background())

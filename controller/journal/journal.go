@@ -37,6 +37,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -129,7 +130,10 @@ type Journal struct {
 
 	last    atomic.Uint64 // index of the last appended record
 	durable atomic.Uint64 // index of the last durable record
-	groups  atomic.Int64  // writes (each with its fsync) since Open
+	// undone is the first record a restart undoes (see Fail): waiting for
+	// it or a later one fails even once it is durable. MaxUint64: none.
+	undone atomic.Uint64
+	groups atomic.Int64 // writes (each with its fsync) since Open
 
 	kick       chan struct{} // tells the writer there is work (buffered, 1)
 	done       chan struct{}
@@ -201,6 +205,7 @@ func Open(cfg Config) (*Journal, error) {
 		done:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
+	j.undone.Store(math.MaxUint64)
 	if j.snaps, j.setAside, err = listSnapshots(cfg.Dir); err != nil {
 		db.Close()
 		return nil, err
@@ -481,11 +486,11 @@ func (j *Journal) Durable() uint64 { return j.durable.Load() }
 // [engine.ErrClosed].
 func (j *Journal) Wait(ctx context.Context, index uint64) error {
 	for {
-		if j.durable.Load() >= index {
+		if j.durable.Load() >= index && index < j.undone.Load() {
 			return nil
 		}
 		j.mu.Lock()
-		if j.durable.Load() >= index {
+		if j.durable.Load() >= index && index < j.undone.Load() {
 			j.mu.Unlock()
 			return nil
 		}
@@ -610,14 +615,22 @@ func (j *Journal) Stats() Stats {
 // on) returns an error wrapping [ErrFailed] and err. For a caller whose
 // state ran ahead of what it can make durable; a restart recovers what
 // reached the disk. Only the first failure counts.
-func (j *Journal) Fail(err error) {
+//
+// undone, unless 0, is the first record whose change a restart undoes
+// although it may be durable (a checkpoint load whose snapshot failed):
+// waiting for it or a later record fails too, so that nothing read since
+// it is acknowledged.
+func (j *Journal) Fail(err error, undone uint64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.err != nil {
 		return
 	}
 	j.err = fmt.Errorf("%w: %w", ErrFailed, err)
-	clear(j.pending)
+	if undone != 0 {
+		j.undone.Store(undone)
+	}
+	// Not cleared: the writer may be writing the group it took from it.
 	j.pending = nil
 	close(j.wake)
 	j.wake = make(chan struct{})

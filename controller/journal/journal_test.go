@@ -225,7 +225,7 @@ func TestFailStopsTheJournal(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, j.Wait(context.Background(), j.Append(rec(1))))
 	boom := errors.New("boom")
-	j.Fail(boom)
+	j.Fail(boom, 0)
 	i := j.Append(rec(2))
 	err = j.Wait(context.Background(), i)
 	require.ErrorIs(t, err, ErrFailed)
@@ -373,4 +373,24 @@ func TestKilledProcessKeepsWaitedRecords(t *testing.T) {
 			assert.Equal(t, "record 100", got[99])
 		})
 	}
+}
+
+// TestFailUndoesDurableRecords: a failure that a restart will undo from a
+// record on fails waits for that record and later ones even though they
+// are durable; earlier ones stay acknowledged.
+func TestFailUndoesDurableRecords(t *testing.T) {
+	j, err := Open(Config{Dir: t.TempDir()})
+	require.NoError(t, err)
+	ctx := context.Background()
+	first := j.Append(rec(1))
+	require.NoError(t, j.Wait(ctx, first))
+	second := j.Append(rec(2))
+	require.NoError(t, j.Wait(ctx, second))
+	boom := errors.New("boom")
+	j.Fail(boom, second)
+	require.NoError(t, j.Wait(ctx, first), "a record before the undone one")
+	err = j.Wait(ctx, second)
+	require.ErrorIs(t, err, ErrFailed, "the undone record, durable as it is")
+	require.ErrorIs(t, err, boom)
+	require.ErrorIs(t, j.Close(), ErrFailed)
 }
