@@ -6,10 +6,10 @@ package client
 // a redialUnit: placement leaves it out while it is down, so writes go to
 // the other units; a read of its cells fails at once with an error
 // wrapping engine.ErrUnavailable that names it, never a hang. It is dialed
-// again, no more often than a backoff allows: in the background when
-// placement next considers it, and in the caller's goroutine when a call
-// needs it (callers that find a dial under way wait for it). Once a dial
-// succeeds it serves like any unit.
+// again, no more often than a backoff allows, always in the background:
+// when placement next considers it, or when a call needs it, which then
+// waits for that dial (as do calls that find one under way) with its own
+// context. Once a dial succeeds it serves like any unit.
 
 import (
 	"context"

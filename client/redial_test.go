@@ -25,12 +25,13 @@ func (upUnit) Acquire(context.Context, []engine.RemoteAddr) (Lease, error) {
 // "unreachable" until the next try.
 func TestGivenUpDialIsNotTheUnitsFailure(t *testing.T) {
 	var dials atomic.Int32
+	answer := make(chan struct{})
 	dial := func(ctx context.Context) (DataUnit, error) {
 		dials.Add(1)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond): // the unit answers in 50 ms
+		case <-answer: // the unit answers once the first caller gave up
 			return upUnit{}, nil
 		}
 	}
@@ -41,6 +42,7 @@ func TestGivenUpDialIsNotTheUnitsFailure(t *testing.T) {
 	defer cancel()
 	_, err := u.Acquire(ctx, nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the impatient caller gets its own error")
+	close(answer)
 	_, err = u.Acquire(context.Background(), nil)
 	require.NoError(t, err, "a patient caller after another's given-up dial")
 	require.Equal(t, int32(1), dials.Load(), "the patient caller waited for the dial under way")

@@ -375,6 +375,7 @@ type conn struct {
 	aheadCharged int64
 	raw          syscall.RawConn
 	rawChecked   bool
+	writeFn      func(fd uintptr) bool // c.writeFD, bound once (a method value allocates)
 	wb           []byte
 	wn           int
 	wErrno       error
@@ -549,13 +550,14 @@ func (c *conn) writeNoWait(b []byte) (int, error) {
 		c.rawChecked = true
 		if sc, ok := c.nc.(syscall.Conn); ok {
 			c.raw, _ = sc.SyscallConn()
+			c.writeFn = c.writeFD
 		}
 	}
 	if c.raw == nil {
 		return 0, nil
 	}
 	c.wb, c.wn, c.wErrno = b, 0, nil
-	err := c.raw.Write(c.writeFD)
+	err := c.raw.Write(c.writeFn)
 	n := c.wn
 	if err == nil {
 		err = c.wErrno

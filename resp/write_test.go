@@ -116,3 +116,24 @@ func TestClientThatNeverReadsIsClosed(t *testing.T) {
 	}
 	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the server was still reading after 30 s: %v", err)
 }
+
+// TestWriteAllocatesNothing: a reply written to a connection served on a
+// goroutine costs no allocation (the raw write's function is bound once).
+func TestWriteAllocatesNothing(t *testing.T) {
+	e := newEndpoint(t, Config{Loops: -1})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	client, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	nc, err := l.Accept()
+	require.NoError(t, err)
+	defer nc.Close()
+	go io.Copy(io.Discard, client)
+	c := e.srv.newConn(nc)
+	reply := []byte("+OK\r\n")
+	require.NoError(t, c.write(reply))
+	allocs := testing.AllocsPerRun(100, func() { c.write(reply) })
+	require.Zero(t, allocs, "allocations per reply written")
+}
