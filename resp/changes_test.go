@@ -11,10 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
-	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/storage"
 )
 
 // TestChangesWithoutTimeoutUnderDurableWrites checks that TQ.CHANGES
@@ -22,23 +19,7 @@ import (
 // controller while other clients write: its timeout bounds the wait for a
 // change, not the wait for the log to hold what it answers.
 func TestChangesWithoutTimeoutUnderDurableWrites(t *testing.T) {
-	cfg := controller.DefaultConfig()
-	cfg.Dir = t.TempDir()
-	cfg.Fsync = journal.FsyncAlways
-	ctrl, err := controller.New(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	scfg := storage.DefaultConfig()
-	scfg.Capacity, scfg.SegmentSize = 16<<20, 16<<20
-	u, err := storage.NewUnit(0, scfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
-	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
-	require.NoError(t, err)
-	u.SetID(id)
-	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
-	require.NoError(t, err)
-	e := &endpoint{addr: serve(t, srv), srv: srv}
+	e := newDurableEndpoint(t, journal.FsyncAlways)
 
 	ctx := context.Background()
 	rc := e.client(t, &redis.Options{PoolSize: 16})

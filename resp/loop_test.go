@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 )
@@ -190,22 +191,7 @@ func TestLoop(t *testing.T) {
 // TestLoopDurable: with a durable controller a SET leaves the loop (its
 // commit waits for the log), and reads of what is durable stay on it.
 func TestLoopDurable(t *testing.T) {
-	cfg := controller.DefaultConfig()
-	cfg.Dir = t.TempDir()
-	ctrl, err := controller.New(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	scfg := storage.DefaultConfig()
-	scfg.Capacity, scfg.SegmentSize = 16<<20, 16<<20
-	u, err := storage.NewUnit(0, scfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
-	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
-	require.NoError(t, err)
-	u.SetID(id)
-	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
-	require.NoError(t, err)
-	e := &endpoint{addr: serve(t, srv), srv: srv}
+	e := newDurableEndpoint(t, journal.FsyncBatch)
 
 	w, wr := e.raw(t)
 	io.WriteString(w, cmdline("SET", "a", "1")+cmdline("SET", "b", "2"))
@@ -249,4 +235,26 @@ func FuzzLoopParse(f *testing.F) {
 		_, err = r.next()
 		require.ErrorIs(t, err, io.EOF, "the reader reads no more than the loop did")
 	})
+}
+
+// newDurableEndpoint serves an endpoint over a controller with a journal
+// (fsync as given) and one storage unit.
+func newDurableEndpoint(t *testing.T, fsync journal.Fsync) *endpoint {
+	t.Helper()
+	cfg := controller.DefaultConfig()
+	cfg.Dir, cfg.Fsync = t.TempDir(), fsync
+	ctrl, err := controller.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	scfg := storage.DefaultConfig()
+	scfg.Capacity, scfg.SegmentSize = 16<<20, 16<<20
+	u, err := storage.NewUnit(0, scfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+	require.NoError(t, err)
+	u.SetID(id)
+	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
+	require.NoError(t, err)
+	return &endpoint{addr: serve(t, srv), srv: srv}
 }
