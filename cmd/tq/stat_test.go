@@ -113,3 +113,18 @@ func TestStatQuotesNamesThatAreNotPrintable(t *testing.T) {
 		assert.Contains(t, one.String(), want)
 	}
 }
+
+// TestErrorsPrintTerminalSafe: an error tq prints can carry names a peer
+// chose; what could drive the terminal is escaped, lines and tabs stay.
+func TestErrorsPrintTerminalSafe(t *testing.T) {
+	for in, want := range map[string]string{
+		"partition \"p\": not found":       "partition \"p\": not found",
+		"key \x1b[2J\x1b[31mFAKE: lost":    `key \x1b[2J\x1b[31mFAKE: lost`,
+		"a\rb\u0085c\xffd\u00e9\uFFFD":     `a\rb\u0085c\xffdé` + "\uFFFD",
+		"two lines:\n\tthe second, tabbed": "two lines:\n\tthe second, tabbed",
+	} {
+		if got := terminalSafe(in); got != want {
+			t.Errorf("terminalSafe(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
