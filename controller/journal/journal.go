@@ -30,6 +30,7 @@
 package journal
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -377,15 +378,8 @@ func listSnapshots(dir string) (snaps, bad []Snapshot, err error) {
 	return snaps, bad, nil
 }
 
-func newestFirst(a, b Snapshot) int {
-	switch {
-	case a.Index > b.Index:
-		return -1
-	case a.Index < b.Index:
-		return 1
-	}
-	return 0
-}
+// newestFirst orders snapshots by index, the newest first.
+func newestFirst(a, b Snapshot) int { return cmp.Compare(b.Index, a.Index) }
 
 // Snapshots returns the snapshots to recover from, newest first (at most
 // two). If the newest cannot be read, replaying from the one before it
