@@ -373,6 +373,8 @@ func (c *Controller) apply(lop *wirepb.LogOp) error {
 		c.epoch = max(c.epoch, op.Cluster.Epoch)
 	case *wirepb.LogOp_Unit:
 		return c.units.apply(op.Unit)
+	case *wirepb.LogOp_UnitEvicted:
+		return c.units.applyEvicted(op.UnitEvicted)
 	case *wirepb.LogOp_Fence:
 		c.fences.raiseLocked(engine.UnitID(op.Fence.UnitId), op.Fence.Fences)
 	case *wirepb.LogOp_Partition:

@@ -10,10 +10,11 @@ package controller
 // Liveness is computed when the registry is read, not by a timer: a unit
 // whose last heartbeat is older than the timeout is reported with Alive
 // false, and stays listed so that readers of its cells learn it is gone. A
-// heartbeat or a re-registration brings it back. Units known from the
-// durable state count as heard from when the controller finished
-// recovering, so they have one timeout to come back before their cells
-// read as lost.
+// heartbeat or a re-registration brings it back, unless a full registry
+// evicted it meanwhile (MaxUnits; recorded in the log like a
+// registration). Units known from the durable state count as heard from
+// when the controller finished recovering, so they have one timeout to
+// come back before their cells read as lost.
 //
 // A unit may be marked draining (SetDraining, durable like its
 // registration): clients place no new cells on it, and a mover relocates
@@ -34,8 +35,11 @@ import (
 // Registry limits, enforced before anything is stored.
 const (
 	// MaxUnits bounds the registry. When it is full, registering evicts
-	// the unit that has been silent longest among the dead ones; with no
-	// dead unit to evict it fails with [engine.ErrCapacity].
+	// the unit that has been silent longest among the dead ones (durably,
+	// like a registration); with no dead unit to evict it fails with
+	// [engine.ErrCapacity]. An evicted unit's id is not handed out again;
+	// its cells keep naming it and read as lost, as those of any unit not
+	// registered.
 	MaxUnits = 1 << 16
 	// maxUnitAddrs bounds the addresses one unit may advertise.
 	maxUnitAddrs = 64
@@ -54,8 +58,11 @@ func cloneUnit(u *engine.UnitInfo) engine.UnitInfo {
 // concurrent use and owns no goroutine.
 type Registry struct {
 	timeout time.Duration
-	// log, when set, records a registration in the controller's log; it
-	// is called with mu held, so records follow the registrations' order.
+	// maxUnits is MaxUnits; tests lower it.
+	maxUnits int
+	// log, when set, records a registration or an eviction in the
+	// controller's log; it is called with mu held, so records follow the
+	// changes' order.
 	log func(*wirepb.LogOp)
 
 	mu      sync.Mutex
@@ -74,7 +81,7 @@ func NewRegistry(timeout time.Duration) *Registry {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	return &Registry{timeout: timeout, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo), started: time.Now()}
+	return &Registry{timeout: timeout, maxUnits: MaxUnits, next: 1, units: make(map[engine.UnitID]*engine.UnitInfo), started: time.Now()}
 }
 
 // Timeout returns the liveness timeout.
@@ -132,7 +139,7 @@ func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error
 	if r.next >= engine.LostUnit {
 		return 0, fmt.Errorf("unit ids exhausted: %w", engine.ErrCapacity)
 	}
-	if len(r.units) >= MaxUnits && !r.evictLocked(now) {
+	if len(r.units) >= r.maxUnits && !r.evictLocked(now) {
 		return 0, fmt.Errorf("%d live storage units registered: %w", len(r.units), engine.ErrCapacity)
 	}
 	e := cloneUnit(&u)
@@ -239,7 +246,27 @@ func (r *Registry) evictLocked(now time.Time) bool {
 	}
 	delete(r.units, victim.ID)
 	r.drainingChange(victim, nil)
+	// Recorded like a registration: a restart that replayed the unit's
+	// registration and not this would list it again, alive for a
+	// timeout, with the registry over its bound.
+	if r.log != nil {
+		r.log(&wirepb.LogOp{Op: &wirepb.LogOp_UnitEvicted{UnitEvicted: &wirepb.UnitEvictedOp{UnitId: uint32(victim.ID), Incarnation: victim.Incarnation}}})
+	}
 	return true
+}
+
+// applyEvicted drops a unit evicted in a log record.
+func (r *Registry) applyEvicted(op *wirepb.UnitEvictedOp) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id := engine.UnitID(op.UnitId)
+	u, ok := r.units[id]
+	if !ok || u.Incarnation != op.Incarnation {
+		return corrupt("unit %d (incarnation %x) evicted, but it is not registered", op.UnitId, op.Incarnation)
+	}
+	delete(r.units, id)
+	r.drainingChange(u, nil)
+	return nil
 }
 
 // Heartbeat records that unit hb.ID (of incarnation hb.Incarnation) is

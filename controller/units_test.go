@@ -1,12 +1,15 @@
 package controller
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -165,4 +168,66 @@ func TestRegistryFullEvictsDead(t *testing.T) {
 			t.Fatalf("%d units after eviction, want %d", n, MaxUnits)
 		}
 	})
+}
+
+func unitIDs(us []engine.UnitInfo) []engine.UnitID {
+	out := make([]engine.UnitID, 0, len(us))
+	for _, u := range us {
+		out = append(out, u.ID)
+	}
+	return out
+}
+
+// A dead unit evicted from a full registry stays evicted across a
+// restart, whether the restart replays the eviction from the log (with
+// or without a snapshot from before it) or reads a snapshot taken after
+// it: the same units are listed, the evicted one's heartbeat is refused,
+// and its cells still name it (a unit no one lists: they read as lost).
+// Replay used to bring the evicted unit back, alive for a timeout, with
+// the registry over its bound.
+func TestUnitEvictionSurvivesRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		snapBefore bool // a snapshot of the state before the eviction
+		stop       func(testing.TB, *Controller)
+	}{
+		{"log", false, crash},
+		{"snapshot before and log", true, crash},
+		{"snapshot after", false, func(t testing.TB, c *Controller) { require.NoError(t, c.Close()) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			c.units.maxUnits = 2
+			a, err := c.units.Register(engine.UnitInfo{Incarnation: 0xa, Host: "h"}, true)
+			require.NoError(t, err)
+			b, err := c.units.Register(engine.UnitInfo{Incarnation: 0xb, Host: "h"}, true)
+			require.NoError(t, err)
+			_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k"}, Fields: []engine.CommitField{
+				{Name: "v", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{{Unit: a, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}}}}}})
+			require.NoError(t, err)
+			if tc.snapBefore {
+				require.NoError(t, c.snapshot())
+			}
+			c.units.mu.Lock()
+			c.units.units[a].LastHeartbeat = time.Now().Add(-time.Hour) // dead
+			c.units.mu.Unlock()
+			n, err := c.units.Register(engine.UnitInfo{Incarnation: 0xc, Host: "h"}, true)
+			require.NoError(t, err, "register into a full registry with a dead unit")
+			require.Equal(t, []engine.UnitID{b, n}, unitIDs(c.units.Units()), "a was evicted")
+			require.NoError(t, c.WaitDurable(context.Background()))
+			tc.stop(t, c)
+
+			d := openDurable(t, dir, Config{})
+			defer d.Close()
+			assert.Equal(t, []engine.UnitID{b, n}, unitIDs(d.units.Units()), "the units after the restart")
+			assert.ErrorIs(t, d.units.Heartbeat(engine.UnitInfo{ID: a, Incarnation: 0xa}), engine.ErrNotFound, "the evicted unit's heartbeat")
+			m, err := d.ResolveKeys("p", []string{"k"}, nil, false)
+			require.NoError(t, err)
+			assert.Equal(t, a, m.Cells["v"][0].Unit, "the cell on the evicted unit")
+			again, err := d.units.Register(engine.UnitInfo{Incarnation: 0xd, Host: "h"}, true)
+			require.NoError(t, err)
+			assert.Equal(t, n+1, again, "ids are never handed out twice")
+		})
+	}
 }

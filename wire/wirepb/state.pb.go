@@ -101,6 +101,7 @@ type LogOp struct {
 	//	*LogOp_ClearCells
 	//	*LogOp_Done
 	//	*LogOp_Move
+	//	*LogOp_UnitEvicted
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -296,6 +297,15 @@ func (x *LogOp) GetMove() *MoveOp {
 	return nil
 }
 
+func (x *LogOp) GetUnitEvicted() *UnitEvictedOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_UnitEvicted); ok {
+			return x.UnitEvicted
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -368,6 +378,10 @@ type LogOp_Move struct {
 	Move *MoveOp `protobuf:"bytes,17,opt,name=move,proto3,oneof"`
 }
 
+type LogOp_UnitEvicted struct {
+	UnitEvicted *UnitEvictedOp `protobuf:"bytes,18,opt,name=unit_evicted,json=unitEvicted,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -401,6 +415,8 @@ func (*LogOp_ClearCells) isLogOp_Op() {}
 func (*LogOp_Done) isLogOp_Op() {}
 
 func (*LogOp_Move) isLogOp_Op() {}
+
+func (*LogOp_UnitEvicted) isLogOp_Op() {}
 
 // DoneOp: the partition's producer marked it done (MARK_DONE).
 type DoneOp struct {
@@ -613,6 +629,61 @@ func (x *UnitOp) GetDraining() bool {
 	return false
 }
 
+// UnitEvictedOp: a dead unit was dropped from a full registry to make room
+// for a new one. Its id is not handed out again, and cells that name it
+// keep the id (they read as lost, as those of any unit not registered).
+type UnitEvictedOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UnitId        uint32                 `protobuf:"varint,1,opt,name=unit_id,json=unitId,proto3" json:"unit_id,omitempty"`
+	Incarnation   uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitEvictedOp) Reset() {
+	*x = UnitEvictedOp{}
+	mi := &file_state_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitEvictedOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitEvictedOp) ProtoMessage() {}
+
+func (x *UnitEvictedOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitEvictedOp.ProtoReflect.Descriptor instead.
+func (*UnitEvictedOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UnitEvictedOp) GetUnitId() uint32 {
+	if x != nil {
+		return x.UnitId
+	}
+	return 0
+}
+
+func (x *UnitEvictedOp) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
 // PartitionOp: a partition was created, with its pre-allocated rows.
 type PartitionOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -626,7 +697,7 @@ type PartitionOp struct {
 
 func (x *PartitionOp) Reset() {
 	*x = PartitionOp{}
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +709,7 @@ func (x *PartitionOp) String() string {
 func (*PartitionOp) ProtoMessage() {}
 
 func (x *PartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +722,7 @@ func (x *PartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionOp.ProtoReflect.Descriptor instead.
 func (*PartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{5}
+	return file_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PartitionOp) GetPartition() string {
@@ -703,7 +774,7 @@ type RowsOp struct {
 
 func (x *RowsOp) Reset() {
 	*x = RowsOp{}
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +786,7 @@ func (x *RowsOp) String() string {
 func (*RowsOp) ProtoMessage() {}
 
 func (x *RowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +799,7 @@ func (x *RowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsOp.ProtoReflect.Descriptor instead.
 func (*RowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{6}
+	return file_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RowsOp) GetPartition() string {
@@ -788,7 +859,7 @@ type CommitOp struct {
 
 func (x *CommitOp) Reset() {
 	*x = CommitOp{}
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +871,7 @@ func (x *CommitOp) String() string {
 func (*CommitOp) ProtoMessage() {}
 
 func (x *CommitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +884,7 @@ func (x *CommitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOp.ProtoReflect.Descriptor instead.
 func (*CommitOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{7}
+	return file_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CommitOp) GetPartition() string {
@@ -865,7 +936,7 @@ type TagsOp struct {
 
 func (x *TagsOp) Reset() {
 	*x = TagsOp{}
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +948,7 @@ func (x *TagsOp) String() string {
 func (*TagsOp) ProtoMessage() {}
 
 func (x *TagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +961,7 @@ func (x *TagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagsOp.ProtoReflect.Descriptor instead.
 func (*TagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{8}
+	return file_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TagsOp) GetPartition() string {
@@ -943,7 +1014,7 @@ type RemoveTagsOp struct {
 
 func (x *RemoveTagsOp) Reset() {
 	*x = RemoveTagsOp{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -955,7 +1026,7 @@ func (x *RemoveTagsOp) String() string {
 func (*RemoveTagsOp) ProtoMessage() {}
 
 func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -968,7 +1039,7 @@ func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTagsOp.ProtoReflect.Descriptor instead.
 func (*RemoveTagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveTagsOp) GetPartition() string {
@@ -1022,7 +1093,7 @@ type ClearCellsOp struct {
 
 func (x *ClearCellsOp) Reset() {
 	*x = ClearCellsOp{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1105,7 @@ func (x *ClearCellsOp) String() string {
 func (*ClearCellsOp) ProtoMessage() {}
 
 func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1118,7 @@ func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearCellsOp.ProtoReflect.Descriptor instead.
 func (*ClearCellsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ClearCellsOp) GetPartition() string {
@@ -1113,7 +1184,7 @@ type ConsumeOp struct {
 
 func (x *ConsumeOp) Reset() {
 	*x = ConsumeOp{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1196,7 @@ func (x *ConsumeOp) String() string {
 func (*ConsumeOp) ProtoMessage() {}
 
 func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1209,7 @@ func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeOp.ProtoReflect.Descriptor instead.
 func (*ConsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConsumeOp) GetPartition() string {
@@ -1229,7 +1300,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1312,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1325,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	return file_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -1311,7 +1382,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1394,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1407,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1372,7 +1443,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1455,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1468,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1438,7 +1509,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1521,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1534,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1492,7 +1563,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1575,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1588,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1549,7 +1620,7 @@ type MoveOp struct {
 
 func (x *MoveOp) Reset() {
 	*x = MoveOp{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1632,7 @@ func (x *MoveOp) String() string {
 func (*MoveOp) ProtoMessage() {}
 
 func (x *MoveOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1645,7 @@ func (x *MoveOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOp.ProtoReflect.Descriptor instead.
 func (*MoveOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MoveOp) GetPartition() string {
@@ -1625,7 +1696,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1637,7 +1708,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1650,7 +1721,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1725,7 +1796,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1808,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1821,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1917,7 +1988,7 @@ type NamedSamplerState struct {
 
 func (x *NamedSamplerState) Reset() {
 	*x = NamedSamplerState{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2000,7 @@ func (x *NamedSamplerState) String() string {
 func (*NamedSamplerState) ProtoMessage() {}
 
 func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2013,7 @@ func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
 func (*NamedSamplerState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NamedSamplerState) GetSpec() string {
@@ -1983,7 +2054,7 @@ type StatePartition struct {
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2066,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2079,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -2115,7 +2186,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2198,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2211,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2174,7 +2245,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2257,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2270,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StateField) GetName() string {
@@ -2232,7 +2303,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2315,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2328,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2311,7 +2382,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2323,7 +2394,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2336,7 +2407,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2362,7 +2433,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2445,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2458,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2469,7 +2540,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2552,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2565,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2581,7 +2652,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +2664,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +2677,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{28}
+	return file_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2644,7 +2715,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xff\x06\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xbf\a\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -2666,7 +2737,8 @@ const file_state_proto_rawDesc = "" +
 	"\vclear_cells\x18\x0f \x01(\v2\x18.tq.wire.v1.ClearCellsOpH\x00R\n" +
 	"clearCells\x12(\n" +
 	"\x04done\x18\x10 \x01(\v2\x12.tq.wire.v1.DoneOpH\x00R\x04done\x12(\n" +
-	"\x04move\x18\x11 \x01(\v2\x12.tq.wire.v1.MoveOpH\x00R\x04moveB\x04\n" +
+	"\x04move\x18\x11 \x01(\v2\x12.tq.wire.v1.MoveOpH\x00R\x04move\x12>\n" +
+	"\funit_evicted\x18\x12 \x01(\v2\x19.tq.wire.v1.UnitEvictedOpH\x00R\vunitEvictedB\x04\n" +
 	"\x02op\"8\n" +
 	"\x06DoneOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
@@ -2683,7 +2755,10 @@ const file_state_proto_rawDesc = "" +
 	"\x05addrs\x18\x04 \x03(\tR\x05addrs\x12\x12\n" +
 	"\x04name\x18\x05 \x01(\tR\x04name\x12\x1a\n" +
 	"\bcapacity\x18\x06 \x01(\x03R\bcapacity\x12\x1a\n" +
-	"\bdraining\x18\a \x01(\bR\bdraining\"\x81\x01\n" +
+	"\bdraining\x18\a \x01(\bR\bdraining\"J\n" +
+	"\rUnitEvictedOp\x12\x17\n" +
+	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\"\x81\x01\n" +
 	"\vPartitionOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x1a\n" +
@@ -2886,80 +2961,82 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
 	(*DoneOp)(nil),            // 2: tq.wire.v1.DoneOp
 	(*ClusterOp)(nil),         // 3: tq.wire.v1.ClusterOp
 	(*UnitOp)(nil),            // 4: tq.wire.v1.UnitOp
-	(*PartitionOp)(nil),       // 5: tq.wire.v1.PartitionOp
-	(*RowsOp)(nil),            // 6: tq.wire.v1.RowsOp
-	(*CommitOp)(nil),          // 7: tq.wire.v1.CommitOp
-	(*TagsOp)(nil),            // 8: tq.wire.v1.TagsOp
-	(*RemoveTagsOp)(nil),      // 9: tq.wire.v1.RemoveTagsOp
-	(*ClearCellsOp)(nil),      // 10: tq.wire.v1.ClearCellsOp
-	(*ConsumeOp)(nil),         // 11: tq.wire.v1.ConsumeOp
-	(*UnconsumeOp)(nil),       // 12: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),           // 13: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),       // 14: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil),  // 15: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),           // 16: tq.wire.v1.FenceOp
-	(*MoveOp)(nil),            // 17: tq.wire.v1.MoveOp
-	(*LostOp)(nil),            // 18: tq.wire.v1.LostOp
-	(*StateHeader)(nil),       // 19: tq.wire.v1.StateHeader
-	(*NamedSamplerState)(nil), // 20: tq.wire.v1.NamedSamplerState
-	(*StatePartition)(nil),    // 21: tq.wire.v1.StatePartition
-	(*StateCleared)(nil),      // 22: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 23: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 24: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 25: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 26: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 27: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 28: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 29: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 30: tq.wire.v1.SegmentFence
-	(*Addrs)(nil),             // 31: tq.wire.v1.Addrs
-	(*Shape)(nil),             // 32: tq.wire.v1.Shape
+	(*UnitEvictedOp)(nil),     // 5: tq.wire.v1.UnitEvictedOp
+	(*PartitionOp)(nil),       // 6: tq.wire.v1.PartitionOp
+	(*RowsOp)(nil),            // 7: tq.wire.v1.RowsOp
+	(*CommitOp)(nil),          // 8: tq.wire.v1.CommitOp
+	(*TagsOp)(nil),            // 9: tq.wire.v1.TagsOp
+	(*RemoveTagsOp)(nil),      // 10: tq.wire.v1.RemoveTagsOp
+	(*ClearCellsOp)(nil),      // 11: tq.wire.v1.ClearCellsOp
+	(*ConsumeOp)(nil),         // 12: tq.wire.v1.ConsumeOp
+	(*UnconsumeOp)(nil),       // 13: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),           // 14: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),       // 15: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil),  // 16: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),           // 17: tq.wire.v1.FenceOp
+	(*MoveOp)(nil),            // 18: tq.wire.v1.MoveOp
+	(*LostOp)(nil),            // 19: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 20: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 21: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 22: tq.wire.v1.StatePartition
+	(*StateCleared)(nil),      // 23: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 24: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 25: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 26: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 27: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 28: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 29: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 30: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 31: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 32: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 33: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
 	3,  // 1: tq.wire.v1.LogOp.cluster:type_name -> tq.wire.v1.ClusterOp
 	4,  // 2: tq.wire.v1.LogOp.unit:type_name -> tq.wire.v1.UnitOp
-	5,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
-	6,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
-	7,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
-	8,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
-	11, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	12, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	13, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	14, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	15, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	16, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	18, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
-	9,  // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
-	10, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
+	6,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
+	7,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
+	8,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
+	9,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
+	12, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
+	13, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	14, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	15, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	16, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	17, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	19, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	10, // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
+	11, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
 	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
-	17, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
-	29, // 18: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	30, // 19: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	31, // 20: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
-	4,  // 21: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	16, // 22: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	20, // 23: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	31, // 24: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	31, // 25: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
-	23, // 26: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	24, // 27: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	22, // 28: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	26, // 29: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	27, // 30: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	32, // 31: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	18, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
+	5,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
+	30, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	31, // 20: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	32, // 21: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	4,  // 22: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	17, // 23: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	21, // 24: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	32, // 25: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	32, // 26: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	24, // 27: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	25, // 28: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	23, // 29: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	27, // 30: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	28, // 31: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	33, // 32: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -2987,6 +3064,7 @@ func file_state_proto_init() {
 		(*LogOp_ClearCells)(nil),
 		(*LogOp_Done)(nil),
 		(*LogOp_Move)(nil),
+		(*LogOp_UnitEvicted)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2994,7 +3072,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
