@@ -233,6 +233,15 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	}
 	unlock := c.lockAll()
 	defer unlock()
+	// Until the partitions are replaced, a failure must leave every
+	// sampler as it was: the named samplers' states are checked on fresh
+	// samplers first, the configured sampler's is loaded next (a
+	// sampler's LoadState changes nothing when it fails), and only then
+	// do the named samplers change.
+	named, err := c.checkNamed(ls.head)
+	if err != nil {
+		return nil, err
+	}
 	if len(ls.head.Sampler) > 0 {
 		ss, ok := c.sampler.(engine.StatefulSampler)
 		if !ok {
@@ -246,9 +255,7 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 			cs.ClearCache(id)
 		}
 	}
-	if err := c.loadNamed(ls.head, true, slices.Collect(maps.Keys(c.parts))); err != nil {
-		return nil, err
-	}
+	c.installNamed(named, true, slices.Collect(maps.Keys(c.parts)))
 	old := c.parts
 	for _, p := range ls.parts {
 		p.gen = c.nextGen
@@ -275,7 +282,7 @@ func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
 	st := c.copyState()
 	pos := c.j.Pos()
 	st.head.LogIndex = pos.Index
-	err := c.samplerState(st.head)
+	err = c.samplerState(st.head)
 	if err == nil {
 		err = c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) })
 	}

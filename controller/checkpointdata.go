@@ -295,7 +295,8 @@ func withMappedFile(path string, size int64, fn func([]byte) error) (err error) 
 // is loaded unchecked). One without data (or a server without
 // ServerConfig.Dial) keeps the locations of cells whose unit is still the
 // same incarnation and marks the others lost. The cells the state held
-// before are freed.
+// before are freed; a load that fails before it takes the state over
+// leaves it as it was and frees the extents it wrote instead.
 func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
 	freed, err := s.loadCheckpointFreed(ctx, name)
 	if derr := s.durable(ctx, &effects{freed: freed}); err == nil {
@@ -304,10 +305,13 @@ func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
 	return err
 }
 
+// loadCheckpointFreed loads checkpoint name and returns the cells to
+// free: those the state held before, or, when the load failed, the
+// extents it wrote to the units.
 func (s *Server) loadCheckpointFreed(ctx context.Context, name string) ([]engine.CellLoc, error) {
 	dir, err := s.checkpointPath(name)
+	var freed []engine.CellLoc
 	if err == nil {
-		var freed []engine.CellLoc
 		if freed, err = s.load(ctx, dir); err == nil {
 			return freed, nil
 		}
@@ -315,9 +319,12 @@ func (s *Server) loadCheckpointFreed(ctx context.Context, name string) ([]engine
 	if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("no checkpoint %q: %w: %w", name, engine.ErrNotFound, err)
 	}
-	return nil, opErr("load checkpoint", name, err)
+	return freed, opErr("load checkpoint", name, err)
 }
 
+// load loads the checkpoint in dir. It returns the cells to free: on
+// success those the state held before; on failure the extents it wrote
+// to the units, which nothing references.
 func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error) {
 	s.ckpt.Lock()
 	defer s.ckpt.Unlock()
@@ -372,18 +379,31 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 			}
 		}
 	}
-	if err := s.place(ctx, ls.inFile, m); err != nil {
-		return nil, err
+	written, err := s.place(ctx, ls.inFile, m)
+	if err != nil {
+		return written, err
 	}
-	return s.c.takeOver(ls)
+	freed, err := s.c.takeOver(ls)
+	if err != nil {
+		if s.c.failed() {
+			// The state was taken over and its snapshot failed: the
+			// loaded cells name the extents, and no frees go out any
+			// more (a restart undoes the load, and the units' reconcile
+			// frees them then).
+			return nil, err
+		}
+		return written, err
+	}
+	return freed, nil
 }
 
 // place writes the cells' bytes (in m) to the live storage units not
 // draining and points each cell at its new location. A column's cells
 // (one field of one partition, in row order) go out together, cut into
 // extents of at most loadExtent bytes, each to the unit with the most
-// room left.
-func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
+// room left. It returns the extents it wrote, on failure too: the caller
+// frees them unless the state takes the cells over.
+func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) (written []engine.CellLoc, err error) {
 	type target struct {
 		u    engine.UnitInfo
 		dc   engine.DataConn
@@ -405,7 +425,7 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		}
 	}
 	if len(targets) == 0 && len(cells) > 0 {
-		return fmt.Errorf("no live storage unit that is not draining to load %d cells into: %w", len(cells), engine.ErrUnavailable)
+		return nil, fmt.Errorf("no live storage unit that is not draining to load %d cells into: %w", len(cells), engine.ErrUnavailable)
 	}
 	// Columns stay together: cells of one (partition, field) in row order.
 	slices.SortStableFunc(cells, func(a, b fileCell) int {
@@ -426,7 +446,7 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 				// Gone since it last reported (or not back yet after a
 				// controller restart): load into the others.
 				if targets = targets[1:]; len(targets) == 0 {
-					return fmt.Errorf("no storage unit reachable to load cells into; the last: %d: %w", t.u.ID, err)
+					return written, fmt.Errorf("no storage unit reachable to load cells into; the last: %d: %w", t.u.ID, err)
 				}
 				continue
 			}
@@ -438,9 +458,10 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		}
 		addrs, err := t.dc.Write(ctx, [][][]byte{pieces})
 		if err != nil {
-			return fmt.Errorf("write %d cells to storage unit %d: %w", end-start, t.u.ID, err)
+			return written, fmt.Errorf("write %d cells to storage unit %d: %w", end-start, t.u.ID, err)
 		}
 		a := addrs[0]
+		written = append(written, engine.CellLoc{Unit: t.u.ID, Addr: engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: a.Offset, Len: size}})
 		off := a.Offset
 		for _, c := range cells[start:end] {
 			c.p.rows.set(c.r, c.slot, cell{off: off, len: c.len, seg: a.Segment, gen: a.Gen, unit: uint32(t.u.ID) | producedBit})
@@ -449,7 +470,7 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) error {
 		t.room -= int64(size)
 		start = end
 	}
-	return nil
+	return written, nil
 }
 
 // Checkpoints lists the saved checkpoints, by name.

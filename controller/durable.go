@@ -105,6 +105,10 @@ func (c *Controller) readIndex(partition string, keys []string) uint64 {
 // when they are not.
 func (c *Controller) logging() bool { return c.j != nil && !c.replaying }
 
+// failed reports whether the controller's journal stopped: it
+// acknowledges nothing more.
+func (c *Controller) failed() bool { return c.j != nil && c.j.Err() != nil }
+
 // Durable reports whether the controller records its changes in a journal.
 func (c *Controller) Durable() bool { return c.j != nil }
 
@@ -315,9 +319,11 @@ func (c *Controller) adopt(ls *loadedState) error {
 			return fmt.Errorf("sampler state (start with the sampler it was saved with): %w", err)
 		}
 	}
-	if err := c.loadNamed(ls.head, false, nil); err != nil {
+	named, err := c.checkNamed(ls.head)
+	if err != nil {
 		return err
 	}
+	c.installNamed(named, false, nil)
 	if err := c.restoreMoves(ls.head); err != nil {
 		return err
 	}

@@ -131,31 +131,84 @@ func (c *Controller) namedState(head *wirepb.StateHeader) error {
 	return nil
 }
 
-// loadNamed loads the state of the samplers fetches chose from a state
-// header; with replace, samplers the header does not name forget every
-// partition's batches (a checkpoint load). A bad spec or state is
-// corrupt.
-func (c *Controller) loadNamed(head *wirepb.StateHeader, replace bool, partitions []string) error {
-	seen := make(map[string]bool)
+// namedLoad is the state of a sampler fetches chose, from a state
+// header, checked: fresh, a new sampler of its spec, took it.
+type namedLoad struct {
+	key   string // the spec, canonical
+	state []byte
+	fresh engine.Sampler
+}
+
+// checkNamed checks the states of the samplers fetches chose in a state
+// header, each by loading it into a fresh sampler of its spec, and
+// changes no sampler: a checkpoint load that fails on one of them must
+// leave all of them as they were. A bad spec or state is corrupt; more
+// samplers than the controller keeps, [engine.ErrInvalid].
+func (c *Controller) checkNamed(head *wirepb.StateHeader) ([]namedLoad, error) {
+	loads := make([]namedLoad, 0, len(head.Samplers))
+	keys := make(map[string]bool)
 	for _, ns := range head.Samplers {
-		s, err := c.samplerForText(ns.Spec)
+		spec, err := sampler.ParseSpec(ns.Spec)
+		if err == nil {
+			spec, err = sampler.Canonical(spec)
+		}
+		var s engine.Sampler
+		if err == nil {
+			s, err = sampler.New(spec)
+		}
 		if err != nil {
-			return corrupt("sampler spec %q: %v", ns.Spec, err)
+			return nil, corrupt("sampler spec %q: %v", ns.Spec, err)
 		}
 		ss, ok := s.(engine.StatefulSampler)
 		if !ok {
-			return corrupt("state for sampler %q, which keeps none", ns.Spec)
+			return nil, corrupt("state for sampler %q, which keeps none", ns.Spec)
 		}
 		if err := ss.LoadState(ns.State); err != nil {
-			return fmt.Errorf("sampler %s state: %w", ns.Spec, err)
+			return nil, fmt.Errorf("sampler %s state: %w", ns.Spec, err)
 		}
-		seen[ns.Spec] = true
-	}
-	if !replace {
-		return nil
+		loads = append(loads, namedLoad{key: spec.String(), state: ns.State, fresh: s})
+		keys[spec.String()] = true
 	}
 	c.namedMu.Lock()
+	n := len(c.named)
+	for k := range keys {
+		if _, ok := c.named[k]; !ok {
+			n++
+		}
+	}
+	c.namedMu.Unlock()
+	if n > maxNamedSamplers {
+		return nil, fmt.Errorf("the state names samplers that would make %d, and the controller keeps at most %d: %w", n, maxNamedSamplers, engine.ErrInvalid)
+	}
+	return loads, nil
+}
+
+// installNamed gives the samplers fetches chose the states checkNamed
+// checked; a spec with no sampler yet gets the fresh one. With replace,
+// samplers the states do not name forget the batches they keep for
+// partitions (a checkpoint load). It cannot fail.
+func (c *Controller) installNamed(loads []namedLoad, replace bool, partitions []string) {
+	c.namedMu.Lock()
 	defer c.namedMu.Unlock()
+	seen := make(map[string]bool)
+	for _, l := range loads {
+		seen[l.key] = true
+		s, ok := c.named[l.key]
+		if !ok {
+			// A fetch may have made some meanwhile (it makes its sampler
+			// before taking its partition's lock): the bound may be
+			// passed by as many.
+			c.named[l.key] = l.fresh
+			continue
+		}
+		// Loaded in place, not replaced: a fetch may hold it already.
+		if err := s.(engine.StatefulSampler).LoadState(l.state); err != nil {
+			panic(fmt.Sprintf("controller: sampler %s refuses a state a new sampler of its spec took: %v", l.key, err))
+		}
+	}
+	if !replace {
+		return
+	}
 	for k, s := range c.named {
 		if cs, ok := s.(engine.CachingSampler); ok && !seen[k] {
 			for _, id := range partitions {
@@ -163,7 +216,6 @@ func (c *Controller) loadNamed(head *wirepb.StateHeader, replace bool, partition
 			}
 		}
 	}
-	return nil
 }
 
 // MarkDone records that the producer of partition will add no more rows
