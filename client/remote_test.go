@@ -98,10 +98,23 @@ type step struct {
 	run  func(ctx context.Context, m client.MetaService) (any, error)
 }
 
-func locs(unit engine.UnitID, n int, base uint64) []engine.CellLoc {
-	out := make([]engine.CellLoc, n)
-	for i := range out {
-		out[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 3, Offset: base + uint64(i)*64, Len: 64}}
+// locs returns n cells of size bytes each, back to back from base. A
+// commit's cells must be as long as their shapes need (the controller
+// refuses others).
+func locs(unit engine.UnitID, n int, base, size uint64) []engine.CellLoc {
+	lens := make([]uint64, n)
+	for i := range lens {
+		lens[i] = size
+	}
+	return cellsAt(unit, base, lens...)
+}
+
+// cellsAt returns cells of the given lengths, back to back from base.
+func cellsAt(unit engine.UnitID, base uint64, lens ...uint64) []engine.CellLoc {
+	out := make([]engine.CellLoc, len(lens))
+	for i, n := range lens {
+		out[i] = engine.CellLoc{Unit: unit, Addr: engine.RemoteAddr{Segment: 1, Gen: 3, Offset: base, Len: n}}
+		base += n
 	}
 	return out
 }
@@ -114,7 +127,7 @@ var script = []step{
 	}},
 	{"commit prompt", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2, 3}, Fields: []engine.CommitField{
-			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0)},
+			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(1, 4, 0, 64)},
 		}})
 	}},
 	{"fetch before resp", func(ctx context.Context, m client.MetaService) (any, error) {
@@ -122,7 +135,7 @@ var script = []step{
 	}},
 	{"commit resp ragged and a scalar", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0, 1, 2}, Fields: []engine.CommitField{
-			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: locs(2, 3, 1024)},
+			{Name: "resp", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{3}, {5}, {2, 2}}, Locs: cellsAt(2, 1024, 12, 20, 16)},
 			{Name: "reward", DType: engine.Float64, Kind: engine.Dense, Shape: engine.Shape{}},
 		}})
 	}},
@@ -153,7 +166,7 @@ var script = []step{
 	}},
 	{"commit kv", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "kv", Indexes: []uint64{4, 5}, Fields: []engine.CommitField{
-			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096)},
+			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(1, 2, 4096, 64)},
 		}})
 	}},
 	{"resolve keys again", func(ctx context.Context, m client.MetaService) (any, error) {
@@ -187,8 +200,8 @@ var script = []step{
 	}},
 	{"commit keys", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"b", "e"}, Fields: []engine.CommitField{
-			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0)},
-			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128)},
+			{Name: "text", DType: engine.Bytes, Kind: engine.Opaque, Locs: locs(2, 2, 0, 64)},
+			{Name: "score", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 2, 128, 8)},
 		}, Tags: []engine.Tags{{"step": 3}, {"new": true}}})
 	}},
 	{"commit keys tags only", func(ctx context.Context, m client.MetaService) (any, error) {
@@ -196,7 +209,7 @@ var script = []step{
 	}},
 	{"commit keys dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.CommitKeys(ctx, engine.KeysCommit{Partition: "kv", Keys: []string{"f"}, Fields: []engine.CommitField{
-			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0)},
+			{Name: "score", DType: engine.Int8, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: locs(2, 1, 0, 2)},
 		}})
 	}},
 	{"delete tags", func(ctx context.Context, m client.MetaService) (any, error) {
@@ -259,12 +272,17 @@ var script = []step{
 	}},
 	{"overwrite", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
-			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192)},
+			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192, 64)},
 		}})
 	}},
 	{"dtype mismatch", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{8}},
+		}})
+	}},
+	{"commit of the wrong length", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{1}, Fields: []engine.CommitField{
+			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192, 32)},
 		}})
 	}},
 	{"fields", func(ctx context.Context, m client.MetaService) (any, error) { return m.Fields(ctx, "train") }},
@@ -291,6 +309,30 @@ var script = []step{
 	}},
 }
 
+// scriptErrors is the error class of each step of script that fails,
+// so that a step meant to succeed cannot fail on both sides unnoticed.
+var scriptErrors = map[string]error{
+	"force fetch unknown":             engine.ErrNotFound,
+	"rows meta unknown":               engine.ErrNotFound,
+	"resolve unknown keys":            engine.ErrNotFound,
+	"resolve duplicate keys":          engine.ErrInvalid,
+	"keys of nothing":                 engine.ErrInvalid,
+	"set tags count":                  engine.ErrInvalid,
+	"commit keys dtype mismatch":      engine.ErrDTypeMismatch,
+	"delete tags of unknown keys":     engine.ErrNotFound,
+	"delete tags without names":       engine.ErrInvalid,
+	"compare and set bad name":        engine.ErrInvalid,
+	"list keys bad filter":            engine.ErrInvalid,
+	"key changes bad cursor":          engine.ErrInvalid,
+	"production status unknown field": engine.ErrNotFound,
+	"consumption status no task":      engine.ErrInvalid,
+	"dtype mismatch":                  engine.ErrDTypeMismatch,
+	"commit of the wrong length":      engine.ErrInvalid,
+	"stats unknown":                   engine.ErrNotFound,
+	"bad insert":                      engine.ErrInvalid,
+	"bad fetch":                       engine.ErrInvalid,
+}
+
 // TestRemoteMatchesLocal runs the script on a local controller and on a
 // remote one, and compares every result and error class.
 func TestRemoteMatchesLocal(t *testing.T) {
@@ -308,6 +350,9 @@ func TestRemoteMatchesLocal(t *testing.T) {
 			for _, st := range script {
 				want, werr := st.run(ctx, local)
 				got, gerr := st.run(ctx, remote)
+				if sentinelOf(werr) != sentinelOf(scriptErrors[st.name]) {
+					t.Fatalf("%s: local error %v, want %v", st.name, werr, scriptErrors[st.name])
+				}
 				if sentinelOf(werr) != sentinelOf(gerr) {
 					t.Fatalf("%s: error %v, local error %v", st.name, gerr, werr)
 				}
@@ -399,7 +444,7 @@ func TestRemoteBlockingFetch(t *testing.T) {
 		}()
 		time.Sleep(100 * time.Millisecond)
 		if err := producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
-			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0)},
+			{Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{4}, Locs: locs(1, 2, 0, 4)},
 		}}); err != nil {
 			t.Fatal(err)
 		}
@@ -667,7 +712,7 @@ func TestMetaRoundTrip(t *testing.T) {
 		Ready: []bool{true, false, true},
 		Tags:  []engine.Tags{{"step": 1, "ok": true, "nested": map[string]any{"x": []any{1, 2.5}}}, nil, {"s": "v"}},
 		Cells: map[string][]engine.CellLoc{
-			"ids":  locs(1, 3, 0),
+			"ids":  locs(1, 3, 0, 1024), // int64(128)
 			"resp": {{Unit: 2, Addr: engine.RemoteAddr{Segment: 4, Gen: 1, Offset: 10, Len: 12}}, {}, {Unit: 2, Addr: engine.RemoteAddr{Offset: 30, Len: 16}}},
 		},
 		Extra: map[string]any{"batch": 3},

@@ -124,6 +124,63 @@ func checkFields(fields []engine.CommitField, n int) error {
 	return nil
 }
 
+// checkLens refuses a location whose length is not the bytes its cell's
+// declared shape needs: product(dims) × the dtype's size, the field's
+// Shape for a dense field and the row's Shapes[i] for a ragged one (see
+// wire/spec.md, "Cell bytes"). Readers refuse such a cell as corrupt, so
+// once committed it would fail every read of its row. An opaque field
+// declares no length per row: its location's length is the row's length.
+// Fields without locations (metadata-only use) and cells not stored
+// (unit 0) carry no bytes and are not checked. row names row i in the
+// error. The fields must have passed checkFields.
+func checkLens(partition string, fields []engine.CommitField, row func(i int) string) error {
+	for fi := range fields {
+		cf := &fields[fi]
+		if cf.Kind == engine.Opaque || cf.Locs == nil && cf.Runs == nil {
+			continue
+		}
+		dense, _ := cf.Shape.CellBytes(cf.DType) // valid: checkFields passed
+		check := func(i int, got uint64) error {
+			s, want := cf.Shape, dense
+			if cf.Kind == engine.Ragged {
+				s = cf.Shapes[i]
+				want, _ = s.CellBytes(cf.DType)
+			}
+			if got == uint64(want) {
+				return nil
+			}
+			return fmt.Errorf("field %q of partition %q, %s: location holds %d bytes, %v%v needs %d: %w",
+				cf.Name, partition, row(i), got, cf.DType, s, want, engine.ErrInvalid)
+		}
+		if cf.Runs != nil {
+			// Every cell of a run has First.Len bytes: a dense field's run
+			// is checked once, a ragged field's cell by cell.
+			i := 0
+			for _, r := range cf.Runs {
+				for k := 0; r.Unit != 0 && k < r.Count; k++ {
+					if err := check(i+k, r.First.Len); err != nil {
+						return err
+					}
+					if cf.Kind == engine.Dense {
+						break
+					}
+				}
+				i += r.Count
+			}
+			continue
+		}
+		for i, l := range cf.Locs {
+			if !l.Stored() {
+				continue
+			}
+			if err := check(i, l.Addr.Len); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // checkDTypes refuses fields whose dtype differs from the one the
 // partition's produced cells of that field have.
 func (p *partition) checkDTypes(fields []engine.CommitField) error {

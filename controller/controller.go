@@ -683,7 +683,8 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 // bits flip, field schemas update, blocked fetches wake. It returns the
 // locations of cells the commit replaced, whose storage the caller frees.
 // A commit that fails validation (unknown rows, dtype conflict, malformed
-// shapes) changes nothing.
+// shapes, a location whose length is not the bytes its row's shape needs)
+// changes nothing.
 func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) {
 	p := c.lock(req.Partition)
 	if p == nil {
@@ -691,6 +692,11 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	}
 	defer p.mu.Unlock()
 	rows, err := p.validateCommit(&req)
+	if err == nil {
+		// Not in validateCommit: a log written before the rule may hold
+		// such a commit, and replaying it keeps the log loadable.
+		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
+	}
 	if err == nil {
 		err = c.checkFences(req.Fields)
 	}

@@ -68,11 +68,12 @@ func workload(t *testing.T, c *Controller) {
 	_, err = c.units.Register(engine.UnitInfo{Incarnation: 22, Host: "h", Name: "u2"}, true)
 	require.NoError(t, err)
 	m := insert(t, c, "train", 6, "x")
-	loc := func(i int) engine.CellLoc {
-		return engine.CellLoc{Unit: u1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: uint64(i) * 8, Len: 8}}
+	// x's rows of float32 (1), (2), (2), (3) back to back in segment 1.
+	loc := func(off, n uint64) engine.CellLoc {
+		return engine.CellLoc{Unit: u1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Offset: off, Len: n}}
 	}
 	_, err = c.Commit(engine.CommitRequest{Partition: "train", Indexes: m.Indexes[:4], Fields: []engine.CommitField{
-		{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{1}, {2}, {2}, {3}}, Locs: []engine.CellLoc{loc(0), loc(1), loc(2), loc(3)}},
+		{Name: "x", DType: engine.Float32, Kind: engine.Ragged, Shapes: []engine.Shape{{1}, {2}, {2}, {3}}, Locs: []engine.CellLoc{loc(0, 4), loc(4, 8), loc(12, 8), loc(20, 12)}},
 		{Name: "d", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{2}, Runs: []engine.CellRun{{Unit: u1, First: engine.RemoteAddr{Segment: 2, Gen: 1, Len: 16}, Count: 4}}},
 		{Name: "s", DType: engine.Bytes, Kind: engine.Opaque},
 	}})

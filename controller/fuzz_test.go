@@ -95,7 +95,7 @@ func checkOutcome(t *testing.T, op wire.Op, reply proto.Message, err error) {
 func fuzzSeeds() map[string]proto.Message {
 	sel := &wirepb.FieldSelection{Names: []string{"x"}}
 	all := &wirepb.FieldSelection{All: true}
-	locs := &wirepb.Addrs{Unit: []uint32{1, 1}, Segment: []uint32{0, 0}, Gen: []uint32{1, 1}, Offset: []uint64{0, 64}, Len: []uint64{64, 64}}
+	locs := &wirepb.Addrs{Unit: []uint32{1, 1}, Segment: []uint32{0, 0}, Gen: []uint32{1, 1}, Offset: []uint64{0, 8}, Len: []uint64{8, 8}} // float32(2) cells
 	return map[string]proto.Message{
 		"insert":             &wirepb.InsertRequest{Partition: "p", N: 2, Fields: []string{"x", "y"}},
 		"fetch":              &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2},

@@ -10,8 +10,9 @@ import (
 // CommitKeys resolves keys to rows, creating the missing ones, records
 // the fields' cells for them and merges the tags, all under the
 // partition's lock: readers see either none of the put or all of it. A
-// rejected commit (bad keys or fields, a dtype other than the partition's)
-// creates no key and changes nothing.
+// rejected commit (bad keys or fields, a dtype other than the partition's,
+// a location whose length is not the bytes its row's shape needs) creates
+// no key and changes nothing.
 func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, error) {
 	return c.commitKeys(req, false)
 }
@@ -31,6 +32,10 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 		err = fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
 	default:
 		err = checkFields(req.Fields, n)
+	}
+	if err == nil {
+		// Before the partition is made: a rejected put creates none.
+		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
 	}
 	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)

@@ -57,7 +57,9 @@ type CommitField struct {
 	Shape  Shape
 	Shapes []Shape
 	// Locs says where each row's bytes live; nil records the cells as
-	// produced without a location (metadata-only use).
+	// produced without a location (metadata-only use). A location of a
+	// dense or ragged row is exactly as long as its shape needs
+	// (product(dims) × the dtype's size): the controller refuses others.
 	Locs []CellLoc
 	// Runs, instead of Locs, says the same in runs of cells (see
 	// [CellRun]): the cells of the runs, in order, are the rows'.
