@@ -450,6 +450,32 @@ func TestReconcile(t *testing.T) {
 	c.pins.Unlock()
 }
 
+// TestUnreferenced: of the extents given, those no cell of the unit
+// names, by segment and generation, whatever part of them the cells use.
+func TestUnreferenced(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	u, _ := c.units.Register(engine.UnitInfo{Incarnation: 7, Host: "h"}, true)
+	v, _ := c.units.Register(engine.UnitInfo{Incarnation: 8, Host: "h"}, true)
+	commit := func(part string, unit engine.UnitID, a engine.RemoteAddr) {
+		m, err := c.Insert(part, 1, []string{"x"})
+		require.NoError(t, err)
+		_, err = c.Commit(engine.CommitRequest{Partition: part, Indexes: m.Indexes, Fields: []engine.CommitField{
+			{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Locs: []engine.CellLoc{{Unit: unit, Addr: a}}}}})
+		require.NoError(t, err)
+	}
+	commit("p", u, engine.RemoteAddr{Segment: 1, Gen: 1, Offset: 0, Len: 8})
+	commit("q", u, engine.RemoteAddr{Segment: 1, Gen: 2, Offset: 4096, Len: 8})
+	commit("q", v, engine.RemoteAddr{Segment: 1, Gen: 3, Offset: 8192, Len: 8})
+	extents := []engine.RemoteAddr{
+		{Segment: 1, Gen: 1, Offset: 0, Len: 64},    // named whole
+		{Segment: 1, Gen: 2, Offset: 4096, Len: 64}, // named in part
+		{Segment: 1, Gen: 3, Offset: 8192, Len: 64}, // named by another unit's cell
+		{Segment: 2, Gen: 1, Offset: 0, Len: 64},    // named by none
+	}
+	assert.Equal(t, extents[2:], c.Unreferenced(u, extents))
+	assert.Empty(t, c.Unreferenced(u, nil))
+}
+
 // TestListKeysPages: pages in creation order, partition by partition, a
 // page bounded by count; any number of keys comes back through the pages.
 func TestListKeysPages(t *testing.T) {

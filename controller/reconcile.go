@@ -339,6 +339,37 @@ func (c *Controller) Reconcile(req ReconcileRequest) (ReconcileResult, error) {
 	return res, nil
 }
 
+// Unreferenced returns those of extents, whole extents of storage unit
+// unit, that no cell names (by segment and generation, as reconciles
+// judge them). For an extent a put wrote and has not committed yet, or
+// never will, it is so; a shutdown waits for that to change (see
+// storage.Unit.Unsettled). It reads every cell of the unit, one partition
+// at a time, and changes nothing.
+func (c *Controller) Unreferenced(unit engine.UnitID, extents []engine.RemoteAddr) []engine.RemoteAddr {
+	if len(extents) == 0 {
+		return nil
+	}
+	named := make(map[segGen]bool, len(extents))
+	for _, e := range extents {
+		named[segGen{e.Segment, e.Gen}] = false
+	}
+	c.eachCellOf(unit, func(p *partition, r *row, slot int, _ *[]*wirepb.LostOp) {
+		cl := p.rows.cell(r, slot)
+		if k := (segGen{cl.seg, cl.gen}); !named[k] {
+			if _, asked := named[k]; asked {
+				named[k] = true
+			}
+		}
+	})
+	var out []engine.RemoteAddr
+	for _, e := range extents {
+		if !named[segGen{e.Segment, e.Gen}] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // eachCellOf calls fn for every stored cell (of non-zero length) of unit,
 // one partition at a time under its lock, and records the lost ops fn
 // collects for the partition.

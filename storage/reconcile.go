@@ -101,6 +101,28 @@ func reportable(e *extent) bool {
 	return e.state == extentCommitted && len(e.live) > 0
 }
 
+// Unsettled returns, whole, the unit's extents in flight with the given
+// grace: reserved, or committed less than grace ago, holding cells, and
+// not confirmed by a reconcile. A put may still commit the cells of such
+// an extent to the controller; one the controller names no cell of is a
+// put not finished yet (or one that will never be: its writer died). A
+// server shutting down waits for them (see [Unit.StopReserving]).
+func (u *Unit) Unsettled(grace time.Duration) []engine.RemoteAddr {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	now := u.nowNs()
+	var out []engine.RemoteAddr
+	for _, s := range u.segs {
+		for _, e := range s.byGen {
+			if e.state == extentReserved || reportable(e) && inFlight(e, now, int64(grace)) {
+				out = append(out, extentAddr(e))
+			}
+		}
+	}
+	byAddr(out)
+	return out
+}
+
 // byAddr sorts extents of a report by segment, then offset.
 func byAddr(as []engine.RemoteAddr) {
 	slices.SortFunc(as, func(a, b engine.RemoteAddr) int {

@@ -55,6 +55,7 @@ type Unit struct {
 
 	mu         sync.Mutex
 	closed     bool
+	refusing   bool  // see StopReserving
 	hugetlb    bool  // new segments use hugetlb pages
 	thp        bool  // new segments get MADV_HUGEPAGE
 	segPage    int64 // segment sizes are multiples of this
@@ -206,7 +207,8 @@ func (u *Unit) opErr(op string, err error) error {
 // [engine.WithoutWait] (a client that spills to other units). Waiting is all or nothing:
 // space is never held while waiting. Fragmentation across segments can
 // keep a request waiting even when [Stats] shows enough free bytes. Other
-// errors: [engine.ErrInvalid] for a negative size, [engine.ErrClosed].
+// errors: [engine.ErrInvalid] for a negative size, [engine.ErrClosed]
+// after [Unit.Close] or [Unit.StopReserving].
 func (u *Unit) Reserve(ctx context.Context, sizes []int64) (*Reservation, error) {
 	return u.reserve(ctx, sizes, false)
 }
@@ -242,6 +244,11 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 		if u.closed {
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents: %w", len(sizes), engine.ErrClosed))
+		}
+		if u.refusing {
+			u.rollback(r)
+			u.mu.Unlock()
+			return nil, u.opErr("reserve", fmt.Errorf("%d extents: the unit is shutting down and takes no new writes: %w", len(sizes), engine.ErrClosed))
 		}
 		var ok bool
 		if placed, ok = u.place(r, sizes, placed); ok {
@@ -290,6 +297,20 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 		u.mu.Unlock()
 		return nil, u.opErr("reserve", err)
 	}
+}
+
+// StopReserving makes every later [Unit.Reserve] and [Unit.ReserveHeld]
+// fail at once with an error wrapping [engine.ErrClosed], and those
+// waiting for space return it too; everything else goes on: open
+// reservations commit or abort, reads and frees are served. A server
+// shutting down calls it first, so that no new put begins while the puts
+// that hold reservations, or have written, finish (see [Unit.Unsettled]).
+// It cannot be undone.
+func (u *Unit) StopReserving() {
+	u.mu.Lock()
+	u.refusing = true
+	u.signal()
+	u.mu.Unlock()
 }
 
 // checkSizes rejects negative sizes and requests larger than the capacity,

@@ -607,6 +607,44 @@ func TestClosed(t *testing.T) {
 	}
 }
 
+// TestStopReserving: after StopReserving a new Reserve, and one waiting
+// for space, fail with engine.ErrClosed, while an open reservation still
+// commits and reads and frees go on. Unsettled lists what a put may still
+// commit to the controller: the reserved extents, and the committed ones
+// younger than the grace, until they are freed.
+func TestStopReserving(t *testing.T) {
+	cfg := testConfig()
+	cfg.Capacity = 1 << 20
+	u := newTestUnit(t, cfg)
+	written := put(t, u, pattern(1, 256<<10))[0]
+	open := reserve(t, u, 512<<10)
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := u.Reserve(context.Background(), []int64{512 << 10})
+		waiting <- err
+	}()
+	waitForWaiters(t, u, 1)
+
+	u.StopReserving()
+	wantErr(t, "Reserve waiting for space", <-waiting, engine.ErrClosed)
+	_, err := u.Reserve(t.Context(), []int64{1})
+	wantErr(t, "Reserve", err, engine.ErrClosed)
+	assert.ErrorContains(t, err, "shutting down")
+	_, err = u.ReserveHeld(t.Context(), []int64{1})
+	wantErr(t, "ReserveHeld", err, engine.ErrClosed)
+	assert.ElementsMatch(t, []engine.RemoteAddr{written, open.Addr(0)}, u.Unsettled(time.Hour))
+
+	copy(open.Buf(0), pattern(2, 512<<10))
+	require.NoError(t, open.Commit())
+	l, err := u.Acquire([]engine.RemoteAddr{written, open.Addr(0)})
+	require.NoError(t, err)
+	assert.Equal(t, pattern(2, 512<<10), l.Bytes(1))
+	l.Release()
+	require.NoError(t, u.Free([]engine.RemoteAddr{written}))
+	assert.Equal(t, []engine.RemoteAddr{open.Addr(0)}, u.Unsettled(time.Hour), "after the free")
+	assert.Empty(t, u.Unsettled(0), "with no grace, nothing reserved")
+}
+
 func openFds(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")

@@ -124,7 +124,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight and for puts written to this process's units to commit")
 	fs.DurationVar(&c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)

@@ -607,14 +607,26 @@ func (s *server) startRESP() error {
 	return nil
 }
 
-// shutdown stops the servers gracefully, within ctx: the Redis endpoint
-// and the controller first, each letting the requests in flight finish,
-// then the storage units, which those requests may still need (a
-// checkpoint save reads every cell from them, a RESP SET writes to them).
+// shutdown stops the servers gracefully, within ctx. The Redis endpoint
+// goes first, letting its commands in flight finish. A put from a remote
+// client is two steps, its bytes to a storage unit, then its commit to
+// the controller; so, with both in this process, the units then stop
+// taking new writes (a new put fails with engine.ErrClosed, having
+// changed nothing, and can be put again once tq serve is back) while the
+// controller serves on, until every put that reserved or wrote on them
+// has committed (settlePuts). Then the controller stops, letting its
+// requests in flight finish, and the units last, which those requests may
+// still need (a checkpoint save reads every cell from them).
 func (s *server) shutdown(ctx context.Context) error {
 	var errs []error
 	if s.resp != nil {
 		errs = append(errs, s.resp.Shutdown(ctx))
+	}
+	if s.ctrlSrv != nil && len(s.units) > 0 {
+		for _, ru := range s.units {
+			ru.u.StopReserving()
+		}
+		errs = append(errs, s.settlePuts(ctx))
 	}
 	if s.ctrlSrv != nil {
 		errs = append(errs, s.ctrlSrv.Shutdown(ctx))
@@ -626,6 +638,35 @@ func (s *server) shutdown(ctx context.Context) error {
 		errs = append(errs, ru.srv.Shutdown(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// settlePuts waits, until ctx ends, for the puts that reserved or wrote
+// on this process's units to commit: until the controller names every
+// extent the units hold in flight (storage.Unit.Unsettled). An extent of
+// a put whose client died between its write and its commit holds the
+// wait to the end of ctx.
+func (s *server) settlePuts(ctx context.Context) error {
+	grace := s.cfg.ReconcileGrace
+	if grace <= 0 {
+		grace = storage.DefaultReconcileGrace
+	}
+	wait := time.Millisecond
+	for {
+		pending := 0
+		for _, ru := range s.units {
+			pending += len(s.ctrl.Unreferenced(ru.u.ID(), ru.u.Unsettled(grace)))
+		}
+		if pending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("shutdown with %d extents written and not committed: %w", pending, ctx.Err())
+		case <-time.After(wait):
+		}
+		// Each look reads every cell of the units: not too often.
+		wait = min(2*wait, 100*time.Millisecond)
+	}
 }
 
 func (s *server) close() {

@@ -1,0 +1,110 @@
+package main
+
+// What SIGTERM's graceful shutdown lets finish when the controller and the
+// storage units share the process: the puts whose bytes are on a unit
+// commit, new ones are refused.
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+)
+
+// startInProcess starts tq serve's servers in the test's process: a
+// controller and one storage unit on unix sockets, in memory, without a
+// token. The caller shuts them down; close runs at cleanup.
+func startInProcess(t *testing.T) *server {
+	t.Helper()
+	cfg, _, err := parseServeConfig([]string{"--insecure", "--in-memory", "--listen", "", "--socket-dir", t.TempDir(), "--data-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB"}, io.Discard)
+	require.NoError(t, err)
+	require.NoError(t, cfg.secure())
+	s := &server{cfg: cfg, out: io.Discard, log: slog.New(slog.DiscardHandler)}
+	t.Cleanup(s.close)
+	require.NoError(t, s.start(context.Background()))
+	require.NoError(t, s.serveKV())
+	return s
+}
+
+// TestShutdownLetsWrittenPutsCommit: a put is two steps, the bytes to a
+// storage unit, then the commit to the controller. A put whose bytes were
+// written (or were being written into a reservation) when the shutdown
+// began commits after it: the units stop taking new writes first, and the
+// controller serves on until every write on them is committed. A new put
+// is refused with an error wrapping engine.ErrClosed and leaves nothing
+// behind. Before, the controller shut down first, and the commit of a put
+// written just before failed.
+func TestShutdownLetsWrittenPutsCommit(t *testing.T) {
+	s := startInProcess(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Connect(ctx, s.local, client.ConnectConfig{WaitForUnits: true, Name: "shutdown-test"})
+	require.NoError(t, err)
+	defer c.Close()
+	u := c.Units()[0]
+
+	// One put has written its bytes, another has reserved its extents and
+	// fills them after the shutdown began.
+	written := []byte("written before the shutdown")
+	addrs, err := u.Write(ctx, [][][]byte{{written}})
+	require.NoError(t, err)
+	meta, err := c.Meta().Insert(ctx, "p", 2, []string{"v"})
+	require.NoError(t, err)
+	first, err := meta.SelectRows([]int{0})
+	require.NoError(t, err)
+	second, err := meta.SelectRows([]int{1})
+	require.NoError(t, err)
+	buf, err := c.ReservePut(ctx, second, client.FieldSpec{Name: "v", RowBytes: []int{8}})
+	require.NoError(t, err)
+
+	shutdownCtx, stop := context.WithTimeout(context.Background(), time.Minute)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- s.shutdown(shutdownCtx) }()
+
+	// The shutdown has begun once the unit refuses a write.
+	var refused error
+	require.Eventually(t, func() bool {
+		a, err := u.Write(ctx, [][][]byte{{[]byte("a new put")}})
+		if err == nil {
+			require.NoError(t, u.Free(ctx, a))
+		}
+		refused = err
+		return err != nil
+	}, 30*time.Second, time.Millisecond, "the unit never refused a write")
+	assert.ErrorIs(t, refused, engine.ErrClosed)
+	assert.ErrorContains(t, refused, "shutting down")
+	// A whole new put is refused too, and creates no key.
+	col := engine.BytesOf([][]byte{[]byte("a new put")})
+	_, err = kvapi.New(c).BatchPut(ctx, "p", []string{"new"}, engine.MustBatch(engine.Field{Name: "v", Col: col}), nil)
+	assert.ErrorIs(t, err, engine.ErrClosed)
+
+	select {
+	case err := <-done:
+		t.Fatalf("shutdown ended with two puts written and not committed: %v", err)
+	default:
+	}
+	err = c.Meta().Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: first.Indexes, Fields: []engine.CommitField{{
+		Name: "v", DType: engine.Bytes, Kind: engine.Opaque,
+		Locs: []engine.CellLoc{{Unit: u.ID(), Addr: addrs[0]}},
+	}}})
+	require.NoError(t, err, "commit of a put written before the shutdown")
+	copy(buf.Column("v").Data(), "reserved")
+	_, err = buf.Commit(ctx)
+	require.NoError(t, err, "commit of a put reserved before the shutdown")
+	require.NoError(t, <-done)
+
+	st, err := s.ctrl.ProductionStatus("p", []string{"v"})
+	require.NoError(t, err)
+	assert.Equal(t, [][]bool{{true}, {true}}, st.Produced)
+	_, err = s.ctrl.ResolveKeys("p", []string{"new"}, nil, false)
+	assert.ErrorIs(t, err, engine.ErrNotFound, "the key of the refused put")
+}
