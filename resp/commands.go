@@ -693,8 +693,8 @@ func (c *conn) keys(args [][]byte) {
 // connection's partition: the cursor is the creation sequence of the last
 // key returned, so a key present throughout is returned exactly once.
 func (c *conn) scan(args [][]byte) {
-	after, err := strconv.ParseUint(string(args[1]), 10, 64)
-	if err != nil {
+	after, ok := scanCursor(args[1])
+	if !ok {
 		c.writeError("ERR invalid cursor")
 		return
 	}
@@ -708,12 +708,16 @@ func (c *conn) scan(args [][]byte) {
 		case "MATCH":
 			pattern = string(args[i+1])
 		case "COUNT":
-			n, err := strconv.Atoi(string(args[i+1]))
-			if err != nil || n < 1 {
-				c.writeError("ERR value is not an integer or out of range")
+			n, ok := redisInt(args[i+1])
+			if !ok {
+				c.writeError(errNotInteger)
 				return
 			}
-			count = min(n, 65536)
+			if n < 1 {
+				c.writeError("ERR syntax error")
+				return
+			}
+			count = int(min(n, 65536))
 		case "TYPE":
 			typ = strings.ToLower(string(args[i+1]))
 		default:
@@ -758,6 +762,47 @@ func (c *conn) scan(args [][]byte) {
 	c.writeBulkString(strconv.FormatUint(next, 10))
 	c.writeStrings(out)
 }
+
+// scanCursor reads a SCAN cursor as Redis does, with C's strtoul: an
+// optional sign, then digits, at most 2^64-1; a minus negates modulo
+// 2^64, so -1 is the largest cursor, and the empty cursor is 0. ok is
+// false for anything else.
+func scanCursor(b []byte) (cursor uint64, ok bool) {
+	s := string(b)
+	neg := false
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		neg, s = s[0] == '-', s[1:]
+		if s == "" {
+			return 0, false
+		}
+	}
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// redisInt reads an integer argument as Redis does (string2ll): an
+// optional minus, then digits without a leading zero ("0" alone), within
+// int64; no plus, no spaces. ok is false for anything else, which Redis
+// answers with errNotInteger.
+func redisInt(b []byte) (n int64, ok bool) {
+	s := string(b)
+	if digits := strings.TrimPrefix(s, "-"); s != "0" && (digits == "" || digits[0] < '1' || digits[0] > '9') {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
+}
+
+const errNotInteger = "ERR value is not an integer or out of range"
 
 func (c *conn) keyType(key string) string {
 	meta, err := c.s.st.keyMeta(c.ctx, c.partition, key)

@@ -1,0 +1,199 @@
+package resp
+
+// TestErrorsMatchRedis sends the same malformed commands to TQ's endpoint
+// and to a real redis-server and compares their replies byte for byte:
+// wrong arity, unknown options and subcommands, non-integers and negative
+// counts. Where TQ differs on purpose (wire/resp.md) the case is left out.
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// startRedis starts redis-server on a free loopback port with persistence
+// off and returns its address; the server is killed in t's cleanup. It
+// skips t when redis-server is not installed.
+func startRedis(t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Skipf("redis-server is not installed (apt-get install redis-server): %v", err)
+	}
+	// redis-server has no --port 0: take a free port from the kernel and
+	// hand it over (another process could grab it in between; then the
+	// wait below fails loudly).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", port,
+		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+	cmd.Args = append(cmd.Args, args...)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	addr := net.JoinHostPort("127.0.0.1", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := dialRaw(addr)
+		if err == nil {
+			var reply string
+			reply, err = c.do("PING")
+			c.Close()
+			// PING answers NOAUTH with --requirepass: it still answers.
+			if err == nil && (reply == "+PONG\r\n" || strings.HasPrefix(reply, "-NOAUTH")) {
+				return addr
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s does not answer: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rawConn sends commands and reads each whole reply as the bytes sent.
+type rawConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func dialRaw(addr string) (*rawConn, error) {
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &rawConn{Conn: nc, r: bufio.NewReader(nc)}, nil
+}
+
+// do sends args as a RESP array and returns the reply's bytes, nested
+// arrays included.
+func (c *rawConn) do(args ...string) (string, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second)) // a safety limit only
+	if _, err := c.Write(b.Bytes()); err != nil {
+		return "", err
+	}
+	var out strings.Builder
+	err := c.reply(&out)
+	return out.String(), err
+}
+
+func (c *rawConn) reply(out *strings.Builder) error {
+	l, err := c.r.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	out.WriteString(l)
+	if len(l) < 3 {
+		return fmt.Errorf("short reply line %q", l)
+	}
+	switch l[0] {
+	case '$':
+		n, err := strconv.Atoi(l[1 : len(l)-2])
+		if err != nil || n < 0 {
+			return err
+		}
+		b := make([]byte, n+2)
+		if _, err := io.ReadFull(c.r, b); err != nil {
+			return err
+		}
+		out.Write(b)
+	case '*':
+		n, err := strconv.Atoi(l[1 : len(l)-2])
+		if err != nil {
+			return err
+		}
+		for range n {
+			if err := c.reply(out); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func TestErrorsMatchRedis(t *testing.T) {
+	const token = "conformance-token"
+	redisAddr := startRedis(t, "--requirepass", token)
+	e := newEndpoint(t, Config{Token: token})
+	dial := func(t *testing.T, addr string) *rawConn {
+		c, err := dialRaw(addr)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// compare sends each command to both servers, on a connection of
+	// each that has authenticated when authed, and compares the replies.
+	// Both hold no key: a walk or a read answers alike.
+	compare := func(t *testing.T, authed bool, cases [][]string) {
+		tq, rd := dial(t, e.addr), dial(t, redisAddr)
+		if authed {
+			cases = append([][]string{{"AUTH", token}}, cases...)
+		}
+		for _, args := range cases {
+			want, err := rd.do(args...)
+			require.NoError(t, err, "redis-server: %q", args)
+			got, err := tq.do(args...)
+			require.NoError(t, err, "tq: %q", args)
+			if got != want {
+				t.Errorf("%q: got %q, want %q (redis-server's)", args, got, want)
+			}
+		}
+	}
+	t.Run("scan", func(t *testing.T) { compare(t, true, scanCases) })
+}
+
+// scanCases are SCAN's cursors, options and counts. Redis reads the
+// cursor as C's strtoul does (-1 is the largest cursor), and a count as a
+// strict integer of at least 1.
+var scanCases = [][]string{
+	{"SCAN", "0"},
+	{"SCAN", "x"},
+	{"SCAN", "-1"},
+	{"SCAN", "+1"},
+	{"SCAN", "-18446744073709551615"},
+	{"SCAN", "18446744073709551615"},
+	{"SCAN", "18446744073709551616"},
+	{"SCAN", "-18446744073709551616"},
+	{"SCAN", " 0"},
+	{"SCAN", "0 "},
+	{"SCAN", "+"},
+	{"SCAN", "-"},
+	{"SCAN", "1x"},
+	{"SCAN", ""},
+	{"SCAN", "0", "COUNT", "1"},
+	{"SCAN", "0", "COUNT", "0"},
+	{"SCAN", "0", "COUNT", "-1"},
+	{"SCAN", "0", "COUNT", "x"},
+	{"SCAN", "0", "COUNT", "+5"},
+	{"SCAN", "0", "COUNT", "05"},
+	{"SCAN", "0", "COUNT", "-0"},
+	{"SCAN", "0", "COUNT", "99999999999999999999"},
+	{"SCAN", "0", "COUNT", "9223372036854775807"},
+	{"SCAN", "0", "NOSUCH", "1"},
+	{"SCAN", "0", "MATCH"},
+	{"SCAN", "0", "COUNT"},
+	{"SCAN", "0", "TYPE"},
+	{"SCAN", "0", "TYPE", "nosuch"},
+	{"SCAN", "0", "count", "0", "MATCH", "*"},
+}
