@@ -97,10 +97,11 @@ func (c *conn) dispatch(args [][]byte) {
 	switch {
 	case !ok:
 		c.writeError(fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", clip(args[0]), argsPreview(args[1:])))
+	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
+		// Before NOAUTH, as Redis checks.
+		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
 	case !c.authed && !cmd.open:
 		c.writeError("NOAUTH Authentication required.")
-	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
-		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
 	case c.lp != nil && !cmd.loop:
 		c.leave = true
 	default:

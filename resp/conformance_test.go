@@ -161,6 +161,22 @@ func TestErrorsMatchRedis(t *testing.T) {
 		}
 	}
 	t.Run("scan", func(t *testing.T) { compare(t, true, scanCases) })
+	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
+}
+
+// beforeAuthCases are answered before AUTH: Redis reports an unknown
+// command or a wrong number of arguments before NOAUTH.
+var beforeAuthCases = [][]string{
+	{"GET", "k"},
+	{"GET"},
+	{"GET", "a", "b"},
+	{"HSET", "h", "f"},
+	{"SCAN"},
+	{"ECHO"},
+	{"AUTH"},
+	{"NOSUCHCOMMAND", "a"},
+	{"AUTH", "a", "b", "c"},
+	{"AUTH", "wrong"},
 }
 
 // scanCases are SCAN's cursors, options and counts. Redis reads the
