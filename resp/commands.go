@@ -31,6 +31,12 @@ type command struct {
 	// process's unit) or its reply is large, it leaves its reply out and
 	// the connection leaves the loop to run it again.
 	loop bool
+	// sub, for a command with subcommands, holds every subcommand Redis
+	// knows, in capitals, with its arity as Redis counts it (command and
+	// subcommand included); TQ serves some of them. dispatch answers
+	// one that is not there, or given the wrong number of arguments, as
+	// Redis does, before NOAUTH.
+	sub map[string]int
 }
 
 var commands map[string]command
@@ -43,10 +49,10 @@ func init() {
 		"AUTH":          {fn: (*conn).auth, arity: -2, open: true, loop: true},
 		"QUIT":          {fn: (*conn).quitCmd, arity: -1, open: true, loop: true},
 		"SELECT":        {fn: (*conn).selectCmd, arity: 2, loop: true},
-		"COMMAND":       {fn: (*conn).commandCmd, arity: -1},
-		"CONFIG":        {fn: (*conn).config, arity: -2, loop: true},
+		"COMMAND":       {fn: (*conn).commandCmd, arity: -1, sub: commandSubcommands},
+		"CONFIG":        {fn: (*conn).config, arity: -2, loop: true, sub: configSubcommands},
 		"INFO":          {fn: (*conn).info, arity: -1},
-		"CLIENT":        {fn: (*conn).client, arity: -2, loop: true},
+		"CLIENT":        {fn: (*conn).client, arity: -2, loop: true, sub: clientSubcommands},
 		"DBSIZE":        {fn: (*conn).dbsize, arity: 1},
 		"FLUSHDB":       {fn: (*conn).flushdb, arity: -1},
 		"FLUSHALL":      {fn: (*conn).flushall, arity: -1},
@@ -100,6 +106,8 @@ func (c *conn) dispatch(args [][]byte) {
 	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
 		// Before NOAUTH, as Redis checks.
 		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
+	case cmd.sub != nil && !c.subcommand(string(name), args, cmd.sub):
+		// Answered.
 	case !c.authed && !cmd.open:
 		c.writeError("NOAUTH Authentication required.")
 	case c.lp != nil && !cmd.loop:
@@ -107,6 +115,49 @@ func (c *conn) dispatch(args [][]byte) {
 	default:
 		cmd.fn(c, args)
 	}
+}
+
+// The subcommands of Redis 7.0 with their arities (COMMAND INFO of
+// redis-server 7.0.15), and CLIENT SETINFO of 7.2, which clients send.
+var (
+	clientSubcommands = map[string]int{
+		"CACHING": 3, "GETNAME": 2, "GETREDIR": 2, "HELP": 2, "ID": 2, "INFO": 2,
+		"KILL": -3, "LIST": -2, "NO-EVICT": 3, "PAUSE": -3, "REPLY": 3, "SETINFO": 4,
+		"SETNAME": 3, "TRACKING": -3, "TRACKINGINFO": 2, "UNBLOCK": -3, "UNPAUSE": 2,
+	}
+	configSubcommands = map[string]int{
+		"GET": -3, "HELP": 2, "RESETSTAT": 2, "REWRITE": 2, "SET": -4,
+	}
+	commandSubcommands = map[string]int{
+		"COUNT": 2, "DOCS": -2, "GETKEYS": -4, "GETKEYSANDFLAGS": -4, "HELP": 2, "INFO": -2, "LIST": -2,
+	}
+)
+
+// subcommand checks args[1], the subcommand of command name, against sub
+// as Redis does: one it does not know is an unknown subcommand, one with
+// the wrong number of arguments an arity error naming "command|sub". It
+// reports whether the command may run; when not, it has answered.
+// COMMAND alone has no subcommand to check.
+func (c *conn) subcommand(name string, args [][]byte, sub map[string]int) bool {
+	if len(args) < 2 {
+		return true
+	}
+	arity, ok := sub[strings.ToUpper(string(args[1]))]
+	switch {
+	case !ok:
+		c.writeError(fmt.Sprintf("ERR unknown subcommand '%s'. Try %s HELP.", clipRedis(args[1]), name))
+		return false
+	case arity > 0 && len(args) != arity, arity < 0 && len(args) < -arity:
+		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s|%s' command", strings.ToLower(name), strings.ToLower(string(args[1]))))
+		return false
+	}
+	return true
+}
+
+// clipRedis is b as Redis quotes an argument in an error: its first 128
+// bytes.
+func clipRedis(b []byte) string {
+	return string(b[:min(len(b), 128)])
 }
 
 func clip(b []byte) string {
@@ -387,10 +438,6 @@ func btoi(b bool) int {
 func (c *conn) client(args [][]byte) {
 	switch strings.ToUpper(string(args[1])) {
 	case "SETNAME":
-		if len(args) != 3 {
-			c.writeError("ERR wrong number of arguments for 'client|setname' command")
-			return
-		}
 		if !clientName(args[2]) {
 			c.writeError(errClientName)
 			return

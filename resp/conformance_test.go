@@ -162,6 +162,35 @@ func TestErrorsMatchRedis(t *testing.T) {
 	}
 	t.Run("scan", func(t *testing.T) { compare(t, true, scanCases) })
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
+	t.Run("subcommands", func(t *testing.T) { compare(t, true, subcommandCases) })
+	t.Run("subcommands before AUTH", func(t *testing.T) { compare(t, false, subcommandCases[:4]) })
+}
+
+// subcommandCases are CLIENT's, CONFIG's and COMMAND's subcommands that
+// Redis does not know, or gives the wrong number of arguments. Redis
+// checks both before NOAUTH.
+var subcommandCases = [][]string{
+	{"CLIENT", "NOSUCH"},
+	{"CLIENT", "GETNAME", "x"},
+	{"CONFIG", "GET"},
+	{"COMMAND", "COUNT", "x"},
+	{"CLIENT"},
+	{"CLIENT", "getname", "x"},
+	{"CLIENT", "ID", "x"},
+	{"CLIENT", "INFO", "x"},
+	{"CLIENT", "SETNAME"},
+	{"CLIENT", "SETNAME", "a", "b"},
+	{"CLIENT", "SETNAME", "a b"},
+	{"CLIENT", "GETNAME"},
+	{"CLIENT", "KILL"},
+	{"CONFIG"},
+	{"CONFIG", "NOSUCH"},
+	{"CONFIG", "SET"},
+	{"CONFIG", "SET", "a"},
+	{"CONFIG", "RESETSTAT", "x"},
+	{"CONFIG", "GET", "save"},
+	{"COMMAND", "NOSUCH"},
+	{"COMMAND", "GETKEYS", "GET"},
 }
 
 // beforeAuthCases are answered before AUTH: Redis reports an unknown
