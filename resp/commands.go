@@ -299,35 +299,30 @@ func (c *conn) auth(args [][]byte) {
 
 // hello answers HELLO [protover [AUTH user pass] [SETNAME name]]. TQ
 // speaks RESP2; asked for 3, it answers NOPROTO, and clients go on in 2.
+// As Redis 7.0 does, it acts on each option as it reads it: an AUTH
+// before a bad option has authenticated.
 func (c *conn) hello(args [][]byte) {
 	if len(args) > 1 {
-		v, err := strconv.Atoi(string(args[1]))
-		if err != nil {
+		v, ok := redisInt(args[1])
+		if !ok {
 			c.writeError("ERR Protocol version is not an integer or out of range")
 			return
 		}
 		if v != 2 {
-			c.writeError("NOPROTO sorry, this protocol version is not supported")
+			c.writeError("NOPROTO unsupported protocol version")
 			return
 		}
 	}
 	for i := 2; i < len(args); i++ {
-		switch strings.ToUpper(string(args[i])) {
-		case "AUTH":
-			if i+2 >= len(args) {
-				c.writeError("ERR syntax error in HELLO option 'auth'")
-				return
-			}
+		more := len(args) - 1 - i
+		switch opt := string(args[i]); {
+		case strings.EqualFold(opt, "AUTH") && more >= 2:
 			if !c.authenticate(args[i+1], args[i+2]) {
 				c.writeError(errWrongPass)
 				return
 			}
 			i += 2
-		case "SETNAME":
-			if i+1 >= len(args) {
-				c.writeError("ERR syntax error in HELLO option 'setname'")
-				return
-			}
+		case strings.EqualFold(opt, "SETNAME") && more >= 1:
 			if !clientName(args[i+1]) {
 				c.writeError(errClientName)
 				return
@@ -335,12 +330,12 @@ func (c *conn) hello(args [][]byte) {
 			c.name = string(args[i+1])
 			i++
 		default:
-			c.writeError(fmt.Sprintf("ERR syntax error in HELLO option '%s'", clip(args[i])))
+			c.writeError(fmt.Sprintf("ERR Syntax error in HELLO option '%s'", clipRedis(args[i])))
 			return
 		}
 	}
 	if !c.authed {
-		c.writeError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+		c.writeError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
 		return
 	}
 	c.writeArray(14)

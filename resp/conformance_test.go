@@ -164,6 +164,39 @@ func TestErrorsMatchRedis(t *testing.T) {
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
 	t.Run("subcommands", func(t *testing.T) { compare(t, true, subcommandCases) })
 	t.Run("subcommands before AUTH", func(t *testing.T) { compare(t, false, subcommandCases[:4]) })
+	t.Run("HELLO", func(t *testing.T) { compare(t, true, helloCases) })
+	t.Run("HELLO before AUTH", func(t *testing.T) {
+		compare(t, false, append(helloCases, [][]string{
+			{"HELLO"},
+			{"HELLO", "2"},
+			{"HELLO", "2", "AUTH", "default", "wrong"},
+			{"HELLO", "2", "AUTH", "someone", token},
+			{"HELLO", "2", "SETNAME", "a b"},
+			// Redis 7.0 acts on each option as it reads it: the AUTH
+			// before a bad option has authenticated.
+			{"HELLO", "2", "AUTH", "default", token, "NOSUCH"},
+			{"GET", "k"},
+		}...))
+	})
+}
+
+// helloCases are HELLO's refusals: Redis reads the protocol version as a
+// strict integer, answers NOPROTO below 2 (TQ also for 3: it speaks RESP2
+// only), and names the option it could not read as it was given.
+var helloCases = [][]string{
+	{"HELLO", "x"},
+	{"HELLO", "02"},
+	{"HELLO", "+2"},
+	{"HELLO", "9223372036854775808"},
+	{"HELLO", "1"},
+	{"HELLO", "-1"},
+	{"HELLO", "2", "NOSUCH"},
+	{"HELLO", "2", "auth", "a"},
+	{"HELLO", "2", "SETNAME"},
+	{"HELLO", "2", "SETNAME", "a", "b"},
+	{"HELLO", "2", "SETNAME", "a", "AUTH", "default"},
+	{"HELLO", "2", "SETNAME", "n1", "NOSUCH"},
+	{"CLIENT", "GETNAME"},
 }
 
 // subcommandCases are CLIENT's, CONFIG's and COMMAND's subcommands that
