@@ -102,7 +102,7 @@ func (c *conn) dispatch(args [][]byte) {
 	cmd, ok := commands[string(name)]
 	switch {
 	case !ok:
-		c.writeError(fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", clip(args[0]), argsPreview(args[1:])))
+		c.writeError(unknownCommand(args))
 	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
 		// Before NOAUTH, as Redis checks.
 		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
@@ -167,15 +167,21 @@ func clip(b []byte) string {
 	return string(b)
 }
 
-func argsPreview(args [][]byte) string {
+// unknownCommand is Redis's error for a command it does not know: the
+// name's first 128 bytes, then the arguments, each quoted and cut to
+// what is left of 128 bytes, while the list is shorter than that.
+func unknownCommand(args [][]byte) string {
 	var sb strings.Builder
-	for i, a := range args {
-		if i == 4 {
+	for _, a := range args[1:] {
+		if sb.Len() >= 128 {
 			break
 		}
-		fmt.Fprintf(&sb, "'%s' ", clip(a))
+		left := 128 - sb.Len() // before the quote, as Redis counts
+		sb.WriteByte('\'')
+		sb.Write(a[:min(len(a), left)])
+		sb.WriteString("' ")
 	}
-	return sb.String()
+	return fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", clipRedis(args[0]), sb.String())
 }
 
 // target splits a key into its partition and key within it: "{p}k" is
@@ -519,6 +525,10 @@ func (c *conn) flushall(args [][]byte) {
 
 func (c *conn) set(args [][]byte) {
 	if len(args) > 3 {
+		if !setOptions(args[3:]) {
+			c.writeError("ERR syntax error")
+			return
+		}
 		c.writeError(fmt.Sprintf("ERR SET option %s is not supported by TQ (no expiry, no conditional set)", clip(args[3])))
 		return
 	}
@@ -531,6 +541,39 @@ func (c *conn) set(args [][]byte) {
 		return
 	}
 	c.writeOK()
+}
+
+// setOptions reports whether opts are SET options Redis takes together:
+// NX or XX, GET, and KEEPTTL or one of EX, PX, EXAT and PXAT with a value
+// (not read). Redis answers any other list with a syntax error; TQ
+// refuses even these, naming the first.
+func setOptions(opts [][]byte) bool {
+	var nx, xx, keepTTL bool
+	expiry := ""
+	for i := 0; i < len(opts); i++ {
+		switch o := strings.ToUpper(string(opts[i])); o {
+		case "NX", "XX":
+			if o == "NX" && xx || o == "XX" && nx {
+				return false
+			}
+			nx, xx = nx || o == "NX", xx || o == "XX"
+		case "GET":
+		case "KEEPTTL":
+			if expiry != "" {
+				return false
+			}
+			keepTTL = true
+		case "EX", "PX", "EXAT", "PXAT":
+			if keepTTL || expiry != "" && expiry != o || i+1 == len(opts) {
+				return false
+			}
+			expiry = o
+			i++
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (c *conn) get(args [][]byte) {

@@ -164,6 +164,8 @@ func TestErrorsMatchRedis(t *testing.T) {
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
 	t.Run("subcommands", func(t *testing.T) { compare(t, true, subcommandCases) })
 	t.Run("subcommands before AUTH", func(t *testing.T) { compare(t, false, subcommandCases[:4]) })
+	t.Run("arity", func(t *testing.T) { compare(t, true, arityCases) })
+	t.Run("options", func(t *testing.T) { compare(t, true, optionCases) })
 	t.Run("HELLO", func(t *testing.T) { compare(t, true, helloCases) })
 	t.Run("HELLO before AUTH", func(t *testing.T) {
 		compare(t, false, append(helloCases, [][]string{
@@ -178,6 +180,84 @@ func TestErrorsMatchRedis(t *testing.T) {
 			{"GET", "k"},
 		}...))
 	})
+}
+
+// arityCases give each command TQ serves too few or too many arguments.
+var arityCases = [][]string{
+	{"PING", "a", "b"},
+	{"ECHO"},
+	{"ECHO", "a", "b"},
+	{"AUTH"},
+	{"AUTH", "a", "b", "c"},
+	{"SELECT"},
+	{"SELECT", "a", "b"},
+	{"DBSIZE", "x"},
+	{"SET"},
+	{"SET", "k"},
+	{"GET"},
+	{"GET", "a", "b"},
+	{"MSET"},
+	{"MSET", "k"},
+	{"MSET", "k", "v", "k2"},
+	{"MGET"},
+	{"DEL"},
+	{"UNLINK"},
+	{"EXISTS"},
+	{"TYPE"},
+	{"TYPE", "a", "b"},
+	{"KEYS"},
+	{"KEYS", "a", "b"},
+	{"SCAN"},
+	{"HSET", "k"},
+	{"HSET", "k", "f"},
+	{"HSET", "k", "f", "v", "f2"},
+	{"HMSET", "k", "f"},
+	{"HMSET", "k", "f", "v", "f2"},
+	{"HGET", "k"},
+	{"HGET", "k", "f", "x"},
+	{"HMGET", "k"},
+	{"HGETALL"},
+	{"HGETALL", "k", "x"},
+	{"HDEL", "k"},
+	{"HKEYS"},
+	{"HKEYS", "k", "x"},
+	{"HLEN"},
+	{"HLEN", "k", "x"},
+	{"HEXISTS", "k"},
+	{"HEXISTS", "k", "f", "x"},
+	{"FLUSHDB", "ASYNC", "x"},
+	{"FLUSHALL", "SYNC", "SYNC"},
+}
+
+// optionCases give commands options Redis does not know, and unknown
+// commands.
+var optionCases = [][]string{
+	{"NOSUCHCOMMAND"},
+	{"NOSUCHCOMMAND", "a", "b", "c", "d", "e", "f"},
+	{"nosuchcommand", strings.Repeat("x", 100), strings.Repeat("y", 100)},
+	{strings.Repeat("Z", 200)},
+	{"FLUSHDB", "x"},
+	{"FLUSHALL", "x"},
+	{"SET", "k", "v", "NOSUCH"},
+	{"SET", "k", "v", "EX"},
+	{"SET", "k", "v", "PX"},
+	{"SET", "k", "v", "EXAT"},
+	{"SET", "k", "v", "NX", "NOSUCH"},
+	{"SET", "k", "v", "NX", "XX"},
+	{"SET", "k", "v", "xx", "nx"},
+	{"SET", "k", "v", "EX", "1", "PX", "1"},
+	{"SET", "k", "v", "KEEPTTL", "EX", "1"},
+	{"SET", "k", "v", "PXAT", "1", "KEEPTTL"},
+	{"SET", "k", "v", "GET", "EX"},
+	{"GET", "k"},
+	{"EXISTS", "k"},
+	{"DEL", "k"},
+	{"TYPE", "k"},
+	{"KEYS", "*"},
+	{"DBSIZE"},
+	{"HLEN", "k"},
+	{"HGETALL", "k"},
+	{"HMGET", "k", "f"},
 }
 
 // helloCases are HELLO's refusals: Redis reads the protocol version as a
