@@ -292,7 +292,10 @@ func (c *conn) auth(args [][]byte) {
 		c.writeError("ERR syntax error")
 		return
 	}
-	if c.s.cfg.Token == "" {
+	if c.s.cfg.Token == "" && user == nil {
+		// As Redis, where the default user has no password: a username
+		// makes it an ACL login, which "default" passes with any
+		// password and any other name fails.
 		c.writeError("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
 		return
 	}

@@ -136,6 +136,7 @@ func TestErrorsMatchRedis(t *testing.T) {
 	const token = "conformance-token"
 	redisAddr := startRedis(t, "--requirepass", token)
 	e := newEndpoint(t, Config{Token: token})
+	var compareAt func(t *testing.T, tq, rd *rawConn, authed bool, cases [][]string)
 	dial := func(t *testing.T, addr string) *rawConn {
 		c, err := dialRaw(addr)
 		require.NoError(t, err)
@@ -146,7 +147,9 @@ func TestErrorsMatchRedis(t *testing.T) {
 	// each that has authenticated when authed, and compares the replies.
 	// Both hold no key: a walk or a read answers alike.
 	compare := func(t *testing.T, authed bool, cases [][]string) {
-		tq, rd := dial(t, e.addr), dial(t, redisAddr)
+		compareAt(t, dial(t, e.addr), dial(t, redisAddr), authed, cases)
+	}
+	compareAt = func(t *testing.T, tq, rd *rawConn, authed bool, cases [][]string) {
 		if authed {
 			cases = append([][]string{{"AUTH", token}}, cases...)
 		}
@@ -164,6 +167,11 @@ func TestErrorsMatchRedis(t *testing.T) {
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
 	t.Run("subcommands", func(t *testing.T) { compare(t, true, subcommandCases) })
 	t.Run("subcommands before AUTH", func(t *testing.T) { compare(t, false, subcommandCases[:4]) })
+	t.Run("without a password", func(t *testing.T) {
+		// Both let every client in; AUTH says no password is set.
+		open := newEndpoint(t, Config{})
+		compareAt(t, dial(t, open.addr), dial(t, startRedis(t)), false, noPasswordCases)
+	})
 	t.Run("arity", func(t *testing.T) { compare(t, true, arityCases) })
 	t.Run("options", func(t *testing.T) { compare(t, true, optionCases) })
 	t.Run("HELLO", func(t *testing.T) { compare(t, true, helloCases) })
@@ -180,6 +188,19 @@ func TestErrorsMatchRedis(t *testing.T) {
 			{"GET", "k"},
 		}...))
 	})
+}
+
+// noPasswordCases are AUTH and CLIENT with no password set.
+var noPasswordCases = [][]string{
+	{"AUTH", "x"},
+	{"AUTH", "default", "x"},
+	{"AUTH", "someone", "x"},
+	{"AUTH", "a", "b", "c"},
+	{"CLIENT", "SETNAME", "n1"},
+	{"CLIENT", "GETNAME"},
+	{"CLIENT", "SETNAME", ""},
+	{"CLIENT", "GETNAME"},
+	{"GET", "k"},
 }
 
 // arityCases give each command TQ serves too few or too many arguments.
