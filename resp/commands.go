@@ -399,13 +399,20 @@ func (c *conn) commandCmd(args [][]byte) {
 // others; TQ is configured by tq serve's flags.
 func (c *conn) config(args [][]byte) {
 	if strings.EqualFold(string(args[1]), "GET") {
+		// As Redis 7.0: each parameter once if a pattern matches it (a
+		// glob, any case), named as the first that does was given,
+		// unless that one is a glob.
 		var out []string
-		for _, a := range args[2:] {
-			switch p := strings.ToLower(string(a)); p {
-			case "save":
-				out = append(out, p, "")
-			case "appendonly":
-				out = append(out, p, "no")
+		for _, p := range [...]struct{ name, value string }{{"save", ""}, {"appendonly", "no"}} {
+			for _, a := range args[2:] {
+				if globMatch(strings.ToLower(string(a)), p.name) {
+					name := p.name
+					if !bytes.ContainsAny(a, "[*?") {
+						name = string(a)
+					}
+					out = append(out, name, p.value)
+					break
+				}
 			}
 		}
 		c.writeStrings(out)
