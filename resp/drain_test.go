@@ -109,3 +109,78 @@ func TestSetRefusedForADrainWithNoRoomElsewhere(t *testing.T) {
 	assert.NotEqual(t, u.ID(), cells[0].Loc.Unit, "the value was committed on the unit that was draining")
 	assert.Equal(t, used[u.ID()], u.Stats().Used, "the draining unit kept the bytes the SET had reserved")
 }
+
+// TestHSetCountsInTheCommitWhenItsUnitStartsDraining starts a drain of
+// the unit an HSET reserved on, between its copy and its commit, while
+// the other unit has no room, and has a second client set the same new
+// field meanwhile. Both wait for room; of the two, exactly one must hear
+// that the field was new, as when no drain starts. Before, the first went
+// the general way, which reads the count before it writes, and both
+// heard 1.
+func TestHSetCountsInTheCommitWhenItsUnitStartsDraining(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpointWith(t, Config{}, func(c *embedded.Config) {
+		c.Storage.Capacity, c.Storage.SegmentSize = 4<<20, 1<<20
+	})
+	require.Len(t, e.e.Units, 2)
+	first, second := e.client(t, nil), e.client(t, nil)
+	require.NoError(t, first.Ping(ctx).Err())
+	require.NoError(t, second.Ping(ctx).Err())
+
+	var (
+		once          sync.Once
+		drained       = make(chan *storage.Unit, 1)
+		secondAnswer  = make(chan int64, 1)
+		secondStarted = make(chan struct{})
+	)
+	hook := func(u *storage.Unit) {
+		once.Do(func() {
+			_, err := e.e.Controller.DrainUnit(u.ID(), true)
+			assert.NoError(t, err)
+			drained <- u
+			// Take every byte the other unit has left, down to its
+			// smallest extent.
+			var held []*storage.Reservation
+			for _, v := range e.e.Units {
+				for size := int64(64 << 10); v != u && size > 0; size /= 2 {
+					for {
+						r, err := v.Reserve(noWait, []int64{size})
+						if err != nil {
+							break
+						}
+						held = append(held, r)
+					}
+				}
+			}
+			assert.NotEmpty(t, held)
+			go func() {
+				close(secondStarted)
+				n, err := second.HSet(ctx, "k", "f", "second").Result()
+				assert.NoError(t, err)
+				secondAnswer <- n
+			}()
+			go func() {
+				// Both HSETs wait for room meanwhile; the first has
+				// looked at the key, and the second not committed.
+				<-secondStarted
+				time.Sleep(100 * time.Millisecond)
+				for _, r := range held {
+					r.Abort()
+				}
+			}()
+		})
+	}
+	testHookCommit.Store(&hook)
+	t.Cleanup(func() { testHookCommit.Store(nil) })
+
+	n, err := first.HSet(ctx, "k", "f", "first").Result()
+	require.NoError(t, err)
+	testHookCommit.Store(nil)
+	select {
+	case <-drained:
+	default:
+		t.Fatal("the HSET never reached its commit through the one-key path")
+	}
+	assert.Equal(t, int64(1), n+<-secondAnswer, "the sum of the two HSETs' answers (the first answered %d)", n)
+	assert.Equal(t, int64(1), first.HLen(ctx, "k").Val())
+}

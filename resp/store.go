@@ -95,8 +95,8 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	return err
 }
 
-// testHookCommit, if set, runs in set between a value's copy into its
-// reservation on u and its commit: tests start drains there.
+// testHookCommit, if set, runs in set and hset between the values' copy
+// into their reservation on u and its commit: tests start drains there.
 var testHookCommit atomic.Pointer[func(u *storage.Unit)]
 
 // errWouldWait is what a command run on a loop hears where it would
@@ -131,37 +131,55 @@ func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64)
 // hset writes fields (each named once) of one key, vals[j][0] the value
 // of field j, and answers how many of them are new to the key, counted
 // in the controller's step that writes them (so of clients setting one
-// new field at once, one hears 1). Names the one-key path does not take,
-// and a cluster whose units all drain, go the general way, where the
-// count is read before the write (a concurrent write of the same field
-// may be counted new twice there).
+// new field at once, one hears 1). A commit refused because its unit
+// started draining, with no other unit having room at once, changed
+// nothing: the put is made again the same way on the unit the key picks
+// now, waiting for room there as the general way would, so its count is
+// still the commit's. Only where that path is not taken (every unit of
+// this process draining, so that the put goes to another process's unit;
+// or drains refusing it hsetTries times) does the put go the general
+// way, where the count is read before the write (a concurrent write of
+// the same field may be counted new twice there).
 func (st *store) hset(ctx context.Context, partition, key string, fields []string, vals [][][]byte) (int, error) {
-	u := st.one.UnitFor(key)
-	ok := u != nil && embedded.Name(partition) && embedded.Name(key)
+	if !embedded.Name(partition) || !embedded.Name(key) {
+		return st.hsetGeneral(ctx, partition, key, fields, vals)
+	}
 	sizes := make([]int64, len(fields))
 	cfs := make([]engine.CommitField, len(fields))
 	for j, f := range fields {
-		ok = ok && embedded.Name(f)
+		if !embedded.Name(f) {
+			return st.hsetGeneral(ctx, partition, key, fields, vals)
+		}
 		sizes[j] = int64(len(vals[j][0]))
 		cfs[j] = engine.CommitField{Name: f, DType: engine.Bytes, Kind: engine.Opaque}
 	}
-	if !ok {
-		return st.hsetGeneral(ctx, partition, key, fields, vals)
+	for range hsetTries {
+		u := st.one.UnitFor(key)
+		if u == nil {
+			break
+		}
+		r, err := st.reserveAll(ctx, u, sizes)
+		if err != nil {
+			return 0, err
+		}
+		for j := range fields {
+			copy(r.Buf(j), vals[j][0])
+		}
+		if h := testHookCommit.Load(); h != nil {
+			(*h)(u)
+		}
+		held, err := st.one.CommitHeld(ctx, u, r, partition, key, cfs, nil)
+		if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
+			continue // nothing changed
+		}
+		return len(fields) - held, err
 	}
-	r, err := st.reserveAll(ctx, u, sizes)
-	if err != nil {
-		return 0, err
-	}
-	for j := range fields {
-		copy(r.Buf(j), vals[j][0])
-	}
-	held, err := st.one.CommitHeld(ctx, u, r, partition, key, cfs, nil)
-	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
-		// Nothing changed: see set.
-		return st.hsetGeneral(ctx, partition, key, fields, vals)
-	}
-	return len(fields) - held, err
+	return st.hsetGeneral(ctx, partition, key, fields, vals)
 }
+
+// hsetTries bounds how many drains, each starting between an HSET's
+// reservation and its commit, the one-key path outlasts.
+const hsetTries = 4
 
 // hsetGeneral is hset through the client: it counts the fields the key
 // held before it writes.
