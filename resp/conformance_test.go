@@ -1,10 +1,5 @@
 package resp
 
-// TestErrorsMatchRedis sends the same malformed commands to TQ's endpoint
-// and to a real redis-server and compares their replies byte for byte:
-// wrong arity, unknown options and subcommands, non-integers and negative
-// counts. Where TQ differs on purpose (wire/resp.md) the case is left out.
-
 import (
 	"bufio"
 	"bytes"
@@ -13,6 +8,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -132,26 +128,26 @@ func (c *rawConn) reply(out *strings.Builder) error {
 	return nil
 }
 
+// TestErrorsMatchRedis sends the same commands to TQ's endpoint and to a
+// real redis-server (skipped when it is not installed) and compares the
+// replies byte for byte: wrong arity, unknown commands, subcommands and
+// options, non-integers and counts out of range, before and after AUTH.
+// Where TQ differs on purpose (wire/resp.md) the case is left out.
 func TestErrorsMatchRedis(t *testing.T) {
 	const token = "conformance-token"
 	redisAddr := startRedis(t, "--requirepass", token)
 	e := newEndpoint(t, Config{Token: token})
-	var compareAt func(t *testing.T, tq, rd *rawConn, authed bool, cases [][]string)
 	dial := func(t *testing.T, addr string) *rawConn {
 		c, err := dialRaw(addr)
 		require.NoError(t, err)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	// compare sends each command to both servers, on a connection of
-	// each that has authenticated when authed, and compares the replies.
-	// Both hold no key: a walk or a read answers alike.
-	compare := func(t *testing.T, authed bool, cases [][]string) {
-		compareAt(t, dial(t, e.addr), dial(t, redisAddr), authed, cases)
-	}
-	compareAt = func(t *testing.T, tq, rd *rawConn, authed bool, cases [][]string) {
+	// compareAt sends each command to both servers, tq and rd, after AUTH
+	// when authed, and compares the replies.
+	compareAt := func(t *testing.T, tq, rd *rawConn, authed bool, cases [][]string) {
 		if authed {
-			cases = append([][]string{{"AUTH", token}}, cases...)
+			cases = slices.Concat([][]string{{"AUTH", token}}, cases)
 		}
 		for _, args := range cases {
 			want, err := rd.do(args...)
@@ -162,6 +158,11 @@ func TestErrorsMatchRedis(t *testing.T) {
 				t.Errorf("%q: got %q, want %q (redis-server's)", args, got, want)
 			}
 		}
+	}
+	// compare is compareAt on new connections to the two servers, which
+	// hold no key: a walk or a read answers alike.
+	compare := func(t *testing.T, authed bool, cases [][]string) {
+		compareAt(t, dial(t, e.addr), dial(t, redisAddr), authed, cases)
 	}
 	t.Run("scan", func(t *testing.T) { compare(t, true, scanCases) })
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
@@ -177,7 +178,7 @@ func TestErrorsMatchRedis(t *testing.T) {
 	t.Run("options", func(t *testing.T) { compare(t, true, optionCases) })
 	t.Run("HELLO", func(t *testing.T) { compare(t, true, helloCases) })
 	t.Run("HELLO before AUTH", func(t *testing.T) {
-		compare(t, false, append(helloCases, [][]string{
+		compare(t, false, slices.Concat(helloCases, [][]string{
 			{"HELLO"},
 			{"HELLO", "2"},
 			{"HELLO", "2", "AUTH", "default", "wrong"},
@@ -187,7 +188,7 @@ func TestErrorsMatchRedis(t *testing.T) {
 			// before a bad option has authenticated.
 			{"HELLO", "2", "AUTH", "default", token, "NOSUCH"},
 			{"GET", "k"},
-		}...))
+		}))
 	})
 }
 
