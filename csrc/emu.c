@@ -257,6 +257,7 @@ struct emu_context {
 	int fault_post_count, fault_post_after, fault_post_err;
 	int fault_comp_count, fault_comp_err;
 	int fault_overrun;		/* atomic */
+	int fault_reg_count, fault_reg_err;
 };
 
 struct emu_pd {
@@ -873,6 +874,22 @@ static int emu_mr_publish(struct emu_pd *pd, struct emu_mr *mr, uint64_t addr,
 	return 0;
 }
 
+/* emu_reg_fault returns the errno an armed TQ_EMU_FAULT_REG_MR fails this
+ * registration with, or 0. */
+static int emu_reg_fault(struct emu_pd *pd)
+{
+	struct emu_context *ctx = emu_ctx(pd->ibpd.context);
+	int err = 0;
+
+	pthread_mutex_lock(&ctx->lock);
+	if (ctx->fault_reg_count > 0) {
+		ctx->fault_reg_count--;
+		err = ctx->fault_reg_err;
+	}
+	pthread_mutex_unlock(&ctx->lock);
+	return err;
+}
+
 static struct ibv_mr *emu_reg_mr(struct ibv_pd *ibpd, void *addr,
 				 size_t length, int access)
 {
@@ -887,6 +904,8 @@ static struct ibv_mr *emu_reg_mr(struct ibv_pd *ibpd, void *addr,
 		return NULL;
 	}
 	err = emu_check_access(access);
+	if (!err)
+		err = emu_reg_fault(pd);
 	if (err)
 		goto err_out;
 	if (access & EMU_ACCESS_REMOTE) {
@@ -933,6 +952,8 @@ static struct ibv_mr *emu_reg_dmabuf_mr(struct ibv_pd *ibpd, uint64_t offset,
 		return NULL;
 	}
 	err = emu_check_access(access);
+	if (!err)
+		err = emu_reg_fault(pd);
 	if (err)
 		goto err_out;
 	if (fstat(fd, &st)) {
@@ -2065,6 +2086,7 @@ int tq_emu_inject(struct ibv_context *ibctx, int kind, int after, int count,
 	case TQ_EMU_FAULT_NONE:
 		ctx->fault_post_count = 0;
 		ctx->fault_comp_count = 0;
+		ctx->fault_reg_count = 0;
 		__atomic_store_n(&ctx->fault_overrun, 0, __ATOMIC_RELAXED);
 		break;
 	case TQ_EMU_FAULT_POST:
@@ -2082,6 +2104,13 @@ int tq_emu_inject(struct ibv_context *ibctx, int kind, int after, int count,
 		break;
 	case TQ_EMU_FAULT_CQ_OVERRUN:
 		__atomic_store_n(&ctx->fault_overrun, 1, __ATOMIC_RELAXED);
+		break;
+	case TQ_EMU_FAULT_REG_MR:
+		/* Registration is no hot path: any_fault does not cover it. */
+		if (count < 0 || err <= 0)
+			goto inval_unlock;
+		ctx->fault_reg_count = count;
+		ctx->fault_reg_err = err;
 		break;
 	default:
 		goto inval_unlock;

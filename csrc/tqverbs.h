@@ -66,6 +66,10 @@ enum tq_emu_fault {
 	/* Every CQ of the context behaves as if full: the next completion
 	 * overruns it (see emu.c); `count`, `after` and `err` unused. */
 	TQ_EMU_FAULT_CQ_OVERRUN = 3,
+	/* The next `count` memory registrations (ibv_reg_mr,
+	 * ibv_reg_dmabuf_mr) fail with errno `err` (e.g. ENOMEM, as past
+	 * RLIMIT_MEMLOCK); `after` unused. */
+	TQ_EMU_FAULT_REG_MR = 4,
 };
 int tq_emu_inject(struct ibv_context *context, int kind, int after, int count, int err);
 

@@ -2,7 +2,8 @@ package storage
 
 // RDMA for clients on other hosts (transport/rdma). The unit registers
 // each arena segment with its device once, when it is mapped (the target
-// is the unit's SegmentWatcher), and serves two ops:
+// is the unit's SegmentWatcher; a segment it cannot register takes no
+// extent, see watch.go), and serves two ops:
 //
 //	RDMA_CONNECT   the client's queue pairs → the unit's, connected to
 //	               them, and the registered segments (address, rkey);

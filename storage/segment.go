@@ -58,6 +58,10 @@ type segment struct {
 	extents int    // extents placed here: reserved, committed or still leased
 	gen     uint32 // the last generation handed out here (see maxGen)
 	retired bool   // dropped from the unit; fd closed, pages replaced
+	// unwatched: the unit's SegmentWatcher refused the segment (see
+	// Unit.WatchSegments); it takes no new extent and is dropped once
+	// empty, as when gen reaches maxGen.
+	unwatched bool
 	// faulting, if set, is the background prefault (see prefault):
 	// stop asks it to end early, faulted is closed when it has.
 	faulting *backgroundFault
@@ -81,6 +85,10 @@ const (
 // reused either): a segment that reached maxGen takes no new extent and
 // is dropped once its last one goes. Tests lower it.
 var maxGen uint32 = math.MaxUint32
+
+// closedToNew reports whether s takes no new extent: it handed out its
+// last generation, or the unit's watcher refused it.
+func (s *segment) closedToNew() bool { return s.gen == maxGen || s.unwatched }
 
 // mapOptions says how to back a segment.
 type mapOptions struct {

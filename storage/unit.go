@@ -14,7 +14,8 @@ package storage
 // allows, dropping empty segments that are too small for the request, and
 // otherwise waits on wake until a Free, Release or Abort returns space, its
 // context ends, or the unit closes. A segment that handed out its last
-// generation (maxGen) is skipped, and dropped once empty.
+// generation (maxGen), or that the segment watcher refused (watch.go), is
+// skipped, and dropped once empty.
 //
 // The accounting: mapped (segment bytes) ≤ Capacity, and used (extent
 // bytes at their rounded sizes: reserved, committed, or freed but still
@@ -354,7 +355,7 @@ func (u *Unit) place(r *Reservation, sizes []int64, from int) (int, bool) {
 // room and generations left, or returns nil.
 func (u *Unit) allocExtent(n int64) *extent {
 	for _, s := range u.segs {
-		if n > s.size() || s.gen == maxGen {
+		if n > s.size() || s.closedToNew() {
 			continue
 		}
 		b, ok := s.alloc.alloc(n)
@@ -386,16 +387,16 @@ func (u *Unit) release(e *extent, poison bool) {
 	}
 	s.alloc.free(e.blk)
 	e.state = 0
-	if s.extents == 0 && s.gen == maxGen {
-		u.dropExhausted(s)
+	if s.extents == 0 && s.closedToNew() {
+		u.dropClosed(s)
 	}
 }
 
-// dropExhausted drops an empty segment that has handed out its last
-// generation: it can take no extent again, so its capacity goes back to
-// the unit for a new segment. Rare enough (once per 2^32 extents of one
-// segment) that the syscalls run under the lock.
-func (u *Unit) dropExhausted(s *segment) {
+// dropClosed drops an empty segment that takes no new extent (it has
+// handed out its last generation, or the watcher refused it): its
+// capacity goes back to the unit for a new segment. Rare enough (once per
+// 2^32 extents of one segment) that the syscalls run under the lock.
+func (u *Unit) dropClosed(s *segment) {
 	if i := slices.Index(u.segs, s); i >= 0 {
 		u.segs = slices.Delete(u.segs, i, i+1)
 	}
@@ -532,7 +533,17 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 		return fmt.Errorf("map segment of %d bytes: %w", size, err)
 	}
 	if u.watch != nil {
-		u.watch.SegmentMapped(s.id, s.mem, s.fd)
+		if err := u.watch.SegmentMapped(s.id, s.mem, s.fd); err != nil {
+			// An extent here would be out of the watcher's clients'
+			// reach (an RDMA device that could not register it):
+			// unmap it and give its bytes back.
+			u.watch.SegmentDropped(s.id)
+			if cerr := s.close(); cerr != nil {
+				u.lateErrs = append(u.lateErrs, cerr)
+			}
+			u.signal()
+			return fmt.Errorf("new segment: %w: %w", engine.ErrCapacity, err)
+		}
 	}
 	u.segs = append(u.segs, s)
 	u.byID[id] = s

@@ -141,8 +141,9 @@ func TestClientKilledMidPut(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "stats after the kill: %+v, %d connections", u.Stats(), tgt.Connections())
 }
 
-// A segment the device cannot register is logged, and a client that meets
-// it is told why; a registration past the locked-memory limit says so.
+// A segment the device cannot register is logged and refused, and a
+// client that meets it is told why; a registration past the locked-memory
+// limit says so.
 func TestSegmentNotRegistered(t *testing.T) {
 	dev, err := OpenDevice("emu1")
 	require.NoError(t, err)
@@ -155,14 +156,14 @@ func TestSegmentNotRegistered(t *testing.T) {
 	mem, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	require.NoError(t, err)
 	t.Cleanup(func() { unix.Munmap(mem) })
-	tgt.SegmentMapped(3, mem, -1)
+	require.Error(t, tgt.SegmentMapped(3, mem, -1))
 	assert.Contains(t, logged.String(), "level=ERROR")
 	assert.Contains(t, logged.String(), "segment=3")
 	_, err = tgt.Segments([]uint32{3})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "register segment 3")
 	tgt.SegmentDropped(3)
-	require.Error(t, tgt.Close(), "Close reports the failed registration")
+	require.NoError(t, tgt.Close(), "the unit had the failed registration, not Close")
 
 	enomem := &Error{Op: "ibv_reg_mr", Errno: syscall.ENOMEM, Device: "mlx5_0"}
 	err = registerError(3, 1<<30, 8<<20, enomem)
@@ -174,4 +175,29 @@ func TestSegmentNotRegistered(t *testing.T) {
 	} {
 		assert.NotContains(t, err.Error(), "RLIMIT_MEMLOCK")
 	}
+}
+
+// A segment the unit's device cannot register takes no extent: the put
+// that needed it fails with a capacity error that says why, the unit keeps
+// no such segment, and the next put lands in a segment RDMA reaches.
+func TestUnregisteredSegmentTakesNoExtent(t *testing.T) {
+	tgt, u, addr := inProcUnit(t)
+	tr := newTransport(t, Config{Device: "emu0"})
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.NoError(t, err)
+	require.NoError(t, tgt.Device().InjectFault(4, 0, 1, int(syscall.ENOMEM)))
+
+	payload := bytes.Repeat([]byte("unregistered"), 1000)
+	_, err = c.Write(t.Context(), [][][]byte{{payload}})
+	require.ErrorIs(t, err, engine.ErrCapacity)
+	assert.Contains(t, err.Error(), "register segment 1")
+	assert.Empty(t, u.Segments(), "the segment that could not be registered is not kept")
+	assert.Zero(t, u.Stats().Used)
+
+	addrs, err := c.Write(t.Context(), [][][]byte{{payload}})
+	require.NoError(t, err)
+	require.Equal(t, uint32(2), addrs[0].Segment)
+	got := make([]byte, len(payload))
+	require.NoError(t, c.Read(t.Context(), addrs, [][]byte{got}))
+	require.Equal(t, payload, got)
 }

@@ -31,13 +31,17 @@ type Target struct {
 	segs   map[uint32]*targetSeg
 	sets   map[*qpSet]struct{}
 	closed bool
-	errs   []error // registrations and deregistrations that failed
+	errs   []error // deregistrations that failed
 }
 
 type targetSeg struct {
 	mr   *MR
 	size uint64
-	err  error // registration failed: clients are told so
+	// err: registration failed. The unit then places no new extent in
+	// the segment, but one that already held extents when the target
+	// began watching keeps them until they go: clients that meet them
+	// are told why they cannot reach them.
+	err error
 }
 
 // NewTarget serves RDMA on dev, which the caller keeps open until after
@@ -50,10 +54,12 @@ func NewTarget(dev *Device) *Target {
 func (t *Target) Device() *Device { return t.dev }
 
 // SegmentMapped registers a new segment for remote reads and writes. A
-// registration that fails is logged (slog's default logger), and clients
-// that meet the segment are told why (see [Target.Segments]): the unit
-// still places extents in it, which no RDMA transfer can reach.
-func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) {
+// registration that fails is logged (slog's default logger) and returned,
+// naming the locked-memory limit when that is what it ran into: the unit
+// then places no extent in the segment (see storage.SegmentWatcher), and
+// clients that meet one already there are told why (see
+// [Target.Segments]).
+func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) error {
 	mr, err := t.dev.Register(mem, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite)
 	if err != nil {
 		var lim unix.Rlimit
@@ -62,15 +68,13 @@ func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) {
 			memlock = lim.Cur
 		}
 		err = registerError(id, len(mem), memlock, err)
-		t.log.Error("rdma: segment not registered: RDMA transfers to and from its extents will fail",
+		t.log.Error("rdma: segment not registered: the unit places no new extent in it",
 			"device", t.dev.Name(), "segment", id, "bytes", len(mem), "err", err)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if err != nil {
-		t.errs = append(t.errs, err)
-	}
 	t.segs[id] = &targetSeg{mr: mr, size: uint64(len(mem)), err: err}
+	return err
 }
 
 // registerError says why segment id could not be registered. Registering
@@ -191,8 +195,8 @@ func (t *Target) Connections() int {
 	return len(t.sets)
 }
 
-// Close destroys every queue pair it made and reports registrations that
-// failed along the way. The unit deregisters its segments when it closes
+// Close destroys every queue pair it made and reports deregistrations
+// that failed along the way. The unit deregisters its segments when it closes
 // (close the unit's server, then the unit, then the target, then the
 // device).
 func (t *Target) Close() error {

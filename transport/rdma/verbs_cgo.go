@@ -446,7 +446,8 @@ func (q *QP) Close() error {
 // InjectFault arms a fault on an emulated device (see csrc/tqverbs.h,
 // enum tq_emu_fault): kind 1 fails the next count posts with errno err at
 // WR index after; 2 completes the next count WRs with status err; 3
-// overruns the CQs. On hardware it is an error wrapping ErrNotSupported.
+// overruns the CQs; 4 fails the next count memory registrations with
+// errno err. On hardware it is an error wrapping ErrNotSupported.
 func (d *Device) InjectFault(kind, after, count, err int) error {
 	c, herr := d.handle()
 	if herr != nil {
