@@ -12,7 +12,11 @@
  * and bounds; the RC state machine with the attribute masks of the IB spec;
  * send-queue depth and SGE limits; completions in post order per QP, with
  * the error classes of hardware (local protection, remote access, retry
- * exceeded after the transport timeout, flush); CQ overrun; fault injection.
+ * exceeded after the transport timeout, flush); CQ overrun; fault injection;
+ * READ depth: each device's max_qp_rd_atom and max_qp_init_rd_atom (16, or
+ * what tq_emu_set_rd_atom set) bound max_dest_rd_atomic and max_rd_atomic,
+ * and an RDMA READ from a QP whose max_rd_atomic exceeds its responder QP's
+ * max_dest_rd_atomic completes with IBV_WC_REM_INV_REQ_ERR.
  * The objects are the public libibverbs structs (each emulated object embeds
  * one as its FIRST member), and open_device fills context->ops so that the
  * inline ibv_post_send and ibv_poll_cq of <infiniband/verbs.h> dispatch to
@@ -143,7 +147,7 @@
 
 #define EMU_NDEV 4
 #define EMU_MAGIC 0x5451454d55524547ULL /* "TQEMUREG" */
-#define EMU_VERSION 1
+#define EMU_VERSION 2
 #define EMU_MR_BITS 12
 #define EMU_MAX_MR (1u << EMU_MR_BITS)
 #define EMU_QP_BITS 10
@@ -195,6 +199,7 @@ struct emu_reg_qp {
 	uint32_t pd_id;
 	uint32_t access;	/* qp_access_flags */
 	uint32_t dest_qpn;
+	uint32_t max_dest_rd_atomic; /* RDMA READs it serves at once */
 	uint8_t dest_gid[16];
 };
 
@@ -258,6 +263,9 @@ struct emu_context {
 	int fault_comp_count, fault_comp_err;
 	int fault_overrun;		/* atomic */
 	int fault_reg_count, fault_reg_err;
+	/* max_qp_rd_atom, max_qp_init_rd_atom: the device's at open
+	 * (tq_emu_set_rd_atom). */
+	int max_rd_atom, max_init_rd_atom;
 };
 
 struct emu_pd {
@@ -423,6 +431,10 @@ static struct emu_qp *emu_qp_of(struct ibv_qp *ibqp)
 	return (struct emu_qp *)ibqp;
 }
 
+/* Per device: max_qp_rd_atom and max_qp_init_rd_atom for contexts opened
+ * from now on (tq_emu_set_rd_atom); 0: EMU_MAX_RD_ATOM. */
+static int emu_rd_atom[EMU_NDEV], emu_init_rd_atom[EMU_NDEV];
+
 static int emu_dev_index(struct ibv_device *dev)
 {
 	int i;
@@ -522,6 +534,13 @@ static struct ibv_context *emu_open_device(struct ibv_device *dev)
 			(uint8_t)((uint32_t)ctx->regfd >> (24 - 8 * i));
 	}
 	ctx->lid = (uint16_t)((uint32_t)pid % 0xbfff + 1);
+	ctx->max_rd_atom = __atomic_load_n(&emu_rd_atom[idx], __ATOMIC_RELAXED);
+	if (!ctx->max_rd_atom)
+		ctx->max_rd_atom = EMU_MAX_RD_ATOM;
+	ctx->max_init_rd_atom =
+		__atomic_load_n(&emu_init_rd_atom[idx], __ATOMIC_RELAXED);
+	if (!ctx->max_init_rd_atom)
+		ctx->max_init_rd_atom = EMU_MAX_RD_ATOM;
 	ctx->next_pd_id = 1;
 	pthread_mutex_init(&ctx->lock, NULL);
 	pthread_rwlock_init(&ctx->rmap_lock, NULL);
@@ -620,9 +639,9 @@ static int emu_query_device(struct ibv_context *ibctx,
 		.max_cqe = EMU_MAX_CQE,
 		.max_mr = EMU_MAX_MR,
 		.max_pd = EMU_MAX_PD,
-		.max_qp_rd_atom = EMU_MAX_RD_ATOM,
-		.max_res_rd_atom = EMU_MAX_RD_ATOM * EMU_MAX_QP,
-		.max_qp_init_rd_atom = EMU_MAX_RD_ATOM,
+		.max_qp_rd_atom = ctx->max_rd_atom,
+		.max_res_rd_atom = ctx->max_rd_atom * EMU_MAX_QP,
+		.max_qp_init_rd_atom = ctx->max_init_rd_atom,
 		.atomic_cap = IBV_ATOMIC_NONE,
 		.max_pkeys = 1,
 		.local_ca_ack_delay = 16,
@@ -1208,6 +1227,7 @@ static void emu_qp_publish(struct emu_qp *qp)
 	s->pd_id = qp->pd->id;
 	s->access = qp->attr.qp_access_flags;
 	s->dest_qpn = qp->attr.dest_qp_num;
+	s->max_dest_rd_atomic = qp->attr.max_dest_rd_atomic;
 	memcpy(s->dest_gid, qp->attr.ah_attr.grh.dgid.raw, 16);
 	emu_seq_end(&s->seq);
 }
@@ -1501,7 +1521,8 @@ static bool emu_transition_ok(enum ibv_qp_state cur, enum ibv_qp_state next,
 }
 
 /* Checks the values of the attributes named in mask. */
-static bool emu_attr_ok(const struct ibv_qp_attr *a, int mask)
+static bool emu_attr_ok(const struct emu_context *ctx,
+			const struct ibv_qp_attr *a, int mask)
 {
 	if ((mask & IBV_QP_PKEY_INDEX) && a->pkey_index != 0)
 		return false;
@@ -1523,10 +1544,10 @@ static bool emu_attr_ok(const struct ibv_qp_attr *a, int mask)
 	if ((mask & IBV_QP_SQ_PSN) && a->sq_psn > 0xffffff)
 		return false;
 	if ((mask & IBV_QP_MAX_DEST_RD_ATOMIC) &&
-	    a->max_dest_rd_atomic > EMU_MAX_RD_ATOM)
+	    a->max_dest_rd_atomic > ctx->max_rd_atom)
 		return false;
 	if ((mask & IBV_QP_MAX_QP_RD_ATOMIC) &&
-	    a->max_rd_atomic > EMU_MAX_RD_ATOM)
+	    a->max_rd_atomic > ctx->max_init_rd_atom)
 		return false;
 	if ((mask & IBV_QP_MIN_RNR_TIMER) && a->min_rnr_timer > 31)
 		return false;
@@ -1601,7 +1622,7 @@ static int emu_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr,
 		goto out;
 	}
 	if (!emu_transition_ok(qp->state, next, mask) ||
-	    !emu_attr_ok(attr, mask)) {
+	    !emu_attr_ok(ctx, attr, mask)) {
 		err = EINVAL;
 		goto out;
 	}
@@ -1908,6 +1929,12 @@ static enum ibv_wc_status emu_remote(struct emu_qp *qp,
 	    rq.dest_qpn != qp->ibqp.qp_num ||
 	    memcmp(rq.dest_gid, ctx->gid.raw, 16))
 		goto lost;
+	/* More READs in flight than the responder has resources for: it
+	 * NAKs the one that overflows them (invalid request). Reads here
+	 * run one at a time, so the emulator refuses the configuration
+	 * itself, on every READ. */
+	if (!write && qp->attr.max_rd_atomic > rq.max_dest_rd_atomic)
+		return IBV_WC_REM_INV_REQ_ERR;
 	if (total == 0)
 		return IBV_WC_SUCCESS;
 	if (!emu_seq_read(&peer->reg->mr[rkey & (EMU_MAX_MR - 1)], &s,
@@ -2072,6 +2099,27 @@ static const struct tq_verbs emu_verbs = {
 const struct tq_verbs *tq_emu_verbs(void)
 {
 	return &emu_verbs;
+}
+
+int tq_emu_set_rd_atom(const char *name, int rd_atom, int init_rd_atom)
+{
+	int i;
+
+	if (rd_atom < 0 || rd_atom > 255 || init_rd_atom < 0 ||
+	    init_rd_atom > 255)
+		goto inval;
+	for (i = 0; i < EMU_NDEV; i++) {
+		if (strcmp(emu_devices[i].ibdev.name, name) == 0) {
+			__atomic_store_n(&emu_rd_atom[i], rd_atom,
+					 __ATOMIC_RELAXED);
+			__atomic_store_n(&emu_init_rd_atom[i], init_rd_atom,
+					 __ATOMIC_RELAXED);
+			return 0;
+		}
+	}
+inval:
+	errno = EINVAL;
+	return -1;
 }
 
 int tq_emu_inject(struct ibv_context *ibctx, int kind, int after, int count,

@@ -432,14 +432,14 @@ int tq_shim_qp_init(struct tq_dev *d, struct ibv_qp *qp, int access, struct tq_e
 }
 
 int tq_shim_qp_rtr(struct tq_dev *d, struct ibv_qp *qp, uint32_t dest_qpn, uint32_t rq_psn, uint16_t dlid,
-		   const uint8_t *dgid, int mtu, struct tq_err *err)
+		   const uint8_t *dgid, int mtu, uint8_t max_dest_rd_atomic, struct tq_err *err)
 {
 	struct ibv_qp_attr attr = {
 		.qp_state = IBV_QPS_RTR,
 		.path_mtu = mtu,
 		.dest_qp_num = dest_qpn,
 		.rq_psn = rq_psn,
-		.max_dest_rd_atomic = d->max_dest_rd_atomic,
+		.max_dest_rd_atomic = max_dest_rd_atomic,
 		.min_rnr_timer = 12,
 		.ah_attr = {
 			.is_global = 1,
@@ -464,7 +464,7 @@ int tq_shim_qp_rtr(struct tq_dev *d, struct ibv_qp *qp, uint32_t dest_qpn, uint3
 }
 
 int tq_shim_qp_rts(struct tq_dev *d, struct ibv_qp *qp, uint32_t sq_psn, uint8_t timeout, uint8_t retry_cnt,
-		   struct tq_err *err)
+		   uint8_t max_rd_atomic, struct tq_err *err)
 {
 	struct ibv_qp_attr attr = {
 		.qp_state = IBV_QPS_RTS,
@@ -472,7 +472,7 @@ int tq_shim_qp_rts(struct tq_dev *d, struct ibv_qp *qp, uint32_t sq_psn, uint8_t
 		.retry_cnt = retry_cnt,
 		.rnr_retry = 7,
 		.sq_psn = sq_psn,
-		.max_rd_atomic = d->max_rd_atomic,
+		.max_rd_atomic = max_rd_atomic,
 	};
 
 	return tq_modify(d, qp, &attr,
@@ -503,6 +503,24 @@ int tq_shim_qp_state(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err)
 		return -1;
 	}
 	return attr.qp_state;
+}
+
+int tq_shim_qp_rd_atomic(struct tq_dev *d, struct ibv_qp *qp, uint8_t *max_rd_atomic, uint8_t *max_dest_rd_atomic,
+			 struct tq_err *err)
+{
+	struct ibv_qp_attr attr;
+	struct ibv_qp_init_attr init;
+	int ret;
+
+	memset(&attr, 0, sizeof(attr));
+	ret = d->v->query_qp(qp, &attr, IBV_QP_MAX_QP_RD_ATOMIC | IBV_QP_MAX_DEST_RD_ATOMIC, &init);
+	if (ret) {
+		tq_set_err(err, "ibv_query_qp", ret > 0 ? ret : errno);
+		return -1;
+	}
+	*max_rd_atomic = attr.max_rd_atomic;
+	*max_dest_rd_atomic = attr.max_dest_rd_atomic;
+	return 0;
 }
 
 int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err)

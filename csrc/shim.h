@@ -28,7 +28,9 @@
 #define TQ_SHIM_MAX_CHAIN 256 /* work requests per tq_shim_post call */
 #define TQ_SHIM_NAME_LEN 64
 /* RDMA READs in flight per queue pair, each way, at most: the device's
- * limits (max_qp_init_rd_atom, max_qp_rd_atom) when they are lower. */
+ * limits (max_qp_init_rd_atom, max_qp_rd_atom) when they are lower. What a
+ * connection uses is negotiated with the peer in Go (the lower of the
+ * initiator's and the responder's) and passed to qp_rtr and qp_rts. */
 #define TQ_SHIM_RD_ATOM 16
 
 struct tq_err {
@@ -42,8 +44,8 @@ struct tq_dev {
 	struct ibv_pd *pd;
 	uint8_t port;
 	uint8_t gid_index;	    /* the port's GID this side's queue pairs use */
-	uint8_t max_rd_atomic;	    /* TQ_SHIM_RD_ATOM or max_qp_init_rd_atom */
-	uint8_t max_dest_rd_atomic; /* TQ_SHIM_RD_ATOM or max_qp_rd_atom */
+	uint8_t max_rd_atomic;	    /* TQ_SHIM_RD_ATOM or max_qp_init_rd_atom, if lower */
+	uint8_t max_dest_rd_atomic; /* TQ_SHIM_RD_ATOM or max_qp_rd_atom, if lower */
 	int emulated;
 	char name[TQ_SHIM_NAME_LEN];
 };
@@ -107,11 +109,14 @@ struct ibv_qp *tq_shim_create_qp(struct tq_dev *d, struct ibv_cq *cq, uint32_t m
 				 struct tq_err *err);
 int tq_shim_qp_init(struct tq_dev *d, struct ibv_qp *qp, int access, struct tq_err *err);
 int tq_shim_qp_rtr(struct tq_dev *d, struct ibv_qp *qp, uint32_t dest_qpn, uint32_t rq_psn, uint16_t dlid,
-		   const uint8_t *dgid, int mtu, struct tq_err *err);
+		   const uint8_t *dgid, int mtu, uint8_t max_dest_rd_atomic, struct tq_err *err);
 int tq_shim_qp_rts(struct tq_dev *d, struct ibv_qp *qp, uint32_t sq_psn, uint8_t timeout, uint8_t retry_cnt,
-		   struct tq_err *err);
+		   uint8_t max_rd_atomic, struct tq_err *err);
 int tq_shim_qp_error(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
 int tq_shim_qp_state(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
+/* The QP's max_rd_atomic and max_dest_rd_atomic, or -1 with *err. */
+int tq_shim_qp_rd_atomic(struct tq_dev *d, struct ibv_qp *qp, uint8_t *max_rd_atomic, uint8_t *max_dest_rd_atomic,
+			 struct tq_err *err);
 int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
 
 /*

@@ -73,6 +73,12 @@ enum tq_emu_fault {
 };
 int tq_emu_inject(struct ibv_context *context, int kind, int after, int count, int err);
 
+/* Sets the emulated device name's max_qp_rd_atom (RDMA READs a QP serves
+ * at once) and max_qp_init_rd_atom (READs a QP may have in flight) for the
+ * contexts opened from now on in this process; 0: the default, 16. Returns
+ * 0, or -1 with errno EINVAL for an unknown name or a value over 255. */
+int tq_emu_set_rd_atom(const char *name, int rd_atom, int init_rd_atom);
+
 /* Live objects of all emulated contexts of this process, for leak tests. */
 struct tq_emu_counts {
 	int contexts, pds, mrs, cqs, qps;

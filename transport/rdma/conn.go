@@ -198,8 +198,10 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 		return nil, err
 	}
 	port := dev.Port()
+	rd := dev.ReadDepth()
 	req := &wirepb.RdmaConnectRequest{Device: dev.Name(), Emulated: dev.Emulated(), Mtu: uint32(port.MTU),
-		Timeout: uint32(c.cfg.AckTimeout), RetryCnt: uint32(c.cfg.RetryCnt)}
+		Timeout: uint32(c.cfg.AckTimeout), RetryCnt: uint32(c.cfg.RetryCnt),
+		MaxQpInitRdAtom: uint32(rd.Init), MaxQpRdAtom: uint32(rd.Resp)}
 	for _, e := range qs.endpoints() {
 		req.Qps = append(req.Qps, endpointPB(e))
 	}
@@ -225,7 +227,9 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 	if mtu == 0 || mtu > port.MTU {
 		mtu = port.MTU
 	}
-	if _, err := qs.connect(remote, HandshakeOpts{MTU: mtu, Timeout: c.cfg.AckTimeout, RetryCnt: c.cfg.RetryCnt}); err != nil {
+	// READs in flight: no more than the unit's queue pairs serve.
+	rd = rd.With(peerReadDepth(reply.MaxQpInitRdAtom, reply.MaxQpRdAtom))
+	if _, err := qs.connect(remote, HandshakeOpts{MTU: mtu, Timeout: c.cfg.AckTimeout, RetryCnt: c.cfg.RetryCnt, ReadDepth: rd}); err != nil {
 		qs.Close()
 		return nil, fmt.Errorf("rdma connect: %w", err)
 	}

@@ -30,7 +30,13 @@ var _ storage.RDMATarget = (*Target)(nil)
 // "host" to the emulator).
 func inProcUnit(t *testing.T) (*Target, *storage.Unit, string) {
 	t.Helper()
-	dev, err := OpenDevice("emu1")
+	return inProcUnitOn(t, "emu1")
+}
+
+// inProcUnitOn is inProcUnit on the emulated device name.
+func inProcUnitOn(t *testing.T, name string) (*Target, *storage.Unit, string) {
+	t.Helper()
+	dev, err := OpenDevice(name)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
 	tgt := NewTarget(dev)

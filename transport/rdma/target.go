@@ -158,17 +158,20 @@ func (t *Target) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectRep
 	if req.Mtu != 0 && int(req.Mtu) < mtu {
 		mtu = int(req.Mtu)
 	}
+	own := t.dev.ReadDepth()
 	set, err := newQPSet(t.dev, len(remote), QPCaps{MaxWR: 1, MaxSGE: 1})
 	if err != nil {
 		return nil, nil, err
 	}
-	eps, err := set.connect(remote, HandshakeOpts{Access: AccessRemoteRead | AccessRemoteWrite, MTU: mtu, Timeout: 14, RetryCnt: 7})
+	eps, err := set.connect(remote, HandshakeOpts{Access: AccessRemoteRead | AccessRemoteWrite, MTU: mtu, Timeout: 14, RetryCnt: 7,
+		ReadDepth: own.With(peerReadDepth(req.MaxQpInitRdAtom, req.MaxQpRdAtom))})
 	if err != nil {
 		set.Close()
 		return nil, nil, err
 	}
 	segs, _ := t.Segments(nil)
-	reply := &wirepb.RdmaConnectReply{Device: t.dev.Name(), Emulated: t.dev.Emulated(), Mtu: uint32(mtu), Segments: segs}
+	reply := &wirepb.RdmaConnectReply{Device: t.dev.Name(), Emulated: t.dev.Emulated(), Mtu: uint32(mtu), Segments: segs,
+		MaxQpInitRdAtom: uint32(own.Init), MaxQpRdAtom: uint32(own.Resp)}
 	for _, e := range eps {
 		reply.Qps = append(reply.Qps, endpointPB(e))
 	}
@@ -216,6 +219,13 @@ func (t *Target) Close() error {
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
+
+// peerReadDepth is the READ limits a peer sent in RDMA_CONNECT; a value
+// past what a queue pair takes (255) is as good as no limit, so the own
+// side's decides.
+func peerReadDepth(init, resp uint32) ReadDepth {
+	return ReadDepth{Init: uint8(min(init, 255)), Resp: uint8(min(resp, 255))}
+}
 
 func endpointPB(e Endpoint) *wirepb.RdmaEndpoint {
 	return &wirepb.RdmaEndpoint{Lid: uint32(e.LID), Gid: e.GID[:], Qpn: e.QPN, Psn: e.PSN}

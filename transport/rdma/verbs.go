@@ -67,6 +67,26 @@ type Endpoint struct {
 	PSN uint32
 }
 
+// ReadDepth is how many RDMA READs a queue pair has outstanding at once:
+// Init as the initiator (max_rd_atomic, bounded by the device's
+// max_qp_init_rd_atom) and Resp as the responder (max_dest_rd_atomic,
+// bounded by max_qp_rd_atom). A device's is its limits, at most 16.
+type ReadDepth struct{ Init, Resp uint8 }
+
+// With is the depth a queue pair of this side uses with a peer whose
+// device's depth is peer, the ibverbs rule both sides apply alike: READs
+// one side may have in flight are the lower of its own Init and the
+// responder's Resp, and the responder makes room for no more (a responder
+// that gets more READs than its resources NAKs them, and the initiator's
+// QP fails with a remote invalid request error). A peer that did not say
+// (a zero field: an older build) leaves d as it is, as before.
+func (d ReadDepth) With(peer ReadDepth) ReadDepth {
+	if peer.Init == 0 || peer.Resp == 0 {
+		return d
+	}
+	return ReadDepth{Init: min(d.Init, peer.Resp), Resp: min(d.Resp, peer.Init)}
+}
+
 // PortInfo describes the port a device was opened on.
 type PortInfo struct {
 	LID       uint16

@@ -79,6 +79,7 @@ type Device struct {
 	name     string
 	emulated bool
 	port     PortInfo
+	rd       ReadDepth // the device's limits, at most 16
 
 	mu     sync.Mutex
 	c      *C.struct_tq_dev
@@ -106,7 +107,8 @@ func OpenDevice(name string) (*Device, error) {
 		}
 		return nil, err
 	}
-	d := &Device{name: name, emulated: c.emulated != 0, c: c}
+	d := &Device{name: name, emulated: c.emulated != 0, c: c,
+		rd: ReadDepth{Init: uint8(c.max_rd_atomic), Resp: uint8(c.max_dest_rd_atomic)}}
 	var pi C.struct_tq_port_info
 	if C.tq_shim_query_port(c, &pi, &e) != 0 {
 		err := fmt.Errorf("port 1 (gid index %d): %w", gi, cerr(name, &e))
@@ -132,6 +134,10 @@ func (d *Device) Emulated() bool { return d.emulated }
 
 // Port describes the opened port.
 func (d *Device) Port() PortInfo { return d.port }
+
+// ReadDepth is the device's RDMA READ limits per queue pair
+// (max_qp_init_rd_atom, max_qp_rd_atom), at most 16 each.
+func (d *Device) ReadDepth() ReadDepth { return d.rd }
 
 // Close deallocates the protection domain and closes the device. It fails
 // (EBUSY) while registrations, completion queues or queue pairs made
@@ -340,6 +346,10 @@ type HandshakeOpts struct {
 	MTU      int    // enum ibv_mtu; 0: the port's active MTU
 	Timeout  uint8  // local ACK timeout: 4.096 µs × 2^Timeout per try
 	RetryCnt uint8  // tries before a retry-exceeded completion
+	// ReadDepth is the QP's max_rd_atomic (Init) and max_dest_rd_atomic
+	// (Resp), agreed with the peer (see [ReadDepth.With]); the zero value
+	// is the device's own, [Device.ReadDepth].
+	ReadDepth ReadDepth
 }
 
 // Handshake walks the QP through INIT, RTR (connected to remote) and RTS.
@@ -355,12 +365,16 @@ func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 	if mtu == 0 {
 		mtu = q.d.port.MTU
 	}
+	rd := o.ReadDepth
+	if rd == (ReadDepth{}) {
+		rd = q.d.ReadDepth()
+	}
 	var e C.struct_tq_err
 	gid := (*C.uint8_t)(unsafe.Pointer(&remote.GID[0]))
 	switch {
 	case C.tq_shim_qp_init(c, q.c, C.int(o.Access), &e) != 0,
-		C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), &e) != 0,
-		C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), &e) != 0:
+		C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), C.uint8_t(rd.Resp), &e) != 0,
+		C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), C.uint8_t(rd.Init), &e) != 0:
 		err := cerr(q.d.name, &e)
 		q.Close()
 		return nil, err
@@ -436,6 +450,26 @@ func (q *QP) State() (int, error) {
 	return int(s), nil
 }
 
+// ReadDepth is the QP's max_rd_atomic (Init) and max_dest_rd_atomic
+// (Resp), as the device has them.
+func (q *QP) ReadDepth() (ReadDepth, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return ReadDepth{}, fmt.Errorf("queue pair destroyed: %w", engine.ErrClosed)
+	}
+	c, err := q.d.handle()
+	if err != nil {
+		return ReadDepth{}, err
+	}
+	var init, resp C.uint8_t
+	var e C.struct_tq_err
+	if C.tq_shim_qp_rd_atomic(c, q.c, &init, &resp, &e) != 0 {
+		return ReadDepth{}, cerr(q.d.name, &e)
+	}
+	return ReadDepth{Init: uint8(init), Resp: uint8(resp)}, nil
+}
+
 // Close destroys the QP. It is idempotent.
 func (q *QP) Close() error {
 	q.mu.Lock()
@@ -459,6 +493,20 @@ func (d *Device) InjectFault(kind, after, count, err int) error {
 	if r, cerrno := C.tq_emu_inject(c.ctx, C.int(kind), C.int(after), C.int(count), C.int(err)); r != 0 {
 		en, _ := cerrno.(syscall.Errno)
 		return &Error{Op: "tq_emu_inject", Errno: en, Device: d.name}
+	}
+	return nil
+}
+
+// SetEmulatedReadDepth makes the emulated device name report d as its
+// max_qp_init_rd_atom (Init) and max_qp_rd_atom (Resp) when it is opened
+// from now on in this process (zero fields: the default, 16), so that tests
+// can pair devices with different limits.
+func SetEmulatedReadDepth(name string, d ReadDepth) error {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	if r, cerrno := C.tq_emu_set_rd_atom(cname, C.int(d.Resp), C.int(d.Init)); r != 0 {
+		en, _ := cerrno.(syscall.Errno)
+		return &Error{Op: "tq_emu_set_rd_atom", Errno: en, Device: name}
 	}
 	return nil
 }

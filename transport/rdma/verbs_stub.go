@@ -17,6 +17,7 @@ func OpenDevice(string) (*Device, error) { return nil, errNoRDMA }
 func (d *Device) Name() string                         { return "" }
 func (d *Device) Emulated() bool                       { return false }
 func (d *Device) Port() PortInfo                       { return PortInfo{} }
+func (d *Device) ReadDepth() ReadDepth                 { return ReadDepth{} }
 func (d *Device) Close() error                         { return nil }
 func (d *Device) Register([]byte, Access) (*MR, error) { return nil, errNoRDMA }
 func (d *Device) RegisterDmabuf(int, uint64, uint64, uint64, Access) (*MR, error) {
@@ -46,10 +47,11 @@ type QPCaps struct{ MaxWR, MaxSGE uint32 }
 
 // HandshakeOpts tunes the RTR and RTS transitions.
 type HandshakeOpts struct {
-	Access   Access
-	MTU      int
-	Timeout  uint8
-	RetryCnt uint8
+	Access    Access
+	MTU       int
+	Timeout   uint8
+	RetryCnt  uint8
+	ReadDepth ReadDepth
 }
 
 // PreparedQP is a queue pair before its handshake.
@@ -66,10 +68,14 @@ func (q *QP) QPN() uint32                   { return 0 }
 func (q *QP) Post([]WR, []SGE) (int, error) { return 0, errNoRDMA }
 func (q *QP) Fail() error                   { return errNoRDMA }
 func (q *QP) State() (int, error)           { return 0, errNoRDMA }
+func (q *QP) ReadDepth() (ReadDepth, error) { return ReadDepth{}, errNoRDMA }
 func (q *QP) Close() error                  { return nil }
 
 // EmuCounts reports the emulated device's live objects.
 type EmuCounts struct{ Contexts, PDs, MRs, CQs, QPs, RemoteMaps int }
+
+// SetEmulatedReadDepth fails: this build has no emulated device.
+func SetEmulatedReadDepth(string, ReadDepth) error { return errNoRDMA }
 
 // EmulatedCounts reports nothing in this build.
 func EmulatedCounts() EmuCounts { return EmuCounts{} }

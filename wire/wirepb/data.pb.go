@@ -820,15 +820,22 @@ func (x *RdmaEndpoint) GetPsn() uint32 {
 // RESET state, for the unit to connect its own to. A second RDMA_CONNECT
 // on a connection replaces the queue pairs of the first.
 type RdmaConnectRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`      // the client's device (for logs)
-	Emulated      bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"` // the client's device is the emulated one
-	Mtu           uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`           // enum ibv_mtu the client's port runs
-	Qps           []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
-	Timeout       uint32                 `protobuf:"varint,5,opt,name=timeout,proto3" json:"timeout,omitempty"` // the client's local ACK timeout exponent
-	RetryCnt      uint32                 `protobuf:"varint,6,opt,name=retry_cnt,json=retryCnt,proto3" json:"retry_cnt,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Device   string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`      // the client's device (for logs)
+	Emulated bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"` // the client's device is the emulated one
+	Mtu      uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`           // enum ibv_mtu the client's port runs
+	Qps      []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
+	Timeout  uint32                 `protobuf:"varint,5,opt,name=timeout,proto3" json:"timeout,omitempty"` // the client's local ACK timeout exponent
+	RetryCnt uint32                 `protobuf:"varint,6,opt,name=retry_cnt,json=retryCnt,proto3" json:"retry_cnt,omitempty"`
+	// The client's device's RDMA READ limits per queue pair, at most 16:
+	// READs it may have in flight (max_qp_init_rd_atom) and READs it serves
+	// at once (max_qp_rd_atom). Each side's QPs use, per direction, the
+	// lower of the initiator's max_qp_init_rd_atom and the responder's
+	// max_qp_rd_atom. 0 (an older client): the unit uses its own limits.
+	MaxQpInitRdAtom uint32 `protobuf:"varint,7,opt,name=max_qp_init_rd_atom,json=maxQpInitRdAtom,proto3" json:"max_qp_init_rd_atom,omitempty"`
+	MaxQpRdAtom     uint32 `protobuf:"varint,8,opt,name=max_qp_rd_atom,json=maxQpRdAtom,proto3" json:"max_qp_rd_atom,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RdmaConnectRequest) Reset() {
@@ -903,17 +910,35 @@ func (x *RdmaConnectRequest) GetRetryCnt() uint32 {
 	return 0
 }
 
+func (x *RdmaConnectRequest) GetMaxQpInitRdAtom() uint32 {
+	if x != nil {
+		return x.MaxQpInitRdAtom
+	}
+	return 0
+}
+
+func (x *RdmaConnectRequest) GetMaxQpRdAtom() uint32 {
+	if x != nil {
+		return x.MaxQpRdAtom
+	}
+	return 0
+}
+
 // RdmaConnectReply: the unit's queue pairs (already in RTS), one per
 // client QP in the same order, and its live segments.
 type RdmaConnectReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Device        string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	Emulated      bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"`
-	Mtu           uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
-	Qps           []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
-	Segments      []*RdmaSegment         `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Device   string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	Emulated bool                   `protobuf:"varint,2,opt,name=emulated,proto3" json:"emulated,omitempty"`
+	Mtu      uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Qps      []*RdmaEndpoint        `protobuf:"bytes,4,rep,name=qps,proto3" json:"qps,omitempty"`
+	Segments []*RdmaSegment         `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"`
+	// The unit's device's RDMA READ limits, as in RdmaConnectRequest. 0 (an
+	// older unit): the client uses its own limits.
+	MaxQpInitRdAtom uint32 `protobuf:"varint,6,opt,name=max_qp_init_rd_atom,json=maxQpInitRdAtom,proto3" json:"max_qp_init_rd_atom,omitempty"`
+	MaxQpRdAtom     uint32 `protobuf:"varint,7,opt,name=max_qp_rd_atom,json=maxQpRdAtom,proto3" json:"max_qp_rd_atom,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RdmaConnectReply) Reset() {
@@ -979,6 +1004,20 @@ func (x *RdmaConnectReply) GetSegments() []*RdmaSegment {
 		return x.Segments
 	}
 	return nil
+}
+
+func (x *RdmaConnectReply) GetMaxQpInitRdAtom() uint32 {
+	if x != nil {
+		return x.MaxQpInitRdAtom
+	}
+	return 0
+}
+
+func (x *RdmaConnectReply) GetMaxQpRdAtom() uint32 {
+	if x != nil {
+		return x.MaxQpRdAtom
+	}
+	return 0
 }
 
 // RdmaSegment is one arena segment as registered memory: a client reads
@@ -1200,20 +1239,24 @@ const file_data_proto_rawDesc = "" +
 	"\x03lid\x18\x01 \x01(\rR\x03lid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\fR\x03gid\x12\x10\n" +
 	"\x03qpn\x18\x03 \x01(\rR\x03qpn\x12\x10\n" +
-	"\x03psn\x18\x04 \x01(\rR\x03psn\"\xbd\x01\n" +
+	"\x03psn\x18\x04 \x01(\rR\x03psn\"\x90\x02\n" +
 	"\x12RdmaConnectRequest\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x1a\n" +
 	"\bemulated\x18\x02 \x01(\bR\bemulated\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12*\n" +
 	"\x03qps\x18\x04 \x03(\v2\x18.tq.wire.v1.RdmaEndpointR\x03qps\x12\x18\n" +
 	"\atimeout\x18\x05 \x01(\rR\atimeout\x12\x1b\n" +
-	"\tretry_cnt\x18\x06 \x01(\rR\bretryCnt\"\xb9\x01\n" +
+	"\tretry_cnt\x18\x06 \x01(\rR\bretryCnt\x12,\n" +
+	"\x13max_qp_init_rd_atom\x18\a \x01(\rR\x0fmaxQpInitRdAtom\x12#\n" +
+	"\x0emax_qp_rd_atom\x18\b \x01(\rR\vmaxQpRdAtom\"\x8c\x02\n" +
 	"\x10RdmaConnectReply\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x1a\n" +
 	"\bemulated\x18\x02 \x01(\bR\bemulated\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12*\n" +
 	"\x03qps\x18\x04 \x03(\v2\x18.tq.wire.v1.RdmaEndpointR\x03qps\x123\n" +
-	"\bsegments\x18\x05 \x03(\v2\x17.tq.wire.v1.RdmaSegmentR\bsegments\"Y\n" +
+	"\bsegments\x18\x05 \x03(\v2\x17.tq.wire.v1.RdmaSegmentR\bsegments\x12,\n" +
+	"\x13max_qp_init_rd_atom\x18\x06 \x01(\rR\x0fmaxQpInitRdAtom\x12#\n" +
+	"\x0emax_qp_rd_atom\x18\a \x01(\rR\vmaxQpRdAtom\"Y\n" +
 	"\vRdmaSegment\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\x04R\x04addr\x12\x12\n" +

@@ -759,6 +759,16 @@ func (m *RdmaConnectRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.MaxQpRdAtom != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxQpRdAtom))
+		i--
+		dAtA[i] = 0x40
+	}
+	if m.MaxQpInitRdAtom != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxQpInitRdAtom))
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.RetryCnt != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.RetryCnt))
 		i--
@@ -835,6 +845,16 @@ func (m *RdmaConnectReply) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.MaxQpRdAtom != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxQpRdAtom))
+		i--
+		dAtA[i] = 0x38
+	}
+	if m.MaxQpInitRdAtom != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxQpInitRdAtom))
+		i--
+		dAtA[i] = 0x30
 	}
 	if len(m.Segments) > 0 {
 		for iNdEx := len(m.Segments) - 1; iNdEx >= 0; iNdEx-- {
@@ -1321,6 +1341,12 @@ func (m *RdmaConnectRequest) SizeVT() (n int) {
 	if m.RetryCnt != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.RetryCnt))
 	}
+	if m.MaxQpInitRdAtom != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxQpInitRdAtom))
+	}
+	if m.MaxQpRdAtom != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxQpRdAtom))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1352,6 +1378,12 @@ func (m *RdmaConnectReply) SizeVT() (n int) {
 			l = e.SizeVT()
 			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.MaxQpInitRdAtom != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxQpInitRdAtom))
+	}
+	if m.MaxQpRdAtom != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxQpRdAtom))
 	}
 	n += len(m.unknownFields)
 	return n
