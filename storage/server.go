@@ -74,6 +74,13 @@ type ServerConfig struct {
 	// it parks until the client rings (0: shmring.DefaultSpin; negative:
 	// not at all).
 	RingSpin time.Duration
+	// Quarantine bounds how long the reservations and leases of a
+	// same-host connection that ended without the client's goodbye
+	// (SHM_GOODBYE) stay out of reuse while the client process lives:
+	// it may still be copying into them (see quarantine.go). They go
+	// back earlier when that process exits. 0: DefaultQuarantine;
+	// negative: none, they go back when the connection ends.
+	Quarantine time.Duration
 	// RDMA, when set, serves RDMA_CONNECT and RDMA_SEGMENTS with it
 	// (transport/rdma.Target); NewServer makes it the unit's segment
 	// watcher. Nil: the unit offers no RDMA.
@@ -102,6 +109,8 @@ type Server struct {
 	rings   atomic.Int64 // control rings open
 
 	traffic traffic // column bytes by transport (DataBytes)
+
+	quar quarantines // dead sessions' holds (quarantine.go)
 }
 
 // DefaultMaxRings is ServerConfig.MaxRings' default.
@@ -116,6 +125,9 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.MaxRings <= 0 {
 		cfg.MaxRings = DefaultMaxRings
 	}
+	if cfg.Quarantine == 0 {
+		cfg.Quarantine = DefaultQuarantine
+	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is
@@ -127,7 +139,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		TrustPeerCred: cfg.TrustPeerCred,
 		Logger:        cfg.Logger,
 		IdleTimeout:   cfg.IdleTimeout,
-		NewSession:    newSession,
+		NewSession:    s.newSession,
 		Observer:      cfg.Observer,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
@@ -144,6 +156,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	s.ws.HandleInline(wire.OpReserveAbort, s.reserveAbort)
 	s.ws.HandleInline(wire.OpAcquire, s.acquire)
 	s.ws.HandleInline(wire.OpRelease, s.release)
+	s.ws.HandleInline(wire.OpShmGoodbye, s.goodbye)
 	if cfg.RDMA != nil {
 		u.WatchSegments(cfg.RDMA)
 		s.ws.Handle(wire.OpRdmaConnect, s.rdmaConnect)
@@ -194,12 +207,19 @@ func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopFd()
 	err := s.ws.Shutdown(ctx)
-	return errors.Join(err, s.closeFd())
+	err = errors.Join(err, s.closeFd())
+	s.endQuarantines()
+	return err
 }
 
 // Close closes the listeners and every connection at once and waits for
-// the server's goroutines, handlers included. It is idempotent.
-func (s *Server) Close() error { return errors.Join(s.closeFd(), s.ws.Close()) }
+// the server's goroutines, handlers included. It gives back the holds in
+// quarantine (see [ServerConfig.Quarantine]) at once. It is idempotent.
+func (s *Server) Close() error {
+	err := errors.Join(s.closeFd(), s.ws.Close())
+	s.endQuarantines()
+	return err
+}
 
 // Traffic returns the bytes the unit's wire server read and wrote on its
 // sockets. Shared-memory puts and gets move only control messages there.

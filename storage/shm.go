@@ -10,9 +10,12 @@ package storage
 //	            RESERVE_ABORT, ACQUIRE and RELEASE run on the unit's wire
 //	            connections. Each connection has a session that tracks,
 //	            by id, the reservations and leases it opened; when the
-//	            connection ends — a clean close, or a client killed with
-//	            SIGKILL — the session aborts the reservations and releases
-//	            the leases, so a dead client gives its memory back.
+//	            connection ends the session aborts the reservations and
+//	            releases the leases, so a dead client gives its memory
+//	            back: at once after the client's SHM_GOODBYE or when the
+//	            client process is gone (killed with SIGKILL, say), and
+//	            otherwise after a quarantine, since a live client may
+//	            still be copying into them (quarantine.go).
 //
 // Reservations made for a session are "held" (see Unit.ReserveHeld): when
 // one outlives Config.ReserveTimeout it can no longer commit, but its
@@ -25,7 +28,8 @@ package storage
 //	            (wire.Server.ServeConn), with a session like a socket
 //	            connection's. The fd socket connection stays open as the
 //	            ring's liveness signal: when the client dies, it reads EOF,
-//	            the ring breaks and the session gives the holds back.
+//	            the ring breaks and the session gives the holds back (it
+//	            knows the client process by that socket's peer).
 //
 // Trust: a client that was given a segment can read and write all of it,
 // but not resize it: segment memfds are sealed (see segment.go).
@@ -60,7 +64,12 @@ const fdRequestTimeout = 5 * time.Second
 
 // session is one wire connection's reservations and leases.
 type session struct {
+	srv  *Server
 	unix bool // the connection is a unix socket or a control ring: same host
+	// pidfd is the client process's on a same-host connection, taken when
+	// it connected (see quarantine.go); -1 when unknown. The session's end
+	// closes it or hands it to the quarantine.
+	pidfd int
 
 	mu     sync.Mutex
 	closed bool
@@ -70,18 +79,35 @@ type session struct {
 	rdma   io.Closer // the connection's RDMA queue pairs (rdma.go)
 }
 
-func newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
+func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 	network := nc.LocalAddr().Network()
-	return &session{
+	sess := &session{
+		srv:    s,
 		unix:   network == "unix" || network == shmring.Network,
+		pidfd:  -1,
 		res:    map[uint64]*Reservation{},
 		leases: map[uint64]*Lease{},
 	}
+	if sess.unix && s.cfg.Quarantine > 0 {
+		sess.pidfd = peerPidfd(nc)
+	}
+	return sess
 }
 
-// Close aborts the open reservations and releases the leases.
-func (s *session) Close() {
+// Close ends the session without the client's goodbye: see end.
+func (s *session) Close() { s.end(false) }
+
+// end closes the RDMA queue pairs and gives the holds back: at once after
+// the client's goodbye, on a connection from another host (only the
+// queue pairs reached the memory), or when the client process is gone;
+// otherwise the holds go to quarantine (quarantine.go). It runs once;
+// later calls do nothing.
+func (s *session) end(goodbye bool) {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
 	s.closed = true
 	res, leases, qps := s.res, s.leases, s.rdma
 	s.res, s.leases, s.rdma = nil, nil, nil
@@ -89,12 +115,22 @@ func (s *session) Close() {
 	if qps != nil {
 		qps.Close()
 	}
+	rs := make([]*Reservation, 0, len(res))
 	for _, r := range res {
-		r.Abort()
+		rs = append(rs, r)
 	}
+	ls := make([]*Lease, 0, len(leases))
 	for _, l := range leases {
-		l.Release()
+		ls = append(ls, l)
 	}
+	if !goodbye && s.unix && s.srv.cfg.Quarantine > 0 && len(rs)+len(ls) > 0 {
+		s.srv.quarantine(rs, ls, s.pidfd)
+		return
+	}
+	if s.pidfd >= 0 {
+		unix.Close(s.pidfd)
+	}
+	giveBack(rs, ls)
 }
 
 func sessionOf(req *wire.Request) (*session, error) {
@@ -318,6 +354,23 @@ func (s *Server) release(_ context.Context, req *wire.Request, rw *wire.ReplyWri
 		return
 	}
 	l.Release()
+	rw.Reply(&wirepb.Empty{}, nil, nil)
+}
+
+// goodbye serves SHM_GOODBYE: Empty → Empty. The client will touch none
+// of the connection's holds again (it stopped its copies, and its views
+// and reservations are invalid from now on): they are given back at once,
+// with no quarantine, and the connection opens no more.
+func (s *Server) goodbye(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+	sess, err := sessionOf(req)
+	if err == nil {
+		err = req.Decode(&wirepb.Empty{})
+	}
+	if err != nil {
+		rw.Error(err)
+		return
+	}
+	sess.end(true)
 	rw.Reply(&wirepb.Empty{}, nil, nil)
 }
 

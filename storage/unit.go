@@ -69,6 +69,7 @@ type Unit struct {
 	growing    int64    // bytes of segments being mapped outside the lock
 	used       int64
 	reserved   int64
+	quarBytes  int64 // see Stats.Quarantined
 	extents    int
 	leases     int
 	openHead   *Reservation
@@ -102,6 +103,11 @@ type Stats struct {
 	Leases           int
 	HugePages        bool  // new segments use hugetlb pages
 	PageSize         int64 // page size of new segments: 4 KiB or 2 MiB
+	// Quarantined is the bytes that the reservations and leases of
+	// same-host connections that ended without a goodbye cover while
+	// their servers keep them out of reuse (see ServerConfig.Quarantine);
+	// Used counts them.
+	Quarantined int64
 }
 
 // SegmentInfo describes one segment for handing it to another process.
@@ -833,7 +839,15 @@ func (u *Unit) Stats() Stats {
 		Leases:           u.leases,
 		HugePages:        u.hugetlb,
 		PageSize:         u.segPage,
+		Quarantined:      u.quarBytes,
 	}
+}
+
+// addQuarantined counts n more bytes in quarantine (see Stats.Quarantined).
+func (u *Unit) addQuarantined(n int64) {
+	u.mu.Lock()
+	u.quarBytes += n
+	u.mu.Unlock()
 }
 
 // Segments describes the unit's live segments, in the order they were

@@ -68,13 +68,15 @@ const (
 	// Client → storage unit on the same host (shared memory, unix sockets
 	// only for SHM_SEGMENTS). Reservations and leases belong to the
 	// connection that made them: when it ends, the unit aborts and
-	// releases whatever it still holds.
+	// releases whatever it still holds — at once after SHM_GOODBYE or
+	// once the client process is gone, else after a quarantine.
 	OpShmSegments   Op = 68
 	OpReserve       Op = 69
 	OpReserveCommit Op = 70 // COMMIT of a reservation (op 20 is the controller's COMMIT)
 	OpReserveAbort  Op = 71
 	OpAcquire       Op = 72
 	OpRelease       Op = 73
+	OpShmGoodbye    Op = 76 // the client will touch none of the connection's holds again
 
 	// Client → storage unit with an RDMA device: queue pairs and
 	// registered segments. RESERVE, RESERVE_COMMIT, RESERVE_ABORT,
@@ -99,7 +101,7 @@ var opNames = map[Op]string{
 	OpDrainUnit: "DRAIN_UNIT", OpUnitCells: "UNIT_CELLS", OpMoveCells: "MOVE_CELLS", OpMoved: "MOVED",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
-	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE",
+	OpReserveAbort: "RESERVE_ABORT", OpAcquire: "ACQUIRE", OpRelease: "RELEASE", OpShmGoodbye: "SHM_GOODBYE",
 	OpRdmaConnect: "RDMA_CONNECT", OpRdmaSegments: "RDMA_SEGMENTS",
 }
 

@@ -471,6 +471,11 @@ func (c *Conn) Close() error {
 	return c.closeErr
 }
 
+// Link returns the liveness socket NewConn was given (nil if none), for
+// asking the kernel about the peer (SO_PEERCRED); the Conn owns it, so
+// the caller must neither read, write nor close it.
+func (c *Conn) Link() net.Conn { return c.link }
+
 // LocalAddr returns the liveness socket's local address under [Network].
 func (c *Conn) LocalAddr() net.Addr { return c.addr }
 

@@ -67,7 +67,11 @@ func TestRingNoLeak(t *testing.T) {
 	settle(t, tu.u)
 	fds, maps := openFds(t), ringMappings(t)
 	for range 3 {
-		tr := New(Config{Control: ControlRing})
+		control := ControlRing
+		if os.Getenv(ringCtlEnv) == "socket" {
+			control = ControlSocket
+		}
+		tr := New(Config{Control: control})
 		c, err := tr.DialConn(t.Context(), engine.PeerInfo{Addr: tu.addr})
 		if err != nil {
 			t.Fatal(err)
@@ -135,6 +139,7 @@ const (
 	ringAddrEnv  = "TQ_RING_CHILD_ADDR" // client: the unit's address
 	ringCapEnv   = "TQ_RING_CHILD_CAP"  // unit: capacity in bytes
 	ringSpinEnv  = "TQ_RING_SPIN"       // both: a ring's spin before it sleeps
+	ringCtlEnv   = "TQ_RING_CHILD_CTL"  // client: "socket" for ControlSocket (else ControlRing)
 )
 
 // child is a started TestRingChild; ready returns its first stdout line.
@@ -241,7 +246,11 @@ func TestRingChild(t *testing.T) {
 
 	case "client":
 		ctx := context.Background()
-		tr := New(Config{Control: ControlRing})
+		control := ControlRing
+		if os.Getenv(ringCtlEnv) == "socket" {
+			control = ControlSocket
+		}
+		tr := New(Config{Control: control})
 		c, err := tr.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv(ringAddrEnv)})
 		if err != nil {
 			t.Fatal(err)

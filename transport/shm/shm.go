@@ -21,15 +21,19 @@ package shm
 // can be given back; a hold whose id is lost anyway (the connection broke)
 // is given back by the unit when the connection ends.
 //
-// The unit gives a connection's holds back the moment it ends, and may
-// hand their bytes to another put at once; so no copy of Write or Read
-// may run through a hold past the connection's end. Close stops the
-// copies in flight (they check between chunks) and waits for them before
-// it closes the connection. A connection that ends otherwise (the unit
-// hangs up, a ping times out) stops them too, and a Read whose connection
-// ended before its copy finished fails: the bytes may be another put's.
-// A Write's copy can still run a moment past such an end, until this
-// side sees it (see Conn.Write).
+// Close stops the copies in flight (they check between chunks), waits
+// for them, and then says goodbye (SHM_GOODBYE) before it closes the
+// connection: the unit gives the connection's holds back at once, and may
+// hand their bytes to another put. A connection that ends otherwise — the
+// unit hangs up, or a ping times out — stops the copies too, and a Read
+// whose connection ended before its copy finished fails: the bytes may be
+// another put's. A Write's copy can still run a moment past such an end,
+// until this side sees it, and a caller can still write a Reservation's
+// Buf or read a Lease's views; so the unit keeps the holds of a
+// connection that ended without a goodbye in quarantine, out of reuse,
+// until this process exits or the unit's quarantine
+// (storage.ServerConfig.Quarantine, 30 s by default) passes
+// (storage/quarantine.go).
 
 import (
 	"context"
@@ -168,7 +172,7 @@ func (t *Transport) Close() error { return t.conns.Close() }
 // they are valid until the lease is released or the reservation ends, and
 // never after [Conn.Close], which unmaps the segments. The unit holds
 // them for this connection only: once it ends ([Conn.Gone]), it may hand
-// their bytes to others.
+// their bytes to others — after its quarantine, or at once after Close.
 type Conn struct {
 	t      *Transport
 	cfg    Config
@@ -263,11 +267,14 @@ func (c *Conn) Control() Control {
 	return ControlSocket
 }
 
-// Close stops the copies of Write and Read in flight, then closes the
-// wire connection — the unit then aborts this connection's open
-// reservations and releases its leases — fails calls in flight with
-// errors wrapping [engine.ErrClosed], waits for them, and unmaps the
-// segments. It is idempotent.
+// Close stops the copies of Write and Read in flight, tells the unit
+// that this side touches none of the connection's holds again (waiting
+// up to 2 s for its answer) — the unit then aborts its open reservations
+// and releases its leases at once —
+// closes the wire connection, fails calls in flight with errors wrapping
+// [engine.ErrClosed], waits for them, and unmaps the segments. Slices
+// from [Lease.Bytes] and [Reservation.Buf] must not be used once Close
+// was called. It is idempotent.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
@@ -280,6 +287,7 @@ func (c *Conn) Close() error {
 		c.copies.Wait()
 		var errs []error
 		if wc != nil {
+			c.goodbye(wc)
 			errs = append(errs, wc.Close())
 		}
 		c.ops.Wait()
@@ -289,6 +297,20 @@ func (c *Conn) Close() error {
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr
+}
+
+// goodbye tells the unit, if the connection still stands, that this side
+// touches none of its holds again, so that the unit gives them back at
+// once rather than keep them in quarantine (storage/quarantine.go). It
+// is best-effort: a unit that does not answer, or does not know the op,
+// gives them back later.
+func (c *Conn) goodbye(wc *wire.Conn) {
+	if wc.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	wc.Do(ctx, wire.OpShmGoodbye, &wirepb.Empty{}, nil, &wirepb.Empty{}, nil)
 }
 
 // Gone reports whether the connection to the unit has ended (the unit
@@ -381,9 +403,10 @@ func (c *Conn) cleanup(op wire.Op, body proto.Message) { c.wc.Cleanup(op, body) 
 // The copy stops when the Conn closes (Close waits for it) or the
 // connection ends. A connection that ends without Close — the unit
 // hangs up, or stops answering pings — may have ended on the unit a
-// moment before this side sees it, and the unit may have given the
-// reservation's extents to another put meanwhile: the copy can write up
-// to one chunk per copying goroutine into them before it stops.
+// moment before this side sees it, and the copy can write up to one chunk
+// per copying goroutine into the reservation's extents before it stops;
+// the unit keeps those extents in quarantine, out of other puts' reach,
+// for that long (see the top of shm.go).
 func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
 	if err := wire.CheckCount("extents", len(extents)); err != nil {
 		return nil, c.opErr("write", err)

@@ -1,0 +1,106 @@
+package shm
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+)
+
+// smallUnit is a unit of one 1 MiB segment, so that one reservation
+// fills it.
+func smallUnit(t *testing.T, scfg storage.ServerConfig) *testUnit {
+	t.Helper()
+	ucfg := storage.DefaultConfig()
+	ucfg.Capacity, ucfg.SegmentSize = 1<<20, 1<<20
+	return startUnit(t, ucfg, scfg)
+}
+
+// When the unit ends a session while its client process lives — here its
+// idle timeout, for a client that sends no pings — the client may still
+// write through a reservation it holds, and the unit keeps the extents
+// out of reuse until the quarantine ends. It used to give them to the
+// next put at once, and the client's writes landed in that put's bytes.
+func TestUnitHangUpQuarantinesReservation(t *testing.T) {
+	for _, control := range []Control{ControlRing, ControlSocket} {
+		t.Run("control="+control.String(), func(t *testing.T) {
+			tu := smallUnit(t, storage.ServerConfig{IdleTimeout: 100 * time.Millisecond, Quarantine: time.Second})
+			u := tu.u
+			c := dialUnit(t, tu, Config{Control: control, Conn: wire.ConnConfig{KeepAlive: -1}})
+			r, err := c.Reserve(t.Context(), []int64{1 << 20})
+			require.NoError(t, err)
+			spinUntil(t, "the unit to end the idle session", c.Gone)
+
+			// The client lives on and still writes its reservation.
+			buf := r.Buf(0)
+			buf[0], buf[len(buf)-1] = 'A', 'A'
+			_, err = u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
+			require.ErrorIs(t, err, engine.ErrCapacity, "another put got the extents of a live client's reservation")
+			st := u.Stats()
+			assert.Equal(t, int64(1<<20), st.Quarantined, "quarantined bytes")
+			assert.Equal(t, int64(1<<20), st.Used, "used bytes")
+			sessions, n := tu.srv.Quarantined()
+			assert.Equal(t, 1, sessions, "quarantined sessions")
+			assert.Equal(t, int64(1<<20), n, "bytes the quarantined sessions hold")
+
+			// The quarantine ends: the space is the unit's again.
+			spinUntil(t, "the quarantine's end", func() bool { return u.Stats().Quarantined == 0 })
+			r2, err := u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
+			require.NoError(t, err)
+			r2.Abort()
+			sessions, _ = tu.srv.Quarantined()
+			assert.Zero(t, sessions, "quarantined sessions after the quarantine")
+		})
+	}
+}
+
+// A Close says goodbye: the unit gives the connection's holds back before
+// Close returns, with no quarantine, although the process lives on.
+func TestCloseGivesHoldsBackAtOnce(t *testing.T) {
+	for _, control := range []Control{ControlRing, ControlSocket} {
+		t.Run("control="+control.String(), func(t *testing.T) {
+			tu := smallUnit(t, storage.ServerConfig{Quarantine: time.Hour})
+			u := tu.u
+			c := dialUnit(t, tu, Config{Control: control})
+			addrs, err := c.Write(t.Context(), [][][]byte{{make([]byte, 100<<10)}})
+			require.NoError(t, err)
+			_, err = c.View(t.Context(), addrs)
+			require.NoError(t, err)
+			_, err = c.Reserve(t.Context(), []int64{200 << 10})
+			require.NoError(t, err)
+			st := u.Stats()
+			require.Equal(t, 1, st.Leases)
+			require.Equal(t, 1, st.OpenReservations)
+
+			require.NoError(t, c.Close())
+			st = u.Stats()
+			assert.Zero(t, st.Leases, "leases after Close")
+			assert.Zero(t, st.OpenReservations, "open reservations after Close")
+			assert.Zero(t, st.Quarantined, "quarantined bytes after Close")
+			_, err = u.Reserve(engine.WithoutWait(t.Context()), []int64{800 << 10})
+			assert.NoError(t, err, "a put the holds left no room for")
+		})
+	}
+}
+
+// A client process that exits (here SIGKILLed, holding a lease and a
+// reservation over its unix socket, with a RESERVE in flight) gives its
+// holds back at once, long before the quarantine would end: its mappings
+// went with it. TestRingClientKilled does the same over a control ring.
+func TestClientExitGivesHoldsBackAtOnce(t *testing.T) {
+	tu := startUnit(t, unitConfig(), storage.ServerConfig{ReserveWait: time.Minute, Quarantine: time.Hour})
+	ch := startChild(t, ringChildEnv+"=client", ringAddrEnv+"="+tu.addr, ringCtlEnv+"=socket")
+	ch.ready(t)
+	st := tu.u.Stats()
+	require.Equal(t, 1, st.Leases, "the child's leases")
+	require.Equal(t, 1, st.OpenReservations, "the child's reservations")
+	ch.kill()
+	got := settle(t, tu.u) // fails past 5 s
+	assert.Zero(t, got.Quarantined, "quarantined bytes after the client died")
+	assert.Equal(t, int64(1<<20), got.Used, "bytes used after the client died (its one committed extent)")
+}
