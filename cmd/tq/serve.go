@@ -626,7 +626,7 @@ func (s *server) shutdown(ctx context.Context) error {
 		for _, ru := range s.units {
 			ru.u.StopReserving()
 		}
-		errs = append(errs, s.settlePuts(ctx))
+		s.settlePuts(ctx)
 	}
 	if s.ctrlSrv != nil {
 		errs = append(errs, s.ctrlSrv.Shutdown(ctx))
@@ -640,28 +640,52 @@ func (s *server) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// settlePuts waits, until ctx ends, for the puts that reserved or wrote
-// on this process's units to commit: until the controller names every
-// extent the units hold in flight (storage.Unit.Unsettled). An extent of
-// a put whose client died between its write and its commit holds the
-// wait to the end of ctx.
-func (s *server) settlePuts(ctx context.Context) error {
+// settleIdle is how long settlePuts waits for the next written put to
+// commit before it leaves the rest to reconciliation: a live client
+// commits a moment after its write returns, so an extent that stays
+// unnamed that long is most likely a put whose client died between the
+// two steps, and would otherwise hold the shutdown to its end.
+const settleIdle = 2 * time.Second
+
+// settlePuts waits for the puts that reserved or wrote on this process's
+// units to commit: until the controller names every extent the units
+// hold in flight (storage.Unit.Unsettled). It waits while a reservation
+// is open (its client holds it, and the unit gives it back when that
+// client's connection ends), and while written extents keep getting
+// committed; written extents that stay unnamed for settleIdle are left to
+// reconciliation (their puts were never acknowledged). It takes at most
+// half of what is left of ctx, so that the controller's own drain (a
+// checkpoint save in flight) keeps the rest.
+func (s *server) settlePuts(ctx context.Context) {
 	grace := s.cfg.ReconcileGrace
 	if grace <= 0 {
 		grace = storage.DefaultReconcileGrace
 	}
-	wait := time.Millisecond
+	end := time.Now().Add(time.Hour)
+	if d, ok := ctx.Deadline(); ok {
+		end = time.Now().Add(time.Until(d) / 2)
+	}
+	wait, last, since := time.Millisecond, -1, time.Now()
 	for {
-		pending := 0
+		pending, open := 0, 0
 		for _, ru := range s.units {
 			pending += len(s.ctrl.Unreferenced(ru.u.ID(), ru.u.Unsettled(grace)))
+			open += ru.u.Stats().OpenReservations
 		}
 		if pending == 0 {
-			return nil
+			return
+		}
+		now := time.Now()
+		if last < 0 || pending < last || open > 0 {
+			since = now
+		}
+		last = pending
+		if now.Sub(since) >= settleIdle || now.After(end) || ctx.Err() != nil {
+			fmt.Fprintf(s.out, "tq serve: %d extents written and not committed are left to reconciliation\n", pending)
+			return
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("shutdown with %d extents written and not committed: %w", pending, ctx.Err())
 		case <-time.After(wait):
 		}
 		// Each look reads every cell of the units: not too often.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -107,4 +108,35 @@ func TestShutdownLetsWrittenPutsCommit(t *testing.T) {
 	assert.Equal(t, [][]bool{{true}, {true}}, st.Produced)
 	_, err = s.ctrl.ResolveKeys("p", []string{"new"}, nil, false)
 	assert.ErrorIs(t, err, engine.ErrNotFound, "the key of the refused put")
+}
+
+// TestShutdownLeavesAnAbandonedWriteToReconciliation: a put whose client
+// died between its write to a unit and its commit never commits. The
+// shutdown waits a moment for it (settleIdle), then goes on, long before
+// its window ends, and without an error: that put was never acknowledged,
+// and reconciliation frees its bytes. Before, it held the shutdown to the
+// window's end, which then failed.
+func TestShutdownLeavesAnAbandonedWriteToReconciliation(t *testing.T) {
+	s := startInProcess(t)
+	var out strings.Builder
+	s.out = &out
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Connect(ctx, s.local, client.ConnectConfig{WaitForUnits: true, Name: "shutdown-test"})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Units()[0].Write(ctx, [][][]byte{{[]byte("never committed")}})
+	require.NoError(t, err)
+
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- s.shutdown(shutdownCtx) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("the shutdown waited for a put that never commits")
+	}
+	assert.Contains(t, out.String(), "1 extents written and not committed are left to reconciliation")
 }
