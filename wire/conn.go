@@ -654,8 +654,9 @@ func (c *Conn) Ping(ctx context.Context) error {
 // sign of life. Frames go each way in order: a working peer's pong may
 // come late, after a large reply it is still sending, and the ping may go
 // out late, after a large request still being written to it. So bytes
-// read since the ping, or a write in progress, count as an answer; the
-// peer is asked again later.
+// read since the ping, or a write in progress when the ping was asked or
+// when it was given up, count as an answer; the peer is asked again
+// later.
 func (c *Conn) keepAlive() {
 	defer close(c.kaOut)
 	if c.cfg.KeepAlive < 0 {
@@ -670,12 +671,15 @@ func (c *Conn) keepAlive() {
 			return
 		case <-t.C:
 		}
-		read := c.read.Load()
+		read, writing := c.read.Load(), c.w.writing.Load()
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PingTimeout)
 		err := c.Ping(ctx)
 		cancel()
 		if err != nil && ctx.Err() != nil {
-			if c.read.Load() != read || c.w.writing.Load() {
+			// A write in progress when the ping was asked, and finished
+			// since, went out ahead of the ping: the peer took it, and
+			// may still be taking in what it sent.
+			if c.read.Load() != read || writing || c.w.writing.Load() {
 				continue
 			}
 			c.fail(fmt.Errorf("peer stopped answering (no pong in %v): %w", c.cfg.PingTimeout, ErrUnavailable))
