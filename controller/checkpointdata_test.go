@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -100,7 +101,12 @@ func ckptWithData(t *testing.T) (*Controller, *Server, *ckptUnit, string) {
 // unit's id), and saves checkpoint "ck" in the directory it returns.
 func ckptSaved(t *testing.T, rows int, segs map[uint32][]byte, fields func(engine.UnitID) []engine.CommitField) (*Controller, *Server, *ckptUnit, string) {
 	t.Helper()
-	c := newController(t, DefaultConfig())
+	// The unit sends no heartbeat: it stays alive for the test's length
+	// however slow the machine (a save and a load of 80000 cells under
+	// -race took past the default timeout on a loaded one).
+	cfg := DefaultConfig()
+	cfg.UnitTimeout = time.Hour
+	c := newController(t, cfg)
 	id, err := c.units.Register(engine.UnitInfo{Incarnation: 11, Host: "h", Addrs: []string{"tcp://127.0.0.1:1"}, Name: "u1", Capacity: 1 << 30}, true)
 	require.NoError(t, err)
 	unit := newCkptUnit()
