@@ -22,9 +22,10 @@ package rdma
 // spinning briefly and then backing off. A wave whose deadline passes, a
 // post that fails or an error completion tears the queue pairs down (they
 // are in the error state, or wedged): waiters fail with an error wrapping
-// engine.ErrUnavailable (or ErrLost for remote memory that is gone) and
-// the next call connects new ones with RDMA_CONNECT, which makes the unit
-// drop its old ones.
+// engine.ErrUnavailable, or, when the completion says the request itself
+// was wrong, engine.ErrInvalid or ErrCorrupt naming it (see Error.Unwrap),
+// and the next call connects new ones with RDMA_CONNECT, which makes the
+// unit drop its old ones.
 
 import (
 	"context"
@@ -59,6 +60,7 @@ type Conn struct {
 	t    *Transport
 	cfg  Config
 	addr string
+	unit engine.UnitID
 	wc   *wire.Conn // set once by dial, under mu: Close may run meanwhile
 
 	done      chan struct{}
@@ -101,6 +103,10 @@ type waiter struct {
 	gen  int64 // the queue pairs its work requests are posted on
 	err  error
 	done chan struct{}
+	// op and batch are what it waits for, to name a work request that
+	// failed.
+	op    Opcode
+	batch []slice
 }
 
 var _ engine.DataConn = (*Conn)(nil)
@@ -119,7 +125,7 @@ func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.Data
 // has no usable RDMA device, and with [engine.ErrLost] when the unit at
 // the address is not peer.Unit or not its incarnation peer.Incarnation.
 func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
-	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]remoteSeg{},
+	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, unit: peer.Unit, done: make(chan struct{}), segs: map[uint32]remoteSeg{},
 		waves: make(chan struct{}, maxWaves), pending: map[uint64]*waiter{}}
 	if _, err := t.Device(); err != nil {
 		return nil, c.opErr("dial", err)
@@ -343,7 +349,7 @@ func (c *Conn) poll(set *clientQPs) error {
 			}
 			delete(c.pending, wc.ID)
 			if wc.Status != WCSuccess {
-				werr = &Error{Op: "completion", Status: wc.Status, Device: c.t.dev.Name()}
+				werr = c.wcError(w, wc)
 				w.fail(werr)
 				continue
 			}
@@ -359,13 +365,34 @@ func (c *Conn) poll(set *clientQPs) error {
 	}
 }
 
+// wcError is the error of w's work request that completed with wc's
+// error status: it names the request, so that one the unit refused says
+// which bytes of which segment it was for.
+func (c *Conn) wcError(w *waiter, wc WC) error {
+	err := &Error{Op: "completion", Status: wc.Status, Device: c.t.dev.Name()}
+	op := "write"
+	if w.op == OpRead {
+		op = "read"
+	}
+	for _, s := range w.batch {
+		if s.id == wc.ID {
+			return fmt.Errorf("rdma %s of unit %d, segment %d, bytes %d+%d: %w", op, c.unit, s.seg, s.off, len(s.local), err)
+		}
+	}
+	return err
+}
+
 // slice is one work request: bytes [0, len(local)) of local memory
-// (lkey) to or from the unit's memory at raddr (rkey).
+// (lkey) to or from the unit's memory at raddr (rkey), which is byte off
+// of segment seg.
 type slice struct {
 	local []byte
 	lkey  uint32
 	raddr uint64
 	rkey  uint32
+	seg   uint32
+	off   uint64
+	id    uint64 // the work request's, once posted
 	// For a slice through staging: the caller's bytes.
 	user []byte
 }
@@ -398,7 +425,7 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 		lkey, direct := c.t.lookup(j.buf)
 		for off := 0; off < len(j.buf); off += st.slot {
 			end := min(off+st.slot, len(j.buf))
-			s := slice{raddr: seg.addr + j.addr.Offset + uint64(off), rkey: seg.rkey}
+			s := slice{raddr: seg.addr + j.addr.Offset + uint64(off), rkey: seg.rkey, seg: j.addr.Segment, off: j.addr.Offset + uint64(off)}
 			if direct {
 				s.local, s.lkey = j.buf[off:end], lkey
 			} else {
@@ -530,12 +557,13 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slice) error {
 	nq := len(set.qps)
 	first := int(c.rr.Add(1))
-	w := &waiter{left: len(batch), gen: set.gen, done: make(chan struct{})}
+	w := &waiter{left: len(batch), gen: set.gen, done: make(chan struct{}), op: op, batch: batch}
 	wrs := make([][]WR, nq)
 	sges := make([][]SGE, nq)
 	for i, s := range batch {
 		q := (first + i) % nq
 		id := c.nextID.Add(1)
+		batch[i].id = id
 		wrs[q] = append(wrs[q], WR{ID: id, RemoteAddr: s.raddr, RKey: s.rkey, Op: op, Signaled: 1,
 			FirstSGE: uint32(len(sges[q])), NumSGE: 1})
 		sges[q] = append(sges[q], SGE{Addr: uint64(sliceAddr(s.local)), Length: uint32(len(s.local)), LKey: s.lkey})
@@ -702,7 +730,10 @@ func (c *Conn) cleanup(op wire.Op, body proto.Message) { c.wc.Cleanup(op, body) 
 // WRITE of every piece, RESERVE_COMMIT. Nothing of a failed write stays
 // on the unit. Errors wrap [engine.ErrCapacity] when the unit stays full,
 // [engine.ErrUnavailable] when it stops answering (or its queue pairs
-// fail), [engine.ErrClosed] after Close, and ctx's error.
+// fail), [engine.ErrInvalid] or [engine.ErrCorrupt] when a work request
+// completes with a status that says the request itself is wrong (see
+// [Error.Unwrap]; trying it again fails the same way), [engine.ErrClosed]
+// after Close, and ctx's error.
 func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
 	if err := wire.CheckCount("extents", len(extents)); err != nil {
 		return nil, c.opErr("write", err)

@@ -146,8 +146,12 @@ type WCStatus uint32
 // Completion statuses TQ branches on.
 const (
 	WCSuccess      WCStatus = 0
+	WCLocLenErr    WCStatus = 1
+	WCLocQPOpErr   WCStatus = 2
 	WCLocProtErr   WCStatus = 4
 	WCFlushErr     WCStatus = 5
+	WCLocAccessErr WCStatus = 8
+	WCRemInvReqErr WCStatus = 9
 	WCRemAccessErr WCStatus = 10
 	WCRetryExcErr  WCStatus = 12
 	WCGeneralErr   WCStatus = 21
@@ -190,17 +194,29 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("rdma %s: %s: %v", e.Device, e.Op, e.Errno)
 }
 
-// Unwrap maps the failure onto the engine's sentinels: a peer that does
-// not answer (retry counter exceeded, flushed work after a QP error) is
-// [engine.ErrUnavailable]; remote memory that is not there (remote access
-// error: the registration is gone, so the unit that held it restarted or
-// dropped the segment) is [engine.ErrLost]; a missing device or verb is
-// [engine.ErrNotSupported]; other errors are just the errno.
+// Unwrap maps the failure onto the engine's sentinels. A completion that
+// says the work request itself is wrong, so that sending it again fails
+// the same way, is [engine.ErrInvalid]: the responder refused it (remote
+// invalid request: an opcode, a length or more READs in flight than its
+// queue pair serves) or this side's device did (local length, QP
+// operation, protection or access error: an SGE or lkey that does not fit
+// the local registration or the QP). One whose address the responder's
+// memory refused (remote access error: an address, length or rkey outside
+// its registrations) is [engine.ErrCorrupt]: a client reads and writes a
+// unit only where a lease or reservation holds it, in a segment that stays
+// registered while anything is held there, and segment ids are never used
+// again, so the location itself is wrong. Every other status is a
+// transport failure, [engine.ErrUnavailable]: a peer that does not answer
+// (retry counter exceeded), work flushed after a QP error, a fatal or
+// general error. A missing device or verb is [engine.ErrNotSupported];
+// other errors are just the errno.
 func (e *Error) Unwrap() []error {
 	if e.Op == "completion" {
 		switch e.Status {
+		case WCRemInvReqErr, WCLocLenErr, WCLocQPOpErr, WCLocProtErr, WCLocAccessErr:
+			return []error{engine.ErrInvalid}
 		case WCRemAccessErr:
-			return []error{engine.ErrLost}
+			return []error{engine.ErrCorrupt}
 		default:
 			return []error{engine.ErrUnavailable}
 		}

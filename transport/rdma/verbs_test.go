@@ -216,21 +216,32 @@ func TestCompletionErrors(t *testing.T) {
 	}{
 		{"wrong rkey", AccessLocalWrite | AccessRemoteRead | AccessRemoteWrite,
 			func(p *pair) WR { return WR{RemoteAddr: p.raddr(0), RKey: p.rb.RKey ^ 0x5a5a00, Op: OpRead} },
-			nil, WCRemAccessErr, engine.ErrLost},
+			nil, WCRemAccessErr, engine.ErrCorrupt},
 		{"out of bounds", AccessLocalWrite | AccessRemoteRead | AccessRemoteWrite,
 			func(p *pair) WR { return WR{RemoteAddr: p.raddr(1<<20 - 10), RKey: p.rb.RKey, Op: OpRead} },
-			nil, WCRemAccessErr, engine.ErrLost},
+			nil, WCRemAccessErr, engine.ErrCorrupt},
 		{"no remote write", AccessRemoteRead,
 			func(p *pair) WR { return WR{RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpWrite} },
-			nil, WCRemAccessErr, engine.ErrLost},
+			nil, WCRemAccessErr, engine.ErrCorrupt},
 		{"wrong lkey", AccessLocalWrite | AccessRemoteRead | AccessRemoteWrite,
 			func(p *pair) WR { return WR{RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpRead} },
 			func(p *pair) SGE { return SGE{Addr: p.laddr(0), Length: 64, LKey: p.la.LKey + 1} },
-			WCLocProtErr, engine.ErrUnavailable},
+			WCLocProtErr, engine.ErrInvalid},
+		{"read depth above the responder's", AccessLocalWrite | AccessRemoteRead | AccessRemoteWrite,
+			func(p *pair) WR { return WR{RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpRead} },
+			nil, WCRemInvReqErr, engine.ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newPair(t, tc.access, HandshakeOpts{})
+			var o HandshakeOpts
+			if tc.want == WCRemInvReqErr {
+				// The responder serves 2 READs at once; the initiator
+				// is told it may have 16 in flight.
+				require.NoError(t, SetEmulatedReadDepth("emu0", ReadDepth{Init: 16, Resp: 2}))
+				t.Cleanup(func() { assert.NoError(t, SetEmulatedReadDepth("emu0", ReadDepth{})) })
+				o.ReadDepth = ReadDepth{Init: 16, Resp: 2}
+			}
+			p := newPair(t, tc.access, o)
 			sge := SGE{Addr: p.laddr(0), Length: 64, LKey: p.la.LKey}
 			if tc.sge != nil {
 				sge = tc.sge(p)
@@ -249,6 +260,7 @@ func TestCompletionErrors(t *testing.T) {
 			assert.Equal(t, 6, st, "QP state after an error completion (IBV_QPS_ERR)")
 			cerr := &Error{Op: "completion", Status: wcs[0].Status, Device: "emu0"}
 			assert.ErrorIs(t, cerr, tc.is)
+			assert.NotErrorIs(t, cerr, engine.ErrUnavailable, "sending the request again fails the same way")
 			assert.Contains(t, cerr.Error(), tc.want.String())
 		})
 	}
