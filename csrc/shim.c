@@ -523,6 +523,24 @@ int tq_shim_qp_rd_atomic(struct tq_dev *d, struct ibv_qp *qp, uint8_t *max_rd_at
 	return 0;
 }
 
+int tq_shim_qp_timeout(struct tq_dev *d, struct ibv_qp *qp, uint8_t *timeout, uint8_t *retry_cnt,
+		       struct tq_err *err)
+{
+	struct ibv_qp_attr attr;
+	struct ibv_qp_init_attr init;
+	int ret;
+
+	memset(&attr, 0, sizeof(attr));
+	ret = d->v->query_qp(qp, &attr, IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT, &init);
+	if (ret) {
+		tq_set_err(err, "ibv_query_qp", ret > 0 ? ret : errno);
+		return -1;
+	}
+	*timeout = attr.timeout;
+	*retry_cnt = attr.retry_cnt;
+	return 0;
+}
+
 int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err)
 {
 	int ret = d->v->destroy_qp(qp);

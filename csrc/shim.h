@@ -117,6 +117,9 @@ int tq_shim_qp_state(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
 /* The QP's max_rd_atomic and max_dest_rd_atomic, or -1 with *err. */
 int tq_shim_qp_rd_atomic(struct tq_dev *d, struct ibv_qp *qp, uint8_t *max_rd_atomic, uint8_t *max_dest_rd_atomic,
 			 struct tq_err *err);
+/* The QP's local ACK timeout and retry count, or -1 with *err. */
+int tq_shim_qp_timeout(struct tq_dev *d, struct ibv_qp *qp, uint8_t *timeout, uint8_t *retry_cnt,
+		       struct tq_err *err);
 int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
 
 /*

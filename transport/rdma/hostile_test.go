@@ -97,6 +97,60 @@ func TestConnectRefusals(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrNotFound)
 }
 
+// RDMA_CONNECT's timeout and retry_cnt are the client's own: a queue
+// pair's local ACK timeout and retry count govern only the requests it
+// sends, and the unit's queue pairs send none (every READ and WRITE is the
+// client's). The client's queue pairs have its values; the unit brings its
+// own up with fixed ones whatever the client sent, even values no queue
+// pair takes.
+func TestConnectLeavesAckTimeoutToTheClient(t *testing.T) {
+	tgt, _, addr := inProcUnit(t)
+	tr := newTransport(t, Config{Device: "emu0", AckTimeout: 10, RetryCnt: 3})
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.NoError(t, err)
+	c.mu.RLock()
+	set := c.set
+	c.mu.RUnlock()
+	require.NotNil(t, set)
+	for i, q := range set.qps {
+		timeout, retry, err := q.Timeout()
+		require.NoError(t, err)
+		assert.Equal(t, [2]uint8{10, 3}, [2]uint8{timeout, retry}, "client queue pair %d", i)
+	}
+	unitQPs := func() (out []*QP) {
+		tgt.mu.Lock()
+		defer tgt.mu.Unlock()
+		for s := range tgt.sets {
+			out = append(out, s.qps...)
+		}
+		return out
+	}
+	for i, q := range unitQPs() {
+		timeout, retry, err := q.Timeout()
+		require.NoError(t, err)
+		assert.Equal(t, [2]uint8{targetAckTimeout, targetRetryCnt}, [2]uint8{timeout, retry}, "unit queue pair %d", i)
+	}
+	require.NoError(t, c.Close())
+	require.Eventually(t, func() bool { return tgt.Connections() == 0 }, 5*time.Second, 10*time.Millisecond)
+
+	dev, err := tr.Device()
+	require.NoError(t, err)
+	prepared, err := newQPSet(dev, 1, QPCaps{MaxWR: 1, MaxSGE: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, prepared.Close()) })
+	req := &wirepb.RdmaConnectRequest{Device: "emu0", Emulated: true, Timeout: 255, RetryCnt: 255,
+		Qps: []*wirepb.RdmaEndpoint{endpointPB(prepared.endpoints()[0])}}
+	reply, closer, err := tgt.Connect(req)
+	require.NoError(t, err, "timeout and retry count out of range")
+	assert.Len(t, reply.Qps, 1)
+	for _, q := range unitQPs() {
+		timeout, retry, err := q.Timeout()
+		require.NoError(t, err)
+		assert.Equal(t, [2]uint8{targetAckTimeout, targetRetryCnt}, [2]uint8{timeout, retry})
+	}
+	require.NoError(t, closer.Close())
+}
+
 var syscallEINVAL = errorString("EINVAL")
 
 type errorString string

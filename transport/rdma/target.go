@@ -18,6 +18,17 @@ import (
 // MaxQPs bounds the queue pairs one client connection may ask a unit for.
 const MaxQPs = 16
 
+// targetAckTimeout and targetRetryCnt are the local ACK timeout and retry
+// count of the unit's queue pairs. They govern only the requests a queue
+// pair sends, and the unit's send none: every READ and WRITE is the
+// client's, on its own queue pairs with its own values (Config.AckTimeout
+// and RetryCnt). RTS needs valid ones all the same. The client's, which
+// RDMA_CONNECT carries, are not used (wire/spec.md).
+const (
+	targetAckTimeout = DefaultAckTimeout
+	targetRetryCnt   = DefaultRetryCnt
+)
+
 // Target is a storage unit's side of the RDMA transport: it registers the
 // unit's arena segments with its device (it is the unit's
 // storage.SegmentWatcher) and makes the queue pairs clients connect to
@@ -136,7 +147,8 @@ func segPB(id uint32, s *targetSeg) *wirepb.RdmaSegment {
 }
 
 // Connect makes one queue pair per client queue pair, connected to it
-// and ready, on a completion queue of their own.
+// and ready, on a completion queue of their own. The request's timeout and
+// retry_cnt are the client's own and are not used (see targetAckTimeout).
 func (t *Target) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectReply, io.Closer, error) {
 	switch n := len(req.Qps); {
 	case n == 0 || n > MaxQPs:
@@ -163,7 +175,8 @@ func (t *Target) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectRep
 	if err != nil {
 		return nil, nil, err
 	}
-	eps, err := set.connect(remote, HandshakeOpts{Access: AccessRemoteRead | AccessRemoteWrite, MTU: mtu, Timeout: 14, RetryCnt: 7,
+	eps, err := set.connect(remote, HandshakeOpts{Access: AccessRemoteRead | AccessRemoteWrite, MTU: mtu,
+		Timeout: targetAckTimeout, RetryCnt: targetRetryCnt,
 		ReadDepth: own.With(peerReadDepth(req.MaxQpInitRdAtom, req.MaxQpRdAtom))})
 	if err != nil {
 		set.Close()

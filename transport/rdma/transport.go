@@ -45,7 +45,11 @@ type Config struct {
 	// Timeout bounds an operation whose context has no deadline (0: 30 s).
 	Timeout time.Duration
 	// AckTimeout and RetryCnt set how long an unanswered work request is
-	// retried before it fails (0: 14 and 7, about half a second).
+	// retried before it fails (0: 14 and 7, about half a second): the
+	// local ACK timeout of this side's queue pairs, 4.096 µs × 2^AckTimeout
+	// per try (at most 31), and the tries after the first (at most 7).
+	// They are this side's alone: its queue pairs send every READ and
+	// WRITE, the unit's send nothing.
 	AckTimeout, RetryCnt uint8
 	// Token is presented in the handshake to units that require one.
 	Token string
@@ -68,6 +72,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("rdma config: slice size %d (want 0 to 1 GiB): %w", c.SliceSize, engine.ErrInvalid)
 	case c.Staging < 0:
 		return fmt.Errorf("rdma config: negative staging size %d: %w", c.Staging, engine.ErrInvalid)
+	case c.AckTimeout > 31:
+		// A queue pair's timeout is 5 bits and its retry count 3: a
+		// device truncates larger ones or refuses them with EINVAL.
+		return fmt.Errorf("rdma config: ack timeout %d (want 0 to 31, an exponent): %w", c.AckTimeout, engine.ErrInvalid)
+	case c.RetryCnt > 7:
+		return fmt.Errorf("rdma config: retry count %d (want 0 to 7): %w", c.RetryCnt, engine.ErrInvalid)
 	}
 	return nil
 }

@@ -470,6 +470,26 @@ func (q *QP) ReadDepth() (ReadDepth, error) {
 	return ReadDepth{Init: uint8(init), Resp: uint8(resp)}, nil
 }
 
+// Timeout is the QP's local ACK timeout exponent and retry count, as the
+// device has them (see [HandshakeOpts]).
+func (q *QP) Timeout() (timeout, retryCnt uint8, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return 0, 0, fmt.Errorf("queue pair destroyed: %w", engine.ErrClosed)
+	}
+	c, err := q.d.handle()
+	if err != nil {
+		return 0, 0, err
+	}
+	var to, rc C.uint8_t
+	var e C.struct_tq_err
+	if C.tq_shim_qp_timeout(c, q.c, &to, &rc, &e) != 0 {
+		return 0, 0, cerr(q.d.name, &e)
+	}
+	return uint8(to), uint8(rc), nil
+}
+
 // Close destroys the QP. It is idempotent.
 func (q *QP) Close() error {
 	q.mu.Lock()

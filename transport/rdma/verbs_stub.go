@@ -64,12 +64,13 @@ func (p *PreparedQP) Close() error                                   { return ni
 // QP is a connected queue pair.
 type QP struct{}
 
-func (q *QP) QPN() uint32                   { return 0 }
-func (q *QP) Post([]WR, []SGE) (int, error) { return 0, errNoRDMA }
-func (q *QP) Fail() error                   { return errNoRDMA }
-func (q *QP) State() (int, error)           { return 0, errNoRDMA }
-func (q *QP) ReadDepth() (ReadDepth, error) { return ReadDepth{}, errNoRDMA }
-func (q *QP) Close() error                  { return nil }
+func (q *QP) QPN() uint32                    { return 0 }
+func (q *QP) Post([]WR, []SGE) (int, error)  { return 0, errNoRDMA }
+func (q *QP) Fail() error                    { return errNoRDMA }
+func (q *QP) State() (int, error)            { return 0, errNoRDMA }
+func (q *QP) ReadDepth() (ReadDepth, error)  { return ReadDepth{}, errNoRDMA }
+func (q *QP) Timeout() (uint8, uint8, error) { return 0, 0, errNoRDMA }
+func (q *QP) Close() error                   { return nil }
 
 // EmuCounts reports the emulated device's live objects.
 type EmuCounts struct{ Contexts, PDs, MRs, CQs, QPs, RemoteMaps int }
