@@ -36,6 +36,8 @@ var (
 	descExtents      = desc("tq_unit_extents", "A storage unit's extents.", "unit")
 	descReservations = desc("tq_unit_reservations", "A storage unit's open reservations.", "unit")
 	descLeases       = desc("tq_unit_leases", "A storage unit's leases held by readers.", "unit")
+	descQuarBytes    = desc("tq_unit_quarantined_bytes", "A storage unit's bytes in quarantine: held for same-host sessions that ended without a goodbye while their client lives, out of reuse until it exits or the quarantine passes (counted in tq_unit_used_bytes).", "unit")
+	descQuarSessions = desc("tq_unit_quarantined_sessions", "A storage unit's same-host sessions whose holds are in quarantine.", "unit")
 	descUnitConns    = desc("tq_unit_connections", "Connections a storage unit's wire server holds open.", "unit")
 	descDataBytes    = desc("tq_unit_data_bytes_total", "Column bytes a storage unit moved, by transport (tcp, unix: payloads; shm, rdma: extents committed or leased by a client that moves the bytes itself) and direction (write, read).", "unit", "transport", "direction")
 	descDataOps      = desc("tq_unit_data_operations_total", "Column transfers a storage unit served, by transport and direction.", "unit", "transport", "direction")
@@ -120,7 +122,7 @@ type unitCollector struct{ r *Registry }
 
 func (c *unitCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCapacity, descUsed, descMapped, descResBytes, descSegments, descExtents,
-		descReservations, descLeases, descUnitConns, descDataBytes, descDataOps} {
+		descReservations, descLeases, descQuarBytes, descQuarSessions, descUnitConns, descDataBytes, descDataOps} {
 		ch <- d
 	}
 }
@@ -138,6 +140,8 @@ func (c *unitCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, descExtents, float64(st.Extents), id)
 		gauge(ch, descReservations, float64(st.OpenReservations), id)
 		gauge(ch, descLeases, float64(st.Leases), id)
+		gauge(ch, descQuarBytes, float64(st.Quarantined), id)
+		gauge(ch, descQuarSessions, float64(st.QuarantinedSessions), id)
 		if s.srv == nil {
 			continue
 		}

@@ -2,11 +2,14 @@ package metrics_test
 
 import (
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
@@ -216,4 +219,43 @@ func TestUnknownOpsShareOneSeries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A unit's gauges show the bytes and sessions it holds in quarantine (a
+// same-host session that ended without a goodbye, its client alive)
+// while the quarantine lasts, and 0 once it ended.
+func TestUnitQuarantineGauges(t *testing.T) {
+	ucfg := storage.DefaultConfig()
+	ucfg.Capacity = 16 << 20
+	u, err := storage.NewUnit(1, ucfg)
+	require.NoError(t, err)
+	defer u.Close()
+	us := storage.NewServer(u, storage.ServerConfig{Quarantine: time.Hour})
+	sock := filepath.Join(t.TempDir(), "unit.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { defer close(served); us.Serve(l) }()
+	defer func() { <-served }()
+	defer us.Close()
+	cl := &cluster{reg: metrics.New(), unit: u}
+	cl.reg.AddUnit(u, us)
+
+	ctx := t.Context()
+	c, _, err := wire.Dial(ctx, "unix://"+sock, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
+	c.Close() // no goodbye: the unit quarantines the reservation
+	for deadline := time.Now().Add(5 * time.Second); u.Stats().Quarantined == 0; time.Sleep(2 * time.Millisecond) {
+		require.False(t, time.Now().After(deadline), "the reservation was not quarantined: %+v", u.Stats())
+	}
+	assert.Equal(t, float64(64<<10), cl.value(t, "tq_unit_quarantined_bytes", "unit", "1"), "quarantined bytes")
+	assert.Equal(t, 1.0, cl.value(t, "tq_unit_quarantined_sessions", "unit", "1"), "quarantined sessions")
+
+	require.NoError(t, us.Close()) // ends the quarantine
+	assert.Zero(t, cl.value(t, "tq_unit_quarantined_bytes", "unit", "1"), "quarantined bytes after the quarantine")
+	assert.Zero(t, cl.value(t, "tq_unit_quarantined_sessions", "unit", "1"), "quarantined sessions after the quarantine")
+	lint, err := testutil.GatherAndLint(cl.reg.Gatherer())
+	require.NoError(t, err)
+	assert.Empty(t, lint, "metric names and help follow the Prometheus conventions")
 }

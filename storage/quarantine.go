@@ -24,10 +24,12 @@ package storage
 // deadline ends it.
 //
 // Quarantined holds stay allocated: Used (and so the heartbeats) counts
-// them, [Stats.Quarantined] says how many bytes they cover, and a unit
-// full of them answers RESERVE and WRITE with CODE_CAPACITY, as when
-// full, until they end. Server.Close and Server.Shutdown give them back
-// at once: waiting would hold the unit's shutdown for the quarantine.
+// them, [Stats.Quarantined] and [Stats.QuarantinedSessions] say how many
+// bytes they cover and of how many sessions (UNIT_STATS and the
+// tq_unit_quarantined_* metrics report both), and a unit full of them
+// answers RESERVE and WRITE with CODE_CAPACITY, as when full, until they
+// end. Server.Close and Server.Shutdown give them back at once: waiting
+// would hold the unit's shutdown for the quarantine.
 
 import (
 	"net"
@@ -159,7 +161,7 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
 	qs.wg.Add(1)
 	stop := qs.stop
 	qs.mu.Unlock()
-	s.u.addQuarantined(q.bytes)
+	s.u.addQuarantined(1, q.bytes)
 	go func() {
 		defer qs.wg.Done()
 		q.wait(deadline, stop)
@@ -167,7 +169,7 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
 		delete(qs.set, q) // before end closes the pidfd that endQuarantines touches
 		qs.mu.Unlock()
 		q.end()
-		s.u.addQuarantined(-q.bytes)
+		s.u.addQuarantined(-1, -q.bytes)
 	}()
 }
 

@@ -84,3 +84,37 @@ func TestSessionEndQuarantine(t *testing.T) {
 		})
 	}
 }
+
+// UNIT_STATS reports a quarantined session — its holds' bytes and the
+// session — while the quarantine lasts, and 0 of both once it ended.
+// The reply used to leave the quarantine out: only Stats had the bytes.
+func TestUnitStatsReportQuarantine(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv := NewServer(u, ServerConfig{Quarantine: time.Hour})
+	path := filepath.Join(t.TempDir(), "unit.sock")
+	l, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(l) }()
+	defer func() { <-served }()
+	defer srv.Close()
+
+	ctx := t.Context()
+	c := dialUnit(t, "unix://"+path, "")
+	require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
+	c.Close()
+	waitStats(t, u, "holds in quarantine", func(st Stats) bool { return st.Quarantined != 0 })
+
+	var st wirepb.UnitStats
+	require.NoError(t, dialUnit(t, "unix://"+path, "").Do(ctx, wire.OpUnitStats, &wirepb.Empty{}, nil, &st, nil))
+	assert.Equal(t, int64(64<<10), st.Quarantined, "quarantined bytes in UNIT_STATS")
+	assert.Equal(t, int64(1), st.QuarantinedSessions, "quarantined sessions in UNIT_STATS")
+	assert.Equal(t, 1, u.Stats().QuarantinedSessions, "quarantined sessions in Stats")
+
+	require.NoError(t, srv.Close()) // ends the quarantine
+	after := StatsToPB(1, u.Stats())
+	assert.Zero(t, after.Quarantined, "quarantined bytes after the quarantine")
+	assert.Zero(t, after.QuarantinedSessions, "quarantined sessions after the quarantine")
+}

@@ -399,5 +399,6 @@ func StatsToPB(id engine.UnitID, st Stats) *wirepb.UnitStats {
 		UnitId: uint32(id), Capacity: st.Capacity, Mapped: st.Mapped, Used: st.Used, Reserved: st.Reserved,
 		Segments: int64(st.Segments), Extents: int64(st.Extents), OpenReservations: int64(st.OpenReservations),
 		Leases: int64(st.Leases), HugePages: st.HugePages, PageSize: st.PageSize,
+		Quarantined: st.Quarantined, QuarantinedSessions: int64(st.QuarantinedSessions),
 	}
 }

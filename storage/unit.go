@@ -70,6 +70,7 @@ type Unit struct {
 	used       int64
 	reserved   int64
 	quarBytes  int64 // see Stats.Quarantined
+	quarSess   int   // see Stats.QuarantinedSessions
 	extents    int
 	leases     int
 	openHead   *Reservation
@@ -108,6 +109,9 @@ type Stats struct {
 	// their servers keep them out of reuse (see ServerConfig.Quarantine);
 	// Used counts them.
 	Quarantined int64
+	// QuarantinedSessions is how many such connections' holds are in
+	// quarantine.
+	QuarantinedSessions int
 }
 
 // SegmentInfo describes one segment for handing it to another process.
@@ -829,23 +833,26 @@ func (u *Unit) Stats() Stats {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return Stats{
-		Capacity:         u.cfg.Capacity,
-		Mapped:           u.mapped,
-		Used:             u.used,
-		Reserved:         u.reserved,
-		Segments:         len(u.segs),
-		Extents:          u.extents,
-		OpenReservations: u.open,
-		Leases:           u.leases,
-		HugePages:        u.hugetlb,
-		PageSize:         u.segPage,
-		Quarantined:      u.quarBytes,
+		Capacity:            u.cfg.Capacity,
+		Mapped:              u.mapped,
+		Used:                u.used,
+		Reserved:            u.reserved,
+		Segments:            len(u.segs),
+		Extents:             u.extents,
+		OpenReservations:    u.open,
+		Leases:              u.leases,
+		HugePages:           u.hugetlb,
+		PageSize:            u.segPage,
+		Quarantined:         u.quarBytes,
+		QuarantinedSessions: u.quarSess,
 	}
 }
 
-// addQuarantined counts n more bytes in quarantine (see Stats.Quarantined).
-func (u *Unit) addQuarantined(n int64) {
+// addQuarantined counts sessions more sessions and n more bytes in
+// quarantine (see Stats.Quarantined).
+func (u *Unit) addQuarantined(sessions int, n int64) {
 	u.mu.Lock()
+	u.quarSess += sessions
 	u.quarBytes += n
 	u.mu.Unlock()
 }

@@ -141,7 +141,7 @@ func waitFreed(t *testing.T, ctx context.Context, c *client.Client, token, what 
 		if len(ids) > 0 {
 			infos = slices.DeleteFunc(infos, func(u engine.UnitInfo) bool { return !slices.Contains(ids, u.ID) })
 		}
-		if len(infos) == 0 || freshUnitStats(ctx, infos, token) != len(infos) {
+		if len(infos) == 0 || len(freshUnitStats(ctx, infos, token)) != len(infos) {
 			return false
 		}
 		for _, u := range infos {

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -17,6 +16,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/transport/tcp"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // stat prints a cluster's partitions, rows, production and consumption
@@ -143,6 +143,10 @@ type statSnapshot struct {
 	parts   []engine.PartitionStats
 	units   []engine.UnitInfo
 	metrics []string
+	// fresh is the UNIT_STATS reply of each unit that answered (see
+	// freshUnitStats): what it holds in quarantine, which the
+	// controller does not hear of, is only there.
+	fresh map[engine.UnitID]*wirepb.UnitStats
 }
 
 type clusterInfo struct {
@@ -173,7 +177,7 @@ func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (
 		s.info = &clusterInfo{ClusterID: ci.ClusterId, Epoch: ci.Epoch, Durable: ci.Durable, Fsync: ci.Fsync, LogBytes: ci.LogBytes}
 		s.metrics = ci.Metrics
 	}
-	freshUnitStats(ctx, s.units, tok)
+	s.fresh = freshUnitStats(ctx, s.units, tok)
 	return s, nil
 }
 
@@ -245,7 +249,7 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tsegments\tpages\thost\taddresses")
+	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tquarantined\tsegments\tpages\thost\taddresses")
 	for _, u := range s.units {
 		pages := bytesString(u.PageSize) + " pre-faulted"
 		if u.HugePages {
@@ -256,10 +260,27 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 			host = host[:8]
 		}
 		host = printable(host)
-		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%d\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
-			percent(u.Used, u.Capacity), u.Segments, pages, host, strings.Join(printables(showAddrs(u.Addrs)), " "))
+		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%s\t%d\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
+			percent(u.Used, u.Capacity), s.quarantined(u.ID), u.Segments, pages, host, strings.Join(printables(showAddrs(u.Addrs)), " "))
 	}
 	return tw.Flush()
+}
+
+// quarantined says what a unit holds in quarantine, part of its used
+// bytes: the holds of same-host sessions that ended without a goodbye
+// while their client lives (storage's quarantine.go); "-" when the unit
+// did not answer UNIT_STATS.
+func (s *statSnapshot) quarantined(id engine.UnitID) string {
+	st, ok := s.fresh[id]
+	switch {
+	case !ok:
+		return "-"
+	case st.QuarantinedSessions == 1:
+		return bytesString(st.Quarantined) + " (1 session)"
+	case st.QuarantinedSessions > 1:
+		return fmt.Sprintf("%s (%d sessions)", bytesString(st.Quarantined), st.QuarantinedSessions)
+	}
+	return bytesString(st.Quarantined)
 }
 
 func unitState(u engine.UnitInfo) string {
@@ -424,6 +445,10 @@ type unitJSON struct {
 	Capacity int64         `json:"capacity_bytes"`
 	Segments int64         `json:"segments"`
 	Addrs    []string      `json:"addresses"`
+	// Quarantined and QuarantinedSessions are what the unit holds in
+	// quarantine (see quarantined), absent when it did not answer.
+	Quarantined         *int64 `json:"quarantined_bytes,omitempty"`
+	QuarantinedSessions *int64 `json:"quarantined_sessions,omitempty"`
 }
 
 func (s *statSnapshot) json(prev *statSnapshot) statJSON {
@@ -450,7 +475,11 @@ func (s *statSnapshot) json(prev *statSnapshot) statJSON {
 		out.Partitions = append(out.Partitions, p)
 	}
 	for _, u := range s.units {
-		out.Units = append(out.Units, unitJSON{ID: u.ID, Alive: u.Alive, Draining: u.Draining, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs})
+		uj := unitJSON{ID: u.ID, Alive: u.Alive, Draining: u.Draining, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs}
+		if st, ok := s.fresh[u.ID]; ok {
+			uj.Quarantined, uj.QuarantinedSessions = &st.Quarantined, &st.QuarantinedSessions
+		}
+		out.Units = append(out.Units, uj)
 	}
 	return out
 }
@@ -479,14 +508,15 @@ func percent(n, total int64) string {
 }
 
 // freshUnitStats asks each live unit for its current numbers (the
-// controller only has those of the last heartbeat) and returns how many
-// answered; units that do not answer within a second keep the
-// heartbeat's.
-func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) (answered int) {
+// controller only has those of the last heartbeat), sets them in units,
+// and returns the replies by unit; units that do not answer within a
+// second keep the heartbeat's and have none.
+func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) map[engine.UnitID]*wirepb.UnitStats {
 	tr := tcp.New(tcp.Config{Token: token, Conns: 1, Name: "tq-stat"})
 	defer tr.Close()
 	var wg sync.WaitGroup
-	var n atomic.Int32
+	var mu sync.Mutex
+	fresh := map[engine.UnitID]*wirepb.UnitStats{}
 	for i := range units {
 		u := &units[i]
 		if !u.Alive {
@@ -509,11 +539,13 @@ func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) 
 				return
 			}
 			u.Used, u.Capacity, u.Segments, u.PageSize, u.HugePages = st.Used, st.Capacity, st.Segments, st.PageSize, st.HugePages
-			n.Add(1)
+			mu.Lock()
+			fresh[u.ID] = st
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	return int(n.Load())
+	return fresh
 }
 
 // showAddrs marks an emulated RDMA device (csrc/emu.c) as such: it moves

@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"net"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +17,9 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // tq stat --json says what a workload did; --watch --json prints one
@@ -127,4 +133,64 @@ func TestErrorsPrintTerminalSafe(t *testing.T) {
 			t.Errorf("terminalSafe(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// tq stat shows what a unit holds in quarantine — the reservation of a
+// same-host session that ended without a goodbye, its client alive —
+// from the unit's UNIT_STATS, in the unit table and in --json; "-" (and
+// nothing in --json) for a unit that did not answer. It used to show
+// only the used bytes, which count the quarantined ones unexplained.
+func TestStatShowsQuarantinedHolds(t *testing.T) {
+	ucfg := storage.DefaultConfig()
+	ucfg.Capacity = 16 << 20
+	u, err := storage.NewUnit(1, ucfg)
+	require.NoError(t, err)
+	defer u.Close()
+	srv := storage.NewServer(u, storage.ServerConfig{Quarantine: time.Hour})
+	sock := filepath.Join(t.TempDir(), "unit.sock")
+	ul, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan struct{}, 2)
+	for _, l := range []net.Listener{ul, tl} {
+		go func() { srv.Serve(l); served <- struct{}{} }()
+	}
+	defer func() { <-served; <-served }()
+	defer srv.Close()
+
+	ctx := t.Context()
+	c, _, err := wire.Dial(ctx, "unix://"+sock, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
+	c.Close() // no goodbye: the unit quarantines the reservation
+	for deadline := time.Now().Add(5 * time.Second); u.Stats().Quarantined == 0; time.Sleep(2 * time.Millisecond) {
+		require.False(t, time.Now().After(deadline), "the reservation was not quarantined: %+v", u.Stats())
+	}
+
+	s := &statSnapshot{at: time.Now(), addr: "tcp://127.0.0.1:7370", units: []engine.UnitInfo{
+		{ID: u.ID(), Incarnation: u.Incarnation(), Alive: true, Addrs: []string{"tcp://" + tl.Addr().String()}},
+		{ID: 2, Alive: true, Capacity: 16 << 20}, // no address: no answer
+	}}
+	s.fresh = freshUnitStats(ctx, s.units, "")
+	var out bytes.Buffer
+	require.NoError(t, s.print(&out))
+	t.Logf("tq stat:\n%s", out.String())
+	lines := strings.Split(out.String(), "\n")
+	i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "used / capacity") })
+	require.GreaterOrEqual(t, i, 0, "no unit table")
+	require.Greater(t, len(lines), i+2)
+	assert.Contains(t, lines[i], "quarantined", "the table's header")
+	assert.Contains(t, lines[i+1], "64 KiB (1 session)", "unit 1's line")
+	assert.Regexp(t, `^  2 +alive +0 B / 16 MiB +0% +- +0 `, lines[i+2], "unit 2's line")
+
+	j := s.json(nil)
+	require.Len(t, j.Units, 2)
+	require.NotNil(t, j.Units[0].Quarantined, "unit 1's quarantined bytes in --json")
+	require.NotNil(t, j.Units[0].QuarantinedSessions, "unit 1's quarantined sessions in --json")
+	assert.Equal(t, int64(64<<10), *j.Units[0].Quarantined)
+	assert.Equal(t, int64(1), *j.Units[0].QuarantinedSessions)
+	b, err := json.Marshal(j.Units[1])
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "quarantined", "a unit that did not answer")
 }

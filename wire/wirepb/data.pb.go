@@ -230,8 +230,14 @@ type UnitStats struct {
 	Leases           int64                  `protobuf:"varint,9,opt,name=leases,proto3" json:"leases,omitempty"`
 	HugePages        bool                   `protobuf:"varint,10,opt,name=huge_pages,json=hugePages,proto3" json:"huge_pages,omitempty"`
 	PageSize         int64                  `protobuf:"varint,11,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The reservations and leases of same-host connections that ended
+	// without SHM_GOODBYE while their client lives, kept out of reuse until
+	// it exits or the unit's quarantine passes (see spec.md, "Shared
+	// memory"): the bytes they cover (used counts them) and the sessions.
+	Quarantined         int64 `protobuf:"varint,12,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	QuarantinedSessions int64 `protobuf:"varint,13,opt,name=quarantined_sessions,json=quarantinedSessions,proto3" json:"quarantined_sessions,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *UnitStats) Reset() {
@@ -337,6 +343,20 @@ func (x *UnitStats) GetHugePages() bool {
 func (x *UnitStats) GetPageSize() int64 {
 	if x != nil {
 		return x.PageSize
+	}
+	return 0
+}
+
+func (x *UnitStats) GetQuarantined() int64 {
+	if x != nil {
+		return x.Quarantined
+	}
+	return 0
+}
+
+func (x *UnitStats) GetQuarantinedSessions() int64 {
+	if x != nil {
+		return x.QuarantinedSessions
 	}
 	return 0
 }
@@ -1197,7 +1217,7 @@ const file_data_proto_rawDesc = "" +
 	"\vReadRequest\x12)\n" +
 	"\x06ranges\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x06ranges\"6\n" +
 	"\vFreeRequest\x12'\n" +
-	"\x05cells\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x05cells\"\xbf\x02\n" +
+	"\x05cells\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x05cells\"\x94\x03\n" +
 	"\tUnitStats\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x03R\bcapacity\x12\x16\n" +
@@ -1211,7 +1231,9 @@ const file_data_proto_rawDesc = "" +
 	"\n" +
 	"huge_pages\x18\n" +
 	" \x01(\bR\thugePages\x12\x1b\n" +
-	"\tpage_size\x18\v \x01(\x03R\bpageSize\"c\n" +
+	"\tpage_size\x18\v \x01(\x03R\bpageSize\x12 \n" +
+	"\vquarantined\x18\f \x01(\x03R\vquarantined\x121\n" +
+	"\x14quarantined_sessions\x18\r \x01(\x03R\x13quarantinedSessions\"c\n" +
 	"\x10ShmSegmentsReply\x122\n" +
 	"\bsegments\x18\x01 \x03(\v2\x16.tq.wire.v1.ShmSegmentR\bsegments\x12\x1b\n" +
 	"\tfd_socket\x18\x02 \x01(\tR\bfdSocket\"O\n" +

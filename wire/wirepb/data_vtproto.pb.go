@@ -238,6 +238,16 @@ func (m *UnitStats) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.QuarantinedSessions != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.QuarantinedSessions))
+		i--
+		dAtA[i] = 0x68
+	}
+	if m.Quarantined != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Quarantined))
+		i--
+		dAtA[i] = 0x60
+	}
 	if m.PageSize != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PageSize))
 		i--
@@ -1156,6 +1166,12 @@ func (m *UnitStats) SizeVT() (n int) {
 	}
 	if m.PageSize != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.PageSize))
+	}
+	if m.Quarantined != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Quarantined))
+	}
+	if m.QuarantinedSessions != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.QuarantinedSessions))
 	}
 	n += len(m.unknownFields)
 	return n
