@@ -23,6 +23,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/resp"
+	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -59,6 +60,7 @@ type serveConfig struct {
 	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	ControllerWait    time.Duration `yaml:"controller_wait"`
+	ShmQuarantine     time.Duration `yaml:"shm_quarantine"` // storage.ServerConfig.Quarantine
 	Name              string        `yaml:"name"`
 	RESP              string        `yaml:"resp"`
 	RESPSocket        string        `yaml:"resp_socket"`
@@ -126,6 +128,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight and for puts written to this process's units to commit")
 	fs.DurationVar(&c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
+	fs.DurationVar(&c.ShmQuarantine, "shm-quarantine", c.ShmQuarantine, fmt.Sprintf("how long a storage unit keeps the reservations and leases of a same-host session that ended without the client's goodbye (the unit timed it out, or the connection broke) out of reuse while the client process lives, since it may still be copying into them; they come back earlier when it exits; tq stat shows them as quarantined (0: %v; negative: no quarantine, they come back when the session ends)", storage.DefaultQuarantine))
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
 	fs.StringVar(&c.RESPSocket, "resp-socket", c.RESPSocket, `serve the Redis protocol on this unix socket too (e.g. /run/tq/resp.sock; "" for none), for --role all: redis-cli -s, redis-py's unix_socket_path; clients AUTH with the token`)
@@ -176,7 +179,8 @@ func (c *serveConfig) loadYAML(path string) error {
 
 // checkKeys checks the values of m's keys that yaml.v3 would take
 // wrongly or report without the key: an integer key's value must be an
-// integer, a size key's a size.
+// integer, a size key's a size, a duration key's a duration with its
+// unit.
 func checkKeys(m *yaml.Node) error {
 	if m.Kind != yaml.MappingNode {
 		return nil
@@ -196,6 +200,12 @@ func checkKeys(m *yaml.Node) error {
 		case t == reflect.TypeFor[byteSize]():
 			if _, err := parseSize(v.Value); err != nil || v.Kind != yaml.ScalarNode {
 				errs = append(errs, fmt.Errorf("line %d: %s %q: want a size like 1048576, 512MiB or 4GiB", v.Line, k.Value, v.Value))
+			}
+		case t == reflect.TypeFor[time.Duration]():
+			// yaml.v3 takes a string time.ParseDuration takes, and no
+			// bare number, not even 0.
+			if _, err := time.ParseDuration(v.Value); err != nil || v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
+				errs = append(errs, fmt.Errorf("line %d: %s %q: want a duration like 30s, 2m or -1s", v.Line, k.Value, v.Value))
 			}
 		case t.Kind() == reflect.Int:
 			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" {
@@ -235,6 +245,9 @@ func (c *serveConfig) validate() error {
 	if c.HeartbeatInterval <= 0 {
 		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)
 	}
+	// --shm-quarantine is not among these: every duration is valid there,
+	// read as storage.ServerConfig.Quarantine reads it (0: the default;
+	// negative: no quarantine).
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -388,6 +401,7 @@ var roleFlags = []struct {
 	{"rdma-device", "all unit", func(c *serveConfig) any { return c.RDMADevice }},
 	{"reconcile-interval", "all unit", func(c *serveConfig) any { return c.ReconcileInterval }},
 	{"reconcile-grace", "all unit", func(c *serveConfig) any { return c.ReconcileGrace }},
+	{"shm-quarantine", "all unit", func(c *serveConfig) any { return c.ShmQuarantine }},
 }
 
 // checkRoleFlags refuses a flag the role does not use, set to other than

@@ -156,12 +156,13 @@ func TestCheckConfig(t *testing.T) {
 	dataDir, sockDir := filepath.Join(root, "data"), filepath.Join(root, "sock")
 	args := []string{"--check-config", "--role", "unit", "--controller", "tcp://tq-controller:7370", "--capacity", "4GiB",
 		"--unit-listen", ":7371", "--unit-advertise", "10.1.2.3", "--heartbeat", "2s", "--huge-pages=false",
-		"--data-dir", dataDir, "--socket-dir", sockDir, "--token", "secret", "--metrics", "0.0.0.0:9090"}
+		"--data-dir", dataDir, "--socket-dir", sockDir, "--token", "secret", "--metrics", "0.0.0.0:9090", "--shm-quarantine", "-1s"}
 	var out, errOut strings.Builder
 	require.NoError(t, serve(t.Context(), args, &out, &errOut), errOut.String())
 	assert.NotContains(t, out.String(), "secret", "the token is left out")
 	first, _, _ := strings.Cut(out.String(), "\n")
 	assert.Equal(t, "# tq serve: configuration ok; token from --token", first)
+	assert.Contains(t, out.String(), "\nshm_quarantine: -1s\n")
 	for _, d := range []string{dataDir, sockDir} {
 		_, err := os.Stat(d)
 		assert.True(t, os.IsNotExist(err), "--check-config created %s", d)
@@ -260,6 +261,12 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a negative shutdown timeout", []string{"--shutdown-timeout", "-5s"}, []string{"--shutdown-timeout -5s: must not be negative"}},
 		{"a negative reconcile interval", []string{"--reconcile-interval", "-1s"}, []string{"--reconcile-interval -1s: must not be negative"}},
 		{"a negative reconcile grace", []string{"--reconcile-grace", "-1s"}, []string{"--reconcile-grace -1s: must not be negative"}},
+		{"a quarantine that is no duration", []string{"--shm-quarantine", "soon"}, []string{`invalid value "soon" for flag -shm-quarantine`}},
+		{"a quarantine without its unit", []string{"--shm-quarantine", "30"}, []string{`invalid value "30" for flag -shm-quarantine`}},
+		{"a quarantine in a config file that is no duration", []string{"--config", yamlFile("quarantine.yaml", "shm_quarantine: soon\n")}, []string{`shm_quarantine "soon": want a duration like 30s, 2m or -1s`}},
+		{"a quarantine in a config file without its unit", []string{"--config", yamlFile("quarantine30.yaml", "shm_quarantine: 30\n")}, []string{`line 1: shm_quarantine "30": want a duration`}},
+		{"a zero quarantine in a config file without its unit", []string{"--config", yamlFile("quarantine0.yaml", "shm_quarantine: 0\n")}, []string{`line 1: shm_quarantine "0": want a duration`}},
+		{"a controller with --shm-quarantine", []string{"--role", "controller", "--shm-quarantine", "1m"}, []string{"--shm-quarantine 1m0s: not used by --role controller"}},
 		{"loops below -1", []string{"--loops", "-7"}, []string{"--loops -7"}},
 		{"RESP loops below -1", []string{"--resp-loops", "-2"}, []string{"--resp-loops -2"}},
 		{"a listen port past 65535", []string{"--listen", "127.0.0.1:99999"}, []string{`--listen "127.0.0.1:99999"`, `port "99999"`}},
@@ -295,6 +302,11 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a unit at the defaults of flags it does not use", []string{"--role", "unit", "--controller", "unix:///run/tq/controller.sock", "--units", "2", "--listen", "127.0.0.1:7370"}},
 		{"a controller address as host:port", []string{"--role", "unit", "--controller", "h:7370"}},
 		{"loops -1", []string{"--loops", "-1", "--resp-loops", "-1"}},
+		{"a negative quarantine: none", []string{"--shm-quarantine", "-1s"}},
+		{"quarantine 0: the default", []string{"--shm-quarantine", "0"}},
+		{"a quarantine in a config file", []string{"--config", yamlFile("q.yaml", "shm_quarantine: 2m\n")}},
+		{"no quarantine in a config file", []string{"--config", yamlFile("qoff.yaml", "shm_quarantine: \"-1s\"\n")}},
+		{"a unit's quarantine", []string{"--role", "unit", "--controller", "tcp://h:1", "--shm-quarantine", "10s"}},
 		{"the largest size", []string{"--capacity", "9223372036854775807"}},
 		{"a config file of one document", []string{"--config", yamlFile("one.yaml", "---\nunits: 3\ncapacity: 64MiB\n")}},
 	} {

@@ -475,7 +475,8 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
-	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit)}
+	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit),
+		Quarantine: s.cfg.ShmQuarantine}
 	ru := &runningUnit{u: u}
 	if s.cfg.RDMADevice != "" {
 		dev, err := s.rdmaDevice()

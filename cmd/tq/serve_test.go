@@ -22,6 +22,8 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // startServeLogged is startServeIn that also collects what the process
@@ -254,5 +256,51 @@ func TestSecondSIGTERMEndsServeAtOnce(t *testing.T) {
 		case <-deadline:
 			t.Fatal("tq serve still running 10 s after a second SIGTERM")
 		}
+	}
+}
+
+// --shm-quarantine reaches the storage units: a same-host session that
+// ends without a goodbye, holding a reservation while its client (this
+// process) lives, leaves it in quarantine under --shm-quarantine 1h, and
+// gives it back at once under -1s (none). tq serve used to give its units
+// no quarantine but the default.
+func TestShmQuarantineReachesTheUnits(t *testing.T) {
+	bin := tqBinary(t)
+	for _, tc := range []struct {
+		quarantine string
+		want       int64 // bytes in quarantine once the session ended
+	}{{"1h", 64 << 10}, {"-1s", 0}} {
+		t.Run("quarantine="+tc.quarantine, func(t *testing.T) {
+			p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1",
+				"--capacity", "16MiB", "--shm-quarantine", tc.quarantine)
+			var sock string
+			for _, a := range p.units[0] {
+				if strings.HasPrefix(a, "unix://") {
+					sock = a
+				}
+			}
+			require.NotEmpty(t, sock, "the unit's unix socket among %q", p.units[0])
+			ctx := t.Context()
+			dial := func() *wire.Conn {
+				c, _, err := wire.Dial(ctx, sock, &wirepb.Hello{Role: "client", Token: p.token(t)}, wire.ConnConfig{})
+				require.NoError(t, err)
+				return c
+			}
+			c := dial()
+			require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
+			c.Close() // no goodbye
+
+			sc := dial()
+			defer sc.Close()
+			var st wirepb.UnitStats
+			require.Eventually(t, func() bool {
+				st.Reset()
+				require.NoError(t, sc.Do(ctx, wire.OpUnitStats, &wirepb.Empty{}, nil, &st, nil))
+				// The session ended: its reservation went to
+				// quarantine, or back.
+				return st.Quarantined != 0 || st.OpenReservations == 0
+			}, 10*time.Second, 5*time.Millisecond, "the session's end")
+			assert.Equal(t, tc.want, st.Quarantined, "bytes in quarantine: %v", &st)
+		})
 	}
 }
