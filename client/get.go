@@ -256,6 +256,24 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 	return v, nil
 }
 
+// readErr says why a read of storage unit id's cells failed with err
+// (the caller's context still live): the cells are lost to this read
+// (engine.ErrLost) whatever the reason, but a unit that answered is not
+// called unreachable.
+func readErr(id engine.UnitID, err error) error {
+	switch {
+	case errors.Is(err, engine.ErrNotFound):
+		return fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
+	case errors.Is(err, engine.ErrInvalid), errors.Is(err, engine.ErrCorrupt):
+		// The request named bytes the unit does not hold as asked (an
+		// RDMA completion that says the request was wrong, a reply that
+		// does not fit it).
+		return fmt.Errorf("storage unit %d refused the read of its cells, lost to this read: %w: %w", id, engine.ErrLost, err)
+	default:
+		return fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
+	}
+}
+
 // leaseAll leases (or reads, see inliner) the ranges of every unit at
 // once, bounded by [Config.MaxUnitIO]. On error it returns the leases it
 // took, for the caller to release, and the first unit's error in id
@@ -290,10 +308,8 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 			return errMergedRange
 		case ctx.Err() != nil:
 			// The caller gave up; nothing is known about the cells.
-		case errors.Is(err, engine.ErrNotFound):
-			err = fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
 		default:
-			err = fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
+			err = readErr(id, err)
 		}
 		return &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
 	})
