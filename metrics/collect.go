@@ -36,7 +36,7 @@ var (
 	descExtents      = desc("tq_unit_extents", "A storage unit's extents.", "unit")
 	descReservations = desc("tq_unit_reservations", "A storage unit's open reservations.", "unit")
 	descLeases       = desc("tq_unit_leases", "A storage unit's leases held by readers.", "unit")
-	descQuarBytes    = desc("tq_unit_quarantined_bytes", "A storage unit's bytes in quarantine: held for same-host sessions that ended without a goodbye while their client lives, out of reuse until it exits or the quarantine passes (counted in tq_unit_used_bytes).", "unit")
+	descQuarBytes    = desc("tq_unit_quarantined_bytes", "A storage unit's bytes in quarantine: those only the holds of same-host sessions that ended without a goodbye while their client lives keep out of reuse (their reservations, and leased extents whose cells were all freed), until it exits or the quarantine passes (counted in tq_unit_used_bytes).", "unit")
 	descQuarSessions = desc("tq_unit_quarantined_sessions", "A storage unit's same-host sessions whose holds are in quarantine.", "unit")
 	descUnitConns    = desc("tq_unit_connections", "Connections a storage unit's wire server holds open.", "unit")
 	descDataBytes    = desc("tq_unit_data_bytes_total", "Column bytes a storage unit moved, by transport (tcp, unix: payloads; shm, rdma: extents committed or leased by a client that moves the bytes itself) and direction (write, read).", "unit", "transport", "direction")

@@ -32,10 +32,15 @@ type extent struct {
 	gen       uint32 // see engine.RemoteAddr.Gen
 	state     extentState
 	confirmed bool // the controller said cells reference it (reconcile)
+	// orphan: reserved for a reservation that can no longer commit (it
+	// expired while held, or its session ended into quarantine); the
+	// extent is not in flight (see Unit.Unsettled).
+	orphan    bool
 	blk       block
 	off       int64 // == blk.off
 	size      int64 // bytes asked for; cells live in [off, off+size)
 	refs      int
+	qrefs     int   // of refs, the lease entries in quarantine (see Stats.Quarantined)
 	committed int64 // when it was committed: nanoseconds since Unit.epoch
 	live      []span
 	liveOne   [1]span // backing store of live until the first split

@@ -17,6 +17,8 @@ type Lease struct {
 	ents     []leaseEntry
 	one      [1]leaseEntry
 	released atomic.Bool
+
+	quarantined bool // its session's quarantine keeps it; guarded by u.mu
 }
 
 type leaseEntry struct {
@@ -96,6 +98,9 @@ func (l *Lease) Release() {
 	for _, ent := range l.ents {
 		if ent.e == nil {
 			continue
+		}
+		if l.quarantined {
+			u.unquarantineLocked(ent.e)
 		}
 		if ent.e.refs--; ent.e.refs == 0 {
 			u.release(ent.e, true)

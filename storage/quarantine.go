@@ -23,12 +23,15 @@ package storage
 // kernel, a client in a pid namespace the unit cannot see) only the
 // deadline ends it.
 //
-// Quarantined holds stay allocated: Used (and so the heartbeats) counts
-// them, [Stats.Quarantined] and [Stats.QuarantinedSessions] say how many
-// bytes they cover and of how many sessions (UNIT_STATS and the
-// tq_unit_quarantined_* metrics report both), and a unit full of them
-// answers RESERVE and WRITE with CODE_CAPACITY, as when full, until they
-// end. Server.Close and Server.Shutdown give them back at once: waiting
+// A reservation in quarantine can no longer commit, as if it had expired
+// while held: it is no open reservation (Stats.OpenReservations) and its
+// extents are not in flight ([Unit.Unsettled]). Quarantined holds stay
+// allocated: Used (and so the heartbeats) counts them,
+// [Stats.Quarantined] says how many bytes only the quarantine keeps out
+// of reuse and [Stats.QuarantinedSessions] of how many sessions
+// (UNIT_STATS and the tq_unit_quarantined_* metrics report both), and a
+// unit full of them answers RESERVE and WRITE with CODE_CAPACITY, as when
+// full, until they end. Server.Close and Server.Shutdown give them back at once: waiting
 // would hold the unit's shutdown for the quarantine.
 
 import (
@@ -49,7 +52,6 @@ const DefaultQuarantine = 30 * time.Second
 type quarantine struct {
 	res    []*Reservation
 	leases []*Lease
-	bytes  int64
 	proc   *os.File // the client's pidfd; nil: none
 }
 
@@ -124,14 +126,6 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
 		return
 	}
 	q := &quarantine{res: res, leases: leases}
-	for _, r := range res {
-		q.bytes += r.bytes
-	}
-	for _, l := range leases {
-		for _, e := range l.ents {
-			q.bytes += int64(len(e.b))
-		}
-	}
 	deadline := time.Now().Add(s.cfg.Quarantine)
 	if pidfd >= 0 {
 		// A nonblocking fd goes on the runtime's poller, which wakes a
@@ -160,8 +154,8 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
 	qs.set[q] = struct{}{}
 	qs.wg.Add(1)
 	stop := qs.stop
+	s.u.quarantineHolds(res, leases)
 	qs.mu.Unlock()
-	s.u.addQuarantined(1, q.bytes)
 	go func() {
 		defer qs.wg.Done()
 		q.wait(deadline, stop)
@@ -169,7 +163,7 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
 		delete(qs.set, q) // before end closes the pidfd that endQuarantines touches
 		qs.mu.Unlock()
 		q.end()
-		s.u.addQuarantined(-1, -q.bytes)
+		s.u.quarantineEnded()
 	}()
 }
 
@@ -223,15 +217,93 @@ func (s *Server) endQuarantines() {
 	qs.wg.Wait()
 }
 
-// Quarantined reports the sessions whose holds are in quarantine and the
-// bytes those holds cover.
+// Quarantined reports the sessions whose holds this server keeps in
+// quarantine, and the bytes that only the unit's quarantine keeps out of
+// reuse ([Stats.Quarantined]).
 func (s *Server) Quarantined() (sessions int, bytes int64) {
 	qs := &s.quar
 	qs.mu.Lock()
-	defer qs.mu.Unlock()
-	for q := range qs.set {
-		sessions++
-		bytes += q.bytes
+	sessions = len(qs.set)
+	qs.mu.Unlock()
+	return sessions, s.u.Stats().Quarantined
+}
+
+// quarantineHolds counts a session's holds in quarantine. Its
+// reservations can no longer commit, as if they had expired while held,
+// and keep their extents until aborted; its leases' extents count in
+// Stats.Quarantined once only they hold them.
+func (u *Unit) quarantineHolds(res []*Reservation, leases []*Lease) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.quarSess++
+	if u.closed {
+		return
 	}
-	return sessions, bytes
+	for _, r := range res {
+		if r.state == reservationOpen {
+			u.unlinkOpen(r)
+			r.state = reservationExpired
+			orphan(r)
+		}
+		if r.state == reservationExpired && !r.quarantined {
+			r.quarantined = true
+			u.quarRes += r.bytes
+		}
+	}
+	for _, l := range leases {
+		if l.released.Load() || l.quarantined {
+			continue
+		}
+		l.quarantined = true
+		for _, ent := range l.ents {
+			if ent.e == nil {
+				continue
+			}
+			if ent.e.qrefs++; ent.e.qrefs == 1 {
+				if u.quarExts == nil {
+					u.quarExts = map[*extent]struct{}{}
+				}
+				u.quarExts[ent.e] = struct{}{}
+			}
+		}
+	}
+}
+
+// quarantineEnded counts a session out of quarantine, its holds given
+// back.
+func (u *Unit) quarantineEnded() {
+	u.mu.Lock()
+	u.quarSess--
+	u.mu.Unlock()
+}
+
+// unquarantineLocked counts one lease entry in quarantine on e out, as
+// the lease is released.
+func (u *Unit) unquarantineLocked(e *extent) {
+	if e.qrefs--; e.qrefs == 0 {
+		delete(u.quarExts, e)
+	}
+}
+
+// quarantinedLocked returns Stats.Quarantined: the reservations' bytes,
+// and the extents that only leases in quarantine hold (their cells, which
+// hold a reference while any is live, are all freed).
+func (u *Unit) quarantinedLocked() int64 {
+	n := u.quarRes
+	for e := range u.quarExts {
+		if e.refs == e.qrefs {
+			n += e.blk.size
+		}
+	}
+	return n
+}
+
+// orphan marks the extents of r, which can no longer commit, as out of
+// flight.
+func orphan(r *Reservation) {
+	for _, e := range r.exts {
+		if e != nil {
+			e.orphan = true
+		}
+	}
 }

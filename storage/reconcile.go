@@ -102,11 +102,14 @@ func reportable(e *extent) bool {
 }
 
 // Unsettled returns, whole, the unit's extents in flight with the given
-// grace: reserved, or committed less than grace ago, holding cells, and
-// not confirmed by a reconcile. A put may still commit the cells of such
-// an extent to the controller; one the controller names no cell of is a
-// put not finished yet (or one that will never be: its writer died). A
-// server shutting down waits for them (see [Unit.StopReserving]).
+// grace: reserved by a reservation that may still commit, or committed
+// less than grace ago, holding cells, and not confirmed by a reconcile. A
+// put may still commit the cells of such an extent to the controller; one
+// the controller names no cell of is a put not finished yet (or one that
+// will never be: its writer died). A server shutting down waits for them
+// (see [Unit.StopReserving]). The extents of a held reservation that
+// expired, or of one in a dead session's quarantine, are not listed: no
+// put can commit them any more.
 func (u *Unit) Unsettled(grace time.Duration) []engine.RemoteAddr {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -114,7 +117,7 @@ func (u *Unit) Unsettled(grace time.Duration) []engine.RemoteAddr {
 	var out []engine.RemoteAddr
 	for _, s := range u.segs {
 		for _, e := range s.byGen {
-			if e.state == extentReserved || reportable(e) && inFlight(e, now, int64(grace)) {
+			if e.state == extentReserved && !e.orphan || reportable(e) && inFlight(e, now, int64(grace)) {
 				out = append(out, extentAddr(e))
 			}
 		}

@@ -37,9 +37,10 @@ type Reservation struct {
 	held    bool  // see Unit.ReserveHeld
 
 	// Guarded by u.mu.
-	state      reservationState
-	deadline   time.Time
-	prev, next *Reservation // open list
+	state       reservationState
+	quarantined bool // its session's quarantine keeps it (see Stats.Quarantined)
+	deadline    time.Time
+	prev, next  *Reservation // open list
 }
 
 func newReservation(u *Unit, n int) *Reservation {

@@ -69,8 +69,9 @@ type Unit struct {
 	growing    int64    // bytes of segments being mapped outside the lock
 	used       int64
 	reserved   int64
-	quarBytes  int64 // see Stats.Quarantined
-	quarSess   int   // see Stats.QuarantinedSessions
+	quarRes    int64                // bytes of the reservations in quarantine
+	quarExts   map[*extent]struct{} // extents leases in quarantine cover
+	quarSess   int                  // see Stats.QuarantinedSessions
 	extents    int
 	leases     int
 	openHead   *Reservation
@@ -104,10 +105,14 @@ type Stats struct {
 	Leases           int
 	HugePages        bool  // new segments use hugetlb pages
 	PageSize         int64 // page size of new segments: 4 KiB or 2 MiB
-	// Quarantined is the bytes that the reservations and leases of
-	// same-host connections that ended without a goodbye cover while
-	// their servers keep them out of reuse (see ServerConfig.Quarantine);
-	// Used counts them.
+	// Quarantined is the bytes that only the quarantine of same-host
+	// connections that ended without a goodbye keeps out of reuse (see
+	// ServerConfig.Quarantine), counted once each at their rounded sizes
+	// as Used counts them: the extents of the reservations in quarantine
+	// (which can no longer commit), and the extents whose cells were all
+	// freed and that only leases in quarantine still hold. An extent with
+	// live cells is not counted, however many leases in quarantine cover
+	// it: its cells keep it anyway. It is at most Used.
 	Quarantined int64
 	// QuarantinedSessions is how many such connections' holds are in
 	// quarantine.
@@ -627,6 +632,7 @@ func (u *Unit) expireLocked(r *Reservation) {
 	}
 	u.unlinkOpen(r)
 	r.state = reservationExpired
+	orphan(r)
 }
 
 // releaseReservedLocked frees the extents of a reservation already off the
@@ -640,6 +646,10 @@ func (u *Unit) releaseReservedLocked(r *Reservation) {
 		}
 	}
 	r.state = reservationAborted
+	if r.quarantined {
+		r.quarantined = false
+		u.quarRes -= r.bytes
+	}
 	if released {
 		u.signal()
 	}
@@ -843,18 +853,9 @@ func (u *Unit) Stats() Stats {
 		Leases:              u.leases,
 		HugePages:           u.hugetlb,
 		PageSize:            u.segPage,
-		Quarantined:         u.quarBytes,
+		Quarantined:         u.quarantinedLocked(),
 		QuarantinedSessions: u.quarSess,
 	}
-}
-
-// addQuarantined counts sessions more sessions and n more bytes in
-// quarantine (see Stats.Quarantined).
-func (u *Unit) addQuarantined(sessions int, n int64) {
-	u.mu.Lock()
-	u.quarSess += sessions
-	u.quarBytes += n
-	u.mu.Unlock()
 }
 
 // Segments describes the unit's live segments, in the order they were

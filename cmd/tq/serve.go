@@ -651,12 +651,16 @@ const settleIdle = 2 * time.Second
 // settlePuts waits for the puts that reserved or wrote on this process's
 // units to commit: until the controller names every extent the units
 // hold in flight (storage.Unit.Unsettled). It waits while a reservation
-// is open (its client holds it, and the unit gives it back when that
-// client's connection ends), and while written extents keep getting
-// committed; written extents that stay unnamed for settleIdle are left to
-// reconciliation (their puts were never acknowledged). It takes at most
-// half of what is left of ctx, so that the controller's own drain (a
-// checkpoint save in flight) keeps the rest.
+// is open (its client holds it and may still commit it), and while
+// written extents keep getting committed; written extents that stay
+// unnamed for settleIdle are left to reconciliation (their puts were never
+// acknowledged). A reservation that can no longer commit is not waited
+// for: one that expired, or one whose client's connection ended without
+// a goodbye, which the unit keeps in quarantine while that client lives
+// (storage's quarantine.go). It takes at most half of what is left of
+// ctx, so that the controller's own drain (a checkpoint save in flight)
+// keeps the rest; what is then still reserved is left to reconciliation
+// too.
 func (s *server) settlePuts(ctx context.Context) {
 	grace := s.cfg.ReconcileGrace
 	if grace <= 0 {
@@ -682,7 +686,21 @@ func (s *server) settlePuts(ctx context.Context) {
 		}
 		last = pending
 		if now.Sub(since) >= settleIdle || now.After(end) || ctx.Err() != nil {
-			fmt.Fprintf(s.out, "tq serve: %d extents written and not committed are left to reconciliation\n", pending)
+			// With no grace, Unsettled lists only the extents of open
+			// reservations.
+			reserved := 0
+			for _, ru := range s.units {
+				reserved += len(ru.u.Unsettled(0))
+			}
+			reserved = min(reserved, pending)
+			var left []string
+			if written := pending - reserved; written > 0 {
+				left = append(left, fmt.Sprintf("%d extents written and not committed", written))
+			}
+			if reserved > 0 {
+				left = append(left, fmt.Sprintf("%d extents reserved by puts still open", reserved))
+			}
+			fmt.Fprintf(s.out, "tq serve: %s are left to reconciliation\n", strings.Join(left, " and "))
 			return
 		}
 		select {

@@ -233,7 +233,8 @@ type UnitStats struct {
 	// The reservations and leases of same-host connections that ended
 	// without SHM_GOODBYE while their client lives, kept out of reuse until
 	// it exits or the unit's quarantine passes (see spec.md, "Shared
-	// memory"): the bytes they cover (used counts them) and the sessions.
+	// memory"): the bytes only they keep out of reuse, each extent once at
+	// its rounded size (used counts them), and the sessions.
 	Quarantined         int64 `protobuf:"varint,12,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
 	QuarantinedSessions int64 `protobuf:"varint,13,opt,name=quarantined_sessions,json=quarantinedSessions,proto3" json:"quarantined_sessions,omitempty"`
 	unknownFields       protoimpl.UnknownFields
