@@ -15,13 +15,22 @@ package storage
 //	            it — when the client process exits or
 //	            ServerConfig.Quarantine passes, whichever comes first.
 //
-// The client process is known by a pidfd taken when it connects
-// (SO_PEERPIDFD, else pidfd_open of SO_PEERCRED's pid), which names that
-// process and no later one with the same pid. A quarantine waits for the
-// pidfd to turn readable (the process exited) on the runtime's poller,
-// with the quarantine's end as the read deadline. Without a pidfd (an old
-// kernel, a client in a pid namespace the unit cannot see) only the
-// deadline ends it.
+// Holds that cover no byte (a lease of empty ranges, a reservation of no
+// or empty sizes) go back at once: the client can touch nothing through
+// them.
+//
+// The client process is known by its pid and a pidfd taken when it
+// connects (SO_PEERCRED's pid; SO_PEERPIDFD, else pidfd_open of that
+// pid), which names that process and no later one with the same pid. The
+// quarantined sessions of one client process share one pidfd and one
+// goroutine, which waits for the pidfd to turn readable (the process
+// exited) on the runtime's poller, with the earliest session's end as the
+// read deadline: a client that ends many sessions costs the unit one fd
+// and one goroutine. Sessions whose process is unknown (an old kernel, a
+// client in a pid namespace the unit cannot see) share one goroutine that
+// only their deadlines end. At most MaxQuarantined sessions are in
+// quarantine at once; the holds of one that ends past that go back at
+// once, and the server logs it.
 //
 // A reservation in quarantine can no longer commit, as if it had expired
 // while held: it is no open reservation (Stats.OpenReservations) and its
@@ -31,10 +40,11 @@ package storage
 // of reuse and [Stats.QuarantinedSessions] of how many sessions
 // (UNIT_STATS and the tq_unit_quarantined_* metrics report both), and a
 // unit full of them answers RESERVE and WRITE with CODE_CAPACITY, as when
-// full, until they end. Server.Close and Server.Shutdown give them back at once: waiting
-// would hold the unit's shutdown for the quarantine.
+// full, until they end. Server.Close and Server.Shutdown give them back at
+// once: waiting would hold the unit's shutdown for the quarantine.
 
 import (
+	"errors"
 	"net"
 	"os"
 	"sync"
@@ -48,54 +58,77 @@ import (
 // its connection end and stops its copies.
 const DefaultQuarantine = 30 * time.Second
 
-// quarantine is one ended session's holds, kept out of reuse.
+// MaxQuarantined bounds the sessions a server holds in quarantine at once
+// (each may hold up to MaxSessionHolds reservations and leases); past it,
+// the holds of a session that ends without a goodbye go back at once.
+const MaxQuarantined = 1024
+
+// quarantine is one ended session's holds, kept out of reuse until
+// deadline or its client process's exit.
 type quarantine struct {
-	res    []*Reservation
-	leases []*Lease
-	proc   *os.File // the client's pidfd; nil: none
+	res      []*Reservation
+	leases   []*Lease
+	deadline time.Time
+}
+
+// procQuarantine is the quarantined sessions of one client process,
+// waited for by one goroutine on one pidfd; or, with pid 0 and no pidfd,
+// those of processes the unit does not know, which only their deadlines
+// end.
+type procQuarantine struct {
+	pid   int32
+	pidfd int      // proc's fd, read under quarantines.mu; -1: none
+	proc  *os.File // nil: none
+	// sessions, in deadline order (all get the same quarantine). Guarded
+	// by quarantines.mu.
+	sessions []*quarantine
 }
 
 // quarantines are a server's quarantined sessions; Server.Close ends them.
 type quarantines struct {
 	mu     sync.Mutex
 	closed bool
-	set    map[*quarantine]struct{}
-	stop   chan struct{} // closed by end
+	max    int                          // MaxQuarantined
+	n      int                          // sessions in quarantine
+	full   bool                         // logged that n reached max, since it was below
+	byPid  map[int32]*procQuarantine    // the processes sessions may join
+	procs  map[*procQuarantine]struct{} // every process waited for
+	stop   chan struct{}                // closed by endQuarantines
 	wg     sync.WaitGroup
 }
 
-// peerPidfd returns a pidfd of the process at the other end of nc (a unix
-// socket, or a control ring with its liveness socket), or -1 when the
-// kernel will not say. The fd is close-on-exec.
-func peerPidfd(nc net.Conn) int {
+// peerPidfd returns the pid of the process at the other end of nc (a unix
+// socket, or a control ring with its liveness socket) and a pidfd of it,
+// or 0 and -1 when the kernel will not say. The fd is close-on-exec.
+func peerPidfd(nc net.Conn) (pid int32, pidfd int) {
 	if l, ok := nc.(interface{ Link() net.Conn }); ok {
 		nc = l.Link()
 	}
 	uc, ok := nc.(*net.UnixConn)
 	if !ok {
-		return -1
+		return 0, -1
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return -1
+		return 0, -1
 	}
-	pidfd := -1
+	pidfd = -1
 	raw.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil || cred.Pid <= 0 {
+			return // the pid groups a process's sessions: none without it
+		}
 		// SO_PEERPIDFD (Linux 6.5) names the process that connected even
 		// if it is gone; pidfd_open of its pid could name a later one.
 		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEERPIDFD); err == nil {
-			pidfd = pfd
-			return
-		}
-		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil || cred.Pid <= 0 {
+			pid, pidfd = cred.Pid, pfd
 			return
 		}
 		if pfd, err := unix.PidfdOpen(int(cred.Pid), 0); err == nil {
-			pidfd = pfd
+			pid, pidfd = cred.Pid, pfd
 		}
 	})
-	return pidfd
+	return pid, pidfd
 }
 
 // exited reports whether the process of pidfd has exited (a zombie
@@ -116,84 +149,184 @@ func giveBack(res []*Reservation, leases []*Lease) {
 	}
 }
 
-// quarantine keeps the holds of a session that ended without a goodbye
-// out of reuse while the client process may still touch them (see the
-// top of this file). It takes pidfd (-1: none).
-func (s *Server) quarantine(res []*Reservation, leases []*Lease, pidfd int) {
-	if pidfd >= 0 && exited(pidfd) {
-		unix.Close(pidfd)
-		giveBack(res, leases)
-		return
-	}
-	q := &quarantine{res: res, leases: leases}
-	deadline := time.Now().Add(s.cfg.Quarantine)
-	if pidfd >= 0 {
-		// A nonblocking fd goes on the runtime's poller, which wakes a
-		// read when the pidfd turns readable or its deadline passes.
-		if unix.SetNonblock(pidfd, true) == nil {
-			q.proc = os.NewFile(uintptr(pidfd), "pidfd")
-			if q.proc.SetReadDeadline(deadline) != nil {
-				q.proc.Close() // not pollable: the deadline alone ends it
-				q.proc = nil
-			}
-		} else {
-			unix.Close(pidfd)
+// coversBytes reports whether r or l holds any extent.
+func (r *Reservation) coversBytes() bool { return r.bytes > 0 }
+
+func (l *Lease) coversBytes() bool {
+	for _, ent := range l.ents {
+		if ent.e != nil {
+			return true
 		}
 	}
-	qs := &s.quar
-	qs.mu.Lock()
-	if qs.closed {
-		qs.mu.Unlock()
-		q.end()
-		return
-	}
-	if qs.set == nil {
-		qs.set = map[*quarantine]struct{}{}
-		qs.stop = make(chan struct{})
-	}
-	qs.set[q] = struct{}{}
-	qs.wg.Add(1)
-	stop := qs.stop
-	s.u.quarantineHolds(res, leases)
-	qs.mu.Unlock()
-	go func() {
-		defer qs.wg.Done()
-		q.wait(deadline, stop)
-		qs.mu.Lock()
-		delete(qs.set, q) // before end closes the pidfd that endQuarantines touches
-		qs.mu.Unlock()
-		q.end()
-		s.u.quarantineEnded()
-	}()
+	return false
 }
 
-// wait returns when the client process exits, the deadline passes, or
-// stop is closed.
-func (q *quarantine) wait(deadline time.Time, stop <-chan struct{}) {
-	if q.proc != nil {
-		raw, err := q.proc.SyscallConn()
-		if err == nil {
-			// Read calls the func, and while it says false waits until
-			// the fd is readable or the deadline (which end moves to now)
-			// passes.
-			raw.Read(func(fd uintptr) bool { return exited(int(fd)) })
-			return
+// quarantine keeps the holds of a session that ended without a goodbye
+// out of reuse while the client process may still touch them (see the
+// top of this file). It takes pidfd (-1: none) of the process pid.
+func (s *Server) quarantine(res []*Reservation, leases []*Lease, pid int32, pidfd int) {
+	// Holds of no bytes go back now.
+	q := &quarantine{}
+	for _, r := range res {
+		if r.coversBytes() {
+			q.res = append(q.res, r)
+		} else {
+			r.Abort()
 		}
 	}
-	t := time.NewTimer(time.Until(deadline))
+	for _, l := range leases {
+		if l.coversBytes() {
+			q.leases = append(q.leases, l)
+		} else {
+			l.Release()
+		}
+	}
+	if len(q.res)+len(q.leases) == 0 || pidfd >= 0 && exited(pidfd) {
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		giveBack(q.res, q.leases)
+		return
+	}
+	if pidfd < 0 {
+		pid = 0
+	}
+	q.deadline = time.Now().Add(s.cfg.Quarantine)
+	qs := &s.quar
+	qs.mu.Lock()
+	if qs.closed || qs.n >= qs.max {
+		// Logged once until the quarantine has room again.
+		log := !qs.closed && !qs.full
+		qs.full = qs.full || log
+		qs.mu.Unlock()
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+		giveBack(q.res, q.leases)
+		if log && s.cfg.Logger != nil {
+			s.cfg.Logger.Warn("storage: quarantine full: the holds of sessions that end without a goodbye go back at once",
+				"sessions", qs.max, "pid", pid)
+		}
+		return
+	}
+	if qs.byPid == nil {
+		qs.byPid = map[int32]*procQuarantine{}
+		qs.procs = map[*procQuarantine]struct{}{}
+		qs.stop = make(chan struct{})
+	}
+	// A process waited for that has not exited is this session's: two
+	// live processes never share a pid. One that exited is a former
+	// process with the pid, whose waiter ends its sessions now.
+	p := qs.byPid[pid]
+	if p != nil && (p.pidfd < 0 || !exited(p.pidfd)) {
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
+	} else {
+		p = &procQuarantine{pid: pid, pidfd: -1}
+		if pidfd >= 0 {
+			p.watch(pidfd)
+		}
+		qs.byPid[pid] = p
+		qs.procs[p] = struct{}{}
+		qs.wg.Add(1)
+		go func() {
+			defer qs.wg.Done()
+			s.waitQuarantine(p)
+		}()
+	}
+	p.sessions = append(p.sessions, q)
+	qs.n++
+	s.u.quarantineHolds(q.res, q.leases)
+	qs.mu.Unlock()
+}
+
+// watch makes pidfd p's, on the runtime's poller: a nonblocking fd there
+// wakes a read when it turns readable or its deadline passes. A pidfd the
+// poller will not take is closed: only the deadlines end p's sessions.
+func (p *procQuarantine) watch(pidfd int) {
+	if unix.SetNonblock(pidfd, true) != nil {
+		unix.Close(pidfd)
+		return
+	}
+	f := os.NewFile(uintptr(pidfd), "pidfd")
+	if f.SetReadDeadline(time.Now().Add(time.Hour)) != nil {
+		f.Close()
+		return
+	}
+	p.proc, p.pidfd = f, pidfd
+}
+
+// waitQuarantine ends p's sessions as their deadlines pass, all of them
+// when the process exits or the server closes, and returns once none is
+// left.
+func (s *Server) waitQuarantine(p *procQuarantine) {
+	qs := &s.quar
+	gone := false
+	for {
+		qs.mu.Lock()
+		now, all := time.Now(), gone || qs.closed
+		i := 0
+		for i < len(p.sessions) && (all || !now.Before(p.sessions[i].deadline)) {
+			i++
+		}
+		due := p.sessions[:i:i]
+		p.sessions = p.sessions[i:]
+		qs.n -= len(due)
+		qs.full = qs.full && qs.n >= qs.max
+		last := len(p.sessions) == 0
+		var next time.Time
+		if last {
+			// Gone from the maps before its pidfd closes: nothing joins
+			// it, and endQuarantines touches it no more.
+			if qs.byPid[p.pid] == p {
+				delete(qs.byPid, p.pid)
+			}
+			delete(qs.procs, p)
+		} else {
+			next = p.sessions[0].deadline
+			if p.proc != nil {
+				// Under the lock: endQuarantines' deadline of now wins.
+				p.proc.SetReadDeadline(next)
+			}
+		}
+		stop := qs.stop
+		qs.mu.Unlock()
+		for _, q := range due {
+			giveBack(q.res, q.leases)
+			s.u.quarantineEnded()
+		}
+		if last {
+			if p.proc != nil {
+				p.proc.Close()
+			}
+			return
+		}
+		gone = p.wait(next, stop)
+	}
+}
+
+// wait returns when p's process exits (reporting true), next passes, or
+// stop is closed.
+func (p *procQuarantine) wait(next time.Time, stop <-chan struct{}) bool {
+	if p.proc != nil {
+		if raw, err := p.proc.SyscallConn(); err == nil {
+			// Read calls the func, and while it says false waits until
+			// the fd is readable or the deadline (which endQuarantines
+			// moves to now) passes.
+			err = raw.Read(func(fd uintptr) bool { return exited(int(fd)) })
+			if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				return err == nil
+			}
+		}
+	}
+	t := time.NewTimer(time.Until(next))
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-stop:
 	}
-}
-
-// end gives the holds back and closes the pidfd.
-func (q *quarantine) end() {
-	if q.proc != nil {
-		q.proc.Close()
-	}
-	giveBack(q.res, q.leases)
+	return false
 }
 
 // endQuarantines gives every quarantined session's holds back now, and
@@ -207,9 +340,9 @@ func (s *Server) endQuarantines() {
 		if qs.stop != nil {
 			close(qs.stop)
 		}
-		for q := range qs.set {
-			if q.proc != nil {
-				q.proc.SetReadDeadline(time.Now())
+		for p := range qs.procs {
+			if p.proc != nil {
+				p.proc.SetReadDeadline(time.Now())
 			}
 		}
 	}
@@ -223,7 +356,7 @@ func (s *Server) endQuarantines() {
 func (s *Server) Quarantined() (sessions int, bytes int64) {
 	qs := &s.quar
 	qs.mu.Lock()
-	sessions = len(qs.set)
+	sessions = qs.n
 	qs.mu.Unlock()
 	return sessions, s.u.Stats().Quarantined
 }

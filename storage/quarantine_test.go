@@ -3,6 +3,7 @@ package storage
 import (
 	"net"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -176,6 +177,122 @@ func dialAndClose(t *testing.T, addr string, hold func(c *wire.Conn)) {
 	require.NoError(t, err)
 	hold(c)
 	require.NoError(t, c.Close())
+}
+
+// Holds that cover no byte (an ACQUIRE of no ranges or of empty ones, a
+// RESERVE of no sizes or of 0 bytes) go back when their session ends:
+// the client can touch nothing through them. Each such session used to
+// take a pidfd and a goroutine for the whole quarantine.
+func TestQuarantineSkipsHoldsOfNoBytes(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv, addr := quarantineServer(t, u, ServerConfig{Quarantine: time.Hour})
+	ctx := t.Context()
+	holds := []func(c *wire.Conn){
+		func(c *wire.Conn) {
+			require.NoError(t, c.Do(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: &wirepb.Addrs{}}, nil, &wirepb.AcquireReply{}, nil))
+		},
+		func(c *wire.Conn) {
+			ranges := wire.RangesToPB([]engine.RemoteAddr{{Segment: 1}})
+			require.NoError(t, c.Do(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: ranges}, nil, &wirepb.AcquireReply{}, nil))
+		},
+		func(c *wire.Conn) {
+			require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{}, nil, &wirepb.ReserveReply{}, nil))
+		},
+		func(c *wire.Conn) {
+			require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{0, 0}}, nil, &wirepb.ReserveReply{}, nil))
+		},
+	}
+	for range 50 {
+		for _, hold := range holds {
+			dialAndClose(t, addr, hold)
+		}
+	}
+	waitStats(t, u, "the holds back", func(st Stats) bool { return st.Leases == 0 && st.OpenReservations == 0 })
+	sessions, _ := srv.Quarantined()
+	assert.Zero(t, sessions, "sessions in quarantine")
+	assert.Zero(t, u.Stats().QuarantinedSessions, "sessions in quarantine in Stats")
+}
+
+// However many sessions of one client process end in quarantine, the
+// quarantine waits for that process on one pidfd with one goroutine.
+// Each session used to keep a pidfd and a goroutine of its own: a client
+// looping dial, reserve, close piled them up.
+func TestQuarantineWaitsOncePerProcess(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv, addr := quarantineServer(t, u, ServerConfig{Quarantine: time.Hour})
+	ctx := t.Context()
+	reserve := func(c *wire.Conn) {
+		require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{4096}}, nil, &wirepb.ReserveReply{}, nil))
+	}
+	// The first session starts the process's quarantine.
+	dialAndClose(t, addr, reserve)
+	waitStats(t, u, "the first session in quarantine", func(st Stats) bool { return st.QuarantinedSessions == 1 })
+	fds, goroutines := openFds(t), runtime.NumGoroutine()
+
+	const n = 300
+	for range n - 1 {
+		dialAndClose(t, addr, reserve)
+	}
+	waitStats(t, u, "the sessions in quarantine", func(st Stats) bool { return st.QuarantinedSessions == n })
+	// The wire server's goroutines of the connections just closed exit
+	// soon after: wait for them, not for the quarantine's.
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= goroutines+2 }, 10*time.Second, 10*time.Millisecond,
+		"goroutines: %d, %d before", runtime.NumGoroutine(), goroutines)
+	assert.LessOrEqual(t, openFds(t), fds+2, "open fds")
+	sessions, _ := srv.Quarantined()
+	assert.Equal(t, n, sessions, "sessions in quarantine")
+
+	require.NoError(t, srv.Close())
+	st := u.Stats()
+	assert.Zero(t, st.QuarantinedSessions, "sessions in quarantine after the server closed")
+	assert.Zero(t, st.Used, "used bytes after the server closed")
+}
+
+// The sessions of one process that share its wait each end at their own
+// quarantine's end: the first to end goes back first, the later one
+// after its own time.
+func TestQuarantineEndsEachSessionInTurn(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	_, addr := quarantineServer(t, u, ServerConfig{Quarantine: time.Second})
+	ctx := t.Context()
+	reserve := func(c *wire.Conn) {
+		require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{4096}}, nil, &wirepb.ReserveReply{}, nil))
+	}
+	dialAndClose(t, addr, reserve)
+	waitStats(t, u, "the first session in quarantine", func(st Stats) bool { return st.QuarantinedSessions == 1 })
+	time.Sleep(time.Second / 2)
+	dialAndClose(t, addr, reserve)
+	waitStats(t, u, "both sessions in quarantine", func(st Stats) bool { return st.QuarantinedSessions == 2 })
+	st := waitStats(t, u, "the first session's end", func(st Stats) bool { return st.QuarantinedSessions < 2 })
+	assert.Equal(t, 1, st.QuarantinedSessions, "sessions in quarantine once the first one's ended")
+	assert.Equal(t, 1, st.Extents, "extents once the first session's went back")
+	waitStats(t, u, "the second session's end", func(st Stats) bool { return st.QuarantinedSessions == 0 && st.Extents == 0 })
+}
+
+// Past MaxQuarantined sessions in quarantine, the holds of a session that
+// ends go back at once: the quarantine holds a bounded number of them.
+func TestQuarantineIsBounded(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv, addr := quarantineServer(t, u, ServerConfig{Quarantine: time.Hour})
+	srv.quar.max = 3
+	ctx := t.Context()
+	for range 5 {
+		dialAndClose(t, addr, func(c *wire.Conn) {
+			require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{4096}}, nil, &wirepb.ReserveReply{}, nil))
+		})
+	}
+	st := waitStats(t, u, "the holds past the bound back", func(st Stats) bool { return st.Extents == 3 })
+	assert.Equal(t, 3, st.QuarantinedSessions, "sessions in quarantine")
+	sessions, _ := srv.Quarantined()
+	assert.Equal(t, 3, sessions, "sessions in quarantine")
 }
 
 // Stats.Quarantined counts, once each at its rounded size, the extents

@@ -78,8 +78,10 @@ type ServerConfig struct {
 	// same-host connection that ended without the client's goodbye
 	// (SHM_GOODBYE) stay out of reuse while the client process lives:
 	// it may still be copying into them (see quarantine.go). They go
-	// back earlier when that process exits. 0: DefaultQuarantine;
-	// negative: none, they go back when the connection ends.
+	// back earlier when that process exits, and at once when they cover
+	// no byte or MaxQuarantined sessions are in quarantine already. 0:
+	// DefaultQuarantine; negative: none, they go back when the connection
+	// ends.
 	Quarantine time.Duration
 	// RDMA, when set, serves RDMA_CONNECT and RDMA_SEGMENTS with it
 	// (transport/rdma.Target); NewServer makes it the unit's segment
@@ -129,6 +131,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		cfg.Quarantine = DefaultQuarantine
 	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
+	s.quar.max = MaxQuarantined
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is
 		// then (the controller may re-identify the unit), and a client

@@ -66,9 +66,10 @@ const fdRequestTimeout = 5 * time.Second
 type session struct {
 	srv  *Server
 	unix bool // the connection is a unix socket or a control ring: same host
-	// pidfd is the client process's on a same-host connection, taken when
-	// it connected (see quarantine.go); -1 when unknown. The session's end
-	// closes it or hands it to the quarantine.
+	// pid and pidfd are the client process's on a same-host connection,
+	// taken when it connected (see quarantine.go); 0 and -1 when unknown.
+	// The session's end closes pidfd or hands it to the quarantine.
+	pid   int32
 	pidfd int
 
 	mu     sync.Mutex
@@ -89,7 +90,7 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 		leases: map[uint64]*Lease{},
 	}
 	if sess.unix && s.cfg.Quarantine > 0 {
-		sess.pidfd = peerPidfd(nc)
+		sess.pid, sess.pidfd = peerPidfd(nc)
 	}
 	return sess
 }
@@ -124,7 +125,7 @@ func (s *session) end(goodbye bool) {
 		ls = append(ls, l)
 	}
 	if !goodbye && s.unix && s.srv.cfg.Quarantine > 0 && len(rs)+len(ls) > 0 {
-		s.srv.quarantine(rs, ls, s.pidfd)
+		s.srv.quarantine(rs, ls, s.pid, s.pidfd)
 		return
 	}
 	if s.pidfd >= 0 {
