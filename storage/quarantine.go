@@ -10,10 +10,12 @@ package storage
 //	            it once its copies stopped; the client promises to touch
 //	            none of them again), or when the client process is gone
 //	            (its mappings went with it);
-//	later       otherwise — the unit hung up on a client that lives (idle
-//	            timeout, a refused frame), or the connection broke under
-//	            it — when the client process exits or
-//	            ServerConfig.Quarantine passes, whichever comes first.
+//	later       otherwise — the unit hung up on a client that lives (a
+//	            refused frame, replies it stopped reading; not its idle
+//	            timeout, which spares a session that holds anything: see
+//	            session.Holding), or the connection broke under it —
+//	            when the client process exits or ServerConfig.Quarantine
+//	            passes, whichever comes first.
 //
 // Holds that cover no byte (a lease of empty ranges, a reservation of no
 // or empty sizes) go back at once: the client can touch nothing through

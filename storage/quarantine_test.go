@@ -340,3 +340,60 @@ func TestQuarantinedCountsWhatIsKeptOutOfReuse(t *testing.T) {
 	assert.Equal(t, st.Used, st.Quarantined, "quarantined bytes: all that is used")
 	assert.LessOrEqual(t, st.Quarantined, st.Capacity, "quarantined bytes within the capacity")
 }
+
+// A same-host session that holds a lease or a reservation is not ended
+// for idleness: its client reads and writes them through its own mapping
+// without a frame (the Python client sends no pings), and a dead client's
+// session ends with its socket. One that holds nothing is. The unit used
+// to hang up on both, and the holds of the live client went to quarantine
+// and then to other puts while it still read them.
+func TestIdleTimeoutSparesSessionsThatHold(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	const idle = 50 * time.Millisecond
+	_, addr := quarantineServer(t, u, ServerConfig{IdleTimeout: idle, Quarantine: time.Hour})
+	ctx := t.Context()
+	dial := func() *wire.Conn {
+		c, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{KeepAlive: -1})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	written, err := remoteWrite(ctx, dial(), make([]byte, 5000))
+	require.NoError(t, err)
+
+	reader, writer, bystander := dial(), dial(), dial()
+	var lease wirepb.AcquireReply
+	require.NoError(t, reader.Do(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: wire.RangesToPB(written)}, nil, &lease, nil))
+	var res wirepb.ReserveReply
+	require.NoError(t, writer.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{4096}}, nil, &res, nil))
+
+	select {
+	case <-bystander.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the session that holds nothing outlived the idle timeout")
+	}
+	// Past several idle timeouts, the sessions that hold are still open
+	// and hold what they held.
+	time.Sleep(5 * idle)
+	for name, c := range map[string]*wire.Conn{"reader": reader, "writer": writer} {
+		select {
+		case <-c.Done():
+			t.Fatalf("the unit hung up on the %s, which holds: %v", name, c.Err())
+		default:
+		}
+	}
+	assert.Zero(t, u.Stats().QuarantinedSessions, "sessions in quarantine")
+	require.NoError(t, reader.Do(ctx, wire.OpRelease, &wirepb.ReleaseRequest{Lease: lease.Lease}, nil, &wirepb.Empty{}, nil))
+	require.NoError(t, writer.Do(ctx, wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: res.Reservation}, nil, &wirepb.Empty{}, nil))
+
+	// Holding nothing any more, they are idle like any.
+	for name, c := range map[string]*wire.Conn{"reader": reader, "writer": writer} {
+		select {
+		case <-c.Done():
+		case <-time.After(time.Minute):
+			t.Fatalf("the %s, which holds nothing any more, outlived the idle timeout", name)
+		}
+	}
+}

@@ -15,7 +15,10 @@ package storage
 //	            back: at once after the client's SHM_GOODBYE or when the
 //	            client process is gone (killed with SIGKILL, say), and
 //	            otherwise after a quarantine, since a live client may
-//	            still be copying into them (quarantine.go).
+//	            still be copying into them (quarantine.go). While a
+//	            session holds any, its connection is not ended for
+//	            idleness: the client uses them without a frame, and may
+//	            send no pings (session.Holding).
 //
 // Reservations made for a session are "held" (see Unit.ReserveHeld): when
 // one outlives Config.ReserveTimeout it can no longer commit, but its
@@ -80,6 +83,8 @@ type session struct {
 	rdma   io.Closer // the connection's RDMA queue pairs (rdma.go)
 }
 
+var _ wire.Holder = (*session)(nil)
+
 func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 	network := nc.LocalAddr().Network()
 	sess := &session{
@@ -97,6 +102,22 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 
 // Close ends the session without the client's goodbye: see end.
 func (s *session) Close() { s.end(false) }
+
+// Holding reports whether a same-host session holds a reservation or a
+// lease. Its client fills and reads them through its own mapping without
+// a frame (and a client may send no pings: the Python client does not),
+// so the wire server does not end such a session for idleness (see
+// wire.Holder); a dead client's session ends with its socket, or its
+// ring's liveness socket. A session from another host is ended for
+// idleness as any: a dead peer's TCP connection may never say so.
+func (s *session) Holding() bool {
+	if !s.unix {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.res)+len(s.leases) > 0
+}
 
 // end closes the RDMA queue pairs and gives the holds back: at once after
 // the client's goodbye, on a connection from another host (only the

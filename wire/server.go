@@ -88,8 +88,10 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long, or up
-	// to a quarter longer (0: 5 min). Clients ping every few seconds, so
-	// only dead peers hit it.
+	// to a quarter longer (0: 5 min), unless its session is a [Holder]
+	// that holds something then (it is looked at again after each
+	// IdleTimeout). Clients ping every few seconds, so only dead peers
+	// hit it.
 	IdleTimeout time.Duration
 	// FrameTimeout bounds the wait for the rest of a frame once its header
 	// arrived: the whole body must arrive within it, and each 4 MiB of a
@@ -216,6 +218,17 @@ const DefaultMaxBuffered = 1 << 30
 type Session interface {
 	// Close releases what the connection still holds. It is called once.
 	Close()
+}
+
+// Holder is a [Session] whose peer may use what the session holds for it
+// without sending a frame (a storage unit's shared-memory reservations and
+// leases, which a same-host client fills and reads through its own
+// mapping). While Holding reports true, the connection is not closed for
+// idleness ([ServerConfig.IdleTimeout]): its peer's silence is no sign
+// that it is gone. It must be safe to call from the connection's
+// goroutine while handlers run.
+type Holder interface {
+	Holding() bool
 }
 
 // Server serves the protocol on any number of listeners. Safe for
@@ -674,6 +687,13 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 	return c
 }
 
+// holding reports whether the connection's session holds something its
+// peer uses without frames (see [Holder]).
+func (c *serverConn) holding() bool {
+	h, ok := c.sess.(Holder)
+	return ok && h.Holding()
+}
+
 func (c *serverConn) close() {
 	c.once.Do(func() {
 		close(c.done) // before nc is read: see toLoop
@@ -761,7 +781,13 @@ func (c *serverConn) serve() {
 				c.nc.SetReadDeadline(idle)
 			}
 		}
-		if _, err := io.ReadFull(br, hb[:]); err != nil {
+		if n, err := io.ReadFull(br, hb[:]); err != nil {
+			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && c.holding() {
+				// Idle, but the session holds what its peer uses
+				// without frames: wait another IdleTimeout.
+				idle = time.Time{}
+				continue
+			}
 			return
 		}
 		h, err := DecodeHeader(hb[:])

@@ -104,3 +104,43 @@ func TestServeConn(t *testing.T) {
 		t.Errorf("write to a connection a closed server was handed: got nil, want an error")
 	}
 }
+
+type holdingSession struct{ holding atomic.Bool }
+
+func (s *holdingSession) Close()        {}
+func (s *holdingSession) Holding() bool { return s.holding.Load() }
+
+// TestIdleTimeoutSparesAHolder: a connection whose session is a Holder
+// that holds something is not closed for idleness, however long its peer
+// is silent; once it holds nothing, it is closed as any idle one. Before,
+// IdleTimeout closed it regardless.
+func TestIdleTimeoutSparesAHolder(t *testing.T) {
+	const idle = 50 * time.Millisecond
+	sess := &holdingSession{}
+	sess.holding.Store(true)
+	s := NewServer(ServerConfig{IdleTimeout: idle, NewSession: func(*wirepb.Hello, net.Conn) Session { return sess }})
+	l, err := net.Listen("unix", t.TempDir()+"/s.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	c, _, err := Dial(t.Context(), "unix://"+l.Addr().String(), &wirepb.Hello{Role: "client"}, ConnConfig{KeepAlive: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	time.Sleep(5 * idle)
+	select {
+	case <-c.Done():
+		t.Fatalf("the server closed a connection whose session holds: %v", c.Err())
+	default:
+	}
+	sess.holding.Store(false)
+	select {
+	case <-c.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the server kept an idle connection whose session holds nothing")
+	}
+}

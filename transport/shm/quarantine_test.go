@@ -21,20 +21,24 @@ func smallUnit(t *testing.T, scfg storage.ServerConfig) *testUnit {
 	return startUnit(t, ucfg, scfg)
 }
 
-// When the unit ends a session while its client process lives — here its
-// idle timeout, for a client that sends no pings — the client may still
+// When a session ends while its client process lives — here its
+// connection breaks under it, with no goodbye — the client may still
 // write through a reservation it holds, and the unit keeps the extents
 // out of reuse until the quarantine ends. It used to give them to the
 // next put at once, and the client's writes landed in that put's bytes.
-func TestUnitHangUpQuarantinesReservation(t *testing.T) {
+func TestBrokenSessionQuarantinesReservation(t *testing.T) {
 	for _, control := range []Control{ControlRing, ControlSocket} {
 		t.Run("control="+control.String(), func(t *testing.T) {
-			tu := smallUnit(t, storage.ServerConfig{IdleTimeout: 100 * time.Millisecond, Quarantine: time.Second})
+			tu := smallUnit(t, storage.ServerConfig{Quarantine: time.Second})
 			u := tu.u
-			c := dialUnit(t, tu, Config{Control: control, Conn: wire.ConnConfig{KeepAlive: -1}})
+			c := dialUnit(t, tu, Config{Control: control})
 			r, err := c.Reserve(t.Context(), []int64{1 << 20})
 			require.NoError(t, err)
-			spinUntil(t, "the unit to end the idle session", c.Gone)
+			c.mu.RLock()
+			wc := c.wc
+			c.mu.RUnlock()
+			wc.Close() // no goodbye
+			spinUntil(t, "the unit to end the session", func() bool { return u.Stats().QuarantinedSessions == 1 })
 
 			// The client lives on and still writes its reservation.
 			buf := r.Buf(0)
@@ -55,6 +59,29 @@ func TestUnitHangUpQuarantinesReservation(t *testing.T) {
 			r2.Abort()
 			sessions, _ = tu.srv.Quarantined()
 			assert.Zero(t, sessions, "quarantined sessions after the quarantine")
+		})
+	}
+}
+
+// The unit does not end a session for idleness while it holds a
+// reservation, which its client fills without a frame, even from a client
+// that sends no pings (the Python client sends none); once it holds
+// nothing, the session is idle like any. The unit used to end it, and the
+// reservation went to quarantine and then to another put while the
+// client could still write it.
+func TestIdleTimeoutSparesAHoldingSession(t *testing.T) {
+	for _, control := range []Control{ControlRing, ControlSocket} {
+		t.Run("control="+control.String(), func(t *testing.T) {
+			const idle = 50 * time.Millisecond
+			tu := smallUnit(t, storage.ServerConfig{IdleTimeout: idle, Quarantine: time.Hour})
+			c := dialUnit(t, tu, Config{Control: control, Conn: wire.ConnConfig{KeepAlive: -1}})
+			r, err := c.Reserve(t.Context(), []int64{4096})
+			require.NoError(t, err)
+			time.Sleep(5 * idle)
+			require.False(t, c.Gone(), "the unit ended a session that holds a reservation")
+			require.NoError(t, r.Commit(t.Context()))
+			spinUntil(t, "the unit to end the session once it holds nothing", c.Gone)
+			assert.Zero(t, tu.u.Stats().QuarantinedSessions, "sessions in quarantine")
 		})
 	}
 }
