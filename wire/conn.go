@@ -47,6 +47,13 @@ type ConnConfig struct {
 	// PingTimeout is how long a ping may go unanswered before the peer is
 	// declared dead; 0 means 10 s.
 	PingTimeout time.Duration
+	// WriteTimeout bounds each write of a request: a peer that takes
+	// none of a write of up to 4 MiB (a larger one goes in such pieces)
+	// for this long is declared dead, and the connection fails. The
+	// keepalive cannot tell a peer that stopped reading from one slow to
+	// take a large request, and TCP takes many minutes to give up on a
+	// host that is gone. 0 means DefaultWriteTimeout; negative, no bound.
+	WriteTimeout time.Duration
 }
 
 func (c ConnConfig) withDefaults() ConnConfig {
@@ -55,6 +62,9 @@ func (c ConnConfig) withDefaults() ConnConfig {
 	}
 	if c.PingTimeout == 0 {
 		c.PingTimeout = 10 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	return c
 }
@@ -143,6 +153,7 @@ func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 	}
 	c.w = newFrameWriter(nc, func(err error) { c.failWrite(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
 	c.w.bg = &c.posts
+	c.w.timeout = max(c.cfg.WriteTimeout, 0)
 	go c.readLoop()
 	go c.keepAlive()
 	return c

@@ -79,3 +79,31 @@ func TestKeepAliveSparesAPeerThatTakesALargeRequestLate(t *testing.T) {
 	open(1)
 	require.NoError(t, recv(t, large, "end of the large call"))
 }
+
+// TestWriteTimeoutFailsAPeerThatStopsTakingARequest: a peer that takes
+// none of a large request for WriteTimeout (it stopped reading, or its
+// host is gone and TCP has not yet given up) fails the connection, with
+// the call that was writing; the keepalive alone spares a connection
+// whose write is in progress, and a caller without a deadline waited for
+// ever.
+func TestWriteTimeoutFailsAPeerThatStopsTakingARequest(t *testing.T) {
+	addr, started, _ := gatedReadServer(t)
+	network, address, err := ParseAddr(addr)
+	require.NoError(t, err)
+	nc, err := net.Dial(network, address)
+	require.NoError(t, err)
+	c := NewConn(nc, ConnConfig{KeepAlive: 50 * time.Millisecond, PingTimeout: 300 * time.Millisecond, WriteTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { c.Close() })
+	_, err = c.Hello(t.Context(), nil)
+	require.NoError(t, err)
+
+	large := largeGatedCall(t, c, started, 1) // never opened
+	select {
+	case err := <-large:
+		require.ErrorIs(t, err, ErrUnavailable)
+		require.ErrorIs(t, c.Err(), ErrUnavailable)
+		require.ErrorContains(t, c.Err(), "write")
+	case <-time.After(time.Minute):
+		t.Fatal("a request the peer stopped taking was written for ever")
+	}
+}

@@ -189,7 +189,8 @@ type Served struct {
 // peer that stalls mid-frame does not hold its buffers for minutes.
 const DefaultFrameTimeout = 30 * time.Second
 
-// DefaultWriteTimeout is ServerConfig.WriteTimeout's default, the same as
+// DefaultWriteTimeout is ServerConfig.WriteTimeout's and
+// ConnConfig.WriteTimeout's default, the same as
 // the frame timeout's for the same reasons: 4 MiB within it is a slow link
 // indeed, and a peer that stopped reading holds a goroutine and its
 // reply's memory for at most that long.

@@ -247,38 +247,60 @@ func (w *frameWriter) unqueue(f *outFrame) bool {
 	return true
 }
 
-// flatMax is the most bytes a writer without a timeout copies into one
-// buffer to write with write(2) rather than writev(2).
+// flatMax is the most bytes a writer copies into one buffer to write
+// with write(2) rather than writev(2).
 const flatMax = 8 << 10
 
-// write writes bufs, which it may modify, to the socket.
+// write writes bufs, which it may modify, to the socket. With a timeout,
+// a write of more than writeChunk bytes goes in chunks, each under the
+// deadline.
 func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
-	if w.timeout <= 0 {
-		if len(bufs) == 1 {
-			n, err := w.nc.Write(bufs[0])
-			return int64(n), err
-		}
-		size := 0
-		for _, b := range bufs {
-			size += len(b)
-		}
-		if size <= flatMax {
-			// A small request and its payload (a KV put's value): one
-			// plain write, cheaper than a vector of two, for a copy of a
-			// few KiB.
-			flat := w.flat[:0]
-			for _, b := range bufs {
-				flat = append(flat, b...)
-			}
-			w.flat = flat[:0]
-			n, err := w.nc.Write(flat)
-			return int64(n), err
-		}
-		w.wb = bufs
-		n, err := w.wb.WriteTo(w.nc)
-		w.wb = nil
-		return n, err
+	size := 0
+	for _, b := range bufs {
+		size += len(b)
 	}
+	if w.timeout > 0 {
+		if size > writeChunk {
+			return w.writeChunks(bufs)
+		}
+		w.renewDeadline()
+	}
+	if len(bufs) == 1 {
+		n, err := w.nc.Write(bufs[0])
+		return int64(n), err
+	}
+	if size <= flatMax {
+		// A small request and its payload (a KV put's value): one
+		// plain write, cheaper than a vector of two, for a copy of a
+		// few KiB.
+		flat := w.flat[:0]
+		for _, b := range bufs {
+			flat = append(flat, b...)
+		}
+		w.flat = flat[:0]
+		n, err := w.nc.Write(flat)
+		return int64(n), err
+	}
+	w.wb = bufs
+	n, err := w.wb.WriteTo(w.nc)
+	w.wb = nil
+	return n, err
+}
+
+// renewDeadline keeps the socket's write deadline at least timeout ahead.
+// It is set a quarter beyond the timeout and renewed once that margin is
+// used up: a write that blocks fails within 1.25 × timeout, and a busy
+// connection updates no timer per write.
+func (w *frameWriter) renewDeadline() {
+	if now := time.Now(); w.deadline.Sub(now) < w.timeout {
+		w.deadline = now.Add(w.timeout + w.timeout/4)
+		w.nc.SetWriteDeadline(w.deadline)
+	}
+}
+
+// writeChunks writes bufs writeChunk bytes at a time, each under the
+// deadline.
+func (w *frameWriter) writeChunks(bufs net.Buffers) (int64, error) {
 	var total int64
 	for len(bufs) > 0 {
 		chunk, size := w.chunk[:0], 0
@@ -293,14 +315,7 @@ func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
 			size += len(b)
 			bufs = bufs[1:]
 		}
-		// The deadline is set a quarter beyond the timeout and renewed
-		// once that margin is used up: a write that blocks fails within
-		// 1.25 × timeout, and a busy connection updates no timer per
-		// write.
-		if now := time.Now(); w.deadline.Sub(now) < w.timeout {
-			w.deadline = now.Add(w.timeout + w.timeout/4)
-			w.nc.SetWriteDeadline(w.deadline)
-		}
+		w.renewDeadline()
 		w.wb = chunk
 		n, err := w.wb.WriteTo(w.nc)
 		w.wb = nil
