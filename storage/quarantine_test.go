@@ -1,7 +1,11 @@
 package storage
 
 import (
+	"context"
+	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -9,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
@@ -396,4 +402,83 @@ func TestIdleTimeoutSparesSessionsThatHold(t *testing.T) {
 			t.Fatalf("the %s, which holds nothing any more, outlived the idle timeout", name)
 		}
 	}
+}
+
+// deadClientEnv names, to a child of TestIdleTimeoutEndsASessionWhoseClientExited,
+// the unit it is the client of.
+const deadClientEnv = "TQ_TEST_DEAD_CLIENT_ADDR"
+
+// A same-host session whose client process exited is ended for idleness
+// even though it holds a reservation, and its holds go back at once: the
+// client's mapping went with it. Its socket lives on in another process
+// (here this one; in life a child that inherited it across a fork), so
+// the session does not end with it. The unit used to spare the session
+// for ever, since it held something, and the bytes never came back.
+func TestIdleTimeoutEndsASessionWhoseClientExited(t *testing.T) {
+	if addr := os.Getenv(deadClientEnv); addr != "" {
+		os.Exit(deadClientChild(addr))
+	}
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	const idle = 50 * time.Millisecond
+	_, addr := quarantineServer(t, u, ServerConfig{IdleTimeout: idle, Quarantine: time.Hour})
+
+	// The child dials, reserves, hands its connection to this process
+	// over fds[1] and exits.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(fds[0])
+	childEnd := os.NewFile(uintptr(fds[1]), "socketpair")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleTimeoutEndsASessionWhoseClientExited$", "-test.count=1")
+	cmd.Env = append(os.Environ(), deadClientEnv+"="+addr)
+	cmd.ExtraFiles = []*os.File{childEnd}
+	out, err := cmd.CombinedOutput()
+	childEnd.Close()
+	require.NoError(t, err, "child: %s", out)
+	oob := make([]byte, unix.CmsgSpace(4))
+	_, oobn, _, _, err := unix.Recvmsg(fds[0], make([]byte, 1), oob, 0)
+	require.NoError(t, err)
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	require.NoError(t, err)
+	require.Len(t, msgs, 1)
+	conn, err := unix.ParseUnixRights(&msgs[0])
+	require.NoError(t, err)
+	require.Len(t, conn, 1)
+	defer unix.Close(conn[0])
+	require.Equal(t, 1, u.Stats().Extents, "extents the child reserved")
+
+	// The client has exited (and was waited for): past the idle timeout
+	// its session ends, and its reservation goes back with no quarantine.
+	st := waitStats(t, u, "the exited client's reservation back", func(st Stats) bool { return st.Extents == 0 })
+	assert.Zero(t, st.QuarantinedSessions, "sessions in quarantine")
+	assert.Zero(t, st.Used, "used bytes")
+}
+
+// deadClientChild is the client of TestIdleTimeoutEndsASessionWhoseClientExited:
+// it reserves 64 KiB on the unit at addr without pings, sends its
+// connection's fd over fd 3, and returns its exit code.
+func deadClientChild(addr string) int {
+	ctx := context.Background()
+	network, address, err := wire.ParseAddr(addr)
+	if err == nil {
+		var nc net.Conn
+		if nc, err = net.Dial(network, address); err == nil {
+			var f *os.File
+			if f, err = nc.(*net.UnixConn).File(); err == nil {
+				c := wire.NewConn(nc, wire.ConnConfig{KeepAlive: -1})
+				if _, err = c.Hello(ctx, &wirepb.Hello{Role: "client"}); err == nil {
+					err = c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil)
+				}
+				if err == nil {
+					err = unix.Sendmsg(3, []byte{0}, unix.UnixRights(int(f.Fd())), nil, 0)
+				}
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }

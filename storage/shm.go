@@ -16,9 +16,10 @@ package storage
 //	            client process is gone (killed with SIGKILL, say), and
 //	            otherwise after a quarantine, since a live client may
 //	            still be copying into them (quarantine.go). While a
-//	            session holds any, its connection is not ended for
-//	            idleness: the client uses them without a frame, and may
-//	            send no pings (session.Holding).
+//	            session holds any and its client process lives, its
+//	            connection is not ended for idleness: the client uses
+//	            them without a frame, and may send no pings
+//	            (session.Holding).
 //
 // Reservations made for a session are "held" (see Unit.ReserveHeld): when
 // one outlives Config.ReserveTimeout it can no longer commit, but its
@@ -94,7 +95,8 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 		res:    map[uint64]*Reservation{},
 		leases: map[uint64]*Lease{},
 	}
-	if sess.unix && s.cfg.Quarantine > 0 {
+	if sess.unix {
+		// Holding looks at it too, with or without a quarantine.
 		sess.pid, sess.pidfd = peerPidfd(nc)
 	}
 	return sess
@@ -104,11 +106,14 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 func (s *session) Close() { s.end(false) }
 
 // Holding reports whether a same-host session holds a reservation or a
-// lease. Its client fills and reads them through its own mapping without
-// a frame (and a client may send no pings: the Python client does not),
-// so the wire server does not end such a session for idleness (see
-// wire.Holder); a dead client's session ends with its socket, or its
-// ring's liveness socket. A session from another host is ended for
+// lease for a client process that lives. Its client fills and reads them
+// through its own mapping without a frame (and a client may send no
+// pings: the Python client does not), so the wire server does not end
+// such a session for idleness (see wire.Holder); a dead client's session
+// ends with its socket, or its ring's liveness socket. That socket may
+// outlive the client, though (a child it forked inherited it): once the
+// pidfd says the client exited, the session is idle like any, and its end
+// gives the holds back at once. A session from another host is ended for
 // idleness as any: a dead peer's TCP connection may never say so.
 func (s *session) Holding() bool {
 	if !s.unix {
@@ -116,7 +121,12 @@ func (s *session) Holding() bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.res)+len(s.leases) > 0
+	// Under the lock: end closes the pidfd, or hands it on, only after
+	// it marked the session closed.
+	if s.closed || len(s.res)+len(s.leases) == 0 {
+		return false
+	}
+	return s.pidfd < 0 || !exited(s.pidfd)
 }
 
 // end closes the RDMA queue pairs and gives the holds back: at once after
