@@ -34,7 +34,7 @@ type extent struct {
 	confirmed bool // the controller said cells reference it (reconcile)
 	// orphan: reserved for a reservation that can no longer commit (it
 	// expired while held, or its session ended into quarantine); the
-	// extent is not in flight (see Unit.Unsettled).
+	// extent is not in flight (see inFlight and Unit.Unsettled).
 	orphan    bool
 	blk       block
 	off       int64 // == blk.off

@@ -10,9 +10,11 @@ package storage
 // The fence of a segment is the highest generation G such that no extent
 // of the segment with a generation at or below G is in flight:
 //
-//	in flight   reserved (an open reservation, or a WRITE being read in), or
-//	            committed less than the grace ago and not confirmed (its
-//	            client may still be committing it to the controller)
+//	in flight   reserved (an open reservation, or a WRITE being read in;
+//	            not a reservation that can no longer commit: one held
+//	            that expired, or one in quarantine), or committed less
+//	            than the grace ago and not confirmed (its client may
+//	            still be committing it to the controller)
 //
 //	segment 3   gen 1 committed, confirmed      fence = 3: gens 1–3 are
 //	            gen 2 freed                     settled, 4 is in flight, and
@@ -82,12 +84,15 @@ const DefaultReconcilePage = 16384
 // of extents' commit times.
 func (u *Unit) nowNs() int64 { return int64(time.Since(u.epoch)) }
 
-// inFlight reports whether e is reserved, or committed less than grace
-// (nanoseconds) before now and not confirmed.
+// inFlight reports whether e is reserved by a reservation that may still
+// commit, or committed less than grace (nanoseconds) before now and not
+// confirmed. An orphan (its reservation expired while held, or is in
+// quarantine) is not: no commit can name it, and reconciliation frees
+// only committed extents, so the fence may pass it.
 func inFlight(e *extent, now, grace int64) bool {
 	switch e.state {
 	case extentReserved:
-		return true
+		return !e.orphan
 	case extentCommitted:
 		return !e.confirmed && now-e.committed < grace
 	}

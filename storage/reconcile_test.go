@@ -529,3 +529,71 @@ func freeRangesProperty(t *testing.T, seed uint64) {
 		t.Errorf("after freeing everything: %+v", st)
 	}
 }
+
+// A reservation that can never commit — a held one that expired, or one
+// whose session ended into quarantine — keeps its extents but is not in
+// flight: an extent committed after it in its segment is reported, and
+// the segment's fence passes it. It used to hold the fence below itself,
+// so nothing committed after it could be freed or confirmed until its
+// client aborted it or the quarantine ended.
+func TestOrphanReservationDoesNotHoldTheFence(t *testing.T) {
+	const grace = time.Minute
+	for _, tc := range []struct {
+		name   string
+		orphan func(t *testing.T, u *Unit, r *Reservation)
+	}{
+		{name: "expired while held", orphan: func(t *testing.T, u *Unit, r *Reservation) {
+			time.Sleep(u.cfg.ReserveTimeout + time.Second) // the reaper expires it
+		}},
+		{name: "in quarantine", orphan: func(t *testing.T, u *Unit, r *Reservation) {
+			u.quarantineHolds([]*Reservation{r}, nil)
+			t.Cleanup(u.quarantineEnded)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				cfg := testConfig()
+				cfg.ReserveTimeout = time.Minute
+				u := newTestUnit(t, cfg)
+				orphaned, err := u.ReserveHeld(t.Context(), []int64{100})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer orphaned.Abort()
+				tc.orphan(t, u, orphaned)
+				if st := u.Stats(); st.OpenReservations != 0 {
+					t.Fatalf("open reservations: got %d, want 0", st.OpenReservations)
+				}
+				later := put(t, u, pattern(1, 100))[0]
+				if later.Segment != orphaned.Addr(0).Segment || later.Gen <= orphaned.Addr(0).Gen {
+					t.Fatalf("committed %v, not after the orphan %v in its segment", later, orphaned.Addr(0))
+				}
+				time.Sleep(grace)
+
+				periodic, err := u.ReconcilePeriodic(grace, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := ReconcileReport{Extents: []engine.RemoteAddr{later}, Fences: []SegmentFence{{later.Segment, later.Gen}}}
+				if diff := cmp.Diff(want, periodic); diff != "" {
+					t.Errorf("periodic reconcile (-want +got):\n%s", diff)
+				}
+				full, _, err := u.ReconcileFull(0, grace, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := full.Fences; !slices.Equal(got, []SegmentFence{{later.Segment, later.Gen}}) {
+					t.Errorf("full reconcile's fences: got %v, want %v", got, []SegmentFence{{later.Segment, later.Gen}})
+				}
+				// The controller names no cell of it: the unit frees it, and
+				// not the orphan's extents, which its client may still fill.
+				if _, err := u.ApplyReconcile(periodic, []engine.RemoteAddr{later}, nil); err != nil {
+					t.Fatal(err)
+				}
+				if st := u.Stats(); st.Extents != 1 {
+					t.Errorf("extents after the reconcile freed the later one: got %d, want 1 (the orphan's)", st.Extents)
+				}
+			})
+		})
+	}
+}
