@@ -31,9 +31,15 @@ package storage
 // read deadline: a client that ends many sessions costs the unit one fd
 // and one goroutine. Sessions whose process is unknown (an old kernel, a
 // client in a pid namespace the unit cannot see) share one goroutine that
-// only their deadlines end. At most MaxQuarantined sessions are in
-// quarantine at once; the holds of one that ends past that go back at
-// once, and the server logs it.
+// only their deadlines end. At most MaxQuarantinedPerProcess sessions of
+// one process (those of unknown processes counting as one) are in
+// quarantine at once, and at most MaxQuarantined in all; the holds of one
+// that ends past either bound go back at once, and the server logs it.
+// The quarantine protects well-behaved clients from a race with their
+// own copies, not the unit from its clients (a client given a segment
+// can write anywhere in it anyway), so what the bounds keep is fairness:
+// a process that ends many sessions uses up only its own share, and a
+// few cannot fill the whole.
 //
 // A reservation in quarantine can no longer commit, as if it had expired
 // while held: it is no open reservation (Stats.OpenReservations) and its
@@ -61,10 +67,19 @@ import (
 // its connection end and stops its copies.
 const DefaultQuarantine = 30 * time.Second
 
-// MaxQuarantined bounds the sessions a server holds in quarantine at once
-// (each may hold up to MaxSessionHolds reservations and leases); past it,
-// the holds of a session that ends without a goodbye go back at once.
-const MaxQuarantined = 1024
+// MaxQuarantinedPerProcess bounds the sessions of one client process a
+// server holds in quarantine at once (sessions whose process it does not
+// know count as one process); past it, the holds of that process's
+// sessions that end without a goodbye go back at once. A process over its
+// share loses only its own protection.
+const MaxQuarantinedPerProcess = 1024
+
+// MaxQuarantined bounds the sessions a server holds in quarantine at once,
+// whatever their process (each may hold up to MaxSessionHolds reservations
+// and leases): a bound on the memory they take, which 64 processes at
+// MaxQuarantinedPerProcess reach. Past it, the holds of any session that
+// ends without a goodbye go back at once.
+const MaxQuarantined = 64 * MaxQuarantinedPerProcess
 
 // quarantine is one ended session's holds, kept out of reuse until
 // deadline or its client process's exit.
@@ -82,22 +97,25 @@ type procQuarantine struct {
 	pid   int32
 	pidfd int      // proc's fd, read under quarantines.mu; -1: none
 	proc  *os.File // nil: none
-	// sessions, in deadline order (all get the same quarantine). Guarded
-	// by quarantines.mu.
+	// sessions, in deadline order (all get the same quarantine), and
+	// full: logged that they reached quarantines.maxProc, since they
+	// were below. Guarded by quarantines.mu.
 	sessions []*quarantine
+	full     bool
 }
 
 // quarantines are a server's quarantined sessions; Server.Close ends them.
 type quarantines struct {
-	mu     sync.Mutex
-	closed bool
-	max    int                          // MaxQuarantined
-	n      int                          // sessions in quarantine
-	full   bool                         // logged that n reached max, since it was below
-	byPid  map[int32]*procQuarantine    // the processes sessions may join
-	procs  map[*procQuarantine]struct{} // every process waited for
-	stop   chan struct{}                // closed by endQuarantines
-	wg     sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
+	max     int                          // MaxQuarantined
+	maxProc int                          // MaxQuarantinedPerProcess
+	n       int                          // sessions in quarantine
+	full    bool                         // logged that n reached max, since it was below
+	byPid   map[int32]*procQuarantine    // the processes sessions may join
+	procs   map[*procQuarantine]struct{} // every process waited for
+	stop    chan struct{}                // closed by endQuarantines
+	wg      sync.WaitGroup
 }
 
 // peerPidfd returns the pid of the process at the other end of nc (a unix
@@ -197,18 +215,35 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pid int32, pidf
 	q.deadline = time.Now().Add(s.cfg.Quarantine)
 	qs := &s.quar
 	qs.mu.Lock()
-	if qs.closed || qs.n >= qs.max {
-		// Logged once until the quarantine has room again.
-		log := !qs.closed && !qs.full
-		qs.full = qs.full || log
+	// A process waited for that has not exited is this session's: two
+	// live processes never share a pid. One that exited is a former
+	// process with the pid, whose waiter ends its sessions now.
+	p := qs.byPid[pid]
+	if p != nil && p.pidfd >= 0 && exited(p.pidfd) {
+		p = nil
+	}
+	if qs.closed || qs.n >= qs.max || p != nil && len(p.sessions) >= qs.maxProc {
+		// Logged once until there is room again: in the quarantine, or
+		// in the process's share of it.
+		var log string
+		switch {
+		case qs.closed:
+		case qs.n >= qs.max:
+			if !qs.full {
+				qs.full = true
+				log = "storage: quarantine full: the holds of sessions that end without a goodbye go back at once"
+			}
+		case !p.full:
+			p.full = true
+			log = "storage: a client process's share of the quarantine is full: the holds of its sessions that end without a goodbye go back at once"
+		}
 		qs.mu.Unlock()
 		if pidfd >= 0 {
 			unix.Close(pidfd)
 		}
 		giveBack(q.res, q.leases)
-		if log && s.cfg.Logger != nil {
-			s.cfg.Logger.Warn("storage: quarantine full: the holds of sessions that end without a goodbye go back at once",
-				"sessions", qs.max, "pid", pid)
+		if log != "" && s.cfg.Logger != nil {
+			s.cfg.Logger.Warn(log, "sessions", qs.max, "per_process", qs.maxProc, "pid", pid)
 		}
 		return
 	}
@@ -217,11 +252,7 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pid int32, pidf
 		qs.procs = map[*procQuarantine]struct{}{}
 		qs.stop = make(chan struct{})
 	}
-	// A process waited for that has not exited is this session's: two
-	// live processes never share a pid. One that exited is a former
-	// process with the pid, whose waiter ends its sessions now.
-	p := qs.byPid[pid]
-	if p != nil && (p.pidfd < 0 || !exited(p.pidfd)) {
+	if p != nil {
 		if pidfd >= 0 {
 			unix.Close(pidfd)
 		}
@@ -277,6 +308,7 @@ func (s *Server) waitQuarantine(p *procQuarantine) {
 		p.sessions = p.sessions[i:]
 		qs.n -= len(due)
 		qs.full = qs.full && qs.n >= qs.max
+		p.full = p.full && len(p.sessions) >= qs.maxProc
 		last := len(p.sessions) == 0
 		var next time.Time
 		if last {

@@ -301,6 +301,60 @@ func TestQuarantineIsBounded(t *testing.T) {
 	assert.Equal(t, 3, sessions, "sessions in quarantine")
 }
 
+// One client process that ends many sessions in quarantine fills only
+// its own share of it (MaxQuarantinedPerProcess): the holds of its
+// sessions past that go back at once, and another process's session that
+// breaks is still quarantined. The bound used to be one count for the
+// whole server: a process that ended 1024 sessions holding a byte each
+// turned off every other process's quarantine, and a live
+// client's broken session gave its reservation to the next put while the
+// client might still be copying into it.
+func TestQuarantineIsFairBetweenProcesses(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv, addr := quarantineServer(t, u, ServerConfig{Quarantine: time.Hour})
+	ctx := t.Context()
+
+	// The flooder: another live process, whose sessions end as a
+	// connection's would.
+	flooder := exec.Command("sleep", "60")
+	require.NoError(t, flooder.Start())
+	defer func() { flooder.Process.Kill(); flooder.Wait() }()
+	for range MaxQuarantinedPerProcess + 8 {
+		r, err := u.ReserveHeld(ctx, []int64{1})
+		require.NoError(t, err)
+		pidfd, err := unix.PidfdOpen(flooder.Process.Pid, 0)
+		require.NoError(t, err)
+		srv.quarantine([]*Reservation{r}, nil, int32(flooder.Process.Pid), pidfd)
+	}
+	st := u.Stats()
+	assert.Equal(t, MaxQuarantinedPerProcess, st.QuarantinedSessions, "the flooder's sessions in quarantine")
+	assert.Equal(t, MaxQuarantinedPerProcess, st.Extents, "the flooder's extents")
+
+	// This process's session breaks while it holds a reservation.
+	var victim []engine.RemoteAddr
+	var held Stats
+	dialAndClose(t, addr, func(c *wire.Conn) {
+		var res wirepb.ReserveReply
+		require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &res, nil))
+		victim, err = wire.RangesFromPB(res.Extents)
+		require.NoError(t, err)
+		held = u.Stats()
+	})
+	st = waitStats(t, u, "the session's end", func(st Stats) bool {
+		return st.QuarantinedSessions > held.QuarantinedSessions || st.Extents < held.Extents
+	})
+	assert.Equal(t, MaxQuarantinedPerProcess+1, st.QuarantinedSessions, "sessions in quarantine")
+	assert.Equal(t, MaxQuarantinedPerProcess+1, st.Extents, "extents: the broken session's is kept")
+	next, err := u.Reserve(ctx, []int64{64 << 10})
+	require.NoError(t, err)
+	defer next.Abort()
+	got := next.Addr(0)
+	assert.False(t, got.Segment == victim[0].Segment && got.Offset == victim[0].Offset,
+		"the next put got %v, the broken session's reservation %v", got, victim[0])
+}
+
 // Stats.Quarantined counts, once each at its rounded size, the extents
 // that only the quarantine keeps out of reuse: those of its reservations,
 // and those of its leases whose cells were all freed. An extent whose

@@ -81,7 +81,8 @@ type ServerConfig struct {
 	// (SHM_GOODBYE) stay out of reuse while the client process lives:
 	// it may still be copying into them (see quarantine.go). They go
 	// back earlier when that process exits, and at once when they cover
-	// no byte or MaxQuarantined sessions are in quarantine already. 0:
+	// no byte, or when MaxQuarantinedPerProcess sessions of that process
+	// or MaxQuarantined in all are in quarantine already. 0:
 	// DefaultQuarantine; negative: none, they go back when the connection
 	// ends.
 	Quarantine time.Duration
@@ -133,7 +134,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		cfg.Quarantine = DefaultQuarantine
 	}
 	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
-	s.quar.max = MaxQuarantined
+	s.quar.max, s.quar.maxProc = MaxQuarantined, MaxQuarantinedPerProcess
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is
 		// then (the controller may re-identify the unit), and a client
