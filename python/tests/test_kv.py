@@ -331,6 +331,31 @@ def test_view_arrays_outlive_their_view(client, part, transport):
         assert leases == 0
 
 
+def test_garbage_lease_goes_back_while_the_client_is_idle(server, client, part, transport):
+    """A view that ends as garbage gives its lease back without another
+    call on its unit: a client that stops reading does not pin the extents
+    until it exits. The lease used to wait for the unit's next acquire, and
+    the unit no longer ends an idle same-host connection that holds one."""
+    if transport != "shm":
+        pytest.skip("leases are taken over shared memory only")
+    import gc
+    keys = [f"k{i}" for i in range(8)]
+    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
+    with server.client() as watcher:  # its calls must not touch client's units
+        def leases():
+            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
+                       for u in watcher.units(refresh=True).values())
+        before = leases()
+        x = client.kv_batch_get(keys, part, copy=False)["x"]
+        assert leases() == before + 1
+        del x
+        gc.collect()
+        deadline = time.monotonic() + 30
+        while leases() != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leases() == before
+
+
 def test_get_across_units(client, part):
     """Keys written by many puts land on both units (placement hashes each
     put's first key): a get of all of them gathers every field in key order."""

@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -23,15 +24,20 @@ from ._pb import control_pb2, data_pb2
 
 
 class Pool:
-    """Idle connections to one address, handed out one caller at a time."""
+    """Idle connections to one address, handed out one caller at a time.
+    ``before_take``, when given, runs (outside the pool's lock) before each
+    connection is handed out."""
 
-    def __init__(self, dial):
+    def __init__(self, dial, before_take=None):
         self._dial = dial
+        self._before_take = before_take
         self._idle = []
         self._lock = threading.Lock()
         self._closed = False
 
     def take(self) -> wire.Conn:
+        if self._before_take is not None:
+            self._before_take()
         with self._lock:
             if self._closed:
                 raise errors.ClosedError("client is closed")
@@ -121,18 +127,66 @@ def _stale(fn):
     return wrapped
 
 
+# How often the sweeper thread gives back the leases that ended as garbage
+# on units no call used since (see Lease).
+ORPHAN_SWEEP_S = 1.0
+
+_sweep_lock = threading.Lock()
+# Units that handed out a Lease, closed ones too (a view may outlive its
+# client): they leave when they are garbage. Guarded by _sweep_lock.
+_sweep_units = weakref.WeakSet()
+_sweeper = None  # the sweeper thread, started by the first Lease
+
+
+def _sweep_forever():
+    while True:
+        time.sleep(ORPHAN_SWEEP_S)
+        with _sweep_lock:
+            units = list(_sweep_units)
+        for u in units:
+            if u.orphans:
+                try:
+                    u.give_back_orphans()
+                except Exception:  # the sweeper goes on; the unit's next call meets it
+                    pass
+        del units
+
+
+def _sweep(unit) -> None:
+    """Have the sweeper look at ``unit``'s orphans, starting it if need be."""
+    global _sweeper
+    with _sweep_lock:
+        _sweep_units.add(unit)
+        if _sweeper is None:
+            _sweeper = threading.Thread(target=_sweep_forever, name="tq-lease-sweeper", daemon=True)
+            _sweeper.start()
+
+
+def _after_fork() -> None:
+    # The child has no sweeper thread (nor the lock's holder, if any).
+    global _sweep_lock, _sweeper
+    _sweep_lock, _sweeper = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class Lease:
     """A lease on ranges of a unit (ACQUIRE), held by a :class:`View` and by
     every array viewing its memory (through their buffers' base), so that it
     ends when the view is released, or else when the view and the last such
-    array are garbage. A lease that ends as garbage is handed to its unit,
-    which gives it back at its next operation (no I/O runs inside the
-    garbage collector)."""
+    array are garbage. A lease that ends as garbage is handed to its unit
+    (no I/O runs inside the garbage collector), which gives it back at its
+    next call, or within ORPHAN_SWEEP_S by a background thread if none
+    comes: the unit does not end an idle same-host connection that holds a
+    lease, so a client that stops reading would pin the extents until it
+    exits."""
 
     __slots__ = ("unit", "conn", "lease", "done", "__weakref__")
 
     def __init__(self, unit, conn, lease):
         self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
+        _sweep(unit)
 
     def release(self) -> None:
         if self.done:
@@ -160,7 +214,10 @@ class Unit:
         self.token = token
         self.shm = False
         self._segs = {}  # segment id → mmap
-        self.orphans = collections.deque()  # (conn, lease) of leases that ended as garbage
+        # (conn, lease) of leases that ended as garbage: Lease.__del__
+        # appends (a deque's append and popleft are atomic, and take no lock
+        # the collector could find held), give_back_orphans pops.
+        self.orphans = collections.deque()
         self._seg_lock = threading.Lock()
         self.fd_socket = ""
         addr = None
@@ -178,8 +235,11 @@ class Unit:
             addr = tcp[0]
         self.addr = addr
         self.transport = "shm" if self.shm else "tcp"
+        # Every call on the unit takes a connection: it first gives the
+        # orphaned leases back.
         self.pool = Pool(lambda: wire.Conn(addr, token=token, name=name, unit_id=self.id,
-                                           incarnation=self.incarnation, timeout=timeout))
+                                           incarnation=self.incarnation, timeout=timeout),
+                         before_take=self.give_back_orphans)
         if self.shm:
             rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
             self.fd_socket = rep.fd_socket
@@ -232,7 +292,9 @@ class Unit:
         return a
 
     def give_back_orphans(self) -> None:
-        """Release the leases that ended as garbage."""
+        """Release the leases that ended as garbage, each on its own
+        connection (which only that lease held). Safe from any thread: each
+        orphan is popped by one."""
         while self.orphans:
             try:
                 conn, lease = self.orphans.popleft()
@@ -363,7 +425,6 @@ class Unit:
     def acquire(self, cells):
         """Lease ``cells`` (a Cells or a list of them) for reading in place:
         (conn, lease id)."""
-        self.give_back_orphans()
         ranges = _addrs.ranges_pb(cells if isinstance(cells, list) else [cells])
         conn = self.pool.take()
         try:
