@@ -47,19 +47,8 @@ func TestSetRefusedForADrainWithNoRoomElsewhere(t *testing.T) {
 			_, err := e.e.Controller.DrainUnit(u.ID(), true)
 			assert.NoError(t, err)
 			drained <- u
-			// Take every byte the other unit has left, down to its
-			// smallest extent.
-			var held []*storage.Reservation
+			held := fillOthers(e, u)
 			for _, v := range e.e.Units {
-				for size := int64(64 << 10); v != u && size > 0; size /= 2 {
-					for {
-						r, err := v.Reserve(noWait, []int64{size})
-						if err != nil {
-							break
-						}
-						held = append(held, r)
-					}
-				}
 				if v != u {
 					st := v.Stats()
 					assert.Equal(t, st.Capacity, st.Used, "unit %v has room left", v.ID())
@@ -138,20 +127,7 @@ func TestHSetCountsInTheCommitWhenItsUnitStartsDraining(t *testing.T) {
 			_, err := e.e.Controller.DrainUnit(u.ID(), true)
 			assert.NoError(t, err)
 			drained <- u
-			// Take every byte the other unit has left, down to its
-			// smallest extent.
-			var held []*storage.Reservation
-			for _, v := range e.e.Units {
-				for size := int64(64 << 10); v != u && size > 0; size /= 2 {
-					for {
-						r, err := v.Reserve(noWait, []int64{size})
-						if err != nil {
-							break
-						}
-						held = append(held, r)
-					}
-				}
-			}
+			held := fillOthers(e, u)
 			assert.NotEmpty(t, held)
 			go func() {
 				close(secondStarted)
@@ -183,4 +159,22 @@ func TestHSetCountsInTheCommitWhenItsUnitStartsDraining(t *testing.T) {
 	}
 	assert.Equal(t, int64(1), n+<-secondAnswer, "the sum of the two HSETs' answers (the first answered %d)", n)
 	assert.Equal(t, int64(1), first.HLen(ctx, "k").Val())
+}
+
+// fillOthers takes every byte the endpoint's units other than u have
+// left, down to their smallest extent, and returns the reservations.
+func fillOthers(e *endpoint, u *storage.Unit) []*storage.Reservation {
+	var held []*storage.Reservation
+	for _, v := range e.e.Units {
+		for size := int64(64 << 10); v != u && size > 0; size /= 2 {
+			for {
+				r, err := v.Reserve(noWait, []int64{size})
+				if err != nil {
+					break
+				}
+				held = append(held, r)
+			}
+		}
+	}
+	return held
 }

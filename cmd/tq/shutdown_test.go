@@ -132,16 +132,7 @@ func TestShutdownLeavesAnAbandonedWriteToReconciliation(t *testing.T) {
 	_, err = c.Units()[0].Write(ctx, [][][]byte{{[]byte("never committed")}})
 	require.NoError(t, err)
 
-	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- s.shutdown(shutdownCtx) }()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(time.Minute):
-		t.Fatal("the shutdown waited for a put that never commits")
-	}
+	shutdownSoon(t, s, "the shutdown waited for a put that never commits")
 	assert.Contains(t, out.String(), "1 extents written and not committed are left to reconciliation")
 }
 
@@ -165,16 +156,7 @@ func TestShutdownDoesNotWaitForAReservationInQuarantine(t *testing.T) {
 	u := s.units[0].u
 	require.Eventually(t, func() bool { return u.Stats().QuarantinedSessions == 1 }, 30*time.Second, 10*time.Millisecond)
 
-	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- s.shutdown(shutdownCtx) }()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(time.Minute):
-		t.Fatal("the shutdown waited for a reservation in quarantine")
-	}
+	shutdownSoon(t, s, "the shutdown waited for a reservation in quarantine")
 	assert.NotContains(t, out.String(), "left to reconciliation")
 	assert.Zero(t, u.Stats().Used, "used bytes once the unit shut down")
 }
@@ -213,4 +195,20 @@ func unitUnixAddr(t *testing.T, s *server) string {
 	}
 	t.Fatalf("no unix address among the unit's %v", addrs)
 	return ""
+}
+
+// shutdownSoon shuts s down under a 10-minute window and fails the test,
+// with what, if that takes a minute: what it must not wait for.
+func shutdownSoon(t *testing.T, s *server, what string) {
+	t.Helper()
+	ctx, stop := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- s.shutdown(ctx) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal(what)
+	}
 }
