@@ -47,9 +47,9 @@ type ConnConfig struct {
 	// PingTimeout is how long a ping may go unanswered before the peer is
 	// declared dead; 0 means 10 s.
 	PingTimeout time.Duration
-	// WriteTimeout bounds each write of a request: a peer that takes
-	// none of a write of up to 4 MiB (a larger one goes in such pieces)
-	// for this long is declared dead, and the connection fails. The
+	// WriteTimeout bounds a stall in writing requests: a peer that takes
+	// none of the bytes being written for this long (up to 1.25 times
+	// it) is declared dead, and the connection fails. The
 	// keepalive cannot tell a peer that stopped reading from one slow to
 	// take a large request, and TCP takes many minutes to give up on a
 	// host that is gone. 0 means DefaultWriteTimeout; negative, no bound.
@@ -153,7 +153,7 @@ func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 	}
 	c.w = newFrameWriter(nc, func(err error) { c.failWrite(fmt.Errorf("write: %w: %w", ErrUnavailable, err)) })
 	c.w.bg = &c.posts
-	c.w.timeout = max(c.cfg.WriteTimeout, 0)
+	c.w.timeout, c.w.progress = max(c.cfg.WriteTimeout, 0), true
 	go c.readLoop()
 	go c.keepAlive()
 	return c

@@ -23,7 +23,10 @@ package wire
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,6 +40,13 @@ type frameWriter struct {
 	written *atomic.Int64 // if set, counts the bytes written
 	writes  *atomic.Int64 // if set, counts the batches written (a writev each, unless chunked)
 	timeout time.Duration // if set, each chunk's write deadline
+	// progress makes timeout a bound on a stall rather than on a chunk:
+	// a write that hit its deadline having moved bytes goes on under a
+	// new one. A client's writer has it (its server's back-pressure, a
+	// WRITE waiting for room before it reads its payload, may add up
+	// within a chunk); a server's has not, so that a peer reading a byte
+	// now and then cannot hold a reply for ever.
+	progress bool
 	// deadline is the write deadline the socket has (see write); only the
 	// active writer touches it.
 	deadline time.Time
@@ -266,8 +276,7 @@ func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
 		w.renewDeadline()
 	}
 	if len(bufs) == 1 {
-		n, err := w.nc.Write(bufs[0])
-		return int64(n), err
+		return w.writeOne(bufs[0])
 	}
 	if size <= flatMax {
 		// A small request and its payload (a KV put's value): one
@@ -278,13 +287,59 @@ func (w *frameWriter) write(bufs net.Buffers) (int64, error) {
 			flat = append(flat, b...)
 		}
 		w.flat = flat[:0]
-		n, err := w.nc.Write(flat)
-		return int64(n), err
+		return w.writeOne(flat)
 	}
+	return w.writeVec(bufs)
+}
+
+// writeOne writes b with one write(2), going on past a deadline the
+// write moved bytes under (see progress).
+func (w *frameWriter) writeOne(b []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := w.nc.Write(b)
+		total += int64(n)
+		if err != nil && n < len(b) && w.goOn(n, err) {
+			b = b[n:]
+			continue
+		}
+		return total, w.timedOut(err)
+	}
+}
+
+// writeVec writes bufs with writev(2), as writeOne.
+func (w *frameWriter) writeVec(bufs net.Buffers) (int64, error) {
+	var total int64
 	w.wb = bufs
-	n, err := w.wb.WriteTo(w.nc)
-	w.wb = nil
-	return n, err
+	defer func() { w.wb = nil }()
+	for {
+		n, err := w.wb.WriteTo(w.nc) // consumes what it wrote
+		total += n
+		if err != nil && len(w.wb) > 0 && w.goOn(int(n), err) {
+			continue
+		}
+		return total, w.timedOut(err)
+	}
+}
+
+// goOn reports whether a write that failed with err after n bytes goes
+// on: it hit its deadline having moved bytes, and the writer bounds
+// stalls (progress). It renews the deadline.
+func (w *frameWriter) goOn(n int, err error) bool {
+	if !w.progress || n == 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	w.deadline = time.Time{}
+	w.renewDeadline()
+	return true
+}
+
+// timedOut says what a write deadline's error means.
+func (w *frameWriter) timedOut(err error) error {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("the peer stopped taking bytes (write timeout %v): %w", w.timeout, err)
+	}
+	return err
 }
 
 // renewDeadline keeps the socket's write deadline at least timeout ahead.
@@ -316,9 +371,7 @@ func (w *frameWriter) writeChunks(bufs net.Buffers) (int64, error) {
 			bufs = bufs[1:]
 		}
 		w.renewDeadline()
-		w.wb = chunk
-		n, err := w.wb.WriteTo(w.nc)
-		w.wb = nil
+		n, err := w.writeVec(chunk)
 		clear(chunk) // do not pin payloads
 		w.chunk = chunk[:0]
 		total += n
