@@ -704,7 +704,8 @@ func (c *conn) writeStrings(ss []string) {
 }
 
 // writeErr answers with err as a Redis error: its code first (WRONGTYPE
-// for a dtype mismatch, OOM for a full unit, ERR otherwise), then TQ's
+// for a dtype mismatch, OOM for a full unit, LOADING for what may
+// succeed if tried again (see notNow), ERR otherwise), then TQ's
 // message, which names what was wrong.
 func (c *conn) writeErr(err error) {
 	if err == errWouldWait {
@@ -717,6 +718,8 @@ func (c *conn) writeErr(err error) {
 		code = "WRONGTYPE"
 	case errors.Is(err, engine.ErrCapacity):
 		code = "OOM"
+	case notNow(err):
+		code = "LOADING"
 	}
 	c.writeError(code + " " + err.Error())
 }
@@ -740,6 +743,19 @@ func (c *conn) authenticate(user, pass []byte) bool {
 		return true
 	}
 	return false
+}
+
+// notNow tells an error that may pass if the command is sent again
+// later, to this process or to the one that replaces it: a unit or
+// client shutting down (engine.ErrClosed: a write refused so changed
+// nothing), a peer, the controller or another process's unit, that
+// cannot be reached now (engine.ErrUnavailable: as after a connection
+// error, a write may or may not have been made). Redis answers its own
+// such condition, a dataset still loading, with LOADING, which go-redis
+// retries and redis-py raises as BusyLoadingError, a ConnectionError its
+// Retry retries; an ERR neither retries.
+func notNow(err error) bool {
+	return errors.Is(err, engine.ErrClosed) || errors.Is(err, engine.ErrUnavailable)
 }
 
 var errWrongPass = "WRONGPASS invalid username-password pair or user is disabled."
