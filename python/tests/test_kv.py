@@ -1,6 +1,7 @@
 """The KV API against a real tq serve, over tcp and shm."""
 
 import asyncio
+import os
 import time
 
 import numpy as np
@@ -354,6 +355,67 @@ def test_garbage_lease_goes_back_while_the_client_is_idle(server, client, part, 
         while leases() != before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert leases() == before
+
+
+def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, client, part, transport):
+    """A child forked without exec inherits the client: its unit objects,
+    their pooled connections (the parent's sockets) and the parent's live
+    views. It must send nothing on what it inherited. A view the child drops
+    used to be queued as the child's orphan and given back by the child's
+    sweeper on the parent's socket, freeing the lease the parent still read
+    through (its view then showed other puts' bytes); and the child's own
+    calls took the parent's pooled connections, leaving replies there the
+    parent did not wait for."""
+    if transport != "shm":
+        pytest.skip("leases are taken over shared memory only")
+    import gc
+    keys = [f"k{i}" for i in range(8)]
+    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
+    with server.client() as watcher:  # its calls must not touch client's units
+        def leases():
+            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
+                       for u in watcher.units(refresh=True).values())
+        before = leases()
+        holder = [client.kv_batch_get(keys, part, copy=False)["x"]]  # the parent keeps this view
+        assert leases() == before + 1
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                # The child drops its copy of the parent's view (a worker
+                # clearing an inherited cache), then reads with the
+                # inherited client, zero copy (its first Lease starts the
+                # child's sweeper) and copying.
+                holder.clear()
+                gc.collect()
+                v = client.kv_batch_get(keys, part, copy=False)["x"]
+                assert (v == 1.0).all()
+                del v
+                gc.collect()
+                assert (client.kv_batch_get(keys, part)["x"] == 1.0).all()
+                time.sleep(3 * tq.unit.ORPHAN_SWEEP_S)  # the child's sweeper has run
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        # The child's own lease went with its connection when it exited.
+        deadline = time.monotonic() + 30
+        while leases() != before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leases() == before + 1, "the child gave back the parent's lease, or left its own"
+        # Overwrite the keys and fill the unit: a lease that went back
+        # would let these puts reuse the bytes the parent's view shows.
+        watcher.kv_batch_put(keys, part, {"x": np.full((8, 20000), 2.0)})
+        for j in range(4):
+            watcher.kv_batch_put([f"o{j}-{i}" for i in range(8)], part, {"x": np.full((8, 20000), 3.0 + j)})
+        assert (holder[0] == 1.0).all(), "the parent's view changed under it"
+        # The parent's pooled connections are in step: its calls work.
+        assert (client.kv_batch_get(keys, part)["x"] == 2.0).all()
+        assert (client.kv_batch_get(keys, part, copy=False)["x"] == 2.0).all()
+    holder.clear()
 
 
 def test_get_across_units(client, part):

@@ -26,7 +26,8 @@ from ._pb import control_pb2, data_pb2
 class Pool:
     """Idle connections to one address, handed out one caller at a time.
     ``before_take``, when given, runs (outside the pool's lock) before each
-    connection is handed out."""
+    connection is handed out. A forked child never gets one its parent
+    dialed (the parent's socket, see wire.Conn): it dials its own."""
 
     def __init__(self, dial, before_take=None):
         self._dial = dial
@@ -43,14 +44,14 @@ class Pool:
                 raise errors.ClosedError("client is closed")
             while self._idle:
                 c = self._idle.pop()
-                if not c.closed and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
+                if not c.closed and c.pid == os.getpid() and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
                     return c
-                c.close()
+                c.close()  # in a child, this closes only the child's copy of the parent's socket
         return self._dial()
 
     def give(self, c: wire.Conn) -> None:
         with self._lock:
-            if self._closed or c.closed or len(self._idle) >= 16:
+            if self._closed or c.closed or c.pid != os.getpid() or len(self._idle) >= 16:
                 c.close()
                 return
             self._idle.append(c)
@@ -163,9 +164,11 @@ def _sweep(unit) -> None:
 
 
 def _after_fork() -> None:
-    # The child has no sweeper thread (nor the lock's holder, if any).
-    global _sweep_lock, _sweeper
-    _sweep_lock, _sweeper = threading.Lock(), None
+    # The child has no sweeper thread (nor the lock's holder, if any), and
+    # the parent's units are the parent's to sweep: the child gives back
+    # only the leases it took (Lease.pid), on connections it dialed.
+    global _sweep_lock, _sweep_units, _sweeper
+    _sweep_lock, _sweep_units, _sweeper = threading.Lock(), weakref.WeakSet(), None
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -180,24 +183,30 @@ class Lease:
     next call, or within ORPHAN_SWEEP_S by a background thread if none
     comes: the unit does not end an idle same-host connection that holds a
     lease, so a client that stops reading would pin the extents until it
-    exits."""
+    exits. A lease belongs to the process that took it: in a child forked
+    without exec, releasing an inherited view, or its becoming garbage,
+    gives nothing back (the parent may still read through it); the
+    parent's own release, or its exit, does."""
 
-    __slots__ = ("unit", "conn", "lease", "done", "__weakref__")
+    __slots__ = ("unit", "conn", "lease", "done", "pid", "__weakref__")
 
     def __init__(self, unit, conn, lease):
         self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
+        self.pid = os.getpid()
         _sweep(unit)
 
     def release(self) -> None:
         if self.done:
             return
         self.done = True
-        self.unit.release(self.conn, self.lease)
+        if self.pid == os.getpid():
+            self.unit.release(self.conn, self.lease)
 
     def __del__(self):
         if not self.done:
             self.done = True
-            self.unit.orphans.append((self.conn, self.lease))
+            if self.pid == os.getpid():
+                self.unit.orphans.append((self.conn, self.lease))
 
 
 class Unit:
@@ -294,12 +303,15 @@ class Unit:
     def give_back_orphans(self) -> None:
         """Release the leases that ended as garbage, each on its own
         connection (which only that lease held). Safe from any thread: each
-        orphan is popped by one."""
+        orphan is popped by one. In a forked child, the orphans the parent
+        had not yet given back are dropped: they are the parent's."""
         while self.orphans:
             try:
                 conn, lease = self.orphans.popleft()
             except IndexError:
                 return
+            if conn.pid != os.getpid():
+                continue
             try:
                 self.release(conn, lease)
             except errors.TQError:

@@ -170,12 +170,17 @@ class _Ended(Exception):
 
 
 class Conn:
-    """One authenticated connection. Safe for concurrent use (calls take turns)."""
+    """One authenticated connection. Safe for concurrent use (calls take turns).
+    It belongs to the process that dialed it: a child forked without exec
+    shares its socket with the parent, so in the child it sends nothing
+    (a call fails as unavailable), lest the two interleave requests and
+    read each other's replies."""
 
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
                  unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0):
         self.addr = addr
         self.family, sockaddr = parse_addr(addr)
+        self.pid = os.getpid()
         self._lock = threading.Lock()
         self._next_id = 1
         self._pending = []  # ids of send_only requests whose replies are unread
@@ -324,6 +329,9 @@ class Conn:
         with self._lock:
             if self.sock is None:
                 raise errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
+            if self.pid != os.getpid():
+                raise errors.UnavailableError(f"connection to {self.addr} belongs to process {self.pid}",
+                                              op=op_name)
             rid = self._next_id
             self._next_id += 1
             try:
@@ -406,7 +414,7 @@ class Conn:
         call."""
         body = req.SerializeToString() if req is not None else b""
         with self._lock:
-            if self.sock is None:
+            if self.sock is None or self.pid != os.getpid():
                 return
             rid = self._next_id
             self._next_id += 1
