@@ -418,6 +418,40 @@ def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, cl
     holder.clear()
 
 
+def test_view_whose_sweeper_cannot_start_gives_its_lease_back(server, client, part, transport, monkeypatch):
+    """The first Lease starts the sweeper thread; when it cannot (no thread
+    left to the process), the get fails and the lease it had acquired goes
+    back at once. It used to be nobody's: not yet among the get's leases,
+    which its error path releases, so it went back only once garbage and at
+    the unit's next call."""
+    if transport != "shm":
+        pytest.skip("leases are taken over shared memory only")
+    import threading
+    keys = [f"k{i}" for i in range(8)]
+    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
+    with server.client() as watcher:  # its calls must not touch client's units
+        def leases():
+            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
+                       for u in watcher.units(refresh=True).values())
+        before = leases()
+
+        class NoThread(threading.Thread):
+            def start(self):
+                raise RuntimeError("can't start new thread")
+        with monkeypatch.context() as m:
+            m.setattr(tq.unit, "_sweeper", None)
+            m.setattr(tq.unit.threading, "Thread", NoThread)
+            with pytest.raises(RuntimeError, match="can't start new thread") as e:
+                client.kv_batch_get(keys, part, copy=False)
+        deadline = time.monotonic() + 30
+        while leases() != before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leases() == before, "the get left its lease held"
+        del e
+    # The client is in step afterwards.
+    assert (client.kv_batch_get(keys, part, copy=False)["x"] == 1.0).all()
+
+
 def test_get_across_units(client, part):
     """Keys written by many puts land on both units (placement hashes each
     put's first key): a get of all of them gathers every field in key order."""

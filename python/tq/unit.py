@@ -193,7 +193,13 @@ class Lease:
     def __init__(self, unit, conn, lease):
         self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
         self.pid = os.getpid()
-        _sweep(unit)
+        try:
+            _sweep(unit)
+        except BaseException:
+            # The sweeper did not start (no thread left): the caller has no
+            # Lease to release, so this one gives the lease back itself.
+            self.release()
+            raise
 
     def release(self) -> None:
         if self.done:
