@@ -13,8 +13,8 @@ package storage
 //	later       otherwise — the unit hung up on a client that lives (a
 //	            refused frame, replies it stopped reading; not its idle
 //	            timeout, which spares a session that holds anything
-//	            while its client lives: see session.Holding), or the
-//	            connection broke under it —
+//	            while any process holds its socket: see
+//	            session.Holding), or the connection broke under it —
 //	            when the client process exits or ServerConfig.Quarantine
 //	            passes, whichever comes first.
 //

@@ -444,19 +444,25 @@ func TestIdleTimeoutSparesSessionsThatHold(t *testing.T) {
 	}
 }
 
-// deadClientEnv names, to a child of TestIdleTimeoutEndsASessionWhoseClientExited,
-// the unit it is the client of.
-const deadClientEnv = "TQ_TEST_DEAD_CLIENT_ADDR"
+// inheritedConnEnv names, to a child of
+// TestInheritedConnectionKeepsItsHoldsUntilItsLastHolderCloses, the unit
+// it is the client of.
+const inheritedConnEnv = "TQ_TEST_INHERITED_CONN_ADDR"
 
-// A same-host session whose client process exited is ended for idleness
-// even though it holds a reservation, and its holds go back at once: the
-// client's mapping went with it. Its socket lives on in another process
-// (here this one; in life a child that inherited it across a fork), so
-// the session does not end with it. The unit used to spare the session
-// for ever, since it held something, and the bytes never came back.
-func TestIdleTimeoutEndsASessionWhoseClientExited(t *testing.T) {
-	if addr := os.Getenv(deadClientEnv); addr != "" {
-		os.Exit(deadClientChild(addr))
+// A same-host session's socket stays open after its client process
+// exited only while another process holds it: with our clients (their
+// sockets are close-on-exec), a child the client forked without exec,
+// which also inherited the segments' mappings and any views, and may still
+// read and write them. So the session is not ended for idleness while it
+// holds anything, whoever holds its socket; when the last holder closes
+// it, the session ends, and, the client process being gone, its holds go
+// back at once. Here the client hands its connection to this process over
+// SCM_RIGHTS and exits: this process plays the child. The unit used to end
+// such a session at its idle timeout once the client had exited, and hand
+// the child's bytes to other puts while it could still touch them.
+func TestInheritedConnectionKeepsItsHoldsUntilItsLastHolderCloses(t *testing.T) {
+	if addr := os.Getenv(inheritedConnEnv); addr != "" {
+		os.Exit(inheritedConnChild(addr))
 	}
 	u, err := NewUnit(1, testConfig())
 	require.NoError(t, err)
@@ -470,8 +476,8 @@ func TestIdleTimeoutEndsASessionWhoseClientExited(t *testing.T) {
 	require.NoError(t, err)
 	defer unix.Close(fds[0])
 	childEnd := os.NewFile(uintptr(fds[1]), "socketpair")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIdleTimeoutEndsASessionWhoseClientExited$", "-test.count=1")
-	cmd.Env = append(os.Environ(), deadClientEnv+"="+addr)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestInheritedConnectionKeepsItsHoldsUntilItsLastHolderCloses$", "-test.count=1")
+	cmd.Env = append(os.Environ(), inheritedConnEnv+"="+addr)
 	cmd.ExtraFiles = []*os.File{childEnd}
 	out, err := cmd.CombinedOutput()
 	childEnd.Close()
@@ -485,20 +491,33 @@ func TestIdleTimeoutEndsASessionWhoseClientExited(t *testing.T) {
 	conn, err := unix.ParseUnixRights(&msgs[0])
 	require.NoError(t, err)
 	require.Len(t, conn, 1)
-	defer unix.Close(conn[0])
 	require.Equal(t, 1, u.Stats().Extents, "extents the child reserved")
 
-	// The client has exited (and was waited for): past the idle timeout
-	// its session ends, and its reservation goes back with no quarantine.
-	st := waitStats(t, u, "the exited client's reservation back", func(st Stats) bool { return st.Extents == 0 })
+	// The client has exited (and was waited for), but this process holds
+	// its socket: past many idle timeouts the session still holds its
+	// reservation, and the unit has not hung up.
+	time.Sleep(20 * idle)
+	st := u.Stats()
+	assert.Equal(t, 1, st.Extents, "extents while this process holds the socket")
+	assert.Zero(t, st.QuarantinedSessions, "sessions in quarantine")
+	pfd := []unix.PollFd{{Fd: int32(conn[0]), Events: unix.POLLIN}}
+	n, err := unix.Poll(pfd, 0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "the unit hung up on the held socket (revents %#x)", pfd[0].Revents)
+
+	// Its last holder closes it: the session ends, and the client process
+	// being gone, the reservation goes back at once, with no quarantine.
+	require.NoError(t, unix.Close(conn[0]))
+	st = waitStats(t, u, "the reservation back once the socket closed", func(st Stats) bool { return st.Extents == 0 })
 	assert.Zero(t, st.QuarantinedSessions, "sessions in quarantine")
 	assert.Zero(t, st.Used, "used bytes")
 }
 
-// deadClientChild is the client of TestIdleTimeoutEndsASessionWhoseClientExited:
-// it reserves 64 KiB on the unit at addr without pings, sends its
+// inheritedConnChild is the client of
+// TestInheritedConnectionKeepsItsHoldsUntilItsLastHolderCloses: it
+// reserves 64 KiB on the unit at addr without pings, sends its
 // connection's fd over fd 3, and returns its exit code.
-func deadClientChild(addr string) int {
+func inheritedConnChild(addr string) int {
 	ctx := context.Background()
 	network, address, err := wire.ParseAddr(addr)
 	if err == nil {

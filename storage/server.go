@@ -61,8 +61,9 @@ type ServerConfig struct {
 	ReserveWait time.Duration
 	// IdleTimeout closes a connection with no frame for this long (0: the
 	// wire default, 5 min), but not a same-host one while it holds a
-	// reservation or a lease and its client process lives: the client
-	// uses them through its own mapping without a frame (see shm.go).
+	// reservation or a lease, whichever process holds its socket: the
+	// client (or a child it forked) uses them through its own mapping
+	// without a frame (see shm.go).
 	IdleTimeout time.Duration
 	// NoRing refuses control rings on the fd socket (see ServeShm):
 	// same-host clients then send their control requests over the socket.

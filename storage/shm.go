@@ -16,9 +16,9 @@ package storage
 //	            client process is gone (killed with SIGKILL, say), and
 //	            otherwise after a quarantine, since a live client may
 //	            still be copying into them (quarantine.go). While a
-//	            session holds any and its client process lives, its
-//	            connection is not ended for idleness: the client uses
-//	            them without a frame, and may send no pings
+//	            session holds any, its connection is not ended for
+//	            idleness, whichever process holds its socket: the client
+//	            uses them without a frame, and may send no pings
 //	            (session.Holding).
 //
 // Reservations made for a session are "held" (see Unit.ReserveHeld): when
@@ -95,8 +95,7 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 		res:    map[uint64]*Reservation{},
 		leases: map[uint64]*Lease{},
 	}
-	if sess.unix {
-		// Holding looks at it too, with or without a quarantine.
+	if sess.unix && s.cfg.Quarantine > 0 {
 		sess.pid, sess.pidfd = peerPidfd(nc)
 	}
 	return sess
@@ -106,27 +105,26 @@ func (s *Server) newSession(_ *wirepb.Hello, nc net.Conn) wire.Session {
 func (s *session) Close() { s.end(false) }
 
 // Holding reports whether a same-host session holds a reservation or a
-// lease for a client process that lives. Its client fills and reads them
-// through its own mapping without a frame (and a client may send no
-// pings: the Python client does not), so the wire server does not end
-// such a session for idleness (see wire.Holder); a dead client's session
-// ends with its socket, or its ring's liveness socket. That socket may
-// outlive the client, though (a child it forked inherited it): once the
-// pidfd says the client exited, the session is idle like any, and its end
-// gives the holds back at once. A session from another host is ended for
-// idleness as any: a dead peer's TCP connection may never say so.
+// lease. Its client fills and reads them through its own mapping without
+// a frame (and a client may send no pings: the Python client does not),
+// so the wire server does not end such a session for idleness (see
+// wire.Holder); a dead client's session ends with its socket, or its
+// ring's liveness socket. That holds even once the process that connected
+// has exited: its socket stays open only while another process holds it,
+// which with our clients (their sockets are close-on-exec) is a child it
+// forked without exec, one that inherited the segments' mappings and any
+// views with it and may still read and write them. The session ends when
+// the last holder closes the socket, and its holds go back then (at once,
+// the connecting process being gone). A session from another host is
+// ended for idleness as any: a dead peer's TCP connection may never say
+// so.
 func (s *session) Holding() bool {
 	if !s.unix {
 		return false
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	// Under the lock: end closes the pidfd, or hands it on, only after
-	// it marked the session closed.
-	if s.closed || len(s.res)+len(s.leases) == 0 {
-		return false
-	}
-	return s.pidfd < 0 || !exited(s.pidfd)
+	return len(s.res)+len(s.leases) > 0
 }
 
 // end closes the RDMA queue pairs and gives the holds back: at once after
