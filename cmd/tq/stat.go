@@ -321,9 +321,19 @@ func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, u := range s.units {
 		used := fmt.Sprintf("%s / %s", bytesString(u.Used), bytesString(u.Capacity))
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t\n", u.ID, unitState(u), bar(int(u.Used>>10), int(u.Capacity>>10)), used, r.usedString(u.ID))
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t\n", u.ID, unitState(u), bar(int(u.Used>>10), int(u.Capacity>>10)), used, r.usedString(u.ID), s.inQuarantine(u.ID))
 	}
 	return tw.Flush()
+}
+
+// inQuarantine is the --watch view's word on what a unit holds in
+// quarantine: as the table says it (see quarantined), when it holds
+// any; nothing otherwise, or when the unit did not answer.
+func (s *statSnapshot) inQuarantine(id engine.UnitID) string {
+	if st, ok := s.fresh[id]; !ok || st.Quarantined == 0 && st.QuarantinedSessions == 0 {
+		return ""
+	}
+	return s.quarantined(id) + " in quarantine"
 }
 
 // bar draws n of total as a 24-character progress bar.

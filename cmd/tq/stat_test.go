@@ -137,9 +137,10 @@ func TestErrorsPrintTerminalSafe(t *testing.T) {
 
 // tq stat shows what a unit holds in quarantine — the reservation of a
 // same-host session that ended without a goodbye, its client alive —
-// from the unit's UNIT_STATS, in the unit table and in --json; "-" (and
-// nothing in --json) for a unit that did not answer. It used to show
-// only the used bytes, which count the quarantined ones unexplained.
+// from the unit's UNIT_STATS, in the unit table, in --watch and in
+// --json; "-" (nothing in --watch and --json) for a unit that did not
+// answer. It used to show only the used bytes, which count the
+// quarantined ones unexplained; --watch did not say it until later.
 func TestStatShowsQuarantinedHolds(t *testing.T) {
 	ucfg := storage.DefaultConfig()
 	ucfg.Capacity = 16 << 20
@@ -183,6 +184,18 @@ func TestStatShowsQuarantinedHolds(t *testing.T) {
 	assert.Contains(t, lines[i], "quarantined", "the table's header")
 	assert.Contains(t, lines[i+1], "64 KiB (1 session)", "unit 1's line")
 	assert.Regexp(t, `^  2 +alive +0 B / 16 MiB +0% +- +0 `, lines[i+2], "unit 2's line")
+
+	// --watch says it on the unit's line, and nothing where there is
+	// nothing to say.
+	var watch bytes.Buffer
+	require.NoError(t, s.printWatch(&watch, nil, time.Second))
+	t.Logf("tq stat --watch:\n%s", watch.String())
+	lines = strings.Split(watch.String(), "\n")
+	i = slices.Index(lines, "STORAGE UNITS")
+	require.GreaterOrEqual(t, i, 0, "no unit lines")
+	require.Greater(t, len(lines), i+2)
+	assert.Regexp(t, `^  1 .* 64 KiB \(1 session\) in quarantine *$`, lines[i+1], "unit 1's line")
+	assert.NotContains(t, lines[i+2], "quarantine", "unit 2's line")
 
 	j := s.json(nil)
 	require.Len(t, j.Units, 2)
