@@ -305,6 +305,13 @@ def test_view_as_torch_tensors(client, part, transport):
         assert torch.equal(t, torch.from_numpy(x))
 
 
+def unit_leases(c):
+    """The leases the units of c's cluster hold, by their UNIT_STATS, asked
+    through c's own connections."""
+    return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
+               for u in c.units(refresh=True).values())
+
+
 def test_view_arrays_outlive_their_view(client, part, transport):
     """An array taken from a view that is never released keeps its lease:
     a later put of the same keys does not change it; once the array is
@@ -324,8 +331,7 @@ def test_view_arrays_outlive_their_view(client, part, transport):
         deadline = time.monotonic() + 5
         while True:
             client.kv_batch_get(keys, part, copy=False).release()  # gives the orphaned lease back
-            leases = sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
-                         for u in client.units(refresh=True).values())
+            leases = unit_leases(client)
             if leases == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -344,8 +350,7 @@ def test_garbage_lease_goes_back_while_the_client_is_idle(server, client, part, 
     client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
     with server.client() as watcher:  # its calls must not touch client's units
         def leases():
-            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
-                       for u in watcher.units(refresh=True).values())
+            return unit_leases(watcher)
         before = leases()
         x = client.kv_batch_get(keys, part, copy=False)["x"]
         assert leases() == before + 1
@@ -373,8 +378,7 @@ def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, cl
     client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
     with server.client() as watcher:  # its calls must not touch client's units
         def leases():
-            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
-                       for u in watcher.units(refresh=True).values())
+            return unit_leases(watcher)
         before = leases()
         holder = [client.kv_batch_get(keys, part, copy=False)["x"]]  # the parent keeps this view
         assert leases() == before + 1
@@ -431,8 +435,7 @@ def test_view_whose_sweeper_cannot_start_gives_its_lease_back(server, client, pa
     client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
     with server.client() as watcher:  # its calls must not touch client's units
         def leases():
-            return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).leases
-                       for u in watcher.units(refresh=True).values())
+            return unit_leases(watcher)
         before = leases()
 
         class NoThread(threading.Thread):
