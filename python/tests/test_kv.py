@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -251,7 +253,6 @@ def test_torch_tensors(client, part):
 
 def test_get_while_the_keys_are_overwritten(server, transport, part):
     """Reads of keys a writer keeps replacing see whole values, never an error."""
-    import threading
     keys = [f"k{i}" for i in range(8)]
     stop = threading.Event()
     with server.client(transport=transport) as w, server.client(transport=transport) as r:
@@ -424,13 +425,13 @@ def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, cl
 
 def test_view_whose_sweeper_cannot_start_gives_its_lease_back(server, client, part, transport, monkeypatch):
     """The first Lease starts the sweeper thread; when it cannot (no thread
-    left to the process), the get fails and the lease it had acquired goes
-    back at once. It used to be nobody's: not yet among the get's leases,
-    which its error path releases, so it went back only once garbage and at
-    the unit's next call."""
+    left to the process), the get fails, the lease it had acquired goes
+    back at once, and the next Lease tries again. The lease used to be
+    nobody's: not yet among the get's leases, which its error path
+    releases, so it went back only once garbage and at the unit's next
+    call."""
     if transport != "shm":
         pytest.skip("leases are taken over shared memory only")
-    import threading
     keys = [f"k{i}" for i in range(8)]
     client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
     with server.client() as watcher:  # its calls must not touch client's units
@@ -441,18 +442,24 @@ def test_view_whose_sweeper_cannot_start_gives_its_lease_back(server, client, pa
         class NoThread(threading.Thread):
             def start(self):
                 raise RuntimeError("can't start new thread")
+        tq.unit._sweeper = None  # as in a process whose first Lease this is
         with monkeypatch.context() as m:
-            m.setattr(tq.unit, "_sweeper", None)
             m.setattr(tq.unit.threading, "Thread", NoThread)
             with pytest.raises(RuntimeError, match="can't start new thread") as e:
                 client.kv_batch_get(keys, part, copy=False)
+        # The thread that did not start is not taken for a sweeper: the
+        # next Lease starts one. (It used to be kept, and no sweeper ran
+        # for the rest of the process.)
+        assert tq.unit._sweeper is None, "a sweeper that never started was kept"
         deadline = time.monotonic() + 30
         while leases() != before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert leases() == before, "the get left its lease held"
         del e
-    # The client is in step afterwards.
+    # The client is in step afterwards, and its next lease started the
+    # sweeper.
     assert (client.kv_batch_get(keys, part, copy=False)["x"] == 1.0).all()
+    assert tq.unit._sweeper is not None and tq.unit._sweeper.is_alive(), "no sweeper runs"
 
 
 def test_get_across_units(client, part):
@@ -584,3 +591,69 @@ def test_commit_of_unknown_outcome_keeps_what_it_wrote(server, part, err):
         assert (got == big + 1).all(), "the commit happened: the key holds the new value"
     finally:
         c.close()
+
+
+def _run_forked(fn, timeout=60.0):
+    """Run fn in a child forked without exec; fail if it raises, or if it
+    has not exited within timeout (then it is killed)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            fn()
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (killed after %.0f s)" % timeout)
+        time.sleep(0.02)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the forked child failed"
+
+
+def test_forked_child_makes_its_own_locks_and_threads(client, part):
+    """A child forked while other threads of the parent held the client's
+    locks, and after the parent's large copies had started their thread
+    pool, uses the inherited client as its own. The child has none of the
+    parent's threads: a lock one of them held at the fork would never be
+    released there, and a pool that counts them idle would take work no
+    thread runs. The child used to hang in its first large copy (the
+    parent's copy threads were gone) or on the locks."""
+    keys = [f"k{i}" for i in range(4)]
+    big = np.random.default_rng(7).random((4, 1 << 20))  # 32 MiB: copies and transfers go in parallel
+    client.kv_batch_put(keys, part, {"x": big})
+    assert client.kv_batch_get(keys, part)["x"].tobytes() == big.tobytes()
+    client.units()  # the unit objects exist, and their pools
+    held = threading.Event()
+    release = threading.Event()
+    locks = [client._units_lock, client._ctl._lock] + [u.pool._lock for u in client.units().values()]
+
+    def hold():
+        for lk in locks:
+            lk.acquire()
+        held.set()
+        release.wait()
+        for lk in locks:
+            lk.release()
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        held.wait()
+
+        def child():
+            assert client.kv_batch_get(keys, part)["x"].tobytes() == big.tobytes()
+            client.kv_batch_put(keys, part, {"x": big + 1})
+            assert client.kv_batch_get(keys, part)["x"].tobytes() == (big + 1).tobytes()
+        _run_forked(child)
+    finally:
+        release.set()
+        t.join()
+    assert client.kv_batch_get(keys, part)["x"].tobytes() == (big + 1).tobytes()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 
 from . import errors
@@ -44,6 +45,15 @@ TransferQueueClient = Client
 
 _client: Client | None = None
 _lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # A thread of the parent may have held it at the fork.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def init(address: str | None = None, *, token: str | None = None, transport: str = "auto",

@@ -171,6 +171,7 @@ class Client:
         self._units = {}
         self._units_at = 0.0
         self._units_lock = threading.Lock()
+        wire.reinit_in_child(self)
         self._no_kv_data = False
         self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
         self._closed = False
@@ -180,6 +181,9 @@ class Client:
         self._ctl.give(c)
 
     # ---- plumbing ------------------------------------------------------
+
+    def _reinit_in_child(self) -> None:
+        self._units_lock = threading.Lock()
 
     def _dial_controller(self) -> "wire.Conn":
         """A connection to the controller: at the address given, moved to

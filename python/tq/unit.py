@@ -35,6 +35,12 @@ class Pool:
         self._idle = []
         self._lock = threading.Lock()
         self._closed = False
+        wire.reinit_in_child(self)
+
+    def _reinit_in_child(self) -> None:
+        # The idle connections stay: take closes them (they are the
+        # parent's), and give keeps none of them.
+        self._lock = threading.Lock()
 
     def take(self) -> wire.Conn:
         if self._before_take is not None:
@@ -159,16 +165,23 @@ def _sweep(unit) -> None:
     with _sweep_lock:
         _sweep_units.add(unit)
         if _sweeper is None:
-            _sweeper = threading.Thread(target=_sweep_forever, name="tq-lease-sweeper", daemon=True)
-            _sweeper.start()
+            # Kept only once it started: a start that failed (no thread
+            # left to the process, for a moment) is tried again by the
+            # next Lease, not taken for a sweeper that runs.
+            t = threading.Thread(target=_sweep_forever, name="tq-lease-sweeper", daemon=True)
+            t.start()
+            _sweeper = t
 
 
 def _after_fork() -> None:
     # The child has no sweeper thread (nor the lock's holder, if any), and
     # the parent's units are the parent's to sweep: the child gives back
-    # only the leases it took (Lease.pid), on connections it dialed.
-    global _sweep_lock, _sweep_units, _sweeper
+    # only the leases it took (Lease.pid), on connections it dialed. Nor
+    # has it the stripe threads: a pool that counts them idle would take
+    # work no thread runs, so the child starts its own.
+    global _sweep_lock, _sweep_units, _sweeper, _executor, _executor_lock
     _sweep_lock, _sweep_units, _sweeper = threading.Lock(), weakref.WeakSet(), None
+    _executor, _executor_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -186,7 +199,10 @@ class Lease:
     exits. A lease belongs to the process that took it: in a child forked
     without exec, releasing an inherited view, or its becoming garbage,
     gives nothing back (the parent may still read through it); the
-    parent's own release, or its exit, does."""
+    parent's own release does, and its exit once no child holds the
+    connection's socket any longer (the unit keeps a connection's holds
+    while any process holds its socket: the child may still read
+    through its inherited mapping)."""
 
     __slots__ = ("unit", "conn", "lease", "done", "pid", "__weakref__")
 
@@ -234,6 +250,7 @@ class Unit:
         # the collector could find held), give_back_orphans pops.
         self.orphans = collections.deque()
         self._seg_lock = threading.Lock()
+        wire.reinit_in_child(self)
         self.fd_socket = ""
         addr = None
         if transport in ("auto", "shm") and info.host_id == host:
@@ -258,6 +275,10 @@ class Unit:
         if self.shm:
             rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
             self.fd_socket = rep.fd_socket
+
+    def _reinit_in_child(self) -> None:
+        # The mappings stay: the child inherited them, views included.
+        self._seg_lock = threading.Lock()
 
     def close(self) -> None:
         self.give_back_orphans()
