@@ -48,11 +48,14 @@ type ConnConfig struct {
 	// declared dead; 0 means 10 s.
 	PingTimeout time.Duration
 	// WriteTimeout bounds a stall in writing requests: a peer that takes
-	// none of the bytes being written for this long (up to 1.25 times
-	// it) is declared dead, and the connection fails. The
-	// keepalive cannot tell a peer that stopped reading from one slow to
-	// take a large request, and TCP takes many minutes to give up on a
-	// host that is gone. 0 means DefaultWriteTimeout; negative, no bound.
+	// none of the bytes being written for this long is declared dead,
+	// and the connection fails, at the latest 2.5 times it after the
+	// peer took its last byte (the writer renews a deadline 1.25 times
+	// it ahead when a write under it moved bytes, and a stall may begin
+	// just after one was renewed). The keepalive cannot tell a peer that
+	// stopped reading from one slow to take a large request, and TCP
+	// takes many minutes to give up on a host that is gone. 0 means
+	// DefaultWriteTimeout; negative, no bound.
 	WriteTimeout time.Duration
 }
 

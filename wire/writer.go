@@ -16,10 +16,12 @@ package wire
 // caller: batching them costs it little, and a hand-off on every batch
 // would cost the latency this design saves.
 //
-// A writer with a timeout (the server's) writes in chunks of at most
-// writeChunk bytes, each with a write deadline: a peer that stops reading
-// fails the write, and with it the connection, instead of holding the
-// writer (and every handler waiting on it) forever.
+// A writer with a timeout (the server's, and a client's unless its
+// WriteTimeout is negative) writes in chunks of at most writeChunk bytes,
+// each with a write deadline: a peer that stops reading fails the write,
+// and with it the connection, instead of holding the writer (and every
+// handler or caller waiting on it) forever. A client's writer bounds a
+// stall rather than a chunk (progress).
 
 import (
 	"context"
@@ -345,7 +347,9 @@ func (w *frameWriter) timedOut(err error) error {
 // renewDeadline keeps the socket's write deadline at least timeout ahead.
 // It is set a quarter beyond the timeout and renewed once that margin is
 // used up: a write that blocks fails within 1.25 × timeout, and a busy
-// connection updates no timer per write.
+// connection updates no timer per write. With progress, a write that
+// moved bytes before its deadline goes on under a new one, so a stall is
+// found at most 2.5 × timeout after the peer took its last byte.
 func (w *frameWriter) renewDeadline() {
 	if now := time.Now(); w.deadline.Sub(now) < w.timeout {
 		w.deadline = now.Add(w.timeout + w.timeout/4)
