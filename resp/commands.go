@@ -37,6 +37,12 @@ type command struct {
 	// one that is not there, or given the wrong number of arguments, as
 	// Redis does, before NOAUTH.
 	sub map[string]int
+	// once: its answer says what it changed (a count, a compare's
+	// outcome), so sent again after an attempt that may have run it
+	// answers otherwise. Such a command is not answered LOADING for a
+	// part of the cluster it could not reach (see notNow): clients send a
+	// LOADING command again.
+	once bool
 }
 
 var commands map[string]command
@@ -60,18 +66,18 @@ func init() {
 		"GET":           {fn: (*conn).get, arity: 2, loop: true},
 		"MSET":          {fn: (*conn).mset, arity: -3},
 		"MGET":          {fn: (*conn).mget, arity: -2},
-		"DEL":           {fn: (*conn).del, arity: -2},
-		"UNLINK":        {fn: (*conn).del, arity: -2},
+		"DEL":           {fn: (*conn).del, arity: -2, once: true},
+		"UNLINK":        {fn: (*conn).del, arity: -2, once: true},
 		"EXISTS":        {fn: (*conn).exists, arity: -2, loop: true},
 		"TYPE":          {fn: (*conn).typeCmd, arity: 2},
 		"KEYS":          {fn: (*conn).keys, arity: 2},
 		"SCAN":          {fn: (*conn).scan, arity: -2},
-		"HSET":          {fn: (*conn).hset, arity: -4},
+		"HSET":          {fn: (*conn).hset, arity: -4, once: true},
 		"HMSET":         {fn: (*conn).hmset, arity: -4},
 		"HGET":          {fn: (*conn).hget, arity: 3, loop: true},
 		"HMGET":         {fn: (*conn).hmget, arity: -3},
 		"HGETALL":       {fn: (*conn).hgetall, arity: 2},
-		"HDEL":          {fn: (*conn).hdel, arity: -3},
+		"HDEL":          {fn: (*conn).hdel, arity: -3, once: true},
 		"HKEYS":         {fn: (*conn).hkeys, arity: 2},
 		"HLEN":          {fn: (*conn).hlen, arity: 2},
 		"HEXISTS":       {fn: (*conn).hexists, arity: 3},
@@ -80,8 +86,8 @@ func init() {
 		"TQ.TAGS":       {fn: (*conn).tqTags, arity: 2},
 		"TQ.TAG":        {fn: (*conn).tqTag, arity: -4},
 		"TQ.FIELDS":     {fn: (*conn).tqFields, arity: -1},
-		"TQ.TAGDEL":     {fn: (*conn).tqTagDel, arity: -3},
-		"TQ.TAGCAS":     {fn: (*conn).tqTagCAS, arity: -3},
+		"TQ.TAGDEL":     {fn: (*conn).tqTagDel, arity: -3, once: true},
+		"TQ.TAGCAS":     {fn: (*conn).tqTagCAS, arity: -3, once: true},
 		"TQ.LIST":       {fn: (*conn).tqList, arity: -1},
 		"TQ.CHANGES":    {fn: (*conn).tqChanges, arity: -2},
 	}
@@ -113,6 +119,7 @@ func (c *conn) dispatch(args [][]byte) {
 	case c.lp != nil && !cmd.loop:
 		c.leave = true
 	default:
+		c.once = cmd.once
 		cmd.fn(c, args)
 	}
 }

@@ -2,12 +2,15 @@ package resp
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // TestNotNowIsRetryable: a SET refused because the endpoint's storage
@@ -34,5 +37,34 @@ func TestNotNowIsRetryable(t *testing.T) {
 		got, err := rc.Get(ctx, "before").Result()
 		require.NoError(t, err)
 		assert.Equal(t, "x", got)
+	}
+}
+
+// TestUnreachableIsRetryableOnlyWhereARepeatAnswersAlike: a command that
+// failed because part of the cluster could not be reached (the
+// controller, another process's unit) may have been made. A command
+// whose answer is the same however often it ran answers LOADING, which
+// clients send again; one whose answer says what it changed (a count, a
+// compare's outcome) answers ERR: sent again after it was made, a
+// TQ.TAGCAS would answer a mismatch and an HSET a count of 0, and the
+// client would take that for the outcome. Before, every command answered
+// LOADING, and go-redis sent TQ.TAGCAS again by itself. A refusal that
+// changed nothing (engine.ErrClosed) answers LOADING for all.
+func TestUnreachableIsRetryableOnlyWhereARepeatAnswersAlike(t *testing.T) {
+	unreachable := fmt.Errorf("unit 2 at tcp://10.0.0.2:7371: %w", engine.ErrUnavailable)
+	closed := fmt.Errorf("unit 1: %w", engine.ErrClosed)
+	for name, want := range map[string]string{
+		"GET": "LOADING", "SET": "LOADING", "MGET": "LOADING", "MSET": "LOADING", "HGET": "LOADING",
+		"HMSET": "LOADING", "HGETALL": "LOADING", "EXISTS": "LOADING", "TQ.TAG": "LOADING", "TQ.TAGS": "LOADING",
+		"DEL": "ERR", "UNLINK": "ERR", "HSET": "ERR", "HDEL": "ERR", "TQ.TAGDEL": "ERR", "TQ.TAGCAS": "ERR",
+	} {
+		cmd, ok := commands[name]
+		require.True(t, ok, name)
+		c := &conn{once: cmd.once}
+		c.writeErr(unreachable)
+		assert.Equal(t, "-"+want+" "+unreachable.Error()+"\r\n", string(c.out), "%s, unreachable", name)
+		c = &conn{once: cmd.once}
+		c.writeErr(closed)
+		assert.Equal(t, "-LOADING "+closed.Error()+"\r\n", string(c.out), "%s, closed", name)
 	}
 }

@@ -362,6 +362,8 @@ type conn struct {
 	// that failed, after which nothing more is written (see write).
 	quit bool
 	werr error
+	// once is the running command's (see command.once).
+	once bool
 	// armed is true while the read deadline bounds a command's rest;
 	// authBy is when an unauthenticated client must have authenticated.
 	armed   bool
@@ -718,7 +720,7 @@ func (c *conn) writeErr(err error) {
 		code = "WRONGTYPE"
 	case errors.Is(err, engine.ErrCapacity):
 		code = "OOM"
-	case notNow(err):
+	case notNow(err, c.once):
 		code = "LOADING"
 	}
 	c.writeError(code + " " + err.Error())
@@ -748,14 +750,18 @@ func (c *conn) authenticate(user, pass []byte) bool {
 // notNow tells an error that may pass if the command is sent again
 // later, to this process or to the one that replaces it: a unit or
 // client shutting down (engine.ErrClosed: a write refused so changed
-// nothing), a peer, the controller or another process's unit, that
+// nothing), and, for a command whose answer is the same however often it
+// ran (not once), a peer, the controller or another process's unit, that
 // cannot be reached now (engine.ErrUnavailable: as after a connection
 // error, a write may or may not have been made). Redis answers its own
 // such condition, a dataset still loading, with LOADING, which go-redis
 // retries and redis-py raises as BusyLoadingError, a ConnectionError its
-// Retry retries; an ERR neither retries.
-func notNow(err error) bool {
-	return errors.Is(err, engine.ErrClosed) || errors.Is(err, engine.ErrUnavailable)
+// Retry retries; an ERR neither retries. A once command sent again after
+// it may have run would answer otherwise (a TQ.TAGCAS that was made a
+// mismatch, an HSET's count 0), and the client would take that for the
+// outcome: it answers ERR, and its caller decides.
+func notNow(err error, once bool) bool {
+	return errors.Is(err, engine.ErrClosed) || !once && errors.Is(err, engine.ErrUnavailable)
 }
 
 var errWrongPass = "WRONGPASS invalid username-password pair or user is disabled."
