@@ -339,31 +339,39 @@ def test_view_arrays_outlive_their_view(client, part, transport):
         assert leases == 0
 
 
-def test_garbage_lease_goes_back_while_the_client_is_idle(server, client, part, transport):
+@pytest.fixture
+def lease_keys(server, client, part, transport):
+    """The lease tests' setup (shared memory only): 8 keys of x, ones, in
+    part; a function that counts the leases the units hold, asked through
+    a client of its own (its calls must not touch client's units); and
+    that client."""
+    if transport != "shm":
+        pytest.skip("leases are taken over shared memory only")
+    keys = [f"k{i}" for i in range(8)]
+    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
+    with server.client() as watcher:
+        yield keys, lambda: unit_leases(watcher), watcher
+
+
+def test_garbage_lease_goes_back_while_the_client_is_idle(client, part, lease_keys):
     """A view that ends as garbage gives its lease back without another
     call on its unit: a client that stops reading does not pin the extents
     until it exits. The lease used to wait for the unit's next acquire, and
     the unit no longer ends an idle same-host connection that holds one."""
-    if transport != "shm":
-        pytest.skip("leases are taken over shared memory only")
     import gc
-    keys = [f"k{i}" for i in range(8)]
-    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
-    with server.client() as watcher:  # its calls must not touch client's units
-        def leases():
-            return unit_leases(watcher)
-        before = leases()
-        x = client.kv_batch_get(keys, part, copy=False)["x"]
-        assert leases() == before + 1
-        del x
-        gc.collect()
-        deadline = time.monotonic() + 30
-        while leases() != before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert leases() == before
+    keys, leases, _ = lease_keys
+    before = leases()
+    x = client.kv_batch_get(keys, part, copy=False)["x"]
+    assert leases() == before + 1
+    del x
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while leases() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leases() == before
 
 
-def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, client, part, transport):
+def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, client, part, lease_keys):
     """A child forked without exec inherits the client: its unit objects,
     their pooled connections (the parent's sockets) and the parent's live
     views. It must send nothing on what it inherited. A view the child drops
@@ -372,90 +380,78 @@ def test_forked_child_leaves_the_parents_leases_and_connections_alone(server, cl
     through (its view then showed other puts' bytes); and the child's own
     calls took the parent's pooled connections, leaving replies there the
     parent did not wait for."""
-    if transport != "shm":
-        pytest.skip("leases are taken over shared memory only")
     import gc
-    keys = [f"k{i}" for i in range(8)]
-    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
-    with server.client() as watcher:  # its calls must not touch client's units
-        def leases():
-            return unit_leases(watcher)
-        before = leases()
-        holder = [client.kv_batch_get(keys, part, copy=False)["x"]]  # the parent keeps this view
-        assert leases() == before + 1
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                # The child drops its copy of the parent's view (a worker
-                # clearing an inherited cache), then reads with the
-                # inherited client, zero copy (its first Lease starts the
-                # child's sweeper) and copying.
-                holder.clear()
-                gc.collect()
-                v = client.kv_batch_get(keys, part, copy=False)["x"]
-                assert (v == 1.0).all()
-                del v
-                gc.collect()
-                assert (client.kv_batch_get(keys, part)["x"] == 1.0).all()
-                time.sleep(3 * tq.unit.ORPHAN_SWEEP_S)  # the child's sweeper has run
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-                code = 1
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        # The child's own lease went with its connection when it exited.
-        deadline = time.monotonic() + 30
-        while leases() != before + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert leases() == before + 1, "the child gave back the parent's lease, or left its own"
-        # Overwrite the keys and fill the unit: a lease that went back
-        # would let these puts reuse the bytes the parent's view shows.
-        watcher.kv_batch_put(keys, part, {"x": np.full((8, 20000), 2.0)})
-        for j in range(4):
-            watcher.kv_batch_put([f"o{j}-{i}" for i in range(8)], part, {"x": np.full((8, 20000), 3.0 + j)})
-        assert (holder[0] == 1.0).all(), "the parent's view changed under it"
-        # The parent's pooled connections are in step: its calls work.
-        assert (client.kv_batch_get(keys, part)["x"] == 2.0).all()
-        assert (client.kv_batch_get(keys, part, copy=False)["x"] == 2.0).all()
+    keys, leases, watcher = lease_keys
+    before = leases()
+    holder = [client.kv_batch_get(keys, part, copy=False)["x"]]  # the parent keeps this view
+    assert leases() == before + 1
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            # The child drops its copy of the parent's view (a worker
+            # clearing an inherited cache), then reads with the
+            # inherited client, zero copy (its first Lease starts the
+            # child's sweeper) and copying.
+            holder.clear()
+            gc.collect()
+            v = client.kv_batch_get(keys, part, copy=False)["x"]
+            assert (v == 1.0).all()
+            del v
+            gc.collect()
+            assert (client.kv_batch_get(keys, part)["x"] == 1.0).all()
+            time.sleep(3 * tq.unit.ORPHAN_SWEEP_S)  # the child's sweeper has run
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    # The child's own lease went with its connection when it exited.
+    deadline = time.monotonic() + 30
+    while leases() != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leases() == before + 1, "the child gave back the parent's lease, or left its own"
+    # Overwrite the keys and fill the unit: a lease that went back
+    # would let these puts reuse the bytes the parent's view shows.
+    watcher.kv_batch_put(keys, part, {"x": np.full((8, 20000), 2.0)})
+    for j in range(4):
+        watcher.kv_batch_put([f"o{j}-{i}" for i in range(8)], part, {"x": np.full((8, 20000), 3.0 + j)})
+    assert (holder[0] == 1.0).all(), "the parent's view changed under it"
+    # The parent's pooled connections are in step: its calls work.
+    assert (client.kv_batch_get(keys, part)["x"] == 2.0).all()
+    assert (client.kv_batch_get(keys, part, copy=False)["x"] == 2.0).all()
     holder.clear()
 
 
-def test_view_whose_sweeper_cannot_start_gives_its_lease_back(server, client, part, transport, monkeypatch):
+def test_view_whose_sweeper_cannot_start_gives_its_lease_back(client, part, lease_keys, monkeypatch):
     """The first Lease starts the sweeper thread; when it cannot (no thread
     left to the process), the get fails, the lease it had acquired goes
     back at once, and the next Lease tries again. The lease used to be
     nobody's: not yet among the get's leases, which its error path
     releases, so it went back only once garbage and at the unit's next
     call."""
-    if transport != "shm":
-        pytest.skip("leases are taken over shared memory only")
-    keys = [f"k{i}" for i in range(8)]
-    client.kv_batch_put(keys, part, {"x": np.full((8, 20000), 1.0)})
-    with server.client() as watcher:  # its calls must not touch client's units
-        def leases():
-            return unit_leases(watcher)
-        before = leases()
+    keys, leases, _ = lease_keys
+    before = leases()
 
-        class NoThread(threading.Thread):
-            def start(self):
-                raise RuntimeError("can't start new thread")
-        tq.unit._sweeper = None  # as in a process whose first Lease this is
-        with monkeypatch.context() as m:
-            m.setattr(tq.unit.threading, "Thread", NoThread)
-            with pytest.raises(RuntimeError, match="can't start new thread") as e:
-                client.kv_batch_get(keys, part, copy=False)
-        # The thread that did not start is not taken for a sweeper: the
-        # next Lease starts one. (It used to be kept, and no sweeper ran
-        # for the rest of the process.)
-        assert tq.unit._sweeper is None, "a sweeper that never started was kept"
-        deadline = time.monotonic() + 30
-        while leases() != before and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert leases() == before, "the get left its lease held"
-        del e
+    class NoThread(threading.Thread):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+    tq.unit._sweeper = None  # as in a process whose first Lease this is
+    with monkeypatch.context() as m:
+        m.setattr(tq.unit.threading, "Thread", NoThread)
+        with pytest.raises(RuntimeError, match="can't start new thread") as e:
+            client.kv_batch_get(keys, part, copy=False)
+    # The thread that did not start is not taken for a sweeper: the
+    # next Lease starts one. (It used to be kept, and no sweeper ran
+    # for the rest of the process.)
+    assert tq.unit._sweeper is None, "a sweeper that never started was kept"
+    deadline = time.monotonic() + 30
+    while leases() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leases() == before, "the get left its lease held"
+    del e
     # The client is in step afterwards, and its next lease started the
     # sweeper.
     assert (client.kv_batch_get(keys, part, copy=False)["x"] == 1.0).all()
