@@ -17,6 +17,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/storage/storagetest"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -245,14 +246,7 @@ func TestUnitQuarantineGauges(t *testing.T) {
 	cl := &cluster{reg: metrics.New(), unit: u}
 	cl.reg.AddUnit(u, us)
 
-	ctx := t.Context()
-	c, _, err := wire.Dial(ctx, "unix://"+sock, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
-	require.NoError(t, err)
-	require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
-	c.Close() // no goodbye: the unit quarantines the reservation
-	for deadline := time.Now().Add(5 * time.Second); u.Stats().Quarantined == 0; time.Sleep(2 * time.Millisecond) {
-		require.False(t, time.Now().After(deadline), "the reservation was not quarantined: %+v", u.Stats())
-	}
+	storagetest.Quarantine(t, u, "unix://"+sock, 64<<10)
 	assert.Equal(t, float64(64<<10), cl.value(t, "tq_unit_quarantined_bytes", "unit", "1"), "quarantined bytes")
 	assert.Equal(t, 1.0, cl.value(t, "tq_unit_quarantined_sessions", "unit", "1"), "quarantined sessions")
 

@@ -18,8 +18,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
-	"github.com/tqgo/tq/wire"
-	"github.com/tqgo/tq/wire/wirepb"
+	"github.com/tqgo/tq/storage/storagetest"
 )
 
 // tq stat --json says what a workload did; --watch --json prints one
@@ -160,14 +159,8 @@ func TestStatShowsQuarantinedHolds(t *testing.T) {
 	defer func() { <-served; <-served }()
 	defer srv.Close()
 
+	storagetest.Quarantine(t, u, "unix://"+sock, 64<<10)
 	ctx := t.Context()
-	c, _, err := wire.Dial(ctx, "unix://"+sock, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
-	require.NoError(t, err)
-	require.NoError(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{64 << 10}}, nil, &wirepb.ReserveReply{}, nil))
-	c.Close() // no goodbye: the unit quarantines the reservation
-	for deadline := time.Now().Add(5 * time.Second); u.Stats().Quarantined == 0; time.Sleep(2 * time.Millisecond) {
-		require.False(t, time.Now().After(deadline), "the reservation was not quarantined: %+v", u.Stats())
-	}
 
 	s := &statSnapshot{at: time.Now(), addr: "tcp://127.0.0.1:7370", units: []engine.UnitInfo{
 		{ID: u.ID(), Incarnation: u.Incarnation(), Alive: true, Addrs: []string{"tcp://" + tl.Addr().String()}},
