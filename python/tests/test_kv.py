@@ -617,8 +617,8 @@ def _run_forked(fn, timeout=60.0):
 
 def test_forked_child_makes_its_own_locks_and_threads(client, part):
     """A child forked while other threads of the parent held the client's
-    locks, and after the parent's large copies had started their thread
-    pool, uses the inherited client as its own. The child has none of the
+    locks (and tq's own), and after the parent's large copies had started
+    their thread pool, uses the inherited client as its own. The child has none of the
     parent's threads: a lock one of them held at the fork would never be
     released there, and a pool that counts them idle would take work no
     thread runs. The child used to hang in its first large copy (the
@@ -630,7 +630,8 @@ def test_forked_child_makes_its_own_locks_and_threads(client, part):
     client.units()  # the unit objects exist, and their pools
     held = threading.Event()
     release = threading.Event()
-    locks = [client._units_lock, client._ctl._lock] + [u.pool._lock for u in client.units().values()]
+    locks = [tq._lock, client._units_lock, client._ctl._lock]
+    locks += [lk for u in client.units().values() for lk in (u.pool._lock, u._seg_lock)]
 
     def hold():
         for lk in locks:
@@ -645,6 +646,7 @@ def test_forked_child_makes_its_own_locks_and_threads(client, part):
         held.wait()
 
         def child():
+            tq.close()  # takes tq's module lock
             assert client.kv_batch_get(keys, part)["x"].tobytes() == big.tobytes()
             client.kv_batch_put(keys, part, {"x": big + 1})
             assert client.kv_batch_get(keys, part)["x"].tobytes() == (big + 1).tobytes()

@@ -149,6 +149,8 @@ def _sweep_forever():
     while True:
         time.sleep(ORPHAN_SWEEP_S)
         with _sweep_lock:
+            if _sweeper is not threading.current_thread():
+                return  # replaced (a test): one sweeper runs at a time
             units = list(_sweep_units)
         for u in units:
             if u.orphans:

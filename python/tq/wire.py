@@ -76,7 +76,10 @@ def _after_fork() -> None:
     global _fork_reinit_lock
     _fork_reinit_lock = threading.Lock()
     for o in list(_fork_reinit):
-        o._reinit_in_child()
+        try:
+            o._reinit_in_child()
+        except Exception:  # the others are made anew all the same
+            pass
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -351,12 +354,14 @@ class Conn:
         body = req.SerializeToString() if req is not None else b""
         err_ctx = err_ctx or {}
         ended = send_err = None
+        if self.pid != os.getpid():
+            # Before the lock: in a child, a thread of the parent may have
+            # held it at the fork.
+            raise errors.UnavailableError(f"connection to {self.addr} belongs to process {self.pid}",
+                                          op=op_name)
         with self._lock:
             if self.sock is None:
                 raise errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
-            if self.pid != os.getpid():
-                raise errors.UnavailableError(f"connection to {self.addr} belongs to process {self.pid}",
-                                              op=op_name)
             rid = self._next_id
             self._next_id += 1
             try:
@@ -438,8 +443,10 @@ class Conn:
         Errors are dropped with it; a broken connection shows at the next
         call."""
         body = req.SerializeToString() if req is not None else b""
+        if self.pid != os.getpid():
+            return  # before the lock, as in call
         with self._lock:
-            if self.sock is None or self.pid != os.getpid():
+            if self.sock is None:
                 return
             rid = self._next_id
             self._next_id += 1
