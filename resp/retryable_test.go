@@ -3,6 +3,8 @@ package resp
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 
@@ -66,5 +68,28 @@ func TestUnreachableIsRetryableOnlyWhereARepeatAnswersAlike(t *testing.T) {
 		c = &conn{once: cmd.once}
 		c.writeErr(closed)
 		assert.Equal(t, "-LOADING "+closed.Error()+"\r\n", string(c.out), "%s, closed", name)
+	}
+}
+
+// TestDispatchSetsOnce: the flag writeErr reads is the running command's,
+// set by dispatch before every command, so a command that answers what
+// it changed never inherits a repeatable one's flag, nor the other way
+// round.
+func TestDispatchSetsOnce(t *testing.T) {
+	e := newEndpoint(t, Config{Loops: -1})
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go io.Copy(io.Discard, b)
+	c := e.srv.newConn(a)
+	for _, args := range [][]string{{"DEL", "k"}, {"GET", "k"}, {"HDEL", "k", "f"}, {"PING"}, {"TQ.TAGCAS", "k", "s", "a", "b"}, {"SET", "k", "v"}} {
+		want := commands[args[0]].once
+		c.once = !want
+		bs := make([][]byte, len(args))
+		for i, a := range args {
+			bs[i] = []byte(a)
+		}
+		c.dispatch(bs)
+		assert.Equal(t, want, c.once, "%v", args)
 	}
 }
