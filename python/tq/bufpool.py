@@ -26,6 +26,8 @@ import weakref
 
 import numpy as np
 
+from . import _fork
+
 MIN = 1 << 20  # below this, numpy's own allocation
 ENV = "TQ_GET_POOL_BYTES"
 
@@ -45,17 +47,13 @@ class BufferPool:
             raise ValueError(f"max_idle {max_idle} is negative")
         self.max_idle = max_idle
         self._reset()
-        ref = weakref.ref(self)
+        _fork.reinit_in_child(self)
 
-        def in_child():
-            # The parent's idle mappings are copy-on-write here: writing
-            # them costs what fresh pages cost. They go, and the
-            # parent's lock with them.
-            p = ref()
-            if p is not None:
-                p._reset()
-
-        os.register_at_fork(after_in_child=in_child)
+    def _reinit_in_child(self):
+        # The parent's idle mappings are copy-on-write here: writing them
+        # costs what fresh pages cost. They go, and the parent's lock with
+        # them.
+        self._reset()
 
     def _reset(self):
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ import zlib
 
 import numpy as np
 
+from . import _fork
 from . import addrs as _addrs
 from . import columns as _cols
 from . import errors
@@ -171,7 +172,7 @@ class Client:
         self._units = {}
         self._units_at = 0.0
         self._units_lock = threading.Lock()
-        wire.reinit_in_child(self)
+        _fork.reinit_in_child(self)
         self._no_kv_data = False
         self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
         self._closed = False

@@ -16,6 +16,7 @@ import weakref
 
 import numpy as np
 
+from . import _fork
 from . import addrs as _addrs
 from .bufpool import alloc
 from . import errors
@@ -35,7 +36,7 @@ class Pool:
         self._idle = []
         self._lock = threading.Lock()
         self._closed = False
-        wire.reinit_in_child(self)
+        _fork.reinit_in_child(self)
 
     def _reinit_in_child(self) -> None:
         # The idle connections stay: take closes them (they are the
@@ -252,7 +253,7 @@ class Unit:
         # the collector could find held), give_back_orphans pops.
         self.orphans = collections.deque()
         self._seg_lock = threading.Lock()
-        wire.reinit_in_child(self)
+        _fork.reinit_in_child(self)
         self.fd_socket = ""
         addr = None
         if transport in ("auto", "shm") and info.host_id == host:

@@ -22,7 +22,6 @@ import stat
 import struct
 import threading
 import time
-import weakref
 
 import numpy as np
 
@@ -56,33 +55,6 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:7370"
 # A connection idle this long is replaced before use: servers close
 # connections that send nothing for 5 minutes (wire/spec.md, "Liveness").
 IDLE_REDIAL_S = 240.0
-
-
-# Objects whose locks (and threads) a child forked without exec makes
-# anew: a thread of the parent may have held a lock at the fork, and the
-# child has none of the parent's threads to release it. Each has a
-# _reinit_in_child method; they leave the set when they are garbage.
-_fork_reinit = weakref.WeakSet()
-_fork_reinit_lock = threading.Lock()
-
-
-def reinit_in_child(obj) -> None:
-    """Have a child this process forks call ``obj._reinit_in_child()``."""
-    with _fork_reinit_lock:
-        _fork_reinit.add(obj)
-
-
-def _after_fork() -> None:
-    global _fork_reinit_lock
-    _fork_reinit_lock = threading.Lock()
-    for o in list(_fork_reinit):
-        try:
-            o._reinit_in_child()
-        except Exception:  # the others are made anew all the same
-            pass
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 ENV_HOST_ID = "TQ_HOST_ID"
