@@ -282,6 +282,7 @@ func (c *Controller) allocRows(p *partition, n int) ([]*row, error) {
 		}
 		rows = append(rows, p.addRows(idx, true)...)
 	}
+	p.madeBy(rows)
 	return rows, nil
 }
 
@@ -475,6 +476,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		Ready:       ready,
 		Options:     req.Options,
 		Tags:        p.tagsAt,
+		Origin:      p.originAt,
 	}
 	if c.logging() {
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }

@@ -990,6 +990,14 @@ func TestCheckpointLoadErrors(t *testing.T) {
 		{"bad checksum", spec{head: head(), trailer: &wirepb.StateTrailer{Crc32C: 1}}},
 		{"trailer counts more rows", spec{head: head(), parts: []*wirepb.StatePartition{part("p")}, rows: [][]*wirepb.StateRow{{{Index: 5}}},
 			trailer: &wirepb.StateTrailer{Partitions: 1, Rows: 2}}},
+		{"row made after the partition's last", spec{head: head(), parts: []*wirepb.StatePartition{part("p")},
+			rows: [][]*wirepb.StateRow{{{Index: 5, Made: 1, InsertLen: 1}}}}},
+		{"place past its insert", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Made: 3}},
+			rows: [][]*wirepb.StateRow{{{Index: 5, Made: 2, InsertPos: 2, InsertLen: 2}}}}},
+		{"place without a creation number", spec{head: head(), parts: []*wirepb.StatePartition{part("p")},
+			rows: [][]*wirepb.StateRow{{{Index: 5, InsertPos: 1, InsertLen: 2}}}}},
+		{"reserved row made", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Made: 3}},
+			rows: [][]*wirepb.StateRow{{{Index: 5, Reserved: true, Made: 2, InsertLen: 1}}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -418,6 +418,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			return corrupt("rows of partition %q: %d indexes, %d keys, %d creation numbers", o.Partition, len(o.Indexes), len(o.Keys), len(o.Seqs))
 		}
 		var keyed []*row
+		made := make([]*row, len(o.Indexes))
 		for i, gi := range o.Indexes {
 			r, ok := p.rows.get(gi)
 			if ok && r.active {
@@ -430,6 +431,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				r = p.addRows([]uint64{gi}, true)[0]
 				c.idx.markUsed([]uint64{gi})
 			}
+			made[i] = r
 			if len(o.Keys) > 0 {
 				r.seq = o.Seqs[i]
 				p.setKey(r, o.Keys[i])
@@ -439,6 +441,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				keyed = append(keyed, r)
 			}
 		}
+		p.madeBy(made) // a RowsOp is one insert's rows, in its order
 		p.feed.stamp(keyed, o.ChangeSeq)
 	case *wirepb.LogOp_Commit:
 		o := op.Commit

@@ -74,12 +74,19 @@ type row struct {
 	// consumed is the consumption bitset of the first 64 task slots; the
 	// rest are in partition.more (with more set).
 	consumed uint64
-	live     bool // the slot of its page holds a row
-	active   bool // false while the row is only pre-allocated
-	inFeed   bool // in its partition's change feed (changes.go)
-	keyed    bool // has a key (partition.rowKeys)
-	tagged   bool // has tags (partition.rowTags)
-	more     bool // consumed by a task past the first 64 (partition.more)
+	// made numbers the partition's active rows in the order inserts made
+	// them (partition.made; 0 while only pre-allocated), and insPos and
+	// insLen place the row in its insert: engine.RowOrigin, which
+	// samplers of prompt groups go by.
+	made   uint64
+	insPos uint32
+	insLen uint32
+	live   bool // the slot of its page holds a row
+	active bool // false while the row is only pre-allocated
+	inFeed bool // in its partition's change feed (changes.go)
+	keyed  bool // has a key (partition.rowKeys)
+	tagged bool // has tags (partition.rowTags)
+	more   bool // consumed by a task past the first 64 (partition.more)
 }
 
 // stamp notes that record idx changed rows (0: nothing was logged).
@@ -312,6 +319,7 @@ type partition struct {
 	keys      map[string]*row
 	bySeq     *btree.BTreeG[*row] // the rows with keys, in creation order (listing)
 	keySeq    uint64
+	made      uint64 // the last row.made given
 	tasks     map[string]int
 	taskName  []string
 	views     map[viewKey]*readyView
@@ -323,8 +331,10 @@ type partition struct {
 	keptCheck time.Time
 	// scratch is tryFetch's slice of the rows a fetch returns, reused.
 	scratch []*row
-	// tagsAt is SampleRequest.Tags for this partition, made once.
-	tagsAt func(uint64) engine.Tags
+	// tagsAt and originAt are SampleRequest.Tags and .Origin for this
+	// partition, made once.
+	tagsAt   func(uint64) engine.Tags
+	originAt func(uint64) engine.RowOrigin
 	// changed is closed whenever rows become ready, are reset or
 	// cleared, waking blocked fetches; nil while nobody waits (see
 	// changedChan).
@@ -364,6 +374,20 @@ func (p *partition) initTagsAt() {
 			return p.tagsOf(r)
 		}
 		return nil
+	}
+	p.originAt = func(i uint64) engine.RowOrigin {
+		if r, ok := p.rows.get(i); ok {
+			return engine.RowOrigin{Created: r.made, Pos: r.insPos, Size: r.insLen}
+		}
+		return engine.RowOrigin{}
+	}
+}
+
+// madeBy numbers rows, just made active by one insert, in its order.
+func (p *partition) madeBy(rows []*row) {
+	for i, r := range rows {
+		p.made++
+		r.made, r.insPos, r.insLen = p.made, uint32(i), uint32(len(rows))
 	}
 }
 

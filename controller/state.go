@@ -65,6 +65,7 @@ type partCopy struct {
 	cleared   []clearedKey
 	floor     changePos
 	done      bool
+	made      uint64
 }
 
 type rowCopy struct {
@@ -73,6 +74,9 @@ type rowCopy struct {
 	seq      uint64
 	change   uint64
 	reserved bool
+	made     uint64
+	insPos   uint32
+	insLen   uint32
 	tags     engine.Tags // shared: a row's tags are replaced, never changed in place
 	cells    []cellCopy
 	consumed []uint64 // bitset by task slot
@@ -112,7 +116,7 @@ func (c *Controller) copyState() *stateCopy {
 }
 
 func (p *partition) copyState() *partCopy {
-	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName), done: p.done,
+	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName), done: p.done, made: p.made,
 		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, p.feed.cleared.len())}
 	for i := range pc.cleared {
 		pc.cleared[i] = p.feed.cleared.at(i)
@@ -125,7 +129,8 @@ func (p *partition) copyState() *partCopy {
 	pc.rows = make([]rowCopy, 0, p.rows.len())
 	slab := make([]cellCopy, 0, cells) // every produced cell, in one allocation
 	p.rows.all(func(r *row) {
-		rc := rowCopy{index: r.index, key: p.keyOf(r), seq: r.seq, change: r.change, reserved: !r.active, tags: p.tagsOf(r), consumed: p.consumedWords(r)}
+		rc := rowCopy{index: r.index, key: p.keyOf(r), seq: r.seq, change: r.change, reserved: !r.active, tags: p.tagsOf(r), consumed: p.consumedWords(r),
+			made: r.made, insPos: r.insPos, insLen: r.insLen}
 		start := len(slab)
 		p.rows.cells(r, func(slot int, cl cell) {
 			cc := cellCopy{slot: slot, c: cl}
@@ -180,7 +185,7 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
 			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches,
 			ChangeSeq: pc.changeSeq, ClearedFloorChange: pc.floor.change, ClearedFloorSeq: pc.floor.seq,
-			Done: pc.done,
+			Done: pc.done, Made: pc.made,
 		}
 		if len(pc.cleared) > 0 {
 			sp.Cleared = make([]*wirepb.StateCleared, len(pc.cleared))
@@ -231,7 +236,8 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 }
 
 func (rc *rowCopy) toPB(pc *partCopy, cellFn func(*partCopy, *rowCopy, *cellCopy, *wirepb.StateCell) error, tags *runTags) (*wirepb.StateRow, error) {
-	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Change: rc.change, Reserved: rc.reserved}
+	sr := &wirepb.StateRow{Index: rc.index, Key: rc.key, Seq: rc.seq, Change: rc.change, Reserved: rc.reserved,
+		Made: rc.made, InsertPos: rc.insPos, InsertLen: rc.insLen}
 	if len(rc.tags) > 0 {
 		b, err := tags.encode(rc.tags)
 		if err != nil {
@@ -506,6 +512,7 @@ func (sr *stateReader) readState() (*loadedState, error) {
 			got += uint64(len(chunk.Rows))
 			n.rows += uint64(len(chunk.Rows))
 		}
+		p.madeByIndex()
 		for i, sf := range sp.Fields {
 			dt, _ := wire.DTypeFromPB(sf.Dtype)
 			if f := p.order[i]; f.produced > 0 && f.dtype != dt {
@@ -562,7 +569,7 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 		return nil, corrupt("partition %q has gen %d, next gen is %d", sp.Partition, sp.Gen, head.NextGen)
 	}
 	p := newPartition(sp.Partition, sp.Gen)
-	p.created, p.keySeq, p.done = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq, sp.Done
+	p.created, p.keySeq, p.done, p.made = time.UnixMilli(sp.CreatedUnixMs), sp.KeySeq, sp.Done, sp.Made
 	p.feed.seq, p.feed.floor = sp.ChangeSeq, changePos{sp.ClearedFloorChange, sp.ClearedFloorSeq}
 	// Sized for the keys to come (growing a map of 1M keys costs a sixth
 	// of a restart), within reason for a corrupt count.
@@ -590,6 +597,23 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 	return p, nil
 }
 
+// madeByIndex numbers the active rows a state file gave no creation
+// number (it was written before they were kept) as inserts of one row
+// each, in global-index order: the order samplers of prompt groups took
+// before.
+func (p *partition) madeByIndex() {
+	var legacy []*row
+	p.rows.all(func(r *row) {
+		if r.active && r.made == 0 {
+			legacy = append(legacy, r)
+		}
+	})
+	for _, r := range legacy {
+		r.made, r.insPos, r.insLen = r.index+1, 0, 1
+		p.made = max(p.made, r.made)
+	}
+}
+
 // loadRow adds a row read from a state file to p, whose fields are fields.
 func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
 	tags, err := ls.tags.decode(sr.Tags)
@@ -610,8 +634,19 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 	if _, dup := p.rows.get(sr.Index); dup {
 		return corrupt("partition %q: row %d appears twice", p.id, sr.Index)
 	}
+	switch {
+	case sr.Made == 0 && (sr.InsertPos != 0 || sr.InsertLen != 0):
+		return corrupt("partition %q row %d: a place in an insert (%d of %d) but no creation number", p.id, sr.Index, sr.InsertPos, sr.InsertLen)
+	case sr.Made != 0 && sr.Reserved:
+		return corrupt("partition %q: reserved row %d has creation number %d", p.id, sr.Index, sr.Made)
+	case sr.Made != 0 && sr.InsertPos >= sr.InsertLen:
+		return corrupt("partition %q row %d: place %d in an insert of %d rows", p.id, sr.Index, sr.InsertPos, sr.InsertLen)
+	case sr.Made > p.made:
+		return corrupt("partition %q row %d has creation number %d, the partition's last is %d", p.id, sr.Index, sr.Made, p.made)
+	}
 	r := p.rows.add(sr.Index)
 	r.seq, r.change, r.active = sr.Seq, sr.Change, !sr.Reserved
+	r.made, r.insPos, r.insLen = sr.Made, sr.InsertPos, sr.InsertLen
 	p.setTags(r, tags)
 	if sr.Key != "" {
 		p.setKey(r, sr.Key)

@@ -28,6 +28,20 @@ func (r ReadySlice) Ascend(fn func(uint64) bool) {
 	}
 }
 
+// RowOrigin says where a row came from: the insert that made it (a put of
+// new rows or keys, or an insert-mode fetch of metadata) and its place in
+// it. Samplers that take whole prompt groups use it: a prompt's n
+// responses are put together, and they are whatever indexes the put got.
+type RowOrigin struct {
+	// Created numbers the partition's rows in the order they were made:
+	// the rows of one insert have consecutive numbers, in the insert's
+	// order, and a later insert has higher ones. 0: not known.
+	Created uint64
+	// Pos is the row's place in its insert (0 for its first row), and Size
+	// the number of rows the insert made.
+	Pos, Size uint32
+}
+
 // SamplingOptions carries what a consumer says about itself to the sampler.
 type SamplingOptions struct {
 	// HasRank says DPRank and BatchIndex are set.
@@ -51,6 +65,10 @@ type SampleRequest struct {
 	// Tags returns a row's tags (read-only), for samplers that balance on
 	// them (e.g. "total_lengths"). It is valid during the call only.
 	Tags func(index uint64) Tags
+	// Origin returns a row's [RowOrigin]; nil when the caller does not
+	// know it (samplers then take global-index order for insert order). It
+	// is valid during the call only.
+	Origin func(index uint64) RowOrigin
 	// TokenBudget is the fetch's token budget (0: none); see
 	// [FetchRequest.TokenBudget].
 	TokenBudget int64

@@ -2048,6 +2048,7 @@ type StatePartition struct {
 	ClearedFloorChange uint64          `protobuf:"varint,11,opt,name=cleared_floor_change,json=clearedFloorChange,proto3" json:"cleared_floor_change,omitempty"`
 	ClearedFloorSeq    uint64          `protobuf:"varint,12,opt,name=cleared_floor_seq,json=clearedFloorSeq,proto3" json:"cleared_floor_seq,omitempty"`
 	Done               bool            `protobuf:"varint,13,opt,name=done,proto3" json:"done,omitempty"` // marked done by its producer
+	Made               uint64          `protobuf:"varint,14,opt,name=made,proto3" json:"made,omitempty"` // the last StateRow.made given
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -2171,6 +2172,13 @@ func (x *StatePartition) GetDone() bool {
 		return x.Done
 	}
 	return false
+}
+
+func (x *StatePartition) GetMade() uint64 {
+	if x != nil {
+		return x.Made
+	}
+	return 0
 }
 
 // StateCleared: a key (creation number seq) cleared by change number
@@ -2418,15 +2426,23 @@ func (x *StateRows) GetRows() []*StateRow {
 }
 
 type StateRow struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
-	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
-	Reserved      bool                   `protobuf:"varint,4,opt,name=reserved,proto3" json:"reserved,omitempty"` // pre-allocated, not written yet
-	Tags          []byte                 `protobuf:"bytes,5,opt,name=tags,proto3" json:"tags,omitempty"`          // JSON object, or empty
-	Cells         []*StateCell           `protobuf:"bytes,6,rep,name=cells,proto3" json:"cells,omitempty"`
-	Consumed      []uint32               `protobuf:"varint,7,rep,packed,name=consumed,proto3" json:"consumed,omitempty"` // positions in the partition's tasks
-	Change        uint64                 `protobuf:"varint,8,opt,name=change,proto3" json:"change,omitempty"`            // with a key: the change number of its last change
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Index    uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Key      string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Seq      uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Reserved bool                   `protobuf:"varint,4,opt,name=reserved,proto3" json:"reserved,omitempty"` // pre-allocated, not written yet
+	Tags     []byte                 `protobuf:"bytes,5,opt,name=tags,proto3" json:"tags,omitempty"`          // JSON object, or empty
+	Cells    []*StateCell           `protobuf:"bytes,6,rep,name=cells,proto3" json:"cells,omitempty"`
+	Consumed []uint32               `protobuf:"varint,7,rep,packed,name=consumed,proto3" json:"consumed,omitempty"` // positions in the partition's tasks
+	Change   uint64                 `protobuf:"varint,8,opt,name=change,proto3" json:"change,omitempty"`            // with a key: the change number of its last change
+	// made numbers the partition's active rows in the order inserts made
+	// them, from 1 (a RowsOp is one insert); insert_pos and insert_len place
+	// the row in its insert (engine.RowOrigin). A state without them (made
+	// 0 on an active row, from before they were kept) loads each active row
+	// as an insert of one, made index + 1: global-index order.
+	Made          uint64 `protobuf:"varint,9,opt,name=made,proto3" json:"made,omitempty"`
+	InsertPos     uint32 `protobuf:"varint,10,opt,name=insert_pos,json=insertPos,proto3" json:"insert_pos,omitempty"`
+	InsertLen     uint32 `protobuf:"varint,11,opt,name=insert_len,json=insertLen,proto3" json:"insert_len,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2513,6 +2529,27 @@ func (x *StateRow) GetConsumed() []uint32 {
 func (x *StateRow) GetChange() uint64 {
 	if x != nil {
 		return x.Change
+	}
+	return 0
+}
+
+func (x *StateRow) GetMade() uint64 {
+	if x != nil {
+		return x.Made
+	}
+	return 0
+}
+
+func (x *StateRow) GetInsertPos() uint32 {
+	if x != nil {
+		return x.InsertPos
+	}
+	return 0
+}
+
+func (x *StateRow) GetInsertLen() uint32 {
+	if x != nil {
+		return x.InsertLen
 	}
 	return 0
 }
@@ -2883,7 +2920,7 @@ const file_state_proto_rawDesc = "" +
 	"dataCrc32c\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\fR\x05state\"\xd2\x03\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\"\xe6\x03\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -2899,7 +2936,8 @@ const file_state_proto_rawDesc = "" +
 	" \x03(\v2\x18.tq.wire.v1.StateClearedR\acleared\x120\n" +
 	"\x14cleared_floor_change\x18\v \x01(\x04R\x12clearedFloorChange\x12*\n" +
 	"\x11cleared_floor_seq\x18\f \x01(\x04R\x0fclearedFloorSeq\x12\x12\n" +
-	"\x04done\x18\r \x01(\bR\x04done\"J\n" +
+	"\x04done\x18\r \x01(\bR\x04done\x12\x12\n" +
+	"\x04made\x18\x0e \x01(\x04R\x04made\"J\n" +
 	"\fStateCleared\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
@@ -2918,7 +2956,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\"5\n" +
 	"\tStateRows\x12(\n" +
-	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xd5\x01\n" +
+	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xa7\x02\n" +
 	"\bStateRow\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x10\n" +
@@ -2927,7 +2965,13 @@ const file_state_proto_rawDesc = "" +
 	"\x04tags\x18\x05 \x01(\fR\x04tags\x12+\n" +
 	"\x05cells\x18\x06 \x03(\v2\x15.tq.wire.v1.StateCellR\x05cells\x12\x1a\n" +
 	"\bconsumed\x18\a \x03(\rR\bconsumed\x12\x16\n" +
-	"\x06change\x18\b \x01(\x04R\x06change\"\x86\x02\n" +
+	"\x06change\x18\b \x01(\x04R\x06change\x12\x12\n" +
+	"\x04made\x18\t \x01(\x04R\x04made\x12\x1d\n" +
+	"\n" +
+	"insert_pos\x18\n" +
+	" \x01(\rR\tinsertPos\x12\x1d\n" +
+	"\n" +
+	"insert_len\x18\v \x01(\rR\tinsertLen\"\x86\x02\n" +
 	"\tStateCell\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\rR\x05field\x12\x12\n" +
 	"\x04unit\x18\x02 \x01(\rR\x04unit\x12\x18\n" +

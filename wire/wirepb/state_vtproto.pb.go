@@ -2049,6 +2049,11 @@ func (m *StatePartition) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Made != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Made))
+		i--
+		dAtA[i] = 0x70
+	}
 	if m.Done {
 		i--
 		if m.Done {
@@ -2422,6 +2427,21 @@ func (m *StateRow) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.InsertLen != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.InsertLen))
+		i--
+		dAtA[i] = 0x58
+	}
+	if m.InsertPos != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.InsertPos))
+		i--
+		dAtA[i] = 0x50
+	}
+	if m.Made != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Made))
+		i--
+		dAtA[i] = 0x48
 	}
 	if m.Change != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Change))
@@ -3585,6 +3605,9 @@ func (m *StatePartition) SizeVT() (n int) {
 	if m.Done {
 		n += 2
 	}
+	if m.Made != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Made))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -3719,6 +3742,15 @@ func (m *StateRow) SizeVT() (n int) {
 	}
 	if m.Change != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Change))
+	}
+	if m.Made != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Made))
+	}
+	if m.InsertPos != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.InsertPos))
+	}
+	if m.InsertLen != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.InsertLen))
 	}
 	n += len(m.unknownFields)
 	return n
