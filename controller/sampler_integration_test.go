@@ -1,14 +1,19 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 func rankFetch(t *testing.T, c *Controller, dpRank, batchIndex, n int) *engine.BatchMeta {
@@ -120,4 +125,121 @@ func TestCheckpointSamplerState(t *testing.T) {
 	if diff := cmp.Diff(first.Indexes, again.Indexes); diff != "" {
 		t.Fatalf("cached batch after load (-before +after):\n%s", diff)
 	}
+}
+
+// grpoFetch takes a batch of n rows of "train" by GRPO groups of 2.
+func grpoFetch(t *testing.T, c *Controller, task string, n int) []uint64 {
+	t.Helper()
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{
+		Partition: "train", Task: task, Fields: []string{"x"}, BatchSize: n, Sampler: engine.SamplerSpec{Name: engine.SamplerGRPO, N: 2},
+	})
+	if err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	return m.Indexes
+}
+
+// TestGRPOTakesAPutsGroups: a put that reuses a freed index gets
+// indexes that are not consecutive ([0, 2, 3, ...]); GRPO still groups
+// its rows as they were put, and so it does after a restart replays the
+// log and after a checkpoint is loaded. By index it paired 2 with 3: the
+// second response of one prompt with the first of the next.
+func TestGRPOTakesAPutsGroups(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, DefaultConfig())
+	old := insert(t, c, "old", 2, "x")
+	if _, err := c.ClearRows("old", old.Indexes[:1]); err != nil {
+		t.Fatal(err)
+	}
+	m := insert(t, c, "train", 8, "x")
+	commitDense(t, c, "train", m.Indexes, "x")
+	if m.Indexes[0]+1 == m.Indexes[1] {
+		t.Fatalf("the put's first indexes %v are consecutive: no freed index was reused", m.Indexes)
+	}
+	want := m.Indexes[:4] // the first two groups: rows 0-1 and 2-3 of the put
+	if got := grpoFetch(t, c, "live", 4); !slices.Equal(got, want) {
+		t.Fatalf("GRPO took %v of the put %v, want %v", got, m.Indexes, want)
+	}
+	ck := t.TempDir() + "/ck"
+	require.NoError(t, c.Save(ck))
+	crash(t, c)
+
+	c = openDurable(t, dir, DefaultConfig())
+	defer c.Close()
+	if got := grpoFetch(t, c, "replayed", 4); !slices.Equal(got, want) {
+		t.Fatalf("after a restart GRPO took %v of the put %v, want %v", got, m.Indexes, want)
+	}
+	d := newController(t, DefaultConfig())
+	_, err := d.Load(ck)
+	require.NoError(t, err)
+	if got := grpoFetch(t, d, "loaded", 4); !slices.Equal(got, want) {
+		t.Fatalf("after a checkpoint load GRPO took %v of the put %v, want %v", got, m.Indexes, want)
+	}
+	// Inserts after a load go on from the partition's last creation
+	// number: a new put's groups stay its own.
+	n := insert(t, d, "train", 2, "x")
+	commitDense(t, d, "train", n.Indexes, "x")
+	if got := grpoFetch(t, d, "loaded", 6); !slices.Equal(got, append(slices.Clone(m.Indexes[4:]), n.Indexes...)) {
+		t.Fatalf("next batch %v, want the rest of %v then %v", got, m.Indexes, n.Indexes)
+	}
+}
+
+// TestGRPOOnAStateWithoutOrigins: a checkpoint written before rows kept
+// their insert (no creation numbers) loads with global-index order for
+// insert order, as GRPO grouped before.
+func TestGRPOOnAStateWithoutOrigins(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "train", 6, "x")
+	commitDense(t, c, "train", m.Indexes, "x")
+	ck := t.TempDir() + "/ck"
+	require.NoError(t, c.Save(ck))
+	// Strip what the older format lacked.
+	path := filepath.Join(ck, stateFile)
+	head, parts, rows := readStateMessages(t, path)
+	require.Len(t, parts, 1)
+	parts[0].Made = 0
+	for _, r := range rows[0] {
+		r.Made, r.InsertPos, r.InsertLen = 0, 0, 0
+	}
+	writeStateFile(t, path, head, parts, rows, nil)
+
+	d := newController(t, DefaultConfig())
+	_, err := d.Load(ck)
+	require.NoError(t, err)
+	// The rows 1..4 by index (0 taken first): not aligned to the put.
+	_, err = d.ClearRows("train", m.Indexes[:1])
+	require.NoError(t, err)
+	if got := grpoFetch(t, d, "t", 4); !slices.Equal(got, m.Indexes[1:5]) {
+		t.Fatalf("GRPO took %v, want %v", got, m.Indexes[1:5])
+	}
+	n := insert(t, d, "train", 2, "x")
+	commitDense(t, d, "train", n.Indexes, "x")
+	if got := grpoFetch(t, d, "t", 2); !slices.Equal(got, n.Indexes) {
+		t.Fatalf("a put after the load: GRPO took %v, want %v", got, n.Indexes)
+	}
+}
+
+// readStateMessages reads a state file's messages as writeStateFile takes
+// them.
+func readStateMessages(t *testing.T, path string) (*wirepb.StateHeader, []*wirepb.StatePartition, [][]*wirepb.StateRow) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	sr := newStateReader(bytes.NewReader(b), int64(len(b)), 1<<16)
+	head := &wirepb.StateHeader{}
+	require.NoError(t, sr.next(head, "header"))
+	var parts []*wirepb.StatePartition
+	var rows [][]*wirepb.StateRow
+	for range head.Partitions {
+		sp := &wirepb.StatePartition{}
+		require.NoError(t, sr.next(sp, "partition"))
+		var rs []*wirepb.StateRow
+		for uint64(len(rs)) < sp.Rows {
+			chunk := &wirepb.StateRows{}
+			require.NoError(t, sr.next(chunk, "rows"))
+			rs = append(rs, chunk.Rows...)
+		}
+		parts, rows = append(parts, sp), append(rows, rs)
+	}
+	return head, parts, rows
 }

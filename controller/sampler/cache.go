@@ -16,7 +16,7 @@ package sampler
 //	  {"partition": "p", "task": "t", "dp_rank": 0, "batch_index": 0, "rows": [0, 1, 2]}]}
 //
 // GRPO adds "n"; SeqlenBalanced adds "n" and "dp_size" and stores "parts"
-// (one ascending row list per DP rank) per (partition, task, batch_index).
+// (one row list per DP rank) per (partition, task, batch_index).
 
 import (
 	"bytes"
@@ -364,16 +364,19 @@ func decodeState(kind string, data []byte, v any) error {
 	return nil
 }
 
-// checkRows reports a row list of saved entry i that is empty or not
-// strictly ascending; the samplers never cache such lists.
+// checkRows reports a row list of saved entry i that is empty or names a
+// row twice; the samplers never cache such lists. (They need not be
+// ascending: a batch of prompt groups is in the order the groups were put.)
 func checkRows(kind string, entry int, rows []uint64) error {
 	if len(rows) == 0 {
 		return corrupt(kind, "entry %d: no rows", entry)
 	}
-	for j := 1; j < len(rows); j++ {
-		if rows[j] <= rows[j-1] {
-			return corrupt(kind, "entry %d: rows not ascending at %d", entry, j)
+	seen := make(map[uint64]struct{}, len(rows))
+	for j, r := range rows {
+		if _, dup := seen[r]; dup {
+			return corrupt(kind, "entry %d: row %d again at %d", entry, r, j)
 		}
+		seen[r] = struct{}{}
 	}
 	return nil
 }

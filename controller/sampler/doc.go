@@ -3,7 +3,8 @@
 // consumed. The controller calls them through [engine.Sampler].
 //
 //   - [Sequential] takes the first BatchSize ready rows. It is the default.
-//   - [GRPO] takes whole prompt groups: runs of n consecutive global indexes.
+//   - [GRPO] takes whole prompt groups: n rows put together (see
+//     [engine.RowOrigin]), whatever global indexes they got.
 //   - [RankAware] gives every rank of a data-replica group the same batch and
 //     different groups disjoint batches.
 //   - [SeqlenBalanced] takes whole prompt groups for all DP ranks at once and

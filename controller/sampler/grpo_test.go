@@ -2,12 +2,14 @@ package sampler
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/tqgo/tq/engine"
 )
 
-func newGRPO(t *testing.T, n int) *GRPO {
+func newGRPO(t testing.TB, n int) *GRPO {
 	t.Helper()
 	g, err := NewGRPO(n)
 	if err != nil {
@@ -106,6 +108,17 @@ func TestGRPOStopsEarly(t *testing.T) {
 	if ready.calls != 8 {
 		t.Errorf("Ascend callbacks: got %d, want 8", ready.calls)
 	}
+	// So it does by the rows' origin while the indexes are in the order
+	// the rows were made.
+	ready = &countingReady{n: 1_000_000}
+	sampled, _ = mustSample(t, newGRPO(t, 4), engine.SampleRequest{BatchSize: 8, Ready: ready,
+		Origin: func(gi uint64) engine.RowOrigin {
+			return engine.RowOrigin{Created: gi + 1, Pos: uint32(gi % 16), Size: 16}
+		}})
+	wantRows(t, sampled, sampled, rows(0, 8))
+	if ready.calls != 8 {
+		t.Errorf("Ascend callbacks with origins: got %d, want 8", ready.calls)
+	}
 }
 
 func TestGRPOCache(t *testing.T) {
@@ -162,4 +175,209 @@ func TestGRPOCache(t *testing.T) {
 			t.Errorf("Cached(q) after ClearCache(p): got false, want true")
 		}
 	})
+}
+
+// puts builds the origin of rows made by a sequence of puts, each the
+// global indexes it got, in its order: the rows of the first put are made
+// first.
+func puts(ps ...[]uint64) func(uint64) engine.RowOrigin {
+	m := map[uint64]engine.RowOrigin{}
+	made := uint64(0)
+	for _, p := range ps {
+		for i, gi := range p {
+			made++
+			m[gi] = engine.RowOrigin{Created: made, Pos: uint32(i), Size: uint32(len(p))}
+		}
+	}
+	return func(gi uint64) engine.RowOrigin { return m[gi] }
+}
+
+// TestGRPOGroupsByPut: a group is n rows one put made together, whatever
+// indexes it got, and never two puts' rows; rows put fewer than n at a
+// time are grouped in the order they were made.
+func TestGRPOGroupsByPut(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		n     int
+		puts  [][]uint64
+		ready engine.ReadySlice // nil: every row put
+		batch int
+		final bool
+		want  []uint64
+	}{
+		{
+			// A put that reused a freed index (0) ahead of fresh ones:
+			// by index the windows would pair 2 3 and 4 5.
+			name: "reused index", n: 2, puts: [][]uint64{{0, 2, 3, 4, 5, 6}}, batch: 4,
+			want: []uint64{0, 2, 3, 4},
+		},
+		{
+			name: "freed indexes in release order", n: 2, puts: [][]uint64{{7, 3, 5, 1}}, batch: 4,
+			want: []uint64{5, 1, 7, 3}, // the walk by index finds 5 1 whole first
+		},
+		{
+			// Two puts of two groups each, interleaved indexes: groups stay
+			// within their put, in the order the walk by index finds them.
+			name: "interleaved puts", n: 2, puts: [][]uint64{{1, 3, 5, 7}, {0, 2, 4, 6}}, batch: 8,
+			want: []uint64{0, 2, 1, 3, 4, 6, 5, 7},
+		},
+		{
+			// Consecutive indexes across two puts are not a group: the
+			// first put's odd row has no partner.
+			name: "no group across puts", n: 2, puts: [][]uint64{{0, 1, 2}, {3, 4}}, batch: 4,
+			want: []uint64{0, 1, 3, 4},
+		},
+		{
+			name: "a member not ready", n: 2, puts: [][]uint64{{0, 1, 2, 3, 4, 5}}, ready: engine.ReadySlice{0, 2, 3, 4, 5}, batch: 4,
+			want: []uint64{2, 3, 4, 5},
+		},
+		{
+			// Not aligned from the put's first row: 1 2 is half of two groups.
+			name: "aligned within the put", n: 2, puts: [][]uint64{{0, 1, 2, 3}}, ready: engine.ReadySlice{1, 2}, batch: 2, final: true,
+			want: nil,
+		},
+		{
+			// Responses put one at a time: grouped in the order they were
+			// made (5 was made before 2), as the reference groups indexes.
+			name: "one per put", n: 2, puts: [][]uint64{{5}, {2}, {9}, {1}}, batch: 4,
+			want: []uint64{5, 2, 9, 1},
+		},
+		{
+			name: "one per put, a gap", n: 3, puts: [][]uint64{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}},
+			ready: engine.ReadySlice{0, 1, 3, 4, 5, 6, 7, 9, 10, 11}, batch: 6,
+			want: []uint64{3, 4, 5, 9, 10, 11},
+		},
+		{
+			// A small put next to a put of whole groups does not take its rows.
+			name: "small put beside a whole one", n: 2, puts: [][]uint64{{0}, {1, 2}, {3}}, batch: 4, final: true,
+			want: []uint64{1, 2},
+		},
+		{
+			name: "final takes the whole groups there are", n: 2, puts: [][]uint64{{4, 0, 1}, {2, 3}}, batch: 6, final: true,
+			want: []uint64{2, 3, 4, 0},
+		},
+		{name: "not enough groups", n: 2, puts: [][]uint64{{4, 0, 1}, {2, 3}}, batch: 6, want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ready := tc.ready
+			if ready == nil {
+				for _, p := range tc.puts {
+					ready = append(ready, p...)
+				}
+				slices.Sort(ready)
+			}
+			sampled, consumed := mustSample(t, newGRPO(t, tc.n), engine.SampleRequest{
+				Partition: "p", Task: "t", BatchSize: tc.batch, Ready: ready, Origin: puts(tc.puts...), Final: tc.final,
+			})
+			wantRows(t, sampled, consumed, tc.want)
+		})
+	}
+}
+
+// TestGRPOUnknownOrigin: rows whose origin is not known form no group.
+func TestGRPOUnknownOrigin(t *testing.T) {
+	origin := puts([]uint64{0, 1, 2, 3})
+	sampled, _ := mustSample(t, newGRPO(t, 2), engine.SampleRequest{
+		Partition: "p", Task: "t", BatchSize: 2, Ready: engine.ReadySlice{0, 1, 2, 3, 8, 9}, Final: true,
+		Origin: func(gi uint64) engine.RowOrigin {
+			if gi >= 2 {
+				return engine.RowOrigin{}
+			}
+			return origin(gi)
+		},
+	})
+	if !slices.Equal(sampled, []uint64{0, 1}) {
+		t.Fatalf("sampled %v, want [0 1]", sampled)
+	}
+}
+
+// TestBalancedSamplersKeepPutGroupsWhole: the samplers built on GRPO's
+// groups (sequence-length balancing, the token budget) give each rank
+// whole groups of one put, in the order they were put, when the put's
+// indexes are not consecutive.
+func TestBalancedSamplersKeepPutGroupsWhole(t *testing.T) {
+	put := []uint64{0, 2, 3, 4, 5, 6, 7, 8} // 0 reused, then fresh ones
+	origin := puts(put)
+	ready := slices.Sorted(slices.Values(put))
+	groups := map[uint64]int{} // row → its group: positions 0-1, 2-3, ...
+	for i, gi := range put {
+		groups[gi] = i / 2
+	}
+	tb, err := NewTokenBudget(2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		s    engine.Sampler
+		req  engine.SampleRequest
+	}{
+		{"seqlen_balanced", newSeqlen(t, 2, 2), engine.SampleRequest{BatchSize: 4}},
+		{"token_budget", tb, engine.SampleRequest{TokenBudget: 4, Final: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var all []uint64
+			for rank := range 2 {
+				req := tc.req
+				req.Partition, req.Task, req.Ready, req.Origin, req.Options = "p", "t", engine.ReadySlice(ready), origin, ranked(rank, 0)
+				sampled, _ := mustSample(t, tc.s, req)
+				if len(sampled)%2 != 0 {
+					t.Fatalf("rank %d: %v is not whole groups of 2", rank, sampled)
+				}
+				for i := 0; i < len(sampled); i += 2 {
+					a, b := sampled[i], sampled[i+1]
+					if groups[a] != groups[b] || slices.Index(put, a) > slices.Index(put, b) {
+						t.Errorf("rank %d: %v pairs %d with %d, not a group of the put %v in its order", rank, sampled, a, b, put)
+					}
+				}
+				all = append(all, sampled...)
+			}
+			if len(all) != len(put) {
+				t.Errorf("ranks got %v, want all of %v", all, put)
+			}
+		})
+	}
+}
+
+// BenchmarkGRPO takes a batch of 256 rows in groups of 8 from ready sets
+// of 10k and 1M rows, put 64 at a time (put=64) or one at a time (put=1),
+// with the rows' indexes in the order they were made (made: fresh
+// indexes), in reverse (reversed: freed indexes reused in the order they
+// were freed) or with each put's rows spread over the whole index space
+// (strided, the worst case for whole puts: no group is whole until the
+// walk nears its end). callbacks/op is how many ready rows a call looked
+// at: the batch's worth when groups are found whole as the walk goes.
+func BenchmarkGRPO(b *testing.B) {
+	const batch, n = 256, 8
+	for _, bc := range []struct {
+		order string
+		put   uint64
+	}{{"made", 64}, {"reversed", 64}, {"strided", 64}, {"made", 1}, {"reversed", 1}} {
+		for _, size := range []uint64{10_000, 1_000_000} {
+			b.Run(fmt.Sprintf("put=%d/order=%s/ready=%d", bc.put, bc.order, size), func(b *testing.B) {
+				g := newGRPO(b, n)
+				origin := func(gi uint64) engine.RowOrigin {
+					made := gi
+					switch bc.order {
+					case "reversed":
+						made = size - 1 - gi
+					case "strided":
+						made = gi%1000*(size/1000) + gi/1000
+					}
+					return engine.RowOrigin{Created: made + 1, Pos: uint32(made % bc.put), Size: uint32(bc.put)}
+				}
+				ready := &countingReady{n: int(size)}
+				req := engine.SampleRequest{Partition: "p", Task: "t", BatchSize: batch, Ready: ready, Origin: origin}
+				b.ReportAllocs()
+				ops := 0
+				for b.Loop() {
+					if s, _, err := g.Sample(req); err != nil || len(s) != batch {
+						b.Fatalf("sampled %d rows, %v", len(s), err)
+					}
+					ops++
+				}
+				b.ReportMetric(float64(ready.calls)/float64(ops), "callbacks/op")
+			})
+		}
+	}
 }

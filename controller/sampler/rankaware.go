@@ -121,5 +121,5 @@ func (r *RankAware) ApplyEntry(entry []byte) error {
 // ready (with partial, those there are). It is selectGroups with groups of
 // one row.
 func selectFirst(kind string, ready engine.ReadySet, batch int, partial bool) ([]uint64, error) {
-	return selectGroups(kind, ready, batch, 1, partial)
+	return selectGroups(kind, ready, nil, batch, 1, partial)
 }

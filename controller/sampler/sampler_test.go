@@ -322,7 +322,7 @@ func TestState(t *testing.T) {
 			other: newGRPO(2),
 			bad: []string{
 				`{"version":1,"sampler":"rank_aware","entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[]}]}`,
-				`{"version":1,"sampler":"rank_aware","entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[2,1]}]}`,
+				`{"version":1,"sampler":"rank_aware","entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[2,1,2]}]}`,
 				`{"version":1,"sampler":"rank_aware","entries":[{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[1]},` +
 					`{"partition":"p","task":"t","dp_rank":0,"batch_index":0,"rows":[2]}]}`,
 				`{"version":1,"sampler":"rank_aware","n":3,"entries":[]}`,
@@ -336,7 +336,7 @@ func TestState(t *testing.T) {
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1]]}]}`,
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[0,1],[1,2]]}]}`,
 				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[],[]]}]}`,
-				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[1,0],[2]]}]}`,
+				`{"version":1,"sampler":"seqlen_balanced","n":2,"dp_size":2,"entries":[{"partition":"p","task":"t","batch_index":0,"parts":[[1,0,1],[2]]}]}`,
 			},
 		},
 	} {

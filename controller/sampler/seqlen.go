@@ -30,8 +30,8 @@ const LengthTag = "total_lengths"
 // are not enough groups), reads each row's [LengthTag] through
 // SampleRequest.Tags, and partitions the prompt groups (group length = sum
 // of its rows' lengths) with [KarmarkarKarp] into dpSize equal-size parts,
-// so every rank gets whole groups. Every part is sorted
-// ascending and cached; the call returns the part for its DPRank and
+// so every rank gets whole groups. Every part holds its groups in the order
+// they were put, each whole, and is cached; the call returns the part for its DPRank and
 // [SeqlenBalanced.Cached] now reports true for every rank of that batch, so
 // peers that poll after the first rank consumed its rows still get theirs.
 // A DPRank of dpSize or more gets no rows and no error. All returned rows
@@ -92,7 +92,7 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 	parts, ok := s.cache.get(req.Partition, key)
 	fresh := !ok
 	if !ok {
-		rows, err := selectGroups(seqlenKind, req.Ready, req.BatchSize*s.dpSize, s.n, req.Final)
+		rows, err := selectGroups(seqlenKind, req.Ready, req.Origin, req.BatchSize*s.dpSize, s.n, req.Final)
 		if err != nil || rows == nil {
 			return nil, nil, err
 		}
@@ -127,7 +127,8 @@ func answer(parts [][]uint64, rank int, fresh bool) (sampled, consumed []uint64)
 	return sampled, consumed
 }
 
-// balance splits the selected rows (whole groups of n, ascending) into
+// balance splits the selected rows (whole groups of n, in the order they
+// were put) into
 // dpSize parts of about equal total length, keeping groups whole: with a
 // number of groups that divides evenly between the ranks, parts of equal
 // size (the reference's equal_size); otherwise (a final, short batch)
@@ -161,10 +162,10 @@ func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) (
 	parts := make([][]uint64, len(byGroup))
 	for p, gs := range byGroup {
 		part := make([]uint64, 0, len(gs)*s.n)
+		slices.Sort(gs) // the groups in the order they were put
 		for _, g := range gs {
 			part = append(part, rows[g*s.n:(g+1)*s.n]...)
 		}
-		slices.Sort(part)
 		parts[p] = part
 	}
 	return parts, nil
@@ -310,23 +311,17 @@ func (s *partsCache) LoadState(state []byte) error {
 	return nil
 }
 
-// checkEntry validates saved or journaled entry i: dpSize parts, each
-// ascending (a final batch may leave some empty), no row in two parts, and
-// some rows.
+// checkEntry validates saved or journaled entry i: dpSize parts (a final
+// batch may leave some empty), no row twice, and some rows.
 func (s *partsCache) checkEntry(i int, e *partsEntry) error {
 	if len(e.Parts) != s.dpSize {
 		return corrupt(s.kind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
 	}
 	seen := make(map[uint64]bool)
 	for _, part := range e.Parts {
-		if len(part) > 0 {
-			if err := checkRows(s.kind, i, part); err != nil {
-				return err
-			}
-		}
 		for _, r := range part {
 			if seen[r] {
-				return corrupt(s.kind, "entry %d: row %d in two parts", i, r)
+				return corrupt(s.kind, "entry %d: row %d twice", i, r)
 			}
 			seen[r] = true
 		}

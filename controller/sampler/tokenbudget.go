@@ -1,6 +1,8 @@
 package sampler
 
 import (
+	"math"
+
 	"github.com/tqgo/tq/engine"
 )
 
@@ -17,10 +19,10 @@ const tokenBudgetKind = "token_budget"
 // number of rows (upstream's StreamingTokenBudgetSampler, get_meta with
 // token_budget=N): SampleRequest.TokenBudget is the budget of each of
 // dpSize DP ranks, a row's tokens are its [LengthTag] tag (1 when absent),
-// and prompt groups (n consecutive rows, as [GRPO] finds them) stay whole.
+// and prompt groups (n rows put together, as [GRPO] finds them) stay whole.
 //
 // The first call for a (partition, task, BatchIndex) walks the ready
-// groups in ascending order and puts each into the rank with the fewest
+// groups in the order they were put and puts each into the rank with the fewest
 // tokens so far, as long as it fits that rank's budget (and, with a
 // positive BatchSize, its row limit); the first group that does not fit
 // closes the batch. Every rank's part thus stays within the budget, and
@@ -88,33 +90,18 @@ func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
 	if req.Ready == nil || req.Ready.Len() == 0 {
 		return nil, nil
 	}
+	rows, err := findGroups(tokenBudgetKind, req.Ready, req.Origin, t.n, math.MaxInt)
+	if err != nil {
+		return nil, err
+	}
 	parts := make([][]uint64, t.dpSize)
 	tokens := make([]int64, t.dpSize)
-	var (
-		group        []uint64
-		prev         uint64
-		first        = true
-		closed, bad  bool
-		lengthErr    error
-		placedGroups int
-	)
-	req.Ready.Ascend(func(i uint64) bool {
-		if !first && i <= prev {
-			bad = true
-			return false
-		}
-		if len(group) > 0 && i != prev+1 {
-			group = group[:0]
-		}
-		first, prev = false, i
-		group = append(group, i)
-		if len(group) < t.n {
-			return true
-		}
+	closed, placedGroups := false, 0
+	for g := 0; g+t.n <= len(rows) && !closed; g += t.n {
+		group := rows[g : g+t.n]
 		lengths, err := rowLengths(tokenBudgetKind, group, req.Tags)
 		if err != nil {
-			lengthErr = err
-			return false
+			return nil, err
 		}
 		var size int64
 		for _, l := range lengths {
@@ -130,20 +117,13 @@ func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
 			(req.BatchSize == 0 || len(parts[least])+t.n <= req.BatchSize)
 		if !fits && len(parts[least]) > 0 {
 			closed = true
-			return false
+			break
 		}
 		parts[least] = append(parts[least], group...)
 		tokens[least] += size
 		placedGroups++
-		group = group[:0]
-		return true
-	})
-	switch {
-	case bad:
-		return nil, invalid(tokenBudgetKind, "ready set is not in ascending order")
-	case lengthErr != nil:
-		return nil, lengthErr
-	case placedGroups == 0 || (!closed && !req.Final):
+	}
+	if placedGroups == 0 || (!closed && !req.Final) {
 		return nil, nil
 	}
 	return parts, nil
