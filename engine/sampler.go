@@ -173,7 +173,7 @@ const (
 // take the controller's. The zero value means "the controller's sampler".
 //
 //	{Name: "sequential"}
-//	{Name: "grpo", N: 4}                      // groups of 4 consecutive rows
+//	{Name: "grpo", N: 4}                      // groups of 4 rows put together
 //	{Name: "rank_aware"}
 //	{Name: "seqlen_balanced", N: 4, DPSize: 2}
 //	{Name: "token_budget", N: 4, DPSize: 2}   // with FetchRequest.TokenBudget

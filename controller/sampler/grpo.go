@@ -142,7 +142,7 @@ func checkBatch(kind string, batch, n int) error {
 // Groups are n rows put together (origin; see [engine.RowOrigin]), each
 // in its put's order; they come in the order a walk over the ready set, in
 // global-index order, finds them whole (the order they were put, while
-// puts get fresh indexes), those of puts of n or more rows first:
+// puts get fresh indexes):
 //
 //   - A put of at least n rows is cut into groups at its rows 0, n, 2n, …
 //     (a put of whole groups, each prompt's responses together, as
@@ -161,40 +161,47 @@ func selectGroups(kind string, ready engine.ReadySet, origin func(uint64) engine
 	if batch == 0 || ready == nil || (!partial && ready.Len() < batch) || ready.Len() == 0 {
 		return nil, nil
 	}
-	rows, err := findGroups(kind, ready, origin, n, batch)
+	rows := make([]uint64, 0, min(batch, ready.Len()))
+	err := eachGroup(kind, ready, origin, n, func(g []uint64) bool {
+		rows = append(rows, g...)
+		return len(rows) < batch
+	})
 	if err != nil || len(rows) == 0 || (!partial && len(rows) < batch) {
 		return nil, err
 	}
 	return rows, nil
 }
 
-// findGroups returns the rows of the first groups of n among the ready
-// rows (see selectGroups), at most limit rows (a multiple of n), group
-// after group.
-func findGroups(kind string, ready engine.ReadySet, origin func(uint64) engine.RowOrigin, n, limit int) ([]uint64, error) {
+// eachGroup calls yield with each group of n among the ready rows (see
+// selectGroups), in turn, until it returns false. The slice is yield's
+// only during the call.
+func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.RowOrigin, n int, yield func(group []uint64) bool) error {
 	if origin == nil || n == 1 {
-		return findRuns(kind, ready, n, limit)
+		return eachRun(kind, ready, n, yield)
 	}
 	// Walking the ready set in global-index order: a row of a put of n or
 	// more rows waits in pending for the rest of its group, which is
-	// taken as soon as it is whole; the rows of smaller puts are grouped
+	// yielded as soon as it is whole; the rows of smaller puts are grouped
 	// by windows over them in the order they were made, as the walk goes
-	// while that is the order it meets them in, else once it ends.
+	// while that is the order it meets them in, else once it ends (the
+	// rows yielded already then count as gaps).
 	const unset = ^uint64(0)
 	var (
-		out     = make([]uint64, 0, min(limit, ready.Len()))
 		pending = map[uint64]*wholeGroup{} // by its first row's Created
 		small   []madeRow
-		smallG  []uint64 // groups of small puts' rows
 		inOrder = true
 		k       int // small[k:] not looked at yet
+		group   = make([]uint64, n)
+		more    = true // yield has not said stop
 	)
 	windows := func(k int) int {
-		for ; k+n <= len(small) && len(out)+len(smallG) < limit; k++ {
+		for ; more && k+n <= len(small); k++ {
 			if isGroup(small[k:k+n], n) {
-				for _, r := range small[k : k+n] {
-					smallG = append(smallG, r.index)
+				for j := range small[k : k+n] {
+					small[k+j].taken = true
+					group[j] = small[k+j].index
 				}
+				more = yield(group)
 				k += n - 1
 			}
 		}
@@ -231,12 +238,12 @@ func findGroups(kind string, ready engine.ReadySet, origin func(uint64) engine.R
 			}
 			g.rows[at] = i
 			if g.have++; g.have == n {
-				out = append(out, g.rows...)
 				delete(pending, start)
+				more = yield(g.rows)
 			}
 		default:
 			if l := len(small); inOrder && l > 0 && o.Created <= small[l-1].Created {
-				inOrder, smallG, k = false, smallG[:0], 0
+				inOrder = false
 				small = slices.Grow(small, ready.Len()-l) // all of them, to sort
 			}
 			small = append(small, madeRow{index: i, RowOrigin: o})
@@ -244,16 +251,16 @@ func findGroups(kind string, ready engine.ReadySet, origin func(uint64) engine.R
 				k = windows(k)
 			}
 		}
-		return len(out)+len(smallG) < limit
+		return more
 	})
 	if !ordered {
-		return nil, invalid(kind, "ready set is not in ascending order")
+		return invalid(kind, "ready set is not in ascending order")
 	}
-	if !inOrder && len(out) < limit {
+	if !inOrder && more {
 		slices.SortFunc(small, func(a, b madeRow) int { return cmp.Compare(a.Created, b.Created) })
 		windows(0)
 	}
-	return append(out, smallG[:min(len(smallG), max(limit-len(out), 0))]...), nil
+	return nil
 }
 
 // wholeGroup is a group of a put of n or more rows, found in part: its
@@ -263,39 +270,32 @@ type wholeGroup struct {
 	have int
 }
 
-// madeRow is a ready row and where it came from.
+// madeRow is a ready row of a put smaller than n, where it came from,
+// and whether it is in a group already.
 type madeRow struct {
 	index uint64
 	engine.RowOrigin
+	taken bool
 }
 
-// isGroup reports whether w, n rows in the order they were made, is a
-// group (see selectGroups).
+// isGroup reports whether w, n rows of puts smaller than n in the order
+// they were made, is a group: none taken, made one after another.
 func isGroup(w []madeRow, n int) bool {
-	h := w[0].RowOrigin
-	whole := uint64(h.Size) >= uint64(n) // h's put holds whole groups
-	if whole && (uint64(h.Pos)%uint64(n) != 0 || uint64(h.Pos)+uint64(n) > uint64(h.Size)) {
-		return false
-	}
-	for j := 1; j < n; j++ {
-		// Made one after another from a group's first row of a put of
-		// whole groups, they are that group; otherwise each must come
-		// from a put smaller than n.
-		if w[j].Created != h.Created+uint64(j) || !whole && uint64(w[j].Size) >= uint64(n) {
+	for j := range n {
+		if w[j].taken || j > 0 && w[j].Created != w[0].Created+uint64(j) {
 			return false
 		}
 	}
 	return true
 }
 
-// findRuns is findGroups by global index: it walks ready in ascending
-// order and keeps the current run of consecutive indexes (shorter than
-// n). A gap restarts the run at the new row; a run that reaches n rows is
-// a group. This finds the same groups as the reference's sliding window,
-// which moves by one row past a gap and by n rows past a group.
-func findRuns(kind string, ready engine.ReadySet, n, limit int) ([]uint64, error) {
-	rows := make([]uint64, 0, min(limit, ready.Len()))
-	run := 0 // rows at the end of rows that form the current partial run
+// eachRun is eachGroup by global index: it walks ready in ascending order
+// and keeps the current run of consecutive indexes (shorter than n). A gap
+// restarts the run at the new row; a run that reaches n rows is a group.
+// This finds the same groups as the reference's sliding window, which
+// moves by one row past a gap and by n rows past a group.
+func eachRun(kind string, ready engine.ReadySet, n int, yield func(group []uint64) bool) error {
+	run := make([]uint64, 0, n)
 	var prev uint64
 	first, ordered := true, true
 	ready.Ascend(func(i uint64) bool {
@@ -303,20 +303,19 @@ func findRuns(kind string, ready engine.ReadySet, n, limit int) ([]uint64, error
 			ordered = false
 			return false
 		}
-		if run > 0 && i != prev+1 {
-			rows = rows[:len(rows)-run]
-			run = 0
-		}
-		rows = append(rows, i)
-		run++
-		if run == n {
-			run = 0
+		if len(run) > 0 && i != prev+1 {
+			run = run[:0]
 		}
 		first, prev = false, i
-		return len(rows) < limit // a partial run means len(rows) < limit
+		if run = append(run, i); len(run) == n {
+			more := yield(run)
+			run = run[:0]
+			return more
+		}
+		return true
 	})
 	if !ordered {
-		return nil, invalid(kind, "ready set is not in ascending order")
+		return invalid(kind, "ready set is not in ascending order")
 	}
-	return rows[:len(rows)-run], nil
+	return nil
 }

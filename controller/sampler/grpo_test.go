@@ -257,6 +257,12 @@ func TestGRPOGroupsByPut(t *testing.T) {
 			want: []uint64{2, 3, 4, 0},
 		},
 		{name: "not enough groups", n: 2, puts: [][]uint64{{4, 0, 1}, {2, 3}}, batch: 6, want: nil},
+		{
+			// The walk meets 5 (made third) last: the groups it took
+			// before are not taken twice once it sorts the rest.
+			name: "one per put, out of order after groups", n: 2, puts: [][]uint64{{0}, {1}, {5}, {2}, {3}, {4}},
+			batch: 6, final: true, want: []uint64{0, 1, 2, 3},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ready := tc.ready

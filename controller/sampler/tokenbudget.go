@@ -1,8 +1,6 @@
 package sampler
 
 import (
-	"math"
-
 	"github.com/tqgo/tq/engine"
 )
 
@@ -90,18 +88,15 @@ func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
 	if req.Ready == nil || req.Ready.Len() == 0 {
 		return nil, nil
 	}
-	rows, err := findGroups(tokenBudgetKind, req.Ready, req.Origin, t.n, math.MaxInt)
-	if err != nil {
-		return nil, err
-	}
 	parts := make([][]uint64, t.dpSize)
 	tokens := make([]int64, t.dpSize)
 	closed, placedGroups := false, 0
-	for g := 0; g+t.n <= len(rows) && !closed; g += t.n {
-		group := rows[g : g+t.n]
+	var lengthErr error
+	err := eachGroup(tokenBudgetKind, req.Ready, req.Origin, t.n, func(group []uint64) bool {
 		lengths, err := rowLengths(tokenBudgetKind, group, req.Tags)
 		if err != nil {
-			return nil, err
+			lengthErr = err
+			return false
 		}
 		var size int64
 		for _, l := range lengths {
@@ -117,11 +112,18 @@ func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
 			(req.BatchSize == 0 || len(parts[least])+t.n <= req.BatchSize)
 		if !fits && len(parts[least]) > 0 {
 			closed = true
-			break
+			return false
 		}
 		parts[least] = append(parts[least], group...)
 		tokens[least] += size
 		placedGroups++
+		return true
+	})
+	if err == nil {
+		err = lengthErr
+	}
+	if err != nil {
+		return nil, err
 	}
 	if placedGroups == 0 || (!closed && !req.Final) {
 		return nil, nil

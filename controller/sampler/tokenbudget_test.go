@@ -123,3 +123,21 @@ func TestFinalTakesShortBatches(t *testing.T) {
 	}
 	require.ElementsMatch(t, [][]uint64{{7}, {8}, nil}, parts, "fewer rows than ranks: one each, the last rank none")
 }
+
+// TestTokenBudgetStopsEarly: the walk over the ready rows ends with the
+// batch, with or without the rows' origins.
+func TestTokenBudgetStopsEarly(t *testing.T) {
+	for _, withOrigin := range []bool{false, true} {
+		s, err := NewTokenBudget(2, 1)
+		require.NoError(t, err)
+		ready := &countingReady{n: 1_000_000}
+		req := engine.SampleRequest{Partition: "p", Task: "t", TokenBudget: 10, Ready: ready, Options: engine.SamplingOptions{HasRank: true}}
+		if withOrigin {
+			req.Origin = func(gi uint64) engine.RowOrigin { return engine.RowOrigin{Created: gi + 1, Pos: uint32(gi % 64), Size: 64} }
+		}
+		sampled, _, err := s.Sample(req)
+		require.NoError(t, err)
+		require.Len(t, sampled, 10, "origin %v", withOrigin) // 5 groups of 2, 1 token a row
+		require.LessOrEqual(t, ready.calls, 12, "origin %v: rows looked at", withOrigin)
+	}
+}
