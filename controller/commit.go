@@ -246,15 +246,20 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 			p.recordCell(f, r.index, cf.DType, cf.Kind == engine.Opaque, s)
 		}
 	}
+	var activated []*row
 	for _, r := range rows {
 		if !r.active {
 			r.active = true
 			p.reserved.Delete(r.index)
+			activated = append(activated, r)
 		}
 		if len(p.views) > 0 {
 			p.refreshRow(r)
 		}
 	}
+	// A commit straight to pre-allocated rows is the insert that made
+	// them (replay commits alike).
+	p.madeBy(activated)
 	p.notify()
 	return replaced
 }

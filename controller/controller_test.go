@@ -998,6 +998,10 @@ func TestCheckpointLoadErrors(t *testing.T) {
 			rows: [][]*wirepb.StateRow{{{Index: 5, InsertPos: 1, InsertLen: 2}}}}},
 		{"reserved row made", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Made: 3}},
 			rows: [][]*wirepb.StateRow{{{Index: 5, Reserved: true, Made: 2, InsertLen: 1}}}}},
+		{"made before its insert began", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Made: 3}},
+			rows: [][]*wirepb.StateRow{{{Index: 5, Made: 1, InsertPos: 1, InsertLen: 2}}}}},
+		{"an active row unnumbered among numbered ones", spec{head: head(), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Made: 3}},
+			rows: [][]*wirepb.StateRow{{{Index: 5}}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -77,7 +77,9 @@ type row struct {
 	// made numbers the partition's active rows in the order inserts made
 	// them (partition.made; 0 while only pre-allocated), and insPos and
 	// insLen place the row in its insert: engine.RowOrigin, which
-	// samplers of prompt groups go by.
+	// samplers of prompt groups go by. An insert is what made rows
+	// active: Insert, a put's new keys, or a commit straight to
+	// pre-allocated rows.
 	made   uint64
 	insPos uint32
 	insLen uint32

@@ -243,3 +243,39 @@ func readStateMessages(t *testing.T, path string) (*wirepb.StateHeader, []*wirep
 	}
 	return head, parts, rows
 }
+
+// TestGRPOOnPreAllocatedRows: a commit straight to pre-allocated rows is
+// the insert that made them: GRPO groups them, alike after a snapshot, a
+// crash and the replay of the log's tail, and after a checkpoint load.
+func TestGRPOOnPreAllocatedRows(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{PreAlloc: 4, SnapshotBytes: 1 << 40}
+	c := openDurable(t, dir, cfg)
+	_, err := c.CreatePartition("train")
+	require.NoError(t, err)
+	st, err := c.ConsumptionStatus("train", "t")
+	require.NoError(t, err)
+	reserved := st.Indexes
+	require.Len(t, reserved, 4)
+	commitDense(t, c, "train", reserved, "x")
+	require.NoError(t, c.snapshot())
+	m := insert(t, c, "train", 2, "x") // in the log after the snapshot
+	commitDense(t, c, "train", m.Indexes, "x")
+	ck := t.TempDir() + "/ck"
+	require.NoError(t, c.Save(ck))
+	want := stateBytes(t, c)
+	require.NoError(t, c.WaitDurable(context.Background()))
+	crash(t, c)
+
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	require.Equal(t, want, stateBytes(t, c), "state after the snapshot and the log's tail")
+	d := newController(t, cfg)
+	_, err = d.Load(ck)
+	require.NoError(t, err)
+	for name, ctl := range map[string]*Controller{"replayed": c, "loaded": d} {
+		if got := grpoFetch(t, ctl, "t", 6); !slices.Equal(got, append(slices.Clone(reserved), m.Indexes...)) {
+			t.Errorf("%s: GRPO took %v, want the committed rows %v then the insert %v", name, got, reserved, m.Indexes)
+		}
+	}
+}

@@ -643,6 +643,10 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		return corrupt("partition %q row %d: place %d in an insert of %d rows", p.id, sr.Index, sr.InsertPos, sr.InsertLen)
 	case sr.Made > p.made:
 		return corrupt("partition %q row %d has creation number %d, the partition's last is %d", p.id, sr.Index, sr.Made, p.made)
+	case sr.Made != 0 && sr.Made <= uint64(sr.InsertPos):
+		return corrupt("partition %q row %d: creation number %d at place %d of its insert", p.id, sr.Index, sr.Made, sr.InsertPos)
+	case sr.Made == 0 && !sr.Reserved && p.made != 0:
+		return corrupt("partition %q: active row %d has no creation number, the partition numbers its rows", p.id, sr.Index)
 	}
 	r := p.rows.add(sr.Index)
 	r.seq, r.change, r.active = sr.Seq, sr.Change, !sr.Reserved

@@ -181,32 +181,17 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 	}
 	// Walking the ready set in global-index order: a row of a put of n or
 	// more rows waits in pending for the rest of its group, which is
-	// yielded as soon as it is whole; the rows of smaller puts are grouped
-	// by windows over them in the order they were made, as the walk goes
-	// while that is the order it meets them in, else once it ends (the
-	// rows yielded already then count as gaps).
+	// yielded as soon as it is whole. The rows of smaller puts are kept:
+	// their groups are windows over them in the order they were made,
+	// which only the whole walk knows (a freed index reused later may be
+	// lower), so they come after it, if it got that far.
 	const unset = ^uint64(0)
 	var (
 		pending = map[uint64]*wholeGroup{} // by its first row's Created
 		small   []madeRow
-		inOrder = true
-		k       int // small[k:] not looked at yet
-		group   = make([]uint64, n)
+		sorted  = true
 		more    = true // yield has not said stop
 	)
-	windows := func(k int) int {
-		for ; more && k+n <= len(small); k++ {
-			if isGroup(small[k:k+n], n) {
-				for j := range small[k : k+n] {
-					small[k+j].taken = true
-					group[j] = small[k+j].index
-				}
-				more = yield(group)
-				k += n - 1
-			}
-		}
-		return k
-	}
 	first, ordered := true, true
 	var prev uint64
 	un := uint64(n)
@@ -242,23 +227,36 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 				more = yield(g.rows)
 			}
 		default:
-			if l := len(small); inOrder && l > 0 && o.Created <= small[l-1].Created {
-				inOrder = false
-				small = slices.Grow(small, ready.Len()-l) // all of them, to sort
+			if small == nil {
+				small = make([]madeRow, 0, ready.Len()) // they go on to the end
+			} else if o.Created <= small[len(small)-1].Created {
+				sorted = false
 			}
-			small = append(small, madeRow{index: i, RowOrigin: o})
-			if inOrder {
-				k = windows(k)
-			}
+			small = append(small, madeRow{index: i, Created: o.Created})
 		}
 		return more
 	})
 	if !ordered {
 		return invalid(kind, "ready set is not in ascending order")
 	}
-	if !inOrder && more {
+	if !more || len(small) < n {
+		return nil
+	}
+	if !sorted {
 		slices.SortFunc(small, func(a, b madeRow) int { return cmp.Compare(a.Created, b.Created) })
-		windows(0)
+	}
+	group := make([]uint64, n)
+	run := 0 // small[k-run:k] were made one after another
+	for k := 0; more && k < len(small); k++ {
+		if run > 0 && small[k].Created != small[k-1].Created+1 {
+			run = 0 // a gap: the window moves on
+		}
+		if run++; run == n {
+			for j := range group {
+				group[j] = small[k+1-n+j].index
+			}
+			more, run = yield(group), 0
+		}
 	}
 	return nil
 }
@@ -270,23 +268,9 @@ type wholeGroup struct {
 	have int
 }
 
-// madeRow is a ready row of a put smaller than n, where it came from,
-// and whether it is in a group already.
+// madeRow is a ready row of a put smaller than n and its creation number.
 type madeRow struct {
-	index uint64
-	engine.RowOrigin
-	taken bool
-}
-
-// isGroup reports whether w, n rows of puts smaller than n in the order
-// they were made, is a group: none taken, made one after another.
-func isGroup(w []madeRow, n int) bool {
-	for j := range n {
-		if w[j].taken || j > 0 && w[j].Created != w[0].Created+uint64(j) {
-			return false
-		}
-	}
-	return true
+	index, Created uint64
 }
 
 // eachRun is eachGroup by global index: it walks ready in ascending order

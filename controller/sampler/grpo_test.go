@@ -258,10 +258,16 @@ func TestGRPOGroupsByPut(t *testing.T) {
 		},
 		{name: "not enough groups", n: 2, puts: [][]uint64{{4, 0, 1}, {2, 3}}, batch: 6, want: nil},
 		{
-			// The walk meets 5 (made third) last: the groups it took
-			// before are not taken twice once it sorts the rest.
-			name: "one per put, out of order after groups", n: 2, puts: [][]uint64{{0}, {1}, {5}, {2}, {3}, {4}},
-			batch: 6, final: true, want: []uint64{0, 1, 2, 3},
+			// The walk meets 5 (made third) last: rows put one at a time
+			// pair in the order they were put all the same.
+			name: "one per put, met out of order", n: 2, puts: [][]uint64{{0}, {1}, {5}, {2}, {3}, {4}},
+			batch: 6, final: true, want: []uint64{0, 1, 5, 2, 3, 4},
+		},
+		{
+			// Two prompts' responses put one at a time on reused indexes
+			// 7 0 1 8: by index 0 1 looked like a pair.
+			name: "one per put, reused indexes", n: 2, puts: [][]uint64{{7}, {0}, {1}, {8}},
+			batch: 4, want: []uint64{7, 0, 1, 8},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -352,7 +358,9 @@ func TestBalancedSamplersKeepPutGroupsWhole(t *testing.T) {
 // were freed) or with each put's rows spread over the whole index space
 // (strided, the worst case for whole puts: no group is whole until the
 // walk nears its end). callbacks/op is how many ready rows a call looked
-// at: the batch's worth when groups are found whole as the walk goes.
+// at: the batch's worth when groups of whole puts are found as the walk
+// goes; every ready row for rows put one at a time, whose groups follow
+// the order they were made, which only the whole walk knows.
 func BenchmarkGRPO(b *testing.B) {
 	const batch, n = 256, 8
 	for _, bc := range []struct {

@@ -133,7 +133,9 @@ func TestTokenBudgetStopsEarly(t *testing.T) {
 		ready := &countingReady{n: 1_000_000}
 		req := engine.SampleRequest{Partition: "p", Task: "t", TokenBudget: 10, Ready: ready, Options: engine.SamplingOptions{HasRank: true}}
 		if withOrigin {
-			req.Origin = func(gi uint64) engine.RowOrigin { return engine.RowOrigin{Created: gi + 1, Pos: uint32(gi % 64), Size: 64} }
+			req.Origin = func(gi uint64) engine.RowOrigin {
+				return engine.RowOrigin{Created: gi + 1, Pos: uint32(gi % 64), Size: 64}
+			}
 		}
 		sampled, _, err := s.Sample(req)
 		require.NoError(t, err)
