@@ -140,9 +140,11 @@ func checkBatch(kind string, batch, n int) error {
 // when there are fewer. batch must be a non-negative multiple of n.
 //
 // Groups are n rows put together (origin; see [engine.RowOrigin]), each
-// in its put's order; they come in the order a walk over the ready set, in
-// global-index order, finds them whole (the order they were put, while
-// puts get fresh indexes):
+// in its put's order. Those of puts of n rows or more come in the order a
+// walk over the ready set, in global-index order, finds them whole (the
+// order they were put, while puts get fresh indexes), and the walk stops
+// once it has enough; those of smaller puts come after them, once the
+// walk has seen every ready row:
 //
 //   - A put of at least n rows is cut into groups at its rows 0, n, 2n, …
 //     (a put of whole groups, each prompt's responses together, as
