@@ -3,12 +3,9 @@ package sampler
 import (
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -16,26 +13,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/leaktest"
 )
 
-// TestMain fails the run when tests leave goroutines behind.
-func TestMain(m *testing.M) {
-	before := runtime.NumGoroutine()
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(2 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			fmt.Fprintf(os.Stderr, "leaked goroutines: %d before, %d after\n%s\n",
-				before, n, buf[:runtime.Stack(buf, true)])
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// TestMain fails the run when tests leave goroutines behind (those of
+// the fuzzing engine are not TQ's).
+func TestMain(m *testing.M) { leaktest.Main(m) }
 
 // rows returns the ascending ready set lo, lo+1, …, hi-1.
 func rows(lo, hi uint64) engine.ReadySlice {
