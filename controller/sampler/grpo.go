@@ -231,10 +231,10 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 		default:
 			if small == nil {
 				small = make([]madeRow, 0, ready.Len()) // they go on to the end
-			} else if o.Created <= small[len(small)-1].Created {
+			} else if o.Created <= small[len(small)-1].made {
 				sorted = false
 			}
-			small = append(small, madeRow{index: i, Created: o.Created})
+			small = append(small, madeRow{index: i, made: o.Created})
 		}
 		return more
 	})
@@ -245,12 +245,12 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 		return nil
 	}
 	if !sorted {
-		slices.SortFunc(small, func(a, b madeRow) int { return cmp.Compare(a.Created, b.Created) })
+		slices.SortFunc(small, func(a, b madeRow) int { return cmp.Compare(a.made, b.made) })
 	}
 	group := make([]uint64, n)
-	run := 0 // small[k-run:k] were made one after another
+	run := 0 // the last run rows up to small[k] were made one after another
 	for k := 0; more && k < len(small); k++ {
-		if run > 0 && small[k].Created != small[k-1].Created+1 {
+		if run > 0 && small[k].made != small[k-1].made+1 {
 			run = 0 // a gap: the window moves on
 		}
 		if run++; run == n {
@@ -272,7 +272,7 @@ type wholeGroup struct {
 
 // madeRow is a ready row of a put smaller than n and its creation number.
 type madeRow struct {
-	index, Created uint64
+	index, made uint64
 }
 
 // eachRun is eachGroup by global index: it walks ready in ascending order
