@@ -29,8 +29,8 @@ func (r ReadySlice) Ascend(fn func(uint64) bool) {
 }
 
 // RowOrigin says where a row came from: the insert that made it (a put of
-// new rows or keys, or an insert-mode fetch of metadata) and its place in
-// it. Samplers that take whole prompt groups use it: a prompt's n
+// new rows or keys, an insert-mode fetch of metadata, or a commit straight
+// to pre-allocated rows) and its place in it. Samplers that take whole prompt groups use it: a prompt's n
 // responses are put together, and they are whatever indexes the put got.
 type RowOrigin struct {
 	// Created numbers the partition's rows in the order they were made:
