@@ -1,6 +1,7 @@
 package sampler
 
 import (
+	"cmp"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -69,15 +70,7 @@ func FuzzGroups(f *testing.F) {
 				}
 			}
 		}
-		slices.SortStableFunc(whole, func(a, b group) int {
-			if a.last < b.last {
-				return -1
-			}
-			if a.last > b.last {
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(whole, func(a, b group) int { return cmp.Compare(a.last, b.last) })
 		var want []uint64
 		for _, g := range whole {
 			want = append(want, g.rows...)
