@@ -602,6 +602,9 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 // each, in global-index order: the order samplers of prompt groups took
 // before.
 func (p *partition) madeByIndex() {
+	if p.made != 0 {
+		return // a file that numbers rows numbers them all (loadRow)
+	}
 	var legacy []*row
 	p.rows.all(func(r *row) {
 		if r.active && r.made == 0 {
