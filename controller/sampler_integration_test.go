@@ -206,7 +206,8 @@ func TestGRPOOnAStateWithoutOrigins(t *testing.T) {
 	d := newController(t, DefaultConfig())
 	_, err := d.Load(ck)
 	require.NoError(t, err)
-	// The rows 1..4 by index (0 taken first): not aligned to the put.
+	// With row 0 cleared, the old grouping pairs 1-2 and 3-4 by index;
+	// by the put it would be 2-3 and 4-5.
 	_, err = d.ClearRows("train", m.Indexes[:1])
 	require.NoError(t, err)
 	if got := grpoFetch(t, d, "t", 4); !slices.Equal(got, m.Indexes[1:5]) {

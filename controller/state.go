@@ -504,7 +504,7 @@ func (sr *stateReader) readState() (*loadedState, error) {
 				if srow.Index >= head.NextIndex {
 					return nil, corrupt("row %d is beyond the allocator's next index %d", srow.Index, head.NextIndex)
 				}
-				if err := p.loadRow(srow, sp.Fields, ls); err != nil {
+				if err := p.loadRow(srow, sp, ls); err != nil {
 					return nil, err
 				}
 				n.cells += uint64(len(srow.Cells))
@@ -512,7 +512,6 @@ func (sr *stateReader) readState() (*loadedState, error) {
 			got += uint64(len(chunk.Rows))
 			n.rows += uint64(len(chunk.Rows))
 		}
-		p.madeByIndex()
 		for i, sf := range sp.Fields {
 			dt, _ := wire.DTypeFromPB(sf.Dtype)
 			if f := p.order[i]; f.produced > 0 && f.dtype != dt {
@@ -597,28 +596,8 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 	return p, nil
 }
 
-// madeByIndex numbers the active rows a state file gave no creation
-// number (it was written before they were kept) as inserts of one row
-// each, in global-index order: the order samplers of prompt groups took
-// before.
-func (p *partition) madeByIndex() {
-	if p.made != 0 {
-		return // a file that numbers rows numbers them all (loadRow)
-	}
-	var legacy []*row
-	p.rows.all(func(r *row) {
-		if r.active && r.made == 0 {
-			legacy = append(legacy, r)
-		}
-	})
-	for _, r := range legacy {
-		r.made, r.insPos, r.insLen = r.index+1, 0, 1
-		p.made = max(p.made, r.made)
-	}
-}
-
-// loadRow adds a row read from a state file to p, whose fields are fields.
-func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls *loadedState) error {
+// loadRow adds a row read from a state file to p, whose header is sp.
+func (p *partition) loadRow(sr *wirepb.StateRow, sp *wirepb.StatePartition, ls *loadedState) error {
 	tags, err := ls.tags.decode(sr.Tags)
 	if err != nil {
 		return corrupt("partition %q row %d: %s", p.id, sr.Index, err.Error())
@@ -644,16 +623,23 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		return corrupt("partition %q: reserved row %d has creation number %d", p.id, sr.Index, sr.Made)
 	case sr.Made != 0 && sr.InsertPos >= sr.InsertLen:
 		return corrupt("partition %q row %d: place %d in an insert of %d rows", p.id, sr.Index, sr.InsertPos, sr.InsertLen)
-	case sr.Made > p.made:
-		return corrupt("partition %q row %d has creation number %d, the partition's last is %d", p.id, sr.Index, sr.Made, p.made)
+	case sr.Made > sp.Made:
+		return corrupt("partition %q row %d has creation number %d, the partition's last is %d", p.id, sr.Index, sr.Made, sp.Made)
 	case sr.Made != 0 && sr.Made <= uint64(sr.InsertPos):
 		return corrupt("partition %q row %d: creation number %d at place %d of its insert", p.id, sr.Index, sr.Made, sr.InsertPos)
-	case sr.Made == 0 && !sr.Reserved && p.made != 0:
+	case sr.Made == 0 && !sr.Reserved && sp.Made != 0:
 		return corrupt("partition %q: active row %d has no creation number, the partition numbers its rows", p.id, sr.Index)
 	}
 	r := p.rows.add(sr.Index)
 	r.seq, r.change, r.active = sr.Seq, sr.Change, !sr.Reserved
 	r.made, r.insPos, r.insLen = sr.Made, sr.InsertPos, sr.InsertLen
+	if r.active && r.made == 0 {
+		// A file from before rows kept their insert: each is an insert
+		// of one, made in global-index order, as samplers of prompt
+		// groups took them then.
+		r.made, r.insLen = r.index+1, 1
+		p.made = max(p.made, r.made)
+	}
 	p.setTags(r, tags)
 	if sr.Key != "" {
 		p.setKey(r, sr.Key)
@@ -683,7 +669,7 @@ func (p *partition) loadRow(sr *wirepb.StateRow, fields []*wirepb.StateField, ls
 		if p.has(r, f.slot) {
 			return corrupt("partition %q row %d: field %q stored twice", p.id, r.index, f.name)
 		}
-		dt, err := wire.DTypeFromPB(fields[sc.Field].Dtype)
+		dt, err := wire.DTypeFromPB(sp.Fields[sc.Field].Dtype)
 		if err != nil || !dt.Valid() {
 			return corrupt("partition %q: field %q has cells but no dtype", p.id, f.name)
 		}

@@ -194,15 +194,8 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 		sorted  = true
 		more    = true // yield has not said stop
 	)
-	first, ordered := true, true
-	var prev uint64
 	un := uint64(n)
-	ready.Ascend(func(i uint64) bool {
-		if !first && i <= prev {
-			ordered = false
-			return false
-		}
-		first, prev = false, i
+	err := ascend(kind, ready, func(i uint64) bool {
 		o := origin(i)
 		switch pos, size := uint64(o.Pos), uint64(o.Size); {
 		case o.Created == 0:
@@ -238,11 +231,8 @@ func eachGroup(kind string, ready engine.ReadySet, origin func(uint64) engine.Ro
 		}
 		return more
 	})
-	if !ordered {
-		return invalid(kind, "ready set is not in ascending order")
-	}
-	if !more || len(small) < n {
-		return nil
+	if err != nil || !more || len(small) < n {
+		return err
 	}
 	if !sorted {
 		slices.SortFunc(small, func(a, b madeRow) int { return cmp.Compare(a.made, b.made) })
@@ -282,23 +272,31 @@ type madeRow struct {
 // moves by one row past a gap and by n rows past a group.
 func eachRun(kind string, ready engine.ReadySet, n int, yield func(group []uint64) bool) error {
 	run := make([]uint64, 0, n)
-	var prev uint64
-	first, ordered := true, true
-	ready.Ascend(func(i uint64) bool {
-		if !first && i <= prev {
-			ordered = false
-			return false
-		}
-		if len(run) > 0 && i != prev+1 {
+	return ascend(kind, ready, func(i uint64) bool {
+		if len(run) > 0 && i != run[len(run)-1]+1 {
 			run = run[:0]
 		}
-		first, prev = false, i
 		if run = append(run, i); len(run) == n {
 			more := yield(run)
 			run = run[:0]
 			return more
 		}
 		return true
+	})
+}
+
+// ascend calls fn for the ready rows in turn until it returns false, and
+// fails if the set does not ascend.
+func ascend(kind string, ready engine.ReadySet, fn func(index uint64) bool) error {
+	first, ordered := true, true
+	var prev uint64
+	ready.Ascend(func(i uint64) bool {
+		if !first && i <= prev {
+			ordered = false
+			return false
+		}
+		first, prev = false, i
+		return fn(i)
 	})
 	if !ordered {
 		return invalid(kind, "ready set is not in ascending order")

@@ -31,9 +31,10 @@ const LengthTag = "total_lengths"
 // SampleRequest.Tags, and partitions the prompt groups (group length = sum
 // of its rows' lengths) with [KarmarkarKarp] into dpSize equal-size parts,
 // so every rank gets whole groups. Every part holds its groups in the order
-// they were put, each whole, and is cached; the call returns the part for its DPRank and
-// [SeqlenBalanced.Cached] now reports true for every rank of that batch, so
-// peers that poll after the first rank consumed its rows still get theirs.
+// they were put, each whole, and is cached; the call returns the part for
+// its DPRank and [SeqlenBalanced.Cached] now reports true for every rank
+// of that batch, so peers that poll after the first rank consumed its rows
+// still get theirs.
 // A DPRank of dpSize or more gets no rows and no error. All returned rows
 // are consumed.
 //
@@ -128,12 +129,11 @@ func answer(parts [][]uint64, rank int, fresh bool) (sampled, consumed []uint64)
 }
 
 // balance splits the selected rows (whole groups of n, in the order they
-// were put) into
-// dpSize parts of about equal total length, keeping groups whole: with a
-// number of groups that divides evenly between the ranks, parts of equal
-// size (the reference's equal_size); otherwise (a final, short batch)
-// parts of any size, and with fewer groups than ranks one group per rank
-// and empty parts for the rest.
+// were put) into dpSize parts of about equal total length, keeping groups
+// whole: with a number of groups that divides evenly between the ranks,
+// parts of equal size (the reference's equal_size); otherwise (a final,
+// short batch) parts of any size, and with fewer groups than ranks one
+// group per rank and empty parts for the rest.
 func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) ([][]uint64, error) {
 	lengths, err := rowLengths(seqlenKind, rows, tags)
 	if err != nil {

@@ -19,8 +19,8 @@ const tokenBudgetKind = "token_budget"
 // dpSize DP ranks, a row's tokens are its [LengthTag] tag (1 when absent),
 // and prompt groups (n rows put together, as [GRPO] finds them) stay whole.
 //
-// The first call for a (partition, task, BatchIndex) walks the ready
-// groups in the order they were put and puts each into the rank with the fewest
+// The first call for a (partition, task, BatchIndex) takes the ready
+// groups as [GRPO] finds them and puts each into the rank with the fewest
 // tokens so far, as long as it fits that rank's budget (and, with a
 // positive BatchSize, its row limit); the first group that does not fit
 // closes the batch. Every rank's part thus stays within the budget, and
