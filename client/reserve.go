@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -124,8 +126,9 @@ type reserved struct {
 	res    Reserved
 	fields []engine.Field // columns aliasing res, in spec order
 
-	mu    sync.Mutex
-	ended bool
+	mu      sync.Mutex
+	ended   bool
+	cleanup runtime.Cleanup // aborts res if the buffer is dropped open
 }
 
 // checkSpecs checks fields for n rows and returns each one's layout and
@@ -168,6 +171,11 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
 	}
 	b := &reserved{c: c, unit: u, res: res, fields: make([]engine.Field, len(fields))}
+	// A buffer dropped without Commit or Abort gives its extents back
+	// once collected: the unit holds them until the reservation ends (a
+	// slow filler must never write into another put's memory), so nothing
+	// else would.
+	b.cleanup = runtime.AddCleanup(b, abortDropped, res)
 	for i, f := range fields {
 		col, err := f.column(kinds[i], n, res.Buf(i))
 		if err != nil {
@@ -180,6 +188,20 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 	}
 	return b, nil
 }
+
+// abortDropped aborts the reservation of a buffer that was collected
+// without ending, off the runtime's cleanup goroutine: over shared memory
+// it is a round trip.
+func abortDropped(res Reserved) {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), droppedAbortTimeout)
+		defer cancel()
+		res.Abort(ctx)
+	}()
+}
+
+// droppedAbortTimeout bounds the abort of a dropped buffer's reservation.
+const droppedAbortTimeout = 10 * time.Second
 
 // Unit returns the storage unit the buffer's extents are reserved on.
 func (b *reserved) Unit() DataUnit { return b.unit }
@@ -212,6 +234,7 @@ func (b *reserved) end() bool {
 		return false
 	}
 	b.ended = true
+	b.cleanup.Stop()
 	return true
 }
 
@@ -309,9 +332,15 @@ func (b *reserved) abort(ctx context.Context) error {
 // may be written until Commit or Abort; afterwards they must not be used at
 // all, since the bytes belong to the unit (and, over shm, may be unmapped).
 // Nobody can read the rows before Commit. A PutBuffer must end in exactly
-// one Commit or Abort, or its extents stay reserved until the unit times
-// the reservation out. Its methods are safe for concurrent use, but it is
-// meant to be filled by one put.
+// one Commit or Abort; one dropped without either is aborted when the
+// garbage collector finds it (and, over shared memory, when the client's
+// connection to the unit closes), and until then its extents stay
+// reserved. A buffer filled for longer than the unit's reserve timeout
+// (storage.Config.ReserveTimeout, 30 s by default) can no longer commit:
+// Commit fails with [engine.ErrInvalid] and gives the extents back, and
+// the unit kept them for it meanwhile, so its bytes never land in another
+// put's memory. Its methods are safe for concurrent use, but it is meant
+// to be filled by one put.
 type PutBuffer struct {
 	*reserved
 	meta *engine.BatchMeta // the caller's rows, cloned

@@ -5,8 +5,14 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/embedded"
@@ -274,6 +280,12 @@ func shmClient(t *testing.T, cfg client.Config) (*client.Client, *storage.Unit) 
 	scfg := storage.DefaultConfig()
 	scfg.Capacity = 32 << 20
 	scfg.SegmentSize = 8 << 20
+	return shmClientOn(t, cfg, scfg)
+}
+
+// shmClientOn is shmClient with the unit's config.
+func shmClientOn(t *testing.T, cfg client.Config, scfg storage.Config) (*client.Client, *storage.Unit) {
+	t.Helper()
 	u, err := storage.NewUnit(7, scfg)
 	if err != nil {
 		t.Fatal(err)
@@ -310,4 +322,111 @@ func shmClient(t *testing.T, cfg client.Config) (*client.Client, *storage.Unit) 
 		t.Fatal(err)
 	}
 	return c, u
+}
+
+// reserveClients are the units a reserved put fills in place, each with
+// the unit's config: one in this process, and one over shared memory.
+var reserveClients = []struct {
+	name   string
+	client func(*testing.T, storage.Config) (*client.Client, *storage.Unit)
+}{
+	{"local", localClientOn},
+	{"shm", func(t *testing.T, scfg storage.Config) (*client.Client, *storage.Unit) {
+		return shmClientOn(t, client.DefaultConfig(), scfg)
+	}},
+}
+
+// localClientOn returns a client of a fresh controller and a unit of
+// this process with config scfg.
+func localClientOn(t *testing.T, scfg storage.Config) (*client.Client, *storage.Unit) {
+	t.Helper()
+	ctrl := newController(t)
+	u, err := storage.NewUnit(0, scfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+	require.NoError(t, err)
+	u.SetID(id)
+	c, err := embedded.LocalClient(ctrl, u)
+	require.NoError(t, err)
+	return c, u
+}
+
+// A reserved put filled for longer than the unit's reserve timeout can no
+// longer commit, and the unit keeps its extent for it meanwhile: the rest
+// of the slow fill never lands in the memory of a put made in between.
+// (The unit of this process used to free the extent at the timeout.)
+func TestReservePutSlowerThanTheReserveTimeout(t *testing.T) {
+	for _, rc := range reserveClients {
+		t.Run(rc.name, func(t *testing.T) {
+			scfg := storage.DefaultConfig()
+			scfg.Capacity, scfg.SegmentSize = 1<<20, 1<<20
+			scfg.ReserveTimeout = 50 * time.Millisecond
+			c, u := rc.client(t, scfg)
+			ctx := context.Background()
+			insert := func() *engine.BatchMeta {
+				m, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: 1, Fields: []string{"s"}})
+				require.NoError(t, err)
+				return m
+			}
+
+			const n = 4096
+			pb, err := c.ReservePut(ctx, insert(), client.FieldSpec{Name: "s", RowBytes: []int{n}})
+			require.NoError(t, err)
+			buf := pb.Column("s").Data()
+			copy(buf[:n/2], strings.Repeat("X", n/2)) // the first half of a slow fill
+			require.Eventually(t, func() bool { return u.Stats().OpenReservations == 0 }, 10*time.Second, time.Millisecond,
+				"the unit times the reservation out")
+
+			want := strings.Repeat("A", n)
+			col, err := engine.NewOpaque([]int{0, n}, []byte(want))
+			require.NoError(t, err)
+			out, err := c.Put(ctx, engine.MustBatch(engine.Field{Name: "s", Col: col}), insert())
+			require.NoError(t, err)
+			copy(buf[n/2:], strings.Repeat("X", n/2)) // the rest of the slow fill
+
+			_, err = pb.Commit(ctx)
+			require.ErrorIs(t, err, engine.ErrInvalid, "the slow put outlived its reservation")
+			got, err := c.Get(ctx, out)
+			require.NoError(t, err)
+			assert.Equal(t, want, string(got.Col("s").RowBytes(0)), "the other put's bytes")
+			got.Release()
+			assert.Eventually(t, func() bool { return u.Stats().Extents == 1 }, 10*time.Second, time.Millisecond,
+				"the slow put's extent is given back")
+		})
+	}
+}
+
+// A reserved put dropped without Commit or Abort gives its extents back
+// once the garbage collector finds it; one that ended is left alone.
+func TestReservePutDroppedIsAborted(t *testing.T) {
+	for _, rc := range reserveClients {
+		t.Run(rc.name, func(t *testing.T) {
+			scfg := storage.DefaultConfig()
+			scfg.Capacity, scfg.SegmentSize = 8<<20, 8<<20
+			c, u := rc.client(t, scfg)
+			ctx := context.Background()
+			meta, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+			require.NoError(t, err)
+			pb, err := c.ReservePut(ctx, meta, reserveSpecs()...)
+			require.NoError(t, err)
+			fillReserved(t, pb)
+			_, err = pb.Commit(ctx)
+			require.NoError(t, err)
+			committed := u.Stats()
+
+			// Reserved on rows the first put did not make, and dropped.
+			meta, err = c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: len(reserveWords), Fields: []string{"x", "s"}})
+			require.NoError(t, err)
+			_, err = c.ReservePut(ctx, meta, reserveSpecs()...)
+			require.NoError(t, err)
+			require.Equal(t, 1, u.Stats().OpenReservations)
+			require.Eventually(t, func() bool {
+				runtime.GC()
+				st := u.Stats()
+				return st.OpenReservations == 0 && st.Used == committed.Used
+			}, 10*time.Second, 10*time.Millisecond, "the dropped buffer's extents are given back")
+			assert.Equal(t, committed.Extents, u.Stats().Extents, "the committed put keeps its extents")
+		})
+	}
 }

@@ -177,9 +177,11 @@ type Reserver interface {
 
 // Reserved is a reservation of extents on a storage unit. The unit owns
 // the memory: Buf(i) is the writable bytes of extent i, exactly as many as
-// were asked for, valid until Commit or Abort (or until the unit times the
-// reservation out); writing through it afterwards corrupts the store.
-// Addr(i) is the address of extent i, readable once committed. A failed
+// were asked for, valid until Commit or Abort; writing through it
+// afterwards corrupts the store. A reservation that outlives the unit's
+// reserve timeout can no longer commit, but the unit keeps its extents
+// until it is ended, so a slow filler never writes into memory given to
+// another put. Addr(i) is the address of extent i, readable once committed. A failed
 // Commit leaves the extents given back or to be given back by Abort; Abort
 // does nothing after Commit or a first Abort.
 type Reserved interface {

@@ -84,10 +84,14 @@ func (l localUnit) Room() (capacity, used int64) {
 
 var _ client.Reserver = localUnit{}
 
-// ReserveExtents reserves extents in the unit's arena (see
-// [storage.Unit.Reserve]).
+// ReserveExtents reserves extents in the unit's arena. The caller fills
+// them for as long as it takes (a [client.PutBuffer] may be written until
+// Commit or Abort), so they are held (see [storage.Unit.ReserveHeld]): a
+// fill slower than the unit's reserve timeout makes the reservation fail
+// to commit but never writes into extents given to another put, as over
+// shared memory.
 func (l localUnit) ReserveExtents(ctx context.Context, sizes []int64) (client.Reserved, error) {
-	r, err := l.u.Reserve(ctx, sizes)
+	r, err := l.u.ReserveHeld(ctx, sizes)
 	if err != nil {
 		return nil, err
 	}

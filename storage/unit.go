@@ -233,11 +233,14 @@ func (u *Unit) Reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 // reservation itself, by Commit or Abort, and may still be writing
 // [Reservation.Buf] when the timeout passes: one that reads a payload
 // from a peer straight into the extents, as the unit server's handlers
-// and an in-process KV_SET do. When such a reservation times out, the unit
+// and an in-process KV_SET do, or a caller filling a client's reserved
+// put in place. When such a reservation times out, the unit
 // makes it uncommittable but keeps its extents allocated until the filler
 // calls Abort, so a slow payload never lands in memory handed to someone
 // else meanwhile. A filler that may leave the reservation open must use
-// Reserve: a held reservation nobody ends keeps its extents for good.
+// Reserve, or end it some other way (a client's reserved put is aborted
+// when its buffer is collected): a held reservation nobody ends keeps its
+// extents for good.
 func (u *Unit) ReserveHeld(ctx context.Context, sizes []int64) (*Reservation, error) {
 	return u.reserve(ctx, sizes, true)
 }
