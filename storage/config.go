@@ -55,6 +55,9 @@ func (c Config) Validate() error {
 	switch {
 	case c.Capacity <= 0:
 		return fmt.Errorf("storage config: capacity %d is not positive: %w", c.Capacity, engine.ErrInvalid)
+	case c.Capacity < minSegmentSize:
+		// The smallest extent takes a slab of a segment.
+		return fmt.Errorf("storage config: capacity %d is below the smallest segment, %d bytes: %w", c.Capacity, minSegmentSize, engine.ErrInvalid)
 	case c.SegmentSize < 0 || c.SegmentSize > 0 && (c.SegmentSize < minSegmentSize || c.SegmentSize%pageSize != 0):
 		return fmt.Errorf("storage config: segment size %d is not a multiple of %d of at least %d: %w",
 			c.SegmentSize, pageSize, minSegmentSize, engine.ErrInvalid)

@@ -248,7 +248,9 @@ func (u *Unit) ReconcilePeriodic(grace time.Duration, maxExtents int) (Reconcile
 			break
 		}
 		u.mu.Lock()
-		if u.closed || s.retired || u.byID[s.id] != s {
+		// A dropped segment leaves byID under the lock before it is
+		// retired (after it): its retired flag is not the lock's to read.
+		if u.closed || u.byID[s.id] != s {
 			u.mu.Unlock()
 			continue
 		}

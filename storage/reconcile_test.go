@@ -597,3 +597,52 @@ func TestOrphanReservationDoesNotHoldTheFence(t *testing.T) {
 		})
 	}
 }
+
+// TestReconcilePeriodicBesideSegmentDrops: a periodic reconcile walks a
+// copy of the segment list while Reserves drop empty segments to map
+// larger ones (and retire them outside the lock); it must not read what a
+// retire writes (-race caught its retired flag once).
+func TestReconcilePeriodicBesideSegmentDrops(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Capacity = 256 << 10
+	cfg.SegmentSize = 64 << 10
+	u := newTestUnit(t, cfg)
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := u.ReconcilePeriodic(0, 0); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	rng := rand.New(rand.NewPCG(1, 2))
+	drops := 0
+	for i := 0; i < 3000 && drops < 200; i++ {
+		r, err := u.Reserve(engine.WithoutWait(t.Context()), []int64{int64(1 + rng.IntN(250<<10))})
+		if errors.Is(err, engine.ErrCapacity) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Abort()
+		u.mu.Lock()
+		drops = len(u.retired)
+		u.mu.Unlock()
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if drops == 0 {
+		t.Fatal("no segment was dropped: the test tests nothing")
+	}
+}

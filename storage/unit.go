@@ -405,7 +405,9 @@ func (u *Unit) release(e *extent, poison bool) {
 	}
 	s.alloc.free(e.blk)
 	e.state = 0
-	if s.extents == 0 && s.closedToNew() {
+	// After Close (a Reserve rolling back while Close unmaps) the
+	// segments are Close's to tear down, not dropClosed's.
+	if s.extents == 0 && s.closedToNew() && !u.closed {
 		u.dropClosed(s)
 	}
 }

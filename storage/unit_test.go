@@ -131,6 +131,8 @@ func TestConfigValidate(t *testing.T) {
 		{"zero segment size means default", func(c *Config) { c.SegmentSize = 0 }, true},
 		{"zero capacity", func(c *Config) { c.Capacity = 0 }, false},
 		{"negative capacity", func(c *Config) { c.Capacity = -1 }, false},
+		{"capacity below a slab", func(c *Config) { c.Capacity = 32 << 10 }, false},
+		{"capacity of one slab", func(c *Config) { c.Capacity, c.SegmentSize = 64<<10, 64<<10 }, true},
 		{"segment smaller than a slab", func(c *Config) { c.SegmentSize = 32 << 10 }, false},
 		{"segment not page-aligned", func(c *Config) { c.SegmentSize = 1<<20 + 1 }, false},
 		{"negative timeout", func(c *Config) { c.ReserveTimeout = -time.Second }, false},
@@ -1209,5 +1211,39 @@ func TestGenerationsUnique(t *testing.T) {
 		if s.gen == maxGen {
 			t.Errorf("segment %d is exhausted and empty but still mapped", s.id)
 		}
+	}
+}
+
+// TestRollbackAfterCloseLeavesSegmentsToClose: a Reserve that finds the
+// unit closed while it maps a new segment rolls back the extents it
+// placed; when that empties a segment that takes no new extent (its last
+// generation used), the rollback must leave it to Close, which is
+// unmapping it already, not drop and retire it a second time.
+func TestRollbackAfterCloseLeavesSegmentsToClose(t *testing.T) {
+	lowerMaxGen(t, 2)
+	for trial := range 300 {
+		cfg := DefaultConfig()
+		cfg.Capacity = 64 << 20
+		cfg.SegmentSize = 64 << 10
+		u, err := NewUnit(1, cfg)
+		require.NoError(t, err)
+		// Segment 1 with one generation left.
+		require.NoError(t, u.Free(put(t, u, []byte("x"))))
+		done := make(chan error, 1)
+		go func() {
+			// The small extent takes segment 1's last generation; the
+			// large one maps a new segment with the lock released.
+			_, err := u.Reserve(t.Context(), []int64{100, 32 << 20})
+			done <- err
+		}()
+		for range trial % 50 {
+			u.Stats()
+		}
+		u.Close()
+		<-done
+		u.mu.Lock()
+		late := len(u.retired)
+		u.mu.Unlock()
+		require.Zero(t, late, "trial %d: segments retired after Close took them", trial)
 	}
 }
