@@ -415,7 +415,7 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int, s
 		}
 		out.Changes = append(out.Changes, kc)
 		last = pos
-		size += len(kc.Key) + 16 + 32*len(kc.Tags)
+		size += len(kc.Key) + 16 + kc.Tags.JSONSize()
 	}
 	if !out.More {
 		// Everything up to the partition's last change is told.

@@ -901,6 +901,9 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	if len(indexes) != len(tags) {
 		return opErr("set tags", partition, fmt.Errorf("%d tag maps for %d rows: %w", len(tags), len(indexes), engine.ErrInvalid))
 	}
+	if err := checkTagMaps(tags, func(i int) string { return fmt.Sprintf("row %d", indexes[i]) }); err != nil {
+		return opErr("set tags", partition, err)
+	}
 	p := c.lock(partition)
 	if p == nil {
 		return opErr("set tags", partition, errUnknownPartition(partition))
@@ -1014,7 +1017,7 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 	if err := where.Validate(); err != nil {
 		return nil, nil, opErr("list keys", partition, err)
 	}
-	from, afterSeq, err := decodeKeysCursor(cursor)
+	from, fromGen, afterSeq, err := decodeKeysCursor(cursor)
 	if err != nil {
 		return nil, nil, opErr("list keys", partition, err)
 	}
@@ -1030,13 +1033,15 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 		if id < from {
 			continue
 		}
-		seq := uint64(0)
-		if id == from {
-			seq = afterSeq
-		}
 		p := c.lock(id)
 		if p == nil {
 			continue
+		}
+		seq := uint64(0)
+		if id == from && p.gen == fromGen {
+			// Else the partition was cleared and made again since the
+			// cursor: its keys are numbered from 1 again, all new.
+			seq = afterSeq
 		}
 		var keys []engine.KeyInfo
 		full := false
@@ -1058,7 +1063,7 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 			}
 			keys = append(keys, ki)
 			n++
-			size += len(key) + 16 + 32*len(tags)
+			size += len(key) + 16 + tags.JSONSize()
 			return true
 		})
 		p.mu.Unlock()
@@ -1066,27 +1071,31 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 			out = append(out, PartitionKeys{Partition: id, Keys: keys})
 		}
 		if full {
-			return out, encodeKeysCursor(id, seq), nil
+			return out, encodeKeysCursor(id, p.gen, seq), nil
 		}
 	}
 	return out, nil, nil
 }
 
-// A keys cursor is the partition id and the creation number of the last
-// key listed: uvarint(seq) then the id's bytes.
-func encodeKeysCursor(partition string, seq uint64) []byte {
-	return append(binary.AppendUvarint(nil, seq), partition...)
+// A keys cursor is the partition id, its generation (a partition cleared
+// and made again has another) and the creation number of the last key
+// listed: uvarint(seq), uvarint(gen), then the id's bytes.
+func encodeKeysCursor(partition string, gen, seq uint64) []byte {
+	return append(binary.AppendUvarint(binary.AppendUvarint(nil, seq), gen), partition...)
 }
 
-func decodeKeysCursor(b []byte) (string, uint64, error) {
+func decodeKeysCursor(b []byte) (id string, gen, seq uint64, err error) {
 	if len(b) == 0 {
-		return "", 0, nil
+		return "", 0, 0, nil
 	}
 	seq, n := binary.Uvarint(b)
-	if n <= 0 || n == len(b) {
-		return "", 0, fmt.Errorf("malformed keys cursor: %w", engine.ErrInvalid)
+	if n > 0 {
+		var k int
+		if gen, k = binary.Uvarint(b[n:]); k > 0 && n+k < len(b) {
+			return string(b[n+k:]), gen, seq, nil
+		}
 	}
-	return string(b[n:]), seq, nil
+	return "", 0, 0, fmt.Errorf("malformed keys cursor: %w", engine.ErrInvalid)
 }
 
 // ProductionStatus reports production per row and field. Unknown fields
@@ -1418,7 +1427,14 @@ func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engi
 	if partition == "" {
 		return nil, 0, opErr("scan keys", partition, fmt.Errorf("empty partition id: %w", engine.ErrInvalid))
 	}
-	page, next, err := c.ListKeysPage(partition, encodeKeysCursor(partition, after), limit)
+	// The partition's generation now: a scan's number is a creation
+	// number in whatever partition has the id (see above).
+	var gen uint64
+	if p := c.lock(partition); p != nil {
+		gen = p.gen
+		p.mu.Unlock()
+	}
+	page, next, err := c.ListKeysPage(partition, encodeKeysCursor(partition, gen, after), limit)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -1429,7 +1445,7 @@ func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engi
 	if next == nil {
 		return keys, 0, nil
 	}
-	_, seq, err := decodeKeysCursor(next)
+	_, _, seq, err := decodeKeysCursor(next)
 	return keys, seq, err
 }
 

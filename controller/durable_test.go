@@ -520,7 +520,7 @@ func TestListKeysPages(t *testing.T) {
 	assert.Equal(t, 7, pages)
 	_, _, err := c.ListKeysPage("", []byte{0xff}, 0)
 	require.ErrorIs(t, err, engine.ErrInvalid)
-	_, _, err = c.ListKeysPage("a", encodeKeysCursor("b", 1), 0)
+	_, _, err = c.ListKeysPage("a", encodeKeysCursor("b", 0, 1), 0)
 	require.ErrorIs(t, err, engine.ErrInvalid)
 	_, _, err = c.ListKeysPage("", nil, maxKeysPage+1)
 	require.ErrorIs(t, err, engine.ErrInvalid)

@@ -115,7 +115,7 @@ func fuzzSeeds() map[string]proto.Message {
 		"keys_of":            &wirepb.KeysOfRequest{Partition: "kv", Indexes: []uint64{4, 5, 99}},
 		"set_tags":           &wirepb.SetTagsRequest{Partition: "p", Indexes: []uint64{0, 1}, Tags: [][]byte{[]byte(`{"status":"running","step":1}`), nil}},
 		"list_keys":          &wirepb.ListKeysRequest{},
-		"list_keys_page":     &wirepb.ListKeysRequest{Partition: "kv", Limit: 1, Cursor: []byte{1, 'k', 'v'}},
+		"list_keys_page":     &wirepb.ListKeysRequest{Partition: "kv", Limit: 1, Cursor: []byte{1, 0, 'k', 'v'}},
 		"production_status":  &wirepb.ProductionStatusRequest{Partition: "p", Fields: []string{"x"}},
 		"consumption_status": &wirepb.ConsumptionStatusRequest{Partition: "p", Task: "t"},
 		"reset_consumption":  &wirepb.ResetConsumptionRequest{Partition: "p"},

@@ -108,11 +108,25 @@ func removeTagsOp(p *partition, indexes []uint64, names []string, change uint64)
 		Partition: p.id, Gen: p.gen, Indexes: indexes, Names: names, ChangeSeq: change}}}
 }
 
+// checkTagMaps refuses tags that cannot be written as JSON (see
+// [engine.Tags.Check]), naming the i'th map's owner by who(i). A
+// controller without a log checks too: what it takes it must be able to
+// list, send and checkpoint.
+func checkTagMaps(tags []engine.Tags, who func(int) string) error {
+	for i, t := range tags {
+		if err := t.Check(); err != nil {
+			return fmt.Errorf("%s: %w", who(i), err)
+		}
+	}
+	return nil
+}
+
 // CompareAndSetTag sets tag req.Name of key req.Key to req.New if it
 // holds req.Old, atomically (under the partition's lock, one change, one
-// record). nil stands for "absent" on both sides: Old nil requires the
-// tag to be absent (a tag holding null counts as absent), New nil deletes
-// it. Values compare as JSON values ([engine.TagValueEqual]).
+// record). nil (or any value whose JSON is null) stands for "absent" on
+// both sides: Old nil requires the tag to be absent (a tag holding null
+// counts as absent), New nil deletes it. Values compare as JSON values
+// ([engine.TagValueEqual]).
 //
 // A key the partition lacks has no tags: with Old nil and New set, the
 // swap creates it (a tag-only key, and the partition if needed), as a put
@@ -134,10 +148,15 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 	default:
 		err = checkTagName(req.Name)
 	}
-	for _, v := range []any{req.Old, req.New} {
-		if err == nil && v != nil {
-			if _, jerr := json.Marshal(v); jerr != nil {
-				err = fmt.Errorf("tag %q: value %v is not JSON: %w: %w", req.Name, v, engine.ErrInvalid, jerr)
+	for _, v := range []*any{&req.Old, &req.New} {
+		if err == nil && *v != nil {
+			switch b, jerr := json.Marshal(*v); {
+			case jerr != nil:
+				err = fmt.Errorf("tag %q: value %v is not JSON: %w: %w", req.Name, *v, engine.ErrInvalid, jerr)
+			case string(b) == "null":
+				// A typed nil (a nil slice or map) is null, which is
+				// absent here as over the wire.
+				*v = nil
 			}
 		}
 	}

@@ -1,7 +1,11 @@
 package controller
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -9,6 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 func tagsOf(t *testing.T, c *Controller, partition string) map[string]engine.Tags {
@@ -249,4 +255,144 @@ func TestListKeysWhereScansBounded(t *testing.T) {
 	assert.Nil(t, next)
 	require.Len(t, page, 1)
 	assert.Equal(t, keys[n-1], page[0].Keys[0].Key)
+}
+
+// Null is absent on both sides of a compare-and-set, over the wire and in
+// process alike: null as the new value deletes the tag (and creates no
+// key), as a typed nil does in process.
+func TestCompareAndSetTagNullIsAbsent(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	putTags(t, c, "p", []string{"a", "b"}, engine.Tags{"lock": "me", "x": 1}, engine.Tags{"lock": "me", "x": 1})
+
+	var r wirepb.CompareAndSetTagReply
+	require.NoError(t, do(conn, wire.OpCompareAndSetTag, &wirepb.CompareAndSetTagRequest{Partition: "p", Key: "new", Name: "lock", NewValue: []byte("null")}, &r))
+	assert.True(t, r.Swapped)
+	assert.Equal(t, []bool{false}, c.HasKeys("p", []string{"new"}), "setting an absent tag to null makes nothing")
+	require.NoError(t, do(conn, wire.OpCompareAndSetTag, &wirepb.CompareAndSetTagRequest{Partition: "p", Key: "a", Name: "lock", OldValue: []byte(`"me"`), NewValue: []byte("null")}, &r))
+	assert.True(t, r.Swapped)
+	done, err := c.CompareAndSetTag(engine.TagSwap{Partition: "p", Key: "b", Name: "lock", Old: "me", New: []any(nil)})
+	require.NoError(t, err)
+	assert.True(t, done.Swapped)
+	done, err = c.CompareAndSetTag(engine.TagSwap{Partition: "p", Key: "b", Name: "x", Old: map[string]any(nil)})
+	require.NoError(t, err)
+	assert.Equal(t, engine.TagSwapped{Current: 1}, done, "a typed nil Old is absent, which x is not")
+	assert.Equal(t, map[string]engine.Tags{"a": {"x": 1}, "b": {"x": 1}}, tagsOf(t, c, "p"))
+}
+
+// A controller without a log refuses the tags one with a log refuses:
+// values with no JSON form (NaN, ±Inf, a number beyond a float64's range
+// over the wire, a channel) would be kept, then fail every listing, change
+// feed and checkpoint of the partition.
+func TestTagsWithoutJSONRefused(t *testing.T) {
+	durable := openDurable(t, t.TempDir(), Config{})
+	t.Cleanup(func() { durable.Close() })
+	mem := newController(t, DefaultConfig())
+	for name, c := range map[string]*Controller{"durable": durable, "in memory": mem} {
+		for _, tags := range []engine.Tags{
+			{"score": math.NaN()},
+			{"score": math.Inf(-1)},
+			{"nested": map[string]any{"r": []any{1, float32(math.Inf(1))}}},
+			{"ch": make(chan int)},
+		} {
+			_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k"}, Tags: []engine.Tags{tags}})
+			require.ErrorIs(t, err, engine.ErrInvalid, "%s: %v", name, tags)
+			assert.Contains(t, err.Error(), `key "k": tag "`, name)
+			err = c.SetTags("p", []uint64{0}, []engine.Tags{tags})
+			assert.ErrorIs(t, err, engine.ErrInvalid, "%s: SET_TAGS %v", name, tags)
+		}
+		assert.Equal(t, []bool{false}, c.HasKeys("p", []string{"k"}), name)
+		require.NoError(t, c.Save(filepath.Join(t.TempDir(), "ck")), name)
+	}
+
+	_, addr := startServer(t, mem, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	putTags(t, mem, "q", []string{"good"}, engine.Tags{"status": "ok"})
+	err := do(conn, wire.OpCommitKeys, &wirepb.CommitKeysRequest{Partition: "q", Keys: []string{"bad"}, HasTags: true, Tags: [][]byte{[]byte(`{"n":1e400}`)}}, &wirepb.CommitKeysReply{})
+	assert.Equal(t, wirepb.Code_CODE_INVALID, codeOf(err), "%v", err)
+	assert.Equal(t, []bool{false}, mem.HasKeys("q", []string{"bad"}), "a refused put makes no key")
+	require.NoError(t, do(conn, wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "q"}, &wirepb.ListKeysReply{}))
+	require.NoError(t, do(conn, wire.OpKeyChanges, &wirepb.KeyChangesRequest{Partition: "q"}, &wirepb.KeyChangesReply{}))
+}
+
+// A page of keys or of changes closes by the size its tags take as JSON,
+// not by their number: 4096 keys with 17 KB of tags each (68 MiB) would
+// be a reply over the frame limit, refused on every try.
+func TestKeyPagesCountTagBytes(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	big := strings.Repeat("a", 17<<10)
+	keys := make([]string, DefaultKeysPage)
+	tags := make([]engine.Tags, len(keys))
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+		tags[i] = engine.Tags{"note": big}
+		if i%2 == 1 {
+			tags[i] = engine.Tags{"note": strings.Repeat("\x01", 3<<10)} // 6 bytes each as JSON
+		}
+	}
+	putTags(t, c, "p", keys, tags...)
+
+	page, next, err := c.ListKeysPage("p", nil, 0)
+	require.NoError(t, err)
+	require.NotNil(t, next)
+	n := 0
+	for _, k := range page[0].Keys {
+		b, err := json.Marshal(k.Tags)
+		require.NoError(t, err)
+		n += len(k.Key) + len(b)
+	}
+	assert.LessOrEqual(t, n, maxKeysPageBytes+(64<<10), "a page holds about %d bytes", maxKeysPageBytes)
+	assert.Greater(t, n, maxKeysPageBytes/4)
+
+	listed, feed := 0, 0
+	for cur := []byte(nil); ; {
+		var r wirepb.ListKeysReply
+		require.NoError(t, do(conn, wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "p", Cursor: cur}, &r), "LIST_KEYS")
+		for _, p := range r.Partitions {
+			listed += len(p.Keys)
+		}
+		if cur = r.Next; cur == nil {
+			break
+		}
+	}
+	for cur := []byte(nil); ; {
+		var r wirepb.KeyChangesReply
+		require.NoError(t, do(conn, wire.OpKeyChanges, &wirepb.KeyChangesRequest{Partition: "p", Cursor: cur}, &r), "KEY_CHANGES")
+		feed += len(r.Changes)
+		if cur = r.Cursor; !r.More {
+			break
+		}
+	}
+	assert.Equal(t, len(keys), listed)
+	assert.Equal(t, len(keys), feed)
+}
+
+// A listing's cursor carries its partition's generation: keys of a
+// partition cleared and made again between two pages are numbered from 1
+// again, and are all listed, not skipped as if listed already.
+func TestListKeysPagesAcrossPartitionClear(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	putTags(t, c, "p", []string{"a1", "a2", "a3", "a4"}, nil, nil, nil, nil)
+	page, next, err := c.ListKeysPage("p", nil, 2)
+	require.NoError(t, err)
+	require.Len(t, page[0].Keys, 2)
+	require.NotNil(t, next)
+
+	_, err = c.ClearPartition("p")
+	require.NoError(t, err)
+	putTags(t, c, "p", []string{"b1", "b2", "b3", "b4"}, nil, nil, nil, nil)
+	var rest []string
+	for cur := next; cur != nil; {
+		page, cur, err = c.ListKeysPage("p", cur, 2)
+		require.NoError(t, err)
+		for _, pk := range page {
+			for _, k := range pk.Keys {
+				rest = append(rest, k.Key)
+			}
+		}
+	}
+	assert.Equal(t, []string{"b1", "b2", "b3", "b4"}, rest)
 }

@@ -31,7 +31,9 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 	case len(req.Fields) == 0 && req.Tags == nil:
 		err = fmt.Errorf("put with neither fields nor tags: %w", engine.ErrInvalid)
 	default:
-		err = checkFields(req.Fields, n)
+		if err = checkFields(req.Fields, n); err == nil {
+			err = checkTagMaps(req.Tags, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
+		}
 	}
 	if err == nil {
 		// Before the partition is made: a rejected put creates none.

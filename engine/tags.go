@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"math"
 	"reflect"
@@ -136,6 +137,118 @@ func (t Tags) Equal(u Tags) bool {
 	a, err1 := json.Marshal(t)
 	b, err2 := json.Marshal(u)
 	return err1 == nil && err2 == nil && string(a) == string(b)
+}
+
+// Check reports the first tag whose value cannot be written as JSON, as
+// tags are kept and sent (a NaN or infinite number, a channel, a map
+// with keys that are not strings), with an error wrapping [ErrInvalid]
+// that names it. A controller refuses such tags whether or not it keeps
+// a log, so that what one accepts another can write back out.
+func (t Tags) Check() error {
+	for k, v := range t {
+		if err := checkJSON(v); err != nil {
+			return fmt.Errorf("tag %q: %w: %w", k, ErrInvalid, err)
+		}
+	}
+	return nil
+}
+
+// checkJSON walks the JSON-like values and has encoding/json judge the
+// rest.
+func checkJSON(v any) error {
+	switch x := v.(type) {
+	case nil, bool, string, int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, json.Number:
+		return nil
+	case float64:
+		return checkFloat(x)
+	case float32:
+		return checkFloat(float64(x))
+	case map[string]any:
+		for k, e := range x {
+			if err := checkJSON(e); err != nil {
+				return fmt.Errorf("%q: %w", k, err)
+			}
+		}
+		return nil
+	case Tags:
+		return checkJSON(map[string]any(x))
+	case []any:
+		for i, e := range x {
+			if err := checkJSON(e); err != nil {
+				return fmt.Errorf("[%d]: %w", i, err)
+			}
+		}
+		return nil
+	}
+	_, err := json.Marshal(v)
+	return err
+}
+
+func checkFloat(f float64) error {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return fmt.Errorf("%v has no JSON form", f)
+	}
+	return nil
+}
+
+// JSONSize estimates the length of t written as JSON, from above for the
+// JSON-like values (strings count every byte that may be escaped at its
+// escape's length; a byte of a multi-byte character as two, a bound that
+// only U+2028, U+2029 and invalid UTF-8 exceed), for pages that must fit a
+// frame.
+func (t Tags) JSONSize() int {
+	if t == nil {
+		return 4
+	}
+	return jsonSize(map[string]any(t))
+}
+
+func jsonSize(v any) int {
+	switch x := v.(type) {
+	case nil:
+		return 4
+	case bool:
+		return 5
+	case string:
+		return quotedSize(x)
+	case int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8:
+		return 20
+	case float64, float32:
+		return 24
+	case json.Number:
+		return len(x)
+	case map[string]any:
+		n := 2
+		for k, e := range x {
+			n += quotedSize(k) + 2 + jsonSize(e)
+		}
+		return n
+	case Tags:
+		return jsonSize(map[string]any(x))
+	case []any:
+		n := 2
+		for _, e := range x {
+			n += jsonSize(e) + 1
+		}
+		return n
+	}
+	b, _ := json.Marshal(v)
+	return len(b)
+}
+
+func quotedSize(s string) int {
+	n := 2
+	for i := range len(s) {
+		switch b := s[i]; {
+		case b < 0x20, b == '"', b == '\\', b == '<', b == '>', b == '&':
+			n += 6
+		case b >= 0x80:
+			n += 2
+		default:
+			n++
+		}
+	}
+	return n
 }
 
 // Keys returns the tag names (unordered).

@@ -7,7 +7,9 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 
@@ -446,30 +448,59 @@ func JSONFromPB(b []byte) (map[string]any, error) {
 	if err := dec.Decode(&m); err != nil {
 		return nil, bad("tags are not a JSON object: %s", err.Error())
 	}
+	if err := onlyOne(dec); err != nil {
+		return nil, bad("tags %q: %s", b, err.Error())
+	}
 	for k, v := range m {
-		m[k] = numbers(v)
+		n, err := numbers(v)
+		if err != nil {
+			return nil, bad("tag %q: %s", k, err.Error())
+		}
+		m[k] = n
 	}
 	return m, nil
 }
 
-func numbers(v any) any {
+// onlyOne refuses anything but white space after the value dec decoded.
+func onlyOne(dec *json.Decoder) error {
+	var extra json.RawMessage
+	switch err := dec.Decode(&extra); {
+	case err == io.EOF:
+		return nil
+	case err != nil:
+		return fmt.Errorf("bytes after the JSON value: %w", err)
+	}
+	return errors.New("more than one JSON value")
+}
+
+// numbers turns json.Numbers into int64 where they are whole and fit,
+// else float64; a number beyond a float64's range is refused.
+func numbers(v any) (any, error) {
+	var err error
 	switch x := v.(type) {
 	case json.Number:
 		if i, err := x.Int64(); err == nil {
-			return i
+			return i, nil
 		}
-		f, _ := x.Float64()
-		return f
+		f, err := x.Float64()
+		if err != nil || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("number %s is out of a float64's range", x)
+		}
+		return f, nil
 	case map[string]any:
 		for k, e := range x {
-			x[k] = numbers(e)
+			if x[k], err = numbers(e); err != nil {
+				return nil, err
+			}
 		}
 	case []any:
 		for i, e := range x {
-			x[i] = numbers(e)
+			if x[i], err = numbers(e); err != nil {
+				return nil, err
+			}
 		}
 	}
-	return v
+	return v, nil
 }
 
 // TagValueToPB encodes one tag value as JSON; nil (absent) encodes as
@@ -497,10 +528,14 @@ func TagValueFromPB(b []byte) (any, error) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, bad("tag value is not JSON: %s", err.Error())
 	}
-	if dec.More() {
-		return nil, bad("tag value %q holds more than one JSON value", b)
+	if err := onlyOne(dec); err != nil {
+		return nil, bad("tag value %q: %s", b, err.Error())
 	}
-	return numbers(v), nil
+	v, err := numbers(v)
+	if err != nil {
+		return nil, bad("tag value %q: %s", b, err.Error())
+	}
+	return v, nil
 }
 
 var tagTests = map[engine.TagTest]wirepb.TagTest{

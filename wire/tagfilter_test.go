@@ -62,3 +62,23 @@ func TestTagValueRoundTrip(t *testing.T) {
 	_, err = TagValueToPB(func() {})
 	assert.ErrorIs(t, err, engine.ErrInvalid)
 }
+
+// Tags and tag values are one JSON value each, with numbers a float64
+// holds: anything after the value, or a number beyond a float64's range
+// (which would come back as +Inf, a value no JSON encoder writes), is
+// bad input naming what is wrong, not a value stored and unreadable later.
+func TestTagJSONRefused(t *testing.T) {
+	for _, b := range []string{`1]`, `"x"}`, `true ]`, `1 2`, `1e400`, `[1, -1e999]`, `{"n": 1e309}`} {
+		v, err := TagValueFromPB([]byte(b))
+		assert.ErrorIs(t, err, engine.ErrInvalid, "tag value %q decoded as %v", b, v)
+	}
+	for _, b := range []string{`{"a":1} garbage`, `{"a":1}{"b":2}`, `{"a":1}]`, `{"n":1e400}`, `{"n":{"m":[-1e400]}}`} {
+		m, err := JSONFromPB([]byte(b))
+		assert.ErrorIs(t, err, engine.ErrInvalid, "tags %q decoded as %v", b, m)
+	}
+	_, err := JSONFromPB([]byte(`{"n":1e400}`))
+	assert.ErrorContains(t, err, `tag "n": number 1e400 is out of a float64's range`)
+	m, err := JSONFromPB([]byte(" {\"a\":1e308, \"b\":18446744073709551616}\n "))
+	require.NoError(t, err, "white space after the value, and numbers a float64 holds")
+	assert.Equal(t, map[string]any{"a": 1e308, "b": 18446744073709551616.0}, m)
+}

@@ -1124,7 +1124,9 @@ class Client:
     def compare_and_set_tag(self, key: str, partition_id: str, name: str, old=None, new=None, *,
                             old_absent: bool = False, delete: bool = False):
         """Set tag ``name`` of ``key`` to ``new`` if it holds ``old``
-        (``old_absent``: if absent; ``delete``: remove it). Returns
+        (``old_absent``: if absent; ``delete``: remove it). None counts as
+        absent on both sides, as a tag holding null does: ``old=None``
+        matches an absent tag and ``new=None`` removes it. Returns
         (swapped, current value or None when absent)."""
         import json
         req = control_pb2.CompareAndSetTagRequest(
