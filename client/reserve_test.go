@@ -336,20 +336,16 @@ var reserveClients = []struct {
 	}},
 }
 
-// localClientOn returns a client of a fresh controller and a unit of
-// this process with config scfg.
+// localClientOn returns the client of an embedded cluster of one unit
+// with config scfg, and the unit.
 func localClientOn(t *testing.T, scfg storage.Config) (*client.Client, *storage.Unit) {
 	t.Helper()
-	ctrl := newController(t)
-	u, err := storage.NewUnit(0, scfg)
+	cfg := embedded.DefaultConfig()
+	cfg.Units, cfg.Storage = 1, scfg
+	e, err := embedded.New(cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
-	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
-	require.NoError(t, err)
-	u.SetID(id)
-	c, err := embedded.LocalClient(ctrl, u)
-	require.NoError(t, err)
-	return c, u
+	t.Cleanup(func() { e.Close() })
+	return e.Client, e.Units[0]
 }
 
 // A reserved put filled for longer than the unit's reserve timeout can no
