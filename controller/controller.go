@@ -437,7 +437,6 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			return p.meta(rows, req.Fields, shared), nil
 		}
 	}
-	c.expireKept(p, now)
 	spec := ""
 	if !req.Sampler.IsZero() {
 		spec = req.Sampler.String()
@@ -445,8 +444,12 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	follows := c.followsKept(req, smp)
 	gk := groupKey{spec: spec, task: req.Task, rank: req.Options.DPRank}
 	if follows {
+		// Before the look for batches left behind: a group that asks for
+		// its next batch went past the one it holds (consumed), even
+		// when its step on that one outlasted the TTL.
 		p.asked(gk, req.Options.BatchIndex)
 	}
+	c.expireKept(p, now)
 	v, ok := p.view(req.Task, req.Fields)
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
@@ -454,13 +457,13 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	// A done partition whose every unconsumed row is ready gets no more:
 	// the sampler may return a short last batch, and nothing means the
-	// end (ErrDone). Both counts are kept as rows change: O(1).
-	isFinal := func() bool { return p.done && p.unconsumed(req.Task) == ready.Len() }
-	final := false
-	if ready.Len() < req.BatchSize {
-		final = isFinal()
-	}
-	if ready.Len() < req.BatchSize && !final {
+	// end (ErrDone). Both counts are kept as rows change: O(1). Asked
+	// whatever the number of ready rows: a sampler may need more than
+	// BatchSize (a batch balanced across ranks, whole GRPO groups).
+	final := p.done && p.unconsumed(req.Task) == ready.Len()
+	// BatchSize ready rows are needed, unless the budget closes a batch
+	// first (a token budget's BatchSize is a cap).
+	if ready.Len() < req.BatchSize && !final && req.TokenBudget == 0 {
 		cs, caching := smp.(engine.CachingSampler)
 		if !caching || !cs.Cached(p.id, req.Task, req.Options) {
 			return nil, nil
@@ -482,12 +485,6 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
 	}
 	sampled, consumed, err := smp.Sample(sreq)
-	if err == nil && len(sampled) == 0 && len(consumed) == 0 && len(entries) == 0 && !final && req.TokenBudget > 0 && isFinal() {
-		// A token budget's batch did not fill; at the end of a done
-		// partition it takes what there is.
-		final, sreq.Final = true, true
-		sampled, consumed, err = smp.Sample(sreq)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
 	}

@@ -116,3 +116,27 @@ func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 2), again.Indexes, "group 0's batch 0 is no longer kept (it had 4 rows)")
 }
+
+// A group whose step on its batch outlasts the TTL, then asks for the
+// next batch (a loader without prefetch asks for batch b+1 only when done
+// with b), went past that batch: it stays consumed. The look for batches
+// left behind ran before the ask was noted, took b for left behind and
+// handed its rows out again as batch b+1.
+func TestKeptBatchSlowStepStaysConsumed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newController(t, Config{KeptBatchTTL: time.Minute})
+		m := insert(t, c, "p", 12, "x")
+		commitDense(t, c, "p", m.Indexes, "x")
+		ctx := context.Background()
+
+		for b := range 3 {
+			got, err := c.Fetch(ctx, specFetch(rankAware, 0, b, 4))
+			require.NoError(t, err)
+			require.Equal(t, seq(uint64(4*b), uint64(4*b+4)), got.Indexes, "batch %d", b)
+			time.Sleep(2 * time.Minute) // the step on it outlasts the TTL
+		}
+		last, err := c.Fetch(ctx, specFetch(rankAware, 0, 3, 4))
+		require.NoError(t, err)
+		require.Zero(t, last.Len(), "every row was taken once")
+	})
+}

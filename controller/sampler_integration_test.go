@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/require"
@@ -284,4 +285,68 @@ func TestGRPOOnPreAllocatedRows(t *testing.T) {
 			t.Errorf("%s: GRPO took %v, want the two commits' rows %v then the insert %v", tc.name, got, reserved, m.Indexes)
 		}
 	}
+}
+
+// A done partition's last rows reach a sampler that needs more than
+// BatchSize rows for a batch (one balanced across two ranks, whole GRPO
+// groups) as a final request: it hands out the short last batch, and then
+// the end, instead of waiting for rows that will never come.
+func TestDoneRemainderOfWideSamplers(t *testing.T) {
+	ctx := context.Background()
+	t.Run("seqlen", func(t *testing.T) {
+		c := newController(t, DefaultConfig())
+		m := insert(t, c, "p", 12, "x")
+		commitDense(t, c, "p", m.Indexes, "x")
+		require.NoError(t, c.MarkDone("p"))
+		spec := engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2}
+		got := 0
+		for b := 0; ; b++ {
+			for r := range 2 {
+				req := specFetch(spec, r, b, 4)
+				req.Wait = true
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				mm, err := c.Fetch(wctx, req)
+				cancel()
+				if err != nil {
+					require.ErrorIs(t, err, engine.ErrDone, "batch %d rank %d after %d rows", b, r, got)
+					require.Equal(t, 12, got)
+					return
+				}
+				got += mm.Len()
+			}
+		}
+	})
+	t.Run("grpo", func(t *testing.T) {
+		// A put of 6 (one whole group of 4, 2 rows over) and a put of
+		// 3: 9 rows ready, at least the batch of 8, but one whole group.
+		c := newController(t, DefaultConfig())
+		a := insert(t, c, "p", 6, "x")
+		commitDense(t, c, "p", a.Indexes, "x")
+		b := insert(t, c, "p", 3, "x")
+		commitDense(t, c, "p", b.Indexes, "x")
+		require.NoError(t, c.MarkDone("p"))
+		req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8, Wait: true,
+			Sampler: engine.SamplerSpec{Name: engine.SamplerGRPO, N: 4}}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		m, err := c.Fetch(wctx, req)
+		require.NoError(t, err, "the short last batch of the whole groups there are")
+		require.Equal(t, a.Indexes[:4], m.Indexes)
+		_, err = c.Fetch(wctx, req)
+		require.ErrorIs(t, err, engine.ErrDone)
+	})
+}
+
+// A token budget's BatchSize caps a batch's rows; a batch the budget
+// closes is handed out without waiting for that many rows to be ready.
+func TestTokenBudgetClosesBeforeTheRowCap(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 4, "x")
+	setLengths(t, c, m.Indexes, 60)
+	commitDense(t, c, "p", m.Indexes, "x")
+	req := specFetch(engine.SamplerSpec{Name: engine.SamplerTokenBudget}, 0, 0, 8) // at most 8 rows
+	req.TokenBudget = 100
+	got, err := c.Fetch(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, m.Indexes[:1], got.Indexes, "the budget closed the batch at one row")
 }

@@ -437,3 +437,63 @@ func shmCluster(t *testing.T) (*client.Client, *storage.Unit) {
 	t.Cleanup(func() { c.Close() })
 	return c, u
 }
+
+// Two DP groups balanced by sequence length over a done partition of 12
+// rows, micro-batches of 4: the first balanced batch takes 8 rows, and the
+// last 4 come as a short final batch (they were never handed out, and
+// both loaders waited for ever).
+func TestSeqlenDoneRemainderDelivered(t *testing.T) {
+	e := cluster(t)
+	produce(t, e.Client, "p", 0, 12, func(i int) int { return 1 + i })
+	require.NoError(t, e.Client.MarkDone(context.Background(), "p"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var rows []int64
+	var wg sync.WaitGroup
+	for r := range 2 {
+		cfg := config("p")
+		cfg.DPRank, cfg.DPSize, cfg.Sampler = r, 2, engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced}
+		l, err := New(e.Client, cfg)
+		require.NoError(t, err)
+		wg.Go(func() {
+			for b, err := range l.All(ctx) {
+				if !assert.NoError(t, err, "rank %d", r) {
+					return
+				}
+				mu.Lock()
+				rows = append(rows, values(t, b)...)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(rows)
+	require.Equal(t, upTo(12), rows)
+}
+
+// A loader without prefetch whose loop body outlasts the controller's
+// KeptBatchTTL gets each row once: it asks for micro-batch k+1 only when
+// done with k, which is then consumed, not left behind.
+func TestSlowBodyGetsEachRowOnce(t *testing.T) {
+	cfg := embedded.DefaultConfig()
+	cfg.Controller.KeptBatchTTL = 50 * time.Millisecond
+	e, err := embedded.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	produce(t, e.Client, "p", 0, 12, nil)
+	require.NoError(t, e.Client.MarkDone(context.Background(), "p"))
+	lcfg := config("p")
+	lcfg.Prefetch = 0
+	l, err := New(e.Client, lcfg)
+	require.NoError(t, err)
+	var got []int64
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for b, err := range l.All(ctx) {
+		require.NoError(t, err, "after rows %v", got)
+		got = append(got, values(t, b)...)
+		time.Sleep(100 * time.Millisecond) // a training step
+	}
+	require.Equal(t, upTo(12), got)
+}
