@@ -41,6 +41,17 @@ def test_stream_micro_batches_until_consumed(server, transport, part):
             assert sum(replay, []) == seen
 
 
+def test_stream_ends_with_a_done_partition(server, part):
+    """A partition marked done ends the iteration once the task has had
+    every row (it raised DoneError instead)."""
+    with server.client() as c:
+        c.put({"x": np.arange(6, dtype=np.float32)}, partition_id=part)
+        c.mark_done(part)
+        it = tq.StreamIterator(4, 2, ["x"], part, "train", dp_rank=0, client=c, fetch_timeout=5)
+        seen = [x for data, _ in it for x in data["x"].tolist()]
+        assert sorted(seen) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
 def test_bad_arguments():
     with pytest.raises(tq.InvalidError):
         tq.StreamIterator(4, 0, ["x"], "p", "t")

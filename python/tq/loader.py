@@ -60,6 +60,10 @@ def split(data: dict, meta, micro_batch_size: int):
     return out
 
 
+# What _fetch answers for a partition that is done for the task.
+_DONE = object()
+
+
 class StreamIterator:
     """Micro-batches for one rank; see the module doc. Not safe for
     concurrent use (one iterator per consumer)."""
@@ -116,6 +120,8 @@ class StreamIterator:
         return list(self.buffer)
 
     def _fetch(self):
+        """The next batch, None when none came in time, or _DONE when the
+        partition is marked done and the task has all of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
         try:
@@ -123,12 +129,16 @@ class StreamIterator:
                               sampling_config=sc, wait=True, timeout=self.fetch_timeout)
         except (errors.DeadlineError, errors.NotFoundError):
             return None
+        except errors.DoneError:
+            return _DONE
         if meta.size == 0:
             return None
         return c.get_data(meta, fields=self.data_fields), meta
 
     def batches(self):
-        """Whole batches: (data, meta)."""
+        """Whole batches: (data, meta). They end when the partition is
+        marked done and the task has had all of it, or (with
+        should_check_consumption_status) when every row is consumed."""
         while True:
             if self.batch_index < len(self.buffer):
                 b = self.buffer[self.batch_index]
@@ -136,6 +146,8 @@ class StreamIterator:
                 yield b
                 continue
             got = self._fetch()
+            if got is _DONE:
+                return
             if got is not None:
                 self.buffer.append(got)
                 continue
