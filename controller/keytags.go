@@ -149,15 +149,15 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		err = checkTagName(req.Name)
 	}
 	for _, v := range []*any{&req.Old, &req.New} {
-		if err == nil && *v != nil {
-			switch b, jerr := json.Marshal(*v); {
-			case jerr != nil:
-				err = fmt.Errorf("tag %q: value %v is not JSON: %w: %w", req.Name, *v, engine.ErrInvalid, jerr)
-			case string(b) == "null":
-				// A typed nil (a nil slice or map) is null, which is
-				// absent here as over the wire.
-				*v = nil
-			}
+		if err != nil || *v == nil {
+			continue
+		}
+		if cerr := engine.CheckTagValue(*v); cerr != nil {
+			err = fmt.Errorf("tag %q: value %v is not JSON: %w", req.Name, *v, cerr)
+		} else if b, _ := json.Marshal(*v); string(b) == "null" {
+			// A typed nil (a nil slice or map) is null, which is absent
+			// here as over the wire.
+			*v = nil
 		}
 	}
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"reflect"
 	"slices"
+	"unicode/utf8"
 )
 
 // Tags is a small per-row map of JSON-like values: nil, bool, float64,
@@ -139,16 +140,33 @@ func (t Tags) Equal(u Tags) bool {
 	return err1 == nil && err2 == nil && string(a) == string(b)
 }
 
-// Check reports the first tag whose value cannot be written as JSON, as
-// tags are kept and sent (a NaN or infinite number, a channel, a map
-// with keys that are not strings), with an error wrapping [ErrInvalid]
-// that names it. A controller refuses such tags whether or not it keeps
-// a log, so that what one accepts another can write back out.
+// Check reports the first tag that cannot be written as JSON, as tags
+// are kept and sent, and read back the same: a name that is empty or not
+// UTF-8, a string that is not UTF-8 (JSON would change its bytes), a NaN
+// or infinite number, a channel, a map with keys that are not strings.
+// The error wraps [ErrInvalid] and names the tag. A controller refuses
+// such tags whether or not it keeps a log, so that what one accepts
+// another can write back out.
 func (t Tags) Check() error {
 	for k, v := range t {
-		if err := checkJSON(v); err != nil {
-			return fmt.Errorf("tag %q: %w: %w", k, ErrInvalid, err)
+		switch {
+		case k == "":
+			return fmt.Errorf("empty tag name: %w", ErrInvalid)
+		case !utf8.ValidString(k):
+			return fmt.Errorf("tag name %q is not valid UTF-8: %w", k, ErrInvalid)
 		}
+		if err := CheckTagValue(v); err != nil {
+			return fmt.Errorf("tag %q: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// CheckTagValue is [Tags.Check] for one value: an error wrapping
+// [ErrInvalid] when it cannot be written as JSON and read back the same.
+func CheckTagValue(v any) error {
+	if err := checkJSON(v); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }
@@ -157,14 +175,19 @@ func (t Tags) Check() error {
 // rest.
 func checkJSON(v any) error {
 	switch x := v.(type) {
-	case nil, bool, string, int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, json.Number:
+	case nil, bool, int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, json.Number:
 		return nil
+	case string:
+		return checkUTF8(x)
 	case float64:
 		return checkFloat(x)
 	case float32:
 		return checkFloat(float64(x))
 	case map[string]any:
 		for k, e := range x {
+			if err := checkUTF8(k); err != nil {
+				return fmt.Errorf("key: %w", err)
+			}
 			if err := checkJSON(e); err != nil {
 				return fmt.Errorf("%q: %w", k, err)
 			}
@@ -182,6 +205,13 @@ func checkJSON(v any) error {
 	}
 	_, err := json.Marshal(v)
 	return err
+}
+
+func checkUTF8(s string) error {
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%q is not valid UTF-8 (JSON would change its bytes)", s)
+	}
+	return nil
 }
 
 func checkFloat(f float64) error {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/wire"
 )
 
 type command struct {
@@ -120,8 +122,21 @@ func (c *conn) dispatch(args [][]byte) {
 		c.leave = true
 	default:
 		c.once = cmd.once
-		cmd.fn(c, args)
+		c.run(cmd, string(name), args)
 	}
+}
+
+// run runs a command; a command that panics answers an error and leaves
+// the server serving (a bug in one command must not take the process,
+// and the data it holds in memory, down with it).
+func (c *conn) run(cmd command, name string, args [][]byte) {
+	defer func() {
+		if v := recover(); v != nil {
+			c.s.cfg.Logger.Error("resp: command panicked", "command", name, "panic", v, "stack", string(debug.Stack()))
+			c.writeError(fmt.Sprintf("ERR internal error in '%s': %v", strings.ToLower(name), v))
+		}
+	}()
+	cmd.fn(c, args)
 }
 
 // The subcommands of Redis 7.0 with their arities (COMMAND INFO of
@@ -223,6 +238,18 @@ func (c *conn) split(key []byte) (partition, k string, err error) {
 		return "", "", err
 	}
 	return partition, string(key), nil
+}
+
+// listed is how a key of the connection's partition is answered in a
+// listing (KEYS, SCAN, TQ.LIST, TQ.CHANGES): as itself, unless it would
+// read back as a key of another partition (it starts with "{x}", as a
+// key put through the Go API or as "{default}{x}k" may): then with the
+// partition in front, which split reads back as this key.
+func (c *conn) listed(key string) string {
+	if len(key) > 2 && key[0] == '{' && strings.IndexByte(key, '}') > 1 {
+		return "{" + c.partition + "}" + key
+	}
+	return key
 }
 
 // nameProblem says why name cannot be a TQ key, field or partition
@@ -776,8 +803,8 @@ func (c *conn) keys(args [][]byte) {
 			return
 		}
 		for _, k := range page {
-			if globMatch(pattern, k.Key) {
-				out = append(out, k.Key)
+			if name := c.listed(k.Key); globMatch(pattern, name) {
+				out = append(out, name)
 			}
 		}
 		if next == 0 {
@@ -847,7 +874,8 @@ func (c *conn) scan(args [][]byte) {
 	}
 	var out []string
 	for _, k := range page {
-		if !globMatch(pattern, k.Key) {
+		name := c.listed(k.Key)
+		if !globMatch(pattern, name) {
 			continue
 		}
 		if typ != "" {
@@ -855,7 +883,7 @@ func (c *conn) scan(args [][]byte) {
 				continue
 			}
 		}
-		out = append(out, k.Key)
+		out = append(out, name)
 	}
 	if err := c.s.st.ctrl.WaitDurable(c.ctx); err != nil {
 		c.writeErr(err)
@@ -1270,7 +1298,13 @@ func (c *conn) tqTagCAS(args [][]byte) {
 		i++
 		var v any = string(args[i])
 		if strings.HasSuffix(opt, "JSON") {
-			if err := json.Unmarshal(args[i], &v); err != nil {
+			// Numbers as the wire's tags have them: whole ones that fit
+			// as int64 (a nanosecond timestamp stays exact), one value.
+			var err error
+			if v, err = wire.TagValueFromPB(args[i]); err == nil && len(args[i]) == 0 {
+				err = errors.New("empty")
+			}
+			if err != nil {
 				c.writeError(fmt.Sprintf("ERR TQ.TAGCAS %s: %q is not JSON: %v", opt, clip(args[i]), err))
 				return
 			}
@@ -1318,7 +1352,7 @@ func tagConditions(args [][]byte) ([]engine.TagCondition, error) {
 			out = append(out, kvapi.Eq(name, string(args[i+2])))
 		case "IN":
 			n, err := strconv.Atoi(string(args[i+2]))
-			if err != nil || n < 1 || i+3+n > len(args) {
+			if err != nil || n < 1 || n > len(args)-(i+3) {
 				return nil, fmt.Errorf("IN %s: want a count and that many values", name)
 			}
 			vs := make([]any, n)
@@ -1355,7 +1389,7 @@ func (c *conn) tqList(args [][]byte) {
 	c.writeArray(len(es))
 	for _, e := range es {
 		c.writeArray(2)
-		c.writeBulkString(e.Key)
+		c.writeBulkString(c.listed(e.Key))
 		c.writeTags(e.Tags)
 	}
 }
@@ -1413,7 +1447,7 @@ func (c *conn) tqChanges(args [][]byte) {
 	c.writeArray(len(cs.Changes))
 	for _, ch := range cs.Changes {
 		c.writeArray(3)
-		c.writeBulkString(ch.Key)
+		c.writeBulkString(c.listed(ch.Key))
 		c.writeInt(int64(btoi(ch.Cleared)))
 		c.writeTags(ch.Tags)
 	}

@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -93,4 +96,37 @@ func FuzzServer(f *testing.F) {
 		require.NoError(t, rc.Set(ctx, "{fz}keep", "safe", 0).Err())
 		require.Equal(t, "safe", rc.Get(ctx, "{fz}keep").Val())
 	})
+}
+
+// Every command given arguments drawn from odd tokens (huge and negative
+// counts, braces, bad UTF-8, option names out of place) answers without
+// panicking: TQ.LIST IN with a count near the largest int once passed its
+// check by overflow and crashed the server making the value list. A
+// command that panics now answers an internal error instead of taking
+// the process down; none of these may.
+func TestCommandsWithOddArguments(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go io.Copy(io.Discard, b)
+	c := e.srv.newConn(a)
+	tokens := []string{"", "0", "1", "-1", "2", "3", "9223372036854775807", "-9223372036854775808", "18446744073709551615",
+		"9223372036854775805", "4611686018427387903", "k", "{p}k", "{p}", "{}", "f", "value", "\xff", "*", "[", "\\", "?",
+		"MATCH", "COUNT", "TYPE", "string", "hash", "EQ", "IN", "EXISTS", "ABSENT", "OLD", "NEW", "OLDJSON", "NEWJSON",
+		"DELETE", "null", "[]", "1e400", "\"x\"", "1]", "TIMEOUT", "01", "GET", "SET", "AUTH", "default", "SETNAME",
+		"ASYNC", "SYNC", "NX", "EX", "KEEPTTL", "LIB-NAME"}
+	names := slices.Sorted(maps.Keys(commands))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		args := [][]byte{[]byte(names[rng.IntN(len(names))])}
+		for range rng.IntN(7) {
+			args = append(args, []byte(tokens[rng.IntN(len(tokens))]))
+		}
+		c.dispatch(args)
+		require.NotContains(t, string(c.out), "internal error", "%q", args)
+		c.out, c.quit = c.out[:0], false
+	}
+	c.dispatch([][]byte{[]byte("TQ.LIST"), []byte("IN"), []byte("t"), []byte("9223372036854775805"), []byte("v")})
+	require.Equal(t, "-ERR TQ.LIST IN t: want a count and that many values\r\n", string(c.out))
 }

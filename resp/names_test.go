@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // TestNamesTQCannotHold checks that every command given a key, field or
@@ -48,4 +50,69 @@ func TestNamesTQCannotHold(t *testing.T) {
 	// The connection goes on in the partition it had.
 	require.NoError(t, rc.Set(ctx, "ok", "v", 0).Err())
 	assert.Equal(t, "v", rc.Get(ctx, "ok").Val())
+}
+
+// A key listed by KEYS, SCAN, TQ.LIST or TQ.CHANGES names that key when a
+// client sends it back: one of the connection's partition that starts
+// with "{x}" (put through the Go API, or as "{default}{x}k") is listed
+// with its partition in front. Listed as itself, it read back as key k of
+// partition x: GET answered another key's value, and the usual "delete
+// everything SCAN lists" loop deleted keys of another partition.
+func TestListedKeysNameThemselves(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	val := func(s string) *engine.Batch {
+		return engine.MustBatch(engine.Field{Name: "value", Col: engine.BytesOf([][]byte{[]byte(s)})})
+	}
+	_, err := e.kv.Put(ctx, "scratch", "{results}best", val("in scratch"), engine.Tags{"s": "x"})
+	require.NoError(t, err)
+	_, err = e.kv.Put(ctx, "scratch", "plain", val("plain"), engine.Tags{"s": "x"})
+	require.NoError(t, err)
+	_, err = e.kv.Put(ctx, "results", "best", val("in results"), nil)
+	require.NoError(t, err)
+	require.NoError(t, rc.Do(ctx, "SELECT", "scratch").Err())
+
+	want := []string{"{scratch}{results}best", "plain"}
+	keys, err := rc.Keys(ctx, "*").Result()
+	require.NoError(t, err)
+	assert.ElementsMatch(t, want, keys)
+	assert.Equal(t, "in scratch", rc.Get(ctx, "{scratch}{results}best").Val())
+	list, err := rc.Do(ctx, "TQ.LIST", "EQ", "s", "x").Slice()
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	assert.ElementsMatch(t, want, []any{list[0].([]any)[0], list[1].([]any)[0]})
+	ch, err := rc.Do(ctx, "TQ.CHANGES", "").Slice()
+	require.NoError(t, err)
+	changed := ch[3].([]any)
+	require.Len(t, changed, 2)
+	assert.ElementsMatch(t, want, []any{changed[0].([]any)[0], changed[1].([]any)[0]})
+
+	iter := rc.Scan(ctx, 0, "*", 100).Iterator()
+	for iter.Next(ctx) {
+		require.NoError(t, rc.Del(ctx, iter.Val()).Err())
+	}
+	require.NoError(t, iter.Err())
+	assert.Equal(t, []bool{false, false}, e.e.Controller.HasKeys("scratch", []string{"{results}best", "plain"}))
+	assert.Equal(t, []bool{true}, e.e.Controller.HasKeys("results", []string{"best"}), "another partition's key survives the sweep")
+}
+
+// Tags are JSON text the controller keeps and logs, so a tag name that is
+// empty or not UTF-8, or a value that is not UTF-8 (JSON would change its
+// bytes, and they read back otherwise after a restart), is refused, by
+// TQ.TAG and TQ.TAGCAS as by the commands that name a tag to read.
+func TestTagNamesAndValuesTQCannotHold(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	for _, cmd := range [][]any{
+		{"TQ.TAG", "k", "", "v"}, {"TQ.TAG", "k", "\xff", "v"}, {"TQ.TAG", "k", "t", "a\xffb"},
+		{"TQ.TAGCAS", "k", "t", "ABSENT", "NEW", "a\xffb"}, {"TQ.TAGCAS", "k", "\xff", "ABSENT", "NEW", "v"},
+		{"TQ.TAGDEL", "k", ""}, {"TQ.TAGDEL", "k", "\xff"},
+	} {
+		err := rc.Do(ctx, cmd...).Err()
+		require.Error(t, err, "%q", cmd)
+		assert.Regexp(t, `^ERR .*(empty tag name|not valid UTF-8)`, err.Error(), "%q", cmd)
+	}
+	assert.Equal(t, []bool{false}, e.e.Controller.HasKeys("default", []string{"k"}), "nothing was written")
 }

@@ -519,6 +519,19 @@ func TestTagCommands(t *testing.T) {
 	err := rc.Do(ctx, "TQ.TAGCAS", "s2", "n", "NEW", "x").Err()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "needs the old value")
+	// JSON numbers as the Go API keeps them: an integer past a float64's
+	// 53 bits (a timestamp in nanoseconds) stays exact and matches.
+	assert.Equal(t, []any{int64(1), "1700000000123456789"}, rc.Do(ctx, "TQ.TAGCAS", "s3", "ts", "ABSENT", "NEWJSON", "1700000000123456789").Val())
+	assert.Equal(t, []any{int64(1), "1700000000123456790"}, rc.Do(ctx, "TQ.TAGCAS", "s3", "ts", "OLDJSON", "1700000000123456789", "NEWJSON", "1700000000123456790").Val())
+	all, err := e.kv.List(ctx, "default")
+	require.NoError(t, err)
+	assert.Equal(t, int64(1700000000123456790), all["default"][2].Tags["ts"])
+	for _, bad := range []string{"", "1]", "1e400", "{"} {
+		err := rc.Do(ctx, "TQ.TAGCAS", "s3", "ts", "ABSENT", "NEWJSON", bad).Err()
+		require.Error(t, err, "%q", bad)
+		assert.Contains(t, err.Error(), "is not JSON", "%q", bad)
+	}
+	require.NoError(t, rc.Do(ctx, "TQ.TAGDEL", "s3", "ts").Err())
 
 	// The filter runs in the controller.
 	list := rc.Do(ctx, "TQ.LIST", "EQ", "status", "running").Val().([]any)
