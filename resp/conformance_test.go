@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -392,4 +393,33 @@ var scanCases = [][]string{
 	{"SCAN", "0", "TYPE"},
 	{"SCAN", "0", "TYPE", "nosuch"},
 	{"SCAN", "0", "count", "0", "MATCH", "*"},
+}
+
+// TestInlineMatchesRedis types inline commands at TQ's endpoint and at a
+// real redis-server and compares the replies byte for byte: Redis's
+// escapes (\a \b \xHH, \' in single quotes), quotes opening in a word,
+// \r between words, and the unbalanced-quotes error. Each line gets a
+// connection of its own (an error closes it).
+func TestInlineMatchesRedis(t *testing.T) {
+	rd := startRedis(t)
+	e := newEndpoint(t, Config{})
+	typed := func(addr, line string) string {
+		c, err := dialRaw(addr)
+		require.NoError(t, err)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.WriteString(c, line)
+		require.NoError(t, err)
+		var out strings.Builder
+		require.NoError(t, c.reply(&out), "%q", line)
+		return out.String()
+	}
+	for _, line := range []string{
+		"ECHO \"\\a\\b\\n\\r\\t\\q\"\r\n", "ECHO 'it\\'s'\r\n", "ECHO 'a\\b'\r\n", "ECHO a\"b c\"\r\n",
+		"ECHO a'b c'\r\n", "ECHO \"a\"\"b\"\r\n", "ECHO a\rb\r\n", "ECHO \"\\x4g\"\r\n", "ECHO \"\\xfF\\x41\"\r\n",
+		"ECHO ''\r\n", "ECHO \"\"\r\n", "   \t\r\nPING\r\n", "ECHO \"unbalanced\r\n", "ECHO 'open\r\n",
+		"ECHO \"a\"b\r\n", "ECHO x \"\\\"\"\r\n", "ECHO \"ends\\\r\n", "\vECHO\fx\r\n",
+	} {
+		assert.Equal(t, typed(rd, line), typed(e.addr, line), "%q", line)
+	}
 }

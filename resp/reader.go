@@ -2,7 +2,6 @@ package resp
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -252,9 +251,8 @@ func (r *reader) line(limit int) ([]byte, error) {
 	return out, nil
 }
 
-// inline reads a command typed as a line: words split at spaces, with
-// double-quoted words that may hold \n \r \t \\ \" and \xHH escapes, and
-// single-quoted words taken as they are.
+// inline reads a command typed as a line, split into words as Redis
+// splits one (see splitInline).
 func (r *reader) inline() ([][]byte, error) {
 	limit := maxInline
 	if !r.authed {
@@ -275,63 +273,113 @@ func (r *reader) inline() ([][]byte, error) {
 	return r.args, nil
 }
 
+// splitInline splits an inline command's line into words by Redis's
+// rules (sdssplitargs): blanks between words; a double-quoted section
+// takes \n \r \t \b \a, \xHH and \ before any other character as that
+// character; a single-quoted one takes \' as a quote and everything else
+// as it is; a quote may open a section in the middle of a word, and a
+// closing quote must end the word.
 func splitInline(line []byte) ([][]byte, error) {
+	unbalanced := protoErr("unbalanced quotes in request")
 	var args [][]byte
-	for {
-		line = bytes.TrimLeft(line, " \t")
-		if len(line) == 0 {
+	for p := 0; ; {
+		for p < len(line) && isSpace(line[p]) {
+			p++
+		}
+		if p == len(line) {
 			return args, nil
 		}
-		var word []byte
-		switch q := line[0]; q {
-		case '"', '\'':
-			i := 1
-			for ; i < len(line) && line[i] != q; i++ {
-				c := line[i]
-				if q == '"' && c == '\\' && i+1 < len(line) {
-					i++
-					switch e := line[i]; e {
-					case 'n':
-						c = '\n'
-					case 'r':
-						c = '\r'
-					case 't':
-						c = '\t'
-					case 'x':
-						if i+2 < len(line) {
-							if v, err := strconv.ParseUint(string(line[i+1:i+3]), 16, 8); err == nil {
-								c = byte(v)
-								i += 2
-								break
-							}
-						}
-						c = e
-					default:
-						c = e
+		word := []byte{}
+		for inq, insq, done := false, false, false; !done; p++ {
+			switch {
+			case inq:
+				switch {
+				case p == len(line):
+					return nil, unbalanced
+				case line[p] == '\\' && p+3 < len(line) && line[p+1] == 'x' && isHex(line[p+2]) && isHex(line[p+3]):
+					word = append(word, unhex(line[p+2])<<4|unhex(line[p+3]))
+					p += 3
+				case line[p] == '\\' && p+1 < len(line):
+					p++
+					word = append(word, unescape(line[p]))
+				case line[p] == '"':
+					if p+1 < len(line) && !isSpace(line[p+1]) {
+						return nil, unbalanced // a closing quote must end the word
 					}
+					done = true
+				default:
+					word = append(word, line[p])
 				}
-				word = append(word, c)
+			case insq:
+				switch {
+				case p == len(line):
+					return nil, unbalanced
+				case line[p] == '\\' && p+1 < len(line) && line[p+1] == '\'':
+					p++
+					word = append(word, '\'')
+				case line[p] == '\'':
+					if p+1 < len(line) && !isSpace(line[p+1]) {
+						return nil, unbalanced
+					}
+					done = true
+				default:
+					word = append(word, line[p])
+				}
+			case p == len(line):
+				done = true
+				p-- // the loop's p++ must not pass the end
+			default:
+				switch c := line[p]; c {
+				case ' ', '\n', '\r', '\t':
+					done = true
+				case '"':
+					inq = true
+				case '\'':
+					insq = true
+				default:
+					word = append(word, c)
+				}
 			}
-			if i == len(line) {
-				return nil, protoErr("unbalanced quotes in inline command")
-			}
-			line = line[i+1:]
-			if len(line) > 0 && line[0] != ' ' && line[0] != '\t' {
-				return nil, protoErr("closing quote must be followed by a space")
-			}
-			if word == nil {
-				word = []byte{}
-			}
-		default:
-			end := bytes.IndexAny(line, " \t")
-			if end < 0 {
-				end = len(line)
-			}
-			word = append([]byte(nil), line[:end]...)
-			line = line[end:]
 		}
 		args = append(args, word)
 	}
+}
+
+// isSpace is C's isspace, which Redis skips blanks between words with.
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c >= 'a':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+// unescape is the character a backslash before c in double quotes stands
+// for.
+func unescape(c byte) byte {
+	switch c {
+	case 'n':
+		return '\n'
+	case 'r':
+		return '\r'
+	case 't':
+		return '\t'
+	case 'b':
+		return '\b'
+	case 'a':
+		return '\a'
+	}
+	return c
 }
 
 // done ends the last command: its mapped arguments are unmapped, and a
