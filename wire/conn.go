@@ -24,6 +24,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -57,6 +58,13 @@ type ConnConfig struct {
 	// takes many minutes to give up on a host that is gone. 0 means
 	// DefaultWriteTimeout; negative, no bound.
 	WriteTimeout time.Duration
+	// LateReply, when set, takes the op and body of each successful
+	// reply to a call its caller gave up on (Do returned without it,
+	// [Conn.DoGrace]'s grace included): one that opened a hold on the peer
+	// (a lease, a reservation) nobody learned of, which the connection
+	// would otherwise keep until it ends. It runs on the connection's
+	// reader goroutine and must not block: send the release from another.
+	LateReply func(op Op, body []byte)
 }
 
 func (c ConnConfig) withDefaults() ConnConfig {
@@ -292,6 +300,27 @@ func (c *Conn) DoGrace(ctx context.Context, grace time.Duration, op Op, body pro
 	return nil
 }
 
+// HoldReleaser returns a [ConnConfig.LateReply] that gives back the hold
+// a late ACQUIRE or RESERVE answer opened (a lease, a reservation nobody
+// learned of): RELEASE or RESERVE_ABORT, sent through cleanup (say
+// [Conn.Cleanup]) from a goroutine of its own.
+func HoldReleaser(cleanup func(op Op, body proto.Message)) func(Op, []byte) {
+	return func(op Op, body []byte) {
+		switch op {
+		case OpAcquire:
+			var r wirepb.AcquireReply
+			if proto.Unmarshal(body, &r) == nil {
+				go cleanup(OpRelease, &wirepb.ReleaseRequest{Lease: r.Lease})
+			}
+		case OpReserve:
+			var r wirepb.ReserveReply
+			if proto.Unmarshal(body, &r) == nil {
+				go cleanup(OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.Reservation})
+			}
+		}
+	}
+}
+
 // Cleanup sends a best-effort request that gives a hold back (an abort, a
 // release), bounded by 2 s: a failure is harmless, as the peer gives the
 // connection's holds back when it ends.
@@ -424,6 +453,13 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	}
 	c.mu.Unlock()
 	if c.w.unqueue(f) {
+		if receiving {
+			// A peer that answers a request before it was sent (none but
+			// a broken or hostile one): the reader holds the call and
+			// its buffers until it finishes it.
+			<-cl.done
+			return true
+		}
 		return pending
 	}
 	if cancel && pending && !receiving {
@@ -520,6 +556,9 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	}
 	c.mu.Unlock()
 	if cl == nil { // abandoned call: skip its reply
+		if late := c.cfg.LateReply; late != nil && h.Flags&FlagError == 0 {
+			late(h.Op, bytes.Clone(body))
+		}
 		_, err := io.CopyN(io.Discard, br, int64(h.PayloadLen))
 		return c.readErr(err)
 	}

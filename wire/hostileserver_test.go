@@ -190,3 +190,120 @@ func pipeCall(t *testing.T) (srv net.Conn, done <-chan error) {
 	go func() { out <- c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
 	return srv, out
 }
+
+// TestAnswerBeforeRequestSent: a server that answers a request before the
+// client has written it (ids are a counter, easy to guess) while it waits
+// in the queue behind a large payload, and sends the answer's payload
+// slowly. When the call's context ends meanwhile, Do must not return
+// while the reader still fills the caller's buffer (it took the frame out
+// of the queue and returned at once), and the answer must not complete
+// the call that reuses its request (one the server never answers).
+func TestAnswerBeforeRequestSent(t *testing.T) {
+	cli, srv := net.Pipe()
+	c := NewConn(cli, ConnConfig{KeepAlive: -1})
+	t.Cleanup(func() { srv.Close(); c.Close() })
+
+	// Call 1: a payload the server does not read, so the writer stalls.
+	go c.Do(context.Background(), opEcho, &wirepb.Ping{}, net.Buffers{make([]byte, 1<<20)}, &wirepb.Ping{}, nil)
+	_, err := io.ReadFull(srv, make([]byte, HeaderSize))
+	require.NoError(t, err)
+
+	// Call 2, queued behind it, answered at once with half its payload.
+	buf := make([]byte, 10)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	done2, done3 := make(chan error, 1), make(chan error, 1)
+	go func() {
+		done2 <- c.Do(ctx2, opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, func(Header, proto.Message) ([][]byte, error) { return [][]byte{buf}, nil })
+		// Call 3 on the same goroutine (the pool may hand it call 2's
+		// request): never answered.
+		ctx3, cancel3 := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel3()
+		done3 <- c.Do(ctx3, opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	body, _ := proto.Marshal(&wirepb.Ping{Nonce: 42})
+	h := Header{Version: Version, Flags: FlagReply, Op: opEcho, ID: 2, BodyLen: uint32(len(body)), PayloadLen: 10}
+	_, err = srv.Write(append(append(h.Append(nil), body...), "HELLO"...))
+	require.NoError(t, err)
+	select {
+	case err := <-done2:
+		t.Fatalf("call 2 returned (%v) while the reader was filling its buffer", err)
+	case <-time.After(300 * time.Millisecond): // well past its deadline
+	}
+	_, err = srv.Write([]byte("WORLD"))
+	require.NoError(t, err)
+	<-done2
+	require.Equal(t, "HELLOWORLD", string(buf), "the reader finished before Do returned")
+	go io.Copy(io.Discard, srv) // the writer goes on
+	select {
+	case err := <-done3:
+		t.Fatalf("call 3, never answered, returned %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// TestLateReplyReported: an answer that comes after its caller gave up
+// (DoGrace's grace passed) goes to ConnConfig.LateReply with its op and
+// body, so that a hold it opened can be given back; error answers and
+// answers to calls still waiting do not.
+func TestLateReplyReported(t *testing.T) {
+	cli, srv := net.Pipe()
+	type late struct {
+		op   Op
+		body []byte
+	}
+	got := make(chan late, 4)
+	c := NewConn(cli, ConnConfig{KeepAlive: -1, LateReply: func(op Op, body []byte) { got <- late{op, body} }})
+	t.Cleanup(func() { srv.Close(); c.Close() })
+	readRequest := func() Header {
+		hb := make([]byte, HeaderSize)
+		_, err := io.ReadFull(srv, hb)
+		require.NoError(t, err)
+		h, err := DecodeHeader(hb)
+		require.NoError(t, err)
+		_, err = io.CopyN(io.Discard, srv, int64(h.BodyLen)+int64(h.PayloadLen))
+		require.NoError(t, err)
+		return h
+	}
+	answer := func(id uint64, flags Flags, m proto.Message) {
+		body, _ := proto.Marshal(m)
+		h := Header{Version: Version, Flags: FlagReply | flags, Op: OpAcquire, ID: id, BodyLen: uint32(len(body))}
+		_, err := srv.Write(append(h.Append(nil), body...))
+		require.NoError(t, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.DoGrace(ctx, 20*time.Millisecond, OpAcquire, &wirepb.AcquireRequest{}, nil, &wirepb.AcquireReply{})
+	}()
+	h := readRequest()
+	if cr := readRequest(); cr.Op != OpCancel { // the cancel the caller sends when it gives up
+		t.Fatalf("want a CANCEL, got %v", cr.Op)
+	}
+	require.ErrorIs(t, <-done, context.DeadlineExceeded)
+	answer(h.ID, 0, &wirepb.AcquireReply{Lease: 77})
+	select {
+	case l := <-got:
+		var r wirepb.AcquireReply
+		require.NoError(t, proto.Unmarshal(l.body, &r))
+		require.Equal(t, OpAcquire, l.op)
+		require.Equal(t, uint64(77), r.Lease)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the late answer was not reported")
+	}
+	answer(h.ID+100, FlagError, &wirepb.Error{Code: wirepb.Code_CODE_CANCELED})
+	var r wirepb.AcquireReply
+	go func() { done <- c.Do(context.Background(), OpAcquire, &wirepb.AcquireRequest{}, nil, &r, nil) }()
+	h = readRequest()
+	answer(h.ID, 0, &wirepb.AcquireReply{Lease: 78})
+	require.NoError(t, <-done)
+	require.Equal(t, uint64(78), r.Lease)
+	select {
+	case l := <-got:
+		t.Fatalf("reported %v, which was an error or answered a waiting call", l.op)
+	case <-time.After(100 * time.Millisecond):
+	}
+}

@@ -159,7 +159,11 @@ func (c *Conn) dial(ctx context.Context, peer engine.PeerInfo) error {
 	}()
 	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name,
 		UnitId: uint32(peer.Unit), Incarnation: peer.Incarnation}
-	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
+	// A lease or reservation whose answer came after its caller gave
+	// up is given back at once, not held until the connection ends.
+	cc := c.cfg.Conn
+	cc.LateReply = wire.HoldReleaser(c.cleanup)
+	wc, reply, err := wire.Dial(ctx, c.addr, hello, cc)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package shm
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -130,4 +131,42 @@ func TestClientExitGivesHoldsBackAtOnce(t *testing.T) {
 	got := settle(t, tu.u) // fails past 5 s
 	assert.Zero(t, got.Quarantined, "quarantined bytes after the client died")
 	assert.Equal(t, int64(1<<20), got.Used, "bytes used after the client died (its one committed extent)")
+}
+
+// An ACQUIRE answered after its caller gave up (the unit's read loop was
+// held up by an inline WRITE waiting for room, past the caller's deadline
+// and the grace) opened a lease the client never learned of: the unit
+// kept it, and its extent out of the pool, for as long as the connection
+// lived (one per unit per process: for good). The late answer is now
+// released at once.
+func TestLateAcquireReleased(t *testing.T) {
+	tu := smallUnit(t, storage.ServerConfig{ReserveWait: 500 * time.Millisecond})
+	c := dialUnit(t, tu, Config{Control: ControlRing, Grace: 50 * time.Millisecond})
+	ctx := t.Context()
+	addrs, err := c.Write(ctx, [][][]byte{{make([]byte, 1024)}})
+	require.NoError(t, err)
+	for { // fill the unit
+		r, err := tu.u.Reserve(engine.WithoutWait(ctx), []int64{4096})
+		if err != nil {
+			break
+		}
+		defer r.Abort()
+	}
+	wrote := make(chan error, 1)
+	go func() { // waits for room, holding up the unit's read loop
+		_, err := c.Write(ctx, [][][]byte{{make([]byte, 8<<10)}})
+		wrote <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	vctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = c.View(vctx, addrs)
+	cancel()
+	if err == nil {
+		t.Skip("the view was answered in time: nothing to test")
+	}
+	require.ErrorIs(t, <-wrote, engine.ErrCapacity)
+	require.NoError(t, c.Free(ctx, addrs))
+	require.Eventually(t, func() bool { return tu.u.Stats().Leases == 0 }, 10*time.Second, 5*time.Millisecond,
+		"the lease the late answer opened is released, the connection alive (gone: %v)", c.Gone())
+	assert.False(t, c.Gone())
 }

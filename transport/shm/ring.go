@@ -109,7 +109,7 @@ func (c *Conn) dialRing(ctx context.Context, hello *wirepb.Hello) (*wire.Conn, e
 		uc.Close()
 		return nil, errors.Join(otherVersion(err), shmring.Unmap(mem))
 	}
-	wc := wire.NewConn(rc, c.cfg.Conn) // owns rc
+	wc := wire.NewConn(rc, c.connConfig()) // owns rc
 	if _, err := wc.Hello(ctx, hello); err != nil {
 		wc.Close()
 		return nil, err

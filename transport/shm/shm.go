@@ -209,7 +209,7 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 	// The unit refuses the handshake if it is not the one meant (another
 	// id, or a later run of it).
 	hello := &wirepb.Hello{Role: "client", HostId: hostid.ID(), Token: c.cfg.Token, Name: c.cfg.Name, UnitId: uint32(unit), Incarnation: inc}
-	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.cfg.Conn)
+	wc, reply, err := wire.Dial(ctx, c.addr, hello, c.connConfig())
 	if err != nil {
 		return err
 	}
@@ -387,6 +387,15 @@ func (c *Conn) do(ctx context.Context, op wire.Op, body, reply proto.Message) er
 // (or, for an inline WRITE, stores an extent): see wire.Conn.DoGrace.
 func (c *Conn) doHeld(ctx context.Context, op wire.Op, body proto.Message, payload net.Buffers, reply proto.Message) error {
 	return c.wc.DoGrace(ctx, c.cfg.Grace, op, body, payload, reply)
+}
+
+// connConfig is the config of the unit's connections, socket or ring: a
+// lease or reservation whose answer came after its caller gave up is
+// given back at once, not held until the connection ends.
+func (c *Conn) connConfig() wire.ConnConfig {
+	cc := c.cfg.Conn
+	cc.LateReply = wire.HoldReleaser(c.cleanup)
+	return cc
 }
 
 // cleanup sends a best-effort ABORT or RELEASE (wire.Conn.Cleanup).
