@@ -120,6 +120,10 @@ type Server struct {
 	// or Close begins; blocked fetches and unit polls watch it.
 	stop   context.Context
 	cancel context.CancelCauseFunc
+
+	// holding, while set, is why connections other than storage units'
+	// are refused (see HoldClients).
+	holding atomic.Pointer[string]
 }
 
 // handler serves one control op: it decodes body and returns the reply
@@ -169,6 +173,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Logger:        cfg.Logger,
 		Observer:      cfg.Observer,
 		Loops:         cfg.Loops,
+		CheckHello:    s.checkHello,
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put
@@ -214,6 +219,28 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		}
 	}
 	return s
+}
+
+// unitRole is the role storage units give in their Hello
+// (storage.Role).
+const unitRole = "unit"
+
+// HoldClients refuses, until AdmitClients, every connection but those of
+// storage units, with an error wrapping [engine.ErrNotReady] that gives
+// why: while a checkpoint named at start is restored, the units must
+// register and take its cells, and a change a client made meanwhile would
+// be acknowledged and then replaced by the load. Connections open already
+// are not affected.
+func (s *Server) HoldClients(why string) { s.holding.Store(&why) }
+
+// AdmitClients ends HoldClients.
+func (s *Server) AdmitClients() { s.holding.Store(nil) }
+
+func (s *Server) checkHello(peer *wirepb.Hello) (*wirepb.Hello, error) {
+	if why := s.holding.Load(); why != nil && peer.Role != unitRole {
+		return nil, fmt.Errorf("the controller is %s; connect again once it is ready: %w", *why, engine.ErrNotReady)
+	}
+	return nil, nil
 }
 
 // Serve accepts connections on l until the server closes; it returns nil

@@ -395,6 +395,10 @@ func (s *server) startController() error {
 	if s.metrics != nil {
 		s.metrics.AddController(ctrl, s.ctrlSrv)
 	}
+	if s.cfg.Restore != "" {
+		// Only units until the checkpoint is in (see restore).
+		s.ctrlSrv.HoldClients("restoring checkpoint " + s.cfg.Restore)
+	}
 	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -760,10 +764,15 @@ func (s *server) logf(format string, args ...any) {
 // --in-memory). Loaded over a restarted controller, it would drop every
 // key written and acknowledged since the checkpoint and free their cells.
 // --restore-force loads it all the same.
+//
+// Until it is done the controller refuses clients (units may connect, to
+// take the checkpoint's cells): a change one made meanwhile would be
+// acknowledged, then replaced by the load.
 func (s *server) restore(ctx context.Context) error {
 	if s.cfg.Restore == "" || s.ctrlSrv == nil {
 		return nil
 	}
+	defer s.ctrlSrv.AdmitClients()
 	if s.held > 0 && !s.restoreForce {
 		fmt.Fprintf(s.out, "tq serve: not restoring checkpoint %s: the controller's state in %s holds %d partition(s) from an earlier start, which the checkpoint would replace, dropping what was written since it (--restore loads only into a controller that holds none; give --restore-force once to load it all the same)\n",
 			s.cfg.Restore, s.cfg.controllerDir(), s.held)

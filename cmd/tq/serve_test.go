@@ -304,3 +304,76 @@ func TestShmQuarantineReachesTheUnits(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreHoldsClientsBack: a controller started with --restore
+// serves its endpoint at once, for the units that must take the
+// checkpoint's cells, and loads the checkpoint once one is alive. A
+// client's change in between was acknowledged, then replaced by the load
+// (its key gone, its cells freed). Until the restore is done the
+// controller now refuses clients, saying why; units register, and the
+// clients that come after find the checkpoint.
+func TestRestoreHoldsClientsBack(t *testing.T) {
+	bin := tqBinary(t)
+	data, socks := t.TempDir(), t.TempDir()
+	ctrlArgs := []string{"--role", "controller", "--listen", "", "--socket-dir", socks, "--heartbeat", "100ms"}
+	ctrl := startServeIn(t, data, nil, bin, ctrlArgs...)
+	addr := ctrl.addr("unix")
+	unit := startServeIn(t, data, nil, bin, "--role", "unit", "--controller", addr, "--unit-listen", "", "--socket-dir", socks, "--capacity", "16MiB")
+	putInt(t, kvapi.New(connectTo(t, ctrl, addr)), "p", "before", 1)
+	out, err := runTQ(t, ctrl, bin, "checkpoint", "save", addr, "c0")
+	require.NoError(t, err, out)
+	unit.stop(t)
+	ctrl.stop(t)
+
+	// A fresh controller restores c0; it waits for a unit to be alive.
+	fresh, socks2 := t.TempDir(), t.TempDir()
+	require.NoError(t, os.CopyFS(filepath.Join(fresh, "checkpoints", "c0"), os.DirFS(filepath.Join(data, "checkpoints", "c0"))))
+	cmd := exec.Command(bin, "serve", "--role", "controller", "--listen", "", "--socket-dir", socks2, "--heartbeat", "100ms", "--restore", "c0")
+	cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+fresh)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() })
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			t.Logf("serve: %s", sc.Text())
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var addr2 string
+	for addr2 == "" {
+		l, ok := <-lines
+		require.True(t, ok, "tq serve exited")
+		if rest, ok := strings.CutPrefix(l, "tq serve: controller on "); ok {
+			addr2 = strings.Fields(rest)[0]
+		}
+	}
+	tok, err := os.ReadFile(filepath.Join(fresh, auth.TokenFile))
+	require.NoError(t, err)
+	token := strings.TrimSpace(string(tok))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, _, err = wire.Dial(ctx, addr2, &wirepb.Hello{Role: "client", Token: token}, wire.ConnConfig{})
+	require.ErrorIs(t, err, engine.ErrNotReady, "a client while the checkpoint is not in")
+	require.ErrorContains(t, err, "restoring checkpoint c0")
+
+	// A unit comes up; the restore goes on, then clients are let in.
+	startServeIn(t, fresh, nil, bin, "--role", "unit", "--controller", addr2, "--unit-listen", "", "--socket-dir", socks2, "--capacity", "16MiB")
+	for l := range lines {
+		if l == "tq serve: ready" {
+			break
+		}
+	}
+	wc, _, err := wire.Dial(ctx, addr2, &wirepb.Hello{Role: "client", Token: token}, wire.ConnConfig{})
+	require.NoError(t, err)
+	defer wc.Close()
+	var keys wirepb.ListKeysReply
+	require.NoError(t, wc.Do(ctx, wire.OpListKeys, &wirepb.ListKeysRequest{Partition: "p"}, nil, &keys, nil))
+	require.Len(t, keys.Partitions, 1)
+	require.Len(t, keys.Partitions[0].Keys, 1)
+	assert.Equal(t, "before", keys.Partitions[0].Keys[0].Key, "the checkpoint's key")
+}
