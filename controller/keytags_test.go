@@ -295,16 +295,31 @@ func TestTagsWithoutJSONRefused(t *testing.T) {
 			{"score": math.Inf(-1)},
 			{"nested": map[string]any{"r": []any{1, float32(math.Inf(1))}}},
 			{"ch": make(chan int)},
+			{"n": json.Number("1e400")},       // the log would hold what no restart reads back
+			{"u": uint64(math.MaxUint64 - 1)}, // it would read back as a float64
+			{"s": "a\xffb"},                   // JSON would change its bytes
+			{"": 1},
 		} {
 			_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k"}, Tags: []engine.Tags{tags}})
 			require.ErrorIs(t, err, engine.ErrInvalid, "%s: %v", name, tags)
-			assert.Contains(t, err.Error(), `key "k": tag "`, name)
+			assert.Regexp(t, `key "k": (tag "|empty tag name)`, err.Error(), name)
 			err = c.SetTags("p", []uint64{0}, []engine.Tags{tags})
 			assert.ErrorIs(t, err, engine.ErrInvalid, "%s: SET_TAGS %v", name, tags)
 		}
 		assert.Equal(t, []bool{false}, c.HasKeys("p", []string{"k"}), name)
 		require.NoError(t, c.Save(filepath.Join(t.TempDir(), "ck")), name)
 	}
+	// What is taken reads back the same after a restart.
+	dir := t.TempDir()
+	d := openDurable(t, dir, Config{})
+	ok := engine.Tags{"i": uint64(math.MaxInt64), "n": json.Number("12.5"), "m": json.Number("-7"), "s": "ünï"}
+	putTags(t, d, "p", []string{"k"}, ok)
+	want := stateBytes(t, d)
+	require.NoError(t, d.Close())
+	d = openDurable(t, dir, Config{})
+	t.Cleanup(func() { d.Close() })
+	assert.Equal(t, want, stateBytes(t, d))
+	assert.Equal(t, engine.Tags{"i": int64(math.MaxInt64), "n": 12.5, "m": int64(-7), "s": "ünï"}, tagsOf(t, d, "p")["k"])
 
 	_, addr := startServer(t, mem, ServerConfig{}, "unix")
 	conn := dialRaw(t, addr, "")

@@ -175,7 +175,21 @@ func CheckTagValue(v any) error {
 // rest.
 func checkJSON(v any) error {
 	switch x := v.(type) {
-	case nil, bool, int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8, json.Number:
+	case nil, bool, int, int64, int32, int16, int8, uint32, uint16, uint8:
+		return nil
+	case uint:
+		return checkUint(uint64(x))
+	case uint64:
+		return checkUint(x)
+	case json.Number:
+		// As a reader of the JSON takes it (wire.JSONFromPB): an int64,
+		// else a finite float64.
+		if _, err := x.Int64(); err == nil {
+			return nil
+		}
+		if f, err := x.Float64(); err != nil || math.IsInf(f, 0) {
+			return fmt.Errorf("number %s is not one a float64 holds", x)
+		}
 		return nil
 	case string:
 		return checkUTF8(x)
@@ -205,6 +219,15 @@ func checkJSON(v any) error {
 	}
 	_, err := json.Marshal(v)
 	return err
+}
+
+// checkUint refuses what a reader of the JSON would take back as another
+// number: it keeps whole numbers as int64, others as float64.
+func checkUint(u uint64) error {
+	if u > math.MaxInt64 {
+		return fmt.Errorf("%d is beyond an int64, and would read back as %v", u, float64(u))
+	}
+	return nil
 }
 
 func checkUTF8(s string) error {
