@@ -171,11 +171,6 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
 	}
 	b := &reserved{c: c, unit: u, res: res, fields: make([]engine.Field, len(fields))}
-	// A buffer dropped without Commit or Abort gives its extents back
-	// once collected: the unit holds them until the reservation ends (a
-	// slow filler must never write into another put's memory), so nothing
-	// else would.
-	b.cleanup = runtime.AddCleanup(b, abortDropped, res)
 	for i, f := range fields {
 		col, err := f.column(kinds[i], n, res.Buf(i))
 		if err != nil {
@@ -186,6 +181,11 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 		}
 		b.fields[i] = engine.Field{Name: f.Name, Col: col}
 	}
+	// A buffer dropped without Commit or Abort gives its extents back
+	// once collected: the unit holds them until the reservation ends (a
+	// slow filler must never write into another put's memory), so nothing
+	// else would.
+	b.cleanup = runtime.AddCleanup(b, abortDropped, res)
 	return b, nil
 }
 

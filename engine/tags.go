@@ -247,8 +247,7 @@ func checkFloat(f float64) error {
 // JSONSize estimates the length of t written as JSON, from above for the
 // JSON-like values (strings count every byte that may be escaped at its
 // escape's length; a byte of a multi-byte character as two, a bound that
-// only U+2028, U+2029 and invalid UTF-8 exceed), for pages that must fit a
-// frame.
+// only invalid UTF-8 exceeds), for pages that must fit a frame.
 func (t Tags) JSONSize() int {
 	if t == nil {
 		return 4

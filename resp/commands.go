@@ -122,18 +122,19 @@ func (c *conn) dispatch(args [][]byte) {
 		c.leave = true
 	default:
 		c.once = cmd.once
-		c.run(cmd, string(name), args)
+		c.run(cmd, args)
 	}
 }
 
 // run runs a command; a command that panics answers an error and leaves
 // the server serving (a bug in one command must not take the process,
 // and the data it holds in memory, down with it).
-func (c *conn) run(cmd command, name string, args [][]byte) {
+func (c *conn) run(cmd command, args [][]byte) {
 	defer func() {
 		if v := recover(); v != nil {
+			name := strings.ToLower(string(args[0]))
 			c.s.cfg.Logger.Error("resp: command panicked", "command", name, "panic", v, "stack", string(debug.Stack()))
-			c.writeError(fmt.Sprintf("ERR internal error in '%s': %v", strings.ToLower(name), v))
+			c.writeError(fmt.Sprintf("ERR internal error in '%s': %v", name, v))
 		}
 	}()
 	cmd.fn(c, args)

@@ -89,7 +89,12 @@ type Conn struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]*call
-	err     error // why the connection failed; set once
+	// abandoned holds the ids of calls given up on after their request
+	// may have gone out, while ConnConfig.LateReply is set: only their
+	// answers go to it (not a hostile peer's answers to ids never
+	// asked). At most maxAbandoned; an answer of any kind removes one.
+	abandoned map[uint64]struct{}
+	err       error // why the connection failed; set once
 
 	w         *frameWriter
 	read      atomic.Int64  // bytes the reader took off the socket (see keepAlive)
@@ -300,6 +305,10 @@ func (c *Conn) DoGrace(ctx context.Context, grace time.Duration, op Op, body pro
 	return nil
 }
 
+// maxAbandoned bounds the calls given up on whose late answers a
+// connection watches for (see ConnConfig.LateReply).
+const maxAbandoned = 4096
+
 // HoldReleaser returns a [ConnConfig.LateReply] that gives back the hold
 // a late ACQUIRE or RESERVE answer opened (a lease, a reservation nobody
 // learned of): RELEASE or RESERVE_ABORT, sent through cleanup (say
@@ -450,6 +459,12 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	_, pending := c.pending[id]
 	if pending && !receiving {
 		delete(c.pending, id)
+		if c.cfg.LateReply != nil && len(c.abandoned) < maxAbandoned {
+			if c.abandoned == nil {
+				c.abandoned = make(map[uint64]struct{})
+			}
+			c.abandoned[id] = struct{}{}
+		}
 	}
 	c.mu.Unlock()
 	if c.w.unqueue(f) {
@@ -556,8 +571,12 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	}
 	c.mu.Unlock()
 	if cl == nil { // abandoned call: skip its reply
-		if late := c.cfg.LateReply; late != nil && h.Flags&FlagError == 0 {
-			late(h.Op, bytes.Clone(body))
+		c.mu.Lock()
+		_, late := c.abandoned[h.ID]
+		delete(c.abandoned, h.ID)
+		c.mu.Unlock()
+		if late && h.Flags&FlagError == 0 {
+			c.cfg.LateReply(h.Op, bytes.Clone(body))
 		}
 		_, err := io.CopyN(io.Discard, br, int64(h.PayloadLen))
 		return c.readErr(err)

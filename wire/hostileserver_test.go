@@ -245,8 +245,8 @@ func TestAnswerBeforeRequestSent(t *testing.T) {
 
 // TestLateReplyReported: an answer that comes after its caller gave up
 // (DoGrace's grace passed) goes to ConnConfig.LateReply with its op and
-// body, so that a hold it opened can be given back; error answers and
-// answers to calls still waiting do not.
+// body, so that a hold it opened can be given back; error answers,
+// answers to ids never asked and answers to calls still waiting do not.
 func TestLateReplyReported(t *testing.T) {
 	cli, srv := net.Pipe()
 	type late struct {
@@ -295,6 +295,7 @@ func TestLateReplyReported(t *testing.T) {
 		t.Fatal("the late answer was not reported")
 	}
 	answer(h.ID+100, FlagError, &wirepb.Error{Code: wirepb.Code_CODE_CANCELED})
+	answer(h.ID+200, 0, &wirepb.AcquireReply{Lease: 99}) // an id never asked: a hostile peer's
 	var r wirepb.AcquireReply
 	go func() { done <- c.Do(context.Background(), OpAcquire, &wirepb.AcquireRequest{}, nil, &r, nil) }()
 	h = readRequest()
@@ -303,7 +304,7 @@ func TestLateReplyReported(t *testing.T) {
 	require.Equal(t, uint64(78), r.Lease)
 	select {
 	case l := <-got:
-		t.Fatalf("reported %v, which was an error or answered a waiting call", l.op)
+		t.Fatalf("reported %v, which was an error, to an id never asked, or answered a waiting call", l.op)
 	case <-time.After(100 * time.Millisecond):
 	}
 }
