@@ -568,8 +568,10 @@ int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct
 	for (int i = 0; i < n; i++) {
 		const struct tq_wr *w = &wrs[i];
 
-		if (w->first_sge + w->num_sge > (uint32_t)nsges ||
-		    used + w->num_sge > sizeof(sg) / sizeof(sg[0])) {
+		/* In 64 bits: a 32-bit sum wraps, and a huge first_sge or
+		 * num_sge would pass and read or write out of bounds. */
+		if ((uint64_t)w->first_sge + w->num_sge > (uint64_t)nsges ||
+		    (uint64_t)used + w->num_sge > sizeof(sg) / sizeof(sg[0])) {
 			*bad = i;
 			tq_set_err(err, "ibv_post_send", EINVAL);
 			return -1;

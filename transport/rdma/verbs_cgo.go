@@ -394,6 +394,11 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	if len(wrs) == 0 {
 		return 0, nil
 	}
+	for i, w := range wrs {
+		if uint64(w.FirstSGE)+uint64(w.NumSGE) > uint64(len(sges)) {
+			return i, fmt.Errorf("post: work request %d names SGEs %d..%d of %d: %w", i, w.FirstSGE, uint64(w.FirstSGE)+uint64(w.NumSGE), len(sges), engine.ErrInvalid)
+		}
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {

@@ -385,3 +385,24 @@ func TestOpenDeviceGIDIndex(t *testing.T) {
 		})
 	}
 }
+
+// TestPostRefusesSGEsOutOfRange: a work request naming SGEs past the
+// slice given is refused, naming it, whatever FirstSGE+NumSGE wraps to
+// in 32 bits: the shim checked the sum in 32 bits, and FirstSGE
+// 0xFFFFFFFF with NumSGE 1 (a sum of 0) read 64 GiB past the slice.
+func TestPostRefusesSGEsOutOfRange(t *testing.T) {
+	p := newPair(t, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite, HandshakeOpts{})
+	sges := []SGE{{Addr: p.laddr(0), Length: 64, LKey: p.la.LKey}}
+	for _, wr := range []WR{
+		{FirstSGE: 0xFFFFFFFF, NumSGE: 1},
+		{FirstSGE: 1, NumSGE: 0xFFFFFFFF},
+		{FirstSGE: 0, NumSGE: 2},
+	} {
+		wr.ID, wr.RemoteAddr, wr.RKey, wr.Op, wr.Signaled = 1, p.raddr(0), p.rb.RKey, OpWrite, 1
+		ok := WR{ID: 2, RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpWrite, Signaled: 1, NumSGE: 1}
+		bad, err := p.qa.Post([]WR{ok, wr}, sges)
+		require.ErrorIs(t, err, engine.ErrInvalid, "%+v", wr)
+		require.Equal(t, 1, bad)
+		require.ErrorContains(t, err, "work request 1 names SGEs")
+	}
+}
