@@ -658,3 +658,59 @@ def test_forked_child_makes_its_own_locks_and_threads(client, part):
     # The session's server is shared: give its room back (a checkpoint
     # load elsewhere rewrites every cell the cluster holds).
     client.kv_clear(keys, part)
+
+
+class _LazyTags:
+    """Rows' tag dicts made as they are iterated, as a dataset view makes
+    them: each is freed before the next is made."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        return ({"i": i} for i in range(self.n))
+
+
+def test_tags_made_as_iterated_stay_on_their_rows(server, client, part):
+    """Tags were encoded once per dict id, and a dict made after an earlier
+    one was freed could reuse its id: rows got another row's tags, silently
+    ([0, 1, 0, 1, ...])."""
+    keys = [f"k{i}" for i in range(6)]
+    meta = client.kv_batch_put(keys, part, {"x": np.zeros((6, 2))}, tags=_LazyTags(6))
+    assert [t["i"] for t in meta.tags] == list(range(6))
+    with server.client(transport="shm") as c:
+        r = c.reserve_kv_put([f"r{i}" for i in range(6)], part, {"y": ("float32", (2,))})
+        r.fields["y"][:] = 1
+        meta = r.commit(tags=({"i": i} for i in range(6)))
+        assert [t["i"] for t in meta.tags] == list(range(6))
+        r = c.reserve_kv_put(["s0", "s1"], part, {"y": ("float32", (2,))})
+        with pytest.raises(tq.InvalidError, match="3 tag dicts for 2 keys"):
+            r.commit(tags=[{}, {}, {}])
+        r.abort()
+
+
+def test_empty_dense_value_round_trips(client, part):
+    """A value with a zero in its shape failed to send (memoryview cannot
+    cast such a shape): a TypeError, and the connection closed."""
+    client.kv_put("e", part, {"o": b""})
+    assert client.kv_batch_get(["e"], part, ["o"])["o"] == [b""]
+    client.kv_put("d", part, {"z": np.zeros((0, 3), np.float32)})
+    got = client.kv_batch_get(["d"], part, ["z"])["z"]
+    assert got.shape == (1, 0, 3) and got.dtype == np.float32
+    client.kv_batch_put(["d2", "d3"], part, {"z": np.zeros((2, 0, 3), np.float32)})
+    assert client.kv_batch_get(["d2", "d3"], part, ["z"])["z"].shape == (2, 0, 3)
+
+
+def test_put_memoryview_is_opaque_as_in_a_batch(client, part):
+    client.kv_put("a", part, {"v": memoryview(b"abc")})
+    client.kv_batch_put(["b"], part, {"v": [memoryview(b"abc")]})
+    assert client.kv_batch_get(["a", "b"], part, ["v"])["v"] == [b"abc", b"abc"]
+
+
+def test_bad_value_error_names_the_field(client, part):
+    with pytest.raises(tq.InvalidError) as ei:
+        client.kv_batch_put(["a", "b"], part, {"myfield": ["x", None]})
+    assert "myfield" in str(ei.value) and ei.value.fields == ["myfield"]

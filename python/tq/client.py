@@ -540,7 +540,7 @@ class Client:
                 raise errors.InvalidError("fields must be a dict of name → value", op="kv_put")
             one = {}
             for k, v in fields.items():
-                if isinstance(v, (str, bytes, bytearray)):
+                if isinstance(v, (str, bytes, bytearray, memoryview)):
                     one[k] = [v]
                 elif isinstance(v, list):
                     raise errors.InvalidError(f"field {k!r}: a list is a batch; use kv_batch_put", fields=[k])
@@ -1189,6 +1189,12 @@ class Reservation:
     def commit(self, tags=None) -> KVBatchMeta:
         if self.done:
             raise errors.ClosedError("reservation already committed or aborted")
+        tags_json = None
+        if tags is not None:
+            tags_json = tags_to_json_list(tags)
+            if len(tags_json) != len(self.keys):
+                raise errors.InvalidError(f"{len(tags_json)} tag dicts for {len(self.keys)} keys",
+                                          op="reserve commit", partition=self.partition_id)
         self.done = True
         self.fields = {}
         unit, conn = self._unit, self._conn
@@ -1201,9 +1207,9 @@ class Reservation:
                            c.row_lens) for i, c in enumerate(self._cols)]
         req = control_pb2.CommitKeysRequest(partition=self.partition_id, keys=self.keys)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(self._cols, locs))
-        if tags is not None:
+        if tags_json is not None:
             req.has_tags = True
-            req.tags.extend(tags_to_json_list(tags))
+            req.tags.extend(tags_json)
         try:
             rep = self._client._call(wire.COMMIT_KEYS, req, control_pb2.CommitKeysReply, op_name="reserve commit",
                                      partition=self.partition_id)

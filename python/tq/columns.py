@@ -251,7 +251,18 @@ class Column:
 
 
 def to_column(name: str, v, n: int) -> Column:
-    """Convert a field's value for n rows (see the module doc)."""
+    """Convert a field's value for n rows (see the module doc). A value it
+    cannot take is an InvalidError naming the field."""
+    try:
+        return _to_column(name, v, n)
+    except errors.InvalidError as e:
+        if e.fields:
+            raise
+        raise errors.InvalidError(f"field {name!r}: {e.message}", op=e.op, partition=e.partition,
+                                  keys=e.keys, fields=[name]) from e
+
+
+def _to_column(name: str, v, n: int) -> Column:
     if not name:
         raise errors.InvalidError("empty field name", fields=[name])
     if is_tensor(v) and getattr(v, "is_nested", False):

@@ -28,6 +28,10 @@ def tags_to_json(t) -> bytes:
 def tags_to_json_list(ts) -> list:
     """tags_to_json of each of ts (None as {}), each distinct object once: a
     batch often repeats one dict for every row."""
+    # Held in a list while their ids serve as keys: an id is unique only
+    # while its object lives, and rows made as they are iterated would
+    # otherwise reuse a freed row's id, and get its tags.
+    ts = list(ts)
     seen, out = {}, []
     for t in ts:
         b = seen.get(id(t))

@@ -150,8 +150,16 @@ RECV_BUF = 64 << 10  # bytes a connection's reply buffer holds
 WRITE_FAIL_GRACE = 2.0
 
 
+def byte_view(buf) -> memoryview:
+    """buf's bytes as a flat memoryview; an empty one for a buffer of no
+    bytes, whatever its shape (memoryview refuses to cast a shape with a
+    zero in it, such as an array of shape (1, 0, 3))."""
+    mv = memoryview(buf)
+    return mv.cast("B") if mv.nbytes else memoryview(b"")
+
+
 def _recv_exact(sock: socket.socket, buf) -> None:
-    mv = memoryview(buf).cast("B")
+    mv = byte_view(buf)
     got, n = 0, len(mv)
     while got < n:
         k = sock.recv_into(mv[got:], n - got)
@@ -252,7 +260,7 @@ class Conn:
 
     def _read_into(self, buf) -> None:
         """Fills buf: from the buffer first, the rest from the socket."""
-        mv = memoryview(buf).cast("B")
+        mv = byte_view(buf)
         take = min(len(mv), self._rhi - self._rlo)
         if take:
             mv[:take] = self._rmv[self._rlo:self._rlo + take]
@@ -289,7 +297,7 @@ class Conn:
         if payload:
             for p in payload:
                 if type(p) is not bytes:
-                    p = memoryview(p).cast("B")
+                    p = byte_view(p)
                 if len(p):
                     bufs.append(p)
                     plen += len(p)
@@ -367,7 +375,7 @@ class Conn:
                     # The answer fills the buffers exactly, or it is wrong:
                     # none at all would leave them as they were.
                     parts = into if isinstance(into, list) else [into]
-                    have = sum(len(memoryview(b).cast("B")) for b in parts)
+                    have = sum(len(byte_view(b)) for b in parts)
                     if have != plen:
                         raise errors.CorruptError(f"reply payload of {plen} bytes for buffers of {have}",
                                                   op=op_name, **err_ctx)
