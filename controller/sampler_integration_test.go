@@ -350,3 +350,31 @@ func TestTokenBudgetClosesBeforeTheRowCap(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, m.Indexes[:1], got.Indexes, "the budget closed the batch at one row")
 }
+
+// A fetch of a dp rank past its sampler's dp size is bad input, said at
+// once: it got nothing (after balancing, and consuming, a batch for the
+// real ranks), and a waiting fetch waited until its deadline.
+func TestRankPastDPSizeRefused(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	setLengths(t, c, m.Indexes, 10)
+	for _, spec := range []engine.SamplerSpec{
+		{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2},
+		{Name: engine.SamplerTokenBudget, N: 1, DPSize: 2},
+	} {
+		req := specFetch(spec, 2, 0, 4) // dp rank 2 of dp size 2
+		req.Wait = true
+		if spec.Name == engine.SamplerTokenBudget {
+			req.TokenBudget = 100
+		}
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := c.Fetch(wctx, req)
+		cancel()
+		require.ErrorIs(t, err, engine.ErrInvalid, spec.Name)
+		require.ErrorContains(t, err, "dp rank 2 out of range [0, 2)")
+	}
+	got, err := c.Fetch(context.Background(), specFetch(engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2}, 0, 0, 4))
+	require.NoError(t, err)
+	require.Equal(t, 4, got.Len(), "nothing was consumed by the refused fetches")
+}

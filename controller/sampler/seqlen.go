@@ -35,7 +35,8 @@ const LengthTag = "total_lengths"
 // its DPRank and [SeqlenBalanced.Cached] now reports true for every rank
 // of that batch, so peers that poll after the first rank consumed its rows
 // still get theirs.
-// A DPRank of dpSize or more gets no rows and no error. All returned rows
+// A DPRank of dpSize or more is an error: the reference's sampler gave it
+// nothing, and a waiting fetch then waited for ever. All returned rows
 // are consumed.
 //
 // SeqlenBalanced is safe for concurrent use.
@@ -72,7 +73,8 @@ func (s *SeqlenBalanced) DPSize() int { return s.dpSize }
 
 // Sample implements [engine.Sampler]. It returns an error wrapping
 // [engine.ErrInvalid] when the request has no rank (SamplingOptions.HasRank
-// is false), when DPRank or BatchSize is negative, when BatchSize is not a
+// is false), when DPRank is negative or not below the dp size, when
+// BatchSize is negative, when BatchSize is not a
 // multiple of the group size, when a row's length is negative, or when the
 // ready set is not ascending.
 func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
@@ -80,8 +82,8 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 	if !opts.HasRank {
 		return nil, nil, invalid(seqlenKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
 	}
-	if opts.DPRank < 0 {
-		return nil, nil, invalid(seqlenKind, "negative dp rank %d", opts.DPRank)
+	if opts.DPRank < 0 || opts.DPRank >= s.dpSize {
+		return nil, nil, invalid(seqlenKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, s.dpSize)
 	}
 	if err := checkBatch(seqlenKind, req.BatchSize, s.n); err != nil {
 		return nil, nil, err
@@ -112,8 +114,7 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 // answer returns rank's part of a balanced batch, and what the call
 // consumes: the whole batch when the call made it (the other ranks' rows
 // are theirs, not for the next batch index to take), else the part.
-// A rank with no part (past dpSize, or an empty part of a final batch)
-// samples nothing.
+// A rank with no part (an empty part of a final batch) samples nothing.
 func answer(parts [][]uint64, rank int, fresh bool) (sampled, consumed []uint64) {
 	if rank < len(parts) && len(parts[rank]) > 0 {
 		sampled = slices.Clone(parts[rank])

@@ -51,16 +51,17 @@ func NewTokenBudget(n, dpSize int) (*TokenBudget, error) {
 }
 
 // Sample implements [engine.Sampler]. It returns an error wrapping
-// [engine.ErrInvalid] when the request has no rank, a negative DPRank or
-// BatchSize, no positive TokenBudget, a BatchSize that is not whole groups,
+// [engine.ErrInvalid] when the request has no rank, a DPRank that is
+// negative or not below the dp size, a negative BatchSize, no positive
+// TokenBudget, a BatchSize that is not whole groups,
 // a row with a negative length, or a ready set out of order.
 func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
 	opts := req.Options
 	switch {
 	case !opts.HasRank:
 		return nil, nil, invalid(tokenBudgetKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	case opts.DPRank < 0:
-		return nil, nil, invalid(tokenBudgetKind, "negative dp rank %d", opts.DPRank)
+	case opts.DPRank < 0 || opts.DPRank >= t.dpSize:
+		return nil, nil, invalid(tokenBudgetKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, t.dpSize)
 	case req.TokenBudget <= 0:
 		return nil, nil, invalid(tokenBudgetKind, "token budget %d is not positive (the request's TokenBudget)", req.TokenBudget)
 	}
