@@ -13,17 +13,6 @@ import (
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
-// checkTagName refuses an empty tag name or one that is not valid UTF-8.
-func checkTagName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty tag name: %w", engine.ErrInvalid)
-	case !utf8.ValidString(name):
-		return fmt.Errorf("tag name %q is not valid UTF-8: %w", name, engine.ErrInvalid)
-	}
-	return nil
-}
-
 // DeleteTags removes the tags names from each of keys, in one change:
 // every key loses them, or on error none does. Names a key lacks are
 // skipped, so deleting twice is harmless. It returns each key's tags
@@ -48,7 +37,7 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 	}
 	for _, n := range names {
 		if err == nil {
-			err = checkTagName(n)
+			err = engine.CheckTagName(n)
 		}
 	}
 	if err != nil {
@@ -146,7 +135,7 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 	case !utf8.ValidString(req.Key):
 		err = fmt.Errorf("key %q is not valid UTF-8: %w", req.Key, engine.ErrInvalid)
 	default:
-		err = checkTagName(req.Name)
+		err = engine.CheckTagName(req.Name)
 	}
 	for _, v := range []*any{&req.Old, &req.New} {
 		if err != nil || *v == nil {

@@ -149,17 +149,40 @@ func (t Tags) Equal(u Tags) bool {
 // another can write back out.
 func (t Tags) Check() error {
 	for k, v := range t {
-		switch {
-		case k == "":
-			return fmt.Errorf("empty tag name: %w", ErrInvalid)
-		case !utf8.ValidString(k):
-			return fmt.Errorf("tag name %q is not valid UTF-8: %w", k, ErrInvalid)
+		if err := CheckTagName(k); err != nil {
+			return err
 		}
 		if err := CheckTagValue(v); err != nil {
 			return fmt.Errorf("tag %q: %w", k, err)
 		}
 	}
 	return nil
+}
+
+// CheckTagName refuses an empty tag name or one that is not valid UTF-8,
+// with an error wrapping [ErrInvalid].
+func CheckTagName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty tag name: %w", ErrInvalid)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("tag name %q is not valid UTF-8: %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// JSONNumber is the value a reader of JSON keeps for n, as TQ's readers
+// of tags do: an int64 when n is a whole number that fits, else a finite
+// float64; an error for a number no float64 holds (1e400).
+func JSONNumber(n json.Number) (any, error) {
+	if i, err := n.Int64(); err == nil {
+		return i, nil
+	}
+	f, err := n.Float64()
+	if err != nil || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("number %s is not one a float64 holds", n)
+	}
+	return f, nil
 }
 
 // CheckTagValue is [Tags.Check] for one value: an error wrapping
@@ -182,15 +205,8 @@ func checkJSON(v any) error {
 	case uint64:
 		return checkUint(x)
 	case json.Number:
-		// As a reader of the JSON takes it (wire.JSONFromPB): an int64,
-		// else a finite float64.
-		if _, err := x.Int64(); err == nil {
-			return nil
-		}
-		if f, err := x.Float64(); err != nil || math.IsInf(f, 0) {
-			return fmt.Errorf("number %s is not one a float64 holds", x)
-		}
-		return nil
+		_, err := JSONNumber(x)
+		return err
 	case string:
 		return checkUTF8(x)
 	case float64:

@@ -473,20 +473,13 @@ func onlyOne(dec *json.Decoder) error {
 	return errors.New("more than one JSON value")
 }
 
-// numbers turns json.Numbers into int64 where they are whole and fit,
-// else float64; a number beyond a float64's range is refused.
+// numbers turns each json.Number into the value engine.JSONNumber keeps;
+// a number no float64 holds is refused.
 func numbers(v any) (any, error) {
 	var err error
 	switch x := v.(type) {
 	case json.Number:
-		if i, err := x.Int64(); err == nil {
-			return i, nil
-		}
-		f, err := x.Float64()
-		if err != nil || math.IsInf(f, 0) {
-			return nil, fmt.Errorf("number %s is out of a float64's range", x)
-		}
-		return f, nil
+		return engine.JSONNumber(x)
 	case map[string]any:
 		for k, e := range x {
 			if x[k], err = numbers(e); err != nil {
