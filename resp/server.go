@@ -587,9 +587,14 @@ func (c *conn) writeFD(fd uintptr) bool {
 }
 
 // Bounds on reading ahead: a connection reads ahead at most its largest
-// argument (MaxValue) while a write waits; its buffer's bytes past
-// aheadFree are charged to the server's budget for large arguments.
-const aheadFree = 1 << 20
+// argument (MaxValue) while a write waits, or unauthedAhead before it
+// has authenticated (a command then has at most 8 arguments of 4 KiB);
+// its buffer's bytes past aheadFree are charged to the server's budget
+// for large arguments.
+const (
+	aheadFree     = 1 << 20
+	unauthedAhead = 64 << 10
+)
 
 // writeReadingAhead writes b, waiting for the client to take it, while
 // it reads what the client sends meanwhile into c.pre, which the reader
@@ -598,6 +603,9 @@ const aheadFree = 1 << 20
 // once (and so its connection), logged.
 func (c *conn) writeReadingAhead(b []byte) error {
 	limit := int(c.s.cfg.MaxValue)
+	if !c.authed {
+		limit = unauthedAhead
+	}
 	done := make(chan struct{})
 	over := false
 	go func() {

@@ -137,3 +137,26 @@ func TestWriteAllocatesNothing(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() { c.write(reply) })
 	require.Zero(t, allocs, "allocations per reply written")
 }
+
+// TestUnauthenticatedClientReadsLittleAhead checks that a client that
+// has not authenticated, sending commands while it reads none of its
+// replies, is closed once it has sent a little more than one command
+// before AUTH may be, not read ahead up to MaxValue (512 MiB here, and
+// the budget for large values shared with authenticated clients).
+func TestUnauthenticatedClientReadsLittleAhead(t *testing.T) {
+	e := newEndpoint(t, Config{Token: "secret", CommandTimeout: time.Minute, Loops: -1})
+	nc, err := net.Dial("tcp", e.addr)
+	require.NoError(t, err)
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second)) // a safety limit
+	ping := bytes.Repeat([]byte(cmdline("PING")), 4096)
+	const limit = 64 << 20 // far above the sockets' buffers and the bound
+	sent := 0
+	for err == nil && sent < limit {
+		var n int
+		n, err = nc.Write(ping)
+		sent += n
+	}
+	require.Error(t, err, "an unauthenticated client sent %d bytes without reading a reply and was not closed", sent)
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the server stopped reading without closing: %v", err)
+}
