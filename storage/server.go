@@ -113,6 +113,10 @@ type Server struct {
 	fdConns map[*net.UnixConn]struct{}
 	wg      sync.WaitGroup
 	rings   atomic.Int64 // control rings open
+	// fdPending counts fd socket exchanges whose request is not read
+	// yet; past maxFdPending a connection is answered FdBusy at once.
+	fdPending    atomic.Int64
+	maxFdPending int64
 
 	traffic traffic // column bytes by transport (DataBytes)
 
@@ -121,6 +125,11 @@ type Server struct {
 
 // DefaultMaxRings is ServerConfig.MaxRings' default.
 const DefaultMaxRings = 1024
+
+// maxFdPending bounds the fd socket's connections waiting for their
+// request (each for up to fdRequestTimeout): an exchange takes
+// microseconds once its request came.
+const maxFdPending = 256
 
 // NewServer returns a server for u. It starts nothing; call
 // [Server.Serve].
@@ -134,7 +143,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.Quarantine == 0 {
 		cfg.Quarantine = DefaultQuarantine
 	}
-	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}}
+	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}, maxFdPending: maxFdPending}
 	s.quar.max, s.quar.maxProc = MaxQuarantined, MaxQuarantinedPerProcess
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is

@@ -428,6 +428,8 @@ func (s *Server) registerShmLocked(l *net.UnixListener) bool {
 
 // ServeShm serves the fd socket on l until the server closes: each
 // connection asks for one segment and gets its memfd (see wire/fdsock.go).
+// At most 256 connections may be waiting for their request at once; one
+// more is answered FdBusy and closed.
 // The SHM_SEGMENTS op names l's path as the unit's fd socket, so serve
 // one fd socket per server. It returns nil after [Server.Close] or
 // [Server.Shutdown].
@@ -456,9 +458,17 @@ func (s *Server) ServeShm(l *net.UnixListener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
+		if s.fdPending.Add(1) > s.maxFdPending {
+			s.fdPending.Add(-1)
+			c.SetWriteDeadline(time.Now().Add(fdRequestTimeout))
+			c.Write(wire.FdReply{Status: wire.FdBusy}.Append(nil))
+			c.Close()
+			continue
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			s.fdPending.Add(-1)
 			c.Close()
 			continue
 		}
@@ -487,6 +497,7 @@ func (s *Server) fdPath() string {
 func (s *Server) serveFd(c *net.UnixConn) {
 	c.SetDeadline(time.Now().Add(fdRequestTimeout))
 	req, err := wire.ReadFdRequest(c)
+	s.fdPending.Add(-1)
 	var rep wire.FdReply
 	fd := -1
 	switch {

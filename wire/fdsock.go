@@ -50,6 +50,7 @@ const (
 	FdBadRequest      FdStatus = 3 // malformed request
 	FdClosed          FdStatus = 4 // the unit is shutting down
 	FdNotSupported    FdStatus = 5 // the unit offers no control rings
+	FdBusy            FdStatus = 6 // too many exchanges in flight; try again
 )
 
 // Err returns nil for FdOK and otherwise an error wrapping the matching
@@ -68,6 +69,8 @@ func (s FdStatus) Err() error {
 		return fmt.Errorf("fd socket: unit closing: %w", engine.ErrClosed)
 	case FdNotSupported:
 		return fmt.Errorf("fd socket: unit offers no control ring: %w", engine.ErrNotSupported)
+	case FdBusy:
+		return fmt.Errorf("fd socket: unit busy with other exchanges, try again: %w", engine.ErrCapacity)
 	}
 	return fmt.Errorf("fd socket: unknown status %d: %w", s, ErrFrame)
 }

@@ -238,8 +238,8 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 	rwc, err := c.dialRing(ctx, hello)
 	switch {
 	case err == nil:
-	case c.cfg.Control == ControlAuto && errors.Is(err, engine.ErrNotSupported):
-		return nil // the unit offers no ring: stay on the socket
+	case c.cfg.Control == ControlAuto && (errors.Is(err, engine.ErrNotSupported) || errors.Is(err, engine.ErrCapacity)):
+		return nil // the unit offers no ring, or is busy: stay on the socket
 	default:
 		return fmt.Errorf("control ring: %w", err)
 	}
