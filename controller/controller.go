@@ -1400,6 +1400,17 @@ func opErr(op, partition string, err error) error {
 	return &engine.OpError{Op: op, Peer: partition, Err: err}
 }
 
+// KeyCount returns the number of keys in a partition, without walking
+// them (Stats walks every row).
+func (c *Controller) KeyCount(partition string) (int, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return 0, opErr("key count", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	return len(p.keys), nil
+}
+
 // HasKeys reports, for each key, whether it is in the partition (false
 // for all of an unknown partition).
 func (c *Controller) HasKeys(partition string, keys []string) []bool {

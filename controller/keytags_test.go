@@ -411,3 +411,24 @@ func TestListKeysPagesAcrossPartitionClear(t *testing.T) {
 	}
 	assert.Equal(t, []string{"b1", "b2", "b3", "b4"}, rest)
 }
+
+// KeyCount counts a partition's keys, tag-only keys among them, as
+// Stats does, and names an unknown partition.
+func TestKeyCount(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	_, err := c.KeyCount("p")
+	require.ErrorIs(t, err, engine.ErrNotFound)
+	require.ErrorContains(t, err, `"p"`)
+	putTags(t, c, "p", []string{"a", "b", "c"}, engine.Tags{"x": 1}, engine.Tags{"x": 2}, engine.Tags{"x": 3})
+	n, err := c.KeyCount("p")
+	require.NoError(t, err)
+	assert.Equal(t, 3, n)
+	_, _, err = c.ClearKeysCounted("p", []string{"b"})
+	require.NoError(t, err)
+	n, err = c.KeyCount("p")
+	require.NoError(t, err)
+	st, err := c.Stats("p")
+	require.NoError(t, err)
+	assert.Equal(t, st.Keys, n)
+	assert.Equal(t, 2, n)
+}

@@ -521,7 +521,7 @@ func clientName(name []byte) bool {
 const errClientName = "ERR Client names cannot contain spaces, newlines or special characters."
 
 func (c *conn) dbsize([][]byte) {
-	st, err := c.s.st.ctrl.Stats(c.partition)
+	n, err := c.s.st.ctrl.KeyCount(c.partition)
 	if err != nil {
 		if absent(err) {
 			c.writeInt(0)
@@ -530,7 +530,7 @@ func (c *conn) dbsize([][]byte) {
 		c.writeErr(err)
 		return
 	}
-	c.writeInt(int64(st.Keys))
+	c.writeInt(int64(n))
 }
 
 // flushMode checks FLUSHDB's and FLUSHALL's arguments: nothing, ASYNC or
