@@ -457,10 +457,11 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	// A done partition whose every unconsumed row is ready gets no more:
 	// the sampler may return a short last batch, and nothing means the
-	// end (ErrDone). Both counts are kept as rows change: O(1). Asked
+	// end (ErrDone). Pre-allocated rows never taken do not count: done
+	// means no more rows. The counts are kept as rows change: O(1). Asked
 	// whatever the number of ready rows: a sampler may need more than
 	// BatchSize (a batch balanced across ranks, whole GRPO groups).
-	final := p.done && p.unconsumed(req.Task) == ready.Len()
+	final := p.done && p.unconsumed(req.Task)-p.reserved.Len() == ready.Len()
 	// BatchSize ready rows are needed, unless the budget closes a batch
 	// first (a token budget's BatchSize is a cap).
 	if ready.Len() < req.BatchSize && !final && req.TokenBudget == 0 {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -1035,4 +1036,22 @@ func TestCheckpointFailedSaveLeavesNothing(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("failed save left %d entries", len(entries))
 	}
+}
+
+// A done partition ends its stream though pre-allocated rows were never
+// taken: MarkDone means no more rows, and those will never be produced.
+func TestDoneWithUnusedPreAllocatedRows(t *testing.T) {
+	c := newController(t, Config{PreAlloc: 8})
+	m := insert(t, c, "p", 3, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	require.NoError(t, c.MarkDone("p"))
+	req := engine.FetchRequest{Partition: "p", Task: "train", Fields: []string{"x"}, BatchSize: 2}
+	got, err := c.Fetch(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, 2, got.Len())
+	got, err = c.Fetch(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, 1, got.Len(), "the short last batch")
+	_, err = c.Fetch(context.Background(), req)
+	require.ErrorIs(t, err, engine.ErrDone, "5 pre-allocated rows never taken")
 }
