@@ -1190,9 +1190,28 @@ func (c *serverConn) refuse() {
 // answerHello refuses the connection's HELLO (h) with err, which ends the
 // connection.
 func (c *serverConn) answerHello(h Header, err error) {
+	start := c.helloStart()
 	rw := &ReplyWriter{c: c, h: h}
 	rw.Error(err)
 	c.linger.Store(true)
+	c.observeHello(h, rw, start)
+}
+
+// helloStart is the time a HELLO's answer starts, for the Observer (none
+// read without one).
+func (c *serverConn) helloStart() time.Time {
+	if c.s.cfg.Observer == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// observeHello shows the Observer a HELLO answered by rw, accepted or
+// refused, as it sees every other request.
+func (c *serverConn) observeHello(h Header, rw *ReplyWriter, start time.Time) {
+	if o := c.s.cfg.Observer; o != nil {
+		o.Observe(Served{Op: OpHello, Network: c.network, Duration: time.Since(start), In: int64(HeaderSize) + int64(h.BodyLen), Out: rw.out, Code: rw.code})
+	}
 }
 
 // refuseConn answers a connection the server ends over what it sent — a
@@ -1262,8 +1281,10 @@ func (c *serverConn) handshake() error {
 	c.peer = &hello
 	reply := proto.Clone(answer).(*wirepb.Hello)
 	reply.Version = Version
+	start := c.helloStart()
 	rw := &ReplyWriter{c: c, h: h}
 	rw.Reply(reply, nil, nil)
+	c.observeHello(h, rw, start)
 	return nil
 }
 
@@ -1465,15 +1486,19 @@ func (rw *ReplyWriter) send(flags Flags, body proto.Message, payload net.Buffers
 	}
 	mark := len(base)
 	b, err := AppendMessage(append(base, zeroHeader[:]...), body)
+	var instead error
 	switch {
 	case err != nil:
-		b, _ = AppendMessage(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)))
-		flags, payload = FlagError, nil
+		instead = fmt.Errorf("encode reply: %v: %w", err.Error(), errInternal)
 	case len(b)-mark-HeaderSize > MaxBodyLen:
 		// The peer would reject the frame and drop the connection: answer
 		// with an error instead.
-		b, _ = AppendMessage(append(base, zeroHeader[:]...), ErrorReply(fmt.Errorf(
-			"%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-mark-HeaderSize, MaxBodyLen, engine.ErrInvalid)))
+		instead = fmt.Errorf("%v reply of %d bytes exceeds the %d-byte frame limit; ask for fewer rows: %w", rw.h.Op, len(b)-mark-HeaderSize, MaxBodyLen, engine.ErrInvalid)
+	}
+	if instead != nil {
+		// The error sent is what the observer counts.
+		body = ErrorReply(instead)
+		b, _ = AppendMessage(append(base, zeroHeader[:]...), body)
 		flags, payload = FlagError, nil
 	}
 	var plen uint64
