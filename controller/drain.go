@@ -276,6 +276,9 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 			return nil, nil, opErr("move cells", partition, fmt.Errorf("move of cell %q of row %d to storage unit %d, which is not registered: %w", m.Field, m.Index, m.To.Unit, engine.ErrInvalid))
 		case u.Draining:
 			return nil, nil, opErr("move cells", partition, fmt.Errorf("move of cell %q of row %d to storage unit %d, which is draining: %w", m.Field, m.Index, m.To.Unit, engine.ErrInvalid))
+		case !u.Alive:
+			// Its cells read as lost: the move would lose a readable one.
+			return nil, nil, opErr("move cells", partition, fmt.Errorf("move of cell %q of row %d to storage unit %d, which has not been heard from within its timeout: %w", m.Field, m.Index, m.To.Unit, engine.ErrUnavailable))
 		}
 		targets[m.To.Unit] = true
 	}

@@ -3,6 +3,7 @@ package controller
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -237,4 +238,27 @@ func TestSavedMovesFitTheHeader(t *testing.T) {
 	require.Len(t, from, maxSavedMoves)
 	newest := uint64(maxMoves + 9)
 	assert.Equal(t, loc(engine.UnitID(1+newest%64), uint32(newest%1000), uint32(1<<20+newest), newest<<12, 4096), from[len(from)-1])
+}
+
+// A move onto a unit the registry reports dead (silent past its
+// timeout, so its cells read as lost) is refused: the cell stays where it
+// can be read, and its copy there is not handed back to be freed.
+func TestMoveCellsRefusesDeadTarget(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 1)
+	_, err := c.DrainUnit(1, true)
+	require.NoError(t, err)
+	c.units.mu.Lock()
+	c.units.units[2].LastHeartbeat = time.Now().Add(-time.Hour)
+	c.units.mu.Unlock()
+	require.False(t, c.units.Alive(2))
+
+	moved, freed, err := c.MoveCells("p", []engine.CellMove{{Index: m.Indexes[0], Field: "x", From: loc(1, 1, 1, 0, 8), To: loc(2, 1, 1, 0, 8)}})
+	require.ErrorIs(t, err, engine.ErrUnavailable, "a move onto a dead unit")
+	require.ErrorContains(t, err, "storage unit 2")
+	assert.Empty(t, freed, "the readable copy on the live unit must not be freed")
+	assert.NotEqual(t, []bool{true}, moved)
+	got, err := c.RowsMeta("p", m.Indexes, nil)
+	require.NoError(t, err)
+	assert.Equal(t, loc(1, 1, 1, 0, 8), got.Cells["x"][0], "the cell stays where it can be read")
 }
