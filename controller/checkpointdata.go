@@ -150,6 +150,9 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 					continue
 				}
 				u := engine.UnitID(cc.c.unit &^ producedBit)
+				if u == 0 {
+					continue // produced with no bytes stored: saved as it is
+				}
 				if _, ok := alive[u]; !ok {
 					lost[cc] = true
 					lostN++
@@ -180,7 +183,7 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 		}
 		return journal.WriteFileAtomic(filepath.Join(tmp, stateFile), func(w io.Writer) error {
 			return st.write(w, func(_ *partCopy, _ *rowCopy, cc *cellCopy, out *wirepb.StateCell) error {
-				if !withData {
+				if !withData || cc.c.unit&^producedBit == 0 {
 					return nil
 				}
 				out.Unit, out.Segment, out.Gen, out.Offset = uint32(engine.LostUnit), 0, 0, 0

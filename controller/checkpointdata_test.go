@@ -285,3 +285,28 @@ func TestCheckpointChecksumsOfMergedAndBatchedReads(t *testing.T) {
 		})
 	}
 }
+
+// A cell produced with no location (unit 0: a commit without locations,
+// for metadata-only use) carries no bytes: a checkpoint with data saves
+// it as it is, not as lost, and it reads the same after the load.
+func TestCheckpointWithDataKeepsCellsWithoutLocation(t *testing.T) {
+	c, s, _, _ := ckptSaved(t, 2, map[uint32][]byte{1: []byte("AAAAAAAABBBBBBBB")}, func(id engine.UnitID) []engine.CommitField {
+		return []engine.CommitField{
+			{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Runs: []engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}, Count: 2}}},
+			{Name: "meta", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}}, // no locations
+		}
+	})
+	before, err := c.RowsMeta("p", []uint64{0, 1}, []string{"meta"})
+	require.NoError(t, err)
+	require.Equal(t, []engine.CellLoc{{}, {}}, before.Cells["meta"], "cells without a location")
+
+	infos, err := s.Checkpoints()
+	require.NoError(t, err)
+	require.Len(t, infos, 1)
+	assert.Zero(t, infos[0].Lost, "cells lost at save (none were)")
+
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"))
+	after, err := c.RowsMeta("p", []uint64{0, 1}, []string{"meta"})
+	require.NoError(t, err)
+	assert.Equal(t, before.Cells["meta"], after.Cells["meta"], "cells without a location after the load")
+}
