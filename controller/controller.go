@@ -155,6 +155,7 @@ func New(cfg Config) (*Controller, error) {
 		created: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	c.units.watchEvictions(c.fences.drop)
 	if cfg.Dir == "" {
 		c.cluster, c.epoch = newClusterID(), 1
 		return c, nil

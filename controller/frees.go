@@ -103,7 +103,7 @@ func (q *freeQueue) add(locs []engine.CellLoc) {
 }
 
 // drop forgets a unit's queue: the unit is gone for good (it came back
-// as another incarnation, under a new id).
+// as another incarnation, under a new id, or was evicted).
 func (q *freeQueue) drop(id engine.UnitID) {
 	q.mu.Lock()
 	defer q.mu.Unlock()

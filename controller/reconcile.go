@@ -55,6 +55,14 @@ func (f *fenceTable) raiseLocked(unit engine.UnitID, fs []*wirepb.SegmentFence) 
 	return changed
 }
 
+// drop forgets an evicted unit's fences: commits naming it are refused
+// from then on (see checkDraining). The registry's lock is held.
+func (f *fenceTable) drop(unit engine.UnitID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.m, unit)
+}
+
 // fencedLocked reports whether a range of unit in segment seg, generation
 // gen, lies in fenced generations. The caller holds mu for reading.
 func (f *fenceTable) fencedLocked(unit engine.UnitID, seg, gen uint32) (uint32, bool) {
@@ -143,7 +151,9 @@ func (drainingErr) Unwrap() error { return engine.ErrLost }
 // mark is in what it lists, and one checked after would land behind it.
 // The error wraps [ErrDraining], and so [engine.ErrLost], as a fenced
 // generation's does: the bytes written will not be taken, and the client
-// writes them again, elsewhere once it has listed the units.
+// writes them again, elsewhere once it has listed the units. A cell on a
+// unit evicted from the registry is refused the same way, with
+// [engine.ErrLost]: the unit is gone, and its fences with it.
 func (c *Controller) checkDraining(fields []engine.CommitField) error {
 	var last engine.UnitID
 	draining := func(name string, u engine.UnitID) error {
@@ -151,10 +161,14 @@ func (c *Controller) checkDraining(fields []engine.CommitField) error {
 			return nil
 		}
 		last = u
-		if !c.units.Draining(u) {
-			return nil
+		switch draining, evicted := c.units.refusing(u); {
+		case draining:
+			return fmt.Errorf("field %q: storage unit %d is draining (tq unit drain) and takes no new cells; write them to another unit: %w", name, u, ErrDraining)
+		case evicted:
+			// Its fences went with it.
+			return fmt.Errorf("field %q: storage unit %d was evicted from the registry (dead, its place taken by another unit); write the cells to another unit: %w", name, u, engine.ErrLost)
 		}
-		return fmt.Errorf("field %q: storage unit %d is draining (tq unit drain) and takes no new cells; write them to another unit: %w", name, u, ErrDraining)
+		return nil
 	}
 	for i := range fields {
 		cf := &fields[i]

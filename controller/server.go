@@ -110,8 +110,11 @@ type Server struct {
 	handlers map[wire.Op]handler
 	kv       atomic.Pointer[KVData] // see ServeKV
 	frees    *freeQueue
-	bg       sync.WaitGroup // frees waiting for durability after their caller left
-	logOnce  sync.Once      // a failed journal is reported once
+	// unwatch ends the free queue's watch of evictions: an evicted
+	// unit's queue is dropped.
+	unwatch func()
+	bg      sync.WaitGroup // frees waiting for durability after their caller left
+	logOnce sync.Once      // a failed journal is reported once
 
 	// ckpt serializes checkpoint saves and loads.
 	ckpt sync.Mutex
@@ -165,6 +168,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		stop:   stop,
 		cancel: cancel,
 	}
+	s.unwatch = c.units.watchEvictions(s.frees.drop)
 	ci := c.Info()
 	s.ws = wire.NewServer(wire.ServerConfig{
 		Hello:         &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs},
@@ -263,6 +267,7 @@ func (s *Server) Close() error {
 	s.cancel(errShuttingDown)
 	err := s.ws.Close()
 	s.bg.Wait()
+	s.unwatch()
 	return err
 }
 

@@ -71,8 +71,40 @@ type Registry struct {
 	started time.Time // units known from the durable state were last heard of then
 	// draining counts the units marked draining (changed under mu, by
 	// drainingChange): a commit checks its cells' units against the
-	// registry only when some unit is.
+	// registry only when some unit is, or when gone is set.
 	draining atomic.Int32
+	// gone is set once some unit was evicted: an id below next that is
+	// not registered.
+	gone atomic.Bool
+	// evictWatch are told each unit evicted, in evictLocked or in replay,
+	// with mu held: what is kept per unit elsewhere goes with it (see
+	// watchEvictions).
+	evictWatch map[*func(engine.UnitID)]struct{}
+}
+
+// watchEvictions calls fn with the id of each unit evicted from now on,
+// with the registry's lock held (fn may take only locks ordered after it:
+// the fences', the free queue's); stop ends it.
+func (r *Registry) watchEvictions(fn func(engine.UnitID)) (stop func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.evictWatch == nil {
+		r.evictWatch = map[*func(engine.UnitID)]struct{}{}
+	}
+	r.evictWatch[&fn] = struct{}{}
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		delete(r.evictWatch, &fn)
+	}
+}
+
+// evictedLocked records that unit id left the registry for good.
+func (r *Registry) evictedLocked(id engine.UnitID) {
+	r.gone.Store(true)
+	for fn := range r.evictWatch {
+		(*fn)(id)
+	}
 }
 
 // NewRegistry returns an empty registry in which a unit with no heartbeat
@@ -227,6 +259,9 @@ func (r *Registry) restore(next uint32, units []*wirepb.UnitOp) error {
 	defer r.mu.Unlock()
 	r.units, r.next = fresh.units, max(engine.UnitID(next), 1)
 	r.draining.Store(fresh.draining.Load())
+	// Ids are handed out in turn and never again: one below next that is
+	// missing was evicted.
+	r.gone.Store(len(r.units) < int(r.next)-1)
 	return nil
 }
 
@@ -246,6 +281,7 @@ func (r *Registry) evictLocked(now time.Time) bool {
 	}
 	delete(r.units, victim.ID)
 	r.drainingChange(victim, nil)
+	r.evictedLocked(victim.ID)
 	// Recorded like a registration: a restart that replayed the unit's
 	// registration and not this would list it again, alive for a
 	// timeout, with the registry over its bound.
@@ -266,6 +302,7 @@ func (r *Registry) applyEvicted(op *wirepb.UnitEvictedOp) error {
 	}
 	delete(r.units, id)
 	r.drainingChange(u, nil)
+	r.evictedLocked(id)
 	return nil
 }
 
@@ -387,13 +424,22 @@ func (r *Registry) drainingChange(old, now *engine.UnitInfo) {
 
 // Draining reports whether unit id is registered and draining.
 func (r *Registry) Draining(id engine.UnitID) bool {
-	if r.draining.Load() == 0 {
-		return false
+	draining, _ := r.refusing(id)
+	return draining
+}
+
+// refusing reports whether a commit naming unit id must be refused: it is
+// draining, or it was evicted (its id was handed out and is no longer
+// registered). It takes the lock only while some unit is draining or was
+// evicted.
+func (r *Registry) refusing(id engine.UnitID) (draining, evicted bool) {
+	if r.draining.Load() == 0 && !r.gone.Load() {
+		return false, false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u, ok := r.units[id]
-	return ok && u.Draining
+	return ok && u.Draining, !ok && id < r.next
 }
 
 // bound reports whether id is registered with incarnation inc.

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 func alive(us []engine.UnitInfo) map[engine.UnitID]bool {
@@ -206,6 +207,12 @@ func TestUnitEvictionSurvivesRestart(t *testing.T) {
 			_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k"}, Fields: []engine.CommitField{
 				{Name: "v", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{{Unit: a, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 8}}}}}})
 			require.NoError(t, err)
+			// a's reconcile fenced a segment it reclaimed.
+			c.fences.mu.Lock()
+			fs := []*wirepb.SegmentFence{{Segment: 2, Gen: 1}}
+			c.fences.raiseLocked(a, fs)
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Fence{Fence: &wirepb.FenceOp{UnitId: uint32(a), Fences: fs}}})
+			c.fences.mu.Unlock()
 			if tc.snapBefore {
 				require.NoError(t, c.snapshot())
 			}
@@ -225,9 +232,72 @@ func TestUnitEvictionSurvivesRestart(t *testing.T) {
 			m, err := d.ResolveKeys("p", []string{"k"}, nil, false)
 			require.NoError(t, err)
 			assert.Equal(t, a, m.Cells["v"][0].Unit, "the cell on the evicted unit")
+			assert.NotContains(t, d.fences.m, a, "the evicted unit's fences")
+			_, err = d.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k2"}, Fields: []engine.CommitField{
+				{Name: "v", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: []engine.CellLoc{{Unit: a, Addr: engine.RemoteAddr{Segment: 1, Gen: 2, Len: 8}}}}}})
+			assert.ErrorIs(t, err, engine.ErrLost, "a commit naming the evicted unit")
 			again, err := d.units.Register(engine.UnitInfo{Incarnation: 0xd, Host: "h"}, true)
 			require.NoError(t, err)
 			assert.Equal(t, n+1, again, "ids are never handed out twice")
 		})
 	}
+}
+
+// What the controller keeps per unit goes with a unit evicted from the
+// registry (units come and go: each restart of a unit process is a new
+// id): its fences (kept in memory, logged, in every snapshot) and its
+// free queue. A commit naming an evicted unit is refused with ErrLost.
+func TestUnitChurnForgetsEvictedUnits(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	c.units.maxUnits = 2
+	s := NewServer(c, ServerConfig{})
+	t.Cleanup(func() { s.Close() })
+	const rounds = 20
+	for i := range rounds {
+		inc := uint64(100 + i)
+		id, err := c.units.Register(engine.UnitInfo{Incarnation: inc, Host: "h"}, true)
+		require.NoError(t, err)
+		// The unit reconciles after registering (fences), and something
+		// freed on it is queued.
+		_, err = c.Reconcile(ReconcileRequest{Unit: id, Incarnation: inc, Full: true, Segments: []uint32{1},
+			Fences: []SegmentFence{{1, 1}}, Last: true, LiveSegments: []uint32{1}, NextSegment: 2})
+		require.NoError(t, err)
+		s.frees.add([]engine.CellLoc{loc(id, 1, 1, 0, 8)})
+		// Then it dies (its process restarts: a new incarnation, a new id).
+		c.units.mu.Lock()
+		c.units.units[id].LastHeartbeat = time.Now().Add(-time.Hour)
+		c.units.mu.Unlock()
+	}
+	require.NoError(t, c.WaitDurable(context.Background()))
+	assert.LessOrEqual(t, len(c.units.Units()), 2, "the registry is bounded")
+
+	registered := map[engine.UnitID]bool{}
+	for _, u := range c.units.Units() {
+		registered[u.ID] = true
+	}
+	c.fences.mu.RLock()
+	var fenced []engine.UnitID
+	for id := range c.fences.m {
+		if !registered[id] {
+			fenced = append(fenced, id)
+		}
+	}
+	c.fences.mu.RUnlock()
+	assert.Empty(t, fenced, "fences kept (and snapshotted) for units evicted from the registry")
+
+	s.frees.mu.Lock()
+	var queued []engine.UnitID
+	for id := range s.frees.units {
+		if !registered[id] {
+			queued = append(queued, id)
+		}
+	}
+	s.frees.mu.Unlock()
+	assert.Empty(t, queued, "free queues kept for units evicted from the registry")
+
+	_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: insert(t, c, "p", 1, "x").Indexes, Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Locs: []engine.CellLoc{loc(1, 1, 1, 0, 8)}},
+	}})
+	require.ErrorIs(t, err, engine.ErrLost, "a commit naming an evicted unit")
+	require.ErrorContains(t, err, "storage unit 1 was evicted")
 }
