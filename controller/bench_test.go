@@ -469,3 +469,25 @@ func BenchmarkResolveKeysTagged(b *testing.B) {
 	}
 	benchCall(b, s, wire.OpResolveKeys, &wirepb.ResolveKeysRequest{Partition: "p", Keys: keys}, len(keys))
 }
+
+// BenchmarkStats: what each metrics scrape asks of every partition, on
+// partitions of growing size. It walks no rows: its cost holds with the
+// rows (race builds walk them to check the count).
+func BenchmarkStats(b *testing.B) {
+	for _, rows := range []int{1 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("rows=%d", rows), func(b *testing.B) {
+			c, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			fill(b, c, "p", rows, false, "a", "b", "c", "d")
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := c.Stats("p"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -181,11 +181,23 @@ func checkLens(partition string, fields []engine.CommitField, row func(i int) st
 	return nil
 }
 
+// maxFields bounds a partition's fields (a row counts its produced cells
+// in 16 bits).
+const maxFields = 1<<16 - 1
+
 // checkDTypes refuses fields whose dtype differs from the one the
-// partition's produced cells of that field have.
+// partition's produced cells of that field have, and new fields past
+// maxFields.
 func (p *partition) checkDTypes(fields []engine.CommitField) error {
+	added := 0
 	for _, cf := range fields {
-		if f, ok := p.fields[cf.Name]; ok && f.dtype != engine.InvalidDType && f.dtype != cf.DType {
+		f, ok := p.fields[cf.Name]
+		if !ok {
+			if added++; len(p.order)+added > maxFields {
+				return fmt.Errorf("field %q would be partition %q's field number %d, past the limit of %d: %w", cf.Name, p.id, len(p.order)+added, maxFields, engine.ErrCapacity)
+			}
+		}
+		if ok && f.dtype != engine.InvalidDType && f.dtype != cf.DType {
 			// Overwriting every produced row of the field with a new dtype
 			// would be legal in principle; we keep the reference's rule that
 			// a field has one dtype for its lifetime in the partition.

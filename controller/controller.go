@@ -14,6 +14,7 @@ import (
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/invariants"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -1367,13 +1368,20 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
 	copy(consumed, p.consumedN)
-	p.rows.all(func(r *row) {
-		produced := false
-		p.rows.cells(r, func(int, cell) { produced = true })
-		if produced {
-			st.Produced++
+	st.Produced = p.rows.producedRows()
+	if invariants.Enabled {
+		walked := 0
+		p.rows.all(func(r *row) {
+			produced := false
+			p.rows.cells(r, func(int, cell) { produced = true })
+			if produced {
+				walked++
+			}
+		})
+		if walked != st.Produced {
+			panic(fmt.Sprintf("partition %q: %d rows produced by the count, %d by a walk", p.id, st.Produced, walked))
 		}
-	})
+	}
 	total := p.rows.len()
 	if total > 0 {
 		st.Progress = float64(st.Produced) / float64(total)

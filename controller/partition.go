@@ -83,12 +83,13 @@ type row struct {
 	made   uint64
 	insPos uint32
 	insLen uint32
-	live   bool // the slot of its page holds a row
-	active bool // false while the row is only pre-allocated
-	inFeed bool // in its partition's change feed (changes.go)
-	keyed  bool // has a key (partition.rowKeys)
-	tagged bool // has tags (partition.rowTags)
-	more   bool // consumed by a task past the first 64 (partition.more)
+	cells  uint16 // produced cells (rowTable keeps it; fits the padding)
+	live   bool   // the slot of its page holds a row
+	active bool   // false while the row is only pre-allocated
+	inFeed bool   // in its partition's change feed (changes.go)
+	keyed  bool   // has a key (partition.rowKeys)
+	tagged bool   // has tags (partition.rowTags)
+	more   bool   // consumed by a task past the first 64 (partition.more)
 }
 
 // stamp notes that record idx changed rows (0: nothing was logged).

@@ -44,6 +44,9 @@ type rowPage struct {
 type rowTable struct {
 	pages map[uint64]*rowPage
 	n     int
+	// produced counts the rows with at least one produced cell (each
+	// row's count is row.cells), so stats need not walk the rows.
+	produced int
 	// last caches the most recently used page: consecutive lookups hit it.
 	lastKey  uint64
 	lastPage *rowPage
@@ -89,6 +92,7 @@ func (t *rowTable) add(gi uint64) *row {
 	r := &p.rows[i]
 	if r.live {
 		t.clearCells(p, i)
+		t.forgetCells(r)
 	} else {
 		p.n++
 		t.n++
@@ -105,6 +109,14 @@ func (t *rowTable) clearCells(p *rowPage, i uint64) {
 	}
 }
 
+// forgetCells takes r's produced cells, cleared, out of the count.
+func (t *rowTable) forgetCells(r *row) {
+	if r.cells > 0 {
+		t.produced--
+		r.cells = 0
+	}
+}
+
 // del removes the row with index gi, if any, and its cells. A *row of it
 // still reads as it was (its index, say) until the index is added again.
 func (t *rowTable) del(gi uint64) {
@@ -115,6 +127,7 @@ func (t *rowTable) del(gi uint64) {
 	i := gi % pageSize
 	p.rows[i].live = false
 	t.clearCells(p, i)
+	t.forgetCells(&p.rows[i])
 	p.n--
 	t.n--
 	if p.n == 0 {
@@ -126,6 +139,9 @@ func (t *rowTable) del(gi uint64) {
 }
 
 func (t *rowTable) len() int { return t.n }
+
+// producedRows counts the rows with at least one produced cell.
+func (t *rowTable) producedRows() int { return t.produced }
 
 // cell returns r's cell of field slot (the zero cell, not produced, when
 // there is none).
@@ -168,7 +184,18 @@ func (t *rowTable) set(r *row, slot int, c cell) {
 		col = make([]cell, pageSize)
 		p.cols[slot] = col
 	}
-	col[r.index%pageSize] = c
+	i := r.index % pageSize
+	switch was := col[i].produced(); {
+	case c.produced() && !was:
+		if r.cells++; r.cells == 1 {
+			t.produced++
+		}
+	case !c.produced() && was:
+		if r.cells--; r.cells == 0 {
+			t.produced--
+		}
+	}
+	col[i] = c
 }
 
 // cells calls fn for each produced cell of r, by field slot.

@@ -579,6 +579,9 @@ func newPartitionFromState(sp *wirepb.StatePartition, head *wirepb.StateHeader) 
 		}
 		p.taskSlot(t)
 	}
+	if len(sp.Fields) > maxFields {
+		return nil, corrupt("partition %q: %d fields, past the limit of %d", sp.Partition, len(sp.Fields), maxFields)
+	}
 	for _, sf := range sp.Fields {
 		if sf.Name == "" {
 			return nil, corrupt("partition %q: field with an empty name", sp.Partition)
