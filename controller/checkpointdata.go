@@ -114,6 +114,8 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 	}
 	release := s.frees.hold()
 	defer release()
+	releaseLocal := s.c.local.hold()
+	defer releaseLocal()
 	s.c.pins.Lock()
 	defer s.c.pins.Unlock()
 

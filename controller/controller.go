@@ -113,6 +113,9 @@ type Controller struct {
 	// save waits for reconciles under way, so none frees an extent the
 	// checkpoint reads or writes.
 	pins sync.RWMutex
+	// local defers frees made on units of this process (FreeLocal) while
+	// a checkpoint is saved, as the server's free queue holds the others.
+	local localFrees
 	// spent holds keys given back before their partition existed.
 	spent spentKeys
 

@@ -11,6 +11,7 @@ package controller
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -170,5 +171,67 @@ func (q *freeQueue) take(ctx context.Context, id engine.UnitID, ack uint64, wait
 		case <-ctx.Done():
 			return nil, 0, false
 		}
+	}
+}
+
+// localFrees defers the frees a process makes on its own units while a
+// checkpoint is being saved (see [Controller.FreeLocal]).
+type localFrees struct {
+	held    atomic.Int32 // holds, read without mu on the way in
+	mu      sync.Mutex
+	holds   int
+	pending []localFree
+}
+
+type localFree struct {
+	locs []engine.CellLoc
+	free func([]engine.CellLoc)
+}
+
+// FreeLocal calls free(locs), which frees bytes on storage units of this
+// process (a KV put's replaced cells, once the put is durable), at once,
+// or once no checkpoint is being saved: a save reads the cells of the
+// state it copied, and the free queue units collect is held meanwhile,
+// but frees made in process would pass it by.
+func (c *Controller) FreeLocal(locs []engine.CellLoc, free func([]engine.CellLoc)) {
+	g := &c.local
+	// The save counts its hold before it copies the state, and a free is
+	// made after the change that dropped its cells: if that change is in
+	// the copy, the hold is seen here.
+	if g.held.Load() == 0 {
+		free(locs)
+		return
+	}
+	g.mu.Lock()
+	if g.holds > 0 {
+		g.pending = append(g.pending, localFree{locs, free})
+		g.mu.Unlock()
+		return
+	}
+	g.mu.Unlock()
+	free(locs)
+}
+
+// hold defers FreeLocal's frees until the returned func is called.
+func (g *localFrees) hold() (release func()) {
+	g.mu.Lock()
+	g.holds++
+	g.held.Store(int32(g.holds))
+	g.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.holds--
+			g.held.Store(int32(g.holds))
+			var run []localFree
+			if g.holds == 0 {
+				run, g.pending = g.pending, nil
+			}
+			g.mu.Unlock()
+			for _, f := range run {
+				f.free(f.locs)
+			}
+		})
 	}
 }

@@ -21,6 +21,7 @@ func Meta(c *controller.Controller, units ...*storage.Unit) client.MetaService {
 	for _, u := range units {
 		l.units[u.ID()] = u
 	}
+	l.freeOn = func(locs []engine.CellLoc) { freeOn(l.units, locs) }
 	return l
 }
 
@@ -30,6 +31,8 @@ type localMeta struct {
 	// sharedTags: metas carry the rows' own tag maps (ResolveKeysShared),
 	// for KVData's client, whose metas a server encodes at once.
 	sharedTags bool
+	// freeOn frees locs on units (made once: no closure per free).
+	freeOn func([]engine.CellLoc)
 }
 
 // Draining reports whether the controller reports unit id draining: a
@@ -76,12 +79,18 @@ func (l localMeta) freeAfter(ctx context.Context, locs []engine.CellLoc, wait fu
 	return nil
 }
 
-// freeNow frees the bytes of locs on the units of this process.
+// freeNow frees the bytes of locs on the units of this process, or once
+// no checkpoint is being saved (it reads them).
 func (l localMeta) freeNow(locs []engine.CellLoc) {
+	l.c.FreeLocal(locs, l.freeOn)
+}
+
+// freeOn frees the bytes of locs on those of units that hold them.
+func freeOn(units map[engine.UnitID]*storage.Unit, locs []engine.CellLoc) {
 	freeable := func(loc engine.CellLoc) bool { return loc.Stored() && !loc.Lost() && loc.Addr.Len > 0 }
 	if len(locs) == 1 {
 		// A put of one cell replaced one: no grouping by unit.
-		if u := l.units[locs[0].Unit]; u != nil && freeable(locs[0]) {
+		if u := units[locs[0].Unit]; u != nil && freeable(locs[0]) {
 			u.FreeRanges([]engine.RemoteAddr{locs[0].Addr})
 		}
 		return
@@ -93,7 +102,7 @@ func (l localMeta) freeNow(locs []engine.CellLoc) {
 		}
 	}
 	for id, addrs := range by {
-		if u := l.units[id]; u != nil {
+		if u := units[id]; u != nil {
 			u.FreeRanges(engine.CoalesceRanges(addrs))
 		}
 	}
