@@ -186,7 +186,7 @@ func (c *Controller) Load(dir string) ([]engine.CellLoc, error) {
 		return nil, opErr("load checkpoint", dir, fmt.Errorf("a checkpoint with data is loaded through the server: %w", engine.ErrInvalid))
 	}
 	c.loseForeignCells(ls)
-	freed, err := c.takeOver(ls)
+	freed, err := c.takeOver(ls, nil)
 	if err != nil {
 		return nil, opErr("load checkpoint", dir, err)
 	}
@@ -226,13 +226,21 @@ func (c *Controller) loseForeignCells(ls *loadedState) {
 // ([journal.Journal.Fail]): the controller acknowledges nothing more, and
 // a restart comes back with the state before the load. So does a restart
 // after a process killed before the snapshot was in place.
-func (c *Controller) takeOver(ls *loadedState) ([]engine.CellLoc, error) {
+//
+// The units a load wrote the cells to (written) must still take them:
+// one marked draining meanwhile may have been drained already (its mover
+// listed what the state held then), and one not heard from would hold
+// them lost. Then nothing is taken over, and the load may be tried again.
+func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engine.CellLoc, error) {
 	var used []uint64
 	for _, p := range ls.parts {
 		p.rows.all(func(r *row) { used = append(used, r.index) })
 	}
 	unlock := c.lockAll()
 	defer unlock()
+	if err := c.units.takeLocked(written); err != nil {
+		return nil, err
+	}
 	// Until the partitions are replaced, a failure must leave every
 	// sampler as it was: the named samplers' states are checked on fresh
 	// samplers first, the configured sampler's is loaded next (a

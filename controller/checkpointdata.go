@@ -339,7 +339,7 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	}
 	if !ls.head.Data {
 		s.c.loseForeignCells(ls)
-		return s.c.takeOver(ls)
+		return s.c.takeOver(ls, nil)
 	}
 	if s.cfg.Dial == nil {
 		return nil, fmt.Errorf("a checkpoint with data needs a server that reaches its storage units: %w", engine.ErrNotSupported)
@@ -388,7 +388,7 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	if err != nil {
 		return written, err
 	}
-	freed, err := s.c.takeOver(ls)
+	freed, err := s.c.takeOver(ls, written)
 	if err != nil {
 		if s.c.failed() {
 			// The state was taken over and its snapshot failed: the

@@ -310,3 +310,63 @@ func TestCheckpointWithDataKeepsCellsWithoutLocation(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, before.Cells["meta"], after.Cells["meta"], "cells without a location after the load")
 }
+
+// drainingWrites is a unit connection whose first Write marks unit
+// target draining and lists its cells, as `tq unit drain` does, while a
+// checkpoint load is writing to it.
+type drainingWrites struct {
+	*ckptUnit
+	c      *Controller
+	target engine.UnitID
+	once   *sync.Once
+	listed *[]engine.UnitCell
+	t      *testing.T
+}
+
+func (d drainingWrites) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAddr, error) {
+	d.once.Do(func() {
+		_, err := d.c.DrainUnit(d.target, true)
+		require.NoError(d.t, err)
+		cells, _, err := d.c.UnitCells(d.target, nil, 0, 0)
+		require.NoError(d.t, err)
+		*d.listed = cells
+	})
+	return d.ckptUnit.Write(ctx, extents)
+}
+
+// A checkpoint load with data picks its target units (alive, not
+// draining) when it starts writing, and takes the state over once every
+// cell is written (for a large checkpoint, minutes later). A unit marked
+// draining meanwhile may have been drained already, by a mover that found
+// none of the state's cells on it: the load then fails, naming the unit,
+// with nothing taken over (what it wrote goes back), and loads again onto
+// the units that take cells.
+func TestCheckpointLoadRacesDrain(t *testing.T) {
+	c, _, unit, dir := ckptWithData(t)
+	// A second, roomier unit: the load writes to it first.
+	big, err := c.units.Register(engine.UnitInfo{Incarnation: 22, Host: "h", Addrs: []string{"tcp://127.0.0.1:2"}, Name: "u2", Capacity: 1 << 40}, true)
+	require.NoError(t, err)
+	var once sync.Once
+	var listed []engine.UnitCell
+	s := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) {
+		return drainingWrites{ckptUnit: unit, c: c, target: big, once: &once, listed: &listed, t: t}, nil
+	}})
+	t.Cleanup(func() { s.Close() })
+	before, err := c.RowsMeta("p", []uint64{0, 1}, nil)
+	require.NoError(t, err)
+	err = s.LoadCheckpoint(context.Background(), "ck")
+	require.ErrorIs(t, err, engine.ErrUnavailable, "a load onto a unit marked draining while it wrote")
+	require.ErrorContains(t, err, "draining")
+	require.Empty(t, listed, "the drain found no cell on the unit")
+	cells, _, err := c.UnitCells(big, nil, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, cells, "cells the load put on unit %d after it was marked draining and its drain found it empty", big)
+	after, err := c.RowsMeta("p", []uint64{0, 1}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, before.Cells, after.Cells, "the state the failed load left")
+
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"), "loading again")
+	cells, _, err = c.UnitCells(big, nil, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, cells, "cells on the draining unit")
+}

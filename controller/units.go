@@ -442,6 +442,28 @@ func (r *Registry) refusing(id engine.UnitID) (draining, evicted bool) {
 	return ok && u.Draining, !ok && id < r.next
 }
 
+// takeLocked checks that the units of locs still take cells: each is
+// registered, alive and not draining. The caller holds mu.
+func (r *Registry) takeLocked(locs []engine.CellLoc) error {
+	now := time.Now()
+	var last engine.UnitID
+	for _, l := range locs {
+		if l.Unit == last || !l.Stored() || l.Lost() {
+			continue
+		}
+		last = l.Unit
+		switch u, ok := r.units[l.Unit]; {
+		case !ok:
+			return fmt.Errorf("storage unit %d left the registry while cells were written to it: %w", l.Unit, engine.ErrUnavailable)
+		case u.Draining:
+			return fmt.Errorf("storage unit %d was marked draining while cells were written to it: %w", l.Unit, engine.ErrUnavailable)
+		case !r.alive(u, now):
+			return fmt.Errorf("storage unit %d was not heard from within its timeout while cells were written to it: %w", l.Unit, engine.ErrUnavailable)
+		}
+	}
+	return nil
+}
+
 // bound reports whether id is registered with incarnation inc.
 func (r *Registry) bound(id engine.UnitID, inc uint64) bool {
 	r.mu.Lock()
