@@ -454,11 +454,23 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			if cerr != nil {
 				return item{err: fmt.Errorf("stream: consumption of %q: %w", part, cerr)}
 			}
-			err = nil
-			if all {
-				err = fmt.Errorf("partition %q consumed: %w", part, engine.ErrDone)
-			} else {
+			if !all {
 				continue
+			}
+			// Between the wait and the check, a DP peer of this rank may
+			// have fetched this batch index (a shared sampler keeps it
+			// for the group), or a fetch of this rank's own may have taken
+			// it with a reply that came after the deadline: those rows
+			// count as consumed, yet they are this rank's next
+			// micro-batch. Ask once more, without waiting: rows mean the
+			// batch, none the end.
+			req.Wait = false
+			if l.private {
+				req.Key = newKey()
+			}
+			m, err = l.c.GetMeta(ctx, req)
+			if err == nil && m.Empty() {
+				err = fmt.Errorf("partition %q consumed: %w", part, engine.ErrDone)
 			}
 		}
 		switch {

@@ -378,6 +378,72 @@ func TestEndWhenConsumed(t *testing.T) {
 	}
 }
 
+// hookMeta runs before once, on the first ConsumptionStatus call.
+type hookMeta struct {
+	client.MetaService
+	before func()
+	once   sync.Once
+}
+
+func (h *hookMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
+	h.once.Do(h.before)
+	return h.MetaService.ConsumptionStatus(ctx, partition, task)
+}
+
+func (h *hookMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	return h.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
+}
+
+func (h *hookMeta) MarkDone(ctx context.Context, partition string) error {
+	return h.MetaService.(client.StreamService).MarkDone(ctx, partition)
+}
+
+// With EndWhenConsumed, a rank whose wait for a micro-batch timed out
+// while its DP peer (same DPRank) took that micro-batch, consuming the
+// last rows, still gets it: it used to see "all consumed" and end without
+// it, and the peers disagreed on the number of micro-batches.
+func TestEndWhenConsumedGetsTheBatchAPeerTook(t *testing.T) {
+	ecfg := embedded.DefaultConfig()
+	ecfg.Controller.PreAlloc = 4
+	e, err := embedded.New(ecfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	ctx := context.Background()
+	var peer []uint64
+	h := &hookMeta{MetaService: embedded.Meta(e.Controller, e.Units...)}
+	h.before = func() { // between this rank's timed-out wait and its check
+		produce(t, e.Client, "p", 0, 4, nil)
+		m, err := e.Client.GetMeta(ctx, client.MetaRequest{
+			Mode: client.Fetch, Partition: "p", Task: "train", Fields: []string{"x"}, BatchSize: 4,
+			Sampler: engine.SamplerSpec{Name: engine.SamplerRankAware},
+			Options: engine.SamplingOptions{HasRank: true, DPRank: 0, BatchIndex: 0},
+		})
+		require.NoError(t, err)
+		peer = m.Indexes
+	}
+	var dus []client.DataUnit
+	for _, u := range e.Units {
+		dus = append(dus, embedded.Unit(u))
+	}
+	cb, err := client.New(h, dus, client.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { cb.Close() })
+
+	lcfg := config("p")
+	lcfg.EndWhenConsumed, lcfg.PollInterval = true, 20*time.Millisecond
+	l, err := New(cb, lcfg)
+	require.NoError(t, err)
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var got [][]uint64
+	for b, err := range l.All(tctx) {
+		require.NoError(t, err)
+		got = append(got, b.Meta.Indexes)
+	}
+	require.Len(t, peer, 4, "the peer got micro-batch 0")
+	require.Equal(t, [][]uint64{peer}, got, "the rank must get the micro-batch its peer got")
+}
+
 // TestPanicInTheLoopReleasesTheBatch: a loop body that panics, recovered
 // by its caller, leaves no lease on the units behind, and the rows it
 // never finished are handed out again from Next.
