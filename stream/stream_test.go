@@ -378,6 +378,38 @@ func TestEndWhenConsumed(t *testing.T) {
 	}
 }
 
+// A partition marked done whose pre-allocated rows were not all produced
+// (PreAlloc set to a step's usual size; the producer wrote 10 of 16, then
+// MarkDone) ends with a short last micro-batch: the reserved rows that
+// will never be produced used to hold back rows 8 and 9, and the loader
+// never ended.
+func TestDoneWithUnproducedReservedRows(t *testing.T) {
+	for _, smp := range []string{engine.SamplerRankAware, engine.SamplerSequential} {
+		t.Run(smp, func(t *testing.T) {
+			cfg := embedded.DefaultConfig()
+			cfg.Controller.PreAlloc = 16
+			e, err := embedded.New(cfg)
+			require.NoError(t, err)
+			t.Cleanup(func() { e.Close() })
+			ctx := context.Background()
+			produce(t, e.Client, "p", 0, 10, nil)
+			require.NoError(t, e.Client.MarkDone(ctx, "p"))
+			lcfg := config("p")
+			lcfg.Sampler = engine.SamplerSpec{Name: smp}
+			l, err := New(e.Client, lcfg)
+			require.NoError(t, err)
+			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			var got []int64
+			for b, err := range l.All(tctx) {
+				require.NoError(t, err, "after rows %v (the loader never ended)", got)
+				got = append(got, values(t, b)...)
+			}
+			require.Equal(t, upTo(10), got)
+		})
+	}
+}
+
 // hookMeta runs before once, on the first ConsumptionStatus call.
 type hookMeta struct {
 	client.MetaService
