@@ -32,11 +32,17 @@
 // In finite mode (the default) the loop ends once every partition is
 // drained: its producer marked it done ([client.Client.MarkDone]) and the
 // rank's group has taken all it can. A short last micro-batch is
-// yielded. With Config.EndWhenConsumed a partition also ends, as in the
-// reference, once the task consumed every row it has (pre-allocated ones
-// included: the controller's PreAlloc). Otherwise, without the done
-// marker, the loader waits for more rows, as in continuous mode
-// (Config.Continuous), which never ends on its own.
+// yielded. Without the done marker the loader waits for more rows, as in
+// continuous mode (Config.Continuous), which never ends on its own.
+//
+// With Config.EndWhenConsumed a partition also ends, as in the reference,
+// once the task consumed every row it has (pre-allocated ones included:
+// the controller's PreAlloc). Unlike the reference, which fetches a whole
+// step and splits it, the loader then takes only full micro-batches: the
+// step's size must be a multiple of the micro-batch size × DPSize, or the
+// producer must mark the partition done (a token budget's last
+// micro-batch always needs the done marker). Otherwise the rows left over
+// are never yielded and the partition never ends.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

@@ -72,7 +72,13 @@ type Config struct {
 	// a partition ends without MarkDone. The loader then waits for rows
 	// PollInterval at a time and asks between the waits. Without
 	// pre-allocation a consumer faster than its producer can end before
-	// the producer is finished: prefer MarkDone.
+	// the producer is finished: prefer MarkDone. Only full micro-batches
+	// are fetched from a partition not marked done, so the step's size
+	// must be a multiple of MicroBatchSize × DPSize, or the producer must
+	// call MarkDone: rows that fill no micro-batch are never fetched, stay
+	// unconsumed, and the partition never ends. With a TokenBudget the
+	// last micro-batch of a step never closes on its own: MarkDone is
+	// needed.
 	EndWhenConsumed bool
 	// Prefetch is how many micro-batches are fetched ahead while the loop
 	// body runs (0: none; each is fetched when the loop asks for it).

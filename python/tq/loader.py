@@ -17,7 +17,11 @@ soon as enough rows are produced), so an idle loader costs no polling.
 Iteration ends when ``should_check_consumption_status`` is set and every
 row of the partition has been consumed by the task (pre-allocate the rows,
 ``tq serve --pre-alloc``, so that the total is known before producers
-finish); otherwise it never ends and the caller breaks out.
+finish); otherwise it never ends and the caller breaks out. A partition
+not marked done gives only whole batches of ``batch_size`` rows, so the
+partition's size must then be a multiple of ``batch_size`` times the
+number of data-parallel groups, or the producer must mark it done: rows
+left over are never fetched, stay unconsumed, and iteration never ends.
 
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
