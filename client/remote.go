@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -496,6 +497,9 @@ const fetchMargin = 25 * time.Millisecond
 // took, if it took any. If the caller gives up (ctx ends) or the controller
 // stays unreachable, the rows a late reply or a lost one held are given
 // back to the task: a fetch never consumes rows its caller did not receive.
+// A reply that does not answer the request (a row of another partition,
+// other fields, more rows than a sequential fetch takes) is an error
+// wrapping [engine.ErrCorrupt], and its rows are given back too.
 func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	if err := checkFetch(req); err != nil {
 		return nil, r.opErr("fetch", err)
@@ -517,10 +521,78 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		return nil, r.opErr("fetch", err)
 	}
 	m, err := r.fetch(ctx, req, pb)
+	if err == nil {
+		if cerr := checkFetchReply(req, m); cerr != nil {
+			m, err = nil, r.opErr("fetch", corruptReply(cerr))
+		}
+	}
 	if err != nil && !refusedFetch(err) {
 		r.giveBack(req.Partition, req.Task, req.Key)
 	}
 	return m, err
+}
+
+// checkFetchReply refuses a FETCH reply that does not answer req: a row of
+// another partition, other fields than those asked for, or more rows than
+// the sampler ever returns (see fetchMax).
+func checkFetchReply(req engine.FetchRequest, m *engine.BatchMeta) error {
+	if m.Empty() {
+		return nil // "not enough rows yet" names no fields
+	}
+	if err := checkPartition(m, req.Partition); err != nil {
+		return err
+	}
+	if !sameFields(m, req.Fields) {
+		return fmt.Errorf("%d rows with fields %q, asked for %q", m.Len(), m.FieldNames(), req.Fields)
+	}
+	if n, ok := fetchMax(req); ok && m.Len() > n {
+		return fmt.Errorf("%d rows, asked for at most %d (sampler %s)", m.Len(), n, req.Sampler.Name)
+	}
+	return nil
+}
+
+// checkPartition refuses a reply with a row of another partition than
+// the one asked for.
+func checkPartition(m *engine.BatchMeta, partition string) error {
+	for i, p := range m.Partitions {
+		if p != partition {
+			return fmt.Errorf("row %d of %d (index %d) is of partition %q, asked for %q", i+1, m.Len(), m.Indexes[i], p, partition)
+		}
+	}
+	return nil
+}
+
+// sameFields reports whether m's fields are exactly the named ones.
+func sameFields(m *engine.BatchMeta, fields []string) bool {
+	for _, f := range fields {
+		if _, ok := m.Schema[f]; !ok {
+			return false
+		}
+	}
+	for f := range m.Schema {
+		if !slices.Contains(fields, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// fetchMax returns the most rows a fetch returns, where a bound always
+// holds: sequential takes at most BatchSize, and so does grpo without a
+// rank. Others may return more: a batch kept for a DP group (rank_aware,
+// grpo with a rank, token_budget) is the one a peer's request made,
+// whatever its batch size; the parts of a final seqlen_balanced batch may
+// be of any size; and without a spec the controller's own sampler, which
+// may be anyone's, chooses.
+func fetchMax(req engine.FetchRequest) (int, bool) {
+	switch {
+	case req.TokenBudget > 0:
+		return 0, false
+	case req.Sampler.Name == engine.SamplerSequential,
+		req.Sampler.Name == engine.SamplerGRPO && !req.Options.HasRank:
+		return req.BatchSize, true
+	}
+	return 0, false
 }
 
 // refusedFetch reports a fetch the controller answered with a refusal of
@@ -631,7 +703,7 @@ func (r *RemoteMeta) ForceFetch(ctx context.Context, partition string, fields []
 	if err := checkPartFields(partition, fields); err != nil {
 		return nil, r.opErr("force fetch", err)
 	}
-	return r.doMeta(ctx, "force fetch", wire.OpForceFetch, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)}, true)
+	return r.partMeta(ctx, "force fetch", wire.OpForceFetch, partition, &wirepb.ForceFetchRequest{Partition: partition, Fields: selectionToPB(fields)})
 }
 
 // RowsMeta returns the meta of the given rows; see
@@ -640,7 +712,20 @@ func (r *RemoteMeta) RowsMeta(ctx context.Context, partition string, indexes []u
 	if err := checkPartFields(partition, fields); err != nil {
 		return nil, r.opErr("rows meta", err)
 	}
-	return r.doMeta(ctx, "rows meta", wire.OpRowsMeta, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)}, true)
+	return r.partMeta(ctx, "rows meta", wire.OpRowsMeta, partition, &wirepb.RowsMetaRequest{Partition: partition, Indexes: indexes, Fields: selectionToPB(fields)})
+}
+
+// partMeta is doMeta, repeated, for a request of rows of one partition: a
+// reply with a row of another is corrupt.
+func (r *RemoteMeta) partMeta(ctx context.Context, name string, op wire.Op, partition string, req proto.Message) (*engine.BatchMeta, error) {
+	m, err := r.doMeta(ctx, name, op, req, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPartition(m, partition); err != nil {
+		return nil, r.opErr(name, corruptReply(err))
+	}
+	return m, nil
 }
 
 func commitToPB(req engine.CommitRequest) *wirepb.CommitRequest {

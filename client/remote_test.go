@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -474,6 +475,104 @@ func TestRemoteBlockingFetch(t *testing.T) {
 			t.Fatalf("fetch returned %d rows, want 2", fm.Len())
 		}
 	})
+}
+
+// fakeMeta builds the meta of n rows of partition with one int64 field.
+func fakeMeta(partition, field string, n int) *engine.BatchMeta {
+	m := &engine.BatchMeta{
+		Indexes: make([]uint64, n), Partitions: make([]string, n), Ready: make([]bool, n), Tags: make([]engine.Tags, n),
+		Schema: map[string]engine.FieldSchema{field: {Kind: engine.Dense, DType: engine.Int64, Shape: engine.Shape{1}}},
+		Cells:  map[string][]engine.CellLoc{field: make([]engine.CellLoc, n)},
+	}
+	for i := range n {
+		m.Indexes[i], m.Partitions[i], m.Ready[i] = uint64(10+i), partition, true
+	}
+	return m
+}
+
+// A reply that does not answer the request is corrupt, and a fetch's rows
+// are given back: a FETCH reply with a row of another partition, other
+// fields than those asked for, or more rows than a sequential fetch
+// takes; a FORCE_FETCH or ROWS_META reply with a row of another
+// partition. The client used to hand such a reply to its caller (a
+// loader then yielded rows of "other" as a micro-batch of "p"). More rows
+// than asked for are a rank_aware group's cached batch (a peer's request
+// made it), and an empty reply names no fields: both are accepted.
+func TestRemoteReplyNotMatchingRequest(t *testing.T) {
+	var reply atomic.Pointer[engine.BatchMeta]
+	gaveBack := make(chan string, 10)
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller"}})
+	answer := func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		pb, err := wire.MetaToPB(reply.Load())
+		if err != nil {
+			rw.Error(err)
+			return
+		}
+		rw.Reply(&wirepb.MetaReply{Meta: pb}, nil, nil)
+	}
+	srv.Handle(wire.OpFetch, answer)
+	srv.Handle(wire.OpForceFetch, answer)
+	srv.Handle(wire.OpRowsMeta, answer)
+	srv.Handle(wire.OpUnconsume, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		var u wirepb.UnconsumeRequest
+		if err := req.Decode(&u); err != nil {
+			rw.Error(err)
+			return
+		}
+		gaveBack <- string(u.Key)
+		rw.Reply(&wirepb.Empty{}, nil, nil)
+	})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	r := dialMeta(t, "unix://"+l.Addr().String(), client.RemoteConfig{RetryFor: -1})
+	ctx := t.Context()
+
+	fetch := engine.FetchRequest{Partition: "p", Task: "train", Fields: []string{"x"}, BatchSize: 2,
+		Sampler: engine.SamplerSpec{Name: engine.SamplerSequential}}
+	ranked := fetch
+	ranked.Sampler = engine.SamplerSpec{Name: engine.SamplerRankAware}
+	ranked.Options = engine.SamplingOptions{HasRank: true}
+	for _, tc := range []struct {
+		name  string
+		req   engine.FetchRequest
+		reply *engine.BatchMeta
+		bad   string // what the error names; "" for a reply accepted
+	}{
+		{"another partition", fetch, fakeMeta("other", "y", 5), `is of partition "other", asked for "p"`},
+		{"other fields", fetch, fakeMeta("p", "y", 2), `fields ["y"], asked for ["x"]`},
+		{"more rows", fetch, fakeMeta("p", "x", 5), "5 rows, asked for at most 2"},
+		{"a group's cached batch", ranked, fakeMeta("p", "x", 5), ""},
+		{"no rows", fetch, &engine.BatchMeta{}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reply.Store(tc.reply)
+			tc.req.Key = fmt.Sprintf("%-16.16s", tc.name)
+			m, err := r.Fetch(ctx, tc.req)
+			if tc.bad == "" {
+				require.NoError(t, err)
+				require.Equal(t, tc.reply.Len(), m.Len())
+				return
+			}
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			require.ErrorContains(t, err, tc.bad)
+			require.Nil(t, m)
+			select {
+			case key := <-gaveBack:
+				require.Equal(t, tc.req.Key, key)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the fetch's rows were not given back")
+			}
+		})
+	}
+	reply.Store(fakeMeta("other", "x", 2))
+	_, err = r.ForceFetch(ctx, "p", []string{"x"})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.ErrorContains(t, err, `is of partition "other", asked for "p"`)
+	_, err = r.RowsMeta(ctx, "p", []uint64{10, 11}, []string{"x"})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.ErrorContains(t, err, `is of partition "other", asked for "p"`)
 }
 
 func TestRemoteCheckpoint(t *testing.T) {
