@@ -125,3 +125,28 @@ def test_rank_aware_groups(rank_aware_server, part):
     assert a0 == a1
     assert not set(sum(a0, [])) & set(sum(b, []))
     assert sorted(sum(a0, []) + sum(b, [])) == list(range(8))
+
+
+def test_rank_aware_end_when_consumed_peer_race(rank_aware_server, part):
+    """A rank whose wait for a batch timed out, and whose peer (same
+    dp_rank) fetched that batch index before the rank checked consumption,
+    still gets the batch: the check says all is consumed, but the peer's
+    batch is the group's, and the rank asks once more before it ends."""
+    s = rank_aware_server
+    with s.client() as c, s.client() as cc:
+        m = c.get_meta(["x"], 4, part, mode="insert")
+        c.put({"x": np.arange(2, dtype=np.int64)}, metadata=m.select_samples([0, 1]))
+        peer = tq.StreamIterator(4, 4, ["x"], part, "train", dp_rank=0, client=c, fetch_timeout=5)
+        check = cc.check_consumption_status
+
+        def peer_first(task, partition):
+            # The rest is produced and the peer takes batch 0 in between.
+            c.put({"x": np.arange(2, 4, dtype=np.int64)}, metadata=m.select_samples([2, 3]))
+            got = peer._fetch()
+            assert got is not None and got is not loader._DONE
+            return check(task, partition)
+        cc.check_consumption_status = peer_first
+        it = tq.StreamIterator(4, 4, ["x"], part, "train", dp_rank=0, should_check_consumption_status=True,
+                               client=cc, fetch_timeout=0.3)
+        got = [data["x"].tolist() for data, _ in it]
+        assert got == [[0, 1, 2, 3]]

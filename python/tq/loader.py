@@ -123,14 +123,14 @@ class StreamIterator:
     def get_buffer(self):
         return list(self.buffer)
 
-    def _fetch(self):
+    def _fetch(self, wait=True):
         """The next batch, None when none came in time, or _DONE when the
         partition is marked done and the task has all of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
         try:
             meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
-                              sampling_config=sc, wait=True, timeout=self.fetch_timeout)
+                              sampling_config=sc, wait=wait, timeout=self.fetch_timeout)
         except (errors.DeadlineError, errors.NotFoundError):
             return None
         except errors.DoneError:
@@ -157,7 +157,15 @@ class StreamIterator:
                 continue
             if self.should_check_consumption_status and \
                     self._get_client().check_consumption_status(self.task_name, self.partition_id):
-                return
+                # Between the wait and the check a peer of this rank (same
+                # dp_rank) may have fetched this batch index, which a
+                # rank-aware sampler keeps for the group: its rows count as
+                # consumed, yet they are this rank's next batch. Ask once
+                # more without waiting: rows are the batch, none the end.
+                got = self._fetch(wait=False)
+                if got is None or got is _DONE:
+                    return
+                self.buffer.append(got)
 
     def __iter__(self):
         for data, meta in self.batches():
