@@ -122,7 +122,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval; a unit silent for five is reported dead")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms); a unit silent for five is reported dead")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
@@ -242,8 +242,12 @@ func (c *serveConfig) validate() error {
 	if c.ControllerWait < 0 {
 		bad("--controller-wait %v: must not be negative", c.ControllerWait)
 	}
-	if c.HeartbeatInterval <= 0 {
-		bad("--heartbeat %v: must be positive", c.HeartbeatInterval)
+	// A storage unit heartbeats no faster than every 10 ms (and at its
+	// default, 1 s, when told less than a millisecond), while the
+	// controller reports it dead after five intervals: below that floor
+	// healthy units would flap between alive and lost.
+	if c.HeartbeatInterval < minHeartbeat {
+		bad("--heartbeat %v: must be at least %v (storage units heartbeat no faster)", c.HeartbeatInterval, minHeartbeat)
 	}
 	// --shm-quarantine is not among these: every duration is valid there,
 	// read as storage.ServerConfig.Quarantine reads it (0: the default;
@@ -342,6 +346,10 @@ func (c *serveConfig) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// minHeartbeat is the shortest --heartbeat: storage units heartbeat no
+// faster (storage/join.go's floor).
+const minHeartbeat = 10 * time.Millisecond
 
 // checkPort refuses a port net.Listen and net.Dial would: a number
 // beyond 65535, or a name /etc/services does not know.

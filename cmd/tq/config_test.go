@@ -321,3 +321,31 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		require.NoError(t, serve(t.Context(), []string{"--check-config", "--config", file}, io.Discard, io.Discard))
 	})
 }
+
+// A storage unit heartbeats no faster than every 10 ms (every second when
+// told less than a millisecond) and the controller reports it dead after
+// five intervals: a --heartbeat below 10 ms, as a flag or a config key,
+// would have healthy units reported lost, so it is refused, naming the
+// flag and the value. 10 ms itself is taken.
+func TestHeartbeatBelowTheUnitsFloorIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("heartbeat_interval: 5ms\n"), 0o600))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--heartbeat", "1ms"}, "--heartbeat 1ms: must be at least 10ms"},
+		{[]string{"--heartbeat-interval", "500us"}, "--heartbeat 500µs: must be at least 10ms"},
+		{[]string{"--heartbeat", "9ms"}, "--heartbeat 9ms: must be at least 10ms"},
+		{[]string{"--heartbeat", "0s"}, "--heartbeat 0s: must be at least 10ms"},
+		{[]string{"--config", file}, "--heartbeat 5ms: must be at least 10ms"},
+	} {
+		_, _, err := parseServeConfig(append([]string{"--check-config", "--data-dir", dir}, tc.args...), io.Discard)
+		if assert.Error(t, err, "%q", tc.args) {
+			assert.Contains(t, err.Error(), tc.want)
+		}
+	}
+	_, _, err := parseServeConfig([]string{"--check-config", "--data-dir", dir, "--heartbeat", "10ms"}, io.Discard)
+	assert.NoError(t, err)
+}

@@ -8,7 +8,8 @@ import (
 
 // watchUnits logs each storage unit the controller registers, loses (no
 // heartbeat within the timeout) or gets back, once per change, until
-// the server closes. It checks every heartbeat interval.
+// the server closes. It checks every heartbeat interval, but no more
+// often than every 100 ms: it only logs.
 func (s *server) watchUnits() {
 	done := make(chan struct{})
 	exited := make(chan struct{})
@@ -19,7 +20,7 @@ func (s *server) watchUnits() {
 	})
 	go func() {
 		defer close(exited)
-		t := time.NewTicker(s.cfg.HeartbeatInterval)
+		t := time.NewTicker(max(s.cfg.HeartbeatInterval, 100*time.Millisecond))
 		defer t.Stop()
 		alive := map[engine.UnitID]bool{}
 		for {
