@@ -122,7 +122,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms); a unit silent for five is reported dead")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms), for the controller, which tells its units; a unit silent for five is reported dead")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
@@ -397,6 +397,8 @@ var roleFlags = []struct {
 	{"pre-alloc", "all controller", func(c *serveConfig) any { return c.PreAlloc }},
 	{"sampler", "all controller", func(c *serveConfig) any { return c.Sampler }},
 	{"kept-batch-ttl", "all controller", func(c *serveConfig) any { return c.KeptBatchTTL }},
+	// A unit heartbeats at the interval its controller tells it.
+	{"heartbeat", "all controller", func(c *serveConfig) any { return c.HeartbeatInterval }},
 	{"loops", "all controller", func(c *serveConfig) any { return c.Loops }},
 	{"resp-partition", "all", func(c *serveConfig) any { return c.RESPPartition }},
 	{"resp-max-value", "all", func(c *serveConfig) any { return c.RESPMaxValue }},

@@ -155,7 +155,7 @@ func TestCheckConfig(t *testing.T) {
 	root := t.TempDir()
 	dataDir, sockDir := filepath.Join(root, "data"), filepath.Join(root, "sock")
 	args := []string{"--check-config", "--role", "unit", "--controller", "tcp://tq-controller:7370", "--capacity", "4GiB",
-		"--unit-listen", ":7371", "--unit-advertise", "10.1.2.3", "--heartbeat", "2s", "--huge-pages=false",
+		"--unit-listen", ":7371", "--unit-advertise", "10.1.2.3", "--reconcile-interval", "2s", "--huge-pages=false",
 		"--data-dir", dataDir, "--socket-dir", sockDir, "--token", "secret", "--metrics", "0.0.0.0:9090", "--shm-quarantine", "-1s"}
 	var out, errOut strings.Builder
 	require.NoError(t, serve(t.Context(), args, &out, &errOut), errOut.String())
@@ -348,4 +348,32 @@ func TestHeartbeatBelowTheUnitsFloorIsRefused(t *testing.T) {
 	}
 	_, _, err := parseServeConfig([]string{"--check-config", "--data-dir", dir, "--heartbeat", "10ms"}, io.Discard)
 	assert.NoError(t, err)
+}
+
+// A storage unit heartbeats at the interval its controller tells it:
+// --heartbeat and --heartbeat-interval (or the heartbeat_interval key)
+// would be ignored with --role unit, so they are refused there, as every
+// flag a role does not use is; the default passes.
+func TestHeartbeatIsRefusedForAUnit(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "unit.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("heartbeat_interval: 3s\n"), 0o600))
+	unit := []string{"--check-config", "--role", "unit", "--controller", "tcp://h:1", "--data-dir", dir}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--heartbeat", "10s"}, "--heartbeat 10s: not used by --role unit"},
+		{[]string{"--heartbeat-interval", "10s"}, "--heartbeat 10s: not used by --role unit"},
+		{[]string{"--config", file}, "--heartbeat 3s: not used by --role unit"},
+	} {
+		_, _, err := parseServeConfig(append(unit, tc.args...), io.Discard)
+		if assert.Error(t, err, "%q with --role unit was accepted and is ignored", tc.args) {
+			assert.Contains(t, err.Error(), tc.want)
+		}
+	}
+	_, _, err := parseServeConfig(append(unit, "--heartbeat", "1s"), io.Discard)
+	assert.NoError(t, err, "the default")
+	_, _, err = parseServeConfig([]string{"--check-config", "--role", "controller", "--heartbeat", "10s", "--data-dir", dir}, io.Discard)
+	assert.NoError(t, err, "a controller's")
 }

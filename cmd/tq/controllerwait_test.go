@@ -25,7 +25,7 @@ func TestUnitStartsBeforeController(t *testing.T) {
 	l.Close()
 	const token = "controller-wait-token"
 	unitArgs := []string{"--role", "unit", "--controller", "tcp://" + addr, "--unit-listen", "127.0.0.1:0",
-		"--socket-dir", t.TempDir(), "--token", token, "--capacity", "16MiB", "--heartbeat", "200ms"}
+		"--socket-dir", t.TempDir(), "--token", token, "--capacity", "16MiB"}
 
 	cmd := exec.Command(bin, append(append([]string{"serve"}, unitArgs...), "--controller-wait", "0")...)
 	cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+t.TempDir())

@@ -151,7 +151,7 @@ func startDrainCluster(t *testing.T, units int) *drainCluster {
 func (dc *drainCluster) addUnit(t *testing.T) {
 	t.Helper()
 	u := startServeIn(t, dc.ctrl.dataDir, nil, dc.bin, "--role", "unit", "--controller", dc.addr, "--socket-dir", t.TempDir(),
-		"--capacity", "64MiB", "--heartbeat", "100ms", "--reconcile-interval", "200ms", "--reconcile-grace", "1s", "--metrics", "127.0.0.1:0")
+		"--capacity", "64MiB", "--reconcile-interval", "200ms", "--reconcile-grace", "1s", "--metrics", "127.0.0.1:0")
 	dc.units = append(dc.units, u)
 }
 

@@ -222,7 +222,7 @@ func (c *fmCluster) startUnit(i int) {
 	var err error
 	for try := 0; ; try++ {
 		args := []string{"--role", "unit", "--controller", c.addr(), "--unit-listen", "",
-			"--socket-dir", c.socks, "--capacity", "64MiB", "--heartbeat", "100ms",
+			"--socket-dir", c.socks, "--capacity", "64MiB",
 			"--reconcile-interval", "500ms", "--reconcile-grace", "2s", "--name", fmt.Sprintf("u%d", i)}
 		if rdma.Supported { // consumer 1 reads over RDMA (the emulated device)
 			args = append(args, "--rdma-device", "emu0")

@@ -88,7 +88,7 @@ func TestHealthProbesSplitRoles(t *testing.T) {
 	assert.Equal(t, http.StatusOK, code, "controller /healthz")
 
 	unit := startServeIn(t, data, nil, bin, "--role", "unit", "--controller", "unix://"+filepath.Join(socks, "controller.sock"),
-		"--unit-listen", "", "--socket-dir", socks, "--capacity", "16MiB", "--heartbeat", "100ms", "--metrics", "127.0.0.1:0")
+		"--unit-listen", "", "--socket-dir", socks, "--capacity", "16MiB", "--metrics", "127.0.0.1:0")
 	unitURL := metricsOf(unit)
 	code, body = probe(t, unitURL+"/readyz")
 	assert.Equal(t, http.StatusOK, code, "unit /readyz: %s", body)

@@ -52,7 +52,7 @@ func TestMultiHostRehearsal(t *testing.T) {
 	for i := range nHosts {
 		startServe(t, h.In(i), bin, append([]string{"--role", "unit", "--controller", caddr,
 			"--unit-listen", h.IPs[i] + ":0", "--socket-dir", t.TempDir(), "--token", token,
-			"--capacity", "64MiB", "--heartbeat", "200ms"}, rdmaArgs...)...)
+			"--capacity", "64MiB"}, rdmaArgs...)...)
 	}
 	env := func(i int, extra ...string) []string {
 		return append([]string{"TQ_ADDR=" + caddr, "TQ_TOKEN=" + token, "TQ_PART=" + part(i)}, extra...)

@@ -32,7 +32,7 @@ func TestServeAcrossNamespaces(t *testing.T) {
 		"--socket-dir", t.TempDir(), "--token", token, "--heartbeat", "200ms")
 	caddr := ctrl.addr("tcp")
 	startServe(t, n.in(n.B), bin, "--role", "unit", "--controller", caddr, "--unit-listen", n.IPB+":0",
-		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--heartbeat", "200ms")
+		"--socket-dir", "", "--token", token, "--capacity", "64MiB")
 	runHelpers(t, helper(t, n.in(n.A), "roundtrip", "TQ_ADDR="+caddr, "TQ_TOKEN="+token, "TQ_NS="+n.A))
 	out, err := exec.Command("ip", "netns", "exec", n.A, bin, "stat", "--token", token, caddr).CombinedOutput()
 	if err != nil {
@@ -59,7 +59,7 @@ func TestServeRDMAAcrossNamespaces(t *testing.T) {
 		"--socket-dir", t.TempDir(), "--token", token, "--heartbeat", "200ms")
 	caddr := ctrl.addr("tcp")
 	unit := startServe(t, n.in(n.B), bin, "--role", "unit", "--controller", caddr, "--unit-listen", n.IPB+":0",
-		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--heartbeat", "200ms", "--rdma-device", "emu0")
+		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--rdma-device", "emu0")
 	if len(unit.units) != 1 || !slices.Contains(unit.units[0], "rdma://emu0") {
 		t.Fatalf("the unit advertises %v, want rdma://emu0 among them", unit.units)
 	}
@@ -88,7 +88,7 @@ func TestServeWildcardAcrossNamespaces(t *testing.T) {
 		t.Fatalf("the controller on 0.0.0.0 gives out %q, want %q", caddr, want)
 	}
 	unit := startServe(t, n.in(n.B), bin, "--role", "unit", "--controller", caddr, "--unit-listen", "[::]:0",
-		"--socket-dir", "", "--token", token, "--capacity", "64MiB", "--heartbeat", "200ms")
+		"--socket-dir", "", "--token", token, "--capacity", "64MiB")
 	if len(unit.units) != 1 || len(unit.units[0]) != 1 || !strings.HasPrefix(unit.units[0][0], "tcp://"+n.IPB+":") {
 		t.Fatalf("the unit on [::] gives out %v, want tcp://%s:PORT", unit.units, n.IPB)
 	}

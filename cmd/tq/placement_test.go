@@ -50,7 +50,7 @@ func TestServeSpillsAcrossUnits(t *testing.T) {
 			addr := ctrl.addr("tcp")
 			for range 2 {
 				startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", sockets,
-					"--capacity", "8MiB", "--heartbeat", "100ms")
+					"--capacity", "8MiB")
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()

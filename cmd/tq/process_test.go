@@ -823,7 +823,7 @@ func TestKilledUnitIsLostNotHung(t *testing.T) {
 	addr := ctrl.addr("tcp")
 	// The unit finds the controller's token as a client of the same user
 	// does: no --token, the same data directory.
-	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--heartbeat", "100ms", "--metrics", "127.0.0.1:0")
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB", "--metrics", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
@@ -886,7 +886,7 @@ func TestKilledShmUnitFailsFast(t *testing.T) {
 	dir := t.TempDir()
 	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", dir, "--heartbeat", "100ms")
 	addr := ctrl.addr("unix")
-	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB", "--heartbeat", "100ms")
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: client.TransportShm, Token: ctrl.token(t)})

@@ -27,7 +27,9 @@ class Split:
         self.env = dict(os.environ, TQ_DATA_DIR=d)
         self.env.pop("TQ_TOKEN", None)
         self.procs, self.logs = [], []
-        self._start("c", ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory"])
+        # The units heartbeat at the interval their controller tells them.
+        self._start("c", ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory",
+                          "--heartbeat", "100ms"])
         self.units = {}
         for name in ("u1", "u2"):
             p, log = self._start(name, ["--role", "unit", "--controller", self.address, "--capacity", "64MiB",
@@ -41,7 +43,7 @@ class Split:
         logp = os.path.join(self.dir, name + ".log")
         log = open(logp, "w+")
         p = subprocess.Popen([_bin("TQ_BIN", "tq"), "serve", "--socket-dir", os.path.join(self.dir, "s" + name),
-                              "--data-dir", os.path.join(self.dir, "d"), "--heartbeat", "100ms", *args],
+                              "--data-dir", os.path.join(self.dir, "d"), *args],
                              stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.procs.append(p)
         for _ in range(600):
