@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -99,7 +101,7 @@ func TestAdvertiseFlags(t *testing.T) {
 	for _, tc := range []struct {
 		name, advertise, unitAdvertise string
 		want                           string // "" when accepted
-		unitHost                       string
+		unitHost                       string // for a wildcard --unit-listen
 	}{
 		{"none", "", "", "", ""},
 		{"host", "tq.example", "", "", "tq.example"},
@@ -123,7 +125,51 @@ func TestAdvertiseFlags(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tc.unitHost, c.unitAdvertise())
+			for _, wildcard := range []string{":0", "0.0.0.0:7371", "[::]:0"} {
+				assert.Equal(t, tc.unitHost, c.unitAdvertise(wildcard), wildcard)
+			}
+			// A listener bound to one address takes --unit-advertise only.
+			assert.Equal(t, tc.unitAdvertise, c.unitAdvertise("127.0.0.1:0"))
 		})
 	}
+}
+
+// --advertise names this host for clients on other hosts, but a listener
+// bound to one address accepts on that one only. The storage units'
+// --unit-listen and --metrics bound to loopback (their defaults) were
+// given out with --advertise's host, where nothing listens: every dial
+// of a unit registered so, or of the metrics address, was refused. They
+// are now given out as bound.
+func TestAdvertiseLeavesALoopbackListenerAsBound(t *testing.T) {
+	// An address of this host the loopback listeners do not accept on:
+	// its routed address, else another loopback address.
+	host := "127.0.0.2"
+	if ip := systemAddrs.advertiseIP(true, false); !ip.IsLoopback() {
+		host = ip.String()
+	}
+	s := startInProcess(t, "--advertise", host, "--unit-listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0")
+	// startInProcess does not start --metrics; do it as serve does.
+	require.NoError(t, s.startMetrics())
+	dial := func(hostport string) error {
+		c, err := net.DialTimeout("tcp", hostport, 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	u, err := url.Parse(s.metricsURL)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", u.Hostname(), "metrics given out as %s", s.metricsURL)
+	assert.NoError(t, dial(u.Host), "metrics given out as %s", s.metricsURL)
+	var tcpAddrs int
+	for _, ui := range s.ctrlSrv.Units() {
+		for _, a := range ui.Addrs {
+			if hp, ok := strings.CutPrefix(a, "tcp://"); ok {
+				tcpAddrs++
+				assert.True(t, strings.HasPrefix(hp, "127.0.0.1:"), "storage unit %d registered %s", ui.ID, a)
+				assert.NoError(t, dial(hp), "storage unit %d registered %s", ui.ID, a)
+			}
+		}
+	}
+	assert.Equal(t, 1, tcpAddrs, "the storage unit's TCP addresses")
 }

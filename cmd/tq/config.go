@@ -109,7 +109,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
 	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
-	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register with the controller for their TCP address, with each unit's own port (default: --advertise's host if set; else the --unit-listen address, a wildcard replaced by this host's address on its default route)")
+	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register with the controller for their TCP address, with each unit's own port (default: the --unit-listen address; a wildcard replaced by --advertise's host if set, else by this host's address on its default route)")
 	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets, created 0700; refused unless owned by this user and writable by nobody else")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
@@ -436,12 +436,19 @@ func (c *serveConfig) checkRoleFlags() []error {
 	return errs
 }
 
-// unitAdvertise returns the host storage units register for their TCP
-// listeners: --unit-advertise, else --advertise's host, else "" (chosen
-// per listener, see advertised).
-func (c *serveConfig) unitAdvertise() string {
+// unitAdvertise returns the host given out for a storage unit's TCP
+// listener or the --metrics or --pprof endpoint, asked to listen on
+// listenAddr: --unit-advertise, else --advertise's host for a wildcard
+// listenAddr, else "" (the bound address, or for a wildcard this host's:
+// see advertised). --advertise names this host for clients on others; a
+// listener bound to one address (loopback, by default) accepts on that
+// one only, and is given out as bound.
+func (c *serveConfig) unitAdvertise(listenAddr string) string {
 	if c.UnitAdvertise != "" {
 		return c.UnitAdvertise
+	}
+	if host, _, err := net.SplitHostPort(listenAddr); err != nil || !isWildcard(host) {
+		return ""
 	}
 	if c.Advertise != "" {
 		if host, _, err := splitHostMaybePort(c.Advertise); err == nil {

@@ -191,15 +191,15 @@ var pprofLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Secon
 const pprofMaxSeconds = 300
 
 // serveHTTP serves h on addr within lim until the server closes and
-// returns the address to give out, http://HOST:PORT (a wildcard replaced
-// as for the units' addresses).
+// returns the address to give out, http://HOST:PORT (the host chosen as
+// for the units' addresses: see unitAdvertise).
 func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (string, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
 	l = netutil.LimitListener(l, lim.conns)
-	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise())
+	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise(addr))
 	if err != nil {
 		l.Close()
 		return "", fmt.Errorf("%s: advertise %s: %w", flag, addr, err)

@@ -503,7 +503,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	// The addresses registered are the ones clients dial: a wildcard
 	// listener's is a routable address of this host, never [::] or
 	// 0.0.0.0 (see advertised).
-	ls, addrs, _, err := s.listen(s.cfg.UnitListen, s.cfg.unitAdvertise(), sock)
+	ls, addrs, _, err := s.listen(s.cfg.UnitListen, s.cfg.unitAdvertise(s.cfg.UnitListen), sock)
 	if err != nil {
 		return fmt.Errorf("storage unit %d: %w", id, err)
 	}
