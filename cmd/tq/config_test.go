@@ -1,19 +1,25 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/kvapi"
 )
 
 // A TCP listener beyond loopback is never open without a token unless
@@ -376,4 +382,41 @@ func TestHeartbeatIsRefusedForAUnit(t *testing.T) {
 	assert.NoError(t, err, "the default")
 	_, _, err = parseServeConfig([]string{"--check-config", "--role", "controller", "--heartbeat", "10s", "--data-dir", dir}, io.Discard)
 	assert.NoError(t, err, "a controller's")
+}
+
+// A relative --socket-dir or --socket is made absolute: the storage units
+// register unix:// and shm:// paths under it, and the controller hands
+// those to every client, which resolved a relative one against its own
+// working directory and could not reach the units from another.
+func TestRelativeSocketPathsAreGivenOutAbsolute(t *testing.T) {
+	root := t.TempDir()
+	t.Chdir(root)
+	cfg, _, err := parseServeConfig([]string{"--check-config", "--data-dir", root, "--socket-dir", "socks", "--socket", "ctl/c.sock"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(root, "socks"), cfg.SocketDir)
+	assert.Equal(t, filepath.Join(root, "ctl", "c.sock"), cfg.Socket)
+
+	s := startInProcess(t, "--socket-dir", "socks", "--unit-listen", "")
+	addrs := slices.Clone(s.addrs)
+	for _, u := range s.ctrlSrv.Units() {
+		addrs = append(addrs, u.Addrs...)
+	}
+	require.NotEmpty(t, addrs)
+	for _, a := range addrs {
+		for _, scheme := range []string{"unix://", "shm://"} {
+			if p, ok := strings.CutPrefix(a, scheme); ok {
+				assert.Equal(t, filepath.Join(root, "socks"), filepath.Dir(p), "address given out to clients: %s", a)
+			}
+		}
+	}
+	// A client in another directory reaches the unit.
+	t.Chdir(t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Connect(ctx, "unix://"+filepath.Join(root, "socks", "controller.sock"), client.ConnectConfig{WaitForUnits: true, Name: "relative-socket-dir"})
+	require.NoError(t, err)
+	defer c.Close()
+	col := engine.BytesOf([][]byte{[]byte("v")})
+	_, err = kvapi.New(c).BatchPut(ctx, "p", []string{"k"}, engine.MustBatch(engine.Field{Name: "v", Col: col}), nil)
+	assert.NoError(t, err, "a put from a client in another working directory")
 }

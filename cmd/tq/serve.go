@@ -133,6 +133,22 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 	if err := cfg.validate(); err != nil {
 		return cfg, once, fmt.Errorf("invalid configuration:\n%w", err)
 	}
+	// The units' and the controller's unix socket paths are given out to
+	// clients, which would resolve a relative one against their own
+	// working directory.
+	for _, p := range []struct {
+		name string
+		path *string
+	}{{"--socket-dir", &cfg.SocketDir}, {"--socket", &cfg.Socket}} {
+		if *p.path == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p.path)
+		if err != nil {
+			return cfg, once, fmt.Errorf("invalid configuration:\n%s %q: %w", p.name, *p.path, err)
+		}
+		*p.path = abs
+	}
 	if once.restoreForce && cfg.Restore == "" {
 		return cfg, once, errors.New("invalid configuration:\n--restore-force needs --restore")
 	}
@@ -375,8 +391,8 @@ func (s *server) startController() error {
 		sock = filepath.Join(s.cfg.SocketDir, "controller.sock")
 	}
 	var localAddrs []string
-	if abs, err := filepath.Abs(sock); sock != "" && err == nil {
-		localAddrs = []string{"unix://" + abs}
+	if sock != "" {
+		localAddrs = []string{"unix://" + sock} // absolute: see parseServeConfig
 	}
 	s.ctrlSrv = controller.NewServer(ctrl, controller.ServerConfig{
 		LocalAddrs:        localAddrs,
