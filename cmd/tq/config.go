@@ -230,6 +230,11 @@ func (c *serveConfig) validate() error {
 	if c.Role != "unit" && c.Listen == "" && c.Socket == "" && c.SocketDir == "" {
 		bad("the controller needs --listen or --socket")
 	}
+	// (--role all's units serve the controller's KV path and --resp in
+	// the process, without an address of their own.)
+	if c.Role == "unit" && c.UnitListen == "" && c.SocketDir == "" && c.RDMADevice == "" {
+		bad(`--unit-listen "" and --socket-dir "": a storage unit of --role unit needs an address clients can reach: --unit-listen, --socket-dir or --rdma-device`)
+	}
 	if c.Role == "all" && c.Units < 1 {
 		bad("--units %d: need at least one storage unit", c.Units)
 	}

@@ -420,3 +420,29 @@ func TestRelativeSocketPathsAreGivenOutAbsolute(t *testing.T) {
 	_, err = kvapi.New(c).BatchPut(ctx, "p", []string{"k"}, engine.MustBatch(engine.Field{Name: "v", Col: col}), nil)
 	assert.NoError(t, err, "a put from a client in another working directory")
 }
+
+// A storage unit with neither a TCP listener (--unit-listen "") nor unix
+// sockets (--socket-dir "") nor --rdma-device registered with no address
+// at all, and reported ready: no client could reach it, yet placement
+// could pick it. It is refused, as a controller that listens nowhere is;
+// any one of the three is enough.
+func TestAUnitThatListensNowhereIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	unit := []string{"--check-config", "--role", "unit", "--controller", "tcp://h:1", "--data-dir", dir}
+	file := filepath.Join(dir, "unit.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("unit_listen: \"\"\nsocket_dir: \"\"\n"), 0o600))
+	for _, args := range [][]string{{"--unit-listen", "", "--socket-dir", ""}, {"--config", file}} {
+		_, _, err := parseServeConfig(append(unit, args...), io.Discard)
+		if assert.Error(t, err, "a storage unit that listens nowhere: %q", args) {
+			assert.Contains(t, err.Error(), `--unit-listen "" and --socket-dir "": a storage unit of --role unit needs an address`)
+		}
+	}
+	for _, args := range [][]string{
+		{"--unit-listen", ""},
+		{"--socket-dir", ""},
+		{"--unit-listen", "", "--socket-dir", "", "--rdma-device", "emu0"},
+	} {
+		_, _, err := parseServeConfig(append(unit, args...), io.Discard)
+		assert.NoError(t, err, "%q", args)
+	}
+}
