@@ -178,9 +178,10 @@ func (c *serveConfig) loadYAML(path string) error {
 }
 
 // checkKeys checks the values of m's keys that yaml.v3 would take
-// wrongly or report without the key: an integer key's value must be an
-// integer, a size key's a size, a duration key's a duration with its
-// unit.
+// wrongly or report without the key: a key must have a value (yaml.v3
+// leaves the setting at its default for a null: `listen:`), an integer
+// key's value must be an integer, a size key's a size, a duration key's
+// a duration with its unit.
 func checkKeys(m *yaml.Node) error {
 	if m.Kind != yaml.MappingNode {
 		return nil
@@ -197,6 +198,12 @@ func checkKeys(m *yaml.Node) error {
 		k, v := m.Content[i], m.Content[i+1]
 		switch t := types[k.Value]; {
 		case t == nil:
+		case v.Kind == yaml.ScalarNode && v.ShortTag() == "!!null":
+			if t.Kind() == reflect.String {
+				errs = append(errs, fmt.Errorf(`line %d: %s has no value, which would keep its default: write %s: "" for none`, v.Line, k.Value, k.Value))
+			} else {
+				errs = append(errs, fmt.Errorf("line %d: %s has no value, which would keep its default: give one", v.Line, k.Value))
+			}
 		case t == reflect.TypeFor[byteSize]():
 			if _, err := parseSize(v.Value); err != nil || v.Kind != yaml.ScalarNode {
 				errs = append(errs, fmt.Errorf("line %d: %s %q: want a size like 1048576, 512MiB or 4GiB", v.Line, k.Value, v.Value))

@@ -446,3 +446,27 @@ func TestAUnitThatListensNowhereIsRefused(t *testing.T) {
 		assert.NoError(t, err, "%q", args)
 	}
 }
+
+// A config key with no value (YAML null: `listen:`, `listen: ~`) left
+// the setting at its default: an operator who wrote `listen:` to turn the
+// TCP listener off got 127.0.0.1:7370. It is refused with its line, and
+// for a string key the way to say none; `listen: ""` is taken.
+func TestConfigKeyWithoutAValueIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("units: 1\nlisten:\nhuge_pages: ~\nresp_partition: null\n"), 0o600))
+	_, _, err := parseServeConfig([]string{"--config", file, "--data-dir", dir}, io.Discard)
+	require.Error(t, err)
+	for _, want := range []string{
+		`line 2: listen has no value, which would keep its default: write listen: "" for none`,
+		"line 3: huge_pages has no value, which would keep its default: give one",
+		`line 4: resp_partition has no value, which would keep its default: write resp_partition: "" for none`,
+	} {
+		assert.Contains(t, err.Error(), want)
+	}
+
+	require.NoError(t, os.WriteFile(file, []byte("listen: \"\"\n"), 0o600))
+	cfg, _, err := parseServeConfig([]string{"--config", file, "--data-dir", dir}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "", cfg.Listen)
+}
