@@ -33,6 +33,9 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	if *timeout <= 0 {
+		return fmt.Errorf("checkpoint: --timeout %v: must be positive", *timeout)
+	}
 	var verb string
 	rest := pos
 	if len(rest) > 0 {

@@ -62,3 +62,25 @@ func TestCommandsTakeFlagsAfterArguments(t *testing.T) {
 		})
 	}
 }
+
+// tq stat, checkpoint and unit refuse a --timeout of 0 or below up front,
+// naming the flag and the value; they used to dial with it and fail with
+// "context deadline exceeded", naming neither.
+func TestClientCommandsRefuseANonPositiveTimeout(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"stat", "--timeout", "0", "tcp://127.0.0.1:1"}, "--timeout 0s: must be positive"},
+		{[]string{"stat", "--timeout", "-1s", "--watch", "tcp://127.0.0.1:1"}, "--timeout -1s: must be positive"},
+		{[]string{"checkpoint", "--timeout", "0", "list", "tcp://127.0.0.1:1"}, "checkpoint: --timeout 0s: must be positive"},
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "--timeout", "0", "2"}, "unit drain: --timeout 0s: must be positive"},
+		{[]string{"unit", "rebalance", "--controller", "tcp://127.0.0.1:1", "--timeout", "-5m"}, "unit rebalance: --timeout -5m0s: must be positive"},
+	} {
+		err := run(t.Context(), tc.args, io.Discard, io.Discard)
+		if assert.Error(t, err, "%q", tc.args) {
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		}
+	}
+}

@@ -50,6 +50,9 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *interval <= 0 {
 		return fmt.Errorf("--interval %v: must be positive", *interval)
 	}
+	if *timeout <= 0 {
+		return fmt.Errorf("--timeout %v: must be positive", *timeout)
+	}
 	addr := pos[0]
 	tok, err := client.FindToken(*token)
 	if err != nil {

@@ -56,6 +56,9 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if *timeout <= 0 {
+		return fmt.Errorf("unit %s: --timeout %v: must be positive", verb, *timeout)
+	}
 	if verb == "rebalance" {
 		if len(pos) != 0 {
 			fs.Usage()
