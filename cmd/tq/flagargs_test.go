@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -82,5 +83,22 @@ func TestClientCommandsRefuseANonPositiveTimeout(t *testing.T) {
 		if assert.Error(t, err, "%q", tc.args) {
 			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
 		}
+	}
+}
+
+// `tq unit -h` prints the unit usage and returns flag.ErrHelp, which main
+// does not print as an error, as every other command does ("Run "tq
+// <command> -h" for a command's flags"); it used to fail with `unit:
+// unknown verb "-h"`.
+func TestEveryCommandTakesHelp(t *testing.T) {
+	for _, args := range [][]string{{"unit", "-h"}, {"unit", "--help"}, {"unit", "drain", "-h"}} {
+		var errOut strings.Builder
+		err := run(t.Context(), args, io.Discard, &errOut)
+		assert.ErrorIs(t, err, flag.ErrHelp, "%q", args)
+		assert.Contains(t, errOut.String(), "tq unit drain --controller ADDR", "%q: the usage", args)
+	}
+	for _, cmd := range []string{"stat", "checkpoint", "serve", "demo", "bench"} {
+		err := run(t.Context(), []string{cmd, "-h"}, io.Discard, io.Discard)
+		assert.ErrorIs(t, err, flag.ErrHelp, "tq %s -h", cmd)
 	}
 }

@@ -43,18 +43,21 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pageCells := fs.Int("page-cells", 0, "with drain: cells moved per step (0: 4096)")
 	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it")
 	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
-	if len(args) == 0 {
+	// The verb is the first argument that is not a flag: -h is help, as
+	// for the other commands, not a verb.
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
 		fs.Usage()
 		return errors.New("unit: want drain, undrain or rebalance")
 	}
-	verb := args[0]
+	verb := pos[0]
+	pos = pos[1:]
 	if verb != "drain" && verb != "undrain" && verb != "rebalance" {
 		fs.Usage()
 		return fmt.Errorf("unit: unknown verb %q: want drain, undrain or rebalance", verb)
-	}
-	pos, err := parseArgs(fs, args[1:])
-	if err != nil {
-		return err
 	}
 	if *timeout <= 0 {
 		return fmt.Errorf("unit %s: --timeout %v: must be positive", verb, *timeout)
