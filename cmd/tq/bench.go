@@ -96,6 +96,9 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 		return cfg, errors.New("--json and --csv: choose one")
 	case !slices.Contains([]string{"off", "batch", "always", "never"}, cfg.log):
 		return cfg, fmt.Errorf("--log %q: want off, batch, always or never", cfg.log)
+	case cfg.plot != "" && filepath.Ext(cfg.plot) != ".png":
+		// Known before the benchmark runs (see plotResults).
+		return cfg, fmt.Errorf("--plot %q: only .png is supported", cfg.plot)
 	}
 	cfg.format = "table"
 	if *asJSON {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"image/png"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,6 +68,21 @@ func TestParseBenchFlags(t *testing.T) {
 				t.Errorf("config (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// `tq bench --plot` refuses a file it cannot draw (only .png) before
+// anything runs; it used to run the whole benchmark (minutes with
+// --workload medium) and only then fail, leaving --markdown unwritten.
+func TestBenchRefusesAPlotItCannotDrawUpFront(t *testing.T) {
+	for _, p := range []string{"out.svg", "out", "chart.PNG.txt", "chart.PNG"} {
+		_, err := parseBenchFlags([]string{"--plot", p}, io.Discard)
+		if want := fmt.Sprintf("--plot %q: only .png is supported", p); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--plot %s: got error %v, want one containing %q", p, err, want)
+		}
+	}
+	if _, err := parseBenchFlags([]string{"--plot", "dir/out.png"}, io.Discard); err != nil {
+		t.Errorf("--plot dir/out.png: %v", err)
 	}
 }
 
