@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"errors"
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -154,8 +155,12 @@ func TestRebalanceSplitsTheExcess(t *testing.T) {
 	assert.True(t, got.Col("x").Equal(want.Col("x")))
 	assert.NotZero(t, u1.u.Stats().Used)
 
-	_, err = c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 1})
-	assert.True(t, errors.Is(err, engine.ErrInvalid), "tolerance 1: %v", err)
+	// Out of [0, 1), NaN included (every comparison with it is false: it
+	// used to pass and move nothing).
+	for _, tol := range []float64{1, -0.1, math.NaN(), math.Inf(1)} {
+		_, err = c.Rebalance(ctx, client.RebalanceConfig{Tolerance: tol})
+		assert.True(t, errors.Is(err, engine.ErrInvalid), "tolerance %v: %v", tol, err)
+	}
 }
 
 // benchUnit is joinUnit for a benchmark: a unit of 256 MiB registered with

@@ -47,7 +47,7 @@ func (c *Client) Rebalance(ctx context.Context, cfg RebalanceConfig) (DrainStats
 	}
 	tol := cfg.Tolerance
 	switch {
-	case tol < 0 || tol >= 1:
+	case !(tol >= 0 && tol < 1): // NaN too
 		return st, &engine.OpError{Op: "rebalance", Err: fmt.Errorf("tolerance %v, want a fraction in [0, 1): %w", tol, engine.ErrInvalid)}
 	case tol == 0:
 		tol = 0.05

@@ -427,6 +427,26 @@ func unitFigures(ctx context.Context, c *client.Client) string {
 	return b.String()
 }
 
+// `tq unit rebalance --tolerance` outside [0, 1) is refused, naming the
+// flag and the value. NaN parses (strconv.ParseFloat takes it) and passed
+// both the command and client.Rebalance, every comparison with it being
+// false: the rebalance moved nothing and reported success.
+func TestRebalanceRefusesAToleranceOutOfRange(t *testing.T) {
+	s := startInProcess(t, "--units", "2")
+	for _, tol := range []string{"NaN", "-0.1", "1", "+Inf"} {
+		var out strings.Builder
+		err := run(t.Context(), []string{"unit", "rebalance", "--controller", s.local, "--tolerance", tol}, &out, io.Discard)
+		want := "--tolerance " + tol + ": want a fraction from 0 to below 1"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--tolerance %s: got error %v (printed %q), want one containing %q", tol, err, out.String(), want)
+		}
+	}
+	// 0 is the default.
+	if err := run(t.Context(), []string{"unit", "rebalance", "--controller", s.local, "--tolerance", "0"}, io.Discard, io.Discard); err != nil {
+		t.Errorf("--tolerance 0: %v", err)
+	}
+}
+
 // TestDrainRefusals: bad input to `tq unit drain` fails with an error
 // naming what was wrong, and loses nothing.
 func TestDrainRefusals(t *testing.T) {

@@ -41,7 +41,7 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	transport := fs.String("transport", "", "how to reach the units' data: tcp, shm, rdma (default: the best for each)")
 	progress := fs.Duration("progress", time.Second, "with drain: report progress at most this often (0: after every page)")
 	pageCells := fs.Int("page-cells", 0, "with drain: cells moved per step (0: 4096)")
-	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it")
+	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it, from 0 to below 1 (0: the default, 0.05)")
 	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
 	// The verb is the first argument that is not a flag: -h is help, as
 	// for the other commands, not a verb.
@@ -166,6 +166,10 @@ func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout i
 
 // rebalance runs `tq unit rebalance`.
 func rebalance(ctx context.Context, addr, token, transport string, tolerance float64, timeout time.Duration, stdout io.Writer) error {
+	// NaN passes neither comparison: it is refused too.
+	if !(tolerance >= 0 && tolerance < 1) {
+		return fmt.Errorf("unit rebalance: --tolerance %v: want a fraction from 0 to below 1 (0: the default, 0.05)", tolerance)
+	}
 	if addr == "" {
 		return errors.New("unit rebalance: no controller address: give --controller ADDR or set $TQ_CONTROLLER")
 	}
