@@ -15,6 +15,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -41,6 +42,10 @@ type Poller struct {
 	deadline time.Time // f's read deadline, if set
 	events   []unix.EpollEvent
 	ready    []int
+	// closeMu orders Poke against Close: a Poke after Close would write
+	// into whatever file has taken the eventfd's number since.
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 // NewPoller returns a Poller, or the system's refusal.
@@ -86,8 +91,14 @@ func (p *Poller) Add(fd int) error {
 // Del stops watching fd.
 func (p *Poller) Del(fd int) { unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, fd, nil) }
 
-// Poke wakes Wait.
-func (p *Poller) Poke() { unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}) }
+// Poke wakes Wait; after Close it does nothing.
+func (p *Poller) Poke() {
+	p.closeMu.RLock()
+	defer p.closeMu.RUnlock()
+	if !p.closed {
+		unix.Write(p.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
+}
 
 // Wait returns the descriptors with input, waiting up to timeoutMs
 // milliseconds (-1: for ever) for one, or for a Poke (then it returns
@@ -128,8 +139,8 @@ func (p *Poller) Wait(timeoutMs int) ([]int, error) {
 }
 
 // setDeadline bounds the next wait by timeoutMs. A deadline still ahead
-// is kept (it is no later than asked: it was set at most that far ahead),
-// so that a busy loop does not reset a timer per wait.
+// and no later than asked is kept, so that a busy loop does not reset a
+// timer per wait.
 func (p *Poller) setDeadline(timeoutMs int) {
 	if timeoutMs < 0 {
 		if !p.deadline.IsZero() {
@@ -138,14 +149,22 @@ func (p *Poller) setDeadline(timeoutMs int) {
 		}
 		return
 	}
-	if now := time.Now(); p.deadline.IsZero() || !p.deadline.After(now) {
-		p.deadline = now.Add(time.Duration(timeoutMs) * time.Millisecond)
+	now := time.Now()
+	asked := now.Add(time.Duration(timeoutMs) * time.Millisecond)
+	if p.deadline.IsZero() || !p.deadline.After(now) || p.deadline.After(asked) {
+		p.deadline = asked
 		p.f.SetReadDeadline(p.deadline)
 	}
 }
 
-// Close releases the epoll set.
+// Close releases the epoll set; a second Close does nothing.
 func (p *Poller) Close() {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
 	p.f.Close()
 	unix.Close(p.wake)
 }
