@@ -28,7 +28,16 @@ func checkSwap(req engine.TagSwap) error {
 	if err := checkPartKeys(req.Partition, []string{req.Key}, nil); err != nil {
 		return err
 	}
-	return checkName(nameTag, req.Name)
+	if err := checkName(nameTag, req.Name); err != nil {
+		return err
+	}
+	if err := engine.CheckTagValue(req.Old); err != nil {
+		return fmt.Errorf("tag %q: old value: %w", req.Name, err)
+	}
+	if err := engine.CheckTagValue(req.New); err != nil {
+		return fmt.Errorf("tag %q: new value: %w", req.Name, err)
+	}
+	return nil
 }
 
 func checkChanges(req engine.ChangesRequest) error { return checkName(namePartition, req.Partition) }

@@ -112,7 +112,22 @@ func checkCommitKeys(req engine.KeysCommit) error {
 	if err := checkPartKeys(req.Partition, req.Keys, nil); err != nil {
 		return err
 	}
+	if err := checkTags(req.Tags); err != nil {
+		return err
+	}
 	return checkCommitFields(req.Fields)
+}
+
+// checkTags refuses tags that JSON would change on the way (a name or
+// string that is not UTF-8, which encoding/json rewrites) or cannot carry
+// (NaN), as a controller in process refuses them: see [engine.Tags.Check].
+func checkTags(tags []engine.Tags) error {
+	for i, t := range tags {
+		if err := t.Check(); err != nil {
+			return fmt.Errorf("tags of row %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 // checkBatchNames refuses a batch whose field names the wire cannot carry.

@@ -79,6 +79,9 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	if err := checkBatchNames(b); err != nil {
 		return engine.KeysCommitted{}, err
 	}
+	if err := checkTags(tags); err != nil {
+		return engine.KeysCommitted{}, err
+	}
 	req := engine.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
 	if b == nil {
 		return c.meta.CommitKeys(ctx, req)

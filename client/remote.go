@@ -829,6 +829,9 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 	if err := checkName(namePartition, partition); err != nil {
 		return r.opErr("set tags", err)
 	}
+	if err := checkTags(tags); err != nil {
+		return r.opErr("set tags", err)
+	}
 	tb, err := wire.TagsToPB(tags)
 	if err != nil {
 		return r.opErr("set tags", err)

@@ -76,8 +76,11 @@ func (c TagCondition) Validate() error {
 		return fmt.Errorf("tag %q: unknown test %v: %w", c.Name, c.Test, ErrInvalid)
 	}
 	for _, v := range c.Values {
-		if _, err := json.Marshal(v); err != nil {
-			return fmt.Errorf("tag %q: value %v is not JSON: %w: %w", c.Name, v, ErrInvalid, err)
+		// A value JSON would change (a string that is not UTF-8) could
+		// match nothing a tag holds, and would match something else once
+		// sent.
+		if err := CheckTagValue(v); err != nil {
+			return fmt.Errorf("tag %q: value %v: %w", c.Name, v, err)
 		}
 	}
 	return nil
