@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"unicode/utf8"
 )
 
@@ -150,12 +151,14 @@ func (f TagFilter) Match(t Tags) bool {
 // TagValueEqual reports whether two tag values are the same JSON value:
 // numbers compare by value (int 1, int64 1 and float64 1 are equal, as
 // they are after a trip through JSON), strings, bools and null exactly,
-// lists and objects element by element. Values JSON cannot encode are
+// lists and objects element by element. A typed nil (a nil slice, map or
+// pointer) is null, as JSON writes it. Values JSON cannot encode are
 // equal to nothing.
 func TagValueEqual(a, b any) bool {
+	if isNull(a) || isNull(b) {
+		return isNull(a) && isNull(b)
+	}
 	switch x := a.(type) {
-	case nil:
-		return b == nil
 	case string:
 		y, ok := b.(string)
 		return ok && x == y
@@ -166,9 +169,6 @@ func TagValueEqual(a, b any) bool {
 		if y, ok := b.(float64); ok {
 			return x == y
 		}
-	}
-	if b == nil {
-		return false
 	}
 	ta, tb := Tags{"": a}, Tags{"": b}
 	if i, ok := ta.Int(""); ok {
@@ -182,4 +182,17 @@ func TagValueEqual(a, b any) bool {
 	}
 	jb, err := json.Marshal(b)
 	return err == nil && string(ja) == string(jb)
+}
+
+// isNull reports a value JSON writes as null: nil, or a nil slice, map or
+// pointer.
+func isNull(v any) bool {
+	if v == nil {
+		return true
+	}
+	switch rv := reflect.ValueOf(v); rv.Kind() {
+	case reflect.Slice, reflect.Map, reflect.Pointer, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
 }
