@@ -481,7 +481,14 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 		c.cancel(id)
 	}
 	if receiving {
-		<-cl.done // the reader finishes or fails the call
+		// The reader is filling the caller's buffers: let it finish
+		// for a moment, then fail the connection to take them back.
+		select {
+		case <-cl.done:
+		case <-time.After(abandonGrace):
+			c.fail(fmt.Errorf("a call was abandoned while its reply was being read: %w", ErrUnavailable))
+			<-cl.done
+		}
 	}
 	select {
 	case <-f.written:
