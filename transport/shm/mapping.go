@@ -57,8 +57,14 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	if s != nil {
 		return s, nil
 	}
-	c.mapMu.Lock()
-	defer c.mapMu.Unlock()
+	select {
+	case c.mapping <- struct{}{}:
+		defer func() { <-c.mapping }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("segment %d: waiting while another call fetches a segment: %w", id, context.Cause(ctx))
+	case <-c.done:
+		return nil, c.errClosed()
+	}
 	c.mu.RLock()
 	s = c.segs[id]
 	c.mu.RUnlock()
@@ -129,6 +135,16 @@ func (c *Conn) fdExchange(ctx context.Context, req wire.FdRequest) (*net.UnixCon
 func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdRequest) (int, int, error) {
 	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Now()) })
 	defer stop()
+	// Close must not wait on a unit that never answers.
+	exchanged := make(chan struct{})
+	defer close(exchanged)
+	go func() {
+		select {
+		case <-c.done:
+			uc.SetDeadline(time.Now())
+		case <-exchanged:
+		}
+	}()
 	select {
 	case <-c.done:
 		return -1, 0, c.errClosed()
@@ -168,6 +184,16 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 		closeAll()
 		return -1, 0, fmt.Errorf("memfd of %d bytes for a region of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
 	}
+	// The size holds only if nobody can shrink the memfd: a 4 KiB-page
+	// segment is always sealed (storage/segment.go); hugetlb ones may not
+	// be on kernels before 4.16 (storage/segment.go): they stay unchecked.
+	if !rep.HugePages {
+		seals, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GET_SEALS, 0)
+		if err != nil || seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
+			closeAll()
+			return -1, 0, fmt.Errorf("memfd not sealed against resizing (seals %#x, %v): %w", seals, err, engine.ErrCorrupt)
+		}
+	}
 	if !stop() {
 		closeAll()
 		return -1, 0, context.Cause(ctx)
@@ -176,6 +202,11 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 }
 
 func (c *Conn) fetchErr(ctx context.Context, err error) error {
+	select {
+	case <-c.done:
+		return c.errClosed()
+	default:
+	}
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}

@@ -134,7 +134,7 @@ func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.Data
 // peer.Unit is set, a server that answers as another unit is an error
 // wrapping [engine.ErrLost].
 func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
-	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]*segment{}}
+	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]*segment{}, mapping: make(chan struct{}, 1)}
 	if !strings.HasPrefix(peer.Addr, "unix://") {
 		return nil, c.opErr("dial", fmt.Errorf("address %q is not a unix socket: %w", peer.Addr, engine.ErrNotSupported))
 	}
@@ -190,7 +190,10 @@ type Conn struct {
 	ops    sync.WaitGroup // calls that may touch the mappings; Close waits
 	copies sync.WaitGroup // Write's and Read's copies through a hold; Close waits before it ends the connection
 	segs   map[uint32]*segment
-	mapMu  sync.Mutex // serializes fetching and mapping new segments
+	// mapping serializes fetching and mapping new segments: a lock of
+	// one slot, which a caller waits for only as long as its context
+	// lets it (the fetch under it may wait on a slow unit).
+	mapping chan struct{}
 
 	// held counts what may touch the mappings: calls in flight (begin),
 	// leases not released and reservations not ended. Once the connection
@@ -320,8 +323,8 @@ func (c *Conn) Gone() bool { return c.gone.Load() }
 
 // dropSegments unmaps every segment mapped so far.
 func (c *Conn) dropSegments() []error {
-	c.mapMu.Lock() // a segment being mapped is dropped by its mapper
-	defer c.mapMu.Unlock()
+	c.mapping <- struct{}{} // a segment being mapped is dropped by its mapper
+	defer func() { <-c.mapping }()
 	c.mu.Lock()
 	segs := c.segs
 	c.segs = map[uint32]*segment{}
