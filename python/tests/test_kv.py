@@ -714,3 +714,21 @@ def test_bad_value_error_names_the_field(client, part):
     with pytest.raises(tq.InvalidError) as ei:
         client.kv_batch_put(["a", "b"], part, {"myfield": ["x", None]})
     assert "myfield" in str(ei.value) and ei.value.fields == ["myfield"]
+
+
+def test_tags_json_would_change_are_refused(client, part):
+    """Tags go out as UTF-8 JSON: non-ASCII text round-trips as it is,
+    and a string JSON cannot carry unchanged (a lone surrogate, which a
+    \\u escape would carry and the server read as U+FFFD) or a NaN is
+    refused before anything is sent, naming the value; nothing changes."""
+    client.kv_put("a", part, tag={"状态": "完成 ✓", "e": "😀"})
+    assert client.kv_list(part)[part]["a"] == {"状态": "完成 ✓", "e": "😀"}
+    with pytest.raises(tq.InvalidError, match="surrogate"):
+        client.kv_put("b", part, tag={"s": "bad \ud800"})
+    with pytest.raises(tq.InvalidError, match="surrogate"):
+        client.compare_and_set_tag("a", part, "e", "😀", "\udfff")
+    with pytest.raises(tq.InvalidError, match="JSON"):
+        client.compare_and_set_tag("a", part, "e", "😀", float("nan"))
+    with pytest.raises(tq.InvalidError, match="surrogate"):
+        client.list_keys(part, where={"e": "\ud800"})
+    assert client.kv_list(part)[part] == {"a": {"状态": "完成 ✓", "e": "😀"}}

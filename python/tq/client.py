@@ -23,7 +23,7 @@ from . import columns as _cols
 from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
-from .meta import BatchMeta, KVBatchMeta, tags_from_json_list, tags_to_json, tags_to_json_list
+from .meta import BatchMeta, KVBatchMeta, tags_from_json_list, tags_to_json, tags_to_json_list, value_to_json
 from .unit import Lease, Pool, Unit, alloc
 
 # The most bytes a KV put or get moves through the controller in one round
@@ -1131,8 +1131,8 @@ class Client:
         import json
         req = control_pb2.CompareAndSetTagRequest(
             partition=partition_id, key=key, name=name,
-            old_value=b"" if old_absent else json.dumps(old).encode(),
-            new_value=b"" if delete else json.dumps(new).encode())
+            old_value=b"" if old_absent else value_to_json(old, f"tag {name!r}: old value"),
+            new_value=b"" if delete else value_to_json(new, f"tag {name!r}: new value"))
         rep = self._call(wire.COMPARE_AND_SET_TAG, req, control_pb2.CompareAndSetTagReply,
                          op_name="compare_and_set_tag", partition=partition_id)
         return rep.swapped, (json.loads(rep.current) if rep.current else None)
@@ -1278,7 +1278,6 @@ def tag_conditions(where: dict):
     """``{name: value}`` → TagConditions: a value is tested for equality; a
     ``set`` or ``frozenset`` of values for membership; ``...`` (Ellipsis) for
     presence; :data:`ABSENT` for absence."""
-    import json
     out = []
     for name, v in where.items():
         c = control_pb2.TagCondition(name=name)
@@ -1288,10 +1287,10 @@ def tag_conditions(where: dict):
             c.test = control_pb2.TAG_TEST_ABSENT
         elif isinstance(v, (set, frozenset)):
             c.test = control_pb2.TAG_TEST_IN
-            c.values.extend(json.dumps(x).encode() for x in v)
+            c.values.extend(value_to_json(x, f"tag {name!r}: value") for x in v)
         else:
             c.test = control_pb2.TAG_TEST_EQUALS
-            c.values.append(json.dumps(v).encode())
+            c.values.append(value_to_json(v, f"tag {name!r}: value"))
         out.append(c)
     return out
 

@@ -14,7 +14,21 @@ from . import errors
 
 # One encoder for every tag: json.dumps builds a new one per call when
 # given options, which cost more than encoding a small tag.
-_ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# Strings go out as UTF-8, not \u escapes: a lone surrogate, which an
+# escape would carry and the server would read as U+FFFD, cannot be
+# encoded and is refused here.
+_ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def value_to_json(v, what: str = "tag value") -> bytes:
+    """v as JSON, as the server keeps it; InvalidError for what JSON
+    cannot carry unchanged (NaN, a string with a lone surrogate)."""
+    try:
+        return _ENC.encode(v).encode()
+    except UnicodeEncodeError as e:
+        raise errors.InvalidError(f"{what} {v!r}: a string is not valid Unicode ({e.reason}: {e.object[e.start:e.end]!r})") from None
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidError(f"{what} {v!r} cannot be written as JSON: {e}") from None
 
 
 def tags_to_json(t) -> bytes:
@@ -22,7 +36,7 @@ def tags_to_json(t) -> bytes:
         return b""
     if not isinstance(t, dict):
         raise errors.InvalidError(f"a tag must be a dict, not {type(t).__name__}")
-    return _ENC.encode(t).encode()
+    return value_to_json(t, "tags")
 
 
 def tags_to_json_list(ts) -> list:
