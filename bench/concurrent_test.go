@@ -9,16 +9,23 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/tcp"
 )
 
@@ -49,7 +56,7 @@ type benchProc struct {
 
 // startBenchServer starts the server process with the test flags from
 // TQ_BENCH_SERVER_FLAGS and env added to its environment.
-func startBenchServer(b *testing.B, env ...string) benchProc {
+func startBenchServer(b testing.TB, env ...string) benchProc {
 	b.Helper()
 	args := append([]string{"-test.run=^TestBenchServer$"}, strings.Fields(os.Getenv(serverFlagsEnv))...)
 	cmd := exec.Command(os.Args[0], args...)
@@ -96,11 +103,23 @@ func startBenchServer(b *testing.B, env ...string) benchProc {
 // connectOwned is connect for a client that owner closes in its cleanup,
 // so that sub-benchmarks can share it.
 func connectOwned(owner *testing.B, addr, transport string, conns int) (*client.Client, error) {
-	return connectWith(owner, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
+	return connectWith(owner, addr, benchConnect(transport, conns))
+}
+
+// benchConnect is a benchmark client's configuration for transport. A
+// tcp client is one as on another host: loopback TCP to the controller
+// and the units, not their unix sockets, which a client on their host
+// takes whatever transport it asked for.
+func benchConnect(transport string, conns int) client.ConnectConfig {
+	cfg := client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}}
+	if transport == client.TransportTCP {
+		cfg.Client.Host = "bench-another-host"
+	}
+	return cfg
 }
 
 // connectWith is connectOwned with the whole configuration.
-func connectWith(owner *testing.B, addr string, cfg client.ConnectConfig) (*client.Client, error) {
+func connectWith(owner testing.TB, addr string, cfg client.ConnectConfig) (*client.Client, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := client.Connect(ctx, addr, cfg)
@@ -167,9 +186,64 @@ func reportLatency(b *testing.B, lats []latencies, kind int, name string) {
 		return
 	}
 	slices.Sort(all)
-	at := func(q float64) float64 {
-		return float64(all[min(len(all)-1, int(q*float64(len(all))))].Nanoseconds()) / 1e3
+	at := func(q float64) float64 { // the nearest rank: ceil(q·n)
+		i := int(math.Ceil(q*float64(len(all)))) - 1
+		return float64(all[min(max(i, 0), len(all)-1)].Nanoseconds()) / 1e3
 	}
 	b.ReportMetric(at(0.50), name+"_p50_us")
 	b.ReportMetric(at(0.99), name+"_p99_us")
+}
+
+// TestBenchConnectTCP: a benchmark's tcp client is one as on another
+// host, whose controller and unit connections are loopback TCP, as the
+// rows labelled tcp and their TCP baselines say. (It used to follow the
+// controller's and the unit's unix sockets, which a client on their host
+// takes whatever transport it asked for.)
+func TestBenchConnectTCP(t *testing.T) {
+	p := startBenchServer(t)
+	before := unixSockets(t)
+	c, err := connectWith(t, p.ctrl, benchConnect(client.TransportTCP, 1))
+	require.NoError(t, err)
+	require.NotEmpty(t, c.Units())
+	for _, u := range c.Units() {
+		require.Equal(t, "tcp", u.Transport(), "unit %d", u.ID())
+	}
+	_, err = kvapi.New(c).Put(t.Context(), "p", "k", nil, engine.Tags{"a": 1})
+	require.NoError(t, err)
+	for fd := range unixSockets(t) {
+		require.True(t, before[fd], "fd %d, a unix socket: the tcp client reached the controller or a unit over its unix socket", fd)
+	}
+}
+
+// unixSockets returns this process's unix socket descriptors.
+func unixSockets(t *testing.T) map[int]bool {
+	fds, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	out := map[int]bool{}
+	for _, fd := range fds {
+		n, err := strconv.Atoi(fd.Name())
+		if err != nil {
+			continue
+		}
+		if sa, err := unix.Getsockname(n); err == nil {
+			if _, ok := sa.(*unix.SockaddrUnix); ok {
+				out[n] = true
+			}
+		}
+	}
+	return out
+}
+
+// reportLatency's percentiles are nearest-rank ones: of 1..100 µs, p99
+// is 99 and p50 is 50 (the maximum and the upper median before).
+func TestReportLatencyRank(t *testing.T) {
+	r := testing.Benchmark(func(b *testing.B) {
+		l := latencies{nil}
+		for i := 1; i <= 100; i++ {
+			l.add(0, time.Duration(i)*time.Microsecond)
+		}
+		reportLatency(b, []latencies{l}, 0, "x")
+	})
+	require.Equal(t, 99.0, r.Extra["x_p99_us"])
+	require.Equal(t, 50.0, r.Extra["x_p50_us"])
 }

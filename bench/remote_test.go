@@ -17,8 +17,6 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +28,6 @@ import (
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/resp"
 	"github.com/tqgo/tq/storage"
-	"github.com/tqgo/tq/transport/tcp"
 )
 
 // TestBenchServer is the server process of the remote benchmarks; it does
@@ -255,8 +252,13 @@ func benchServer(b *testing.B) (string, string) {
 	return benchServerFlags(b)
 }
 
-// rawConn is the baseline: a plain Go TCP stream to the same process.
-type rawConn struct{ c net.Conn }
+// rawConn is the baseline: a plain Go TCP stream to the same process. A
+// failed write or read fails the benchmark (b), rather than timing
+// nothing.
+type rawConn struct {
+	c net.Conn
+	b *testing.B
+}
 
 func dialRaw(b *testing.B, addr string) *rawConn {
 	c, err := net.Dial("tcp", addr)
@@ -264,14 +266,21 @@ func dialRaw(b *testing.B, addr string) *rawConn {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
-	return &rawConn{c}
+	return &rawConn{c, b}
+}
+
+func (r *rawConn) check(what string, err error) {
+	if err != nil {
+		r.b.Fatalf("baseline stream: %s: %v", what, err)
+	}
 }
 
 func (r *rawConn) cmd(op byte, n int64) {
 	var hdr [9]byte
 	hdr[0] = op
 	binary.LittleEndian.PutUint64(hdr[1:], uint64(n))
-	r.c.Write(hdr[:])
+	_, err := r.c.Write(hdr[:])
+	r.check("command", err)
 }
 
 // write streams the batch's columns in 1 MiB writes and waits for the ack.
@@ -282,12 +291,14 @@ func (r *rawConn) write(bt *engine.Batch) time.Duration {
 		d := f.Col.Data()
 		for len(d) > 0 {
 			k := min(len(d), 1<<20)
-			r.c.Write(d[:k])
+			_, err := r.c.Write(d[:k])
+			r.check("write", err)
 			d = d[k:]
 		}
 	}
 	var ack [1]byte
-	io.ReadFull(r.c, ack[:])
+	_, err := io.ReadFull(r.c, ack[:])
+	r.check("read the ack", err)
 	return time.Since(t0)
 }
 
@@ -295,14 +306,15 @@ func (r *rawConn) write(bt *engine.Batch) time.Duration {
 func (r *rawConn) read(dst []byte) time.Duration {
 	t0 := time.Now()
 	r.cmd('R', int64(len(dst)))
-	io.ReadFull(r.c, dst)
+	_, err := io.ReadFull(r.c, dst)
+	r.check("read", err)
 	return time.Since(t0)
 }
 
 func connect(b *testing.B, addr, transport string, conns int) *client.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Transport: transport, TCP: tcp.Config{Conns: conns}})
+	c, err := client.Connect(ctx, addr, benchConnect(transport, conns))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -357,6 +369,7 @@ func benchRemoteOp(b *testing.B, tr, op string, w workload, batch *engine.Batch,
 			base = func(func() time.Duration) time.Duration { return cp.run(batch) }
 		}
 		b.Run(fmt.Sprintf("transport=%s/workload=%s/op=%s", tr, w.name, op), func(b *testing.B) {
+			raw.b = b                                                          // its failures are this benchmark's
 			if _, err := kv.BatchPut(ctx, "p", keys, batch, nil); err != nil { // warm up
 				b.Fatal(err)
 			}
@@ -487,8 +500,10 @@ func BenchmarkRemoteControl(b *testing.B) {
 			b.Fatalf("list: %v %v", l, err)
 		}
 		t1 := time.Now()
-		raw.c.Write(msg)
-		io.ReadFull(raw.c, msg)
+		_, err := raw.c.Write(msg)
+		raw.check("ping", err)
+		_, err = io.ReadFull(raw.c, msg)
+		raw.check("pong", err)
 		base += time.Since(t1)
 		op += t1.Sub(t0)
 		n++
@@ -510,31 +525,20 @@ func BenchmarkRemoteSmallKV(b *testing.B) {
 	}
 	val := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{make([]byte, 1024)})})
 	ctx := context.Background()
-	var ops atomic.Int64
-	b.ResetTimer()
-	t0 := time.Now()
-	var wg sync.WaitGroup
-	per := max(b.N/clients, 1)
-	for i, kv := range kvs {
-		wg.Go(func() {
-			for j := range per {
-				key := fmt.Sprintf("c%d_%d", i, j%16)
-				if _, err := kv.Put(ctx, "small", key, val, nil); err != nil {
-					b.Error(err)
-					return
-				}
-				got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				got.Release()
-				ops.Add(2)
-			}
-		})
-	}
-	wg.Wait()
-	b.ReportMetric(float64(ops.Load())/time.Since(t0).Seconds(), "ops/s")
+	// b.N put + get pairs in all, shared by the clients.
+	wall, _ := runWorkers(b, clients, 0, func(w, i int, _ latencies) error {
+		kv, key := kvs[w], fmt.Sprintf("c%d_%d", w, i%16)
+		if _, err := kv.Put(ctx, "small", key, val, nil); err != nil {
+			return err
+		}
+		got, err := kv.BatchGet(ctx, "small", []string{key}, "v")
+		if err != nil {
+			return err
+		}
+		got.Release()
+		return nil
+	})
+	b.ReportMetric(float64(2*b.N)/wall.Seconds(), "ops/s")
 }
 
 // copyChunks copies in pieces below 1 MiB, where Go's memmove stays

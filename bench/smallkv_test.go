@@ -29,7 +29,6 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/shm"
-	"github.com/tqgo/tq/transport/tcp"
 )
 
 // smallKVKeys is how many keys each client rotates over.
@@ -86,13 +85,7 @@ func BenchmarkSmallKV(b *testing.B) {
 	owner := b // the clients live until the whole benchmark ends
 	pool := func(b *testing.B, tr string) []*kvapi.KV {
 		for len(pools[tr]) < maxClients {
-			cfg := client.ConnectConfig{WaitForUnits: true, Transport: tr, TCP: tcp.Config{Conns: 1}}
-			if tr == client.TransportTCP {
-				// As a client on another host: loopback TCP to the
-				// controller and the unit, not their unix sockets.
-				cfg.Client.Host = "bench-another-host"
-			}
-			c, err := connectWith(owner, caddr, cfg)
+			c, err := connectWith(owner, caddr, benchConnect(tr, 1))
 			if err != nil {
 				b.Fatal(err)
 			}

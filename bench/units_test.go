@@ -112,6 +112,14 @@ func connectUnits(b *testing.B, addr, transport string, n int, place client.Plac
 	}
 }
 
+// unitsTransports are the data planes the units benchmarks run: the
+// clients are on the units' host, so TQ's stream transport reaches them
+// over their unix sockets (labelled unix; "tcp" until 2026-12-06).
+var unitsTransports = []struct{ label, transport string }{
+	{"shm", client.TransportShm},
+	{"unix", client.TransportTCP},
+}
+
 func BenchmarkUnitsSpan(b *testing.B) {
 	servers := unitsServers(b)
 	w := small
@@ -120,11 +128,11 @@ func BenchmarkUnitsSpan(b *testing.B) {
 	for i := 0; i < len(into); i += 4096 {
 		into[i] = 1
 	}
-	for _, tr := range []string{client.TransportShm, client.TransportTCP} {
+	for _, tr := range unitsTransports {
 		for _, op := range []string{"put", "get_into"} {
 			for _, pt := range []struct{ units, maxIO int }{{1, 8}, {2, 8}, {4, 8}, {4, 1}} {
-				kv := kvapi.New(connectUnits(b, servers[pt.units], tr, pt.units, client.Hash, pt.maxIO))
-				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/maxio=%d", tr, op, pt.units, pt.maxIO), func(b *testing.B) {
+				kv := kvapi.New(connectUnits(b, servers[pt.units], tr.transport, pt.units, client.Hash, pt.maxIO))
+				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/maxio=%d", tr.label, op, pt.units, pt.maxIO), func(b *testing.B) {
 					benchUnitsOp(b, op, w, []*kvapi.KV{kv}, [][]string{keys}, []*engine.Batch{batch}, [][]byte{into})
 				})
 			}
@@ -146,15 +154,18 @@ func BenchmarkUnitsAggregate(b *testing.B) {
 			keys[c] = append(keys[c], fmt.Sprintf("c%d_key_%d", c, i))
 		}
 		into[c] = make([]byte, w.bytes())
+		for i := 0; i < len(into[c]); i += 4096 {
+			into[c][i] = 1 // faulted in, as BenchmarkUnitsSpan's buffer
+		}
 	}
-	for _, tr := range []string{client.TransportShm, client.TransportTCP} {
+	for _, tr := range unitsTransports {
 		for _, op := range []string{"put", "get_into"} {
 			for _, n := range unitCounts {
 				kvs := make([]*kvapi.KV, clients)
 				for c := range kvs {
-					kvs[c] = kvapi.New(connectUnits(b, servers[n], tr, n, client.LocalFirst, 0))
+					kvs[c] = kvapi.New(connectUnits(b, servers[n], tr.transport, n, client.LocalFirst, 0))
 				}
-				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/clients=%d", tr, op, n, clients), func(b *testing.B) {
+				b.Run(fmt.Sprintf("transport=%s/op=%s/units=%d/clients=%d", tr.label, op, n, clients), func(b *testing.B) {
 					benchUnitsOp(b, op, w, kvs, keys, batches, into)
 				})
 			}
