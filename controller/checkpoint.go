@@ -294,6 +294,14 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 	if err == nil {
 		err = c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) })
 	}
+	var cleanup *journal.CleanupError
+	if errors.As(err, &cleanup) {
+		// The snapshot is in place: the load stands, a restart keeps it.
+		if c.cfg.Logf != nil {
+			c.cfg.Logf("controller: %v", err)
+		}
+		err = nil
+	}
 	if err != nil {
 		// The state is replaced and cannot be put back, and without its
 		// snapshot no record can follow the load's: stop the journal, so

@@ -226,6 +226,9 @@ func (c *Controller) recover() (abandoned bool, err error) {
 		if err := c.adopt(ls); err != nil {
 			return false, fmt.Errorf("%s: %w", filepath.Base(s.Path), err)
 		}
+		if fi, err := os.Stat(s.Path); err == nil {
+			c.lastSnapBytes.Store(fi.Size()) // the next snapshot's threshold
+		}
 		after = s.Index
 		break
 	}
@@ -656,7 +659,8 @@ func (c *Controller) snapshot() error {
 		size = cw.n
 		return err
 	})
-	if err == nil {
+	var cleanup *journal.CleanupError
+	if err == nil || errors.As(err, &cleanup) {
 		c.lastSnapBytes.Store(size)
 	}
 	return err

@@ -682,3 +682,70 @@ func TestStateMessageLongerThanTheFile(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrCorrupt)
 	assert.Contains(t, err.Error(), "header at byte 0: 1099511627776 bytes, 16 left in the file")
 }
+
+// The records a restart replays (those after the newest snapshot) count
+// toward the next snapshot: a controller killed each time before its log
+// reached SnapshotBytes (a crash loop, an OOM kill) used to restart
+// counting from zero, so the log after the snapshot, and the time a
+// restart takes to replay it, grew by one run's worth per restart.
+func TestLogSinceSnapshotSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	const limit = 256 << 10
+	big := strings.Repeat("x", 10<<10)
+	var idx []uint64
+	for cycle := range 4 {
+		c := openDurable(t, dir, Config{SnapshotBytes: limit})
+		if idx == nil {
+			idx = insert(t, c, "p", 1, "x").Indexes
+		}
+		for i := range 20 { // about 200 KiB of records: under the limit
+			require.NoError(t, c.SetTags("p", idx, []engine.Tags{{"v": big, "i": cycle*100 + i}}))
+		}
+		require.NoError(t, c.WaitDurable(context.Background()))
+		crash(t, c)
+	}
+	c := openDurable(t, dir, Config{SnapshotBytes: limit})
+	defer c.Close()
+	// 4 runs of ~200 KiB are in the log after the (absent) snapshot.
+	assert.GreaterOrEqual(t, c.Info().LogBytes, int64(3*limit), "Info().LogBytes: the bytes logged since the newest snapshot")
+	// The snapshotter (every second) snapshots once the log since the
+	// last snapshot outgrows SnapshotBytes: it does here, already.
+	assert.Eventually(t, func() bool { return c.Info().SnapshotIndex > 0 }, 3*time.Second, 100*time.Millisecond,
+		"no snapshot although ~800 KiB were logged since the last (SnapshotBytes %d)", limit)
+}
+
+// A checkpoint load that fails says "a restart undoes the load", and
+// stops the journal; its snapshot's cleanup failing after the snapshot is
+// in place (the log not truncated, an old snapshot file not removed:
+// here a non-empty directory stands in the old file's place, as EACCES or
+// EIO would) is no failure of the load: the restart keeps the loaded
+// state, so the load must report success.
+func TestLoadFailsOnlyIfRestartUndoesIt(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	insert(t, c, "p", 3, "x")
+	ck := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(ck))
+	require.NoError(t, c.snapshot())
+	insert(t, c, "q", 2, "x")
+	require.NoError(t, c.snapshot())
+	snaps := c.j.Snapshots()
+	require.Len(t, snaps, 2)
+	oldest := snaps[1].Path
+	require.NoError(t, os.Remove(oldest))
+	require.NoError(t, os.MkdirAll(filepath.Join(oldest, "x"), 0o700))
+	insert(t, c, "r", 1, "x")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	before := stateBytes(t, c)
+
+	_, loadErr := c.Load(ck)
+	loaded := stateBytes(t, c)
+	c.Close()
+
+	d, err := New(Config{Dir: dir})
+	require.NoError(t, err)
+	defer d.Close()
+	require.NoError(t, loadErr, "a load whose snapshot is in place")
+	assert.NotEqual(t, before, loaded)
+	assert.Equal(t, loaded, stateBytes(t, d), "the restart keeps the loaded state")
+}

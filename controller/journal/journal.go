@@ -148,7 +148,8 @@ type Snapshot struct {
 }
 
 // Pos is a position in the log: the last record appended and the bytes
-// appended up to it since the journal opened.
+// appended up to it since the journal opened, counting the records it
+// replayed then.
 type Pos struct {
 	Index uint64
 	Bytes int64
@@ -436,6 +437,12 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		if err != nil {
 			return fmt.Errorf("read log record %d: %w", i, err)
 		}
+		// Replayed records count as appended since the snapshot (see
+		// SinceSnapshot): a process killed before it logged enough for a
+		// snapshot must not leave the next one a longer log to replay.
+		j.mu.Lock()
+		j.appended += int64(len(v))
+		j.mu.Unlock()
 		if err := fn(i, v); err != nil {
 			return fmt.Errorf("log record %d: %w", i, err)
 		}
@@ -517,7 +524,7 @@ func (j *Journal) Pos() Pos {
 }
 
 // SinceSnapshot returns the bytes of the records appended after the state
-// of the newest snapshot was taken (since Open, if it has none): the
+// of the newest snapshot was taken, those a start replayed included: the
 // controller snapshots when they outgrow its state.
 func (j *Journal) SinceSnapshot() int64 {
 	j.mu.Lock()
@@ -689,18 +696,39 @@ func (j *Journal) WriteSnapshot(pos Pos, write func(io.Writer) error) error {
 	keepFrom := j.snaps[len(j.snaps)-1].Index // records after it stay
 	truncate := len(j.snaps) == 2
 	j.mu.Unlock()
+	// The snapshot is in place: a restart starts from it whatever happens
+	// next, so what fails from here is cleanup, not the snapshot.
+	var errs []error
 	if truncate {
 		if err := j.db.DeleteRange(key(0), key(keepFrom+1), pebble.NoSync); err != nil {
-			return fmt.Errorf("truncate log: %w", err)
+			errs = append(errs, fmt.Errorf("truncate log: %w", err))
 		}
 	}
 	for _, s := range drop {
 		if err := os.Remove(s.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove old snapshot: %w", err)
+			errs = append(errs, fmt.Errorf("remove old snapshot: %w", err))
 		}
+	}
+	if len(errs) > 0 {
+		return &CleanupError{Snapshot: path, Err: errors.Join(errs...)}
 	}
 	return nil
 }
+
+// CleanupError is WriteSnapshot's report of a snapshot written and in
+// place (a restart starts from it) whose cleanup failed: the log was not
+// truncated, or an older snapshot file not removed. The state is durable;
+// only disk space is at stake, and the next snapshot tries again.
+type CleanupError struct {
+	Snapshot string
+	Err      error
+}
+
+func (e *CleanupError) Error() string {
+	return fmt.Sprintf("snapshot %s written, but its cleanup failed: %v", filepath.Base(e.Snapshot), e.Err)
+}
+
+func (e *CleanupError) Unwrap() error { return e.Err }
 
 // Close writes what was appended, stops the writer and closes the log.
 // Waiters still waiting return an error wrapping [engine.ErrClosed]. It is
