@@ -701,7 +701,7 @@ func TestRemoteServerDeath(t *testing.T) {
 			c := newController(t)
 			s, addr := serveController(t, c, controller.ServerConfig{}, network)
 			r := dialMeta(t, addr, client.RemoteConfig{RetryFor: 200 * time.Millisecond})
-			errc := blockFetch(t, r)
+			errc := blockFetch(t, c, r)
 			s.Close()
 			select {
 			case err := <-errc:
@@ -723,7 +723,7 @@ func TestRemoteServerDeath(t *testing.T) {
 // blockFetch starts a waiting fetch of 2 rows of "p" (which has 1 ready)
 // and returns once the controller is waiting on it; the fetch's error
 // arrives on the channel.
-func blockFetch(t *testing.T, r *client.RemoteMeta) <-chan error {
+func blockFetch(t *testing.T, c *controller.Controller, r *client.RemoteMeta) <-chan error {
 	t.Helper()
 	ctx := context.Background()
 	m, err := r.Insert(ctx, "p", 1, []string{"x"})
@@ -738,14 +738,10 @@ func blockFetch(t *testing.T, r *client.RemoteMeta) <-chan error {
 		_, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Wait: true})
 		errc <- err
 	}()
-	// The fetch has looked at the partition once its task shows in stats.
+	// The fetch waits once the controller counts it blocked.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		st, err := r.Stats(ctx, "p")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(st.Tasks) > 0 {
+		if c.BlockedFetches() > 0 {
 			return errc
 		}
 		if time.Now().After(deadline) {
@@ -762,7 +758,7 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	// No retries: the fetch shows the server's answer (by default it would
 	// ask again, waiting for the controller to come back).
 	r := dialMeta(t, addr, client.RemoteConfig{RetryFor: -1})
-	errc := blockFetch(t, r)
+	errc := blockFetch(t, c, r)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := s.Shutdown(sctx); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -1394,12 +1395,19 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	}
 	sort.Slice(st.Fields, func(i, j int) bool { return st.Fields[i].Name < st.Fields[j].Name })
 	for t, name := range p.taskName {
+		if consumed[t] == 0 {
+			// A fetch that took nothing makes its task a slot with no
+			// record of it: a restart replaying the log would not list it.
+			continue
+		}
 		ts := engine.TaskStats{Task: name, Consumed: consumed[t]}
 		if total > 0 {
 			ts.Progress = float64(consumed[t]) / float64(total)
 		}
 		st.Tasks = append(st.Tasks, ts)
 	}
+	// By name: slots follow first use, which a replay may order otherwise.
+	slices.SortFunc(st.Tasks, func(a, b engine.TaskStats) int { return strings.Compare(a.Task, b.Task) })
 	p.mu.Unlock()
 	st.IndexesUse, st.IndexesFree = c.idx.stats()
 	return st, nil

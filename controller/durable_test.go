@@ -749,3 +749,35 @@ func TestLoadFailsOnlyIfRestartUndoesIt(t *testing.T) {
 	assert.NotEqual(t, before, loaded)
 	assert.Equal(t, loaded, stateBytes(t, d), "the restart keeps the loaded state")
 }
+
+// Stats lists the tasks that consumed rows, by name, the same before a
+// crash and after: a fetch that takes nothing (nothing ready yet) makes
+// its task a slot with no record of it, which a snapshot keeps and a
+// replay of the log does not, and slots follow first use, which a replay
+// may order otherwise.
+func TestTasksOfStatsSurviveACrash(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	m := insert(t, c, "p", 2, "x")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	commitDense(t, c, "p", m.Indexes[:1], "x")
+	// One row is ready, the fetch of "early" wants two: it takes nothing.
+	got, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "early", Fields: []string{"x"}, BatchSize: 2})
+	if err == nil {
+		require.Zero(t, got.Len())
+	}
+	commitDense(t, c, "p", m.Indexes[1:], "x")
+	fetch(t, c, "p", "late", 1, "x")
+	before, err := c.Stats("p")
+	require.NoError(t, err)
+	require.Equal(t, []engine.TaskStats{{Task: "late", Consumed: 1, Progress: 0.5}}, before.Tasks, "the task that consumed a row")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	crash(t, c)
+
+	d := openDurable(t, dir, Config{})
+	defer d.Close()
+	after, err := d.Stats("p")
+	require.NoError(t, err)
+	assert.Equal(t, before.Tasks, after.Tasks, "Stats' tasks before the crash and after")
+}

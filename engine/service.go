@@ -185,9 +185,9 @@ type PartitionStats struct {
 	Produced    int     // rows with at least one produced field
 	Progress    float64 // produced / (rows + reserved)
 	Fields      []FieldStats
-	Tasks       []TaskStats
-	IndexesUse  int // global: indexes allocated across all partitions
-	IndexesFree int // global: released indexes waiting for reuse
+	Tasks       []TaskStats // the tasks that consumed rows of it, by name
+	IndexesUse  int         // global: indexes allocated across all partitions
+	IndexesFree int         // global: released indexes waiting for reuse
 }
 
 // FieldStats describes one field of a partition.
