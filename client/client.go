@@ -52,7 +52,9 @@ type Config struct {
 	// keeps a unit busy (a transport stripes a large one itself), so the
 	// bound is about how many units one client drives at once, and keeps
 	// a client of many goroutines from opening a request to every unit
-	// for each of them.
+	// for each of them. A put's write that waits in its unit for room
+	// (no unit has any) is not counted: held while it waits, a slot would
+	// keep the client's reads and frees, which may make the room, out.
 	MaxUnitIO int
 }
 

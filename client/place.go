@@ -440,7 +440,11 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 	pending := rows
 	for len(pending) > 0 {
 		groups := p.place(pending, sizes, seeds)
-		errs := c.parallel(ctx, len(groups), func(i int) error {
+		// A write that waits in its unit for room (no unit has any) takes
+		// no I/O slot: held while it waits, the slots would starve this
+		// client's reads and frees, among them those that make the room.
+		waits := func(i int) bool { return groups[i].wait }
+		errs := c.parallelSlots(ctx, len(groups), waits, func(i int) error {
 			g := groups[i]
 			wctx := ctx
 			if !g.wait {
@@ -479,23 +483,31 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 // (errgroup's first-error model does not fit). A fn that cannot get a
 // slot before ctx ends returns ctx's error.
 func (c *Client) parallel(ctx context.Context, n int, fn func(i int) error) []error {
+	return c.parallelSlots(ctx, n, nil, fn)
+}
+
+// parallelSlots is parallel where fn(i) takes no I/O slot when
+// unbounded(i) (nil: every fn takes one).
+func (c *Client) parallelSlots(ctx context.Context, n int, unbounded func(i int) bool, fn func(i int) error) []error {
 	errs := make([]error, n)
-	if n == 1 {
-		if errs[0] = c.acquireIO(ctx); errs[0] == nil {
-			errs[0] = fn(0)
-			c.releaseIO()
+	run := func(i int) {
+		if unbounded != nil && unbounded(i) {
+			errs[i] = fn(i)
+			return
 		}
+		if errs[i] = c.acquireIO(ctx); errs[i] != nil {
+			return
+		}
+		defer c.releaseIO()
+		errs[i] = fn(i)
+	}
+	if n == 1 {
+		run(0)
 		return errs
 	}
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() {
-			if errs[i] = c.acquireIO(ctx); errs[i] != nil {
-				return
-			}
-			defer c.releaseIO()
-			errs[i] = fn(i)
-		})
+		wg.Go(func() { run(i) })
 	}
 	wg.Wait()
 	return errs

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -478,4 +479,48 @@ func TestReservePutSpills(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, e.Units[1].ID(), kb.Unit().ID(), "the KV reservation's unit")
 	require.NoError(t, kb.Abort(ctx))
+}
+
+// Puts waiting in a full unit for room take none of the client's unit
+// I/O slots: with MaxUnitIO of them waiting, a get of rows already stored
+// (whose clear could make the room) used to wait for a slot until its
+// deadline.
+func TestWaitingPutsDoNotStarveGets(t *testing.T) {
+	cfg := client.DefaultConfig() // MaxUnitIO 8
+	_, c := unitCluster(t, 1, 1<<20, cfg, nil)
+	var first *engine.BatchMeta
+	for {
+		short, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		m, err := c.PutNew(short, "p", opaque(repeat(4, 64<<10)))
+		cancel()
+		if err != nil {
+			if !errors.Is(err, engine.ErrCapacity) {
+				t.Fatal(err)
+			}
+			break
+		}
+		if first == nil {
+			first = m
+		}
+	}
+	putCtx, stopPuts := context.WithCancel(t.Context())
+	done := make(chan error, cfg.MaxUnitIO)
+	for range cfg.MaxUnitIO {
+		go func() {
+			_, err := c.PutNew(putCtx, "p", opaque(repeat(4, 64<<10)))
+			done <- err
+		}()
+	}
+	defer func() {
+		stopPuts()
+		for range cfg.MaxUnitIO {
+			<-done
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the puts are waiting for room
+	getCtx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	if _, err := c.GetCopy(getCtx, first); err != nil {
+		t.Fatalf("a get while puts wait for room: %v", err)
+	}
 }
