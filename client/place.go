@@ -341,7 +341,10 @@ func (p *planner) pick(n int64, seed uint64, filter int) int {
 	best, bestScore, bestTie := -1, math.Inf(1), uint64(0)
 	for i, s := range p.slots {
 		switch {
-		case filter == withRoom && s.free < n,
+		// A slot that refused this put with no room left by the estimate
+		// has none even for n = 0 (which a unit refuses too, say one
+		// that cannot reserve: picking it again would loop).
+		case filter == withRoom && (s.free < n || s.refused && s.free == 0),
 			filter == unrefused && s.refused,
 			filter == anyCapacity && s.cap > 0 && s.cap < n:
 			continue

@@ -426,3 +426,34 @@ func TestReservePutDroppedIsAborted(t *testing.T) {
 		})
 	}
 }
+
+// A reserved put whose fields hold no bytes (every row empty), placed on
+// a unit that cannot reserve (tcp, here a unit hiding Reserver), fails
+// with ErrNotSupported at once, as a non-empty one does; it used to pick
+// the same unit again until its context ended.
+func TestReservePutZeroBytesNotSupportedReturns(t *testing.T) {
+	e := newEmbedded(t, client.LocalFirst, 1)
+	c, err := client.New(embedded.Meta(e.Controller), []client.DataUnit{noReserve{embedded.Unit(e.Units[0])}}, client.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, err := c.GetMeta(context.Background(), client.MetaRequest{Partition: "p", Mode: client.Insert, BatchSize: 2, Fields: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range []client.FieldSpec{
+		{Name: "x", DType: engine.Float32, Shape: engine.Shape{0}},
+		{Name: "x", RowBytes: []int{0, 0}},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		start := time.Now()
+		_, err := c.ReservePut(ctx, meta, spec)
+		cancel()
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("ReservePut of %+v on a unit without Reserver took %v (spun until ctx ended): %v", spec, el, err)
+		}
+		if !errors.Is(err, engine.ErrNotSupported) {
+			t.Errorf("ReservePut of %+v: %v, want ErrNotSupported", spec, err)
+		}
+	}
+}
