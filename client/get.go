@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"time"
@@ -214,6 +215,9 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 	if err := checkReady(meta, names); err != nil {
 		return nil, &engine.OpError{Op: "get", Peer: meta.Partitions[0], Err: err}
 	}
+	if err := checkLens(meta, names); err != nil {
+		return nil, &engine.OpError{Op: "get", Peer: meta.Partitions[0], Err: err}
+	}
 	runs := make(map[string][]run, len(names))
 	ranges := map[engine.UnitID][]engine.RemoteAddr{}
 	for _, name := range names {
@@ -332,6 +336,45 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 }
 
 // checkReady names the first unproduced cells, if any.
+// checkLens refuses a meta whose cells hold other lengths than its schema
+// gives them (as columnOver would after the read), before anything is
+// sized or read by those lengths: a meta decoded wrongly or made by hand
+// would size buffers, or slice them, past what any cell can hold.
+func checkLens(meta *engine.BatchMeta, names []string) error {
+	total := uint64(0)
+	for _, name := range names {
+		s := meta.Schema[name]
+		dense := -1
+		if s.Kind == engine.Dense {
+			n, err := s.Shape.CellBytes(s.DType)
+			if err != nil {
+				return fmt.Errorf("field %q: %w", name, err)
+			}
+			dense = n
+		}
+		for i, l := range meta.Cells[name] {
+			want := dense
+			switch {
+			case s.Kind == engine.Ragged && i < len(s.Shapes):
+				n, err := s.Shapes[i].CellBytes(s.DType)
+				if err != nil {
+					return fmt.Errorf("field %q, row %d: %w", name, meta.Indexes[i], err)
+				}
+				want = n
+			case s.Kind == engine.Opaque && l.Addr.Len > engine.MaxCellBytes:
+				return fmt.Errorf("field %q, row %d: a cell of %d bytes, past the limit of %d: %w", name, meta.Indexes[i], l.Addr.Len, uint64(engine.MaxCellBytes), engine.ErrCorrupt)
+			}
+			if want >= 0 && l.Addr.Len != uint64(want) {
+				return fmt.Errorf("field %q, row %d: the cell holds %d bytes, its schema %v%v gives %d: %w", name, meta.Indexes[i], l.Addr.Len, s.DType, s.Shape, want, engine.ErrCorrupt)
+			}
+			if total += l.Addr.Len; total > math.MaxInt {
+				return fmt.Errorf("field %q: the cells hold more than %d bytes: %w", name, math.MaxInt, engine.ErrCorrupt)
+			}
+		}
+	}
+	return nil
+}
+
 func checkReady(meta *engine.BatchMeta, names []string) error {
 	var missing []string
 	for _, name := range names {

@@ -52,6 +52,9 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 	if err := checkReady(meta, names); err != nil {
 		return nil, &engine.OpError{Op: "get into", Peer: meta.Partitions[0], Err: err}
 	}
+	if err := checkLens(meta, names); err != nil {
+		return nil, &engine.OpError{Op: "get into", Peer: meta.Partitions[0], Err: err}
+	}
 	if need := SizeOf(meta); len(buf) < need {
 		return nil, &engine.OpError{Op: "get into", Err: fmt.Errorf("buffer of %d bytes, the fields need %d: %w", len(buf), need, engine.ErrInvalid)}
 	}
