@@ -128,6 +128,7 @@ func (f *outFrame) finish(err error) {
 }
 
 type call struct {
+	op        Op // asked: its reply carries the same op
 	reply     proto.Message
 	into      func(Header, proto.Message) ([][]byte, error)
 	done      chan struct{} // buffered: receives once, when the call is finished or failed
@@ -379,7 +380,7 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 		plen += uint64(len(p))
 	}
 	cl, f := &r.cl, &r.f
-	cl.reply, cl.into = reply, into
+	cl.op, cl.reply, cl.into = op, reply, into
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -655,10 +656,16 @@ func (c *Conn) fill(br *bufio.Reader, h Header, body []byte, cl *call) (cerr, er
 		_, err := io.CopyN(io.Discard, br, int64(h.PayloadLen))
 		return c.readErr(err)
 	}
+	if h.Op != cl.op {
+		return fmt.Errorf("%v reply to a %v request: %w", h.Op, cl.op, engine.ErrCorrupt), discard()
+	}
 	if h.Flags&FlagError != 0 {
 		var e wirepb.Error
 		if err := proto.Unmarshal(body, &e); err != nil {
-			return fmt.Errorf("decode error reply: %w", ErrFrame), discard()
+			return fmt.Errorf("decode %v error reply: %v: %w", h.Op, err.Error(), ErrFrame), discard()
+		}
+		if e.Code == wirepb.Code_CODE_UNSPECIFIED {
+			return fmt.Errorf("%v error reply without a code (message %q): %w", h.Op, e.Message, engine.ErrCorrupt), discard()
 		}
 		return FromReply(&e), discard()
 	}

@@ -54,7 +54,12 @@ type RemoteError struct {
 	Message string
 }
 
-func (e *RemoteError) Error() string { return e.Message }
+func (e *RemoteError) Error() string {
+	if e.Message == "" {
+		return "error reply with no message, code " + e.Code.String()
+	}
+	return e.Message
+}
 
 // Unwrap returns the sentinel the code stands for.
 func (e *RemoteError) Unwrap() error {

@@ -341,7 +341,7 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 		req.handler = pong
 	}
 	if try := s.try(h.Op); try != nil {
-		if !try(c.ctx, req, &req.rw) {
+		if !c.tryHandle(c.ctx, try, req) {
 			// It would wait: the connection's goroutine runs it.
 			s.inflight.Done()
 			return false

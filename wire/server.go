@@ -30,6 +30,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -880,7 +881,7 @@ func (c *serverConn) serve() {
 		}
 		if c.s.isInline(h.Op) || h.Op == OpPing {
 			c.run(ctx, req)
-		} else if try := c.s.try(h.Op); try != nil && !req.draining && try(ctx, req, &req.rw) {
+		} else if try := c.s.try(h.Op); try != nil && !req.draining && c.tryHandle(ctx, try, req) {
 			c.served(req)
 			c.unhold(req.BodyLen)
 			<-c.sem
@@ -992,8 +993,37 @@ func (c *serverConn) run(ctx context.Context, req *Request) {
 // handle runs req's handler, sends an error reply if it sent none, skips
 // what is left of the payload and shows the request to the Observer.
 func (c *serverConn) handle(ctx context.Context, req *Request) {
-	req.handler(ctx, req, &req.rw)
+	func() {
+		defer c.recovered(req, nil)
+		req.handler(ctx, req, &req.rw)
+	}()
 	c.served(req)
+}
+
+// tryHandle runs req's TryFunc: false when it would wait. A try that
+// panicked has handled req (with an error reply).
+func (c *serverConn) tryHandle(ctx context.Context, try TryFunc, req *Request) (handled bool) {
+	defer c.recovered(req, &handled)
+	return try(ctx, req, &req.rw)
+}
+
+// recovered, deferred around a handler (itself: recover works only
+// there), turns its panic into an error reply (unless it replied
+// already) and a log line with the stack, rather than the end of the
+// process and every connection it serves; it sets *handled, if given,
+// when there was one.
+func (c *serverConn) recovered(req *Request, handled *bool) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if handled != nil {
+		*handled = true
+	}
+	c.s.log.Error("wire: a handler panicked", "op", req.Op, "peer", c.nc.RemoteAddr(), "panic", v, "stack", string(debug.Stack()))
+	if !req.rw.sent {
+		req.rw.Error(fmt.Errorf("op %v: the server's handler failed (it panicked: %v): %w", req.Op, v, errInternal))
+	}
 }
 
 // served finishes req once its handler returned: an error reply if it
@@ -1163,8 +1193,13 @@ func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
 	if err != nil {
 		return Header{}, nil, err
 	}
-	if h.Op != OpHello || h.Flags != 0 || h.PayloadLen != 0 {
+	switch {
+	case h.Op != OpHello:
 		return Header{}, nil, fmt.Errorf("first frame is %v, not HELLO: %w", h.Op, ErrFrame)
+	case h.Flags != 0:
+		return Header{}, nil, fmt.Errorf("HELLO with flags %#x (a request has none): %w", uint8(h.Flags), ErrFrame)
+	case h.PayloadLen != 0:
+		return Header{}, nil, fmt.Errorf("HELLO with a payload of %d bytes (it has none): %w", h.PayloadLen, ErrFrame)
 	}
 	if h.BodyLen > MaxHelloLen {
 		return Header{}, nil, fmt.Errorf("HELLO of %d bytes exceeds %d: %w", h.BodyLen, MaxHelloLen, ErrFrame)
