@@ -380,3 +380,30 @@ def test_server_of_another_version_is_named():
     with pytest.raises(tq.CorruptError) as e:
         wire.Conn(_serve_once(h), timeout=10)
     assert "speaks wire protocol version 2, this client 1" in e.value.message
+
+
+def test_reply_of_another_op_or_without_a_code_is_corrupt():
+    """A reply carries its request's op, and an error reply a code: a
+    server that answers a PING with a frame of another op, or with an
+    error reply whose body is empty, gives a CorruptError naming the
+    request, not a reply decoded as the one asked for or an error of no
+    class."""
+    def other_op(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        op, rid, _ = _read_frame(c)
+        _reply(c, op + 1, rid, common_pb2.Ping())
+    conn = wire.Conn(_serve_once(other_op))
+    with pytest.raises(tq.CorruptError, match="reply to a"):
+        conn.call(wire.PING, common_pb2.Ping(nonce=7), common_pb2.Ping)
+    conn.close()
+
+    def no_code(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Error(), flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+    conn = wire.Conn(_serve_once(no_code))
+    with pytest.raises(tq.CorruptError, match="without a code"):
+        conn.call(wire.PING, common_pb2.Ping(nonce=7), common_pb2.Ping)
+    conn.close()

@@ -371,6 +371,11 @@ class Conn:
                 rpay = None
                 if rrid == 0:
                     raise _Ended(common_pb2.Error.FromString(rbody))
+                if rop != op:
+                    # Requests and their replies carry the same op: this
+                    # answers something else.
+                    raise errors.CorruptError(f"an op {rop} reply to a {op_name or op} request from {self.addr}",
+                                              op=op_name, **err_ctx)
                 if into is not None and not flags & FLAG_ERROR:
                     # The answer fills the buffers exactly, or it is wrong:
                     # none at all would leave them as they were.
@@ -411,6 +416,9 @@ class Conn:
                                    op=op_name, **err_ctx)
         if flags & FLAG_ERROR:
             err = common_pb2.Error.FromString(rbody)
+            if err.code == 0:
+                raise errors.CorruptError(f"a {op_name or op} error reply without a code (message {err.message!r})",
+                                          op=op_name, **err_ctx)
             raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
         reply = reply_cls.FromString(rbody) if reply_cls is not None else None
         if rpay is not None or into is not None:
