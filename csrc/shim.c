@@ -556,7 +556,7 @@ int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct
 		 int *bad, struct tq_err *err)
 {
 	struct ibv_send_wr chain[TQ_SHIM_MAX_CHAIN];
-	struct ibv_sge sg[TQ_SHIM_MAX_CHAIN * 4];
+	struct ibv_sge sg[TQ_SHIM_MAX_SGE];
 	struct ibv_send_wr *bad_wr = NULL;
 	int used = 0, ret;
 
@@ -569,10 +569,10 @@ int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct
 		const struct tq_wr *w = &wrs[i];
 
 		/* In 64 bits: a 32-bit sum wraps, and a huge first_sge or
-		 * num_sge would pass and read or write out of bounds. */
+		 * num_sge would pass and read or write out of bounds. Nothing
+		 * is posted yet: *bad stays 0. */
 		if ((uint64_t)w->first_sge + w->num_sge > (uint64_t)nsges ||
 		    (uint64_t)used + w->num_sge > sizeof(sg) / sizeof(sg[0])) {
-			*bad = i;
 			tq_set_err(err, "ibv_post_send", EINVAL);
 			return -1;
 		}

@@ -26,6 +26,7 @@
 #include "tqverbs.h"
 
 #define TQ_SHIM_MAX_CHAIN 256 /* work requests per tq_shim_post call */
+#define TQ_SHIM_MAX_SGE 1024 /* SGEs per tq_shim_post call, its WRs together */
 #define TQ_SHIM_NAME_LEN 64
 /* RDMA READs in flight per queue pair, each way, at most: the device's
  * limits (max_qp_init_rd_atom, max_qp_rd_atom) when they are lower. What a
@@ -125,7 +126,9 @@ int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
 /*
  * tq_shim_post posts n work requests as one chain with ibv_post_send. On
  * failure it returns -1, fills *err, and sets *bad to the index of the
- * first WR not posted (those before it were).
+ * first WR not posted (those before it were). A chain it refuses before
+ * ibv_post_send (more than TQ_SHIM_MAX_CHAIN WRs or TQ_SHIM_MAX_SGE SGEs,
+ * a WR naming SGEs past nsges) is not posted at all: *bad is 0.
  */
 int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct tq_sge *sges, int nsges,
 		 int *bad, struct tq_err *err);

@@ -388,16 +388,26 @@ func (p *PreparedQP) Close() error { return p.qp.Close() }
 // QPN is the queue pair's number.
 func (q *QP) QPN() uint32 { return q.qpn }
 
-// Post posts wrs as one chain (at most 256) with their SGEs: one crossing
-// of cgo. On failure bad is the index of the first WR not posted.
+// Post posts wrs as one chain (at most 256, naming at most 1024 SGEs
+// together) with their SGEs: one crossing of cgo. On failure bad is the
+// index of the first WR not posted: those before it were, and complete. A
+// chain refused before it reaches the device is not posted at all: bad is 0.
 func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	if len(wrs) == 0 {
 		return 0, nil
 	}
+	if len(wrs) > C.TQ_SHIM_MAX_CHAIN {
+		return 0, fmt.Errorf("post: a chain of %d work requests, more than %d: nothing posted: %w", len(wrs), C.TQ_SHIM_MAX_CHAIN, engine.ErrInvalid)
+	}
+	var nsge uint64
 	for i, w := range wrs {
 		if uint64(w.FirstSGE)+uint64(w.NumSGE) > uint64(len(sges)) {
-			return i, fmt.Errorf("post: work request %d names SGEs %d..%d of %d: %w", i, w.FirstSGE, uint64(w.FirstSGE)+uint64(w.NumSGE), len(sges), engine.ErrInvalid)
+			return 0, fmt.Errorf("post: work request %d names SGEs %d..%d of %d: nothing posted: %w", i, w.FirstSGE, uint64(w.FirstSGE)+uint64(w.NumSGE), len(sges), engine.ErrInvalid)
 		}
+		nsge += uint64(w.NumSGE)
+	}
+	if nsge > C.TQ_SHIM_MAX_SGE {
+		return 0, fmt.Errorf("post: a chain of %d work requests names %d SGEs, more than %d: nothing posted: %w", len(wrs), nsge, C.TQ_SHIM_MAX_SGE, engine.ErrInvalid)
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -198,10 +198,12 @@ func TestUnsignaledAndBadWR(t *testing.T) {
 	wcs = p.pollN(t, 1)
 	assert.Equal(t, uint64(1), wcs[0].ID)
 
-	// A chain longer than the shim takes is refused whole.
+	// A chain longer than the shim takes is refused whole: nothing posted.
 	long := make([]WR, 257)
-	_, err = p.qa.Post(long, sges)
-	require.ErrorIs(t, err, syscall.EINVAL)
+	bad, err = p.qa.Post(long, sges)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Zero(t, bad)
+	assert.ErrorContains(t, err, "a chain of 257 work requests")
 }
 
 // Every error class a completion reports, and what it unwraps to.
@@ -386,10 +388,31 @@ func TestOpenDeviceGIDIndex(t *testing.T) {
 	}
 }
 
+// postedCompletions polls cq for 300 ms and returns how many completions
+// arrived.
+func postedCompletions(t *testing.T, cq *CQ) int {
+	t.Helper()
+	n := 0
+	buf := make([]WC, 64)
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		got, err := cq.Poll(buf)
+		require.NoError(t, err)
+		n += got
+		if got == 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return n
+}
+
 // TestPostRefusesSGEsOutOfRange: a work request naming SGEs past the
 // slice given is refused, naming it, whatever FirstSGE+NumSGE wraps to
 // in 32 bits: the shim checked the sum in 32 bits, and FirstSGE
-// 0xFFFFFFFF with NumSGE 1 (a sum of 0) read 64 GiB past the slice.
+// 0xFFFFFFFF with NumSGE 1 (a sum of 0) read 64 GiB past the slice. The
+// chain is refused whole, so bad is 0 and nothing completes: bad was the
+// offending WR's index, and a caller waited for the completions of the
+// WRs before it, which were never posted.
 func TestPostRefusesSGEsOutOfRange(t *testing.T) {
 	p := newPair(t, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite, HandshakeOpts{})
 	sges := []SGE{{Addr: p.laddr(0), Length: 64, LKey: p.la.LKey}}
@@ -402,7 +425,51 @@ func TestPostRefusesSGEsOutOfRange(t *testing.T) {
 		ok := WR{ID: 2, RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpWrite, Signaled: 1, NumSGE: 1}
 		bad, err := p.qa.Post([]WR{ok, wr}, sges)
 		require.ErrorIs(t, err, engine.ErrInvalid, "%+v", wr)
-		require.Equal(t, 1, bad)
+		require.Zero(t, bad, "nothing was posted")
 		require.ErrorContains(t, err, "work request 1 names SGEs")
 	}
+	assert.Zero(t, postedCompletions(t, p.cqa), "completions of WRs never posted")
+}
+
+// TestPostRefusesChainPastShimSGEs: a chain naming more SGEs together than
+// the shim's array holds (1024), on a QP that takes every WR of it, is
+// refused whole in Go, saying so, with bad 0 and nothing completing. The
+// shim refused it before ibv_post_send with EINVAL and bad the index of
+// the WR that overflowed its array (128 here): a caller waited for 128
+// completions that never came.
+func TestPostRefusesChainPastShimSGEs(t *testing.T) {
+	p := newPair(t, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite, HandshakeOpts{})
+	cq, err := p.a.NewCQ(1024)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, cq.Close()) })
+	cqb, err := p.b.NewCQ(16)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, cqb.Close()) })
+	pa, err := p.a.NewPreparedQP(cq, QPCaps{MaxWR: 256, MaxSGE: 8}, 11)
+	require.NoError(t, err)
+	pb, err := p.b.NewPreparedQP(cqb, QPCaps{MaxWR: 1, MaxSGE: 1}, 12)
+	require.NoError(t, err)
+	ea, eb := pa.Endpoint(), pb.Endpoint()
+	qb, err := pb.Handshake(ea, HandshakeOpts{Access: AccessRemoteRead | AccessRemoteWrite, Timeout: 8, RetryCnt: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, qb.Close()) })
+	qa, err := pa.Handshake(eb, HandshakeOpts{Timeout: 8, RetryCnt: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, qa.Close()) })
+
+	const nwr, per = 200, 8
+	var wrs []WR
+	var sges []SGE
+	for i := range nwr {
+		for k := range per {
+			sges = append(sges, SGE{Addr: p.laddr(i*per + k), Length: 1, LKey: p.la.LKey})
+		}
+		wrs = append(wrs, WR{ID: uint64(i + 1), RemoteAddr: p.raddr(i * per), RKey: p.rb.RKey, Op: OpWrite,
+			Signaled: 1, FirstSGE: uint32(i * per), NumSGE: per})
+	}
+	bad, err := qa.Post(wrs, sges)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.ErrorContains(t, err, "names 1600 SGEs, more than 1024")
+	assert.Zero(t, bad, "nothing was posted")
+	assert.Zero(t, postedCompletions(t, cq), "completions of WRs never posted")
 }
