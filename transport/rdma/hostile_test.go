@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -175,6 +176,39 @@ func TestQueuePairsEndWithConnection(t *testing.T) {
 	require.NoError(t, c.Read(t.Context(), addrs, [][]byte{make([]byte, 5<<20)}))
 	require.NoError(t, c.Close())
 	require.Eventually(t, func() bool { return tgt.Connections() == 0 && u.Stats().Leases == 0 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// A target closing while a session ends (server and target shut down
+// together): the set of queue pairs is closed once, by whichever of
+// Target.Close and the session's closer took it from the target. Both
+// closed it, touching its queue pairs and completion queue unlocked from
+// two goroutines: a data race under -race.
+func TestTargetCloseRacingSessionEndClosesQueuePairsOnce(t *testing.T) {
+	cdev, err := OpenDevice("emu0")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, cdev.Close()) })
+	udev, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, udev.Close()) })
+
+	for range 20 {
+		prepared, err := newQPSet(cdev, 4, QPCaps{MaxWR: 1, MaxSGE: 1})
+		require.NoError(t, err)
+		req := &wirepb.RdmaConnectRequest{Device: "emu0", Emulated: true}
+		for _, e := range prepared.endpoints() {
+			req.Qps = append(req.Qps, endpointPB(e))
+		}
+		tgt := NewTarget(udev)
+		_, closer, err := tgt.Connect(req)
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); assert.NoError(t, tgt.Close()) }()
+		go func() { defer wg.Done(); assert.NoError(t, closer.Close()) }()
+		wg.Wait()
+		assert.NoError(t, closer.Close(), "a second close of the session's queue pairs")
+		require.NoError(t, prepared.Close())
+	}
 }
 
 // A client killed with SIGKILL in the middle of its puts: the unit aborts

@@ -197,9 +197,15 @@ func (t *Target) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectRep
 	t.sets[set] = struct{}{}
 	t.mu.Unlock()
 	return reply, closerFunc(func() error {
+		// Whoever takes the set out of t.sets closes it: this closer,
+		// or Target.Close, which takes them all.
 		t.mu.Lock()
+		_, ours := t.sets[set]
 		delete(t.sets, set)
 		t.mu.Unlock()
+		if !ours {
+			return nil
+		}
 		return set.Close()
 	}), nil
 }
