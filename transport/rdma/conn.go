@@ -69,7 +69,10 @@ type Conn struct {
 	ops       sync.WaitGroup
 	closing   atomic.Bool
 
-	connMu sync.Mutex // serializes bringing queue pairs up
+	// connecting serializes bringing queue pairs up: a lock of one slot,
+	// which a caller waits for only as long as its context lets it (the
+	// RDMA_CONNECT under it may wait on a slow unit).
+	connecting chan struct{}
 
 	mu    sync.RWMutex // guards wc while dialing, set and segs; posting and polling hold it for reading
 	set   *clientQPs
@@ -126,7 +129,7 @@ func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.Data
 // the address is not peer.Unit or not its incarnation peer.Incarnation.
 func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
 	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, unit: peer.Unit, done: make(chan struct{}), segs: map[uint32]remoteSeg{},
-		waves: make(chan struct{}, maxWaves), pending: map[uint64]*waiter{}}
+		connecting: make(chan struct{}, 1), waves: make(chan struct{}, maxWaves), pending: map[uint64]*waiter{}}
 	if _, err := t.Device(); err != nil {
 		return nil, c.opErr("dial", err)
 	}
@@ -191,8 +194,14 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 	if set != nil {
 		return set, nil
 	}
-	c.connMu.Lock()
-	defer c.connMu.Unlock()
+	select {
+	case c.connecting <- struct{}{}:
+		defer func() { <-c.connecting }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting while another call brings queue pairs up: %w", context.Cause(ctx))
+	case <-c.done:
+		return nil, fmt.Errorf("waiting while another call brings queue pairs up: %w", c.errClosed())
+	}
 	c.mu.RLock()
 	set = c.set
 	c.mu.RUnlock()

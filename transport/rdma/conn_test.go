@@ -4,14 +4,19 @@ package rdma
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -142,4 +147,79 @@ func TestBreakQPsSparesWaitersOfNewerQueuePairs(t *testing.T) {
 	live := c.set
 	c.mu.RUnlock()
 	require.Same(t, set, live, "the new queue pairs are still the Conn's")
+}
+
+// stallingTarget is a Target whose RDMA_CONNECT stalls (a unit that is
+// slow or wedged bringing queue pairs up) while stall is set, until
+// release is closed.
+type stallingTarget struct {
+	*Target
+	stall   atomic.Bool
+	release chan struct{}
+}
+
+func (s *stallingTarget) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectReply, io.Closer, error) {
+	if s.stall.Load() {
+		<-s.release
+	}
+	return s.Target.Connect(req)
+}
+
+// A call that needs queue pairs while another call's RDMA_CONNECT is
+// outstanding waits for it only as long as its own context lets it. It
+// waited on a mutex regardless: a call with a 200 ms deadline behind a
+// slow unit's RDMA_CONNECT waited as long as that took (up to the other
+// call's deadline), and then went on past its own.
+func TestQueuePairBringUpWaitHeedsDeadline(t *testing.T) {
+	dev, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
+	tgt := &stallingTarget{Target: NewTarget(dev), release: make(chan struct{})}
+	t.Cleanup(func() { assert.NoError(t, tgt.Target.Close()) })
+	u, err := storage.NewUnit(7, unitConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, u.Close()) })
+	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
+	t.Cleanup(func() { srv.Close() })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	addr := wire.FormatAddr("tcp", l.Addr().String())
+
+	tr := newTransport(t, Config{Device: "emu0"})
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	data := make([]byte, 4096)
+	addrs, err := c.Write(t.Context(), [][][]byte{{data}})
+	require.NoError(t, err)
+
+	// Another call's failure tore the queue pairs down; the unit is now
+	// slow to answer RDMA_CONNECT.
+	c.mu.RLock()
+	gen := c.set.gen
+	c.mu.RUnlock()
+	c.breakQPs(gen, errors.New("another call's error completion"))
+	tgt.stall.Store(true)
+	go func() { time.Sleep(3 * time.Second); close(tgt.release) }()
+
+	// A call with a generous deadline starts bringing queue pairs up.
+	slow := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		slow <- c.Read(ctx, addrs, [][]byte{make([]byte, len(data))})
+	}()
+	require.Eventually(t, func() bool { return len(c.connecting) == 1 }, 5*time.Second, time.Millisecond,
+		"the first call never started its RDMA_CONNECT")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = c.Read(ctx, addrs, [][]byte{make([]byte, len(data))})
+	took := time.Since(start)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorContains(t, err, "another call brings queue pairs up")
+	assert.Less(t, took, time.Second, "a call with a 200 ms deadline waited %v for another call's RDMA_CONNECT", took)
+	require.NoError(t, <-slow, "the call that brought queue pairs up")
 }
