@@ -467,7 +467,7 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 const maxWaveRetries = 3
 
 // learnSegments asks the unit for segments the jobs name that the Conn
-// has not seen yet (the arena grew since RDMA_CONNECT).
+// has not seen yet (the arena grew since RDMA_CONNECT), each once.
 func (c *Conn) learnSegments(ctx context.Context, jobs []job) error {
 	var missing []uint32
 	c.mu.RLock()
@@ -480,6 +480,9 @@ func (c *Conn) learnSegments(ctx context.Context, jobs []job) error {
 	if len(missing) == 0 {
 		return nil
 	}
+	// Many jobs name the same segment: the unit answers one copy per id.
+	slices.Sort(missing)
+	missing = slices.Compact(missing)
 	var reply wirepb.RdmaSegmentsReply
 	if err := c.wc.Do(ctx, wire.OpRdmaSegments, &wirepb.RdmaSegmentsRequest{Ids: missing}, nil, &reply, nil); err != nil {
 		return fmt.Errorf("rdma segments: %w", err)

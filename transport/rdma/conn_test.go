@@ -223,3 +223,60 @@ func TestQueuePairBringUpWaitHeedsDeadline(t *testing.T) {
 	assert.Less(t, took, time.Second, "a call with a 200 ms deadline waited %v for another call's RDMA_CONNECT", took)
 	require.NoError(t, <-slow, "the call that brought queue pairs up")
 }
+
+// countingTarget records the most ids one RDMA_SEGMENTS asked for.
+type countingTarget struct {
+	*Target
+	maxIDs atomic.Int64
+}
+
+func (c *countingTarget) Segments(ids []uint32) ([]*wirepb.RdmaSegment, error) {
+	for {
+		old := c.maxIDs.Load()
+		if int64(len(ids)) <= old || c.maxIDs.CompareAndSwap(old, int64(len(ids))) {
+			break
+		}
+	}
+	return c.Target.Segments(ids)
+}
+
+// A put of many pieces into a segment the Conn has not seen asks
+// RDMA_SEGMENTS for it once, and the unit answers each id once however
+// often it is named. The Conn asked once per piece: a get of ~2.2M cells
+// in a new segment needed a reply (a copy per id) past the wire's body
+// limit.
+func TestLearnSegmentsAsksOncePerSegment(t *testing.T) {
+	dev, err := OpenDevice("emu1")
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
+	tgt := &countingTarget{Target: NewTarget(dev)}
+	t.Cleanup(func() { assert.NoError(t, tgt.Target.Close()) })
+	u, err := storage.NewUnit(7, unitConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, u.Close()) })
+	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
+	t.Cleanup(func() { srv.Close() })
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	addr := wire.FormatAddr("tcp", l.Addr().String())
+
+	tr := newTransport(t, Config{Device: "emu0"})
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	require.Empty(t, u.Segments(), "the unit has no segment yet: the Conn learns the first one with RDMA_SEGMENTS")
+
+	pieces := make([][]byte, 1000)
+	for i := range pieces {
+		pieces[i] = []byte("12345678")
+	}
+	addrs, err := c.Write(t.Context(), [][][]byte{pieces})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), tgt.maxIDs.Load(), "ids RDMA_SEGMENTS asked for, for one new segment")
+
+	id := addrs[0].Segment
+	segs, err := tgt.Segments([]uint32{id, id, id})
+	require.NoError(t, err)
+	assert.Len(t, segs, 1, "the unit's answer for one segment named three times")
+}

@@ -115,7 +115,7 @@ func (t *Target) SegmentDropped(id uint32) {
 }
 
 // Segments describes live registered segments (all of them when ids is
-// empty).
+// empty), each once however often ids names it.
 func (t *Target) Segments(ids []uint32) ([]*wirepb.RdmaSegment, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -128,7 +128,8 @@ func (t *Target) Segments(ids []uint32) ([]*wirepb.RdmaSegment, error) {
 		}
 		return out, nil
 	}
-	out := make([]*wirepb.RdmaSegment, 0, len(ids))
+	out := make([]*wirepb.RdmaSegment, 0, min(len(ids), len(t.segs)))
+	seen := map[uint32]bool{}
 	for _, id := range ids {
 		s, ok := t.segs[id]
 		switch {
@@ -136,7 +137,10 @@ func (t *Target) Segments(ids []uint32) ([]*wirepb.RdmaSegment, error) {
 			return nil, fmt.Errorf("segment %d is not live: %w", id, engine.ErrNotFound)
 		case s.err != nil:
 			return nil, s.err
+		case seen[id]:
+			continue
 		}
+		seen[id] = true
 		out = append(out, segPB(id, s))
 	}
 	return out, nil
