@@ -42,6 +42,21 @@ def test_ragged_rows_that_mix_dtypes_are_refused():
         cols.to_column("r", [np.array(["a"]), np.array(["b"])], 2)
 
 
+@pytest.mark.parametrize("rows,names", [
+    ([np.array([1, 2], np.uint16).view(tq.bfloat16), np.array([16256], np.uint16)], "'bfloat16', 'uint16'"),
+    ([np.array([1, 2], np.uint8).view(tq.float8_e4m3fn), np.array([3], np.uint8).view(tq.float8_e5m2)],
+     "'float8_e4m3fn', 'float8_e5m2'"),
+])
+def test_ragged_rows_of_one_numpy_dtype_and_two_tq_dtypes_are_refused(rows, names):
+    """Rows whose numpy dtypes compare equal but whose metadata marks
+    them as different TQ dtypes (uint16 and bfloat16, the two float8
+    kinds) are a mix, refused as the rows of a non-contiguous row are:
+    not stored as the first row's dtype, which would change the others'
+    values."""
+    with pytest.raises(tq.InvalidError, match=rf"mixes dtypes \[{names}\]"):
+        cols.to_column("r", rows, 2)
+
+
 def test_tags_a_batch_at_a_time():
     same = {"status": "done", "n": [1, 2]}
     enc = tags_to_json_list([same, same, None, {"x": 1.5}])

@@ -190,16 +190,24 @@ def _array(v):
 JOIN_ROWS_BELOW = 64 << 10  # a ragged field's rows, on average smaller, go as one buffer
 
 
+def _marked(dt: np.dtype):
+    """The TQ dtype that dt's metadata marks it as (bfloat16, float8), or None."""
+    md = dt.metadata
+    return md.get("tq_dtype") if md else None
+
+
 def _plain_rows(v):
     """v's rows as they are when every one is a C-contiguous native numpy
     array of one plain dtype (the common case, checked without _array's
     per-row work); else None."""
     if not all(type(x) is np.ndarray for x in v):
         return None
-    dts = {x.dtype for x in v}
+    # numpy's dtype equality ignores metadata: uint16 and bfloat16 (or the
+    # two float8 kinds) are one dtype to a set, so the metadata goes in too.
+    dts = {(x.dtype, _marked(x.dtype)) for x in v}
     if len(dts) != 1:
-        return None
-    d = dts.pop()
+        return None  # _array's path names the mix
+    d, _ = dts.pop()
     if d.kind in "OUSV" or d.byteorder == ">":
         return None
     if not all(x.flags.c_contiguous for x in v):
