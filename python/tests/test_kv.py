@@ -79,6 +79,19 @@ def test_bfloat16_marks(client, part):
         client.kv_batch_put(["c"], part, {"w": bits[:1]})
 
 
+def test_typed_and_as_dtype_keep_big_endian_values(client, part):
+    """A big-endian array given a TQ dtype (tq.Typed, tq.as_dtype) keeps
+    its values: it is converted to little-endian, not its memory
+    reinterpreted (0x3F80, bfloat16 1.0, stored as 0x803F)."""
+    bits = np.array([[0x3F80, 0x7FC1]], dtype=">u2")
+    assert tq.as_dtype(bits, "bfloat16").view(np.uint16).tolist() == bits.tolist()
+    assert tq.as_dtype(bits.astype(">f2"), "float16").tolist() == bits.astype(">f2").tolist()
+    client.kv_batch_put(["a"], part, {"t": tq.Typed(bits, "bfloat16"), "u": tq.Typed(bits, "uint16")})
+    got = client.kv_batch_get(["a"], part)
+    assert got["t"].dtype.metadata == {"tq_dtype": "bfloat16"}
+    assert got["t"].view(np.uint16).tolist() == bits.tolist() and got["u"].tolist() == bits.tolist()
+
+
 def test_kv_put_one_key(client, part):
     m = client.kv_put("a", part, {"x": np.arange(3, dtype=np.int16), "s": "text"}, {"state": "new"})
     assert m.tags == [{"state": "new"}]

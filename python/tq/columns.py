@@ -69,8 +69,10 @@ class Typed:
 
 
 def as_dtype(array, dtype: str) -> np.ndarray:
-    """``array``'s bits as an array of TQ dtype ``dtype`` (a view, no copy)."""
-    a = np.ascontiguousarray(np.asarray(array))
+    """``array``'s values' bits as an array of TQ dtype ``dtype``: a view of
+    a C-contiguous little-endian array (no copy), else of a C-contiguous
+    little-endian copy (a big-endian ``>u2`` array keeps its values)."""
+    a = _little(np.asarray(array))
     want = DTYPES[dtype]
     if a.dtype.itemsize != want.itemsize:
         raise errors.InvalidError(f"a {a.dtype} array cannot hold {dtype}")
@@ -173,7 +175,7 @@ def to_tensor(a: np.ndarray):
 def _array(v):
     """A C-contiguous little-endian numpy array and its TQ dtype name."""
     if isinstance(v, Typed):
-        a, name = np.ascontiguousarray(v.array), v.dtype
+        a, name = _little(v.array), v.dtype
         return a.view(DTYPES[name]) if a.dtype.itemsize == DTYPES[name].itemsize else a, name
     if is_tensor(v):
         a = _from_tensor(v)
@@ -181,10 +183,16 @@ def _array(v):
         a = np.asarray(v)
     if a.dtype.kind in "OUSV":
         raise errors.InvalidError(f"an array of {a.dtype} is not a tensor field (use a list of str or bytes)")
-    name = tq_dtype(a.dtype)
+    return _little(a), tq_dtype(a.dtype)
+
+
+def _little(a: np.ndarray) -> np.ndarray:
+    """a's values in a C-contiguous little-endian array (cell bytes are
+    little-endian): a itself when it is one. A big-endian array is
+    converted, not reinterpreted, so that its values are kept."""
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a), name
+    return np.ascontiguousarray(a)
 
 
 JOIN_ROWS_BELOW = 64 << 10  # a ragged field's rows, on average smaller, go as one buffer
