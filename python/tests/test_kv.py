@@ -310,6 +310,26 @@ def test_ragged_rows_of_one_shape_read_back_dense(client, part):
     assert isinstance(same, np.ndarray) and same.shape == (2, 3)
 
 
+def test_ragged_rows_of_scalars_keep_their_shape(client, part):
+    """A list of scalars (0-d arrays, numpy scalars, Python floats, 0-d
+    torch tensors) is rows of shape (): they read back as an array of
+    shape (n,), not (n, 1). A single scalar is no rows at all."""
+    vals = {"arr0d": [np.array(0.5), np.array(1.5)], "np_scalar": [np.float64(0.5), np.float64(1.5)],
+            "py_float": [0.5, 1.5], "py_int": [1, 2]}
+    try:
+        import torch
+        vals["torch0d"] = [torch.tensor(0.5), torch.tensor(1.5)]
+    except ImportError:
+        pass
+    client.kv_batch_put(["a", "b"], part, vals)
+    got = client.kv_batch_get(["a", "b"], part)
+    for f in vals:
+        assert got[f].shape == (2,), f
+        assert got[f].tolist() == ([1, 2] if f == "py_int" else [0.5, 1.5]), f
+    with pytest.raises(tq.InvalidError, match="first dimension"):
+        client.kv_batch_put(["a"], part, {"x": 0.5})
+
+
 def test_view_as_torch_tensors(client, part, transport):
     torch = pytest.importorskip("torch", reason="torch is not installed: tensors over views are untested here")
     x = np.random.default_rng(3).random((16, 5000)).astype(np.float32)

@@ -4,8 +4,9 @@ A field's value for n rows is one of:
 
 * **dense**: a numpy array (or a torch tensor) whose first dimension is n;
   every row has the shape ``value.shape[1:]``.
-* **ragged**: a list of n arrays of one dtype and any shapes, a torch
-  nested tensor, or a tuple ``(values, offsets)`` of a flat array and n+1
+* **ragged**: a list of n arrays of one dtype and any shapes (a scalar,
+  a Python number or a 0-d array or tensor, is a row of shape ()), a
+  torch nested tensor, or a tuple ``(values, offsets)`` of a flat array and n+1
   offsets (row i is ``values[offsets[i]:offsets[i+1]]``), the form packed
   sequences take.
 * **opaque**: a list of n ``str`` or ``bytes`` (str is stored as UTF-8).
@@ -189,10 +190,12 @@ def _array(v):
 def _little(a: np.ndarray) -> np.ndarray:
     """a's values in a C-contiguous little-endian array (cell bytes are
     little-endian): a itself when it is one. A big-endian array is
-    converted, not reinterpreted, so that its values are kept."""
+    converted, not reinterpreted, so that its values are kept. A 0-d array
+    stays 0-d (np.ascontiguousarray makes it 1-d): a row of a scalar keeps
+    the shape ()."""
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 JOIN_ROWS_BELOW = 64 << 10  # a ragged field's rows, on average smaller, go as one buffer
