@@ -264,6 +264,25 @@ def test_torch_tensors(client, part):
     assert t.dtype == torch.bfloat16 and torch.equal(t, x)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_torch_lazy_conjugate_and_negation_are_put_by_value(client, part):
+    """A torch tensor with its conjugate or negative bit set (z.conj(),
+    z.conj().imag: views .numpy() refuses) is stored with the values it
+    shows; a tensor numpy cannot hold (complex32, a sparse layout) is an
+    InvalidError naming the field, not torch's own error."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: the torch paths are untested here")
+    z = torch.tensor([[1 + 2j], [3 - 4j]], dtype=torch.complex64)
+    assert z.conj().is_conj() and z.conj().imag.is_neg()
+    client.kv_batch_put(["a", "b"], part, {"z": z.conj(), "i": z.conj().imag, "r": [z[0].conj(), z[1].conj()]})
+    got = client.kv_batch_get(["a", "b"], part)
+    assert got["z"].tolist() == [[1 - 2j], [3 + 4j]] and got["i"].tolist() == [[-2.0], [4.0]]
+    assert got["r"].tolist() == [[1 - 2j], [3 + 4j]]  # ragged rows of one shape read back dense
+    for bad in (torch.zeros(2, 1, dtype=torch.complex32), torch.zeros(2, 2).to_sparse()):
+        with pytest.raises(tq.InvalidError) as ei:
+            client.kv_batch_put(["a", "b"], part, {"bad": bad})
+        assert ei.value.fields == ["bad"]
+
+
 def test_get_while_the_keys_are_overwritten(server, transport, part):
     """Reads of keys a writer keeps replacing see whole values, never an error."""
     keys = [f"k{i}" for i in range(8)]

@@ -117,16 +117,23 @@ def is_tensor(v) -> bool:
 
 
 def _from_tensor(t) -> np.ndarray:
+    """A numpy array of t's values on the host. A tensor numpy cannot
+    hold (a dtype it has not, a sparse layout) is an InvalidError."""
     t = t.detach()
     if t.device.type == "cuda":
         t = _to_pinned(t)
     elif t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous()
-    sp = _TORCH_SPECIAL.get(t.dtype)
-    if sp is not None:
-        return t.view(sp[1]).numpy().view(DTYPES[sp[0]])
-    return t.numpy()
+    try:
+        # A lazy conjugate (t.conj()) or negation (its .imag) is a view
+        # whose values numpy cannot see (.numpy() refuses it): materialise.
+        t = t.resolve_conj().resolve_neg().contiguous()
+        sp = _TORCH_SPECIAL.get(t.dtype)
+        if sp is not None:
+            return t.view(sp[1]).numpy().view(DTYPES[sp[0]])
+        return t.numpy()
+    except (RuntimeError, TypeError) as e:
+        raise errors.InvalidError(f"a torch tensor of {t.dtype} ({t.layout}) has no numpy form: {e}") from None
 
 
 def torch_dtype(name: str):
