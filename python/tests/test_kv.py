@@ -101,6 +101,16 @@ def test_kv_put_one_key(client, part):
     assert m.tags == [{"state": "new", "score": 1.5}]
 
 
+def test_kv_put_takes_typed(client, part):
+    """kv_put adds the batch dimension to a tq.Typed value (its array),
+    keeping its TQ dtype, as kv_batch_put takes it."""
+    client.kv_put("k", part, {"t": tq.Typed(np.array([0x3F80, 0x7FC1], np.uint16), "bfloat16"),
+                              "s": tq.Typed(np.array(0x3C00, np.uint16), "float16")})
+    got = client.kv_batch_get(["k"], part)
+    assert got["t"].dtype.metadata == {"tq_dtype": "bfloat16"}
+    assert got["t"].view(np.uint16).tolist() == [[0x3F80, 0x7FC1]] and got["s"].tolist() == [1.0]
+
+
 def test_list_and_clear(client, part):
     client.kv_batch_put(["a", "b"], part, {"x": np.zeros((2, 1))}, [{"i": 1}, {"i": 2}])
     client.kv_put("t", part, tag={"only": True})

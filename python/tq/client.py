@@ -546,6 +546,8 @@ class Client:
                     raise errors.InvalidError(f"field {k!r}: a list is a batch; use kv_batch_put", fields=[k])
                 elif _cols.is_tensor(v):
                     one[k] = v.unsqueeze(0)
+                elif isinstance(v, _cols.Typed):
+                    one[k] = _cols.Typed(v.array[None], v.dtype)
                 else:
                     one[k] = np.asarray(v)[None]
             fields = one
