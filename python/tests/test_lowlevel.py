@@ -39,6 +39,29 @@ def test_put_with_partition_id(client, part):
     assert client.get_data(m)["s"] == [b"a", b"b", b"c"]
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_put_with_partition_id_counts_rows_of_every_form(client, part):
+    """put(partition_id=...) allocates as many rows as its first field has,
+    telling the forms apart as a put does: a 2-tuple of str is two opaque
+    rows (not values and offsets), (values, offsets) len(offsets) - 1
+    rows, a tq.Typed its array's, a torch nested tensor its tensors'. A
+    value with no first dimension is an InvalidError naming the field."""
+    assert client.put({"s": ("x", "yy")}, partition_id=part).size == 2
+    assert client.put({"p": (np.arange(5, dtype=np.int32), [0, 2, 5])}, partition_id=part).size == 2
+    assert client.put({"t": tq.Typed(np.zeros((3, 2), np.uint16), "bfloat16")}, partition_id=part).size == 3
+    for bad in (0.5, np.float32(0.5), np.array(1)):
+        with pytest.raises(tq.InvalidError) as ei:
+            client.put({"r": bad}, partition_id=part)
+        assert ei.value.fields == ["r"]
+    try:
+        import torch
+    except ImportError:
+        return
+    assert client.put({"n": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])}, partition_id=part).size == 2
+    with pytest.raises(tq.InvalidError):
+        client.put({"r": torch.tensor(0.5)}, partition_id=part)
+
+
 def test_blocking_fetch(client, server, part):
     t0 = time.monotonic()
     with pytest.raises(tq.DeadlineError):

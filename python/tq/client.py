@@ -1323,12 +1323,9 @@ def _scatter(dst: np.ndarray, c, pos, got) -> None:
 
 
 def _rows_of(data) -> int:
-    for v in data.values():
-        if isinstance(v, tuple) and len(v) == 2:
-            return len(v[1]) - 1
-        if isinstance(v, list):
-            return len(v)
-        return int(np.shape(v)[0]) if not _cols.is_tensor(v) else int(v.shape[0])
+    """The rows of ``data``: those of its first field's value."""
+    for k, v in data.items():
+        return _cols.rows_of(k, v)
     raise errors.InvalidError("data has no fields")
 
 

@@ -288,12 +288,43 @@ def to_column(name: str, v, n: int) -> Column:
                                   keys=e.keys, fields=[name]) from e
 
 
+def _is_nested(v) -> bool:
+    return is_tensor(v) and getattr(v, "is_nested", False)
+
+
+def _is_packed(v) -> bool:
+    """Whether v is the ragged form (values, offsets), not two rows."""
+    return isinstance(v, tuple) and len(v) == 2 and not isinstance(v[0], (str, bytes))
+
+
+def rows_of(name: str, v) -> int:
+    """The number of rows of field ``name``'s value ``v``, told apart as
+    :func:`to_column` tells its forms apart. A value with no first
+    dimension (a scalar) is an InvalidError naming the field."""
+    if _is_nested(v):
+        return int(v.size(0))
+    if _is_packed(v):
+        return len(v[1]) - 1
+    if isinstance(v, (list, tuple)):
+        return len(v)
+    if isinstance(v, Typed):
+        shape = v.array.shape
+    elif is_tensor(v):
+        shape = tuple(v.shape)
+    else:
+        shape = np.shape(v)
+    if not shape:
+        raise errors.InvalidError(f"field {name!r} has no first dimension (its rows): a "
+                                  f"{type(v).__name__} of shape ()", fields=[name])
+    return int(shape[0])
+
+
 def _to_column(name: str, v, n: int) -> Column:
     if not name:
         raise errors.InvalidError("empty field name", fields=[name])
-    if is_tensor(v) and getattr(v, "is_nested", False):
+    if _is_nested(v):
         v = list(v.unbind())  # a nested tensor is ragged: one tensor per row
-    if isinstance(v, tuple) and len(v) == 2 and not isinstance(v[0], (str, bytes)):
+    if _is_packed(v):
         a, dt = _array(v[0])
         offs = np.asarray(v[1], dtype=np.int64)
         if a.ndim != 1 or offs.ndim != 1 or len(offs) != n + 1 or offs[0] != 0 or offs[-1] != len(a) \
