@@ -2,6 +2,7 @@
 put, get_data, clears, tags, production and consumption status, and
 checkpoints."""
 
+import socket
 import threading
 import time
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 import tq
+from tq import wire
+from tq._pb import common_pb2, control_pb2
 
 
 def test_insert_put_fetch_get(client, part):
@@ -77,6 +80,78 @@ def test_blocking_fetch(client, server, part):
     m = client.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=20)
     th.join()
     assert m.size == 2 and client.get_data(m)["x"].tolist() == [0.0, 1.0]
+
+
+def test_blocking_fetch_with_no_time_left_does_not_wait(server, part):
+    """A blocking fetch with under a millisecond left (timeout 0, 0.4 ms)
+    asks the server not to wait, as the Go client does: timeout_ms 0 would
+    mean the server's own limit (5 minutes), and the call would hang until
+    the socket's timeout. With no rows it is a DeadlineError at once."""
+    with server.client(transport="tcp", timeout=3) as c:
+        for timeout in (0, 0.0004):
+            t0 = time.monotonic()
+            with pytest.raises(tq.DeadlineError):
+                c.get_meta(["x"], 1, part, task_name="t", wait=True, timeout=timeout)
+            assert time.monotonic() - t0 < 1.5
+        c.put({"x": np.arange(2.0)}, partition_id=part)
+        assert c.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=0).size == 2
+
+
+def test_blocking_fetch_asks_again_when_the_servers_limit_runs_out():
+    """A blocking fetch whose wait the server ends (CODE_DEADLINE) well
+    before the caller's timeout, its own limit being shorter, is asked
+    again with the same key and the time left, until the timeout; only
+    then is it a DeadlineError (a fake controller whose limit is 0.1 s)."""
+    from test_wire import _reply
+    fetches = []
+
+    def read(c):
+        buf = b""
+        while len(buf) < 32:
+            got = c.recv(32 - len(buf))
+            if not got:
+                return None
+            buf += got
+        _, _, _, op, _, rid, blen, _, plen = wire.HEADER.unpack(buf)
+        body = b""
+        while len(body) < blen + plen:
+            body += c.recv(blen + plen - len(body))
+        return op, rid, body[:blen]
+
+    def controller(c):
+        op, rid, _ = read(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", host_id="elsewhere"))
+        while (f := read(c)) is not None:
+            op, rid, body = f
+            if op != wire.FETCH:
+                _reply(c, op, rid, control_pb2.Empty())
+                continue
+            fetches.append((time.monotonic(), control_pb2.FetchRequest.FromString(body)))
+            time.sleep(0.1)
+            _reply(c, op, rid, common_pb2.Error(code=10, message="waited 0.1 s"),
+                   flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+
+    def serve():
+        c, _ = ls.accept()
+        with c:
+            controller(c)
+    threading.Thread(target=serve, daemon=True).start()
+    with tq.Client(f"tcp://127.0.0.1:{ls.getsockname()[1]}", token="t", transport="tcp") as c:
+        t0 = time.monotonic()
+        with pytest.raises(tq.DeadlineError):
+            c.get_meta(["x"], 1, "p", task_name="t", wait=True, timeout=0.6)
+        took = time.monotonic() - t0
+    ls.close()
+    assert 0.55 < took < 1.5
+    assert len(fetches) >= 4
+    assert len({f.key for _, f in fetches}) == 1
+    for at, f in fetches:
+        left_ms = (t0 + 0.6 - at) * 1000
+        assert f.wait and 0 < f.timeout_ms <= left_ms, (f.timeout_ms, left_ms)
 
 
 def test_statuses_tags_and_clears(client, part):

@@ -132,6 +132,27 @@ class View:
 # while the controller cannot be reached (the Go client's RetryFor).
 GIVE_BACK_S = 60.0
 
+# FETCH_MARGIN is the most a blocking fetch's wait on the server is cut
+# short of the caller's timeout, so that the server gives up (consuming
+# nothing) before the caller stops listening: the Go client's fetchMargin.
+FETCH_MARGIN = 0.025
+
+
+def _server_wait(deadline):
+    """What a blocking FETCH asks the server for, (wait, timeout_ms): to
+    wait until shortly before ``deadline`` (time.monotonic(); None: for the
+    server's limit, 0), or, with less than a millisecond left, not to wait
+    but take what there is (timeout_ms 0 would be the server's limit). As
+    the Go client's serverWait."""
+    if deadline is None:
+        return True, 0
+    left = deadline - time.monotonic()
+    ms = int((left - min(left / 10, FETCH_MARGIN)) * 1000)
+    if ms > 0:
+        return True, ms
+    return False, 0
+
+
 # Errors with which the controller refused a fetch outright: it took nothing.
 _FETCH_REFUSED = (errors.InvalidError, errors.NotFoundError, errors.DTypeMismatchError, errors.NotReadyError)
 
@@ -793,7 +814,9 @@ class Client:
         ``data_fields`` and not yet consumed by ``task_name``, chosen by the
         controller's sampler and marked consumed; without ``wait`` an empty
         meta when too few are ready, with it block up to ``timeout`` seconds
-        (None: the server's limit) and then raise :class:`DeadlineError`.
+        (None: the server's limit, 5 minutes; 0: not at all) and then raise
+        :class:`DeadlineError`. A timeout longer than the server's limit
+        asks again each time that runs out.
         ``mode="insert"``: allocate ``batch_size`` new rows.
         ``mode="force_fetch"``: every row, nothing marked.
         ``sampling_config``: ``dp_rank``, ``batch_index`` and sampler
@@ -849,18 +872,33 @@ class Client:
             spec = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
             req.sampler.CopyFrom(control_pb2.SamplerSpec(name=str(spec.get("name", "")), n=int(spec.get("n", 0)),
                                                          dp_size=int(spec.get("dp_size", 0))))
-        sock_timeout = None
-        if wait:
-            req.timeout_ms = int(timeout * 1000) if timeout is not None else 0
-            sock_timeout = (timeout if timeout is not None else 600.0) + self.timeout
+        deadline = time.monotonic() + timeout if wait and timeout is not None else None
         try:
-            try:
-                rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
-            except errors.UnavailableError:
-                # The connection broke: the same keyed FETCH returns the rows
-                # the first one took, if it happened.
-                rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
-            return BatchMeta.from_pb(rep.meta)
+            while True:
+                sock_timeout = None
+                if wait:
+                    req.wait, req.timeout_ms = _server_wait(deadline)
+                    left = deadline - time.monotonic() if deadline is not None else 600.0
+                    sock_timeout = max(left, 0.0) + self.timeout
+                try:
+                    try:
+                        rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+                    except errors.UnavailableError:
+                        # The connection broke: the same keyed FETCH returns
+                        # the rows the first one took, if it happened.
+                        rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+                except errors.DeadlineError:
+                    # The server's own limit on a wait (5 minutes) ran out
+                    # before the caller's timeout: wait again (the fetch
+                    # took nothing, and its key stays unused).
+                    if req.wait and deadline is not None and deadline - time.monotonic() > FETCH_MARGIN:
+                        continue
+                    raise
+                m = BatchMeta.from_pb(rep.meta)
+                if wait and not req.wait and m.size == 0:
+                    raise errors.DeadlineError(f"wait for {batch_size} rows for task {task_name!r}: "
+                                               f"none in {timeout:g} s", op=ctx["op_name"], partition=partition_id)
+                return m
         except BaseException as e:
             # A late reply, a lost one, an interrupt while it arrived: the
             # rows it took, if any, go back to the task. A fetch never
