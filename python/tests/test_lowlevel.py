@@ -248,6 +248,41 @@ def test_async_twins(client, part):
     assert part not in client.get_partition_list()
 
 
+def test_cancelled_async_get_meta_gives_its_rows_back(server, part, monkeypatch):
+    """A cancelled async_get_meta leaves its fetch running on a worker
+    thread; the rows that fetch takes reach no one, so they go back to the
+    task: rows produced after the cancel (the blocked fetch would have
+    taken them), and rows the fetch took before it (its reply late)."""
+    import asyncio
+
+    async def cancelled(c, wait):
+        t = asyncio.ensure_future(c.async_get_meta(["x"], 2, part, task_name="t", wait=wait, timeout=10))
+        await asyncio.sleep(0.3)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    with server.client(transport="tcp") as c:
+        async def produced_after():
+            await cancelled(c, True)
+            c.put({"x": np.ones((2, 1), np.float32)}, partition_id=part)
+        asyncio.run(produced_after())  # waits for the worker thread
+        assert c.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=5).size == 2
+
+        c.put({"x": np.ones((2, 1), np.float32)}, partition_id=part)
+        real = tq.wire.Conn._read_header
+
+        def late(self):
+            h = real(self)  # the reply is here: the controller consumed the rows
+            if h[3] == tq.wire.FETCH:
+                time.sleep(0.6)
+            return h
+        monkeypatch.setattr(tq.wire.Conn, "_read_header", late)
+        asyncio.run(cancelled(c, False))
+        monkeypatch.setattr(tq.wire.Conn, "_read_header", real)
+        assert c.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=5).size == 2
+
+
 def test_samplers_per_fetch_token_budget_and_done(client, part):
     """A fetch names its sampler; a token budget bounds a batch by its rows'
     total_lengths; a partition marked done ends with short batches, then

@@ -807,7 +807,7 @@ class Client:
     def get_meta(self, data_fields, batch_size: int, partition_id: str, mode: str = "fetch",
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
-                 token_budget: int | None = None) -> BatchMeta:
+                 token_budget: int | None = None, _fetch_key: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
 
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
@@ -861,7 +861,8 @@ class Client:
         if sc:
             opts.params = tags_to_json(sc)
         req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
-                                       batch_size=batch_size, options=opts, wait=wait, key=os.urandom(16))
+                                       batch_size=batch_size, options=opts, wait=wait,
+                                       key=_fetch_key or os.urandom(16))
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])
@@ -1304,14 +1305,41 @@ def _async_twin(name):
     return twin
 
 
+async def _async_get_meta(self, *args, **kw):
+    import asyncio
+    import inspect
+    a = inspect.signature(Client.get_meta).bind(self, *args, **kw)
+    a.apply_defaults()
+    if a.arguments["mode"] != "fetch" or a.arguments["_fetch_key"] is not None:
+        return await asyncio.to_thread(Client.get_meta, self, *args, **kw)
+    key = os.urandom(16)
+    try:
+        return await asyncio.to_thread(Client.get_meta, self, *args, _fetch_key=key, **kw)
+    except asyncio.CancelledError:
+        # The fetch goes on in its thread, and rows it takes would reach
+        # no one: give its key back, from a thread of its own (the event
+        # loop must not wait on the controller). The rows it took go back
+        # to the task, and once the key is given back a fetch with it
+        # takes nothing (a blocked one fails when it wakes).
+        threading.Thread(target=self._give_back, args=(a.arguments["partition_id"], a.arguments["task_name"], key),
+                         name="tq-give-back", daemon=True).start()
+        raise
+
+
+_async_get_meta.__name__ = _async_get_meta.__qualname__ = "async_get_meta"
+_async_get_meta.__doc__ = ("The asyncio twin of :meth:`get_meta` (runs it on a worker thread). Cancelled, "
+                           "a fetch gives back the rows it took or takes later.")
+
+
 # Every call has an async_ twin, as TransferQueue's AsyncTransferQueueClient.
 for _name in ("kv_put", "kv_batch_put", "kv_batch_get", "kv_list", "kv_clear", "kv_retrieve_keys",
-              "kv_retrieve_meta", "get_meta", "put", "get_data", "set_custom_meta", "clear_samples",
+              "kv_retrieve_meta", "put", "get_data", "set_custom_meta", "clear_samples",
               "clear_partition", "mark_done", "get_partition_list", "get_production_status", "get_consumption_status",
               "check_production_status", "check_consumption_status", "reset_consumption", "set_tags",
               "delete_tags", "compare_and_set_tag", "list_keys", "save_checkpoint", "load_checkpoint",
               "list_checkpoints"):
     setattr(Client, "async_" + _name, _async_twin(_name))
+Client.async_get_meta = _async_get_meta
 
 
 def tag_conditions(where: dict):
