@@ -1,5 +1,6 @@
 """A storage unit that dies: reads of its cells are LostError (and
-UnavailableError), never a hang or wrong data; puts go to the units left."""
+UnavailableError), never a hang or wrong data; puts go to the units left.
+A controller that restarts: the calls safe to repeat are sent again."""
 
 import os
 import re
@@ -7,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -158,3 +160,81 @@ def test_put_spills_across_units(split, transport):
         c.clear_samples(m)
     finally:
         c.close()
+
+
+def test_calls_after_the_controller_restarts(tmp_path):
+    """A controller that restarts leaves the client's pooled connections
+    dead. A call that is safe to repeat (a listing, a read) is sent again
+    over a new connection, with backoff, until the controller answers, for
+    up to retry_for; a change (a put) is never sent again: it fails with
+    UnavailableError once, and the idle connections to the dead process go
+    with it, so that the next call dials afresh rather than failing once
+    per pooled connection."""
+    port = _free_port()
+    data = str(tmp_path / "d")
+    args = [_bin("TQ_BIN", "tq"), "serve", "--listen", f"127.0.0.1:{port}", "--socket-dir", str(tmp_path / "s"),
+            "--data-dir", data, "--capacity", "64MiB", "--huge-pages=false"]
+    env = dict(os.environ, TQ_DATA_DIR=data)
+    env.pop("TQ_TOKEN", None)
+    logp = tmp_path / "log"
+    started = []
+
+    def start():
+        with open(logp, "a+") as log:
+            p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        started.append(p)
+        for _ in range(600):
+            if logp.read_text().count("tq serve: ready") == len(started):
+                return p
+            assert p.poll() is None, "tq serve exited:\n" + logp.read_text()
+            time.sleep(0.05)
+        raise RuntimeError("tq serve did not start")
+
+    def stop(p):
+        p.terminate()
+        p.wait(15)
+
+    p = start()
+    try:
+        token = open(os.path.join(data, "token")).read().strip()
+        c = tq.Client(f"tcp://127.0.0.1:{port}", token=token, transport="tcp")
+        brief = tq.Client(f"tcp://127.0.0.1:{port}", token=token, transport="tcp", retry_for=0.3)
+        c.kv_batch_put(["a"], "part", {"x": np.ones((1, 2), np.float32)})
+        assert "part" in c.kv_list() and "part" in brief.kv_list()
+        conns = [c._ctl.take() for _ in range(3)]  # three idle connections in the pool
+        for conn in conns:
+            c._ctl.give(conn)
+
+        stop(p)
+        t0 = time.monotonic()
+        with pytest.raises(tq.UnavailableError, match="unreachable for 0.3 s"):
+            brief.kv_list()
+        assert 0.3 <= time.monotonic() - t0 < 5
+
+        p = start()
+        with pytest.raises(tq.UnavailableError):
+            c.kv_batch_put(["b"], "part", {"x": np.ones((1, 2), np.float32)})  # not sent again, and the
+        c.kv_batch_put(["b"], "part", {"x": np.ones((1, 2), np.float32)})  # dead idle ones went with it
+        assert "part" in c.kv_list()
+        stop(p)
+        t0 = time.monotonic()
+        with pytest.raises(tq.UnavailableError):
+            c.kv_batch_put(["c"], "part", {"x": np.ones((1, 2), np.float32)})  # down: not sent again
+        assert time.monotonic() - t0 < 5
+
+        # A listing while the controller is down waits for it to come back.
+        restart = threading.Thread(target=lambda: (time.sleep(0.5), start()))
+        restart.start()
+        try:
+            t0 = time.monotonic()
+            c.kv_list()
+            c.get_partition_list()
+            assert time.monotonic() - t0 >= 0.4
+        finally:
+            restart.join()
+        brief.close()
+        c.close()
+    finally:
+        for q in started:
+            if q.poll() is None:
+                stop(q)

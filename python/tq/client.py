@@ -132,6 +132,43 @@ class View:
 # while the controller cannot be reached (the Go client's RetryFor).
 GIVE_BACK_S = 60.0
 
+# RETRY_FOR is Client's retry_for default: how long a controller call that
+# is safe to repeat keeps being sent again over new connections while the
+# controller cannot be reached (the Go client's RetryFor).
+RETRY_FOR = 60.0
+
+# The controller ops that are safe to send again when their connection
+# broke, which leaves unknown whether the controller got them: reads and
+# listings, a keyed FETCH (asked again, it returns the rows the first took)
+# and its UNCONSUME, and MARK_DONE; RESOLVE_KEYS unless it creates keys.
+# The ops the Go client's RemoteMeta repeats (retry). A change (a commit,
+# a clear, an insert, a put, tags set) is never repeated: whether it
+# happened is unknown, and the caller decides.
+_REPEATABLE = frozenset((
+    wire.FETCH, wire.UNCONSUME, wire.MARK_DONE, wire.FORCE_FETCH, wire.ROWS_META, wire.RESOLVE_KEYS,
+    wire.KEYS_OF, wire.LIST_KEYS, wire.DELETE_TAGS, wire.KEY_CHANGES, wire.PRODUCTION_STATUS,
+    wire.CONSUMPTION_STATUS, wire.PARTITIONS, wire.STATS, wire.FIELDS, wire.UNITS, wire.MOVED,
+    wire.CHECKPOINTS, wire.CLUSTER_INFO, wire.KV_GET, wire.KV_GET_VALUE))
+
+
+def _conn_lost(e: BaseException) -> bool:
+    """Whether e says the connection failed (the request may or may not
+    have reached the controller), or that the controller is shutting down
+    (CODE_CLOSED: a restart is on its way), rather than answering."""
+    return isinstance(e, (errors.UnavailableError, errors.ClosedError))
+
+
+class _Repeater:
+    """What a call sent again over new connections keeps between tries
+    (the Go client's repeater): when it gives up, and its next pause."""
+
+    __slots__ = ("give_up", "pause")
+
+    def __init__(self):
+        self.give_up = None
+        self.pause = 0.01
+
+
 # FETCH_MARGIN is the most a blocking fetch's wait on the server is cut
 # short of the caller's timeout, so that the server gives up (consuming
 # nothing) before the caller stops listening: the Go client's fetchMargin.
@@ -176,11 +213,17 @@ class Client:
     ``token``: default $TQ_TOKEN, else the token file in this user's data
     directory. ``transport``: ``"auto"`` (shared memory with units on this
     host, TCP with the others), ``"tcp"``, or ``"shm"`` (fail where shared
-    memory is impossible).
+    memory is impossible). ``retry_for``: how long, in seconds, a call
+    that is safe to repeat (a read, a listing, a fetch, giving rows back,
+    mark_done) keeps being sent again, with backoff, over new connections
+    while the controller cannot be reached (it restarted, the network
+    broke); 0 or less: never. A change (a put, a commit, a clear, an
+    insert) is never sent again: it fails with :class:`UnavailableError`,
+    whether it happened is unknown, and the next call dials afresh.
     """
 
     def __init__(self, address: str | None = None, *, token: str | None = None, name: str = "tq-python",
-                 transport: str = "auto", timeout: float = 30.0):
+                 transport: str = "auto", timeout: float = 30.0, retry_for: float = RETRY_FOR):
         if transport not in ("auto", "tcp", "shm"):
             raise errors.InvalidError(f"transport {transport!r}: want auto, tcp or shm")
         self.address = address or os.environ.get(wire.ENV_ADDRESS) or wire.DEFAULT_ADDRESS
@@ -188,6 +231,7 @@ class Client:
         self.name = name
         self.transport = transport
         self.timeout = timeout
+        self.retry_for = retry_for
         self.host = wire.host_id()
         self._ctl = Pool(self._dial_controller)
         self._units = {}
@@ -246,8 +290,39 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, op, req, reply_cls=None, *, op_name="", partition="", **kw):
-        return self._ctl.call(op, req, reply_cls, op_name=op_name, err_ctx={"partition": partition}, **kw)
+    def _call(self, op, req, reply_cls=None, *, op_name="", partition="", repeat=None, **kw):
+        """One controller request. One that is safe to repeat (``repeat``;
+        None: an op of _REPEATABLE) is sent again over a new connection
+        when its connection fails, for up to retry_for."""
+        if repeat is None:
+            repeat = op in _REPEATABLE and not (op == wire.RESOLVE_KEYS and req.create)
+        again = _Repeater()
+        while True:
+            try:
+                return self._ctl.call(op, req, reply_cls, op_name=op_name, err_ctx={"partition": partition}, **kw)
+            except errors.TQError as e:
+                if not repeat:
+                    raise
+                self._wait_to_repeat(e, again)
+
+    def _wait_to_repeat(self, e, again: _Repeater, deadline=None) -> None:
+        """Decide whether a call that is safe to repeat and failed with
+        ``e`` is sent again: returns after the call's pause if e is a lost
+        connection and retry_for has not passed since its first failure
+        (nor ``deadline``, time.monotonic(), come), else raises the error
+        the call ends with. As the Go client's waitToRepeat."""
+        if self.retry_for <= 0 or self._closed or not _conn_lost(e):
+            raise e
+        now = time.monotonic()
+        if again.give_up is None:
+            again.give_up = now + self.retry_for
+        if now >= again.give_up:
+            raise errors.UnavailableError(f"controller unreachable for {self.retry_for:g} s: {e.message}",
+                                          op=e.op, partition=e.partition) from e
+        if deadline is not None and now + again.pause >= deadline:
+            raise e
+        time.sleep(again.pause)
+        again.pause = min(2 * again.pause, 1.0)
 
     def units(self, refresh: bool = False):
         """The storage units the controller knows: unit id → :class:`Unit`
@@ -874,6 +949,7 @@ class Client:
             req.sampler.CopyFrom(control_pb2.SamplerSpec(name=str(spec.get("name", "")), n=int(spec.get("n", 0)),
                                                          dp_size=int(spec.get("dp_size", 0))))
         deadline = time.monotonic() + timeout if wait and timeout is not None else None
+        again = _Repeater()
         try:
             while True:
                 sock_timeout = None
@@ -882,12 +958,8 @@ class Client:
                     left = deadline - time.monotonic() if deadline is not None else 600.0
                     sock_timeout = max(left, 0.0) + self.timeout
                 try:
-                    try:
-                        rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
-                    except errors.UnavailableError:
-                        # The connection broke: the same keyed FETCH returns
-                        # the rows the first one took, if it happened.
-                        rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, **ctx)
+                    rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, repeat=False,
+                                     **ctx)
                 except errors.DeadlineError:
                     # The server's own limit on a wait (5 minutes) ran out
                     # before the caller's timeout: wait again (the fetch
@@ -895,6 +967,12 @@ class Client:
                     if req.wait and deadline is not None and deadline - time.monotonic() > FETCH_MARGIN:
                         continue
                     raise
+                except errors.TQError as e:
+                    # The connection broke: the same keyed FETCH, asked again
+                    # over a new one (with the time left), returns the rows
+                    # the first one took, if it happened.
+                    self._wait_to_repeat(e, again, deadline)
+                    continue
                 m = BatchMeta.from_pb(rep.meta)
                 if wait and not req.wait and m.size == 0:
                     raise errors.DeadlineError(f"wait for {batch_size} rows for task {task_name!r}: "
@@ -917,11 +995,11 @@ class Client:
 
         def once():
             try:
-                self._call(wire.UNCONSUME, req, None, op_name="unconsume", partition=partition)
-            except errors.UnavailableError:
-                return False
-            except errors.TQError:
-                pass  # refused, or the client closed: nothing to try again
+                self._call(wire.UNCONSUME, req, None, op_name="unconsume", partition=partition, repeat=False)
+            except errors.TQError as e:
+                # Unreachable, or shutting down: later() tries again.
+                # Refused, or the client closed: nothing to try again.
+                return not (_conn_lost(e) and not self._closed)
             return True
 
         if once():

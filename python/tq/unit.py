@@ -67,8 +67,21 @@ class Pool:
         c = self.take()
         try:
             return c.call(*args, **kw)
+        except (errors.UnavailableError, errors.ClosedError):
+            # The peer went away (or is going): the idle connections are
+            # most likely to the same dead process, and each would fail a
+            # call of its own. The next call dials afresh.
+            self.drop_idle()
+            raise
         finally:
             self.give(c)
+
+    def drop_idle(self) -> None:
+        """Close the idle connections (those in use are closed when they fail)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
 
     def close(self) -> None:
         with self._lock:
