@@ -205,6 +205,34 @@ def test_module_api_and_async(server, part, monkeypatch):
         tq.close()
 
 
+def test_metrics_endpoints(server, monkeypatch):
+    """tq.get_metrics_endpoint() (TransferQueue's, which verl registers
+    with its tracker) gives the controller's Prometheus endpoint as
+    "host:port", None without one or before init; the client lists every
+    endpoint as URLs (CLUSTER_INFO), as the Go client's MetricsEndpoints."""
+    import conftest
+    tq.close()
+    assert tq.get_metrics_endpoint() is None
+    monkeypatch.setenv("TQ_ADDRESS", server.address)
+    monkeypatch.setenv("TQ_DATA_DIR", server.data_dir)
+    tq.init()
+    try:
+        assert tq.get_metrics_endpoint() is None and tq.get_client().metrics_endpoints() == []
+    finally:
+        tq.close()
+    port = conftest._free_port()
+    with_metrics = conftest.Server(extra=["--metrics", f"127.0.0.1:{port}"])
+    try:
+        monkeypatch.setenv("TQ_ADDRESS", with_metrics.address)
+        monkeypatch.setenv("TQ_DATA_DIR", with_metrics.data_dir)
+        tq.init()
+        assert tq.get_client().metrics_endpoints() == [f"http://127.0.0.1:{port}/metrics"]
+        assert tq.get_metrics_endpoint() == f"127.0.0.1:{port}"
+    finally:
+        tq.close()
+        with_metrics.stop()
+
+
 def test_concurrent_threads(client, part):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import os
 import threading
+import urllib.parse
 
 from . import errors
 from .client import ABSENT, Client, View, tag_conditions
@@ -31,7 +32,7 @@ from .meta import BatchMeta, KVBatchMeta
 __version__ = "0.1.0"
 
 __all__ = [
-    "init", "close", "get_client", "kv_put", "kv_batch_put", "kv_batch_get", "kv_batch_get_by_meta", "kv_list",
+    "init", "close", "get_client", "get_metrics_endpoint", "kv_put", "kv_batch_put", "kv_batch_get", "kv_batch_get_by_meta", "kv_list",
     "kv_clear", "async_kv_put", "async_kv_batch_put", "async_kv_batch_get", "async_kv_batch_get_by_meta",
     "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "Client", "TransferQueueClient",
     "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator",
@@ -81,6 +82,23 @@ def get_client() -> Client:
     if _client is None:
         raise errors.ClosedError("TQ has not been initialized yet. Please call tq.init() first.")
     return _client
+
+
+def get_metrics_endpoint() -> str | None:
+    """The cluster's Prometheus endpoint as TransferQueue's
+    get_metrics_endpoint gives it: ``"host:port"``, its metrics at
+    ``http://host:port/metrics``. That is the first endpoint the
+    controller lists: its own process's when it serves one (``tq serve
+    --metrics``), which for ``--role all`` covers its storage units too.
+    None when no server serves metrics, or before :func:`init`.
+    ``get_client().metrics_endpoints()`` lists every one, as URLs."""
+    c = _client
+    if c is None:
+        return None
+    eps = c.metrics_endpoints()
+    if not eps:
+        return None
+    return urllib.parse.urlsplit(eps[0]).netloc or eps[0]
 
 
 def kv_put(key, partition_id, fields=None, tag=None) -> KVBatchMeta:

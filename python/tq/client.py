@@ -1287,6 +1287,14 @@ class Client:
         return [{"name": c.name, "saved_unix_ms": c.saved_unix_ms, "bytes": c.bytes, "cells": c.cells,
                  "lost_cells": c.lost_cells} for c in rep.checkpoints]
 
+    def metrics_endpoints(self) -> list:
+        """The cluster's Prometheus endpoints (``"http://host:port/metrics"``):
+        the controller's process's, then each live storage unit's that
+        serves one, each once. Empty when no server runs with ``--metrics``.
+        As the Go client's MetricsEndpoints (CLUSTER_INFO)."""
+        rep = self._call(wire.CLUSTER_INFO, None, control_pb2.ClusterInfoReply, op_name="metrics_endpoints")
+        return list(rep.metrics)
+
     def stats(self, partition_id: str):
         return self._call(wire.STATS, control_pb2.PartitionRequest(partition=partition_id),
                           control_pb2.PartitionStats, op_name="stats", partition=partition_id)
