@@ -234,6 +234,26 @@ def test_checkpoint_save_load(client, part):
         client.load_checkpoint("no-such-" + name)
 
 
+def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch):
+    """save_checkpoint takes TransferQueue's keywords (verl passes
+    metadata={"global_steps": step}): the checkpoint is saved; metadata,
+    which a TQ checkpoint cannot hold, and include_storage=False, which it
+    cannot honour, each warn once per process instead of being dropped
+    silently."""
+    monkeypatch.setattr(tq.client, "_warned", set(), raising=False)
+    name = "ck-meta-" + part
+    with pytest.warns(UserWarning, match="metadata= is not stored"):
+        client.save_checkpoint(name, metadata={"global_steps": 3})
+    assert name in [c["name"] for c in client.list_checkpoints()]
+    with pytest.warns(UserWarning, match="include_storage=False"):
+        client.save_checkpoint(name, include_storage=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.save_checkpoint(name, include_storage=False, metadata={"global_steps": 4})  # once each
+        client.save_checkpoint(name, include_storage=True)
+
+
 def test_async_twins(client, part):
     import asyncio
 

@@ -1274,7 +1274,23 @@ class Client:
             cursor = rep.next
 
     # Checkpoints (named; saved under the controller's data directory).
-    def save_checkpoint(self, name: str) -> None:
+    def save_checkpoint(self, name: str, *, include_storage: bool = True, metadata: dict | None = None) -> None:
+        """Save the cluster's metadata and every cell's bytes as checkpoint
+        ``name`` (letters, digits, '.', '_', '-') under the controller's
+        data directory, as ``tq checkpoint save``.
+
+        TransferQueue's keywords are taken, but a TQ checkpoint has no
+        room for either: ``include_storage=False`` saves the bytes all the
+        same (as the reference's SimpleStorage does), and ``metadata`` is
+        not stored anywhere (the server's checkpoint request has no field
+        for it): keep it with your own checkpoint. Each warns, once per
+        process, rather than being dropped silently."""
+        if not include_storage:
+            _warn_once("include_storage", "TQ checkpoints always include the cells' bytes: "
+                                          "save_checkpoint(include_storage=False) saves them all the same")
+        if metadata is not None:
+            _warn_once("metadata", "TQ checkpoints hold no user metadata: save_checkpoint's metadata= is not "
+                                   "stored (keep it with your own checkpoint)")
         self._call(wire.SAVE_CHECKPOINT, control_pb2.CheckpointRequest(name=name), None, op_name="save_checkpoint",
                    timeout=max(self.timeout, 600.0))
 
@@ -1472,6 +1488,18 @@ def _scatter(dst: np.ndarray, c, pos, got) -> None:
         ln, st = int(c.len[p]), int(starts[p])
         dst[st:st + ln] = got[at:at + ln]
         at += ln
+
+
+_warned = set()
+
+
+def _warn_once(what: str, message: str) -> None:
+    """A UserWarning, the first time ``what`` happens in this process."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    import warnings
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _rows_of(data) -> int:
