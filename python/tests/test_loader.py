@@ -52,6 +52,24 @@ def test_stream_ends_with_a_done_partition(server, part):
         assert sorted(seen) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
+def test_stream_copy_false_reads_views(client, transport, part):
+    """StreamIterator(copy=False) reads its batches as get_data(copy=False)
+    does: a tq.View (read-only arrays in the unit's memory over shared
+    memory); copy=True, the default, owned arrays."""
+    client.put({"x": np.arange(4, dtype=np.float32)}, partition_id=part)
+    client.mark_done(part)
+    for copy in (True, False):
+        it = tq.StreamIterator(4, 2, ["x"], part, f"t-{copy}", client=client, fetch_timeout=5, copy=copy)
+        got = [(data["x"].tolist(), data["x"].flags.writeable) for data, _ in it]
+        assert [x for xs, _ in got for x in xs] == [0.0, 1.0, 2.0, 3.0]
+        assert isinstance(it.get_buffer()[0][0], tq.View) == (not copy)
+        if transport == "shm":
+            assert all(w == copy for _, w in got)
+        for data, _ in it.get_buffer():
+            if not copy:
+                data.release()
+
+
 def test_bad_arguments():
     with pytest.raises(tq.InvalidError):
         tq.StreamIterator(4, 0, ["x"], "p", "t")

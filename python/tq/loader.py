@@ -70,7 +70,11 @@ _DONE = object()
 
 class StreamIterator:
     """Micro-batches for one rank; see the module doc. Not safe for
-    concurrent use (one iterator per consumer)."""
+    concurrent use (one iterator per consumer). ``copy=False`` reads each
+    batch as ``get_data(meta, copy=False)`` does: a :class:`~tq.View` whose
+    arrays, over shared memory, alias the storage unit's memory, leased
+    until the view is released or it and its arrays are garbage (the
+    buffer keeps each batch until :meth:`step`)."""
 
     def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
@@ -137,7 +141,7 @@ class StreamIterator:
             return _DONE
         if meta.size == 0:
             return None
-        return c.get_data(meta, fields=self.data_fields), meta
+        return c.get_data(meta, fields=self.data_fields, copy=self.copy), meta
 
     def batches(self):
         """Whole batches: (data, meta). They end when the partition is
