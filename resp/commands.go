@@ -56,6 +56,9 @@ func init() {
 		"HELLO":         {fn: (*conn).hello, arity: -1, open: true, loop: true},
 		"AUTH":          {fn: (*conn).auth, arity: -2, open: true, loop: true},
 		"QUIT":          {fn: (*conn).quitCmd, arity: -1, open: true, loop: true},
+		"MULTI":         {fn: (*conn).multiCmd, arity: 1},
+		"EXEC":          {fn: (*conn).execCmd, arity: 1},
+		"DISCARD":       {fn: (*conn).discardCmd, arity: 1},
 		"SELECT":        {fn: (*conn).selectCmd, arity: 2, loop: true},
 		"COMMAND":       {fn: (*conn).commandCmd, arity: -1, sub: commandSubcommands},
 		"CONFIG":        {fn: (*conn).config, arity: -2, loop: true, sub: configSubcommands},
@@ -108,6 +111,7 @@ func (c *conn) dispatch(args [][]byte) {
 		}
 	}
 	cmd, ok := commands[string(name)]
+	refused := true // answered with an error, as Redis refuses it before it queues it
 	switch {
 	case !ok:
 		c.writeError(unknownCommand(args))
@@ -119,11 +123,94 @@ func (c *conn) dispatch(args [][]byte) {
 	case !c.authed && !cmd.open:
 		c.writeError("NOAUTH Authentication required.")
 	case c.lp != nil && !cmd.loop:
+		refused = false
 		c.leave = true
+	case c.multi && !inTransaction[string(name)]:
+		refused = false
+		c.queue(args)
 	default:
+		refused = false
 		c.once = cmd.once
 		c.run(cmd, args)
 	}
+	if refused && c.multi {
+		c.aborted = true // EXEC answers EXECABORT, as Redis's does
+	}
+}
+
+// inTransaction are the commands MULTI does not queue.
+var inTransaction = map[string]bool{"EXEC": true, "DISCARD": true, "MULTI": true, "QUIT": true}
+
+// maxQueued bounds the bytes of the commands one MULTI queues (copies,
+// held until EXEC).
+const maxQueued = 64 << 20
+
+// queue keeps a command of a transaction for EXEC (a copy: the reader
+// reuses its buffers), answering QUEUED.
+func (c *conn) queue(args [][]byte) {
+	n := 0
+	for _, a := range args {
+		n += len(a)
+	}
+	if c.queuedBytes+n > maxQueued {
+		c.aborted = true
+		c.writeError(fmt.Sprintf("ERR a MULTI transaction of more than %d bytes; send its commands without MULTI (redis-py: pipeline(transaction=False))", maxQueued))
+		return
+	}
+	cp := make([][]byte, len(args))
+	for i, a := range args {
+		cp[i] = bytes.Clone(a)
+	}
+	c.queued = append(c.queued, cp)
+	c.queuedBytes += n
+	c.writeString("QUEUED")
+}
+
+func (c *conn) endMulti() {
+	c.multi, c.aborted, c.queued, c.queuedBytes = false, false, nil, 0
+}
+
+// multiCmd starts a transaction: commands up to EXEC are queued, then run
+// in order. Not atomically: other connections' commands may run between
+// them (wire/resp.md); WATCH is not served.
+func (c *conn) multiCmd([][]byte) {
+	if c.multi {
+		c.aborted = true
+		c.writeError("ERR MULTI calls can not be nested")
+		return
+	}
+	c.multi = true
+	c.writeOK()
+}
+
+func (c *conn) execCmd([][]byte) {
+	switch {
+	case !c.multi:
+		c.writeError("ERR EXEC without MULTI")
+		return
+	case c.aborted:
+		c.endMulti()
+		c.writeError("EXECABORT Transaction discarded because of previous errors.")
+		return
+	}
+	queued := c.queued
+	c.endMulti()
+	c.writeArray(len(queued))
+	for _, args := range queued {
+		c.dispatch(args)
+		if c.werr != nil {
+			return
+		}
+	}
+}
+
+func (c *conn) discardCmd([][]byte) {
+	if !c.multi {
+		c.writeError("ERR DISCARD without MULTI")
+		return
+	}
+	c.endMulti()
+	c.writeOK()
 }
 
 // run runs a command; a command that panics answers an error and leaves

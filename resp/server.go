@@ -364,6 +364,12 @@ type conn struct {
 	werr error
 	// once is the running command's (see command.once).
 	once bool
+	// multi holds a transaction's commands (MULTI) until EXEC: copies,
+	// queuedBytes of them; aborted when one was refused as it was queued.
+	multi       bool
+	aborted     bool
+	queued      [][][]byte
+	queuedBytes int
 	// armed is true while the read deadline bounds a command's rest;
 	// authBy is when an unauthenticated client must have authenticated.
 	armed   bool
