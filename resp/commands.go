@@ -543,19 +543,52 @@ func (c *conn) config(args [][]byte) {
 	c.writeError(fmt.Sprintf("ERR CONFIG %s is not supported: TQ is configured by tq serve's flags", clip(args[1])))
 }
 
+// info answers INFO [section ...]: the sections asked for (any case),
+// every one for none, all, everything or default; a section TQ does not
+// have answers nothing, as in Redis.
 func (c *conn) info(args [][]byte) {
+	want := map[string]bool{}
+	for _, a := range args[1:] {
+		switch s := strings.ToLower(string(a)); s {
+		case "all", "everything", "default":
+			want["server"], want["clients"], want["persistence"], want["keyspace"] = true, true, true, true
+		default:
+			want[s] = true
+		}
+	}
+	all := len(args) == 1
 	var sb strings.Builder
-	c.s.mu.Lock()
-	n, loops := len(c.s.conns), len(c.s.loops)
-	c.s.mu.Unlock()
-	fmt.Fprintf(&sb, "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\nserver_name:tq\r\ntq_event_loops:%d\r\n", redisVersion, loops)
-	fmt.Fprintf(&sb, "\r\n# Clients\r\nconnected_clients:%d\r\n", n)
-	ci := c.s.st.ctrl.Info()
-	fmt.Fprintf(&sb, "\r\n# Persistence\r\ntq_durable:%d\r\ntq_fsync:%s\r\ntq_log_index:%d\r\n", btoi(ci.Durable), ci.Fsync, ci.LogIndex)
-	sb.WriteString("\r\n# Keyspace\r\n")
-	for _, p := range c.s.st.ctrl.Partitions() {
-		if st, err := c.s.st.ctrl.Stats(p); err == nil {
-			fmt.Fprintf(&sb, "%s:keys=%d,rows=%d\r\n", p, st.Keys, st.Rows)
+	section := func(name string) bool {
+		if !all && !want[name] {
+			return false
+		}
+		if sb.Len() > 0 {
+			sb.WriteString("\r\n")
+		}
+		return true
+	}
+	if section("server") {
+		c.s.mu.Lock()
+		loops := len(c.s.loops)
+		c.s.mu.Unlock()
+		fmt.Fprintf(&sb, "# Server\r\nredis_version:%s\r\nredis_mode:standalone\r\nserver_name:tq\r\ntq_event_loops:%d\r\n", redisVersion, loops)
+	}
+	if section("clients") {
+		c.s.mu.Lock()
+		n := len(c.s.conns)
+		c.s.mu.Unlock()
+		fmt.Fprintf(&sb, "# Clients\r\nconnected_clients:%d\r\n", n)
+	}
+	if section("persistence") {
+		ci := c.s.st.ctrl.Info()
+		fmt.Fprintf(&sb, "# Persistence\r\ntq_durable:%d\r\ntq_fsync:%s\r\ntq_log_index:%d\r\n", btoi(ci.Durable), ci.Fsync, ci.LogIndex)
+	}
+	if section("keyspace") {
+		sb.WriteString("# Keyspace\r\n")
+		for _, p := range c.s.st.ctrl.Partitions() {
+			if st, err := c.s.st.ctrl.Stats(p); err == nil {
+				fmt.Fprintf(&sb, "%s:keys=%d,rows=%d\r\n", p, st.Keys, st.Rows)
+			}
 		}
 	}
 	c.writeBulkString(sb.String())
@@ -588,10 +621,43 @@ func (c *conn) client(args [][]byte) {
 	case "SETINFO":
 		c.writeOK()
 	case "INFO":
-		c.writeBulkString(fmt.Sprintf("id=%d addr=%s name=%s db=%s\n", c.id, c.remote, c.name, c.partition))
+		c.writeBulkString(c.clientInfo())
 	default:
 		c.writeError(fmt.Sprintf("ERR CLIENT %s is not supported", clip(args[1])))
 	}
+}
+
+// clientInfo is CLIENT INFO's line, with every field Redis 7.0 gives, so
+// that clients that read them as numbers (redis-py's client_info, go-redis's
+// ClientInfo) parse it: db is the partition's number where its name is
+// one, else 0, and the partition is tq-partition where its name can stand
+// between spaces; the counters TQ does not keep are 0.
+func (c *conn) clientInfo() string {
+	db := 0
+	if n, err := strconv.Atoi(c.partition); err == nil && n >= 0 {
+		db = n
+	}
+	multi := -1
+	if c.multi {
+		multi = len(c.queued)
+	}
+	line := fmt.Sprintf("id=%d addr=%s laddr=%s fd=-1 name=%s age=0 idle=0 flags=N db=%d sub=0 psub=0 ssub=0 multi=%d qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=%d rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|info user=default redir=-1 resp=2",
+		c.id, c.remote, c.local, c.name, db, multi, c.queuedBytes)
+	if plain(c.partition) {
+		line += " tq-partition=" + c.partition
+	}
+	return line + "\n"
+}
+
+// plain reports whether s can stand as a CLIENT INFO value: printable
+// ASCII with no space and no '='.
+func plain(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' || s[i] == '=' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // clientName reports whether name may name a connection: as in Redis,

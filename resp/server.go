@@ -346,6 +346,7 @@ type conn struct {
 	lp     *loop
 	fd     int
 	remote string
+	local  string // the address it came to (CLIENT INFO's laddr)
 	// pre is input the loop read but did not serve, read first once
 	// the connection has left the loop; leave is set by a command the
 	// loop ran that must run again on the connection's own goroutine
@@ -392,7 +393,7 @@ type conn struct {
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
+	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), local: nc.LocalAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
 	c.rd = newReader(deadlineReader{c}, s.cfg.MaxValue)
 	c.rd.large = c.takeLarge
 	c.authed = s.cfg.Token == ""
