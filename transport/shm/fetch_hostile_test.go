@@ -23,17 +23,7 @@ import (
 // the fetch too; it used to wait for it for ever, since the fetch watched
 // only the caller's context.
 func TestCloseUnblocksSegmentFetch(t *testing.T) {
-	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
-	// Something to read, stored by the unit itself: the client has not
-	// mapped its segment.
-	r, err := tu.u.Reserve(t.Context(), []int64{4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	addr := r.Addr(0)
+	tu, addr := unitWithExtent(t)
 
 	tr := New(Config{Control: ControlSocket, Conn: wire.ConnConfig{KeepAlive: 100 * time.Millisecond, PingTimeout: 300 * time.Millisecond}})
 	defer tr.Close()
@@ -43,11 +33,7 @@ func TestCloseUnblocksSegmentFetch(t *testing.T) {
 	}
 	// The unit's fd socket stops answering: it accepts, reads nothing,
 	// answers nothing.
-	hole, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "hole.shm"), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hole.Close()
+	hole := silentFdSocket(t)
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		if nc, err := hole.Accept(); err == nil {
@@ -91,15 +77,7 @@ func TestCloseUnblocksSegmentFetch(t *testing.T) {
 // page segment, and the client refuses one that is not (hugetlb memfds,
 // which older kernels cannot seal, are the exception the reply flags).
 func TestUnsealedSegmentRefused(t *testing.T) {
-	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
-	r, err := tu.u.Reserve(t.Context(), []int64{4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	addr := r.Addr(0)
+	tu, addr := unitWithExtent(t)
 
 	tr := New(Config{Control: ControlSocket})
 	defer tr.Close()
@@ -163,15 +141,7 @@ var sink byte
 // hangs (a caller with no deadline, an fd socket that never answers), a
 // Read with a 200 ms deadline returns at its deadline.
 func TestSegmentFetchHonorsDeadlineOfWaiters(t *testing.T) {
-	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
-	r, err := tu.u.Reserve(t.Context(), []int64{4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	addr := r.Addr(0)
+	tu, addr := unitWithExtent(t)
 
 	tr := New(Config{Control: ControlSocket})
 	defer tr.Close()
@@ -179,11 +149,7 @@ func TestSegmentFetchHonorsDeadlineOfWaiters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hole, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "hole.shm"), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hole.Close()
+	hole := silentFdSocket(t)
 	accepted := make(chan net.Conn, 4)
 	go func() {
 		for {
@@ -228,4 +194,32 @@ func TestSegmentFetchHonorsDeadlineOfWaiters(t *testing.T) {
 	cancelA()
 	<-readA
 	c.Close()
+}
+
+// unitWithExtent starts a unit holding one committed 4 KiB extent, stored
+// by the unit itself (a client has not mapped its segment), and returns
+// the unit and the extent.
+func unitWithExtent(t *testing.T) (*testUnit, engine.RemoteAddr) {
+	t.Helper()
+	tu := startUnit(t, unitConfig(), storage.ServerConfig{})
+	r, err := tu.u.Reserve(t.Context(), []int64{4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return tu, r.Addr(0)
+}
+
+// silentFdSocket listens where a unit's fd socket could be and answers
+// nothing: its backlog accepts connections, and nobody reads them.
+func silentFdSocket(t *testing.T) *net.UnixListener {
+	t.Helper()
+	hole, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "hole.shm"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hole.Close() })
+	return hole
 }
