@@ -183,6 +183,10 @@ type MetaRequest struct {
 	// Key names a Fetch, so that [Client.GiveBack] can return its rows
 	// (empty: a remote client makes one of its own).
 	Key string
+	// EndWhenConsumed says the partition's rows now are all it will have
+	// (see [engine.FetchRequest]): once every one is produced, a Fetch may
+	// get a short last batch, and then ErrDone.
+	EndWhenConsumed bool
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -193,6 +197,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
+			EndWhenConsumed: req.EndWhenConsumed,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

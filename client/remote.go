@@ -511,10 +511,11 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
-		Options:     &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
-		Key:         []byte(req.Key),
-		Sampler:     wire.SamplerSpecToPB(req.Sampler),
-		TokenBudget: req.TokenBudget,
+		Options:         &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
+		Key:             []byte(req.Key),
+		Sampler:         wire.SamplerSpecToPB(req.Sampler),
+		TokenBudget:     req.TokenBudget,
+		EndWhenConsumed: req.EndWhenConsumed,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {

@@ -468,6 +468,12 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	// whatever the number of ready rows: a sampler may need more than
 	// BatchSize (a batch balanced across ranks, whole GRPO groups).
 	final := p.done && p.unconsumed(req.Task)-p.reserved.Len() == ready.Len()
+	if req.EndWhenConsumed && !final {
+		// The rows there are, pre-allocated ones included, are all there
+		// will be: final once every one is produced (a reserved row is
+		// unconsumed and not ready).
+		final = p.rows.len() > 0 && p.unconsumed(req.Task) == ready.Len()
+	}
 	// BatchSize ready rows are needed, unless the budget closes a batch
 	// first (a token budget's BatchSize is a cap).
 	if ready.Len() < req.BatchSize && !final && req.TokenBudget == 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -1095,4 +1096,43 @@ func TestStatsProducedCount(t *testing.T) {
 	e := openDurable(t, dir, Config{PreAlloc: 4})
 	defer e.Close()
 	require.Equal(t, 5, produced(e), "after a snapshot")
+}
+
+// A fetch that says EndWhenConsumed is final once every row the partition
+// has, pre-allocated ones included, is produced: a short last batch, then
+// ErrDone, though nobody marked the partition done; while a pre-allocated
+// row is not produced it is not, and without the flag only full batches
+// come. Over the wire too.
+func TestFetchEndWhenConsumed(t *testing.T) {
+	c := newController(t, Config{PreAlloc: 10})
+	m := insert(t, c, "p", 9, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, EndWhenConsumed: true}
+	sizes := func(req engine.FetchRequest) []int {
+		var out []int
+		for {
+			got, err := c.Fetch(context.Background(), req)
+			if errors.Is(err, engine.ErrDone) {
+				return append(out, -1)
+			}
+			require.NoError(t, err)
+			if got.Len() == 0 {
+				return out
+			}
+			out = append(out, got.Len())
+		}
+	}
+	require.Equal(t, []int{4, 4}, sizes(req), "a pre-allocated row not produced yet")
+	last := insert(t, c, "p", 1, "x")
+	commitDense(t, c, "p", last.Indexes, "x")
+	plain := req
+	plain.EndWhenConsumed = false
+	require.Empty(t, sizes(plain), "without the flag, 2 rows make no batch of 4")
+
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	var r wirepb.MetaReply
+	require.NoError(t, do(conn, wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, EndWhenConsumed: true}, &r))
+	require.Len(t, r.Meta.Indexes, 2, "the short last batch, over the wire")
+	require.Equal(t, []int{-1}, sizes(req), "then the end")
 }

@@ -172,7 +172,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Mess
 		return nil, err
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
-		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler)}
+		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)

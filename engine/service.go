@@ -36,6 +36,12 @@ type FetchRequest struct {
 	// set it on every fetch, so that one lost to a broken connection can
 	// be asked again, and one its caller abandoned can be undone.
 	Key string
+	// EndWhenConsumed says the rows the partition has now, pre-allocated
+	// ones included, are all it will have (a loader that ends once they
+	// are consumed): once every one is produced the fetch is final, as for
+	// a partition marked done, so the sampler may return a short last
+	// batch and a fetch that gets nothing is ErrDone.
+	EndWhenConsumed bool
 }
 
 // CommitRequest flips the production bits of cells whose bytes are

@@ -37,12 +37,9 @@
 //
 // With Config.EndWhenConsumed a partition also ends, as in the reference,
 // once the task consumed every row it has (pre-allocated ones included:
-// the controller's PreAlloc). Unlike the reference, which fetches a whole
-// step and splits it, the loader then takes only full micro-batches: the
-// step's size must be a multiple of the micro-batch size × DPSize, or the
-// producer must mark the partition done (a token budget's last
-// micro-batch always needs the done marker). Otherwise the rows left over
-// are never yielded and the partition never ends.
+// the controller's PreAlloc). Its fetches tell the controller so
+// (engine.FetchRequest.EndWhenConsumed): once every row is produced, the
+// last micro-batch may be short, as from a partition marked done.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

@@ -72,13 +72,10 @@ type Config struct {
 	// a partition ends without MarkDone. The loader then waits for rows
 	// PollInterval at a time and asks between the waits. Without
 	// pre-allocation a consumer faster than its producer can end before
-	// the producer is finished: prefer MarkDone. Only full micro-batches
-	// are fetched from a partition not marked done, so the step's size
-	// must be a multiple of MicroBatchSize × DPSize, or the producer must
-	// call MarkDone: rows that fill no micro-batch are never fetched, stay
-	// unconsumed, and the partition never ends. With a TokenBudget the
-	// last micro-batch of a step never closes on its own: MarkDone is
-	// needed.
+	// the producer is finished: prefer MarkDone. Once every row is
+	// produced the last micro-batch may be short (the fetches say
+	// EndWhenConsumed to the controller), as from a partition marked
+	// done; without pre-allocation that is whenever the producer lags.
 	EndWhenConsumed bool
 	// Prefetch is how many micro-batches are fetched ahead while the loop
 	// body runs (0: none; each is fetched when the loop asks for it).
@@ -442,6 +439,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		req := client.MetaRequest{
 			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
 			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
+			EndWhenConsumed: l.cfg.EndWhenConsumed,
 		}
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}

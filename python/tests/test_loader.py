@@ -168,3 +168,24 @@ def test_rank_aware_end_when_consumed_peer_race(rank_aware_server, part):
                                client=cc, fetch_timeout=0.3)
         got = [data["x"].tolist() for data, _ in it]
         assert got == [[0, 1, 2, 3]]
+
+
+def test_stream_until_consumed_ends_with_a_short_batch(server, part):
+    """With should_check_consumption_status, rows made up front whose
+    number is not a multiple of batch_size (10 rows, batches of 4) end
+    with a short last batch once all are produced, as the reference's
+    loader yields them, though nobody marks the partition done (its
+    fetches say end_when_consumed): the last 2 rows were never fetched,
+    and iteration never ended."""
+    with server.client() as c:
+        m = c.get_meta(["x"], 10, part, mode="insert")
+        c.put({"x": np.arange(10, dtype=np.float32)}, metadata=m)
+        it = tq.StreamIterator(4, 4, ["x"], part, "train", dp_rank=0, should_check_consumption_status=True,
+                               client=c, fetch_timeout=0.3)
+        got = []
+        th = threading.Thread(target=lambda: got.extend(data["x"].tolist() for data, _ in it), daemon=True)
+        th.start()
+        th.join(30)
+        assert not th.is_alive(), f"iteration never ended after batches {got}"
+        assert [len(b) for b in got] == [4, 4, 2]
+        assert sorted(sum(got, [])) == list(range(10))

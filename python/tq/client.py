@@ -882,7 +882,8 @@ class Client:
     def get_meta(self, data_fields, batch_size: int, partition_id: str, mode: str = "fetch",
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
-                 token_budget: int | None = None, _fetch_key: bytes | None = None) -> BatchMeta:
+                 token_budget: int | None = None, end_when_consumed: bool = False,
+                 _fetch_key: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
 
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
@@ -903,7 +904,10 @@ class Client:
         of its rows' ``total_lengths`` tags rather than by ``batch_size``
         (which may then be 0); implies the token_budget sampler. A fetch
         from a partition marked done (:meth:`mark_done`) whose rows the
-        task has all raises :class:`DoneError`.
+        task has all raises :class:`DoneError`. ``end_when_consumed``: the
+        rows the partition has now, pre-allocated ones included, are all it
+        will have: once every one is produced the fetch is as from a
+        partition marked done (a short last batch, then DoneError).
         """
         if isinstance(data_fields, str):
             data_fields = [data_fields]
@@ -937,7 +941,7 @@ class Client:
             opts.params = tags_to_json(sc)
         req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
                                        batch_size=batch_size, options=opts, wait=wait,
-                                       key=_fetch_key or os.urandom(16))
+                                       key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed)
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])

@@ -17,11 +17,10 @@ soon as enough rows are produced), so an idle loader costs no polling.
 Iteration ends when ``should_check_consumption_status`` is set and every
 row of the partition has been consumed by the task (pre-allocate the rows,
 ``tq serve --pre-alloc``, so that the total is known before producers
-finish); otherwise it never ends and the caller breaks out. A partition
-not marked done gives only whole batches of ``batch_size`` rows, so the
-partition's size must then be a multiple of ``batch_size`` times the
-number of data-parallel groups, or the producer must mark it done: rows
-left over are never fetched, stay unconsumed, and iteration never ends.
+finish); otherwise it never ends and the caller breaks out. Its fetches
+then tell the controller that the rows there are are all there will be:
+once every one is produced, the last batch may be short, as from a
+partition marked done.
 
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
@@ -134,7 +133,8 @@ class StreamIterator:
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
         try:
             meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
-                              sampling_config=sc, wait=wait, timeout=self.fetch_timeout)
+                              sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
+                              end_when_consumed=self.should_check_consumption_status)
         except (errors.DeadlineError, errors.NotFoundError):
             return None
         except errors.DoneError:

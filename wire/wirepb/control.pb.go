@@ -681,9 +681,15 @@ type FetchRequest struct {
 	// token_budget, when positive, bounds the batch by the sum of its rows'
 	// "total_lengths" tags (per DP rank); batch_size may then be 0 (no row
 	// limit). Only the token_budget sampler takes it.
-	TokenBudget   int64 `protobuf:"varint,10,opt,name=token_budget,json=tokenBudget,proto3" json:"token_budget,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TokenBudget int64 `protobuf:"varint,10,opt,name=token_budget,json=tokenBudget,proto3" json:"token_budget,omitempty"`
+	// end_when_consumed: the rows the partition has now, pre-allocated
+	// ones included, are all it will have (the caller ends the stream once
+	// they are consumed): once every one is produced, the fetch is final as
+	// for a partition marked done, and the sampler may return a short last
+	// batch.
+	EndWhenConsumed bool `protobuf:"varint,11,opt,name=end_when_consumed,json=endWhenConsumed,proto3" json:"end_when_consumed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *FetchRequest) Reset() {
@@ -784,6 +790,13 @@ func (x *FetchRequest) GetTokenBudget() int64 {
 		return x.TokenBudget
 	}
 	return 0
+}
+
+func (x *FetchRequest) GetEndWhenConsumed() bool {
+	if x != nil {
+		return x.EndWhenConsumed
+	}
+	return false
 }
 
 // SamplerSpec names a built-in sampler: "sequential", "rank_aware",
@@ -4008,7 +4021,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xc9\x02\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xf5\x02\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4022,7 +4035,8 @@ const file_control_proto_rawDesc = "" +
 	"\x03key\x18\b \x01(\fR\x03key\x121\n" +
 	"\asampler\x18\t \x01(\v2\x17.tq.wire.v1.SamplerSpecR\asampler\x12!\n" +
 	"\ftoken_budget\x18\n" +
-	" \x01(\x03R\vtokenBudget\"H\n" +
+	" \x01(\x03R\vtokenBudget\x12*\n" +
+	"\x11end_when_consumed\x18\v \x01(\bR\x0fendWhenConsumed\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +

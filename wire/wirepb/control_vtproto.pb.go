@@ -787,6 +787,16 @@ func (m *FetchRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.EndWhenConsumed {
+		i--
+		if m.EndWhenConsumed {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x58
+	}
 	if m.TokenBudget != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TokenBudget))
 		i--
@@ -4240,6 +4250,9 @@ func (m *FetchRequest) SizeVT() (n int) {
 	}
 	if m.TokenBudget != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.TokenBudget))
+	}
+	if m.EndWhenConsumed {
+		n += 2
 	}
 	n += len(m.unknownFields)
 	return n
