@@ -4,10 +4,12 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -81,4 +83,39 @@ func TestObserverSeesRefusedHello(t *testing.T) {
 	defer obs.mu.Unlock()
 	require.True(t, ok, "the refused HELLO was never shown to the Observer")
 	require.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, obs.codes[OpHello])
+}
+
+// A request whose header claims a payload that never comes (the peer
+// hangs up after 10 of 1 MiB) counts in the traffic and the Observer as
+// the bytes that came, not the bytes it claimed: a hostile peer could
+// otherwise inflate tq_request_received_bytes_total at will.
+func TestTrafficCountsPayloadThatCame(t *testing.T) {
+	const opSink Op = 233
+	obs := &inObserver{}
+	s, addr := startServer(t, ServerConfig{Observer: obs, Loops: -1}, "tcp", func(s *Server) {
+		s.Handle(opSink, func(_ context.Context, req *Request, rw *ReplyWriter) {
+			rw.Error(req.ReadPayloadTo(make([]byte, req.PayloadLen)))
+		})
+	})
+	in0, _ := s.Traffic()
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	in1, _ := s.Traffic()
+	body, _ := proto.Marshal(&wirepb.Ping{})
+	h := Header{Version: Version, Op: opSink, ID: 2, BodyLen: uint32(len(body)), PayloadLen: 1 << 20}
+	_, err := nc.Write(append(append(h.Append(nil), body...), make([]byte, 10)...))
+	require.NoError(t, err)
+	nc.Close()
+	want := int64(HeaderSize + len(body) + 10)
+	require.Eventually(t, func() bool { return obs.in.Load() != 0 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, want, obs.in.Load(), "the Observer's In")
+	in2, _ := s.Traffic()
+	require.Equal(t, want, in2-in1, "the server's traffic in (the HELLO's %d bytes before)", in1-in0)
+}
+
+type inObserver struct{ in atomic.Int64 }
+
+func (o *inObserver) Observe(r Served) {
+	if r.Op == 233 {
+		o.in.Store(r.In)
+	}
 }

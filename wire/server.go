@@ -847,7 +847,7 @@ func (c *serverConn) serve() {
 			}
 			continue
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, idle: &idle}
+		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, idle: &idle, in: &c.s.bytesIn}
 		if c.s.cfg.Observer != nil {
 			req.start = time.Now()
 		}
@@ -1037,7 +1037,7 @@ func (c *serverConn) served(req *Request) {
 	if o := c.s.cfg.Observer; o != nil {
 		o.Observe(Served{
 			Op: req.Op, Network: c.network, Duration: time.Since(req.start),
-			In: int64(HeaderSize) + int64(req.BodyLen) + int64(req.PayloadLen), Out: req.rw.out, Code: req.rw.code,
+			In: int64(HeaderSize) + int64(req.BodyLen) + int64(req.PayloadLen-req.missed), Out: req.rw.out, Code: req.rw.code,
 		})
 	}
 }
@@ -1346,6 +1346,11 @@ type Request struct {
 	once     sync.Once
 	broken   bool // set before consumed closes; read by the loop after
 	deadline bool // a payload read set the socket's read deadline
+	// missed is the payload that never came (the connection broke before
+	// it did): counted out of the traffic, which counted the whole of it
+	// at the header (in, the server's count; nil on a loop).
+	missed uint64
+	in     *atomic.Int64
 
 	// How the connection serves it (one allocation with the request).
 	rw       ReplyWriter
@@ -1393,8 +1398,9 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 		for len(b) > 0 {
 			n := min(len(b), payloadChunk)
 			r.chunkDeadline(n)
-			if _, err := io.ReadFull(r.br, b[:n]); err != nil {
-				r.broken, r.left = true, 0
+			if got, err := io.ReadFull(r.br, b[:n]); err != nil {
+				r.left -= uint64(got)
+				r.brokenOff()
 				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
 			}
 			r.left -= uint64(n)
@@ -1402,6 +1408,16 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// brokenOff marks the request broken: what is left of its payload never
+// comes, and is counted out of the traffic.
+func (r *Request) brokenOff() {
+	r.broken, r.missed = true, r.left
+	if r.in != nil {
+		r.in.Add(-int64(r.left))
+	}
+	r.left = 0
 }
 
 // ReadPayloadTo is [Request.ReadPayload] into one buffer.
@@ -1444,8 +1460,9 @@ func (r *Request) DiscardPayload() {
 	for r.left > 0 {
 		n := min(r.left, payloadChunk)
 		r.chunkDeadline(int(n))
-		if _, err := io.CopyN(io.Discard, r.br, int64(n)); err != nil {
-			r.broken, r.left = true, 0
+		if got, err := io.CopyN(io.Discard, r.br, int64(n)); err != nil {
+			r.left -= uint64(got)
+			r.brokenOff()
 			break
 		}
 		r.left -= n
