@@ -337,8 +337,8 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 
 // checkReady names the first unproduced cells, if any.
 // checkLens refuses a meta whose cells hold other lengths than its schema
-// gives them (as columnOver would after the read), before anything is
-// sized or read by those lengths: a meta decoded wrongly or made by hand
+// gives them, before anything is sized or read by those lengths (and
+// columnOver builds columns on them): a meta decoded wrongly or made by hand
 // would size buffers, or slice them, past what any cell can hold.
 func checkLens(meta *engine.BatchMeta, names []string) error {
 	total := uint64(0)
@@ -439,26 +439,16 @@ func buildColumn(meta *engine.BatchMeta, name string, runs []run, leases map[eng
 }
 
 // columnOver builds a field's column over data (its rows back to back),
-// checking every cell's length against the field's schema.
+// whose cell lengths checkLens checked against the field's schema before
+// the read.
 func columnOver(meta *engine.BatchMeta, name string, data []byte) (*engine.Column, error) {
 	s := meta.Schema[name]
 	locs := meta.Cells[name]
 	n := meta.Len()
 	switch s.Kind {
 	case engine.Dense:
-		want := uint64(s.Shape.NumElems() * s.DType.Size())
-		for i, l := range locs {
-			if l.Addr.Len != want {
-				return nil, fmt.Errorf("row %d holds %d bytes, schema %v%v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.DType, s.Shape, want, engine.ErrCorrupt)
-			}
-		}
 		return engine.NewDense(s.DType, n, s.Shape, data)
 	case engine.Ragged:
-		for i, l := range locs {
-			if want := uint64(s.Shapes[i].NumElems() * s.DType.Size()); l.Addr.Len != want {
-				return nil, fmt.Errorf("row %d holds %d bytes, shape %v needs %d: %w", meta.Indexes[i], l.Addr.Len, s.Shapes[i], want, engine.ErrCorrupt)
-			}
-		}
 		return engine.NewRagged(s.DType, s.Shapes, data)
 	case engine.Opaque:
 		offs := make([]int, n+1)

@@ -425,6 +425,15 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 	}
 	defer it.Close()
 	want := after + 1
+	// Replayed records count as appended since the snapshot (see
+	// SinceSnapshot): a process killed before it logged enough for a
+	// snapshot must not leave the next one a longer log to replay.
+	var replayed int64
+	defer func() {
+		j.mu.Lock()
+		j.appended += replayed
+		j.mu.Unlock()
+	}()
 	for ok := it.First(); ok; ok = it.Next() {
 		if len(it.Key()) != 8 {
 			return fmt.Errorf("log holds a key of %d bytes: %w", len(it.Key()), engine.ErrCorrupt)
@@ -437,12 +446,7 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		if err != nil {
 			return fmt.Errorf("read log record %d: %w", i, err)
 		}
-		// Replayed records count as appended since the snapshot (see
-		// SinceSnapshot): a process killed before it logged enough for a
-		// snapshot must not leave the next one a longer log to replay.
-		j.mu.Lock()
-		j.appended += int64(len(v))
-		j.mu.Unlock()
+		replayed += int64(len(v))
 		if err := fn(i, v); err != nil {
 			return fmt.Errorf("log record %d: %w", i, err)
 		}
