@@ -104,6 +104,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if err != nil {
 		return nil, err
 	}
+	cluster := meta.cluster() // before the list (see discovery.learn)
 	units, down, err := liveUnits(ctx, meta, cfg.WaitForUnits)
 	if err != nil {
 		meta.Close()
@@ -191,8 +192,13 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		return nil, err
 	}
 	c.room.learn(units)
-	c.tbl.Load().draining = drainingOf(append(units, down...)) // no one else has c yet
-	c.disc = &discovery{list: meta.Units, dial: d}
+	t := c.tbl.Load() // no one else has c yet
+	t.draining = drainingOf(append(units, down...))
+	t.cluster, t.inc = cluster, map[engine.UnitID]uint64{}
+	for _, u := range append(units, down...) {
+		t.inc[u.ID] = u.Incarnation
+	}
+	c.disc = &discovery{list: meta.Units, cluster: meta.cluster, dial: d}
 	c.closers = append(c.closers, func() error { return c.disc.close(c) }, // before the transports the dials use
 		tr.Close, str.Close, rtr.Close, meta.Close)
 	return c, nil

@@ -125,13 +125,16 @@ type planner struct {
 	c     *Client
 	slots []slot // local-first: in the order rows try them
 	hash  bool   // place by bytes (Hash, or LocalFirst without a local unit)
+	// cluster is the cluster of the units' table, for the commit (see
+	// [engine.CommitRequest]).
+	cluster string
 }
 
 // newPlanner snapshots the writable units for a put whose seed chooses
 // among local units.
 func (c *Client) newPlanner(seed uint64) *planner {
-	units, local := c.writable()
-	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0}
+	units, local, cluster := c.writable()
+	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0, cluster: cluster}
 	c.room.mu.Lock()
 	snap := func(u DataUnit) slot {
 		s := slot{u: u, free: math.MaxInt64}

@@ -193,7 +193,7 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 	if done, err = c.writePlaced(ctx, p, fields, pos, seeds, locs); err != nil {
 		return err
 	}
-	req := engine.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos))}
+	req := engine.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos)), Cluster: p.cluster}
 	for i, p := range pos {
 		req.Indexes[i] = meta.Indexes[p]
 	}

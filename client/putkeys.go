@@ -99,6 +99,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	fields := b.Fields()
 	all := allRows(len(keys))
 	p, seeds := c.keyPlanner(keys)
+	req.Cluster = p.cluster
 	if s, ok := p.whole(b.Size()); ok {
 		// Every row on one unit, in key order: dense fields go to the
 		// controller as one run each.
@@ -314,7 +315,7 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 	if err != nil {
 		return engine.KeysCommitted{}, err
 	}
-	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags})
+	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags, Cluster: b.cluster})
 	if err != nil {
 		if !refused(err) {
 			return engine.KeysCommitted{}, err // the commit may have happened

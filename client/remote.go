@@ -102,6 +102,8 @@ type RemoteMeta struct {
 	closing bool // Close waits for the background work
 	closed  bool
 	info    *wirepb.Hello // the controller's last handshake reply
+	// clusterID is info's cluster id, read without mu (see [RemoteMeta.cluster]).
+	clusterID atomic.Pointer[string]
 
 	done chan struct{} // closed by Close: background work stops
 	bg   sync.WaitGroup
@@ -215,6 +217,17 @@ func (r *RemoteMeta) ClusterID() (string, uint64) {
 	return r.info.ClusterId, r.info.Epoch
 }
 
+// cluster returns the id of the cluster the controller answered for in
+// the last handshake of any of the connections, "" before the first. It
+// changes when a controller starts without the state of the last (in
+// memory, or its data directory lost), whose connections are gone by then.
+func (r *RemoteMeta) cluster() string {
+	if id := r.clusterID.Load(); id != nil {
+		return *id
+	}
+	return ""
+}
+
 func (r *RemoteMeta) opErr(op string, err error) error {
 	return &engine.OpError{Op: op, Transport: r.transport, Peer: r.peer, Err: err}
 }
@@ -306,9 +319,8 @@ func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, erro
 			return nil, errMetaClosed
 		}
 		l.conn = conn
-		if l == &r.lanes[0] {
-			r.info = reply
-		}
+		r.info = reply
+		r.clusterID.Store(&reply.ClusterId)
 		r.mu.Unlock()
 		return conn, nil
 	}
@@ -730,7 +742,7 @@ func (r *RemoteMeta) partMeta(ctx context.Context, name string, op wire.Op, part
 }
 
 func commitToPB(req engine.CommitRequest) *wirepb.CommitRequest {
-	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: wire.CommitFieldsToPB(req.Fields)}
+	return &wirepb.CommitRequest{Partition: req.Partition, Indexes: req.Indexes, Fields: wire.CommitFieldsToPB(req.Fields), ClusterId: req.Cluster}
 }
 
 // Commit records committed cells; see
@@ -749,7 +761,7 @@ func (r *RemoteMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (eng
 	if err := checkCommitKeys(req); err != nil {
 		return engine.KeysCommitted{}, r.opErr("commit keys", err)
 	}
-	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: wire.CommitFieldsToPB(req.Fields)}
+	p := &wirepb.CommitKeysRequest{Partition: req.Partition, Keys: req.Keys, Fields: wire.CommitFieldsToPB(req.Fields), ClusterId: req.Cluster}
 	if req.Tags != nil {
 		var err error
 		if p.Tags, err = wire.TagsToPB(req.Tags); err != nil {

@@ -121,10 +121,11 @@ func (f FieldSpec) column(kind engine.Kind, n int, data []byte) (*engine.Column,
 // unit and the columns over them, which end in exactly one commit or
 // abort.
 type reserved struct {
-	c      *Client
-	unit   DataUnit
-	res    Reserved
-	fields []engine.Field // columns aliasing res, in spec order
+	c       *Client
+	unit    DataUnit
+	cluster string // of the table unit was picked from, for the commit
+	res     Reserved
+	fields  []engine.Field // columns aliasing res, in spec order
 
 	mu      sync.Mutex
 	ended   bool
@@ -426,6 +427,7 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 		r, err := c.reserve(rctx, u, fields, n, kinds, sizes)
 		if err == nil {
 			c.room.wrote(u.ID(), total)
+			r.cluster = p.cluster
 			return r, nil
 		}
 		switch {
@@ -469,7 +471,7 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs}); err != nil {
+	if err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs, Cluster: b.cluster}); err != nil {
 		if !refused(err) {
 			return nil, err // the commit may have happened: the cells stay
 		}

@@ -19,6 +19,13 @@ package client
 //     learns it within learnEvery; a put placed on it meanwhile is moved
 //     off by the drain, which lists the unit's cells until none is left)
 //     and stays readable;
+//   - a table listed by another cluster than the one the controller's
+//     last handshake names (a controller that started without the last
+//     one's state hands unit ids out again) is listed again before a read
+//     looks a unit up by id, and a unit listed under a known id with
+//     another incarnation replaces the one the table held; a commit names
+//     the cluster of the table its units were picked from, and a
+//     controller of another cluster refuses it (the put is placed again);
 //   - a unit the controller reports dead stays in the table, dialed only
 //     when a read needs its cells: it may just have missed heartbeats (a
 //     restarted controller waits for its units to come back), and as
@@ -48,6 +55,12 @@ type unitTable struct {
 
 	// draining are the units the controller reports draining: no writes.
 	draining map[engine.UnitID]bool
+
+	// cluster is the cluster whose controller listed the units (as the
+	// client knew it before it asked), and inc each listed unit's
+	// incarnation: a unit id names one unit within one cluster only.
+	cluster string
+	inc     map[engine.UnitID]uint64
 }
 
 func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*unitTable, error) {
@@ -78,12 +91,14 @@ func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*
 // host: every unit but those the controller reports dead or draining, and those
 // [Connect] could not reach that are still down. If that leaves none,
 // every unit (the put then fails naming one).
-func (c *Client) writable() (units, local []DataUnit) {
+// It also returns the cluster of the table they are from, for the commit
+// of what is written to them.
+func (c *Client) writable() (units, local []DataUnit, cluster string) {
 	c.learnSoon(false)
 	t := c.tbl.Load()
 	dr := c.drainReporter()
 	if !t.redials && len(t.dead) == 0 && len(t.draining) == 0 && dr == nil {
-		return t.units, t.local
+		return t.units, t.local, t.cluster
 	}
 	for _, u := range t.units {
 		if t.dead[u.ID()] || t.draining[u.ID()] || dr != nil && dr.Draining(u.ID()) {
@@ -98,9 +113,9 @@ func (c *Client) writable() (units, local []DataUnit) {
 		}
 	}
 	if len(units) == 0 {
-		return t.units, t.local
+		return t.units, t.local, t.cluster
 	}
-	return units, local
+	return units, local, t.cluster
 }
 
 // unit returns the unit with id, asking the controller about units that
@@ -108,8 +123,22 @@ func (c *Client) writable() (units, local []DataUnit) {
 // know either is an error wrapping [engine.ErrLost] (so is
 // [engine.LostUnit]); one the controller could not be asked about, the
 // error of asking.
+//
+// A table listed by another cluster than the one the controller now
+// answers for is listed again first: a controller that started without
+// the state of the last hands unit ids out again, and id names another
+// unit in the cells it gives out now.
 func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, error) {
-	if u, ok := c.tbl.Load().byID[id]; ok {
+	t := c.tbl.Load()
+	if c.disc != nil && c.disc.stale(t) {
+		if err := c.disc.learn(ctx, c, true); err != nil {
+			return nil, fmt.Errorf("cells on storage unit %d of a controller that started without the last one's state, whose units could not be listed: %w", id, err)
+		}
+		if t = c.tbl.Load(); c.disc.stale(t) {
+			return nil, fmt.Errorf("cells on storage unit %d: the controller started anew while its units were listed: %w", id, engine.ErrUnavailable)
+		}
+	}
+	if u, ok := t.byID[id]; ok {
 		return u, nil
 	}
 	if id != engine.LostUnit && c.disc != nil {
@@ -135,7 +164,9 @@ func (c *Client) unreachable() {
 // discovery is how a connected client learns of units.
 type discovery struct {
 	list func(ctx context.Context) ([]engine.UnitInfo, error)
-	dial unitDialer
+	// cluster is the cluster the controller answers for now.
+	cluster func() string
+	dial    unitDialer
 
 	learning sync.Mutex // one learn at a time
 
@@ -145,6 +176,12 @@ type discovery struct {
 	busy   bool       // a background learn is running
 	closed bool
 	wg     sync.WaitGroup // the background learn
+}
+
+// stale reports whether t was listed by another cluster than the one the
+// controller answers for now.
+func (d *discovery) stale(t *unitTable) bool {
+	return d.cluster != nil && t.cluster != d.cluster()
 }
 
 // learnTimeout bounds a learn's question to the controller: while it is
@@ -190,12 +227,16 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 	d.learning.Lock()
 	defer d.learning.Unlock()
 	d.mu.Lock()
-	skip := d.closed || (read && !d.last.Before(asked))
+	skip := d.closed || (read && !d.last.Before(asked) && !d.stale(c.tbl.Load()))
 	d.mu.Unlock()
 	if skip {
 		return nil
 	}
 	listed := time.Now()
+	var cluster string
+	if d.cluster != nil {
+		cluster = d.cluster() // before the list: a table is never younger than its stamp
+	}
 	lctx, cancel := context.WithTimeout(ctx, learnTimeout)
 	infos, err := d.list(lctx)
 	cancel()
@@ -213,50 +254,74 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 	d.mu.Unlock()
 	c.room.learn(infos)
 	old := c.tbl.Load()
-	units := slices.Clone(old.units)
-	dead := map[engine.UnitID]bool{}
-	alive := map[engine.UnitID]bool{}
-	var joined []engine.UnitInfo
-	draining := drainingOf(infos)
+	same := old.cluster == cluster
+	listedAs := make(map[engine.UnitID]engine.UnitInfo, len(infos))
 	for _, u := range infos {
-		_, known := old.byID[u.ID]
-		switch {
-		case !u.Alive:
-			dead[u.ID] = true
-			if !known {
-				units = append(units, d.dial.deferred(u)) // see Connect
-			}
-		case !known:
-			joined = append(joined, u)
-		}
-		alive[u.ID] = u.Alive
+		listedAs[u.ID] = u
 	}
-	// A unit's incarnation never changes under its id, so a known unit is
-	// the same unit: its redialUnit dials it again if its connection
-	// ended (see redial.go).
+	dead := map[engine.UnitID]bool{}
+	inc := map[engine.UnitID]uint64{}
+	var units, added, gone []DataUnit
 	for _, u := range old.units {
-		if !alive[u.ID()] {
-			dead[u.ID()] = true // dead, or gone from the controller's list
+		id := u.ID()
+		l, ok := listedAs[id]
+		switch {
+		case ok && (l.Incarnation == old.inc[id] || same && old.inc[id] == 0):
+			// The same unit: its redialUnit dials it again if its
+			// connection ended (see redial.go).
+			if !l.Alive {
+				dead[id] = true
+			}
+		case !ok && same:
+			dead[id] = true // dead, or gone from the controller's list
+		default:
+			// Another unit under its id now (a controller that started
+			// without the last one's state hands ids out again), or an
+			// id of the other cluster, which may name a unit later.
+			gone = append(gone, u)
+			continue
 		}
+		units = append(units, u)
+		inc[id] = old.inc[id]
+		delete(listedAs, id)
+	}
+	var joined []engine.UnitInfo
+	for _, u := range infos {
+		if _, ok := listedAs[u.ID]; !ok {
+			continue // kept
+		}
+		inc[u.ID] = u.Incarnation
+		if !u.Alive {
+			dead[u.ID] = true
+			added = append(added, d.dial.deferred(u)) // see Connect
+			continue
+		}
+		joined = append(joined, u)
 	}
 	dus, errs := d.dial.dialAll(ctx, joined)
 	for i, u := range joined {
 		if du := d.dial.orRedial(u, dus[i], errs[i]); du != nil {
-			units = append(units, du)
+			added = append(added, du)
 		}
 	}
-	t, err := newUnitTable(units, c.cfg.Host, dead)
+	t, err := newUnitTable(append(units, added...), c.cfg.Host, dead)
 	if err != nil {
 		return err // cannot happen: the ids are new
 	}
-	t.draining = draining
+	t.draining = drainingOf(infos)
+	t.cluster, t.inc = cluster, inc
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		closeUnits(t.units[len(old.units):]) // Close took the old table's
-		return nil
+	closed := d.closed
+	if !closed {
+		c.tbl.Store(t)
 	}
-	c.tbl.Store(t)
+	d.mu.Unlock()
+	if closed {
+		gone = added // Close took the old table's
+	}
+	// Their connections belong to the client's transports, which close
+	// them (a view of a unit's shared memory may be in use yet).
+	closeUnits(gone)
 	return nil
 }
 

@@ -691,6 +691,17 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 	return rows, nil
 }
 
+// checkCluster refuses the commit of cells written to the storage units
+// of another cluster (see [engine.CommitRequest]): their unit ids name
+// other units here.
+func (c *Controller) checkCluster(cluster string) error {
+	if cluster == "" || cluster == c.cluster {
+		return nil
+	}
+	return fmt.Errorf("the cells were written to the storage units of cluster %s, and this controller is cluster %s "+
+		"(it started without that cluster's state, and its unit ids name other units); write them again: %w", cluster, c.cluster, engine.ErrLost)
+}
+
 // Commit records cells whose bytes are complete in storage: production
 // bits flip, field schemas update, blocked fetches wake. It returns the
 // locations of cells the commit replaced, whose storage the caller frees.
@@ -698,6 +709,9 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 // shapes, a location whose length is not the bytes its row's shape needs)
 // changes nothing.
 func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) {
+	if err := c.checkCluster(req.Cluster); err != nil {
+		return nil, opErr("commit", req.Partition, err)
+	}
 	p := c.lock(req.Partition)
 	if p == nil {
 		return nil, opErr("commit", req.Partition, errUnknownPartition(req.Partition))

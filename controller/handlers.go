@@ -234,7 +234,7 @@ func commitFromPB(p *wirepb.CommitRequest) (engine.CommitRequest, error) {
 	if err != nil {
 		return engine.CommitRequest{}, err
 	}
-	return engine.CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields}, nil
+	return engine.CommitRequest{Partition: p.Partition, Indexes: p.Indexes, Fields: fields, Cluster: p.ClusterId}, nil
 }
 
 func (s *Server) commit(_ context.Context, body []byte, fx *effects) (proto.Message, error) {
@@ -258,7 +258,7 @@ func (s *Server) commitKeys(_ context.Context, body []byte, fx *effects) (proto.
 	if err := errors.Join(wire.CheckCount("keys", n), wire.CheckCount("fields", len(p.Fields))); err != nil {
 		return nil, err
 	}
-	req := engine.KeysCommit{Partition: p.Partition, Keys: p.Keys}
+	req := engine.KeysCommit{Partition: p.Partition, Keys: p.Keys, Cluster: p.ClusterId}
 	if req.Fields, err = wire.CommitFieldsFromPB(p.Fields, n); err != nil {
 		return nil, opErr("commit keys", p.Partition, err)
 	}

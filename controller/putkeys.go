@@ -36,6 +36,9 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 		}
 	}
 	if err == nil {
+		err = c.checkCluster(req.Cluster)
+	}
+	if err == nil {
 		// Before the partition is made: a rejected put creates none.
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
 	}

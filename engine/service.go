@@ -50,6 +50,12 @@ type CommitRequest struct {
 	Partition string
 	Indexes   []uint64
 	Fields    []CommitField
+	// Cluster, when not "", is the cluster whose storage units the cells
+	// were written to, as the client learned them: unit ids name units
+	// within one cluster only (a controller that starts without the state
+	// of the last one hands them out again), so a controller of another
+	// cluster refuses the commit with [ErrLost] and changes nothing.
+	Cluster string
 }
 
 // CommitField reports the cells of one field that a storage unit has
@@ -84,6 +90,8 @@ type KeysCommit struct {
 	Fields []CommitField
 	// Tags, when not nil, holds one map per key, merged into its tags.
 	Tags []Tags
+	// Cluster is as in [CommitRequest].
+	Cluster string
 }
 
 // KeysCommitted is what a [KeysCommit] did.

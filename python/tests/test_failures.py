@@ -30,8 +30,9 @@ class Split:
         self.env.pop("TQ_TOKEN", None)
         self.procs, self.logs = [], []
         # The units heartbeat at the interval their controller tells them.
-        self._start("c", ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory",
-                          "--heartbeat", "100ms"])
+        self.controller_args = ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory",
+                                "--heartbeat", "100ms"]
+        self.controller, _ = self._start("c", self.controller_args)
         self.units = {}
         for name in ("u1", "u2"):
             p, log = self._start(name, ["--role", "unit", "--controller", self.address, "--capacity", "64MiB",
@@ -238,3 +239,49 @@ def test_calls_after_the_controller_restarts(tmp_path):
         for q in started:
             if q.poll() is None:
                 stop(q)
+
+
+def test_a_controller_without_its_state_is_a_new_cluster(split):
+    """A controller restarted in memory is a new cluster and hands unit ids
+    out again: here the units come back under each other's ids. A client
+    connected before lists the units again before it reads by id (it used
+    to read one unit's cells from the other: wrong bytes, or lost), and its
+    puts land where the new cluster says they are."""
+    c = tq.Client(split.address, token=split.token, transport="tcp")
+    fresh = None
+    try:
+        big = np.arange(4 * 50000, dtype=np.float64).reshape(4, 50000)  # through the units
+        c.kv_batch_put(["a"], "p", {"x": big[:1]})
+        was = {uid: u.incarnation for uid, u in c.units().items()}
+        assert sorted(was) == [1, 2]
+        split.controller.kill()
+        split.controller.wait()
+        # Unit 1 waits while unit 2 registers with the new controller, as 1.
+        split.units[1].send_signal(signal.SIGSTOP)
+        try:
+            split._start("c2", split.controller_args)
+            fresh = tq.Client(split.address, token=split.token, transport="tcp")
+            _until(lambda: {u: x.incarnation for u, x in fresh.units(refresh=True).items()} == {1: was[2]})
+        finally:
+            split.units[1].send_signal(signal.SIGCONT)
+        _until(lambda: {u: x.incarnation for u, x in fresh.units(refresh=True).items()} == {1: was[2], 2: was[1]})
+        keys = [f"k{i}" for i in range(8)]
+        for i, k in enumerate(keys):
+            fresh.kv_batch_put([k], "p", {"x": big[i % 4:i % 4 + 1] + i})
+        assert {int(fresh.kv_retrieve_meta([k], "p")._cells["x"].unit[0]) for k in keys} == {1, 2}
+        for i, k in enumerate(keys):
+            np.testing.assert_array_equal(c.kv_batch_get([k], "p")["x"], big[i % 4:i % 4 + 1] + i)
+        for i in range(8):
+            c.kv_batch_put([f"n{i}"], "p", {"x": big[:1] - i})
+            np.testing.assert_array_equal(fresh.kv_batch_get([f"n{i}"], "p")["x"], big[:1] - i)
+    finally:
+        c.close()
+        if fresh is not None:
+            fresh.close()
+
+
+def _until(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -236,6 +236,11 @@ class Client:
         self._ctl = Pool(self._dial_controller)
         self._units = {}
         self._units_at = 0.0
+        # Unit ids name units within one cluster: _cluster_now is the
+        # cluster of the last controller connection dialed, _units_cluster
+        # the one the unit table was listed by (as known before the list).
+        self._cluster_now = ""
+        self._units_cluster = ""
         self._units_lock = threading.Lock()
         _fork.reinit_in_child(self)
         self._no_kv_data = False
@@ -252,6 +257,15 @@ class Client:
         self._units_lock = threading.Lock()
 
     def _dial_controller(self) -> "wire.Conn":
+        """A connection to the controller (see _dial_controller_at). A
+        controller that started without the last one's state is another
+        cluster, whose unit ids name other units: the unit table is listed
+        again before it is used (see units)."""
+        c = self._dial_controller_at()
+        self._cluster_now = c.server.cluster_id
+        return c
+
+    def _dial_controller_at(self) -> "wire.Conn":
         """A connection to the controller: at the address given, moved to
         the unix socket the controller names (local_addrs) when it runs on
         this host and that socket's controller is the same one (cluster id
@@ -326,10 +340,14 @@ class Client:
 
     def units(self, refresh: bool = False):
         """The storage units the controller knows: unit id → :class:`Unit`
-        (connected lazily; dead units are left out)."""
+        (connected lazily; dead units are left out). A table listed by
+        another cluster than the one the controller answers for now is
+        listed again."""
         with self._units_lock:
-            if self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S:
+            if (self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S
+                    and self._units_cluster == self._cluster_now):
                 return dict(self._units)
+        cluster = self._cluster_now  # before the list: a table is never younger than its stamp
         rep = self._call(wire.UNITS, None, cluster_pb2.UnitsReply, op_name="units")
         self._units_at = time.monotonic()
         fresh = {}
@@ -351,11 +369,13 @@ class Client:
             for uid, u in self._units.items():
                 if fresh.get(uid) is not u:
                     u.close()
-            self._units = fresh
+            self._units, self._units_cluster = fresh, cluster
             return dict(fresh)
 
     def _unit(self, uid: int) -> Unit:
         u = self._units.get(uid)
+        if self._units_cluster != self._cluster_now:
+            u = None  # the id may name another unit in this cluster
         if u is None:
             u = self.units(refresh=True).get(uid)
             if u is None:
@@ -607,6 +627,8 @@ class Client:
         are freed and the put is placed again once, on the units as they
         are now."""
         for attempt in (0, 1):
+            self.units()
+            req.cluster_id = self._units_cluster  # before placement: never younger than the units it picks
             pieces, locs = self._place_and_write(h, cols)
             del req.fields[:]
             req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
@@ -1140,6 +1162,8 @@ class Client:
             shape = tuple(int(d) for d in shape)
             row = npdt.itemsize * math.prod(shape)
             fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
+        self.units()
+        cluster = self._units_cluster  # before placement, for the commit
         unit = self._pick(zlib.crc32(keys[0].encode()))
         if not unit.shm:
             local = [u for u in self.units().values() if u.shm and u.alive and not u.draining]
@@ -1160,7 +1184,7 @@ class Client:
             raw = unit.seg_array(int(ext.segment[i]), int(ext.offset[i]), c.nbytes)
             raw.flags.writeable = True
             arrays[c.name] = raw.view(_cols.numpy_dtype(c.dtype)).reshape((n,) + c.shape)
-        return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays)
+        return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays, cluster)
 
     def set_custom_meta(self, metadata: BatchMeta) -> None:
         """Merge each row's ``custom_meta`` into its tags."""
@@ -1327,8 +1351,9 @@ class Reservation:
     the memory belongs to the store (do not write it). A context manager:
     leaving the block without commit aborts."""
 
-    def __init__(self, client, unit, conn, rid, keys, partition, cols, ext, arrays):
+    def __init__(self, client, unit, conn, rid, keys, partition, cols, ext, arrays, cluster=""):
         self._client, self._unit, self._conn, self._rid = client, unit, conn, rid
+        self._cluster = cluster  # of the unit table the unit was picked from
         self.keys, self.partition_id, self._cols, self._ext = keys, partition, cols, ext
         self.fields = arrays
         self.done = False
@@ -1352,7 +1377,7 @@ class Reservation:
             unit.pool.give(conn)
         locs = [_addrs.run(unit.id, int(self._ext.segment[i]), int(self._ext.gen[i]), int(self._ext.offset[i]),
                            c.row_lens) for i, c in enumerate(self._cols)]
-        req = control_pb2.CommitKeysRequest(partition=self.partition_id, keys=self.keys)
+        req = control_pb2.CommitKeysRequest(partition=self.partition_id, keys=self.keys, cluster_id=self._cluster)
         req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(self._cols, locs))
         if tags_json is not None:
             req.has_tags = True

@@ -1221,10 +1221,16 @@ func (x *CommitField) GetLocs() *Addrs {
 }
 
 type CommitRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
-	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes   []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields    []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	// The cluster whose storage units the cells were written to, as their
+	// client learned the units (unit ids name units within one cluster: a
+	// controller that started without the state of the last one hands them
+	// out again). A controller of another cluster refuses the commit with
+	// CODE_LOST and changes nothing; "" is not checked.
+	ClusterId     string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1278,6 +1284,13 @@ func (x *CommitRequest) GetFields() []*CommitField {
 		return x.Fields
 	}
 	return nil
+}
+
+func (x *CommitRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 // CellsReply: cells is empty. (It once listed cells for the caller to
@@ -1454,7 +1467,8 @@ type CommitKeysRequest struct {
 	Keys          []string               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
 	Fields        []*CommitField         `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"` // row i of each is keys[i]; may be empty
 	HasTags       bool                   `protobuf:"varint,4,opt,name=has_tags,json=hasTags,proto3" json:"has_tags,omitempty"`
-	Tags          [][]byte               `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"` // when has_tags: JSON objects, one per key
+	Tags          [][]byte               `protobuf:"bytes,5,rep,name=tags,proto3" json:"tags,omitempty"`                            // when has_tags: JSON objects, one per key
+	ClusterId     string                 `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"` // as in CommitRequest
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1522,6 +1536,13 @@ func (x *CommitKeysRequest) GetTags() [][]byte {
 		return x.Tags
 	}
 	return nil
+}
+
+func (x *CommitKeysRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 type CommitKeysReply struct {
@@ -4063,11 +4084,13 @@ const file_control_proto_rawDesc = "" +
 	"\x05shape\x18\x04 \x01(\v2\x11.tq.wire.v1.ShapeR\x05shape\x12)\n" +
 	"\x06shapes\x18\x05 \x03(\v2\x11.tq.wire.v1.ShapeR\x06shapes\x12\x19\n" +
 	"\bhas_locs\x18\x06 \x01(\bR\ahasLocs\x12%\n" +
-	"\x04locs\x18\a \x01(\v2\x11.tq.wire.v1.AddrsR\x04locs\"x\n" +
+	"\x04locs\x18\a \x01(\v2\x11.tq.wire.v1.AddrsR\x04locs\"\x97\x01\n" +
 	"\rCommitRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12/\n" +
-	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\"5\n" +
+	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\"5\n" +
 	"\n" +
 	"CellsReply\x12'\n" +
 	"\x05cells\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\x05cells\"\x92\x01\n" +
@@ -4078,13 +4101,15 @@ const file_control_proto_rawDesc = "" +
 	"\x06create\x18\x04 \x01(\bR\x06create\"W\n" +
 	"\x10ResolveKeysReply\x12)\n" +
 	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\x12\x18\n" +
-	"\acreated\x18\x02 \x03(\x03R\acreated\"\xa5\x01\n" +
+	"\acreated\x18\x02 \x03(\x03R\acreated\"\xc4\x01\n" +
 	"\x11CommitKeysRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04keys\x18\x02 \x03(\tR\x04keys\x12/\n" +
 	"\x06fields\x18\x03 \x03(\v2\x17.tq.wire.v1.CommitFieldR\x06fields\x12\x19\n" +
 	"\bhas_tags\x18\x04 \x01(\bR\ahasTags\x12\x12\n" +
-	"\x04tags\x18\x05 \x03(\fR\x04tags\"l\n" +
+	"\x04tags\x18\x05 \x03(\fR\x04tags\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x06 \x01(\tR\tclusterId\"l\n" +
 	"\x0fCommitKeysReply\x12-\n" +
 	"\breplaced\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\breplaced\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\fR\x04tags\x12\x16\n" +

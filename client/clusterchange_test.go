@@ -1,0 +1,102 @@
+package client_test
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/wire"
+)
+
+// serveControllerAt serves c on the TCP address hostport (a restarted
+// controller takes its predecessor's port) until the test ends or the
+// returned stop is called.
+func serveControllerAt(t *testing.T, c *controller.Controller, hostport string) (addr string, stop func()) {
+	t.Helper()
+	var l net.Listener
+	require.Eventually(t, func() bool {
+		var err error
+		l, err = net.Listen("tcp", hostport)
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond, "listen on %s", hostport)
+	s := controller.NewServer(c, controller.ServerConfig{})
+	served := make(chan struct{})
+	go func() { s.Serve(l); close(served) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			s.Close()
+			<-served
+			c.Close()
+		}
+	}
+	t.Cleanup(stop)
+	return wire.FormatAddr("tcp", l.Addr().String()), stop
+}
+
+func ints1(t *testing.T, v int64) *engine.Batch { return ints(t, "x", []int64{v}) }
+
+// A controller that restarts without its state (in memory, or its data
+// directory lost) is a new cluster, and hands unit ids out from 1 again: id
+// 1 names another unit now. A client connected before used to keep its
+// table, so it read another unit's bytes under a cell's id (wrong bytes),
+// and wrote to the old unit and committed the cells under the new one's id
+// (an acknowledged put that read back as lost, or as another's bytes). Now
+// it lists the new cluster's units before it reads by id, and a commit of
+// cells placed on the units of another cluster is refused, and the put
+// placed again.
+func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
+	ctx := t.Context()
+	ctrl1, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	addr, stop1 := serveControllerAt(t, ctrl1, "127.0.0.1:0")
+	hostport := addr[len("tcp://"):]
+	old := joinUnit(t, addr, true) // unit 1 of the first cluster
+	hash := client.ConnectConfig{Client: client.Config{Placement: client.Hash}}
+	reader, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer reader.Close()
+	writer, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer writer.Close()
+	_, err = kvapi.New(reader).BatchPut(ctx, "p", []string{"a"}, ints1(t, 111), nil)
+	require.NoError(t, err)
+
+	// The controller restarts without its state; the old unit stays out
+	// of it (its data plane lives on, and the clients' connections to
+	// it), and another unit takes id 1.
+	old.mem.Close()
+	stop1()
+	ctrl2, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	serveControllerAt(t, ctrl2, hostport)
+	fresh := joinUnit(t, addr, true)
+	require.Equal(t, old.u.ID(), fresh.u.ID(), "the new cluster hands out the old unit's id")
+	newcomer, err := client.Connect(ctx, addr, hash)
+	require.NoError(t, err)
+	defer newcomer.Close()
+
+	_, err = kvapi.New(newcomer).BatchPut(ctx, "p", []string{"b"}, ints1(t, 222), nil)
+	require.NoError(t, err)
+	got, err := kvapi.New(reader).BatchGet(ctx, "p", []string{"b"})
+	require.NoError(t, err, "a read through a client of the old cluster")
+	assert.Equal(t, ints1(t, 222).Col("x"), got.Col("x"), "the bytes of the unit the new cluster calls %d", fresh.u.ID())
+	got.Release()
+
+	held := old.u.Stats().Used
+	_, err = kvapi.New(writer).BatchPut(ctx, "p", []string{"c"}, ints1(t, 333), nil)
+	require.NoError(t, err, "a put through a client of the old cluster")
+	got, err = kvapi.New(newcomer).BatchGet(ctx, "p", []string{"c"})
+	require.NoError(t, err, "a read of its put")
+	assert.Equal(t, ints1(t, 333).Col("x"), got.Col("x"), "the bytes it put")
+	got.Release()
+	assert.Equal(t, held, old.u.Stats().Used, "bytes the refused try left on the unit of the old cluster")
+}
