@@ -32,7 +32,8 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 	if tag != nil {
 		tags = []engine.Tags{tag}
 	}
-	if fields != nil && fields.Rows() != 1 {
+	// A batch of no fields has no rows: BatchPut says what is wrong.
+	if fields != nil && fields.NumFields() > 0 && fields.Rows() != 1 {
 		return nil, opErr("put", partition, fmt.Errorf("put of one key with a %d-row batch (use BatchPut): %w", fields.Rows(), engine.ErrInvalid))
 	}
 	return kv.BatchPut(ctx, partition, []string{key}, fields, tags)

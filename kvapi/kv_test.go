@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/embedded"
@@ -416,4 +418,19 @@ func TestBatchGetInto(t *testing.T) {
 		}
 		copy(buf, saved)
 	}
+}
+
+// A put of one key whose batch has no fields is refused for that, not as
+// a batch of the wrong row count (it used to say "0-row batch (use
+// BatchPut)", which BatchPut refuses too), and changes nothing.
+func TestPutOfNoFieldsSaysSo(t *testing.T) {
+	kv, _ := newKV(t)
+	ctx := context.Background()
+	_, err := kv.Put(ctx, "p", "k", engine.MustBatch(), engine.Tags{"a": 1})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.Contains(t, err.Error(), "empty field set")
+	assert.NotContains(t, err.Error(), "BatchPut")
+	l, err := kv.List(ctx, "")
+	require.NoError(t, err)
+	assert.Empty(t, l)
 }
