@@ -285,3 +285,61 @@ def _until(cond, timeout=30.0):
     while not cond():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+@pytest.mark.parametrize("code", [8, 6])  # CODE_LOST, CODE_CLOSED
+def test_unit_that_refuses_its_hello_is_left_out(server, tmp_path, code):
+    """A unit on this host that the controller still lists as alive but
+    that refuses the client's HELLO (another process took its socket after
+    a restart: CODE_LOST; it is shutting down: CODE_CLOSED) is left out of
+    the unit table like one that cannot be reached: puts go to the other
+    units, rather than every call that lists the units failing with the
+    refusal."""
+    import socket as _socket
+    from tq import wire
+    from tq._pb import cluster_pb2, common_pb2
+
+    path = str(tmp_path / "unit.sock")
+    ls = _socket.socket(_socket.AF_UNIX)
+    ls.bind(path)
+    ls.listen(8)
+
+    def refuse():
+        while True:
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                hdr = b""
+                while len(hdr) < 32:
+                    hdr += c.recv(32 - len(hdr))
+                _, _, _, op, _, rid, blen, _, _ = wire.HEADER.unpack(hdr)
+                while blen > 0:
+                    blen -= len(c.recv(blen))
+                body = common_pb2.Error(code=code, message="not the unit you expect").SerializeToString()
+                c.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY | wire.FLAG_ERROR, op, 0, rid,
+                                           len(body), 0, 0) + body)
+            except OSError:
+                pass
+            finally:
+                c.close()
+    threading.Thread(target=refuse, daemon=True).start()
+
+    c = server.client(transport="auto")
+    real = c._call
+
+    def with_stale_unit(op, req, reply_cls=None, **kw):
+        rep = real(op, req, reply_cls, **kw)
+        if op == wire.UNITS:
+            rep.units.append(cluster_pb2.UnitInfo(unit_id=999999, host_id=c.host, alive=True, incarnation=7,
+                                                  addrs=[f"unix://{path}", f"shm://{path}.shm"]))
+        return rep
+    c._call = with_stale_unit
+    try:
+        units = c.units(refresh=True)
+        assert 999999 not in units and units
+        c.kv_batch_put(["stale-unit"], "p-stale", {"x": np.ones((1, 1 << 17), np.float32)})
+        assert np.array_equal(c.kv_batch_get(["stale-unit"], "p-stale")["x"], np.ones((1, 1 << 17), np.float32))
+    finally:
+        c.close()
+        ls.close()

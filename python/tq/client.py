@@ -364,7 +364,12 @@ class Client:
                 try:
                     fresh[info.unit_id] = Unit(info, token=self.token, name=self.name, host=self.host,
                                                transport=self.transport, timeout=self.timeout)
-                except errors.UnavailableError:
+                except errors.NotSupportedError:
+                    raise  # transport='shm' and a unit it cannot reach so
+                except errors.TQError:
+                    # Unreachable, or refusing this client (another process
+                    # at its address since a restart, shutting down, full):
+                    # left out, as the Go client's table marks it down.
                     continue
             for uid, u in self._units.items():
                 if fresh.get(uid) is not u:
