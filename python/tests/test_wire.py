@@ -407,3 +407,37 @@ def test_reply_of_another_op_or_without_a_code_is_corrupt():
     with pytest.raises(tq.CorruptError, match="without a code"):
         conn.call(wire.PING, common_pb2.Ping(nonce=7), common_pb2.Ping)
     conn.close()
+
+
+@pytest.mark.parametrize("sent", ["header", "whole"])
+def test_interrupted_send_only_closes_the_connection(sent):
+    """An interrupt (KeyboardInterrupt) while a send_only request (a lease's
+    RELEASE) goes out leaves the stream out of step: half a frame sent, or
+    a whole one whose reply nobody will drain. The connection is closed,
+    as call closes it, so that the next request on it is not sent after
+    half a frame, nor answered with the RELEASE's reply."""
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="unit"))
+        try:
+            while c.recv(1, socket.MSG_PEEK):  # until the client closes
+                op, rid, _ = _read_frame(c)
+                _reply(c, op, rid, common_pb2.Ping(nonce=rid))
+        except ConnectionResetError:
+            pass  # it closed with a reply unread
+    conn = wire.Conn(_serve_once(h), timeout=5)
+    real = conn._send
+
+    def interrupted(op, rid, body, payload):
+        if sent == "header":
+            conn.sock.sendall(wire.HEADER.pack(wire.MAGIC, 1, 0, op, 0, rid, len(body), 0, 0))
+        else:
+            real(op, rid, body, payload)
+        raise KeyboardInterrupt
+    conn._send = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        conn.send_only(wire.PING, common_pb2.Ping(nonce=1))
+    conn._send = real
+    assert conn.closed
+    with pytest.raises(tq.UnavailableError):
+        conn.call(wire.PING, common_pb2.Ping(nonce=2), common_pb2.Ping, op_name="ping")

@@ -445,6 +445,12 @@ class Conn:
             except (OSError, errors.CorruptError, _Ended):
                 self.close()
                 return
+            except BaseException:
+                # An interrupt half way through a frame, or after it with
+                # its reply not counted: the stream is out of step (as in
+                # call).
+                self.close()
+                raise
             self._pending.append(rid)
 
     def _check_header(self, magic, ver, flags, rrid, rid, blen, plen, max_payload) -> None:
