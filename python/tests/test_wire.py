@@ -441,3 +441,29 @@ def test_interrupted_send_only_closes_the_connection(sent):
     assert conn.closed
     with pytest.raises(tq.UnavailableError):
         conn.call(wire.PING, common_pb2.Ping(nonce=2), common_pb2.Ping, op_name="ping")
+
+
+@pytest.mark.parametrize("plen", [5, 1 << 40])
+def test_error_reply_with_a_payload_is_corrupt(plen):
+    """An error reply's payload is empty (wire/spec.md, Frames): one that
+    claims a payload is a CorruptError naming it, with nothing allocated
+    for the claim (up to 2^40 bytes) and the connection, out of step,
+    closed; not a MemoryError, nor a wait for bytes that never come."""
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="unit"))
+        op, rid, _ = _read_frame(c)
+        body = common_pb2.Error(code=2, message="range no longer held").SerializeToString()
+        c.sendall(wire.HEADER.pack(wire.MAGIC, 1, wire.FLAG_REPLY | wire.FLAG_ERROR, op, 0, rid, len(body), 0, plen)
+                  + body + b"x" * min(plen, 5))
+        try:
+            c.recv(1)  # until the client closes (with bytes unread: a reset)
+        except ConnectionResetError:
+            pass
+    conn = wire.Conn(_serve_once(h), timeout=5)
+    t0 = time.monotonic()
+    with pytest.raises(tq.CorruptError) as e:
+        conn.call(wire.READ, common_pb2.Ping(), None, into=bytearray(16), op_name="read")
+    assert f"error reply with {plen} payload bytes" in e.value.message, e.value.message
+    assert time.monotonic() - t0 < 2
+    assert conn.closed

@@ -463,6 +463,10 @@ class Conn:
         if magic != MAGIC or not flags & FLAG_REPLY or (rrid != rid and not conn_err) \
                 or blen > MAX_BODY or plen > max_payload:
             raise errors.CorruptError(f"bad reply header from {self.addr}")
+        if flags & FLAG_ERROR and plen:
+            # Before anything is allocated for it: an error reply's payload
+            # is empty (wire/spec.md, Frames).
+            raise errors.CorruptError(f"an error reply with {plen} payload bytes from {self.addr}")
 
     def _drain(self) -> None:
         """Read the replies of send_only requests (under the lock)."""
