@@ -467,3 +467,33 @@ def test_error_reply_with_a_payload_is_corrupt(plen):
     assert f"error reply with {plen} payload bytes" in e.value.message, e.value.message
     assert time.monotonic() - t0 < 2
     assert conn.closed
+
+
+def test_unit_that_is_another_run_is_lost():
+    """A client names the unit and incarnation it expects in its HELLO, but
+    a server only may refuse one that is not it (wire/spec.md, Handshake):
+    the client checks the reply too, as the Go client does (wire.CheckUnit),
+    so that a unit restarted at the same address, or another unit there,
+    is LostError naming both, and never has its bytes read as the cells'."""
+    from tq._pb import cluster_pb2
+    from tq import addrs as _addrs
+    from tq.unit import Unit
+
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="unit", unit_id=5, incarnation=0x99))
+        try:
+            op, rid, _ = _read_frame(c)
+            _reply(c, op, rid, common_pb2.Ping(), payload=b"not-mine")
+            c.recv(1)
+        except OSError:
+            pass
+    info = cluster_pb2.UnitInfo(unit_id=5, incarnation=0x7, host_id="elsewhere", alive=True,
+                                addrs=[_serve_once(h)])
+    u = Unit(info, token="", name="t", host="here", transport="tcp", timeout=5)
+    try:
+        with pytest.raises(tq.LostError) as e:
+            u.read(_addrs.run(5, 1, 1, 0, [4, 4]))
+        assert "incarnation 0x99, not 0x7" in e.value.message, e.value.message
+    finally:
+        u.close()

@@ -215,9 +215,25 @@ class Conn:
                                  token=token, name=name, unit_id=unit_id, incarnation=incarnation)
         try:
             self.server = self.call(HELLO, hello, common_pb2.Hello, op_name="hello")
+            if unit_id or incarnation:
+                self._check_unit(unit_id, incarnation)
         except BaseException:
             self.close()
             raise
+
+    def _check_unit(self, unit_id: int, incarnation: int) -> None:
+        """Checks the HELLO reply of the unit this connection meant to reach,
+        as the Go client's wire.CheckUnit: a server only may refuse a client
+        that expects another unit, or another run of it (its cells are not
+        there)."""
+        r = self.server
+        if r.role not in ("", "unit"):
+            raise errors.InvalidError(f"{self.addr} answers as a {r.role!r}, not a storage unit", op="hello")
+        if unit_id and r.unit_id != unit_id:
+            raise errors.LostError(f"{self.addr} serves storage unit {r.unit_id}, not unit {unit_id}", op="hello")
+        if incarnation and r.incarnation != incarnation:
+            raise errors.LostError(f"storage unit {r.unit_id} at {self.addr} is incarnation {r.incarnation:#x}, "
+                                   f"not {incarnation:#x} (it restarted)", op="hello")
 
     def close(self) -> None:
         s, self.sock = self.sock, None
