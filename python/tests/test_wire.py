@@ -497,3 +497,43 @@ def test_unit_that_is_another_run_is_lost():
         assert "incarnation 0x99, not 0x7" in e.value.message, e.value.message
     finally:
         u.close()
+
+
+def test_fd_socket_reply_cut_short_leaks_no_fd(tmp_path):
+    """A unit's fd socket that sends part of its reply with the memfd and
+    then fails the connection (a reset): the fetch is UnavailableError and
+    the memfd it did receive is closed, not left open in the process."""
+    from tq.unit import _recv_fd
+    path = str(tmp_path / "fd.sock")
+    ls = socket.socket(socket.AF_UNIX)
+    ls.bind(path)
+    ls.listen(1)
+    name = f"tq-fd-leak-{os.getpid()}"
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            time.sleep(0.2)  # the request arrives, unread: closing resets
+            mfd = os.memfd_create(name)
+            try:
+                socket.send_fds(c, [b"TQF1\0\0\0\0"], [mfd])
+            finally:
+                os.close(mfd)
+        finally:
+            c.close()
+            ls.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def held():
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += name in os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        return n
+    with pytest.raises(tq.UnavailableError):
+        _recv_fd(path, 1, "")
+    t.join(5)
+    assert held() == 0

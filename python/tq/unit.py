@@ -95,6 +95,7 @@ def _recv_fd(path: str, segment: int, token: str):
     """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge)."""
     tok = token.encode()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds = []
     try:
         s.settimeout(10)
         s.connect(path)
@@ -106,6 +107,8 @@ def _recv_fd(path: str, segment: int, token: str):
                 break
             msg += more
     except OSError as e:
+        for fd in fds:  # received with a reply cut short
+            os.close(fd)
         raise errors.UnavailableError(f"fd socket {path}: {e}") from None
     finally:
         s.close()
