@@ -453,6 +453,16 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		m, err := l.c.GetMeta(fctx, req)
 		cancel()
 		if l.cfg.EndWhenConsumed && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			// A private fetch may have taken rows as its wait ended (a
+			// reply that came after the deadline), which its client gives
+			// back only in the background: they would count as consumed
+			// below, and come back after the partition ended. Give them
+			// back now.
+			if l.private {
+				if gerr := l.c.GiveBack(ctx, part, l.cfg.Task, req.Key); gerr != nil {
+					return item{err: fmt.Errorf("stream: give back a timed-out fetch from %q: %w", part, gerr)}
+				}
+			}
 			// No rows for a while: has the task consumed them all?
 			all, cerr := l.c.CheckConsumption(ctx, part, l.cfg.Task)
 			if cerr != nil {
@@ -464,8 +474,9 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			// Between the wait and the check, a DP peer of this rank may
 			// have fetched this batch index (a shared sampler keeps it
 			// for the group), or a fetch of this rank's own may have taken
-			// it with a reply that came after the deadline: those rows
-			// count as consumed, yet they are this rank's next
+			// it with a reply that came after the deadline (a shared
+			// sampler's: a private one's was given back above): those
+			// rows count as consumed, yet they are this rank's next
 			// micro-batch. Ask once more, without waiting: rows mean the
 			// batch, none the end.
 			req.Wait = false

@@ -622,3 +622,88 @@ func TestSlowBodyGetsEachRowOnce(t *testing.T) {
 	}
 	require.Equal(t, upTo(12), got)
 }
+
+// lateMeta makes the first fetch that waits with a deadline behave as a
+// remote one whose reply came just after its deadline: the controller
+// took rows for it, the caller got the deadline, and the client gives the
+// rows back in the background (RemoteMeta.giveBack), here only once the
+// test lets it.
+type lateMeta struct {
+	client.MetaService
+	late func(req engine.FetchRequest) // takes the rows, as the timed-out fetch did
+	once sync.Once
+}
+
+func (m *lateMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if _, ok := ctx.Deadline(); ok && req.Wait {
+		first := false
+		m.once.Do(func() { first = true })
+		if first {
+			<-ctx.Done()
+			m.late(req)
+			return nil, ctx.Err()
+		}
+	}
+	return m.MetaService.Fetch(ctx, req)
+}
+
+func (m *lateMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	return m.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
+}
+
+func (m *lateMeta) MarkDone(ctx context.Context, partition string) error {
+	return m.MetaService.(client.StreamService).MarkDone(ctx, partition)
+}
+
+// With EndWhenConsumed and a private sampler, rows that a fetch took as
+// its wait timed out (a remote reply that came after the deadline; the
+// client gives them back in the background) are not lost: the loader
+// used to find them consumed, end the partition, and never see them
+// once they were given back.
+func TestEndWhenConsumedGetsRowsOfALateFetch(t *testing.T) {
+	ecfg := embedded.DefaultConfig()
+	ecfg.Controller.PreAlloc = 4
+	e, err := embedded.New(ecfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	ctx := context.Background()
+	inner := embedded.Meta(e.Controller, e.Units...)
+	giveBack := make(chan struct{})
+	release := sync.OnceFunc(func() { close(giveBack) })
+	var bg sync.WaitGroup
+	t.Cleanup(bg.Wait)
+	t.Cleanup(release)
+	m := &lateMeta{MetaService: inner, late: func(req engine.FetchRequest) {
+		produce(t, e.Client, "p", 0, 4, nil)
+		req.Wait = false
+		took, err := inner.Fetch(ctx, req)
+		require.NoError(t, err)
+		require.Equal(t, 4, took.Len(), "the late fetch took the rows")
+		bg.Go(func() {
+			<-giveBack
+			inner.(client.StreamService).Unconsume(ctx, req.Partition, req.Task, req.Key)
+		})
+	}}
+	var dus []client.DataUnit
+	for _, u := range e.Units {
+		dus = append(dus, embedded.Unit(u))
+	}
+	cb, err := client.New(m, dus, client.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { cb.Close() })
+
+	lcfg := config("p")
+	lcfg.Sampler, lcfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 0
+	lcfg.EndWhenConsumed, lcfg.PollInterval = true, 20*time.Millisecond
+	l, err := New(cb, lcfg)
+	require.NoError(t, err)
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var got []int64
+	for b, err := range l.All(tctx) {
+		require.NoError(t, err)
+		got = append(got, values(t, b)...)
+	}
+	release()
+	require.Equal(t, upTo(4), got, "the rows the late fetch took")
+}
