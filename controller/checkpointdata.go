@@ -48,6 +48,7 @@ import (
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -261,8 +262,10 @@ func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRe
 	return flush(len(refs))
 }
 
-// withMappedFile creates path with size bytes, maps it read-write, calls
-// fn with the mapping, and flushes and fsyncs what fn wrote.
+// withMappedFile creates path with size bytes (allocated on disk, so that
+// a disk without room is an error, ENOSPC, not a fault), maps it
+// read-write, calls fn with the mapping, and flushes and fsyncs what fn
+// wrote.
 func withMappedFile(path string, size int64, fn func([]byte) error) (err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
 	if err != nil {
@@ -272,6 +275,13 @@ func withMappedFile(path string, size int64, fn func([]byte) error) (err error) 
 	if size > 0 {
 		if err := f.Truncate(size); err != nil {
 			return fmt.Errorf("size %s: %w", filepath.Base(path), err)
+		}
+		// Its blocks are allocated now: a page of a hole the disk has no
+		// room for would fault (SIGBUS) when fn writes it, killing the
+		// process. A file system that cannot allocate ahead is written
+		// as before.
+		if err := unix.Fallocate(int(f.Fd()), 0, 0, size); err != nil && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+			return fmt.Errorf("allocate %d bytes for %s: %w", size, filepath.Base(path), err)
 		}
 		m, err := mmap.Map(f, mmap.RDWR, 0)
 		if err != nil {

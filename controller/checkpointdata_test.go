@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"golang.org/x/sys/unix"
 )
 
 // ckptUnit is a storage unit's data plane in memory: extents by segment.
@@ -369,4 +371,47 @@ func TestCheckpointLoadRacesDrain(t *testing.T) {
 	cells, _, err = c.UnitCells(big, nil, 0, 0)
 	require.NoError(t, err)
 	assert.Empty(t, cells, "cells on the draining unit")
+}
+
+// TestCheckpointSaveOnAFullDisk: a checkpoint with data whose data.bin
+// does not fit on the disk fails the save with an error (ENOSPC), leaving
+// nothing behind. data.bin was mapped without its blocks allocated, so the
+// first copy into a page with no room faulted (SIGBUS), killing the
+// controller (with --in-memory, and every row it knew of). The disk is a
+// small tmpfs: the test needs to be able to mount one.
+func TestCheckpointSaveOnAFullDisk(t *testing.T) {
+	root := t.TempDir()
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
+		t.Skipf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	cfg := DefaultConfig()
+	cfg.UnitTimeout = time.Hour
+	c := newController(t, cfg)
+	id, err := c.units.Register(engine.UnitInfo{Incarnation: 13, Host: "h", Addrs: []string{"tcp://127.0.0.1:3"}, Name: "u3", Capacity: 1 << 30}, true)
+	require.NoError(t, err)
+	unit := newCkptUnit()
+	unit.segs[1] = make([]byte, 1<<20)
+	m := insert(t, c, "p", 1, "x")
+	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Runs: []engine.CellRun{{Unit: id, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 1 << 20}, Count: 1}}},
+	}})
+	require.NoError(t, err)
+	s := NewServer(c, ServerConfig{CheckpointDir: root, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) { return unit, nil }})
+	t.Cleanup(func() { s.Close() })
+
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true)) // a fault fails this test, not the whole run
+	var saveErr error
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("the save faulted writing data.bin: %v", r)
+			}
+		}()
+		_, saveErr = s.SaveCheckpoint(context.Background(), "ck")
+	}()
+	require.ErrorIs(t, saveErr, unix.ENOSPC)
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "left behind")
 }
