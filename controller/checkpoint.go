@@ -23,6 +23,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -87,7 +88,7 @@ func checkReplaceable(dir string) error {
 // system can (else the old one is moved aside first). fill fsyncs the
 // files it writes (journal.WriteFileAtomic). On failure nothing is left behind;
 // a process killed meanwhile leaves a hidden sibling that sweepTemps
-// removes.
+// removes (or, for the old checkpoint moved aside, puts back).
 func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
@@ -144,12 +145,29 @@ func tempSibling(dir, what string) string {
 	return filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+"."+what+"-"+randSuffix())
 }
 
+// movedAside matches the name tempSibling gives a checkpoint moved aside
+// (what "old"); its first group is the checkpoint's name.
+var movedAside = regexp.MustCompile(`^\.(.+)\.old-[0-9a-f]+$`)
+
 // sweepTemps removes from dir what saves cut short (a killed process)
-// left: tempSibling's directories.
+// left: tempSibling's directories. A checkpoint moved aside to be
+// replaced (writeDirAtomic, where the file system cannot exchange) whose
+// replacement never took its name is put back under it instead.
 func sweepTemps(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if n := e.Name(); strings.HasPrefix(n, ".") && (strings.Contains(n, ".tmp-") || strings.Contains(n, ".old-")) {
+		n := e.Name()
+		if !strings.HasPrefix(n, ".") {
+			continue
+		}
+		if m := movedAside.FindStringSubmatch(n); m != nil {
+			name := filepath.Join(dir, m[1])
+			if _, err := os.Lstat(name); errors.Is(err, fs.ErrNotExist) && os.Rename(filepath.Join(dir, n), name) == nil {
+				journal.SyncDir(dir)
+				continue
+			}
+		}
+		if strings.Contains(n, ".tmp-") || strings.Contains(n, ".old-") {
 			os.RemoveAll(filepath.Join(dir, n))
 		}
 	}

@@ -630,6 +630,36 @@ func TestCheckpointReplaceAndSweep(t *testing.T) {
 	assert.Equal(t, "ck", entries[0].Name())
 }
 
+// A save over a checkpoint on a file system that cannot exchange two
+// directories moves the old one aside, then renames the new one in; a
+// process killed between the two left neither under the name, and the
+// sweep at the next start deleted both: the checkpoint was gone. The
+// sweep puts the old one back.
+func TestCheckpointSweepPutsBackACheckpointMovedAside(t *testing.T) {
+	root := t.TempDir()
+	c := newController(t, DefaultConfig())
+	insert(t, c, "first", 1, "x")
+	require.NoError(t, c.Save(filepath.Join(root, "v1.old-2")))
+	require.NoError(t, os.Rename(filepath.Join(root, "v1.old-2"), filepath.Join(root, ".v1.old-2.old-0123")))
+	insert(t, c, "second", 1, "x")
+	require.NoError(t, c.Save(filepath.Join(root, "next")))
+	require.NoError(t, os.Rename(filepath.Join(root, "next"), filepath.Join(root, ".v1.old-2.tmp-4567")))
+
+	s := NewServer(c, ServerConfig{CheckpointDir: root})
+	t.Cleanup(func() { s.Close() })
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"v1.old-2"}, names, "what the sweep left")
+	d := newController(t, DefaultConfig())
+	_, err = d.Load(filepath.Join(root, "v1.old-2"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"first"}, d.Partitions())
+}
+
 // A snapshot whose messages outgrow the bound a state stream of unknown
 // length has is read back whole: in a file, what is left of it bounds a
 // message. (Its header used to be refused past 64 MiB — a controller
