@@ -359,6 +359,11 @@ func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error)
 	s.c.pins.Lock()
 	defer s.c.pins.Unlock()
 	f, err := os.Open(filepath.Join(dir, dataFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		// The checkpoint is there (its state was read), damaged: not a
+		// missing checkpoint (see loadCheckpointFreed).
+		return nil, corrupt("the state has data (%d bytes) but there is no %s", ls.head.DataBytes, dataFile)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -191,6 +191,24 @@ func TestCheckpointLoadRefusesDamagedData(t *testing.T) {
 	}
 }
 
+// TestCheckpointLoadWithoutItsDataFile: a checkpoint with data whose
+// data.bin is missing (copied without it, or deleted) is listed, and its
+// load fails as damaged, naming data.bin, changing nothing. It used to
+// say there was no such checkpoint (engine.ErrNotFound).
+func TestCheckpointLoadWithoutItsDataFile(t *testing.T) {
+	c, s, unit, dir := ckptWithData(t)
+	require.NoError(t, os.Remove(filepath.Join(dir, "ck", dataFile)))
+	list, err := s.Checkpoints()
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	err = s.LoadCheckpoint(context.Background(), "ck")
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.NotErrorIs(t, err, engine.ErrNotFound, "the checkpoint is there")
+	assert.ErrorContains(t, err, dataFile)
+	assert.Empty(t, unit.written())
+	assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+}
+
 // TestCheckpointWithoutChecksumsLoads: a checkpoint saved before cells
 // carried checksums (testdata/checkpoint-unchecked, written by the code
 // of commit 960100a from ckptWithData's state) still loads, unchecked: a
