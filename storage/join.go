@@ -152,7 +152,7 @@ type Membership struct {
 	u        *Unit
 	addr     string
 	cfg      JoinConfig
-	interval time.Duration
+	interval atomic.Int64 // nanoseconds: what the last registration asked for
 
 	cancel context.CancelFunc // ends the loops; called by Close
 	wg     sync.WaitGroup     // the loops
@@ -198,7 +198,7 @@ func Join(ctx context.Context, controllerAddr string, u *Unit, cfg JoinConfig) (
 		u: u, addr: controllerAddr, cfg: cfg, cancel: cancel,
 		full: make(chan struct{}, 1), conn: conn, replaced: make(chan struct{}),
 	}
-	if m.interval, err = m.register(ctx, conn); err != nil {
+	if err = m.register(ctx, conn); err != nil {
 		cancel()
 		conn.Close()
 		return nil, joinErr("join", controllerAddr, err)
@@ -213,8 +213,9 @@ func Join(ctx context.Context, controllerAddr string, u *Unit, cfg JoinConfig) (
 // ID returns the unit's id.
 func (m *Membership) ID() engine.UnitID { return m.u.ID() }
 
-// Interval returns the heartbeat interval the controller asked for.
-func (m *Membership) Interval() time.Duration { return m.interval }
+// Interval returns the heartbeat interval the controller asked for at
+// the last registration.
+func (m *Membership) Interval() time.Duration { return time.Duration(m.interval.Load()) }
 
 // Err returns the last failure to reach the controller (a heartbeat or a
 // reconnection), or nil while heartbeats succeed.
@@ -270,20 +271,20 @@ func (m *Membership) current() (*wire.Conn, <-chan struct{}) {
 }
 
 // register registers the unit on conn under its id, applies the answer
-// (a new id, the cluster id) and asks for a full reconcile. It returns
-// the heartbeat interval the controller asked for.
-func (m *Membership) register(ctx context.Context, conn *wire.Conn) (time.Duration, error) {
+// (a new id, the cluster id, the heartbeat interval) and asks for a full
+// reconcile.
+func (m *Membership) register(ctx context.Context, conn *wire.Conn) error {
 	asked := m.u.ID()
 	reply, err := register(ctx, conn, m.cfg, &wirepb.RegisterRequest{
 		UnitId: uint32(asked), Incarnation: m.u.Incarnation(), ClusterId: m.u.ClusterID(),
 		Addrs: m.cfg.Addrs, Capacity: m.u.Stats().Capacity,
 	})
 	if err != nil {
-		return 0, err
+		return err
 	}
 	got, cluster := engine.UnitID(reply.UnitId), reply.ClusterId
 	if got != asked && cluster == "" {
-		return 0, fmt.Errorf("registered as unit %d, controller answered %d: %w", asked, got, engine.ErrInvalid)
+		return fmt.Errorf("registered as unit %d, controller answered %d: %w", asked, got, engine.ErrInvalid)
 	}
 	if cluster == "" {
 		cluster = m.u.ClusterID()
@@ -301,7 +302,8 @@ func (m *Membership) register(ctx context.Context, conn *wire.Conn) (time.Durati
 	if reply.HeartbeatIntervalMs > 0 {
 		interval = time.Duration(min(reply.HeartbeatIntervalMs, uint64(maxHeartbeat/time.Millisecond))) * time.Millisecond
 	}
-	return max(interval, minHeartbeat), nil
+	m.interval.Store(int64(max(interval, minHeartbeat)))
+	return nil
 }
 
 func (m *Membership) heartbeats(ctx context.Context) {
@@ -310,7 +312,8 @@ func (m *Membership) heartbeats(ctx context.Context) {
 		conn, _ := m.current()
 		conn.Close()
 	}()
-	tick := time.NewTicker(m.interval)
+	interval := m.Interval()
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	// Report stats at once, so the controller's view (and `tq stat`) does
 	// not wait a whole interval for the first numbers.
@@ -330,18 +333,23 @@ func (m *Membership) heartbeats(ctx context.Context) {
 			err := m.heartbeat(ctx)
 			if errors.Is(err, engine.ErrNotFound) {
 				// The controller forgot the unit: register again.
-				_, err = m.register(ctx, conn)
+				err = m.register(ctx, conn)
 			}
 			if err != nil {
 				err = joinErr("heartbeat", m.addr, err)
 			}
 			m.setErr(err)
 		}
+		// A registration may have asked for another interval.
+		if i := m.Interval(); i != interval {
+			interval = i
+			tick.Reset(interval)
+		}
 	}
 }
 
 func (m *Membership) heartbeat(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, max(2*m.interval, time.Second))
+	ctx, cancel := context.WithTimeout(ctx, max(2*m.Interval(), time.Second))
 	defer cancel()
 	st := m.u.Stats()
 	hb := &wirepb.HeartbeatRequest{
@@ -355,20 +363,20 @@ func (m *Membership) heartbeat(ctx context.Context) error {
 // reconnect dials and registers until it succeeds (true) or ctx ends
 // (false), waiting a jittered, doubling backoff between attempts.
 func (m *Membership) reconnect(ctx context.Context) bool {
-	b := m.newBackoff(min(m.interval, m.cfg.MaxBackoff))
+	b := m.newBackoff(min(m.Interval(), m.cfg.MaxBackoff))
 	// At most two heartbeat intervals apart: a restarted controller
 	// presumes its units alive for a few intervals, and a unit must be
 	// back before it reports the unit dead (clients would read its cells
 	// as lost meanwhile).
-	b.max = max(b.first, min(b.max, 2*m.interval))
+	b.max = max(b.first, min(b.max, 2*m.Interval()))
 	for {
 		if !b.wait(ctx, nil) {
 			return false
 		}
-		actx, cancel := context.WithTimeout(ctx, max(2*m.interval, 2*time.Second))
+		actx, cancel := context.WithTimeout(ctx, max(2*m.Interval(), 2*time.Second))
 		conn, err := dialController(actx, m.addr, m.cfg)
 		if err == nil {
-			if _, err = m.register(actx, conn); err != nil {
+			if err = m.register(actx, conn); err != nil {
 				conn.Close()
 			}
 		}
@@ -388,7 +396,7 @@ func (m *Membership) reconnect(ctx context.Context) bool {
 // syncLoop long-polls UNIT_SYNC and frees what the controller sends.
 func (m *Membership) syncLoop(ctx context.Context) {
 	defer m.wg.Done()
-	b := m.newBackoff(min(m.interval, m.cfg.MaxBackoff))
+	b := m.newBackoff(min(m.Interval(), m.cfg.MaxBackoff))
 	for {
 		conn, replaced := m.current()
 		start := time.Now()
@@ -414,7 +422,7 @@ func (m *Membership) syncLoop(ctx context.Context) {
 // unitSync runs one UNIT_SYNC on conn and reports whether the answer had
 // anything in it.
 func (m *Membership) unitSync(ctx context.Context, conn *wire.Conn) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncWait+max(2*m.interval, 5*time.Second))
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.SyncWait+max(2*m.Interval(), 5*time.Second))
 	defer cancel()
 	if regs := m.regs.Load(); regs != m.syncRegs {
 		m.syncAck, m.syncRegs = 0, regs
@@ -485,7 +493,7 @@ var errSuperseded = errors.New("storage: registered again")
 // controller does not implement RECONCILE or is closing, or when the unit
 // is closed.
 func (m *Membership) fullReconcile(ctx context.Context) {
-	b := m.newBackoff(min(m.interval, m.cfg.MaxBackoff))
+	b := m.newBackoff(min(m.Interval(), m.cfg.MaxBackoff))
 	for {
 		// This attempt answers every request made so far.
 		select {
@@ -568,7 +576,7 @@ func (m *Membership) reconcile(ctx context.Context, rep ReconcileReport) error {
 	for {
 		conn, replaced := m.current()
 		var reply wirepb.ReconcileReply
-		rctx, cancel := context.WithTimeout(ctx, max(4*m.interval, 10*time.Second))
+		rctx, cancel := context.WithTimeout(ctx, max(4*m.Interval(), 10*time.Second))
 		err := conn.Do(rctx, wire.OpReconcile, req, nil, &reply, nil)
 		cancel()
 		if errors.Is(err, engine.ErrNotReady) && ctx.Err() == nil {

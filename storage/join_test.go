@@ -836,3 +836,31 @@ func TestJoinLegacyController(t *testing.T) {
 		t.Errorf("%d UNIT_SYNCs in %v: spinning", syncs, time.Since(start))
 	}
 }
+
+// TestJoinIntervalOfNewRegistration: a controller that comes back asking
+// for another heartbeat interval gets heartbeats at that one (it reports
+// a unit silent for a few of its intervals dead).
+func TestJoinIntervalOfNewRegistration(t *testing.T) {
+	fc := newFakeController(t, "")
+	fc.mu.Lock()
+	fc.interval = time.Minute
+	fc.mu.Unlock()
+	u := newUnitWithID(t, 5)
+	m, err := Join(t.Context(), fc.addr(), u, joinConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	waitFor(t, "the first heartbeat", func() bool { return fc.beatCount(5) >= 1 })
+	fc.stop()
+	waitFor(t, "the membership to notice", func() bool { return m.Err() != nil })
+	fc.mu.Lock()
+	fc.interval = 10 * time.Millisecond
+	fc.beats = map[uint32][]*wirepb.HeartbeatRequest{}
+	fc.mu.Unlock()
+	fc.start(t, "")
+	waitFor(t, "heartbeats every 10ms to the new controller", func() bool { return fc.beatCount(5) >= 5 })
+	if got := m.Interval(); got != 10*time.Millisecond {
+		t.Errorf("Interval() = %v after the new registration, want 10ms", got)
+	}
+}
