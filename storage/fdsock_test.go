@@ -1,12 +1,15 @@
 package storage
 
 import (
+	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/wire"
 )
@@ -71,4 +74,73 @@ func fdStatus(t *testing.T, path string, id uint32) wire.FdStatus {
 	rep, err := wire.ParseFdReply(buf[:n])
 	require.NoError(t, err)
 	return rep.Status
+}
+
+// TestFdSocketSurvivesFdExhaustion: an accept that fails while the
+// process is out of file descriptors does not end the fd socket; once
+// descriptors are free again the connection that waited is served, and
+// so is a new one.
+func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv := NewServer(u, ServerConfig{})
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "unit.sock.shm")
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	require.NoError(t, err)
+	srv.RegisterShm(fl)
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeShm(fl) }()
+
+	// The client's socket exists before the descriptors run out.
+	cfd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	waiting := os.NewFile(uintptr(cfd), "client")
+	defer waiting.Close()
+
+	var old unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
+	lim := old
+	lim.Cur = min(old.Cur, 4096)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
+	var fillers []int
+	restore := func() {
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+		fillers = nil
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	}
+	defer restore()
+	for {
+		fd, err := unix.Dup(cfd)
+		if errors.Is(err, unix.EMFILE) {
+			break
+		}
+		require.NoError(t, err)
+		fillers = append(fillers, fd)
+	}
+	require.NoError(t, unix.Connect(cfd, &unix.SockaddrUnix{Name: path}))
+	select {
+	case err := <-served:
+		restore()
+		t.Fatalf("ServeShm returned while out of file descriptors: %v", err)
+	case <-time.After(300 * time.Millisecond): // several accepts fail meanwhile
+	}
+	restore()
+
+	c, err := net.FileConn(waiting)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Write(wire.FdRequest{Segment: 999}.Append(nil))
+	require.NoError(t, err)
+	buf := make([]byte, wire.FdReplySize)
+	n, err := c.Read(buf)
+	require.NoError(t, err, "the connection that waited out the exhaustion was not served")
+	rep, err := wire.ParseFdReply(buf[:n])
+	require.NoError(t, err)
+	require.Equal(t, wire.FdNotFound, rep.Status)
+	require.Equal(t, wire.FdNotFound, fdStatus(t, path, 999), "a request after the exhaustion")
 }

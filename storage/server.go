@@ -108,6 +108,7 @@ type Server struct {
 	// The fd socket (see ServeShm).
 	mu      sync.Mutex
 	closed  bool
+	fdStop  chan struct{} // closed with closed set: ends ServeShm's back-offs
 	fdSock  string
 	fdLs    map[*net.UnixListener]struct{}
 	fdConns map[*net.UnixConn]struct{}
@@ -143,7 +144,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.Quarantine == 0 {
 		cfg.Quarantine = DefaultQuarantine
 	}
-	s := &Server{u: u, cfg: cfg, fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}, maxFdPending: maxFdPending}
+	s := &Server{u: u, cfg: cfg, fdStop: make(chan struct{}), fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}, maxFdPending: maxFdPending}
 	s.quar.max, s.quar.maxProc = MaxQuarantined, MaxQuarantinedPerProcess
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is
@@ -244,18 +245,26 @@ func (s *Server) Traffic() (in, out int64) { return s.ws.Traffic() }
 // stopFd closes the fd socket's listeners: no new requests.
 func (s *Server) stopFd() {
 	s.mu.Lock()
-	s.closed = true
+	s.closeLocked()
 	for l := range s.fdLs {
 		l.Close()
 	}
 	s.mu.Unlock()
 }
 
+// closeLocked marks the fd socket closed, once. s.mu is held.
+func (s *Server) closeLocked() {
+	if !s.closed {
+		s.closed = true
+		close(s.fdStop)
+	}
+}
+
 // closeFd closes the fd socket's listeners and connections (which ends
 // the control rings they carry) and waits for their goroutines.
 func (s *Server) closeFd() error {
 	s.mu.Lock()
-	s.closed = true
+	s.closeLocked()
 	for l := range s.fdLs {
 		l.Close()
 	}

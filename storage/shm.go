@@ -432,7 +432,8 @@ func (s *Server) registerShmLocked(l *net.UnixListener) bool {
 // more is answered FdBusy and closed.
 // The SHM_SEGMENTS op names l's path as the unit's fd socket, so serve
 // one fd socket per server. It returns nil after [Server.Close] or
-// [Server.Shutdown].
+// [Server.Shutdown]. Accept errors that pass (out of file descriptors
+// or memory) do not end it: it backs off and tries again.
 //
 // Run as a goroutine, ServeShm may not have started when a client asks
 // for the fd socket, and that client would be told there is none (and
@@ -446,17 +447,41 @@ func (s *Server) ServeShm(l *net.UnixListener) error {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
 			s.mu.Lock()
 			closed := s.closed
-			delete(s.fdLs, l)
+			if closed || !wire.TemporaryAcceptError(err) {
+				delete(s.fdLs, l)
+			}
 			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
+			switch {
+			case closed || errors.Is(err, net.ErrClosed):
 				return nil
+			case wire.TemporaryAcceptError(err):
+				// Out of file descriptors or memory for now: back off
+				// and try again, as the wire server's listeners do.
+				if delay == 0 && s.cfg.Logger != nil {
+					s.cfg.Logger.Warn("storage: fd socket accept failing; backing off and retrying", "addr", l.Addr().String(), "err", err)
+				}
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-s.fdStop:
+					t.Stop()
+				}
+				continue
 			}
 			return fmt.Errorf("accept: %w", err)
+		}
+		if delay != 0 {
+			delay = 0
+			if s.cfg.Logger != nil {
+				s.cfg.Logger.Info("storage: fd socket accepting again", "addr", l.Addr().String())
+			}
 		}
 		if s.fdPending.Add(1) > s.maxFdPending {
 			s.fdPending.Add(-1)

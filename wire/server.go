@@ -476,6 +476,11 @@ var temporaryErrnos = []syscall.Errno{
 	syscall.EPROTO, syscall.EPERM,
 }
 
+// TemporaryAcceptError reports whether err, returned by a listener's
+// Accept, passes (see temporaryErrnos): an accept loop other than
+// [Server.Serve]'s backs off and tries again after it, as Serve does.
+func TemporaryAcceptError(err error) bool { return temporary(err) }
+
 func temporary(err error) bool {
 	for _, errno := range temporaryErrnos {
 		if errors.Is(err, errno) {
