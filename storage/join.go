@@ -332,8 +332,11 @@ func (m *Membership) heartbeats(ctx context.Context) {
 		case <-tick.C:
 			err := m.heartbeat(ctx)
 			if errors.Is(err, engine.ErrNotFound) {
-				// The controller forgot the unit: register again.
-				err = m.register(ctx, conn)
+				// The controller forgot the unit: register again,
+				// bounded as a reconnection's registration is.
+				rctx, cancel := context.WithTimeout(ctx, max(2*m.Interval(), 2*time.Second))
+				err = m.register(rctx, conn)
+				cancel()
 			}
 			if err != nil {
 				err = joinErr("heartbeat", m.addr, err)

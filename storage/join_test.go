@@ -39,6 +39,7 @@ type fakeController struct {
 	srv       *wire.Server
 	served    chan struct{}
 
+	holdReg    chan struct{}                  // the next REGISTER waits for it to close
 	legacy     bool                           // answer UNIT_SYNC and RECONCILE with CODE_NOT_SUPPORTED
 	syncs      int                            // UNIT_SYNC requests
 	frees      map[uint32][]engine.RemoteAddr // per unit: ranges the next UNIT_SYNC hands out
@@ -106,7 +107,7 @@ func (fc *fakeController) stop() {
 	}
 }
 
-func (fc *fakeController) register(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+func (fc *fakeController) register(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
 	var m wirepb.RegisterRequest
 	if err := req.Decode(&m); err != nil {
 		rw.Error(err)
@@ -121,6 +122,16 @@ func (fc *fakeController) register(_ context.Context, req *wire.Request, rw *wir
 		return
 	}
 	fc.mu.Lock()
+	if hold := fc.holdReg; hold != nil {
+		fc.holdReg = nil
+		fc.mu.Unlock()
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return
+		}
+		fc.mu.Lock()
+	}
 	defer fc.mu.Unlock()
 	fc.registers = append(fc.registers, m.UnitId)
 	id := m.UnitId
@@ -863,4 +874,27 @@ func TestJoinIntervalOfNewRegistration(t *testing.T) {
 	if got := m.Interval(); got != 10*time.Millisecond {
 		t.Errorf("Interval() = %v after the new registration, want 10ms", got)
 	}
+}
+
+// TestJoinForgottenRegisterUnanswered: a REGISTER sent again after
+// CODE_NOT_FOUND that the controller does not answer is given up on in
+// bounded time, and sent again; heartbeats resume.
+func TestJoinForgottenRegisterUnanswered(t *testing.T) {
+	fc := newFakeController(t, "")
+	u := newUnitWithID(t, 3)
+	m, err := Join(t.Context(), fc.addr(), u, joinConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	waitFor(t, "a heartbeat", func() bool { return fc.beatCount(3) >= 1 })
+	hold := make(chan struct{})
+	defer close(hold)
+	fc.mu.Lock()
+	fc.holdReg = hold
+	delete(fc.units, 3)
+	fc.beats[3] = nil
+	fc.mu.Unlock()
+	waitFor(t, "heartbeats after registering again", func() bool { return fc.beatCount(3) >= 2 })
+	waitFor(t, "Err() to clear", func() bool { return m.Err() == nil })
 }
