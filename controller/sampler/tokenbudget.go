@@ -21,7 +21,8 @@ const tokenBudgetKind = "token_budget"
 //
 // The first call for a (partition, task, BatchIndex) takes the ready
 // groups as [GRPO] finds them and puts each into the rank with the fewest
-// tokens so far, as long as it fits that rank's budget (and, with a
+// tokens so far (of those tied, the fewest rows: a rank is left empty only
+// by a final batch), as long as it fits that rank's budget (and, with a
 // positive BatchSize, its row limit); the first group that does not fit
 // closes the batch. Every rank's part thus stays within the budget, and
 // the parts are balanced greedily. A group longer than the whole budget
@@ -103,9 +104,12 @@ func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
 		for _, l := range lengths {
 			size += l
 		}
+		// The rank with the fewest tokens, of those tied the fewest rows:
+		// groups of no tokens must not all go to the first rank while
+		// another is left empty.
 		least := 0
 		for r := range tokens {
-			if tokens[r] < tokens[least] {
+			if tokens[r] < tokens[least] || tokens[r] == tokens[least] && len(parts[r]) < len(parts[least]) {
 				least = r
 			}
 		}

@@ -143,3 +143,22 @@ func TestTokenBudgetStopsEarly(t *testing.T) {
 		require.LessOrEqual(t, ready.calls, 12, "origin %v: rows looked at", withOrigin)
 	}
 }
+
+// Groups of no tokens (total_lengths 0) all went to rank 0, the first of
+// the ranks tied at 0 tokens, until its row cap closed the batch: rank 1's
+// part of a batch that was not final stayed empty, and its fetch, finding
+// that empty part cached, waited for rows it could never get.
+func TestTokenBudgetZeroLengthGroupsReachEveryRank(t *testing.T) {
+	s, err := NewTokenBudget(1, 2)
+	require.NoError(t, err)
+	ls := map[uint64]int64{0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0}
+	req := engine.SampleRequest{Partition: "p", Task: "t", BatchSize: 2, TokenBudget: 10, Ready: engine.ReadySlice{0, 1, 2, 3, 4, 5},
+		Tags: lengthsOf(ls), Options: engine.SamplingOptions{HasRank: true}}
+	r0, _, err := s.Sample(req)
+	require.NoError(t, err)
+	req.Options.DPRank = 1
+	r1, _, err := s.Sample(req)
+	require.NoError(t, err)
+	require.Len(t, r0, 2, "rank 0")
+	require.Len(t, r1, 2, "rank 1: a batch that is not final leaves no rank empty")
+}
