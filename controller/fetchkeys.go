@@ -256,8 +256,9 @@ func checkFetchKey(key string) error {
 }
 
 // errFetchGivenBack is the answer to a keyed fetch repeated after its rows
-// were given back (or after an unconsume came first).
-var errFetchGivenBack = fmt.Errorf("fetch was given back by its caller: %w", context.Canceled)
+// were given back (or after an unconsume came first, or the batch it took
+// was left behind by its group: keptbatches.go).
+var errFetchGivenBack = fmt.Errorf("fetch was given back by its caller (or its batch, left behind by its group, by the controller): %w", context.Canceled)
 
 // unconsume marks the rows indexes (those still here) not consumed by task
 // and spends key (none for ""). p is locked.

@@ -22,10 +22,12 @@ package controller
 //     the loader stopped);
 //
 // then the sampler drops it (engine.BatchDropper) and its rows are no
-// longer consumed for the task: another group gets them. A batch that a
+// longer consumed for the task: another group gets them; the keyed
+// fetches that took it are spent, as if given back. A batch that a
 // fetch kept and that the group went past was consumed; it is only
 // forgotten. Both changes are logged (the sampler's drop in a consume
-// record, the rows in an unconsume record), so a restart agrees.
+// record, the rows and the keys in unconsume records), so a restart
+// agrees.
 //
 // What is followed lives in memory: after a restart only batches fetched
 // again are followed. The check runs on fetches of the partition, and a
@@ -205,15 +207,38 @@ func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time
 		}
 	}
 	p.unconsume(k.task, "", back, now)
+	// The keyed fetches that took the batch and were not given back are
+	// spent: asked again, they must not answer with rows another group
+	// may take now.
+	spent := p.spendKept(keptRef{group: k, batch: b})
 	if c.logging() {
-		c.log(
-			&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+		ops := []*wirepb.LogOp{
+			{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 				Partition: p.id, Gen: p.gen, Task: k.task, Sampler: entries, SamplerSpec: k.spec, AtUnixMs: now.UnixMilli(),
 			}}},
-			&wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+			{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
 				Partition: p.id, Gen: p.gen, Task: k.task, Indexes: back, AtUnixMs: now.UnixMilli(),
 			}}},
-		)
+		}
+		for _, key := range spent {
+			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+				Partition: p.id, Gen: p.gen, Task: k.task, Key: []byte(key), AtUnixMs: now.UnixMilli(),
+			}}})
+		}
+		c.log(ops...)
 	}
 	return true
+}
+
+// spendKept spends the keyed fetches that took kept batch ref and were not
+// given back, and returns their keys. p is locked.
+func (p *partition) spendKept(ref keptRef) []string {
+	var keys []string
+	for _, e := range p.fetches.order {
+		if e.kept != nil && *e.kept == ref && !e.spent && p.fetches.m[e.key] == e {
+			e.spent = true
+			keys = append(keys, e.key)
+		}
+	}
+	return keys
 }

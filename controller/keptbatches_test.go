@@ -140,3 +140,34 @@ func TestKeptBatchSlowStepStaysConsumed(t *testing.T) {
 		require.Zero(t, last.Len(), "every row was taken once")
 	})
 }
+
+// A keyed fetch of a batch the group left behind, asked again after the
+// batch was given back (its reply lost, the group back late), answered
+// with the batch's rows, which another group had taken by then: two groups
+// held the same rows. Its key is spent with the give-back, after a
+// restart too.
+func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	c := openDurable(t, dir, cfg)
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	ctx := context.Background()
+	a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 4), a.Indexes)
+	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 4), b.Indexes, "group 1 took the rows group 0 left behind")
+
+	again, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+	require.ErrorIs(t, err, context.Canceled, "group 0's fetch asked again got %v", again)
+	require.NoError(t, c.WaitDurable(ctx))
+	crash(t, c)
+
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	again, err = c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+	require.ErrorIs(t, err, context.Canceled, "after a restart, group 0's fetch asked again got %v", again)
+}
