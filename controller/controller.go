@@ -333,6 +333,12 @@ func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	return c.fetch(ctx, req, false)
 }
 
+// requestChecker is a sampler that can tell a request it refuses whatever
+// rows are ready (the built-in ones with parameters: package sampler).
+type requestChecker interface {
+	Check(req engine.SampleRequest) error
+}
+
 // fetch is Fetch; with shared, for the server, which encodes the meta at
 // once, the rows' tags in it are their own maps (to read, not change)
 // rather than copies.
@@ -359,6 +365,14 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 	if _, tb := smp.(*sampler.TokenBudget); req.TokenBudget > 0 && !tb {
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("token budget %d needs the %s sampler (FetchRequest.Sampler), not %T: %w",
 			req.TokenBudget, engine.SamplerTokenBudget, smp, engine.ErrInvalid))
+	}
+	// A request the sampler refuses whatever is ready fails now, not once
+	// BatchSize rows are (until then it would wait, or answer nothing).
+	if ck, ok := smp.(requestChecker); ok {
+		sreq := engine.SampleRequest{Partition: req.Partition, Task: req.Task, BatchSize: req.BatchSize, TokenBudget: req.TokenBudget, Options: req.Options}
+		if err := ck.Check(sreq); err != nil {
+			return nil, opErr("fetch", req.Partition, fmt.Errorf("sampler: %w", err))
+		}
 	}
 	for {
 		var wake <-chan struct{}

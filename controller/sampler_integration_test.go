@@ -378,3 +378,34 @@ func TestRankPastDPSizeRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 4, got.Len(), "nothing was consumed by the refused fetches")
 }
+
+// A fetch its sampler refuses whatever rows are ready (no rank for a
+// sampler that needs one, a rank past the dp size, a batch that is not
+// whole groups, no token budget for token_budget) was refused only once
+// BatchSize rows were ready: before that it answered an empty batch, or
+// waited, as if the request were good.
+func TestSamplerRefusesBadRequestAtOnce(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes[:2], "x") // fewer ready than any batch asks
+	noRank := specFetch(rankAware, 0, 0, 4)
+	noRank.Options = engine.SamplingOptions{}
+	for _, tc := range []struct {
+		req  engine.FetchRequest
+		want string
+	}{
+		{noRank, "no dp rank"},
+		{specFetch(engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2}, 2, 0, 4), "dp rank 2 out of range"},
+		{specFetch(engine.SamplerSpec{Name: engine.SamplerGRPO, N: 3}, 0, 0, 4), "not a multiple of group size 3"},
+		{specFetch(engine.SamplerSpec{Name: engine.SamplerTokenBudget, N: 1, DPSize: 2}, 0, 0, 4), "token budget 0 is not positive"},
+	} {
+		_, err := c.Fetch(context.Background(), tc.req)
+		require.ErrorIs(t, err, engine.ErrInvalid, tc.req.Sampler.String())
+		require.ErrorContains(t, err, tc.want)
+		tc.req.Wait = true
+		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = c.Fetch(wctx, tc.req)
+		cancel()
+		require.ErrorIs(t, err, engine.ErrInvalid, "%s with wait", tc.req.Sampler.String())
+	}
+}

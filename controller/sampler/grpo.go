@@ -52,13 +52,10 @@ func (g *GRPO) N() int { return g.n }
 // group size, when DPRank is negative, or when the ready set is not
 // ascending.
 func (g *GRPO) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
-	if err := checkBatch(grpoKind, req.BatchSize, g.n); err != nil {
+	if err := g.Check(req); err != nil {
 		return nil, nil, err
 	}
 	opts := req.Options
-	if opts.HasRank && opts.DPRank < 0 {
-		return nil, nil, invalid(grpoKind, "negative dp rank %d", opts.DPRank)
-	}
 	key := rankKey{task: req.Task, rank: opts.DPRank, batch: opts.BatchIndex}
 	if opts.HasRank {
 		if rows, ok := g.cache.get(req.Partition, key); ok {
@@ -80,6 +77,19 @@ func (g *GRPO) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err
 	}
 	sampled, consumed = pair(rows)
 	return sampled, consumed, nil
+}
+
+// Check returns the error [GRPO.Sample] returns for req whatever rows are
+// ready (nil when there is none), so that a fetch it refuses fails before
+// enough rows are ready.
+func (g *GRPO) Check(req engine.SampleRequest) error {
+	if err := checkBatch(grpoKind, req.BatchSize, g.n); err != nil {
+		return err
+	}
+	if req.Options.HasRank && req.Options.DPRank < 0 {
+		return invalid(grpoKind, "negative dp rank %d", req.Options.DPRank)
+	}
+	return nil
 }
 
 // Cached implements [engine.CachingSampler]: it reports whether opts carries

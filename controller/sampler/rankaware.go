@@ -43,16 +43,10 @@ func NewRankAware() *RankAware { return &RankAware{} }
 // (SamplingOptions.HasRank is false), when DPRank or BatchSize is negative,
 // or when the ready set is not ascending.
 func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
+	if err := r.Check(req); err != nil {
+		return nil, nil, err
+	}
 	opts := req.Options
-	if !opts.HasRank {
-		return nil, nil, invalid(rankAwareKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	}
-	if opts.DPRank < 0 {
-		return nil, nil, invalid(rankAwareKind, "negative dp rank %d", opts.DPRank)
-	}
-	if req.BatchSize < 0 {
-		return nil, nil, invalid(rankAwareKind, "negative batch size %d", req.BatchSize)
-	}
 	key := rankKey{task: req.Task, rank: opts.DPRank, batch: opts.BatchIndex}
 	if rows, ok := r.cache.get(req.Partition, key); ok {
 		sampled, consumed = pair(rows)
@@ -71,6 +65,21 @@ func (r *RankAware) Sample(req engine.SampleRequest) (sampled, consumed []uint64
 	}
 	sampled, consumed = pair(rows)
 	return sampled, consumed, nil
+}
+
+// Check returns the error [RankAware.Sample] returns for req whatever rows
+// are ready (nil when there is none), so that a fetch it refuses fails
+// before enough rows are ready.
+func (r *RankAware) Check(req engine.SampleRequest) error {
+	switch {
+	case !req.Options.HasRank:
+		return invalid(rankAwareKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	case req.Options.DPRank < 0:
+		return invalid(rankAwareKind, "negative dp rank %d", req.Options.DPRank)
+	case req.BatchSize < 0:
+		return invalid(rankAwareKind, "negative batch size %d", req.BatchSize)
+	}
+	return nil
 }
 
 // Cached implements [engine.CachingSampler]: it reports whether opts carries

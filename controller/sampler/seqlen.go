@@ -78,19 +78,10 @@ func (s *SeqlenBalanced) DPSize() int { return s.dpSize }
 // multiple of the group size, when a row's length is negative, or when the
 // ready set is not ascending.
 func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
-	opts := req.Options
-	if !opts.HasRank {
-		return nil, nil, invalid(seqlenKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	}
-	if opts.DPRank < 0 || opts.DPRank >= s.dpSize {
-		return nil, nil, invalid(seqlenKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, s.dpSize)
-	}
-	if err := checkBatch(seqlenKind, req.BatchSize, s.n); err != nil {
+	if err := s.Check(req); err != nil {
 		return nil, nil, err
 	}
-	if req.BatchSize > math.MaxInt/s.dpSize {
-		return nil, nil, invalid(seqlenKind, "batch size %d × dp size %d overflows", req.BatchSize, s.dpSize)
-	}
+	opts := req.Options
 	key := batchKey{task: req.Task, batch: opts.BatchIndex}
 	parts, ok := s.cache.get(req.Partition, key)
 	fresh := !ok
@@ -109,6 +100,26 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 	}
 	sampled, consumed = answer(parts, opts.DPRank, fresh)
 	return sampled, consumed, nil
+}
+
+// Check returns the error [SeqlenBalanced.Sample] returns for req whatever
+// rows are ready (nil when there is none), so that a fetch it refuses
+// fails before enough rows are ready.
+func (s *SeqlenBalanced) Check(req engine.SampleRequest) error {
+	opts := req.Options
+	switch {
+	case !opts.HasRank:
+		return invalid(seqlenKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	case opts.DPRank < 0 || opts.DPRank >= s.dpSize:
+		return invalid(seqlenKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, s.dpSize)
+	}
+	if err := checkBatch(seqlenKind, req.BatchSize, s.n); err != nil {
+		return err
+	}
+	if req.BatchSize > math.MaxInt/s.dpSize {
+		return invalid(seqlenKind, "batch size %d × dp size %d overflows", req.BatchSize, s.dpSize)
+	}
+	return nil
 }
 
 // answer returns rank's part of a balanced batch, and what the call

@@ -57,18 +57,10 @@ func NewTokenBudget(n, dpSize int) (*TokenBudget, error) {
 // TokenBudget, a BatchSize that is not whole groups,
 // a row with a negative length, or a ready set out of order.
 func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint64, err error) {
-	opts := req.Options
-	switch {
-	case !opts.HasRank:
-		return nil, nil, invalid(tokenBudgetKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	case opts.DPRank < 0 || opts.DPRank >= t.dpSize:
-		return nil, nil, invalid(tokenBudgetKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, t.dpSize)
-	case req.TokenBudget <= 0:
-		return nil, nil, invalid(tokenBudgetKind, "token budget %d is not positive (the request's TokenBudget)", req.TokenBudget)
-	}
-	if err := checkBatch(tokenBudgetKind, req.BatchSize, t.n); err != nil {
+	if err := t.Check(req); err != nil {
 		return nil, nil, err
 	}
+	opts := req.Options
 	parts, ok := t.cache.get(req.Partition, batchKey{task: req.Task, batch: opts.BatchIndex})
 	fresh := !ok
 	if !ok {
@@ -82,6 +74,22 @@ func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint
 	}
 	sampled, consumed = answer(parts, opts.DPRank, fresh)
 	return sampled, consumed, nil
+}
+
+// Check returns the error [TokenBudget.Sample] returns for req whatever
+// rows are ready (nil when there is none), so that a fetch it refuses
+// fails before enough rows are ready.
+func (t *TokenBudget) Check(req engine.SampleRequest) error {
+	opts := req.Options
+	switch {
+	case !opts.HasRank:
+		return invalid(tokenBudgetKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	case opts.DPRank < 0 || opts.DPRank >= t.dpSize:
+		return invalid(tokenBudgetKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, t.dpSize)
+	case req.TokenBudget <= 0:
+		return invalid(tokenBudgetKind, "token budget %d is not positive (the request's TokenBudget)", req.TokenBudget)
+	}
+	return checkBatch(tokenBudgetKind, req.BatchSize, t.n)
 }
 
 // fill builds a batch: nil when it does not close with the rows ready and
