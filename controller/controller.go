@@ -410,26 +410,34 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 		if !req.Wait {
 			return &engine.BatchMeta{}, nil
 		}
-		var expire <-chan time.Time
-		if !check.IsZero() {
-			t := time.NewTimer(time.Until(check))
-			defer t.Stop()
-			expire = t.C
-		}
-		c.blocked.Add(1)
-		select {
-		case <-wake:
-			c.blocked.Add(-1)
-		case <-expire:
-			c.blocked.Add(-1)
-		case <-ctx.Done():
-			c.blocked.Add(-1)
-			return nil, opErr("fetch", req.Partition, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, ctx.Err()))
-		case <-c.done:
-			c.blocked.Add(-1)
-			return nil, opErr("fetch", req.Partition, engine.ErrClosed)
+		if err := c.waitFetch(ctx, wake, check); err != nil {
+			return nil, opErr("fetch", req.Partition, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err))
 		}
 	}
+}
+
+// waitFetch waits for a change of the partition (wake), for the time kept
+// batches may be given back (check, when not zero), or for ctx's end or
+// the controller's close (errors). Its timer ends with it: a fetch woken
+// by every commit for minutes used to keep one per wake until it returned.
+func (c *Controller) waitFetch(ctx context.Context, wake <-chan struct{}, check time.Time) error {
+	var expire <-chan time.Time
+	if !check.IsZero() {
+		t := time.NewTimer(time.Until(check))
+		defer t.Stop()
+		expire = t.C
+	}
+	c.blocked.Add(1)
+	defer c.blocked.Add(-1)
+	select {
+	case <-wake:
+	case <-expire:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.done:
+		return engine.ErrClosed
+	}
+	return nil
 }
 
 // tryFetch runs the sampler if enough rows are ready (or the partition is
