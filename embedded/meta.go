@@ -2,7 +2,9 @@ package embedded
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
@@ -142,9 +144,29 @@ func (l localMeta) Insert(ctx context.Context, partition string, n int, fields [
 	return seen(ctx, l, m, err)
 }
 
+// Fetch fetches, and gives the rows back when it took some but fails
+// waiting for its record to be durable (the caller gave up): the caller
+// never sees them, and they would stay consumed for the task. A fetch
+// without a key gets one of its own for that, as a remote client's does.
 func (l localMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if req.Key == "" && l.c.Durable() {
+		var k [16]byte
+		rand.Read(k[:])
+		req.Key = string(k[:])
+	}
 	m, err := l.c.Fetch(ctx, req)
-	return seen(ctx, l, m, err)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.c.WaitDurable(ctx); err != nil {
+		if m.Len() > 0 {
+			if gerr := l.c.Unconsume(req.Partition, req.Task, req.Key); gerr != nil {
+				err = fmt.Errorf("%w (and giving back its %d rows: %w)", err, m.Len(), gerr)
+			}
+		}
+		return nil, err
+	}
+	return m, nil
 }
 
 func (l localMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
