@@ -478,7 +478,10 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		p.asked(gk, req.Options.BatchIndex)
 	}
 	c.expireKept(p, now)
-	v, ok := p.view(req.Task, req.Fields)
+	v, ok, err := p.view(req.Task, req.Fields)
+	if err != nil {
+		return nil, err
+	}
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
 		ready = v

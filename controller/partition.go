@@ -474,25 +474,43 @@ func (p *partition) rowReady(r *row, slots []int) bool {
 	return true
 }
 
+// Bounds on what fetches make a partition keep, so that a peer that
+// fetches under ever new names cannot make every row and every commit cost
+// more without end: a task costs a consumption bit in every row, and a
+// ready view (a task and a set of fields) is updated by every commit.
+const (
+	maxTasks = 1024
+	maxViews = 1024
+)
+
 // view returns the ready view for (task, fields), building it on first use
 // with one pass over the partition. ok is false when a field is unknown (no
-// row can be ready).
-func (p *partition) view(task string, fields []string) (*readyView, bool) {
+// row can be ready). A new task or view past maxTasks or maxViews is an
+// error wrapping [engine.ErrCapacity].
+func (p *partition) view(task string, fields []string) (v *readyView, ok bool, err error) {
 	sorted := slices.Clone(fields)
 	sort.Strings(sorted)
 	sorted = slices.Compact(sorted)
 	k := viewKey{task, strings.Join(sorted, "\x00")}
 	if v, ok := p.views[k]; ok {
-		return v, true
+		return v, true, nil
 	}
 	slots, ok := p.fieldSlots(sorted)
 	if !ok {
-		return nil, false
+		return nil, false, nil
 	}
-	v := &readyView{task: p.taskSlot(task), slots: slots, set: newReadySet()}
+	if _, known := p.tasks[task]; !known && len(p.tasks) >= maxTasks {
+		return nil, false, fmt.Errorf("partition %q keeps the consumption of %d tasks, the most it does, and task %q would be one more: %w",
+			p.id, len(p.tasks), task, engine.ErrCapacity)
+	}
+	if len(p.views) >= maxViews {
+		return nil, false, fmt.Errorf("partition %q keeps %d ready views (a task and the fields it fetches), the most it does, and task %q fetching %q would be one more: %w",
+			p.id, len(p.views), task, sorted, engine.ErrCapacity)
+	}
+	v = &readyView{task: p.taskSlot(task), slots: slots, set: newReadySet()}
 	p.readyRows(v, v.set.add)
 	p.views[k] = v
-	return v, true
+	return v, true, nil
 }
 
 // refreshRow re-evaluates r in every view after its cells or consumption
