@@ -15,7 +15,8 @@ import (
 // maxViews ready views: a fetch under one more task name, or of one more
 // set of fields, is refused naming the bound, and the tasks and views it
 // keeps go on. A peer fetching under ever new names used to add a bit to
-// every row and a view to every commit's work, without end.
+// every row and a view to every commit's work, without end (and an
+// unconsume under a new task name a bit to every row).
 func TestFetchesUnderEverNewNamesAreBounded(t *testing.T) {
 	ctx := context.Background()
 	c := newController(t, DefaultConfig())
@@ -44,6 +45,14 @@ func TestFetchesUnderEverNewNamesAreBounded(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrCapacity)
 	assert.ErrorContains(t, err, `keeps the consumption of 1024 tasks, the most it does, and task "one-more" would be one more`)
 	require.NoError(t, fetch("t0", fields[:1]), "a task it keeps")
+
+	// Giving back under a task name never heard of keeps nothing either.
+	c = newController(t, DefaultConfig())
+	produce()
+	for i := range maxTasks + 1 {
+		require.NoError(t, c.Unconsume("p", fmt.Sprint("u", i), fmt.Sprint("k", i)))
+	}
+	require.NoError(t, fetch("after-unconsumes", fields[:1]), "a fetch after unconsumes of %d unknown tasks", maxTasks+1)
 
 	c = newController(t, DefaultConfig())
 	produce()

@@ -263,7 +263,10 @@ var errFetchGivenBack = fmt.Errorf("fetch was given back by its caller (or its b
 // unconsume marks the rows indexes (those still here) not consumed by task
 // and spends key (none for ""). p is locked.
 func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) {
-	t := p.taskSlot(task)
+	t, known := p.tasks[task]
+	if !known {
+		indexes = nil // a task this partition does not know consumed nothing (and gets no slot)
+	}
 	for _, gi := range indexes {
 		if r, ok := p.rows.get(gi); ok {
 			p.setConsumed(r, t, false)
