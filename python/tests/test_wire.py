@@ -1,5 +1,6 @@
 """The framing and handshake against fake servers, and the token file rules."""
 
+import fcntl
 import os
 import socket
 import struct
@@ -537,3 +538,90 @@ def test_fd_socket_reply_cut_short_leaks_no_fd(tmp_path):
         _recv_fd(path, 1, "")
     t.join(5)
     assert held() == 0
+
+
+def _fd_server(path, reply, fd=None):
+    """An fd socket that answers one request with ``reply`` (and ``fd``)."""
+    ls = socket.socket(socket.AF_UNIX)
+    ls.bind(path)
+    ls.listen(1)
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            c.recv(64)
+            if fd is None:
+                c.sendall(reply)
+            else:
+                socket.send_fds(c, [reply], [fd])
+        finally:
+            c.close()
+            ls.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_fd_socket_memfd_not_sealed_is_corrupt(tmp_path):
+    """A unit's fd socket that hands over a memfd its sender may still
+    shrink (unsealed) is refused as corrupt before it is mapped: a shrink
+    would take pages from under the client's mapping (SIGBUS). A sealed one
+    is taken. The refused memfd is closed."""
+    from tq.unit import _recv_fd
+    name = f"tq-unsealed-{os.getpid()}"
+    for sealed in (False, True):
+        path = str(tmp_path / f"fd-{sealed}.sock")
+        mfd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
+        os.ftruncate(mfd, 4096)
+        if sealed:
+            fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        t = _fd_server(path, b"TQF1" + struct.pack("<BBHQ", 0, 0, 0, 4096), mfd)
+        try:
+            if sealed:
+                fd, size, _ = _recv_fd(path, 1, "")
+                os.close(fd)
+                assert size == 4096
+            else:
+                with pytest.raises(tq.CorruptError) as e:
+                    _recv_fd(path, 1, "")
+                assert "memfd not sealed against resizing" in e.value.message
+        finally:
+            t.join(5)
+            os.close(mfd)
+    held = [fd for fd in os.listdir("/proc/self/fd") if name in _readlink(f"/proc/self/fd/{fd}")]
+    assert held == []
+
+
+def test_fd_socket_busy_is_capacity(tmp_path):
+    """Status 6 (the unit has too many fetches pending) is CapacityError,
+    as in the Go client, not a bare TQError."""
+    from tq.unit import _recv_fd
+    path = str(tmp_path / "fd.sock")
+    t = _fd_server(path, b"TQF1" + struct.pack("<BBHQ", 6, 0, 0, 0))
+    with pytest.raises(tq.CapacityError) as e:
+        _recv_fd(path, 1, "")
+    t.join(5)
+    assert "too many fetches pending" in e.value.message
+
+
+def _readlink(p):
+    try:
+        return os.readlink(p)
+    except OSError:
+        return ""
+
+
+def test_range_outside_a_segment_is_corrupt():
+    """A cell whose range runs past its segment's mapping (a damaged or
+    hostile meta) is CorruptError naming the range, not numpy's or ctypes'
+    ValueError."""
+    import mmap
+    from tq.unit import Unit
+    u = Unit.__new__(Unit)
+    u.id, u._segs, u._seg_lock = 3, {1: mmap.mmap(-1, 4096)}, threading.Lock()
+    assert len(u.seg_array(1, 4000, 96)) == 96
+    for off, n in ((4000, 200), (8192, 1), (-1, 8)):
+        for read in (lambda: u.seg_array(1, off, n), lambda: u.seg_view(1, off, n, None)):
+            with pytest.raises(tq.CorruptError) as e:
+                read()
+            assert f"range [segment 1 offset {off} len {n}] outside the segment's 4096 bytes" in e.value.message

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import fcntl
 import mmap
 import os
 import socket
@@ -121,13 +122,28 @@ def _recv_fd(path: str, segment: int, token: str):
         for fd in fds:
             os.close(fd)
         why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
-               4: "the unit is closing"}.get(status, f"status {status}")
-        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError}.get(status, errors.TQError)
+               4: "the unit is closing", 6: "the unit has too many fetches pending"}.get(status, f"status {status}")
+        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError,
+               6: errors.CapacityError}.get(status, errors.TQError)
         raise cls(f"fd socket {path}: segment {segment}: {why}")
     if len(fds) != 1:
         for fd in fds:
             os.close(fd)
         raise errors.CorruptError(f"fd socket {path}: {len(fds)} fds with the reply")
+    # A memfd its sender may still shrink would let it take pages from
+    # under a mapping (SIGBUS on the next touch): sealed or refused, as
+    # the Go client does.
+    want = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+    try:
+        seals = fcntl.fcntl(fds[0], fcntl.F_GET_SEALS)
+    except OSError as e:
+        seals, why = 0, f" ({e})"
+    else:
+        why = ""
+    if seals & want != want:
+        os.close(fds[0])
+        raise errors.CorruptError(f"fd socket {path}: segment {segment}: memfd not sealed against resizing "
+                                  f"(seals {seals:#x}{why})")
     return fds[0], size, bool(flags & 1)
 
 
@@ -340,7 +356,7 @@ class Unit:
         ``offset`` whose buffer keeps ``holder`` (a :class:`Lease`) alive."""
         if nbytes == 0:
             return np.empty(0, dtype=np.uint8)
-        b = (ctypes.c_ubyte * nbytes).from_buffer(self.segment(seg), offset)
+        b = (ctypes.c_ubyte * nbytes).from_buffer(self._window(seg, offset, nbytes), offset)
         b._tq_lease = holder
         a = np.frombuffer(b, dtype=np.uint8)
         a.flags.writeable = False
@@ -367,7 +383,16 @@ class Unit:
         """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
         if nbytes == 0:
             return np.empty(0, dtype=np.uint8)  # an empty cell names no segment
-        return np.frombuffer(self.segment(seg), dtype=np.uint8, count=nbytes, offset=offset)
+        return np.frombuffer(self._window(seg, offset, nbytes), dtype=np.uint8, count=nbytes, offset=offset)
+
+    def _window(self, seg: int, offset: int, nbytes: int) -> mmap.mmap:
+        """Segment ``seg``'s mapping, once ``nbytes`` at ``offset`` are
+        checked to lie in it (CorruptError naming the range otherwise)."""
+        m = self.segment(seg)
+        if offset < 0 or nbytes < 0 or offset + nbytes > len(m):
+            raise errors.CorruptError(f"storage unit {self.id}: range [segment {seg} offset {offset} len {nbytes}] "
+                                      f"outside the segment's {len(m)} bytes")
+        return m
 
     # ---- data plane ----------------------------------------------------
 
