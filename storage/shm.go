@@ -475,6 +475,10 @@ func (s *Server) ServeShm(l *net.UnixListener) error {
 				}
 				continue
 			}
+			// Closed here, as Close would have: a client's connect must
+			// be refused, not left in the backlog of a socket nobody
+			// accepts on.
+			l.Close()
 			return fmt.Errorf("accept: %w", err)
 		}
 		if delay != 0 {
