@@ -283,12 +283,12 @@ func (kv *KV) BatchPutAsync(ctx context.Context, partition string, keys []string
 
 // BatchGetAsync runs [KV.BatchGet] in the background.
 func (kv *KV) BatchGetAsync(ctx context.Context, partition string, keys []string, fields ...string) *Future[*engine.Batch] {
-	return start(func() (*engine.Batch, error) { return kv.BatchGet(ctx, partition, keys, fields...) })
+	return startBatch(func() (*engine.Batch, error) { return kv.BatchGet(ctx, partition, keys, fields...) })
 }
 
 // BatchGetByMetaAsync runs [KV.BatchGetByMeta] in the background.
 func (kv *KV) BatchGetByMetaAsync(ctx context.Context, meta *engine.KVMeta, fields ...string) *Future[*engine.Batch] {
-	return start(func() (*engine.Batch, error) { return kv.BatchGetByMeta(ctx, meta, fields...) })
+	return startBatch(func() (*engine.Batch, error) { return kv.BatchGetByMeta(ctx, meta, fields...) })
 }
 
 // ListAsync runs [KV.List] in the background.
