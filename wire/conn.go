@@ -469,6 +469,10 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	}
 	c.mu.Unlock()
 	if c.w.unqueue(f) {
+		// Never sent: no answer comes to watch for.
+		c.mu.Lock()
+		delete(c.abandoned, id)
+		c.mu.Unlock()
 		if receiving {
 			// A peer that answers a request before it was sent (none but
 			// a broken or hostile one): the reader holds the call and
