@@ -65,7 +65,19 @@ type ConnConfig struct {
 	// would otherwise keep until it ends. It runs on the connection's
 	// reader goroutine and must not block: send the release from another.
 	LateReply func(op Op, body []byte)
+	// MaxInFlight bounds the calls in flight at once, PING aside: more
+	// wait in Do for one to end. 0: the bound the server's HELLO reply
+	// names (DefaultMaxInFlight when it names none); a positive value
+	// lowers it; negative: no bound. A server stops reading a connection
+	// with as many requests running as it allows, and calls past that
+	// would hold up the keepalive's PING behind them until it timed out.
+	MaxInFlight int
 }
+
+// DefaultMaxInFlight is the most requests a server runs at once on one
+// connection when its HELLO reply names no bound (and ServerConfig's
+// default).
+const DefaultMaxInFlight = 1024
 
 func (c ConnConfig) withDefaults() ConnConfig {
 	if c.KeepAlive == 0 {
@@ -95,6 +107,11 @@ type Conn struct {
 	// asked). At most maxAbandoned; an answer of any kind removes one.
 	abandoned map[uint64]struct{}
 	err       error // why the connection failed; set once
+	// max bounds len(pending) for calls other than PING (0: none; see
+	// ConnConfig.MaxInFlight), set by Hello; room, when not nil, is
+	// closed when a call leaves pending while others wait for room.
+	max  int
+	room chan struct{}
 
 	w         *frameWriter
 	read      atomic.Int64  // bytes the reader took off the socket (see keepAlive)
@@ -210,7 +227,29 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 	if err := c.Do(ctx, OpHello, h, nil, reply, nil); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
+	limit := int(reply.MaxInFlight)
+	if limit == 0 {
+		limit = DefaultMaxInFlight
+	}
+	switch m := c.cfg.MaxInFlight; {
+	case m < 0:
+		limit = 0
+	case m > 0:
+		limit = min(limit, m)
+	}
+	c.mu.Lock()
+	c.max = limit
+	c.mu.Unlock()
 	return reply, nil
+}
+
+// leftLocked wakes the calls waiting for room, after one left pending.
+// c.mu is held.
+func (c *Conn) leftLocked() {
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
 }
 
 // Done is closed when the connection has failed or been closed.
@@ -382,6 +421,22 @@ func (c *Conn) Do(ctx context.Context, op Op, body proto.Message, payload net.Bu
 	cl, f := &r.cl, &r.f
 	cl.op, cl.reply, cl.into = op, reply, into
 	c.mu.Lock()
+	for c.err == nil && c.max > 0 && len(c.pending) >= c.max && op != OpPing {
+		// As many calls in flight as the server runs: wait for one to end.
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.mu.Unlock()
+		select {
+		case <-room:
+		case <-done:
+			putRequest(r)
+			return ctx.Err()
+		case <-c.done:
+		}
+		c.mu.Lock()
+	}
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
@@ -439,6 +494,7 @@ func (c *Conn) finished(r *request) error {
 func (c *Conn) forget(id uint64) {
 	c.mu.Lock()
 	delete(c.pending, id)
+	c.leftLocked()
 	c.mu.Unlock()
 }
 
@@ -460,6 +516,7 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	_, pending := c.pending[id]
 	if pending && !receiving {
 		delete(c.pending, id)
+		c.leftLocked()
 		if c.cfg.LateReply != nil && len(c.abandoned) < maxAbandoned {
 			if c.abandoned == nil {
 				c.abandoned = make(map[uint64]struct{})
@@ -596,6 +653,7 @@ func (c *Conn) readOne(br *bufio.Reader, hb []byte) error {
 	cerr, err := c.fill(br, h, body, cl)
 	c.mu.Lock()
 	delete(c.pending, h.ID)
+	c.leftLocked()
 	c.mu.Unlock()
 	cl.err = cerr
 	if err != nil && cerr == nil {

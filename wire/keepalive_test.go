@@ -107,3 +107,40 @@ func TestWriteTimeoutFailsAPeerThatStopsTakingARequest(t *testing.T) {
 		t.Fatal("a request the peer stopped taking was written for ever")
 	}
 }
+
+// TestKeepAliveWithEveryRequestSlotWaiting: a client with as many calls
+// waiting on the server as the server runs at once (long fetches) keeps
+// its connection: the server answers PING without a request slot, and the
+// client holds further calls until one ends (the HELLO reply names the
+// bound) rather than sending them, which would stop the server reading
+// the connection with the PING behind them. Such a connection used to
+// fail every call with "peer stopped answering" once the pong was late.
+func TestKeepAliveWithEveryRequestSlotWaiting(t *testing.T) {
+	const opHold Op = 203
+	release := make(chan struct{})
+	_, addr := startServer(t, ServerConfig{MaxInFlight: 2}, "tcp", func(s *Server) {
+		s.Handle(opHold, func(ctx context.Context, req *Request, rw *ReplyWriter) {
+			select {
+			case <-release:
+				rw.Reply(&wirepb.Ping{}, nil, nil)
+			case <-ctx.Done():
+				rw.Error(ctx.Err())
+			}
+		})
+	})
+	c := keepAliveConn(t, addr, func(nc net.Conn) net.Conn { return nc })
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- c.Do(t.Context(), opHold, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) }()
+	}
+	select {
+	case err := <-errs:
+		t.Fatalf("a call ended while the server held it: %v", err)
+	case <-time.After(time.Second): // three ping timeouts
+	}
+	require.NoError(t, c.Err(), "the connection while every request slot waits")
+	close(release)
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+}

@@ -78,7 +78,9 @@ type ServerConfig struct {
 	// (its id changes when the controller re-identifies it) and refuses
 	// clients that expect another unit with it.
 	CheckHello func(peer *wirepb.Hello) (*wirepb.Hello, error)
-	// MaxInFlight bounds concurrent requests per connection (0: 1024).
+	// MaxInFlight bounds concurrent requests per connection, PING aside
+	// (0: DefaultMaxInFlight). The HELLO reply names it, and clients keep
+	// no more in flight.
 	MaxInFlight int
 	// MaxConns bounds the connections the server holds open, those still
 	// in their handshake included (0: DefaultMaxConns; negative: no
@@ -299,7 +301,7 @@ func (s *Server) Conns() int {
 // NewServer returns a server with no handlers.
 func NewServer(cfg ServerConfig) *Server {
 	if cfg.MaxInFlight <= 0 {
-		cfg.MaxInFlight = 1024
+		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
@@ -877,14 +879,19 @@ func (c *serverConn) serve() {
 		case req.handler == nil:
 			req.handler = notSupported
 		}
-		if !c.slot() {
+		// A PING takes no slot: a peer whose MaxInFlight requests all
+		// wait (long fetches) must still hear that the connection lives.
+		if h.Op != OpPing && !c.slot() {
 			if !req.draining {
 				c.s.inflight.Done()
 			}
 			c.unhold(h.BodyLen)
 			return
 		}
-		if c.s.isInline(h.Op) || h.Op == OpPing {
+		if h.Op == OpPing {
+			c.handle(ctx, req)
+			c.unhold(h.BodyLen)
+		} else if c.s.isInline(h.Op) {
 			c.run(ctx, req)
 		} else if try := c.s.try(h.Op); try != nil && !req.draining && c.tryHandle(ctx, try, req) {
 			c.served(req)
@@ -1321,6 +1328,7 @@ func (c *serverConn) handshake() error {
 	c.peer = &hello
 	reply := proto.Clone(answer).(*wirepb.Hello)
 	reply.Version = Version
+	reply.MaxInFlight = uint32(c.s.cfg.MaxInFlight)
 	start := c.helloStart()
 	rw := &ReplyWriter{c: c, h: h}
 	rw.Reply(reply, nil, nil)

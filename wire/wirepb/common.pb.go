@@ -133,7 +133,12 @@ type Hello struct {
 	// is the controller's may dial one instead of the address it was given,
 	// and keeps to it only when its HELLO reply names the same cluster_id
 	// and epoch.
-	LocalAddrs    []string `protobuf:"bytes,10,rep,name=local_addrs,json=localAddrs,proto3" json:"local_addrs,omitempty"`
+	LocalAddrs []string `protobuf:"bytes,10,rep,name=local_addrs,json=localAddrs,proto3" json:"local_addrs,omitempty"`
+	// In a server's reply: the most requests it runs at once on this
+	// connection (0: 1024). A client keeps no more than that in flight (PING
+	// aside): the server stops reading a connection at its limit, and the
+	// client's keepalive would go unanswered.
+	MaxInFlight   uint32 `protobuf:"varint,11,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +241,13 @@ func (x *Hello) GetLocalAddrs() []string {
 		return x.LocalAddrs
 	}
 	return nil
+}
+
+func (x *Hello) GetMaxInFlight() uint32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
 }
 
 // Ping (op PING) and its reply carry nothing but an optional echo.
@@ -387,7 +399,7 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\x89\x02\n" +
+	"tq.wire.v1\"\xad\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
@@ -401,7 +413,8 @@ const file_common_proto_rawDesc = "" +
 	"\x05epoch\x18\t \x01(\x04R\x05epoch\x12\x1f\n" +
 	"\vlocal_addrs\x18\n" +
 	" \x03(\tR\n" +
-	"localAddrs\"\x1c\n" +
+	"localAddrs\x12\"\n" +
+	"\rmax_in_flight\x18\v \x01(\rR\vmaxInFlight\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x18\n" +
 	"\x06Cancel\x12\x0e\n" +

@@ -46,6 +46,11 @@ func (m *Hello) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.MaxInFlight != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxInFlight))
+		i--
+		dAtA[i] = 0x58
+	}
 	if len(m.LocalAddrs) > 0 {
 		for iNdEx := len(m.LocalAddrs) - 1; iNdEx >= 0; iNdEx-- {
 			i -= len(m.LocalAddrs[iNdEx])
@@ -277,6 +282,9 @@ func (m *Hello) SizeVT() (n int) {
 			l = len(s)
 			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.MaxInFlight != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxInFlight))
 	}
 	n += len(m.unknownFields)
 	return n
