@@ -300,6 +300,14 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 	}
 	dus, errs := d.dial.dialAll(ctx, joined)
 	for i, u := range joined {
+		if errs[i] != nil && ctx.Err() != nil {
+			// The caller gave up, not the unit: its error must not be
+			// every other call's until the next try (see redialUnit.get).
+			r := d.dial.redial(u, fmt.Errorf("not dialed yet, the call that listed it gave up: %w", engine.ErrUnavailable))
+			r.next = time.Time{} // the first call needing it dials it
+			added = append(added, r)
+			continue
+		}
 		if du := d.dial.orRedial(u, dus[i], errs[i]); du != nil {
 			added = append(added, du)
 		}
