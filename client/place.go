@@ -391,6 +391,16 @@ func (p *planner) refused(s int, n int64) {
 	p.c.room.refused(p.slots[s].u.ID(), n)
 }
 
+// noUnit is the error of a plan with no unit to place on: the client
+// listed the units of a controller that started without the last one's
+// state (see units.go) before any unit joined it.
+func (p *planner) noUnit() error {
+	if len(p.slots) > 0 {
+		return nil
+	}
+	return fmt.Errorf("no storage unit to place the put on: the controller lists none: %w", engine.ErrUnavailable)
+}
+
 // largest returns the largest known capacity of the slots, or 0 when
 // some slot's capacity is unknown.
 func (p *planner) largest() int64 {
@@ -438,6 +448,9 @@ func tooBig(p *planner, rows []int, sizes []int64) error {
 // what it wrote before failing, with the error); with locs it sets
 // locs[i][r] for every row written.
 func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Field, rows []int, seeds []uint64, locs [][]engine.CellLoc) ([]written, error) {
+	if err := p.noUnit(); err != nil {
+		return nil, err
+	}
 	sizes := rowSizes(fields, fields[0].Col.Len())
 	if err := tooBig(p, rows, sizes); err != nil {
 		return nil, err

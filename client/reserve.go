@@ -414,6 +414,9 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 		total += s
 	}
 	p := c.newPlanner(seed)
+	if err := p.noUnit(); err != nil {
+		return nil, err
+	}
 	if most := p.largest(); most > 0 && total > most {
 		return nil, fmt.Errorf("a reserved put of %d bytes goes to one unit, more than the largest storage unit's capacity (%d bytes): %w", total, most, engine.ErrCapacity)
 	}
