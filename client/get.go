@@ -278,6 +278,12 @@ func readErr(id engine.UnitID, err error) error {
 	}
 }
 
+// errLostCells is the error of a read of n cells (or runs of them) at
+// [engine.LostUnit], which names no unit.
+func errLostCells(n int) error {
+	return fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", n, engine.ErrLost)
+}
+
 // leaseAll leases (or reads, see inliner) the ranges of every unit at
 // once, bounded by [Config.MaxUnitIO]. On error it returns the leases it
 // took, for the caller to release, and the first unit's error in id
@@ -292,7 +298,7 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 	errs := c.parallel(ctx, len(ids), func(i int) error {
 		id, addrs := ids[i], ranges[ids[i]]
 		if id == engine.LostUnit {
-			return &engine.OpError{Op: "get", Err: fmt.Errorf("%d cells whose bytes are lost (their storage unit came back without them): %w", len(addrs), engine.ErrLost)}
+			return &engine.OpError{Op: "get", Err: errLostCells(len(addrs))}
 		}
 		u, err := c.unit(ctx, id)
 		if err != nil {

@@ -88,6 +88,9 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 	// in its own stretches of buf.
 	errs := c.parallel(ctx, len(ids), func(i int) error {
 		id, t := ids[i], byUnit[ids[i]]
+		if id == engine.LostUnit {
+			return &engine.OpError{Op: "get into", Err: errLostCells(len(t.addrs))}
+		}
 		u, err := c.unit(ctx, id)
 		if err != nil {
 			return &engine.OpError{Op: "get into", Err: err}
