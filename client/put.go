@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -91,14 +92,21 @@ func (c *Client) PutNew(ctx context.Context, partition string, b *engine.Batch) 
 	}
 	out, err := c.Put(ctx, b, meta)
 	if err != nil {
-		// The fresh rows hold nothing: give them back.
-		if cerr := c.meta.ClearRows(ctx, partition, meta.Indexes); cerr != nil {
-			err = errors.Join(err, cerr)
+		// The fresh rows hold nothing: give them back, even when the
+		// caller gave up (the likeliest reason the put failed): rows never
+		// produced would keep a consumer of the partition's end waiting.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clearTimeout)
+		defer cancel()
+		if cerr := c.meta.ClearRows(cctx, partition, meta.Indexes); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("the put's fresh rows %v stay in partition %q: %w", meta.Indexes, partition, cerr))
 		}
 		return nil, err
 	}
 	return out, nil
 }
+
+// clearTimeout bounds the clear of a failed PutNew's rows.
+const clearTimeout = 10 * time.Second
 
 func (c *Client) checkPut(b *engine.Batch, meta *engine.BatchMeta) error {
 	switch {
