@@ -92,7 +92,7 @@ func checkReplaceable(dir string) error {
 func writeDirAtomic(dir string, fill func(tmp string) error) (err error) {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
-	if err := os.MkdirAll(parent, 0o700); err != nil {
+	if err := journal.MkdirAll(parent); err != nil {
 		return fmt.Errorf("create parent: %w", err)
 	}
 	tmp := tempSibling(dir, "tmp")

@@ -169,7 +169,7 @@ func Open(cfg Config) (*Journal, error) {
 	if cfg.Fsync < FsyncBatch || cfg.Fsync > FsyncNever {
 		return nil, fmt.Errorf("fsync mode %d: %w", cfg.Fsync, engine.ErrInvalid)
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	if err := MkdirAll(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("journal directory: %w", err)
 	}
 	opts := &pebble.Options{
@@ -786,6 +786,32 @@ func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
 		return fmt.Errorf("rename into place: %w", err)
 	}
 	return SyncDir(dir)
+}
+
+// MkdirAll is os.MkdirAll (mode 0700) for directories that must survive a
+// crash once something in them is synced: the parent of each directory it
+// makes is synced too, so that the new entries are on disk (a file synced
+// in a directory whose own entry was lost is lost with it).
+func MkdirAll(dir string) error {
+	var made []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		made = append(made, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, d := range made {
+		if err := SyncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SyncDir fsyncs a directory, so that entries created or renamed in it

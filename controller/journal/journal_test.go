@@ -394,3 +394,19 @@ func TestFailUndoesDurableRecords(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.ErrorIs(t, j.Close(), ErrFailed)
 }
+
+// MkdirAll makes every missing directory of a path (and syncs their
+// parents: not observable without a crash), and leaves existing ones be.
+func TestMkdirAllMakesTheMissingDirectories(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "a", "b", "c")
+	require.NoError(t, MkdirAll(dir))
+	st, err := os.Stat(dir)
+	require.NoError(t, err)
+	require.True(t, st.IsDir())
+	require.Equal(t, os.FileMode(0o700), st.Mode().Perm())
+	require.NoError(t, MkdirAll(dir), "again")
+	f := filepath.Join(base, "file")
+	require.NoError(t, os.WriteFile(f, nil, 0o600))
+	require.Error(t, MkdirAll(filepath.Join(f, "d")), "under a file")
+}
