@@ -822,3 +822,31 @@ def test_tags_json_would_change_are_refused(client, part):
     with pytest.raises(tq.InvalidError, match="surrogate"):
         client.list_keys(part, where={"e": "\ud800"})
     assert client.kv_list(part)[part] == {"a": {"状态": "完成 ✓", "e": "😀"}}
+
+
+def test_single_value_of_the_wrong_length_is_corrupt(client, part):
+    """A KV_GET_VALUE reply whose payload is not the bytes its schema's
+    shape needs (a damaged or hostile controller) is CorruptError naming
+    both lengths, not a value silently cut short or read past."""
+    client.kv_batch_put(["a"], part, {"x": np.arange(4, dtype=np.float32).reshape(1, 4),
+                                      "r": [np.arange(3, dtype=np.int64)]})
+    call = client._call
+
+    def doctored(extra):
+        def spy(op, *a, **kw):
+            out = call(op, *a, **kw)
+            if op == tq.wire.KV_GET_VALUE:
+                f, payload = out if isinstance(out, tuple) else (out, b"")
+                return f, bytes(payload) + b"\0" * extra if extra > 0 else bytes(payload)[:extra]
+            return out
+        return spy
+
+    for field, want in (("x", 16), ("r", 24)):
+        for extra in (4, -4):
+            client._call = doctored(extra)
+            with pytest.raises(tq.errors.CorruptError) as e:
+                client.kv_batch_get(["a"], part, field)
+            assert f"{want + extra} payload bytes, where " in e.value.message, e.value.message
+            assert e.value.message.endswith(f"takes {want}"), e.value.message
+    client._call = call
+    np.testing.assert_array_equal(client.kv_batch_get(["a"], part, "x")["x"], [[0, 1, 2, 3]])

@@ -731,6 +731,15 @@ class Client:
             else:
                 f, payload = out if isinstance(out, tuple) else (out, b"")
                 mv = memoryview(payload) if payload is not None else memoryview(b"")
+                if f.kind in ("dense", "ragged"):
+                    dims = f.shape.dims if f.kind == "dense" else (f.shapes[0].dims if len(f.shapes) == 1 else None)
+                    want = None if dims is None else _cols.numpy_dtype(f.dtype).itemsize * math.prod(dims)
+                    if want != len(mv):
+                        shape = tuple(dims) if dims is not None else f"{len(f.shapes)} shapes for one row"
+                        raise errors.CorruptError(f"KV_GET_VALUE: {len(mv)} payload bytes, where {f.kind} "
+                                                  f"{f.dtype}{shape} takes {want}",
+                                                  op="kv_batch_get", partition=partition_id, keys=keys,
+                                                  fields=list(select_fields))
                 data = {select_fields[0]: _cols.from_bytes(f.dtype, f.kind, tuple(f.shape.dims),
                                                            [tuple(s.dims) for s in f.shapes], [len(mv)], 1, mv)}
                 return _maybe_tensordict(data, 1)
