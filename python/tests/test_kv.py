@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -850,3 +851,33 @@ def test_single_value_of_the_wrong_length_is_corrupt(client, part):
             assert e.value.message.endswith(f"takes {want}"), e.value.message
     client._call = call
     np.testing.assert_array_equal(client.kv_batch_get(["a"], part, "x")["x"], [[0, 1, 2, 3]])
+
+
+def test_reservation_whose_memory_cannot_be_mapped_is_given_back(server, part, monkeypatch):
+    """A reserve_kv_put whose reserved memory cannot be mapped (here the
+    segment's range is refused) gives the reservation back and returns its
+    connection: it used to keep both, a connection out of the pool and the
+    unit's extents reserved until the connection ended."""
+    from tq import unit as tqunit
+    from tq._pb import data_pb2
+    c = server.client(transport="shm")
+    try:
+        c.kv_batch_put(["warm"], part, {"x": np.zeros((1, 4), np.float32)})
+        u = c._pick(zlib.crc32(b"k"))
+        idle = len(u.pool._idle)
+
+        def refused(self, seg, off, n):
+            raise tq.CorruptError(f"range [segment {seg} offset {off} len {n}] refused by the test")
+        monkeypatch.setattr(tqunit.Unit, "seg_array", refused)
+        with pytest.raises(tq.CorruptError):
+            c.reserve_kv_put(["k"], part, {"x": ("float32", (4,))})
+        monkeypatch.undo()
+        assert len(u.pool._idle) == max(idle, 1), "the reservation's connection back in the pool"
+        conn = u.pool.take()
+        try:
+            rep = conn.call(tq.wire.UNIT_STATS, None, data_pb2.UnitStats, op_name="stats")
+        finally:
+            u.pool.give(conn)
+        assert rep.open_reservations == 0, rep
+    finally:
+        c.close()

@@ -1192,12 +1192,22 @@ class Client:
         except BaseException:
             unit.pool.give(conn)
             raise
-        ext = _addrs.expand(rep.extents, len(fields), unit.id)
-        arrays = {}
-        for i, c in enumerate(fields):
-            raw = unit.seg_array(int(ext.segment[i]), int(ext.offset[i]), c.nbytes)
-            raw.flags.writeable = True
-            arrays[c.name] = raw.view(_cols.numpy_dtype(c.dtype)).reshape((n,) + c.shape)
+        try:
+            ext = _addrs.expand(rep.extents, len(fields), unit.id)
+            arrays = {}
+            for i, c in enumerate(fields):
+                raw = unit.seg_array(int(ext.segment[i]), int(ext.offset[i]), c.nbytes)
+                raw.flags.writeable = True
+                arrays[c.name] = raw.view(_cols.numpy_dtype(c.dtype)).reshape((n,) + c.shape)
+        except BaseException:
+            # The unit's answer cannot be used (a range outside its
+            # segment, a segment it would not hand over): give the
+            # reservation back, and the connection with it.
+            try:
+                Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, None, {}, cluster).abort()
+            except errors.TQError:
+                pass  # the error that ended it says more
+            raise
         return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays, cluster)
 
     def set_custom_meta(self, metadata: BatchMeta) -> None:
