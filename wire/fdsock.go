@@ -143,8 +143,11 @@ func (r FdReply) Append(b []byte) []byte {
 
 // ParseFdReply decodes a reply of [FdReplySize] bytes.
 func ParseFdReply(b []byte) (FdReply, error) {
-	if len(b) != FdReplySize || string(b[:4]) != FdMagic {
-		return FdReply{}, fmt.Errorf("fd reply of %d bytes: %w", len(b), ErrFrame)
+	switch {
+	case len(b) != FdReplySize:
+		return FdReply{}, fmt.Errorf("fd reply of %d bytes, not %d: %w", len(b), FdReplySize, ErrFrame)
+	case string(b[:4]) != FdMagic:
+		return FdReply{}, fmt.Errorf("fd reply starts with %q, not %q: %w", b[:4], FdMagic, ErrFrame)
 	}
 	return FdReply{Status: FdStatus(b[4]), HugePages: b[5]&1 != 0, Size: binary.LittleEndian.Uint64(b[8:])}, nil
 }
