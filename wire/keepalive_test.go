@@ -144,3 +144,25 @@ func TestKeepAliveWithEveryRequestSlotWaiting(t *testing.T) {
 		require.NoError(t, <-errs)
 	}
 }
+
+// TestCallRightAfterAGivenUpOneGoesOutAfterItsCancel: a call given up while
+// the server runs it sends a CANCEL, and a call made right after goes out
+// behind it. The CANCEL used to be written by a goroutine of its own, which
+// the next call's own write often beat: with every request slot taken by
+// the call given up, the server then stopped reading the connection at
+// the next call, the CANCEL behind it was never read, and neither was the
+// keepalive's PING: the connection failed with "peer stopped answering".
+func TestCallRightAfterAGivenUpOneGoesOutAfterItsCancel(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{MaxInFlight: 1}, "tcp")
+	c := keepAliveConn(t, addr, func(nc net.Conn) net.Conn { return nc })
+	for i := range 50 {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+		err := c.Do(ctx, Op(201), &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) // runs until canceled
+		cancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded, "call %d", i)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	require.NoError(t, c.Do(ctx, opEcho, &wirepb.Ping{Nonce: 7}, nil, &wirepb.Ping{}, nil), "a call after them")
+	require.NoError(t, c.Err())
+}

@@ -199,7 +199,10 @@ func (w *frameWriter) drain(ctx context.Context) {
 // post queues f without waiting for it to be written: when nobody is
 // writing, a goroutine counted in wg writes it, so the caller never blocks
 // on the socket. It is counted under the lock that fail takes, so that a
-// Wait after fail sees it.
+// Wait after fail sees it. f is queued, and the writer taken for that
+// goroutine, before post returns: frames sent after it go out after it
+// (a CANCEL must reach the server before the calls made after it, which
+// may find every request slot taken by the call it cancels).
 func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -209,7 +212,12 @@ func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	case w.active || w.corked:
 		w.pending = append(w.pending, f)
 	default:
-		wg.Go(func() { w.send(f) })
+		w.pending = append(w.pending, f)
+		w.active = true
+		wg.Go(func() {
+			w.mu.Lock()
+			w.drain(nil)
+		})
 	}
 }
 
