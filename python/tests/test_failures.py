@@ -343,3 +343,30 @@ def test_unit_that_refuses_its_hello_is_left_out(server, tmp_path, code):
     finally:
         c.close()
         ls.close()
+
+
+def test_a_read_takes_its_unit_from_the_table_it_checked():
+    """A read looks a unit up by id only in a table of the cluster the
+    controller answers for now. _unit took the unit from the table it
+    found, then compared the stamp of whatever table there was by then: a
+    thread that listed the new cluster's units in between (a read after
+    the controller started anew) made it hand out the old cluster's unit
+    under an id that names another unit now (wrong bytes)."""
+    c = tq.Client.__new__(tq.Client)
+    c._units_lock = threading.Lock()
+    c._cluster_now = "new"
+    old_unit, new_unit = object(), object()
+
+    def list_new(refresh=False):
+        c._units, c._units_cluster = {1: new_unit}, "new"
+        return dict(c._units)
+
+    class Racing(dict):
+        def get(self, *a):
+            got = dict.get(self, *a)
+            list_new()  # another thread, between the look-up and the check
+            return got
+
+    c._units, c._units_cluster = Racing({1: old_unit}), "old"
+    c.units = list_new
+    assert c._unit(1) is new_unit

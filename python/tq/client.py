@@ -378,9 +378,9 @@ class Client:
             return dict(fresh)
 
     def _unit(self, uid: int) -> Unit:
-        u = self._units.get(uid)
-        if self._units_cluster != self._cluster_now:
-            u = None  # the id may name another unit in this cluster
+        with self._units_lock:  # a table and its stamp, not another thread's newer stamp
+            units, cluster = self._units, self._units_cluster
+        u = units.get(uid) if cluster == self._cluster_now else None  # else the id may name another unit now
         if u is None:
             u = self.units(refresh=True).get(uid)
             if u is None:
