@@ -135,12 +135,19 @@ func (c *Conn) fdExchange(ctx context.Context, req wire.FdRequest) (*net.UnixCon
 func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdRequest) (int, int, error) {
 	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Now()) })
 	defer stop()
-	// Close must not wait on a unit that never answers.
+	// Neither Close nor a caller without a deadline must wait on a unit
+	// that never answers: the exchange ends with the connection, whose
+	// keepalive notices a unit that stopped answering.
+	c.mu.RLock()
+	wc := c.wc
+	c.mu.RUnlock()
 	exchanged := make(chan struct{})
 	defer close(exchanged)
 	go func() {
 		select {
 		case <-c.done:
+			uc.SetDeadline(time.Now())
+		case <-wc.Done():
 			uc.SetDeadline(time.Now())
 		case <-exchanged:
 		}
@@ -151,13 +158,13 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	default:
 	}
 	if _, err := uc.Write(req.Append(nil)); err != nil {
-		return -1, 0, c.fetchErr(ctx, err)
+		return -1, 0, c.fetchErr(ctx, wc, err)
 	}
 	buf := make([]byte, wire.FdReplySize)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 	if err != nil {
-		return -1, 0, c.fetchErr(ctx, err)
+		return -1, 0, c.fetchErr(ctx, wc, err)
 	}
 	fds, ferr := receivedFds(oob[:oobn])
 	closeAll := func() {
@@ -201,7 +208,7 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	return fds[0], int(rep.Size), nil
 }
 
-func (c *Conn) fetchErr(ctx context.Context, err error) error {
+func (c *Conn) fetchErr(ctx context.Context, wc *wire.Conn, err error) error {
 	select {
 	case <-c.done:
 		return c.errClosed()
@@ -209,6 +216,11 @@ func (c *Conn) fetchErr(ctx context.Context, err error) error {
 	}
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
+	}
+	select {
+	case <-wc.Done():
+		return fmt.Errorf("connection to the unit ended during the fd socket exchange: %w", wc.Err())
+	default:
 	}
 	return fmt.Errorf("fd socket: %w: %w", wire.ErrUnavailable, err)
 }

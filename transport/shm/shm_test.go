@@ -336,7 +336,7 @@ func TestFetchedFdIsCloseOnExec(t *testing.T) {
 		t.Errorf("received fd %d has flags %#x, want FD_CLOEXEC", fd, flags)
 	}
 	// A wrong token gets nothing; neither does a segment that is not live.
-	bad := &Conn{cfg: Config{Token: "wrong"}, fdSock: c.fdSock, done: make(chan struct{})}
+	bad := &Conn{cfg: Config{Token: "wrong"}, wc: c.wc, fdSock: c.fdSock, done: make(chan struct{})}
 	if _, _, err := bad.fetch(t.Context(), segs[0].ID); !errors.Is(err, wire.ErrUnauthenticated) {
 		t.Errorf("fetch with a wrong token: got %v, want an error wrapping %v", err, wire.ErrUnauthenticated)
 	}
