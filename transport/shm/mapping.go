@@ -16,7 +16,9 @@ package shm
 // MSG_CMSG_CLOEXEC), so no child inherits it, and closed as soon as it is
 // mapped: the mappings keep the pages alive. Segment ids are never reused
 // by a unit, so a mapping never goes stale; a segment the unit dropped
-// stays mapped (and its pages alive) until Close.
+// stays mapped (and its pages alive) until Close. A unit restarted at the
+// same paths numbers them afresh, so a segment fetched once the
+// connection has ended is not mapped: it may be the new unit's.
 
 import (
 	"context"
@@ -74,6 +76,15 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	fd, size, err := c.fetch(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("fetch segment %d: %w", id, err)
+	}
+	// A unit restarted at the same paths numbers its segments afresh:
+	// once the connection has ended, the fd socket may be another
+	// unit's, and so may the segment it handed over.
+	select {
+	case <-c.wc.Done():
+		unix.Close(fd)
+		return nil, fmt.Errorf("segment %d: connection to the unit ended before it was mapped (the fd socket may serve another unit now): %w", id, c.wc.Err())
+	default:
 	}
 	s, err = mapSegment(fd, size)
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
