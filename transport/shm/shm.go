@@ -142,8 +142,9 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
 	if err := c.dial(ctx, peer.Unit, peer.Incarnation); err != nil {
+		err = c.opErr("dial", err) // before Close: it failed for its own reason
 		c.Close()
-		return nil, c.opErr("dial", err)
+		return nil, err
 	}
 	c.mu.RLock()
 	wc := c.wc

@@ -155,8 +155,9 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 		return nil, c.opErr("dial", fmt.Errorf("transport closed: %w", engine.ErrClosed))
 	}
 	if _, err := c.get(ctx, 0); err != nil {
+		err = c.opErr("dial", err) // before Close: it failed for its own reason
 		c.Close()
-		return nil, c.opErr("dial", err)
+		return nil, err
 	}
 	return c, nil
 }
