@@ -681,6 +681,12 @@ func (c *conn) releaseAhead() {
 // it lies (a view into storage), after what is buffered, with no copy.
 func (c *conn) writeBulk(v []byte) {
 	if len(v) < 64<<10 {
+		if len(c.out) >= 64<<10 && c.lp == nil {
+			// A reply of many values (an MGET naming a key many times,
+			// an EXEC of many GETs) goes out as it collects, as a
+			// pipeline's replies do: it is not built whole in memory.
+			c.flush()
+		}
 		c.out = redcon.AppendBulk(c.out, v)
 		return
 	}
