@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
@@ -145,12 +146,17 @@ var inTransaction = map[string]bool{"EXEC": true, "DISCARD": true, "MULTI": true
 // held until EXEC).
 const maxQueued = 64 << 20
 
+// queuedArg is what a queued argument holds besides its bytes: its slice.
+const queuedArg = int(unsafe.Sizeof([]byte(nil)))
+
 // queue keeps a command of a transaction for EXEC (a copy: the reader
-// reuses its buffers), answering QUEUED.
+// reuses its buffers), answering QUEUED. Each argument counts its slice
+// against maxQueued too: a command of a million empty arguments holds
+// 24 MB.
 func (c *conn) queue(args [][]byte) {
 	n := 0
 	for _, a := range args {
-		n += len(a)
+		n += queuedArg + len(a)
 	}
 	if c.queuedBytes+n > maxQueued {
 		c.aborted = true

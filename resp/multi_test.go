@@ -3,6 +3,7 @@ package resp
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 
@@ -69,4 +70,35 @@ func TestMultiExec(t *testing.T) {
 	require.NoError(t, err, "go-redis TxPipelined")
 	require.Len(t, cmds, 3)
 	assert.Equal(t, "v2", cmds[2].(*redis.StringCmd).Val())
+}
+
+// TestMultiQueueCountsItsArguments checks that what a MULTI queues is
+// bounded by the memory it holds, not by its arguments' bytes alone:
+// before, a command of many empty arguments counted nothing against
+// the 64 MiB bound while each argument held a slice of 24 bytes, so one
+// connection queuing such commands grew without bound.
+func TestMultiQueueCountsItsArguments(t *testing.T) {
+	e := newEndpoint(t, Config{Loops: -1})
+	nc, rr := e.raw(t)
+	const perCommand, commands = 100000, 40 // 96 MB of slices
+	var cmd strings.Builder
+	fmt.Fprintf(&cmd, "*%d\r\n$4\r\nPING\r\n", perCommand+1)
+	cmd.WriteString(strings.Repeat("$0\r\n\r\n", perCommand))
+	go func() {
+		io.WriteString(nc, "*1\r\n$5\r\nMULTI\r\n")
+		for range commands {
+			if _, err := io.WriteString(nc, cmd.String()); err != nil {
+				return
+			}
+		}
+	}()
+	require.Equal(t, "+OK", rr.line(t))
+	for i := range commands {
+		line := rr.line(t)
+		if line != "+QUEUED" {
+			assert.Contains(t, line, "-ERR a MULTI transaction of more than 67108864 bytes", "command %d", i)
+			return
+		}
+	}
+	t.Fatalf("%d commands of %d empty arguments each were all queued", commands, perCommand)
 }
