@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +29,9 @@ const (
 	// An arena larger than this (a command of many small arguments) is
 	// counted against that budget too, and dropped after its command.
 	arenaFree = 1 << 20
+	// So are the slices of a command of more arguments than this (24
+	// bytes each, an empty argument included).
+	argsFree = 4096
 	// Arguments of this size or more are read into memory mapped for
 	// the command and unmapped after it, so that a large value's memory
 	// is given back to the system at once rather than when the garbage
@@ -118,9 +122,29 @@ func (r *reader) next() ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if len(r.args) == cap(r.args) {
+			if err := r.growArgs(); err != nil {
+				return nil, err
+			}
+		}
 		r.args = append(r.args, arg)
 	}
 	return r.args, nil
+}
+
+// growArgs doubles r.args's room, charging a slice of more than
+// argsFree arguments to the budget for large values as an arena is.
+func (r *reader) growArgs() error {
+	n := max(2*cap(r.args), 16)
+	if n > argsFree && r.large != nil {
+		if err := r.large(int64(n) * int64(unsafe.Sizeof([]byte(nil)))); err != nil {
+			return err
+		}
+	}
+	args := make([][]byte, len(r.args), n)
+	copy(args, r.args)
+	r.args = args
+	return nil
 }
 
 func (r *reader) argLimit() int {
@@ -394,7 +418,7 @@ func (r *reader) done() {
 	if cap(r.arena) > arenaFree {
 		r.arena = nil
 	}
-	if cap(r.args) > 4096 {
+	if cap(r.args) > argsFree {
 		r.args = nil
 	}
 }

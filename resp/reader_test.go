@@ -55,3 +55,22 @@ func TestManySmallArgumentsOverTheBudget(t *testing.T) {
 	line := rr.line(t)
 	assert.True(t, strings.HasPrefix(line, "-ERR Protocol error:") && strings.Contains(line, "budget of 4194304 bytes"), "got %q", line)
 }
+
+// TestManyEmptyArgumentsAreCharged checks that a command of many
+// arguments charges the slices that hold them to the budget for large
+// values, as it charges their bytes: before, a command of a million
+// empty arguments (6 MB on the wire) held 24 MB of slices charged to
+// nothing, and so did each of 10,000 connections sending one.
+func TestManyEmptyArgumentsAreCharged(t *testing.T) {
+	const n = 500000
+	r := newReader(bytes.NewReader(manySmallArgs("NOPE", n, 0)), DefaultMaxValue)
+	r.authed = true
+	var charged int64
+	r.large = func(size int64) error { charged += size; return nil }
+	args, err := r.next()
+	require.NoError(t, err)
+	require.Len(t, args, n+1)
+	assert.GreaterOrEqual(t, charged, int64(n*24), "bytes charged to the budget")
+	r.done()
+	assert.LessOrEqual(t, cap(r.args), argsFree, "argument slices kept after the command")
+}

@@ -42,8 +42,8 @@ type Config struct {
 	// conn.write).
 	MaxValue int64
 	// LargeInFlight bounds the bytes of arguments larger than 64 KiB,
-	// and of the smaller arguments of a command past its first MiB,
-	// being read or served across all connections (default 1 GiB, at
+	// and of the smaller arguments of a command past its first MiB (and
+	// their slices past its first 4096), being read or served across all connections (default 1 GiB, at
 	// least MaxValue); a connection that would exceed it waits up to
 	// CommandTimeout, and a command that exceeds it alone is refused.
 	LargeInFlight int64
