@@ -181,7 +181,7 @@ func (c *conn) endMulti() {
 // them (wire/resp.md); WATCH is not served.
 func (c *conn) multiCmd([][]byte) {
 	if c.multi {
-		c.aborted = true
+		// Refused, and the transaction goes on, as in Redis.
 		c.writeError("ERR MULTI calls can not be nested")
 		return
 	}

@@ -178,6 +178,7 @@ func TestErrorsMatchRedis(t *testing.T) {
 	t.Run("arity", func(t *testing.T) { compare(t, true, arityCases) })
 	t.Run("options", func(t *testing.T) { compare(t, true, optionCases) })
 	t.Run("HELLO", func(t *testing.T) { compare(t, true, helloCases) })
+	t.Run("MULTI", func(t *testing.T) { compare(t, true, multiCases) })
 	t.Run("HELLO before AUTH", func(t *testing.T) {
 		compare(t, false, slices.Concat(helloCases, [][]string{
 			{"HELLO"},
@@ -297,6 +298,24 @@ var optionCases = [][]string{
 	{"HLEN", "k"},
 	{"HGETALL", "k"},
 	{"HMGET", "k", "f"},
+}
+
+// multiCases are transactions and their refusals: a nested MULTI is
+// refused without discarding the transaction, a command refused as it
+// is queued discards it.
+var multiCases = [][]string{
+	{"MULTI"},
+	{"MULTI"},
+	{"SET", "multi-k", "v"},
+	{"EXEC"},
+	{"GET", "multi-k"},
+	{"MULTI"},
+	{"NOSUCH"},
+	{"SET", "multi-k", "w"},
+	{"EXEC"},
+	{"GET", "multi-k"},
+	{"EXEC"},
+	{"DISCARD"},
 }
 
 // helloCases are HELLO's refusals: Redis reads the protocol version as a
