@@ -141,3 +141,38 @@ func TestAckedMarkNotWrittenForFsyncNever(t *testing.T) {
 	_, err := os.Stat(filepath.Join(dir, ackedFile))
 	require.ErrorIs(t, err, fs.ErrNotExist)
 }
+
+// TestDamagedTableIsAnError: a byte flipped in a table file of the log
+// (where Pebble keeps records once its memtable is flushed) fails Open or
+// Replay with an error wrapping engine.ErrCorrupt that names the file.
+// Pebble reports such damage to its event listener, whose default for a
+// database with a logger calls the logger's Fatalf: the journal's exited
+// the process (status 2) from inside Replay, so a controller (or a
+// program embedding one) died at start with no error to handle.
+func TestDamagedTableIsAnError(t *testing.T) {
+	for _, at := range []float64{0.1, 0.3, 0.5, 0.9} {
+		t.Run(fmt.Sprintf("at=%v", at), func(t *testing.T) {
+			dir := t.TempDir()
+			writeAcked(t, dir, 2000)
+			j, err := Open(Config{Dir: dir})
+			require.NoError(t, err)
+			require.NoError(t, j.db.Flush()) // the records into a table file
+			require.NoError(t, j.Close())
+			tables, err := filepath.Glob(filepath.Join(dir, "log", "*.sst"))
+			require.NoError(t, err)
+			require.Len(t, tables, 1)
+			off := flipByte(t, tables[0], at)
+
+			j, err = Open(Config{Dir: dir})
+			n := 0
+			if err == nil {
+				err = j.Replay(0, func(uint64, []byte) error { n++; return nil })
+				j.Close()
+			}
+			require.Error(t, err, "a table damaged at byte %d: replayed %d of 2000 records", off, n)
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			name := strings.TrimSuffix(filepath.Base(tables[0]), ".sst")
+			assert.Contains(t, err.Error(), name, "the error names the damaged file")
+		})
+	}
+}

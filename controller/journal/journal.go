@@ -183,6 +183,13 @@ func Open(cfg Config) (*Journal, error) {
 		// the two apart and drops every record after the damage). An
 		// older log is upgraded in place.
 		FormatMajorVersion: logFormat,
+		// Damage Pebble finds while reading (a table file's checksum) is
+		// returned by the read, which the journal reports as
+		// engine.ErrCorrupt naming the file; by default Pebble also
+		// passes it to the logger's Fatalf, which exits the process.
+		EventListener: &pebble.EventListener{
+			DataCorruption: func(info pebble.DataCorruptionInfo) { quiet{}.Errorf("%s", info) },
+		},
 	}
 	if cfg.Fsync == FsyncNever {
 		// Pebble keeps an unsynced record in its own buffer until a block
@@ -334,7 +341,10 @@ func (j *Journal) lastKey() (uint64, error) {
 	}
 	defer it.Close()
 	if !it.Last() {
-		return 0, it.Error()
+		if err := it.Error(); err != nil {
+			return 0, j.readErr(err)
+		}
+		return 0, nil
 	}
 	if len(it.Key()) != 8 {
 		return 0, fmt.Errorf("log holds a key of %d bytes: %w", len(it.Key()), engine.ErrCorrupt)
@@ -444,7 +454,7 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return fmt.Errorf("read log record %d: %w", i, err)
+			return fmt.Errorf("log record %d: %w", i, j.readErr(err))
 		}
 		replayed += int64(len(v))
 		if err := fn(i, v); err != nil {
@@ -453,9 +463,19 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		want++
 	}
 	if err := it.Error(); err != nil {
-		return fmt.Errorf("read log: %w", err)
+		return j.readErr(err)
 	}
 	return nil
+}
+
+// readErr is the error of a failed read of the log: for damage, one
+// wrapping [engine.ErrCorrupt] that names the directory, and (Pebble's
+// message) the file and the block in it.
+func (j *Journal) readErr(err error) error {
+	if !pebble.IsCorruptionError(err) {
+		return fmt.Errorf("read log: %w", err)
+	}
+	return fmt.Errorf("damaged log in %s: %w: %w", filepath.Join(j.cfg.Dir, "log"), engine.ErrCorrupt, err)
 }
 
 // Append adds a record and returns its index. It does not wait: the record
