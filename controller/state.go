@@ -482,6 +482,7 @@ func (sr *stateReader) readState() (*loadedState, error) {
 		if err := sr.next(sp, "partition"); err != nil {
 			return nil, err
 		}
+		at := sr.at
 		p, err := newPartitionFromState(sp, head)
 		if err != nil {
 			return nil, err
@@ -512,6 +513,7 @@ func (sr *stateReader) readState() (*loadedState, error) {
 			got += uint64(len(chunk.Rows))
 			n.rows += uint64(len(chunk.Rows))
 		}
+		sr.at, sr.what = at, "partition" // what the rest checks
 		for i, sf := range sp.Fields {
 			dt, _ := wire.DTypeFromPB(sf.Dtype)
 			if f := p.order[i]; f.produced > 0 && f.dtype != dt {

@@ -2,7 +2,9 @@ package controller
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"sync"
@@ -11,7 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // A damaged state file is refused with an error naming the file and
@@ -105,5 +110,80 @@ func TestSetAsideSnapshotsAreReported(t *testing.T) {
 	assert.Contains(t, err.Error(), "set aside")
 	for _, s := range d.j.Snapshots() {
 		assert.Contains(t, err.Error(), filepath.Base(s.Path), "the error names the snapshots set aside")
+	}
+}
+
+// rewriteState rewrites the state file at path with edit applied to its
+// first partition message, and a trailer whose checksum agrees: a file
+// whose bytes are intact and whose content is not. It returns the byte
+// offset of the partition message.
+func rewriteState(t *testing.T, path string, edit func(*wirepb.StatePartition)) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var msgs [][]byte
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		require.Positive(t, k)
+		msgs, b = append(msgs, b[k:k+int(n)]), b[k+int(n):]
+	}
+	sp := &wirepb.StatePartition{}
+	require.NoError(t, proto.Unmarshal(msgs[1], sp))
+	edit(sp)
+	msgs[1], err = proto.Marshal(sp)
+	require.NoError(t, err)
+	tr := &wirepb.StateTrailer{}
+	require.NoError(t, proto.Unmarshal(msgs[len(msgs)-1], tr))
+	tr.Crc32C = 0
+	for _, m := range msgs[:len(msgs)-1] {
+		tr.Crc32C = crc32.Update(tr.Crc32C, castagnoli, m)
+	}
+	msgs[len(msgs)-1], err = proto.Marshal(tr)
+	require.NoError(t, err)
+	var out []byte
+	var at int64
+	for i, m := range msgs {
+		if i == 1 {
+			at = int64(len(out))
+		}
+		out = binary.AppendUvarint(out, uint64(len(m)))
+		out = append(out, m...)
+	}
+	require.NoError(t, os.WriteFile(path, out, 0o600))
+	return at
+}
+
+// What is wrong in a partition message of a state file is reported at
+// that message's offset. Its fetch keys and cleared keys are checked once
+// its rows are read, and the error named the offset of
+// its last rows chunk instead: a reader looking there found rows.
+func TestStateFileErrorNamesThePartitionsOffset(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*wirepb.StatePartition)
+		want string
+	}{
+		{"fetch", func(sp *wirepb.StatePartition) { sp.Fetches[0].Task = "" }, "fetch key"},
+		{"cleared", func(sp *wirepb.StatePartition) { sp.Cleared[0].Key = "" }, "cleared key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newController(t, DefaultConfig())
+			m := insert(t, c, "p", 5000, "x") // two rows chunks
+			commitDense(t, c, "p", m.Indexes, "x")
+			_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k"})
+			require.NoError(t, err)
+			_, err = c.ResolveKeys("p", []string{"a"}, nil, true)
+			require.NoError(t, err)
+			_, err = c.ClearKeys("p", []string{"a"})
+			require.NoError(t, err)
+			dir := filepath.Join(t.TempDir(), "ck")
+			require.NoError(t, c.Save(dir))
+			at := rewriteState(t, filepath.Join(dir, stateFile), tc.edit)
+
+			_, err = c.Load(dir)
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), fmt.Sprintf("partition at byte %d:", at))
+		})
 	}
 }
