@@ -144,8 +144,9 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 	err := c.dial(ctx, peer)
 	c.ops.Done()
 	if err != nil {
+		err = c.opErr("dial", err) // before Close: it failed for its own reason
 		c.Close()
-		return nil, c.opErr("dial", err)
+		return nil, err
 	}
 	return c, nil
 }

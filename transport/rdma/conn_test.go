@@ -280,3 +280,21 @@ func TestLearnSegmentsAsksOncePerSegment(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, segs, 1, "the unit's answer for one segment named three times")
 }
+
+// A dial that fails says why (here nobody listens at the unit's address),
+// not that the connection was closed: the Conn it gave up on was closed
+// before its error was wrapped, and every such error read as
+// engine.ErrClosed.
+func TestDialFailureIsNotClosed(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := wire.FormatAddr("tcp", l.Addr().String())
+	l.Close() // nobody listens there now
+	tr := New(testConfig(t))
+	defer tr.Close()
+	_, err = tr.Device()
+	require.NoError(t, err)
+	_, err = tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, engine.ErrClosed, "dial of an unreachable unit: %v", err)
+}
