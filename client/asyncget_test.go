@@ -2,19 +2,14 @@ package client_test
 
 import (
 	"context"
-	"net"
-	"path/filepath"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/kvapi"
-	"github.com/tqgo/tq/storage"
 )
 
 // The batch of an asynchronous get that nobody received (its waiter gave
@@ -24,31 +19,9 @@ import (
 // stays the caller's until it releases it.
 func TestDroppedGetFutureReleasesItsBatch(t *testing.T) {
 	ctx := t.Context()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	cfg := storage.DefaultConfig()
-	cfg.Capacity = 16 << 20
-	u, err := storage.NewUnit(0, cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
-	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
-	require.NoError(t, err)
-	sock := filepath.Join(t.TempDir(), "unit.sock")
-	srv := storage.NewServer(u, storage.ServerConfig{})
-	l, err := net.Listen("unix", sock)
-	require.NoError(t, err)
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
-	require.NoError(t, err)
-	srv.RegisterShm(fl)
-	var wg sync.WaitGroup
-	wg.Go(func() { srv.Serve(l) })
-	wg.Go(func() { srv.ServeShm(fl) })
-	t.Cleanup(func() { srv.Close(); wg.Wait() })
-	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"unix://" + sock, "shm://" + sock + ".shm"}})
-	require.NoError(t, err)
-	t.Cleanup(func() { mem.Close() })
+	addr, su := shmUnitCluster(t)
+	defer su.serve(t)()
+	u := su.u
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{Transport: client.TransportShm})
 	require.NoError(t, err)
 	defer c.Close()

@@ -301,12 +301,19 @@ func TestClientLearnsUnits(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond, "puts avoid the dead unit")
 }
 
-// A unit reached over shared memory whose connection breaks while the
-// unit lives on (here its server restarts; a keepalive or frame timeout
-// does the same) is dialed again: an shm connection does not redial by
-// itself, and the client used to write to it, and read its cells as
-// lost, for good.
-func TestShmConnectionRedialed(t *testing.T) {
+// shmServedUnit is a storage unit registered with a controller whose data
+// plane is served on a unix socket, and its shared memory on the fd socket
+// beside it, when serve runs (again, after a stop).
+type shmServedUnit struct {
+	u    *storage.Unit
+	sock string
+}
+
+// shmUnitCluster starts an in-memory controller on a unix socket and a
+// unit of 16 MiB registered with it, which heartbeats until the test ends
+// and advertises its unix and shm addresses; the caller serves it.
+func shmUnitCluster(t *testing.T) (string, *shmServedUnit) {
+	t.Helper()
 	ctx := t.Context()
 	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
 	require.NoError(t, err)
@@ -319,23 +326,37 @@ func TestShmConnectionRedialed(t *testing.T) {
 	t.Cleanup(func() { u.Close() })
 	_, err = storage.AssignID(ctx, addr, u, storage.JoinConfig{})
 	require.NoError(t, err)
-	sock := filepath.Join(t.TempDir(), "unit.sock")
-	serve := func() func() {
-		srv := storage.NewServer(u, storage.ServerConfig{})
-		l, err := net.Listen("unix", sock)
-		require.NoError(t, err)
-		fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock + ".shm", Net: "unix"})
-		require.NoError(t, err)
-		var wg sync.WaitGroup
-		srv.RegisterShm(fl)
-		wg.Go(func() { srv.Serve(l) })
-		wg.Go(func() { srv.ServeShm(fl) })
-		return func() { srv.Close(); wg.Wait() }
-	}
-	stop := serve()
-	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"unix://" + sock, "shm://" + sock + ".shm"}})
+	su := &shmServedUnit{u: u, sock: filepath.Join(t.TempDir(), "unit.sock")}
+	mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"unix://" + su.sock, "shm://" + su.sock + ".shm"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { mem.Close() })
+	return addr, su
+}
+
+// serve serves the unit until the returned stop is called.
+func (su *shmServedUnit) serve(t *testing.T) (stop func()) {
+	t.Helper()
+	srv := storage.NewServer(su.u, storage.ServerConfig{})
+	l, err := net.Listen("unix", su.sock)
+	require.NoError(t, err)
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: su.sock + ".shm", Net: "unix"})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	srv.RegisterShm(fl)
+	wg.Go(func() { srv.Serve(l) })
+	wg.Go(func() { srv.ServeShm(fl) })
+	return func() { srv.Close(); wg.Wait() }
+}
+
+// A unit reached over shared memory whose connection breaks while the
+// unit lives on (here its server restarts; a keepalive or frame timeout
+// does the same) is dialed again: an shm connection does not redial by
+// itself, and the client used to write to it, and read its cells as
+// lost, for good.
+func TestShmConnectionRedialed(t *testing.T) {
+	ctx := t.Context()
+	addr, su := shmUnitCluster(t)
+	stop := su.serve(t)
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{Transport: client.TransportShm})
 	require.NoError(t, err)
 	defer c.Close()
@@ -344,7 +365,7 @@ func TestShmConnectionRedialed(t *testing.T) {
 	require.NoError(t, err)
 
 	stop()
-	stop = serve()
+	stop = su.serve(t)
 	defer stop()
 	require.Eventually(t, func() bool {
 		_, err := kv.BatchPut(ctx, "p", []string{"b"}, xBatch(t, 1), nil)

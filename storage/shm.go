@@ -466,13 +466,7 @@ func (s *Server) ServeShm(l *net.UnixListener) error {
 				if delay == 0 && s.cfg.Logger != nil {
 					s.cfg.Logger.Warn("storage: fd socket accept failing; backing off and retrying", "addr", l.Addr().String(), "err", err)
 				}
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				t := time.NewTimer(delay)
-				select {
-				case <-t.C:
-				case <-s.fdStop:
-					t.Stop()
-				}
+				delay = wire.BackOffAccept(delay, s.fdStop)
 				continue
 			}
 			// Closed here, as Close would have: a client's connect must

@@ -437,9 +437,21 @@ func TestDoneWithUnproducedReservedRows(t *testing.T) {
 	}
 }
 
+// streamOps is a wrapped metadata service with its stream operations,
+// which client.MetaService does not carry, forwarded to it.
+type streamOps struct{ client.MetaService }
+
+func (s streamOps) Unconsume(ctx context.Context, partition, task, key string) error {
+	return s.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
+}
+
+func (s streamOps) MarkDone(ctx context.Context, partition string) error {
+	return s.MetaService.(client.StreamService).MarkDone(ctx, partition)
+}
+
 // hookMeta runs before once, on the first ConsumptionStatus call.
 type hookMeta struct {
-	client.MetaService
+	streamOps
 	before func()
 	once   sync.Once
 }
@@ -447,14 +459,6 @@ type hookMeta struct {
 func (h *hookMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
 	h.once.Do(h.before)
 	return h.MetaService.ConsumptionStatus(ctx, partition, task)
-}
-
-func (h *hookMeta) Unconsume(ctx context.Context, partition, task, key string) error {
-	return h.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
-}
-
-func (h *hookMeta) MarkDone(ctx context.Context, partition string) error {
-	return h.MetaService.(client.StreamService).MarkDone(ctx, partition)
 }
 
 // With EndWhenConsumed, a rank whose wait for a micro-batch timed out
@@ -469,7 +473,7 @@ func TestEndWhenConsumedGetsTheBatchAPeerTook(t *testing.T) {
 	t.Cleanup(func() { e.Close() })
 	ctx := context.Background()
 	var peer []uint64
-	h := &hookMeta{MetaService: embedded.Meta(e.Controller, e.Units...)}
+	h := &hookMeta{streamOps: streamOps{embedded.Meta(e.Controller, e.Units...)}}
 	h.before = func() { // between this rank's timed-out wait and its check
 		produce(t, e.Client, "p", 0, 4, nil)
 		m, err := e.Client.GetMeta(ctx, client.MetaRequest{
@@ -629,7 +633,7 @@ func TestSlowBodyGetsEachRowOnce(t *testing.T) {
 // rows back in the background (RemoteMeta.giveBack), here only once the
 // test lets it.
 type lateMeta struct {
-	client.MetaService
+	streamOps
 	late func(req engine.FetchRequest) // takes the rows, as the timed-out fetch did
 	once sync.Once
 }
@@ -645,14 +649,6 @@ func (m *lateMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.
 		}
 	}
 	return m.MetaService.Fetch(ctx, req)
-}
-
-func (m *lateMeta) Unconsume(ctx context.Context, partition, task, key string) error {
-	return m.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
-}
-
-func (m *lateMeta) MarkDone(ctx context.Context, partition string) error {
-	return m.MetaService.(client.StreamService).MarkDone(ctx, partition)
 }
 
 // With EndWhenConsumed and a private sampler, rows that a fetch took as
@@ -673,7 +669,7 @@ func TestEndWhenConsumedGetsRowsOfALateFetch(t *testing.T) {
 	var bg sync.WaitGroup
 	t.Cleanup(bg.Wait)
 	t.Cleanup(release)
-	m := &lateMeta{MetaService: inner, late: func(req engine.FetchRequest) {
+	m := &lateMeta{streamOps: streamOps{inner}, late: func(req engine.FetchRequest) {
 		produce(t, e.Client, "p", 0, 4, nil)
 		req.Wait = false
 		took, err := inner.Fetch(ctx, req)

@@ -441,14 +441,8 @@ func (s *Server) Serve(l net.Listener) error {
 			case draining || errors.Is(err, net.ErrClosed):
 				err = nil
 			case temporary(err):
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				trouble.hit("wire: accept failing; backing off and retrying", "addr", addr, "err", err)
-				t := time.NewTimer(delay)
-				select {
-				case <-t.C:
-				case <-s.stop:
-					t.Stop()
-				}
+				delay = BackOffAccept(delay, s.stop)
 				continue
 			default:
 				s.log.Error("wire: accept failed; listener stopped", "addr", addr, "err", err)
@@ -482,6 +476,20 @@ var temporaryErrnos = []syscall.Errno{
 // Accept, passes (see temporaryErrnos): an accept loop other than
 // [Server.Serve]'s backs off and tries again after it, as Serve does.
 func TemporaryAcceptError(err error) bool { return temporary(err) }
+
+// BackOffAccept waits after a temporary accept error (see
+// [TemporaryAcceptError]) for twice the last delay, from 5 ms up to 1 s,
+// or until stop closes, and returns the delay for the next error.
+func BackOffAccept(delay time.Duration, stop <-chan struct{}) time.Duration {
+	delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-stop:
+	}
+	return delay
+}
 
 func temporary(err error) bool {
 	for _, errno := range temporaryErrnos {

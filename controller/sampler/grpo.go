@@ -133,6 +133,18 @@ func (g *GRPO) LoadState(state []byte) error {
 	return nil
 }
 
+// checkRank validates a request's dp rank against a sampler's dpSize:
+// the request must carry one, in [0, dpSize).
+func checkRank(kind string, opts engine.SamplingOptions, dpSize int) error {
+	switch {
+	case !opts.HasRank:
+		return invalid(kind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
+	case opts.DPRank < 0 || opts.DPRank >= dpSize:
+		return invalid(kind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, dpSize)
+	}
+	return nil
+}
+
 // checkBatch validates a batch size against the group size n.
 func checkBatch(kind string, batch, n int) error {
 	if batch < 0 {

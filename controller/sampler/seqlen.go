@@ -106,12 +106,8 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 // rows are ready (nil when there is none), so that a fetch it refuses
 // fails before enough rows are ready.
 func (s *SeqlenBalanced) Check(req engine.SampleRequest) error {
-	opts := req.Options
-	switch {
-	case !opts.HasRank:
-		return invalid(seqlenKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	case opts.DPRank < 0 || opts.DPRank >= s.dpSize:
-		return invalid(seqlenKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, s.dpSize)
+	if err := checkRank(seqlenKind, req.Options, s.dpSize); err != nil {
+		return err
 	}
 	if err := checkBatch(seqlenKind, req.BatchSize, s.n); err != nil {
 		return err

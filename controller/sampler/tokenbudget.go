@@ -80,13 +80,10 @@ func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint
 // rows are ready (nil when there is none), so that a fetch it refuses
 // fails before enough rows are ready.
 func (t *TokenBudget) Check(req engine.SampleRequest) error {
-	opts := req.Options
-	switch {
-	case !opts.HasRank:
-		return invalid(tokenBudgetKind, "request has no dp rank and batch index (SamplingOptions.HasRank)")
-	case opts.DPRank < 0 || opts.DPRank >= t.dpSize:
-		return invalid(tokenBudgetKind, "dp rank %d out of range [0, %d) (the sampler's dp size)", opts.DPRank, t.dpSize)
-	case req.TokenBudget <= 0:
+	if err := checkRank(tokenBudgetKind, req.Options, t.dpSize); err != nil {
+		return err
+	}
+	if req.TokenBudget <= 0 {
 		return invalid(tokenBudgetKind, "token budget %d is not positive (the request's TokenBudget)", req.TokenBudget)
 	}
 	return checkBatch(tokenBudgetKind, req.BatchSize, t.n)

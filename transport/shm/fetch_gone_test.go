@@ -1,9 +1,7 @@
 package shm
 
 import (
-	"context"
 	"errors"
-	"net"
 	"testing"
 	"time"
 
@@ -27,25 +25,7 @@ func TestSegmentFetchEndsWithConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	hole := silentFdSocket(t)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if nc, err := hole.Accept(); err == nil {
-			accepted <- nc
-		}
-	}()
-	c.fdSock = hole.Addr().String()
-
-	read := make(chan error, 1)
-	go func() {
-		read <- c.Read(context.Background(), []engine.RemoteAddr{addr}, [][]byte{make([]byte, addr.Len)})
-	}()
-	var nc net.Conn
-	select {
-	case nc = <-accepted:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the Read never asked the fd socket for its segment")
-	}
+	read, nc := readStalledInFetch(t, c, addr)
 	defer nc.Close()
 
 	tu.srv.Close() // the unit hangs up

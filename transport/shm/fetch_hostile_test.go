@@ -16,6 +16,33 @@ import (
 	"github.com/tqgo/tq/wire"
 )
 
+// readStalledInFetch points c's fd socket at one that accepts, reads
+// nothing and answers nothing, and starts a Read of addr, which has to
+// fetch its segment: it returns the Read's outcome, to come, and the fd
+// socket's side of the fetch, once the Read asked for its segment.
+func readStalledInFetch(t *testing.T, c *Conn, addr engine.RemoteAddr) (<-chan error, net.Conn) {
+	t.Helper()
+	hole := silentFdSocket(t)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if nc, err := hole.Accept(); err == nil {
+			accepted <- nc
+		}
+	}()
+	c.fdSock = hole.Addr().String()
+	read := make(chan error, 1)
+	go func() {
+		read <- c.Read(context.Background(), []engine.RemoteAddr{addr}, [][]byte{make([]byte, addr.Len)})
+	}()
+	select {
+	case nc := <-accepted:
+		return read, nc
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Read never asked the fd socket for its segment")
+		return nil, nil
+	}
+}
+
 // A Read that has to fetch a segment it has not mapped yet talks to the
 // unit's fd socket. If that socket takes the request and never answers (a
 // wedged or stopped unit process: the listen backlog accepts the
@@ -33,25 +60,7 @@ func TestCloseUnblocksSegmentFetch(t *testing.T) {
 	}
 	// The unit's fd socket stops answering: it accepts, reads nothing,
 	// answers nothing.
-	hole := silentFdSocket(t)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if nc, err := hole.Accept(); err == nil {
-			accepted <- nc
-		}
-	}()
-	c.fdSock = hole.Addr().String()
-
-	read := make(chan error, 1)
-	go func() {
-		read <- c.Read(context.Background(), []engine.RemoteAddr{addr}, [][]byte{make([]byte, addr.Len)})
-	}()
-	var nc net.Conn
-	select {
-	case nc = <-accepted:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the Read never asked the fd socket for its segment")
-	}
+	read, nc := readStalledInFetch(t, c, addr)
 	defer nc.Close()
 
 	closed := make(chan error, 1)
