@@ -50,9 +50,9 @@ func ints1(t *testing.T, v int64) *engine.Batch { return ints(t, "x", []int64{v}
 // table, so it read another unit's bytes under a cell's id (wrong bytes),
 // and wrote to the old unit and committed the cells under the new one's id
 // (an acknowledged put that read back as lost, or as another's bytes). Now
-// it lists the new cluster's units before it reads by id, and a commit of
-// cells placed on the units of another cluster is refused, and the put
-// placed again.
+// it lists the new cluster's units before it reads by id, a meta from the
+// old cluster reads as lost, and a commit of cells placed on the units of
+// another cluster is refused, and the put placed again.
 func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	ctx := t.Context()
 	ctrl1, err := controller.New(controller.Config{UnitTimeout: time.Minute})
@@ -68,6 +68,8 @@ func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	require.NoError(t, err)
 	defer writer.Close()
 	_, err = kvapi.New(reader).BatchPut(ctx, "p", []string{"a"}, ints1(t, 111), nil)
+	require.NoError(t, err)
+	aMeta, err := reader.MetaByKeys(ctx, "p", []string{"a"}, []string{"x"}, false)
 	require.NoError(t, err)
 
 	// The controller restarts without its state; the old unit stays out
@@ -90,6 +92,12 @@ func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	require.NoError(t, err, "a read through a client of the old cluster")
 	assert.Equal(t, ints1(t, 222).Col("x"), got.Col("x"), "the bytes of the unit the new cluster calls %d", fresh.u.ID())
 	got.Release()
+
+	// A's meta, from before the restart, names unit 1 of the old cluster:
+	// its cells are lost, not the bytes unit 1 of the new one holds there.
+	_, err = reader.Get(ctx, aMeta)
+	require.ErrorIs(t, err, engine.ErrLost, "a read of a meta of the old cluster")
+	assert.ErrorContains(t, err, "which started anew as cluster")
 
 	held := old.u.Stats().Used
 	_, err = kvapi.New(writer).BatchPut(ctx, "p", []string{"c"}, ints1(t, 333), nil)

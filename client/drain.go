@@ -105,7 +105,7 @@ func (c *Client) Drain(ctx context.Context, id engine.UnitID, cfg DrainConfig) (
 	if c.disc != nil {
 		c.disc.learn(ctx, c, false) // this client stops placing on it too
 	}
-	src, err := c.unit(ctx, id)
+	src, err := c.unit(ctx, id, "")
 	if errors.Is(err, engine.ErrLost) {
 		return st, &engine.OpError{Op: "drain", Err: fmt.Errorf("storage unit %d is not in the client's table: %w", id, engine.ErrNotFound)}
 	} else if err != nil {

@@ -229,7 +229,7 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 		runs[name] = rs
 	}
 	v := &View{}
-	leases, err := c.leaseAll(ctx, ranges, mode, merge)
+	leases, err := c.leaseAll(ctx, meta.Cluster, ranges, mode, merge)
 	for _, l := range leases {
 		v.leases = append(v.leases, l)
 	}
@@ -288,7 +288,7 @@ func errLostCells(n int) error {
 // once, bounded by [Config.MaxUnitIO]. On error it returns the leases it
 // took, for the caller to release, and the first unit's error in id
 // order (errMergedRange when a merged range was refused).
-func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine.RemoteAddr, mode getMode, merge bool) (map[engine.UnitID]Lease, error) {
+func (c *Client) leaseAll(ctx context.Context, cluster string, ranges map[engine.UnitID][]engine.RemoteAddr, mode getMode, merge bool) (map[engine.UnitID]Lease, error) {
 	ids := make([]engine.UnitID, 0, len(ranges))
 	for id := range ranges {
 		ids = append(ids, id)
@@ -300,7 +300,7 @@ func (c *Client) leaseAll(ctx context.Context, ranges map[engine.UnitID][]engine
 		if id == engine.LostUnit {
 			return &engine.OpError{Op: "get", Err: errLostCells(len(addrs))}
 		}
-		u, err := c.unit(ctx, id)
+		u, err := c.unit(ctx, id, cluster)
 		if err != nil {
 			return &engine.OpError{Op: "get", Err: err}
 		}

@@ -91,7 +91,7 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 		if id == engine.LostUnit {
 			return &engine.OpError{Op: "get into", Err: errLostCells(len(t.addrs))}
 		}
-		u, err := c.unit(ctx, id)
+		u, err := c.unit(ctx, id, meta.Cluster)
 		if err != nil {
 			return &engine.OpError{Op: "get into", Err: err}
 		}

@@ -195,6 +195,7 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 	req := &wirepb.KVGetRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), MaxBytes: uint64(maxBytes)}
 	var reply wirepb.KVGetReply
 	var data []byte
+	before := r.cluster()
 	// A get is safe to repeat: it is sent again over a new connection
 	// while the controller cannot be reached, as the other reads are.
 	for again := (repeater{}); ; {
@@ -219,7 +220,7 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 		}
 		return nil, b, nil
 	}
-	m, err := r.meta("kv get", reply.Meta)
+	m, err := r.meta("kv get", reply.Meta, before)
 	if err != nil {
 		return nil, nil, err
 	}

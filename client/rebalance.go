@@ -101,7 +101,7 @@ func (c *Client) Rebalance(ctx context.Context, cfg RebalanceConfig) (DrainStats
 	}
 	dcfg := DrainConfig{PageCells: cfg.PageCells, PageBytes: cfg.PageBytes, Progress: cfg.Progress}
 	for _, src := range sources {
-		du, err := c.unit(ctx, src.ID)
+		du, err := c.unit(ctx, src.ID, "")
 		if err != nil {
 			continue
 		}

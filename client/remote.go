@@ -456,16 +456,24 @@ func (r *RemoteMeta) waitToRepeat(ctx context.Context, name string, again *repea
 // new connection if repeat (see [RemoteMeta.retry]).
 func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
 	var reply wirepb.MetaReply
+	before := r.cluster()
 	if err := r.call(ctx, name, op, req, &reply, repeat); err != nil {
 		return nil, err
 	}
-	return r.meta(name, reply.Meta)
+	return r.meta(name, reply.Meta, before)
 }
 
-func (r *RemoteMeta) meta(name string, p *wirepb.BatchMeta) (*engine.BatchMeta, error) {
+// meta decodes a reply's meta, stamped with the cluster that answered
+// (see [engine.BatchMeta]): before, the cluster when the call began, if
+// no handshake since named another (else it is not stamped: a controller
+// started anew during the call, and either may have answered).
+func (r *RemoteMeta) meta(name string, p *wirepb.BatchMeta, before string) (*engine.BatchMeta, error) {
 	m, err := wire.MetaFromPB(p)
 	if err != nil {
 		return nil, r.opErr(name, corruptReply(err))
+	}
+	if r.cluster() == before {
+		m.Cluster = before
 	}
 	return m, nil
 }
@@ -799,10 +807,11 @@ func (r *RemoteMeta) ResolveKeys(ctx context.Context, partition string, keys, fi
 	}
 	var reply wirepb.ResolveKeysReply
 	req := &wirepb.ResolveKeysRequest{Partition: partition, Keys: keys, Fields: selectionToPB(fields), Create: create}
+	before := r.cluster()
 	if err := r.call(ctx, "resolve keys", wire.OpResolveKeys, req, &reply, !create); err != nil {
 		return nil, nil, err
 	}
-	m, err := r.meta("resolve keys", reply.Meta)
+	m, err := r.meta("resolve keys", reply.Meta, before)
 	if err != nil {
 		return nil, nil, err
 	}

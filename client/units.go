@@ -127,8 +127,11 @@ func (c *Client) writable() (units, local []DataUnit, cluster string) {
 // A table listed by another cluster than the one the controller now
 // answers for is listed again first: a controller that started without
 // the state of the last hands unit ids out again, and id names another
-// unit in the cells it gives out now.
-func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, error) {
+// unit in the cells it gives out now. Cells named by a meta of another
+// cluster than the table's (cluster, when not "": see
+// [engine.BatchMeta]) are lost: their controller's state is gone, and id
+// may name another unit now.
+func (c *Client) unit(ctx context.Context, id engine.UnitID, cluster string) (DataUnit, error) {
 	t := c.tbl.Load()
 	if c.disc != nil && c.disc.stale(t) {
 		if err := c.disc.learn(ctx, c, true); err != nil {
@@ -137,6 +140,10 @@ func (c *Client) unit(ctx context.Context, id engine.UnitID) (DataUnit, error) {
 		if t = c.tbl.Load(); c.disc.stale(t) {
 			return nil, fmt.Errorf("cells on storage unit %d: the controller started anew while its units were listed: %w", id, engine.ErrUnavailable)
 		}
+	}
+	if cluster != "" && c.disc != nil && cluster != t.cluster {
+		return nil, fmt.Errorf("cells on storage unit %d named by the controller of cluster %s, which started anew as cluster %s without its state: %w",
+			id, cluster, t.cluster, engine.ErrLost)
 	}
 	if u, ok := t.byID[id]; ok {
 		return u, nil

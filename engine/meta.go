@@ -79,6 +79,11 @@ type BatchMeta struct {
 	Cells map[string][]CellLoc `json:"cells,omitempty"`
 	// Extra is batch-level information a caller attaches.
 	Extra map[string]any `json:"extra,omitempty"`
+	// Cluster, when not "", is the cluster whose controller answered with
+	// the meta: its cells' unit ids name units of that cluster only, and a
+	// client reading them after its controller started anew (another
+	// cluster) finds them lost rather than another unit's bytes.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // Len returns the number of rows.

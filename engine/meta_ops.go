@@ -51,6 +51,7 @@ func (m *BatchMeta) Clone() *BatchMeta {
 		Ready:      slices.Clone(m.Ready),
 		Tags:       cloneTagList(m.Tags),
 		Extra:      cloneExtra(m.Extra),
+		Cluster:    m.Cluster,
 	}
 	if m.Schema != nil {
 		out.Schema = make(map[string]FieldSchema, len(m.Schema))
@@ -115,6 +116,7 @@ func (m *BatchMeta) SelectFields(names []string) (*BatchMeta, error) {
 		Ready:      slices.Clone(m.Ready),
 		Tags:       cloneTagList(m.Tags),
 		Extra:      cloneExtra(m.Extra),
+		Cluster:    m.Cluster,
 	}
 	for _, name := range names {
 		out.Schema[name] = m.Schema[name].Clone()
@@ -326,6 +328,12 @@ func ConcatMetas(metas ...*BatchMeta) (*BatchMeta, error) {
 		Schema:     make(map[string]FieldSchema, len(names)),
 		Ready:      make([]bool, 0, rows),
 		Tags:       make([]Tags, 0, rows),
+		Cluster:    first.Cluster,
+	}
+	for _, p := range parts {
+		if p.Cluster != out.Cluster {
+			out.Cluster = "" // of several clusters: not checked
+		}
 	}
 	if hasKeys {
 		out.Keys = make([]string, 0, rows)
@@ -496,6 +504,7 @@ func (m *BatchMeta) take(pos []int) *BatchMeta {
 		Ready:      pick(m.Ready, pos),
 		Tags:       make([]Tags, len(pos)),
 		Extra:      cloneExtra(m.Extra),
+		Cluster:    m.Cluster,
 	}
 	if m.Keys != nil {
 		out.Keys = pick(m.Keys, pos)

@@ -245,13 +245,15 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
     """A controller restarted in memory is a new cluster and hands unit ids
     out again: here the units come back under each other's ids. A client
     connected before lists the units again before it reads by id (it used
-    to read one unit's cells from the other: wrong bytes, or lost), and its
-    puts land where the new cluster says they are."""
+    to read one unit's cells from the other: wrong bytes, or lost), a meta
+    from before reads as lost, and its puts land where the new cluster says
+    they are."""
     c = tq.Client(split.address, token=split.token, transport="tcp")
     fresh = None
     try:
         big = np.arange(4 * 50000, dtype=np.float64).reshape(4, 50000)  # through the units
         c.kv_batch_put(["a"], "p", {"x": big[:1]})
+        a_meta = c.kv_retrieve_meta(["a"], "p")
         was = {uid: u.incarnation for uid, u in c.units().items()}
         assert sorted(was) == [1, 2]
         split.controller.kill()
@@ -271,6 +273,10 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
         assert {int(fresh.kv_retrieve_meta([k], "p")._cells["x"].unit[0]) for k in keys} == {1, 2}
         for i, k in enumerate(keys):
             np.testing.assert_array_equal(c.kv_batch_get([k], "p")["x"], big[i % 4:i % 4 + 1] + i)
+        # A meta from before the restart names the old cluster's units: lost.
+        with pytest.raises(tq.LostError) as e:
+            c.get_data(a_meta)
+        assert "started anew" in e.value.message, e.value.message
         for i in range(8):
             c.kv_batch_put([f"n{i}"], "p", {"x": big[:1] - i})
             np.testing.assert_array_equal(fresh.kv_batch_get([f"n{i}"], "p")["x"], big[:1] - i)

@@ -387,6 +387,31 @@ class Client:
                 raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
         return u
 
+    def _stamped(self, meta: BatchMeta, before: str) -> BatchMeta:
+        """``meta``, stamped with the cluster that answered with it: ``before``,
+        the cluster when the call began, if no controller connection dialed
+        since named another (else not stamped: either may have answered)."""
+        if self._cluster_now == before:
+            meta._cluster = before
+        return meta
+
+    def _check_cluster(self, meta: BatchMeta, partition: str) -> None:
+        """Refuse, as lost, the cells of a meta from a controller that started
+        anew since without its state (another cluster): their unit ids may
+        name other units now. The unit table is listed again first when the
+        controller answers for another cluster than the table's."""
+        if not meta._cluster:
+            return
+        with self._units_lock:
+            tc = self._units_cluster
+        if tc != self._cluster_now or not tc:
+            self.units(refresh=True)
+            with self._units_lock:
+                tc = self._units_cluster
+        if meta._cluster != tc:
+            raise errors.LostError(f"cells named by the controller of cluster {meta._cluster}, which started anew "
+                                   f"as cluster {tc} without its state", op="get_data", partition=partition)
+
     def _pick(self, h: int, exclude=()) -> Unit:
         """Local-first placement: a unit on this host (by hash ``h`` among
         several), else any alive unit by hash; never a draining one while
@@ -908,10 +933,11 @@ class Client:
         return [k or None for k in rep.keys]
 
     def kv_retrieve_meta(self, keys, partition_id: str, create: bool = False) -> BatchMeta:
+        before = self._cluster_now
         rep = self._call(wire.RESOLVE_KEYS, control_pb2.ResolveKeysRequest(
             partition=partition_id, keys=_as_keys(keys), fields=_sel(None), create=create),
             control_pb2.ResolveKeysReply, op_name="kv_retrieve_meta", partition=partition_id)
-        return BatchMeta.from_pb(rep.meta)
+        return self._stamped(BatchMeta.from_pb(rep.meta), before)
 
     # ---- low-level API -------------------------------------------------
 
@@ -948,18 +974,19 @@ class Client:
         if isinstance(data_fields, str):
             data_fields = [data_fields]
         ctx = {"op_name": f"get_meta({mode})", "partition": partition_id}
+        before = self._cluster_now
         if mode == "insert":
             if data_fields is None:
                 raise errors.InvalidError("insert needs data_fields", **{"op": ctx["op_name"]})
             rep = self._call(wire.INSERT, control_pb2.InsertRequest(partition=partition_id, n=batch_size,
                                                                     fields=list(data_fields)),
                              control_pb2.MetaReply, **ctx)
-            return BatchMeta.from_pb(rep.meta)
+            return self._stamped(BatchMeta.from_pb(rep.meta), before)
         if mode == "force_fetch":
             rep = self._call(wire.FORCE_FETCH, control_pb2.ForceFetchRequest(partition=partition_id,
                                                                              fields=_sel(data_fields)),
                              control_pb2.MetaReply, **ctx)
-            return BatchMeta.from_pb(rep.meta)
+            return self._stamped(BatchMeta.from_pb(rep.meta), before)
         if mode != "fetch":
             raise errors.InvalidError(f"mode {mode!r}: want fetch, insert or force_fetch")
         if not task_name:
@@ -1013,7 +1040,7 @@ class Client:
                     # the first one took, if it happened.
                     self._wait_to_repeat(e, again, deadline)
                     continue
-                m = BatchMeta.from_pb(rep.meta)
+                m = self._stamped(BatchMeta.from_pb(rep.meta), before)
                 if wait and not req.wait and m.size == 0:
                     raise errors.DeadlineError(f"wait for {batch_size} rows for task {task_name!r}: "
                                                f"none in {timeout:g} s", op=ctx["op_name"], partition=partition_id)
@@ -1077,10 +1104,11 @@ class Client:
         if any(metadata.custom_meta):
             self.set_custom_meta(metadata)
         names = sorted(set(metadata.field_schema) | set(data.keys()))
+        before = self._cluster_now
         rep = self._call(wire.ROWS_META, control_pb2.RowsMetaRequest(partition=part, indexes=metadata.global_indexes,
                                                                      fields=_sel(names)),
                          control_pb2.MetaReply, op_name="put", partition=part)
-        out = BatchMeta.from_pb(rep.meta)
+        out = self._stamped(BatchMeta.from_pb(rep.meta), before)
         out.extra_info = dict(metadata.extra_info)
         return out
 
@@ -1097,6 +1125,7 @@ class Client:
             return View({}, []) if not copy else {}
         keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
         part = metadata.partition_ids[0] if metadata.size else ""
+        self._check_cluster(metadata, part)
         cells = metadata._cells
         # A unit that no longer holds the cells (StaleError) may have had
         # them moved off by a drain: the controller says where (MOVED).

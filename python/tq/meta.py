@@ -108,6 +108,11 @@ class BatchMeta:
     concurrent mutation.
     """
 
+    # The cluster whose controller answered with this meta ("": unknown):
+    # its cells' unit ids name that cluster's units only (see
+    # Client.get_data).
+    _cluster = ""
+
     def __init__(self, global_indexes=(), partition_ids=(), keys=None, field_schema=None,
                  production_status=None, custom_meta=None, extra_info=None, cells=None):
         self.global_indexes = [int(i) for i in global_indexes]
@@ -192,11 +197,13 @@ class BatchMeta:
                 s["shapes"] = [s["shapes"][p] for p in pos]
             schema[k] = s
         ipos = np.asarray(pos, dtype=np.int64)
-        return BatchMeta([self.global_indexes[p] for p in pos], [self.partition_ids[p] for p in pos],
-                         [self.keys[p] for p in pos] if self.keys is not None else None, schema,
-                         self.production_status[ipos] if len(pos) else np.zeros(0, np.int8),
-                         [_copy.deepcopy(self.custom_meta[p]) for p in pos], self.extra_info,
-                         {k: c.take(ipos) for k, c in self._cells.items()})
+        out = BatchMeta([self.global_indexes[p] for p in pos], [self.partition_ids[p] for p in pos],
+                        [self.keys[p] for p in pos] if self.keys is not None else None, schema,
+                        self.production_status[ipos] if len(pos) else np.zeros(0, np.int8),
+                        [_copy.deepcopy(self.custom_meta[p]) for p in pos], self.extra_info,
+                        {k: c.take(ipos) for k, c in self._cells.items()})
+        out._cluster = self._cluster
+        return out
 
     def __getitem__(self, i):
         if isinstance(i, slice):
