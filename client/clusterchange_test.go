@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -107,4 +108,42 @@ func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	assert.Equal(t, ints1(t, 333).Col("x"), got.Col("x"), "the bytes it put")
 	got.Release()
 	assert.Equal(t, held, old.u.Stats().Used, "bytes the refused try left on the unit of the old cluster")
+}
+
+// A drain's or rebalance's move of cells whose copies were placed on the
+// units of another cluster is refused as lost and changes nothing: the
+// copies' unit ids name other units here. One naming this cluster, or
+// none, is taken.
+func TestMoveOfAnotherClustersCopiesIsLost(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinUnit(t, addr, true)
+	joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = kvapi.New(c).BatchPut(ctx, "p", []string{"k"}, ints1(t, 7), nil)
+	require.NoError(t, err)
+	m, err := c.MetaByKeys(ctx, "p", []string{"k"}, []string{"x"}, false)
+	require.NoError(t, err)
+	from := m.Cells["x"][0]
+	to := from
+	to.Unit = 3 - from.Unit // the other unit, at an address nothing holds: only the answer matters
+	mv := []engine.CellMove{{Index: m.Indexes[0], Field: "x", From: from, To: to}}
+	remote := c.Meta().(interface {
+		MoveCells(context.Context, string, []engine.CellMove, string) ([]bool, error)
+	})
+	cluster := ctrl.Info().ClusterID
+	_, err = remote.MoveCells(ctx, "p", mv, "not-"+cluster)
+	require.ErrorIs(t, err, engine.ErrLost)
+	assert.ErrorContains(t, err, "written to the storage units of cluster not-"+cluster)
+	after, err := c.MetaByKeys(ctx, "p", []string{"k"}, []string{"x"}, false)
+	require.NoError(t, err)
+	assert.Equal(t, from, after.Cells["x"][0], "the cell after a refused move")
+	moved, err := remote.MoveCells(ctx, "p", mv, cluster)
+	require.NoError(t, err)
+	assert.Equal(t, []bool{true}, moved)
 }

@@ -37,7 +37,7 @@ import (
 type cellMover interface {
 	DrainUnit(ctx context.Context, id engine.UnitID, draining bool) (engine.UnitInfo, error)
 	UnitCells(ctx context.Context, unit engine.UnitID, cursor []byte, limit int, maxBytes int64) ([]engine.UnitCell, []byte, error)
-	MoveCells(ctx context.Context, partition string, moves []engine.CellMove) ([]bool, error)
+	MoveCells(ctx context.Context, partition string, moves []engine.CellMove, cluster string) ([]bool, error)
 }
 
 // DrainConfig tunes [Client.Drain].
@@ -105,13 +105,14 @@ func (c *Client) Drain(ctx context.Context, id engine.UnitID, cfg DrainConfig) (
 	if c.disc != nil {
 		c.disc.learn(ctx, c, false) // this client stops placing on it too
 	}
+	cluster := c.tbl.Load().cluster // before the lookup: never younger than the table src is from
 	src, err := c.unit(ctx, id, "")
 	if errors.Is(err, engine.ErrLost) {
 		return st, &engine.OpError{Op: "drain", Err: fmt.Errorf("storage unit %d is not in the client's table: %w", id, engine.ErrNotFound)}
 	} else if err != nil {
 		return st, &engine.OpError{Op: "drain", Err: err}
 	}
-	m := mover{c: c, mv: mv, src: src, cfg: cfg, st: &st}
+	m := mover{c: c, mv: mv, src: src, cluster: cluster, cfg: cfg, st: &st}
 	stuck := 0
 	for {
 		st.Passes++
@@ -143,8 +144,11 @@ type mover struct {
 	c   *Client
 	mv  cellMover
 	src DataUnit
-	cfg DrainConfig
-	st  *DrainStats
+	// cluster is the cluster of the unit table src was taken from, which
+	// the moves name (see [engine.CommitRequest]).
+	cluster string
+	cfg     DrainConfig
+	st      *DrainStats
 	// targets, when set, returns the units to write size bytes to, in
 	// order of preference (a rebalance's emptier units).
 	targets func(size uint64) []DataUnit
@@ -216,7 +220,7 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 			cl := cells[lo+i]
 			moves[i] = engine.CellMove{Index: cl.Index, Field: cl.Field, From: cl.Loc, To: to[lo+i]}
 		}
-		ok, err := m.mv.MoveCells(ctx, cells[lo].Partition, moves)
+		ok, err := m.mv.MoveCells(ctx, cells[lo].Partition, moves, m.cluster)
 		if errors.Is(err, engine.ErrLost) {
 			// The target's reconcile fenced the copies (this page took
 			// longer than its grace) and frees them: the cells stay where

@@ -101,11 +101,12 @@ func (c *Client) Rebalance(ctx context.Context, cfg RebalanceConfig) (DrainStats
 	}
 	dcfg := DrainConfig{PageCells: cfg.PageCells, PageBytes: cfg.PageBytes, Progress: cfg.Progress}
 	for _, src := range sources {
+		cluster := c.tbl.Load().cluster // before the lookup, as Drain's
 		du, err := c.unit(ctx, src.ID, "")
 		if err != nil {
 			continue
 		}
-		m := mover{c: c, mv: mv, src: du, cfg: dcfg, st: &st, targets: targets,
+		m := mover{c: c, mv: mv, src: du, cluster: cluster, cfg: dcfg, st: &st, targets: targets,
 			budget: src.Used - int64(mean*float64(src.Capacity))}
 		st.Passes++
 		if _, _, err := m.pass(ctx); err != nil {

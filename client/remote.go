@@ -1270,8 +1270,11 @@ func (r *RemoteMeta) UnitCells(ctx context.Context, unit engine.UnitID, cursor [
 // moves[i].To if it is still at moves[i].From. It returns, per cell,
 // whether it is at To now; a copy not taken is the caller's to free. The
 // request is safe to repeat (a cell already at To reports moved).
-func (r *RemoteMeta) MoveCells(ctx context.Context, partition string, moves []engine.CellMove) ([]bool, error) {
-	req := &wirepb.MoveCellsRequest{Partition: partition, Indexes: make([]uint64, len(moves)), Fields: make([]string, len(moves))}
+// cluster, when not "", is the cluster whose units the copies were placed
+// on (see [engine.CommitRequest]): a controller of another cluster refuses
+// the move with an error wrapping [engine.ErrLost].
+func (r *RemoteMeta) MoveCells(ctx context.Context, partition string, moves []engine.CellMove, cluster string) ([]bool, error) {
+	req := &wirepb.MoveCellsRequest{Partition: partition, Indexes: make([]uint64, len(moves)), Fields: make([]string, len(moves)), ClusterId: cluster}
 	from := make([]engine.CellLoc, len(moves))
 	to := make([]engine.CellLoc, len(moves))
 	for i, m := range moves {

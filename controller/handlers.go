@@ -829,6 +829,9 @@ func (s *Server) moveCells(_ context.Context, body []byte, fx *effects) (proto.M
 	if err := wire.CheckCount("cells", n); err != nil {
 		return nil, err
 	}
+	if err := s.c.checkCluster(req.ClusterId); err != nil {
+		return nil, opErr("move cells", req.Partition, err)
+	}
 	from, err := wire.AddrsFromPB(req.From)
 	if err != nil {
 		return nil, opErr("move cells", req.Partition, err)

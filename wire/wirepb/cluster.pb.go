@@ -1051,12 +1051,16 @@ func (x *UnitCellsReply) GetNext() []byte {
 // fields[i] of row indexes[i]) takes location to[i] if it is still at
 // from[i] (a compare-and-set per cell).
 type MoveCellsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
-	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
-	From          *Addrs                 `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
-	To            *Addrs                 `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes   []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Fields    []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	From      *Addrs                 `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	To        *Addrs                 `protobuf:"bytes,5,opt,name=to,proto3" json:"to,omitempty"`
+	// The cluster whose unit list the copies were placed by, as in
+	// CommitRequest: a controller of another cluster refuses the move
+	// (CODE_LOST) and changes nothing; "" is not checked.
+	ClusterId     string `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1124,6 +1128,13 @@ func (x *MoveCellsRequest) GetTo() *Addrs {
 		return x.To
 	}
 	return nil
+}
+
+func (x *MoveCellsRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 type MoveCellsReply struct {
@@ -1352,13 +1363,15 @@ const file_cluster_proto_rawDesc = "" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12%\n" +
 	"\x04locs\x18\x04 \x01(\v2\x11.tq.wire.v1.AddrsR\x04locs\x12\x12\n" +
-	"\x04next\x18\x05 \x01(\fR\x04next\"\xac\x01\n" +
+	"\x04next\x18\x05 \x01(\fR\x04next\"\xcb\x01\n" +
 	"\x10MoveCellsRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12%\n" +
 	"\x04from\x18\x04 \x01(\v2\x11.tq.wire.v1.AddrsR\x04from\x12!\n" +
-	"\x02to\x18\x05 \x01(\v2\x11.tq.wire.v1.AddrsR\x02to\"&\n" +
+	"\x02to\x18\x05 \x01(\v2\x11.tq.wire.v1.AddrsR\x02to\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x06 \x01(\tR\tclusterId\"&\n" +
 	"\x0eMoveCellsReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\bR\x05moved\"5\n" +
 	"\fMovedRequest\x12%\n" +

@@ -951,6 +951,13 @@ func (m *MoveCellsRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.ClusterId) > 0 {
+		i -= len(m.ClusterId)
+		copy(dAtA[i:], m.ClusterId)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.ClusterId)))
+		i--
+		dAtA[i] = 0x32
+	}
 	if m.To != nil {
 		size, err := m.To.MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -1536,6 +1543,10 @@ func (m *MoveCellsRequest) SizeVT() (n int) {
 	}
 	if m.To != nil {
 		l = m.To.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.ClusterId)
+	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
