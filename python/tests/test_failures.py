@@ -376,3 +376,50 @@ def test_a_read_takes_its_unit_from_the_table_it_checked():
     c._units, c._units_cluster = Racing({1: old_unit}), "old"
     c.units = list_new
     assert c._unit(1) is new_unit
+
+
+def test_a_unit_that_does_not_answer_holds_up_no_lookup(tmp_path):
+    """A unit that registered and whose sockets accept but never answer: the
+    thread whose list of the units dials it waits for its timeout, and
+    other threads' lookups of the units they know go on meanwhile. The
+    dial used to run under the table's lock, stalling every read of every
+    thread for the timeout (30 s by default)."""
+    import random
+    import socket as _socket
+    from conftest import Server
+    from tq import wire
+    from tq._pb import cluster_pb2
+    s = Server()
+    c = None
+    try:
+        c = s.client(timeout=3)
+        known = sorted(c.units())[0]
+        sock = str(tmp_path / "mute.sock")
+        listeners = []
+        for path in (sock, sock + ".shm"):  # accept (the backlog does), never answer
+            ls = _socket.socket(_socket.AF_UNIX)
+            ls.bind(path)
+            ls.listen(16)
+            listeners.append(ls)
+        reg = wire.Conn(s.address, token=s.token)
+        try:
+            reg.call(48, cluster_pb2.RegisterRequest(host_id=wire.host_id(), addrs=[f"unix://{sock}", f"shm://{sock}.shm"],
+                                                     name="mute", incarnation=random.getrandbits(63) | 1),
+                     cluster_pb2.RegisterReply, op_name="register")
+        finally:
+            reg.close()
+        listing = threading.Thread(target=lambda: c.units(refresh=True))
+        listing.start()
+        time.sleep(0.3)  # the list is dialing the mute unit
+        assert listing.is_alive(), "the list did not wait for the mute unit"
+        t0 = time.monotonic()
+        assert c._unit(known).id == known
+        took = time.monotonic() - t0
+        listing.join(10)
+        assert took < 1.0, f"a lookup of a known unit waited {took:.1f} s for another thread's dial"
+        for ls in listeners:
+            ls.close()
+    finally:
+        if c is not None:
+            c.close()
+        s.stop()

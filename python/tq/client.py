@@ -241,7 +241,8 @@ class Client:
         # the one the unit table was listed by (as known before the list).
         self._cluster_now = ""
         self._units_cluster = ""
-        self._units_lock = threading.Lock()
+        self._units_lock = threading.Lock()  # the table and its stamp, read and stored
+        self._listing = threading.Lock()  # one list of the units (and their dials) at a time
         _fork.reinit_in_child(self)
         self._no_kv_data = False
         self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
@@ -255,6 +256,7 @@ class Client:
 
     def _reinit_in_child(self) -> None:
         self._units_lock = threading.Lock()
+        self._listing = threading.Lock()
 
     def _dial_controller(self) -> "wire.Conn":
         """A connection to the controller (see _dial_controller_at). A
@@ -347,30 +349,42 @@ class Client:
             if (self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S
                     and self._units_cluster == self._cluster_now):
                 return dict(self._units)
+        with self._listing:
+            return self._list_units()
+
+    def _list_units(self):
+        """units(), listing them: one thread at a time (self._listing)."""
         cluster = self._cluster_now  # before the list: a table is never younger than its stamp
         rep = self._call(wire.UNITS, None, cluster_pb2.UnitsReply, op_name="units")
         self._units_at = time.monotonic()
-        fresh = {}
         with self._units_lock:
-            for info in rep.units:
-                old = self._units.get(info.unit_id)
-                if old is not None and old.incarnation == info.incarnation:
-                    old.alive = info.alive
-                    old.draining = info.draining
-                    fresh[info.unit_id] = old
-                    continue
-                if not info.alive:
-                    continue
-                try:
-                    fresh[info.unit_id] = Unit(info, token=self.token, name=self.name, host=self.host,
-                                               transport=self.transport, timeout=self.timeout)
-                except errors.NotSupportedError:
-                    raise  # transport='shm' and a unit it cannot reach so
-                except errors.TQError:
-                    # Unreachable, or refusing this client (another process
-                    # at its address since a restart, shutting down, full):
-                    # left out, as the Go client's table marks it down.
-                    continue
+            old = dict(self._units)
+        fresh, made = {}, {}
+        for info in rep.units:
+            u = old.get(info.unit_id)
+            if u is not None and u.incarnation == info.incarnation:
+                u.alive = info.alive
+                u.draining = info.draining
+                fresh[info.unit_id] = u
+                continue
+            if not info.alive:
+                continue
+            # Connected outside the table's lock: a unit that does not
+            # answer must not hold up every other thread's lookups.
+            try:
+                u = Unit(info, token=self.token, name=self.name, host=self.host, transport=self.transport,
+                         timeout=self.timeout)
+                fresh[info.unit_id] = made[info.unit_id] = u
+            except errors.NotSupportedError:
+                for u in made.values():
+                    u.close()
+                raise  # transport='shm' and a unit it cannot reach so
+            except errors.TQError:
+                # Unreachable, or refusing this client (another process
+                # at its address since a restart, shutting down, full):
+                # left out, as the Go client's table marks it down.
+                continue
+        with self._units_lock:
             for uid, u in self._units.items():
                 if fresh.get(uid) is not u:
                     u.close()
