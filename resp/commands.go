@@ -359,6 +359,20 @@ func nameProblem(what string, name []byte) error {
 	return nil
 }
 
+// partitionProblem is nameProblem for a partition a connection moves to
+// (SELECT, TQ.PARTITION, the starting one): a '}' in it could not be
+// written in a key's {partition} form, so its keys that start with '{'
+// would be listed under names that reach another partition's keys.
+func partitionProblem(name []byte) error {
+	if err := nameProblem("partition id", name); err != nil {
+		return err
+	}
+	if bytes.IndexByte(name, '}') >= 0 {
+		return fmt.Errorf("partition id %q holds a '}', which a key's {partition} form cannot carry: %w", clip(name), engine.ErrInvalid)
+	}
+	return nil
+}
+
 // fieldNames converts field names, answering an error for one TQ cannot
 // name (ok false).
 func (c *conn) fieldNames(args [][]byte) (names []string, ok bool) {
@@ -504,7 +518,7 @@ func (c *conn) selectCmd(args [][]byte) {
 	case "0":
 		p = c.s.cfg.Partition
 	}
-	if err := nameProblem("partition id", []byte(p)); err != nil {
+	if err := partitionProblem([]byte(p)); err != nil {
 		c.writeErr(fmt.Errorf("SELECT: %w", err))
 		return
 	}
@@ -1301,7 +1315,7 @@ func (c *conn) tqPartition(args [][]byte) {
 	case 1:
 		c.writeBulkString(c.partition)
 	case 2:
-		if err := nameProblem("partition id", args[1]); err != nil {
+		if err := partitionProblem(args[1]); err != nil {
 			c.writeErr(err)
 			return
 		}

@@ -116,3 +116,25 @@ func TestTagNamesAndValuesTQCannotHold(t *testing.T) {
 	}
 	assert.Equal(t, []bool{false}, e.e.Controller.HasKeys("default", []string{"k"}), "nothing was written")
 }
+
+// A partition a connection moves to may not hold a '}': a key's
+// {partition} form could not name it, so its keys that start with '{'
+// were listed under names (`{a}b}{x}k`) that reach another partition's
+// keys (key `b}{x}k` of partition `a`). SELECT and TQ.PARTITION refuse
+// it, naming the brace, and the connection stays where it was; so does
+// a server whose starting partition holds one.
+func TestPartitionWithABraceIsRefused(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	for _, cmd := range [][]any{{"SELECT", "a}b"}, {"TQ.PARTITION", "a}b"}} {
+		err := rc.Do(ctx, cmd...).Err()
+		require.Error(t, err, "%q", cmd)
+		assert.Contains(t, err.Error(), `partition id "a}b" holds a '}'`, "%q", cmd)
+	}
+	p, err := rc.Do(ctx, "TQ.PARTITION").Text()
+	require.NoError(t, err)
+	assert.Equal(t, "default", p, "the connection's partition after the refusals")
+	_, err = NewServer(e.e.Controller, e.e.Units, Config{Partition: "x}y"})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+}

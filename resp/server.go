@@ -136,6 +136,9 @@ type Server struct {
 // once what a command changed and saw is durable.
 func NewServer(ctrl *controller.Controller, units []*storage.Unit, cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
+	if err := partitionProblem([]byte(cfg.Partition)); err != nil {
+		return nil, fmt.Errorf("resp: starting partition: %w", err)
+	}
 	st, err := newStore(ctrl, units, cfg.CommandTimeout)
 	if err != nil {
 		return nil, err

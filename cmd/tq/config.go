@@ -318,6 +318,8 @@ func (c *serveConfig) validate() error {
 		}
 		if c.RESPPartition == "" {
 			bad("--resp-partition: empty partition id")
+		} else if strings.Contains(c.RESPPartition, "}") {
+			bad("--resp-partition %q: a '}' cannot be written in a key's {partition} form", c.RESPPartition)
 		}
 		if c.RESPMaxValue <= 0 {
 			bad("--resp-max-value %v: must be positive", c.RESPMaxValue)

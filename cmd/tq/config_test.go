@@ -275,6 +275,7 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a controller with --shm-quarantine", []string{"--role", "controller", "--shm-quarantine", "1m"}, []string{"--shm-quarantine 1m0s: not used by --role controller"}},
 		{"loops below -1", []string{"--loops", "-7"}, []string{"--loops -7"}},
 		{"RESP loops below -1", []string{"--resp-loops", "-2"}, []string{"--resp-loops -2"}},
+		{"a RESP partition with a brace", []string{"--resp", "127.0.0.1:0", "--resp-partition", "a}b"}, []string{`--resp-partition "a}b": a '}' cannot`}},
 		{"a listen port past 65535", []string{"--listen", "127.0.0.1:99999"}, []string{`--listen "127.0.0.1:99999"`, `port "99999"`}},
 		{"a unit listen port past 65535", []string{"--unit-listen", "127.0.0.1:65536"}, []string{`--unit-listen "127.0.0.1:65536"`}},
 		{"a RESP port past 65535", []string{"--resp", ":70000"}, []string{`--resp ":70000"`}},
