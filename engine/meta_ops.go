@@ -200,7 +200,8 @@ func (m *BatchMeta) ChunkByPartition() []*BatchMeta {
 // both. Extra is merged with other's values winning, and each row's tags
 // are merged with other's keys winning. Keys are taken from whichever side
 // has them; two different non-empty keys for one row are an error wrapping
-// [ErrInvalid].
+// [ErrInvalid]. Cluster is that of the cells the result keeps: other's
+// when all are other's, "" when they are of two clusters.
 func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
 	switch {
 	case other.Empty():
@@ -256,6 +257,22 @@ func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
 				out.Cells = make(map[string][]CellLoc)
 			}
 			out.Cells[name] = slices.Clone(locs)
+		}
+	}
+	// The cluster whose unit ids the result's cells name: other's when
+	// every cell is other's, none ("") when cells of two clusters remain.
+	if len(out.Cells) > 0 || len(other.Cells) > 0 {
+		mine := false
+		for name := range out.Cells {
+			if _, ok := other.Schema[name]; !ok {
+				mine = true
+			}
+		}
+		switch {
+		case !mine:
+			out.Cluster = other.Cluster
+		case len(other.Cells) > 0 && other.Cluster != m.Cluster:
+			out.Cluster = "" // of several clusters: not checked
 		}
 	}
 	for i, r := range other.Ready {

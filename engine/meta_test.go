@@ -734,6 +734,30 @@ func TestUnion(t *testing.T) {
 			t.Errorf("got cells for f %v, want none", got.Cells["f"])
 		}
 	})
+	t.Run("cluster of the cells", func(t *testing.T) {
+		// The stamp says whose unit ids the cells name: a union must not
+		// put other's cells under self's cluster, nor drop the cluster of
+		// cells that are all other's.
+		a, b := metaOf("p", 0, 2, "f", "g"), metaOf("p", 0, 2, "f")
+		a.Cells = map[string][]CellLoc{"f": {loc(1, 0), loc(1, 8)}, "g": {loc(1, 16), loc(1, 24)}}
+		b.Cells = map[string][]CellLoc{"f": {loc(1, 0), loc(1, 8)}}
+		a.Cluster, b.Cluster = "new", "old"
+		got, err := a.Union(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Cluster == "new" {
+			t.Errorf("union of a meta of cluster new with cells of cluster old is stamped %q", got.Cluster)
+		}
+		bare := metaOf("p", 0, 2, "f") // a meta the caller built: no cells, no cluster
+		got, err = bare.Union(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Cluster != "old" {
+			t.Errorf("union whose cells are all of cluster old is stamped %q, want %q", got.Cluster, "old")
+		}
+	})
 	t.Run("ready AND", func(t *testing.T) {
 		a, b := metaOf("p", 0, 4, "f"), metaOf("p", 0, 4, "g")
 		a.Ready = []bool{true, true, false, false}
