@@ -286,6 +286,63 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
             fresh.close()
 
 
+@pytest.mark.parametrize("how", ["kv_batch_get", "kv_batch_get view", "get_data"])
+def test_cells_read_after_their_controller_started_anew_are_lost(split, how):
+    """A read takes its cells' units from the table when it reads them. If
+    the controller that named the cells starts anew without its state
+    (another cluster, handing the unit ids out again) after it answered, and
+    another thread lists the units meanwhile, the ids name other units: the
+    read is lost, not another key's bytes (kv_batch_get's metas were not
+    stamped, and get_data checked the cluster only before the read)."""
+    c = tq.Client(split.address, token=split.token, transport="tcp")
+    fresh = None
+    try:
+        big = np.arange(4 * 50000, dtype=np.float64).reshape(4, 50000)  # through the units
+        c.kv_batch_put(["a"], "p", {"x": big[:1]})
+        a_meta = c.kv_retrieve_meta(["a"], "p")
+        was = {uid: u.incarnation for uid, u in c.units().items()}
+        real, done = c._read_fields, []
+
+        def restart_first(*args, **kw):
+            nonlocal fresh
+            if not done:
+                done.append(1)
+                split.controller.kill()
+                split.controller.wait()
+                split.units[1].send_signal(signal.SIGSTOP)  # unit 2 registers first, as 1
+                try:
+                    split._start("c2", split.controller_args)
+                    fresh = tq.Client(split.address, token=split.token, transport="tcp")
+                    _until(lambda: {u: x.incarnation for u, x in fresh.units(refresh=True).items()} == {1: was[2]})
+                finally:
+                    split.units[1].send_signal(signal.SIGCONT)
+                _until(lambda: {u: x.incarnation for u, x in fresh.units(refresh=True).items()}
+                       == {1: was[2], 2: was[1]})
+                for i in range(8):  # both units hold bytes where "a" was
+                    fresh.kv_batch_put([f"k{i}"], "p", {"x": big[i % 4:i % 4 + 1] + 1000 + i})
+                c.units(refresh=True)  # another thread's list, under the new cluster
+            return real(*args, **kw)
+
+        c._read_fields = restart_first
+        try:
+            if how == "get_data":
+                got = c.get_data(a_meta)
+            else:
+                got = c.kv_batch_get(["a"], "p", copy=how == "kv_batch_get")
+        except tq.LostError as e:
+            assert "started anew" in e.message, e.message
+        else:
+            x = np.asarray(got["x"]).copy()
+            if isinstance(got, tq.View):
+                got.release()
+            pytest.fail(f"read {x[0, :3]}... for key a, written as {big[0, :3]}...")
+        assert done
+    finally:
+        c.close()
+        if fresh is not None:
+            fresh.close()
+
+
 def _until(cond, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not cond():

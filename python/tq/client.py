@@ -391,14 +391,23 @@ class Client:
             self._units, self._units_cluster = fresh, cluster
             return dict(fresh)
 
-    def _unit(self, uid: int) -> Unit:
+    def _unit(self, uid: int, of: str = "") -> Unit:
+        """The unit ``uid`` of the table; ``of``, when not "", the cluster of
+        the meta naming it: a table of another is LostError (see
+        _check_cluster), checked against the table the unit is taken from."""
         with self._units_lock:  # a table and its stamp, not another thread's newer stamp
             units, cluster = self._units, self._units_cluster
         u = units.get(uid) if cluster == self._cluster_now else None  # else the id may name another unit now
         if u is None:
-            u = self.units(refresh=True).get(uid)
-            if u is None:
-                raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
+            self.units(refresh=True)
+            with self._units_lock:
+                units, cluster = self._units, self._units_cluster
+            u = units.get(uid)
+        if of and of != cluster:
+            raise errors.LostError(f"cells named by the controller of cluster {of}, which started anew "
+                                   f"as cluster {cluster} without its state", op="read")
+        if u is None:
+            raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
         return u
 
     def _stamped(self, meta: BatchMeta, before: str) -> BatchMeta:
@@ -445,7 +454,7 @@ class Client:
     # ---- reading cells -------------------------------------------------
 
     def _read_fields(self, n, schema, cells, names, row_keys, *, view=False, partition="", op="get",
-                     check_only=False):
+                     check_only=False, of=""):
         """Read ``names`` of n rows: field → value, and the leases a view holds."""
         for f in names:
             c = cells.get(f)
@@ -466,9 +475,9 @@ class Client:
             units.update(np.unique(cells[f].unit).tolist())
         data, leases = {}, []
         if view:
-            return self._view_fields(n, schema, cells, names, units, partition, op)
+            return self._view_fields(n, schema, cells, names, units, partition, op, of)
         if len(units) == 1:
-            u = self._unit(units.pop())
+            u = self._unit(units.pop(), of)
             bufs = [alloc(int(cells[f].len.sum())) for f in names]
             u.read_many([cells[f] for f in names], bufs)
             for f, buf in zip(names, bufs):
@@ -481,7 +490,7 @@ class Client:
             dst = np.frombuffer(buf, dtype=np.uint8)
             for uid in np.unique(c.unit).tolist():
                 pos = np.flatnonzero(c.unit == uid)
-                _scatter(dst, c, pos, self._unit(uid).read(c.take(pos)))
+                _scatter(dst, c, pos, self._unit(uid, of).read(c.take(pos)))
             data[f] = self._value(schema[f], n, c, memoryview(buf))
         return data, leases
 
@@ -490,11 +499,11 @@ class Client:
         return _cols.from_bytes(s["dtype"], s["kind"], s.get("shape", ()), s.get("shapes"),
                                 c.len.tolist() if s["kind"] == "opaque" else None, n, buf)
 
-    def _view_fields(self, n, schema, cells, names, units, partition, op):
+    def _view_fields(self, n, schema, cells, names, units, partition, op, of=""):
         leases, data = [], {}
-        unit_objs = {uid: self._unit(uid) for uid in units}
+        unit_objs = {uid: self._unit(uid, of) for uid in units}
         if not all(u.shm for u in unit_objs.values()):
-            d, _ = self._read_fields(n, schema, cells, names, [None] * n, partition=partition, op=op)
+            d, _ = self._read_fields(n, schema, cells, names, [None] * n, partition=partition, op=op, of=of)
             return d, []
         held = {}
         try:
@@ -749,12 +758,21 @@ class Client:
                     raise
                 time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
 
+    def _resolved(self, rep_meta, before: str, partition: str) -> BatchMeta:
+        """The meta of a reply to read from now: stamped (see _stamped), and
+        refused as lost when its controller started anew since (see
+        _check_cluster)."""
+        meta = self._stamped(BatchMeta.from_pb(rep_meta), before)
+        self._check_cluster(meta, partition)
+        return meta
+
     def _kv_batch_get(self, keys, partition_id, select_fields, copy, into, ctx):
+        before = self._cluster_now
         if into is not None:
             names = list(into)
             req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(names))
             rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-            meta = BatchMeta.from_pb(rep.meta)
+            meta = self._resolved(rep.meta, before, partition_id)
             return self._read_into(meta, into, keys, partition_id, "kv_batch_get")
         if (copy and not self._no_kv_data and not self._no_value and len(keys) == 1 and select_fields is not None
                 and len(select_fields) == 1):
@@ -793,18 +811,19 @@ class Client:
                 rep, payload = out if isinstance(out, tuple) else (out, b"")
                 if rep.has_data:
                     return self._inline(rep, len(keys), payload)
-                return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields,
-                                           copy=True, op="kv_batch_get")
+                return self._get_meta_data(self._resolved(rep.meta, before, partition_id), keys, partition_id,
+                                           select_fields, copy=True, op="kv_batch_get")
         req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-        return self._get_meta_data(BatchMeta.from_pb(rep.meta), keys, partition_id, select_fields, copy=copy,
-                                   op="kv_batch_get")
+        return self._get_meta_data(self._resolved(rep.meta, before, partition_id), keys, partition_id,
+                                   select_fields, copy=copy, op="kv_batch_get")
 
     def _kv_batch_get_to(self, keys, partition_id, select_fields, dev, ctx):
         """kv_batch_get(device=...): see there."""
+        before = self._cluster_now
         req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-        meta = BatchMeta.from_pb(rep.meta)
+        meta = self._resolved(rep.meta, before, partition_id)
         names = sorted(meta.field_schema) if select_fields is None else list(select_fields)
         return self._read_to(meta, meta._cells, names, keys, partition_id, "kv_batch_get", dev)
 
@@ -836,7 +855,7 @@ class Client:
         rest = [f for f in names if f not in pins]
         if rest:
             data, _ = self._read_fields(meta.size, meta.field_schema, cells, rest, row_keys, partition=partition,
-                                        op=op)
+                                        op=op, of=meta._cluster)
             for f in rest:
                 v = data[f]
                 if isinstance(v, np.ndarray):
@@ -871,7 +890,7 @@ class Client:
             if f not in meta.field_schema:
                 raise errors.NotFoundError("unknown field", op=op, partition=partition, fields=[f])
         data, leases = self._read_fields(meta.size, meta.field_schema, meta._cells, names, keys, view=not copy,
-                                         partition=partition, op=op)
+                                         partition=partition, op=op, of=meta._cluster)
         if not copy:
             return View(data, leases)
         return _maybe_tensordict(data, meta.size)
@@ -899,7 +918,7 @@ class Client:
         if len(units) == 1:
             # Every cell on one unit: one READ (or one lease) for all fields,
             # straight into the caller's arrays.
-            u = self._unit(units.pop())
+            u = self._unit(units.pop(), meta._cluster)
             u.read_many([cells[f] for f in names], flats)
             return into
         for f, arr in into.items():
@@ -907,11 +926,11 @@ class Client:
             flat = arr.reshape(-1).view(np.uint8)
             units = np.unique(c.unit).tolist()
             if len(units) == 1:
-                self._unit(units[0]).read(c, into=flat)
+                self._unit(units[0], meta._cluster).read(c, into=flat)
                 continue
             for uid in units:
                 pos = np.flatnonzero(c.unit == uid)
-                _scatter(flat, c, pos, self._unit(uid).read(c.take(pos)))
+                _scatter(flat, c, pos, self._unit(uid, meta._cluster).read(c.take(pos)))
         return into
 
     def kv_list(self, partition_id: str | None = None) -> dict:
@@ -1162,7 +1181,7 @@ class Client:
             return self._read_into(metadata, into, list(keys), part, "get_data", cells=cells)
         data, leases = self._read_fields(metadata.size, metadata.field_schema, cells, names,
                                          [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)],
-                                         view=not copy, partition=part, op="get_data")
+                                         view=not copy, partition=part, op="get_data", of=metadata._cluster)
         if not copy:
             return View(data, leases)
         return _maybe_tensordict(data, metadata.size)
