@@ -72,6 +72,8 @@ func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	require.NoError(t, err)
 	aMeta, err := reader.MetaByKeys(ctx, "p", []string{"a"}, []string{"x"}, false)
 	require.NoError(t, err)
+	rows, err := writer.GetMeta(ctx, client.MetaRequest{Partition: "q", Mode: client.Insert, BatchSize: 1, Fields: []string{"x"}})
+	require.NoError(t, err)
 
 	// The controller restarts without its state; the old unit stays out
 	// of it (its data plane lives on, and the clients' connections to
@@ -99,6 +101,17 @@ func TestControllerWithoutItsStateIsANewCluster(t *testing.T) {
 	_, err = reader.Get(ctx, aMeta)
 	require.ErrorIs(t, err, engine.ErrLost, "a read of a meta of the old cluster")
 	assert.ErrorContains(t, err, "which started anew as cluster")
+
+	// Rows inserted before the restart: their indexes name other rows now.
+	qm, err := newcomer.PutNew(ctx, "q", ints1(t, 444))
+	require.NoError(t, err)
+	require.Equal(t, rows.Indexes, qm.Indexes, "the new cluster gave the same row index to another row")
+	_, err = writer.Put(ctx, ints1(t, 555), rows)
+	require.ErrorIs(t, err, engine.ErrLost, "a put into rows of the old cluster")
+	got, err = newcomer.Get(ctx, qm)
+	require.NoError(t, err)
+	assert.Equal(t, ints1(t, 444).Col("x"), got.Col("x"), "the new cluster's row after a put into the old one's")
+	got.Release()
 
 	held := old.u.Stats().Used
 	_, err = kvapi.New(writer).BatchPut(ctx, "p", []string{"c"}, ints1(t, 333), nil)

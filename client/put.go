@@ -51,15 +51,23 @@ func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMet
 		out.Cells[f.Name] = make([]engine.CellLoc, meta.Len())
 	}
 	var done []string
-	for _, g := range groupByPartition(meta) {
-		err := c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
+	for i, g := range groupByPartition(meta) {
+		cluster, err := c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
 		if c.placeAgain(ctx, err) {
-			err = c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
+			cluster, err = c.putPartition(ctx, b, meta, g.part, g.pos, out.Cells)
 		}
 		if err != nil {
 			return nil, &engine.OpError{Op: "put", Peer: g.part, Err: committedBefore(err, done)}
 		}
 		done = append(done, g.part)
+		// The cells are of the cluster the commit named (see
+		// engine.BatchMeta); of several, not noted.
+		switch {
+		case i == 0 && len(meta.Cells) == 0:
+			out.Cluster = cluster
+		case out.Cluster != cluster:
+			out.Cluster = ""
+		}
 	}
 	if err := out.AddFields(b); err != nil {
 		return nil, &engine.OpError{Op: "put", Err: err}
@@ -185,7 +193,18 @@ type written struct {
 	rows []int
 }
 
-func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta, part string, pos []int, cells map[string][]engine.CellLoc) (err error) {
+// sameRows refuses a put into the rows of a meta of another cluster than
+// the units' (see [engine.BatchMeta]): a controller that started anew
+// without its state may give those row indexes to other rows.
+func sameRows(metaCluster, cluster string) error {
+	if metaCluster == "" || cluster == "" || metaCluster == cluster {
+		return nil
+	}
+	return fmt.Errorf("the rows are of cluster %s, whose controller started anew as cluster %s without its state: %w", metaCluster, cluster, engine.ErrLost)
+}
+
+// It returns the cluster its commit named.
+func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta, part string, pos []int, cells map[string][]engine.CellLoc) (cluster string, err error) {
 	fields := b.Fields()
 	locs := make([][]engine.CellLoc, len(fields))
 	for i, f := range fields {
@@ -198,8 +217,11 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		}
 	}()
 	p, seeds := c.indexPlanner(meta, pos)
+	if err := sameRows(meta.Cluster, p.cluster); err != nil {
+		return "", err
+	}
 	if done, err = c.writePlaced(ctx, p, fields, pos, seeds, locs); err != nil {
-		return err
+		return "", err
 	}
 	req := engine.CommitRequest{Partition: part, Indexes: make([]uint64, len(pos)), Cluster: p.cluster}
 	for i, p := range pos {
@@ -210,10 +232,10 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		if !refused(err) {
 			done = nil // the commit may have happened: the cells stay
 		}
-		return err
+		return "", err
 	}
 	done = nil
-	return nil
+	return p.cluster, nil
 }
 
 // writeRows writes rows of fields to unit u, one extent per field, and

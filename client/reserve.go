@@ -400,6 +400,9 @@ func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 	if err != nil {
 		return nil, err
 	}
+	if err := sameRows(meta.Cluster, r.cluster); err != nil {
+		return nil, errors.Join(err, r.abort(context.WithoutCancel(ctx)))
+	}
 	return &PutBuffer{reserved: r, meta: meta.Clone(), part: part}, nil
 }
 
@@ -489,6 +492,9 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 		return out, err
 	}
 	out := b.meta.Clone()
+	if len(b.meta.Cells) == 0 {
+		out.Cluster = b.cluster // the new cells' (see engine.BatchMeta); the rows' too (ReservePut checked)
+	}
 	if out.Cells == nil {
 		out.Cells = map[string][]engine.CellLoc{}
 	}

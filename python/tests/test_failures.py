@@ -254,6 +254,7 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
         big = np.arange(4 * 50000, dtype=np.float64).reshape(4, 50000)  # through the units
         c.kv_batch_put(["a"], "p", {"x": big[:1]})
         a_meta = c.kv_retrieve_meta(["a"], "p")
+        q_rows = c.get_meta(["x"], 1, "q", mode="insert")
         was = {uid: u.incarnation for uid, u in c.units().items()}
         assert sorted(was) == [1, 2]
         split.controller.kill()
@@ -277,6 +278,12 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
         with pytest.raises(tq.LostError) as e:
             c.get_data(a_meta)
         assert "started anew" in e.value.message, e.value.message
+        # And its rows: the new cluster may give their indexes to other rows.
+        q_new = fresh.put({"x": big[:1] + 7}, partition_id="q")
+        with pytest.raises(tq.LostError) as e:
+            c.put({"x": big[:1] - 7}, metadata=q_rows)
+        assert "started anew" in e.value.message, e.value.message
+        np.testing.assert_array_equal(fresh.get_data(q_new)["x"], big[:1] + 7)
         for i in range(8):
             c.kv_batch_put([f"n{i}"], "p", {"x": big[:1] - i})
             np.testing.assert_array_equal(fresh.kv_batch_get([f"n{i}"], "p")["x"], big[:1] - i)
@@ -300,6 +307,7 @@ def test_cells_read_after_their_controller_started_anew_are_lost(split, how):
         big = np.arange(4 * 50000, dtype=np.float64).reshape(4, 50000)  # through the units
         c.kv_batch_put(["a"], "p", {"x": big[:1]})
         a_meta = c.kv_retrieve_meta(["a"], "p")
+        q_rows = c.get_meta(["x"], 1, "q", mode="insert")
         was = {uid: u.incarnation for uid, u in c.units().items()}
         real, done = c._read_fields, []
 

@@ -385,6 +385,12 @@ class Client:
                 # left out, as the Go client's table marks it down.
                 continue
         with self._units_lock:
+            if self._closed:
+                # close() took the table while the list dialed: what it
+                # dialed is no one's.
+                for u in made.values():
+                    u.close()
+                raise errors.ClosedError("client is closed")
             for uid, u in self._units.items():
                 if fresh.get(uid) is not u:
                     u.close()
@@ -1131,6 +1137,13 @@ class Client:
             raise errors.InvalidError(f"put to rows of {len(parts)} partitions", op="put")
         part = parts.pop()
         cols = _cols.columns(data, metadata.size)
+        if metadata._cluster:
+            self.units()
+            if metadata._cluster != self._units_cluster:
+                # A controller that started anew may have given these row
+                # indexes to other rows.
+                raise errors.LostError(f"the rows are of cluster {metadata._cluster}, whose controller started anew "
+                                       f"as cluster {self._units_cluster} without its state", op="put", partition=part)
         req = control_pb2.CommitRequest(partition=part, indexes=metadata.global_indexes)
         self._write_and_commit(metadata.global_indexes[0], cols, req, wire.COMMIT, control_pb2.CellsReply,
                                {"op_name": "put", "partition": part})
