@@ -252,7 +252,7 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tquarantined\tsegments\tpages\thost\taddresses")
+	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tquarantined\tsegments\tpages\thost\tname\taddresses")
 	for _, u := range s.units {
 		pages := bytesString(u.PageSize) + " pre-faulted"
 		if u.HugePages {
@@ -263,8 +263,12 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 			host = host[:8]
 		}
 		host = printable(host)
-		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%s\t%d\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
-			percent(u.Used, u.Capacity), s.quarantined(u.ID), u.Segments, pages, host, strings.Join(printables(showAddrs(u.Addrs)), " "))
+		name := "-" // tq serve --name
+		if u.Name != "" {
+			name = printable(u.Name)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s / %s  %s\t%s\t%d\t%s\t%s\t%s\t%s\n", u.ID, unitState(u), bytesString(u.Used), bytesString(u.Capacity),
+			percent(u.Used, u.Capacity), s.quarantined(u.ID), u.Segments, pages, host, name, strings.Join(printables(showAddrs(u.Addrs)), " "))
 	}
 	return tw.Flush()
 }
@@ -452,6 +456,7 @@ type taskJSON struct {
 
 type unitJSON struct {
 	ID       engine.UnitID `json:"id"`
+	Name     string        `json:"name"` // tq serve --name
 	Alive    bool          `json:"alive"`
 	Draining bool          `json:"draining"`
 	Used     int64         `json:"used_bytes"`
@@ -488,7 +493,7 @@ func (s *statSnapshot) json(prev *statSnapshot) statJSON {
 		out.Partitions = append(out.Partitions, p)
 	}
 	for _, u := range s.units {
-		uj := unitJSON{ID: u.ID, Alive: u.Alive, Draining: u.Draining, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs}
+		uj := unitJSON{ID: u.ID, Name: u.Name, Alive: u.Alive, Draining: u.Draining, Used: u.Used, Capacity: u.Capacity, Segments: u.Segments, Addrs: u.Addrs}
 		if st, ok := s.fresh[u.ID]; ok {
 			uj.Quarantined, uj.QuarantinedSessions = &st.Quarantined, &st.QuarantinedSessions
 		}

@@ -200,3 +200,35 @@ func TestStatShowsQuarantinedHolds(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotContains(t, string(b), "quarantined", "a unit that did not answer")
 }
+
+// tq serve --name is "shown in tq stat": the storage units register it,
+// and the unit table and --json say it (quoted, like the other names,
+// when it is not printable). It was registered and shown nowhere.
+func TestStatShowsTheUnitsName(t *testing.T) {
+	s := startInProcess(t, "--name", "rack7-box3")
+	ctx := t.Context()
+	m, err := client.DialMeta(ctx, s.local, client.RemoteConfig{Name: "stat-test"})
+	require.NoError(t, err)
+	defer m.Close()
+	snap, err := takeSnapshot(ctx, m, s.local, "")
+	require.NoError(t, err)
+	var out bytes.Buffer
+	require.NoError(t, snap.print(&out))
+	t.Logf("tq stat:\n%s", out.String())
+	lines := strings.Split(out.String(), "\n")
+	i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "used / capacity") })
+	require.GreaterOrEqual(t, i, 0, "no unit table")
+	require.Greater(t, len(lines), i+1)
+	assert.Contains(t, lines[i], "name", "the table's header")
+	assert.Contains(t, lines[i+1], "rack7-box3", "unit 1's line")
+
+	b, err := json.Marshal(snap.json(nil))
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"name":"rack7-box3"`, "--json")
+
+	snap.units[0].Name = "n\x1b[2J"
+	out.Reset()
+	require.NoError(t, snap.print(&out))
+	assert.Contains(t, out.String(), `"n\x1b[2J"`)
+	assert.NotContains(t, out.String(), "\x1b")
+}
