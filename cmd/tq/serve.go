@@ -415,6 +415,7 @@ func (s *server) startController() error {
 		// Only units until the checkpoint is in (see restore).
 		s.ctrlSrv.HoldClients("restoring checkpoint " + s.cfg.Restore)
 	}
+	s.watchUnits() // before any unit can register: see watchUnits
 	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -422,7 +423,6 @@ func (s *server) startController() error {
 	for _, l := range ls {
 		go s.ctrlSrv.Serve(l)
 	}
-	s.watchUnits()
 	s.addrs, s.local = addrs, local
 	fmt.Fprintf(s.out, "tq serve: controller on %s\n", strings.Join(addrs, " "))
 	return nil
