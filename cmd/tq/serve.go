@@ -241,6 +241,9 @@ type server struct {
 	// loads only into a controller that held none, unless restoreForce.
 	held         int
 	restoreForce bool
+	// recovered holds the units the controller knew from its data
+	// directory at start, with their last heartbeat then (see live).
+	recovered map[engine.UnitID]time.Time
 
 	metrics    *tqmetrics.Registry // --metrics; nil without
 	metricsURL string
@@ -415,7 +418,8 @@ func (s *server) startController() error {
 		// Only units until the checkpoint is in (see restore).
 		s.ctrlSrv.HoldClients("restoring checkpoint " + s.cfg.Restore)
 	}
-	s.watchUnits() // before any unit can register: see watchUnits
+	s.noteRecovered() // before any unit can register: see live
+	s.watchUnits()
 	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
@@ -796,9 +800,12 @@ func (s *server) restore(ctx context.Context) error {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		// Not a unit of an earlier start that was not heard from since
+		// (it is listed alive for a while, and may be gone), nor one that
+		// has its id and has not joined yet (it lists no address).
 		alive := false
 		for _, u := range s.ctrlSrv.Units() {
-			alive = alive || u.Alive
+			alive = alive || s.live(u) && len(u.Addrs) > 0
 		}
 		if alive || time.Now().After(deadline) {
 			break

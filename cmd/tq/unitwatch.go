@@ -10,18 +10,10 @@ import (
 // heartbeat within the timeout) or gets back, once per change, until
 // the server closes. It checks every heartbeat interval, but no more
 // often than every 100 ms: it only logs.
-//
-// The units a restarted controller knows from its durable state are
-// listed alive for one timeout, though none has registered yet (they may
-// come back): called before the controller serves, it notes their last
-// heartbeat, the controller's start, and counts one as heard from once
-// that moves; until then it is not reported registered, and once its
-// timeout passes it is reported never heard from.
+// A unit known from the durable state is not reported registered before
+// it is heard from (see live); once its timeout passes unheard, it is
+// reported never heard from.
 func (s *server) watchUnits() {
-	waiting := map[engine.UnitID]time.Time{}
-	for _, u := range s.ctrlSrv.Units() {
-		waiting[u.ID] = u.LastHeartbeat
-	}
 	done := make(chan struct{})
 	exited := make(chan struct{})
 	s.closers = append(s.closers, func() error {
@@ -36,11 +28,8 @@ func (s *server) watchUnits() {
 		alive := map[engine.UnitID]bool{}
 		for {
 			for _, u := range s.ctrlSrv.Units() {
-				if at, ok := waiting[u.ID]; ok {
-					if u.Alive && u.LastHeartbeat.Equal(at) {
-						continue // not heard from, within its timeout
-					}
-					delete(waiting, u.ID)
+				if u.Alive && !s.live(u) {
+					continue // not heard from yet, within its timeout
 				}
 				was, known := alive[u.ID]
 				switch {
@@ -63,4 +52,24 @@ func (s *server) watchUnits() {
 			}
 		}
 	}()
+}
+
+// noteRecovered notes the units the controller knows from its durable
+// state, with their last heartbeat: the controller's start. Call it
+// before the controller serves.
+func (s *server) noteRecovered() {
+	s.recovered = map[engine.UnitID]time.Time{}
+	for _, u := range s.ctrlSrv.Units() {
+		s.recovered[u.ID] = u.LastHeartbeat
+	}
+}
+
+// live reports whether unit u is alive by a registration or a heartbeat
+// since the controller started. The units a restarted controller knows
+// from its durable state are listed alive for one timeout though none
+// has registered yet, so that they may come back (the controller's
+// units.go): such a unit is live once its last heartbeat moves.
+func (s *server) live(u engine.UnitInfo) bool {
+	at, recovered := s.recovered[u.ID]
+	return u.Alive && (!recovered || !u.LastHeartbeat.Equal(at))
 }

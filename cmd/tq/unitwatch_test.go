@@ -12,6 +12,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/kvapi"
 )
 
 // lockedBuffer is a bytes.Buffer a logger and a test share.
@@ -32,6 +35,28 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
+// startDurable starts tq serve's servers in the test's process, with the
+// controller's state in data (a controller that restarts there recovers
+// it), unix sockets in socks, no token, and the flags of args added
+// (--listen "" leaves a controller on its unix socket only). The
+// caller closes it.
+func startDurable(data, socks string, log *slog.Logger, args ...string) (*server, error) {
+	args = append([]string{"--insecure", "--socket-dir", socks, "--data-dir", data}, args...)
+	cfg, once, err := parseServeConfig(args, io.Discard)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.secure(); err != nil {
+		return nil, err
+	}
+	s := &server{cfg: cfg, out: io.Discard, log: log, restoreForce: once.restoreForce}
+	if err := s.start(context.Background()); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
 // A controller that restarts from its data directory lists the storage
 // units of its earlier start, alive for one timeout so that they can come
 // back; one that does not is not heard from. The log says so, and does
@@ -41,12 +66,8 @@ func (l *lockedBuffer) String() string {
 func TestUnitWatchDoesNotReportARecoveredUnitRegistered(t *testing.T) {
 	data, socks := t.TempDir(), t.TempDir()
 	start := func(log *slog.Logger, args ...string) *server {
-		args = append([]string{"--insecure", "--listen", "", "--socket-dir", socks, "--data-dir", data, "--heartbeat", "20ms"}, args...)
-		cfg, _, err := parseServeConfig(args, io.Discard)
+		s, err := startDurable(data, socks, log, append(args, "--listen", "", "--heartbeat", "20ms")...)
 		require.NoError(t, err)
-		require.NoError(t, cfg.secure())
-		s := &server{cfg: cfg, out: io.Discard, log: log}
-		require.NoError(t, s.start(context.Background()))
 		return s
 	}
 	first := start(slog.New(slog.DiscardHandler), "--units", "1", "--capacity", "16MiB")
@@ -66,4 +87,59 @@ func TestUnitWatchDoesNotReportARecoveredUnitRegistered(t *testing.T) {
 	assert.NotContains(t, got, `msg="storage unit registered"`, "unit 1 never registered with this start")
 	assert.Contains(t, got, `msg="storage unit not heard from since the controller started; its cells read as lost" unit=1`)
 	assert.Equal(t, 1, strings.Count(got, "unit=1"), "one line about unit 1")
+}
+
+// --restore waits for a storage unit to load the checkpoint's cells into.
+// A controller restarted from its data directory with no partition (so
+// --restore loads) lists the units of its earlier start alive for one
+// timeout, though they may never come back: restore took them for live
+// units, loaded at once, failed to reach them ("no storage unit
+// reachable") and tq serve exited, before a unit of this start could
+// register. It now waits for a unit heard from since the start.
+func TestRestoreWaitsForAUnitHeardFrom(t *testing.T) {
+	data, socks := t.TempDir(), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	quiet := slog.New(slog.DiscardHandler)
+	start := func(args ...string) *server {
+		s, err := startDurable(data, socks, quiet, append(args, "--listen", "", "--heartbeat", "20ms")...)
+		require.NoError(t, err)
+		return s
+	}
+	first := start("--units", "1", "--capacity", "16MiB")
+	require.NoError(t, first.serveKV())
+	c, err := client.Connect(ctx, first.local, client.ConnectConfig{WaitForUnits: true, Name: "restore-test"})
+	require.NoError(t, err)
+	putInt(t, kvapi.New(c), "p", "k", 7)
+	c.Close()
+	_, err = first.ctrlSrv.SaveCheckpoint(ctx, "c0")
+	require.NoError(t, err)
+	_, err = first.ctrl.ClearPartition("p") // the state holds no partition: --restore loads
+	require.NoError(t, err)
+	first.close()
+
+	again := start("--role", "controller", "--restore", "c0")
+	defer again.close()
+	require.Equal(t, 0, again.held)
+	// A unit of this start registers a moment later.
+	unit := make(chan *server, 1)
+	unitErr := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		u, err := startDurable(t.TempDir(), socks, quiet, "--role", "unit", "--controller", again.local, "--unit-listen", "", "--capacity", "16MiB")
+		unit <- u
+		unitErr <- err
+	}()
+	err = again.restore(ctx)
+	if u := <-unit; u != nil {
+		defer u.close()
+	}
+	require.NoError(t, <-unitErr, "the unit's start")
+	require.NoError(t, err, "restore")
+	c, err = client.Connect(ctx, again.local, client.ConnectConfig{WaitForUnits: true, Name: "restore-test"})
+	require.NoError(t, err)
+	defer c.Close()
+	v, err := getInt(t, kvapi.New(c), "p", "k")
+	require.NoError(t, err)
+	assert.Equal(t, []int64{7}, v)
 }
