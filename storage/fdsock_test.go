@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -62,11 +63,17 @@ func TestFdSocketBoundsWaitingConnections(t *testing.T) {
 // reply's status.
 func fdStatus(t *testing.T, path string, id uint32) wire.FdStatus {
 	t.Helper()
+	return fdStatusOf(t, path, wire.FdRequest{Segment: id})
+}
+
+// fdStatusOf sends the fd socket req and returns the reply's status.
+func fdStatusOf(t *testing.T, path string, req wire.FdRequest) wire.FdStatus {
+	t.Helper()
 	c, err := net.Dial("unix", path)
 	require.NoError(t, err)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	_, err = c.Write(wire.FdRequest{Segment: id}.Append(nil))
+	_, err = c.Write(req.Append(nil))
 	require.NoError(t, err)
 	buf := make([]byte, wire.FdReplySize)
 	n, err := c.Read(buf)
@@ -143,4 +150,33 @@ func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, wire.FdNotFound, rep.Status)
 	require.Equal(t, wire.FdNotFound, fdStatus(t, path, 999), "a request after the exhaustion")
+}
+
+// A segment request that names the run of the unit it means (TQF2) is
+// answered by that run only: a unit restarted at the same fd socket path
+// numbers its segments anew, and a client of the old run that fetched
+// segment 1 from it used to map the new run's segment 1 (another unit's
+// bytes) under the old run's cells. Another run answers FdNotThisUnit,
+// which reads as lost; a request naming none (TQF1) is answered as before.
+func TestFdSocketServesTheRunARequestNames(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	r, err := u.Reserve(t.Context(), []int64{64}) // a segment to fetch
+	require.NoError(t, err)
+	defer r.Abort()
+	srv := NewServer(u, ServerConfig{})
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "unit.sock.shm")
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	require.NoError(t, err)
+	srv.RegisterShm(fl)
+	go srv.ServeShm(fl)
+
+	seg := u.Segments()[0].ID
+	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}))
+	st := fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation() + 1})
+	require.Equal(t, wire.FdNotThisUnit, st, "a request naming another run")
+	require.ErrorIs(t, st.Err(), engine.ErrLost)
+	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg}), "a request naming none")
 }

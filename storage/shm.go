@@ -531,6 +531,8 @@ func (s *Server) serveFd(c *net.UnixConn) {
 	case req.Ring:
 		s.serveRing(c, req.RingSize)
 		return
+	case req.Incarnation != 0 && req.Incarnation != s.u.Incarnation():
+		rep.Status = wire.FdNotThisUnit
 	default:
 		var info SegmentInfo
 		fd, info, err = s.u.DupSegment(req.Segment)

@@ -8,11 +8,15 @@ package wire
 // of two kinds told apart by its first four bytes:
 //
 //	segment  "TQF1" | segment u32 | token length u16 | token
+//	segment  "TQF2" | segment u32 | incarnation u64 | token length u16 | token
 //	ring     "TQC1" | ring size u32 | token length u16 | token
 //	reply    "TQF1" | status u8 | flags u8 | 0 u16 | size u64
 //	         + the memfd as SCM_RIGHTS when status is FdOK
 //
 // Integers are little-endian. A segment request gets the segment's memfd;
+// one that names an incarnation (TQF2) gets it only from that run of the
+// unit (another answers FdNotThisUnit: a unit restarted at the same path
+// numbers its segments anew);
 // flags bit 0: the segment uses hugetlb pages. A ring request asks for a
 // control channel (internal/shmring): the unit creates a memfd with two
 // rings of about ring size bytes each (0: its default), replies with it
@@ -33,6 +37,7 @@ import (
 // socket; FdRingMagic opens a ring request.
 const (
 	FdMagic     = "TQF1"
+	FdMagicInc  = "TQF2" // a segment request naming the unit's incarnation
 	FdRingMagic = "TQC1"
 )
 
@@ -51,6 +56,7 @@ const (
 	FdClosed          FdStatus = 4 // the unit is shutting down
 	FdNotSupported    FdStatus = 5 // the unit offers no control rings
 	FdBusy            FdStatus = 6 // too many exchanges in flight; try again
+	FdNotThisUnit     FdStatus = 7 // another run of the unit than the request names
 )
 
 // Err returns nil for FdOK and otherwise an error wrapping the matching
@@ -71,6 +77,8 @@ func (s FdStatus) Err() error {
 		return fmt.Errorf("fd socket: unit offers no control ring: %w", engine.ErrNotSupported)
 	case FdBusy:
 		return fmt.Errorf("fd socket: unit busy with other exchanges, try again: %w", engine.ErrCapacity)
+	case FdNotThisUnit:
+		return fmt.Errorf("fd socket: another run of the unit answers there (it restarted): %w", engine.ErrLost)
 	}
 	return fmt.Errorf("fd socket: unknown status %d: %w", s, ErrFrame)
 }
@@ -78,10 +86,13 @@ func (s FdStatus) Err() error {
 // FdRequest asks a unit's fd socket for one segment's memfd, or, with
 // Ring set, for a control channel with rings of RingSize bytes.
 type FdRequest struct {
-	Segment  uint32
-	Ring     bool
-	RingSize uint32
-	Token    string
+	Segment uint32
+	// Incarnation, when not 0, is the run of the unit a segment request
+	// means (see FdNotThisUnit).
+	Incarnation uint64
+	Ring        bool
+	RingSize    uint32
+	Token       string
 }
 
 // Append encodes r after b. A token longer than 65535 bytes is cut (a
@@ -91,6 +102,10 @@ func (r FdRequest) Append(b []byte) []byte {
 	if r.Ring {
 		b = append(b, FdRingMagic...)
 		b = binary.LittleEndian.AppendUint32(b, r.RingSize)
+	} else if r.Incarnation != 0 {
+		b = append(b, FdMagicInc...)
+		b = binary.LittleEndian.AppendUint32(b, r.Segment)
+		b = binary.LittleEndian.AppendUint64(b, r.Incarnation)
 	} else {
 		b = append(b, FdMagic...)
 		b = binary.LittleEndian.AppendUint32(b, r.Segment)
@@ -102,20 +117,33 @@ func (r FdRequest) Append(b []byte) []byte {
 // ReadFdRequest reads one request; a malformed one is an error wrapping
 // [ErrFrame].
 func ReadFdRequest(rd io.Reader) (FdRequest, error) {
-	var h [10]byte
+	var h [8]byte
 	if _, err := io.ReadFull(rd, h[:]); err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request: %w", err)
 	}
 	var r FdRequest
 	switch string(h[:4]) {
-	case FdMagic:
+	case FdMagic, FdMagicInc:
 		r.Segment = binary.LittleEndian.Uint32(h[4:])
 	case FdRingMagic:
 		r.Ring, r.RingSize = true, binary.LittleEndian.Uint32(h[4:])
 	default:
 		return FdRequest{}, fmt.Errorf("fd request magic %q: %w", h[:4], ErrFrame)
 	}
-	tok := make([]byte, binary.LittleEndian.Uint16(h[8:]))
+	if string(h[:4]) == FdMagicInc {
+		var inc [8]byte
+		if _, err := io.ReadFull(rd, inc[:]); err != nil {
+			return FdRequest{}, fmt.Errorf("read fd request: %w", err)
+		}
+		if r.Incarnation = binary.LittleEndian.Uint64(inc[:]); r.Incarnation == 0 {
+			return FdRequest{}, fmt.Errorf("fd request names incarnation 0: %w", ErrFrame)
+		}
+	}
+	var tl [2]byte
+	if _, err := io.ReadFull(rd, tl[:]); err != nil {
+		return FdRequest{}, fmt.Errorf("read fd request: %w", err)
+	}
+	tok := make([]byte, binary.LittleEndian.Uint16(tl[:]))
 	if _, err := io.ReadFull(rd, tok); err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request token: %w", err)
 	}

@@ -881,3 +881,25 @@ def test_reservation_whose_memory_cannot_be_mapped_is_given_back(server, part, m
         assert rep.open_reservations == 0, rep
     finally:
         c.close()
+
+
+def test_fd_socket_serves_the_run_a_fetch_names(server, part):
+    """A segment fetch names the run of the unit it means (TQF2): another run
+    at the same fd socket (a unit restarted there numbers its segments anew)
+    refuses it as lost rather than hand over its own segment under the
+    same number."""
+    from tq.unit import _recv_fd
+    c = server.client(transport="shm")
+    try:
+        c.kv_batch_put(["k"], part, {"x": np.zeros((1, 4096), np.float32)})
+        cells = c.kv_retrieve_meta(["k"], part)._cells["x"]
+        u = c.units()[int(cells.unit[0])]
+        seg = int(cells.segment[0])
+        fd, size, _ = _recv_fd(u.fd_socket, seg, server.token, u.incarnation)
+        os.close(fd)
+        assert size > 0
+        with pytest.raises(tq.LostError) as e:
+            _recv_fd(u.fd_socket, seg, server.token, u.incarnation ^ 1)
+        assert "another run of the unit" in e.value.message
+    finally:
+        c.close()

@@ -92,15 +92,20 @@ class Pool:
             c.close()
 
 
-def _recv_fd(path: str, segment: int, token: str):
-    """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge)."""
+def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
+    """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge).
+    With ``incarnation``, only from that run of the unit: a unit restarted
+    at the same path numbers its segments anew (LostError)."""
     tok = token.encode()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fds = []
     try:
         s.settimeout(10)
         s.connect(path)
-        s.sendall(b"TQF1" + struct.pack("<IH", segment, len(tok)) + tok)
+        if incarnation:
+            s.sendall(b"TQF2" + struct.pack("<IQH", segment, incarnation, len(tok)) + tok)
+        else:
+            s.sendall(b"TQF1" + struct.pack("<IH", segment, len(tok)) + tok)
         msg, fds, _, _ = socket.recv_fds(s, 16, 1, socket.MSG_CMSG_CLOEXEC)
         while len(msg) < 16:
             more = s.recv(16 - len(msg))
@@ -122,9 +127,10 @@ def _recv_fd(path: str, segment: int, token: str):
         for fd in fds:
             os.close(fd)
         why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
-               4: "the unit is closing", 6: "the unit has too many fetches pending"}.get(status, f"status {status}")
+               4: "the unit is closing", 6: "the unit has too many fetches pending",
+               7: "another run of the unit answers there (it restarted)"}.get(status, f"status {status}")
         cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError,
-               6: errors.CapacityError}.get(status, errors.TQError)
+               6: errors.CapacityError, 7: errors.LostError}.get(status, errors.TQError)
         raise cls(f"fd socket {path}: segment {segment}: {why}")
     if len(fds) != 1:
         for fd in fds:
@@ -337,7 +343,7 @@ class Unit:
             m = self._segs.get(seg)
             if m is not None:
                 return m
-            fd, size, _ = _recv_fd(self.fd_socket, seg, self.token)
+            fd, size, _ = _recv_fd(self.fd_socket, seg, self.token, self.incarnation)
             try:
                 st = os.fstat(fd)
                 if st.st_size < size:

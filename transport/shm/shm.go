@@ -181,6 +181,9 @@ type Conn struct {
 	wc     *wire.Conn
 	ring   bool // wc runs over a control ring
 	fdSock string
+	// inc is the incarnation the unit's handshake named: segment fetches
+	// ask the fd socket for that run's segments only.
+	inc uint64
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -231,6 +234,7 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 	if reply.HostId != hostid.ID() {
 		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
 	}
+	c.inc = reply.Incarnation
 	var segs wirepb.ShmSegmentsReply
 	if err := wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &segs, nil); err != nil {
 		return fmt.Errorf("shm segments: %w", err)
