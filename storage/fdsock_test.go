@@ -20,16 +20,8 @@ import (
 // bounded: one past the bound is answered FdBusy at once rather than held
 // open, and once the waiting ones go a request is served again.
 func TestFdSocketBoundsWaitingConnections(t *testing.T) {
-	u, err := NewUnit(1, testConfig())
-	require.NoError(t, err)
-	defer u.Close()
-	srv := NewServer(u, ServerConfig{})
-	defer srv.Close()
+	_, srv, fl, path := fdSocketUnit(t)
 	srv.maxFdPending = 4
-	path := filepath.Join(t.TempDir(), "unit.sock.shm")
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	require.NoError(t, err)
-	srv.RegisterShm(fl)
 	go srv.ServeShm(fl)
 
 	var idle []net.Conn
@@ -57,6 +49,23 @@ func TestFdSocketBoundsWaitingConnections(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return srv.fdPending.Load() == 0 }, 5*time.Second, time.Millisecond)
 	require.Equal(t, wire.FdNotFound, fdStatus(t, path, 999), "a request after the waiting ones went")
+}
+
+// fdSocketUnit makes unit 1 and its server, with an fd socket registered
+// at a fresh path, all closed when the test ends; the caller serves it
+// (ServeShm on the listener).
+func fdSocketUnit(t *testing.T) (*Unit, *Server, *net.UnixListener, string) {
+	t.Helper()
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	srv := NewServer(u, ServerConfig{})
+	t.Cleanup(func() { srv.Close() })
+	path := filepath.Join(t.TempDir(), "unit.sock.shm")
+	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	require.NoError(t, err)
+	srv.RegisterShm(fl)
+	return u, srv, fl, path
 }
 
 // fdStatus sends the fd socket a request for segment id and returns the
@@ -88,15 +97,7 @@ func fdStatusOf(t *testing.T, path string, req wire.FdRequest) wire.FdStatus {
 // descriptors are free again the connection that waited is served, and
 // so is a new one.
 func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
-	u, err := NewUnit(1, testConfig())
-	require.NoError(t, err)
-	defer u.Close()
-	srv := NewServer(u, ServerConfig{})
-	defer srv.Close()
-	path := filepath.Join(t.TempDir(), "unit.sock.shm")
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	require.NoError(t, err)
-	srv.RegisterShm(fl)
+	_, srv, fl, path := fdSocketUnit(t)
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeShm(fl) }()
 
@@ -159,18 +160,10 @@ func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
 // bytes) under the old run's cells. Another run answers FdNotThisUnit,
 // which reads as lost; a request naming none (TQF1) is answered as before.
 func TestFdSocketServesTheRunARequestNames(t *testing.T) {
-	u, err := NewUnit(1, testConfig())
-	require.NoError(t, err)
-	defer u.Close()
+	u, srv, fl, path := fdSocketUnit(t)
 	r, err := u.Reserve(t.Context(), []int64{64}) // a segment to fetch
 	require.NoError(t, err)
 	defer r.Abort()
-	srv := NewServer(u, ServerConfig{})
-	defer srv.Close()
-	path := filepath.Join(t.TempDir(), "unit.sock.shm")
-	fl, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	require.NoError(t, err)
-	srv.RegisterShm(fl)
 	go srv.ServeShm(fl)
 
 	seg := u.Segments()[0].ID

@@ -399,8 +399,10 @@ class Client:
 
     def _unit(self, uid: int, of: str = "") -> Unit:
         """The unit ``uid`` of the table; ``of``, when not "", the cluster of
-        the meta naming it: a table of another is LostError (see
-        _check_cluster), checked against the table the unit is taken from."""
+        the meta naming it: a table of another cluster (the controller
+        started anew without its state, and the ids name other units now) is
+        LostError, checked against the table the unit is taken from, listed
+        again first when the controller answers for another cluster."""
         with self._units_lock:  # a table and its stamp, not another thread's newer stamp
             units, cluster = self._units, self._units_cluster
         u = units.get(uid) if cluster == self._cluster_now else None  # else the id may name another unit now
@@ -416,30 +418,15 @@ class Client:
             raise errors.UnitLostError(f"storage unit {uid} is not registered or not alive", op="read")
         return u
 
-    def _stamped(self, meta: BatchMeta, before: str) -> BatchMeta:
-        """``meta``, stamped with the cluster that answered with it: ``before``,
-        the cluster when the call began, if no controller connection dialed
-        since named another (else not stamped: either may have answered)."""
+    def _meta_of(self, pb, before: str) -> BatchMeta:
+        """The meta of a reply, stamped with the cluster that answered it:
+        ``before``, the cluster when the call began, if no controller
+        connection dialed since named another (else not stamped: either may
+        have answered)."""
+        meta = BatchMeta.from_pb(pb)
         if self._cluster_now == before:
             meta._cluster = before
         return meta
-
-    def _check_cluster(self, meta: BatchMeta, partition: str) -> None:
-        """Refuse, as lost, the cells of a meta from a controller that started
-        anew since without its state (another cluster): their unit ids may
-        name other units now. The unit table is listed again first when the
-        controller answers for another cluster than the table's."""
-        if not meta._cluster:
-            return
-        with self._units_lock:
-            tc = self._units_cluster
-        if tc != self._cluster_now or not tc:
-            self.units(refresh=True)
-            with self._units_lock:
-                tc = self._units_cluster
-        if meta._cluster != tc:
-            raise errors.LostError(f"cells named by the controller of cluster {meta._cluster}, which started anew "
-                                   f"as cluster {tc} without its state", op="get_data", partition=partition)
 
     def _pick(self, h: int, exclude=()) -> Unit:
         """Local-first placement: a unit on this host (by hash ``h`` among
@@ -764,21 +751,13 @@ class Client:
                     raise
                 time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
 
-    def _resolved(self, rep_meta, before: str, partition: str) -> BatchMeta:
-        """The meta of a reply to read from now: stamped (see _stamped), and
-        refused as lost when its controller started anew since (see
-        _check_cluster)."""
-        meta = self._stamped(BatchMeta.from_pb(rep_meta), before)
-        self._check_cluster(meta, partition)
-        return meta
-
     def _kv_batch_get(self, keys, partition_id, select_fields, copy, into, ctx):
         before = self._cluster_now
         if into is not None:
             names = list(into)
             req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(names))
             rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-            meta = self._resolved(rep.meta, before, partition_id)
+            meta = self._meta_of(rep.meta, before)
             return self._read_into(meta, into, keys, partition_id, "kv_batch_get")
         if (copy and not self._no_kv_data and not self._no_value and len(keys) == 1 and select_fields is not None
                 and len(select_fields) == 1):
@@ -817,11 +796,11 @@ class Client:
                 rep, payload = out if isinstance(out, tuple) else (out, b"")
                 if rep.has_data:
                     return self._inline(rep, len(keys), payload)
-                return self._get_meta_data(self._resolved(rep.meta, before, partition_id), keys, partition_id,
+                return self._get_meta_data(self._meta_of(rep.meta, before), keys, partition_id,
                                            select_fields, copy=True, op="kv_batch_get")
         req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-        return self._get_meta_data(self._resolved(rep.meta, before, partition_id), keys, partition_id,
+        return self._get_meta_data(self._meta_of(rep.meta, before), keys, partition_id,
                                    select_fields, copy=copy, op="kv_batch_get")
 
     def _kv_batch_get_to(self, keys, partition_id, select_fields, dev, ctx):
@@ -829,7 +808,7 @@ class Client:
         before = self._cluster_now
         req = control_pb2.ResolveKeysRequest(partition=partition_id, keys=keys, fields=_sel(select_fields))
         rep = self._call(wire.RESOLVE_KEYS, req, control_pb2.ResolveKeysReply, **ctx)
-        meta = self._resolved(rep.meta, before, partition_id)
+        meta = self._meta_of(rep.meta, before)
         names = sorted(meta.field_schema) if select_fields is None else list(select_fields)
         return self._read_to(meta, meta._cells, names, keys, partition_id, "kv_batch_get", dev)
 
@@ -976,7 +955,7 @@ class Client:
         rep = self._call(wire.RESOLVE_KEYS, control_pb2.ResolveKeysRequest(
             partition=partition_id, keys=_as_keys(keys), fields=_sel(None), create=create),
             control_pb2.ResolveKeysReply, op_name="kv_retrieve_meta", partition=partition_id)
-        return self._stamped(BatchMeta.from_pb(rep.meta), before)
+        return self._meta_of(rep.meta, before)
 
     # ---- low-level API -------------------------------------------------
 
@@ -1020,12 +999,12 @@ class Client:
             rep = self._call(wire.INSERT, control_pb2.InsertRequest(partition=partition_id, n=batch_size,
                                                                     fields=list(data_fields)),
                              control_pb2.MetaReply, **ctx)
-            return self._stamped(BatchMeta.from_pb(rep.meta), before)
+            return self._meta_of(rep.meta, before)
         if mode == "force_fetch":
             rep = self._call(wire.FORCE_FETCH, control_pb2.ForceFetchRequest(partition=partition_id,
                                                                              fields=_sel(data_fields)),
                              control_pb2.MetaReply, **ctx)
-            return self._stamped(BatchMeta.from_pb(rep.meta), before)
+            return self._meta_of(rep.meta, before)
         if mode != "fetch":
             raise errors.InvalidError(f"mode {mode!r}: want fetch, insert or force_fetch")
         if not task_name:
@@ -1079,7 +1058,7 @@ class Client:
                     # the first one took, if it happened.
                     self._wait_to_repeat(e, again, deadline)
                     continue
-                m = self._stamped(BatchMeta.from_pb(rep.meta), before)
+                m = self._meta_of(rep.meta, before)
                 if wait and not req.wait and m.size == 0:
                     raise errors.DeadlineError(f"wait for {batch_size} rows for task {task_name!r}: "
                                                f"none in {timeout:g} s", op=ctx["op_name"], partition=partition_id)
@@ -1154,7 +1133,7 @@ class Client:
         rep = self._call(wire.ROWS_META, control_pb2.RowsMetaRequest(partition=part, indexes=metadata.global_indexes,
                                                                      fields=_sel(names)),
                          control_pb2.MetaReply, op_name="put", partition=part)
-        out = self._stamped(BatchMeta.from_pb(rep.meta), before)
+        out = self._meta_of(rep.meta, before)
         out.extra_info = dict(metadata.extra_info)
         return out
 
@@ -1171,7 +1150,6 @@ class Client:
             return View({}, []) if not copy else {}
         keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
         part = metadata.partition_ids[0] if metadata.size else ""
-        self._check_cluster(metadata, part)
         cells = metadata._cells
         # A unit that no longer holds the cells (StaleError) may have had
         # them moved off by a drain: the controller says where (MOVED).

@@ -171,20 +171,11 @@ func (s *stallingTarget) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaCo
 // slow unit's RDMA_CONNECT waited as long as that took (up to the other
 // call's deadline), and then went on past its own.
 func TestQueuePairBringUpWaitHeedsDeadline(t *testing.T) {
-	dev, err := OpenDevice("emu1")
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
-	tgt := &stallingTarget{Target: NewTarget(dev), release: make(chan struct{})}
-	t.Cleanup(func() { assert.NoError(t, tgt.Target.Close()) })
-	u, err := storage.NewUnit(7, unitConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, u.Close()) })
-	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
-	t.Cleanup(func() { srv.Close() })
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	addr := wire.FormatAddr("tcp", l.Addr().String())
+	var tgt *stallingTarget
+	_, addr := inProcUnitWith(t, "emu1", func(tg *Target) storage.RDMATarget {
+		tgt = &stallingTarget{Target: tg, release: make(chan struct{})}
+		return tgt
+	})
 
 	tr := newTransport(t, Config{Device: "emu0"})
 	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
@@ -246,20 +237,11 @@ func (c *countingTarget) Segments(ids []uint32) ([]*wirepb.RdmaSegment, error) {
 // in a new segment needed a reply (a copy per id) past the wire's body
 // limit.
 func TestLearnSegmentsAsksOncePerSegment(t *testing.T) {
-	dev, err := OpenDevice("emu1")
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
-	tgt := &countingTarget{Target: NewTarget(dev)}
-	t.Cleanup(func() { assert.NoError(t, tgt.Target.Close()) })
-	u, err := storage.NewUnit(7, unitConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { assert.NoError(t, u.Close()) })
-	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
-	t.Cleanup(func() { srv.Close() })
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go srv.Serve(l)
-	addr := wire.FormatAddr("tcp", l.Addr().String())
+	var tgt *countingTarget
+	u, addr := inProcUnitWith(t, "emu1", func(tg *Target) storage.RDMATarget {
+		tgt = &countingTarget{Target: tg}
+		return tgt
+	})
 
 	tr := newTransport(t, Config{Device: "emu0"})
 	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})

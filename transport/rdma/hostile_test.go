@@ -37,6 +37,16 @@ func inProcUnit(t *testing.T) (*Target, *storage.Unit, string) {
 // inProcUnitOn is inProcUnit on the emulated device name.
 func inProcUnitOn(t *testing.T, name string) (*Target, *storage.Unit, string) {
 	t.Helper()
+	var tgt *Target
+	u, addr := inProcUnitWith(t, name, func(tg *Target) storage.RDMATarget { tgt = tg; return tg })
+	return tgt, u, addr
+}
+
+// inProcUnitWith serves unit 7 over TCP with the target of the emulated
+// device name that wrap returns (the device's own, or one that wraps it),
+// until the test ends.
+func inProcUnitWith(t *testing.T, name string, wrap func(*Target) storage.RDMATarget) (*storage.Unit, string) {
+	t.Helper()
 	dev, err := OpenDevice(name)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, dev.Close()) })
@@ -45,12 +55,12 @@ func inProcUnitOn(t *testing.T, name string) (*Target, *storage.Unit, string) {
 	u, err := storage.NewUnit(7, unitConfig())
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, u.Close()) })
-	srv := storage.NewServer(u, storage.ServerConfig{RDMA: tgt})
+	srv := storage.NewServer(u, storage.ServerConfig{RDMA: wrap(tgt)})
 	t.Cleanup(func() { srv.Close() })
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go srv.Serve(l)
-	return tgt, u, wire.FormatAddr("tcp", l.Addr().String())
+	return u, wire.FormatAddr("tcp", l.Addr().String())
 }
 
 // Malformed or impossible RDMA_CONNECT requests get errors that say what
