@@ -26,6 +26,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
@@ -288,6 +289,7 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 		c.nextGen++
 	}
 	c.parts = ls.parts
+	c.armKept(time.Now())
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, used)
 	c.moves.reset() // of cells the load replaced
 	close(c.created)

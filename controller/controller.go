@@ -471,11 +471,14 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	follows := c.followsKept(req, smp)
 	gk := groupKey{spec: spec, task: req.Task, rank: req.Options.DPRank}
-	if follows {
-		// Before the look for batches left behind: a group that asks for
-		// its next batch went past the one it holds (consumed), even
-		// when its step on that one outlasted the TTL.
-		p.asked(gk, req.Options.BatchIndex)
+	// Before the look for batches left behind: a group that asks for its
+	// next batch went past the one it holds (consumed), even when its
+	// step on that one outlasted the TTL.
+	if follows && p.asked(gk, req.Options.BatchIndex) && c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+			Partition: p.id, Gen: p.gen, Task: req.Task, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+			Asked: (&keptRef{group: gk, batch: req.Options.BatchIndex}).pb(),
+		}}})
 	}
 	c.expireKept(p, now)
 	v, ok, err := p.view(req.Task, req.Fields)
@@ -583,7 +586,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
-			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, AtUnixMs: now.UnixMilli(),
+			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), AtUnixMs: now.UnixMilli(),
 		}}})
 	}
 	return p.meta(rows, req.Fields, shared), nil
@@ -652,9 +655,6 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 			return nil
 		}
 		idx = e.consumed
-		if e.kept != nil {
-			p.gaveBack(e.kept)
-		}
 	}
 	p.unconsume(task, key, idx, now)
 	if c.logging() {

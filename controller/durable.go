@@ -257,6 +257,7 @@ func (c *Controller) recover() (abandoned bool, err error) {
 		return false, err
 	}
 	c.idx.rebuild(c.usedIndexes())
+	c.armKept(time.Now())
 	return abandoned, nil
 }
 
@@ -537,12 +538,29 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			}
 		}
 		p.markConsumed(p.taskSlot(o.Task), o.Consumed)
+		at := time.UnixMilli(o.AtUnixMs)
+		refs := [3]*keptRef{}
+		for i, r := range []*wirepb.KeptRef{o.Asked, o.KeptRef, o.Forgot} {
+			if refs[i], err = keptRefOf(o.Task, r); err != nil {
+				return fmt.Errorf("consume of partition %q: %w", o.Partition, err)
+			}
+		}
+		asked, took, forgot := refs[0], refs[1], refs[2]
+		if asked != nil {
+			p.asked(asked.group, asked.batch)
+		}
+		if took != nil {
+			took = p.took(took.group, took.batch, at, c.keptTTL())
+		}
+		if forgot != nil {
+			p.forget(*forgot)
+		}
 		if len(o.Key) > 0 {
 			back := o.Consumed
 			if o.Kept {
 				back = nil // the group's (see tryFetch)
 			}
-			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: time.UnixMilli(o.AtUnixMs)})
+			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: at, kept: took})
 		}
 	case *wirepb.LogOp_Unconsume:
 		o := op.Unconsume

@@ -233,6 +233,7 @@ func (t *fetchTable) copyState() []*wirepb.StateFetch {
 		}
 		out = append(out, &wirepb.StateFetch{
 			Key: []byte(e.key), Task: e.task, Sampled: e.sampled, Consumed: e.consumed, Spent: e.spent, AtUnixMs: e.at.UnixMilli(),
+			Kept: e.kept.pb(),
 		})
 	}
 	return out
@@ -243,7 +244,11 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
 		if len(f.Key) == 0 || len(f.Key) > maxFetchKeyLen || f.Task == "" {
 			return corrupt("partition %q: a fetch key of %d bytes for task %q", p.id, len(f.Key), f.Task)
 		}
-		p.fetches.add(&fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs)})
+		ref, err := keptRefOf(f.Task, f.Kept)
+		if err != nil {
+			return fmt.Errorf("partition %q: %w", p.id, err)
+		}
+		p.fetches.add(&fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref})
 	}
 	return nil
 }
@@ -278,6 +283,9 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	if key == "" {
 		// Rows given back by the controller (keptbatches.go).
 	} else if e := p.fetches.m[key]; e != nil && e.task == task {
+		if e.kept != nil && !e.spent {
+			p.gaveBack(e.kept)
+		}
 		e.spent = true
 	} else {
 		p.fetches.add(&fetchEntry{key: key, task: task, spent: true, at: at})

@@ -29,13 +29,24 @@ package controller
 // record, the rows and the keys in unconsume records), so a restart
 // agrees.
 //
-// What is followed lives in memory: after a restart only batches fetched
-// again are followed. The check runs on fetches of the partition, and a
-// blocked fetch wakes for it (Fetch's wait).
+// What is followed is logged and in the state: a fetch that took a kept
+// batch names it in its consume record (and its key's entry), an ask that
+// raised the group's highest batch index is a record of its own, and so
+// is a batch no longer followed, whether given back or only forgotten.
+// After a restart or a checkpoint load the first look waits a TTL
+// (armKept): the time the controller was down does not count against
+// the groups, whose ranks come back and ask again meanwhile. The check
+// runs on fetches of the partition, and a blocked fetch wakes for it
+// (Fetch's wait).
 
 import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
 	"time"
 
+	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -95,10 +106,15 @@ func (p *partition) group(k groupKey) *groupState {
 	return g
 }
 
-// asked notes that req's group asked for its batch.
-func (p *partition) asked(k groupKey, batch int) {
+// asked notes that a group asked for its batch, and reports whether that
+// raised the highest batch index it asked for.
+func (p *partition) asked(k groupKey, batch int) bool {
 	g := p.group(k)
-	g.asked = max(g.asked, batch)
+	if batch <= g.asked {
+		return false
+	}
+	g.asked = batch
+	return true
 }
 
 // took notes that a fetch took the group's kept batch at now and returns
@@ -116,6 +132,52 @@ func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration
 		p.keptCheck = at
 	}
 	return &keptRef{group: k, batch: batch}
+}
+
+// pb is r as its records and the state name it (nil for nil).
+func (r *keptRef) pb() *wirepb.KeptRef {
+	if r == nil {
+		return nil
+	}
+	return &wirepb.KeptRef{SamplerSpec: r.group.spec, DpRank: int64(r.group.rank), BatchIndex: int64(r.batch)}
+}
+
+// keptRefOf is the kept batch of task that a record or the state names
+// (nil for none).
+func keptRefOf(task string, pb *wirepb.KeptRef) (*keptRef, error) {
+	if pb == nil {
+		return nil, nil
+	}
+	if pb.DpRank < 0 || pb.BatchIndex < 0 || pb.DpRank > math.MaxInt32 || pb.BatchIndex > math.MaxInt32 {
+		return nil, corrupt("kept batch %d of DP rank %d of task %q", pb.BatchIndex, pb.DpRank, task)
+	}
+	if pb.SamplerSpec != "" {
+		if _, err := sampler.ParseSpec(pb.SamplerSpec); err != nil {
+			return nil, corrupt("kept batch of task %q: sampler spec %q: %s", task, pb.SamplerSpec, err.Error())
+		}
+	}
+	return &keptRef{group: groupKey{spec: pb.SamplerSpec, task: task, rank: int(pb.DpRank)}, batch: int(pb.BatchIndex)}, nil
+}
+
+// forget stops following a group's batch.
+func (p *partition) forget(ref keptRef) {
+	if g := p.groups[ref.group]; g != nil {
+		delete(g.batches, ref.batch)
+	}
+}
+
+// armKept, once a state is loaded, makes the first look for batches left
+// behind wait a TTL from now (see the file comment).
+func (c *Controller) armKept(now time.Time) {
+	ttl := c.keptTTL()
+	for _, p := range c.parts {
+		p.keptCheck = time.Time{}
+		for _, g := range p.groups {
+			if len(g.batches) > 0 && ttl > 0 {
+				p.keptCheck = now.Add(ttl)
+			}
+		}
+	}
 }
 
 // gaveBack notes that a keyed fetch of a kept batch was given back.
@@ -159,6 +221,12 @@ func (c *Controller) expireKept(p *partition, now time.Time) {
 				continue
 			}
 			delete(g.batches, b)
+			if c.logging() {
+				c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+					Partition: p.id, Gen: p.gen, Task: k.task, SamplerSpec: k.spec, AtUnixMs: now.UnixMilli(),
+					Forgot: (&keptRef{group: k, batch: b}).pb(),
+				}}})
+			}
 			if b < g.asked && kb.held > 0 {
 				continue // the group went past it: consumed
 			}
@@ -241,4 +309,50 @@ func (p *partition) spendKept(ref keptRef) []string {
 		}
 	}
 	return keys
+}
+
+// copyGroups is the groups' state for a snapshot, in a fixed order. p is
+// locked.
+func (p *partition) copyGroups() []*wirepb.StateKeptGroup {
+	if len(p.groups) == 0 {
+		return nil
+	}
+	out := make([]*wirepb.StateKeptGroup, 0, len(p.groups))
+	for k, g := range p.groups {
+		sg := &wirepb.StateKeptGroup{SamplerSpec: k.spec, Task: k.task, DpRank: int64(k.rank), Asked: int64(g.asked)}
+		for b, kb := range g.batches {
+			sg.Batches = append(sg.Batches, &wirepb.StateKeptBatch{Index: int64(b), TouchedUnixMs: kb.touched.UnixMilli(), Held: int64(kb.held)})
+		}
+		slices.SortFunc(sg.Batches, func(a, b *wirepb.StateKeptBatch) int { return cmp.Compare(a.Index, b.Index) })
+		out = append(out, sg)
+	}
+	slices.SortFunc(out, func(a, b *wirepb.StateKeptGroup) int {
+		return cmp.Or(cmp.Compare(a.SamplerSpec, b.SamplerSpec), cmp.Compare(a.Task, b.Task), cmp.Compare(a.DpRank, b.DpRank))
+	})
+	return out
+}
+
+// loadGroups takes the groups' state from a snapshot.
+func (p *partition) loadGroups(gs []*wirepb.StateKeptGroup) error {
+	for _, sg := range gs {
+		if sg.Task == "" || sg.Asked < -1 || sg.Asked > math.MaxInt32 {
+			return corrupt("partition %q: kept batches of task %q, asked for batch %d", p.id, sg.Task, sg.Asked)
+		}
+		ref, err := keptRefOf(sg.Task, &wirepb.KeptRef{SamplerSpec: sg.SamplerSpec, DpRank: sg.DpRank})
+		if err != nil {
+			return fmt.Errorf("partition %q: %w", p.id, err)
+		}
+		if _, dup := p.groups[ref.group]; dup {
+			return corrupt("partition %q: kept batches of DP rank %d of task %q twice", p.id, sg.DpRank, sg.Task)
+		}
+		g := p.group(ref.group)
+		g.asked = int(sg.Asked)
+		for _, sb := range sg.Batches {
+			if sb.Index < 0 || sb.Index > math.MaxInt32 || sb.Held < 0 || sb.Held > math.MaxInt32 {
+				return corrupt("partition %q: kept batch %d of DP rank %d of task %q, held %d times", p.id, sb.Index, sg.DpRank, sg.Task, sb.Held)
+			}
+			g.batches[int(sb.Index)] = &keptBatch{touched: time.UnixMilli(sb.TouchedUnixMs), held: int(sb.Held)}
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -170,4 +171,162 @@ func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
 	defer c.Close()
 	again, err = c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.ErrorIs(t, err, context.Canceled, "after a restart, group 0's fetch asked again got %v", again)
+}
+
+// restartWays restarts a durable controller from its log alone (a crash)
+// and from the snapshot a clean close writes.
+var restartWays = []struct {
+	name string
+	stop func(t *testing.T, c *Controller)
+}{
+	{"crash", func(t *testing.T, c *Controller) { crash(t, c) }},
+	{"close", func(t *testing.T, c *Controller) { require.NoError(t, c.Close()) }},
+}
+
+// After a restart a keyed fetch of a kept batch no longer named the batch:
+// when the group's peer took the batch again, gave it back and the group
+// left it behind, the batch went to another group, and the fetch from
+// before the restart, asked again, answered with the same rows: two
+// groups held them. What is followed survives a restart.
+func TestKeptBatchFetchFollowedAcrossRestart(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			c := openDurable(t, dir, cfg)
+			m := insert(t, c, "p", 8, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			ctx := context.Background()
+			a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+			require.NoError(t, err)
+			require.Equal(t, seq(0, 4), a.Indexes)
+			require.NoError(t, c.WaitDurable(ctx))
+			want := stateBytes(t, c)
+			way.stop(t, c)
+
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			peer, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k2"))
+			require.NoError(t, err)
+			require.Equal(t, seq(0, 4), peer.Indexes, "the group's peer gets the kept batch")
+			require.NoError(t, c.Unconsume("p", "t", "k2"))
+			time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
+			require.NoError(t, err)
+			require.Equal(t, seq(0, 4), b.Indexes, "group 1 took the rows group 0 left behind")
+			again, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+			require.ErrorIs(t, err, context.Canceled, "group 0's fetch from before the restart, asked again, got %v", again)
+		})
+	}
+}
+
+// A batch a group took before a restart and then left behind held its
+// rows forever: after the restart nothing followed it.
+func TestKeptBatchLeftBehindAcrossRestart(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			c := openDurable(t, dir, cfg)
+			m := insert(t, c, "p", 8, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			ctx := context.Background()
+			_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
+			require.NoError(t, err)
+			require.NoError(t, c.WaitDurable(ctx))
+			way.stop(t, c)
+
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			time.Sleep(100 * time.Millisecond)
+			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
+			require.NoError(t, err)
+			require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
+		})
+	}
+}
+
+// A group that took a batch and asked for the next (which was not there
+// yet) went past the batch: it stays consumed after a restart too, where
+// the ask was forgotten and the batch handed to another group.
+func TestKeptBatchAskSurvivesRestart(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			c := openDurable(t, dir, cfg)
+			m := insert(t, c, "p", 4, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			ctx := context.Background()
+			a, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
+			require.NoError(t, err)
+			require.Equal(t, seq(0, 4), a.Indexes)
+			next, err := c.Fetch(ctx, specFetch(rankAware, 0, 1, 4))
+			require.NoError(t, err)
+			require.Zero(t, next.Len(), "nothing for the next batch yet")
+			require.NoError(t, c.WaitDurable(ctx))
+			want := stateBytes(t, c)
+			way.stop(t, c)
+
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			m = insert(t, c, "p", 4, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			time.Sleep(100 * time.Millisecond)
+			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
+			require.NoError(t, err)
+			require.Equal(t, seq(4, 8), b.Indexes, "group 0's batch 0 stays consumed")
+		})
+	}
+}
+
+// The time a batch waits to be left behind counts from the restart at the
+// earliest: the time the controller was down is not the group's.
+func TestKeptBatchWaitCountsFromRestart(t *testing.T) {
+	const ttl = 1500 * time.Millisecond
+	dir := t.TempDir()
+	cfg := Config{KeptBatchTTL: ttl}
+	c := openDurable(t, dir, cfg)
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	ctx := context.Background()
+	_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
+	require.NoError(t, err)
+	require.NoError(t, c.WaitDurable(ctx))
+	crash(t, c)
+	time.Sleep(ttl + 100*time.Millisecond) // down for longer than the TTL
+
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
+	require.NoError(t, err)
+	require.Equal(t, seq(4, 8), b.Indexes, "group 0's batch is still its own right after the restart")
+	time.Sleep(ttl + 100*time.Millisecond)
+	b, err = c.Fetch(ctx, specFetch(rankAware, 1, 1, 4))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 4), b.Indexes, "a TTL after the restart, group 0's batch went back")
+}
+
+// A checkpoint holds what is followed: a batch a group took before the
+// save and left behind goes back once the checkpoint is loaded.
+func TestKeptBatchFollowedThroughCheckpoint(t *testing.T) {
+	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	c := newController(t, cfg)
+	m := insert(t, c, "p", 8, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	ctx := context.Background()
+	_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
+	require.NoError(t, err)
+	dir := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(dir))
+
+	d := newController(t, cfg)
+	_, err = d.Load(dir)
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond)
+	b, err := d.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
 }

@@ -58,6 +58,7 @@ type partCopy struct {
 	fields  []*wirepb.StateField
 	rows    []rowCopy
 	fetches []*wirepb.StateFetch
+	groups  []*wirepb.StateKeptGroup
 	// The change feed: the last change number, the cleared keys it
 	// remembers (in position order) and the position of the last one
 	// forgotten.
@@ -146,6 +147,7 @@ func (p *partition) copyState() *partCopy {
 		pc.rows = append(pc.rows, rc)
 	})
 	pc.fetches = p.fetches.copyState()
+	pc.groups = p.copyGroups()
 	return pc
 }
 
@@ -183,7 +185,7 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 	for _, pc := range st.parts {
 		sp := &wirepb.StatePartition{
 			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
-			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches,
+			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches, KeptGroups: pc.groups,
 			ChangeSeq: pc.changeSeq, ClearedFloorChange: pc.floor.change, ClearedFloorSeq: pc.floor.seq,
 			Done: pc.done, Made: pc.made,
 		}
@@ -521,6 +523,9 @@ func (sr *stateReader) readState() (*loadedState, error) {
 			}
 		}
 		if err := p.loadFetches(sp.Fetches); err != nil {
+			return nil, err
+		}
+		if err := p.loadGroups(sp.KeptGroups); err != nil {
 			return nil, err
 		}
 		if err := p.loadCleared(sp.Cleared); err != nil {

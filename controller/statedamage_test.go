@@ -165,12 +165,18 @@ func TestStateFileErrorNamesThePartitionsOffset(t *testing.T) {
 	}{
 		{"fetch", func(sp *wirepb.StatePartition) { sp.Fetches[0].Task = "" }, "fetch key"},
 		{"cleared", func(sp *wirepb.StatePartition) { sp.Cleared[0].Key = "" }, "cleared key"},
+		{"kept group", func(sp *wirepb.StatePartition) { sp.KeptGroups[0].Task = "" }, "kept batches of task"},
+		{"kept batch", func(sp *wirepb.StatePartition) { sp.KeptGroups[0].Batches[0].Held = -1 }, "held -1 times"},
+		{"kept spec", func(sp *wirepb.StatePartition) { sp.KeptGroups[0].SamplerSpec = "no-such" }, "sampler spec"},
+		{"fetch's kept batch", func(sp *wirepb.StatePartition) { sp.Fetches[1].Kept.DpRank = -1 }, "DP rank -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newController(t, DefaultConfig())
 			m := insert(t, c, "p", 5000, "x") // two rows chunks
 			commitDense(t, c, "p", m.Indexes, "x")
 			_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k"})
+			require.NoError(t, err)
+			_, err = c.Fetch(context.Background(), keyedFetch(0, 0, 1, "k2")) // a kept batch, followed
 			require.NoError(t, err)
 			_, err = c.ResolveKeys("p", []string{"a"}, nil, true)
 			require.NoError(t, err)

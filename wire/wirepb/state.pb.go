@@ -1177,7 +1177,18 @@ type ConsumeOp struct {
 	// (a caching sampler, a request with a rank), so UNCONSUME of the key
 	// does not give them back: the group's peers, and the rank itself
 	// when it asks for that batch index again, still get them.
-	Kept          bool `protobuf:"varint,10,opt,name=kept,proto3" json:"kept,omitempty"`
+	Kept bool `protobuf:"varint,10,opt,name=kept,proto3" json:"kept,omitempty"`
+	// kept_ref: the kept batch the fetch took, when the controller follows
+	// it for its group (controller/keptbatches.go), so that a restart still
+	// gives it back once the group leaves it behind.
+	KeptRef *KeptRef `protobuf:"bytes,11,opt,name=kept_ref,json=keptRef,proto3" json:"kept_ref,omitempty"`
+	// asked: the group asked for this batch index, the highest it has asked
+	// for (a record with nothing else, logged as the ask raised it).
+	Asked *KeptRef `protobuf:"bytes,12,opt,name=asked,proto3" json:"asked,omitempty"`
+	// forgot: the controller stopped following this batch of its group:
+	// given back (the sampler's drop is in sampler, the rows in the
+	// UnconsumeOps that follow) or consumed.
+	Forgot        *KeptRef `protobuf:"bytes,13,opt,name=forgot,proto3" json:"forgot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1282,6 +1293,91 @@ func (x *ConsumeOp) GetKept() bool {
 	return false
 }
 
+func (x *ConsumeOp) GetKeptRef() *KeptRef {
+	if x != nil {
+		return x.KeptRef
+	}
+	return nil
+}
+
+func (x *ConsumeOp) GetAsked() *KeptRef {
+	if x != nil {
+		return x.Asked
+	}
+	return nil
+}
+
+func (x *ConsumeOp) GetForgot() *KeptRef {
+	if x != nil {
+		return x.Forgot
+	}
+	return nil
+}
+
+// KeptRef names a batch a sampler keeps for a data-replica group: the
+// group by the sampler's spec text (empty: the controller's own), the
+// task (its record's or fetch's) and the DP rank, and the batch by its
+// index.
+type KeptRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SamplerSpec   string                 `protobuf:"bytes,1,opt,name=sampler_spec,json=samplerSpec,proto3" json:"sampler_spec,omitempty"`
+	DpRank        int64                  `protobuf:"varint,2,opt,name=dp_rank,json=dpRank,proto3" json:"dp_rank,omitempty"`
+	BatchIndex    int64                  `protobuf:"varint,3,opt,name=batch_index,json=batchIndex,proto3" json:"batch_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeptRef) Reset() {
+	*x = KeptRef{}
+	mi := &file_state_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeptRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeptRef) ProtoMessage() {}
+
+func (x *KeptRef) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeptRef.ProtoReflect.Descriptor instead.
+func (*KeptRef) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *KeptRef) GetSamplerSpec() string {
+	if x != nil {
+		return x.SamplerSpec
+	}
+	return ""
+}
+
+func (x *KeptRef) GetDpRank() int64 {
+	if x != nil {
+		return x.DpRank
+	}
+	return 0
+}
+
+func (x *KeptRef) GetBatchIndex() int64 {
+	if x != nil {
+		return x.BatchIndex
+	}
+	return 0
+}
+
 // UnconsumeOp: the rows of the fetch named key are fetchable again for
 // task (those still in the partition), and the key is spent. An empty key:
 // the controller gave back a batch a DP group left behind (the sampler's
@@ -1300,7 +1396,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1408,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1421,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -1382,7 +1478,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1490,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1503,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1443,7 +1539,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1551,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1564,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1509,7 +1605,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1617,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1630,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1563,7 +1659,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1671,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1684,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1620,7 +1716,7 @@ type MoveOp struct {
 
 func (x *MoveOp) Reset() {
 	*x = MoveOp{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1728,7 @@ func (x *MoveOp) String() string {
 func (*MoveOp) ProtoMessage() {}
 
 func (x *MoveOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1741,7 @@ func (x *MoveOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOp.ProtoReflect.Descriptor instead.
 func (*MoveOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MoveOp) GetPartition() string {
@@ -1696,7 +1792,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1804,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1817,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1796,7 +1892,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1904,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1917,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -1988,7 +2084,7 @@ type NamedSamplerState struct {
 
 func (x *NamedSamplerState) Reset() {
 	*x = NamedSamplerState{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2096,7 @@ func (x *NamedSamplerState) String() string {
 func (*NamedSamplerState) ProtoMessage() {}
 
 func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2109,7 @@ func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
 func (*NamedSamplerState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NamedSamplerState) GetSpec() string {
@@ -2043,19 +2139,20 @@ type StatePartition struct {
 	// The change feed: the last change number given, the keys cleared
 	// recently (in change order), and the position (change number, key
 	// creation number) of the last cleared key forgotten.
-	ChangeSeq          uint64          `protobuf:"varint,9,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
-	Cleared            []*StateCleared `protobuf:"bytes,10,rep,name=cleared,proto3" json:"cleared,omitempty"`
-	ClearedFloorChange uint64          `protobuf:"varint,11,opt,name=cleared_floor_change,json=clearedFloorChange,proto3" json:"cleared_floor_change,omitempty"`
-	ClearedFloorSeq    uint64          `protobuf:"varint,12,opt,name=cleared_floor_seq,json=clearedFloorSeq,proto3" json:"cleared_floor_seq,omitempty"`
-	Done               bool            `protobuf:"varint,13,opt,name=done,proto3" json:"done,omitempty"` // marked done by its producer
-	Made               uint64          `protobuf:"varint,14,opt,name=made,proto3" json:"made,omitempty"` // the last StateRow.made given
+	ChangeSeq          uint64            `protobuf:"varint,9,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	Cleared            []*StateCleared   `protobuf:"bytes,10,rep,name=cleared,proto3" json:"cleared,omitempty"`
+	ClearedFloorChange uint64            `protobuf:"varint,11,opt,name=cleared_floor_change,json=clearedFloorChange,proto3" json:"cleared_floor_change,omitempty"`
+	ClearedFloorSeq    uint64            `protobuf:"varint,12,opt,name=cleared_floor_seq,json=clearedFloorSeq,proto3" json:"cleared_floor_seq,omitempty"`
+	Done               bool              `protobuf:"varint,13,opt,name=done,proto3" json:"done,omitempty"`                              // marked done by its producer
+	Made               uint64            `protobuf:"varint,14,opt,name=made,proto3" json:"made,omitempty"`                              // the last StateRow.made given
+	KeptGroups         []*StateKeptGroup `protobuf:"bytes,15,rep,name=kept_groups,json=keptGroups,proto3" json:"kept_groups,omitempty"` // see controller/keptbatches.go
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2067,7 +2164,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +2177,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -2181,6 +2278,153 @@ func (x *StatePartition) GetMade() uint64 {
 	return 0
 }
 
+func (x *StatePartition) GetKeptGroups() []*StateKeptGroup {
+	if x != nil {
+		return x.KeptGroups
+	}
+	return nil
+}
+
+// StateKeptGroup: a data-replica group whose kept batches the controller
+// follows: the highest batch index it asked for, and per batch when a
+// fetch last took it and how many fetches took it and did not give it
+// back.
+type StateKeptGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SamplerSpec   string                 `protobuf:"bytes,1,opt,name=sampler_spec,json=samplerSpec,proto3" json:"sampler_spec,omitempty"`
+	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	DpRank        int64                  `protobuf:"varint,3,opt,name=dp_rank,json=dpRank,proto3" json:"dp_rank,omitempty"`
+	Asked         int64                  `protobuf:"varint,4,opt,name=asked,proto3" json:"asked,omitempty"`
+	Batches       []*StateKeptBatch      `protobuf:"bytes,5,rep,name=batches,proto3" json:"batches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateKeptGroup) Reset() {
+	*x = StateKeptGroup{}
+	mi := &file_state_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateKeptGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateKeptGroup) ProtoMessage() {}
+
+func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateKeptGroup.ProtoReflect.Descriptor instead.
+func (*StateKeptGroup) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StateKeptGroup) GetSamplerSpec() string {
+	if x != nil {
+		return x.SamplerSpec
+	}
+	return ""
+}
+
+func (x *StateKeptGroup) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *StateKeptGroup) GetDpRank() int64 {
+	if x != nil {
+		return x.DpRank
+	}
+	return 0
+}
+
+func (x *StateKeptGroup) GetAsked() int64 {
+	if x != nil {
+		return x.Asked
+	}
+	return 0
+}
+
+func (x *StateKeptGroup) GetBatches() []*StateKeptBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+type StateKeptBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         int64                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	TouchedUnixMs int64                  `protobuf:"varint,2,opt,name=touched_unix_ms,json=touchedUnixMs,proto3" json:"touched_unix_ms,omitempty"`
+	Held          int64                  `protobuf:"varint,3,opt,name=held,proto3" json:"held,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateKeptBatch) Reset() {
+	*x = StateKeptBatch{}
+	mi := &file_state_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateKeptBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateKeptBatch) ProtoMessage() {}
+
+func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateKeptBatch.ProtoReflect.Descriptor instead.
+func (*StateKeptBatch) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StateKeptBatch) GetIndex() int64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *StateKeptBatch) GetTouchedUnixMs() int64 {
+	if x != nil {
+		return x.TouchedUnixMs
+	}
+	return 0
+}
+
+func (x *StateKeptBatch) GetHeld() int64 {
+	if x != nil {
+		return x.Held
+	}
+	return 0
+}
+
 // StateCleared: a key (creation number seq) cleared by change number
 // change.
 type StateCleared struct {
@@ -2194,7 +2438,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2450,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2463,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2253,7 +2497,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2265,7 +2509,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2278,7 +2522,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateField) GetName() string {
@@ -2305,13 +2549,14 @@ type StateFetch struct {
 	Consumed      []uint64               `protobuf:"varint,4,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
 	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"` // the kept batch it took, while followed
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2323,7 +2568,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2336,7 +2581,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2381,6 +2626,13 @@ func (x *StateFetch) GetAtUnixMs() int64 {
 	return 0
 }
 
+func (x *StateFetch) GetKept() *KeptRef {
+	if x != nil {
+		return x.Kept
+	}
+	return nil
+}
+
 type StateRows struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rows          []*StateRow            `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
@@ -2390,7 +2642,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2402,7 +2654,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2415,7 +2667,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2449,7 +2701,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2461,7 +2713,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2474,7 +2726,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2577,7 +2829,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +2841,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +2854,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{28}
+	return file_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2689,7 +2941,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2953,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2966,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{29}
+	return file_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -2836,7 +3088,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x86\x02\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x8e\x03\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -2849,7 +3101,15 @@ const file_state_proto_rawDesc = "" +
 	"\x03gen\x18\b \x01(\x04R\x03gen\x12!\n" +
 	"\fsampler_spec\x18\t \x01(\tR\vsamplerSpec\x12\x12\n" +
 	"\x04kept\x18\n" +
-	" \x01(\bR\x04kept\"\x9b\x01\n" +
+	" \x01(\bR\x04kept\x12.\n" +
+	"\bkept_ref\x18\v \x01(\v2\x13.tq.wire.v1.KeptRefR\akeptRef\x12)\n" +
+	"\x05asked\x18\f \x01(\v2\x13.tq.wire.v1.KeptRefR\x05asked\x12+\n" +
+	"\x06forgot\x18\r \x01(\v2\x13.tq.wire.v1.KeptRefR\x06forgot\"f\n" +
+	"\aKeptRef\x12!\n" +
+	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x17\n" +
+	"\adp_rank\x18\x02 \x01(\x03R\x06dpRank\x12\x1f\n" +
+	"\vbatch_index\x18\x03 \x01(\x03R\n" +
+	"batchIndex\"\x9b\x01\n" +
 	"\vUnconsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
@@ -2920,7 +3180,7 @@ const file_state_proto_rawDesc = "" +
 	"dataCrc32c\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\fR\x05state\"\xe6\x03\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\"\xa3\x04\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -2937,7 +3197,19 @@ const file_state_proto_rawDesc = "" +
 	"\x14cleared_floor_change\x18\v \x01(\x04R\x12clearedFloorChange\x12*\n" +
 	"\x11cleared_floor_seq\x18\f \x01(\x04R\x0fclearedFloorSeq\x12\x12\n" +
 	"\x04done\x18\r \x01(\bR\x04done\x12\x12\n" +
-	"\x04made\x18\x0e \x01(\x04R\x04made\"J\n" +
+	"\x04made\x18\x0e \x01(\x04R\x04made\x12;\n" +
+	"\vkept_groups\x18\x0f \x03(\v2\x1a.tq.wire.v1.StateKeptGroupR\n" +
+	"keptGroups\"\xac\x01\n" +
+	"\x0eStateKeptGroup\x12!\n" +
+	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\x17\n" +
+	"\adp_rank\x18\x03 \x01(\x03R\x06dpRank\x12\x14\n" +
+	"\x05asked\x18\x04 \x01(\x03R\x05asked\x124\n" +
+	"\abatches\x18\x05 \x03(\v2\x1a.tq.wire.v1.StateKeptBatchR\abatches\"b\n" +
+	"\x0eStateKeptBatch\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x03R\x05index\x12&\n" +
+	"\x0ftouched_unix_ms\x18\x02 \x01(\x03R\rtouchedUnixMs\x12\x12\n" +
+	"\x04held\x18\x03 \x01(\x03R\x04held\"J\n" +
 	"\fStateCleared\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x16\n" +
@@ -2945,7 +3217,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\x9c\x01\n" +
+	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xc5\x01\n" +
 	"\n" +
 	"StateFetch\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
@@ -2954,7 +3226,8 @@ const file_state_proto_rawDesc = "" +
 	"\bconsumed\x18\x04 \x03(\x04R\bconsumed\x12\x14\n" +
 	"\x05spent\x18\x05 \x01(\bR\x05spent\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\"5\n" +
+	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\x12'\n" +
+	"\x04kept\x18\a \x01(\v2\x13.tq.wire.v1.KeptRefR\x04kept\"5\n" +
 	"\tStateRows\x12(\n" +
 	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xa7\x02\n" +
 	"\bStateRow\x12\x14\n" +
@@ -3005,7 +3278,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
@@ -3020,27 +3293,30 @@ var file_state_proto_goTypes = []any{
 	(*RemoveTagsOp)(nil),      // 10: tq.wire.v1.RemoveTagsOp
 	(*ClearCellsOp)(nil),      // 11: tq.wire.v1.ClearCellsOp
 	(*ConsumeOp)(nil),         // 12: tq.wire.v1.ConsumeOp
-	(*UnconsumeOp)(nil),       // 13: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),           // 14: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),       // 15: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil),  // 16: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),           // 17: tq.wire.v1.FenceOp
-	(*MoveOp)(nil),            // 18: tq.wire.v1.MoveOp
-	(*LostOp)(nil),            // 19: tq.wire.v1.LostOp
-	(*StateHeader)(nil),       // 20: tq.wire.v1.StateHeader
-	(*NamedSamplerState)(nil), // 21: tq.wire.v1.NamedSamplerState
-	(*StatePartition)(nil),    // 22: tq.wire.v1.StatePartition
-	(*StateCleared)(nil),      // 23: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 24: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 25: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 26: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 27: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 28: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 29: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 30: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 31: tq.wire.v1.SegmentFence
-	(*Addrs)(nil),             // 32: tq.wire.v1.Addrs
-	(*Shape)(nil),             // 33: tq.wire.v1.Shape
+	(*KeptRef)(nil),           // 13: tq.wire.v1.KeptRef
+	(*UnconsumeOp)(nil),       // 14: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),           // 15: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),       // 16: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil),  // 17: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),           // 18: tq.wire.v1.FenceOp
+	(*MoveOp)(nil),            // 19: tq.wire.v1.MoveOp
+	(*LostOp)(nil),            // 20: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 21: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 22: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 23: tq.wire.v1.StatePartition
+	(*StateKeptGroup)(nil),    // 24: tq.wire.v1.StateKeptGroup
+	(*StateKeptBatch)(nil),    // 25: tq.wire.v1.StateKeptBatch
+	(*StateCleared)(nil),      // 26: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 27: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 28: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 29: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 30: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 31: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 32: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 33: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 34: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 35: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 36: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -3051,36 +3327,42 @@ var file_state_proto_depIdxs = []int32{
 	8,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
 	9,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
 	12, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	13, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	14, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	15, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	16, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	17, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	19, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	14, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	15, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	16, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	17, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	18, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	20, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
 	10, // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
 	11, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
 	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
-	18, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
+	19, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
 	5,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
-	30, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	31, // 20: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	32, // 21: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
-	4,  // 22: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	17, // 23: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	21, // 24: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	32, // 25: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	32, // 26: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
-	24, // 27: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	25, // 28: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	23, // 29: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	27, // 30: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	28, // 31: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	33, // 32: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	33, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	13, // 20: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
+	13, // 21: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
+	13, // 22: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
+	34, // 23: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	35, // 24: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	4,  // 25: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	18, // 26: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	22, // 27: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	35, // 28: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	35, // 29: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	27, // 30: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	28, // 31: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	26, // 32: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	24, // 33: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
+	25, // 34: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
+	13, // 35: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
+	30, // 36: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	31, // 37: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	36, // 38: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	39, // [39:39] is the sub-list for method output_type
+	39, // [39:39] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -3116,7 +3398,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

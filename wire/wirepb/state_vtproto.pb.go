@@ -1194,6 +1194,36 @@ func (m *ConsumeOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Forgot != nil {
+		size, err := m.Forgot.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x6a
+	}
+	if m.Asked != nil {
+		size, err := m.Asked.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x62
+	}
+	if m.KeptRef != nil {
+		size, err := m.KeptRef.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x5a
+	}
 	if m.Kept {
 		i--
 		if m.Kept {
@@ -1288,6 +1318,56 @@ func (m *ConsumeOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.Partition)
 		copy(dAtA[i:], m.Partition)
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Partition)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *KeptRef) MarshalVT() (dAtA []byte, err error) {
+	if m == nil {
+		return nil, nil
+	}
+	size := m.SizeVT()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBufferVT(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *KeptRef) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *KeptRef) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.unknownFields != nil {
+		i -= len(m.unknownFields)
+		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.BatchIndex != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.BatchIndex))
+		i--
+		dAtA[i] = 0x18
+	}
+	if m.DpRank != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.DpRank))
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.SamplerSpec) > 0 {
+		i -= len(m.SamplerSpec)
+		copy(dAtA[i:], m.SamplerSpec)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.SamplerSpec)))
 		i--
 		dAtA[i] = 0xa
 	}
@@ -2049,6 +2129,18 @@ func (m *StatePartition) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.KeptGroups) > 0 {
+		for iNdEx := len(m.KeptGroups) - 1; iNdEx >= 0; iNdEx-- {
+			size, err := m.KeptGroups[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+			i--
+			dAtA[i] = 0x7a
+		}
+	}
 	if m.Made != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Made))
 		i--
@@ -2150,6 +2242,123 @@ func (m *StatePartition) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Partition)))
 		i--
 		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *StateKeptGroup) MarshalVT() (dAtA []byte, err error) {
+	if m == nil {
+		return nil, nil
+	}
+	size := m.SizeVT()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBufferVT(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *StateKeptGroup) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *StateKeptGroup) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.unknownFields != nil {
+		i -= len(m.unknownFields)
+		copy(dAtA[i:], m.unknownFields)
+	}
+	if len(m.Batches) > 0 {
+		for iNdEx := len(m.Batches) - 1; iNdEx >= 0; iNdEx-- {
+			size, err := m.Batches[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+			i--
+			dAtA[i] = 0x2a
+		}
+	}
+	if m.Asked != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Asked))
+		i--
+		dAtA[i] = 0x20
+	}
+	if m.DpRank != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.DpRank))
+		i--
+		dAtA[i] = 0x18
+	}
+	if len(m.Task) > 0 {
+		i -= len(m.Task)
+		copy(dAtA[i:], m.Task)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Task)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.SamplerSpec) > 0 {
+		i -= len(m.SamplerSpec)
+		copy(dAtA[i:], m.SamplerSpec)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.SamplerSpec)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *StateKeptBatch) MarshalVT() (dAtA []byte, err error) {
+	if m == nil {
+		return nil, nil
+	}
+	size := m.SizeVT()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBufferVT(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *StateKeptBatch) MarshalToVT(dAtA []byte) (int, error) {
+	size := m.SizeVT()
+	return m.MarshalToSizedBufferVT(dAtA[:size])
+}
+
+func (m *StateKeptBatch) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
+	if m == nil {
+		return 0, nil
+	}
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.unknownFields != nil {
+		i -= len(m.unknownFields)
+		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Held != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Held))
+		i--
+		dAtA[i] = 0x18
+	}
+	if m.TouchedUnixMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.TouchedUnixMs))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.Index != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Index))
+		i--
+		dAtA[i] = 0x8
 	}
 	return len(dAtA) - i, nil
 }
@@ -2280,6 +2489,16 @@ func (m *StateFetch) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Kept != nil {
+		size, err := m.Kept.MarshalToSizedBufferVT(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+		i--
+		dAtA[i] = 0x3a
 	}
 	if m.AtUnixMs != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AtUnixMs))
@@ -3248,6 +3467,38 @@ func (m *ConsumeOp) SizeVT() (n int) {
 	if m.Kept {
 		n += 2
 	}
+	if m.KeptRef != nil {
+		l = m.KeptRef.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.Asked != nil {
+		l = m.Asked.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.Forgot != nil {
+		l = m.Forgot.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	n += len(m.unknownFields)
+	return n
+}
+
+func (m *KeptRef) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.SamplerSpec)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.DpRank != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.DpRank))
+	}
+	if m.BatchIndex != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.BatchIndex))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -3608,6 +3859,61 @@ func (m *StatePartition) SizeVT() (n int) {
 	if m.Made != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Made))
 	}
+	if len(m.KeptGroups) > 0 {
+		for _, e := range m.KeptGroups {
+			l = e.SizeVT()
+			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
+	}
+	n += len(m.unknownFields)
+	return n
+}
+
+func (m *StateKeptGroup) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.SamplerSpec)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.Task)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.DpRank != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.DpRank))
+	}
+	if m.Asked != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Asked))
+	}
+	if len(m.Batches) > 0 {
+		for _, e := range m.Batches {
+			l = e.SizeVT()
+			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
+	}
+	n += len(m.unknownFields)
+	return n
+}
+
+func (m *StateKeptBatch) SizeVT() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Index != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Index))
+	}
+	if m.TouchedUnixMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.TouchedUnixMs))
+	}
+	if m.Held != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Held))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -3683,6 +3989,10 @@ func (m *StateFetch) SizeVT() (n int) {
 	}
 	if m.AtUnixMs != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.AtUnixMs))
+	}
+	if m.Kept != nil {
+		l = m.Kept.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n
