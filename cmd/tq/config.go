@@ -365,9 +365,14 @@ func (c *serveConfig) validate() error {
 // faster (storage/join.go's floor).
 const minHeartbeat = 10 * time.Millisecond
 
-// checkPort refuses a port net.Listen and net.Dial would: a number
-// beyond 65535, or a name /etc/services does not know.
+// checkPort refuses a port net.Listen and net.Dial would, a number
+// beyond 65535 or a name /etc/services does not know, and an empty one,
+// which they take for 0 (a listener on any free port): an address that
+// ends in ':' has lost its port. Port 0 is asked for as "0".
 func checkPort(port string) error {
+	if port == "" {
+		return errors.New(`no port: want a number from 0 to 65535 (0: any free port)`)
+	}
 	if _, err := net.LookupPort("tcp", port); err != nil {
 		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
 	}

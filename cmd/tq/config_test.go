@@ -281,6 +281,15 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a RESP port past 65535", []string{"--resp", ":70000"}, []string{`--resp ":70000"`}},
 		{"a metrics port past 65535", []string{"--metrics", "127.0.0.1:70000"}, []string{`--metrics "127.0.0.1:70000"`}},
 		{"an advertised port past 65535", []string{"--advertise", "h:70000"}, []string{`--advertise "h:70000"`}},
+		// net.Listen takes an empty port for 0: any free port. A user who
+		// left the port out made a mistake; port 0 is asked for as "0".
+		{"a listen address with an empty port", []string{"--listen", "127.0.0.1:"}, []string{`--listen "127.0.0.1:"`, "no port"}},
+		{"a unit listen address with an empty port", []string{"--unit-listen", "127.0.0.1:"}, []string{`--unit-listen "127.0.0.1:"`, "no port"}},
+		{"a RESP address with an empty port", []string{"--resp", ":"}, []string{`--resp ":"`, "no port"}},
+		{"a metrics address with an empty port", []string{"--metrics", ":"}, []string{`--metrics ":"`, "no port"}},
+		{"a pprof address with an empty port", []string{"--pprof", "127.0.0.1:"}, []string{`--pprof "127.0.0.1:"`, "no port"}},
+		{"a listen address with an empty port in a config file", []string{"--config", yamlFile("emptyport.yaml", "listen: \"h:\"\n")}, []string{`--listen "h:"`, "no port"}},
+		{"a controller address with an empty port", []string{"--role", "unit", "--controller", "tcp://h:"}, []string{`--controller "tcp://h:"`, "no port"}},
 		{"a unit with --units", []string{"--role", "unit", "--controller", "tcp://h:1", "--units", "5"}, []string{"--units 5: not used by --role unit"}},
 		{"a unit with --resp-partition", []string{"--role", "unit", "--controller", "tcp://h:1", "--resp-partition", "p"}, []string{"--resp-partition p: not used by --role unit"}},
 		{"a unit with --listen", []string{"--role", "unit", "--controller", "tcp://h:1", "--listen", "127.0.0.1:1"}, []string{"--listen 127.0.0.1:1: not used by --role unit"}},
@@ -315,6 +324,7 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"no quarantine in a config file", []string{"--config", yamlFile("qoff.yaml", "shm_quarantine: \"-1s\"\n")}},
 		{"a unit's quarantine", []string{"--role", "unit", "--controller", "tcp://h:1", "--shm-quarantine", "10s"}},
 		{"the largest size", []string{"--capacity", "9223372036854775807"}},
+		{"port 0 asked for", []string{"--listen", "127.0.0.1:0", "--unit-listen", ":0", "--resp", "127.0.0.1:0", "--metrics", ":0", "--pprof", "0"}},
 		{"a config file of one document", []string{"--config", yamlFile("one.yaml", "---\nunits: 3\ncapacity: 64MiB\n")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
