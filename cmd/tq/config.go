@@ -355,6 +355,11 @@ func (c *serveConfig) validate() error {
 	if _, err := journal.ParseFsync(c.Fsync); err != nil {
 		bad("--fsync: %v", err)
 	}
+	// The default passes, as for checkRoleFlags: --check-config's output
+	// lists every key and must read back.
+	if c.InMemory && c.Fsync != defaultServeConfig().Fsync {
+		bad("--fsync %s and --in-memory contradict each other: --in-memory keeps no log to fsync", c.Fsync)
+	}
 	if c.Restore != "" && c.Role == "unit" {
 		bad("--restore is for the controller (--role all or controller)")
 	}

@@ -290,6 +290,8 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a pprof address with an empty port", []string{"--pprof", "127.0.0.1:"}, []string{`--pprof "127.0.0.1:"`, "no port"}},
 		{"a listen address with an empty port in a config file", []string{"--config", yamlFile("emptyport.yaml", "listen: \"h:\"\n")}, []string{`--listen "h:"`, "no port"}},
 		{"a controller address with an empty port", []string{"--role", "unit", "--controller", "tcp://h:"}, []string{`--controller "tcp://h:"`, "no port"}},
+		{"--in-memory with --fsync", []string{"--in-memory", "--fsync", "never"}, []string{"--fsync never", "--in-memory", "no log"}},
+		{"in_memory with fsync in a config file", []string{"--config", yamlFile("memfsync.yaml", "in_memory: true\nfsync: always\n")}, []string{"--fsync always", "--in-memory"}},
 		{"a unit with --units", []string{"--role", "unit", "--controller", "tcp://h:1", "--units", "5"}, []string{"--units 5: not used by --role unit"}},
 		{"a unit with --resp-partition", []string{"--role", "unit", "--controller", "tcp://h:1", "--resp-partition", "p"}, []string{"--resp-partition p: not used by --role unit"}},
 		{"a unit with --listen", []string{"--role", "unit", "--controller", "tcp://h:1", "--listen", "127.0.0.1:1"}, []string{"--listen 127.0.0.1:1: not used by --role unit"}},
@@ -324,6 +326,7 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"no quarantine in a config file", []string{"--config", yamlFile("qoff.yaml", "shm_quarantine: \"-1s\"\n")}},
 		{"a unit's quarantine", []string{"--role", "unit", "--controller", "tcp://h:1", "--shm-quarantine", "10s"}},
 		{"the largest size", []string{"--capacity", "9223372036854775807"}},
+		{"--in-memory with --fsync at its default", []string{"--in-memory", "--fsync", "batch"}},
 		{"port 0 asked for", []string{"--listen", "127.0.0.1:0", "--unit-listen", ":0", "--resp", "127.0.0.1:0", "--metrics", ":0", "--pprof", "0"}},
 		{"a config file of one document", []string{"--config", yamlFile("one.yaml", "---\nunits: 3\ncapacity: 64MiB\n")}},
 	} {
@@ -331,6 +334,12 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 			require.NoError(t, serve(t.Context(), append([]string{"--check-config"}, tc.args...), io.Discard, io.Discard))
 		})
 	}
+	t.Run("--check-config's output of --in-memory reads back", func(t *testing.T) {
+		var out strings.Builder
+		require.NoError(t, serve(t.Context(), []string{"--check-config", "--in-memory"}, &out, io.Discard))
+		file := yamlFile("backmem.yaml", out.String())
+		require.NoError(t, serve(t.Context(), []string{"--check-config", "--config", file}, io.Discard, io.Discard))
+	})
 	t.Run("--check-config's output of a unit reads back", func(t *testing.T) {
 		var out strings.Builder
 		require.NoError(t, serve(t.Context(), []string{"--check-config", "--role", "unit", "--controller", "tcp://h:1", "--capacity", "64MiB"}, &out, io.Discard))
