@@ -512,3 +512,87 @@ func TestDrainRefusals(t *testing.T) {
 		t.Fatalf("units after refused drains: %+v, %v; want unit 1 in service", us, err)
 	}
 }
+
+// `tq unit rebalance` moves --page-cells cells a step and reports its
+// progress as --progress asks, as drain does; both were accepted and
+// dropped (client.RebalanceConfig takes them).
+func TestRebalanceTakesPageCellsAndProgress(t *testing.T) {
+	s := startInProcess(t, "--heartbeat", "20ms")
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	c, err := client.Connect(ctx, s.local, client.ConnectConfig{WaitForUnits: true, Name: "rebalance-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Half of 256 KiB, the excess, is over --tolerance 0.001 of 64 MiB.
+	const rows = 64
+	vals := make([]float32, rows*1024) // 4 KiB a row
+	col, err := engine.DenseOf(vals, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kvapi.New(c).BatchPut(ctx, "p", helperKeys(0, rows), engine.MustBatch(engine.Field{Name: "x", Col: col}), nil); err != nil {
+		t.Fatal(err)
+	}
+	// A second unit, empty: the rebalance moves about half the cells to it.
+	if err := s.startUnit(ctx, s.local); err != nil {
+		t.Fatal(err)
+	}
+	m := c.Meta().(*client.RemoteMeta)
+	for {
+		us, err := m.Units(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(us) == 2 && us[0].Used >= rows*4096 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the units' heartbeats never reported their use: %+v", us)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var out strings.Builder
+	if err := run(ctx, []string{"unit", "rebalance", "--controller", s.local, "--tolerance", "0.001", "--page-cells", "1", "--progress", "0"}, &out, io.Discard); err != nil {
+		t.Fatalf("rebalance: %v\n%s", err, out.String())
+	}
+	steps := strings.Count(out.String(), "so far")
+	var moved int
+	if _, err := fmt.Sscanf(out.String()[strings.LastIndex(out.String(), "rebalanced: "):], "rebalanced: moved %d cells", &moved); err != nil {
+		t.Fatalf("no summary in:\n%s", out.String())
+	}
+	// A step of one cell each: a progress line for every cell moved.
+	if moved < 2 || steps < moved {
+		t.Errorf("moved %d cells in %d reported steps, want at least one step a cell (--page-cells 1, --progress 0):\n%s", moved, steps, out.String())
+	}
+}
+
+// `tq unit` refuses a flag its verb does not use, naming the flag and the
+// verb, before it dials anything: --tolerance with drain, --cancel and
+// --wait with rebalance were accepted and dropped.
+func TestUnitRefusesFlagsItsVerbDoesNotUse(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	const addr = "unix:///nonexistent/controller.sock"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"drain", "--tolerance", "0.2", "2"}, "unit drain: --tolerance is for rebalance"},
+		{[]string{"rebalance", "--cancel"}, "unit rebalance: --cancel is for drain"},
+		{[]string{"rebalance", "--wait"}, "unit rebalance: --wait is for drain"},
+		{[]string{"undrain", "--page-cells", "10", "2"}, "unit undrain: --page-cells is for drain or rebalance"},
+		{[]string{"undrain", "--wait", "2"}, "unit undrain: --wait is for drain"},
+		{[]string{"drain", "--cancel", "--wait", "2"}, "unit drain --cancel: --wait is for drain"},
+		{[]string{"drain", "--cancel", "--progress", "1s", "2"}, "unit drain --cancel: --progress is for drain or rebalance"},
+		{[]string{"rebalance", "--page-cells", "-1"}, "unit rebalance: --page-cells -1: want 0 or more"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			err := run(t.Context(), append([]string{"unit", "--controller", addr}, tc.args...), io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("tq unit %s: got %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
+			}
+		})
+	}
+}

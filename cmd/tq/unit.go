@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -39,8 +40,8 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	wait := fs.Bool("wait", false, "with drain: after the cells are moved, wait until the unit reports holding no bytes (its frees applied)")
 	timeout := fs.Duration("timeout", time.Hour, "give up after this long")
 	transport := fs.String("transport", "", "how to reach the units' data: tcp, shm, rdma (default: the best for each)")
-	progress := fs.Duration("progress", time.Second, "with drain: report progress at most this often (0: after every page)")
-	pageCells := fs.Int("page-cells", 0, "with drain: cells moved per step (0: 4096)")
+	progress := fs.Duration("progress", time.Second, "with drain or rebalance: report progress at most this often (0: after every page)")
+	pageCells := fs.Int("page-cells", 0, "with drain or rebalance: cells moved per step (0: 4096)")
 	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it, from 0 to below 1 (0: the default, 0.05)")
 	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
 	// The verb is the first argument that is not a flag: -h is help, as
@@ -59,15 +60,31 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return fmt.Errorf("unit: unknown verb %q: want drain, undrain or rebalance", verb)
 	}
+	if err := checkUnitFlags(fs, verb, *cancelDrain); err != nil {
+		return err
+	}
 	if *timeout <= 0 {
 		return fmt.Errorf("unit %s: --timeout %v: must be positive", verb, *timeout)
+	}
+	if *pageCells < 0 {
+		return fmt.Errorf("unit %s: --page-cells %d: want 0 or more", verb, *pageCells)
+	}
+	report := func(what string) func(client.DrainStats) {
+		last := time.Now()
+		return func(st client.DrainStats) {
+			if time.Since(last) >= *progress {
+				last = time.Now()
+				fmt.Fprintf(stdout, "tq unit: %s: moved %d cells (%s) so far\n", what, st.Moved, bytesString(st.Bytes))
+			}
+		}
 	}
 	if verb == "rebalance" {
 		if len(pos) != 0 {
 			fs.Usage()
 			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", len(pos))
 		}
-		return rebalance(ctx, *addr, *token, *transport, *tolerance, *timeout, stdout)
+		cfg := client.RebalanceConfig{Tolerance: *tolerance, PageCells: *pageCells, Progress: report("rebalance")}
+		return rebalance(ctx, *addr, *token, *transport, cfg, *timeout, stdout)
 	}
 	if len(pos) != 1 {
 		fs.Usage()
@@ -106,16 +123,7 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer c.Close()
 	start := time.Now()
-	last := time.Now()
-	if *pageCells < 0 {
-		return fmt.Errorf("unit drain: --page-cells %d: want 0 or more", *pageCells)
-	}
-	st, err := c.Drain(ctx, id, client.DrainConfig{PageCells: *pageCells, Progress: func(st client.DrainStats) {
-		if time.Since(last) >= *progress {
-			last = time.Now()
-			fmt.Fprintf(stdout, "tq unit: unit %d: moved %d cells (%s) so far\n", id, st.Moved, bytesString(st.Bytes))
-		}
-	}})
+	st, err := c.Drain(ctx, id, client.DrainConfig{PageCells: *pageCells, Progress: report(fmt.Sprintf("unit %d", id))})
 	if err != nil {
 		return err
 	}
@@ -125,6 +133,36 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return nil
 	}
 	return waitEmpty(ctx, c, id, stdout)
+}
+
+// unitFlagUse names, for each flag that only some verbs of `tq unit` use,
+// what uses it; --controller, --token and --timeout serve every verb.
+var unitFlagUse = map[string]struct {
+	verbs []string // "drain" here is a drain without --cancel
+	what  string
+}{
+	"cancel":     {[]string{"drain", "drain --cancel"}, "drain"},
+	"wait":       {[]string{"drain"}, "drain"},
+	"tolerance":  {[]string{"rebalance"}, "rebalance"},
+	"page-cells": {[]string{"drain", "rebalance"}, "drain or rebalance"},
+	"progress":   {[]string{"drain", "rebalance"}, "drain or rebalance"},
+	"transport":  {[]string{"drain", "rebalance"}, "drain or rebalance"},
+}
+
+// checkUnitFlags refuses a flag given that verb does not use: it would
+// be ignored. A drain with --cancel only returns the unit to service, as
+// undrain does, and uses none of a drain's flags.
+func checkUnitFlags(fs *flag.FlagSet, verb string, cancel bool) error {
+	if verb == "drain" && cancel {
+		verb = "drain --cancel"
+	}
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		if use, ok := unitFlagUse[f.Name]; ok && !slices.Contains(use.verbs, verb) {
+			errs = append(errs, fmt.Errorf("unit %s: --%s is for %s; %s does not use it", verb, f.Name, use.what, verb))
+		}
+	})
+	return errors.Join(errs...)
 }
 
 // waitEmpty waits until unit id reports no bytes in use: the controller
@@ -165,10 +203,10 @@ func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout i
 }
 
 // rebalance runs `tq unit rebalance`.
-func rebalance(ctx context.Context, addr, token, transport string, tolerance float64, timeout time.Duration, stdout io.Writer) error {
+func rebalance(ctx context.Context, addr, token, transport string, cfg client.RebalanceConfig, timeout time.Duration, stdout io.Writer) error {
 	// NaN passes neither comparison: it is refused too.
-	if !(tolerance >= 0 && tolerance < 1) {
-		return fmt.Errorf("unit rebalance: --tolerance %v: want a fraction from 0 to below 1 (0: the default, 0.05)", tolerance)
+	if !(cfg.Tolerance >= 0 && cfg.Tolerance < 1) {
+		return fmt.Errorf("unit rebalance: --tolerance %v: want a fraction from 0 to below 1 (0: the default, 0.05)", cfg.Tolerance)
 	}
 	if addr == "" {
 		return errors.New("unit rebalance: no controller address: give --controller ADDR or set $TQ_CONTROLLER")
@@ -185,7 +223,7 @@ func rebalance(ctx context.Context, addr, token, transport string, tolerance flo
 	}
 	defer c.Close()
 	start := time.Now()
-	st, err := c.Rebalance(ctx, client.RebalanceConfig{Tolerance: tolerance})
+	st, err := c.Rebalance(ctx, cfg)
 	if err != nil {
 		return err
 	}
