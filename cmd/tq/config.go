@@ -181,7 +181,8 @@ func (c *serveConfig) loadYAML(path string) error {
 // wrongly or report without the key: a key must have a value (yaml.v3
 // leaves the setting at its default for a null: `listen:`), an integer
 // key's value must be an integer, a size key's a size, a duration key's
-// a duration with its unit.
+// a duration with its unit, a bool key's a bool, a string key's a
+// scalar.
 func checkKeys(m *yaml.Node) error {
 	if m.Kind != yaml.MappingNode {
 		return nil
@@ -218,10 +219,25 @@ func checkKeys(m *yaml.Node) error {
 			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" {
 				errs = append(errs, fmt.Errorf("line %d: %s %q: not an integer", v.Line, k.Value, v.Value))
 			}
+		case t.Kind() == reflect.Bool:
+			// yaml.v3 takes true and false, and YAML 1.1's yes, no, on, off,
+			// y and n even quoted; it refuses "false", naming neither the
+			// key nor what it wants.
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" && !slices.Contains(yaml11Bools, v.Value) {
+				errs = append(errs, fmt.Errorf("line %d: %s %q: want a bool, true or false (unquoted)", v.Line, k.Value, v.Value))
+			}
+		case t.Kind() == reflect.String:
+			if v.Kind != yaml.ScalarNode {
+				errs = append(errs, fmt.Errorf("line %d: %s: want a string, not a list or a map", v.Line, k.Value))
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// yaml11Bools are the strings yaml.v3 decodes into a bool besides true
+// and false (decode.go, "compatibility with the 1.1 spec").
+var yaml11Bools = []string{"y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No", "NO", "off", "Off", "OFF"}
 
 func (c *serveConfig) validate() error {
 	var errs []error

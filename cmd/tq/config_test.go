@@ -262,6 +262,10 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a size past 2^63 bytes", []string{"--resp-max-value", "9223372036854775808B"}, []string{"-resp-max-value"}},
 		{"a float for an integer key", []string{"--config", yamlFile("float.yaml", "units: 3.9\nloops: 1.5\n")}, []string{`units "3.9": not an integer`, `loops "1.5": not an integer`}},
 		{"a string for an integer key", []string{"--config", yamlFile("str.yaml", "pre_alloc: many\n")}, []string{`pre_alloc "many": not an integer`}},
+		{"a string for a bool key", []string{"--config", yamlFile("strbool.yaml", "huge_pages: \"false\"\n")}, []string{`line 1: huge_pages "false": want a bool, true or false (unquoted)`}},
+		{"a number for a bool key", []string{"--config", yamlFile("intbool.yaml", "in_memory: 0\n")}, []string{`line 1: in_memory "0": want a bool`}},
+		{"a list for a bool key", []string{"--config", yamlFile("seqbool.yaml", "insecure: [true]\n")}, []string{"line 1: insecure", "want a bool"}},
+		{"a list for a string key", []string{"--config", yamlFile("seqstr.yaml", "name: [a, b]\n")}, []string{"line 1: name: want a string"}},
 		{"a size that wraps in a config file", []string{"--config", yamlFile("size.yaml", "capacity: 17179869185GiB\n")}, []string{`capacity "17179869185GiB"`}},
 		{"a second YAML document", []string{"--config", yamlFile("two.yaml", "units: 3\n---\nunits: 9\n")}, []string{"2 YAML documents"}},
 		{"a negative shutdown timeout", []string{"--shutdown-timeout", "-5s"}, []string{"--shutdown-timeout -5s: must not be negative"}},
@@ -328,6 +332,7 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"the largest size", []string{"--capacity", "9223372036854775807"}},
 		{"--in-memory with --fsync at its default", []string{"--in-memory", "--fsync", "batch"}},
 		{"port 0 asked for", []string{"--listen", "127.0.0.1:0", "--unit-listen", ":0", "--resp", "127.0.0.1:0", "--metrics", ":0", "--pprof", "0"}},
+		{"bools in a config file", []string{"--config", yamlFile("bools.yaml", "huge_pages: False\nin_memory: off\n")}},
 		{"a config file of one document", []string{"--config", yamlFile("one.yaml", "---\nunits: 3\ncapacity: 64MiB\n")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
