@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Env names the variable that overrides the boot id.
@@ -48,6 +49,11 @@ func resolve(override string, boot func() string) result {
 	if len(override) > maxLen {
 		return result{id: boot(), err: fmt.Errorf("$%s is %d bytes, at most %d", Env, len(override), maxLen)}
 	}
+	// The id travels in protobuf strings, which a peer refuses to
+	// decode unless they are UTF-8.
+	if !utf8.ValidString(override) {
+		return result{id: boot(), err: fmt.Errorf("$%s=%q is not valid UTF-8", Env, override)}
+	}
 	for _, r := range override {
 		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
 			return result{id: boot(), err: fmt.Errorf("$%s=%q holds %q: only printable characters without spaces", Env, override, r)}
@@ -62,8 +68,8 @@ func resolve(override string, boot func() string) result {
 // is safe for concurrent use.
 func ID() string { return id().id }
 
-// Check reports a $TQ_HOST_ID that was set but not taken (too long, or
-// with spaces or control characters); ID then gives the boot id. Servers
+// Check reports a $TQ_HOST_ID that was set but not taken (too long, not
+// UTF-8, or with spaces or control characters); ID then gives the boot id. Servers
 // and clients call it at start so that a mistyped override fails loudly
 // rather than silently making hosts look alike.
 func Check() error { return id().err }
