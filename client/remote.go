@@ -1312,20 +1312,32 @@ func (r *RemoteMeta) Moved(ctx context.Context, from []engine.CellLoc) ([]engine
 // and, when it reaches the storage units, every cell's bytes) under its
 // checkpoint directory; see
 // [github.com/tqgo/tq/controller.Server.SaveCheckpoint].
-func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, name string) error {
+// metadata, a JSON object (at most 64 KiB) or nil, is kept with it:
+// Checkpoints lists it and LoadCheckpoint returns it. It returns what was
+// saved.
+func (r *RemoteMeta) SaveCheckpoint(ctx context.Context, name string, metadata []byte) (*wirepb.CheckpointInfo, error) {
 	if err := checkName(nameDir, name); err != nil {
-		return r.opErr("save checkpoint", err)
+		return nil, r.opErr("save checkpoint", err)
 	}
-	return r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
+	var reply wirepb.CheckpointInfo
+	if err := r.do(ctx, "save checkpoint", wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: name, Metadata: metadata}, &reply); err != nil {
+		return nil, err
+	}
+	return &reply, nil
 }
 
 // LoadCheckpoint makes the controller replace its state with checkpoint
-// name; see [github.com/tqgo/tq/controller.Server.LoadCheckpoint].
-func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, name string) error {
+// name, and returns what was loaded (with the metadata it was saved
+// with); see [github.com/tqgo/tq/controller.Server.LoadCheckpoint].
+func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, name string) (*wirepb.CheckpointInfo, error) {
 	if err := checkName(nameDir, name); err != nil {
-		return r.opErr("load checkpoint", err)
+		return nil, r.opErr("load checkpoint", err)
 	}
-	return r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: name}, nil)
+	var reply wirepb.CheckpointInfo
+	if err := r.do(ctx, "load checkpoint", wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: name}, &reply); err != nil {
+		return nil, err
+	}
+	return &reply, nil
 }
 
 // Checkpoints lists the controller's saved checkpoints.

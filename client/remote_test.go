@@ -588,14 +588,26 @@ func TestRemoteCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.SaveCheckpoint(ctx, "ck"); err != nil {
+	saved, err := r.SaveCheckpoint(ctx, "ck", []byte(`{"step": 1200}`))
+	if err != nil {
 		t.Fatal(err)
+	}
+	if saved.Name != "ck" || string(saved.Metadata) != `{"step": 1200}` {
+		t.Fatalf("saved %q with metadata %q", saved.Name, saved.Metadata)
 	}
 	if err := r.ClearPartition(ctx, "kv"); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.LoadCheckpoint(ctx, "ck"); err != nil {
+	loaded, err := r.LoadCheckpoint(ctx, "ck")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if string(loaded.Metadata) != `{"step": 1200}` || loaded.SavedUnixMs != saved.SavedUnixMs {
+		t.Fatalf("loaded metadata %q saved at %d, want %q at %d", loaded.Metadata, loaded.SavedUnixMs, `{"step": 1200}`, saved.SavedUnixMs)
+	}
+	list, err := r.Checkpoints(ctx)
+	if err != nil || len(list) != 1 || string(list[0].Metadata) != `{"step": 1200}` {
+		t.Fatalf("checkpoints: %v, %v", list, err)
 	}
 	after, err := r.ListKeys(ctx, "")
 	if err != nil {
@@ -604,11 +616,20 @@ func TestRemoteCheckpoint(t *testing.T) {
 	if diff := cmp.Diff(before, after); diff != "" {
 		t.Fatalf("keys after save, clear, load (-before +after):\n%s", diff)
 	}
-	if err := r.LoadCheckpoint(ctx, "none"); !errors.Is(err, engine.ErrNotFound) {
+	if _, err := r.LoadCheckpoint(ctx, "none"); !errors.Is(err, engine.ErrNotFound) {
 		t.Fatalf("load of a missing checkpoint: %v, want ErrNotFound", err)
 	}
-	if err := r.SaveCheckpoint(ctx, "relative/dir"); !errors.Is(err, engine.ErrInvalid) {
+	if _, err := r.SaveCheckpoint(ctx, "relative/dir", nil); !errors.Is(err, engine.ErrInvalid) {
 		t.Fatalf("save to a path: %v, want ErrInvalid", err)
+	}
+	for _, bad := range []string{`[1, 2]`, `{"step": `, `null`, `"x"`, `{"big": "` + strings.Repeat("x", 64<<10) + `"}`} {
+		_, err := r.SaveCheckpoint(ctx, "ck", []byte(bad))
+		if !errors.Is(err, engine.ErrInvalid) || !strings.Contains(err.Error(), "checkpoint metadata") {
+			t.Fatalf("save with metadata %.20q: %v, want ErrInvalid naming the metadata", bad, err)
+		}
+	}
+	if list, err := r.Checkpoints(ctx); err != nil || len(list) != 1 || string(list[0].Metadata) != `{"step": 1200}` {
+		t.Fatalf("after refused saves, checkpoints: %v, %v", list, err)
 	}
 }
 

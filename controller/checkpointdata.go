@@ -32,6 +32,7 @@ package controller
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -67,6 +68,35 @@ type CheckpointInfo struct {
 	// Bytes is the size of the cells' data, Cells the cells it holds and
 	// Lost those whose bytes were lost when it was saved.
 	Bytes, Cells, Lost int64
+	// Metadata is the JSON object saved with it, as given; nil: none.
+	Metadata []byte
+}
+
+// MaxCheckpointMetadata bounds a checkpoint's user metadata.
+const MaxCheckpointMetadata = 64 << 10
+
+// checkMetadata refuses user metadata that is not one JSON object of at
+// most MaxCheckpointMetadata bytes.
+func checkMetadata(b []byte) error {
+	switch {
+	case len(b) == 0:
+		return nil
+	case len(b) > MaxCheckpointMetadata:
+		return fmt.Errorf("checkpoint metadata of %d bytes, at most %d: %w", len(b), MaxCheckpointMetadata, engine.ErrInvalid)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(b, &obj); err != nil || obj == nil {
+		why := "null"
+		if err != nil {
+			why = err.Error()
+		}
+		return fmt.Errorf("checkpoint metadata is not a JSON object (%s): %w", why, engine.ErrInvalid)
+	}
+	return nil
+}
+
+func infoOf(name string, head *wirepb.StateHeader) CheckpointInfo {
+	return CheckpointInfo{Name: name, Saved: time.UnixMilli(head.SavedUnixMs), Bytes: head.DataBytes, Cells: head.Cells, Lost: head.LostCells, Metadata: head.UserMetadata}
 }
 
 func (s *Server) checkpointPath(name string) (string, error) {
@@ -80,13 +110,17 @@ func (s *Server) checkpointPath(name string) (string, error) {
 }
 
 // SaveCheckpoint saves the controller's state and every cell's bytes as
-// checkpoint name (see the file comment), replacing a checkpoint of that
-// name atomically. It returns what it saved.
-func (s *Server) SaveCheckpoint(ctx context.Context, name string) (CheckpointInfo, error) {
+// checkpoint name (see the file comment), with metadata (a JSON object,
+// or nil) kept beside them, replacing a checkpoint of that name
+// atomically. It returns what it saved.
+func (s *Server) SaveCheckpoint(ctx context.Context, name string, metadata []byte) (CheckpointInfo, error) {
 	dir, err := s.checkpointPath(name)
 	if err == nil {
+		err = checkMetadata(metadata)
+	}
+	if err == nil {
 		var info CheckpointInfo
-		if info, err = s.save(ctx, name, dir); err == nil {
+		if info, err = s.save(ctx, name, dir, metadata); err == nil {
 			return info, nil
 		}
 	}
@@ -107,7 +141,7 @@ type fileSpot struct {
 	crc uint32
 }
 
-func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, error) {
+func (s *Server) save(ctx context.Context, name, dir string, metadata []byte) (CheckpointInfo, error) {
 	s.ckpt.Lock()
 	defer s.ckpt.Unlock()
 	if err := checkReplaceable(dir); err != nil {
@@ -129,6 +163,7 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 	}
 	withData := s.cfg.Dial != nil
 	st.head.Data = withData
+	st.head.UserMetadata = metadata
 
 	// Lay data.bin out: every stored cell of a live unit, in state order.
 	alive := map[engine.UnitID]engine.UnitInfo{}
@@ -201,7 +236,7 @@ func (s *Server) save(ctx context.Context, name, dir string) (CheckpointInfo, er
 	if err != nil {
 		return CheckpointInfo{}, err
 	}
-	return CheckpointInfo{Name: name, Saved: time.UnixMilli(st.head.SavedUnixMs), Bytes: int64(size), Cells: cells, Lost: lostN}, nil
+	return CheckpointInfo{Name: name, Saved: time.UnixMilli(st.head.SavedUnixMs), Bytes: int64(size), Cells: cells, Lost: lostN, Metadata: metadata}, nil
 }
 
 // readCells reads a unit's cells into m (data.bin mapped) at their spots,
@@ -313,40 +348,42 @@ func withMappedFile(path string, size int64, fn func([]byte) error) (err error) 
 // before are freed; a load that fails before it takes the state over
 // leaves it as it was and frees the extents it wrote instead.
 func (s *Server) LoadCheckpoint(ctx context.Context, name string) error {
-	freed, err := s.loadCheckpointFreed(ctx, name)
+	_, freed, err := s.loadCheckpointFreed(ctx, name)
 	if derr := s.durable(ctx, &effects{freed: freed}); err == nil {
 		err = derr
 	}
 	return err
 }
 
-// loadCheckpointFreed loads checkpoint name and returns the cells to
-// free: those the state held before, or, when the load failed, the
-// extents it wrote to the units.
-func (s *Server) loadCheckpointFreed(ctx context.Context, name string) ([]engine.CellLoc, error) {
+// loadCheckpointFreed loads checkpoint name and returns what it loaded
+// and the cells to free: those the state held before, or, when the load
+// failed, the extents it wrote to the units.
+func (s *Server) loadCheckpointFreed(ctx context.Context, name string) (CheckpointInfo, []engine.CellLoc, error) {
 	dir, err := s.checkpointPath(name)
 	var freed []engine.CellLoc
 	if err == nil {
-		if freed, err = s.load(ctx, dir); err == nil {
-			return freed, nil
+		var head *wirepb.StateHeader
+		if freed, err = s.load(ctx, dir, &head); err == nil {
+			return infoOf(name, head), freed, nil
 		}
 	}
 	if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("no checkpoint %q: %w: %w", name, engine.ErrNotFound, err)
 	}
-	return freed, opErr("load checkpoint", name, err)
+	return CheckpointInfo{}, freed, opErr("load checkpoint", name, err)
 }
 
-// load loads the checkpoint in dir. It returns the cells to free: on
-// success those the state held before; on failure the extents it wrote
-// to the units, which nothing references.
-func (s *Server) load(ctx context.Context, dir string) ([]engine.CellLoc, error) {
+// load loads the checkpoint in dir, and sets *head to its state's header.
+// It returns the cells to free: on success those the state held before;
+// on failure the extents it wrote to the units, which nothing references.
+func (s *Server) load(ctx context.Context, dir string, head **wirepb.StateHeader) ([]engine.CellLoc, error) {
 	s.ckpt.Lock()
 	defer s.ckpt.Unlock()
 	ls, err := readStateFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		return nil, err
 	}
+	*head = ls.head
 	if !ls.head.Data {
 		s.c.loseForeignCells(ls)
 		return s.c.takeOver(ls, nil)
@@ -514,7 +551,7 @@ func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
 		if err != nil {
 			continue // not a checkpoint (or a broken one): not listed
 		}
-		out = append(out, CheckpointInfo{Name: e.Name(), Saved: time.UnixMilli(head.SavedUnixMs), Bytes: head.DataBytes, Cells: head.Cells, Lost: head.LostCells})
+		out = append(out, infoOf(e.Name(), head))
 	}
 	return out, nil
 }

@@ -124,7 +124,7 @@ func ckptSaved(t *testing.T, rows int, segs map[uint32][]byte, fields func(engin
 	dir := t.TempDir()
 	s := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) { return unit, nil }})
 	t.Cleanup(func() { s.Close() })
-	_, err = s.SaveCheckpoint(context.Background(), "ck")
+	_, err = s.SaveCheckpoint(context.Background(), "ck", nil)
 	require.NoError(t, err)
 	return c, s, unit, dir
 }
@@ -287,7 +287,7 @@ func TestCheckpointChecksumsOfMergedAndBatchedReads(t *testing.T) {
 				return fs
 			})
 			// Saved again, loaded whole: every checksum is right.
-			_, err := s.SaveCheckpoint(context.Background(), "ck2")
+			_, err := s.SaveCheckpoint(context.Background(), "ck2", nil)
 			require.NoError(t, err)
 			require.NoError(t, s.LoadCheckpoint(context.Background(), "ck2"))
 			assert.Len(t, unit.written(), len(tc.fields))
@@ -426,7 +426,7 @@ func TestCheckpointSaveOnAFullDisk(t *testing.T) {
 				t.Fatalf("the save faulted writing data.bin: %v", r)
 			}
 		}()
-		_, saveErr = s.SaveCheckpoint(context.Background(), "ck")
+		_, saveErr = s.SaveCheckpoint(context.Background(), "ck", nil)
 	}()
 	require.ErrorIs(t, saveErr, unix.ENOSPC)
 	entries, err := os.ReadDir(root)

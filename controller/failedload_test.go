@@ -125,7 +125,7 @@ func TestFailedLoadFreesTheExtentsItWrote(t *testing.T) {
 		{"unit write fails", 1, func(*testing.T, *Controller, *Server) string { return "ck" }, errUnitWrite},
 		{"take over fails", 100, func(t *testing.T, c *Controller, s *Server) string {
 			c.sampler = refusingLoader{c.sampler}
-			_, err := s.SaveCheckpoint(context.Background(), "ck2")
+			_, err := s.SaveCheckpoint(context.Background(), "ck2", nil)
 			require.NoError(t, err)
 			return "ck2"
 		}, errLoadState},

@@ -613,8 +613,11 @@ func (s *Server) saveCheckpoint(ctx context.Context, body []byte, _ *effects) (p
 	if req.Dir != "" {
 		return nil, opErr("save checkpoint", req.Dir, fmt.Errorf("checkpoints are named, not given a path (name %q, dir %q): %w", req.Name, req.Dir, engine.ErrInvalid))
 	}
-	_, err = s.SaveCheckpoint(ctx, req.Name)
-	return nil, err
+	info, err := s.SaveCheckpoint(ctx, req.Name, req.Metadata)
+	if err != nil {
+		return nil, err
+	}
+	return info.pb(), nil
 }
 
 func (s *Server) loadCheckpoint(ctx context.Context, body []byte, fx *effects) (proto.Message, error) {
@@ -625,8 +628,15 @@ func (s *Server) loadCheckpoint(ctx context.Context, body []byte, fx *effects) (
 	if req.Dir != "" {
 		return nil, opErr("load checkpoint", req.Dir, fmt.Errorf("checkpoints are named, not given a path (name %q, dir %q): %w", req.Name, req.Dir, engine.ErrInvalid))
 	}
-	fx.freed, err = s.loadCheckpointFreed(ctx, req.Name)
-	return nil, err
+	if len(req.Metadata) > 0 {
+		return nil, opErr("load checkpoint", req.Name, fmt.Errorf("metadata is saved with a checkpoint, not given to a load: %w", engine.ErrInvalid))
+	}
+	var info CheckpointInfo
+	info, fx.freed, err = s.loadCheckpointFreed(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	return info.pb(), nil
 }
 
 func (s *Server) listCheckpoints(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
@@ -639,11 +649,15 @@ func (s *Server) listCheckpoints(_ context.Context, body []byte, _ *effects) (pr
 	}
 	r := &wirepb.CheckpointsReply{}
 	for _, ci := range infos {
-		r.Checkpoints = append(r.Checkpoints, &wirepb.CheckpointInfo{
-			Name: ci.Name, SavedUnixMs: ci.Saved.UnixMilli(), Bytes: ci.Bytes, Cells: ci.Cells, LostCells: ci.Lost,
-		})
+		r.Checkpoints = append(r.Checkpoints, ci.pb())
 	}
 	return r, nil
+}
+
+func (ci CheckpointInfo) pb() *wirepb.CheckpointInfo {
+	return &wirepb.CheckpointInfo{
+		Name: ci.Name, SavedUnixMs: ci.Saved.UnixMilli(), Bytes: ci.Bytes, Cells: ci.Cells, LostCells: ci.Lost, Metadata: ci.Metadata,
+	}
 }
 
 func (s *Server) register(_ context.Context, body []byte, _ *effects) (proto.Message, error) {

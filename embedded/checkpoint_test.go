@@ -69,7 +69,7 @@ func TestCheckpointSaveSurvivesKVOverwrite(t *testing.T) {
 	})
 	t.Cleanup(func() { srv.Close() })
 	used := u.Stats().Used
-	_, err = srv.SaveCheckpoint(ctx, "c")
+	_, err = srv.SaveCheckpoint(ctx, "c", nil)
 	require.NoError(t, err, "a checkpoint saved while a KV put overwrote a key")
 	require.Equal(t, used, u.Stats().Used, "one value's extent: the replaced one was freed once the save was done")
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -12,9 +14,11 @@ import (
 )
 
 const checkpointUsage = `usage:
-  tq checkpoint save ADDR NAME   save the cluster's metadata and every cell's bytes as NAME
+  tq checkpoint save ADDR NAME [--metadata JSON]
+                                 save the cluster's metadata and every cell's bytes as NAME,
+                                 with a JSON object of your own kept beside them
   tq checkpoint load ADDR NAME   replace the cluster's state with checkpoint NAME
-  tq checkpoint list ADDR        list the saved checkpoints
+  tq checkpoint list ADDR        list the saved checkpoints (with their JSON objects)
 
 ADDR is the controller's (tcp://host:port or unix:///path). Checkpoints live
 under the controller's data directory (DATA_DIR/checkpoints/NAME); a name is
@@ -28,6 +32,7 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs.SetOutput(stderr)
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	metadata := fs.String("metadata", "", "with save: a JSON object (at most 64 KiB) kept with the checkpoint, such as the training step it belongs to; list and load show it")
 	fs.Usage = func() { fmt.Fprint(stderr, checkpointUsage); fs.PrintDefaults() }
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -46,6 +51,9 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fs.Usage()
 		return fmt.Errorf("checkpoint: want save ADDR NAME, load ADDR NAME or list ADDR")
 	}
+	if *metadata != "" && verb != "save" {
+		return fmt.Errorf("checkpoint %s: --metadata is for save; %s does not use it", verb, verb)
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	m, err := client.DialMeta(ctx, rest[0], client.RemoteConfig{Token: *token, Name: "tq-checkpoint"})
@@ -56,27 +64,40 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	switch verb {
 	case "save":
 		start := time.Now()
-		if err := m.SaveCheckpoint(ctx, rest[1]); err != nil {
+		if _, err := m.SaveCheckpoint(ctx, rest[1], []byte(*metadata)); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "tq checkpoint: saved %s in %v\n", rest[1], time.Since(start).Round(time.Millisecond))
 	case "load":
 		start := time.Now()
-		if err := m.LoadCheckpoint(ctx, rest[1]); err != nil {
+		info, err := m.LoadCheckpoint(ctx, rest[1])
+		if err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "tq checkpoint: loaded %s in %v\n", rest[1], time.Since(start).Round(time.Millisecond))
+		if len(info.Metadata) > 0 {
+			fmt.Fprintf(stdout, "tq checkpoint: its metadata: %s\n", compactJSON(info.Metadata))
+		}
 	case "list":
 		list, err := m.Checkpoints(ctx)
 		if err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSAVED\tCELLS\tLOST\tBYTES")
+		fmt.Fprintln(tw, "NAME\tSAVED\tCELLS\tLOST\tBYTES\tMETADATA")
 		for _, c := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", printable(c.Name), time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes))
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", printable(c.Name), time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes), compactJSON(c.Metadata))
 		}
 		return tw.Flush()
 	}
 	return nil
+}
+
+// compactJSON is a checkpoint's metadata on one line.
+func compactJSON(b []byte) string {
+	var out bytes.Buffer
+	if json.Compact(&out, b) != nil {
+		return printable(string(b))
+	}
+	return printable(out.String())
 }

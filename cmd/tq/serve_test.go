@@ -377,3 +377,27 @@ func TestRestoreHoldsClientsBack(t *testing.T) {
 	require.Len(t, keys.Partitions[0].Keys, 1)
 	assert.Equal(t, "before", keys.Partitions[0].Keys[0].Key, "the checkpoint's key")
 }
+
+// TestCheckpointMetadata: a checkpoint keeps the JSON object saved with
+// it (TransferQueue's save_checkpoint(metadata=)); list and load show it.
+// It used to have no room for one.
+func TestCheckpointMetadata(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServeIn(t, t.TempDir(), nil, bin, "--listen", "", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB")
+	addr := p.addr("unix")
+	out, err := runTQ(t, p, bin, "checkpoint", "save", addr, "ck", "--metadata", "{\"step\": 1200,\n \"run\": \"a\"}")
+	require.NoError(t, err, out)
+	out, err = runTQ(t, p, bin, "checkpoint", "list", addr)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, `{"step":1200,"run":"a"}`)
+	out, err = runTQ(t, p, bin, "checkpoint", "load", addr, "ck")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, `tq checkpoint: its metadata: {"step":1200,"run":"a"}`)
+
+	out, err = runTQ(t, p, bin, "checkpoint", "save", addr, "ck", "--metadata", "[1, 2]")
+	require.Error(t, err)
+	assert.Contains(t, out, "checkpoint metadata is not a JSON object")
+	out, err = runTQ(t, p, bin, "checkpoint", "load", addr, "ck", "--metadata", "{}")
+	require.Error(t, err)
+	assert.Contains(t, out, "--metadata is for save")
+}

@@ -112,7 +112,7 @@ func TestRestoreWaitsForAUnitHeardFrom(t *testing.T) {
 	require.NoError(t, err)
 	putInt(t, kvapi.New(c), "p", "k", 7)
 	c.Close()
-	_, err = first.ctrlSrv.SaveCheckpoint(ctx, "c0")
+	_, err = first.ctrlSrv.SaveCheckpoint(ctx, "c0", nil)
 	require.NoError(t, err)
 	_, err = first.ctrl.ClearPartition("p") // the state holds no partition: --restore loads
 	require.NoError(t, err)

@@ -236,22 +236,43 @@ def test_checkpoint_save_load(client, part):
 
 def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch):
     """save_checkpoint takes TransferQueue's keywords (verl passes
-    metadata={"global_steps": step}): the checkpoint is saved; metadata,
-    which a TQ checkpoint cannot hold, and include_storage=False, which it
-    cannot honour, each warn once per process instead of being dropped
-    silently."""
+    metadata={"global_steps": step}): metadata is kept with the checkpoint
+    (it used to be dropped with a warning), listed and returned by a load;
+    include_storage=False, which a TQ checkpoint cannot honour, warns once
+    per process instead of being dropped silently."""
     monkeypatch.setattr(tq.client, "_warned", set(), raising=False)
     name = "ck-meta-" + part
-    with pytest.warns(UserWarning, match="metadata= is not stored"):
-        client.save_checkpoint(name, metadata={"global_steps": 3})
-    assert name in [c["name"] for c in client.list_checkpoints()]
-    with pytest.warns(UserWarning, match="include_storage=False"):
-        client.save_checkpoint(name, include_storage=False)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        client.save_checkpoint(name, include_storage=False, metadata={"global_steps": 4})  # once each
-        client.save_checkpoint(name, include_storage=True)
+        saved = client.save_checkpoint(name, metadata={"global_steps": 3, "tags": ["a", "é"]})
+    assert saved["name"] == name and saved["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
+    listed = {c["name"]: c for c in client.list_checkpoints()}
+    assert listed[name]["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
+    assert client.load_checkpoint(name) == {"global_steps": 3, "tags": ["a", "é"]}
+    with pytest.warns(UserWarning, match="include_storage=False"):
+        client.save_checkpoint(name, include_storage=False)
+    assert client.load_checkpoint(name) is None, "saved again without metadata"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.save_checkpoint(name, include_storage=False, metadata={"global_steps": 4})  # warned once
+    assert client.load_checkpoint(name) == {"global_steps": 4}
+
+
+def test_save_checkpoint_refuses_bad_metadata(client, part):
+    """Metadata that is not a dict JSON can encode is refused before
+    anything is saved, naming what is wrong; so is one too large (by the
+    server)."""
+    name = "ck-bad-" + part
+    with pytest.raises(TypeError, match="metadata must be a dict, not list"):
+        client.save_checkpoint(name, metadata=[1, 2])
+    with pytest.raises(TypeError, match="cannot be encoded as JSON"):
+        client.save_checkpoint(name, metadata={"x": object()})
+    with pytest.raises(TypeError, match="cannot be encoded as JSON"):
+        client.save_checkpoint(name, metadata={"x": float("nan")})
+    with pytest.raises(tq.TQError, match="checkpoint metadata of"):
+        client.save_checkpoint(name, metadata={"x": "y" * (64 << 10)})
+    assert name not in [c["name"] for c in client.list_checkpoints()]
 
 
 def test_async_twins(client, part):

@@ -134,15 +134,16 @@ def kv_clear(keys, partition_id) -> None:
     return get_client().kv_clear(keys, partition_id)
 
 
-def save_checkpoint(name: str, *, include_storage: bool = True, metadata: dict | None = None) -> None:
+def save_checkpoint(name: str, *, include_storage: bool = True, metadata: dict | None = None) -> dict:
     """Save the cluster's metadata and every cell's bytes as checkpoint
-    ``name`` under the controller's data directory. ``include_storage``
-    and ``metadata`` are TransferQueue's keywords, taken but not kept:
-    see :meth:`Client.save_checkpoint`."""
+    ``name`` under the controller's data directory, with ``metadata`` (a
+    dict) kept beside them; see :meth:`Client.save_checkpoint`."""
     return get_client().save_checkpoint(name, include_storage=include_storage, metadata=metadata)
 
 
-def load_checkpoint(name: str) -> None:
+def load_checkpoint(name: str) -> dict | None:
+    """Replace the cluster's state with checkpoint ``name``; returns the
+    metadata it was saved with (see :meth:`Client.load_checkpoint`)."""
     return get_client().load_checkpoint(name)
 
 

@@ -7,6 +7,7 @@ call takes a connection of its own from a pool.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -1379,34 +1380,47 @@ class Client:
             cursor = rep.next
 
     # Checkpoints (named; saved under the controller's data directory).
-    def save_checkpoint(self, name: str, *, include_storage: bool = True, metadata: dict | None = None) -> None:
+    def save_checkpoint(self, name: str, *, include_storage: bool = True, metadata: dict | None = None) -> dict:
         """Save the cluster's metadata and every cell's bytes as checkpoint
         ``name`` (letters, digits, '.', '_', '-') under the controller's
-        data directory, as ``tq checkpoint save``.
+        data directory, as ``tq checkpoint save``, and return what was
+        saved (as an entry of :meth:`list_checkpoints`).
 
-        TransferQueue's keywords are taken, but a TQ checkpoint has no
-        room for either: ``include_storage=False`` saves the bytes all the
-        same (as the reference's SimpleStorage does), and ``metadata`` is
-        not stored anywhere (the server's checkpoint request has no field
-        for it): keep it with your own checkpoint. Each warns, once per
-        process, rather than being dropped silently."""
+        ``metadata``, a dict that JSON can encode (at most 64 KiB encoded;
+        a training step, say), is kept with the checkpoint:
+        :meth:`list_checkpoints` lists it and :meth:`load_checkpoint`
+        returns it. ``include_storage=False`` (TransferQueue's keyword)
+        saves the bytes all the same, as the reference's SimpleStorage
+        does, and warns once per process."""
         if not include_storage:
             _warn_once("include_storage", "TQ checkpoints always include the cells' bytes: "
                                           "save_checkpoint(include_storage=False) saves them all the same")
+        req = control_pb2.CheckpointRequest(name=name)
         if metadata is not None:
-            _warn_once("metadata", "TQ checkpoints hold no user metadata: save_checkpoint's metadata= is not "
-                                   "stored (keep it with your own checkpoint)")
-        self._call(wire.SAVE_CHECKPOINT, control_pb2.CheckpointRequest(name=name), None, op_name="save_checkpoint",
-                   timeout=max(self.timeout, 600.0))
+            if not isinstance(metadata, dict):
+                raise TypeError(f"save_checkpoint: metadata must be a dict, not {type(metadata).__name__}")
+            try:
+                req.metadata = json.dumps(metadata, allow_nan=False).encode()
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"save_checkpoint: metadata cannot be encoded as JSON: {e}") from None
+        rep = self._call(wire.SAVE_CHECKPOINT, req, control_pb2.CheckpointInfo, op_name="save_checkpoint",
+                         timeout=max(self.timeout, 600.0))
+        return _checkpoint_info(rep)
 
-    def load_checkpoint(self, name: str) -> None:
-        self._call(wire.LOAD_CHECKPOINT, control_pb2.CheckpointRequest(name=name), None, op_name="load_checkpoint",
-                   timeout=max(self.timeout, 600.0))
+    def load_checkpoint(self, name: str) -> dict | None:
+        """Replace the cluster's state with checkpoint ``name``, as ``tq
+        checkpoint load``, and return the metadata it was saved with (None
+        when none)."""
+        rep = self._call(wire.LOAD_CHECKPOINT, control_pb2.CheckpointRequest(name=name), control_pb2.CheckpointInfo,
+                         op_name="load_checkpoint", timeout=max(self.timeout, 600.0))
+        return _checkpoint_info(rep)["metadata"]
 
-    def list_checkpoints(self):
+    def list_checkpoints(self) -> list:
+        """The saved checkpoints: per checkpoint a dict of ``name``,
+        ``saved_unix_ms``, ``bytes``, ``cells``, ``lost_cells`` and
+        ``metadata`` (the dict saved with it, or None)."""
         rep = self._call(wire.CHECKPOINTS, None, control_pb2.CheckpointsReply, op_name="checkpoints")
-        return [{"name": c.name, "saved_unix_ms": c.saved_unix_ms, "bytes": c.bytes, "cells": c.cells,
-                 "lost_cells": c.lost_cells} for c in rep.checkpoints]
+        return [_checkpoint_info(c) for c in rep.checkpoints]
 
     def metrics_endpoints(self) -> list:
         """The cluster's Prometheus endpoints (``"http://host:port/metrics"``):
@@ -1597,6 +1611,18 @@ def _scatter(dst: np.ndarray, c, pos, got) -> None:
 
 
 _warned = set()
+
+
+def _checkpoint_info(c) -> dict:
+    """A CheckpointInfo as :meth:`Client.list_checkpoints` gives it."""
+    meta = None
+    if c.metadata:
+        try:
+            meta = json.loads(c.metadata)
+        except ValueError as e:
+            raise errors.CorruptError(f"checkpoint {c.name!r}: its metadata is not JSON: {e}") from None
+    return {"name": c.name, "saved_unix_ms": c.saved_unix_ms, "bytes": c.bytes, "cells": c.cells,
+            "lost_cells": c.lost_cells, "metadata": meta}
 
 
 def _warn_once(what: str, message: str) -> None:

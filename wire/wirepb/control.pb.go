@@ -3706,9 +3706,13 @@ func (x *PartitionStats) GetDone() bool {
 }
 
 type CheckpointRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`   // unused since names replaced paths; must be empty
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"` // letters, digits, '.', '_', '-'; not starting with '.'
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Dir   string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`   // unused since names replaced paths; must be empty
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"` // letters, digits, '.', '_', '-'; not starting with '.'
+	// SAVE_CHECKPOINT only: a JSON object (at most 64 KiB) kept with the
+	// checkpoint, as the caller's own notes on it (a training step, say);
+	// CHECKPOINTS lists it and LOAD_CHECKPOINT answers with it.
+	Metadata      []byte `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3757,6 +3761,13 @@ func (x *CheckpointRequest) GetName() string {
 	return ""
 }
 
+func (x *CheckpointRequest) GetMetadata() []byte {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 type CheckpointInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -3764,6 +3775,7 @@ type CheckpointInfo struct {
 	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"` // data bytes of the cells it holds
 	Cells         int64                  `protobuf:"varint,4,opt,name=cells,proto3" json:"cells,omitempty"`
 	LostCells     int64                  `protobuf:"varint,5,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells whose bytes were lost when it was saved
+	Metadata      []byte                 `protobuf:"bytes,6,opt,name=metadata,proto3" json:"metadata,omitempty"`                     // the JSON object saved with it (CheckpointRequest.metadata); empty: none
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3831,6 +3843,13 @@ func (x *CheckpointInfo) GetLostCells() int64 {
 		return x.LostCells
 	}
 	return 0
+}
+
+func (x *CheckpointInfo) GetMetadata() []byte {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
 }
 
 type CheckpointsReply struct {
@@ -4257,17 +4276,19 @@ const file_control_proto_rawDesc = "" +
 	"\x0eindexes_in_use\x18\n" +
 	" \x01(\x03R\findexesInUse\x12!\n" +
 	"\findexes_free\x18\v \x01(\x03R\vindexesFree\x12\x12\n" +
-	"\x04done\x18\f \x01(\bR\x04done\"9\n" +
+	"\x04done\x18\f \x01(\bR\x04done\"U\n" +
 	"\x11CheckpointRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x93\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
+	"\bmetadata\x18\x03 \x01(\fR\bmetadata\"\xaf\x01\n" +
 	"\x0eCheckpointInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
 	"\rsaved_unix_ms\x18\x02 \x01(\x03R\vsavedUnixMs\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05cells\x18\x04 \x01(\x03R\x05cells\x12\x1d\n" +
 	"\n" +
-	"lost_cells\x18\x05 \x01(\x03R\tlostCells\"P\n" +
+	"lost_cells\x18\x05 \x01(\x03R\tlostCells\x12\x1a\n" +
+	"\bmetadata\x18\x06 \x01(\fR\bmetadata\"P\n" +
 	"\x10CheckpointsReply\x12<\n" +
 	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xf2\x01\n" +
 	"\x10ClusterInfoReply\x12\x1d\n" +

@@ -1185,9 +1185,9 @@ type ConsumeOp struct {
 	// asked: the group asked for this batch index, the highest it has asked
 	// for (a record with nothing else, logged as the ask raised it).
 	Asked *KeptRef `protobuf:"bytes,12,opt,name=asked,proto3" json:"asked,omitempty"`
-	// forgot: the controller stopped following this batch of its group:
-	// given back (the sampler's drop is in sampler, the rows in the
-	// UnconsumeOps that follow) or consumed.
+	// forgot: the controller stopped following this batch of its group (a
+	// record of its own): consumed, or given back by the records that
+	// follow it (the sampler's drop, then the rows and spent keys).
 	Forgot        *KeptRef `protobuf:"bytes,13,opt,name=forgot,proto3" json:"forgot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1885,7 +1885,10 @@ type StateHeader struct {
 	// A checkpoint with data whose in_file cells carry the CRC-32C of their
 	// bytes (StateCell.crc32c). Checkpoints saved before it have none: their
 	// data.bin is loaded unchecked.
-	DataCrc32C    bool `protobuf:"varint,22,opt,name=data_crc32c,json=dataCrc32c,proto3" json:"data_crc32c,omitempty"`
+	DataCrc32C bool `protobuf:"varint,22,opt,name=data_crc32c,json=dataCrc32c,proto3" json:"data_crc32c,omitempty"`
+	// A checkpoint's user metadata: the JSON object its SAVE_CHECKPOINT
+	// carried (CheckpointRequest.metadata), kept as sent; empty: none.
+	UserMetadata  []byte `protobuf:"bytes,23,opt,name=user_metadata,json=userMetadata,proto3" json:"user_metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2072,6 +2075,13 @@ func (x *StateHeader) GetDataCrc32C() bool {
 		return x.DataCrc32C
 	}
 	return false
+}
+
+func (x *StateHeader) GetUserMetadata() []byte {
+	if x != nil {
+		return x.UserMetadata
+	}
+	return nil
 }
 
 type NamedSamplerState struct {
@@ -3144,7 +3154,7 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xe2\x05\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\x87\x06\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -3177,7 +3187,8 @@ const file_state_proto_rawDesc = "" +
 	"moved_from\x18\x14 \x01(\v2\x11.tq.wire.v1.AddrsR\tmovedFrom\x12,\n" +
 	"\bmoved_to\x18\x15 \x01(\v2\x11.tq.wire.v1.AddrsR\amovedTo\x12\x1f\n" +
 	"\vdata_crc32c\x18\x16 \x01(\bR\n" +
-	"dataCrc32c\"=\n" +
+	"dataCrc32c\x12#\n" +
+	"\ruser_metadata\x18\x17 \x01(\fR\fuserMetadata\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\"\xa3\x04\n" +

@@ -1863,6 +1863,15 @@ func (m *StateHeader) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.UserMetadata) > 0 {
+		i -= len(m.UserMetadata)
+		copy(dAtA[i:], m.UserMetadata)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.UserMetadata)))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xba
+	}
 	if m.DataCrc32C {
 		i--
 		if m.DataCrc32C {
@@ -3775,6 +3784,10 @@ func (m *StateHeader) SizeVT() (n int) {
 	}
 	if m.DataCrc32C {
 		n += 3
+	}
+	l = len(m.UserMetadata)
+	if l > 0 {
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n
