@@ -142,13 +142,30 @@ func (r *keptRef) pb() *wirepb.KeptRef {
 	return &wirepb.KeptRef{SamplerSpec: r.group.spec, DpRank: int64(r.group.rank), BatchIndex: int64(r.batch)}
 }
 
+// maxKeptIndex bounds the DP rank and the batch index a record or the
+// state names.
+const maxKeptIndex = math.MaxInt32
+
+// checkKeptOptions refuses, for a sampler whose batches are followed, a
+// DP rank or batch index that a record could not name: logged, it would
+// make the log unreadable (keptRefOf).
+func checkKeptOptions(smp engine.Sampler, opts engine.SamplingOptions) error {
+	if _, ok := smp.(engine.BatchDropper); !ok || !opts.HasRank {
+		return nil
+	}
+	if opts.DPRank < 0 || opts.DPRank > maxKeptIndex || opts.BatchIndex < 0 || opts.BatchIndex > maxKeptIndex {
+		return fmt.Errorf("dp rank %d, batch index %d: each must be 0 to %d: %w", opts.DPRank, opts.BatchIndex, maxKeptIndex, engine.ErrInvalid)
+	}
+	return nil
+}
+
 // keptRefOf is the kept batch of task that a record or the state names
 // (nil for none).
 func keptRefOf(task string, pb *wirepb.KeptRef) (*keptRef, error) {
 	if pb == nil {
 		return nil, nil
 	}
-	if pb.DpRank < 0 || pb.BatchIndex < 0 || pb.DpRank > math.MaxInt32 || pb.BatchIndex > math.MaxInt32 {
+	if pb.DpRank < 0 || pb.BatchIndex < 0 || pb.DpRank > maxKeptIndex || pb.BatchIndex > maxKeptIndex {
 		return nil, corrupt("kept batch %d of DP rank %d of task %q", pb.BatchIndex, pb.DpRank, task)
 	}
 	if pb.SamplerSpec != "" {
@@ -335,7 +352,7 @@ func (p *partition) copyGroups() []*wirepb.StateKeptGroup {
 // loadGroups takes the groups' state from a snapshot.
 func (p *partition) loadGroups(gs []*wirepb.StateKeptGroup) error {
 	for _, sg := range gs {
-		if sg.Task == "" || sg.Asked < -1 || sg.Asked > math.MaxInt32 {
+		if sg.Task == "" || sg.Asked < -1 || sg.Asked > maxKeptIndex {
 			return corrupt("partition %q: kept batches of task %q, asked for batch %d", p.id, sg.Task, sg.Asked)
 		}
 		ref, err := keptRefOf(sg.Task, &wirepb.KeptRef{SamplerSpec: sg.SamplerSpec, DpRank: sg.DpRank})
@@ -348,7 +365,7 @@ func (p *partition) loadGroups(gs []*wirepb.StateKeptGroup) error {
 		g := p.group(ref.group)
 		g.asked = int(sg.Asked)
 		for _, sb := range sg.Batches {
-			if sb.Index < 0 || sb.Index > math.MaxInt32 || sb.Held < 0 || sb.Held > math.MaxInt32 {
+			if sb.Index < 0 || sb.Index > maxKeptIndex || sb.Held < 0 || sb.Held > math.MaxInt32 {
 				return corrupt("partition %q: kept batch %d of DP rank %d of task %q, held %d times", p.id, sb.Index, sg.DpRank, sg.Task, sb.Held)
 			}
 			g.batches[int(sb.Index)] = &keptBatch{touched: time.UnixMilli(sb.TouchedUnixMs), held: int(sb.Held)}

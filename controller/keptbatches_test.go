@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"math"
 	"path/filepath"
 	"testing"
 	"testing/synctest"
@@ -329,4 +330,41 @@ func TestKeptBatchFollowedThroughCheckpoint(t *testing.T) {
 	b, err := d.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
+}
+
+// A fetch of a followed batch with a negative batch index, or a rank or
+// index past what a record names, was logged all the same: the log and
+// the snapshot were refused as corrupt and the controller did not start
+// again. Such a fetch is refused.
+func TestKeptBatchOptionsOutOfRange(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		rank, batch int
+	}{
+		{"negative batch", 0, -1},
+		{"big batch", 0, math.MaxInt32 + 1},
+		{"big rank", math.MaxInt32 + 1, 0},
+	} {
+		for _, way := range restartWays {
+			t.Run(tc.name+"/"+way.name, func(t *testing.T) {
+				dir := t.TempDir()
+				cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+				c := openDurable(t, dir, cfg)
+				m := insert(t, c, "p", 8, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				ctx := context.Background()
+				_, err := c.Fetch(ctx, keyedFetch(1, 0, 4, "k1"))
+				require.NoError(t, err)
+				got, err := c.Fetch(ctx, keyedFetch(tc.rank, tc.batch, 4, "k"))
+				require.ErrorIs(t, err, engine.ErrInvalid, "got %v", got)
+				require.NoError(t, c.WaitDurable(ctx))
+				want := stateBytes(t, c)
+				way.stop(t, c)
+
+				c = openDurable(t, dir, cfg)
+				defer c.Close()
+				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			})
+		}
+	}
 }
