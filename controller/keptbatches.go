@@ -25,14 +25,15 @@ package controller
 // longer consumed for the task: another group gets them; the keyed
 // fetches that took it are spent, as if given back. A batch that a
 // fetch kept and that the group went past was consumed; it is only
-// forgotten. Both changes are logged (the sampler's drop in a consume
-// record, the rows and the keys in unconsume records), so a restart
-// agrees.
+// forgotten. Both changes are logged, in one record with the end of
+// following the batch (the sampler's drop in a consume op, the rows and
+// the keys in unconsume ops), so a restart agrees.
 //
 // What is followed is logged and in the state: a fetch that took a kept
 // batch names it in its consume record (and its key's entry), an ask that
-// raised the group's highest batch index is a record of its own, and so
-// is a batch no longer followed, whether given back or only forgotten.
+// raised the group's highest batch index is a record of its own, and a
+// batch no longer followed is an op (forgot), alone when the batch is
+// only forgotten, first in the record that gives it back otherwise.
 // After a restart or a checkpoint load the first look waits a TTL
 // (armKept): the time the controller was down does not count against
 // the groups, whose ranks come back and ask again meanwhile. The check
@@ -238,16 +239,23 @@ func (c *Controller) expireKept(p *partition, now time.Time) {
 				continue
 			}
 			delete(g.batches, b)
+			// One record: a restart must not find the batch no longer
+			// followed but still kept, its rows held forever.
+			var ops []*wirepb.LogOp
 			if c.logging() {
-				c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+				ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 					Partition: p.id, Gen: p.gen, Task: k.task, SamplerSpec: k.spec, AtUnixMs: now.UnixMilli(),
 					Forgot: (&keptRef{group: k, batch: b}).pb(),
 				}}})
 			}
-			if b < g.asked && kb.held > 0 {
-				continue // the group went past it: consumed
+			if b >= g.asked || kb.held == 0 { // else the group went past it: consumed
+				var gave bool
+				ops, gave = c.giveBackKept(p, k, b, now, ops)
+				changed = gave || changed
 			}
-			changed = c.giveBackKept(p, k, b, now) || changed
+			if len(ops) > 0 {
+				c.log(ops...)
+			}
 		}
 	}
 	p.keptCheck = next
@@ -257,16 +265,16 @@ func (c *Controller) expireKept(p *partition, now time.Time) {
 }
 
 // giveBackKept drops group k's batch b from its sampler and makes its rows
-// (those still in p) fetchable again for the task, and logs both. It
-// reports whether anything changed.
-func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time) bool {
+// (those still in p) fetchable again for the task, and adds the ops that
+// record both to ops. It reports whether anything changed.
+func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time, ops []*wirepb.LogOp) ([]*wirepb.LogOp, bool) {
 	smp, err := c.samplerForText(k.spec)
 	if err != nil {
-		return false // a spec it took before: cannot fail
+		return ops, false // a spec it took before: cannot fail
 	}
 	d, ok := smp.(engine.BatchDropper)
 	if !ok {
-		return false
+		return ops, false
 	}
 	var entries [][]byte
 	var journal func([]byte)
@@ -279,10 +287,10 @@ func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time
 		if c.cfg.Logf != nil {
 			c.cfg.Logf("controller: partition %q: give back batch %d of group %d of task %q: %v", p.id, b, k.rank, k.task, err)
 		}
-		return false
+		return ops, false
 	}
 	if len(rows) == 0 && len(entries) == 0 {
-		return false
+		return ops, false
 	}
 	var back []uint64
 	t := p.taskSlot(k.task)
@@ -297,22 +305,21 @@ func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time
 	// may take now.
 	spent := p.spendKept(keptRef{group: k, batch: b})
 	if c.logging() {
-		ops := []*wirepb.LogOp{
-			{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+		ops = append(ops,
+			&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 				Partition: p.id, Gen: p.gen, Task: k.task, Sampler: entries, SamplerSpec: k.spec, AtUnixMs: now.UnixMilli(),
 			}}},
-			{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+			&wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
 				Partition: p.id, Gen: p.gen, Task: k.task, Indexes: back, AtUnixMs: now.UnixMilli(),
 			}}},
-		}
+		)
 		for _, key := range spent {
 			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
 				Partition: p.id, Gen: p.gen, Task: k.task, Key: []byte(key), AtUnixMs: now.UnixMilli(),
 			}}})
 		}
-		c.log(ops...)
 	}
-	return true
+	return ops, true
 }
 
 // spendKept spends the keyed fetches that took kept batch ref and were not

@@ -1185,9 +1185,9 @@ type ConsumeOp struct {
 	// asked: the group asked for this batch index, the highest it has asked
 	// for (a record with nothing else, logged as the ask raised it).
 	Asked *KeptRef `protobuf:"bytes,12,opt,name=asked,proto3" json:"asked,omitempty"`
-	// forgot: the controller stopped following this batch of its group (a
-	// record of its own): consumed, or given back by the records that
-	// follow it (the sampler's drop, then the rows and spent keys).
+	// forgot: the controller stopped following this batch of its group (an
+	// op with nothing else): consumed, or given back by the ops after it in
+	// the same record (the sampler's drop, then the rows and spent keys).
 	Forgot        *KeptRef `protobuf:"bytes,13,opt,name=forgot,proto3" json:"forgot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
