@@ -189,3 +189,24 @@ def test_stream_until_consumed_ends_with_a_short_batch(server, part):
         assert not th.is_alive(), f"iteration never ended after batches {got}"
         assert [len(b) for b in got] == [4, 4, 2]
         assert sorted(sum(got, [])) == list(range(10))
+
+
+def test_stream_gives_back_a_batch_it_could_not_read(server, part):
+    """A batch whose rows were fetched but whose read failed (a unit that
+    could not be reached) is given back to the task, as the Go loader
+    does: iterating again gets its rows. They stayed consumed, and the
+    iteration ended without them."""
+    with server.client() as c:
+        c.put({"x": np.arange(4, dtype=np.float32)}, partition_id=part)
+        c.mark_done(part)
+        get_data = c.get_data
+
+        def unreachable(meta, **kw):
+            c.get_data = get_data
+            raise tq.UnavailableError("storage unit unreachable", op="get_data")
+        c.get_data = unreachable
+        it = tq.StreamIterator(4, 2, ["x"], part, "train", client=c, fetch_timeout=5)
+        with pytest.raises(tq.UnavailableError):
+            next(iter(it))
+        seen = [x for data, _ in it for x in data["x"].tolist()]
+        assert sorted(seen) == [0.0, 1.0, 2.0, 3.0]

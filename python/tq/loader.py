@@ -32,6 +32,7 @@ first ``__iter__``; nothing is pickled but the settings) and
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -131,17 +132,27 @@ class StreamIterator:
         partition is marked done and the task has all of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
+        key = os.urandom(16)
         try:
             meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
                               sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
-                              end_when_consumed=self.should_check_consumption_status)
+                              end_when_consumed=self.should_check_consumption_status, _fetch_key=key)
         except (errors.DeadlineError, errors.NotFoundError):
             return None
         except errors.DoneError:
             return _DONE
         if meta.size == 0:
             return None
-        return c.get_data(meta, fields=self.data_fields, copy=self.copy), meta
+        try:
+            return c.get_data(meta, fields=self.data_fields, copy=self.copy), meta
+        except BaseException:
+            # The rows were fetched and never yielded: back to the task (as
+            # the Go loader does), or they would stay consumed for it. A
+            # batch a shared sampler keeps for the group stays kept (the
+            # controller's give-back returns nothing of it), and the same
+            # batch index gets it again.
+            c._give_back(self.partition_id, self.task_name, key)
+            raise
 
     def batches(self):
         """Whole batches: (data, meta). They end when the partition is
