@@ -57,6 +57,22 @@ def test_ragged_rows_of_one_numpy_dtype_and_two_tq_dtypes_are_refused(rows, name
         cols.to_column("r", rows, 2)
 
 
+@pytest.mark.parametrize("value,why", [
+    ([[[1, 2], [3]], [[4]]], "inhomogeneous"),  # a row that is itself ragged
+    ((np.arange(3.0), [[0], [1, 2], [3]]), "offsets"),  # offsets that are no 1-D array
+    ((np.arange(3.0), [0, float("nan"), 3]), "offsets of float64"),
+    ((np.arange(3.0), [0, 1.5, 3]), "offsets of float64"),  # truncated to [0, 1, 3], taken
+])
+def test_values_numpy_cannot_take_are_invalid_naming_the_field(value, why):
+    """A value numpy cannot make an array of, or offsets that are not
+    integers, are an InvalidError naming the field, as to_column says.
+    They were numpy's ValueError, naming no field (float offsets were
+    truncated and the rows taken)."""
+    with pytest.raises(tq.InvalidError, match=why) as e:
+        cols.to_column("ids", value, 2)
+    assert e.value.fields == ["ids"] and "'ids'" in str(e.value)
+
+
 def test_tags_a_batch_at_a_time():
     same = {"status": "done", "n": [1, 2]}
     enc = tags_to_json_list([same, same, None, {"x": 1.5}])

@@ -188,7 +188,10 @@ def _array(v):
     if is_tensor(v):
         a = _from_tensor(v)
     else:
-        a = np.asarray(v)
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError) as e:  # rows of unequal lengths, say
+            raise errors.InvalidError(f"a {type(v).__name__} that numpy cannot make an array of: {e}") from None
     if a.dtype.kind in "OUSV":
         raise errors.InvalidError(f"an array of {a.dtype} is not a tensor field (use a list of str or bytes)")
     return _little(a), tq_dtype(a.dtype)
@@ -326,7 +329,16 @@ def _to_column(name: str, v, n: int) -> Column:
         v = list(v.unbind())  # a nested tensor is ragged: one tensor per row
     if _is_packed(v):
         a, dt = _array(v[0])
-        offs = np.asarray(v[1], dtype=np.int64)
+        try:
+            offs = np.asarray(v[1])
+        except (ValueError, TypeError) as e:
+            raise errors.InvalidError(f"field {name!r}: offsets that numpy cannot make an array of: {e}",
+                                      fields=[name]) from None
+        if offs.dtype.kind not in "iu":
+            # Not cast: float offsets would be truncated, and the rows
+            # taken split where nobody said.
+            raise errors.InvalidError(f"field {name!r}: offsets of {offs.dtype}, want integers", fields=[name])
+        offs = offs.astype(np.int64)
         if a.ndim != 1 or offs.ndim != 1 or len(offs) != n + 1 or offs[0] != 0 or offs[-1] != len(a) \
                 or np.any(np.diff(offs) < 0):
             raise errors.InvalidError(f"field {name!r}: (values, offsets) needs 1-D values and {n + 1} "
