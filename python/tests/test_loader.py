@@ -210,3 +210,23 @@ def test_stream_gives_back_a_batch_it_could_not_read(server, part):
             next(iter(it))
         seen = [x for data, _ in it for x in data["x"].tolist()]
         assert sorted(seen) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_dataloader_workers_take_turns(rank_aware_server, part):
+    """A StreamingDataLoader with two workers under a rank-aware sampler
+    yields every row once: worker w asks for batch indexes w, w + 2, ...
+    Both used to ask for batch 0, 1, ..., and the sampler, which gives a
+    batch index's rows to every fetch of the group, gave both the same
+    batches: each row twice."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", dp_rank=0, address=s.address, token=s.token,
+                             fetch_timeout=0.3)
+    got = [data["x"].tolist() for data, _ in tq.StreamingDataLoader(ds, num_workers=2)]
+    assert sorted(sum(got, [])) == list(range(16))
+    # In turn: worker 0's batch 0 (two micro-batches interleaved with
+    # worker 1's batch 1), then batches 2 and 3.
+    assert len(got) == 8

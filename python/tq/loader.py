@@ -100,6 +100,10 @@ class StreamIterator:
         self._own_client = False
         self.buffer = []  # (data, meta) of every batch fetched since the last step()
         self.batch_index = 0
+        # This iterator's batches are the sampler's batch indexes first,
+        # first + stride, ...: a DataLoader worker takes its turn among the
+        # others (StreamingDataset.__iter__); one alone takes them all.
+        self._first, self._stride = 0, 1
 
     def _get_client(self) -> Client:
         if self._client is None:
@@ -131,7 +135,7 @@ class StreamIterator:
         """The next batch, None when none came in time, or _DONE when the
         partition is marked done and the task has all of it."""
         c = self._get_client()
-        sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self.batch_index)
+        sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self._first + self.batch_index * self._stride)
         key = os.urandom(16)
         try:
             meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
@@ -202,7 +206,19 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
     class StreamingDataset(StreamIterator, _IterableDataset):
         """:class:`StreamIterator` as a torch ``IterableDataset``: dense
         fields become tensors (ragged fields lists of tensors; opaque lists
-        of bytes)."""
+        of bytes). In a DataLoader with several workers each worker takes
+        its turn: worker w of W asks for the sampler's batch indexes w,
+        w + W, ..., and the DataLoader yields the workers' micro-batches
+        in turn. Without that every worker asked for batch 0, 1, ...: under
+        a rank-aware sampler, which gives a batch index's rows to every
+        fetch of the group, each worker yielded the same batches (a known
+        fault of TransferQueue's loader)."""
+
+        def __iter__(self):
+            info = _torch.utils.data.get_worker_info()
+            if info is not None:
+                self._first, self._stride = info.id, info.num_workers
+            return super().__iter__()
 
         def _convert(self, d):
             out = {}
