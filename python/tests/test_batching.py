@@ -122,3 +122,16 @@ def test_ragged_rows_decode_as_slices_of_any_shape(client, part):
     c = cols.to_column("r", rows, len(rows))
     with pytest.raises(ValueError):
         cols.from_bytes("int16", "ragged", None, c.shapes, None, len(rows), bytes(c.bufs[0])[:-2])
+
+
+def test_to_tensor_of_a_dtype_torch_lacks_names_it():
+    """torch before 2.3 has no uint16/32/64 tensors: turning such a field
+    into a tensor is NotSupportedError naming the field and the dtype (it
+    was torch's bare TypeError, naming neither)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    if hasattr(torch, "uint32"):
+        pytest.skip(f"torch {torch.__version__} has uint32 tensors")
+    with pytest.raises(tq.NotSupportedError, match="field 'ids': torch .* has no uint32 tensors") as e:
+        tq.columns.to_tensor(np.zeros(2, np.uint32), "ids")
+    assert e.value.fields == ["ids"]
+    assert tq.columns.to_tensor(np.zeros(2, np.int32), "ids").dtype == torch.int32

@@ -99,9 +99,9 @@ class View:
         out = {}
         for k, v in self.data.items():
             if isinstance(v, np.ndarray):
-                out[k] = _cols.to_tensor(v)
+                out[k] = _cols.to_tensor(v, k)
             elif v and isinstance(v[0], np.ndarray):
-                out[k] = [_cols.to_tensor(a) for a in v]
+                out[k] = [_cols.to_tensor(a, k) for a in v]
             else:
                 out[k] = v
         return out
@@ -845,9 +845,9 @@ class Client:
             for f in rest:
                 v = data[f]
                 if isinstance(v, np.ndarray):
-                    out[f] = _cols.to_tensor(np.array(v)).to(dev)
+                    out[f] = _cols.to_tensor(np.array(v), f).to(dev)
                 elif v and isinstance(v[0], np.ndarray):
-                    out[f] = [_cols.to_tensor(np.array(a)).to(dev) for a in v]
+                    out[f] = [_cols.to_tensor(np.array(a), f).to(dev) for a in v]
                 else:
                     out[f] = v
         return {f: out[f] for f in names}
@@ -1667,4 +1667,4 @@ def _maybe_tensordict(data: dict, n: int):
     is dense; else the dict itself."""
     if _TD is None or not data or not all(isinstance(v, np.ndarray) for v in data.values()):
         return data
-    return _TD({k: _cols.to_tensor(np.array(v)) for k, v in data.items()}, batch_size=[n])
+    return _TD({k: _cols.to_tensor(np.array(v), k) for k, v in data.items()}, batch_size=[n])

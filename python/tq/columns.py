@@ -157,22 +157,30 @@ def _to_pinned(t):
     return host
 
 
-def to_tensor(a: np.ndarray):
-    """A torch tensor over ``a`` (no copy; bfloat16/float8 keep their torch dtype)."""
+def to_tensor(a: np.ndarray, field: str | None = None):
+    """A torch tensor over ``a`` (no copy; bfloat16/float8 keep their torch
+    dtype). A dtype this torch has no tensors of (uint16/32/64 before torch
+    2.3) is NotSupportedError naming it, and ``field`` when given."""
     if _torch is None:
         raise errors.NotSupportedError("torch is not importable")
     name = tq_dtype(a.dtype)
     if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         a = a.view(np.int16 if name == "bfloat16" else np.uint8)
-    if not a.flags.writeable:
-        # A read-only view stays read-only by contract; torch only warns
-        # that it cannot mark the tensor so.
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    try:
+        if not a.flags.writeable:
+            # A read-only view stays read-only by contract; torch only warns
+            # that it cannot mark the tensor so.
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t = _torch.from_numpy(a)
+        else:
             t = _torch.from_numpy(a)
-    else:
-        t = _torch.from_numpy(a)
+    except TypeError:
+        of = f"field {field!r}: " if field is not None else ""
+        raise errors.NotSupportedError(f"{of}torch {_torch.__version__} has no {name} tensors (torch 2.3 added "
+                                       f"uint16, uint32 and uint64): read it as a numpy array",
+                                       fields=[field] if field is not None else None) from None
     if name == "bfloat16":
         return t.view(_torch.bfloat16)
     if name in ("float8_e4m3fn", "float8_e5m2") and hasattr(_torch, name):

@@ -224,9 +224,9 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             out = {}
             for k, v in d.items():
                 if isinstance(v, np.ndarray):
-                    out[k] = to_tensor(np.array(v))
+                    out[k] = to_tensor(np.array(v), k)
                 elif v and isinstance(v[0], np.ndarray):
-                    out[k] = [to_tensor(np.array(a)) for a in v]
+                    out[k] = [to_tensor(np.array(a), k) for a in v]
                 else:
                     out[k] = v
             return out
