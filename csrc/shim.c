@@ -568,6 +568,14 @@ int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct
 	for (int i = 0; i < n; i++) {
 		const struct tq_wr *w = &wrs[i];
 
+		/* Only w->remote_addr and w->rkey are carried (wr.rdma): any
+		 * other opcode would run on fields left zero (a SEND waits for
+		 * a receive never posted, BIND_MW has the provider follow a
+		 * NULL wr.bind_mw.mw). Nothing is posted yet: *bad stays 0. */
+		if (w->opcode != IBV_WR_RDMA_READ && w->opcode != IBV_WR_RDMA_WRITE) {
+			tq_set_err(err, "ibv_post_send", EINVAL);
+			return -1;
+		}
 		/* In 64 bits: a 32-bit sum wraps, and a huge first_sge or
 		 * num_sge would pass and read or write out of bounds. Nothing
 		 * is posted yet: *bad stays 0. */

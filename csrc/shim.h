@@ -128,7 +128,8 @@ int tq_shim_destroy_qp(struct tq_dev *d, struct ibv_qp *qp, struct tq_err *err);
  * failure it returns -1, fills *err, and sets *bad to the index of the
  * first WR not posted (those before it were). A chain it refuses before
  * ibv_post_send (more than TQ_SHIM_MAX_CHAIN WRs or TQ_SHIM_MAX_SGE SGEs,
- * a WR naming SGEs past nsges) is not posted at all: *bad is 0.
+ * a WR naming SGEs past nsges, an opcode other than IBV_WR_RDMA_READ or
+ * IBV_WR_RDMA_WRITE) is not posted at all: *bad is 0.
  */
 int tq_shim_post(struct ibv_qp *qp, const struct tq_wr *wrs, int n, const struct tq_sge *sges, int nsges,
 		 int *bad, struct tq_err *err);

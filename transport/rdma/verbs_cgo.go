@@ -389,7 +389,8 @@ func (p *PreparedQP) Close() error { return p.qp.Close() }
 func (q *QP) QPN() uint32 { return q.qpn }
 
 // Post posts wrs as one chain (at most 256, naming at most 1024 SGEs
-// together) with their SGEs: one crossing of cgo. On failure bad is the
+// together, each an [OpRead] or [OpWrite]) with their SGEs: one crossing
+// of cgo. On failure bad is the
 // index of the first WR not posted: those before it were, and complete. A
 // chain refused before it reaches the device is not posted at all: bad is 0.
 func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
@@ -401,6 +402,9 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	}
 	var nsge uint64
 	for i, w := range wrs {
+		if w.Op != OpRead && w.Op != OpWrite {
+			return 0, fmt.Errorf("post: work request %d has opcode %d, not an RDMA READ or WRITE: nothing posted: %w", i, w.Op, engine.ErrInvalid)
+		}
 		if uint64(w.FirstSGE)+uint64(w.NumSGE) > uint64(len(sges)) {
 			return 0, fmt.Errorf("post: work request %d names SGEs %d..%d of %d: nothing posted: %w", i, w.FirstSGE, uint64(w.FirstSGE)+uint64(w.NumSGE), len(sges), engine.ErrInvalid)
 		}

@@ -473,3 +473,25 @@ func TestPostRefusesChainPastShimSGEs(t *testing.T) {
 	assert.Zero(t, bad, "nothing was posted")
 	assert.Zero(t, postedCompletions(t, cq), "completions of WRs never posted")
 }
+
+// TestPostRefusesOpcodesOtherThanReadWrite: a work request whose opcode is
+// not RDMA READ or WRITE is refused whole, before ibv_post_send, naming it,
+// with bad 0 and nothing completing. The shim passed any opcode through,
+// and the emulated device refused it only there (EINVAL, bad the WR's
+// index, the WRs before it posted), hiding what hardware does with one:
+// the shim fills only wr.rdma, so a SEND waits forever for a receive the
+// unit never posts (rnr_retry 7), an atomic runs with a zero rkey, and a
+// BIND_MW has its provider follow the NULL wr.bind_mw.mw.
+func TestPostRefusesOpcodesOtherThanReadWrite(t *testing.T) {
+	p := newPair(t, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite, HandshakeOpts{})
+	sges := []SGE{{Addr: p.laddr(0), Length: 64, LKey: p.la.LKey}}
+	for _, op := range []Opcode{2 /* SEND */, 5 /* ATOMIC_CMP_AND_SWP */, 8 /* BIND_MW */, 0xFFFFFFFF} {
+		ok := WR{ID: 1, RemoteAddr: p.raddr(0), RKey: p.rb.RKey, Op: OpWrite, Signaled: 1, NumSGE: 1}
+		wr := WR{ID: 2, RemoteAddr: p.raddr(64), RKey: p.rb.RKey, Op: op, Signaled: 1, NumSGE: 1}
+		bad, err := p.qa.Post([]WR{ok, wr}, sges)
+		require.ErrorIs(t, err, engine.ErrInvalid, "opcode %d", op)
+		require.Zero(t, bad, "nothing was posted")
+		require.ErrorContains(t, err, "work request 1 has opcode")
+	}
+	assert.Zero(t, postedCompletions(t, p.cqa), "completions of WRs never posted")
+}
