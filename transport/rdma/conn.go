@@ -236,9 +236,13 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 	}
 	remote := make([]Endpoint, len(reply.Qps))
 	for i, q := range reply.Qps {
-		if len(q.Gid) != 16 {
+		// The unit's endpoints get the checks the unit gives ours
+		// (Target.Connect): a device cuts a field past its width, or
+		// mixes it into its neighbour's bits, rather than refuse it.
+		if len(q.Gid) != 16 || q.Qpn == 0 || q.Qpn > 0xffffff || q.Psn > 0xffffff || q.Lid > 0xffff {
 			qs.Close()
-			return nil, fmt.Errorf("rdma connect: unit queue pair %d has a %d-byte gid: %w", i, len(q.Gid), wire.ErrFrame)
+			return nil, fmt.Errorf("rdma connect: unit queue pair %d: malformed endpoint (gid %d bytes, qpn %#x, psn %#x, lid %#x): %w",
+				i, len(q.Gid), q.Qpn, q.Psn, q.Lid, wire.ErrFrame)
 		}
 		remote[i] = Endpoint{LID: uint16(q.Lid), QPN: q.Qpn, PSN: q.Psn}
 		copy(remote[i].GID[:], q.Gid)

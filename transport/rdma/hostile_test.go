@@ -5,6 +5,7 @@ package rdma
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -304,4 +305,55 @@ func TestUnregisteredSegmentTakesNoExtent(t *testing.T) {
 	got := make([]byte, len(payload))
 	require.NoError(t, c.Read(t.Context(), addrs, [][]byte{got}))
 	require.Equal(t, payload, got)
+}
+
+// manglingTarget is a Target whose RDMA_CONNECT replies have one queue
+// pair's endpoint changed by mangle (a unit that is buggy or hostile).
+type manglingTarget struct {
+	*Target
+	mangle func(*wirepb.RdmaEndpoint)
+}
+
+func (m *manglingTarget) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectReply, io.Closer, error) {
+	reply, qps, err := m.Target.Connect(req)
+	if err == nil {
+		m.mangle(reply.Qps[len(reply.Qps)-1])
+	}
+	return reply, qps, err
+}
+
+// A client refuses an RDMA_CONNECT reply whose endpoints are out of the
+// range wire/spec.md gives them (lid 16 bits, qpn and psn 24, qpn not 0),
+// as the unit refuses the client's, naming the field, and keeps no queue
+// pair (the leak check in TestMain would find one). It took them as they came: a lid past 16 bits was cut to its low
+// bits and the dial went through (the emulated device ignores the LID);
+// a psn or qpn past 24 bits failed in ibv_modify_qp on the emulated
+// device only, where hardware takes it (mlx5 ORs rq_psn into the word it
+// shares with the RNR timer).
+func TestDialRefusesMalformedUnitEndpoints(t *testing.T) {
+	tgt := &manglingTarget{}
+	_, addr := inProcUnitWith(t, "emu1", func(tg *Target) storage.RDMATarget { tgt.Target = tg; return tgt })
+	tr := newTransport(t, Config{Device: "emu0"})
+	cases := []struct {
+		name   string
+		mangle func(*wirepb.RdmaEndpoint)
+		says   string
+	}{
+		{"lid past 16 bits", func(e *wirepb.RdmaEndpoint) { e.Lid |= 1 << 16 }, "lid 0x1"},
+		{"psn past 24 bits", func(e *wirepb.RdmaEndpoint) { e.Psn |= 1 << 24 }, "psn 0x1"},
+		{"qpn past 24 bits", func(e *wirepb.RdmaEndpoint) { e.Qpn |= 1 << 24 }, "qpn 0x1"},
+		{"qpn 0", func(e *wirepb.RdmaEndpoint) { e.Qpn = 0 }, "qpn 0x0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tgt.mangle = tc.mangle
+			c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 7, Addr: addr})
+			if err == nil {
+				c.Close()
+			}
+			require.ErrorIs(t, err, wire.ErrFrame)
+			assert.ErrorContains(t, err, "unit queue pair 1: malformed endpoint")
+			assert.ErrorContains(t, err, tc.says)
+		})
+	}
 }
