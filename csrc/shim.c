@@ -623,6 +623,9 @@ int tq_shim_poll(struct ibv_cq *cq, struct tq_wc *out, int n, struct tq_err *err
 
 	if (n > 64)
 		n = 64;
+	/* Providers need not set errno when polling fails (mlx5 does not):
+	 * a stale one from an earlier call must not be reported. */
+	errno = 0;
 	got = ibv_poll_cq(cq, n, wc);
 	if (got < 0) {
 		tq_set_err(err, "ibv_poll_cq", errno ? errno : EIO);
