@@ -206,6 +206,25 @@ def test_module_api_and_async(server, part, monkeypatch):
         tq.close()
 
 
+def test_module_checkpoints(server, part, monkeypatch):
+    """The module has the three checkpoint calls the README names:
+    save_checkpoint and load_checkpoint, and list_checkpoints to see
+    what a save kept (it was only on the Client)."""
+    monkeypatch.setenv("TQ_ADDRESS", server.address)
+    monkeypatch.setenv("TQ_DATA_DIR", server.data_dir)
+    tq.close()
+    tq.init()
+    try:
+        name = "ck-mod-" + part
+        tq.save_checkpoint(name, metadata={"global_steps": 7})
+        listed = {c["name"]: c for c in tq.list_checkpoints()}
+        assert listed[name]["metadata"] == {"global_steps": 7}
+        assert tq.load_checkpoint(name) == {"global_steps": 7}
+    finally:
+        tq.close()
+    assert "list_checkpoints" in tq.__all__
+
+
 def test_metrics_endpoints(server, monkeypatch):
     """tq.get_metrics_endpoint() (TransferQueue's, which verl registers
     with its tracker) gives the controller's Prometheus endpoint as

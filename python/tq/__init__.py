@@ -34,7 +34,8 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "close", "get_client", "get_metrics_endpoint", "kv_put", "kv_batch_put", "kv_batch_get", "kv_batch_get_by_meta", "kv_list",
     "kv_clear", "async_kv_put", "async_kv_batch_put", "async_kv_batch_get", "async_kv_batch_get_by_meta",
-    "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "Client", "TransferQueueClient",
+    "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "list_checkpoints",
+    "Client", "TransferQueueClient",
     "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator",
     "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors",
     "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
@@ -145,6 +146,12 @@ def load_checkpoint(name: str) -> dict | None:
     """Replace the cluster's state with checkpoint ``name``; returns the
     metadata it was saved with (see :meth:`Client.load_checkpoint`)."""
     return get_client().load_checkpoint(name)
+
+
+def list_checkpoints() -> list:
+    """The saved checkpoints, each a dict with its ``metadata`` (see
+    :meth:`Client.list_checkpoints`)."""
+    return get_client().list_checkpoints()
 
 
 def _async(fn):
