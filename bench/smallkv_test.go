@@ -65,7 +65,7 @@ const smallKVKeys = 4
 // The server process can be profiled:
 //
 //	TQ_BENCH_SERVER_FLAGS=-test.cpuprofile=/tmp/server.cpu \
-//	  go test -run '^$' -bench 'SmallKV/store=tq/transport=tcp/value=1KiB/clients=16$' -cpuprofile /tmp/client.cpu ./bench
+//	  go test -run '^$' -bench 'SmallKV/store=tq/transport=tcp/client=go/value=1KiB/clients=16$' -cpuprofile /tmp/client.cpu ./bench
 //
 // and run with another number of event loops (TQ_BENCH_SERVER_LOOPS=2,
 // as tq serve --loops 2 --resp-loops 2; docs/small-values.md says what that did on
