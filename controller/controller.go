@@ -323,6 +323,11 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 // BlockedFetches returns the fetches waiting now for rows to be ready.
 func (c *Controller) BlockedFetches() int64 { return c.blocked.Load() }
 
+// Indexes returns the global row indexes allocated to rows and those
+// released and waiting for reuse, as [Controller.Stats] reports them for
+// any partition, with or without partitions. Safe for concurrent use.
+func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
+
 // Fetch returns a batch chosen by the sampler and marks the sampler's
 // consumed rows consumed for the task. Every returned row is ready.
 //

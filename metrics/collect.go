@@ -65,7 +65,11 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range ctrls {
 		parts := s.c.Partitions()
 		gauge(ch, descPartitions, float64(len(parts)))
-		indexed := false
+		// From the controller, not a partition's stats: with no partition
+		// left the indexes they released still wait for reuse.
+		allocated, free := s.c.Indexes()
+		gauge(ch, descIndexes, float64(allocated), "allocated")
+		gauge(ch, descIndexes, float64(free), "free")
 		for _, p := range parts {
 			st, err := s.c.Stats(p)
 			if err != nil {
@@ -81,15 +85,6 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, t := range st.Tasks {
 				gauge(ch, descConsumed, float64(t.Consumed), p, t.Task)
 			}
-			if !indexed {
-				gauge(ch, descIndexes, float64(st.IndexesUse), "allocated")
-				gauge(ch, descIndexes, float64(st.IndexesFree), "free")
-				indexed = true
-			}
-		}
-		if !indexed {
-			gauge(ch, descIndexes, 0, "allocated")
-			gauge(ch, descIndexes, 0, "free")
 		}
 		gauge(ch, descBlocked, float64(s.c.BlockedFetches()))
 		ci := s.c.Info()

@@ -257,3 +257,28 @@ func TestUnitQuarantineGauges(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, lint, "metric names and help follow the Prometheus conventions")
 }
+
+// The global index gauges are the controller's, whatever partitions
+// exist: once the last partition is cleared, its rows' indexes wait for
+// reuse and tq_global_indexes says so (it read 0 allocated and 0 free
+// with no partition left to ask).
+func TestGlobalIndexesWithoutPartitions(t *testing.T) {
+	ctx := t.Context()
+	cl := newCluster(t, controller.Config{})
+	c, err := client.Connect(ctx, cl.addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+
+	const rows = 10
+	col, err := engine.DenseOf(make([]int64, rows))
+	require.NoError(t, err)
+	_, err = c.PutNew(ctx, "train", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	assert.Equal(t, float64(rows), cl.value(t, "tq_global_indexes", "state", "allocated"), "allocated, with the partition")
+	assert.Equal(t, 0.0, cl.value(t, "tq_global_indexes", "state", "free"), "free, with the partition")
+
+	require.NoError(t, c.ClearPartition(ctx, "train"))
+	assert.Equal(t, 0.0, cl.value(t, "tq_partitions"), "partitions")
+	assert.Equal(t, 0.0, cl.value(t, "tq_global_indexes", "state", "allocated"), "allocated, once cleared")
+	assert.Equal(t, float64(rows), cl.value(t, "tq_global_indexes", "state", "free"), "free, once cleared")
+}
