@@ -22,7 +22,7 @@ var (
 	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed.", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
 	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
-	descDraining      = desc("tq_unit_draining", "1 for a storage unit the controller reports draining (no new placements; tq unit drain), 0 otherwise.", "unit")
+	descDraining      = desc("tq_unit_draining", "1 for a storage unit the controller reports draining (no new placements; tq unit drain), 0 for a live one that is not (a dead unit not draining has no series).", "unit")
 	descBlocked       = desc("tq_fetches_blocked", "Fetches waiting for rows to be ready.")
 	descCtrlConns     = desc("tq_controller_connections", "Connections the controller's wire server holds open.")
 	descLogIndex      = desc("tq_journal_last_index", "Index of the last record in the controller's log.")
@@ -100,11 +100,16 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 				} else {
 					dead++
 				}
-				draining := 0.0
-				if u.Draining {
-					draining = 1
+				// A dead unit gets no series unless it drains: ids are
+				// never reused and dead units stay listed until the
+				// registry fills, so each restart of a unit process
+				// would leave one behind for good.
+				switch {
+				case u.Draining:
+					gauge(ch, descDraining, 1, strconv.FormatUint(uint64(u.ID), 10))
+				case u.Alive:
+					gauge(ch, descDraining, 0, strconv.FormatUint(uint64(u.ID), 10))
 				}
-				gauge(ch, descDraining, draining, strconv.FormatUint(uint64(u.ID), 10))
 			}
 			gauge(ch, descUnits, float64(alive), "alive")
 			gauge(ch, descUnits, float64(dead), "dead")

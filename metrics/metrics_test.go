@@ -282,3 +282,66 @@ func TestGlobalIndexesWithoutPartitions(t *testing.T) {
 	assert.Equal(t, 0.0, cl.value(t, "tq_global_indexes", "state", "allocated"), "allocated, once cleared")
 	assert.Equal(t, float64(rows), cl.value(t, "tq_global_indexes", "state", "free"), "free, once cleared")
 }
+
+// A storage unit that stopped heartbeating (a unit process that exited:
+// its next run registers under a new id) leaves no tq_unit_draining
+// series behind unless it was draining: ids are never reused and the
+// controller lists dead units until its registry fills, so every restart
+// of a unit would add a series for good. tq_units{state="dead"} counts
+// them.
+func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
+	ctx := t.Context()
+	reg := metrics.New()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	defer ctrl.Close()
+	cs := controller.NewServer(ctrl, controller.ServerConfig{HeartbeatInterval: 20 * time.Millisecond})
+	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
+	reg.AddController(ctrl, cs)
+	cl := &cluster{reg: reg}
+
+	join := func() (engine.UnitID, func()) {
+		ucfg := storage.DefaultConfig()
+		ucfg.Capacity = 1 << 20
+		u, err := storage.NewUnit(0, ucfg)
+		require.NoError(t, err)
+		id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+		require.NoError(t, err)
+		mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://127.0.0.1:1"}})
+		require.NoError(t, err)
+		return id, func() { mem.Close(); u.Close() }
+	}
+	alive, stop := join()
+	defer stop()
+	var gone []engine.UnitID
+	for range 3 { // a unit process that restarts three times
+		id, stop := join()
+		stop()
+		gone = append(gone, id)
+	}
+	drained, stop := join()
+	_, err = ctrl.DrainUnit(drained, true)
+	require.NoError(t, err)
+	stop()
+
+	require.Eventually(t, func() bool {
+		return cl.value(t, "tq_units", "state", "dead") == 4
+	}, 10*time.Second, 10*time.Millisecond, "the stopped units are dead")
+	name := func(id engine.UnitID) string { return strconv.FormatUint(uint64(id), 10) }
+	assert.Equal(t, 0.0, cl.value(t, "tq_unit_draining", "unit", name(alive)), "the live unit")
+	assert.Equal(t, 1.0, cl.value(t, "tq_unit_draining", "unit", name(drained)), "the dead unit that was draining")
+	mfs, err := reg.Gatherer().Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "tq_unit_draining" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				for _, id := range gone {
+					assert.NotEqual(t, name(id), lp.GetValue(), "a series for dead unit %d", id)
+				}
+			}
+		}
+	}
+}
