@@ -129,7 +129,10 @@ func NewToken() (string, error) {
 // [engine.ErrInvalid].
 func ReadToken(path string) (string, error) {
 	// O_NOFOLLOW and fstat: the checks are of the file that is read.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	// O_NONBLOCK: a named pipe in its place would block the open until
+	// a writer came; it is refused below instead (reads of a regular
+	// file ignore the flag).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, syscall.ELOOP) {
 		return "", fmt.Errorf("token file %s is a symbolic link: %w", path, engine.ErrInvalid)
 	}

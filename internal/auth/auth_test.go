@@ -8,9 +8,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -202,6 +204,31 @@ func TestReadTokenRefuses(t *testing.T) {
 		require.ErrorIs(t, err, engine.ErrInvalid)
 		assert.Contains(t, err.Error(), "owned by uid 65534")
 	})
+}
+
+// A named pipe where the token file should be is refused at once, not
+// waited on: opening one for reading blocks until a writer comes, and
+// whoever made it need never come.
+func TestReadTokenRefusesFIFO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), TokenFile)
+	require.NoError(t, unix.Mkfifo(path, 0o600))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := ReadToken(path)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "not a regular file")
+	case <-time.After(5 * time.Second):
+		t.Error("ReadToken of a named pipe still waits after 5s")
+		// Unblock it: a writer that opens and closes the pipe.
+		w, err := os.OpenFile(path, os.O_WRONLY, 0)
+		require.NoError(t, err)
+		w.Close()
+		<-errc
+	}
 }
 
 func writeToken(tok string, mode fs.FileMode) func(t *testing.T, path string) {

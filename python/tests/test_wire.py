@@ -125,6 +125,31 @@ def test_token_file_rules(tmp_path, monkeypatch):
     assert wire.data_dir() == "/abs/state/tq"
 
 
+def test_token_file_fifo_is_refused_at_once(tmp_path, monkeypatch):
+    """A named pipe where the token file should be is refused, not waited
+    on: opening one for reading blocks until a writer comes."""
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    path = tmp_path / "token"
+    os.mkfifo(path, 0o600)
+    got = []
+
+    def find():
+        try:
+            wire.find_token()
+        except Exception as e:  # noqa: BLE001: the test looks at it
+            got.append(e)
+    t = threading.Thread(target=find, daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():
+        os.close(os.open(path, os.O_WRONLY))  # unblock it
+        t.join()
+        pytest.fail("find_token of a named pipe still waits after 5s")
+    assert len(got) == 1 and isinstance(got[0], tq.InvalidError), got
+    assert "not a regular file" in str(got[0])
+
+
 def test_interrupted_call_closes_the_connection(server, part):
     """An exception raised inside a call (here a KeyboardInterrupt while it
     waits) closes that connection instead of leaving an unread reply on it

@@ -107,7 +107,9 @@ def find_token(explicit: str | None = None) -> str:
         return t
     path = os.path.join(data_dir(), "token")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a named pipe there would block the open until a
+        # writer came; it is refused below instead.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return ""
     except (PermissionError, NotADirectoryError):
