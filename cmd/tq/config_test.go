@@ -22,6 +22,42 @@ import (
 	"github.com/tqgo/tq/kvapi"
 )
 
+// The Redis protocol's unix socket (--resp-socket) lives in a directory
+// no other user can write, as every other socket does: there, anyone
+// could put a socket of their own in its place, and redis clients would
+// send it their AUTH, the cluster's token.
+func TestSecureChecksRESPSocketDir(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode os.FileMode
+		want string // "" when accepted
+	}{
+		{"private", 0o700, ""},
+		{"world-writable", 0o777, "mode 0777"},
+		{"sticky world-writable", 0o777 | os.ModeSticky, "mode 1777"},
+		{"group-writable", 0o770, "mode 0770"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(auth.EnvToken, "")
+			dir := filepath.Join(t.TempDir(), "resp")
+			require.NoError(t, os.Mkdir(dir, 0o700))
+			require.NoError(t, os.Chmod(dir, tc.mode))
+			c := defaultServeConfig()
+			c.DataDir = filepath.Join(t.TempDir(), "data")
+			c.SocketDir = filepath.Join(t.TempDir(), "sock")
+			c.RESPSocket = filepath.Join(dir, "resp.sock")
+			err := c.secure()
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			assert.Contains(t, err.Error(), "--resp-socket's directory")
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
 // A TCP listener beyond loopback is never open without a token unless
 // --insecure says so; by default there always is one (see secure).
 func TestCheckExposure(t *testing.T) {

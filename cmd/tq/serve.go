@@ -197,6 +197,11 @@ func (c *serveConfig) secure() error {
 	if c.Socket != "" {
 		dirs = append(dirs, struct{ what, path string }{"--socket's directory", filepath.Dir(c.Socket)})
 	}
+	if c.RESPSocket != "" {
+		// Whoever could write there could put a socket of their own in
+		// its place and read the token from the AUTH of redis clients.
+		dirs = append(dirs, struct{ what, path string }{"--resp-socket's directory", filepath.Dir(c.RESPSocket)})
+	}
 	if c.needsDataDir() {
 		dirs = append(dirs, struct{ what, path string }{"data directory", c.DataDir})
 	}
