@@ -475,6 +475,40 @@ func TestUnauthenticatedIdleIsClosed(t *testing.T) {
 	assert.False(t, errors.Is(err, io.ErrShortBuffer))
 }
 
+// A client that has not authenticated is closed at AuthTimeout even in
+// the middle of a command: starting one must not buy it the longer
+// CommandTimeout to finish it, and a command past AuthTimeout is not
+// served.
+func TestUnauthenticatedMidCommandIsClosed(t *testing.T) {
+	for _, loops := range []int{-1, 0} {
+		t.Run(fmt.Sprintf("loops=%d", loops), func(t *testing.T) {
+			e := newEndpoint(t, Config{Token: "t", AuthTimeout: 200 * time.Millisecond, CommandTimeout: 10 * time.Second, Loops: loops})
+			nc, rr := e.raw(t)
+			start := time.Now()
+			io.WriteString(nc, "*1\r\n") // a command begun, and left unfinished
+			time.Sleep(time.Second)
+			io.WriteString(nc, "$4\r\nPING\r\n")
+			l, err := rr.r.line(100)
+			require.Error(t, err, "a PING finished past AuthTimeout was answered %q", l)
+			assert.Less(t, time.Since(start), 5*time.Second)
+		})
+	}
+	t.Run("authenticated in time", func(t *testing.T) {
+		// An AUTH that arrives in parts, with the next command begun
+		// behind it: that command has CommandTimeout, not what was left
+		// of AuthTimeout.
+		e := newEndpoint(t, Config{Token: "t", AuthTimeout: 300 * time.Millisecond, CommandTimeout: 10 * time.Second, Loops: -1})
+		nc, rr := e.raw(t)
+		io.WriteString(nc, "*2\r\n$4\r\nAUTH\r\n")
+		time.Sleep(50 * time.Millisecond)
+		io.WriteString(nc, "$1\r\nt\r\n*1\r\n")
+		assert.Equal(t, "+OK", rr.line(t))
+		time.Sleep(time.Second) // past AuthTimeout
+		io.WriteString(nc, "$4\r\nPING\r\n")
+		assert.Equal(t, "+PONG", rr.line(t))
+	})
+}
+
 func TestPipelineAndLargeValues(t *testing.T) {
 	ctx := context.Background()
 	e := newEndpoint(t, Config{})

@@ -434,6 +434,10 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 	switch {
 	case c.rd.mid && !c.armed:
 		c.armedBy = time.Now().Add(c.s.cfg.CommandTimeout)
+		if !c.authed && c.authBy.Before(c.armedBy) {
+			// Beginning a command does not put off AuthTimeout.
+			c.armedBy = c.authBy
+		}
 		c.nc.SetReadDeadline(c.armedBy)
 		c.armed = true
 	case !c.rd.mid && c.armed:
@@ -760,10 +764,16 @@ func (c *conn) authenticate(user, pass []byte) bool {
 		if !c.authed {
 			c.authed, c.rd.authed = true, true
 			c.authBy = time.Time{}
-			if c.lp != nil {
+			switch {
+			case c.lp != nil:
 				c.lp.unauthed.Add(-1)
-			} else if !c.armed {
+			case !c.armed:
 				c.nc.SetReadDeadline(time.Time{})
+			default:
+				// The command deadline armed was held to authBy: a
+				// command pipelined after the AUTH gets its own.
+				c.armedBy = time.Now().Add(c.s.cfg.CommandTimeout)
+				c.nc.SetReadDeadline(c.armedBy)
 			}
 		}
 		return true
