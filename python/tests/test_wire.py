@@ -650,3 +650,22 @@ def test_range_outside_a_segment_is_corrupt():
             with pytest.raises(tq.CorruptError) as e:
                 read()
             assert f"range [segment 1 offset {off} len {n}] outside the segment's 4096 bytes" in e.value.message
+
+
+def test_token_file_too_large_or_not_text(tmp_path, monkeypatch):
+    """A token file over 4096 bytes is refused, as the Go side refuses it
+    (the first 4097 bytes were taken for the token, which the server then
+    refused as wrong); one that is not UTF-8 is InvalidError, not a bare
+    UnicodeDecodeError."""
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    tok = tmp_path / "token"
+    tok.write_text("a" * 5000)
+    os.chmod(tok, 0o600)
+    with pytest.raises(tq.InvalidError, match="larger than 4096 bytes"):
+        wire.find_token()
+    tok.write_bytes(b"abc\xff\n")
+    with pytest.raises(tq.InvalidError, match="not UTF-8"):
+        wire.find_token()
+    tok.write_text("a" * 4096)
+    assert wire.find_token() == "a" * 4096

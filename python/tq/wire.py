@@ -127,7 +127,12 @@ def find_token(explicit: str | None = None) -> str:
         b = os.read(fd, 4097)
     finally:
         os.close(fd)
-    tok = b.decode().strip()
+    if len(b) > 4096:
+        raise errors.InvalidError(f"token file {path} is larger than 4096 bytes")
+    try:
+        tok = b.decode().strip()
+    except UnicodeDecodeError:
+        raise errors.InvalidError(f"token file {path} is not UTF-8 text") from None
     if not tok or any(c <= " " or c == "\x7f" for c in tok):
         raise errors.InvalidError(f"token file {path} does not hold one word")
     return tok
