@@ -70,6 +70,24 @@ func (c *cache[K, V]) add(partition string, k K, v V) (V, bool) {
 	return v, true
 }
 
+// update calls fn with the value under (partition, k), if there is one,
+// and stores what fn returns when it reports a change; it returns the
+// value now stored and whether fn changed it.
+func (c *cache[K, V]) update(partition string, k K, fn func(V) (V, bool)) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old, ok := c.m[partition][k]
+	if !ok {
+		return old, false
+	}
+	v, changed := fn(old)
+	if !changed {
+		return old, false
+	}
+	c.m[partition][k] = v
+	return v, true
+}
+
 // del removes the value under (partition, k) and returns it.
 func (c *cache[K, V]) del(partition string, k K) (V, bool) {
 	c.mu.Lock()

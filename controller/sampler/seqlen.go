@@ -35,6 +35,10 @@ const LengthTag = "total_lengths"
 // its DPRank and [SeqlenBalanced.Cached] now reports true for every rank
 // of that batch, so peers that poll after the first rank consumed its rows
 // still get theirs.
+// A rank whose part was cleared before it fetched it ([SeqlenBalanced.ForgetRows])
+// gets a part of its own, BatchSize rows taken the way [GRPO] takes them
+// from the rows ready then, and its peers the same, as a group whose
+// cached batch was cleared does with [GRPO].
 // A DPRank of dpSize or more is an error: the reference's sampler gave it
 // nothing, and a waiting fetch then waited for ever. All returned rows
 // are consumed.
@@ -95,6 +99,14 @@ func (s *SeqlenBalanced) Sample(req engine.SampleRequest) (sampled, consumed []u
 			return nil, nil, err
 		}
 		if parts, fresh, err = s.add(req, parts); err != nil {
+			return nil, nil, err
+		}
+	} else if len(parts[opts.DPRank]) == 0 {
+		rows, err := selectGroups(seqlenKind, req.Ready, req.Origin, req.BatchSize, s.n, req.Final)
+		if err != nil {
+			return nil, nil, err
+		}
+		if parts, err = s.refill(req, parts, rows); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -226,6 +238,44 @@ func (s *partsCache) add(req engine.SampleRequest, parts [][]uint64) (_ [][]uint
 	return parts, added, nil
 }
 
+// refill stores part (nil: none) as the rank's part of the cached batch
+// parts, whose part for the rank is empty (cleared, or an empty part of a
+// final batch), unless a peer did so first, and journals it. It returns
+// the batch now cached.
+func (s *partsCache) refill(req engine.SampleRequest, parts [][]uint64, part []uint64) ([][]uint64, error) {
+	if len(part) == 0 {
+		return parts, nil
+	}
+	fill := make([][]uint64, s.dpSize)
+	fill[req.Options.DPRank] = part
+	key := batchKey{task: req.Task, batch: req.Options.BatchIndex}
+	now, filled := s.cache.update(req.Partition, key, func(old [][]uint64) ([][]uint64, bool) {
+		return fillParts(old, fill)
+	})
+	if !filled {
+		return now, nil
+	}
+	if err := journal(s.kind, req, partsEntry{Partition: req.Partition, Task: req.Task, BatchIndex: req.Options.BatchIndex, Parts: fill}); err != nil {
+		return nil, err
+	}
+	return now, nil
+}
+
+// fillParts returns parts with each empty part replaced by fill's, and
+// whether any was.
+func fillParts(parts, fill [][]uint64) ([][]uint64, bool) {
+	var out [][]uint64
+	for r, p := range fill {
+		if len(p) > 0 && r < len(parts) && len(parts[r]) == 0 {
+			if out == nil {
+				out = slices.Clone(parts)
+			}
+			out[r] = p
+		}
+	}
+	return out, out != nil
+}
+
 // ClearCache implements [engine.CachingSampler].
 func (s *partsCache) ClearCache(partition string) { s.cache.clear(partition) }
 
@@ -235,7 +285,8 @@ func (s *partsCache) ForgetTask(partition, task string) {
 }
 
 // ForgetRows implements [engine.RowForgetter]: cleared rows leave every
-// cached batch; a batch left with no rows is dropped.
+// cached batch; a batch left with no rows is dropped. A rank whose part
+// is left empty gets a part of its own when it asks (refill).
 func (s *partsCache) ForgetRows(partition string, rows []uint64) {
 	gone := rowSet(rows)
 	s.cache.rewrite(partition, func(parts [][]uint64) ([][]uint64, bool) {
@@ -349,6 +400,10 @@ func (s *partsCache) ApplyEntry(entry []byte) error {
 	if err := s.checkEntry(0, &e); err != nil {
 		return err
 	}
-	s.cache.add(e.Partition, batchKey{task: e.Task, batch: e.BatchIndex}, e.Parts)
+	k := batchKey{task: e.Task, batch: e.BatchIndex}
+	if _, added := s.cache.add(e.Partition, k, e.Parts); !added {
+		// A part a rank took for itself (refill).
+		s.cache.update(e.Partition, k, func(old [][]uint64) ([][]uint64, bool) { return fillParts(old, e.Parts) })
+	}
 	return nil
 }

@@ -309,3 +309,61 @@ func TestSeqlenBalancedCache(t *testing.T) {
 		wantRows(t, sampled, sampled, []uint64{2, 3})
 	})
 }
+
+// TestClearedPartRefills: a rank whose part of a cached batch was cleared
+// before it fetched it (the first rank's call consumed every part) gets a
+// part of its own from the rows ready now, as a group whose cached batch
+// was cleared does (RankAware, GRPO). It used to get nothing, forever:
+// the controller asks a cached batch again and again, and an empty answer
+// means "not yet" (ErrDone once the partition is done, though later
+// batches hold the rank's rows).
+func TestClearedPartRefills(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		make  func() propSampler
+		fresh engine.SampleRequest
+	}{
+		{"seqlen", func() propSampler { s, _ := NewSeqlenBalanced(1, 2); return s }, engine.SampleRequest{BatchSize: 1}},
+		{"token_budget", func() propSampler { s, _ := NewTokenBudget(1, 2); return s }, engine.SampleRequest{BatchSize: 1, TokenBudget: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.make()
+			req := tc.fresh
+			req.Partition, req.Task, req.Ready, req.Options = "p", "t", rows(0, 4), ranked(0, 0)
+			var entries [][]byte
+			req.Journal = func(e []byte) { entries = append(entries, e) }
+			sampled, consumed := mustSample(t, s, req)
+			if len(sampled) != 1 || len(consumed) != 2 {
+				t.Fatalf("rank 0: got sampled %v, consumed %v; want a row, and both ranks' rows", sampled, consumed)
+			}
+			part1 := without(consumed, sampled)
+			s.ForgetRows("p", part1)
+
+			ready := without(rows(0, 4), consumed)
+			req.Ready, req.Options = ready, ranked(1, 0)
+			sampled, consumed = mustSample(t, s, req)
+			if len(sampled) != 1 || !slices.Contains(ready, sampled[0]) {
+				t.Fatalf("rank 1 after its part was cleared: got %v, want one of the ready rows %v", sampled, ready)
+			}
+			wantRows(t, sampled, consumed, sampled)
+			again, _ := mustSample(t, s, req)
+			wantRows(t, again, again, sampled) // its peers get the same part
+
+			// The journal, with the clear, makes the same state.
+			replayed := tc.make()
+			for i, e := range entries {
+				if err := replayed.ApplyEntry(e); err != nil {
+					t.Fatalf("ApplyEntry(%d): %v", i, err)
+				}
+				if i == 0 {
+					replayed.ForgetRows("p", part1)
+				}
+			}
+			want, _ := s.SaveState()
+			got, _ := replayed.SaveState()
+			if d := cmp.Diff(string(want), string(got)); d != "" {
+				t.Errorf("replayed state (-live +replayed):\n%s", d)
+			}
+		})
+	}
+}

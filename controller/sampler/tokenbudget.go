@@ -32,6 +32,9 @@ const tokenBudgetKind = "token_budget"
 // partition is done), when it takes what there is. The batch is cached
 // like [SeqlenBalanced]'s: every rank of the batch index gets its part,
 // and its peers the same.
+// A rank whose part was cleared before it fetched it gets a part of its
+// own, filled the same way from the rows ready then as if it were the
+// only rank.
 //
 // TokenBudget is safe for concurrent use.
 type TokenBudget struct {
@@ -64,12 +67,22 @@ func (t *TokenBudget) Sample(req engine.SampleRequest) (sampled, consumed []uint
 	parts, ok := t.cache.get(req.Partition, batchKey{task: req.Task, batch: opts.BatchIndex})
 	fresh := !ok
 	if !ok {
-		parts, err = t.fill(req)
+		parts, err = t.fill(req, t.dpSize)
 		if err != nil || parts == nil {
 			return nil, nil, err
 		}
 		if parts, fresh, err = t.add(req, parts); err != nil {
 			return nil, nil, err
+		}
+	} else if len(parts[opts.DPRank]) == 0 {
+		one, err := t.fill(req, 1)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(one) > 0 {
+			if parts, err = t.refill(req, parts, one[0]); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	sampled, consumed = answer(parts, opts.DPRank, fresh)
@@ -89,14 +102,14 @@ func (t *TokenBudget) Check(req engine.SampleRequest) error {
 	return checkBatch(tokenBudgetKind, req.BatchSize, t.n)
 }
 
-// fill builds a batch: nil when it does not close with the rows ready and
-// the request is not final.
-func (t *TokenBudget) fill(req engine.SampleRequest) ([][]uint64, error) {
+// fill builds a batch for ranks ranks: nil when it does not close with the
+// rows ready and the request is not final.
+func (t *TokenBudget) fill(req engine.SampleRequest, ranks int) ([][]uint64, error) {
 	if req.Ready == nil || req.Ready.Len() == 0 {
 		return nil, nil
 	}
-	parts := make([][]uint64, t.dpSize)
-	tokens := make([]int64, t.dpSize)
+	parts := make([][]uint64, ranks)
+	tokens := make([]int64, ranks)
 	closed, placedGroups := false, 0
 	var lengthErr error
 	err := eachGroup(tokenBudgetKind, req.Ready, req.Origin, t.n, func(group []uint64) bool {

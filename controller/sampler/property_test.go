@@ -1,0 +1,541 @@
+package sampler
+
+// A property test of the caching samplers: a small model of a partition
+// (puts of whole groups and of single rows, rows produced late, clears
+// that free indexes for reuse, resets of the task's consumption, batches
+// dropped, the partition marked done) drives each sampler the way the
+// controller does, and checks what a trainer relies on after every
+// answer and at the end, when every rank drains the done partition.
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// propSampler is what the controller sees of a caching sampler.
+type propSampler interface {
+	engine.CachingSampler
+	engine.JournaledSampler
+	engine.RowForgetter
+	engine.TaskForgetter
+}
+
+type propKind struct {
+	name   string
+	n      int  // group size
+	parts  bool // one batch index for all DP ranks (SeqlenBalanced, TokenBudget)
+	budget bool // TokenBudget
+	make   func(n, dp int) propSampler
+}
+
+var propKinds = []propKind{
+	{name: "rank_aware", n: 1, make: func(int, int) propSampler { return NewRankAware() }},
+	{name: "grpo", n: 3, make: func(n, _ int) propSampler { s, _ := NewGRPO(n); return s }},
+	{name: "seqlen", n: 2, parts: true, make: func(n, dp int) propSampler { s, _ := NewSeqlenBalanced(n, dp); return s }},
+	{name: "token_budget", n: 2, parts: true, budget: true, make: func(n, dp int) propSampler { s, _ := NewTokenBudget(n, dp); return s }},
+}
+
+type propRow struct {
+	id       int // never reused, unlike the index
+	origin   engine.RowOrigin
+	length   int64
+	tagged   bool
+	ready    bool
+	consumed bool
+}
+
+type batchID struct{ group, batch int }
+
+type propSim struct {
+	t      *testing.T
+	rng    *rand.Rand
+	seed   uint64
+	kind   propKind
+	groups int // DP groups (the dp size of the balanced samplers)
+	peers  int // ranks per group
+	s      propSampler
+
+	rows    map[uint64]*propRow
+	free    []uint64
+	nextIdx uint64
+	made    uint64
+	nextID  int
+	done    bool
+
+	next     [][]int  // next[g][r]: the batch index rank r of group g asks for
+	finished [][]bool // the rank got nothing from the done partition
+	sizes    map[int]int
+	budgets  map[int]int64
+	first    map[batchID][]int // the ids the group's first answer had
+	owner    map[int]int       // row id → the group it went to
+	log      []func(propSampler) error
+}
+
+func newPropSim(t *testing.T, seed uint64, kind propKind) *propSim {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	s := &propSim{
+		t: t, rng: rng, seed: seed, kind: kind,
+		groups: 1 + rng.IntN(3), peers: 1 + rng.IntN(3),
+		rows: map[uint64]*propRow{}, sizes: map[int]int{}, budgets: map[int]int64{},
+		first: map[batchID][]int{}, owner: map[int]int{},
+	}
+	s.s = kind.make(kind.n, s.groups)
+	s.next = make([][]int, s.groups)
+	s.finished = make([][]bool, s.groups)
+	for g := range s.groups {
+		s.next[g] = make([]int, s.peers)
+		s.finished[g] = make([]bool, s.peers)
+	}
+	return s
+}
+
+func (s *propSim) fatalf(format string, args ...any) {
+	s.t.Helper()
+	s.t.Fatalf("%s seed %d (groups %d, peers %d): %s", s.kind.name, s.seed, s.groups, s.peers, fmt.Sprintf(format, args...))
+}
+
+// put adds a put of size rows (indexes freed by clears first).
+func (s *propSim) put(size int) {
+	if s.done {
+		return
+	}
+	for pos := range size {
+		var idx uint64
+		if len(s.free) > 0 && s.rng.IntN(2) == 0 {
+			k := s.rng.IntN(len(s.free))
+			idx = s.free[k]
+			s.free = slices.Delete(s.free, k, k+1)
+		} else {
+			idx = s.nextIdx
+			s.nextIdx++
+		}
+		s.made++
+		r := &propRow{
+			id:     s.nextID,
+			origin: engine.RowOrigin{Created: s.made, Pos: uint32(pos), Size: uint32(size)},
+			length: int64(s.rng.IntN(12)),
+			tagged: s.rng.IntN(8) != 0,
+			ready:  s.rng.IntN(3) != 0,
+		}
+		if !r.tagged {
+			r.length = 1
+		}
+		s.nextID++
+		s.rows[idx] = r
+	}
+}
+
+func (s *propSim) sortedIdx() []uint64 {
+	var out []uint64
+	for i := range s.rows {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *propSim) ready() engine.ReadySlice {
+	var out engine.ReadySlice
+	for _, i := range s.sortedIdx() {
+		if r := s.rows[i]; r.ready && !r.consumed {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func (s *propSim) final() bool {
+	if !s.done {
+		return false
+	}
+	for _, r := range s.rows {
+		if !r.consumed && !r.ready {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *propSim) tags(i uint64) engine.Tags {
+	if r, ok := s.rows[i]; ok && r.tagged {
+		return engine.Tags{LengthTag: r.length}
+	}
+	return nil
+}
+
+func (s *propSim) origin(i uint64) engine.RowOrigin { return s.rows[i].origin }
+
+func (s *propSim) batchSize(b int) int {
+	if _, ok := s.sizes[b]; !ok {
+		s.sizes[b] = s.kind.n * (1 + s.rng.IntN(3))
+		if s.kind.budget && s.rng.IntN(2) == 0 {
+			s.sizes[b] = 0 // no row cap
+		}
+		s.budgets[b] = int64(4 + s.rng.IntN(30))
+	}
+	return s.sizes[b]
+}
+
+func (s *propSim) logEntries(entries [][]byte) {
+	for _, e := range entries {
+		s.log = append(s.log, func(f propSampler) error { return f.ApplyEntry(e) })
+	}
+}
+
+// fetch is one rank's fetch, as the controller's tryFetch makes it.
+func (s *propSim) fetch(g, r int) {
+	if s.finished[g][r] {
+		return
+	}
+	b := s.next[g][r]
+	size := s.batchSize(b)
+	var budget int64
+	if s.kind.budget {
+		budget = s.budgets[b]
+	}
+	ready, final := s.ready(), s.final()
+	opts := engine.SamplingOptions{HasRank: true, DPRank: g, BatchIndex: b}
+	if len(ready) < size && !final && budget == 0 && !s.s.Cached("p", "t", opts) {
+		return
+	}
+	var entries [][]byte
+	req := engine.SampleRequest{
+		Partition: "p", Task: "t", BatchSize: size, TokenBudget: budget, Final: final,
+		Ready: ready, Options: opts, Tags: s.tags, Origin: s.origin,
+		Journal: func(e []byte) { entries = append(entries, e) },
+	}
+	sampled, consumed, err := s.s.Sample(req)
+	if err != nil {
+		s.fatalf("group %d rank %d batch %d: Sample: %v", g, r, b, err)
+	}
+	s.logEntries(entries)
+	fresh := false // the answer was made now, not cached
+	for _, i := range consumed {
+		row, ok := s.rows[i]
+		if !ok {
+			s.fatalf("group %d rank %d batch %d: consumed row %d, which is not there", g, r, b, i)
+		}
+		fresh = fresh || !row.consumed
+		row.consumed = true
+	}
+	if len(sampled) == 0 {
+		if final {
+			s.finished[g][r] = true
+		}
+		return
+	}
+	ids := make([]int, len(sampled))
+	seen := map[uint64]bool{}
+	for k, i := range sampled {
+		row, ok := s.rows[i]
+		switch {
+		case !ok:
+			s.fatalf("group %d rank %d batch %d: sampled row %d, which is not there", g, r, b, i)
+		case seen[i]:
+			s.fatalf("group %d rank %d batch %d: sampled row %d twice: %v", g, r, b, i, sampled)
+		case !row.consumed:
+			s.fatalf("group %d rank %d batch %d: sampled row %d is not consumed: another group may take it", g, r, b, i)
+		}
+		seen[i] = true
+		ids[k] = row.id
+		if o, ok := s.owner[row.id]; ok && o != g {
+			s.fatalf("batch %d: row %d (index %d) went to group %d and to group %d", b, row.id, i, o, g)
+		}
+		s.owner[row.id] = g
+	}
+	if fresh { // a cached batch may have lost cleared rows
+		s.checkGroups(g, r, b, sampled)
+	}
+	// A final short batch of SeqlenBalanced is split into parts of any
+	// size (as the reference's is): one may be over the batch size.
+	if size > 0 && len(sampled) > size && !(s.kind.parts && !s.kind.budget && final) {
+		s.fatalf("group %d rank %d batch %d: %d rows for a batch of %d", g, r, b, len(sampled), size)
+	}
+	if s.kind.budget {
+		var tokens int64
+		for _, i := range sampled {
+			tokens += s.rows[i].length
+		}
+		if tokens > budget && len(sampled) > s.kind.n { // one group, or what a clear left of it
+			s.fatalf("group %d rank %d batch %d: %d tokens over the budget %d in %d rows", g, r, b, tokens, budget, len(sampled))
+		}
+	}
+	key := batchID{g, b}
+	if want, ok := s.first[key]; ok {
+		want = s.liveIDs(want)
+		if len(want) > 0 && !slices.Equal(want, ids) {
+			s.fatalf("group %d rank %d batch %d: got rows %v, a peer got %v", g, r, b, ids, want)
+		}
+	}
+	if len(s.liveIDs(s.first[key])) == 0 {
+		s.first[key] = ids
+	}
+	s.next[g][r]++
+}
+
+// liveIDs returns the ids of rows still in the partition.
+func (s *propSim) liveIDs(ids []int) []int {
+	live := map[int]bool{}
+	for _, r := range s.rows {
+		live[r.id] = true
+	}
+	var out []int
+	for _, id := range ids {
+		if live[id] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// checkGroups checks that a batch is whole groups of n, each n rows of
+// one put at its places k·n … k·n+n-1, or n rows put one at a time one
+// after another.
+func (s *propSim) checkGroups(g, r, b int, sampled []uint64) {
+	n := s.kind.n
+	if n == 1 {
+		return
+	}
+	if len(sampled)%n != 0 {
+		s.fatalf("group %d rank %d batch %d: %d rows is not whole groups of %d", g, r, b, len(sampled), n)
+	}
+	for k := 0; k < len(sampled); k += n {
+		first := s.rows[sampled[k]].origin
+		whole := first.Size >= uint32(n)
+		ok := !whole || first.Pos%uint32(n) == 0
+		for j := 1; j < n; j++ {
+			o := s.rows[sampled[k+j]].origin
+			ok = ok && o.Created == first.Created+uint64(j) && (o.Size >= uint32(n)) == whole
+		}
+		if !ok {
+			s.fatalf("group %d rank %d batch %d: rows %v are not a prompt group", g, r, b, sampled[k:k+n])
+		}
+	}
+}
+
+// clear removes some rows, as a clear of the partition does. Not, with
+// the balanced samplers, rows consumed for a rank that has not fetched
+// them yet: a rank whose part was cleared takes a part of its own from
+// the rows ready then (TestClearedPartRefills), and at the end of a done
+// partition, with none ready, it ends there though later batches hold
+// rows for it.
+func (s *propSim) clear() {
+	var gone []uint64
+	for _, i := range s.sortedIdx() {
+		r := s.rows[i]
+		_, handed := s.owner[r.id]
+		if s.kind.parts && r.consumed && !handed {
+			continue
+		}
+		if (r.consumed && s.rng.IntN(3) == 0) || s.rng.IntN(20) == 0 {
+			gone = append(gone, i)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	for _, i := range gone {
+		delete(s.rows, i)
+		s.free = append(s.free, i)
+	}
+	s.s.ForgetRows("p", gone)
+	s.log = append(s.log, func(f propSampler) error { f.ForgetRows("p", gone); return nil })
+}
+
+// reset resets the task's consumption: a new round.
+func (s *propSim) reset() {
+	for _, r := range s.rows {
+		r.consumed = false
+	}
+	s.s.ForgetTask("p", "t")
+	s.log = append(s.log, func(f propSampler) error { f.ForgetTask("p", "t"); return nil })
+	clear(s.owner)
+	clear(s.first)
+	for g := range s.groups {
+		clear(s.next[g])
+		clear(s.finished[g])
+	}
+}
+
+// drop drops a batch a group left behind, as the controller does after
+// Config.KeptBatchTTL: its rows are no longer consumed, and the group
+// starts over at that batch.
+func (s *propSim) drop() {
+	d, ok := s.s.(engine.BatchDropper)
+	if !ok {
+		return
+	}
+	g := s.rng.IntN(s.groups)
+	b := slices.Max(s.next[g])
+	if b > 0 && s.rng.IntN(2) == 0 {
+		b--
+	}
+	var entries [][]byte
+	got, err := d.DropBatch("p", "t", engine.SamplingOptions{HasRank: true, DPRank: g, BatchIndex: b},
+		func(e []byte) { entries = append(entries, e) })
+	if err != nil {
+		s.fatalf("DropBatch: %v", err)
+	}
+	s.logEntries(entries)
+	var ids []int
+	for _, i := range got {
+		row, ok := s.rows[i]
+		if !ok {
+			s.fatalf("group %d batch %d: DropBatch gave back row %d, which is not there", g, b, i)
+		}
+		row.consumed = false
+		ids = append(ids, row.id)
+		delete(s.owner, row.id)
+	}
+	if want := s.liveIDs(s.first[batchID{g, b}]); !slices.Equal(want, ids) {
+		s.fatalf("group %d batch %d: DropBatch gave back %v, the group got %v", g, b, ids, want)
+	}
+	delete(s.first, batchID{g, b})
+	for r := range s.peers {
+		s.next[g][r] = min(s.next[g][r], b)
+		s.finished[g][r] = false
+	}
+}
+
+// checkReplay checks that the journal, replayed into a fresh sampler,
+// and the saved state, loaded into one, make the live sampler's state.
+func (s *propSim) checkReplay() {
+	want, err := s.s.SaveState()
+	if err != nil {
+		s.fatalf("SaveState: %v", err)
+	}
+	fresh := s.kind.make(s.kind.n, s.groups)
+	for k, op := range s.log {
+		if err := op(fresh); err != nil {
+			s.fatalf("replay of op %d: %v", k, err)
+		}
+	}
+	got, err := fresh.SaveState()
+	if err != nil {
+		s.fatalf("SaveState: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		s.fatalf("replayed journal:\n got %s\nwant %s", got, want)
+	}
+	loaded := s.kind.make(s.kind.n, s.groups)
+	if err := loaded.LoadState(want); err != nil {
+		s.fatalf("LoadState: %v", err)
+	}
+	if got, _ = loaded.SaveState(); !bytes.Equal(got, want) {
+		s.fatalf("loaded state:\n got %s\nwant %s", got, want)
+	}
+}
+
+func (s *propSim) step() {
+	switch p := s.rng.IntN(100); {
+	case p < 20:
+		if s.rng.IntN(3) == 0 {
+			s.put(1)
+		} else {
+			s.put(s.kind.n * (1 + s.rng.IntN(3)))
+		}
+	case p < 35:
+		for _, i := range s.sortedIdx() {
+			if s.rng.IntN(2) == 0 {
+				s.rows[i].ready = true
+			}
+		}
+	case p < 80:
+		s.fetch(s.rng.IntN(s.groups), s.rng.IntN(s.peers))
+	case p < 88:
+		s.clear()
+	case p < 91:
+		s.reset()
+	case p < 95:
+		s.drop()
+	case p < 97:
+		s.done = true
+	default:
+		s.checkReplay()
+	}
+}
+
+// drain has every rank fetch from the done partition until it gets
+// nothing, and checks that no row was lost.
+func (s *propSim) drain() {
+	s.done = true
+	for _, r := range s.rows {
+		r.ready = true
+	}
+	for round := 0; ; round++ {
+		if round > 10000 {
+			s.fatalf("ranks still fetching after %d rounds", round)
+		}
+		busy := false
+		for g := range s.groups {
+			for r := range s.peers {
+				if !s.finished[g][r] {
+					busy = true
+					s.fetch(g, r)
+				}
+			}
+		}
+		if !busy {
+			break
+		}
+	}
+	for i, r := range s.rows {
+		if r.consumed {
+			if _, ok := s.owner[r.id]; !ok {
+				s.fatalf("row %d (index %d) was consumed and given to no group", r.id, i)
+			}
+		}
+	}
+	// What is left is no group: rows of a put of n or more not all
+	// there, or fewer than n rows put one at a time one after another.
+	left := map[uint64]*propRow{}
+	for _, r := range s.rows {
+		if !r.consumed {
+			left[r.origin.Created] = r
+		}
+	}
+	n := uint64(s.kind.n)
+	for c, r := range left {
+		o := r.origin
+		if o.Size >= uint32(n) {
+			at := uint64(o.Pos) % n
+			if uint64(o.Pos)-at+n > uint64(o.Size) || at != 0 {
+				continue
+			}
+		} else if p, ok := left[c-1]; ok && p.origin.Size < uint32(n) {
+			continue // not the start of a run
+		}
+		k := uint64(1)
+		for ; k < n; k++ {
+			q, ok := left[c+k]
+			if !ok || (q.origin.Size >= uint32(n)) != (o.Size >= uint32(n)) {
+				break
+			}
+		}
+		if k == n {
+			s.fatalf("rows made %d to %d are a group nobody got", c, c+n-1)
+		}
+	}
+	s.checkReplay()
+}
+
+// TestSamplerProperties drives every caching sampler through random
+// partitions (see the file comment).
+func TestSamplerProperties(t *testing.T) {
+	for _, kind := range propKinds {
+		t.Run(kind.name, func(t *testing.T) {
+			for seed := range uint64(150) {
+				s := newPropSim(t, seed, kind)
+				for range 150 {
+					s.step()
+				}
+				s.drain()
+			}
+		})
+	}
+}
