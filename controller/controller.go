@@ -332,9 +332,9 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 // consumed rows consumed for the task. Every returned row is ready.
 //
 // Errors: [engine.ErrInvalid] for a missing task or field list, a
-// non-positive batch size, or, for a sampler that keeps batches for DP
-// groups, a DP rank or batch index below 0 or above math.MaxInt32; the
-// sampler's errors; with Wait, the context's error or [engine.ErrClosed].
+// non-positive batch size, or, with a rank, a DP rank or batch index
+// below 0 or above math.MaxInt32; the sampler's errors; with Wait, the
+// context's error or [engine.ErrClosed].
 func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	return c.fetch(ctx, req, false)
 }
@@ -368,7 +368,7 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 	if err != nil {
 		return nil, opErr("fetch", req.Partition, err)
 	}
-	if err := checkKeptOptions(smp, req.Options); err != nil {
+	if err := checkKeptOptions(req.Options); err != nil {
 		return nil, opErr("fetch", req.Partition, err)
 	}
 	if _, tb := smp.(*sampler.TokenBudget); req.TokenBudget > 0 && !tb {

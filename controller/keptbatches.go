@@ -147,11 +147,13 @@ func (r *keptRef) pb() *wirepb.KeptRef {
 // state names.
 const maxKeptIndex = math.MaxInt32
 
-// checkKeptOptions refuses, for a sampler whose batches are followed, a
-// DP rank or batch index that a record could not name: logged, it would
-// make the log unreadable (keptRefOf).
-func checkKeptOptions(smp engine.Sampler, opts engine.SamplingOptions) error {
-	if _, ok := smp.(engine.BatchDropper); !ok || !opts.HasRank {
+// checkKeptOptions refuses a DP rank or batch index that a record could
+// not name: logged for a sampler whose batches are followed, it would
+// make the log unreadable (keptRefOf). The other samplers that take a
+// rank (seqlen, token_budget) cache and journal batches by these too,
+// and a negative batch index means nothing to any.
+func checkKeptOptions(opts engine.SamplingOptions) error {
+	if !opts.HasRank {
 		return nil
 	}
 	if opts.DPRank < 0 || opts.DPRank > maxKeptIndex || opts.BatchIndex < 0 || opts.BatchIndex > maxKeptIndex {

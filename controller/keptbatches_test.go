@@ -442,3 +442,19 @@ func TestKeptBatchGivenBackIsOneRecord(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes, "group 0's batch went back after the restart (log of %d records)", before)
 }
+
+// The samplers that split a batch between ranks cache and journal it by
+// batch index too: a negative one was taken (and journaled) there.
+func TestRankOptionsOutOfRangeForEverySampler(t *testing.T) {
+	for _, spec := range []engine.SamplerSpec{
+		{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2},
+		{Name: engine.SamplerTokenBudget, N: 1, DPSize: 2},
+	} {
+		c := newController(t, DefaultConfig())
+		m := insert(t, c, "p", 8, "x")
+		commitDense(t, c, "p", m.Indexes, "x")
+		got, err := c.Fetch(context.Background(), specFetch(spec, 0, -1, 2))
+		require.ErrorIs(t, err, engine.ErrInvalid, "%s: got %v", spec.Name, got)
+		require.ErrorContains(t, err, "batch index -1")
+	}
+}
