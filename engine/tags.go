@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -26,9 +27,16 @@ func (t Tags) Clone() Tags {
 	return out
 }
 
+// cloneValue deep-copies a tag or Extra value. A nil slice or map stays
+// nil and an empty one empty: JSON writes the one as null and the other as
+// [], {} or "", and [reflect.DeepEqual] (which ConcatMetas compares Extra
+// with) tells them apart.
 func cloneValue(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
+		if x == nil {
+			return v
+		}
 		m := make(map[string]any, len(x))
 		for k, e := range x {
 			m[k] = cloneValue(e)
@@ -37,13 +45,16 @@ func cloneValue(v any) any {
 	case Tags:
 		return x.Clone()
 	case []any:
+		if x == nil {
+			return v
+		}
 		s := make([]any, len(x))
 		for i, e := range x {
 			s[i] = cloneValue(e)
 		}
 		return s
 	case []byte:
-		return append([]byte(nil), x...)
+		return bytes.Clone(x)
 	case nil, bool, string, float64, float32, int, int64, int32:
 		return v
 	}

@@ -53,6 +53,42 @@ func TestTagsClone(t *testing.T) {
 	}
 }
 
+// TestTagsCloneKeepsNil checks that a clone writes the same JSON as its
+// source: a nil list or object is null, an empty one [] or {}, and an
+// empty []byte "" where a nil one is null.
+func TestTagsCloneKeepsNil(t *testing.T) {
+	orig := Tags{
+		"nil list":    []any(nil),
+		"nil object":  map[string]any(nil),
+		"empty list":  []any{},
+		"empty obj":   map[string]any{},
+		"nil bytes":   []byte(nil),
+		"empty bytes": []byte{},
+		"nested":      map[string]any{"l": []any{[]any(nil), map[string]any(nil)}},
+	}
+	c := orig.Clone()
+	if diff := cmp.Diff(orig, c); diff != "" {
+		t.Errorf("clone (-want +got):\n%s", diff)
+	}
+	want, _ := json.Marshal(orig)
+	if got, _ := json.Marshal(c); string(got) != string(want) {
+		t.Errorf("clone writes %s, want %s", got, want)
+	}
+	isNull := TagFilter{{Name: "nil list", Test: TagEquals, Values: []any{nil}}}
+	if !isNull.Match(c) {
+		t.Errorf("clone's nil list does not equal null")
+	}
+
+	// Metas with the same Extra concatenate (the inputs' values are
+	// compared with a clone of the first's).
+	a, b := metaOf("p", 0, 1), metaOf("p", 1, 1)
+	a.Extra = map[string]any{"x": []any(nil), "y": map[string]any(nil)}
+	b.Extra = map[string]any{"x": []any(nil), "y": map[string]any(nil)}
+	if _, err := ConcatMetas(a, b); err != nil {
+		t.Errorf("ConcatMetas of metas with equal Extra: %v", err)
+	}
+}
+
 func TestTagsMerge(t *testing.T) {
 	tests := []struct {
 		name string
