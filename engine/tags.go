@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -244,7 +245,64 @@ func checkJSON(v any) error {
 		}
 		return nil
 	}
-	_, err := json.Marshal(v)
+	return checkReflect(reflect.ValueOf(v))
+}
+
+var (
+	jsonMarshaler = reflect.TypeFor[json.Marshaler]()
+	textMarshaler = reflect.TypeFor[encoding.TextMarshaler]()
+)
+
+// checkReflect walks the typed slices, arrays, maps and pointers outside
+// the JSON-like set ([]string, map[string]string, …). encoding/json writes
+// them without complaint where a string is not UTF-8 (it puts U+FFFD in
+// its place), a map key is not a string (it writes the number as one) or
+// an unsigned integer is past int64, none of which reads back the same.
+// What they hold goes through checkJSON; the rest (structs, values that
+// marshal themselves) encoding/json judges.
+func checkReflect(rv reflect.Value) error {
+	if t := rv.Type(); t.Implements(jsonMarshaler) || t.Implements(textMarshaler) {
+		_, err := json.Marshal(rv.Interface())
+		return err
+	}
+	switch rv.Kind() {
+	case reflect.String:
+		return checkUTF8(rv.String())
+	case reflect.Float32, reflect.Float64:
+		return checkFloat(rv.Float())
+	case reflect.Uint, reflect.Uint64, reflect.Uintptr:
+		return checkUint(rv.Uint())
+	case reflect.Pointer:
+		if rv.IsNil() {
+			return nil
+		}
+		return checkJSON(rv.Elem().Interface())
+	case reflect.Slice, reflect.Array:
+		if rv.Kind() == reflect.Slice && rv.Type().Elem().Kind() == reflect.Uint8 {
+			return nil // bytes, written as base64
+		}
+		for i := range rv.Len() {
+			if err := checkJSON(rv.Index(i).Interface()); err != nil {
+				return fmt.Errorf("[%d]: %w", i, err)
+			}
+		}
+		return nil
+	case reflect.Map:
+		if rv.Type().Key().Kind() != reflect.String {
+			return fmt.Errorf("map keys of type %v are not strings", rv.Type().Key())
+		}
+		for it := rv.MapRange(); it.Next(); {
+			k := it.Key().String()
+			if err := checkUTF8(k); err != nil {
+				return fmt.Errorf("key: %w", err)
+			}
+			if err := checkJSON(it.Value().Interface()); err != nil {
+				return fmt.Errorf("%q: %w", k, err)
+			}
+		}
+		return nil
+	}
+	_, err := json.Marshal(rv.Interface())
 	return err
 }
 

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"sort"
 	"testing"
@@ -198,5 +199,45 @@ func TestTagsInt(t *testing.T) {
 	}
 	if _, ok := (Tags{}).Int("missing"); ok {
 		t.Error("missing key: got ok")
+	}
+}
+
+func TestTagsCheck(t *testing.T) {
+	type named string
+	tests := []struct {
+		name string
+		v    any
+		ok   bool
+	}{
+		{"string", "a", true},
+		{"int", 1, true},
+		{"nested", map[string]any{"l": []any{1.5, "x", nil}}, true},
+		{"typed list", []string{"a", "b"}, true},
+		{"typed map", map[string][]int64{"a": {1}}, true},
+		{"named string key", map[named]int{"a": 1}, true},
+		{"bytes", []byte{0xff}, true}, // base64, whatever the bytes
+		{"nil typed list", []string(nil), true},
+		{"pointer", new(int), true},
+		{"invalid string", "a\xffb", false},
+		{"invalid string in a list", []any{"a\xffb"}, false},
+		{"invalid string in a typed list", []string{"a\xffb"}, false},
+		{"invalid string in an array", [1]string{"a\xffb"}, false},
+		{"invalid key of a typed map", map[string]string{"a\xffb": "c"}, false},
+		{"invalid value of a typed map", map[string]string{"c": "a\xffb"}, false},
+		{"int keys", map[int]string{1: "a"}, false},
+		{"NaN in a typed list", []float64{math.NaN()}, false},
+		{"huge uint in a typed list", []uint64{math.MaxUint64}, false},
+		{"channel", make(chan int), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Tags{"t": tt.v}.Check()
+			if got := err == nil; got != tt.ok {
+				t.Fatalf("Check of %#v: got error %v, want ok %v", tt.v, err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalid) {
+				t.Errorf("Check of %#v: got error %v, want one wrapping ErrInvalid", tt.v, err)
+			}
+		})
 	}
 }
