@@ -203,6 +203,12 @@ func (m *BatchMeta) ChunkByPartition() []*BatchMeta {
 // [ErrInvalid]. Cluster is that of the cells the result keeps: other's
 // when all are other's, "" when they are of two clusters.
 func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
+	if err := orEmpty(m).Validate(); err != nil {
+		return nil, err
+	}
+	if err := orEmpty(other).Validate(); err != nil {
+		return nil, fmt.Errorf("other: %w", err)
+	}
 	switch {
 	case other.Empty():
 		if m == nil {
@@ -211,12 +217,6 @@ func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
 		return m.Clone(), nil
 	case m.Empty():
 		return other.Clone(), nil
-	}
-	if err := m.Validate(); err != nil {
-		return nil, err
-	}
-	if err := other.Validate(); err != nil {
-		return nil, fmt.Errorf("other: %w", err)
 	}
 	if m.Len() != other.Len() {
 		return nil, fmt.Errorf("union of %d rows with %d rows: %w", m.Len(), other.Len(), ErrInvalid)

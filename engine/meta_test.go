@@ -809,6 +809,18 @@ func TestUnion(t *testing.T) {
 			wantErrIs(t, err, ErrInvalid)
 		})
 	}
+	t.Run("invalid beside an empty meta", func(t *testing.T) {
+		// The empty side gives no rows to compare, but the other is still
+		// checked: its copy would be the result.
+		for _, empty := range []*BatchMeta{nil, emptyMeta()} {
+			bad := testMeta()
+			bad.Cells["ids"] = bad.Cells["ids"][:1]
+			_, err := bad.Union(empty)
+			wantErrIs(t, err, ErrInvalid)
+			_, err = empty.Union(bad)
+			wantErrIs(t, err, ErrInvalid)
+		}
+	})
 	t.Run("empty other returns copy", func(t *testing.T) {
 		a := testMeta()
 		for _, other := range []*BatchMeta{nil, emptyMeta()} {
