@@ -255,11 +255,11 @@ func check(fsys fs.FS, b *built, tq checkTQ) error {
 	for _, p := range pods {
 		for _, c := range p.spec.Containers {
 			if cfg := p.serve[c.Name]; cfg != nil && cfg.Role == "unit" {
-				checkControllerAddr(p, "--controller", cfg.Controller, pods, objs)
+				checkControllerAddr(p, "--controller", cfg.Controller, true, pods, objs)
 			}
 			for _, e := range c.Env {
 				if e.Name == "TQ_ADDRESS" {
-					checkControllerAddr(p, "$TQ_ADDRESS", e.Value, pods, objs)
+					checkControllerAddr(p, "$TQ_ADDRESS", e.Value, false, pods, objs)
 				}
 			}
 		}
@@ -670,8 +670,9 @@ func checkServe(p *pod, c *corev1.Container, args []string, env map[string]strin
 }
 
 // checkControllerAddr checks that addr (tcp://SERVICE[.NS[.svc...]]:PORT)
-// names a Service whose port reaches a controller's --listen.
-func checkControllerAddr(p *pod, what, addr string, pods []*pod, objs []*object) {
+// names a Service whose port reaches a controller's --listen. What units
+// dial must reach the controller before it is ready (units set true).
+func checkControllerAddr(p *pod, what, addr string, units bool, pods []*pod, objs []*object) {
 	u, err := url.Parse(addr)
 	if err != nil || u.Scheme != "tcp" || u.Port() == "" {
 		p.bad("%s %q: want tcp://SERVICE:PORT", what, addr)
@@ -711,6 +712,9 @@ func checkControllerAddr(p *pod, what, addr string, pods []*pod, objs []*object)
 				return // not checked with tq (-short)
 			}
 			if l, err := listenPort(cfg.Listen); err == nil && l == n && (cfg.Role == "controller" || cfg.Role == "all") {
+				if units && !svc.Spec.PublishNotReadyAddresses && c.ReadinessProbe != nil {
+					p.bad("%s %q: Service %s routes only to a ready controller, but a controller started with --restore is ready only once a unit has registered (it waits 30 s for one, then exits): units must dial a Service with publishNotReadyAddresses", what, addr, name)
+				}
 				return
 			}
 			p.bad("%s %q: Service %s port %d reaches port %d of %v, which is not the controller's --listen %q", what, addr, name, port, n, q.owner, cfg.Listen)
@@ -893,8 +897,9 @@ func TestManifestsCatchBreakage(t *testing.T) {
 		{name: "socket dir off the hostPath", file: "base/unit.yaml", old: "--socket-dir=/run/tq", new: "--socket-dir=/tmp/tq", needsTQ: true, want: "is not on a hostPath volume"},
 		{name: "client mounts the sockets elsewhere", file: "example/client-job.yaml", old: "mountPath: /run/tq", new: "mountPath: /var/run/tq", needsTQ: true, want: "registered their sockets under /run/tq"},
 		{name: "data dir off the claim", file: "base/controller.yaml", old: "--data-dir=/var/lib/tq/data", new: "--data-dir=/data", needsTQ: true, want: "--data-dir /data is on no volume"},
-		{name: "units dial a missing Service", file: "base/unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-ctl:7370", needsTQ: true, want: "no Service tq-ctl"},
-		{name: "units dial the metrics port", file: "base/unit.yaml", old: "--controller=tcp://tq-controller:7370", new: "--controller=tcp://tq-controller:9090", needsTQ: true, want: "not the controller's --listen"},
+		{name: "units dial a missing Service", file: "base/unit.yaml", old: "--controller=tcp://tq-controller-headless:7370", new: "--controller=tcp://tq-ctl:7370", needsTQ: true, want: "no Service tq-ctl"},
+		{name: "units dial a Service of ready controllers only", file: "base/unit.yaml", old: "--controller=tcp://tq-controller-headless:7370", new: "--controller=tcp://tq-controller:7370", needsTQ: true, want: "routes only to a ready controller"},
+		{name: "units dial the metrics port", file: "base/unit.yaml", old: "--controller=tcp://tq-controller-headless:7370", new: "--controller=tcp://tq-controller:9090", needsTQ: true, want: "not the controller's --listen"},
 		{name: "token from a file", file: "base/unit.yaml", old: "            - name: TQ_TOKEN\n", new: "            - name: TQ_TOKEM\n", needsTQ: true, want: "the token comes from the Secret"},
 		{name: "rdma without IPC_LOCK", file: "rdma/unit-rdma.yaml", old: `value: ["IPC_LOCK"]`, new: `value: ["NET_RAW"]`, needsTQ: true, want: "--rdma-device without the IPC_LOCK capability"},
 		{name: "huge pages without a hugepages request", file: "base/unit.yaml", old: "--huge-pages=false", new: "--huge-pages=true", needsTQ: true, want: "hugepages-2Mi"},
