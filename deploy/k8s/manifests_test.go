@@ -83,6 +83,10 @@ type checkTQ func(args, env []string) (string, error)
 // arena: the Go heap, buffers, metadata.
 const unitMemoryHeadroom = 512 << 20
 
+// metricsConns is how many connections tq serve's --metrics endpoint
+// holds at once (metricsLimits in cmd/tq); more wait to be accepted.
+const metricsConns = 128
+
 // pod is a pod template of a workload, with what the checks learn of it.
 type pod struct {
 	owner    *object
@@ -591,13 +595,37 @@ func checkServe(p *pod, c *corev1.Container, args []string, env map[string]strin
 	} else if host, _, _ := net.SplitHostPort(cfg.Metrics); host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsLoopback() || host == "localhost" {
 		p.bad("container %s: --metrics %s listens on loopback only: the kubelet's probes cannot reach it", c.Name, cfg.Metrics)
 	} else if mp, err := listenPort(cfg.Metrics); err == nil {
-		for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe} {
+		// A storage unit has no liveness probe on --metrics: that port
+		// holds at most metricsConns connections and answers anyone who
+		// reaches the pod, so whoever holds them all fails the probe, and
+		// the restart loses the unit's cells. (/healthz checks nothing
+		// else: the probe would catch only a process that serves no HTTP.)
+		hasUnits := cfg.Role == "unit" || cfg.Role == "all"
+		probes := []*corev1.Probe{c.ReadinessProbe}
+		if !hasUnits {
+			probes = append(probes, c.LivenessProbe)
+		}
+		for _, pr := range probes {
 			if pr == nil || pr.HTTPGet == nil {
 				p.bad("container %s: no HTTP liveness and readiness probes on /healthz and /readyz", c.Name)
 				continue
 			}
 			if n, err := containerPort(c, pr.HTTPGet.Port); err == nil && n != mp {
 				p.bad("container %s: probe %s on port %d, but --metrics listens on %d", c.Name, pr.HTTPGet.Path, n, mp)
+			}
+		}
+		if lp := c.LivenessProbe; hasUnits && lp != nil {
+			var port *intstr.IntOrString
+			switch {
+			case lp.HTTPGet != nil:
+				port = &lp.HTTPGet.Port
+			case lp.TCPSocket != nil:
+				port = &lp.TCPSocket.Port
+			}
+			if port != nil {
+				if n, err := containerPort(c, *port); err == nil && n == mp {
+					p.bad("container %s: liveness probe on the --metrics port %d, which holds at most %d connections and asks no token: whoever holds them fails the probe, and the restart loses the unit's cells", c.Name, mp, metricsConns)
+				}
 			}
 		}
 		if c.LivenessProbe != nil && c.LivenessProbe.HTTPGet != nil && c.LivenessProbe.HTTPGet.Path != "/healthz" {
@@ -869,12 +897,12 @@ func TestManifestsCatchBreakage(t *testing.T) {
 		replaceAt int // which occurrence of old (0: the first)
 	}{
 		{name: "unknown kind", file: "base/unit.yaml", old: "kind: DaemonSet", new: "kind: DaemonSett", want: `unknown kind "DaemonSett"`},
-		{name: "unknown field", file: "base/unit.yaml", old: "livenessProbe:", new: "livenesProbe:", want: `unknown field "livenesProbe"`},
+		{name: "unknown field", file: "base/controller.yaml", old: "livenessProbe:", new: "livenesProbe:", want: `unknown field "livenesProbe"`},
 		{name: "wrong apiVersion", file: "base/controller.yaml", old: "apiVersion: apps/v1", new: "apiVersion: v1", want: `apiVersion "v1", want "apps/v1"`},
 		{name: "field of the wrong type", file: "base/unit.yaml", old: "containerPort: 7371", new: "containerPort: data", want: "containerPort"},
 		{name: "service selects nothing", file: "base/controller.yaml", old: "app.kubernetes.io/component: controller", new: "app.kubernetes.io/component: controler", replaceAt: 1, want: "selects no pod template"},
 		{name: "targetPort not declared", file: "base/controller.yaml", old: "targetPort: metrics", new: "targetPort: metric", want: "targetPort metric: no container"},
-		{name: "probe port not declared", file: "base/unit.yaml", old: "port: metrics", new: "port: metricz", want: "probe: container unit declares no port metricz"},
+		{name: "probe port not declared", file: "base/controller.yaml", old: "port: metrics", new: "port: metricz", want: "probe: container controller declares no port metricz"},
 		{name: "mount of no volume", file: "base/unit.yaml", old: "- name: sockets\n              mountPath", new: "- name: socket\n              mountPath", want: `mounts "socket", which is neither a volume`},
 		{name: "claim template renamed", file: "base/controller.yaml", old: "        name: data\n      spec:", new: "        name: state\n      spec:", want: `mounts "data", which is neither`},
 		{name: "no such Secret", file: "base/unit.yaml", old: "name: tq-token", new: "name: tq-tokens", want: `no Secret "tq-tokens"`},
@@ -892,6 +920,7 @@ func TestManifestsCatchBreakage(t *testing.T) {
 		{name: "flag value tq serve refuses", file: "base/controller.yaml", old: "--fsync=batch", new: "--fsync=sometimes", needsTQ: true, want: "--fsync"},
 		{name: "memory limit below capacity", file: "base/unit.yaml", old: "--capacity=4GiB", new: "--capacity=8GiB", needsTQ: true, want: "memory limit 4608Mi is below --capacity 8Gi"},
 		{name: "metrics on loopback", file: "base/unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=9090", needsTQ: true, want: "listens on loopback only"},
+		{name: "unit liveness on the metrics port", file: "base/unit.yaml", old: "          readinessProbe:", new: "          livenessProbe:\n            httpGet:\n              path: /healthz\n              port: metrics\n          readinessProbe:", needsTQ: true, want: "liveness probe on the --metrics port 9090"},
 		{name: "probe not on the metrics port", file: "base/unit.yaml", old: "--metrics=0.0.0.0:9090", new: "--metrics=0.0.0.0:9091", needsTQ: true, want: "but --metrics listens on 9091"},
 		{name: "unit listens on an undeclared port", file: "base/unit.yaml", old: "--unit-listen=:7371", new: "--unit-listen=:7372", needsTQ: true, want: "--unit-listen :7372: container unit declares no port 7372"},
 		{name: "socket dir off the hostPath", file: "base/unit.yaml", old: "--socket-dir=/run/tq", new: "--socket-dir=/tmp/tq", needsTQ: true, want: "is not on a hostPath volume"},
