@@ -118,11 +118,11 @@ func (c *conn) dispatch(args [][]byte) {
 		c.writeError(unknownCommand(args))
 	case cmd.arity > 0 && len(args) != cmd.arity, cmd.arity < 0 && len(args) < -cmd.arity:
 		// Before NOAUTH, as Redis checks.
-		c.writeError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
+		c.refuse(name, fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(string(name))))
 	case cmd.sub != nil && !c.subcommand(string(name), args, cmd.sub):
 		// Answered.
 	case !c.authed && !cmd.open:
-		c.writeError("NOAUTH Authentication required.")
+		c.refuse(name, "NOAUTH Authentication required.")
 	case c.lp != nil && !cmd.loop:
 		refused = false
 		c.leave = true
@@ -137,6 +137,18 @@ func (c *conn) dispatch(args [][]byte) {
 	if refused && c.multi {
 		c.aborted = true // EXEC answers EXECABORT, as Redis's does
 	}
+}
+
+// refuse answers msg for a command refused before it runs (name in upper
+// case). A refused EXEC discards the transaction, if any, and answers
+// EXECABORT naming why, as Redis's execCommandAbort does: a client is
+// never left queueing after the EXEC it sent.
+func (c *conn) refuse(name []byte, msg string) {
+	if string(name) == "EXEC" {
+		c.endMulti()
+		msg = "EXECABORT Transaction discarded because of: " + strings.TrimPrefix(msg, "ERR ")
+	}
+	c.writeError(msg)
 }
 
 // inTransaction are the commands MULTI does not queue.

@@ -316,6 +316,15 @@ var multiCases = [][]string{
 	{"GET", "multi-k"},
 	{"EXEC"},
 	{"DISCARD"},
+	// An EXEC refused (here for its arity) discards the transaction and
+	// answers EXECABORT naming why, in MULTI or not, as in Redis: the
+	// connection is not left queueing.
+	{"MULTI"},
+	{"SET", "multi-k", "x"},
+	{"EXEC", "x"},
+	{"DISCARD"},
+	{"GET", "multi-k"},
+	{"EXEC", "x"},
 }
 
 // helloCases are HELLO's refusals: Redis reads the protocol version as a
@@ -377,6 +386,8 @@ var beforeAuthCases = [][]string{
 	{"NOSUCHCOMMAND", "a"},
 	{"AUTH", "a", "b", "c"},
 	{"AUTH", "wrong"},
+	{"EXEC"},
+	{"EXEC", "x"},
 }
 
 // scanCases are SCAN's cursors, options and counts. Redis reads the
