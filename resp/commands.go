@@ -1014,7 +1014,8 @@ func (c *conn) scan(args [][]byte) {
 		c.writeError("ERR invalid cursor")
 		return
 	}
-	pattern, count, typ := "*", 10, ""
+	pattern, count := "*", 10
+	typ, typed := "", false // TYPE "" is a filter too: no key has that type
 	for i := 2; i < len(args); i += 2 {
 		if i+1 >= len(args) {
 			c.writeError("ERR syntax error")
@@ -1035,7 +1036,7 @@ func (c *conn) scan(args [][]byte) {
 			}
 			count = int(min(n, 65536))
 		case "TYPE":
-			typ = strings.ToLower(string(args[i+1]))
+			typ, typed = strings.ToLower(string(args[i+1])), true
 		default:
 			c.writeError("ERR syntax error")
 			return
@@ -1064,7 +1065,7 @@ func (c *conn) scan(args [][]byte) {
 		if !globMatch(pattern, name) {
 			continue
 		}
-		if typ != "" {
+		if typed {
 			if t := c.keyType(k.Key); t != typ {
 				continue
 			}

@@ -166,6 +166,8 @@ func TestErrorsMatchRedis(t *testing.T) {
 		compareAt(t, dial(t, e.addr), dial(t, redisAddr), authed, cases)
 	}
 	t.Run("scan", func(t *testing.T) { compare(t, true, scanCases) })
+	// Before the subtests that leave keys: SCAN lists every key.
+	t.Run("scan TYPE", func(t *testing.T) { compare(t, true, scanTypeCases) })
 	t.Run("before AUTH", func(t *testing.T) { compare(t, false, beforeAuthCases) })
 	t.Run("subcommands", func(t *testing.T) { compare(t, true, subcommandCases) })
 	t.Run("subcommands before AUTH", func(t *testing.T) { compare(t, false, subcommandCases[:4]) })
@@ -423,6 +425,18 @@ var scanCases = [][]string{
 	{"SCAN", "0", "TYPE"},
 	{"SCAN", "0", "TYPE", "nosuch"},
 	{"SCAN", "0", "count", "0", "MATCH", "*"},
+}
+
+// scanTypeCases are SCAN's TYPE filter over one key: a type no key has,
+// the empty one included, selects nothing.
+var scanTypeCases = [][]string{
+	{"SET", "scan-k", "v"},
+	{"SCAN", "0", "TYPE", "string"},
+	{"SCAN", "0", "TYPE", "STRING"},
+	{"SCAN", "0", "TYPE", "hash"},
+	{"SCAN", "0", "TYPE", ""},
+	{"SCAN", "0", "TYPE", "", "MATCH", "*"},
+	{"DEL", "scan-k"},
 }
 
 // TestInlineMatchesRedis types inline commands at TQ's endpoint and at a
