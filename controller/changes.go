@@ -9,9 +9,11 @@ package controller
 // built by the first listing, so a partition nobody follows pays a
 // number per key a change touches and nothing more. Cleared keys are remembered (the
 // newest maxCleared per partition) so that they can be reported; a cursor
-// from before the last one forgotten is answered with a reset, as is one
-// from another incarnation of the partition (cleared and made again) or of
-// the controller (an in-memory one that restarted).
+// from before the last one forgotten is answered with a reset (one within
+// a listing of every key, only when that key was cleared after the
+// listing began), as is one from another incarnation of the partition
+// (cleared and made again) or of the controller (an in-memory one that
+// restarted).
 //
 // Change numbers are part of the state: the log's ops that change keys
 // carry the number they gave (change_seq), and state files hold each
@@ -215,23 +217,39 @@ func (f *changeFeed) wait() <-chan struct{} {
 // changesCursor is where a listing of changes stands: the controller
 // (its cluster id: an in-memory controller draws a new one each start),
 // the partition and its gen (0: from the beginning, whatever the
-// partition), and the position of the last change listed.
+// partition), and the position of the last change listed. Within a
+// listing of every key (from a nil cursor or a reset) that has more
+// pages, asOf is the partition's last change number when the listing
+// began (0 otherwise): keys cleared by then were not listed, so
+// forgetting them does not matter to the pages that follow.
 type changesCursor struct {
 	cluster   string
 	partition string
 	gen       uint64
 	pos       changePos
+	asOf      uint64
 }
 
-const changesCursorVersion = 1
+// The cursor's versions: 2 is 1 with asOf, written only when asOf is set.
+const (
+	changesCursorVersion     = 1
+	changesCursorVersionAsOf = 2
+)
 
-// encode writes the cursor: a version byte, uvarints gen, change and
-// seq, the cluster id (uvarint length, bytes), then the partition id.
+// encode writes the cursor: a version byte, uvarints gen, change, seq
+// (and asOf in version 2), the cluster id (uvarint length, bytes), then
+// the partition id.
 func (cc changesCursor) encode() []byte {
 	b := []byte{changesCursorVersion}
+	if cc.asOf != 0 {
+		b[0] = changesCursorVersionAsOf
+	}
 	b = binary.AppendUvarint(b, cc.gen)
 	b = binary.AppendUvarint(b, cc.pos.change)
 	b = binary.AppendUvarint(b, cc.pos.seq)
+	if cc.asOf != 0 {
+		b = binary.AppendUvarint(b, cc.asOf)
+	}
 	b = binary.AppendUvarint(b, uint64(len(cc.cluster)))
 	b = append(b, cc.cluster...)
 	return append(b, cc.partition...)
@@ -243,24 +261,31 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 		return cc, nil
 	}
 	bad := fmt.Errorf("malformed changes cursor: %w", engine.ErrInvalid)
-	if b[0] != changesCursorVersion {
+	var vals [5]uint64 // gen, change, seq, asOf, cluster id length
+	switch b[0] {
+	case changesCursorVersion:
+	case changesCursorVersionAsOf:
+	default:
 		return cc, bad
 	}
+	asOf := b[0] == changesCursorVersionAsOf
 	b = b[1:]
-	var vals [4]uint64
 	for i := range vals {
+		if i == 3 && !asOf {
+			continue
+		}
 		v, n := binary.Uvarint(b)
 		if n <= 0 {
 			return cc, bad
 		}
 		vals[i], b = v, b[n:]
 	}
-	if vals[3] > uint64(len(b)) {
+	if vals[4] > uint64(len(b)) {
 		return cc, bad
 	}
-	cc.gen, cc.pos = vals[0], changePos{vals[1], vals[2]}
-	cc.cluster, cc.partition = string(b[:vals[3]]), string(b[vals[3]:])
-	if cc.gen == 0 || cc.partition == "" {
+	cc.gen, cc.pos, cc.asOf = vals[0], changePos{vals[1], vals[2]}, vals[3]
+	cc.cluster, cc.partition = string(b[:vals[4]]), string(b[vals[4]:])
+	if cc.gen == 0 || cc.partition == "" || asOf && cc.asOf == 0 {
 		return cc, bad
 	}
 	return cc, nil
@@ -272,8 +297,9 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 // changes (a key cleared and made again is reported as it is now; a
 // cleared key has Cleared set). An answer holds at most req.Limit changes
 // (0: DefaultKeysPage; at most 65536) and about 8 MiB; More says that the
-// next is ready. The first answer from a nil cursor lists every key the
-// partition holds, no cleared ones.
+// next is ready. The first answer from a nil cursor (or a reset) lists
+// every key the partition holds, no cleared ones; the answers that
+// continue it tell the keys cleared after it, not before.
 //
 // With req.Wait it blocks until there is a change after the cursor (the
 // partition may not exist yet), the context ends or the controller
@@ -359,12 +385,18 @@ func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, 
 // changesSince lists the changes after cur. p is locked.
 func (p *partition) changesSince(cluster string, cur changesCursor, limit int, shared bool) engine.KeyChanges {
 	var out engine.KeyChanges
-	from, withCleared := cur.pos.after(), true
+	from, withCleared, asOf := cur.pos.after(), true, cur.asOf
+	// The cleared keys the cursor needs are those after its position
+	// and, within a listing of every key, those cleared since it began.
+	needs := cur.pos
+	if began := (changePos{cur.asOf, math.MaxUint64}); needs.less(began) {
+		needs = began
+	}
 	switch {
 	case cur.gen == 0:
-		from, withCleared = changePos{}, false
-	case cur.cluster != cluster || cur.gen != p.gen || cur.pos.change > p.feed.seq || cur.pos.less(p.feed.floor):
-		from, withCleared, out.Reset = changePos{}, false, true
+		from, withCleared, asOf = changePos{}, false, p.feed.seq
+	case cur.cluster != cluster || cur.gen != p.gen || cur.pos.change > p.feed.seq || cur.asOf > p.feed.seq || needs.less(p.feed.floor):
+		from, withCleared, asOf, out.Reset = changePos{}, false, p.feed.seq, true
 	}
 	// The keys (up to limit+1 of them) and the cleared keys from the
 	// position on, merged in position order.
@@ -376,7 +408,7 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int, s
 	cl := &p.feed.cleared
 	gone := cl.len() // the next cleared key: cl.at(gone), while gone < cl.len()
 	if withCleared {
-		gone = cl.search(from)
+		gone = cl.search(needs.after())
 	}
 	var told map[string]bool // cleared keys told in this answer
 	last := cur.pos
@@ -419,8 +451,8 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int, s
 	}
 	if !out.More {
 		// Everything up to the partition's last change is told.
-		last = changePos{p.feed.seq, math.MaxUint64}
+		last, asOf = changePos{p.feed.seq, math.MaxUint64}, 0
 	}
-	out.Cursor = changesCursor{cluster: cluster, partition: p.id, gen: p.gen, pos: last}.encode()
+	out.Cursor = changesCursor{cluster: cluster, partition: p.id, gen: p.gen, pos: last, asOf: asOf}.encode()
 	return out
 }

@@ -107,8 +107,8 @@ func TestKeyChanges(t *testing.T) {
 		assert.Len(t, ch.Changes, 2)
 	}
 	// The first answer from the beginning has no cleared keys; those that
-	// continue it tell what was cleared after it.
-	assert.Equal(t, []string{"a", "c=done", "d=again", "-e"}, all)
+	// continue it tell what was cleared after it (e was cleared before).
+	assert.Equal(t, []string{"a", "c=done", "d=again"}, all)
 }
 
 func TestKeyChangesReset(t *testing.T) {
@@ -351,4 +351,60 @@ func TestServerKeyChanges(t *testing.T) {
 	err = do(conn, wire.OpKeyChanges, &wirepb.KeyChangesRequest{Partition: "q", Cursor: r.Cursor}, &wirepb.KeyChangesReply{})
 	assert.Equal(t, wirepb.Code_CODE_INVALID, codeOf(err))
 	assert.Contains(t, err.Error(), `cursor of partition "p"`)
+}
+
+// TestKeyChangesListingBelowFloor: a listing of every key (from a nil
+// cursor, or a reset) goes on page by page even when its keys were last
+// changed before the newest forgotten cleared key: those clears came
+// before the listing, and the keys it lists are as they are now.
+func TestKeyChangesListingBelowFloor(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	putTags(t, c, "p", []string{"a", "b", "c"}, nil, nil, nil)
+	old := changed(t, c, "p", nil).Cursor
+	keys := make([]string, maxCleared+1)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	_, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: make([]engine.Tags, len(keys))})
+	require.NoError(t, err)
+	_, err = c.ClearKeys("p", keys)
+	require.NoError(t, err)
+	require.True(t, changed(t, c, "p", old).Reset, "the cursor is older than the cleared keys remembered")
+
+	for _, start := range []struct {
+		name   string
+		cursor []byte
+		reset  bool
+	}{{"nil cursor", nil, false}, {"reset", old, true}} {
+		t.Run(start.name, func(t *testing.T) {
+			cur := start.cursor
+			var all []string
+			for page := 0; ; page++ {
+				require.Less(t, page, 10, "the listing does not end: %v", all)
+				ch, err := c.KeyChanges(context.Background(), engine.ChangesRequest{Partition: "p", Cursor: cur, Limit: 2})
+				require.NoError(t, err)
+				assert.Equal(t, start.reset && page == 0, ch.Reset, "page %d", page)
+				all = append(all, summary(ch)...)
+				cur = ch.Cursor
+				if !ch.More {
+					break
+				}
+			}
+			assert.ElementsMatch(t, []string{"a", "b", "c"}, all)
+			// A clear after the listing's first page is still told.
+			_, err := c.ClearKeys("p", []string{"a"})
+			require.NoError(t, err)
+			assert.Equal(t, []string{"-a"}, summary(changed(t, c, "p", cur)))
+			putTags(t, c, "p", []string{"a"}, nil)
+		})
+	}
+
+	// A cursor within a listing says when the listing began: past the
+	// partition's last change is a reset, and version 2 without it is
+	// malformed.
+	p := c.get("p")
+	forged := changesCursor{cluster: c.cluster, partition: "p", gen: p.gen, pos: changePos{1, 1}, asOf: p.feed.seq + 1}
+	assert.True(t, changed(t, c, "p", forged.encode()).Reset)
+	_, err = c.KeyChanges(context.Background(), engine.ChangesRequest{Partition: "p", Cursor: []byte{changesCursorVersionAsOf, byte(p.gen), 1, 1, 0, 0, 'p'}})
+	require.ErrorIs(t, err, engine.ErrInvalid)
 }
