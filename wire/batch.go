@@ -118,11 +118,20 @@ func BatchFromPB(fs []*wirepb.CommitField, lens []*wirepb.RowLens, n int, data [
 }
 
 // shapeBytes returns the bytes of one row of shape, false when they would
-// exceed limit (counted without overflow).
+// exceed limit (counted without overflow). A zero dimension anywhere makes
+// the row empty, whatever the dimensions before it: (2,0) fits in no bytes.
 func shapeBytes(shape engine.Shape, elem, limit int) (int, bool) {
+	for _, d := range shape {
+		switch {
+		case d < 0:
+			return 0, false
+		case d == 0:
+			return 0, true
+		}
+	}
 	n := elem
 	for _, d := range shape {
-		if d < 0 || (d > 0 && n > limit/d) {
+		if n > limit/d {
 			return 0, false
 		}
 		n *= d
