@@ -161,8 +161,9 @@ func NewDense(dt DType, rows int, rowShape Shape, data []byte) (*Column, error) 
 	return &Column{kind: Dense, dtype: dt, n: rows, shape: shape, data: data}, nil
 }
 
-// NewRagged builds a ragged column whose row i has shape shapes[i]; data
-// holds the rows back to back and is aliased.
+// NewRagged builds a ragged column whose row i has shape shapes[i] (nil,
+// like [], is a scalar row); data holds the rows back to back and is
+// aliased.
 func NewRagged(dt DType, shapes []Shape, data []byte) (*Column, error) {
 	if !dt.Valid() || dt == Bytes {
 		return nil, fmt.Errorf("ragged column of dtype %v: %w", dt, ErrInvalid)
@@ -178,6 +179,9 @@ func NewRagged(dt DType, shapes []Shape, data []byte) (*Column, error) {
 			return nil, fmt.Errorf("ragged %v column needs more than %d bytes by row %d of shape %v: %w", dt, math.MaxInt, i, s, ErrInvalid)
 		}
 		cp[i] = s.Clone()
+		if cp[i] == nil {
+			cp[i] = Shape{} // a scalar row: nil would go out as an unknown shape (see wire.ShapeToPB)
+		}
 		offs[i+1] = offs[i] + b
 	}
 	if len(data) != offs[len(shapes)] {

@@ -67,3 +67,21 @@ func TestBatchRoundTrip(t *testing.T) {
 		assert.True(t, b.Col(name).Equal(got.Col(name)), name)
 	}
 }
+
+// TestRaggedScalarRowIsNotUnknown: a ragged row built with a nil shape
+// (no dimensions: a scalar, one element) goes out as the shape (), not as
+// unknown, which a reader takes for a row whose shape is not known (the
+// Python client reads it as None and cannot size the row).
+func TestRaggedScalarRowIsNotUnknown(t *testing.T) {
+	c, err := engine.NewRagged(engine.Float32, []engine.Shape{nil, {2}}, make([]byte, 12))
+	require.NoError(t, err)
+	require.NotNil(t, c.RowShape(0), "a scalar row's shape reads as nil")
+	fs, _, _ := BatchToPB(engine.MustBatch(engine.Field{Name: "r", Col: c}))
+	require.Len(t, fs[0].Shapes, 2)
+	assert.False(t, fs[0].Shapes[0].Unknown, "a scalar row goes out as unknown")
+	assert.Empty(t, fs[0].Shapes[0].Dims)
+
+	cat, err := engine.ConcatColumns(c, c)
+	require.NoError(t, err)
+	require.NotNil(t, cat.RowShape(0), "a concatenated scalar row's shape reads as nil")
+}
