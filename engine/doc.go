@@ -14,4 +14,8 @@
 //		engine.Field{Name: "prompt", Col: text},
 //	)
 //	row1, _ := engine.Row[float32](b.Col("log_probs"), 1) // []float32{0.1, 0.2}, no copy
+//
+// Cells are little-endian, on the wire and in storage, and columns view
+// host memory as typed values: TQ builds only for little-endian hosts
+// (bigendian.go stops the build elsewhere).
 package engine
