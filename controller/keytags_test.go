@@ -296,6 +296,8 @@ func TestTagsWithoutJSONRefused(t *testing.T) {
 			{"nested": map[string]any{"r": []any{1, float32(math.Inf(1))}}},
 			{"ch": make(chan int)},
 			{"n": json.Number("1e400")},       // the log would hold what no restart reads back
+			{"n": json.Number("NaN")},         // not a JSON number: no listing could send it
+			{"n": json.Number("01")},          // nor this
 			{"u": uint64(math.MaxUint64 - 1)}, // it would read back as a float64
 			{"s": "a\xffb"},                   // JSON would change its bytes
 			{"": 1},

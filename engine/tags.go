@@ -217,6 +217,11 @@ func checkJSON(v any) error {
 	case uint64:
 		return checkUint(x)
 	case json.Number:
+		// JSONNumber parses with strconv, which takes what JSON does not
+		// ("NaN", "01", "+1", ".5"); encoding/json refuses to write those.
+		if _, err := json.Marshal(x); err != nil {
+			return err
+		}
 		_, err := JSONNumber(x)
 		return err
 	case string:

@@ -228,6 +228,11 @@ func TestTagsCheck(t *testing.T) {
 		{"NaN in a typed list", []float64{math.NaN()}, false},
 		{"huge uint in a typed list", []uint64{math.MaxUint64}, false},
 		{"channel", make(chan int), false},
+		{"json.Number", json.Number("-1.5e3"), true},
+		{"json.Number NaN", json.Number("NaN"), false}, // strconv reads it, JSON has no such literal
+		{"json.Number with a leading zero", json.Number("01"), false},
+		{"json.Number with a plus", json.Number("+1"), false},
+		{"json.Number in a list", []any{json.Number(".5")}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
