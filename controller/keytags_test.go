@@ -434,3 +434,41 @@ func TestKeyCount(t *testing.T) {
 	assert.Equal(t, st.Keys, n)
 	assert.Equal(t, 2, n)
 }
+
+// TestTagNumbersMatchAcrossRestart: numbers compare by value wherever
+// they sit, as they read back from the log. A json.Number ("1.0") or a
+// -0 inside a list is kept as given until a durable controller restarts,
+// then as the number JSON reads (float64 1, int64 0): filters and swaps
+// must answer the same before and after.
+func TestTagNumbersMatchAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{})
+	putTags(t, c, "p", []string{"a", "b", "c"},
+		engine.Tags{"n": json.Number("1.0")},
+		engine.Tags{"l": []any{math.Copysign(0, -1)}},
+		engine.Tags{"m": map[string]any{"x": json.Number("2.50")}})
+	where := []engine.TagFilter{
+		{{Name: "n", Test: engine.TagEquals, Values: []any{1}}},
+		{{Name: "l", Test: engine.TagEquals, Values: []any{[]any{0}}}},
+		{{Name: "m", Test: engine.TagEquals, Values: []any{map[string]any{"x": 2.5}}}},
+	}
+	answers := func(c *Controller) []string {
+		var out []string
+		for _, f := range where {
+			got, err := c.ListKeysWhere("p", f)
+			require.NoError(t, err)
+			keys := []string{}
+			for _, k := range got["p"] {
+				keys = append(keys, k.Key)
+			}
+			out = append(out, fmt.Sprintf("%v: %v", f, keys))
+		}
+		return out
+	}
+	want := []string{"[n == 1]: [a]", "[l == [0]]: [b]", "[m == map[x:2.5]]: [c]"}
+	assert.Equal(t, want, answers(c), "before the restart")
+	require.NoError(t, c.Close())
+	c = openDurable(t, dir, Config{})
+	t.Cleanup(func() { c.Close() })
+	assert.Equal(t, want, answers(c), "after the restart")
+}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -181,7 +182,78 @@ func TagValueEqual(a, b any) bool {
 		return false
 	}
 	jb, err := json.Marshal(b)
-	return err == nil && string(ja) == string(jb)
+	if err != nil {
+		return false
+	}
+	if string(ja) == string(jb) {
+		return true
+	}
+	// The same value may be written two ways: a json.Number as given
+	// ("1.0"), a -0 inside a list. Compare what a reader of the JSON
+	// keeps, as a restart or the wire would.
+	va, oka := readJSON(ja)
+	vb, okb := readJSON(jb)
+	return oka && okb && jsonEqual(va, vb)
+}
+
+// readJSON decodes one JSON value, its numbers as json.Number.
+func readJSON(b []byte) (any, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	return v, dec.Decode(&v) == nil
+}
+
+// jsonEqual compares values readJSON decoded: numbers by value (as
+// [JSONNumber] keeps them), the rest exactly.
+func jsonEqual(a, b any) bool {
+	switch x := a.(type) {
+	case json.Number:
+		y, ok := b.(json.Number)
+		if !ok {
+			return false
+		}
+		na, err := JSONNumber(x)
+		if err != nil {
+			return false
+		}
+		nb, err := JSONNumber(y)
+		if err != nil {
+			return false
+		}
+		ta, tb := Tags{"": na}, Tags{"": nb}
+		if i, ok := ta.Int(""); ok {
+			j, ok := tb.Int("")
+			return ok && i == j
+		}
+		fa, oka := na.(float64)
+		fb, okb := nb.(float64)
+		return oka && okb && fa == fb
+	case []any:
+		y, ok := b.([]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for i := range x {
+			if !jsonEqual(x[i], y[i]) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		y, ok := b.(map[string]any)
+		if !ok || len(x) != len(y) {
+			return false
+		}
+		for k, e := range x {
+			f, ok := y[k]
+			if !ok || !jsonEqual(e, f) {
+				return false
+			}
+		}
+		return true
+	}
+	return a == b // string, bool or nil
 }
 
 // isNull reports a value JSON writes as null: nil, or a nil slice, map or

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 
@@ -31,6 +32,17 @@ func TestTagValueEqual(t *testing.T) {
 		{map[string]any{"k": 1, "l": []any{true}}, map[string]any{"l": []any{true}, "k": int64(1)}, true},
 		{[]string{"a"}, []any{"a"}, true},
 		{math.NaN(), math.NaN(), false},
+		// One number written two ways, as JSON reads it back.
+		{json.Number("1.0"), 1, true},
+		{json.Number("1e2"), int64(100), true},
+		{json.Number("1.50"), 1.5, true},
+		{json.Number("1.5"), 1, false},
+		{[]any{json.Number("1.0")}, []any{1}, true},
+		{[]any{math.Copysign(0, -1)}, []any{0}, true},
+		{map[string]any{"x": json.Number("2.50")}, map[string]any{"x": 2.5}, true},
+		{map[string]any{"x": 1}, map[string]any{"y": 1}, false},
+		{[]any{json.Number("1"), "a"}, []any{1, "b"}, false},
+		{[]any{float64(1 << 53)}, []any{int64(1<<53 + 1)}, false},
 		{func() {}, func() {}, false},
 	} {
 		assert.Equal(t, tc.want, TagValueEqual(tc.a, tc.b), "%v == %v", tc.a, tc.b)
