@@ -1364,8 +1364,10 @@ class Client:
 
     def list_keys(self, partition_id: str, where=None) -> dict:
         """key → tags of ``partition_id`` whose tags pass every condition of
-        ``where``: ``{name: value}`` (equals), ``{name: [v1, v2]}`` (in),
-        ``{name: ...}`` (exists) or ``{name: None}`` … see :func:`tag_conditions`."""
+        ``where``: ``{name: value}`` (equals; a list value equals a list),
+        ``{name: {v1, v2}}`` (a set: in), ``{name: ...}`` (exists),
+        ``{name: tq.ABSENT}`` (absent; ``None`` tests for a null value); see
+        :func:`tag_conditions`."""
         out, cursor = {}, b""
         conds = tag_conditions(where or {})
         while True:
