@@ -253,6 +253,7 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 	r := newReservation(u, len(sizes))
 	r.held = held
 	placed := 0
+	var order []int // the order to place sizes in; nil: as given
 	waited := false
 	u.mu.Lock()
 	for {
@@ -270,12 +271,16 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents: the unit is shutting down and takes no new writes: %w", len(sizes), engine.ErrClosed))
 		}
 		var ok bool
-		if placed, ok = u.place(r, sizes, placed); ok {
+		if placed, ok = u.place(r, sizes, order, placed); ok {
 			u.openLocked(r)
 			u.mu.Unlock()
 			return r, nil
 		}
-		if size, drops := u.planGrowth(sizes[placed]); size > 0 {
+		next := placed
+		if order != nil {
+			next = order[placed]
+		}
+		if size, drops := u.planGrowth(sizes[next]); size > 0 {
 			if placed > 0 {
 				r.visible = true // others see the space taken while we map
 			}
@@ -288,6 +293,18 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 		}
 		u.rollback(r)
 		placed = 0
+		if u.extents == 0 && u.growing == 0 && order == nil && nonzero(sizes) > 1 {
+			// The unit is empty, yet the request did not fit: its first
+			// extents pinned segments (mapped by earlier requests, or
+			// just now for them) that left no room to map one for the
+			// next. Try once more in an empty arena, largest extents
+			// first.
+			order = largestFirst(sizes)
+			for len(u.segs) > 0 {
+				u.dropClosed(u.segs[0])
+			}
+			continue
+		}
 		if u.extents == 0 && u.growing == 0 {
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes do not fit in an empty unit: %w",
@@ -352,21 +369,46 @@ func (u *Unit) checkSizes(sizes []int64) (int64, error) {
 	return need, nil
 }
 
-// place allocates extents for sizes[from:], stopping at the first that
-// does not fit; it returns the index of that one, or len(sizes).
-func (u *Unit) place(r *Reservation, sizes []int64, from int) (int, bool) {
-	for i := from; i < len(sizes); i++ {
+// place allocates extents for sizes in order (nil: as given), from the
+// from-th on, stopping at the first that does not fit; it returns the
+// position of that one in order, or len(sizes).
+func (u *Unit) place(r *Reservation, sizes []int64, order []int, from int) (int, bool) {
+	for k := from; k < len(sizes); k++ {
+		i := k
+		if order != nil {
+			i = order[k]
+		}
 		if sizes[i] == 0 {
 			continue
 		}
 		e := u.allocExtent(sizes[i])
 		if e == nil {
-			return i, false
+			return k, false
 		}
 		r.exts[i] = e
 		r.bytes += e.blk.size
 	}
 	return len(sizes), true
+}
+
+func nonzero(sizes []int64) int {
+	n := 0
+	for _, size := range sizes {
+		if size > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// largestFirst returns the indexes of sizes, largest size first.
+func largestFirst(sizes []int64) []int {
+	order := make([]int, len(sizes))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(sizes[b], sizes[a]) })
+	return order
 }
 
 // allocExtent places one extent of n > 0 bytes in the first segment with

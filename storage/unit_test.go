@@ -1247,3 +1247,42 @@ func TestRollbackAfterCloseLeavesSegmentsToClose(t *testing.T) {
 		require.Zero(t, late, "trial %d: segments retired after Close took them", trial)
 	}
 }
+
+// TestReserveFitsInEmptyUnit: a request that fits the capacity of an empty
+// unit is not refused because of the order of its sizes or the sizes of
+// the segments earlier requests left mapped. The unit used to place its
+// extents in order, pinning a segment with the first while it could not
+// map one large enough for the next, and then said the request did not
+// fit even in an empty unit.
+func TestReserveFitsInEmptyUnit(t *testing.T) {
+	cfg := Config{Capacity: 128 << 10, SegmentSize: 64 << 10}
+	for _, tc := range []struct {
+		name   string
+		before []int64 // reserved and aborted first
+		sizes  []int64
+	}{
+		{"smaller first", nil, []int64{50 << 10, 70 << 10}},
+		{"after segments of other sizes", []int64{70 << 10, 50 << 10}, []int64{60 << 10, 60 << 10}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newTestUnit(t, cfg)
+			ctx := engine.WithoutWait(t.Context())
+			if tc.before != nil {
+				reserve(t, u, tc.before...).Abort()
+			}
+			r, err := u.Reserve(ctx, tc.sizes)
+			if err != nil {
+				t.Fatalf("Reserve(%v) in an empty unit of %d bytes: %v", tc.sizes, cfg.Capacity, err)
+			}
+			for i, n := range tc.sizes {
+				if got := len(r.Buf(i)); int64(got) != n {
+					t.Errorf("extent %d: got %d bytes, want %d", i, got, n)
+				}
+			}
+			r.Abort()
+			if st := u.Stats(); st.Used != 0 || st.Mapped > cfg.Capacity {
+				t.Errorf("after Abort: used %d, mapped %d of %d", st.Used, st.Mapped, cfg.Capacity)
+			}
+		})
+	}
+}
