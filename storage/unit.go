@@ -28,6 +28,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -362,9 +363,10 @@ func (u *Unit) checkSizes(sizes []int64) (int64, error) {
 		case n > u.cfg.Capacity:
 			return 0, fmt.Errorf("extent %d of %d bytes exceeds capacity %d: %w", i, n, u.cfg.Capacity, engine.ErrCapacity)
 		}
-		if need += blockSize(n); need > u.cfg.Capacity {
-			return 0, fmt.Errorf("%d extents need more than capacity %d: %w", len(sizes), u.cfg.Capacity, engine.ErrCapacity)
-		}
+		need = min(need, math.MaxInt64-blockSize(n)) + blockSize(n) // saturates
+	}
+	if need > u.cfg.Capacity {
+		return 0, fmt.Errorf("%d extents of %d bytes exceed capacity %d: %w", len(sizes), need, u.cfg.Capacity, engine.ErrCapacity)
 	}
 	return need, nil
 }

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -1284,5 +1285,26 @@ func TestReserveFitsInEmptyUnit(t *testing.T) {
 				t.Errorf("after Abort: used %d, mapped %d of %d", st.Used, st.Mapped, cfg.Capacity)
 			}
 		})
+	}
+}
+
+// TestCapacityErrorNamesSizes: a request larger than the capacity is
+// refused with an error that says how many bytes it needs. It used to
+// say only "2 extents need more than capacity".
+func TestCapacityErrorNamesSizes(t *testing.T) {
+	cfg := Config{Capacity: 256 << 10, SegmentSize: 64 << 10}
+	u := newTestUnit(t, cfg)
+	for _, tc := range []struct {
+		sizes []int64
+		want  string
+	}{
+		{[]int64{200 << 10, 100 << 10}, "2 extents of 307200 bytes exceed capacity 262144"},
+		{[]int64{1, 300 << 10}, "extent 1 of 307200 bytes exceeds capacity 262144"},
+	} {
+		_, err := u.Reserve(t.Context(), tc.sizes)
+		wantErr(t, fmt.Sprintf("Reserve(%v)", tc.sizes), err, engine.ErrCapacity)
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Reserve(%v): got error %q, want it to say %q", tc.sizes, err, tc.want)
+		}
 	}
 }
