@@ -80,10 +80,16 @@ func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMet
 // ([engine.ErrLost]: a unit marked draining since the client last listed
 // the units, or a generation its unit fenced), or a unit it wrote to
 // restarted. The failed try gave back what it wrote and changed nothing,
-// and the next one places the bytes on the units as they are now.
+// and the next one places the bytes on the units as they are now. A
+// client that does not list the units tries again only where it asks
+// its metadata service which units drain on every placement (see
+// [Client.drainReporter]): the next try sees the drain.
 func (c *Client) placeAgain(ctx context.Context, err error) bool {
-	if err == nil || !errors.Is(err, engine.ErrLost) || ctx.Err() != nil || c.disc == nil {
+	if err == nil || !errors.Is(err, engine.ErrLost) || ctx.Err() != nil {
 		return false
+	}
+	if c.disc == nil {
+		return c.drainReporter() != nil
 	}
 	c.disc.learn(ctx, c, false)
 	return true
