@@ -87,7 +87,7 @@ func (c *Controller) WaitRead(ctx context.Context, partition string, keys []stri
 
 // readIndex is the log index a read of keys of partition waits for.
 func (c *Controller) readIndex(partition string, keys []string) uint64 {
-	idx := c.removed.Load()
+	var idx uint64
 	if p := c.lock(partition); p != nil {
 		for _, k := range keys {
 			if r, ok := p.keys[k]; ok {
@@ -98,7 +98,10 @@ func (c *Controller) readIndex(partition string, keys []string) uint64 {
 		}
 		p.mu.Unlock()
 	}
-	return idx
+	// After the lookup: a partition cleared (or replaced) since the read
+	// took its keys' records with it, and noted its own here before it
+	// was dropped.
+	return max(idx, c.removed.Load())
 }
 
 // logging reports whether changes are recorded: callers skip building ops
