@@ -249,14 +249,17 @@ def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch
     assert saved["name"] == name and saved["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
     listed = {c["name"]: c for c in client.list_checkpoints()}
     assert listed[name]["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
+    # One load only: a load writes every cell of the shared test server
+    # again before the old ones are freed.
     assert client.load_checkpoint(name) == {"global_steps": 3, "tags": ["a", "é"]}
     with pytest.warns(UserWarning, match="include_storage=False"):
         client.save_checkpoint(name, include_storage=False)
-    assert client.load_checkpoint(name) is None, "saved again without metadata"
+    listed = {c["name"]: c for c in client.list_checkpoints()}
+    assert listed[name]["metadata"] is None, "saved again without metadata"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        client.save_checkpoint(name, include_storage=False, metadata={"global_steps": 4})  # warned once
-    assert client.load_checkpoint(name) == {"global_steps": 4}
+        saved = client.save_checkpoint(name, include_storage=False, metadata={"global_steps": 4})  # warned once
+    assert saved["metadata"] == {"global_steps": 4}
 
 
 def test_save_checkpoint_refuses_bad_metadata(client, part):
