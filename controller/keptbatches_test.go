@@ -101,9 +101,7 @@ func TestKeptBatchTakenStaysConsumed(t *testing.T) {
 func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-	c := openDurable(t, dir, cfg)
-	m := insert(t, c, "p", 8, "x")
-	commitDense(t, c, "p", m.Indexes, "x")
+	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.NoError(t, err)
@@ -157,9 +155,7 @@ func TestKeptBatchSlowStepStaysConsumed(t *testing.T) {
 func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-	c := openDurable(t, dir, cfg)
-	m := insert(t, c, "p", 8, "x")
-	commitDense(t, c, "p", m.Indexes, "x")
+	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.NoError(t, err)
@@ -178,6 +174,16 @@ func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
 	defer c.Close()
 	again, err = c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.ErrorIs(t, err, context.Canceled, "after a restart, group 0's fetch asked again got %v", again)
+}
+
+// openRows opens a durable controller in dir whose partition "p" holds n
+// committed rows of field "x", indexes 0 to n-1.
+func openRows(t *testing.T, dir string, cfg Config, n int) *Controller {
+	t.Helper()
+	c := openDurable(t, dir, cfg)
+	m := insert(t, c, "p", n, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	return c
 }
 
 // restartWays restarts a durable controller from its log alone (a crash)
@@ -200,9 +206,7 @@ func TestKeptBatchFetchFollowedAcrossRestart(t *testing.T) {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
 			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-			c := openDurable(t, dir, cfg)
-			m := insert(t, c, "p", 8, "x")
-			commitDense(t, c, "p", m.Indexes, "x")
+			c := openRows(t, dir, cfg, 8)
 			ctx := context.Background()
 			a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 			require.NoError(t, err)
@@ -235,9 +239,7 @@ func TestKeptBatchLeftBehindAcrossRestart(t *testing.T) {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
 			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-			c := openDurable(t, dir, cfg)
-			m := insert(t, c, "p", 8, "x")
-			commitDense(t, c, "p", m.Indexes, "x")
+			c := openRows(t, dir, cfg, 8)
 			ctx := context.Background()
 			_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
 			require.NoError(t, err)
@@ -262,9 +264,7 @@ func TestKeptBatchAskSurvivesRestart(t *testing.T) {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
 			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-			c := openDurable(t, dir, cfg)
-			m := insert(t, c, "p", 4, "x")
-			commitDense(t, c, "p", m.Indexes, "x")
+			c := openRows(t, dir, cfg, 4)
 			ctx := context.Background()
 			a, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
 			require.NoError(t, err)
@@ -279,7 +279,7 @@ func TestKeptBatchAskSurvivesRestart(t *testing.T) {
 			c = openDurable(t, dir, cfg)
 			defer c.Close()
 			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
-			m = insert(t, c, "p", 4, "x")
+			m := insert(t, c, "p", 4, "x")
 			commitDense(t, c, "p", m.Indexes, "x")
 			time.Sleep(100 * time.Millisecond)
 			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
@@ -295,9 +295,7 @@ func TestKeptBatchWaitCountsFromRestart(t *testing.T) {
 	const ttl = 1500 * time.Millisecond
 	dir := t.TempDir()
 	cfg := Config{KeptBatchTTL: ttl}
-	c := openDurable(t, dir, cfg)
-	m := insert(t, c, "p", 8, "x")
-	commitDense(t, c, "p", m.Indexes, "x")
+	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
 	require.NoError(t, err)
@@ -355,9 +353,7 @@ func TestKeptBatchOptionsOutOfRange(t *testing.T) {
 			t.Run(tc.name+"/"+way.name, func(t *testing.T) {
 				dir := t.TempDir()
 				cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-				c := openDurable(t, dir, cfg)
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := openRows(t, dir, cfg, 8)
 				ctx := context.Background()
 				_, err := c.Fetch(ctx, keyedFetch(1, 0, 4, "k1"))
 				require.NoError(t, err)
@@ -403,9 +399,7 @@ func logPrefix(t *testing.T, dir, dir2 string, n uint64) {
 func TestKeptBatchGivenBackIsOneRecord(t *testing.T) {
 	dir := t.TempDir()
 	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
-	c := openDurable(t, dir, cfg)
-	m := insert(t, c, "p", 8, "x")
-	commitDense(t, c, "p", m.Indexes, "x")
+	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
 	require.NoError(t, err)
