@@ -13,9 +13,10 @@ package stream
 // iterator cancels the prefetcher's context, waits for it to exit, and
 // then disposes of every item still in the channel or in the prefetcher's
 // hands: its views are released and, for a private fetch, its rows are
-// given back to the task (UNCONSUME by the fetch's key). A fetch the
-// cancellation cut short gives its rows back itself (the client does that
-// for a fetch its caller abandons). Batches of a shared sampler (one that
+// given back to the task (UNCONSUME by the fetch's key). A private fetch
+// the cancellation cut short (or that failed) is given back by its key
+// too, before the iteration returns: its client does that only in the
+// background. Batches of a shared sampler (one that
 // keeps batches for DP peers) are not given back: they stay with the
 // group's batch index, and a rank that restarts at Loader.Next gets them.
 
@@ -501,6 +502,13 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			*pos = Position{Step: pos.Step + 1}
 			continue
 		case err != nil:
+			// A private fetch that failed (canceled, say) may have taken
+			// rows its client gives back only in the background: give
+			// them back before the iteration ends, or a loader started
+			// at Next could find the partition consumed without them.
+			if l.private {
+				l.giveBack(part, req.Key)
+			}
 			return item{err: fmt.Errorf("stream: fetch from %q: %w", part, err)}
 		case m.Empty():
 			continue // a wait that ended without rows: wait again

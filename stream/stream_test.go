@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -702,4 +703,87 @@ func TestEndWhenConsumedGetsRowsOfALateFetch(t *testing.T) {
 	}
 	release()
 	require.Equal(t, upTo(4), got, "the rows the late fetch took")
+}
+
+// cutMeta makes the second fetch that waits behave as a remote one the
+// caller canceled just as the controller took rows for it: the caller
+// gets the cancellation, and the client gives the rows back in the
+// background (RemoteMeta.giveBack), here only once the test lets it.
+type cutMeta struct {
+	streamOps
+	cut   func(req engine.FetchRequest) // takes the rows, as the canceled fetch did
+	waits atomic.Int32
+}
+
+func (m *cutMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if req.Wait && m.waits.Add(1) == 2 {
+		<-ctx.Done()
+		m.cut(req)
+		return nil, ctx.Err()
+	}
+	return m.MetaService.Fetch(ctx, req)
+}
+
+// A private fetch canceled with the loop (a context canceled mid-fetch)
+// whose rows the controller took is given back before All returns: a
+// loader restarted at Next over the partition, now done, gets those rows.
+// They used to come back only in the background, after the restarted
+// loader had found the partition consumed and ended without them.
+func TestCanceledFetchGivenBackBeforeAllReturns(t *testing.T) {
+	for _, prefetch := range []int{0, 1} {
+		e := cluster(t)
+		ctx := context.Background()
+		inner := embedded.Meta(e.Controller, e.Units...)
+		giveBack := make(chan struct{})
+		release := sync.OnceFunc(func() { close(giveBack) })
+		var bg sync.WaitGroup
+		t.Cleanup(bg.Wait)
+		t.Cleanup(release)
+		m := &cutMeta{streamOps: streamOps{inner}, cut: func(req engine.FetchRequest) {
+			produce(t, e.Client, "p", 4, 4, nil)
+			req.Wait = false
+			took, err := inner.Fetch(ctx, req)
+			require.NoError(t, err)
+			require.Equal(t, 4, took.Len(), "the canceled fetch took the rows")
+			bg.Go(func() {
+				<-giveBack
+				inner.(client.StreamService).Unconsume(ctx, req.Partition, req.Task, req.Key)
+			})
+		}}
+		var dus []client.DataUnit
+		for _, u := range e.Units {
+			dus = append(dus, embedded.Unit(u))
+		}
+		cb, err := client.New(m, dus, client.DefaultConfig())
+		require.NoError(t, err)
+		t.Cleanup(func() { cb.Close() })
+		produce(t, e.Client, "p", 0, 4, nil)
+
+		cfg := config("p")
+		cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, prefetch
+		l, err := New(cb, cfg)
+		require.NoError(t, err)
+		cctx, cancel := context.WithCancel(ctx)
+		var got []int64
+		var last error
+		for b, err := range l.All(cctx) {
+			if err != nil {
+				last = err
+				break
+			}
+			got = append(got, values(t, b)...)
+			cancel() // the next fetch is waiting, or soon will be
+		}
+		cancel()
+		require.ErrorIs(t, last, context.Canceled, "prefetch %d", prefetch)
+		require.NoError(t, e.Client.MarkDone(ctx, "p"))
+		cfg.Start = l.Next()
+		again, err := New(cb, cfg)
+		require.NoError(t, err)
+		tctx, tcancel := context.WithTimeout(ctx, 10*time.Second)
+		got = append(got, flat(collect(t, tctx, again))...)
+		tcancel()
+		release()
+		require.Equal(t, upTo(8), got, "prefetch %d: every row once", prefetch)
+	}
 }
