@@ -255,7 +255,6 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 		field string
 	}
 	seen := make(map[key]bool, len(moves))
-	targets := map[engine.UnitID]bool{}
 	for i, m := range moves {
 		k := key{m.Index, m.Field}
 		switch {
@@ -267,6 +266,19 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 			return nil, nil, opErr("move cells", partition, fmt.Errorf("move of cell %q of row %d from %d bytes to %d: %w", m.Field, m.Index, m.From.Addr.Len, m.To.Addr.Len, engine.ErrInvalid))
 		}
 		seen[k] = true
+	}
+	p := c.lock(partition)
+	if p == nil {
+		// Cleared since the mover listed it: no cell is at From.
+		return make([]bool, len(moves)), nil, nil
+	}
+	defer p.mu.Unlock()
+	// The targets are checked under the partition's lock, as a commit's
+	// are (checkDraining): a drain lists the unit's cells under the same
+	// lock after marking it, so a move checked before the mark is in what
+	// it lists, and one checked after is refused.
+	targets := map[engine.UnitID]bool{}
+	for _, m := range moves {
 		if _, ok := targets[m.To.Unit]; ok {
 			continue
 		}
@@ -282,12 +294,6 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 		}
 		targets[m.To.Unit] = true
 	}
-	p := c.lock(partition)
-	if p == nil {
-		// Cleared since the mover listed it: no cell is at From.
-		return make([]bool, len(moves)), nil, nil
-	}
-	defer p.mu.Unlock()
 	copies := make([]engine.CommitField, 1)
 	for _, m := range moves {
 		if m.To.Addr.Len > 0 {

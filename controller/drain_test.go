@@ -262,3 +262,28 @@ func TestMoveCellsRefusesDeadTarget(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, loc(1, 1, 1, 0, 8), got.Cells["x"][0], "the cell stays where it can be read")
 }
+
+// A move checked against the registry before its target was marked
+// draining, and committed after (it waited for the partition's lock while
+// the drain listed the unit), must not land on the draining unit: the
+// drain's listing, which holds the same lock, would not see it, and the
+// drain would finish with the cell still there.
+func TestMoveCellsRefusesTargetMarkedDrainingMeanwhile(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := drainSetup(t, c, 1)
+	p := c.lock("p") // the drain's listing of another unit holds it, say
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.MoveCells("p", []engine.CellMove{{Index: m.Indexes[0], Field: "x", From: loc(1, 1, 1, 0, 8), To: loc(2, 1, 1, 0, 8)}})
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the move checks its target and waits for the lock
+	_, err := c.DrainUnit(2, true)
+	require.NoError(t, err)
+	p.mu.Unlock()
+	err = <-done
+	require.ErrorIs(t, err, engine.ErrInvalid, "a move onto a unit marked draining before it took the partition's lock")
+	cells, _, err := c.UnitCells(2, nil, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, cells, "no cell is moved onto the draining unit")
+}
