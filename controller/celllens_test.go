@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -59,6 +60,18 @@ func TestCommitRefusesCellsOfTheWrongLength(t *testing.T) {
 		{"opaque of any length", engine.CommitField{Name: "x", DType: engine.Bytes, Kind: engine.Opaque, Locs: cellsFrom(0, 0, 5, 1000)}, ""},
 		{"no locations", engine.CommitField{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2, 3}}, ""},
 		{"cells not stored", dense([]engine.CellLoc{{}, {}, {}}), ""},
+		// Counts whose sum wraps around to the rows' 3 passed the count
+		// check: this commit was taken (with a ragged field the length
+		// check indexed past the shapes instead: a panic).
+		{"runs whose counts wrap around", func() engine.CommitField {
+			f := dense(nil)
+			f.Locs = nil
+			for _, n := range []int{math.MaxInt, math.MaxInt, 5} {
+				f.Runs = append(f.Runs, engine.CellRun{Unit: 1, First: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 24}, Count: n})
+			}
+			return f
+		}(), `field "x" has a run of 9223372036854775807 cells (0 of 3 rows covered before it)`},
+		{"runs of more cells than rows", run(dense(nil), 4, 24), `field "x" has a run of 4 cells (0 of 3 rows covered before it)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newController(t, DefaultConfig())

@@ -111,8 +111,10 @@ func checkFields(fields []engine.CommitField, n int) error {
 			}
 			cells := 0
 			for _, r := range cf.Runs {
-				if r.Count <= 0 {
-					return fmt.Errorf("field %q has a run of %d cells: %w", cf.Name, r.Count, engine.ErrInvalid)
+				// More than the rows left is refused here, before the sum
+				// could wrap around and pass.
+				if r.Count <= 0 || r.Count > n-cells {
+					return fmt.Errorf("field %q has a run of %d cells (%d of %d rows covered before it): %w", cf.Name, r.Count, cells, n, engine.ErrInvalid)
 				}
 				cells += r.Count
 			}
