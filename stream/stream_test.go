@@ -665,29 +665,8 @@ func TestEndWhenConsumedGetsRowsOfALateFetch(t *testing.T) {
 	t.Cleanup(func() { e.Close() })
 	ctx := context.Background()
 	inner := embedded.Meta(e.Controller, e.Units...)
-	giveBack := make(chan struct{})
-	release := sync.OnceFunc(func() { close(giveBack) })
-	var bg sync.WaitGroup
-	t.Cleanup(bg.Wait)
-	t.Cleanup(release)
-	m := &lateMeta{streamOps: streamOps{inner}, late: func(req engine.FetchRequest) {
-		produce(t, e.Client, "p", 0, 4, nil)
-		req.Wait = false
-		took, err := inner.Fetch(ctx, req)
-		require.NoError(t, err)
-		require.Equal(t, 4, took.Len(), "the late fetch took the rows")
-		bg.Go(func() {
-			<-giveBack
-			inner.(client.StreamService).Unconsume(ctx, req.Partition, req.Task, req.Key)
-		})
-	}}
-	var dus []client.DataUnit
-	for _, u := range e.Units {
-		dus = append(dus, embedded.Unit(u))
-	}
-	cb, err := client.New(m, dus, client.DefaultConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { cb.Close() })
+	take, release := takeGivenBackLater(t, e, inner, 0)
+	cb := clientOver(t, e, &lateMeta{streamOps: streamOps{inner}, late: take})
 
 	lcfg := config("p")
 	lcfg.Sampler, lcfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 0
@@ -703,6 +682,44 @@ func TestEndWhenConsumedGetsRowsOfALateFetch(t *testing.T) {
 	}
 	release()
 	require.Equal(t, upTo(4), got, "the rows the late fetch took")
+}
+
+// takeGivenBackLater returns what a fetch whose caller never saw its
+// reply does: produce rows from..from+4 of "p" and take them with the
+// fetch's request, then give them back in the background, as a remote
+// client does, only once release is called (at the test's end at the
+// latest).
+func takeGivenBackLater(t *testing.T, e *embedded.Cluster, inner client.MetaService, from int) (take func(engine.FetchRequest), release func()) {
+	ctx := context.Background()
+	giveBack := make(chan struct{})
+	release = sync.OnceFunc(func() { close(giveBack) })
+	var bg sync.WaitGroup
+	t.Cleanup(bg.Wait)
+	t.Cleanup(release)
+	take = func(req engine.FetchRequest) {
+		produce(t, e.Client, "p", from, 4, nil)
+		req.Wait = false
+		took, err := inner.Fetch(ctx, req)
+		require.NoError(t, err)
+		require.Equal(t, 4, took.Len(), "the fetch took the rows")
+		bg.Go(func() {
+			<-giveBack
+			inner.(client.StreamService).Unconsume(ctx, req.Partition, req.Task, req.Key)
+		})
+	}
+	return take, release
+}
+
+// clientOver is a client of e's units whose metadata service is m.
+func clientOver(t *testing.T, e *embedded.Cluster, m client.MetaService) *client.Client {
+	var dus []client.DataUnit
+	for _, u := range e.Units {
+		dus = append(dus, embedded.Unit(u))
+	}
+	cb, err := client.New(m, dus, client.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { cb.Close() })
+	return cb
 }
 
 // cutMeta makes the second fetch that waits behave as a remote one the
@@ -734,29 +751,8 @@ func TestCanceledFetchGivenBackBeforeAllReturns(t *testing.T) {
 		e := cluster(t)
 		ctx := context.Background()
 		inner := embedded.Meta(e.Controller, e.Units...)
-		giveBack := make(chan struct{})
-		release := sync.OnceFunc(func() { close(giveBack) })
-		var bg sync.WaitGroup
-		t.Cleanup(bg.Wait)
-		t.Cleanup(release)
-		m := &cutMeta{streamOps: streamOps{inner}, cut: func(req engine.FetchRequest) {
-			produce(t, e.Client, "p", 4, 4, nil)
-			req.Wait = false
-			took, err := inner.Fetch(ctx, req)
-			require.NoError(t, err)
-			require.Equal(t, 4, took.Len(), "the canceled fetch took the rows")
-			bg.Go(func() {
-				<-giveBack
-				inner.(client.StreamService).Unconsume(ctx, req.Partition, req.Task, req.Key)
-			})
-		}}
-		var dus []client.DataUnit
-		for _, u := range e.Units {
-			dus = append(dus, embedded.Unit(u))
-		}
-		cb, err := client.New(m, dus, client.DefaultConfig())
-		require.NoError(t, err)
-		t.Cleanup(func() { cb.Close() })
+		take, release := takeGivenBackLater(t, e, inner, 4)
+		cb := clientOver(t, e, &cutMeta{streamOps: streamOps{inner}, cut: take})
 		produce(t, e.Client, "p", 0, 4, nil)
 
 		cfg := config("p")
