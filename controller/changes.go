@@ -18,7 +18,13 @@ package controller
 // Change numbers are part of the state: the log's ops that change keys
 // carry the number they gave (change_seq), and state files hold each
 // key's number, the partition's last, and the cleared keys. So a cursor
-// stays valid across restarts of a durable controller.
+// stays valid across restarts of a durable controller, as long as
+// nothing it saw was lost: a cursor names the start of the controller
+// that gave it and the last log record appended when it was given, and
+// one whose record is at or past the record of a later start saw records
+// that start did not find (a machine crash with --fsync never, an older
+// copy of the data directory restored): it is answered with a reset, as
+// is one naming a start the state does not know (one of the newest 64).
 
 import (
 	"cmp"
@@ -32,6 +38,7 @@ import (
 	"github.com/google/btree"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // maxCleared is how many cleared keys a partition remembers for its
@@ -216,41 +223,40 @@ func (f *changeFeed) wait() <-chan struct{} {
 
 // changesCursor is where a listing of changes stands: the controller
 // (its cluster id: an in-memory controller draws a new one each start),
-// the partition and its gen (0: from the beginning, whatever the
-// partition), and the position of the last change listed. Within a
-// listing of every key (from a nil cursor or a reset) that has more
-// pages, asOf is the partition's last change number when the listing
-// began (0 otherwise): keys cleared by then were not listed, so
-// forgetting them does not matter to the pages that follow.
+// the start that gave it (its nonce) and the last log record appended
+// then (0 without a log), the partition and its gen (0: from the
+// beginning, whatever the partition), and the position of the last
+// change listed. Within a listing of every key (from a nil cursor or a
+// reset) that has more pages, asOf is the partition's last change number
+// when the listing began (0 otherwise): keys cleared by then were not
+// listed, so forgetting them does not matter to the pages that follow.
 type changesCursor struct {
 	cluster   string
+	start     uint64 // nonce
+	logIndex  uint64
 	partition string
 	gen       uint64
 	pos       changePos
 	asOf      uint64
 }
 
-// The cursor's versions: 2 is 1 with asOf, written only when asOf is set.
+// The cursor's versions: 2 is 1 with asOf; 3, the one written, has asOf
+// (0 if unset), the start and the log index. A cursor of version 1 or 2
+// names no start: it is answered with a reset.
 const (
-	changesCursorVersion     = 1
-	changesCursorVersionAsOf = 2
+	changesCursorVersion      = 1
+	changesCursorVersionAsOf  = 2
+	changesCursorVersionStart = 3
 )
 
-// encode writes the cursor: a version byte, uvarints gen, change, seq
-// (and asOf in version 2), the cluster id (uvarint length, bytes), then
+// encode writes the cursor: a version byte, uvarints gen, change, seq,
+// asOf, start, log index, the cluster id (uvarint length, bytes), then
 // the partition id.
 func (cc changesCursor) encode() []byte {
-	b := []byte{changesCursorVersion}
-	if cc.asOf != 0 {
-		b[0] = changesCursorVersionAsOf
+	b := []byte{changesCursorVersionStart}
+	for _, v := range [...]uint64{cc.gen, cc.pos.change, cc.pos.seq, cc.asOf, cc.start, cc.logIndex, uint64(len(cc.cluster))} {
+		b = binary.AppendUvarint(b, v)
 	}
-	b = binary.AppendUvarint(b, cc.gen)
-	b = binary.AppendUvarint(b, cc.pos.change)
-	b = binary.AppendUvarint(b, cc.pos.seq)
-	if cc.asOf != 0 {
-		b = binary.AppendUvarint(b, cc.asOf)
-	}
-	b = binary.AppendUvarint(b, uint64(len(cc.cluster)))
 	b = append(b, cc.cluster...)
 	return append(b, cc.partition...)
 }
@@ -261,17 +267,24 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 		return cc, nil
 	}
 	bad := fmt.Errorf("malformed changes cursor: %w", engine.ErrInvalid)
-	var vals [5]uint64 // gen, change, seq, asOf, cluster id length
-	switch b[0] {
+	// gen, change, seq, asOf, start, log index, cluster id length; which
+	// of them the version has.
+	var vals [7]uint64
+	var has [7]bool
+	version := b[0]
+	switch version {
 	case changesCursorVersion:
+		has = [7]bool{true, true, true, false, false, false, true}
 	case changesCursorVersionAsOf:
+		has = [7]bool{true, true, true, true, false, false, true}
+	case changesCursorVersionStart:
+		has = [7]bool{true, true, true, true, true, true, true}
 	default:
 		return cc, bad
 	}
-	asOf := b[0] == changesCursorVersionAsOf
 	b = b[1:]
 	for i := range vals {
-		if i == 3 && !asOf {
+		if !has[i] {
 			continue
 		}
 		v, n := binary.Uvarint(b)
@@ -280,16 +293,64 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 		}
 		vals[i], b = v, b[n:]
 	}
-	if vals[4] > uint64(len(b)) {
+	if vals[6] > uint64(len(b)) {
 		return cc, bad
 	}
-	cc.gen, cc.pos, cc.asOf = vals[0], changePos{vals[1], vals[2]}, vals[3]
-	cc.cluster, cc.partition = string(b[:vals[4]]), string(b[vals[4]:])
-	if cc.gen == 0 || cc.partition == "" || asOf && cc.asOf == 0 {
+	cc.gen, cc.pos, cc.asOf, cc.start, cc.logIndex = vals[0], changePos{vals[1], vals[2]}, vals[3], vals[4], vals[5]
+	cc.cluster, cc.partition = string(b[:vals[6]]), string(b[vals[6]:])
+	if cc.gen == 0 || cc.partition == "" || version == changesCursorVersionAsOf && cc.asOf == 0 {
 		return cc, bad
 	}
 	return cc, nil
 }
+
+// maxStarts is how many of the newest starts a controller remembers for
+// the change feed's cursors.
+const maxStarts = 64
+
+// startMark is a start a cursor may name (wirepb.StartMark): its nonce
+// and the log index of its record (0 without a log).
+type startMark struct{ nonce, index uint64 }
+
+// noteStart adds a start to c.starts, forgetting the oldest past
+// maxStarts.
+func (c *Controller) noteStart(nonce, index uint64) {
+	if len(c.starts) == maxStarts {
+		c.starts = slices.Delete(c.starts, 0, 1)
+	}
+	c.starts = append(c.starts, startMark{nonce, index})
+}
+
+// knows reports whether everything cur saw is still in c's state: the
+// start that gave it is known, and no start since found the log shorter
+// than cur's record.
+func (c *Controller) knows(cur changesCursor) bool {
+	if cur.cluster != c.cluster {
+		return false
+	}
+	i := slices.IndexFunc(c.starts, func(s startMark) bool { return s.nonce == cur.start })
+	if i < 0 || cur.start == 0 {
+		return false
+	}
+	for _, s := range c.starts[i+1:] {
+		if cur.logIndex >= s.index {
+			return false
+		}
+	}
+	return true
+}
+
+// startsPB returns c.starts for a snapshot's header.
+func (c *Controller) startsPB() []*wirepb.StartMark {
+	out := make([]*wirepb.StartMark, len(c.starts))
+	for i, s := range c.starts {
+		out[i] = &wirepb.StartMark{Nonce: s.nonce, Index: s.index}
+	}
+	return out
+}
+
+// nonce returns this start's nonce.
+func (c *Controller) nonce() uint64 { return c.starts[len(c.starts)-1].nonce }
 
 // KeyChanges lists the keys of a partition changed after req.Cursor (nil:
 // from the beginning): created, committed to, their tags set or removed,
@@ -307,9 +368,10 @@ func decodeChangesCursor(b []byte) (changesCursor, error) {
 // of an answer is where the next request starts; it stays valid across a
 // restart of a durable controller. A cursor of another incarnation of the
 // partition (cleared since) or of the controller (an in-memory one that
-// restarted), one from before the newest 65536 cleared keys, or one past
-// the partition's last change is answered with Reset (see
-// [engine.KeyChanges]).
+// restarted), one that saw changes the log lost or names a start the
+// state does not know (see the top of this file), one from before the
+// newest 65536 cleared keys, or one past the partition's last change is
+// answered with Reset (see [engine.KeyChanges]).
 //
 // Errors: [engine.ErrInvalid] for an empty partition id, a bad limit, a
 // malformed cursor or one of another partition; with Wait, the context's
@@ -355,7 +417,7 @@ func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, 
 				continue // made between lock and RLock
 			}
 		} else {
-			out := p.changesSince(c.cluster, cur, limit, shared)
+			out := p.changesSince(c.cursorHere(), cur, cur.gen == 0 || c.knows(cur), limit, shared)
 			wake, dropped = p.feed.wait(), p.changedChan()
 			p.mu.Unlock()
 			if len(out.Changes) > 0 || out.Reset {
@@ -382,8 +444,21 @@ func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, 
 	}
 }
 
-// changesSince lists the changes after cur. p is locked.
-func (p *partition) changesSince(cluster string, cur changesCursor, limit int, shared bool) engine.KeyChanges {
+// cursorHere returns a cursor naming c, this start and the last log
+// record appended: taken under a partition's lock, every change the
+// partition shows is in a record up to it.
+func (c *Controller) cursorHere() changesCursor {
+	cc := changesCursor{cluster: c.cluster, start: c.nonce()}
+	if c.j != nil {
+		cc.logIndex = c.j.Last()
+	}
+	return cc
+}
+
+// changesSince lists the changes after cur, known unless the changes it
+// saw may be lost (see Controller.knows); here names the controller for
+// the answer's cursor (Controller.cursorHere). p is locked.
+func (p *partition) changesSince(here, cur changesCursor, known bool, limit int, shared bool) engine.KeyChanges {
 	var out engine.KeyChanges
 	from, withCleared, asOf := cur.pos.after(), true, cur.asOf
 	// The cleared keys the cursor needs are those after its position
@@ -395,7 +470,7 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int, s
 	switch {
 	case cur.gen == 0:
 		from, withCleared, asOf = changePos{}, false, p.feed.seq
-	case cur.cluster != cluster || cur.gen != p.gen || cur.pos.change > p.feed.seq || cur.asOf > p.feed.seq || needs.less(p.feed.floor):
+	case !known || cur.gen != p.gen || cur.pos.change > p.feed.seq || cur.asOf > p.feed.seq || needs.less(p.feed.floor):
 		from, withCleared, asOf, out.Reset = changePos{}, false, p.feed.seq, true
 	}
 	// The keys (up to limit+1 of them) and the cleared keys from the
@@ -453,6 +528,7 @@ func (p *partition) changesSince(cluster string, cur changesCursor, limit int, s
 		// Everything up to the partition's last change is told.
 		last, asOf = changePos{p.feed.seq, math.MaxUint64}, 0
 	}
-	out.Cursor = changesCursor{cluster: cluster, partition: p.id, gen: p.gen, pos: last, asOf: asOf}.encode()
+	here.partition, here.gen, here.pos, here.asOf = p.id, p.gen, last, asOf
+	out.Cursor = here.encode()
 	return out
 }

@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -195,7 +197,9 @@ func TestKeyChangesForgetsClearedKeys(t *testing.T) {
 	for range 2 {
 		d := openDurable(t, dir, Config{})
 		assert.Equal(t, want, stateBytes(t, d))
-		assert.Equal(t, fromLate, changed(t, d, "p", late))
+		got := changed(t, d, "p", late)
+		assert.Equal(t, fromLate.Changes, got.Changes)
+		assert.False(t, got.Reset)
 		assert.True(t, changed(t, d, "p", early).Reset)
 		require.NoError(t, d.Close())
 	}
@@ -291,7 +295,8 @@ func TestKeyChangesAcrossRestart(t *testing.T) {
 			defer d.Close()
 			got := changed(t, d, "p", cur)
 			assert.False(t, got.Reset)
-			assert.Equal(t, want, got, "the same changes, the same cursor")
+			assert.Equal(t, want.Changes, got.Changes, "the same changes")
+			assert.Equal(t, want.More, got.More)
 			// And the counter goes on: a change after the restart comes
 			// after the cursor taken before it.
 			_, err = d.CompareAndSetTag(engine.TagSwap{Partition: "p", Key: "c", Name: "status", New: "late"})
@@ -403,8 +408,104 @@ func TestKeyChangesListingBelowFloor(t *testing.T) {
 	// partition's last change is a reset, and version 2 without it is
 	// malformed.
 	p := c.get("p")
-	forged := changesCursor{cluster: c.cluster, partition: "p", gen: p.gen, pos: changePos{1, 1}, asOf: p.feed.seq + 1}
+	forged := changesCursor{cluster: c.cluster, start: c.nonce(), partition: "p", gen: p.gen, pos: changePos{1, 1}, asOf: p.feed.seq + 1}
 	assert.True(t, changed(t, c, "p", forged.encode()).Reset)
 	_, err = c.KeyChanges(context.Background(), engine.ChangesRequest{Partition: "p", Cursor: []byte{changesCursorVersionAsOf, byte(p.gen), 1, 1, 0, 0, 'p'}})
 	require.ErrorIs(t, err, engine.ErrInvalid)
+
+	// A cursor of the versions before cursors named their start (here
+	// the same position, version 1) names none: a reset.
+	cid := c.cluster
+	v1 := append([]byte{changesCursorVersion, byte(p.gen), 1, 1, byte(len(cid))}, cid...)
+	assert.True(t, changed(t, c, "p", append(v1, 'p')).Reset)
+}
+
+// TestKeyChangesForgottenStart: a controller remembers the newest 64
+// starts; a cursor from an older one is answered with a reset, one from
+// the oldest it remembers is not.
+func TestKeyChangesForgottenStart(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{})
+	putTags(t, c, "p", []string{"a"}, nil)
+	first := changed(t, c, "p", nil).Cursor
+	require.NoError(t, c.Close())
+	var second []byte
+	for i := range maxStarts - 1 {
+		c = openDurable(t, dir, Config{})
+		if i == 0 {
+			second = changed(t, c, "p", nil).Cursor
+		}
+		require.NoError(t, c.Close())
+	}
+	c = openDurable(t, dir, Config{})
+	defer c.Close()
+	require.Len(t, c.starts, maxStarts)
+	assert.True(t, changed(t, c, "p", first).Reset, "a start no longer remembered")
+	got := changed(t, c, "p", second)
+	assert.False(t, got.Reset, "the oldest start remembered")
+	assert.Empty(t, got.Changes)
+}
+
+// restore replaces the data directory dir with the copy in from, as an
+// operator restoring a backup (or a machine whose last writes were lost)
+// would leave it.
+func restore(t *testing.T, dir, from string) {
+	t.Helper()
+	require.NoError(t, os.RemoveAll(dir))
+	require.NoError(t, os.CopyFS(dir, os.DirFS(from)))
+}
+
+// TestKeyChangesLostTail: a cursor that saw changes the log later lost (a
+// machine crash with --fsync never; an older copy of the data directory
+// restored) is answered with a reset, even after new changes have brought
+// the partition's change numbers back past it; a cursor from before the
+// loss still lists exactly what came after it.
+func TestKeyChangesLostTail(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// image copies the data directory at the point the log will be
+		// cut back to, and stops c; what c logs after it is lost.
+		image func(t *testing.T, c *Controller, dir, image string)
+	}{
+		{"mid-run", func(t *testing.T, c *Controller, dir, image string) {
+			// A copy of the live directory: the log as a machine crash
+			// would leave it if nothing after this reached the disk.
+			require.NoError(t, c.WaitDurable(context.Background()))
+			require.NoError(t, os.CopyFS(image, os.DirFS(dir)))
+		}},
+		{"backup", func(t *testing.T, c *Controller, dir, image string) {
+			require.NoError(t, c.Close())
+			require.NoError(t, os.CopyFS(image, os.DirFS(dir)))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, image := t.TempDir(), filepath.Join(t.TempDir(), "image")
+			c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+			putTags(t, c, "p", []string{"a"}, engine.Tags{"status": "one"})
+			before := changed(t, c, "p", nil).Cursor
+			tc.image(t, c, dir, image)
+			if tc.name == "backup" {
+				c = openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+			}
+			putTags(t, c, "p", []string{"b"}, engine.Tags{"status": "lost"})
+			seen := changed(t, c, "p", before)
+			require.Equal(t, []string{"b=lost"}, summary(seen))
+			require.NoError(t, c.WaitDurable(context.Background()))
+			crash(t, c)
+
+			restore(t, dir, image)
+			d := openDurable(t, dir, Config{})
+			defer d.Close()
+			// New changes take the numbers the lost one had, and more.
+			putTags(t, d, "p", []string{"c"}, engine.Tags{"status": "new"})
+			putTags(t, d, "p", []string{"d"}, engine.Tags{"status": "new"})
+			got := changed(t, d, "p", seen.Cursor)
+			assert.True(t, got.Reset, "a cursor past what the log kept: %v", summary(got))
+			assert.Equal(t, []string{"a=one", "c=new", "d=new"}, summary(got))
+			// The cursor from before the loss saw only what was kept.
+			got = changed(t, d, "p", before)
+			assert.False(t, got.Reset)
+			assert.Equal(t, []string{"c=new", "d=new"}, summary(got))
+		})
+	}
 }

@@ -309,7 +309,7 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 	c.noteRemoved(replaced)
 	st := c.copyState()
 	pos := c.j.Pos()
-	st.head.LogIndex = pos.Index
+	st.head.LogIndex, st.head.Starts = pos.Index, c.startsPB()
 	err = c.samplerState(st.head)
 	if err == nil {
 		err = c.j.WriteSnapshot(pos, func(w io.Writer) error { return st.write(w, nil) })

@@ -95,6 +95,10 @@ type Controller struct {
 	// Identity: the cluster's id and this start's epoch (see ClusterInfo).
 	cluster string
 	epoch   uint64
+	// starts are the recent starts the change feed's cursors may name,
+	// oldest first, this one last (changes.go). Set before the
+	// controller serves anyone, then only read.
+	starts []startMark
 
 	// removed is the log index of the last record that took whole
 	// partitions away, replaced the state or marked cells lost: every
@@ -163,6 +167,7 @@ func New(cfg Config) (*Controller, error) {
 	c.units.watchEvictions(c.fences.drop)
 	if cfg.Dir == "" {
 		c.cluster, c.epoch = newClusterID(), 1
+		c.noteStart(newNonce(), 0)
 		return c, nil
 	}
 	c.units.log = func(op *wirepb.LogOp) { c.log(op) }

@@ -13,6 +13,7 @@ package controller
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -38,6 +39,17 @@ func newClusterID() string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// newNonce draws a start's nonce (never 0, which names no start).
+func newNonce() uint64 {
+	for {
+		var b [8]byte
+		rand.Read(b[:])
+		if n := binary.LittleEndian.Uint64(b[:]); n != 0 {
+			return n
+		}
+	}
 }
 
 // log records ops as one record, if the controller is durable. The caller
@@ -175,12 +187,12 @@ func (c *Controller) openJournal() error {
 		return fmt.Errorf("recover controller state from %s: %w", c.cfg.Dir, err)
 	}
 	c.epoch++
-	op := &wirepb.ClusterOp{Epoch: c.epoch}
+	op := &wirepb.ClusterOp{Epoch: c.epoch, Nonce: newNonce()}
 	if c.cluster == "" {
 		c.cluster = newClusterID()
 		op.ClusterId = c.cluster
 	}
-	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: op}})
+	c.noteStart(op.Nonce, c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Cluster{Cluster: op}}))
 	if err := c.WaitDurable(context.Background()); err != nil {
 		j.Close()
 		c.j = nil
@@ -249,6 +261,8 @@ func (c *Controller) recover() (abandoned bool, err error) {
 				}
 				abandoned = true
 				continue
+			} else if cl != nil && cl.Nonce != 0 {
+				c.noteStart(cl.Nonce, i)
 			}
 			if err := c.apply(op); err != nil {
 				return err
@@ -335,6 +349,10 @@ func (c *Controller) adopt(ls *loadedState) error {
 		return err
 	}
 	c.cluster, c.epoch, c.nextGen = ls.head.ClusterId, ls.head.Epoch, max(ls.head.NextGen, 1)
+	c.starts = c.starts[:0]
+	for _, s := range ls.head.Starts {
+		c.noteStart(s.Nonce, s.Index)
+	}
 	c.parts = ls.parts
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, c.usedIndexes())
 	return nil
@@ -668,6 +686,7 @@ func (c *Controller) snapshot() error {
 		from, to = from[n:], to[n:] // the newest
 	}
 	st.head.MovedFrom, st.head.MovedTo = wire.AddrsToPB(from), wire.AddrsToPB(to)
+	st.head.Starts = c.startsPB()
 	err := c.samplerState(st.head) // under the locks, as of pos
 	unlock()
 	if err != nil {

@@ -165,7 +165,8 @@ type ChangeSet struct {
 //	}
 //
 // The cursor stays valid across restarts of a durable controller (tq
-// serve --data-dir). Errors: [engine.ErrInvalid] for an empty partition,
+// serve --data-dir) unless the log lost changes it saw (then Reset).
+// Errors: [engine.ErrInvalid] for an empty partition,
 // a malformed cursor or another partition's.
 func (kv *KV) Changes(ctx context.Context, partition string, cursor []byte) (*ChangeSet, error) {
 	if partition == "" {

@@ -475,11 +475,14 @@ func (x *DoneOp) GetGen() uint64 {
 // epoch. replaced marks where a checkpoint load replaced the whole state:
 // the snapshot written with it holds everything up to here, and a replay
 // that reaches this record (from an older snapshot) cannot go on.
+// nonce, drawn at random by each start (0 in a replaced record, and in
+// logs from before it), names the start in the change feed's cursors.
 type ClusterOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ClusterId     string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	Replaced      bool                   `protobuf:"varint,3,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	Nonce         uint64                 `protobuf:"fixed64,4,opt,name=nonce,proto3" json:"nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -535,6 +538,69 @@ func (x *ClusterOp) GetReplaced() bool {
 	return false
 }
 
+func (x *ClusterOp) GetNonce() uint64 {
+	if x != nil {
+		return x.Nonce
+	}
+	return 0
+}
+
+// StartMark: a start of a durable controller, as the change feed's
+// cursors name it: its nonce, and the index of the record of that start
+// (its ClusterOp). A record index at or past a later start's was lost
+// before that start: a cursor that saw it is reset.
+type StartMark struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nonce         uint64                 `protobuf:"fixed64,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartMark) Reset() {
+	*x = StartMark{}
+	mi := &file_state_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartMark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartMark) ProtoMessage() {}
+
+func (x *StartMark) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartMark.ProtoReflect.Descriptor instead.
+func (*StartMark) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StartMark) GetNonce() uint64 {
+	if x != nil {
+		return x.Nonce
+	}
+	return 0
+}
+
+func (x *StartMark) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 // UnitOp: a unit registered: a new id bound to an incarnation, or new
 // addresses for a known one.
 type UnitOp struct {
@@ -552,7 +618,7 @@ type UnitOp struct {
 
 func (x *UnitOp) Reset() {
 	*x = UnitOp{}
-	mi := &file_state_proto_msgTypes[4]
+	mi := &file_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +630,7 @@ func (x *UnitOp) String() string {
 func (*UnitOp) ProtoMessage() {}
 
 func (x *UnitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[4]
+	mi := &file_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +643,7 @@ func (x *UnitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnitOp.ProtoReflect.Descriptor instead.
 func (*UnitOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{4}
+	return file_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UnitOp) GetUnitId() uint32 {
@@ -642,7 +708,7 @@ type UnitEvictedOp struct {
 
 func (x *UnitEvictedOp) Reset() {
 	*x = UnitEvictedOp{}
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +720,7 @@ func (x *UnitEvictedOp) String() string {
 func (*UnitEvictedOp) ProtoMessage() {}
 
 func (x *UnitEvictedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[5]
+	mi := &file_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +733,7 @@ func (x *UnitEvictedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnitEvictedOp.ProtoReflect.Descriptor instead.
 func (*UnitEvictedOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{5}
+	return file_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UnitEvictedOp) GetUnitId() uint32 {
@@ -697,7 +763,7 @@ type PartitionOp struct {
 
 func (x *PartitionOp) Reset() {
 	*x = PartitionOp{}
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +775,7 @@ func (x *PartitionOp) String() string {
 func (*PartitionOp) ProtoMessage() {}
 
 func (x *PartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[6]
+	mi := &file_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +788,7 @@ func (x *PartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionOp.ProtoReflect.Descriptor instead.
 func (*PartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{6}
+	return file_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PartitionOp) GetPartition() string {
@@ -774,7 +840,7 @@ type RowsOp struct {
 
 func (x *RowsOp) Reset() {
 	*x = RowsOp{}
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +852,7 @@ func (x *RowsOp) String() string {
 func (*RowsOp) ProtoMessage() {}
 
 func (x *RowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[7]
+	mi := &file_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +865,7 @@ func (x *RowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsOp.ProtoReflect.Descriptor instead.
 func (*RowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{7}
+	return file_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RowsOp) GetPartition() string {
@@ -859,7 +925,7 @@ type CommitOp struct {
 
 func (x *CommitOp) Reset() {
 	*x = CommitOp{}
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +937,7 @@ func (x *CommitOp) String() string {
 func (*CommitOp) ProtoMessage() {}
 
 func (x *CommitOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[8]
+	mi := &file_state_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +950,7 @@ func (x *CommitOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitOp.ProtoReflect.Descriptor instead.
 func (*CommitOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{8}
+	return file_state_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CommitOp) GetPartition() string {
@@ -936,7 +1002,7 @@ type TagsOp struct {
 
 func (x *TagsOp) Reset() {
 	*x = TagsOp{}
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1014,7 @@ func (x *TagsOp) String() string {
 func (*TagsOp) ProtoMessage() {}
 
 func (x *TagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[9]
+	mi := &file_state_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1027,7 @@ func (x *TagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagsOp.ProtoReflect.Descriptor instead.
 func (*TagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{9}
+	return file_state_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TagsOp) GetPartition() string {
@@ -1014,7 +1080,7 @@ type RemoveTagsOp struct {
 
 func (x *RemoveTagsOp) Reset() {
 	*x = RemoveTagsOp{}
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1092,7 @@ func (x *RemoveTagsOp) String() string {
 func (*RemoveTagsOp) ProtoMessage() {}
 
 func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[10]
+	mi := &file_state_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1105,7 @@ func (x *RemoveTagsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveTagsOp.ProtoReflect.Descriptor instead.
 func (*RemoveTagsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{10}
+	return file_state_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RemoveTagsOp) GetPartition() string {
@@ -1093,7 +1159,7 @@ type ClearCellsOp struct {
 
 func (x *ClearCellsOp) Reset() {
 	*x = ClearCellsOp{}
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1171,7 @@ func (x *ClearCellsOp) String() string {
 func (*ClearCellsOp) ProtoMessage() {}
 
 func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[11]
+	mi := &file_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1184,7 @@ func (x *ClearCellsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearCellsOp.ProtoReflect.Descriptor instead.
 func (*ClearCellsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{11}
+	return file_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ClearCellsOp) GetPartition() string {
@@ -1195,7 +1261,7 @@ type ConsumeOp struct {
 
 func (x *ConsumeOp) Reset() {
 	*x = ConsumeOp{}
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1273,7 @@ func (x *ConsumeOp) String() string {
 func (*ConsumeOp) ProtoMessage() {}
 
 func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[12]
+	mi := &file_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1286,7 @@ func (x *ConsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeOp.ProtoReflect.Descriptor instead.
 func (*ConsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{12}
+	return file_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ConsumeOp) GetPartition() string {
@@ -1329,7 +1395,7 @@ type KeptRef struct {
 
 func (x *KeptRef) Reset() {
 	*x = KeptRef{}
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1407,7 @@ func (x *KeptRef) String() string {
 func (*KeptRef) ProtoMessage() {}
 
 func (x *KeptRef) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[13]
+	mi := &file_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1420,7 @@ func (x *KeptRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeptRef.ProtoReflect.Descriptor instead.
 func (*KeptRef) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{13}
+	return file_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KeptRef) GetSamplerSpec() string {
@@ -1396,7 +1462,7 @@ type UnconsumeOp struct {
 
 func (x *UnconsumeOp) Reset() {
 	*x = UnconsumeOp{}
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1474,7 @@ func (x *UnconsumeOp) String() string {
 func (*UnconsumeOp) ProtoMessage() {}
 
 func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[14]
+	mi := &file_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1487,7 @@ func (x *UnconsumeOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnconsumeOp.ProtoReflect.Descriptor instead.
 func (*UnconsumeOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{14}
+	return file_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UnconsumeOp) GetPartition() string {
@@ -1478,7 +1544,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1556,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[15]
+	mi := &file_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1569,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{15}
+	return file_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1539,7 +1605,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1617,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1630,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1605,7 +1671,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1683,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1696,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1659,7 +1725,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +1737,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +1750,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1716,7 +1782,7 @@ type MoveOp struct {
 
 func (x *MoveOp) Reset() {
 	*x = MoveOp{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +1794,7 @@ func (x *MoveOp) String() string {
 func (*MoveOp) ProtoMessage() {}
 
 func (x *MoveOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +1807,7 @@ func (x *MoveOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOp.ProtoReflect.Descriptor instead.
 func (*MoveOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MoveOp) GetPartition() string {
@@ -1792,7 +1858,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1870,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1883,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1888,14 +1954,17 @@ type StateHeader struct {
 	DataCrc32C bool `protobuf:"varint,22,opt,name=data_crc32c,json=dataCrc32c,proto3" json:"data_crc32c,omitempty"`
 	// A checkpoint's user metadata: the JSON object its SAVE_CHECKPOINT
 	// carried (CheckpointRequest.metadata), kept as sent; empty: none.
-	UserMetadata  []byte `protobuf:"bytes,23,opt,name=user_metadata,json=userMetadata,proto3" json:"user_metadata,omitempty"`
+	UserMetadata []byte `protobuf:"bytes,23,opt,name=user_metadata,json=userMetadata,proto3" json:"user_metadata,omitempty"`
+	// A snapshot's recent starts (at most the newest 64), oldest first; a
+	// checkpoint holds none.
+	Starts        []*StartMark `protobuf:"bytes,24,rep,name=starts,proto3" json:"starts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +1976,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +1989,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -2084,6 +2153,13 @@ func (x *StateHeader) GetUserMetadata() []byte {
 	return nil
 }
 
+func (x *StateHeader) GetStarts() []*StartMark {
+	if x != nil {
+		return x.Starts
+	}
+	return nil
+}
+
 type NamedSamplerState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          string                 `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -2094,7 +2170,7 @@ type NamedSamplerState struct {
 
 func (x *NamedSamplerState) Reset() {
 	*x = NamedSamplerState{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2182,7 @@ func (x *NamedSamplerState) String() string {
 func (*NamedSamplerState) ProtoMessage() {}
 
 func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2195,7 @@ func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
 func (*NamedSamplerState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NamedSamplerState) GetSpec() string {
@@ -2162,7 +2238,7 @@ type StatePartition struct {
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2250,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2263,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -2312,7 +2388,7 @@ type StateKeptGroup struct {
 
 func (x *StateKeptGroup) Reset() {
 	*x = StateKeptGroup{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +2400,7 @@ func (x *StateKeptGroup) String() string {
 func (*StateKeptGroup) ProtoMessage() {}
 
 func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +2413,7 @@ func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptGroup.ProtoReflect.Descriptor instead.
 func (*StateKeptGroup) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StateKeptGroup) GetSamplerSpec() string {
@@ -2386,7 +2462,7 @@ type StateKeptBatch struct {
 
 func (x *StateKeptBatch) Reset() {
 	*x = StateKeptBatch{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2474,7 @@ func (x *StateKeptBatch) String() string {
 func (*StateKeptBatch) ProtoMessage() {}
 
 func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2487,7 @@ func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptBatch.ProtoReflect.Descriptor instead.
 func (*StateKeptBatch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateKeptBatch) GetIndex() int64 {
@@ -2448,7 +2524,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2536,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2549,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2507,7 +2583,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2595,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2608,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateField) GetName() string {
@@ -2566,7 +2642,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2654,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2667,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{28}
+	return file_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2652,7 +2728,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2740,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2753,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{29}
+	return file_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2711,7 +2787,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2799,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2812,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{30}
+	return file_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2839,7 +2915,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2927,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2940,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{31}
+	return file_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -2951,7 +3027,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3039,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3052,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{32}
+	return file_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -3041,12 +3117,16 @@ const file_state_proto_rawDesc = "" +
 	"\x02op\"8\n" +
 	"\x06DoneOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
-	"\x03gen\x18\x02 \x01(\x04R\x03gen\"\\\n" +
+	"\x03gen\x18\x02 \x01(\x04R\x03gen\"r\n" +
 	"\tClusterOp\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1a\n" +
-	"\breplaced\x18\x03 \x01(\bR\breplaced\"\xbe\x01\n" +
+	"\breplaced\x18\x03 \x01(\bR\breplaced\x12\x14\n" +
+	"\x05nonce\x18\x04 \x01(\x06R\x05nonce\"7\n" +
+	"\tStartMark\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\x06R\x05nonce\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\"\xbe\x01\n" +
 	"\x06UnitOp\x12\x17\n" +
 	"\aunit_id\x18\x01 \x01(\rR\x06unitId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x17\n" +
@@ -3154,7 +3234,7 @@ const file_state_proto_rawDesc = "" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x16\n" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
-	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\x87\x06\n" +
+	"\x03gen\x18\x04 \x01(\x04R\x03gen\"\xb6\x06\n" +
 	"\vStateHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\x12\x1d\n" +
@@ -3188,7 +3268,8 @@ const file_state_proto_rawDesc = "" +
 	"\bmoved_to\x18\x15 \x01(\v2\x11.tq.wire.v1.AddrsR\amovedTo\x12\x1f\n" +
 	"\vdata_crc32c\x18\x16 \x01(\bR\n" +
 	"dataCrc32c\x12#\n" +
-	"\ruser_metadata\x18\x17 \x01(\fR\fuserMetadata\"=\n" +
+	"\ruser_metadata\x18\x17 \x01(\fR\fuserMetadata\x12-\n" +
+	"\x06starts\x18\x18 \x03(\v2\x15.tq.wire.v1.StartMarkR\x06starts\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\fR\x05state\"\xa3\x04\n" +
@@ -3289,91 +3370,93 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
 	(*DoneOp)(nil),            // 2: tq.wire.v1.DoneOp
 	(*ClusterOp)(nil),         // 3: tq.wire.v1.ClusterOp
-	(*UnitOp)(nil),            // 4: tq.wire.v1.UnitOp
-	(*UnitEvictedOp)(nil),     // 5: tq.wire.v1.UnitEvictedOp
-	(*PartitionOp)(nil),       // 6: tq.wire.v1.PartitionOp
-	(*RowsOp)(nil),            // 7: tq.wire.v1.RowsOp
-	(*CommitOp)(nil),          // 8: tq.wire.v1.CommitOp
-	(*TagsOp)(nil),            // 9: tq.wire.v1.TagsOp
-	(*RemoveTagsOp)(nil),      // 10: tq.wire.v1.RemoveTagsOp
-	(*ClearCellsOp)(nil),      // 11: tq.wire.v1.ClearCellsOp
-	(*ConsumeOp)(nil),         // 12: tq.wire.v1.ConsumeOp
-	(*KeptRef)(nil),           // 13: tq.wire.v1.KeptRef
-	(*UnconsumeOp)(nil),       // 14: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),           // 15: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),       // 16: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil),  // 17: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),           // 18: tq.wire.v1.FenceOp
-	(*MoveOp)(nil),            // 19: tq.wire.v1.MoveOp
-	(*LostOp)(nil),            // 20: tq.wire.v1.LostOp
-	(*StateHeader)(nil),       // 21: tq.wire.v1.StateHeader
-	(*NamedSamplerState)(nil), // 22: tq.wire.v1.NamedSamplerState
-	(*StatePartition)(nil),    // 23: tq.wire.v1.StatePartition
-	(*StateKeptGroup)(nil),    // 24: tq.wire.v1.StateKeptGroup
-	(*StateKeptBatch)(nil),    // 25: tq.wire.v1.StateKeptBatch
-	(*StateCleared)(nil),      // 26: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 27: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 28: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 29: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 30: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 31: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 32: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 33: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 34: tq.wire.v1.SegmentFence
-	(*Addrs)(nil),             // 35: tq.wire.v1.Addrs
-	(*Shape)(nil),             // 36: tq.wire.v1.Shape
+	(*StartMark)(nil),         // 4: tq.wire.v1.StartMark
+	(*UnitOp)(nil),            // 5: tq.wire.v1.UnitOp
+	(*UnitEvictedOp)(nil),     // 6: tq.wire.v1.UnitEvictedOp
+	(*PartitionOp)(nil),       // 7: tq.wire.v1.PartitionOp
+	(*RowsOp)(nil),            // 8: tq.wire.v1.RowsOp
+	(*CommitOp)(nil),          // 9: tq.wire.v1.CommitOp
+	(*TagsOp)(nil),            // 10: tq.wire.v1.TagsOp
+	(*RemoveTagsOp)(nil),      // 11: tq.wire.v1.RemoveTagsOp
+	(*ClearCellsOp)(nil),      // 12: tq.wire.v1.ClearCellsOp
+	(*ConsumeOp)(nil),         // 13: tq.wire.v1.ConsumeOp
+	(*KeptRef)(nil),           // 14: tq.wire.v1.KeptRef
+	(*UnconsumeOp)(nil),       // 15: tq.wire.v1.UnconsumeOp
+	(*ResetOp)(nil),           // 16: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),       // 17: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil),  // 18: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),           // 19: tq.wire.v1.FenceOp
+	(*MoveOp)(nil),            // 20: tq.wire.v1.MoveOp
+	(*LostOp)(nil),            // 21: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 22: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 23: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 24: tq.wire.v1.StatePartition
+	(*StateKeptGroup)(nil),    // 25: tq.wire.v1.StateKeptGroup
+	(*StateKeptBatch)(nil),    // 26: tq.wire.v1.StateKeptBatch
+	(*StateCleared)(nil),      // 27: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 28: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 29: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 30: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 31: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 32: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 33: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 34: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 35: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 36: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 37: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
 	3,  // 1: tq.wire.v1.LogOp.cluster:type_name -> tq.wire.v1.ClusterOp
-	4,  // 2: tq.wire.v1.LogOp.unit:type_name -> tq.wire.v1.UnitOp
-	6,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
-	7,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
-	8,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
-	9,  // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
-	12, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
-	14, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	15, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	16, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	17, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	18, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	20, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
-	10, // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
-	11, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
+	5,  // 2: tq.wire.v1.LogOp.unit:type_name -> tq.wire.v1.UnitOp
+	7,  // 3: tq.wire.v1.LogOp.partition:type_name -> tq.wire.v1.PartitionOp
+	8,  // 4: tq.wire.v1.LogOp.rows:type_name -> tq.wire.v1.RowsOp
+	9,  // 5: tq.wire.v1.LogOp.commit:type_name -> tq.wire.v1.CommitOp
+	10, // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
+	13, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
+	15, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
+	16, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	17, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	18, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	19, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	21, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	11, // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
+	12, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
 	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
-	19, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
-	5,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
-	33, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	13, // 20: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
-	13, // 21: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
-	13, // 22: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
-	34, // 23: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	35, // 24: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
-	4,  // 25: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	18, // 26: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	22, // 27: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	35, // 28: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	35, // 29: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
-	27, // 30: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	28, // 31: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	26, // 32: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	24, // 33: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
-	25, // 34: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
-	13, // 35: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
-	30, // 36: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	31, // 37: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	36, // 38: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	39, // [39:39] is the sub-list for method output_type
-	39, // [39:39] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	20, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
+	6,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
+	34, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	14, // 20: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
+	14, // 21: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
+	14, // 22: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
+	35, // 23: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	36, // 24: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	5,  // 25: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	19, // 26: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	23, // 27: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	36, // 28: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	36, // 29: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	4,  // 30: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
+	28, // 31: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	29, // 32: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	27, // 33: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	25, // 34: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
+	26, // 35: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
+	14, // 36: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
+	31, // 37: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	32, // 38: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	37, // 39: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -3409,7 +3492,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
