@@ -91,3 +91,74 @@ def test_killed_mid_put(server, part, transport, where):
         # A later put of the same keys goes through whole.
         c.kv_batch_put(["old", "new"], part, {"x": np.ones((2, 1 << 20))})
         assert np.all(c.kv_batch_get(["old", "new"], part)["x"] == 1.0)
+
+
+# The parent takes a lease (a zero-copy view) and a reservation over shared
+# memory, forks a child that only sleeps, and prints the child's pid.
+FORKER = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    sys.path.insert(0, sys.argv[3])
+    import tq
+
+    c = tq.Client(sys.argv[1], transport="shm")
+    part = sys.argv[2]
+    c.kv_batch_put(["a"], part, {"x": np.ones((1, 1 << 16))})
+    view = c.kv_batch_get(["a"], part, copy=False)
+    res = c.reserve_kv_put(["b"], part, {"x": ("float64", (1 << 16,))})
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(120)
+        os._exit(0)
+    print(pid, flush=True)
+    time.sleep(120)
+""")
+
+
+def _alive(pid):
+    """Whether pid runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killed_parent_with_a_forked_child_gives_its_holds_back(server, part):
+    """A client killed while a child it forked without exec (a DataLoader
+    worker) still runs loses its leases and reservations at once. The
+    child used to keep its copies of the parent's sockets to the unit
+    open, and the unit keeps a connection's holds while any process holds
+    its socket: the parent's extents stayed pinned until the child
+    exited."""
+    def holds(c):
+        st = [u.pool.call(wire.UNIT_STATS, None, data_pb2.UnitStats) for u in c.units(refresh=True).values()]
+        return sum(s.leases for s in st), sum(s.open_reservations for s in st)
+
+    with server.client(transport="shm") as c:
+        if not any(u.shm for u in c.units().values()):
+            pytest.skip("no storage unit serves shared memory here")
+        before = holds(c)
+        p = subprocess.Popen([sys.executable, "-c", FORKER, server.address, part, os.path.dirname(HERE)],
+                             env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = 0
+        try:
+            line = p.stdout.readline()
+            assert line.strip(), p.stderr.read()
+            child = int(line)
+            assert holds(c) == (before[0] + 1, before[1] + 1)
+            p.kill()
+            p.wait(10)
+            deadline = time.monotonic() + 10
+            while holds(c) != before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _alive(child), "the child exited: the test shows nothing"
+            assert holds(c) == before, "the unit kept the dead parent's lease or reservation"
+        finally:
+            p.kill()
+            p.wait(10)
+            if child:
+                try:
+                    os.kill(child, 9)
+                except ProcessLookupError:
+                    pass

@@ -29,7 +29,8 @@ class Pool:
     """Idle connections to one address, handed out one caller at a time.
     ``before_take``, when given, runs (outside the pool's lock) before each
     connection is handed out. A forked child never gets one its parent
-    dialed (the parent's socket, see wire.Conn): it dials its own."""
+    dialed (it closed its copies of the parent's sockets, see wire.Conn):
+    it dials its own."""
 
     def __init__(self, dial, before_take=None):
         self._dial = dial
@@ -40,8 +41,9 @@ class Pool:
         _fork.reinit_in_child(self)
 
     def _reinit_in_child(self) -> None:
-        # The idle connections stay: take closes them (they are the
-        # parent's), and give keeps none of them.
+        # The idle connections stay, closed (a child closes its copies of
+        # the parent's sockets, see wire.Conn): take drops them, and give
+        # keeps none of them.
         self._lock = threading.Lock()
 
     def take(self) -> wire.Conn:
@@ -54,7 +56,7 @@ class Pool:
                 c = self._idle.pop()
                 if not c.closed and c.pid == os.getpid() and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
                     return c
-                c.close()  # in a child, this closes only the child's copy of the parent's socket
+                c.close()
         return self._dial()
 
     def give(self, c: wire.Conn) -> None:
@@ -240,10 +242,13 @@ class Lease:
     exits. A lease belongs to the process that took it: in a child forked
     without exec, releasing an inherited view, or its becoming garbage,
     gives nothing back (the parent may still read through it); the
-    parent's own release does, and its exit once no child holds the
-    connection's socket any longer (the unit keeps a connection's holds
-    while any process holds its socket: the child may still read
-    through its inherited mapping)."""
+    parent's own release does, and so does its exit, children or not: a
+    child closes its copies of the parent's connections as it starts
+    (wire.Conn), so the unit, which keeps a connection's holds while its
+    socket is open, sees the parent go. An inherited view stays mapped in
+    the child, but only the parent's lease holds its bytes: once the
+    parent releases it or exits, the unit may reuse them. A child that
+    reads on takes a view (or a copy) of its own."""
 
     __slots__ = ("unit", "conn", "lease", "done", "pid", "__weakref__")
 

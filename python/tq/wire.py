@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from . import _fork
 from . import errors
 from ._pb import common_pb2, control_pb2, data_pb2, cluster_pb2  # noqa: F401
 
@@ -187,9 +188,9 @@ class _Ended(Exception):
 class Conn:
     """One authenticated connection. Safe for concurrent use (calls take turns).
     It belongs to the process that dialed it: a child forked without exec
-    shares its socket with the parent, so in the child it sends nothing
-    (a call fails as unavailable), lest the two interleave requests and
-    read each other's replies."""
+    closes its copy of the socket as it starts (see _reinit_in_child) and
+    sends nothing on the connection (a call fails as unavailable), lest the
+    two interleave requests and read each other's replies."""
 
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
                  unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0):
@@ -208,15 +209,19 @@ class Conn:
         self._rbuf = bytearray(RECV_BUF)
         self._rmv = memoryview(self._rbuf)
         self._rlo = self._rhi = 0  # the unread bytes: _rbuf[_rlo:_rhi]
+        # Registered before the socket exists, so that a child forked while
+        # this dials closes its copy all the same.
+        self.sock = None
+        _fork.reinit_in_child(self)
         try:
-            s = socket.socket(self.family, socket.SOCK_STREAM)
+            self.sock = s = socket.socket(self.family, socket.SOCK_STREAM)
             s.settimeout(timeout)
             s.connect(sockaddr)
         except OSError as e:
+            self.close()
             raise errors.UnavailableError(f"dial {addr}: {e}") from None
         if self.family != socket.AF_UNIX:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = s
         self.last_used = time.monotonic()
         hello = common_pb2.Hello(version=VERSION, role="client", host_id=host_id(),
                                  token=token, name=name, unit_id=unit_id, incarnation=incarnation)
@@ -241,6 +246,16 @@ class Conn:
         if incarnation and r.incarnation != incarnation:
             raise errors.LostError(f"storage unit {r.unit_id} at {self.addr} is incarnation {r.incarnation:#x}, "
                                    f"not {incarnation:#x} (it restarted)", op="hello")
+
+    def _reinit_in_child(self) -> None:
+        # A storage unit keeps a connection's leases and reservations while
+        # its socket is open, in any process: a child that kept its copy
+        # of the parent's socket (a DataLoader worker, forked) pinned them
+        # after the parent died, until the child exited too. The child
+        # cannot use the connection anyway; it dials its own. Closing its
+        # copy leaves the parent's open. No lock: the child has no other
+        # thread, and one of the parent's may have held it at the fork.
+        self.close()
 
     def close(self) -> None:
         s, self.sock = self.sock, None
