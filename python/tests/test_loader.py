@@ -230,3 +230,59 @@ def test_dataloader_workers_take_turns(rank_aware_server, part):
     # In turn: worker 0's batch 0 (two micro-batches interleaved with
     # worker 1's batch 1), then batches 2 and 3.
     assert len(got) == 8
+
+
+def test_dataloader_reset_and_step_reach_persistent_workers(server, part):
+    """With persistent workers, the loader's reset() and step() reach the
+    workers' datasets, at the next iteration: reset replays the batches
+    each worker buffered, step moves them to another partition. They used
+    to change only the main process's copy, which iterates nothing: the
+    workers kept their place (an epoch after reset yielded nothing, the
+    partition being done) and their partition."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    other = part + "-next"
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        c.put({"x": np.arange(100, 108, dtype=np.int64)}, partition_id=other)
+        c.mark_done(other)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=True)
+
+    def epoch():
+        return [data["x"].tolist() for data, _ in dl]
+    first = epoch()
+    assert sorted(sum(first, [])) == list(range(16))
+    assert epoch() == [], "without reset, the done partition has nothing more"
+    dl.reset()
+    replay = epoch()
+    assert sorted(sum(replay, [])) == list(range(16)), "reset did not replay the workers' buffers"
+    dl.step(other)
+    assert sorted(sum(epoch(), [])) == list(range(100, 108)), "step did not move the workers"
+    dl.reset()
+    assert sorted(sum(epoch(), [])) == list(range(100, 108))
+
+
+def test_dataloader_calls_that_cannot_reach_workers_raise(server, part):
+    """Without persistent workers each iteration starts new workers, whose
+    buffers end with them: reset() has nothing to replay, and get_buffer()
+    (the main process buffers nothing) has nothing to show; both say so
+    rather than do nothing. step() works: the next workers start there."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    other = part + "-next"
+    with server.client() as c:
+        c.put({"x": np.arange(4, dtype=np.int64)}, partition_id=other)
+        c.mark_done(other)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2)
+    with pytest.raises(tq.NotSupportedError, match="persistent_workers"):
+        dl.reset()
+    with pytest.raises(tq.NotSupportedError, match="worker"):
+        dl.get_buffer()
+    dl.step(other)
+    assert sorted(x for data, _ in dl for x in data["x"].tolist()) == [0, 1, 2, 3]
+    persistent = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=True)
+    with pytest.raises(tq.NotSupportedError, match="worker"):
+        persistent.get_buffer()

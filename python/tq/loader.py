@@ -200,6 +200,58 @@ class StreamIterator:
         self._client = None
 
 
+# The longest partition id (in UTF-8 bytes) that step() hands to a
+# DataLoader's workers.
+MAX_SHARED_PARTITION = 4096
+
+
+class _Controls:
+    """A dataset's reset() and step() calls, in memory its DataLoader's
+    worker processes share (forked or spawned, the arrays go with the
+    dataset): each worker's copy applies those it has not seen as it
+    starts an iteration (StreamingDataset.__iter__, which each worker
+    calls at each ``iter(loader)``). ``gen`` counts the calls, ``step_gen``
+    is the count at the last step, whose partition id follows. Written by
+    the main process between iterations only (the workers read it once
+    ``iter(loader)`` has told them to start over), so nothing locks it."""
+
+    def __init__(self, persistent: bool):
+        import ctypes
+        from multiprocessing import sharedctypes
+        self.persistent = persistent
+        self._words = sharedctypes.RawArray(ctypes.c_int64, 3)  # gen, step_gen, partition id length
+        self._partition = sharedctypes.RawArray(ctypes.c_char, MAX_SHARED_PARTITION)
+
+    @property
+    def gen(self) -> int:
+        return self._words[0]
+
+    def reset(self) -> None:
+        self._words[0] += 1
+
+    def step(self, partition_id: str) -> None:
+        b = partition_id.encode()
+        if len(b) > MAX_SHARED_PARTITION:
+            raise errors.InvalidError(f"partition id of {len(b)} bytes: a DataLoader's workers take at most "
+                                      f"{MAX_SHARED_PARTITION}")
+        self._partition[:len(b)] = b
+        self._words[2] = len(b)
+        self._words[1] = self._words[0] + 1
+        self._words[0] += 1
+
+    def apply(self, it: StreamIterator, seen: int) -> int:
+        """Bring ``it`` (a worker's copy) up to the calls after ``seen``;
+        returns the count it is up to."""
+        gen, step_gen, n = self._words[0], self._words[1], self._words[2]
+        if gen == seen:
+            return seen
+        if step_gen > seen:
+            it.step(self._partition[:n].decode())
+        else:
+            it.reset()
+        return gen
+
+
 if _torch is not None:  # pragma: no cover - exercised only where torch is installed
     from .columns import to_tensor
 
@@ -212,13 +264,58 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         in turn. Without that every worker asked for batch 0, 1, ...: under
         a rank-aware sampler, which gives a batch index's rows to every
         fetch of the group, each worker yielded the same batches (a known
-        fault of TransferQueue's loader)."""
+        fault of TransferQueue's loader).
+
+        In a DataLoader with workers, each worker iterates a copy of the
+        dataset and keeps its own buffer. :meth:`reset` and :meth:`step`
+        reach them through memory they share with the main process
+        (:class:`StreamingDataLoader` sets it up): each worker applies
+        them as it starts its next iteration, so a call made during an
+        iteration takes effect at the next ``iter(loader)``. Without
+        ``persistent_workers`` each iteration starts new workers with
+        empty buffers: :meth:`reset` has nothing to replay, and raises
+        NotSupportedError, as :meth:`get_buffer` does with any workers
+        (the main process buffers nothing)."""
+
+        _controls = None  # a _Controls, while a DataLoader with workers iterates this
+        _controls_seen = 0  # the calls of _controls this copy has applied
 
         def __iter__(self):
             info = _torch.utils.data.get_worker_info()
             if info is not None:
                 self._first, self._stride = info.id, info.num_workers
+                if self._controls is not None:
+                    self._controls_seen = self._controls.apply(self, self._controls_seen)
             return super().__iter__()
+
+        def _in_main(self) -> bool:
+            return self._controls is not None and _torch.utils.data.get_worker_info() is None
+
+        def reset(self) -> None:
+            """Replay the buffered batches from the first (another epoch
+            over them); with workers, theirs, from their next iteration."""
+            if self._in_main():
+                if not self._controls.persistent:
+                    raise errors.NotSupportedError(
+                        "reset: the DataLoader starts new workers, with empty buffers, at each iteration; "
+                        "replaying their batches needs persistent_workers=True")
+                self._controls.reset()
+                self._controls_seen = self._controls.gen
+            super().reset()
+
+        def step(self, partition_id: str) -> None:
+            """Drop the buffer and go on with another partition; with
+            workers, theirs, from their next iteration."""
+            if self._in_main():
+                self._controls.step(partition_id)
+                self._controls_seen = self._controls.gen
+            super().step(partition_id)
+
+        def get_buffer(self):
+            if self._in_main():
+                raise errors.NotSupportedError("get_buffer: the DataLoader's worker processes hold the batches, "
+                                               "each its own; the main process buffers none")
+            return super().get_buffer()
 
         def _convert(self, d):
             out = {}
@@ -233,7 +330,9 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
     class StreamingDataLoader(_DataLoader):
         """A torch DataLoader over a :class:`StreamingDataset` that yields
-        its ``(data, meta)`` pairs as they are (no batching, no collation)."""
+        its ``(data, meta)`` pairs as they are (no batching, no collation).
+        With workers, :meth:`reset` and :meth:`step` reach them at the next
+        iteration (see :class:`StreamingDataset`)."""
 
         def __init__(self, dataset, num_workers=0, collate_fn=None, pin_memory=False, worker_init_fn=None,
                      multiprocessing_context=None, prefetch_factor=None, persistent_workers=False,
@@ -247,6 +346,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                              worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
                              persistent_workers=persistent_workers, pin_memory_device=pin_memory_device, **extra)
             self.dataset_ref = dataset
+            # Before the workers start (they take the dataset with them).
+            if isinstance(dataset, StreamingDataset):
+                dataset._controls = _Controls(persistent_workers) if num_workers > 0 else None
+                dataset._controls_seen = 0
 
         def reset(self):
             self.dataset_ref.reset()
