@@ -539,9 +539,17 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if c.logging() {
 		sreq.Journal = func(e []byte) { entries = append(entries, e) }
 	}
+	// A sampler that splits a batch between ranks makes every rank's part
+	// with the first fetch of its batch index (keptbatches.go).
+	split, splits := smp.(engine.SplitBatchDropper)
+	splitNew := follows && splits && !split.Cached(p.id, req.Task, req.Options)
 	sampled, consumed, err := smp.Sample(sreq)
 	if err != nil {
 		return nil, fmt.Errorf("sampler: %w", err)
+	}
+	var made []*wirepb.KeptRef
+	if splitNew && split.Cached(p.id, req.Task, req.Options) {
+		made = p.madeParts(gk, req.Options.BatchIndex, split.Parts(p.id, req.Task, req.Options.BatchIndex), now, c.keptTTL())
 	}
 	if len(sampled) == 0 {
 		// The sampler may have consumed rows though this rank got
@@ -552,12 +560,13 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			}
 			p.markConsumed(p.taskSlot(req.Task), consumed)
 		}
-		if len(entries) > 0 || len(consumed) > 0 {
+		if len(entries) > 0 || len(consumed) > 0 || len(made) > 0 {
 			// The sampler remembered something (a batch split across
 			// ranks, say) though this rank got nothing: a restart must
 			// remember it too.
 			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 				Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampler: entries, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+				Made: made,
 			}}})
 		}
 		if final {
@@ -600,7 +609,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
-			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), AtUnixMs: now.UnixMilli(),
+			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), Made: made, AtUnixMs: now.UnixMilli(),
 		}}})
 	}
 	return p.meta(rows, req.Fields, shared), nil

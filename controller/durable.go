@@ -576,6 +576,13 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if forgot != nil {
 			p.forget(*forgot)
 		}
+		for _, m := range o.Made {
+			ref, err := keptRefOf(o.Task, m)
+			if err != nil {
+				return fmt.Errorf("consume of partition %q: %w", o.Partition, err)
+			}
+			p.madeKept(ref.group, ref.batch, at, c.keptTTL())
+		}
 		if len(o.Key) > 0 {
 			back := o.Consumed
 			if o.Kept {

@@ -3,7 +3,7 @@ package controller
 // Batches a caching sampler keeps for a data-replica group, and giving
 // back the ones the group left behind.
 //
-// A rank-aware or GRPO sampler with ranks keeps each group's batch so that
+// A rank-aware, GRPO or balanced sampler with ranks keeps each group's batch so that
 // the group's peers get it too, and the rows are consumed for the task as
 // soon as the first peer takes it; giving a fetch of it back (Unconsume)
 // returns nothing, since the peers still ask the sampler for it. A group
@@ -28,6 +28,14 @@ package controller
 // forgotten. Both changes are logged, in one record with the end of
 // following the batch (the sampler's drop in a consume op, the rows and
 // the keys in unconsume ops), so a restart agrees.
+//
+// A sampler that splits one batch between the DP ranks (seqlen_balanced,
+// token_budget: engine.SplitBatchDropper) makes and consumes every rank's
+// part with the first fetch of the batch index; each rank is a group, and
+// its part its batch. The parts made for the other ranks are followed from
+// then (made), as batches no fetch holds: a rank that never fetches its
+// part (it stopped) leaves it behind, and its rows go back a TTL later.
+// The fetch's record names them (made).
 //
 // What is followed is logged and in the state: a fetch that took a kept
 // batch names it in its consume record (and its key's entry), an ask that
@@ -133,6 +141,33 @@ func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration
 		p.keptCheck = at
 	}
 	return &keptRef{group: k, batch: batch}
+}
+
+// madeKept notes that the batch of group k was made at now by a fetch of
+// another group (a part of a batch split between ranks), and is followed
+// from then as a batch no fetch holds: what followed an earlier batch of
+// that index, whose rows are gone, does not count for it.
+func (p *partition) madeKept(k groupKey, batch int, now time.Time, ttl time.Duration) {
+	p.group(k).batches[batch] = &keptBatch{touched: now}
+	if at := now.Add(ttl); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
+		p.keptCheck = at
+	}
+}
+
+// madeParts follows the parts of batch that a fetch of group k made for
+// the other ranks (those in ranks, the ranks whose part holds rows) and
+// returns what names them in the fetch's record.
+func (p *partition) madeParts(k groupKey, batch int, ranks []int, now time.Time, ttl time.Duration) []*wirepb.KeptRef {
+	var refs []*wirepb.KeptRef
+	for _, r := range ranks {
+		if r == k.rank {
+			continue // the fetch's own: took
+		}
+		g := groupKey{spec: k.spec, task: k.task, rank: r}
+		p.madeKept(g, batch, now, ttl)
+		refs = append(refs, (&keptRef{group: g, batch: batch}).pb())
+	}
+	return refs
 }
 
 // pb is r as its records and the state name it (nil for nil).

@@ -140,6 +140,21 @@ type BatchDropper interface {
 	DropBatch(partition, task string, opts SamplingOptions, journal func(entry []byte)) ([]uint64, error)
 }
 
+// SplitBatchDropper is a [BatchDropper] whose batches of one batch index
+// are the parts of one batch split between the groups (the DP ranks of a
+// batch balanced across ranks): the call that makes the batch makes every
+// group's part and consumes all their rows, though no fetch of the other
+// groups took them. Parts returns the DP ranks whose part of batch
+// (partition, task, batchIndex) holds rows, so that the controller follows
+// the parts a call made for the other groups as it follows a batch a
+// fetch took, and gives back the part of a group that never fetches it.
+// DropBatch drops one group's part; the others stay.
+type SplitBatchDropper interface {
+	CachingSampler
+	BatchDropper
+	Parts(partition, task string, batchIndex int) []int
+}
+
 // StatefulSampler is a sampler whose state goes into controller
 // checkpoints. The state is an opaque, self-describing document (JSON for
 // the built-in samplers).

@@ -5,7 +5,9 @@ package sampler
 // that free indexes for reuse, resets of the task's consumption, batches
 // dropped, the partition marked done) drives each sampler the way the
 // controller does, and checks what a trainer relies on after every
-// answer and at the end, when every rank drains the done partition.
+// answer and at the end, when every rank drains the done partition (with
+// the balanced samplers, but for a group that stopped, whose parts are
+// given back).
 
 import (
 	"bytes"
@@ -366,7 +368,7 @@ func (s *propSim) reset() {
 // Config.KeptBatchTTL: its rows are no longer consumed, and the group
 // starts over at that batch.
 func (s *propSim) drop() {
-	d, ok := s.s.(engine.BatchDropper)
+	_, ok := s.s.(engine.BatchDropper)
 	if !ok {
 		return
 	}
@@ -375,6 +377,17 @@ func (s *propSim) drop() {
 	if b > 0 && s.rng.IntN(2) == 0 {
 		b--
 	}
+	s.dropBatch(g, b, true)
+}
+
+// dropBatch drops group g's batch b (see drop) and reports whether it
+// gave rows back. A balanced sampler's part that the group never fetched
+// (another rank's fetch made it) gives back rows consumed for it that no
+// group got.
+// With rewind the group starts over at b; without, it stays where it is
+// (a part it never fetched, given back after it went past it).
+func (s *propSim) dropBatch(g, b int, rewind bool) bool {
+	d := s.s.(engine.BatchDropper)
 	var entries [][]byte
 	got, err := d.DropBatch("p", "t", engine.SamplingOptions{HasRank: true, DPRank: g, BatchIndex: b},
 		func(e []byte) { entries = append(entries, e) })
@@ -383,23 +396,30 @@ func (s *propSim) drop() {
 	}
 	s.logEntries(entries)
 	var ids []int
+	want := s.liveIDs(s.first[batchID{g, b}])
 	for _, i := range got {
 		row, ok := s.rows[i]
 		if !ok {
 			s.fatalf("group %d batch %d: DropBatch gave back row %d, which is not there", g, b, i)
 		}
+		if _, handed := s.owner[row.id]; s.kind.parts && len(want) == 0 && (handed || !row.consumed) {
+			s.fatalf("group %d batch %d: DropBatch gave back row %d of a part nobody fetched, which was handed out or not consumed", g, b, i)
+		}
 		row.consumed = false
 		ids = append(ids, row.id)
 		delete(s.owner, row.id)
 	}
-	if want := s.liveIDs(s.first[batchID{g, b}]); !slices.Equal(want, ids) {
+	if !slices.Equal(want, ids) && !(s.kind.parts && len(want) == 0) {
 		s.fatalf("group %d batch %d: DropBatch gave back %v, the group got %v", g, b, ids, want)
 	}
 	delete(s.first, batchID{g, b})
 	for r := range s.peers {
-		s.next[g][r] = min(s.next[g][r], b)
-		s.finished[g][r] = false
+		if rewind {
+			s.next[g][r] = min(s.next[g][r], b)
+			s.finished[g][r] = false
+		}
 	}
+	return len(got) > 0
 }
 
 // checkReplay checks that the journal, replayed into a fresh sampler,
@@ -461,11 +481,18 @@ func (s *propSim) step() {
 }
 
 // drain has every rank fetch from the done partition until it gets
-// nothing, and checks that no row was lost.
+// nothing, and checks that no row was lost. With the balanced samplers a
+// group may have stopped: it fetches nothing more, and the controller
+// drops the parts other ranks made for it (its kept batches left behind),
+// whose rows the others then get.
 func (s *propSim) drain() {
 	s.done = true
 	for _, r := range s.rows {
 		r.ready = true
+	}
+	stopped, handed := -1, -1
+	if s.kind.parts && s.groups > 1 && s.rng.IntN(2) == 0 {
+		stopped = s.rng.IntN(s.groups)
 	}
 	for round := 0; ; round++ {
 		if round > 10000 {
@@ -474,14 +501,46 @@ func (s *propSim) drain() {
 		busy := false
 		for g := range s.groups {
 			for r := range s.peers {
-				if !s.finished[g][r] {
+				if g != stopped && !s.finished[g][r] {
 					busy = true
 					s.fetch(g, r)
 				}
 			}
 		}
-		if !busy {
+		if busy {
+			continue
+		}
+		if !s.kind.parts {
 			break
+		}
+		// The controller gives back the parts no rank of their group
+		// fetched (made by another group's fetch), a TTL after: those
+		// of the stopped group, and those of a batch a late peer made
+		// again after a clear took all its rows, for a group that had
+		// gone past it. Done when none is left, or when the others got
+		// no row since the last give-back: what is left then (a last
+		// group that went to the stopped group's part, the others'
+		// parts empty) is not consumed, for whoever fetches next.
+		last := 0
+		for g := range s.groups {
+			last = max(last, slices.Max(s.next[g]))
+		}
+		gave := false
+		for g := range s.groups {
+			for b := 0; b <= last; b++ {
+				if len(s.liveIDs(s.first[batchID{g, b}])) == 0 || g == stopped && b >= slices.Max(s.next[g]) {
+					gave = s.dropBatch(g, b, false) || gave
+				}
+			}
+		}
+		if !gave || len(s.owner) == handed {
+			break
+		}
+		handed = len(s.owner)
+		for g := range s.groups { // the rows it left are ready again
+			if g != stopped {
+				clear(s.finished[g])
+			}
 		}
 	}
 	for i, r := range s.rows {
@@ -490,6 +549,10 @@ func (s *propSim) drain() {
 				s.fatalf("row %d (index %d) was consumed and given to no group", r.id, i)
 			}
 		}
+	}
+	if stopped >= 0 {
+		s.checkReplay()
+		return
 	}
 	// What is left is no group: rows of a put of n or more not all
 	// there, or fewer than n rows put one at a time one after another.

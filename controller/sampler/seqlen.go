@@ -2,6 +2,8 @@ package sampler
 
 import (
 	"cmp"
+	"encoding/json"
+	"fmt"
 	"math"
 	"slices"
 
@@ -9,10 +11,11 @@ import (
 )
 
 var (
-	_ engine.CachingSampler   = (*SeqlenBalanced)(nil)
-	_ engine.JournaledSampler = (*SeqlenBalanced)(nil)
-	_ engine.RowForgetter     = (*SeqlenBalanced)(nil)
-	_ engine.TaskForgetter    = (*SeqlenBalanced)(nil)
+	_ engine.CachingSampler    = (*SeqlenBalanced)(nil)
+	_ engine.JournaledSampler  = (*SeqlenBalanced)(nil)
+	_ engine.RowForgetter      = (*SeqlenBalanced)(nil)
+	_ engine.TaskForgetter     = (*SeqlenBalanced)(nil)
+	_ engine.SplitBatchDropper = (*SeqlenBalanced)(nil)
 )
 
 const seqlenKind = "seqlen_balanced"
@@ -39,6 +42,9 @@ const LengthTag = "total_lengths"
 // gets a part of its own, BatchSize rows taken the way [GRPO] takes them
 // from the rows ready then, and its peers the same, as a group whose
 // cached batch was cleared does with [GRPO].
+// A rank's part that the controller drops ([SeqlenBalanced.DropBatch]: the
+// rank never fetched it) is empty from then on, and the rank, asking for
+// it after all, gets a part of its own the same way.
 // A DPRank of dpSize or more is an error: the reference's sampler gave it
 // nothing, and a waiting fetch then waited for ever. All returned rows
 // are consumed.
@@ -304,12 +310,80 @@ func (s *partsCache) ForgetRows(partition string, rows []uint64) {
 	})
 }
 
-// partsEntry is one balanced batch in saved state.
+// Parts implements [engine.SplitBatchDropper]: the ranks whose part of the
+// cached batch holds rows.
+func (s *partsCache) Parts(partition, task string, batchIndex int) []int {
+	parts, _ := s.cache.get(partition, batchKey{task: task, batch: batchIndex})
+	var ranks []int
+	for r, p := range parts {
+		if len(p) > 0 {
+			ranks = append(ranks, r)
+		}
+	}
+	return ranks
+}
+
+// DropBatch implements [engine.BatchDropper]: it empties the part of
+// opts.DPRank of the cached batch (opts.BatchIndex) and returns its rows,
+// nil when it has none; a batch left with no rows is dropped. The other
+// ranks' parts stay. The journal entry names the batch and the rank, with
+// "dropped" set and no parts.
+func (s *partsCache) DropBatch(partition, task string, opts engine.SamplingOptions, j func([]byte)) ([]uint64, error) {
+	if !opts.HasRank || opts.DPRank < 0 || opts.DPRank >= s.dpSize {
+		return nil, nil
+	}
+	rows := s.dropPart(partition, batchKey{task: task, batch: opts.BatchIndex}, opts.DPRank)
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	if j != nil {
+		b, err := json.Marshal(partsEntry{Partition: partition, Task: task, BatchIndex: opts.BatchIndex, DPRank: opts.DPRank, Dropped: true})
+		if err != nil {
+			return nil, fmt.Errorf("%s: journal entry: %w", s.kind, err)
+		}
+		j(b)
+	}
+	return slices.Clone(rows), nil
+}
+
+// dropPart empties rank's part of the batch cached under k and returns
+// what it held; a batch left with no rows is deleted.
+func (s *partsCache) dropPart(partition string, k batchKey, rank int) []uint64 {
+	c := &s.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	parts, ok := c.m[partition][k]
+	if !ok || rank >= len(parts) || len(parts[rank]) == 0 {
+		return nil
+	}
+	rows := parts[rank]
+	out := slices.Clone(parts) // stored values are never modified
+	out[rank] = nil
+	left := 0
+	for _, p := range out {
+		left += len(p)
+	}
+	if left > 0 {
+		c.m[partition][k] = out
+		return rows
+	}
+	delete(c.m[partition], k)
+	if len(c.m[partition]) == 0 {
+		delete(c.m, partition)
+	}
+	return rows
+}
+
+// partsEntry is one balanced batch in saved state, or in the journal; a
+// journal entry with Dropped (and no parts) empties DPRank's part
+// (DropBatch).
 type partsEntry struct {
 	Partition  string     `json:"partition"`
 	Task       string     `json:"task"`
 	BatchIndex int        `json:"batch_index"`
 	Parts      [][]uint64 `json:"parts"`
+	DPRank     int        `json:"dp_rank,omitempty"`
+	Dropped    bool       `json:"dropped,omitempty"`
 }
 
 // partsState is the saved state of SeqlenBalanced and TokenBudget.
@@ -373,6 +447,9 @@ func (s *partsCache) LoadState(state []byte) error {
 // checkEntry validates saved or journaled entry i: dpSize parts (a final
 // batch may leave some empty), no row twice, and some rows.
 func (s *partsCache) checkEntry(i int, e *partsEntry) error {
+	if e.Dropped || e.DPRank != 0 {
+		return corrupt(s.kind, "entry %d: a dropped part where a batch belongs", i)
+	}
 	if len(e.Parts) != s.dpSize {
 		return corrupt(s.kind, "entry %d: %d parts, want %d", i, len(e.Parts), s.dpSize)
 	}
@@ -396,6 +473,13 @@ func (s *partsCache) ApplyEntry(entry []byte) error {
 	var e partsEntry
 	if err := decodeEntry(s.kind, entry, &e); err != nil {
 		return err
+	}
+	if e.Dropped {
+		if len(e.Parts) > 0 || e.DPRank < 0 || e.DPRank >= s.dpSize {
+			return corrupt(s.kind, "journal entry: a dropped part of dp rank %d with %d parts", e.DPRank, len(e.Parts))
+		}
+		s.dropPart(e.Partition, batchKey{task: e.Task, batch: e.BatchIndex}, e.DPRank)
+		return nil
 	}
 	if err := s.checkEntry(0, &e); err != nil {
 		return err

@@ -5,10 +5,11 @@ import (
 )
 
 var (
-	_ engine.CachingSampler   = (*TokenBudget)(nil)
-	_ engine.JournaledSampler = (*TokenBudget)(nil)
-	_ engine.RowForgetter     = (*TokenBudget)(nil)
-	_ engine.TaskForgetter    = (*TokenBudget)(nil)
+	_ engine.CachingSampler    = (*TokenBudget)(nil)
+	_ engine.JournaledSampler  = (*TokenBudget)(nil)
+	_ engine.RowForgetter      = (*TokenBudget)(nil)
+	_ engine.TaskForgetter     = (*TokenBudget)(nil)
+	_ engine.SplitBatchDropper = (*TokenBudget)(nil)
 )
 
 const tokenBudgetKind = "token_budget"
@@ -34,7 +35,8 @@ const tokenBudgetKind = "token_budget"
 // and its peers the same.
 // A rank whose part was cleared before it fetched it gets a part of its
 // own, filled the same way from the rows ready then as if it were the
-// only rank.
+// only rank; so does a rank whose part the controller dropped
+// ([engine.BatchDropper]: the rank never fetched it).
 //
 // TokenBudget is safe for concurrent use.
 type TokenBudget struct {

@@ -1254,7 +1254,12 @@ type ConsumeOp struct {
 	// forgot: the controller stopped following this batch of its group (an
 	// op with nothing else): consumed, or given back by the ops after it in
 	// the same record (the sampler's drop, then the rows and spent keys).
-	Forgot        *KeptRef `protobuf:"bytes,13,opt,name=forgot,proto3" json:"forgot,omitempty"`
+	Forgot *KeptRef `protobuf:"bytes,13,opt,name=forgot,proto3" json:"forgot,omitempty"`
+	// made: the kept batches of other groups this fetch made (a batch split
+	// between DP ranks, whose first fetch makes and consumes every rank's
+	// part, engine.SplitBatchDropper), followed from then on though no fetch
+	// took them yet, so that a part its rank never fetches is given back.
+	Made          []*KeptRef `protobuf:"bytes,14,rep,name=made,proto3" json:"made,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1376,6 +1381,13 @@ func (x *ConsumeOp) GetAsked() *KeptRef {
 func (x *ConsumeOp) GetForgot() *KeptRef {
 	if x != nil {
 		return x.Forgot
+	}
+	return nil
+}
+
+func (x *ConsumeOp) GetMade() []*KeptRef {
+	if x != nil {
+		return x.Made
 	}
 	return nil
 }
@@ -3178,7 +3190,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\x8e\x03\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xb7\x03\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -3194,7 +3206,8 @@ const file_state_proto_rawDesc = "" +
 	" \x01(\bR\x04kept\x12.\n" +
 	"\bkept_ref\x18\v \x01(\v2\x13.tq.wire.v1.KeptRefR\akeptRef\x12)\n" +
 	"\x05asked\x18\f \x01(\v2\x13.tq.wire.v1.KeptRefR\x05asked\x12+\n" +
-	"\x06forgot\x18\r \x01(\v2\x13.tq.wire.v1.KeptRefR\x06forgot\"f\n" +
+	"\x06forgot\x18\r \x01(\v2\x13.tq.wire.v1.KeptRefR\x06forgot\x12'\n" +
+	"\x04made\x18\x0e \x03(\v2\x13.tq.wire.v1.KeptRefR\x04made\"f\n" +
 	"\aKeptRef\x12!\n" +
 	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x17\n" +
 	"\adp_rank\x18\x02 \x01(\x03R\x06dpRank\x12\x1f\n" +
@@ -3435,28 +3448,29 @@ var file_state_proto_depIdxs = []int32{
 	14, // 20: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
 	14, // 21: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
 	14, // 22: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
-	35, // 23: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	36, // 24: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
-	5,  // 25: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	19, // 26: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	23, // 27: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	36, // 28: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	36, // 29: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
-	4,  // 30: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
-	28, // 31: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	29, // 32: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	27, // 33: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	25, // 34: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
-	26, // 35: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
-	14, // 36: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
-	31, // 37: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	32, // 38: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	37, // 39: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	14, // 23: tq.wire.v1.ConsumeOp.made:type_name -> tq.wire.v1.KeptRef
+	35, // 24: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	36, // 25: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	5,  // 26: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	19, // 27: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	23, // 28: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	36, // 29: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	36, // 30: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	4,  // 31: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
+	28, // 32: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	29, // 33: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	27, // 34: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	25, // 35: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
+	26, // 36: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
+	14, // 37: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
+	31, // 38: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	32, // 39: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	37, // 40: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }

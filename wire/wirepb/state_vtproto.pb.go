@@ -1244,6 +1244,18 @@ func (m *ConsumeOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.Made) > 0 {
+		for iNdEx := len(m.Made) - 1; iNdEx >= 0; iNdEx-- {
+			size, err := m.Made[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = protohelpers.EncodeVarint(dAtA, i, uint64(size))
+			i--
+			dAtA[i] = 0x72
+		}
+	}
 	if m.Forgot != nil {
 		size, err := m.Forgot.MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -3570,6 +3582,12 @@ func (m *ConsumeOp) SizeVT() (n int) {
 	if m.Forgot != nil {
 		l = m.Forgot.SizeVT()
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if len(m.Made) > 0 {
+		for _, e := range m.Made {
+			l = e.SizeVT()
+			n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+		}
 	}
 	n += len(m.unknownFields)
 	return n
