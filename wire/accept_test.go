@@ -258,7 +258,7 @@ func fdChild() {
 func TestConnectionLimit(t *testing.T) {
 	var logs logBuffer
 	const limit = 4
-	s, addr := startServer(t, ServerConfig{MaxConns: limit, HandshakeTimeout: time.Minute, Logger: logs.logger()}, "tcp")
+	s, addr := startServer(t, ServerConfig{MaxConns: limit, MaxHandshakes: -1, HandshakeTimeout: time.Minute, Logger: logs.logger()}, "tcp")
 	var flood []net.Conn
 	for range limit {
 		flood = append(flood, rawDial(t, addr, nil)) // never says HELLO

@@ -21,6 +21,7 @@ package wire
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -88,6 +89,20 @@ type ServerConfig struct {
 	// (CODE_CAPACITY, naming the limit) and is closed; it may take at most
 	// a second to send its HELLO. Refusals are logged once per episode.
 	MaxConns int
+	// MaxHandshakes bounds the connections still in their handshake: not
+	// yet authenticated, their HELLO not yet answered (0:
+	// DefaultMaxHandshakes, or a quarter of MaxConns where that is
+	// smaller; negative: no limit). They count against MaxConns too. A
+	// connection accepted past it makes room by closing the oldest
+	// connection in its handshake, with a connection error
+	// (CODE_CAPACITY, naming the limit): a client sends its HELLO at
+	// once and is answered within a round trip, so the oldest is the one
+	// most likely never to authenticate. Peers that open connections and
+	// never authenticate thus hold at most MaxHandshakes of MaxConns, for
+	// at most HandshakeTimeout each, and cannot lock out a client unless
+	// they open MaxHandshakes connections within its round trip.
+	// Evictions are logged once per episode.
+	MaxHandshakes int
 	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long, or up
@@ -206,6 +221,16 @@ const DefaultWriteTimeout = 30 * time.Second
 // one, commonly 65536 or more; below that, accepts back off on EMFILE).
 const DefaultMaxConns = 4096
 
+// DefaultMaxHandshakes is ServerConfig.MaxHandshakes' default (where a
+// quarter of MaxConns is not smaller): a handshake lasts one round trip,
+// so even a reconnect storm of a few hundred clients has far fewer in
+// their handshake at once and does not evict one another; 256 of them
+// cost about 3 MiB (about 12 KiB each) and hold 1/16 of DefaultMaxConns,
+// so idle peers that never authenticate leave the rest to clients that
+// do. The quarter keeps a small MaxConns mostly for authenticated
+// clients too.
+const DefaultMaxHandshakes = 256
+
 // DefaultMaxConnBuffered is ServerConfig.MaxConnBuffered's default: two
 // bodies of the largest size, so one large request does not stall the
 // connection's next.
@@ -250,10 +275,14 @@ type Server struct {
 	conns     map[*serverConn]struct{}
 	nconns    int // connections admitted (counted against MaxConns)
 	nrefusing int // connections being refused
-	draining  bool
-	stop      chan struct{} // closed when draining starts
-	inflight  sync.WaitGroup
-	wg        sync.WaitGroup
+	nevicted  int // connections evicted from their handshake, closing
+	// handshaking lists the admitted connections still in their
+	// handshake, oldest first (counted against MaxHandshakes).
+	handshaking list.List
+	draining    bool
+	stop        chan struct{} // closed when draining starts
+	inflight    sync.WaitGroup
+	wg          sync.WaitGroup
 	// idleWork hands a request to a handler goroutine waiting for one;
 	// workers counts those goroutines (see spawn).
 	idleWork  chan func()
@@ -265,12 +294,13 @@ type Server struct {
 	bytesIn, bytesOut atomic.Int64 // frame bytes read and written, all connections
 	writes            atomic.Int64 // batches of frames written, all connections
 
-	log      *slog.Logger
-	buffered budget  // request body bytes, all connections (MaxBuffered)
-	starved  episode // connections closed for want of buffered room
-	refusals episode // connections refused past MaxConns
-	unauth   episode // handshakes refused for a wrong or missing token
-	euid     int     // this process's, for TrustPeerCred
+	log       *slog.Logger
+	buffered  budget  // request body bytes, all connections (MaxBuffered)
+	starved   episode // connections closed for want of buffered room
+	refusals  episode // connections refused past MaxConns
+	evictions episode // handshakes closed past MaxHandshakes
+	unauth    episode // handshakes refused for a wrong or missing token
+	euid      int     // this process's, for TrustPeerCred
 
 	// loops serve connections while their requests need no goroutine
 	// (started by the first connection that goes to one; see loop.go);
@@ -295,7 +325,7 @@ func (s *Server) Writes() int64 { return s.writes.Load() }
 func (s *Server) Conns() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.nconns + s.nrefusing
+	return s.nconns + s.nrefusing + s.nevicted
 }
 
 // NewServer returns a server with no handlers.
@@ -317,6 +347,12 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.MaxConns == 0 {
 		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxHandshakes == 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+		if cfg.MaxConns > 0 {
+			cfg.MaxHandshakes = min(cfg.MaxHandshakes, max(1, cfg.MaxConns/4))
+		}
 	}
 	if cfg.MaxConnBuffered <= 0 {
 		cfg.MaxConnBuffered = DefaultMaxConnBuffered
@@ -350,6 +386,7 @@ func NewServer(cfg ServerConfig) *Server {
 	s.buffered.init(cfg.MaxBuffered)
 	s.starved = episode{log: log, quiet: time.Second}
 	s.refusals = episode{log: log, quiet: time.Second}
+	s.evictions = episode{log: log, quiet: time.Second}
 	s.unauth = episode{log: log, quiet: time.Second}
 	s.euid = os.Geteuid()
 	return s
@@ -516,7 +553,9 @@ const maxRefusing = 64
 // admit registers nc as one of the server's connections and returns it,
 // to be served; past MaxConns it is marked to be refused. It returns nil,
 // nc closed, when the server is draining or too many refusals are under
-// way.
+// way. A connection admitted to be served is in its handshake; past
+// MaxHandshakes the oldest connection in its handshake is evicted to make
+// room (see [ServerConfig.MaxHandshakes]).
 func (s *Server) admit(nc net.Conn) *serverConn {
 	sc := newServerConn(s, nc)
 	s.mu.Lock()
@@ -539,9 +578,27 @@ func (s *Server) admit(nc net.Conn) *serverConn {
 	} else {
 		s.nconns++
 	}
+	var evicted *serverConn
+	if sc.refused == nil {
+		if hl := s.cfg.MaxHandshakes; hl > 0 && s.handshaking.Len() >= hl {
+			evicted = s.handshaking.Remove(s.handshaking.Front()).(*serverConn)
+			evicted.hs = nil
+			// On its way out (at most linger.Time): its slot under
+			// MaxConns is free again.
+			s.nconns--
+			s.nevicted++
+			evicted.evicted = fmt.Errorf("server has %d connections in their handshake, the limit is %d (MaxHandshakes); this one, the oldest, is closed to make room: %w", hl, hl, engine.ErrCapacity)
+		}
+		sc.hs = s.handshaking.PushBack(sc)
+	}
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	if evicted != nil {
+		// Wakes its handshake's read (see handshake).
+		evicted.nc.SetReadDeadline(time.Unix(1, 0))
+		s.evictions.hit("wire: closing the oldest connections in their handshake past the limit", "limit", s.cfg.MaxHandshakes)
+	}
 	if sc.refused != nil {
 		s.refusals.hit("wire: refusing connections past the limit", "conns", n, "limit", limit)
 	} else {
@@ -661,6 +718,11 @@ type serverConn struct {
 
 	buffered budget // request body bytes held (MaxConnBuffered)
 	refused  error  // past MaxConns: the error its HELLO gets
+	// hs is the connection's element of s.handshaking while it is in its
+	// handshake; evicted, the error it is closed with once it was evicted
+	// from there past MaxHandshakes. Both under s.mu.
+	hs      *list.Element
+	evicted error
 	// linger is set once the connection was answered with a refusal
 	// that ends it: it ends lingering (see serve), so that the answer
 	// survives what the peer still sends. A reply a handler sends
@@ -740,9 +802,16 @@ func (c *serverConn) serve() {
 		}
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
-		if c.refused != nil {
+		if c.hs != nil {
+			c.s.handshaking.Remove(c.hs)
+			c.hs = nil
+		}
+		switch {
+		case c.evicted != nil:
+			c.s.nevicted--
+		case c.refused != nil:
 			c.s.nrefusing--
-		} else {
+		default:
 			c.s.nconns--
 		}
 		c.s.mu.Unlock()
@@ -755,7 +824,9 @@ func (c *serverConn) serve() {
 		return
 	}
 	c.peerUID = peerUID(c.nc)
-	if err := c.handshake(); err != nil {
+	err := c.handshake()
+	c.s.leaveHandshake(c) // a handshake refused
+	if err != nil {
 		return
 	}
 	if c.s.cfg.NewSession != nil {
@@ -1205,6 +1276,11 @@ func readBody(br *bufio.Reader, n int, hold func(n int) bool) ([]byte, error) {
 // anything is read or allocated for it.
 func (c *serverConn) readHello(timeout time.Duration) (Header, []byte, error) {
 	c.nc.SetReadDeadline(time.Now().Add(timeout))
+	if c.s.evictedErr(c) != nil {
+		// Evicted before the deadline above was set: admit's wake-up
+		// came first and was overwritten.
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
 	hb := make([]byte, HeaderSize)
 	if _, err := io.ReadFull(c.nc, hb); err != nil {
 		return Header{}, nil, err
@@ -1293,6 +1369,27 @@ func (c *serverConn) refuseConn(err error) {
 	c.linger.Store(true)
 }
 
+// evictedErr returns the error c was evicted from its handshake with
+// past MaxHandshakes, nil if it was not.
+func (s *Server) evictedErr(c *serverConn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.evicted
+}
+
+// leaveHandshake takes c, whose handshake ends, out of the connections
+// in their handshake, and returns the error it was evicted with before,
+// nil if it was not: once it left, it is not evicted.
+func (s *Server) leaveHandshake(c *serverConn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.hs != nil {
+		s.handshaking.Remove(c.hs)
+		c.hs = nil
+	}
+	return c.evicted
+}
+
 // sameUser reports whether the peer may skip the token: TrustPeerCred is
 // set and the peer is a process of this process's user on a unix socket.
 func (c *serverConn) sameUser() bool {
@@ -1301,6 +1398,14 @@ func (c *serverConn) sameUser() bool {
 
 func (c *serverConn) handshake() error {
 	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
+	if evicted := c.s.evictedErr(c); evicted != nil {
+		if err != nil {
+			c.refuseConn(evicted)
+		} else {
+			c.answerHello(h, evicted)
+		}
+		return evicted
+	}
 	if err != nil {
 		c.refuseConn(err)
 		return err
@@ -1332,6 +1437,10 @@ func (c *serverConn) handshake() error {
 		if a != nil {
 			answer = a
 		}
+	}
+	if evicted := c.s.leaveHandshake(c); evicted != nil {
+		c.answerHello(h, evicted)
+		return evicted
 	}
 	c.peer = &hello
 	reply := proto.Clone(answer).(*wirepb.Hello)
