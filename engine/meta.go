@@ -31,6 +31,56 @@ func (s FieldSchema) Clone() FieldSchema {
 	return out
 }
 
+// Validate checks the schema of field name on its own: a known kind, a
+// dtype that kind can hold (Bytes, and only Bytes, for an opaque field),
+// and shapes a cell can have (a dense field's; each known row shape of a
+// ragged one), or a placeholder for a field no row holds yet (no kind, no
+// shapes). How many
+// row shapes a ragged field has is the meta's to check.
+func (s FieldSchema) Validate(name string) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("meta field %q: %s: %w", name, fmt.Sprintf(format, args...), ErrInvalid)
+	}
+	switch s.Kind {
+	case InvalidKind:
+		// A placeholder: registered (perhaps with a dtype), not produced.
+		if s.DType != InvalidDType && !s.DType.Valid() || len(s.Shape) > 0 || s.Shapes != nil {
+			return bad("a placeholder (no kind) with dtype %v, shape %v and %d row shapes", s.DType, s.Shape, len(s.Shapes))
+		}
+		return nil
+	case Dense, Ragged:
+		if !s.DType.Valid() || s.DType == Bytes {
+			return bad("a %v field of dtype %v", s.Kind, s.DType)
+		}
+	case Opaque:
+		if s.DType != Bytes {
+			return bad("an opaque field of dtype %v (opaque fields are bytes)", s.DType)
+		}
+	default:
+		return bad("kind %v", s.Kind)
+	}
+	if s.Kind != Ragged && s.Shapes != nil {
+		return bad("%v field with row shapes", s.Kind)
+	}
+	if s.Kind != Dense && len(s.Shape) > 0 {
+		return bad("%v field with a shape %v", s.Kind, s.Shape)
+	}
+	if s.Kind == Dense {
+		if _, err := s.Shape.CellBytes(s.DType); err != nil {
+			return fmt.Errorf("meta field %q: %w", name, err)
+		}
+	}
+	for i, sh := range s.Shapes {
+		if sh == nil {
+			continue
+		}
+		if _, err := sh.CellBytes(s.DType); err != nil {
+			return fmt.Errorf("meta field %q, row %d: %w", name, i, err)
+		}
+	}
+	return nil
+}
+
 // RowShape returns row i's shape under this schema (nil if unknown).
 func (s FieldSchema) RowShape(i int) Shape {
 	switch s.Kind {
@@ -143,6 +193,9 @@ func (m *BatchMeta) Validate() error {
 	for name, s := range m.Schema {
 		if name == "" {
 			return fmt.Errorf("meta field with an empty name: %w", ErrInvalid)
+		}
+		if err := s.Validate(name); err != nil {
+			return err
 		}
 		if s.Kind == Ragged {
 			if err := check(fmt.Sprintf("shapes for ragged field %q", name), len(s.Shapes)); err != nil {

@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -966,4 +967,49 @@ func TestAddFields(t *testing.T) {
 			t.Errorf("got %+v", m)
 		}
 	})
+}
+
+// TestBatchMetaValidateSchema: a meta's field schemas are checked on
+// their own (kind, a dtype the kind holds, shapes a cell can have), each
+// refusal naming the field; placeholders and good schemas pass.
+func TestBatchMetaValidateSchema(t *testing.T) {
+	meta := func(s FieldSchema) *BatchMeta {
+		return &BatchMeta{Partitions: []string{"p", "p"}, Indexes: []uint64{0, 1}, Ready: []bool{true, true},
+			Tags: []Tags{nil, nil}, Schema: map[string]FieldSchema{"f": s}}
+	}
+	for _, s := range []FieldSchema{
+		{},
+		{DType: Int8},
+		{DType: Float32, Kind: Dense, Shape: Shape{2, 3}},
+		{DType: Float32, Kind: Dense},
+		{DType: Int64, Kind: Ragged, Shapes: []Shape{{4}, nil}},
+		{DType: Bytes, Kind: Opaque},
+	} {
+		if err := meta(s).Validate(); err != nil {
+			t.Errorf("%+v: %v", s, err)
+		}
+	}
+	for _, c := range []struct {
+		s    FieldSchema
+		want string
+	}{
+		{FieldSchema{DType: Float32, Kind: 9}, "kind invalid"},
+		{FieldSchema{DType: 200, Kind: Dense}, "dense field of dtype"},
+		{FieldSchema{DType: Bytes, Kind: Dense}, "dense field of dtype bytes"},
+		{FieldSchema{DType: Bytes, Kind: Ragged, Shapes: []Shape{nil, nil}}, "ragged field of dtype bytes"},
+		{FieldSchema{DType: Float32, Kind: Opaque}, "opaque field of dtype float32"},
+		{FieldSchema{DType: Float32, Kind: Dense, Shape: Shape{-1}}, "negative"},
+		{FieldSchema{DType: Float32, Kind: Dense, Shape: Shape{1 << 40, 1 << 40}}, "shape"},
+		{FieldSchema{DType: Float32, Kind: Dense, Shapes: []Shape{{1}, {1}}}, "dense field with row shapes"},
+		{FieldSchema{DType: Int64, Kind: Ragged, Shapes: []Shape{{1}, {-2}}}, "row 1"},
+		{FieldSchema{DType: Int64, Kind: Ragged, Shape: Shape{1}, Shapes: []Shape{{1}, {1}}}, "ragged field with a shape (1)"},
+		{FieldSchema{DType: Bytes, Kind: Opaque, Shape: Shape{3}}, "opaque field with a shape (3)"},
+		{FieldSchema{DType: 200}, "placeholder"},
+		{FieldSchema{Shape: Shape{2}}, "placeholder"},
+	} {
+		err := meta(c.s).Validate()
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), `"f"`) {
+			t.Errorf("%+v: got %v, want ErrInvalid naming field \"f\" and %q", c.s, err, c.want)
+		}
+	}
 }
