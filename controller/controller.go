@@ -214,43 +214,98 @@ func (c *Controller) lock(id string) *partition {
 }
 
 // lockOrCreate returns the partition locked, creating it (with its
-// pre-allocated rows) if needed.
+// pre-allocated rows) if needed. A partition it creates is new: listed in
+// c.parts, so that a concurrent request for it waits for its lock, but
+// neither recorded in the log nor shown by Partitions. The caller
+// unlocks it with c.unlockNew, and in between, once nothing can refuse
+// the request, calls c.keep, which makes a new partition one for good
+// and gives the record of its creation to log first; a request that is
+// refused unlocks it unkept, and the partition goes again with no trace
+// (not in the log, its indexes back), as if never made.
 func (c *Controller) lockOrCreate(id string) (*partition, error) {
 	if id == "" {
 		return nil, fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
 	}
-	if p := c.lock(id); p != nil {
-		return p, nil
-	}
-	c.mu.Lock()
-	p, ok := c.parts[id]
-	if !ok {
-		p = newPartition(id, c.nextGen)
-		var idx []uint64
+	for {
+		if p := c.lock(id); p != nil {
+			return p, nil
+		}
+		c.mu.Lock()
+		if _, ok := c.parts[id]; ok {
+			// Made meanwhile (or given up by a refused creator, which
+			// takes it out at once): lock looks again.
+			c.mu.Unlock()
+			continue
+		}
+		p := newPartition(id, c.nextGen)
 		if c.cfg.PreAlloc > 0 {
-			var err error
-			if idx, err = c.idx.alloc(c.cfg.PreAlloc); err != nil {
+			idx, err := c.idx.alloc(c.cfg.PreAlloc)
+			if err != nil {
 				c.mu.Unlock()
 				return nil, err
 			}
 			p.addRows(idx, false)
+			p.preAlloc = idx
 		}
 		c.nextGen++
+		p.pending.Store(true)
+		p.mu.Lock() // nobody has seen p: this does not wait
 		c.parts[id] = p
-		if c.logging() {
-			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Partition{Partition: &wirepb.PartitionOp{
-				Partition: id, Gen: p.gen, CreatedUnixMs: p.created.UnixMilli(), Reserved: idx}}})
-		}
 		close(c.created)
 		c.created = make(chan struct{})
+		c.mu.Unlock()
+		return p, nil
 	}
-	c.mu.Unlock()
-	p.mu.Lock()
-	if p.dropped {
+}
+
+// keep makes p, if the request that holds its lock created it
+// (lockOrCreate), a partition for good, and returns the record of its
+// creation for the request to log first, in the record of its own changes
+// (none when p is not new or nothing is logged). Call it once nothing can
+// refuse the request.
+func (c *Controller) keep(p *partition) []*wirepb.LogOp {
+	if !p.pending.Load() {
+		return nil
+	}
+	p.pending.Store(false)
+	idx := p.preAlloc
+	p.preAlloc = nil
+	if !c.logging() {
+		return nil
+	}
+	return []*wirepb.LogOp{{Op: &wirepb.LogOp_Partition{Partition: &wirepb.PartitionOp{
+		Partition: p.id, Gen: p.gen, CreatedUnixMs: p.created.UnixMilli(), Reserved: idx}}}}
+}
+
+// unlockNew unlocks p, locked by lockOrCreate. A new partition the request
+// did not keep (it was refused) is removed: marked dropped, so that
+// requests waiting for its lock look again, its indexes given back, and
+// taken out of c.parts, after its lock as the lock order wants (until
+// then lockAll and ClearPartition, which may find it, take it out).
+func (c *Controller) unlockNew(p *partition) {
+	if !p.pending.Load() {
 		p.mu.Unlock()
-		return c.lockOrCreate(id)
+		return
 	}
-	return p, nil
+	p.pending.Store(false)
+	var idx []uint64
+	p.rows.all(func(r *row) { idx = append(idx, r.index) })
+	p.preAlloc = nil
+	p.dropped = true
+	p.notify()
+	c.idx.release(idx)
+	p.mu.Unlock()
+	c.mu.Lock()
+	c.pruneLocked(p)
+	c.mu.Unlock()
+}
+
+// pruneLocked takes p, dropped, out of c.parts if it is still there. The
+// caller holds c.mu.
+func (c *Controller) pruneLocked(p *partition) {
+	if c.parts[p.id] == p {
+		delete(c.parts, p.id)
+	}
 }
 
 // CreatePartition creates an empty partition; it reports false if the
@@ -263,17 +318,31 @@ func (c *Controller) CreatePartition(id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	p.mu.Unlock()
-	return true, nil
+	defer c.unlockNew(p)
+	made := p.pending.Load()
+	if ops := c.keep(p); len(ops) > 0 {
+		c.log(ops...)
+	}
+	return made, nil
 }
 
-// Partitions lists partition ids in sorted order.
-func (c *Controller) Partitions() []string {
+// Partitions lists partition ids in sorted order. A partition its first
+// request is still making, which may be refused, is not listed yet.
+func (c *Controller) Partitions() []string { return c.partitionIDs(false) }
+
+// partitionIDs lists partition ids in sorted order; with pending, those
+// their first request is still making too. A walk that must see every
+// cell committed after it began (a unit's cells, for a drain or a loss)
+// takes them: such a request may have passed its checks already, and the
+// walk waits for its lock.
+func (c *Controller) partitionIDs(pending bool) []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	out := make([]string, 0, len(c.parts))
-	for id := range c.parts {
-		out = append(out, id)
+	for id, p := range c.parts {
+		if pending || !p.pending.Load() {
+			out = append(out, id)
+		}
 	}
 	sort.Strings(out)
 	return out
@@ -308,13 +377,14 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	if err != nil {
 		return nil, opErr("insert", partition, err)
 	}
-	defer p.mu.Unlock()
+	defer c.unlockNew(p)
 	rows, err := c.allocRows(p, n)
 	if err != nil {
 		return nil, opErr("insert", partition, err)
 	}
+	born := c.keep(p)
 	if c.logging() {
-		stamp(rows, c.log(p.rowsOp(rows, false)))
+		stamp(rows, c.log(append(born, p.rowsOp(rows, false))...))
 	}
 	m := p.meta(rows, fields, false)
 	for _, f := range fields {
@@ -830,7 +900,7 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 	} else if p = c.lock(pid); p == nil {
 		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
 	}
-	defer p.mu.Unlock()
+	defer c.unlockNew(p)
 	rows, newAt := p.lookupKeys(keys)
 	if len(newAt) > 0 && !create {
 		missing := make([]string, len(newAt))
@@ -853,11 +923,13 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 	if err := c.createKeys(p, keys, newAt, rows); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
 	}
-	if len(newAt) > 0 {
+	if born := c.keep(p); len(newAt) > 0 {
 		n := p.feed.touch(pick(rows, newAt))
 		if c.logging() {
-			stamp(pick(rows, newAt), c.log(p.createdOp(rows, newAt, n)))
+			stamp(pick(rows, newAt), c.log(append(born, p.createdOp(rows, newAt, n))...))
 		}
+	} else if len(born) > 0 {
+		c.log(born...) // not reached: a new partition has none of the keys
 	}
 	if fields == nil {
 		return p.commonMeta(rows, shared), newAt, nil
@@ -1386,6 +1458,10 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.dropped { // a new partition its request gave up (unlockNew)
+		c.pruneLocked(p)
+		return nil, nil
+	}
 	if c.logging() {
 		c.noteRemoved(c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearPartition{ClearPartition: &wirepb.ClearPartitionOp{Partition: partition, Gen: p.gen}}}))
 	}

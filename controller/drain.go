@@ -121,7 +121,7 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 	var out []engine.UnitCell
 	var bytes int64
 	var next []byte
-	for _, id := range c.Partitions() {
+	for _, id := range c.partitionIDs(true) {
 		if id < from {
 			continue
 		}

@@ -664,6 +664,13 @@ func (c *Controller) lockAll() (unlock func()) {
 	for _, id := range ids {
 		p := c.parts[id]
 		p.mu.Lock()
+		if p.dropped {
+			// A new partition its request gave up (unlockNew), not taken
+			// out yet: it never was, and no copy of the state has it.
+			c.pruneLocked(p)
+			p.mu.Unlock()
+			continue
+		}
 		parts = append(parts, p)
 	}
 	c.units.mu.Lock()

@@ -162,7 +162,7 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		// deleting what is absent changes nothing.
 		return engine.TagSwapped{Swapped: req.Old == nil}, nil
 	}
-	defer p.mu.Unlock()
+	defer c.unlockNew(p) // a new partition goes again if refused
 	r := p.keys[req.Key]
 	var cur any
 	if r != nil {
@@ -191,6 +191,7 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		}
 		r = rows[0]
 	}
+	ops = c.keep(p) // nothing refuses the swap from here on
 	if req.New == nil {
 		p.setTags(r, p.tagsOf(r).Without(req.Name))
 	} else {

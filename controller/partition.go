@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/btree"
@@ -343,7 +344,14 @@ type partition struct {
 	// changedChan).
 	changed chan struct{}
 	dropped bool // removed from the controller; waiters must look again
-	done    bool // its producer marked it done (MarkDone)
+	// pending: made by the request that holds the lock, which may still
+	// be refused, and then takes the partition out again (see
+	// lockOrCreate); read without the lock by Partitions. preAlloc holds
+	// its pre-allocated indexes until then, for the record of its
+	// creation.
+	pending  atomic.Bool
+	preAlloc []uint64
+	done     bool // its producer marked it done (MarkDone)
 	// removed is the log index of the last record that took rows or
 	// keys out of the partition: a read that found a key absent waits
 	// for it.

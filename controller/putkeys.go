@@ -11,8 +11,9 @@ import (
 // the fields' cells for them and merges the tags, all under the
 // partition's lock: readers see either none of the put or all of it. A
 // rejected commit (bad keys or fields, a dtype other than the partition's,
-// a location whose length is not the bytes its row's shape needs) creates
-// no key and changes nothing.
+// a location whose length is not the bytes its row's shape needs, a
+// draining unit or fenced segment) creates no key and changes nothing: it
+// does not create its partition either, nor log that.
 func (c *Controller) CommitKeys(req engine.KeysCommit) (engine.KeysCommitted, error) {
 	return c.commitKeys(req, false)
 }
@@ -49,7 +50,9 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
-	defer p.mu.Unlock()
+	// A refused commit to a partition it made takes the partition out
+	// again (unlockNew): nothing of it stays, nor is logged.
+	defer c.unlockNew(p)
 	err = p.checkDTypes(req.Fields)
 	if err == nil {
 		err = c.checkFences(req.Fields)
@@ -72,6 +75,7 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 	if err := c.createKeys(p, req.Keys, newAt, rows); err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
+	born := c.keep(p) // nothing refuses the commit from here on
 	var out engine.KeysCommitted
 	if len(req.Fields) > 0 {
 		out.Replaced = p.applyCommit(&engine.CommitRequest{Partition: req.Partition, Fields: req.Fields}, rows)
@@ -91,7 +95,7 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 	// together, as readers see them.
 	change := p.feed.touch(rows)
 	if c.logging() {
-		var ops []*wirepb.LogOp
+		ops := born
 		if len(newAt) > 0 {
 			ops = append(ops, p.createdOp(rows, newAt, change))
 		}

@@ -388,7 +388,7 @@ func (c *Controller) Unreferenced(unit engine.UnitID, extents []engine.RemoteAdd
 // one partition at a time under its lock, and records the lost ops fn
 // collects for the partition.
 func (c *Controller) eachCellOf(unit engine.UnitID, fn func(p *partition, r *row, slot int, lost *[]*wirepb.LostOp)) {
-	for _, id := range c.Partitions() {
+	for _, id := range c.partitionIDs(true) {
 		p := c.lock(id)
 		if p == nil {
 			continue

@@ -230,13 +230,14 @@ func (c *Controller) MarkDone(partition string) error {
 	if err != nil {
 		return opErr("mark done", partition, err)
 	}
-	defer p.mu.Unlock()
+	defer c.unlockNew(p)
+	born := c.keep(p)
 	if p.done {
-		return nil
+		return nil // not new
 	}
 	p.done = true
 	if c.logging() {
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Done{Done: &wirepb.DoneOp{Partition: p.id, Gen: p.gen}}})
+		c.log(append(born, &wirepb.LogOp{Op: &wirepb.LogOp_Done{Done: &wirepb.DoneOp{Partition: p.id, Gen: p.gen}}})...)
 	}
 	p.notify()
 	return nil
