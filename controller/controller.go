@@ -53,7 +53,26 @@ type Config struct {
 	// group left it behind, its rows are given back to the task for other
 	// groups (0: DefaultKeptBatchTTL; negative: never). See keptbatches.go.
 	KeptBatchTTL time.Duration
+	// MaxPartitions bounds the partitions the controller holds (0:
+	// DefaultMaxPartitions; negative: no limit), so that a client that
+	// names ever new partitions (a Redis {tag} per user, KV puts to a new
+	// partition each) cannot grow its memory and the metrics' series per
+	// partition without end. A request that would create one more is
+	// refused with an error wrapping [engine.ErrCapacity] that names the
+	// limit and the partition; the partitions there are keep working, and
+	// clearing one makes room. Loading a state (the log and snapshots at
+	// New, a checkpoint) is not bounded: what was accepted loads whole,
+	// and past the limit new partitions are refused until enough are
+	// cleared.
+	MaxPartitions int
 }
+
+// DefaultMaxPartitions is [Config.MaxPartitions]' default: far more than
+// a training job's partitions (one per step or split, a few thousand
+// Redis {tag}s), while an empty partition costs the controller a few KiB
+// and the metrics a dozen series, so that the most it holds stays some
+// hundreds of MiB.
+const DefaultMaxPartitions = 65536
 
 // DefaultConfig returns the defaults: no pre-allocation, sequential
 // sampling, in memory.
@@ -188,6 +207,18 @@ func (c *Controller) Close() error {
 	return c.closeErr
 }
 
+// maxPartitions returns the limit on partitions (0: none).
+func (c *Controller) maxPartitions() int {
+	switch n := c.cfg.MaxPartitions; {
+	case n == 0:
+		return DefaultMaxPartitions
+	case n < 0:
+		return 0
+	default:
+		return n
+	}
+}
+
 // Units returns the unit registry.
 func (c *Controller) Units() *Registry { return c.units }
 
@@ -214,7 +245,8 @@ func (c *Controller) lock(id string) *partition {
 }
 
 // lockOrCreate returns the partition locked, creating it (with its
-// pre-allocated rows) if needed. A partition it creates is new: listed in
+// pre-allocated rows) if needed: past Config.MaxPartitions, an error
+// wrapping [engine.ErrCapacity]. A partition it creates is new: listed in
 // c.parts, so that a concurrent request for it waits for its lock, but
 // neither recorded in the log nor shown by Partitions. The caller
 // unlocks it with c.unlockNew, and in between, once nothing can refuse
@@ -236,6 +268,14 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 			// takes it out at once): lock looks again.
 			c.mu.Unlock()
 			continue
+		}
+		// New ones count, refused yet or not: two requests cannot both
+		// take the last slot.
+		if max := c.maxPartitions(); max > 0 && len(c.parts) >= max {
+			n := len(c.parts)
+			c.mu.Unlock()
+			return nil, fmt.Errorf("the controller holds %d partitions, the limit is %d (MaxPartitions, tq serve --max-partitions), and partition %q would be one more; clear one: %w",
+				n, max, id, engine.ErrCapacity)
 		}
 		p := newPartition(id, c.nextGen)
 		if c.cfg.PreAlloc > 0 {

@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
@@ -55,6 +56,7 @@ type serveConfig struct {
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	KeptBatchTTL      time.Duration `yaml:"kept_batch_ttl"`
+	MaxPartitions     int           `yaml:"max_partitions"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
 	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
@@ -90,6 +92,7 @@ func defaultServeConfig() serveConfig {
 		Capacity:          1 << 30,
 		HugePages:         true,
 		Sampler:           "sequential",
+		MaxPartitions:     controller.DefaultMaxPartitions,
 		Fsync:             "batch",
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
@@ -121,6 +124,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
+	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms), for the controller, which tells its units; a unit silent for five is reported dead")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
@@ -437,6 +441,7 @@ var roleFlags = []struct {
 	{"pre-alloc", "all controller", func(c *serveConfig) any { return c.PreAlloc }},
 	{"sampler", "all controller", func(c *serveConfig) any { return c.Sampler }},
 	{"kept-batch-ttl", "all controller", func(c *serveConfig) any { return c.KeptBatchTTL }},
+	{"max-partitions", "all controller", func(c *serveConfig) any { return c.MaxPartitions }},
 	// A unit heartbeats at the interval its controller tells it.
 	{"heartbeat", "all controller", func(c *serveConfig) any { return c.HeartbeatInterval }},
 	{"loops", "all controller", func(c *serveConfig) any { return c.Loops }},

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
@@ -530,4 +531,19 @@ func TestConfigKeyWithoutAValueIsRefused(t *testing.T) {
 	cfg, _, err := parseServeConfig([]string{"--config", file, "--data-dir", dir}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, "", cfg.Listen)
+}
+
+// --max-partitions (max_partitions) reaches the controller's
+// MaxPartitions; its default is the controller's, and a unit refuses it.
+func TestMaxPartitionsFlag(t *testing.T) {
+	dir := t.TempDir()
+	cfg, _, err := parseServeConfig([]string{"--check-config", "--data-dir", dir}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, controller.DefaultMaxPartitions, cfg.MaxPartitions)
+	cfg, _, err = parseServeConfig([]string{"--check-config", "--data-dir", dir, "--max-partitions", "3"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 3, cfg.MaxPartitions)
+	_, _, err = parseServeConfig([]string{"--check-config", "--data-dir", dir, "--role", "unit", "--controller", "tcp://127.0.0.1:1", "--max-partitions", "3"}, io.Discard)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "max-partitions")
 }
