@@ -149,10 +149,21 @@ type BatchDropper interface {
 // the parts a call made for the other groups as it follows a batch a
 // fetch took, and gives back the part of a group that never fetches it.
 // DropBatch drops one group's part; the others stay.
+//
+// MovePart moves the part of DP rank rank from batch index from to batch
+// index to, whose part for the rank is empty (the batch is made, with no
+// other part, when it is not cached), and returns its rows: nil, and
+// nothing changed, when the part of from is empty or that of to is not.
+// The controller moves a later part a rank never fetched into the batch
+// it asks for when its own part there is empty (cleared) and the done
+// partition has no rows ready to refill it: without it the rank was told
+// the partition is done while its peers' later batches held parts for it.
+// The change goes to journal as DropBatch's does. The rows stay consumed.
 type SplitBatchDropper interface {
 	CachingSampler
 	BatchDropper
 	Parts(partition, task string, batchIndex int) []int
+	MovePart(partition, task string, rank, from, to int, journal func(entry []byte)) ([]uint64, error)
 }
 
 // StatefulSampler is a sampler whose state goes into controller

@@ -44,7 +44,10 @@ const LengthTag = "total_lengths"
 // cached batch was cleared does with [GRPO].
 // A rank's part that the controller drops ([SeqlenBalanced.DropBatch]: the
 // rank never fetched it) is empty from then on, and the rank, asking for
-// it after all, gets a part of its own the same way.
+// it after all, gets a part of its own the same way. At the end of a done
+// partition, with no rows ready for such a part, the controller moves the
+// rank's part of a later batch that it never fetched into the batch it
+// asks for ([SeqlenBalanced.MovePart]).
 // A DPRank of dpSize or more is an error: the reference's sampler gave it
 // nothing, and a waiting fetch then waited for ever. All returned rows
 // are consumed.
@@ -346,12 +349,64 @@ func (s *partsCache) DropBatch(partition, task string, opts engine.SamplingOptio
 	return slices.Clone(rows), nil
 }
 
+// MovePart implements [engine.SplitBatchDropper]: it moves rank's part
+// of the cached batch from into the batch to, whose part for the rank is
+// empty (to is made, with rank's part alone, when it is not cached), and
+// returns its rows; a batch from left with no rows is dropped. It does
+// nothing and returns nil when rank's part of from is empty or that of to
+// is not. Two journal entries record it: to's part (as a refill's does)
+// and from's part dropped (as DropBatch's does).
+func (s *partsCache) MovePart(partition, task string, rank, from, to int, j func([]byte)) ([]uint64, error) {
+	if rank < 0 || rank >= s.dpSize || from == to {
+		return nil, nil
+	}
+	fill := make([][]uint64, s.dpSize)
+	var rows []uint64
+	c := &s.cache
+	c.mu.Lock()
+	fk, tk := batchKey{task: task, batch: from}, batchKey{task: task, batch: to}
+	src := c.m[partition][fk]
+	dst, cached := c.m[partition][tk]
+	if len(src) > rank && len(src[rank]) > 0 && (!cached || len(dst[rank]) == 0) {
+		rows = src[rank]
+		fill[rank] = rows
+		if cached {
+			c.m[partition][tk], _ = fillParts(dst, fill)
+		} else {
+			c.m[partition][tk] = fill
+		}
+		s.dropPartLocked(partition, fk, rank)
+	}
+	c.mu.Unlock()
+	if rows == nil {
+		return nil, nil
+	}
+	if j != nil {
+		for _, e := range []partsEntry{
+			{Partition: partition, Task: task, BatchIndex: to, Parts: fill},
+			{Partition: partition, Task: task, BatchIndex: from, DPRank: rank, Dropped: true},
+		} {
+			b, err := json.Marshal(e)
+			if err != nil {
+				return nil, fmt.Errorf("%s: journal entry: %w", s.kind, err)
+			}
+			j(b)
+		}
+	}
+	return slices.Clone(rows), nil
+}
+
 // dropPart empties rank's part of the batch cached under k and returns
 // what it held; a batch left with no rows is deleted.
 func (s *partsCache) dropPart(partition string, k batchKey, rank int) []uint64 {
+	s.cache.mu.Lock()
+	defer s.cache.mu.Unlock()
+	return s.dropPartLocked(partition, k, rank)
+}
+
+// dropPartLocked is dropPart with the cache locked.
+func (s *partsCache) dropPartLocked(partition string, k batchKey, rank int) []uint64 {
 	c := &s.cache
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	parts, ok := c.m[partition][k]
 	if !ok || rank >= len(parts) || len(parts[rank]) == 0 {
 		return nil

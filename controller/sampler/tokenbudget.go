@@ -36,7 +36,10 @@ const tokenBudgetKind = "token_budget"
 // A rank whose part was cleared before it fetched it gets a part of its
 // own, filled the same way from the rows ready then as if it were the
 // only rank; so does a rank whose part the controller dropped
-// ([engine.BatchDropper]: the rank never fetched it).
+// ([engine.BatchDropper]: the rank never fetched it). At the end of a done
+// partition, with nothing ready for such a part, the controller moves the
+// rank's part of a later batch that it never fetched into the batch it
+// asks for (MovePart, as [SeqlenBalanced]'s).
 //
 // TokenBudget is safe for concurrent use.
 type TokenBudget struct {
