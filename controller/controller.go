@@ -661,6 +661,20 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if splitNew && split.Cached(p.id, req.Task, req.Options) {
 		made = p.madeParts(gk, req.Options.BatchIndex, split.Parts(p.id, req.Task, req.Options.BatchIndex), now, c.keptTTL())
 	}
+	// The end of a done partition, and this rank's part of the batch is
+	// empty (cleared) with nothing ready to refill it: a later part its
+	// peers made for it, which it never fetched, is moved here rather
+	// than the rank told ErrDone with rows still held for it.
+	var moved *keptRef
+	if len(sampled) == 0 && final && follows && splits {
+		var rows []uint64
+		if rows, moved, err = p.movePart(gk, req.Options.BatchIndex, split, sreq.Journal); err != nil {
+			return nil, fmt.Errorf("sampler: %w", err)
+		}
+		if len(rows) > 0 {
+			sampled, consumed = rows, append(consumed, rows...) // consumed already: marking is idempotent
+		}
+	}
 	if len(sampled) == 0 {
 		// The sampler may have consumed rows though this rank got
 		// nothing (a batch balanced across ranks: the others' parts).
@@ -719,7 +733,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
-			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), Made: made, AtUnixMs: now.UnixMilli(),
+			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), Made: made, Forgot: moved.pb(), AtUnixMs: now.UnixMilli(),
 		}}})
 	}
 	return p.meta(rows, req.Fields, shared), nil

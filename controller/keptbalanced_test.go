@@ -7,6 +7,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -174,5 +175,183 @@ func TestKeptBatchBalancedPartAcrossRestart(t *testing.T) {
 				assert.Subset(t, all, seq(0, 4), "the rows of rank 1's part of batch 0 were served again")
 			})
 		}
+	}
+}
+
+// followedBatches is the batch indexes the controller follows for DP rank
+// rank of task "t" of "p" under spec.
+func followedBatches(t *testing.T, c *Controller, spec engine.SamplerSpec, rank int) []int {
+	t.Helper()
+	p := c.lock("p")
+	require.NotNil(t, p)
+	defer p.mu.Unlock()
+	var out []int
+	if g := p.groups[groupKey{spec: spec.String(), task: "t", rank: rank}]; g != nil {
+		for b := range g.batches {
+			out = append(out, b)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// clearedPartAtEnd makes the end of a done partition where rank 1's part
+// of batch 0 was cleared before it fetched it: rank 0 took its parts of
+// batches 0 and 1, which made rank 1's part of batch 1 (2 rows) too. It
+// returns what rank 0 got.
+func clearedPartAtEnd(t *testing.T, c *Controller, tc balancedCase) [][]uint64 {
+	t.Helper()
+	ctx := context.Background()
+	a, err := c.Fetch(ctx, tc.fetch(0, 0))
+	require.NoError(t, err)
+	require.Len(t, a.Indexes, 2)
+	part1 := slices.DeleteFunc(seq(0, 4), func(i uint64) bool { return slices.Contains(a.Indexes, i) })
+	_, err = c.ClearRows("p", part1)
+	require.NoError(t, err)
+	require.NoError(t, c.MarkDone("p"))
+	b, err := c.Fetch(ctx, tc.fetch(0, 1))
+	require.NoError(t, err)
+	require.Len(t, b.Indexes, 2)
+	require.Equal(t, seq(4, 8), consumedRows(t, c)[2:], "batch 1 consumed rank 1's part too")
+	return [][]uint64{a.Indexes, b.Indexes}
+}
+
+// A rank whose part was cleared asks for it at the end of a done
+// partition, with nothing ready to refill it: it gets the part its peer
+// made for it in a later batch, not ErrDone (which left those rows
+// consumed and given to nobody until a TTL later, and ended its stream
+// early). The part moved is followed under the batch it was served as,
+// and not given back.
+func TestKeptBatchBalancedClearedPartTakesLaterPart(t *testing.T) {
+	for _, tc := range balancedCases {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newController(t, Config{KeptBatchTTL: time.Minute})
+				m := insert(t, c, "p", 8, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				ctx := context.Background()
+				rank0 := clearedPartAtEnd(t, c, tc)
+				part1 := slices.DeleteFunc(seq(4, 8), func(i uint64) bool { return slices.Contains(rank0[1], i) })
+
+				got, err := c.Fetch(ctx, tc.fetch(1, 0))
+				require.NoError(t, err, "rank 1's part of batch 1 holds rows for it")
+				require.Equal(t, part1, got.Indexes, "rank 1 gets its part of batch 1")
+				assert.Equal(t, []int{0}, followedBatches(t, c, tc.spec, 1), "the part is followed as batch 0, no longer as batch 1")
+				again, err := c.Fetch(ctx, tc.fetch(1, 0))
+				require.NoError(t, err)
+				assert.Equal(t, part1, again.Indexes, "asked again: the same part")
+
+				_, err = c.Fetch(ctx, tc.fetch(1, 1))
+				require.ErrorIs(t, err, engine.ErrDone, "rank 1 has nothing more")
+				_, err = c.Fetch(ctx, tc.fetch(0, 2))
+				require.ErrorIs(t, err, engine.ErrDone, "rank 0 has nothing more")
+				served := requireServedOnce(t, rank0[0], rank0[1], got.Indexes)
+				assert.Equal(t, served, consumedRows(t, c), "every consumed row went to a rank")
+
+				time.Sleep(2 * time.Minute) // both went past their parts: nothing goes back
+				_, err = c.Fetch(ctx, tc.fetch(0, 2))
+				require.ErrorIs(t, err, engine.ErrDone)
+				assert.Equal(t, served, consumedRows(t, c), "no part was given back")
+			})
+		})
+	}
+}
+
+// A rank that took the part moved to it and stopped there leaves it
+// behind: its rows go back once, a TTL later, as batch 0's.
+func TestKeptBatchBalancedMovedPartLeftBehindGoesBackOnce(t *testing.T) {
+	for _, tc := range balancedCases {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newController(t, Config{KeptBatchTTL: time.Minute})
+				m := insert(t, c, "p", 8, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				ctx := context.Background()
+				rank0 := clearedPartAtEnd(t, c, tc)
+				got, err := c.Fetch(ctx, tc.fetch(1, 0))
+				require.NoError(t, err)
+				require.Len(t, got.Indexes, 2)
+
+				// Rank 1 stopped at batch 0: its rows go back, and each
+				// batch rank 0 makes of them has a part for rank 1 again,
+				// which goes back a TTL later in turn.
+				var again []uint64
+				for b := 2; ; b++ {
+					require.Less(t, b, 10, "rank 0 still fetching")
+					time.Sleep(2 * time.Minute)
+					m, err := c.Fetch(ctx, tc.fetch(0, b))
+					if errors.Is(err, engine.ErrDone) {
+						break
+					}
+					require.NoError(t, err)
+					again = append(again, m.Indexes...)
+				}
+				assert.ElementsMatch(t, got.Indexes, again, "the rows rank 1 left behind are rank 0's now")
+				requireServedOnce(t, rank0[0], rank0[1], again)
+				assert.Equal(t, requireServedOnce(t, rank0[0], rank0[1], got.Indexes), consumedRows(t, c))
+			})
+		})
+	}
+}
+
+// The move is in the log (the sampler's entries, the part followed under
+// its new batch): a restart agrees.
+func TestKeptBatchBalancedClearedPartAcrossRestart(t *testing.T) {
+	for _, tc := range balancedCases {
+		for _, way := range restartWays {
+			t.Run(tc.spec.Name+"/"+way.name, func(t *testing.T) {
+				dir := t.TempDir()
+				cfg := Config{KeptBatchTTL: time.Hour}
+				c := openRows(t, dir, cfg, 8)
+				ctx := context.Background()
+				rank0 := clearedPartAtEnd(t, c, tc)
+				got, err := c.Fetch(ctx, tc.fetch(1, 0))
+				require.NoError(t, err)
+				require.Len(t, got.Indexes, 2)
+				require.NoError(t, c.WaitDurable(ctx))
+				want := stateBytes(t, c)
+				way.stop(t, c)
+
+				c = openDurable(t, dir, cfg)
+				defer c.Close()
+				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+				assert.Equal(t, []int{0}, followedBatches(t, c, tc.spec, 1))
+				again, err := c.Fetch(ctx, tc.fetch(1, 0))
+				require.NoError(t, err)
+				assert.Equal(t, got.Indexes, again.Indexes, "asked again after the restart: the same part")
+				_, err = c.Fetch(ctx, tc.fetch(1, 1))
+				require.ErrorIs(t, err, engine.ErrDone)
+				_, err = c.Fetch(ctx, tc.fetch(0, 2))
+				require.ErrorIs(t, err, engine.ErrDone)
+				served := requireServedOnce(t, rank0[0], rank0[1], got.Indexes)
+				assert.Equal(t, served, consumedRows(t, c))
+			})
+		}
+	}
+}
+
+// A later part the rank fetched already (a loader that prefetched it) is
+// not moved: the rank has those rows, and would get them twice.
+func TestKeptBatchBalancedClearedPartKeepsHeldPart(t *testing.T) {
+	for _, tc := range balancedCases {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newController(t, Config{KeptBatchTTL: time.Minute})
+				m := insert(t, c, "p", 8, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				ctx := context.Background()
+				rank0 := clearedPartAtEnd(t, c, tc)
+				ahead, err := c.Fetch(ctx, tc.fetch(1, 1))
+				require.NoError(t, err)
+				require.Len(t, ahead.Indexes, 2)
+
+				_, err = c.Fetch(ctx, tc.fetch(1, 0))
+				require.ErrorIs(t, err, engine.ErrDone, "batch 1's part is rank 1's already")
+				again, err := c.Fetch(ctx, tc.fetch(1, 1))
+				require.NoError(t, err)
+				assert.Equal(t, ahead.Indexes, again.Indexes, "batch 1's part stays")
+				assert.Equal(t, requireServedOnce(t, rank0[0], rank0[1], ahead.Indexes), consumedRows(t, c))
+			})
+		})
 	}
 }

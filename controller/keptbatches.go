@@ -35,7 +35,12 @@ package controller
 // its part its batch. The parts made for the other ranks are followed from
 // then (made), as batches no fetch holds: a rank that never fetches its
 // part (it stopped) leaves it behind, and its rows go back a TTL later.
-// The fetch's record names them (made).
+// The fetch's record names them (made). A rank whose part was cleared
+// before it fetched it, asking for it at the end of a done partition with
+// nothing ready to refill it, gets its part of the first later batch that
+// it holds no fetch of instead (movePart): the part is followed as the
+// batch it was served as from then, and the fetch's record names the
+// batch it came from (forgot) with the sampler's entries for the move.
 //
 // What is followed is logged and in the state: a fetch that took a kept
 // batch names it in its consume record (and its key's entry), an ask that
@@ -168,6 +173,41 @@ func (p *partition) madeParts(k groupKey, batch int, ranks []int, now time.Time,
 		refs = append(refs, (&keptRef{group: g, batch: batch}).pb())
 	}
 	return refs
+}
+
+// movePart is for a final fetch of group k's batch (the partition is done
+// and every row it has is ready) that got nothing: the group's part is
+// empty (cleared before it fetched it) and no rows are ready to refill
+// it. It moves the group's part of the first later batch that no fetch
+// of the group holds (made by another rank's fetch, or given back) into
+// batch, and returns the part's rows and the batch it came from, no longer
+// followed; the caller serves the rows as batch and follows them so. A
+// part the group holds is never moved: it has those rows already. nil
+// when there is none.
+func (p *partition) movePart(k groupKey, batch int, split engine.SplitBatchDropper, journal func([]byte)) ([]uint64, *keptRef, error) {
+	g := p.groups[k]
+	if g == nil {
+		return nil, nil, nil
+	}
+	var later []int
+	for b, kb := range g.batches {
+		if b > batch && kb.held == 0 {
+			later = append(later, b)
+		}
+	}
+	slices.Sort(later)
+	for _, b := range later {
+		rows, err := split.MovePart(p.id, k.task, k.rank, b, batch, journal)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(rows) > 0 {
+			ref := keptRef{group: k, batch: b}
+			p.forget(ref)
+			return rows, &ref, nil
+		}
+	}
+	return nil, nil, nil
 }
 
 // pb is r as its records and the state name it (nil for nil).

@@ -75,6 +75,7 @@ type propSim struct {
 	budgets  map[int]int64
 	first    map[batchID][]int // the ids the group's first answer had
 	owner    map[int]int       // row id → the group it went to
+	moved    map[batchID]bool  // the group's batch is a later batch's part (movePart)
 	log      []func(propSampler) error
 }
 
@@ -84,7 +85,7 @@ func newPropSim(t *testing.T, seed uint64, kind propKind) *propSim {
 		t: t, rng: rng, seed: seed, kind: kind,
 		groups: 1 + rng.IntN(3), peers: 1 + rng.IntN(3),
 		rows: map[uint64]*propRow{}, sizes: map[int]int{}, budgets: map[int]int64{},
-		first: map[batchID][]int{}, owner: map[int]int{},
+		first: map[batchID][]int{}, owner: map[int]int{}, moved: map[batchID]bool{},
 	}
 	s.s = kind.make(kind.n, s.groups)
 	s.next = make([][]int, s.groups)
@@ -216,6 +217,13 @@ func (s *propSim) fetch(g, r int) {
 		s.fatalf("group %d rank %d batch %d: Sample: %v", g, r, b, err)
 	}
 	s.logEntries(entries)
+	if len(sampled) == 0 && final && s.kind.parts {
+		sampled = s.movePart(g, b)
+		consumed = append(consumed, sampled...)
+		s.moved[batchID{g, b}] = s.moved[batchID{g, b}] || len(sampled) > 0
+	}
+	// A later batch's part: its size and budget are that batch's.
+	moved := s.moved[batchID{g, b}]
 	fresh := false // the answer was made now, not cached
 	for _, i := range consumed {
 		row, ok := s.rows[i]
@@ -255,10 +263,10 @@ func (s *propSim) fetch(g, r int) {
 	}
 	// A final short batch of SeqlenBalanced is split into parts of any
 	// size (as the reference's is): one may be over the batch size.
-	if size > 0 && len(sampled) > size && !(s.kind.parts && !s.kind.budget && final) {
+	if size > 0 && len(sampled) > size && !(s.kind.parts && !s.kind.budget && final) && !moved {
 		s.fatalf("group %d rank %d batch %d: %d rows for a batch of %d", g, r, b, len(sampled), size)
 	}
-	if s.kind.budget {
+	if s.kind.budget && !moved {
 		var tokens int64
 		for _, i := range sampled {
 			tokens += s.rows[i].length
@@ -278,6 +286,33 @@ func (s *propSim) fetch(g, r int) {
 		s.first[key] = ids
 	}
 	s.next[g][r]++
+}
+
+// movePart is the controller's answer to a final fetch of a balanced
+// sampler that got nothing (the group's part was cleared, and no rows are
+// ready to refill it): the group's part of the first later batch it never
+// fetched, moved into batch b (engine.SplitBatchDropper.MovePart).
+func (s *propSim) movePart(g, b int) []uint64 {
+	split := s.s.(engine.SplitBatchDropper)
+	last := 0
+	for h := range s.groups {
+		last = max(last, slices.Max(s.next[h]))
+	}
+	for from := b + 1; from <= last; from++ {
+		if _, fetched := s.first[batchID{g, from}]; fetched {
+			continue
+		}
+		var entries [][]byte
+		rows, err := split.MovePart("p", "t", g, from, b, func(e []byte) { entries = append(entries, e) })
+		if err != nil {
+			s.fatalf("group %d batch %d: MovePart from %d: %v", g, b, from, err)
+		}
+		s.logEntries(entries)
+		if len(rows) > 0 {
+			return rows
+		}
+	}
+	return nil
 }
 
 // liveIDs returns the ids of rows still in the partition.
@@ -320,20 +355,15 @@ func (s *propSim) checkGroups(g, r, b int, sampled []uint64) {
 	}
 }
 
-// clear removes some rows, as a clear of the partition does. Not, with
-// the balanced samplers, rows consumed for a rank that has not fetched
-// them yet: a rank whose part was cleared takes a part of its own from
-// the rows ready then (TestClearedPartRefills), and at the end of a done
-// partition, with none ready, it ends there though later batches hold
-// rows for it.
+// clear removes some rows, as a clear of the partition does; with the
+// balanced samplers, rows consumed for a rank that has not fetched them
+// yet too: the rank takes a part of its own from the rows ready then
+// (TestClearedPartRefills), and at the end of a done partition, with none
+// ready, its part of a later batch (movePart).
 func (s *propSim) clear() {
 	var gone []uint64
 	for _, i := range s.sortedIdx() {
 		r := s.rows[i]
-		_, handed := s.owner[r.id]
-		if s.kind.parts && r.consumed && !handed {
-			continue
-		}
 		if (r.consumed && s.rng.IntN(3) == 0) || s.rng.IntN(20) == 0 {
 			gone = append(gone, i)
 		}
@@ -358,6 +388,7 @@ func (s *propSim) reset() {
 	s.log = append(s.log, func(f propSampler) error { f.ForgetTask("p", "t"); return nil })
 	clear(s.owner)
 	clear(s.first)
+	clear(s.moved)
 	for g := range s.groups {
 		clear(s.next[g])
 		clear(s.finished[g])
@@ -413,6 +444,7 @@ func (s *propSim) dropBatch(g, b int, rewind bool) bool {
 		s.fatalf("group %d batch %d: DropBatch gave back %v, the group got %v", g, b, ids, want)
 	}
 	delete(s.first, batchID{g, b})
+	delete(s.moved, batchID{g, b})
 	for r := range s.peers {
 		if rewind {
 			s.next[g][r] = min(s.next[g][r], b)
@@ -513,6 +545,9 @@ func (s *propSim) drain() {
 		if !s.kind.parts {
 			break
 		}
+		if stopped < 0 && handed < 0 {
+			s.checkNoPartLeft()
+		}
 		// The controller gives back the parts no rank of their group
 		// fetched (made by another group's fetch), a TTL after: those
 		// of the stopped group, and those of a batch a late peer made
@@ -585,6 +620,27 @@ func (s *propSim) drain() {
 		}
 	}
 	s.checkReplay()
+}
+
+// checkNoPartLeft checks, once every rank got nothing from the done
+// partition, that no group was told so while a part made for it at or
+// after the batch it asked for last, which it never fetched, held rows:
+// those rows were consumed and reached no rank (but after a TTL, given
+// back). The parts of batches a group went past (made again by a late
+// peer after a clear took all their rows) are the TTL's to give back.
+func (s *propSim) checkNoPartLeft() {
+	split := s.s.(engine.SplitBatchDropper)
+	last := 0
+	for g := range s.groups {
+		last = max(last, slices.Max(s.next[g]))
+	}
+	for g := range s.groups {
+		for b := slices.Min(s.next[g]); b <= last; b++ {
+			if _, fetched := s.first[batchID{g, b}]; !fetched && slices.Contains(split.Parts("p", "t", b), g) {
+				s.fatalf("group %d got nothing from the done partition at batch %d, though its part of batch %d holds rows", g, slices.Min(s.next[g]), b)
+			}
+		}
+	}
 }
 
 // TestSamplerProperties drives every caching sampler through random
