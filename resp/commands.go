@@ -454,7 +454,9 @@ func (c *conn) auth(args [][]byte) {
 		return
 	}
 	if !c.authenticate(user, pass) {
-		c.writeError(errWrongPass)
+		if !c.quit {
+			c.writeError(errWrongPass)
+		}
 		return
 	}
 	c.writeOK()
@@ -481,7 +483,9 @@ func (c *conn) hello(args [][]byte) {
 		switch opt := string(args[i]); {
 		case strings.EqualFold(opt, "AUTH") && more >= 2:
 			if !c.authenticate(args[i+1], args[i+2]) {
-				c.writeError(errWrongPass)
+				if !c.quit {
+					c.writeError(errWrongPass)
+				}
 				return
 			}
 			i += 2

@@ -37,7 +37,8 @@ type loop struct {
 	set *evloop.Set[*conn]
 	// unauthed counts connections that must still authenticate: while
 	// there are some, the loop wakes every 100 ms to close those past
-	// their AuthTimeout.
+	// their AuthTimeout, and at once when one is evicted past
+	// MaxUnauthenticated (a Poke).
 	unauthed atomic.Int64
 
 	// Used by the loop's goroutine only.
@@ -111,7 +112,7 @@ func (lp *loop) adopt(c *conn) bool {
 	}
 	unix.Close(c.fd)
 	c.fd, c.lp = -1, nil
-	delete(lp.s.conns, c)
+	lp.s.unlist(c)
 	return true
 }
 
@@ -268,18 +269,21 @@ func (lp *loop) leave(c *conn, in []byte) {
 		lp.unauthed.Add(-1)
 	}
 	nc, err := evloop.Give(c.fd, "resp")
-	c.fd, c.lp = -1, nil
 	s := lp.s
-	if err != nil {
-		s.cfg.Logger.Warn("resp: a connection could not leave its loop; closing it", "err", err)
-		s.forget(c)
-		return
-	}
+	// c.lp and c.nc change under s.mu: an eviction past
+	// MaxUnauthenticated wakes c through whichever is set (see
+	// Server.listUnauthed).
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	c.fd, c.lp = -1, nil
+	if err != nil {
+		s.cfg.Logger.Warn("resp: a connection could not leave its loop; closing it", "err", err)
+		s.unlist(c)
+		return
+	}
 	if s.closed {
 		nc.Close()
-		delete(s.conns, c)
+		s.unlist(c)
 		return
 	}
 	c.nc = nc
@@ -303,11 +307,17 @@ func (lp *loop) drop(c *conn) {
 	lp.s.forget(c)
 }
 
-// expire closes the connections that did not authenticate in time.
+// expire closes the connections that did not authenticate in time, and
+// those evicted past MaxUnauthenticated (which poked the loop), with
+// their error if the socket takes it at once.
 func (lp *loop) expire() {
 	now := time.Now()
-	late := lp.set.Filter(func(c *conn) bool { return !c.authed && now.After(c.authBy) })
+	late := lp.set.Filter(func(c *conn) bool { return !c.authed && (now.After(c.authBy) || c.evicted.Load()) })
 	for _, c := range late {
+		if c.isEvicted() {
+			c.writeError(lp.s.evictedMsg())
+			evloop.Flush(c.fd, c.out)
+		}
 		lp.drop(c)
 	}
 }

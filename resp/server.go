@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"crypto/subtle"
 	"errors"
@@ -49,6 +50,21 @@ type Config struct {
 	LargeInFlight int64
 	// MaxClients bounds connections (default 10000, as Redis).
 	MaxClients int
+	// MaxUnauthenticated bounds the connections that have not
+	// authenticated yet, where a Token is set (0:
+	// DefaultMaxUnauthenticated, or a quarter of MaxClients where that is
+	// smaller; negative: no limit). They count against MaxClients too. A
+	// connection accepted past it makes room by closing the oldest
+	// connection that has not authenticated, answered an -ERR line that
+	// names the limit: a client sends its AUTH at once and is answered
+	// within a round trip, so the oldest is the one most likely never to
+	// authenticate. Peers that open connections and never authenticate
+	// thus hold at most MaxUnauthenticated of MaxClients, for at most
+	// AuthTimeout each, and cannot lock out a client unless they open
+	// MaxUnauthenticated connections within its round trip. A connection
+	// leaves the count when its AUTH (or HELLO AUTH) succeeds, or when it
+	// closes. Closings are logged at most once a second.
+	MaxUnauthenticated int
 	// CommandTimeout bounds how long the rest of a command may take to
 	// arrive once its first byte has, how long a reply may take to be
 	// written, and how long a write waits for room in a full storage unit
@@ -84,6 +100,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxClients <= 0 {
 		c.MaxClients = 10000
 	}
+	if c.MaxUnauthenticated == 0 {
+		c.MaxUnauthenticated = min(DefaultMaxUnauthenticated, max(1, c.MaxClients/4))
+	}
 	if c.CommandTimeout <= 0 {
 		c.CommandTimeout = 30 * time.Second
 	}
@@ -99,6 +118,15 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// DefaultMaxUnauthenticated is Config.MaxUnauthenticated's default
+// (where a quarter of MaxClients is not smaller): an AUTH is answered
+// within a round trip, so even a reconnect storm of a few hundred clients
+// has far fewer unauthenticated at once and does not close one another's
+// connections; 256 hold 1/40 of the default MaxClients, so idle peers
+// that never authenticate leave the rest to clients that do. The quarter
+// keeps a small MaxClients mostly for authenticated clients too.
+const DefaultMaxUnauthenticated = 256
+
 // Server serves the Redis protocol over a controller and a client of
 // storage units in the same process. See wire/resp.md for the mapping of
 // commands onto partitions, keys, fields and tags.
@@ -108,9 +136,16 @@ type Server struct {
 	large *semaphore.Weighted
 	ids   atomic.Int64
 
-	mu           sync.Mutex
-	ls           []net.Listener
-	conns        map[*conn]struct{}
+	mu    sync.Mutex
+	ls    []net.Listener
+	conns map[*conn]struct{}
+	// unauthed lists the connections in conns that have not
+	// authenticated, oldest first (counted against MaxUnauthenticated);
+	// nevicted counts those in conns that were closed past it and have
+	// not gone yet: they no longer count against MaxClients.
+	unauthed     list.List
+	nevicted     int
+	evictLogged  time.Time // when a closing past MaxUnauthenticated was last logged
 	closed       bool
 	loopsStopped bool
 	wg           sync.WaitGroup
@@ -198,16 +233,88 @@ func (s *Server) Serve(l net.Listener) error {
 			s.mu.Unlock()
 			nc.Close()
 			return nil
-		case len(s.conns) >= s.cfg.MaxClients:
+		case len(s.conns)-s.nevicted >= s.cfg.MaxClients:
 			s.turnAway(nc)
 			s.mu.Unlock()
 			continue
 		}
 		s.conns[c] = struct{}{}
+		logEvict := !c.authed && s.listUnauthed(c)
 		if !s.adopt(c) {
 			s.goServe(c)
 		}
 		s.mu.Unlock()
+		if logEvict {
+			s.cfg.Logger.Warn("resp: closing the oldest unauthenticated connections past the limit", "limit", s.cfg.MaxUnauthenticated)
+		}
+	}
+}
+
+// listUnauthed lists c, new and not authenticated, among the
+// connections that must still authenticate; past MaxUnauthenticated it
+// first evicts the oldest of them, which its loop or goroutine then
+// answers with evictedMsg and closes (see loop.expire, deadlineReader,
+// conn.authenticate). It returns whether to log that (at most once a
+// second). s.mu is held.
+func (s *Server) listUnauthed(c *conn) (logEvict bool) {
+	if limit := s.cfg.MaxUnauthenticated; limit > 0 && s.unauthed.Len() >= limit {
+		old := s.unauthed.Remove(s.unauthed.Front()).(*conn)
+		old.unauthedAt = nil
+		old.evicted.Store(true)
+		s.nevicted++
+		// Wakes it wherever it is served (c.lp and c.nc change under
+		// s.mu): its loop's expiry pass, or its goroutine's read. A
+		// connection between the two, leaving its loop, is given its
+		// goroutine under s.mu, which looks before it reads.
+		switch {
+		case old.lp != nil:
+			old.lp.set.Poller.Poke()
+		case old.nc != nil:
+			old.nc.SetReadDeadline(time.Unix(1, 0))
+		}
+		if now := time.Now(); now.Sub(s.evictLogged) >= time.Second {
+			s.evictLogged, logEvict = now, true
+		}
+	}
+	c.unauthedAt = s.unauthed.PushBack(c)
+	return logEvict
+}
+
+// evictedMsg is the error a connection evicted past MaxUnauthenticated
+// is answered before it is closed.
+func (s *Server) evictedMsg() string {
+	return fmt.Sprintf("ERR max number of unauthenticated clients reached (%d, MaxUnauthenticated); this one, the oldest, is closed", s.cfg.MaxUnauthenticated)
+}
+
+// authenticated takes c, which has just authenticated, out of the
+// connections that must still authenticate; false if it was evicted
+// first (it is to be closed). Once out, it is not evicted.
+func (s *Server) authenticated(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.evicted.Load() {
+		return false
+	}
+	if c.unauthedAt != nil {
+		s.unauthed.Remove(c.unauthedAt)
+		c.unauthedAt = nil
+	}
+	return true
+}
+
+// unlist takes c, which ends, out of the server's connections. s.mu is
+// held.
+func (s *Server) unlist(c *conn) {
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
+	delete(s.conns, c)
+	if c.unauthedAt != nil {
+		s.unauthed.Remove(c.unauthedAt)
+		c.unauthedAt = nil
+	}
+	if c.evicted.Load() {
+		s.nevicted--
 	}
 }
 
@@ -262,7 +369,7 @@ func (s *Server) goServe(c *conn) {
 
 func (s *Server) forget(c *conn) {
 	s.mu.Lock()
-	delete(s.conns, c)
+	s.unlist(c)
 	s.mu.Unlock()
 }
 
@@ -379,6 +486,12 @@ type conn struct {
 	armed   bool
 	armedBy time.Time
 	authBy  time.Time
+	// unauthedAt is c's element of s.unauthed while it is listed there
+	// (under s.mu); evicted is set, under s.mu too, once it was evicted
+	// from there past MaxUnauthenticated: it is answered evictedMsg and
+	// closed, and may no longer authenticate.
+	unauthedAt *list.Element
+	evicted    atomic.Bool
 	// aheadCharged is what pre's buffer holds of the budget for large
 	// arguments, where a write that waited read ahead into it (see
 	// writeReadingAhead); raw is nc's raw connection, for writes that
@@ -408,6 +521,14 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	return c
 }
 
+// errEvicted ends the read of a connection evicted past
+// MaxUnauthenticated.
+var errEvicted = errors.New("resp: evicted past MaxUnauthenticated")
+
+// isEvicted reports whether c, not authenticated, was evicted past
+// MaxUnauthenticated (see Server.listUnauthed).
+func (c *conn) isEvicted() bool { return !c.authed && c.evicted.Load() }
+
 // deadlineReader arms the read deadline when a command is part read and
 // the rest must be waited for, and sets it back between commands: no
 // deadline (or the authentication one) while a client is idle.
@@ -422,6 +543,9 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 		if err := c.flush(); err != nil {
 			return 0, err
 		}
+	}
+	if c.isEvicted() {
+		return 0, errEvicted
 	}
 	if len(c.pre) > 0 {
 		n := copy(p, c.pre)
@@ -450,7 +574,16 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 	if !c.rd.mid && c.s.drain.Err() != nil {
 		return 0, io.EOF
 	}
+	// Evicted past MaxUnauthenticated: as for Shutdown, this looks after
+	// the last deadline was set, and the eviction sets its own after it
+	// marks the connection.
+	if c.isEvicted() {
+		return 0, errEvicted
+	}
 	n, err := c.nc.Read(p)
+	if err != nil && c.isEvicted() {
+		return n, errEvicted
+	}
 	// Shutdown's deadline woke a command being read: it reads on, within
 	// its own.
 	for err != nil && c.rd.mid && errors.Is(err, os.ErrDeadlineExceeded) && c.s.drain.Err() != nil && time.Now().Before(c.armedBy) {
@@ -489,6 +622,11 @@ func (c *conn) serve() {
 	for !c.quit {
 		args, err := c.rd.next()
 		if err != nil {
+			if c.isEvicted() {
+				c.writeError(c.s.evictedMsg())
+				c.flush()
+				return
+			}
 			var pe *errProtocol
 			if errors.As(err, &pe) {
 				c.writeError("ERR " + pe.Error())
@@ -762,6 +900,12 @@ func (c *conn) authenticate(user, pass []byte) bool {
 	tok := c.s.cfg.Token
 	if tok == "" || subtle.ConstantTimeCompare(pass, []byte(tok)) == 1 {
 		if !c.authed {
+			if !c.s.authenticated(c) {
+				// Evicted past MaxUnauthenticated first: it ends.
+				c.writeError(c.s.evictedMsg())
+				c.quit = true
+				return false
+			}
 			c.authed, c.rd.authed = true, true
 			c.authBy = time.Time{}
 			switch {
