@@ -2,6 +2,8 @@ package resp
 
 import (
 	"context"
+	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,4 +77,57 @@ func TestInfoSectionsAsRedis(t *testing.T) {
 	got, err = tq.do("INFO", "nosuchsection")
 	require.NoError(t, err)
 	assert.Equal(t, want, got, "INFO of a section Redis does not have")
+}
+
+// INFO keyspace names each partition so that the clients' parsers read
+// it back: redis-py's parse_info splits a line at its first ':' and the
+// value at ',' and '=' (go-redis leaves the text to the caller). A
+// partition named with ':', ',', '=', a space or a line break broke the
+// line apart or added lines of its own (a name "x\r\nrole:master" made a
+// field of its own). Such a name is written percent-encoded.
+func TestInfoKeyspaceNamesParse(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	names := []string{"plain", "a:b", "c,d=e", "sp ace", "x\r\nrole:master", "pct%41", "ü"}
+	for _, p := range names {
+		_, err := e.e.Controller.CreatePartition(p)
+		require.NoError(t, err)
+	}
+	got, err := e.client(t, nil).Info(context.Background(), "keyspace").Result()
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSuffix(got, "\r\n"), "\r\n") {
+		if strings.HasPrefix(line, "#") || line == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		require.True(t, ok, "line %q", line)
+		for _, kv := range strings.Split(value, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			require.True(t, ok, "line %q: %q has no '='", line, kv)
+			_, err := strconv.Atoi(v)
+			require.NoError(t, err, "line %q: %s", line, k)
+		}
+		p, err := url.PathUnescape(name)
+		require.NoError(t, err, "line %q", line)
+		seen[p] = true
+	}
+	for _, p := range names {
+		assert.True(t, seen[p], "partition %q not listed as itself: %q", p, got)
+	}
+	assert.Contains(t, got, "\r\nplain:keys=0,rows=0\r\n", "a plain name stays as it is")
+}
+
+// INFO keyspace lists the first maxInfoPartitions partitions and counts
+// the rest, rather than looking at every one of a large controller's.
+func TestInfoKeyspaceBounded(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	for i := range maxInfoPartitions + 3 {
+		_, err := e.e.Controller.CreatePartition(fmt.Sprintf("p%05d", i))
+		require.NoError(t, err)
+	}
+	got, err := e.client(t, nil).Info(context.Background(), "keyspace").Result()
+	require.NoError(t, err)
+	assert.Equal(t, maxInfoPartitions, strings.Count(got, ":keys="))
+	assert.Contains(t, got, "\r\ntq_partitions_not_listed:3\r\n")
+	assert.Contains(t, got, fmt.Sprintf("p%05d:keys=0", maxInfoPartitions-1))
 }

@@ -621,13 +621,49 @@ func (c *conn) info(args [][]byte) {
 	}
 	if section("keyspace") {
 		sb.WriteString("# Keyspace\r\n")
-		for _, p := range c.s.st.ctrl.Partitions() {
+		parts := c.s.st.ctrl.Partitions()
+		for _, p := range parts[:min(len(parts), maxInfoPartitions)] {
 			if st, err := c.s.st.ctrl.Stats(p); err == nil {
-				fmt.Fprintf(&sb, "%s:keys=%d,rows=%d\r\n", p, st.Keys, st.Rows)
+				fmt.Fprintf(&sb, "%s:keys=%d,rows=%d\r\n", infoName(p), st.Keys, st.Rows)
 			}
+		}
+		if n := len(parts) - maxInfoPartitions; n > 0 {
+			fmt.Fprintf(&sb, "tq_partitions_not_listed:%d\r\n", n)
 		}
 	}
 	c.writeBulkString(sb.String())
+}
+
+// maxInfoPartitions is how many partitions INFO keyspace lists (the
+// first, in name order); a line tq_partitions_not_listed counts the rest.
+// A monitor asking INFO every second should not make a controller of
+// many partitions look at each.
+const maxInfoPartitions = 1024
+
+// infoName writes a partition's name for an INFO line: as it is when
+// every byte is printable ASCII other than space, ':', ',', '=' and '%',
+// else with those bytes percent-encoded (%3A), so that a parser that
+// splits the line at its first ':' and the value at ',' and '=' (redis-py's
+// parse_info) reads it back, and no name makes a line of its own.
+func infoName(p string) string {
+	plain := func(b byte) bool { return b > ' ' && b < 0x7f && !strings.ContainsRune(":,=%", rune(b)) }
+	i := 0
+	for i < len(p) && plain(p[i]) {
+		i++
+	}
+	if i == len(p) {
+		return p
+	}
+	var sb strings.Builder
+	sb.WriteString(p[:i])
+	for ; i < len(p); i++ {
+		if b := p[i]; plain(b) {
+			sb.WriteByte(b)
+		} else {
+			fmt.Fprintf(&sb, "%%%02X", b)
+		}
+	}
+	return sb.String()
 }
 
 func btoi(b bool) int {
