@@ -47,4 +47,7 @@
 // (any consumer of the task may fetch them again); with a shared one they
 // stay cached for the group's batch index, and a rank that restarts with
 // Config.Start set to [Loader.Next] gets exactly those micro-batches.
+// A give-back that fails (the controller unreachable) is tried again a
+// few times with a growing pause; one that fails for good is logged and
+// reported by [Loader.Err], since the loop that could be told has ended.
 package stream

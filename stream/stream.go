@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,9 @@ type Config struct {
 	// drained partition in continuous mode, and how long a wait for rows
 	// lasts with EndWhenConsumed (0: 100 ms).
 	PollInterval time.Duration
+	// Logger reports a give-back of unyielded rows that failed for good
+	// (see [Loader.Err]); nil: slog.Default().
+	Logger *slog.Logger
 }
 
 // Position is a place in the stream: the partition (its index in
@@ -220,6 +224,13 @@ type Loader struct {
 	running atomic.Bool
 	mu      sync.Mutex
 	next    Position // the first position not yet yielded
+	err     error    // what the last iteration could not yield (Err)
+
+	// The give-back's retries: tries, each bounded by giveBackTimeout,
+	// with a backoff from giveBackBackoff doubling up to 2 s between them.
+	giveBackTries   int
+	giveBackTimeout time.Duration
+	giveBackBackoff time.Duration
 }
 
 // New returns a loader reading through c. The configuration is checked
@@ -236,7 +247,11 @@ func New(c *client.Client, cfg Config) (*Loader, error) {
 	}
 	cfg.Partitions, cfg.Fields = slices.Clone(cfg.Partitions), slices.Clone(cfg.Fields)
 	spec := cfg.sampler()
-	l := &Loader{c: c, cfg: cfg, spec: spec, private: !shared(spec), next: cfg.Start}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	l := &Loader{c: c, cfg: cfg, spec: spec, private: !shared(spec), next: cfg.Start,
+		giveBackTries: giveBackTries, giveBackTimeout: giveBackTimeout, giveBackBackoff: giveBackBackoff}
 	if spec.Name != engine.SamplerSeqlenBalanced && spec.Name != engine.SamplerTokenBudget {
 		l.spec.DPSize = 0 // the others take none
 	}
@@ -249,6 +264,20 @@ func (l *Loader) Next() Position {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.next
+}
+
+// Err returns what the last iteration ended with and could not yield, as
+// the loop had ended already (a break, a panic): the give-back of rows
+// fetched ahead and never yielded that failed after its retries (the
+// controller was unreachable). Those rows stay consumed for the task: no
+// consumer gets them unless they are given back or the task's consumption
+// is reset. The error names the partitions; it is also logged
+// (Config.Logger). nil once an iteration ended without one; an iteration
+// that starts clears it.
+func (l *Loader) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
 }
 
 // errRunning reports a second concurrent iteration.
@@ -287,6 +316,9 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		}
 		defer l.running.Store(false)
 		ctx, cancel := context.WithCancel(ctx)
+		l.mu.Lock()
+		l.err = nil
+		l.mu.Unlock()
 		pos := l.Next()
 		var src source
 		if l.cfg.Prefetch == 0 {
@@ -296,7 +328,11 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		}
 		defer func() {
 			cancel()
-			src.stop(l)
+			if err := src.stop(l); err != nil {
+				l.mu.Lock()
+				l.err = err
+				l.mu.Unlock()
+			}
 		}()
 		for {
 			it := src.next(ctx)
@@ -335,8 +371,8 @@ func yieldBatch(yield func(*Batch, error) bool, b *Batch) bool {
 type source interface {
 	next(ctx context.Context) item
 	// stop ends the source (its context is canceled) and disposes of what
-	// it still holds.
-	stop(l *Loader)
+	// it still holds; it returns the give-backs that failed.
+	stop(l *Loader) error
 }
 
 // direct fetches each micro-batch when the loop asks for it.
@@ -350,7 +386,7 @@ func (d *direct) next(ctx context.Context) item {
 	return it
 }
 
-func (d *direct) stop(*Loader) {}
+func (d *direct) stop(*Loader) error { return nil }
 
 // prefetcher fetches ahead on its own goroutine.
 type prefetcher struct {
@@ -390,43 +426,87 @@ func (p *prefetcher) next(ctx context.Context) item {
 	}
 }
 
-func (p *prefetcher) stop(l *Loader) {
+func (p *prefetcher) stop(l *Loader) error {
 	<-p.done
+	var items []item
 	if p.held != nil {
-		l.dispose(*p.held)
+		items = append(items, *p.held)
 	}
 	for {
 		select {
 		case it := <-p.ch:
-			l.dispose(it)
+			items = append(items, it)
+			continue
 		default:
-			return
 		}
+		break
 	}
+	// Given back side by side: each may retry for a while.
+	errs := make([]error, len(items))
+	var wg sync.WaitGroup
+	for i, it := range items {
+		wg.Go(func() { errs[i] = l.dispose(it) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-// giveBackTimeout bounds a give-back after the loop ended.
-const giveBackTimeout = 10 * time.Second
+// The give-back's retries (see giveBack).
+const (
+	giveBackTries   = 4
+	giveBackTimeout = 10 * time.Second
+	giveBackBackoff = 100 * time.Millisecond
+	maxBackoff      = 2 * time.Second
+)
 
 // dispose releases an item nobody will yield and gives back its rows
 // (private samplers only: a shared sampler keeps them for the group).
-func (l *Loader) dispose(it item) {
+func (l *Loader) dispose(it item) error {
 	if it.b == nil {
-		return
+		return nil
 	}
 	it.b.Data.Release()
 	if l.private && it.key != "" {
-		l.giveBack(it.b.Partition, it.key)
+		return l.giveBack(it.b.Partition, it.key, it.b.Meta.Len())
 	}
+	return nil
 }
 
-// giveBack returns the rows of the fetch named key to the task.
-func (l *Loader) giveBack(partition, key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), giveBackTimeout)
-	defer cancel()
-	// An error leaves the rows consumed; the client already retries over
-	// new connections, and there is no one left to tell.
-	_ = l.c.GiveBack(ctx, partition, l.cfg.Task, key)
+// giveBack returns the rows of the fetch named key (n of them, -1 when
+// unknown) to the task. A give-back that fails is tried again, up to
+// giveBackTries times, each bounded by giveBackTimeout (the client itself
+// repeats it over new connections meanwhile), with a growing pause
+// between the tries; one that fails for good is logged and returned: its
+// rows stay consumed for the task, and nobody else would know.
+func (l *Loader) giveBack(partition, key string, n int) error {
+	backoff := l.giveBackBackoff
+	var err error
+	tries := 0
+	for tries < max(l.giveBackTries, 1) {
+		tries++
+		ctx, cancel := context.WithTimeout(context.Background(), l.giveBackTimeout)
+		err = l.c.GiveBack(ctx, partition, l.cfg.Task, key)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, engine.ErrInvalid) || errors.Is(err, engine.ErrNotSupported) {
+			break // asking again gets the same answer
+		}
+		if tries < l.giveBackTries {
+			time.Sleep(backoff)
+			backoff = min(2*backoff, maxBackoff)
+		}
+	}
+	rows := "its rows"
+	if n >= 0 {
+		rows = fmt.Sprintf("its %d rows", n)
+	}
+	err = fmt.Errorf("stream: give back a fetch from %q for task %q (%s stay consumed) after %d tries: %w",
+		partition, l.cfg.Task, rows, tries, err)
+	l.cfg.Logger.Error("stream: rows fetched and never yielded could not be given back",
+		"partition", partition, "task", l.cfg.Task, "rows", n, "tries", tries, "err", err)
+	return err
 }
 
 // fetch gets the micro-batch at *pos (moving to the next partition when
@@ -506,19 +586,25 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			// rows its client gives back only in the background: give
 			// them back before the iteration ends, or a loader started
 			// at Next could find the partition consumed without them.
+			err = fmt.Errorf("stream: fetch from %q: %w", part, err)
 			if l.private {
-				l.giveBack(part, req.Key)
+				if gerr := l.giveBack(part, req.Key, -1); gerr != nil {
+					err = fmt.Errorf("%w (and %w)", err, gerr)
+				}
 			}
-			return item{err: fmt.Errorf("stream: fetch from %q: %w", part, err)}
+			return item{err: err}
 		case m.Empty():
 			continue // a wait that ended without rows: wait again
 		}
 		data, err := l.c.Get(ctx, m)
 		if err != nil {
+			err = fmt.Errorf("stream: read %d rows of %q: %w", m.Len(), part, err)
 			if l.private {
-				l.giveBack(part, req.Key)
+				if gerr := l.giveBack(part, req.Key, m.Len()); gerr != nil {
+					err = fmt.Errorf("%w (and %w)", err, gerr)
+				}
 			}
-			return item{err: fmt.Errorf("stream: read %d rows of %q: %w", m.Len(), part, err)}
+			return item{err: err}
 		}
 		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
 		pos.Index++
