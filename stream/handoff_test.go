@@ -1,0 +1,82 @@
+package stream
+
+import (
+	"context"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// Two private consumers of one task over a done partition (24 rows,
+// micro-batches of 4). A yields its first micro-batch while its
+// prefetcher holds the next three (rows 4..15, consumed for the task); B
+// then takes the rest (16..23), finds the partition done with every row
+// consumed, and ends (CODE_DONE). A breaks and gives its three batches
+// back, but B has ended already: rows 4..15 reach no one.
+//
+// Known defect, not fixed yet: no loader-side ordering avoids it (B's end
+// depends only on the controller's state, which says "consumed" for rows
+// A holds, whatever A does next), so the controller must not answer
+// CODE_DONE while a keyed fetch of the task that its caller may still give
+// back holds rows: that needs a FETCH flag (the rows are held until
+// acknowledged) and an acknowledge op, with their durability and an
+// expiry for consumers that die holding rows — a protocol change. Set
+// TQ_KNOWN_DEFECTS=1 to run it.
+func TestPrivateConsumerEndsBeforeAPeersGiveBack(t *testing.T) {
+	if os.Getenv("TQ_KNOWN_DEFECTS") == "" {
+		t.Skip("known defect: CODE_DONE while another consumer's prefetched rows can still be given back needs a protocol change (held keyed fetches + acknowledge); see the comment")
+	}
+	e := cluster(t)
+	ctx := context.Background()
+	produce(t, e.Client, "p", 0, 24, nil)
+	require.NoError(t, e.Client.MarkDone(ctx, "p"))
+	cfg := config("p")
+	cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 2
+	a, err := New(e.Client, cfg)
+	require.NoError(t, err)
+	cfg.Prefetch = 0
+	b, err := New(e.Client, cfg)
+	require.NoError(t, err)
+
+	var gotA []int64
+	gotB := make(chan []int64, 1)
+	rowsB := make(chan int, 16)
+	tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for batch, err := range a.All(ctx) {
+		require.NoError(t, err)
+		gotA = append(gotA, values(t, batch)...)
+		// A's prefetcher holds three micro-batches.
+		require.Eventually(t, func() bool { return consumedRows(t, e, "p") == 16 }, 10*time.Second, 5*time.Millisecond)
+		go func() {
+			var got []int64
+			for bb, err := range b.All(tctx) {
+				if !assert.NoError(t, err) {
+					break
+				}
+				got = append(got, values(t, bb)...)
+				rowsB <- len(got)
+			}
+			gotB <- got
+		}()
+		// B took every row nobody holds.
+		for n := 0; n < 8; {
+			select {
+			case n = <-rowsB:
+			case <-tctx.Done():
+				t.Fatal("B did not get the rows nobody holds")
+			}
+		}
+		break // A gives back rows 4..15
+	}
+	require.NoError(t, a.Err())
+	all := append(gotA, <-gotB...)
+	slices.Sort(all)
+	require.Equal(t, upTo(24), all, "every row reaches one of the task's consumers")
+}
