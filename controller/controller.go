@@ -279,13 +279,13 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 		}
 		p := newPartition(id, c.nextGen)
 		if c.cfg.PreAlloc > 0 {
-			idx, err := c.idx.alloc(c.cfg.PreAlloc)
+			idx, reused, err := c.idx.allocReused(c.cfg.PreAlloc)
 			if err != nil {
 				c.mu.Unlock()
 				return nil, err
 			}
 			p.addRows(idx, false)
-			p.preAlloc = idx
+			p.preAlloc, p.preReused = idx, reused
 		}
 		c.nextGen++
 		p.pending.Store(true)
@@ -330,10 +330,18 @@ func (c *Controller) unlockNew(p *partition) {
 	p.pending.Store(false)
 	var idx []uint64
 	p.rows.all(func(r *row) { idx = append(idx, r.index) })
+	pre := p.preAlloc
 	p.preAlloc = nil
 	p.dropped = true
 	p.notify()
-	c.idx.release(idx)
+	if len(idx) == len(pre) && !slices.ContainsFunc(idx, func(i uint64) bool { return !slices.Contains(pre, i) }) {
+		// Its rows are its pre-allocation, untouched: undone, so that the
+		// allocator is as a replay of the log, which never saw them,
+		// leaves it (its queue and next).
+		c.idx.unalloc(pre, p.preReused)
+	} else {
+		c.idx.release(idx)
+	}
 	p.mu.Unlock()
 	c.mu.Lock()
 	c.pruneLocked(p)
@@ -341,10 +349,15 @@ func (c *Controller) unlockNew(p *partition) {
 }
 
 // pruneLocked takes p, dropped, out of c.parts if it is still there. The
-// caller holds c.mu.
+// caller holds c.mu. Its gen goes back too where no partition was made
+// after it: a replay of the log, which never saw it, leaves nextGen so,
+// and the state after a restart is the state before.
 func (c *Controller) pruneLocked(p *partition) {
 	if c.parts[p.id] == p {
 		delete(c.parts, p.id)
+		if c.nextGen == p.gen+1 {
+			c.nextGen = p.gen
+		}
 	}
 }
 

@@ -45,8 +45,15 @@ func (b bitset) clear(i uint64) { b[i/64] &^= 1 << (i % 64) }
 
 // alloc returns n indexes: reused ones first, then fresh ones.
 func (a *indexAllocator) alloc(n int) ([]uint64, error) {
+	out, _, err := a.allocReused(n)
+	return out, err
+}
+
+// allocReused is alloc, and tells how many of the indexes (the first
+// ones) came from the reuse queue.
+func (a *indexAllocator) allocReused(n int) ([]uint64, int, error) {
 	if n <= 0 {
-		return nil, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
+		return nil, 0, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -61,6 +68,7 @@ func (a *indexAllocator) alloc(n int) ([]uint64, error) {
 		a.reusable = append(a.reusable[:0], a.reusable[a.head:]...)
 		a.head = 0
 	}
+	reused := len(out)
 	for len(out) < n {
 		out = append(out, a.next)
 		a.next++
@@ -69,7 +77,7 @@ func (a *indexAllocator) alloc(n int) ([]uint64, error) {
 		a.inUse.set(i)
 	}
 	a.used += len(out)
-	return out, nil
+	return out, reused, nil
 }
 
 // release returns indexes to the tail of the reuse queue, in the given
@@ -84,6 +92,49 @@ func (a *indexAllocator) release(idx []uint64) {
 		a.inUse.clear(i)
 		a.used--
 		a.reusable = append(a.reusable, i)
+	}
+}
+
+// unalloc undoes an alloc that returned idx, the first reused of them
+// from the reuse queue, for a new partition whose first request was
+// refused (its pre-allocation): the reused ones go back to the head of
+// the queue, in order, where alloc took them from, and the fresh ones
+// take next back where nothing was allocated after them (else they join
+// the queue's tail, as a replay's rebuild puts free indexes below next).
+// Indexes not in use are ignored.
+func (a *indexAllocator) unalloc(idx []uint64, reused int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	free := func(i uint64) bool {
+		if !a.inUse.has(i) {
+			return false
+		}
+		a.inUse.clear(i)
+		a.used--
+		return true
+	}
+	fresh := idx[reused:]
+	if n := uint64(len(fresh)); n > 0 && fresh[0]+n == a.next && fresh[n-1] == a.next-1 {
+		for _, i := range fresh {
+			free(i)
+		}
+		a.next = fresh[0]
+	} else {
+		for _, i := range fresh {
+			if free(i) {
+				a.reusable = append(a.reusable, i)
+			}
+		}
+	}
+	var back []uint64
+	for _, i := range idx[:reused] {
+		if free(i) {
+			back = append(back, i)
+		}
+	}
+	if len(back) > 0 {
+		a.reusable = append(back, a.reusable[a.head:]...)
+		a.head = 0
 	}
 }
 

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -172,4 +173,39 @@ func TestRefusedFirstCommitRacesCreator(t *testing.T) {
 	c = openDurable(t, dir, Config{PreAlloc: 2})
 	defer c.Close()
 	check(c, "after a restart from the snapshot")
+}
+
+// TestRefusedFirstCommitStateMatchesReplay: a refused first request
+// leaves the live state exactly as a replay of the log finds it: the
+// partition's gen and its pre-allocated indexes (fresh, or taken from the
+// reuse queue) are given back as if never taken, so that a crash and a
+// restart come back with the state the controller had.
+func TestRefusedFirstCommitStateMatchesReplay(t *testing.T) {
+	for _, preAlloc := range []int{0, 4} {
+		for _, reuse := range []bool{false, true} {
+			t.Run(fmt.Sprintf("prealloc=%d/reuse=%v", preAlloc, reuse), func(t *testing.T) {
+				dir := t.TempDir()
+				c := openDurable(t, dir, Config{PreAlloc: preAlloc})
+				ok, draining := refusedSetup(t, c)
+				_, err := c.CommitKeys(engine.KeysCommit{Partition: "old", Keys: []string{"a"}, Fields: []engine.CommitField{int64Field(ok, 1, 1)}})
+				require.NoError(t, err)
+				if reuse {
+					// Indexes in the reuse queue: the pre-allocation takes
+					// them first.
+					_, err = c.CommitKeys(engine.KeysCommit{Partition: "gone", Keys: []string{"x", "y"}, Tags: []engine.Tags{{"t": 1}, {"t": 2}}})
+					require.NoError(t, err)
+					_, err = c.ClearPartition("gone")
+					require.NoError(t, err)
+				}
+				_, err = c.CommitKeys(engine.KeysCommit{Partition: "new", Keys: []string{"k"}, Fields: []engine.CommitField{int64Field(draining, 1, 1)}})
+				require.ErrorIs(t, err, ErrDraining)
+				want := stateBytes(t, c)
+				require.NoError(t, c.WaitDurable(context.Background()))
+				crash(t, c)
+				d := openDurable(t, dir, Config{PreAlloc: preAlloc})
+				defer d.Close()
+				assert.Equal(t, want, stateBytes(t, d), "the state a replay of the log finds")
+			})
+		}
+	}
 }
