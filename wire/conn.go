@@ -26,6 +26,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"errors"
 	"fmt"
 	"io"
@@ -95,8 +96,9 @@ func (c ConnConfig) withDefaults() ConnConfig {
 // Conn multiplexes requests over one stream connection (TCP or unix). It
 // is safe for concurrent use; many calls can be in flight at once.
 type Conn struct {
-	nc  net.Conn
-	cfg ConnConfig
+	nc   net.Conn
+	cfg  ConnConfig
+	addr string // the peer, for errors: what Dial dialed, else the socket's
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -175,10 +177,20 @@ func putRequest(r *request) {
 	requests.Put(r)
 }
 
+// remoteName names nc's peer for errors: network://address.
+func remoteName(nc net.Conn) string {
+	ra := nc.RemoteAddr()
+	if ra == nil {
+		return "the server"
+	}
+	return ra.Network() + "://" + ra.String()
+}
+
 // NewConn takes over nc. The caller should then [Conn.Hello].
 func NewConn(nc net.Conn, cfg ConnConfig) *Conn {
 	c := &Conn{
 		nc:        nc,
+		addr:      remoteName(nc),
 		cfg:       cfg.withDefaults(),
 		pending:   make(map[uint64]*call),
 		done:      make(chan struct{}),
@@ -206,6 +218,7 @@ func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig)
 		return nil, nil, fmt.Errorf("dial %s: %w: %w", addr, ErrUnavailable, err)
 	}
 	c := NewConn(nc, cfg)
+	c.addr = addr
 	reply, err := c.Hello(ctx, hello)
 	if err != nil {
 		c.Close()
@@ -214,18 +227,60 @@ func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig)
 	return c, reply, nil
 }
 
-// Hello performs the handshake.
+// Hello performs the handshake. A token in h is never sent: the client
+// proves it knows the token with the challenge handshake (see auth.go and
+// spec.md "Handshake"), and refuses with [ErrServerUnproven] a server
+// that answers the challenge without proving it knows the token too. A
+// server without a token answers the HELLO at once, as before.
 func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error) {
 	if h == nil {
 		h = &wirepb.Hello{}
 	}
 	h.Version = Version
+	token := h.Token
+	var cn, first []byte
+	if token != "" {
+		h = proto.Clone(h).(*wirepb.Hello) // the caller's keeps its token
+		h.Token, h.AuthNonce = "", authNonce()
+		cn = h.AuthNonce
+	}
 	if n := proto.Size(h); n > MaxHelloLen {
 		return nil, fmt.Errorf("handshake: hello of %d bytes exceeds %d: %w", n, MaxHelloLen, engine.ErrInvalid)
+	}
+	if token != "" {
+		// The bytes Do sends: the same message marshals the same way.
+		var err error
+		if first, err = AppendMessage(nil, h); err != nil {
+			return nil, fmt.Errorf("handshake: encode hello: %w", err)
+		}
 	}
 	reply := &wirepb.Hello{}
 	if err := c.Do(ctx, OpHello, h, nil, reply, nil); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if len(reply.AuthNonce) != 0 || len(reply.AuthProof) != 0 {
+		// A challenge.
+		sn := reply.AuthNonce
+		switch {
+		case token == "":
+			return nil, fmt.Errorf("handshake: %s sent a challenge to a HELLO that asked for none: %w", c.addr, engine.ErrCorrupt)
+		case !validNonce(sn) || !hmac.Equal(reply.AuthProof, serverProof(token, cn, sn)):
+			// Say so with a proof-less answer, which a server refuses as
+			// it refuses a wrong token (logged, counted), and leave: a
+			// peer that could not prove the token gets nothing made
+			// from it. Briefly: one that stalls is not waited on.
+			gctx, cancel := context.WithTimeout(ctx, giveUpWait)
+			c.Do(gctx, OpHello, &wirepb.Hello{Version: Version}, nil, &wirepb.Hello{}, nil)
+			cancel()
+			return nil, fmt.Errorf("handshake: %s did not prove it knows this client's token (it holds another token, or it is not the server meant): %w", c.addr, ErrServerUnproven)
+		}
+		reply = &wirepb.Hello{}
+		if err := c.Do(ctx, OpHello, &wirepb.Hello{Version: Version, AuthProof: clientProof(token, sn, cn, first)}, nil, reply, nil); err != nil {
+			return nil, fmt.Errorf("handshake: %w", err)
+		}
+		if len(reply.AuthNonce) != 0 || len(reply.AuthProof) != 0 {
+			return nil, fmt.Errorf("handshake: %s answered the challenge's proof with another challenge: %w", c.addr, engine.ErrCorrupt)
+		}
 	}
 	limit := int(reply.MaxInFlight)
 	if limit == 0 {

@@ -13,6 +13,13 @@ import (
 // handshake or gave the wrong token.
 var ErrUnauthenticated = errors.New("wire: unauthenticated")
 
+// ErrServerUnproven reports a server that did not prove, in the challenge
+// handshake, that it knows the client's token: it holds another token, or
+// it is not the server the client meant (a stale address another process
+// now holds, a peer impersonating it). The client sent it nothing derived
+// from the token. It wraps [ErrUnauthenticated] (CODE_UNAUTHENTICATED).
+var ErrServerUnproven = fmt.Errorf("wire: server did not prove it knows the token: %w", ErrUnauthenticated)
+
 // ErrUnavailable reports a peer that is unreachable or stopped answering;
 // it wraps [engine.ErrUnavailable].
 var ErrUnavailable = fmt.Errorf("wire: %w", engine.ErrUnavailable)

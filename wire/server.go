@@ -23,6 +23,7 @@ import (
 	"bufio"
 	"container/list"
 	"context"
+	"crypto/hmac"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -72,6 +73,10 @@ type ServerConfig struct {
 	// who could read the token anyway. TCP peers always need the token
 	// when one is set.
 	TrustPeerCred bool
+	// RefuseClearToken refuses, with CODE_UNAUTHENTICATED, a HELLO that
+	// carries the token in clear (a client older than the challenge
+	// handshake) instead of proving it knows the token. Default: accepted.
+	RefuseClearToken bool
 	// CheckHello, if set, runs on the peer's Hello once the peer has
 	// authenticated and returns the server's answer (nil: Hello); an error
 	// is sent as the HELLO's error reply (its code from [CodeOf]) and the
@@ -1397,6 +1402,7 @@ func (c *serverConn) sameUser() bool {
 }
 
 func (c *serverConn) handshake() error {
+	began := time.Now()
 	h, body, err := c.readHello(c.s.cfg.HandshakeTimeout)
 	if evicted := c.s.evictedErr(c); evicted != nil {
 		if err != nil {
@@ -1420,11 +1426,26 @@ func (c *serverConn) handshake() error {
 		c.answerHello(h, err)
 		return err
 	}
-	if t := c.s.cfg.Token; t != "" && subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
-		err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
-		c.s.unauth.hit("wire: refusing clients with a wrong or missing token", "peer", c.nc.RemoteAddr().String(), "name", hello.Name)
+	switch t := c.s.cfg.Token; {
+	case t == "":
+		// No token to check: a client nonce asks for a challenge this
+		// server cannot make, and the plain answer tells the client so.
+	case hello.Token != "" && c.s.cfg.RefuseClearToken:
+		err := fmt.Errorf("token sent in clear, which this server refuses (RefuseClearToken): the client must prove it knows the token with the challenge handshake (a newer client): %w", ErrUnauthenticated)
+		c.s.unauth.hit("wire: refusing clients that send the token in clear", "peer", c.nc.RemoteAddr().String(), "name", hello.Name)
 		c.answerHello(h, err)
 		return err
+	case hello.Token != "":
+		// An older client: the token in clear.
+		if subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
+			return c.unauthenticated(h, &hello)
+		}
+	case len(hello.AuthNonce) != 0:
+		if h, err = c.challenge(h, body, &hello, began); err != nil {
+			return err
+		}
+	case !c.sameUser():
+		return c.unauthenticated(h, &hello)
 	}
 	c.s.unauth.clear("wire: no client refused for its token since")
 	answer := c.s.cfg.Hello
@@ -1451,6 +1472,62 @@ func (c *serverConn) handshake() error {
 	rw.Reply(reply, nil, nil)
 	c.observeHello(h, rw, start)
 	return nil
+}
+
+// unauthenticated refuses the HELLO h of a peer without the right token.
+func (c *serverConn) unauthenticated(h Header, hello *wirepb.Hello) error {
+	err := fmt.Errorf("wrong or missing token: %w", ErrUnauthenticated)
+	c.s.unauth.hit("wire: refusing clients with a wrong or missing token", "peer", c.nc.RemoteAddr().String(), "name", hello.Name)
+	c.answerHello(h, err)
+	return err
+}
+
+// challenge runs the server's part of the challenge handshake (see
+// auth.go) for the HELLO h, whose body first asked for it with its client
+// nonce: it answers with the server's nonce and proof, and reads and
+// checks the client's proof, all within what is left of the handshake
+// timeout since began. It returns the header of the client's second HELLO,
+// which the handshake's answer goes to.
+func (c *serverConn) challenge(h Header, first []byte, hello *wirepb.Hello, began time.Time) (Header, error) {
+	token := c.s.cfg.Token
+	cn := hello.AuthNonce
+	if !validNonce(cn) {
+		err := fmt.Errorf("auth_nonce of %d bytes, not %d: %w", len(cn), AuthNonceLen, engine.ErrInvalid)
+		c.answerHello(h, err)
+		return h, err
+	}
+	sn := authNonce()
+	rw := &ReplyWriter{c: c, h: h}
+	rw.Reply(&wirepb.Hello{Version: Version, AuthNonce: sn, AuthProof: serverProof(token, cn, sn)}, nil, nil)
+	left := c.s.cfg.HandshakeTimeout - time.Since(began)
+	if left <= 0 {
+		left = time.Nanosecond // the read times out: the handshake took too long
+	}
+	h2, body, err := c.readHello(left)
+	if evicted := c.s.evictedErr(c); evicted != nil {
+		if err != nil {
+			c.refuseConn(evicted)
+		} else {
+			c.answerHello(h2, evicted)
+		}
+		return h2, evicted
+	}
+	if err != nil {
+		c.refuseConn(err)
+		return h2, err
+	}
+	var proof wirepb.Hello
+	if err := proto.Unmarshal(body, &proof); err != nil {
+		err = fmt.Errorf("decode the challenge's answer: %v: %w", err.Error(), engine.ErrInvalid)
+		c.answerHello(h2, err)
+		return h2, err
+	}
+	if !hmac.Equal(proof.AuthProof, clientProof(token, sn, cn, first)) {
+		// A peer that asked to be judged by the token is, even where
+		// its credentials would have admitted it without one.
+		return h2, c.unauthenticated(h2, hello)
+	}
+	return h2, nil
 }
 
 // Request is one request as the handler sees it.

@@ -138,7 +138,18 @@ type Hello struct {
 	// connection (0: 1024). A client keeps no more than that in flight (PING
 	// aside): the server stops reading a connection at its limit, and the
 	// client's keepalive would go unanswered.
-	MaxInFlight   uint32 `protobuf:"varint,11,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	MaxInFlight uint32 `protobuf:"varint,11,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// The challenge handshake (wire/spec.md "Handshake"), which proves
+	// knowledge of the token without sending it. In a client's first
+	// HELLO: the client nonce (32 random bytes), asking for a challenge
+	// instead of carrying `token`. In the server's challenge reply: the
+	// server nonce (32 random bytes).
+	AuthNonce []byte `protobuf:"bytes,12,opt,name=auth_nonce,json=authNonce,proto3" json:"auth_nonce,omitempty"`
+	// In the server's challenge reply: HMAC-SHA256(token, "tq-server" ||
+	// client nonce || server nonce). In the client's second HELLO:
+	// HMAC-SHA256(token, "tq-client" || server nonce || client nonce ||
+	// SHA-256(the client's first HELLO body)).
+	AuthProof     []byte `protobuf:"bytes,13,opt,name=auth_proof,json=authProof,proto3" json:"auth_proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,6 +259,20 @@ func (x *Hello) GetMaxInFlight() uint32 {
 		return x.MaxInFlight
 	}
 	return 0
+}
+
+func (x *Hello) GetAuthNonce() []byte {
+	if x != nil {
+		return x.AuthNonce
+	}
+	return nil
+}
+
+func (x *Hello) GetAuthProof() []byte {
+	if x != nil {
+		return x.AuthProof
+	}
+	return nil
 }
 
 // Ping (op PING) and its reply carry nothing but an optional echo.
@@ -399,7 +424,7 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\xad\x02\n" +
+	"tq.wire.v1\"\xeb\x02\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
@@ -414,7 +439,11 @@ const file_common_proto_rawDesc = "" +
 	"\vlocal_addrs\x18\n" +
 	" \x03(\tR\n" +
 	"localAddrs\x12\"\n" +
-	"\rmax_in_flight\x18\v \x01(\rR\vmaxInFlight\"\x1c\n" +
+	"\rmax_in_flight\x18\v \x01(\rR\vmaxInFlight\x12\x1d\n" +
+	"\n" +
+	"auth_nonce\x18\f \x01(\fR\tauthNonce\x12\x1d\n" +
+	"\n" +
+	"auth_proof\x18\r \x01(\fR\tauthProof\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x18\n" +
 	"\x06Cancel\x12\x0e\n" +

@@ -46,6 +46,20 @@ func (m *Hello) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.AuthProof) > 0 {
+		i -= len(m.AuthProof)
+		copy(dAtA[i:], m.AuthProof)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.AuthProof)))
+		i--
+		dAtA[i] = 0x6a
+	}
+	if len(m.AuthNonce) > 0 {
+		i -= len(m.AuthNonce)
+		copy(dAtA[i:], m.AuthNonce)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.AuthNonce)))
+		i--
+		dAtA[i] = 0x62
+	}
 	if m.MaxInFlight != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxInFlight))
 		i--
@@ -285,6 +299,14 @@ func (m *Hello) SizeVT() (n int) {
 	}
 	if m.MaxInFlight != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxInFlight))
+	}
+	l = len(m.AuthNonce)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.AuthProof)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n

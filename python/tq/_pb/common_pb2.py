@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x63ommon.proto\x12\ntq.wire.v1\"\xc9\x01\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07unit_id\x18\x06 \x01(\r\x12\x13\n\x0bincarnation\x18\x07 \x01(\x04\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x13\n\x0blocal_addrs\x18\n \x03(\t\x12\x15\n\rmax_in_flight\x18\x0b \x01(\r\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x14\n\x06\x43\x61ncel\x12\n\n\x02id\x18\x01 \x01(\x04\"8\n\x05\x45rror\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.tq.wire.v1.Code\x12\x0f\n\x07message\x18\x02 \x01(\t*\xae\x02\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43ODE_INVALID\x10\x01\x12\x12\n\x0e\x43ODE_NOT_FOUND\x10\x02\x12\x17\n\x13\x43ODE_DTYPE_MISMATCH\x10\x03\x12\x12\n\x0e\x43ODE_NOT_READY\x10\x04\x12\x11\n\rCODE_CAPACITY\x10\x05\x12\x0f\n\x0b\x43ODE_CLOSED\x10\x06\x12\x16\n\x12\x43ODE_NOT_SUPPORTED\x10\x07\x12\r\n\tCODE_LOST\x10\x08\x12\x10\n\x0c\x43ODE_CORRUPT\x10\t\x12\x11\n\rCODE_DEADLINE\x10\n\x12\x11\n\rCODE_CANCELED\x10\x0b\x12\x18\n\x14\x43ODE_UNAUTHENTICATED\x10\x0c\x12\x11\n\rCODE_INTERNAL\x10\r\x12\r\n\tCODE_DONE\x10\x0e\x42 Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x63ommon.proto\x12\ntq.wire.v1\"\xf1\x01\n\x05Hello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07unit_id\x18\x06 \x01(\r\x12\x13\n\x0bincarnation\x18\x07 \x01(\x04\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x13\n\x0blocal_addrs\x18\n \x03(\t\x12\x15\n\rmax_in_flight\x18\x0b \x01(\r\x12\x12\n\nauth_nonce\x18\x0c \x01(\x0c\x12\x12\n\nauth_proof\x18\r \x01(\x0c\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x14\n\x06\x43\x61ncel\x12\n\n\x02id\x18\x01 \x01(\x04\"8\n\x05\x45rror\x12\x1e\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x10.tq.wire.v1.Code\x12\x0f\n\x07message\x18\x02 \x01(\t*\xae\x02\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x43ODE_INVALID\x10\x01\x12\x12\n\x0e\x43ODE_NOT_FOUND\x10\x02\x12\x17\n\x13\x43ODE_DTYPE_MISMATCH\x10\x03\x12\x12\n\x0e\x43ODE_NOT_READY\x10\x04\x12\x11\n\rCODE_CAPACITY\x10\x05\x12\x0f\n\x0b\x43ODE_CLOSED\x10\x06\x12\x16\n\x12\x43ODE_NOT_SUPPORTED\x10\x07\x12\r\n\tCODE_LOST\x10\x08\x12\x10\n\x0c\x43ODE_CORRUPT\x10\t\x12\x11\n\rCODE_DEADLINE\x10\n\x12\x11\n\rCODE_CANCELED\x10\x0b\x12\x18\n\x14\x43ODE_UNAUTHENTICATED\x10\x0c\x12\x11\n\rCODE_INTERNAL\x10\r\x12\r\n\tCODE_DONE\x10\x0e\x42 Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common_pb2', globals())
@@ -21,14 +21,14 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z\036github.com/tqgo/tq/wire/wirepb'
-  _CODE._serialized_start=336
-  _CODE._serialized_end=638
+  _CODE._serialized_start=376
+  _CODE._serialized_end=678
   _HELLO._serialized_start=29
-  _HELLO._serialized_end=230
-  _PING._serialized_start=232
-  _PING._serialized_end=253
-  _CANCEL._serialized_start=255
-  _CANCEL._serialized_end=275
-  _ERROR._serialized_start=277
-  _ERROR._serialized_end=333
+  _HELLO._serialized_end=270
+  _PING._serialized_start=272
+  _PING._serialized_end=293
+  _CANCEL._serialized_start=295
+  _CANCEL._serialized_end=315
+  _ERROR._serialized_start=317
+  _ERROR._serialized_end=373
 # @@protoc_insertion_point(module_scope)
