@@ -40,6 +40,10 @@ type ServerConfig struct {
 	// TrustPeerCred admits a peer on a unix socket that runs as this
 	// process's user (SO_PEERCRED) without the token.
 	TrustPeerCred bool
+	// RefuseClearToken refuses a peer that sends the token in clear (a
+	// client older than the challenge handshake, wire/spec.md
+	// "Handshake"); by default such a peer is still admitted.
+	RefuseClearToken bool
 	// Logger receives the wire server's rare events (a listener out of
 	// file descriptors, refused connections); nil discards them.
 	Logger *slog.Logger
@@ -171,13 +175,14 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	s.unwatch = c.units.watchEvictions(s.frees.drop)
 	ci := c.Info()
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello:         &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs},
-		Token:         cfg.Token,
-		TrustPeerCred: cfg.TrustPeerCred,
-		Logger:        cfg.Logger,
-		Observer:      cfg.Observer,
-		Loops:         cfg.Loops,
-		CheckHello:    s.checkHello,
+		Hello:            &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs},
+		Token:            cfg.Token,
+		TrustPeerCred:    cfg.TrustPeerCred,
+		RefuseClearToken: cfg.RefuseClearToken,
+		Logger:           cfg.Logger,
+		Observer:         cfg.Observer,
+		Loops:            cfg.Loops,
+		CheckHello:       s.checkHello,
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put

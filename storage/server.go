@@ -49,6 +49,10 @@ type ServerConfig struct {
 	// TrustPeerCred admits a peer on a unix socket that runs as this
 	// process's user (SO_PEERCRED) without the token.
 	TrustPeerCred bool
+	// RefuseClearToken refuses a peer that sends the token in clear (a
+	// client older than the challenge handshake, wire/spec.md
+	// "Handshake"); by default such a peer is still admitted.
+	RefuseClearToken bool
 	// Logger receives the wire server's rare events (a listener out of
 	// file descriptors, refused connections); nil discards them.
 	Logger *slog.Logger
@@ -150,14 +154,15 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		// Each handshake is answered with the unit's identity as it is
 		// then (the controller may re-identify the unit), and a client
 		// that expects another unit or incarnation is refused.
-		Hello:         s.Hello(),
-		CheckHello:    s.CheckHello,
-		Token:         cfg.Token,
-		TrustPeerCred: cfg.TrustPeerCred,
-		Logger:        cfg.Logger,
-		IdleTimeout:   cfg.IdleTimeout,
-		NewSession:    s.newSession,
-		Observer:      cfg.Observer,
+		Hello:            s.Hello(),
+		CheckHello:       s.CheckHello,
+		Token:            cfg.Token,
+		TrustPeerCred:    cfg.TrustPeerCred,
+		RefuseClearToken: cfg.RefuseClearToken,
+		Logger:           cfg.Logger,
+		IdleTimeout:      cfg.IdleTimeout,
+		NewSession:       s.newSession,
+		Observer:         cfg.Observer,
 	})
 	s.ws.Handle(wire.OpWrite, s.write)
 	// Reads, frees and stats never wait on anything slow: run them on the

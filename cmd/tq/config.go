@@ -47,6 +47,7 @@ type serveConfig struct {
 	HugePages         bool          `yaml:"huge_pages"`
 	Token             string        `yaml:"token,omitempty"`
 	Insecure          bool          `yaml:"insecure"`
+	RefuseClearToken  bool          `yaml:"refuse_clear_token"`
 	DataDir           string        `yaml:"data_dir"` // see above
 	Fsync             string        `yaml:"fsync"`
 	InMemory          bool          `yaml:"in_memory"`
@@ -121,6 +122,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.InMemory, "in-memory", c.InMemory, "keep the controller's metadata in memory only: a restart forgets every key and row (the units then free their bytes)")
 	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up, into a controller that holds no partition (a restart keeps its state; see --restore-force)")
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
+	fs.BoolVar(&c.RefuseClearToken, "refuse-clear-token", c.RefuseClearToken, "refuse clients and units that send the token in clear (older than the challenge handshake, which never sends it); by default they are still admitted")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")

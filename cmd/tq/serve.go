@@ -407,6 +407,7 @@ func (s *server) startController() error {
 		LocalAddrs:        localAddrs,
 		Token:             s.cfg.Token,
 		TrustPeerCred:     true,
+		RefuseClearToken:  s.cfg.RefuseClearToken,
 		Logger:            s.log,
 		HeartbeatInterval: s.cfg.HeartbeatInterval,
 		Name:              s.cfg.Name,
@@ -505,7 +506,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
-	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit),
+	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, RefuseClearToken: s.cfg.RefuseClearToken, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit),
 		Quarantine: s.cfg.ShmQuarantine}
 	ru := &runningUnit{u: u}
 	if s.cfg.RDMADevice != "" {
