@@ -24,6 +24,9 @@ meant for people.
     ├── DeadlineError         (also a TimeoutError) CODE_DEADLINE
     ├── CanceledError                               CODE_CANCELED
     ├── UnauthenticatedError  (also PermissionError) CODE_UNAUTHENTICATED
+    │   └── ServerUnprovenError                     the server did not prove it knows
+    │                                               the client's token (another token,
+    │                                               or not the server meant)
     ├── InternalError                               CODE_INTERNAL
     ├── DoneError                                   CODE_DONE
     └── UnavailableError      (also ConnectionError) a peer that cannot be
@@ -37,7 +40,7 @@ from __future__ import annotations
 __all__ = [
     "TQError", "InvalidError", "NotFoundError", "DTypeMismatchError", "NotReadyError",
     "StaleError", "CapacityError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
-    "DeadlineError", "CanceledError", "UnauthenticatedError", "InternalError",
+    "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError",
     "UnavailableError", "UnitLostError", "from_code",
 ]
 
@@ -137,6 +140,14 @@ class CanceledError(TQError):
 
 class UnauthenticatedError(TQError, PermissionError):
     code = 12
+
+
+class ServerUnprovenError(UnauthenticatedError):
+    """The server did not prove, in the challenge handshake, that it knows
+    the client's token: it holds another token, or it is not the server the
+    client meant (a stale address another process now holds, a peer
+    impersonating it). The client sent it nothing derived from the token.
+    As the Go client's wire.ErrServerUnproven."""
 
 
 class InternalError(TQError):

@@ -1,0 +1,182 @@
+"""The challenge handshake (wire/spec.md "Handshake"): the token never goes
+on the wire, and a server that cannot prove it knows the token is refused."""
+
+import hashlib
+import hmac
+import socket
+import threading
+
+import pytest
+
+import tq
+from tq import errors, wire
+from tq._pb import common_pb2
+
+TOKEN = "tok-3f9a1c7e-SECRET-d41d8cd98f00b204"
+
+
+def _recv_exact(c, n):
+    b = b""
+    while len(b) < n:
+        chunk = c.recv(n - len(b))
+        if not chunk:
+            raise EOFError
+        b += chunk
+    return b
+
+
+def _read_frame(c):
+    hdr = _recv_exact(c, 32)
+    magic, ver, flags, op, _, rid, blen, _, plen = wire.HEADER.unpack(hdr)
+    return hdr, op, rid, _recv_exact(c, blen)
+
+
+def _reply(c, op, rid, msg, flags=wire.FLAG_REPLY):
+    body = msg.SerializeToString()
+    c.sendall(wire.HEADER.pack(wire.MAGIC, 1, flags, op, 0, rid, len(body), 0, 0) + body)
+
+
+def _mac(token, label, *parts):
+    return hmac.new(token.encode(), label + b"".join(parts), hashlib.sha256).digest()
+
+
+class _Recorder:
+    """A plain TCP listener whose handler plays the server's part; every
+    byte the client sends on its one connection is recorded, until the
+    client closes."""
+
+    def __init__(self, handler):
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(1)
+        self.addr = f"tcp://127.0.0.1:{self.ls.getsockname()[1]}"
+        self.got = b""
+        self.frames = []
+        self._handler = handler
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        c, _ = self.ls.accept()
+        c.settimeout(10)
+        rec = self
+
+        class Tee:
+            def recv(self, n):
+                b = c.recv(n)
+                rec.got += b
+                return b
+
+            def sendall(self, b):
+                c.sendall(b)
+
+            def close(self):
+                c.close()
+        try:
+            self._handler(Tee())
+            while True:  # until the client closes
+                b = c.recv(65536)
+                if not b:
+                    break
+                self.got += b
+        except (OSError, EOFError):
+            pass
+        finally:
+            c.close()
+            self.ls.close()
+
+    def wait(self):
+        self._t.join(15)
+        assert not self._t.is_alive()
+        return self.got
+
+
+def _plain(c):
+    _, op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+
+
+def _forged(c):
+    _, op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, common_pb2.Hello(version=1, auth_nonce=b"\x07" * 32, auth_proof=b"\x09" * 32))
+
+
+def _refuses(c):
+    _, op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, common_pb2.Error(code=12, message="wrong or missing token"),
+           flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+
+
+def _closes(c):
+    _read_frame(c)
+    c.close()
+
+
+@pytest.mark.parametrize("handler", [_plain, _forged, _refuses, _closes],
+                         ids=["tokenless", "forged-challenge", "refuses", "closes"])
+def test_hello_never_sends_token(handler):
+    """Whatever a client with a token dials learns nothing of the token."""
+    r = _Recorder(handler)
+    try:
+        wire.Conn(r.addr, token=TOKEN).close()
+    except tq.TQError:
+        pass
+    got = r.wait()
+    assert TOKEN.encode() not in got
+    hdr = got[:32]
+    blen = wire.HEADER.unpack(hdr)[6]
+    hello = common_pb2.Hello.FromString(got[32:32 + blen])
+    assert hello.token == "" and len(hello.auth_nonce) == 32
+
+
+def test_server_that_cannot_prove_the_token_is_refused():
+    """A forged challenge is refused, naming the address, and the client
+    sends no proof of its own: only a proof-less HELLO saying it gives up."""
+    r = _Recorder(_forged)
+    with pytest.raises(errors.ServerUnprovenError) as e:
+        wire.Conn(r.addr, token=TOKEN)
+    assert isinstance(e.value, tq.UnauthenticatedError) and e.value.code == 12
+    assert r.addr in str(e.value)
+    got = r.wait()
+    n1 = 32 + wire.HEADER.unpack(got[:32])[6]
+    hdr = wire.HEADER.unpack(got[n1:n1 + 32])
+    assert hdr[3] == wire.HELLO
+    give_up = common_pb2.Hello.FromString(got[n1 + 32:n1 + 32 + hdr[6]])
+    assert give_up.auth_proof == b"" and give_up.token == ""
+    assert len(got) == n1 + 32 + hdr[6], "the client sent more than its HELLOs"
+
+
+def test_challenge_as_the_spec_writes_it():
+    """The client's proof is what wire/spec.md says, computed here on its
+    own; the server's answer to it is the handshake's."""
+    seen = {}
+
+    def h(c):
+        _, op, rid, first = _read_frame(c)
+        cn = common_pb2.Hello.FromString(first).auth_nonce
+        sn = b"\x5a" * 32
+        _reply(c, op, rid, common_pb2.Hello(version=1, auth_nonce=sn, auth_proof=_mac(TOKEN, b"tq-server", cn, sn)))
+        _, op, rid, second = _read_frame(c)
+        p = common_pb2.Hello.FromString(second)
+        seen["ok"] = hmac.compare_digest(
+            p.auth_proof, _mac(TOKEN, b"tq-client", sn, cn, hashlib.sha256(first).digest()))
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", cluster_id="cid"))
+    r = _Recorder(h)
+    conn = wire.Conn(r.addr, token=TOKEN)
+    assert conn.server.role == "controller" and conn.server.cluster_id == "cid"
+    conn.close()
+    assert TOKEN.encode() not in r.wait()
+    assert seen["ok"]
+
+
+def test_tq_server_challenge(server):
+    """Against tq serve: the right token connects, a wrong one is refused
+    as unauthenticated (CODE_UNAUTHENTICATED)."""
+    conn = wire.Conn(server.address, token=server.token)
+    assert conn.server.role == "controller"
+    conn.close()
+    with pytest.raises(tq.UnauthenticatedError) as e:
+        wire.Conn(server.address, token="wrong")
+    assert e.value.code == 12
+    with server.client() as c:
+        assert c is not None
