@@ -73,9 +73,7 @@ func TestKeptBatchBalancedPartLeftBehindGoesBack(t *testing.T) {
 	for _, tc := range balancedCases {
 		t.Run(tc.spec.Name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := newController(t, Config{KeptBatchTTL: time.Minute})
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
 				ctx := context.Background()
 
 				a, err := c.Fetch(ctx, tc.fetch(0, 0))
@@ -110,9 +108,7 @@ func TestKeptBatchBalancedPartTakenStaysConsumed(t *testing.T) {
 	for _, tc := range balancedCases {
 		t.Run(tc.spec.Name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := newController(t, Config{KeptBatchTTL: time.Minute})
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
 				ctx := context.Background()
 
 				a, err := c.Fetch(ctx, tc.fetch(0, 0))
@@ -226,9 +222,7 @@ func TestKeptBatchBalancedClearedPartTakesLaterPart(t *testing.T) {
 	for _, tc := range balancedCases {
 		t.Run(tc.spec.Name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := newController(t, Config{KeptBatchTTL: time.Minute})
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
 				ctx := context.Background()
 				rank0 := clearedPartAtEnd(t, c, tc)
 				part1 := slices.DeleteFunc(seq(4, 8), func(i uint64) bool { return slices.Contains(rank0[1], i) })
@@ -263,9 +257,7 @@ func TestKeptBatchBalancedMovedPartLeftBehindGoesBackOnce(t *testing.T) {
 	for _, tc := range balancedCases {
 		t.Run(tc.spec.Name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := newController(t, Config{KeptBatchTTL: time.Minute})
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
 				ctx := context.Background()
 				rank0 := clearedPartAtEnd(t, c, tc)
 				got, err := c.Fetch(ctx, tc.fetch(1, 0))
@@ -336,9 +328,7 @@ func TestKeptBatchBalancedClearedPartKeepsHeldPart(t *testing.T) {
 	for _, tc := range balancedCases {
 		t.Run(tc.spec.Name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				c := newController(t, Config{KeptBatchTTL: time.Minute})
-				m := insert(t, c, "p", 8, "x")
-				commitDense(t, c, "p", m.Indexes, "x")
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
 				ctx := context.Background()
 				rank0 := clearedPartAtEnd(t, c, tc)
 				ahead, err := c.Fetch(ctx, tc.fetch(1, 1))

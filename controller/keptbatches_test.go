@@ -186,6 +186,16 @@ func openRows(t *testing.T, dir string, cfg Config, n int) *Controller {
 	return c
 }
 
+// newRows returns an in-memory controller with n rows of "x" produced in
+// partition "p".
+func newRows(t *testing.T, cfg Config, n int) *Controller {
+	t.Helper()
+	c := newController(t, cfg)
+	m := insert(t, c, "p", n, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	return c
+}
+
 // restartWays restarts a durable controller from its log alone (a crash)
 // and from the snapshot a clean close writes.
 var restartWays = []struct {

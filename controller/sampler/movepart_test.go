@@ -14,14 +14,7 @@ import (
 // it, and a move that has nothing to move or whose target part holds rows
 // changes nothing.
 func TestMovePart(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		make  func() propSampler
-		fresh engine.SampleRequest
-	}{
-		{"seqlen", func() propSampler { s, _ := NewSeqlenBalanced(1, 2); return s }, engine.SampleRequest{BatchSize: 1}},
-		{"token_budget", func() propSampler { s, _ := NewTokenBudget(1, 2); return s }, engine.SampleRequest{BatchSize: 1, TokenBudget: 1}},
-	} {
+	for _, tc := range splitCases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.make()
 			split := s.(engine.SplitBatchDropper)

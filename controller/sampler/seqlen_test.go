@@ -310,6 +310,17 @@ func TestSeqlenBalancedCache(t *testing.T) {
 	})
 }
 
+// splitCases are the samplers that split a batch between two DP ranks,
+// each with a request for a fresh batch of one row per rank.
+var splitCases = []struct {
+	name  string
+	make  func() propSampler
+	fresh engine.SampleRequest
+}{
+	{"seqlen", func() propSampler { s, _ := NewSeqlenBalanced(1, 2); return s }, engine.SampleRequest{BatchSize: 1}},
+	{"token_budget", func() propSampler { s, _ := NewTokenBudget(1, 2); return s }, engine.SampleRequest{BatchSize: 1, TokenBudget: 1}},
+}
+
 // TestClearedPartRefills: a rank whose part of a cached batch was cleared
 // before it fetched it (the first rank's call consumed every part) gets a
 // part of its own from the rows ready now, as a group whose cached batch
@@ -318,14 +329,7 @@ func TestSeqlenBalancedCache(t *testing.T) {
 // means "not yet" (ErrDone once the partition is done, though later
 // batches hold the rank's rows).
 func TestClearedPartRefills(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		make  func() propSampler
-		fresh engine.SampleRequest
-	}{
-		{"seqlen", func() propSampler { s, _ := NewSeqlenBalanced(1, 2); return s }, engine.SampleRequest{BatchSize: 1}},
-		{"token_budget", func() propSampler { s, _ := NewTokenBudget(1, 2); return s }, engine.SampleRequest{BatchSize: 1, TokenBudget: 1}},
-	} {
+	for _, tc := range splitCases {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.make()
 			req := tc.fresh
