@@ -99,6 +99,9 @@ type Conn struct {
 	nc   net.Conn
 	cfg  ConnConfig
 	addr string // the peer, for errors: what Dial dialed, else the socket's
+	// proved: the peer answered the challenge handshake with the right
+	// server proof (see [Conn.ServerProved]). Set by Hello.
+	proved atomic.Bool
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -227,6 +230,13 @@ func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig)
 	return c, reply, nil
 }
 
+// ServerProved reports whether the peer proved, in [Conn.Hello]'s
+// challenge, that it knows the token. A peer that answered the HELLO at
+// once, as a server without a token does, proved nothing: any peer can
+// answer so. Whatever else carries the token (a unit's fd socket, whose
+// path the peer names) must go only to a peer that proved it.
+func (c *Conn) ServerProved() bool { return c.proved.Load() }
+
 // Hello performs the handshake. A token in h is never sent: the client
 // proves it knows the token with the challenge handshake (see auth.go and
 // spec.md "Handshake"), and refuses with [ErrServerUnproven] a server
@@ -281,6 +291,7 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 		if len(reply.AuthNonce) != 0 || len(reply.AuthProof) != 0 {
 			return nil, fmt.Errorf("handshake: %s answered the challenge's proof with another challenge: %w", c.addr, engine.ErrCorrupt)
 		}
+		c.proved.Store(true)
 	}
 	limit := int(reply.MaxInFlight)
 	if limit == 0 {

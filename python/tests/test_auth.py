@@ -180,3 +180,74 @@ def test_tq_server_challenge(server):
     assert e.value.code == 12
     with server.client() as c:
         assert c is not None
+
+
+def test_fd_socket_gets_no_token_from_an_unproven_unit(tmp_path):
+    """The unit's fd socket carries the token in clear, at the path the
+    unit's SHM_SEGMENTS reply names. A peer at the unit's address that
+    answers the HELLO without the challenge (as a unit without a token
+    does, which any peer can) proved nothing: the client must not send the
+    token to the fd socket it names."""
+    import types
+
+    from tq._pb import data_pb2
+    from tq.unit import Unit
+
+    unit_path, fd_path = str(tmp_path / "fake.sock"), str(tmp_path / "fake.shm")
+    fd_got = []
+    fls = socket.socket(socket.AF_UNIX)
+    fls.bind(fd_path)
+    fls.listen(4)
+    ls = socket.socket(socket.AF_UNIX)
+    ls.bind(unit_path)
+    ls.listen(4)
+
+    def fd_socket():
+        c, _ = fls.accept()
+        c.settimeout(1)
+        b = b""
+        try:
+            while True:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                b += chunk
+        except OSError:
+            pass
+        fd_got.append(b)
+        c.close()
+
+    def unit():
+        c, _ = ls.accept()
+        c.settimeout(10)
+        try:
+            _, op, rid, body = _read_frame(c)
+            h = common_pb2.Hello.FromString(body)
+            _reply(c, op, rid, common_pb2.Hello(version=1, role="unit", host_id=h.host_id,
+                                                unit_id=h.unit_id, incarnation=h.incarnation))
+            while True:
+                _, op, rid, _ = _read_frame(c)
+                if op == wire.SHM_SEGMENTS:
+                    _reply(c, op, rid, data_pb2.ShmSegmentsReply(fd_socket=fd_path))
+        except (OSError, EOFError):
+            pass
+        finally:
+            c.close()
+
+    ts = [threading.Thread(target=f, daemon=True) for f in (fd_socket, unit)]
+    for t in ts:
+        t.start()
+    info = types.SimpleNamespace(unit_id=3, incarnation=9, host_id="h", alive=True, draining=False,
+                                 addrs=["unix://" + unit_path, "shm://" + fd_path])
+    u = Unit(info, token=TOKEN, name="n", host="h", transport="shm", timeout=5)
+    try:
+        with pytest.raises(tq.TQError):
+            u.segment(1)
+    finally:
+        u.close()
+        ls.close()
+        fls.close()
+    for t in ts:
+        t.join(5)
+    assert fd_got, "the client never used the fd socket the fake named (the test proves nothing)"
+    assert TOKEN.encode() not in fd_got[0], "the token went to the fd socket of a unit that did not prove it"

@@ -298,6 +298,7 @@ class Unit:
         self._seg_lock = threading.Lock()
         _fork.reinit_in_child(self)
         self.fd_socket = ""
+        self._fd_token = ""  # what the fd socket is sent for the token
         addr = None
         if transport in ("auto", "shm") and info.host_id == host:
             ux = [a for a in info.addrs if a.startswith("unix://") and os.path.exists(a[7:])]
@@ -319,7 +320,15 @@ class Unit:
                                            incarnation=self.incarnation, timeout=timeout),
                          before_take=self.give_back_orphans)
         if self.shm:
-            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+            c = self.pool.take()
+            try:
+                rep = c.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+                # The fd socket gets the token in clear, at the path the unit
+                # names: only a unit that proved it knows the token may have
+                # it (one that did not has no token, and asks for none).
+                self._fd_token = token if c.server_proved else ""
+            finally:
+                self.pool.give(c)
             self.fd_socket = rep.fd_socket
 
     def _reinit_in_child(self) -> None:
@@ -348,7 +357,7 @@ class Unit:
             m = self._segs.get(seg)
             if m is not None:
                 return m
-            fd, size, _ = _recv_fd(self.fd_socket, seg, self.token, self.incarnation)
+            fd, size, _ = _recv_fd(self.fd_socket, seg, self._fd_token, self.incarnation)
             try:
                 st = os.fstat(fd)
                 if st.st_size < size:

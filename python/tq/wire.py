@@ -216,6 +216,12 @@ class Conn:
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
                  unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0):
         self.addr = addr
+        # The server proved, in the challenge, that it knows the token. One
+        # that answered the HELLO at once (as a server without a token does,
+        # and as any peer can) proved nothing: what else carries the token
+        # (a unit's fd socket, whose path the server names) goes only to a
+        # server that proved it.
+        self.server_proved = False
         self.family, sockaddr = parse_addr(addr)
         self.pid = os.getpid()
         self._lock = threading.Lock()
@@ -288,6 +294,7 @@ class Conn:
         if reply.auth_nonce or reply.auth_proof:
             raise errors.CorruptError(f"{self.addr} answered the challenge's proof with another challenge",
                                       op="hello")
+        self.server_proved = True
         return reply
 
     def _check_unit(self, unit_id: int, incarnation: int) -> None:

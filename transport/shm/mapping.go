@@ -117,7 +117,7 @@ func mapSegment(fd int, size int) (*segment, error) {
 // fetch asks the unit's fd socket for segment id's memfd and returns it
 // with the segment's size.
 func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
-	uc, fd, size, err := c.fdExchange(ctx, wire.FdRequest{Segment: id, Token: c.cfg.Token, Incarnation: c.inc})
+	uc, fd, size, err := c.fdExchange(ctx, wire.FdRequest{Segment: id, Token: c.fdToken, Incarnation: c.inc})
 	if err != nil {
 		return -1, 0, err
 	}

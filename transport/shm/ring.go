@@ -94,7 +94,7 @@ func otherVersion(err error) error {
 // dialRing sets up a control ring and returns a wire connection over it,
 // its handshake done.
 func (c *Conn) dialRing(ctx context.Context, hello *wirepb.Hello) (*wire.Conn, error) {
-	uc, fd, _, err := c.fdExchange(ctx, wire.FdRequest{Ring: true, Token: c.cfg.Token})
+	uc, fd, _, err := c.fdExchange(ctx, wire.FdRequest{Ring: true, Token: c.fdToken})
 	if err != nil {
 		return nil, err
 	}

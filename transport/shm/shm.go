@@ -181,6 +181,12 @@ type Conn struct {
 	wc     *wire.Conn
 	ring   bool // wc runs over a control ring
 	fdSock string
+	// fdToken is what the fd socket is sent for the token: the token, to
+	// a unit whose handshake proved it knows it, else nothing. The fd
+	// socket's path is the unit's to name, and the token goes there in
+	// clear: a peer that answered the HELLO without the challenge (as a
+	// unit without a token does, and as any peer can) must not get it.
+	fdToken string
 	// inc is the incarnation the unit's handshake named: segment fetches
 	// ask the fd socket for that run's segments only.
 	inc uint64
@@ -235,6 +241,9 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
 	}
 	c.inc = reply.Incarnation
+	if wc.ServerProved() {
+		c.fdToken = c.cfg.Token
+	}
 	var segs wirepb.ShmSegmentsReply
 	if err := wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &segs, nil); err != nil {
 		return fmt.Errorf("shm segments: %w", err)
