@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/tqgo/tq/engine"
@@ -88,7 +89,8 @@ type Client struct {
 	tbl  atomic.Pointer[unitTable] // see units.go
 	disc *discovery                // nil: the units given to New are all there is
 
-	closers []func() error // what Close releases
+	closeMu sync.Mutex     // one Close at a time; later ones wait for the first
+	closers []func() error // what Close releases; guarded by closeMu
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
 	room    roomBook       // the units' free bytes, as placement estimates them
 	io      chan struct{}  // unit I/O slots (Config.MaxUnitIO)

@@ -400,8 +400,12 @@ func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 // Close releases what the client holds: for a connected client its
 // connections to the controller and the storage units. Closing an
 // embedded cluster's client does nothing (close the
-// [github.com/tqgo/tq/embedded.Cluster]).
+// [github.com/tqgo/tq/embedded.Cluster]). It is idempotent and safe to
+// call from several goroutines at once: each returns once the client is
+// closed, and only the first reports what closing it failed on.
 func (c *Client) Close() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
 	var errs []error
 	for _, f := range c.closers {
 		errs = append(errs, f())
