@@ -85,16 +85,27 @@ func (s *result[T]) drop() {
 // Done is closed when the result is available.
 func (f *Future[T]) Done() <-chan struct{} { return f.s.done }
 
-// Wait returns the result, or ctx's error if ctx ends first.
+// Wait returns the result, or ctx's error if ctx ends first. A result
+// that is already there is returned even when ctx has ended too.
 func (f *Future[T]) Wait(ctx context.Context) (T, error) {
 	select {
 	case <-f.s.done:
-		f.s.mu.Lock()
-		f.s.handed = true
-		f.s.mu.Unlock()
-		return f.s.val, f.s.err
-	case <-ctx.Done():
-		var zero T
-		return zero, ctx.Err()
+	default:
+		select {
+		case <-f.s.done:
+		case <-ctx.Done():
+			// Both may be ready: select picks either, and a call that
+			// ended first (an acknowledged put) must not read as cancelled.
+			select {
+			case <-f.s.done:
+			default:
+				var zero T
+				return zero, ctx.Err()
+			}
+		}
 	}
+	f.s.mu.Lock()
+	f.s.handed = true
+	f.s.mu.Unlock()
+	return f.s.val, f.s.err
 }
