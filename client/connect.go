@@ -16,6 +16,7 @@ import (
 	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/shm"
 	"github.com/tqgo/tq/transport/tcp"
+	"github.com/tqgo/tq/wire"
 )
 
 // ConnectConfig configures [Connect].
@@ -28,6 +29,15 @@ type ConnectConfig struct {
 	Token string
 	// Name identifies this client in the servers' logs and stat output.
 	Name string
+	// RequireServerProof makes the client refuse a controller or unit
+	// that answers the handshake without proving it knows the token (as
+	// a server run with --insecure does, and as any peer can), on every
+	// connection: the controller's and the tcp, shm and rdma data
+	// connections (see [wire.ConnConfig.RequireServerProof]). It needs a
+	// token. $TQ_REQUIRE_SERVER_PROOF=1 turns it on too (see
+	// [RequireServerProof]). Off by default: a token found by itself
+	// would otherwise refuse every --insecure cluster.
+	RequireServerProof bool
 	// Lanes bounds the controller connections over which the small KV
 	// puts and gets of goroutines sharing the client spread (see
 	// [RemoteConfig.Lanes]; 0: 4, opened only as calls overlap).
@@ -100,7 +110,11 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
 	}
 	cfg.Token = token
-	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name, Lanes: cfg.Lanes, Host: cfg.Client.Host})
+	if cfg.RequireServerProof, err = RequireServerProof(cfg.RequireServerProof); err != nil {
+		return nil, &engine.OpError{Op: "connect", Peer: addr, Err: err}
+	}
+	meta, err := DialMeta(ctx, addr, RemoteConfig{Token: cfg.Token, Name: cfg.Name, Lanes: cfg.Lanes, Host: cfg.Client.Host,
+		Conn: wire.ConnConfig{RequireServerProof: cfg.RequireServerProof}})
 	if err != nil {
 		return nil, err
 	}
@@ -114,6 +128,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if tcfg.Token == "" {
 		tcfg.Token = cfg.Token
 	}
+	tcfg.Conn.RequireServerProof = tcfg.Conn.RequireServerProof || cfg.RequireServerProof
 	tr := tcp.New(tcfg)
 	scfg := cfg.Shm
 	if scfg.Token == "" {
@@ -122,6 +137,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if scfg.Name == "" {
 		scfg.Name = cfg.Name
 	}
+	scfg.Conn.RequireServerProof = scfg.Conn.RequireServerProof || cfg.RequireServerProof
 	str := shm.New(scfg)
 	rcfg := cfg.RDMA
 	if rcfg.Token == "" {
@@ -130,6 +146,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	if rcfg.Name == "" {
 		rcfg.Name = cfg.Name
 	}
+	rcfg.Conn.RequireServerProof = rcfg.Conn.RequireServerProof || cfg.RequireServerProof
 	rtr := rdma.New(rcfg)
 	host := cfg.Client.Host
 	if host == "" {
@@ -307,6 +324,13 @@ func closeUnits(units []DataUnit) {
 // is none. A token file others may read, or that another user owns, is an
 // error wrapping [engine.ErrInvalid] rather than a token to send.
 func FindToken(explicit string) (string, error) { return auth.FindToken(explicit) }
+
+// RequireServerProof returns whether a client requires the servers to
+// prove they know the token ([wire.ConnConfig.RequireServerProof]):
+// explicit, else $TQ_REQUIRE_SERVER_PROOF ("1": yes; "0" or unset: no;
+// another value is an error wrapping [engine.ErrInvalid]). [Connect] and
+// [DialMeta] read it where they find the token.
+func RequireServerProof(explicit bool) (bool, error) { return auth.RequireServerProof(explicit) }
 
 // ShmPeer returns how to reach a unit through shared memory: its unix
 // socket, when it runs on this host (its host id is host) and advertises

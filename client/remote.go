@@ -35,7 +35,10 @@ type RemoteConfig struct {
 	Token string
 	// Name identifies this client in the controller's logs.
 	Name string
-	// Conn tunes the connection (keepalive, ping timeout).
+	// Conn tunes the connection (keepalive, ping timeout), and
+	// Conn.RequireServerProof makes it refuse a controller that does not
+	// prove it knows the token; $TQ_REQUIRE_SERVER_PROOF=1 sets it too
+	// (see [RequireServerProof]).
 	Conn wire.ConnConfig
 	// RetryFor bounds how long a call that may safely be repeated (a
 	// read, a keyed fetch, giving rows back) keeps trying to reach a
@@ -147,6 +150,9 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	}
 	token, err := FindToken(cfg.Token)
 	if err != nil {
+		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
+	}
+	if cfg.Conn.RequireServerProof, err = RequireServerProof(cfg.Conn.RequireServerProof); err != nil {
 		return nil, &engine.OpError{Op: "dial", Transport: network, Peer: address, Err: err}
 	}
 	if cfg.Lanes <= 0 {

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -407,4 +408,66 @@ func TestReplayedProofRefused(t *testing.T) {
 	require.Nil(t, reply, "a replayed proof was accepted")
 	require.NotNil(t, e)
 	assert.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, e.Code)
+}
+
+// TestRequireServerProof: with ConnConfig.RequireServerProof a client
+// with a token refuses a peer that answers its HELLO without the
+// challenge (as a server run with --insecure does, and as any peer can),
+// naming the address and the setting, and sends it nothing after its
+// HELLO; without the setting it connects as before; a server with the
+// token passes; without a token the setting is a configuration error,
+// before anything is dialed.
+func TestRequireServerProof(t *testing.T) {
+	plain := func(nc net.Conn, h Header, _ []byte) {
+		writeReply(nc, h, &wirepb.Hello{Version: Version, Role: "controller"}, FlagReply)
+	}
+	t.Run("refuses a server that answers without the challenge", func(t *testing.T) {
+		rs := startRecording(t, plain)
+		c, _, err := Dial(t.Context(), rs.addr, &wirepb.Hello{Role: "client", Token: authToken}, ConnConfig{RequireServerProof: true})
+		if c != nil {
+			c.Close()
+		}
+		require.ErrorIs(t, err, ErrServerUnproven)
+		assert.ErrorIs(t, err, ErrUnauthenticated)
+		assert.Contains(t, err.Error(), rs.addr)
+		assert.Contains(t, err.Error(), "RequireServerProof")
+		assert.Contains(t, err.Error(), "TQ_REQUIRE_SERVER_PROOF")
+		got := rs.all()
+		require.Len(t, got, 1)
+		rd := bytes.NewReader(got[0])
+		h, body, err := readAuthFrame(rd)
+		require.NoError(t, err)
+		assert.Equal(t, OpHello, h.Op)
+		var hello wirepb.Hello
+		require.NoError(t, proto.Unmarshal(body, &hello))
+		assert.Len(t, hello.AuthNonce, AuthNonceLen)
+		assert.Empty(t, hello.Token)
+		assert.Zero(t, rd.Len(), "the client sent more than its HELLO")
+	})
+	t.Run("without it connects as before", func(t *testing.T) {
+		rs := startRecording(t, plain)
+		c, reply, err := Dial(t.Context(), rs.addr, &wirepb.Hello{Role: "client", Token: authToken}, ConnConfig{})
+		require.NoError(t, err)
+		assert.Equal(t, "controller", reply.Role)
+		assert.False(t, c.ServerProved())
+		c.Close()
+	})
+	t.Run("a server with the token passes", func(t *testing.T) {
+		for _, network := range []string{"tcp", "unix"} {
+			_, addr := startServer(t, ServerConfig{Token: authToken}, network)
+			c, _, err := Dial(t.Context(), addr, &wirepb.Hello{Role: "client", Token: authToken}, ConnConfig{RequireServerProof: true})
+			require.NoError(t, err, network)
+			assert.True(t, c.ServerProved())
+			require.NoError(t, c.Do(t.Context(), opEcho, &wirepb.Ping{Nonce: 5}, nil, &wirepb.Ping{}, nil))
+			c.Close()
+		}
+	})
+	t.Run("no token is a configuration error", func(t *testing.T) {
+		rs := startRecording(t, plain)
+		_, _, err := Dial(t.Context(), rs.addr, &wirepb.Hello{Role: "client"}, ConnConfig{RequireServerProof: true})
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "RequireServerProof")
+		assert.Contains(t, err.Error(), rs.addr)
+		assert.Empty(t, rs.all(), "the client dialed")
+	})
 }

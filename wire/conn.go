@@ -73,6 +73,23 @@ type ConnConfig struct {
 	// with as many requests running as it allows, and calls past that
 	// would hold up the keepalive's PING behind them until it timed out.
 	MaxInFlight int
+	// RequireServerProof makes [Conn.Hello] refuse, with an error wrapping
+	// [ErrServerUnproven], a server that answers the HELLO without the
+	// challenge, that is without proving it knows the token — as a
+	// server run with --insecure answers, and as any peer can — and send
+	// it nothing more. It needs a token: without one, [Dial] and Hello
+	// fail with [engine.ErrInvalid] before anything is sent. Off by
+	// default: a client that finds a token by itself (a leftover token
+	// file, an inherited $TQ_TOKEN) would otherwise refuse every
+	// --insecure server. Clients turn it on with $TQ_REQUIRE_SERVER_PROOF
+	// (see client.RequireServerProof).
+	RequireServerProof bool
+}
+
+// errNoTokenToProve is the configuration error of RequireServerProof
+// without a token.
+func errNoTokenToProve(addr string) error {
+	return fmt.Errorf("handshake with %s: RequireServerProof ($TQ_REQUIRE_SERVER_PROOF) is set but the client has no token for the server to prove it knows: %w", addr, engine.ErrInvalid)
 }
 
 // DefaultMaxInFlight is the most requests a server runs at once on one
@@ -215,6 +232,9 @@ func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig)
 	if err != nil {
 		return nil, nil, err
 	}
+	if cfg.RequireServerProof && (hello == nil || hello.Token == "") {
+		return nil, nil, errNoTokenToProve(addr)
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, address)
 	if err != nil {
@@ -241,13 +261,17 @@ func (c *Conn) ServerProved() bool { return c.proved.Load() }
 // proves it knows the token with the challenge handshake (see auth.go and
 // spec.md "Handshake"), and refuses with [ErrServerUnproven] a server
 // that answers the challenge without proving it knows the token too. A
-// server without a token answers the HELLO at once, as before.
+// server without a token answers the HELLO at once, as before; with
+// [ConnConfig.RequireServerProof] such an answer is refused too.
 func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error) {
 	if h == nil {
 		h = &wirepb.Hello{}
 	}
 	h.Version = Version
 	token := h.Token
+	if c.cfg.RequireServerProof && token == "" {
+		return nil, errNoTokenToProve(c.addr)
+	}
 	var cn, first []byte
 	if token != "" {
 		h = proto.Clone(h).(*wirepb.Hello) // the caller's keeps its token
@@ -292,6 +316,9 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 			return nil, fmt.Errorf("handshake: %s answered the challenge's proof with another challenge: %w", c.addr, engine.ErrCorrupt)
 		}
 		c.proved.Store(true)
+	} else if c.cfg.RequireServerProof {
+		// Nothing more goes to it: the caller closes the connection.
+		return nil, fmt.Errorf("handshake: %s answered without the challenge, proving nothing about the token (as a server run with --insecure does, or any peer), and this client requires the proof (RequireServerProof, $TQ_REQUIRE_SERVER_PROOF): %w", c.addr, ErrServerUnproven)
 	}
 	limit := int(reply.MaxInFlight)
 	if limit == 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/transport/tcp"
+	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -530,7 +531,10 @@ func percent(n, total int64) string {
 // and returns the replies by unit; units that do not answer within a
 // second keep the heartbeat's and have none.
 func freshUnitStats(ctx context.Context, units []engine.UnitInfo, token string) map[engine.UnitID]*wirepb.UnitStats {
-	tr := tcp.New(tcp.Config{Token: token, Conns: 1, Name: "tq-stat"})
+	// $TQ_REQUIRE_SERVER_PROOF holds for the units too (DialMeta
+	// already refused a bad value).
+	require, _ := client.RequireServerProof(false)
+	tr := tcp.New(tcp.Config{Token: token, Conns: 1, Name: "tq-stat", Conn: wire.ConnConfig{RequireServerProof: require}})
 	defer tr.Close()
 	var wg sync.WaitGroup
 	var mu sync.Mutex

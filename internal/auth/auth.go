@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -24,6 +25,10 @@ const (
 	// EnvToken is a token clients (and tq serve) use before the token
 	// file.
 	EnvToken = "TQ_TOKEN"
+	// EnvRequireServerProof, when true ("1"), makes clients refuse a
+	// server that does not prove it knows the token (see
+	// [RequireServerProof]).
+	EnvRequireServerProof = "TQ_REQUIRE_SERVER_PROOF"
 	// TokenFile is the token's file in the data directory.
 	TokenFile = "token"
 )
@@ -253,6 +258,30 @@ func FindToken(explicit string) (string, error) {
 		return "", nil
 	}
 	return tok, err
+}
+
+// RequireServerProof returns whether a client requires the server to
+// prove, in the handshake, that it knows the token (wire.ConnConfig's
+// RequireServerProof): explicit, else $TQ_REQUIRE_SERVER_PROOF read as a
+// boolean ("1", "true"; "0", "false" or unset: no). Another value is an
+// error wrapping [engine.ErrInvalid]. It is read where [FindToken] is,
+// so that every client of this user can be made to insist without code
+// changes; it is off by default because a token found by itself (a
+// leftover token file, an inherited $TQ_TOKEN) would otherwise make the
+// client refuse every server run with --insecure.
+func RequireServerProof(explicit bool) (bool, error) {
+	if explicit {
+		return true, nil
+	}
+	v := strings.TrimSpace(os.Getenv(EnvRequireServerProof))
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("$%s=%q: want 1 or 0: %w", EnvRequireServerProof, v, engine.ErrInvalid)
+	}
+	return b, nil
 }
 
 // TokenHint says where a client looks for a token, for an error message

@@ -105,3 +105,22 @@ func TestFdSocketGetsNoTokenFromUnprovenUnit(t *testing.T) {
 		})
 	}
 }
+
+// TestRequireServerProofRefusesUnprovenUnit: with
+// Conn.RequireServerProof the transport refuses a unit that answers
+// without the challenge at the handshake, naming its address: no
+// SHM_SEGMENTS, nothing to the fd socket it would name.
+func TestRequireServerProofRefusesUnprovenUnit(t *testing.T) {
+	addr, fdGot := fakeUnit(t)
+	tr := New(Config{Token: "tok-shm-require-proof", Conn: wire.ConnConfig{RequireServerProof: true}})
+	defer tr.Close()
+	_, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: 3, Incarnation: 9, Addr: addr})
+	require.ErrorIs(t, err, wire.ErrServerUnproven)
+	assert.Contains(t, err.Error(), addr)
+	assert.Contains(t, err.Error(), "RequireServerProof")
+	select {
+	case b := <-fdGot:
+		t.Fatalf("the client used the fd socket of a unit that proved nothing: %q", b)
+	case <-time.After(700 * time.Millisecond):
+	}
+}
