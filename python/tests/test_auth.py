@@ -251,3 +251,94 @@ def test_fd_socket_gets_no_token_from_an_unproven_unit(tmp_path):
         t.join(5)
     assert fd_got, "the client never used the fd socket the fake named (the test proves nothing)"
     assert TOKEN.encode() not in fd_got[0], "the token went to the fd socket of a unit that did not prove it"
+
+
+def _only_hello(got):
+    """got is exactly one frame, a HELLO asking for the challenge."""
+    hdr = wire.HEADER.unpack(got[:32])
+    assert hdr[3] == wire.HELLO
+    hello = common_pb2.Hello.FromString(got[32:32 + hdr[6]])
+    assert hello.token == "" and len(hello.auth_nonce) == 32
+    assert len(got) == 32 + hdr[6], "the client sent more than its HELLO"
+
+
+def _unused_addr():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    return addr
+
+
+def test_require_server_proof_refuses_a_server_without_the_challenge():
+    """With require_server_proof, a peer that answers the HELLO at once (as a
+    server run with --insecure does, and as any peer can) is refused, naming
+    its address and the setting, and is sent nothing after the HELLO."""
+    r = _Recorder(_plain)
+    with pytest.raises(errors.ServerUnprovenError) as e:
+        wire.Conn(r.addr, token=TOKEN, require_server_proof=True)
+    assert isinstance(e.value, tq.UnauthenticatedError)
+    assert r.addr in str(e.value)
+    assert "require_server_proof" in str(e.value) and "TQ_REQUIRE_SERVER_PROOF" in str(e.value)
+    _only_hello(r.wait())
+
+
+def test_without_require_server_proof_a_server_without_the_challenge_passes(monkeypatch):
+    """The default is unchanged: such a server is accepted, unproven."""
+    monkeypatch.delenv("TQ_REQUIRE_SERVER_PROOF", raising=False)
+    r = _Recorder(_plain)
+    conn = wire.Conn(r.addr, token=TOKEN)
+    assert conn.server.role == "controller" and not conn.server_proved
+    conn.close()
+    r.wait()
+
+
+@pytest.mark.parametrize("how", ["env", "keyword"])
+def test_client_require_server_proof(monkeypatch, how):
+    """$TQ_REQUIRE_SERVER_PROOF=1, or Client(require_server_proof=True),
+    makes the client refuse a controller that proves nothing."""
+    kw = {}
+    if how == "env":
+        monkeypatch.setenv("TQ_REQUIRE_SERVER_PROOF", "1")
+    else:
+        monkeypatch.delenv("TQ_REQUIRE_SERVER_PROOF", raising=False)
+        kw["require_server_proof"] = True
+    r = _Recorder(_plain)
+    with pytest.raises(errors.ServerUnprovenError) as e:
+        tq.Client(r.addr, token=TOKEN, retry_for=0, **kw)
+    assert r.addr in str(e.value) and "TQ_REQUIRE_SERVER_PROOF" in str(e.value)
+    _only_hello(r.wait())
+
+
+def test_require_server_proof_without_a_token_is_a_configuration_error(monkeypatch, tmp_path):
+    """Nothing to prove: refused before anything is dialed (InvalidError,
+    not UnavailableError at an address where nothing listens)."""
+    addr = _unused_addr()
+    with pytest.raises(errors.InvalidError) as e:
+        wire.Conn(addr, token="", require_server_proof=True)
+    assert not isinstance(e.value, errors.UnavailableError)
+    assert "require_server_proof" in str(e.value) and addr in str(e.value)
+    monkeypatch.setenv("TQ_REQUIRE_SERVER_PROOF", "1")
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    with pytest.raises(errors.InvalidError) as e:
+        tq.Client(addr)
+    assert "TQ_REQUIRE_SERVER_PROOF" in str(e.value)
+    monkeypatch.setenv("TQ_REQUIRE_SERVER_PROOF", "maybe")
+    with pytest.raises(errors.InvalidError):
+        tq.Client(addr, token=TOKEN)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_require_server_proof_against_tq_serve(server, monkeypatch, transport):
+    """tq serve with the token proves it: the controller and its units pass
+    with the setting on."""
+    conn = wire.Conn(server.address, token=server.token, require_server_proof=True)
+    assert conn.server_proved
+    conn.close()
+    monkeypatch.setenv("TQ_REQUIRE_SERVER_PROOF", "1")
+    with server.client(transport=transport) as c:
+        assert c.require_server_proof
+        p = "p-proof-" + transport
+        # Writes go to a unit: its connection is made with the setting.
+        c.kv_put("k", p, {"x": __import__("numpy").arange(3, dtype="int64")})

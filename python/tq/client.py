@@ -221,14 +221,25 @@ class Client:
     broke); 0 or less: never. A change (a put, a commit, a clear, an
     insert) is never sent again: it fails with :class:`UnavailableError`,
     whether it happened is unknown, and the next call dials afresh.
+    ``require_server_proof``: refuse (:class:`ServerUnprovenError`) a
+    controller or unit that answers the handshake without proving it knows
+    the token (as a server run with --insecure does, and as any peer can);
+    it needs a token. Default $TQ_REQUIRE_SERVER_PROOF ("1"), else off: a
+    token found by itself would otherwise refuse every --insecure server.
     """
 
     def __init__(self, address: str | None = None, *, token: str | None = None, name: str = "tq-python",
-                 transport: str = "auto", timeout: float = 30.0, retry_for: float = RETRY_FOR):
+                 transport: str = "auto", timeout: float = 30.0, retry_for: float = RETRY_FOR,
+                 require_server_proof: bool | None = None):
         if transport not in ("auto", "tcp", "shm"):
             raise errors.InvalidError(f"transport {transport!r}: want auto, tcp or shm")
         self.address = address or os.environ.get(wire.ENV_ADDRESS) or wire.DEFAULT_ADDRESS
         self.token = wire.find_token(token)
+        self.require_server_proof = wire.find_require_server_proof(require_server_proof)
+        if self.require_server_proof and not self.token:
+            raise errors.InvalidError(
+                f"connect to {self.address}: require_server_proof (${wire.ENV_REQUIRE_SERVER_PROOF}) is set "
+                f"but no token was found (token=, ${wire.ENV_TOKEN}, or the token file in {wire.data_dir()})")
         self.name = name
         self.transport = transport
         self.timeout = timeout
@@ -273,7 +284,8 @@ class Client:
         the unix socket the controller names (local_addrs) when it runs on
         this host and that socket's controller is the same one (cluster id
         and epoch), as the Go client does."""
-        c = wire.Conn(self.address, token=self.token, name=self.name, timeout=self.timeout)
+        c = wire.Conn(self.address, token=self.token, name=self.name, timeout=self.timeout,
+                      require_server_proof=self.require_server_proof)
         if c.family == socket.AF_UNIX or c.server.host_id != self.host:
             return c
         for a in c.server.local_addrs:
@@ -281,7 +293,8 @@ class Client:
             if not os.path.isabs(path) or not os.path.exists(path):
                 continue
             try:
-                lc = wire.Conn(a, token=self.token, name=self.name, timeout=self.timeout)
+                lc = wire.Conn(a, token=self.token, name=self.name, timeout=self.timeout,
+                               require_server_proof=self.require_server_proof)
             except (errors.TQError, OSError):
                 continue
             if lc.server.cluster_id == c.server.cluster_id and lc.server.epoch == c.server.epoch:
@@ -374,7 +387,7 @@ class Client:
             # answer must not hold up every other thread's lookups.
             try:
                 u = Unit(info, token=self.token, name=self.name, host=self.host, transport=self.transport,
-                         timeout=self.timeout)
+                         timeout=self.timeout, require_server_proof=self.require_server_proof)
                 fresh[info.unit_id] = made[info.unit_id] = u
             except errors.NotSupportedError:
                 for u in made.values():

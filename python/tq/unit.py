@@ -280,7 +280,8 @@ class Lease:
 class Unit:
     """One storage unit. Safe for concurrent use."""
 
-    def __init__(self, info, *, token: str, name: str, host: str, transport: str, timeout: float):
+    def __init__(self, info, *, token: str, name: str, host: str, transport: str, timeout: float,
+                 require_server_proof: bool = False):
         self.id = info.unit_id
         self.incarnation = info.incarnation
         self.host_id = info.host_id
@@ -317,7 +318,8 @@ class Unit:
         # Every call on the unit takes a connection: it first gives the
         # orphaned leases back.
         self.pool = Pool(lambda: wire.Conn(addr, token=token, name=name, unit_id=self.id,
-                                           incarnation=self.incarnation, timeout=timeout),
+                                           incarnation=self.incarnation, timeout=timeout,
+                                           require_server_proof=require_server_proof),
                          before_take=self.give_back_orphans)
         if self.shm:
             c = self.pool.take()

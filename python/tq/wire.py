@@ -51,6 +51,9 @@ MOVED = 55
 WRITE, READ, FREE, UNIT_STATS, SHM_SEGMENTS, RESERVE, RESERVE_COMMIT, RESERVE_ABORT, ACQUIRE, RELEASE = range(64, 74)
 
 ENV_TOKEN = "TQ_TOKEN"
+# "1": clients refuse a server that does not prove it knows the token (see
+# find_require_server_proof).
+ENV_REQUIRE_SERVER_PROOF = "TQ_REQUIRE_SERVER_PROOF"
 ENV_DATA_DIR = "TQ_DATA_DIR"
 ENV_ADDRESS = "TQ_ADDRESS"
 DEFAULT_ADDRESS = "tcp://127.0.0.1:7370"
@@ -96,6 +99,25 @@ def data_dir() -> str:
     if x and os.path.isabs(x):
         return os.path.join(x, "tq")
     return os.path.join(os.path.expanduser("~"), ".local", "state", "tq")
+
+
+def find_require_server_proof(explicit: bool | None = None) -> bool:
+    """Whether a client requires the server to prove, in the handshake, that
+    it knows the token (Conn's ``require_server_proof``): ``explicit`` when
+    given, else $TQ_REQUIRE_SERVER_PROOF ("1"/"true": yes; "0"/"false" or
+    unset: no; another value is an InvalidError). Off by default: a token
+    found by itself (a leftover token file, an inherited $TQ_TOKEN) would
+    otherwise make the client refuse every server run with --insecure."""
+    if explicit is not None:
+        return bool(explicit)
+    v = os.environ.get(ENV_REQUIRE_SERVER_PROOF, "").strip()
+    if v == "":
+        return False
+    if v.lower() in ("1", "t", "true"):
+        return True
+    if v.lower() in ("0", "f", "false"):
+        return False
+    raise errors.InvalidError(f"${ENV_REQUIRE_SERVER_PROOF}={v!r}: want 1 or 0")
 
 
 def find_token(explicit: str | None = None) -> str:
@@ -214,8 +236,17 @@ class Conn:
     two interleave requests and read each other's replies."""
 
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
-                 unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0):
+                 unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0,
+                 require_server_proof: bool = False):
         self.addr = addr
+        # require_server_proof: refuse (ServerUnprovenError) a server that
+        # answers the HELLO without the challenge, proving nothing about the
+        # token, and send it nothing more. It needs a token.
+        self.require_server_proof = require_server_proof
+        if require_server_proof and not token:
+            raise errors.InvalidError(
+                f"handshake with {addr}: require_server_proof (${ENV_REQUIRE_SERVER_PROOF}) is set but "
+                f"the client has no token for the server to prove it knows", op="hello")
         # The server proved, in the challenge, that it knows the token. One
         # that answered the HELLO at once (as a server without a token does,
         # and as any peer can) proved nothing: what else carries the token
@@ -271,6 +302,12 @@ class Conn:
         first = hello.SerializeToString()
         reply = self.call(HELLO, _Encoded(first), common_pb2.Hello, op_name="hello")
         if not (reply.auth_nonce or reply.auth_proof):
+            if self.require_server_proof:
+                # Nothing more goes to it: the caller closes the connection.
+                raise errors.ServerUnprovenError(
+                    f"{self.addr} answered without the challenge, proving nothing about the token (as a "
+                    f"server run with --insecure does, or any peer), and this client requires the proof "
+                    f"(require_server_proof, ${ENV_REQUIRE_SERVER_PROOF})", op="hello")
             return reply
         sn = reply.auth_nonce
         if cn is None:
