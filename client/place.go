@@ -128,6 +128,38 @@ type planner struct {
 	// cluster is the cluster of the units' table, for the commit (see
 	// [engine.CommitRequest]).
 	cluster string
+	// gone is the error of each unit this put left out of its plan
+	// (see [planner.exclude]), in order.
+	gone []error
+}
+
+// unreachable reports whether a write that failed with err certainly
+// wrote nothing the put could reference because its unit could not be
+// reached (see [Client.writeRows]): its rows may be placed again on the
+// other units. A write cut short by ctx is not: the put ends.
+func unreachable(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && errors.Is(err, engine.ErrUnavailable) && !errors.Is(err, engine.ErrClosed)
+}
+
+// exclude leaves the units of slots (indexes, any order, repeats allowed)
+// out of the plan for the rest of the put, each with the error its write
+// met: each unit is left out at most once, so a put's re-placements end.
+func (p *planner) exclude(slots []int, errs []error) {
+	drop := make(map[int]bool, len(slots))
+	for i, s := range slots {
+		if !drop[s] {
+			drop[s] = true
+			p.gone = append(p.gone, errs[i])
+		}
+	}
+	kept := p.slots[:0]
+	for i, s := range p.slots {
+		if !drop[i] {
+			kept = append(kept, s)
+		}
+	}
+	clear(p.slots[len(kept):])
+	p.slots = kept
 }
 
 // newPlanner snapshots the writable units for a put whose seed chooses
@@ -398,6 +430,9 @@ func (p *planner) noUnit() error {
 	if len(p.slots) > 0 {
 		return nil
 	}
+	if len(p.gone) > 0 {
+		return fmt.Errorf("no storage unit left to place the put on: every one it tried is unreachable, nothing was written: %w", errors.Join(p.gone...))
+	}
 	return fmt.Errorf("no storage unit to place the put on: the controller lists none: %w", engine.ErrUnavailable)
 }
 
@@ -443,7 +478,9 @@ func tooBig(p *planner, rows []int, sizes []int64) error {
 
 // writePlaced writes rows of fields (positions) to the units p places
 // them on, every unit's share at once (bounded by [Config.MaxUnitIO]),
-// placing again the rows a unit refused for lack of room. It returns
+// placing again the rows a unit refused for lack of room and those of a
+// unit that could not be reached (left out of the plan from then on; see
+// [unreachable]). It returns
 // what was written, for the caller to free if a later step fails (and
 // what it wrote before failing, with the error); with locs it sets
 // locs[i][r] for every row written.
@@ -473,7 +510,8 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 			return err
 		})
 		pending = nil
-		var failed []error
+		var failed, goneErrs []error
+		var gone []int
 		for i, g := range groups {
 			u := p.slots[g.slot].u
 			switch err := errs[i]; {
@@ -483,12 +521,24 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 			case !g.wait && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
 				p.refused(g.slot, g.bytes)
 				pending = append(pending, g.rows...)
+			case unreachable(ctx, err):
+				// The unit may have died after the client listed it (the
+				// controller counts it alive until its UnitTimeout): its
+				// write wrote nothing, so its rows go to the other units.
+				gone, goneErrs = append(gone, g.slot), append(goneErrs, err)
+				pending = append(pending, g.rows...)
 			default:
 				failed = append(failed, err)
 			}
 		}
 		if len(failed) > 0 {
-			return done, errors.Join(failed...)
+			return done, errors.Join(append(failed, goneErrs...)...)
+		}
+		if len(gone) > 0 {
+			p.exclude(gone, goneErrs)
+			if err := p.noUnit(); err != nil {
+				return done, err
+			}
 		}
 		slices.Sort(pending)
 	}

@@ -407,7 +407,9 @@ func (u failingUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.Re
 		return u.DataUnit.Write(ctx, extents)
 	}
 	u.b.arrive(u.ID()) // the other units' writes are in flight too
-	return nil, fmt.Errorf("unit %d refuses on purpose: %w", u.ID(), engine.ErrUnavailable)
+	// Not ErrUnavailable: the rows of an unreachable unit are placed
+	// again on the others (see TestPutMovesOffADeadUnit).
+	return nil, fmt.Errorf("unit %d refuses on purpose: %w", u.ID(), engine.ErrCorrupt)
 }
 
 type arrivingUnit struct {
@@ -442,11 +444,11 @@ func TestFailedSpanningPutFreesEveryUnit(t *testing.T) {
 	before := usedOf(e)
 	armed.Store(true)
 	_, err = c.PutNew(ctx, "p", opaque(repeat(6, 4<<10)))
-	require.ErrorIs(t, err, engine.ErrUnavailable)
+	require.ErrorIs(t, err, engine.ErrCorrupt)
 	assert.Equal(t, before, usedOf(e), "used bytes per unit after a failed batch put")
 	b.reset()
 	_, err = kv.BatchPut(ctx, "kv", keyRange("k", 6), opaque(repeat(6, 4<<10)), nil)
-	require.ErrorIs(t, err, engine.ErrUnavailable)
+	require.ErrorIs(t, err, engine.ErrCorrupt)
 	assert.Equal(t, before, usedOf(e), "used bytes per unit after a failed KV put")
 	all, err := kv.List(ctx, "kv")
 	require.NoError(t, err)

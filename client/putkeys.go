@@ -109,10 +109,14 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 			c.room.wrote(u.ID(), int64(b.Size()))
 			return c.commitKeysOn(ctx, u, req, fields, exts)
 		}
-		if !errors.Is(err, engine.ErrCapacity) || ctx.Err() != nil {
+		switch {
+		case unreachable(ctx, err):
+			p.exclude([]int{s}, []error{err}) // nothing written: the rows go to the others
+		case !errors.Is(err, engine.ErrCapacity) || ctx.Err() != nil:
 			return engine.KeysCommitted{}, err
+		default:
+			p.refused(s, int64(b.Size())) // the rows spill
 		}
-		p.refused(s, int64(b.Size())) // the rows spill
 	}
 	locs := make([][]engine.CellLoc, len(fields))
 	for i := range fields {
