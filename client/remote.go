@@ -109,7 +109,13 @@ type RemoteMeta struct {
 	clusterID atomic.Pointer[string]
 
 	done chan struct{} // closed by Close: background work stops
-	bg   sync.WaitGroup
+	// Background give-backs (see giveBack), counted under mu rather than
+	// with a sync.WaitGroup: they may start while Close waits for them
+	// (closing), which a WaitGroup forbids once its counter is zero.
+	bgN    int
+	bgIdle chan struct{}      // closed when bgN drops to zero; made by Close's wait
+	bgStop context.CancelFunc // ends the give-backs' calls, when Close gives up on them
+	bgCtx  context.Context
 }
 
 var _ MetaService = (*RemoteMeta)(nil)
@@ -163,6 +169,7 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 		hello: &wirepb.Hello{Role: "client", HostId: cmp.Or(cfg.Host, HostID()), Token: token, Name: cfg.Name},
 		lanes: make([]lane, cfg.Lanes),
 	}
+	r.bgCtx, r.bgStop = context.WithCancel(context.Background())
 	if _, err := r.connect(ctx); err != nil {
 		if errors.Is(err, wire.ErrUnauthenticated) {
 			err = fmt.Errorf("%w (%s)", err, auth.TokenHint())
@@ -175,7 +182,8 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 // Close closes the connection (calls in flight fail with an error
 // wrapping [engine.ErrClosed]) once the background work (rows being given
 // back) is done, or after closeGrace while the controller cannot be
-// reached. It is idempotent.
+// reached or does not answer; then the give-backs still running stop,
+// and Close waits at most another closeGrace for them. It is idempotent.
 func (r *RemoteMeta) Close() error {
 	r.mu.Lock()
 	if r.closed || r.closing {
@@ -183,28 +191,34 @@ func (r *RemoteMeta) Close() error {
 		return nil
 	}
 	r.closing = true
+	idle := r.bgIdleLocked()
 	r.mu.Unlock()
 	// Rows a cancelled fetch took go back before the connection does (a
 	// program that cancels its fetches on SIGTERM, then closes, would
-	// otherwise leave them consumed).
-	drained := make(chan struct{})
-	go func() { r.bg.Wait(); close(drained) }()
+	// otherwise leave them consumed); give-backs that start meanwhile are
+	// waited for too.
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
 	select {
-	case <-drained:
-	case <-time.After(closeGrace):
+	case <-idle:
+	case <-grace.C:
 	}
 	r.mu.Lock()
-	r.closed = true
+	r.closed = true // no give-back starts from now on
 	close(r.done)
+	r.bgStop() // those still running stop: their rows stay consumed
 	var conns []*wire.Conn
 	for i := range r.lanes {
 		if c := r.lanes[i].conn; c != nil {
 			conns = append(conns, c)
 		}
 	}
+	idle = r.bgIdleLocked()
 	r.mu.Unlock()
-	r.bg.Wait()
-	<-drained
+	select {
+	case <-idle:
+	case <-time.After(closeGrace): // a call that does not heed its ctx: the connection's Close ends it
+	}
 	var errs []error
 	for _, c := range conns {
 		errs = append(errs, c.Close())
@@ -688,14 +702,38 @@ func (r *RemoteMeta) giveBack(partition, task, key string) {
 		r.mu.Unlock()
 		return
 	}
-	r.bg.Add(1)
+	r.bgN++
 	r.mu.Unlock()
 	go func() {
-		defer r.bg.Done()
-		// r.retry stops when r closes; the rows then stay consumed (the
-		// client is going away, and with it the consumer).
-		r.retry(context.Background(), "unconsume", wire.OpUnconsume, req, nil)
+		defer r.bgDone()
+		// r.retry stops when Close gives up on it; the rows then stay
+		// consumed (the client is going away, and with it the consumer).
+		r.retry(r.bgCtx, "unconsume", wire.OpUnconsume, req, nil)
 	}()
+}
+
+// bgDone ends a background give-back.
+func (r *RemoteMeta) bgDone() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bgN--; r.bgN == 0 && r.bgIdle != nil {
+		close(r.bgIdle)
+		r.bgIdle = nil
+	}
+}
+
+// bgIdleLocked returns a channel closed once no give-back runs. The
+// caller holds mu.
+func (r *RemoteMeta) bgIdleLocked() <-chan struct{} {
+	if r.bgN == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if r.bgIdle == nil {
+		r.bgIdle = make(chan struct{})
+	}
+	return r.bgIdle
 }
 
 // Unconsume gives back the rows of the fetch named key (see
