@@ -22,53 +22,13 @@ import (
 // it from DialMeta, which refuses it as unproven.
 func TestDialMetaNeverSendsToken(t *testing.T) {
 	const token = "tok-client-pkg-SECRET-7d1e0c55aa"
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	var (
-		mu  sync.Mutex
-		got bytes.Buffer
-		wg  sync.WaitGroup
-	)
-	go func() {
-		for {
-			nc, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer nc.Close()
-				nc.SetDeadline(time.Now().Add(10 * time.Second))
-				var rec bytes.Buffer
-				tee := io.TeeReader(nc, &rec)
-				hb := make([]byte, wire.HeaderSize)
-				if _, err := io.ReadFull(tee, hb); err == nil {
-					if h, err := wire.DecodeHeader(hb); err == nil {
-						if _, err := io.CopyN(io.Discard, tee, int64(h.BodyLen)); err == nil {
-							body, _ := proto.Marshal(&wirepb.Hello{Version: wire.Version, AuthNonce: bytes.Repeat([]byte{1}, 32), AuthProof: bytes.Repeat([]byte{2}, 32)})
-							nc.Write(append(wire.Header{Version: wire.Version, Flags: wire.FlagReply, Op: h.Op, ID: h.ID, BodyLen: uint32(len(body))}.Append(nil), body...))
-						}
-					}
-				}
-				io.Copy(io.Discard, tee)
-				mu.Lock()
-				got.Write(rec.Bytes())
-				mu.Unlock()
-			}()
-		}
-	}()
-	addr := "tcp://" + l.Addr().String()
-	_, err = DialMeta(t.Context(), addr, RemoteConfig{Token: token, Name: "t"})
+	addr, sent := recordingPeer(t, &wirepb.Hello{Version: wire.Version, AuthNonce: bytes.Repeat([]byte{1}, 32), AuthProof: bytes.Repeat([]byte{2}, 32)})
+	_, err := DialMeta(t.Context(), addr, RemoteConfig{Token: token, Name: "t"})
 	require.ErrorIs(t, err, wire.ErrServerUnproven)
 	assert.Contains(t, err.Error(), addr)
-	l.Close()
-	wg.Wait()
-	mu.Lock()
-	defer mu.Unlock()
-	require.NotZero(t, got.Len())
-	assert.NotContains(t, got.String(), token)
+	got := bytes.Join(sent(), nil)
+	require.NotZero(t, len(got))
+	assert.NotContains(t, string(got), token)
 }
 
 // plainController is a peer at the controller's address that answers
@@ -76,6 +36,14 @@ func TestDialMetaNeverSendsToken(t *testing.T) {
 // --insecure does, and as any peer can), and records what each
 // connection sent until the client closes it.
 func plainController(t *testing.T) (addr string, sent func() [][]byte) {
+	t.Helper()
+	return recordingPeer(t, &wirepb.Hello{Version: wire.Version, Role: "controller"})
+}
+
+// recordingPeer is a peer that answers the first frame of each connection
+// with reply and records what each connection sent until the client
+// closes it; sent stops it and returns the records.
+func recordingPeer(t *testing.T, reply *wirepb.Hello) (addr string, sent func() [][]byte) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -102,7 +70,7 @@ func plainController(t *testing.T) (addr string, sent func() [][]byte) {
 				if _, err := io.ReadFull(tee, hb); err == nil {
 					if h, err := wire.DecodeHeader(hb); err == nil {
 						if _, err := io.CopyN(io.Discard, tee, int64(h.BodyLen)); err == nil {
-							body, _ := proto.Marshal(&wirepb.Hello{Version: wire.Version, Role: "controller"})
+							body, _ := proto.Marshal(reply)
 							nc.Write(append(wire.Header{Version: wire.Version, Flags: wire.FlagReply, Op: h.Op, ID: h.ID, BodyLen: uint32(len(body))}.Append(nil), body...))
 						}
 					}

@@ -108,17 +108,25 @@ func privateConfig() Config {
 	return cfg
 }
 
+// doneRemote returns a cluster whose partition "p" holds 32 rows and is
+// marked done, its controller served on its own (to stop and start), and
+// a client of it over that server.
+func doneRemote(t *testing.T) (*embedded.Cluster, *ctrlServer, *client.Client) {
+	t.Helper()
+	e := cluster(t)
+	produce(t, e.Client, "p", 0, 32, nil)
+	require.NoError(t, e.Client.MarkDone(context.Background(), "p"))
+	s := serveCtrl(t, e)
+	return e, s, remoteClient(t, e, s, 50*time.Millisecond)
+}
+
 // A give-back of prefetched rows that meets a controller gone for a while
 // (its server stopped, past the client's own repeats) is tried again until
 // the controller is back: the rows reach the task's next consumer. It used
 // to be dropped after one try, silently, and the rows reached no one.
 func TestGiveBackRetriedWhileTheControllerIsAway(t *testing.T) {
-	e := cluster(t)
+	e, s, c := doneRemote(t)
 	ctx := context.Background()
-	produce(t, e.Client, "p", 0, 32, nil)
-	require.NoError(t, e.Client.MarkDone(ctx, "p"))
-	s := serveCtrl(t, e)
-	c := remoteClient(t, e, s, 50*time.Millisecond)
 	l, err := New(c, privateConfig())
 	require.NoError(t, err)
 	l.giveBackTimeout, l.giveBackBackoff, l.giveBackTries = 100*time.Millisecond, 50*time.Millisecond, 20
@@ -136,12 +144,8 @@ func TestGiveBackRetriedWhileTheControllerIsAway(t *testing.T) {
 // A give-back that fails for good (the controller stays away) is reported:
 // Loader.Err returns it and it is logged. It used to be dropped silently.
 func TestGiveBackFailureReported(t *testing.T) {
-	e := cluster(t)
+	e, s, c := doneRemote(t)
 	ctx := context.Background()
-	produce(t, e.Client, "p", 0, 32, nil)
-	require.NoError(t, e.Client.MarkDone(ctx, "p"))
-	s := serveCtrl(t, e)
-	c := remoteClient(t, e, s, 50*time.Millisecond)
 	var logged bytes.Buffer
 	var logMu sync.Mutex
 	cfg := privateConfig()
