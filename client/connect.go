@@ -317,6 +317,16 @@ func closeUnits(units []DataUnit) {
 	}
 }
 
+// leaveUnits stops the redials among units that the client's discovery
+// dropped from its table (see [redialUnit.leave]).
+func leaveUnits(units []DataUnit) {
+	for _, u := range units {
+		if r, ok := u.(*redialUnit); ok {
+			r.leave()
+		}
+	}
+}
+
 // FindToken returns the token a client presents: explicit when it is not
 // empty, else $TQ_TOKEN, else the token file in this user's data
 // directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else

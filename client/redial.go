@@ -42,8 +42,11 @@ type redialUnit struct {
 	backoff time.Duration
 	dialing chan struct{} // closed when the dial under way ends; nil when none
 	closed  bool
-	cancel  context.CancelFunc // the background dial's, while one runs
-	wg      sync.WaitGroup     // the background dial
+	// left marks a unit the client's discovery dropped from its table
+	// (see [redialUnit.leave]): closed, but the client is open.
+	left   bool
+	cancel context.CancelFunc // the background dial's, while one runs
+	wg     sync.WaitGroup     // the background dial
 }
 
 // broken is a unit whose connection ended for good (see shmUnit).
@@ -89,6 +92,13 @@ func (u *redialUnit) connected() DataUnit {
 
 // unavailableLocked is the error of a call while the unit is down.
 func (u *redialUnit) unavailableLocked() error {
+	if u.left {
+		// Not the client closing: a put still holding the unit places its
+		// rows again (see unreachable in place.go), a read reads its
+		// cells as lost.
+		return fmt.Errorf("storage unit %d left the cluster (the controller no longer lists it under this id), nothing was sent to it: %w",
+			u.id, engine.ErrUnavailable)
+	}
 	if u.closed {
 		return fmt.Errorf("storage unit %d: client closed: %w", u.id, engine.ErrClosed)
 	}
@@ -186,9 +196,21 @@ func (u *redialUnit) startLocked() bool {
 }
 
 // Close stops a background dial and waits for it. The connection a dial
-// made belongs to the client's transports, which close it.
-func (u *redialUnit) Close() error {
+// made belongs to the client's transports, which close it. A call while
+// the unit is down fails with an error wrapping [engine.ErrClosed].
+func (u *redialUnit) Close() error { return u.close(false) }
+
+// leave is Close for a unit the client's discovery dropped from its table
+// while the client stays open: a call that still holds the unit and finds
+// it down fails with an error wrapping [engine.ErrUnavailable] that says
+// it left the cluster, not that the client closed.
+func (u *redialUnit) leave() error { return u.close(true) }
+
+func (u *redialUnit) close(left bool) error {
 	u.mu.Lock()
+	if !u.closed {
+		u.left = left
+	}
 	u.closed = true
 	if u.cancel != nil {
 		u.cancel()

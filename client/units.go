@@ -331,12 +331,15 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 		c.tbl.Store(t)
 	}
 	d.mu.Unlock()
-	if closed {
-		gone = added // Close took the old table's
-	}
 	// Their connections belong to the client's transports, which close
 	// them (a view of a unit's shared memory may be in use yet).
-	closeUnits(gone)
+	if closed {
+		closeUnits(added) // Close took the old table's
+		return nil
+	}
+	// A call that still holds one of gone reads it as having left the
+	// cluster, not as the client closed.
+	leaveUnits(gone)
 	return nil
 }
 
