@@ -409,8 +409,9 @@ func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 // reservePlaced reserves the extents of a put that goes to one unit
 // (its sizes, n rows) on the unit placement picks for it (see place.go),
 // seeded by seed: without waiting where the estimate says there is room,
-// on another unit when that one refuses, and waiting for room only when
-// no unit has it.
+// on another unit when that one refuses or cannot be reached (see
+// [unreachable]; each unit is left out at most once), and waiting for
+// room only when no unit has it.
 func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldSpec, n int, kinds []engine.Kind, sizes []int64) (*reserved, error) {
 	var total int64
 	for _, s := range sizes {
@@ -437,6 +438,15 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 			return r, nil
 		}
 		switch {
+		case unreachable(ctx, err):
+			// The unit may have died after the client listed it, or be
+			// down with every other (see writable): nothing was reserved
+			// there, so the put goes to another unit, as writePlaced's do.
+			// Each unit is left out at most once.
+			p.exclude([]int{s}, []error{err})
+			if err := p.noUnit(); err != nil {
+				return nil, err
+			}
 		case !room || ctx.Err() != nil:
 			return nil, err
 		case errors.Is(err, engine.ErrCapacity):
