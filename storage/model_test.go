@@ -96,6 +96,22 @@ func (m *unitModel) fatalf(format string, args ...any) {
 	m.t.Fatalf("seed %d step %d: %s", m.seed, m.step, fmt.Sprintf(format, args...))
 }
 
+// freeCommitted frees every live cell of every committed extent set, as
+// the controller does when their keys are cleared.
+func (m *unitModel) freeCommitted() {
+	for _, e := range m.committed() {
+		var cells []engine.RemoteAddr
+		for _, i := range e.liveCells() {
+			cells = append(cells, e.cells[i])
+			e.freed[i] = true
+		}
+		if err := m.u.Free(cells); err != nil {
+			m.fatalf("Free(%v): %v", cells, err)
+		}
+		e.gone = true
+	}
+}
+
 func (m *unitModel) sizes() []int64 {
 	seg, capa := m.cfg.SegmentSize, m.cfg.Capacity
 	pick := []int64{0, 1, 2, 63, 64, 65, 127, 999, 4095, 4096, 4097, 8191, 32767, 32768, 32769,
@@ -680,17 +696,7 @@ func (m *unitModel) drain() {
 		l.l.Release()
 		m.releaseModel(l)
 	}
-	for _, e := range m.committed() {
-		var cells []engine.RemoteAddr
-		for _, i := range e.liveCells() {
-			cells = append(cells, e.cells[i])
-			e.freed[i] = true
-		}
-		if err := m.u.Free(cells); err != nil {
-			m.fatalf("Free(%v): %v", cells, err)
-		}
-		e.gone = true
-	}
+	m.freeCommitted()
 	m.check()
 	st := m.u.Stats()
 	if st.Used != 0 || st.Extents != 0 || st.Leases != 0 || st.Quarantined != 0 || st.QuarantinedSessions != 0 || st.Reserved != 0 {
@@ -756,17 +762,7 @@ func (m *unitModel) drain0() {
 			}
 		}
 	}
-	for _, e := range m.committed() {
-		var cells []engine.RemoteAddr
-		for _, i := range e.liveCells() {
-			cells = append(cells, e.cells[i])
-			e.freed[i] = true
-		}
-		if err := m.u.Free(cells); err != nil {
-			m.fatalf("Free(%v): %v", cells, err)
-		}
-		e.gone = true
-	}
+	m.freeCommitted()
 }
 
 // TestUnitModel runs 16 seeds of 400 steps; TQ_MODEL_SEEDS=n runs n seeds
