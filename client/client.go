@@ -189,6 +189,11 @@ type MetaRequest struct {
 	// (see [engine.FetchRequest]): once every one is produced, a Fetch may
 	// get a short last batch, and then ErrDone.
 	EndWhenConsumed bool
+	// Hold (with a Key) holds the fetched rows for the caller until it
+	// keeps them ([Client.Acknowledge]) or gives them back
+	// ([Client.GiveBack]); meanwhile the task's other fetches are not told
+	// the partition has nothing left (see [engine.FetchRequest.Hold]).
+	Hold bool
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -199,7 +204,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
-			EndWhenConsumed: req.EndWhenConsumed,
+			EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

@@ -89,6 +89,9 @@ func checkFetch(req engine.FetchRequest) error {
 	if err := checkPartFields(req.Partition, req.Fields); err != nil {
 		return err
 	}
+	if req.Hold && req.Key == "" {
+		return fmt.Errorf("a held fetch needs a key (MetaRequest.Key) to acknowledge or give back: %w", engine.ErrInvalid)
+	}
 	return checkName(nameTask, req.Task)
 }
 

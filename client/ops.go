@@ -95,13 +95,14 @@ func (c *Client) CheckProduction(ctx context.Context, partition string, fields [
 }
 
 // CheckConsumption reports whether the task consumed every row of the
-// partition (false for an unknown partition).
+// partition for good (false for an unknown partition, and while held
+// fetches hold rows that may still come back: [engine.FetchRequest.Hold]).
 func (c *Client) CheckConsumption(ctx context.Context, partition, task string) (bool, error) {
 	st, err := c.meta.ConsumptionStatus(ctx, partition, task)
 	if errors.Is(err, engine.ErrNotFound) {
 		return false, nil
 	}
-	if err != nil || len(st.Indexes) == 0 {
+	if err != nil || len(st.Indexes) == 0 || len(st.Held) > 0 {
 		return false, err
 	}
 	for _, ok := range st.Consumed {

@@ -556,6 +556,7 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		Sampler:         wire.SamplerSpecToPB(req.Sampler),
 		TokenBudget:     req.TokenBudget,
 		EndWhenConsumed: req.EndWhenConsumed,
+		Hold:            req.Hold,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
@@ -750,6 +751,21 @@ func (r *RemoteMeta) Unconsume(ctx context.Context, partition, task, key string)
 		return r.opErr("unconsume", err)
 	}
 	return r.retry(ctx, "unconsume", wire.OpUnconsume, &wirepb.UnconsumeRequest{Partition: partition, Task: task, Key: []byte(key)}, nil)
+}
+
+// Acknowledge keeps the rows of the held fetch named key (see
+// [engine.FetchRequest.Hold]) for good; an error wrapping
+// [engine.ErrNotFound] says they were given back and must not be used. It
+// repeats over a new connection as reads do; see
+// [github.com/tqgo/tq/controller.Controller.Acknowledge].
+func (r *RemoteMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return r.opErr("acknowledge", err)
+	}
+	if err := checkName(nameTask, task); err != nil {
+		return r.opErr("acknowledge", err)
+	}
+	return r.retry(ctx, "acknowledge", wire.OpAcknowledge, &wirepb.AcknowledgeRequest{Partition: partition, Task: task, Key: []byte(key)}, nil)
 }
 
 // MarkDone tells the controller that the partition's producer will add no
@@ -1122,7 +1138,7 @@ func (r *RemoteMeta) ConsumptionStatus(ctx context.Context, partition, task stri
 	if len(reply.Consumed) != len(reply.Indexes) {
 		return engine.ConsumptionStatus{}, r.opErr("consumption status", corruptReply(fmt.Errorf("%d consumption bits for %d rows", len(reply.Consumed), len(reply.Indexes))))
 	}
-	st := engine.ConsumptionStatus{Indexes: reply.Indexes, Consumed: reply.Consumed}
+	st := engine.ConsumptionStatus{Indexes: reply.Indexes, Consumed: reply.Consumed, Held: reply.Held}
 	if st.Indexes == nil {
 		st.Indexes, st.Consumed = []uint64{}, []bool{}
 	}

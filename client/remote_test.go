@@ -271,6 +271,30 @@ var script = []step{
 	{"fetch after reset", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "actor", Fields: []string{"prompt"}, BatchSize: 4})
 	}},
+	{"held fetch", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "judge", Fields: []string{"prompt"}, BatchSize: 2, Key: "h1", Hold: true})
+	}},
+	{"held fetch 2", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "judge", Fields: []string{"prompt"}, BatchSize: 1, Key: "h2", Hold: true})
+	}},
+	{"held fetch without key", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "judge", Fields: []string{"prompt"}, BatchSize: 1, Hold: true})
+	}},
+	{"consumption status held", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ConsumptionStatus(ctx, "train", "judge")
+	}},
+	{"acknowledge", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.(client.StreamService).Acknowledge(ctx, "train", "judge", "h1")
+	}},
+	{"give back held", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.(client.StreamService).Unconsume(ctx, "train", "judge", "h2")
+	}},
+	{"acknowledge given back", func(ctx context.Context, m client.MetaService) (any, error) {
+		return nil, m.(client.StreamService).Acknowledge(ctx, "train", "judge", "h2")
+	}},
+	{"consumption status settled", func(ctx context.Context, m client.MetaService) (any, error) {
+		return m.ConsumptionStatus(ctx, "train", "judge")
+	}},
 	{"overwrite", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.Commit(ctx, engine.CommitRequest{Partition: "train", Indexes: []uint64{0}, Fields: []engine.CommitField{
 			{Name: "prompt", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{8}, Locs: locs(2, 1, 8192, 64)},
@@ -332,6 +356,8 @@ var scriptErrors = map[string]error{
 	"stats unknown":                   engine.ErrNotFound,
 	"bad insert":                      engine.ErrInvalid,
 	"bad fetch":                       engine.ErrInvalid,
+	"held fetch without key":          engine.ErrInvalid,
+	"acknowledge given back":          engine.ErrNotFound,
 }
 
 // TestRemoteMatchesLocal runs the script on a local controller and on a

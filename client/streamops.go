@@ -9,13 +9,17 @@ import (
 
 // StreamService is what a streaming loader needs from the controller
 // beyond [MetaService]: giving back the rows of a keyed fetch it will not
-// use, and the producer's "no more rows" marker. [RemoteMeta] and the
+// use, keeping those of a held one it will, and the producer's "no more
+// rows" marker. [RemoteMeta] and the
 // embedded adapter implement it; [Client.GiveBack] and [Client.MarkDone]
 // find it by type assertion, and without it they fail with
 // [engine.ErrNotSupported].
 type StreamService interface {
 	// Unconsume gives the rows the fetch named key took back to task.
 	Unconsume(ctx context.Context, partition, task, key string) error
+	// Acknowledge keeps the rows the held fetch named key took for task
+	// (see [engine.FetchRequest.Hold]).
+	Acknowledge(ctx context.Context, partition, task, key string) error
 	// MarkDone says the partition's producer will add no more rows.
 	MarkDone(ctx context.Context, partition string) error
 }
@@ -47,6 +51,20 @@ func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string)
 	return ss.Unconsume(ctx, partition, task, key)
 }
 
+func (c checkedMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return invalid("acknowledge", err)
+	}
+	if err := checkName(nameTask, task); err != nil {
+		return invalid("acknowledge", err)
+	}
+	ss, err := c.stream("acknowledge")
+	if err != nil {
+		return err
+	}
+	return ss.Acknowledge(ctx, partition, task, key)
+}
+
 func (c checkedMeta) MarkDone(ctx context.Context, partition string) error {
 	if err := checkPartFields(partition, nil); err != nil {
 		return invalid("mark done", err)
@@ -67,6 +85,21 @@ func (c *Client) GiveBack(ctx context.Context, partition, task, key string) erro
 		return &engine.OpError{Op: "unconsume", Err: fmt.Errorf("metadata service %T cannot give back fetches: %w", c.meta, engine.ErrNotSupported)}
 	}
 	return ss.Unconsume(ctx, partition, task, key)
+}
+
+// Acknowledge keeps the rows of the held fetch named key (a [MetaRequest]
+// with that Key and Hold) for task: they are consumed for good, and the
+// task's other fetches may be told the partition has nothing left. An
+// error wrapping [engine.ErrNotFound] says the rows were given back (by
+// this caller, or by the controller once the hold outlived its TTL): the
+// caller must not use them. Idempotent. See
+// [github.com/tqgo/tq/controller.Controller.Acknowledge].
+func (c *Client) Acknowledge(ctx context.Context, partition, task, key string) error {
+	ss, ok := c.meta.(StreamService)
+	if !ok {
+		return &engine.OpError{Op: "acknowledge", Err: fmt.Errorf("metadata service %T cannot acknowledge fetches: %w", c.meta, engine.ErrNotSupported)}
+	}
+	return ss.Acknowledge(ctx, partition, task, key)
 }
 
 // MarkDone says the producer of partition will add no more rows: fetches

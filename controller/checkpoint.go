@@ -290,6 +290,7 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 	}
 	c.parts = ls.parts
 	c.armKept(time.Now())
+	c.armHeld(time.Now())
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, used)
 	c.moves.reset() // of cells the load replaced
 	close(c.created)

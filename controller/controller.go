@@ -53,6 +53,11 @@ type Config struct {
 	// group left it behind, its rows are given back to the task for other
 	// groups (0: DefaultKeptBatchTTL; negative: never). See keptbatches.go.
 	KeptBatchTTL time.Duration
+	// HeldFetchTTL is how long the rows of a held fetch
+	// ([engine.FetchRequest.Hold]) stay held for its caller before, not
+	// acknowledged nor given back, the controller gives them back to the
+	// task (0: DefaultHeldFetchTTL; negative: never). See holds.go.
+	HeldFetchTTL time.Duration
 	// MaxPartitions bounds the partitions the controller holds (0:
 	// DefaultMaxPartitions; negative: no limit), so that a client that
 	// names ever new partitions (a Redis {tag} per user, KV puts to a new
@@ -492,6 +497,9 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 	if err := checkFetchKey(req.Key); err != nil {
 		return nil, opErr("fetch", req.Partition, err)
 	}
+	if req.Hold && req.Key == "" {
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("a held fetch needs a fetch key to acknowledge or give back: %w", engine.ErrInvalid))
+	}
 	smp, err := c.samplerFor(req.Sampler)
 	if err != nil {
 		return nil, opErr("fetch", req.Partition, err)
@@ -534,7 +542,7 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
 				m, err := c.tryFetch(p, &req, smp, shared)
-				wake, check = p.changedChan(), p.keptCheck
+				wake, check = p.changedChan(), p.nextCheck()
 				return m, err
 			}()
 			if err != nil {
@@ -618,6 +626,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}}})
 	}
 	c.expireKept(p, now)
+	c.expireHeld(p, now)
 	v, ok, err := p.view(req.Task, req.Fields)
 	if err != nil {
 		return nil, err
@@ -706,7 +715,9 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 				Made: made,
 			}}})
 		}
-		if final {
+		// Rows a held fetch of the task holds may still come back
+		// (holds.go): not the end yet.
+		if final && !p.holds(req.Task) {
 			return nil, fmt.Errorf("partition %q has nothing left for task %q: %w", p.id, req.Task, engine.ErrDone)
 		}
 		return nil, nil
@@ -736,17 +747,23 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	if kept && follows {
 		ref = p.took(gk, req.Options.BatchIndex, now, c.keptTTL())
 	}
+	hold := false
 	if req.Key != "" {
 		back := consumed
 		if kept {
 			back = nil
 		}
-		p.fetches.add(&fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref})
+		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref}
+		p.fetches.add(e)
+		if hold = req.Hold && len(back) > 0; hold {
+			p.hold(e, now)
+		}
 	}
 	if c.logging() {
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
 			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), Made: made, Forgot: moved.pb(), AtUnixMs: now.UnixMilli(),
+			Hold: hold,
 		}}})
 	}
 	return p.meta(rows, req.Fields, shared), nil
@@ -1356,6 +1373,9 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 		st.Indexes[i] = r.index
 		st.Consumed[i] = known && p.isConsumed(r, t)
 	}
+	// Rows a held fetch holds may still come back (holds.go).
+	c.expireHeld(p, time.Now())
+	st.Held = p.heldRows(task)
 	return st, nil
 }
 
@@ -1379,7 +1399,7 @@ func (c *Controller) CheckProduction(partition string, fields []string) bool {
 // consumed all of them (pre-allocated rows included).
 func (c *Controller) CheckConsumption(partition, task string) bool {
 	st, err := c.ConsumptionStatus(partition, task)
-	if err != nil || len(st.Indexes) == 0 {
+	if err != nil || len(st.Indexes) == 0 || len(st.Held) > 0 {
 		return false
 	}
 	return !slices.Contains(st.Consumed, false)

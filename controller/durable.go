@@ -275,6 +275,7 @@ func (c *Controller) recover() (abandoned bool, err error) {
 	}
 	c.idx.rebuild(c.usedIndexes())
 	c.armKept(time.Now())
+	c.armHeld(time.Now())
 	return abandoned, nil
 }
 
@@ -588,7 +589,20 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			if o.Kept {
 				back = nil // the group's (see tryFetch)
 			}
-			p.fetches.add(&fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: at, kept: took})
+			e := &fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: at, kept: took}
+			p.fetches.add(e)
+			if o.Hold && len(back) > 0 {
+				p.hold(e, at) // armHeld restarts its TTL
+			}
+		}
+	case *wirepb.LogOp_Ack:
+		o := op.Ack
+		p := c.partitionOf(o.Partition, o.Gen)
+		if p == nil {
+			return nil
+		}
+		if e := p.fetches.m[string(o.Key)]; e != nil && e.task == o.Task && !e.spent {
+			p.settle(e, time.UnixMilli(o.AtUnixMs))
 		}
 	case *wirepb.LogOp_Unconsume:
 		o := op.Unconsume

@@ -112,6 +112,11 @@ func workload(t *testing.T, c *Controller) {
 	require.NoError(t, err)
 	require.NoError(t, c.Unconsume("train", "critic", "key-2"))
 	require.NoError(t, c.Unconsume("train", "critic", "key-never-fetched"))
+	for _, key := range []string{"key-3", "key-4"} { // held: key-3 acknowledged, key-4 still held
+		_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "train", Task: "judge", Fields: []string{"x"}, BatchSize: 1, Key: key, Hold: true})
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Acknowledge("train", "judge", "key-3"))
 	require.NoError(t, c.ResetConsumption("train", "nobody"))
 	_, err = c.ClearRows("train", m.Indexes[5:])
 	require.NoError(t, err)

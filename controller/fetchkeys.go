@@ -52,6 +52,10 @@ type fetchEntry struct {
 	spent    bool // given back (or refused before it happened)
 	at       time.Time
 	kept     *keptRef // the kept batch it took, while followed (keptbatches.go)
+	// held: its consumed rows are held for its caller, not yet settled
+	// (holds.go); heldFrom is when its TTL started.
+	held     bool
+	heldFrom time.Time
 }
 
 // fetchTable is a partition's recent keyed fetches, guarded by the
@@ -75,8 +79,8 @@ type fetchRefs struct {
 
 func (t *fetchTable) get(key string, now time.Time) *fetchEntry {
 	e := t.m[key]
-	if e == nil || now.Sub(e.at) > fetchKeyTTL {
-		return nil
+	if e == nil || (!e.held && now.Sub(e.at) > fetchKeyTTL) {
+		return nil // a held fetch lives until it is settled (holds.go)
 	}
 	return e
 }
@@ -87,7 +91,7 @@ func (t *fetchTable) add(e *fetchEntry) {
 	}
 	// Forget expired entries and, past the bound, the oldest.
 	drop := 0
-	for drop < len(t.order) && (len(t.order)-drop >= maxFetchKeys || e.at.Sub(t.order[drop].at) > fetchKeyTTL) {
+	for drop < len(t.order) && (len(t.order)-drop >= maxFetchKeys || (!t.order[drop].held && e.at.Sub(t.order[drop].at) > fetchKeyTTL)) {
 		if t.m[t.order[drop].key] == t.order[drop] {
 			delete(t.m, t.order[drop].key)
 		}
@@ -200,6 +204,7 @@ func (t *fetchTable) reset(task string) {
 			continue
 		}
 		e.kept = nil
+		e.held = false // nothing left to give back
 		if len(e.consumed) > 0 {
 			t.unindex(e)
 			e.consumed = nil
@@ -233,7 +238,7 @@ func (t *fetchTable) copyState() []*wirepb.StateFetch {
 		}
 		out = append(out, &wirepb.StateFetch{
 			Key: []byte(e.key), Task: e.task, Sampled: e.sampled, Consumed: e.consumed, Spent: e.spent, AtUnixMs: e.at.UnixMilli(),
-			Kept: e.kept.pb(),
+			Kept: e.kept.pb(), Held: e.held,
 		})
 	}
 	return out
@@ -248,7 +253,11 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
 		if err != nil {
 			return fmt.Errorf("partition %q: %w", p.id, err)
 		}
-		p.fetches.add(&fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref})
+		e := &fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref}
+		p.fetches.add(e)
+		if f.Held && !f.Spent {
+			p.hold(e, e.at) // armHeld restarts its TTL
+		}
 	}
 	return nil
 }
@@ -285,6 +294,10 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	} else if e := p.fetches.m[key]; e != nil && e.task == task {
 		if e.kept != nil && !e.spent {
 			p.gaveBack(e.kept)
+		}
+		if e.held {
+			e.held = false
+			e.at = at // the caller's ack, if it comes, must still learn of this (holds.go)
 		}
 		e.spent = true
 	} else {

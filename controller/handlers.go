@@ -47,6 +47,7 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpLoadCheckpoint:    s.loadCheckpoint,
 		wire.OpCommitKeys:        s.commitKeys,
 		wire.OpUnconsume:         s.unconsume,
+		wire.OpAcknowledge:       s.acknowledge,
 		wire.OpMarkDone:          s.markDone,
 		wire.OpClusterInfo:       s.clusterInfo,
 		wire.OpCheckpoints:       s.listCheckpoints,
@@ -172,7 +173,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Mess
 		return nil, err
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
-		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed}
+		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
@@ -482,7 +483,7 @@ func (s *Server) consumptionStatus(_ context.Context, body []byte, _ *effects) (
 	if err != nil {
 		return nil, err
 	}
-	return &wirepb.ConsumptionStatusReply{Indexes: st.Indexes, Consumed: st.Consumed}, nil
+	return &wirepb.ConsumptionStatusReply{Indexes: st.Indexes, Consumed: st.Consumed, Held: st.Held}, nil
 }
 
 func (s *Server) resetConsumption(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
@@ -760,6 +761,14 @@ func (s *Server) unconsume(_ context.Context, body []byte, _ *effects) (proto.Me
 		return nil, err
 	}
 	return nil, s.c.Unconsume(req.Partition, req.Task, string(req.Key))
+}
+
+func (s *Server) acknowledge(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.AcknowledgeRequest](wire.OpAcknowledge, body)
+	if err != nil {
+		return nil, err
+	}
+	return nil, s.c.Acknowledge(req.Partition, req.Task, string(req.Key))
 }
 
 func (s *Server) markDone(_ context.Context, body []byte, _ *effects) (proto.Message, error) {

@@ -333,6 +333,11 @@ type partition struct {
 	// keptbatches.go.
 	groups    map[groupKey]*groupState
 	keptCheck time.Time
+	// held are the keyed fetches holding rows for their callers (some
+	// settled since: dropped on the next look); heldCheck is when the
+	// first hold's TTL ends (zero: look at the next fetch). See holds.go.
+	held      []*fetchEntry
+	heldCheck time.Time
 	// scratch is tryFetch's slice of the rows a fetch returns, reused.
 	scratch []*row
 	// tagsAt and originAt are SampleRequest.Tags and .Origin for this

@@ -121,6 +121,11 @@ func (l localMeta) Unconsume(ctx context.Context, partition, task, key string) e
 	return err
 }
 
+func (l localMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
+	_, err := seen(ctx, l, struct{}{}, l.c.Acknowledge(partition, task, key))
+	return err
+}
+
 func (l localMeta) MarkDone(ctx context.Context, partition string) error {
 	_, err := seen(ctx, l, struct{}{}, l.c.MarkDone(partition))
 	return err

@@ -42,6 +42,14 @@ type FetchRequest struct {
 	// a partition marked done, so the sampler may return a short last
 	// batch and a fetch that gets nothing is ErrDone.
 	EndWhenConsumed bool
+	// Hold (with a Key) holds the rows the fetch consumes for its caller
+	// until it acknowledges them (keeps them for good) or gives them back:
+	// meanwhile the task's other fetches are not told ErrDone, since the
+	// rows may still come back (a loader that fetches ahead and may drop
+	// what it fetched). Rows of a batch kept for a DP group are not held
+	// (the group's peers get them anyway). See the controller's
+	// Acknowledge.
+	Hold bool
 }
 
 // CommitRequest flips the production bits of cells whose bytes are
@@ -186,6 +194,10 @@ type ProductionStatus struct {
 type ConsumptionStatus struct {
 	Indexes  []uint64
 	Consumed []bool
+	// Held lists, in index order, the consumed rows that held fetches
+	// hold for their callers (see [FetchRequest.Hold]): they may still
+	// come back, so the task has not consumed everything while any are.
+	Held []uint64
 }
 
 // PartitionStats summarizes a partition.

@@ -47,6 +47,15 @@
 // (any consumer of the task may fetch them again); with a shared one they
 // stay cached for the group's batch index, and a rank that restarts with
 // Config.Start set to [Loader.Next] gets exactly those micro-batches.
+//
+// A private sampler's fetches hold their rows for the loader
+// (engine.FetchRequest.Hold) until the loop takes the micro-batch, which
+// acknowledges them ([client.Client.Acknowledge]): until then another
+// consumer of the task that finds the partition done waits for those rows
+// instead of ending without them, should they come back. Rows a loader
+// holds when it dies go back to the task after the controller's
+// Config.HeldFetchTTL; a micro-batch whose hold outlived it is dropped
+// (logged), its rows being the task's again.
 // A give-back that fails (the controller unreachable) is tried again a
 // few times with a growing pause; one that fails for good is logged and
 // reported by [Loader.Err], since the loop that could be told has ended.

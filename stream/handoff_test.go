@@ -2,7 +2,6 @@ package stream
 
 import (
 	"context"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -16,22 +15,12 @@ import (
 // Two private consumers of one task over a done partition (24 rows,
 // micro-batches of 4). A yields its first micro-batch while its
 // prefetcher holds the next three (rows 4..15, consumed for the task); B
-// then takes the rest (16..23), finds the partition done with every row
-// consumed, and ends (CODE_DONE). A breaks and gives its three batches
-// back, but B has ended already: rows 4..15 reach no one.
-//
-// Known defect, not fixed yet: no loader-side ordering avoids it (B's end
-// depends only on the controller's state, which says "consumed" for rows
-// A holds, whatever A does next), so the controller must not answer
-// CODE_DONE while a keyed fetch of the task that its caller may still give
-// back holds rows: that needs a FETCH flag (the rows are held until
-// acknowledged) and an acknowledge op, with their durability and an
-// expiry for consumers that die holding rows — a protocol change. Set
-// TQ_KNOWN_DEFECTS=1 to run it.
+// then takes the rest (16..23) and finds the partition done with every
+// row consumed. A breaks and gives its three batches back. B must not
+// have ended meanwhile, or rows 4..15 reach no one: A's fetches hold their
+// rows until A's loop takes them (engine.FetchRequest.Hold), so B waits
+// for them instead of ending, and gets them.
 func TestPrivateConsumerEndsBeforeAPeersGiveBack(t *testing.T) {
-	if os.Getenv("TQ_KNOWN_DEFECTS") == "" {
-		t.Skip("known defect: CODE_DONE while another consumer's prefetched rows can still be given back needs a protocol change (held keyed fetches + acknowledge); see the comment")
-	}
 	e := cluster(t)
 	ctx := context.Background()
 	produce(t, e.Client, "p", 0, 24, nil)

@@ -349,6 +349,12 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 				yield(nil, it.err)
 				return
 			}
+			if ok, err := l.keep(ctx, it); err != nil {
+				yield(nil, err)
+				return
+			} else if !ok {
+				continue
+			}
 			l.mu.Lock()
 			l.next = Position{Step: it.b.Step, Index: it.b.Index + 1}
 			l.mu.Unlock()
@@ -357,6 +363,33 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 			}
 		}
 	}
+}
+
+// keep acknowledges the held fetch of a private sampler's micro-batch as
+// the loop takes it: its rows are consumed for good. It reports false
+// when the controller gave them back meanwhile (the hold outlived its
+// TTL: another consumer may have them), and the batch is dropped. A
+// failed acknowledgment gives the rows back and ends the iteration.
+func (l *Loader) keep(ctx context.Context, it item) (bool, error) {
+	if !l.private || it.key == "" {
+		return true, nil
+	}
+	err := l.c.Acknowledge(ctx, it.b.Partition, l.cfg.Task, it.key)
+	switch {
+	case err == nil, errors.Is(err, engine.ErrNotSupported):
+		// A controller from before held fetches held nothing.
+		return true, nil
+	case errors.Is(err, engine.ErrNotFound):
+		l.cfg.Logger.Warn("stream: a prefetched micro-batch was given back by the controller before the loop took it (its hold outlived the controller's held-fetch TTL): dropped",
+			"partition", it.b.Partition, "task", l.cfg.Task, "rows", it.b.Meta.Len())
+		it.b.Data.Release()
+		return false, nil
+	}
+	err = fmt.Errorf("stream: acknowledge %d rows of %q: %w", it.b.Meta.Len(), it.b.Partition, err)
+	if derr := l.dispose(it); derr != nil {
+		err = fmt.Errorf("%w (and %w)", err, derr)
+	}
+	return false, err
 }
 
 // yieldBatch hands b to the loop's body and releases its data after,
@@ -525,7 +558,10 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
 		} else {
-			req.Key = newKey()
+			// Held until the loop takes the batch (keep): till then the
+			// task's other consumers wait rather than end without the
+			// rows, should this loader give them back.
+			req.Key, req.Hold = newKey(), true
 		}
 		fctx, cancel := ctx, context.CancelFunc(func() {})
 		if l.cfg.EndWhenConsumed {

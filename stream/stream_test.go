@@ -446,6 +446,10 @@ func (s streamOps) Unconsume(ctx context.Context, partition, task, key string) e
 	return s.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
 }
 
+func (s streamOps) Acknowledge(ctx context.Context, partition, task, key string) error {
+	return s.MetaService.(client.StreamService).Acknowledge(ctx, partition, task, key)
+}
+
 func (s streamOps) MarkDone(ctx context.Context, partition string) error {
 	return s.MetaService.(client.StreamService).MarkDone(ctx, partition)
 }

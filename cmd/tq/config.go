@@ -57,6 +57,7 @@ type serveConfig struct {
 	PreAlloc          int           `yaml:"pre_alloc"`
 	Sampler           string        `yaml:"sampler"`
 	KeptBatchTTL      time.Duration `yaml:"kept_batch_ttl"`
+	HeldFetchTTL      time.Duration `yaml:"held_fetch_ttl"`
 	MaxPartitions     int           `yaml:"max_partitions"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
@@ -128,6 +129,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
+	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (default 10m; negative: never)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms), for the controller, which tells its units; a unit silent for five is reported dead")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
@@ -443,6 +445,7 @@ var roleFlags = []struct {
 	{"pre-alloc", "all controller", func(c *serveConfig) any { return c.PreAlloc }},
 	{"sampler", "all controller", func(c *serveConfig) any { return c.Sampler }},
 	{"kept-batch-ttl", "all controller", func(c *serveConfig) any { return c.KeptBatchTTL }},
+	{"held-fetch-ttl", "all controller", func(c *serveConfig) any { return c.HeldFetchTTL }},
 	{"max-partitions", "all controller", func(c *serveConfig) any { return c.MaxPartitions }},
 	// A unit heartbeats at the interval its controller tells it.
 	{"heartbeat", "all controller", func(c *serveConfig) any { return c.HeartbeatInterval }},

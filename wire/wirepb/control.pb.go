@@ -688,8 +688,15 @@ type FetchRequest struct {
 	// for a partition marked done, and the sampler may return a short last
 	// batch.
 	EndWhenConsumed bool `protobuf:"varint,11,opt,name=end_when_consumed,json=endWhenConsumed,proto3" json:"end_when_consumed,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// hold (with a key): the rows this fetch consumes are held for its
+	// caller until it acknowledges them (ACKNOWLEDGE) or gives them back
+	// (UNCONSUME): meanwhile the task's other fetches are not told the
+	// partition has nothing left (CODE_DONE), since the rows may still come
+	// back. A hold not settled within the controller's held-fetch TTL is
+	// given back by the controller.
+	Hold          bool `protobuf:"varint,12,opt,name=hold,proto3" json:"hold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchRequest) Reset() {
@@ -795,6 +802,13 @@ func (x *FetchRequest) GetTokenBudget() int64 {
 func (x *FetchRequest) GetEndWhenConsumed() bool {
 	if x != nil {
 		return x.EndWhenConsumed
+	}
+	return false
+}
+
+func (x *FetchRequest) GetHold() bool {
+	if x != nil {
+		return x.Hold
 	}
 	return false
 }
@@ -972,6 +986,72 @@ func (x *UnconsumeRequest) GetKey() []byte {
 	return nil
 }
 
+// AcknowledgeRequest (op ACKNOWLEDGE): the caller of the held fetch named
+// key (FetchRequest.hold) keeps its rows: they are consumed for task for
+// good. Fails with CODE_NOT_FOUND when the rows were given back (by the
+// caller, or by the controller once the hold outlived its TTL): the
+// caller must not use them. A key the controller does not know (a fetch
+// without hold, or one acknowledged long ago) succeeds. Idempotent.
+type AcknowledgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeRequest) Reset() {
+	*x = AcknowledgeRequest{}
+	mi := &file_control_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeRequest) ProtoMessage() {}
+
+func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
+func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AcknowledgeRequest) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *AcknowledgeRequest) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *AcknowledgeRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 type ForceFetchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -982,7 +1062,7 @@ type ForceFetchRequest struct {
 
 func (x *ForceFetchRequest) Reset() {
 	*x = ForceFetchRequest{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1074,7 @@ func (x *ForceFetchRequest) String() string {
 func (*ForceFetchRequest) ProtoMessage() {}
 
 func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1087,7 @@ func (x *ForceFetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceFetchRequest.ProtoReflect.Descriptor instead.
 func (*ForceFetchRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ForceFetchRequest) GetPartition() string {
@@ -1035,7 +1115,7 @@ type RowsMetaRequest struct {
 
 func (x *RowsMetaRequest) Reset() {
 	*x = RowsMetaRequest{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1127,7 @@ func (x *RowsMetaRequest) String() string {
 func (*RowsMetaRequest) ProtoMessage() {}
 
 func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1140,7 @@ func (x *RowsMetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowsMetaRequest.ProtoReflect.Descriptor instead.
 func (*RowsMetaRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RowsMetaRequest) GetPartition() string {
@@ -1093,7 +1173,7 @@ type MetaReply struct {
 
 func (x *MetaReply) Reset() {
 	*x = MetaReply{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1185,7 @@ func (x *MetaReply) String() string {
 func (*MetaReply) ProtoMessage() {}
 
 func (x *MetaReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1198,7 @@ func (x *MetaReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaReply.ProtoReflect.Descriptor instead.
 func (*MetaReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MetaReply) GetMeta() *BatchMeta {
@@ -1143,7 +1223,7 @@ type CommitField struct {
 
 func (x *CommitField) Reset() {
 	*x = CommitField{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1235,7 @@ func (x *CommitField) String() string {
 func (*CommitField) ProtoMessage() {}
 
 func (x *CommitField) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1248,7 @@ func (x *CommitField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitField.ProtoReflect.Descriptor instead.
 func (*CommitField) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CommitField) GetName() string {
@@ -1237,7 +1317,7 @@ type CommitRequest struct {
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1329,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1342,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CommitRequest) GetPartition() string {
@@ -1304,7 +1384,7 @@ type CellsReply struct {
 
 func (x *CellsReply) Reset() {
 	*x = CellsReply{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1396,7 @@ func (x *CellsReply) String() string {
 func (*CellsReply) ProtoMessage() {}
 
 func (x *CellsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1409,7 @@ func (x *CellsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CellsReply.ProtoReflect.Descriptor instead.
 func (*CellsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CellsReply) GetCells() *Addrs {
@@ -1351,7 +1431,7 @@ type ResolveKeysRequest struct {
 
 func (x *ResolveKeysRequest) Reset() {
 	*x = ResolveKeysRequest{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1443,7 @@ func (x *ResolveKeysRequest) String() string {
 func (*ResolveKeysRequest) ProtoMessage() {}
 
 func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1456,7 @@ func (x *ResolveKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysRequest.ProtoReflect.Descriptor instead.
 func (*ResolveKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResolveKeysRequest) GetPartition() string {
@@ -1417,7 +1497,7 @@ type ResolveKeysReply struct {
 
 func (x *ResolveKeysReply) Reset() {
 	*x = ResolveKeysReply{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1429,7 +1509,7 @@ func (x *ResolveKeysReply) String() string {
 func (*ResolveKeysReply) ProtoMessage() {}
 
 func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1442,7 +1522,7 @@ func (x *ResolveKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveKeysReply.ProtoReflect.Descriptor instead.
 func (*ResolveKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResolveKeysReply) GetMeta() *BatchMeta {
@@ -1475,7 +1555,7 @@ type CommitKeysRequest struct {
 
 func (x *CommitKeysRequest) Reset() {
 	*x = CommitKeysRequest{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1567,7 @@ func (x *CommitKeysRequest) String() string {
 func (*CommitKeysRequest) ProtoMessage() {}
 
 func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1580,7 @@ func (x *CommitKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysRequest.ProtoReflect.Descriptor instead.
 func (*CommitKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommitKeysRequest) GetPartition() string {
@@ -1556,7 +1636,7 @@ type CommitKeysReply struct {
 
 func (x *CommitKeysReply) Reset() {
 	*x = CommitKeysReply{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1648,7 @@ func (x *CommitKeysReply) String() string {
 func (*CommitKeysReply) ProtoMessage() {}
 
 func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1661,7 @@ func (x *CommitKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitKeysReply.ProtoReflect.Descriptor instead.
 func (*CommitKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CommitKeysReply) GetReplaced() *Addrs {
@@ -1621,7 +1701,7 @@ type KVPutRequest struct {
 
 func (x *KVPutRequest) Reset() {
 	*x = KVPutRequest{}
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1713,7 @@ func (x *KVPutRequest) String() string {
 func (*KVPutRequest) ProtoMessage() {}
 
 func (x *KVPutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[22]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1726,7 @@ func (x *KVPutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVPutRequest.ProtoReflect.Descriptor instead.
 func (*KVPutRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{22}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KVPutRequest) GetPut() *CommitKeysRequest {
@@ -1672,7 +1752,7 @@ type RowLens struct {
 
 func (x *RowLens) Reset() {
 	*x = RowLens{}
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1764,7 @@ func (x *RowLens) String() string {
 func (*RowLens) ProtoMessage() {}
 
 func (x *RowLens) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[23]
+	mi := &file_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1777,7 @@ func (x *RowLens) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RowLens.ProtoReflect.Descriptor instead.
 func (*RowLens) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{23}
+	return file_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RowLens) GetLens() []uint64 {
@@ -1721,7 +1801,7 @@ type KVSetRequest struct {
 
 func (x *KVSetRequest) Reset() {
 	*x = KVSetRequest{}
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1813,7 @@ func (x *KVSetRequest) String() string {
 func (*KVSetRequest) ProtoMessage() {}
 
 func (x *KVSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[24]
+	mi := &file_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +1826,7 @@ func (x *KVSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVSetRequest.ProtoReflect.Descriptor instead.
 func (*KVSetRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{24}
+	return file_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KVSetRequest) GetPartition() string {
@@ -1788,7 +1868,7 @@ type KVGetValueRequest struct {
 
 func (x *KVGetValueRequest) Reset() {
 	*x = KVGetValueRequest{}
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1880,7 @@ func (x *KVGetValueRequest) String() string {
 func (*KVGetValueRequest) ProtoMessage() {}
 
 func (x *KVGetValueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[25]
+	mi := &file_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +1893,7 @@ func (x *KVGetValueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetValueRequest.ProtoReflect.Descriptor instead.
 func (*KVGetValueRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{25}
+	return file_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KVGetValueRequest) GetPartition() string {
@@ -1859,7 +1939,7 @@ type KVGetRequest struct {
 
 func (x *KVGetRequest) Reset() {
 	*x = KVGetRequest{}
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1871,7 +1951,7 @@ func (x *KVGetRequest) String() string {
 func (*KVGetRequest) ProtoMessage() {}
 
 func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[26]
+	mi := &file_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1884,7 +1964,7 @@ func (x *KVGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetRequest.ProtoReflect.Descriptor instead.
 func (*KVGetRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{26}
+	return file_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *KVGetRequest) GetPartition() string {
@@ -1931,7 +2011,7 @@ type KVGetReply struct {
 
 func (x *KVGetReply) Reset() {
 	*x = KVGetReply{}
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2023,7 @@ func (x *KVGetReply) String() string {
 func (*KVGetReply) ProtoMessage() {}
 
 func (x *KVGetReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[27]
+	mi := &file_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2036,7 @@ func (x *KVGetReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVGetReply.ProtoReflect.Descriptor instead.
 func (*KVGetReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{27}
+	return file_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KVGetReply) GetMeta() *BatchMeta {
@@ -1997,7 +2077,7 @@ type KeysOfRequest struct {
 
 func (x *KeysOfRequest) Reset() {
 	*x = KeysOfRequest{}
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2089,7 @@ func (x *KeysOfRequest) String() string {
 func (*KeysOfRequest) ProtoMessage() {}
 
 func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[28]
+	mi := &file_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2102,7 @@ func (x *KeysOfRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysOfRequest.ProtoReflect.Descriptor instead.
 func (*KeysOfRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{28}
+	return file_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeysOfRequest) GetPartition() string {
@@ -2048,7 +2128,7 @@ type KeysReply struct {
 
 func (x *KeysReply) Reset() {
 	*x = KeysReply{}
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2140,7 @@ func (x *KeysReply) String() string {
 func (*KeysReply) ProtoMessage() {}
 
 func (x *KeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[29]
+	mi := &file_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2153,7 @@ func (x *KeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
 func (*KeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{29}
+	return file_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KeysReply) GetKeys() []string {
@@ -2094,7 +2174,7 @@ type SetTagsRequest struct {
 
 func (x *SetTagsRequest) Reset() {
 	*x = SetTagsRequest{}
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2186,7 @@ func (x *SetTagsRequest) String() string {
 func (*SetTagsRequest) ProtoMessage() {}
 
 func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[30]
+	mi := &file_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2199,7 @@ func (x *SetTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTagsRequest.ProtoReflect.Descriptor instead.
 func (*SetTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{30}
+	return file_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetTagsRequest) GetPartition() string {
@@ -2155,7 +2235,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +2247,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[31]
+	mi := &file_control_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +2260,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{31}
+	return file_control_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListKeysRequest) GetPartition() string {
@@ -2224,7 +2304,7 @@ type TagCondition struct {
 
 func (x *TagCondition) Reset() {
 	*x = TagCondition{}
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2316,7 @@ func (x *TagCondition) String() string {
 func (*TagCondition) ProtoMessage() {}
 
 func (x *TagCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[32]
+	mi := &file_control_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2329,7 @@ func (x *TagCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagCondition.ProtoReflect.Descriptor instead.
 func (*TagCondition) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{32}
+	return file_control_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TagCondition) GetName() string {
@@ -2286,7 +2366,7 @@ type DeleteTagsRequest struct {
 
 func (x *DeleteTagsRequest) Reset() {
 	*x = DeleteTagsRequest{}
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2378,7 @@ func (x *DeleteTagsRequest) String() string {
 func (*DeleteTagsRequest) ProtoMessage() {}
 
 func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[33]
+	mi := &file_control_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2391,7 @@ func (x *DeleteTagsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsRequest.ProtoReflect.Descriptor instead.
 func (*DeleteTagsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{33}
+	return file_control_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteTagsRequest) GetPartition() string {
@@ -2344,7 +2424,7 @@ type DeleteTagsReply struct {
 
 func (x *DeleteTagsReply) Reset() {
 	*x = DeleteTagsReply{}
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2436,7 @@ func (x *DeleteTagsReply) String() string {
 func (*DeleteTagsReply) ProtoMessage() {}
 
 func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[34]
+	mi := &file_control_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2449,7 @@ func (x *DeleteTagsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTagsReply.ProtoReflect.Descriptor instead.
 func (*DeleteTagsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{34}
+	return file_control_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteTagsReply) GetTags() [][]byte {
@@ -2396,7 +2476,7 @@ type CompareAndSetTagRequest struct {
 
 func (x *CompareAndSetTagRequest) Reset() {
 	*x = CompareAndSetTagRequest{}
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2488,7 @@ func (x *CompareAndSetTagRequest) String() string {
 func (*CompareAndSetTagRequest) ProtoMessage() {}
 
 func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[35]
+	mi := &file_control_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2501,7 @@ func (x *CompareAndSetTagRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagRequest.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{35}
+	return file_control_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CompareAndSetTagRequest) GetPartition() string {
@@ -2469,7 +2549,7 @@ type CompareAndSetTagReply struct {
 
 func (x *CompareAndSetTagReply) Reset() {
 	*x = CompareAndSetTagReply{}
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2561,7 @@ func (x *CompareAndSetTagReply) String() string {
 func (*CompareAndSetTagReply) ProtoMessage() {}
 
 func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[36]
+	mi := &file_control_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2574,7 @@ func (x *CompareAndSetTagReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompareAndSetTagReply.ProtoReflect.Descriptor instead.
 func (*CompareAndSetTagReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{36}
+	return file_control_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CompareAndSetTagReply) GetSwapped() bool {
@@ -2526,7 +2606,7 @@ type KeyChangesRequest struct {
 
 func (x *KeyChangesRequest) Reset() {
 	*x = KeyChangesRequest{}
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2618,7 @@ func (x *KeyChangesRequest) String() string {
 func (*KeyChangesRequest) ProtoMessage() {}
 
 func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[37]
+	mi := &file_control_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2631,7 @@ func (x *KeyChangesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesRequest.ProtoReflect.Descriptor instead.
 func (*KeyChangesRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{37}
+	return file_control_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *KeyChangesRequest) GetPartition() string {
@@ -2601,7 +2681,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2693,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[38]
+	mi := &file_control_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2706,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{38}
+	return file_control_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *KeyChange) GetKey() string {
@@ -2669,7 +2749,7 @@ type KeyChangesReply struct {
 
 func (x *KeyChangesReply) Reset() {
 	*x = KeyChangesReply{}
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2761,7 @@ func (x *KeyChangesReply) String() string {
 func (*KeyChangesReply) ProtoMessage() {}
 
 func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[39]
+	mi := &file_control_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2774,7 @@ func (x *KeyChangesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChangesReply.ProtoReflect.Descriptor instead.
 func (*KeyChangesReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{39}
+	return file_control_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *KeyChangesReply) GetChanges() []*KeyChange {
@@ -2736,7 +2816,7 @@ type KeyInfo struct {
 
 func (x *KeyInfo) Reset() {
 	*x = KeyInfo{}
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2828,7 @@ func (x *KeyInfo) String() string {
 func (*KeyInfo) ProtoMessage() {}
 
 func (x *KeyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[40]
+	mi := &file_control_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2841,7 @@ func (x *KeyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyInfo.ProtoReflect.Descriptor instead.
 func (*KeyInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{40}
+	return file_control_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *KeyInfo) GetKey() string {
@@ -2795,7 +2875,7 @@ type PartitionKeys struct {
 
 func (x *PartitionKeys) Reset() {
 	*x = PartitionKeys{}
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +2887,7 @@ func (x *PartitionKeys) String() string {
 func (*PartitionKeys) ProtoMessage() {}
 
 func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[41]
+	mi := &file_control_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +2900,7 @@ func (x *PartitionKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionKeys.ProtoReflect.Descriptor instead.
 func (*PartitionKeys) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{41}
+	return file_control_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PartitionKeys) GetPartition() string {
@@ -2847,7 +2927,7 @@ type ListKeysReply struct {
 
 func (x *ListKeysReply) Reset() {
 	*x = ListKeysReply{}
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +2939,7 @@ func (x *ListKeysReply) String() string {
 func (*ListKeysReply) ProtoMessage() {}
 
 func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[42]
+	mi := &file_control_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +2952,7 @@ func (x *ListKeysReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysReply.ProtoReflect.Descriptor instead.
 func (*ListKeysReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{42}
+	return file_control_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListKeysReply) GetPartitions() []*PartitionKeys {
@@ -2899,7 +2979,7 @@ type ProductionStatusRequest struct {
 
 func (x *ProductionStatusRequest) Reset() {
 	*x = ProductionStatusRequest{}
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +2991,7 @@ func (x *ProductionStatusRequest) String() string {
 func (*ProductionStatusRequest) ProtoMessage() {}
 
 func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[43]
+	mi := &file_control_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3004,7 @@ func (x *ProductionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ProductionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{43}
+	return file_control_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ProductionStatusRequest) GetPartition() string {
@@ -2952,7 +3032,7 @@ type ProductionStatusReply struct {
 
 func (x *ProductionStatusReply) Reset() {
 	*x = ProductionStatusReply{}
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2964,7 +3044,7 @@ func (x *ProductionStatusReply) String() string {
 func (*ProductionStatusReply) ProtoMessage() {}
 
 func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[44]
+	mi := &file_control_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2977,7 +3057,7 @@ func (x *ProductionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProductionStatusReply.ProtoReflect.Descriptor instead.
 func (*ProductionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{44}
+	return file_control_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ProductionStatusReply) GetIndexes() []uint64 {
@@ -3011,7 +3091,7 @@ type ConsumptionStatusRequest struct {
 
 func (x *ConsumptionStatusRequest) Reset() {
 	*x = ConsumptionStatusRequest{}
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3023,7 +3103,7 @@ func (x *ConsumptionStatusRequest) String() string {
 func (*ConsumptionStatusRequest) ProtoMessage() {}
 
 func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[45]
+	mi := &file_control_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3036,7 +3116,7 @@ func (x *ConsumptionStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusRequest.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{45}
+	return file_control_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ConsumptionStatusRequest) GetPartition() string {
@@ -3054,16 +3134,20 @@ func (x *ConsumptionStatusRequest) GetTask() string {
 }
 
 type ConsumptionStatusReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Indexes       []uint64               `protobuf:"varint,1,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
-	Consumed      []bool                 `protobuf:"varint,2,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Indexes  []uint64               `protobuf:"varint,1,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Consumed []bool                 `protobuf:"varint,2,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
+	// held: the consumed rows (in index order) that held fetches
+	// (FetchRequest.hold) hold for their callers, not settled yet: they may
+	// still come back.
+	Held          []uint64 `protobuf:"varint,3,rep,packed,name=held,proto3" json:"held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConsumptionStatusReply) Reset() {
 	*x = ConsumptionStatusReply{}
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3075,7 +3159,7 @@ func (x *ConsumptionStatusReply) String() string {
 func (*ConsumptionStatusReply) ProtoMessage() {}
 
 func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[46]
+	mi := &file_control_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3088,7 +3172,7 @@ func (x *ConsumptionStatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumptionStatusReply.ProtoReflect.Descriptor instead.
 func (*ConsumptionStatusReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{46}
+	return file_control_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ConsumptionStatusReply) GetIndexes() []uint64 {
@@ -3105,6 +3189,13 @@ func (x *ConsumptionStatusReply) GetConsumed() []bool {
 	return nil
 }
 
+func (x *ConsumptionStatusReply) GetHeld() []uint64 {
+	if x != nil {
+		return x.Held
+	}
+	return nil
+}
+
 type ResetConsumptionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -3115,7 +3206,7 @@ type ResetConsumptionRequest struct {
 
 func (x *ResetConsumptionRequest) Reset() {
 	*x = ResetConsumptionRequest{}
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +3218,7 @@ func (x *ResetConsumptionRequest) String() string {
 func (*ResetConsumptionRequest) ProtoMessage() {}
 
 func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[47]
+	mi := &file_control_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +3231,7 @@ func (x *ResetConsumptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetConsumptionRequest.ProtoReflect.Descriptor instead.
 func (*ResetConsumptionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{47}
+	return file_control_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ResetConsumptionRequest) GetPartition() string {
@@ -3167,7 +3258,7 @@ type ClearRowsRequest struct {
 
 func (x *ClearRowsRequest) Reset() {
 	*x = ClearRowsRequest{}
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3270,7 @@ func (x *ClearRowsRequest) String() string {
 func (*ClearRowsRequest) ProtoMessage() {}
 
 func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[48]
+	mi := &file_control_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3283,7 @@ func (x *ClearRowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsRequest.ProtoReflect.Descriptor instead.
 func (*ClearRowsRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{48}
+	return file_control_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ClearRowsRequest) GetPartition() string {
@@ -3219,7 +3310,7 @@ type ClearKeysRequest struct {
 
 func (x *ClearKeysRequest) Reset() {
 	*x = ClearKeysRequest{}
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3231,7 +3322,7 @@ func (x *ClearKeysRequest) String() string {
 func (*ClearKeysRequest) ProtoMessage() {}
 
 func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[49]
+	mi := &file_control_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3244,7 +3335,7 @@ func (x *ClearKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearKeysRequest.ProtoReflect.Descriptor instead.
 func (*ClearKeysRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{49}
+	return file_control_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ClearKeysRequest) GetPartition() string {
@@ -3270,7 +3361,7 @@ type ClearPartitionRequest struct {
 
 func (x *ClearPartitionRequest) Reset() {
 	*x = ClearPartitionRequest{}
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3282,7 +3373,7 @@ func (x *ClearPartitionRequest) String() string {
 func (*ClearPartitionRequest) ProtoMessage() {}
 
 func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[50]
+	mi := &file_control_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3295,7 +3386,7 @@ func (x *ClearPartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionRequest.ProtoReflect.Descriptor instead.
 func (*ClearPartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{50}
+	return file_control_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ClearPartitionRequest) GetPartition() string {
@@ -3314,7 +3405,7 @@ type PartitionsReply struct {
 
 func (x *PartitionsReply) Reset() {
 	*x = PartitionsReply{}
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3326,7 +3417,7 @@ func (x *PartitionsReply) String() string {
 func (*PartitionsReply) ProtoMessage() {}
 
 func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[51]
+	mi := &file_control_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3339,7 +3430,7 @@ func (x *PartitionsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionsReply.ProtoReflect.Descriptor instead.
 func (*PartitionsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{51}
+	return file_control_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *PartitionsReply) GetPartitions() []string {
@@ -3358,7 +3449,7 @@ type PartitionRequest struct {
 
 func (x *PartitionRequest) Reset() {
 	*x = PartitionRequest{}
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3461,7 @@ func (x *PartitionRequest) String() string {
 func (*PartitionRequest) ProtoMessage() {}
 
 func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[52]
+	mi := &file_control_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3474,7 @@ func (x *PartitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionRequest.ProtoReflect.Descriptor instead.
 func (*PartitionRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{52}
+	return file_control_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PartitionRequest) GetPartition() string {
@@ -3406,7 +3497,7 @@ type FieldStats struct {
 
 func (x *FieldStats) Reset() {
 	*x = FieldStats{}
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3418,7 +3509,7 @@ func (x *FieldStats) String() string {
 func (*FieldStats) ProtoMessage() {}
 
 func (x *FieldStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[53]
+	mi := &file_control_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3431,7 +3522,7 @@ func (x *FieldStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldStats.ProtoReflect.Descriptor instead.
 func (*FieldStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{53}
+	return file_control_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *FieldStats) GetName() string {
@@ -3478,7 +3569,7 @@ type FieldsReply struct {
 
 func (x *FieldsReply) Reset() {
 	*x = FieldsReply{}
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3490,7 +3581,7 @@ func (x *FieldsReply) String() string {
 func (*FieldsReply) ProtoMessage() {}
 
 func (x *FieldsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[54]
+	mi := &file_control_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3503,7 +3594,7 @@ func (x *FieldsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldsReply.ProtoReflect.Descriptor instead.
 func (*FieldsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{54}
+	return file_control_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *FieldsReply) GetFields() []*FieldStats {
@@ -3524,7 +3615,7 @@ type TaskStats struct {
 
 func (x *TaskStats) Reset() {
 	*x = TaskStats{}
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3536,7 +3627,7 @@ func (x *TaskStats) String() string {
 func (*TaskStats) ProtoMessage() {}
 
 func (x *TaskStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[55]
+	mi := &file_control_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,7 +3640,7 @@ func (x *TaskStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStats.ProtoReflect.Descriptor instead.
 func (*TaskStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{55}
+	return file_control_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *TaskStats) GetTask() string {
@@ -3593,7 +3684,7 @@ type PartitionStats struct {
 
 func (x *PartitionStats) Reset() {
 	*x = PartitionStats{}
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3605,7 +3696,7 @@ func (x *PartitionStats) String() string {
 func (*PartitionStats) ProtoMessage() {}
 
 func (x *PartitionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[56]
+	mi := &file_control_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3618,7 +3709,7 @@ func (x *PartitionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionStats.ProtoReflect.Descriptor instead.
 func (*PartitionStats) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{56}
+	return file_control_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PartitionStats) GetPartition() string {
@@ -3719,7 +3810,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3731,7 +3822,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[57]
+	mi := &file_control_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3744,7 +3835,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{57}
+	return file_control_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *CheckpointRequest) GetDir() string {
@@ -3782,7 +3873,7 @@ type CheckpointInfo struct {
 
 func (x *CheckpointInfo) Reset() {
 	*x = CheckpointInfo{}
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3794,7 +3885,7 @@ func (x *CheckpointInfo) String() string {
 func (*CheckpointInfo) ProtoMessage() {}
 
 func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[58]
+	mi := &file_control_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3807,7 +3898,7 @@ func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
 func (*CheckpointInfo) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{58}
+	return file_control_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *CheckpointInfo) GetName() string {
@@ -3861,7 +3952,7 @@ type CheckpointsReply struct {
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3873,7 +3964,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[59]
+	mi := &file_control_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3886,7 +3977,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{59}
+	return file_control_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
@@ -3916,7 +4007,7 @@ type ClusterInfoReply struct {
 
 func (x *ClusterInfoReply) Reset() {
 	*x = ClusterInfoReply{}
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3928,7 +4019,7 @@ func (x *ClusterInfoReply) String() string {
 func (*ClusterInfoReply) ProtoMessage() {}
 
 func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3941,7 +4032,7 @@ func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
 func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
+	return file_control_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ClusterInfoReply) GetClusterId() string {
@@ -4061,7 +4152,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xf5\x02\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\x89\x03\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4076,7 +4167,8 @@ const file_control_proto_rawDesc = "" +
 	"\asampler\x18\t \x01(\v2\x17.tq.wire.v1.SamplerSpecR\asampler\x12!\n" +
 	"\ftoken_budget\x18\n" +
 	" \x01(\x03R\vtokenBudget\x12*\n" +
-	"\x11end_when_consumed\x18\v \x01(\bR\x0fendWhenConsumed\"H\n" +
+	"\x11end_when_consumed\x18\v \x01(\bR\x0fendWhenConsumed\x12\x12\n" +
+	"\x04hold\x18\f \x01(\bR\x04hold\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +
@@ -4084,6 +4176,10 @@ const file_control_proto_rawDesc = "" +
 	"\x0fMarkDoneRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\"V\n" +
 	"\x10UnconsumeRequest\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\"X\n" +
+	"\x12AcknowledgeRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\fR\x03key\"e\n" +
@@ -4229,10 +4325,11 @@ const file_control_proto_rawDesc = "" +
 	"\bproduced\x18\x03 \x03(\bR\bproduced\"L\n" +
 	"\x18ConsumptionStatusRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
-	"\x04task\x18\x02 \x01(\tR\x04task\"N\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\"b\n" +
 	"\x16ConsumptionStatusReply\x12\x18\n" +
 	"\aindexes\x18\x01 \x03(\x04R\aindexes\x12\x1a\n" +
-	"\bconsumed\x18\x02 \x03(\bR\bconsumed\"K\n" +
+	"\bconsumed\x18\x02 \x03(\bR\bconsumed\x12\x12\n" +
+	"\x04held\x18\x03 \x03(\x04R\x04held\"K\n" +
 	"\x17ResetConsumptionRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\"J\n" +
@@ -4321,7 +4418,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_control_proto_goTypes = []any{
 	(TagTest)(0),                     // 0: tq.wire.v1.TagTest
 	(*Empty)(nil),                    // 1: tq.wire.v1.Empty
@@ -4336,63 +4433,64 @@ var file_control_proto_goTypes = []any{
 	(*SamplerSpec)(nil),              // 10: tq.wire.v1.SamplerSpec
 	(*MarkDoneRequest)(nil),          // 11: tq.wire.v1.MarkDoneRequest
 	(*UnconsumeRequest)(nil),         // 12: tq.wire.v1.UnconsumeRequest
-	(*ForceFetchRequest)(nil),        // 13: tq.wire.v1.ForceFetchRequest
-	(*RowsMetaRequest)(nil),          // 14: tq.wire.v1.RowsMetaRequest
-	(*MetaReply)(nil),                // 15: tq.wire.v1.MetaReply
-	(*CommitField)(nil),              // 16: tq.wire.v1.CommitField
-	(*CommitRequest)(nil),            // 17: tq.wire.v1.CommitRequest
-	(*CellsReply)(nil),               // 18: tq.wire.v1.CellsReply
-	(*ResolveKeysRequest)(nil),       // 19: tq.wire.v1.ResolveKeysRequest
-	(*ResolveKeysReply)(nil),         // 20: tq.wire.v1.ResolveKeysReply
-	(*CommitKeysRequest)(nil),        // 21: tq.wire.v1.CommitKeysRequest
-	(*CommitKeysReply)(nil),          // 22: tq.wire.v1.CommitKeysReply
-	(*KVPutRequest)(nil),             // 23: tq.wire.v1.KVPutRequest
-	(*RowLens)(nil),                  // 24: tq.wire.v1.RowLens
-	(*KVSetRequest)(nil),             // 25: tq.wire.v1.KVSetRequest
-	(*KVGetValueRequest)(nil),        // 26: tq.wire.v1.KVGetValueRequest
-	(*KVGetRequest)(nil),             // 27: tq.wire.v1.KVGetRequest
-	(*KVGetReply)(nil),               // 28: tq.wire.v1.KVGetReply
-	(*KeysOfRequest)(nil),            // 29: tq.wire.v1.KeysOfRequest
-	(*KeysReply)(nil),                // 30: tq.wire.v1.KeysReply
-	(*SetTagsRequest)(nil),           // 31: tq.wire.v1.SetTagsRequest
-	(*ListKeysRequest)(nil),          // 32: tq.wire.v1.ListKeysRequest
-	(*TagCondition)(nil),             // 33: tq.wire.v1.TagCondition
-	(*DeleteTagsRequest)(nil),        // 34: tq.wire.v1.DeleteTagsRequest
-	(*DeleteTagsReply)(nil),          // 35: tq.wire.v1.DeleteTagsReply
-	(*CompareAndSetTagRequest)(nil),  // 36: tq.wire.v1.CompareAndSetTagRequest
-	(*CompareAndSetTagReply)(nil),    // 37: tq.wire.v1.CompareAndSetTagReply
-	(*KeyChangesRequest)(nil),        // 38: tq.wire.v1.KeyChangesRequest
-	(*KeyChange)(nil),                // 39: tq.wire.v1.KeyChange
-	(*KeyChangesReply)(nil),          // 40: tq.wire.v1.KeyChangesReply
-	(*KeyInfo)(nil),                  // 41: tq.wire.v1.KeyInfo
-	(*PartitionKeys)(nil),            // 42: tq.wire.v1.PartitionKeys
-	(*ListKeysReply)(nil),            // 43: tq.wire.v1.ListKeysReply
-	(*ProductionStatusRequest)(nil),  // 44: tq.wire.v1.ProductionStatusRequest
-	(*ProductionStatusReply)(nil),    // 45: tq.wire.v1.ProductionStatusReply
-	(*ConsumptionStatusRequest)(nil), // 46: tq.wire.v1.ConsumptionStatusRequest
-	(*ConsumptionStatusReply)(nil),   // 47: tq.wire.v1.ConsumptionStatusReply
-	(*ResetConsumptionRequest)(nil),  // 48: tq.wire.v1.ResetConsumptionRequest
-	(*ClearRowsRequest)(nil),         // 49: tq.wire.v1.ClearRowsRequest
-	(*ClearKeysRequest)(nil),         // 50: tq.wire.v1.ClearKeysRequest
-	(*ClearPartitionRequest)(nil),    // 51: tq.wire.v1.ClearPartitionRequest
-	(*PartitionsReply)(nil),          // 52: tq.wire.v1.PartitionsReply
-	(*PartitionRequest)(nil),         // 53: tq.wire.v1.PartitionRequest
-	(*FieldStats)(nil),               // 54: tq.wire.v1.FieldStats
-	(*FieldsReply)(nil),              // 55: tq.wire.v1.FieldsReply
-	(*TaskStats)(nil),                // 56: tq.wire.v1.TaskStats
-	(*PartitionStats)(nil),           // 57: tq.wire.v1.PartitionStats
-	(*CheckpointRequest)(nil),        // 58: tq.wire.v1.CheckpointRequest
-	(*CheckpointInfo)(nil),           // 59: tq.wire.v1.CheckpointInfo
-	(*CheckpointsReply)(nil),         // 60: tq.wire.v1.CheckpointsReply
-	(*ClusterInfoReply)(nil),         // 61: tq.wire.v1.ClusterInfoReply
-	nil,                              // 62: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 63: tq.wire.v1.BatchMeta.CellsEntry
+	(*AcknowledgeRequest)(nil),       // 13: tq.wire.v1.AcknowledgeRequest
+	(*ForceFetchRequest)(nil),        // 14: tq.wire.v1.ForceFetchRequest
+	(*RowsMetaRequest)(nil),          // 15: tq.wire.v1.RowsMetaRequest
+	(*MetaReply)(nil),                // 16: tq.wire.v1.MetaReply
+	(*CommitField)(nil),              // 17: tq.wire.v1.CommitField
+	(*CommitRequest)(nil),            // 18: tq.wire.v1.CommitRequest
+	(*CellsReply)(nil),               // 19: tq.wire.v1.CellsReply
+	(*ResolveKeysRequest)(nil),       // 20: tq.wire.v1.ResolveKeysRequest
+	(*ResolveKeysReply)(nil),         // 21: tq.wire.v1.ResolveKeysReply
+	(*CommitKeysRequest)(nil),        // 22: tq.wire.v1.CommitKeysRequest
+	(*CommitKeysReply)(nil),          // 23: tq.wire.v1.CommitKeysReply
+	(*KVPutRequest)(nil),             // 24: tq.wire.v1.KVPutRequest
+	(*RowLens)(nil),                  // 25: tq.wire.v1.RowLens
+	(*KVSetRequest)(nil),             // 26: tq.wire.v1.KVSetRequest
+	(*KVGetValueRequest)(nil),        // 27: tq.wire.v1.KVGetValueRequest
+	(*KVGetRequest)(nil),             // 28: tq.wire.v1.KVGetRequest
+	(*KVGetReply)(nil),               // 29: tq.wire.v1.KVGetReply
+	(*KeysOfRequest)(nil),            // 30: tq.wire.v1.KeysOfRequest
+	(*KeysReply)(nil),                // 31: tq.wire.v1.KeysReply
+	(*SetTagsRequest)(nil),           // 32: tq.wire.v1.SetTagsRequest
+	(*ListKeysRequest)(nil),          // 33: tq.wire.v1.ListKeysRequest
+	(*TagCondition)(nil),             // 34: tq.wire.v1.TagCondition
+	(*DeleteTagsRequest)(nil),        // 35: tq.wire.v1.DeleteTagsRequest
+	(*DeleteTagsReply)(nil),          // 36: tq.wire.v1.DeleteTagsReply
+	(*CompareAndSetTagRequest)(nil),  // 37: tq.wire.v1.CompareAndSetTagRequest
+	(*CompareAndSetTagReply)(nil),    // 38: tq.wire.v1.CompareAndSetTagReply
+	(*KeyChangesRequest)(nil),        // 39: tq.wire.v1.KeyChangesRequest
+	(*KeyChange)(nil),                // 40: tq.wire.v1.KeyChange
+	(*KeyChangesReply)(nil),          // 41: tq.wire.v1.KeyChangesReply
+	(*KeyInfo)(nil),                  // 42: tq.wire.v1.KeyInfo
+	(*PartitionKeys)(nil),            // 43: tq.wire.v1.PartitionKeys
+	(*ListKeysReply)(nil),            // 44: tq.wire.v1.ListKeysReply
+	(*ProductionStatusRequest)(nil),  // 45: tq.wire.v1.ProductionStatusRequest
+	(*ProductionStatusReply)(nil),    // 46: tq.wire.v1.ProductionStatusReply
+	(*ConsumptionStatusRequest)(nil), // 47: tq.wire.v1.ConsumptionStatusRequest
+	(*ConsumptionStatusReply)(nil),   // 48: tq.wire.v1.ConsumptionStatusReply
+	(*ResetConsumptionRequest)(nil),  // 49: tq.wire.v1.ResetConsumptionRequest
+	(*ClearRowsRequest)(nil),         // 50: tq.wire.v1.ClearRowsRequest
+	(*ClearKeysRequest)(nil),         // 51: tq.wire.v1.ClearKeysRequest
+	(*ClearPartitionRequest)(nil),    // 52: tq.wire.v1.ClearPartitionRequest
+	(*PartitionsReply)(nil),          // 53: tq.wire.v1.PartitionsReply
+	(*PartitionRequest)(nil),         // 54: tq.wire.v1.PartitionRequest
+	(*FieldStats)(nil),               // 55: tq.wire.v1.FieldStats
+	(*FieldsReply)(nil),              // 56: tq.wire.v1.FieldsReply
+	(*TaskStats)(nil),                // 57: tq.wire.v1.TaskStats
+	(*PartitionStats)(nil),           // 58: tq.wire.v1.PartitionStats
+	(*CheckpointRequest)(nil),        // 59: tq.wire.v1.CheckpointRequest
+	(*CheckpointInfo)(nil),           // 60: tq.wire.v1.CheckpointInfo
+	(*CheckpointsReply)(nil),         // 61: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 62: tq.wire.v1.ClusterInfoReply
+	nil,                              // 63: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 64: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	2,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	62, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	63, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	63, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	64, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	6,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
 	10, // 5: tq.wire.v1.FetchRequest.sampler:type_name -> tq.wire.v1.SamplerSpec
 	7,  // 6: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
@@ -4401,28 +4499,28 @@ var file_control_proto_depIdxs = []int32{
 	2,  // 9: tq.wire.v1.CommitField.shape:type_name -> tq.wire.v1.Shape
 	2,  // 10: tq.wire.v1.CommitField.shapes:type_name -> tq.wire.v1.Shape
 	4,  // 11: tq.wire.v1.CommitField.locs:type_name -> tq.wire.v1.Addrs
-	16, // 12: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
+	17, // 12: tq.wire.v1.CommitRequest.fields:type_name -> tq.wire.v1.CommitField
 	4,  // 13: tq.wire.v1.CellsReply.cells:type_name -> tq.wire.v1.Addrs
 	7,  // 14: tq.wire.v1.ResolveKeysRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	5,  // 15: tq.wire.v1.ResolveKeysReply.meta:type_name -> tq.wire.v1.BatchMeta
-	16, // 16: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
+	17, // 16: tq.wire.v1.CommitKeysRequest.fields:type_name -> tq.wire.v1.CommitField
 	4,  // 17: tq.wire.v1.CommitKeysReply.replaced:type_name -> tq.wire.v1.Addrs
-	21, // 18: tq.wire.v1.KVPutRequest.put:type_name -> tq.wire.v1.CommitKeysRequest
-	24, // 19: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
+	22, // 18: tq.wire.v1.KVPutRequest.put:type_name -> tq.wire.v1.CommitKeysRequest
+	25, // 19: tq.wire.v1.KVPutRequest.row_lens:type_name -> tq.wire.v1.RowLens
 	7,  // 20: tq.wire.v1.KVGetRequest.fields:type_name -> tq.wire.v1.FieldSelection
 	5,  // 21: tq.wire.v1.KVGetReply.meta:type_name -> tq.wire.v1.BatchMeta
-	16, // 22: tq.wire.v1.KVGetReply.fields:type_name -> tq.wire.v1.CommitField
-	24, // 23: tq.wire.v1.KVGetReply.row_lens:type_name -> tq.wire.v1.RowLens
-	33, // 24: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
+	17, // 22: tq.wire.v1.KVGetReply.fields:type_name -> tq.wire.v1.CommitField
+	25, // 23: tq.wire.v1.KVGetReply.row_lens:type_name -> tq.wire.v1.RowLens
+	34, // 24: tq.wire.v1.ListKeysRequest.where:type_name -> tq.wire.v1.TagCondition
 	0,  // 25: tq.wire.v1.TagCondition.test:type_name -> tq.wire.v1.TagTest
-	39, // 26: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
-	41, // 27: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
-	42, // 28: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
+	40, // 26: tq.wire.v1.KeyChangesReply.changes:type_name -> tq.wire.v1.KeyChange
+	42, // 27: tq.wire.v1.PartitionKeys.keys:type_name -> tq.wire.v1.KeyInfo
+	43, // 28: tq.wire.v1.ListKeysReply.partitions:type_name -> tq.wire.v1.PartitionKeys
 	2,  // 29: tq.wire.v1.FieldStats.shape:type_name -> tq.wire.v1.Shape
-	54, // 30: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
-	54, // 31: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
-	56, // 32: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
-	59, // 33: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
+	55, // 30: tq.wire.v1.FieldsReply.fields:type_name -> tq.wire.v1.FieldStats
+	55, // 31: tq.wire.v1.PartitionStats.fields:type_name -> tq.wire.v1.FieldStats
+	57, // 32: tq.wire.v1.PartitionStats.tasks:type_name -> tq.wire.v1.TaskStats
+	60, // 33: tq.wire.v1.CheckpointsReply.checkpoints:type_name -> tq.wire.v1.CheckpointInfo
 	3,  // 34: tq.wire.v1.BatchMeta.SchemaEntry.value:type_name -> tq.wire.v1.FieldSchema
 	4,  // 35: tq.wire.v1.BatchMeta.CellsEntry.value:type_name -> tq.wire.v1.Addrs
 	36, // [36:36] is the sub-list for method output_type
@@ -4443,7 +4541,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   63,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -102,6 +102,7 @@ type LogOp struct {
 	//	*LogOp_Done
 	//	*LogOp_Move
 	//	*LogOp_UnitEvicted
+	//	*LogOp_Ack
 	Op            isLogOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -306,6 +307,15 @@ func (x *LogOp) GetUnitEvicted() *UnitEvictedOp {
 	return nil
 }
 
+func (x *LogOp) GetAck() *AckOp {
+	if x != nil {
+		if x, ok := x.Op.(*LogOp_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
 type isLogOp_Op interface {
 	isLogOp_Op()
 }
@@ -382,6 +392,10 @@ type LogOp_UnitEvicted struct {
 	UnitEvicted *UnitEvictedOp `protobuf:"bytes,18,opt,name=unit_evicted,json=unitEvicted,proto3,oneof"`
 }
 
+type LogOp_Ack struct {
+	Ack *AckOp `protobuf:"bytes,19,opt,name=ack,proto3,oneof"`
+}
+
 func (*LogOp_Cluster) isLogOp_Op() {}
 
 func (*LogOp_Unit) isLogOp_Op() {}
@@ -417,6 +431,8 @@ func (*LogOp_Done) isLogOp_Op() {}
 func (*LogOp_Move) isLogOp_Op() {}
 
 func (*LogOp_UnitEvicted) isLogOp_Op() {}
+
+func (*LogOp_Ack) isLogOp_Op() {}
 
 // DoneOp: the partition's producer marked it done (MARK_DONE).
 type DoneOp struct {
@@ -1259,7 +1275,10 @@ type ConsumeOp struct {
 	// between DP ranks, whose first fetch makes and consumes every rank's
 	// part, engine.SplitBatchDropper), followed from then on though no fetch
 	// took them yet, so that a part its rank never fetches is given back.
-	Made          []*KeptRef `protobuf:"bytes,14,rep,name=made,proto3" json:"made,omitempty"`
+	Made []*KeptRef `protobuf:"bytes,14,rep,name=made,proto3" json:"made,omitempty"`
+	// hold: the fetch (under key) holds its consumed rows for its caller
+	// until an AckOp or an UnconsumeOp of the key settles them.
+	Hold          bool `protobuf:"varint,15,opt,name=hold,proto3" json:"hold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1390,6 +1409,13 @@ func (x *ConsumeOp) GetMade() []*KeptRef {
 		return x.Made
 	}
 	return nil
+}
+
+func (x *ConsumeOp) GetHold() bool {
+	if x != nil {
+		return x.Hold
+	}
+	return false
 }
 
 // KeptRef names a batch a sampler keeps for a data-replica group: the
@@ -1544,6 +1570,84 @@ func (x *UnconsumeOp) GetGen() uint64 {
 	return 0
 }
 
+// AckOp: the caller of the held fetch named key acknowledged its rows:
+// they are consumed for task for good.
+type AckOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Gen           uint64                 `protobuf:"varint,2,opt,name=gen,proto3" json:"gen,omitempty"`
+	Task          string                 `protobuf:"bytes,3,opt,name=task,proto3" json:"task,omitempty"`
+	Key           []byte                 `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckOp) Reset() {
+	*x = AckOp{}
+	mi := &file_state_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckOp) ProtoMessage() {}
+
+func (x *AckOp) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckOp.ProtoReflect.Descriptor instead.
+func (*AckOp) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AckOp) GetPartition() string {
+	if x != nil {
+		return x.Partition
+	}
+	return ""
+}
+
+func (x *AckOp) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *AckOp) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *AckOp) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *AckOp) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
 // ResetOp: a task's consumption (every task's for "") was reset.
 type ResetOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1556,7 +1660,7 @@ type ResetOp struct {
 
 func (x *ResetOp) Reset() {
 	*x = ResetOp{}
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1672,7 @@ func (x *ResetOp) String() string {
 func (*ResetOp) ProtoMessage() {}
 
 func (x *ResetOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[16]
+	mi := &file_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1685,7 @@ func (x *ResetOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetOp.ProtoReflect.Descriptor instead.
 func (*ResetOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{16}
+	return file_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResetOp) GetPartition() string {
@@ -1617,7 +1721,7 @@ type ClearRowsOp struct {
 
 func (x *ClearRowsOp) Reset() {
 	*x = ClearRowsOp{}
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1733,7 @@ func (x *ClearRowsOp) String() string {
 func (*ClearRowsOp) ProtoMessage() {}
 
 func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[17]
+	mi := &file_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1746,7 @@ func (x *ClearRowsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearRowsOp.ProtoReflect.Descriptor instead.
 func (*ClearRowsOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{17}
+	return file_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClearRowsOp) GetPartition() string {
@@ -1683,7 +1787,7 @@ type ClearPartitionOp struct {
 
 func (x *ClearPartitionOp) Reset() {
 	*x = ClearPartitionOp{}
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1799,7 @@ func (x *ClearPartitionOp) String() string {
 func (*ClearPartitionOp) ProtoMessage() {}
 
 func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[18]
+	mi := &file_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1812,7 @@ func (x *ClearPartitionOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearPartitionOp.ProtoReflect.Descriptor instead.
 func (*ClearPartitionOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{18}
+	return file_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClearPartitionOp) GetPartition() string {
@@ -1737,7 +1841,7 @@ type FenceOp struct {
 
 func (x *FenceOp) Reset() {
 	*x = FenceOp{}
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1853,7 @@ func (x *FenceOp) String() string {
 func (*FenceOp) ProtoMessage() {}
 
 func (x *FenceOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[19]
+	mi := &file_state_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1866,7 @@ func (x *FenceOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceOp.ProtoReflect.Descriptor instead.
 func (*FenceOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{19}
+	return file_state_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FenceOp) GetUnitId() uint32 {
@@ -1794,7 +1898,7 @@ type MoveOp struct {
 
 func (x *MoveOp) Reset() {
 	*x = MoveOp{}
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1910,7 @@ func (x *MoveOp) String() string {
 func (*MoveOp) ProtoMessage() {}
 
 func (x *MoveOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[20]
+	mi := &file_state_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1923,7 @@ func (x *MoveOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveOp.ProtoReflect.Descriptor instead.
 func (*MoveOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{20}
+	return file_state_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MoveOp) GetPartition() string {
@@ -1870,7 +1974,7 @@ type LostOp struct {
 
 func (x *LostOp) Reset() {
 	*x = LostOp{}
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +1986,7 @@ func (x *LostOp) String() string {
 func (*LostOp) ProtoMessage() {}
 
 func (x *LostOp) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[21]
+	mi := &file_state_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +1999,7 @@ func (x *LostOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LostOp.ProtoReflect.Descriptor instead.
 func (*LostOp) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{21}
+	return file_state_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LostOp) GetPartition() string {
@@ -1976,7 +2080,7 @@ type StateHeader struct {
 
 func (x *StateHeader) Reset() {
 	*x = StateHeader{}
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2092,7 @@ func (x *StateHeader) String() string {
 func (*StateHeader) ProtoMessage() {}
 
 func (x *StateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[22]
+	mi := &file_state_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2105,7 @@ func (x *StateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateHeader.ProtoReflect.Descriptor instead.
 func (*StateHeader) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{22}
+	return file_state_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateHeader) GetFormat() string {
@@ -2182,7 +2286,7 @@ type NamedSamplerState struct {
 
 func (x *NamedSamplerState) Reset() {
 	*x = NamedSamplerState{}
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2298,7 @@ func (x *NamedSamplerState) String() string {
 func (*NamedSamplerState) ProtoMessage() {}
 
 func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[23]
+	mi := &file_state_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2311,7 @@ func (x *NamedSamplerState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedSamplerState.ProtoReflect.Descriptor instead.
 func (*NamedSamplerState) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{23}
+	return file_state_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NamedSamplerState) GetSpec() string {
@@ -2250,7 +2354,7 @@ type StatePartition struct {
 
 func (x *StatePartition) Reset() {
 	*x = StatePartition{}
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2366,7 @@ func (x *StatePartition) String() string {
 func (*StatePartition) ProtoMessage() {}
 
 func (x *StatePartition) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[24]
+	mi := &file_state_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2379,7 @@ func (x *StatePartition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatePartition.ProtoReflect.Descriptor instead.
 func (*StatePartition) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{24}
+	return file_state_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatePartition) GetPartition() string {
@@ -2400,7 +2504,7 @@ type StateKeptGroup struct {
 
 func (x *StateKeptGroup) Reset() {
 	*x = StateKeptGroup{}
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2516,7 @@ func (x *StateKeptGroup) String() string {
 func (*StateKeptGroup) ProtoMessage() {}
 
 func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[25]
+	mi := &file_state_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2529,7 @@ func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptGroup.ProtoReflect.Descriptor instead.
 func (*StateKeptGroup) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{25}
+	return file_state_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StateKeptGroup) GetSamplerSpec() string {
@@ -2474,7 +2578,7 @@ type StateKeptBatch struct {
 
 func (x *StateKeptBatch) Reset() {
 	*x = StateKeptBatch{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2486,7 +2590,7 @@ func (x *StateKeptBatch) String() string {
 func (*StateKeptBatch) ProtoMessage() {}
 
 func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2499,7 +2603,7 @@ func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptBatch.ProtoReflect.Descriptor instead.
 func (*StateKeptBatch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateKeptBatch) GetIndex() int64 {
@@ -2536,7 +2640,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2652,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2665,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2595,7 +2699,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2711,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2724,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{28}
+	return file_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateField) GetName() string {
@@ -2647,14 +2751,15 @@ type StateFetch struct {
 	Consumed      []uint64               `protobuf:"varint,4,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
 	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
-	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"` // the kept batch it took, while followed
+	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`  // the kept batch it took, while followed
+	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"` // its rows are held for its caller (ConsumeOp.hold), not yet settled
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2771,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2784,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{29}
+	return file_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2731,6 +2836,13 @@ func (x *StateFetch) GetKept() *KeptRef {
 	return nil
 }
 
+func (x *StateFetch) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
 type StateRows struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rows          []*StateRow            `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
@@ -2740,7 +2852,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2752,7 +2864,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2765,7 +2877,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{30}
+	return file_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2799,7 +2911,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2811,7 +2923,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2824,7 +2936,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{31}
+	return file_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -2927,7 +3039,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3051,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3064,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{32}
+	return file_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -3039,7 +3151,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[33]
+	mi := &file_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3163,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[33]
+	mi := &file_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3176,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{33}
+	return file_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -3102,7 +3214,7 @@ const file_state_proto_rawDesc = "" +
 	"\vstate.proto\x12\n" +
 	"tq.wire.v1\x1a\rcontrol.proto\x1a\rcluster.proto\"0\n" +
 	"\tLogRecord\x12#\n" +
-	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xbf\a\n" +
+	"\x03ops\x18\x01 \x03(\v2\x11.tq.wire.v1.LogOpR\x03ops\"\xe6\a\n" +
 	"\x05LogOp\x121\n" +
 	"\acluster\x18\x01 \x01(\v2\x15.tq.wire.v1.ClusterOpH\x00R\acluster\x12(\n" +
 	"\x04unit\x18\x02 \x01(\v2\x12.tq.wire.v1.UnitOpH\x00R\x04unit\x127\n" +
@@ -3125,7 +3237,8 @@ const file_state_proto_rawDesc = "" +
 	"clearCells\x12(\n" +
 	"\x04done\x18\x10 \x01(\v2\x12.tq.wire.v1.DoneOpH\x00R\x04done\x12(\n" +
 	"\x04move\x18\x11 \x01(\v2\x12.tq.wire.v1.MoveOpH\x00R\x04move\x12>\n" +
-	"\funit_evicted\x18\x12 \x01(\v2\x19.tq.wire.v1.UnitEvictedOpH\x00R\vunitEvictedB\x04\n" +
+	"\funit_evicted\x18\x12 \x01(\v2\x19.tq.wire.v1.UnitEvictedOpH\x00R\vunitEvicted\x12%\n" +
+	"\x03ack\x18\x13 \x01(\v2\x11.tq.wire.v1.AckOpH\x00R\x03ackB\x04\n" +
 	"\x02op\"8\n" +
 	"\x06DoneOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
@@ -3190,7 +3303,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xb7\x03\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xcb\x03\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -3207,7 +3320,8 @@ const file_state_proto_rawDesc = "" +
 	"\bkept_ref\x18\v \x01(\v2\x13.tq.wire.v1.KeptRefR\akeptRef\x12)\n" +
 	"\x05asked\x18\f \x01(\v2\x13.tq.wire.v1.KeptRefR\x05asked\x12+\n" +
 	"\x06forgot\x18\r \x01(\v2\x13.tq.wire.v1.KeptRefR\x06forgot\x12'\n" +
-	"\x04made\x18\x0e \x03(\v2\x13.tq.wire.v1.KeptRefR\x04made\"f\n" +
+	"\x04made\x18\x0e \x03(\v2\x13.tq.wire.v1.KeptRefR\x04made\x12\x12\n" +
+	"\x04hold\x18\x0f \x01(\bR\x04hold\"f\n" +
 	"\aKeptRef\x12!\n" +
 	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x17\n" +
 	"\adp_rank\x18\x02 \x01(\x03R\x06dpRank\x12\x1f\n" +
@@ -3220,7 +3334,14 @@ const file_state_proto_rawDesc = "" +
 	"\aindexes\x18\x04 \x03(\x04R\aindexes\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x10\n" +
-	"\x03gen\x18\x06 \x01(\x04R\x03gen\"M\n" +
+	"\x03gen\x18\x06 \x01(\x04R\x03gen\"{\n" +
+	"\x05AckOp\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
+	"\x03gen\x18\x02 \x01(\x04R\x03gen\x12\x12\n" +
+	"\x04task\x18\x03 \x01(\tR\x04task\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\"M\n" +
 	"\aResetOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
@@ -3322,7 +3443,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xc5\x01\n" +
+	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xd9\x01\n" +
 	"\n" +
 	"StateFetch\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
@@ -3332,7 +3453,8 @@ const file_state_proto_rawDesc = "" +
 	"\x05spent\x18\x05 \x01(\bR\x05spent\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\x12'\n" +
-	"\x04kept\x18\a \x01(\v2\x13.tq.wire.v1.KeptRefR\x04kept\"5\n" +
+	"\x04kept\x18\a \x01(\v2\x13.tq.wire.v1.KeptRefR\x04kept\x12\x12\n" +
+	"\x04held\x18\b \x01(\bR\x04held\"5\n" +
 	"\tStateRows\x12(\n" +
 	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xa7\x02\n" +
 	"\bStateRow\x12\x14\n" +
@@ -3383,7 +3505,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
@@ -3401,28 +3523,29 @@ var file_state_proto_goTypes = []any{
 	(*ConsumeOp)(nil),         // 13: tq.wire.v1.ConsumeOp
 	(*KeptRef)(nil),           // 14: tq.wire.v1.KeptRef
 	(*UnconsumeOp)(nil),       // 15: tq.wire.v1.UnconsumeOp
-	(*ResetOp)(nil),           // 16: tq.wire.v1.ResetOp
-	(*ClearRowsOp)(nil),       // 17: tq.wire.v1.ClearRowsOp
-	(*ClearPartitionOp)(nil),  // 18: tq.wire.v1.ClearPartitionOp
-	(*FenceOp)(nil),           // 19: tq.wire.v1.FenceOp
-	(*MoveOp)(nil),            // 20: tq.wire.v1.MoveOp
-	(*LostOp)(nil),            // 21: tq.wire.v1.LostOp
-	(*StateHeader)(nil),       // 22: tq.wire.v1.StateHeader
-	(*NamedSamplerState)(nil), // 23: tq.wire.v1.NamedSamplerState
-	(*StatePartition)(nil),    // 24: tq.wire.v1.StatePartition
-	(*StateKeptGroup)(nil),    // 25: tq.wire.v1.StateKeptGroup
-	(*StateKeptBatch)(nil),    // 26: tq.wire.v1.StateKeptBatch
-	(*StateCleared)(nil),      // 27: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 28: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 29: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 30: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 31: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 32: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 33: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 34: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 35: tq.wire.v1.SegmentFence
-	(*Addrs)(nil),             // 36: tq.wire.v1.Addrs
-	(*Shape)(nil),             // 37: tq.wire.v1.Shape
+	(*AckOp)(nil),             // 16: tq.wire.v1.AckOp
+	(*ResetOp)(nil),           // 17: tq.wire.v1.ResetOp
+	(*ClearRowsOp)(nil),       // 18: tq.wire.v1.ClearRowsOp
+	(*ClearPartitionOp)(nil),  // 19: tq.wire.v1.ClearPartitionOp
+	(*FenceOp)(nil),           // 20: tq.wire.v1.FenceOp
+	(*MoveOp)(nil),            // 21: tq.wire.v1.MoveOp
+	(*LostOp)(nil),            // 22: tq.wire.v1.LostOp
+	(*StateHeader)(nil),       // 23: tq.wire.v1.StateHeader
+	(*NamedSamplerState)(nil), // 24: tq.wire.v1.NamedSamplerState
+	(*StatePartition)(nil),    // 25: tq.wire.v1.StatePartition
+	(*StateKeptGroup)(nil),    // 26: tq.wire.v1.StateKeptGroup
+	(*StateKeptBatch)(nil),    // 27: tq.wire.v1.StateKeptBatch
+	(*StateCleared)(nil),      // 28: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 29: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 30: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 31: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 32: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 33: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 34: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 35: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 36: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 37: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 38: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -3434,43 +3557,44 @@ var file_state_proto_depIdxs = []int32{
 	10, // 6: tq.wire.v1.LogOp.tags:type_name -> tq.wire.v1.TagsOp
 	13, // 7: tq.wire.v1.LogOp.consume:type_name -> tq.wire.v1.ConsumeOp
 	15, // 8: tq.wire.v1.LogOp.unconsume:type_name -> tq.wire.v1.UnconsumeOp
-	16, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
-	17, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
-	18, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
-	19, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
-	21, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
+	17, // 9: tq.wire.v1.LogOp.reset_consumption:type_name -> tq.wire.v1.ResetOp
+	18, // 10: tq.wire.v1.LogOp.clear_rows:type_name -> tq.wire.v1.ClearRowsOp
+	19, // 11: tq.wire.v1.LogOp.clear_partition:type_name -> tq.wire.v1.ClearPartitionOp
+	20, // 12: tq.wire.v1.LogOp.fence:type_name -> tq.wire.v1.FenceOp
+	22, // 13: tq.wire.v1.LogOp.lost:type_name -> tq.wire.v1.LostOp
 	11, // 14: tq.wire.v1.LogOp.remove_tags:type_name -> tq.wire.v1.RemoveTagsOp
 	12, // 15: tq.wire.v1.LogOp.clear_cells:type_name -> tq.wire.v1.ClearCellsOp
 	2,  // 16: tq.wire.v1.LogOp.done:type_name -> tq.wire.v1.DoneOp
-	20, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
+	21, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
 	6,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
-	34, // 19: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
-	14, // 20: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
-	14, // 21: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
-	14, // 22: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
-	14, // 23: tq.wire.v1.ConsumeOp.made:type_name -> tq.wire.v1.KeptRef
-	35, // 24: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	36, // 25: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
-	5,  // 26: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
-	19, // 27: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
-	23, // 28: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	36, // 29: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	36, // 30: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
-	4,  // 31: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
-	28, // 32: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	29, // 33: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	27, // 34: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	25, // 35: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
-	26, // 36: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
-	14, // 37: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
-	31, // 38: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	32, // 39: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	37, // 40: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	16, // 19: tq.wire.v1.LogOp.ack:type_name -> tq.wire.v1.AckOp
+	35, // 20: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	14, // 21: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
+	14, // 22: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
+	14, // 23: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
+	14, // 24: tq.wire.v1.ConsumeOp.made:type_name -> tq.wire.v1.KeptRef
+	36, // 25: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	37, // 26: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	5,  // 27: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
+	20, // 28: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
+	24, // 29: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
+	37, // 30: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	37, // 31: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	4,  // 32: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
+	29, // 33: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	30, // 34: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	28, // 35: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	26, // 36: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
+	27, // 37: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
+	14, // 38: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
+	32, // 39: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	33, // 40: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	38, // 41: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -3499,6 +3623,7 @@ func file_state_proto_init() {
 		(*LogOp_Done)(nil),
 		(*LogOp_Move)(nil),
 		(*LogOp_UnitEvicted)(nil),
+		(*LogOp_Ack)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3506,7 +3631,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

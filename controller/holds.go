@@ -1,0 +1,210 @@
+package controller
+
+// Held fetches. A loader that fetches ahead may drop what it fetched (its
+// loop broke, a read failed) and give the rows back (Unconsume). Until it
+// does, the rows are consumed for the task, so another consumer of the
+// task that finds the partition done and nothing else to take would be
+// told ErrDone, and end, with rows that are about to come back: they then
+// reach no one.
+//
+// A keyed fetch with engine.FetchRequest.Hold holds the rows it consumes
+// for its caller until the caller settles them: Acknowledge keeps them
+// (consumed for good), Unconsume gives them back. While a fetch of a task
+// holds rows, no fetch of that task is told ErrDone (it waits, as for rows
+// not ready yet, and wakes when the hold is settled) and CheckConsumption
+// says not all consumed. Rows of a batch a sampler keeps for a DP group
+// are not held: the group's peers get them anyway, and a batch the group
+// leaves behind goes back by other means (keptbatches.go).
+//
+// A caller that dies holding rows would hold its peers at the end
+// forever, so a hold not settled within Config.HeldFetchTTL is given back
+// by the controller, as if by its caller: the key is spent, and the
+// caller's acknowledgment, if it comes after all, is refused
+// (ErrNotFound) so that it does not use rows others may have taken.
+//
+// Holds are durable: a consume record says the fetch holds (ConsumeOp.hold),
+// an ack record settles it, an unconsume record (the caller's or the
+// controller's) gives it back, and snapshots carry the flag. After a
+// restart or a checkpoint load the TTL counts from then (armHeld), as for
+// kept batches: the time the controller was down does not count against
+// the holders.
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// DefaultHeldFetchTTL is the default Config.HeldFetchTTL.
+const DefaultHeldFetchTTL = 10 * time.Minute
+
+// heldTTL returns the hold's TTL; negative: holds never expire.
+func (c *Controller) heldTTL() time.Duration {
+	if c.cfg.HeldFetchTTL == 0 {
+		return DefaultHeldFetchTTL
+	}
+	return c.cfg.HeldFetchTTL
+}
+
+// hold marks e held from from on and follows it. p is locked.
+func (p *partition) hold(e *fetchEntry, from time.Time) {
+	e.held, e.heldFrom = true, from
+	p.held = append(p.held, e)
+	p.heldCheck = time.Time{} // the next look works it out
+}
+
+// holds reports whether a held fetch of task holds rows it could give
+// back. p is locked.
+func (p *partition) holds(task string) bool {
+	for _, e := range p.held {
+		if e.held && !e.spent && e.task == task && len(e.consumed) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// heldRows returns the rows held fetches of task hold, in index order
+// (nil: none). p is locked.
+func (p *partition) heldRows(task string) []uint64 {
+	var out []uint64
+	for _, e := range p.held {
+		if e.held && !e.spent && e.task == task {
+			out = append(out, e.consumed...)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// expireHeld gives back the held fetches whose TTL ended, and sets
+// heldCheck to when the next one's does (zero: none). p is locked.
+func (c *Controller) expireHeld(p *partition, now time.Time) {
+	if len(p.held) == 0 || (!p.heldCheck.IsZero() && now.Before(p.heldCheck)) {
+		return
+	}
+	ttl := c.heldTTL()
+	var next time.Time
+	var ops []*wirepb.LogOp
+	keep := p.held[:0]
+	for _, e := range p.held {
+		if !e.held || e.spent {
+			continue // settled
+		}
+		if ttl < 0 {
+			keep = append(keep, e)
+			continue
+		}
+		if until := e.heldFrom.Add(ttl); now.Before(until) {
+			keep = append(keep, e)
+			if next.IsZero() || until.Before(next) {
+				next = until
+			}
+			continue
+		}
+		idx := e.consumed
+		p.unconsume(e.task, e.key, idx, now)
+		if c.cfg.Logf != nil {
+			c.cfg.Logf("controller: partition %q: a fetch of task %q held %d rows for %v without settling them: given back", p.id, e.task, len(idx), ttl)
+		}
+		if c.logging() {
+			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+				Partition: p.id, Gen: p.gen, Task: e.task, Key: []byte(e.key), Indexes: idx, AtUnixMs: now.UnixMilli(),
+			}}})
+		}
+	}
+	clear(p.held[len(keep):])
+	p.held = keep
+	p.heldCheck = next
+	if len(ops) > 0 {
+		c.log(ops...)
+	}
+}
+
+// nextCheck is when a fetch waiting on p must look again though nothing
+// changed: a kept batch or a hold may expire then (zero: no such time).
+// p is locked.
+func (p *partition) nextCheck() time.Time {
+	switch {
+	case p.keptCheck.IsZero():
+		return p.heldCheck
+	case p.heldCheck.IsZero() || p.keptCheck.Before(p.heldCheck):
+		return p.keptCheck
+	}
+	return p.heldCheck
+}
+
+// armHeld, once a state is loaded, counts every hold's TTL from now.
+func (c *Controller) armHeld(now time.Time) {
+	for _, p := range c.parts {
+		for _, e := range p.held {
+			e.heldFrom = now
+		}
+		p.heldCheck = time.Time{}
+	}
+}
+
+// settle ends e's hold, the caller keeping the rows. p is locked.
+func (p *partition) settle(e *fetchEntry, at time.Time) {
+	if !e.held {
+		return
+	}
+	e.held = false
+	e.at = at // asked again (a lost reply), the fetch and its ack still answer
+	if len(e.consumed) > 0 {
+		p.notify() // a fetch waiting at the end may end now
+	}
+}
+
+// errHoldGivenBack answers the acknowledgment of a held fetch whose rows
+// were given back.
+var errHoldGivenBack = fmt.Errorf("its rows were given back (by its caller, or by the controller once the hold outlived its TTL): the caller must not use them: %w", engine.ErrNotFound)
+
+// Acknowledge says the caller of the held fetch named key (see
+// [engine.FetchRequest.Hold]) keeps its rows: they stay consumed for
+// task for good, and the task's fetches may be told [engine.ErrDone]
+// again. An error wrapping [engine.ErrNotFound] says the rows were given
+// back (by the caller, or by the controller after Config.HeldFetchTTL):
+// the caller must not use them. A key the partition does not hold (a
+// fetch without Hold, one acknowledged long ago, an unknown partition)
+// succeeds. Idempotent.
+func (c *Controller) Acknowledge(partition, task, key string) error {
+	switch {
+	case task == "":
+		return opErr("acknowledge", partition, fmt.Errorf("acknowledge needs a task name: %w", engine.ErrInvalid))
+	case key == "":
+		return opErr("acknowledge", partition, fmt.Errorf("acknowledge needs a fetch key: %w", engine.ErrInvalid))
+	}
+	if err := checkFetchKey(key); err != nil {
+		return opErr("acknowledge", partition, err)
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return nil
+	}
+	defer p.mu.Unlock()
+	now := time.Now()
+	c.expireHeld(p, now)
+	e := p.fetches.get(key, now)
+	switch {
+	case e == nil:
+		return nil
+	case e.task != task:
+		return opErr("acknowledge", partition, fmt.Errorf("fetch key of task %q acknowledged for task %q: %w", e.task, task, engine.ErrInvalid))
+	case e.spent:
+		return opErr("acknowledge", partition, fmt.Errorf("held fetch of task %q: %w", task, errHoldGivenBack))
+	case !e.held:
+		return nil
+	}
+	p.settle(e, now)
+	p.held = slices.DeleteFunc(p.held, func(x *fetchEntry) bool { return x == e })
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Ack{Ack: &wirepb.AckOp{
+			Partition: p.id, Gen: p.gen, Task: task, Key: []byte(key), AtUnixMs: now.UnixMilli(),
+		}}})
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// heldFetch fetches n rows of p for task t under key, held.
+func heldFetch(t *testing.T, c *Controller, key string, n int) *engine.BatchMeta {
+	t.Helper()
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: n, Key: key, Hold: true})
+	require.NoError(t, err)
+	require.Equal(t, n, m.Len())
+	return m
+}
+
+// doneWith makes partition p of n produced rows, marked done.
+func doneWith(t *testing.T, c *Controller, n int) {
+	t.Helper()
+	m := insert(t, c, "p", n, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	require.NoError(t, c.MarkDone("p"))
+}
+
+// peerFetch is another consumer's fetch of what is left, waiting up to d.
+func peerFetch(c *Controller, d time.Duration) (*engine.BatchMeta, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8, Wait: true})
+}
+
+// A held fetch's rows may come back, so the task's other fetches are not
+// told the partition is done until the holder settles them: acknowledged,
+// the peer ends; given back, the peer gets them.
+func TestHeldRowsKeepPeersFromEnding(t *testing.T) {
+	for _, settle := range []string{"acknowledge", "give back"} {
+		t.Run(settle, func(t *testing.T) {
+			c := newController(t, DefaultConfig())
+			doneWith(t, c, 6)
+			held := heldFetch(t, c, "a", 4)
+			rest, err := peerFetch(c, time.Second)
+			require.NoError(t, err)
+			require.Equal(t, 2, rest.Len(), "the short last batch of what nobody holds")
+
+			st, err := c.ConsumptionStatus("p", "t")
+			require.NoError(t, err)
+			assert.Equal(t, 6, trues(st.Consumed))
+			assert.Equal(t, held.Indexes, st.Held, "held rows may come back")
+			assert.False(t, c.CheckConsumption("p", "t"), "not consumed for good while rows are held")
+			_, err = peerFetch(c, 50*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded, "not done while rows are held")
+			m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8})
+			require.NoError(t, err)
+			require.True(t, m.Empty(), "a fetch without wait: nothing yet, not the end")
+
+			type result struct {
+				m   *engine.BatchMeta
+				err error
+			}
+			waiting := make(chan result, 1)
+			go func() {
+				m, err := peerFetch(c, 10*time.Second)
+				waiting <- result{m, err}
+			}()
+			time.Sleep(20 * time.Millisecond)
+			if settle == "acknowledge" {
+				require.NoError(t, c.Acknowledge("p", "t", "a"))
+				require.NoError(t, c.Acknowledge("p", "t", "a"), "idempotent")
+				r := <-waiting
+				require.ErrorIs(t, r.err, engine.ErrDone, "the waiting peer ends once the rows are kept")
+				assert.True(t, c.CheckConsumption("p", "t"))
+				return
+			}
+			require.NoError(t, c.Unconsume("p", "t", "a"))
+			r := <-waiting
+			require.NoError(t, r.err)
+			assert.ElementsMatch(t, held.Indexes, r.m.Indexes, "the waiting peer gets the rows given back")
+			require.ErrorIs(t, c.Acknowledge("p", "t", "a"), engine.ErrNotFound, "rows given back are not the holder's to keep")
+		})
+	}
+}
+
+// A holder that never settles (it died) holds its peers only for the TTL:
+// then the controller gives its rows back, and its late acknowledgment is
+// refused.
+func TestHeldFetchExpires(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HeldFetchTTL = 100 * time.Millisecond
+	c := newController(t, cfg)
+	doneWith(t, c, 4)
+	held := heldFetch(t, c, "a", 4)
+	start := time.Now()
+	m, err := peerFetch(c, 10*time.Second)
+	require.NoError(t, err, "a waiting fetch wakes when the hold expires")
+	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+	assert.ElementsMatch(t, held.Indexes, m.Indexes)
+	err = c.Acknowledge("p", "t", "a")
+	require.ErrorIs(t, err, engine.ErrNotFound)
+	require.ErrorContains(t, err, "given back")
+	_, err = peerFetch(c, time.Second)
+	require.ErrorIs(t, err, engine.ErrDone)
+}
+
+func TestHoldBadInput(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	doneWith(t, c, 4)
+	ctx := context.Background()
+	_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Hold: true})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "needs a fetch key")
+	heldFetch(t, c, "a", 1)
+	require.ErrorIs(t, c.Acknowledge("p", "other", "a"), engine.ErrInvalid, "another task's key")
+	require.ErrorIs(t, c.Acknowledge("p", "", "a"), engine.ErrInvalid)
+	require.ErrorIs(t, c.Acknowledge("p", "t", ""), engine.ErrInvalid)
+	require.ErrorIs(t, c.Acknowledge("p", "t", string(make([]byte, 65))), engine.ErrInvalid)
+	require.NoError(t, c.Acknowledge("p", "t", "never fetched"))
+	require.NoError(t, c.Acknowledge("nowhere", "t", "a"))
+	// A fetch without hold has nothing to acknowledge.
+	_, err = c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "b"})
+	require.NoError(t, err)
+	require.NoError(t, c.Acknowledge("p", "t", "b"))
+}
+
+// A batch kept for a DP group is the group's: a held fetch of it holds
+// nothing back from the other groups' end.
+func TestKeptBatchIsNotHeld(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	doneWith(t, c, 4)
+	ra := specFetch(engine.SamplerSpec{Name: engine.SamplerRankAware}, 0, 0, 4)
+	ra.Key, ra.Hold = "a", true
+	m, err := c.Fetch(context.Background(), ra)
+	require.NoError(t, err)
+	require.Equal(t, 4, m.Len())
+	other := specFetch(engine.SamplerSpec{Name: engine.SamplerRankAware}, 1, 0, 4)
+	_, err = c.Fetch(context.Background(), other)
+	require.ErrorIs(t, err, engine.ErrDone)
+}
+
+// Holds survive a restart, from the log and from a snapshot: the peer
+// still waits, the holder's acknowledgment still ends it, and a hold
+// given back before the crash stays given back.
+func TestHoldsSurviveRestart(t *testing.T) {
+	for _, snap := range []bool{false, true} {
+		name := "log"
+		if snap {
+			name = "snapshot"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, DefaultConfig())
+			doneWith(t, c, 6)
+			heldFetch(t, c, "a", 2)
+			heldFetch(t, c, "b", 2)
+			heldFetch(t, c, "c", 2)
+			require.NoError(t, c.Acknowledge("p", "t", "b"))
+			require.NoError(t, c.Unconsume("p", "t", "c"))
+			if snap {
+				require.NoError(t, c.snapshot())
+			}
+			want := stateBytes(t, c)
+			crash(t, c)
+
+			c = openDurable(t, dir, DefaultConfig())
+			t.Cleanup(func() { c.Close() })
+			require.Equal(t, want, stateBytes(t, c))
+			back, err := peerFetch(c, time.Second)
+			require.NoError(t, err)
+			require.Equal(t, 2, back.Len(), "c's rows, given back before the crash")
+			_, err = peerFetch(c, 50*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded, "a's rows are still held")
+			require.ErrorIs(t, c.Acknowledge("p", "t", "c"), engine.ErrNotFound)
+			require.NoError(t, c.Acknowledge("p", "t", "b"))
+			require.NoError(t, c.Acknowledge("p", "t", "a"))
+			_, err = peerFetch(c, time.Second)
+			require.ErrorIs(t, err, engine.ErrDone)
+		})
+	}
+}
+
+// Resetting the task's consumption ends its holds: the rows are the new
+// round's.
+func TestResetEndsHolds(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	doneWith(t, c, 2)
+	heldFetch(t, c, "a", 2)
+	require.NoError(t, c.ResetConsumption("p", "t"))
+	m, err := peerFetch(c, time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 2, m.Len())
+	_, err = peerFetch(c, time.Second)
+	require.ErrorIs(t, err, engine.ErrDone, "the reset hold holds nothing")
+	require.NoError(t, c.Acknowledge("p", "t", "a"))
+}
