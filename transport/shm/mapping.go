@@ -25,6 +25,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -144,7 +147,29 @@ func (c *Conn) fdExchange(ctx context.Context, req wire.FdRequest) (*net.UnixCon
 }
 
 func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdRequest) (int, int, error) {
-	stop := context.AfterFunc(ctx, func() { uc.SetDeadline(time.Now()) })
+	// cut ends the exchange at once, unless it is over: uc may outlive
+	// it as a control ring's liveness socket, and a deadline set there
+	// later would read as the unit gone. (Dial closes the socket
+	// connection, wc below, right after the ring's exchange, and a watch
+	// that had not run yet used to cut the ring's socket then.)
+	var cutMu sync.Mutex
+	over, wasCut := false, false
+	cut := func() {
+		cutMu.Lock()
+		defer cutMu.Unlock()
+		if !over {
+			uc.SetDeadline(time.Now())
+			wasCut = true
+		}
+	}
+	end := func() bool {
+		cutMu.Lock()
+		defer cutMu.Unlock()
+		over = true
+		return wasCut
+	}
+	defer end()
+	stop := context.AfterFunc(ctx, cut)
 	defer stop()
 	// Neither Close nor a caller without a deadline must wait on a unit
 	// that never answers: the exchange ends with the connection, whose
@@ -154,14 +179,21 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	c.mu.RUnlock()
 	exchanged := make(chan struct{})
 	defer close(exchanged)
-	go func() {
+	watch := func() {
 		select {
 		case <-c.done:
-			uc.SetDeadline(time.Now())
+			cut()
 		case <-wc.Done():
-			uc.SetDeadline(time.Now())
+			cut()
 		case <-exchanged:
 		}
+	}
+	go func() {
+		if h := testHookFdWatch.Load(); h != nil {
+			(*h)(watch)
+			return
+		}
+		watch()
 	}()
 	select {
 	case <-c.done:
@@ -212,12 +244,17 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 			return -1, 0, fmt.Errorf("memfd not sealed against resizing (seals %#x, %v): %w", seals, err, engine.ErrCorrupt)
 		}
 	}
-	if !stop() {
+	if end() {
 		closeAll()
-		return -1, 0, context.Cause(ctx)
+		return -1, 0, c.fetchErr(ctx, wc, os.ErrDeadlineExceeded)
 	}
 	return fds[0], int(rep.Size), nil
 }
+
+// testHookFdWatch, if set, runs an fd socket exchange's watch of the
+// Conn and its connection in place of the exchange's goroutine: tests
+// run the watch late.
+var testHookFdWatch atomic.Pointer[func(watch func())]
 
 func (c *Conn) fetchErr(ctx context.Context, wc *wire.Conn, err error) error {
 	select {
