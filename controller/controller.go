@@ -367,11 +367,10 @@ func (c *Controller) pruneLocked(p *partition) {
 }
 
 // CreatePartition creates an empty partition; it reports false if the
-// partition already existed.
+// partition already existed. A partition another request is still making
+// is waited for (lockOrCreate): refused, it was never made, and this call
+// makes it.
 func (c *Controller) CreatePartition(id string) (bool, error) {
-	if c.get(id) != nil {
-		return false, nil
-	}
 	p, err := c.lockOrCreate(id)
 	if err != nil {
 		return false, err
