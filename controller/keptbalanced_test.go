@@ -345,3 +345,35 @@ func TestKeptBatchBalancedClearedPartKeepsHeldPart(t *testing.T) {
 		})
 	}
 }
+
+// A rank whose part was moved to an earlier batch, and so has an empty
+// part at the batch it came from, asks for that batch with a blocking
+// fetch: at the end of a done partition it is told ErrDone at once (the
+// part was served already), and no rank gets an empty batch or waits
+// for rows that will not come.
+func TestKeptBatchBalancedMovedPartWaitEnds(t *testing.T) {
+	for _, tc := range balancedCases {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newRows(t, Config{KeptBatchTTL: time.Minute}, 8)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+				defer cancel()
+				wait := func(rank, batch int) engine.FetchRequest {
+					req := tc.fetch(rank, batch)
+					req.Wait = true
+					return req
+				}
+				rank0 := clearedPartAtEnd(t, c, tc)
+				got, err := c.Fetch(ctx, wait(1, 0))
+				require.NoError(t, err)
+				require.Len(t, got.Indexes, 2, "rank 1 gets the part moved from batch 1")
+
+				for _, f := range []engine.FetchRequest{wait(1, 1), wait(1, 2), wait(0, 2)} {
+					m, err := c.Fetch(ctx, f)
+					require.ErrorIs(t, err, engine.ErrDone, "rank %d batch %d: got %v", f.Options.DPRank, f.Options.BatchIndex, m)
+				}
+				assert.Equal(t, requireServedOnce(t, rank0[0], rank0[1], got.Indexes), consumedRows(t, c))
+			})
+		})
+	}
+}
