@@ -101,6 +101,14 @@ func init() {
 
 // dispatch runs one command and appends its reply.
 func (c *conn) dispatch(args [][]byte) {
+	if c.isEvicted() {
+		// Evicted past MaxUnauthenticated after its input was read (its
+		// loop's poll found it, or its reader holds it): it runs
+		// nothing more; it is answered the eviction's error and closed.
+		c.writeError(c.s.evictedMsg())
+		c.quit = true
+		return
+	}
 	var buf [32]byte
 	name := buf[:0]
 	if len(args[0]) <= len(buf) {

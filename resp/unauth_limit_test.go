@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,4 +228,83 @@ func TestUnauthCapDefault(t *testing.T) {
 	assert.Equal(t, DefaultMaxUnauthenticated, Config{MaxClients: 100000}.withDefaults().MaxUnauthenticated)
 	assert.Equal(t, -1, Config{MaxUnauthenticated: -1}.withDefaults().MaxUnauthenticated)
 	assert.Equal(t, 7, Config{MaxUnauthenticated: 7}.withDefaults().MaxUnauthenticated)
+}
+
+// TestUnauthCapEvictedRunsNothingBuffered: a connection evicted past
+// MaxUnauthenticated runs none of the commands it sent before, which its
+// server had already read but not served: its loop found them in the
+// poll before the eviction (the loop serves what a poll found before it
+// expires the evicted), or its goroutine holds them in its reader's
+// buffer (it looks for an eviction only when it reads). It is answered
+// the eviction's error first, and closed. The eviction is made by hand,
+// between the read and the serving, which are otherwise microseconds
+// apart.
+func TestUnauthCapEvictedRunsNothingBuffered(t *testing.T) {
+	for _, onLoop := range []bool{true, false} {
+		t.Run(fmt.Sprintf("loop=%v", onLoop), func(t *testing.T) {
+			e := unauthServer(t, -1, 100, 1) // no loop runs: the test serves by hand
+			s := e.srv
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer l.Close()
+			client, err := net.Dial("tcp", l.Addr().String())
+			require.NoError(t, err)
+			defer client.Close()
+			nc, err := l.Accept()
+			require.NoError(t, err)
+			c := s.newConn(nc)
+			var lp *loop
+			s.mu.Lock()
+			s.conns[c] = struct{}{}
+			s.listUnauthed(c)
+			if onLoop {
+				lp, err = newLoop(s)
+				require.NoError(t, err)
+				require.True(t, lp.adopt(c))
+			}
+			s.mu.Unlock()
+			if lp != nil {
+				defer lp.closeAll()
+			}
+			_, err = io.WriteString(client, strings.Repeat("*1\r\n$4\r\nPING\r\n", 3)+"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n")
+			require.NoError(t, err)
+			if !onLoop {
+				_, err = c.rd.br.Peek(1) // the reader holds the pipeline
+				require.NoError(t, err)
+			}
+
+			// A newer connection past the limit evicts c.
+			newer := &conn{s: s}
+			s.mu.Lock()
+			s.listUnauthed(newer)
+			s.unauthed.Remove(newer.unauthedAt)
+			s.mu.Unlock()
+			require.True(t, c.isEvicted())
+
+			if onLoop {
+				// One pass of the loop: serve what the poll found, write
+				// the replies, expire.
+				require.Eventually(t, func() bool {
+					lp.serve(c)
+					return len(lp.answered) > 0 || c.fd < 0
+				}, 5*time.Second, time.Millisecond)
+				for _, a := range lp.answered {
+					if lp.flush(a, nil) && a.quit {
+						lp.drop(a)
+					}
+				}
+				lp.answered = nil
+				lp.expire()
+			} else {
+				c.serve()
+				s.forget(c)
+			}
+
+			client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(client)
+			require.NoError(t, err, "the evicted connection was not closed")
+			assert.Equal(t, "-"+s.evictedMsg()+"\r\n", string(got), "an evicted connection ran commands it had sent")
+			assert.Equal(t, 0, conns(s))
+		})
+	}
 }
