@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -204,6 +205,40 @@ func TestReadTokenRefuses(t *testing.T) {
 		require.ErrorIs(t, err, engine.ErrInvalid)
 		assert.Contains(t, err.Error(), "owned by uid 65534")
 	})
+}
+
+// TestReadTokenTrims: a token file's surrounding white space (Unicode
+// White_Space, as strings.TrimSpace trims it) is not part of the token;
+// U+001C..U+001F are not white space, so a token with one is refused.
+// The Python client reads the same cases alike
+// (test_token_file_trimmed_as_go_trims_it).
+func TestReadTokenTrims(t *testing.T) {
+	for _, tc := range []struct {
+		content, want string
+	}{
+		{"abc\n", "abc"},
+		{"abc\r\n", "abc"},
+		{" \tabc \v\f\n", "abc"},
+		{"abc\u00a0\n", "abc"},
+		{"\u3000abc\u2028", "abc"},
+		{"abc\u0085", "abc"},
+		{"abc\x1f\n", ""},
+		{"\x1cabc", ""},
+		{"abc\x1e", ""},
+	} {
+		t.Run(fmt.Sprintf("%q", tc.content), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), TokenFile)
+			writeToken(tc.content, 0o600)(t, path)
+			got, err := ReadToken(path)
+			if tc.want == "" {
+				require.ErrorIs(t, err, engine.ErrInvalid)
+				assert.Contains(t, err.Error(), "one word")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
 }
 
 // A named pipe where the token file should be is refused at once, not

@@ -672,3 +672,25 @@ def test_token_file_too_large_or_not_text(tmp_path, monkeypatch):
         wire.find_token()
     tok.write_text("a" * 4096)
     assert wire.find_token() == "a" * 4096
+
+
+def test_token_file_trimmed_as_go_trims_it(tmp_path, monkeypatch):
+    """A token file's surrounding white space is what Go's
+    strings.TrimSpace trims (Unicode White_Space): the same file gives the
+    same token, or the same refusal, to Go clients, tq serve and this
+    client. Python's str.strip() also strips U+001C..U+001F, which Go
+    keeps (and then refuses as not one word), so a file Go refuses would
+    have authenticated a Python client with a token Go never reads.
+    Cases shared with internal/auth's TestReadTokenTrims."""
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    tok = tmp_path / "token"
+    tok.write_bytes(b"")
+    os.chmod(tok, 0o600)
+    for content in ["abc\n", "abc\r\n", " \tabc \v\f\n", "abc\u00a0\n", "\u3000abc\u2028", "abc\x85"]:
+        tok.write_text(content, newline="")
+        assert wire.find_token() == "abc", repr(content)
+    for content in ["abc\x1f\n", "\x1cabc", "abc\x1e"]:
+        tok.write_text(content, newline="")
+        with pytest.raises(tq.InvalidError, match="one word"):
+            wire.find_token()

@@ -120,6 +120,13 @@ def find_require_server_proof(explicit: bool | None = None) -> bool:
     raise errors.InvalidError(f"${ENV_REQUIRE_SERVER_PROOF}={v!r}: want 1 or 0")
 
 
+# White space as Go's strings.TrimSpace trims it (Unicode White_Space),
+# so that a token file gives Go clients, tq serve and this client the same
+# token: str.strip() would also strip U+001C..U+001F.
+_WHITE_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+                "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
 def find_token(explicit: str | None = None) -> str:
     """The token a client presents: ``explicit``, else $TQ_TOKEN, else the
     token file in :func:`data_dir` (the one ``tq serve`` of this user made),
@@ -155,7 +162,7 @@ def find_token(explicit: str | None = None) -> str:
     if len(b) > 4096:
         raise errors.InvalidError(f"token file {path} is larger than 4096 bytes")
     try:
-        tok = b.decode().strip()
+        tok = b.decode().strip(_WHITE_SPACE)
     except UnicodeDecodeError:
         raise errors.InvalidError(f"token file {path} is not UTF-8 text") from None
     if not tok or any(c <= " " or c == "\x7f" for c in tok):
