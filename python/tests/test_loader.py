@@ -286,3 +286,62 @@ def test_dataloader_calls_that_cannot_reach_workers_raise(server, part):
     persistent = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=True)
     with pytest.raises(tq.NotSupportedError, match="worker"):
         persistent.get_buffer()
+
+
+def test_peer_waits_for_rows_a_failed_read_gives_back(server, part):
+    """Two consumers of one task over a done partition. A's read of its
+    batch is slow and then fails; meanwhile B takes the rest and finds
+    nothing left. B must wait rather than end: A's fetch holds its rows
+    until A keeps them, and A gives them back, so B gets them. B used to
+    end at once, and A's rows reached no one."""
+    with server.client() as c:
+        c.put({"x": np.arange(6, dtype=np.float32)}, partition_id=part)
+        c.mark_done(part)
+        with server.client() as ca:
+            get_data = ca.get_data
+            reading, fail = threading.Event(), threading.Event()
+
+            def slow_then_unreachable(meta, **kw):
+                ca.get_data = get_data
+                reading.set()
+                fail.wait(10)
+                raise tq.UnavailableError("storage unit unreachable", op="get_data")
+            ca.get_data = slow_then_unreachable
+            a = tq.StreamIterator(4, 4, ["x"], part, "train", client=ca, fetch_timeout=5)
+            a_err = []
+
+            def run_a():
+                try:
+                    next(iter(a))
+                except tq.UnavailableError as e:
+                    a_err.append(e)
+            th = threading.Thread(target=run_a)
+            th.start()
+            assert reading.wait(10)
+            assert not c.check_consumption_status("train", part), "A's rows are held, not consumed for good"
+            b = tq.StreamIterator(4, 4, ["x"], part, "train", client=c, fetch_timeout=5)
+            seen = []
+            for data, _ in b:
+                seen.extend(data["x"].tolist())
+                if len(seen) == 2:
+                    fail.set()  # B waits at the end now: A gives its rows back
+            th.join()
+            assert a_err
+            assert sorted(seen) == [float(i) for i in range(6)]
+            assert c.check_consumption_status("train", part)
+
+
+def test_acknowledge_of_rows_given_back_is_refused(client, part):
+    client.put({"x": np.arange(2, dtype=np.float32)}, partition_id=part)
+    key = b"k" * 16
+    m = client.get_meta(["x"], 2, part, task_name="t", _fetch_key=key, _hold=True)
+    assert m.size == 2
+    assert not client.check_consumption_status("t", part)
+    client._give_back(part, "t", key)
+    with pytest.raises(tq.NotFoundError, match="given back"):
+        client._acknowledge(part, "t", key)
+    key2 = b"j" * 16
+    client.get_meta(["x"], 2, part, task_name="t", _fetch_key=key2, _hold=True)
+    client._acknowledge(part, "t", key2)
+    client._acknowledge(part, "t", key2)  # idempotent
+    assert client.check_consumption_status("t", part)

@@ -141,12 +141,13 @@ RETRY_FOR = 60.0
 # The controller ops that are safe to send again when their connection
 # broke, which leaves unknown whether the controller got them: reads and
 # listings, a keyed FETCH (asked again, it returns the rows the first took)
-# and its UNCONSUME, and MARK_DONE; RESOLVE_KEYS unless it creates keys.
+# and its UNCONSUME and ACKNOWLEDGE, and MARK_DONE; RESOLVE_KEYS unless it
+# creates keys.
 # The ops the Go client's RemoteMeta repeats (retry). A change (a commit,
 # a clear, an insert, a put, tags set) is never repeated: whether it
 # happened is unknown, and the caller decides.
 _REPEATABLE = frozenset((
-    wire.FETCH, wire.UNCONSUME, wire.MARK_DONE, wire.FORCE_FETCH, wire.ROWS_META, wire.RESOLVE_KEYS,
+    wire.FETCH, wire.UNCONSUME, wire.ACKNOWLEDGE, wire.MARK_DONE, wire.FORCE_FETCH, wire.ROWS_META, wire.RESOLVE_KEYS,
     wire.KEYS_OF, wire.LIST_KEYS, wire.DELETE_TAGS, wire.KEY_CHANGES, wire.PRODUCTION_STATUS,
     wire.CONSUMPTION_STATUS, wire.PARTITIONS, wire.STATS, wire.FIELDS, wire.UNITS, wire.MOVED,
     wire.CHECKPOINTS, wire.CLUSTER_INFO, wire.KV_GET, wire.KV_GET_VALUE))
@@ -977,7 +978,7 @@ class Client:
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
                  token_budget: int | None = None, end_when_consumed: bool = False,
-                 _fetch_key: bytes | None = None) -> BatchMeta:
+                 _fetch_key: bytes | None = None, _hold: bool = False) -> BatchMeta:
         """Rows of ``partition_id``.
 
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
@@ -1036,7 +1037,8 @@ class Client:
             opts.params = tags_to_json(sc)
         req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
                                        batch_size=batch_size, options=opts, wait=wait,
-                                       key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed)
+                                       key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed,
+                                       hold=bool(_hold and _fetch_key))
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])
@@ -1084,6 +1086,14 @@ class Client:
             if not isinstance(e, _FETCH_REFUSED) or isinstance(e, errors.UnavailableError):
                 self._give_back(partition_id, task_name, req.key)
             raise
+
+    def _acknowledge(self, partition, task, key):
+        """Keep the rows of the held fetch named ``key`` (``get_meta``'s
+        ``_hold``): consumed for ``task`` for good. :class:`NotFoundError`
+        says they were given back (the hold outlived the controller's
+        held-fetch TTL): the caller must not use them."""
+        self._call(wire.ACKNOWLEDGE, control_pb2.AcknowledgeRequest(partition=partition, task=task, key=key), None,
+                   op_name="acknowledge", partition=partition)
 
     def _give_back(self, partition, task, key):
         """Give the rows of the fetch named ``key`` back to ``task``: now, or
@@ -1320,11 +1330,14 @@ class Client:
             np.zeros((0, len(rep.fields)), np.int8)
         return idx, prod
 
-    def get_consumption_status(self, task_name: str, partition_id: str):
-        """(global indexes, consumed) — consumed is an int8 array."""
-        rep = self._call(wire.CONSUMPTION_STATUS, control_pb2.ConsumptionStatusRequest(
+    def _consumption(self, task_name: str, partition_id: str):
+        return self._call(wire.CONSUMPTION_STATUS, control_pb2.ConsumptionStatusRequest(
             partition=partition_id, task=task_name), control_pb2.ConsumptionStatusReply,
             op_name="get_consumption_status", partition=partition_id)
+
+    def get_consumption_status(self, task_name: str, partition_id: str):
+        """(global indexes, consumed) — consumed is an int8 array."""
+        rep = self._consumption(task_name, partition_id)
         return np.asarray(rep.indexes, dtype=np.int64), np.asarray(rep.consumed, dtype=np.int8)
 
     def check_production_status(self, data_fields, partition_id: str) -> bool:
@@ -1335,11 +1348,15 @@ class Client:
         return len(idx) > 0 and bool(np.all(prod == 1))
 
     def check_consumption_status(self, task_name: str, partition_id: str) -> bool:
+        """Whether ``task_name`` consumed every row of the partition for
+        good: False for an unknown or empty partition, and while a held
+        fetch (a loader's, between its fetch and its yield) holds rows that
+        may still come back."""
         try:
-            idx, cons = self.get_consumption_status(task_name, partition_id)
+            rep = self._consumption(task_name, partition_id)
         except errors.NotFoundError:
             return False
-        return len(idx) > 0 and bool(np.all(cons == 1))
+        return len(rep.indexes) > 0 and all(rep.consumed) and not rep.held
 
     def reset_consumption(self, partition_id: str, task_name: str | None = None) -> bool:
         self._call(wire.RESET_CONSUMPTION, control_pb2.ResetConsumptionRequest(partition=partition_id,

@@ -136,27 +136,47 @@ class StreamIterator:
         partition is marked done and the task has all of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self._first + self.batch_index * self._stride)
-        key = os.urandom(16)
-        try:
-            meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
-                              sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
-                              end_when_consumed=self.should_check_consumption_status, _fetch_key=key)
-        except (errors.DeadlineError, errors.NotFoundError):
-            return None
-        except errors.DoneError:
-            return _DONE
-        if meta.size == 0:
-            return None
-        try:
-            return c.get_data(meta, fields=self.data_fields, copy=self.copy), meta
-        except BaseException:
-            # The rows were fetched and never yielded: back to the task (as
-            # the Go loader does), or they would stay consumed for it. A
-            # batch a shared sampler keeps for the group stays kept (the
-            # controller's give-back returns nothing of it), and the same
-            # batch index gets it again.
-            c._give_back(self.partition_id, self.task_name, key)
-            raise
+        while True:
+            key = os.urandom(16)
+            try:
+                # Held until read and kept (_acknowledge below): till then
+                # the task's other consumers wait for the rows rather than
+                # end without them, should they come back. (A batch a
+                # shared sampler keeps for the group is not held.)
+                meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
+                                  sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
+                                  end_when_consumed=self.should_check_consumption_status, _fetch_key=key,
+                                  _hold=True)
+            except (errors.DeadlineError, errors.NotFoundError):
+                return None
+            except errors.DoneError:
+                return _DONE
+            if meta.size == 0:
+                return None
+            try:
+                data = c.get_data(meta, fields=self.data_fields, copy=self.copy)
+            except BaseException:
+                # The rows were fetched and never yielded: back to the task
+                # (as the Go loader does), or they would stay consumed for
+                # it. A batch a shared sampler keeps for the group stays
+                # kept (the controller's give-back returns nothing of it),
+                # and the same batch index gets it again.
+                c._give_back(self.partition_id, self.task_name, key)
+                raise
+            try:
+                c._acknowledge(self.partition_id, self.task_name, key)
+            except errors.NotSupportedError:
+                pass  # a controller from before held fetches held nothing
+            except errors.NotFoundError:
+                # The controller gave the rows back meanwhile (the hold
+                # outlived its TTL): another consumer may have them.
+                if hasattr(data, "release"):
+                    data.release()
+                continue
+            except BaseException:
+                c._give_back(self.partition_id, self.task_name, key)
+                raise
+            return data, meta
 
     def batches(self):
         """Whole batches: (data, meta). They end when the partition is
