@@ -1365,6 +1365,9 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 		return engine.ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
+	// Rows a held fetch holds may still come back (holds.go); those of a
+	// hold that outlived its TTL are back now, before the look.
+	c.expireHeld(p, time.Now())
 	t, known := p.tasks[task]
 	rows := p.sortedRows()
 	st := engine.ConsumptionStatus{Indexes: make([]uint64, len(rows)), Consumed: make([]bool, len(rows))}
@@ -1372,8 +1375,6 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 		st.Indexes[i] = r.index
 		st.Consumed[i] = known && p.isConsumed(r, t)
 	}
-	// Rows a held fetch holds may still come back (holds.go).
-	c.expireHeld(p, time.Now())
 	st.Held = p.heldRows(task)
 	return st, nil
 }
