@@ -89,17 +89,26 @@ func (t *fetchTable) add(e *fetchEntry) {
 	if t.m == nil {
 		t.m = make(map[string]*fetchEntry)
 	}
-	// Forget expired entries and, past the bound, the oldest.
+	// Forget expired entries and, past the bound, the oldest; not a held
+	// fetch, which lives until it is settled (holds.go): its caller's
+	// acknowledgment must find it. Held ones stay first.
 	drop := 0
+	var held []*fetchEntry
 	for drop < len(t.order) && (len(t.order)-drop >= maxFetchKeys || (!t.order[drop].held && e.at.Sub(t.order[drop].at) > fetchKeyTTL)) {
-		if t.m[t.order[drop].key] == t.order[drop] {
-			delete(t.m, t.order[drop].key)
-		}
-		t.unindex(t.order[drop])
+		d := t.order[drop]
 		drop++
+		if d.held && t.m[d.key] == d {
+			held = append(held, d)
+			continue
+		}
+		if t.m[d.key] == d {
+			delete(t.m, d.key)
+		}
+		t.unindex(d)
 	}
 	if drop > 0 {
-		t.order = slices.Delete(t.order, 0, drop)
+		t.order = slices.Delete(t.order, 0, drop-len(held))
+		copy(t.order, held)
 	}
 	if old := t.m[e.key]; old != nil {
 		t.order = slices.DeleteFunc(t.order, func(x *fetchEntry) bool { return x == old })

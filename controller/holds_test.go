@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -226,4 +227,26 @@ func TestCheckConsumptionAfterExpiredHold(t *testing.T) {
 	heldFetch(t, c, "a", 4)
 	time.Sleep(50 * time.Millisecond)
 	assert.False(t, c.CheckConsumption("p", "t"), "the rows were given back, nobody consumed them")
+}
+
+// A held fetch lives until it is settled, however many keyed fetches (and
+// give-backs) come after it: pushed out of the partition's fetch table by
+// its bound, its acknowledgment would find nothing to settle, and the
+// hold would outlive it, holding the task's peers and then giving back
+// rows its caller kept.
+func TestHoldOutlivesFetchTableBound(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.HeldFetchTTL = time.Second
+	c := newController(t, cfg)
+	doneWith(t, c, 4)
+	held := heldFetch(t, c, "a", 4)
+	for i := range maxFetchKeys {
+		require.NoError(t, c.Unconsume("p", "t", fmt.Sprintf("k%d", i)))
+	}
+	require.NoError(t, c.Acknowledge("p", "t", "a"))
+	st, err := c.ConsumptionStatus("p", "t")
+	require.NoError(t, err)
+	assert.Empty(t, st.Held, "the hold was settled")
+	_, err = peerFetch(c, 2*time.Second)
+	require.ErrorIs(t, err, engine.ErrDone, "the rows were kept: got %v", held.Indexes)
 }
