@@ -193,6 +193,8 @@ type MetaRequest struct {
 	// keeps them ([Client.Acknowledge]) or gives them back
 	// ([Client.GiveBack]); meanwhile the task's other fetches are not told
 	// the partition has nothing left (see [engine.FetchRequest.Hold]).
+	// Ignored when the metadata service cannot acknowledge (it is no
+	// [StreamService]): nothing could settle the hold.
 	Hold bool
 }
 
@@ -204,7 +206,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
-			EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,
+			EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold && c.canAcknowledge(),
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

@@ -65,6 +65,19 @@ func (c checkedMeta) Acknowledge(ctx context.Context, partition, task, key strin
 	return ss.Acknowledge(ctx, partition, task, key)
 }
 
+// canAcknowledge reports whether c's metadata service can settle a held
+// fetch. A hold it cannot settle would keep the task's fetches from
+// ending until the controller gave the rows back (HeldFetchTTL), to be
+// served again while the caller uses them.
+func (c *Client) canAcknowledge() bool {
+	m := c.meta
+	if cm, ok := m.(checkedMeta); ok {
+		m = cm.m
+	}
+	_, ok := m.(StreamService)
+	return ok
+}
+
 func (c checkedMeta) MarkDone(ctx context.Context, partition string) error {
 	if err := checkPartFields(partition, nil); err != nil {
 		return invalid("mark done", err)

@@ -195,3 +195,35 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.w.Write(p)
 }
+
+// A client whose metadata service cannot acknowledge (a wrapper that
+// forwards client.MetaService only) must not hold its fetches: nothing
+// would ever settle them, so the loader's own next fetch would wait at
+// the end for its rows, and the controller would give them back after
+// the TTL, to be served again.
+func TestLoaderHoldsNothingWithoutAcknowledge(t *testing.T) {
+	ecfg := embedded.DefaultConfig()
+	ecfg.Controller.HeldFetchTTL = 200 * time.Millisecond
+	e, err := embedded.New(ecfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.Close() })
+	ctx := context.Background()
+	produce(t, e.Client, "p", 0, 8, nil)
+	require.NoError(t, e.Client.MarkDone(ctx, "p"))
+	c := clientOver(t, e, struct{ client.MetaService }{embedded.Meta(e.Controller, e.Units...)})
+	cfg := privateConfig()
+	cfg.Prefetch = 0
+	l, err := New(c, cfg)
+	require.NoError(t, err)
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var got []int64
+	for b, err := range l.All(tctx) {
+		require.NoError(t, err, "after rows %v", got)
+		got = append(got, values(t, b)...)
+	}
+	require.Equal(t, upTo(8), got, "each row once")
+	st, err := e.Client.ConsumptionStatus(ctx, "p", "train")
+	require.NoError(t, err)
+	require.Empty(t, st.Held)
+}
