@@ -126,8 +126,11 @@ type Journal struct {
 	closed   bool
 	snaps    []Snapshot // newest first: the newest and the one before it
 	setAside []Snapshot // unreadable snapshots renamed .bad, newest first
-	appended int64      // bytes of every record appended since Open
-	snapAt   int64      // appended when the newest snapshot's state was taken
+	// reach is the newest snapshot at Open, set aside or not: a replay
+	// from an older one must get to its index (see Replay).
+	reach    Snapshot
+	appended int64 // bytes of every record appended since Open
+	snapAt   int64 // appended when the newest snapshot's state was taken
 
 	last    atomic.Uint64 // index of the last appended record
 	durable atomic.Uint64 // index of the last durable record
@@ -226,6 +229,11 @@ func Open(cfg Config) (*Journal, error) {
 	}
 	if len(j.snaps) > 0 {
 		last = max(last, j.snaps[0].Index)
+	}
+	for _, s := range [][]Snapshot{j.snaps, j.setAside} {
+		if len(s) > 0 && s[0].Index > j.reach.Index {
+			j.reach = s[0]
+		}
 	}
 	markPath := filepath.Join(cfg.Dir, ackedFile)
 	if mark := readAcked(markPath); mark > last {
@@ -426,8 +434,10 @@ func (j *Journal) SetAside() []Snapshot {
 }
 
 // Replay calls fn with every record after index after, in order. A gap in
-// the records (a record missing between after and the last) is an error
-// wrapping [engine.ErrCorrupt]. fn must not keep rec.
+// the records (a record missing between after and the last), or a log
+// that ends before the newest snapshot Open found (set aside since, or
+// before: its state is lost), is an error wrapping [engine.ErrCorrupt].
+// fn must not keep rec.
 func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) error {
 	it, err := j.db.NewIter(&pebble.IterOptions{LowerBound: key(after + 1)})
 	if err != nil {
@@ -464,6 +474,10 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 	}
 	if err := it.Error(); err != nil {
 		return j.readErr(err)
+	}
+	if end := want - 1; end < j.reach.Index {
+		return fmt.Errorf("the log ends at record %d, but snapshot %s held the state through record %d: records %d to %d are lost "+
+			"(remove %s to start without them): %w", end, filepath.Base(j.reach.Path), j.reach.Index, end+1, j.reach.Index, j.reach.Path, engine.ErrCorrupt)
 	}
 	return nil
 }

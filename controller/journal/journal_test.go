@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -409,4 +410,51 @@ func TestMkdirAllMakesTheMissingDirectories(t *testing.T) {
 	f := filepath.Join(base, "file")
 	require.NoError(t, os.WriteFile(f, nil, 0o600))
 	require.Error(t, MkdirAll(filepath.Join(f, "d")), "under a file")
+}
+
+// TestReplayPastALostSnapshotMustReachIt: when the newest snapshot is set
+// aside as unreadable, the one before it with every record since must
+// give its state; a log that ends before the set-aside snapshot's index
+// has lost acknowledged changes, and replay says so instead of returning
+// a shorter history (whose indexes the journal would then skip past,
+// failing only some later start with a gap). It still says so at the
+// start after, once the snapshot is renamed .bad.
+func TestReplayPastALostSnapshotMustReachIt(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(Config{Dir: dir, Fsync: FsyncNever})
+	require.NoError(t, err)
+	for i := 1; i <= 10; i++ {
+		j.Append(rec(i))
+	}
+	require.NoError(t, j.WriteSnapshot(j.Pos(), writeState("state@10")))
+	for i := 11; i <= 20; i++ {
+		j.Append(rec(i))
+	}
+	require.NoError(t, j.WriteSnapshot(j.Pos(), writeState("state@20")))
+	require.NoError(t, j.Close())
+
+	// The log loses its last records, as a machine's crash loses what
+	// FsyncNever had not synced (the snapshot files are synced). The mark
+	// of acknowledged records the other modes keep did not stop the
+	// first start replaying past such a loss either: Open counts the
+	// newest snapshot's index as logged.
+	db, err := pebble.Open(filepath.Join(dir, "log"), &pebble.Options{Logger: quiet{}, FormatMajorVersion: logFormat})
+	require.NoError(t, err)
+	require.NoError(t, db.DeleteRange(key(16), key(21), pebble.Sync))
+	require.NoError(t, db.Close())
+
+	j2 := open(t, dir, FsyncNever)
+	snaps := j2.Snapshots()
+	require.Len(t, snaps, 2)
+	require.NoError(t, j2.Discard(snaps[0])) // unreadable, as recover finds it
+	var got []uint64
+	err = j2.Replay(snaps[1].Index, func(i uint64, _ []byte) error { got = append(got, i); return nil })
+	require.ErrorIs(t, err, engine.ErrCorrupt, "replayed %v: the state through record 20 is lost", got)
+	assert.Contains(t, err.Error(), filepath.Base(snaps[0].Path), "the error names the snapshot set aside")
+	require.NoError(t, j2.Close())
+
+	j3 := open(t, dir, FsyncNever)
+	require.Equal(t, []Snapshot{snaps[1]}, j3.Snapshots())
+	err = j3.Replay(snaps[1].Index, func(uint64, []byte) error { return nil })
+	require.ErrorIs(t, err, engine.ErrCorrupt, "a second start is refused too")
 }
