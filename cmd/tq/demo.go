@@ -28,6 +28,12 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("demo takes no arguments, got %q", fs.Args())
+	}
+	if *units < 1 {
+		return fmt.Errorf("--units %d: need at least one", *units)
+	}
 	if *streamRole != "" {
 		return demoWorker(ctx, *streamRole, stdout)
 	}

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -52,5 +54,26 @@ func TestDemoStream(t *testing.T) {
 	s := string(out)
 	for _, want := range []string{"marked \"rollouts\" done", "DP group 1 micro-batch 7", "ok: the ranks of each DP group saw identical micro-batches"} {
 		require.Contains(t, s, want)
+	}
+}
+
+// tq demo takes no arguments and at least one unit: a stray word (which
+// also hid every flag after it: `tq demo stray --units 1` ran two units)
+// or --units 0 (which ran the default two) is an error naming it, before
+// any cluster starts.
+func TestDemoRefusesBadArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"demo", "stray", "--units", "1"}, `demo takes no arguments, got ["stray" "--units" "1"]`},
+		{[]string{"demo", "--units", "0"}, "--units 0: need at least one"},
+		{[]string{"demo", "--units", "-3"}, "--units -3: need at least one"},
+	} {
+		var out bytes.Buffer
+		err := run(t.Context(), tc.args, &out, io.Discard)
+		require.Error(t, err, "%q ran:\n%s", tc.args, out.String())
+		assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		assert.Empty(t, out.String(), "%q started a cluster", tc.args)
 	}
 }
