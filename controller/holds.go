@@ -166,11 +166,12 @@ var errHoldGivenBack = fmt.Errorf("its rows were given back (by its caller, or b
 // Acknowledge says the caller of the held fetch named key (see
 // [engine.FetchRequest.Hold]) keeps its rows: they stay consumed for
 // task for good, and the task's fetches may be told [engine.ErrDone]
-// again. An error wrapping [engine.ErrNotFound] says the rows were given
-// back (by the caller, or by the controller after Config.HeldFetchTTL):
-// the caller must not use them. A key the partition does not hold (a
-// fetch without Hold, one acknowledged long ago, an unknown partition)
-// succeeds. Idempotent.
+// again. An error wrapping [engine.ErrNotFound] says the fetch's rows
+// were given back (by the caller, or by the controller after
+// Config.HeldFetchTTL; a keyed fetch without Hold answers the same): the
+// caller must not use them. A key the partition holds nothing for and gave
+// nothing back of (a fetch without Hold, one acknowledged long ago, an
+// unknown partition) succeeds. Idempotent.
 func (c *Controller) Acknowledge(partition, task, key string) error {
 	switch {
 	case task == "":

@@ -55,7 +55,8 @@
 // instead of ending without them, should they come back. Rows a loader
 // holds when it dies go back to the task after the controller's
 // Config.HeldFetchTTL; a micro-batch whose hold outlived it is dropped
-// (logged), its rows being the task's again.
+// (logged), its rows being the task's again. Set that TTL (tq serve
+// --held-fetch-ttl) above Prefetch times the longest step of the loop.
 // A give-back that fails (the controller unreachable) is tried again a
 // few times with a growing pause; one that fails for good is logged and
 // reported by [Loader.Err], since the loop that could be told has ended.
