@@ -59,9 +59,10 @@ func TestHTTPEndpointClosesIdleConnections(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF, "the idle connection is closed by the server")
 }
 
-// Connections beyond the cap wait to be accepted until one closes.
+// Connections beyond the cap wait to be accepted until one closes
+// (--pprof's endpoint).
 func TestHTTPEndpointCapsConnections(t *testing.T) {
-	lim := metricsLimits
+	lim := pprofLimits
 	lim.conns = 2
 	addr := serveLimited(t, lim)
 	var held []net.Conn
@@ -90,4 +91,36 @@ func TestHTTPEndpointCapsConnections(t *testing.T) {
 	require.NoError(t, err, "answered once a connection closed")
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+// --metrics' endpoint serves the liveness probe: a connection past the cap
+// closes the oldest rather than waiting, so that a client holding every
+// connection (the port asks no token) cannot keep the probe out and have
+// the process restarted. The probe used to wait for the idle ones to time
+// out, longer than a probe waits.
+func TestMetricsEndpointEvictsTheOldestConnection(t *testing.T) {
+	lim := metricsLimits
+	lim.conns = 3
+	addr := serveLimited(t, lim)
+	var held []net.Conn
+	for range lim.conns {
+		c, err := net.Dial("tcp", addr) // silent: no request
+		require.NoError(t, err)
+		defer c.Close()
+		held = append(held, c)
+	}
+	probe, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer probe.Close()
+	require.NoError(t, probe.SetDeadline(time.Now().Add(2*time.Second)))
+	get(t, probe, bufio.NewReader(probe))
+
+	require.NoError(t, held[0].SetReadDeadline(time.Now().Add(10*time.Second))) // a safety limit
+	_, err = held[0].Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the oldest connection was closed for the probe")
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(2*time.Second)))
+	get(t, c, bufio.NewReader(c))
 }

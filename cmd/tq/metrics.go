@@ -1,6 +1,7 @@
 package main
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/netutil"
@@ -176,12 +178,18 @@ type httpLimits struct {
 	read       time.Duration // to send the whole request
 	write      time.Duration // from a request's header to its reply's end
 	idle       time.Duration // a keep-alive connection waiting for its next request
-	conns      int           // open connections; more wait to be accepted
+	conns      int           // open connections; more wait to be accepted (see evict)
+	// evict: a connection past conns closes the one accepted longest ago
+	// instead of waiting, so that whoever holds conns connections (the
+	// port asks no token) cannot keep a liveness probe out and have the
+	// process restarted.
+	evict bool
 }
 
 // metricsLimits are --metrics': a scrape or a probe answers in well under
-// write.
-var metricsLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: time.Minute, conns: 128}
+// write, so a probe is through long before 128 newer connections could
+// evict it.
+var metricsLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Second, write: 30 * time.Second, idle: time.Minute, conns: 128, evict: true}
 
 // pprofLimits are --pprof's: write leaves room for a CPU profile or trace
 // of up to pprofMaxSeconds (profile?seconds=N; net/http/pprof refuses
@@ -198,7 +206,11 @@ func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (s
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", flag, err)
 	}
-	l = netutil.LimitListener(l, lim.conns)
+	if lim.evict {
+		l = newEvictingListener(l, lim.conns)
+	} else {
+		l = netutil.LimitListener(l, lim.conns)
+	}
 	adv, err := systemAddrs.advertised(addr, l.Addr().(*net.TCPAddr), s.cfg.unitAdvertise(addr))
 	if err != nil {
 		l.Close()
@@ -220,4 +232,54 @@ func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (s
 		return err
 	})
 	return "http://" + adv, nil
+}
+
+// evictingListener holds at most max connections open: accepting one
+// more closes the one accepted longest ago that is still open.
+type evictingListener struct {
+	net.Listener
+	max   int
+	mu    sync.Mutex
+	conns list.List // of *evictableConn, the oldest first
+}
+
+func newEvictingListener(l net.Listener, max int) *evictingListener {
+	return &evictingListener{Listener: l, max: max}
+}
+
+func (l *evictingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	ec := &evictableConn{Conn: c, l: l}
+	var oldest *evictableConn
+	l.mu.Lock()
+	if l.conns.Len() >= l.max {
+		oldest = l.conns.Remove(l.conns.Front()).(*evictableConn)
+		oldest.elem = nil
+	}
+	ec.elem = l.conns.PushBack(ec)
+	l.mu.Unlock()
+	if oldest != nil {
+		oldest.Conn.Close() // its server goroutine ends on the error
+	}
+	return ec, nil
+}
+
+// evictableConn is a connection of an evictingListener.
+type evictableConn struct {
+	net.Conn
+	l    *evictingListener
+	elem *list.Element // nil once closed or evicted; under l.mu
+}
+
+func (c *evictableConn) Close() error {
+	c.l.mu.Lock()
+	if c.elem != nil {
+		c.l.conns.Remove(c.elem)
+		c.elem = nil
+	}
+	c.l.mu.Unlock()
+	return c.Conn.Close()
 }
