@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -169,8 +170,11 @@ func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (
 	}
 	for _, p := range names {
 		st, err := m.Stats(ctx, p)
-		if err != nil {
+		if errors.Is(err, engine.ErrNotFound) {
 			continue // cleared meanwhile
+		}
+		if err != nil {
+			return nil, err // not a count short by a partition, printed as whole
 		}
 		s.parts = append(s.parts, st)
 	}

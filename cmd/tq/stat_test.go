@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,9 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/storage/storagetest"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+	"google.golang.org/protobuf/proto"
 )
 
 // tq stat --json says what a workload did; --watch --json prints one
@@ -231,4 +236,37 @@ func TestStatShowsTheUnitsName(t *testing.T) {
 	require.NoError(t, snap.print(&out))
 	assert.Contains(t, out.String(), `"n\x1b[2J"`)
 	assert.NotContains(t, out.String(), "\x1b")
+}
+
+// tq stat skips a partition cleared between its listing and its stats
+// (NOT_FOUND), but any other error fails the snapshot: it used to skip
+// the partition too, and print a count short by it as the whole.
+func TestStatSnapshotFailsOnAStatsError(t *testing.T) {
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller"}})
+	srv.Handle(wire.OpPartitions, func(_ context.Context, _ *wire.Request, rw *wire.ReplyWriter) {
+		rw.Reply(&wirepb.PartitionsReply{Partitions: []string{"cleared", "broken"}}, nil, nil)
+	})
+	srv.Handle(wire.OpStats, func(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		var pr wirepb.PartitionRequest
+		if err := proto.Unmarshal(req.Body, &pr); err != nil {
+			rw.Error(err)
+			return
+		}
+		if pr.Partition == "cleared" {
+			rw.Error(fmt.Errorf("partition %q: %w", pr.Partition, engine.ErrNotFound))
+			return
+		}
+		rw.Error(fmt.Errorf("partition %q: the stats broke: %w", pr.Partition, engine.ErrCorrupt))
+	})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	addr := "unix://" + l.Addr().String()
+	m, err := client.DialMeta(t.Context(), addr, client.RemoteConfig{RetryFor: time.Millisecond})
+	require.NoError(t, err)
+	defer m.Close()
+	_, err = takeSnapshot(t.Context(), m, addr, "")
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.ErrorContains(t, err, `"broken"`)
 }
