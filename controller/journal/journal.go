@@ -107,7 +107,10 @@ type Config struct {
 
 // ErrFailed reports a journal that could not write a record. The records
 // after it cannot be made durable; the controller must stop acknowledging
-// changes (a restart recovers what reached the disk).
+// changes (a restart recovers what reached the disk). A failed commit or
+// log sync inside Pebble does not get here: Pebble takes it as fatal and
+// the logger's Fatalf exits the process (status 2), which acknowledges
+// nothing more either.
 var ErrFailed = errors.New("journal: write failed")
 
 // Journal is an open log with its snapshots. See the package comment.
