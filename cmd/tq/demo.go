@@ -38,6 +38,17 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return demoWorker(ctx, *streamRole, stdout)
 	}
 	if *streamDemo {
+		// Its processes are sized on their own: the KV demo's flags
+		// would be ignored, so they are refused.
+		var set []string
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "units" || f.Name == "capacity" || f.Name == "partition" {
+				set = append(set, "--"+f.Name)
+			}
+		})
+		if len(set) > 0 {
+			return fmt.Errorf("demo --stream takes none of %s (they size the KV demo)", strings.Join(set, ", "))
+		}
 		return demoStream(ctx, stdout, stderr)
 	}
 	cfg := embedded.DefaultConfig()

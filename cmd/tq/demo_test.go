@@ -69,6 +69,7 @@ func TestDemoRefusesBadArguments(t *testing.T) {
 		{[]string{"demo", "stray", "--units", "1"}, `demo takes no arguments, got ["stray" "--units" "1"]`},
 		{[]string{"demo", "--units", "0"}, "--units 0: need at least one"},
 		{[]string{"demo", "--units", "-3"}, "--units -3: need at least one"},
+		{[]string{"demo", "--stream", "--units", "3", "--partition", "p"}, "demo --stream takes none of --partition, --units"},
 	} {
 		var out bytes.Buffer
 		err := run(t.Context(), tc.args, &out, io.Discard)
