@@ -607,22 +607,31 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 	c.mu.Lock()
 	receiving := cl.receiving
 	_, pending := c.pending[id]
+	// Never sent: the peer never sees the request, and no answer comes
+	// to watch for.
+	unqueued := c.w.unqueue(f)
 	if pending && !receiving {
 		delete(c.pending, id)
-		c.leftLocked()
-		if c.cfg.LateReply != nil && len(c.abandoned) < maxAbandoned {
-			if c.abandoned == nil {
-				c.abandoned = make(map[uint64]struct{})
+		if !unqueued {
+			if cancel {
+				// Queued before the call leaves its room: a call that
+				// takes the room goes out after the CANCEL, which the
+				// server must read to free the slot the call still
+				// holds there (it reads nothing behind a request that
+				// waits for a slot).
+				c.cancel(id)
 			}
-			c.abandoned[id] = struct{}{}
+			if c.cfg.LateReply != nil && len(c.abandoned) < maxAbandoned {
+				if c.abandoned == nil {
+					c.abandoned = make(map[uint64]struct{})
+				}
+				c.abandoned[id] = struct{}{}
+			}
 		}
+		c.leftLocked()
 	}
 	c.mu.Unlock()
-	if c.w.unqueue(f) {
-		// Never sent: no answer comes to watch for.
-		c.mu.Lock()
-		delete(c.abandoned, id)
-		c.mu.Unlock()
+	if unqueued {
 		if receiving {
 			// A peer that answers a request before it was sent (none but
 			// a broken or hostile one): the reader holds the call and
@@ -631,9 +640,6 @@ func (c *Conn) abandon(id uint64, cl *call, f *outFrame, cancel bool) (reuse boo
 			return true
 		}
 		return pending
-	}
-	if cancel && pending && !receiving {
-		c.cancel(id)
 	}
 	if receiving {
 		// The reader is filling the caller's buffers: let it finish

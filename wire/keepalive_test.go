@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +166,37 @@ func TestCallRightAfterAGivenUpOneGoesOutAfterItsCancel(t *testing.T) {
 	defer cancel()
 	require.NoError(t, c.Do(ctx, opEcho, &wirepb.Ping{Nonce: 7}, nil, &wirepb.Ping{}, nil), "a call after them")
 	require.NoError(t, c.Err())
+}
+
+// TestCallsWaitingForRoomGoOutAfterTheCancel: calls that wait for room
+// (as many in flight as the server runs) take the room a given-up call
+// leaves only once its CANCEL is queued. Sent first, a call would wait
+// on the server for the slot the given-up call still holds there, and
+// the server, which reads nothing behind it, would never read the CANCEL
+// that frees that slot: the call hung until its deadline (and every PING
+// behind it with it).
+func TestCallsWaitingForRoomGoOutAfterTheCancel(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{MaxInFlight: 1}, "tcp")
+	c := dial(t, addr, "")
+	for i := range 100 {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			c.Do(ctx, Op(201), &wirepb.Ping{}, nil, &wirepb.Ping{}, nil) // runs until canceled
+		})
+		time.Sleep(2 * time.Millisecond)
+		errs := make([]error, 8)
+		for w := range errs {
+			wg.Go(func() {
+				wctx, wcancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+				defer wcancel()
+				errs[w] = c.Do(wctx, opEcho, &wirepb.Ping{Nonce: 7}, nil, &wirepb.Ping{}, nil)
+			})
+		}
+		wg.Wait()
+		cancel()
+		for w, err := range errs {
+			require.NoError(t, err, "round %d, waiting call %d", i, w)
+		}
+	}
 }
