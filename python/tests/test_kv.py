@@ -922,3 +922,29 @@ def test_fd_socket_serves_the_run_a_fetch_names(server, part):
         assert "another run of the unit" in e.value.message
     finally:
         c.close()
+
+
+def units_used(c):
+    """The bytes the units of c's cluster hold, by their UNIT_STATS."""
+    return sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).used
+               for u in c.units(refresh=True).values())
+
+
+@pytest.mark.parametrize("name", [1, ("x",), "bad\ud800"], ids=["int", "tuple", "surrogate"])
+def test_field_name_that_is_not_text_is_refused_before_anything_is_written(client, part, transport, name):
+    """A field name the request cannot carry (not a str, or a str that is
+    not UTF-8) failed only once the column's bytes were on a unit: a bare
+    TypeError or UnicodeEncodeError from protobuf, and the extents left
+    written, named by no cell, until the unit's reconciliation."""
+    x = np.ones((4, 1 << 16))  # through the units
+    before = units_used(client)
+    with pytest.raises(tq.InvalidError, match="field name") as ei:
+        client.kv_batch_put(["a", "b", "c", "d"], part, {"ok": x, name: x})
+    assert ei.value.fields == [name]
+    meta = client.get_meta(["ok"], 4, part, mode="insert")
+    with pytest.raises(tq.InvalidError, match="field name"):
+        client.put({"ok": x, name: x}, meta)
+    assert units_used(client) - before < x.nbytes
+    if transport == "shm":
+        with pytest.raises(tq.InvalidError, match="field name"):
+            client.reserve_kv_put(["a"], part, {name: ("float32", (4,))})

@@ -1248,6 +1248,7 @@ class Client:
         n = len(keys)
         fields = []
         for name, (dt, shape) in specs.items():
+            _cols.check_name(name)
             dname = dt if isinstance(dt, str) else _cols.tq_dtype(np.dtype(dt))
             npdt = _cols.numpy_dtype(dname)
             shape = tuple(int(d) for d in shape)

@@ -330,9 +330,22 @@ def rows_of(name: str, v) -> int:
     return int(shape[0])
 
 
-def _to_column(name: str, v, n: int) -> Column:
+def check_name(name) -> None:
+    """InvalidError unless ``name`` can name a field: a non-empty str the
+    request carries as UTF-8. Checked before any byte of a put is written
+    (protobuf would refuse it only once they were on a unit)."""
+    if not isinstance(name, str):
+        raise errors.InvalidError(f"field name {name!r} is a {type(name).__name__}, not a str", fields=[name])
     if not name:
         raise errors.InvalidError("empty field name", fields=[name])
+    try:
+        name.encode()
+    except UnicodeEncodeError as e:
+        raise errors.InvalidError(f"field name {name!r} is not UTF-8 text: {e.reason}", fields=[name]) from None
+
+
+def _to_column(name: str, v, n: int) -> Column:
+    check_name(name)
     if _is_nested(v):
         v = list(v.unbind())  # a nested tensor is ragged: one tensor per row
     if _is_packed(v):
