@@ -948,3 +948,49 @@ def test_field_name_that_is_not_text_is_refused_before_anything_is_written(clien
     if transport == "shm":
         with pytest.raises(tq.InvalidError, match="field name"):
             client.reserve_kv_put(["a"], part, {name: ("float32", (4,))})
+
+
+_WRITE_THROUGH_A_VIEW = """
+import sys
+import numpy as np
+sys.path.insert(0, {pkg!r})
+import tq
+c = tq.Client({address!r}, token={token!r}, transport="shm")
+v = c.kv_batch_get({keys!r}, {part!r}, copy=False)
+if {how!r} == "torch":
+    v.tensors()["x"][0, 0] = -1.0
+else:
+    a = v["x"]
+    a.flags.writeable = True
+    a[0, 0] = -1.0
+print("wrote through the view")
+"""
+
+
+@pytest.mark.parametrize("how", ["numpy", "torch"])
+def test_write_through_a_view_leaves_the_stored_cells_alone(server, client, part, transport, how):
+    """A view's arrays are read-only by contract, but they were over the
+    segment's read-write mapping: an array flagged writable again, or a
+    torch tensor over one (View.tensors; torch makes it writable), wrote
+    straight into the unit's memory, changing the cells for every other
+    reader. Views now use a read-only mapping, as the Go client's do and
+    wire/spec.md says: such a write faults instead."""
+    import resource
+    import subprocess
+    import sys
+    if transport != "shm":
+        pytest.skip("views alias the unit's memory over shared memory only")
+    if how == "torch":
+        pytest.importorskip("torch")
+    keys = [f"k{i}" for i in range(8)]
+    x = np.arange(8 * 20000, dtype=np.float32).reshape(8, 20000)
+    client.kv_batch_put(keys, part, {"x": x})
+    code = _WRITE_THROUGH_A_VIEW.format(pkg=os.path.dirname(os.path.dirname(tq.__file__)), address=server.address,
+                                        token=server.token, keys=keys, part=part, how=how)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+    assert "wrote through the view" not in p.stdout
+    assert p.returncode == -signal.SIGSEGV, p.stderr
+    assert np.array_equal(client.kv_batch_get(keys, part)["x"], x)
+    with client.kv_batch_get(keys, part, copy=False) as v:  # views still read the cells
+        assert np.array_equal(v["x"], x)

@@ -646,7 +646,8 @@ def test_range_outside_a_segment_is_corrupt():
     import mmap
     from tq.unit import Unit
     u = Unit.__new__(Unit)
-    u.id, u._segs, u._seg_lock = 3, {1: mmap.mmap(-1, 4096)}, threading.Lock()
+    m = mmap.mmap(-1, 4096)
+    u.id, u._segs, u._seg_lock = 3, {1: (m, m)}, threading.Lock()
     assert len(u.seg_array(1, 4000, 96)) == 96
     for off, n in ((4000, 200), (8192, 1), (-1, 8)):
         for read in (lambda: u.seg_array(1, off, n), lambda: u.seg_view(1, off, n, None)):

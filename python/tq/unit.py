@@ -291,7 +291,7 @@ class Unit:
         self.draining = info.draining
         self.token = token
         self.shm = False
-        self._segs = {}  # segment id → mmap
+        self._segs = {}  # segment id → (read-write mmap, read-only mmap)
         # (conn, lease) of leases that ended as garbage: Lease.__del__
         # appends (a deque's append and popleft are atomic, and take no lock
         # the collector could find held), give_back_orphans pops.
@@ -342,7 +342,7 @@ class Unit:
         self.pool.close()
         with self._seg_lock:
             segs, self._segs = self._segs, {}
-        for m in segs.values():
+        for m in (m for pair in segs.values() for m in pair):
             try:
                 m.close()
             except BufferError:
@@ -351,14 +351,23 @@ class Unit:
     # ---- shared memory -------------------------------------------------
 
     def segment(self, seg: int) -> mmap.mmap:
-        """The mapping of segment ``seg`` (fetched and mapped once)."""
-        m = self._segs.get(seg)
-        if m is not None:
-            return m
+        """The read-write mapping of segment ``seg`` (fetched and mapped once)."""
+        return self._mappings(seg)[0]
+
+    def _mappings(self, seg: int):
+        """Segment ``seg``'s two mappings, (read-write, read-only), fetched
+        and mapped once. Views go through the read-only one (wire/spec.md,
+        "The fd socket"), as the Go client's do: a write through a view (its
+        array flagged writable again, a torch tensor over it, which torch
+        makes writable) faults instead of changing the cells under every
+        other reader of the unit."""
+        ms = self._segs.get(seg)
+        if ms is not None:
+            return ms
         with self._seg_lock:
-            m = self._segs.get(seg)
-            if m is not None:
-                return m
+            ms = self._segs.get(seg)
+            if ms is not None:
+                return ms
             fd, size, _ = _recv_fd(self.fd_socket, seg, self._fd_token, self.incarnation)
             try:
                 st = os.fstat(fd)
@@ -366,20 +375,29 @@ class Unit:
                     raise errors.CorruptError(f"segment {seg}: memfd of {st.st_size} bytes, {size} announced")
                 # Pre-faulted: first touch of each page would otherwise cost
                 # a fault on the hot path (as the Go client maps them).
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                              mmap.PROT_READ | mmap.PROT_WRITE)
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                rw = mmap.mmap(fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+                try:
+                    ro = mmap.mmap(fd, size, flags, mmap.PROT_READ)
+                except BaseException:
+                    rw.close()
+                    raise
             finally:
                 os.close(fd)
-            self._segs[seg] = m
-            return m
+            self._segs[seg] = ms = (rw, ro)
+            return ms
 
     def seg_view(self, seg: int, offset: int, nbytes: int, holder) -> np.ndarray:
         """A read-only uint8 array over ``nbytes`` of segment ``seg`` at
-        ``offset`` whose buffer keeps ``holder`` (a :class:`Lease`) alive."""
+        ``offset``, in the read-only mapping, whose buffer keeps ``holder``
+        (a :class:`Lease`) alive."""
         if nbytes == 0:
             return np.empty(0, dtype=np.uint8)
-        b = (ctypes.c_ubyte * nbytes).from_buffer(self._window(seg, offset, nbytes), offset)
-        b._tq_lease = holder
+        # pin holds the mapping open (an mmap with an export refuses to
+        # close) as long as the array does; b carries the lease.
+        pin = np.frombuffer(self._window(seg, offset, nbytes, ro=True), dtype=np.uint8, count=nbytes, offset=offset)
+        b = (ctypes.c_ubyte * nbytes).from_address(pin.ctypes.data)
+        b._tq_pin, b._tq_lease = pin, holder
         a = np.frombuffer(b, dtype=np.uint8)
         a.flags.writeable = False
         return a
@@ -407,10 +425,11 @@ class Unit:
             return np.empty(0, dtype=np.uint8)  # an empty cell names no segment
         return np.frombuffer(self._window(seg, offset, nbytes), dtype=np.uint8, count=nbytes, offset=offset)
 
-    def _window(self, seg: int, offset: int, nbytes: int) -> mmap.mmap:
-        """Segment ``seg``'s mapping, once ``nbytes`` at ``offset`` are
-        checked to lie in it (CorruptError naming the range otherwise)."""
-        m = self.segment(seg)
+    def _window(self, seg: int, offset: int, nbytes: int, ro: bool = False) -> mmap.mmap:
+        """Segment ``seg``'s mapping (read-only with ``ro``), once ``nbytes``
+        at ``offset`` are checked to lie in it (CorruptError naming the range
+        otherwise)."""
+        m = self._mappings(seg)[1 if ro else 0]
         if offset < 0 or nbytes < 0 or offset + nbytes > len(m):
             raise errors.CorruptError(f"storage unit {self.id}: range [segment {seg} offset {offset} len {nbytes}] "
                                       f"outside the segment's {len(m)} bytes")
