@@ -632,6 +632,23 @@ def test_fd_socket_busy_is_capacity(tmp_path):
     assert "too many fetches pending" in e.value.message
 
 
+@pytest.mark.parametrize("status,cls,why", [
+    (3, tq.InvalidError, "malformed request"),
+    (5, tq.NotSupportedError, "offers no control ring"),
+])
+def test_fd_socket_status_maps_as_the_go_clients(tmp_path, status, cls, why):
+    """Statuses 3 (malformed request) and 5 (no control ring) were bare
+    TQErrors ("status 3"); the Go client's FdStatus.Err wraps ErrInvalid
+    and ErrNotSupported."""
+    from tq.unit import _recv_fd
+    path = str(tmp_path / "fd.sock")
+    t = _fd_server(path, b"TQF1" + struct.pack("<BBHQ", status, 0, 0, 0))
+    with pytest.raises(cls) as e:
+        _recv_fd(path, 1, "")
+    t.join(5)
+    assert why in e.value.message
+
+
 def _readlink(p):
     try:
         return os.readlink(p)

@@ -129,10 +129,12 @@ def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
         for fd in fds:
             os.close(fd)
         why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
-               4: "the unit is closing", 6: "the unit has too many fetches pending",
+               4: "the unit is closing", 5: "the unit offers no control ring",
+               6: "the unit has too many fetches pending",
                7: "another run of the unit answers there (it restarted)"}.get(status, f"status {status}")
-        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 4: errors.ClosedError,
-               6: errors.CapacityError, 7: errors.LostError}.get(status, errors.TQError)
+        cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 3: errors.InvalidError,
+               4: errors.ClosedError, 5: errors.NotSupportedError, 6: errors.CapacityError,
+               7: errors.LostError}.get(status, errors.TQError)
         raise cls(f"fd socket {path}: segment {segment}: {why}")
     if len(fds) != 1:
         for fd in fds:
