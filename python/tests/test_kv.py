@@ -994,3 +994,28 @@ def test_write_through_a_view_leaves_the_stored_cells_alone(server, client, part
     assert np.array_equal(client.kv_batch_get(keys, part)["x"], x)
     with client.kv_batch_get(keys, part, copy=False) as v:  # views still read the cells
         assert np.array_equal(v["x"], x)
+
+
+def test_reserve_reply_that_cannot_be_read_aborts_the_reservation(server, part, monkeypatch):
+    """A RESERVE reply whose extents could not be expanded (CorruptError)
+    left the reservation open on a connection that went back to the pool:
+    the unit keeps an idle same-host connection that holds one, so its
+    extents stayed reserved until the client process exited."""
+    from tq import unit as tqunit
+
+    def corrupt(*a, **kw):
+        raise tq.CorruptError("addrs: a hostile reply")
+    with server.client(transport="shm") as c, server.client() as watcher:
+        c.kv_batch_put(["warm"], part, {"x": np.ones((1, 1 << 16))})  # the units dialed
+        monkeypatch.setattr(tqunit._addrs, "expand", corrupt)
+        with pytest.raises(tq.CorruptError, match="hostile"):
+            c.kv_batch_put(["a"], part, {"x": np.ones((1, 1 << 16))})
+        monkeypatch.undo()
+        deadline = time.monotonic() + 5
+        while True:
+            held = sum(u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats).open_reservations
+                       for u in watcher.units(refresh=True).values())
+            if held == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert held == 0

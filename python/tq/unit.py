@@ -451,8 +451,8 @@ class Unit:
             try:
                 rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes, no_wait=no_wait),
                                 data_pb2.ReserveReply, op_name="reserve")
-                ext = _addrs.expand(rep.extents, len(cols), self.id)
                 try:
+                    ext = _addrs.expand(rep.extents, len(cols), self.id)
                     for i, c in enumerate(cols):
                         if not sizes[i]:
                             continue
