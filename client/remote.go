@@ -1234,7 +1234,7 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 		st.Fields = append(st.Fields, f)
 	}
 	for _, t := range p.Tasks {
-		st.Tasks = append(st.Tasks, engine.TaskStats{Task: t.Task, Consumed: int(t.Consumed), Progress: t.Progress})
+		st.Tasks = append(st.Tasks, engine.TaskStats{Task: t.Task, Consumed: int(t.Consumed), Progress: t.Progress, Held: int(t.Held)})
 	}
 	return st, nil
 }

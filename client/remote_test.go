@@ -283,6 +283,7 @@ var script = []step{
 	{"consumption status held", func(ctx context.Context, m client.MetaService) (any, error) {
 		return m.ConsumptionStatus(ctx, "train", "judge")
 	}},
+	{"stats held", func(ctx context.Context, m client.MetaService) (any, error) { return m.Stats(ctx, "train") }},
 	{"acknowledge", func(ctx context.Context, m client.MetaService) (any, error) {
 		return nil, m.(client.StreamService).Acknowledge(ctx, "train", "judge", "h1")
 	}},

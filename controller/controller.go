@@ -1603,6 +1603,8 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	st.Rows = p.rows.len() - st.Reserved
 	consumed := make([]int, len(p.taskName))
 	copy(consumed, p.consumedN)
+	c.expireHeld(p, time.Now())
+	held := p.heldCounts()
 	st.Produced = p.rows.producedRows()
 	if invariants.Enabled {
 		walked := 0
@@ -1631,7 +1633,7 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 			// record of it: a restart replaying the log would not list it.
 			continue
 		}
-		ts := engine.TaskStats{Task: name, Consumed: consumed[t]}
+		ts := engine.TaskStats{Task: name, Consumed: consumed[t], Held: held[name]}
 		if total > 0 {
 			ts.Progress = float64(consumed[t]) / float64(total)
 		}

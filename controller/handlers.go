@@ -553,7 +553,7 @@ func (s *Server) stats(_ context.Context, body []byte, _ *effects) (proto.Messag
 		r.Fields = append(r.Fields, fieldStatsToPB(f))
 	}
 	for _, t := range st.Tasks {
-		r.Tasks = append(r.Tasks, &wirepb.TaskStats{Task: t.Task, Consumed: int64(t.Consumed), Progress: t.Progress})
+		r.Tasks = append(r.Tasks, &wirepb.TaskStats{Task: t.Task, Consumed: int64(t.Consumed), Progress: t.Progress, Held: int64(t.Held)})
 	}
 	return r, nil
 }

@@ -80,6 +80,21 @@ func (p *partition) heldRows(task string) []uint64 {
 	return out
 }
 
+// heldCounts returns, per task, the rows held fetches hold (nil: none).
+// p is locked.
+func (p *partition) heldCounts() map[string]int {
+	var out map[string]int
+	for _, e := range p.held {
+		if e.held && !e.spent && len(e.consumed) > 0 {
+			if out == nil {
+				out = make(map[string]int)
+			}
+			out[e.task] += len(e.consumed)
+		}
+	}
+	return out
+}
+
 // expireHeld gives back the held fetches whose TTL ended, and sets
 // heldCheck to when the next one's does (zero: none). p is locked.
 func (c *Controller) expireHeld(p *partition, now time.Time) {

@@ -230,6 +230,9 @@ type TaskStats struct {
 	Task     string
 	Consumed int
 	Progress float64 // consumed / rows
+	// Held counts the consumed rows held fetches hold for their callers,
+	// not settled yet (see [FetchRequest.Hold]): they may still come back.
+	Held int
 }
 
 // UnitInfo describes a registered storage unit as the controller last

@@ -20,6 +20,7 @@ var (
 	descProduced      = desc("tq_partition_produced_rows", "Rows of a partition with at least one produced field.", "partition")
 	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced.", "partition", "field")
 	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed.", "partition", "task")
+	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back.", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
 	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
 	descDraining      = desc("tq_unit_draining", "1 for a storage unit the controller reports draining (no new placements; tq unit drain), 0 for a live one that is not (a dead unit not draining has no series).", "unit")
@@ -47,7 +48,7 @@ type ctrlCollector struct{ r *Registry }
 
 func (c *ctrlCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPartitions, descRows, descReserved, descKeys, descProduced, descFieldProduced,
-		descConsumed, descIndexes, descUnits, descDraining, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
+		descConsumed, descHeld, descIndexes, descUnits, descDraining, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
 		ch <- d
 	}
 }
@@ -84,6 +85,7 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			for _, t := range st.Tasks {
 				gauge(ch, descConsumed, float64(t.Consumed), p, t.Task)
+				gauge(ch, descHeld, float64(t.Held), p, t.Task)
 			}
 		}
 		gauge(ch, descBlocked, float64(s.c.BlockedFetches()))

@@ -137,6 +137,9 @@ func TestCountersAfterKnownWork(t *testing.T) {
 	got, err := c.Get(ctx, meta)
 	require.NoError(t, err)
 	got.Release()
+	// A loader's fetch ahead: 5 rows held for a second task.
+	_, err = c.GetMeta(ctx, client.MetaRequest{Partition: "train", Fields: []string{"x"}, BatchSize: 5, Task: "judge", Mode: client.Fetch, Key: "k", Hold: true})
+	require.NoError(t, err)
 	_, err = c.Meta().(*client.RemoteMeta).Stats(ctx, "no-such-partition")
 	require.Error(t, err)
 
@@ -151,6 +154,9 @@ func TestCountersAfterKnownWork(t *testing.T) {
 		{"tq_partition_produced_rows", []string{"partition", "train"}, rows},
 		{"tq_partition_field_produced_rows", []string{"partition", "train", "field", "x"}, rows},
 		{"tq_task_consumed_rows", []string{"partition", "train", "task", "ref"}, 40},
+		{"tq_task_held_rows", []string{"partition", "train", "task", "ref"}, 0},
+		{"tq_task_consumed_rows", []string{"partition", "train", "task", "judge"}, 5},
+		{"tq_task_held_rows", []string{"partition", "train", "task", "judge"}, 5},
 		{"tq_global_indexes", []string{"state", "allocated"}, rows},
 		{"tq_units", []string{"state", "alive"}, 1},
 		{"tq_fetches_blocked", nil, 0},

@@ -202,7 +202,7 @@ func (s *statSnapshot) print(stdout io.Writer) error {
 			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", printable(st.Partition), st.Rows, st.Reserved, st.Keys,
 				progress(st.Produced, st.Rows+st.Reserved), strings.Join(fieldList(st), ", "))
 			for _, t := range st.Tasks {
-				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s", printable(st.Partition), printable(t.Task), progress(t.Consumed, st.Rows+st.Reserved)))
+				taskLines = append(taskLines, fmt.Sprintf("  %s\t%s\t%s%s", printable(st.Partition), printable(t.Task), progress(t.Consumed, st.Rows+st.Reserved), heldString(t.Held)))
 			}
 		}
 		tw.Flush()
@@ -325,7 +325,7 @@ func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time
 		fmt.Fprintf(tw, "\n%s (%d rows, %d keys)\n", printable(st.Partition), total, st.Keys)
 		fmt.Fprintf(tw, "  produced\t%s\t%s\t%s\t\n", bar(st.Produced, total), progress(st.Produced, total), rateString(r.produced, st.Partition, ""))
 		for _, t := range st.Tasks {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", printable(t.Task), bar(t.Consumed, total), progress(t.Consumed, total), rateString(r.consumed, st.Partition, t.Task))
+			fmt.Fprintf(tw, "  %s\t%s\t%s%s\t%s\t\n", printable(t.Task), bar(t.Consumed, total), progress(t.Consumed, total), heldString(t.Held), rateString(r.consumed, st.Partition, t.Task))
 		}
 	}
 	tw.Flush()
@@ -454,8 +454,11 @@ type fieldJSON struct {
 }
 
 type taskJSON struct {
-	Task              string   `json:"task"`
-	Consumed          int      `json:"consumed"`
+	Task     string `json:"task"`
+	Consumed int    `json:"consumed"`
+	// Held: of Consumed, the rows held fetches hold (a loader's, fetched
+	// ahead), which may still come back.
+	Held              int      `json:"held"`
 	ConsumedPerSecond *float64 `json:"consumed_per_second,omitempty"`
 }
 
@@ -493,7 +496,7 @@ func (s *statSnapshot) json(prev *statSnapshot) statJSON {
 			p.Fields = append(p.Fields, fieldJSON{Name: f.Name, DType: f.DType.String(), Produced: f.Produced})
 		}
 		for _, t := range st.Tasks {
-			p.Tasks = append(p.Tasks, taskJSON{Task: t.Task, Consumed: t.Consumed, ConsumedPerSecond: rate(r.consumed, [2]string{st.Partition, t.Task})})
+			p.Tasks = append(p.Tasks, taskJSON{Task: t.Task, Consumed: t.Consumed, Held: t.Held, ConsumedPerSecond: rate(r.consumed, [2]string{st.Partition, t.Task})})
 		}
 		out.Partitions = append(out.Partitions, p)
 	}
@@ -585,4 +588,13 @@ func showAddrs(addrs []string) []string {
 		}
 	}
 	return out
+}
+
+// heldString says how many of a task's consumed rows are held (""
+// for none).
+func heldString(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d held)", n)
 }

@@ -270,3 +270,25 @@ func TestStatSnapshotFailsOnAStatsError(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrCorrupt)
 	require.ErrorContains(t, err, `"broken"`)
 }
+
+// tq stat says how many of a task's consumed rows are held (a loader's,
+// fetched ahead): in the table, under --watch and in --json.
+func TestStatShowsHeldRows(t *testing.T) {
+	s := &statSnapshot{
+		at: time.Now(), addr: "tcp://127.0.0.1:7370",
+		parts: []engine.PartitionStats{{
+			Partition: "train", Rows: 8, Produced: 8,
+			Tasks: []engine.TaskStats{{Task: "actor", Consumed: 6, Held: 4}, {Task: "critic", Consumed: 2}},
+		}},
+	}
+	var one, watch bytes.Buffer
+	require.NoError(t, s.print(&one))
+	require.NoError(t, s.printWatch(&watch, s, time.Second))
+	for name, out := range map[string]string{"print": one.String(), "printWatch": watch.String()} {
+		assert.Equal(t, 1, strings.Count(out, "(4 held)"), "%s:\n%s", name, out)
+		assert.Equal(t, 1, strings.Count(out, "held"), "%s: a task holding nothing says nothing:\n%s", name, out)
+	}
+	js, err := json.Marshal(s.json(nil))
+	require.NoError(t, err)
+	assert.Contains(t, string(js), `"task":"actor","consumed":6,"held":4`)
+}

@@ -3609,6 +3609,7 @@ type TaskStats struct {
 	Task          string                 `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
 	Consumed      int64                  `protobuf:"varint,2,opt,name=consumed,proto3" json:"consumed,omitempty"`
 	Progress      float64                `protobuf:"fixed64,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	Held          int64                  `protobuf:"varint,4,opt,name=held,proto3" json:"held,omitempty"` // of consumed: rows held fetches hold, not settled yet (FetchRequest.hold)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3660,6 +3661,13 @@ func (x *TaskStats) GetConsumed() int64 {
 func (x *TaskStats) GetProgress() float64 {
 	if x != nil {
 		return x.Progress
+	}
+	return 0
+}
+
+func (x *TaskStats) GetHeld() int64 {
+	if x != nil {
+		return x.Held
 	}
 	return 0
 }
@@ -4355,11 +4363,12 @@ const file_control_proto_rawDesc = "" +
 	"\x05shape\x18\x04 \x01(\v2\x11.tq.wire.v1.ShapeR\x05shape\x12\x1a\n" +
 	"\bproduced\x18\x05 \x01(\x03R\bproduced\"=\n" +
 	"\vFieldsReply\x12.\n" +
-	"\x06fields\x18\x01 \x03(\v2\x16.tq.wire.v1.FieldStatsR\x06fields\"W\n" +
+	"\x06fields\x18\x01 \x03(\v2\x16.tq.wire.v1.FieldStatsR\x06fields\"k\n" +
 	"\tTaskStats\x12\x12\n" +
 	"\x04task\x18\x01 \x01(\tR\x04task\x12\x1a\n" +
 	"\bconsumed\x18\x02 \x01(\x03R\bconsumed\x12\x1a\n" +
-	"\bprogress\x18\x03 \x01(\x01R\bprogress\"\x8c\x03\n" +
+	"\bprogress\x18\x03 \x01(\x01R\bprogress\x12\x12\n" +
+	"\x04held\x18\x04 \x01(\x03R\x04held\"\x8c\x03\n" +
 	"\x0ePartitionStats\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x12\n" +

@@ -3650,6 +3650,11 @@ func (m *TaskStats) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Held != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Held))
+		i--
+		dAtA[i] = 0x20
+	}
 	if m.Progress != 0 {
 		i -= 8
 		binary.LittleEndian.PutUint64(dAtA[i:], uint64(math.Float64bits(float64(m.Progress))))
@@ -5440,6 +5445,9 @@ func (m *TaskStats) SizeVT() (n int) {
 	}
 	if m.Progress != 0 {
 		n += 9
+	}
+	if m.Held != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Held))
 	}
 	n += len(m.unknownFields)
 	return n
