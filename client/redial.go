@@ -9,12 +9,17 @@ package client
 // again, no more often than a backoff allows, always in the background:
 // when placement next considers it, or when a call needs it, which then
 // waits for that dial (as do calls that find one under way) with its own
-// context. Once a dial succeeds it serves like any unit.
+// context. Once a dial succeeds it serves like any unit. A connection
+// that ends after it served a call (the unit restarted) is dialed again
+// at once; one that ends before (a peer that completes the handshake and
+// drops the connection) counts as a failed dial, so such a peer is
+// dialed no more often than the backoff allows, not on every call.
 
 import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -40,6 +45,10 @@ type redialUnit struct {
 	err     error    // the last dial's error
 	next    time.Time
 	backoff time.Duration
+	dialed  time.Time // when the dial of du succeeded; zero for one made elsewhere
+	// proven: du served a call. Until then the backoff stands, and a
+	// connection that ends counts as a failed dial.
+	proven  atomic.Bool
 	dialing chan struct{} // closed when the dial under way ends; nil when none
 	closed  bool
 	// left marks a unit the client's discovery dropped from its table
@@ -53,13 +62,30 @@ type redialUnit struct {
 type broken interface{ broken() bool }
 
 // connectedLocked returns the connected unit, or nil when there is none or
-// its connection ended (then the next call dials again at once). The
+// its connection ended: then the next call dials again at once if it
+// served a call, else once the backoff from its dial has passed. The
 // caller holds mu.
 func (u *redialUnit) connectedLocked() DataUnit {
 	if b, ok := u.du.(broken); ok && b.broken() {
 		u.du, u.err, u.next = nil, fmt.Errorf("connection to storage unit %d ended: %w", u.id, engine.ErrUnavailable), time.Time{}
+		if !u.proven.Load() {
+			u.next = u.dialed.Add(u.backoff)
+			u.backoff = min(2*u.backoff, redialMax)
+		}
 	}
 	return u.du
+}
+
+// served records that du served a call: its connection works, so the
+// backoff starts over.
+func (u *redialUnit) served() {
+	if u.proven.Load() {
+		return
+	}
+	u.mu.Lock()
+	u.proven.Store(true)
+	u.backoff = redialMin
+	u.mu.Unlock()
 }
 
 var (
@@ -123,7 +149,9 @@ func (u *redialUnit) end(du DataUnit, err error) {
 	close(u.dialing)
 	u.dialing, u.cancel = nil, nil
 	if err == nil {
-		u.du, u.err, u.backoff = du, nil, redialMin
+		// The backoff starts over once du serves a call (see served).
+		u.du, u.err, u.dialed = du, nil, time.Now()
+		u.proven.Store(false)
 		return
 	}
 	u.err = err
@@ -225,7 +253,11 @@ func (u *redialUnit) Write(ctx context.Context, extents [][][]byte) ([]engine.Re
 	if err != nil {
 		return nil, err
 	}
-	return du.Write(ctx, extents)
+	addrs, err := du.Write(ctx, extents)
+	if err == nil {
+		u.served()
+	}
+	return addrs, err
 }
 
 func (u *redialUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
@@ -233,7 +265,11 @@ func (u *redialUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Le
 	if err != nil {
 		return nil, err
 	}
-	return du.Acquire(ctx, addrs)
+	l, err := du.Acquire(ctx, addrs)
+	if err == nil {
+		u.served()
+	}
+	return l, err
 }
 
 func (u *redialUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
@@ -241,7 +277,11 @@ func (u *redialUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, ds
 	if err != nil {
 		return err
 	}
-	return du.ReadInto(ctx, addrs, dst)
+	if err := du.ReadInto(ctx, addrs, dst); err != nil {
+		return err
+	}
+	u.served()
+	return nil
 }
 
 func (u *redialUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error {
@@ -249,7 +289,11 @@ func (u *redialUnit) Free(ctx context.Context, cells []engine.RemoteAddr) error 
 	if err != nil {
 		return err
 	}
-	return du.Free(ctx, cells)
+	if err := du.Free(ctx, cells); err != nil {
+		return err
+	}
+	u.served()
+	return nil
 }
 
 // Inline is the connected unit's answer (see [shm.InlineMax]); false
@@ -270,5 +314,9 @@ func (u *redialUnit) ReserveExtents(ctx context.Context, sizes []int64) (Reserve
 	if !ok {
 		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.id, du.Transport(), engine.ErrNotSupported)
 	}
-	return rv.ReserveExtents(ctx, sizes)
+	r, err := rv.ReserveExtents(ctx, sizes)
+	if err == nil {
+		u.served()
+	}
+	return r, err
 }

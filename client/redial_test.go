@@ -73,3 +73,67 @@ func TestFailedDialIsEveryWaitersOutcome(t *testing.T) {
 	require.ErrorContains(t, err, "next try in")
 	require.Equal(t, int32(1), dials.Load())
 }
+
+// droppingUnit is a unit whose connection ends once dialed (a peer that
+// completes the handshake, then drops it), or once it served Acquire
+// with dropAfterServe.
+type droppingUnit struct {
+	upUnit
+	gone           atomic.Bool
+	dropAfterServe bool
+}
+
+func (d *droppingUnit) broken() bool { return d.gone.Load() }
+
+func (d *droppingUnit) Acquire(ctx context.Context, addrs []engine.RemoteAddr) (Lease, error) {
+	if d.gone.Load() {
+		return nil, engine.ErrUnavailable
+	}
+	if d.dropAfterServe {
+		defer d.gone.Store(true)
+	}
+	return d.upUnit.Acquire(ctx, addrs)
+}
+
+// TestConnectionDroppedAtOnceBacksOff: a unit (or whatever answers at its
+// address) that completes every dial and drops the connection right
+// after is dialed again no more often than the backoff allows. A dial that
+// succeeded used to reset the backoff and a broken connection to make the
+// next dial due at once, so every call paid a dial and the unit took one
+// per call.
+func TestConnectionDroppedAtOnceBacksOff(t *testing.T) {
+	var dials atomic.Int32
+	u := newRedialUnit(7, "h", errors.New("first dial failed"), func(ctx context.Context) (DataUnit, error) {
+		dials.Add(1)
+		d := &droppingUnit{}
+		d.gone.Store(true)
+		return d, nil
+	})
+	defer u.Close()
+	u.next = time.Time{}
+	start := time.Now()
+	for range 50 {
+		_, err := u.Acquire(context.Background(), nil)
+		require.ErrorIs(t, err, engine.ErrUnavailable)
+	}
+	require.Less(t, time.Since(start), redialMin, "the burst took longer than the first backoff")
+	require.Equal(t, int32(1), dials.Load(), "dials in a burst of 50 calls")
+}
+
+// TestServedConnectionRedialedAtOnce: a connection that served a call and
+// then ended (the unit restarted) is dialed again by the next call, with
+// no backoff.
+func TestServedConnectionRedialedAtOnce(t *testing.T) {
+	var dials atomic.Int32
+	u := newRedialUnit(7, "h", errors.New("first dial failed"), func(ctx context.Context) (DataUnit, error) {
+		dials.Add(1)
+		return &droppingUnit{dropAfterServe: true}, nil
+	})
+	defer u.Close()
+	u.next = time.Time{}
+	for i := range 5 {
+		_, err := u.Acquire(context.Background(), nil)
+		require.NoError(t, err, "call %d", i)
+	}
+	require.Equal(t, int32(5), dials.Load())
+}
