@@ -123,13 +123,22 @@ var _ MetaService = (*RemoteMeta)(nil)
 // lane is one connection of a RemoteMeta; its conn and dialing are
 // guarded by the RemoteMeta's mu.
 type lane struct {
-	conn     *wire.Conn    // nil once it failed, until the next dial
-	dialing  chan struct{} // closed when the dial in progress ends
-	inflight atomic.Int32  // KV calls using the lane
+	conn     *wire.Conn   // nil once it failed, until the next dial
+	dialing  *laneDial    // the dial in progress, nil when none
+	inflight atomic.Int32 // KV calls using the lane
 	// idleUntil (unix ns) keeps a lane other than the first whose dial
 	// failed (the controller refuses connections past its limit) out of
 	// the choice for laneRetry, so calls do not each dial it again.
 	idleUntil atomic.Int64
+}
+
+// laneDial is a lane's dial in progress.
+type laneDial struct {
+	done chan struct{} // closed when the dial ends
+	// err is the dial's failure, set before done is closed: the outcome
+	// of the calls that waited for it too. Nil when it failed because
+	// its caller gave up (then a waiter dials again).
+	err error
 }
 
 // laneRetry is how long a lane whose dial failed stays unused.
@@ -295,7 +304,8 @@ func (l *lane) idle() bool {
 }
 
 // connectLane returns l's connection, dialing a new one when the last
-// failed. One dial per lane runs at a time; others wait for it.
+// failed. One dial per lane runs at a time; others wait for it and share
+// its failure, unless it failed because its caller gave up.
 func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, error) {
 	for {
 		r.mu.Lock()
@@ -308,10 +318,13 @@ func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, erro
 			r.mu.Unlock()
 			return c, nil
 		case l.dialing != nil:
-			wait := l.dialing
+			d := l.dialing
 			r.mu.Unlock()
 			select {
-			case <-wait:
+			case <-d.done:
+				if d.err != nil {
+					return nil, d.err
+				}
 				continue
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -321,14 +334,17 @@ func (r *RemoteMeta) connectLane(ctx context.Context, l *lane) (*wire.Conn, erro
 			l.conn.Close() // failed: release its goroutines
 			l.conn = nil
 		}
-		dialing := make(chan struct{})
-		l.dialing = dialing
+		d := &laneDial{done: make(chan struct{})}
+		l.dialing = d
 		r.mu.Unlock()
 
 		conn, reply, err := r.dial(ctx)
 		r.mu.Lock()
 		l.dialing = nil
-		close(dialing)
+		if err != nil && ctx.Err() == nil {
+			d.err = err
+		}
+		close(d.done)
 		if err != nil {
 			r.mu.Unlock()
 			return nil, err
