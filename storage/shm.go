@@ -171,6 +171,20 @@ func sessionOf(req *wire.Request) (*session, error) {
 	return s, nil
 }
 
+// holdingSessionOf is sessionOf for the ops that open holds (RESERVE,
+// ACQUIRE): a connection from another host can fill or read what they
+// hold only over RDMA, so a unit without it refuses them there. A client
+// that cannot use a reservation could otherwise keep its extents (one
+// past the reservation timeout can no longer commit, but stays allocated
+// until aborted) for as long as it keeps its connection alive.
+func (s *Server) holdingSessionOf(req *wire.Request) (*session, error) {
+	sess, err := sessionOf(req)
+	if err == nil && !sess.unix && s.cfg.RDMA == nil {
+		err = fmt.Errorf("op %v on a connection from another host needs a unit with RDMA (this one has none; WRITE and READ carry the bytes): %w", req.Op, engine.ErrNotSupported)
+	}
+	return sess, err
+}
+
 // add records a reservation or a lease and returns its id; it fails when
 // the session is closed or full.
 func (s *session) add(r *Reservation, l *Lease) (uint64, error) {
@@ -243,7 +257,7 @@ func (s *Server) shmSegments(_ context.Context, req *wire.Request, rw *wire.Repl
 // reserve serves RESERVE: ReserveRequest → ReserveReply. It may wait for
 // space, so it runs on a goroutine of its own.
 func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
-	sess, err := sessionOf(req)
+	sess, err := s.holdingSessionOf(req)
 	var m wirepb.ReserveRequest
 	if err == nil {
 		err = req.Decode(&m)
@@ -333,7 +347,7 @@ func (s *Server) takeReservation(req *wire.Request) (*Reservation, error) {
 
 // acquire serves ACQUIRE: AcquireRequest → AcquireReply.
 func (s *Server) acquire(_ context.Context, req *wire.Request, rw *wire.ReplyWriter) {
-	sess, err := sessionOf(req)
+	sess, err := s.holdingSessionOf(req)
 	var m wirepb.AcquireRequest
 	if err == nil {
 		err = req.Decode(&m)
