@@ -43,6 +43,7 @@ import (
 	"regexp"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	mmap "github.com/edsrzf/mmap-go"
 
@@ -75,14 +76,26 @@ type CheckpointInfo struct {
 // MaxCheckpointMetadata bounds a checkpoint's user metadata.
 const MaxCheckpointMetadata = 64 << 10
 
+// maxMetadataDepth bounds how deep a checkpoint's metadata nests: far
+// below the depth at which Python's json.loads, which list_checkpoints
+// runs on every checkpoint's metadata, fails (RecursionError, near 1000).
+const maxMetadataDepth = 256
+
 // checkMetadata refuses user metadata that is not one JSON object of at
-// most MaxCheckpointMetadata bytes.
+// most MaxCheckpointMetadata bytes, or that not every client could read
+// back: invalid UTF-8 (Go's json.Unmarshal takes it, RFC 8259 and Python
+// do not) or nesting past maxMetadataDepth.
 func checkMetadata(b []byte) error {
 	switch {
 	case len(b) == 0:
 		return nil
 	case len(b) > MaxCheckpointMetadata:
 		return fmt.Errorf("checkpoint metadata of %d bytes, at most %d: %w", len(b), MaxCheckpointMetadata, engine.ErrInvalid)
+	case !utf8.Valid(b):
+		return fmt.Errorf("checkpoint metadata is not valid UTF-8: %w", engine.ErrInvalid)
+	}
+	if d := jsonDepth(b); d > maxMetadataDepth {
+		return fmt.Errorf("checkpoint metadata nests %d deep, at most %d: %w", d, maxMetadataDepth, engine.ErrInvalid)
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(b, &obj); err != nil || obj == nil {
@@ -93,6 +106,34 @@ func checkMetadata(b []byte) error {
 		return fmt.Errorf("checkpoint metadata is not a JSON object (%s): %w", why, engine.ErrInvalid)
 	}
 	return nil
+}
+
+// jsonDepth returns how deep the arrays and objects of b nest (b is
+// read as JSON; brackets inside strings do not count).
+func jsonDepth(b []byte) int {
+	depth, most := 0, 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString:
+			switch c {
+			case '\\':
+				escaped = true
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			most = max(most, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return most
 }
 
 func infoOf(name string, head *wirepb.StateHeader) CheckpointInfo {

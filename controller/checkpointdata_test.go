@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -432,4 +433,34 @@ func TestCheckpointSaveOnAFullDisk(t *testing.T) {
 	entries, err := os.ReadDir(root)
 	require.NoError(t, err)
 	assert.Empty(t, entries, "left behind")
+}
+
+// TestCheckpointMetadataOthersCanRead: a checkpoint's metadata is refused
+// unless every client can read it back. Python's json.loads fails on
+// invalid UTF-8 (UnicodeDecodeError) and on deep nesting
+// (RecursionError), and list_checkpoints decodes every checkpoint's
+// metadata: one such checkpoint broke the list for all (and the load
+// that answers with it). Go's json.Unmarshal accepted both.
+func TestCheckpointMetadataOthersCanRead(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	s := NewServer(c, ServerConfig{CheckpointDir: t.TempDir()})
+	t.Cleanup(func() { s.Close() })
+	deep := `{"a":` + strings.Repeat("[", 2000) + strings.Repeat("]", 2000) + `}`
+	for name, md := range map[string]string{
+		"invalid-utf8": "{\"step\": \"caf\xe9\"}",
+		"nested-2000":  deep,
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := s.SaveCheckpoint(context.Background(), "ck", []byte(md))
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			list, err := s.Checkpoints()
+			require.NoError(t, err)
+			assert.Empty(t, list, "nothing saved")
+		})
+	}
+	// What a client can read back is kept as given.
+	ok := `{"step": "café", "a": ` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}`
+	info, err := s.SaveCheckpoint(context.Background(), "ck", []byte(ok))
+	require.NoError(t, err)
+	assert.Equal(t, ok, string(info.Metadata))
 }
