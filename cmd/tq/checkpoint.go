@@ -64,17 +64,20 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	switch verb {
 	case "save":
 		start := time.Now()
-		if _, err := m.SaveCheckpoint(ctx, rest[1], []byte(*metadata)); err != nil {
+		info, err := m.SaveCheckpoint(ctx, rest[1], []byte(*metadata))
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "tq checkpoint: saved %s in %v\n", rest[1], time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "tq checkpoint: saved %s in %v: %d cells, %s%s\n", rest[1], time.Since(start).Round(time.Millisecond),
+			info.Cells, bytesString(info.Bytes), lostString(info.LostCells))
 	case "load":
 		start := time.Now()
 		info, err := m.LoadCheckpoint(ctx, rest[1])
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "tq checkpoint: loaded %s in %v\n", rest[1], time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(stdout, "tq checkpoint: loaded %s in %v: %d cells, %s%s\n", rest[1], time.Since(start).Round(time.Millisecond),
+			info.Cells, bytesString(info.Bytes), lostString(info.LostCells))
 		if len(info.Metadata) > 0 {
 			fmt.Fprintf(stdout, "tq checkpoint: its metadata: %s\n", compactJSON(info.Metadata))
 		}
@@ -100,4 +103,14 @@ func compactJSON(b []byte) string {
 		return printable(string(b))
 	}
 	return printable(out.String())
+}
+
+// lostString says how many cells a checkpoint holds without their bytes
+// ("" for none): their storage unit was gone when it was saved, and a
+// read of them after a load fails as lost.
+func lostString(n int64) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d cells lost when it was saved (their unit was gone): reads of them fail", n)
 }

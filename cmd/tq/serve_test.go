@@ -57,6 +57,7 @@ func TestRestoreOnlyIntoAnEmptyController(t *testing.T) {
 	putInt(t, kv, "p", "before", 1)
 	out, err := runTQ(t, ctrl, bin, "checkpoint", "save", addr, "c0")
 	require.NoError(t, err, out)
+	assert.Regexp(t, `saved c0 in \S+: 1 cells, \S+ B\n`, out, "what the checkpoint holds, and no cells lost")
 	putInt(t, kv, "p", "after", 2)
 	ctrl.stop(t)
 
