@@ -413,10 +413,20 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	if nsge > C.TQ_SHIM_MAX_SGE {
 		return 0, fmt.Errorf("post: a chain of %d work requests names %d SGEs, more than %d: nothing posted: %w", len(wrs), nsge, C.TQ_SHIM_MAX_SGE, engine.ErrInvalid)
 	}
+	return q.post(wrs, sges)
+}
+
+// post is Post's crossing of cgo, without Post's checks: the shim checks
+// the chain again, and tests reach its refusals through here.
+func (q *QP) post(wrs []WR, sges []SGE) (bad int, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
 		return 0, fmt.Errorf("post to a destroyed queue pair: %w", engine.ErrClosed)
+	}
+	var wp *C.struct_tq_wr
+	if len(wrs) > 0 {
+		wp = (*C.struct_tq_wr)(unsafe.Pointer(&wrs[0]))
 	}
 	var sp *C.struct_tq_sge
 	if len(sges) > 0 {
@@ -424,9 +434,10 @@ func (q *QP) Post(wrs []WR, sges []SGE) (bad int, err error) {
 	}
 	var e C.struct_tq_err
 	var cbad C.int
-	if C.tq_shim_post(q.c, (*C.struct_tq_wr)(unsafe.Pointer(&wrs[0])), C.int(len(wrs)), sp, C.int(len(sges)), &cbad, &e) != 0 {
+	if C.tq_shim_post(q.c, wp, C.int(len(wrs)), sp, C.int(len(sges)), &cbad, &e) != 0 {
 		return int(cbad), cerr(q.d.name, &e)
 	}
+	runtime.KeepAlive(wrs)
 	runtime.KeepAlive(sges)
 	return 0, nil
 }
