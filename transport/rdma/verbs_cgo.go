@@ -325,6 +325,13 @@ func (d *Device) NewPreparedQP(cq *CQ, caps QPCaps, psn uint32) (*PreparedQP, er
 	if err != nil {
 		return nil, err
 	}
+	// cq stays alive while the QP is made on it: destroying it frees its
+	// handle.
+	cq.mu.Lock()
+	defer cq.mu.Unlock()
+	if cq.closed {
+		return nil, fmt.Errorf("queue pair on a destroyed completion queue: %w", engine.ErrClosed)
+	}
 	var e C.struct_tq_err
 	qp := C.tq_shim_create_qp(c, cq.c, C.uint32_t(caps.MaxWR), C.uint32_t(caps.MaxSGE), &e)
 	if qp == nil {
@@ -356,9 +363,14 @@ type HandshakeOpts struct {
 // On failure the QP is closed.
 func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 	q := p.qp
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed { // its handle is freed
+		return nil, fmt.Errorf("handshake of a destroyed queue pair: %w", engine.ErrClosed)
+	}
 	c, err := q.d.handle()
 	if err != nil {
-		q.Close()
+		q.closeLocked()
 		return nil, err
 	}
 	mtu := o.MTU
@@ -376,7 +388,7 @@ func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 		C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), C.uint8_t(rd.Resp), &e) != 0,
 		C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), C.uint8_t(rd.Init), &e) != 0:
 		err := cerr(q.d.name, &e)
-		q.Close()
+		q.closeLocked()
 		return nil, err
 	}
 	return q, nil
@@ -524,6 +536,10 @@ func (q *QP) Timeout() (timeout, retryCnt uint8, err error) {
 func (q *QP) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.closeLocked()
+}
+
+func (q *QP) closeLocked() error {
 	return q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_qp(c, q.c, e) })
 }
 
