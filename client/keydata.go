@@ -218,6 +218,11 @@ func (r *RemoteMeta) GetKeysData(ctx context.Context, partition string, keys, fi
 		if err != nil {
 			return nil, nil, r.opErr("kv get", corruptReply(err))
 		}
+		if b == nil {
+			// Keys that share no field: the rows of no field, as a
+			// get through the units answers (not "no batch, no meta").
+			b = engine.MustBatch()
+		}
 		return nil, b, nil
 	}
 	m, err := r.meta("kv get", reply.Meta, before)
