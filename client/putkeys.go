@@ -198,6 +198,10 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 	if err := checkPartKeys(partition, keys, nil); err != nil {
 		return nil, err
 	}
+	// Before the caller fills anything: Commit would refuse them after.
+	if err := checkTags(tags); err != nil {
+		return nil, err
+	}
 	kinds, sizes, dtypes, err := checkSpecs(fields, len(keys))
 	if err != nil {
 		return nil, err
@@ -222,8 +226,16 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 	if err != nil {
 		return nil, err
 	}
-	// Kept until Commit: copies, so that the caller may reuse its slices.
-	return &KeysPutBuffer{reserved: r, part: partition, keys: slices.Clone(keys), tags: slices.Clone(tags), names: specNames(fields), dtypes: dtypes}, nil
+	// Kept until Commit: copies (the tags deep ones), so that the caller
+	// may reuse its slices and maps.
+	var own []engine.Tags
+	if tags != nil {
+		own = make([]engine.Tags, len(tags))
+		for i, t := range tags {
+			own[i] = t.Clone()
+		}
+	}
+	return &KeysPutBuffer{reserved: r, part: partition, keys: slices.Clone(keys), tags: own, names: specNames(fields), dtypes: dtypes}, nil
 }
 
 // checkDTypes refuses fields whose dtype differs from the partition's.
