@@ -296,11 +296,14 @@ func (c *Column) DType() DType { return c.dtype }
 // Len returns the number of rows.
 func (c *Column) Len() int { return c.n }
 
-// Shape returns the per-row shape of a dense column, nil otherwise.
+// Shape returns the per-row shape of a dense column, nil otherwise. It is
+// the column's own: do not modify it (Clone it to change it); a change
+// would make the column read its rows at other offsets.
 func (c *Column) Shape() Shape { return c.shape }
 
 // RowShape returns row i's shape (for opaque rows: the byte length as a 1-D
-// shape).
+// shape). A dense or ragged column's is its own, as for Shape: do not
+// modify it.
 func (c *Column) RowShape(i int) Shape {
 	switch c.kind {
 	case Dense:
