@@ -312,6 +312,9 @@ func (c *serveConfig) validate() error {
 			bad("%s %q: %v", l.name, l.addr, err)
 		} else if err := checkPort(port); err != nil {
 			bad("%s %q: %v", l.name, l.addr, err)
+		} else if p, _ := net.LookupPort("tcp", port); l.name == "--unit-listen" && p != 0 && c.Role == "all" && c.Units > 1 {
+			// Every unit listens there: the second could not bind.
+			bad("--units %d with --unit-listen %q: every storage unit listens on --unit-listen, and only one can have port %d: give port 0 (each unit a free port) or run one unit per process", c.Units, c.UnitListen, p)
 		}
 	}
 	for _, l := range []struct{ name, addr string }{{"--metrics", c.Metrics}, {"--pprof", c.Pprof}} {

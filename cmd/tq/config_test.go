@@ -547,3 +547,34 @@ func TestMaxPartitionsFlag(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "max-partitions")
 }
+
+// Every storage unit of --role all listens on --unit-listen: a fixed port
+// there can be bound by one unit only, so with more than one the second
+// failed at start, once the controller and the first unit were up, with
+// "bind: address already in use" naming no flag. It is refused up front,
+// naming both flags; port 0 (each unit its own free port) and a single
+// unit are taken.
+func TestUnitsOnOneFixedPortAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{[]string{"--units", "2", "--unit-listen", "127.0.0.1:7411"}, `--units 2 with --unit-listen "127.0.0.1:7411"`},
+		{[]string{"--units", "3", "--unit-listen", ":7411"}, `--units 3 with --unit-listen ":7411"`},
+		{[]string{"--units", "2", "--unit-listen", "127.0.0.1:http"}, `--units 2 with --unit-listen "127.0.0.1:http"`},
+		{[]string{"--units", "2", "--unit-listen", "127.0.0.1:0"}, ""},
+		{[]string{"--units", "1", "--unit-listen", "127.0.0.1:7411"}, ""},
+		{[]string{"--role", "unit", "--controller", "tcp://h:1", "--unit-listen", "127.0.0.1:7411"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
