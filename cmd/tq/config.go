@@ -411,6 +411,35 @@ func checkPort(port string) error {
 	return nil
 }
 
+// maxSocketPath is the longest path a unix socket can be bound at: Linux's
+// sun_path holds 108 bytes with the NUL that ends the path.
+const maxSocketPath = 107
+
+// checkSocketPaths refuses a unix socket path that cannot be bound: one
+// too long would fail at start, once the controller was made, with
+// "bind: invalid argument". Under --socket-dir the longest name counts:
+// a unit's fd socket, its id taken as of 5 digits, as many as the most
+// units a controller holds (a cluster whose units re-registered past id
+// 99999 needs a shorter directory). It runs once the paths are absolute,
+// as they are bound.
+func (c *serveConfig) checkSocketPaths() error {
+	var errs []error
+	for _, p := range []struct{ name, path, longest string }{
+		{"--socket-dir", c.SocketDir, filepath.Join(c.SocketDir, fmt.Sprintf("unit-%d.sock.shm", controller.MaxUnits))},
+		{"--socket", c.Socket, c.Socket},
+		{"--resp-socket", c.RESPSocket, c.RESPSocket},
+	} {
+		if p.path != "" && len(p.longest) > maxSocketPath {
+			what := "the path"
+			if p.longest != p.path {
+				what = fmt.Sprintf("a socket's path in it (%s)", filepath.Base(p.longest))
+			}
+			errs = append(errs, fmt.Errorf("%s %q: %s would have %d bytes, and a unix socket's path at most %d: choose a shorter one", p.name, p.path, what, len(p.longest), maxSocketPath))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // checkControllerAddr checks --controller up front: a malformed address
 // would otherwise be retried for --controller-wait as a controller not
 // reachable yet.

@@ -578,3 +578,40 @@ func TestUnitsOnOneFixedPortAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// A unix socket's path has at most 107 bytes (sun_path, less its NUL): a
+// longer --socket-dir, --socket or --resp-socket passed --check-config
+// and failed at start, once the controller was made, with "bind: invalid
+// argument". It is refused up front, naming the flag, the path's length
+// and the limit; under --socket-dir the longest name counts (a unit's
+// fd socket, unit-ID.sock.shm, with an id of 5 digits, as many as the
+// most units a controller holds).
+func TestSocketPathsPastTheUnixLimitAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	long := func(n int) string { return "/" + strings.Repeat("s", n-1) } // n bytes
+	// The longest name under --socket-dir is "/unit-65536.sock.shm", 20
+	// bytes: a directory of 87 bytes leaves 107.
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{[]string{"--socket-dir", long(88)}, "--socket-dir"},
+		{[]string{"--socket-dir", long(87)}, ""},
+		{[]string{"--role", "unit", "--controller", "tcp://h:1", "--socket-dir", long(88)}, "--socket-dir"},
+		{[]string{"--socket", long(108)}, "--socket"},
+		{[]string{"--socket", long(107)}, ""},
+		{[]string{"--resp-socket", long(108)}, "--resp-socket"},
+		{[]string{"--resp-socket", long(107)}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.Contains(t, err.Error(), "at most 107")
+		})
+	}
+}

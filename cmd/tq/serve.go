@@ -149,6 +149,9 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		}
 		*p.path = abs
 	}
+	if err := cfg.checkSocketPaths(); err != nil {
+		return cfg, once, fmt.Errorf("invalid configuration:\n%w", err)
+	}
 	if once.restoreForce && cfg.Restore == "" {
 		return cfg, once, errors.New("invalid configuration:\n--restore-force needs --restore")
 	}
