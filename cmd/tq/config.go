@@ -125,7 +125,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	fs.BoolVar(&c.RefuseClearToken, "refuse-clear-token", c.RefuseClearToken, "refuse clients and units that send the token in clear (older than the challenge handshake, which never sends it); by default they are still admitted")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
-	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, "rows reserved when a partition is created")
+	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, fmt.Sprintf("rows reserved when a partition is created (at most %d)", maxPreAlloc))
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
@@ -274,6 +274,8 @@ func (c *serveConfig) validate() error {
 	}
 	if c.PreAlloc < 0 {
 		bad("--pre-alloc %d: must not be negative", c.PreAlloc)
+	} else if c.PreAlloc > maxPreAlloc {
+		bad("--pre-alloc %d: at most %d (the controller makes these rows whenever a partition is created)", c.PreAlloc, maxPreAlloc)
 	}
 	if c.ControllerWait < 0 {
 		bad("--controller-wait %v: must not be negative", c.ControllerWait)
@@ -392,6 +394,12 @@ func (c *serveConfig) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// maxPreAlloc is the most --pre-alloc: the controller makes that many
+// rows, in memory, with every partition it creates; past some millions
+// one partition would take GiBs, and a value past the index space made
+// the first request that created a partition panic.
+const maxPreAlloc = 1 << 24
 
 // minHeartbeat is the shortest --heartbeat: storage units heartbeat no
 // faster (storage/join.go's floor).

@@ -615,3 +615,36 @@ func TestSocketPathsPastTheUnixLimitAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// --pre-alloc rows are made when a partition is: the controller allocates
+// them at once, so a huge value (a typo, a byte count) passed
+// --check-config and started; then the controller's first partition
+// panicked ("makeslice: cap out of range", past the index space) or
+// asked for more memory than the host has. It is refused up front,
+// naming the flag and the limit.
+func TestPreAllocPastItsLimitIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	file := filepath.Join(t.TempDir(), "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("pre_alloc: 100000000000\n"), 0o600))
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{[]string{"--pre-alloc", "100000000000"}, "--pre-alloc 100000000000: at most 16777216"},
+		{[]string{"--pre-alloc", "4611686018427387904"}, "--pre-alloc 4611686018427387904: at most 16777216"},
+		{[]string{"--pre-alloc", "16777217"}, "--pre-alloc 16777217: at most 16777216"},
+		{[]string{"--config", file}, "--pre-alloc 100000000000: at most 16777216"},
+		{[]string{"--pre-alloc", "16777216"}, ""},
+		{[]string{"--pre-alloc", "1024"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
