@@ -130,7 +130,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
 	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (default 10m; negative: never)")
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (at least 10ms), for the controller, which tells its units; a unit silent for five is reported dead")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (from 10ms to 1m), for the controller, which tells its units; a unit silent for five is reported dead")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
@@ -286,6 +286,10 @@ func (c *serveConfig) validate() error {
 	// healthy units would flap between alive and lost.
 	if c.HeartbeatInterval < minHeartbeat {
 		bad("--heartbeat %v: must be at least %v (storage units heartbeat no faster)", c.HeartbeatInterval, minHeartbeat)
+	} else if c.HeartbeatInterval > maxHeartbeat {
+		// Nor slower than every minute: the controller would wait five of
+		// its intervals (past ~512409h, overflowing to its 5 s default).
+		bad("--heartbeat %v: must be at most %v (storage units heartbeat no slower)", c.HeartbeatInterval, maxHeartbeat)
 	}
 	// --shm-quarantine is not among these: every duration is valid there,
 	// read as storage.ServerConfig.Quarantine reads it (0: the default;
@@ -404,6 +408,10 @@ const maxPreAlloc = 1 << 24
 // minHeartbeat is the shortest --heartbeat: storage units heartbeat no
 // faster (storage/join.go's floor).
 const minHeartbeat = 10 * time.Millisecond
+
+// maxHeartbeat is the longest --heartbeat: storage units heartbeat no
+// slower (storage/join.go's ceiling).
+const maxHeartbeat = time.Minute
 
 // checkPort refuses a port net.Listen and net.Dial would, a number
 // beyond 65535 or a name /etc/services does not know, and an empty one,

@@ -648,3 +648,37 @@ func TestPreAllocPastItsLimitIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// A storage unit heartbeats no slower than every minute, whatever its
+// controller tells it (storage/join.go's ceiling), while the controller
+// reports a unit dead after five of its own --heartbeat: above a minute
+// that is no longer five of the units' heartbeats, and past about 512409h
+// five intervals overflow, the controller falls back to a 5 s timeout and
+// reports every healthy unit, heartbeating each minute, lost. It is
+// refused, naming the flag and the value; a minute itself is taken.
+func TestHeartbeatAboveTheUnitsCeilingIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	file := filepath.Join(t.TempDir(), "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("heartbeat_interval: 1000000h\n"), 0o600))
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{[]string{"--heartbeat", "1000000h"}, "--heartbeat 1000000h0m0s: must be at most 1m0s"},
+		{[]string{"--heartbeat-interval", "61s"}, "--heartbeat 1m1s: must be at most 1m0s"},
+		{[]string{"--role", "controller", "--heartbeat", "10m"}, "--heartbeat 10m0s: must be at most 1m0s"},
+		{[]string{"--config", file}, "--heartbeat 1000000h0m0s: must be at most 1m0s"},
+		{[]string{"--heartbeat", "1m"}, ""},
+		{[]string{"--role", "controller", "--heartbeat", "30s"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
