@@ -357,6 +357,21 @@ func (c *serveConfig) validate() error {
 		if c.RESPMaxValue <= 0 {
 			bad("--resp-max-value %v: must be positive", c.RESPMaxValue)
 		}
+	} else {
+		// Set, they would be ignored without a word.
+		def := defaultServeConfig()
+		for _, f := range []struct {
+			name    string
+			v, dflt any
+		}{
+			{"resp-partition", c.RESPPartition, def.RESPPartition},
+			{"resp-max-value", c.RESPMaxValue, def.RESPMaxValue},
+			{"resp-loops", c.RESPLoops, def.RESPLoops},
+		} {
+			if f.v != f.dflt {
+				bad("--%s %v: used only with --resp or --resp-socket (the Redis-protocol endpoint), which are not set", f.name, f.v)
+			}
+		}
 	}
 	if c.Advertise != "" {
 		if host, port, err := splitHostMaybePort(c.Advertise); err != nil {

@@ -360,7 +360,7 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 	}{
 		{"a unit at the defaults of flags it does not use", []string{"--role", "unit", "--controller", "unix:///run/tq/controller.sock", "--units", "2", "--listen", "127.0.0.1:7370"}},
 		{"a controller address as host:port", []string{"--role", "unit", "--controller", "h:7370"}},
-		{"loops -1", []string{"--loops", "-1", "--resp-loops", "-1"}},
+		{"loops -1", []string{"--loops", "-1", "--resp", "127.0.0.1:0", "--resp-loops", "-1"}},
 		{"a negative quarantine: none", []string{"--shm-quarantine", "-1s"}},
 		{"quarantine 0: the default", []string{"--shm-quarantine", "0"}},
 		{"a quarantine in a config file", []string{"--config", yamlFile("q.yaml", "shm_quarantine: 2m\n")}},
@@ -670,6 +670,32 @@ func TestHeartbeatAboveTheUnitsCeilingIsRefused(t *testing.T) {
 		{[]string{"--config", file}, "--heartbeat 1000000h0m0s: must be at most 1m0s"},
 		{[]string{"--heartbeat", "1m"}, ""},
 		{[]string{"--role", "controller", "--heartbeat", "30s"}, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+// The Redis-protocol endpoint's own flags without the endpoint would be
+// ignored: they are refused, naming them. --check-config used to say ok.
+func TestRESPFlagsWithoutTheEndpointAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	for _, tc := range []struct {
+		args []string
+		want string // "" for accepted
+	}{
+		{[]string{"--resp-partition", "foo"}, `--resp-partition foo: used only with --resp or --resp-socket`},
+		{[]string{"--resp-max-value", "1MiB"}, `--resp-max-value 1 MiB: used only with --resp or --resp-socket`},
+		{[]string{"--resp-loops", "-1"}, `--resp-loops -1: used only with --resp or --resp-socket`},
+		{[]string{"--resp", "127.0.0.1:0", "--resp-partition", "foo", "--resp-loops", "-1"}, ""},
+		{[]string{"--resp-socket", filepath.Join(t.TempDir(), "r.sock"), "--resp-max-value", "1MiB"}, ""},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
