@@ -844,6 +844,29 @@ def test_tags_json_would_change_are_refused(client, part):
     assert client.kv_list(part)[part] == {"a": {"状态": "完成 ✓", "e": "😀"}}
 
 
+def test_tags_numbers_past_int64_and_keys_not_str_are_refused(client, part):
+    """A tag JSON would carry but the server would not keep as given is
+    refused before anything is sent, as the Go client refuses it
+    (engine.CheckTagValue): an int past int64 (the server would keep a
+    float, its low digits gone) and a dict key that is not a str (JSON
+    would make it one: 1 and "1" would read back as one key). The int64
+    bounds themselves round-trip; nothing of a refused put changes."""
+    lo, hi = -(2 ** 63), 2 ** 63 - 1
+    client.kv_put("a", part, tag={"n": hi, "m": lo})
+    assert client.kv_list(part)[part]["a"] == {"n": hi, "m": lo}
+    for bad in ({"n": 2 ** 63}, {"n": lo - 1}, {"n": [1, 2 ** 70]}, {"n": {"d": 2 ** 64}},
+                {1: "x"}, {"n": {None: 1}}, {"n": [{True: 1}]}, {"n": {1.5: 1}}):
+        with pytest.raises(tq.InvalidError):
+            client.kv_put("a", part, tag=bad)
+        with pytest.raises(tq.InvalidError):
+            client.kv_batch_put(["b", "a"], part, {"x": np.arange(2)}, tags=[{}, bad])
+    with pytest.raises(tq.InvalidError, match="int64"):
+        client.compare_and_set_tag("a", part, "n", hi, 2 ** 63)
+    with pytest.raises(tq.InvalidError, match="int64"):
+        client.list_keys(part, where={"n": 2 ** 64})
+    assert client.kv_list(part)[part] == {"a": {"n": hi, "m": lo}}
+
+
 def test_single_value_of_the_wrong_length_is_corrupt(client, part):
     """A KV_GET_VALUE reply whose payload is not the bytes its schema's
     shape needs (a damaged or hostile controller) is CorruptError naming

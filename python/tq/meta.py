@@ -20,9 +20,55 @@ from . import errors
 _ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_PLAIN = frozenset((str, float, bool, type(None)))
+
+
+def _changed_by_json(v):
+    """Why the server would not keep v as given, or None: an int past
+    int64 (it would keep a float) or a dict key that is not a str (JSON
+    would write it as one), at any depth, as the Go client's
+    CheckTagValue refuses them. The rest the encoder judges."""
+    t = type(v)
+    if t in _PLAIN:
+        return None
+    if t is dict:
+        # The common case, a tag's flat dict of plain values, checked
+        # without a call per value; anything else takes the walk below.
+        for k, x in v.items():
+            tx = type(x)
+            if type(k) is not str or not (tx in _PLAIN or (tx is int and _INT64_MIN <= x <= _INT64_MAX)):
+                break
+        else:
+            return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            return f"{v} is beyond an int64, and would read back as {float(v)!r}"
+        return None
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                return f"key {k!r} is of type {type(k).__name__}, not str (JSON would write it as a string)"
+            why = _changed_by_json(x)
+            if why is not None:
+                return f"{k!r}: {why}"
+        return None
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            why = _changed_by_json(x)
+            if why is not None:
+                return f"[{i}]: {why}"
+    return None
+
+
 def value_to_json(v, what: str = "tag value") -> bytes:
     """v as JSON, as the server keeps it; InvalidError for what JSON
-    cannot carry unchanged (NaN, a string with a lone surrogate)."""
+    cannot carry unchanged (NaN, a string with a lone surrogate) or the
+    server would not keep as given (an int past int64, a dict key that is
+    not a str)."""
+    why = _changed_by_json(v)
+    if why is not None:
+        raise errors.InvalidError(f"{what} {v!r}: {why}")
     try:
         return _ENC.encode(v).encode()
     except UnicodeEncodeError as e:
