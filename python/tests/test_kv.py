@@ -973,6 +973,31 @@ def test_field_name_that_is_not_text_is_refused_before_anything_is_written(clien
             client.reserve_kv_put(["a"], part, {name: ("float32", (4,))})
 
 
+def test_key_or_partition_that_is_not_text_is_invalid_naming_it(client, part):
+    """A key or partition id that is not UTF-8 text (a lone surrogate)
+    was a bare UnicodeEncodeError from protobuf naming neither it nor its
+    place, where a field name is InvalidError and the Go client refuses
+    such a key as ErrInvalid naming it (client.checkAt). Now
+    InvalidError naming it, from each KV call and its async twin; nothing
+    is written."""
+    x = np.ones((3, 1 << 15))  # through the units
+    client.kv_put("a", part, {"x": np.ones(1 << 15)})
+    bad = "b\ud800"
+    calls = (lambda k, p: client.kv_batch_put(k, p, {"x": x}),
+             lambda k, p: client.kv_batch_put(k, p, tags=[{}] * 3),
+             lambda k, p: client.kv_batch_get(k, p),
+             lambda k, p: client.kv_clear(k, p),
+             lambda k, p: client.delete_tags(k, p, ["t"]),
+             lambda k, p: asyncio.run(client.async_kv_batch_put(k, p, {"x": x})))
+    for call in calls:
+        with pytest.raises(tq.InvalidError, match="not UTF-8") as ei:
+            call(["a", bad, "c"], part)
+        assert ei.value.keys == [bad] and "2 of 3" in ei.value.message
+        with pytest.raises(tq.InvalidError, match="partition .* not UTF-8"):
+            call(["a", "b", "c"], part + "\udfff")
+    assert client.kv_list(part)[part] == {"a": {}}
+
+
 _WRITE_THROUGH_A_VIEW = """
 import sys
 import numpy as np

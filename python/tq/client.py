@@ -47,14 +47,34 @@ def _sel(fields):
     return control_pb2.FieldSelection(names=list(fields))
 
 
-def _as_keys(keys):
+def _as_keys(keys, partition=None, op=""):
+    """keys as a list of str; with ``partition``, that checked too. A key
+    or a partition id that is not UTF-8 text (a lone surrogate) is
+    InvalidError naming it, as the Go client refuses it, not a bare
+    UnicodeEncodeError from protobuf."""
     if isinstance(keys, str):
-        return [keys]
+        keys = [keys]
     keys = list(keys)
     if not all(type(k) is str for k in keys):
         for k in keys:
             if not isinstance(k, str):
                 raise TypeError(f"keys must be str, not {type(k).__name__}")
+    joined = "".join(keys)
+    if not joined.isascii():
+        try:
+            joined.encode()
+        except UnicodeEncodeError:
+            for i, k in enumerate(keys):
+                try:
+                    k.encode()
+                except UnicodeEncodeError as e:
+                    raise errors.InvalidError(f"key {k!r} ({i + 1} of {len(keys)}) is not UTF-8 text: {e.reason}",
+                                              op=op, keys=[k]) from None
+    if partition is not None and isinstance(partition, str) and not partition.isascii():
+        try:
+            partition.encode()
+        except UnicodeEncodeError as e:
+            raise errors.InvalidError(f"partition {partition!r} is not UTF-8 text: {e.reason}", op=op) from None
     return keys
 
 
@@ -631,7 +651,7 @@ class Client:
     def kv_batch_put(self, keys, partition_id: str, fields=None, tags=None) -> KVBatchMeta:
         """Write row i of ``fields`` to ``keys[i]`` and merge ``tags[i]`` into
         its tags, creating missing keys; readers see the whole put or none."""
-        keys = _as_keys(keys)
+        keys = _as_keys(keys, partition_id, "kv_batch_put")
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_put", partition=partition_id)
         if fields is None and tags is None:
@@ -747,7 +767,7 @@ class Client:
         current stream's order (use them on that stream, or synchronize);
         ragged fields come as lists of tensors there, opaque ones as they
         are."""
-        keys = _as_keys(keys)
+        keys = _as_keys(keys, partition_id, "kv_batch_get")
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
         if isinstance(select_fields, str):
@@ -953,7 +973,7 @@ class Client:
 
     def kv_clear(self, keys, partition_id: str) -> None:
         """Remove ``keys`` (idempotent: unknown keys are skipped)."""
-        keys = _as_keys(keys)
+        keys = _as_keys(keys, partition_id, "kv_clear")
         if not keys:
             return
         self._call(wire.CLEAR_KEYS, control_pb2.ClearKeysRequest(partition=partition_id, keys=keys),
@@ -966,9 +986,10 @@ class Client:
         return [k or None for k in rep.keys]
 
     def kv_retrieve_meta(self, keys, partition_id: str, create: bool = False) -> BatchMeta:
+        keys = _as_keys(keys, partition_id, "kv_retrieve_meta")
         before = self._cluster_now
         rep = self._call(wire.RESOLVE_KEYS, control_pb2.ResolveKeysRequest(
-            partition=partition_id, keys=_as_keys(keys), fields=_sel(None), create=create),
+            partition=partition_id, keys=keys, fields=_sel(None), create=create),
             control_pb2.ResolveKeysReply, op_name="kv_retrieve_meta", partition=partition_id)
         return self._meta_of(rep.meta, before)
 
@@ -1242,7 +1263,7 @@ class Client:
         the keys' values (with tags), :meth:`Reservation.abort` gives the
         memory back. Needs a storage unit on this host
         (:class:`NotSupportedError` otherwise)."""
-        keys = _as_keys(keys)
+        keys = _as_keys(keys, partition_id, "reserve_kv_put")
         if not keys or not specs:
             raise errors.InvalidError("a reservation needs keys and fields", op="reserve_kv_put")
         n = len(keys)
@@ -1372,7 +1393,8 @@ class Client:
                    None, op_name="set_tags", partition=partition_id)
 
     def delete_tags(self, keys, partition_id: str, names):
-        rep = self._call(wire.DELETE_TAGS, control_pb2.DeleteTagsRequest(partition=partition_id, keys=_as_keys(keys),
+        keys = _as_keys(keys, partition_id, "delete_tags")
+        rep = self._call(wire.DELETE_TAGS, control_pb2.DeleteTagsRequest(partition=partition_id, keys=keys,
                                                                          names=list(names)),
                          control_pb2.DeleteTagsReply, op_name="delete_tags", partition=partition_id)
         return tags_from_json_list(rep.tags)
