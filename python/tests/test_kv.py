@@ -802,6 +802,23 @@ def test_tags_made_as_iterated_stay_on_their_rows(server, client, part):
         r.abort()
 
 
+def test_kv_batch_put_takes_tags_as_any_iterable(client, part):
+    """kv_batch_put's tags as a generator were a bare TypeError (len() of
+    a generator), where its keys and Reservation.commit's tags take any
+    iterable; a single dict given as tags was taken as its names, one per
+    key ("a tag must be a dict, not str"). Now a generator is the rows'
+    tags in order, and a dict is InvalidError saying tags are one dict a
+    key; nothing of a refused put is written."""
+    meta = client.kv_batch_put(["a", "b"], part, {"x": np.arange(2)}, tags=({"i": i} for i in range(2)))
+    assert meta.tags == [{"i": 0}, {"i": 1}]
+    with pytest.raises(tq.InvalidError, match="3 tags for 2 keys"):
+        client.kv_batch_put(["a", "b"], part, {"x": np.arange(2)}, tags=({"i": i} for i in range(3)))
+    for tags in ({"i": 5}, {"i": 5, "j": 6}):
+        with pytest.raises(tq.InvalidError, match="one dict a key"):
+            client.kv_batch_put(["c", "d"][:len(tags)], part, {"x": np.arange(len(tags))}, tags=tags)
+    assert client.kv_list(part)[part] == {"a": {"i": 0}, "b": {"i": 1}}
+
+
 def test_empty_dense_value_round_trips(client, part):
     """A value with a zero in its shape failed to send (memoryview cannot
     cast such a shape): a TypeError, and the connection closed."""

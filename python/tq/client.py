@@ -656,9 +656,14 @@ class Client:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_put", partition=partition_id)
         if fields is None and tags is None:
             raise errors.InvalidError("a put needs fields or tags", op="kv_batch_put", partition=partition_id)
-        if tags is not None and len(tags) != len(keys):
-            raise errors.InvalidError(f"{len(tags)} tags for {len(keys)} keys", op="kv_batch_put",
-                                      partition=partition_id)
+        if tags is not None:
+            if hasattr(tags, "items"):
+                raise errors.InvalidError("tags are one dict a key (a list of dicts), not a dict", op="kv_batch_put",
+                                          partition=partition_id)
+            tags = list(tags)  # any iterable, as keys
+            if len(tags) != len(keys):
+                raise errors.InvalidError(f"{len(tags)} tags for {len(keys)} keys", op="kv_batch_put",
+                                          partition=partition_id)
         if fields is not None and not hasattr(fields, "items"):
             raise errors.InvalidError("fields must be a dict of name → value", op="kv_batch_put")
         cols = _cols.columns(fields, len(keys))
