@@ -203,33 +203,32 @@ func TestResetEndsHolds(t *testing.T) {
 }
 
 // A hold that expired while nobody fetched is given back by the next look
-// at the task's consumption: that look must report the rows given back
+// at the task's consumption (ConsumptionStatus, or CheckConsumption, the
+// first to look after the TTL): that look must report the rows given back
 // as not consumed, not as consumed and no longer held.
-func TestConsumptionStatusSeesExpiredHold(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HeldFetchTTL = 20 * time.Millisecond
-	c := newController(t, cfg)
-	doneWith(t, c, 4)
-	heldFetch(t, c, "a", 4)
-	time.Sleep(50 * time.Millisecond)
-	st, err := c.ConsumptionStatus("p", "t")
-	require.NoError(t, err)
-	assert.Empty(t, st.Held)
-	assert.Equal(t, 0, trues(st.Consumed), "the expired hold's rows are back")
-	m, err := peerFetch(c, time.Second)
-	require.NoError(t, err)
-	require.Equal(t, 4, m.Len())
-}
-
-// The same, through CheckConsumption, the first to look after the TTL.
-func TestCheckConsumptionAfterExpiredHold(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.HeldFetchTTL = 20 * time.Millisecond
-	c := newController(t, cfg)
-	doneWith(t, c, 4)
-	heldFetch(t, c, "a", 4)
-	time.Sleep(50 * time.Millisecond)
-	assert.False(t, c.CheckConsumption("p", "t"), "the rows were given back, nobody consumed them")
+func TestConsumptionSeesExpiredHold(t *testing.T) {
+	expired := func(t *testing.T) *Controller {
+		cfg := DefaultConfig()
+		cfg.HeldFetchTTL = 20 * time.Millisecond
+		c := newController(t, cfg)
+		doneWith(t, c, 4)
+		heldFetch(t, c, "a", 4)
+		time.Sleep(50 * time.Millisecond)
+		return c
+	}
+	t.Run("status", func(t *testing.T) {
+		c := expired(t)
+		st, err := c.ConsumptionStatus("p", "t")
+		require.NoError(t, err)
+		assert.Empty(t, st.Held)
+		assert.Equal(t, 0, trues(st.Consumed), "the expired hold's rows are back")
+		m, err := peerFetch(c, time.Second)
+		require.NoError(t, err)
+		require.Equal(t, 4, m.Len())
+	})
+	t.Run("check", func(t *testing.T) {
+		assert.False(t, expired(t).CheckConsumption("p", "t"), "the rows were given back, nobody consumed them")
+	})
 }
 
 // A held fetch lives until it is settled, however many keyed fetches (and
