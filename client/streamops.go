@@ -37,14 +37,20 @@ func (c checkedMeta) stream(op string) (StreamService, error) {
 	return ss, nil
 }
 
-func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+// keyedStream checks the partition and task of an op on a keyed fetch
+// (unconsume, acknowledge) and returns the service to send it to.
+func (c checkedMeta) keyedStream(op, partition, task string) (StreamService, error) {
 	if err := checkPartFields(partition, nil); err != nil {
-		return invalid("unconsume", err)
+		return nil, invalid(op, err)
 	}
 	if err := checkName(nameTask, task); err != nil {
-		return invalid("unconsume", err)
+		return nil, invalid(op, err)
 	}
-	ss, err := c.stream("unconsume")
+	return c.stream(op)
+}
+
+func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	ss, err := c.keyedStream("unconsume", partition, task)
 	if err != nil {
 		return err
 	}
@@ -52,13 +58,7 @@ func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string)
 }
 
 func (c checkedMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
-	if err := checkPartFields(partition, nil); err != nil {
-		return invalid("acknowledge", err)
-	}
-	if err := checkName(nameTask, task); err != nil {
-		return invalid("acknowledge", err)
-	}
-	ss, err := c.stream("acknowledge")
+	ss, err := c.keyedStream("acknowledge", partition, task)
 	if err != nil {
 		return err
 	}

@@ -56,15 +56,14 @@ func (p *partition) hold(e *fetchEntry, from time.Time) {
 	p.heldCheck = time.Time{} // the next look works it out
 }
 
+// holding reports whether e holds rows it could give back: held, not
+// given back, with consumed rows left.
+func (e *fetchEntry) holding() bool { return e.held && !e.spent && len(e.consumed) > 0 }
+
 // holds reports whether a held fetch of task holds rows it could give
 // back. p is locked.
 func (p *partition) holds(task string) bool {
-	for _, e := range p.held {
-		if e.held && !e.spent && e.task == task && len(e.consumed) > 0 {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(p.held, func(e *fetchEntry) bool { return e.task == task && e.holding() })
 }
 
 // heldRows returns the rows held fetches of task hold, in index order
@@ -72,7 +71,7 @@ func (p *partition) holds(task string) bool {
 func (p *partition) heldRows(task string) []uint64 {
 	var out []uint64
 	for _, e := range p.held {
-		if e.held && !e.spent && e.task == task {
+		if e.task == task && e.holding() {
 			out = append(out, e.consumed...)
 		}
 	}
@@ -85,7 +84,7 @@ func (p *partition) heldRows(task string) []uint64 {
 func (p *partition) heldCounts() map[string]int {
 	var out map[string]int
 	for _, e := range p.held {
-		if e.held && !e.spent && len(e.consumed) > 0 {
+		if e.holding() {
 			if out == nil {
 				out = make(map[string]int)
 			}
