@@ -51,7 +51,8 @@ type Config struct {
 	// KeptBatchTTL is how long a batch a sampler keeps for a data-replica
 	// group (rank-aware, GRPO with ranks) may go unfetched before, if the
 	// group left it behind, its rows are given back to the task for other
-	// groups (0: DefaultKeptBatchTTL; negative: never). See keptbatches.go.
+	// groups (0: DefaultKeptBatchTTL; negative: never, though batches are
+	// followed all the same). See keptbatches.go.
 	KeptBatchTTL time.Duration
 	// HeldFetchTTL is how long the rows of a held fetch
 	// ([engine.FetchRequest.Hold]) stay held for its caller before, not
@@ -680,7 +681,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	var made []*wirepb.KeptRef
 	if splitNew && split.Cached(p.id, req.Task, req.Options) {
-		made = p.madeParts(gk, req.Options.BatchIndex, split.Parts(p.id, req.Task, req.Options.BatchIndex), now, c.keptTTL())
+		made = p.madeParts(gk, req.Options.BatchIndex, split.Parts(p.id, req.Task, req.Options.BatchIndex), now, c.keptLook())
 	}
 	// The end of a done partition, and this rank's part of the batch is
 	// empty (cleared) with nothing ready to refill it: a later part its
@@ -744,7 +745,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	kept := caching && req.Options.HasRank && cs.Cached(p.id, req.Task, req.Options)
 	var ref *keptRef
 	if kept && follows {
-		ref = p.took(gk, req.Options.BatchIndex, now, c.keptTTL())
+		ref = p.took(gk, req.Options.BatchIndex, now, c.keptLook())
 	}
 	hold := false
 	if req.Key != "" {

@@ -572,7 +572,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			p.asked(asked.group, asked.batch)
 		}
 		if took != nil {
-			took = p.took(took.group, took.batch, at, c.keptTTL())
+			took = p.took(took.group, took.batch, at, c.keptLook())
 		}
 		if forgot != nil {
 			p.forget(*forgot)
@@ -582,7 +582,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			if err != nil {
 				return fmt.Errorf("consume of partition %q: %w", o.Partition, err)
 			}
-			p.madeKept(ref.group, ref.batch, at, c.keptTTL())
+			p.madeKept(ref.group, ref.batch, at, c.keptLook())
 		}
 		if len(o.Key) > 0 {
 			back := o.Consumed

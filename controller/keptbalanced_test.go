@@ -377,3 +377,51 @@ func TestKeptBatchBalancedMovedPartWaitEnds(t *testing.T) {
 		})
 	}
 }
+
+// With no TTL (negative: never) a part left behind is never given back,
+// but it is followed all the same: the rank that comes for it late, at
+// the end of a done partition, gets it moved to the batch it asks for. A
+// batch its group went past is forgotten after the default TTL, so what
+// is followed stays bounded.
+func TestKeptBatchBalancedNeverGivesBack(t *testing.T) {
+	for _, tc := range balancedCases {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c := newRows(t, Config{KeptBatchTTL: -1}, 8)
+				ctx := context.Background()
+				a, err := c.Fetch(ctx, tc.fetch(0, 0))
+				require.NoError(t, err)
+				time.Sleep(2 * DefaultKeptBatchTTL)
+				none, err := c.Fetch(ctx, tc.fetch(0, 1))
+				require.NoError(t, err)
+				require.Zero(t, none.Len(), "batch 1 is not ready")
+				assert.Equal(t, seq(0, 4), consumedRows(t, c), "rank 1's part of batch 0 did not go back")
+				assert.Empty(t, followedBatches(t, c, tc.spec, 0), "rank 0 went past batch 0: forgotten")
+				assert.Equal(t, []int{0}, followedBatches(t, c, tc.spec, 1), "rank 1's part is followed still")
+
+				require.NoError(t, c.MarkDone("p"))
+				b, err := c.Fetch(ctx, tc.fetch(0, 1))
+				require.NoError(t, err)
+				require.Len(t, b.Indexes, 2, "the last batch, rank 1's part made too")
+				_, err = c.Fetch(ctx, tc.fetch(0, 2))
+				require.ErrorIs(t, err, engine.ErrDone)
+				// Rank 1 comes back late, at batch 5: its parts of batches
+				// 0 and 1 are moved there, the earliest first.
+				var late [][]uint64
+				for b := 5; ; b++ {
+					require.Less(t, b, 9, "rank 1 still fetching")
+					m, err := c.Fetch(ctx, tc.fetch(1, b))
+					if errors.Is(err, engine.ErrDone) {
+						break
+					}
+					require.NoError(t, err)
+					late = append(late, m.Indexes)
+				}
+				require.Len(t, late, 2)
+				assert.Subset(t, seq(0, 4), late[0], "batch 0's part first")
+				all := requireServedOnce(t, a.Indexes, b.Indexes, late[0], late[1])
+				assert.Equal(t, seq(0, 8), all, "every row went to a rank")
+			})
+		})
+	}
+}

@@ -37,10 +37,17 @@ package controller
 // part (it stopped) leaves it behind, and its rows go back a TTL later.
 // The fetch's record names them (made). A rank whose part was cleared
 // before it fetched it, asking for it at the end of a done partition with
-// nothing ready to refill it, gets its part of the first later batch that
-// it holds no fetch of instead (movePart): the part is followed as the
-// batch it was served as from then, and the fetch's record names the
+// nothing ready to refill it, gets its part of another batch that it
+// holds no fetch of instead (movePart: a later batch first, then the
+// earliest; an earlier one is a batch a lagging rank remade after all its
+// rows were cleared, which this rank went past): the part is followed as
+// the batch it was served as from then, and the fetch's record names the
 // batch it came from (forgot) with the sampler's entries for the move.
+//
+// With a negative TTL nothing is given back, but batches are followed
+// all the same (a part is still moved to its rank at the end), and one
+// the group went past is forgotten DefaultKeptBatchTTL after a fetch last
+// took it, so that what is followed stays bounded (keptLook).
 //
 // What is followed is logged and in the state: a fetch that took a kept
 // batch names it in its consume record (and its key's entry), an ask that
@@ -100,11 +107,28 @@ func (c *Controller) keptTTL() time.Duration {
 	return c.cfg.KeptBatchTTL
 }
 
+// givesBack reports whether batches left behind are given back (a
+// negative Config.KeptBatchTTL: never).
+func (c *Controller) givesBack() bool { return c.keptTTL() > 0 }
+
+// keptLook is how long after a fetch last took a batch the partition
+// looks at it: the TTL, or, when nothing is given back, the default
+// (a batch the group went past is still forgotten, so that what is
+// followed stays bounded).
+func (c *Controller) keptLook() time.Duration {
+	if !c.givesBack() {
+		return DefaultKeptBatchTTL
+	}
+	return c.keptTTL()
+}
+
 // followsKept reports whether batches smp keeps for req's group are
-// followed.
+// followed. They are whatever the TTL: a part of a split batch is moved
+// to its rank at the end of a done partition (movePart) even when nothing
+// is given back.
 func (c *Controller) followsKept(req *engine.FetchRequest, smp engine.Sampler) bool {
 	_, ok := smp.(engine.BatchDropper)
-	return ok && req.Options.HasRank && c.keptTTL() > 0 && !c.replaying
+	return ok && req.Options.HasRank && !c.replaying
 }
 
 // group returns the state of a group, made on first use.
@@ -133,7 +157,7 @@ func (p *partition) asked(k groupKey, batch int) bool {
 
 // took notes that a fetch took the group's kept batch at now and returns
 // what names it for a keyed fetch.
-func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration) *keptRef {
+func (p *partition) took(k groupKey, batch int, now time.Time, look time.Duration) *keptRef {
 	g := p.group(k)
 	kb := g.batches[batch]
 	if kb == nil {
@@ -142,7 +166,7 @@ func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration
 	}
 	kb.touched = now
 	kb.held++
-	if at := now.Add(ttl); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
+	if at := now.Add(look); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
 		p.keptCheck = at
 	}
 	return &keptRef{group: k, batch: batch}
@@ -152,9 +176,9 @@ func (p *partition) took(k groupKey, batch int, now time.Time, ttl time.Duration
 // another group (a part of a batch split between ranks), and is followed
 // from then as a batch no fetch holds: what followed an earlier batch of
 // that index, whose rows are gone, does not count for it.
-func (p *partition) madeKept(k groupKey, batch int, now time.Time, ttl time.Duration) {
+func (p *partition) madeKept(k groupKey, batch int, now time.Time, look time.Duration) {
 	p.group(k).batches[batch] = &keptBatch{touched: now}
-	if at := now.Add(ttl); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
+	if at := now.Add(look); p.keptCheck.IsZero() || at.Before(p.keptCheck) {
 		p.keptCheck = at
 	}
 }
@@ -162,14 +186,14 @@ func (p *partition) madeKept(k groupKey, batch int, now time.Time, ttl time.Dura
 // madeParts follows the parts of batch that a fetch of group k made for
 // the other ranks (those in ranks, the ranks whose part holds rows) and
 // returns what names them in the fetch's record.
-func (p *partition) madeParts(k groupKey, batch int, ranks []int, now time.Time, ttl time.Duration) []*wirepb.KeptRef {
+func (p *partition) madeParts(k groupKey, batch int, ranks []int, now time.Time, look time.Duration) []*wirepb.KeptRef {
 	var refs []*wirepb.KeptRef
 	for _, r := range ranks {
 		if r == k.rank {
 			continue // the fetch's own: took
 		}
 		g := groupKey{spec: k.spec, task: k.task, rank: r}
-		p.madeKept(g, batch, now, ttl)
+		p.madeKept(g, batch, now, look)
 		refs = append(refs, (&keptRef{group: g, batch: batch}).pb())
 	}
 	return refs
@@ -177,26 +201,33 @@ func (p *partition) madeParts(k groupKey, batch int, ranks []int, now time.Time,
 
 // movePart is for a final fetch of group k's batch (the partition is done
 // and every row it has is ready) that got nothing: the group's part is
-// empty (cleared before it fetched it) and no rows are ready to refill
-// it. It moves the group's part of the first later batch that no fetch
-// of the group holds (made by another rank's fetch, or given back) into
-// batch, and returns the part's rows and the batch it came from, no longer
-// followed; the caller serves the rows as batch and follows them so. A
-// part the group holds is never moved: it has those rows already. nil
-// when there is none.
+// empty (cleared before it fetched it, or never made) and no rows are
+// ready to refill it. It moves into batch the group's part of another
+// batch that no fetch of the group holds, and returns the part's rows
+// and the batch it came from, no longer followed; the caller serves the
+// rows as batch and follows them so. Such a part was made by another
+// rank's fetch (a later batch, or an earlier one remade after all its
+// rows were cleared, which the group went past) or given back; the first
+// later one goes first, then the earliest. A part the group holds is
+// never moved: it has those rows already. nil when there is none.
 func (p *partition) movePart(k groupKey, batch int, split engine.SplitBatchDropper, journal func([]byte)) ([]uint64, *keptRef, error) {
 	g := p.groups[k]
 	if g == nil {
 		return nil, nil, nil
 	}
-	var later []int
+	var later, earlier []int
 	for b, kb := range g.batches {
-		if b > batch && kb.held == 0 {
+		switch {
+		case kb.held > 0:
+		case b > batch:
 			later = append(later, b)
+		case b < batch:
+			earlier = append(earlier, b)
 		}
 	}
 	slices.Sort(later)
-	for _, b := range later {
+	slices.Sort(earlier)
+	for _, b := range append(later, earlier...) {
 		rows, err := split.MovePart(p.id, k.task, k.rank, b, batch, journal)
 		if err != nil {
 			return nil, nil, err
@@ -264,12 +295,12 @@ func (p *partition) forget(ref keptRef) {
 // armKept, once a state is loaded, makes the first look for batches left
 // behind wait a TTL from now (see the file comment).
 func (c *Controller) armKept(now time.Time) {
-	ttl := c.keptTTL()
+	look := c.keptLook()
 	for _, p := range c.parts {
 		p.keptCheck = time.Time{}
 		for _, g := range p.groups {
-			if len(g.batches) > 0 && ttl > 0 {
-				p.keptCheck = now.Add(ttl)
+			if len(g.batches) > 0 {
+				p.keptCheck = now.Add(look)
 			}
 		}
 	}
@@ -304,16 +335,20 @@ func (c *Controller) expireKept(p *partition, now time.Time) {
 	if p.keptCheck.IsZero() || now.Before(p.keptCheck) {
 		return
 	}
-	ttl := c.keptTTL()
+	look, givesBack := c.keptLook(), c.givesBack()
 	var next time.Time
 	changed := false
 	for k, g := range p.groups { // a few groups, each with a few batches
 		for b, kb := range g.batches {
-			if at := kb.touched.Add(ttl); now.Before(at) {
+			if at := kb.touched.Add(look); now.Before(at) {
 				if next.IsZero() || at.Before(next) {
 					next = at
 				}
 				continue
+			}
+			left := b >= g.asked || kb.held == 0 // else the group went past it: consumed
+			if left && !givesBack {
+				continue // followed until its rank takes it (movePart)
 			}
 			delete(g.batches, b)
 			// One record: a restart must not find the batch no longer
@@ -325,7 +360,7 @@ func (c *Controller) expireKept(p *partition, now time.Time) {
 					Forgot: (&keptRef{group: k, batch: b}).pb(),
 				}}})
 			}
-			if b >= g.asked || kb.held == 0 { // else the group went past it: consumed
+			if left {
 				var gave bool
 				ops, gave = c.giveBackKept(p, k, b, now, ops)
 				changed = gave || changed

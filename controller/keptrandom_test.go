@@ -25,15 +25,19 @@ import (
 // the checks hold whatever it does.
 func TestKeptBatchRandomRestarts(t *testing.T) {
 	for seed := range uint64(4) {
-		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { keptRandomRun(t, seed, 250) })
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { keptRandomRun(t, seed, 250, 5*time.Millisecond) })
+	}
+	// Nothing given back, but batches are followed all the same.
+	for seed := range uint64(2) {
+		t.Run(fmt.Sprint("ttl=never/seed=", seed), func(t *testing.T) { keptRandomRun(t, seed, 250, -1) })
 	}
 }
 
-func keptRandomRun(t *testing.T, seed uint64, ops int) {
+// keptRandomRun runs ops random ops under KeptBatchTTL ttl.
+func keptRandomRun(t *testing.T, seed uint64, ops int, ttl time.Duration) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	dir := t.TempDir()
 	ck := filepath.Join(t.TempDir(), "ck")
-	const ttl = 5 * time.Millisecond
 	cfg := Config{KeptBatchTTL: ttl}
 	ctx := context.Background()
 	c := openDurable(t, dir, cfg)
@@ -127,7 +131,7 @@ func keptRandomRun(t *testing.T, seed uint64, ops int) {
 				require.NoError(t, c.Unconsume("p", keys[name].task, name), step)
 			}
 		case x < 82: // past the TTL: the next fetch looks for batches left behind
-			time.Sleep(ttl + time.Millisecond)
+			time.Sleep(max(ttl, 0) + time.Millisecond)
 		case x < 84:
 			task := []string{"t", "u", ""}[rng.IntN(3)]
 			if err := c.ResetConsumption("p", task); err == nil {
