@@ -6,6 +6,8 @@ package wire
 // keep being served.
 
 import (
+	"github.com/stretchr/testify/require"
+
 	"bytes"
 	"context"
 	"errors"
@@ -501,4 +503,26 @@ func TestIdleTimeout(t *testing.T) {
 			t.Errorf("payload %d: closed %v after the last frame, want %v to %v (and some scheduling)", payload, took, idle, idle+idle/4)
 		}
 	}
+}
+
+// TestControlFramesPassAFullBudget: a connection whose requests hold all
+// of its body budget still has its CANCEL and PING read: the CANCEL ends
+// the request that holds the budget (its handler waits for its context),
+// and the PING is answered meanwhile. Before, the read loop waited for
+// room for their few bytes, which only the canceled request could give
+// back.
+func TestControlFramesPassAFullBudget(t *testing.T) {
+	const bound = 1 << 20
+	_, addr, started, _ := holdServer(t, ServerConfig{}, func(s *Server) { s.cfg.MaxConnBuffered = bound })
+	a := rawDial(t, addr, &wirepb.Hello{Role: "client"})
+	sendAsync(t, a, append(header(opHold, 2, bound, 0), make([]byte, bound)...))
+	require.Equal(t, uint64(2), recv(t, started, "start of the request that takes the whole budget"))
+	sendAsync(t, a, append(frame(OpPing, 0, 3, &wirepb.Ping{Nonce: 7}, nil), cancelFrame(2)...))
+	got := map[uint64]bool{}
+	for range 2 {
+		h, _ := readFrame(t, a)
+		require.NotZero(t, h.Flags&FlagReply, "got %+v, want a reply", h)
+		got[h.ID] = true
+	}
+	require.Equal(t, map[uint64]bool{2: true, 3: true}, got, "the PING's reply, and the canceled request's")
 }

@@ -130,8 +130,10 @@ type ServerConfig struct {
 	// a body counts as its buffer is allocated (at once up to 64 KiB,
 	// larger ones as their bytes arrive) until its handler returns, and
 	// the connection's read loop waits (reads nothing more) until the
-	// body fits. 0 means DefaultMaxConnBuffered; a smaller value than
-	// MaxBodyLen is raised to it.
+	// body fits. A CANCEL or PING of a few bytes is read all the same
+	// (and counts nowhere): the requests holding the bytes may wait for
+	// it. 0 means DefaultMaxConnBuffered; a smaller value than MaxBodyLen
+	// is raised to it.
 	MaxConnBuffered int64
 	// MaxBuffered bounds the request body bytes all connections hold
 	// together, counted the same way, so a peer that claims a large body
@@ -906,7 +908,13 @@ func (c *serverConn) serve() {
 			idle = time.Time{}
 		}
 		var held uint32
+		control := (h.Op == OpCancel || h.Op == OpPing) && h.BodyLen <= maxControlBody
 		body, err := readBody(br, int(h.BodyLen), func(n int) bool {
+			if control {
+				// Outside the budget: the request that holds it may
+				// be waiting for this CANCEL, and its peer for a PONG.
+				return true
+			}
 			start := time.Now()
 			if !c.hold(uint32(n)) {
 				return false
@@ -931,7 +939,7 @@ func (c *serverConn) serve() {
 		if h.Op == OpCancel {
 			// No reply, no slot: it only ends another request's context.
 			c.cancelRequest(body)
-			c.unhold(h.BodyLen)
+			c.unhold(held)
 			if h.PayloadLen != 0 {
 				c.refuseConn(fmt.Errorf("CANCEL with a payload of %d bytes: %w", h.PayloadLen, ErrFrame))
 				return
@@ -974,7 +982,7 @@ func (c *serverConn) serve() {
 		}
 		if h.Op == OpPing {
 			c.handle(ctx, req)
-			c.unhold(h.BodyLen)
+			c.unhold(held)
 		} else if c.s.isInline(h.Op) {
 			c.run(ctx, req)
 		} else if try := c.s.try(h.Op); try != nil && !req.draining && c.tryHandle(ctx, try, req) {
@@ -1207,6 +1215,10 @@ func (c *serverConn) hold(n uint32) bool {
 	c.s.starved.clear("wire: request bodies fit again")
 	return true
 }
+
+// maxControlBody is the largest body of a CANCEL or PING read outside
+// the body budgets (hold): theirs take a few bytes.
+const maxControlBody = 64
 
 // unhold gives back what hold took.
 func (c *serverConn) unhold(n uint32) {
