@@ -306,7 +306,9 @@ func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
 // union of the inputs' Extra maps; a key present in several inputs with
 // values that are not [reflect.DeepEqual] is an error wrapping
 // [ErrInvalid] naming the key. (int 1 and float64 1 differ, so compare
-// values that went through the same encoding.)
+// values that went through the same encoding.) A row (partition and
+// index) in two inputs, or twice in one, is an error wrapping
+// [ErrInvalid] naming it.
 func ConcatMetas(metas ...*BatchMeta) (*BatchMeta, error) {
 	var parts []*BatchMeta
 	var argPos []int // each part's position in metas, for messages
@@ -338,6 +340,9 @@ func ConcatMetas(metas ...*BatchMeta) (*BatchMeta, error) {
 	for _, p := range parts {
 		rows += p.Len()
 		hasKeys = hasKeys || p.Keys != nil
+	}
+	if err := concatDistinct(parts, argPos, rows); err != nil {
+		return nil, err
 	}
 	out := &BatchMeta{
 		Indexes:    make([]uint64, 0, rows),
@@ -401,6 +406,31 @@ func ConcatMetas(metas ...*BatchMeta) (*BatchMeta, error) {
 		}
 	}
 	return out, nil
+}
+
+// concatDistinct refuses a row (partition and index) that parts name
+// twice: a put of the result would write its cells twice, and a get
+// would read it twice, a sample trained on twice without a word.
+func concatDistinct(parts []*BatchMeta, argPos []int, rows int) error {
+	type rowKey struct {
+		partition string
+		index     uint64
+	}
+	seen := make(map[rowKey]int, rows) // the meta that named it first
+	for j, p := range parts {
+		for i, gi := range p.Indexes {
+			k := rowKey{p.Partitions[i], gi}
+			if first, dup := seen[k]; dup {
+				where := fmt.Sprintf("in meta %d and meta %d", first, argPos[j])
+				if first == argPos[j] {
+					where = fmt.Sprintf("twice in meta %d", first)
+				}
+				return fmt.Errorf("concat: row %d of partition %q is %s: %w", gi, k.partition, where, ErrInvalid)
+			}
+			seen[k] = argPos[j]
+		}
+	}
+	return nil
 }
 
 // concatSchema joins one field's schema across parts (see [ConcatMetas]).

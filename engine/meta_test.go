@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
 )
 
 func loc(unit UnitID, off uint64) CellLoc {
@@ -522,6 +523,20 @@ func TestConcatMetas(t *testing.T) {
 				t.Errorf("meta (-want +got):\n%s", diff)
 			}
 		}
+	})
+	t.Run("same row twice", func(t *testing.T) {
+		a, b := metaOf("p", 0, 3, "f"), metaOf("p", 2, 2, "f")
+		_, err := ConcatMetas(a, nil, b)
+		wantErrIs(t, err, ErrInvalid)
+		require.ErrorContains(t, err, `row 2 of partition "p" is in meta 0 and meta 2`)
+		one := metaOf("p", 0, 2, "f")
+		one.Indexes[1] = 0
+		_, err = ConcatMetas(one)
+		require.ErrorContains(t, err, `row 0 of partition "p" is twice in meta 0`)
+		other := metaOf("q", 0, 2, "f") // the same indexes of another partition
+		got, err := ConcatMetas(metaOf("p", 0, 2, "f"), other)
+		require.NoError(t, err)
+		require.Equal(t, []string{"p", "p", "q", "q"}, got.Partitions)
 	})
 	t.Run("extra scalar conflict", func(t *testing.T) {
 		a, b := metaOf("p", 0, 1), metaOf("p", 1, 1)
