@@ -568,6 +568,64 @@ def test_view_whose_sweeper_cannot_start_gives_its_lease_back(client, part, leas
     assert tq.unit._sweeper is not None and tq.unit._sweeper.is_alive(), "no sweeper runs"
 
 
+def test_lease_released_by_two_threads_at_once_goes_back_once():
+    """Two threads releasing one Lease at once (a view released by two, or
+    by one while another drops it): the lease went back twice, its
+    connection given to the pool twice, when the second thread came in
+    between the first's test of done and its set. Each release here
+    stops at every line of Lease.release in turn while another thread
+    runs a whole release: the unit is asked once, every time."""
+    import collections
+    import sys
+
+    class Unit:
+        def __init__(self):
+            self.orphans, self.released = collections.deque(), []
+
+        def release(self, conn, lease):
+            self.released.append(lease)
+
+    code = tq.unit.Lease.release.__code__
+    for stop_at in range(1, 20):
+        unit = Unit()
+        lease = tq.unit.Lease(unit, object(), stop_at)
+        at_stop, go = threading.Event(), threading.Event()
+        stopped = []
+
+        def local(frame, event, arg):
+            if event == "line":
+                local.lines += 1
+                if local.lines == stop_at:
+                    stopped.append(frame.f_lineno)
+                    at_stop.set()
+                    go.wait()
+            return local
+        local.lines = 0
+
+        def tracer(frame, event, arg):
+            return local if frame.f_code is code else None
+
+        def first():
+            sys.settrace(tracer)
+            try:
+                lease.release()
+            finally:
+                sys.settrace(None)
+                at_stop.set()  # ended before line stop_at
+        t = threading.Thread(target=first)
+        t.start()
+        at_stop.wait()
+        if not stopped:
+            t.join()
+            break  # every line of release has been a stopping point
+        lease.release()  # the second thread, while the first is stopped
+        go.set()
+        t.join()
+        assert unit.released == [stop_at], f"stopped at line {stopped[0]}: released {len(unit.released)} times"
+        assert lease.done
+    assert stop_at > 2, "release was never stopped inside"
+
+
 def test_get_across_units(client, part):
     """Keys written by many puts land on both units (placement hashes each
     put's first key): a get of all of them gathers every field in key order."""

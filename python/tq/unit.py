@@ -252,10 +252,18 @@ class Lease:
     parent releases it or exits, the unit may reuse them. A child that
     reads on takes a view (or a copy) of its own."""
 
-    __slots__ = ("unit", "conn", "lease", "done", "pid", "__weakref__")
+    __slots__ = ("unit", "conn", "lease", "_once", "pid", "__weakref__")
 
     def __init__(self, unit, conn, lease):
-        self.unit, self.conn, self.lease, self.done = unit, conn, lease, False
+        self.unit, self.conn, self.lease = unit, conn, lease
+        # Taken, never let go, by whichever of release and __del__ ends the
+        # lease first: a lock's non-blocking acquire is one atomic
+        # test-and-set, so two threads releasing at once (a view released
+        # by two threads, or by one while another drops it) give the lease
+        # back once, and its connection to the pool once (given twice, two
+        # callers would take the same connection). It never waits, so the
+        # collector cannot find it held by __del__.
+        self._once = threading.Lock()
         self.pid = os.getpid()
         try:
             _sweep(unit)
@@ -265,18 +273,22 @@ class Lease:
             self.release()
             raise
 
+    @property
+    def done(self) -> bool:
+        """Whether the lease ended (released, or handed to its unit as garbage)."""
+        return self._once.locked()
+
     def release(self) -> None:
-        if self.done:
+        """Give the lease back, once: safe from any thread, and again."""
+        if not self._once.acquire(blocking=False):
             return
-        self.done = True
         if self.pid == os.getpid():
             self.unit.release(self.conn, self.lease)
 
     def __del__(self):
-        if not self.done:
-            self.done = True
-            if self.pid == os.getpid():
-                self.unit.orphans.append((self.conn, self.lease))
+        once = getattr(self, "_once", None)  # None: __init__ did not get that far
+        if once is not None and once.acquire(blocking=False) and self.pid == os.getpid():
+            self.unit.orphans.append((self.conn, self.lease))
 
 
 class Unit:
