@@ -1073,6 +1073,66 @@ def test_key_or_partition_that_is_not_text_is_invalid_naming_it(client, part):
     assert client.kv_list(part)[part] == {"a": {}}
 
 
+@pytest.mark.parametrize("bad", [7, b"p", None], ids=["int", "bytes", "None"])
+def test_partition_task_or_key_that_is_not_a_str_is_invalid_before_anything_is_sent(client, part, transport,
+                                                                                    monkeypatch, bad):
+    """A partition id, task name or key that is not a str (an int, bytes,
+    None) was a bare TypeError from deep in protobuf, naming neither the
+    argument nor the call, and some calls (a put through the units) had
+    written bytes by then. Now every public call taking one raises
+    InvalidError naming the argument and the type, and sends nothing."""
+    x = np.ones((1, 1 << 15))
+    client.kv_put("a", part, {"x": x[0]})
+
+    def no_request(*a, **kw):
+        raise AssertionError("a request went out")
+    monkeypatch.setattr(tq.wire.Conn, "call", no_request)
+    monkeypatch.setattr(tq.wire.Conn, "send_only", no_request)
+    by_partition = {
+        "kv_batch_put": lambda p: client.kv_batch_put(["a"], p, {"x": x}),
+        "kv_put": lambda p: client.kv_put("a", p, {"x": x[0]}),
+        "kv_batch_get": lambda p: client.kv_batch_get(["a"], p),
+        "kv_clear": lambda p: client.kv_clear(["a"], p),
+        "kv_retrieve_keys": lambda p: client.kv_retrieve_keys([0], p),
+        "kv_retrieve_meta": lambda p: client.kv_retrieve_meta(["a"], p),
+        "get_meta(insert)": lambda p: client.get_meta(["x"], 1, p, mode="insert"),
+        "get_meta(fetch)": lambda p: client.get_meta(["x"], 1, p, task_name="t"),
+        "get_meta(force_fetch)": lambda p: client.get_meta(["x"], 1, p, mode="force_fetch"),
+        "clear_partition": client.clear_partition,
+        "mark_done": client.mark_done,
+        "get_production_status": lambda p: client.get_production_status(["x"], p),
+        "get_consumption_status": lambda p: client.get_consumption_status("t", p),
+        "check_consumption_status": lambda p: client.check_consumption_status("t", p),
+        "reset_consumption": client.reset_consumption,
+        "set_tags": lambda p: client.set_tags(p, [0], [{}]),
+        "delete_tags": lambda p: client.delete_tags(["a"], p, ["t"]),
+        "compare_and_set_tag": lambda p: client.compare_and_set_tag("a", p, "t", new=1),
+        "list_keys": client.list_keys,
+        "stats": client.stats,
+        "async_kv_batch_get": lambda p: asyncio.run(client.async_kv_batch_get(["a"], p)),
+        "async_get_meta": lambda p: asyncio.run(client.async_get_meta(["x"], 1, p, task_name="t")),
+    }
+    if bad is not None:  # None: every partition, or a put's rows from its meta
+        by_partition["kv_list"] = client.kv_list
+        by_partition["put"] = lambda p: client.put({"x": x}, partition_id=p)
+    if transport == "shm":
+        by_partition["reserve_kv_put"] = lambda p: client.reserve_kv_put(["a"], p, {"x": ("float64", (4,))})
+    checks = [(op, call, "partition_id") for op, call in by_partition.items()]
+    checks += [
+        ("get_consumption_status task", lambda b: client.get_consumption_status(b, part), "task_name"),
+        ("kv_put key", lambda b: client.kv_put(b, part, {"x": x[0]}), "key"),
+        ("compare_and_set_tag key", lambda b: client.compare_and_set_tag(b, part, "t", new=1), "key"),
+        ("compare_and_set_tag name", lambda b: client.compare_and_set_tag("a", part, b, new=1), "name"),
+    ]
+    if bad is not None:  # None: no task, which get_meta and reset_consumption take
+        checks.append(("get_meta(fetch) task", lambda b: client.get_meta(["x"], 1, part, task_name=b), "task_name"))
+        checks.append(("reset_consumption task", lambda b: client.reset_consumption(part, b), "task_name"))
+    for op, call, arg in checks:
+        with pytest.raises(tq.InvalidError) as ei:
+            call(bad)
+        assert f"{arg} must be a str, not {type(bad).__name__}" in str(ei.value), op
+
+
 _WRITE_THROUGH_A_VIEW = """
 import sys
 import numpy as np

@@ -47,8 +47,8 @@ def _sel(fields):
     return control_pb2.FieldSelection(names=list(fields))
 
 
-def _as_keys(keys, partition=None, op=""):
-    """keys as a list of str; with ``partition``, that checked too. A key
+def _as_keys(keys, partition, op=""):
+    """keys as a list of str, and ``partition`` checked too. A key
     or a partition id that is not UTF-8 text (a lone surrogate) is
     InvalidError naming it, as the Go client refuses it, not a bare
     UnicodeEncodeError from protobuf."""
@@ -70,12 +70,27 @@ def _as_keys(keys, partition=None, op=""):
                 except UnicodeEncodeError as e:
                     raise errors.InvalidError(f"key {k!r} ({i + 1} of {len(keys)}) is not UTF-8 text: {e.reason}",
                                               op=op, keys=[k]) from None
-    if partition is not None and isinstance(partition, str) and not partition.isascii():
-        try:
-            partition.encode()
-        except UnicodeEncodeError as e:
-            raise errors.InvalidError(f"partition {partition!r} is not UTF-8 text: {e.reason}", op=op) from None
+    _text(partition, "partition_id", op, "partition")
     return keys
+
+
+def _text(v, arg: str, op: str, name: str = "", *, optional: bool = False):
+    """``v`` (argument ``arg`` of ``op``) when it is text a request can
+    carry: a str of UTF-8 text, or None when ``optional``. Anything else
+    (an int, bytes, None) is InvalidError naming the argument and the type,
+    raised before anything is sent, not a bare TypeError from deep in
+    protobuf as the request is built. ``name``: what the argument is, in a
+    message about its text (``arg`` when empty)."""
+    if isinstance(v, str):
+        if not v.isascii():
+            try:
+                v.encode()
+            except UnicodeEncodeError as e:
+                raise errors.InvalidError(f"{name or arg} {v!r} is not UTF-8 text: {e.reason}", op=op) from None
+        return v
+    if v is None and optional:
+        return v
+    raise errors.InvalidError(f"{arg} must be a str, not {type(v).__name__}", op=op)
 
 
 class View:
@@ -739,6 +754,7 @@ class Client:
 
     def kv_put(self, key: str, partition_id: str, fields=None, tag=None) -> KVBatchMeta:
         """Put one key: each field value is that key's row (no batch dimension)."""
+        _text(key, "key", "kv_put")
         if fields is not None:
             if not hasattr(fields, "items"):
                 raise errors.InvalidError("fields must be a dict of name → value", op="kv_put")
@@ -960,6 +976,7 @@ class Client:
 
     def kv_list(self, partition_id: str | None = None) -> dict:
         """partition → {key: tags}; every partition when ``partition_id`` is None."""
+        _text(partition_id, "partition_id", "kv_list", "partition", optional=True)
         out, cursor = {}, b""
         while True:
             req = control_pb2.ListKeysRequest(partition=partition_id or "", cursor=cursor)
@@ -985,6 +1002,7 @@ class Client:
                    control_pb2.CellsReply, op_name="kv_clear", partition=partition_id)
 
     def kv_retrieve_keys(self, global_indexes, partition_id: str):
+        _text(partition_id, "partition_id", "kv_retrieve_keys", "partition")
         idx = [global_indexes] if isinstance(global_indexes, int) else list(global_indexes)
         rep = self._call(wire.KEYS_OF, control_pb2.KeysOfRequest(partition=partition_id, indexes=idx),
                          control_pb2.KeysReply, op_name="kv_retrieve_keys", partition=partition_id)
@@ -1033,6 +1051,8 @@ class Client:
         if isinstance(data_fields, str):
             data_fields = [data_fields]
         ctx = {"op_name": f"get_meta({mode})", "partition": partition_id}
+        _text(partition_id, "partition_id", ctx["op_name"], "partition")
+        _text(task_name, "task_name", ctx["op_name"], optional=True)
         before = self._cluster_now
         if mode == "insert":
             if data_fields is None:
@@ -1158,6 +1178,7 @@ class Client:
         if metadata is None:
             if partition_id is None:
                 raise errors.InvalidError("put needs metadata or a partition_id", op="put")
+            _text(partition_id, "partition_id", "put", "partition")
             metadata = self.get_meta(list(data.keys()), n, partition_id, mode="insert")
         if metadata.size == 0:
             raise errors.InvalidError("put with an empty meta", op="put")
@@ -1334,6 +1355,7 @@ class Client:
                        control_pb2.CellsReply, op_name="clear_samples", partition=p)
 
     def clear_partition(self, partition_id: str) -> None:
+        _text(partition_id, "partition_id", "clear_partition", "partition")
         self._call(wire.CLEAR_PARTITION, control_pb2.ClearPartitionRequest(partition=partition_id),
                    control_pb2.CellsReply, op_name="clear_partition", partition=partition_id)
 
@@ -1341,6 +1363,7 @@ class Client:
         """Say the producer adds no more rows to ``partition_id``: fetches
         then return short last batches, and after them raise
         :class:`DoneError` (the streaming loader's finite mode ends)."""
+        _text(partition_id, "partition_id", "mark_done", "partition")
         self._call(wire.MARK_DONE, control_pb2.MarkDoneRequest(partition=partition_id), control_pb2.Empty,
                    op_name="mark_done", partition=partition_id)
 
@@ -1349,6 +1372,7 @@ class Client:
 
     def get_production_status(self, data_fields, partition_id: str):
         """(global indexes, produced) — produced is an int8 array rows × fields."""
+        _text(partition_id, "partition_id", "get_production_status", "partition")
         rep = self._call(wire.PRODUCTION_STATUS, control_pb2.ProductionStatusRequest(
             partition=partition_id, fields=list(data_fields)), control_pb2.ProductionStatusReply,
             op_name="get_production_status", partition=partition_id)
@@ -1358,6 +1382,8 @@ class Client:
         return idx, prod
 
     def _consumption(self, task_name: str, partition_id: str):
+        _text(task_name, "task_name", "get_consumption_status")
+        _text(partition_id, "partition_id", "get_consumption_status", "partition")
         return self._call(wire.CONSUMPTION_STATUS, control_pb2.ConsumptionStatusRequest(
             partition=partition_id, task=task_name), control_pb2.ConsumptionStatusReply,
             op_name="get_consumption_status", partition=partition_id)
@@ -1386,6 +1412,8 @@ class Client:
         return len(rep.indexes) > 0 and all(rep.consumed) and not rep.held
 
     def reset_consumption(self, partition_id: str, task_name: str | None = None) -> bool:
+        _text(partition_id, "partition_id", "reset_consumption", "partition")
+        _text(task_name, "task_name", "reset_consumption", optional=True)
         self._call(wire.RESET_CONSUMPTION, control_pb2.ResetConsumptionRequest(partition=partition_id,
                                                                                task=task_name or ""),
                    None, op_name="reset_consumption", partition=partition_id)
@@ -1393,6 +1421,7 @@ class Client:
 
     # Tags by key.
     def set_tags(self, partition_id: str, indexes, tags) -> None:
+        _text(partition_id, "partition_id", "set_tags", "partition")
         self._call(wire.SET_TAGS, control_pb2.SetTagsRequest(partition=partition_id, indexes=list(indexes),
                                                              tags=[tags_to_json(t) for t in tags]),
                    None, op_name="set_tags", partition=partition_id)
@@ -1412,6 +1441,9 @@ class Client:
         matches an absent tag and ``new=None`` removes it. Returns
         (swapped, current value or None when absent)."""
         import json
+        _text(key, "key", "compare_and_set_tag")
+        _text(partition_id, "partition_id", "compare_and_set_tag", "partition")
+        _text(name, "name", "compare_and_set_tag")
         req = control_pb2.CompareAndSetTagRequest(
             partition=partition_id, key=key, name=name,
             old_value=b"" if old_absent else value_to_json(old, f"tag {name!r}: old value"),
@@ -1426,6 +1458,7 @@ class Client:
         ``{name: {v1, v2}}`` (a set: in), ``{name: ...}`` (exists),
         ``{name: tq.ABSENT}`` (absent; ``None`` tests for a null value); see
         :func:`tag_conditions`."""
+        _text(partition_id, "partition_id", "list_keys", "partition")
         out, cursor = {}, b""
         conds = tag_conditions(where or {})
         while True:
@@ -1491,6 +1524,7 @@ class Client:
         return list(rep.metrics)
 
     def stats(self, partition_id: str):
+        _text(partition_id, "partition_id", "stats", "partition")
         return self._call(wire.STATS, control_pb2.PartitionRequest(partition=partition_id),
                           control_pb2.PartitionStats, op_name="stats", partition=partition_id)
 
