@@ -149,7 +149,7 @@ def test_errors_name_what_was_wrong(client, part):
         client.kv_batch_put([], part, {"x": np.zeros((0, 2), np.float32)})
     with pytest.raises(tq.InvalidError):
         client.kv_batch_put(["a"], part)
-    with pytest.raises(TypeError):
+    with pytest.raises(tq.InvalidError, match="key 1 of 1 must be a str, not int"):
         client.kv_batch_put([1], part, tags=[{}])
 
 
@@ -1131,6 +1131,45 @@ def test_partition_task_or_key_that_is_not_a_str_is_invalid_before_anything_is_s
         with pytest.raises(tq.InvalidError) as ei:
             call(bad)
         assert f"{arg} must be a str, not {type(bad).__name__}" in str(ei.value), op
+
+
+@pytest.mark.parametrize("keys,what", [(["a", "b", "a"], "duplicate keys \\['a'\\]"), (["a", ""], "empty key"),
+                                       (["a", 1], "key 2 of 2 must be a str, not int"),
+                                       (["a", b"b"], "key 2 of 2 must be a str, not bytes")],
+                         ids=["duplicate", "empty", "int", "bytes"])
+def test_bad_keys_are_invalid_before_anything_is_sent(client, part, transport, monkeypatch, keys, what):
+    """A key list the controller refuses (an empty key, a key given twice:
+    checkKeys in controller/ and kvapi/) went out as it was: a put through
+    the units wrote every field's bytes first (a reservation took its
+    memory), which the refused commit then had to free; a key not a str
+    was a bare TypeError. Now every call taking keys raises InvalidError
+    naming the keys before any request goes out."""
+    x = np.ones((len(keys), 1 << 15))  # through the units
+
+    def no_request(*a, **kw):
+        raise AssertionError("a request went out")
+    client.units()  # the unit list, which a put asks for first
+    monkeypatch.setattr(tq.wire.Conn, "call", no_request)
+    monkeypatch.setattr(tq.wire.Conn, "send_only", no_request)
+    calls = {
+        "kv_batch_put": lambda: client.kv_batch_put(keys, part, {"x": x}),
+        "kv_batch_put(tags)": lambda: client.kv_batch_put(keys, part, tags=[{}] * len(keys)),
+        "kv_batch_get": lambda: client.kv_batch_get(keys, part),
+        "kv_batch_get(into)": lambda: client.kv_batch_get(keys, part, into={"x": np.empty_like(x)}),
+        "kv_clear": lambda: client.kv_clear(keys, part),
+        "kv_retrieve_meta": lambda: client.kv_retrieve_meta(keys, part),
+        "delete_tags": lambda: client.delete_tags(keys, part, ["t"]),
+        "async_kv_batch_put": lambda: asyncio.run(client.async_kv_batch_put(keys, part, {"x": x})),
+    }
+    if transport == "shm":
+        calls["reserve_kv_put"] = lambda: client.reserve_kv_put(keys, part, {"x": ("float64", (4,))})
+    for op, call in calls.items():
+        with pytest.raises(tq.InvalidError, match=what) as ei:
+            call()
+        assert ei.value.op == op.split("(")[0].removeprefix("async_"), op
+        assert ei.value.keys and set(ei.value.keys) <= set(keys), op
+    with pytest.raises(tq.InvalidError, match="empty key"):
+        client.compare_and_set_tag("", part, "t", new=1)
 
 
 _WRITE_THROUGH_A_VIEW = """

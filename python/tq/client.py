@@ -55,10 +55,25 @@ def _as_keys(keys, partition, op=""):
     if isinstance(keys, str):
         keys = [keys]
     keys = list(keys)
+    # What the controller refuses of a key list (checkKeys: an empty key, a
+    # key given twice), and what a request cannot carry, refused before
+    # anything is sent: a put through the units would otherwise have
+    # written its bytes (or a reservation taken its memory) first.
     if not all(type(k) is str for k in keys):
-        for k in keys:
+        for i, k in enumerate(keys):
             if not isinstance(k, str):
-                raise TypeError(f"keys must be str, not {type(k).__name__}")
+                raise errors.InvalidError(f"key {i + 1} of {len(keys)} must be a str, not {type(k).__name__}",
+                                          op=op, keys=[k])
+    if not all(keys):
+        i = keys.index("")
+        raise errors.InvalidError(f"empty key ({i + 1} of {len(keys)})", op=op, keys=[""])
+    if len(set(keys)) != len(keys):
+        seen, dups = set(), []
+        for k in keys:
+            if k in seen and k not in dups:
+                dups.append(k)
+            seen.add(k)
+        raise errors.InvalidError(f"duplicate keys {dups[:16]!r}", op=op, keys=dups)
     joined = "".join(keys)
     if not joined.isascii():
         try:
@@ -1442,6 +1457,8 @@ class Client:
         (swapped, current value or None when absent)."""
         import json
         _text(key, "key", "compare_and_set_tag")
+        if not key:
+            raise errors.InvalidError("empty key", op="compare_and_set_tag", keys=[""])
         _text(partition_id, "partition_id", "compare_and_set_tag", "partition")
         _text(name, "name", "compare_and_set_tag")
         req = control_pb2.CompareAndSetTagRequest(
