@@ -289,6 +289,51 @@ def test_get_into_reused_arrays(client, part):
     assert out["x"].tobytes() == x[::-1].tobytes()
 
 
+@pytest.mark.parametrize("how", ["kv_batch_get", "get_data"])
+def test_cancelled_async_get_into_returns_once_nothing_writes_into_the_arrays(client, part, monkeypatch, how):
+    """A cancelled async get into the caller's arrays raised CancelledError
+    at once while its worker thread went on reading into them: a caller
+    that reused the arrays after the cancellation had them overwritten
+    under it. Now the cancellation returns only once the read has ended.
+    The read is held at its start until the test lets it go: a call that
+    ends before then left its read running."""
+    keys = [f"k{i}" for i in range(4)]
+    client.kv_batch_put(keys, part, {"x": np.full((4, 5000), 2.0)})
+    into = {"x": np.zeros((4, 5000))}
+    started, go = threading.Event(), threading.Event()
+    read_into = tq.Client._read_into
+
+    def held(self, *a, **kw):
+        started.set()
+        go.wait()
+        return read_into(self, *a, **kw)
+    monkeypatch.setattr(tq.Client, "_read_into", held)
+    if how == "kv_batch_get":
+        call = lambda: client.async_kv_batch_get(keys, part, into=into)  # noqa: E731
+    else:
+        meta = client.kv_retrieve_meta(keys, part)
+        call = lambda: client.async_get_data(meta, into=into)  # noqa: E731
+
+    async def main():
+        t = asyncio.create_task(call())
+        await asyncio.to_thread(started.wait)
+        t.cancel()
+        at_end = []
+        t.add_done_callback(lambda _: at_end.append(into["x"].copy()))
+        try:
+            # Bounds how long an early end may take to show; a right
+            # implementation cannot end here, whatever the timing.
+            ended, _ = await asyncio.wait({t}, timeout=0.5)
+        finally:
+            go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return ended, at_end[0]
+    ended, at_end = asyncio.run(main())
+    assert not ended, "the cancelled get returned while its read was still to write into the arrays"
+    assert (at_end == 2.0).all()
+
+
 def test_reserve_put_in_place(client, part, transport):
     keys = ["a", "b", "c"]
     if transport == "tcp":

@@ -796,7 +796,11 @@ class Client:
         ``copy=False`` returns a :class:`View` over shared memory.
         ``into``: a dict field → a C-contiguous numpy array of the field's
         dtype and shape that the cells are read into (a buffer the caller
-        reuses; dense fields only; only those fields are read).
+        reuses; dense fields only; only those fields are read). The read
+        cannot be stopped half way: :meth:`async_kv_batch_get`, cancelled,
+        waits for it to end before it raises CancelledError, so that nothing
+        writes into the arrays once the cancellation returns (what they
+        hold then is unspecified).
         ``device``: a torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``): a
         dict field → tensor on it. Dense fields are read into page-locked
         host memory and copied to a CUDA device asynchronously, in the
@@ -1632,10 +1636,35 @@ def _async_twin(name):
 
     async def twin(self, *args, **kw):
         import asyncio
-        return await asyncio.to_thread(fn, self, *args, **kw)
+        if kw.get("into") is None:
+            return await asyncio.to_thread(fn, self, *args, **kw)
+        return await _ended_before_cancelled(asyncio.ensure_future(asyncio.to_thread(fn, self, *args, **kw)))
     twin.__name__ = twin.__qualname__ = "async_" + name
     twin.__doc__ = f"The asyncio twin of :meth:`{name}` (runs it on a worker thread)."
+    if name in ("kv_batch_get", "get_data"):
+        twin.__doc__ += (" Cancelled, a read into ``into=`` arrays raises CancelledError only once the read "
+                         "ended: nothing writes into them after.")
     return twin
+
+
+async def _ended_before_cancelled(fut):
+    """Await ``fut``, a call on a worker thread that writes into the
+    caller's ``into=`` arrays. Cancelled, wait for the call to end all the
+    same (a thread cannot be stopped) and then raise CancelledError: the
+    caller may reuse the arrays once the cancellation returns, and nothing
+    must write into them then. A cancellation while waiting waits on."""
+    import asyncio
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            try:
+                await asyncio.wait([fut])
+            except asyncio.CancelledError:
+                pass  # cancelled again: the read still writes
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the caller gets the cancellation, not the call's outcome
+        raise
 
 
 async def _async_get_meta(self, *args, **kw):
