@@ -333,6 +333,7 @@ func (c *serveConfig) validate() error {
 			bad("%s %q: %v", l.name, l.addr, checkPort(port))
 		}
 	}
+	errs = append(errs, c.checkListenClashes()...)
 	if c.Controller != "" {
 		if err := checkControllerAddr(c.Controller); err != nil {
 			bad("--controller %q: %v", c.Controller, err)
@@ -412,6 +413,86 @@ func (c *serveConfig) validate() error {
 		bad("--restore is for the controller (--role all or controller)")
 	}
 	return errors.Join(errs...)
+}
+
+// checkListenClashes refuses two TCP listeners of this process on one
+// address: the second would fail to bind at start, once the first server
+// was up, with "address already in use" naming neither flag. A wildcard
+// host clashes with every host of its family on the same port; port 0
+// (any free port) never clashes. Only the listeners the role opens
+// count, and only well-formed addresses (validate refuses the others).
+func (c *serveConfig) checkListenClashes() []error {
+	type listener struct {
+		name, given, host string // given: as the flag has it
+		port              int
+	}
+	var ls []listener
+	add := func(name, given, addr string) {
+		host, port, err := net.SplitHostPort(addr)
+		if given == "" || err != nil || checkPort(port) != nil {
+			return
+		}
+		if p, _ := net.LookupPort("tcp", port); p != 0 {
+			ls = append(ls, listener{name, given, host, p})
+		}
+	}
+	if c.Role == "all" || c.Role == "controller" {
+		add("--listen", c.Listen, c.Listen)
+	}
+	if c.Role == "all" || c.Role == "unit" {
+		add("--unit-listen", c.UnitListen, c.UnitListen)
+	}
+	if c.Role == "all" {
+		add("--resp", c.RESP, c.RESP)
+	}
+	for _, m := range []struct{ name, addr string }{{"--metrics", c.Metrics}, {"--pprof", c.Pprof}} {
+		if a, err := metricsAddr(m.addr); err == nil {
+			add(m.name, m.addr, a)
+		}
+	}
+	var errs []error
+	for i, a := range ls {
+		for _, b := range ls[i+1:] {
+			if a.port != b.port || !hostsClash(a.host, b.host) {
+				continue
+			}
+			errs = append(errs, fmt.Errorf("%s %q and %s %q: both listen on port %d of one address, and only one can bind it: give them different ports",
+				b.name, b.given, a.name, a.given, a.port))
+		}
+	}
+	return errs
+}
+
+// hostsClash reports whether TCP listeners on hosts a and b, on the same
+// port, would take the same address: equal hosts (localhost is
+// 127.0.0.1, as Go binds it), or a wildcard and a host of a family it
+// accepts (a name not an IP address counts as either family).
+func hostsClash(a, b string) bool {
+	if strings.EqualFold(a, "localhost") {
+		a = "127.0.0.1"
+	}
+	if strings.EqualFold(b, "localhost") {
+		b = "127.0.0.1"
+	}
+	family := func(h string) (v4, v6 bool) {
+		if isWildcard(h) {
+			return wildcardFamilies(h)
+		}
+		if ip := net.ParseIP(h); ip != nil {
+			return ip.To4() != nil, ip.To4() == nil
+		}
+		return true, true
+	}
+	if !isWildcard(a) && !isWildcard(b) {
+		ipa, ipb := net.ParseIP(a), net.ParseIP(b)
+		if ipa != nil && ipb != nil {
+			return ipa.Equal(ipb)
+		}
+		return strings.EqualFold(a, b)
+	}
+	a4, a6 := family(a)
+	b4, b6 := family(b)
+	return a4 && b4 || a6 && b6
 }
 
 // maxPreAlloc is the most --pre-alloc: the controller makes that many

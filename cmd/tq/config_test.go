@@ -667,3 +667,30 @@ func checkConfigCases(t *testing.T, cases []configCase) {
 		})
 	}
 }
+
+// Two TCP listeners of one process on one address: the second failed at
+// start, once the first server was up, with "bind: address already in
+// use" naming no flag (--resp on the controller's --listen, --metrics
+// given as the controller's port). It is refused up front, naming both
+// flags and the address; port 0 never clashes, nor does a listener the
+// role does not open (a unit's --listen default), nor a wildcard of one
+// family and an address of the other.
+func TestListenersOnOneAddressAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	checkConfigCases(t, []configCase{
+		{[]string{"--resp", "127.0.0.1:7370"}, `--resp "127.0.0.1:7370" and --listen "127.0.0.1:7370": both listen on port 7370`},
+		{[]string{"--metrics", "7370"}, `--metrics "7370" and --listen "127.0.0.1:7370"`},
+		{[]string{"--metrics", "localhost:7370"}, `--metrics "localhost:7370" and --listen "127.0.0.1:7370"`},
+		{[]string{"--units", "1", "--unit-listen", "127.0.0.1:7370"}, `--unit-listen "127.0.0.1:7370" and --listen "127.0.0.1:7370"`},
+		{[]string{"--listen", ":7400", "--resp", "127.0.0.1:7400"}, `--resp "127.0.0.1:7400" and --listen ":7400"`},
+		{[]string{"--listen", "127.0.0.1:http", "--resp", "127.0.0.1:80"}, `--resp "127.0.0.1:80" and --listen "127.0.0.1:http"`},
+		{[]string{"--metrics", ":6060", "--pprof", "6060"}, `--pprof "6060" and --metrics ":6060"`},
+		{[]string{"--role", "controller", "--listen", "[::]:7400", "--metrics", "0.0.0.0:7400"}, `--metrics "0.0.0.0:7400" and --listen "[::]:7400"`},
+		{[]string{"--role", "unit", "--controller", "tcp://h:1", "--unit-listen", "127.0.0.1:7400", "--metrics", "7400"}, `--metrics "7400" and --unit-listen "127.0.0.1:7400"`},
+		{[]string{"--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--metrics", "0", "--pprof", ":0"}, ""},
+		{[]string{"--role", "unit", "--controller", "tcp://h:1", "--unit-listen", "127.0.0.1:7370"}, ""},
+		{[]string{"--listen", "127.0.0.1:7370", "--resp", "127.0.0.2:7370"}, ""},
+		{[]string{"--listen", "0.0.0.0:7400", "--resp", "[::1]:7400"}, ""},
+		{[]string{"--metrics", "9090", "--pprof", "6060", "--resp", "127.0.0.1:6380"}, ""},
+	})
+}
