@@ -131,7 +131,6 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
 	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (default 10m; negative: never)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (from 10ms to 1m), for the controller, which tells its units; a unit silent for five is reported dead")
-	fs.DurationVar(&c.HeartbeatInterval, "heartbeat", c.HeartbeatInterval, "the same as --heartbeat-interval")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
 	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight and for puts written to this process's units to commit")

@@ -694,3 +694,35 @@ func TestListenersOnOneAddressAreRefused(t *testing.T) {
 		{[]string{"--metrics", "9090", "--pprof", "6060", "--resp", "127.0.0.1:6380"}, ""},
 	})
 }
+
+// --heartbeat is --heartbeat-interval's other spelling: both given with
+// different values took the last on the command line without a word. They
+// are refused, naming both and their values; the same value twice, or
+// either spelling over a config file's heartbeat_interval, is taken.
+func TestBothHeartbeatSpellingsWithDifferentValuesAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	file := filepath.Join(t.TempDir(), "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("heartbeat_interval: 3s\n"), 0o600))
+	checkConfigCases(t, []configCase{
+		{[]string{"--heartbeat-interval", "2s", "--heartbeat", "5s"}, "--heartbeat-interval 2s and --heartbeat 5s: two spellings of one setting"},
+		{[]string{"--heartbeat", "5s", "--heartbeat-interval", "2s"}, "--heartbeat-interval 2s and --heartbeat 5s: two spellings of one setting"},
+		{[]string{"--config", file, "--heartbeat", "5s", "--heartbeat-interval", "2s"}, "--heartbeat-interval 2s and --heartbeat 5s"},
+		{[]string{"--heartbeat", "2s", "--heartbeat-interval", "2000ms"}, ""},
+		{[]string{"--config", file, "--heartbeat", "5s"}, ""},
+	})
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{[]string{"--heartbeat", "5s"}, 5 * time.Second},
+		{[]string{"--heartbeat-interval", "4s"}, 4 * time.Second},
+		{[]string{"--config", file}, 3 * time.Second},
+		{[]string{"--config", file, "--heartbeat", "5s"}, 5 * time.Second},
+		{[]string{"--config", file, "--heartbeat-interval", "4s"}, 4 * time.Second},
+		{nil, time.Second},
+	} {
+		cfg, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+		require.NoError(t, err, "%q", tc.args)
+		assert.Equal(t, tc.want, cfg.HeartbeatInterval, "%q", tc.args)
+	}
+}

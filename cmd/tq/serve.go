@@ -107,11 +107,24 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		// restart (see restore).
 		fs.BoolVar(&once.restoreForce, "restore-force", false, "load --restore's checkpoint even when the controller recovers partitions from its data directory, replacing them (without it, --restore loads only into a controller that holds none); give it for one start")
 		c.flags(fs)
+		// --heartbeat is --heartbeat-interval's other spelling, with no
+		// config key of its own: its own variable, so that both given
+		// with different values are refused rather than the last taken.
+		heartbeat := c.HeartbeatInterval
+		fs.DurationVar(&heartbeat, "heartbeat", heartbeat, "the same as --heartbeat-interval (give one of the two)")
 		if err := fs.Parse(args); err != nil {
 			return "", once, err
 		}
 		if fs.NArg() > 0 {
 			return "", once, fmt.Errorf("serve takes flags only, no arguments: unexpected %q", fs.Arg(0))
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if set["heartbeat"] {
+			if set["heartbeat-interval"] && heartbeat != c.HeartbeatInterval {
+				return "", once, fmt.Errorf("invalid configuration:\n--heartbeat-interval %v and --heartbeat %v: two spellings of one setting with different values: give one", c.HeartbeatInterval, heartbeat)
+			}
+			c.HeartbeatInterval = heartbeat
 		}
 		return configPath, once, nil
 	}
