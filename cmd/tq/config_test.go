@@ -726,3 +726,39 @@ func TestBothHeartbeatSpellingsWithDifferentValuesAreRefused(t *testing.T) {
 		assert.Equal(t, tc.want, cfg.HeartbeatInterval, "%q", tc.args)
 	}
 }
+
+// A token given by hand with white space around it (a trailing newline:
+// TQ_TOKEN from a Kubernetes Secret made with --from-file, a YAML block
+// scalar) or inside it was served as given: clients that read the token
+// file (trimmed) or were given it stripped were refused as
+// unauthenticated, naming nothing. It is refused up front, naming where
+// it came from, without the token; $TQ_TOKEN only when it is the one
+// used (no --token).
+func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	file := filepath.Join(t.TempDir(), "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("token: |\n  s3cret\n"), 0o600))
+	t.Run("--token", func(t *testing.T) {
+		t.Setenv(auth.EnvToken, "")
+		checkConfigCases(t, []configCase{
+			{[]string{"--token", "s3cret\n"}, "--token: white space around the token (7 bytes; a trailing newline"},
+			{[]string{"--token", " s3cret"}, "--token: white space around the token"},
+			{[]string{"--config", file}, "--token: white space around the token (7 bytes"},
+			{[]string{"--token", "s3 cret"}, "--token: white space or a control character inside the token (7 bytes)"},
+			{[]string{"--token", "s3\ncret\n"}, "--token: white space or a control character inside the token"},
+			{[]string{"--token", "s3\x7fcret"}, "--token: white space or a control character inside the token"},
+			{[]string{"--role", "unit", "--controller", "tcp://h:1", "--token", "s3cret\r\n"}, "--token: white space around the token"},
+			{[]string{"--token", "s3cret"}, ""},
+		})
+	})
+	t.Run("$TQ_TOKEN", func(t *testing.T) {
+		t.Setenv(auth.EnvToken, "s3cret\n")
+		checkConfigCases(t, []configCase{
+			{nil, "$TQ_TOKEN: white space around the token (7 bytes"},
+			{[]string{"--token", "s3cret"}, ""}, // $TQ_TOKEN is not used
+		})
+	})
+	_, _, err := parseServeConfig([]string{"--check-config", "--token", "s3cret\n"}, io.Discard)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "s3cret", "the token is not printed")
+}
