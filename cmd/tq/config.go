@@ -124,7 +124,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up, into a controller that holds no partition (a restart keeps its state; see --restore-force)")
 	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps). One word: white space (a trailing newline, say) or a control character in --token or $TQ_TOKEN is refused, as clients present it as given")
 	fs.BoolVar(&c.RefuseClearToken, "refuse-clear-token", c.RefuseClearToken, "refuse clients and units that send the token in clear (older than the challenge handshake, which never sends it); by default they are still admitted")
-	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data")
+	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data; refused with --token or $TQ_TOKEN")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, fmt.Sprintf("rows reserved when a partition is created (at most %d)", maxPreAlloc))
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
@@ -393,6 +393,11 @@ func (c *serveConfig) validate() error {
 	}
 	if c.Insecure && c.Token != "" {
 		bad("--insecure and --token contradict each other: --insecure serves without a token")
+	} else if c.Insecure && os.Getenv(auth.EnvToken) != "" {
+		// A deployment that sets $TQ_TOKEN means to have one: served
+		// without it, with only a warning on stderr, it is open to all.
+		bad("--insecure and $%s contradict each other: --insecure serves without a token, dropping $%s's: drop --insecure, or unset $%s (%s= tq serve --insecure)",
+			auth.EnvToken, auth.EnvToken, auth.EnvToken, auth.EnvToken)
 	}
 	if !c.Insecure {
 		if c.Token != "" {

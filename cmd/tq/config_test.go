@@ -762,3 +762,26 @@ func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "s3cret", "the token is not printed")
 }
+
+// --insecure with $TQ_TOKEN set served without a token, dropping the
+// variable's with only a warning on stderr: a deployment that set it
+// (a Kubernetes Secret) and kept --insecure from a test was open to
+// anyone. It is refused, as --insecure with --token is, naming both and
+// how to serve without a token; an empty $TQ_TOKEN is unset.
+func TestInsecureWithATokenFromTheEnvironmentIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	t.Run("set", func(t *testing.T) {
+		t.Setenv(auth.EnvToken, "s3cret")
+		checkConfigCases(t, []configCase{
+			{[]string{"--insecure"}, "--insecure and $TQ_TOKEN contradict each other"},
+			{[]string{"--insecure"}, "unset $TQ_TOKEN (TQ_TOKEN= tq serve --insecure)"},
+			{[]string{"--role", "unit", "--controller", "tcp://h:1", "--insecure"}, "--insecure and $TQ_TOKEN contradict each other"},
+			{[]string{"--insecure", "--token", "t"}, "--insecure and --token contradict each other"},
+			{nil, ""},
+		})
+	})
+	t.Run("empty", func(t *testing.T) {
+		t.Setenv(auth.EnvToken, "")
+		checkConfigCases(t, []configCase{{[]string{"--insecure"}, ""}})
+	})
+}
