@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 
 	"github.com/tqgo/tq/client"
@@ -47,6 +49,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if once.checkConfig {
 		return cfg.checkConfig(stdout)
+	}
+	if err := cfg.checkMemory(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if err := cfg.secure(); err != nil {
 		return err
@@ -187,6 +192,39 @@ func (c serveConfig) checkConfig(w io.Writer) error {
 	}
 	fmt.Fprintf(w, "# tq serve: configuration ok; token from %s\n%s", from, b)
 	return nil
+}
+
+// checkMemory refuses a --capacity this host cannot hold: the storage
+// units of this process together past its physical memory (sysinfo's
+// totalram). A unit maps its arena as data comes, so such a capacity
+// started, was registered with the controller (placement counts on it),
+// and once the data outgrew memory the unit was killed (out of memory)
+// rather than refusing a put. It runs at start, not with --check-config,
+// which checks a configuration meant for any host (deploy/k8s's, on the
+// machine that checks it). A container's memory limit may be lower and is
+// not checked: it is the pod's to match (see deploy/k8s).
+func (c *serveConfig) checkMemory() error {
+	if c.Role == "controller" {
+		return nil
+	}
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return nil // cannot tell: the kernel says so later, as before
+	}
+	total := si.Totalram * uint64(si.Unit)
+	units := 1
+	if c.Role == "all" {
+		units = c.Units
+	}
+	if total == 0 || total > math.MaxInt64 || units < 1 || int64(c.Capacity) <= int64(total)/int64(units) {
+		return nil
+	}
+	if units == 1 {
+		return fmt.Errorf("--capacity %v: more than this host's memory (%s): a storage unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s",
+			c.Capacity, bytesString(int64(total)), bytesString(int64(total)))
+	}
+	return fmt.Errorf("--capacity %v with --units %d: %d storage units of that capacity are more than this host's memory (%s): a unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s per unit",
+		c.Capacity, units, units, bytesString(int64(total)), bytesString(int64(total)/int64(units)))
 }
 
 // tokenSource says where secure takes the token from — --token, else

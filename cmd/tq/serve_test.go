@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -401,4 +402,41 @@ func TestCheckpointMetadata(t *testing.T) {
 	out, err = runTQ(t, p, bin, "checkpoint", "load", addr, "ck", "--metadata", "{}")
 	require.Error(t, err)
 	assert.Contains(t, out, "--metadata is for save")
+}
+
+// A --capacity past this host's memory (1 PiB here, a typo for GiB or a
+// config file meant for a larger host) started: a unit maps its arena
+// as data comes, so it registered that capacity, and once the data
+// outgrew memory it was killed (out of memory). tq serve now refuses it
+// at start, before it listens or makes anything, naming the flag, the
+// value and the host's memory; --units counts, as every unit of the
+// process maps its own arena. --check-config, which checks a
+// configuration meant for any host, still takes it.
+func TestCapacityPastThisHostsMemoryIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	all := []string{"--insecure", "--in-memory", "--listen", "127.0.0.1:0"}
+	unit := []string{"--insecure", "--role", "unit", "--controller", "tcp://127.0.0.1:1", "--controller-wait", "0s"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(all, "--units", "1", "--capacity", "1048576GiB"), "--capacity 1048576 GiB: more than this host's memory ("},
+		{append(all, "--units", "2", "--capacity", "1048576GiB"), "--capacity 1048576 GiB with --units 2: 2 storage units of that capacity are more than this host's memory ("},
+		{append(unit, "--capacity", "1048576GiB"), "--capacity 1048576 GiB: more than this host's memory ("},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			sockDir := t.TempDir()
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			var out strings.Builder
+			err := serve(ctx, append(tc.args, "--socket-dir", sockDir), &out, io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, out.String(), "tq serve: controller on", "refused before anything started")
+			entries, _ := os.ReadDir(sockDir)
+			assert.Empty(t, entries, "refused before anything started")
+		})
+	}
+	_, _, err := parseServeConfig([]string{"--check-config", "--capacity", "1048576GiB"}, io.Discard)
+	assert.NoError(t, err, "--check-config checks a configuration for any host")
 }
