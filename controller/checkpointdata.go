@@ -571,10 +571,19 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) (written
 	return written, nil
 }
 
-// Checkpoints lists the saved checkpoints, by name.
+// testHookListing, when set (by tests only), runs as a listing of the
+// checkpoints starts: a slow directory.
+var testHookListing func()
+
+// Checkpoints lists the saved checkpoints, by name. It reads the
+// checkpoint directory and every checkpoint's state header: disk I/O,
+// which CHECKPOINTS runs on a goroutine of its own.
 func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
 	if s.cfg.CheckpointDir == "" {
 		return nil, opErr("list checkpoints", "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported))
+	}
+	if testHookListing != nil {
+		testHookListing()
 	}
 	entries, err := os.ReadDir(s.cfg.CheckpointDir)
 	if errors.Is(err, fs.ErrNotExist) {
