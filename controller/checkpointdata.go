@@ -71,6 +71,10 @@ type CheckpointInfo struct {
 	Bytes, Cells, Lost int64
 	// Metadata is the JSON object saved with it, as given; nil: none.
 	Metadata []byte
+	// Unusable, set by [Server.Checkpoints] alone, says why a load would
+	// refuse it (its state was written by a build of another state
+	// version); "": it loads.
+	Unusable string
 }
 
 // MaxCheckpointMetadata bounds a checkpoint's user metadata.
@@ -601,7 +605,11 @@ func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
 		if err != nil {
 			continue // not a checkpoint (or a broken one): not listed
 		}
-		out = append(out, infoOf(e.Name(), head))
+		ci := infoOf(e.Name(), head)
+		if err := checkVersion(head); err != nil {
+			ci.Unusable = err.Error()
+		}
+		out = append(out, ci)
 	}
 	return out, nil
 }

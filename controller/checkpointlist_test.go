@@ -1,7 +1,13 @@
 package controller
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+
 	"context"
+	"github.com/google/go-cmp/cmp"
+	"github.com/tqgo/tq/engine"
 	"testing"
 	"time"
 
@@ -63,5 +69,42 @@ func TestCheckpointsListingOffTheLoop(t *testing.T) {
 	release <- struct{}{} // not closed yet: the deferred close follows
 	if err := <-listed; err != nil {
 		t.Fatalf("CHECKPOINTS: %v", err)
+	}
+}
+
+// TestCheckpointsMarkUnusable: a checkpoint whose state another build
+// wrote (another state version) is listed, marked with why a load would
+// refuse it; one this build loads is not marked, and loads.
+func TestCheckpointsMarkUnusable(t *testing.T) {
+	root := t.TempDir()
+	for name, version := range map[string]uint32{"ours": stateVersion, "future": stateVersion + 1} {
+		if err := os.Mkdir(filepath.Join(root, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeStateFile(t, filepath.Join(root, name, stateFile), &wirepb.StateHeader{Format: stateFormat, Version: version, NextGen: 1, NextUnitId: 1}, nil, nil, nil)
+	}
+	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
+	c := dialRaw(t, addr, "")
+	var list wirepb.CheckpointsReply
+	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ci := range list.Checkpoints {
+		got[ci.Name] = ci.Unusable
+	}
+	want := map[string]string{"ours": "", "future": fmt.Sprintf("state version %d, this build reads %d: %v", stateVersion+1, stateVersion, engine.ErrNotSupported)}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("listed (name: unusable) (-want +got):\n%s", diff)
+	}
+	// What the list offers loads; what it marks is refused.
+	for _, ci := range list.Checkpoints {
+		err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: ci.Name}, nil)
+		switch {
+		case ci.Unusable == "" && err != nil:
+			t.Errorf("load of %s, listed as loadable: %v", ci.Name, err)
+		case ci.Unusable != "" && codeOf(err) != wirepb.Code_CODE_NOT_SUPPORTED:
+			t.Errorf("load of %s, listed as unusable: got %v, want CODE_NOT_SUPPORTED", ci.Name, err)
+		}
 	}
 }

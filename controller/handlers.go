@@ -657,7 +657,7 @@ func (s *Server) listCheckpoints(_ context.Context, body []byte, _ *effects) (pr
 
 func (ci CheckpointInfo) pb() *wirepb.CheckpointInfo {
 	return &wirepb.CheckpointInfo{
-		Name: ci.Name, SavedUnixMs: ci.Saved.UnixMilli(), Bytes: ci.Bytes, Cells: ci.Cells, LostCells: ci.Lost, Metadata: ci.Metadata,
+		Name: ci.Name, SavedUnixMs: ci.Saved.UnixMilli(), Bytes: ci.Bytes, Cells: ci.Cells, LostCells: ci.Lost, Metadata: ci.Metadata, Unusable: ci.Unusable,
 	}
 }
 

@@ -460,17 +460,27 @@ func readState(r io.ReadSeeker, size int64) (*loadedState, error) {
 	return ls, nil
 }
 
+// checkVersion refuses a state of another version than this build's: not
+// damage, another build's file, to be read by that build.
+func checkVersion(head *wirepb.StateHeader) error {
+	if head.Version != stateVersion {
+		return fmt.Errorf("state version %d, this build reads %d: %w", head.Version, stateVersion, engine.ErrNotSupported)
+	}
+	return nil
+}
+
 func (sr *stateReader) readState() (*loadedState, error) {
 	head := &wirepb.StateHeader{}
 	if err := sr.next(head, "header"); err != nil {
 		return nil, err
 	}
-	switch {
-	case head.Format != stateFormat:
+	if head.Format != stateFormat {
 		return nil, corrupt("format %q, want %q", head.Format, stateFormat)
-	case head.Version != stateVersion:
-		// Not damage: another build's file, to be read by that build.
-		return nil, fmt.Errorf("state version %d, this build reads %d: %w", head.Version, stateVersion, engine.ErrNotSupported)
+	}
+	if err := checkVersion(head); err != nil {
+		return nil, err
+	}
+	switch {
 	case head.NextIndex > maxIndexes:
 		return nil, corrupt("next index %d is beyond %d", head.NextIndex, uint64(maxIndexes))
 	case head.NextUnitId > uint32(engine.LostUnit):

@@ -18,7 +18,9 @@ const checkpointUsage = `usage:
                                  save the cluster's metadata and every cell's bytes as NAME,
                                  with a JSON object of your own kept beside them
   tq checkpoint load ADDR NAME   replace the cluster's state with checkpoint NAME
-  tq checkpoint list ADDR        list the saved checkpoints (with their JSON objects)
+  tq checkpoint list ADDR        list the saved checkpoints (with their JSON objects); one
+                                 another build wrote, which a load refuses, is marked
+                                 (unusable), with why below the table
 
 ADDR is the controller's (tcp://host:port or unix:///path). Checkpoints live
 under the controller's data directory (DATA_DIR/checkpoints/NAME); a name is
@@ -88,10 +90,23 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tSAVED\tCELLS\tLOST\tBYTES\tMETADATA")
+		var unusable []string
 		for _, c := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", printable(c.Name), time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes), compactJSON(c.Metadata))
+			name := printable(c.Name)
+			if c.Unusable != "" {
+				// Another build's: listed, so that it is not taken for
+				// missing, but never as one a load takes.
+				unusable = append(unusable, fmt.Sprintf("tq checkpoint: %s cannot be loaded by this build: %s", name, printable(c.Unusable)))
+				name += " (unusable)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", name, time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes), compactJSON(c.Metadata))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, line := range unusable {
+			fmt.Fprintln(stdout, line)
+		}
 	}
 	return nil
 }

@@ -249,6 +249,7 @@ def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch
     assert saved["name"] == name and saved["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
     listed = {c["name"]: c for c in client.list_checkpoints()}
     assert listed[name]["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
+    assert listed[name]["unusable"] is None, "saved by this build: it loads"
     # One load only: a load writes every cell of the shared test server
     # again before the old ones are freed.
     assert client.load_checkpoint(name) == {"global_steps": 3, "tags": ["a", "é"]}

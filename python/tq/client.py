@@ -1531,8 +1531,10 @@ class Client:
 
     def list_checkpoints(self) -> list:
         """The saved checkpoints: per checkpoint a dict of ``name``,
-        ``saved_unix_ms``, ``bytes``, ``cells``, ``lost_cells`` and
-        ``metadata`` (the dict saved with it, or None)."""
+        ``saved_unix_ms``, ``bytes``, ``cells``, ``lost_cells``,
+        ``metadata`` (the dict saved with it, or None) and ``unusable``
+        (why :meth:`load_checkpoint` would refuse it, as for a checkpoint
+        another build wrote; None when it loads)."""
         rep = self._call(wire.CHECKPOINTS, None, control_pb2.CheckpointsReply, op_name="checkpoints")
         return [_checkpoint_info(c) for c in rep.checkpoints]
 
@@ -1762,7 +1764,7 @@ def _checkpoint_info(c) -> dict:
         except ValueError as e:
             raise errors.CorruptError(f"checkpoint {c.name!r}: its metadata is not JSON: {e}") from None
     return {"name": c.name, "saved_unix_ms": c.saved_unix_ms, "bytes": c.bytes, "cells": c.cells,
-            "lost_cells": c.lost_cells, "metadata": meta}
+            "lost_cells": c.lost_cells, "metadata": meta, "unusable": c.unusable or None}
 
 
 def _warn_once(what: str, message: str) -> None:

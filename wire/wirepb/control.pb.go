@@ -3868,13 +3868,16 @@ func (x *CheckpointRequest) GetMetadata() []byte {
 }
 
 type CheckpointInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	SavedUnixMs   int64                  `protobuf:"varint,2,opt,name=saved_unix_ms,json=savedUnixMs,proto3" json:"saved_unix_ms,omitempty"`
-	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"` // data bytes of the cells it holds
-	Cells         int64                  `protobuf:"varint,4,opt,name=cells,proto3" json:"cells,omitempty"`
-	LostCells     int64                  `protobuf:"varint,5,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells whose bytes were lost when it was saved
-	Metadata      []byte                 `protobuf:"bytes,6,opt,name=metadata,proto3" json:"metadata,omitempty"`                     // the JSON object saved with it (CheckpointRequest.metadata); empty: none
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SavedUnixMs int64                  `protobuf:"varint,2,opt,name=saved_unix_ms,json=savedUnixMs,proto3" json:"saved_unix_ms,omitempty"`
+	Bytes       int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"` // data bytes of the cells it holds
+	Cells       int64                  `protobuf:"varint,4,opt,name=cells,proto3" json:"cells,omitempty"`
+	LostCells   int64                  `protobuf:"varint,5,opt,name=lost_cells,json=lostCells,proto3" json:"lost_cells,omitempty"` // cells whose bytes were lost when it was saved
+	Metadata    []byte                 `protobuf:"bytes,6,opt,name=metadata,proto3" json:"metadata,omitempty"`                     // the JSON object saved with it (CheckpointRequest.metadata); empty: none
+	// CHECKPOINTS only: why LOAD_CHECKPOINT would refuse it (its state was
+	// written by a build of another state version); empty: it loads.
+	Unusable      string `protobuf:"bytes,7,opt,name=unusable,proto3" json:"unusable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3949,6 +3952,13 @@ func (x *CheckpointInfo) GetMetadata() []byte {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *CheckpointInfo) GetUnusable() string {
+	if x != nil {
+		return x.Unusable
+	}
+	return ""
 }
 
 type CheckpointsReply struct {
@@ -4386,7 +4396,7 @@ const file_control_proto_rawDesc = "" +
 	"\x11CheckpointRequest\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
-	"\bmetadata\x18\x03 \x01(\fR\bmetadata\"\xaf\x01\n" +
+	"\bmetadata\x18\x03 \x01(\fR\bmetadata\"\xcb\x01\n" +
 	"\x0eCheckpointInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\"\n" +
 	"\rsaved_unix_ms\x18\x02 \x01(\x03R\vsavedUnixMs\x12\x14\n" +
@@ -4394,7 +4404,8 @@ const file_control_proto_rawDesc = "" +
 	"\x05cells\x18\x04 \x01(\x03R\x05cells\x12\x1d\n" +
 	"\n" +
 	"lost_cells\x18\x05 \x01(\x03R\tlostCells\x12\x1a\n" +
-	"\bmetadata\x18\x06 \x01(\fR\bmetadata\"P\n" +
+	"\bmetadata\x18\x06 \x01(\fR\bmetadata\x12\x1a\n" +
+	"\bunusable\x18\a \x01(\tR\bunusable\"P\n" +
 	"\x10CheckpointsReply\x12<\n" +
 	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xf2\x01\n" +
 	"\x10ClusterInfoReply\x12\x1d\n" +

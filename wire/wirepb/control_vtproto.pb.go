@@ -3875,6 +3875,13 @@ func (m *CheckpointInfo) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.Unusable) > 0 {
+		i -= len(m.Unusable)
+		copy(dAtA[i:], m.Unusable)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Unusable)))
+		i--
+		dAtA[i] = 0x3a
+	}
 	if len(m.Metadata) > 0 {
 		i -= len(m.Metadata)
 		copy(dAtA[i:], m.Metadata)
@@ -5551,6 +5558,10 @@ func (m *CheckpointInfo) SizeVT() (n int) {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.LostCells))
 	}
 	l = len(m.Metadata)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.Unusable)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
