@@ -148,10 +148,44 @@ func (s *Server) checkpointPath(name string) (string, error) {
 	if s.cfg.CheckpointDir == "" {
 		return "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported)
 	}
-	if !checkpointName.MatchString(name) {
-		return "", fmt.Errorf("checkpoint name %q: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-': %w", name, engine.ErrInvalid)
+	if err := checkName(name); err != nil {
+		return "", err
 	}
 	return filepath.Join(s.cfg.CheckpointDir, name), nil
+}
+
+func checkName(name string) error {
+	if !checkpointName.MatchString(name) {
+		return fmt.Errorf("checkpoint name %q: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-': %w", name, engine.ErrInvalid)
+	}
+	return nil
+}
+
+// CheckCheckpoint reports whether checkpoint name is in dir (a
+// [ServerConfig.CheckpointDir]) and this build can load it, from its
+// state header alone; it is for a caller that loads one at start, to fail
+// before it serves. The error names the checkpoint and dir, and wraps
+// [engine.ErrInvalid] for a name that is no checkpoint name,
+// [engine.ErrNotFound] for a checkpoint that is not there,
+// [engine.ErrNotSupported] for one another build wrote (another state
+// version) and [engine.ErrCorrupt] for a damaged header. A checkpoint it
+// passes may still fail to load (damage past the header).
+func CheckCheckpoint(dir, name string) error {
+	if err := checkName(name); err != nil {
+		return fmt.Errorf("checkpoint in %s: %w", dir, err)
+	}
+	head, err := readStateHeader(filepath.Join(dir, name, stateFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		err = fmt.Errorf("no checkpoint %q in %s: %w: %w", name, dir, engine.ErrNotFound, err)
+	case err != nil:
+		err = fmt.Errorf("checkpoint %q in %s: %w", name, dir, err)
+	default:
+		if err = checkVersion(head); err != nil {
+			err = fmt.Errorf("checkpoint %q in %s: %w", name, dir, err)
+		}
+	}
+	return err
 }
 
 // SaveCheckpoint saves the controller's state and every cell's bytes as

@@ -430,6 +430,14 @@ func (s *server) startController() error {
 	}
 	s.ctrl = ctrl
 	s.held = len(ctrl.Partitions()) // before anything is served
+	if s.cfg.Restore != "" && (s.held == 0 || s.restoreForce) {
+		// A checkpoint that is not there (or that this build cannot
+		// load) fails the start before anything listens, not once the
+		// units are up (see restore).
+		if err := controller.CheckCheckpoint(s.cfg.checkpointDir(), s.cfg.Restore); err != nil {
+			return fmt.Errorf("--restore: %w", err)
+		}
+	}
 	if ci := ctrl.Info(); ci.Durable {
 		fmt.Fprintf(s.out, "tq serve: controller state in %s (cluster %s, start %d, fsync %s)\n", ccfg.Dir, ci.ClusterID, ci.Epoch, ci.Fsync)
 	} else {
