@@ -1416,13 +1416,23 @@ func (r *RemoteMeta) LoadCheckpoint(ctx context.Context, name string) (*wirepb.C
 	return &reply, nil
 }
 
-// Checkpoints lists the controller's saved checkpoints.
+// Checkpoints lists the controller's saved checkpoints, by name, asking
+// page after page (CHECKPOINTS answers at most 1000, or 16 MiB, at a time).
 func (r *RemoteMeta) Checkpoints(ctx context.Context) ([]*wirepb.CheckpointInfo, error) {
-	var reply wirepb.CheckpointsReply
-	if err := r.retry(ctx, "checkpoints", wire.OpCheckpoints, &wirepb.Empty{}, &reply); err != nil {
-		return nil, err
+	var all []*wirepb.CheckpointInfo
+	after := ""
+	for {
+		var reply wirepb.CheckpointsReply
+		if err := r.retry(ctx, "checkpoints", wire.OpCheckpoints, &wirepb.CheckpointsRequest{After: after}, &reply); err != nil {
+			return nil, err
+		}
+		all = append(all, reply.Checkpoints...)
+		// A server from before pages answers everything, with no next.
+		if reply.NextAfter == "" || reply.NextAfter <= after {
+			return all, nil
+		}
+		after = reply.NextAfter
 	}
-	return reply.Checkpoints, nil
 }
 
 // ClusterInfo returns the controller's identity and the state of its log.

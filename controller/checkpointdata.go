@@ -46,6 +46,7 @@ import (
 	"unicode/utf8"
 
 	mmap "github.com/edsrzf/mmap-go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
@@ -613,26 +614,44 @@ func (s *Server) place(ctx context.Context, cells []fileCell, m []byte) (written
 // checkpoints starts: a slow directory.
 var testHookListing func()
 
+// maxCheckpointsPage bounds the entries of one CHECKPOINTS reply.
+const maxCheckpointsPage = 1000
+
+// checkpointsPageBytes bounds the encoded entries of one CHECKPOINTS
+// reply, far below wire.MaxBodyLen: a checkpoint's metadata alone may
+// take 64 KiB. A variable: tests lower it.
+var checkpointsPageBytes = 16 << 20
+
 // Checkpoints lists the saved checkpoints, by name. It reads the
 // checkpoint directory and every checkpoint's state header: disk I/O,
 // which CHECKPOINTS runs on a goroutine of its own.
 func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
+	list, _, err := s.checkpointsPage("", 0, 0)
+	return list, err
+}
+
+// checkpointsPage lists the checkpoints named after after, by name: at
+// most limit of them, whose wire encodings (CheckpointInfo) take at most
+// maxBytes together (at least one is listed); 0: no bound. next is the
+// last name listed when more follow, else "".
+func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []CheckpointInfo, next string, err error) {
 	if s.cfg.CheckpointDir == "" {
-		return nil, opErr("list checkpoints", "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported))
+		return nil, "", opErr("list checkpoints", "", fmt.Errorf("this server keeps no checkpoints (no checkpoint directory): %w", engine.ErrNotSupported))
 	}
 	if testHookListing != nil {
 		testHookListing()
 	}
 	entries, err := os.ReadDir(s.cfg.CheckpointDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, "", nil
 	}
 	if err != nil {
-		return nil, opErr("list checkpoints", "", err)
+		return nil, "", opErr("list checkpoints", "", err)
 	}
 	var out []CheckpointInfo
-	for _, e := range entries {
-		if !e.IsDir() || !checkpointName.MatchString(e.Name()) {
+	size := 0
+	for _, e := range entries { // sorted by name
+		if !e.IsDir() || !checkpointName.MatchString(e.Name()) || e.Name() <= after {
 			continue
 		}
 		head, err := readStateHeader(filepath.Join(s.cfg.CheckpointDir, e.Name(), stateFile))
@@ -643,9 +662,14 @@ func (s *Server) Checkpoints() ([]CheckpointInfo, error) {
 		if err := checkVersion(head); err != nil {
 			ci.Unusable = err.Error()
 		}
+		n := proto.Size(ci.pb()) + 8 // with its tag and length
+		if len(out) > 0 && (limit > 0 && len(out) >= limit || maxBytes > 0 && size+n > maxBytes) {
+			return out, out[len(out)-1].Name, nil
+		}
 		out = append(out, ci)
+		size += n
 	}
-	return out, nil
+	return out, "", nil
 }
 
 // readStateHeader reads the first message of a state file.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"context"
 	"github.com/google/go-cmp/cmp"
@@ -106,5 +107,68 @@ func TestCheckpointsMarkUnusable(t *testing.T) {
 		case ci.Unusable != "" && codeOf(err) != wirepb.Code_CODE_NOT_SUPPORTED:
 			t.Errorf("load of %s, listed as unusable: got %v, want CODE_NOT_SUPPORTED", ci.Name, err)
 		}
+	}
+}
+
+// TestCheckpointsPaged: CHECKPOINTS answers a page at a time, bounded by
+// its limit and by bytes (a checkpoint's metadata may take 64 KiB: a
+// directory of thousands made one reply past the frame limit), and the
+// pages, asked for after the last name of each, list every checkpoint
+// once, by name.
+func TestCheckpointsPaged(t *testing.T) {
+	root := t.TempDir()
+	var names []string
+	for i := range 7 {
+		name := fmt.Sprintf("ck-%d", i)
+		names = append(names, name)
+		if err := os.Mkdir(filepath.Join(root, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		meta := []byte(fmt.Sprintf(`{"pad": %q}`, strings.Repeat("x", 1000)))
+		writeStateFile(t, filepath.Join(root, name, stateFile), &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextGen: 1, NextUnitId: 1, UserMetadata: meta}, nil, nil, nil)
+	}
+	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
+	c := dialRaw(t, addr, "")
+	list := func(after string, limit uint32) (got []string, next string) {
+		t.Helper()
+		var r wirepb.CheckpointsReply
+		if err := do(c, wire.OpCheckpoints, &wirepb.CheckpointsRequest{After: after, Limit: limit}, &r); err != nil {
+			t.Fatal(err)
+		}
+		for _, ci := range r.Checkpoints {
+			got = append(got, ci.Name)
+		}
+		return got, r.NextAfter
+	}
+	got, next := list("", 3)
+	if diff := cmp.Diff(names[:3], got); diff != "" || next != "ck-2" {
+		t.Errorf("limit 3: next %q, want ck-2; names (-want +got):\n%s", next, diff)
+	}
+	got, next = list("ck-4", 3)
+	if diff := cmp.Diff(names[5:], got); diff != "" || next != "" {
+		t.Errorf("after ck-4: next %q, want none; names (-want +got):\n%s", next, diff)
+	}
+	// By bytes: about two entries a page.
+	old := checkpointsPageBytes
+	checkpointsPageBytes = 2500
+	t.Cleanup(func() { checkpointsPageBytes = old })
+	var all []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > len(names) {
+			t.Fatalf("no end after %d pages: %v", pages, all)
+		}
+		got, next := list(after, 0)
+		if len(got) > 2 {
+			t.Errorf("a page of %d entries of over 1000 bytes each, bounded to 2500 bytes", len(got))
+		}
+		all = append(all, got...)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if diff := cmp.Diff(names, all); diff != "" {
+		t.Errorf("every page (-want +got):\n%s", diff)
 	}
 }

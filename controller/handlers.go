@@ -641,14 +641,19 @@ func (s *Server) loadCheckpoint(ctx context.Context, body []byte, fx *effects) (
 }
 
 func (s *Server) listCheckpoints(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
-	if _, err := decode[wirepb.Empty](wire.OpCheckpoints, body); err != nil {
-		return nil, err
-	}
-	infos, err := s.Checkpoints()
+	req, err := decode[wirepb.CheckpointsRequest](wire.OpCheckpoints, body)
 	if err != nil {
 		return nil, err
 	}
-	r := &wirepb.CheckpointsReply{}
+	limit := int(req.Limit)
+	if limit == 0 || limit > maxCheckpointsPage {
+		limit = maxCheckpointsPage
+	}
+	infos, next, err := s.checkpointsPage(req.After, limit, checkpointsPageBytes)
+	if err != nil {
+		return nil, err
+	}
+	r := &wirepb.CheckpointsReply{NextAfter: next}
 	for _, ci := range infos {
 		r.Checkpoints = append(r.Checkpoints, ci.pb())
 	}

@@ -1535,8 +1535,15 @@ class Client:
         ``metadata`` (the dict saved with it, or None) and ``unusable``
         (why :meth:`load_checkpoint` would refuse it, as for a checkpoint
         another build wrote; None when it loads)."""
-        rep = self._call(wire.CHECKPOINTS, None, control_pb2.CheckpointsReply, op_name="checkpoints")
-        return [_checkpoint_info(c) for c in rep.checkpoints]
+        out, after = [], ""
+        while True:  # page after page: CHECKPOINTS answers at most 1000 at a time
+            rep = self._call(wire.CHECKPOINTS, control_pb2.CheckpointsRequest(after=after),
+                             control_pb2.CheckpointsReply, op_name="checkpoints")
+            out.extend(_checkpoint_info(c) for c in rep.checkpoints)
+            # A server from before pages answers everything, with no next.
+            if not rep.next_after or rep.next_after <= after:
+                return out
+            after = rep.next_after
 
     def metrics_endpoints(self) -> list:
         """The cluster's Prometheus endpoints (``"http://host:port/metrics"``):

@@ -3961,16 +3961,73 @@ func (x *CheckpointInfo) GetUnusable() string {
 	return ""
 }
 
-type CheckpointsReply struct {
+// CheckpointsRequest (op CHECKPOINTS): one page of the checkpoints, by
+// name. An empty body (the Empty older clients send) asks for the first.
+type CheckpointsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Checkpoints   []*CheckpointInfo      `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	After         string                 `protobuf:"bytes,1,opt,name=after,proto3" json:"after,omitempty"`  // only names after this one (CheckpointsReply.next_after)
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"` // at most this many; 0 or above 1000: 1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointsRequest) Reset() {
+	*x = CheckpointsRequest{}
+	mi := &file_control_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointsRequest) ProtoMessage() {}
+
+func (x *CheckpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointsRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointsRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CheckpointsRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *CheckpointsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type CheckpointsReply struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoints []*CheckpointInfo      `protobuf:"bytes,1,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	// Non-empty: more follow (the page was full, by count or by 16 MiB of
+	// entries); ask again with after set to it.
+	NextAfter     string `protobuf:"bytes,2,opt,name=next_after,json=nextAfter,proto3" json:"next_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckpointsReply) Reset() {
 	*x = CheckpointsReply{}
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4039,7 @@ func (x *CheckpointsReply) String() string {
 func (*CheckpointsReply) ProtoMessage() {}
 
 func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[60]
+	mi := &file_control_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4052,7 @@ func (x *CheckpointsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointsReply.ProtoReflect.Descriptor instead.
 func (*CheckpointsReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{60}
+	return file_control_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
@@ -4003,6 +4060,13 @@ func (x *CheckpointsReply) GetCheckpoints() []*CheckpointInfo {
 		return x.Checkpoints
 	}
 	return nil
+}
+
+func (x *CheckpointsReply) GetNextAfter() string {
+	if x != nil {
+		return x.NextAfter
+	}
+	return ""
 }
 
 // ClusterInfoReply (op CLUSTER_INFO, request Empty).
@@ -4025,7 +4089,7 @@ type ClusterInfoReply struct {
 
 func (x *ClusterInfoReply) Reset() {
 	*x = ClusterInfoReply{}
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4037,7 +4101,7 @@ func (x *ClusterInfoReply) String() string {
 func (*ClusterInfoReply) ProtoMessage() {}
 
 func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[61]
+	mi := &file_control_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4050,7 +4114,7 @@ func (x *ClusterInfoReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoReply.ProtoReflect.Descriptor instead.
 func (*ClusterInfoReply) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{61}
+	return file_control_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ClusterInfoReply) GetClusterId() string {
@@ -4405,9 +4469,14 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"lost_cells\x18\x05 \x01(\x03R\tlostCells\x12\x1a\n" +
 	"\bmetadata\x18\x06 \x01(\fR\bmetadata\x12\x1a\n" +
-	"\bunusable\x18\a \x01(\tR\bunusable\"P\n" +
+	"\bunusable\x18\a \x01(\tR\bunusable\"@\n" +
+	"\x12CheckpointsRequest\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\tR\x05after\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"o\n" +
 	"\x10CheckpointsReply\x12<\n" +
-	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\"\xf2\x01\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x1a.tq.wire.v1.CheckpointInfoR\vcheckpoints\x12\x1d\n" +
+	"\n" +
+	"next_after\x18\x02 \x01(\tR\tnextAfter\"\xf2\x01\n" +
 	"\x10ClusterInfoReply\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x14\n" +
@@ -4438,7 +4507,7 @@ func file_control_proto_rawDescGZIP() []byte {
 }
 
 var file_control_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 65)
 var file_control_proto_goTypes = []any{
 	(TagTest)(0),                     // 0: tq.wire.v1.TagTest
 	(*Empty)(nil),                    // 1: tq.wire.v1.Empty
@@ -4501,16 +4570,17 @@ var file_control_proto_goTypes = []any{
 	(*PartitionStats)(nil),           // 58: tq.wire.v1.PartitionStats
 	(*CheckpointRequest)(nil),        // 59: tq.wire.v1.CheckpointRequest
 	(*CheckpointInfo)(nil),           // 60: tq.wire.v1.CheckpointInfo
-	(*CheckpointsReply)(nil),         // 61: tq.wire.v1.CheckpointsReply
-	(*ClusterInfoReply)(nil),         // 62: tq.wire.v1.ClusterInfoReply
-	nil,                              // 63: tq.wire.v1.BatchMeta.SchemaEntry
-	nil,                              // 64: tq.wire.v1.BatchMeta.CellsEntry
+	(*CheckpointsRequest)(nil),       // 61: tq.wire.v1.CheckpointsRequest
+	(*CheckpointsReply)(nil),         // 62: tq.wire.v1.CheckpointsReply
+	(*ClusterInfoReply)(nil),         // 63: tq.wire.v1.ClusterInfoReply
+	nil,                              // 64: tq.wire.v1.BatchMeta.SchemaEntry
+	nil,                              // 65: tq.wire.v1.BatchMeta.CellsEntry
 }
 var file_control_proto_depIdxs = []int32{
 	2,  // 0: tq.wire.v1.FieldSchema.shape:type_name -> tq.wire.v1.Shape
 	2,  // 1: tq.wire.v1.FieldSchema.shapes:type_name -> tq.wire.v1.Shape
-	63, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
-	64, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
+	64, // 2: tq.wire.v1.BatchMeta.schema:type_name -> tq.wire.v1.BatchMeta.SchemaEntry
+	65, // 3: tq.wire.v1.BatchMeta.cells:type_name -> tq.wire.v1.BatchMeta.CellsEntry
 	6,  // 4: tq.wire.v1.FetchRequest.options:type_name -> tq.wire.v1.SamplingOptions
 	10, // 5: tq.wire.v1.FetchRequest.sampler:type_name -> tq.wire.v1.SamplerSpec
 	7,  // 6: tq.wire.v1.ForceFetchRequest.fields:type_name -> tq.wire.v1.FieldSelection
@@ -4561,7 +4631,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   64,
+			NumMessages:   65,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
