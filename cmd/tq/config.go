@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -584,7 +585,47 @@ func (c *serveConfig) checkSocketPaths() error {
 			errs = append(errs, fmt.Errorf("%s %q: %s would have %d bytes, and a unix socket's path at most %d: choose a shorter one", p.name, p.path, what, len(p.longest), maxSocketPath))
 		}
 	}
+	errs = append(errs, c.checkSocketClashes()...)
 	return errors.Join(errs...)
+}
+
+// unitSocketName matches the names of the sockets a storage unit binds
+// under --socket-dir (serve.go: unit-ID.sock, and its fd socket
+// unit-ID.sock.shm).
+var unitSocketName = regexp.MustCompile(`^unit-[0-9]+\.sock(\.shm)?$`)
+
+// checkSocketClashes refuses two unix sockets of this process at one
+// path: the controller's (--socket, else SOCKET_DIR/controller.sock), the
+// Redis protocol's (--resp-socket) and the units' under --socket-dir:
+// the second bind failed late ("address already in use"), once the
+// controller was made and the first listener served.
+func (c *serveConfig) checkSocketClashes() []error {
+	type bound struct{ flag, path string }
+	var socks []bound
+	if c.Role != "unit" {
+		switch {
+		case c.Socket != "":
+			socks = append(socks, bound{"--socket", filepath.Clean(c.Socket)})
+		case c.SocketDir != "":
+			socks = append(socks, bound{"--socket-dir", filepath.Join(c.SocketDir, "controller.sock")})
+		}
+	}
+	if c.RESPSocket != "" {
+		socks = append(socks, bound{"--resp-socket", filepath.Clean(c.RESPSocket)})
+	}
+	var errs []error
+	for i, a := range socks {
+		for _, b := range socks[:i] {
+			if a.path == b.path {
+				errs = append(errs, fmt.Errorf("%s and %s: both bind the unix socket %s: give each its own path", b.flag, a.flag, a.path))
+			}
+		}
+		if c.Role != "controller" && c.SocketDir != "" && a.flag != "--socket-dir" &&
+			filepath.Dir(a.path) == filepath.Clean(c.SocketDir) && unitSocketName.MatchString(filepath.Base(a.path)) {
+			errs = append(errs, fmt.Errorf("%s %s: a storage unit binds its socket at that path under --socket-dir: give another name", a.flag, a.path))
+		}
+	}
+	return errs
 }
 
 // checkControllerAddr checks --controller up front: a malformed address

@@ -592,6 +592,24 @@ func TestSocketPathsPastTheUnixLimitAreRefused(t *testing.T) {
 	})
 }
 
+// Two unix sockets of one process at one path passed --check-config and
+// failed at start, once the controller was made, with "address already
+// in use". It is refused up front, naming both flags and the path.
+func TestSocketsAtOnePathAreRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "c.sock")
+	checkConfigCases(t, []configCase{
+		{[]string{"--socket", sock, "--resp-socket", sock}, "--socket and --resp-socket: both bind the unix socket " + sock},
+		{[]string{"--socket-dir", dir, "--resp-socket", filepath.Join(dir, "controller.sock")}, "--socket-dir and --resp-socket: both bind the unix socket " + filepath.Join(dir, "controller.sock")},
+		{[]string{"--socket-dir", dir, "--resp-socket", filepath.Join(dir, "unit-1.sock")}, "--resp-socket " + filepath.Join(dir, "unit-1.sock") + ": a storage unit binds its socket"},
+		{[]string{"--socket-dir", dir, "--socket", filepath.Join(dir, "unit-2.sock.shm")}, "--socket " + filepath.Join(dir, "unit-2.sock.shm") + ": a storage unit binds its socket"},
+		{[]string{"--socket-dir", dir, "--socket", filepath.Join(dir, "unit.sock"), "--resp-socket", filepath.Join(dir, "resp.sock")}, ""},
+		// A controller alone binds no unit's socket.
+		{[]string{"--role", "controller", "--socket-dir", dir, "--socket", filepath.Join(dir, "unit-1.sock")}, ""},
+	})
+}
+
 // --pre-alloc rows are made when a partition is: the controller allocates
 // them at once, so a huge value (a typo, a byte count) passed
 // --check-config and started; then the controller's first partition
