@@ -20,6 +20,8 @@ package storage
 // was committed and whether the controller confirmed that cells reference
 // it; both are set under the unit's lock that Commit holds anyway.
 
+import "github.com/tqgo/tq/engine"
+
 type extentState uint8
 
 const (
@@ -93,6 +95,35 @@ func (e *extent) kill(i int, lo, hi int64) bool {
 		e.live[i+1] = span{hi, s.end}
 	}
 	return len(e.live) == 0
+}
+
+// killSorted removes cells, in offset order, disjoint and each inside a
+// live span (cells of length 0 are skipped), from live in one pass, and
+// reports whether no live byte is left.
+func (e *extent) killSorted(cells []engine.RemoteAddr) bool {
+	out := make([]span, 0, len(e.live)+len(cells))
+	j := 0
+	for _, s := range e.live {
+		at := s.off
+		for ; j < len(cells); j++ {
+			if cells[j].Len == 0 {
+				continue
+			}
+			lo := int64(cells[j].Offset)
+			if lo >= s.end {
+				break
+			}
+			if lo > at {
+				out = append(out, span{at, lo})
+			}
+			at = lo + int64(cells[j].Len)
+		}
+		if at < s.end {
+			out = append(out, span{at, s.end})
+		}
+	}
+	e.live = out
+	return len(out) == 0
 }
 
 // killRange removes every live byte of [lo, hi) (hi > lo), some of which

@@ -754,13 +754,17 @@ func (u *Unit) reap() {
 // and returns an error wrapping [engine.ErrNotFound]. After [Unit.Close] it
 // returns [engine.ErrClosed].
 func (u *Unit) Free(cells []engine.RemoteAddr) error {
+	// Cells out of (segment, offset) order are sorted, and checked for
+	// overlaps, before the lock: the frees below walk them in that order.
+	sorted, disjoint := cells, error(nil)
+	if !ascending(cells) {
+		sorted, disjoint = sortedCells(cells)
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
 		return u.opErr("free", fmt.Errorf("%d cells: %w", len(cells), engine.ErrClosed))
 	}
-	ordered := true
-	var prev engine.RemoteAddr
 	var e *extent
 	for i, c := range cells {
 		if c.Len == 0 {
@@ -775,25 +779,36 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 		if e.liveSpan(lo, hi) < 0 {
 			return u.opErr("free", fmt.Errorf("cell %d %s freed already: %w", i, fmtAddr(c), engine.ErrNotFound))
 		}
-		if prev.Len != 0 && !addrBefore(prev, c) {
-			ordered = false
-		}
-		prev = c
 	}
-	if !ordered {
-		if err := checkDisjoint(cells); err != nil {
-			return u.opErr("free", err)
-		}
+	if disjoint != nil {
+		return u.opErr("free", disjoint)
 	}
+	// The cells of one extent are consecutive in sorted: each extent's
+	// live spans are cut once for all of them, so that the work stays
+	// linear in the cells and spans however a peer orders or interleaves
+	// them (cutting them one by one shifts the spans after each).
 	released := false
 	e = nil
-	for _, c := range cells {
+	for i := 0; i < len(sorted); {
+		c := sorted[i]
 		if c.Len == 0 {
+			i++
 			continue
 		}
 		var lo, hi int64
 		e, lo, hi, _ = u.lookup(c, e)
-		if e.kill(e.liveSpan(lo, hi), lo, hi) {
+		j := i + 1
+		for j < len(sorted) && (sorted[j].Len == 0 || sorted[j].Segment == c.Segment && sorted[j].Gen == c.Gen) {
+			j++
+		}
+		var dead bool
+		if j == i+1 {
+			dead = e.kill(e.liveSpan(lo, hi), lo, hi)
+		} else {
+			dead = e.killSorted(sorted[i:j])
+		}
+		i = j
+		if dead {
 			if e.refs--; e.refs == 0 {
 				u.release(e, true)
 				released = true
@@ -850,8 +865,25 @@ func addrBefore(a, b engine.RemoteAddr) bool {
 	return a.Segment < b.Segment || a.Segment == b.Segment && a.Offset+a.Len <= b.Offset
 }
 
-// checkDisjoint reports cells of one Free call that share bytes.
-func checkDisjoint(cells []engine.RemoteAddr) error {
+// ascending reports whether the cells of nonzero length are in
+// (segment, offset) order and disjoint.
+func ascending(cells []engine.RemoteAddr) bool {
+	var prev engine.RemoteAddr
+	for _, c := range cells {
+		if c.Len == 0 {
+			continue
+		}
+		if prev.Len != 0 && !addrBefore(prev, c) {
+			return false
+		}
+		prev = c
+	}
+	return true
+}
+
+// sortedCells returns the cells of nonzero length of one Free call in
+// (segment, offset) order, and an error if any two share bytes.
+func sortedCells(cells []engine.RemoteAddr) ([]engine.RemoteAddr, error) {
 	sorted := make([]engine.RemoteAddr, 0, len(cells))
 	for _, c := range cells {
 		if c.Len > 0 {
@@ -863,11 +895,17 @@ func checkDisjoint(cells []engine.RemoteAddr) error {
 	})
 	for i := 1; i < len(sorted); i++ {
 		if !addrBefore(sorted[i-1], sorted[i]) {
-			return fmt.Errorf("cells %s and %s overlap (freed twice): %w",
+			return sorted, fmt.Errorf("cells %s and %s overlap (freed twice): %w",
 				fmtAddr(sorted[i-1]), fmtAddr(sorted[i]), engine.ErrNotFound)
 		}
 	}
-	return nil
+	return sorted, nil
+}
+
+// checkDisjoint reports cells of one Free call that share bytes.
+func checkDisjoint(cells []engine.RemoteAddr) error {
+	_, err := sortedCells(cells)
+	return err
 }
 
 // checkLocked panics if the accounting does not add up (invariants builds).

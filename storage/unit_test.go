@@ -1308,3 +1308,44 @@ func TestCapacityErrorNamesSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestFreeManyCellsLinear frees the cells of one extent in the orders that
+// make cutting them one by one quadratic (each cut shifts every span after
+// it): every other cell from the end, then the rest from the start. A
+// peer's FREE may list this many cells (wire.MaxSegments is 4 Mi), and the
+// unit's lock is held throughout; one request must not stall the unit.
+func TestFreeManyCellsLinear(t *testing.T) {
+	cfg := testConfig()
+	cfg.SegmentSize = 2 << 20
+	u := newTestUnit(t, cfg)
+	const n = 1 << 20
+	a := put(t, u, make([]byte, n))[0]
+	cells := cut(a, n)
+	var odd, even []engine.RemoteAddr
+	for i := n - 1; i >= 0; i-- {
+		if i%2 == 1 {
+			odd = append(odd, cells[i])
+		}
+	}
+	for i := 0; i < n; i += 2 {
+		even = append(even, cells[i], engine.RemoteAddr{Segment: 9, Offset: 1 << 40}) // and cells of length 0
+	}
+	for _, step := range []struct {
+		name  string
+		cells []engine.RemoteAddr
+	}{{"odd cells, last first", odd}, {"even cells, first first", even}} {
+		start := time.Now()
+		if err := u.Free(step.cells); err != nil {
+			t.Fatalf("Free(%s): %v", step.name, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("Free(%d %s) held the unit for %v, want well under 5s", len(step.cells), step.name, d)
+		}
+	}
+	if got := u.Stats(); got.Used != 0 || got.Extents != 0 {
+		t.Errorf("after freeing every cell: used %d in %d extents, want none", got.Used, got.Extents)
+	}
+	if err := u.Free(cells[:1]); !errors.Is(err, engine.ErrNotFound) {
+		t.Errorf("Free of a freed cell: got %v, want ErrNotFound", err)
+	}
+}
