@@ -33,8 +33,12 @@ package storage
 // client in a pid namespace the unit cannot see) share one goroutine that
 // only their deadlines end. At most MaxQuarantinedPerProcess sessions of
 // one process (those of unknown processes counting as one) are in
-// quarantine at once, and at most MaxQuarantined in all; the holds of one
-// that ends past either bound go back at once, and the server logs it.
+// quarantine at once, and at most MaxQuarantined in all. Past either
+// bound, a session that ends makes room by giving back the holds of its
+// own process's oldest session in quarantine (the closest to its end,
+// whose client has had the longest to stop its copies; the session
+// ending now is the likeliest to have one in flight), or its own holds
+// go back at once when its process has none there; the server logs it.
 // The quarantine protects well-behaved clients from a race with their
 // own copies, not the unit from its clients (a client given a segment
 // can write anywhere in it anyway), so what the bounds keep is fairness:
@@ -69,16 +73,17 @@ const DefaultQuarantine = 30 * time.Second
 
 // MaxQuarantinedPerProcess bounds the sessions of one client process a
 // server holds in quarantine at once (sessions whose process it does not
-// know count as one process); past it, the holds of that process's
-// sessions that end without a goodbye go back at once. A process over its
-// share loses only its own protection.
+// know count as one process); past it, each of that process's sessions
+// that ends without a goodbye gives back the holds of its oldest one in
+// quarantine. A process over its share loses only its own protection.
 const MaxQuarantinedPerProcess = 1024
 
 // MaxQuarantined bounds the sessions a server holds in quarantine at once,
 // whatever their process (each may hold up to MaxSessionHolds reservations
 // and leases): a bound on the memory they take, which 64 processes at
-// MaxQuarantinedPerProcess reach. Past it, the holds of any session that
-// ends without a goodbye go back at once.
+// MaxQuarantinedPerProcess reach. Past it, a session that ends without a
+// goodbye gives back the holds of its process's oldest one in quarantine,
+// or its own at once when its process has none there.
 const MaxQuarantined = 64 * MaxQuarantinedPerProcess
 
 // quarantine is one ended session's holds, kept out of reuse until
@@ -222,20 +227,35 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pid int32, pidf
 	if p != nil && p.pidfd >= 0 && exited(p.pidfd) {
 		p = nil
 	}
-	if qs.closed || qs.n >= qs.max || p != nil && len(p.sessions) >= qs.maxProc {
-		// Logged once until there is room again: in the quarantine, or
-		// in the process's share of it.
+	// Past a bound, a process that has sessions in quarantine makes room
+	// by giving back its own oldest one's holds: the closest to its end,
+	// whose client has had the longest to see its connection end and
+	// stop its copies; the session ending now is the likeliest to have a
+	// copy in flight. One with none there gives this session's back now.
+	var evicted *quarantine
+	if !qs.closed && p != nil && len(p.sessions) > 0 && (qs.n >= qs.max || len(p.sessions) >= qs.maxProc) {
 		var log string
-		switch {
-		case qs.closed:
-		case qs.n >= qs.max:
-			if !qs.full {
-				qs.full = true
-				log = "storage: quarantine full: the holds of sessions that end without a goodbye go back at once"
-			}
-		case !p.full:
+		if qs.n >= qs.max && !qs.full {
+			qs.full = true
+			log = "storage: quarantine full: a process's oldest session in quarantine gives its holds back when another of its sessions ends without a goodbye, and others' go back at once"
+		} else if qs.n < qs.max && !p.full {
 			p.full = true
-			log = "storage: a client process's share of the quarantine is full: the holds of its sessions that end without a goodbye go back at once"
+			log = "storage: a client process's share of the quarantine is full: its oldest session's holds go back as another of its sessions ends without a goodbye"
+		}
+		evicted = p.sessions[0]
+		p.sessions[0] = nil
+		p.sessions = p.sessions[1:]
+		qs.n--
+		if log != "" && s.cfg.Logger != nil {
+			defer s.cfg.Logger.Warn(log, "sessions", qs.max, "per_process", qs.maxProc, "pid", pid)
+		}
+	}
+	if qs.closed || qs.n >= qs.max {
+		// Logged once until there is room again.
+		var log string
+		if !qs.closed && !qs.full {
+			qs.full = true
+			log = "storage: quarantine full: the holds of sessions that end without a goodbye go back at once"
 		}
 		qs.mu.Unlock()
 		if pidfd >= 0 {
@@ -273,6 +293,10 @@ func (s *Server) quarantine(res []*Reservation, leases []*Lease, pid int32, pidf
 	qs.n++
 	s.u.quarantineHolds(q.res, q.leases)
 	qs.mu.Unlock()
+	if evicted != nil {
+		giveBack(evicted.res, evicted.leases)
+		s.u.quarantineEnded()
+	}
 }
 
 // watch makes pidfd p's, on the runtime's poller: a nonblocking fd there

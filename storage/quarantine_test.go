@@ -298,8 +298,9 @@ func TestQuarantineEndsEachSessionInTurn(t *testing.T) {
 	waitStats(t, u, "the second session's end", func(st Stats) bool { return st.QuarantinedSessions == 0 && st.Extents == 0 })
 }
 
-// Past MaxQuarantined sessions in quarantine, the holds of a session that
-// ends go back at once: the quarantine holds a bounded number of them.
+// Past MaxQuarantined sessions in quarantine, a session that ends gives
+// back its process's oldest's holds (or its own): the quarantine holds a
+// bounded number of them.
 func TestQuarantineIsBounded(t *testing.T) {
 	u, err := NewUnit(1, testConfig())
 	require.NoError(t, err)
@@ -571,4 +572,38 @@ func inheritedConnChild(addr string) int {
 		return 1
 	}
 	return 0
+}
+
+// A process past its share of the quarantine makes room with its own
+// oldest session, not the one ending now: the oldest is closest to its
+// end and its client has had the longest to stop its copies, while the
+// newest may have one in flight. The newest used to go back at once.
+func TestQuarantineGivesBackTheOldestOfAProcess(t *testing.T) {
+	u, err := NewUnit(1, testConfig())
+	require.NoError(t, err)
+	defer u.Close()
+	srv, _ := quarantineServer(t, u, ServerConfig{Quarantine: time.Hour})
+	srv.quar.maxProc = 3
+	proc := exec.Command("sleep", "60")
+	require.NoError(t, proc.Start())
+	defer func() { proc.Process.Kill(); proc.Wait() }()
+	var rs []*Reservation
+	for range 5 {
+		r, err := u.ReserveHeld(t.Context(), []int64{1})
+		require.NoError(t, err)
+		pidfd, err := unix.PidfdOpen(proc.Process.Pid, 0)
+		require.NoError(t, err)
+		srv.quarantine([]*Reservation{r}, nil, int32(proc.Process.Pid), pidfd)
+		rs = append(rs, r)
+	}
+	st := u.Stats()
+	assert.Equal(t, 3, st.QuarantinedSessions, "sessions in quarantine")
+	assert.Equal(t, 3, st.Extents, "extents")
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for i, r := range rs {
+		if kept := r.state == reservationExpired; kept != (i >= 2) {
+			t.Errorf("session %d of 5: kept in quarantine %v, want %v", i, kept, i >= 2)
+		}
+	}
 }

@@ -85,9 +85,10 @@ type ServerConfig struct {
 	// same-host connection that ended without the client's goodbye
 	// (SHM_GOODBYE) stay out of reuse while the client process lives:
 	// it may still be copying into them (see quarantine.go). They go
-	// back earlier when that process exits, and at once when they cover
-	// no byte, or when MaxQuarantinedPerProcess sessions of that process
-	// or MaxQuarantined in all are in quarantine already. 0:
+	// back earlier when that process exits, at once when they cover no
+	// byte, and past MaxQuarantinedPerProcess sessions of that process or
+	// MaxQuarantined in all, the process's oldest session's go back early
+	// (this session's at once if the process has none there). 0:
 	// DefaultQuarantine; negative: none, they go back when the connection
 	// ends.
 	Quarantine time.Duration
