@@ -236,3 +236,45 @@ func IsCompletion(err error, s WCStatus) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Op == "completion" && e.Status == s
 }
+
+// qpStateName names a queue pair state (enum ibv_qp_state) in errors.
+func qpStateName(s int) string {
+	names := [...]string{"RESET", "INIT", "RTR", "RTS", "SQD", "SQE", "ERR"}
+	if s >= 0 && s < len(names) {
+		return names[s]
+	}
+	return fmt.Sprintf("unknown state %d", s)
+}
+
+// mtuName names a path MTU (enum ibv_mtu: 1 is 256 bytes … 5 is 4096).
+func mtuName(m int) string {
+	if m >= 1 && m <= 5 {
+		return strconv.Itoa(128 << m)
+	}
+	return fmt.Sprintf("enum %d (not 1 to 5)", m)
+}
+
+// describeWR names work request i of a chain posted with sges, for an
+// error: its operation, bytes and remote address.
+func describeWR(wrs []WR, sges []SGE, i int) string {
+	if i < 0 || i >= len(wrs) {
+		return fmt.Sprintf("a chain of %d work requests", len(wrs))
+	}
+	w := wrs[i]
+	op := fmt.Sprintf("opcode %d", w.Op)
+	switch w.Op {
+	case OpRead:
+		op = "read"
+	case OpWrite:
+		op = "write"
+	}
+	size := "SGEs out of range"
+	if end := uint64(w.FirstSGE) + uint64(w.NumSGE); end <= uint64(len(sges)) {
+		var n uint64
+		for _, s := range sges[w.FirstSGE:end] {
+			n += uint64(s.Length)
+		}
+		size = fmt.Sprintf("%d bytes in %d SGEs", n, w.NumSGE)
+	}
+	return fmt.Sprintf("work request %d of %d (%s of %s, remote %#x, rkey %#x)", i, len(wrs), op, size, w.RemoteAddr, w.RKey)
+}

@@ -212,7 +212,7 @@ func (d *Device) Register(mem []byte, access Access) (*MR, error) {
 	var e C.struct_tq_err
 	mr := C.tq_shim_reg_mr(c, unsafe.Pointer(&mem[0]), C.size_t(len(mem)), C.int(access), &e)
 	if mr == nil {
-		return nil, cerr(d.name, &e)
+		return nil, fmt.Errorf("register %d bytes at %#x, access %#x: %w", len(mem), sliceAddr(mem), int(access), cerr(d.name, &e))
 	}
 	return d.newMR(mr), nil
 }
@@ -227,7 +227,8 @@ func (d *Device) RegisterDmabuf(fd int, offset, length, iova uint64, access Acce
 	var e C.struct_tq_err
 	mr := C.tq_shim_reg_dmabuf_mr(c, C.int(fd), C.uint64_t(offset), C.size_t(length), C.uint64_t(iova), C.int(access), &e)
 	if mr == nil {
-		return nil, cerr(d.name, &e)
+		return nil, fmt.Errorf("register dma-buf fd %d, offset %d, %d bytes at iova %#x, access %#x: %w",
+			fd, offset, length, iova, int(access), cerr(d.name, &e))
 	}
 	return d.newMR(mr), nil
 }
@@ -242,7 +243,11 @@ func (d *Device) newMR(mr *C.struct_ibv_mr) *MR {
 func (m *MR) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.d.destroy(&m.closed, m, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_dereg_mr(c, m.c, e) })
+	err := m.d.destroy(&m.closed, m, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_dereg_mr(c, m.c, e) })
+	if err != nil {
+		return fmt.Errorf("deregister %d bytes at %#x: %w", m.Len, m.Addr, err)
+	}
+	return nil
 }
 
 // CQ is a completion queue.
@@ -262,7 +267,7 @@ func (d *Device) NewCQ(n int) (*CQ, error) {
 	var e C.struct_tq_err
 	cq := C.tq_shim_create_cq(c, C.int(n), &e)
 	if cq == nil {
-		return nil, cerr(d.name, &e)
+		return nil, fmt.Errorf("completion queue of %d entries (device max %d): %w", n, d.port.MaxCQE, cerr(d.name, &e))
 	}
 	q := &CQ{d: d, c: cq}
 	track(q)
@@ -283,7 +288,7 @@ func (q *CQ) Poll(out []WC) (int, error) {
 	var e C.struct_tq_err
 	n := C.tq_shim_poll(q.c, (*C.struct_tq_wc)(unsafe.Pointer(&out[0])), C.int(len(out)), &e)
 	if n < 0 {
-		return 0, cerr(q.d.name, &e)
+		return 0, fmt.Errorf("poll %d completions: %w", min(len(out), 64), cerr(q.d.name, &e))
 	}
 	return int(n), nil
 }
@@ -292,7 +297,10 @@ func (q *CQ) Poll(out []WC) (int, error) {
 func (q *CQ) Close() error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_cq(c, q.c, e) })
+	if err := q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_cq(c, q.c, e) }); err != nil {
+		return fmt.Errorf("destroy completion queue: %w", err)
+	}
+	return nil
 }
 
 // QPCaps sizes a queue pair.
@@ -335,7 +343,8 @@ func (d *Device) NewPreparedQP(cq *CQ, caps QPCaps, psn uint32) (*PreparedQP, er
 	var e C.struct_tq_err
 	qp := C.tq_shim_create_qp(c, cq.c, C.uint32_t(caps.MaxWR), C.uint32_t(caps.MaxSGE), &e)
 	if qp == nil {
-		return nil, cerr(d.name, &e)
+		return nil, fmt.Errorf("queue pair of %d work requests, %d SGEs each (device max %d, %d): %w",
+			caps.MaxWR, caps.MaxSGE, d.port.MaxQPWR, d.port.MaxSGE, cerr(d.name, &e))
 	}
 	q := &QP{d: d, cq: cq, c: qp, qpn: uint32(qp.qp_num)}
 	track(q)
@@ -382,14 +391,28 @@ func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 		rd = q.d.ReadDepth()
 	}
 	var e C.struct_tq_err
-	gid := (*C.uint8_t)(unsafe.Pointer(&remote.GID[0]))
-	switch {
-	case C.tq_shim_qp_init(c, q.c, C.int(o.Access), &e) != 0,
-		C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), C.uint8_t(rd.Resp), &e) != 0,
-		C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), C.uint8_t(rd.Init), &e) != 0:
+	// fail names the transition that failed, what it asked for and the
+	// state the queue pair was left in, then destroys the queue pair.
+	fail := func(to, attrs string) (*QP, error) {
 		err := cerr(q.d.name, &e)
+		state := "unknown"
+		var se C.struct_tq_err
+		if s := C.tq_shim_qp_state(c, q.c, &se); s >= 0 {
+			state = qpStateName(int(s))
+		}
 		q.closeLocked()
-		return nil, err
+		return nil, fmt.Errorf("queue pair %#x in state %s to %s (%s): %w", q.qpn, state, to, attrs, err)
+	}
+	if C.tq_shim_qp_init(c, q.c, C.int(o.Access), &e) != 0 {
+		return fail("INIT", fmt.Sprintf("port 1, access %#x", int(o.Access)))
+	}
+	gid := (*C.uint8_t)(unsafe.Pointer(&remote.GID[0]))
+	if C.tq_shim_qp_rtr(c, q.c, C.uint32_t(remote.QPN), C.uint32_t(remote.PSN), C.uint16_t(remote.LID), gid, C.int(mtu), C.uint8_t(rd.Resp), &e) != 0 {
+		return fail("RTR", fmt.Sprintf("remote qpn %#x, psn %#x, lid %#x, gid %x, mtu %s, max_dest_rd_atomic %d",
+			remote.QPN, remote.PSN, remote.LID, remote.GID[:], mtuName(mtu), rd.Resp))
+	}
+	if C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), C.uint8_t(rd.Init), &e) != 0 {
+		return fail("RTS", fmt.Sprintf("psn %#x, timeout %d, retry count %d, max_rd_atomic %d", p.psn, o.Timeout, o.RetryCnt, rd.Init))
 	}
 	return q, nil
 }
@@ -447,7 +470,8 @@ func (q *QP) post(wrs []WR, sges []SGE) (bad int, err error) {
 	var e C.struct_tq_err
 	var cbad C.int
 	if C.tq_shim_post(q.c, wp, C.int(len(wrs)), sp, C.int(len(sges)), &cbad, &e) != 0 {
-		return int(cbad), cerr(q.d.name, &e)
+		bad := int(cbad)
+		return bad, fmt.Errorf("queue pair %#x: %s: %w", q.qpn, describeWR(wrs, sges, bad), cerr(q.d.name, &e))
 	}
 	runtime.KeepAlive(wrs)
 	runtime.KeepAlive(sges)
@@ -468,7 +492,7 @@ func (q *QP) Fail() error {
 	}
 	var e C.struct_tq_err
 	if C.tq_shim_qp_error(c, q.c, &e) != 0 {
-		return cerr(q.d.name, &e)
+		return fmt.Errorf("queue pair %#x to ERR: %w", q.qpn, cerr(q.d.name, &e))
 	}
 	return nil
 }
@@ -487,7 +511,7 @@ func (q *QP) State() (int, error) {
 	var e C.struct_tq_err
 	s := C.tq_shim_qp_state(c, q.c, &e)
 	if s < 0 {
-		return 0, cerr(q.d.name, &e)
+		return 0, fmt.Errorf("query state of queue pair %#x: %w", q.qpn, cerr(q.d.name, &e))
 	}
 	return int(s), nil
 }
@@ -507,7 +531,7 @@ func (q *QP) ReadDepth() (ReadDepth, error) {
 	var init, resp C.uint8_t
 	var e C.struct_tq_err
 	if C.tq_shim_qp_rd_atomic(c, q.c, &init, &resp, &e) != 0 {
-		return ReadDepth{}, cerr(q.d.name, &e)
+		return ReadDepth{}, fmt.Errorf("query read depth of queue pair %#x: %w", q.qpn, cerr(q.d.name, &e))
 	}
 	return ReadDepth{Init: uint8(init), Resp: uint8(resp)}, nil
 }
@@ -527,7 +551,7 @@ func (q *QP) Timeout() (timeout, retryCnt uint8, err error) {
 	var to, rc C.uint8_t
 	var e C.struct_tq_err
 	if C.tq_shim_qp_timeout(c, q.c, &to, &rc, &e) != 0 {
-		return 0, 0, cerr(q.d.name, &e)
+		return 0, 0, fmt.Errorf("query timeout of queue pair %#x: %w", q.qpn, cerr(q.d.name, &e))
 	}
 	return uint8(to), uint8(rc), nil
 }
@@ -540,7 +564,10 @@ func (q *QP) Close() error {
 }
 
 func (q *QP) closeLocked() error {
-	return q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_qp(c, q.c, e) })
+	if err := q.d.destroy(&q.closed, q, func(c *C.struct_tq_dev, e *C.struct_tq_err) C.int { return C.tq_shim_destroy_qp(c, q.c, e) }); err != nil {
+		return fmt.Errorf("destroy queue pair %#x: %w", q.qpn, err)
+	}
+	return nil
 }
 
 // InjectFault arms a fault on an emulated device (see csrc/tqverbs.h,
