@@ -310,7 +310,7 @@ type QPCaps struct {
 }
 
 // PreparedQP is an RC queue pair in the RESET state: its Endpoint goes to
-// the peer, and Handshake with the peer's Endpoint brings it up.
+// the peer, and Handshake with the peer's Endpoint brings it up, once.
 type PreparedQP struct {
 	qp  *QP
 	psn uint32
@@ -324,6 +324,10 @@ type QP struct {
 	c      *C.struct_ibv_qp
 	qpn    uint32
 	closed bool
+	// connected: a handshake brought it up, to the peer's QPN remote;
+	// the queue pair then belongs to the *QP Handshake returned.
+	connected bool
+	remote    uint32
 }
 
 // NewPreparedQP makes an RC queue pair on cq. Close it (Handshake's QP,
@@ -369,11 +373,18 @@ type HandshakeOpts struct {
 }
 
 // Handshake walks the QP through INIT, RTR (connected to remote) and RTS.
-// On failure the QP is closed.
+// On failure the QP is closed. A PreparedQP is handshaken once: calling
+// Handshake again is an error wrapping [engine.ErrInvalid] that leaves
+// the connected QP the first call returned as it is (a queue pair in RTS
+// cannot go back to INIT, and a failed transition would destroy it).
 func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 	q := p.qp
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.connected {
+		return nil, fmt.Errorf("handshake of queue pair %#x with qpn %#x: handshaken already, connected to qpn %#x: %w",
+			q.qpn, remote.QPN, q.remote, engine.ErrInvalid)
+	}
 	if q.closed { // its handle is freed
 		return nil, fmt.Errorf("handshake of a destroyed queue pair: %w", engine.ErrClosed)
 	}
@@ -414,11 +425,21 @@ func (p *PreparedQP) Handshake(remote Endpoint, o HandshakeOpts) (*QP, error) {
 	if C.tq_shim_qp_rts(c, q.c, C.uint32_t(p.psn), C.uint8_t(o.Timeout), C.uint8_t(o.RetryCnt), C.uint8_t(rd.Init), &e) != 0 {
 		return fail("RTS", fmt.Sprintf("psn %#x, timeout %d, retry count %d, max_rd_atomic %d", p.psn, o.Timeout, o.RetryCnt, rd.Init))
 	}
+	q.connected, q.remote = true, remote.QPN
 	return q, nil
 }
 
-// Close destroys a QP that never completed its handshake.
-func (p *PreparedQP) Close() error { return p.qp.Close() }
+// Close destroys a QP that never completed its handshake. After a
+// handshake it does nothing: the QP it returned owns the queue pair.
+func (p *PreparedQP) Close() error {
+	q := p.qp
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.connected {
+		return nil
+	}
+	return q.closeLocked()
+}
 
 // QPN is the queue pair's number.
 func (q *QP) QPN() uint32 { return q.qpn }
