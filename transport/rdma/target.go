@@ -70,7 +70,20 @@ func (t *Target) Device() *Device { return t.dev }
 // then places no extent in the segment (see storage.SegmentWatcher), and
 // clients that meet one already there are told why (see
 // [Target.Segments]).
+//
+// A segment mapped again before it is dropped keeps its one registration,
+// whose rkey clients may hold already: the same memory again is a no-op,
+// other memory under the id of a live registration is refused with an
+// error wrapping [engine.ErrInvalid] (the registration stays, and one
+// SegmentDropped lets it go). A segment whose registration failed is
+// registered again.
 func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) error {
+	t.mu.Lock()
+	err := t.mappedAgainLocked(id, mem)
+	t.mu.Unlock()
+	if err != errNotMapped {
+		return err
+	}
 	mr, err := t.dev.Register(mem, AccessLocalWrite|AccessRemoteRead|AccessRemoteWrite)
 	if err != nil {
 		var lim unix.Rlimit
@@ -84,8 +97,32 @@ func (t *Target) SegmentMapped(id uint32, mem []byte, _ int) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Another SegmentMapped of id may have registered it meanwhile.
+	if again := t.mappedAgainLocked(id, mem); again != errNotMapped {
+		if mr != nil {
+			again = errors.Join(again, mr.Close())
+		}
+		return again
+	}
 	t.segs[id] = &targetSeg{mr: mr, size: uint64(len(mem)), err: err}
 	return err
+}
+
+// errNotMapped says segment id has no live registration yet.
+var errNotMapped = errors.New("rdma: segment not mapped")
+
+// mappedAgainLocked is what SegmentMapped(id, mem) returns when id has a
+// live registration already, or errNotMapped. The caller holds t.mu.
+func (t *Target) mappedAgainLocked(id uint32, mem []byte) error {
+	s := t.segs[id]
+	if s == nil || s.mr == nil {
+		return errNotMapped
+	}
+	if s.mr.Addr == sliceAddr(mem) && s.size == uint64(len(mem)) {
+		return nil
+	}
+	return fmt.Errorf("segment %d is registered already (%d bytes at %#x), not %d bytes at %#x: %w",
+		id, s.size, s.mr.Addr, len(mem), sliceAddr(mem), engine.ErrInvalid)
 }
 
 // registerError says why segment id could not be registered. Registering
