@@ -720,6 +720,9 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		if final && !p.holds(req.Task) {
 			return nil, fmt.Errorf("partition %q has nothing left for task %q: %w", p.id, req.Task, engine.ErrDone)
 		}
+		if final {
+			p.lookExits(req.Task, now)
+		}
 		return nil, nil
 	}
 	// The partition's scratch slice (meta keeps nothing of it), unless the
@@ -757,6 +760,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		p.fetches.add(e)
 		if hold = req.Hold && len(back) > 0; hold {
 			p.hold(e, now)
+			e.pid = req.HolderPID
 		}
 	}
 	if c.logging() {

@@ -156,7 +156,7 @@ func optionsFromPB(p *wirepb.SamplingOptions) (engine.SamplingOptions, error) {
 	return engine.SamplingOptions{HasRank: p.HasRank, DPRank: int(p.DpRank), BatchIndex: int(p.BatchIndex), Params: params}, nil
 }
 
-func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Message, error) {
+func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Message, error) {
 	req, err := decode[wirepb.FetchRequest](wire.OpFetch, body)
 	if err != nil {
 		return nil, err
@@ -173,7 +173,8 @@ func (s *Server) fetch(ctx context.Context, body []byte, _ *effects) (proto.Mess
 		return nil, err
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
-		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold}
+		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,
+		HolderPID: fx.peerPID}
 	if req.Wait {
 		var cancel context.CancelFunc
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)

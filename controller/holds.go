@@ -21,6 +21,14 @@ package controller
 // by the controller, as if by its caller: the key is spent, and the
 // caller's acknowledgment, if it comes after all, is refused
 // (ErrNotFound) so that it does not use rows others may have taken.
+// Sooner when the controller knows the caller's process (a client on its
+// host, over its unix socket: engine.FetchRequest.HolderPID): while a
+// fetch waits at the end for held rows, the controller looks, at once and
+// then every heldExitPoll, whether their holders' processes exited, and
+// gives back what the gone ones held (a killed loader, a DataLoader
+// worker its parent stopped). A pid is only looked at while the process
+// could still hold it: a pid another process took since reads as alive,
+// which waits for the TTL as before; a zombie reads as alive too.
 //
 // Holds are durable: a consume record says the fetch holds (ConsumeOp.hold),
 // an ack record settles it, an unconsume record (the caller's or the
@@ -33,6 +41,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -94,13 +104,52 @@ func (p *partition) heldCounts() map[string]int {
 	return out
 }
 
-// expireHeld gives back the held fetches whose TTL ended, and sets
-// heldCheck to when the next one's does (zero: none). p is locked.
+// heldExitPoll is how often a fetch waiting at the end of a done
+// partition for held rows looks whether their holders exited.
+const heldExitPoll = time.Second
+
+// lookExits makes the next look (expireHeld) give back the holds of
+// task whose holder process exited, if it knows the holder of any: at
+// once, then every heldExitPoll. For a fetch that waits at the end for
+// held rows (nextCheck wakes it). p is locked.
+func (p *partition) lookExits(task string, now time.Time) {
+	if !slices.ContainsFunc(p.held, func(e *fetchEntry) bool { return e.task == task && e.pid > 0 && e.holding() }) {
+		return
+	}
+	at := p.exitLooked.Add(heldExitPoll)
+	if at.Before(now) {
+		at = now
+	}
+	p.exitLook = true
+	if p.heldCheck.IsZero() || at.Before(p.heldCheck) {
+		p.heldCheck = at
+	}
+}
+
+// exited reports whether process pid is gone, asking the kernel once per
+// pid per look (gone caches the answers).
+func exited(pid int32, gone map[int32]bool) bool {
+	dead, ok := gone[pid]
+	if !ok {
+		dead = unix.Kill(int(pid), 0) == unix.ESRCH
+		gone[pid] = dead
+	}
+	return dead
+}
+
+// expireHeld gives back the held fetches whose TTL ended (and, when a
+// fetch waits at the end for them, those whose holder process exited:
+// lookExits), and sets heldCheck to when the next TTL ends (zero: none).
+// p is locked.
 func (c *Controller) expireHeld(p *partition, now time.Time) {
 	if len(p.held) == 0 || (!p.heldCheck.IsZero() && now.Before(p.heldCheck)) {
 		return
 	}
 	ttl := c.heldTTL()
+	var gone map[int32]bool // when looking for holders that exited
+	if p.exitLook {
+		p.exitLook, p.exitLooked, gone = false, now, make(map[int32]bool)
+	}
 	var next time.Time
 	var ops []*wirepb.LogOp
 	keep := p.held[:0]
@@ -108,13 +157,15 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 		if !e.held || e.spent {
 			continue // settled
 		}
-		if ttl < 0 {
+		var why string
+		switch until := e.heldFrom.Add(ttl); {
+		case ttl >= 0 && !now.Before(until):
+			why = fmt.Sprintf("for %v without settling them", ttl)
+		case gone != nil && e.pid > 0 && exited(e.pid, gone):
+			why = fmt.Sprintf("for process %d, which exited", e.pid)
+		default:
 			keep = append(keep, e)
-			continue
-		}
-		if until := e.heldFrom.Add(ttl); now.Before(until) {
-			keep = append(keep, e)
-			if next.IsZero() || until.Before(next) {
+			if ttl >= 0 && (next.IsZero() || until.Before(next)) {
 				next = until
 			}
 			continue
@@ -122,7 +173,7 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 		idx := e.consumed
 		p.unconsume(e.task, e.key, idx, now)
 		if c.cfg.Logf != nil {
-			c.cfg.Logf("controller: partition %q: a fetch of task %q held %d rows for %v without settling them: given back", p.id, e.task, len(idx), ttl)
+			c.cfg.Logf("controller: partition %q: a fetch of task %q held %d rows %s: given back", p.id, e.task, len(idx), why)
 		}
 		if c.logging() {
 			ops = append(ops, &wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{

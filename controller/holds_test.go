@@ -1,8 +1,11 @@
 package controller
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -10,6 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // heldFetch fetches n rows of p for task t under key, held.
@@ -251,4 +256,88 @@ func TestHoldOutlivesFetchTableBound(t *testing.T) {
 	assert.Empty(t, st.Held, "the hold was settled")
 	_, err = peerFetch(c, 2*time.Second)
 	require.ErrorIs(t, err, engine.ErrDone, "the rows were kept: got %v", held.Indexes)
+}
+
+// A held fetch whose holder process exited (a killed loader, a DataLoader
+// worker its parent stopped) no longer holds its peers at the end of a
+// done partition for the held-fetch TTL: a fetch waiting there for the
+// rows has them given back within about a second. While the holder
+// lives, or when it is unknown, the fetch waits as before.
+func TestHeldRowsOfAnExitedHolderGoBack(t *testing.T) {
+	c := newController(t, Config{})
+	doneWith(t, c, 6)
+	heldFetch(t, c, "u", 2) // held for a process the controller does not know
+	holder := exec.Command("sleep", "60")
+	require.NoError(t, holder.Start())
+	defer holder.Process.Kill()
+	m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4,
+		Key: "k", Hold: true, HolderPID: int32(holder.Process.Pid)})
+	require.NoError(t, err)
+	require.Equal(t, 4, m.Len())
+
+	_, err = peerFetch(c, 1500*time.Millisecond)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the holder lives: its rows may come back")
+
+	require.NoError(t, holder.Process.Kill())
+	holder.Wait() // reaped: a zombie reads as alive
+	start := time.Now()
+	got, err := peerFetch(c, 10*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, m.Indexes, got.Indexes, "the exited holder's rows")
+	assert.Less(t, time.Since(start), 5*time.Second, "given back at the next look, not after the TTL")
+	require.ErrorIs(t, c.Acknowledge("p", "t", "k"), engine.ErrNotFound, "the holder's rows went to another")
+	_, err = peerFetch(c, 1500*time.Millisecond)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the unknown holder's rows wait for the TTL")
+}
+
+// The holder's process is the peer of the controller's unix socket: a
+// client process that made a held fetch there and was killed (SIGKILL:
+// it settles nothing) has its rows given back to a fetch waiting at the
+// end, long before the TTL.
+func TestHeldFetchOfAKilledClientProcessGoesBack(t *testing.T) {
+	if addr := os.Getenv("TQ_HELD_CLIENT_ADDR"); addr != "" {
+		heldClientProcess(addr) // the child: never returns
+	}
+	c := newController(t, Config{})
+	doneWith(t, c, 4)
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	child := exec.Command(os.Args[0], "-test.run=^TestHeldFetchOfAKilledClientProcessGoesBack$", "-test.count=1")
+	child.Env = append(os.Environ(), "TQ_HELD_CLIENT_ADDR="+addr)
+	out, err := child.StdoutPipe()
+	require.NoError(t, err)
+	child.Stderr = os.Stderr
+	require.NoError(t, child.Start())
+	defer child.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err, "the child's report")
+	require.Equal(t, "held 4\n", line)
+
+	_, err = peerFetch(c, time.Second)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the client lives: its rows may come back")
+	require.NoError(t, child.Process.Kill())
+	child.Wait()
+	start := time.Now()
+	got, err := peerFetch(c, 10*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, seq(0, 4), got.Indexes)
+	assert.Less(t, time.Since(start), 5*time.Second, "given back at the next look, not after the TTL")
+}
+
+// heldClientProcess fetches every row of "p" for task "t", held, through
+// the controller at addr, says so on stdout and waits to be killed.
+func heldClientProcess(addr string) {
+	ctx := context.Background()
+	conn, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dial:", err)
+		os.Exit(2)
+	}
+	var reply wirepb.MetaReply
+	err = conn.Do(ctx, wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: []byte("k"), Hold: true}, nil, &reply, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fetch:", err)
+		os.Exit(2)
+	}
+	fmt.Printf("held %d\n", len(reply.GetMeta().GetIndexes()))
+	select {}
 }

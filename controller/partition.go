@@ -338,6 +338,11 @@ type partition struct {
 	// first hold's TTL ends (zero: look at the next fetch). See holds.go.
 	held      []*fetchEntry
 	heldCheck time.Time
+	// exitLook: the next look also gives back the holds whose holder
+	// process exited (a fetch waits at the end for held rows);
+	// exitLooked is when it last did.
+	exitLook   bool
+	exitLooked time.Time
 	// scratch is tryFetch's slice of the rows a fetch returns, reused.
 	scratch []*row
 	// tagsAt and originAt are SampleRequest.Tags and .Origin for this

@@ -140,7 +140,9 @@ type handler func(ctx context.Context, body []byte, fx *effects) (proto.Message,
 
 // effects is what a handler leaves for after its change is durable.
 type effects struct {
-	freed []engine.CellLoc
+	// peerPID is the requesting process on a unix socket (0: unknown).
+	peerPID int32
+	freed   []engine.CellLoc
 	// read, set by a handler that only read keys, or that changed only
 	// them (COMMIT_KEYS, once it succeeded), narrows the wait to the
 	// keys' last changes (Controller.WaitRead).
@@ -292,7 +294,7 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 			rw.Error(fmt.Errorf("%v request with %d payload bytes; control requests carry none: %w", op, req.PayloadLen, engine.ErrInvalid))
 			return
 		}
-		var fx effects
+		fx := effects{peerPID: req.PeerPID}
 		reply, err := s.call(ctx, op, req.Body, &fx)
 		// What the request changed, and what it saw, is durable before
 		// anyone hears of it.

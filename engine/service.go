@@ -50,6 +50,12 @@ type FetchRequest struct {
 	// (the group's peers get them anyway). See the controller's
 	// Acknowledge.
 	Hold bool
+	// HolderPID, with Hold, is the process on the controller's host the
+	// rows are held for (0: unknown). Once it has exited, a fetch waiting
+	// at the end of a done partition for those rows has them given back
+	// at once rather than after the held-fetch TTL. A server sets it from
+	// a unix socket peer's credentials.
+	HolderPID int32
 }
 
 // CommitRequest flips the production bits of cells whose bytes are

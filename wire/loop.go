@@ -330,7 +330,7 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	s.inflight.Add(1)
 	s.mu.Unlock()
 	req := newLoopRequest(frame[:h.BodyLen])
-	req.Header, req.Peer, req.PeerUID = h, c.peer, c.peerUID
+	req.Header, req.Peer, req.PeerUID, req.PeerPID = h, c.peer, c.peerUID, c.peerPID
 	req.mem, req.left = frame[h.BodyLen:], h.PayloadLen
 	if s.cfg.Observer != nil {
 		req.start = time.Now()

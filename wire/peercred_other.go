@@ -4,5 +4,5 @@ package wire
 
 import "net"
 
-// peerUID returns -1: peer credentials are read on Linux only.
-func peerUID(net.Conn) int { return -1 }
+// peerCred returns -1 and 0: peer credentials are read on Linux only.
+func peerCred(net.Conn) (uid int, pid int32) { return -1, 0 }

@@ -720,6 +720,7 @@ type serverConn struct {
 	once    sync.Once
 	peer    *wirepb.Hello
 	peerUID int     // the peer's uid on a unix socket, else -1
+	peerPID int32   // the peer's pid on a unix socket, else 0
 	sess    Session // nil without ServerConfig.NewSession
 	network string  // nc's: "tcp", "unix", "shmring"
 
@@ -830,7 +831,7 @@ func (c *serverConn) serve() {
 		c.refuse()
 		return
 	}
-	c.peerUID = peerUID(c.nc)
+	c.peerUID, c.peerPID = peerCred(c.nc)
 	err := c.handshake()
 	c.s.leaveHandshake(c) // a handshake refused
 	if err != nil {
@@ -946,7 +947,7 @@ func (c *serverConn) serve() {
 			}
 			continue
 		}
-		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, idle: &idle, in: &c.s.bytesIn}
+		req := &Request{Header: h, Body: body, Peer: c.peer, PeerUID: c.peerUID, PeerPID: c.peerPID, Session: c.sess, br: br, nc: c.nc, timeout: c.s.cfg.FrameTimeout, left: h.PayloadLen, idle: &idle, in: &c.s.bytesIn}
 		if c.s.cfg.Observer != nil {
 			req.start = time.Now()
 		}
@@ -1551,6 +1552,10 @@ type Request struct {
 	// PeerUID is the client's uid on a unix socket (SO_PEERCRED), -1 on
 	// TCP or where it is unknown.
 	PeerUID int
+	// PeerPID is the client's process id on a unix socket (SO_PEERCRED,
+	// as it was when the client connected), 0 on TCP or where it is
+	// unknown (a client in a pid namespace the server cannot see).
+	PeerPID int32
 	// Session is the connection's session (nil without
 	// [ServerConfig.NewSession]).
 	Session Session
