@@ -158,3 +158,112 @@ func (e *extent) killRange(lo, hi int64) bool {
 func (e *extent) bytes(lo, hi int64) []byte {
 	return e.seg.mem[lo:hi:hi]
 }
+
+// killRanges removes every live byte of ranges[k] for each k of group:
+// ranges inside the extent, of nonzero length, in offset order (ties in
+// call order), some of whose bytes may be freed already and which may
+// overlap each other. It returns how many of them freed bytes, taken in
+// call order: a range counts if it holds a live byte that no range before
+// it in the call holds. counted (one flag per range, false for those of
+// the group) records them. It is O(n log n) in the ranges plus linear in
+// the live spans.
+func (e *extent) killRanges(ranges []engine.RemoteAddr, group []int, counted []bool) int {
+	// Sweep the ranges by offset, keeping those that cover the point x in
+	// a heap of call indices: the earliest covers [x, its end) up to the
+	// next range's start, and frees bytes if that holds a live byte. The
+	// union of the ranges is gathered on the way.
+	var active idxHeap
+	var union []span
+	freed := 0
+	p := 0 // the first live span that ends after x
+	for n, k := range group {
+		x := int64(ranges[k].Offset)
+		end := x + int64(ranges[k].Len)
+		if u := len(union) - 1; u >= 0 && x <= union[u].end {
+			union[u].end = max(union[u].end, end)
+		} else {
+			union = append(union, span{x, end})
+		}
+		active.push(k)
+		next := int64(1<<63 - 1)
+		if n+1 < len(group) {
+			next = int64(ranges[group[n+1]].Offset)
+		}
+		for x < next && len(active) > 0 {
+			top := active[0]
+			end := int64(ranges[top].Offset + ranges[top].Len)
+			if end <= x {
+				active.pop()
+				continue
+			}
+			y := min(end, next)
+			for p < len(e.live) && e.live[p].end <= x {
+				p++
+			}
+			if p < len(e.live) && e.live[p].off < y && !counted[top] {
+				counted[top] = true
+				freed++
+			}
+			x = y
+		}
+	}
+	// Cut the union, disjoint and in order, from the live spans in one
+	// pass.
+	out := make([]span, 0, len(e.live)+len(union))
+	j := 0 // the first piece of the union that ends after the span's start
+	for _, s := range e.live {
+		at := s.off
+		for j < len(union) && union[j].end <= at {
+			j++
+		}
+		for k := j; k < len(union) && union[k].off < s.end; k++ {
+			if union[k].off > at {
+				out = append(out, span{at, union[k].off})
+			}
+			at = union[k].end
+		}
+		if at < s.end {
+			out = append(out, span{at, s.end})
+		}
+	}
+	e.live = out
+	return freed
+}
+
+// idxHeap is a min-heap of call indices (see extent.killRanges).
+type idxHeap []int
+
+func (h *idxHeap) push(k int) {
+	*h = append(*h, k)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		up := (i - 1) / 2
+		if a[up] <= a[i] {
+			break
+		}
+		a[up], a[i] = a[i], a[up]
+		i = up
+	}
+}
+
+func (h *idxHeap) pop() {
+	a := *h
+	n := len(a) - 1
+	a[0] = a[n]
+	a = a[:n]
+	for i := 0; ; {
+		m := i
+		if l := 2*i + 1; l < n && a[l] < a[m] {
+			m = l
+		}
+		if r := 2*i + 2; r < n && a[r] < a[m] {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		a[i], a[m] = a[m], a[i]
+		i = m
+	}
+	*h = a
+}

@@ -408,20 +408,66 @@ func (u *Unit) killAll(e *extent) {
 // that freed bytes; after [Unit.Close], an error wrapping
 // [engine.ErrClosed].
 func (u *Unit) FreeRanges(ranges []engine.RemoteAddr) (int, error) {
+	// The ranges of nonzero length are put in (segment, generation,
+	// offset, call) order before the lock, so that each extent's live
+	// spans are cut once for all its ranges: cutting them one by one
+	// shifts the spans after each, quadratic on a fragmented extent.
+	var order []int
+	if len(ranges) > 1 {
+		order = make([]int, 0, len(ranges))
+		for i, a := range ranges {
+			if a.Len > 0 {
+				order = append(order, i)
+			}
+		}
+		slices.SortFunc(order, func(i, j int) int {
+			a, b := ranges[i], ranges[j]
+			return cmp.Or(cmp.Compare(a.Segment, b.Segment), cmp.Compare(a.Gen, b.Gen), cmp.Compare(a.Offset, b.Offset), cmp.Compare(i, j))
+		})
+	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
 		return 0, u.opErr("free", fmt.Errorf("%d ranges: %w", len(ranges), engine.ErrClosed))
 	}
-	freed, released := 0, false
-	var e *extent
-	for _, a := range ranges {
-		var ok, rel bool
-		e, ok, rel = u.freeRangeLocked(a, e)
-		if ok {
-			freed++
+	if len(ranges) == 1 {
+		_, freed, released := u.freeRangeLocked(ranges[0], nil)
+		if released {
+			u.signal()
 		}
-		released = released || rel
+		if freed {
+			return 1, nil
+		}
+		return 0, nil
+	}
+	freed, released := 0, false
+	var group []int // of order, the ranges inside one committed extent
+	counted := make([]bool, len(ranges))
+	for i := 0; i < len(order); {
+		a := ranges[order[i]]
+		j := i + 1
+		for j < len(order) && ranges[order[j]].Segment == a.Segment && ranges[order[j]].Gen == a.Gen {
+			j++
+		}
+		var e *extent
+		group = group[:0]
+		for _, k := range order[i:j] {
+			if h, _, _, err := u.lookup(ranges[k], e); err == nil {
+				e = h
+				group = append(group, k)
+			}
+		}
+		i = j
+		if e == nil || len(e.live) == 0 {
+			continue
+		}
+		freed += e.killRanges(ranges, group, counted)
+		if len(e.live) == 0 {
+			if e.refs--; e.refs == 0 {
+				u.release(e, true)
+				released = true
+			}
+		}
 	}
 	if released {
 		u.signal()

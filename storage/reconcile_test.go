@@ -646,3 +646,69 @@ func TestReconcilePeriodicBesideSegmentDrops(t *testing.T) {
 		t.Fatal("no segment was dropped: the test tests nothing")
 	}
 }
+
+// TestFreeRangesManyLinear frees the ranges of one fragmented extent in
+// the orders that make cutting them one by one quadratic (each cut shifts
+// every span after it), as [TestFreeManyCellsLinear] does for Free: a
+// controller's free list (UNIT_SYNC) may hold about a million ranges, and
+// the unit's lock is held throughout. Then ranges that overlap each other
+// and freed bytes: each counts only if it freed a byte no earlier range of
+// the call freed.
+func TestFreeRangesManyLinear(t *testing.T) {
+	cfg := testConfig()
+	cfg.SegmentSize = 4 << 20
+	u := newTestUnit(t, cfg)
+	const n = 1 << 20
+	a := put(t, u, make([]byte, 2*n))[0]
+	cells := cut(a, 2*n)[:n] // the extent's second half stays live
+	var odd, even []engine.RemoteAddr
+	for i := n - 1; i >= 0; i-- {
+		if i%2 == 1 {
+			odd = append(odd, cells[i])
+		}
+	}
+	for i := 0; i < n; i += 2 {
+		junk := engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen + 1, Offset: a.Offset, Len: 1} // no such generation
+		even = append(even, cells[i], engine.RemoteAddr{Segment: 9, Offset: 1 << 40}, junk)
+	}
+	for _, step := range []struct {
+		name   string
+		ranges []engine.RemoteAddr
+		want   int
+	}{
+		{"odd cells, last first", odd, n / 2},
+		{"odd cells again", odd, 0},
+		{"even cells, first first", even, n / 2},
+	} {
+		start := time.Now()
+		got, err := u.FreeRanges(step.ranges)
+		if err != nil {
+			t.Fatalf("FreeRanges(%s): %v", step.name, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("FreeRanges(%d %s) held the unit for %v, want well under 5s", len(step.ranges), step.name, d)
+		}
+		if got != step.want {
+			t.Errorf("FreeRanges(%s) freed bytes of %d ranges, want %d", step.name, got, step.want)
+		}
+	}
+	if got := u.Stats(); got.Extents != 1 {
+		t.Fatalf("with half the extent live: %d extents, want 1", got.Extents)
+	}
+	// Of the live half [n, 2n): [n, n+10) frees; [n+5, n+10) and [n-5, n+5)
+	// only overlap it; [n+8, n+20) frees [n+10, n+20); the whole extent
+	// frees the rest; the whole extent again frees nothing.
+	at := func(lo, hi uint64) engine.RemoteAddr {
+		return engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: a.Offset + lo, Len: hi - lo}
+	}
+	got, err := u.FreeRanges([]engine.RemoteAddr{at(n, n+10), at(n+5, n+10), at(n-5, n+5), at(n+8, n+20), a, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 3 {
+		t.Errorf("overlapping ranges: %d freed bytes, want 3", got)
+	}
+	if got := u.Stats(); got.Used != 0 || got.Extents != 0 {
+		t.Errorf("after freeing every byte: used %d in %d extents, want none", got.Used, got.Extents)
+	}
+}
