@@ -607,7 +607,8 @@ func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slic
 				continue
 			}
 			if bad, err := set.qps[q].Post(chain, sges[q]); err != nil {
-				postErr = fmt.Errorf("post %d work requests: %w", len(chain)-bad, err)
+				bad, badErr := firstUnposted(bad, len(chain))
+				postErr = errors.Join(fmt.Errorf("post %d work requests: %w", len(chain)-bad, err), badErr)
 				if errors.Is(err, engine.ErrClosed) { // torn down since we looked
 					postErr = &tornDown{postErr}
 				}
@@ -626,6 +627,19 @@ func (c *Conn) post(ctx context.Context, set *clientQPs, op Opcode, batch []slic
 		return errors.Join(postErr, wrapUnavailable(err))
 	}
 	return err
+}
+
+// firstUnposted checks bad, the index of the first work request of a
+// chain of n that the driver says it did not post. One out of [0, n]
+// would slice the chain out of range: it is taken as 0 (none posted, so
+// every request is failed here; the queue pairs are torn down after a
+// failed post, so none posted after all can touch memory once the call
+// returns), with an error naming the values.
+func firstUnposted(bad, n int) (int, error) {
+	if bad < 0 || bad > n {
+		return 0, fmt.Errorf("the driver says work request %d of a chain of %d was the first not posted", bad, n)
+	}
+	return bad, nil
 }
 
 // unpend forgets work requests that were never posted.
