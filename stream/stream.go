@@ -326,9 +326,10 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		} else {
 			src = l.prefetch(ctx, pos)
 		}
+		var lost error // a give-back of a batch not yielded after a cancel that failed
 		defer func() {
 			cancel()
-			if err := src.stop(l); err != nil {
+			if err := errors.Join(lost, src.stop(l)); err != nil {
 				l.mu.Lock()
 				l.err = err
 				l.mu.Unlock()
@@ -336,6 +337,15 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		}()
 		for {
 			it := src.next(ctx)
+			if !it.end && it.err == nil && ctx.Err() != nil {
+				// A batch fetched before the cancel (the prefetcher's
+				// queue and ctx were both ready): a canceled ctx ends the
+				// iteration, and the batch goes back as a break gives
+				// back what was never yielded.
+				lost = l.dispose(it)
+				yield(nil, fmt.Errorf("stream: %w", context.Cause(ctx)))
+				return
+			}
 			if it.end {
 				l.mu.Lock()
 				l.next = it.pos

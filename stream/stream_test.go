@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"slices"
@@ -785,5 +786,43 @@ func TestCanceledFetchGivenBackBeforeAllReturns(t *testing.T) {
 		tcancel()
 		release()
 		require.Equal(t, upTo(8), got, "prefetch %d: every row once", prefetch)
+	}
+}
+
+// A canceled ctx ends the iteration even when the prefetcher's queue holds
+// batches fetched before the cancel: the next step yields ctx's error, not
+// one of them (the queue and ctx.Done are both ready, and a select picks
+// either), and they go back to the task. Each round used to yield a
+// prefetched batch after the cancel half of the time.
+func TestCancelYieldsNoPrefetchedBatch(t *testing.T) {
+	e := cluster(t)
+	for round := range 16 {
+		part := fmt.Sprintf("p%d", round)
+		produce(t, e.Client, part, 0, 64, nil)
+		require.NoError(t, e.Client.MarkDone(context.Background(), part))
+		cfg := config(part)
+		cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 4
+		l, err := New(e.Client, cfg)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		var got []int64
+		var last error
+		for b, err := range l.All(ctx) {
+			if err != nil {
+				last = err
+				break
+			}
+			require.NoError(t, ctx.Err(), "round %d: a batch %v yielded after the cancel", round, values(t, b))
+			got = append(got, values(t, b)...)
+			// The prefetcher fills its queue (4 micro-batches) and holds
+			// one more; then the cancel.
+			require.Eventually(t, func() bool { return consumedRows(t, e, part) == 24 }, 10*time.Second, time.Millisecond)
+			cancel()
+		}
+		require.ErrorIs(t, last, context.Canceled, "round %d", round)
+		require.Equal(t, upTo(4), got, "round %d", round)
+		require.NoError(t, l.Err())
+		require.Equal(t, 4, consumedRows(t, e, part), "round %d: the prefetched rows go back", round)
+		cancel()
 	}
 }
