@@ -671,6 +671,85 @@ def test_lease_released_by_two_threads_at_once_goes_back_once():
     assert stop_at > 2, "release was never stopped inside"
 
 
+def test_view_released_by_two_threads_at_once_goes_over_its_leases_once():
+    """Two threads releasing one View at once: its released flag was tested
+    and set without a lock, so both could pass the test and both take the
+    lease list and release every lease (each Lease releases once, but the
+    loop ran twice). Here the first release stops at each bytecode of
+    View.release in turn, then the second at each in turn, then the first
+    runs on, then the second: each lease is asked once, every time."""
+    import sys
+
+    class Lease:
+        def __init__(self):
+            self.calls = 0
+
+        def release(self):
+            self.calls += 1
+
+    code = tq.client.View.release.__code__
+
+    def stopping(view, stop_at):
+        """A thread running view.release() that stops before its opcode
+        stop_at; at_stop is set when it stopped or ended, go lets it on."""
+        at_stop, go, stopped = threading.Event(), threading.Event(), []
+        ops = [0]
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                ops[0] += 1
+                if ops[0] == stop_at:
+                    stopped.append(frame.f_lasti)
+                    at_stop.set()
+                    go.wait()
+            return local
+
+        def tracer(frame, event, arg):
+            if frame.f_code is not code:
+                return None
+            frame.f_trace_opcodes = True
+            return local
+
+        def run():
+            sys.settrace(tracer)
+            try:
+                view.release()
+            finally:
+                sys.settrace(None)
+                at_stop.set()  # ended before opcode stop_at
+        t = threading.Thread(target=run)
+        t.start()
+        at_stop.wait()
+        return t, go, stopped
+
+    pairs = 0
+    for i in range(1, 200):
+        ended = False
+        for j in range(1, 200):
+            leases = [Lease(), Lease()]
+            view = tq.client.View({}, list(leases))
+            a, a_go, a_stopped = stopping(view, i)
+            if not a_stopped:
+                a.join()
+                ended = True
+                break  # every opcode of release has been a stopping point
+            b, b_go, b_stopped = stopping(view, j)
+            a_go.set()
+            a.join()
+            b_go.set()
+            b.join()
+            pairs += 1
+            assert [l.calls for l in leases] == [1, 1], (
+                f"first stopped at opcode {a_stopped[0]}, second at {b_stopped[:1]}: "
+                f"leases released {[l.calls for l in leases]} times")
+            assert view.released
+            if not b_stopped:
+                break
+        if ended:
+            break
+    assert pairs > 10, "release was never stopped inside"
+
+
 def test_get_across_units(client, part):
     """Keys written by many puts land on both units (placement hashes each
     put's first key): a get of all of them gathers every field in key order."""

@@ -125,7 +125,16 @@ class View:
     def __init__(self, data, leases):
         self.data = data
         self._leases = leases
-        self.released = False
+        # Taken, never let go, by the first release: a lock's non-blocking
+        # acquire is one atomic test-and-set, so of two threads releasing
+        # at once one gives the leases back and the other returns (as
+        # Lease.release in unit.py).
+        self._once = threading.Lock()
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`release` was called."""
+        return self._once.locked()
 
     def __getitem__(self, k):
         return self.data[k]
@@ -157,10 +166,10 @@ class View:
         return out
 
     def release(self) -> None:
-        """Give the leases back now; the arrays must not be used after."""
-        if self.released:
+        """Give the leases back now, once: safe from any thread, and
+        again. The arrays must not be used after."""
+        if not self._once.acquire(blocking=False):
             return
-        self.released = True
         leases, self._leases = self._leases, []
         err = None
         for lease in leases:
