@@ -345,3 +345,55 @@ def test_acknowledge_of_rows_given_back_is_refused(client, part):
     client._acknowledge(part, "t", key2)
     client._acknowledge(part, "t", key2)  # idempotent
     assert client.check_consumption_status("t", part)
+
+
+def test_dataloader_break_gives_back_what_workers_fetched_ahead(server, part):
+    """A StreamingDataLoader with workers fetches ahead: batches sit in its
+    queue when the loop breaks after the first. Those rows were never
+    yielded, so the next consumer of the task must get them, promptly. The
+    workers acknowledge each batch as they read it, and the queued rows
+    used to stay consumed for good and reach no one; now the workers give
+    back, as they exit, what the main process did not take."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                                 fetch_timeout=0.3)
+        dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+        taken = []
+        for data, _ in dl:
+            taken += data["x"].tolist()
+            break  # the workers' other fetches were queued: they must come back
+        rest = []
+
+        def drain():
+            it = tq.StreamIterator(2, 2, ["x"], part, "train", client=c, fetch_timeout=0.3)
+            for data, _ in it:
+                rest.extend(data["x"].tolist())
+        th = threading.Thread(target=drain, daemon=True)
+        th.start()
+        th.join(20)
+        assert not th.is_alive(), f"the task's next consumer waits for held rows (took {taken}, then {rest})"
+        assert len(taken) == 2
+        assert sorted(taken + rest) == list(range(16))
+
+
+def test_dataloader_break_with_persistent_workers_gives_back_at_the_next_epoch(server, part):
+    """Persistent workers do not exit at a break: what they fetched ahead
+    and the main process did not take goes back as the next iteration
+    starts, and that iteration yields it. Every row once, over both."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=True)
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        break
+    rest = [x for data, _ in dl for x in data["x"].tolist()]
+    assert len(taken) == 2
+    assert sorted(taken + rest) == list(range(16))

@@ -133,7 +133,8 @@ class StreamIterator:
 
     def _fetch(self, wait=True):
         """The next batch, None when none came in time, or _DONE when the
-        partition is marked done and the task has all of it."""
+        partition is marked done and the task has all of it. A batch is
+        kept (acknowledged) here, and :meth:`_fetched` told of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self._first + self.batch_index * self._stride)
         while True:
@@ -176,7 +177,12 @@ class StreamIterator:
             except BaseException:
                 c._give_back(self.partition_id, self.task_name, key)
                 raise
+            self._fetched(key, meta)
             return data, meta
+
+    def _fetched(self, key, meta) -> None:
+        """A batch fetched under key and kept: a DataLoader worker follows
+        it (StreamingDataset)."""
 
     def batches(self):
         """Whole batches: (data, meta). They end when the partition is
@@ -235,12 +241,42 @@ class _Controls:
     the main process between iterations only (the workers read it once
     ``iter(loader)`` has told them to start over), so nothing locks it."""
 
-    def __init__(self, persistent: bool):
+    def __init__(self, persistent: bool, workers: int = 1, context=None):
         import ctypes
+        import multiprocessing
         from multiprocessing import sharedctypes
         self.persistent = persistent
         self._words = sharedctypes.RawArray(ctypes.c_int64, 3)  # gen, step_gen, partition id length
         self._partition = sharedctypes.RawArray(ctypes.c_char, MAX_SHARED_PARTITION)
+        # The workers' held fetches (StreamingDataset): per worker, the
+        # last batch the main process kept and the last one the worker
+        # gave back, by the worker's count of its fetches. Under _lock:
+        # a batch is either kept or given back, never both.
+        self._holds = sharedctypes.RawArray(ctypes.c_int64, 2 * max(workers, 1))
+        if isinstance(context, str):
+            context = multiprocessing.get_context(context)
+        self._lock = (context or multiprocessing).Lock()
+
+    def keep(self, worker: int, seq: int) -> bool:
+        """The main process takes worker's batch seq: False when the worker
+        gave it back already (the main process must drop it)."""
+        with self._lock:
+            if seq <= self._holds[2 * worker + 1]:
+                return False
+            self._holds[2 * worker] = max(seq, self._holds[2 * worker])
+            return True
+
+    def kept(self, worker: int) -> int:
+        """The last of worker's batches the main process took."""
+        return self._holds[2 * worker]
+
+    def give_back(self, worker: int, upto: int) -> int:
+        """Worker gives back its batches up to upto that the main process
+        has not taken; returns the last one it took (keep refuses the
+        others from now on)."""
+        with self._lock:
+            self._holds[2 * worker + 1] = max(upto, self._holds[2 * worker + 1])
+            return self._holds[2 * worker]
 
     @property
     def gen(self) -> int:
@@ -299,14 +335,81 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
         _controls = None  # a _Controls, while a DataLoader with workers iterates this
         _controls_seen = 0  # the calls of _controls this copy has applied
+        # In a StreamingDataLoader's worker: its id, and its fetches the
+        # main process has not taken (yet), (seq, partition, key, meta) by
+        # its count of its fetches (seq).
+        _worker = None
+        _pending = None
+        _fetch_seq = 0
 
         def __iter__(self):
             info = _torch.utils.data.get_worker_info()
             if info is not None:
                 self._first, self._stride = info.id, info.num_workers
                 if self._controls is not None:
+                    if self._worker is None:
+                        import multiprocessing.util
+                        self._worker, self._pending = info.id, []
+                        multiprocessing.util.Finalize(self, self._give_back_untaken, exitpriority=10)
+                    else:
+                        # A persistent worker's next iteration: torch
+                        # dropped what the last one queued and the main
+                        # process did not take.
+                        self._give_back_untaken()
                     self._controls_seen = self._controls.apply(self, self._controls_seen)
+                    return self._worker_iter()
             return super().__iter__()
+
+        # A worker fetches ahead: torch queues its micro-batches for the
+        # main process and drops them when the loop ends early (a break),
+        # and the worker has kept (acknowledged) the fetches, so those rows
+        # stayed consumed and reached no one. So each micro-batch goes out
+        # tagged with its fetch; the main process (StreamingDataLoader's
+        # iterator) marks the fetch taken as it takes the batch's first
+        # micro-batch, and the worker gives back (UNCONSUME) every fetch
+        # the main process did not take when it exits (torch stops the
+        # workers once the iteration ended or was dropped) or, persistent,
+        # when its next iteration starts: never before, as the main process
+        # may take a queued batch until then. _Controls.keep and give_back
+        # decide, under one lock, which side a batch goes to. (The worker
+        # keeps its fetches as it reads them, as any loader does: held for
+        # the main process instead, a worker waiting at the end of a done
+        # partition for a sibling's batch, which the main process takes only
+        # after the worker's own next one, would wait for the held-fetch TTL.)
+
+        def _fetched(self, key, meta) -> None:
+            if self._worker is None:
+                return
+            self._fetch_seq += 1
+            kept = self._controls.kept(self._worker)
+            self._pending = [h for h in self._pending if h[0] > kept]
+            self._pending.append((self._fetch_seq, self.partition_id, key, meta))
+
+        def _worker_iter(self):
+            for data, meta in self.batches():
+                h = next((h for h in self._pending if h[3] is meta), None)
+                first = True
+                for d, m in split(data, meta, self.micro_batch_size):
+                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if first else None)
+                    first = False
+                    yield self._convert(d), m, tag
+
+        def _give_back_untaken(self) -> None:
+            """Give back the fetches the main process did not take, and
+            forget their batches (a replay must not yield them)."""
+            if not self._pending:
+                return
+            kept = self._controls.give_back(self._worker, self._pending[-1][0])
+            back, self._pending = [h for h in self._pending if h[0] > kept], []
+            if not back:
+                return
+            metas = [h[3] for h in back]
+            before = self.buffer[:self.batch_index]
+            self.batch_index -= sum(1 for _, m in before if any(m is x for x in metas))
+            self.buffer = [b for b in self.buffer if not any(b[1] is x for x in metas)]
+            c = self._get_client()
+            for _, part, key, _ in back:
+                c._give_back(part, self.task_name, key)
 
         def _in_main(self) -> bool:
             return self._controls is not None and _torch.utils.data.get_worker_info() is None
@@ -368,8 +471,33 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             self.dataset_ref = dataset
             # Before the workers start (they take the dataset with them).
             if isinstance(dataset, StreamingDataset):
-                dataset._controls = _Controls(persistent_workers) if num_workers > 0 else None
+                dataset._controls = _Controls(persistent_workers, num_workers, multiprocessing_context) \
+                    if num_workers > 0 else None
                 dataset._controls_seen = 0
+
+        def __iter__(self):
+            it = super().__iter__()
+            ds = self.dataset_ref
+            if not isinstance(ds, StreamingDataset) or ds._controls is None:
+                return it
+            return self._kept(it, ds, ds._controls)
+
+        @staticmethod
+        def _kept(it, ds, controls):
+            """The workers' micro-batches, each batch's fetch marked taken
+            as its first micro-batch is (see StreamingDataset's worker
+            comment); a batch its worker gave back already is dropped."""
+            dropped = set()
+            for data, meta, tag in it:
+                if tag is not None:
+                    w, seq, _, key = tag
+                    if key is None:
+                        if (w, seq) in dropped:
+                            continue
+                    elif not controls.keep(w, seq):
+                        dropped.add((w, seq))
+                        continue
+                yield data, meta
 
         def reset(self):
             self.dataset_ref.reset()
