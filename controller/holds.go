@@ -26,9 +26,9 @@ package controller
 // fetch waits at the end for held rows, the controller looks, at once and
 // then every heldExitPoll, whether their holders' processes exited, and
 // gives back what the gone ones held (a killed loader, a DataLoader
-// worker its parent stopped). A pid is only looked at while the process
-// could still hold it: a pid another process took since reads as alive,
-// which waits for the TTL as before; a zombie reads as alive too.
+// worker killed by its parent). A pid that another process took since
+// reads as alive, and a zombie too: those holds wait for the TTL as
+// before.
 //
 // Holds are durable: a consume record says the fetch holds (ConsumeOp.hold),
 // an ack record settles it, an unconsume record (the caller's or the
