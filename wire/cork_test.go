@@ -146,3 +146,39 @@ func TestCorkedRepliesGoOutWhileABodyWaitsForRoom(t *testing.T) {
 		})
 	}
 }
+
+// TestCorkHoldsBackABoundedAmount: cork holds frames back only up to
+// maxCorked bytes; past it they go out as they are sent. A read of the
+// socket may hold thousands of small requests whose replies are large,
+// all of which were held in memory until the read loop read again.
+func TestCorkHoldsBackABoundedAmount(t *testing.T) {
+	var out countConn
+	w := newFrameWriter(&out, func(error) {})
+	w.cork()
+	payload := make([]byte, 256<<10)
+	var corked int
+	for range 16 { // 4 MiB in all
+		f := &outFrame{buf: make([]byte, HeaderSize), payload: net.Buffers{payload}, written: make(chan error, 1)}
+		if w.send(f) {
+			corked++
+		}
+	}
+	require.Positive(t, out.n, "nothing written while corked, 4 MiB held back")
+	require.LessOrEqual(t, 16*(256<<10)-int(out.n), maxCorked, "held back past the bound")
+	require.Less(t, corked, 16)
+	w.uncork()
+	require.Equal(t, int64(16*(HeaderSize+256<<10)), out.n, "everything written at uncork")
+}
+
+// countConn counts the bytes written to it.
+type countConn struct {
+	net.Conn
+	n int64
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	return len(p), nil
+}
+
+func (c *countConn) SetWriteDeadline(time.Time) error { return nil }

@@ -58,8 +58,9 @@ type frameWriter struct {
 
 	mu      sync.Mutex
 	pending []*outFrame
+	queued  int // bytes of pending frames
 	active  bool
-	corked  bool  // frames queue until uncork (see cork)
+	corked  bool  // frames queue until uncork (see cork), up to maxCorked bytes
 	err     error // sticky: once set, frames fail at once
 	bufs    net.Buffers
 	batch   []*outFrame
@@ -70,6 +71,21 @@ type frameWriter struct {
 
 // writeChunk bounds the bytes written under one write deadline.
 const writeChunk = 4 << 20
+
+// maxCorked bounds the bytes cork holds back: past it frames go out as
+// they are sent. A read of the socket may hold thousands of small
+// requests whose replies are large (a value each), which would otherwise
+// all be held in memory until the read loop's next read.
+const maxCorked = 1 << 20
+
+// size is the bytes f writes.
+func (f *outFrame) size() int {
+	n := len(f.buf)
+	for _, p := range f.payload {
+		n += len(p)
+	}
+	return n
+}
 
 func newFrameWriter(nc net.Conn, onErr func(error)) *frameWriter {
 	return &frameWriter{nc: nc, onErr: onErr}
@@ -97,7 +113,8 @@ func (w *frameWriter) sendWithin(ctx context.Context, f *outFrame) (corked bool)
 		return false
 	}
 	w.pending = append(w.pending, f)
-	if w.active || w.corked {
+	w.queued += f.size()
+	if w.active || w.corked && w.queued <= maxCorked {
 		corked = !w.active
 		w.mu.Unlock()
 		return corked
@@ -153,7 +170,7 @@ func (w *frameWriter) drain(ctx context.Context) {
 			return
 		}
 		batch := append(w.batch[:0], w.pending...)
-		w.pending = w.pending[:0]
+		w.pending, w.queued = w.pending[:0], 0
 		if len(batch) == 0 || w.err != nil {
 			w.active = false
 			err := w.err
@@ -209,10 +226,12 @@ func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	switch {
 	case w.err != nil:
 		f.finish(w.err)
-	case w.active || w.corked:
+	case w.active || w.corked && w.queued+f.size() <= maxCorked:
 		w.pending = append(w.pending, f)
+		w.queued += f.size()
 	default:
 		w.pending = append(w.pending, f)
+		w.queued += f.size()
 		w.active = true
 		wg.Go(func() {
 			w.mu.Lock()
@@ -264,6 +283,7 @@ func (w *frameWriter) unqueue(f *outFrame) bool {
 		return false
 	}
 	w.pending = slices.Delete(w.pending, i, i+1)
+	w.queued -= f.size()
 	return true
 }
 
@@ -401,7 +421,7 @@ func (w *frameWriter) fail(err error) {
 		w.err = err
 	}
 	pending := w.pending
-	w.pending = nil
+	w.pending, w.queued = nil, 0
 	w.mu.Unlock()
 	for _, g := range pending {
 		g.finish(err)
