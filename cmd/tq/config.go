@@ -123,7 +123,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Fsync, "fsync", c.Fsync, "when the controller's log reaches the disk: batch (every change on disk before its reply; concurrent changes share an fsync), always (an fsync per change), never (the operating system writes it; a machine crash may lose the last moments)")
 	fs.BoolVar(&c.InMemory, "in-memory", c.InMemory, "keep the controller's metadata in memory only: a restart forgets every key and row (the units then free their bytes)")
 	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up, into a controller that holds no partition (a restart keeps its state; see --restore-force); one that is not there fails the start before anything listens")
-	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps). One word: white space (a trailing newline, say) or a control character in --token or $TQ_TOKEN is refused, as clients present it as given")
+	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps). One word: white space (a trailing newline, say) or a control character in --token or $TQ_TOKEN is refused, as clients refuse it")
 	fs.BoolVar(&c.RefuseClearToken, "refuse-clear-token", c.RefuseClearToken, "refuse clients and units that send the token in clear (older than the challenge handshake, which never sends it); by default they are still admitted")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data; refused with --token or $TQ_TOKEN")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, fmt.Sprintf("rows reserved when a partition is created (at most %d)", maxPreAlloc))
@@ -402,11 +402,11 @@ func (c *serveConfig) validate() error {
 	}
 	if !c.Insecure {
 		if c.Token != "" {
-			if err := checkTokenText(c.Token); err != nil {
+			if err := auth.CheckToken(c.Token); err != nil {
 				bad("--token: %v", err)
 			}
 		} else if tok := os.Getenv(auth.EnvToken); tok != "" {
-			if err := checkTokenText(tok); err != nil {
+			if err := auth.CheckToken(tok); err != nil {
 				bad("$%s: %v", auth.EnvToken, err)
 			}
 		}
@@ -509,26 +509,6 @@ func hostsClash(a, b string) bool {
 	a4, a6 := family(a)
 	b4, b6 := family(b)
 	return a4 && b4 || a6 && b6
-}
-
-// checkTokenText refuses a token given by hand (--token, the token key,
-// $TQ_TOKEN) that is not one word: white space around it (a trailing
-// newline, from a file read whole into a variable or a Kubernetes Secret
-// made from one) or inside it, or a control character. tq's clients
-// present such a token as given, and the token file trimmed
-// (auth.ReadToken, python/tq's find_token), so servers and clients
-// would disagree on it with an "unauthenticated" naming nothing; it is
-// not trimmed here either, for the same reason. The token itself is
-// never printed.
-func checkTokenText(tok string) error {
-	bad := func(r rune) bool { return r <= ' ' || r == 0x7f }
-	switch {
-	case strings.TrimSpace(tok) != tok && !strings.ContainsFunc(strings.TrimSpace(tok), bad):
-		return fmt.Errorf("white space around the token (%d bytes; a trailing newline, as from a file?): strip it where the token is set, for clients too, which present it as given", len(tok))
-	case strings.ContainsFunc(tok, bad):
-		return fmt.Errorf("white space or a control character inside the token (%d bytes): a token is one word, as tq serve's token file holds", len(tok))
-	}
-	return nil
 }
 
 // maxPreAlloc is the most --pre-alloc: the controller makes that many

@@ -237,16 +237,44 @@ func renameNoReplace(oldpath, newpath string) error {
 	return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
 }
 
+// CheckToken refuses a token given by hand (an explicit token, $TQ_TOKEN,
+// tq serve's --token) that is not one word: white space around it (a
+// trailing newline, from a file read whole into a variable or a
+// Kubernetes Secret made from one) or inside it, or a control character
+// — the rule [ReadToken] applies to a token file after trimming it. Such
+// a token is refused rather than trimmed, by tq serve and by clients
+// alike, so that the two never disagree on it. The error names the
+// token's length and the fault, never the token, nor where it came from
+// (the caller adds that).
+func CheckToken(tok string) error {
+	bad := func(r rune) bool { return r <= ' ' || r == 0x7f }
+	switch trimmed := strings.TrimSpace(tok); {
+	case trimmed != tok && !strings.ContainsFunc(trimmed, bad):
+		return fmt.Errorf("white space around the token (%d bytes; a trailing newline, as from a file?): strip it where the token is set", len(tok))
+	case strings.ContainsFunc(tok, bad):
+		return fmt.Errorf("white space or a control character inside the token (%d bytes): a token is one word, as tq serve's token file holds", len(tok))
+	}
+	return nil
+}
+
 // FindToken returns the token a client presents: explicit when it is not
 // empty, else $TQ_TOKEN, else the token file in [DefaultDataDir] — the one
 // tq serve of the same user made. With none of them it returns "" (a
 // server run with --insecure needs none). A token file that exists but is
-// not safe to use ([ReadToken]) is an error.
+// not safe to use ([ReadToken]), or an explicit token or $TQ_TOKEN that
+// [CheckToken] refuses, is an error wrapping [engine.ErrInvalid] that
+// names where the token came from and never the token.
 func FindToken(explicit string) (string, error) {
 	if explicit != "" {
+		if err := CheckToken(explicit); err != nil {
+			return "", fmt.Errorf("the token given explicitly: %w: %w", err, engine.ErrInvalid)
+		}
 		return explicit, nil
 	}
 	if t := os.Getenv(EnvToken); t != "" {
+		if err := CheckToken(t); err != nil {
+			return "", fmt.Errorf("$%s: %w: %w", EnvToken, err, engine.ErrInvalid)
+		}
 		return t, nil
 	}
 	dir, err := DefaultDataDir()

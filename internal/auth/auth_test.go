@@ -317,6 +317,30 @@ func TestFindToken(t *testing.T) {
 		_, err := FindToken("")
 		require.ErrorIs(t, err, engine.ErrInvalid)
 	})
+	t.Run("a given token that is not one word is refused", func(t *testing.T) {
+		// tq serve refuses these too (cmd/tq's validate); a client that
+		// sent one as given was refused as unauthenticated, naming nothing.
+		t.Setenv(EnvDataDir, dir) // a good token file is not a fallback
+		for _, tc := range []struct {
+			name, explicit, env, want string
+		}{
+			{"explicit, trailing newline", "s3cret\n", "", "the token given explicitly: white space around the token (7 bytes; a trailing newline"},
+			{"explicit, space inside", "s3 cret", "", "the token given explicitly: white space or a control character inside the token (7 bytes)"},
+			{"explicit, control character", "s3\x7fcret", "fromenv", "the token given explicitly: white space or a control character inside"},
+			{"$TQ_TOKEN, trailing newline", "", "s3cret\n", "$TQ_TOKEN: white space around the token (7 bytes; a trailing newline"},
+			{"$TQ_TOKEN, CRLF", "", "s3cret\r\n", "$TQ_TOKEN: white space around the token (8 bytes"},
+			{"$TQ_TOKEN, leading space", "", " s3cret", "$TQ_TOKEN: white space around the token"},
+			{"$TQ_TOKEN, newline inside", "", "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Setenv(EnvToken, tc.env)
+				got, err := FindToken(tc.explicit)
+				require.ErrorIs(t, err, engine.ErrInvalid, "got token of %d bytes", len(got))
+				assert.Contains(t, err.Error(), tc.want)
+				assert.NotContains(t, err.Error(), "s3", "the token is not printed")
+			})
+		}
+	})
 	t.Run("hint names the file", func(t *testing.T) {
 		t.Setenv(EnvDataDir, dir)
 		assert.True(t, strings.Contains(TokenHint(), filepath.Join(dir, TokenFile)), TokenHint())

@@ -673,6 +673,36 @@ def test_range_outside_a_segment_is_corrupt():
             assert f"range [segment 1 offset {off} len {n}] outside the segment's 4096 bytes" in e.value.message
 
 
+@pytest.mark.parametrize("explicit,env,want", [
+    ("s3cret\n", None, "the token argument: white space around the token (7 bytes; a trailing newline"),
+    ("s3 cret", None, "the token argument: white space or a control character inside the token (7 bytes)"),
+    ("s3\x7fcret", "fromenv", "the token argument: white space or a control character inside"),
+    (None, "s3cret\n", "$TQ_TOKEN: white space around the token (7 bytes; a trailing newline"),
+    (None, "s3cret\r\n", "$TQ_TOKEN: white space around the token (8 bytes"),
+    (None, " s3cret", "$TQ_TOKEN: white space around the token"),
+    (None, "s3cret\xa0", "$TQ_TOKEN: white space around the token (8 bytes"),
+    (None, "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"),
+])
+def test_given_token_not_one_word_refused(tmp_path, monkeypatch, explicit, env, want):
+    """A token argument or $TQ_TOKEN that is not one word is refused, as
+    tq serve refuses its --token and $TQ_TOKEN and Go clients theirs: sent
+    as given, the server refused it as unauthenticated, naming nothing.
+    The message names where it came from, never the token."""
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))
+    tok = tmp_path / "token"
+    tok.write_text("filetoken\n")  # a good token file is not a fallback
+    os.chmod(tok, 0o600)
+    if env is None:
+        monkeypatch.delenv("TQ_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("TQ_TOKEN", env)
+    with pytest.raises(tq.InvalidError) as e:
+        wire.find_token(explicit)
+    assert want in e.value.message
+    assert "s3" not in e.value.message  # the token is not printed
+    assert wire.find_token("s3cret\xa0x") == "s3cret\xa0x"  # as Go: U+00A0 inside is not white space it refuses
+
+
 def test_token_file_too_large_or_not_text(tmp_path, monkeypatch):
     """A token file over 4096 bytes is refused, as the Go side refuses it
     (the first 4097 bytes were taken for the token, which the server then

@@ -127,15 +127,47 @@ _WHITE_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
                 "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
+def _bad_token_char(c: str) -> bool:
+    return c <= " " or c == "\x7f"
+
+
+def check_token(tok: str, where: str) -> None:
+    """Refuse (:class:`InvalidError`) a token given by hand (the token
+    argument, $TQ_TOKEN) that is not one word, as ``tq serve`` refuses its
+    --token and $TQ_TOKEN and Go clients refuse theirs (auth.CheckToken):
+    white space around it (a trailing newline, from a file read whole into
+    a variable or a Kubernetes Secret made from one) or inside it, or a
+    control character. It is refused rather than trimmed, so that servers
+    and clients never disagree on it. The message names ``where`` and the
+    token's length, never the token."""
+    try:
+        n = len(os.fsencode(tok))  # $TQ_TOKEN's bytes, as Go counts them
+    except UnicodeError:
+        n = len(tok.encode("utf-8", "surrogatepass"))
+    trimmed = tok.strip(_WHITE_SPACE)
+    if trimmed != tok and not any(map(_bad_token_char, trimmed)):
+        raise errors.InvalidError(
+            f"{where}: white space around the token ({n} bytes; a trailing newline, as from a file?): "
+            "strip it where the token is set")
+    if any(map(_bad_token_char, tok)):
+        raise errors.InvalidError(
+            f"{where}: white space or a control character inside the token ({n} bytes): "
+            "a token is one word, as tq serve's token file holds")
+
+
 def find_token(explicit: str | None = None) -> str:
     """The token a client presents: ``explicit``, else $TQ_TOKEN, else the
     token file in :func:`data_dir` (the one ``tq serve`` of this user made),
     else "" (a server run with --insecure needs none). A token file that
-    another user owns, or that group or others may read, is refused."""
+    another user owns, or that group or others may read, is refused; so is
+    an explicit token or $TQ_TOKEN that is not one word
+    (:func:`check_token`)."""
     if explicit:
+        check_token(explicit, "the token argument")
         return explicit
     t = os.environ.get(ENV_TOKEN)
     if t:
+        check_token(t, f"${ENV_TOKEN}")
         return t
     path = os.path.join(data_dir(), "token")
     try:
