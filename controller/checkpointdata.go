@@ -162,6 +162,14 @@ func checkName(name string) error {
 	return nil
 }
 
+// CheckCheckpointName reports whether name is a well-formed checkpoint
+// name: 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'
+// or '-'. The error names it and the rule and wraps [engine.ErrInvalid].
+// It is the format check alone, for a caller that cannot look in the
+// checkpoint directory (tq serve --check-config); [CheckCheckpoint] makes
+// it too.
+func CheckCheckpointName(name string) error { return checkName(name) }
+
 // CheckCheckpoint reports whether checkpoint name is in dir (a
 // [ServerConfig.CheckpointDir]) and this build can load it, from its
 // state header alone; it is for a caller that loads one at start, to fail

@@ -428,6 +428,13 @@ func (c *serveConfig) validate() error {
 	if c.Restore != "" && c.Role == "unit" {
 		bad("--restore is for the controller (--role all or controller)")
 	}
+	// Its format only: whether it is there is the data directory's to
+	// say, which --check-config does not read (the start checks it).
+	if c.Restore != "" {
+		if err := controller.CheckCheckpointName(c.Restore); err != nil {
+			bad("--restore: %v", err)
+		}
+	}
 	return errors.Join(errs...)
 }
 

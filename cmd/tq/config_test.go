@@ -803,3 +803,23 @@ func TestInsecureWithATokenFromTheEnvironmentIsRefused(t *testing.T) {
 		checkConfigCases(t, []configCase{{[]string{"--insecure"}, ""}})
 	})
 }
+
+// --check-config passed a malformed --restore NAME (a path, a name
+// starting with '.'), which failed only at start. It is refused there
+// too, naming --restore and the rule; whether the checkpoint exists is
+// the host's data directory's to say, which --check-config does not read.
+func TestCheckConfigRefusesAMalformedRestoreName(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	const rule = "use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+	checkConfigCases(t, []configCase{
+		{[]string{"--restore", "../ck"}, `--restore: checkpoint name "../ck": ` + rule},
+		{[]string{"--restore", "a/b"}, `--restore: checkpoint name "a/b"`},
+		{[]string{"--restore", ".hidden"}, `--restore: checkpoint name ".hidden"`},
+		{[]string{"--restore", "-ck"}, `--restore: checkpoint name "-ck"`},
+		{[]string{"--restore", "ck 1"}, `--restore: checkpoint name "ck 1"`},
+		{[]string{"--restore", strings.Repeat("c", 129)}, `--restore: checkpoint name "` + strings.Repeat("c", 129)},
+		{[]string{"--restore", "step-1200_v2.final"}, ""}, // need not exist
+		{[]string{"--restore", strings.Repeat("c", 128)}, ""},
+		{[]string{"--restore", "_ck"}, ""},
+	})
+}
