@@ -1462,8 +1462,17 @@ func (c *conn) tqTag(args [][]byte) {
 // named) with their dtype and kind: name, dtype, kind triples.
 func (c *conn) tqFields(args [][]byte) {
 	p := c.partition
-	if len(args) > 1 {
+	switch len(args) {
+	case 1:
+	case 2:
+		if err := nameProblem("partition id", args[1]); err != nil {
+			c.writeErr(err)
+			return
+		}
 		p = string(args[1])
+	default:
+		c.writeError("ERR wrong number of arguments for 'tq.fields' command")
+		return
 	}
 	fs, err := c.s.st.ctrl.Fields(p)
 	if err != nil && !absent(err) {

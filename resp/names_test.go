@@ -138,3 +138,26 @@ func TestPartitionWithABraceIsRefused(t *testing.T) {
 	_, err = NewServer(e.e.Controller, e.e.Units, Config{Partition: "x}y"})
 	require.ErrorIs(t, err, engine.ErrInvalid)
 }
+
+// TQ.FIELDS [partition] refuses a partition TQ cannot name, and more than
+// one argument, as every other command does: before, it answered an
+// empty list for both, so a typo'd or mangled partition name read as a
+// partition with no fields.
+func TestFieldsRefusesBadPartitionAndArity(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	require.NoError(t, rc.Set(ctx, "k", "v", 0).Err())
+	for _, p := range []string{"", "\xff"} {
+		err := rc.Do(ctx, "TQ.FIELDS", p).Err()
+		require.Error(t, err, "%q", p)
+		assert.Regexp(t, `^ERR (empty partition id|partition id .* is not valid UTF-8)`, err.Error(), "%q", p)
+	}
+	err := rc.Do(ctx, "TQ.FIELDS", "default", "extra").Err()
+	require.Error(t, err)
+	assert.Equal(t, "ERR wrong number of arguments for 'tq.fields' command", err.Error())
+	// The connection goes on.
+	fs, err := rc.Do(ctx, "TQ.FIELDS", "default").Slice()
+	require.NoError(t, err)
+	assert.Len(t, fs, 1)
+}
