@@ -1027,7 +1027,7 @@ func (c *conn) typeCmd(args [][]byte) {
 }
 
 func (c *conn) keys(args [][]byte) {
-	pattern := string(args[1])
+	glob := newGlobWork(string(args[1]))
 	var out []string
 	var after uint64
 	for {
@@ -1037,7 +1037,13 @@ func (c *conn) keys(args [][]byte) {
 			return
 		}
 		for _, k := range page {
-			if name := c.listed(k.Key); globMatch(pattern, name) {
+			name := c.listed(k.Key)
+			m, err := glob.match(name)
+			if err != nil {
+				c.writeError("ERR " + err.Error())
+				return
+			}
+			if m {
 				out = append(out, name)
 			}
 		}
@@ -1108,9 +1114,15 @@ func (c *conn) scan(args [][]byte) {
 		}
 	}
 	var out []string
+	glob := newGlobWork(pattern)
 	for _, k := range page {
 		name := c.listed(k.Key)
-		if !globMatch(pattern, name) {
+		m, err := glob.match(name)
+		if err != nil {
+			c.writeError("ERR " + err.Error())
+			return
+		}
+		if !m {
 			continue
 		}
 		if typed {

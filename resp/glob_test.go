@@ -5,9 +5,14 @@ import (
 	"encoding/json"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -58,4 +63,34 @@ func TestKeysAndScanMatchRedisGlobs(t *testing.T) {
 	keys, _, err = rc.Scan(ctx, 0, "k[^12]", 100).Result()
 	require.NoError(t, err)
 	require.Equal(t, []string{"k3"}, keys)
+}
+
+// TestKeysAndScanBoundGlobWork checks that a MATCH pattern whose matching
+// takes time in the product of its length and a key's (here "*", 32 Ki
+// a's, "b" against keys of 64 Ki a's: a billion steps a key, seconds of
+// CPU, as in Redis) is refused with an error naming the bound, rather
+// than holding a CPU for as long as the client likes; patterns that cost
+// what listing the keys costs still match, and the connection goes on.
+func TestKeysAndScanBoundGlobWork(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, &redis.Options{ReadTimeout: time.Minute})
+	long := strings.Repeat("a", 64<<10)
+	for i := range 2 {
+		require.NoError(t, rc.Set(ctx, strconv.Itoa(i)+long, "v", 0).Err())
+	}
+	slow := "*" + strings.Repeat("a", 32<<10) + "b"
+	for _, cmd := range [][]any{{"KEYS", slow}, {"SCAN", "0", "MATCH", slow, "COUNT", "100"}} {
+		start := time.Now()
+		err := rc.Do(ctx, cmd...).Err()
+		require.Error(t, err, "%s", cmd[0])
+		assert.Contains(t, err.Error(), "ERR MATCH pattern", "%s", cmd[0])
+		assert.Less(t, time.Since(start), time.Second, "%s", cmd[0])
+	}
+	keys, err := rc.Keys(ctx, "1*a").Result()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"1" + long}, keys)
+	keys, _, err = rc.Scan(ctx, 0, "*"+strings.Repeat("a", 100)+"*", 100).Result()
+	require.NoError(t, err)
+	assert.Len(t, keys, 2)
 }
