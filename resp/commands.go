@@ -699,7 +699,15 @@ func (c *conn) client(args [][]byte) {
 	case "ID":
 		c.writeInt(c.id)
 	case "SETINFO":
-		c.writeOK()
+		// As Redis 7.2's clientSetinfoCommand (TQ keeps neither value).
+		switch attr := clipRedis(args[2]); {
+		case !strings.EqualFold(attr, "lib-name") && !strings.EqualFold(attr, "lib-ver"):
+			c.writeError(fmt.Sprintf("ERR Unrecognized option '%s'", attr))
+		case !clientName(args[3]):
+			c.writeError(fmt.Sprintf("ERR %s cannot contain spaces, newlines or special characters.", attr))
+		default:
+			c.writeOK()
+		}
 	case "INFO":
 		c.writeBulkString(c.clientInfo())
 	default:

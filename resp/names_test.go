@@ -161,3 +161,24 @@ func TestFieldsRefusesBadPartitionAndArity(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, fs, 1)
 }
+
+// CLIENT SETINFO takes LIB-NAME or LIB-VER, in any case, with a value
+// of printable ASCII and no space, and refuses anything else with Redis
+// 7.2's errors; before, it answered OK to any attribute and value.
+func TestClientSetinfoChecksAsRedis(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	require.NoError(t, rc.Do(ctx, "CLIENT", "SETINFO", "lib-name", "redis-py").Err())
+	require.NoError(t, rc.Do(ctx, "CLIENT", "SETINFO", "LIB-VER", "4.3.4").Err())
+	for _, c := range []struct{ attr, val, want string }{
+		{"BOGUS", "x", "ERR Unrecognized option 'BOGUS'"},
+		{"lib-name", "a b", "ERR lib-name cannot contain spaces, newlines or special characters."},
+		{"LIB-VER", "1\n", "ERR LIB-VER cannot contain spaces, newlines or special characters."},
+	} {
+		err := rc.Do(ctx, "CLIENT", "SETINFO", c.attr, c.val).Err()
+		require.Error(t, err, "%q", c)
+		assert.Equal(t, c.want, err.Error())
+	}
+	require.NoError(t, rc.Ping(ctx).Err())
+}
