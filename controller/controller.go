@@ -619,11 +619,17 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	// Before the look for batches left behind: a group that asks for its
 	// next batch went past the one it holds (consumed), even when its
 	// step on that one outlasted the TTL.
-	if follows && p.asked(gk, req.Options.BatchIndex) && c.logging() {
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
-			Partition: p.id, Gen: p.gen, Task: req.Task, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
-			Asked: (&keptRef{group: gk, batch: req.Options.BatchIndex}).pb(),
-		}}})
+	if follows && p.asked(gk, req.Options.BatchIndex) {
+		// The ask's record makes the task in replay, as every consume
+		// record does: make it here too, though the partition may have
+		// none of the fetch's fields yet (no view, which would).
+		p.taskSlot(req.Task)
+		if c.logging() {
+			c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+				Partition: p.id, Gen: p.gen, Task: req.Task, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+				Asked: (&keptRef{group: gk, batch: req.Options.BatchIndex}).pb(),
+			}}})
+		}
 	}
 	c.expireKept(p, now)
 	c.expireHeld(p, now)

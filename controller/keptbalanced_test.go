@@ -425,3 +425,53 @@ func TestKeptBatchBalancedNeverGivesBack(t *testing.T) {
 		})
 	}
 }
+
+// A rank's fetch that consumes nothing still logs its ask (the group is
+// followed), and replay makes the task for it as for every consume
+// record. The controller that ran made the task only when the partition
+// had the fetch's fields (its view does): after a fetch of a done
+// partition made by MarkDone, with none of them, a restarted
+// controller's state named a task the one that ran did not. Both make it
+// now; with the fields and too few rows ready, both made it already.
+func TestKeptBatchAskMakesItsTaskAsReplayDoes(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range balancedCases {
+		for _, setup := range []struct {
+			name string
+			make func(t *testing.T, c *Controller) error // the partition; the fetch's outcome
+		}{
+			{"no fields yet", func(t *testing.T, c *Controller) error {
+				require.NoError(t, c.MarkDone("p"))
+				_, err := c.Fetch(ctx, tc.fetch(0, 0))
+				return err
+			}},
+			{"too few rows", func(t *testing.T, c *Controller) error {
+				m := insert(t, c, "p", 1, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				got, err := c.Fetch(ctx, tc.fetch(0, 0))
+				require.Zero(t, got.Len())
+				return err
+			}},
+		} {
+			for _, way := range restartWays {
+				t.Run(tc.spec.Name+"/"+setup.name+"/"+way.name, func(t *testing.T) {
+					dir := t.TempDir()
+					cfg := Config{KeptBatchTTL: -1}
+					c := openDurable(t, dir, cfg)
+					if err := setup.make(t, c); setup.name == "no fields yet" {
+						require.ErrorIs(t, err, engine.ErrDone)
+					} else {
+						require.NoError(t, err)
+					}
+					require.NoError(t, c.WaitDurable(ctx))
+					want := stateBytes(t, c)
+					way.stop(t, c)
+
+					c = openDurable(t, dir, cfg)
+					defer c.Close()
+					require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+				})
+			}
+		}
+	}
+}
