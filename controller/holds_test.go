@@ -341,3 +341,40 @@ func heldClientProcess(addr string) {
 	fmt.Printf("held %d\n", len(reply.GetMeta().GetIndexes()))
 	select {}
 }
+
+// A held fetch's holder pid is not logged: replayed, the hold has none
+// and waits for the TTL, counted from the restart. The TTL's give-back of
+// a replayed hold is logged: a second restart finds it given back.
+func TestReplayedHoldGivenBackByTheTTL(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{HeldFetchTTL: 200 * time.Millisecond}
+			c := openDurable(t, dir, cfg)
+			doneWith(t, c, 4)
+			m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4,
+				Key: "k", Hold: true, HolderPID: int32(os.Getpid())})
+			require.NoError(t, err)
+			require.NoError(t, c.WaitDurable(context.Background()))
+			want := stateBytes(t, c)
+			way.stop(t, c)
+
+			c = openDurable(t, dir, cfg)
+			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			require.Zero(t, c.parts["p"].fetches.m["k"].pid, "the pid is not logged")
+			got, err := peerFetch(c, 5*time.Second)
+			require.NoError(t, err, "the replayed hold is given back by the TTL")
+			require.Equal(t, m.Indexes, got.Indexes)
+			require.NoError(t, c.WaitDurable(context.Background()))
+			want = stateBytes(t, c)
+			way.stop(t, c)
+
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			require.Equal(t, want, stateBytes(t, c), "the state after the second restart")
+			require.ErrorIs(t, c.Acknowledge("p", "t", "k"), engine.ErrNotFound, "given back before the restart")
+			_, err = peerFetch(c, time.Second)
+			require.ErrorIs(t, err, engine.ErrDone)
+		})
+	}
+}
