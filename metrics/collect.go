@@ -1,7 +1,10 @@
 package metrics
 
 import (
+	"fmt"
+	"hash/fnv"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -61,6 +64,36 @@ func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels 
 	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 }
 
+// maxLabelLen bounds a label value taken from a name (a partition, a
+// task, a field), in bytes. Names have no bound of their own, and a
+// Prometheus with label_value_length_limit set fails a whole scrape on
+// one value past it.
+const maxLabelLen = 200
+
+// nameLabel is a name as a label value. A name that is not valid UTF-8
+// (the controller's Go API takes any string; wire and RESP names are
+// checked) is Go-quoted, "\xff" for the byte 0xff, since
+// MustNewConstMetric panics on it, and a panic in a collector ends the
+// process. A name longer than maxLabelLen bytes keeps its first bytes and
+// ends in "~" and a hash of the whole name, so that two long names that
+// share a prefix stay two series.
+func nameLabel(s string) string {
+	if !utf8.ValidString(s) {
+		s = strconv.Quote(s)
+	}
+	if len(s) <= maxLabelLen {
+		return s
+	}
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	suffix := fmt.Sprintf("~%016x", h.Sum64())
+	cut := maxLabelLen - len(suffix)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + suffix
+}
+
 func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 	ctrls, _ := c.r.sources()
 	for _, s := range ctrls {
@@ -71,21 +104,23 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 		allocated, free := s.c.Indexes()
 		gauge(ch, descIndexes, float64(allocated), "allocated")
 		gauge(ch, descIndexes, float64(free), "free")
-		for _, p := range parts {
-			st, err := s.c.Stats(p)
+		for _, id := range parts {
+			st, err := s.c.Stats(id)
 			if err != nil {
 				continue // cleared since
 			}
+			p := nameLabel(id)
 			gauge(ch, descRows, float64(st.Rows), p)
 			gauge(ch, descReserved, float64(st.Reserved), p)
 			gauge(ch, descKeys, float64(st.Keys), p)
 			gauge(ch, descProduced, float64(st.Produced), p)
 			for _, f := range st.Fields {
-				gauge(ch, descFieldProduced, float64(f.Produced), p, f.Name)
+				gauge(ch, descFieldProduced, float64(f.Produced), p, nameLabel(f.Name))
 			}
 			for _, t := range st.Tasks {
-				gauge(ch, descConsumed, float64(t.Consumed), p, t.Task)
-				gauge(ch, descHeld, float64(t.Held), p, t.Task)
+				task := nameLabel(t.Task)
+				gauge(ch, descConsumed, float64(t.Consumed), p, task)
+				gauge(ch, descHeld, float64(t.Held), p, task)
 			}
 		}
 		gauge(ch, descBlocked, float64(s.c.BlockedFetches()))
