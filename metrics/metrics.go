@@ -104,9 +104,22 @@ func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 // Registerer lets a caller add metrics of its own.
 func (r *Registry) Registerer() prometheus.Registerer { return r.reg }
 
-// Handler serves the registry in the Prometheus exposition formats.
+// MaxScrapes bounds the scrapes [Registry.Handler] gathers at once; one
+// more is answered 503 at once. Each scrape reads every partition's
+// stats and holds its whole answer in memory, and the endpoint asks no
+// token: without a bound, the connections tq serve allows (128) could
+// each hold one.
+const MaxScrapes = 4
+
+// ScrapeTimeout is how long [Registry.Handler] waits for a scrape's
+// figures before answering 503, under tq serve's --metrics write timeout
+// (30 s) so that the scraper gets an answer rather than a reset.
+const ScrapeTimeout = 20 * time.Second
+
+// Handler serves the registry in the Prometheus exposition formats, at
+// most [MaxScrapes] scrapes at once, each within [ScrapeTimeout].
 func (r *Registry) Handler() http.Handler {
-	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{Registry: r.reg})
+	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{Registry: r.reg, MaxRequestsInFlight: MaxScrapes, Timeout: ScrapeTimeout})
 }
 
 // OnJournalWrite is a [controller.Config.OnJournalWrite] hook.
