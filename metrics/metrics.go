@@ -44,6 +44,10 @@ type Registry struct {
 	journalW  prometheus.Histogram
 	journalRs prometheus.Counter
 
+	// tq holds the collectors of the tq_ metrics, for the test that
+	// compares them with the README's table.
+	tq []prometheus.Collector
+
 	mu    sync.Mutex
 	ctrls []ctrlSource
 	units []unitSource
@@ -89,12 +93,15 @@ func New() *Registry {
 		Name: "tq_journal_records_written_total",
 		Help: "Controller log records written.",
 	})
+	r.tq = []prometheus.Collector{
+		r.duration, r.received, r.sent, r.errors, r.journalW, r.journalRs,
+		&ctrlCollector{r: r}, &unitCollector{r: r},
+	}
 	r.reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		r.duration, r.received, r.sent, r.errors, r.journalW, r.journalRs,
-		&ctrlCollector{r: r}, &unitCollector{r: r},
 	)
+	r.reg.MustRegister(r.tq...)
 	return r
 }
 
