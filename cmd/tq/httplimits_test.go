@@ -124,3 +124,24 @@ func TestMetricsEndpointEvictsTheOldestConnection(t *testing.T) {
 	require.NoError(t, c.SetDeadline(time.Now().Add(2*time.Second)))
 	get(t, c, bufio.NewReader(c))
 }
+
+// A request header past maxHTTPHeader is refused (431) rather than
+// buffered: each connection could make the server hold Go's default of
+// 1 MiB. A header of ordinary size passes.
+func TestHTTPEndpointBoundsRequestHeaders(t *testing.T) {
+	addr := serveLimited(t, metricsLimits)
+	send := func(extra int) int {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer c.Close()
+		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+		_, err = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "+strings.Repeat("a", extra)+"\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, send(1<<10))
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, send(64<<10))
+}

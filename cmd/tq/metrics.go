@@ -198,6 +198,12 @@ var pprofLimits = httpLimits{readHeader: 10 * time.Second, read: 30 * time.Secon
 
 const pprofMaxSeconds = 300
 
+// maxHTTPHeader bounds a request's header on both endpoints: a scrape, a
+// probe or a pprof request sends a few hundred bytes, and each of up to
+// conns connections may otherwise make the server buffer Go's default of
+// 1 MiB.
+const maxHTTPHeader = 16 << 10
+
 // serveHTTP serves h on addr within lim until the server closes and
 // returns the address to give out, http://HOST:PORT (the host chosen as
 // for the units' addresses: see unitAdvertise).
@@ -216,7 +222,8 @@ func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (s
 		l.Close()
 		return "", fmt.Errorf("%s: advertise %s: %w", flag, addr, err)
 	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: lim.readHeader, ReadTimeout: lim.read, WriteTimeout: lim.write, IdleTimeout: lim.idle}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: lim.readHeader, ReadTimeout: lim.read, WriteTimeout: lim.write, IdleTimeout: lim.idle,
+		MaxHeaderBytes: maxHTTPHeader}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
