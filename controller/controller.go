@@ -762,11 +762,10 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		if kept {
 			back = nil
 		}
-		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref}
+		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref, pid: req.HolderPID}
 		p.fetches.add(e)
 		if hold = req.Hold && len(back) > 0; hold {
 			p.hold(e, now)
-			e.pid = req.HolderPID
 		}
 	}
 	if c.logging() {

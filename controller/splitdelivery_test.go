@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -67,7 +68,7 @@ func splitDeliveryRun(t *testing.T, spec engine.SamplerSpec, cfg Config, seed ui
 	var trace []string
 	fail := func(format string, args ...any) {
 		t.Helper()
-		t.Fatalf("%s seed %d: %s\ntrace:\n%s", spec, seed, fmt.Sprintf(format, args...), joinLines(trace))
+		t.Fatalf("%s seed %d: %s\ntrace:\n%s", spec, seed, fmt.Sprintf(format, args...), "  "+strings.Join(trace, "\n  "))
 	}
 	step := func(rank int) {
 		b := next[rank]
@@ -141,12 +142,4 @@ func splitDeliveryRun(t *testing.T, spec engine.SamplerSpec, cfg Config, seed ui
 			fail("every rank ended, and row %d was never served", gi)
 		}
 	}
-}
-
-func joinLines(lines []string) string {
-	out := ""
-	for _, l := range lines {
-		out += "  " + l + "\n"
-	}
-	return out
 }

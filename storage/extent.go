@@ -20,7 +20,11 @@ package storage
 // was committed and whether the controller confirmed that cells reference
 // it; both are set under the unit's lock that Commit holds anyway.
 
-import "github.com/tqgo/tq/engine"
+import (
+	"container/heap"
+
+	"github.com/tqgo/tq/engine"
+)
 
 type extentState uint8
 
@@ -101,29 +105,37 @@ func (e *extent) kill(i int, lo, hi int64) bool {
 // live span (cells of length 0 are skipped), from live in one pass, and
 // reports whether no live byte is left.
 func (e *extent) killSorted(cells []engine.RemoteAddr) bool {
-	out := make([]span, 0, len(e.live)+len(cells))
-	j := 0
+	union := make([]span, 0, len(cells))
+	for _, c := range cells {
+		if c.Len > 0 {
+			union = append(union, span{int64(c.Offset), int64(c.Offset + c.Len)})
+		}
+	}
+	e.cut(union)
+	return len(e.live) == 0
+}
+
+// cut removes union, disjoint spans in offset order, from the live spans
+// in one pass.
+func (e *extent) cut(union []span) {
+	out := make([]span, 0, len(e.live)+len(union))
+	j := 0 // the first piece of the union that ends after the span's start
 	for _, s := range e.live {
 		at := s.off
-		for ; j < len(cells); j++ {
-			if cells[j].Len == 0 {
-				continue
+		for j < len(union) && union[j].end <= at {
+			j++
+		}
+		for k := j; k < len(union) && union[k].off < s.end; k++ {
+			if union[k].off > at {
+				out = append(out, span{at, union[k].off})
 			}
-			lo := int64(cells[j].Offset)
-			if lo >= s.end {
-				break
-			}
-			if lo > at {
-				out = append(out, span{at, lo})
-			}
-			at = lo + int64(cells[j].Len)
+			at = union[k].end
 		}
 		if at < s.end {
 			out = append(out, span{at, s.end})
 		}
 	}
 	e.live = out
-	return len(out) == 0
 }
 
 // killRange removes every live byte of [lo, hi) (hi > lo), some of which
@@ -184,7 +196,7 @@ func (e *extent) killRanges(ranges []engine.RemoteAddr, group []int, counted []b
 		} else {
 			union = append(union, span{x, end})
 		}
-		active.push(k)
+		heap.Push(&active, k)
 		next := int64(1<<63 - 1)
 		if n+1 < len(group) {
 			next = int64(ranges[group[n+1]].Offset)
@@ -193,7 +205,7 @@ func (e *extent) killRanges(ranges []engine.RemoteAddr, group []int, counted []b
 			top := active[0]
 			end := int64(ranges[top].Offset + ranges[top].Len)
 			if end <= x {
-				active.pop()
+				heap.Pop(&active)
 				continue
 			}
 			y := min(end, next)
@@ -207,63 +219,21 @@ func (e *extent) killRanges(ranges []engine.RemoteAddr, group []int, counted []b
 			x = y
 		}
 	}
-	// Cut the union, disjoint and in order, from the live spans in one
-	// pass.
-	out := make([]span, 0, len(e.live)+len(union))
-	j := 0 // the first piece of the union that ends after the span's start
-	for _, s := range e.live {
-		at := s.off
-		for j < len(union) && union[j].end <= at {
-			j++
-		}
-		for k := j; k < len(union) && union[k].off < s.end; k++ {
-			if union[k].off > at {
-				out = append(out, span{at, union[k].off})
-			}
-			at = union[k].end
-		}
-		if at < s.end {
-			out = append(out, span{at, s.end})
-		}
-	}
-	e.live = out
+	e.cut(union) // disjoint and in order
 	return freed
 }
 
-// idxHeap is a min-heap of call indices (see extent.killRanges).
+// idxHeap is a min-heap of call indices (see extent.killRanges), for
+// container/heap.
 type idxHeap []int
 
-func (h *idxHeap) push(k int) {
-	*h = append(*h, k)
+func (h idxHeap) Len() int           { return len(h) }
+func (h idxHeap) Less(i, j int) bool { return h[i] < h[j] }
+func (h idxHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *idxHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *idxHeap) Pop() any {
 	a := *h
-	for i := len(a) - 1; i > 0; {
-		up := (i - 1) / 2
-		if a[up] <= a[i] {
-			break
-		}
-		a[up], a[i] = a[i], a[up]
-		i = up
-	}
-}
-
-func (h *idxHeap) pop() {
-	a := *h
-	n := len(a) - 1
-	a[0] = a[n]
-	a = a[:n]
-	for i := 0; ; {
-		m := i
-		if l := 2*i + 1; l < n && a[l] < a[m] {
-			m = l
-		}
-		if r := 2*i + 2; r < n && a[r] < a[m] {
-			m = r
-		}
-		if m == i {
-			break
-		}
-		a[i], a[m] = a[m], a[i]
-		i = m
-	}
-	*h = a
+	x := a[len(a)-1]
+	*h = a[:len(a)-1]
+	return x
 }

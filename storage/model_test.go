@@ -397,7 +397,7 @@ func (m *unitModel) hostileFree() {
 		// With a good cell: all or nothing.
 		e := c[m.rng.IntN(len(c))]
 		good := e.cells[e.liveCells()[0]]
-		if checkDisjoint([]engine.RemoteAddr{good, bad}) == nil {
+		if _, err := sortedCells([]engine.RemoteAddr{good, bad}); err == nil {
 			cells = append(cells, good)
 			m.rng.Shuffle(len(cells), func(i, j int) { cells[i], cells[j] = cells[j], cells[i] })
 		}

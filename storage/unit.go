@@ -902,12 +902,6 @@ func sortedCells(cells []engine.RemoteAddr) ([]engine.RemoteAddr, error) {
 	return sorted, nil
 }
 
-// checkDisjoint reports cells of one Free call that share bytes.
-func checkDisjoint(cells []engine.RemoteAddr) error {
-	_, err := sortedCells(cells)
-	return err
-}
-
 // checkLocked panics if the accounting does not add up (invariants builds).
 func (u *Unit) checkLocked() {
 	var used int64

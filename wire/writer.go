@@ -223,15 +223,13 @@ func (w *frameWriter) drain(ctx context.Context) {
 func (w *frameWriter) post(f *outFrame, wg *sync.WaitGroup) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	switch {
-	case w.err != nil:
+	if w.err != nil {
 		f.finish(w.err)
-	case w.active || w.corked && w.queued+f.size() <= maxCorked:
-		w.pending = append(w.pending, f)
-		w.queued += f.size()
-	default:
-		w.pending = append(w.pending, f)
-		w.queued += f.size()
+		return
+	}
+	w.pending = append(w.pending, f)
+	w.queued += f.size()
+	if !w.active && (!w.corked || w.queued > maxCorked) {
 		w.active = true
 		wg.Go(func() {
 			w.mu.Lock()
