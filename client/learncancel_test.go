@@ -19,6 +19,7 @@ import (
 // while stalled, holds them unanswered until it forwards again.
 type stallProxy struct {
 	target string
+	addr   string // where it listens
 
 	mu      sync.Mutex
 	stalled bool
@@ -30,7 +31,7 @@ func newStallProxy(t *testing.T, addr, target string) *stallProxy {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
-	p := &stallProxy{target: target}
+	p := &stallProxy{target: target, addr: l.Addr().String()}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for {
@@ -143,4 +144,15 @@ func TestReadThatGivesUpWhileALearnDialsIsNotTheUnitsFailure(t *testing.T) {
 	require.NoError(t, err, "a read of the unit once it answers")
 	require.True(t, got.Col("x").Equal(xBatch(t, 16).Col("x")))
 	got.Release()
+}
+
+// cut closes every connection the proxy forwards, both sides: each end
+// sees the other close it.
+func (p *stallProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }

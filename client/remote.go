@@ -144,6 +144,14 @@ type laneDial struct {
 // laneRetry is how long a lane whose dial failed stays unused.
 const laneRetry = time.Second
 
+// newClientID returns 16 random bytes: a client's id for as long as it
+// lives (wirepb.Hello.client_id).
+func newClientID() []byte {
+	id := make([]byte, 16)
+	rand.Read(id)
+	return id
+}
+
 // DialMeta connects to the controller at addr ("tcp://host:port",
 // "unix:///path" or "host:port") and performs the handshake. ctx bounds
 // the dial and the handshake only.
@@ -175,7 +183,11 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 	}
 	r := &RemoteMeta{
 		addr: addr, cfg: cfg, transport: network, peer: address, done: make(chan struct{}),
-		hello: &wirepb.Hello{Role: "client", HostId: cmp.Or(cfg.Host, HostID()), Token: token, Name: cfg.Name},
+		hello: &wirepb.Hello{Role: "client", HostId: cmp.Or(cfg.Host, HostID()), Token: token, Name: cfg.Name,
+			// The same on every lane and redial: the controller takes the
+			// client for gone, and gives back the rows it holds, once
+			// this client closed them all and did not come back.
+			ClientId: newClientID()},
 		lanes: make([]lane, cfg.Lanes),
 	}
 	r.bgCtx, r.bgStop = context.WithCancel(context.Background())

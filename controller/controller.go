@@ -59,6 +59,12 @@ type Config struct {
 	// acknowledged nor given back, the controller gives them back to the
 	// task (0: DefaultHeldFetchTTL; negative: never). See holds.go.
 	HeldFetchTTL time.Duration
+	// HeldClientGrace is how long a client whose every connection it
+	// closed itself has to connect again before the controller takes it
+	// for gone and gives back the rows it holds, as soon as a fetch waits
+	// at the end for them (0: DefaultHeldClientGrace; negative: never, the
+	// holds wait for HeldFetchTTL). See holds.go.
+	HeldClientGrace time.Duration
 	// MaxPartitions bounds the partitions the controller holds (0:
 	// DefaultMaxPartitions; negative: no limit), so that a client that
 	// names ever new partitions (a Redis {tag} per user, KV puts to a new
@@ -116,6 +122,7 @@ type Controller struct {
 	fences  fenceTable
 	moves   moveTable    // recent moves of cells (drain.go)
 	blocked atomic.Int64 // fetches waiting for rows (BlockedFetches)
+	clients clientTable  // clients that named themselves (clients.go)
 
 	// Identity: the cluster's id and this start's epoch (see ClusterInfo).
 	cluster string
@@ -762,7 +769,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		if kept {
 			back = nil
 		}
-		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref, pid: req.HolderPID}
+		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref, pid: req.HolderPID, client: req.HolderClient}
 		p.fetches.add(e)
 		if hold = req.Hold && len(back) > 0; hold {
 			p.hold(e, now)

@@ -56,7 +56,8 @@ type fetchEntry struct {
 	// (holds.go); heldFrom is when its TTL started.
 	held     bool
 	heldFrom time.Time
-	pid      int32 // the holder's process on this host (0: unknown); not logged
+	pid      int32  // the holder's process on this host (0: unknown); not logged
+	client   string // the holder client's id ("": unknown); not logged
 }
 
 // fetchTable is a partition's recent keyed fetches, guarded by the

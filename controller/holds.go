@@ -28,7 +28,10 @@ package controller
 // gives back what the gone ones held (a killed loader, a DataLoader
 // worker killed by its parent). A pid that another process took since
 // reads as alive, and a zombie too: those holds wait for the TTL as
-// before.
+// before. On any host when the caller named itself in its HELLO
+// (engine.FetchRequest.HolderClient): a client whose connections it all
+// closed, and that did not connect again within Config.HeldClientGrace,
+// is gone (clients.go).
 //
 // Holds are durable: a consume record says the fetch holds (ConsumeOp.hold),
 // an ack record settles it, an unconsume record (the caller's or the
@@ -50,6 +53,15 @@ import (
 
 // DefaultHeldFetchTTL is the default Config.HeldFetchTTL.
 const DefaultHeldFetchTTL = 10 * time.Minute
+
+// heldGrace returns how long a client that closed its connections has
+// to come back before its holds are given back; negative: never.
+func (c *Controller) heldGrace() time.Duration {
+	if c.cfg.HeldClientGrace == 0 {
+		return DefaultHeldClientGrace
+	}
+	return c.cfg.HeldClientGrace
+}
 
 // heldTTL returns the hold's TTL; negative: holds never expire.
 func (c *Controller) heldTTL() time.Duration {
@@ -113,7 +125,7 @@ const heldExitPoll = time.Second
 // once, then every heldExitPoll. For a fetch that waits at the end for
 // held rows (nextCheck wakes it). p is locked.
 func (p *partition) lookExits(task string, now time.Time) {
-	if !slices.ContainsFunc(p.held, func(e *fetchEntry) bool { return e.task == task && e.pid > 0 && e.holding() }) {
+	if !slices.ContainsFunc(p.held, func(e *fetchEntry) bool { return e.task == task && (e.pid > 0 || e.client != "") && e.holding() }) {
 		return
 	}
 	at := p.exitLooked.Add(heldExitPoll)
@@ -163,6 +175,7 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 			why = fmt.Sprintf("for %v without settling them", ttl)
 		case gone != nil && e.pid > 0 && exited(e.pid, gone):
 			why = fmt.Sprintf("for process %d, which exited", e.pid)
+		case gone != nil && e.client != "" && c.clientGone(e.client, now, &why):
 		default:
 			keep = append(keep, e)
 			if ttl >= 0 && (next.IsZero() || until.Before(next)) {
@@ -187,6 +200,20 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 	if len(ops) > 0 {
 		c.log(ops...)
 	}
+}
+
+// clientGone reports whether client id left (clients.go) and, if so,
+// sets why.
+func (c *Controller) clientGone(id string, now time.Time, why *string) bool {
+	grace := c.heldGrace()
+	if grace < 0 {
+		return false
+	}
+	gone, d := c.clients.gone(id, now, grace)
+	if gone {
+		*why = fmt.Sprintf("for client %x, which closed its connections %v ago", id[:min(len(id), 4)], d.Round(time.Millisecond))
+	}
+	return gone
 }
 
 // nextCheck is when a fetch waiting on p must look again though nothing

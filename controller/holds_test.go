@@ -296,13 +296,26 @@ func TestHeldRowsOfAnExitedHolderGoBack(t *testing.T) {
 // end, long before the TTL.
 func TestHeldFetchOfAKilledClientProcessGoesBack(t *testing.T) {
 	if addr := os.Getenv("TQ_HELD_CLIENT_ADDR"); addr != "" {
-		heldClientProcess(addr) // the child: never returns
+		heldClientProcess(addr, os.Getenv("TQ_HELD_CLIENT_ID")) // the child: never returns
 	}
-	c := newController(t, Config{})
+	// Over the unix socket the controller knows the client's pid; over
+	// TCP, as from another host, the id the client named itself with.
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) { killHeldClient(t, network) })
+	}
+}
+
+// killHeldClient runs heldClientProcess, over network, then kills it: its
+// rows go back to a waiting peer within seconds.
+func killHeldClient(t *testing.T, network string) {
+	c := newController(t, Config{HeldClientGrace: 200 * time.Millisecond})
 	doneWith(t, c, 4)
-	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	_, addr := startServer(t, c, ServerConfig{}, network)
 	child := exec.Command(os.Args[0], "-test.run=^TestHeldFetchOfAKilledClientProcessGoesBack$", "-test.count=1")
 	child.Env = append(os.Environ(), "TQ_HELD_CLIENT_ADDR="+addr)
+	if network == "tcp" {
+		child.Env = append(child.Env, "TQ_HELD_CLIENT_ID=0123456789abcdef")
+	}
 	out, err := child.StdoutPipe()
 	require.NoError(t, err)
 	child.Stderr = os.Stderr
@@ -324,10 +337,11 @@ func TestHeldFetchOfAKilledClientProcessGoesBack(t *testing.T) {
 }
 
 // heldClientProcess fetches every row of "p" for task "t", held, through
-// the controller at addr, says so on stdout and waits to be killed.
-func heldClientProcess(addr string) {
+// the controller at addr, as client id (if not ""), says so on stdout and
+// waits to be killed.
+func heldClientProcess(addr, id string) {
 	ctx := context.Background()
-	conn, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	conn, _, err := wire.Dial(ctx, addr, &wirepb.Hello{Role: "client", ClientId: []byte(id)}, wire.ConnConfig{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dial:", err)
 		os.Exit(2)
@@ -377,4 +391,93 @@ func TestReplayedHoldGivenBackByTheTTL(t *testing.T) {
 			require.ErrorIs(t, err, engine.ErrDone)
 		})
 	}
+}
+
+// heldOver fetches every row of "p" for task "t", held, over conn.
+func heldOver(t *testing.T, conn *wire.Conn) {
+	t.Helper()
+	var reply wirepb.MetaReply
+	require.NoError(t, conn.Do(context.Background(), wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: []byte("k"), Hold: true}, nil, &reply, nil))
+	require.Len(t, reply.GetMeta().GetIndexes(), 4)
+}
+
+// A client keeps what it holds while one of its connections is open, and
+// when it closes its last one but connects again within the grace; its
+// acknowledgment then keeps the rows. A client that named no id, or
+// whose connections the controller closed, holds until the TTL.
+func TestHeldClientThatComesBackKeepsItsRows(t *testing.T) {
+	const grace = 200 * time.Millisecond
+	c := newController(t, Config{HeldClientGrace: grace})
+	doneWith(t, c, 4)
+	s, addr := startServer(t, c, ServerConfig{}, "tcp")
+	dial := func() *wire.Conn {
+		conn, _, err := wire.Dial(context.Background(), addr, &wirepb.Hello{Role: "client", ClientId: []byte("me")}, wire.ConnConfig{})
+		require.NoError(t, err)
+		return conn
+	}
+	first := dial()
+	heldOver(t, first)
+	second := dial()
+	require.NoError(t, first.Close())
+	_, err := peerFetch(c, 3*grace)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "one connection is still open")
+
+	require.NoError(t, second.Close())
+	time.Sleep(grace / 4)
+	third := dial()
+	defer third.Close()
+	_, err = peerFetch(c, 3*grace)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "it came back within the grace")
+	require.NoError(t, third.Do(context.Background(), wire.OpAcknowledge, &wirepb.AcknowledgeRequest{Partition: "p", Task: "t", Key: []byte("k")}, nil, &wirepb.Empty{}, nil))
+	_, err = peerFetch(c, time.Second)
+	require.ErrorIs(t, err, engine.ErrDone, "acknowledged")
+
+	// Closed by the server (here, shutting down): not the client's doing.
+	c2 := newController(t, Config{HeldClientGrace: grace})
+	doneWith(t, c2, 4)
+	s2, addr2 := startServer(t, c2, ServerConfig{}, "tcp")
+	conn, _, err := wire.Dial(context.Background(), addr2, &wirepb.Hello{Role: "client", ClientId: []byte("me")}, wire.ConnConfig{})
+	require.NoError(t, err)
+	defer conn.Close()
+	heldOver(t, conn)
+	require.NoError(t, s2.Close())
+	_, err = peerFetch(c2, 3*grace)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the controller closed the connection")
+	_ = s
+}
+
+func TestClientTable(t *testing.T) {
+	var tb clientTable
+	t0 := time.Unix(1000, 0)
+	gone := func(id string, at time.Duration) bool {
+		g, _ := tb.gone(id, t0.Add(at), time.Second)
+		return g
+	}
+	tb.connected("a")
+	tb.connected("a")
+	tb.connected("b")
+	tb.disconnected("a", true, t0, time.Minute)
+	assert.False(t, gone("a", time.Hour), "a connection left")
+	tb.disconnected("a", true, t0, time.Minute)
+	assert.False(t, gone("a", time.Second/2), "within the grace")
+	assert.True(t, gone("a", time.Second), "past the grace")
+	tb.connected("a")
+	assert.False(t, gone("a", time.Hour), "came back")
+
+	tb.disconnected("b", false, t0, time.Minute)
+	assert.False(t, gone("b", time.Hour), "closed by the controller")
+	assert.False(t, gone("c", time.Hour), "never seen")
+	tb.disconnected("c", true, t0, time.Minute) // never counted in: ignored
+	assert.False(t, gone("c", time.Hour))
+	tb.connected("")
+	assert.Empty(t, tb.m[""], "no id, not followed")
+
+	// Forgotten once they left longer ago than keep, unless back.
+	tb.disconnected("a", true, t0.Add(time.Second), time.Minute)
+	tb.connected("d")
+	tb.disconnected("d", true, t0.Add(2*time.Minute), time.Minute)
+	assert.NotContains(t, tb.m, "a")
+	assert.NotContains(t, tb.m, "b")
+	assert.Contains(t, tb.m, "d")
+	assert.Len(t, tb.left, 1)
 }

@@ -140,8 +140,10 @@ type handler func(ctx context.Context, body []byte, fx *effects) (proto.Message,
 
 // effects is what a handler leaves for after its change is durable.
 type effects struct {
-	// peerPID is the requesting process on a unix socket (0: unknown).
+	// peerPID is the requesting process on a unix socket (0: unknown);
+	// peer, its HELLO.
 	peerPID int32
+	peer    *wirepb.Hello
 	freed   []engine.CellLoc
 	// read, set by a handler that only read keys, or that changed only
 	// them (COMMIT_KEYS, once it succeeded), narrows the wait to the
@@ -185,6 +187,10 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Observer:         cfg.Observer,
 		Loops:            cfg.Loops,
 		CheckHello:       s.checkHello,
+		OnConnect:        func(peer *wirepb.Hello) { c.clients.connected(clientID(peer)) },
+		OnDisconnect: func(peer *wirepb.Hello, byPeer bool) {
+			c.clients.disconnected(clientID(peer), byPeer, time.Now(), c.heldTTL())
+		},
 	})
 	s.handlers = s.handlerTable()
 	// They carry payloads: their own wire handlers. With a journal a put
@@ -256,6 +262,19 @@ func (s *Server) checkHello(peer *wirepb.Hello) (*wirepb.Hello, error) {
 	return nil, nil
 }
 
+// maxClientID bounds a client id the controller follows (a longer one
+// is ignored).
+const maxClientID = 64
+
+// clientID returns the id a client named itself with in its HELLO ("":
+// none, or not a client).
+func clientID(peer *wirepb.Hello) string {
+	if peer == nil || peer.Role != "client" || len(peer.ClientId) > maxClientID {
+		return ""
+	}
+	return string(peer.ClientId)
+}
+
 // Serve accepts connections on l until the server closes; it returns nil
 // after Shutdown or Close.
 func (s *Server) Serve(l net.Listener) error { return s.ws.Serve(l) }
@@ -294,7 +313,7 @@ func (s *Server) adapt(op wire.Op) wire.HandlerFunc {
 			rw.Error(fmt.Errorf("%v request with %d payload bytes; control requests carry none: %w", op, req.PayloadLen, engine.ErrInvalid))
 			return
 		}
-		fx := effects{peerPID: req.PeerPID}
+		fx := effects{peerPID: req.PeerPID, peer: req.Peer}
 		reply, err := s.call(ctx, op, req.Body, &fx)
 		// What the request changed, and what it saw, is durable before
 		// anyone hears of it.

@@ -56,6 +56,14 @@ type FetchRequest struct {
 	// at once rather than after the held-fetch TTL. A server sets it from
 	// a unix socket peer's credentials.
 	HolderPID int32
+	// HolderClient, with Hold, names the client the rows are held for,
+	// on any host (the client_id of its HELLO; "": unknown). Once every
+	// connection of that client was closed by the client and it did not
+	// connect again within the controller's grace, a fetch waiting at the
+	// end of a done partition for those rows has them given back rather
+	// than after the held-fetch TTL. A server sets it from the peer's
+	// HELLO.
+	HolderClient string
 }
 
 // CommitRequest flips the production bits of cells whose bytes are

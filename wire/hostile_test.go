@@ -376,7 +376,7 @@ func TestPeerThatStopsReadingIsClosed(t *testing.T) {
 	const writeTimeout = 300 * time.Millisecond
 	big := make([]byte, 4<<20)
 	gone := make(chan *wirepb.Hello, 1)
-	_, addr := startServer(t, ServerConfig{WriteTimeout: writeTimeout, OnDisconnect: func(p *wirepb.Hello) { gone <- p }}, "unix", func(s *Server) {
+	_, addr := startServer(t, ServerConfig{WriteTimeout: writeTimeout, OnDisconnect: func(p *wirepb.Hello, _ bool) { gone <- p }}, "unix", func(s *Server) {
 		s.Handle(opBig, func(_ context.Context, _ *Request, rw *ReplyWriter) {
 			rw.Reply(&wirepb.Empty{}, net.Buffers{big}, nil)
 		})

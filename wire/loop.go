@@ -280,6 +280,9 @@ func (lp *loop) serve(c *serverConn) {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
 	case err != nil || n == 0:
+		if n == 0 && err == nil || closedByPeer(err) {
+			c.byPeer.Store(true)
+		}
 		lp.close(c) // the peer closed, or the connection broke
 		return
 	}
@@ -392,6 +395,9 @@ func (lp *loop) flush(c *serverConn, in []byte) bool {
 		lp.exit(c, in)
 		return false
 	case err != nil:
+		if closedByPeer(err) {
+			c.byPeer.Store(true)
+		}
 		lp.close(c)
 		return false
 	}

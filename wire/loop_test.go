@@ -184,7 +184,7 @@ func TestLoopPeerThatStopsReading(t *testing.T) {
 	const writeTimeout = 300 * time.Millisecond
 	gone := make(chan *wirepb.Hello, 2)
 	big := make([]byte, 1<<20)
-	_, addr, _ := loopServer(t, ServerConfig{WriteTimeout: writeTimeout, Loops: 1, OnDisconnect: func(p *wirepb.Hello) { gone <- p }}, "tcp", func(s *Server) {
+	_, addr, _ := loopServer(t, ServerConfig{WriteTimeout: writeTimeout, Loops: 1, OnDisconnect: func(p *wirepb.Hello, _ bool) { gone <- p }}, "tcp", func(s *Server) {
 		s.HandleInline(opLoopBig, func(_ context.Context, _ *Request, rw *ReplyWriter) {
 			rw.Reply(&wirepb.Empty{}, net.Buffers{big}, nil)
 		})

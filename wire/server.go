@@ -160,9 +160,15 @@ type ServerConfig struct {
 	// is logged when it starts and when it ends, never per request. nil
 	// discards them.
 	Logger *slog.Logger
+	// OnConnect, if set, runs once a connection's handshake succeeded,
+	// with the peer's Hello; OnDisconnect then runs for it too.
+	OnConnect func(peer *wirepb.Hello)
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
-	// Hello (nil if the handshake never completed).
-	OnDisconnect func(peer *wirepb.Hello)
+	// Hello (nil if the handshake never completed), and whether the peer
+	// ended it: it closed the connection (its process exited, or closed
+	// it) or reset it. False when the server closed it (idle, shutting
+	// down, a broken frame, a reply not read in time).
+	OnDisconnect func(peer *wirepb.Hello, byPeer bool)
 	// NewSession, if set, runs once a connection's handshake succeeded and
 	// returns the connection's session: each of the connection's requests
 	// carries it in [Request.Session], and its Close runs once when the
@@ -731,6 +737,9 @@ type serverConn struct {
 	// from there past MaxHandshakes. Both under s.mu.
 	hs      *list.Element
 	evicted error
+	// byPeer is set once a read found the peer closed or reset the
+	// connection, or a write that it reset it (see closedByPeer).
+	byPeer atomic.Bool
 	// linger is set once the connection was answered with a refusal
 	// that ends it: it ends lingering (see serve), so that the answer
 	// survives what the peer still sends. A reply a handler sends
@@ -760,6 +769,9 @@ func newServerConn(s *Server, nc net.Conn) *serverConn {
 	}
 	c.buffered.init(s.cfg.MaxConnBuffered)
 	c.w = newFrameWriter(nc, func(err error) {
+		if closedByPeer(err) {
+			c.byPeer.Store(true)
+		}
 		if c.linger.Load() {
 			return // serve closes it once the lingering ends
 		}
@@ -824,7 +836,7 @@ func (c *serverConn) serve() {
 		}
 		c.s.mu.Unlock()
 		if c.s.cfg.OnDisconnect != nil {
-			c.s.cfg.OnDisconnect(c.peer)
+			c.s.cfg.OnDisconnect(c.peer, c.byPeer.Load())
 		}
 	}()
 	if c.refused != nil {
@@ -837,6 +849,9 @@ func (c *serverConn) serve() {
 	if err != nil {
 		return
 	}
+	if c.s.cfg.OnConnect != nil {
+		c.s.cfg.OnConnect(c.peer)
+	}
 	if c.s.cfg.NewSession != nil {
 		c.sess = c.s.cfg.NewSession(c.peer, c.nc)
 	}
@@ -844,7 +859,7 @@ func (c *serverConn) serve() {
 	// buffered yet: the connection's read buffer is allocated only now
 	// that the peer authenticated.
 	c.ctx = ctx
-	rd := &connReader{corkingReader: corkingReader{c.nc, c.w}}
+	rd := &connReader{corkingReader: corkingReader{c.nc, c.w}, byPeer: &c.byPeer}
 	br := bufio.NewReaderSize(rd, readBufSize)
 	c.sem = make(chan struct{}, c.s.cfg.MaxInFlight)
 	var hb [HeaderSize]byte
@@ -1065,7 +1080,8 @@ func (r corkingReader) Read(p []byte) (int, error) {
 // connReader reads first pre, what a loop read of the connection but did
 // not serve, then the socket.
 type connReader struct {
-	pre []byte
+	pre    []byte
+	byPeer *atomic.Bool // set once a read finds the peer ended the connection
 	corkingReader
 }
 
@@ -1075,7 +1091,18 @@ func (r *connReader) Read(p []byte) (int, error) {
 		r.pre = r.pre[n:]
 		return n, nil
 	}
-	return r.corkingReader.Read(p)
+	n, err := r.corkingReader.Read(p)
+	if err != nil && closedByPeer(err) {
+		r.byPeer.Store(true)
+	}
+	return n, err
+}
+
+// closedByPeer reports whether err, from a read or a write of a
+// connection, says that the peer closed or reset it.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {

@@ -415,7 +415,7 @@ func (s *server) startController() error {
 	}
 	// A unit that misses five heartbeats is reported dead: clients stop
 	// writing to it and read its cells as lost.
-	ccfg := controller.Config{PreAlloc: s.cfg.PreAlloc, Sampler: smp, Logf: s.logf, UnitTimeout: 5 * s.cfg.HeartbeatInterval, KeptBatchTTL: s.cfg.KeptBatchTTL, HeldFetchTTL: s.cfg.HeldFetchTTL,
+	ccfg := controller.Config{PreAlloc: s.cfg.PreAlloc, Sampler: smp, Logf: s.logf, UnitTimeout: 5 * s.cfg.HeartbeatInterval, KeptBatchTTL: s.cfg.KeptBatchTTL, HeldFetchTTL: s.cfg.HeldFetchTTL, HeldClientGrace: s.cfg.HeldClientGrace,
 		MaxPartitions: s.cfg.MaxPartitions}
 	if !s.cfg.InMemory {
 		ccfg.Dir = s.cfg.controllerDir()

@@ -65,6 +65,21 @@ IDLE_REDIAL_S = 240.0
 
 ENV_HOST_ID = "TQ_HOST_ID"
 
+# This process's client id, sent in every HELLO (common.proto's client_id):
+# the controller gives back the rows a client holds once every connection
+# carrying the id was closed from the client's side and none came back
+# within its grace (a killed process, on any host). A child forked
+# without exec (a DataLoader worker) is a client of its own: a new id.
+_client_id = os.urandom(16)
+
+
+def _new_client_id() -> None:
+    global _client_id
+    _client_id = os.urandom(16)
+
+
+os.register_at_fork(after_in_child=_new_client_id)
+
 
 def host_id() -> str:
     """This host's identity: $TQ_HOST_ID when set (processes that share a
@@ -323,7 +338,7 @@ class Conn:
         try:
             self.server = self._hello(token, common_pb2.Hello(
                 version=VERSION, role="client", host_id=host_id(), name=name,
-                unit_id=unit_id, incarnation=incarnation))
+                unit_id=unit_id, incarnation=incarnation, client_id=_client_id))
             if unit_id or incarnation:
                 self._check_unit(unit_id, incarnation)
         except BaseException:

@@ -35,7 +35,7 @@ func TestCloseDuringDialClosesControlConnection(t *testing.T) {
 			<-answer
 			return &wirepb.Hello{Role: "unit", UnitId: 7}, nil
 		},
-		OnDisconnect: func(*wirepb.Hello) { ended <- struct{}{} },
+		OnDisconnect: func(*wirepb.Hello, bool) { ended <- struct{}{} },
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -149,7 +149,16 @@ type Hello struct {
 	// client nonce || server nonce). In the client's second HELLO:
 	// HMAC-SHA256(token, "tq-client" || server nonce || client nonce ||
 	// SHA-256(the client's first HELLO body)).
-	AuthProof     []byte `protobuf:"bytes,13,opt,name=auth_proof,json=authProof,proto3" json:"auth_proof,omitempty"`
+	AuthProof []byte `protobuf:"bytes,13,opt,name=auth_proof,json=authProof,proto3" json:"auth_proof,omitempty"`
+	// In a client's HELLO: 16 random bytes naming the client for as long
+	// as it lives (every connection it makes, redials included; a Python
+	// process, and each child it forks, has its own). The controller gives
+	// back the rows a client holds (FetchRequest.hold) once every
+	// connection of that client was closed from the client's side and it
+	// did not connect again within a grace (tq serve --held-client-grace):
+	// a killed loader on another host does not hold its peers for the
+	// held-fetch TTL. Empty: the holds wait for the TTL.
+	ClientId      []byte `protobuf:"bytes,14,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -271,6 +280,13 @@ func (x *Hello) GetAuthNonce() []byte {
 func (x *Hello) GetAuthProof() []byte {
 	if x != nil {
 		return x.AuthProof
+	}
+	return nil
+}
+
+func (x *Hello) GetClientId() []byte {
+	if x != nil {
+		return x.ClientId
 	}
 	return nil
 }
@@ -424,7 +440,7 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\xeb\x02\n" +
+	"tq.wire.v1\"\x88\x03\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
@@ -443,7 +459,8 @@ const file_common_proto_rawDesc = "" +
 	"\n" +
 	"auth_nonce\x18\f \x01(\fR\tauthNonce\x12\x1d\n" +
 	"\n" +
-	"auth_proof\x18\r \x01(\fR\tauthProof\"\x1c\n" +
+	"auth_proof\x18\r \x01(\fR\tauthProof\x12\x1b\n" +
+	"\tclient_id\x18\x0e \x01(\fR\bclientId\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x18\n" +
 	"\x06Cancel\x12\x0e\n" +

@@ -1,0 +1,70 @@
+package client_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+)
+
+// A Go client names itself the same on every connection and redial: a
+// connection cut under it (the controller sees it closed from the
+// client's side) and dialed again keeps what the client holds, however
+// long the client then takes to acknowledge; closed, the client leaves,
+// and what it held goes back to a peer waiting at the end within the
+// controller's grace, not after the held-fetch TTL.
+func TestHeldRowsFollowTheClientNotItsConnections(t *testing.T) {
+	const grace = 200 * time.Millisecond
+	ctx := context.Background()
+	cfg := controller.DefaultConfig()
+	cfg.HeldClientGrace = grace
+	c, err := controller.New(cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	_, addr := serveController(t, c, controller.ServerConfig{}, "tcp")
+	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
+	m, err := producer.Insert(ctx, "p", 8, []string{"x"})
+	require.NoError(t, err)
+	require.NoError(t, producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, 8, 0, 8)},
+	}}))
+	require.NoError(t, producer.MarkDone(ctx, "p"))
+	peerFetch := func(d time.Duration) (*engine.BatchMeta, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return producer.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8, Wait: true})
+	}
+	held := func(r *client.RemoteMeta, key string) {
+		t.Helper()
+		got, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: key, Hold: true})
+		require.NoError(t, err)
+		require.Equal(t, 4, got.Len())
+	}
+
+	proxy := newStallProxy(t, "127.0.0.1:0", strings.TrimPrefix(addr, "tcp://"))
+	stays := dialMeta(t, "tcp://"+proxy.addr, client.RemoteConfig{Name: "stays", Lanes: 2})
+	leaves := dialMeta(t, addr, client.RemoteConfig{Name: "leaves"})
+	held(stays, "k1")
+	held(leaves, "k2")
+	proxy.cut()
+	require.Eventually(t, func() bool { // dials again
+		_, err := stays.Partitions(ctx)
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
+	_, err = peerFetch(5 * grace)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "both clients live: their rows stay held")
+	require.NoError(t, stays.Acknowledge(ctx, "p", "t", "k1"), "the client that came back keeps its rows")
+
+	require.NoError(t, leaves.Close())
+	start := time.Now()
+	got, err := peerFetch(10 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 4, got.Len(), "what the closed client held")
+	require.Less(t, time.Since(start), 5*time.Second)
+}

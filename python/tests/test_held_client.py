@@ -1,0 +1,79 @@
+"""A loader killed on another host while it holds rows: the controller
+gives them back to a consumer waiting at the end within its grace, since
+every connection of the dead client was closed from the client's side
+(each HELLO names the process: wire.py's client id)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import tq
+from conftest import Server
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Holds every row of the partition for task "t", says how many, and waits
+# to be killed. Its TQ_HOST_ID is not the controller's: it stays on TCP, as
+# a client on another host does.
+HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, sys.argv[3])
+    import tq
+
+    c = tq.Client(sys.argv[1], token=sys.argv[4])
+    m = c.get_meta(["x"], 4, sys.argv[2], task_name="t", _fetch_key=b"k" * 16, _hold=True)
+    print(m.size, flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.fixture(scope="module")
+def graceful():
+    s = Server(extra=["--held-client-grace", "300ms"])
+    yield s
+    s.stop()
+
+
+def test_rows_of_a_killed_remote_holder_go_back(graceful, part):
+    with graceful.client() as c:
+        c.put({"x": np.arange(4, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        env = dict(graceful.env, TQ_HOST_ID="another-host")
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, graceful.address, part, os.path.dirname(HERE), graceful.token],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = p.stdout.readline()
+            assert line.strip() == "4", p.stderr.read()
+            with pytest.raises(tq.DeadlineError):
+                c.get_meta(["x"], 4, part, task_name="t", wait=True, timeout=1)
+            p.kill()
+            p.wait(10)
+            t0 = time.monotonic()
+            m = c.get_meta(["x"], 4, part, task_name="t", wait=True, timeout=10)
+            assert m.size == 4, "the killed holder's rows"
+            assert time.monotonic() - t0 < 5, "within the grace and a look, not the held-fetch TTL"
+        finally:
+            p.kill()
+            p.wait(10)
+
+
+def test_a_forked_child_is_a_client_of_its_own():
+    """A child forked without exec names itself anew: its connections are
+    not its parent's."""
+    from tq import wire
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, wire._client_id)
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and len(wire._client_id) == 16
+    assert child != wire._client_id
