@@ -742,3 +742,75 @@ def test_token_file_trimmed_as_go_trims_it(tmp_path, monkeypatch):
         tok.write_text(content, newline="")
         with pytest.raises(tq.InvalidError, match="one word"):
             wire.find_token()
+
+
+def _close_from_another_thread(conn):
+    """Close ``conn`` from a thread of its own while this thread is inside
+    one of its requests (holding its lock): returns once the close has
+    begun (``conn.closed``), the thread left running."""
+    t = threading.Thread(target=conn.close, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not conn.closed:  # a state waited for, not a time
+        assert time.monotonic() < deadline, "close did not begin"
+        time.sleep(0.001)
+    return t
+
+
+def _answer_first(n):
+    """A fake unit that answers the HELLO and the next n requests, then
+    reads the rest without answering until the client closes."""
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="unit"))
+        for _ in range(n):
+            op, rid, _ = _read_frame(c)
+            _reply(c, op, rid, common_pb2.Ping(nonce=rid))
+        try:
+            while c.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+    return h
+
+
+def test_close_from_another_thread_during_send_only():
+    """Conn.close, called by another thread while send_only (a lease's
+    RELEASE) ran, set the socket to None under it: send_only failed with
+    AttributeError ('NoneType' object has no attribute 'sendmsg'), which
+    Unit.give_back_orphans does not catch, so every later call on the unit
+    failed with it too. A close now wakes a request in flight and waits
+    for it to let go: send_only drops the error, as it drops any."""
+    conn = wire.Conn(_serve_once(_answer_first(1)), timeout=10)
+    conn.send_only(wire.PING, common_pb2.Ping(nonce=1))  # its reply is drained by the next
+    real = conn._drain
+    closer = []
+
+    def drain_then_closed():
+        real()
+        closer.append(_close_from_another_thread(conn))
+    conn._drain = drain_then_closed
+    conn.send_only(wire.PING, common_pb2.Ping(nonce=2))
+    closer[0].join(10)
+    assert not closer[0].is_alive() and conn.closed and conn.sock is None
+    with pytest.raises((tq.ClosedError, tq.UnavailableError)):
+        conn.call(wire.PING, common_pb2.Ping(nonce=3), common_pb2.Ping, op_name="ping")
+
+
+def test_close_from_another_thread_during_call():
+    """Conn.close, called by another thread while a call waited for its
+    reply, failed the call with AttributeError ('NoneType' object has no
+    attribute 'recv_into'). Now the close wakes the call, which fails
+    with ClosedError, and returns once the call let go of the connection."""
+    conn = wire.Conn(_serve_once(_answer_first(0)), timeout=10)
+    real = conn._send
+    closer = []
+
+    def sent_then_closed(*a):
+        real(*a)
+        closer.append(_close_from_another_thread(conn))
+    conn._send = sent_then_closed
+    with pytest.raises(tq.ClosedError, match="closed while in use"):
+        conn.call(wire.PING, common_pb2.Ping(nonce=1), common_pb2.Ping, op_name="ping")
+    closer[0].join(10)
+    assert not closer[0].is_alive() and conn.sock is None

@@ -231,6 +231,9 @@ def parse_addr(addr: str):
 
 
 RECV_BUF = 64 << 10  # bytes a connection's reply buffer holds
+# How long Conn.close waits, in seconds, for a request in flight on another
+# thread to let go of the connection once its socket is shut down.
+CLOSE_WAIT = 5.0
 # How long a call whose request could not be sent whole (the server closed)
 # still waits for the server's answer to it, in seconds.
 WRITE_FAIL_GRACE = 2.0
@@ -312,6 +315,9 @@ class Conn:
         self._lock = threading.Lock()
         self._next_id = 1
         self._pending = []  # ids of send_only requests whose replies are unread
+        # Set by close: a request in flight on another thread fails
+        # (ClosedError) and lets go, and the connection is closed.
+        self._closing = False
         self.timeout = timeout
         self._sock_timeout = timeout
         # Replies are read through a buffer: one recv takes a small reply's
@@ -410,9 +416,32 @@ class Conn:
         # cannot use the connection anyway; it dials its own. Closing its
         # copy leaves the parent's open. No lock: the child has no other
         # thread, and one of the parent's may have held it at the fork.
-        self.close()
+        self._closing = True
+        self._drop()
 
     def close(self) -> None:
+        """Close the connection: safe from any thread, and again. A request
+        in flight on another thread has its socket shut down under it, which
+        wakes it (it fails with ClosedError), and close returns once it let
+        go of the connection (or after CLOSE_WAIT, leaving the socket to it
+        to close): the socket is never taken from under a request."""
+        self._closing = True
+        if not self._lock.acquire(blocking=False):
+            s = self.sock
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if not self._lock.acquire(timeout=CLOSE_WAIT):
+                return  # the request closes it as it lets go
+        try:
+            self._drop()
+        finally:
+            self._lock.release()
+
+    def _drop(self) -> None:
+        """Close the socket: under the lock (or in a forked child)."""
         s, self.sock = self.sock, None
         if s is not None:
             try:
@@ -422,7 +451,14 @@ class Conn:
 
     @property
     def closed(self) -> bool:
-        return self.sock is None
+        """Whether the connection is closed, or being closed."""
+        return self.sock is None or self._closing
+
+    def _gone(self, op_name: str) -> errors.TQError:
+        """The error of a request on a connection closed before or while it ran."""
+        if self._closing:
+            return errors.ClosedError(f"connection to {self.addr} closed while in use", op=op_name)
+        return errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
 
     def _settimeout(self, t: float) -> None:
         # settimeout costs system calls (the socket's blocking mode is set
@@ -533,8 +569,9 @@ class Conn:
             raise errors.UnavailableError(f"connection to {self.addr} belongs to process {self.pid}",
                                           op=op_name)
         with self._lock:
-            if self.sock is None:
-                raise errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
+            if self.sock is None or self._closing:
+                self._drop()
+                raise self._gone(op_name)
             rid = self._next_id
             self._next_id += 1
             try:
@@ -587,10 +624,12 @@ class Conn:
                     rpay = np.empty(plen, dtype=np.uint8) if plen > 65536 else bytearray(plen)
                     self._read_into(rpay)
             except _Ended as e:
-                self.close()
+                self._drop()
                 ended = e.error
             except (OSError, ConnectionError) as e:
-                self.close()
+                self._drop()
+                if self._closing:
+                    raise self._gone(op_name) from None
                 if isinstance(e, socket.timeout):
                     raise errors.DeadlineError(f"no reply from {self.addr} in time", op=op_name, **err_ctx) from None
                 raise errors.UnavailableError(f"{self.addr}: {e}", op=op_name, **err_ctx) from None
@@ -598,12 +637,12 @@ class Conn:
                 # A corrupt reply, or an interrupt (KeyboardInterrupt) half
                 # way through a frame: the stream is out of step for good.
                 # The server cancels what this connection had running.
-                self.close()
+                self._drop()
                 raise
             finally:
                 self.last_used = time.monotonic()
-            if send_err is not None:
-                self.close()  # answered, but the request was cut short
+            if send_err is not None or self._closing:
+                self._drop()  # answered, but the request was cut short, or closed since
         if ended is not None:
             raise errors.from_code(ended.code, f"the server ended the connection: {ended.message}",
                                    op=op_name, **err_ctx)
@@ -627,7 +666,8 @@ class Conn:
         if self.pid != os.getpid():
             return  # before the lock, as in call
         with self._lock:
-            if self.sock is None:
+            if self.sock is None or self._closing:
+                self._drop()
                 return
             rid = self._next_id
             self._next_id += 1
@@ -636,15 +676,17 @@ class Conn:
                 self._drain()
                 self._send(op, rid, body, None)
             except (OSError, errors.CorruptError, _Ended):
-                self.close()
+                self._drop()
                 return
             except BaseException:
                 # An interrupt half way through a frame, or after it with
                 # its reply not counted: the stream is out of step (as in
                 # call).
-                self.close()
+                self._drop()
                 raise
             self._pending.append(rid)
+            if self._closing:
+                self._drop()
 
     def _check_header(self, magic, ver, flags, rrid, rid, blen, plen, max_payload) -> None:
         """Raises CorruptError for a reply header that is not the answer to
@@ -676,5 +718,5 @@ class Conn:
         """Send CANCEL for request ``rid`` (no reply comes)."""
         body = common_pb2.Cancel(id=rid).SerializeToString()
         with self._lock:
-            if self.sock is not None:
+            if self.sock is not None and not self._closing:
                 self._send(CANCEL, 0, body, None)
