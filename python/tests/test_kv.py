@@ -334,6 +334,45 @@ def test_cancelled_async_get_into_returns_once_nothing_writes_into_the_arrays(cl
     assert (at_end == 2.0).all()
 
 
+@pytest.mark.parametrize("how", ["kv_batch_get", "get_data"])
+def test_cancelled_async_get_into_reports_the_reads_error(client, part, monkeypatch, how):
+    """A cancelled async get into the caller's arrays waits for its read
+    to end, then raises CancelledError; a read that failed meanwhile (a
+    unit lost, a connection broken) had its error retrieved and dropped,
+    leaving the caller's arrays half written with no word of it anywhere.
+    The error now goes to the event loop's exception handler (logged by
+    asyncio's default one), as asyncio reports an error nobody awaits."""
+    keys = [f"k{i}" for i in range(4)]
+    client.kv_batch_put(keys, part, {"x": np.full((4, 5000), 2.0)})
+    into = {"x": np.zeros((4, 5000))}
+    started, go = threading.Event(), threading.Event()
+
+    def failing(self, *a, **kw):
+        started.set()
+        go.wait()
+        raise tq.UnitLostError("storage unit 1 is unreachable: gone", op=how)
+    monkeypatch.setattr(tq.Client, "_read_into", failing)
+    if how == "kv_batch_get":
+        call = lambda: client.async_kv_batch_get(keys, part, into=into)  # noqa: E731
+    else:
+        meta = client.kv_retrieve_meta(keys, part)
+        call = lambda: client.async_get_data(meta, into=into)  # noqa: E731
+
+    async def main():
+        reported = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: reported.append(ctx))
+        t = asyncio.create_task(call())
+        await asyncio.to_thread(started.wait)
+        t.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return reported
+    reported = asyncio.run(main())
+    assert [type(c.get("exception")) for c in reported] == [tq.UnitLostError], reported
+    assert "cancelled" in reported[0]["message"]
+
+
 def test_reserve_put_in_place(client, part, transport):
     keys = ["a", "b", "c"]
     if transport == "tcp":

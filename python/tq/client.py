@@ -1670,7 +1670,10 @@ async def _ended_before_cancelled(fut):
     caller's ``into=`` arrays. Cancelled, wait for the call to end all the
     same (a thread cannot be stopped) and then raise CancelledError: the
     caller may reuse the arrays once the cancellation returns, and nothing
-    must write into them then. A cancellation while waiting waits on."""
+    must write into them then. A cancellation while waiting waits on. The
+    caller gets the cancellation, not the call's outcome: a call that
+    failed (the arrays hold part of the read) goes to the event loop's
+    exception handler, as asyncio reports an error nobody awaits."""
     import asyncio
     try:
         return await asyncio.shield(fut)
@@ -1680,8 +1683,11 @@ async def _ended_before_cancelled(fut):
                 await asyncio.wait([fut])
             except asyncio.CancelledError:
                 pass  # cancelled again: the read still writes
-        if not fut.cancelled():
-            fut.exception()  # retrieved: the caller gets the cancellation, not the call's outcome
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            asyncio.get_running_loop().call_exception_handler({
+                "message": "a cancelled read into the caller's arrays failed: they hold part of it",
+                "exception": exc, "future": fut})
         raise
 
 
