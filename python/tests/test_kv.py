@@ -396,6 +396,37 @@ def test_reserve_put_in_place(client, part, transport):
         client.kv_batch_get(["z"], part)
 
 
+def test_reservation_committed_and_aborted_at_once_gives_its_connection_back_once(client, part, transport,
+                                                                                   monkeypatch):
+    """Reservation.commit checked ``done``, then turned the tags into JSON,
+    then set ``done``: an abort on another thread in between (a ``with``
+    block left while a commit runs on a worker thread) aborted the
+    reservation, and the commit went on to send RESERVE_COMMIT on the
+    connection abort had already given back, and gave it back again: the
+    pool held it twice, for two callers to take at once. Now commit and
+    abort end the reservation once, under a lock's test-and-set, as a
+    View's release does: the one that comes second does nothing."""
+    if transport == "tcp":
+        pytest.skip("a reservation needs shared memory")
+    import tq.client as tqc
+    r = client.reserve_kv_put(["a", "b"], part, {"x": ("float32", (4,))})
+    conn, pool = r._conn, r._unit.pool
+    real = tqc.tags_to_json_list
+
+    def abort_meanwhile(tags):
+        t = threading.Thread(target=r.abort)
+        t.start()
+        t.join()
+        return real(tags)
+    monkeypatch.setattr(tqc, "tags_to_json_list", abort_meanwhile)
+    with pytest.raises(tq.ClosedError, match="already committed or aborted"):
+        r.commit([{"i": 0}, {"i": 1}])
+    assert r.done
+    assert sum(c is conn for c in pool._idle) == 1, "the connection was given back twice"
+    with pytest.raises(tq.NotFoundError):  # aborted: nothing of it is readable
+        client.kv_batch_get(["a"], part)
+
+
 def test_torch_tensors(client, part):
     torch = pytest.importorskip("torch", reason="torch is not installed: the torch paths are untested here")
     x = torch.randn(3, 4).to(torch.bfloat16)

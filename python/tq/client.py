@@ -1580,7 +1580,17 @@ class Reservation:
         self._cluster = cluster  # of the unit table the unit was picked from
         self.keys, self.partition_id, self._cols, self._ext = keys, partition, cols, ext
         self.fields = arrays
-        self.done = False
+        # Taken, never let go, by whichever of commit and abort ends the
+        # reservation first: a lock's non-blocking acquire is one atomic
+        # test-and-set, so a commit and an abort on two threads at once
+        # end it once, and give its connection back once (given twice,
+        # two callers would take the same connection), as View.release.
+        self._once = threading.Lock()
+
+    @property
+    def done(self) -> bool:
+        """Whether the reservation was committed or aborted."""
+        return self._once.locked()
 
     def commit(self, tags=None) -> KVBatchMeta:
         if self.done:
@@ -1591,7 +1601,8 @@ class Reservation:
             if len(tags_json) != len(self.keys):
                 raise errors.InvalidError(f"{len(tags_json)} tag dicts for {len(self.keys)} keys",
                                           op="reserve commit", partition=self.partition_id)
-        self.done = True
+        if not self._once.acquire(blocking=False):
+            raise errors.ClosedError("reservation already committed or aborted")
         self.fields = {}
         unit, conn = self._unit, self._conn
         try:
@@ -1632,9 +1643,8 @@ class Reservation:
         return raw.view(_cols.numpy_dtype(col.dtype)).reshape((len(self.keys),) + col.shape).copy()
 
     def abort(self) -> None:
-        if self.done:
+        if not self._once.acquire(blocking=False):
             return
-        self.done = True
         self.fields = {}
         try:
             self._conn.call(wire.RESERVE_ABORT, data_pb2.ReservationRequest(reservation=self._rid), None,
