@@ -47,15 +47,16 @@ func pagesOf(names []string) func(after string) ([]string, string) {
 
 // RemoteMeta.Checkpoints asks page after page (after = the last
 // next_after) until a page has no next_after. A server whose next_after
-// does not advance is not asked again (the client stops with what it has
-// rather than loop), and a server from before pages, which answers
-// everything with no next_after, is asked once.
+// does not advance is not asked again, and the listing is an error (not
+// part of the list passed for all of it); a server from before pages,
+// which answers everything with no next_after, is asked once.
 func TestRemoteCheckpointsPages(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		answer    func(after string) (names []string, next string)
 		want      []string // names listed
 		wantAfter []string // the after of each request
+		wantErr   string   // in the error, if the listing fails
 	}{
 		{
 			name:      "one page",
@@ -94,7 +95,7 @@ func TestRemoteCheckpointsPages(t *testing.T) {
 				}
 				return []string{"c"}, after
 			},
-			want:      []string{"a", "b", "c"},
+			wantErr:   "next_after \"b\", which does not advance",
 			wantAfter: []string{"", "b"},
 		},
 		{
@@ -105,7 +106,7 @@ func TestRemoteCheckpointsPages(t *testing.T) {
 				}
 				return []string{"c"}, "a"
 			},
-			want:      []string{"a", "b", "c"},
+			wantErr:   "next_after \"a\", which does not advance",
 			wantAfter: []string{"", "b"},
 		},
 		{
@@ -151,7 +152,13 @@ func TestRemoteCheckpointsPages(t *testing.T) {
 			defer cancel()
 
 			list, err := r.Checkpoints(ctx)
-			require.NoError(t, err)
+			if tc.wantErr != "" {
+				require.ErrorIs(t, err, engine.ErrCorrupt)
+				require.ErrorContains(t, err, tc.wantErr)
+				require.Nil(t, list)
+			} else {
+				require.NoError(t, err)
+			}
 			var got []string
 			for _, ci := range list {
 				got = append(got, ci.Name)

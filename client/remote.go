@@ -1439,9 +1439,14 @@ func (r *RemoteMeta) Checkpoints(ctx context.Context) ([]*wirepb.CheckpointInfo,
 			return nil, err
 		}
 		all = append(all, reply.Checkpoints...)
-		// A server from before pages answers everything, with no next.
-		if reply.NextAfter == "" || reply.NextAfter <= after {
+		switch {
+		case reply.NextAfter == "":
+			// The last page; a server from before pages answers
+			// everything, with no next.
 			return all, nil
+		case reply.NextAfter <= after:
+			// Asking again would loop; stopping would list part as all.
+			return nil, r.opErr("checkpoints", fmt.Errorf("the controller answered the page after %q with next_after %q, which does not advance: %w", after, reply.NextAfter, engine.ErrCorrupt))
 		}
 		after = reply.NextAfter
 	}

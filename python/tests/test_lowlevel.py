@@ -390,3 +390,30 @@ def test_interrupted_fetch_gives_its_rows_back(client, part):
     again = client.get_meta(["x"], 4, part, task_name="t")
     assert again.size == 4, client.get_consumption_status("t", part)
 
+
+
+@pytest.mark.parametrize("pages, want, err", [
+    ({"": (["a", "b"], "b"), "b": (["c"], "")}, ["a", "b", "c"], None),
+    ({"": (["a"], "")}, ["a"], None),
+    ({"": (["a", "b"], "b"), "b": (["c"], "b")}, None, "next_after 'b', which does not advance"),
+    ({"": (["a", "b"], "b"), "b": (["c"], "a")}, None, "next_after 'a', which does not advance"),
+])
+def test_list_checkpoints_pages(client, monkeypatch, pages, want, err):
+    """list_checkpoints asks page after page until one has no next_after;
+    a controller whose next_after does not advance is an error, not part of
+    the list passed for all of it."""
+    asked = []
+
+    def fake_call(op, req, reply_type, **kw):
+        assert op == wire.CHECKPOINTS
+        asked.append(req.after)
+        names, nxt = pages[req.after]
+        return control_pb2.CheckpointsReply(checkpoints=[control_pb2.CheckpointInfo(name=n) for n in names],
+                                            next_after=nxt)
+    monkeypatch.setattr(client, "_call", fake_call)
+    if err:
+        with pytest.raises(tq.CorruptError, match=err):
+            client.list_checkpoints()
+    else:
+        assert [c["name"] for c in client.list_checkpoints()] == want
+    assert len(asked) == len(pages)

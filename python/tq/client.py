@@ -1549,9 +1549,15 @@ class Client:
             rep = self._call(wire.CHECKPOINTS, control_pb2.CheckpointsRequest(after=after),
                              control_pb2.CheckpointsReply, op_name="checkpoints")
             out.extend(_checkpoint_info(c) for c in rep.checkpoints)
-            # A server from before pages answers everything, with no next.
-            if not rep.next_after or rep.next_after <= after:
+            # The last page; a server from before pages answers everything,
+            # with no next.
+            if not rep.next_after:
                 return out
+            if rep.next_after <= after:
+                # Asking again would loop; stopping would list part as all.
+                raise errors.CorruptError(
+                    f"the controller answered the page after {after!r} with next_after "
+                    f"{rep.next_after!r}, which does not advance", op="checkpoints")
             after = rep.next_after
 
     def metrics_endpoints(self) -> list:
