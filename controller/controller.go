@@ -640,9 +640,21 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	c.expireKept(p, now)
 	c.expireHeld(p, now)
+	_, known := p.tasks[req.Task]
 	v, ok, err := p.view(req.Task, req.Fields)
 	if err != nil {
 		return nil, err
+	}
+	if ok && !known && c.logging() {
+		// The view made the task's slot, and the fetch may consume
+		// nothing (too few rows ready, a wait that ends, a done
+		// partition): a record with the task alone makes it in replay
+		// too, in the same order, so that a restarted controller counts
+		// the tasks (maxTasks) and numbers their slots as this one does,
+		// and has the sampler the fetch chose.
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
+			Partition: p.id, Gen: p.gen, Task: req.Task, SamplerSpec: spec, AtUnixMs: now.UnixMilli(),
+		}}})
 	}
 	var ready engine.ReadySet = engine.ReadySlice(nil)
 	if ok {
@@ -1646,8 +1658,8 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	sort.Slice(st.Fields, func(i, j int) bool { return st.Fields[i].Name < st.Fields[j].Name })
 	for t, name := range p.taskName {
 		if consumed[t] == 0 {
-			// A fetch that took nothing makes its task a slot with no
-			// record of it: a restart replaying the log would not list it.
+			// A task that has consumed nothing (a fetch that took
+			// nothing yet, or rows all given back) is not listed.
 			continue
 		}
 		ts := engine.TaskStats{Task: name, Consumed: consumed[t], Held: held[name]}

@@ -194,9 +194,10 @@ func TestDurableRecovery(t *testing.T) {
 
 // TestDurableRandomOps: random changes, a crash at a random point, and the
 // recovered state equals the state before the crash (every change was
-// waited for, as the server waits before it answers).
+// waited for, as the server waits before it answers). Two tasks fetch, so
+// that a fetch of nothing makes a task the other's consumption follows.
 func TestDurableRandomOps(t *testing.T) {
-	for seed := range uint64(4) {
+	for seed := range uint64(24) {
 		t.Run("", func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 1))
 			dir := t.TempDir()
@@ -240,12 +241,21 @@ func TestDurableRandomOps(t *testing.T) {
 					_, err := c.CommitKeys(engine.KeysCommit{Partition: p, Keys: keys, Tags: tags})
 					require.NoError(t, err)
 				case 3:
-					_, err := c.Fetch(ctx, engine.FetchRequest{Partition: p, Task: "t", Fields: []string{"x"}, BatchSize: 1 + rng.IntN(3), Key: string(rune('A' + rng.IntN(20)))})
+					// Fetch keys are the task's own: t's are A to T, u's a to t.
+					task, key := "t", string(rune('A'+rng.IntN(20)))
+					if rng.IntN(2) == 0 {
+						task, key = "u", strings.ToLower(key)
+					}
+					_, err := c.Fetch(ctx, engine.FetchRequest{Partition: p, Task: task, Fields: []string{"x"}, BatchSize: 1 + rng.IntN(3), Key: key})
 					if err != nil {
 						require.ErrorIs(t, err, context.Canceled)
 					}
 				case 4:
-					require.NoError(t, c.Unconsume(p, "t", string(rune('A'+rng.IntN(20)))))
+					task, key := "t", string(rune('A'+rng.IntN(20)))
+					if rng.IntN(2) == 0 {
+						task, key = "u", strings.ToLower(key)
+					}
+					require.NoError(t, c.Unconsume(p, task, key))
 				case 5:
 					ff, err := c.ForceFetch(p, nil)
 					if err == nil && ff.Len() > 0 {
@@ -787,9 +797,8 @@ func TestLoadFailsOnlyIfRestartUndoesIt(t *testing.T) {
 
 // Stats lists the tasks that consumed rows, by name, the same before a
 // crash and after: a fetch that takes nothing (nothing ready yet) makes
-// its task a slot with no record of it, which a snapshot keeps and a
-// replay of the log does not, and slots follow first use, which a replay
-// may order otherwise.
+// its task a slot (which, before TestFetchOfNothingMakesItsTaskAsReplayDoes,
+// a replay of the log did not), and slots follow first use.
 func TestTasksOfStatsSurviveACrash(t *testing.T) {
 	dir := t.TempDir()
 	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
@@ -815,4 +824,85 @@ func TestTasksOfStatsSurviveACrash(t *testing.T) {
 	after, err := d.Stats("p")
 	require.NoError(t, err)
 	assert.Equal(t, before.Tasks, after.Tasks, "Stats' tasks before the crash and after")
+}
+
+// A fetch that consumes nothing (too few rows ready, a wait that times
+// out, a keyed fetch, the end of a done partition) still makes its task a
+// slot in the partition, through the ready view it reads. Nothing was
+// logged for it: a controller restarted from its log alone did not know
+// the task, and gave the next task to consume the slot the running one
+// had given the first, so its state, its checkpoints and the tasks it
+// counts against maxTasks were not the running one's.
+func TestFetchOfNothingMakesItsTaskAsReplayDoes(t *testing.T) {
+	for _, setup := range []struct {
+		name string
+		// fetch makes partition "p" with field x and fetches nothing for
+		// task "idle"; its error is checked by want.
+		fetch func(t *testing.T, c *Controller) error
+		want  error
+	}{
+		{"too few rows", func(t *testing.T, c *Controller) error {
+			m := insert(t, c, "p", 2, "x")
+			commitDense(t, c, "p", m.Indexes[:1], "x")
+			got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 2})
+			require.Zero(t, got.Len())
+			return err
+		}, nil},
+		{"wait timed out", func(t *testing.T, c *Controller) error {
+			m := insert(t, c, "p", 2, "x")
+			commitDense(t, c, "p", m.Indexes[:1], "x")
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			defer cancel()
+			_, err := c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 2, Wait: true})
+			return err
+		}, context.DeadlineExceeded},
+		{"named sampler", func(t *testing.T, c *Controller) error {
+			m := insert(t, c, "p", 2, "x")
+			commitDense(t, c, "p", m.Indexes[:1], "x")
+			got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 2, Sampler: engine.SamplerSpec{Name: engine.SamplerGRPO, N: 2}})
+			require.Zero(t, got.Len())
+			return err
+		}, nil},
+		{"keyed", func(t *testing.T, c *Controller) error {
+			m := insert(t, c, "p", 2, "x")
+			commitDense(t, c, "p", m.Indexes[:1], "x")
+			got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 2, Key: "k"})
+			require.Zero(t, got.Len())
+			return err
+		}, nil},
+		{"done", func(t *testing.T, c *Controller) error {
+			m := insert(t, c, "p", 2, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			_, err := c.ClearRows("p", m.Indexes)
+			require.NoError(t, err)
+			require.NoError(t, c.MarkDone("p"))
+			_, err = c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 2})
+			return err
+		}, engine.ErrDone},
+	} {
+		for _, way := range restartWays {
+			t.Run(setup.name+"/"+way.name, func(t *testing.T) {
+				dir := t.TempDir()
+				cfg := Config{SnapshotBytes: 1 << 40}
+				c := openDurable(t, dir, cfg)
+				if err := setup.fetch(t, c); setup.want != nil {
+					require.ErrorIs(t, err, setup.want)
+				} else {
+					require.NoError(t, err)
+				}
+				// A task that consumes after it: the running controller
+				// gave it the second slot.
+				m := insert(t, c, "p", 1, "x")
+				commitDense(t, c, "p", m.Indexes, "x")
+				require.Equal(t, 1, fetch(t, c, "p", "late", 1, "x").Len())
+				require.NoError(t, c.WaitDurable(context.Background()))
+				want := stateBytes(t, c)
+				way.stop(t, c)
+
+				c = openDurable(t, dir, cfg)
+				defer c.Close()
+				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			})
+		}
+	}
 }
