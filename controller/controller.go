@@ -623,6 +623,12 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	follows := c.followsKept(req, smp)
 	gk := groupKey{spec: spec, task: req.Task, rank: req.Options.DPRank}
+	if follows {
+		// The ask below makes the task: bounded as the view bounds it.
+		if err := p.roomForTask(req.Task); err != nil {
+			return nil, err
+		}
+	}
 	// Before the look for batches left behind: a group that asks for its
 	// next batch went past the one it holds (consumed), even when its
 	// step on that one outlasted the TTL.

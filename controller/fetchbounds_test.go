@@ -45,6 +45,15 @@ func TestFetchesUnderEverNewNamesAreBounded(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrCapacity)
 	assert.ErrorContains(t, err, `keeps the consumption of 1024 tasks, the most it does, and task "one-more" would be one more`)
 	require.NoError(t, fetch("t0", fields[:1]), "a task it keeps")
+	// A DP group's ask makes its task before any view: bounded too.
+	for _, tc := range balancedCases {
+		req := tc.fetch(0, 0)
+		req.Task, req.Fields = "one-more-rank", fields[:1]
+		_, err = c.Fetch(ctx, req)
+		require.ErrorIs(t, err, engine.ErrCapacity, tc.spec.Name)
+		assert.ErrorContains(t, err, `task "one-more-rank" would be one more`)
+		require.Equal(t, maxTasks, len(c.parts["p"].tasks), "no task made past the limit")
+	}
 
 	// Giving back under a task name never heard of keeps nothing either.
 	c = newController(t, DefaultConfig())

@@ -504,6 +504,16 @@ const (
 	maxViews = 1024
 )
 
+// roomForTask refuses a task the partition does not keep once it keeps
+// maxTasks, with an error wrapping [engine.ErrCapacity]. p is locked.
+func (p *partition) roomForTask(task string) error {
+	if _, known := p.tasks[task]; !known && len(p.tasks) >= maxTasks {
+		return fmt.Errorf("partition %q keeps the consumption of %d tasks, the most it does, and task %q would be one more: %w",
+			p.id, len(p.tasks), task, engine.ErrCapacity)
+	}
+	return nil
+}
+
 // view returns the ready view for (task, fields), building it on first use
 // with one pass over the partition. ok is false when a field is unknown (no
 // row can be ready). A new task or view past maxTasks or maxViews is an
@@ -520,9 +530,8 @@ func (p *partition) view(task string, fields []string) (v *readyView, ok bool, e
 	if !ok {
 		return nil, false, nil
 	}
-	if _, known := p.tasks[task]; !known && len(p.tasks) >= maxTasks {
-		return nil, false, fmt.Errorf("partition %q keeps the consumption of %d tasks, the most it does, and task %q would be one more: %w",
-			p.id, len(p.tasks), task, engine.ErrCapacity)
+	if err := p.roomForTask(task); err != nil {
+		return nil, false, err
 	}
 	if len(p.views) >= maxViews {
 		return nil, false, fmt.Errorf("partition %q keeps %d ready views (a task and the fields it fetches), the most it does, and task %q fetching %q would be one more: %w",
