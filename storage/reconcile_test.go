@@ -685,8 +685,11 @@ func TestFreeRangesManyLinear(t *testing.T) {
 		if err != nil {
 			t.Fatalf("FreeRanges(%s): %v", step.name, err)
 		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Errorf("FreeRanges(%d %s) held the unit for %v, want well under 5s", len(step.ranges), step.name, d)
+		// Linear work is well under a second idle; quadratic would be
+		// hours. The bound leaves room for a loaded machine under -race
+		// (6.9 s seen with 5 s).
+		if d := time.Since(start); d > time.Minute {
+			t.Errorf("FreeRanges(%d %s) held the unit for %v, want well under a minute", len(step.ranges), step.name, d)
 		}
 		if got != step.want {
 			t.Errorf("FreeRanges(%s) freed bytes of %d ranges, want %d", step.name, got, step.want)
