@@ -62,6 +62,8 @@ func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 	}
 	for _, ent := range l.ents {
 		if ent.e != nil {
+			// A live range keeps the cells' reference: e is not held by
+			// quarantined leases only, before or after.
 			ent.e.refs++
 		}
 	}
@@ -99,11 +101,7 @@ func (l *Lease) Release() {
 		if ent.e == nil {
 			continue
 		}
-		if l.quarantined {
-			u.unquarantineLocked(ent.e)
-		}
-		if ent.e.refs--; ent.e.refs == 0 {
-			u.release(ent.e, true)
+		if u.unref(ent.e, l.quarantined) {
 			released = true
 		}
 	}

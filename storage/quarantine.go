@@ -451,12 +451,9 @@ func (u *Unit) quarantineHolds(res []*Reservation, leases []*Lease) {
 			if ent.e == nil {
 				continue
 			}
-			if ent.e.qrefs++; ent.e.qrefs == 1 {
-				if u.quarExts == nil {
-					u.quarExts = map[*extent]struct{}{}
-				}
-				u.quarExts[ent.e] = struct{}{}
-			}
+			was := ent.e.quarantinedOnly()
+			ent.e.qrefs++
+			u.quarAccount(ent.e, was)
 		}
 	}
 }
@@ -469,25 +466,39 @@ func (u *Unit) quarantineEnded() {
 	u.mu.Unlock()
 }
 
-// unquarantineLocked counts one lease entry in quarantine on e out, as
-// the lease is released.
-func (u *Unit) unquarantineLocked(e *extent) {
-	if e.qrefs--; e.qrefs == 0 {
-		delete(u.quarExts, e)
+// quarantinedOnly reports whether only lease entries in quarantine hold
+// e: its cells were all freed, and every other lease released. Such
+// extents' bytes are Stats.Quarantined's, kept in u.quarLeased.
+func (e *extent) quarantinedOnly() bool { return e.qrefs > 0 && e.refs == e.qrefs }
+
+// quarAccount updates u.quarLeased after e's refs or qrefs changed; was is
+// what e.quarantinedOnly reported before. Stats reads the sum and walks
+// nothing, however many extents the quarantine holds.
+func (u *Unit) quarAccount(e *extent, was bool) {
+	if is := e.quarantinedOnly(); is != was {
+		if is {
+			u.quarLeased += e.blk.size
+		} else {
+			u.quarLeased -= e.blk.size
+		}
 	}
 }
 
-// quarantinedLocked returns Stats.Quarantined: the reservations' bytes,
-// and the extents that only leases in quarantine hold (their cells, which
-// hold a reference while any is live, are all freed).
-func (u *Unit) quarantinedLocked() int64 {
-	n := u.quarRes
-	for e := range u.quarExts {
-		if e.refs == e.qrefs {
-			n += e.blk.size
-		}
+// unref drops one reference to e (a lease entry, which quarantined says
+// is in quarantine, or the cells' once all are freed) and gives e back to
+// its segment at none, reporting whether it did. u.mu is held.
+func (u *Unit) unref(e *extent, quarantined bool) bool {
+	was := e.quarantinedOnly()
+	e.refs--
+	if quarantined {
+		e.qrefs--
 	}
-	return n
+	u.quarAccount(e, was)
+	if e.refs == 0 {
+		u.release(e, true)
+		return true
+	}
+	return false
 }
 
 // orphan marks the extents of r, which can no longer commit, as out of

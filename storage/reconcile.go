@@ -391,9 +391,7 @@ func (u *Unit) extentAt(a engine.RemoteAddr) *extent {
 // on it goes, and with it the extent unless a lease keeps it.
 func (u *Unit) killAll(e *extent) {
 	e.live = e.live[:0]
-	if e.refs--; e.refs == 0 {
-		u.release(e, true)
-	}
+	u.unref(e, false)
 }
 
 // FreeRanges frees cell ranges that the controller no longer references
@@ -462,11 +460,8 @@ func (u *Unit) FreeRanges(ranges []engine.RemoteAddr) (int, error) {
 			continue
 		}
 		freed += e.killRanges(ranges, group, counted)
-		if len(e.live) == 0 {
-			if e.refs--; e.refs == 0 {
-				u.release(e, true)
-				released = true
-			}
+		if len(e.live) == 0 && u.unref(e, false) {
+			released = true
 		}
 	}
 	if released {
@@ -491,11 +486,8 @@ func (u *Unit) freeRangeLocked(a engine.RemoteAddr, hint *extent) (e *extent, fr
 	if len(e.live) == 0 || !e.killRange(lo, hi) {
 		return e, false, false
 	}
-	if len(e.live) == 0 {
-		if e.refs--; e.refs == 0 {
-			u.release(e, true)
-			return nil, true, true
-		}
+	if len(e.live) == 0 && u.unref(e, false) {
+		return nil, true, true
 	}
 	return e, true, false
 }

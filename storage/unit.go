@@ -70,9 +70,9 @@ type Unit struct {
 	growing    int64    // bytes of segments being mapped outside the lock
 	used       int64
 	reserved   int64
-	quarRes    int64                // bytes of the reservations in quarantine
-	quarExts   map[*extent]struct{} // extents leases in quarantine cover
-	quarSess   int                  // see Stats.QuarantinedSessions
+	quarRes    int64 // bytes of the reservations in quarantine
+	quarLeased int64 // bytes of the extents only leases in quarantine hold
+	quarSess   int   // see Stats.QuarantinedSessions
 	extents    int
 	leases     int
 	openHead   *Reservation
@@ -808,11 +808,8 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 			dead = e.killSorted(sorted[i:j])
 		}
 		i = j
-		if dead {
-			if e.refs--; e.refs == 0 {
-				u.release(e, true)
-				released = true
-			}
+		if dead && u.unref(e, false) {
+			released = true
 		}
 	}
 	if released {
@@ -934,7 +931,7 @@ func (u *Unit) Stats() Stats {
 		Leases:              u.leases,
 		HugePages:           u.hugetlb,
 		PageSize:            u.segPage,
-		Quarantined:         u.quarantinedLocked(),
+		Quarantined:         u.quarRes + u.quarLeased,
 		QuarantinedSessions: u.quarSess,
 	}
 }
