@@ -4,10 +4,11 @@ package storage
 // wire.MaxSegments) holds the unit's lock: another client's small request
 // made meanwhile waits behind it. Each reports the big call's time and the
 // longest wait of a small Acquire issued every 100 µs while it runs
-// (max-wait-ms).
+// (max-lock-wait-ms and max-get-ms; p50 and p99 of the lock waits).
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -55,12 +56,13 @@ func cellsOf(a engine.RemoteAddr, n int) []engine.RemoteAddr {
 	return cells
 }
 
-// probeWhile runs big once while another goroutine acquires small every
-// 100 µs, and returns big's time and the longest Acquire.
-func probeWhile(b *testing.B, u *Unit, small []engine.RemoteAddr, big func()) (took, worst time.Duration) {
+// probeWhile runs big once while another goroutine, every 100 µs, takes
+// the unit's lock and lets go (how long a caller waits for it) and then
+// acquires small (a small GET). It returns big's time and the longest of
+// each wait.
+func probeWhile(b *testing.B, u *Unit, small []engine.RemoteAddr, big func()) (took time.Duration, worst holdWaits) {
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	var maxWait time.Duration
 	wg.Add(1)
 	started := make(chan struct{})
 	go func() {
@@ -68,14 +70,20 @@ func probeWhile(b *testing.B, u *Unit, small []engine.RemoteAddr, big func()) (t
 		close(started)
 		for !stop.Load() {
 			t := time.Now()
-			l, err := u.Acquire(small)
+			u.mu.Lock()
 			d := time.Since(t)
+			u.mu.Unlock()
+			worst.lock = max(worst.lock, d)
+			worst.waits = append(worst.waits, d)
+			t = time.Now()
+			l, err := u.Acquire(small)
+			d = time.Since(t)
 			if err != nil {
 				b.Error(err)
 				return
 			}
 			l.Release()
-			maxWait = max(maxWait, d)
+			worst.get = max(worst.get, d)
 			time.Sleep(100 * time.Microsecond)
 		}
 	}()
@@ -86,17 +94,32 @@ func probeWhile(b *testing.B, u *Unit, small []engine.RemoteAddr, big func()) (t
 	took = time.Since(t)
 	stop.Store(true)
 	wg.Wait()
-	return took, maxWait
+	return took, worst
 }
 
-func reportHold(b *testing.B, took, worst []time.Duration) {
-	var t, w time.Duration
+// holdWaits are the longest waits of probeWhile's probes.
+type holdWaits struct {
+	lock, get time.Duration
+	waits     []time.Duration // every lock wait
+}
+
+func reportHold(b *testing.B, prefix string, took []time.Duration, worst []holdWaits) {
+	var t time.Duration
+	var w holdWaits
 	for i := range took {
 		t += took[i]
-		w = max(w, worst[i])
+		w.lock = max(w.lock, worst[i].lock)
+		w.get = max(w.get, worst[i].get)
+		w.waits = append(w.waits, worst[i].waits...)
 	}
-	b.ReportMetric(float64(t.Microseconds())/1e3/float64(len(took)), "call-ms")
-	b.ReportMetric(float64(w.Microseconds())/1e3, "max-wait-ms")
+	slices.Sort(w.waits)
+	if n := len(w.waits); n > 0 {
+		b.ReportMetric(float64(w.waits[n/2].Microseconds())/1e3, prefix+"p50-lock-wait-ms")
+		b.ReportMetric(float64(w.waits[n*99/100].Microseconds())/1e3, prefix+"p99-lock-wait-ms")
+	}
+	b.ReportMetric(float64(t.Microseconds())/1e3/float64(len(took)), prefix+"call-ms")
+	b.ReportMetric(float64(w.lock.Microseconds())/1e3, prefix+"max-lock-wait-ms")
+	b.ReportMetric(float64(w.get.Microseconds())/1e3, prefix+"max-get-ms")
 }
 
 func BenchmarkLockHold(b *testing.B) {
@@ -104,7 +127,8 @@ func BenchmarkLockHold(b *testing.B) {
 		u := lockHoldUnit(b, 256<<20)
 		small := []engine.RemoteAddr{commitOne(b, u, 64)}
 		cells := cellsOf(commitOne(b, u, lockHoldItems*8), lockHoldItems)
-		var took, worst []time.Duration
+		var took []time.Duration
+		var worst []holdWaits
 		for b.Loop() {
 			var l *Lease
 			t, w := probeWhile(b, u, small, func() {
@@ -116,13 +140,14 @@ func BenchmarkLockHold(b *testing.B) {
 			l.Release()
 			took, worst = append(took, t), append(worst, w)
 		}
-		reportHold(b, took, worst)
+		reportHold(b, "", took, worst)
 	})
 	b.Run("op=release", func(b *testing.B) {
 		u := lockHoldUnit(b, 256<<20)
 		small := []engine.RemoteAddr{commitOne(b, u, 64)}
 		cells := cellsOf(commitOne(b, u, lockHoldItems*8), lockHoldItems)
-		var took, worst []time.Duration
+		var took []time.Duration
+		var worst []holdWaits
 		for b.Loop() {
 			l, err := u.Acquire(cells)
 			if err != nil {
@@ -131,12 +156,13 @@ func BenchmarkLockHold(b *testing.B) {
 			t, w := probeWhile(b, u, small, l.Release)
 			took, worst = append(took, t), append(worst, w)
 		}
-		reportHold(b, took, worst)
+		reportHold(b, "", took, worst)
 	})
 	b.Run("op=free", func(b *testing.B) {
 		u := lockHoldUnit(b, 256<<20)
 		small := []engine.RemoteAddr{commitOne(b, u, 64)}
-		var took, worst []time.Duration
+		var took []time.Duration
+		var worst []holdWaits
 		for b.Loop() {
 			b.StopTimer()
 			cells := cellsOf(commitOne(b, u, lockHoldItems*8), lockHoldItems)
@@ -148,7 +174,7 @@ func BenchmarkLockHold(b *testing.B) {
 			})
 			took, worst = append(took, t), append(worst, w)
 		}
-		reportHold(b, took, worst)
+		reportHold(b, "", took, worst)
 	})
 	b.Run("op=reserve", func(b *testing.B) {
 		u := lockHoldUnit(b, 1<<30)
@@ -157,8 +183,10 @@ func BenchmarkLockHold(b *testing.B) {
 		for i := range sizes {
 			sizes[i] = 64
 		}
-		var took, worst []time.Duration
-		var tookA, worstA []time.Duration
+		var took []time.Duration
+		var worst []holdWaits
+		var tookA []time.Duration
+		var worstA []holdWaits
 		for b.Loop() {
 			var r *Reservation
 			t, w := probeWhile(b, u, small, func() {
@@ -171,15 +199,8 @@ func BenchmarkLockHold(b *testing.B) {
 			t, w = probeWhile(b, u, small, r.Abort)
 			tookA, worstA = append(tookA, t), append(worstA, w)
 		}
-		reportHold(b, took, worst)
-		var ta time.Duration
-		var wa time.Duration
-		for i := range tookA {
-			ta += tookA[i]
-			wa = max(wa, worstA[i])
-		}
-		b.ReportMetric(float64(ta.Microseconds())/1e3/float64(len(tookA)), "abort-call-ms")
-		b.ReportMetric(float64(wa.Microseconds())/1e3, "abort-max-wait-ms")
+		reportHold(b, "", took, worst)
+		reportHold(b, "abort-", tookA, worstA)
 	})
 }
 

@@ -1,8 +1,11 @@
 package storage
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -111,4 +114,103 @@ func TestStatsQuarantinedMatchesWalk(t *testing.T) {
 		}
 		require.Equal(t, quarantinedWalk(u), u.Stats().Quarantined, "step %d: quarantined bytes", step)
 	}
+}
+
+// setRelockHook runs f each time a long call lets go of the unit's lock
+// between chunks, until the test ends.
+func setRelockHook(t *testing.T, f func(*Unit)) {
+	relockHook = f
+	t.Cleanup(func() { relockHook = nil })
+}
+
+// A Reserve of many extents places them lockChunk at a time and lets go
+// of the lock between chunks, others seeing the space taken so far; an
+// Abort frees them the same way, the reservation aborted from the start.
+func TestReserveAndAbortInChunks(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	sizes := make([]int64, 4*lockChunk+5)
+	for i := range sizes {
+		sizes[i] = 64
+	}
+	var used []int64
+	var r *Reservation
+	setRelockHook(t, func(u *Unit) {
+		if !u.mu.TryLock() {
+			t.Error("the lock is held between chunks")
+			return
+		}
+		u.mu.Unlock()
+		used = append(used, u.Stats().Used)
+		if r != nil {
+			if err := r.Commit(); !errors.Is(err, engine.ErrInvalid) {
+				t.Errorf("Commit while the abort frees: got %v, want ErrInvalid", err)
+			}
+		}
+	})
+	r0, err := u.Reserve(t.Context(), sizes)
+	require.NoError(t, err)
+	full := u.Stats().Used
+	assert.Len(t, used, 4, "times Reserve let go of the lock")
+	for i, n := range used {
+		assert.Equal(t, int64(i+1)*lockChunk*64, n, "bytes used after chunk %d", i)
+	}
+
+	used, r = nil, r0
+	r.Abort()
+	assert.Len(t, used, 4, "times Abort let go of the lock")
+	for i, n := range used {
+		assert.Equal(t, full-int64(i+1)*lockChunk*64, n, "bytes used after chunk %d of the abort", i)
+	}
+	st := u.Stats()
+	assert.Zero(t, st.Used, "bytes used after the abort")
+	assert.Zero(t, st.Reserved, "bytes reserved after the abort")
+}
+
+// A unit that closes between two chunks of a Reserve fails it with
+// ErrClosed, and nothing touches the unmapped segments.
+func TestReserveClosedBetweenChunks(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	sizes := make([]int64, 2*lockChunk)
+	for i := range sizes {
+		sizes[i] = 64
+	}
+	setRelockHook(t, func(u *Unit) { u.Close() })
+	_, err := u.Reserve(t.Context(), sizes)
+	assert.ErrorIs(t, err, engine.ErrClosed)
+}
+
+// Space given back while a Reserve that did not fit rolls back, letting go
+// of the lock between chunks, wakes it: it tries again rather than
+// waiting for a wake-up that came already.
+func TestReserveRollbackSeesSpaceFreed(t *testing.T) {
+	cfg := testConfig()
+	cfg.Capacity, cfg.SegmentSize = 1<<20, 1<<20
+	u := newTestUnit(t, cfg)
+	keep := reserve(t, u, 64)
+	require.NoError(t, keep.Commit())
+	blocker := reserve(t, u, 1<<20-256<<10)
+	require.NoError(t, blocker.Commit())
+	sizes := make([]int64, 4*lockChunk)
+	for i := range sizes {
+		sizes[i] = 64
+	}
+	relocks, freed := 0, false
+	var last int64
+	setRelockHook(t, func(u *Unit) {
+		relocks++
+		used := u.Stats().Used
+		if used < last && !freed { // the rollback's first chunk is back
+			freed = true
+			if err := u.Free([]engine.RemoteAddr{blocker.Addr(0)}); err != nil {
+				t.Error(err)
+			}
+		}
+		last = used
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	r, err := u.Reserve(ctx, sizes)
+	require.NoError(t, err)
+	assert.True(t, freed, "the blocker was freed during the rollback")
+	r.Abort()
 }

@@ -99,8 +99,7 @@ func (r *Reservation) Commit() error {
 	case u.closed:
 		return u.opErr("commit", engine.ErrClosed)
 	case now.After(r.deadline):
-		u.abortLocked(r)
-		r.state = reservationReaped
+		u.abortLocked(r, reservationReaped)
 		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	}
 	at := int64(now.Sub(u.epoch))
@@ -123,8 +122,8 @@ func (r *Reservation) Abort() {
 	switch {
 	case u.closed:
 	case r.state == reservationOpen:
-		u.abortLocked(r)
+		u.abortLocked(r, reservationAborted)
 	case r.state == reservationExpired:
-		u.releaseReservedLocked(r)
+		u.releaseReservedLocked(r, reservationAborted)
 	}
 }

@@ -9,7 +9,12 @@ package storage
 //	     ├─ open reservations: a list in deadline order; the reaper aborts its head
 //	     └─ wake: a channel closed and replaced when space comes back
 //
-// One mutex guards all of it. Reserve tries every segment in turn; when
+// One mutex guards all of it. A call naming many extents (up to
+// wire.MaxSegments) works on them lockChunk at a time and lets go of the
+// mutex between chunks, so that it stalls other callers for one chunk, not
+// for the whole call: Reserve places, and gives back on failure, and
+// Abort frees in chunks (see lockChunk for what others can see between).
+// Reserve tries every segment in turn; when
 // none has room it maps a new segment (outside the lock) if Capacity
 // allows, dropping empty segments that are too small for the request, and
 // otherwise waits on wake until a Free, Release or Abort returns space, its
@@ -80,6 +85,7 @@ type Unit struct {
 	open       int
 	waiters    int            // Reserve calls waiting on wake
 	wake       chan struct{}  // closed and replaced when space comes back
+	spaceGen   uint64         // counts signal calls: space came back
 	lateErrs   []error        // teardown errors of dropped segments, for Close
 	watch      SegmentWatcher // told of segments mapped and dropped; nil: none
 }
@@ -263,6 +269,7 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 			waited = false
 		}
 		if u.closed {
+			u.rollback(r)
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents: %w", len(sizes), engine.ErrClosed))
 		}
@@ -271,11 +278,18 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents: the unit is shutting down and takes no new writes: %w", len(sizes), engine.ErrClosed))
 		}
-		var ok bool
-		if placed, ok = u.place(r, sizes, order, placed); ok {
+		var st placeState
+		switch placed, st = u.place(r, sizes, order, placed); st {
+		case placedAll:
 			u.openLocked(r)
 			u.mu.Unlock()
 			return r, nil
+		case placedChunk:
+			// Others get the lock between chunks, and see the space
+			// taken so far.
+			r.visible = true
+			u.relock()
+			continue
 		}
 		next := placed
 		if order != nil {
@@ -292,8 +306,13 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 			}
 			continue
 		}
-		u.rollback(r)
+		missed := u.rollback(r)
 		placed = 0
+		if missed {
+			// Space came back while the rollback let go of the lock:
+			// waiting now could sleep through that wake-up.
+			continue
+		}
 		if u.extents == 0 && u.growing == 0 && order == nil && nonzero(sizes) > 1 {
 			// The unit is empty, yet the request did not fit: its first
 			// extents pinned segments (mapped by earlier requests, or
@@ -374,8 +393,11 @@ func (u *Unit) checkSizes(sizes []int64) (int64, error) {
 // place allocates extents for sizes in order (nil: as given), from the
 // from-th on, stopping at the first that does not fit; it returns the
 // position of that one in order, or len(sizes).
-func (u *Unit) place(r *Reservation, sizes []int64, order []int, from int) (int, bool) {
+func (u *Unit) place(r *Reservation, sizes []int64, order []int, from int) (int, placeState) {
 	for k := from; k < len(sizes); k++ {
+		if k-from == lockChunk {
+			return k, placedChunk
+		}
 		i := k
 		if order != nil {
 			i = order[k]
@@ -385,12 +407,50 @@ func (u *Unit) place(r *Reservation, sizes []int64, order []int, from int) (int,
 		}
 		e := u.allocExtent(sizes[i])
 		if e == nil {
-			return k, false
+			return k, placedNone
 		}
 		r.exts[i] = e
 		r.bytes += e.blk.size
 	}
-	return len(sizes), true
+	return len(sizes), placedAll
+}
+
+// lockChunk bounds the items (extents to place or free) that one call
+// works on while it holds u.mu; calls naming more let go of it between
+// chunks. About a millisecond of work: a request of wire.MaxSegments
+// items used to hold the lock for up to seconds.
+//
+// Between chunks others see a state no caller asked for, which is safe
+// because of what those states are: a Reserve's extents placed so far are
+// space taken (as while Reserve maps a segment) that nobody can read,
+// and a reservation being aborted or rolled back is aborted already (its
+// Commit fails, its Abort does nothing) while its extents go back one
+// chunk at a time.
+const lockChunk = 1024
+
+// placeState is how far a place call got.
+type placeState uint8
+
+const (
+	placedNone  placeState = iota // a size did not fit
+	placedChunk                   // lockChunk sizes placed, more to go
+	placedAll
+)
+
+// relockHook, when set (by tests only), runs in relock while u.mu is
+// let go of.
+var relockHook func(*Unit)
+
+// relock lets go of u.mu and takes it again, so that callers waiting for
+// it get a turn between two chunks of a long call (see lockChunk). It
+// reports whether the unit closed meanwhile.
+func (u *Unit) relock() (closed bool) {
+	u.mu.Unlock()
+	if relockHook != nil {
+		relockHook(u)
+	}
+	u.mu.Lock()
+	return u.closed
 }
 
 func nonzero(sizes []int64) int {
@@ -487,19 +547,33 @@ func fillPoison(b []byte) {
 }
 
 // rollback gives back the extents of a reservation that could not be
-// completed, waking waiters if others could have seen them taken.
-func (u *Unit) rollback(r *Reservation) {
+// completed, waking waiters if others could have seen them taken. It lets
+// go of u.mu between chunks of lockChunk extents, and reports whether
+// anyone else gave space back meanwhile (a caller about to wait must not
+// sleep through it). After Close the extents are left to Close.
+func (u *Unit) rollback(r *Reservation) (missed bool) {
+	gen, n := u.spaceGen, 0
 	for i, e := range r.exts {
-		if e != nil {
-			u.release(e, false)
-			r.exts[i] = nil
+		if e == nil {
+			continue
 		}
+		if n > 0 && n%lockChunk == 0 {
+			r.visible = true
+			if u.relock() {
+				break
+			}
+		}
+		u.release(e, false)
+		r.exts[i] = nil
+		n++
 	}
+	missed = u.spaceGen != gen
 	r.bytes = 0
 	if r.visible {
 		r.visible = false
 		u.signal()
 	}
+	return missed
 }
 
 // planGrowth returns the size of a new segment that would hold a request
@@ -618,6 +692,7 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 
 // signal wakes every waiting Reserve.
 func (u *Unit) signal() {
+	u.spaceGen++
 	if u.waiters > 0 {
 		close(u.wake)
 		u.wake = make(chan struct{})
@@ -663,10 +738,11 @@ func (u *Unit) unlinkOpen(r *Reservation) {
 	u.reserved -= r.bytes
 }
 
-// abortLocked frees an open reservation's extents.
-func (u *Unit) abortLocked(r *Reservation) {
+// abortLocked frees an open reservation's extents, leaving it in state
+// (reservationAborted or reservationReaped).
+func (u *Unit) abortLocked(r *Reservation, state reservationState) {
 	u.unlinkOpen(r)
-	u.releaseReservedLocked(r)
+	u.releaseReservedLocked(r, state)
 }
 
 // expireLocked ends an open reservation whose deadline passed: it is
@@ -675,8 +751,7 @@ func (u *Unit) abortLocked(r *Reservation) {
 // Either way a later Commit says it expired.
 func (u *Unit) expireLocked(r *Reservation) {
 	if !r.held {
-		u.abortLocked(r)
-		r.state = reservationReaped // Abort finds nothing to free
+		u.abortLocked(r, reservationReaped) // Abort finds nothing to free
 		return
 	}
 	u.unlinkOpen(r)
@@ -685,19 +760,33 @@ func (u *Unit) expireLocked(r *Reservation) {
 }
 
 // releaseReservedLocked frees the extents of a reservation already off the
-// open list.
-func (u *Unit) releaseReservedLocked(r *Reservation) {
-	released := false
-	for _, e := range r.exts {
-		if e != nil {
-			u.release(e, true)
-			released = true
-		}
-	}
-	r.state = reservationAborted
+// open list, leaving it in state. The reservation takes that state at
+// once; its extents go back lockChunk at a time, u.mu let go of between
+// chunks (after Close they are left to Close). r.exts stays as it is:
+// Buf and Addr read it without the lock.
+func (u *Unit) releaseReservedLocked(r *Reservation, state reservationState) {
+	r.state = state
 	if r.quarantined {
 		r.quarantined = false
 		u.quarRes -= r.bytes
+	}
+	released, n := false, 0
+	for _, e := range r.exts {
+		if e == nil {
+			continue
+		}
+		if n > 0 && n%lockChunk == 0 {
+			if released {
+				u.signal()
+				released = false
+			}
+			if u.relock() {
+				return
+			}
+		}
+		u.release(e, true)
+		released = true
+		n++
 	}
 	if released {
 		u.signal()
@@ -721,8 +810,12 @@ func (u *Unit) reap() {
 			return
 		}
 		now := time.Now()
-		for r := u.openHead; r != nil && !now.Before(r.deadline); r = u.openHead {
-			u.expireLocked(r)
+		for r := u.openHead; r != nil && !now.Before(r.deadline) && !u.closed; r = u.openHead {
+			u.expireLocked(r) // may let go of u.mu (see lockChunk)
+		}
+		if u.closed {
+			u.mu.Unlock()
+			return
 		}
 		// With nothing open, sleep ReserveTimeout: a reservation opened
 		// meanwhile expires no sooner, so opening one costs no wake-up.
