@@ -31,6 +31,14 @@ type leaseEntry struct {
 // Acquire takes nothing and returns an error wrapping [engine.ErrNotFound]
 // (the caller reports the cells as lost). Ranges of length 0 are accepted
 // and read as empty. After [Unit.Close] it returns [engine.ErrClosed].
+//
+// Acquire checks and pins the ranges lockChunk at a time, letting go of
+// the unit's lock between chunks, and releases what it pinned when a
+// later range fails. Its result is still all or nothing, and as if taken
+// at one moment: a cell once freed never comes back, so every range that
+// was live when Acquire checked it was live when the call began. (The one
+// exception, harmless: a range whose extent a racing Commit made
+// readable during the call.)
 func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 	l := &Lease{u: u}
 	if len(addrs) <= len(l.one) {
@@ -45,6 +53,12 @@ func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 	}
 	var e *extent
 	for i, a := range addrs {
+		if i > 0 && i%lockChunk == 0 {
+			if u.relock() {
+				return nil, u.opErr("acquire", fmt.Errorf("%d ranges: %w", len(addrs), engine.ErrClosed))
+			}
+			e = nil
+		}
 		if a.Len == 0 {
 			l.ents[i].b = []byte{}
 			continue
@@ -52,23 +66,48 @@ func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 		var lo, hi int64
 		var err error
 		e, lo, hi, err = u.lookup(a, e)
+		if err == nil && e.liveSpan(lo, hi) < 0 {
+			err = fmt.Errorf("covers freed cells: %w", engine.ErrNotFound)
+		}
 		if err != nil {
+			if !u.unrefAll(l.ents[:i], false) {
+				return nil, u.opErr("acquire", fmt.Errorf("%d ranges: %w", len(addrs), engine.ErrClosed))
+			}
 			return nil, u.opErr("acquire", fmt.Errorf("range %d %s: %w", i, fmtAddr(a), err))
 		}
-		if e.liveSpan(lo, hi) < 0 {
-			return nil, u.opErr("acquire", fmt.Errorf("range %d %s covers freed cells: %w", i, fmtAddr(a), engine.ErrNotFound))
-		}
 		l.ents[i] = leaseEntry{e: e, b: e.bytes(lo, hi)}
-	}
-	for _, ent := range l.ents {
-		if ent.e != nil {
-			// A live range keeps the cells' reference: e is not held by
-			// quarantined leases only, before or after.
-			ent.e.refs++
-		}
+		// A live range keeps the cells' reference: e is not held by
+		// quarantined leases only, before or after.
+		e.refs++
 	}
 	u.leases++
 	return l, nil
+}
+
+// unrefAll drops the references of ents (in quarantine or not), lockChunk
+// at a time, letting go of u.mu between chunks, and wakes waiting
+// Reserves if extents went back. It reports false, having stopped, when
+// the unit closed meanwhile. u.mu is held.
+func (u *Unit) unrefAll(ents []leaseEntry, quarantined bool) bool {
+	released := false
+	for i, ent := range ents {
+		if i > 0 && i%lockChunk == 0 {
+			if released {
+				u.signal()
+				released = false
+			}
+			if u.relock() {
+				return false
+			}
+		}
+		if ent.e != nil && u.unref(ent.e, quarantined) {
+			released = true
+		}
+	}
+	if released {
+		u.signal()
+	}
+	return true
 }
 
 // Len returns the number of ranges.
@@ -85,7 +124,8 @@ func (l *Lease) Bytes(i int) []byte {
 
 // Release ends the lease; extents whose cells were all freed meanwhile go
 // back to the pool. Release is idempotent and does nothing after
-// [Unit.Close].
+// [Unit.Close]. It drops the ranges lockChunk at a time, letting go of
+// the unit's lock between chunks.
 func (l *Lease) Release() {
 	if !l.released.CompareAndSwap(false, true) {
 		return
@@ -96,19 +136,11 @@ func (l *Lease) Release() {
 	if u.closed {
 		return
 	}
-	released := false
-	for _, ent := range l.ents {
-		if ent.e == nil {
-			continue
-		}
-		if u.unref(ent.e, l.quarantined) {
-			released = true
-		}
+	// l.quarantined holds still: quarantineHolds skips a released lease.
+	if !u.unrefAll(l.ents, l.quarantined) {
+		return
 	}
 	u.leases--
-	if released {
-		u.signal()
-	}
 	if invariants.Enabled {
 		u.checkLocked()
 	}

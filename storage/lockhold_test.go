@@ -214,3 +214,76 @@ func TestReserveRollbackSeesSpaceFreed(t *testing.T) {
 	assert.True(t, freed, "the blocker was freed during the rollback")
 	r.Abort()
 }
+
+// committedCells commits one extent and cuts it into n cells of 64 bytes.
+func committedCells(t *testing.T, u *Unit, n int) []engine.RemoteAddr {
+	t.Helper()
+	r := reserve(t, u, int64(n)*64)
+	require.NoError(t, r.Commit())
+	a := r.Addr(0)
+	cells := make([]engine.RemoteAddr, n)
+	for i := range cells {
+		cells[i] = engine.RemoteAddr{Segment: a.Segment, Gen: a.Gen, Offset: a.Offset + uint64(i)*64, Len: 64}
+	}
+	return cells
+}
+
+// An Acquire and a Release of many ranges pin and drop them lockChunk at a
+// time, letting go of the lock between chunks.
+func TestAcquireAndReleaseInChunks(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	cells := committedCells(t, u, 4*lockChunk+3)
+	relocks := 0
+	setRelockHook(t, func(u *Unit) {
+		relocks++
+		if !u.mu.TryLock() {
+			t.Error("the lock is held between chunks")
+			return
+		}
+		u.mu.Unlock()
+	})
+	l, err := u.Acquire(cells)
+	require.NoError(t, err)
+	assert.Equal(t, 4, relocks, "times Acquire let go of the lock")
+	require.NoError(t, u.Free(cells))
+	assert.NotZero(t, u.Stats().Used, "bytes used while leased")
+	relocks = 0
+	l.Release()
+	assert.Equal(t, 4, relocks, "times Release let go of the lock")
+	st := u.Stats()
+	assert.Zero(t, st.Used, "bytes used after the release")
+	assert.Zero(t, st.Leases, "leases after the release")
+}
+
+// Cells freed between an Acquire's chunks: ones it pinned already stay
+// readable (the lease holds their bytes); one it has yet to check fails it
+// with ErrNotFound, and it gives back what it pinned.
+func TestAcquireRacesFree(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	cells := committedCells(t, u, 2*lockChunk+1)
+	free := func(i int) func(*Unit) {
+		done := false
+		return func(u *Unit) {
+			if !done {
+				done = true
+				if err := u.Free(cells[i : i+1]); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+
+	setRelockHook(t, free(0)) // pinned in the first chunk
+	l, err := u.Acquire(cells)
+	require.NoError(t, err)
+	assert.Len(t, l.Bytes(0), 64, "range 0")
+	l.Release()
+
+	setRelockHook(t, free(2*lockChunk)) // in the last chunk
+	_, err = u.Acquire(cells[1:])
+	assert.ErrorIs(t, err, engine.ErrNotFound)
+	relockHook = nil
+	assert.Zero(t, u.Stats().Leases, "leases after the failed Acquire")
+	require.NoError(t, u.Free(cells[1:2*lockChunk]))
+	assert.Zero(t, u.Stats().Used, "bytes used once every cell is freed: the failed Acquire kept a reference")
+}

@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -449,6 +450,10 @@ func (u *Unit) relock() (closed bool) {
 	if relockHook != nil {
 		relockHook(u)
 	}
+	// A caller woken by the Unlock would lose the lock to the Lock below
+	// until it had waited 1 ms (sync.Mutex's starvation mode): yield so
+	// that it gets it now.
+	runtime.Gosched()
 	u.mu.Lock()
 	return u.closed
 }
