@@ -176,6 +176,27 @@ func BenchmarkLockHold(b *testing.B) {
 		}
 		reportHold(b, "", took, worst)
 	})
+	b.Run("op=free-4096-extents", func(b *testing.B) {
+		u := lockHoldUnit(b, 256<<20)
+		small := []engine.RemoteAddr{commitOne(b, u, 64)}
+		var took []time.Duration
+		var worst []holdWaits
+		for b.Loop() {
+			b.StopTimer()
+			cells := make([]engine.RemoteAddr, 0, lockHoldItems)
+			for range 4096 {
+				cells = append(cells, cellsOf(commitOne(b, u, lockHoldItems/4096*8), lockHoldItems/4096)...)
+			}
+			b.StartTimer()
+			t, w := probeWhile(b, u, small, func() {
+				if err := u.Free(cells); err != nil {
+					b.Fatal(err)
+				}
+			})
+			took, worst = append(took, t), append(worst, w)
+		}
+		reportHold(b, "", took, worst)
+	})
 	b.Run("op=reserve", func(b *testing.B) {
 		u := lockHoldUnit(b, 1<<30)
 		small := []engine.RemoteAddr{commitOne(b, u, 64)}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -286,4 +287,67 @@ func TestAcquireRacesFree(t *testing.T) {
 	assert.Zero(t, u.Stats().Leases, "leases after the failed Acquire")
 	require.NoError(t, u.Free(cells[1:2*lockChunk]))
 	assert.Zero(t, u.Stats().Used, "bytes used once every cell is freed: the failed Acquire kept a reference")
+}
+
+// A Free of many cells checks them, then frees them, lockChunk at a time,
+// letting go of the lock between chunks; a double free among them still
+// changes nothing, even when found in the last chunk.
+func TestFreeInChunks(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	var cells []engine.RemoteAddr
+	for range 3 {
+		cells = append(cells, committedCells(t, u, lockChunk+7)...)
+	}
+	relocks := 0
+	setRelockHook(t, func(u *Unit) {
+		relocks++
+		if !u.mu.TryLock() {
+			t.Error("the lock is held between chunks")
+			return
+		}
+		u.mu.Unlock()
+	})
+	bad := append(slices.Clone(cells), cells[len(cells)-1])
+	err := u.Free(bad)
+	assert.ErrorIs(t, err, engine.ErrNotFound, "a double free")
+	assert.Equal(t, 3, relocks, "times the check let go of the lock")
+	assert.Equal(t, int64(3), int64(u.Stats().Extents), "extents after a failed free")
+
+	relocks = 0
+	require.NoError(t, u.Free(cells))
+	assert.Equal(t, 3+2, relocks, "times Free let go of the lock: checking, then freeing")
+	assert.Zero(t, u.Stats().Used, "bytes used after the free")
+}
+
+// A Free whose cells another caller frees between its chunks: cells freed
+// before its check fail it with nothing changed; cells freed once it is
+// freeing fail it for the rest, saying so.
+func TestFreeRacesFree(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	a := committedCells(t, u, lockChunk)
+	b := committedCells(t, u, lockChunk)
+	cells := append(slices.Clone(a), b...)
+	relocks := 0
+	setRelockHook(t, func(u *Unit) {
+		if relocks++; relocks == 1 { // between the check's chunks
+			if err := u.Free(b[:1]); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	assert.ErrorIs(t, u.Free(cells), engine.ErrNotFound)
+	assert.Equal(t, int64(2), int64(u.Stats().Extents), "extents after the failed free")
+
+	relocks = 0
+	cells = append(slices.Clone(a), b[1:]...)
+	setRelockHook(t, func(u *Unit) {
+		if relocks++; relocks == 2 { // between the frees' chunks
+			if _, err := u.FreeRanges(b[1:2]); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	err := u.Free(cells)
+	assert.ErrorIs(t, err, engine.ErrNotFound)
+	assert.Equal(t, int64(1), int64(u.Stats().Extents), "extents: the first one's cells were freed")
 }

@@ -391,6 +391,7 @@ func (u *Unit) extentAt(a engine.RemoteAddr) *extent {
 // on it goes, and with it the extent unless a lease keeps it.
 func (u *Unit) killAll(e *extent) {
 	e.live = e.live[:0]
+	u.killGen++
 	u.unref(e, false)
 }
 
@@ -428,6 +429,7 @@ func (u *Unit) FreeRanges(ranges []engine.RemoteAddr) (int, error) {
 	if u.closed {
 		return 0, u.opErr("free", fmt.Errorf("%d ranges: %w", len(ranges), engine.ErrClosed))
 	}
+	u.killGen++ // see Free
 	if len(ranges) == 1 {
 		_, freed, released := u.freeRangeLocked(ranges[0], nil)
 		if released {

@@ -87,6 +87,7 @@ type Unit struct {
 	waiters    int            // Reserve calls waiting on wake
 	wake       chan struct{}  // closed and replaced when space comes back
 	spaceGen   uint64         // counts signal calls: space came back
+	killGen    uint64         // bumped whenever live cell bytes may have been freed
 	lateErrs   []error        // teardown errors of dropped segments, for Close
 	watch      SegmentWatcher // told of segments mapped and dropped; nil: none
 }
@@ -851,6 +852,14 @@ func (u *Unit) reap() {
 // any of its bytes were freed already (a double free), Free changes nothing
 // and returns an error wrapping [engine.ErrNotFound]. After [Unit.Close] it
 // returns [engine.ErrClosed].
+//
+// A Free of many cells checks them, then frees them, lockChunk at a time,
+// letting go of the unit's lock between chunks: others may see some of its
+// cells freed and the rest not yet, as if it had been sent as several
+// Frees. The one case where it changes something and still fails is a
+// double free by another caller running at the same time (a Free or
+// FreeRanges of the same cells, or a reconcile) that frees, between two
+// chunks, cells this Free has yet to free: the error says so.
 func (u *Unit) Free(cells []engine.RemoteAddr) error {
 	// Cells out of (segment, offset) order are sorted, and checked for
 	// overlaps, before the lock: the frees below walk them in that order.
@@ -860,22 +869,25 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.closed {
+	closedErr := func() error {
 		return u.opErr("free", fmt.Errorf("%d cells: %w", len(cells), engine.ErrClosed))
 	}
-	var e *extent
-	for i, c := range cells {
-		if c.Len == 0 {
-			continue
+	if u.closed {
+		return closedErr()
+	}
+	// Check every cell first, lockChunk at a time. A cell live when
+	// checked stays live unless someone frees bytes meanwhile (killGen):
+	// then check again, holding the lock throughout.
+	gen := u.killGen
+	if err := u.checkFree(cells, true); err != nil {
+		if u.closed {
+			return closedErr()
 		}
-		var lo, hi int64
-		var err error
-		e, lo, hi, err = u.lookup(c, e)
-		if err != nil {
-			return u.opErr("free", fmt.Errorf("cell %d %s: %w", i, fmtAddr(c), err))
-		}
-		if e.liveSpan(lo, hi) < 0 {
-			return u.opErr("free", fmt.Errorf("cell %d %s freed already: %w", i, fmtAddr(c), engine.ErrNotFound))
+		return u.opErr("free", err)
+	}
+	if u.killGen != gen {
+		if err := u.checkFree(cells, false); err != nil {
+			return u.opErr("free", err)
 		}
 	}
 	if disjoint != nil {
@@ -884,10 +896,31 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 	// The cells of one extent are consecutive in sorted: each extent's
 	// live spans are cut once for all of them, so that the work stays
 	// linear in the cells and spans however a peer orders or interleaves
-	// them (cutting them one by one shifts the spans after each).
+	// them (cutting them one by one shifts the spans after each). The
+	// extents are cut in chunks of about lockChunk cells (one extent's
+	// cells are never split), letting go of the lock between chunks; if
+	// someone freed bytes meanwhile, the cells left are checked again.
 	released := false
-	e = nil
+	var e *extent
+	done := 0 // cells cut since the lock was last let go of
 	for i := 0; i < len(sorted); {
+		if done >= lockChunk {
+			done = 0
+			if released {
+				u.signal()
+				released = false
+			}
+			gen := u.killGen
+			if u.relock() {
+				return closedErr()
+			}
+			e = nil
+			if u.killGen != gen {
+				if err := u.checkFree(sorted[i:], false); err != nil {
+					return u.opErr("free", fmt.Errorf("another free ran meanwhile; the cells before %s are freed, of those left: %w", fmtAddr(sorted[i]), err))
+				}
+			}
+		}
 		c := sorted[i]
 		if c.Len == 0 {
 			i++
@@ -905,6 +938,8 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 		} else {
 			dead = e.killSorted(sorted[i:j])
 		}
+		u.killGen++
+		done += j - i
 		i = j
 		if dead && u.unref(e, false) {
 			released = true
@@ -915,6 +950,36 @@ func (u *Unit) Free(cells []engine.RemoteAddr) error {
 	}
 	if invariants.Enabled {
 		u.checkLocked()
+	}
+	return nil
+}
+
+// checkFree checks that every cell of nonzero length is live in a
+// committed extent, letting go of u.mu every lockChunk cells when chunked
+// (it then returns an error wrapping engine.ErrClosed if the unit closed
+// meanwhile). The errors name the cells by their index in cells. u.mu is
+// held.
+func (u *Unit) checkFree(cells []engine.RemoteAddr, chunked bool) error {
+	var e *extent
+	for i, c := range cells {
+		if chunked && i > 0 && i%lockChunk == 0 {
+			if u.relock() {
+				return engine.ErrClosed
+			}
+			e = nil
+		}
+		if c.Len == 0 {
+			continue
+		}
+		var lo, hi int64
+		var err error
+		e, lo, hi, err = u.lookup(c, e)
+		if err != nil {
+			return fmt.Errorf("cell %d %s: %w", i, fmtAddr(c), err)
+		}
+		if e.liveSpan(lo, hi) < 0 {
+			return fmt.Errorf("cell %d %s freed already: %w", i, fmtAddr(c), engine.ErrNotFound)
+		}
 	}
 	return nil
 }
