@@ -1247,6 +1247,71 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 	if err := r.retry(ctx, "stats", wire.OpStats, &wirepb.PartitionRequest{Partition: partition}, &p); err != nil {
 		return engine.PartitionStats{}, err
 	}
+	st, err := statsFromPB(&p)
+	if err != nil {
+		return engine.PartitionStats{}, r.opErr("stats", corruptReply(err))
+	}
+	return st, nil
+}
+
+// AllStats summarizes every partition, by name, as [RemoteMeta.Stats]
+// does one: a page of them a round trip (STATS_PAGE answers up to 4096,
+// or 8 MiB, at a time), where listing the partitions and asking each
+// takes one per partition. Each partition's figures are of their own
+// instant, not the page's. From a controller that predates STATS_PAGE
+// (it answers an error wrapping [engine.ErrNotSupported]) it lists the
+// partitions and asks each, leaving out one cleared meanwhile.
+func (r *RemoteMeta) AllStats(ctx context.Context) ([]engine.PartitionStats, error) {
+	all := []engine.PartitionStats{}
+	after := ""
+	for {
+		var reply wirepb.StatsPageReply
+		err := r.retry(ctx, "stats page", wire.OpStatsPage, &wirepb.StatsPageRequest{After: after}, &reply)
+		if errors.Is(err, engine.ErrNotSupported) {
+			return r.statsOneByOne(ctx)
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range reply.Partitions {
+			st, err := statsFromPB(p)
+			if err != nil {
+				return nil, r.opErr("stats page", corruptReply(err))
+			}
+			all = append(all, st)
+		}
+		switch {
+		case reply.NextAfter == "":
+			return all, nil
+		case reply.NextAfter <= after:
+			// Asking again would loop; stopping would give part as all.
+			return nil, r.opErr("stats page", fmt.Errorf("the controller answered the page after %q with next_after %q, which does not advance: %w", after, reply.NextAfter, engine.ErrCorrupt))
+		}
+		after = reply.NextAfter
+	}
+}
+
+// statsOneByOne is AllStats from a controller without STATS_PAGE.
+func (r *RemoteMeta) statsOneByOne(ctx context.Context) ([]engine.PartitionStats, error) {
+	names, err := r.Partitions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all := []engine.PartitionStats{}
+	for _, p := range names {
+		st, err := r.Stats(ctx, p)
+		if errors.Is(err, engine.ErrNotFound) {
+			continue // cleared meanwhile
+		}
+		if err != nil {
+			return nil, err // not a list short by a partition, given as whole
+		}
+		all = append(all, st)
+	}
+	return all, nil
+}
+
+func statsFromPB(p *wirepb.PartitionStats) (engine.PartitionStats, error) {
 	st := engine.PartitionStats{
 		Partition: p.Partition, Rows: int(p.Rows), Reserved: int(p.Reserved), Keys: int(p.Keys),
 		Produced: int(p.Produced), Progress: p.Progress, IndexesUse: int(p.IndexesInUse), IndexesFree: int(p.IndexesFree), Done: p.Done,
@@ -1257,7 +1322,7 @@ func (r *RemoteMeta) Stats(ctx context.Context, partition string) (engine.Partit
 	for _, pf := range p.Fields {
 		f, err := fieldStatsFromPB(pf)
 		if err != nil {
-			return engine.PartitionStats{}, r.opErr("stats", corruptReply(err))
+			return engine.PartitionStats{}, err
 		}
 		st.Fields = append(st.Fields, f)
 	}

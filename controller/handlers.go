@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -41,6 +42,7 @@ func (s *Server) handlerTable() map[wire.Op]handler {
 		wire.OpClearPartition:    s.clearPartition,
 		wire.OpPartitions:        s.partitions,
 		wire.OpStats:             s.stats,
+		wire.OpStatsPage:         s.statsPage,
 		wire.OpFields:            s.fields,
 		wire.OpUnits:             s.listUnits,
 		wire.OpSaveCheckpoint:    s.saveCheckpoint,
@@ -548,6 +550,75 @@ func (s *Server) stats(_ context.Context, body []byte, _ *effects) (proto.Messag
 	if err != nil {
 		return nil, err
 	}
+	return partitionStatsToPB(st), nil
+}
+
+// maxStatsPage bounds the partitions of one STATS_PAGE reply.
+const maxStatsPage = 4096
+
+// statsPageBytes bounds the encoded entries of one STATS_PAGE reply, far
+// below wire.MaxBodyLen (a partition with many fields or tasks takes
+// kilobytes).
+const statsPageBytes = 8 << 20
+
+// testStatsPageBytes, when not 0 (tests only, while a server runs),
+// replaces statsPageBytes.
+var testStatsPageBytes atomic.Int64
+
+// statsPage answers STATS_PAGE: the stats of the partitions named after
+// req.after, by name, as many as fit the page. It lists the names (the
+// controller's lock, briefly), then takes each partition's stats under
+// that partition's lock alone, as STATS does: no lock is held across the
+// page, so the page is no snapshot of one instant — each entry is of its
+// own. A partition cleared between the listing and its stats is left
+// out. A goroutine of its own: it walks up to every partition.
+func (s *Server) statsPage(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
+	req, err := decode[wirepb.StatsPageRequest](wire.OpStatsPage, body)
+	if err != nil {
+		return nil, err
+	}
+	limit := int(req.Limit)
+	if limit == 0 || limit > maxStatsPage {
+		limit = maxStatsPage
+	}
+	names := s.c.Partitions() // sorted
+	i, _ := slices.BinarySearch(names, req.After)
+	for i < len(names) && names[i] <= req.After {
+		i++
+	}
+	r := &wirepb.StatsPageReply{}
+	size, maxBytes := 0, int64(statsPageBytes)
+	if n := testStatsPageBytes.Load(); n != 0 {
+		maxBytes = n
+	}
+	full := func() (proto.Message, error) {
+		r.NextAfter = r.Partitions[len(r.Partitions)-1].Partition
+		return r, nil
+	}
+	for _, name := range names[i:] {
+		if len(r.Partitions) >= limit {
+			return full()
+		}
+		st, err := s.c.Stats(name)
+		if errors.Is(err, engine.ErrNotFound) {
+			continue // cleared since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		pb := partitionStatsToPB(st)
+		n := proto.Size(pb) + 8 // with its tag and length
+		if len(r.Partitions) > 0 && int64(size+n) > maxBytes {
+			return full()
+		}
+		r.Partitions = append(r.Partitions, pb)
+		size += n
+	}
+	return r, nil
+}
+
+// partitionStatsToPB encodes a partition's stats for STATS and STATS_PAGE.
+func partitionStatsToPB(st engine.PartitionStats) *wirepb.PartitionStats {
 	r := &wirepb.PartitionStats{
 		Partition: st.Partition, CreatedUnixMs: st.Created.UnixMilli(),
 		Rows: int64(st.Rows), Reserved: int64(st.Reserved), Keys: int64(st.Keys), Produced: int64(st.Produced),
@@ -559,7 +630,7 @@ func (s *Server) stats(_ context.Context, body []byte, _ *effects) (proto.Messag
 	for _, t := range st.Tasks {
 		r.Tasks = append(r.Tasks, &wirepb.TaskStats{Task: t.Task, Consumed: int64(t.Consumed), Progress: t.Progress, Held: int64(t.Held)})
 	}
-	return r, nil
+	return r
 }
 
 func (s *Server) fields(_ context.Context, body []byte, _ *effects) (proto.Message, error) {

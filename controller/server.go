@@ -216,11 +216,11 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	}
 	for op := range s.handlers {
 		switch {
-		case op == wire.OpResolveKeys || op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpCheckpoints || op == wire.OpReconcile || op == wire.OpUnitCells:
+		case op == wire.OpResolveKeys || op == wire.OpFetch || op == wire.OpKeyChanges || op == wire.OpUnitSync || op == wire.OpSaveCheckpoint || op == wire.OpLoadCheckpoint || op == wire.OpCheckpoints || op == wire.OpReconcile || op == wire.OpUnitCells || op == wire.OpStatsPage:
 			// May wait (a blocking fetch, a wait for key changes, a unit's
 			// poll), do disk I/O (CHECKPOINTS reads a directory and a
-			// header per checkpoint) or walk every partition: a goroutine
-			// each.
+			// header per checkpoint) or walk every partition (STATS_PAGE
+			// too): a goroutine each.
 			// RESOLVE_KEYS too: it encodes a batch's metadata, enough work
 			// that a loop (one core) holds its readers up: 16 of them did
 			// 10% better with a goroutine each on 2 CPUs, where there is

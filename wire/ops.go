@@ -59,6 +59,7 @@ const (
 	// Client → controller, past 47: small values.
 	OpKVGetValue  Op = 56 // KV_GET of one field of one key
 	OpAcknowledge Op = 57 // the caller of a held fetch keeps its rows
+	OpStatsPage   Op = 58 // a page of every partition's stats
 
 	// Client → storage unit (data plane): 64–95.
 	OpWrite     Op = 64
@@ -98,7 +99,7 @@ var opNames = map[Op]string{
 	OpCommitKeys: "COMMIT_KEYS", OpUnconsume: "UNCONSUME", OpClusterInfo: "CLUSTER_INFO", OpCheckpoints: "CHECKPOINTS",
 	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
 	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE", OpKVSet: "KV_SET", OpKVGetValue: "KV_GET_VALUE",
-	OpAcknowledge: "ACKNOWLEDGE",
+	OpAcknowledge: "ACKNOWLEDGE", OpStatsPage: "STATS_PAGE",
 	OpRegister:    "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpDrainUnit: "DRAIN_UNIT", OpUnitCells: "UNIT_CELLS", OpMoveCells: "MOVE_CELLS", OpMoved: "MOVED",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",

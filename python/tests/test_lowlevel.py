@@ -417,3 +417,35 @@ def test_list_checkpoints_pages(client, monkeypatch, pages, want, err):
     else:
         assert [c["name"] for c in client.list_checkpoints()] == want
     assert len(asked) == len(pages)
+
+
+@pytest.mark.parametrize("pages, want, err", [
+    ({"": (["a", "b"], "b"), "b": (["c"], "")}, ["a", "b", "c"], None),
+    ({"": (["a", "b"], "b"), "b": (["c"], "b")}, None, "next_after 'b', which does not advance"),
+])
+def test_all_stats_pages(client, monkeypatch, pages, want, err):
+    """all_stats asks STATS_PAGE page after page until one has no
+    next_after; one that does not advance is an error, not a short list."""
+    asked = []
+
+    def fake_call(op, req, reply_type, **kw):
+        assert op == wire.STATS_PAGE
+        asked.append(req.after)
+        names, nxt = pages[req.after]
+        return control_pb2.StatsPageReply(partitions=[control_pb2.PartitionStats(partition=n) for n in names],
+                                          next_after=nxt)
+    monkeypatch.setattr(client, "_call", fake_call)
+    if err:
+        with pytest.raises(tq.CorruptError, match=err):
+            client.all_stats()
+    else:
+        assert [p.partition for p in client.all_stats()] == want
+    assert len(asked) == len(pages)
+
+
+def test_all_stats_matches_stats(client, part):
+    """all_stats gives each partition as stats does (the real controller:
+    STATS_PAGE)."""
+    client.put({"x": np.zeros((3, 2), np.float32)}, partition_id=part)
+    got = {p.partition: p for p in client.all_stats()}
+    assert got[part] == client.stats(part)

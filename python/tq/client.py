@@ -208,7 +208,7 @@ RETRY_FOR = 60.0
 _REPEATABLE = frozenset((
     wire.FETCH, wire.UNCONSUME, wire.ACKNOWLEDGE, wire.MARK_DONE, wire.FORCE_FETCH, wire.ROWS_META, wire.RESOLVE_KEYS,
     wire.KEYS_OF, wire.LIST_KEYS, wire.DELETE_TAGS, wire.KEY_CHANGES, wire.PRODUCTION_STATUS,
-    wire.CONSUMPTION_STATUS, wire.PARTITIONS, wire.STATS, wire.FIELDS, wire.UNITS, wire.MOVED,
+    wire.CONSUMPTION_STATUS, wire.PARTITIONS, wire.STATS, wire.STATS_PAGE, wire.FIELDS, wire.UNITS, wire.MOVED,
     wire.CHECKPOINTS, wire.CLUSTER_INFO, wire.KV_GET, wire.KV_GET_VALUE))
 
 
@@ -1572,6 +1572,38 @@ class Client:
         _text(partition_id, "partition_id", "stats", "partition")
         return self._call(wire.STATS, control_pb2.PartitionRequest(partition=partition_id),
                           control_pb2.PartitionStats, op_name="stats", partition=partition_id)
+
+    def all_stats(self) -> list:
+        """Every partition's ``PartitionStats``, by name, as :meth:`stats`
+        gives one: a page of them a round trip (STATS_PAGE), where listing
+        the partitions and asking each takes one per partition. From a
+        controller without STATS_PAGE it does that, leaving out a
+        partition cleared meanwhile. As the Go client's AllStats."""
+        out, after = [], ""
+        while True:
+            try:
+                rep = self._call(wire.STATS_PAGE, control_pb2.StatsPageRequest(after=after),
+                                 control_pb2.StatsPageReply, op_name="stats_page")
+            except errors.NotSupportedError:
+                return self._stats_one_by_one()
+            out.extend(rep.partitions)
+            if not rep.next_after:
+                return out
+            if rep.next_after <= after:
+                # Asking again would loop; stopping would give part as all.
+                raise errors.CorruptError(
+                    f"the controller answered the page after {after!r} with next_after "
+                    f"{rep.next_after!r}, which does not advance", op="stats_page")
+            after = rep.next_after
+
+    def _stats_one_by_one(self) -> list:
+        out = []
+        for p in self.get_partition_list():
+            try:
+                out.append(self.stats(p))
+            except errors.NotFoundError:
+                pass  # cleared meanwhile
+        return out
 
 
 class Reservation:

@@ -1,0 +1,158 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// TestStatsPaged: STATS_PAGE answers the partitions' stats a page at a
+// time, by name, bounded by its limit and by bytes; the pages, asked for
+// after the last name of each, hold every partition once, each entry as
+// STATS answers it for that partition. STATS naming one partition
+// answers as before.
+func TestStatsPaged(t *testing.T) {
+	c := newController(t, Config{})
+	var names []string
+	for i := range 7 {
+		name := fmt.Sprintf("p-%d", i)
+		names = append(names, name)
+		if _, err := c.Insert(name, i+1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	page := func(after string, limit uint32) (got []*wirepb.PartitionStats, next string) {
+		t.Helper()
+		var r wirepb.StatsPageReply
+		if err := do(conn, wire.OpStatsPage, &wirepb.StatsPageRequest{After: after, Limit: limit}, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Partitions, r.NextAfter
+	}
+	namesOf := func(ps []*wirepb.PartitionStats) (out []string) {
+		for _, p := range ps {
+			out = append(out, p.Partition)
+		}
+		return out
+	}
+	got, next := page("", 3)
+	if diff := cmp.Diff(names[:3], namesOf(got)); diff != "" || next != "p-2" {
+		t.Errorf("limit 3: next %q, want p-2; names (-want +got):\n%s", next, diff)
+	}
+	got, next = page("p-4", 3)
+	if diff := cmp.Diff(names[5:], namesOf(got)); diff != "" || next != "" {
+		t.Errorf("after p-4: next %q, want none; names (-want +got):\n%s", next, diff)
+	}
+	got, next = page("p-3x", 0) // after a name that is no partition
+	if diff := cmp.Diff(names[4:], namesOf(got)); diff != "" || next != "" {
+		t.Errorf("after p-3x: next %q, want none; names (-want +got):\n%s", next, diff)
+	}
+	for _, p := range got {
+		var one wirepb.PartitionStats
+		if err := do(conn, wire.OpStats, &wirepb.PartitionRequest{Partition: p.Partition}, &one); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(&one, p, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: STATS_PAGE's entry differs from STATS (-stats +page):\n%s", p.Partition, diff)
+		}
+	}
+	// By bytes: two entries a page.
+	size := proto.Size(got[0]) + 8
+	testStatsPageBytes.Store(int64(2*size + size/2))
+	t.Cleanup(func() { testStatsPageBytes.Store(0) })
+	var all []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > len(names) {
+			t.Fatalf("no end after %d pages: %v", pages, all)
+		}
+		got, next := page(after, 0)
+		if len(got) > 2 {
+			t.Errorf("a page of %d entries of %d bytes each, bounded to %d bytes", len(got), size, testStatsPageBytes.Load())
+		}
+		all = append(all, namesOf(got)...)
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	if diff := cmp.Diff(names, all); diff != "" {
+		t.Errorf("every page (-want +got):\n%s", diff)
+	}
+	// No partitions: an empty page, no next.
+	_, addr = startServer(t, newController(t, Config{}), ServerConfig{}, "unix")
+	var r wirepb.StatsPageReply
+	if err := do(dialRaw(t, addr, ""), wire.OpStatsPage, &wirepb.Empty{}, &r); err != nil || len(r.Partitions) != 0 || r.NextAfter != "" {
+		t.Errorf("no partitions: got %v, %v; want an empty page", &r, err)
+	}
+}
+
+// TestStatsPageHoldsNoLockAcrossThePage: while a STATS_PAGE waits for one
+// partition's lock, the controller serves on — another partition's
+// stats, a new partition (which takes the controller's lock to be
+// listed) — and the page, once the lock is free, holds the partition.
+func TestStatsPageHoldsNoLockAcrossThePage(t *testing.T) {
+	c := newController(t, Config{})
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := c.Insert(name, 1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	p := c.lock("b")
+	paged := make(chan error, 1)
+	var r wirepb.StatsPageReply
+	go func() { paged <- do(conn, wire.OpStatsPage, &wirepb.StatsPageRequest{}, &r) }()
+	select {
+	case err := <-paged:
+		p.mu.Unlock()
+		t.Fatalf("the page was answered while b was locked: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	done := make(chan error, 1)
+	go func() {
+		if _, err := c.Insert("d", 1, nil); err != nil {
+			done <- err
+			return
+		}
+		_, err := c.Stats("a")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a new partition, or a's stats, waited for the page")
+	}
+	p.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case err := <-paged:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the page did not end once b was unlocked")
+	}
+	var got []string
+	for _, st := range r.Partitions {
+		got = append(got, st.Partition)
+	}
+	if got[1] != "b" {
+		t.Errorf("page: got %v, want b among a, b, c(, d)", got)
+	}
+}
