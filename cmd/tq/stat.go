@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -164,19 +163,11 @@ type clusterInfo struct {
 
 func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (*statSnapshot, error) {
 	s := &statSnapshot{at: time.Now(), addr: addr}
-	names, err := m.Partitions(ctx)
-	if err != nil {
+	// A page of partitions a round trip (STATS_PAGE), or, from an older
+	// controller, one per partition.
+	var err error
+	if s.parts, err = m.AllStats(ctx); err != nil {
 		return nil, err
-	}
-	for _, p := range names {
-		st, err := m.Stats(ctx, p)
-		if errors.Is(err, engine.ErrNotFound) {
-			continue // cleared meanwhile
-		}
-		if err != nil {
-			return nil, err // not a count short by a partition, printed as whole
-		}
-		s.parts = append(s.parts, st)
 	}
 	if s.units, err = m.Units(ctx); err != nil {
 		return nil, err
