@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +27,10 @@ import (
 // progress per task, and its storage units with their capacity; with
 // --watch it redraws that view every --interval with progress bars and
 // the rates since the last refresh, and with --json it prints the same
-// figures as JSON (one object per line with --watch).
+// figures as JSON (one object per line with --watch). The text views
+// show the --limit partitions with the most rows and say how many more
+// there are; --json lists every partition. --partition GLOB keeps only
+// the partitions it matches, in every view.
 func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -32,9 +38,11 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long (with --watch: on each refresh)")
 	watch := fs.Bool("watch", false, "refresh every --interval until interrupted, with progress bars and rates since the last refresh")
 	interval := fs.Duration("interval", 2*time.Second, "refresh interval for --watch")
-	asJSON := fs.Bool("json", false, "print JSON (with --watch: one object per line per refresh)")
+	asJSON := fs.Bool("json", false, "print JSON (with --watch: one object per line per refresh): every partition --partition matches, whatever --limit")
+	limit := fs.Int("limit", 20, "show at most this many partitions, those with the most rows (rows + reserved; ties by name), and say how many more there are; 0: all. Not for --json")
+	glob := fs.String("partition", "", "show only the partitions whose names match this glob (path.Match: *, ?, [a-z], \\ escapes), in every view")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] ADDR   (tcp://host:port or unix:///path)")
+		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] [--limit N] [--partition GLOB] ADDR   (tcp://host:port or unix:///path)")
 		fs.PrintDefaults()
 	}
 	pos, err := parseArgs(fs, args)
@@ -54,6 +62,12 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %v: must be positive", *timeout)
 	}
+	if *limit < 0 {
+		return fmt.Errorf("--limit %d: must not be negative (0 shows every partition)", *limit)
+	}
+	if _, err := path.Match(*glob, ""); err != nil {
+		return fmt.Errorf("--partition %q: %w", *glob, err)
+	}
 	addr := pos[0]
 	tok, err := client.FindToken(*token)
 	if err != nil {
@@ -69,7 +83,13 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	take := func() (*statSnapshot, error) {
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
-		return takeSnapshot(ctx, m, addr, tok)
+		s, err := takeSnapshot(ctx, m, addr, tok)
+		if err != nil {
+			return nil, err
+		}
+		s.match(*glob)
+		s.limit = *limit
+		return s, nil
 	}
 	if !*watch {
 		s, err := take()
@@ -151,6 +171,55 @@ type statSnapshot struct {
 	// freshUnitStats): what it holds in quarantine, which the
 	// controller does not hear of, is only there.
 	fresh map[engine.UnitID]*wirepb.UnitStats
+	// total is how many partitions the controller holds, those --partition
+	// leaves out of parts included; glob is --partition ("": every one).
+	total int
+	glob  string
+	// limit: the text views show at most this many partitions (0: all);
+	// see shown.
+	limit int
+}
+
+// match keeps in s.parts the partitions whose names match glob, a valid
+// path.Match pattern ("": every partition).
+func (s *statSnapshot) match(glob string) {
+	s.total, s.glob = len(s.parts), glob
+	if glob == "" {
+		return
+	}
+	s.parts = slices.DeleteFunc(s.parts, func(st engine.PartitionStats) bool {
+		ok, _ := path.Match(glob, st.Partition)
+		return !ok
+	})
+}
+
+// shown is what the text views show of s.parts: the s.limit partitions
+// with the most rows (rows and reserved ones; ties by name), most first,
+// and how many more there are. A busy cluster's largest partitions are
+// where its data is; --partition finds the others.
+func (s *statSnapshot) shown() (parts []engine.PartitionStats, more int) {
+	parts = slices.Clone(s.parts)
+	slices.SortFunc(parts, func(a, b engine.PartitionStats) int {
+		return cmp.Or(cmp.Compare(b.Rows+b.Reserved, a.Rows+a.Reserved), strings.Compare(a.Partition, b.Partition))
+	})
+	if s.limit > 0 && len(parts) > s.limit {
+		return parts[:s.limit], len(parts) - s.limit
+	}
+	return parts, 0
+}
+
+// counted says how many partitions there are: "N partitions", or with
+// --partition "M of N partitions match GLOB".
+func (s *statSnapshot) counted() string {
+	if s.glob == "" {
+		return fmt.Sprintf("%d partitions", len(s.parts))
+	}
+	return fmt.Sprintf("%d of %d partitions match %s", len(s.parts), s.total, strconv.Quote(s.glob))
+}
+
+// moreLine says how many partitions the text views left out by --limit.
+func moreLine(more int) string {
+	return fmt.Sprintf("  and %d more partitions, with as many rows or fewer (--limit 0 shows all, --partition GLOB picks)", more)
 }
 
 type clusterInfo struct {
@@ -182,14 +251,14 @@ func takeSnapshot(ctx context.Context, m *client.RemoteMeta, addr, tok string) (
 
 // print writes the one-shot text view.
 func (s *statSnapshot) print(stdout io.Writer) error {
-	fmt.Fprintf(stdout, "controller %s: %d partitions, %d storage units\n", printable(s.addr), len(s.parts), len(s.units))
+	fmt.Fprintf(stdout, "controller %s: %s, %d storage units\n", printable(s.addr), s.counted(), len(s.units))
 	s.printCluster(stdout)
-	if len(s.parts) > 0 {
+	if shown, more := s.shown(); len(shown) > 0 {
 		fmt.Fprintln(stdout, "\nPARTITIONS")
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  partition\trows\treserved\tkeys\tproduced\tfields")
 		var taskLines []string
-		for _, st := range s.parts {
+		for _, st := range shown {
 			fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t%s\t%s\n", printable(st.Partition), st.Rows, st.Reserved, st.Keys,
 				progress(st.Produced, st.Rows+st.Reserved), strings.Join(fieldList(st), ", "))
 			for _, t := range st.Tasks {
@@ -197,6 +266,9 @@ func (s *statSnapshot) print(stdout io.Writer) error {
 			}
 		}
 		tw.Flush()
+		if more > 0 {
+			fmt.Fprintln(stdout, moreLine(more))
+		}
 		if len(taskLines) > 0 {
 			fmt.Fprintln(stdout, "\nCONSUMPTION")
 			tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
@@ -306,11 +378,15 @@ func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time
 	fmt.Fprintf(w, "tq stat %s   %s   every %v (Ctrl-C to stop)\n", printable(s.addr), s.at.Format(time.TimeOnly), interval)
 	s.printCluster(w)
 	r := s.rates(prev)
-	if len(s.parts) == 0 {
+	shown, more := s.shown()
+	switch {
+	case len(s.parts) == 0 && s.glob != "":
+		fmt.Fprintf(w, "\n%s\n", s.counted())
+	case len(s.parts) == 0:
 		fmt.Fprintln(w, "\nno partitions")
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	for _, st := range s.parts {
+	for _, st := range shown {
 		total := st.Rows + st.Reserved
 		// No tabs: the line does not widen the columns below it.
 		fmt.Fprintf(tw, "\n%s (%d rows, %d keys)\n", printable(st.Partition), total, st.Keys)
@@ -320,6 +396,9 @@ func (s *statSnapshot) printWatch(w io.Writer, prev *statSnapshot, interval time
 		}
 	}
 	tw.Flush()
+	if more > 0 {
+		fmt.Fprintf(w, "\n%s\n", moreLine(more))
+	}
 	fmt.Fprintln(w, "\nSTORAGE UNITS")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, u := range s.units {
