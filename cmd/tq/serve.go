@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"golang.org/x/sys/unix"
 	"gopkg.in/yaml.v3"
 
@@ -194,37 +195,50 @@ func (c serveConfig) checkConfig(w io.Writer) error {
 	return nil
 }
 
-// checkMemory refuses a --capacity this host cannot hold: the storage
+// checkMemory refuses a --capacity this process cannot hold: the storage
 // units of this process together past its physical memory (sysinfo's
-// totalram). A unit maps its arena as data comes, so such a capacity
-// started, was registered with the controller (placement counts on it),
-// and once the data outgrew memory the unit was killed (out of memory)
-// rather than refusing a put. It runs at start, not with --check-config,
-// which checks a configuration meant for any host (deploy/k8s's, on the
-// machine that checks it). A container's memory limit may be lower and is
-// not checked: it is the pod's to match (see deploy/k8s).
+// totalram) or past its cgroup's memory limit (a container's: memory.max,
+// or memory.limit_in_bytes under cgroup v1; the lowest on the way to the
+// root). A unit maps its arena as data comes, so such a capacity started,
+// was registered with the controller (placement counts on it), and once
+// the data outgrew memory the unit was killed (out of memory) rather than
+// refusing a put. It runs at start, not with --check-config, which checks
+// a configuration meant for any host (deploy/k8s's, on the machine that
+// checks it).
 func (c *serveConfig) checkMemory() error {
 	if c.Role == "controller" {
 		return nil
 	}
-	var si unix.Sysinfo_t
-	if err := unix.Sysinfo(&si); err != nil {
-		return nil // cannot tell: the kernel says so later, as before
-	}
-	total := si.Totalram * uint64(si.Unit)
 	units := 1
 	if c.Role == "all" {
 		units = c.Units
 	}
+	total, what := memoryLimit()
 	if total == 0 || total > math.MaxInt64 || units < 1 || int64(c.Capacity) <= int64(total)/int64(units) {
 		return nil
 	}
 	if units == 1 {
-		return fmt.Errorf("--capacity %v: more than this host's memory (%s): a storage unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s",
-			c.Capacity, bytesString(int64(total)), bytesString(int64(total)))
+		return fmt.Errorf("--capacity %v: more than %s (%s): a storage unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s",
+			c.Capacity, what, bytesString(int64(total)), bytesString(int64(total)))
 	}
-	return fmt.Errorf("--capacity %v with --units %d: %d storage units of that capacity are more than this host's memory (%s): a unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s per unit",
-		c.Capacity, units, units, bytesString(int64(total)), bytesString(int64(total)/int64(units)))
+	return fmt.Errorf("--capacity %v with --units %d: %d storage units of that capacity are more than %s (%s): a unit maps its arena as data comes, and past memory it would be killed (out of memory) rather than refuse a put: give at most %s per unit",
+		c.Capacity, units, units, what, bytesString(int64(total)), bytesString(int64(total)/int64(units)))
+}
+
+// memoryLimit returns the memory this process may use, and what limits
+// it: the host's physical memory, or its cgroup's limit when lower (0:
+// cannot tell; the kernel says so later, as before).
+func memoryLimit() (uint64, string) {
+	var si unix.Sysinfo_t
+	var total uint64
+	if unix.Sysinfo(&si) == nil {
+		total = si.Totalram * uint64(si.Unit)
+	}
+	// An error is no cgroup, no limit, or none readable: the host's.
+	if limit, err := memlimit.FromCgroup(); err == nil && limit > 0 && (total == 0 || limit < total) {
+		return limit, "this process's cgroup memory limit (a container's)"
+	}
+	return total, "this host's memory"
 }
 
 // tokenSource says where secure takes the token from — --token, else
