@@ -196,17 +196,26 @@ type MetaRequest struct {
 	// Ignored when the metadata service cannot acknowledge (it is no
 	// [StreamService]): nothing could settle the hold.
 	Hold bool
+	// HoldGroup, with Hold, names the consumer the hold belongs to when
+	// several processes fetch for one (see
+	// [engine.FetchRequest.HoldGroup]).
+	HoldGroup string
 }
 
 // GetMeta returns rows' meta in one of the three modes.
 func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMeta, error) {
 	switch req.Mode {
 	case Fetch:
+		hold := req.Hold && c.canAcknowledge()
+		group := ""
+		if hold {
+			group = req.HoldGroup
+		}
 		return c.meta.Fetch(ctx, engine.FetchRequest{
 			Partition: req.Partition, Task: req.Task, Fields: req.Fields,
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
-			EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold && c.canAcknowledge(),
+			EndWhenConsumed: req.EndWhenConsumed, Hold: hold, HoldGroup: group,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

@@ -585,6 +585,7 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		TokenBudget:     req.TokenBudget,
 		EndWhenConsumed: req.EndWhenConsumed,
 		Hold:            req.Hold,
+		HoldGroup:       []byte(req.HoldGroup),
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {

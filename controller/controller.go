@@ -507,6 +507,12 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 	if req.Hold && req.Key == "" {
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("a held fetch needs a fetch key to acknowledge or give back: %w", engine.ErrInvalid))
 	}
+	switch {
+	case req.HoldGroup != "" && !req.Hold:
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("a hold group without a held fetch: %w", engine.ErrInvalid))
+	case len(req.HoldGroup) > maxHoldGroupLen:
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("hold group of %d bytes, at most %d: %w", len(req.HoldGroup), maxHoldGroupLen, engine.ErrInvalid))
+	}
 	smp, err := c.samplerFor(req.Sampler)
 	if err != nil {
 		return nil, opErr("fetch", req.Partition, err)
@@ -748,7 +754,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}
 		// Rows a held fetch of the task holds may still come back
 		// (holds.go): not the end yet.
-		if final && !p.holds(req.Task) {
+		if final && !p.holds(req.Task, req.HoldGroup) {
 			return nil, fmt.Errorf("partition %q has nothing left for task %q: %w", p.id, req.Task, engine.ErrDone)
 		}
 		if final {
@@ -788,6 +794,9 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			back = nil
 		}
 		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref, pid: req.HolderPID, client: req.HolderClient}
+		if req.Hold {
+			e.group = req.HoldGroup
+		}
 		p.fetches.add(e)
 		if hold = req.Hold && len(back) > 0; hold {
 			p.hold(e, now)
@@ -797,7 +806,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
 			Partition: p.id, Gen: p.gen, Task: req.Task, Consumed: consumed, Sampled: sampled,
 			Key: []byte(req.Key), Sampler: entries, SamplerSpec: spec, Kept: kept, KeptRef: ref.pb(), Made: made, Forgot: moved.pb(), AtUnixMs: now.UnixMilli(),
-			Hold: hold,
+			Hold: hold, HoldGroup: heldGroup(hold, req.HoldGroup),
 		}}})
 	}
 	return p.meta(rows, req.Fields, shared), nil

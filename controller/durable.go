@@ -592,6 +592,7 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 			e := &fetchEntry{key: string(o.Key), task: o.Task, sampled: o.Sampled, consumed: back, at: at, kept: took}
 			p.fetches.add(e)
 			if o.Hold && len(back) > 0 {
+				e.group = string(o.HoldGroup)
 				p.hold(e, at) // armHeld restarts its TTL
 			}
 		}

@@ -58,6 +58,7 @@ type fetchEntry struct {
 	heldFrom time.Time
 	pid      int32  // the holder's process on this host (0: unknown); not logged
 	client   string // the holder client's id ("": unknown); not logged
+	group    string // the hold's group (engine.FetchRequest.HoldGroup)
 }
 
 // fetchTable is a partition's recent keyed fetches, guarded by the
@@ -249,7 +250,7 @@ func (t *fetchTable) copyState() []*wirepb.StateFetch {
 		}
 		out = append(out, &wirepb.StateFetch{
 			Key: []byte(e.key), Task: e.task, Sampled: e.sampled, Consumed: e.consumed, Spent: e.spent, AtUnixMs: e.at.UnixMilli(),
-			Kept: e.kept.pb(), Held: e.held,
+			Kept: e.kept.pb(), Held: e.held, HoldGroup: heldGroup(e.held, e.group),
 		})
 	}
 	return out
@@ -267,6 +268,7 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
 		e := &fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref}
 		p.fetches.add(e)
 		if f.Held && !f.Spent {
+			e.group = string(f.HoldGroup)
 			p.hold(e, e.at) // armHeld restarts its TTL
 		}
 	}

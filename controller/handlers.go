@@ -178,7 +178,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,
 		HolderPID: fx.peerPID}
 	if req.Hold {
-		fr.HolderClient = clientID(fx.peer)
+		fr.HolderClient, fr.HoldGroup = clientID(fx.peer), string(req.HoldGroup)
 	}
 	if req.Wait {
 		var cancel context.CancelFunc

@@ -82,10 +82,25 @@ func (p *partition) hold(e *fetchEntry, from time.Time) {
 // given back, with consumed rows left.
 func (e *fetchEntry) holding() bool { return e.held && !e.spent && len(e.consumed) > 0 }
 
-// holds reports whether a held fetch of task holds rows it could give
-// back. p is locked.
-func (p *partition) holds(task string) bool {
-	return slices.ContainsFunc(p.held, func(e *fetchEntry) bool { return e.task == task && e.holding() })
+// holds reports whether a held fetch of task outside group (""; none)
+// holds rows it could give back: a fetch in the group does not wait for
+// them (engine.FetchRequest.HoldGroup). p is locked.
+func (p *partition) holds(task, group string) bool {
+	return slices.ContainsFunc(p.held, func(e *fetchEntry) bool {
+		return e.task == task && e.holding() && (group == "" || e.group != group)
+	})
+}
+
+// maxHoldGroupLen bounds engine.FetchRequest.HoldGroup.
+const maxHoldGroupLen = 64
+
+// heldGroup returns the hold group to log or save for a fetch entry: none
+// when it holds nothing.
+func heldGroup(held bool, group string) []byte {
+	if !held || group == "" {
+		return nil
+	}
+	return []byte(group)
 }
 
 // heldRows returns the rows held fetches of task hold, in index order

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -480,4 +481,69 @@ func TestClientTable(t *testing.T) {
 	assert.NotContains(t, tb.m, "b")
 	assert.Contains(t, tb.m, "d")
 	assert.Len(t, tb.left, 1)
+}
+
+// A hold group stands for one consumer fetching through several
+// processes (a DataLoader's workers, whose main process acknowledges):
+// a fetch in the group is told ErrDone though the group's own holds are
+// unsettled, where it used to wait for them (and the main process that
+// settles them waited on it); a fetch outside the group still waits. The
+// group survives a restart (logged with the hold, saved in snapshots).
+func TestHoldGroupDoesNotWaitForItsOwnHolds(t *testing.T) {
+	ctx := context.Background()
+	inGroup := func(c *Controller, key string, n int, d time.Duration) (*engine.BatchMeta, error) {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: n, Wait: true,
+			Key: key, Hold: true, HoldGroup: "loader-1"})
+	}
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			doneWith(t, c, 6)
+			m, err := inGroup(c, "k1", 4, time.Second)
+			require.NoError(t, err)
+			require.Equal(t, 4, m.Len())
+			require.NoError(t, c.WaitDurable(ctx))
+			way.stop(t, c)
+
+			c = openDurable(t, dir, Config{})
+			defer c.Close()
+			m, err = inGroup(c, "k2", 4, time.Second)
+			require.NoError(t, err)
+			require.Equal(t, 2, m.Len(), "what the group's hold leaves")
+			start := time.Now()
+			_, err = inGroup(c, "k3", 4, 10*time.Second)
+			require.ErrorIs(t, err, engine.ErrDone, "the group's own holds do not keep it from the end")
+			require.Less(t, time.Since(start), 5*time.Second)
+			_, err = peerFetch(c, 300*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded, "a fetch outside the group waits for them")
+			other, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer cancel()
+			_, err = c.Fetch(other, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true,
+				Key: "k4", Hold: true, HoldGroup: "loader-2"})
+			require.ErrorIs(t, err, context.DeadlineExceeded, "another group too")
+
+			require.NoError(t, c.Acknowledge("p", "t", "k1"))
+			require.NoError(t, c.Acknowledge("p", "t", "k2"))
+			_, err = peerFetch(c, time.Second)
+			require.ErrorIs(t, err, engine.ErrDone)
+		})
+	}
+}
+
+func TestHoldGroupRefusals(t *testing.T) {
+	c := newController(t, Config{})
+	doneWith(t, c, 2)
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k", HoldGroup: "g"})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "a hold group without a held fetch")
+	_, err = c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k", Hold: true,
+		HoldGroup: strings.Repeat("g", 65)})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "hold group of 65 bytes, at most 64")
+	st, err := c.ConsumptionStatus("p", "t")
+	require.NoError(t, err)
+	require.Zero(t, trues(st.Consumed), "refused before anything was consumed")
 }

@@ -50,6 +50,13 @@ type FetchRequest struct {
 	// (the group's peers get them anyway). See the controller's
 	// Acknowledge.
 	Hold bool
+	// HoldGroup, with Hold, names the consumer the hold belongs to when
+	// several fetching processes stand for one (a DataLoader's workers):
+	// a fetch of the task in the same group is told ErrDone though the
+	// group's own holds are unsettled (the main process that settles them
+	// may be waiting on that fetch's caller); fetches outside the group
+	// still wait for them. At most 64 bytes.
+	HoldGroup string
 	// HolderPID, with Hold, is the process on the controller's host the
 	// rows are held for (0: unknown). Once it has exited, a fetch waiting
 	// at the end of a done partition for those rows has them given back

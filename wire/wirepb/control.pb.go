@@ -694,7 +694,14 @@ type FetchRequest struct {
 	// partition has nothing left (CODE_DONE), since the rows may still come
 	// back. A hold not settled within the controller's held-fetch TTL is
 	// given back by the controller.
-	Hold          bool `protobuf:"varint,12,opt,name=hold,proto3" json:"hold,omitempty"`
+	Hold bool `protobuf:"varint,12,opt,name=hold,proto3" json:"hold,omitempty"`
+	// hold_group (with hold; at most 64 bytes) names the consumer the hold
+	// belongs to when several fetching processes stand for one (a
+	// DataLoader's workers, whose batches its main process acknowledges as
+	// it takes them): a fetch of the task in the same group is told the
+	// partition has nothing left though the group's own holds are
+	// unsettled; fetches outside the group still wait for them.
+	HoldGroup     []byte `protobuf:"bytes,13,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -811,6 +818,13 @@ func (x *FetchRequest) GetHold() bool {
 		return x.Hold
 	}
 	return false
+}
+
+func (x *FetchRequest) GetHoldGroup() []byte {
+	if x != nil {
+		return x.HoldGroup
+	}
+	return nil
 }
 
 // SamplerSpec names a built-in sampler: "sequential", "rank_aware",
@@ -4343,7 +4357,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\x89\x03\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xa8\x03\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4359,7 +4373,9 @@ const file_control_proto_rawDesc = "" +
 	"\ftoken_budget\x18\n" +
 	" \x01(\x03R\vtokenBudget\x12*\n" +
 	"\x11end_when_consumed\x18\v \x01(\bR\x0fendWhenConsumed\x12\x12\n" +
-	"\x04hold\x18\f \x01(\bR\x04hold\"H\n" +
+	"\x04hold\x18\f \x01(\bR\x04hold\x12\x1d\n" +
+	"\n" +
+	"hold_group\x18\r \x01(\fR\tholdGroup\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +

@@ -787,6 +787,13 @@ func (m *FetchRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.HoldGroup) > 0 {
+		i -= len(m.HoldGroup)
+		copy(dAtA[i:], m.HoldGroup)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.HoldGroup)))
+		i--
+		dAtA[i] = 0x6a
+	}
 	if m.Hold {
 		i--
 		if m.Hold {
@@ -4529,6 +4536,10 @@ func (m *FetchRequest) SizeVT() (n int) {
 	}
 	if m.Hold {
 		n += 2
+	}
+	l = len(m.HoldGroup)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n

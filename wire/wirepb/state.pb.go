@@ -1278,7 +1278,9 @@ type ConsumeOp struct {
 	Made []*KeptRef `protobuf:"bytes,14,rep,name=made,proto3" json:"made,omitempty"`
 	// hold: the fetch (under key) holds its consumed rows for its caller
 	// until an AckOp or an UnconsumeOp of the key settles them.
-	Hold          bool `protobuf:"varint,15,opt,name=hold,proto3" json:"hold,omitempty"`
+	Hold bool `protobuf:"varint,15,opt,name=hold,proto3" json:"hold,omitempty"`
+	// hold_group: the hold's group (FetchRequest.hold_group).
+	HoldGroup     []byte `protobuf:"bytes,16,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1416,6 +1418,13 @@ func (x *ConsumeOp) GetHold() bool {
 		return x.Hold
 	}
 	return false
+}
+
+func (x *ConsumeOp) GetHoldGroup() []byte {
+	if x != nil {
+		return x.HoldGroup
+	}
+	return nil
 }
 
 // KeptRef names a batch a sampler keeps for a data-replica group: the
@@ -2751,8 +2760,9 @@ type StateFetch struct {
 	Consumed      []uint64               `protobuf:"varint,4,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
 	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
-	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`  // the kept batch it took, while followed
-	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"` // its rows are held for its caller (ConsumeOp.hold), not yet settled
+	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`                            // the kept batch it took, while followed
+	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled
+	HoldGroup     []byte                 `protobuf:"bytes,9,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"` // the hold's group (FetchRequest.hold_group)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2841,6 +2851,13 @@ func (x *StateFetch) GetHeld() bool {
 		return x.Held
 	}
 	return false
+}
+
+func (x *StateFetch) GetHoldGroup() []byte {
+	if x != nil {
+		return x.HoldGroup
+	}
+	return nil
 }
 
 type StateRows struct {
@@ -3303,7 +3320,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06fields\x18\x03 \x03(\tR\x06fields\x12\x10\n" +
 	"\x03gen\x18\x04 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xcb\x03\n" +
+	"change_seq\x18\x05 \x01(\x04R\tchangeSeq\"\xea\x03\n" +
 	"\tConsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1a\n" +
@@ -3321,7 +3338,9 @@ const file_state_proto_rawDesc = "" +
 	"\x05asked\x18\f \x01(\v2\x13.tq.wire.v1.KeptRefR\x05asked\x12+\n" +
 	"\x06forgot\x18\r \x01(\v2\x13.tq.wire.v1.KeptRefR\x06forgot\x12'\n" +
 	"\x04made\x18\x0e \x03(\v2\x13.tq.wire.v1.KeptRefR\x04made\x12\x12\n" +
-	"\x04hold\x18\x0f \x01(\bR\x04hold\"f\n" +
+	"\x04hold\x18\x0f \x01(\bR\x04hold\x12\x1d\n" +
+	"\n" +
+	"hold_group\x18\x10 \x01(\fR\tholdGroup\"f\n" +
 	"\aKeptRef\x12!\n" +
 	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x17\n" +
 	"\adp_rank\x18\x02 \x01(\x03R\x06dpRank\x12\x1f\n" +
@@ -3443,7 +3462,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xd9\x01\n" +
+	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xf8\x01\n" +
 	"\n" +
 	"StateFetch\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
@@ -3454,7 +3473,9 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"at_unix_ms\x18\x06 \x01(\x03R\batUnixMs\x12'\n" +
 	"\x04kept\x18\a \x01(\v2\x13.tq.wire.v1.KeptRefR\x04kept\x12\x12\n" +
-	"\x04held\x18\b \x01(\bR\x04held\"5\n" +
+	"\x04held\x18\b \x01(\bR\x04held\x12\x1d\n" +
+	"\n" +
+	"hold_group\x18\t \x01(\fR\tholdGroup\"5\n" +
 	"\tStateRows\x12(\n" +
 	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xa7\x02\n" +
 	"\bStateRow\x12\x14\n" +

@@ -1265,6 +1265,15 @@ func (m *ConsumeOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.HoldGroup) > 0 {
+		i -= len(m.HoldGroup)
+		copy(dAtA[i:], m.HoldGroup)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.HoldGroup)))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x82
+	}
 	if m.Hold {
 		i--
 		if m.Hold {
@@ -2670,6 +2679,13 @@ func (m *StateFetch) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.HoldGroup) > 0 {
+		i -= len(m.HoldGroup)
+		copy(dAtA[i:], m.HoldGroup)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.HoldGroup)))
+		i--
+		dAtA[i] = 0x4a
+	}
 	if m.Held {
 		i--
 		if m.Held {
@@ -3709,6 +3725,10 @@ func (m *ConsumeOp) SizeVT() (n int) {
 	if m.Hold {
 		n += 2
 	}
+	l = len(m.HoldGroup)
+	if l > 0 {
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -4264,6 +4284,10 @@ func (m *StateFetch) SizeVT() (n int) {
 	}
 	if m.Held {
 		n += 2
+	}
+	l = len(m.HoldGroup)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n
