@@ -1181,6 +1181,9 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	}
 	defer p.mu.Unlock()
 	rows, err := p.lookup(indexes)
+	if err == nil {
+		err = checkTagsGrowth(p, rows, tags, false, func(i int) string { return fmt.Sprintf("row %d", indexes[i]) })
+	}
 	if err != nil {
 		return opErr("set tags", partition, err)
 	}

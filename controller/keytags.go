@@ -110,6 +110,46 @@ func checkTagMaps(tags []engine.Tags, who func(int) string) error {
 	return nil
 }
 
+// maxReplyTagsBytes bounds the tags one answer carries for the keys it
+// names (a put's answer holds every key's tags after it): half a frame
+// (wire.MaxBodyLen), so that the answer of a change that was made can
+// always be sent.
+const maxReplyTagsBytes = 32 << 20
+
+// checkTagsGrowth refuses tags that would make a key's tags larger than
+// [engine.MaxTagsBytes]: rows[i]'s (nil: a key not made yet) merged with
+// adds[i] (adds nil: none), naming the i'th key by who(i). With reply,
+// the answer holds every one of rows' tags after: their total is bounded
+// by maxReplyTagsBytes too. p is locked; nothing changes.
+func checkTagsGrowth(p *partition, rows []*row, adds []engine.Tags, reply bool, who func(int) string) error {
+	// Below this many keys no answer can pass the bound.
+	reply = reply && len(rows)*engine.MaxTagsBytes > maxReplyTagsBytes
+	total := 0
+	for i, r := range rows {
+		var old, add engine.Tags
+		if r != nil {
+			old = p.tagsOf(r)
+		}
+		if adds != nil {
+			add = adds[i]
+		}
+		switch {
+		case len(add) > 0:
+			n := old.MergedJSONSize(add)
+			if n > engine.MaxTagsBytes {
+				return fmt.Errorf("%s: tags of %d bytes as JSON after the merge (at most %d): %w", who(i), n, engine.MaxTagsBytes, engine.ErrInvalid)
+			}
+			total += n
+		case reply:
+			total += old.JSONSize()
+		}
+	}
+	if reply && total > maxReplyTagsBytes {
+		return fmt.Errorf("%d keys whose tags after the put take %d bytes as JSON, more than one answer carries (%d); put fewer keys at once: %w", len(rows), total, maxReplyTagsBytes, engine.ErrInvalid)
+	}
+	return nil
+}
+
 // CompareAndSetTag sets tag req.Name of key req.Key to req.New if it
 // holds req.Old, atomically (under the partition's lock, one change, one
 // record). nil (or any value whose JSON is null) stands for "absent" on
@@ -175,6 +215,11 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		return engine.TagSwapped{Swapped: true}, nil // absent already
 	}
 	set := engine.Tags{req.Name: req.New}
+	if req.New != nil {
+		if err := checkTagsGrowth(p, []*row{r}, []engine.Tags{set}, false, func(int) string { return fmt.Sprintf("key %q", req.Key) }); err != nil {
+			return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+		}
+	}
 	var ops []*wirepb.LogOp
 	var tags *wirepb.LogOp
 	if req.New != nil && c.logging() {

@@ -350,7 +350,10 @@ func TestKeyPagesCountTagBytes(t *testing.T) {
 			tags[i] = engine.Tags{"note": strings.Repeat("\x01", 3<<10)} // 6 bytes each as JSON
 		}
 	}
-	putTags(t, c, "p", keys, tags...)
+	// In puts of 512 keys: one answer carries at most 32 MiB of tags.
+	for i := 0; i < len(keys); i += 512 {
+		putTags(t, c, "p", keys[i:i+512], tags[i:i+512]...)
+	}
 
 	page, next, err := c.ListKeysPage("p", nil, 0)
 	require.NoError(t, err)

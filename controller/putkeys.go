@@ -72,6 +72,9 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 		}
 	}
 	rows, newAt := p.lookupKeys(req.Keys)
+	if err := checkTagsGrowth(p, rows, req.Tags, true, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) }); err != nil {
+		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
+	}
 	if err := c.createKeys(p, req.Keys, newAt, rows); err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}

@@ -334,6 +334,26 @@ func checkFloat(f float64) error {
 	return nil
 }
 
+// MaxTagsBytes bounds one key's tags, as [Tags.JSONSize] counts them: a
+// put, a tag set or a compare-and-set that would make a key's tags
+// larger is refused ([ErrInvalid]), so that every key can be listed,
+// sent and followed on the change feed in a frame.
+const MaxTagsBytes = 1 << 20
+
+// MergedJSONSize is [Tags.JSONSize] of t.Merge(u), without making it.
+func (t Tags) MergedJSONSize(u Tags) int {
+	n := 2
+	for k, v := range t {
+		if _, over := u[k]; !over {
+			n += quotedSize(k) + 2 + jsonSize(v)
+		}
+	}
+	for k, v := range u {
+		n += quotedSize(k) + 2 + jsonSize(v)
+	}
+	return n
+}
+
 // JSONSize estimates the length of t written as JSON, from above for the
 // JSON-like values (strings count every byte that may be escaped at its
 // escape's length; a byte of a multi-byte character as two, a bound that

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
 )
 
 func TestTagsClone(t *testing.T) {
@@ -244,5 +245,15 @@ func TestTagsCheck(t *testing.T) {
 				t.Errorf("Check of %#v: got error %v, want one wrapping ErrInvalid", tt.v, err)
 			}
 		})
+	}
+}
+
+func TestMergedJSONSize(t *testing.T) {
+	for _, c := range []struct{ a, b Tags }{
+		{nil, Tags{"s": "x"}},
+		{Tags{"s": "long value", "n": 1}, Tags{"s": "y"}},
+		{Tags{"s": "é<>"}, Tags{"t": []any{1.5, "a"}, "m": map[string]any{"k": nil}}},
+	} {
+		assert.Equal(t, c.a.Merge(c.b).JSONSize(), c.a.MergedJSONSize(c.b), "%v + %v", c.a, c.b)
 	}
 }

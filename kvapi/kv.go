@@ -43,7 +43,10 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 // tags; either fields or tags may be nil, not both. Keys are created as
 // needed. Bad input (no keys, duplicate keys, a key, partition or field
 // name that is empty or not valid UTF-8, row or tag count mismatch, a
-// field whose dtype differs from the partition's) changes nothing; names
+// field whose dtype differs from the partition's, tags that would make a
+// key's larger than [engine.MaxTagsBytes] as JSON, or keys whose tags
+// after the put take more than 32 MiB together, too much for one answer)
+// changes nothing; names
 // are refused ([engine.ErrInvalid], quoting them) before anything is
 // sent.
 //

@@ -57,7 +57,8 @@ func (kv *KV) DeleteTags(ctx context.Context, partition string, keys []string, n
 // Over the network a swap whose connection breaks may or may not have
 // happened (the error wraps [engine.ErrUnavailable]); read the tag and
 // decide. Errors: [engine.ErrInvalid] for an empty partition, key or tag
-// name, or a value JSON cannot encode; nothing changes then.
+// name, a value JSON cannot encode, or one that would make the key's tags
+// larger than [engine.MaxTagsBytes]; nothing changes then.
 func (kv *KV) CompareAndSetTag(ctx context.Context, partition, key, name string, old, new any) (swapped bool, current any, err error) {
 	ks, err := kv.keys("compare and set tag", partition)
 	if err != nil {
