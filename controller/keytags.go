@@ -124,6 +124,9 @@ const maxReplyTagsBytes = 32 << 20
 func checkTagsGrowth(p *partition, rows []*row, adds []engine.Tags, reply bool, who func(int) string) error {
 	// Below this many keys no answer can pass the bound.
 	reply = reply && len(rows)*engine.MaxTagsBytes > maxReplyTagsBytes
+	if adds == nil && !reply {
+		return nil // a put without tags (a KV SET) looks at nothing
+	}
 	total := 0
 	for i, r := range rows {
 		var old, add engine.Tags
