@@ -1050,7 +1050,8 @@ class Client:
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
                  token_budget: int | None = None, end_when_consumed: bool = False,
-                 _fetch_key: bytes | None = None, _hold: bool = False) -> BatchMeta:
+                 _fetch_key: bytes | None = None, _hold: bool = False,
+                 _hold_group: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
 
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
@@ -1112,7 +1113,8 @@ class Client:
         req = control_pb2.FetchRequest(partition=partition_id, task=task_name, fields=list(data_fields or []),
                                        batch_size=batch_size, options=opts, wait=wait,
                                        key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed,
-                                       hold=bool(_hold and _fetch_key))
+                                       hold=bool(_hold and _fetch_key),
+                                       hold_group=(_hold_group or b"") if _hold and _fetch_key else b"")
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])

@@ -131,10 +131,16 @@ class StreamIterator:
     def get_buffer(self):
         return list(self.buffer)
 
+    # In a DataLoader's worker (StreamingDataset): the worker's fetches
+    # are held in the DataLoader's hold group and left unacknowledged, for
+    # the main process to acknowledge as it takes them.
+    _hold_group = None
+
     def _fetch(self, wait=True):
         """The next batch, None when none came in time, or _DONE when the
         partition is marked done and the task has all of it. A batch is
-        kept (acknowledged) here, and :meth:`_fetched` told of it."""
+        kept (acknowledged) here, unless it is held for a DataLoader's main
+        process (_hold_group), and :meth:`_fetched` told of it."""
         c = self._get_client()
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self._first + self.batch_index * self._stride)
         while True:
@@ -147,7 +153,7 @@ class StreamIterator:
                 meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
                                   sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
                                   end_when_consumed=self.should_check_consumption_status, _fetch_key=key,
-                                  _hold=True)
+                                  _hold=True, _hold_group=self._hold_group)
             except (errors.DeadlineError, errors.NotFoundError):
                 return None
             except errors.DoneError:
@@ -164,6 +170,9 @@ class StreamIterator:
                 # and the same batch index gets it again.
                 c._give_back(self.partition_id, self.task_name, key)
                 raise
+            if self._hold_group is not None:
+                self._fetched(key, meta)
+                return data, meta
             try:
                 c._acknowledge(self.partition_id, self.task_name, key)
             except errors.NotSupportedError:
@@ -253,6 +262,11 @@ class _Controls:
         # gave back, by the worker's count of its fetches. Under _lock:
         # a batch is either kept or given back, never both.
         self._holds = sharedctypes.RawArray(ctypes.c_int64, 2 * max(workers, 1))
+        # The workers' hold group (FETCH's hold_group): a worker at the end
+        # of a done partition does not wait for its siblings' held
+        # batches, which the main process acknowledges only as it takes
+        # them, after that worker's own next one.
+        self.group = os.urandom(16)
         if isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._lock = (context or multiprocessing).Lock()
@@ -350,6 +364,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                     if self._worker is None:
                         import multiprocessing.util
                         self._worker, self._pending = info.id, []
+                        self._hold_group = self._controls.group
                         multiprocessing.util.Finalize(self, self._give_back_untaken, exitpriority=10)
                     else:
                         # A persistent worker's next iteration: torch
@@ -361,21 +376,23 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             return super().__iter__()
 
         # A worker fetches ahead: torch queues its micro-batches for the
-        # main process and drops them when the loop ends early (a break),
-        # and the worker has kept (acknowledged) the fetches, so those rows
-        # stayed consumed and reached no one. So each micro-batch goes out
+        # main process and drops them when the loop ends early (a break)
+        # or a worker dies. So a worker's fetches stay held (FETCH's hold,
+        # in the DataLoader's hold group) and each micro-batch goes out
         # tagged with its fetch; the main process (StreamingDataLoader's
-        # iterator) marks the fetch taken as it takes the batch's first
-        # micro-batch, and the worker gives back (UNCONSUME) every fetch
-        # the main process did not take when it exits (torch stops the
-        # workers once the iteration ended or was dropped) or, persistent,
-        # when its next iteration starts: never before, as the main process
-        # may take a queued batch until then. _Controls.keep and give_back
-        # decide, under one lock, which side a batch goes to. (The worker
-        # keeps its fetches as it reads them, as any loader does: held for
-        # the main process instead, a worker waiting at the end of a done
-        # partition for a sibling's batch, which the main process takes only
-        # after the worker's own next one, would wait for the held-fetch TTL.)
+        # iterator) marks the fetch taken, and acknowledges it, as it takes
+        # the batch's first micro-batch, and the worker gives back
+        # (UNCONSUME) every fetch the main process did not take when it
+        # exits (torch stops the workers once the iteration ended or was
+        # dropped) or, persistent, when its next iteration starts: never
+        # before, as the main process may take a queued batch until then.
+        # _Controls.keep and give_back decide, under one lock, which side a
+        # batch goes to. A worker killed holds its batches until the
+        # controller sees it gone (its connections closed) and gives them
+        # back to a consumer waiting at the end. The hold group lets a
+        # worker at the end of a done partition end though its siblings'
+        # batches are held: the main process takes those only after that
+        # worker's own next one.
 
         def _fetched(self, key, meta) -> None:
             if self._worker is None:
@@ -490,14 +507,27 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             dropped = set()
             for data, meta, tag in it:
                 if tag is not None:
-                    w, seq, _, key = tag
+                    w, seq, part, key = tag
                     if key is None:
                         if (w, seq) in dropped:
                             continue
-                    elif not controls.keep(w, seq):
+                    elif not controls.keep(w, seq) or not StreamingDataLoader._acknowledge(ds, part, key):
                         dropped.add((w, seq))
                         continue
                 yield data, meta
+
+        @staticmethod
+        def _acknowledge(ds, part, key) -> bool:
+            """Keep the held fetch of a batch the main process takes: False
+            when the controller gave its rows back meanwhile (another
+            consumer may have them: the batch is dropped)."""
+            try:
+                ds._get_client()._acknowledge(part, ds.task_name, key)
+            except errors.NotSupportedError:
+                pass  # a controller from before held fetches held nothing
+            except errors.NotFoundError:
+                return False
+            return True
 
         def reset(self):
             self.dataset_ref.reset()
