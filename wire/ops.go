@@ -100,7 +100,7 @@ var opNames = map[Op]string{
 	OpDeleteTags: "DELETE_TAGS", OpCompareAndSetTag: "COMPARE_AND_SET_TAG", OpKeyChanges: "KEY_CHANGES",
 	OpKVPut: "KV_PUT", OpKVGet: "KV_GET", OpMarkDone: "MARK_DONE", OpKVSet: "KV_SET", OpKVGetValue: "KV_GET_VALUE",
 	OpAcknowledge: "ACKNOWLEDGE", OpStatsPage: "STATS_PAGE",
-	OpRegister:    "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
+	OpRegister: "REGISTER", OpHeartbeat: "HEARTBEAT", OpUnitSync: "UNIT_SYNC", OpReconcile: "RECONCILE",
 	OpDrainUnit: "DRAIN_UNIT", OpUnitCells: "UNIT_CELLS", OpMoveCells: "MOVE_CELLS", OpMoved: "MOVED",
 	OpWrite: "WRITE", OpRead: "READ", OpFree: "FREE", OpUnitStats: "UNIT_STATS",
 	OpShmSegments: "SHM_SEGMENTS", OpReserve: "RESERVE", OpReserveCommit: "RESERVE_COMMIT",
