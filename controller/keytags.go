@@ -56,6 +56,10 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 		}
 		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q not in partition %q: %w", unknown, partition, engine.ErrNotFound))
 	}
+	// The answer holds every key's tags after: bounded as a put's is.
+	if err := checkTagsGrowth(p, rows, nil, true, func(i int) string { return fmt.Sprintf("key %q", keys[i]) }); err != nil {
+		return nil, nil, opErr("delete tags", partition, err)
+	}
 	var touched []*row
 	had := make([]int, len(rows))
 	for i, r := range rows {
@@ -139,7 +143,9 @@ func checkTagsGrowth(p *partition, rows []*row, adds []engine.Tags, reply bool, 
 		switch {
 		case len(add) > 0:
 			n := old.MergedJSONSize(add)
-			if n > engine.MaxTagsBytes {
+			// A key past the bound already (tags from before it) may
+			// still shrink.
+			if n > engine.MaxTagsBytes && n > old.JSONSize() {
 				return fmt.Errorf("%s: tags of %d bytes as JSON after the merge (at most %d): %w", who(i), n, engine.MaxTagsBytes, engine.ErrInvalid)
 			}
 			total += n
@@ -148,7 +154,7 @@ func checkTagsGrowth(p *partition, rows []*row, adds []engine.Tags, reply bool, 
 		}
 	}
 	if reply && total > maxReplyTagsBytes {
-		return fmt.Errorf("%d keys whose tags after the put take %d bytes as JSON, more than one answer carries (%d); put fewer keys at once: %w", len(rows), total, maxReplyTagsBytes, engine.ErrInvalid)
+		return fmt.Errorf("%d keys whose tags take %d bytes as JSON, more than one answer carries (%d); name fewer keys at once: %w", len(rows), total, maxReplyTagsBytes, engine.ErrInvalid)
 	}
 	return nil
 }

@@ -475,3 +475,36 @@ func TestTagNumbersMatchAcrossRestart(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	assert.Equal(t, want, answers(c), "after the restart")
 }
+
+// DeleteTags answers every key's tags: a call naming more keys than one
+// answer can carry the tags of is refused before anything changes (it was
+// applied, and its answer could not be sent). A key whose tags are past
+// the bound already (from before it) may still shrink, not grow.
+func TestTagBoundsOfDeletesAndShrinks(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	big := strings.Repeat("b", engine.MaxTagsBytes-64)
+	keys := make([]string, 40) // 40 MiB of tags: more than an answer's 32
+	for i := range keys {
+		keys[i] = fmt.Sprint("k", i)
+		putTags(t, c, "p", keys[i:i+1], engine.Tags{"big": big, "small": 1})
+	}
+	_, err := c.DeleteTags("p", keys, []string{"small"})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "name fewer keys at once")
+	got, err := c.DeleteTags("p", keys[:20], []string{"small"})
+	require.NoError(t, err)
+	require.Len(t, got, 20)
+	st, err := c.DeleteTags("p", keys[20:21], []string{"never"})
+	require.NoError(t, err)
+	require.Equal(t, 1, st[0]["small"], "the refused delete changed nothing")
+
+	// A key past the bound (as a put before it could make).
+	p := c.parts["p"]
+	p.mu.Lock()
+	r, _ := p.lookupKeys([]string{"k0"})
+	p.setTags(r[0], engine.Tags{"big": big + big, "pad": strings.Repeat("p", 1000)})
+	p.mu.Unlock()
+	_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k0"}, Tags: []engine.Tags{{"more": 1}}})
+	require.ErrorIs(t, err, engine.ErrInvalid, "growing it")
+	putTags(t, c, "p", []string{"k0"}, engine.Tags{"pad": 1}) // smaller, still past the bound
+}
