@@ -1274,7 +1274,12 @@ func (r *RemoteMeta) AllStats(ctx context.Context) ([]engine.PartitionStats, err
 		if err != nil {
 			return nil, err
 		}
+		last := after
 		for _, p := range reply.Partitions {
+			if p.Partition <= last {
+				return nil, r.opErr("stats page", fmt.Errorf("the controller answered the page after %q with partition %q after %q, out of order: %w", after, p.Partition, last, engine.ErrCorrupt))
+			}
+			last = p.Partition
 			st, err := statsFromPB(p)
 			if err != nil {
 				return nil, r.opErr("stats page", corruptReply(err))

@@ -20,8 +20,9 @@ import (
 )
 
 // AllStats asks STATS_PAGE page after page and gives every partition
-// once; a next_after that does not advance is an error, not a short
-// list; a controller without STATS_PAGE (CODE_NOT_SUPPORTED) is asked
+// once; a next_after that does not advance, or a page whose partitions
+// are not in order after the one asked for (one listed twice), is an
+// error, not a short or doubled list; a controller without STATS_PAGE (CODE_NOT_SUPPORTED) is asked
 // PARTITIONS, then STATS per partition, and a partition it says was
 // cleared meanwhile is left out.
 func TestAllStatsPages(t *testing.T) {
@@ -53,9 +54,24 @@ func TestAllStatsPages(t *testing.T) {
 		{
 			name: "next_after does not advance",
 			answer: func(after string) ([]string, string) {
-				return []string{"a", "b"}, "b"
+				if after == "" {
+					return []string{"a", "b"}, "b"
+				}
+				return []string{"c"}, "b"
 			},
 			wantErr:   `next_after "b", which does not advance`,
+			wantOps:   map[wire.Op]int{wire.OpStatsPage: 2},
+			wantAfter: []string{"", "b"},
+		},
+		{
+			name: "a page repeats a partition",
+			answer: func(after string) ([]string, string) {
+				if after == "" {
+					return []string{"a", "b"}, "b"
+				}
+				return []string{"b", "c"}, ""
+			},
+			wantErr:   `partition "b" after "b"`,
 			wantOps:   map[wire.Op]int{wire.OpStatsPage: 2},
 			wantAfter: []string{"", "b"},
 		},

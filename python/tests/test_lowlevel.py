@@ -422,6 +422,7 @@ def test_list_checkpoints_pages(client, monkeypatch, pages, want, err):
 @pytest.mark.parametrize("pages, want, err", [
     ({"": (["a", "b"], "b"), "b": (["c"], "")}, ["a", "b", "c"], None),
     ({"": (["a", "b"], "b"), "b": (["c"], "b")}, None, "next_after 'b', which does not advance"),
+    ({"": (["a", "b"], "b"), "b": (["b", "c"], "")}, None, "partition 'b' after 'b', out of order"),
 ])
 def test_all_stats_pages(client, monkeypatch, pages, want, err):
     """all_stats asks STATS_PAGE page after page until one has no

@@ -1588,6 +1588,13 @@ class Client:
                                  control_pb2.StatsPageReply, op_name="stats_page")
             except errors.NotSupportedError:
                 return self._stats_one_by_one()
+            last = after
+            for p in rep.partitions:
+                if p.partition <= last:
+                    raise errors.CorruptError(
+                        f"the controller answered the page after {after!r} with partition {p.partition!r} "
+                        f"after {last!r}, out of order", op="stats_page")
+                last = p.partition
             out.extend(rep.partitions)
             if not rep.next_after:
                 return out
