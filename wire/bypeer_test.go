@@ -2,6 +2,7 @@ package wire
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -68,4 +69,39 @@ func TestOnDisconnectTellsWhoEnded(t *testing.T) {
 			}
 		})
 	}
+}
+
+const opByPeerHold Op = 240
+
+// TestRefusedConnectionIsNotEndedByPeer: a connection the server refused
+// over a broken frame ends lingering (its sending side shut). A reply a
+// handler still in flight writes then fails with EPIPE on the server's
+// own shut side: that says nothing of the peer, which here never closes
+// at all, so OnDisconnect must not say the peer ended it.
+func TestRefusedConnectionIsNotEndedByPeer(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	gone := make(chan disconnect, 1)
+	_, addr := startServer(t, ServerConfig{
+		OnDisconnect: func(p *wirepb.Hello, byPeer bool) { gone <- disconnect{p.GetName(), byPeer} },
+	}, "tcp", func(s *Server) {
+		s.Handle(opByPeerHold, func(_ context.Context, _ *Request, rw *ReplyWriter) {
+			close(started)
+			<-release
+			rw.Reply(&wirepb.Empty{}, nil, nil)
+		})
+	})
+	nc := rawDial(t, addr, &wirepb.Hello{Role: "client", Name: "refused"})
+	_, err := nc.Write(frame(opByPeerHold, 0, 1, &wirepb.Empty{}, nil))
+	require.NoError(t, err)
+	recv(t, started, "the held request")
+	// A reply frame from a client: the server refuses the connection.
+	_, err = nc.Write(frame(opEcho, FlagReply, 2, &wirepb.Ping{}, nil))
+	require.NoError(t, err)
+	h, _ := readFrame(t, nc)
+	require.NotZero(t, h.Flags&FlagError, "the connection error")
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = nc.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "the server shut its sending side: it lingers")
+	close(release) // the reply meets the shut side
+	require.Equal(t, disconnect{"refused", false}, recv(t, gone, "the end of the refused connection"))
 }

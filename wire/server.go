@@ -738,7 +738,8 @@ type serverConn struct {
 	hs      *list.Element
 	evicted error
 	// byPeer is set once a read found the peer closed or reset the
-	// connection, or a write that it reset it (see closedByPeer).
+	// connection, or a write that it reset it (see closedByPeer); it does
+	// not count once linger is set (the server ended the connection).
 	byPeer atomic.Bool
 	// linger is set once the connection was answered with a refusal
 	// that ends it: it ends lingering (see serve), so that the answer
@@ -836,7 +837,10 @@ func (c *serverConn) serve() {
 		}
 		c.s.mu.Unlock()
 		if c.s.cfg.OnDisconnect != nil {
-			c.s.cfg.OnDisconnect(c.peer, c.byPeer.Load())
+			// A connection the server refused (lingering) was ended by
+			// the server, whatever its writes met since: a reply written
+			// on its shut sending side fails with EPIPE.
+			c.s.cfg.OnDisconnect(c.peer, c.byPeer.Load() && !c.linger.Load())
 		}
 	}()
 	if c.refused != nil {
