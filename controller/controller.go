@@ -754,7 +754,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}
 		// Rows a held fetch of the task holds may still come back
 		// (holds.go): not the end yet.
-		if final && !p.holds(req.Task, req.HoldGroup) {
+		if final && !p.holds(req.Task, req.HoldGroup) && !c.groupHolderGone(p, req.Task, req.HoldGroup, now) {
 			return nil, fmt.Errorf("partition %q has nothing left for task %q: %w", p.id, req.Task, engine.ErrDone)
 		}
 		if final {

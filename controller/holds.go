@@ -91,6 +91,38 @@ func (p *partition) holds(task, group string) bool {
 	})
 }
 
+// groupHolderGone reports whether a held fetch of task in group (""
+// none) holds rows for a holder that is gone: a process that exited, a
+// client that left (clients.go). The group's own holds do not keep its
+// fetches from the end because the group settles them; those of a
+// member killed (a DataLoader's worker) it never will, and they come
+// back (lookExits, expireHeld): the group is not at the end yet. p is
+// locked.
+func (c *Controller) groupHolderGone(p *partition, task, group string, now time.Time) bool {
+	if group == "" {
+		return false
+	}
+	var gone map[int32]bool
+	for _, e := range p.held {
+		if e.task != task || e.group != group || !e.holding() {
+			continue
+		}
+		if e.pid > 0 {
+			if gone == nil {
+				gone = make(map[int32]bool)
+			}
+			if exited(e.pid, gone) {
+				return true
+			}
+		}
+		var why string
+		if e.client != "" && c.clientGone(e.client, now, &why) {
+			return true
+		}
+	}
+	return false
+}
+
 // maxHoldGroupLen bounds engine.FetchRequest.HoldGroup.
 const maxHoldGroupLen = 64
 

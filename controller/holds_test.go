@@ -547,3 +547,41 @@ func TestHoldGroupRefusals(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, trues(st.Consumed), "refused before anything was consumed")
 }
+
+// A member of a hold group killed (a DataLoader's worker) never settles
+// its holds: a fetch of the group at the end waits for them to come back
+// and gets them, rather than ErrDone with them held until the TTL.
+func TestHoldGroupTakesBackAnExitedMembersHolds(t *testing.T) {
+	c := newController(t, Config{})
+	doneWith(t, c, 6)
+	member := exec.Command("sleep", "60")
+	require.NoError(t, member.Start())
+	defer member.Process.Kill()
+	inGroup := func(key string, pid int32, d time.Duration) (*engine.BatchMeta, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true,
+			Key: key, Hold: true, HoldGroup: "loader-1", HolderPID: pid})
+	}
+	m, err := inGroup("k1", int32(member.Process.Pid), time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 4, m.Len())
+	m2, err := inGroup("k2", int32(os.Getpid()), time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 2, m2.Len())
+	_, err = inGroup("k3", int32(os.Getpid()), 10*time.Second)
+	require.ErrorIs(t, err, engine.ErrDone, "the member lives: the group's own holds do not keep it from the end")
+
+	require.NoError(t, member.Process.Kill())
+	member.Wait() // reaped: a zombie reads as alive
+	start := time.Now()
+	got, err := inGroup("k4", int32(os.Getpid()), 10*time.Second)
+	require.NoError(t, err, "the exited member's rows come back to its group")
+	assert.Equal(t, m.Indexes, got.Indexes)
+	assert.Less(t, time.Since(start), 5*time.Second, "at the next look, not after the TTL")
+	require.ErrorIs(t, c.Acknowledge("p", "t", "k1"), engine.ErrNotFound, "the member's rows went to another")
+	require.NoError(t, c.Acknowledge("p", "t", "k2"))
+	require.NoError(t, c.Acknowledge("p", "t", "k4"))
+	_, err = inGroup("k5", int32(os.Getpid()), 10*time.Second)
+	require.ErrorIs(t, err, engine.ErrDone)
+}

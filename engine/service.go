@@ -54,8 +54,10 @@ type FetchRequest struct {
 	// several fetching processes stand for one (a DataLoader's workers):
 	// a fetch of the task in the same group is told ErrDone though the
 	// group's own holds are unsettled (the main process that settles them
-	// may be waiting on that fetch's caller); fetches outside the group
-	// still wait for them. At most 64 bytes.
+	// may be waiting on that fetch's caller), unless one is held for a
+	// holder known to be gone (see HolderPID, HolderClient): a member
+	// killed never settles it, and it comes back. Fetches outside the
+	// group still wait for them. At most 64 bytes.
 	HoldGroup string
 	// HolderPID, with Hold, is the process on the controller's host the
 	// rows are held for (0: unknown). Once it has exited, a fetch waiting
