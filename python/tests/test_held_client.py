@@ -130,3 +130,53 @@ def test_dataloader_workers_killed_lose_nothing(graceful, part):
         th.join(20)
         assert not th.is_alive(), f"the task's next consumer waits for the dead workers' rows (took {taken}, then {rest})"
         assert sorted(taken + rest) == list(range(16))
+
+
+def test_dataloader_after_killed_workers_gets_their_rows(graceful, part):
+    """The same loader iterated again after its workers were killed: its
+    new workers are in the same hold group as the dead ones, whose holds
+    they were told not to wait for (ErrDone), so the epoch ended without
+    the rows the dead workers held (they came back only after the
+    held-fetch TTL). A group's fetch at the end now waits for the holds of
+    a member the controller knows is gone, and gets them."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    import multiprocessing
+    import signal
+    import threading
+    with graceful.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=graceful.address, token=graceful.token,
+                                 fetch_timeout=0.3)
+        dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+        it = iter(dl)
+        data, _ = next(it)
+        taken = data["x"].tolist()
+
+        def consumed():
+            return sum(t.consumed for t in c.stats(part).tasks if t.task == "train")
+        deadline = time.monotonic() + 10
+        while consumed() < 8 and time.monotonic() < deadline:  # the workers fetched ahead
+            time.sleep(0.02)
+        assert consumed() >= 8, "the workers did not fetch ahead: the test shows nothing"
+        workers = multiprocessing.active_children()
+        assert len(workers) == 2
+        old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            for w in workers:
+                os.kill(w.pid, signal.SIGKILL)
+            for w in workers:
+                w.join(10)
+            del it
+        finally:
+            signal.signal(signal.SIGCHLD, old)
+        rest = []
+
+        def again():
+            for data, _ in dl:  # new workers, the loader's hold group
+                rest.extend(data["x"].tolist())
+        th = threading.Thread(target=again, daemon=True)
+        th.start()
+        th.join(30)
+        assert not th.is_alive(), f"the loader's next iteration did not end (took {taken}, then {rest})"
+        assert sorted(taken + rest) == list(range(16))
