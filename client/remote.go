@@ -1286,15 +1286,24 @@ func (r *RemoteMeta) AllStats(ctx context.Context) ([]engine.PartitionStats, err
 			}
 			all = append(all, st)
 		}
-		switch {
-		case reply.NextAfter == "":
+		if reply.NextAfter == "" {
 			return all, nil
-		case reply.NextAfter <= after:
-			// Asking again would loop; stopping would give part as all.
-			return nil, r.opErr("stats page", fmt.Errorf("the controller answered the page after %q with next_after %q, which does not advance: %w", after, reply.NextAfter, engine.ErrCorrupt))
+		}
+		if err := nextPage(after, reply.NextAfter); err != nil {
+			return nil, r.opErr("stats page", err)
 		}
 		after = reply.NextAfter
 	}
+}
+
+// nextPage refuses a paged listing's next_after that does not advance
+// past after: asking again would loop, and stopping would give part of
+// the list as all of it.
+func nextPage(after, next string) error {
+	if next <= after {
+		return fmt.Errorf("the controller answered the page after %q with next_after %q, which does not advance: %w", after, next, engine.ErrCorrupt)
+	}
+	return nil
 }
 
 // statsOneByOne is AllStats from a controller without STATS_PAGE.
@@ -1510,14 +1519,13 @@ func (r *RemoteMeta) Checkpoints(ctx context.Context) ([]*wirepb.CheckpointInfo,
 			return nil, err
 		}
 		all = append(all, reply.Checkpoints...)
-		switch {
-		case reply.NextAfter == "":
-			// The last page; a server from before pages answers
-			// everything, with no next.
+		// The last page has no next; a server from before pages
+		// answers everything, with none.
+		if reply.NextAfter == "" {
 			return all, nil
-		case reply.NextAfter <= after:
-			// Asking again would loop; stopping would list part as all.
-			return nil, r.opErr("checkpoints", fmt.Errorf("the controller answered the page after %q with next_after %q, which does not advance: %w", after, reply.NextAfter, engine.ErrCorrupt))
+		}
+		if err := nextPage(after, reply.NextAfter); err != nil {
+			return nil, r.opErr("checkpoints", err)
 		}
 		after = reply.NextAfter
 	}

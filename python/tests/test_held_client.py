@@ -79,6 +79,58 @@ def test_a_forked_child_is_a_client_of_its_own():
     assert child != wire._client_id
 
 
+def _kill_workers_after_they_fetched_ahead(server, c, part):
+    """Put 16 rows in part (done), iterate a StreamingDataLoader with 2
+    workers until they fetched ahead, take one micro-batch, SIGKILL both
+    workers; returns the loader and the rows taken."""
+    import multiprocessing
+    import signal
+    c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+    c.mark_done(part)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+    it = iter(dl)
+    data, _ = next(it)
+    taken = data["x"].tolist()
+
+    def consumed():
+        return sum(t.consumed for t in c.stats(part).tasks if t.task == "train")
+    deadline = time.monotonic() + 10
+    while consumed() < 8 and time.monotonic() < deadline:  # the workers fetched ahead
+        time.sleep(0.02)
+    assert consumed() >= 8, "the workers did not fetch ahead: the test shows nothing"
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    # torch's SIGCHLD handler raises in this thread once a worker dies:
+    # the iteration is over anyway.
+    old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        for w in workers:
+            os.kill(w.pid, signal.SIGKILL)
+        for w in workers:
+            w.join(10)
+        del it
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    return dl, taken
+
+
+def _rows_of(loop, timeout):
+    """The x values loop() yields, on a thread; None if it did not end
+    within timeout seconds."""
+    import threading
+    rows = []
+
+    def run():
+        for data, _ in loop():
+            rows.extend(data["x"].tolist())
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(timeout)
+    return None if th.is_alive() else rows
+
+
 def test_dataloader_workers_killed_lose_nothing(graceful, part):
     """A StreamingDataLoader's workers fetch ahead; killed (torch's timeout,
     the OOM killer), they used to lose what they had queued for the main
@@ -88,47 +140,10 @@ def test_dataloader_workers_killed_lose_nothing(graceful, part):
     and acknowledges them, and a dead worker's holds go back to the task's
     next consumer."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
-    import multiprocessing
-    import signal
-    import threading
     with graceful.client() as c:
-        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
-        ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=graceful.address, token=graceful.token,
-                                 fetch_timeout=0.3)
-        dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
-        it = iter(dl)
-        data, _ = next(it)
-        taken = data["x"].tolist()
-
-        def consumed():
-            return sum(t.consumed for t in c.stats(part).tasks if t.task == "train")
-        deadline = time.monotonic() + 10
-        while consumed() < 8 and time.monotonic() < deadline:  # the workers fetched ahead
-            time.sleep(0.02)
-        assert consumed() >= 8, "the workers did not fetch ahead: the test shows nothing"
-        workers = multiprocessing.active_children()
-        assert len(workers) == 2
-        # torch's SIGCHLD handler raises in this thread once a worker dies:
-        # the iteration is over anyway.
-        old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        try:
-            for w in workers:
-                os.kill(w.pid, signal.SIGKILL)
-            for w in workers:
-                w.join(10)
-            del it
-        finally:
-            signal.signal(signal.SIGCHLD, old)
-        rest = []
-
-        def drain():
-            for data, _ in tq.StreamIterator(2, 2, ["x"], part, "train", client=c, fetch_timeout=0.3):
-                rest.extend(data["x"].tolist())
-        th = threading.Thread(target=drain, daemon=True)
-        th.start()
-        th.join(20)
-        assert not th.is_alive(), f"the task's next consumer waits for the dead workers' rows (took {taken}, then {rest})"
+        _, taken = _kill_workers_after_they_fetched_ahead(graceful, c, part)
+        rest = _rows_of(lambda: tq.StreamIterator(2, 2, ["x"], part, "train", client=c, fetch_timeout=0.3), 20)
+        assert rest is not None, f"the task's next consumer waits for the dead workers' rows (took {taken})"
         assert sorted(taken + rest) == list(range(16))
 
 
@@ -140,43 +155,8 @@ def test_dataloader_after_killed_workers_gets_their_rows(graceful, part):
     held-fetch TTL). A group's fetch at the end now waits for the holds of
     a member the controller knows is gone, and gets them."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
-    import multiprocessing
-    import signal
-    import threading
     with graceful.client() as c:
-        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
-        ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=graceful.address, token=graceful.token,
-                                 fetch_timeout=0.3)
-        dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
-        it = iter(dl)
-        data, _ = next(it)
-        taken = data["x"].tolist()
-
-        def consumed():
-            return sum(t.consumed for t in c.stats(part).tasks if t.task == "train")
-        deadline = time.monotonic() + 10
-        while consumed() < 8 and time.monotonic() < deadline:  # the workers fetched ahead
-            time.sleep(0.02)
-        assert consumed() >= 8, "the workers did not fetch ahead: the test shows nothing"
-        workers = multiprocessing.active_children()
-        assert len(workers) == 2
-        old = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        try:
-            for w in workers:
-                os.kill(w.pid, signal.SIGKILL)
-            for w in workers:
-                w.join(10)
-            del it
-        finally:
-            signal.signal(signal.SIGCHLD, old)
-        rest = []
-
-        def again():
-            for data, _ in dl:  # new workers, the loader's hold group
-                rest.extend(data["x"].tolist())
-        th = threading.Thread(target=again, daemon=True)
-        th.start()
-        th.join(30)
-        assert not th.is_alive(), f"the loader's next iteration did not end (took {taken}, then {rest})"
+        dl, taken = _kill_workers_after_they_fetched_ahead(graceful, c, part)
+        rest = _rows_of(lambda: dl, 30)  # new workers, the loader's hold group
+        assert rest is not None, f"the loader's next iteration did not end (took {taken})"
         assert sorted(taken + rest) == list(range(16))

@@ -1555,12 +1555,7 @@ class Client:
             # with no next.
             if not rep.next_after:
                 return out
-            if rep.next_after <= after:
-                # Asking again would loop; stopping would list part as all.
-                raise errors.CorruptError(
-                    f"the controller answered the page after {after!r} with next_after "
-                    f"{rep.next_after!r}, which does not advance", op="checkpoints")
-            after = rep.next_after
+            after = _next_page(after, rep.next_after, "checkpoints")
 
     def metrics_endpoints(self) -> list:
         """The cluster's Prometheus endpoints (``"http://host:port/metrics"``):
@@ -1598,12 +1593,7 @@ class Client:
             out.extend(rep.partitions)
             if not rep.next_after:
                 return out
-            if rep.next_after <= after:
-                # Asking again would loop; stopping would give part as all.
-                raise errors.CorruptError(
-                    f"the controller answered the page after {after!r} with next_after "
-                    f"{rep.next_after!r}, which does not advance", op="stats_page")
-            after = rep.next_after
+            after = _next_page(after, rep.next_after, "stats_page")
 
     def _stats_one_by_one(self) -> list:
         out = []
@@ -1720,6 +1710,17 @@ def _async_twin(name):
         twin.__doc__ += (" Cancelled, a read into ``into=`` arrays raises CancelledError only once the read "
                          "ended: nothing writes into them after.")
     return twin
+
+
+def _next_page(after: str, nxt: str, op: str) -> str:
+    """A paged listing's next after: CorruptError for a next_after that
+    does not advance past after (asking again would loop, and stopping
+    would give part of the list as all of it)."""
+    if nxt <= after:
+        raise errors.CorruptError(
+            f"the controller answered the page after {after!r} with next_after {nxt!r}, which does not advance",
+            op=op)
+    return nxt
 
 
 async def _ended_before_cancelled(fut):
