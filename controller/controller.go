@@ -614,6 +614,18 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			case e.spent:
 				return nil, errFetchGivenBack
 			}
+			if e.held && req.Hold {
+				// A hold replayed after a restart knows no holder (they
+				// are not logged): its caller asking again, after a
+				// redial, names it, so that its exit gives the rows
+				// back sooner than the TTL.
+				if e.pid == 0 {
+					e.pid = req.HolderPID
+				}
+				if e.client == "" {
+					e.client = req.HolderClient
+				}
+			}
 			rows := make([]*row, 0, len(e.sampled))
 			for _, gi := range e.sampled {
 				if r, ok := p.rows.get(gi); ok {

@@ -585,3 +585,41 @@ func TestHoldGroupTakesBackAnExitedMembersHolds(t *testing.T) {
 	_, err = inGroup("k5", int32(os.Getpid()), 10*time.Second)
 	require.ErrorIs(t, err, engine.ErrDone)
 }
+
+// A hold's holder is not logged, so after a restart only the TTL gave it
+// back. Its caller, redialing, asks the same keyed fetch again: that names
+// the holder, and once the holder exited a fetch waiting at the end gets
+// the rows within seconds.
+func TestHeldFetchAskedAgainAfterARestartNamesItsHolder(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			doneWith(t, c, 4)
+			holder := exec.Command("sleep", "60")
+			require.NoError(t, holder.Start())
+			defer holder.Process.Kill()
+			req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "k", Hold: true}
+			m, err := c.Fetch(context.Background(), req)
+			require.NoError(t, err)
+			require.NoError(t, c.WaitDurable(context.Background()))
+			way.stop(t, c)
+
+			c = openDurable(t, dir, Config{})
+			defer c.Close()
+			req.HolderPID = int32(holder.Process.Pid)
+			again, err := c.Fetch(context.Background(), req)
+			require.NoError(t, err)
+			require.Equal(t, m.Indexes, again.Indexes, "asked again: the same rows")
+			_, err = peerFetch(c, 300*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded, "the holder lives")
+			require.NoError(t, holder.Process.Kill())
+			holder.Wait()
+			start := time.Now()
+			got, err := peerFetch(c, 10*time.Second)
+			require.NoError(t, err)
+			require.Equal(t, m.Indexes, got.Indexes)
+			require.Less(t, time.Since(start), 5*time.Second, "given back at the next look, not after the TTL")
+		})
+	}
+}
