@@ -68,3 +68,39 @@ func TestHeldRowsFollowTheClientNotItsConnections(t *testing.T) {
 	require.Equal(t, 4, got.Len(), "what the closed client held")
 	require.Less(t, time.Since(start), 5*time.Second)
 }
+
+// An idle client whose connection broke (a loader in a long step) dials
+// again on its own, not only at its next call: past the controller's
+// grace it would be taken for gone and what it holds given back, to be
+// dropped when it acknowledges.
+func TestIdleClientComesBackOnItsOwn(t *testing.T) {
+	defer client.SetKeepDial(50 * time.Millisecond)()
+	const grace = 500 * time.Millisecond
+	ctx := context.Background()
+	cfg := controller.DefaultConfig()
+	cfg.HeldClientGrace = grace
+	c, err := controller.New(cfg)
+	require.NoError(t, err)
+	defer c.Close()
+	_, addr := serveController(t, c, controller.ServerConfig{}, "tcp")
+	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
+	m, err := producer.Insert(ctx, "p", 4, []string{"x"})
+	require.NoError(t, err)
+	require.NoError(t, producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, 4, 0, 8)},
+	}}))
+	require.NoError(t, producer.MarkDone(ctx, "p"))
+
+	proxy := newStallProxy(t, "127.0.0.1:0", strings.TrimPrefix(addr, "tcp://"))
+	idle := dialMeta(t, "tcp://"+proxy.addr, client.RemoteConfig{Name: "idle"})
+	got, err := idle.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "k", Hold: true})
+	require.NoError(t, err)
+	require.Equal(t, 4, got.Len())
+	proxy.cut()
+	time.Sleep(4 * grace) // no call meanwhile
+	wctx, cancel := context.WithTimeout(ctx, 2*grace)
+	defer cancel()
+	_, err = producer.Fetch(wctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true})
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the idle client came back: its rows stay held")
+	require.NoError(t, idle.Acknowledge(ctx, "p", "t", "k"))
+}

@@ -116,6 +116,7 @@ type RemoteMeta struct {
 	bgIdle chan struct{}      // closed when bgN drops to zero; made by Close's wait
 	bgStop context.CancelFunc // ends the give-backs' calls, when Close gives up on them
 	bgCtx  context.Context
+	keeper sync.WaitGroup // keepConnected
 }
 
 var _ MetaService = (*RemoteMeta)(nil)
@@ -143,6 +144,11 @@ type laneDial struct {
 
 // laneRetry is how long a lane whose dial failed stays unused.
 const laneRetry = time.Second
+
+// keepDial is how often keepConnected looks at the first lane: a third of
+// the controller's default grace for a client whose connections all
+// closed (controller.DefaultHeldClientGrace). A variable for tests.
+var keepDial = 5 * time.Second
 
 // newClientID returns 16 random bytes: a client's id for as long as it
 // lives (wirepb.Hello.client_id).
@@ -197,7 +203,31 @@ func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, 
 		}
 		return nil, r.opErr("dial", err)
 	}
+	r.keeper.Add(1)
+	go r.keepConnected(keepDial)
 	return r, nil
+}
+
+// keepConnected dials the first lane again, every tick, once its
+// connection failed and no call came to dial it. The controller takes a
+// client whose connections all closed for gone after its grace
+// (tq serve --held-client-grace) and gives back the rows it holds: an
+// idle client (a loader in a long step) that lost its connection comes
+// back on its own. It ends when Close does.
+func (r *RemoteMeta) keepConnected(tick time.Duration) {
+	defer r.keeper.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(r.bgCtx, tick)
+		r.connect(ctx) // failed: the next tick tries again
+		cancel()
+	}
 }
 
 // Close closes the connection (calls in flight fail with an error
@@ -236,6 +266,7 @@ func (r *RemoteMeta) Close() error {
 	}
 	idle = r.bgIdleLocked()
 	r.mu.Unlock()
+	r.keeper.Wait() // its dial, if any, ends with bgCtx
 	select {
 	case <-idle:
 	case <-time.After(closeGrace): // a call that does not heed its ctx: the connection's Close ends it
