@@ -814,3 +814,21 @@ def test_close_from_another_thread_during_call():
         conn.call(wire.PING, common_pb2.Ping(nonce=1), common_pb2.Ping, op_name="ping")
     closer[0].join(10)
     assert not closer[0].is_alive() and conn.sock is None
+
+
+def test_pool_keeps_a_connection_given_back_twice_once(server):
+    """A connection given back twice went into the pool twice, and two
+    callers then took the same one (their frames mixed on one socket):
+    the second give is ignored."""
+    from tq import unit as tqunit
+    pool = tqunit.Pool(lambda: wire.Conn(server.address, token=server.token, name="pool"))
+    c = pool.take()
+    pool.give(c)
+    pool.give(c)
+    first, second = pool.take(), pool.take()
+    try:
+        assert first is c
+        assert second is not c, "the same connection handed to two callers"
+    finally:
+        first.close()
+        second.close()

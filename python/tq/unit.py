@@ -61,6 +61,11 @@ class Pool:
 
     def give(self, c: wire.Conn) -> None:
         with self._lock:
+            if any(x is c for x in self._idle):
+                # Given back twice (a caller's bug, as two threads ending
+                # one lease or reservation were): kept once, or two
+                # callers would take it and mix their frames.
+                return
             if self._closed or c.closed or c.pid != os.getpid() or len(self._idle) >= 16:
                 c.close()
                 return
