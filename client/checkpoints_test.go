@@ -143,11 +143,7 @@ func TestRemoteCheckpointsPages(t *testing.T) {
 				}
 				rw.Reply(reply, nil, nil)
 			})
-			l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
-			require.NoError(t, err)
-			go srv.Serve(l)
-			t.Cleanup(func() { srv.Close() })
-			r := dialMeta(t, "unix://"+l.Addr().String(), client.RemoteConfig{RetryFor: -1})
+			r := dialFake(t, srv)
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 
@@ -173,4 +169,15 @@ func TestRemoteCheckpointsPages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// dialFake serves srv, a controller a test stands in for, on a unix
+// socket until cleanup, and dials it without retries.
+func dialFake(t *testing.T, srv *wire.Server) *client.RemoteMeta {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return dialMeta(t, "unix://"+l.Addr().String(), client.RemoteConfig{RetryFor: -1})
 }

@@ -22,19 +22,7 @@ import (
 func TestHeldRowsFollowTheClientNotItsConnections(t *testing.T) {
 	const grace = 200 * time.Millisecond
 	ctx := context.Background()
-	cfg := controller.DefaultConfig()
-	cfg.HeldClientGrace = grace
-	c, err := controller.New(cfg)
-	require.NoError(t, err)
-	defer c.Close()
-	_, addr := serveController(t, c, controller.ServerConfig{}, "tcp")
-	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
-	m, err := producer.Insert(ctx, "p", 8, []string{"x"})
-	require.NoError(t, err)
-	require.NoError(t, producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
-		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, 8, 0, 8)},
-	}}))
-	require.NoError(t, producer.MarkDone(ctx, "p"))
+	addr, producer := heldSetup(t, grace, 8)
 	peerFetch := func(d time.Duration) (*engine.BatchMeta, error) {
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
@@ -57,7 +45,7 @@ func TestHeldRowsFollowTheClientNotItsConnections(t *testing.T) {
 		_, err := stays.Partitions(ctx)
 		return err == nil
 	}, 5*time.Second, 10*time.Millisecond)
-	_, err = peerFetch(5 * grace)
+	_, err := peerFetch(5 * grace)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "both clients live: their rows stay held")
 	require.NoError(t, stays.Acknowledge(ctx, "p", "t", "k1"), "the client that came back keeps its rows")
 
@@ -77,19 +65,7 @@ func TestIdleClientComesBackOnItsOwn(t *testing.T) {
 	defer client.SetKeepDial(50 * time.Millisecond)()
 	const grace = 500 * time.Millisecond
 	ctx := context.Background()
-	cfg := controller.DefaultConfig()
-	cfg.HeldClientGrace = grace
-	c, err := controller.New(cfg)
-	require.NoError(t, err)
-	defer c.Close()
-	_, addr := serveController(t, c, controller.ServerConfig{}, "tcp")
-	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
-	m, err := producer.Insert(ctx, "p", 4, []string{"x"})
-	require.NoError(t, err)
-	require.NoError(t, producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
-		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, 4, 0, 8)},
-	}}))
-	require.NoError(t, producer.MarkDone(ctx, "p"))
+	addr, producer := heldSetup(t, grace, 4)
 
 	proxy := newStallProxy(t, "127.0.0.1:0", strings.TrimPrefix(addr, "tcp://"))
 	idle := dialMeta(t, "tcp://"+proxy.addr, client.RemoteConfig{Name: "idle"})
@@ -103,4 +79,26 @@ func TestIdleClientComesBackOnItsOwn(t *testing.T) {
 	_, err = producer.Fetch(wctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true})
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the idle client came back: its rows stay held")
 	require.NoError(t, idle.Acknowledge(ctx, "p", "t", "k"))
+}
+
+// heldSetup serves a controller whose grace for clients that left is
+// grace, over TCP, with partition "p" of n produced rows marked done; it
+// returns the address and the producer's connection.
+func heldSetup(t *testing.T, grace time.Duration, n int) (string, *client.RemoteMeta) {
+	t.Helper()
+	ctx := context.Background()
+	cfg := controller.DefaultConfig()
+	cfg.HeldClientGrace = grace
+	c, err := controller.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	_, addr := serveController(t, c, controller.ServerConfig{}, "tcp")
+	producer := dialMeta(t, addr, client.RemoteConfig{Name: "producer"})
+	m, err := producer.Insert(ctx, "p", n, []string{"x"})
+	require.NoError(t, err)
+	require.NoError(t, producer.Commit(ctx, engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{
+		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, n, 0, 8)},
+	}}))
+	require.NoError(t, producer.MarkDone(ctx, "p"))
+	return addr, producer
 }

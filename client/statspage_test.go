@@ -3,8 +3,6 @@ package client_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"path/filepath"
 	"sort"
 	"sync"
 	"testing"
@@ -13,7 +11,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -135,11 +132,7 @@ func TestAllStatsPages(t *testing.T) {
 				}
 				rw.Reply(&wirepb.PartitionStats{Partition: r.Partition, Rows: 1}, nil, nil)
 			})
-			l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
-			require.NoError(t, err)
-			go srv.Serve(l)
-			t.Cleanup(func() { srv.Close() })
-			r := dialMeta(t, "unix://"+l.Addr().String(), client.RemoteConfig{RetryFor: -1})
+			r := dialFake(t, srv)
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 

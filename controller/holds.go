@@ -107,16 +107,10 @@ func (c *Controller) groupHolderGone(p *partition, task, group string, now time.
 		if e.task != task || e.group != group || !e.holding() {
 			continue
 		}
-		if e.pid > 0 {
-			if gone == nil {
-				gone = make(map[int32]bool)
-			}
-			if exited(e.pid, gone) {
-				return true
-			}
+		if gone == nil {
+			gone = make(map[int32]bool)
 		}
-		var why string
-		if e.client != "" && c.clientGone(e.client, now, &why) {
+		if c.holderGone(e, now, gone) != "" {
 			return true
 		}
 	}
@@ -217,13 +211,14 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 			continue // settled
 		}
 		var why string
-		switch until := e.heldFrom.Add(ttl); {
+		until := e.heldFrom.Add(ttl)
+		switch {
 		case ttl >= 0 && !now.Before(until):
 			why = fmt.Sprintf("for %v without settling them", ttl)
-		case gone != nil && e.pid > 0 && exited(e.pid, gone):
-			why = fmt.Sprintf("for process %d, which exited", e.pid)
-		case gone != nil && e.client != "" && c.clientGone(e.client, now, &why):
-		default:
+		case gone != nil:
+			why = c.holderGone(e, now, gone)
+		}
+		if why == "" {
 			keep = append(keep, e)
 			if ttl >= 0 && (next.IsZero() || until.Before(next)) {
 				next = until
@@ -249,18 +244,21 @@ func (c *Controller) expireHeld(p *partition, now time.Time) {
 	}
 }
 
-// clientGone reports whether client id left (clients.go) and, if so,
-// sets why.
-func (c *Controller) clientGone(id string, now time.Time, why *string) bool {
+// holderGone says why e's holder is gone — its process exited (gone
+// caches the answers by pid), or its client left (clients.go) — or ""
+// while it may live.
+func (c *Controller) holderGone(e *fetchEntry, now time.Time, gone map[int32]bool) string {
+	if e.pid > 0 && exited(e.pid, gone) {
+		return fmt.Sprintf("for process %d, which exited", e.pid)
+	}
 	grace := c.heldGrace()
-	if grace < 0 {
-		return false
+	if e.client == "" || grace < 0 {
+		return ""
 	}
-	gone, d := c.clients.gone(id, now, grace)
-	if gone {
-		*why = fmt.Sprintf("for client %x, which closed its connections %v ago", id[:min(len(id), 4)], d.Round(time.Millisecond))
+	if left, d := c.clients.gone(e.client, now, grace); left {
+		return fmt.Sprintf("for client %x, which closed its connections %v ago", e.client[:min(len(e.client), 4)], d.Round(time.Millisecond))
 	}
-	return gone
+	return ""
 }
 
 // nextCheck is when a fetch waiting on p must look again though nothing
