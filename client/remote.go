@@ -473,12 +473,26 @@ func (r *RemoteMeta) retry(ctx context.Context, name string, op wire.Op, req, re
 }
 
 func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
+	return r.callNeeding(ctx, "", name, op, req, reply, repeat)
+}
+
+// callNeeding is call for a request that needs the controller feature
+// need ("": none; see [wire.FeatureHoldGroup]): a controller whose HELLO
+// does not list it would misread the request, so it is not sent, and the
+// call fails with an error wrapping [engine.ErrNotSupported]. Each
+// connection is checked, a redial's too.
+func (r *RemoteMeta) callNeeding(ctx context.Context, need, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
 	if reply == nil {
 		reply = &wirepb.Empty{}
 	}
 	var again repeater
 	for {
 		c, err := r.connect(ctx)
+		if err == nil && need != "" {
+			if err = c.Need(need, name); err != nil {
+				return r.opErr(name, err)
+			}
+		}
 		if err == nil {
 			if err = c.Do(ctx, op, req, nil, reply, nil); err == nil {
 				return nil
@@ -534,9 +548,15 @@ func (r *RemoteMeta) waitToRepeat(ctx context.Context, name string, again *repea
 // doMeta sends a request whose reply is a MetaReply, repeating it over a
 // new connection if repeat (see [RemoteMeta.retry]).
 func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
+	return r.doMetaNeeding(ctx, "", name, op, req, repeat)
+}
+
+// doMetaNeeding is doMeta for a request that needs the controller
+// feature need (see [RemoteMeta.callNeeding]).
+func (r *RemoteMeta) doMetaNeeding(ctx context.Context, need, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
 	var reply wirepb.MetaReply
 	before := r.cluster()
-	if err := r.call(ctx, name, op, req, &reply, repeat); err != nil {
+	if err := r.callNeeding(ctx, need, name, op, req, &reply, repeat); err != nil {
 		return nil, err
 	}
 	return r.meta(name, reply.Meta, before)
@@ -714,7 +734,11 @@ func refusedFetch(err error) bool {
 func (r *RemoteMeta) fetch(ctx context.Context, req engine.FetchRequest, pb *wirepb.FetchRequest) (*engine.BatchMeta, error) {
 	for {
 		pb.Wait, pb.TimeoutMs = serverWait(ctx, req.Wait)
-		m, err := r.doMeta(ctx, "fetch", wire.OpFetch, pb, true)
+		need := ""
+		if len(pb.HoldGroup) > 0 {
+			need = wire.FeatureHoldGroup
+		}
+		m, err := r.doMetaNeeding(ctx, need, "fetch", wire.OpFetch, pb, true)
 		switch {
 		case err == nil && req.Wait && !pb.Wait && m.Empty():
 			return nil, r.opErr("fetch", fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, context.DeadlineExceeded))

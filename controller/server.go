@@ -178,8 +178,12 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	}
 	s.unwatch = c.units.watchEvictions(s.frees.drop)
 	ci := c.Info()
+	hello := &wirepb.Hello{
+		Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs,
+		Features: []string{wire.FeatureClientHolds, wire.FeatureHoldGroup},
+	}
 	s.ws = wire.NewServer(wire.ServerConfig{
-		Hello:            &wirepb.Hello{Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs},
+		Hello:            hello,
 		Token:            cfg.Token,
 		TrustPeerCred:    cfg.TrustPeerCred,
 		RefuseClearToken: cfg.RefuseClearToken,

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -119,6 +120,8 @@ type Conn struct {
 	// proved: the peer answered the challenge handshake with the right
 	// server proof (see [Conn.ServerProved]). Set by Hello.
 	proved atomic.Bool
+	// features: what the peer's HELLO reply lists (see [Conn.Serves]).
+	features atomic.Pointer[[]string]
 
 	mu      sync.Mutex
 	nextID  uint64
@@ -257,6 +260,36 @@ func Dial(ctx context.Context, addr string, hello *wirepb.Hello, cfg ConnConfig)
 // path the peer names) must go only to a peer that proved it.
 func (c *Conn) ServerProved() bool { return c.proved.Load() }
 
+// The optional parts of protocol version 1 a controller names in its
+// HELLO reply (Hello.features; spec.md "Versioning"). A request that
+// needs one is refused by the client when the reply lacks it: an older
+// controller would ignore the field that asks for it.
+const (
+	// FeatureClientHolds: Hello.client_id; a gone client's held rows go
+	// back after the grace rather than the held-fetch TTL.
+	FeatureClientHolds = "client_holds"
+	// FeatureHoldGroup: FetchRequest.hold_group.
+	FeatureHoldGroup = "hold_group"
+)
+
+// Serves reports whether the peer's HELLO reply listed feature (see
+// FeatureHoldGroup). False before the handshake.
+func (c *Conn) Serves(feature string) bool {
+	f := c.features.Load()
+	return f != nil && slices.Contains(*f, feature)
+}
+
+// Need returns nil when the peer serves feature, else an error for the
+// request named what that names the feature and the peer and wraps
+// [engine.ErrNotSupported]: nothing of the request was sent.
+func (c *Conn) Need(feature, what string) error {
+	if c.Serves(feature) {
+		return nil
+	}
+	return fmt.Errorf("%s needs the feature %q, which the server at %s does not list in its HELLO (an older tq serve: upgrade it): %w",
+		what, feature, c.addr, engine.ErrNotSupported)
+}
+
 // Hello performs the handshake. A token in h is never sent: the client
 // proves it knows the token with the challenge handshake (see auth.go and
 // spec.md "Handshake"), and refuses with [ErrServerUnproven] a server
@@ -320,6 +353,7 @@ func (c *Conn) Hello(ctx context.Context, h *wirepb.Hello) (*wirepb.Hello, error
 		// Nothing more goes to it: the caller closes the connection.
 		return nil, fmt.Errorf("handshake: %s answered without the challenge, proving nothing about the token (as a server run with --insecure does, or any peer), and this client requires the proof (RequireServerProof, $TQ_REQUIRE_SERVER_PROOF): %w", c.addr, ErrServerUnproven)
 	}
+	c.features.Store(&reply.Features)
 	limit := int(reply.MaxInFlight)
 	if limit == 0 {
 		limit = DefaultMaxInFlight

@@ -11,7 +11,7 @@ import pytest
 
 import tq
 from tq import wire
-from tq._pb import common_pb2
+from tq._pb import common_pb2, control_pb2
 
 
 def _serve_once(handler):
@@ -832,3 +832,44 @@ def test_pool_keeps_a_connection_given_back_twice_once(server):
     finally:
         first.close()
         second.close()
+
+
+def _old_controller(seen):
+    """A controller of before hold groups: its HELLO lists no features; it
+    answers every other request with an empty reply, noting each op."""
+    def h(c):
+        while True:
+            try:
+                op, rid, _ = _read_frame(c)
+            except (OSError, ValueError):
+                return
+            if op == wire.HELLO:
+                _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", cluster_id="old"))
+                continue
+            seen.append(op)
+            _reply(c, op, rid, control_pb2.MetaReply() if op == wire.FETCH else control_pb2.Empty())
+    return _serve_once(h)
+
+
+def test_hold_group_needs_the_feature():
+    """A held fetch for a hold group goes only to a controller whose HELLO
+    lists "hold_group": an older one would ignore the field and make the
+    group's workers wait on each other's holds until the TTL. The client
+    refuses it itself, naming the feature, and sends no FETCH; a fetch
+    that needs no feature still goes."""
+    seen = []
+    with tq.Client(_old_controller(seen), timeout=10) as c:
+        with pytest.raises(tq.NotSupportedError) as e:
+            c.get_meta(["x"], 1, "p", "fetch", "t", _fetch_key=os.urandom(16), _hold=True, _hold_group=b"g")
+        assert "'hold_group'" in e.value.message and "upgrade" in e.value.message
+        assert wire.FETCH not in seen
+        c.get_meta(["x"], 1, "p", "fetch", "t")
+        assert wire.FETCH in seen
+
+
+def test_controller_lists_its_features(server):
+    conn = wire.Conn(server.address, token=server.token, timeout=10)
+    try:
+        assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP}
+    finally:
+        conn.close()

@@ -1136,7 +1136,7 @@ class Client:
                     sock_timeout = max(left, 0.0) + self.timeout
                 try:
                     rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, repeat=False,
-                                     **ctx)
+                                     need=wire.FEATURE_HOLD_GROUP if req.hold_group else "", **ctx)
                 except errors.DeadlineError:
                     # The server's own limit on a wait (5 minutes) ran out
                     # before the caller's timeout: wait again (the fetch

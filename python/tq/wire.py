@@ -34,6 +34,10 @@ from ._pb import common_pb2, control_pb2, data_pb2, cluster_pb2  # noqa: F401
 HEADER = struct.Struct("<2sBBHHQIIQ")
 MAGIC = b"TQ"
 VERSION = 1
+# Optional parts of version 1 a controller lists in its HELLO reply
+# (Hello.features; wire/spec.md "Versioning").
+FEATURE_CLIENT_HOLDS = "client_holds"
+FEATURE_HOLD_GROUP = "hold_group"
 FLAG_REPLY = 1
 FLAG_ERROR = 2
 MAX_BODY = 64 << 20
@@ -548,8 +552,13 @@ class Conn:
                 i += 1
 
     def call(self, op: int, req, reply_cls=None, *, payload=None, into=None, max_payload=None,
-             op_name: str = "", timeout: float | None = None, err_ctx=None):
+             op_name: str = "", timeout: float | None = None, err_ctx=None, need: str = ""):
         """Send one request and wait for its reply.
+
+        ``need``: a feature the server's HELLO reply must list (FEATURE_*,
+        wire/spec.md "Versioning") for the request to be sent; without it
+        :class:`NotSupportedError` is raised and nothing is sent: an older
+        server would ignore the field the feature covers.
 
         ``payload``: a list of bytes-like objects sent back to back after the
         body. ``into``: a writable buffer, or a list of them filled one after
@@ -560,8 +569,12 @@ class Conn:
         ``(reply, payload)`` when the reply carries a payload or ``into`` was
         given).
         """
-        body = req.SerializeToString() if req is not None else b""
         err_ctx = err_ctx or {}
+        if need and need not in self.server.features:
+            raise errors.NotSupportedError(
+                f"{op_name or 'request'} needs the feature {need!r}, which the server at {self.addr} does not "
+                f"list in its HELLO (an older tq serve: upgrade it)", op=op_name, **err_ctx)
+        body = req.SerializeToString() if req is not None else b""
         ended = send_err = None
         if self.pid != os.getpid():
             # Before the lock: in a child, a thread of the parent may have

@@ -158,7 +158,14 @@ type Hello struct {
 	// did not connect again within a grace (tq serve --held-client-grace):
 	// a killed loader on another host does not hold its peers for the
 	// held-fetch TTL. Empty: the holds wait for the TTL.
-	ClientId      []byte `protobuf:"bytes,14,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	ClientId []byte `protobuf:"bytes,14,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// In a controller's reply: the optional parts of version 1 it serves,
+	// by name (wire/spec.md "Versioning"): "client_holds" (client_id),
+	// "hold_group" (FetchRequest.hold_group). A field a receiver does not
+	// know is ignored, so a client refuses, itself, a request that needs a
+	// feature the reply lacks, rather than send it to a controller that
+	// would misread it.
+	Features      []string `protobuf:"bytes,15,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,6 +294,13 @@ func (x *Hello) GetAuthProof() []byte {
 func (x *Hello) GetClientId() []byte {
 	if x != nil {
 		return x.ClientId
+	}
+	return nil
+}
+
+func (x *Hello) GetFeatures() []string {
+	if x != nil {
+		return x.Features
 	}
 	return nil
 }
@@ -440,7 +454,7 @@ var File_common_proto protoreflect.FileDescriptor
 const file_common_proto_rawDesc = "" +
 	"\n" +
 	"\fcommon.proto\x12\n" +
-	"tq.wire.v1\"\x88\x03\n" +
+	"tq.wire.v1\"\xa4\x03\n" +
 	"\x05Hello\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x17\n" +
@@ -460,7 +474,8 @@ const file_common_proto_rawDesc = "" +
 	"auth_nonce\x18\f \x01(\fR\tauthNonce\x12\x1d\n" +
 	"\n" +
 	"auth_proof\x18\r \x01(\fR\tauthProof\x12\x1b\n" +
-	"\tclient_id\x18\x0e \x01(\fR\bclientId\"\x1c\n" +
+	"\tclient_id\x18\x0e \x01(\fR\bclientId\x12\x1a\n" +
+	"\bfeatures\x18\x0f \x03(\tR\bfeatures\"\x1c\n" +
 	"\x04Ping\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x18\n" +
 	"\x06Cancel\x12\x0e\n" +

@@ -1,0 +1,69 @@
+package client_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
+)
+
+// TestHoldGroupNeedsTheFeature: a held fetch for a hold group goes only
+// to a controller whose HELLO lists "hold_group". An older one would
+// ignore the field and make the group's members wait on each other's
+// holds until the TTL; the client refuses the fetch itself instead, with
+// an error naming the feature, and sends nothing. Fetches that need no
+// feature still go.
+func TestHoldGroupNeedsTheFeature(t *testing.T) {
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller"}})
+	var fetches atomic.Int32
+	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		fetches.Add(1)
+		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
+	})
+	srv.Handle(wire.OpUnconsume, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		rw.Reply(&wirepb.Empty{}, nil, nil)
+	})
+	r := dialFake(t, srv)
+	ctx := t.Context()
+
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k", Hold: true, HoldGroup: "loader-1"}
+	_, err := r.Fetch(ctx, req)
+	require.ErrorIs(t, err, engine.ErrNotSupported)
+	assert.Contains(t, err.Error(), `"hold_group"`)
+	assert.Contains(t, err.Error(), "upgrade")
+	assert.Zero(t, fetches.Load(), "the fetch went to a controller that would misread it")
+
+	req.HoldGroup = ""
+	_, err = r.Fetch(ctx, req)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, fetches.Load())
+}
+
+// TestControllerListsItsFeatures: tq's controller names the features it
+// serves, and a fetch for a hold group goes through to it.
+func TestControllerListsItsFeatures(t *testing.T) {
+	ctrl := newController(t)
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	c, reply, err := wire.Dial(t.Context(), addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+	assert.ElementsMatch(t, []string{wire.FeatureClientHolds, wire.FeatureHoldGroup}, reply.Features)
+	assert.True(t, c.Serves(wire.FeatureHoldGroup))
+	assert.False(t, c.Serves("no_such_feature"))
+	require.ErrorIs(t, c.Need("no_such_feature", "test"), engine.ErrNotSupported)
+
+	r := dialMeta(t, addr, client.RemoteConfig{})
+	produce(t, r, "p", 1)
+	m, err := r.Fetch(t.Context(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1,
+		Key: "k", Hold: true, HoldGroup: "loader-1"})
+	require.NoError(t, err)
+	assert.Equal(t, 1, m.Len())
+}
