@@ -234,21 +234,40 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 		closeAll()
 		return -1, 0, fmt.Errorf("memfd of %d bytes for a region of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
 	}
-	// The size holds only if nobody can shrink the memfd: a 4 KiB-page
-	// segment is always sealed (storage/segment.go); hugetlb ones may not
-	// be on kernels before 4.16 (storage/segment.go): they stay unchecked.
-	if !rep.HugePages {
-		seals, err := unix.FcntlInt(uintptr(fds[0]), unix.F_GET_SEALS, 0)
-		if err != nil || seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
-			closeAll()
-			return -1, 0, fmt.Errorf("memfd not sealed against resizing (seals %#x, %v): %w", seals, err, engine.ErrCorrupt)
-		}
+	// The size holds only if nobody can shrink the memfd.
+	if err := checkSealed(fds[0]); err != nil {
+		closeAll()
+		return -1, 0, err
 	}
 	if end() {
 		closeAll()
 		return -1, 0, c.fetchErr(ctx, wc, os.ErrDeadlineExceeded)
 	}
 	return fds[0], int(rep.Size), nil
+}
+
+// checkSealed fails unless fd is a memfd sealed against shrinking and
+// growing, so that no process can resize it under this one's mappings
+// (a mapping past a shrunk file's end is SIGBUS on every access). A
+// 4 KiB-page segment is always sealed (storage/segment.go); a hugetlb one
+// is too, except on kernels before 4.16, which cannot seal a hugetlb
+// memfd: F_GET_SEALS fails there, and only then does an unsealed fd pass,
+// when fstatfs says it is on hugetlbfs. The reply's HugePages flag is the
+// peer's word and is not trusted for this.
+func checkSealed(fd int) error {
+	const want = unix.F_SEAL_SHRINK | unix.F_SEAL_GROW
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		var fs unix.Statfs_t
+		if errors.Is(err, unix.EINVAL) && unix.Fstatfs(fd, &fs) == nil && fs.Type == unix.HUGETLBFS_MAGIC {
+			return nil
+		}
+		return fmt.Errorf("fd is not a sealable memfd (F_GET_SEALS: %w): %w", err, engine.ErrCorrupt)
+	}
+	if seals&want != want {
+		return fmt.Errorf("memfd not sealed against resizing (seals %#x): %w", seals, engine.ErrCorrupt)
+	}
+	return nil
 }
 
 // testHookFdWatch, if set, runs an fd socket exchange's watch of the
