@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -70,28 +71,66 @@ func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels 
 // one value past it.
 const maxLabelLen = 200
 
-// nameLabel is a name as a label value. A name that is not valid UTF-8
-// (the controller's Go API takes any string; wire and RESP names are
-// checked) is Go-quoted, "\xff" for the byte 0xff, since
+// nameLabel is a name as a label value, one per name. A name that is
+// not valid UTF-8 (the controller's Go API takes any string; wire and
+// RESP names are checked) is Go-quoted, "\xff" for the byte 0xff, since
 // MustNewConstMetric panics on it, and a panic in a collector ends the
 // process. A name longer than maxLabelLen bytes keeps its first bytes and
 // ends in "~" and a hash of the whole name, so that two long names that
-// share a prefix stay two series.
+// share a prefix stay two series. So does a valid name that could be
+// taken for one of those two forms (it begins with a double quote, or
+// ends in "~" and 16 hex digits): two names with one label would be two
+// series of one name and labels, and the registry fails the whole scrape
+// on that (a client could blind the dashboards by naming a partition
+// after another's label).
 func nameLabel(s string) string {
-	if !utf8.ValidString(s) {
-		s = strconv.Quote(s)
+	base, keep := s, true
+	switch {
+	case !utf8.ValidString(s):
+		base = strconv.Quote(s)
+	case strings.HasPrefix(s, `"`) || hashedLabel(s):
+		keep = false
 	}
-	if len(s) <= maxLabelLen {
-		return s
+	if keep && len(base) <= maxLabelLen {
+		return base
 	}
 	h := fnv.New64a()
-	h.Write([]byte(s))
+	h.Write([]byte(s)) // the name's own bytes: base may be another name's
 	suffix := fmt.Sprintf("~%016x", h.Sum64())
-	cut := maxLabelLen - len(suffix)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
+	cut := min(len(base), maxLabelLen-len(suffix))
+	for cut > 0 && cut < len(base) && !utf8.RuneStart(base[cut]) {
 		cut--
 	}
-	return s[:cut] + suffix
+	return base[:cut] + suffix
+}
+
+// hashedLabel reports whether s ends as nameLabel's hashed form does: "~"
+// and 16 lowercase hex digits.
+func hashedLabel(s string) bool {
+	const n = 1 + 16
+	if len(s) < n || s[len(s)-n] != '~' {
+		return false
+	}
+	for _, c := range []byte(s[len(s)-n+1:]) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// labelSet keeps the label values one scrape gave a family: two names
+// with one label (two long names whose hashes collide) must not fail the
+// scrape, so the second is left out.
+type labelSet map[string]struct{}
+
+// add reports whether v is new, adding it.
+func (ls labelSet) add(v string) bool {
+	if _, ok := ls[v]; ok {
+		return false
+	}
+	ls[v] = struct{}{}
+	return true
 }
 
 func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
@@ -104,21 +143,32 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 		allocated, free := s.c.Indexes()
 		gauge(ch, descIndexes, float64(allocated), "allocated")
 		gauge(ch, descIndexes, float64(free), "free")
+		seenParts := labelSet{}
 		for _, id := range parts {
 			st, err := s.c.Stats(id)
 			if err != nil {
 				continue // cleared since
 			}
 			p := nameLabel(id)
+			if !seenParts.add(p) {
+				continue
+			}
 			gauge(ch, descRows, float64(st.Rows), p)
 			gauge(ch, descReserved, float64(st.Reserved), p)
 			gauge(ch, descKeys, float64(st.Keys), p)
 			gauge(ch, descProduced, float64(st.Produced), p)
+			seen := labelSet{}
 			for _, f := range st.Fields {
-				gauge(ch, descFieldProduced, float64(f.Produced), p, nameLabel(f.Name))
+				if name := nameLabel(f.Name); seen.add(name) {
+					gauge(ch, descFieldProduced, float64(f.Produced), p, name)
+				}
 			}
+			clear(seen)
 			for _, t := range st.Tasks {
 				task := nameLabel(t.Task)
+				if !seen.add(task) {
+					continue
+				}
 				gauge(ch, descConsumed, float64(t.Consumed), p, task)
 				gauge(ch, descHeld, float64(t.Held), p, task)
 			}
