@@ -22,7 +22,8 @@ var (
 	descReserved      = desc("tq_partition_reserved_rows", "Pre-allocated rows of a partition not yet written.", "partition")
 	descKeys          = desc("tq_partition_keys", "Keys of a partition (KV API).", "partition")
 	descProduced      = desc("tq_partition_produced_rows", "Rows of a partition with at least one produced field.", "partition")
-	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced.", "partition", "field")
+	descFields        = desc("tq_partition_fields", "Fields of a partition (those past MaxFieldSeries have no tq_partition_field_produced_rows series).", "partition")
+	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced, for the first MaxFieldSeries (64) fields of the partition by name.", "partition", "field")
 	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed.", "partition", "task")
 	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back.", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
@@ -51,7 +52,7 @@ var (
 type ctrlCollector struct{ r *Registry }
 
 func (c *ctrlCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPartitions, descRows, descReserved, descKeys, descProduced, descFieldProduced,
+	for _, d := range []*prometheus.Desc{descPartitions, descRows, descReserved, descKeys, descProduced, descFields, descFieldProduced,
 		descConsumed, descHeld, descIndexes, descUnits, descDraining, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
 		ch <- d
 	}
@@ -64,6 +65,13 @@ func gauge(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ..
 func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
 	ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 }
+
+// MaxFieldSeries bounds the fields of one partition that get a
+// tq_partition_field_produced_rows series: the first ones by name. Fields
+// are named by the workload (each field of a Redis hash is one, HSET),
+// up to 65535 in a partition, and a series each would put that many in
+// every scrape; tq_partition_fields counts them all.
+const MaxFieldSeries = 64
 
 // maxLabelLen bounds a label value taken from a name (a partition, a
 // task, a field), in bytes. Names have no bound of their own, and a
@@ -157,8 +165,9 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(ch, descReserved, float64(st.Reserved), p)
 			gauge(ch, descKeys, float64(st.Keys), p)
 			gauge(ch, descProduced, float64(st.Produced), p)
+			gauge(ch, descFields, float64(len(st.Fields)), p)
 			seen := labelSet{}
-			for _, f := range st.Fields {
+			for _, f := range st.Fields[:min(len(st.Fields), MaxFieldSeries)] { // by name
 				if name := nameLabel(f.Name); seen.add(name) {
 					gauge(ch, descFieldProduced, float64(f.Produced), p, name)
 				}

@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/embedded"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/metrics"
 )
 
@@ -124,4 +127,51 @@ func TestNameLabelsNeverCollide(t *testing.T) {
 		assert.LessOrEqual(t, len(v), 200)
 		assert.True(t, utf8.ValidString(v))
 	}
+}
+
+// TestFieldSeriesAreBounded: fields come from the workload (a Redis
+// HSET's field names are fields), up to 65535 per partition, and each
+// used to be a tq_partition_field_produced_rows series of its own: a
+// partition of hashes could put tens of thousands of series in every
+// scrape. At most MaxFieldSeries fields of a partition (the first by
+// name) get one; tq_partition_fields counts them all.
+func TestFieldSeriesAreBounded(t *testing.T) {
+	c, err := embedded.New(embedded.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	const n = 3 * metrics.MaxFieldSeries
+	var fs []engine.Field
+	for i := range n {
+		col, err := engine.NewOpaque([]int{0, 1}, []byte{'v'})
+		require.NoError(t, err)
+		fs = append(fs, engine.Field{Name: fmt.Sprintf("field%04d", i), Col: col})
+	}
+	b, err := engine.NewBatch(fs...)
+	require.NoError(t, err)
+	_, err = c.Client.PutKeys(t.Context(), "hashes", []string{"k"}, b, nil)
+	require.NoError(t, err)
+
+	reg := metrics.New()
+	reg.AddController(c.Controller, nil)
+	mfs, err := reg.Gatherer().Gather()
+	require.NoError(t, err)
+	var fields []string
+	var count float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "tq_partition_field_produced_rows":
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "field" {
+						fields = append(fields, lp.GetValue())
+					}
+				}
+			case "tq_partition_fields":
+				count = m.GetGauge().GetValue()
+			}
+		}
+	}
+	assert.Len(t, fields, metrics.MaxFieldSeries, "field series of one partition")
+	assert.Equal(t, "field0000", fields[0])
+	assert.Equal(t, float64(n), count, "tq_partition_fields")
 }
