@@ -77,11 +77,16 @@ type serveConfig struct {
 	RDMADevice        string        `yaml:"rdma_device"`
 	Metrics           string        `yaml:"metrics"` // see metricsAddr
 	Pprof             string        `yaml:"pprof"`   // the same form
+	MetricsTokenFile  string        `yaml:"metrics_token_file"`
 	LogFormat         string        `yaml:"log_format"`
 	LogLevel          string        `yaml:"log_level"`
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
+	// metricsToken is what /metrics and --pprof ask for (see
+	// requireBearer): --metrics-token-file's, else $TQ_METRICS_TOKEN, else
+	// none. Set by secure.
+	metricsToken string
 }
 
 func defaultServeConfig() serveConfig {
@@ -148,7 +153,8 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Loops, "loops", c.Loops, "event loops serving the controller's connections while they send small requests that need no goroutine (KV gets that need not wait for the log; with --in-memory KV puts too, and metadata operations but RESOLVE_KEYS; 0: half the CPUs, at least one; -1: none, a goroutine per connection); see wire/spec.md")
 	fs.StringVar(&c.RDMADevice, "rdma-device", c.RDMADevice, "serve the storage units over RDMA on this device too (mlx5_0; emu0 is the emulated device)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, `serve Prometheus metrics at http://ADDR/metrics and the probes /healthz (the process lives) and /readyz (its servers are up, its storage units registered with the controller) (PORT or :PORT: loopback, 127.0.0.1:PORT; "" for none)`)
-	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none)`)
+	fs.StringVar(&c.Pprof, "pprof", c.Pprof, `serve Go's profiles (net/http/pprof) at http://ADDR/debug/pprof/ (PORT or :PORT: loopback; "" for none; beyond loopback only with a metrics token)`)
+	fs.StringVar(&c.MetricsTokenFile, "metrics-token-file", c.MetricsTokenFile, "a file holding the token /metrics and --pprof ask for, as \"Authorization: Bearer TOKEN\" (Prometheus: authorization.credentials_file); owned by this user, mode 0600, not a symbolic link; default $"+envMetricsToken+"; with neither they ask none (the probes /healthz and /readyz never do)")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format on stderr: text or json (log/slog)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "least level logged: debug, info, warn or error")
 }
@@ -410,6 +416,13 @@ func (c *serveConfig) validate() error {
 		} else if tok := os.Getenv(auth.EnvToken); tok != "" {
 			if err := auth.CheckToken(tok); err != nil {
 				bad("$%s: %v", auth.EnvToken, err)
+			}
+		}
+	}
+	if c.MetricsTokenFile == "" {
+		if tok := os.Getenv(envMetricsToken); tok != "" {
+			if err := auth.CheckToken(tok); err != nil {
+				bad("$%s: %v", envMetricsToken, err)
 			}
 		}
 	}
@@ -743,8 +756,36 @@ func (c *serveConfig) checkExposure() error {
 			errs = append(errs, fmt.Errorf("%s %q listens beyond this host without a token: set --token (or --insecure to allow it)", l.name, l.addr))
 		}
 	}
+	if c.Pprof != "" && c.metricsToken == "" && !c.Insecure {
+		// Profiles and traces cost the process seconds of CPU each, and
+		// a goroutine dump shows what it is doing with whose data.
+		if addr, err := metricsAddr(c.Pprof); err == nil {
+			if host, _, err := net.SplitHostPort(addr); err == nil && !isLoopback(host) {
+				errs = append(errs, fmt.Errorf("--pprof %q listens beyond this host without a token: set --metrics-token-file or $%s (or --insecure to allow it)", c.Pprof, envMetricsToken))
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
+
+// metricsExposed reports whether --metrics listens beyond this host
+// without a token (allowed: a scraper of another host may know none,
+// but it is said at start).
+func (c *serveConfig) metricsExposed() bool {
+	if c.Metrics == "" || c.metricsToken != "" {
+		return false
+	}
+	addr, err := metricsAddr(c.Metrics)
+	if err != nil {
+		return false
+	}
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && !isLoopback(host)
+}
+
+// envMetricsToken is the token /metrics and --pprof ask for, when
+// --metrics-token-file names none.
+const envMetricsToken = "TQ_METRICS_TOKEN"
 
 func isLoopback(host string) bool {
 	if host == "localhost" {

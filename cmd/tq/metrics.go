@@ -3,6 +3,8 @@ package main
 import (
 	"container/list"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -58,7 +60,7 @@ func (s *server) startMetrics() error {
 	addr, _ := metricsAddr(s.cfg.Metrics) // validated
 	s.metrics = tqmetrics.New()
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", s.metrics.Handler())
+	mux.Handle("/metrics", requireBearer(s.cfg.metricsToken, s.metrics.Handler()))
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.HandleFunc("/readyz", s.readyz)
 	url, err := s.serveHTTP("--metrics", addr, mux, metricsLimits)
@@ -138,19 +140,49 @@ func (s *server) startPprof() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	// Not pprof.Cmdline: the command line may carry --token, and this
-	// endpoint asks for none.
+	// endpoint asks for no more than the metrics token.
 	mux.HandleFunc("/debug/pprof/cmdline", func(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not served: the command line may hold the token", http.StatusNotFound)
 	})
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	url, err := s.serveHTTP("--pprof", addr, mux, pprofLimits)
+	url, err := s.serveHTTP("--pprof", addr, requireBearer(s.cfg.metricsToken, mux), pprofLimits)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(s.out, "tq serve: profiles on %s/debug/pprof/\n", url)
 	return nil
+}
+
+// requireBearer serves h only to requests that carry token as
+// "Authorization: Bearer TOKEN" (as Prometheus sends its
+// authorization.credentials_file), when token is not ""; others get 401
+// and why. The comparison takes the same time whatever was sent.
+func requireBearer(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var why string
+		switch got := r.Header.Get("Authorization"); {
+		case got == "":
+			why = "the request has no Authorization header"
+		case len(got) < 7 || !strings.EqualFold(got[:7], "Bearer "):
+			why = "its Authorization header is not a Bearer token"
+		default:
+			sum := sha256.Sum256([]byte(strings.TrimSpace(got[7:])))
+			if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+				h.ServeHTTP(w, r)
+				return
+			}
+			why = "the token it carries is not this server's"
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="tq"`)
+		http.Error(w, fmt.Sprintf("%s needs tq serve's metrics token (--metrics-token-file, $%s) as \"Authorization: Bearer TOKEN\": %s",
+			r.URL.Path, envMetricsToken, why), http.StatusUnauthorized)
+	})
 }
 
 // newLogger returns the process's logger: log/slog in format (text or

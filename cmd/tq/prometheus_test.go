@@ -32,6 +32,9 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	if err != nil {
 		t.Skip("no prometheus binary (Debian package prometheus): the scrape test needs one")
 	}
+	// The endpoint asks for a token, which Prometheus reads from its
+	// credentials_file; a second job scrapes with a wrong one.
+	t.Setenv(envMetricsToken, "prometheus-token")
 	var metricsURL, pprofURL string
 	socks := t.TempDir()
 	p, err := spawnServe(t.TempDir(), nil, os.Stderr, func(l string) {
@@ -47,12 +50,15 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(p.kill)
 	require.NotEmpty(t, metricsURL)
-	resp, err := http.Get(pprofURL + "goroutine?debug=1")
+	req, err := http.NewRequest("GET", pprofURL+"goroutine?debug=1", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer prometheus-token")
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err, "--pprof")
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode, "--pprof serves profiles")
 	target := strings.TrimSuffix(strings.TrimPrefix(metricsURL, "http://"), "/metrics")
-	promAddr := startPrometheus(t, promBin, target)
+	promAddr := startPrometheus(t, promBin, target, "prometheus-token")
 
 	// The workload: rows through shared memory and rows through the TCP
 	// transport (on one host it dials the units' unix sockets: transport
@@ -125,6 +131,8 @@ func TestPrometheusScrapesServe(t *testing.T) {
 		`sum(tq_unit_data_bytes_total{direction="read",transport=~"tcp|unix"})`:         float64(tcpBytes + int64(len(small))),
 		`sum(tq_request_errors_total{server="controller",op="STATS",code="not_found"})`: 1,
 		`sum(tq_units{state="alive"})`:                                                  2,
+		`up{job="tq"}`:                                                                  1,
+		`up{job="tq-wrong"}`:                                                            0, // its scrapes answered 401
 	}
 	exprs := dashboardExprs(t)
 	require.NotEmpty(t, exprs)
@@ -157,20 +165,31 @@ func TestPrometheusScrapesServe(t *testing.T) {
 	}
 }
 
-// startPrometheus runs Prometheus scraping target every second and returns
-// its address once it is ready.
-func startPrometheus(t *testing.T, bin, target string) string {
+// startPrometheus runs Prometheus scraping target every second, with the
+// metrics token as its bearer token (job tq) and with another (job
+// tq-wrong), and returns its address once it is ready.
+func startPrometheus(t *testing.T, bin, target, token string) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
+	right, wrong := filepath.Join(dir, "token"), filepath.Join(dir, "wrong-token")
+	require.NoError(t, os.WriteFile(right, []byte(token+"\n"), 0o600))
+	require.NoError(t, os.WriteFile(wrong, []byte("not-"+token+"\n"), 0o600))
 	require.NoError(t, os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
 scrape_configs:
   - job_name: tq
+    authorization:
+      credentials_file: %q
     static_configs:
       - targets: [%q]
-`, target)), 0o600))
+  - job_name: tq-wrong
+    authorization:
+      credentials_file: %q
+    static_configs:
+      - targets: [%q]
+`, right, target, wrong, target)), 0o600))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	addr := l.Addr().String()

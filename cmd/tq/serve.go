@@ -62,6 +62,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
+	if cfg.metricsExposed() {
+		fmt.Fprintf(stderr, "tq serve: WARNING: --metrics %s listens beyond this host without a token: whoever reaches it reads partition, task and field names (set --metrics-token-file or $%s)\n", cfg.Metrics, envMetricsToken)
+	}
 	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
 	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce}
 	defer s.close()
@@ -292,6 +295,16 @@ func (c *serveConfig) secure() error {
 			return fmt.Errorf("token: %w", err)
 		}
 		c.Token = tok
+	}
+	switch {
+	case c.MetricsTokenFile != "":
+		tok, err := auth.ReadToken(c.MetricsTokenFile)
+		if err != nil {
+			return fmt.Errorf("--metrics-token-file: %w", err)
+		}
+		c.metricsToken = tok
+	default:
+		c.metricsToken = os.Getenv(envMetricsToken)
 	}
 	return c.checkExposure()
 }

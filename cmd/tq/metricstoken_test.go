@@ -1,0 +1,163 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
+)
+
+// requireBearer lets through only "Authorization: Bearer TOKEN" with the
+// token (the scheme in any case), and tells the others why not.
+func TestRequireBearer(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "served") })
+	h := requireBearer("s3cret", ok)
+	for _, tc := range []struct {
+		name, header string
+		status       int
+		want         string
+	}{
+		{"none", "", 401, "no Authorization header"},
+		{"basic", "Basic czNjcmV0", 401, "not a Bearer token"},
+		{"wrong", "Bearer s3cre", 401, "not this server's"},
+		{"longer", "Bearer s3crets", 401, "not this server's"},
+		{"right", "Bearer s3cret", 200, "served"},
+		{"scheme in lower case", "bearer s3cret", 200, "served"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/metrics", nil)
+			if tc.header != "" {
+				r.Header.Set("Authorization", tc.header)
+			}
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, r)
+			assert.Equal(t, tc.status, w.Code)
+			assert.Contains(t, w.Body.String(), tc.want)
+			if tc.status == 401 {
+				assert.Contains(t, w.Body.String(), "/metrics needs tq serve's metrics token")
+				assert.Equal(t, `Bearer realm="tq"`, w.Header().Get("WWW-Authenticate"))
+			}
+		})
+	}
+	assert.Equal(t, "served", func() string {
+		w := httptest.NewRecorder()
+		requireBearer("", ok).ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+		return w.Body.String()
+	}(), "no token: nothing asked")
+}
+
+// The metrics token comes from --metrics-token-file (checked as the
+// cluster's token file is), else $TQ_METRICS_TOKEN; --pprof beyond
+// loopback needs one.
+func TestMetricsTokenResolved(t *testing.T) {
+	secure := func(t *testing.T, mutate func(*serveConfig)) (serveConfig, error) {
+		c := defaultServeConfig()
+		c.DataDir = filepath.Join(t.TempDir(), "data")
+		c.SocketDir = filepath.Join(t.TempDir(), "s")
+		mutate(&c)
+		err := c.secure()
+		return c, err
+	}
+	t.Run("none", func(t *testing.T) {
+		t.Setenv(envMetricsToken, "")
+		c, err := secure(t, func(c *serveConfig) {})
+		require.NoError(t, err)
+		assert.Empty(t, c.metricsToken)
+	})
+	t.Run("env", func(t *testing.T) {
+		t.Setenv(envMetricsToken, "from-env")
+		c, err := secure(t, func(c *serveConfig) {})
+		require.NoError(t, err)
+		assert.Equal(t, "from-env", c.metricsToken)
+	})
+	t.Run("file over env", func(t *testing.T) {
+		t.Setenv(envMetricsToken, "from-env")
+		path := filepath.Join(t.TempDir(), "mt")
+		require.NoError(t, os.WriteFile(path, []byte("from-file\n"), 0o600))
+		c, err := secure(t, func(c *serveConfig) { c.MetricsTokenFile = path })
+		require.NoError(t, err)
+		assert.Equal(t, "from-file", c.metricsToken)
+	})
+	t.Run("file others may read", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "mt")
+		require.NoError(t, os.WriteFile(path, []byte("from-file\n"), 0o644))
+		_, err := secure(t, func(c *serveConfig) { c.MetricsTokenFile = path })
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "--metrics-token-file")
+		assert.Contains(t, err.Error(), "mode 0644")
+	})
+	t.Run("pprof beyond loopback without one", func(t *testing.T) {
+		t.Setenv(envMetricsToken, "")
+		_, err := secure(t, func(c *serveConfig) { c.Pprof = "0.0.0.0:6060" })
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `--pprof "0.0.0.0:6060" listens beyond this host without a token`)
+		_, err = secure(t, func(c *serveConfig) { c.Pprof = "6060" })
+		require.NoError(t, err, "loopback")
+		t.Setenv(envMetricsToken, "t")
+		_, err = secure(t, func(c *serveConfig) { c.Pprof = "0.0.0.0:6060" })
+		require.NoError(t, err)
+	})
+	t.Run("bad env", func(t *testing.T) {
+		t.Setenv(envMetricsToken, "two words")
+		c := defaultServeConfig()
+		err := c.validate()
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "$"+envMetricsToken)
+	})
+}
+
+// `tq serve` with a metrics token: /metrics and the profiles answer 401
+// without it and serve with it; the probes ask for none.
+func TestServeMetricsToken(t *testing.T) {
+	bin := tqBinary(t)
+	t.Setenv(envMetricsToken, "m-token")
+	var metricsURL, pprofURL string
+	p, err := spawnServe(t.TempDir(), nil, os.Stderr, func(l string) {
+		if rest, ok := strings.CutPrefix(l, "tq serve: metrics on "); ok {
+			metricsURL = rest
+		}
+		if rest, ok := strings.CutPrefix(l, "tq serve: profiles on "); ok {
+			pprofURL = rest
+		}
+	}, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--capacity", "16MiB",
+		"--metrics", "127.0.0.1:0", "--pprof", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(p.kill)
+	get := func(url, token string) (int, string) {
+		req, err := http.NewRequest("GET", url, nil)
+		require.NoError(t, err)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get(metricsURL, "")
+	assert.Equal(t, 401, code)
+	assert.Contains(t, body, "no Authorization header")
+	code, _ = get(metricsURL, "other")
+	assert.Equal(t, 401, code)
+	code, body = get(metricsURL, "m-token")
+	assert.Equal(t, 200, code)
+	assert.Contains(t, body, "tq_partitions")
+	code, _ = get(pprofURL+"goroutine?debug=1", "")
+	assert.Equal(t, 401, code)
+	code, _ = get(pprofURL+"goroutine?debug=1", "m-token")
+	assert.Equal(t, 200, code)
+	base := strings.TrimSuffix(metricsURL, "/metrics")
+	code, _ = get(base+"/healthz", "")
+	assert.Equal(t, 200, code)
+	code, _ = get(base+"/readyz", "")
+	assert.Equal(t, 200, code)
+}
