@@ -170,7 +170,8 @@ func checkTagsGrowth(p *partition, rows []*row, adds []engine.Tags, reply bool, 
 // swap creates it (a tag-only key, and the partition if needed), as a put
 // of that tag would; with Old set it does not swap. It reports whether it
 // swapped and the tag's value after the call (the one that did not match
-// when it did not).
+// when it did not). A swap to a value equal to the one there changes
+// nothing (no record, no change for the feed) and reports a swap.
 //
 // Errors: [engine.ErrInvalid] for an empty partition id, key or tag name,
 // one that is not valid UTF-8, or a value JSON cannot encode. Nothing
@@ -222,6 +223,12 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 	}
 	if req.New == nil && (r == nil || !hasTag(p, r, req.Name)) {
 		return engine.TagSwapped{Swapped: true}, nil // absent already
+	}
+	if req.New != nil && engine.TagValueEqual(cur, req.New) {
+		// Set already: a swap that changes nothing is no change (no
+		// record, nothing for the change feed), as deleting what is
+		// absent is none.
+		return engine.TagSwapped{Swapped: true, Current: engine.Tags{req.Name: cur}.Clone()[req.Name]}, nil
 	}
 	set := engine.Tags{req.Name: req.New}
 	if req.New != nil {

@@ -51,8 +51,9 @@ func (kv *KV) DeleteTags(ctx context.Context, partition string, keys []string, n
 // [KV.Put] of that tag would; with old set it does not swap. It returns
 // whether it swapped and the tag's value after the call: new when it
 // swapped, else the value that did not match (nil: absent), which is
-// what to pass as old when trying again. Whole numbers come back as
-// int64 through a remote controller.
+// what to pass as old when trying again. A swap to a value equal to the
+// one there swaps and changes nothing: [KV.Changes] does not report it.
+// Whole numbers come back as int64 through a remote controller.
 //
 // Over the network a swap whose connection breaks may or may not have
 // happened (the error wraps [engine.ErrUnavailable]); read the tag and
