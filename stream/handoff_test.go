@@ -26,7 +26,7 @@ func TestPrivateConsumerEndsBeforeAPeersGiveBack(t *testing.T) {
 	produce(t, e.Client, "p", 0, 24, nil)
 	require.NoError(t, e.Client.MarkDone(ctx, "p"))
 	cfg := config("p")
-	cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 2
+	cfg.Sampler, cfg.Prefetch = engine.SamplerSpec{Name: engine.SamplerSequential}, 3
 	a, err := New(e.Client, cfg)
 	require.NoError(t, err)
 	cfg.Prefetch = 0

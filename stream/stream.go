@@ -2,12 +2,14 @@ package stream
 
 // The loader's mechanism. All(ctx) starts one goroutine, the prefetcher,
 // that fetches micro-batches (a blocking FETCH, then a get of the bytes)
-// and hands them to the iterator through a channel of Config.Prefetch
-// slots; with Prefetch 0 the iterator fetches each one itself when the
-// loop asks for it.
+// and hands them to the iterator through a channel; it takes one of
+// Config.Prefetch slots before each fetch and the iterator frees it as it
+// takes the item, so that no more than Prefetch micro-batches are fetched
+// ahead of the one the loop body has. With Prefetch 0 the iterator
+// fetches each one itself when the loop asks for it.
 //
-//	prefetcher:  FETCH (wait) → GET → ch ← item   (blocks when ch is full)
-//	iterator:    item ← ch → yield → release the item's views
+//	prefetcher:  slot ← free (waits while none is) → FETCH (wait) → GET → ch ← item
+//	iterator:    item ← ch → free the slot → yield → release the item's views
 //
 // When the loop ends early (break, a panic, the context canceled), the
 // iterator cancels the prefetcher's context, waits for it to exit, and
@@ -433,25 +435,25 @@ func (d *direct) stop(*Loader) error { return nil }
 
 // prefetcher fetches ahead on its own goroutine.
 type prefetcher struct {
-	ch   chan item
-	done chan struct{} // closed when the goroutine exited
-	// held is the item the goroutine fetched and could not hand over
-	// before it was stopped; read after done.
-	held *item
+	// ch holds the items fetched and not yet taken; each holds one of the
+	// Prefetch slots, so a send on ch never blocks.
+	ch    chan item
+	slots chan struct{} // a value per item fetched (or being fetched) and not taken
+	done  chan struct{} // closed when the goroutine exited
 }
 
 func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
-	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), done: make(chan struct{})}
+	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), slots: make(chan struct{}, l.cfg.Prefetch), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		for {
-			it := l.fetch(ctx, &pos)
 			select {
-			case p.ch <- it:
+			case p.slots <- struct{}{}:
 			case <-ctx.Done():
-				p.held = &it
 				return
 			}
+			it := l.fetch(ctx, &pos)
+			p.ch <- it
 			if it.end || it.err != nil {
 				return
 			}
@@ -463,6 +465,7 @@ func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
 func (p *prefetcher) next(ctx context.Context) item {
 	select {
 	case it := <-p.ch:
+		<-p.slots // the prefetcher may fetch another while the body runs
 		return it
 	case <-ctx.Done():
 		return item{err: ctx.Err()}
@@ -472,9 +475,6 @@ func (p *prefetcher) next(ctx context.Context) item {
 func (p *prefetcher) stop(l *Loader) error {
 	<-p.done
 	var items []item
-	if p.held != nil {
-		items = append(items, *p.held)
-	}
 	for {
 		select {
 		case it := <-p.ch:

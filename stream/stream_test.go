@@ -814,9 +814,9 @@ func TestCancelYieldsNoPrefetchedBatch(t *testing.T) {
 			}
 			require.NoError(t, ctx.Err(), "round %d: a batch %v yielded after the cancel", round, values(t, b))
 			got = append(got, values(t, b)...)
-			// The prefetcher fills its queue (4 micro-batches) and holds
-			// one more; then the cancel.
-			require.Eventually(t, func() bool { return consumedRows(t, e, part) == 24 }, 10*time.Second, time.Millisecond)
+			// The prefetcher fetches its 4 micro-batches ahead; then the
+			// cancel.
+			require.Eventually(t, func() bool { return consumedRows(t, e, part) == 20 }, 10*time.Second, time.Millisecond)
 			cancel()
 		}
 		require.ErrorIs(t, last, context.Canceled, "round %d", round)
