@@ -56,8 +56,10 @@ func startReleasing[T any](fn func() (T, error), release func(T)) *Future[T] {
 		s.mu.Lock()
 		s.val, s.err = v, err
 		orphan := s.dropped && err == nil
-		s.mu.Unlock()
+		// Done under the lock: a drop sees the result there (and
+		// releases it) or sees dropped set here (this releases it).
 		close(s.done)
+		s.mu.Unlock()
 		if orphan {
 			release(v)
 		}
