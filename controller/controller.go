@@ -1041,12 +1041,11 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 	}
 	defer c.unlockNew(p)
 	rows, newAt := p.lookupKeys(keys)
-	if len(newAt) > 0 && !create {
-		missing := make([]string, len(newAt))
-		for j, i := range newAt {
-			missing[j] = keys[i]
-		}
-		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q not in partition %q: %w", missing, pid, engine.ErrNotFound))
+	// Both what is missing of the keys and of the fields, in one error:
+	// a caller that mends one should not learn of the other only then.
+	var missing []string
+	if !create && len(newAt) > 0 {
+		missing = append(missing, fmt.Sprintf("keys %q", pick(keys, newAt)))
 	}
 	if fields != nil {
 		var unknown []string
@@ -1056,8 +1055,11 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 			}
 		}
 		if len(unknown) > 0 {
-			return nil, nil, opErr("resolve keys", pid, fmt.Errorf("fields %q not in partition %q: %w", unknown, pid, engine.ErrNotFound))
+			missing = append(missing, fmt.Sprintf("fields %q", unknown))
 		}
+	}
+	if len(missing) > 0 {
+		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("%s not in partition %q: %w", strings.Join(missing, " and "), pid, engine.ErrNotFound))
 	}
 	if err := c.createKeys(p, keys, newAt, rows); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
@@ -1112,11 +1114,11 @@ func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*r
 	return nil
 }
 
-// pick returns rows[i] for each position i in at.
-func pick(rows []*row, at []int) []*row {
-	out := make([]*row, len(at))
+// pick returns s[i] for each position i in at.
+func pick[T any](s []T, at []int) []T {
+	out := make([]T, len(at))
 	for j, i := range at {
-		out[j] = rows[i]
+		out[j] = s[i]
 	}
 	return out
 }
