@@ -268,7 +268,8 @@ func (lp *loop) leave(c *conn, in []byte) {
 	if !c.authed {
 		lp.unauthed.Add(-1)
 	}
-	nc, err := evloop.Give(c.fd, "resp")
+	fd := c.fd
+	nc, err := evloop.Give(fd, "resp")
 	s := lp.s
 	// c.lp and c.nc change under s.mu: an eviction past
 	// MaxUnauthenticated wakes c through whichever is set (see
@@ -278,6 +279,7 @@ func (lp *loop) leave(c *conn, in []byte) {
 	c.fd, c.lp = -1, nil
 	if err != nil {
 		s.cfg.Logger.Warn("resp: a connection could not leave its loop; closing it", "err", err)
+		unix.Close(fd)
 		s.unlist(c)
 		return
 	}

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -140,9 +141,13 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 	if x.fd < 0 {
 		return nil, nil, false
 	}
-	nc, err := evloop.Give(x.fd, "wire")
+	nc, err := c.give(x.fd)
 	if err != nil {
-		c.s.log.Warn("wire: a connection could not leave its loop; closing it", "peer", c.peer.GetName(), "err", err)
+		select {
+		case <-c.done:
+		default:
+			c.s.log.Warn("wire: a connection could not leave its loop; closing it", "peer", c.peer.GetName(), "err", err)
+		}
 		c.s.inflight.Add(-x.unflushed) // their replies are dropped
 		return nil, nil, false
 	}
@@ -163,6 +168,47 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 		c.w.send(&outFrame{buf: x.out, written: make(chan error, 1), done: func() { c.s.inflight.Add(-n) }})
 	}
 	return nc, x.pre, true
+}
+
+// give turns fd, the socket a loop gave back, into the connection's
+// net.Conn, which takes a descriptor more. Out of descriptors, it waits
+// for one as the accept loop does (5 ms, doubling up to 1 s), until the
+// connection closes or FrameTimeout passes: the input and replies the
+// loop handed over wait with it. fd is closed when it fails.
+func (c *serverConn) give(fd int) (net.Conn, error) {
+	var delay time.Duration
+	var until time.Time
+	for {
+		nc, err := evloop.Give(fd, "wire")
+		if err == nil {
+			return nc, nil
+		}
+		if !outOfFds(err) {
+			unix.Close(fd)
+			return nil, err
+		}
+		now := time.Now()
+		if until.IsZero() {
+			until = now.Add(c.s.cfg.FrameTimeout)
+		}
+		select {
+		case <-c.done:
+			unix.Close(fd)
+			return nil, err
+		default:
+		}
+		if now.After(until) {
+			unix.Close(fd)
+			return nil, err
+		}
+		delay = BackOffAccept(delay, c.done)
+	}
+}
+
+// outOfFds reports whether err says the process or the system is out of
+// descriptors or of the memory for one, for now.
+func outOfFds(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOBUFS)
 }
 
 // pickLoop returns the next loop, starting the loops the first time; nil

@@ -191,12 +191,25 @@ func Take(nc net.Conn) (fd int, ok bool) {
 }
 
 // Give returns a net.Conn, watched by Go's poller, for a descriptor Take
-// returned, and closes fd.
+// returned, and closes fd. The net.Conn is a descriptor of its own, so
+// Give needs one more for a moment: out of them (EMFILE, ENFILE) or on
+// any other failure it leaves fd open, the caller's to try again with or
+// to close.
 func Give(fd int, name string) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), name)
-	nc, err := net.FileConn(f) // a duplicate
+	// net.FileConn duplicates the file it is given, which is then closed:
+	// hand it a duplicate, so that fd outlives whatever fails.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(dup), name)
+	nc, err := net.FileConn(f)
 	f.Close()
-	return nc, err
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(fd)
+	return nc, nil
 }
 
 // The loops' sockets never block: their reads and writes, and a look for

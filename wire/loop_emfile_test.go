@@ -1,0 +1,73 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// exhaustFds makes every new descriptor of the process fail with EMFILE
+// (a soft RLIMIT_NOFILE lowered to what is open, and what is left under
+// it taken) until the function it returns is called.
+func exhaustFds(t *testing.T) (restore func()) {
+	t.Helper()
+	var lim unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
+	low := lim
+	low.Cur = 64
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
+	var held []int
+	for {
+		fd, err := unix.Dup(2)
+		if err != nil {
+			require.ErrorIs(t, err, unix.EMFILE)
+			break
+		}
+		held = append(held, fd)
+	}
+	var once sync.Once
+	restore = func() {
+		once.Do(func() {
+			for _, fd := range held {
+				unix.Close(fd)
+			}
+			unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		})
+	}
+	t.Cleanup(restore)
+	return restore
+}
+
+// TestLoopGivesBackUnderFdExhaustion: a connection a loop gives back to
+// its goroutine (here for a request with a handler of its own) needs a
+// descriptor for its net.Conn. Out of descriptors for a moment, the
+// connection waits for one, as the accept loop does, and its request is
+// answered once there is one. It used to be closed at once, its request
+// and the replies the loop had not written lost.
+func TestLoopGivesBackUnderFdExhaustion(t *testing.T) {
+	_, addr, n := loopServer(t, ServerConfig{Loops: 1}, "tcp")
+	c := dial(t, addr, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 4 {
+		_, err := inlineEcho(ctx, c, []byte("x"))
+		require.NoError(t, err)
+	}
+	require.Positive(t, n.on.Load(), "the connection is not on a loop")
+
+	restore := exhaustFds(t)
+	time.AfterFunc(300*time.Millisecond, restore)
+	p := bytes.Repeat([]byte{7}, 100)
+	got, err := roundTrip(ctx, c, p)
+	restore()
+	require.NoError(t, err, "a request sent while the server had no descriptor to spare")
+	require.Equal(t, p, got)
+	// The connection still works, on a loop or off one.
+	_, err = inlineEcho(ctx, c, []byte("y"))
+	require.NoError(t, err)
+}
