@@ -84,6 +84,9 @@ type Device struct {
 	mu     sync.Mutex
 	c      *C.struct_tq_dev
 	closed bool
+	// open counts the handles made through the device and not closed
+	// yet (under mu), for Close's error.
+	open struct{ mrs, cqs, qps int }
 }
 
 // OpenDevice opens the named device on port 1 ("emu0".."emu3" are the
@@ -140,8 +143,9 @@ func (d *Device) Port() PortInfo { return d.port }
 func (d *Device) ReadDepth() ReadDepth { return d.rd }
 
 // Close deallocates the protection domain and closes the device. It fails
-// (EBUSY) while registrations, completion queues or queue pairs made
-// through it are open, and may be called again once they are closed (a
+// (EBUSY, the error counting the registrations, completion queues and
+// queue pairs still open) while any made through it are open, and may be
+// called again once they are closed (a
 // failure after the protection domain was freed leaves a device that
 // registers nothing and makes no queue pairs: EBADF).
 func (d *Device) Close() error {
@@ -152,11 +156,49 @@ func (d *Device) Close() error {
 	}
 	var e C.struct_tq_err
 	if C.tq_shim_close(d.c, &e) != 0 {
+		if open := d.openLocked(); open != "" {
+			return fmt.Errorf("close device %s with %s still open: %w", d.name, open, cerr(d.name, &e))
+		}
 		return cerr(d.name, &e)
 	}
 	d.closed, d.c = true, nil
 	untrack(d)
 	return nil
+}
+
+// openLocked names the handles made through the device that are still
+// open ("" when none is). The caller holds d.mu.
+func (d *Device) openLocked() string {
+	var parts []string
+	for _, k := range []struct {
+		n     int
+		thing string
+	}{{d.open.mrs, "memory registration"}, {d.open.cqs, "completion queue"}, {d.open.qps, "queue pair"}} {
+		switch {
+		case k.n == 1:
+			parts = append(parts, "1 "+k.thing)
+		case k.n > 1:
+			parts = append(parts, fmt.Sprintf("%d %ss", k.n, k.thing))
+		}
+	}
+	if len(parts) < 2 {
+		return strings.Join(parts, "")
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
+}
+
+// count adds delta to the open handles of h's kind.
+func (d *Device) count(h any, delta int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch h.(type) {
+	case *MR:
+		d.open.mrs += delta
+	case *CQ:
+		d.open.cqs += delta
+	case *QP:
+		d.open.qps += delta
+	}
 }
 
 // destroy runs a child handle's destroy verb once (the caller holds the
@@ -175,6 +217,7 @@ func (d *Device) destroy(closed *bool, h any, verb func(*C.struct_tq_dev, *C.str
 	}
 	*closed = true
 	untrack(h)
+	d.count(h, -1)
 	return nil
 }
 
@@ -236,6 +279,7 @@ func (d *Device) RegisterDmabuf(fd int, offset, length, iova uint64, access Acce
 func (d *Device) newMR(mr *C.struct_ibv_mr) *MR {
 	m := &MR{d: d, c: mr, Addr: uintptr(mr.addr), Len: int(mr.length), LKey: uint32(mr.lkey), RKey: uint32(mr.rkey)}
 	track(m)
+	d.count(m, 1)
 	return m
 }
 
@@ -271,6 +315,7 @@ func (d *Device) NewCQ(n int) (*CQ, error) {
 	}
 	q := &CQ{d: d, c: cq}
 	track(q)
+	d.count(q, 1)
 	return q, nil
 }
 
@@ -352,6 +397,7 @@ func (d *Device) NewPreparedQP(cq *CQ, caps QPCaps, psn uint32) (*PreparedQP, er
 	}
 	q := &QP{d: d, cq: cq, c: qp, qpn: uint32(qp.qp_num)}
 	track(q)
+	d.count(q, 1)
 	return &PreparedQP{qp: q, psn: psn & 0xffffff}, nil
 }
 
