@@ -436,7 +436,11 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 			continue
 		}
 		seg, ok := c.segs[j.addr.Segment]
-		if !ok || j.addr.Offset > seg.size || j.addr.Len > seg.size-j.addr.Offset {
+		if !ok {
+			c.mu.RUnlock()
+			return fmt.Errorf("range %d+%d in segment %d, which the unit has not described: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, engine.ErrCorrupt)
+		}
+		if j.addr.Offset > seg.size || j.addr.Len > seg.size-j.addr.Offset {
 			c.mu.RUnlock()
 			return fmt.Errorf("range %d+%d outside segment %d of %d bytes: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, seg.size, engine.ErrCorrupt)
 		}
@@ -491,6 +495,15 @@ func (c *Conn) learnSegments(ctx context.Context, jobs []job) error {
 	var reply wirepb.RdmaSegmentsReply
 	if err := c.wc.Do(ctx, wire.OpRdmaSegments, &wirepb.RdmaSegmentsRequest{Ids: missing}, nil, &reply, nil); err != nil {
 		return fmt.Errorf("rdma segments: %w", err)
+	}
+	described := make(map[uint32]bool, len(reply.Segments))
+	for _, s := range reply.Segments {
+		described[s.Id] = true
+	}
+	for _, id := range missing {
+		if !described[id] {
+			return fmt.Errorf("rdma segments: unit did not describe segment %d, which it was asked for: %w", id, wire.ErrFrame)
+		}
 	}
 	c.mu.Lock()
 	for _, s := range reply.Segments {
