@@ -42,7 +42,7 @@ func TestDeviceCloseNamesWhatIsOpen(t *testing.T) {
 	assert.ErrorContains(t, err, "1 memory registration and 1 completion queue still open")
 
 	require.NoError(t, mr.Close())
-	err = d.Close() // the protection domain goes; the completion queue keeps the device open
+	err = d.Close() // refused before the protection domain is freed
 	require.ErrorIs(t, err, syscall.EBUSY)
 	assert.ErrorContains(t, err, "1 completion queue still open")
 	assert.NotContains(t, err.Error(), "memory registration")

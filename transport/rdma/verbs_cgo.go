@@ -142,23 +142,32 @@ func (d *Device) Port() PortInfo { return d.port }
 // (max_qp_init_rd_atom, max_qp_rd_atom), at most 16 each.
 func (d *Device) ReadDepth() ReadDepth { return d.rd }
 
-// Close deallocates the protection domain and closes the device. It fails
-// (EBUSY, the error counting the registrations, completion queues and
-// queue pairs still open) while any made through it are open, and may be
-// called again once they are closed (a
-// failure after the protection domain was freed leaves a device that
-// registers nothing and makes no queue pairs: EBADF).
+// Close deallocates the protection domain and closes the device. While
+// registrations, completion queues or queue pairs made through it are
+// open it frees nothing and fails (EBUSY, the error counting them), and
+// may be called again once they are closed: a driver may let the device
+// close with a completion queue open, whose handle would then point into
+// a closed context. A failure of the verbs themselves after the
+// protection domain was freed leaves a device that registers nothing and
+// makes no queue pairs (EBADF).
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil
 	}
+	if open := d.openLocked(); open != "" {
+		return fmt.Errorf("close device %s with %s still open: %w", d.name, open, &Error{Op: "close", Errno: syscall.EBUSY, Device: d.name})
+	}
+	return d.closeVerbsLocked()
+}
+
+// closeVerbsLocked is Close past its count of open handles: the shim
+// frees the protection domain and closes the device, each once, and
+// refuses (EBUSY) where the driver does. The caller holds d.mu.
+func (d *Device) closeVerbsLocked() error {
 	var e C.struct_tq_err
 	if C.tq_shim_close(d.c, &e) != 0 {
-		if open := d.openLocked(); open != "" {
-			return fmt.Errorf("close device %s with %s still open: %w", d.name, open, cerr(d.name, &e))
-		}
 		return cerr(d.name, &e)
 	}
 	d.closed, d.c = true, nil
