@@ -823,3 +823,66 @@ func TestCheckConfigRefusesAMalformedRestoreName(t *testing.T) {
 		{[]string{"--restore", "_ck"}, ""},
 	})
 }
+
+// A setting given as a flag wins over the same key in the --config file,
+// which wins over the default (and, for the data directory, over
+// $TQ_DATA_DIR, which only chooses the default), wherever --config stands
+// among the flags; a key the flags leave alone keeps the file's value.
+func TestServeConfigPrecedence(t *testing.T) {
+	t.Setenv(auth.EnvToken, "")
+	envDir := t.TempDir()
+	t.Setenv(auth.EnvDataDir, envDir)
+	dir := t.TempDir()
+	fileDir, flagDir := filepath.Join(dir, "file-data"), filepath.Join(dir, "flag-data")
+	file := filepath.Join(dir, "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(strings.Join([]string{
+		"units: 3",
+		"capacity: 64MiB",
+		"huge_pages: false",
+		"sampler: rank-aware",
+		"heartbeat_interval: 2s",
+		"name: from-file",
+		"data_dir: " + fileDir,
+		"max_partitions: 7",
+		"",
+	}, "\n")), 0o600))
+
+	def := defaultServeConfig()
+	require.Equal(t, envDir, def.DataDir, "$TQ_DATA_DIR chooses the default data directory")
+
+	fromFile, _, err := parseServeConfig([]string{"--config", file}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, 3, fromFile.Units)
+	assert.Equal(t, byteSize(64<<20), fromFile.Capacity)
+	assert.False(t, fromFile.HugePages)
+	assert.Equal(t, "rank-aware", fromFile.Sampler)
+	assert.Equal(t, 2*time.Second, fromFile.HeartbeatInterval)
+	assert.Equal(t, "from-file", fromFile.Name)
+	assert.Equal(t, fileDir, fromFile.DataDir, "the file's data_dir wins over $TQ_DATA_DIR")
+	assert.Equal(t, 7, fromFile.MaxPartitions)
+	assert.Equal(t, def.Listen, fromFile.Listen, "a key the file leaves out keeps its default")
+
+	flags := []string{"--units", "2", "--capacity", "128MiB", "--huge-pages=true", "--sampler", "sequential",
+		"--heartbeat", "3s", "--name", "from-flag", "--data-dir", flagDir}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"--config first", append([]string{"--config", file}, flags...)},
+		{"--config last", append(slices.Clone(flags), "--config", file)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, _, err := parseServeConfig(tc.args, io.Discard)
+			require.NoError(t, err)
+			// Flags equal to the defaults win too: given, they are meant.
+			assert.Equal(t, 2, got.Units)
+			assert.Equal(t, byteSize(128<<20), got.Capacity)
+			assert.True(t, got.HugePages)
+			assert.Equal(t, "sequential", got.Sampler)
+			assert.Equal(t, 3*time.Second, got.HeartbeatInterval, "--heartbeat over the file's heartbeat_interval")
+			assert.Equal(t, "from-flag", got.Name)
+			assert.Equal(t, flagDir, got.DataDir)
+			assert.Equal(t, 7, got.MaxPartitions, "a key no flag sets keeps the file's value")
+		})
+	}
+}
