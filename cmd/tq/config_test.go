@@ -886,3 +886,45 @@ func TestServeConfigPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// The controller's directory and the checkpoint directory sit in the
+// private data directory, so no other user reaches them, unless one is a
+// symbolic link out of it: then the directory it leads to must be as
+// private as the data directory, or another user could replace the
+// controller's log or plant the checkpoint a --restore loads. A link to
+// a private directory (a bigger disk of this user's) is taken.
+func TestSecureRefusesALinkOutOfTheDataDirToASharedDir(t *testing.T) {
+	t.Setenv(auth.EnvToken, "")
+	for _, sub := range []string{"controller", "checkpoints"} {
+		t.Run(sub, func(t *testing.T) {
+			c := defaultServeConfig()
+			c.DataDir = filepath.Join(t.TempDir(), "data")
+			c.SocketDir = filepath.Join(t.TempDir(), "sock")
+			require.NoError(t, os.Mkdir(c.DataDir, 0o700))
+			shared := filepath.Join(t.TempDir(), "shared")
+			require.NoError(t, os.Mkdir(shared, 0o700))
+			require.NoError(t, os.Chmod(shared, 0o777)) // past the umask
+			link := filepath.Join(c.DataDir, sub)
+			require.NoError(t, os.Symlink(shared, link))
+
+			err := c.secure()
+			require.Error(t, err, "a link to a directory every user may write to is taken")
+			assert.ErrorIs(t, err, engine.ErrInvalid)
+			assert.Contains(t, err.Error(), link)
+			assert.Contains(t, err.Error(), shared)
+			assert.Contains(t, err.Error(), "chmod 700")
+
+			require.NoError(t, os.Chmod(shared, 0o700))
+			require.NoError(t, c.secure(), "a link to a private directory")
+		})
+	}
+	t.Run("a directory inside the data directory is private whatever its mode", func(t *testing.T) {
+		c := defaultServeConfig()
+		c.DataDir = filepath.Join(t.TempDir(), "data")
+		c.SocketDir = filepath.Join(t.TempDir(), "sock")
+		require.NoError(t, os.Mkdir(c.DataDir, 0o700))
+		require.NoError(t, os.Mkdir(c.checkpointDir(), 0o700))
+		require.NoError(t, os.Chmod(c.checkpointDir(), 0o775)) // a umask of 002
+		require.NoError(t, c.secure())
+	})
+}

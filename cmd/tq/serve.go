@@ -284,6 +284,16 @@ func (c *serveConfig) secure() error {
 			return fmt.Errorf("%s: %w", d.what, err)
 		}
 	}
+	if c.Role != "unit" {
+		for _, d := range []struct{ what, path string }{
+			{"the controller's directory", c.controllerDir()},
+			{"the checkpoint directory", c.checkpointDir()},
+		} {
+			if err := checkLinkedDir(d.path); err != nil {
+				return fmt.Errorf("%s: %w", d.what, err)
+			}
+		}
+	}
 	c.tokenFrom = c.tokenSource()
 	switch {
 	case c.Insecure, c.Token != "":
@@ -307,6 +317,33 @@ func (c *serveConfig) secure() error {
 		c.metricsToken = os.Getenv(envMetricsToken)
 	}
 	return c.checkExposure()
+}
+
+// checkLinkedDir checks a directory of the data directory (the
+// controller's, the checkpoints'): one in it is as private as the data
+// directory, whatever its own mode; a symbolic link out of it (to a
+// bigger disk, say) must lead to a directory auth.CheckPrivateDir takes,
+// or another user could replace the controller's log or plant the
+// checkpoint a --restore loads. A missing one is made 0700 when needed.
+func checkLinkedDir(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return nil
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return fmt.Errorf("%s is a symbolic link that leads nowhere: %w", path, err)
+	}
+	if err := auth.CheckPrivateDir(target); err != nil {
+		return fmt.Errorf("%s is a symbolic link out of the data directory: %w", path, err)
+	}
+	return nil
 }
 
 type server struct {
