@@ -74,7 +74,9 @@ type CheckpointInfo struct {
 	Metadata []byte
 	// Unusable, set by [Server.Checkpoints] alone, says why a load would
 	// refuse it (its state was written by a build of another state
-	// version); "": it loads.
+	// version, or its state file's header is damaged: then only Name is
+	// set besides, and Saved is the Unix epoch, 0 on the wire); "": it
+	// loads.
 	Unusable string
 }
 
@@ -663,12 +665,19 @@ func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []Chec
 			continue
 		}
 		head, err := readStateHeader(filepath.Join(s.cfg.CheckpointDir, e.Name(), stateFile))
-		if err != nil {
-			continue // not a checkpoint (or a broken one): not listed
-		}
-		ci := infoOf(e.Name(), head)
-		if err := checkVersion(head); err != nil {
-			ci.Unusable = err.Error()
+		var ci CheckpointInfo
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // no state file: not a checkpoint
+		case err != nil:
+			// A damaged one (a copy cut short) is listed, with why a
+			// load refuses it, not taken for missing.
+			ci = CheckpointInfo{Name: e.Name(), Saved: time.UnixMilli(0), Unusable: fmt.Sprintf("%s: %v", stateFile, err)}
+		default:
+			ci = infoOf(e.Name(), head)
+			if err := checkVersion(head); err != nil {
+				ci.Unusable = err.Error()
+			}
 		}
 		n := proto.Size(ci.pb()) + 8 // with its tag and length
 		if len(out) > 0 && (limit > 0 && len(out) >= limit || maxBytes > 0 && size+n > maxBytes) {

@@ -172,3 +172,52 @@ func TestCheckpointsPaged(t *testing.T) {
 		t.Errorf("every page (-want +got):\n%s", diff)
 	}
 }
+
+// TestCheckpointsListDamaged: a checkpoint whose state file is there but
+// damaged (a copy cut short) is listed, marked with why a load refuses
+// it, not left out as if it were not there; a directory with no state
+// file is no checkpoint and is left out.
+func TestCheckpointsListDamaged(t *testing.T) {
+	root := t.TempDir()
+	for _, name := range []string{"ours", "damaged", "stray"} {
+		if err := os.Mkdir(filepath.Join(root, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeStateFile(t, filepath.Join(root, "ours", stateFile), &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextGen: 1, NextUnitId: 1}, nil, nil, nil)
+	b, err := os.ReadFile(filepath.Join(root, "ours", stateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "damaged", stateFile), b[:len(b)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
+	c := dialRaw(t, addr, "")
+	var list wirepb.CheckpointsReply
+	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ci := range list.Checkpoints {
+		got[ci.Name] = ci.Unusable
+		if ci.Name == "damaged" && ci.SavedUnixMs != 0 {
+			t.Errorf("damaged: saved_unix_ms %d: want 0 (not known)", ci.SavedUnixMs)
+		}
+	}
+	if _, ok := got["damaged"]; !ok {
+		t.Fatalf("listed %v: the damaged checkpoint is left out", got)
+	}
+	if u := got["damaged"]; !strings.Contains(u, stateFile) || !strings.Contains(u, engine.ErrCorrupt.Error()) {
+		t.Errorf("damaged: unusable %q: want why, naming %s and %v", u, stateFile, engine.ErrCorrupt)
+	}
+	if u, ok := got["ours"]; !ok || u != "" {
+		t.Errorf("ours: listed %v, unusable %q: want listed, usable", ok, u)
+	}
+	if _, ok := got["stray"]; ok {
+		t.Errorf("a directory without %s is listed", stateFile)
+	}
+	if err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: "damaged"}, nil); err == nil {
+		t.Error("the damaged checkpoint loads")
+	}
+}

@@ -19,8 +19,8 @@ const checkpointUsage = `usage:
                                  with a JSON object of your own kept beside them
   tq checkpoint load ADDR NAME   replace the cluster's state with checkpoint NAME
   tq checkpoint list ADDR        list the saved checkpoints (with their JSON objects); one
-                                 another build wrote, which a load refuses, is marked
-                                 (unusable), with why below the table
+                                 a load refuses (another build wrote it, or its state file
+                                 is damaged) is marked (unusable), with why below the table
 
 ADDR is the controller's (tcp://host:port or unix:///path). Checkpoints live
 under the controller's data directory (DATA_DIR/checkpoints/NAME); a name is
@@ -94,12 +94,16 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		for _, c := range list {
 			name := printable(c.Name)
 			if c.Unusable != "" {
-				// Another build's: listed, so that it is not taken for
-				// missing, but never as one a load takes.
-				unusable = append(unusable, fmt.Sprintf("tq checkpoint: %s cannot be loaded by this build: %s", name, printable(c.Unusable)))
+				// Another build's, or a damaged one: listed, so that it
+				// is not taken for missing, but never as one a load takes.
+				unusable = append(unusable, fmt.Sprintf("tq checkpoint: %s cannot be loaded: %s", name, printable(c.Unusable)))
 				name += " (unusable)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", name, time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, c.LostCells, bytesString(c.Bytes), compactJSON(c.Metadata))
+			saved := "-" // a damaged state file says nothing
+			if c.SavedUnixMs != 0 {
+				saved = time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", name, saved, c.Cells, c.LostCells, bytesString(c.Bytes), compactJSON(c.Metadata))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
