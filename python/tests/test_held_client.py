@@ -160,3 +160,126 @@ def test_dataloader_after_killed_workers_gets_their_rows(graceful, part):
         rest = _rows_of(lambda: dl, 30)  # new workers, the loader's hold group
         assert rest is not None, f"the loader's next iteration did not end (took {taken})"
         assert sorted(taken + rest) == list(range(16))
+
+
+
+# Holds every row of the partition for task "t" through the controller
+# address it is given (the test's proxy), says how many, and acknowledges
+# them when told to, printing "acked" or the error. Its keeper looks every
+# argv[5] seconds.
+IDLE_HOLDER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    import tq
+    from tq import client as tqclient
+    tqclient.KEEP_DIAL_S = float(sys.argv[5])
+
+    c = tq.Client(sys.argv[1], token=sys.argv[4], transport="tcp")
+    key = b"k" * 16
+    m = c.get_meta(["x"], 4, sys.argv[2], task_name="t", _fetch_key=key, _hold=True)
+    print(m.size, flush=True)
+    sys.stdin.readline()
+    try:
+        c._acknowledge(sys.argv[2], "t", key)
+        print("acked", flush=True)
+    except tq.TQError as e:
+        print(type(e).__name__, e, flush=True)
+""")
+
+
+class _Proxy:
+    """A TCP proxy to addr ("tcp://host:port") whose connections break()
+    closes, as a network that fails under them; it accepts new ones."""
+
+    def __init__(self, addr):
+        import socket
+        import threading
+        host, port = addr[len("tcp://"):].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.ls = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.ls.getsockname()[1]}"
+        self.socks, self.lock = [], threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                a, _ = self.ls.accept()
+            except OSError:
+                return
+            b = socket.create_connection(self.target)
+            with self.lock:
+                self.socks += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(x, y):
+        try:
+            while True:
+                d = x.recv(65536)
+                if not d:
+                    break
+                y.sendall(d)
+        except OSError:
+            pass
+        for s in (x, y):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass
+
+    def break_all(self):
+        import socket
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.ls.close()
+        self.break_all()
+
+
+@pytest.mark.parametrize("keep_s,kept", [(0.1, True), (1000.0, False)], ids=["keeper", "no-keeper"])
+def test_idle_holder_whose_connection_broke_comes_back(graceful, part, keep_s, kept):
+    """A client holding rows (a loader in a long step) whose idle
+    connection to the controller broke is taken for gone after the grace,
+    and its rows go to the next consumer waiting at the end, though it
+    lives and will acknowledge them: its acknowledgement then fails, the
+    work on those rows lost. Its keeper notices the dead connection and
+    dials again within KEEP_DIAL_S, so the rows stay its own, as the Go
+    client's keeper does. (Without one, "no-keeper", the rows go.)"""
+    proxy = _Proxy(graceful.address)
+    with graceful.client() as c:
+        c.put({"x": np.arange(4, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        env = dict(graceful.env, TQ_HOST_ID="another-host")
+        p = subprocess.Popen([sys.executable, "-c", IDLE_HOLDER, proxy.address, part, os.path.dirname(HERE),
+                              graceful.token, str(keep_s)],
+                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = p.stdout.readline()
+            assert line.strip() == "4", p.stderr.read()
+            proxy.break_all()
+            time.sleep(1.0)  # the grace (0.3 s) and several looks of the keeper
+            # A gone holder's rows come back within a second or two (the
+            # grace and a look: test_rows_of_a_killed_remote_holder_go_back).
+            if kept:
+                with pytest.raises(tq.DeadlineError):
+                    c.get_meta(["x"], 4, part, task_name="t", wait=True, timeout=4)
+            else:
+                assert c.get_meta(["x"], 4, part, task_name="t", wait=True, timeout=4).size == 4
+            p.stdin.write("ack\n")
+            p.stdin.flush()
+            out = p.stdout.readline().strip()
+            assert (out == "acked") == kept, (out, p.stderr.read() if p.poll() is not None else "")
+        finally:
+            p.kill()
+            p.wait(10)
+            proxy.close()

@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 import zlib
 
 import numpy as np
@@ -192,6 +193,12 @@ class View:
 # while the controller cannot be reached (the Go client's RetryFor).
 GIVE_BACK_S = 60.0
 
+# KEEP_DIAL_S is how often a client that made held fetches makes sure it
+# has a live connection to the controller (Client._keep_connected): a
+# third of the controller's default grace for a client whose connections
+# all closed, as the Go client's keeper.
+KEEP_DIAL_S = 5.0
+
 # RETRY_FOR is Client's retry_for default: how long a controller call that
 # is safe to repeat keeps being sent again over new connections while the
 # controller cannot be reached (the Go client's RetryFor).
@@ -315,6 +322,9 @@ class Client:
         self._units_cluster = ""
         self._units_lock = threading.Lock()  # the table and its stamp, read and stored
         self._listing = threading.Lock()  # one list of the units (and their dials) at a time
+        self._keeper = None  # this process's keeper thread (see _keep_connected)
+        self._keeper_lock = threading.Lock()
+        self._keeper_stop = threading.Event()
         _fork.reinit_in_child(self)
         self._no_kv_data = False
         self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
@@ -329,6 +339,43 @@ class Client:
     def _reinit_in_child(self) -> None:
         self._units_lock = threading.Lock()
         self._listing = threading.Lock()
+        # The parent's keeper is not in the child (a fork copies one
+        # thread): the child starts its own with its first held fetch.
+        self._keeper = None
+        self._keeper_lock = threading.Lock()
+        self._keeper_stop = threading.Event()
+
+    def _keep_connected(self) -> None:
+        """Start, once per process, the thread that keeps a connection to
+        the controller open while this client may hold rows (a held fetch,
+        get_meta's ``_hold``): the controller gives a client's held rows to
+        others once all its connections were closed from its side, or did
+        not come back after a restart, for its grace (tq serve
+        --held-client-grace, 15 s), and an idle loader (a long step, a full
+        queue) sends nothing to notice its connection broke. Every
+        KEEP_DIAL_S the thread drops the idle connections the controller
+        closed and dials one when none is left, as the Go client's keeper
+        does. It holds the client weakly, and ends with it or close()."""
+        if self._keeper is not None:
+            return
+        with self._keeper_lock:
+            if self._keeper is not None or self._closed:
+                return
+            ref, stop = weakref.ref(self), self._keeper_stop
+
+            def run():
+                while not stop.wait(KEEP_DIAL_S):
+                    c = ref()
+                    if c is None or c._closed:
+                        return
+                    try:
+                        c._ctl.keep()
+                    except (errors.TQError, OSError):
+                        pass  # unreachable now: the next look tries again
+                    del c
+            t = threading.Thread(target=run, name="tq-keep-controller", daemon=True)
+            t.start()
+            self._keeper = t
 
     def _dial_controller(self) -> "wire.Conn":
         """A connection to the controller (see _dial_controller_at). A
@@ -368,6 +415,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._keeper_stop.set()
         self._ctl.close()
         with self._units_lock:
             units, self._units = list(self._units.values()), {}
@@ -1125,6 +1173,8 @@ class Client:
             spec = {"name": sampler} if isinstance(sampler, str) else dict(sampler)
             req.sampler.CopyFrom(control_pb2.SamplerSpec(name=str(spec.get("name", "")), n=int(spec.get("n", 0)),
                                                          dp_size=int(spec.get("dp_size", 0))))
+        if req.hold:
+            self._keep_connected()
         deadline = time.monotonic() + timeout if wait and timeout is not None else None
         again = _Repeater()
         try:

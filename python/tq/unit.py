@@ -84,6 +84,26 @@ class Pool:
         finally:
             self.give(c)
 
+    def keep(self) -> None:
+        """Keep a live connection to the peer for a client it must see
+        connected (the controller gives back the rows a client holds once
+        all its connections were closed from its side, or never came back
+        after a restart, for its grace): the idle connections the peer
+        closed are dropped, and one is dialed when none is left idle."""
+        with self._lock:
+            if self._closed:
+                return
+            live = []
+            for c in self._idle:
+                if c.closed or c.pid != os.getpid() or c.peer_closed():
+                    c.close()
+                else:
+                    live.append(c)
+            self._idle = live
+            if live:
+                return
+        self.give(self._dial())
+
     def drop_idle(self) -> None:
         """Close the idle connections (those in use are closed when they fail)."""
         with self._lock:

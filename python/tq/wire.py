@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import select
 import socket
 import stat
 import struct
@@ -457,6 +458,20 @@ class Conn:
     def closed(self) -> bool:
         """Whether the connection is closed, or being closed."""
         return self.sock is None or self._closing
+
+    def peer_closed(self) -> bool:
+        """For an idle connection (no request on it): whether the peer closed
+        it. A server sends nothing unasked but the error that ends a
+        connection, so a socket with anything to read is done either way."""
+        s = self.sock
+        if s is None or self._closing:
+            return True
+        p = select.poll()
+        try:
+            p.register(s, select.POLLIN)
+            return bool(p.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def _gone(self, op_name: str) -> errors.TQError:
         """The error of a request on a connection closed before or while it ran."""
