@@ -220,16 +220,23 @@ func (s *Server) pickLoop() *loop {
 		return nil
 	}
 	if s.loops == nil {
+		var err error
 		for range s.cfg.Loops {
-			lp, err := newLoop(s)
-			if err != nil {
-				s.log.Warn("wire: no event loop; connections keep a goroutine each", "err", err)
+			var lp *loop
+			if lp, err = newLoop(s); err != nil {
 				break
 			}
 			s.loops = append(s.loops, lp)
 			s.loopsWG.Go(lp.run)
 		}
 		if s.loops == nil {
+			if outOfFds(err) {
+				// For now: the next connection tries again, rather than
+				// every connection keeping a goroutine for good.
+				s.log.Debug("wire: no event loop yet, out of descriptors; this connection keeps a goroutine", "err", err)
+				return nil
+			}
+			s.log.Warn("wire: no event loop; connections keep a goroutine each", "err", err)
 			s.cfg.Loops = -1
 			return nil
 		}
@@ -250,8 +257,11 @@ func (s *Server) stopLoops() {
 	s.loopsWG.Wait()
 }
 
+// newLoopSet makes a loop's epoll set; a variable for tests.
+var newLoopSet = evloop.NewSet[*serverConn]
+
 func newLoop(s *Server) (*loop, error) {
-	set, err := evloop.NewSet[*serverConn]()
+	set, err := newLoopSet()
 	if err != nil {
 		return nil, err
 	}

@@ -3,12 +3,16 @@ package wire
 import (
 	"bytes"
 	"context"
+	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/internal/evloop"
 )
 
 // exhaustFds makes every new descriptor of the process fail with EMFILE
@@ -70,4 +74,35 @@ func TestLoopGivesBackUnderFdExhaustion(t *testing.T) {
 	// The connection still works, on a loop or off one.
 	_, err = inlineEcho(ctx, c, []byte("y"))
 	require.NoError(t, err)
+}
+
+// TestLoopsStartAfterFdExhaustion: loops that could not start for want
+// of a descriptor (the first connection came while the process had none
+// to spare) start with a later connection; they were turned off for the
+// server's life, every connection keeping a goroutine.
+func TestLoopsStartAfterFdExhaustion(t *testing.T) {
+	real := newLoopSet
+	var failed atomic.Bool
+	newLoopSet = func() (*evloop.Set[*serverConn], error) {
+		if failed.CompareAndSwap(false, true) {
+			return nil, os.NewSyscallError("epoll_create1", unix.EMFILE)
+		}
+		return real()
+	}
+	t.Cleanup(func() { newLoopSet = real })
+	_, addr, n := loopServer(t, ServerConfig{Loops: 1}, "tcp")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first := dial(t, addr, "")
+	for range 4 {
+		_, err := inlineEcho(ctx, first, []byte("x"))
+		require.NoError(t, err)
+	}
+	require.True(t, failed.Load(), "the loops were not started: the test shows nothing")
+	second := dial(t, addr, "")
+	require.Eventually(t, func() bool {
+		_, err := inlineEcho(ctx, second, []byte("y"))
+		require.NoError(t, err)
+		return n.on.Load() > 0
+	}, 5*time.Second, 10*time.Millisecond, "a later connection is served from a loop")
 }
