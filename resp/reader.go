@@ -68,8 +68,11 @@ type reader struct {
 	// mappings; done unmaps them.
 	mapped [][]byte
 	// mid is true while a command is being read, from its first byte:
-	// the server bounds how long the rest may take.
-	mid bool
+	// the server bounds how long the rest may take. begun counts the
+	// commands begun, so that the server tells one command from the
+	// next.
+	mid   bool
+	begun uint64
 }
 
 func newReader(r io.Reader, maxValue int64) *reader {
@@ -87,6 +90,7 @@ func (r *reader) next() ([][]byte, error) {
 		return nil, err
 	}
 	r.mid = true
+	r.begun++
 	defer func() { r.mid = false }()
 	if c != '*' {
 		r.br.UnreadByte()

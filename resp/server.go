@@ -481,11 +481,13 @@ type conn struct {
 	aborted     bool
 	queued      [][][]byte
 	queuedBytes int
-	// armed is true while the read deadline bounds a command's rest;
+	// armed is true while the read deadline bounds a command's rest,
+	// that of command armedFor (counted as c.rd.begun counts them);
 	// authBy is when an unauthenticated client must have authenticated.
-	armed   bool
-	armedBy time.Time
-	authBy  time.Time
+	armed    bool
+	armedFor uint64
+	armedBy  time.Time
+	authBy   time.Time
 	// unauthedAt is c's element of s.unauthed while it is listed there
 	// (under s.mu); evicted is set, under s.mu too, once it was evicted
 	// from there past MaxUnauthenticated: it is answered evictedMsg and
@@ -556,7 +558,13 @@ func (d deadlineReader) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	switch {
-	case c.rd.mid && !c.armed:
+	case c.rd.mid && (!c.armed || c.armedFor != c.rd.begun):
+		// A command's rest is awaited: it has CommandTimeout from now,
+		// where the deadline is not set for it yet. A stream of
+		// commands each cut across reads (a pipeline sent as it is
+		// made) finds one begun at every read: each gets its own, not
+		// what the first left.
+		c.armedFor = c.rd.begun
 		c.armedBy = time.Now().Add(c.s.cfg.CommandTimeout)
 		if !c.authed && c.authBy.Before(c.armedBy) {
 			// Beginning a command does not put off AuthTimeout.
