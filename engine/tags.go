@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"math/big"
 	"reflect"
 	"slices"
 	"unicode/utf8"
@@ -185,7 +186,10 @@ func CheckTagName(name string) error {
 
 // JSONNumber is the value a reader of JSON keeps for n, as TQ's readers
 // of tags do: an int64 when n is a whole number that fits, else a finite
-// float64; an error for a number no float64 holds (1e400).
+// float64; an error for a number no float64 holds (1e400), and for an
+// integer written without a fraction or exponent that fits no int64 and
+// that a float64 would round (12345678901234567890 would come back as
+// 12345678901234567168: nothing stored is changed unsaid).
 func JSONNumber(n json.Number) (any, error) {
 	if i, err := n.Int64(); err == nil {
 		return i, nil
@@ -193,6 +197,11 @@ func JSONNumber(n json.Number) (any, error) {
 	f, err := n.Float64()
 	if err != nil || math.IsInf(f, 0) {
 		return nil, fmt.Errorf("number %s is not one a float64 holds", n)
+	}
+	if i, ok := new(big.Int).SetString(string(n), 10); ok {
+		if exact, _ := new(big.Float).SetFloat64(f).Int(nil); exact.Cmp(i) != 0 {
+			return nil, fmt.Errorf("integer %s fits no int64, and a float64 would round it to %s: write it as a string to keep it", n, exact)
+		}
 	}
 	return f, nil
 }

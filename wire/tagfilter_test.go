@@ -78,7 +78,16 @@ func TestTagJSONRefused(t *testing.T) {
 	}
 	_, err := JSONFromPB([]byte(`{"n":1e400}`))
 	assert.ErrorContains(t, err, `tag "n": number 1e400 is not one a float64 holds`)
-	m, err := JSONFromPB([]byte(" {\"a\":1e308, \"b\":18446744073709551616}\n "))
-	require.NoError(t, err, "white space after the value, and numbers a float64 holds")
-	assert.Equal(t, map[string]any{"a": 1e308, "b": 18446744073709551616.0}, m)
+	m, err := JSONFromPB([]byte(" {\"a\":1e308, \"b\":18446744073709551616, \"c\":-9223372036854775809e0}\n "))
+	require.NoError(t, err, "white space after the value, and numbers a float64 holds (2^64 exactly, a float written so)")
+	assert.Equal(t, map[string]any{"a": 1e308, "b": 18446744073709551616.0, "c": -9223372036854775809e0}, m)
+	// An integer past int64 that a float64 would round is refused, not
+	// stored as another number.
+	for _, b := range []string{`12345678901234567890`, `-9223372036854775809`, `[1, 18446744073709551617]`} {
+		v, err := TagValueFromPB([]byte(b))
+		require.ErrorIs(t, err, engine.ErrInvalid, "tag value %q decoded as %v", b, v)
+		assert.ErrorContains(t, err, "fits no int64, and a float64 would round it")
+	}
+	_, err = JSONFromPB([]byte(`{"t": 12345678901234567890}`))
+	assert.ErrorContains(t, err, `tag "t": integer 12345678901234567890 fits no int64, and a float64 would round it to 12345678901234567168`)
 }
