@@ -473,8 +473,11 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 //
 // Errors: [engine.ErrInvalid] for a missing task or field list, a
 // non-positive batch size, or, with a rank, a DP rank or batch index
-// below 0 or above math.MaxInt32; the sampler's errors; with Wait, the
-// context's error or [engine.ErrClosed].
+// below 0 or above math.MaxInt32; [engine.ErrNotFound] for a batch a
+// caching sampler kept for the DP group, which a fetch of the group took,
+// when every row of it was cleared since (made again, it would not be
+// the rows the group's other ranks got); the sampler's errors; with
+// Wait, the context's error or [engine.ErrClosed].
 func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
 	return c.fetch(ctx, req, false)
 }
@@ -664,6 +667,11 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 	}
 	c.expireKept(p, now)
 	c.expireHeld(p, now)
+	if follows {
+		if err := p.checkKeptGone(gk, req.Options.BatchIndex, smp); err != nil {
+			return nil, err
+		}
+	}
 	_, known := p.tasks[req.Task]
 	v, ok, err := p.view(req.Task, req.Fields)
 	if err != nil {

@@ -44,6 +44,12 @@ package controller
 // the batch it was served as from then, and the fetch's record names the
 // batch it came from (forgot) with the sampler's entries for the move.
 //
+// A batch (or part) that a fetch of its group took and that lost every
+// row to clears since is not made again from other rows when a lagging
+// rank of the group asks for it: that rank would train on other rows
+// than its peers did. The fetch is refused, naming the batch
+// (checkKeptGone).
+//
 // With a negative TTL nothing is given back, but batches are followed
 // all the same (a part is still moved to its rank at the end), and one
 // the group went past is forgotten DefaultKeptBatchTTL after a fetch last
@@ -239,6 +245,36 @@ func (p *partition) movePart(k groupKey, batch int, split engine.SplitBatchDropp
 		}
 	}
 	return nil, nil, nil
+}
+
+// checkKeptGone refuses a fetch of group k's batch that a fetch of the
+// group took and did not give back, when every row of it was cleared
+// since: its sampler no longer keeps it (or, for a split batch, the
+// group's part of it), and would make it again from the rows ready now,
+// so that the group's ranks that ask after the clear train on other rows
+// than those that asked before it, with no word of it. The error wraps
+// [engine.ErrNotFound] and names the batch; nothing is consumed. A batch
+// that no fetch of the group took (a part a peer rank made for it,
+// cleared before it fetched it) is made afresh as before. p is locked.
+func (p *partition) checkKeptGone(k groupKey, batch int, smp engine.Sampler) error {
+	g := p.groups[k]
+	if g == nil {
+		return nil
+	}
+	kb := g.batches[batch]
+	if kb == nil || kb.held == 0 {
+		return nil
+	}
+	if split, ok := smp.(engine.SplitBatchDropper); ok {
+		if slices.Contains(split.Parts(p.id, k.task, batch), k.rank) {
+			return nil
+		}
+	} else if cs, ok := smp.(engine.CachingSampler); !ok ||
+		cs.Cached(p.id, k.task, engine.SamplingOptions{HasRank: true, DPRank: k.rank, BatchIndex: batch}) {
+		return nil
+	}
+	return fmt.Errorf("batch %d of DP rank %d of task %q: a fetch of the rank took it and every row of it was cleared since; "+
+		"made again it would hold other rows than that fetch got: %w", batch, k.rank, k.task, engine.ErrNotFound)
 }
 
 // pb is r as its records and the state name it (nil for nil).

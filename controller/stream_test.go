@@ -212,11 +212,16 @@ func TestSamplerCachesForgetClearedRows(t *testing.T) {
 			require.Equal(t, first.Indexes[2:], peer.Indexes, "the cached batch without the cleared rows")
 
 			// Every row of the batch cleared: the batch is gone from the
-			// cache, and batch 0 is sampled afresh (a stale entry would
-			// name rows that are not there).
+			// cache (a stale entry would name rows that are not there).
+			// The group's ranks took it, so batch 0 is not made again
+			// from other rows: asked again, it is refused, naming it,
+			// and the rows left go to the next batch.
 			_, err = c.ClearRows("p", first.Indexes[2:])
 			require.NoError(t, err)
-			again, err := c.Fetch(ctx, specFetch(spec, 0, 0, 4))
+			_, err = c.Fetch(ctx, specFetch(spec, 0, 0, 4))
+			require.ErrorIs(t, err, engine.ErrNotFound, "batch 0 was taken, then cleared")
+			require.ErrorContains(t, err, "batch 0 of DP rank 0")
+			again, err := c.Fetch(ctx, specFetch(spec, 0, 1, 4))
 			require.NoError(t, err)
 			require.Equal(t, m.Indexes[4:], again.Indexes, "a fresh batch of the rows left")
 		})
