@@ -21,8 +21,14 @@ var (
 const seqlenKind = "seqlen_balanced"
 
 // LengthTag is the row tag [SeqlenBalanced] balances on: the row's token
-// count. Rows without it (or with a non-numeric value) count as length 1.
+// count. Rows without it (or with a non-numeric value) count as length 1;
+// a negative one, or one above [MaxLength], is an error naming the row.
 const LengthTag = "total_lengths"
+
+// MaxLength bounds a row's [LengthTag]: a longer one is an error. The
+// samplers add lengths up (a group's, a rank's, a batch's), and a sum of
+// rows this long overflows only past 2^23 rows in one batch.
+const MaxLength = 1 << 40
 
 // SeqlenBalanced takes whole prompt groups for all DP ranks at once and
 // splits them between the ranks so that each gets about the same number of
@@ -200,7 +206,8 @@ func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) (
 	return parts, nil
 }
 
-// rowLengths reads each row's [LengthTag] (1 when absent or not a number).
+// rowLengths reads each row's [LengthTag] (1 when absent or not a number);
+// a negative one, or one above [MaxLength], is an error naming the row.
 func rowLengths(kind string, rows []uint64, tags func(uint64) engine.Tags) ([]int64, error) {
 	lengths := make([]int64, len(rows))
 	for i, r := range rows {
@@ -211,6 +218,9 @@ func rowLengths(kind string, rows []uint64, tags func(uint64) engine.Tags) ([]in
 		if l, ok := tags(r).Int(LengthTag); ok {
 			if l < 0 {
 				return nil, invalid(kind, "row %d has negative %s %d", r, LengthTag, l)
+			}
+			if l > MaxLength {
+				return nil, invalid(kind, "row %d has %s %d, above %d", r, LengthTag, l, MaxLength)
 			}
 			lengths[i] = l
 		}
