@@ -21,8 +21,9 @@ var (
 const seqlenKind = "seqlen_balanced"
 
 // LengthTag is the row tag [SeqlenBalanced] balances on: the row's token
-// count. Rows without it (or with a non-numeric value) count as length 1;
-// a negative one, or one above [MaxLength], is an error naming the row.
+// count. Rows without it (or with it null) count as length 1; one that
+// is not an integer, a negative one, or one above [MaxLength] is an error
+// naming the row.
 const LengthTag = "total_lengths"
 
 // MaxLength bounds a row's [LengthTag]: a longer one is an error. The
@@ -206,8 +207,9 @@ func (s *SeqlenBalanced) balance(rows []uint64, tags func(uint64) engine.Tags) (
 	return parts, nil
 }
 
-// rowLengths reads each row's [LengthTag] (1 when absent or not a number);
-// a negative one, or one above [MaxLength], is an error naming the row.
+// rowLengths reads each row's [LengthTag] (1 when absent or null); one
+// that is not an integer, a negative one, or one above [MaxLength] is an
+// error naming the row.
 func rowLengths(kind string, rows []uint64, tags func(uint64) engine.Tags) ([]int64, error) {
 	lengths := make([]int64, len(rows))
 	for i, r := range rows {
@@ -215,15 +217,21 @@ func rowLengths(kind string, rows []uint64, tags func(uint64) engine.Tags) ([]in
 		if tags == nil {
 			continue
 		}
-		if l, ok := tags(r).Int(LengthTag); ok {
-			if l < 0 {
-				return nil, invalid(kind, "row %d has negative %s %d", r, LengthTag, l)
-			}
-			if l > MaxLength {
-				return nil, invalid(kind, "row %d has %s %d, above %d", r, LengthTag, l, MaxLength)
-			}
-			lengths[i] = l
+		t := tags(r)
+		v, there := t[LengthTag]
+		if !there || v == nil {
+			continue
 		}
+		l, ok := t.Int(LengthTag)
+		switch {
+		case !ok:
+			return nil, invalid(kind, "row %d has %s %v (%T), not an integer", r, LengthTag, v, v)
+		case l < 0:
+			return nil, invalid(kind, "row %d has negative %s %d", r, LengthTag, l)
+		case l > MaxLength:
+			return nil, invalid(kind, "row %d has %s %d, above %d", r, LengthTag, l, MaxLength)
+		}
+		lengths[i] = l
 	}
 	return lengths, nil
 }
