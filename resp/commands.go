@@ -1543,17 +1543,27 @@ func (c *conn) tqTagCAS(args [][]byte) {
 	for i := 3; i < len(args); i++ {
 		opt := strings.ToUpper(string(args[i]))
 		switch opt {
-		case "ABSENT", "DELETE":
-			if opt == "ABSENT" {
-				old, haveOld = nil, true
-			} else {
-				nw, haveNew = nil, true
+		case "ABSENT", "OLD", "OLDJSON":
+			if haveOld {
+				c.writeError(fmt.Sprintf("ERR TQ.TAGCAS option '%s': the old value is given already (one of OLD, OLDJSON or ABSENT)", clip(args[i])))
+				return
 			}
-			continue
-		case "OLD", "NEW", "OLDJSON", "NEWJSON":
+		case "DELETE", "NEW", "NEWJSON":
+			if haveNew {
+				c.writeError(fmt.Sprintf("ERR TQ.TAGCAS option '%s': the new value is given already (one of NEW, NEWJSON or DELETE)", clip(args[i])))
+				return
+			}
 		default:
 			c.writeError(fmt.Sprintf("ERR TQ.TAGCAS option '%s': want OLD, OLDJSON, ABSENT, NEW, NEWJSON or DELETE", clip(args[i])))
 			return
+		}
+		switch opt {
+		case "ABSENT":
+			old, haveOld = nil, true
+			continue
+		case "DELETE":
+			nw, haveNew = nil, true
+			continue
 		}
 		if i+1 >= len(args) {
 			c.writeError(fmt.Sprintf("ERR TQ.TAGCAS %s needs a value", opt))

@@ -593,11 +593,22 @@ func TestTagCommands(t *testing.T) {
 	all, err := e.kv.List(ctx, "default")
 	require.NoError(t, err)
 	assert.Equal(t, int64(1700000000123456790), all["default"][2].Tags["ts"])
-	for _, bad := range []string{"", "1]", "1e400", "{"} {
+	for _, bad := range []string{"", "1]", "1e400", "{", "12345678901234567890"} {
 		err := rc.Do(ctx, "TQ.TAGCAS", "s3", "ts", "ABSENT", "NEWJSON", bad).Err()
 		require.Error(t, err, "%q", bad)
 		assert.Contains(t, err.Error(), "is not JSON", "%q", bad)
 	}
+	// Each side once: which of two old values was meant is not for the
+	// server to guess (the last one won).
+	for _, args := range [][]any{
+		{"OLD", "a", "OLD", "b", "NEW", "c"}, {"ABSENT", "OLDJSON", "1", "NEW", "c"},
+		{"OLD", "a", "NEW", "b", "DELETE"}, {"ABSENT", "NEWJSON", "1", "NEW", "c"},
+	} {
+		err := rc.Do(ctx, append([]any{"TQ.TAGCAS", "s3", "ts"}, args...)...).Err()
+		require.Error(t, err, "%v", args)
+		assert.Contains(t, err.Error(), "value is given already", "%v", args)
+	}
+	assert.Equal(t, []any{int64(0), "1700000000123456790"}, rc.Do(ctx, "TQ.TAGCAS", "s3", "ts", "OLD", "b", "NEW", "c").Val(), "nothing was set")
 	require.NoError(t, rc.Do(ctx, "TQ.TAGDEL", "s3", "ts").Err())
 
 	// The filter runs in the controller.
