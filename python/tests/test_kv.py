@@ -289,6 +289,24 @@ def test_get_into_reused_arrays(client, part):
     assert out["x"].tobytes() == x[::-1].tobytes()
 
 
+def test_get_into_refuses_a_big_endian_array(client, part):
+    """into= takes the cells' bytes as they are, little-endian: a
+    big-endian array of the field's dtype took them too, and held the
+    values byte-swapped (1.5 read as 6.9e-41). It is refused, naming the
+    field, and the array is left as it was."""
+    x = np.array([[1.5, 2.5], [3.5, 4.5]], np.float32)
+    client.kv_batch_put(["a", "b"], part, {"x": x})
+    out = {"x": np.full((2, 2), 9, ">f4")}
+    with pytest.raises(tq.InvalidError) as ei:
+        client.kv_batch_get(["a", "b"], part, into=out)
+    assert ei.value.fields == ["x"] and "little-endian" in str(ei.value)
+    with pytest.raises(tq.InvalidError):
+        client.get_data(client.kv_retrieve_meta(["a", "b"], part), into=out)
+    assert out["x"].tolist() == [[9, 9], [9, 9]]
+    ok = {"x": np.zeros((2, 2), "<f4")}
+    assert client.kv_batch_get(["a", "b"], part, into=ok)["x"].tolist() == x.tolist()
+
+
 @pytest.mark.parametrize("how", ["kv_batch_get", "get_data"])
 def test_cancelled_async_get_into_returns_once_nothing_writes_into_the_arrays(client, part, monkeypatch, how):
     """A cancelled async get into the caller's arrays raised CancelledError

@@ -1021,10 +1021,14 @@ class Client:
             if s["kind"] != "dense":
                 raise errors.InvalidError(f"into= takes dense fields; {f!r} is {s['kind']}", op=op, fields=[f])
             want = (meta.size,) + tuple(s["shape"])
+            # Little-endian: the cells' bytes go into it as they are, so a
+            # big-endian array would hold its values byte-swapped.
             if not isinstance(arr, np.ndarray) or arr.shape != want or not arr.flags.c_contiguous \
-                    or not arr.flags.writeable or _cols.tq_dtype(arr.dtype) != s["dtype"]:
-                raise errors.InvalidError(f"into[{f!r}] must be a writable C-contiguous {s['dtype']} array of shape "
-                                          f"{want}", op=op, fields=[f])
+                    or not arr.flags.writeable or arr.dtype.byteorder == ">" \
+                    or _cols.tq_dtype(arr.dtype) != s["dtype"]:
+                got = f"{arr.dtype} array of shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+                raise errors.InvalidError(f"into[{f!r}] must be a writable C-contiguous little-endian {s['dtype']} "
+                                          f"array of shape {want}, not a {got}", op=op, fields=[f])
         self._read_fields(meta.size, meta.field_schema, cells, list(into), row_keys, partition=partition,
                           op=op, check_only=True)
         names = list(into)
