@@ -307,6 +307,27 @@ def test_get_into_refuses_a_big_endian_array(client, part):
     assert client.kv_batch_get(["a", "b"], part, into=ok)["x"].tolist() == x.tolist()
 
 
+def test_get_to_cuda_without_a_cuda_device_is_not_supported(client, part, monkeypatch):
+    """device="cuda" where torch sees no CUDA device failed deep in torch
+    (RuntimeError "Pinned memory requires CUDA" for a dense field,
+    AssertionError "Torch not compiled with CUDA enabled" for a ragged
+    one), after the controller lookup. It is a NotSupportedError naming
+    the device and the op, before any read."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    client.kv_batch_put(["a", "b"], part, {"x": np.ones((2, 3), np.float32),
+                                           "r": [np.arange(2, dtype=np.int64), np.arange(1, dtype=np.int64)]})
+    meta = client.kv_retrieve_meta(["a", "b"], part)
+    for sel in (["x"], ["r"]):
+        for get in (lambda: client.kv_batch_get(["a", "b"], part, select_fields=sel, device="cuda:0"),
+                    lambda: client.get_data(meta, fields=sel, device="cuda:0")):
+            with pytest.raises(tq.NotSupportedError) as ei:
+                get()
+            assert "'cuda:0'" in str(ei.value) and ei.value.op in ("kv_batch_get", "get_data")
+    got = client.kv_batch_get(["a", "b"], part, device="cpu")
+    assert got["x"].tolist() == [[1.0] * 3] * 2 and [r.tolist() for r in got["r"]] == [[0, 1], [0]]
+
+
 @pytest.mark.parametrize("how", ["kv_batch_get", "get_data"])
 def test_cancelled_async_get_into_returns_once_nothing_writes_into_the_arrays(client, part, monkeypatch, how):
     """A cancelled async get into the caller's arrays raised CancelledError

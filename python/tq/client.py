@@ -1933,9 +1933,18 @@ def _device(device, into, copy, op):
     if _cols._torch is None:
         raise errors.NotSupportedError("device= needs torch, which is not importable", op=op)
     try:
-        return _cols._torch.device(device)
+        dev = _cols._torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise errors.InvalidError(f"device={device!r}: {e}", op=op) from None
+    if dev.type == "cuda":
+        # Refused here, before any read: torch would fail only at the
+        # copy, with an error of its own (RuntimeError, AssertionError).
+        cuda = _cols._torch.cuda
+        if not cuda.is_available():
+            raise errors.NotSupportedError(f"device={device!r}: torch sees no CUDA device", op=op)
+        if dev.index is not None and dev.index >= cuda.device_count():
+            raise errors.InvalidError(f"device={device!r}: torch sees {cuda.device_count()} CUDA devices", op=op)
+    return dev
 
 
 def _maybe_tensordict(data: dict, n: int):
