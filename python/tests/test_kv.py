@@ -307,6 +307,23 @@ def test_get_into_refuses_a_big_endian_array(client, part):
     assert client.kv_batch_get(["a", "b"], part, into=ok)["x"].tolist() == x.tolist()
 
 
+def test_put_of_a_tensor_with_no_data_names_the_field(client, part):
+    """A tensor whose bytes cannot be brought to the host (a meta tensor,
+    as a model initialised on torch's "meta" device holds) raised torch's
+    bare NotImplementedError, naming no field. It is an InvalidError
+    naming the field and the device, and nothing of the put is stored."""
+    torch = pytest.importorskip("torch")
+    client.kv_batch_put(["a"], part, {"keep": np.zeros((1, 2), np.float32)})
+    for put in (lambda: client.kv_batch_put(["a", "b"], part, {"ok": np.ones((2, 2), np.float32),
+                                                               "w": torch.empty(2, 3, device="meta")}),
+                lambda: client.kv_put("a", part, {"ok": np.ones(2, np.float32), "w": torch.empty(3, device="meta")})):
+        with pytest.raises(tq.InvalidError) as ei:
+            put()
+        assert ei.value.fields == ["w"] and "meta" in str(ei.value)
+    assert client.kv_batch_get(["a"], part)["keep"].tolist() == [[0.0, 0.0]]
+    assert set(client.kv_batch_get(["a"], part)) == {"keep"} and list(client.kv_list(part)[part]) == ["a"]
+
+
 def test_get_to_cuda_without_a_cuda_device_is_not_supported(client, part, monkeypatch):
     """device="cuda" where torch sees no CUDA device failed deep in torch
     (RuntimeError "Pinned memory requires CUDA" for a dense field,

@@ -118,12 +118,18 @@ def is_tensor(v) -> bool:
 
 def _from_tensor(t) -> np.ndarray:
     """A numpy array of t's values on the host. A tensor numpy cannot
-    hold (a dtype it has not, a sparse layout) is an InvalidError."""
+    hold (a dtype it has not, a sparse layout) or whose values cannot be
+    brought to the host (a meta tensor) is an InvalidError."""
     t = t.detach()
-    if t.device.type == "cuda":
-        t = _to_pinned(t)
-    elif t.device.type != "cpu":
-        t = t.cpu()
+    try:
+        if t.device.type == "cuda":
+            t = _to_pinned(t)
+        elif t.device.type != "cpu":
+            t = t.cpu()
+    except (RuntimeError, NotImplementedError) as e:
+        # A tensor with no bytes to copy (device "meta"), or a device the
+        # copy fails on: torch's own error named no field.
+        raise errors.InvalidError(f"a torch tensor on device {t.device} cannot be copied to the host: {e}") from None
     try:
         # A lazy conjugate (t.conj()) or negation (its .imag) is a view
         # whose values numpy cannot see (.numpy() refuses it): materialise.
