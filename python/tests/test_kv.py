@@ -452,6 +452,21 @@ def test_reserve_put_in_place(client, part, transport):
         client.kv_batch_get(["z"], part)
 
 
+@pytest.mark.parametrize("spec", [("float", (2,)), (">f4", (2,)), (np.dtype("U2"), (2,)), ("float32", (-1,)),
+                                  ("float32", (2.5,)), "float32", ("float32",)])
+def test_reserve_with_a_bad_spec_names_the_field(client, part, spec):
+    """A spec reserve_kv_put cannot take was a CorruptError (an unknown
+    dtype name: the error for bytes a server sent wrong), an InvalidError
+    naming no field (a numpy dtype TQ has not), or a bare ValueError (a
+    negative dimension, from protobuf; a spec that is not a pair). Each is
+    an InvalidError naming the field, before anything is reserved."""
+    with pytest.raises(tq.InvalidError) as ei:
+        client.reserve_kv_put(["a"], part, {"ok": ("float32", (2,)), "bad": spec})
+    assert ei.value.fields == ["bad"] and ei.value.op == "reserve_kv_put"
+    with pytest.raises(tq.NotFoundError):
+        client.kv_batch_get(["a"], part)
+
+
 def test_reservation_committed_and_aborted_at_once_gives_its_connection_back_once(client, part, transport,
                                                                                    monkeypatch):
     """Reservation.commit checked ``done``, then turned the tags into JSON,

@@ -1378,11 +1378,10 @@ class Client:
             raise errors.InvalidError("a reservation needs keys and fields", op="reserve_kv_put")
         n = len(keys)
         fields = []
-        for name, (dt, shape) in specs.items():
+        for name, spec in specs.items():
             _cols.check_name(name)
-            dname = dt if isinstance(dt, str) else _cols.tq_dtype(np.dtype(dt))
+            dname, shape = _reserve_spec(name, spec)
             npdt = _cols.numpy_dtype(dname)
-            shape = tuple(int(d) for d in shape)
             row = npdt.itemsize * math.prod(shape)
             fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
         self.units()
@@ -1921,6 +1920,32 @@ try:  # pragma: no cover - depends on the environment
     from tensordict import TensorDict as _TD  # type: ignore
 except Exception:  # noqa: BLE001
     _TD = None
+
+
+def _reserve_spec(name, spec):
+    """reserve_kv_put's spec of field ``name``: (TQ dtype name, row shape),
+    or an InvalidError naming the field."""
+    def bad(why):
+        return errors.InvalidError(f"field {name!r}: {why}", op="reserve_kv_put", fields=[name])
+    if not isinstance(spec, (tuple, list)) or len(spec) != 2:
+        raise bad(f"spec {spec!r} is not a (dtype, row shape) pair")
+    dt, shape = spec
+    if isinstance(dt, str):
+        if dt not in _cols.DTYPES:
+            raise bad(f"unknown TQ dtype {dt!r}")
+        dname = dt
+    else:
+        try:
+            dname = _cols.tq_dtype(np.dtype(dt))
+        except (TypeError, ValueError, errors.InvalidError) as e:
+            raise bad(f"dtype {dt!r}: {getattr(e, 'message', e)}") from None
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise bad(f"row shape {shape!r} is not a sequence of dimensions") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise bad(f"row shape {shape!r} needs non-negative integer dimensions")
+    return dname, tuple(int(d) for d in dims)
 
 
 def _device(device, into, copy, op):
