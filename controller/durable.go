@@ -224,7 +224,7 @@ func (c *Controller) recover() (abandoned bool, err error) {
 		}
 	}()
 	for _, s := range c.j.Snapshots() {
-		ls, err := readStateFile(s.Path)
+		ls, err := readSnapshot(s)
 		if errors.Is(err, engine.ErrCorrupt) {
 			if derr := c.j.Discard(s); derr != nil {
 				return false, errors.Join(err, derr)
@@ -302,6 +302,18 @@ func (c *Controller) replaced(index uint64) error {
 		c.cfg.Logf("controller: log record %d: a checkpoint load that did not finish (no snapshot of the state it loaded); starting from the state before it", index)
 	}
 	return nil
+}
+
+// readSnapshot reads snapshot s, which must hold the state through the
+// record its name gives: replay starts after that record, so a file that
+// holds another record's state (renamed or copied in) would skip records,
+// or apply some twice. It is damaged, as a file whose bytes are.
+func readSnapshot(s journal.Snapshot) (*loadedState, error) {
+	ls, err := readStateFile(s.Path)
+	if err == nil && ls.head.LogIndex != s.Index {
+		return nil, corrupt("%s holds the state through log record %d, its name says %d", filepath.Base(s.Path), ls.head.LogIndex, s.Index)
+	}
+	return ls, err
 }
 
 func readStateFile(path string) (*loadedState, error) {

@@ -193,3 +193,39 @@ func TestStateFileErrorNamesThePartitionsOffset(t *testing.T) {
 		})
 	}
 }
+
+// A snapshot holds the state through the record its name gives, and
+// replay starts after that record: a file whose header says it holds the
+// state through another record (renamed, or copied in by hand) is not
+// that snapshot. Such a file used to be adopted as named, and the records
+// between the index its header gives and the one its name gives were
+// skipped without a word (here, every row of "q" and "r").
+func TestSnapshotWhoseIndexDisagreesWithItsNameIsSetAside(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	insert(t, c, "p", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "q", 5, "x")
+	insert(t, c, "r", 5, "x")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	snaps := c.j.Snapshots()
+	require.Len(t, snaps, 1)
+	last := c.j.Last()
+	require.Greater(t, last, snaps[0].Index)
+	crash(t, c)
+	misnamed := filepath.Join(dir, fmt.Sprintf("snap-%016x.pb", last))
+	require.NoError(t, os.Rename(snaps[0].Path, misnamed))
+
+	var log logLines
+	d, err := New(Config{Dir: dir, Logf: log.logf})
+	require.NoError(t, err, "the log holds every record: replay from the start")
+	defer d.Close()
+	for _, p := range []string{"p", "q", "r"} {
+		require.Contains(t, d.parts, p)
+		assert.Len(t, d.parts[p].sortedRows(), 5, "rows of partition %q", p)
+	}
+	require.Len(t, log.all(), 1)
+	assert.Contains(t, log.all()[0], filepath.Base(misnamed))
+	assert.Contains(t, log.all()[0], fmt.Sprintf("record %d", snaps[0].Index), "the line says what the file holds")
+	assert.FileExists(t, misnamed+".bad")
+}
