@@ -73,6 +73,24 @@ func TestCheckpointsListingOffTheLoop(t *testing.T) {
 	}
 }
 
+// listCheckpoints serves a controller with the checkpoints in root and
+// lists them in one CHECKPOINTS call: the connection, the reply, and
+// each checkpoint's Unusable by name.
+func listCheckpoints(t *testing.T, root string) (*wire.Conn, *wirepb.CheckpointsReply, map[string]string) {
+	t.Helper()
+	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
+	c := dialRaw(t, addr, "")
+	var list wirepb.CheckpointsReply
+	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ci := range list.Checkpoints {
+		got[ci.Name] = ci.Unusable
+	}
+	return c, &list, got
+}
+
 // TestCheckpointsMarkUnusable: a checkpoint whose state another build
 // wrote (another state version) is listed, marked with why a load would
 // refuse it; one this build loads is not marked, and loads.
@@ -84,16 +102,7 @@ func TestCheckpointsMarkUnusable(t *testing.T) {
 		}
 		writeStateFile(t, filepath.Join(root, name, stateFile), &wirepb.StateHeader{Format: stateFormat, Version: version, NextGen: 1, NextUnitId: 1}, nil, nil, nil)
 	}
-	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
-	c := dialRaw(t, addr, "")
-	var list wirepb.CheckpointsReply
-	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for _, ci := range list.Checkpoints {
-		got[ci.Name] = ci.Unusable
-	}
+	c, list, got := listCheckpoints(t, root)
 	want := map[string]string{"ours": "", "future": fmt.Sprintf("state version %d, this build reads %d: %v", stateVersion+1, stateVersion, engine.ErrNotSupported)}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("listed (name: unusable) (-want +got):\n%s", diff)
@@ -192,15 +201,8 @@ func TestCheckpointsListDamaged(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "damaged", stateFile), b[:len(b)/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, addr := startServer(t, newController(t, Config{}), ServerConfig{CheckpointDir: root}, "unix")
-	c := dialRaw(t, addr, "")
-	var list wirepb.CheckpointsReply
-	if err := do(c, wire.OpCheckpoints, &wirepb.Empty{}, &list); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
+	c, list, got := listCheckpoints(t, root)
 	for _, ci := range list.Checkpoints {
-		got[ci.Name] = ci.Unusable
 		if ci.Name == "damaged" && ci.SavedUnixMs != 0 {
 			t.Errorf("damaged: saved_unix_ms %d: want 0 (not known)", ci.SavedUnixMs)
 		}
