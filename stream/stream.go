@@ -584,9 +584,10 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			// reply that came after the deadline), which its client gives
 			// back only in the background: they would count as consumed
 			// below, and come back after the partition ended. Give them
-			// back now.
+			// back now, tried again as every give-back is (a moment
+			// without the controller is no reason to end).
 			if l.private {
-				if gerr := l.c.GiveBack(ctx, part, l.cfg.Task, req.Key); gerr != nil {
+				if gerr := l.giveBack(part, req.Key, -1); gerr != nil {
 					return item{err: fmt.Errorf("stream: give back a timed-out fetch from %q: %w", part, gerr)}
 				}
 			}
