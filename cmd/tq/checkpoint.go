@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 )
 
 const checkpointUsage = `usage:
@@ -24,8 +25,9 @@ const checkpointUsage = `usage:
 
 ADDR is the controller's (tcp://host:port or unix:///path). Checkpoints live
 under the controller's data directory (DATA_DIR/checkpoints/NAME); a name is
-1 to 128 letters, digits, '.', '_' or '-'. A load into a fresh cluster
-serves the saved bytes; the cells the state held before are freed.
+1 to 128 letters, digits, '.', '_' or '-', not starting with '.' or '-' (save
+and load check it before they dial). A load into a fresh cluster serves the
+saved bytes; the cells the state held before are freed.
 `
 
 // checkpointCmd runs `tq checkpoint`.
@@ -55,6 +57,13 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	if *metadata != "" && verb != "save" {
 		return fmt.Errorf("checkpoint %s: --metadata is for save; %s does not use it", verb, verb)
+	}
+	if verb != "list" {
+		// Checked here, as the controller would, so that a bad name is
+		// named whatever the controller's state (down: "connection refused").
+		if err := controller.CheckCheckpointName(rest[1]); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", verb, err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
