@@ -83,6 +83,9 @@ type serveConfig struct {
 
 	// tokenFrom says where Token came from once secure resolved it.
 	tokenFrom string
+	// tokenInFile is set when Token is the --config file's token key
+	// (no --token given over it), so that tokenSource names the file.
+	tokenInFile bool
 	// metricsToken is what /metrics and --pprof ask for (see
 	// requireBearer): --metrics-token-file's, else $TQ_METRICS_TOKEN, else
 	// none. Set by secure.

@@ -90,6 +90,39 @@ func TestCheckExposure(t *testing.T) {
 	}
 }
 
+// A token: key in the --config file is reported as coming from there, at
+// start and by --check-config; it used to be reported as "--token", which
+// was not given. A --token flag still wins over the key and is named.
+func TestTokenSourceNamesTheConfigFileKey(t *testing.T) {
+	t.Setenv(auth.EnvToken, "env")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("token: from-file\n"), 0o600))
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		wantFrom  string
+		wantToken string
+	}{
+		{"the key", []string{"--config", file}, "the --config file's token key", "from-file"},
+		{"--token over the key", []string{"--config", file, "--token", "from-flag"}, "--token", "from-flag"},
+		{"--token alone", []string{"--token", "from-flag"}, "--token", "from-flag"},
+		{"--token before --config", []string{"--token", "from-flag", "--config", file}, "--token", "from-flag"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--data-dir", filepath.Join(t.TempDir(), "data"), "--socket-dir", filepath.Join(t.TempDir(), "sock")}, tc.args...)
+			c, _, err := parseServeConfig(args, io.Discard)
+			require.NoError(t, err)
+			var out strings.Builder
+			require.NoError(t, c.checkConfig(&out))
+			assert.Contains(t, out.String(), "# tq serve: configuration ok; token from "+tc.wantFrom+"\n")
+			require.NoError(t, c.secure())
+			assert.Equal(t, tc.wantFrom, c.tokenFrom)
+			assert.Equal(t, tc.wantToken, c.Token)
+		})
+	}
+}
+
 func TestSecureResolvesToken(t *testing.T) {
 	for _, tc := range []struct {
 		name      string

@@ -129,6 +129,9 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		}
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if set["token"] {
+			c.tokenInFile = false // the flag wins over the file's key
+		}
 		if set["heartbeat"] {
 			if set["heartbeat-interval"] && heartbeat != c.HeartbeatInterval {
 				return "", once, fmt.Errorf("invalid configuration:\n--heartbeat-interval %v and --heartbeat %v: two spellings of one setting with different values: give one", c.HeartbeatInterval, heartbeat)
@@ -148,6 +151,7 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		if err := cfg.loadYAML(configPath); err != nil {
 			return cfg, once, err
 		}
+		cfg.tokenInFile = cfg.Token != ""
 		if _, _, err := parse(&cfg); err != nil {
 			return cfg, once, err
 		}
@@ -244,13 +248,15 @@ func memoryLimit() (uint64, string) {
 	return total, "this host's memory"
 }
 
-// tokenSource says where secure takes the token from — --token, else
-// $TQ_TOKEN, else the data directory's token file; "" with --insecure —
-// touching nothing.
+// tokenSource says where secure takes the token from — --token or the
+// --config file's token key, else $TQ_TOKEN, else the data directory's
+// token file; "" with --insecure — touching nothing.
 func (c *serveConfig) tokenSource() string {
 	switch {
 	case c.Insecure:
 		return ""
+	case c.Token != "" && c.tokenInFile:
+		return "the --config file's token key"
 	case c.Token != "":
 		return "--token"
 	case os.Getenv(auth.EnvToken) != "":
