@@ -86,6 +86,27 @@ func TestClientCommandsRefuseANonPositiveTimeout(t *testing.T) {
 	}
 }
 
+// tq unit drain and rebalance refuse a negative --progress up front,
+// naming the flag and the value; it used to be taken and act as 0 (a
+// report after every page). 0 itself is still taken: the dial is what
+// fails then.
+func TestUnitRefusesANegativeProgress(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "--progress", "-1s", "2"}, "unit drain: --progress -1s: want 0 or more"},
+		{[]string{"unit", "rebalance", "--controller", "tcp://127.0.0.1:1", "--progress", "-5ms"}, "unit rebalance: --progress -5ms: want 0 or more"},
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "--timeout", "5s", "--progress", "0", "2"}, "refused"},
+	} {
+		err := run(t.Context(), tc.args, io.Discard, io.Discard)
+		if assert.Error(t, err, "%q", tc.args) {
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		}
+	}
+}
+
 // `tq unit -h` prints the unit usage and returns flag.ErrHelp, which main
 // does not print as an error, as every other command does ("Run "tq
 // <command> -h" for a command's flags"); it used to fail with `unit:

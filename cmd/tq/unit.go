@@ -69,6 +69,9 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *pageCells < 0 {
 		return fmt.Errorf("unit %s: --page-cells %d: want 0 or more", verb, *pageCells)
 	}
+	if *progress < 0 {
+		return fmt.Errorf("unit %s: --progress %v: want 0 or more", verb, *progress)
+	}
 	report := func(what string) func(client.DrainStats) {
 		last := time.Now()
 		return func(st client.DrainStats) {
