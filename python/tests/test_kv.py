@@ -602,6 +602,32 @@ def test_view_as_torch_tensors(client, part, transport):
         assert torch.equal(t, torch.from_numpy(x))
 
 
+def test_released_view_refuses_to_be_read(client, part, transport):
+    """A released view no longer leases its memory (the unit may reuse the
+    cells for other puts), yet tensors(), v[f], items() and data went on
+    handing out arrays over it. Now each is a ClosedError naming the
+    partition and the keys; arrays and tensors taken before the release
+    are left as they were, and the field names are still there."""
+    torch = pytest.importorskip("torch", reason="torch is not installed: tensors over views are untested here")
+    keys = [f"k{i}" for i in range(4)]
+    client.kv_batch_put(keys, part, {"x": np.ones((4, 1000), dtype=np.float32)})
+    for how in ("kv_batch_get", "get_data"):
+        if how == "kv_batch_get":
+            v = client.kv_batch_get(keys, part, copy=False)
+        else:
+            v = client.get_data(client.kv_retrieve_meta(keys, part), copy=False)
+        before = v.tensors()["x"]
+        v.release()
+        assert isinstance(before, torch.Tensor) and before.shape == (4, 1000), how
+        for name, read in (("tensors", lambda: v.tensors()), ("getitem", lambda: v["x"]),
+                           ("items", lambda: v.items()), ("data", lambda: v.data)):
+            with pytest.raises(tq.ClosedError, match="released") as ei:
+                read()
+            assert ei.value.partition == part, (how, name)
+            assert ei.value.keys == keys, (how, name)
+        assert list(v) == ["x"] and list(v.keys()) == ["x"] and len(v) == 1, how
+
+
 def unit_leases(c):
     """The leases the units of c's cluster hold, by their UNIT_STATS, asked
     through c's own connections."""

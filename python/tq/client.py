@@ -121,11 +121,19 @@ class View:
     Do not use the arrays after :meth:`release`. Values that could not be
     viewed (cells scattered over several places) are owned copies. Over TCP
     every value is an owned copy and :meth:`release` does nothing.
+
+    Once released, the view hands out nothing more: ``view[f]``,
+    :meth:`items`, :meth:`tensors` and ``data`` raise :class:`ClosedError`
+    naming its partition and keys (over TCP too, so that code is correct on
+    either transport). The field names (``keys()``, ``len``, iteration)
+    stay.
     """
 
-    def __init__(self, data, leases):
-        self.data = data
+    def __init__(self, data, leases, *, partition: str = "", keys=None):
+        self._data = data
         self._leases = leases
+        self._partition = partition
+        self._keys = keys
         # Taken, never let go, by the first release: a lock's non-blocking
         # acquire is one atomic test-and-set, so of two threads releasing
         # at once one gives the leases back and the other returns (as
@@ -137,27 +145,43 @@ class View:
         """Whether :meth:`release` was called."""
         return self._once.locked()
 
+    def _live(self, what: str) -> dict:
+        """The fields, or ClosedError when the view was released: its
+        memory is no longer leased, and the unit may have reused it."""
+        if self.released:
+            raise errors.ClosedError(
+                f"view released: {what} would read memory it no longer leases (the cells may hold other "
+                "data now); read before release(), or get with copy=True",
+                op=f"View.{what}", partition=self._partition, keys=self._keys)
+        return self._data
+
+    @property
+    def data(self) -> dict:
+        """The fields, as a dict. ClosedError once released."""
+        return self._live("data")
+
     def __getitem__(self, k):
-        return self.data[k]
+        return self._live("__getitem__")[k]
 
     def __iter__(self):
-        return iter(self.data)
+        return iter(self._data)
 
     def __len__(self):
-        return len(self.data)
+        return len(self._data)
 
     def keys(self):
-        return self.data.keys()
+        return self._data.keys()
 
     def items(self):
-        return self.data.items()
+        return self._live("items").items()
 
     def tensors(self) -> dict:
         """The views as torch tensors over the same memory (dense fields:
         a tensor; ragged: a list of tensors; opaque: as they are). Same
-        lifetime as the view. Needs torch."""
+        lifetime as the view: ClosedError once it is released. Needs
+        torch."""
         out = {}
-        for k, v in self.data.items():
+        for k, v in self._live("tensors").items():
             if isinstance(v, np.ndarray):
                 out[k] = _cols.to_tensor(v, k)
             elif v and isinstance(v[0], np.ndarray):
@@ -1009,7 +1033,7 @@ class Client:
         data, leases = self._read_fields(meta.size, meta.field_schema, meta._cells, names, keys, view=not copy,
                                          partition=partition, op=op, of=meta._cluster)
         if not copy:
-            return View(data, leases)
+            return View(data, leases, partition=partition, keys=keys)
         return _maybe_tensordict(data, meta.size)
 
     def _read_into(self, meta: BatchMeta, into: dict, row_keys, partition, op, cells=None):
@@ -1325,11 +1349,11 @@ class Client:
     def _get_data(self, metadata, cells, names, keys, part, copy, into):
         if into is not None:
             return self._read_into(metadata, into, list(keys), part, "get_data", cells=cells)
-        data, leases = self._read_fields(metadata.size, metadata.field_schema, cells, names,
-                                         [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)],
+        row_keys = [k if k is not None else i for k, i in zip(keys, metadata.global_indexes)]
+        data, leases = self._read_fields(metadata.size, metadata.field_schema, cells, names, row_keys,
                                          view=not copy, partition=part, op="get_data", of=metadata._cluster)
         if not copy:
-            return View(data, leases)
+            return View(data, leases, partition=part, keys=row_keys)
         return _maybe_tensordict(data, metadata.size)
 
     def _moved(self, cells: dict, names, partition: str):
