@@ -267,8 +267,9 @@ func (c *serveConfig) tokenSource() string {
 
 // secure prepares what authentication rests on: private socket and data
 // directories (created 0700, refused when another user owns them or may
-// write to them) and the token — --token, else $TQ_TOKEN, else the data
-// directory's token file, created on first start — unless --insecure.
+// write to them) and the token — --token or the --config file's token
+// key, else $TQ_TOKEN, else the data directory's token file, created on
+// first start — unless --insecure.
 func (c *serveConfig) secure() error {
 	dirs := []struct{ what, path string }{{"socket directory", c.SocketDir}}
 	if c.Socket != "" {
@@ -633,7 +634,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	if err != nil {
 		u.Close()
 		if errors.Is(err, wire.ErrUnauthenticated) {
-			return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, $%s, or its token file in --data-dir): %w",
+			return fmt.Errorf("storage unit: the controller at %s refused the token from %s (give the unit the controller's token: --token, the --config file's token key, $%s, or its token file in --data-dir): %w",
 				controllerAddr, s.cfg.tokenFrom, auth.EnvToken, err)
 		}
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)

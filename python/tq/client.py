@@ -1584,7 +1584,8 @@ class Client:
     # Checkpoints (named; saved under the controller's data directory).
     def save_checkpoint(self, name: str, *, include_storage: bool = True, metadata: dict | None = None) -> dict:
         """Save the cluster's metadata and every cell's bytes as checkpoint
-        ``name`` (letters, digits, '.', '_', '-') under the controller's
+        ``name`` (1 to 128 letters, digits, '.', '_', '-', not starting
+        with '.' or '-') under the controller's
         data directory, as ``tq checkpoint save``, and return what was
         saved (as an entry of :meth:`list_checkpoints`).
 
