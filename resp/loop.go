@@ -242,13 +242,15 @@ func (lp *loop) parse(in []byte, authed bool) (args [][]byte, rest []byte, ok bo
 	return args, in, true
 }
 
-// loopNumber reads a decimal of at most 9 digits and its CRLF.
+// loopNumber reads a decimal of at most 9 digits, without a leading zero
+// ("0" alone), and its CRLF: what else Redis takes (a minus) the
+// connection's reader reads, and what Redis refuses it names.
 func loopNumber(in []byte) (int, []byte, bool) {
 	v := 0
 	for i, ch := range in {
 		switch {
 		case ch == '\r':
-			if i == 0 || i+1 >= len(in) || in[i+1] != '\n' {
+			if i == 0 || i > 1 && in[0] == '0' || i+1 >= len(in) || in[i+1] != '\n' {
 				return 0, nil, false
 			}
 			return v, in[i+2:], true

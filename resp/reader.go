@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -170,10 +169,7 @@ func (r *reader) checkBulk(size int64) error {
 	if !r.authed {
 		limit = maxUnauthBulk
 	}
-	switch {
-	case size < 0:
-		return protoErr("argument of length %d", size)
-	case size > limit:
+	if size > limit {
 		return protoErr("argument of %d bytes exceeds the limit of %d%s", size, limit, r.authHint())
 	}
 	return nil
@@ -238,14 +234,17 @@ func (r *reader) crlf() error {
 	return nil
 }
 
-// length reads a decimal length and its CRLF.
+// length reads a length line ("multibulk", a count, or "bulk", a size)
+// and its CRLF as Redis reads one (string2ll): "0", or digits without a
+// leading zero, within int64; no '+', no spaces. A count may be negative
+// (a null array); a size may not.
 func (r *reader) length(what string) (int64, error) {
 	line, err := r.line(32)
 	if err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseInt(string(line), 10, 64)
-	if err != nil {
+	n, ok := redisInt(line)
+	if !ok || n < 0 && what == "bulk" {
 		return 0, protoErr("invalid %s length %q", what, line)
 	}
 	return n, nil
