@@ -171,6 +171,10 @@ func (lp *loop) serve(c *conn) {
 		if !ok {
 			break
 		}
+		if len(args) == 0 {
+			in = rest // an empty or null array: no reply, as in Redis
+			continue
+		}
 		mark := len(c.out)
 		c.dispatch(args)
 		if c.leave {
@@ -212,8 +216,9 @@ func (lp *loop) flush(c *conn, in []byte) bool {
 }
 
 // parse frames one command at the start of in: an array of bulk strings,
-// every part present and within the loop's limits. ok is false for
-// anything else, which the connection's own reader then reads.
+// every part present and within the loop's limits. An empty or null
+// array ("*0", "*-1") frames as no arguments, which Redis skips. ok is
+// false for anything else, which the connection's own reader then reads.
 func (lp *loop) parse(in []byte, authed bool) (args [][]byte, rest []byte, ok bool) {
 	maxArgs, maxBulk := loopMaxArgs, smallArg
 	if !authed {
@@ -222,8 +227,15 @@ func (lp *loop) parse(in []byte, authed bool) (args [][]byte, rest []byte, ok bo
 	if len(in) == 0 || in[0] != '*' {
 		return nil, nil, false
 	}
+	if len(in) > 1 && in[1] == '-' {
+		// A null array ("*-1"), which Redis skips: no arguments.
+		if n, in, ok := loopNumber(in[2:]); ok && n > 0 {
+			return lp.args[:0], in, true
+		}
+		return nil, nil, false
+	}
 	n, in, ok := loopNumber(in[1:])
-	if !ok || n < 1 || n > maxArgs {
+	if !ok || n > maxArgs {
 		return nil, nil, false
 	}
 	args = lp.args[:0]

@@ -69,6 +69,20 @@ func TestLoop(t *testing.T) {
 		}
 		assert.Equal(t, 1, e.onLoop())
 	})
+	t.Run("empty and null arrays stay on the loop", func(t *testing.T) {
+		// Redis skips "*0" and "*-1" with no reply; before, a loop took
+		// only counts of 1 or more, and either sent its connection to a
+		// goroutine for good.
+		e := newEndpoint(t, Config{})
+		nc, rr := e.raw(t)
+		io.WriteString(nc, "*0\r\n"+cmdline("PING")+"*-1\r\n*0\r\n"+cmdline("SET", "a", "1")+"*-1\r\n")
+		assert.Equal(t, "+PONG", rr.line(t))
+		assert.Equal(t, "+OK", rr.line(t))
+		io.WriteString(nc, "*0\r\n")
+		io.WriteString(nc, cmdline("GET", "a"))
+		assert.Equal(t, "1", string(rr.bulk(t)))
+		assert.Equal(t, 1, e.onLoop())
+	})
 	t.Run("a command the loop does not take", func(t *testing.T) {
 		e := newEndpoint(t, Config{})
 		nc, rr := e.raw(t)
