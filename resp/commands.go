@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -1026,11 +1027,7 @@ func (c *conn) typeCmd(args [][]byte) {
 	case meta == nil:
 		c.writeString("none")
 	default:
-		if fs := held(meta); len(fs) == 1 && fs[0] == c.s.cfg.Field {
-			c.writeString("string")
-		} else {
-			c.writeString("hash")
-		}
+		c.writeString(c.typeOf(meta))
 	}
 }
 
@@ -1121,6 +1118,9 @@ func (c *conn) scan(args [][]byte) {
 			return
 		}
 	}
+	if h := testHookScan.Load(); h != nil {
+		(*h)()
+	}
 	var out []string
 	glob := newGlobWork(pattern)
 	for _, k := range page {
@@ -1134,7 +1134,14 @@ func (c *conn) scan(args [][]byte) {
 			continue
 		}
 		if typed {
-			if t := c.keyType(k.Key); t != typ {
+			meta, err := c.s.st.keyMeta(c.ctx, c.partition, k.Key)
+			if err != nil {
+				c.writeErr(err) // as TYPE answers it
+				return
+			}
+			// A key absent now was deleted since the page was read: no
+			// TYPE matches it, "none" included, as in Redis.
+			if meta == nil || c.typeOf(meta) != typ {
 				continue
 			}
 		}
@@ -1148,6 +1155,10 @@ func (c *conn) scan(args [][]byte) {
 	c.writeBulkString(strconv.FormatUint(next, 10))
 	c.writeStrings(out)
 }
+
+// testHookScan, if set, runs in SCAN between reading its page of keys
+// and looking up their types: tests delete keys there.
+var testHookScan atomic.Pointer[func()]
 
 // scanCursor reads a SCAN cursor as Redis does, with C's strtoul: an
 // optional sign, then digits, at most 2^64-1; a minus negates modulo
@@ -1190,11 +1201,8 @@ func redisInt(b []byte) (n int64, ok bool) {
 
 const errNotInteger = "ERR value is not an integer or out of range"
 
-func (c *conn) keyType(key string) string {
-	meta, err := c.s.st.keyMeta(c.ctx, c.partition, key)
-	if err != nil || meta == nil {
-		return "none"
-	}
+// typeOf is the type TYPE answers for a key present with meta.
+func (c *conn) typeOf(meta *engine.BatchMeta) string {
 	if fs := held(meta); len(fs) == 1 && fs[0] == c.s.cfg.Field {
 		return "string"
 	}
