@@ -88,8 +88,8 @@ func TestHugePagesFlagDoesNotSkipSealCheck(t *testing.T) {
 }
 
 // fakeFdSocket listens where a unit's fd socket could be and answers each
-// request with rep and fd; it returns its path.
-func fakeFdSocket(t *testing.T, rep wire.FdReply, fd int) string {
+// request with rep and fds; it returns its path.
+func fakeFdSocket(t *testing.T, rep wire.FdReply, fds ...int) string {
 	t.Helper()
 	fake, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "fake.shm"), Net: "unix"})
 	require.NoError(t, err)
@@ -106,7 +106,7 @@ func fakeFdSocket(t *testing.T, rep wire.FdReply, fd int) string {
 				return
 			}
 			if _, err := wire.ReadFdRequest(uc); err == nil {
-				uc.WriteMsgUnix(rep.Append(nil), unix.UnixRights(fd), nil)
+				uc.WriteMsgUnix(rep.Append(nil), unix.UnixRights(fds...), nil)
 			}
 			uc.Close()
 		}

@@ -205,7 +205,7 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	}
 	buf := make([]byte, wire.FdReplySize)
 	oob := make([]byte, unix.CmsgSpace(4))
-	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	n, oobn, flags, _, err := uc.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return -1, 0, c.fetchErr(ctx, wc, err)
 	}
@@ -222,8 +222,13 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	if err == nil {
 		err = rep.Status.Err()
 	}
-	if err == nil && len(fds) != 1 {
-		err = fmt.Errorf("fd reply carries %d fds: %w", len(fds), wire.ErrFrame)
+	switch {
+	case err != nil:
+	case flags&unix.MSG_CTRUNC != 0:
+		// Room is made for one: the kernel closed the ones past it.
+		err = fmt.Errorf("fd reply carries more fds than the one it may: %w", wire.ErrFrame)
+	case len(fds) != 1:
+		err = fmt.Errorf("fd reply carries %d fds, not one: %w", len(fds), wire.ErrFrame)
 	}
 	if err != nil {
 		closeAll()

@@ -1,0 +1,48 @@
+package shm
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+)
+
+// An fd reply with more than one fd is refused saying so, and leaves no
+// fd open in the client: it said "carries 2 fds" whatever was sent (the
+// kernel keeps what the client made room for and closes the rest).
+func TestFdReplyWithManyFdsIsRefused(t *testing.T) {
+	tu, addr := unitWithExtent(t)
+	tr := New(Config{Control: ControlSocket})
+	defer tr.Close()
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
+	require.NoError(t, err)
+	defer c.Close()
+
+	const size = 16 << 20
+	fd, err := unix.MemfdCreate("many", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	require.NoError(t, unix.Ftruncate(fd, size))
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW)
+	require.NoError(t, err)
+	for _, n := range []int{2, 3, 8} {
+		fds := make([]int, n)
+		for i := range fds {
+			fds[i] = fd
+		}
+		c.fdSock = fakeFdSocket(t, wire.FdReply{Status: wire.FdOK, Size: size}, fds...)
+		before := openFds(t)
+		_, err := c.View(t.Context(), []engine.RemoteAddr{addr})
+		require.ErrorIs(t, err, wire.ErrFrame, "%d fds", n)
+		want := "more fds than the one it may" // the kernel cut the rest
+		if n == 2 {
+			want = "carries 2 fds, not one" // room for one is room for two
+		}
+		assert.Contains(t, err.Error(), want, "%d fds", n)
+		assert.Equal(t, before, openFds(t), "fds open after a reply with %d", n)
+	}
+}
