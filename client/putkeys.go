@@ -220,7 +220,8 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 		if err == nil {
 			err = errors.Join(cerr, r.abort(context.WithoutCancel(ctx)))
 		} else {
-			err = cerr
+			// Nothing is reserved; both say what was wrong.
+			err = errors.Join(cerr, err)
 		}
 	}
 	if err != nil {
