@@ -173,3 +173,60 @@ func TestFdSocketServesTheRunARequestNames(t *testing.T) {
 	require.ErrorIs(t, st.Err(), engine.ErrLost)
 	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg}), "a request naming none")
 }
+
+// TestFdSocketOutOfDescriptorsIsNotNotFound: a segment request the unit
+// cannot answer because it is out of file descriptors (the dup of the
+// segment's memfd fails with EMFILE) is answered FdBusy ("try again"),
+// not FdNotFound: a client reads "no such segment" as the segment gone
+// and its cells with it (engine.ErrNotFound), though it is live and the
+// next request, once descriptors are free, gets it.
+func TestFdSocketOutOfDescriptorsIsNotNotFound(t *testing.T) {
+	u, srv, fl, path := fdSocketUnit(t)
+	r, err := u.Reserve(t.Context(), []int64{64}) // a segment to fetch
+	require.NoError(t, err)
+	defer r.Abort()
+	go srv.ServeShm(fl)
+	seg := u.Segments()[0].ID
+
+	// Connected and accepted before the descriptors run out.
+	c, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer c.Close()
+	require.Eventually(t, func() bool { return srv.fdPending.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	var old unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
+	lim := old
+	lim.Cur = min(old.Cur, 4096)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
+	var fillers []int
+	restore := func() {
+		for _, fd := range fillers {
+			unix.Close(fd)
+		}
+		fillers = nil
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	}
+	defer restore()
+	for {
+		fd, err := unix.Dup(0)
+		if errors.Is(err, unix.EMFILE) {
+			break
+		}
+		require.NoError(t, err)
+		fillers = append(fillers, fd)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = c.Write(wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}.Append(nil))
+	require.NoError(t, err)
+	buf := make([]byte, wire.FdReplySize)
+	n, err := c.Read(buf)
+	restore()
+	require.NoError(t, err)
+	rep, err := wire.ParseFdReply(buf[:n])
+	require.NoError(t, err)
+	require.Equal(t, wire.FdBusy, rep.Status, "a live segment the unit could not dup for want of descriptors")
+	require.NotErrorIs(t, rep.Status.Err(), engine.ErrNotFound)
+
+	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}), "the same request once descriptors are free")
+}

@@ -553,8 +553,14 @@ func (s *Server) serveFd(c *net.UnixConn) {
 		switch {
 		case errors.Is(err, engine.ErrClosed):
 			rep.Status = wire.FdClosed
-		case err != nil:
+		case errors.Is(err, engine.ErrNotFound):
 			rep.Status = wire.FdNotFound
+		case err != nil:
+			// The segment is live, but its memfd could not be dup'd
+			// (out of file descriptors for now): "try again", never
+			// "no such segment", which a client reads as its cells
+			// lost.
+			rep.Status = wire.FdBusy
 		default:
 			rep.Size, rep.HugePages = uint64(info.Size), info.HugePages
 		}

@@ -55,7 +55,7 @@ const (
 	FdBadRequest      FdStatus = 3 // malformed request
 	FdClosed          FdStatus = 4 // the unit is shutting down
 	FdNotSupported    FdStatus = 5 // the unit offers no control rings
-	FdBusy            FdStatus = 6 // too many exchanges in flight; try again
+	FdBusy            FdStatus = 6 // too many exchanges in flight, or out of fds; try again
 	FdNotThisUnit     FdStatus = 7 // another run of the unit than the request names
 )
 
