@@ -286,8 +286,17 @@ func (u *Unit) ReconcilePeriodic(grace time.Duration, maxExtents int) (Reconcile
 // keep gives, for reported extents the controller finds referenced only in
 // part, the ranges still referenced: every other byte of such an extent is
 // freed (leniently), so bytes whose frees were lost (a controller that
-// restarted with frees still queued) come back too.
+// restarted with frees still queued) come back too. A keep range whose
+// end overflows is refused: nothing of the answer is applied, and the
+// error, wrapping [engine.ErrInvalid], names the range.
 func (u *Unit) ApplyReconcile(rep ReconcileReport, free, keep []engine.RemoteAddr) (int, error) {
+	for i, k := range keep {
+		if k.Offset+k.Len < k.Offset {
+			// Its end would wrap to a small offset, and the bytes it
+			// names would be freed as outside it.
+			return 0, u.opErr("reconcile", fmt.Errorf("keep range %d %s ends past 2^64: %w", i, fmtAddr(k), engine.ErrInvalid))
+		}
+	}
 	type key struct {
 		seg, gen uint32
 		off      uint64

@@ -715,3 +715,65 @@ func TestFreeRangesManyLinear(t *testing.T) {
 		t.Errorf("after freeing every byte: used %d in %d extents, want none", got.Used, got.Extents)
 	}
 }
+
+// TestApplyReconcileKeep: the controller's keep ranges name the bytes of
+// a reported extent that cells still reference; the unit frees the rest.
+// A keep range whose end overflows (offset+len past 2^64: no controller
+// sends one, but it comes off the wire) used to wrap to a small end, and
+// the unit freed the very bytes it named, data the controller still
+// references. Now the answer is refused whole, with an error naming the
+// range, and nothing is freed.
+func TestApplyReconcileKeep(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	r, err := u.Reserve(t.Context(), []int64{4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	ext := r.Addr(0)
+	cell := func(off, n uint64) engine.RemoteAddr {
+		return engine.RemoteAddr{Segment: ext.Segment, Gen: ext.Gen, Offset: ext.Offset + off, Len: n}
+	}
+	report := func() ReconcileReport {
+		t.Helper()
+		rep, _, err := u.ReconcileFull(0, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Extents) != 1 || rep.Extents[0] != ext {
+			t.Fatalf("report lists %v, want [%v]", rep.Extents, ext)
+		}
+		return rep
+	}
+	live := func(a engine.RemoteAddr) bool {
+		l, err := u.Acquire([]engine.RemoteAddr{a})
+		if err != nil {
+			return false
+		}
+		l.Release()
+		return true
+	}
+
+	// Wrapping: [2048, 2048+len) with len wrapping the end to 1024.
+	wrap := cell(2048, 1<<64-1024)
+	_, err = u.ApplyReconcile(report(), nil, []engine.RemoteAddr{wrap})
+	if !errors.Is(err, engine.ErrInvalid) {
+		t.Errorf("ApplyReconcile with keep range %v: got error %v, want one wrapping ErrInvalid", wrap, err)
+	}
+	if !live(cell(0, 4096)) {
+		t.Fatalf("ApplyReconcile with keep range %v freed bytes of the extent", wrap)
+	}
+
+	// A well-formed keep: the bytes outside [1024, 3072) go.
+	if _, err := u.ApplyReconcile(report(), nil, []engine.RemoteAddr{cell(1024, 2048)}); err != nil {
+		t.Fatal(err)
+	}
+	if !live(cell(1024, 2048)) {
+		t.Error("the kept range was freed")
+	}
+	if live(cell(0, 1)) || live(cell(3072, 1)) {
+		t.Error("bytes outside the kept range are still live")
+	}
+}
