@@ -313,6 +313,110 @@ func (m *unitModel) free() {
 	}
 }
 
+// settle marks gone the extents whose cells were all freed and that no
+// lease holds.
+func (m *unitModel) settle() {
+	for _, e := range m.exts {
+		if !e.gone && e.cells != nil && len(e.liveCells()) == 0 && e.leases == 0 {
+			e.gone = true
+		}
+	}
+}
+
+// reconcile runs a full reconcile (grace 0) and answers it as a
+// controller would: of the reported extents at or below their fence, it
+// names some in free, keeps a few live cells of others (the rest of their
+// bytes go), and references the rest whole.
+func (m *unitModel) reconcile() {
+	rep, _, err := m.u.ReconcileFull(0, 0, 0)
+	if err != nil {
+		m.fatalf("ReconcileFull: %v", err)
+	}
+	if !rep.Last {
+		m.fatalf("a full reconcile of %d extents took more than one page", len(rep.Extents))
+	}
+	fences := map[uint32]uint32{}
+	for _, f := range rep.Fences {
+		fences[f.Segment] = f.Gen
+	}
+	byAddr := map[engine.RemoteAddr]*umExtent{}
+	for _, e := range m.committed() {
+		byAddr[e.addr] = e
+	}
+	if len(rep.Extents) != len(byAddr) {
+		m.fatalf("full reconcile reports %d extents, the model has %d with live cells", len(rep.Extents), len(byAddr))
+	}
+	var free, keep []engine.RemoteAddr
+	for _, a := range rep.Extents {
+		e := byAddr[a]
+		if e == nil {
+			m.fatalf("full reconcile reports %v, no extent with live cells there", a)
+		}
+		if f, ok := fences[a.Segment]; !ok || a.Gen > f {
+			continue // in flight: not the controller's to judge
+		}
+		switch m.rng.IntN(3) {
+		case 0:
+			free = append(free, a)
+			for i := range e.freed {
+				e.freed[i] = true
+			}
+		case 1:
+			live := e.liveCells()
+			kept := live[m.rng.IntN(len(live))]
+			for _, i := range live {
+				if i == kept || m.rng.IntN(2) == 0 {
+					keep = append(keep, e.cells[i])
+				} else {
+					e.freed[i] = true
+				}
+			}
+		}
+	}
+	n, err := m.u.ApplyReconcile(rep, free, keep)
+	if err != nil || n != len(free) {
+		m.fatalf("ApplyReconcile(free %v, keep %v): freed %d, %v; want %d", free, keep, n, err, len(free))
+	}
+	m.settle()
+}
+
+// freeRanges frees cells as a UNIT_SYNC reply does: live ones, ones freed
+// already, ones of extents gone, and some named twice; it counts each
+// live cell once.
+func (m *unitModel) freeRanges() {
+	var ranges []engine.RemoteAddr
+	type cellOf struct {
+		e *umExtent
+		i int
+	}
+	var kills []cellOf
+	for _, e := range m.exts {
+		if e.cells == nil || m.rng.IntN(4) != 0 {
+			continue
+		}
+		for i, c := range e.cells {
+			if m.rng.IntN(2) == 0 {
+				continue
+			}
+			for range 1 + m.rng.IntN(2) {
+				ranges = append(ranges, c)
+			}
+			if !e.gone && !e.freed[i] && !slices.Contains(kills, cellOf{e, i}) {
+				kills = append(kills, cellOf{e, i})
+			}
+		}
+	}
+	m.rng.Shuffle(len(ranges), func(i, j int) { ranges[i], ranges[j] = ranges[j], ranges[i] })
+	n, err := m.u.FreeRanges(ranges)
+	if err != nil || n != len(kills) {
+		m.fatalf("FreeRanges(%v): freed %d, %v; want %d", ranges, n, err, len(kills))
+	}
+	for _, k := range kills {
+		k.e.freed[k.i] = true
+	}
+	m.settle()
+}
+
 // hostileFree sends a free the unit must refuse, changing nothing.
 func (m *unitModel) hostileFree() {
 	var bad engine.RemoteAddr
@@ -805,6 +909,10 @@ func TestUnitModel(t *testing.T) {
 					m.endQuarantine()
 				case k < 95:
 					m.waitForRoom()
+				case k < 97:
+					m.reconcile()
+				case k < 99:
+					m.freeRanges()
 				default:
 					m.sess = nil
 				}
