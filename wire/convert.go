@@ -255,6 +255,10 @@ func decodeAddrs(a *wirepb.Addrs, withUnit bool, dst *addrList) error {
 			if len(a.Unit) != 0 {
 				u = engine.UnitID(a.Unit[i])
 			}
+			if a.Offset[i]+a.Len[i] < a.Offset[i] {
+				// As a run's: an end past 2^64 would read as a small one.
+				return bad("address %d overflows: offset %d + length %d ends past 2^64", i, a.Offset[i], a.Len[i])
+			}
 			dst.set(i, u, engine.RemoteAddr{Segment: a.Segment[i], Gen: a.Gen[i], Offset: a.Offset[i], Len: a.Len[i]})
 		}
 		return nil

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -167,4 +168,17 @@ func TestRunsMatchAddrs(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
 	}
+}
+
+// An address whose end overflows is refused in the flat form as in the
+// run form: its end past 2^64 would read as a small offset (a unit given
+// such a keep range in a reconcile answer freed the bytes it named).
+func TestFlatAddressOverflowRefused(t *testing.T) {
+	a := &wirepb.Addrs{Segment: []uint32{1, 1}, Gen: []uint32{1, 1}, Offset: []uint64{0, 2048}, Len: []uint64{16, math.MaxUint64 - 1023}}
+	_, err := RangesFromPB(a)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "address 1 overflows")
+	a.Len[1] = math.MaxUint64 - 2048 // ends at 2^64-1 exactly: fits
+	_, err = RangesFromPB(a)
+	require.NoError(t, err)
 }
