@@ -76,7 +76,7 @@ func (s FdStatus) Err() error {
 	case FdNotSupported:
 		return fmt.Errorf("fd socket: unit offers no control ring: %w", engine.ErrNotSupported)
 	case FdBusy:
-		return fmt.Errorf("fd socket: unit busy with other exchanges, try again: %w", engine.ErrCapacity)
+		return fmt.Errorf("fd socket: unit busy (other exchanges in flight, or out of descriptors), try again: %w", engine.ErrCapacity)
 	case FdNotThisUnit:
 		return fmt.Errorf("fd socket: another run of the unit answers there (it restarted): %w", engine.ErrLost)
 	}

@@ -155,7 +155,7 @@ def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
             os.close(fd)
         why = {1: "wrong or missing token", 2: "no live segment with that id", 3: "malformed request",
                4: "the unit is closing", 5: "the unit offers no control ring",
-               6: "the unit has too many fetches pending",
+               6: "the unit is busy (too many fetches pending, or out of descriptors): try again",
                7: "another run of the unit answers there (it restarted)"}.get(status, f"status {status}")
         cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 3: errors.InvalidError,
                4: errors.ClosedError, 5: errors.NotSupportedError, 6: errors.CapacityError,
