@@ -61,7 +61,7 @@ func DefaultDataDir() (string, error) {
 // directory is an error wrapping [fs.ErrNotExist]; any other refusal wraps
 // [engine.ErrInvalid] and says what is wrong and how to fix it.
 func CheckPrivateDir(path string) error {
-	fi, err := os.Lstat(path)
+	fi, err := os.Lstat(lastName(path))
 	if err != nil {
 		return err
 	}
@@ -86,6 +86,20 @@ func CheckPrivateDir(path string) error {
 			path, modeBits(fi.Mode()), fi.Mode().Perm(), sticky(fi.Mode()), path, engine.ErrInvalid)
 	}
 	return nil
+}
+
+// lastName returns path without the trailing slashes and "/." that make
+// the kernel follow a symbolic link in the last place ("link/" is the
+// directory link leads to): the name that is itself the directory when
+// it is not a symbolic link. "/" stays "/".
+func lastName(path string) string {
+	for {
+		t := strings.TrimSuffix(strings.TrimRight(path, "/"), "/.")
+		if t == path || t == "" {
+			return path
+		}
+		path = t
+	}
 }
 
 // modeBits returns the permission bits with the sticky bit, as chmod

@@ -346,3 +346,27 @@ func TestFindToken(t *testing.T) {
 		assert.True(t, strings.Contains(TokenHint(), filepath.Join(dir, TokenFile)), TokenHint())
 	})
 }
+
+// TestCheckPrivateDirTrailingSlash: a trailing slash (or "/.") makes the
+// kernel follow a symbolic link in the last place, so a name written so
+// (as shell completion writes a directory) must not let a symbolic link
+// pass for the directory itself.
+func TestCheckPrivateDirTrailingSlash(t *testing.T) {
+	real := filepath.Join(t.TempDir(), "real")
+	mkdir(0o700)(t, real)
+	link := filepath.Join(t.TempDir(), "link")
+	require.NoError(t, os.Symlink(real, link))
+	for _, name := range []string{link, link + "/", link + "//", link + "/.", link + "/./"} {
+		err := CheckPrivateDir(name)
+		require.ErrorIs(t, err, engine.ErrInvalid, "CheckPrivateDir(%q)", name)
+		assert.Contains(t, err.Error(), "symbolic link", "CheckPrivateDir(%q)", name)
+		require.ErrorIs(t, EnsurePrivateDir(name), engine.ErrInvalid, "EnsurePrivateDir(%q)", name)
+		_, err = LoadOrCreateToken(name)
+		require.ErrorIs(t, err, engine.ErrInvalid, "LoadOrCreateToken(%q)", name)
+	}
+	for _, name := range []string{real + "/", real + "/."} {
+		require.NoError(t, CheckPrivateDir(name), "the directory itself, as %q", name)
+	}
+	_, err := os.Stat(filepath.Join(real, TokenFile))
+	require.ErrorIs(t, err, fs.ErrNotExist, "no token made through the link")
+}
