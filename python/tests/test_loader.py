@@ -397,3 +397,27 @@ def test_dataloader_break_with_persistent_workers_gives_back_at_the_next_epoch(s
     rest = [x for data, _ in dl for x in data["x"].tolist()]
     assert len(taken) == 2
     assert sorted(taken + rest) == list(range(16))
+
+
+def test_dataloader_second_epoch_without_persistent_workers_loses_nothing(server, part):
+    """Without persistent_workers each iteration starts new workers, whose
+    count of their fetches starts again at 1, while the main process's
+    record of each worker's taken and given-back fetches (shared memory,
+    kept across iterations) still had the last iteration's counts: the new
+    workers' first batches were dropped by the main process as given back
+    already, or left held. The second iteration must yield every row the
+    first did not, once."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        break
+    rest = [x for data, _ in dl for x in data["x"].tolist()]
+    assert len(taken) == 2
+    assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"

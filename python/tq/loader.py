@@ -271,6 +271,20 @@ class _Controls:
             context = multiprocessing.get_context(context)
         self._lock = (context or multiprocessing).Lock()
 
+    def for_new_workers(self) -> "_Controls":
+        """These controls for an iteration that starts new workers (no
+        persistent_workers): the same calls and hold group, and a record
+        of held fetches of their own. A new worker counts its fetches from
+        1 again, so the last iteration's record would have the main
+        process drop the new workers' first batches as given back, and
+        the workers forget them as taken (left held)."""
+        import copy
+        import ctypes
+        from multiprocessing import sharedctypes
+        new = copy.copy(self)
+        new._holds = sharedctypes.RawArray(ctypes.c_int64, len(self._holds))
+        return new
+
     def keep(self, worker: int, seq: int) -> bool:
         """The main process takes worker's batch seq: False when the worker
         gave it back already (the main process must drop it)."""
@@ -493,8 +507,11 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                 dataset._controls_seen = 0
 
         def __iter__(self):
-            it = super().__iter__()
             ds = self.dataset_ref
+            if isinstance(ds, StreamingDataset) and ds._controls is not None and not ds._controls.persistent:
+                # Before the workers start (they take the dataset with them).
+                ds._controls = ds._controls.for_new_workers()
+            it = super().__iter__()
             if not isinstance(ds, StreamingDataset) or ds._controls is None:
                 return it
             return self._kept(it, ds, ds._controls)
