@@ -273,16 +273,20 @@ class _Controls:
 
     def for_new_workers(self) -> "_Controls":
         """These controls for an iteration that starts new workers (no
-        persistent_workers): the same calls and hold group, and a record
-        of held fetches of their own. A new worker counts its fetches from
-        1 again, so the last iteration's record would have the main
+        persistent_workers): the same calls, and a record of held fetches
+        and a hold group of their own. A new worker counts its fetches
+        from 1 again, so the last iteration's record would have the main
         process drop the new workers' first batches as given back, and
-        the workers forget them as taken (left held)."""
+        the workers forget them as taken (left held). And the last
+        iteration's workers may still hold batches as they exit (they give
+        back what the main process did not take): in the same group the
+        new workers would end without waiting for those rows."""
         import copy
         import ctypes
         from multiprocessing import sharedctypes
         new = copy.copy(self)
         new._holds = sharedctypes.RawArray(ctypes.c_int64, len(self._holds))
+        new.group = os.urandom(16)
         return new
 
     def keep(self, worker: int, seq: int) -> bool:
