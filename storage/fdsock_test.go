@@ -107,28 +107,8 @@ func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
 	waiting := os.NewFile(uintptr(cfd), "client")
 	defer waiting.Close()
 
-	var old unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
-	lim := old
-	lim.Cur = min(old.Cur, 4096)
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
-	var fillers []int
-	restore := func() {
-		for _, fd := range fillers {
-			unix.Close(fd)
-		}
-		fillers = nil
-		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
-	}
+	restore := exhaustFds(t, cfd)
 	defer restore()
-	for {
-		fd, err := unix.Dup(cfd)
-		if errors.Is(err, unix.EMFILE) {
-			break
-		}
-		require.NoError(t, err)
-		fillers = append(fillers, fd)
-	}
 	require.NoError(t, unix.Connect(cfd, &unix.SockaddrUnix{Name: path}))
 	select {
 	case err := <-served:
@@ -194,28 +174,8 @@ func TestFdSocketOutOfDescriptorsIsNotNotFound(t *testing.T) {
 	defer c.Close()
 	require.Eventually(t, func() bool { return srv.fdPending.Load() == 1 }, 5*time.Second, time.Millisecond)
 
-	var old unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
-	lim := old
-	lim.Cur = min(old.Cur, 4096)
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
-	var fillers []int
-	restore := func() {
-		for _, fd := range fillers {
-			unix.Close(fd)
-		}
-		fillers = nil
-		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
-	}
+	restore := exhaustFds(t, 0)
 	defer restore()
-	for {
-		fd, err := unix.Dup(0)
-		if errors.Is(err, unix.EMFILE) {
-			break
-		}
-		require.NoError(t, err)
-		fillers = append(fillers, fd)
-	}
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	_, err = c.Write(wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}.Append(nil))
 	require.NoError(t, err)
@@ -229,4 +189,36 @@ func TestFdSocketOutOfDescriptorsIsNotNotFound(t *testing.T) {
 	require.NotErrorIs(t, rep.Status.Err(), engine.ErrNotFound)
 
 	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}), "the same request once descriptors are free")
+}
+
+// exhaustFds leaves the process no free file descriptor (a soft
+// RLIMIT_NOFILE of at most 4096, the rest taken by dups of fd) until the
+// function it returns is called (again harmless).
+func exhaustFds(t *testing.T, fd int) (restore func()) {
+	t.Helper()
+	var old unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
+	lim := old
+	lim.Cur = min(old.Cur, 4096)
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
+	var fillers []int
+	restore = func() {
+		for _, f := range fillers {
+			unix.Close(f)
+		}
+		fillers = nil
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	}
+	for {
+		f, err := unix.Dup(fd)
+		if errors.Is(err, unix.EMFILE) {
+			break
+		}
+		if err != nil {
+			restore()
+			require.NoError(t, err)
+		}
+		fillers = append(fillers, f)
+	}
+	return restore
 }

@@ -379,41 +379,29 @@ def test_dataloader_break_gives_back_what_workers_fetched_ahead(server, part):
         assert sorted(taken + rest) == list(range(16))
 
 
-def test_dataloader_break_with_persistent_workers_gives_back_at_the_next_epoch(server, part):
-    """Persistent workers do not exit at a break: what they fetched ahead
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
+def test_dataloader_second_iteration_after_a_break_loses_nothing(server, part, persistent):
+    """A loop that breaks after its first micro-batch, then the loader
+    iterated again: every row once, over both.
+
+    Persistent workers do not exit at the break: what they fetched ahead
     and the main process did not take goes back as the next iteration
-    starts, and that iteration yields it. Every row once, over both."""
-    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
-    with server.client() as c:
-        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
-    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
-                             fetch_timeout=0.3)
-    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=True)
-    taken = []
-    for data, _ in dl:
-        taken += data["x"].tolist()
-        break
-    rest = [x for data, _ in dl for x in data["x"].tolist()]
-    assert len(taken) == 2
-    assert sorted(taken + rest) == list(range(16))
+    starts, and that iteration yields it.
 
-
-def test_dataloader_second_epoch_without_persistent_workers_loses_nothing(server, part):
-    """Without persistent_workers each iteration starts new workers, whose
+    Without persistent_workers each iteration starts new workers, whose
     count of their fetches starts again at 1, while the main process's
     record of each worker's taken and given-back fetches (shared memory,
     kept across iterations) still had the last iteration's counts: the new
     workers' first batches were dropped by the main process as given back
-    already, or left held. The second iteration must yield every row the
-    first did not, once."""
+    already, or left held. And in the old workers' hold group the new ones
+    ended without the batches the old ones gave back as they exited."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
     with server.client() as c:
         c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
         c.mark_done(part)
     ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
                              fetch_timeout=0.3)
-    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=persistent)
     taken = []
     for data, _ in dl:
         taken += data["x"].tolist()
