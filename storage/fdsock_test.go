@@ -140,13 +140,7 @@ func TestFdSocketSurvivesFdExhaustion(t *testing.T) {
 // bytes) under the old run's cells. Another run answers FdNotThisUnit,
 // which reads as lost; a request naming none (TQF1) is answered as before.
 func TestFdSocketServesTheRunARequestNames(t *testing.T) {
-	u, srv, fl, path := fdSocketUnit(t)
-	r, err := u.Reserve(t.Context(), []int64{64}) // a segment to fetch
-	require.NoError(t, err)
-	defer r.Abort()
-	go srv.ServeShm(fl)
-
-	seg := u.Segments()[0].ID
+	u, _, path, seg := fdSocketWithSegment(t)
 	require.Equal(t, wire.FdOK, fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation()}))
 	st := fdStatusOf(t, path, wire.FdRequest{Segment: seg, Incarnation: u.Incarnation() + 1})
 	require.Equal(t, wire.FdNotThisUnit, st, "a request naming another run")
@@ -161,12 +155,7 @@ func TestFdSocketServesTheRunARequestNames(t *testing.T) {
 // and its cells with it (engine.ErrNotFound), though it is live and the
 // next request, once descriptors are free, gets it.
 func TestFdSocketOutOfDescriptorsIsNotNotFound(t *testing.T) {
-	u, srv, fl, path := fdSocketUnit(t)
-	r, err := u.Reserve(t.Context(), []int64{64}) // a segment to fetch
-	require.NoError(t, err)
-	defer r.Abort()
-	go srv.ServeShm(fl)
-	seg := u.Segments()[0].ID
+	u, srv, path, seg := fdSocketWithSegment(t)
 
 	// Connected and accepted before the descriptors run out.
 	c, err := net.Dial("unix", path)
@@ -221,4 +210,16 @@ func exhaustFds(t *testing.T, fd int) (restore func()) {
 		fillers = append(fillers, f)
 	}
 	return restore
+}
+
+// fdSocketWithSegment serves a unit's fd socket with one live segment to
+// fetch (a reservation's, aborted at the test's end).
+func fdSocketWithSegment(t *testing.T) (*Unit, *Server, string, uint32) {
+	t.Helper()
+	u, srv, fl, path := fdSocketUnit(t)
+	r, err := u.Reserve(t.Context(), []int64{64})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Abort() })
+	go srv.ServeShm(fl)
+	return u, srv, path, u.Segments()[0].ID
 }

@@ -258,15 +258,8 @@ func TestStatSnapshotFailsOnAStatsError(t *testing.T) {
 		}
 		rw.Error(fmt.Errorf("partition %q: the stats broke: %w", pr.Partition, engine.ErrCorrupt))
 	})
-	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	addr := "unix://" + l.Addr().String()
-	m, err := client.DialMeta(t.Context(), addr, client.RemoteConfig{RetryFor: time.Millisecond})
-	require.NoError(t, err)
-	defer m.Close()
-	_, err = takeSnapshot(t.Context(), m, addr, "")
+	addr, m := dialFakeController(t, srv)
+	_, err := takeSnapshot(t.Context(), m, addr, "")
 	require.ErrorIs(t, err, engine.ErrCorrupt)
 	require.ErrorContains(t, err, `"broken"`)
 }

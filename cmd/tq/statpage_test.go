@@ -122,14 +122,7 @@ func TestStatFallsBackToStatsPerPartition(t *testing.T) {
 	srv.Handle(wire.OpUnits, func(_ context.Context, _ *wire.Request, rw *wire.ReplyWriter) {
 		rw.Reply(&wirepb.UnitsReply{}, nil, nil)
 	})
-	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
-	require.NoError(t, err)
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	addr := "unix://" + l.Addr().String()
-	m, err := client.DialMeta(t.Context(), addr, client.RemoteConfig{RetryFor: time.Millisecond})
-	require.NoError(t, err)
-	defer m.Close()
+	addr, m := dialFakeController(t, srv)
 	s, err := takeSnapshot(t.Context(), m, addr, "")
 	require.NoError(t, err)
 	require.Len(t, s.parts, 2)
@@ -274,4 +267,20 @@ func BenchmarkStatPartitions(b *testing.B) {
 			}
 		}
 	})
+}
+
+// dialFakeController serves srv, a stand-in controller, on a unix socket
+// and dials it (a lost call is not repeated); both close at the test's
+// end.
+func dialFakeController(t *testing.T, srv *wire.Server) (string, *client.RemoteMeta) {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	addr := "unix://" + l.Addr().String()
+	m, err := client.DialMeta(t.Context(), addr, client.RemoteConfig{RetryFor: time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	return addr, m
 }
