@@ -28,8 +28,9 @@ func startRedis(tb testing.TB) (addr string, pid int) {
 }
 
 // startRedisSock is startRedis that also returns the path of the unix
-// socket the server listens on too.
-func startRedisSock(tb testing.TB) (addr, sock string, pid int) {
+// socket the server listens on too. extra are more redis-server options,
+// after the defaults (the last of an option given twice counts).
+func startRedisSock(tb testing.TB, extra ...string) (addr, sock string, pid int) {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -50,6 +51,7 @@ func startRedisSock(tb testing.TB) (addr, sock string, pid int) {
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
 		"--dir", dir, "--unixsocket", sock, "--unixsocketperm", "700",
 		"--logfile", filepath.Join(dir, "redis.log"))
+	cmd.Args = append(cmd.Args, extra...)
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("start redis-server: %v", err)
 	}

@@ -39,57 +39,100 @@ func BenchmarkRedisBenchmark(b *testing.B) {
 				if store == "tq" {
 					addr, pid = srv.resp, srv.pid
 				}
-				host, port, _ := strings.Cut(addr, ":")
-				res := map[string][]rbResult{}
-				var cpu time.Duration
-				for range b.N {
-					before, err := procCPU(pid)
-					if err != nil {
-						b.Fatal(err)
-					}
-					out, err := exec.Command(rb, "-h", host, "-p", port, "-t", "set,get", "-n", strconv.Itoa(requests),
-						"-c", strconv.Itoa(clients), "-d", "1024", "-r", "10000", "--csv").Output()
-					if err != nil {
-						b.Fatalf("redis-benchmark: %v\n%s", err, out)
-					}
-					after, err := procCPU(pid)
-					if err != nil {
-						b.Fatal(err)
-					}
-					cpu += after.total() - before.total()
-					rs, err := parseRedisBenchmark(out)
-					if err != nil {
-						b.Fatal(err)
-					}
-					for _, r := range rs {
-						res[r.test] = append(res[r.test], r)
-					}
-				}
-				for _, test := range []string{"SET", "GET"} {
-					rs := res[test]
-					if len(rs) == 0 {
-						b.Fatalf("no %s line in redis-benchmark's output", test)
-					}
-					var rps, p50, p99 float64
-					for _, r := range rs {
-						rps += r.rps / float64(len(rs))
-						p50 += r.p50 / float64(len(rs))
-						p99 += r.p99 / float64(len(rs))
-					}
-					name := strings.ToLower(test)
-					b.ReportMetric(rps, name+"_req/s")
-					b.ReportMetric(p50*1000, name+"_p50_us")
-					b.ReportMetric(p99*1000, name+"_p99_us")
-					if store == "redis" {
-						redisRPS[test] = rps
-					} else if r := redisRPS[test]; r > 0 {
-						b.ReportMetric(rps/r, name+"_tq/redis")
-					}
-				}
+				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET", "GET"},
+					"-t", "set,get", "-n", strconv.Itoa(requests), "-c", strconv.Itoa(clients), "-d", "1024", "-r", "10000")
 				b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(2*requests*b.N), "server_us/req")
 			})
 		}
 	}
+}
+
+// BenchmarkDurablePipeline runs redis-benchmark's SET from one client
+// pipelining 1, 16 and 64 commands (-P) against redis-server with its
+// append-only file synced before every reply (appendonly yes,
+// appendfsync always) and against TQ's Redis-protocol endpoint with the
+// controller's log (fsync batch, tq serve's default) in the same run: what
+// a durable write costs when a client does not wait for each reply. Both
+// sync once for what a connection sent together; the disk's fsync bounds
+// both. Metrics as BenchmarkRedisBenchmark's.
+//
+//	go test -run '^$' -bench DurablePipeline -benchtime 3x ./bench
+func BenchmarkDurablePipeline(b *testing.B) {
+	rb, err := exec.LookPath("redis-benchmark")
+	if err != nil {
+		b.Skipf("redis-benchmark is not installed (apt-get install redis-tools): %v", err)
+	}
+	srv := startBenchServer(b, "TQ_BENCH_SERVER_LOG=batch")
+	redisAddr, _, redisPID := startRedisSock(b, "--appendonly", "yes", "--appendfsync", "always")
+	const requests = 20000
+	for _, depth := range []int{1, 16, 64} {
+		redisRPS := map[string]float64{}
+		for _, store := range []string{"redis", "tq"} {
+			b.Run(fmt.Sprintf("store=%s/pipeline=%d", store, depth), func(b *testing.B) {
+				addr, pid := redisAddr, redisPID
+				if store == "tq" {
+					addr, pid = srv.resp, srv.pid
+				}
+				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET"},
+					"-t", "set", "-n", strconv.Itoa(requests), "-c", "1", "-P", strconv.Itoa(depth), "-d", "1024", "-r", "10000")
+				b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(requests*b.N), "server_us/req")
+			})
+		}
+	}
+}
+
+// runRedisBenchmark runs redis-benchmark with args against the server at
+// addr (process pid) b.N times and reports, for each of tests, the mean
+// requests per second and p50/p99 latencies, and the ratio to redisRPS's
+// (which a run with baseline fills). It returns the server's CPU time.
+func runRedisBenchmark(b *testing.B, rb, addr string, pid int, redisRPS map[string]float64, baseline bool, tests []string, args ...string) time.Duration {
+	host, port, _ := strings.Cut(addr, ":")
+	res := map[string][]rbResult{}
+	var cpu time.Duration
+	for range b.N {
+		before, err := procCPU(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, err := exec.Command(rb, append([]string{"-h", host, "-p", port, "--csv"}, args...)...).Output()
+		if err != nil {
+			b.Fatalf("redis-benchmark: %v\n%s", err, out)
+		}
+		after, err := procCPU(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu += after.total() - before.total()
+		rs, err := parseRedisBenchmark(out)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rs {
+			res[r.test] = append(res[r.test], r)
+		}
+	}
+	for _, test := range tests {
+		rs := res[test]
+		if len(rs) == 0 {
+			b.Fatalf("no %s line in redis-benchmark's output", test)
+		}
+		var rps, p50, p99 float64
+		for _, r := range rs {
+			rps += r.rps / float64(len(rs))
+			p50 += r.p50 / float64(len(rs))
+			p99 += r.p99 / float64(len(rs))
+		}
+		name := strings.ToLower(test)
+		b.ReportMetric(rps, name+"_req/s")
+		b.ReportMetric(p50*1000, name+"_p50_us")
+		b.ReportMetric(p99*1000, name+"_p99_us")
+		if baseline {
+			redisRPS[test] = rps
+		} else if r := redisRPS[test]; r > 0 {
+			b.ReportMetric(rps/r, name+"_tq/redis")
+		}
+	}
+	return cpu
 }
 
 // rbResult is one line of redis-benchmark --csv: requests per second and

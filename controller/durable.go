@@ -97,6 +97,26 @@ func (c *Controller) WaitRead(ctx context.Context, partition string, keys []stri
 	return c.j.Wait(ctx, c.readIndex(partition, keys))
 }
 
+// ReadIndex is the log record [Controller.WaitRead] of keys of partition
+// would wait for now (0 without a log): a caller that serves several
+// changes before it answers any waits once, with [Controller.WaitIndex],
+// for the largest.
+func (c *Controller) ReadIndex(partition string, keys []string) uint64 {
+	if c.j == nil {
+		return 0
+	}
+	return c.readIndex(partition, keys)
+}
+
+// WaitIndex waits until log record index is durable (at once without a
+// log, or for 0). Errors as for [Controller.WaitDurable].
+func (c *Controller) WaitIndex(ctx context.Context, index uint64) error {
+	if c.j == nil || index == 0 {
+		return nil
+	}
+	return c.j.Wait(ctx, index)
+}
+
 // readIndex is the log index a read of keys of partition waits for.
 func (c *Controller) readIndex(partition string, keys []string) uint64 {
 	var idx uint64

@@ -79,7 +79,7 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // holding the bytes, for the caller to put the general way (which waits
 // for room as its context allows).
 func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (engine.KeysCommitted, error) {
-	out, _, err := o.commit(ctx, u, r, partition, key, fields, tags, true)
+	out, _, err := o.commit(ctx, u, r, partition, key, fields, tags, true, nil)
 	return out, err
 }
 
@@ -88,11 +88,26 @@ func (o *OneKey) Commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 // the step that replaced their cells: of callers writing one new field at
 // once, one hears that it was new (what Redis's HSET answers).
 func (o *OneKey) CommitHeld(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags) (int, error) {
-	_, held, err := o.commit(ctx, u, r, partition, key, fields, tags, true)
+	_, held, err := o.commit(ctx, u, r, partition, key, fields, tags, true, nil)
 	return held, err
 }
 
-func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags, again bool) (engine.KeysCommitted, int, error) {
+// CommitOwed is [OneKey.Commit] that returns as soon as the controller
+// took the change, before its record is durable: it returns the cells
+// the change replaced, which the caller frees, with [Freer], once the
+// key's change is durable ([controller.Controller.ReadIndex] names the
+// record to wait for). Nothing it acknowledges may reach a client
+// before then. A connection serving a pipeline of writes thus waits for
+// the log once for all of them.
+func (o *OneKey) CommitOwed(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField) ([]engine.CellLoc, error) {
+	var replaced []engine.CellLoc
+	_, _, err := o.commit(ctx, u, r, partition, key, fields, nil, true, &replaced)
+	return replaced, err
+}
+
+// commit is Commit; with owed, the cells the change replaced are
+// returned there, not freed once it is durable, and it returns at once.
+func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, tags engine.Tags, again bool, owed *[]engine.CellLoc) (engine.KeysCommitted, int, error) {
 	addrs := make([]engine.RemoteAddr, len(fields))
 	for i := range fields {
 		addrs[i] = r.Addr(i)
@@ -140,7 +155,7 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 		}
 		u.FreeRanges(addrs)
 		if nr != nil {
-			return o.commit(ctx, nu, nr, partition, key, fields, tags, false)
+			return o.commit(ctx, nu, nr, partition, key, fields, tags, false, owed)
 		}
 		if saved != nil {
 			return engine.KeysCommitted{}, 0, &DrainRefused{Bytes: saved, Err: err}
@@ -150,6 +165,10 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 	// Each cell replaced is one of fields the key held.
 	replaced := out.Replaced
 	out.Replaced = nil
+	if owed != nil {
+		*owed = replaced
+		return out, len(replaced), nil
+	}
 	return out, len(replaced), o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
 }
 

@@ -823,7 +823,7 @@ func (c *conn) set(args [][]byte) {
 	if !ok {
 		return
 	}
-	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2], c.lp == nil); err != nil {
+	if err := c.s.st.set(c.ctx, partition, key, c.s.cfg.Field, args[2], c.lp == nil, c.owing()); err != nil {
 		c.writeErr(err)
 		return
 	}

@@ -252,11 +252,15 @@ func FuzzLoopParse(f *testing.F) {
 }
 
 // newDurableEndpoint serves an endpoint over a controller with a journal
-// (fsync as given) and one storage unit.
-func newDurableEndpoint(t *testing.T, fsync journal.Fsync) *endpoint {
+// (fsync as given; opts change the rest of its configuration) and one
+// storage unit.
+func newDurableEndpoint(t *testing.T, fsync journal.Fsync, opts ...func(*controller.Config)) *endpoint {
 	t.Helper()
 	cfg := controller.DefaultConfig()
 	cfg.Dir, cfg.Fsync = t.TempDir(), fsync
+	for _, o := range opts {
+		o(&cfg)
+	}
 	ctrl, err := controller.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctrl.Close() })

@@ -57,8 +57,10 @@ func newStore(ctrl *controller.Controller, units []*storage.Unit, wait time.Dura
 // set refused because its unit started draining with no other unit
 // having room at once, go the general way. A set that may not wait (on
 // a loop) returns errWouldWait, having changed nothing, where it would
-// wait for room or go the general way.
-func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool) error {
+// wait for room or go the general way. With owe (not nil), a set the
+// fast path makes on a durable controller does not wait for its record:
+// owe takes what its reply must wait for (see owed).
+func (st *store) set(ctx context.Context, partition, key, field string, val []byte, mayWait bool, owe *owed) error {
 	if !mayWait && st.ctrl.Durable() {
 		return errWouldWait // the commit waits for the log
 	}
@@ -83,7 +85,15 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	if h := testHookCommit.Load(); h != nil {
 		(*h)(u)
 	}
-	_, err = st.one.Commit(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, nil)
+	fields := []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}
+	if owe != nil && st.ctrl.Durable() {
+		var replaced []engine.CellLoc
+		if replaced, err = st.one.CommitOwed(ctx, u, r, partition, key, fields); err == nil {
+			owe.add(st.ctrl.ReadIndex(partition, []string{key}), partition, key, replaced)
+		}
+	} else {
+		_, err = st.one.Commit(ctx, u, r, partition, key, fields, nil)
+	}
 	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
 		// u started draining and no other unit had room at once: nothing
 		// changed; the general way waits for room.
