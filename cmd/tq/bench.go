@@ -5,6 +5,7 @@ package main
 // and optionally drawn (--plot) and written up (--markdown).
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -57,7 +58,7 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(stderr, benchUsage)
+		fmt.Fprint(fs.Output(), benchUsage)
 		fs.PrintDefaults()
 	}
 	transport := fs.String("transport", "all", "shm, tcp, unix (TQ's stream transport over a unix socket), rdma or all; or a comma-separated list")
@@ -131,8 +132,9 @@ func listFlag[T any](v string, lookup func(string) ([]T, error), name func(T) st
 }
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, err := parseBenchFlags(args, stderr)
-	if err != nil {
+	var flagOut bytes.Buffer
+	cfg, err := parseBenchFlags(args, &flagOut)
+	if err = flagOutputTo(flagOut.Bytes(), err, stdout, stderr); err != nil {
 		return err
 	}
 	for _, tr := range cfg.transports {

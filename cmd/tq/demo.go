@@ -25,7 +25,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	partition := fs.String("partition", "test", "partition to use")
 	streamDemo := fs.Bool("stream", false, "run the streaming-loader demo instead: tq serve, a producer and 2 DP groups × 2 trainer ranks, each its own process")
 	streamRole := fs.String("stream-role", "", "(internal) run as a worker of --stream: producer or rank")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"io"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -28,7 +31,7 @@ func TestParseArgsTakesFlagsAfterArguments(t *testing.T) {
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
 		asJSON := fs.Bool("json", false, "")
 		n := fs.Int("n", 0, "")
-		pos, err := parseArgs(fs, tc.args)
+		pos, err := parseArgs(fs, tc.args, io.Discard)
 		require.NoError(t, err, "%q", tc.args)
 		assert.Equal(t, tc.wantPos, pos, "%q", tc.args)
 		assert.Equal(t, tc.wantJSON, *asJSON, "%q: --json", tc.args)
@@ -36,7 +39,7 @@ func TestParseArgsTakesFlagsAfterArguments(t *testing.T) {
 	}
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	_, err := parseArgs(fs, []string{"ADDR", "--nope"})
+	_, err := parseArgs(fs, []string{"ADDR", "--nope"}, io.Discard)
 	require.ErrorContains(t, err, "flag provided but not defined: -nope")
 }
 
@@ -107,19 +110,64 @@ func TestUnitRefusesANegativeProgress(t *testing.T) {
 	}
 }
 
-// `tq unit -h` prints the unit usage and returns flag.ErrHelp, which main
+// `tq unit -h` prints the unit usage (to stdout) and returns flag.ErrHelp, which main
 // does not print as an error, as every other command does ("Run "tq
 // <command> -h" for a command's flags"); it used to fail with `unit:
 // unknown verb "-h"`.
 func TestEveryCommandTakesHelp(t *testing.T) {
 	for _, args := range [][]string{{"unit", "-h"}, {"unit", "--help"}, {"unit", "drain", "-h"}} {
-		var errOut strings.Builder
-		err := run(t.Context(), args, io.Discard, &errOut)
+		var out strings.Builder
+		err := run(t.Context(), args, &out, io.Discard)
 		assert.ErrorIs(t, err, flag.ErrHelp, "%q", args)
-		assert.Contains(t, errOut.String(), "tq unit drain --controller ADDR", "%q: the usage", args)
+		assert.Contains(t, out.String(), "tq unit drain --controller ADDR", "%q: the usage", args)
 	}
 	for _, cmd := range []string{"stat", "checkpoint", "serve", "demo", "bench"} {
 		err := run(t.Context(), []string{cmd, "-h"}, io.Discard, io.Discard)
 		assert.ErrorIs(t, err, flag.ErrHelp, "tq %s -h", cmd)
+	}
+}
+
+// `tq <command> -h` (or --help) prints the command's usage to stdout and
+// exits 0: asking for help is no error. It used to print the usage to
+// stderr and exit 2, as for a bad flag, which still does both.
+func TestHelpExitsZeroWithUsageOnStdout(t *testing.T) {
+	bin := tqBinary(t)
+	runTQ := func(args ...string) (code int, stdout, stderr string) {
+		var out, errOut strings.Builder
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "TQ_DATA_DIR="+t.TempDir())
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("tq %q: %v", args, err)
+		}
+		return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // in the usage
+	}{
+		{[]string{"serve"}, "-check-config"},
+		{[]string{"stat"}, "usage: tq stat"},
+		{[]string{"checkpoint"}, "tq checkpoint save"},
+		{[]string{"unit"}, "tq unit drain --controller ADDR"},
+		{[]string{"unit", "drain"}, "tq unit drain --controller ADDR"},
+		{[]string{"demo"}, "-units"},
+		{[]string{"bench"}, "usage: tq bench"},
+	} {
+		for _, help := range []string{"-h", "--help"} {
+			args := append(append([]string{}, tc.args...), help)
+			code, out, errOut := runTQ(args...)
+			assert.Equal(t, 0, code, "tq %q: exit status", args)
+			assert.Contains(t, out, tc.want, "tq %q: the usage on stdout", args)
+			assert.Empty(t, errOut, "tq %q: stderr", args)
+		}
+		args := append(append([]string{}, tc.args...), "--no-such-flag")
+		code, out, errOut := runTQ(args...)
+		assert.Equal(t, 2, code, "tq %q: exit status", args)
+		assert.Empty(t, out, "tq %q: stdout", args)
+		assert.Contains(t, errOut, "flag provided but not defined: -no-such-flag", "tq %q: stderr", args)
+		assert.Contains(t, errOut, tc.want, "tq %q: the usage on stderr", args)
 	}
 }

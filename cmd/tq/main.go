@@ -43,10 +43,12 @@ func main() {
 	// finish for up to --shutdown-timeout); from then on the signals are
 	// the system's again, so a second one ends the process at once.
 	context.AfterFunc(ctx, stop)
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "tq:", terminalSafe(err.Error()))
-		}
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h or --help: the usage is on stdout, and asking is no error
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tq:", terminalSafe(err.Error()))
 		os.Exit(2)
 	}
 }

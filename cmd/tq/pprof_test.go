@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"flag"
 	"io"
 	"log/slog"
 	"net/http"
@@ -43,10 +44,10 @@ func TestPprofServesNoCommandLine(t *testing.T) {
 func TestTokenFlagHelpWarnsOfTheProcessList(t *testing.T) {
 	for _, args := range [][]string{{"serve", "-h"}, {"stat", "-h"}, {"checkpoint", "-h"}, {"unit", "drain", "-h"}} {
 		t.Run(args[0], func(t *testing.T) {
-			var stderr bytes.Buffer
-			err := run(t.Context(), args, io.Discard, &stderr)
-			require.Error(t, err)
-			require.Contains(t, stderr.String(), "Prefer $TQ_TOKEN: other users of this host see a command line (ps)")
+			var stdout bytes.Buffer
+			err := run(t.Context(), args, &stdout, io.Discard)
+			require.ErrorIs(t, err, flag.ErrHelp)
+			require.Contains(t, stdout.String(), "Prefer $TQ_TOKEN: other users of this host see a command line (ps)")
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -41,8 +42,9 @@ import (
 // shutdown timeout, close. With --check-config it only reports the
 // configuration (see checkConfig).
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg, once, err := parseServeConfig(args, stderr)
-	if err != nil {
+	var flagOut bytes.Buffer
+	cfg, once, err := parseServeConfig(args, &flagOut)
+	if err = flagOutputTo(flagOut.Bytes(), err, stdout, stderr); err != nil {
 		return err
 	}
 	if err := hostid.Check(); err != nil {

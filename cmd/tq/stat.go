@@ -42,10 +42,10 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	limit := fs.Int("limit", 20, "show at most this many partitions, those with the most rows (rows + reserved; ties by name), and say how many more there are; 0: all. Not for --json")
 	glob := fs.String("partition", "", "show only the partitions whose names match this glob (path.Match: *, ?, [a-z], \\ escapes), in every view")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tq stat [--token T] [--watch [--interval D]] [--json] [--limit N] [--partition GLOB] ADDR   (tcp://host:port or unix:///path)")
+		fmt.Fprintln(fs.Output(), "usage: tq stat [--token T] [--watch [--interval D]] [--json] [--limit N] [--partition GLOB] ADDR   (tcp://host:port or unix:///path)")
 		fs.PrintDefaults()
 	}
-	pos, err := parseArgs(fs, args)
+	pos, err := parseArgs(fs, args, stdout)
 	if err != nil {
 		return err
 	}

@@ -43,10 +43,10 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	progress := fs.Duration("progress", time.Second, "with drain or rebalance: report progress at most this often (0: after every page)")
 	pageCells := fs.Int("page-cells", 0, "with drain or rebalance: cells moved per step (0: 4096)")
 	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it, from 0 to below 1 (0: the default, 0.05)")
-	fs.Usage = func() { fmt.Fprint(stderr, unitUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), unitUsage); fs.PrintDefaults() }
 	// The verb is the first argument that is not a flag: -h is help, as
 	// for the other commands, not a verb.
-	pos, err := parseArgs(fs, args)
+	pos, err := parseArgs(fs, args, stdout)
 	if err != nil {
 		return err
 	}
