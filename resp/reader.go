@@ -237,11 +237,16 @@ func (r *reader) crlf() error {
 // length reads a length line ("multibulk", a count, or "bulk", a size)
 // and its CRLF as Redis reads one (string2ll): "0", or digits without a
 // leading zero, within int64; no '+', no spaces. A count may be negative
-// (a null array); a size may not.
+// (a null array); a size may not. The line must end in CRLF: Redis looks
+// for the CR, so it never takes a bare LF there ("*1\n$4\r\n" is the
+// length "1\n$4" to it) and refuses the line with the same error.
 func (r *reader) length(what string) (int64, error) {
-	line, err := r.line(32)
+	line, crlf, err := r.lineEnd(32)
 	if err != nil {
 		return 0, err
+	}
+	if !crlf {
+		return 0, protoErr("invalid %s length %q (it ends in a bare LF, not CRLF)", what, line)
 	}
 	n, ok := redisInt(line)
 	if !ok || n < 0 && what == "bulk" {
@@ -250,13 +255,21 @@ func (r *reader) length(what string) (int64, error) {
 	return n, nil
 }
 
-// line reads up to CRLF (or a bare LF), at most limit bytes before it.
+// line reads up to CRLF (or a bare LF, which an inline command may end
+// in, as in Redis), at most limit bytes before it.
 func (r *reader) line(limit int) ([]byte, error) {
+	line, _, err := r.lineEnd(limit)
+	return line, err
+}
+
+// lineEnd is line, and whether the line ended in CRLF rather than a bare
+// LF.
+func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 	var out []byte
 	for {
 		frag, err := r.br.ReadSlice('\n')
 		if len(out)+len(frag) > limit+2 {
-			return nil, protoErr("line longer than %d bytes", limit)
+			return nil, false, protoErr("line longer than %d bytes", limit)
 		}
 		if err == nil {
 			if out == nil {
@@ -267,15 +280,15 @@ func (r *reader) line(limit int) ([]byte, error) {
 			break
 		}
 		if !errors.Is(err, bufio.ErrBufferFull) {
-			return nil, unexpected(err)
+			return nil, false, unexpected(err)
 		}
 		out = append(out, frag...)
 	}
 	out = out[:len(out)-1]
 	if len(out) > 0 && out[len(out)-1] == '\r' {
-		out = out[:len(out)-1]
+		return out[:len(out)-1], true, nil
 	}
-	return out, nil
+	return out, false, nil
 }
 
 // inline reads a command typed as a line, split into words as Redis
