@@ -873,3 +873,46 @@ def test_controller_lists_its_features(server):
         assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP}
     finally:
         conn.close()
+
+
+def test_segment_size_bounded_before_mapping(tmp_path, monkeypatch):
+    """The size a unit's fd socket announces and its memfd's are the
+    unit's to choose: a hostile one could hand over a sealed, sparse memfd
+    of any size, whose MAP_POPULATE mappings fault in pages here until the
+    host runs out. A segment is mapped only when the announced size is the
+    memfd's (fstat), not 0 (which mmap takes as the whole file) and within
+    the host's memory (_segment_limit, lowered here); else CorruptError
+    naming the unit and the segment, and the memfd is closed. Before, any
+    size up to the memfd's was mapped, and 0 mapped all of it."""
+    import tq.unit as tu
+    monkeypatch.setattr(tu, "_segment_limit", lambda: 8192)
+    name = f"tq-segsize-{os.getpid()}"
+    for memfd_size, announced, want in [
+            (4096, 4096, None),
+            (16384, 16384, "memfd of 16384 bytes, more than this host's memory (8192 bytes)"),
+            (4096, 0, "memfd of 4096 bytes, 0 announced"),
+            (8192, 4096, "memfd of 8192 bytes, 4096 announced"),
+            (4096, 8192, "memfd of 4096 bytes, 8192 announced")]:
+        path = str(tmp_path / f"fd-{memfd_size}-{announced}.sock")
+        mfd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
+        os.ftruncate(mfd, memfd_size)
+        fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        t = _fd_server(path, b"TQF1" + struct.pack("<BBHQ", 0, 0, 0, announced), mfd)
+        u = tu.Unit.__new__(tu.Unit)
+        u.id, u.incarnation, u.fd_socket, u._fd_token = 7, 0, path, ""
+        u._segs, u._seg_lock = {}, threading.Lock()
+        try:
+            if want is None:
+                rw, ro = u._mappings(3)
+                assert len(rw) == len(ro) == announced
+                rw.close()
+                ro.close()
+            else:
+                with pytest.raises(tq.CorruptError) as e:
+                    u._mappings(3)
+                assert "unit 7: segment 3: " + want in e.value.message, e.value.message
+        finally:
+            t.join(5)
+            os.close(mfd)
+    held = [fd for fd in os.listdir("/proc/self/fd") if name in _readlink(f"/proc/self/fd/{fd}")]
+    assert held == []

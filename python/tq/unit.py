@@ -119,6 +119,18 @@ class Pool:
             c.close()
 
 
+def _segment_limit() -> int:
+    """The largest segment a unit is mapped from: this host's physical
+    memory. A unit's segment is at most its capacity, which tq serve keeps
+    within the host's memory; a larger memfd, sealed and sparse, is a
+    hostile unit's, and MAP_POPULATE would fault its pages in here until
+    the host ran out."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 1 << 62
+
+
 def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
     """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge).
     With ``incarnation``, only from that run of the unit: a unit restarted
@@ -409,9 +421,17 @@ class Unit:
                 return ms
             fd, size, _ = _recv_fd(self.fd_socket, seg, self._fd_token, self.incarnation)
             try:
+                # Size and memfd are the unit's to choose: mapped only at
+                # the memfd's size (mmap takes 0 as the whole file) and
+                # within the host's memory, as the Go client maps them.
                 st = os.fstat(fd)
-                if st.st_size < size:
-                    raise errors.CorruptError(f"segment {seg}: memfd of {st.st_size} bytes, {size} announced")
+                if st.st_size != size or size == 0:
+                    raise errors.CorruptError(
+                        f"unit {self.id}: segment {seg}: memfd of {st.st_size} bytes, {size} announced")
+                limit = _segment_limit()
+                if size > limit:
+                    raise errors.CorruptError(f"unit {self.id}: segment {seg}: memfd of {size} bytes, "
+                                              f"more than this host's memory ({limit} bytes)")
                 # Pre-faulted: first touch of each page would otherwise cost
                 # a fault on the hot path (as the Go client maps them).
                 flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)

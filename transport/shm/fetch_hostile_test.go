@@ -3,9 +3,11 @@ package shm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 
@@ -231,4 +233,71 @@ func silentFdSocket(t *testing.T) *net.UnixListener {
 	}
 	t.Cleanup(func() { hole.Close() })
 	return hole
+}
+
+// A unit's fd socket hands over a memfd and its size, both the unit's to
+// choose: a hostile one can seal a sparse memfd of any size, and the
+// client's MAP_POPULATE mappings would fault its pages in until the host
+// ran out of memory. The client maps a segment only up to the host's
+// memory (segmentLimit, lowered here to 1 MiB), and refuses a larger one
+// as corrupt, naming the unit and the segment; before, it mapped any size
+// fstat agreed with.
+func TestOversizedSegmentRefused(t *testing.T) {
+	tu, addr := unitWithExtent(t)
+
+	tr := New(Config{Control: ControlSocket})
+	defer tr.Close()
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	const limit, size = 1 << 20, 2 << 20
+	old := segmentLimit
+	segmentLimit = func() uint64 { return limit }
+	t.Cleanup(func() { segmentLimit = old })
+
+	fake, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "fake.shm"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	memfd, err := unix.MemfdCreate("oversized", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(memfd)
+	if err := unix.Ftruncate(memfd, size); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(uintptr(memfd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		uc, err := fake.AcceptUnix()
+		if err != nil {
+			return
+		}
+		defer uc.Close()
+		if _, err := wire.ReadFdRequest(uc); err != nil {
+			return
+		}
+		uc.WriteMsgUnix(wire.FdReply{Status: wire.FdOK, Size: size}.Append(nil), unix.UnixRights(memfd), nil)
+	}()
+	c.fdSock = fake.Addr().String()
+
+	l, err := c.View(t.Context(), []engine.RemoteAddr{addr})
+	if err == nil {
+		l.Release()
+		t.Fatalf("View mapped a segment of %d bytes, over the limit of %d; want an error wrapping %v", size, limit, engine.ErrCorrupt)
+	}
+	if !errors.Is(err, engine.ErrCorrupt) {
+		t.Fatalf("View of an oversized segment: got %v, want an error wrapping %v", err, engine.ErrCorrupt)
+	}
+	for _, want := range []string{fmt.Sprintf("unit %d", tu.u.ID()), fmt.Sprintf("segment %d", addr.Segment), "2097152 bytes", "1048576"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("View of an oversized segment: error %q does not name %q", err, want)
+		}
+	}
 }

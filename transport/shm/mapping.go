@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -103,6 +104,20 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	c.segs[id] = s // Close waits for c.ops, so it has not unmapped yet
 	c.mu.Unlock()
 	return s, nil
+}
+
+// segmentLimit returns the largest segment a Conn maps: this host's
+// physical memory. A unit's segment is at most its capacity, which tq
+// serve keeps within the host's memory (or a container's limit, which is
+// lower). The size of a larger memfd, sealed and sparse, is a hostile
+// unit's choice, and MAP_POPULATE would fault its pages in here until
+// the host ran out. A variable: tests lower it.
+var segmentLimit = func() uint64 {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil || si.Totalram == 0 {
+		return math.MaxInt
+	}
+	return min(si.Totalram*uint64(si.Unit), math.MaxInt)
 }
 
 func mapSegment(fd int, size int) (*segment, error) {
@@ -237,7 +252,11 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	var st unix.Stat_t
 	if err := unix.Fstat(fds[0], &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
 		closeAll()
-		return -1, 0, fmt.Errorf("memfd of %d bytes for a region of %d: %w", st.Size, rep.Size, engine.ErrCorrupt)
+		return -1, 0, fmt.Errorf("unit %d: memfd of %d bytes for a region of %d: %w", c.unit, st.Size, rep.Size, engine.ErrCorrupt)
+	}
+	if limit := segmentLimit(); rep.Size > limit {
+		closeAll()
+		return -1, 0, fmt.Errorf("unit %d: memfd of %d bytes, more than this host's memory (%d bytes): %w", c.unit, rep.Size, limit, engine.ErrCorrupt)
 	}
 	// The size holds only if nobody can shrink the memfd.
 	if err := checkSealed(fds[0]); err != nil {

@@ -181,6 +181,7 @@ type Conn struct {
 	wc     *wire.Conn
 	ring   bool // wc runs over a control ring
 	fdSock string
+	unit   engine.UnitID // the unit's id, as its handshake gave it
 	// fdToken is what the fd socket is sent for the token: the token, to
 	// a unit whose handshake proved it knows it, else nothing. The fd
 	// socket's path is the unit's to name, and the token goes there in
@@ -241,6 +242,7 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 		return fmt.Errorf("unit runs on host %q, this is %q: %w", reply.HostId, hostid.ID(), engine.ErrNotSupported)
 	}
 	c.inc = reply.Incarnation
+	c.unit = engine.UnitID(reply.UnitId)
 	if wc.ServerProved() {
 		c.fdToken = c.cfg.Token
 	}
