@@ -97,6 +97,10 @@ type mapOptions struct {
 	prefault bool
 }
 
+// mmap maps a segment's memfd; tests replace it to fail as the kernel
+// would (ENOMEM).
+var mmap = unix.Mmap
+
 // mapSegment creates and maps a memfd of size bytes (a multiple of
 // pageSize).
 func mapSegment(id uint32, size int64, o mapOptions) (*segment, error) {
@@ -125,7 +129,7 @@ func mapSegment(id uint32, size int64, o mapOptions) (*segment, error) {
 			return nil, errors.Join(fmt.Errorf("seal memfd: %w", err), unix.Close(fd))
 		}
 	}
-	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("mmap %d bytes: %w", size, err), unix.Close(fd))
 	}

@@ -40,6 +40,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/invariants"
 )
@@ -228,7 +230,9 @@ func (u *Unit) opErr(op string, err error) error {
 // When the unit is full, Reserve waits until frees make room, ctx ends, or
 // the unit closes. It fails with an error wrapping [engine.ErrCapacity]
 // (and the context's error) when ctx ends first, and at once when the
-// request could not fit even in an empty unit, or when ctx comes from
+// request could not fit even in an empty unit, when the host has no
+// memory for the new segment it needs (its mmap or memfd fails with
+// ENOMEM), or when ctx comes from
 // [engine.WithoutWait] (a client that spills to other units). Waiting is all or nothing:
 // space is never held while waiting. Fragmentation across segments can
 // keep a request waiting even when [Stats] shows enough free bytes. Other
@@ -304,7 +308,7 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 			if err := u.grow(size, drops); err != nil {
 				u.rollback(r)
 				u.mu.Unlock()
-				return nil, u.opErr("reserve", fmt.Errorf("%d extents: %w", len(sizes), err))
+				return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes: %w", len(sizes), need, err))
 			}
 			continue
 		}
@@ -674,6 +678,12 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	}
 	if err != nil {
 		u.signal() // the bytes held in growing are free again
+		if outOfMemory(err) {
+			// The host (or the process's limits) has no memory for the
+			// segment now: no room, as a full unit, for the caller to
+			// wait or go elsewhere.
+			return fmt.Errorf("map segment of %d bytes: the host has no memory for it: %w: %w", size, engine.ErrCapacity, err)
+		}
 		return fmt.Errorf("map segment of %d bytes: %w", size, err)
 	}
 	if u.watch != nil {
@@ -694,6 +704,13 @@ func (u *Unit) grow(size int64, drops []*segment) error {
 	u.mapped += size
 	u.signal()
 	return nil
+}
+
+// outOfMemory reports whether a segment's memfd_create, ftruncate or
+// mmap failed for want of memory (ENOMEM; ENOSPC from a tmpfs or hugetlb
+// pool that is full).
+func outOfMemory(err error) bool {
+	return errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOSPC)
 }
 
 // signal wakes every waiting Reserve.
