@@ -46,7 +46,8 @@ package storage
 // few cannot fill the whole.
 //
 // A reservation in quarantine can no longer commit, as if it had expired
-// while held: it is no open reservation (Stats.OpenReservations) and its
+// while held (its Commit fails with engine.ErrInvalid and says it is in
+// quarantine): it is no open reservation (Stats.OpenReservations) and its
 // extents are not in flight ([Unit.Unsettled]). Quarantined holds stay
 // allocated: Used (and so the heartbeats) counts them,
 // [Stats.Quarantined] says how many bytes only the quarantine keeps out
@@ -421,8 +422,8 @@ func (s *Server) Quarantined() (sessions int, bytes int64) {
 }
 
 // quarantineHolds counts a session's holds in quarantine. Its
-// reservations can no longer commit, as if they had expired while held,
-// and keep their extents until aborted; its leases' extents count in
+// reservations can no longer commit, as if they had expired while held
+// (a Commit says they are in quarantine), and keep their extents until aborted; its leases' extents count in
 // Stats.Quarantined once only they hold them.
 func (u *Unit) quarantineHolds(res []*Reservation, leases []*Lease) {
 	u.mu.Lock()
@@ -435,6 +436,7 @@ func (u *Unit) quarantineHolds(res []*Reservation, leases []*Lease) {
 		if r.state == reservationOpen {
 			u.unlinkOpen(r)
 			r.state = reservationExpired
+			r.quarOpen = true
 			orphan(r)
 		}
 		if r.state == reservationExpired && !r.quarantined {

@@ -39,8 +39,11 @@ type Reservation struct {
 	// Guarded by u.mu.
 	state       reservationState
 	quarantined bool // its session's quarantine keeps it (see Stats.Quarantined)
-	deadline    time.Time
-	prev, next  *Reservation // open list
+	// quarOpen: it was still open when its session went to quarantine,
+	// which is what ended it (not its timeout). Commit says so.
+	quarOpen   bool
+	deadline   time.Time
+	prev, next *Reservation // open list
 }
 
 func newReservation(u *Unit, n int) *Reservation {
@@ -94,6 +97,10 @@ func (r *Reservation) Commit() error {
 		return u.opErr("commit", fmt.Errorf("reservation committed already: %w", engine.ErrInvalid))
 	case r.state == reservationAborted:
 		return u.opErr("commit", fmt.Errorf("reservation aborted: %w", engine.ErrInvalid))
+	case r.state == reservationExpired && r.quarOpen:
+		return u.opErr("commit", fmt.Errorf("reservation in quarantine: its connection ended without a goodbye while it was open, and its client may still be writing into it: %w", engine.ErrInvalid))
+	case r.state == reservationExpired && r.quarantined:
+		return u.opErr("commit", fmt.Errorf("reservation expired after %v, and is in quarantine since its connection ended without a goodbye: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	case r.state == reservationExpired || r.state == reservationReaped:
 		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
 	case u.closed:
