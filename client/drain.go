@@ -316,7 +316,7 @@ func (m *mover) write(ctx context.Context, cells []engine.UnitCell, data [][]byt
 	if m.targets != nil {
 		targets = m.targets(size)
 	} else {
-		units, _, _ := m.c.writable()
+		units, _, _, _ := m.c.writable()
 		for _, u := range units {
 			if u.ID() != m.src.ID() && !m.c.tbl.Load().draining[u.ID()] {
 				targets = append(targets, u)

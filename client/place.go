@@ -45,6 +45,8 @@ import (
 	"hash/maphash"
 	"math"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/tqgo/tq/engine"
@@ -131,6 +133,8 @@ type planner struct {
 	// gone is the error of each unit this put left out of its plan
 	// (see [planner.exclude]), in order.
 	gone []error
+	// draining are the units left out of the plan for draining.
+	draining []engine.UnitID
 }
 
 // unreachable reports whether a write that failed with err certainly
@@ -165,8 +169,8 @@ func (p *planner) exclude(slots []int, errs []error) {
 // newPlanner snapshots the writable units for a put whose seed chooses
 // among local units.
 func (c *Client) newPlanner(seed uint64) *planner {
-	units, local, cluster := c.writable()
-	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0, cluster: cluster}
+	units, local, cluster, draining := c.writable()
+	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0, cluster: cluster, draining: draining}
 	c.room.mu.Lock()
 	snap := func(u DataUnit) slot {
 		s := slot{u: u, free: math.MaxInt64}
@@ -430,10 +434,26 @@ func (p *planner) noUnit() error {
 	if len(p.slots) > 0 {
 		return nil
 	}
+	if len(p.draining) > 0 && len(p.gone) == 0 {
+		return fmt.Errorf("no storage unit to place the put on: every storage unit is draining (units %s); `tq unit undrain` returns one to service: %w", unitList(p.draining), engine.ErrUnavailable)
+	}
 	if len(p.gone) > 0 {
-		return fmt.Errorf("no storage unit left to place the put on: every one it tried is unreachable, nothing was written: %w", errors.Join(p.gone...))
+		var drains string
+		if len(p.draining) > 0 {
+			drains = fmt.Sprintf(", and every other is draining (units %s; `tq unit undrain` returns one to service)", unitList(p.draining))
+		}
+		return fmt.Errorf("no storage unit left to place the put on: every one it tried is unreachable, nothing was written%s: %w", drains, errors.Join(p.gone...))
 	}
 	return fmt.Errorf("no storage unit to place the put on: the controller lists none: %w", engine.ErrUnavailable)
+}
+
+// unitList is ids as "1, 2, 3".
+func unitList(ids []engine.UnitID) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.FormatUint(uint64(id), 10)
+	}
+	return strings.Join(s, ", ")
 }
 
 // largest returns the largest known capacity of the slots, or 0 when

@@ -100,6 +100,9 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	all := allRows(len(keys))
 	p, seeds := c.keyPlanner(keys)
 	req.Cluster = p.cluster
+	if err := p.noUnit(); err != nil {
+		return engine.KeysCommitted{}, err
+	}
 	if s, ok := p.whole(b.Size()); ok {
 		// Every row on one unit, in key order: dense fields go to the
 		// controller as one run each.

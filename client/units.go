@@ -90,18 +90,25 @@ func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*
 // writable returns the units a put may go to, and those of them on this
 // host: every unit but those the controller reports dead or draining, and those
 // [Connect] could not reach that are still down. If that leaves none,
-// every unit (the put then fails naming one).
-// It also returns the cluster of the table they are from, for the commit
-// of what is written to them.
-func (c *Client) writable() (units, local []DataUnit, cluster string) {
+// every unit that is not draining (the put then fails naming one), and
+// none when every unit is draining. It also returns the cluster of the
+// table they are from, for the commit of what is written to them, and
+// the units left out for draining (for the error of a put that has no
+// unit left).
+func (c *Client) writable() (units, local []DataUnit, cluster string, draining []engine.UnitID) {
 	c.learnSoon(false)
 	t := c.tbl.Load()
 	dr := c.drainReporter()
 	if !t.redials && len(t.dead) == 0 && len(t.draining) == 0 && dr == nil {
-		return t.units, t.local, t.cluster
+		return t.units, t.local, t.cluster, nil
 	}
+	isDraining := func(id engine.UnitID) bool { return t.draining[id] || dr != nil && dr.Draining(id) }
 	for _, u := range t.units {
-		if t.dead[u.ID()] || t.draining[u.ID()] || dr != nil && dr.Draining(u.ID()) {
+		if isDraining(u.ID()) {
+			draining = append(draining, u.ID())
+			continue
+		}
+		if t.dead[u.ID()] {
 			continue
 		}
 		if r, ok := u.(*redialUnit); ok && !r.Available() {
@@ -113,9 +120,18 @@ func (c *Client) writable() (units, local []DataUnit, cluster string) {
 		}
 	}
 	if len(units) == 0 {
-		return t.units, t.local, t.cluster
+		// Those reported dead may just have missed heartbeats, and those
+		// down may be back: the put tries them, never a draining one.
+		for _, u := range t.units {
+			if !isDraining(u.ID()) {
+				units = append(units, u)
+				if u.Host() == c.cfg.Host {
+					local = append(local, u)
+				}
+			}
+		}
 	}
-	return units, local, t.cluster
+	return units, local, t.cluster, draining
 }
 
 // unit returns the unit with id, asking the controller about units that
