@@ -132,16 +132,53 @@ func mapSegment(fd int, size int) (*segment, error) {
 	return &segment{ro: ro, rw: rw}, nil
 }
 
+// fdBusyTries bounds the exchanges of one segment fetch that the unit
+// answers FdBusy (other exchanges in flight, or out of descriptors for
+// now); it waits fdBusyWait after the first, doubling up to
+// fdBusyMaxWait (about 2.3 s in all). Tests lower them.
+var (
+	fdBusyTries   = 10
+	fdBusyWait    = 5 * time.Millisecond
+	fdBusyMaxWait = time.Second
+)
+
 // fetch asks the unit's fd socket for segment id's memfd and returns it
-// with the segment's size.
+// with the segment's size. A unit that answers FdBusy is asked again, up
+// to fdBusyTries times, backing off between tries.
 func (c *Conn) fetch(ctx context.Context, id uint32) (int, int, error) {
-	uc, fd, size, err := c.fdExchange(ctx, wire.FdRequest{Segment: id, Token: c.fdToken, Incarnation: c.inc})
-	if err != nil {
-		return -1, 0, err
+	wait := fdBusyWait
+	for try := 1; ; try++ {
+		uc, fd, size, err := c.fdExchange(ctx, wire.FdRequest{Segment: id, Token: c.fdToken, Incarnation: c.inc})
+		if err == nil {
+			uc.Close()
+			return fd, size, nil
+		}
+		var busy fdBusyError
+		if !errors.As(err, &busy) {
+			return -1, 0, err
+		}
+		if try == fdBusyTries {
+			return -1, 0, fmt.Errorf("%w (asked %d times)", err, try)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return -1, 0, fmt.Errorf("%w (asked %d times, then %w)", err, try, context.Cause(ctx))
+		case <-c.done:
+			t.Stop()
+			return -1, 0, c.errClosed()
+		}
+		wait = min(2*wait, fdBusyMaxWait)
 	}
-	uc.Close()
-	return fd, size, nil
 }
+
+// fdBusyError is the error of an exchange the unit answered FdBusy: try
+// again.
+type fdBusyError struct{ error }
+
+func (e fdBusyError) Unwrap() error { return e.error }
 
 // fdExchange sends one request to the unit's fd socket and returns the
 // connection, still open, with the memfd it got and the memfd's size
@@ -236,6 +273,9 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	}
 	if err == nil {
 		err = rep.Status.Err()
+		if rep.Status == wire.FdBusy {
+			err = fdBusyError{err}
+		}
 	}
 	switch {
 	case err != nil:
