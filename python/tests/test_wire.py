@@ -620,16 +620,72 @@ def test_fd_socket_memfd_not_sealed_is_corrupt(tmp_path):
     assert held == []
 
 
-def test_fd_socket_busy_is_capacity(tmp_path):
-    """Status 6 (the unit has too many fetches pending) is CapacityError,
-    as in the Go client, not a bare TQError."""
+def _fd_server_busy(path, busy, fd=None):
+    """An fd socket that answers its first ``busy`` requests with status 6
+    (busy), then one with ``fd`` (4096 bytes), each on its own connection;
+    it returns the thread and a list that counts the requests."""
+    ls = socket.socket(socket.AF_UNIX)
+    ls.bind(path)
+    ls.listen(16)
+    asked = []
+
+    def run():
+        try:
+            for i in range(busy + (fd is not None)):
+                c, _ = ls.accept()
+                try:
+                    c.recv(64)
+                    asked.append(i)
+                    if i < busy:
+                        c.sendall(b"TQF1" + struct.pack("<BBHQ", 6, 0, 0, 0))
+                    else:
+                        socket.send_fds(c, [b"TQF1" + struct.pack("<BBHQ", 0, 0, 0, 4096)], [fd])
+                finally:
+                    c.close()
+        finally:
+            ls.close()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, asked
+
+
+def test_fd_socket_busy_is_asked_again(tmp_path, monkeypatch):
+    """Status 6 (the unit is busy: too many fetches pending, or out of
+    descriptors for now) is asked again, as the Go client does: three busy
+    answers, then the memfd. It failed the fetch at the first one, and a
+    read with it."""
+    import tq.unit
     from tq.unit import _recv_fd
+    monkeypatch.setattr(tq.unit, "FD_BUSY_WAIT_S", 0.001)
     path = str(tmp_path / "fd.sock")
-    t = _fd_server(path, b"TQF1" + struct.pack("<BBHQ", 6, 0, 0, 0))
+    mfd = os.memfd_create("tq-busy", os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(mfd, 4096)
+        fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        t, asked = _fd_server_busy(path, 3, mfd)
+        fd, size, _ = _recv_fd(path, 1, "")
+        os.close(fd)
+        t.join(5)
+        assert size == 4096 and len(asked) == 4
+    finally:
+        os.close(mfd)
+
+
+def test_fd_socket_busy_is_capacity(tmp_path, monkeypatch):
+    """A unit busy at every try is asked FD_BUSY_TRIES times, then the
+    fetch is CapacityError (as in the Go client, not a bare TQError),
+    saying how often it was asked."""
+    import tq.unit
+    from tq.unit import _recv_fd
+    monkeypatch.setattr(tq.unit, "FD_BUSY_WAIT_S", 0.001)
+    path = str(tmp_path / "fd.sock")
+    t, asked = _fd_server_busy(path, tq.unit.FD_BUSY_TRIES)
     with pytest.raises(tq.CapacityError) as e:
         _recv_fd(path, 1, "")
     t.join(5)
     assert "too many fetches pending" in e.value.message
+    assert f"(asked {tq.unit.FD_BUSY_TRIES} times)" in e.value.message
+    assert len(asked) == tq.unit.FD_BUSY_TRIES
 
 
 @pytest.mark.parametrize("status,cls,why", [

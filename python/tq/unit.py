@@ -131,10 +131,38 @@ def _segment_limit() -> int:
         return 1 << 62
 
 
+# A fetch the unit answers busy (status 6: other fetches in flight, or out
+# of descriptors for now) is asked again, up to FD_BUSY_TRIES times,
+# waiting FD_BUSY_WAIT_S after the first, doubling up to
+# FD_BUSY_MAX_WAIT_S (about 2.3 s in all), as the Go client does.
+FD_BUSY_TRIES = 10
+FD_BUSY_WAIT_S = 0.005
+FD_BUSY_MAX_WAIT_S = 1.0
+
+
+class _FdBusy(errors.CapacityError):
+    """The fd socket answered status 6: try again."""
+
+
 def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
     """Fetch a segment's memfd from a unit's fd socket: (fd, size, huge).
     With ``incarnation``, only from that run of the unit: a unit restarted
-    at the same path numbers its segments anew (LostError)."""
+    at the same path numbers its segments anew (LostError). A unit that
+    answers busy is asked again (FD_BUSY_TRIES); still busy, CapacityError
+    saying how often it was asked."""
+    wait = FD_BUSY_WAIT_S
+    for n in range(1, FD_BUSY_TRIES + 1):
+        try:
+            return _recv_fd_once(path, segment, token, incarnation)
+        except _FdBusy as e:
+            if n == FD_BUSY_TRIES:
+                raise errors.CapacityError(f"{e.message} (asked {n} times)") from None
+        time.sleep(wait)
+        wait = min(2 * wait, FD_BUSY_MAX_WAIT_S)
+
+
+def _recv_fd_once(path: str, segment: int, token: str, incarnation: int = 0):
+    """One exchange of _recv_fd."""
     tok = token.encode()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     fds = []
@@ -170,7 +198,7 @@ def _recv_fd(path: str, segment: int, token: str, incarnation: int = 0):
                6: "the unit is busy (too many fetches pending, or out of descriptors): try again",
                7: "another run of the unit answers there (it restarted)"}.get(status, f"status {status}")
         cls = {1: errors.UnauthenticatedError, 2: errors.NotFoundError, 3: errors.InvalidError,
-               4: errors.ClosedError, 5: errors.NotSupportedError, 6: errors.CapacityError,
+               4: errors.ClosedError, 5: errors.NotSupportedError, 6: _FdBusy,
                7: errors.LostError}.get(status, errors.TQError)
         raise cls(f"fd socket {path}: segment {segment}: {why}")
     if len(fds) != 1:
