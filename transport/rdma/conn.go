@@ -265,7 +265,13 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 		return nil, c.errClosed()
 	}
 	c.set = set
-	c.segs = map[uint32]remoteSeg{}
+	// Added to what calls learned (RDMA_SEGMENTS), not in place of it: the
+	// reply may be older than a segment another call learned while the
+	// handshake ran, and a unit's segments keep their address and key for
+	// the connection's life (one run of the unit).
+	if c.segs == nil {
+		c.segs = map[uint32]remoteSeg{}
+	}
 	for _, s := range reply.Segments {
 		c.segs[s.Id] = remoteSeg{addr: s.Addr, size: s.Size, rkey: s.Rkey}
 	}
@@ -415,6 +421,11 @@ type slice struct {
 	user []byte
 }
 
+// testHookLearned, if set, runs in transfer once the segments its jobs
+// name are learned, before they are looked up: tests bring new queue pairs
+// up there.
+var testHookLearned func(c *Conn)
+
 // job is one range of a transfer: the caller's buffer and the unit's
 // range.
 type job struct {
@@ -427,6 +438,9 @@ type job struct {
 func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 	if err := c.learnSegments(ctx, jobs); err != nil {
 		return err
+	}
+	if testHookLearned != nil {
+		testHookLearned(c)
 	}
 	st := c.t.staging
 	var pending []slice
