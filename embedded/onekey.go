@@ -99,10 +99,11 @@ func (o *OneKey) CommitHeld(ctx context.Context, u *storage.Unit, r *storage.Res
 // record to wait for). Nothing it acknowledges may reach a client
 // before then. A connection serving a pipeline of writes thus waits for
 // the log once for all of them.
-func (o *OneKey) CommitOwed(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField) ([]engine.CellLoc, error) {
-	var replaced []engine.CellLoc
-	_, _, err := o.commit(ctx, u, r, partition, key, fields, nil, true, &replaced)
-	return replaced, err
+// It also answers, as [OneKey.CommitHeld] does, how many of fields the
+// key held before.
+func (o *OneKey) CommitOwed(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField) (held int, replaced []engine.CellLoc, err error) {
+	_, held, err = o.commit(ctx, u, r, partition, key, fields, nil, true, &replaced)
+	return held, replaced, err
 }
 
 // commit is Commit; with owed, the cells the change replaced are

@@ -1264,7 +1264,7 @@ func (c *conn) hwrite(args [][]byte, hmset bool) {
 		c.writeOK()
 		return
 	}
-	n, err := c.s.st.hset(c.ctx, p, key, names, vals)
+	n, err := c.s.st.hset(c.ctx, p, key, names, vals, c.owing())
 	if err != nil {
 		c.writeErr(err)
 		return

@@ -516,10 +516,11 @@ type conn struct {
 // owed is what replies held to be sent wait for: the log record that
 // makes durable the changes they acknowledge (index), and the cells
 // those changes replaced, freed once it is. A connection serving a
-// pipeline of SETs on a durable controller thus waits for the log once
-// for all of those it read together, as Redis's appendfsync always
-// does, where waiting for each SET's own record took a group commit per
-// SET (about 4k SET/s from one client however deep its pipeline).
+// pipeline of SETs or HSETs on a durable controller thus waits for the
+// log once for all of those it read together, as Redis's appendfsync
+// always does, where waiting for each one's own record took a group
+// commit per command (about 4k SET/s from one client however deep its
+// pipeline).
 type owed struct {
 	index uint64
 	frees []owedFree

@@ -85,15 +85,7 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 	if h := testHookCommit.Load(); h != nil {
 		(*h)(u)
 	}
-	fields := []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}
-	if owe != nil && st.ctrl.Durable() {
-		var replaced []engine.CellLoc
-		if replaced, err = st.one.CommitOwed(ctx, u, r, partition, key, fields); err == nil {
-			owe.add(st.ctrl.ReadIndex(partition, []string{key}), partition, key, replaced)
-		}
-	} else {
-		_, err = st.one.Commit(ctx, u, r, partition, key, fields, nil)
-	}
+	_, err = st.commitOne(ctx, u, r, partition, key, []engine.CommitField{{Name: field, DType: engine.Bytes, Kind: engine.Opaque}}, owe)
 	if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
 		// u started draining and no other unit had room at once: nothing
 		// changed; the general way waits for room.
@@ -103,6 +95,21 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
 	}
 	return err
+}
+
+// commitOne commits r, reserved on u, as key's fields and answers how
+// many of them the key held ([embedded.OneKey.CommitHeld]). With owe (not
+// nil) on a durable controller it does not wait for the change's record:
+// owe takes what the reply must wait for (see owed).
+func (st *store) commitOne(ctx context.Context, u *storage.Unit, r *storage.Reservation, partition, key string, fields []engine.CommitField, owe *owed) (int, error) {
+	if owe == nil || !st.ctrl.Durable() {
+		return st.one.CommitHeld(ctx, u, r, partition, key, fields, nil)
+	}
+	held, replaced, err := st.one.CommitOwed(ctx, u, r, partition, key, fields)
+	if err == nil {
+		owe.add(st.ctrl.ReadIndex(partition, []string{key}), partition, key, replaced)
+	}
+	return held, err
 }
 
 // testHookCommit, if set, runs in set and hset between the values' copy
@@ -149,8 +156,8 @@ func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64)
 // this process draining, so that the put goes to another process's unit;
 // or drains refusing it hsetTries times) does the put go the general
 // way, where the count is read before the write (a concurrent write of
-// the same field may be counted new twice there).
-func (st *store) hset(ctx context.Context, partition, key string, fields []string, vals [][][]byte) (int, error) {
+// the same field may be counted new twice there). owe as for set.
+func (st *store) hset(ctx context.Context, partition, key string, fields []string, vals [][][]byte, owe *owed) (int, error) {
 	if !embedded.Name(partition) || !embedded.Name(key) {
 		return st.hsetGeneral(ctx, partition, key, fields, vals)
 	}
@@ -178,7 +185,7 @@ func (st *store) hset(ctx context.Context, partition, key string, fields []strin
 		if h := testHookCommit.Load(); h != nil {
 			(*h)(u)
 		}
-		held, err := st.one.CommitHeld(ctx, u, r, partition, key, cfs, nil)
+		held, err := st.commitOne(ctx, u, r, partition, key, cfs, owe)
 		if _, ok := errors.AsType[*embedded.DrainRefused](err); ok {
 			continue // nothing changed
 		}
