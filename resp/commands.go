@@ -986,7 +986,7 @@ func (c *conn) del(args [][]byte) {
 		return
 	}
 	keys = slices.Compact(slices.Sorted(slices.Values(keys)))
-	n, err := c.s.st.del(c.ctx, partition, keys)
+	n, err := c.s.st.del(c.ctx, partition, keys, c.owing())
 	if err != nil {
 		c.writeErr(err)
 		return
@@ -1357,7 +1357,7 @@ func (c *conn) hdel(args [][]byte) {
 	if !ok {
 		return
 	}
-	n, err := c.s.st.clearFields(c.ctx, p, key, slices.Compact(slices.Sorted(slices.Values(fields))))
+	n, err := c.s.st.clearFields(c.ctx, p, key, slices.Compact(slices.Sorted(slices.Values(fields))), c.owing())
 	if err != nil {
 		c.writeErr(err)
 		return

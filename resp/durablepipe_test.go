@@ -1,6 +1,7 @@
 package resp
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -66,6 +67,45 @@ func TestDurablePipelineWaitsForTheLogOnce(t *testing.T) {
 			u := e.srv.st.units[0]
 			require.Eventually(t, func() bool { return u.Stats().Extents == 1 }, 10*time.Second, 10*time.Millisecond,
 				"extents held after the pipeline: %d", u.Stats().Extents)
+		})
+	}
+}
+
+// TestDurablePipelineDeletes: a pipeline of DELs (or HDELs) waits for
+// the log once too, and the cells they dropped are freed after.
+func TestDurablePipelineDeletes(t *testing.T) {
+	for _, cmd := range []string{"DEL", "HDEL"} {
+		t.Run(cmd, func(t *testing.T) {
+			var groups atomic.Int64
+			e := newDurableEndpoint(t, journal.FsyncBatch, slowLog(&groups, 5*time.Millisecond))
+			const n = 200
+			var puts, dels strings.Builder
+			for i := range n {
+				if cmd == "DEL" {
+					puts.WriteString(cmdline("SET", fmt.Sprint("k", i), "v"))
+					dels.WriteString(cmdline("DEL", fmt.Sprint("k", i)))
+				} else {
+					puts.WriteString(cmdline("HSET", "k", fmt.Sprint("f", i), "v"))
+					dels.WriteString(cmdline("HDEL", "k", fmt.Sprint("f", i)))
+				}
+			}
+			w, wr := e.raw(t)
+			_, err := io.WriteString(w, puts.String())
+			require.NoError(t, err)
+			for range n {
+				wr.line(t)
+			}
+			u := e.srv.st.units[0]
+			require.Equal(t, n, u.Stats().Extents)
+			before := groups.Load()
+			_, err = io.WriteString(w, dels.String())
+			require.NoError(t, err)
+			for i := range n {
+				require.Equal(t, ":1", wr.line(t), "reply %d", i)
+			}
+			assert.LessOrEqual(t, groups.Load()-before, int64(n/10), "log writes for %d pipelined %ss", n, cmd)
+			require.Eventually(t, func() bool { return u.Stats().Extents == 0 }, 10*time.Second, 10*time.Millisecond,
+				"extents held after the deletes: %d", u.Stats().Extents)
 		})
 	}
 }

@@ -21,7 +21,7 @@ func TestScanTypeSkipsKeysDeletedMidPage(t *testing.T) {
 			require.NoError(t, rc.Set(ctx, "gone", "v", 0).Err())
 			require.NoError(t, rc.Set(ctx, "kept", "v", 0).Err())
 			hook := func() {
-				_, err := e.srv.st.del(ctx, "default", []string{"gone"})
+				_, err := e.srv.st.del(ctx, "default", []string{"gone"}, nil)
 				require.NoError(t, err)
 			}
 			testHookScan.Store(&hook)

@@ -516,25 +516,26 @@ type conn struct {
 // owed is what replies held to be sent wait for: the log record that
 // makes durable the changes they acknowledge (index), and the cells
 // those changes replaced, freed once it is. A connection serving a
-// pipeline of SETs or HSETs on a durable controller thus waits for the
-// log once for all of those it read together, as Redis's appendfsync
-// always does, where waiting for each one's own record took a group
-// commit per command (about 4k SET/s from one client however deep its
-// pipeline).
+// pipeline of SETs, HSETs, DELs or HDELs on a durable controller thus
+// waits for the log once for all of those it read together, as Redis's
+// appendfsync always does, where waiting for each one's own record took
+// a group commit per command (about 4k SET/s from one client however
+// deep its pipeline).
 type owed struct {
 	index uint64
 	frees []owedFree
 }
 
 type owedFree struct {
-	partition, key string
-	locs           []engine.CellLoc
+	partition string
+	keys      []string
+	locs      []engine.CellLoc
 }
 
-func (o *owed) add(index uint64, partition, key string, locs []engine.CellLoc) {
+func (o *owed) add(index uint64, partition string, keys []string, locs []engine.CellLoc) {
 	o.index = max(o.index, index)
 	if len(locs) > 0 {
-		o.frees = append(o.frees, owedFree{partition, key, locs})
+		o.frees = append(o.frees, owedFree{partition, keys, locs})
 	}
 }
 
@@ -558,7 +559,7 @@ func (c *conn) settle() error {
 	err := c.s.st.ctrl.WaitIndex(c.ctx, c.owe.index)
 	for i, f := range c.owe.frees {
 		// Durable already (or failing as the wait did): no wait more.
-		c.s.st.free(c.ctx, f.partition, []string{f.key}, f.locs)
+		c.s.st.free(c.ctx, f.partition, f.keys, f.locs)
 		c.owe.frees[i] = owedFree{}
 	}
 	c.owe.index, c.owe.frees = 0, c.owe.frees[:0]

@@ -107,9 +107,20 @@ func (st *store) commitOne(ctx context.Context, u *storage.Unit, r *storage.Rese
 	}
 	held, replaced, err := st.one.CommitOwed(ctx, u, r, partition, key, fields)
 	if err == nil {
-		owe.add(st.ctrl.ReadIndex(partition, []string{key}), partition, key, replaced)
+		err = st.freeOwed(ctx, partition, []string{key}, replaced, owe)
 	}
 	return held, err
+}
+
+// freeOwed frees locs, which a change of keys of partition dropped, once
+// that change is durable: before it returns (st.free), or, with owe on a
+// durable controller, when the connection's replies go out (see owed).
+func (st *store) freeOwed(ctx context.Context, partition string, keys []string, locs []engine.CellLoc, owe *owed) error {
+	if owe == nil || !st.ctrl.Durable() {
+		return st.free(ctx, partition, keys, locs)
+	}
+	owe.add(st.ctrl.ReadIndex(partition, keys), partition, keys, locs)
+	return nil
 }
 
 // testHookCommit, if set, runs in set and hset between the values' copy
@@ -434,13 +445,13 @@ func (st *store) waitRead(ctx context.Context, partition string, keys []string, 
 // del clears keys and returns how many existed, counted in the
 // controller's step that clears them (so of clients deleting one key at
 // once, one hears 1). The cells the keys held are freed once that is
-// durable.
-func (st *store) del(ctx context.Context, partition string, keys []string) (int, error) {
+// durable (owe as for freeOwed).
+func (st *store) del(ctx context.Context, partition string, keys []string, owe *owed) (int, error) {
 	n, freed, err := st.ctrl.ClearKeysCounted(partition, keys)
 	if err != nil {
 		return 0, err
 	}
-	return n, st.free(ctx, partition, keys, freed)
+	return n, st.freeOwed(ctx, partition, keys, freed, owe)
 }
 
 // deleteTags removes tag names from a key and answers how many of them
@@ -458,11 +469,12 @@ func (st *store) deleteTags(ctx context.Context, partition, key string, names []
 }
 
 // clearFields drops fields from a key (HDEL) and answers how many it
-// held; their cells are freed once that is durable.
-func (st *store) clearFields(ctx context.Context, partition, key string, fields []string) (int, error) {
+// held; their cells are freed once that is durable (owe as for
+// freeOwed).
+func (st *store) clearFields(ctx context.Context, partition, key string, fields []string, owe *owed) (int, error) {
 	n, freed, err := st.ctrl.ClearFields(partition, []string{key}, fields)
 	if err != nil {
 		return 0, err
 	}
-	return n, st.free(ctx, partition, []string{key}, freed)
+	return n, st.freeOwed(ctx, partition, []string{key}, freed, owe)
 }
