@@ -409,3 +409,37 @@ def test_dataloader_second_iteration_after_a_break_loses_nothing(server, part, p
     rest = [x for data, _ in dl for x in data["x"].tolist()]
     assert len(taken) == 2
     assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
+def test_dataloader_rank_aware_second_iteration_yields_each_row_once(rank_aware_server, part, persistent):
+    """Under a rank-aware sampler, a loop that breaks after a few
+    micro-batches and the loader iterated again: every row once, over
+    both. The sampler keeps each (dp_rank, batch index) batch for the
+    group, so the batch index must not go back for the rank. New workers
+    (no persistent_workers) counted their batch indexes from their worker
+    id again: the second iteration was handed the first one's batches
+    again (each row it had yielded, twice). Now each new worker goes on
+    from the batch after the last one the main process took of the last
+    iteration's worker in its place; those it had fetched ahead and given
+    back it fetches again (the sampler keeps them for the index)."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(24, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", dp_rank=0, address=s.address, token=s.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=persistent)
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        if len(taken) == 6:
+            break
+    rest = []
+    th = threading.Thread(target=lambda: rest.extend(x for data, _ in dl for x in data["x"].tolist()), daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), f"the second iteration never ended (took {taken}, then {rest})"
+    assert sorted(taken + rest) == list(range(24)), f"took {taken}, then {rest}"
+

@@ -142,7 +142,8 @@ class StreamIterator:
         kept (acknowledged) here, unless it is held for a DataLoader's main
         process (_hold_group), and :meth:`_fetched` told of it."""
         c = self._get_client()
-        sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=self._first + self.batch_index * self._stride)
+        index = self._first + self.batch_index * self._stride
+        sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=index)
         while True:
             key = os.urandom(16)
             try:
@@ -171,7 +172,7 @@ class StreamIterator:
                 c._give_back(self.partition_id, self.task_name, key)
                 raise
             if self._hold_group is not None:
-                self._fetched(key, meta)
+                self._fetched(key, meta, index)
                 return data, meta
             try:
                 c._acknowledge(self.partition_id, self.task_name, key)
@@ -186,12 +187,12 @@ class StreamIterator:
             except BaseException:
                 c._give_back(self.partition_id, self.task_name, key)
                 raise
-            self._fetched(key, meta)
+            self._fetched(key, meta, index)
             return data, meta
 
-    def _fetched(self, key, meta) -> None:
-        """A batch fetched under key and kept: a DataLoader worker follows
-        it (StreamingDataset)."""
+    def _fetched(self, key, meta, index) -> None:
+        """A batch fetched under key, at the sampler's batch index, and
+        kept: a DataLoader worker follows it (StreamingDataset)."""
 
     def batches(self):
         """Whole batches: (data, meta). They end when the partition is
@@ -262,6 +263,15 @@ class _Controls:
         # gave back, by the worker's count of its fetches. Under _lock:
         # a batch is either kept or given back, never both.
         self._holds = sharedctypes.RawArray(ctypes.c_int64, 2 * max(workers, 1))
+        # Per worker, one more than the highest sampler batch index of
+        # the batches the main process took from the worker in that place
+        # (0: none) since the last step, across iterations: a new worker
+        # goes on from the next (next_index). Under a rank-aware sampler
+        # the batch index names the group's batch; counted from the
+        # worker id again, new workers were handed the batches the last
+        # ones had yielded.
+        self._taken = sharedctypes.RawArray(ctypes.c_int64, max(workers, 1))
+        self.workers = max(workers, 1)
         # The workers' hold group (FETCH's hold_group): a worker at the end
         # of a done partition does not wait for its siblings' held
         # batches, which the main process acknowledges only as it takes
@@ -289,14 +299,24 @@ class _Controls:
         new.group = os.urandom(16)
         return new
 
-    def keep(self, worker: int, seq: int) -> bool:
-        """The main process takes worker's batch seq: False when the worker
-        gave it back already (the main process must drop it)."""
+    def keep(self, worker: int, seq: int, index: int) -> bool:
+        """The main process takes worker's batch seq, of the sampler's
+        batch index: False when the worker gave it back already (the main
+        process must drop it)."""
         with self._lock:
             if seq <= self._holds[2 * worker + 1]:
                 return False
             self._holds[2 * worker] = max(seq, self._holds[2 * worker])
+            self._taken[worker] = max(index + 1, self._taken[worker])
             return True
+
+    def next_index(self, worker: int) -> int:
+        """The first sampler batch index of a new worker in worker's
+        place: the one after the last the main process took from that
+        place (a batch fetched ahead and given back is fetched again: a
+        rank-aware sampler keeps it for the index), or the worker's id."""
+        t = self._taken[worker]
+        return worker if t == 0 else t - 1 + self.workers
 
     def kept(self, worker: int) -> int:
         """The last of worker's batches the main process took."""
@@ -324,6 +344,7 @@ class _Controls:
                                       f"{MAX_SHARED_PARTITION}")
         self._partition[:len(b)] = b
         self._words[2] = len(b)
+        self._taken[:] = [0] * len(self._taken)  # batch indexes count per partition
         self._words[1] = self._words[0] + 1
         self._words[0] += 1
 
@@ -384,6 +405,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                         self._worker, self._pending = info.id, []
                         self._hold_group = self._controls.group
                         multiprocessing.util.Finalize(self, self._give_back_untaken, exitpriority=10)
+                        # A new worker (each iteration's, without
+                        # persistent_workers) goes on from the batches
+                        # the last one in its place yielded.
+                        self._first = self._controls.next_index(info.id)
                     else:
                         # A persistent worker's next iteration: torch
                         # dropped what the last one queued and the main
@@ -412,20 +437,20 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         # batches are held: the main process takes those only after that
         # worker's own next one.
 
-        def _fetched(self, key, meta) -> None:
+        def _fetched(self, key, meta, index) -> None:
             if self._worker is None:
                 return
             self._fetch_seq += 1
             kept = self._controls.kept(self._worker)
             self._pending = [h for h in self._pending if h[0] > kept]
-            self._pending.append((self._fetch_seq, self.partition_id, key, meta))
+            self._pending.append((self._fetch_seq, self.partition_id, key, meta, index))
 
         def _worker_iter(self):
             for data, meta in self.batches():
                 h = next((h for h in self._pending if h[3] is meta), None)
                 first = True
                 for d, m in split(data, meta, self.micro_batch_size):
-                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if first else None)
+                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if first else None, h[4])
                     first = False
                     yield self._convert(d), m, tag
 
@@ -443,7 +468,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             self.batch_index -= sum(1 for _, m in before if any(m is x for x in metas))
             self.buffer = [b for b in self.buffer if not any(b[1] is x for x in metas)]
             c = self._get_client()
-            for _, part, key, _ in back:
+            for _, part, key, _, _ in back:
                 c._give_back(part, self.task_name, key)
 
         def _in_main(self) -> bool:
@@ -528,11 +553,11 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             dropped = set()
             for data, meta, tag in it:
                 if tag is not None:
-                    w, seq, part, key = tag
+                    w, seq, part, key, index = tag
                     if key is None:
                         if (w, seq) in dropped:
                             continue
-                    elif not controls.keep(w, seq) or not StreamingDataLoader._acknowledge(ds, part, key):
+                    elif not controls.keep(w, seq, index) or not StreamingDataLoader._acknowledge(ds, part, key):
                         dropped.add((w, seq))
                         continue
                 yield data, meta
