@@ -443,3 +443,31 @@ def test_dataloader_rank_aware_second_iteration_yields_each_row_once(rank_aware_
     assert not th.is_alive(), f"the second iteration never ended (took {taken}, then {rest})"
     assert sorted(taken + rest) == list(range(24)), f"took {taken}, then {rest}"
 
+
+def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
+    """With persistent workers, a batch the main process dropped because
+    the controller had given its rows back before it was acknowledged (the
+    hold outlived its TTL: the rows are the task's again, and the workers
+    fetch them again) is not in the replay after reset(): every row once
+    per epoch."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=True)
+    main = ds._get_client()
+    acknowledge, gave_back = main._acknowledge, []
+
+    def given_back_first(partition, task, key):
+        if not gave_back:
+            gave_back.append(key)
+            main._give_back(partition, task, key)
+        return acknowledge(partition, task, key)
+    main._acknowledge = given_back_first
+    first = [x for data, _ in dl for x in data["x"].tolist()]
+    assert gave_back and sorted(first) == list(range(8))
+    dl.reset()
+    replay = [x for data, _ in dl for x in data["x"].tolist()]
+    assert sorted(replay) == list(range(8)), f"replayed {replay}"

@@ -280,6 +280,14 @@ class _Controls:
         if isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._lock = (context or multiprocessing).Lock()
+        # Per persistent worker, the batches (its fetch counts) the main
+        # process took and then dropped, the controller having given
+        # their rows back before the main process acknowledged them: the
+        # worker forgets them at its next iteration (a replay after
+        # reset() yielded them again, though the task's other fetches
+        # had their rows).
+        self._drops = [(context or multiprocessing).SimpleQueue() for _ in range(self.workers)] \
+            if persistent else None
 
     def for_new_workers(self) -> "_Controls":
         """These controls for an iteration that starts new workers (no
@@ -309,6 +317,20 @@ class _Controls:
             self._holds[2 * worker] = max(seq, self._holds[2 * worker])
             self._taken[worker] = max(index + 1, self._taken[worker])
             return True
+
+    def drop(self, worker: int, seq: int) -> None:
+        """The main process dropped worker's batch seq, which it had taken
+        (keep): its rows went back to the task."""
+        if self._drops is not None:
+            self._drops[worker].put(seq)
+
+    def dropped(self, worker: int) -> list:
+        """The batches of worker's that the main process dropped since
+        the last call (in worker)."""
+        q, out = self._drops[worker] if self._drops is not None else None, []
+        while q is not None and not q.empty():
+            out.append(q.get())
+        return out
 
     def next_index(self, worker: int) -> int:
         """The first sampler batch index of a new worker in worker's
@@ -402,7 +424,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                 if self._controls is not None:
                     if self._worker is None:
                         import multiprocessing.util
-                        self._worker, self._pending = info.id, []
+                        self._worker, self._pending, self._by_seq = info.id, [], {}
                         self._hold_group = self._controls.group
                         multiprocessing.util.Finalize(self, self._give_back_untaken, exitpriority=10)
                         # A new worker (each iteration's, without
@@ -412,8 +434,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                     else:
                         # A persistent worker's next iteration: torch
                         # dropped what the last one queued and the main
-                        # process did not take.
+                        # process did not take; the main process dropped
+                        # what the controller had given back.
                         self._give_back_untaken()
+                        self._forget_dropped()
                     self._controls_seen = self._controls.apply(self, self._controls_seen)
                     return self._worker_iter()
             return super().__iter__()
@@ -441,6 +465,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             if self._worker is None:
                 return
             self._fetch_seq += 1
+            self._by_seq[self._fetch_seq] = meta
             kept = self._controls.kept(self._worker)
             self._pending = [h for h in self._pending if h[0] > kept]
             self._pending.append((self._fetch_seq, self.partition_id, key, meta, index))
@@ -463,13 +488,24 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             back, self._pending = [h for h in self._pending if h[0] > kept], []
             if not back:
                 return
-            metas = [h[3] for h in back]
-            before = self.buffer[:self.batch_index]
-            self.batch_index -= sum(1 for _, m in before if any(m is x for x in metas))
-            self.buffer = [b for b in self.buffer if not any(b[1] is x for x in metas)]
+            self._forget([h[0] for h in back])
             c = self._get_client()
             for _, part, key, _, _ in back:
                 c._give_back(part, self.task_name, key)
+
+        def _forget_dropped(self) -> None:
+            """Forget the batches the main process dropped (a replay must
+            not yield them: their rows went back to the task)."""
+            self._forget(self._controls.dropped(self._worker))
+
+        def _forget(self, seqs) -> None:
+            """Take the batches of these fetch counts out of the buffer."""
+            metas = [m for m in (self._by_seq.pop(s, None) for s in seqs) if m is not None]
+            if not metas:
+                return
+            before = self.buffer[:self.batch_index]
+            self.batch_index -= sum(1 for _, m in before if any(m is x for x in metas))
+            self.buffer = [b for b in self.buffer if not any(b[1] is x for x in metas)]
 
         def _in_main(self) -> bool:
             return self._controls is not None and _torch.utils.data.get_worker_info() is None
@@ -492,6 +528,8 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             if self._in_main():
                 self._controls.step(partition_id)
                 self._controls_seen = self._controls.gen
+            if self._worker is not None:
+                self._by_seq = {}
             super().step(partition_id)
 
         def get_buffer(self):
@@ -557,7 +595,11 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                     if key is None:
                         if (w, seq) in dropped:
                             continue
-                    elif not controls.keep(w, seq, index) or not StreamingDataLoader._acknowledge(ds, part, key):
+                    elif not controls.keep(w, seq, index):
+                        dropped.add((w, seq))
+                        continue
+                    elif not StreamingDataLoader._acknowledge(ds, part, key):
+                        controls.drop(w, seq)
                         dropped.add((w, seq))
                         continue
                 yield data, meta
