@@ -22,6 +22,12 @@ then tell the controller that the rows there are are all there will be:
 once every one is produced, the last batch may be short, as from a
 partition marked done.
 
+A partition that does not exist yet is waited for, as the controller's
+fetches and the Go loader (stream) wait for it: the trainer may start
+before the producers' first put. So a misspelled ``partition_id`` waits
+for good, without an error (as a Go loader does): check the id when a
+loader yields nothing.
+
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
 first ``__iter__``; nothing is pickled but the settings) and
