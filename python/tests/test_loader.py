@@ -444,6 +444,40 @@ def test_dataloader_rank_aware_second_iteration_yields_each_row_once(rank_aware_
     assert sorted(taken + rest) == list(range(24)), f"took {taken}, then {rest}"
 
 
+def test_dataloader_rank_aware_worker_that_ends_first_loses_no_batch(rank_aware_server, part):
+    """Under a rank-aware sampler, a worker that runs out of batches while
+    the main process still waits for a slower sibling's: every row once.
+
+    Torch stops such a worker (without persistent_workers) as soon as its
+    end arrives, though its last batch waits in the main process behind
+    the sibling's. The worker gave that batch back as it exited, and the
+    main process then dropped it; the sampler keeps the batch for the
+    group, so its rows went to no one (about 3 runs in 100 of
+    test_dataloader_rank_aware_second_iteration_yields_each_row_once).
+    Worker 1 here fetches slowly, so that worker 0 always ends first."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+
+    class SlowSecondWorker(tq.StreamingDataset):
+        def _fetch(self, wait=True):
+            if self._worker == 1:
+                time.sleep(0.3)
+            return super()._fetch(wait)
+
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(12, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = SlowSecondWorker(2, 2, ["x"], part, "train", dp_rank=0, address=s.address, token=s.token,
+                          fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
+    got = []
+    th = threading.Thread(target=lambda: got.extend(x for data, _ in dl for x in data["x"].tolist()), daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), f"the iteration never ended (took {got})"
+    assert sorted(got) == list(range(12)), f"took {got}"
+
+
 def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
     """With persistent workers, a batch the main process dropped because
     the controller had given its rows back before it was acknowledged (the

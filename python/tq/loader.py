@@ -286,6 +286,12 @@ class _Controls:
         if isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._lock = (context or multiprocessing).Lock()
+        # Wakes a worker that waits, as it exits, for the main process to
+        # take its batches (give_back): keep and end notify it.
+        self._cond = (context or multiprocessing).Condition(self._lock)
+        # Set (end) once the main process's iteration over these workers
+        # ended: a batch it has not taken, it never will.
+        self._over = sharedctypes.RawArray(ctypes.c_int64, 1)
         # Per persistent worker, the batches (its fetch counts) the main
         # process took and then dropped, the controller having given
         # their rows back before the main process acknowledged them: the
@@ -310,6 +316,7 @@ class _Controls:
         from multiprocessing import sharedctypes
         new = copy.copy(self)
         new._holds = sharedctypes.RawArray(ctypes.c_int64, len(self._holds))
+        new._over = sharedctypes.RawArray(ctypes.c_int64, 1)
         new.group = os.urandom(16)
         return new
 
@@ -317,12 +324,20 @@ class _Controls:
         """The main process takes worker's batch seq, of the sampler's
         batch index: False when the worker gave it back already (the main
         process must drop it)."""
-        with self._lock:
+        with self._cond:
             if seq <= self._holds[2 * worker + 1]:
                 return False
             self._holds[2 * worker] = max(seq, self._holds[2 * worker])
             self._taken[worker] = max(index + 1, self._taken[worker])
+            self._cond.notify_all()
             return True
+
+    def end(self) -> None:
+        """The main process's iteration over these workers ended: a worker
+        waiting to give back what it did not take (give_back) does so."""
+        with self._cond:
+            self._over[0] = 1
+            self._cond.notify_all()
 
     def drop(self, worker: int, seq: int) -> None:
         """The main process dropped worker's batch seq, which it had taken
@@ -350,11 +365,16 @@ class _Controls:
         """The last of worker's batches the main process took."""
         return self._holds[2 * worker]
 
-    def give_back(self, worker: int, upto: int) -> int:
+    def give_back(self, worker: int, upto: int, parent: int | None = None) -> int:
         """Worker gives back its batches up to upto that the main process
         has not taken; returns the last one it took (keep refuses the
-        others from now on)."""
-        with self._lock:
+        others from now on). With parent (the main process's pid), a
+        worker that exits first waits until the main process took them
+        all, or ended its iteration (end), or is gone."""
+        with self._cond:
+            while parent is not None and self._holds[2 * worker] < upto and not self._over[0] \
+                    and os.getppid() == parent:
+                self._cond.wait(1.0)
             self._holds[2 * worker + 1] = max(upto, self._holds[2 * worker + 1])
             return self._holds[2 * worker]
 
@@ -431,8 +451,9 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                     if self._worker is None:
                         import multiprocessing.util
                         self._worker, self._pending, self._by_seq = info.id, [], {}
+                        self._parent = os.getppid()
                         self._hold_group = self._controls.group
-                        multiprocessing.util.Finalize(self, self._give_back_untaken, exitpriority=10)
+                        multiprocessing.util.Finalize(self, self._give_back_at_exit, exitpriority=10)
                         # A new worker (each iteration's, without
                         # persistent_workers) goes on from the batches
                         # the last one in its place yielded.
@@ -459,6 +480,13 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         # exits (torch stops the workers once the iteration ended or was
         # dropped) or, persistent, when its next iteration starts: never
         # before, as the main process may take a queued batch until then.
+        # Torch stops a worker that ran out of batches (without
+        # persistent_workers) as soon as its end arrives, though its last
+        # batches may wait in the main process behind a slower sibling's:
+        # that worker waits, as it exits, until the main process took them
+        # or ended its iteration (_Controls.give_back and end); given back
+        # at once, they were dropped, and a batch a rank-aware sampler
+        # keeps for the group went to no one.
         # _Controls.keep and give_back decide, under one lock, which side a
         # batch goes to. A worker killed holds its batches until the
         # controller sees it gone (its connections closed) and gives them
@@ -485,12 +513,20 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                     first = False
                     yield self._convert(d), m, tag
 
-        def _give_back_untaken(self) -> None:
+        def _give_back_at_exit(self) -> None:
+            """As the worker exits: a new worker (no persistent_workers)
+            may exit before the main process took its last batches (see
+            the worker comment), and waits for it."""
+            self._give_back_untaken(None if self._controls.persistent else self._parent)
+
+        def _give_back_untaken(self, parent: int | None = None) -> None:
             """Give back the fetches the main process did not take, and
-            forget their batches (a replay must not yield them)."""
+            forget their batches (a replay must not yield them); with
+            parent, once it took them or ended its iteration
+            (_Controls.give_back)."""
             if not self._pending:
                 return
-            kept = self._controls.give_back(self._worker, self._pending[-1][0])
+            kept = self._controls.give_back(self._worker, self._pending[-1][0], parent)
             back, self._pending = [h for h in self._pending if h[0] > kept], []
             if not back:
                 return
@@ -587,28 +623,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             it = super().__iter__()
             if not isinstance(ds, StreamingDataset) or ds._controls is None:
                 return it
-            return self._kept(it, ds, ds._controls)
-
-        @staticmethod
-        def _kept(it, ds, controls):
-            """The workers' micro-batches, each batch's fetch marked taken
-            as its first micro-batch is (see StreamingDataset's worker
-            comment); a batch its worker gave back already is dropped."""
-            dropped = set()
-            for data, meta, tag in it:
-                if tag is not None:
-                    w, seq, part, key, index = tag
-                    if key is None:
-                        if (w, seq) in dropped:
-                            continue
-                    elif not controls.keep(w, seq, index):
-                        dropped.add((w, seq))
-                        continue
-                    elif not StreamingDataLoader._acknowledge(ds, part, key):
-                        controls.drop(w, seq)
-                        dropped.add((w, seq))
-                        continue
-                yield data, meta
+            return _Kept(it, ds, ds._controls)
 
         @staticmethod
         def _acknowledge(ds, part, key) -> bool:
@@ -631,6 +646,43 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
         def get_buffer(self):
             return self.dataset_ref.get_buffer()
+    class _Kept:
+        """The workers' micro-batches, each batch's fetch marked taken as
+        its first micro-batch is (see StreamingDataset's worker comment);
+        a batch its worker gave back already is dropped. Not a generator:
+        dropped (a break, or never iterated), it ends the iteration for
+        the workers (_Controls.end) before torch's iterator, which it
+        holds, stops them and waits for them to exit."""
+
+        def __init__(self, it, ds, controls):
+            self._it, self._ds, self._controls = it, ds, controls
+            self._dropped = set()
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            while True:
+                data, meta, tag = next(self._it)
+                if tag is not None:
+                    w, seq, part, key, index = tag
+                    if key is None:
+                        if (w, seq) in self._dropped:
+                            continue
+                    elif not self._controls.keep(w, seq, index):
+                        self._dropped.add((w, seq))
+                        continue
+                    elif not StreamingDataLoader._acknowledge(self._ds, part, key):
+                        self._controls.drop(w, seq)
+                        self._dropped.add((w, seq))
+                        continue
+                return data, meta
+
+        def __del__(self):
+            try:
+                self._controls.end()
+            except Exception:  # noqa: BLE001 - at interpreter exit
+                pass
 else:
     StreamingDataset = StreamIterator
 
