@@ -491,11 +491,14 @@ func TestBuildMatchesKustomize(t *testing.T) {
 	if bin == "" {
 		t.Skip("no kustomize on PATH and no $KUSTOMIZE: build is compared with kustomize where there is one")
 	}
-	// kustomize reads the files from disk, and base/token.env exists on
-	// a deployer's machine only: a copy, with one made from the example.
+	// kustomize reads the files from disk, and base/token.env and
+	// base/metrics-token.env exist on a deployer's machine only: a copy,
+	// with each made from its example.
 	m := copyTree(t)
-	if _, ok := m["base/token.env"]; !ok {
-		m["base/token.env"] = m["base/token.env.example"]
+	for _, env := range []string{"base/token.env", "base/metrics-token.env"} {
+		if _, ok := m[env]; !ok {
+			m[env] = m[env+".example"]
+		}
 	}
 	root := t.TempDir()
 	var dirs []string

@@ -72,7 +72,11 @@ type tqConfig struct {
 	DataDir    string `json:"data_dir"`
 	InMemory   bool   `json:"in_memory"`
 	Metrics    string `json:"metrics"`
-	RDMADevice string `json:"rdma_device"`
+	Pprof      string `json:"pprof"`
+	// MetricsToken is --metrics-token-file, else $TQ_METRICS_TOKEN
+	// (the environment's, not printed by --check-config).
+	MetricsToken string `json:"metrics_token_file"`
+	RDMADevice   string `json:"rdma_device"`
 }
 
 // checkTQ runs `tq serve --check-config` with args in env and returns
@@ -588,11 +592,23 @@ func checkServe(p *pod, c *corev1.Container, args []string, env map[string]strin
 		return
 	}
 	p.serve[c.Name] = &cfg
+	if cfg.MetricsToken == "" {
+		cfg.MetricsToken = env["TQ_METRICS_TOKEN"]
+	}
+
+	// /metrics and --pprof beyond loopback ask for a token of their own:
+	// without one tq serve warns at each start (--metrics) or refuses to
+	// start (--pprof), which --check-config does not report.
+	for _, l := range []struct{ flag, addr string }{{"--metrics", cfg.Metrics}, {"--pprof", cfg.Pprof}} {
+		if host, _, err := net.SplitHostPort(l.addr); l.addr != "" && err == nil && host != "" && !isLoopback(host) && cfg.MetricsToken == "" {
+			p.bad("container %s: %s %s listens beyond loopback without a metrics token ($TQ_METRICS_TOKEN from a Secret other than the cluster token's): whoever reaches the pod reads partition, task and field names, and tq serve warns (--metrics) or refuses to start (--pprof)", c.Name, l.flag, l.addr)
+		}
+	}
 
 	// Probes reach --metrics on the pod's IP, not on loopback.
 	if cfg.Metrics == "" {
 		p.bad("container %s: no --metrics: /healthz and /readyz are served there", c.Name)
-	} else if host, _, _ := net.SplitHostPort(cfg.Metrics); host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsLoopback() || host == "localhost" {
+	} else if host, _, _ := net.SplitHostPort(cfg.Metrics); host == "" || isLoopback(host) {
 		p.bad("container %s: --metrics %s listens on loopback only: the kubelet's probes cannot reach it", c.Name, cfg.Metrics)
 	} else if mp, err := listenPort(cfg.Metrics); err == nil {
 		// A storage unit has no liveness probe on --metrics: that port
@@ -789,17 +805,25 @@ func checkSocketDirs(pods []*pod, problems *[]error) {
 	}
 }
 
-// checkTokens: every $TQ_TOKEN comes from the same Secret key.
+// checkTokens: every $TQ_TOKEN comes from the same Secret key, and
+// every $TQ_METRICS_TOKEN from a Secret other than that one: a scraper
+// given the metrics token must not get the cluster's, which reads and
+// writes the data.
 func checkTokens(pods []*pod, problems *[]error) {
 	var first string
+	secrets := map[string]string{} // the Secret of each $TQ_METRICS_TOKEN, by container
 	for _, p := range pods {
 		for _, c := range p.spec.Containers {
 			for _, e := range c.Env {
-				if e.Name != "TQ_TOKEN" {
+				if e.Name != "TQ_TOKEN" && e.Name != "TQ_METRICS_TOKEN" {
 					continue
 				}
 				if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
-					p.bad("container %s: $TQ_TOKEN not from a Secret", c.Name)
+					p.bad("container %s: $%s not from a Secret", c.Name, e.Name)
+					continue
+				}
+				if e.Name == "TQ_METRICS_TOKEN" {
+					secrets[p.owner.String()+" container "+c.Name] = e.ValueFrom.SecretKeyRef.Name
 					continue
 				}
 				ref := e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
@@ -811,6 +835,17 @@ func checkTokens(pods []*pod, problems *[]error) {
 			}
 		}
 	}
+	tokenSecret, _, _ := strings.Cut(first, "/")
+	for _, who := range slices.Sorted(maps.Keys(secrets)) {
+		if secrets[who] == tokenSecret {
+			*problems = append(*problems, fmt.Errorf("%s: $TQ_METRICS_TOKEN from Secret %s, which holds the cluster token: whoever may read it to scrape /metrics could read and write the data", who, tokenSecret))
+		}
+	}
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // tqDir holds the tq that buildTQ built, removed by TestMain.
@@ -930,6 +965,8 @@ func TestManifestsCatchBreakage(t *testing.T) {
 		{name: "units dial a Service of ready controllers only", file: "base/unit.yaml", old: "--controller=tcp://tq-controller-headless:7370", new: "--controller=tcp://tq-controller:7370", needsTQ: true, want: "routes only to a ready controller"},
 		{name: "units dial the metrics port", file: "base/unit.yaml", old: "--controller=tcp://tq-controller-headless:7370", new: "--controller=tcp://tq-controller:9090", needsTQ: true, want: "not the controller's --listen"},
 		{name: "token from a file", file: "base/unit.yaml", old: "            - name: TQ_TOKEN\n", new: "            - name: TQ_TOKEM\n", needsTQ: true, want: "the token comes from the Secret"},
+		{name: "metrics without a metrics token", file: "base/unit.yaml", old: "            - name: TQ_METRICS_TOKEN\n", new: "            - name: TQ_METRICS_TOKEM\n", needsTQ: true, want: "--metrics 0.0.0.0:9090 listens beyond loopback without a metrics token"},
+		{name: "metrics token from the cluster token's Secret", file: "base/controller.yaml", old: "name: tq-metrics-token", new: "name: tq-token", want: "which holds the cluster token"},
 		{name: "rdma without IPC_LOCK", file: "rdma/unit-rdma.yaml", old: `value: ["IPC_LOCK"]`, new: `value: ["NET_RAW"]`, needsTQ: true, want: "--rdma-device without the IPC_LOCK capability"},
 		{name: "huge pages without a hugepages request", file: "base/unit.yaml", old: "--huge-pages=false", new: "--huge-pages=true", needsTQ: true, want: "hugepages-2Mi"},
 	} {
