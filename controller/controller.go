@@ -1670,9 +1670,11 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	}
 	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys), Done: p.done}
 	st.Rows = p.rows.len() - st.Reserved
+	// A hold that outlived its TTL gives its rows back before the counts
+	// are taken: they are not consumed, and held no longer.
+	c.expireHeld(p, time.Now())
 	consumed := make([]int, len(p.taskName))
 	copy(consumed, p.consumedN)
-	c.expireHeld(p, time.Now())
 	held := p.heldCounts()
 	st.Produced = p.rows.producedRows()
 	if invariants.Enabled {

@@ -623,3 +623,18 @@ func TestHeldFetchAskedAgainAfterARestartNamesItsHolder(t *testing.T) {
 		})
 	}
 }
+
+// A hold that expired while nobody fetched is given back by the next
+// Stats too: its rows must not be counted consumed by the look that gave
+// them back (they were counted before the look, and held no longer).
+func TestStatsSeesExpiredHold(t *testing.T) {
+	c := newController(t, Config{HeldFetchTTL: 20 * time.Millisecond})
+	doneWith(t, c, 4)
+	heldFetch(t, c, "a", 3)
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "b"})
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond)
+	ps, err := c.Stats("p")
+	require.NoError(t, err)
+	assert.Equal(t, []engine.TaskStats{{Task: "t", Consumed: 1, Progress: 0.25}}, ps.Tasks, "the expired hold's rows are back")
+}
