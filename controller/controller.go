@@ -605,6 +605,10 @@ func (c *Controller) waitFetch(ctx context.Context, wake <-chan struct{}, check 
 // done and no more will be); nil meta means "not yet". p is locked.
 func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler, shared bool) (*engine.BatchMeta, error) {
 	now := time.Now()
+	// Holds past their TTL go back first: a held fetch asked again after
+	// its TTL must hear that its rows were given back, not get them as
+	// if still held while the next look hands them to another.
+	c.expireHeld(p, now)
 	if req.Key != "" {
 		if c.spent.has(req.Key, now) {
 			return nil, errFetchGivenBack
@@ -666,7 +670,6 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		}
 	}
 	c.expireKept(p, now)
-	c.expireHeld(p, now)
 	if follows {
 		if err := p.checkKeptGone(gk, req.Options.BatchIndex, smp); err != nil {
 			return nil, err

@@ -638,3 +638,21 @@ func TestStatsSeesExpiredHold(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []engine.TaskStats{{Task: "t", Consumed: 1, Progress: 0.25}}, ps.Tasks, "the expired hold's rows are back")
 }
+
+// A held fetch asked again (its caller redialed) once its TTL ended but
+// before anything looked is given back by that very look: the caller
+// hears so, rather than getting the rows a second time as if still
+// held while the next look hands them to another consumer.
+func TestHeldFetchAskedAgainPastItsTTL(t *testing.T) {
+	c := newController(t, Config{HeldFetchTTL: 20 * time.Millisecond})
+	doneWith(t, c, 4)
+	held := heldFetch(t, c, "a", 4)
+	time.Sleep(50 * time.Millisecond)
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "a", Hold: true})
+	require.ErrorIs(t, err, context.Canceled, "the hold outlived its TTL: given back")
+	require.ErrorContains(t, err, "given back")
+	m, err := peerFetch(c, time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, held.Indexes, m.Indexes, "the rows went back to the task")
+	require.ErrorIs(t, c.Acknowledge("p", "t", "a"), engine.ErrNotFound)
+}
