@@ -93,11 +93,12 @@ func (p *partition) holds(task, group string) bool {
 
 // groupHolderGone reports whether a held fetch of task in group (""
 // none) holds rows for a holder that is gone: a process that exited, a
-// client that left (clients.go). The group's own holds do not keep its
-// fetches from the end because the group settles them; those of a
-// member killed (a DataLoader's worker) it never will, and they come
-// back (lookExits, expireHeld): the group is not at the end yet. p is
-// locked.
+// client that left (clients.go), or one that closed its every
+// connection and is within the grace, which may be gone. The group's
+// own holds do not keep its fetches from the end because the group
+// settles them; those of a member killed (a DataLoader's worker) it
+// never will, and they come back (lookExits, expireHeld): the group is
+// not at the end yet. p is locked.
 func (c *Controller) groupHolderGone(p *partition, task, group string, now time.Time) bool {
 	if group == "" {
 		return false
@@ -110,11 +111,22 @@ func (c *Controller) groupHolderGone(p *partition, task, group string, now time.
 		if gone == nil {
 			gone = make(map[int32]bool)
 		}
-		if c.holderGone(e, now, gone) != "" {
+		if c.holderGone(e, now, gone) != "" || c.holderLeft(e, now) {
 			return true
 		}
 	}
 	return false
+}
+
+// holderLeft reports whether e's holder is a client that closed its
+// every connection, however long ago: gone once the grace ends unless it
+// connects again (holderGone).
+func (c *Controller) holderLeft(e *fetchEntry, now time.Time) bool {
+	if e.client == "" || c.heldGrace() < 0 {
+		return false
+	}
+	left, _ := c.clients.gone(e.client, now, 0)
+	return left
 }
 
 // maxHoldGroupLen bounds engine.FetchRequest.HoldGroup.

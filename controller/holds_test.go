@@ -656,3 +656,40 @@ func TestHeldFetchAskedAgainPastItsTTL(t *testing.T) {
 	assert.Equal(t, held.Indexes, m.Indexes, "the rows went back to the task")
 	require.ErrorIs(t, c.Acknowledge("p", "t", "a"), engine.ErrNotFound)
 }
+
+// A member of a hold group that closed its every connection (killed, on
+// another host than the controller: known by its client id) may be gone:
+// a fetch of its group at the end waits for the grace to tell, and gets
+// its rows back once it ended, rather than ErrDone at once with the rows
+// coming back later to no one of the group.
+func TestHoldGroupWaitsForAMemberThatLeft(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	c := newController(t, Config{HeldClientGrace: grace})
+	doneWith(t, c, 6)
+	_, addr := startServer(t, c, ServerConfig{}, "tcp")
+	member, _, err := wire.Dial(context.Background(), addr, &wirepb.Hello{Role: "client", ClientId: []byte("worker-1")}, wire.ConnConfig{})
+	require.NoError(t, err)
+	var reply wirepb.MetaReply
+	require.NoError(t, member.Do(context.Background(), wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4,
+		Key: []byte("k1"), Hold: true, HoldGroup: []byte("loader-1")}, nil, &reply, nil))
+	require.Len(t, reply.GetMeta().GetIndexes(), 4)
+	inGroup := func(key string, d time.Duration) (*engine.BatchMeta, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return c.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true,
+			Key: key, Hold: true, HoldGroup: "loader-1", HolderClient: "main"})
+	}
+	m, err := inGroup("k2", time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 2, m.Len())
+	_, err = inGroup("k3", time.Second)
+	require.ErrorIs(t, err, engine.ErrDone, "the member is connected: its holds are the group's own")
+
+	require.NoError(t, member.Close())
+	require.Eventually(t, func() bool { left, _ := c.clients.gone("worker-1", time.Now(), 0); return left },
+		10*time.Second, time.Millisecond, "the controller sees the member's connection end")
+	got, err := inGroup("k4", 10*time.Second)
+	require.NoError(t, err, "the member left: its rows may come back")
+	assert.Equal(t, reply.GetMeta().GetIndexes(), got.Indexes)
+	require.ErrorIs(t, c.Acknowledge("p", "t", "k1"), engine.ErrNotFound)
+}
