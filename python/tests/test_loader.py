@@ -505,3 +505,49 @@ def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
     dl.reset()
     replay = [x for data, _ in dl for x in data["x"].tolist()]
     assert sorted(replay) == list(range(8)), f"replayed {replay}"
+
+
+@pytest.mark.parametrize("sampler", ["default", "rank-aware"])
+@pytest.mark.parametrize("workers,persistent", [(0, False), (1, False), (1, True), (2, False), (2, True)],
+                         ids=["no-workers", "1-new", "1-persistent", "2-new", "2-persistent"])
+def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, workers, persistent, sampler):
+    """Batches of 4 split into micro-batches of 2: a loop that breaks
+    after the first micro-batch, then the loader iterated again, which
+    yields every row once. The batch the loop left half-taken is yielded
+    again whole (a fetch is kept or given back as a whole: UNCONSUME takes
+    no subset of its rows; a rank-aware sampler hands the batch index the
+    same batch again), so its first micro-batch comes twice and no row is
+    lost; a reset() after replays every row once. The main process used to
+    keep (acknowledge) a worker's batch as it took the first micro-batch,
+    and without workers the iterator went on past the batch: its other
+    micro-batch was never yielded, yet its rows stayed consumed for the
+    task."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    server = request.getfixturevalue("rank_aware_server" if sampler == "rank-aware" else "server")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", dp_rank=0, address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    extra = {"prefetch_factor": 2, "persistent_workers": persistent} if workers else {}
+    dl = tq.StreamingDataLoader(ds, num_workers=workers, **extra)
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        break
+
+    def epoch():
+        got = []
+        th = threading.Thread(target=lambda: got.extend(x for data, _ in dl for x in data["x"].tolist()),
+                              daemon=True)
+        th.start()
+        th.join(60)
+        assert not th.is_alive(), f"the iteration never ended (took {taken}, then {got})"
+        return got
+    rest = epoch()
+    assert len(taken) == 2
+    assert sorted(rest) == list(range(16)), f"took {taken}, then {rest}"
+    if persistent or not workers:
+        dl.reset()
+        replay = epoch()
+        assert sorted(replay) == list(range(16)), f"replayed {replay}"

@@ -80,7 +80,9 @@ class StreamIterator:
     batch as ``get_data(meta, copy=False)`` does: a :class:`~tq.View` whose
     arrays, over shared memory, alias the storage unit's memory, leased
     until the view is released or it and its arrays are garbage (the
-    buffer keeps each batch until :meth:`step`)."""
+    buffer keeps each batch until :meth:`step`). A loop that stops inside
+    a batch (a break after one of its micro-batches) gets that batch again,
+    whole, at its next iteration, rather than lose its other rows."""
 
     def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
@@ -230,8 +232,18 @@ class StreamIterator:
 
     def __iter__(self):
         for data, meta in self.batches():
-            for d, m in split(data, meta, self.micro_batch_size):
-                yield self._convert(d), m
+            at, done = self.batch_index, False
+            try:
+                for d, m in split(data, meta, self.micro_batch_size):
+                    yield self._convert(d), m
+                done = True
+            finally:
+                if not done and self.batch_index == at:
+                    # The loop stopped inside the batch (a break): the
+                    # next iteration yields it again, whole, rather than
+                    # go on past micro-batches it never yielded (unless
+                    # reset() or step() moved the iterator since).
+                    self.batch_index -= 1
 
     def _convert(self, d):
         return d
@@ -331,6 +343,10 @@ class _Controls:
             self._taken[worker] = max(index + 1, self._taken[worker])
             self._cond.notify_all()
             return True
+
+    def given_back(self, worker: int, seq: int) -> bool:
+        """Whether worker gave back its batch seq already."""
+        return seq <= self._holds[2 * worker + 1]
 
     def end(self) -> None:
         """The main process's iteration over these workers ended: a worker
@@ -475,7 +491,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         # in the DataLoader's hold group) and each micro-batch goes out
         # tagged with its fetch; the main process (StreamingDataLoader's
         # iterator) marks the fetch taken, and acknowledges it, as it takes
-        # the batch's first micro-batch, and the worker gives back
+        # the batch's last micro-batch (a fetch is kept or given back
+        # whole: a loop that stops inside a batch leaves it untaken, to be
+        # yielded again whole, rather than lose the rest of its rows),
+        # and the worker gives back
         # (UNCONSUME) every fetch the main process did not take when it
         # exits (torch stops the workers once the iteration ended or was
         # dropped) or, persistent, when its next iteration starts: never
@@ -507,10 +526,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         def _worker_iter(self):
             for data, meta in self.batches():
                 h = next((h for h in self._pending if h[3] is meta), None)
-                first = True
-                for d, m in split(data, meta, self.micro_batch_size):
-                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if first else None, h[4])
-                    first = False
+                parts = split(data, meta, self.micro_batch_size)
+                for i, (d, m) in enumerate(parts):
+                    last = i == len(parts) - 1
+                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if last else None, h[4])
                     yield self._convert(d), m, tag
 
         def _give_back_at_exit(self) -> None:
@@ -648,7 +667,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             return self.dataset_ref.get_buffer()
     class _Kept:
         """The workers' micro-batches, each batch's fetch marked taken as
-        its first micro-batch is (see StreamingDataset's worker comment);
+        its last micro-batch is (see StreamingDataset's worker comment);
         a batch its worker gave back already is dropped. Not a generator:
         dropped (a break, or never iterated), it ends the iteration for
         the workers (_Controls.end) before torch's iterator, which it
@@ -656,7 +675,6 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
         def __init__(self, it, ds, controls):
             self._it, self._ds, self._controls = it, ds, controls
-            self._dropped = set()
 
         def __iter__(self):
             return self
@@ -667,14 +685,14 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                 if tag is not None:
                     w, seq, part, key, index = tag
                     if key is None:
-                        if (w, seq) in self._dropped:
+                        # Not the batch's last micro-batch: yielded unless
+                        # the worker gave the batch back already.
+                        if self._controls.given_back(w, seq):
                             continue
                     elif not self._controls.keep(w, seq, index):
-                        self._dropped.add((w, seq))
                         continue
                     elif not StreamingDataLoader._acknowledge(self._ds, part, key):
                         self._controls.drop(w, seq)
-                        self._dropped.add((w, seq))
                         continue
                 return data, meta
 
