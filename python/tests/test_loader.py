@@ -551,3 +551,18 @@ def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, worker
         dl.reset()
         replay = epoch()
         assert sorted(replay) == list(range(16)), f"replayed {replay}"
+
+
+def test_dataloader_spawned_workers(server, part):
+    """A StreamingDataLoader whose workers are spawned (not forked) yields
+    every row once. The default collate_fn was a lambda, which spawn
+    cannot pickle: iterating raised before any worker started."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, multiprocessing_context="spawn")
+    got = [x for data, _ in dl for x in data["x"].tolist()]
+    assert sorted(got) == list(range(8)), f"took {got}"

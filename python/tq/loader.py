@@ -70,6 +70,13 @@ def split(data: dict, meta, micro_batch_size: int):
     return out
 
 
+def _as_is(x):
+    """StreamingDataLoader's default collate_fn: the dataset's (data,
+    meta) as it is. A module function, not a lambda, so that workers
+    started by spawn or forkserver, which pickle it, can run it."""
+    return x
+
+
 # What _fetch answers for a partition that is done for the task.
 _DONE = object()
 
@@ -624,7 +631,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             # workers) was refused: pass it only when set.
             extra = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
             super().__init__(dataset, batch_size=None, num_workers=num_workers,
-                             collate_fn=collate_fn or (lambda x: x), pin_memory=pin_memory,
+                             collate_fn=collate_fn or _as_is, pin_memory=pin_memory,
                              worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
                              persistent_workers=persistent_workers, pin_memory_device=pin_memory_device, **extra)
             self.dataset_ref = dataset
