@@ -114,7 +114,7 @@ func TestTokenSourceNamesTheConfigFileKey(t *testing.T) {
 			c, _, err := parseServeConfig(args, io.Discard)
 			require.NoError(t, err)
 			var out strings.Builder
-			require.NoError(t, c.checkConfig(&out))
+			require.NoError(t, c.checkConfig(&out, io.Discard))
 			assert.Contains(t, out.String(), "# tq serve: configuration ok; token from "+tc.wantFrom+"\n")
 			require.NoError(t, c.secure())
 			assert.Equal(t, tc.wantFrom, c.tokenFrom)
@@ -287,6 +287,67 @@ func TestCheckConfig(t *testing.T) {
 			assert.Empty(t, out.String())
 		})
 	}
+}
+
+// `tq serve --check-config` refuses what tq serve refuses at start for
+// exposure (--pprof beyond loopback without a metrics token), counting
+// the metrics token as tq serve does (--metrics-token-file, named, or
+// $TQ_METRICS_TOKEN), and warns, as the start does, of --metrics beyond
+// loopback without one. It used to report "configuration ok" for a
+// --pprof that tq serve then refused to start with.
+func TestCheckConfigExposure(t *testing.T) {
+	t.Setenv(auth.EnvToken, "s3cret")
+	dataDir := filepath.Join(t.TempDir(), "data")
+	base := []string{"--check-config", "--data-dir", dataDir}
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		metricsEnv string
+		wantErr    string // "" when accepted
+		wantWarn   string // "" when no warning
+	}{
+		{name: "pprof beyond loopback without a metrics token", args: []string{"--pprof", "0.0.0.0:6060"},
+			wantErr: `--pprof "0.0.0.0:6060" listens beyond this host without a token: set --metrics-token-file or $TQ_METRICS_TOKEN`},
+		{name: "pprof beyond loopback with $TQ_METRICS_TOKEN", args: []string{"--pprof", "0.0.0.0:6060"}, metricsEnv: "m"},
+		{name: "pprof beyond loopback with --metrics-token-file", args: []string{"--pprof", "0.0.0.0:6060", "--metrics-token-file", "/run/secrets/metrics-token"}},
+		{name: "pprof beyond loopback, insecure", args: []string{"--pprof", "0.0.0.0:6060", "--insecure"}},
+		{name: "pprof on loopback", args: []string{"--pprof", "6060"}},
+		{name: "metrics beyond loopback without a metrics token", args: []string{"--metrics", "0.0.0.0:9090"},
+			wantWarn: "tq serve: WARNING: --metrics 0.0.0.0:9090 listens beyond this host without a token"},
+		{name: "metrics beyond loopback with $TQ_METRICS_TOKEN", args: []string{"--metrics", "0.0.0.0:9090"}, metricsEnv: "m"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "pprof beyond loopback, insecure" {
+				unsetEnv(t, auth.EnvToken)
+			}
+			t.Setenv(envMetricsToken, tc.metricsEnv)
+			var out, errOut strings.Builder
+			err := serve(t.Context(), append(append([]string{}, base...), tc.args...), &out, &errOut)
+			if tc.wantErr != "" {
+				require.Error(t, err, "configuration accepted:\n%s", out.String())
+				assert.Contains(t, err.Error(), tc.wantErr)
+				assert.Empty(t, out.String())
+			} else {
+				require.NoError(t, err)
+				assert.Contains(t, out.String(), "# tq serve: configuration ok")
+			}
+			if tc.wantWarn != "" {
+				assert.Contains(t, errOut.String(), tc.wantWarn)
+			} else {
+				assert.Empty(t, errOut.String())
+			}
+			_, err = os.Stat(dataDir)
+			assert.True(t, os.IsNotExist(err), "--check-config created %s", dataDir)
+		})
+	}
+}
+
+// unsetEnv unsets key for the test, restoring it after (t.Setenv has no
+// unset of its own).
+func unsetEnv(t *testing.T, key string) {
+	t.Helper()
+	t.Setenv(key, "")
+	require.NoError(t, os.Unsetenv(key))
 }
 
 // TestConfigKeysAreFlags: every key of a config file is also a flag of

@@ -51,7 +51,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	if once.checkConfig {
-		return cfg.checkConfig(stdout)
+		return cfg.checkConfig(stdout, stderr)
 	}
 	if err := cfg.checkMemory(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
@@ -64,9 +64,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
-	if cfg.metricsExposed() {
-		fmt.Fprintf(stderr, "tq serve: WARNING: --metrics %s listens beyond this host without a token: whoever reaches it reads partition, task and field names (set --metrics-token-file or $%s)\n", cfg.Metrics, envMetricsToken)
-	}
+	cfg.warnMetricsExposed(stderr)
 	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
 	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce}
 	defer s.close()
@@ -186,21 +184,45 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 	return cfg, once, nil
 }
 
+// warnMetricsExposed says on w, at start and with --check-config, that
+// --metrics listens beyond this host without a token (allowed).
+func (c *serveConfig) warnMetricsExposed(w io.Writer) {
+	if c.metricsExposed() {
+		fmt.Fprintf(w, "tq serve: WARNING: --metrics %s listens beyond this host without a token: whoever reaches it reads partition, task and field names (set --metrics-token-file or $%s)\n", c.Metrics, envMetricsToken)
+	}
+}
+
 // checkConfig prints what --check-config promises: a comment naming
 // where the token would come from, then the configuration as YAML that
 // --config reads back to the same configuration, less the token.
-// Deployment recipes are checked with it (deploy/k8s).
-func (c serveConfig) checkConfig(w io.Writer) error {
+// Deployment recipes are checked with it (deploy/k8s). It refuses what
+// the start's checkExposure refuses, and warns on stderr as the start
+// does, reading no token: the token is the one tokenSource names (there
+// always is one, but with --insecure), and --metrics-token-file, when
+// named, is taken to hold one (the start refuses to go on without).
+func (c serveConfig) checkConfig(stdout, stderr io.Writer) error {
 	from := c.tokenSource()
 	if from == "" {
 		from = "none (--insecure)"
 	}
+	exp := c
+	if !c.Insecure && exp.Token == "" {
+		exp.Token = "(from " + from + ")" // stands for it; never printed
+	}
+	exp.metricsToken = os.Getenv(envMetricsToken)
+	if c.MetricsTokenFile != "" {
+		exp.metricsToken = "(from --metrics-token-file)"
+	}
+	if err := exp.checkExposure(); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	exp.warnMetricsExposed(stderr)
 	c.Token = ""
 	b, err := yaml.Marshal(&c)
 	if err != nil {
 		return fmt.Errorf("--check-config: %w", err)
 	}
-	fmt.Fprintf(w, "# tq serve: configuration ok; token from %s\n%s", from, b)
+	fmt.Fprintf(stdout, "# tq serve: configuration ok; token from %s\n%s", from, b)
 	return nil
 }
 

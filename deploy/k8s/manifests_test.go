@@ -598,7 +598,8 @@ func checkServe(p *pod, c *corev1.Container, args []string, env map[string]strin
 
 	// /metrics and --pprof beyond loopback ask for a token of their own:
 	// without one tq serve warns at each start (--metrics) or refuses to
-	// start (--pprof), which --check-config does not report.
+	// start (--pprof). --check-config refuses the latter too, but only
+	// warns of the former, on stderr, which a check would not see.
 	for _, l := range []struct{ flag, addr string }{{"--metrics", cfg.Metrics}, {"--pprof", cfg.Pprof}} {
 		if host, _, err := net.SplitHostPort(l.addr); l.addr != "" && err == nil && host != "" && !isLoopback(host) && cfg.MetricsToken == "" {
 			p.bad("container %s: %s %s listens beyond loopback without a metrics token ($TQ_METRICS_TOKEN from a Secret other than the cluster token's): whoever reaches the pod reads partition, task and field names, and tq serve warns (--metrics) or refuses to start (--pprof)", c.Name, l.flag, l.addr)
