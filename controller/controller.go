@@ -1560,7 +1560,7 @@ func (c *Controller) clearRows(p *partition, indexes []uint64) (int, []engine.Ce
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
 		c.forgetRows(p.id, released)
-		p.fetches.forgetRows(released)
+		p.forgetRows(released, time.Now())
 		p.notify()
 		if c.logging() {
 			p.removed = c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})

@@ -180,8 +180,16 @@ func (t *fetchTable) unindex(e *fetchEntry) {
 
 // forgetRows takes rows removed from the partition out of every entry
 // (see the file comment). Slices an entry held are replaced, not
-// changed: a snapshot may still be writing them.
-func (t *fetchTable) forgetRows(rows []uint64) {
+// changed: a snapshot may still be writing them. A held fetch left with
+// no consumed row holds nothing: it is no longer held (its at is now
+// then, as for an acknowledged one, so that it can still be asked again
+// and acknowledged), and it is returned, for the partition to drop from
+// its holds. Held, it would stay in the table past maxFetchKeys, and in
+// the partition's holds that every fetch looks through, until the
+// held-fetch TTL (forever with a negative one) for a caller that cleared
+// what it held and never settled it; its acknowledgment, once the TTL
+// gave it back, was refused, though nothing was given back.
+func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld []*fetchEntry) {
 	var hit []*fetchEntry
 	for _, gi := range rows {
 		r, ok := t.byRow[gi]
@@ -202,6 +210,23 @@ func (t *fetchTable) forgetRows(rows []uint64) {
 	for _, e := range hit {
 		e.sampled = withoutRows(e.sampled, gone)
 		e.consumed = withoutRows(e.consumed, gone)
+		if e.held && len(e.consumed) == 0 && !slices.Contains(unheld, e) {
+			e.held = false
+			e.at = now
+			unheld = append(unheld, e)
+		}
+	}
+	return unheld
+}
+
+// forgetRows takes rows removed from p out of its keyed fetches
+// (fetchTable.forgetRows) and drops the held ones left holding nothing
+// from p's holds. p is locked.
+func (p *partition) forgetRows(rows []uint64, now time.Time) {
+	unheld := p.fetches.forgetRows(rows, now)
+	if len(unheld) > 0 {
+		p.held = slices.DeleteFunc(p.held, func(e *fetchEntry) bool { return slices.Contains(unheld, e) })
+		p.heldCheck = time.Time{} // the next look works it out
 	}
 }
 

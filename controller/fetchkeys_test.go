@@ -119,7 +119,7 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 			now = now.Add(time.Duration(rng.IntN(120)) * time.Second)
 			tab.add(&fetchEntry{key: fmt.Sprint(rng.IntN(12)), task: "t", sampled: s, consumed: c, at: now})
 		case 2:
-			tab.forgetRows(rows())
+			tab.forgetRows(rows(), now)
 		case 3:
 			tab.reset("t")
 		}

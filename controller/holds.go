@@ -33,6 +33,11 @@ package controller
 // closed, and that did not connect again within Config.HeldClientGrace,
 // is gone (clients.go).
 //
+// A held fetch whose rows are all cleared (ClearRows, ClearKeys) holds
+// nothing and is no longer held (fetchTable.forgetRows): its caller's
+// acknowledgment succeeds, its giving back gives nothing back, and it is
+// bounded with the fetch table's other entries.
+//
 // Holds are durable: a consume record says the fetch holds (ConsumeOp.hold),
 // an ack record settles it, an unconsume record (the caller's or the
 // controller's) gives it back, and snapshots carry the flag. After a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -692,4 +693,70 @@ func TestHoldGroupWaitsForAMemberThatLeft(t *testing.T) {
 	require.NoError(t, err, "the member left: its rows may come back")
 	assert.Equal(t, reply.GetMeta().GetIndexes(), got.Indexes)
 	require.ErrorIs(t, c.Acknowledge("p", "t", "k1"), engine.ErrNotFound)
+}
+
+// A held fetch whose rows were all cleared holds nothing: it is no
+// longer held, so that it leaves the partition's holds and is bounded
+// with the fetch table's other entries (a client that cleared what it
+// held and never acknowledged used to grow both, for the held-fetch TTL,
+// forever with a negative one). Its acknowledgment still succeeds, its
+// giving back gives back nothing, and a fetch asked again with its key
+// answers as before; after a restart the same. A fetch that still holds
+// some of its rows stays held.
+func TestHeldFetchOfClearedRowsIsNoLongerHeld(t *testing.T) {
+	heldKeys := func(c *Controller) []string {
+		p := c.lock("p")
+		require.NotNil(t, p)
+		defer p.mu.Unlock()
+		var keys []string
+		for _, e := range p.held {
+			keys = append(keys, e.key)
+		}
+		for _, e := range p.fetches.m {
+			if e.held && !slices.Contains(keys, e.key) {
+				keys = append(keys, e.key+" (in the table only)")
+			}
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	for _, restart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("restart=%v", restart), func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.HeldFetchTTL = -1 // holds never expire
+			dir := t.TempDir()
+			c := openDurable(t, dir, cfg)
+			doneWith(t, c, 8)
+			a := heldFetch(t, c, "a", 3)
+			b := heldFetch(t, c, "b", 3)
+			_, err := c.ClearRows("p", a.Indexes)
+			require.NoError(t, err)
+			_, err = c.ClearRows("p", b.Indexes[:1])
+			require.NoError(t, err)
+			if restart {
+				crash(t, c)
+				c = openDurable(t, dir, cfg)
+			}
+			t.Cleanup(func() { c.Close() })
+			assert.Equal(t, []string{"b"}, heldKeys(c), "a holds nothing")
+			st, err := c.ConsumptionStatus("p", "t")
+			require.NoError(t, err)
+			assert.Equal(t, b.Indexes[1:], st.Held)
+
+			again, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 3, Key: "a", Hold: true})
+			require.NoError(t, err)
+			assert.True(t, again.Empty(), "asked again: the rows it took, none left")
+			assert.Equal(t, []string{"b"}, heldKeys(c), "asked again, still not held")
+			require.NoError(t, c.Acknowledge("p", "t", "a"))
+			require.NoError(t, c.Unconsume("p", "t", "a"), "nothing to give back")
+			require.NoError(t, c.Acknowledge("p", "t", "b"))
+			assert.Empty(t, heldKeys(c))
+
+			rest, err := peerFetch(c, time.Second)
+			require.NoError(t, err)
+			assert.Equal(t, 2, rest.Len(), "what nobody took, and nothing given back twice")
+			_, err = peerFetch(c, time.Second)
+			require.ErrorIs(t, err, engine.ErrDone)
+		})
+	}
 }
