@@ -132,7 +132,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Fsync, "fsync", c.Fsync, "when the controller's log reaches the disk: batch (every change on disk before its reply; concurrent changes share an fsync), always (an fsync per change), never (the operating system writes it; a machine crash may lose the last moments)")
 	fs.BoolVar(&c.InMemory, "in-memory", c.InMemory, "keep the controller's metadata in memory only: a restart forgets every key and row (the units then free their bytes)")
 	fs.StringVar(&c.Restore, "restore", c.Restore, "load checkpoint NAME (from DATA_DIR/checkpoints) once the storage units are up, into a controller that holds no partition (a restart keeps its state; see --restore-force); one that is not there fails the start before anything listens")
-	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps). One word: white space (a trailing newline, say) or a control character in --token or $TQ_TOKEN is refused, as clients refuse it")
+	fs.StringVar(&c.Token, "token", c.Token, "shared secret every client and unit must present (default: $TQ_TOKEN, else DATA_DIR/token, created on first start; clients of this user find it there). Prefer $TQ_TOKEN: other users of this host see a command line (ps). One word: white space (a trailing newline, say) or a control character in --token or $TQ_TOKEN is refused, as clients refuse it, and so is $TQ_TOKEN set but empty")
 	fs.BoolVar(&c.RefuseClearToken, "refuse-clear-token", c.RefuseClearToken, "refuse clients and units that send the token in clear (older than the challenge handshake, which never sends it); by default they are still admitted")
 	fs.BoolVar(&c.Insecure, "insecure", c.Insecure, "DANGEROUS: no token at all, so that ANY LOCAL USER (and, beyond loopback, anyone on the network) can read, overwrite and wipe the data; refused with --token or $TQ_TOKEN")
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, fmt.Sprintf("rows reserved when a partition is created (at most %d)", maxPreAlloc))
@@ -416,10 +416,15 @@ func (c *serveConfig) validate() error {
 			if err := auth.CheckToken(c.Token); err != nil {
 				bad("--token: %v", err)
 			}
-		} else if tok := os.Getenv(auth.EnvToken); tok != "" {
+		} else if tok, set := os.LookupEnv(auth.EnvToken); tok != "" {
 			if err := auth.CheckToken(tok); err != nil {
 				bad("$%s: %v", auth.EnvToken, err)
 			}
+		} else if set {
+			// A Kubernetes Secret with an empty value: taken as unset, a
+			// unit looked for a token file it cannot have (failing on a
+			// read-only root filesystem), a controller made its own.
+			bad("$%s is set but empty (a Secret with an empty value?): set it to the cluster's token, or unset it to use the data directory's token file", auth.EnvToken)
 		}
 	}
 	if c.MetricsTokenFile == "" {

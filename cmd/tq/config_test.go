@@ -39,7 +39,7 @@ func TestSecureChecksRESPSocketDir(t *testing.T) {
 		{"group-writable", 0o770, "mode 0770"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv(auth.EnvToken, "")
+			unsetEnv(t, auth.EnvToken)
 			dir := filepath.Join(t.TempDir(), "resp")
 			require.NoError(t, os.Mkdir(dir, 0o700))
 			require.NoError(t, os.Chmod(dir, tc.mode))
@@ -227,7 +227,7 @@ func TestNewLogger(t *testing.T) {
 // creates nothing, leaves the token out, and prints a configuration that
 // --config reads back to the same one.
 func TestCheckConfig(t *testing.T) {
-	t.Setenv(auth.EnvToken, "")
+	unsetEnv(t, auth.EnvToken)
 	root := t.TempDir()
 	dataDir, sockDir := filepath.Join(root, "data"), filepath.Join(root, "sock")
 	args := []string{"--check-config", "--role", "unit", "--controller", "tcp://tq-controller:7370", "--capacity", "4GiB",
@@ -262,6 +262,9 @@ func TestCheckConfig(t *testing.T) {
 			{"", "true", "token from none (--insecure)"},
 		} {
 			t.Setenv(auth.EnvToken, tc.env)
+			if tc.env == "" {
+				unsetEnv(t, auth.EnvToken) // set but empty is refused
+			}
 			var out strings.Builder
 			require.NoError(t, serve(t.Context(), []string{"--check-config", "--data-dir", dataDir, "--insecure=" + tc.insecure}, &out, io.Discard))
 			assert.Contains(t, out.String(), tc.want)
@@ -851,7 +854,7 @@ func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "tq.yaml")
 	require.NoError(t, os.WriteFile(file, []byte("token: |\n  s3cret\n"), 0o600))
 	t.Run("--token", func(t *testing.T) {
-		t.Setenv(auth.EnvToken, "")
+		unsetEnv(t, auth.EnvToken)
 		checkConfigCases(t, []configCase{
 			{[]string{"--token", "s3cret\n"}, "--token: white space around the token (7 bytes; a trailing newline"},
 			{[]string{"--token", " s3cret"}, "--token: white space around the token"},
@@ -873,6 +876,31 @@ func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
 	_, _, err := parseServeConfig([]string{"--check-config", "--token", "s3cret\n"}, io.Discard)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "s3cret", "the token is not printed")
+}
+
+// $TQ_TOKEN set but empty (a Kubernetes Secret with an empty value) was
+// taken as unset: a unit fell back to the data directory's token file,
+// and on a read-only root filesystem failed creating the data directory,
+// naming no token; a controller made a token of its own that no unit
+// knew. It is refused, at start and by --check-config, naming $TQ_TOKEN;
+// with --token (which wins) or --insecure (TQ_TOKEN= tq serve --insecure)
+// it is taken, and unset the data directory's token file is used.
+func TestAnEmptyTokenFromTheEnvironmentIsRefused(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, "/dev/null/read-only")
+	t.Setenv(auth.EnvToken, "")
+	const want = "$TQ_TOKEN is set but empty"
+	unit := []string{"--role", "unit", "--controller", "tcp://h:1"}
+	checkConfigCases(t, []configCase{
+		{unit, want},
+		{nil, want},
+		{append(unit, "--token", "s3cret"), ""},
+		{[]string{"--insecure"}, ""},
+	})
+	err := serve(t.Context(), unit, io.Discard, io.Discard)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), want, "at start")
+	unsetEnv(t, auth.EnvToken)
+	checkConfigCases(t, []configCase{{unit, ""}})
 }
 
 // --insecure with $TQ_TOKEN set served without a token, dropping the
@@ -923,7 +951,7 @@ func TestCheckConfigRefusesAMalformedRestoreName(t *testing.T) {
 // $TQ_DATA_DIR, which only chooses the default), wherever --config stands
 // among the flags; a key the flags leave alone keeps the file's value.
 func TestServeConfigPrecedence(t *testing.T) {
-	t.Setenv(auth.EnvToken, "")
+	unsetEnv(t, auth.EnvToken)
 	envDir := t.TempDir()
 	t.Setenv(auth.EnvDataDir, envDir)
 	dir := t.TempDir()
@@ -988,7 +1016,7 @@ func TestServeConfigPrecedence(t *testing.T) {
 // controller's log or plant the checkpoint a --restore loads. A link to
 // a private directory (a bigger disk of this user's) is taken.
 func TestSecureRefusesALinkOutOfTheDataDirToASharedDir(t *testing.T) {
-	t.Setenv(auth.EnvToken, "")
+	unsetEnv(t, auth.EnvToken)
 	for _, sub := range []string{"controller", "checkpoints"} {
 		t.Run(sub, func(t *testing.T) {
 			c := defaultServeConfig()
