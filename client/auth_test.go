@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -154,6 +155,7 @@ func TestRequireServerProofEnv(t *testing.T) {
 	t.Run("no token", func(t *testing.T) {
 		t.Setenv("TQ_REQUIRE_SERVER_PROOF", "1")
 		t.Setenv("TQ_TOKEN", "")
+		require.NoError(t, os.Unsetenv("TQ_TOKEN")) // set but empty is refused
 		t.Setenv("TQ_DATA_DIR", t.TempDir())
 		addr, sent := plainController(t)
 		_, err := DialMeta(t.Context(), addr, RemoteConfig{Name: "t"})

@@ -328,11 +328,12 @@ func leaveUnits(units []DataUnit) {
 }
 
 // FindToken returns the token a client presents: explicit when it is not
-// empty, else $TQ_TOKEN, else the token file in this user's data
-// directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else
+// empty, else $TQ_TOKEN, else (when $TQ_TOKEN is unset) the token file in
+// this user's data directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else
 // ~/.local/state/tq) that tq serve creates on first start; "" when there
-// is none. A token file others may read, or that another user owns, is an
-// error wrapping [engine.ErrInvalid] rather than a token to send.
+// is none. A token file others may read, or that another user owns, and
+// $TQ_TOKEN set but empty (as tq serve refuses it) are errors wrapping
+// [engine.ErrInvalid] rather than a token to send.
 func FindToken(explicit string) (string, error) { return auth.FindToken(explicit) }
 
 // RequireServerProof returns whether a client requires the servers to

@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,6 +36,9 @@ func TestDialFindsToken(t *testing.T) {
 		} {
 			t.Run(network+"/"+tc.name, func(t *testing.T) {
 				t.Setenv(auth.EnvToken, tc.env)
+				if tc.env == "" {
+					os.Unsetenv(auth.EnvToken) // set but empty is refused
+				}
 				t.Setenv(auth.EnvDataDir, tc.dataDir)
 				m, err := client.DialMeta(context.Background(), addr, client.RemoteConfig{Token: tc.explicit})
 				if tc.ok {

@@ -424,7 +424,7 @@ func (c *serveConfig) validate() error {
 			// A Kubernetes Secret with an empty value: taken as unset, a
 			// unit looked for a token file it cannot have (failing on a
 			// read-only root filesystem), a controller made its own.
-			bad("$%s is set but empty (a Secret with an empty value?): set it to the cluster's token, or unset it to use the data directory's token file", auth.EnvToken)
+			bad("%s", auth.EmptyEnvToken)
 		}
 	}
 	if c.MetricsTokenFile == "" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
 )
 
@@ -158,7 +159,7 @@ func (dc *drainCluster) addUnit(t *testing.T) {
 // tq runs the tq binary as a client of the same user.
 func (dc *drainCluster) tq(ctx context.Context, env []string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, dc.bin, args...)
-	cmd.Env = append(append(os.Environ(), dc.ctrl.env()...), env...)
+	cmd.Env = append(append(environWithout(auth.EnvToken), dc.ctrl.env()...), env...)
 	return cmd
 }
 
@@ -471,7 +472,7 @@ func TestDrainRefusals(t *testing.T) {
 	}{
 		{"unknown unit", nil, []string{"drain", "--controller", dc.addr, "99"}, "storage unit 99 is not registered"},
 		{"the last unit", nil, []string{"drain", "--controller", dc.addr, "1"}, "only live unit that is not draining"},
-		{"no token", []string{"TQ_DATA_DIR=" + t.TempDir(), "TQ_TOKEN="}, []string{"drain", "--controller", dc.addr, "1"}, "unauthenticated"},
+		{"no token", []string{"TQ_DATA_DIR=" + t.TempDir()}, []string{"drain", "--controller", dc.addr, "1"}, "unauthenticated"},
 		{"not an id", nil, []string{"drain", "--controller", dc.addr, "one"}, `"one" is not a unit id`},
 		{"no controller", []string{"TQ_CONTROLLER="}, []string{"drain", "1"}, "no controller address"},
 		{"unknown verb", nil, []string{"remove", "1"}, `unknown verb "remove"`},

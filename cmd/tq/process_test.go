@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -213,13 +214,22 @@ func (p *serveProc) stop(t *testing.T) {
 	}
 }
 
-// helper starts this test binary as a helper process playing role.
+// helper starts this test binary as a helper process playing role. It
+// has a token only when env gives one: without, it uses the token file of
+// its data directory.
 func helper(t *testing.T, wrapper []string, role string, env ...string) *exec.Cmd {
 	t.Helper()
 	argv := append(append([]string{}, wrapper...), os.Args[0], "-test.run=^TestHelperProcess$", "-test.v")
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(append(os.Environ(), "TQ_HELPER="+role), env...)
+	cmd.Env = append(append(environWithout(auth.EnvToken), "TQ_HELPER="+role), env...)
 	return cmd
+}
+
+// environWithout is os.Environ() less key. A child process that is to use
+// the token file of its data directory must not have $TQ_TOKEN at all:
+// set but empty, clients refuse it, as tq serve does.
+func environWithout(key string) []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, key+"=") })
 }
 
 func runHelpers(t *testing.T, cmds ...*exec.Cmd) {
@@ -472,7 +482,7 @@ func TestHelperProcess(t *testing.T) {
 func TestServeShm(t *testing.T) {
 	bin := tqBinary(t)
 	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
-	env := append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_TRANSPORT=shm")
+	env := append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TRANSPORT=shm")
 	runHelpers(t, helper(t, nil, "shmview", env...))
 }
 
@@ -484,7 +494,7 @@ func TestServeShmKilledClientGivesBack(t *testing.T) {
 	dir := t.TempDir()
 	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", dir, "--units", "1", "--capacity", "64MiB")
 	unit := "unix://" + filepath.Join(dir, "unit-1.sock")
-	cmd := helper(t, nil, "shmhold", append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=", "TQ_UNIT="+unit)...)
+	cmd := helper(t, nil, "shmhold", append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_UNIT="+unit)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -721,7 +731,7 @@ func TestOtherUserNeedsToken(t *testing.T) {
 		}
 	}
 	env := []string{"TQ_CTRL_TCP=" + p.addr("tcp"), "TQ_CTRL_UNIX=" + p.addr("unix"),
-		"TQ_UNIT_TCP=" + unitTCP, "TQ_UNIT_UNIX=" + unitUnix, "TQ_TOKEN="}
+		"TQ_UNIT_TCP=" + unitTCP, "TQ_UNIT_UNIX=" + unitUnix}
 	// The same user without the token (a client that lost it).
 	runHelpers(t, helper(t, nil, "intruder", append([]string{auth.EnvDataDir + "=" + t.TempDir(), "TQ_INTRUDER_SAME_UID=1"}, env...)...))
 	// Another user, when this test may be one (as root: CI).
@@ -740,7 +750,7 @@ func TestOtherUserNeedsToken(t *testing.T) {
 		os.Mkdir(other, 0o700)
 		os.Chown(other, 65534, 65534)
 		cmd := exec.Command(bin, "-test.run=^TestHelperProcess$", "-test.v")
-		cmd.Env = append(append(os.Environ(), "TQ_HELPER=intruder", auth.EnvDataDir+"="+filepath.Join(other, "tq"), "HOME="+other), env...)
+		cmd.Env = append(append(environWithout(auth.EnvToken), "TQ_HELPER=intruder", auth.EnvDataDir+"="+filepath.Join(other, "tq"), "HOME="+other), env...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		runHelpers(t, cmd)
 	}
@@ -949,6 +959,6 @@ func TestServeInsecure(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(p.dataDir, auth.TokenFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("--insecure made a token file: %v", err)
 	}
-	runHelpers(t, helper(t, nil, "roundtrip", auth.EnvDataDir+"="+t.TempDir(), "TQ_ADDR="+p.addr("tcp"), "TQ_TOKEN="))
+	runHelpers(t, helper(t, nil, "roundtrip", auth.EnvDataDir+"="+t.TempDir(), "TQ_ADDR="+p.addr("tcp")))
 	p.stop(t)
 }

@@ -153,7 +153,7 @@ func rowsOf(t *testing.T, batches []string) []int {
 func TestStreamProcesses(t *testing.T) {
 	bin := tqBinary(t)
 	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
-	env := append(p.env(), "TQ_ADDR="+p.addr("unix"), "TQ_TOKEN=")
+	env := append(p.env(), "TQ_ADDR="+p.addr("unix"))
 
 	// One producer and a trainer of 2 DP groups × 2 ranks, four
 	// processes. Rank 1 (group 0) breaks out after 3 micro-batches and

@@ -271,13 +271,21 @@ func CheckToken(tok string) error {
 	return nil
 }
 
+// EmptyEnvToken is the refusal of $TQ_TOKEN set but empty (a Kubernetes
+// Secret with an empty value), by tq serve and by [FindToken] alike:
+// taken as unset, a client used the token file — some other token, or
+// none — and tq serve of a unit looked for a file it cannot have.
+const EmptyEnvToken = "$" + EnvToken + " is set but empty (a Secret with an empty value?): set it to the cluster's token, or unset it to use the data directory's token file"
+
 // FindToken returns the token a client presents: explicit when it is not
-// empty, else $TQ_TOKEN, else the token file in [DefaultDataDir] — the one
-// tq serve of the same user made. With none of them it returns "" (a
-// server run with --insecure needs none). A token file that exists but is
-// not safe to use ([ReadToken]), or an explicit token or $TQ_TOKEN that
-// [CheckToken] refuses, is an error wrapping [engine.ErrInvalid] that
-// names where the token came from and never the token.
+// empty, else $TQ_TOKEN, else (when $TQ_TOKEN is unset) the token file in
+// [DefaultDataDir] — the one tq serve of the same user made. With none of
+// them it returns "" (a server run with --insecure needs none). A token
+// file that exists but is not safe to use ([ReadToken]), an explicit token
+// or $TQ_TOKEN that [CheckToken] refuses, or $TQ_TOKEN set but empty
+// ([EmptyEnvToken], as tq serve refuses it) is an error wrapping
+// [engine.ErrInvalid] that names where the token came from and never the
+// token.
 func FindToken(explicit string) (string, error) {
 	if explicit != "" {
 		if err := CheckToken(explicit); err != nil {
@@ -285,11 +293,13 @@ func FindToken(explicit string) (string, error) {
 		}
 		return explicit, nil
 	}
-	if t := os.Getenv(EnvToken); t != "" {
+	if t, set := os.LookupEnv(EnvToken); t != "" {
 		if err := CheckToken(t); err != nil {
 			return "", fmt.Errorf("$%s: %w: %w", EnvToken, err, engine.ErrInvalid)
 		}
 		return t, nil
+	} else if set {
+		return "", fmt.Errorf("%s: %w", EmptyEnvToken, engine.ErrInvalid)
 	}
 	dir, err := DefaultDataDir()
 	if err != nil {

@@ -303,6 +303,9 @@ func TestFindToken(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv(EnvToken, tc.env)
+			if tc.env == "" {
+				require.NoError(t, os.Unsetenv(EnvToken)) // set but empty is refused
+			}
 			t.Setenv(EnvDataDir, tc.dataDir)
 			got, err := FindToken(tc.explicit)
 			require.NoError(t, err)
@@ -313,6 +316,7 @@ func TestFindToken(t *testing.T) {
 		open := t.TempDir()
 		writeToken("abc", 0o644)(t, filepath.Join(open, TokenFile))
 		t.Setenv(EnvToken, "")
+		require.NoError(t, os.Unsetenv(EnvToken))
 		t.Setenv(EnvDataDir, open)
 		_, err := FindToken("")
 		require.ErrorIs(t, err, engine.ErrInvalid)
@@ -331,6 +335,10 @@ func TestFindToken(t *testing.T) {
 			{"$TQ_TOKEN, CRLF", "", "s3cret\r\n", "$TQ_TOKEN: white space around the token (8 bytes"},
 			{"$TQ_TOKEN, leading space", "", " s3cret", "$TQ_TOKEN: white space around the token"},
 			{"$TQ_TOKEN, newline inside", "", "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"},
+			// A Kubernetes Secret with an empty value: taken as unset, the
+			// client used the token file (another token) while tq serve
+			// refuses it (cmd/tq's validate), with the same words.
+			{"$TQ_TOKEN, set but empty", "", "", "$TQ_TOKEN is set but empty (a Secret with an empty value?): set it to the cluster's token, or unset it to use the data directory's token file"},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				t.Setenv(EnvToken, tc.env)
@@ -340,6 +348,13 @@ func TestFindToken(t *testing.T) {
 				assert.NotContains(t, err.Error(), "s3", "the token is not printed")
 			})
 		}
+	})
+	t.Run("a given token wins over an empty $TQ_TOKEN", func(t *testing.T) {
+		t.Setenv(EnvToken, "")
+		t.Setenv(EnvDataDir, dir)
+		got, err := FindToken("given")
+		require.NoError(t, err)
+		assert.Equal(t, "given", got)
 	})
 	t.Run("hint names the file", func(t *testing.T) {
 		t.Setenv(EnvDataDir, dir)

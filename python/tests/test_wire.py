@@ -113,6 +113,8 @@ def test_token_file_rules(tmp_path, monkeypatch):
     assert wire.find_token("explicit") == "explicit"
     monkeypatch.setenv("TQ_TOKEN", "fromenv")
     assert wire.find_token() == "fromenv"
+    monkeypatch.setenv("TQ_TOKEN", "")
+    assert wire.find_token("explicit") == "explicit"  # wins over an empty $TQ_TOKEN, as over any
     monkeypatch.delenv("TQ_TOKEN")
     os.chmod(tok, 0o640)
     with pytest.raises(tq.InvalidError):
@@ -738,6 +740,10 @@ def test_range_outside_a_segment_is_corrupt():
     (None, " s3cret", "$TQ_TOKEN: white space around the token"),
     (None, "s3cret\xa0", "$TQ_TOKEN: white space around the token (8 bytes"),
     (None, "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"),
+    # A Kubernetes Secret with an empty value: taken as unset, the token
+    # file (another token) was used while tq serve refuses it.
+    (None, "", "$TQ_TOKEN is set but empty (a Secret with an empty value?): set it to the cluster's token, "
+               "or unset it to use the data directory's token file"),
 ])
 def test_given_token_not_one_word_refused(tmp_path, monkeypatch, explicit, env, want):
     """A token argument or $TQ_TOKEN that is not one word is refused, as

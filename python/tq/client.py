@@ -302,8 +302,8 @@ class Client:
 
     ``address``: the controller (``tcp://host:port``, ``unix:///path``,
     ``host:port``); default $TQ_ADDRESS, else ``tcp://127.0.0.1:7370``.
-    ``token``: default $TQ_TOKEN, else the token file in this user's data
-    directory. ``transport``: ``"auto"`` (shared memory with units on this
+    ``token``: default $TQ_TOKEN (refused when set but empty), else the
+    token file in this user's data directory. ``transport``: ``"auto"`` (shared memory with units on this
     host, TCP with the others), ``"tcp"``, or ``"shm"`` (fail where shared
     memory is impossible). ``retry_for``: how long, in seconds, a call
     that is safe to repeat (a read, a listing, a fetch, giving rows back,

@@ -176,12 +176,15 @@ def check_token(tok: str, where: str) -> None:
 
 
 def find_token(explicit: str | None = None) -> str:
-    """The token a client presents: ``explicit``, else $TQ_TOKEN, else the
-    token file in :func:`data_dir` (the one ``tq serve`` of this user made),
-    else "" (a server run with --insecure needs none). A token file that
-    another user owns, or that group or others may read, is refused; so is
-    an explicit token or $TQ_TOKEN that is not one word
-    (:func:`check_token`)."""
+    """The token a client presents: ``explicit``, else $TQ_TOKEN, else
+    (when $TQ_TOKEN is unset) the token file in :func:`data_dir` (the one
+    ``tq serve`` of this user made), else "" (a server run with --insecure
+    needs none). A token file that another user owns, or that group or
+    others may read, is refused; so is an explicit token or $TQ_TOKEN that
+    is not one word (:func:`check_token`), and $TQ_TOKEN set but empty (a
+    Kubernetes Secret with an empty value), as ``tq serve`` and Go clients
+    refuse it: taken as unset, the token file's token, some other one, was
+    used."""
     if explicit:
         check_token(explicit, "the token argument")
         return explicit
@@ -189,6 +192,10 @@ def find_token(explicit: str | None = None) -> str:
     if t:
         check_token(t, f"${ENV_TOKEN}")
         return t
+    if t is not None:
+        raise errors.InvalidError(
+            f"${ENV_TOKEN} is set but empty (a Secret with an empty value?): set it to the cluster's token, "
+            "or unset it to use the data directory's token file")
     path = os.path.join(data_dir(), "token")
     try:
         # O_NONBLOCK: a named pipe there would block the open until a
