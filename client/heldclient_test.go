@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -86,9 +87,18 @@ func TestIdleClientComesBackOnItsOwn(t *testing.T) {
 // returns the address and the producer's connection.
 func heldSetup(t *testing.T, grace time.Duration, n int) (string, *client.RemoteMeta) {
 	t.Helper()
-	ctx := context.Background()
 	cfg := controller.DefaultConfig()
 	cfg.HeldClientGrace = grace
+	_, addr, producer := heldServe(t, cfg, n)
+	return addr, producer
+}
+
+// heldServe serves a controller of cfg over TCP, with partition "p" of n
+// produced rows marked done; it returns the controller, its address and
+// the producer's connection.
+func heldServe(t *testing.T, cfg controller.Config, n int) (*controller.Controller, string, *client.RemoteMeta) {
+	t.Helper()
+	ctx := context.Background()
 	c, err := controller.New(cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
@@ -100,5 +110,33 @@ func heldSetup(t *testing.T, grace time.Duration, n int) (string, *client.Remote
 		{Name: "x", DType: engine.Int64, Kind: engine.Dense, Shape: engine.Shape{}, Locs: locs(1, n, 0, 8)},
 	}}))
 	require.NoError(t, producer.MarkDone(ctx, "p"))
-	return addr, producer
+	return c, addr, producer
+}
+
+// A held fetch the controller gave back (its hold outlived the TTL, and
+// a peer took its rows) is refused its acknowledgment however late it
+// comes: 65,536 keyed fetches later, its key gone from the fetch table,
+// the acknowledgment succeeded, and the client kept rows the peer had.
+// A key never held still succeeds.
+func TestLateAcknowledgeOfAHoldGivenBack(t *testing.T) {
+	ctx := context.Background()
+	cfg := controller.DefaultConfig()
+	cfg.HeldFetchTTL = 100 * time.Millisecond
+	c, addr, producer := heldServe(t, cfg, 4)
+	consumer := dialMeta(t, addr, client.RemoteConfig{Name: "consumer"})
+	held, err := consumer.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "k", Hold: true})
+	require.NoError(t, err)
+	require.Equal(t, 4, held.Len())
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	got, err := producer.Fetch(wctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Wait: true})
+	require.NoError(t, err, "given back by the TTL")
+	require.Equal(t, held.Indexes, got.Indexes)
+	for i := range 1 << 16 { // keyed fetches (given back) push "k" out of the fetch table
+		require.NoError(t, c.Unconsume("p", "t", fmt.Sprintf("k%d", i)))
+	}
+	err = consumer.Acknowledge(ctx, "p", "t", "k")
+	require.ErrorIs(t, err, engine.ErrNotFound, "the peer has the rows")
+	require.ErrorContains(t, err, "given back")
+	require.NoError(t, consumer.Acknowledge(ctx, "p", "t", "never held"))
 }

@@ -12,7 +12,8 @@ package controller
 //     yet never will (the key is spent).
 //
 // Entries live fetchKeyTTL, at most maxFetchKeys per partition (the oldest
-// go first). They are part of the durable state: consume and unconsume
+// go first); the keys of held fetches given back are remembered longer
+// (givenBack). They are part of the durable state: consume and unconsume
 // records carry the key, and snapshots hold the table.
 //
 // A reset of a task's consumption ends what its entries can give back:
@@ -70,6 +71,47 @@ type fetchTable struct {
 	// entries that name it, so that a clear finds what it changes without
 	// walking the table.
 	byRow map[uint64]fetchRefs
+	// back are the held fetches given back, remembered past their
+	// entries (givenBack).
+	back givenBack
+}
+
+// maxGivenBack bounds a partition's givenBack.
+const maxGivenBack = 1 << 16
+
+// givenBack remembers the keys of held fetches whose rows were given back
+// (by their caller, or by the controller: holds.go) after their entries
+// leave the table (fetchKeyTTL, maxFetchKeys), so that an acknowledgment
+// that comes however late is refused: forgotten, the key would read as one
+// never held, whose acknowledgment succeeds, and the caller would use rows
+// another consumer may have been given. No TTL: at most maxGivenBack,
+// the oldest forgotten first; a give-back of a held fetch is rare (a
+// holder that died, or dropped what it fetched). Durable with the table:
+// snapshots carry them (fetchTable.copyState), and an unconsume record
+// replayed gives the fetch back again.
+type givenBack struct {
+	m     map[string]backEntry
+	order []string // by give-back: the oldest first
+}
+
+type backEntry struct {
+	task string
+	at   time.Time
+}
+
+func (b *givenBack) add(key, task string, at time.Time) {
+	if _, ok := b.m[key]; ok {
+		return
+	}
+	if b.m == nil {
+		b.m = make(map[string]backEntry)
+	}
+	for len(b.order) >= maxGivenBack {
+		delete(b.m, b.order[0])
+		b.order = b.order[1:]
+	}
+	b.m[key] = backEntry{task: task, at: at}
+	b.order = append(b.order, key)
 }
 
 // fetchRefs are the entries that name one row: almost always one (a row
@@ -278,6 +320,12 @@ func (t *fetchTable) copyState() []*wirepb.StateFetch {
 			Kept: e.kept.pb(), Held: e.held, HoldGroup: heldGroup(e.held, e.group),
 		})
 	}
+	// Then the held fetches given back, spent and held (which no entry
+	// is), as the table remembers them after their entries (givenBack).
+	for _, key := range t.back.order {
+		b := t.back.m[key]
+		out = append(out, &wirepb.StateFetch{Key: []byte(key), Task: b.task, Spent: true, Held: true, AtUnixMs: b.at.UnixMilli()})
+	}
 	return out
 }
 
@@ -285,6 +333,10 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
 	for _, f := range fs {
 		if len(f.Key) == 0 || len(f.Key) > maxFetchKeyLen || f.Task == "" {
 			return corrupt("partition %q: a fetch key of %d bytes for task %q", p.id, len(f.Key), f.Task)
+		}
+		if f.Spent && f.Held {
+			p.fetches.back.add(string(f.Key), f.Task, time.UnixMilli(f.AtUnixMs)) // a held fetch given back
+			continue
 		}
 		ref, err := keptRefOf(f.Task, f.Kept)
 		if err != nil {
@@ -336,6 +388,7 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 		if e.held {
 			e.held = false
 			e.at = at // the caller's ack, if it comes, must still learn of this (holds.go)
+			p.fetches.back.add(key, task, at)
 		}
 		e.spent = true
 	} else {

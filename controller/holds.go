@@ -20,7 +20,9 @@ package controller
 // forever, so a hold not settled within Config.HeldFetchTTL is given back
 // by the controller, as if by its caller: the key is spent, and the
 // caller's acknowledgment, if it comes after all, is refused
-// (ErrNotFound) so that it does not use rows others may have taken.
+// (ErrNotFound) so that it does not use rows others may have taken —
+// however late: the key of a held fetch given back outlives its entry in
+// the fetch table (givenBack in fetchkeys.go).
 // Sooner when the controller knows the caller's process (a client on its
 // host, over its unix socket: engine.FetchRequest.HolderPID): while a
 // fetch waits at the end for held rows, the controller looks, at once and
@@ -323,9 +325,12 @@ var errHoldGivenBack = fmt.Errorf("its rows were given back (by its caller, or b
 // again. An error wrapping [engine.ErrNotFound] says the fetch's rows
 // were given back (by the caller, or by the controller after
 // Config.HeldFetchTTL; a keyed fetch without Hold answers the same): the
-// caller must not use them. A key the partition holds nothing for and gave
-// nothing back of (a fetch without Hold, one acknowledged long ago, an
-// unknown partition) succeeds. Idempotent.
+// caller must not use them; however late it comes for a held fetch (the
+// partition remembers the last 65,536 held fetches it gave back, past
+// their fetch keys' 10 minutes). A key the partition holds nothing for and
+// gave nothing back of (a fetch without Hold, or whose rows were a batch
+// kept for a DP group; one acknowledged long ago; an unknown partition)
+// succeeds. Idempotent.
 func (c *Controller) Acknowledge(partition, task, key string) error {
 	switch {
 	case task == "":
@@ -344,9 +349,17 @@ func (c *Controller) Acknowledge(partition, task, key string) error {
 	now := time.Now()
 	c.expireHeld(p, now)
 	e := p.fetches.get(key, now)
+	if e == nil {
+		b, ok := p.fetches.back.m[key]
+		switch {
+		case !ok:
+			return nil
+		case b.task != task:
+			return opErr("acknowledge", partition, fmt.Errorf("fetch key of task %q acknowledged for task %q: %w", b.task, task, engine.ErrInvalid))
+		}
+		return opErr("acknowledge", partition, fmt.Errorf("held fetch of task %q, given back at %s: %w", task, b.at.UTC().Format(time.RFC3339), errHoldGivenBack))
+	}
 	switch {
-	case e == nil:
-		return nil
 	case e.task != task:
 		return opErr("acknowledge", partition, fmt.Errorf("fetch key of task %q acknowledged for task %q: %w", e.task, task, engine.ErrInvalid))
 	case e.spent:

@@ -760,3 +760,67 @@ func TestHeldFetchOfClearedRowsIsNoLongerHeld(t *testing.T) {
 		})
 	}
 }
+
+// A held fetch given back is refused its acknowledgment however late it
+// comes: its key outlives its entry in the fetch table (10 minutes, or
+// 65,536 keyed fetches), a restart included. Forgotten, the key read as
+// one never held, and the acknowledgment succeeded: the caller kept rows
+// another consumer had been given. A key never fetched still succeeds.
+func TestHeldFetchGivenBackLongAgo(t *testing.T) {
+	// age makes the fetch table's entry for key older than its TTL: as
+	// if 10 minutes had passed.
+	age := func(c *Controller, key string) {
+		p := c.lock("p")
+		defer p.mu.Unlock()
+		e := p.fetches.m[key]
+		require.NotNil(t, e, "fetch %q", key)
+		e.at = e.at.Add(-2 * fetchKeyTTL)
+	}
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{HeldFetchTTL: 100 * time.Millisecond}
+			c := openDurable(t, dir, cfg)
+			doneWith(t, c, 6)
+			heldFetch(t, c, "kept", 2)
+			require.NoError(t, c.Acknowledge("p", "t", "kept"))
+			held := heldFetch(t, c, "a", 4)
+			got, err := peerFetch(c, 10*time.Second)
+			require.NoError(t, err, "given back by the TTL")
+			require.Equal(t, held.Indexes, got.Indexes)
+			age(c, "a")
+			age(c, "kept")
+			err = c.Acknowledge("p", "t", "a")
+			require.ErrorIs(t, err, engine.ErrNotFound, "the rows went to another consumer")
+			require.ErrorContains(t, err, "given back")
+			require.ErrorIs(t, c.Acknowledge("p", "other", "a"), engine.ErrInvalid, "another task's key")
+			require.NoError(t, c.Acknowledge("p", "t", "kept"), "acknowledged long ago: the retry succeeds")
+			require.NoError(t, c.Acknowledge("p", "t", "never fetched"))
+
+			require.NoError(t, c.WaitDurable(context.Background()))
+			want := stateBytes(t, c)
+			way.stop(t, c)
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			if e := c.parts["p"].fetches.m["a"]; e != nil && !e.at.Before(time.Now().Add(-fetchKeyTTL)) {
+				age(c, "a") // replayed from the log: the entry is new again
+			}
+			require.ErrorIs(t, c.Acknowledge("p", "t", "a"), engine.ErrNotFound, "given back before the restart")
+		})
+	}
+}
+
+// The held fetches given back a partition remembers are bounded: the
+// oldest go first.
+func TestGivenBackBound(t *testing.T) {
+	var b givenBack
+	now := time.Now()
+	for i := range maxGivenBack + 1 {
+		b.add(fmt.Sprintf("k%d", i), "t", now)
+	}
+	require.Len(t, b.m, maxGivenBack)
+	require.Len(t, b.order, maxGivenBack)
+	assert.NotContains(t, b.m, "k0")
+	assert.Contains(t, b.m, fmt.Sprintf("k%d", maxGivenBack))
+}

@@ -1004,8 +1004,10 @@ func (x *UnconsumeRequest) GetKey() []byte {
 // key (FetchRequest.hold) keeps its rows: they are consumed for task for
 // good. Fails with CODE_NOT_FOUND when the rows were given back (by the
 // caller, or by the controller once the hold outlived its TTL): the
-// caller must not use them. A key the controller does not know (a fetch
-// without hold, or one acknowledged long ago) succeeds. Idempotent.
+// caller must not use them; however late it comes (a partition remembers
+// the last 65,536 held fetches it gave back). A key the controller does
+// not know (a fetch without hold, or one acknowledged long ago) succeeds.
+// Idempotent.
 type AcknowledgeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`

@@ -2761,7 +2761,7 @@ type StateFetch struct {
 	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`                            // the kept batch it took, while followed
-	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled
+	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled; with spent: a held fetch given back, remembered past its entry
 	HoldGroup     []byte                 `protobuf:"bytes,9,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"` // the hold's group (FetchRequest.hold_group)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
