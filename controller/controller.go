@@ -613,6 +613,15 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		if c.spent.has(req.Key, now) {
 			return nil, errFetchGivenBack
 		}
+		if b, ok := p.fetches.back.m[req.Key]; ok {
+			// A held fetch given back, its entry perhaps gone
+			// (givenBack): new rows would read as the old ones to its
+			// caller.
+			if b.task != req.Task {
+				return nil, fmt.Errorf("fetch key of task %q reused by task %q: %w", b.task, req.Task, engine.ErrInvalid)
+			}
+			return nil, errFetchGivenBack
+		}
 		if e := p.fetches.get(req.Key, now); e != nil {
 			// Asked again: the rows it took, not more.
 			switch {

@@ -84,7 +84,9 @@ const maxGivenBack = 1 << 16
 // leave the table (fetchKeyTTL, maxFetchKeys), so that an acknowledgment
 // that comes however late is refused: forgotten, the key would read as one
 // never held, whose acknowledgment succeeds, and the caller would use rows
-// another consumer may have been given. No TTL: at most maxGivenBack,
+// another consumer may have been given. The fetch asked again is refused
+// too (errFetchGivenBack), however late: forgotten, the key would take new
+// rows, which the caller would use as the old fetch's. No TTL: at most maxGivenBack,
 // the oldest forgotten first; a give-back of a held fetch is rare (a
 // holder that died, or dropped what it fetched). Durable with the table:
 // snapshots carry them (fetchTable.copyState), and an unconsume record

@@ -824,3 +824,33 @@ func TestGivenBackBound(t *testing.T) {
 	assert.NotContains(t, b.m, "k0")
 	assert.Contains(t, b.m, fmt.Sprintf("k%d", maxGivenBack))
 }
+
+// A held fetch given back, asked again once its entry in the fetch table
+// is gone (10 minutes, or 65,536 keyed fetches), answers that it was
+// given back, as it does while the entry lives: before, it took new rows,
+// which its caller, retrying the old fetch, would have used as the old
+// ones.
+func TestHeldFetchGivenBackLongAgoAskedAgain(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	doneWith(t, c, 6)
+	heldFetch(t, c, "a", 4)
+	require.NoError(t, c.Unconsume("p", "t", "a"))
+	again := func() error {
+		_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "a", Hold: true})
+		return err
+	}
+	require.ErrorIs(t, again(), context.Canceled, "while the entry lives")
+	func() {
+		p := c.lock("p")
+		defer p.mu.Unlock()
+		p.fetches.m["a"].at = p.fetches.m["a"].at.Add(-2 * fetchKeyTTL) // as if 10 minutes had passed
+	}()
+	err := again()
+	require.ErrorIs(t, err, context.Canceled, "once the entry is gone")
+	require.ErrorContains(t, err, "given back")
+	_, err = c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "other", Fields: []string{"x"}, BatchSize: 4, Key: "a"})
+	require.ErrorIs(t, err, engine.ErrInvalid, "another task's key")
+	st, err := c.ConsumptionStatus("p", "t")
+	require.NoError(t, err)
+	assert.Zero(t, trues(st.Consumed), "the repeat took no row")
+}
