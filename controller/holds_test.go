@@ -242,10 +242,13 @@ func TestConsumptionSeesExpiredHold(t *testing.T) {
 // give-backs) come after it: pushed out of the partition's fetch table by
 // its bound, its acknowledgment would find nothing to settle, and the
 // hold would outlive it, holding the task's peers and then giving back
-// rows its caller kept.
+// rows its caller kept. The hold never expires: the 65,536 calls may
+// take any time (seconds under -race on a loaded machine), and the checks
+// below need no TTL to see a hold that outlived its entry (still held,
+// and the peer not told the partition is done).
 func TestHoldOutlivesFetchTableBound(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.HeldFetchTTL = time.Second
+	cfg.HeldFetchTTL = -1 // never
 	c := newController(t, cfg)
 	doneWith(t, c, 4)
 	held := heldFetch(t, c, "a", 4)
