@@ -911,7 +911,7 @@ func (c *conn) mset(args [][]byte) {
 	}
 	// The last of a key given twice wins, as in Redis.
 	ks, vals = lastWins(ks, vals)
-	if err := c.s.st.put(c.ctx, partition, ks, []string{c.s.cfg.Field}, [][][]byte{vals}, nil); err != nil {
+	if err := c.s.st.put(c.ctx, partition, ks, []string{c.s.cfg.Field}, [][][]byte{vals}, nil, c.owing()); err != nil {
 		c.writeErr(err)
 		return
 	}
@@ -1257,7 +1257,7 @@ func (c *conn) hwrite(args [][]byte, hmset bool) {
 		}
 	}
 	if hmset {
-		if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil); err != nil {
+		if err := c.s.st.put(c.ctx, p, []string{key}, names, vals, nil, c.owing()); err != nil {
 			c.writeErr(err)
 			return
 		}
@@ -1479,7 +1479,7 @@ func (c *conn) tqTag(args [][]byte) {
 	for i := 2; i < len(args); i += 2 {
 		tags[string(args[i])] = string(args[i+1])
 	}
-	if err := c.s.st.put(c.ctx, p, []string{key}, nil, nil, []engine.Tags{tags}); err != nil {
+	if err := c.s.st.put(c.ctx, p, []string{key}, nil, nil, []engine.Tags{tags}, nil); err != nil {
 		c.writeErr(err)
 		return
 	}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
 )
 
 // slowLog makes each write of the controller's log take at least d (as a
@@ -158,4 +160,84 @@ func TestDurablePipelineClientGone(t *testing.T) {
 	u := e.srv.st.units[0]
 	require.Eventually(t, func() bool { return u.Stats().Extents == 1 }, 10*time.Second, 10*time.Millisecond,
 		"extents held after the client went: %d", u.Stats().Extents)
+}
+
+// TestDurablePipelineFullUnit: a pipeline of SETs (HSETs) that overwrite
+// one key, or of DELs each followed by a SET (an MSET) of a new key, on a
+// unit with room for one value more than it holds succeeds, as it does
+// one command at a time: each new value takes the room a change before it
+// dropped. The dropped cells, freed only once their changes are durable,
+// were held until the replies went out, so the second write waited for
+// room only its own connection could give back, and was answered OOM
+// after CommandTimeout; they are now freed (the connection waiting for
+// the log) before a write waits for room.
+func TestDurablePipelineFullUnit(t *testing.T) {
+	for _, cmd := range []string{"SET", "HSET", "DEL", "MSET"} {
+		t.Run(cmd, func(t *testing.T) {
+			cfg := controller.DefaultConfig()
+			cfg.Dir, cfg.Fsync = t.TempDir(), journal.FsyncBatch
+			ctrl, err := controller.New(cfg)
+			require.NoError(t, err)
+			t.Cleanup(func() { ctrl.Close() })
+			scfg := storage.DefaultConfig()
+			scfg.Capacity, scfg.SegmentSize = 64<<10, 64<<10 // one slab: 64 cells of 1 KiB
+			u, err := storage.NewUnit(0, scfg)
+			require.NoError(t, err)
+			t.Cleanup(func() { u.Close() })
+			id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+			require.NoError(t, err)
+			u.SetID(id)
+			srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{CommandTimeout: 2 * time.Second})
+			require.NoError(t, err)
+			e := &endpoint{addr: serve(t, srv), srv: srv}
+
+			val := strings.Repeat("v", 1000)
+			w, wr := e.raw(t)
+			var fill strings.Builder
+			for i := range 62 {
+				fill.WriteString(cmdline("SET", fmt.Sprint("f", i), val))
+			}
+			fill.WriteString(cmdline("HSET", "h", "x", val)) // all but one cell taken
+			_, err = io.WriteString(w, fill.String())
+			require.NoError(t, err)
+			for i := range 62 {
+				require.Equal(t, "+OK", wr.line(t), "filler %d", i)
+			}
+			require.Equal(t, ":1", wr.line(t), "HSET h x")
+			require.Equal(t, 63, u.Stats().Extents)
+
+			const n = 8
+			var sb strings.Builder
+			for i := range n {
+				switch cmd {
+				case "SET":
+					sb.WriteString(cmdline("SET", "f0", val))
+				case "HSET":
+					sb.WriteString(cmdline("HSET", "h", "x", val))
+				case "DEL":
+					sb.WriteString(cmdline("DEL", fmt.Sprint("f", i)))
+					sb.WriteString(cmdline("SET", fmt.Sprint("g", i), val))
+				case "MSET":
+					sb.WriteString(cmdline("DEL", fmt.Sprint("f", i)))
+					sb.WriteString(cmdline("MSET", fmt.Sprint("g", i), val))
+				}
+			}
+			_, err = io.WriteString(w, sb.String())
+			require.NoError(t, err)
+			for i := range n {
+				switch cmd {
+				case "SET":
+					require.Equal(t, "+OK", wr.line(t), "SET %d", i)
+				case "HSET":
+					require.Equal(t, ":0", wr.line(t), "HSET %d", i)
+				case "DEL":
+					require.Equal(t, ":1", wr.line(t), "DEL %d", i)
+					require.Equal(t, "+OK", wr.line(t), "SET g%d", i)
+				case "MSET":
+					require.Equal(t, ":1", wr.line(t), "DEL %d", i)
+					require.Equal(t, "+OK", wr.line(t), "MSET g%d", i)
+				}
+			}
+		})
+	}
 }

@@ -552,17 +552,25 @@ func (c *conn) owing() *owed {
 // their changes replaced. On an error (the server closing, the log
 // failed) the replies must not go out: the changes may not be durable.
 // The frees are then left to wait on their own (see [embedded.Freer]).
-func (c *conn) settle() error {
-	if c.owe.index == 0 && len(c.owe.frees) == 0 {
+func (c *conn) settle() error { return c.owe.settle(c.ctx, c.s.st) }
+
+// settle waits for o.index, then frees o's cells. A wait that fails
+// leaves o.index owed, so that every later settle fails too: the replies
+// held never go out.
+func (o *owed) settle(ctx context.Context, st *store) error {
+	if o.index == 0 && len(o.frees) == 0 {
 		return nil
 	}
-	err := c.s.st.ctrl.WaitIndex(c.ctx, c.owe.index)
-	for i, f := range c.owe.frees {
+	err := st.ctrl.WaitIndex(ctx, o.index)
+	for i, f := range o.frees {
 		// Durable already (or failing as the wait did): no wait more.
-		c.s.st.free(c.ctx, f.partition, f.keys, f.locs)
-		c.owe.frees[i] = owedFree{}
+		st.free(ctx, f.partition, f.keys, f.locs)
+		o.frees[i] = owedFree{}
 	}
-	c.owe.index, c.owe.frees = 0, c.owe.frees[:0]
+	o.frees = o.frees[:0]
+	if err == nil {
+		o.index = 0
+	}
 	return err
 }
 

@@ -69,12 +69,12 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		if !mayWait {
 			return errWouldWait
 		}
-		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
+		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil, owe)
 	}
 	var r *storage.Reservation
 	var err error
 	if mayWait {
-		r, err = st.reserve(ctx, u, int64(len(val)))
+		r, err = st.reserve(ctx, u, int64(len(val)), owe)
 	} else if r, err = u.Reserve(noWait, []int64{int64(len(val))}); errors.Is(err, context.Canceled) {
 		return errWouldWait
 	}
@@ -92,7 +92,7 @@ func (st *store) set(ctx context.Context, partition, key, field string, val []by
 		if !mayWait {
 			return errWouldWait
 		}
-		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil)
+		return st.put(ctx, partition, []string{key}, []string{field}, [][][]byte{{val}}, nil, owe)
 	}
 	return err
 }
@@ -140,16 +140,26 @@ var noWait = func() context.Context {
 }()
 
 // reserve reserves size bytes on u, waiting up to st.wait for room (the
-// timer is only set up when the unit is full).
-func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64) (*storage.Reservation, error) {
-	return st.reserveAll(ctx, u, []int64{size})
+// timer is only set up when the unit is full). With owe holding cells to
+// free, they are freed first (owed.settle): the room waited for may be
+// theirs, which only this connection gives back.
+func (st *store) reserve(ctx context.Context, u *storage.Unit, size int64, owe *owed) (*storage.Reservation, error) {
+	return st.reserveAll(ctx, u, []int64{size}, owe)
 }
 
 // reserveAll is reserve of one extent per size.
-func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64) (*storage.Reservation, error) {
+func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64, owe *owed) (*storage.Reservation, error) {
 	r, err := u.Reserve(noWait, sizes)
 	if err == nil || !errors.Is(err, context.Canceled) {
 		return r, err
+	}
+	if owe != nil && len(owe.frees) > 0 {
+		if err := owe.settle(ctx, st); err != nil {
+			return nil, err
+		}
+		if r, err = u.Reserve(noWait, sizes); err == nil || !errors.Is(err, context.Canceled) {
+			return r, err
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, st.wait)
 	defer cancel()
@@ -170,13 +180,13 @@ func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64)
 // the same field may be counted new twice there). owe as for set.
 func (st *store) hset(ctx context.Context, partition, key string, fields []string, vals [][][]byte, owe *owed) (int, error) {
 	if !embedded.Name(partition) || !embedded.Name(key) {
-		return st.hsetGeneral(ctx, partition, key, fields, vals)
+		return st.hsetGeneral(ctx, partition, key, fields, vals, owe)
 	}
 	sizes := make([]int64, len(fields))
 	cfs := make([]engine.CommitField, len(fields))
 	for j, f := range fields {
 		if !embedded.Name(f) {
-			return st.hsetGeneral(ctx, partition, key, fields, vals)
+			return st.hsetGeneral(ctx, partition, key, fields, vals, owe)
 		}
 		sizes[j] = int64(len(vals[j][0]))
 		cfs[j] = engine.CommitField{Name: f, DType: engine.Bytes, Kind: engine.Opaque}
@@ -186,7 +196,7 @@ func (st *store) hset(ctx context.Context, partition, key string, fields []strin
 		if u == nil {
 			break
 		}
-		r, err := st.reserveAll(ctx, u, sizes)
+		r, err := st.reserveAll(ctx, u, sizes, owe)
 		if err != nil {
 			return 0, err
 		}
@@ -202,7 +212,7 @@ func (st *store) hset(ctx context.Context, partition, key string, fields []strin
 		}
 		return len(fields) - held, err
 	}
-	return st.hsetGeneral(ctx, partition, key, fields, vals)
+	return st.hsetGeneral(ctx, partition, key, fields, vals, owe)
 }
 
 // hsetTries bounds how many drains, each starting between an HSET's
@@ -210,8 +220,8 @@ func (st *store) hset(ctx context.Context, partition, key string, fields []strin
 const hsetTries = 4
 
 // hsetGeneral is hset through the client: it counts the fields the key
-// held before it writes.
-func (st *store) hsetGeneral(ctx context.Context, partition, key string, fields []string, vals [][][]byte) (int, error) {
+// held before it writes (owe as for put).
+func (st *store) hsetGeneral(ctx context.Context, partition, key string, fields []string, vals [][][]byte, owe *owed) (int, error) {
 	meta, err := st.keyMeta(ctx, partition, key)
 	if err != nil {
 		return 0, err
@@ -225,7 +235,7 @@ func (st *store) hsetGeneral(ctx context.Context, partition, key string, fields 
 			}
 		}
 	}
-	if err := st.put(ctx, partition, []string{key}, fields, vals, nil); err != nil {
+	if err := st.put(ctx, partition, []string{key}, fields, vals, nil, owe); err != nil {
 		return 0, err
 	}
 	return len(fields) - before, nil
@@ -277,8 +287,16 @@ func absent(err error) bool {
 // put writes fields[j] = vals[j][i] for each keys[i], and merges tags[i]
 // into the key's tags (tags may be nil; fields may be empty when tags are
 // given). Values are opaque bytes; a field the partition holds with
-// another dtype is refused (engine.ErrDTypeMismatch, naming it).
-func (st *store) put(ctx context.Context, partition string, keys, fields []string, vals [][][]byte, tags []engine.Tags) error {
+// another dtype is refused (engine.ErrDTypeMismatch, naming it). With
+// owe holding cells to free, they are freed first (owed.settle), as
+// before a reservation waits for room (see reserve): the put may need
+// their room.
+func (st *store) put(ctx context.Context, partition string, keys, fields []string, vals [][][]byte, tags []engine.Tags, owe *owed) error {
+	if owe != nil && len(owe.frees) > 0 && len(fields) > 0 {
+		if err := owe.settle(ctx, st); err != nil {
+			return err
+		}
+	}
 	var b *engine.Batch
 	if len(fields) > 0 {
 		fs := make([]engine.Field, len(fields))
