@@ -1,6 +1,7 @@
 package resp
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -240,4 +241,95 @@ func TestDurablePipelineFullUnit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// heldLog is a durable endpoint whose log writer can be held: while it
+// is, nothing more becomes durable.
+func heldLog(t *testing.T) (e *endpoint, hold, release func()) {
+	var mu sync.Mutex
+	var held atomic.Bool
+	e = newDurableEndpoint(t, journal.FsyncBatch, func(cfg *controller.Config) {
+		cfg.OnJournalWrite = func(time.Duration, int) {
+			if held.Load() {
+				mu.Lock()
+				mu.Unlock()
+			}
+		}
+	})
+	hold = func() { mu.Lock(); held.Store(true) }
+	release = func() { held.Store(false); mu.Unlock() }
+	return e, hold, release
+}
+
+// noReply checks that nothing reaches the client for a while.
+func noReply(t *testing.T, w net.Conn, what string) {
+	t.Helper()
+	w.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	var buf [1]byte
+	_, err := w.Read(buf[:])
+	var ne net.Error
+	require.ErrorAs(t, err, &ne, "%s: a reply came before the log was durable: %q", what, buf[:])
+	require.True(t, ne.Timeout())
+	w.SetReadDeadline(time.Time{})
+}
+
+// TestDurablePipelineHeldReplies: replies held for the log do not go out
+// by the other ways to the socket either: the large value of an EXEC
+// after its SETs (written from where it lies, after a flush), the reads
+// and the error that follow owed writes in one pipeline, a QUIT. Each
+// goes out once the log is durable, with the values the pipeline wrote.
+func TestDurablePipelineHeldReplies(t *testing.T) {
+	e, hold, release := heldLog(t)
+	big := strings.Repeat("b", 256<<10)
+	w, wr := e.raw(t)
+	_, err := io.WriteString(w, cmdline("SET", "big", big)+cmdline("MULTI")+cmdline("SET", "a", "1")+cmdline("DEL", "x")+cmdline("GET", "big"))
+	require.NoError(t, err)
+	require.Equal(t, "+OK", wr.line(t))
+	require.Equal(t, "+OK", wr.line(t))
+	require.Equal(t, "+QUEUED", wr.line(t))
+	require.Equal(t, "+QUEUED", wr.line(t))
+	require.Equal(t, "+QUEUED", wr.line(t))
+
+	hold()
+	_, err = io.WriteString(w, cmdline("EXEC"))
+	require.NoError(t, err)
+	noReply(t, w, "EXEC of SET, DEL, GET of a large value")
+	release()
+	require.Equal(t, "*3", wr.line(t))
+	require.Equal(t, "+OK", wr.line(t))
+	require.Equal(t, ":0", wr.line(t))
+	require.Equal(t, big, string(wr.bulk(t)))
+
+	hold()
+	_, err = io.WriteString(w, cmdline("SET", "a", "2")+cmdline("HSET", "h", "f", "v")+cmdline("EXISTS", "a", "h")+
+		cmdline("NOSUCH")+cmdline("DEL", "a")+cmdline("QUIT"))
+	require.NoError(t, err)
+	noReply(t, w, "SET, HSET, EXISTS, an unknown command, DEL, QUIT")
+	release()
+	require.Equal(t, "+OK", wr.line(t))
+	require.Equal(t, ":1", wr.line(t))
+	require.Equal(t, ":2", wr.line(t))
+	require.Contains(t, wr.line(t), "-ERR unknown command")
+	require.Equal(t, ":1", wr.line(t))
+	require.Equal(t, "+OK", wr.line(t))
+}
+
+// TestDurablePipelineShutdown: Shutdown lets held replies wait for the
+// log and go out before it closes the connection.
+func TestDurablePipelineShutdown(t *testing.T) {
+	e, hold, release := heldLog(t)
+	w, wr := e.raw(t)
+	hold()
+	_, err := io.WriteString(w, cmdline("SET", "a", "1")+cmdline("DEL", "a"))
+	require.NoError(t, err)
+	noReply(t, w, "SET, DEL")
+	done := make(chan error, 1)
+	go func() { done <- e.srv.Shutdown(context.Background()) }()
+	noReply(t, w, "SET, DEL with Shutdown begun")
+	release()
+	require.Equal(t, "+OK", wr.line(t))
+	require.Equal(t, ":1", wr.line(t))
+	require.NoError(t, <-done)
+	_, err = wr.r.line(1 << 20)
+	require.Error(t, err, "the connection is closed after its replies")
 }
