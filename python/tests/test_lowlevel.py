@@ -450,3 +450,24 @@ def test_all_stats_matches_stats(client, part):
     client.put({"x": np.zeros((3, 2), np.float32)}, partition_id=part)
     got = {p.partition: p for p in client.all_stats()}
     assert got[part] == client.stats(part)
+
+
+def test_async_blocking_fetches_leave_the_executor_to_the_put_they_wait_for(client, part):
+    """Blocking async_get_meta calls do not hold the event loop's executor
+    while they wait: with as many of them as the executor has threads, an
+    async_put in the same loop (whose rows they wait for) still runs.
+    Before, each waited on an executor thread, and the put queued behind
+    them until their timeout."""
+    import asyncio
+    import concurrent.futures
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        fetches = [asyncio.ensure_future(client.async_get_meta(["x"], 1, part, task_name=f"t{i}", wait=True,
+                                                               timeout=45)) for i in range(2)]
+        await asyncio.sleep(0.2)
+        await asyncio.wait_for(client.async_put({"x": np.arange(1.0)}, partition_id=part), 20)
+        return await asyncio.wait_for(asyncio.gather(*fetches), 30)
+    metas = asyncio.run(go())
+    assert [m.size for m in metas] == [1, 1]

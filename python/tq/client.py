@@ -1827,6 +1827,44 @@ async def _ended_before_cancelled(fut):
         raise
 
 
+async def _on_own_thread(fn, *args, **kw):
+    """``fn(*args, **kw)`` on a thread of its own rather than the event
+    loop's executor, as asyncio.to_thread otherwise: a call that blocks
+    until other calls are made (a blocking fetch, until its rows are put)
+    must not hold one of the executor's few threads (min(32, CPUs + 4) by
+    default), which those calls, made async in the same loop, queue for:
+    as many blocking fetches as it has threads would leave the put they
+    wait for queued until they time out. Cancelled, the call goes on (a
+    thread cannot be stopped) and its outcome is dropped, as to_thread's."""
+    import asyncio
+    import contextvars
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(ok, v):
+        if fut.done():  # cancelled
+            return
+        if ok:
+            fut.set_result(v)
+        else:
+            fut.set_exception(v)
+
+    def run():
+        try:
+            ok, v = True, ctx.run(fn, *args, **kw)
+        except BaseException as e:  # noqa: B036 (handed to the awaiting task, as to_thread does)
+            ok, v = False, e
+        try:
+            loop.call_soon_threadsafe(settle, ok, v)
+        except RuntimeError:
+            pass  # the loop closed: nobody awaits it
+        del v
+
+    threading.Thread(target=run, name="tq-async-wait", daemon=True).start()
+    return await fut
+
+
 async def _async_get_meta(self, *args, **kw):
     import asyncio
     import inspect
@@ -1835,8 +1873,10 @@ async def _async_get_meta(self, *args, **kw):
     if a.arguments["mode"] != "fetch" or a.arguments["_fetch_key"] is not None:
         return await asyncio.to_thread(Client.get_meta, self, *args, **kw)
     key = os.urandom(16)
+    # A blocking fetch waits on a thread of its own: see _on_own_thread.
+    run = _on_own_thread if a.arguments["wait"] else asyncio.to_thread
     try:
-        return await asyncio.to_thread(Client.get_meta, self, *args, _fetch_key=key, **kw)
+        return await run(Client.get_meta, self, *args, _fetch_key=key, **kw)
     except asyncio.CancelledError:
         # The fetch goes on in its thread, and rows it takes would reach
         # no one: give its key back, from a thread of its own (the event
@@ -1849,8 +1889,10 @@ async def _async_get_meta(self, *args, **kw):
 
 
 _async_get_meta.__name__ = _async_get_meta.__qualname__ = "async_get_meta"
-_async_get_meta.__doc__ = ("The asyncio twin of :meth:`get_meta` (runs it on a worker thread). Cancelled, "
-                           "a fetch gives back the rows it took or takes later.")
+_async_get_meta.__doc__ = ("The asyncio twin of :meth:`get_meta` (runs it on a worker thread; a blocking fetch, "
+                           "``wait=True``, on a thread of its own, so that it holds none of the event loop's "
+                           "executor while it waits). Cancelled, a fetch gives back the rows it took or takes "
+                           "later.")
 
 
 # Every call has an async_ twin, as TransferQueue's AsyncTransferQueueClient.
