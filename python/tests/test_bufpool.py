@@ -143,3 +143,21 @@ def test_gets_reuse_a_dropped_result(client, part):
     again = client.kv_batch_get(keys, part)["x"]
     np.testing.assert_array_equal(again, x2)
     assert bufpool.pool.hits > hits, "a dropped result's memory serves the next get"
+
+
+def test_dropped_beyond_max_idle_are_let_go_at_once():
+    """Mappings dropped past max_idle are unmapped as they are dropped,
+    not kept until the pool's next large get: a process that made 8 MiB of
+    large gets, dropped them, and makes no more (or only small ones),
+    holds at most max_idle of them. Before, every dropped mapping waited
+    in the returned queue for the next large alloc."""
+    import weakref
+    p = BufferPool(2 * MiB)
+    held = [p.alloc(MiB) for _ in range(8)]
+    maps = [weakref.ref(a.base.obj) for a in held]  # the mmap under the memoryview
+    del held
+    gc.collect()
+    p.alloc(1000)  # a small get files nothing either
+    alive = sum(r() is not None for r in maps)
+    assert alive * MiB <= 2 * MiB, f"{alive} MiB of dropped mappings held, max_idle 2 MiB"
+    assert p.idle_bytes == 2 * MiB

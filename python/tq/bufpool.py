@@ -62,7 +62,8 @@ class BufferPool:
         self._idle_bytes = 0
         # Mappings whose arrays were dropped, not filed yet: the drop may
         # come from any thread, in the middle of anything (the garbage
-        # collector included), so it only appends here.
+        # collector included), so it appends here, and files them only if
+        # the lock is free.
         self._returned = collections.deque()
         self.hits = self.misses = 0
 
@@ -98,6 +99,16 @@ class BufferPool:
 
     def _give_back(self, c, m):
         self._returned.append((c, m))
+        # Filed now, when the lock is free, so that what is dropped past
+        # max_idle is let go at once rather than at the next large alloc
+        # (which may never come). Never waits: this thread may hold the
+        # lock already (a collection inside _file); what is dropped while
+        # another holds it is filed by that one, or else by the next call.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._file()
+            finally:
+                self._lock.release()
 
     def clear(self) -> None:
         """Lets every idle mapping go."""
