@@ -471,3 +471,25 @@ def test_async_blocking_fetches_leave_the_executor_to_the_put_they_wait_for(clie
         return await asyncio.wait_for(asyncio.gather(*fetches), 30)
     metas = asyncio.run(go())
     assert [m.size for m in metas] == [1, 1]
+
+
+def test_close_ends_a_blocking_fetch_in_flight(server, part):
+    """close() closes the connections calls are in flight on too: a
+    blocking fetch waiting on another thread fails with ClosedError rather
+    than waiting out its timeout on a closed client. Before, only the idle
+    connections were closed, and the fetch waited its full 120 s."""
+    c = server.client(transport="tcp")
+    out = []
+
+    def fetch():
+        try:
+            c.get_meta(["x"], 1, part, task_name="t", wait=True, timeout=120)
+        except tq.TQError as e:
+            out.append(e)
+    th = threading.Thread(target=fetch)
+    th.start()
+    time.sleep(0.3)  # the fetch is waiting at the controller
+    c.close()
+    th.join(30)
+    assert not th.is_alive(), "the fetch still waits after close"
+    assert len(out) == 1 and isinstance(out[0], tq.ClosedError), out

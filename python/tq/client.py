@@ -435,7 +435,9 @@ class Client:
         return c
 
     def close(self) -> None:
-        """Close every connection. Views still held stay valid until released."""
+        """Close every connection, those calls on other threads are in flight on
+        included (each fails with ClosedError). Views still held stay valid
+        until released."""
         if self._closed:
             return
         self._closed = True

@@ -36,6 +36,10 @@ class Pool:
         self._dial = dial
         self._before_take = before_take
         self._idle = []
+        # Connections a call() is in flight on, which close() closes too
+        # (not those taken by take(): a lease holds its connection past
+        # close, its view valid until released).
+        self._calling = set()
         self._lock = threading.Lock()
         self._closed = False
         _fork.reinit_in_child(self)
@@ -43,7 +47,8 @@ class Pool:
     def _reinit_in_child(self) -> None:
         # The idle connections stay, closed (a child closes its copies of
         # the parent's sockets, see wire.Conn): take drops them, and give
-        # keeps none of them.
+        # keeps none of them. The parent's calls in flight are not here.
+        self._calling = set()
         self._lock = threading.Lock()
 
     def take(self) -> wire.Conn:
@@ -73,7 +78,12 @@ class Pool:
 
     def call(self, *args, **kw):
         c = self.take()
+        with self._lock:
+            closed = self._closed
+            self._calling.add(c)
         try:
+            if closed:  # closed since the take: close() did not see c
+                raise errors.ClosedError("client is closed")
             return c.call(*args, **kw)
         except (errors.UnavailableError, errors.ClosedError):
             # The peer went away (or is going): the idle connections are
@@ -82,6 +92,8 @@ class Pool:
             self.drop_idle()
             raise
         finally:
+            with self._lock:
+                self._calling.discard(c)
             self.give(c)
 
     def keep(self) -> None:
@@ -112,10 +124,14 @@ class Pool:
             c.close()
 
     def close(self) -> None:
+        """Close the idle connections, and those calls are in flight on:
+        each such call wakes and fails with ClosedError (a blocking fetch
+        does not wait out its timeout on a closed client)."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for c in idle:
+            calling = list(self._calling)
+        for c in idle + calling:
             c.close()
 
 
