@@ -510,10 +510,10 @@ func (c *Conn) setDeadline(dl *atomic.Int64, t time.Time, b *bell) error {
 		ns = max(t.UnixNano(), 1)
 	}
 	dl.Store(ns)
-	// The sleeper sets sleep before it reads the deadline; this reads
-	// sleep after storing it, so one of the two sees the other.
-	if b.sleep.Load() != 0 {
-		c.notify(b.id)
-	}
+	// Wake the sleeper whether or not its sleep word is set: the word is
+	// in the shared region, and a peer that clears it must not keep this
+	// side parked past its own deadline. A sleeper that finds the token
+	// with nothing to do looks once more and parks again.
+	c.notify(b.id)
 	return nil
 }
