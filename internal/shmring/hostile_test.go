@@ -52,3 +52,54 @@ func TestDeadlineWakesDespitePeer(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteRacingHostileHead: the peer flips the head of the ring this
+// side writes between a valid value and an impossible one. Each write
+// either succeeds or fails with ErrCorrupt; none panics. Before, the
+// self-check of invariant builds (race, invariants: every test run)
+// loaded the head a second time after publishing the tail and panicked
+// when the peer had moved it in between, so a hostile peer could crash a
+// unit built with them.
+func TestWriteRacingHostileHead(t *testing.T) {
+	mem := make([]byte, Size(MinRingSize))
+	require.NoError(t, Format(mem, MinRingSize))
+	peer := ringAt(mem, 1, MinRingSize) // B→A, as side A sees it
+	stop := make(chan struct{})
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tail := peer.tail.Load()
+			peer.head.Store(tail)         // all read
+			peer.head.Store(tail + 1<<40) // impossible
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-peerDone
+	}()
+	r := ringAt(mem, 1, MinRingSize) // this side, B, the producer
+	var ok, corrupt int
+	for i := 0; i < 200_000; i++ {
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Fatalf("write %d panicked on the peer's head: %v", i, p)
+				}
+			}()
+			_, err := r.write([]byte{byte(i)})
+			if err != nil {
+				require.ErrorIs(t, err, ErrCorrupt)
+				corrupt++
+			} else {
+				ok++
+			}
+		}()
+	}
+	t.Logf("%d writes taken, %d refused as corrupt", ok, corrupt)
+}
