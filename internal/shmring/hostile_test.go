@@ -1,11 +1,13 @@
 package shmring
 
 import (
+	"encoding/binary"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // TestDeadlineWakesDespitePeer: the peer clears the sleep word this side
@@ -102,4 +104,111 @@ func TestWriteRacingHostileHead(t *testing.T) {
 		}()
 	}
 	t.Logf("%d writes taken, %d refused as corrupt", ok, corrupt)
+}
+
+// TestReadRacingHostileTail: the peer flips the tail of the ring this
+// side reads between valid values and impossible ones (behind the head,
+// past the ring's size). Each read returns at most the ring's bytes or
+// fails with ErrCorrupt; none reads outside the ring.
+func TestReadRacingHostileTail(t *testing.T) {
+	mem := make([]byte, Size(MinRingSize))
+	require.NoError(t, Format(mem, MinRingSize))
+	peer := ringAt(mem, 0, MinRingSize)
+	stop := make(chan struct{})
+	peerDone := make(chan struct{})
+	go func() {
+		defer close(peerDone)
+		for i := uint64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			head := peer.head.Load()
+			peer.tail.Store(head + MinRingSize)     // full
+			peer.tail.Store(head + MinRingSize + 1) // more than it holds
+			peer.tail.Store(head - 1)               // behind the head
+			peer.tail.Store(head + i%MinRingSize)
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-peerDone
+	}()
+	r := ringAt(mem, 0, MinRingSize) // this side, B, the consumer
+	p := make([]byte, 3*MinRingSize)
+	for i := 0; i < 200_000; i++ {
+		n, err := r.read(p[:1+i%len(p)])
+		if err != nil {
+			require.ErrorIs(t, err, ErrCorrupt)
+			continue
+		}
+		require.LessOrEqual(t, n, MinRingSize)
+	}
+}
+
+// TestMapRefusesHostileRegions: a memfd handed over the fd exchange that
+// is not a channel this side can use is refused with an error that says
+// what is wrong with it, before NewConn.
+func TestMapRefusesHostileRegions(t *testing.T) {
+	const ring = MinRingSize
+	memfd := func(t *testing.T, size int, seal bool, header func(b []byte)) int {
+		fd, err := unix.MemfdCreate("hostile", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+		require.NoError(t, err)
+		t.Cleanup(func() { unix.Close(fd) })
+		require.NoError(t, unix.Ftruncate(fd, int64(size)))
+		if size >= HeaderSize {
+			b, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			require.NoError(t, err)
+			if err := Format(b, ring); err != nil { // the wrong size for ring
+				copy(b, magic)
+				binary.NativeEndian.PutUint32(b[4:], version)
+				binary.NativeEndian.PutUint32(b[8:], ring)
+			}
+			if header != nil {
+				header(b)
+			}
+			require.NoError(t, unix.Munmap(b))
+		}
+		if seal {
+			_, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW)
+			require.NoError(t, err)
+		}
+		return fd
+	}
+	for _, tc := range []struct {
+		name   string
+		fd     func(t *testing.T) int
+		want   error
+		saying string
+	}{
+		{"empty", func(t *testing.T) int { return memfd(t, 0, true, nil) }, ErrCorrupt, "channel memfd of 0 bytes"},
+		{"huge", func(t *testing.T) int { return memfd(t, 2*Size(MaxRingSize), true, nil) }, ErrCorrupt, "bytes"},
+		{"unsealed", func(t *testing.T) int { return memfd(t, Size(ring), false, nil) }, ErrCorrupt, "not sealed against resizing"},
+		{"bad magic", func(t *testing.T) int {
+			return memfd(t, Size(ring), true, func(b []byte) { copy(b, "XXXX") })
+		}, ErrCorrupt, "no channel header"},
+		{"other version", func(t *testing.T) int {
+			return memfd(t, Size(ring), true, func(b []byte) { binary.NativeEndian.PutUint32(b[4:], version+1) })
+		}, ErrVersion, "channel version 3, want 2"},
+		{"ring size not a power of two", func(t *testing.T) int {
+			return memfd(t, Size(ring), true, func(b []byte) { binary.NativeEndian.PutUint32(b[8:], ring+8) })
+		}, ErrCorrupt, "header says rings of 4104"},
+		{"header disagrees with the size", func(t *testing.T) int { return memfd(t, Size(2*ring), true, nil) }, ErrCorrupt, "region of 20480 bytes, header says rings of 4096"},
+		{"not a memfd", func(t *testing.T) int {
+			var p [2]int
+			require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
+			t.Cleanup(func() { unix.Close(p[0]); unix.Close(p[1]) })
+			return p[0]
+		}, ErrCorrupt, "channel memfd of 0 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem, err := Map(tc.fd(t))
+			if err == nil {
+				Unmap(mem)
+			}
+			require.ErrorIs(t, err, tc.want)
+			require.ErrorContains(t, err, tc.saying)
+		})
+	}
 }
