@@ -146,3 +146,43 @@ func TestHandshakeCapDefault(t *testing.T) {
 	assert.Equal(t, -1, NewServer(ServerConfig{MaxHandshakes: -1}).cfg.MaxHandshakes)
 	assert.Equal(t, 7, NewServer(ServerConfig{MaxHandshakes: 7}).cfg.MaxHandshakes)
 }
+
+// TestHandshakeEvictionsBounded: a peer that opens connections faster
+// than they linger, saying nothing on any, makes the server evict one
+// per connection past MaxHandshakes. An evicted connection lingers
+// (linger.Time) so that its answer survives, but at most maxRefusing
+// linger at once, as with refusals past MaxConns (the others are closed
+// at once): the server holds at most MaxConns + maxRefusing sockets, not
+// one per connection opened within the linger time.
+func TestHandshakeEvictionsBounded(t *testing.T) {
+	const maxConns, limit, opened = 16, 4, 600
+	s, addr := handshakeServer(t, maxConns, limit)
+	peak := make(chan int)
+	stop := make(chan struct{})
+	go func() {
+		most := 0
+		for {
+			most = max(most, s.Conns())
+			select {
+			case <-stop:
+				peak <- most
+				return
+			default:
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}()
+	for range opened {
+		rawDial(t, addr, nil) // never says HELLO, never reads, never closes
+	}
+	// Every connection was accepted (each evicted the oldest), and the
+	// evicted ones left or linger.
+	require.Eventually(t, func() bool { return handshaking(s) == limit }, 10*time.Second, time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	close(stop)
+	most := <-peak
+	bound := maxConns + maxRefusing
+	assert.LessOrEqual(t, most, bound, "the server held %d connections at once for %d opened (MaxConns %d, MaxHandshakes %d)", most, opened, maxConns, limit)
+	// A client still gets in.
+	dialToken(t, addr)
+}

@@ -105,8 +105,10 @@ type ServerConfig struct {
 	// most likely never to authenticate. Peers that open connections and
 	// never authenticate thus hold at most MaxHandshakes of MaxConns, for
 	// at most HandshakeTimeout each, and cannot lock out a client unless
-	// they open MaxHandshakes connections within its round trip.
-	// Evictions are logged once per episode.
+	// they open MaxHandshakes connections within its round trip. At most
+	// 64 evicted connections are answered and linger at once; past that
+	// one is closed at once, so that evictions hold no more sockets than
+	// refusals do. Evictions are logged once per episode.
 	MaxHandshakes int
 	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
 	HandshakeTimeout time.Duration
@@ -149,8 +151,8 @@ type ServerConfig struct {
 	// authenticated (its 64 KiB read buffer, goroutine and state; before
 	// that, about 12 KiB with a MaxHelloLen HELLO), plus what handlers
 	// allocate (replies). With the defaults: 1 GiB + 4096 × 80 KiB ≈
-	// 1.3 GiB, and at most 64 connections being refused past MaxConns add
-	// under 1 MiB.
+	// 1.3 GiB, and at most 64 connections being refused past MaxConns,
+	// and 64 evicted past MaxHandshakes, add under 1 MiB each.
 	MaxBuffered int64
 	// Logger receives the server's rare events: a listener whose accepts
 	// fail (the server backs off and retries: a process out of file
@@ -599,7 +601,15 @@ func (s *Server) admit(nc net.Conn) *serverConn {
 			// On its way out (at most linger.Time): its slot under
 			// MaxConns is free again.
 			s.nconns--
-			s.nevicted++
+			// At most maxRefusing are answered and linger at once, as
+			// with refusals: a peer that opens connections faster than
+			// they linger would hold a socket for each otherwise. Past
+			// it one is closed at once, unanswered.
+			if s.nevicted >= maxRefusing {
+				evicted.hurried = true
+			} else {
+				s.nevicted++
+			}
 			evicted.evicted = fmt.Errorf("server has %d connections in their handshake, the limit is %d (MaxHandshakes); this one, the oldest, is closed to make room: %w", hl, hl, engine.ErrCapacity)
 		}
 		sc.hs = s.handshaking.PushBack(sc)
@@ -608,8 +618,12 @@ func (s *Server) admit(nc net.Conn) *serverConn {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	if evicted != nil {
-		// Wakes its handshake's read (see handshake).
-		evicted.nc.SetReadDeadline(time.Unix(1, 0))
+		if evicted.hurried {
+			evicted.close()
+		} else {
+			// Wakes its handshake's read (see handshake).
+			evicted.nc.SetReadDeadline(time.Unix(1, 0))
+		}
 		s.evictions.hit("wire: closing the oldest connections in their handshake past the limit", "limit", s.cfg.MaxHandshakes)
 	}
 	if sc.refused != nil {
@@ -737,6 +751,9 @@ type serverConn struct {
 	// from there past MaxHandshakes. Both under s.mu.
 	hs      *list.Element
 	evicted error
+	// hurried: evicted while maxRefusing others were closing, closed
+	// at once and not counted among them (under s.mu).
+	hurried bool
 	// byPeer is set once a read found the peer closed or reset the
 	// connection, or a write that it reset it (see closedByPeer); it does
 	// not count once linger is set (the server ended the connection).
@@ -828,6 +845,7 @@ func (c *serverConn) serve() {
 			c.hs = nil
 		}
 		switch {
+		case c.hurried:
 		case c.evicted != nil:
 			c.s.nevicted--
 		case c.refused != nil:
