@@ -88,6 +88,20 @@ type ServerConfig struct {
 	// (0: DefaultMaxInFlight). The HELLO reply names it, and clients keep
 	// no more in flight.
 	MaxInFlight int
+	// MaxRequests bounds the requests in flight on all connections
+	// together (0: DefaultMaxRequests): a request counts from when it
+	// takes its connection's slot until its handler returned (its reply
+	// sent, or the request canceled). CANCEL and PING take no slot and
+	// count nowhere, so they always get through. Past it a connection
+	// waits (reads nothing more) up to FrameTimeout for a request to
+	// finish; one that gets no room within it is answered with a
+	// connection error (CODE_CAPACITY, naming the limit) and closed, as
+	// one that gets no room for a body (MaxBuffered). Closures are logged
+	// once per episode. Without it, MaxConns × MaxInFlight requests that
+	// wait (blocking fetches) would pin a goroutine each: about 4M.
+	// Requests a loop serves (see Loops) take no slot and do not count:
+	// each is answered before the loop reads the next.
+	MaxRequests int
 	// MaxConns bounds the connections the server holds open, those still
 	// in their handshake included (0: DefaultMaxConns; negative: no
 	// limit). A connection past it gets an error reply to its HELLO
@@ -149,18 +163,21 @@ type ServerConfig struct {
 	// MaxBuffered (bodies; payloads are not buffered but read into the
 	// handlers' destinations) plus about 80 KiB per connection once it
 	// authenticated (its 64 KiB read buffer, goroutine and state; before
-	// that, about 12 KiB with a MaxHelloLen HELLO), plus what handlers
-	// allocate (replies). With the defaults: 1 GiB + 4096 × 80 KiB ≈
-	// 1.3 GiB, and at most 64 connections being refused past MaxConns,
-	// and 64 evicted past MaxHandshakes, add under 1 MiB each.
+	// that, about 12 KiB with a MaxHelloLen HELLO), plus about 6 KiB per
+	// request in flight, at most MaxRequests of them (a handler's
+	// goroutine, the Request and its context; more for a handler whose
+	// stack grows), plus what handlers allocate (replies). With the
+	// defaults: 1 GiB + 4096 × 80 KiB + 64Ki × 6 KiB ≈ 1.7 GiB, and at
+	// most 64 connections being refused past MaxConns, and 64 evicted
+	// past MaxHandshakes, add under 1 MiB each.
 	MaxBuffered int64
 	// Logger receives the server's rare events: a listener whose accepts
 	// fail (the server backs off and retries: a process out of file
 	// descriptors keeps its listeners), connections refused past MaxConns,
 	// clients refused for a wrong or missing token, connections closed
-	// for want of buffer room. Recurring trouble
-	// is logged when it starts and when it ends, never per request. nil
-	// discards them.
+	// for want of buffer room or of room for a request (MaxRequests).
+	// Recurring trouble is logged when it starts and when it ends, never
+	// per request. nil discards them.
 	Logger *slog.Logger
 	// OnConnect, if set, runs once a connection's handshake succeeded,
 	// with the peer's Hello; OnDisconnect then runs for it too.
@@ -256,6 +273,13 @@ const DefaultMaxConnBuffered = 2 * MaxBodyLen
 // holds in normal use (bodies are metadata; bulk bytes are payloads).
 const DefaultMaxBuffered = 1 << 30
 
+// DefaultMaxRequests is ServerConfig.MaxRequests' default: 64Ki requests,
+// sixteen connections' worth of MaxInFlight each waiting, far more than
+// a cluster's clients keep waiting at once (a client blocks a few
+// fetches per task), few enough that their goroutines, requests and
+// contexts (about 6 KiB each while they wait) take about 400 MiB.
+const DefaultMaxRequests = 64 << 10
+
 // Session is per-connection state a server keeps for its handlers (see
 // [ServerConfig.NewSession]). Handlers of one connection may run
 // concurrently, so a session guards its own state.
@@ -311,6 +335,8 @@ type Server struct {
 
 	log       *slog.Logger
 	buffered  budget  // request body bytes, all connections (MaxBuffered)
+	requests  budget  // requests in flight, all connections (MaxRequests)
+	crowded   episode // connections closed for want of room for a request
 	starved   episode // connections closed for want of buffered room
 	refusals  episode // connections refused past MaxConns
 	evictions episode // handshakes closed past MaxHandshakes
@@ -377,6 +403,9 @@ func NewServer(cfg ServerConfig) *Server {
 		cfg.MaxBuffered = DefaultMaxBuffered
 	}
 	cfg.MaxBuffered = max(cfg.MaxBuffered, MaxBodyLen)
+	if cfg.MaxRequests <= 0 {
+		cfg.MaxRequests = DefaultMaxRequests
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -399,7 +428,9 @@ func NewServer(cfg ServerConfig) *Server {
 		idleWork:  make(chan func()),
 	}
 	s.buffered.init(cfg.MaxBuffered)
+	s.requests.init(int64(cfg.MaxRequests))
 	s.starved = episode{log: log, quiet: time.Second}
+	s.crowded = episode{log: log, quiet: time.Second}
 	s.refusals = episode{log: log, quiet: time.Second}
 	s.evictions = episode{log: log, quiet: time.Second}
 	s.unauth = episode{log: log, quiet: time.Second}
@@ -1026,7 +1057,7 @@ func (c *serverConn) serve() {
 		} else if try := c.s.try(h.Op); try != nil && !req.draining && c.tryHandle(ctx, try, req) {
 			c.served(req)
 			c.unhold(req.BodyLen)
-			<-c.sem
+			c.unslot()
 		} else {
 			// A context of its own, which CANCEL ends.
 			rctx, cancel := context.WithCancelCause(ctx)
@@ -1063,23 +1094,58 @@ func (c *serverConn) serve() {
 	}
 }
 
-// slot takes a request slot, waiting for one while MaxInFlight requests
-// run; false when the connection closed meanwhile.
+// slot takes a request slot: one of the connection's, waiting for one
+// while MaxInFlight of its requests run, and one of the server's
+// (MaxRequests), waiting at most FrameTimeout, else the connection is
+// answered with a connection error and closed. False when it got none,
+// or the connection closed meanwhile. Where there is room, it costs a
+// channel send and an atomic compare-and-swap; unslot gives both back.
 func (c *serverConn) slot() bool {
 	select {
 	case c.sem <- struct{}{}:
-		return true
 	default:
+		// Let corked replies out while waiting: the requests they
+		// answer may be what holds the slots.
+		c.w.uncork()
+		select {
+		case c.sem <- struct{}{}:
+		case <-c.done:
+			return false
+		}
 	}
-	// Let corked replies out while waiting: the requests they answer may
-	// be what holds the slots.
-	c.w.uncork()
-	select {
-	case c.sem <- struct{}{}:
-		return true
-	case <-c.done:
+	if !c.s.requests.tryAcquire(1) && !c.waitRoom() {
+		<-c.sem
 		return false
 	}
+	c.s.crowded.clear("wire: requests fit again")
+	return true
+}
+
+// waitRoom waits up to FrameTimeout for room for a request among the
+// server's (MaxRequests) and takes it; without it, it ends the
+// connection with a connection error naming the limit.
+func (c *serverConn) waitRoom() bool {
+	c.w.uncork() // as slot: a request holding the room may wait for the peer
+	cfg := &c.s.cfg
+	if c.s.requests.acquire(1, cfg.FrameTimeout, c.done) {
+		return true
+	}
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
+	c.s.crowded.hit("wire: closing connections that found no room for a request in flight within the frame timeout",
+		"max_requests", cfg.MaxRequests, "frame_timeout", cfg.FrameTimeout)
+	c.refuseConn(fmt.Errorf("no room for a request within %v: the server has %d requests in flight, the limit is %d (MaxRequests): %w",
+		cfg.FrameTimeout, cfg.MaxRequests, cfg.MaxRequests, engine.ErrCapacity))
+	return false
+}
+
+// unslot gives back what slot took.
+func (c *serverConn) unslot() {
+	c.s.requests.release(1)
+	<-c.sem
 }
 
 // corkingReader is what a connection's read loop reads the socket
@@ -1141,7 +1207,7 @@ func notSupported(_ context.Context, req *Request, rw *ReplyWriter) {
 func (c *serverConn) run(ctx context.Context, req *Request) {
 	c.handle(ctx, req)
 	c.unhold(req.BodyLen)
-	<-c.sem
+	c.unslot()
 }
 
 // handle runs req's handler, sends an error reply if it sent none, skips
