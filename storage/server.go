@@ -8,7 +8,10 @@ package storage
 //	            read from the socket straight into the extents → commit →
 //	            reply the extents' addresses. Any failure (a client that
 //	            disconnects mid-payload included) aborts the reservation:
-//	            no partial extent becomes readable and no space leaks.
+//	            no partial extent becomes readable and no space leaks. The
+//	            payload must come at ServerConfig.MinWriteRate or faster,
+//	            else the WRITE is aborted and the connection cut: a peer
+//	            cannot hold the space it claimed by trickling it.
 //	READ        lease the ranges → reply with the leased views of the
 //	            arena as the payload, written with writev straight from
 //	            shared memory → release the lease once written.
@@ -63,6 +66,20 @@ type ServerConfig struct {
 	// connection reads nothing else meanwhile, so keep it below the
 	// clients' ping timeout.
 	ReserveWait time.Duration
+	// MinWriteRate is the slowest a WRITE's payload may come, in bytes a
+	// second: the whole of it must arrive within the frame timeout plus
+	// its size ÷ MinWriteRate of the space being reserved for it, else
+	// the WRITE is aborted (its space freed, nothing committed) and the
+	// connection, cut inside the payload, is answered with an error that
+	// names the rate and the bytes that came, and closed. It bounds how
+	// long a peer that trickles a payload keeps the space it claimed
+	// (else each 4 MiB within the frame timeout would do). 0:
+	// DefaultMinWriteRate; negative: no such bound.
+	MinWriteRate int64
+	// FrameTimeout is the wire server's (see [wire.ServerConfig]; 0: its
+	// default, 30 s): the rest of a frame, and each 4 MiB of a payload,
+	// must arrive within it.
+	FrameTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long (0: the
 	// wire default, 5 min), but not a same-host one while it holds a
 	// reservation or a lease, whichever process holds its socket: the
@@ -129,6 +146,12 @@ type Server struct {
 	quar quarantines // dead sessions' holds (quarantine.go)
 }
 
+// DefaultMinWriteRate is ServerConfig.MinWriteRate's default, 1 MiB/s:
+// far below any link a unit serves over, so only a peer that trickles a
+// payload on purpose (or over a link too slow to hold a reservation for)
+// meets it.
+const DefaultMinWriteRate = 1 << 20
+
 // DefaultMaxRings is ServerConfig.MaxRings' default.
 const DefaultMaxRings = 1024
 
@@ -142,6 +165,9 @@ const maxFdPending = 256
 func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.ReserveWait <= 0 {
 		cfg.ReserveWait = DefaultReserveWait
+	}
+	if cfg.MinWriteRate == 0 {
+		cfg.MinWriteRate = DefaultMinWriteRate
 	}
 	if cfg.MaxRings <= 0 {
 		cfg.MaxRings = DefaultMaxRings
@@ -162,6 +188,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 		RefuseClearToken: cfg.RefuseClearToken,
 		Logger:           cfg.Logger,
 		IdleTimeout:      cfg.IdleTimeout,
+		FrameTimeout:     cfg.FrameTimeout,
 		NewSession:       s.newSession,
 		Observer:         cfg.Observer,
 	})
@@ -314,8 +341,14 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 			dst = append(dst, r.Buf(i))
 		}
 	}
-	if err := req.ReadPayload(dst); err != nil {
+	if err := req.ReadPayloadAtRate(dst, s.cfg.MinWriteRate); err != nil {
 		r.Abort()
+		if errors.Is(err, context.DeadlineExceeded) && s.cfg.Logger != nil {
+			// Cut off for trickling its payload (the connection is
+			// answered with err and closed): a peer holding space on
+			// purpose, or one on a link too slow for MinWriteRate.
+			s.cfg.Logger.Warn("storage: cut off a WRITE slower than the minimum rate", "peer", req.Peer.GetName(), "peer_host", req.Peer.GetHostId(), "err", err)
+		}
 		rw.Error(err)
 		if errors.Is(err, wire.ErrUnavailable) {
 			// The connection is broken and its read loop is ending, which

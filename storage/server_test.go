@@ -12,6 +12,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -435,6 +437,84 @@ func TestServerSlowPayloadOutlivesReservation(t *testing.T) {
 	}
 	remoteFree(t.Context(), c, addrs...)
 	waitStats(t, u, "after both puts", func(st Stats) bool { return st.Used == 0 && st.OpenReservations == 0 })
+}
+
+// TestServerSlowWriteCutOff: a peer that claims a large WRITE and
+// trickles its payload, each 4 MiB within the frame timeout but the whole
+// slower than MinWriteRate, is cut off at the frame timeout plus its size
+// ÷ the rate: the connection is answered with an error naming the rate
+// and the bytes that came, and closed; its reservation is freed, nothing
+// is committed, and an honest writer then gets the room. A WRITE at the
+// socket's speed is unaffected.
+func TestServerSlowWriteCutOff(t *testing.T) {
+	cfg := testConfig()
+	cfg.Capacity = 16 << 20
+	cfg.SegmentSize = 4 << 20
+	u := newTestUnit(t, cfg)
+	addr := serve(t, u, ServerConfig{FrameTimeout: 3 * time.Second, MinWriteRate: 64 << 20})
+
+	// Claim 12 MiB, send 64 KiB every 30 ms (about 2 MiB/s: each 4 MiB
+	// within the frame timeout). The deadline is 3 s + 12 MiB ÷ 64 MiB/s.
+	nc := rawDial(t, addr)
+	const n = 12 << 20
+	if _, err := nc.Write(rawFrame(wire.OpWrite, 2, marshal(&wirepb.WriteRequest{Sizes: []uint64{n}}), n)); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	trickled := make(chan struct{})
+	go func() {
+		defer close(trickled)
+		piece := bytes.Repeat([]byte{1}, 64<<10)
+		for sent := 0; sent < n; sent += len(piece) {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+			}
+			if _, err := nc.Write(piece); err != nil {
+				return // cut off
+			}
+		}
+	}()
+	defer func() { close(stop); <-trickled }()
+	waitStats(t, u, "the slow WRITE's reservation", func(st Stats) bool { return st.OpenReservations == 1 })
+
+	// Frames until the server closes the connection: the connection error
+	// (id 0) and the WRITE's own, both naming the rate.
+	var cut error
+	for {
+		h, body, err := readFrame(nc, 20*time.Second)
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF, "the slow WRITE's connection was not closed")
+			break
+		}
+		rerr := replyErr(h, body)
+		require.Error(t, rerr, "the slow WRITE was answered %+v, not cut off", h)
+		require.ErrorIs(t, rerr, context.DeadlineExceeded)
+		assert.Contains(t, rerr.Error(), "minimum rate of 67108864 bytes/s")
+		assert.Regexp(t, `: \d+ of them came within its deadline`, rerr.Error())
+		cut = rerr
+	}
+	require.Error(t, cut, "no error before the connection closed")
+	st := waitStats(t, u, "the cut WRITE's reservation freed", func(st Stats) bool {
+		return st.OpenReservations == 0 && st.Reserved == 0
+	})
+	require.Zero(t, st.Used, "the cut WRITE committed something")
+
+	// An honest writer gets the room, and one at the socket's speed is
+	// not cut off.
+	c := dialUnit(t, addr, "")
+	data := bytes.Repeat(noise()[:1<<20], 8)
+	addrs, err := remoteWrite(t.Context(), c, data)
+	require.NoError(t, err)
+	got, err := remoteRead(t.Context(), c, addrs...)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(got[0], data), "the honest WRITE's bytes")
+	require.NoError(t, remoteFree(t.Context(), c, addrs...))
+	big := bytes.Repeat(noise()[:1<<20], n>>20)
+	addrs, err = remoteWrite(t.Context(), c, big)
+	require.NoError(t, err, "a WRITE of %d bytes at the socket's speed", n)
+	require.NoError(t, remoteFree(t.Context(), c, addrs...))
 }
 
 // TestServerReadHoldsLease: a READ's reply is written from the arena under

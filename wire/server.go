@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -1089,6 +1090,9 @@ func (c *serverConn) serve() {
 			}
 		}
 		if req.broken {
+			if req.cut != nil {
+				c.refuseConn(req.cut)
+			}
 			return
 		}
 	}
@@ -1480,13 +1484,14 @@ func (c *serverConn) observeHello(h Header, rw *ReplyWriter, start time.Time) {
 
 // refuseConn answers a connection the server ends over what it sent — a
 // frame that does not decode or breaks the protocol's rules, a request
-// body there is no room for — with a connection error: an error reply
+// body there is no room for, a payload slower than its handler's
+// minimum rate — with a connection error: an error reply
 // with request id 0, which no request uses, whose message names what was
 // wrong. The peer fails whatever it has in flight with it. A read that
 // failed gets no answer (nobody may be there to read it), nor does a peer
 // whose first bytes are not TQ's magic: it does not speak the protocol.
 func (c *serverConn) refuseConn(err error) {
-	answerable := errors.Is(err, ErrFrame) || errors.Is(err, engine.ErrCapacity)
+	answerable := errors.Is(err, ErrFrame) || errors.Is(err, engine.ErrCapacity) || errors.Is(err, context.DeadlineExceeded)
 	if !answerable || errors.Is(err, errNotTQ) {
 		return
 	}
@@ -1684,6 +1689,9 @@ type Request struct {
 	consumed chan struct{} // closed once the payload is read or skipped; nil without one
 	once     sync.Once
 	broken   bool // set before consumed closes; read by the loop after
+	// cut, set with broken, is the error of a payload past the deadline
+	// of ReadPayloadAtRate: the loop answers the connection with it.
+	cut      error
 	deadline bool // a payload read set the socket's read deadline
 	// missed is the payload that never came (the connection broke before
 	// it did): counted out of the traffic, which counted the whole of it
@@ -1710,7 +1718,20 @@ func (r *Request) Decode(m proto.Message) error {
 
 // ReadPayload reads the whole payload into dst, whose lengths must add up
 // to the payload length. It can be called once.
-func (r *Request) ReadPayload(dst [][]byte) error {
+func (r *Request) ReadPayload(dst [][]byte) error { return r.ReadPayloadAtRate(dst, 0) }
+
+// ReadPayloadAtRate is [Request.ReadPayload] for a payload that must also
+// come as a whole at no less than minRate bytes a second: within
+// FrameTimeout plus its length ÷ minRate from the call (minRate <= 0: no
+// such bound, only ReadPayload's per 4 MiB). A handler that holds
+// something for the payload's length (space reserved for it) bounds with
+// it how long a peer that trickles the payload holds that. A payload past
+// its deadline ends the connection: the call returns an error wrapping
+// [ErrUnavailable] and [context.DeadlineExceeded] that names the rate and
+// the bytes that came, and the server answers the connection with that
+// error (a connection error, CODE_DEADLINE) and closes it, the stream
+// being cut inside the payload.
+func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
 	var total uint64
 	for _, b := range dst {
 		total += uint64(len(b))
@@ -1730,15 +1751,27 @@ func (r *Request) ReadPayload(dst [][]byte) error {
 		return nil
 	}
 	defer r.clearDeadline()
+	var by time.Time // the whole payload's deadline; zero: none
+	var within time.Duration
+	if minRate > 0 {
+		within = min(r.timeout, math.MaxInt64-rateTime(total, minRate)) + rateTime(total, minRate)
+		by = time.Now().Add(within)
+	}
 	for _, b := range dst {
 		// Read in bounded chunks, each with a deadline, so a client that
 		// stops sending mid-payload frees the handler (and what it
 		// reserved) after the frame timeout.
 		for len(b) > 0 {
 			n := min(len(b), payloadChunk)
-			r.chunkDeadline(n)
+			last := r.chunkDeadline(n, by)
 			if got, err := io.ReadFull(r.br, b[:n]); err != nil {
 				r.left -= uint64(got)
+				if last && errors.Is(err, os.ErrDeadlineExceeded) {
+					r.cut = fmt.Errorf("%v payload of %d bytes came slower than the minimum rate of %d bytes/s: %d of them came within its deadline of %v: %w: %w",
+						r.Op, total, minRate, total-r.left, within, ErrUnavailable, context.DeadlineExceeded)
+					r.brokenOff()
+					return r.cut
+				}
 				r.brokenOff()
 				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
 			}
@@ -1762,15 +1795,33 @@ func (r *Request) brokenOff() {
 // ReadPayloadTo is [Request.ReadPayload] into one buffer.
 func (r *Request) ReadPayloadTo(dst []byte) error { return r.ReadPayload([][]byte{dst}) }
 
-// chunkDeadline gives the next n bytes of payload the frame timeout to
-// arrive, unless they are buffered already (reading them cannot wait:
-// a small request's payload mostly came with its header).
-func (r *Request) chunkDeadline(n int) {
-	if r.br.Buffered() >= n {
-		return
+// rateTime is how long n bytes take at rate bytes a second (> 0),
+// saturated.
+func rateTime(n uint64, rate int64) time.Duration {
+	d := float64(n) / float64(rate) * float64(time.Second)
+	if d >= math.MaxInt64 {
+		return math.MaxInt64
 	}
-	r.nc.SetReadDeadline(time.Now().Add(r.timeout))
+	return time.Duration(d)
+}
+
+// chunkDeadline gives the next n bytes of payload the frame timeout to
+// arrive, or until by where that is sooner (zero: no such bound), unless
+// they are buffered already (reading them cannot wait: a small request's
+// payload mostly came with its header). It reports whether by is the
+// deadline set.
+func (r *Request) chunkDeadline(n int, by time.Time) bool {
+	if r.br.Buffered() >= n {
+		return false
+	}
+	d := time.Now().Add(r.timeout)
+	last := !by.IsZero() && by.Before(d)
+	if last {
+		d = by
+	}
+	r.nc.SetReadDeadline(d)
 	r.deadline = true
+	return last
 }
 
 // clearDeadline takes away a deadline the payload's reads set; the read
@@ -1798,7 +1849,7 @@ func (r *Request) DiscardPayload() {
 	}
 	for r.left > 0 {
 		n := min(r.left, payloadChunk)
-		r.chunkDeadline(int(n))
+		r.chunkDeadline(int(n), time.Time{})
 		if got, err := io.CopyN(io.Discard, r.br, int64(n)); err != nil {
 			r.left -= uint64(got)
 			r.brokenOff()
