@@ -48,16 +48,13 @@ func TestUnitThatDoesNotDescribeASegment(t *testing.T) {
 }
 
 // staleConnectTarget answers RDMA_CONNECT with a list of segments older
-// than the ones its RDMA_SEGMENTS describes (here: none), as a reply
-// built before the unit mapped a segment another call learned meanwhile.
+// than the ones its RDMA_SEGMENTS describes (here: none, as silentTarget's),
+// as a reply built before the unit mapped a segment another call learned
+// meanwhile.
 type staleConnectTarget struct{ *Target }
 
 func (s *staleConnectTarget) Connect(req *wirepb.RdmaConnectRequest) (*wirepb.RdmaConnectReply, io.Closer, error) {
-	r, c, err := s.Target.Connect(req)
-	if err == nil {
-		r.Segments = nil
-	}
-	return r, c, err
+	return (&silentTarget{s.Target}).Connect(req)
 }
 
 // New queue pairs keep the segments the client learned: the reply to

@@ -258,11 +258,6 @@ func TestOversizedSegmentRefused(t *testing.T) {
 	segmentLimit = func() uint64 { return limit }
 	t.Cleanup(func() { segmentLimit = old })
 
-	fake, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "fake.shm"), Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
 	memfd, err := unix.MemfdCreate("oversized", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		t.Fatal(err)
@@ -274,18 +269,7 @@ func TestOversizedSegmentRefused(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(memfd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		uc, err := fake.AcceptUnix()
-		if err != nil {
-			return
-		}
-		defer uc.Close()
-		if _, err := wire.ReadFdRequest(uc); err != nil {
-			return
-		}
-		uc.WriteMsgUnix(wire.FdReply{Status: wire.FdOK, Size: size}.Append(nil), unix.UnixRights(memfd), nil)
-	}()
-	c.fdSock = fake.Addr().String()
+	c.fdSock = fakeFdSocket(t, wire.FdReply{Status: wire.FdOK, Size: size}, memfd)
 
 	l, err := c.View(t.Context(), []engine.RemoteAddr{addr})
 	if err == nil {
