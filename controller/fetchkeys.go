@@ -227,13 +227,13 @@ func (t *fetchTable) unindex(e *fetchEntry) {
 // changed: a snapshot may still be writing them. A held fetch left with
 // no consumed row holds nothing: it is no longer held (its at is now
 // then, as for an acknowledged one, so that it can still be asked again
-// and acknowledged), and it is returned, for the partition to drop from
-// its holds. Held, it would stay in the table past maxFetchKeys, and in
+// and acknowledged), and forgetRows reports whether there was one, for
+// the partition to drop it from its holds. Held, it would stay in the table past maxFetchKeys, and in
 // the partition's holds that every fetch looks through, until the
 // held-fetch TTL (forever with a negative one) for a caller that cleared
 // what it held and never settled it; its acknowledgment, once the TTL
 // gave it back, was refused, though nothing was given back.
-func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld []*fetchEntry) {
+func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 	var hit []*fetchEntry
 	for _, gi := range rows {
 		r, ok := t.byRow[gi]
@@ -254,10 +254,10 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld []*fetchEn
 	for _, e := range hit {
 		e.sampled = withoutRows(e.sampled, gone)
 		e.consumed = withoutRows(e.consumed, gone)
-		if e.held && len(e.consumed) == 0 && !slices.Contains(unheld, e) {
+		if e.held && len(e.consumed) == 0 {
 			e.held = false
 			e.at = now
-			unheld = append(unheld, e)
+			unheld = true
 		}
 	}
 	return unheld
@@ -265,11 +265,10 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld []*fetchEn
 
 // forgetRows takes rows removed from p out of its keyed fetches
 // (fetchTable.forgetRows) and drops the held ones left holding nothing
-// from p's holds. p is locked.
+// from p's holds (settled, as expireHeld drops them). p is locked.
 func (p *partition) forgetRows(rows []uint64, now time.Time) {
-	unheld := p.fetches.forgetRows(rows, now)
-	if len(unheld) > 0 {
-		p.held = slices.DeleteFunc(p.held, func(e *fetchEntry) bool { return slices.Contains(unheld, e) })
+	if p.fetches.forgetRows(rows, now) {
+		p.held = slices.DeleteFunc(p.held, func(e *fetchEntry) bool { return !e.held })
 		p.heldCheck = time.Time{} // the next look works it out
 	}
 }

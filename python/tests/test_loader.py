@@ -115,6 +115,14 @@ def test_torch_dataloader(server, part):
 
 
 
+def _done_rows(server, part, n):
+    """Rows 0..n-1 of field x (int64) in partition part of server, marked
+    done."""
+    with server.client() as c:
+        c.put({"x": np.arange(n, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+
+
 @pytest.fixture(scope="module")
 def rank_aware_server():
     from conftest import Server
@@ -425,9 +433,7 @@ def test_dataloader_rank_aware_second_iteration_yields_each_row_once(rank_aware_
     back it fetches again (the sampler keeps them for the index)."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
     s = rank_aware_server
-    with s.client() as c:
-        c.put({"x": np.arange(24, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
+    _done_rows(s, part, 24)
     ds = tq.StreamingDataset(2, 2, ["x"], part, "train", dp_rank=0, address=s.address, token=s.token,
                              fetch_timeout=0.3)
     dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=persistent)
@@ -464,9 +470,7 @@ def test_dataloader_rank_aware_worker_that_ends_first_loses_no_batch(rank_aware_
             return super()._fetch(wait)
 
     s = rank_aware_server
-    with s.client() as c:
-        c.put({"x": np.arange(12, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
+    _done_rows(s, part, 12)
     ds = SlowSecondWorker(2, 2, ["x"], part, "train", dp_rank=0, address=s.address, token=s.token,
                           fetch_timeout=0.3)
     dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2)
@@ -485,9 +489,7 @@ def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
     fetch them again) is not in the replay after reset(): every row once
     per epoch."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
-    with server.client() as c:
-        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
+    _done_rows(server, part, 8)
     ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
                              fetch_timeout=0.3)
     dl = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=True)
@@ -524,9 +526,7 @@ def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, worker
     task."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
     server = request.getfixturevalue("rank_aware_server" if sampler == "rank-aware" else "server")
-    with server.client() as c:
-        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
+    _done_rows(server, part, 16)
     ds = tq.StreamingDataset(4, 2, ["x"], part, "train", dp_rank=0, address=server.address, token=server.token,
                              fetch_timeout=0.3)
     extra = {"prefetch_factor": 2, "persistent_workers": persistent} if workers else {}
@@ -558,9 +558,7 @@ def test_dataloader_spawned_workers(server, part):
     every row once. The default collate_fn was a lambda, which spawn
     cannot pickle: iterating raised before any worker started."""
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
-    with server.client() as c:
-        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
-        c.mark_done(part)
+    _done_rows(server, part, 8)
     ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
                              fetch_timeout=0.3)
     dl = tq.StreamingDataLoader(ds, num_workers=2, multiprocessing_context="spawn")

@@ -69,24 +69,11 @@ func busyFdSocket(t *testing.T, real string, busy int64) (string, *atomic.Int64)
 	return l.Addr().String(), &seen
 }
 
-// socketConn is a Conn with socket control to a unit that holds one
-// extent, at addr.
-func socketConn(t *testing.T) (*Conn, engine.RemoteAddr) {
-	t.Helper()
-	tu, addr := unitWithExtent(t)
-	tr := New(Config{Control: ControlSocket})
-	t.Cleanup(func() { tr.Close() })
-	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c, addr
-}
-
 // A segment fetch the unit answers FdBusy is tried again: the read
 // succeeds once the unit hands the memfd over. It used to fail at the
 // first FdBusy, with engine.ErrCapacity, which a put reads as a full unit.
 func TestSegmentFetchRetriesWhenBusy(t *testing.T) {
-	c, addr := socketConn(t)
+	_, c, addr := socketConn(t)
 	var seen *atomic.Int64
 	c.fdSock, seen = busyFdSocket(t, c.fdSock, 3)
 
@@ -102,7 +89,7 @@ func TestSegmentFetchBusyIsBounded(t *testing.T) {
 	oldWait := fdBusyWait
 	fdBusyWait = time.Millisecond
 	t.Cleanup(func() { fdBusyWait = oldWait })
-	c, addr := socketConn(t)
+	_, c, addr := socketConn(t)
 	var seen *atomic.Int64
 	c.fdSock, seen = busyFdSocket(t, c.fdSock, 1<<30)
 

@@ -15,12 +15,7 @@ import (
 // fd open in the client: it said "carries 2 fds" whatever was sent (the
 // kernel keeps what the client made room for and closes the rest).
 func TestFdReplyWithManyFdsIsRefused(t *testing.T) {
-	tu, addr := unitWithExtent(t)
-	tr := New(Config{Control: ControlSocket})
-	defer tr.Close()
-	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
-	require.NoError(t, err)
-	defer c.Close()
+	_, c, addr := socketConn(t)
 
 	const size = 16 << 20
 	fd, err := unix.MemfdCreate("many", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)

@@ -223,6 +223,21 @@ func unitWithExtent(t *testing.T) (*testUnit, engine.RemoteAddr) {
 	return tu, r.Addr(0)
 }
 
+// socketConn dials a Conn with socket control to unitWithExtent's unit,
+// closed with the test, and returns the unit, the Conn and the extent.
+func socketConn(t *testing.T) (*testUnit, *Conn, engine.RemoteAddr) {
+	t.Helper()
+	tu, addr := unitWithExtent(t)
+	tr := New(Config{Control: ControlSocket})
+	t.Cleanup(func() { tr.Close() })
+	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return tu, c, addr
+}
+
 // silentFdSocket listens where a unit's fd socket could be and answers
 // nothing: its backlog accepts connections, and nobody reads them.
 func silentFdSocket(t *testing.T) *net.UnixListener {
@@ -243,15 +258,7 @@ func silentFdSocket(t *testing.T) *net.UnixListener {
 // as corrupt, naming the unit and the segment; before, it mapped any size
 // fstat agreed with.
 func TestOversizedSegmentRefused(t *testing.T) {
-	tu, addr := unitWithExtent(t)
-
-	tr := New(Config{Control: ControlSocket})
-	defer tr.Close()
-	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	tu, c, addr := socketConn(t)
 
 	const limit, size = 1 << 20, 2 << 20
 	old := segmentLimit
