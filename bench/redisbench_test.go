@@ -43,7 +43,7 @@ func BenchmarkRedisBenchmark(b *testing.B) {
 				}
 				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET", "GET"},
 					"-t", "set,get", "-n", strconv.Itoa(requests), "-c", strconv.Itoa(clients), "-d", "1024", "-r", "10000")
-				b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(2*requests*b.N), "server_us/req")
+				reportCPU(b, cpu, 2*requests*b.N, "server_us/req")
 			})
 		}
 	}
@@ -81,7 +81,7 @@ func BenchmarkDurablePipeline(b *testing.B) {
 				}
 				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET"},
 					"-t", "set", "-n", strconv.Itoa(requests), "-c", "1", "-P", strconv.Itoa(depth), "-d", "1024", "-r", "10000")
-				b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(requests*b.N), "server_us/req")
+				reportCPU(b, cpu, requests*b.N, "server_us/req")
 			})
 		}
 	}
@@ -129,8 +129,8 @@ func runRedisBenchmark(b *testing.B, rb, addr string, pid int, redisRPS map[stri
 		b.ReportMetric(m.p99*1000, name+"_p99_us")
 		if baseline {
 			redisRPS[test] = m.rps
-		} else if r := redisRPS[test]; r > 0 {
-			b.ReportMetric(m.rps/r, name+"_tq/redis")
+		} else {
+			reportRatio(b, m.rps, redisRPS[test], name+"_tq/redis", "the store=redis row of the same configuration")
 		}
 	}
 	return cpu

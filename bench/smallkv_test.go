@@ -174,8 +174,9 @@ func BenchmarkSmallKV(b *testing.B) {
 					serverCPU(b, pid, func() { ops = run() })
 					if rc.store == "redis" {
 						redisOps[rc.transport+rc.client+conf] = ops
-					} else if r := redisOps[rc.transport+rc.client+conf]; r > 0 {
-						b.ReportMetric(ops/r, "tq/redis")
+					} else {
+						reportRatio(b, ops, redisOps[rc.transport+rc.client+conf], "tq/redis",
+							fmt.Sprintf("store=redis/transport=%s/client=%s/%s", rc.transport, rc.client, conf))
 					}
 				})
 			}
@@ -186,9 +187,7 @@ func BenchmarkSmallKV(b *testing.B) {
 				conns := rawTQs(b, clients)
 				var ops float64
 				serverCPU(b, srv.pid, func() { ops = runRawTQSmallKV(b, conns, size) })
-				if r := redisOps["resp"+"raw"+conf]; r > 0 {
-					b.ReportMetric(ops/r, "tq/redis")
-				}
+				reportRatio(b, ops, redisOps["resp"+"raw"+conf], "tq/redis", "store=redis/transport=resp/client=raw/"+conf)
 			})
 			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
 				// go: a client (and connections) per caller, as Redis has
@@ -213,14 +212,11 @@ func BenchmarkSmallKV(b *testing.B) {
 						// over tcp also against redis-server through
 						// go-redis, the client a Go program would use (the
 						// minimal RESP client does less than any real one).
-						if r := redisOps["resp"+"raw"+conf]; r > 0 {
-							b.ReportMetric(ops/r, "tq/redis")
-						}
-						if r := redisOps["resp"+"go-redis"+conf]; r > 0 && tr == client.TransportTCP {
-							b.ReportMetric(ops/r, "tq/redis-goredis")
-						}
-						if r := redisOps["unix"+"raw"+conf]; r > 0 && tr == client.TransportShm {
-							b.ReportMetric(ops/r, "tq/redis-unix")
+						reportRatio(b, ops, redisOps["resp"+"raw"+conf], "tq/redis", "store=redis/transport=resp/client=raw/"+conf)
+						if tr == client.TransportTCP {
+							reportRatio(b, ops, redisOps["resp"+"go-redis"+conf], "tq/redis-goredis", "store=redis/transport=resp/client=go-redis/"+conf)
+						} else {
+							reportRatio(b, ops, redisOps["unix"+"raw"+conf], "tq/redis-unix", "store=redis/transport=unix/client=raw/"+conf)
 						}
 					})
 				}
@@ -253,10 +249,40 @@ func serverCPU(b *testing.B, pid int, fn func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	perOp := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(2*b.N) }
-	b.ReportMetric(perOp(after.total()-before.total()), "server_us/op")
-	b.ReportMetric(perOp(after.user-before.user), "server_user_us/op")
-	b.ReportMetric(perOp(selfAfter.total()-self.total()), "client_us/op")
+	reportCPU(b, after.total()-before.total(), 2*b.N, "server_us/op")
+	reportCPU(b, after.user-before.user, 2*b.N, "server_user_us/op")
+	reportCPU(b, selfAfter.total()-self.total(), 2*b.N, "client_us/op")
+}
+
+// minCPUTicks is the least CPU time, in /proc's clock ticks of 10 ms, a
+// figure per operation is reported from: /proc counts whole ticks, so
+// below this one tick more or less moves the figure by over 10%, and a
+// run shorter than one tick reads as no CPU at all.
+const minCPUTicks = 10
+
+// reportCPU reports d, a CPU time read from /proc, per operation (ops of
+// them) as metric in µs, or, when d is under minCPUTicks ticks, says in
+// the benchmark's log that the run was too short to measure it rather
+// than report a figure that is only the ticks' rounding.
+func reportCPU(b *testing.B, d time.Duration, ops int, metric string) {
+	if d < minCPUTicks*clockTick {
+		b.Logf("%s not reported: %v of CPU time in the run, under the %d clock ticks (%v) it takes to measure; run longer (-benchtime)",
+			metric, d, minCPUTicks, minCPUTicks*clockTick)
+		return
+	}
+	b.ReportMetric(float64(d.Nanoseconds())/1e3/float64(ops), metric)
+}
+
+// reportRatio reports ops/base as metric, or, when base is 0 because the
+// baseline row (named by baseline) did not run in this run — skipped, or
+// left out by -bench — says so in the benchmark's log instead of leaving
+// the ratio out without a word.
+func reportRatio(b *testing.B, ops, base float64, metric, baseline string) {
+	if base <= 0 {
+		b.Logf("%s not reported: its baseline (%s) did not run before this row in this run (skipped, or left out by -bench)", metric, baseline)
+		return
+	}
+	b.ReportMetric(ops/base, metric)
 }
 
 // cpuTime is a process's CPU time so far.
@@ -281,11 +307,12 @@ func procCPU(pid int) (cpuTime, error) {
 	if err := errors.Join(err1, err2); err != nil {
 		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	// Linux reports in clock ticks of 1/100 s (USER_HZ) on every
-	// architecture Go runs on.
-	const tick = 10 * time.Millisecond
-	return cpuTime{user: time.Duration(utime) * tick, sys: time.Duration(stime) * tick}, nil
+	return cpuTime{user: time.Duration(utime) * clockTick, sys: time.Duration(stime) * clockTick}, nil
 }
+
+// clockTick is the unit of /proc's CPU times: Linux reports them in clock
+// ticks of 1/100 s (USER_HZ) on every architecture Go runs on.
+const clockTick = 10 * time.Millisecond
 
 // runRESPSmallKV is runSmallKV over RESP connections (SET, GET).
 func runRESPSmallKV(b *testing.B, conns []*respConn, size int) float64 {
