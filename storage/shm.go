@@ -540,7 +540,10 @@ func (s *Server) serveFd(c *net.UnixConn) {
 	switch {
 	case err != nil:
 		rep.Status = wire.FdBadRequest
-	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1:
+	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1 &&
+		!(s.cfg.TrustPeerCred && wire.SameUser(c)):
+		// A client of this user is admitted without the token here as
+		// on the wire socket, which its segments and ring come with.
 		rep.Status = wire.FdUnauthenticated
 	case req.Ring:
 		s.serveRing(c, req.RingSize)
