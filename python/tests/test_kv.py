@@ -1532,3 +1532,45 @@ def test_reserve_reply_that_cannot_be_read_aborts_the_reservation(server, part, 
                 break
             time.sleep(0.05)
         assert held == 0
+
+
+def test_module_calls_say_whether_tq_was_never_initialized_or_closed(server, part, monkeypatch):
+    """A module-level call with no client says why: never initialized, or
+    closed by tq.close() (it said "not been initialized yet" after a close
+    too). A call in flight on another thread when tq.close() runs ends
+    with ClosedError saying the client was closed."""
+    monkeypatch.setenv("TQ_ADDRESS", server.address)
+    monkeypatch.setenv("TQ_DATA_DIR", server.data_dir)
+    tq.close()
+    monkeypatch.setattr(tq, "_closed_by_close", False, raising=False)  # as in a fresh process
+    with pytest.raises(tq.ClosedError, match=r"not been initialized.*tq\.init\(\)"):
+        tq.kv_list(part)
+    tq.init()
+    tq.kv_put("a", part, {"x": np.arange(2.0)})
+    out = []
+
+    def fetch():
+        try:
+            tq.get_client().get_meta(["x"], 1, part + "-empty", task_name="t", wait=True, timeout=120)
+        except tq.TQError as e:
+            out.append(e)
+    th = threading.Thread(target=fetch)
+    th.start()
+    time.sleep(0.3)  # the fetch is waiting at the controller
+    tq.close()
+    th.join(30)
+    assert not th.is_alive(), "the fetch still waits after tq.close()"
+    assert len(out) == 1 and isinstance(out[0], tq.ClosedError), out
+    assert "closed" in str(out[0]) and "close()" in str(out[0]), out[0]
+    for call in (lambda: tq.kv_list(part), lambda: tq.kv_batch_get(["a"], part), tq.get_client):
+        with pytest.raises(tq.ClosedError, match=r"closed by tq\.close\(\).*tq\.init\(\)"):
+            call()
+    with pytest.raises(tq.ClosedError, match=r"closed by tq\.close\(\)"):
+        asyncio.run(tq.async_kv_list(part))
+    tq.init()
+    try:
+        assert "a" in tq.kv_list(part)[part]
+    finally:
+        tq.close()
+    with pytest.raises(tq.ClosedError, match=r"closed by tq\.close\(\)"):
+        tq.kv_list(part)

@@ -46,6 +46,7 @@ __all__ = [
 TransferQueueClient = Client
 
 _client: Client | None = None
+_closed_by_close = False  # tq.close() closed a client, and no init() since
 _lock = threading.Lock()
 
 
@@ -63,26 +64,37 @@ def init(address: str | None = None, *, token: str | None = None, transport: str
     """Connect this process to the TQ cluster at ``address`` (default
     $TQ_ADDRESS, else tcp://127.0.0.1:7370). Calling it again returns the
     same client. Starts nothing: run ``tq serve`` first."""
-    global _client
+    global _client, _closed_by_close
     with _lock:
         if _client is None:
             _client = Client(address, token=token, transport=transport, name=name, **kw)
+            _closed_by_close = False
         return _client
 
 
 def close() -> None:
-    """Close this process's connections (the cluster keeps running)."""
-    global _client
+    """Close this process's connections (the cluster keeps running). Calls
+    in flight on other threads fail with ClosedError; module-level calls
+    made after it fail with ClosedError too, until :func:`init` is called
+    again."""
+    global _client, _closed_by_close
     with _lock:
         c, _client = _client, None
+        if c is not None:
+            _closed_by_close = True
     if c is not None:
         c.close()
 
 
 def get_client() -> Client:
-    if _client is None:
-        raise errors.ClosedError("TQ has not been initialized yet. Please call tq.init() first.")
-    return _client
+    """The client :func:`init` made; ClosedError before it, or after
+    :func:`close`, each saying which."""
+    c = _client
+    if c is None:
+        if _closed_by_close:
+            raise errors.ClosedError("tq was closed by tq.close(); call tq.init() again to use it")
+        raise errors.ClosedError("tq has not been initialized yet; call tq.init() first")
+    return c
 
 
 def get_metrics_endpoint() -> str | None:

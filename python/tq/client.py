@@ -538,7 +538,7 @@ class Client:
                 # dialed is no one's.
                 for u in made.values():
                     u.close()
-                raise errors.ClosedError("client is closed")
+                raise errors.ClosedError("client is closed (Client.close() or tq.close() was called)")
             for uid, u in self._units.items():
                 if fresh.get(uid) is not u:
                     u.close()

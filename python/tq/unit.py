@@ -56,7 +56,7 @@ class Pool:
             self._before_take()
         with self._lock:
             if self._closed:
-                raise errors.ClosedError("client is closed")
+                raise errors.ClosedError("client is closed (Client.close() or tq.close() was called)")
             while self._idle:
                 c = self._idle.pop()
                 if not c.closed and c.pid == os.getpid() and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
@@ -83,7 +83,7 @@ class Pool:
             self._calling.add(c)
         try:
             if closed:  # closed since the take: close() did not see c
-                raise errors.ClosedError("client is closed")
+                raise errors.ClosedError("client is closed (Client.close() or tq.close() was called)")
             return c.call(*args, **kw)
         except (errors.UnavailableError, errors.ClosedError):
             # The peer went away (or is going): the idle connections are
