@@ -19,7 +19,7 @@ func TestReadmeNamesOnlyRealFlags(t *testing.T) {
 	others := []string{
 		"break-system-packages", "no-build-isolation", "system-site-packages", // pip
 		"user", "pass", // redis-cli
-		"device", // python -m tq.bench
+		"device", "address", // python -m tq.bench
 	}
 	b, err := os.ReadFile("../../README.md")
 	require.NoError(t, err)

@@ -10,9 +10,11 @@ def test_bench_harness(server):
     assert all(v > 0 for _, vals, _ in rows for v in vals.values())
 
 
-def test_bench_values(server):
+def test_bench_values(server, capsys):
     """--workload values: TQ's rows, and redis-py's against a redis-server
-    of its own when both are installed (CI installs them)."""
+    of its own when both are installed (CI installs them). The report says
+    what each side persists: the session's server is durable (its log
+    fsync batch), the redis-server persists nothing."""
     import shutil
 
     from tq import bench
@@ -27,6 +29,23 @@ def test_bench_values(server):
     for _, v in rows:
         assert set(v) == {"set", "get", "tag"}
         assert all(ops > 0 and 0 < p50 <= p99 for ops, p50, p99 in v.values())
+    persists = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("persistence:")]
+    assert len(persists) == 1, persists
+    assert "TQ logs" in persists[0] and "fsync batch" in persists[0] and "not the values" in persists[0], persists
+    if have_redis:
+        assert "redis-server persists nothing" in persists[0], persists
+
+
+def test_bench_values_in_memory_says_neither_persists(capsys, monkeypatch, tmp_path):
+    """Without --address the values workload starts tq serve --in-memory,
+    and says that neither side persists anything."""
+    import conftest
+    from tq import bench
+    monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))  # the bench's server sets it: put back after
+    bench.main(["--tq-bin", conftest._bin("TQ_BIN", "tq"), "--workload", "values", "--iters", "20",
+                "--transports", "tcp"])
+    persists = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("persistence:")]
+    assert len(persists) == 1 and "TQ persists nothing (--in-memory)" in persists[0], persists
 
 
 def test_bench_rows(server):

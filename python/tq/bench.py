@@ -42,7 +42,12 @@ value), ``get`` (``kv_batch_get`` of that key), ``tag`` (``kv_put`` of a
 tag alone), each op's rate and its p50/p99 latency, one caller, next to
 redis-py's SET, GET and HSET against a ``redis-server`` (no persistence,
 as the benchmark's ``tq serve --in-memory``) that it starts on loopback
-when both are installed.
+when both are installed. Its ``persistence:`` line says what each side
+makes durable, TQ's as the controller reports it (CLUSTER_INFO): with
+``--address`` of a durable cluster TQ logs each set's key and each tag
+(not the 1 KiB values, which stay in the storage units' memory) before
+replying, at its ``--fsync``, while the redis-server still persists
+nothing; the two sides then do not do the same work.
 
 ``--workload rows`` times a batch of many small rows, as a rollout's
 results come: 4096 keys, each with a float32 reward, 64 float32
@@ -70,6 +75,8 @@ import time
 import numpy as np
 
 import tq
+from tq import wire
+from tq._pb import control_pb2
 
 ROWS, FIELDS, SEQ = 1024, 9, 8192
 WORKLOADS = {"small": (1024, 9, 8192), "tiny": (16, 3, 64)}  # tiny: to check the harness
@@ -318,6 +325,28 @@ def bench_values(c, part, n):
     }, n)
 
 
+REDIS_PERSISTS = "redis-server persists nothing (--save '' --appendonly no)"
+
+
+def persistence(c, redis_why="") -> str:
+    """The report's line saying what each side of --workload values makes
+    durable: TQ's as its controller reports it (CLUSTER_INFO), or an
+    assumption said as one when it cannot tell; redis-server's as _Redis
+    starts it (``redis_why``: why there is none)."""
+    try:
+        ci = c._call(wire.CLUSTER_INFO, None, control_pb2.ClusterInfoReply, op_name="cluster_info")
+    except tq.TQError as e:
+        ours = f"TQ's durability unknown (cluster info: {e}), assumed durable as tq serve's default"
+    else:
+        if ci.durable:
+            ours = (f"TQ logs each set's key and each tag before replying (fsync {ci.fsync or 'unknown'}), "
+                    "not the values (they stay in the storage units' memory)")
+        else:
+            ours = "TQ persists nothing (--in-memory)"
+    theirs = f"no redis-server ({redis_why})" if redis_why else REDIS_PERSISTS
+    return f"persistence: {ours}; {theirs}"
+
+
 class _Redis:
     """A redis-server on loopback, without persistence."""
 
@@ -327,6 +356,7 @@ class _Redis:
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
         port = _free_port()
+        # What REDIS_PERSISTS says.
         self.proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
@@ -400,7 +430,7 @@ def values_main(a, address):
     """--workload values: one table of small-value ops, TQ and redis-py."""
     n = a.iters
     rows = []
-    red, why = None, ""
+    red, why, persists = None, "", ""
     try:
         red = _Redis()
     except (ImportError, RuntimeError) as e:
@@ -408,6 +438,8 @@ def values_main(a, address):
     try:
         for tr in a.transports.split(","):
             with tq.Client(address, transport=tr, token=a.token) as c:
+                if not persists:
+                    persists = persistence(c, why)
                 rows.append((f"python {tr}", bench_values(c, "bench-values-" + tr, n)))
             if red is not None:
                 rows.append(("redis-py", red.bench(n)))
@@ -416,6 +448,7 @@ def values_main(a, address):
             red.stop()
     print(f"values: {VALUE} B a value, one key per call, one caller, {n} calls an op; "
           "ops/s (p50 / p99 µs)" + (f"; no redis rows: {why}" if why else ""))
+    print(persists)
     ops = ["set", "get", "tag"]
     print(f"{'':16}" + "".join(f"{op:>26}" for op in ops))
     for name, v in rows:
@@ -466,8 +499,8 @@ def main(argv=None):
     ap.add_argument("--no-zmq", action="store_true")
     ap.add_argument("--workload", default="small", choices=sorted(WORKLOADS) + ["values", "rows"],
                     help="small (the reference), tiny (a few KiB, to check the harness; no Go side), "
-                    "values (1 KiB values one key per call, against redis-py; --iters calls an op, "
-                    "default 5000), or rows (4096 small rows a call; --iters calls an op, default 50)")
+                    "values (1 KiB values one key per call, against redis-py on a redis-server that persists "
+                    "nothing; its persistence: line says what TQ persists; --iters calls an op, default 5000), or rows (4096 small rows a call; --iters calls an op, default 50)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where the fields live: cuda puts from the GPU and ends each get there (torch)")
     a = ap.parse_args(argv)
