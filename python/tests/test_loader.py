@@ -564,3 +564,47 @@ def test_dataloader_spawned_workers(server, part):
     dl = tq.StreamingDataLoader(ds, num_workers=2, multiprocessing_context="spawn")
     got = [x for data, _ in dl for x in data["x"].tolist()]
     assert sorted(got) == list(range(8)), f"took {got}"
+
+
+def test_stream_warns_of_a_partition_the_controller_does_not_list(server, part, caplog):
+    """A loader waiting on a partition the controller does not have (a
+    misspelled id) logs a warning naming it, and the close names the
+    controller has, once it waited missing_partition_warn_s; it still
+    waits (producers may create it later) and yields once rows come. One
+    waiting on a partition that exists but has no ready rows says nothing.
+    Before, both waited in silence."""
+    import logging
+    caplog.set_level(logging.WARNING, logger="tq.loader")
+    with server.client() as c:
+        c.put({"x": np.arange(2, dtype=np.float32)}, partition_id=part + "-train")
+        missing = part + "-trian"
+        it = tq.StreamIterator(2, 2, ["x"], missing, "t", client=c, fetch_timeout=0.2,
+                               missing_partition_warn_s=0.5)
+        got = []
+        th = threading.Thread(target=lambda: got.append(next(iter(it))))
+        th.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not caplog.records:
+            time.sleep(0.05)
+        msgs = [r.getMessage() for r in caplog.records]
+        assert len(msgs) == 1, msgs
+        assert repr(missing) in msgs[0] and "does not list" in msgs[0] and repr(part + "-train") in msgs[0], msgs
+        c.put({"x": np.arange(2, dtype=np.float32)}, partition_id=missing)  # created late: it still waited
+        th.join(30)
+        assert not th.is_alive() and got[0][1].size == 2
+        assert len(caplog.records) == 1
+
+        caplog.clear()
+        c.put({"y": np.arange(2, dtype=np.float32)}, partition_id=part)  # exists; no "x" ready
+        it = tq.StreamIterator(2, 2, ["x"], part, "t", client=c, fetch_timeout=0.2, missing_partition_warn_s=0.5)
+        got = []
+        th = threading.Thread(target=lambda: got.append(next(iter(it))))
+        th.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and it._partition_checked != part:
+            time.sleep(0.05)
+        assert it._partition_checked == part
+        c.put({"x": np.arange(2, dtype=np.float32)}, partition_id=part)
+        th.join(30)
+        assert not th.is_alive() and got[0][1].size == 2
+        assert caplog.records == []

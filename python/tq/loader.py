@@ -25,8 +25,11 @@ partition marked done.
 A partition that does not exist yet is waited for, as the controller's
 fetches and the Go loader (stream) wait for it: the trainer may start
 before the producers' first put. So a misspelled ``partition_id`` waits
-for good, without an error (as a Go loader does): check the id when a
-loader yields nothing.
+for good, without an error (as a Go loader does). Once it has waited
+``missing_partition_warn_s`` (default 60 s; None: never) without a batch,
+the loader asks the controller's partition list once, and logs a warning
+(logger ``tq.loader``) naming the id, and the listed ids close to it, when
+the list does not have it.
 
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
@@ -37,13 +40,18 @@ first ``__iter__``; nothing is pickled but the settings) and
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
+import time
 
 import numpy as np
 
 from . import errors
 from .client import Client
+
+log = logging.getLogger(__name__)
 
 try:  # pragma: no cover - depends on the environment
     import torch as _torch
@@ -94,7 +102,8 @@ class StreamIterator:
     def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
                  client: Client | None = None, token: str | None = None, transport: str = "auto",
-                 fetch_timeout: float = 1.0, sampling_config: dict | None = None, copy: bool = True):
+                 fetch_timeout: float = 1.0, sampling_config: dict | None = None, copy: bool = True,
+                 missing_partition_warn_s: float | None = 60.0):
         if micro_batch_size < 1:
             raise errors.InvalidError(f"micro_batch_size {micro_batch_size} must be at least 1")
         if batch_size < 1:
@@ -110,6 +119,9 @@ class StreamIterator:
         self.fetch_timeout = fetch_timeout
         self.sampling_config = dict(sampling_config or {})
         self.copy = copy
+        self.missing_partition_warn_s = missing_partition_warn_s
+        self._waiting_since = None  # time.monotonic() of the first fetch that came back empty since a batch
+        self._partition_checked = None  # the partition id looked up in the controller's list
         self._address, self._token, self._transport = address, token, transport
         self._client = client
         self._own_client = False
@@ -142,6 +154,32 @@ class StreamIterator:
     def step(self, partition_id: str) -> None:
         """Drop the buffer and go on with another partition."""
         self.buffer, self.batch_index, self.partition_id = [], 0, partition_id
+        self._waiting_since = None
+
+    def _waited(self) -> None:
+        """A fetch came back without a batch: once the loader has waited
+        missing_partition_warn_s since its last batch, look the partition up
+        in the controller's list (once a partition id) and warn if it is not
+        there. A partition created later is still waited for."""
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = now
+        warn_s = self.missing_partition_warn_s
+        if warn_s is None or now - self._waiting_since < warn_s or self._partition_checked == self.partition_id:
+            return
+        part = self._partition_checked = self.partition_id
+        try:
+            listed = self._get_client().get_partition_list()
+        except errors.TQError:
+            return  # a hint only: the fetches say what is wrong with the controller
+        if part in listed:
+            return
+        close = difflib.get_close_matches(part, listed, n=3)
+        log.warning("partition %r: the loader (task %r) has waited %.0f s for a batch, and the controller does "
+                    "not list this partition%s; it waits on (a producer may create it)", part, self.task_name,
+                    now - self._waiting_since,
+                    f" (close ids it lists: {', '.join(map(repr, close))})" if close else
+                    f" ({len(listed)} partitions listed, none close)")
 
     def get_buffer(self):
         return list(self.buffer)
@@ -223,8 +261,10 @@ class StreamIterator:
             if got is _DONE:
                 return
             if got is not None:
+                self._waiting_since = None
                 self.buffer.append(got)
                 continue
+            self._waited()
             if self.should_check_consumption_status and \
                     self._get_client().check_consumption_status(self.task_name, self.partition_id):
                 # Between the wait and the check a peer of this rank (same
