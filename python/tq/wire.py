@@ -483,8 +483,8 @@ class Conn:
     def _gone(self, op_name: str) -> errors.TQError:
         """The error of a request on a connection closed before or while it ran."""
         if self._closing:
-            return errors.ClosedError(f"connection to {self.addr} closed while in use: the client was closed "
-                                      "(Client.close() or tq.close())", op=op_name)
+            return errors.ClosedError(f"connection to {self.addr} closed while in use, by this client "
+                                      "(Client.close() or tq.close(), or the unit leaving its table)", op=op_name)
         return errors.UnavailableError(f"connection to {self.addr} is closed", op=op_name)
 
     def _settimeout(self, t: float) -> None:
