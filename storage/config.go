@@ -27,7 +27,8 @@ type Config struct {
 	Prefault bool
 	// ReserveTimeout bounds how long a [Reservation] may stay open: after
 	// it the unit aborts the reservation and [Reservation.Commit] fails.
-	// 0 means 30 s.
+	// It bounds a WRITE's payload too: one still coming is cut off (see
+	// [Server]). 0 means 30 s.
 	ReserveTimeout time.Duration
 }
 

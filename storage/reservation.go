@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -92,22 +93,11 @@ func (r *Reservation) Commit() error {
 	now := time.Now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	switch {
-	case r.state == reservationCommitted:
-		return u.opErr("commit", fmt.Errorf("reservation committed already: %w", engine.ErrInvalid))
-	case r.state == reservationAborted:
-		return u.opErr("commit", fmt.Errorf("reservation aborted: %w", engine.ErrInvalid))
-	case r.state == reservationExpired && r.quarOpen:
-		return u.opErr("commit", fmt.Errorf("reservation in quarantine: its connection ended without a goodbye while it was open, and its client may still be writing into it: %w", engine.ErrInvalid))
-	case r.state == reservationExpired && r.quarantined:
-		return u.opErr("commit", fmt.Errorf("reservation expired after %v, and is in quarantine since its connection ended without a goodbye: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
-	case r.state == reservationExpired || r.state == reservationReaped:
-		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
-	case u.closed:
-		return u.opErr("commit", engine.ErrClosed)
-	case now.After(r.deadline):
-		u.abortLocked(r, reservationReaped)
-		return u.opErr("commit", fmt.Errorf("reservation expired after %v: %w", u.cfg.ReserveTimeout, engine.ErrInvalid))
+	if err := r.errLocked(now, "reservation", engine.ErrInvalid); err != nil {
+		if r.state == reservationOpen && !u.closed {
+			u.abortLocked(r, reservationReaped) // its deadline passed
+		}
+		return u.opErr("commit", err)
 	}
 	at := int64(now.Sub(u.epoch))
 	for _, e := range r.exts {
@@ -118,6 +108,72 @@ func (r *Reservation) Commit() error {
 	u.unlinkOpen(r)
 	r.state = reservationCommitted
 	return nil
+}
+
+// Err returns nil while the reservation can still commit: it is open and
+// its timeout has not passed. Otherwise it returns why not, naming the
+// reservation: an error wrapping [context.DeadlineExceeded] when it
+// expired (whether or not the unit has reaped it yet), [engine.ErrInvalid]
+// when it was committed or aborted, [engine.ErrClosed] after
+// [Unit.Close]. A filler that takes long, such as a WRITE reading its
+// payload from a peer, checks it as it goes, to stop filling space that
+// can no longer commit; Err changes nothing, so the filler still ends the
+// reservation (Abort).
+func (r *Reservation) Err() error {
+	u := r.u
+	now := time.Now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := r.errLocked(now, r.describe(), context.DeadlineExceeded); err != nil {
+		return u.opErr("reserve", err)
+	}
+	return nil
+}
+
+// errLocked says why r, called name, cannot commit at now, nil if it
+// can; an expiry wraps expired. u.mu is held.
+func (r *Reservation) errLocked(now time.Time, name string, expired error) error {
+	u := r.u
+	switch {
+	case r.state == reservationCommitted:
+		return fmt.Errorf("%s committed already: %w", name, engine.ErrInvalid)
+	case r.state == reservationAborted:
+		return fmt.Errorf("%s aborted: %w", name, engine.ErrInvalid)
+	case r.state == reservationExpired && r.quarOpen:
+		return fmt.Errorf("%s in quarantine: its connection ended without a goodbye while it was open, and its client may still be writing into it: %w", name, engine.ErrInvalid)
+	case r.state == reservationExpired && r.quarantined:
+		return fmt.Errorf("%s expired after %v, and is in quarantine since its connection ended without a goodbye: %w", name, u.cfg.ReserveTimeout, expired)
+	case r.state == reservationExpired || r.state == reservationReaped:
+		return fmt.Errorf("%s expired after %v: %w", name, u.cfg.ReserveTimeout, expired)
+	case u.closed:
+		return fmt.Errorf("%s: %w", name, engine.ErrClosed)
+	case now.After(r.deadline):
+		return fmt.Errorf("%s expired after %v: %w", name, u.cfg.ReserveTimeout, expired)
+	}
+	return nil
+}
+
+// describe names r by its extents' count, bytes and first address.
+func (r *Reservation) describe() string {
+	n, first := 0, -1
+	var size int64
+	for i, e := range r.exts {
+		if e != nil {
+			if first < 0 {
+				first = i
+			}
+			n++
+			size += e.size
+		}
+	}
+	s := fmt.Sprintf("%d extents", n)
+	if n == 1 {
+		s = "1 extent"
+	}
+	if first < 0 {
+		return "reservation of " + s
+	}
+	return fmt.Sprintf("reservation of %s (%d bytes, the first at %s)", s, size, fmtAddr(r.Addr(first)))
 }
 
 // Abort frees the extents. It is idempotent and does nothing after Commit

@@ -10,8 +10,10 @@ package storage
 //	            disconnects mid-payload included) aborts the reservation:
 //	            no partial extent becomes readable and no space leaks. The
 //	            payload must come at ServerConfig.MinWriteRate or faster,
-//	            else the WRITE is aborted and the connection cut: a peer
-//	            cannot hold the space it claimed by trickling it.
+//	            and its reservation must not time out while it comes
+//	            (Config.ReserveTimeout, checked every 4 MiB), else the
+//	            WRITE is aborted and the connection cut: a peer cannot
+//	            hold the space it claimed by trickling it.
 //	READ        lease the ranges → reply with the leased views of the
 //	            arena as the payload, written with writev straight from
 //	            shared memory → release the lease once written.
@@ -341,13 +343,16 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 			dst = append(dst, r.Buf(i))
 		}
 	}
-	if err := req.ReadPayloadAtRate(dst, s.cfg.MinWriteRate); err != nil {
+	// The payload is cut off at the first 4 MiB boundary past the
+	// reservation's timeout: what comes after could not commit.
+	if err := req.ReadPayloadWhile(dst, s.cfg.MinWriteRate, r.Err); err != nil {
 		r.Abort()
 		if errors.Is(err, context.DeadlineExceeded) && s.cfg.Logger != nil {
 			// Cut off for trickling its payload (the connection is
 			// answered with err and closed): a peer holding space on
-			// purpose, or one on a link too slow for MinWriteRate.
-			s.cfg.Logger.Warn("storage: cut off a WRITE slower than the minimum rate", "peer", req.Peer.GetName(), "peer_host", req.Peer.GetHostId(), "err", err)
+			// purpose, or one on a link too slow for MinWriteRate or
+			// the reserve timeout.
+			s.cfg.Logger.Warn("storage: cut off a slow WRITE", "peer", req.Peer.GetName(), "peer_host", req.Peer.GetHostId(), "err", err)
 		}
 		rw.Error(err)
 		if errors.Is(err, wire.ErrUnavailable) {

@@ -602,6 +602,46 @@ func TestServerCloseWithRequestsInFlight(t *testing.T) {
 	}
 }
 
+// TestReservationErr: Err says nothing while a reservation can commit,
+// and names it and its expiry once its timeout passed, before the reaper
+// ran and after; it frees nothing, so the filler's Abort frees the
+// extents once.
+func TestReservationErr(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := testConfig()
+		cfg.ReserveTimeout = time.Second
+		u, err := NewUnit(1, cfg)
+		require.NoError(t, err)
+		defer u.Close()
+		r, err := u.ReserveHeld(t.Context(), []int64{1000, 0, 64 << 10})
+		require.NoError(t, err)
+		require.NoError(t, r.Err())
+		used := u.Stats().Used
+
+		time.Sleep(time.Second + time.Nanosecond) // past the deadline, the reaper not yet run
+		err = r.Err()
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.ErrorContains(t, err, "reservation of 2 extents (66536 bytes, the first at [segment ")
+		assert.ErrorContains(t, err, "expired after 1s")
+		synctest.Wait()
+		require.ErrorIs(t, r.Err(), context.DeadlineExceeded, "after the reaper")
+		assert.Equal(t, used, u.Stats().Used, "Err freed something")
+
+		r.Abort()
+		r.Abort()
+		assert.Zero(t, u.Stats().Used)
+		require.ErrorIs(t, r.Err(), engine.ErrInvalid, "after Abort")
+
+		ok, err := u.ReserveHeld(t.Context(), []int64{10})
+		require.NoError(t, err)
+		ok.Abort()
+		err = ok.Err()
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.ErrorContains(t, err, "reservation of 1 extent (10 bytes")
+		assert.ErrorContains(t, err, "aborted")
+	})
+}
+
 // TestHeldReservation: a held reservation that times out stays allocated
 // until its filler aborts it, and can no longer commit.
 func TestHeldReservation(t *testing.T) {
@@ -649,4 +689,66 @@ func TestHeldReservation(t *testing.T) {
 		}
 		l.Release()
 	})
+}
+
+// TestServerWriteCutWhenReservationExpires: a WRITE whose reservation
+// times out while its payload is still coming is cut off at the next
+// chunk, with an error that names the reservation and says it expired,
+// instead of reading the rest (for as long as MinWriteRate allows) into
+// space that can no longer commit. The space goes back once, and a put
+// made before is unharmed.
+func TestServerWriteCutWhenReservationExpires(t *testing.T) {
+	cfg := testConfig()
+	cfg.Capacity = 32 << 20
+	cfg.SegmentSize = 16 << 20
+	cfg.ReserveTimeout = 50 * time.Millisecond
+	u := newTestUnit(t, cfg)
+	addr := serve(t, u, ServerConfig{FrameTimeout: 5 * time.Second})
+	c := dialUnit(t, addr, "")
+	kept := bytes.Repeat([]byte{7}, 1<<20)
+	keptAddrs, err := remoteWrite(t.Context(), c, kept)
+	require.NoError(t, err)
+	before := u.Stats()
+
+	// Three chunks claimed; the first and a byte of the second sent.
+	nc := rawDial(t, addr)
+	const n = 12 << 20
+	msg := rawFrame(wire.OpWrite, 2, marshal(&wirepb.WriteRequest{Sizes: []uint64{n}}), n)
+	_, err = nc.Write(append(msg, bytes.Repeat([]byte{1}, 4<<20+1)...))
+	require.NoError(t, err)
+	waitStats(t, u, "the WRITE's reservation expiring", func(st Stats) bool {
+		return st.OpenReservations == 0 && st.Used >= before.Used+n
+	})
+	// The rest of the second chunk: the WRITE is cut before the third.
+	_, err = nc.Write(bytes.Repeat([]byte{1}, 4<<20-1))
+	require.NoError(t, err)
+	var cut error
+	for {
+		h, body, err := readFrame(nc, 20*time.Second)
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF, "the cut WRITE's connection was not closed")
+			break
+		}
+		rerr := replyErr(h, body)
+		require.Error(t, rerr, "the WRITE was answered %+v, not cut off", h)
+		require.ErrorIs(t, rerr, context.DeadlineExceeded)
+		assert.Contains(t, rerr.Error(), "reservation of 1 extent")
+		assert.Contains(t, rerr.Error(), "expired after 50ms")
+		cut = rerr
+	}
+	require.Error(t, cut, "no error before the connection closed")
+	st := waitStats(t, u, "the cut WRITE's space freed", func(st Stats) bool {
+		return st.Used == before.Used && st.OpenReservations == 0
+	})
+	require.Equal(t, before.Extents, st.Extents)
+
+	// The space is reusable, and the put made before is intact.
+	again, err := remoteWrite(t.Context(), c, bytes.Repeat([]byte{3}, n))
+	require.NoError(t, err)
+	assert.Equal(t, before.Used+blockSize(n), u.Stats().Used)
+	got, err := remoteRead(t.Context(), c, keptAddrs...)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(got[0], kept), "the put made before was overwritten")
+	require.NoError(t, remoteFree(t.Context(), c, append(again, keptAddrs...)...))
+	waitStats(t, u, "after the puts are freed", func(st Stats) bool { return st.Used == 0 && st.Extents == 0 })
 }

@@ -1690,7 +1690,8 @@ type Request struct {
 	once     sync.Once
 	broken   bool // set before consumed closes; read by the loop after
 	// cut, set with broken, is the error of a payload past the deadline
-	// of ReadPayloadAtRate: the loop answers the connection with it.
+	// of ReadPayloadAtRate, or one ReadPayloadWhile's live stopped: the
+	// loop answers the connection with it.
 	cut      error
 	deadline bool // a payload read set the socket's read deadline
 	// missed is the payload that never came (the connection broke before
@@ -1732,6 +1733,21 @@ func (r *Request) ReadPayload(dst [][]byte) error { return r.ReadPayloadAtRate(d
 // error (a connection error, CODE_DEADLINE) and closes it, the stream
 // being cut inside the payload.
 func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
+	return r.ReadPayloadWhile(dst, minRate, nil)
+}
+
+// ReadPayloadWhile is [Request.ReadPayloadAtRate] for a payload whose
+// destination may stop being worth filling before the payload is in
+// (space reserved for it that times out): after each 4 MiB read from
+// the socket, live (if not nil) says whether to go on. When it returns an
+// error the rest of the payload is not read: the call returns an error
+// wrapping it and [ErrUnavailable] that names the bytes that came, and,
+// as for a payload past its rate, the server answers the connection with
+// it (when it wraps [context.DeadlineExceeded]: a connection error,
+// CODE_DEADLINE) and closes it, the stream being cut inside the payload.
+// live runs on the handler's goroutine, between socket reads, never
+// while one writes into dst.
+func (r *Request) ReadPayloadWhile(dst [][]byte, minRate int64, live func() error) error {
 	var total uint64
 	for _, b := range dst {
 		total += uint64(len(b))
@@ -1757,11 +1773,20 @@ func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
 		within = min(r.timeout, math.MaxInt64-rateTime(total, minRate)) + rateTime(total, minRate)
 		by = time.Now().Add(within)
 	}
+	var unchecked int // read since live last said go on
 	for _, b := range dst {
 		// Read in bounded chunks, each with a deadline, so a client that
 		// stops sending mid-payload frees the handler (and what it
 		// reserved) after the frame timeout.
 		for len(b) > 0 {
+			if live != nil && unchecked >= payloadChunk {
+				if err := live(); err != nil {
+					r.cut = fmt.Errorf("%v payload of %d bytes cut off after %d of them came: %w: %w", r.Op, total, total-r.left, err, ErrUnavailable)
+					r.brokenOff()
+					return r.cut
+				}
+				unchecked = 0
+			}
 			n := min(len(b), payloadChunk)
 			last := r.chunkDeadline(n, by)
 			if got, err := io.ReadFull(r.br, b[:n]); err != nil {
@@ -1776,6 +1801,7 @@ func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
 				return fmt.Errorf("read payload: %w: %w", ErrUnavailable, err)
 			}
 			r.left -= uint64(n)
+			unchecked += n
 			b = b[n:]
 		}
 	}
