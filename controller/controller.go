@@ -1496,20 +1496,21 @@ func (c *Controller) ResetConsumption(partition, task string) error {
 		return opErr("reset consumption", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
-	p.reset(task)
+	now := time.Now()
+	p.reset(task, now)
 	c.forgetTask(p.id, task)
 	if c.logging() {
-		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ResetConsumption{ResetConsumption: &wirepb.ResetOp{Partition: p.id, Gen: p.gen, Task: task}}})
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ResetConsumption{ResetConsumption: &wirepb.ResetOp{Partition: p.id, Gen: p.gen, Task: task, AtUnixMs: now.UnixMilli()}}})
 	}
 	return nil
 }
 
 // reset makes a task's consumed rows (every task's for "") fetchable
-// again, and its keyed fetches from before give nothing back. p is
-// locked.
-func (p *partition) reset(task string) {
+// again, at now, and its keyed fetches from before give nothing back.
+// p is locked.
+func (p *partition) reset(task string, now time.Time) {
 	p.forgetGroups(task)
-	p.fetches.reset(task)
+	p.fetches.reset(task, now)
 	if task == "" {
 		p.resetConsumption(-1)
 	} else if t, ok := p.tasks[task]; ok {

@@ -650,7 +650,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p == nil {
 			return nil
 		}
-		p.reset(o.Task)
+		at := time.UnixMilli(o.AtUnixMs)
+		if o.AtUnixMs == 0 {
+			at = time.Now() // a record from before it had the time: asked again, a fetch it un-held answers fetchKeyTTL from the replay
+		}
+		p.reset(o.Task, at)
 		c.forgetTask(p.id, o.Task)
 	case *wirepb.LogOp_ClearRows:
 		o := op.ClearRows

@@ -17,7 +17,9 @@ package controller
 // records carry the key, and snapshots hold the table.
 //
 // A reset of a task's consumption ends what its entries can give back:
-// the rows are the new round's, and may be another fetch's by now.
+// the rows are the new round's, and may be another fetch's by now. Asked
+// again, a fetch from before still answers with the rows it took; one
+// the reset un-held, for fetchKeyTTL from the reset.
 //
 // An entry names its rows by index, and a clear releases indexes for new
 // rows. So a clear takes the rows it removes out of every entry (live and
@@ -274,23 +276,39 @@ func (p *partition) forgetRows(rows []uint64, now time.Time) {
 }
 
 // reset forgets the rows the entries of task ("": every task) consumed,
-// whose consumption was reset: given back now, a fetch from before would
-// make rows fetchable again that a fetch since took. Its kept batch is
-// no longer followed either (forgetGroups). Asked again, it still
-// answers with the rows it sampled.
-func (t *fetchTable) reset(task string) {
+// whose consumption was reset (at now): given back now, a fetch from
+// before would make rows fetchable again that a fetch since took. Its
+// kept batch is no longer followed either (forgetGroups). Asked again, it
+// still answers with the rows it sampled. A held one is no longer held
+// (nothing left to give back), and can be asked again for fetchKeyTTL
+// from now, as an acknowledged one from its acknowledgment: its time was
+// the fetch's, and a hold older than fetchKeyTTL lost its entry at the
+// reset, so that the fetch asked again took the new round's rows. Those
+// move to the end of the order, which expiry (add) walks from the
+// oldest.
+func (t *fetchTable) reset(task string, now time.Time) {
+	var moved []*fetchEntry
+	keep := t.order[:0]
 	for _, e := range t.order {
 		if task != "" && e.task != task {
+			keep = append(keep, e)
 			continue
 		}
 		e.kept = nil
-		e.held = false // nothing left to give back
+		if e.held {
+			e.held = false
+			e.at = now
+			moved = append(moved, e)
+		} else {
+			keep = append(keep, e)
+		}
 		if len(e.consumed) > 0 {
 			t.unindex(e)
 			e.consumed = nil
 			t.index(e)
 		}
 	}
+	t.order = append(keep, moved...)
 }
 
 // withoutRows returns rows less those in gone: rows itself when it has

@@ -121,7 +121,7 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 		case 2:
 			tab.forgetRows(rows(), now)
 		case 3:
-			tab.reset("t")
+			tab.reset("t", now)
 		}
 		want := make(map[uint64][]*fetchEntry)
 		for _, e := range tab.order {

@@ -857,3 +857,47 @@ func TestHeldFetchGivenBackLongAgoAskedAgain(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, trues(st.Consumed), "the repeat took no row")
 }
+
+// A held fetch that a reset of its task's consumption un-holds can still
+// be asked again for fetchKeyTTL from the reset, as one acknowledged can
+// from its acknowledgment: it answers with the rows it took. Before, the
+// entry kept the time of the fetch, so a hold older than fetchKeyTTL (a
+// long or negative HeldFetchTTL) lost its entry at the reset, and the
+// fetch asked again took the new round's rows as if it were a new one.
+// The same after a restart, from the log or a snapshot.
+func TestResetKeepsAnOldHoldsAnswer(t *testing.T) {
+	for _, way := range restartWays {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{HeldFetchTTL: -1}
+			c := openDurable(t, dir, cfg)
+			doneWith(t, c, 4)
+			a := heldFetch(t, c, "a", 2)
+			func() {
+				p := c.lock("p")
+				defer p.mu.Unlock()
+				e := p.fetches.m["a"]
+				e.at = e.at.Add(-2 * fetchKeyTTL) // held for 20 minutes
+			}()
+			require.NoError(t, c.ResetConsumption("p", "t"))
+			again := func(c *Controller) {
+				t.Helper()
+				m, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2, Key: "a", Hold: true})
+				require.NoError(t, err)
+				assert.Equal(t, a.Indexes, m.Indexes, "asked again: the rows it took")
+				st, err := c.ConsumptionStatus("p", "t")
+				require.NoError(t, err)
+				assert.Zero(t, trues(st.Consumed), "the repeat took no row of the new round")
+				assert.Empty(t, st.Held)
+			}
+			again(c)
+			require.NoError(t, c.WaitDurable(context.Background()))
+			want := stateBytes(t, c)
+			way.stop(t, c)
+			c = openDurable(t, dir, cfg)
+			defer c.Close()
+			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			again(c)
+		})
+	}
+}

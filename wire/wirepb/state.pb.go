@@ -1659,10 +1659,14 @@ func (x *AckOp) GetAtUnixMs() int64 {
 
 // ResetOp: a task's consumption (every task's for "") was reset.
 type ResetOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
-	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Task      string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Gen       uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	// When: a held fetch the reset un-holds can be asked again for
+	// fetchKeyTTL from then. 0 in a record from before it was kept: from
+	// the replay.
+	AtUnixMs      int64 `protobuf:"varint,4,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1714,6 +1718,13 @@ func (x *ResetOp) GetTask() string {
 func (x *ResetOp) GetGen() uint64 {
 	if x != nil {
 		return x.Gen
+	}
+	return 0
+}
+
+func (x *ResetOp) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
 	}
 	return 0
 }
@@ -3360,11 +3371,13 @@ const file_state_proto_rawDesc = "" +
 	"\x04task\x18\x03 \x01(\tR\x04task\x12\x10\n" +
 	"\x03key\x18\x04 \x01(\fR\x03key\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\"M\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\"k\n" +
 	"\aResetOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
-	"\x03gen\x18\x03 \x01(\x04R\x03gen\"v\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"v\n" +
 	"\vClearRowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x10\n" +

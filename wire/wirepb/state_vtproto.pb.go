@@ -1654,6 +1654,11 @@ func (m *ResetOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.AtUnixMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AtUnixMs))
+		i--
+		dAtA[i] = 0x20
+	}
 	if m.Gen != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Gen))
 		i--
@@ -3832,6 +3837,9 @@ func (m *ResetOp) SizeVT() (n int) {
 	}
 	if m.Gen != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Gen))
+	}
+	if m.AtUnixMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.AtUnixMs))
 	}
 	n += len(m.unknownFields)
 	return n
