@@ -91,8 +91,8 @@ const maxGivenBack = 1 << 16
 // rows, which the caller would use as the old fetch's. No TTL: at most maxGivenBack,
 // the oldest forgotten first; a give-back of a held fetch is rare (a
 // holder that died, or dropped what it fetched). Durable with the table:
-// snapshots carry them (fetchTable.copyState), and an unconsume record
-// replayed gives the fetch back again.
+// snapshots carry them (fetchTable.copyState, StatePartition.given_back),
+// and an unconsume record replayed gives the fetch back again.
 type givenBack struct {
 	m     map[string]backEntry
 	order []string // by give-back: the oldest first
@@ -328,7 +328,9 @@ func withoutRows(rows []uint64, gone map[uint64]struct{}) []uint64 {
 	return out
 }
 
-func (t *fetchTable) copyState() []*wirepb.StateFetch {
+// copyState returns the table's entries and its held fetches given back
+// (givenBack), for a snapshot.
+func (t *fetchTable) copyState() ([]*wirepb.StateFetch, []*wirepb.StateGivenBack) {
 	out := make([]*wirepb.StateFetch, 0, len(t.order))
 	for _, e := range t.order {
 		if t.m[e.key] != e {
@@ -339,22 +341,28 @@ func (t *fetchTable) copyState() []*wirepb.StateFetch {
 			Kept: e.kept.pb(), Held: e.held, HoldGroup: heldGroup(e.held, e.group),
 		})
 	}
-	// Then the held fetches given back, spent and held (which no entry
-	// is), as the table remembers them after their entries (givenBack).
+	var back []*wirepb.StateGivenBack
+	if len(t.back.order) > 0 {
+		back = make([]*wirepb.StateGivenBack, 0, len(t.back.order))
+	}
 	for _, key := range t.back.order {
 		b := t.back.m[key]
-		out = append(out, &wirepb.StateFetch{Key: []byte(key), Task: b.task, Spent: true, Held: true, AtUnixMs: b.at.UnixMilli()})
+		back = append(back, &wirepb.StateGivenBack{Key: []byte(key), Task: b.task, AtUnixMs: b.at.UnixMilli()})
 	}
-	return out
+	return out, back
 }
 
-func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
+// loadFetches loads a snapshot's fetch table: its entries fs and its held
+// fetches given back. p is locked.
+func (p *partition) loadFetches(fs []*wirepb.StateFetch, back []*wirepb.StateGivenBack) error {
 	for _, f := range fs {
 		if len(f.Key) == 0 || len(f.Key) > maxFetchKeyLen || f.Task == "" {
 			return corrupt("partition %q: a fetch key of %d bytes for task %q", p.id, len(f.Key), f.Task)
 		}
 		if f.Spent && f.Held {
-			p.fetches.back.add(string(f.Key), f.Task, time.UnixMilli(f.AtUnixMs)) // a held fetch given back
+			// A held fetch given back, as a state from before
+			// StatePartition.given_back wrote it (no entry is both).
+			p.fetches.back.add(string(f.Key), f.Task, time.UnixMilli(f.AtUnixMs))
 			continue
 		}
 		ref, err := keptRefOf(f.Task, f.Kept)
@@ -367,6 +375,12 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch) error {
 			e.group = string(f.HoldGroup)
 			p.hold(e, e.at) // armHeld restarts its TTL
 		}
+	}
+	for _, b := range back {
+		if len(b.Key) == 0 || len(b.Key) > maxFetchKeyLen || b.Task == "" {
+			return corrupt("partition %q: a given-back fetch key of %d bytes for task %q", p.id, len(b.Key), b.Task)
+		}
+		p.fetches.back.add(string(b.Key), b.Task, time.UnixMilli(b.AtUnixMs))
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
@@ -900,4 +902,82 @@ func TestResetKeepsAnOldHoldsAnswer(t *testing.T) {
 			again(c)
 		})
 	}
+}
+
+// A snapshot (here a checkpoint) keeps the held fetches given back in a
+// field of their own, and loading it refuses their late acknowledgment
+// and their fetch asked again as before, with the same errors. A
+// snapshot of the old encoding, which wrote each as a fetch both spent
+// and held, loads with the same meaning.
+func TestGivenBackKeysInTheirOwnSnapshotField(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	doneWith(t, c, 6)
+	heldFetch(t, c, "a", 4)
+	require.NoError(t, c.Unconsume("p", "t", "a"))
+	func() {
+		p := c.lock("p")
+		defer p.mu.Unlock()
+		p.fetches.m["a"].at = p.fetches.m["a"].at.Add(-2 * fetchKeyTTL) // its entry gone: refused as given back alone
+	}()
+	refusals := func(c *Controller) []string {
+		t.Helper()
+		ack := c.Acknowledge("p", "t", "a")
+		require.ErrorIs(t, ack, engine.ErrNotFound)
+		require.ErrorContains(t, ack, "given back at")
+		_, again := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "a", Hold: true})
+		require.ErrorIs(t, again, context.Canceled)
+		return []string{ack.Error(), again.Error()}
+	}
+	want := refusals(c)
+	dir := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(dir))
+	var saved *wirepb.StatePartition
+	rewriteState(t, filepath.Join(dir, stateFile), func(sp *wirepb.StatePartition) { saved = proto.Clone(sp).(*wirepb.StatePartition) })
+	for _, f := range saved.Fetches {
+		assert.False(t, f.Spent && f.Held, "fetch %q saved spent and held", f.Key)
+	}
+	assertGivenBackSaved(t, saved)
+
+	var loaded []*wirepb.StatePartition // the fetch tables loaded
+	load := func(t *testing.T) {
+		d := newController(t, DefaultConfig())
+		_, err := d.Load(dir)
+		require.NoError(t, err)
+		p := d.lock("p")
+		require.NotNil(t, p)
+		fs, back := p.fetches.copyState()
+		p.mu.Unlock()
+		loaded = append(loaded, &wirepb.StatePartition{Fetches: fs, GivenBack: back})
+		assert.Equal(t, want, refusals(d))
+		st, err := d.ConsumptionStatus("p", "t")
+		require.NoError(t, err)
+		assert.Zero(t, trues(st.Consumed), "the repeat took no row")
+	}
+	t.Run("new", load)
+	t.Run("old", func(t *testing.T) {
+		rewriteState(t, filepath.Join(dir, stateFile), oldGivenBack)
+		load(t)
+		require.Len(t, loaded, 2)
+		assert.True(t, proto.Equal(loaded[0], loaded[1]), "the old encoding loads as the new: %v, then %v", loaded[0], loaded[1])
+	})
+}
+
+// assertGivenBackSaved checks that sp saved the held fetch "a" of task
+// "t" as given back.
+func assertGivenBackSaved(t *testing.T, sp *wirepb.StatePartition) {
+	t.Helper()
+	require.Len(t, sp.GivenBack, 1)
+	assert.Equal(t, "a", string(sp.GivenBack[0].Key))
+	assert.Equal(t, "t", sp.GivenBack[0].Task)
+	assert.NotZero(t, sp.GivenBack[0].AtUnixMs)
+}
+
+// oldGivenBack rewrites sp's held fetches given back as the state
+// encoding before StatePartition.given_back wrote them: fetches both
+// spent and held, after the table's entries.
+func oldGivenBack(sp *wirepb.StatePartition) {
+	for _, b := range sp.GivenBack {
+		sp.Fetches = append(sp.Fetches, &wirepb.StateFetch{Key: b.Key, Task: b.Task, Spent: true, Held: true, AtUnixMs: b.AtUnixMs})
+	}
+	sp.GivenBack = nil
 }

@@ -58,6 +58,7 @@ type partCopy struct {
 	fields  []*wirepb.StateField
 	rows    []rowCopy
 	fetches []*wirepb.StateFetch
+	back    []*wirepb.StateGivenBack // held fetches given back (givenBack)
 	groups  []*wirepb.StateKeptGroup
 	// The change feed: the last change number, the cleared keys it
 	// remembers (in position order) and the position of the last one
@@ -146,7 +147,7 @@ func (p *partition) copyState() *partCopy {
 		rc.cells = slab[start:len(slab):len(slab)]
 		pc.rows = append(pc.rows, rc)
 	})
-	pc.fetches = p.fetches.copyState()
+	pc.fetches, pc.back = p.fetches.copyState()
 	pc.groups = p.copyGroups()
 	return pc
 }
@@ -185,7 +186,7 @@ func (st *stateCopy) write(w io.Writer, cellFn func(p *partCopy, r *rowCopy, c *
 	for _, pc := range st.parts {
 		sp := &wirepb.StatePartition{
 			Partition: pc.id, Gen: pc.gen, CreatedUnixMs: pc.created.UnixMilli(), KeySeq: pc.keySeq,
-			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches, KeptGroups: pc.groups,
+			Tasks: pc.tasks, Fields: pc.fields, Rows: uint64(len(pc.rows)), Fetches: pc.fetches, GivenBack: pc.back, KeptGroups: pc.groups,
 			ChangeSeq: pc.changeSeq, ClearedFloorChange: pc.floor.change, ClearedFloorSeq: pc.floor.seq,
 			Done: pc.done, Made: pc.made,
 		}
@@ -532,7 +533,7 @@ func (sr *stateReader) readState() (*loadedState, error) {
 				return nil, corrupt("partition %q: field %q dtype disagrees with its cells", p.id, sf.Name)
 			}
 		}
-		if err := p.loadFetches(sp.Fetches); err != nil {
+		if err := p.loadFetches(sp.Fetches, sp.GivenBack); err != nil {
 			return nil, err
 		}
 		if err := p.loadGroups(sp.KeptGroups); err != nil {

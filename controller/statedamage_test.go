@@ -169,6 +169,9 @@ func TestStateFileErrorNamesThePartitionsOffset(t *testing.T) {
 		{"kept batch", func(sp *wirepb.StatePartition) { sp.KeptGroups[0].Batches[0].Held = -1 }, "held -1 times"},
 		{"kept spec", func(sp *wirepb.StatePartition) { sp.KeptGroups[0].SamplerSpec = "no-such" }, "sampler spec"},
 		{"fetch's kept batch", func(sp *wirepb.StatePartition) { sp.Fetches[1].Kept.DpRank = -1 }, "DP rank -1"},
+		{"given back", func(sp *wirepb.StatePartition) {
+			sp.GivenBack = append(sp.GivenBack, &wirepb.StateGivenBack{Key: []byte("g")})
+		}, "given-back fetch key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newController(t, DefaultConfig())

@@ -2368,8 +2368,13 @@ type StatePartition struct {
 	Done               bool              `protobuf:"varint,13,opt,name=done,proto3" json:"done,omitempty"`                              // marked done by its producer
 	Made               uint64            `protobuf:"varint,14,opt,name=made,proto3" json:"made,omitempty"`                              // the last StateRow.made given
 	KeptGroups         []*StateKeptGroup `protobuf:"bytes,15,rep,name=kept_groups,json=keptGroups,proto3" json:"kept_groups,omitempty"` // see controller/keptbatches.go
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The held fetches given back, remembered past their entries in
+	// fetches (controller/fetchkeys.go, givenBack), the oldest first. A
+	// state from before this field wrote each in fetches, spent and held
+	// (which no entry is); it loads as one given back.
+	GivenBack     []*StateGivenBack `protobuf:"bytes,16,rep,name=given_back,json=givenBack,proto3" json:"given_back,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatePartition) Reset() {
@@ -2507,6 +2512,76 @@ func (x *StatePartition) GetKeptGroups() []*StateKeptGroup {
 	return nil
 }
 
+func (x *StatePartition) GetGivenBack() []*StateGivenBack {
+	if x != nil {
+		return x.GivenBack
+	}
+	return nil
+}
+
+// StateGivenBack: a held fetch given back (by its caller, or by the
+// controller after its TTL), whose late acknowledgment and repeat are
+// refused.
+type StateGivenBack struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	AtUnixMs      int64                  `protobuf:"varint,3,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"` // when it was given back
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateGivenBack) Reset() {
+	*x = StateGivenBack{}
+	mi := &file_state_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateGivenBack) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateGivenBack) ProtoMessage() {}
+
+func (x *StateGivenBack) ProtoReflect() protoreflect.Message {
+	mi := &file_state_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateGivenBack.ProtoReflect.Descriptor instead.
+func (*StateGivenBack) Descriptor() ([]byte, []int) {
+	return file_state_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *StateGivenBack) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *StateGivenBack) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *StateGivenBack) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
+	}
+	return 0
+}
+
 // StateKeptGroup: a data-replica group whose kept batches the controller
 // follows: the highest batch index it asked for, and per batch when a
 // fetch last took it and how many fetches took it and did not give it
@@ -2524,7 +2599,7 @@ type StateKeptGroup struct {
 
 func (x *StateKeptGroup) Reset() {
 	*x = StateKeptGroup{}
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2611,7 @@ func (x *StateKeptGroup) String() string {
 func (*StateKeptGroup) ProtoMessage() {}
 
 func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[26]
+	mi := &file_state_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2624,7 @@ func (x *StateKeptGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptGroup.ProtoReflect.Descriptor instead.
 func (*StateKeptGroup) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{26}
+	return file_state_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StateKeptGroup) GetSamplerSpec() string {
@@ -2598,7 +2673,7 @@ type StateKeptBatch struct {
 
 func (x *StateKeptBatch) Reset() {
 	*x = StateKeptBatch{}
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2685,7 @@ func (x *StateKeptBatch) String() string {
 func (*StateKeptBatch) ProtoMessage() {}
 
 func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[27]
+	mi := &file_state_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2698,7 @@ func (x *StateKeptBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateKeptBatch.ProtoReflect.Descriptor instead.
 func (*StateKeptBatch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{27}
+	return file_state_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StateKeptBatch) GetIndex() int64 {
@@ -2660,7 +2735,7 @@ type StateCleared struct {
 
 func (x *StateCleared) Reset() {
 	*x = StateCleared{}
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2747,7 @@ func (x *StateCleared) String() string {
 func (*StateCleared) ProtoMessage() {}
 
 func (x *StateCleared) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[28]
+	mi := &file_state_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +2760,7 @@ func (x *StateCleared) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCleared.ProtoReflect.Descriptor instead.
 func (*StateCleared) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{28}
+	return file_state_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StateCleared) GetKey() string {
@@ -2719,7 +2794,7 @@ type StateField struct {
 
 func (x *StateField) Reset() {
 	*x = StateField{}
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +2806,7 @@ func (x *StateField) String() string {
 func (*StateField) ProtoMessage() {}
 
 func (x *StateField) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[29]
+	mi := &file_state_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +2819,7 @@ func (x *StateField) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateField.ProtoReflect.Descriptor instead.
 func (*StateField) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{29}
+	return file_state_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StateField) GetName() string {
@@ -2772,7 +2847,7 @@ type StateFetch struct {
 	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`                            // the kept batch it took, while followed
-	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled; with spent: a held fetch given back, remembered past its entry
+	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled; with spent (written before StatePartition.given_back): a held fetch given back
 	HoldGroup     []byte                 `protobuf:"bytes,9,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"` // the hold's group (FetchRequest.hold_group)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2780,7 +2855,7 @@ type StateFetch struct {
 
 func (x *StateFetch) Reset() {
 	*x = StateFetch{}
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2867,7 @@ func (x *StateFetch) String() string {
 func (*StateFetch) ProtoMessage() {}
 
 func (x *StateFetch) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[30]
+	mi := &file_state_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2880,7 @@ func (x *StateFetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateFetch.ProtoReflect.Descriptor instead.
 func (*StateFetch) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{30}
+	return file_state_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StateFetch) GetKey() []byte {
@@ -2880,7 +2955,7 @@ type StateRows struct {
 
 func (x *StateRows) Reset() {
 	*x = StateRows{}
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2892,7 +2967,7 @@ func (x *StateRows) String() string {
 func (*StateRows) ProtoMessage() {}
 
 func (x *StateRows) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[31]
+	mi := &file_state_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2905,7 +2980,7 @@ func (x *StateRows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRows.ProtoReflect.Descriptor instead.
 func (*StateRows) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{31}
+	return file_state_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StateRows) GetRows() []*StateRow {
@@ -2939,7 +3014,7 @@ type StateRow struct {
 
 func (x *StateRow) Reset() {
 	*x = StateRow{}
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3026,7 @@ func (x *StateRow) String() string {
 func (*StateRow) ProtoMessage() {}
 
 func (x *StateRow) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[32]
+	mi := &file_state_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3039,7 @@ func (x *StateRow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateRow.ProtoReflect.Descriptor instead.
 func (*StateRow) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{32}
+	return file_state_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StateRow) GetIndex() uint64 {
@@ -3067,7 +3142,7 @@ type StateCell struct {
 
 func (x *StateCell) Reset() {
 	*x = StateCell{}
-	mi := &file_state_proto_msgTypes[33]
+	mi := &file_state_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3079,7 +3154,7 @@ func (x *StateCell) String() string {
 func (*StateCell) ProtoMessage() {}
 
 func (x *StateCell) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[33]
+	mi := &file_state_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3092,7 +3167,7 @@ func (x *StateCell) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateCell.ProtoReflect.Descriptor instead.
 func (*StateCell) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{33}
+	return file_state_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StateCell) GetField() uint32 {
@@ -3179,7 +3254,7 @@ type StateTrailer struct {
 
 func (x *StateTrailer) Reset() {
 	*x = StateTrailer{}
-	mi := &file_state_proto_msgTypes[34]
+	mi := &file_state_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3266,7 @@ func (x *StateTrailer) String() string {
 func (*StateTrailer) ProtoMessage() {}
 
 func (x *StateTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_state_proto_msgTypes[34]
+	mi := &file_state_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3279,7 @@ func (x *StateTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateTrailer.ProtoReflect.Descriptor instead.
 func (*StateTrailer) Descriptor() ([]byte, []int) {
-	return file_state_proto_rawDescGZIP(), []int{34}
+	return file_state_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StateTrailer) GetPartitions() uint64 {
@@ -3438,7 +3513,7 @@ const file_state_proto_rawDesc = "" +
 	"\x06starts\x18\x18 \x03(\v2\x15.tq.wire.v1.StartMarkR\x06starts\"=\n" +
 	"\x11NamedSamplerState\x12\x12\n" +
 	"\x04spec\x18\x01 \x01(\tR\x04spec\x12\x14\n" +
-	"\x05state\x18\x02 \x01(\fR\x05state\"\xa3\x04\n" +
+	"\x05state\x18\x02 \x01(\fR\x05state\"\xde\x04\n" +
 	"\x0eStatePartition\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x02 \x01(\x03R\rcreatedUnixMs\x12\x17\n" +
@@ -3457,7 +3532,14 @@ const file_state_proto_rawDesc = "" +
 	"\x04done\x18\r \x01(\bR\x04done\x12\x12\n" +
 	"\x04made\x18\x0e \x01(\x04R\x04made\x12;\n" +
 	"\vkept_groups\x18\x0f \x03(\v2\x1a.tq.wire.v1.StateKeptGroupR\n" +
-	"keptGroups\"\xac\x01\n" +
+	"keptGroups\x129\n" +
+	"\n" +
+	"given_back\x18\x10 \x03(\v2\x1a.tq.wire.v1.StateGivenBackR\tgivenBack\"T\n" +
+	"\x0eStateGivenBack\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x03 \x01(\x03R\batUnixMs\"\xac\x01\n" +
 	"\x0eStateKeptGroup\x12!\n" +
 	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x17\n" +
@@ -3539,7 +3621,7 @@ func file_state_proto_rawDescGZIP() []byte {
 	return file_state_proto_rawDescData
 }
 
-var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_state_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_state_proto_goTypes = []any{
 	(*LogRecord)(nil),         // 0: tq.wire.v1.LogRecord
 	(*LogOp)(nil),             // 1: tq.wire.v1.LogOp
@@ -3567,19 +3649,20 @@ var file_state_proto_goTypes = []any{
 	(*StateHeader)(nil),       // 23: tq.wire.v1.StateHeader
 	(*NamedSamplerState)(nil), // 24: tq.wire.v1.NamedSamplerState
 	(*StatePartition)(nil),    // 25: tq.wire.v1.StatePartition
-	(*StateKeptGroup)(nil),    // 26: tq.wire.v1.StateKeptGroup
-	(*StateKeptBatch)(nil),    // 27: tq.wire.v1.StateKeptBatch
-	(*StateCleared)(nil),      // 28: tq.wire.v1.StateCleared
-	(*StateField)(nil),        // 29: tq.wire.v1.StateField
-	(*StateFetch)(nil),        // 30: tq.wire.v1.StateFetch
-	(*StateRows)(nil),         // 31: tq.wire.v1.StateRows
-	(*StateRow)(nil),          // 32: tq.wire.v1.StateRow
-	(*StateCell)(nil),         // 33: tq.wire.v1.StateCell
-	(*StateTrailer)(nil),      // 34: tq.wire.v1.StateTrailer
-	(*CommitField)(nil),       // 35: tq.wire.v1.CommitField
-	(*SegmentFence)(nil),      // 36: tq.wire.v1.SegmentFence
-	(*Addrs)(nil),             // 37: tq.wire.v1.Addrs
-	(*Shape)(nil),             // 38: tq.wire.v1.Shape
+	(*StateGivenBack)(nil),    // 26: tq.wire.v1.StateGivenBack
+	(*StateKeptGroup)(nil),    // 27: tq.wire.v1.StateKeptGroup
+	(*StateKeptBatch)(nil),    // 28: tq.wire.v1.StateKeptBatch
+	(*StateCleared)(nil),      // 29: tq.wire.v1.StateCleared
+	(*StateField)(nil),        // 30: tq.wire.v1.StateField
+	(*StateFetch)(nil),        // 31: tq.wire.v1.StateFetch
+	(*StateRows)(nil),         // 32: tq.wire.v1.StateRows
+	(*StateRow)(nil),          // 33: tq.wire.v1.StateRow
+	(*StateCell)(nil),         // 34: tq.wire.v1.StateCell
+	(*StateTrailer)(nil),      // 35: tq.wire.v1.StateTrailer
+	(*CommitField)(nil),       // 36: tq.wire.v1.CommitField
+	(*SegmentFence)(nil),      // 37: tq.wire.v1.SegmentFence
+	(*Addrs)(nil),             // 38: tq.wire.v1.Addrs
+	(*Shape)(nil),             // 39: tq.wire.v1.Shape
 }
 var file_state_proto_depIdxs = []int32{
 	1,  // 0: tq.wire.v1.LogRecord.ops:type_name -> tq.wire.v1.LogOp
@@ -3602,33 +3685,34 @@ var file_state_proto_depIdxs = []int32{
 	21, // 17: tq.wire.v1.LogOp.move:type_name -> tq.wire.v1.MoveOp
 	6,  // 18: tq.wire.v1.LogOp.unit_evicted:type_name -> tq.wire.v1.UnitEvictedOp
 	16, // 19: tq.wire.v1.LogOp.ack:type_name -> tq.wire.v1.AckOp
-	35, // 20: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
+	36, // 20: tq.wire.v1.CommitOp.fields:type_name -> tq.wire.v1.CommitField
 	14, // 21: tq.wire.v1.ConsumeOp.kept_ref:type_name -> tq.wire.v1.KeptRef
 	14, // 22: tq.wire.v1.ConsumeOp.asked:type_name -> tq.wire.v1.KeptRef
 	14, // 23: tq.wire.v1.ConsumeOp.forgot:type_name -> tq.wire.v1.KeptRef
 	14, // 24: tq.wire.v1.ConsumeOp.made:type_name -> tq.wire.v1.KeptRef
-	36, // 25: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
-	37, // 26: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
+	37, // 25: tq.wire.v1.FenceOp.fences:type_name -> tq.wire.v1.SegmentFence
+	38, // 26: tq.wire.v1.MoveOp.to:type_name -> tq.wire.v1.Addrs
 	5,  // 27: tq.wire.v1.StateHeader.units:type_name -> tq.wire.v1.UnitOp
 	20, // 28: tq.wire.v1.StateHeader.fences:type_name -> tq.wire.v1.FenceOp
 	24, // 29: tq.wire.v1.StateHeader.samplers:type_name -> tq.wire.v1.NamedSamplerState
-	37, // 30: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
-	37, // 31: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
+	38, // 30: tq.wire.v1.StateHeader.moved_from:type_name -> tq.wire.v1.Addrs
+	38, // 31: tq.wire.v1.StateHeader.moved_to:type_name -> tq.wire.v1.Addrs
 	4,  // 32: tq.wire.v1.StateHeader.starts:type_name -> tq.wire.v1.StartMark
-	29, // 33: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
-	30, // 34: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
-	28, // 35: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
-	26, // 36: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
-	27, // 37: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
-	14, // 38: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
-	32, // 39: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
-	33, // 40: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
-	38, // 41: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	30, // 33: tq.wire.v1.StatePartition.fields:type_name -> tq.wire.v1.StateField
+	31, // 34: tq.wire.v1.StatePartition.fetches:type_name -> tq.wire.v1.StateFetch
+	29, // 35: tq.wire.v1.StatePartition.cleared:type_name -> tq.wire.v1.StateCleared
+	27, // 36: tq.wire.v1.StatePartition.kept_groups:type_name -> tq.wire.v1.StateKeptGroup
+	26, // 37: tq.wire.v1.StatePartition.given_back:type_name -> tq.wire.v1.StateGivenBack
+	28, // 38: tq.wire.v1.StateKeptGroup.batches:type_name -> tq.wire.v1.StateKeptBatch
+	14, // 39: tq.wire.v1.StateFetch.kept:type_name -> tq.wire.v1.KeptRef
+	33, // 40: tq.wire.v1.StateRows.rows:type_name -> tq.wire.v1.StateRow
+	34, // 41: tq.wire.v1.StateRow.cells:type_name -> tq.wire.v1.StateCell
+	39, // 42: tq.wire.v1.StateCell.shape:type_name -> tq.wire.v1.Shape
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_state_proto_init() }
@@ -3665,7 +3749,7 @@ func file_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_state_proto_rawDesc), len(file_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
