@@ -473,7 +473,8 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 //
 // Errors: [engine.ErrInvalid] for a missing task or field list, a
 // non-positive batch size, or, with a rank, a DP rank or batch index
-// below 0 or above math.MaxInt32; [engine.ErrNotFound] for a batch a
+// below 0 or above math.MaxInt32, or, with PartitionMustExist, a
+// partition the controller does not have; [engine.ErrNotFound] for a batch a
 // caching sampler kept for the DP group, which a fetch of the group took,
 // when every row of it was cleared since (made again, it would not be
 // the rows the group's other ranks got); the sampler's errors; with
@@ -535,6 +536,7 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 			return nil, opErr("fetch", req.Partition, fmt.Errorf("sampler: %w", err))
 		}
 	}
+	found := false // the partition, once (PartitionMustExist)
 	for {
 		var wake <-chan struct{}
 		var check time.Time // when kept batches may be given back (keptbatches.go)
@@ -547,7 +549,13 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 			if c.get(req.Partition) != nil {
 				continue
 			}
+			// Only the time of the request counts: a partition cleared
+			// while the fetch waited is waited for as without the flag.
+			if req.PartitionMustExist && !found {
+				return nil, opErr("fetch", req.Partition, fmt.Errorf("partition %q does not exist: %w", req.Partition, engine.ErrInvalid))
+			}
 		} else {
+			found = true
 			// Unlock in a defer: a panicking sampler must not leave the
 			// partition locked (a server recovers the panic and goes on).
 			m, err := func() (*engine.BatchMeta, error) {

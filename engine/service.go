@@ -59,6 +59,15 @@ type FetchRequest struct {
 	// killed never settles it, and it comes back. Fetches outside the
 	// group still wait for them. At most 64 bytes.
 	HoldGroup string
+	// PartitionMustExist makes a fetch of a partition the controller does
+	// not have (never made, or cleared) fail at once, wait or not, with
+	// an error wrapping ErrInvalid that names it, instead of returning an
+	// empty meta or waiting for a producer to make it (a misspelled
+	// partition id would wait forever). Only the time of the request
+	// counts: once the fetch found the partition, one cleared while it
+	// waits is waited for again as without it (until the wait ends; the
+	// request asked again then fails).
+	PartitionMustExist bool
 	// HolderPID, with Hold, is the process on the controller's host the
 	// rows are held for (0: unknown). Once it has exited, a fetch waiting
 	// at the end of a done partition for those rows has them given back

@@ -270,6 +270,8 @@ const (
 	FeatureClientHolds = "client_holds"
 	// FeatureHoldGroup: FetchRequest.hold_group.
 	FeatureHoldGroup = "hold_group"
+	// FeatureFetchMustExist: FetchRequest.partition_must_exist.
+	FeatureFetchMustExist = "fetch_must_exist"
 )
 
 // Serves reports whether the peer's HELLO reply listed feature (see

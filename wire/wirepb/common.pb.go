@@ -161,7 +161,8 @@ type Hello struct {
 	ClientId []byte `protobuf:"bytes,14,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	// In a controller's reply: the optional parts of version 1 it serves,
 	// by name (wire/spec.md "Versioning"): "client_holds" (client_id),
-	// "hold_group" (FetchRequest.hold_group). A field a receiver does not
+	// "hold_group" (FetchRequest.hold_group), "fetch_must_exist"
+	// (FetchRequest.partition_must_exist). A field a receiver does not
 	// know is ignored, so a client refuses, itself, a request that needs a
 	// feature the reply lacks, rather than send it to a controller that
 	// would misread it.

@@ -701,9 +701,16 @@ type FetchRequest struct {
 	// it takes them): a fetch of the task in the same group is told the
 	// partition has nothing left though the group's own holds are
 	// unsettled; fetches outside the group still wait for them.
-	HoldGroup     []byte `protobuf:"bytes,13,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HoldGroup []byte `protobuf:"bytes,13,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"`
+	// partition_must_exist: a partition the controller does not have (never
+	// made, or deleted) is CODE_INVALID naming it, at once, wait or not,
+	// rather than an empty meta or a wait for a producer to make it (a
+	// misspelled partition id would wait forever). Only the time of the
+	// request counts: one made while it waits still serves it. Needs the
+	// feature "fetch_must_exist".
+	PartitionMustExist bool `protobuf:"varint,14,opt,name=partition_must_exist,json=partitionMustExist,proto3" json:"partition_must_exist,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *FetchRequest) Reset() {
@@ -825,6 +832,13 @@ func (x *FetchRequest) GetHoldGroup() []byte {
 		return x.HoldGroup
 	}
 	return nil
+}
+
+func (x *FetchRequest) GetPartitionMustExist() bool {
+	if x != nil {
+		return x.PartitionMustExist
+	}
+	return false
 }
 
 // SamplerSpec names a built-in sampler: "sequential", "rank_aware",
@@ -4359,7 +4373,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xa8\x03\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xda\x03\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4377,7 +4391,8 @@ const file_control_proto_rawDesc = "" +
 	"\x11end_when_consumed\x18\v \x01(\bR\x0fendWhenConsumed\x12\x12\n" +
 	"\x04hold\x18\f \x01(\bR\x04hold\x12\x1d\n" +
 	"\n" +
-	"hold_group\x18\r \x01(\fR\tholdGroup\"H\n" +
+	"hold_group\x18\r \x01(\fR\tholdGroup\x120\n" +
+	"\x14partition_must_exist\x18\x0e \x01(\bR\x12partitionMustExist\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +

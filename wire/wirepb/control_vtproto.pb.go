@@ -787,6 +787,16 @@ func (m *FetchRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.PartitionMustExist {
+		i--
+		if m.PartitionMustExist {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x70
+	}
 	if len(m.HoldGroup) > 0 {
 		i -= len(m.HoldGroup)
 		copy(dAtA[i:], m.HoldGroup)
@@ -4540,6 +4550,9 @@ func (m *FetchRequest) SizeVT() (n int) {
 	l = len(m.HoldGroup)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.PartitionMustExist {
+		n += 2
 	}
 	n += len(m.unknownFields)
 	return n
