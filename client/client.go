@@ -200,6 +200,14 @@ type MetaRequest struct {
 	// several processes fetch for one (see
 	// [engine.FetchRequest.HoldGroup]).
 	HoldGroup string
+	// PartitionMustExist makes a Fetch of a partition the controller does
+	// not have fail at once with an error wrapping [engine.ErrInvalid]
+	// that names it, rather than return an empty meta or wait for a
+	// producer to make it (see [engine.FetchRequest.PartitionMustExist]).
+	// A remote controller must list the feature "fetch_must_exist" (an
+	// older one would wait): else the Fetch fails with an error wrapping
+	// [engine.ErrNotSupported] and nothing is sent.
+	PartitionMustExist bool
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -216,6 +224,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
 			EndWhenConsumed: req.EndWhenConsumed, Hold: hold, HoldGroup: group,
+			PartitionMustExist: req.PartitionMustExist,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

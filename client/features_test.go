@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -64,6 +65,56 @@ func TestControllerListsItsFeatures(t *testing.T) {
 	produce(t, r, "p", 1)
 	m, err := r.Fetch(t.Context(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1,
 		Key: "k", Hold: true, HoldGroup: "loader-1"})
+	require.NoError(t, err)
+	assert.Equal(t, 1, m.Len())
+}
+
+// TestFetchMustExistNeedsTheFeature: a fetch with PartitionMustExist goes
+// only to a controller whose HELLO lists "fetch_must_exist": an older one
+// would ignore the field and wait for the partition (for ever, for a
+// misspelled id). The client refuses it itself, naming the feature, and
+// sends nothing.
+func TestFetchMustExistNeedsTheFeature(t *testing.T) {
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller", Features: []string{wire.FeatureHoldGroup}}})
+	var fetches atomic.Int32
+	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		fetches.Add(1)
+		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
+	})
+	r := dialFake(t, srv)
+
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, PartitionMustExist: true}
+	_, err := r.Fetch(t.Context(), req)
+	require.ErrorIs(t, err, engine.ErrNotSupported)
+	assert.Contains(t, err.Error(), `"fetch_must_exist"`)
+	assert.Zero(t, fetches.Load(), "the fetch went to a controller that would wait for the partition")
+
+	req.PartitionMustExist = false
+	_, err = r.Fetch(t.Context(), req)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, fetches.Load())
+}
+
+// TestFetchMustExist: through tq's controller, a waiting fetch with
+// PartitionMustExist of a partition it does not have fails at once with
+// an error naming it that wraps ErrInvalid; one of a partition it has
+// gets the rows.
+func TestFetchMustExist(t *testing.T) {
+	ctrl := newController(t)
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, client.RemoteConfig{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	req := engine.FetchRequest{Partition: "trian_0", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true, PartitionMustExist: true}
+	_, err := r.Fetch(ctx, req)
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.NotErrorIs(t, err, engine.ErrNotFound)
+	assert.Contains(t, err.Error(), `partition "trian_0" does not exist`)
+
+	produce(t, r, "train_0", 1)
+	req.Partition = "train_0"
+	m, err := r.Fetch(ctx, req)
 	require.NoError(t, err)
 	assert.Equal(t, 1, m.Len())
 }

@@ -473,22 +473,25 @@ func (r *RemoteMeta) retry(ctx context.Context, name string, op wire.Op, req, re
 }
 
 func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
-	return r.callNeeding(ctx, "", name, op, req, reply, repeat)
+	return r.callNeeding(ctx, nil, name, op, req, reply, repeat)
 }
 
-// callNeeding is call for a request that needs the controller feature
-// need ("": none; see [wire.FeatureHoldGroup]): a controller whose HELLO
-// does not list it would misread the request, so it is not sent, and the
-// call fails with an error wrapping [engine.ErrNotSupported]. Each
-// connection is checked, a redial's too.
-func (r *RemoteMeta) callNeeding(ctx context.Context, need, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
+// callNeeding is call for a request that needs the controller features
+// needs (see [wire.FeatureHoldGroup]): a controller whose HELLO does not
+// list one would misread the request, so it is not sent, and the call
+// fails with an error wrapping [engine.ErrNotSupported]. Each connection
+// is checked, a redial's too.
+func (r *RemoteMeta) callNeeding(ctx context.Context, needs []string, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
 	if reply == nil {
 		reply = &wirepb.Empty{}
 	}
 	var again repeater
 	for {
 		c, err := r.connect(ctx)
-		if err == nil && need != "" {
+		for _, need := range needs {
+			if err != nil {
+				break
+			}
 			if err = c.Need(need, name); err != nil {
 				return r.opErr(name, err)
 			}
@@ -548,15 +551,15 @@ func (r *RemoteMeta) waitToRepeat(ctx context.Context, name string, again *repea
 // doMeta sends a request whose reply is a MetaReply, repeating it over a
 // new connection if repeat (see [RemoteMeta.retry]).
 func (r *RemoteMeta) doMeta(ctx context.Context, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
-	return r.doMetaNeeding(ctx, "", name, op, req, repeat)
+	return r.doMetaNeeding(ctx, nil, name, op, req, repeat)
 }
 
 // doMetaNeeding is doMeta for a request that needs the controller
-// feature need (see [RemoteMeta.callNeeding]).
-func (r *RemoteMeta) doMetaNeeding(ctx context.Context, need, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
+// features needs (see [RemoteMeta.callNeeding]).
+func (r *RemoteMeta) doMetaNeeding(ctx context.Context, needs []string, name string, op wire.Op, req proto.Message, repeat bool) (*engine.BatchMeta, error) {
 	var reply wirepb.MetaReply
 	before := r.cluster()
-	if err := r.callNeeding(ctx, need, name, op, req, &reply, repeat); err != nil {
+	if err := r.callNeeding(ctx, needs, name, op, req, &reply, repeat); err != nil {
 		return nil, err
 	}
 	return r.meta(name, reply.Meta, before)
@@ -630,13 +633,14 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 	}
 	pb := &wirepb.FetchRequest{
 		Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: int64(req.BatchSize),
-		Options:         &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
-		Key:             []byte(req.Key),
-		Sampler:         wire.SamplerSpecToPB(req.Sampler),
-		TokenBudget:     req.TokenBudget,
-		EndWhenConsumed: req.EndWhenConsumed,
-		Hold:            req.Hold,
-		HoldGroup:       []byte(req.HoldGroup),
+		Options:            &wirepb.SamplingOptions{HasRank: req.Options.HasRank, DpRank: int64(req.Options.DPRank), BatchIndex: int64(req.Options.BatchIndex)},
+		Key:                []byte(req.Key),
+		Sampler:            wire.SamplerSpecToPB(req.Sampler),
+		TokenBudget:        req.TokenBudget,
+		EndWhenConsumed:    req.EndWhenConsumed,
+		Hold:               req.Hold,
+		HoldGroup:          []byte(req.HoldGroup),
+		PartitionMustExist: req.PartitionMustExist,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
@@ -734,11 +738,14 @@ func refusedFetch(err error) bool {
 func (r *RemoteMeta) fetch(ctx context.Context, req engine.FetchRequest, pb *wirepb.FetchRequest) (*engine.BatchMeta, error) {
 	for {
 		pb.Wait, pb.TimeoutMs = serverWait(ctx, req.Wait)
-		need := ""
+		var needs []string
 		if len(pb.HoldGroup) > 0 {
-			need = wire.FeatureHoldGroup
+			needs = append(needs, wire.FeatureHoldGroup)
 		}
-		m, err := r.doMetaNeeding(ctx, need, "fetch", wire.OpFetch, pb, true)
+		if pb.PartitionMustExist {
+			needs = append(needs, wire.FeatureFetchMustExist)
+		}
+		m, err := r.doMetaNeeding(ctx, needs, "fetch", wire.OpFetch, pb, true)
 		switch {
 		case err == nil && req.Wait && !pb.Wait && m.Empty():
 			return nil, r.opErr("fetch", fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, context.DeadlineExceeded))

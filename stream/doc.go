@@ -41,6 +41,11 @@
 // (engine.FetchRequest.EndWhenConsumed): once every row is produced, the
 // last micro-batch may be short, as from a partition marked done.
 //
+// A partition the controller does not have yet is waited for (a trainer
+// may start before its producers' first put). With
+// Config.PartitionMustExist it is an error wrapping [engine.ErrInvalid]
+// that names it (a misspelled name would wait for good).
+//
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a
 // private sampler (sequential, grpo) its rows are given back to the task

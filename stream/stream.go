@@ -81,6 +81,15 @@ type Config struct {
 	// EndWhenConsumed to the controller), as from a partition marked
 	// done; without pre-allocation that is whenever the producer lags.
 	EndWhenConsumed bool
+	// PartitionMustExist makes the loader fail, with an error wrapping
+	// [engine.ErrInvalid] that names the partition, when a partition it
+	// gets to does not exist on the controller, rather than wait for a
+	// producer to make it (a misspelled name would wait for ever): each
+	// of Partitions must be made (a put, Insert, MarkDone) before the
+	// loader gets to it. A remote controller must list the feature
+	// "fetch_must_exist": else the iteration fails with an error wrapping
+	// [engine.ErrNotSupported].
+	PartitionMustExist bool
 	// Prefetch is how many micro-batches are fetched ahead while the loop
 	// body runs (0: none; each is fetched when the loop asks for it).
 	Prefetch int
@@ -563,7 +572,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		req := client.MetaRequest{
 			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
 			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
-			EndWhenConsumed: l.cfg.EndWhenConsumed,
+			EndWhenConsumed: l.cfg.EndWhenConsumed, PartitionMustExist: l.cfg.PartitionMustExist,
 		}
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
