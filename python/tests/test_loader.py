@@ -608,3 +608,57 @@ def test_stream_warns_of_a_partition_the_controller_does_not_list(server, part, 
         th.join(30)
         assert not th.is_alive() and got[0][1].size == 2
         assert caplog.records == []
+
+
+def _must_exist_fails(it_factory, missing):
+    """Run the loop of it_factory() on a thread; the InvalidError it ends
+    with, or a failure when it still waited after 60 s (before, it waited
+    for good)."""
+    out = []
+
+    def run():
+        try:
+            for _ in it_factory():
+                out.append("batch")
+        except tq.TQError as e:
+            out.append(e)
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), "the loader waited for a partition that does not exist"
+    assert len(out) == 1 and isinstance(out[0], tq.InvalidError), out
+    assert not isinstance(out[0], tq.NotFoundError)
+    assert f'partition "{missing}" does not exist' in str(out[0]), str(out[0])
+    return out[0]
+
+
+def test_stream_partition_must_exist(server, part):
+    """A loader with partition_must_exist=True over a partition the
+    controller does not have (a misspelled id) raises InvalidError naming
+    it into the loop at once, instead of waiting for a producer to make it
+    (get_meta's partition_must_exist; the controller's FETCH). A partition
+    that exists is read as usual."""
+    with server.client() as c:
+        c.put({"x": np.arange(2, dtype=np.float32)}, partition_id=part)
+        c.mark_done(part)
+        missing = part + "-trian"
+        with pytest.raises(tq.InvalidError) as e:
+            c.get_meta(["x"], 2, missing, task_name="t", wait=True, timeout=60, partition_must_exist=True)
+        assert f'partition "{missing}" does not exist' in str(e.value)
+        _must_exist_fails(lambda: tq.StreamIterator(2, 2, ["x"], missing, "t", client=c, fetch_timeout=30,
+                                                    partition_must_exist=True), missing)
+        it = tq.StreamIterator(2, 2, ["x"], part, "t", client=c, fetch_timeout=30, partition_must_exist=True)
+        assert [d["x"].tolist() for d, _ in it] == [[0.0, 1.0]]
+
+
+def test_streaming_data_loader_partition_must_exist(server, part):
+    """Through a StreamingDataLoader, with workers or not, the
+    InvalidError of a dataset with partition_must_exist=True over a
+    partition the controller does not have reaches the loop."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    missing = part + "-trian"
+    for workers in (0, 1):
+        ds = tq.StreamingDataset(2, 2, ["x"], missing, "t", address=server.address, token=server.token,
+                                 fetch_timeout=30, partition_must_exist=True)
+        _must_exist_fails(lambda: tq.StreamingDataLoader(ds, num_workers=workers, multiprocessing_context="spawn"
+                                                         if workers else None), missing)

@@ -929,10 +929,24 @@ def test_hold_group_needs_the_feature():
         assert wire.FETCH in seen
 
 
+def test_fetch_must_exist_needs_the_feature():
+    """A fetch with partition_must_exist goes only to a controller whose
+    HELLO lists "fetch_must_exist": an older one would ignore the field
+    and wait for the partition (for good, for a misspelled id). The client
+    refuses it itself, naming the feature, and sends no FETCH."""
+    seen = []
+    with tq.Client(_old_controller(seen), timeout=10) as c:
+        with pytest.raises(tq.NotSupportedError) as e:
+            c.get_meta(["x"], 1, "p", "fetch", "t", wait=True, partition_must_exist=True)
+        assert "'fetch_must_exist'" in e.value.message and "upgrade" in e.value.message
+        assert wire.FETCH not in seen
+
+
 def test_controller_lists_its_features(server):
     conn = wire.Conn(server.address, token=server.token, timeout=10)
     try:
-        assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP}
+        assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP,
+                                             wire.FEATURE_FETCH_MUST_EXIST}
     finally:
         conn.close()
 

@@ -1128,6 +1128,7 @@ class Client:
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
                  token_budget: int | None = None, end_when_consumed: bool = False,
+                 partition_must_exist: bool = False,
                  _fetch_key: bytes | None = None, _hold: bool = False,
                  _hold_group: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
@@ -1154,6 +1155,13 @@ class Client:
         rows the partition has now, pre-allocated ones included, are all it
         will have: once every one is produced the fetch is as from a
         partition marked done (a short last batch, then DoneError).
+        A partition the controller does not have (never made, or cleared)
+        gives an empty meta, or with ``wait`` is waited for (a producer's
+        first put makes it); ``partition_must_exist`` makes it an
+        :class:`InvalidError` naming it (``partition "x" does not exist``)
+        at once instead, wait or not. It needs a controller whose HELLO
+        lists "fetch_must_exist" (else :class:`NotSupportedError`, and
+        nothing is sent: an older one would wait).
         """
         if isinstance(data_fields, str):
             data_fields = [data_fields]
@@ -1192,7 +1200,10 @@ class Client:
                                        batch_size=batch_size, options=opts, wait=wait,
                                        key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed,
                                        hold=bool(_hold and _fetch_key),
-                                       hold_group=(_hold_group or b"") if _hold and _fetch_key else b"")
+                                       hold_group=(_hold_group or b"") if _hold and _fetch_key else b"",
+                                       partition_must_exist=partition_must_exist)
+        need = tuple(f for f, on in ((wire.FEATURE_HOLD_GROUP, req.hold_group),
+                                     (wire.FEATURE_FETCH_MUST_EXIST, req.partition_must_exist)) if on)
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])
@@ -1216,7 +1227,7 @@ class Client:
                     sock_timeout = max(left, 0.0) + self.timeout
                 try:
                     rep = self._call(wire.FETCH, req, control_pb2.MetaReply, timeout=sock_timeout, repeat=False,
-                                     need=wire.FEATURE_HOLD_GROUP if req.hold_group else "", **ctx)
+                                     need=need, **ctx)
                 except errors.DeadlineError:
                     # The server's own limit on a wait (5 minutes) ran out
                     # before the caller's timeout: wait again (the fetch

@@ -29,7 +29,11 @@ for good, without an error (as a Go loader does). Once it has waited
 ``missing_partition_warn_s`` (default 60 s; None: never) without a batch,
 the loader asks the controller's partition list once, and logs a warning
 (logger ``tq.loader``) naming the id, and the listed ids close to it, when
-the list does not have it.
+the list does not have it. ``partition_must_exist=True`` makes it an
+error instead: the fetch raises :class:`InvalidError` naming the partition
+at once (``get_meta``'s ``partition_must_exist``), and the loop gets it; a
+partition given to :meth:`StreamIterator.step` must then exist too when
+the loader fetches from it.
 
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
@@ -103,7 +107,7 @@ class StreamIterator:
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
                  client: Client | None = None, token: str | None = None, transport: str = "auto",
                  fetch_timeout: float = 1.0, sampling_config: dict | None = None, copy: bool = True,
-                 missing_partition_warn_s: float | None = 60.0):
+                 missing_partition_warn_s: float | None = 60.0, partition_must_exist: bool = False):
         if micro_batch_size < 1:
             raise errors.InvalidError(f"micro_batch_size {micro_batch_size} must be at least 1")
         if batch_size < 1:
@@ -120,6 +124,7 @@ class StreamIterator:
         self.sampling_config = dict(sampling_config or {})
         self.copy = copy
         self.missing_partition_warn_s = missing_partition_warn_s
+        self.partition_must_exist = partition_must_exist
         self._waiting_since = None  # time.monotonic() of the first fetch that came back empty since a batch
         self._partition_checked = None  # the partition id looked up in the controller's list
         self._address, self._token, self._transport = address, token, transport
@@ -206,7 +211,8 @@ class StreamIterator:
                 # shared sampler keeps for the group is not held.)
                 meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
                                   sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
-                                  end_when_consumed=self.should_check_consumption_status, _fetch_key=key,
+                                  end_when_consumed=self.should_check_consumption_status,
+                                  partition_must_exist=self.partition_must_exist, _fetch_key=key,
                                   _hold=True, _hold_group=self._hold_group)
             except (errors.DeadlineError, errors.NotFoundError):
                 return None

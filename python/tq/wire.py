@@ -39,6 +39,7 @@ VERSION = 1
 # (Hello.features; wire/spec.md "Versioning").
 FEATURE_CLIENT_HOLDS = "client_holds"
 FEATURE_HOLD_GROUP = "hold_group"
+FEATURE_FETCH_MUST_EXIST = "fetch_must_exist"
 FLAG_REPLY = 1
 FLAG_ERROR = 2
 MAX_BODY = 64 << 20
@@ -575,13 +576,13 @@ class Conn:
                 i += 1
 
     def call(self, op: int, req, reply_cls=None, *, payload=None, into=None, max_payload=None,
-             op_name: str = "", timeout: float | None = None, err_ctx=None, need: str = ""):
+             op_name: str = "", timeout: float | None = None, err_ctx=None, need=""):
         """Send one request and wait for its reply.
 
-        ``need``: a feature the server's HELLO reply must list (FEATURE_*,
-        wire/spec.md "Versioning") for the request to be sent; without it
-        :class:`NotSupportedError` is raised and nothing is sent: an older
-        server would ignore the field the feature covers.
+        ``need``: a feature (or a tuple of them) the server's HELLO reply
+        must list (FEATURE_*, wire/spec.md "Versioning") for the request to
+        be sent; without it :class:`NotSupportedError` is raised and nothing
+        is sent: an older server would ignore the field the feature covers.
 
         ``payload``: a list of bytes-like objects sent back to back after the
         body. ``into``: a writable buffer, or a list of them filled one after
@@ -593,7 +594,9 @@ class Conn:
         given).
         """
         err_ctx = err_ctx or {}
-        if need and need not in self.server.features:
+        for need in (need,) if isinstance(need, str) else need:
+            if not need or need in self.server.features:
+                continue
             raise errors.NotSupportedError(
                 f"{op_name or 'request'} needs the feature {need!r}, which the server at {self.addr} does not "
                 f"list in its HELLO (an older tq serve: upgrade it)", op=op_name, **err_ctx)
