@@ -634,8 +634,9 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p == nil {
 			return nil
 		}
-		if e := p.fetches.m[string(o.Key)]; e != nil && e.task == o.Task && !e.spent {
-			p.settle(e, time.UnixMilli(o.AtUnixMs))
+		at := time.UnixMilli(o.AtUnixMs)
+		if e := p.fetches.get(string(o.Key), at); e != nil && e.task == o.Task && !e.spent {
+			p.settle(e, at)
 		}
 	case *wirepb.LogOp_Unconsume:
 		o := op.Unconsume

@@ -13,7 +13,11 @@ package controller
 //
 // Entries live fetchKeyTTL, at most maxFetchKeys per partition (the oldest
 // go first); the keys of held fetches given back are remembered longer
-// (givenBack). They are part of the durable state: consume and unconsume
+// (givenBack). An entry past its time is gone for every reader (get),
+// whether or not the table dropped it yet: which ones it has dropped
+// depends on when it last added one, and a restarted controller (a log
+// replayed, a snapshot loaded) must answer as the live one did. Times
+// compare in whole milliseconds, as the log and snapshots keep them. They are part of the durable state: consume and unconsume
 // records carry the key, and snapshots hold the table.
 //
 // A reset of a task's consumption ends what its entries can give back:
@@ -30,6 +34,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"iter"
 	"slices"
 	"sync"
 	"time"
@@ -62,13 +67,18 @@ type fetchEntry struct {
 	pid      int32  // the holder's process on this host (0: unknown); not logged
 	client   string // the holder client's id ("": unknown); not logged
 	group    string // the hold's group (engine.FetchRequest.HoldGroup)
+	// prev and next link the table's order.
+	prev, next *fetchEntry
 }
 
 // fetchTable is a partition's recent keyed fetches, guarded by the
 // partition's lock.
 type fetchTable struct {
-	m     map[string]*fetchEntry
-	order []*fetchEntry // by insertion: the oldest first
+	m map[string]*fetchEntry
+	// head and tail end the list of the entries of m by time (at), the
+	// oldest first, but for held ones, which keep their place until
+	// settled: an entry whose time restarts moves to the end (restart).
+	head, tail *fetchEntry
 	// byRow holds, for each row index an entry in order names, the
 	// entries that name it, so that a clear finds what it changes without
 	// walking the table.
@@ -126,45 +136,96 @@ type fetchRefs struct {
 	more []*fetchEntry
 }
 
+// expired reports whether e is past its time at now: gone, though the
+// table may not have dropped it yet. A held fetch lives until it is
+// settled (holds.go).
+func (e *fetchEntry) expired(now time.Time) bool {
+	return !e.held && now.UnixMilli()-e.at.UnixMilli() > fetchKeyTTL.Milliseconds()
+}
+
 func (t *fetchTable) get(key string, now time.Time) *fetchEntry {
 	e := t.m[key]
-	if e == nil || (!e.held && now.Sub(e.at) > fetchKeyTTL) {
-		return nil // a held fetch lives until it is settled (holds.go)
+	if e == nil || e.expired(now) {
+		return nil
 	}
 	return e
+}
+
+// entries are the table's entries in its order.
+func (t *fetchTable) entries() iter.Seq[*fetchEntry] {
+	return func(yield func(*fetchEntry) bool) {
+		for e := t.head; e != nil; {
+			next := e.next
+			if !yield(e) {
+				return
+			}
+			e = next
+		}
+	}
+}
+
+func (t *fetchTable) pushBack(e *fetchEntry) {
+	e.prev, e.next = t.tail, nil
+	if t.tail == nil {
+		t.head = e
+	} else {
+		t.tail.next = e
+	}
+	t.tail = e
+}
+
+func (t *fetchTable) unlink(e *fetchEntry) {
+	if e.prev == nil {
+		t.head = e.next
+	} else {
+		e.prev.next = e.next
+	}
+	if e.next == nil {
+		t.tail = e.prev
+	} else {
+		e.next.prev = e.prev
+	}
+	e.prev, e.next = nil, nil
+}
+
+// restart restarts e's time at at, and moves it to the end of the order,
+// which expiry (add) walks from the oldest.
+func (t *fetchTable) restart(e *fetchEntry, at time.Time) {
+	e.at = at
+	if t.m[e.key] == e {
+		t.unlink(e)
+		t.pushBack(e)
+	}
+}
+
+// remove drops e from the table.
+func (t *fetchTable) remove(e *fetchEntry) {
+	delete(t.m, e.key)
+	t.unlink(e)
+	t.unindex(e)
 }
 
 func (t *fetchTable) add(e *fetchEntry) {
 	if t.m == nil {
 		t.m = make(map[string]*fetchEntry)
 	}
+	if old := t.m[e.key]; old != nil {
+		t.remove(old)
+	}
 	// Forget expired entries and, past the bound, the oldest; not a held
 	// fetch, which lives until it is settled (holds.go): its caller's
-	// acknowledgment must find it. Held ones stay first.
-	drop := 0
-	var held []*fetchEntry
-	for drop < len(t.order) && (len(t.order)-drop >= maxFetchKeys || (!t.order[drop].held && e.at.Sub(t.order[drop].at) > fetchKeyTTL)) {
-		d := t.order[drop]
-		drop++
-		if d.held && t.m[d.key] == d {
-			held = append(held, d)
-			continue
+	// acknowledgment must find it. The walk passes the held ones (few:
+	// the fetches ahead of their callers) and ends at the first entry
+	// that lives: those after it are younger.
+	for d := t.head; d != nil && (len(t.m) >= maxFetchKeys || d.held || d.expired(e.at)); {
+		next := d.next
+		if !d.held {
+			t.remove(d)
 		}
-		if t.m[d.key] == d {
-			delete(t.m, d.key)
-		}
-		t.unindex(d)
-	}
-	if drop > 0 {
-		t.order = slices.Delete(t.order, 0, drop-len(held))
-		copy(t.order, held)
-	}
-	if old := t.m[e.key]; old != nil {
-		t.order = slices.DeleteFunc(t.order, func(x *fetchEntry) bool { return x == old })
-		t.unindex(old)
+		d = next
 	}
 	t.m[e.key] = e
-	t.order = append(t.order, e)
+	t.pushBack(e)
 	t.index(e)
 }
 
@@ -258,7 +319,7 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 		e.consumed = withoutRows(e.consumed, gone)
 		if e.held && len(e.consumed) == 0 {
 			e.held = false
-			e.at = now
+			t.restart(e, now)
 			unheld = true
 		}
 	}
@@ -288,19 +349,14 @@ func (p *partition) forgetRows(rows []uint64, now time.Time) {
 // oldest.
 func (t *fetchTable) reset(task string, now time.Time) {
 	var moved []*fetchEntry
-	keep := t.order[:0]
-	for _, e := range t.order {
+	for e := range t.entries() {
 		if task != "" && e.task != task {
-			keep = append(keep, e)
 			continue
 		}
 		e.kept = nil
 		if e.held {
 			e.held = false
-			e.at = now
 			moved = append(moved, e)
-		} else {
-			keep = append(keep, e)
 		}
 		if len(e.consumed) > 0 {
 			t.unindex(e)
@@ -308,7 +364,9 @@ func (t *fetchTable) reset(task string, now time.Time) {
 			t.index(e)
 		}
 	}
-	t.order = append(keep, moved...)
+	for _, e := range moved {
+		t.restart(e, now)
+	}
 }
 
 // withoutRows returns rows less those in gone: rows itself when it has
@@ -328,12 +386,12 @@ func withoutRows(rows []uint64, gone map[uint64]struct{}) []uint64 {
 	return out
 }
 
-// copyState returns the table's entries and its held fetches given back
-// (givenBack), for a snapshot.
-func (t *fetchTable) copyState() ([]*wirepb.StateFetch, []*wirepb.StateGivenBack) {
-	out := make([]*wirepb.StateFetch, 0, len(t.order))
-	for _, e := range t.order {
-		if t.m[e.key] != e {
+// copyState returns the table's entries that live at now and its held
+// fetches given back (givenBack), for a snapshot.
+func (t *fetchTable) copyState(now time.Time) ([]*wirepb.StateFetch, []*wirepb.StateGivenBack) {
+	out := make([]*wirepb.StateFetch, 0, len(t.m))
+	for e := range t.entries() {
+		if e.expired(now) {
 			continue
 		}
 		out = append(out, &wirepb.StateFetch{
@@ -414,13 +472,13 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	}
 	if key == "" {
 		// Rows given back by the controller (keptbatches.go).
-	} else if e := p.fetches.m[key]; e != nil && e.task == task {
+	} else if e := p.fetches.get(key, at); e != nil && e.task == task {
 		if e.kept != nil && !e.spent {
 			p.gaveBack(e.kept)
 		}
 		if e.held {
 			e.held = false
-			e.at = at // the caller's ack, if it comes, must still learn of this (holds.go)
+			p.fetches.restart(e, at) // the caller's ack, if it comes, must still learn of this (holds.go)
 			p.fetches.back.add(key, task, at)
 		}
 		e.spent = true

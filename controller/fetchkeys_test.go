@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -124,7 +125,7 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 			tab.reset("t", now)
 		}
 		want := make(map[uint64][]*fetchEntry)
-		for _, e := range tab.order {
+		for e := range tab.entries() {
 			for _, gi := range append(slices.Clone(e.sampled), e.consumed...) {
 				if !slices.Contains(want[gi], e) {
 					want[gi] = append(want[gi], e)
@@ -140,4 +141,41 @@ func TestFetchTableIndexFollowsEntries(t *testing.T) {
 			require.ElementsMatch(t, es, got[gi], "step %d: entries of row %d", i, gi)
 		}
 	}
+}
+
+// An entry past fetchKeyTTL is gone, whether or not the table has
+// dropped it yet. Before, one that expiry had not reached yet (behind an
+// entry whose time an acknowledgment restarted) was still given back by
+// an Unconsume of its key: the kept batch it took counted one fetch
+// fewer, and the key stayed spent at its old time, so the fetch asked
+// again took new rows. A controller that loaded the same state had
+// dropped the entry, spent the key anew and refused the fetch.
+func TestExpiredFetchKeyGoneLiveAndLoaded(t *testing.T) {
+	c := newRows(t, DefaultConfig(), 8)
+	ctx := context.Background()
+	_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+	require.NoError(t, err)
+	heldFetch(t, c, "h", 2)
+	require.NoError(t, c.Acknowledge("p", "t", "h"))
+	func() {
+		p := c.lock("p")
+		defer p.mu.Unlock()
+		p.fetches.m["k"].at = p.fetches.m["k"].at.Add(-fetchKeyTTL - time.Minute) // fetched 11 minutes ago
+	}()
+	dir := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(dir))
+	d := newController(t, DefaultConfig())
+	_, err = d.Load(dir)
+	require.NoError(t, err)
+	d.cluster = c.cluster // a controller keeps its own id through a load
+	require.Equal(t, stateBytes(t, c), stateBytes(t, d), "the state loaded")
+
+	answers := func(c *Controller) []string {
+		t.Helper()
+		require.NoError(t, c.Unconsume("p", "t", "k"))
+		m, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
+		return []string{fmt.Sprint(m), fmt.Sprint(err)}
+	}
+	require.Equal(t, answers(d), answers(c), "the live controller answers as the one that loaded its state")
+	require.Equal(t, stateBytes(t, d), stateBytes(t, c), "the states after")
 }

@@ -309,7 +309,7 @@ func (p *partition) settle(e *fetchEntry, at time.Time) {
 		return
 	}
 	e.held = false
-	e.at = at // asked again (a lost reply), the fetch and its ack still answer
+	p.fetches.restart(e, at) // asked again (a lost reply), the fetch and its ack still answer
 	if len(e.consumed) > 0 {
 		p.notify() // a fetch waiting at the end may end now
 	}

@@ -451,7 +451,7 @@ func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time
 	// The keyed fetches that took the batch and were not given back are
 	// spent: asked again, they must not answer with rows another group
 	// may take now.
-	spent := p.spendKept(keptRef{group: k, batch: b})
+	spent := p.spendKept(keptRef{group: k, batch: b}, now)
 	if c.logging() {
 		ops = append(ops,
 			&wirepb.LogOp{Op: &wirepb.LogOp_Consume{Consume: &wirepb.ConsumeOp{
@@ -470,12 +470,12 @@ func (c *Controller) giveBackKept(p *partition, k groupKey, b int, now time.Time
 	return ops, true
 }
 
-// spendKept spends the keyed fetches that took kept batch ref and were not
-// given back, and returns their keys. p is locked.
-func (p *partition) spendKept(ref keptRef) []string {
+// spendKept spends the keyed fetches that took kept batch ref, were not
+// given back and live at now, and returns their keys. p is locked.
+func (p *partition) spendKept(ref keptRef, now time.Time) []string {
 	var keys []string
-	for _, e := range p.fetches.order {
-		if e.kept != nil && *e.kept == ref && !e.spent && p.fetches.m[e.key] == e {
+	for e := range p.fetches.entries() {
+		if e.kept != nil && *e.kept == ref && !e.spent && !e.expired(now) {
 			e.spent = true
 			keys = append(keys, e.key)
 		}

@@ -93,12 +93,13 @@ type cellCopy struct {
 // copyState copies the whole state. The caller holds c.mu, every
 // partition's lock, the registry's and the fences' (see lockAll).
 func (c *Controller) copyState() *stateCopy {
+	now := time.Now()
 	st := &stateCopy{head: &wirepb.StateHeader{
 		Format:      stateFormat,
 		Version:     stateVersion,
 		ClusterId:   c.cluster,
 		Epoch:       c.epoch,
-		SavedUnixMs: time.Now().UnixMilli(),
+		SavedUnixMs: now.UnixMilli(),
 		NextGen:     c.nextGen,
 	}}
 	idx := c.idx.snapshot()
@@ -111,13 +112,14 @@ func (c *Controller) copyState() *stateCopy {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		st.parts = append(st.parts, c.parts[id].copyState())
+		st.parts = append(st.parts, c.parts[id].copyState(now))
 	}
 	st.head.Partitions = uint64(len(st.parts))
 	return st
 }
 
-func (p *partition) copyState() *partCopy {
+// copyState copies p's state; its fetch table as it is at now.
+func (p *partition) copyState(now time.Time) *partCopy {
 	pc := &partCopy{id: p.id, gen: p.gen, created: p.created, keySeq: p.keySeq, tasks: slices.Clone(p.taskName), done: p.done, made: p.made,
 		changeSeq: p.feed.seq, floor: p.feed.floor, cleared: make([]clearedKey, p.feed.cleared.len())}
 	for i := range pc.cleared {
@@ -147,7 +149,7 @@ func (p *partition) copyState() *partCopy {
 		rc.cells = slab[start:len(slab):len(slab)]
 		pc.rows = append(pc.rows, rc)
 	})
-	pc.fetches, pc.back = p.fetches.copyState()
+	pc.fetches, pc.back = p.fetches.copyState(now)
 	pc.groups = p.copyGroups()
 	return pc
 }
