@@ -1577,11 +1577,14 @@ func (c *Controller) clearRows(p *partition, indexes []uint64) (int, []engine.Ce
 	// One allocation for what is freed: at most a cell per field per row.
 	freed := p.removeRows(rows, make([]engine.CellLoc, 0, min(len(rows)*len(p.order), maxPrealloc)))
 	if len(released) > 0 {
+		now := time.Now()
 		c.forgetRows(p.id, released)
-		p.forgetRows(released, time.Now())
+		p.forgetRows(released, now)
 		p.notify()
 		if c.logging() {
-			p.removed = c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n}}})
+			p.removed = c.log(&wirepb.LogOp{Op: &wirepb.LogOp_ClearRows{ClearRows: &wirepb.ClearRowsOp{
+				Partition: p.id, Gen: p.gen, Indexes: released, ChangeSeq: n, AtUnixMs: now.UnixMilli(),
+			}}})
 		}
 	}
 	c.idx.release(released) // under the lock: see ClearPartition

@@ -672,7 +672,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		p.feed.bury(p, rows, o.ChangeSeq)
 		p.removeRows(rows, nil)
 		c.forgetRows(p.id, o.Indexes)
-		p.forgetRows(o.Indexes, time.Now()) // the record has no time: asked again, a fetch it un-held answers fetchKeyTTL from the replay
+		at := time.UnixMilli(o.AtUnixMs)
+		if o.AtUnixMs == 0 {
+			at = time.Now() // a record from before it had the time: asked again, a fetch it un-held answers fetchKeyTTL from the replay
+		}
+		p.forgetRows(o.Indexes, at)
 		c.idx.release(o.Indexes)
 	case *wirepb.LogOp_Done:
 		if p := c.partitionOf(op.Done.Partition, op.Done.Gen); p != nil {

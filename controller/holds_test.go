@@ -592,6 +592,41 @@ func TestHoldGroupTakesBackAnExitedMembersHolds(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrDone)
 }
 
+// fetchTableBytes encodes partition "p"'s fetch table, the entries'
+// times included (stateBytes leaves them out).
+func fetchTableBytes(t *testing.T, c *Controller) []byte {
+	t.Helper()
+	p := c.lock("p")
+	require.NotNil(t, p)
+	fs, back := p.fetches.copyState(time.Now())
+	p.mu.Unlock()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&wirepb.StatePartition{Fetches: fs, GivenBack: back})
+	require.NoError(t, err)
+	return b
+}
+
+// A held fetch whose rows are all cleared is no longer held, and can be
+// asked again for fetchKeyTTL from the clear. The clear record had no
+// time, so a replayed one restarted the entry's time at the replay: a
+// clear long before the restart gave the fetch ten minutes more, and its
+// entry differed from the live one.
+func TestClearedHoldsTimeReplayed(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{HeldFetchTTL: -1}
+	c := openDurable(t, dir, cfg)
+	doneWith(t, c, 4)
+	a := heldFetch(t, c, "a", 2)
+	_, err := c.ClearRows("p", a.Indexes)
+	require.NoError(t, err)
+	require.NoError(t, c.WaitDurable(context.Background()))
+	want := fetchTableBytes(t, c)
+	crash(t, c)
+	time.Sleep(10 * time.Millisecond) // the replay a few milliseconds after the clear
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	require.Equal(t, want, fetchTableBytes(t, c), "the fetch table replayed, times included")
+}
+
 // A hold's holder is not logged, so after a restart only the TTL gave it
 // back. Its caller, redialing, asks the same keyed fetch again: that names
 // the holder, and once the holder exited a fetch waiting at the end gets

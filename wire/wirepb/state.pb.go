@@ -1730,11 +1730,15 @@ func (x *ResetOp) GetAtUnixMs() int64 {
 }
 
 type ClearRowsOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
-	Indexes       []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
-	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
-	ChangeSeq     uint64                 `protobuf:"varint,4,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Partition string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Indexes   []uint64               `protobuf:"varint,2,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
+	Gen       uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	ChangeSeq uint64                 `protobuf:"varint,4,opt,name=change_seq,json=changeSeq,proto3" json:"change_seq,omitempty"`
+	// When: a held fetch the clear un-holds can be asked again for
+	// fetchKeyTTL from then. 0 in a record from before it was kept: from
+	// the replay.
+	AtUnixMs      int64 `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1793,6 +1797,13 @@ func (x *ClearRowsOp) GetGen() uint64 {
 func (x *ClearRowsOp) GetChangeSeq() uint64 {
 	if x != nil {
 		return x.ChangeSeq
+	}
+	return 0
+}
+
+func (x *ClearRowsOp) GetAtUnixMs() int64 {
+	if x != nil {
+		return x.AtUnixMs
 	}
 	return 0
 }
@@ -3452,13 +3463,15 @@ const file_state_proto_rawDesc = "" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
 	"\x03gen\x18\x03 \x01(\x04R\x03gen\x12\x1c\n" +
 	"\n" +
-	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"v\n" +
+	"at_unix_ms\x18\x04 \x01(\x03R\batUnixMs\"\x94\x01\n" +
 	"\vClearRowsOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x12\x10\n" +
 	"\x03gen\x18\x03 \x01(\x04R\x03gen\x12\x1d\n" +
 	"\n" +
-	"change_seq\x18\x04 \x01(\x04R\tchangeSeq\"B\n" +
+	"change_seq\x18\x04 \x01(\x04R\tchangeSeq\x12\x1c\n" +
+	"\n" +
+	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\"B\n" +
 	"\x10ClearPartitionOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
 	"\x03gen\x18\x02 \x01(\x04R\x03gen\"T\n" +

@@ -1711,6 +1711,11 @@ func (m *ClearRowsOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.AtUnixMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AtUnixMs))
+		i--
+		dAtA[i] = 0x28
+	}
 	if m.ChangeSeq != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.ChangeSeq))
 		i--
@@ -3933,6 +3938,9 @@ func (m *ClearRowsOp) SizeVT() (n int) {
 	}
 	if m.ChangeSeq != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.ChangeSeq))
+	}
+	if m.AtUnixMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.AtUnixMs))
 	}
 	n += len(m.unknownFields)
 	return n
