@@ -491,3 +491,54 @@ func BenchmarkStats(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStatsPage: one STATS_PAGE of 16 partitions from the middle of
+// the controller's partitions, as the server answers it, with the
+// controller holding more and more partitions: a page costs its entries
+// and a search, not a walk (or a sort) of every partition's name.
+func BenchmarkStatsPage(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 16} {
+		b.Run(fmt.Sprintf("partitions=%d", n), func(b *testing.B) {
+			c, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			s := NewServer(c, ServerConfig{})
+			defer s.Close()
+			for i := range n {
+				if _, err := c.CreatePartition(fmt.Sprintf("p-%08d", i)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			benchCall(b, s, wire.OpStatsPage, &wirepb.StatsPageRequest{After: fmt.Sprintf("p-%08d", n/2), Limit: 16}, 16)
+		})
+	}
+}
+
+// BenchmarkListKeysPage: one LIST_KEYS page over every partition, from
+// a cursor in the middle, with the controller holding more and more
+// partitions of one key each: a page costs its keys and a search, not a
+// sort of every partition's name.
+func BenchmarkListKeysPage(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 16} {
+		b.Run(fmt.Sprintf("partitions=%d", n), func(b *testing.B) {
+			c, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			s := NewServer(c, ServerConfig{})
+			defer s.Close()
+			for i := range n {
+				if _, err := c.CommitKeys(engine.KeysCommit{Partition: fmt.Sprintf("p-%08d", i), Keys: []string{"k"}, Tags: []engine.Tags{{"step": 1}}}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			p := c.lock(fmt.Sprintf("p-%08d", n/2))
+			cursor := encodeKeysCursor(p.id, p.gen, 1)
+			p.mu.Unlock()
+			benchCall(b, s, wire.OpListKeys, &wirepb.ListKeysRequest{Cursor: cursor, Limit: 16}, 16)
+		})
+	}
+}

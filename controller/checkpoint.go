@@ -288,7 +288,7 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 		p.gen = c.nextGen
 		c.nextGen++
 	}
-	c.parts = ls.parts
+	c.setParts(ls.parts)
 	c.armKept(time.Now())
 	c.armHeld(time.Now())
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, used)

@@ -5,12 +5,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/btree"
 
 	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/controller/sampler"
@@ -156,8 +159,12 @@ type Controller struct {
 	// spent holds keys given back before their partition existed.
 	spent spentKeys
 
-	mu      sync.RWMutex
-	parts   map[string]*partition
+	mu    sync.RWMutex
+	parts map[string]*partition
+	// ids holds the keys of parts, in order: a page of partitions
+	// (STATS_PAGE, LIST_KEYS of all) starts from a search, not a sort.
+	// Change parts through putPart, deletePart and setParts only.
+	ids     *btree.BTreeG[string]
 	nextGen uint64 // the next partition's gen
 	// created is closed and replaced when a partition is created, waking
 	// fetches that wait for a partition that does not exist yet.
@@ -192,6 +199,7 @@ func New(cfg Config) (*Controller, error) {
 		idx:     newIndexAllocator(),
 		units:   NewRegistry(cfg.UnitTimeout),
 		parts:   make(map[string]*partition),
+		ids:     btree.NewOrderedG[string](32),
 		nextGen: 1,
 		created: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -303,7 +311,7 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 		c.nextGen++
 		p.pending.Store(true)
 		p.mu.Lock() // nobody has seen p: this does not wait
-		c.parts[id] = p
+		c.putPart(p)
 		close(c.created)
 		c.created = make(chan struct{})
 		c.mu.Unlock()
@@ -367,7 +375,7 @@ func (c *Controller) unlockNew(p *partition) {
 // and the state after a restart is the state before.
 func (c *Controller) pruneLocked(p *partition) {
 	if c.parts[p.id] == p {
-		delete(c.parts, p.id)
+		c.deletePart(p.id)
 		if c.nextGen == p.gen+1 {
 			c.nextGen = p.gen
 		}
@@ -403,14 +411,72 @@ func (c *Controller) Partitions() []string { return c.partitionIDs(false) }
 func (c *Controller) partitionIDs(pending bool) []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if invariants.Enabled && c.ids.Len() != len(c.parts) {
+		panic(fmt.Sprintf("%d partition ids for %d partitions", c.ids.Len(), len(c.parts)))
+	}
 	out := make([]string, 0, len(c.parts))
-	for id, p := range c.parts {
-		if pending || !p.pending.Load() {
+	c.ids.Ascend(func(id string) bool {
+		if pending || !c.parts[id].pending.Load() {
 			out = append(out, id)
 		}
-	}
-	sort.Strings(out)
+		return true
+	})
 	return out
+}
+
+// partitionsFrom yields the partition ids from from on (after from, with
+// after), in order, those still pending left out, as Partitions lists
+// them. It looks them up a few at a time, holding c.mu only meanwhile, so
+// the caller may lock partitions between ids; a partition made or
+// cleared meanwhile may be seen or missed. Each batch costs a search of
+// the ids, not a walk of them all.
+func (c *Controller) partitionsFrom(from string, after bool) iter.Seq[string] {
+	const batch = 256
+	return func(yield func(string) bool) {
+		for {
+			ids := make([]string, 0, batch)
+			c.mu.RLock()
+			c.ids.AscendGreaterOrEqual(from, func(id string) bool {
+				if (!after || id != from) && !c.parts[id].pending.Load() {
+					ids = append(ids, id)
+				}
+				return len(ids) < batch
+			})
+			c.mu.RUnlock()
+			for _, id := range ids {
+				if !yield(id) {
+					return
+				}
+			}
+			if len(ids) < batch {
+				return
+			}
+			from, after = ids[len(ids)-1], true
+		}
+	}
+}
+
+// putPart adds p to c.parts and its id to c.ids. The caller holds c.mu
+// (or has the controller to itself, replaying).
+func (c *Controller) putPart(p *partition) {
+	c.parts[p.id] = p
+	c.ids.ReplaceOrInsert(p.id)
+}
+
+// deletePart takes id out of c.parts and c.ids. The caller holds c.mu.
+func (c *Controller) deletePart(id string) {
+	delete(c.parts, id)
+	c.ids.Delete(id)
+}
+
+// setParts replaces c.parts by parts (a state loaded) and rebuilds c.ids.
+// The caller holds c.mu.
+func (c *Controller) setParts(parts map[string]*partition) {
+	c.parts = parts
+	c.ids.Clear(false)
+	for id := range parts {
+		c.ids.ReplaceOrInsert(id)
+	}
 }
 
 // allocRows makes n active rows in p: pre-allocated rows first (lowest
@@ -1337,18 +1403,15 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 	if err != nil {
 		return nil, nil, opErr("list keys", partition, err)
 	}
-	ids := []string{partition}
+	ids := slices.Values([]string{partition})
 	if partition == "" {
-		ids = c.Partitions()
+		ids = c.partitionsFrom(from, false)
 	} else if from != "" && from != partition {
 		return nil, nil, opErr("list keys", partition, fmt.Errorf("cursor of partition %q: %w", from, engine.ErrInvalid))
 	}
 	var out []PartitionKeys
 	n, size, scanned := 0, 0, 0
-	for _, id := range ids {
-		if id < from {
-			continue
-		}
+	for id := range ids {
 		p := c.lock(id)
 		if p == nil {
 			continue
@@ -1652,7 +1715,7 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 // its indexes (live and in replay); it returns the cells the rows held.
 // The caller holds c.mu and p.mu.
 func (c *Controller) dropPartition(p *partition) []engine.CellLoc {
-	delete(c.parts, p.id)
+	c.deletePart(p.id)
 	c.eachSampler(func(s engine.Sampler) {
 		if cs, ok := s.(engine.CachingSampler); ok {
 			cs.ClearCache(p.id)

@@ -386,7 +386,7 @@ func (c *Controller) adopt(ls *loadedState) error {
 	for _, s := range ls.head.Starts {
 		c.noteStart(s.Nonce, s.Index)
 	}
-	c.parts = ls.parts
+	c.setParts(ls.parts)
 	c.idx.restore(ls.head.NextIndex, ls.head.Reusable, c.usedIndexes())
 	return nil
 }
@@ -450,7 +450,7 @@ func (c *Controller) apply(lop *wirepb.LogOp) error {
 		p.created = time.UnixMilli(o.CreatedUnixMs)
 		p.addRows(o.Reserved, false)
 		c.idx.markUsed(o.Reserved)
-		c.parts[o.Partition] = p
+		c.putPart(p)
 		c.nextGen = max(c.nextGen, o.Gen+1)
 	case *wirepb.LogOp_ClearPartition:
 		o := op.ClearPartition

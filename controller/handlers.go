@@ -566,12 +566,14 @@ const statsPageBytes = 8 << 20
 var testStatsPageBytes atomic.Int64
 
 // statsPage answers STATS_PAGE: the stats of the partitions named after
-// req.after, by name, as many as fit the page. It lists the names (the
-// controller's lock, briefly), then takes each partition's stats under
-// that partition's lock alone, as STATS does: no lock is held across the
-// page, so the page is no snapshot of one instant — each entry is of its
-// own. A partition cleared between the listing and its stats is left
-// out. A goroutine of its own: it walks up to every partition.
+// req.after, by name, as many as fit the page. It looks the names up a
+// few at a time from req.after on (the controller's lock, briefly: a
+// search of the sorted ids, so a page costs its entries, not the count of
+// partitions), then takes each partition's stats under that partition's
+// lock alone, as STATS does: no lock is held across the page, so the page
+// is no snapshot of one instant — each entry is of its own. A partition
+// cleared between the listing and its stats is left out. A goroutine of
+// its own: it takes the stats of up to 4096 partitions.
 func (s *Server) statsPage(_ context.Context, body []byte, _ *effects) (proto.Message, error) {
 	req, err := decode[wirepb.StatsPageRequest](wire.OpStatsPage, body)
 	if err != nil {
@@ -580,11 +582,6 @@ func (s *Server) statsPage(_ context.Context, body []byte, _ *effects) (proto.Me
 	limit := int(req.Limit)
 	if limit == 0 || limit > maxStatsPage {
 		limit = maxStatsPage
-	}
-	names := s.c.Partitions() // sorted
-	i, _ := slices.BinarySearch(names, req.After)
-	for i < len(names) && names[i] <= req.After {
-		i++
 	}
 	r := &wirepb.StatsPageReply{}
 	size, maxBytes := 0, int64(statsPageBytes)
@@ -595,7 +592,7 @@ func (s *Server) statsPage(_ context.Context, body []byte, _ *effects) (proto.Me
 		r.NextAfter = r.Partitions[len(r.Partitions)-1].Partition
 		return r, nil
 	}
-	for _, name := range names[i:] {
+	for name := range s.c.partitionsFrom(req.After, true) {
 		if len(r.Partitions) >= limit {
 			return full()
 		}

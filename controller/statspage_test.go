@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -154,5 +156,92 @@ func TestStatsPageHoldsNoLockAcrossThePage(t *testing.T) {
 	}
 	if got[1] != "b" {
 		t.Errorf("page: got %v, want b among a, b, c(, d)", got)
+	}
+}
+
+// TestStatsPageAcrossClearsAndCreates: the pages of 700 partitions (more
+// than one look-up's batch), with a partition cleared ahead of the pages,
+// one cleared behind them and one created ahead as they are read, and a
+// pending one (its first request still making it): each page starts
+// after the last name of the one before; together they hold once, in
+// order, every partition there when its page was read, and never the
+// pending one. PARTITIONS and a LIST_KEYS of every partition
+// agree.
+func TestStatsPageAcrossClearsAndCreates(t *testing.T) {
+	c := newController(t, Config{})
+	var names []string
+	for i := range 700 {
+		name := fmt.Sprintf("p-%04d", i)
+		names = append(names, name)
+		if _, err := c.CommitKeys(engine.KeysCommit{Partition: name, Keys: []string{"k"}, Tags: []engine.Tags{{"i": i}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending, err := c.lockOrCreate("p-0350x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.unlockNew(pending) })
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	var got []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > 200 {
+			t.Fatalf("no end after %d pages", pages)
+		}
+		var r wirepb.StatsPageReply
+		if err := do(conn, wire.OpStatsPage, &wirepb.StatsPageRequest{After: after, Limit: 7}, &r); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range r.Partitions {
+			got = append(got, p.Partition)
+		}
+		if pages == 10 {
+			if _, err := c.ClearPartition("p-0100"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.ClearPartition("p-0003"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.CreatePartition("p-0500a"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r.NextAfter == "" {
+			break
+		}
+		after = r.NextAfter
+	}
+	want := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == "p-0100" })
+	want = slices.Insert(want, slices.Index(want, "p-0501"), "p-0500a")
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("pages (-want +got):\n%s", diff)
+	}
+	want = slices.DeleteFunc(want, func(n string) bool { return n == "p-0003" })
+	if diff := cmp.Diff(want, c.Partitions()); diff != "" {
+		t.Errorf("partitions (-want +got):\n%s", diff)
+	}
+	var listed []string
+	var cursor []byte
+	for pages := 0; ; pages++ {
+		if pages > 1000 {
+			t.Fatalf("no end after %d pages of keys", pages)
+		}
+		page, next, err := c.ListKeysPage("", cursor, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pk := range page {
+			listed = append(listed, pk.Partition)
+		}
+		if next == nil {
+			break
+		}
+		cursor = next
+	}
+	want = slices.DeleteFunc(want, func(n string) bool { return n == "p-0500a" }) // no keys
+	if diff := cmp.Diff(want, listed); diff != "" {
+		t.Errorf("partitions of the listed keys (-want +got):\n%s", diff)
 	}
 }
