@@ -542,3 +542,29 @@ func BenchmarkListKeysPage(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDeleteTags: a DELETE_TAGS of n keys and n tag names, as the
+// server answers it, the keys holding a tag of their own and none of the
+// names (the names a request may carry are bounded only by the body):
+// it costs the keys' tags and the names, not their product.
+func BenchmarkDeleteTags(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 13} {
+		b.Run(fmt.Sprintf("keys=names=%d", n), func(b *testing.B) {
+			c, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			s := NewServer(c, ServerConfig{})
+			defer s.Close()
+			keys, names, tags := make([]string, n), make([]string, n), make([]engine.Tags, n)
+			for i := range n {
+				keys[i], names[i], tags[i] = fmt.Sprintf("k-%d", i), fmt.Sprintf("name-%d", i), engine.Tags{"step": 7}
+			}
+			if _, err := c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: keys, Tags: tags}); err != nil {
+				b.Fatal(err)
+			}
+			benchCall(b, s, wire.OpDeleteTags, &wirepb.DeleteTagsRequest{Partition: "p", Keys: keys, Names: names}, n)
+		})
+	}
+}

@@ -547,8 +547,11 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if err != nil {
 			return corrupt("tags removed in partition %q: %s", o.Partition, err.Error())
 		}
+		drop := nameSet(o.Names)
 		for _, r := range rows {
-			p.setTags(r, p.tagsOf(r).Without(o.Names...))
+			if after, n := tagsWithout(p.tagsOf(r), drop); n > 0 {
+				p.setTags(r, after)
+			}
 		}
 		p.feed.stamp(rows, o.ChangeSeq)
 	case *wirepb.LogOp_ClearCells:

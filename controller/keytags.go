@@ -62,15 +62,12 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 	}
 	var touched []*row
 	had := make([]int, len(rows))
+	drop := nameSet(names)
 	for i, r := range rows {
-		for _, n := range names {
-			if _, ok := p.tagsOf(r)[n]; ok {
-				after := p.tagsOf(r).Without(names...) // a new map: copies share the old one
-				had[i] = len(p.tagsOf(r)) - len(after)
-				p.setTags(r, after)
-				touched = append(touched, r)
-				break
-			}
+		if after, n := tagsWithout(p.tagsOf(r), drop); n > 0 {
+			had[i] = n
+			p.setTags(r, after)
+			touched = append(touched, r)
 		}
 	}
 	out := make([]engine.Tags, len(rows))
@@ -89,6 +86,49 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 		stamp(touched, c.log(removeTagsOp(p, idx, names, n)))
 	}
 	return out, had, nil
+}
+
+// nameSet is names as a set, for tagsWithout.
+func nameSet(names []string) map[string]struct{} {
+	set := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		set[n] = struct{}{}
+	}
+	return set
+}
+
+// tagsWithout returns t without the names in drop, a new map (copies of
+// t share t), and how many of them t had; t itself, and 0, when it had
+// none. It looks up the smaller of t and drop in the other, so a request
+// naming many tags costs each key its own tags, not every name.
+func tagsWithout(t engine.Tags, drop map[string]struct{}) (engine.Tags, int) {
+	had := 0
+	if len(t) <= len(drop) {
+		for n := range t {
+			if _, ok := drop[n]; ok {
+				had++
+			}
+		}
+	} else {
+		for n := range drop {
+			if _, ok := t[n]; ok {
+				had++
+			}
+		}
+	}
+	if had == 0 {
+		return t, 0
+	}
+	if had == len(t) {
+		return nil, had
+	}
+	out := t.Clone() // as Without does
+	for n := range out {
+		if _, ok := drop[n]; ok {
+			delete(out, n)
+		}
+	}
+	return out, had
 }
 
 func hasTag(p *partition, r *row, name string) bool {

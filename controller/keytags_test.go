@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"path/filepath"
 	"strings"
@@ -507,4 +508,39 @@ func TestTagBoundsOfDeletesAndShrinks(t *testing.T) {
 	_, err = c.CommitKeys(engine.KeysCommit{Partition: "p", Keys: []string{"k0"}, Tags: []engine.Tags{{"more": 1}}})
 	require.ErrorIs(t, err, engine.ErrInvalid, "growing it")
 	putTags(t, c, "p", []string{"k0"}, engine.Tags{"pad": 1}) // smaller, still past the bound
+}
+
+// TestDeleteTagsManyNamesOrTags: a delete naming far more tags than a key
+// holds (and names twice), and a key holding far more tags than the
+// delete names, each count and remove what the key had, and a restart
+// replays the journal to the same tags.
+func TestDeleteTagsManyNamesOrTags(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, DefaultConfig())
+	many := engine.Tags{}
+	for i := range 2000 {
+		many[fmt.Sprintf("t-%d", i)] = int64(i) // as a replay reads it
+	}
+	putTags(t, c, "p", []string{"few", "many", "none"}, engine.Tags{"status": "running", "step": 1, "keep": true}, many, nil)
+	names := []string{"status", "step", "status", "t-5", "t-1999", "t-5"}
+	for i := range 1000 {
+		names = append(names, fmt.Sprintf("absent-%d", i))
+	}
+	got, had, err := c.DeleteTagsCounted("p", []string{"few", "many", "none"}, names)
+	require.NoError(t, err)
+	assert.Equal(t, []int{2, 2, 0}, had, "how many of the names each key had")
+	want := maps.Clone(many)
+	delete(want, "t-5")
+	delete(want, "t-1999")
+	assert.Equal(t, []engine.Tags{{"keep": true}, want, nil}, got)
+	got, had, err = c.DeleteTagsCounted("p", []string{"few"}, []string{"keep", "never"})
+	require.NoError(t, err)
+	assert.Equal(t, []int{1}, had)
+	assert.Equal(t, []engine.Tags{nil}, got, "a key that lost every tag has none")
+	wantAll := map[string]engine.Tags{"few": nil, "many": want, "none": nil}
+	assert.Equal(t, wantAll, tagsOf(t, c, "p"))
+	crash(t, c)
+	c = openDurable(t, dir, DefaultConfig())
+	defer c.Close()
+	assert.Equal(t, wantAll, tagsOf(t, c, "p"), "after replay")
 }
