@@ -188,7 +188,7 @@ func (c *Controller) Info() ClusterInfo {
 // openJournal opens the journal in c.cfg.Dir, recovers the state it holds
 // and records this start's epoch.
 func (c *Controller) openJournal() error {
-	j, err := journal.Open(journal.Config{Dir: c.cfg.Dir, Fsync: c.cfg.Fsync, OnWrite: c.cfg.OnJournalWrite})
+	j, err := journal.Open(journal.Config{Dir: c.cfg.Dir, Fsync: c.cfg.Fsync, OnWrite: c.cfg.OnJournalWrite, Logf: c.cfg.Logf})
 	if err != nil {
 		return err
 	}

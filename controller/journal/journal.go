@@ -30,6 +30,7 @@
 package journal
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -50,7 +51,9 @@ import (
 
 	crdberrors "github.com/cockroachdb/errors"
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/record"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/wal"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -103,6 +106,9 @@ type Config struct {
 	// unless FsyncNever, synced) with the group's write time and size:
 	// metrics. It runs on the journal's writer and must not block.
 	OnWrite func(d time.Duration, records int)
+	// Logf, if set, receives what the journal found at Open that did not
+	// stop it: a log that ended in a torn write (see [Open]).
+	Logf func(format string, args ...any)
 }
 
 // ErrFailed reports a journal that could not write a record. The records
@@ -208,6 +214,10 @@ func Open(cfg Config) (*Journal, error) {
 	// Named in an error about lost records: Pebble recycles the file
 	// once it has read it.
 	newest := newestLogFile(logDir)
+	// Pebble drops a torn tail without a word: read it first (Pebble may
+	// recycle the file once it has read it), report it once the log is
+	// open.
+	torn := tornTail(logDir)
 	db, err := openLog(logDir, opts)
 	if err != nil {
 		return nil, err
@@ -251,6 +261,9 @@ func Open(cfg Config) (*Journal, error) {
 			db.Close()
 			return nil, fmt.Errorf("open %s: %w", ackedFile, err)
 		}
+	}
+	if torn != nil && cfg.Logf != nil {
+		cfg.Logf("journal: %s", torn.describe(last, cfg.Fsync))
 	}
 	j.written = last
 	j.last.Store(last)
@@ -302,6 +315,124 @@ func newestLogFile(dir string) string {
 		}
 	}
 	return "the log (no write-ahead file left)"
+}
+
+// torn is a write-ahead file that ends in part of a write: a crash of the
+// machine (or the process, for FsyncBatch and FsyncAlways, during the
+// write) before the write reached the disk whole. Pebble drops it and
+// opens with the records before it.
+type torn struct {
+	file   string
+	offset int64 // where the torn write starts
+	size   int64 // the file's size
+	// The records the write held, by its header (no checksum vouches for
+	// it); count is 0 when the header is not there whole.
+	first uint64
+	count uint32
+}
+
+// describe says what was dropped; last is the log's last record.
+func (t *torn) describe(last uint64, mode Fsync) string {
+	var held string
+	switch {
+	case t.count == 1:
+		held = fmt.Sprintf(" (by its header, record %d)", t.first)
+	case t.count > 1:
+		held = fmt.Sprintf(" (by its header, %d records: record %d to %d)", t.count, t.first, t.first+uint64(t.count)-1)
+	}
+	lost := "no record in it was acknowledged (--fsync " + mode.String() + ")"
+	if mode == FsyncNever {
+		lost = "with --fsync never, acknowledged records may be among them"
+	}
+	return fmt.Sprintf("log file %s ends in a torn write at offset %d of %d bytes: the write%s is dropped and the log ends at record %d; %s",
+		t.file, t.offset, t.size, held, last, lost)
+}
+
+// tornTail reads the newest write-ahead file in dir, the one Pebble
+// forgives a torn end (an older one's fails the open), and returns its
+// torn write, or nil for a clean end, an empty or unreadable file, or
+// damage (Pebble's open reports that).
+//
+// Pebble reads a record cut short the same as the end of a reused file
+// (the writes of its previous life follow the last record): the bytes
+// where the next record would start tell them apart. A chunk header of
+// this file (its log number) or zeros there are the start of a write
+// that did not reach the disk whole; anything else is the previous
+// life's. (A write none of whose bytes reached the disk leaves no trace.)
+func tornTail(dir string) *torn {
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	if len(logs) == 0 {
+		return nil
+	}
+	path := logs[len(logs)-1] // zero-padded numbers: sorted
+	num, _, ok := wal.ParseLogFilename(filepath.Base(path))
+	if !ok {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	r := newRecordReader(record.NewReader, bytes.NewReader(b), uint64(num))
+	var end int64 // where the last whole record ends
+	for {
+		end = r.Offset()
+		rec, err := r.Next()
+		if err == nil {
+			_, err = io.Copy(io.Discard, rec)
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if !errors.Is(err, record.ErrUnexpectedEOF) {
+				return nil
+			}
+			break
+		}
+	}
+	const block, walSyncHeader, recyclableHeader = 32 << 10, 19, 11
+	at := end
+	if rest := block - at%block; rest < walSyncHeader && bytes.Count(b[at:min(at+rest, int64(len(b)))], []byte{0}) == int(min(rest, int64(len(b))-at)) {
+		at += rest // the writer zeroes a block's end too short for a header
+	}
+	t := &torn{file: path, offset: end, size: int64(len(b))}
+	if at >= int64(len(b)) {
+		return t // the next block, where the write went on, is gone
+	}
+	tail := b[at:]
+	if bytes.Count(tail, []byte{0}) == len(tail) {
+		return t // the file grew, its bytes did not reach the disk
+	}
+	if len(tail) < recyclableHeader {
+		return t
+	}
+	enc, header := tail[6], 0
+	switch {
+	case enc >= 9 && enc <= 12:
+		header = walSyncHeader
+	case enc >= 5 && enc <= 8:
+		header = recyclableHeader
+	default:
+		return nil // the previous life's bytes
+	}
+	if binary.LittleEndian.Uint32(tail[7:11]) != uint32(num) {
+		return nil
+	}
+	// A batch: sequence number (8), count (4), then its first entry:
+	// kind, key length, key (the record's index).
+	if p := tail[min(header, len(tail)):]; len(p) >= 12+2+8 && p[13] == 8 {
+		t.count = binary.LittleEndian.Uint32(p[8:12])
+		t.first = binary.BigEndian.Uint64(p[14:22])
+	}
+	return t
+}
+
+// newRecordReader calls record.NewReader (passed as open) with the log
+// number n: the type of its parameter is in a package of Pebble's that
+// cannot be imported.
+func newRecordReader[N ~uint64](open func(io.Reader, N) *record.Reader, r io.Reader, n uint64) *record.Reader {
+	return open(r, N(n))
 }
 
 // logFormat is the Pebble format of the log: the first whose write-ahead
