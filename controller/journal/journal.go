@@ -169,6 +169,11 @@ type Pos struct {
 
 const snapPrefix, snapSuffix, badSuffix = "snap-", ".pb", ".bad"
 
+// keepSetAside is how many snapshots set aside (.bad) are kept: the
+// newest; older ones are removed, so that a controller that keeps
+// failing to read its snapshots does not fill the disk with them.
+const keepSetAside = 3
+
 // Open opens the journal in cfg.Dir, creating it if needed, and starts its
 // writer; [Journal.Close] stops it. Read the recovered state with
 // [Journal.Snapshots] and [Journal.Replay] before appending. A damaged log,
@@ -545,7 +550,10 @@ func (j *Journal) Snapshots() []Snapshot {
 
 // Discard sets aside a snapshot that could not be read (it is renamed
 // with a .bad suffix, for inspection), so that the next snapshot follows
-// the one before it.
+// the one before it. Of the snapshots set aside, the newest keepSetAside
+// are kept: older ones are removed (Config.Logf is told), so that a
+// controller that keeps failing to read its snapshots does not fill the
+// disk. Only the newest matters to recovery (see Replay).
 func (j *Journal) Discard(s Snapshot) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -554,9 +562,26 @@ func (j *Journal) Discard(s Snapshot) error {
 	if err := os.Rename(s.Path, bad.Path); err != nil {
 		return fmt.Errorf("set aside unreadable snapshot: %w", err)
 	}
+	j.setAside = slices.DeleteFunc(j.setAside, func(x Snapshot) bool { return x == bad }) // replaced by the rename
 	j.setAside = append(j.setAside, bad)
 	slices.SortFunc(j.setAside, newestFirst)
+	for len(j.setAside) > keepSetAside {
+		old := j.setAside[len(j.setAside)-1]
+		if err := os.Remove(old.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// Kept, and tried again at the next Discard.
+			j.logf("journal: remove %s, an older snapshot set aside (%d newer kept): %v", old.Path, keepSetAside, err)
+			break
+		}
+		j.logf("journal: removed %s, an older snapshot set aside: the newest %d are kept", old.Path, keepSetAside)
+		j.setAside = j.setAside[:len(j.setAside)-1]
+	}
 	return nil
+}
+
+func (j *Journal) logf(format string, args ...any) {
+	if j.cfg.Logf != nil {
+		j.cfg.Logf(format, args...)
+	}
 }
 
 // SetAside returns the snapshots set aside as unreadable, by [Journal.Discard]
