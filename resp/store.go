@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -228,9 +227,8 @@ func (st *store) hsetGeneral(ctx context.Context, partition, key string, fields 
 	}
 	before := 0
 	if meta != nil {
-		had := held(meta)
 		for _, f := range fields {
-			if slices.Contains(had, f) {
+			if c := meta.Cells[f]; len(c) > 0 && c[0].Stored() { // as held, a look-up each
 				before++
 			}
 		}
