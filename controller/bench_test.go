@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
@@ -565,6 +566,30 @@ func BenchmarkDeleteTags(b *testing.B) {
 				b.Fatal(err)
 			}
 			benchCall(b, s, wire.OpDeleteTags, &wirepb.DeleteTagsRequest{Partition: "p", Keys: keys, Names: names}, n)
+		})
+	}
+}
+
+// BenchmarkRefusedNewPartition: a request that creates a partition of
+// PreAlloc rows and is refused (a get of a field the new partition
+// lacks), which undoes the partition and its pre-allocation: it costs
+// the pre-allocation, not its square.
+func BenchmarkRefusedNewPartition(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 13} {
+		b.Run(fmt.Sprintf("prealloc=%d", n), func(b *testing.B) {
+			c, err := New(Config{PreAlloc: n})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			for range b.N {
+				if _, _, err := c.ResolveKeysCreated("p", []string{"k"}, []string{"x"}, true); !errors.Is(err, engine.ErrNotFound) {
+					b.Fatalf("got %v, want ErrNotFound", err)
+				}
+			}
+			if ps := c.Partitions(); len(ps) != 0 {
+				b.Fatalf("partitions %q left", ps)
+			}
 		})
 	}
 }

@@ -355,7 +355,9 @@ func (c *Controller) unlockNew(p *partition) {
 	p.preAlloc = nil
 	p.dropped = true
 	p.notify()
-	if len(idx) == len(pre) && !slices.ContainsFunc(idx, func(i uint64) bool { return !slices.Contains(pre, i) }) {
+	// idx is ascending (rows.all) and pre has no index twice: its rows
+	// are pre's when they are pre sorted.
+	if len(idx) == len(pre) && slices.Equal(idx, slices.Sorted(slices.Values(pre))) {
 		// Its rows are its pre-allocation, untouched: undone, so that the
 		// allocator is as a replay of the log, which never saw them,
 		// leaves it (its queue and next).
