@@ -593,3 +593,42 @@ func BenchmarkRefusedNewPartition(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkClearRowsOfAKeyedFetch: a ClearRows of every other row of a
+// keyed fetch of n rows: it costs the rows, not the rows cleared times
+// the rows the fetch keeps.
+func BenchmarkClearRowsOfAKeyedFetch(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 13} {
+		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
+			c, err := New(Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			field := []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}
+			for i := range b.N {
+				b.StopTimer()
+				p := fmt.Sprintf("p%d", i)
+				m, err := c.Insert(p, n, []string{"x"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Commit(engine.CommitRequest{Partition: p, Indexes: m.Indexes, Fields: field}); err != nil {
+					b.Fatal(err)
+				}
+				got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: p, Task: "t", Fields: []string{"x"}, BatchSize: n, Key: "k"})
+				if err != nil || got.Len() != n {
+					b.Fatalf("fetch: %v", err)
+				}
+				half := make([]uint64, 0, n/2)
+				for j := 0; j < n; j += 2 {
+					half = append(half, got.Indexes[j])
+				}
+				b.StartTimer()
+				if _, err := c.ClearRows(p, half); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

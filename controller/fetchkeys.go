@@ -297,15 +297,26 @@ func (t *fetchTable) unindex(e *fetchEntry) {
 // what it held and never settled it; its acknowledgment, once the TTL
 // gave it back, was refused, though nothing was given back.
 func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
+	// Each entry once, however many of rows it names: its rows are
+	// filtered once, not once per row of it that goes.
 	var hit []*fetchEntry
+	seen := map[*fetchEntry]struct{}{}
 	for _, gi := range rows {
 		r, ok := t.byRow[gi]
 		if !ok {
 			continue
 		}
 		delete(t.byRow, gi)
-		hit = append(hit, r.one)
-		hit = append(hit, r.more...)
+		for i := -1; i < len(r.more); i++ {
+			e := r.one
+			if i >= 0 {
+				e = r.more[i]
+			}
+			if _, dup := seen[e]; !dup {
+				seen[e] = struct{}{}
+				hit = append(hit, e)
+			}
+		}
 	}
 	if len(hit) == 0 {
 		return
