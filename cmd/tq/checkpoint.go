@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -45,15 +48,10 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *timeout <= 0 {
 		return fmt.Errorf("checkpoint: --timeout %v: must be positive", *timeout)
 	}
-	var verb string
-	rest := pos
-	if len(rest) > 0 {
-		verb, rest = rest[0], rest[1:]
-	}
-	want := map[string]int{"save": 2, "load": 2, "list": 1}[verb]
-	if want == 0 || len(rest) != want {
+	verb, rest, err := checkpointArgs(pos)
+	if err != nil {
 		fs.Usage()
-		return fmt.Errorf("checkpoint: want save ADDR NAME, load ADDR NAME or list ADDR")
+		return err
 	}
 	if *metadata != "" && verb != "save" {
 		return fmt.Errorf("checkpoint %s: --metadata is for save; %s does not use it", verb, verb)
@@ -122,6 +120,38 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 	}
 	return nil
+}
+
+// checkpointArgs splits tq checkpoint's positional arguments into the
+// verb and its ADDR (and NAME), or says what is wrong with them: the verb
+// it does not know, the argument missing, or those left over.
+func checkpointArgs(pos []string) (verb string, rest []string, err error) {
+	const all = "want save ADDR NAME, load ADDR NAME or list ADDR"
+	if len(pos) == 0 {
+		return "", nil, errors.New("checkpoint: no verb given: " + all)
+	}
+	verb, rest = pos[0], pos[1:]
+	var names []string
+	switch verb {
+	case "save", "load":
+		names = []string{"ADDR", "NAME"}
+	case "list":
+		names = []string{"ADDR"}
+	default:
+		return "", nil, fmt.Errorf("checkpoint: unknown verb %q: %s", verb, all)
+	}
+	want := fmt.Sprintf("want %s %s", verb, strings.Join(names, " "))
+	if len(rest) < len(names) {
+		return "", nil, fmt.Errorf("checkpoint %s: missing %s: %s", verb, strings.Join(names[len(rest):], " and "), want)
+	}
+	if len(rest) > len(names) {
+		extra := make([]string, 0, len(rest)-len(names))
+		for _, a := range rest[len(names):] {
+			extra = append(extra, strconv.Quote(a))
+		}
+		return "", nil, fmt.Errorf("checkpoint %s: unexpected %s: %s", verb, strings.Join(extra, " "), want)
+	}
+	return verb, rest, nil
 }
 
 // compactJSON is a checkpoint's metadata on one line.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"testing"
 
@@ -34,5 +36,32 @@ func TestCheckpointRefusesABadNameBeforeDialling(t *testing.T) {
 				assert.NotContains(t, err.Error(), "refused")
 			})
 		}
+	}
+}
+
+// tq checkpoint with a wrong verb or the wrong number of arguments says
+// which: the verb it does not know, the argument missing, or the ones
+// left over. It used to answer every such mistake with the same "want
+// save ADDR NAME, load ADDR NAME or list ADDR", naming none.
+func TestCheckpointNamesTheArgumentsItRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "checkpoint: no verb given: want save ADDR NAME, load ADDR NAME or list ADDR"},
+		{[]string{"frob", "tcp://127.0.0.1:1"}, `checkpoint: unknown verb "frob": want save ADDR NAME, load ADDR NAME or list ADDR`},
+		{[]string{"save"}, "checkpoint save: missing ADDR and NAME: want save ADDR NAME"},
+		{[]string{"save", "tcp://127.0.0.1:1"}, "checkpoint save: missing NAME: want save ADDR NAME"},
+		{[]string{"load", "tcp://127.0.0.1:1"}, "checkpoint load: missing NAME: want load ADDR NAME"},
+		{[]string{"list"}, "checkpoint list: missing ADDR: want list ADDR"},
+		{[]string{"list", "tcp://127.0.0.1:1", "extra"}, `checkpoint list: unexpected "extra": want list ADDR`},
+		{[]string{"save", "tcp://127.0.0.1:1", "a", "b", "c"}, `checkpoint save: unexpected "b" "c": want save ADDR NAME`},
+	} {
+		t.Run(fmt.Sprint(tc.args), func(t *testing.T) {
+			var stderr bytes.Buffer
+			err := run(t.Context(), append([]string{"checkpoint"}, tc.args...), io.Discard, &stderr)
+			require.EqualError(t, err, tc.want)
+			assert.Contains(t, stderr.String(), "usage:", "the usage goes with the error")
+		})
 	}
 }
