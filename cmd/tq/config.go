@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"os"
@@ -168,7 +169,13 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 func (c *serveConfig) loadYAML(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		// "--config PATH: open: no such file or directory", not the
+		// path twice.
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("--config %s: %s: %w", path, pe.Op, pe.Err)
+		}
+		return fmt.Errorf("--config %s: %w", path, err)
 	}
 	var docs []*yaml.Node
 	for dec := yaml.NewDecoder(bytes.NewReader(b)); ; {
@@ -264,7 +271,7 @@ func (c *serveConfig) validate() error {
 	switch c.Role {
 	case "all", "controller", "unit":
 	default:
-		bad("role %q: want all, controller or unit", c.Role)
+		bad("--role %q: want all, controller or unit", c.Role)
 	}
 	if c.Role == "unit" && c.Controller == "" {
 		bad("--role unit needs --controller ADDR")
@@ -438,7 +445,7 @@ func (c *serveConfig) validate() error {
 		bad("no data directory: set --data-dir or $%s", auth.EnvDataDir)
 	}
 	if _, err := c.sampler(); err != nil {
-		bad("%v", err)
+		bad("--sampler: %v", err)
 	}
 	if _, err := journal.ParseFsync(c.Fsync); err != nil {
 		bad("--fsync: %v", err)

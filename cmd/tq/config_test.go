@@ -1050,3 +1050,33 @@ func TestSecureRefusesALinkOutOfTheDataDirToASharedDir(t *testing.T) {
 		require.NoError(t, c.secure())
 	})
 }
+
+// tq serve names the flag of a --role or --sampler it refuses (and of a
+// --config it cannot read), as it names every other: these said `role
+// "x"`, `sampler "x"` and `open tq.yaml: no such file or directory`, the
+// last naming no flag at all.
+func TestServeNamesTheFlagOfARoleSamplerOrConfigItRefuses(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	dir := t.TempDir()
+	roleFile := filepath.Join(dir, "role.yaml")
+	require.NoError(t, os.WriteFile(roleFile, []byte("role: worker\n"), 0o600))
+	missing := filepath.Join(dir, "missing.yaml")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"--role", []string{"--role", "worker"}, `--role "worker": want all, controller or unit`},
+		{"role in a config file", []string{"--config", roleFile}, `--role "worker": want all, controller or unit`},
+		{"--sampler", []string{"--sampler", "random"}, `--sampler: sampler "random": want sequential`},
+		{"--sampler with a bad parameter", []string{"--sampler", "grpo:0"}, `--sampler: sampler "grpo:0": parameter "0"`},
+		{"a --config that is not there", []string{"--config", missing}, "--config " + missing + ": open: no such file or directory"},
+		{"a --config that is a directory", []string{"--config", dir}, "--config " + dir + ": read: is a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := serve(t.Context(), append([]string{"--check-config"}, tc.args...), io.Discard, io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
