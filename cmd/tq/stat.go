@@ -322,15 +322,23 @@ func (s *statSnapshot) printUnits(stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  unit\tstate\tused / capacity\tquarantined\tsegments\tpages\thost\tname\taddresses")
 	for _, u := range s.units {
-		pages := bytesString(u.PageSize) + " pre-faulted"
-		if u.HugePages {
+		// A unit the controller knows only from its log (never heard
+		// from since a restart) has reported no page size, nor a host.
+		pages := "-"
+		switch {
+		case u.PageSize > 0 && u.HugePages:
 			pages = bytesString(u.PageSize) + " huge"
+		case u.PageSize > 0:
+			pages = bytesString(u.PageSize) + " pre-faulted"
 		}
 		host := u.Host
 		if len(host) > 8 {
 			host = host[:8]
 		}
 		host = printable(host)
+		if host == "" {
+			host = "-"
+		}
 		name := "-" // tq serve --name
 		if u.Name != "" {
 			name = printable(u.Name)

@@ -285,3 +285,27 @@ func TestStatShowsHeldRows(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(js), `"task":"actor","consumed":6,"held":4`)
 }
+
+// The unit table's pages and host columns say "-" for a unit that
+// reported neither: one the controller knows only from its log (a
+// restarted controller's units that never came back), whose pages read
+// "0 B pre-faulted", a page size no unit has, and whose host was an
+// empty cell.
+func TestStatShowsNoPageSizeForAUnitThatReportedNone(t *testing.T) {
+	s := &statSnapshot{at: time.Now(), addr: "tcp://127.0.0.1:7370", units: []engine.UnitInfo{
+		{ID: 1, Alive: true, Capacity: 1 << 30, PageSize: 4 << 10},
+		{ID: 2, Alive: true, Capacity: 1 << 30, PageSize: 2 << 20, HugePages: true},
+		{ID: 3, Capacity: 1 << 30}, // from the log: never heard from since
+	}}
+	var out bytes.Buffer
+	require.NoError(t, s.print(&out))
+	t.Logf("tq stat:\n%s", out.String())
+	lines := strings.Split(out.String(), "\n")
+	i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "used / capacity") })
+	require.GreaterOrEqual(t, i, 0, "no unit table")
+	require.Greater(t, len(lines), i+3)
+	assert.Contains(t, lines[i+1], " 4 KiB pre-faulted ")
+	assert.Contains(t, lines[i+2], " 2 MiB huge ")
+	assert.NotContains(t, lines[i+3], "0 B pre-faulted")
+	assert.Regexp(t, `^  3 .* 0 +- +- +- *$`, lines[i+3], "unit 3's segments, pages, host and name")
+}
