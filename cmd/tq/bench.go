@@ -79,13 +79,13 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 		return cfg, fmt.Errorf("bench takes no arguments, got %q", fs.Args())
 	}
 	var err error
-	if cfg.transports, err = listFlag(*transport, bench.Transports, func(s string) string { return s }); err != nil {
+	if cfg.transports, err = listFlag("--transport", *transport, bench.Transports, func(s string) string { return s }); err != nil {
 		return cfg, err
 	}
-	if cfg.workloads, err = listFlag(*workload, bench.Workloads, func(w bench.Workload) string { return w.Name }); err != nil {
+	if cfg.workloads, err = listFlag("--workload", *workload, bench.Workloads, func(w bench.Workload) string { return w.Name }); err != nil {
 		return cfg, err
 	}
-	if cfg.cases, err = listFlag(*cs, bench.Cases, func(s string) string { return s }); err != nil {
+	if cfg.cases, err = listFlag("--case", *cs, bench.Cases, func(s string) string { return s }); err != nil {
 		return cfg, err
 	}
 	switch {
@@ -111,15 +111,16 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	return cfg, nil
 }
 
-// listFlag expands a comma-separated flag value ("shm,tcp"), each item
-// through lookup ("all" expands to several), dropping repeats.
-func listFlag[T any](v string, lookup func(string) ([]T, error), name func(T) string) ([]T, error) {
+// listFlag expands a comma-separated value v of flagName ("shm,tcp"), each
+// item through lookup ("all" expands to several), dropping repeats. An
+// error names the flag and its value, then the item refused.
+func listFlag[T any](flagName, v string, lookup func(string) ([]T, error), name func(T) string) ([]T, error) {
 	var out []T
 	seen := map[string]bool{}
 	for _, item := range strings.Split(v, ",") {
 		got, err := lookup(strings.TrimSpace(item))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s %q: %w", flagName, v, err)
 		}
 		for _, x := range got {
 			if !seen[name(x)] {

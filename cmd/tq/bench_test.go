@@ -19,6 +19,9 @@ import (
 	"github.com/tqgo/tq/transport/rdma"
 )
 
+// An error names the flag and its whole value, as well as the item it
+// refuses: a bad --transport, --workload or --case used to name only the
+// item (`transport "ib"`).
 func TestParseBenchFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args       []string
@@ -36,10 +39,10 @@ func TestParseBenchFlags(t *testing.T) {
 			transports: []string{"rdma"}, workloads: []string{"medium"}, cases: []string{"simple"}, iters: 3, format: "csv"},
 		{args: []string{"--transport", "tcp,shm,tcp", "--workload", "medium,small", "--case", "all,simple"},
 			transports: []string{"tcp", "shm"}, workloads: []string{"medium", "small"}, cases: []string{"simple", "complex"}, iters: 3, format: "table"},
-		{args: []string{"--transport", "ib"}, err: `transport "ib"`},
-		{args: []string{"--transport", "shm,"}, err: `transport ""`},
-		{args: []string{"--workload", "huge"}, err: `workload "huge"`},
-		{args: []string{"--case", "hard"}, err: `case "hard"`},
+		{args: []string{"--transport", "ib"}, err: `--transport "ib": transport "ib" (want shm, tcp, unix, rdma or all)`},
+		{args: []string{"--transport", "shm,"}, err: `--transport "shm,": transport ""`},
+		{args: []string{"--workload", "huge"}, err: `--workload "huge": workload "huge" (want small, medium or all)`},
+		{args: []string{"--case", "hard"}, err: `--case "hard": case "hard" (want simple, complex or all)`},
 		{args: []string{"--iters", "0"}, err: "--iters 0"},
 		{args: []string{"--warmup", "-1"}, err: "--warmup -1"},
 		{args: []string{"--json", "--csv"}, err: "choose one"},
