@@ -63,7 +63,9 @@ type Config struct {
 	// samplers (rank_aware, seqlen_balanced, token_budget) give every rank
 	// of a group the same micro-batches and groups disjoint ones; their
 	// DPSize is Config.DPSize. The private ones (sequential, grpo) hand
-	// each fetch to one rank alone.
+	// each fetch to one rank alone. Those that take whole groups (grpo,
+	// seqlen_balanced, token_budget) need a MicroBatchSize that is a
+	// multiple of the group size N; the others take no N.
 	Sampler engine.SamplerSpec
 	// Continuous keeps the loader waiting for more rows after the last
 	// partition is drained, even one marked done; without it (finite mode)
@@ -114,6 +116,10 @@ type Position struct {
 
 // MaxPrefetch bounds Config.Prefetch.
 const MaxPrefetch = 1024
+
+// maxSamplerParam bounds a sampler's group size and dp size, as the
+// controller's samplers do (its sampler.MaxSpecParam).
+const maxSamplerParam = 1 << 16
 
 // DefaultConfig returns a finite, rank_aware loader for one DP group,
 // prefetching two micro-batches; the caller fills in partitions, task,
@@ -167,9 +173,21 @@ func (c Config) Validate() error {
 		return bad("sampler %q is not a built-in one (%s, %s, %s, %s, %s)", s.Name, engine.SamplerSequential,
 			engine.SamplerGRPO, engine.SamplerRankAware, engine.SamplerSeqlenBalanced, engine.SamplerTokenBudget)
 	}
+	grouped := s.Name == engine.SamplerGRPO || s.Name == engine.SamplerSeqlenBalanced || s.Name == engine.SamplerTokenBudget
 	switch {
 	case s.N < 0:
 		return bad("sampler group size %d is negative", s.N)
+	case s.N > maxSamplerParam:
+		return bad("sampler %s group size %d above %d", s.Name, s.N, maxSamplerParam)
+	case !grouped && s.N > 1:
+		return bad("sampler %s takes no group size (got %d)", s.Name, s.N)
+	case grouped && s.N > 1 && c.MicroBatchSize%s.N != 0:
+		// The controller's samplers take whole groups: it would refuse
+		// every fetch.
+		return bad("micro-batch size %d is not a multiple of the %s sampler's group size %d", c.MicroBatchSize, s.Name, s.N)
+	case s.DPSize > maxSamplerParam && (s.Name == engine.SamplerSeqlenBalanced || s.Name == engine.SamplerTokenBudget):
+		// (The others are sent none.)
+		return bad("sampler %s dp size %d above %d", s.Name, s.DPSize, maxSamplerParam)
 	case s.DPSize != c.DPSize:
 		return bad("sampler %s has dp size %d, the loader %d", s.Name, s.DPSize, c.DPSize)
 	case c.TokenBudget > 0 && s.Name != engine.SamplerTokenBudget:

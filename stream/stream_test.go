@@ -17,6 +17,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
@@ -320,6 +321,22 @@ func TestBadConfig(t *testing.T) {
 			c.DPSize = 2
 			c.Sampler = engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, DPSize: 3}
 		}, "dp size 3, the loader 2"},
+		{func(c *Config) { c.Sampler = engine.SamplerSpec{Name: engine.SamplerRankAware, N: 3} }, "sampler rank_aware takes no group size (got 3)"},
+		{func(c *Config) { c.Sampler = engine.SamplerSpec{Name: engine.SamplerSequential, N: 2} }, "sampler sequential takes no group size (got 2)"},
+		{func(c *Config) { c.Sampler = engine.SamplerSpec{Name: engine.SamplerGRPO, N: 3} }, "micro-batch size 4 is not a multiple of the grpo sampler's group size 3"},
+		{func(c *Config) { c.Sampler = engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 3} }, "micro-batch size 4 is not a multiple of the seqlen_balanced sampler's group size 3"},
+		{func(c *Config) {
+			c.TokenBudget = 100
+			c.Sampler = engine.SamplerSpec{Name: engine.SamplerTokenBudget, N: 3}
+		}, "micro-batch size 4 is not a multiple of the token_budget sampler's group size 3"},
+		{func(c *Config) {
+			c.MicroBatchSize = 1 << 17
+			c.Sampler = engine.SamplerSpec{Name: engine.SamplerGRPO, N: 1 << 17}
+		}, "sampler grpo group size 131072 above 65536"},
+		{func(c *Config) {
+			c.DPSize = 1<<16 + 1
+			c.Sampler = engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced}
+		}, "sampler seqlen_balanced dp size 65537 above 65536"},
 	} {
 		cfg := config("p")
 		tc.mod(&cfg)
@@ -329,6 +346,7 @@ func TestBadConfig(t *testing.T) {
 	}
 	_, err := New(nil, config("p"))
 	require.ErrorContains(t, err, "no client")
+	require.Equal(t, sampler.MaxSpecParam, maxSamplerParam, "the bound the controller's samplers check")
 
 	// A field that does not exist is the server's to refuse... or to wait
 	// for: a loader waits for rows that may come.
