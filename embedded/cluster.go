@@ -3,6 +3,7 @@ package embedded
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
@@ -36,6 +37,8 @@ type Cluster struct {
 	Controller *controller.Controller
 	Units      []*storage.Unit
 	Client     *client.Client
+
+	closed atomic.Bool // set by Close: Client's meta calls fail
 }
 
 // New starts an in-process cluster. Close it when done.
@@ -75,15 +78,24 @@ func New(cfg Config) (*Cluster, error) {
 		u.SetID(id)
 		dus = append(dus, Unit(u))
 	}
-	if e.Client, err = client.New(Meta(ctrl, e.Units...), dus, cfg.Client); err != nil {
+	meta := Meta(ctrl, e.Units...).(localMeta)
+	meta.closed = &e.closed
+	if e.Client, err = client.New(meta, dus, cfg.Client); err != nil {
 		e.Close()
 		return nil, err
 	}
 	return e, nil
 }
 
-// Close stops the units and the controller.
+// Close stops the units and the controller; a fetch waiting for rows
+// returns an error wrapping [engine.ErrClosed]. Later calls through
+// Client fail with such an error: the controller's say the embedded
+// cluster was closed (a give-back of fetched rows does nothing), a read
+// or write names the unit. Views of the units' bytes (Client.GetView)
+// must not be touched after Close (see [storage.Unit.Close]). Close is
+// idempotent.
 func (e *Cluster) Close() error {
+	e.closed.Store(true)
 	var errs []error
 	for _, u := range e.Units {
 		errs = append(errs, u.Close())

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
@@ -35,6 +36,22 @@ type localMeta struct {
 	sharedTags bool
 	// freeOn frees locs on units (made once: no closure per free).
 	freeOn func([]engine.CellLoc)
+	// closed, for a Cluster's service, is set by its Close (nil: none).
+	closed *atomic.Bool
+}
+
+// errClusterClosed is what the meta service of a closed [Cluster] answers.
+var errClusterClosed = fmt.Errorf("embedded cluster closed: %w", engine.ErrClosed)
+
+// open returns errClusterClosed once the service's Cluster is closed:
+// its controller would answer from the memory Close let go of (a fetch
+// taking rows no read can get, a MarkDone that marks nothing anyone
+// sees).
+func (l localMeta) open() error {
+	if l.closed != nil && l.closed.Load() {
+		return errClusterClosed
+	}
+	return nil
 }
 
 // Draining reports whether the controller reports unit id draining: a
@@ -116,17 +133,29 @@ var (
 	_ client.StreamService = localMeta{}
 )
 
+// Unconsume gives a fetch's rows back; after its Cluster's Close it does
+// nothing: no one can fetch them again (a loader stopped by the Close
+// gives back what it fetched, with nothing to report).
 func (l localMeta) Unconsume(ctx context.Context, partition, task, key string) error {
+	if l.open() != nil {
+		return nil
+	}
 	_, err := seen(ctx, l, struct{}{}, l.c.Unconsume(partition, task, key))
 	return err
 }
 
 func (l localMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	_, err := seen(ctx, l, struct{}{}, l.c.Acknowledge(partition, task, key))
 	return err
 }
 
 func (l localMeta) MarkDone(ctx context.Context, partition string) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	_, err := seen(ctx, l, struct{}{}, l.c.MarkDone(partition))
 	return err
 }
@@ -145,6 +174,9 @@ func seen[T any](ctx context.Context, l localMeta, v T, err error) (T, error) {
 }
 
 func (l localMeta) Insert(ctx context.Context, partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	m, err := l.c.Insert(partition, n, fields)
 	return seen(ctx, l, m, err)
 }
@@ -154,6 +186,9 @@ func (l localMeta) Insert(ctx context.Context, partition string, n int, fields [
 // never sees them, and they would stay consumed for the task. A fetch
 // without a key gets one of its own for that, as a remote client's does.
 func (l localMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	if req.Key == "" && l.c.Durable() {
 		var k [16]byte
 		rand.Read(k[:])
@@ -175,21 +210,33 @@ func (l localMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.
 }
 
 func (l localMeta) ForceFetch(ctx context.Context, partition string, fields []string) (*engine.BatchMeta, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	m, err := l.c.ForceFetch(partition, fields)
 	return seen(ctx, l, m, err)
 }
 
 func (l localMeta) RowsMeta(ctx context.Context, partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	m, err := l.c.RowsMeta(partition, indexes, fields)
 	return seen(ctx, l, m, err)
 }
 
 func (l localMeta) Commit(ctx context.Context, req engine.CommitRequest) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	locs, err := l.c.Commit(req)
 	return l.free(ctx, locs, err)
 }
 
 func (l localMeta) ResolveKeys(ctx context.Context, partition string, keys, fields []string, create bool) (*engine.BatchMeta, []int, error) {
+	if err := l.open(); err != nil {
+		return nil, nil, err
+	}
 	resolve := l.c.ResolveKeysCreated
 	if l.sharedTags {
 		resolve = l.c.ResolveKeysShared
@@ -213,6 +260,9 @@ func (l localMeta) ResolveKeys(ctx context.Context, partition string, keys, fiel
 }
 
 func (l localMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engine.KeysCommitted, error) {
+	if err := l.open(); err != nil {
+		return engine.KeysCommitted{}, err
+	}
 	out, err := l.c.CommitKeys(req)
 	if err != nil {
 		return out, err
@@ -223,79 +273,127 @@ func (l localMeta) CommitKeys(ctx context.Context, req engine.KeysCommit) (engin
 }
 
 func (l localMeta) KeysOf(ctx context.Context, partition string, indexes []uint64) ([]string, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	keys, err := l.c.KeysOf(partition, indexes)
 	return seen(ctx, l, keys, err)
 }
 
 func (l localMeta) SetTags(ctx context.Context, partition string, indexes []uint64, tags []engine.Tags) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	_, err := seen(ctx, l, struct{}{}, l.c.SetTags(partition, indexes, tags))
 	return err
 }
 
 func (l localMeta) ListKeys(ctx context.Context, partition string) (map[string][]engine.KeyInfo, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	return seen(ctx, l, l.c.ListKeys(partition), nil)
 }
 
 func (l localMeta) ListKeysWhere(ctx context.Context, partition string, where engine.TagFilter) (map[string][]engine.KeyInfo, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	keys, err := l.c.ListKeysWhere(partition, where)
 	return seen(ctx, l, keys, err)
 }
 
 func (l localMeta) DeleteTags(ctx context.Context, partition string, keys, names []string) ([]engine.Tags, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	tags, err := l.c.DeleteTags(partition, keys, names)
 	return seen(ctx, l, tags, err)
 }
 
 func (l localMeta) CompareAndSetTag(ctx context.Context, req engine.TagSwap) (engine.TagSwapped, error) {
+	if err := l.open(); err != nil {
+		return engine.TagSwapped{}, err
+	}
 	done, err := l.c.CompareAndSetTag(req)
 	return seen(ctx, l, done, err)
 }
 
 func (l localMeta) KeyChanges(ctx context.Context, req engine.ChangesRequest) (engine.KeyChanges, error) {
+	if err := l.open(); err != nil {
+		return engine.KeyChanges{}, err
+	}
 	ch, err := l.c.KeyChanges(ctx, req)
 	return seen(ctx, l, ch, err)
 }
 
 func (l localMeta) ProductionStatus(ctx context.Context, partition string, fields []string) (engine.ProductionStatus, error) {
+	if err := l.open(); err != nil {
+		return engine.ProductionStatus{}, err
+	}
 	st, err := l.c.ProductionStatus(partition, fields)
 	return seen(ctx, l, st, err)
 }
 
 func (l localMeta) ConsumptionStatus(ctx context.Context, partition, task string) (engine.ConsumptionStatus, error) {
+	if err := l.open(); err != nil {
+		return engine.ConsumptionStatus{}, err
+	}
 	st, err := l.c.ConsumptionStatus(partition, task)
 	return seen(ctx, l, st, err)
 }
 
 func (l localMeta) ResetConsumption(ctx context.Context, partition, task string) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	_, err := seen(ctx, l, struct{}{}, l.c.ResetConsumption(partition, task))
 	return err
 }
 
 func (l localMeta) ClearRows(ctx context.Context, partition string, indexes []uint64) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	locs, err := l.c.ClearRows(partition, indexes)
 	return l.free(ctx, locs, err)
 }
 
 func (l localMeta) ClearKeys(ctx context.Context, partition string, keys []string) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	locs, err := l.c.ClearKeys(partition, keys)
 	return l.free(ctx, locs, err)
 }
 
 func (l localMeta) ClearPartition(ctx context.Context, partition string) error {
+	if err := l.open(); err != nil {
+		return err
+	}
 	locs, err := l.c.ClearPartition(partition)
 	return l.free(ctx, locs, err)
 }
 
 func (l localMeta) Partitions(ctx context.Context) ([]string, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	return seen(ctx, l, l.c.Partitions(), nil)
 }
 
 func (l localMeta) Stats(ctx context.Context, partition string) (engine.PartitionStats, error) {
+	if err := l.open(); err != nil {
+		return engine.PartitionStats{}, err
+	}
 	st, err := l.c.Stats(partition)
 	return seen(ctx, l, st, err)
 }
 
 func (l localMeta) Fields(ctx context.Context, partition string) ([]engine.FieldStats, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
 	fs, err := l.c.Fields(partition)
 	return seen(ctx, l, fs, err)
 }
