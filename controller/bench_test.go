@@ -632,3 +632,38 @@ func BenchmarkClearRowsOfAKeyedFetch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFetchTableSharedRows fills a fetch table with keyed fetches
+// that all name the same 32 rows (the peers of a DP group fetching one
+// kept batch, or the same batch fetched again and again), then lets them
+// all expire with one more fetch. The cost per fetch must not grow with
+// the number of fetches sharing the rows: each one's removal walked every
+// entry of its rows, so the expiry of k of them cost k² × 32.
+func BenchmarkFetchTableSharedRows(b *testing.B) {
+	const nrows = 32
+	rows := make([]uint64, nrows)
+	for i := range rows {
+		rows[i] = uint64(i)
+	}
+	for _, k := range []int{256, 2048} {
+		b.Run("fetches="+strconv.Itoa(k), func(b *testing.B) {
+			keys := make([]string, k)
+			for i := range keys {
+				keys[i] = "k" + strconv.Itoa(i)
+			}
+			at := time.Unix(1000, 0)
+			b.ReportAllocs()
+			for b.Loop() {
+				var t fetchTable
+				for _, key := range keys {
+					t.add(&fetchEntry{key: key, task: "t", sampled: rows, at: at})
+				}
+				t.add(&fetchEntry{key: "late", task: "t", at: at.Add(2 * fetchKeyTTL)})
+				if len(t.m) != 1 || len(t.byRow) != 0 {
+					b.Fatalf("%d entries and %d rows indexed after the expiry, want 1 and 0", len(t.m), len(t.byRow))
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*k), "ns/fetch")
+		})
+	}
+}

@@ -32,6 +32,7 @@ package controller
 // nor give it back (Unconsume) while another fetch holds it.
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"iter"
@@ -67,6 +68,9 @@ type fetchEntry struct {
 	pid      int32  // the holder's process on this host (0: unknown); not logged
 	client   string // the holder client's id ("": unknown); not logged
 	group    string // the hold's group (engine.FetchRequest.HoldGroup)
+	// seq orders the entries of a row (fetchRefs): the table's count of
+	// links when index last linked it.
+	seq uint64
 	// prev and next link the table's order.
 	prev, next *fetchEntry
 }
@@ -83,6 +87,7 @@ type fetchTable struct {
 	// entries that name it, so that a clear finds what it changes without
 	// walking the table.
 	byRow map[uint64]fetchRefs
+	seq   uint64 // the last fetchEntry.seq
 	// back are the held fetches given back, remembered past their
 	// entries (givenBack).
 	back givenBack
@@ -128,12 +133,37 @@ func (b *givenBack) add(key, task string, at time.Time) {
 	b.order = append(b.order, key)
 }
 
-// fetchRefs are the entries that name one row: almost always one (a row
-// is named twice only when several tasks, or rounds of a task between
-// resets, fetched it), kept without an allocation.
+// fetchRefs are the entries that name one row, in the order index linked
+// them (fetchEntry.seq): most often one, kept without an allocation; a
+// few in a list; and many (the peers of a DP group that each fetched one
+// kept batch, a batch fetched again and again) in a set, so that taking
+// one out does not walk the others: the expiry of k fetches of the same
+// rows cost k² per row.
 type fetchRefs struct {
 	one  *fetchEntry
 	more []*fetchEntry
+	// many holds them all, instead of one and more, once more than
+	// maxRefList would be in more; it is never a list again.
+	many map[*fetchEntry]struct{}
+}
+
+// maxRefList bounds fetchRefs.more.
+const maxRefList = 16
+
+// appendTo appends r's entries to out in the order index linked them.
+func (r *fetchRefs) appendTo(out []*fetchEntry) []*fetchEntry {
+	if r.many == nil {
+		if r.one != nil {
+			out = append(out, r.one)
+		}
+		return append(out, r.more...)
+	}
+	n := len(out)
+	for e := range r.many {
+		out = append(out, e)
+	}
+	slices.SortFunc(out[n:], func(a, b *fetchEntry) int { return cmp.Compare(a.seq, b.seq) })
+	return out
 }
 
 // expired reports whether e is past its time at now: gone, though the
@@ -237,15 +267,28 @@ func (t *fetchTable) index(e *fetchEntry) {
 	if t.byRow == nil {
 		t.byRow = make(map[uint64]fetchRefs)
 	}
+	t.seq++
+	e.seq = t.seq
 	link := func(gi uint64) {
 		r := t.byRow[gi]
 		switch {
+		case r.many != nil:
+			r.many[e] = struct{}{}
+			return
 		case r.one == nil:
 			r.one = e
 		case r.one == e && len(r.more) == 0, len(r.more) > 0 && r.more[len(r.more)-1] == e:
 			return // named in sampled and consumed: e's rows are linked in a row
-		default:
+		case len(r.more) < maxRefList:
 			r.more = append(r.more, e)
+		default:
+			r.many = make(map[*fetchEntry]struct{}, 2*maxRefList)
+			r.many[r.one] = struct{}{}
+			for _, x := range r.more {
+				r.many[x] = struct{}{}
+			}
+			r.many[e] = struct{}{}
+			r.one, r.more = nil, nil
 		}
 		t.byRow[gi] = r
 	}
@@ -264,11 +307,21 @@ func (t *fetchTable) unindex(e *fetchEntry) {
 		if !ok {
 			return
 		}
-		r.more = slices.DeleteFunc(r.more, func(x *fetchEntry) bool { return x == e })
-		if r.one == e {
+		switch {
+		case r.many != nil:
+			delete(r.many, e)
+			if len(r.many) == 0 {
+				delete(t.byRow, gi)
+			}
+			return
+		case r.one == e:
 			r.one = nil
 			if len(r.more) > 0 {
 				r.one, r.more = r.more[0], r.more[1:]
+			}
+		default:
+			if i := slices.Index(r.more, e); i >= 0 {
+				r.more = slices.Delete(r.more, i, i+1)
 			}
 		}
 		if r.one == nil {
@@ -299,7 +352,7 @@ func (t *fetchTable) unindex(e *fetchEntry) {
 func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 	// Each entry once, however many of rows it names: its rows are
 	// filtered once, not once per row of it that goes.
-	var hit []*fetchEntry
+	var hit, named []*fetchEntry
 	seen := map[*fetchEntry]struct{}{}
 	for _, gi := range rows {
 		r, ok := t.byRow[gi]
@@ -307,11 +360,8 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 			continue
 		}
 		delete(t.byRow, gi)
-		for i := -1; i < len(r.more); i++ {
-			e := r.one
-			if i >= 0 {
-				e = r.more[i]
-			}
+		named = r.appendTo(named[:0])
+		for _, e := range named {
 			if _, dup := seen[e]; !dup {
 				seen[e] = struct{}{}
 				hit = append(hit, e)

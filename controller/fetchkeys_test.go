@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -94,52 +95,83 @@ func TestFetchKeyFromBeforeReset(t *testing.T) {
 }
 
 // The table's index by row names, for each row, exactly the entries that
-// name it, through entries added, replaced, forgotten for their age, cut
-// by clears and reset.
+// name it, in the order it linked them, through entries added, replaced,
+// forgotten for their age, cut by clears and reset: few to a row (a
+// list), and many (a set, from more than maxRefList on).
 func TestFetchTableIndexFollowsEntries(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	var tab fetchTable
-	now := time.Unix(1000, 0)
-	rows := func() []uint64 {
-		var out []uint64
-		for gi := range uint64(8) {
-			if rng.IntN(3) == 0 {
-				out = append(out, gi)
+	for _, tc := range []struct {
+		name  string
+		keys  int // distinct keys
+		step  int // the most seconds between two adds
+		clear int // one step in this many clears or resets, the others add
+	}{
+		{"few", 12, 120, 2},
+		{"many", 96, 20, 40},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, 2))
+			var tab fetchTable
+			now := time.Unix(1000, 0)
+			rows := func() []uint64 {
+				var out []uint64
+				for gi := range uint64(8) {
+					if rng.IntN(3) == 0 {
+						out = append(out, gi)
+					}
+				}
+				return out
 			}
-		}
-		return out
-	}
-	for i := range 2000 {
-		switch rng.IntN(4) {
-		case 0, 1:
-			s := rows()
-			c := s
-			if rng.IntN(2) == 0 {
-				c = rows()
-			}
-			now = now.Add(time.Duration(rng.IntN(120)) * time.Second)
-			tab.add(&fetchEntry{key: fmt.Sprint(rng.IntN(12)), task: "t", sampled: s, consumed: c, at: now})
-		case 2:
-			tab.forgetRows(rows(), now)
-		case 3:
-			tab.reset("t", now)
-		}
-		want := make(map[uint64][]*fetchEntry)
-		for e := range tab.entries() {
-			for _, gi := range append(slices.Clone(e.sampled), e.consumed...) {
-				if !slices.Contains(want[gi], e) {
-					want[gi] = append(want[gi], e)
+			sets := 0 // steps that ended with a row's entries in a set
+			for i := range 4000 {
+				switch {
+				case rng.IntN(tc.clear) > 0:
+					s := rows()
+					c := s
+					if rng.IntN(2) == 0 {
+						c = rows()
+					}
+					now = now.Add(time.Duration(rng.IntN(tc.step)) * time.Second)
+					tab.add(&fetchEntry{key: fmt.Sprint(rng.IntN(tc.keys)), task: "t", sampled: s, consumed: c, at: now})
+				case rng.IntN(2) == 0:
+					tab.forgetRows(rows(), now)
+				default:
+					tab.reset("t", now)
+				}
+				want := make(map[uint64][]*fetchEntry)
+				for e := range tab.entries() {
+					for _, gi := range append(slices.Clone(e.sampled), e.consumed...) {
+						if !slices.Contains(want[gi], e) {
+							want[gi] = append(want[gi], e)
+						}
+					}
+				}
+				got := make(map[uint64][]*fetchEntry)
+				inSet := false
+				for gi, r := range tab.byRow {
+					if r.many != nil {
+						inSet = true
+						require.True(t, r.one == nil && r.more == nil, "step %d: row %d: entries in a set and a list", i, gi)
+						require.NotEmpty(t, r.many, "step %d: row %d: an empty set left", i, gi)
+					} else {
+						require.NotNil(t, r.one, "step %d: row %d: a list with no first entry", i, gi)
+						require.LessOrEqual(t, len(r.more), maxRefList, "step %d: row %d: entries in a list", i, gi)
+					}
+					got[gi] = r.appendTo(nil)
+					require.True(t, slices.IsSortedFunc(got[gi], func(a, b *fetchEntry) int { return cmp.Compare(a.seq, b.seq) }),
+						"step %d: row %d: entries out of the order they were linked", i, gi)
+				}
+				if inSet {
+					sets++
+				}
+				require.Len(t, got, len(want), "step %d: rows indexed", i)
+				for gi, es := range want {
+					require.ElementsMatch(t, es, got[gi], "step %d: entries of row %d", i, gi)
 				}
 			}
-		}
-		got := make(map[uint64][]*fetchEntry)
-		for gi, r := range tab.byRow {
-			got[gi] = append([]*fetchEntry{r.one}, r.more...)
-		}
-		require.Len(t, got, len(want), "step %d: rows indexed", i)
-		for gi, es := range want {
-			require.ElementsMatch(t, es, got[gi], "step %d: entries of row %d", i, gi)
-		}
+			if tc.name == "many" {
+				require.Greater(t, sets, 100, "steps with a row's entries in a set")
+			}
+		})
 	}
 }
 
