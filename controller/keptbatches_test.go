@@ -123,6 +123,40 @@ func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
 	require.Equal(t, seq(0, 2), again.Indexes, "group 0's batch 0 is no longer kept (it had 4 rows)")
 }
 
+// The keyed fetches of a batch its group left behind are spent by the
+// controller (spendKept) without counting them given back, and logged as
+// key-only unconsume records, which replay through unconsume, which
+// counts a fetch given back (gaveBack). The two agree because the record
+// first stops following the batch (its forgot op): replayed, the count
+// finds no batch, as the live one left none. The table and the groups
+// after a replay are the live ones.
+func TestKeptBatchLeftBehindKeysReplayed(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	c := openRows(t, dir, cfg, 8)
+	ctx := context.Background()
+	for _, key := range []string{"k1", "k2"} { // two peers of group 0; neither gives its fetch back
+		_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, key))
+		require.NoError(t, err)
+	}
+	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
+	require.NoError(t, err)
+	require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
+	require.NoError(t, c.WaitDurable(ctx))
+	want, wantFetches := stateBytes(t, c), fetchTableBytes(t, c)
+	crash(t, c)
+
+	c = openDurable(t, dir, cfg)
+	defer c.Close()
+	require.Equal(t, want, stateBytes(t, c), "the state after the replay")
+	require.Equal(t, wantFetches, fetchTableBytes(t, c), "the fetch table after the replay")
+	for _, key := range []string{"k1", "k2"} {
+		_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, key))
+		require.ErrorIs(t, err, context.Canceled, "%s asked again after the replay", key)
+	}
+}
+
 // A group whose step on its batch outlasts the TTL, then asks for the
 // next batch (a loader without prefetch asks for batch b+1 only when done
 // with b), went past that batch: it stays consumed. The look for batches
