@@ -96,17 +96,26 @@ type serveConfig struct {
 func defaultServeConfig() serveConfig {
 	dataDir, _ := auth.DefaultDataDir() // "" without $HOME: validate says so
 	return serveConfig{
-		DataDir:           dataDir,
-		Role:              "all",
-		Listen:            "127.0.0.1:7370",
-		Units:             2,
-		UnitListen:        "127.0.0.1:0",
-		SocketDir:         filepath.Join(os.TempDir(), fmt.Sprintf("tq-%d", os.Getuid())),
-		Capacity:          1 << 30,
-		HugePages:         true,
-		Sampler:           "sequential",
-		MaxPartitions:     controller.DefaultMaxPartitions,
-		Fsync:             "batch",
+		DataDir:       dataDir,
+		Role:          "all",
+		Listen:        "127.0.0.1:7370",
+		Units:         2,
+		UnitListen:    "127.0.0.1:0",
+		SocketDir:     filepath.Join(os.TempDir(), fmt.Sprintf("tq-%d", os.Getuid())),
+		Capacity:      1 << 30,
+		HugePages:     true,
+		Sampler:       "sequential",
+		MaxPartitions: controller.DefaultMaxPartitions,
+		Fsync:         "batch",
+		// The durations whose 0 the packages read as their default are
+		// given that default here, so that --check-config prints what is
+		// used, not 0s.
+		KeptBatchTTL:      controller.DefaultKeptBatchTTL,
+		HeldFetchTTL:      controller.DefaultHeldFetchTTL,
+		HeldClientGrace:   controller.DefaultHeldClientGrace,
+		ReconcileInterval: storage.DefaultReconcileInterval,
+		ReconcileGrace:    storage.DefaultReconcileGrace,
+		ShmQuarantine:     storage.DefaultQuarantine,
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
 		ControllerWait:    2 * time.Minute,
@@ -139,15 +148,15 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.PreAlloc, "pre-alloc", c.PreAlloc, fmt.Sprintf("rows reserved when a partition is created (at most %d)", maxPreAlloc))
 	fs.StringVar(&c.Sampler, "sampler", c.Sampler, "the default sampler (a fetch may name another): sequential, rank-aware, grpo:N, seqlen:N:DP, token-budget:N:DP")
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
-	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (default 10m; negative: never)")
-	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (default 10m; negative: never)")
-	fs.DurationVar(&c.HeldClientGrace, "held-client-grace", c.HeldClientGrace, "how long a client that closed its every connection (killed, or exited) has to connect again before the rows it held go back to the task, as soon as another consumer waits at the end for them, rather than after --held-fetch-ttl (default 15s; negative: never)")
+	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (0: the default; negative: never)")
+	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (0: the default; negative: never)")
+	fs.DurationVar(&c.HeldClientGrace, "held-client-grace", c.HeldClientGrace, "how long a client that closed its every connection (killed, or exited) has to connect again before the rows it held go back to the task, as soon as another consumer waits at the end for them, rather than after --held-fetch-ttl (0: the default; negative: never)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (from 10ms to 1m), for the controller, which tells its units; a unit silent for five is reported dead")
-	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (default 30s)")
-	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (default 60s)")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (0: the default)")
+	fs.DurationVar(&c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (0: the default)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGTERM waits for requests in flight and for puts written to this process's units to commit")
 	fs.DurationVar(&c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
-	fs.DurationVar(&c.ShmQuarantine, "shm-quarantine", c.ShmQuarantine, fmt.Sprintf("how long a storage unit keeps the reservations and leases of a same-host session that ended without the client's goodbye (the connection broke, or the unit refused what the client sent) out of reuse while the client process lives, since it may still be copying into them; they come back earlier when it exits; tq stat shows them as quarantined (0: %v; negative: no quarantine, they come back when the session ends)", storage.DefaultQuarantine))
+	fs.DurationVar(&c.ShmQuarantine, "shm-quarantine", c.ShmQuarantine, "how long a storage unit keeps the reservations and leases of a same-host session that ended without the client's goodbye (the connection broke, or the unit refused what the client sent) out of reuse while the client process lives, since it may still be copying into them; they come back earlier when it exits; tq stat shows them as quarantined (0: the default; negative: no quarantine, they come back when the session ends)")
 	fs.StringVar(&c.Name, "name", c.Name, "name shown in tq stat")
 	fs.StringVar(&c.RESP, "resp", c.RESP, `serve the Redis protocol on this TCP address (e.g. 127.0.0.1:6380; "" for none), for --role all; clients AUTH with the token`)
 	fs.StringVar(&c.RESPSocket, "resp-socket", c.RESPSocket, `serve the Redis protocol on this unix socket too (e.g. /run/tq/resp.sock; "" for none), for --role all: redis-cli -s, redis-py's unix_socket_path; clients AUTH with the token; its directory is refused, as --socket-dir is, unless owned by this user and writable by nobody else`)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
+	"github.com/tqgo/tq/storage"
 )
 
 // The Redis protocol's unix socket (--resp-socket) lives in a directory
@@ -1078,5 +1080,53 @@ func TestServeNamesTheFlagOfARoleSamplerOrConfigItRefuses(t *testing.T) {
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 		})
+	}
+}
+
+// `tq serve --check-config` prints the durations the process uses: those
+// whose zero means "the default" (--kept-batch-ttl, --reconcile-interval,
+// --shm-quarantine, ...) used to be printed as 0s, which reads as zero.
+// A value given prints as given, and the printed file, fed back with
+// --config, gives the same configuration (and prints the same again).
+func TestCheckConfigPrintsTheDefaultDurations(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	unsetEnv(t, auth.EnvToken)
+	dir := t.TempDir()
+	checkConfig := func(args ...string) string {
+		var out, errOut strings.Builder
+		require.NoError(t, serve(t.Context(), append([]string{"--check-config"}, args...), &out, &errOut), errOut.String())
+		return out.String()
+	}
+	out := checkConfig()
+	for key, d := range map[string]time.Duration{
+		"kept_batch_ttl":     controller.DefaultKeptBatchTTL,
+		"held_fetch_ttl":     controller.DefaultHeldFetchTTL,
+		"held_client_grace":  controller.DefaultHeldClientGrace,
+		"reconcile_interval": storage.DefaultReconcileInterval,
+		"reconcile_grace":    storage.DefaultReconcileGrace,
+		"shm_quarantine":     storage.DefaultQuarantine,
+	} {
+		assert.Contains(t, out, "\n"+key+": "+d.String()+"\n")
+	}
+	assert.NotRegexp(t, `(?m)^[a-z_]+: 0s$`, out, "a duration printed as 0s")
+
+	given := []string{"--kept-batch-ttl", "3m", "--held-fetch-ttl", "-1s", "--held-client-grace", "5s", "--reconcile-interval", "2s", "--reconcile-grace", "90s", "--shm-quarantine", "-1s"}
+	outGiven := checkConfig(given...)
+	for _, line := range []string{"kept_batch_ttl: 3m0s", "held_fetch_ttl: -1s", "held_client_grace: 5s", "reconcile_interval: 2s", "reconcile_grace: 1m30s", "shm_quarantine: -1s"} {
+		assert.Contains(t, outGiven, "\n"+line+"\n")
+	}
+
+	for i, tc := range []struct {
+		out  string
+		args []string
+	}{{out, nil}, {outGiven, given}} {
+		file := filepath.Join(dir, fmt.Sprintf("back%d.yaml", i))
+		require.NoError(t, os.WriteFile(file, []byte(tc.out), 0o600))
+		assert.Equal(t, tc.out, checkConfig("--config", file), "the printed configuration prints the same read back")
+		want, _, err := parseServeConfig(append([]string{"--check-config"}, tc.args...), io.Discard)
+		require.NoError(t, err)
+		got, _, err := parseServeConfig([]string{"--check-config", "--config", file}, io.Discard)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "the printed configuration reads back as the same")
 	}
 }
