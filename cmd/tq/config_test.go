@@ -1130,3 +1130,24 @@ func TestCheckConfigPrintsTheDefaultDurations(t *testing.T) {
 		assert.Equal(t, want, got, "the printed configuration reads back as the same")
 	}
 }
+
+// A --sampler tq serve does not know is refused listing the spellings
+// -h and the README use (rank-aware, seqlen, token-budget); it used to
+// list rank_aware, seqlen_balanced and token_budget, which are taken
+// too, and still are.
+func TestSamplerErrorListsTheSpellingsOfTheHelp(t *testing.T) {
+	t.Setenv(auth.EnvDataDir, t.TempDir())
+	for _, tc := range []struct{ spec, want string }{
+		{"random", `--sampler: sampler "random": want sequential, rank-aware, grpo:N, seqlen:N:DP or token-budget:N:DP`},
+		{"seqlen:4", `--sampler: sampler "seqlen:4": seqlen takes 2 parameters (seqlen:N:DP), got 1`},
+		{"rank-aware:2", `--sampler: sampler "rank-aware:2": rank-aware takes no parameter, got 1`},
+	} {
+		err := serve(t.Context(), []string{"--check-config", "--sampler", tc.spec}, io.Discard, io.Discard)
+		require.Error(t, err, tc.spec)
+		assert.Contains(t, err.Error(), tc.want)
+		assert.NotRegexp(t, `rank_aware|seqlen_balanced|token_budget`, err.Error())
+	}
+	for _, spec := range []string{"rank-aware", "rank_aware", "seqlen:4:2", "seqlen_balanced:4:2", "seqlen-balanced:4:2", "token-budget:4:2", "token_budget:4:2", "grpo:4"} {
+		require.NoError(t, serve(t.Context(), []string{"--check-config", "--sampler", spec}, io.Discard, io.Discard), spec)
+	}
+}

@@ -2,6 +2,7 @@ package sampler
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -81,26 +82,36 @@ func newSampler(spec engine.SamplerSpec) (engine.Sampler, error) {
 		engine.SamplerTokenBudget, engine.ErrInvalid)
 }
 
-// ParseSpec reads a sampler spec's text form: "sequential", "rank_aware",
-// "grpo:N", "seqlen_balanced:N:DP" or "token_budget:N:DP" (dashes for
-// underscores, and "seqlen" for "seqlen_balanced", are accepted too). It
-// checks the spec the way [New] does.
+// ParseSpec reads a sampler spec's text form: "sequential", "rank-aware",
+// "grpo:N", "seqlen:N:DP" or "token-budget:N:DP", the spellings tq serve's
+// -h and the README use, which its errors list. The engine's names
+// ("rank_aware", "seqlen_balanced", "token_budget"; see [engine.SamplerSpec]),
+// and any of them with dashes for underscores, are accepted too. It checks
+// the spec the way [New] does.
 func ParseSpec(s string) (engine.SamplerSpec, error) {
 	parts := strings.Split(s, ":")
 	name := strings.ReplaceAll(parts[0], "-", "_")
 	if name == "seqlen" {
 		name = engine.SamplerSeqlenBalanced
 	}
-	want := map[string]int{
-		engine.SamplerSequential: 0, engine.SamplerRankAware: 0, engine.SamplerGRPO: 1,
-		engine.SamplerSeqlenBalanced: 2, engine.SamplerTokenBudget: 2,
+	i := slices.IndexFunc(specForms, func(f specForm) bool { return f.name == name })
+	if i < 0 {
+		forms := make([]string, len(specForms))
+		for i, f := range specForms {
+			forms[i] = f.form
+		}
+		return engine.SamplerSpec{}, fmt.Errorf("sampler %q: want %s or %s: %w", s, strings.Join(forms[:len(forms)-1], ", "), forms[len(forms)-1], engine.ErrInvalid)
 	}
-	w, ok := want[name]
-	if !ok {
-		return engine.SamplerSpec{}, fmt.Errorf("sampler %q: want sequential, rank_aware, grpo:N, seqlen_balanced:N:DP or token_budget:N:DP: %w", s, engine.ErrInvalid)
-	}
-	if len(parts)-1 != w {
-		return engine.SamplerSpec{}, fmt.Errorf("sampler %q: %s takes %d parameters, got %d: %w", s, name, w, len(parts)-1, engine.ErrInvalid)
+	if f := specForms[i]; len(parts)-1 != f.params {
+		spelled, _, _ := strings.Cut(f.form, ":")
+		switch f.params {
+		case 0:
+			return engine.SamplerSpec{}, fmt.Errorf("sampler %q: %s takes no parameter, got %d: %w", s, spelled, len(parts)-1, engine.ErrInvalid)
+		case 1:
+			return engine.SamplerSpec{}, fmt.Errorf("sampler %q: %s takes 1 parameter (%s), got %d: %w", s, spelled, f.form, len(parts)-1, engine.ErrInvalid)
+		default:
+			return engine.SamplerSpec{}, fmt.Errorf("sampler %q: %s takes %d parameters (%s), got %d: %w", s, spelled, f.params, f.form, len(parts)-1, engine.ErrInvalid)
+		}
 	}
 	nums := make([]int, 2)
 	for i, p := range parts[1:] {
@@ -115,4 +126,19 @@ func ParseSpec(s string) (engine.SamplerSpec, error) {
 		return engine.SamplerSpec{}, err
 	}
 	return spec, nil
+}
+
+// specForm is a sampler's text form as ParseSpec's errors list it.
+type specForm struct {
+	name   string // the engine's
+	form   string // as tq serve's -h and the README spell it
+	params int
+}
+
+var specForms = []specForm{
+	{engine.SamplerSequential, "sequential", 0},
+	{engine.SamplerRankAware, "rank-aware", 0},
+	{engine.SamplerGRPO, "grpo:N", 1},
+	{engine.SamplerSeqlenBalanced, "seqlen:N:DP", 2},
+	{engine.SamplerTokenBudget, "token-budget:N:DP", 2},
 }

@@ -88,12 +88,12 @@ func TestParseSpec(t *testing.T) {
 		require.Equal(t, c, cb, "String round-trips %q", in)
 	}
 	for in, want := range map[string]string{
-		"random":       "want sequential",
-		"grpo":         "takes 1 parameters, got 0",
+		"random":       "want sequential, rank-aware, grpo:N, seqlen:N:DP or token-budget:N:DP",
+		"grpo":         "grpo takes 1 parameter (grpo:N), got 0",
 		"grpo:x":       `"x" is not a positive number`,
 		"grpo:0":       "not a positive number",
-		"seqlen:1":     "takes 2 parameters",
-		"sequential:1": "takes 0 parameters",
+		"seqlen:1":     "seqlen takes 2 parameters (seqlen:N:DP), got 1",
+		"sequential:1": "sequential takes no parameter, got 1",
 	} {
 		_, err := ParseSpec(in)
 		require.ErrorIs(t, err, engine.ErrInvalid, in)
