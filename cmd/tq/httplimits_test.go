@@ -20,7 +20,9 @@ func serveLimited(t *testing.T, lim httpLimits) string {
 	s := &server{cfg: defaultServeConfig(), out: io.Discard, log: slog.New(slog.DiscardHandler)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", s.healthz)
-	url, err := s.serveHTTP("--metrics", "127.0.0.1:0", mux, lim)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	url, err := s.serveHTTP("--metrics", l, "127.0.0.1:0", mux, lim)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		for _, c := range s.closers {

@@ -63,7 +63,7 @@ func (s *server) startMetrics() error {
 	mux.Handle("/metrics", requireBearer(s.cfg.metricsToken, s.metrics.Handler()))
 	mux.HandleFunc("/healthz", s.healthz)
 	mux.HandleFunc("/readyz", s.readyz)
-	url, err := s.serveHTTP("--metrics", addr, mux, metricsLimits)
+	url, err := s.serveHTTP("--metrics", s.bound.metrics, addr, mux, metricsLimits)
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,7 @@ func (s *server) startPprof() error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	url, err := s.serveHTTP("--pprof", addr, requireBearer(s.cfg.metricsToken, mux), pprofLimits)
+	url, err := s.serveHTTP("--pprof", s.bound.pprof, addr, requireBearer(s.cfg.metricsToken, mux), pprofLimits)
 	if err != nil {
 		return err
 	}
@@ -239,11 +239,7 @@ const maxHTTPHeader = 16 << 10
 // serveHTTP serves h on addr within lim until the server closes and
 // returns the address to give out, http://HOST:PORT (the host chosen as
 // for the units' addresses: see unitAdvertise).
-func (s *server) serveHTTP(flag, addr string, h http.Handler, lim httpLimits) (string, error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", flag, err)
-	}
+func (s *server) serveHTTP(flag string, l net.Listener, addr string, h http.Handler, lim httpLimits) (string, error) {
 	if lim.evict {
 		l = newEvictingListener(l, lim.conns)
 	} else {

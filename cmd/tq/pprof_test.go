@@ -19,7 +19,10 @@ func TestPprofServesNoCommandLine(t *testing.T) {
 	var out bytes.Buffer
 	cfg := defaultServeConfig()
 	cfg.Pprof = "127.0.0.1:0"
-	s := &server{cfg: cfg, out: &out, log: slog.New(slog.DiscardHandler)}
+	bound, err := cfg.bindTCP()
+	require.NoError(t, err)
+	t.Cleanup(bound.close)
+	s := &server{cfg: cfg, out: &out, log: slog.New(slog.DiscardHandler), bound: bound}
 	require.NoError(t, s.startPprof())
 	t.Cleanup(func() {
 		for _, c := range s.closers {

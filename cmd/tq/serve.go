@@ -65,8 +65,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tq serve: token from %s\n", cfg.tokenFrom)
 	}
 	cfg.warnMetricsExposed(stderr)
+	// Every TCP address is bound before the controller's state is made
+	// or a unit registers: one that cannot be (a port another process
+	// holds, a host not of this machine) fails the start naming its
+	// flag, having made nothing.
+	bound, err := cfg.bindTCP()
+	if err != nil {
+		return err
+	}
+	defer bound.close()                                      // after s.close: those not served yet
 	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
-	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce}
+	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce, bound: bound}
 	defer s.close()
 	if err := s.startMetrics(); err != nil {
 		return err
@@ -379,6 +388,7 @@ func checkLinkedDir(path string) error {
 
 type server struct {
 	cfg     serveConfig
+	bound   *boundTCP // the TCP listeners, bound at start (see bindTCP)
 	out     io.Writer
 	log     *slog.Logger
 	closers []func() error
@@ -432,11 +442,84 @@ func (s *server) start(ctx context.Context) error {
 	return nil
 }
 
-// listen opens a unix socket and a TCP listener; either may be off. It
-// returns the listeners, the addresses to give out (the TCP one as
-// advertised: see advertised) and one to dial from this host (the unix
-// socket's, else the TCP listener's own).
-func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener, addrs []string, local string, err error) {
+// boundTCP holds the TCP listeners of tq serve's flags, bound by
+// bindTCP before anything else starts; nil for a flag not set (or not
+// used by the role).
+type boundTCP struct {
+	listen, resp, metrics, pprof net.Listener
+	units                        []net.Listener // --unit-listen, one per unit of the process
+}
+
+// bindTCP binds every TCP address the role listens on. An address that
+// cannot be bound is an error naming its flag and value: it used to be
+// found once the controller had opened its log (each failed start
+// recorded a start of its own) and, for --resp, once the storage units
+// had registered, naming only the address.
+func (c *serveConfig) bindTCP() (b *boundTCP, err error) {
+	b = &boundTCP{}
+	defer func() {
+		if err != nil {
+			b.close()
+		}
+	}()
+	bind := func(l *net.Listener, flag, given, addr string) error {
+		if given == "" {
+			return nil
+		}
+		var err error
+		if *l, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("%s %q: %w", flag, given, err)
+		}
+		return nil
+	}
+	if c.Role != "unit" {
+		if err := bind(&b.listen, "--listen", c.Listen, c.Listen); err != nil {
+			return b, err
+		}
+	}
+	if c.Role != "controller" && c.UnitListen != "" {
+		units := 1
+		if c.Role == "all" {
+			units = c.Units
+		}
+		b.units = make([]net.Listener, units)
+		for i := range b.units {
+			if err := bind(&b.units[i], "--unit-listen", c.UnitListen, c.UnitListen); err != nil {
+				return b, err
+			}
+		}
+	}
+	if c.Role == "all" {
+		if err := bind(&b.resp, "--resp", c.RESP, c.RESP); err != nil {
+			return b, err
+		}
+	}
+	for _, m := range []struct {
+		l          *net.Listener
+		flag, addr string
+	}{{&b.metrics, "--metrics", c.Metrics}, {&b.pprof, "--pprof", c.Pprof}} {
+		addr, _ := metricsAddr(m.addr) // validated
+		if err := bind(m.l, m.flag, m.addr, addr); err != nil {
+			return b, err
+		}
+	}
+	return b, nil
+}
+
+// close closes the listeners; those a server took are closed already.
+func (b *boundTCP) close() {
+	for _, l := range append([]net.Listener{b.listen, b.resp, b.metrics, b.pprof}, b.units...) {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// listen opens a unix socket and serves tl, the TCP listener bound for
+// tcpAddr; either may be off. It returns the listeners, the addresses to
+// give out (the TCP one as advertised: see advertised) and one to dial
+// from this host (the unix socket's, else the TCP listener's own).
+func (s *server) listen(tl net.Listener, tcpAddr, advertise, sockPath string) (ls []net.Listener, addrs []string, local string, err error) {
 	defer func() {
 		if err != nil {
 			for _, l := range ls {
@@ -456,11 +539,8 @@ func (s *server) listen(tcpAddr, advertise, sockPath string) (ls []net.Listener,
 		ls, addrs = append(ls, l), append(addrs, "unix://"+sockPath)
 		local = "unix://" + sockPath
 	}
-	if tcpAddr != "" {
-		l, err := net.Listen("tcp", tcpAddr)
-		if err != nil {
-			return ls, nil, "", err
-		}
+	if tl != nil {
+		l := tl
 		ls = append(ls, l)
 		adv, err := systemAddrs.advertised(tcpAddr, l.Addr().(*net.TCPAddr), advertise)
 		if err != nil {
@@ -584,7 +664,7 @@ func (s *server) startController() error {
 	}
 	s.noteRecovered() // before any unit can register: see live
 	s.watchUnits()
-	ls, addrs, local, err := s.listen(s.cfg.Listen, s.cfg.Advertise, sock)
+	ls, addrs, local, err := s.listen(s.bound.listen, s.cfg.Listen, s.cfg.Advertise, sock)
 	if err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
@@ -666,6 +746,10 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, RefuseClearToken: s.cfg.RefuseClearToken, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit),
 		Quarantine: s.cfg.ShmQuarantine}
 	ru := &runningUnit{u: u}
+	var tl net.Listener // --unit-listen's, bound for this unit
+	if i := len(s.units); i < len(s.bound.units) {
+		tl = s.bound.units[i]
+	}
 	if s.cfg.RDMADevice != "" {
 		dev, err := s.rdmaDevice()
 		if err != nil {
@@ -687,7 +771,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 	// The addresses registered are the ones clients dial: a wildcard
 	// listener's is a routable address of this host, never [::] or
 	// 0.0.0.0 (see advertised).
-	ls, addrs, _, err := s.listen(s.cfg.UnitListen, s.cfg.unitAdvertise(s.cfg.UnitListen), sock)
+	ls, addrs, _, err := s.listen(tl, s.cfg.UnitListen, s.cfg.unitAdvertise(s.cfg.UnitListen), sock)
 	if err != nil {
 		return fmt.Errorf("storage unit %d: %w", id, err)
 	}
@@ -760,12 +844,7 @@ func (s *server) startRESP() error {
 	}
 	var ls []net.Listener
 	var names []string
-	if s.cfg.RESP != "" {
-		l, err := net.Listen("tcp", s.cfg.RESP)
-		if err != nil {
-			rs.Close()
-			return fmt.Errorf("--resp: %w", err)
-		}
+	if l := s.bound.resp; l != nil {
 		ls, names = append(ls, l), append(names, l.Addr().String())
 	}
 	if s.cfg.RESPSocket != "" {

@@ -440,3 +440,57 @@ func TestCapacityPastThisHostsMemoryIsRefused(t *testing.T) {
 	_, _, err := parseServeConfig([]string{"--check-config", "--capacity", "1048576GiB"}, io.Discard)
 	assert.NoError(t, err, "--check-config checks a configuration for any host")
 }
+
+// An address tq serve cannot bind (a port another holds, a host not of
+// this machine) is refused naming the flag and its value, before the
+// controller's state is made: it used to say only "controller: listen
+// tcp ADDR: bind: address already in use" (or "storage unit 1: ..."),
+// once the controller had opened its log in the data directory (and,
+// for --resp, once the units had registered). A second start on free
+// addresses then comes up.
+func TestServeNamesTheFlagOfAnAddressItCannotBind(t *testing.T) {
+	unsetEnv(t, auth.EnvToken)
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer held.Close()
+	taken := held.Addr().String()
+	dataDir := t.TempDir()
+	base := []string{"--data-dir", dataDir, "--units", "1", "--capacity", "16MiB", "--huge-pages=false", "--listen", "127.0.0.1:0"}
+	for _, tc := range []struct{ flag, addr, want string }{
+		{"--listen", taken, "address already in use"},
+		{"--unit-listen", taken, "address already in use"},
+		{"--resp", taken, "address already in use"},
+		{"--metrics", taken, "address already in use"},
+		{"--pprof", taken, "address already in use"},
+		{"--listen", "192.0.2.1:0", "cannot assign requested address"}, // TEST-NET-1: no host's
+	} {
+		t.Run(tc.flag+" "+tc.addr, func(t *testing.T) {
+			var out strings.Builder
+			err := serve(t.Context(), append(base, "--socket-dir", t.TempDir(), tc.flag, tc.addr), &out, io.Discard)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), fmt.Sprintf("%s %q: ", tc.flag, tc.addr))
+			assert.Contains(t, err.Error(), tc.want)
+			assert.NotContains(t, out.String(), "controller state in", "refused before the controller's state was made")
+			_, err = os.Stat(filepath.Join(dataDir, "controller"))
+			assert.True(t, os.IsNotExist(err), "the controller's directory was made: %v", err)
+		})
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, append(base, "--socket-dir", t.TempDir()), &out, io.Discard) }()
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-done:
+			require.NoError(t, err, out.String())
+			t.Fatalf("tq serve ended:\n%s", out.String())
+		default:
+		}
+		return strings.Contains(out.String(), "tq serve: ready")
+	}, 30*time.Second, 10*time.Millisecond, "a second start on free addresses")
+	assert.Contains(t, out.String(), ", start 1,", "the first start of this data directory")
+	cancel()
+	require.NoError(t, <-done)
+}

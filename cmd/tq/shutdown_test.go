@@ -32,7 +32,10 @@ func startInProcess(t *testing.T, args ...string) *server {
 	cfg, _, err := parseServeConfig(args, io.Discard)
 	require.NoError(t, err)
 	require.NoError(t, cfg.secure())
-	s := &server{cfg: cfg, out: io.Discard, log: slog.New(slog.DiscardHandler)}
+	bound, err := cfg.bindTCP()
+	require.NoError(t, err)
+	t.Cleanup(bound.close)
+	s := &server{cfg: cfg, out: io.Discard, log: slog.New(slog.DiscardHandler), bound: bound}
 	t.Cleanup(s.close)
 	require.NoError(t, s.start(context.Background()))
 	require.NoError(t, s.serveKV())

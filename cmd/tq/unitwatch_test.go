@@ -49,9 +49,14 @@ func startDurable(data, socks string, log *slog.Logger, args ...string) (*server
 	if err := cfg.secure(); err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, out: io.Discard, log: log, restoreForce: once.restoreForce}
+	bound, err := cfg.bindTCP()
+	if err != nil {
+		return nil, err
+	}
+	s := &server{cfg: cfg, out: io.Discard, log: log, restoreForce: once.restoreForce, bound: bound}
 	if err := s.start(context.Background()); err != nil {
 		s.close()
+		bound.close()
 		return nil, err
 	}
 	return s, nil
