@@ -171,3 +171,22 @@ func TestHelpExitsZeroWithUsageOnStdout(t *testing.T) {
 		assert.Contains(t, errOut, tc.want, "tq %q: the usage on stderr", args)
 	}
 }
+
+// tq unit, given the wrong number of arguments, names them, as tq stat
+// does: it used to say only "got 2 arguments".
+func TestUnitNamesTheArgumentsItDidNotWant(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "1", "2"}, `unit drain: want one unit ID, got 2 arguments: ["1" "2"]`},
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1"}, `unit drain: want one unit ID, got 0 arguments`},
+		{[]string{"unit", "rebalance", "--controller", "tcp://127.0.0.1:1", "2"}, `unit rebalance: takes no unit id, got 1 argument: ["2"]`},
+	} {
+		err := run(t.Context(), tc.args, io.Discard, io.Discard)
+		if assert.Error(t, err, "%q", tc.args) {
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		}
+	}
+}

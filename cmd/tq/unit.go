@@ -84,14 +84,14 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if verb == "rebalance" {
 		if len(pos) != 0 {
 			fs.Usage()
-			return fmt.Errorf("unit rebalance: takes no unit id, got %d arguments", len(pos))
+			return fmt.Errorf("unit rebalance: takes no unit id, got %s", argsString(pos))
 		}
 		cfg := client.RebalanceConfig{Tolerance: *tolerance, PageCells: *pageCells, Progress: report("rebalance")}
 		return rebalance(ctx, *addr, *token, *transport, cfg, *timeout, stdout)
 	}
 	if len(pos) != 1 {
 		fs.Usage()
-		return fmt.Errorf("unit %s: want one unit ID, got %d arguments", verb, len(pos))
+		return fmt.Errorf("unit %s: want one unit ID, got %s", verb, argsString(pos))
 	}
 	n, err := strconv.ParseUint(pos[0], 10, 31)
 	if err != nil || n == 0 {
@@ -232,4 +232,16 @@ func rebalance(ctx context.Context, addr, token, transport string, cfg client.Re
 	}
 	fmt.Fprintf(stdout, "tq unit: rebalanced: moved %d cells (%s) off %d units in %v\n", st.Moved, bytesString(st.Bytes), st.Passes, time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// argsString says which arguments a command got where it wanted another
+// number: "0 arguments", "1 argument: [\"2\"]", "2 arguments: [\"1\" \"2\"]".
+func argsString(args []string) string {
+	switch len(args) {
+	case 0:
+		return "0 arguments"
+	case 1:
+		return fmt.Sprintf("1 argument: %q", args)
+	}
+	return fmt.Sprintf("%d arguments: %q", len(args), args)
 }
