@@ -515,7 +515,8 @@ def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
 def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, workers, persistent, sampler):
     """Batches of 4 split into micro-batches of 2: a loop that breaks
     after the first micro-batch, then the loader iterated again, which
-    yields every row once. The batch the loop left half-taken is yielded
+    yields every row once (without workers, every row the loop has not
+    had). The batch the loop left half-taken is yielded
     again whole (a fetch is kept or given back as a whole: UNCONSUME takes
     no subset of its rows; a rank-aware sampler hands the batch index the
     same batch again), so its first micro-batch comes twice and no row is
@@ -546,7 +547,12 @@ def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, worker
         return got
     rest = epoch()
     assert len(taken) == 2
-    assert sorted(rest) == list(range(16)), f"took {taken}, then {rest}"
+    if workers:
+        assert sorted(rest) == list(range(16)), f"took {taken}, then {rest}"
+    else:
+        # Without workers the iterator goes on after the micro-batches
+        # it yielded (test_iterator_break_mid_batch_goes_on_after_...).
+        assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"
     if persistent or not workers:
         dl.reset()
         replay = epoch()
@@ -662,3 +668,29 @@ def test_streaming_data_loader_partition_must_exist(server, part):
                                  fetch_timeout=30, partition_must_exist=True)
         _must_exist_fails(lambda: tq.StreamingDataLoader(ds, num_workers=workers, multiprocessing_context="spawn"
                                                          if workers else None), missing)
+
+
+@pytest.mark.parametrize("sampler", ["default", "rank-aware"])
+def test_iterator_break_mid_batch_goes_on_after_the_micro_batches_it_yielded(request, part, sampler):
+    """Without workers a batch is fetched and kept whole, then split: 16
+    rows, batches of 4, micro-batches of 2, a loop that breaks after the
+    first micro-batch; the next iteration yields exactly the 14 others,
+    none twice (it used to yield the half-taken batch again, whole: rows 0
+    and 1 twice), and a reset() replays all 16 once."""
+    server = request.getfixturevalue("rank_aware_server" if sampler == "rank-aware" else "server")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    it = tq.StreamIterator(4, 2, ["x"], part, "train", dp_rank=0, address=server.address, token=server.token,
+                           fetch_timeout=0.3)
+    taken = []
+    for data, _ in it:
+        taken += data["x"].tolist()
+        break
+    rest = [x for data, _ in it for x in data["x"].tolist()]
+    assert len(taken) == 2
+    assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"
+    it.reset()
+    replay = [x for data, _ in it for x in data["x"].tolist()]
+    assert sorted(replay) == list(range(16)), f"replayed {replay}"
+    it.close()

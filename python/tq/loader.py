@@ -100,8 +100,10 @@ class StreamIterator:
     arrays, over shared memory, alias the storage unit's memory, leased
     until the view is released or it and its arrays are garbage (the
     buffer keeps each batch until :meth:`step`). A loop that stops inside
-    a batch (a break after one of its micro-batches) gets that batch again,
-    whole, at its next iteration, rather than lose its other rows."""
+    a batch (a break after one of its micro-batches) goes on, at its next
+    iteration, with the batch's micro-batches it has not had: each row
+    once. (Through a :class:`StreamingDataLoader` with workers it gets the
+    batch again, whole: see :class:`StreamingDataset`.)"""
 
     def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
@@ -132,6 +134,9 @@ class StreamIterator:
         self._own_client = False
         self.buffer = []  # (data, meta) of every batch fetched since the last step()
         self.batch_index = 0
+        # The micro-batches of buffer[batch_index] a loop that stopped
+        # inside it had (__iter__): the next iteration goes on after them.
+        self._micro_yielded = 0
         # This iterator's batches are the sampler's batch indexes first,
         # first + stride, ...: a DataLoader worker takes its turn among the
         # others (StreamingDataset.__iter__); one alone takes them all.
@@ -154,11 +159,11 @@ class StreamIterator:
 
     def reset(self) -> None:
         """Replay the buffered batches from the first (another epoch over them)."""
-        self.batch_index = 0
+        self.batch_index, self._micro_yielded = 0, 0
 
     def step(self, partition_id: str) -> None:
         """Drop the buffer and go on with another partition."""
-        self.buffer, self.batch_index, self.partition_id = [], 0, partition_id
+        self.buffer, self.batch_index, self._micro_yielded, self.partition_id = [], 0, 0, partition_id
         self._waiting_since = None
 
     def _waited(self) -> None:
@@ -285,18 +290,24 @@ class StreamIterator:
 
     def __iter__(self):
         for data, meta in self.batches():
-            at, done = self.batch_index, False
+            at, n = self.batch_index, self._micro_yielded
+            self._micro_yielded = 0
+            parts = split(data, meta, self.micro_batch_size)
             try:
-                for d, m in split(data, meta, self.micro_batch_size):
-                    yield self._convert(d), m
-                done = True
+                for d, m in parts[n:]:
+                    d = self._convert(d)
+                    n += 1  # had once yielded: a break closes the generator at the yield
+                    yield d, m
             finally:
-                if not done and self.batch_index == at:
+                if n < len(parts) and self.batch_index == at:
                     # The loop stopped inside the batch (a break): the
-                    # next iteration yields it again, whole, rather than
-                    # go on past micro-batches it never yielded (unless
-                    # reset() or step() moved the iterator since).
+                    # batch is kept (acknowledged at its fetch) and
+                    # buffered, so the next iteration goes on with its
+                    # first micro-batch the loop has not had, neither
+                    # past the others nor yielding the first ones twice
+                    # (unless reset() or step() moved the iterator since).
                     self.batch_index -= 1
+                    self._micro_yielded = n
 
     def _convert(self, d):
         return d
