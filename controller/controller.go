@@ -542,7 +542,10 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 // Errors: [engine.ErrInvalid] for a missing task or field list, a
 // non-positive batch size, or, with a rank, a DP rank or batch index
 // below 0 or above math.MaxInt32, or, with PartitionMustExist, a
-// partition the controller does not have; [engine.ErrNotFound] for a batch a
+// partition the controller does not have; [engine.ErrDone], with
+// PartitionGen, when the partition of that generation is gone (cleared,
+// perhaps made again), at once or as the fetch waits, naming the partition
+// and the generation; [engine.ErrNotFound] for a batch a
 // caching sampler kept for the DP group, which a fetch of the group took,
 // when every row of it was cleared since (made again, it would not be
 // the rows the group's other ranks got); the sampler's errors; with
@@ -617,6 +620,9 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 			if c.get(req.Partition) != nil {
 				continue
 			}
+			if req.PartitionGen != 0 {
+				return nil, opErr("fetch", req.Partition, errGenCleared(req.Partition, req.PartitionGen))
+			}
 			// Only the time of the request counts: a partition cleared
 			// while the fetch waited is waited for as without the flag.
 			if req.PartitionMustExist && !found {
@@ -628,6 +634,9 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 			// partition locked (a server recovers the panic and goes on).
 			m, err := func() (*engine.BatchMeta, error) {
 				defer p.mu.Unlock()
+				if req.PartitionGen != 0 && p.gen != req.PartitionGen {
+					return nil, errGenCleared(req.Partition, req.PartitionGen)
+				}
 				// A caller that gave up (canceled, not only past a
 				// deadline) must not have rows consumed for it now.
 				if err := ctx.Err(); err != nil && req.Wait {
@@ -635,6 +644,11 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 				}
 				m, err := c.tryFetch(p, &req, smp, shared)
 				wake, check = p.changedChan(), p.nextCheck()
+				if m != nil && !p.pending.Load() {
+					// (A new partition's gen goes back if it is not
+					// kept: pruneLocked.)
+					m.PartitionGen = p.gen
+				}
 				return m, err
 			}()
 			if err != nil {
@@ -651,6 +665,14 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 			return nil, opErr("fetch", req.Partition, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err))
 		}
 	}
+}
+
+// errGenCleared is a fetch's error for a partition whose generation gen,
+// which the fetch asked for (FetchRequest.PartitionGen), is gone: cleared,
+// perhaps made again since. It wraps ErrDone: a loader ends with the
+// partition as with one done and drained.
+func errGenCleared(partition string, gen uint64) error {
+	return fmt.Errorf("partition %q generation %d was cleared: %w", partition, gen, engine.ErrDone)
 }
 
 // waitFetch waits for a change of the partition (wake), for the time kept

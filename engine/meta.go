@@ -134,6 +134,14 @@ type BatchMeta struct {
 	// client reading them after its controller started anew (another
 	// cluster) finds them lost rather than another unit's bytes.
 	Cluster string `json:"cluster,omitempty"`
+	// PartitionGen, in a fetch's meta, is the generation of the partition
+	// that served it: the controller's number for it, new each time a
+	// partition of that id is made (one cleared and made again has
+	// another), kept across the controller's restarts (a checkpoint load
+	// numbers the partitions it loads anew). 0: not known (a controller
+	// from before it; metas other than a fetch's). A later fetch passes
+	// it as [FetchRequest.PartitionGen].
+	PartitionGen uint64 `json:"partition_gen,omitempty"`
 }
 
 // Len returns the number of rows.

@@ -68,6 +68,15 @@ type FetchRequest struct {
 	// waits is waited for again as without it (until the wait ends; the
 	// request asked again then fails).
 	PartitionMustExist bool
+	// PartitionGen, when not 0, is the generation of the partition the
+	// caller has been reading ([BatchMeta.PartitionGen] of an earlier
+	// fetch): a partition of another generation (cleared and made again)
+	// or none (cleared) fails the fetch at once, wait or not, with an
+	// error wrapping ErrDone that names the partition and the generation,
+	// and a fetch waiting when its partition is cleared ends so too. A
+	// loader ends with the partition, as with one done, instead of
+	// waiting for good or reading the rows of the partition made again.
+	PartitionGen uint64
 	// HolderPID, with Hold, is the process on the controller's host the
 	// rows are held for (0: unknown). Once it has exited, a fetch waiting
 	// at the end of a done partition for those rows has them given back

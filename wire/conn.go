@@ -272,6 +272,9 @@ const (
 	FeatureHoldGroup = "hold_group"
 	// FeatureFetchMustExist: FetchRequest.partition_must_exist.
 	FeatureFetchMustExist = "fetch_must_exist"
+	// FeatureFetchPartitionGen: FetchRequest.partition_gen and
+	// MetaReply.partition_gen.
+	FeatureFetchPartitionGen = "fetch_partition_gen"
 )
 
 // Serves reports whether the peer's HELLO reply listed feature (see

@@ -709,8 +709,15 @@ type FetchRequest struct {
 	// request counts: one made while it waits still serves it. Needs the
 	// feature "fetch_must_exist".
 	PartitionMustExist bool `protobuf:"varint,14,opt,name=partition_must_exist,json=partitionMustExist,proto3" json:"partition_must_exist,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// partition_gen, when not 0, is the generation (MetaReply.partition_gen)
+	// of the partition the caller has been reading: a partition of another
+	// generation (cleared and made again), or none (cleared), is CODE_DONE
+	// naming the partition and the generation, at once, wait or not, and a
+	// fetch waiting when its partition is cleared ends so too. Needs the
+	// feature "fetch_partition_gen".
+	PartitionGen  uint64 `protobuf:"varint,15,opt,name=partition_gen,json=partitionGen,proto3" json:"partition_gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FetchRequest) Reset() {
@@ -839,6 +846,13 @@ func (x *FetchRequest) GetPartitionMustExist() bool {
 		return x.PartitionMustExist
 	}
 	return false
+}
+
+func (x *FetchRequest) GetPartitionGen() uint64 {
+	if x != nil {
+		return x.PartitionGen
+	}
+	return 0
 }
 
 // SamplerSpec names a built-in sampler: "sequential", "rank_aware",
@@ -1195,8 +1209,15 @@ func (x *RowsMetaRequest) GetFields() *FieldSelection {
 }
 
 type MetaReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Meta          *BatchMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Meta  *BatchMeta             `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// partition_gen, in a FETCH's reply, is the generation of the partition
+	// that served it: the controller's number for the partition, new each
+	// time one of that id is made (after a clear too) and kept across
+	// restarts (0: not known, as from a controller without the feature
+	// "fetch_partition_gen", and in other ops' replies). A loader sends it
+	// back as FetchRequest.partition_gen.
+	PartitionGen  uint64 `protobuf:"varint,2,opt,name=partition_gen,json=partitionGen,proto3" json:"partition_gen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1236,6 +1257,13 @@ func (x *MetaReply) GetMeta() *BatchMeta {
 		return x.Meta
 	}
 	return nil
+}
+
+func (x *MetaReply) GetPartitionGen() uint64 {
+	if x != nil {
+		return x.PartitionGen
+	}
+	return 0
 }
 
 type CommitField struct {
@@ -4373,7 +4401,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xda\x03\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xff\x03\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4392,7 +4420,8 @@ const file_control_proto_rawDesc = "" +
 	"\x04hold\x18\f \x01(\bR\x04hold\x12\x1d\n" +
 	"\n" +
 	"hold_group\x18\r \x01(\fR\tholdGroup\x120\n" +
-	"\x14partition_must_exist\x18\x0e \x01(\bR\x12partitionMustExist\"H\n" +
+	"\x14partition_must_exist\x18\x0e \x01(\bR\x12partitionMustExist\x12#\n" +
+	"\rpartition_gen\x18\x0f \x01(\x04R\fpartitionGen\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +
@@ -4413,9 +4442,10 @@ const file_control_proto_rawDesc = "" +
 	"\x0fRowsMetaRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x18\n" +
 	"\aindexes\x18\x02 \x03(\x04R\aindexes\x122\n" +
-	"\x06fields\x18\x03 \x01(\v2\x1a.tq.wire.v1.FieldSelectionR\x06fields\"6\n" +
+	"\x06fields\x18\x03 \x01(\v2\x1a.tq.wire.v1.FieldSelectionR\x06fields\"[\n" +
 	"\tMetaReply\x12)\n" +
-	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\"\xe1\x01\n" +
+	"\x04meta\x18\x01 \x01(\v2\x15.tq.wire.v1.BatchMetaR\x04meta\x12#\n" +
+	"\rpartition_gen\x18\x02 \x01(\x04R\fpartitionGen\"\xe1\x01\n" +
 	"\vCommitField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05dtype\x18\x02 \x01(\tR\x05dtype\x12\x12\n" +

@@ -787,6 +787,11 @@ func (m *FetchRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.PartitionGen != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PartitionGen))
+		i--
+		dAtA[i] = 0x78
+	}
 	if m.PartitionMustExist {
 		i--
 		if m.PartitionMustExist {
@@ -1249,6 +1254,11 @@ func (m *MetaReply) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.PartitionGen != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PartitionGen))
+		i--
+		dAtA[i] = 0x10
 	}
 	if m.Meta != nil {
 		size, err := m.Meta.MarshalToSizedBufferVT(dAtA[:i])
@@ -4554,6 +4564,9 @@ func (m *FetchRequest) SizeVT() (n int) {
 	if m.PartitionMustExist {
 		n += 2
 	}
+	if m.PartitionGen != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.PartitionGen))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -4688,6 +4701,9 @@ func (m *MetaReply) SizeVT() (n int) {
 	if m.Meta != nil {
 		l = m.Meta.SizeVT()
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.PartitionGen != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.PartitionGen))
 	}
 	n += len(m.unknownFields)
 	return n
