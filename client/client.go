@@ -208,6 +208,16 @@ type MetaRequest struct {
 	// older one would wait): else the Fetch fails with an error wrapping
 	// [engine.ErrNotSupported] and nothing is sent.
 	PartitionMustExist bool
+	// PartitionGen, when not 0, makes a Fetch of a partition whose
+	// generation is not this one ([engine.BatchMeta.PartitionGen] of an
+	// earlier fetch: the partition was cleared, perhaps made again) fail
+	// at once, or as it waits, with an error wrapping [engine.ErrDone]
+	// that names the partition and the generation (see
+	// [engine.FetchRequest.PartitionGen]). A remote controller must list
+	// the feature "fetch_partition_gen" (an older one would wait, or
+	// serve the partition made again): else the Fetch fails with an error
+	// wrapping [engine.ErrNotSupported] and nothing is sent.
+	PartitionGen uint64
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -224,7 +234,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
 			EndWhenConsumed: req.EndWhenConsumed, Hold: hold, HoldGroup: group,
-			PartitionMustExist: req.PartitionMustExist,
+			PartitionMustExist: req.PartitionMustExist, PartitionGen: req.PartitionGen,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

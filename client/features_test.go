@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -117,4 +118,61 @@ func TestFetchMustExist(t *testing.T) {
 	m, err := r.Fetch(ctx, req)
 	require.NoError(t, err)
 	assert.Equal(t, 1, m.Len())
+}
+
+// TestFetchPartitionGenNeedsTheFeature: a fetch with PartitionGen goes
+// only to a controller whose HELLO lists "fetch_partition_gen": an older
+// one would ignore it, and wait for a partition cleared or serve the one
+// made again. The client refuses it itself, naming the feature, and sends
+// nothing.
+func TestFetchPartitionGenNeedsTheFeature(t *testing.T) {
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller", Features: []string{wire.FeatureFetchMustExist}}})
+	var fetches atomic.Int32
+	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		fetches.Add(1)
+		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
+	})
+	r := dialFake(t, srv)
+
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, PartitionGen: 7}
+	_, err := r.Fetch(t.Context(), req)
+	require.ErrorIs(t, err, engine.ErrNotSupported)
+	assert.Contains(t, err.Error(), `"fetch_partition_gen"`)
+	assert.Zero(t, fetches.Load(), "the fetch went to a controller that would not read the generation")
+
+	req.PartitionGen = 0
+	m, err := r.Fetch(t.Context(), req)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, fetches.Load())
+	assert.Zero(t, m.PartitionGen)
+}
+
+// TestFetchPartitionGen: through tq's controller, a fetch's meta names the
+// partition's generation; a fetch naming it is served, and once the
+// partition is cleared and made again one naming the old generation fails
+// at once with an error naming it that wraps ErrDone.
+func TestFetchPartitionGen(t *testing.T) {
+	ctrl := newController(t)
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, client.RemoteConfig{})
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	produce(t, r, "p", 2)
+	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Wait: true}
+	m, err := r.Fetch(ctx, req)
+	require.NoError(t, err)
+	gen := m.PartitionGen
+	require.NotZero(t, gen, "the reply named no generation")
+	req.PartitionGen = gen
+	m, err = r.Fetch(ctx, req)
+	require.NoError(t, err)
+	assert.Equal(t, gen, m.PartitionGen)
+
+	require.NoError(t, r.ClearPartition(ctx, "p"))
+	produce(t, r, "p", 2)
+	_, err = r.Fetch(ctx, req)
+	require.ErrorIs(t, err, engine.ErrDone)
+	assert.NotErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), fmt.Sprintf(`partition "p" generation %d was cleared`, gen))
 }

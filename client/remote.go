@@ -562,7 +562,12 @@ func (r *RemoteMeta) doMetaNeeding(ctx context.Context, needs []string, name str
 	if err := r.callNeeding(ctx, needs, name, op, req, &reply, repeat); err != nil {
 		return nil, err
 	}
-	return r.meta(name, reply.Meta, before)
+	m, err := r.meta(name, reply.Meta, before)
+	if err != nil {
+		return nil, err
+	}
+	m.PartitionGen = reply.PartitionGen // a FETCH's (0 in other replies)
+	return m, nil
 }
 
 // meta decodes a reply's meta, stamped with the cluster that answered
@@ -641,6 +646,7 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		Hold:               req.Hold,
 		HoldGroup:          []byte(req.HoldGroup),
 		PartitionMustExist: req.PartitionMustExist,
+		PartitionGen:       req.PartitionGen,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {
@@ -744,6 +750,9 @@ func (r *RemoteMeta) fetch(ctx context.Context, req engine.FetchRequest, pb *wir
 		}
 		if pb.PartitionMustExist {
 			needs = append(needs, wire.FeatureFetchMustExist)
+		}
+		if pb.PartitionGen != 0 {
+			needs = append(needs, wire.FeatureFetchPartitionGen)
 		}
 		m, err := r.doMetaNeeding(ctx, needs, "fetch", wire.OpFetch, pb, true)
 		switch {

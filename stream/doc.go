@@ -46,6 +46,17 @@
 // Config.PartitionMustExist it is an error wrapping [engine.ErrInvalid]
 // that names it (a misspelled name would wait for good).
 //
+// A partition cleared under the loader ends for it as a drained one does.
+// Each fetch's reply names the partition's generation
+// (engine.BatchMeta.PartitionGen); the loader remembers it from its first
+// micro-batch of a partition and names it in its later fetches there
+// (engine.FetchRequest.PartitionGen), so that when a DP peer that
+// finished first clears the partition, this rank's next fetch, or the one
+// waiting, is told so (engine.ErrDone) instead of waiting for the
+// partition for good or reading the rows of one made again under the same
+// id. Until it has read a row of a partition the loader waits for it to
+// be made, as above.
+//
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a
 // private sampler (sequential, grpo) its rows are given back to the task

@@ -68,8 +68,9 @@ type Config struct {
 	// multiple of the group size N; the others take no N.
 	Sampler engine.SamplerSpec
 	// Continuous keeps the loader waiting for more rows after the last
-	// partition is drained, even one marked done; without it (finite mode)
-	// the iteration ends there.
+	// partition is drained, even one marked done (or cleared: it then
+	// follows whichever partition of that id is made next); without it
+	// (finite mode) the iteration ends there.
 	Continuous bool
 	// EndWhenConsumed also counts a partition as drained, as the
 	// reference's check_consumption_status does, once the task has
@@ -253,7 +254,10 @@ type Loader struct {
 	running atomic.Bool
 	mu      sync.Mutex
 	next    Position // the first position not yet yielded
-	err     error    // what the last iteration could not yield (Err)
+	// gen is the generation of the partition at next.Step that the
+	// loader read (0: none yet; see fetch).
+	gen uint64
+	err error // what the last iteration could not yield (Err)
 
 	// The give-back's retries: tries, each bounded by giveBackTimeout,
 	// with a backoff from giveBackBackoff doubling up to 2 s between them.
@@ -317,6 +321,7 @@ var errRunning = errors.New("stream: the loader is already iterating")
 type item struct {
 	b   *Batch
 	key string
+	gen uint64 // with b: its partition's generation, as the loader knows it
 	err error
 	end bool
 	pos Position // with end: past the last partition
@@ -348,12 +353,14 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		l.mu.Lock()
 		l.err = nil
 		l.mu.Unlock()
-		pos := l.Next()
+		l.mu.Lock()
+		pos, gen := l.next, l.gen
+		l.mu.Unlock()
 		var src source
 		if l.cfg.Prefetch == 0 {
-			src = &direct{l: l, pos: pos}
+			src = &direct{l: l, pos: pos, gen: gen}
 		} else {
-			src = l.prefetch(ctx, pos)
+			src = l.prefetch(ctx, pos, gen)
 		}
 		var lost error // a give-back of a batch not yielded after a cancel that failed
 		defer func() {
@@ -377,7 +384,7 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 			}
 			if it.end {
 				l.mu.Lock()
-				l.next = it.pos
+				l.next, l.gen = it.pos, 0
 				l.mu.Unlock()
 				return
 			}
@@ -395,7 +402,7 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 				continue
 			}
 			l.mu.Lock()
-			l.next = Position{Step: it.b.Step, Index: it.b.Index + 1}
+			l.next, l.gen = Position{Step: it.b.Step, Index: it.b.Index + 1}, it.gen
 			l.mu.Unlock()
 			if !yieldBatch(yield, it.b) {
 				return
@@ -451,10 +458,11 @@ type source interface {
 type direct struct {
 	l   *Loader
 	pos Position
+	gen uint64
 }
 
 func (d *direct) next(ctx context.Context) item {
-	it := d.l.fetch(ctx, &d.pos)
+	it := d.l.fetch(ctx, &d.pos, &d.gen)
 	return it
 }
 
@@ -469,7 +477,7 @@ type prefetcher struct {
 	done  chan struct{} // closed when the goroutine exited
 }
 
-func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
+func (l *Loader) prefetch(ctx context.Context, pos Position, gen uint64) *prefetcher {
 	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), slots: make(chan struct{}, l.cfg.Prefetch), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
@@ -479,7 +487,7 @@ func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
 			case <-ctx.Done():
 				return
 			}
-			it := l.fetch(ctx, &pos)
+			it := l.fetch(ctx, &pos, &gen)
 			p.ch <- it
 			if it.end || it.err != nil {
 				return
@@ -580,8 +588,14 @@ func (l *Loader) giveBack(partition, key string, n int) error {
 }
 
 // fetch gets the micro-batch at *pos (moving to the next partition when
-// one is drained) and advances *pos past it.
-func (l *Loader) fetch(ctx context.Context, pos *Position) item {
+// one is drained) and advances *pos past it. *gen is the generation of
+// the partition at pos.Step the loader has read (0: none yet): fetches
+// name it, so that a partition cleared under the loader (a DP peer that
+// finished first cleared it), perhaps made again, ends it as a drained
+// one does rather than keep the loader waiting or hand it the new
+// partition's rows. It is set from the first micro-batch of a partition
+// and reset with each new partition.
+func (l *Loader) fetch(ctx context.Context, pos *Position, gen *uint64) item {
 	for {
 		if pos.Step >= len(l.cfg.Partitions) {
 			return item{end: true, pos: *pos}
@@ -591,6 +605,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
 			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
 			EndWhenConsumed: l.cfg.EndWhenConsumed, PartitionMustExist: l.cfg.PartitionMustExist,
+			PartitionGen: *gen,
 		}
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
@@ -645,7 +660,9 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
+			*gen = 0
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
+				// (Following the partition, whichever is made next.)
 				select {
 				case <-time.After(l.cfg.PollInterval):
 					continue
@@ -680,9 +697,12 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			}
 			return item{err: err}
 		}
+		if *gen == 0 {
+			*gen = m.PartitionGen
+		}
 		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
 		pos.Index++
-		return item{b: b, key: req.Key}
+		return item{b: b, key: req.Key, gen: *gen}
 	}
 }
 

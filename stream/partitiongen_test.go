@@ -1,0 +1,71 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestLaggingRankEndsWithAClearedPartition: two DP ranks read a done
+// partition; rank 1 takes its first micro-batch, and while its loop body
+// runs, rank 0 reads all it has and clears the partition (and, in the
+// "made again" case, a producer makes one of the same id). Rank 1's next
+// fetch ends the partition, as a drained one does, and the loader goes on
+// to the next: it used to wait for the partition for ever, or read the
+// new partition's rows as the old one's. In process and over the wire.
+func TestLaggingRankEndsWithAClearedPartition(t *testing.T) {
+	for _, remote := range []bool{false, true} {
+		for _, again := range []bool{false, true} {
+			t.Run(fmt.Sprintf("remote=%v/made_again=%v", remote, again), func(t *testing.T) {
+				e, _, c := doneRemote(t) // "p": rows 0..31, done
+				if !remote {
+					c = e.Client
+				}
+				produce(t, e.Client, "q", 100, 8, nil)
+				require.NoError(t, e.Client.MarkDone(context.Background(), "q"))
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				rank := func(r int, parts ...string) *Loader {
+					cfg := config(parts...)
+					cfg.DPRank, cfg.DPSize, cfg.Prefetch = r, 2, 0
+					l, err := New(c, cfg)
+					require.NoError(t, err)
+					return l
+				}
+				lag := rank(1, "p", "q")
+				var got [][]int64
+				var parts []string
+				for b, err := range lag.All(ctx) {
+					require.NoError(t, err)
+					got, parts = append(got, values(t, b)), append(parts, b.Partition)
+					if len(got) > 1 {
+						continue
+					}
+					// Rank 0 finishes first and clears the partition.
+					var first []int64
+					for b, err := range rank(0, "p").All(ctx) {
+						require.NoError(t, err)
+						first = append(first, values(t, b)...)
+					}
+					require.NotEmpty(t, first)
+					require.NoError(t, e.Client.ClearPartition(ctx, "p"))
+					if again {
+						produce(t, e.Client, "p", 1000, 32, nil)
+						require.NoError(t, e.Client.MarkDone(ctx, "p"))
+					}
+				}
+				require.NoError(t, ctx.Err(), "the lagging rank waited")
+				require.GreaterOrEqual(t, len(got), 2)
+				assert.Equal(t, "p", parts[0])
+				for i, p := range parts[1:] {
+					assert.Equal(t, "q", p, "micro-batch %d %v: of the partition cleared (or made again)", i+1, got[i+1])
+				}
+				assert.Equal(t, Position{Step: 2}, lag.Next())
+			})
+		}
+	}
+}
