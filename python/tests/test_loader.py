@@ -694,3 +694,41 @@ def test_iterator_break_mid_batch_goes_on_after_the_micro_batches_it_yielded(req
     replay = [x for data, _ in it for x in data["x"].tolist()]
     assert sorted(replay) == list(range(16)), f"replayed {replay}"
     it.close()
+
+
+@pytest.mark.parametrize("made_again", [False, True])
+def test_lagging_rank_ends_with_a_cleared_partition(rank_aware_server, part, made_again):
+    """Two data-parallel ranks read a done partition; rank 1 takes its
+    first batch, then rank 0 reads all it has and clears the partition (and
+    a producer makes one of the same id again). Rank 1's loop ends
+    (StopIteration) instead of waiting for the partition for good, or
+    reading the new partition's rows as the old one's: its fetches name the
+    generation of its first batch (get_meta's partition_gen)."""
+    s = rank_aware_server
+    with s.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        lag = iter(tq.StreamIterator(2, 2, ["x"], part, "train", dp_rank=1, client=c, fetch_timeout=1))
+        got = [next(lag)[0]["x"].tolist()]
+        first = [d["x"].tolist() for d, _ in tq.StreamIterator(2, 2, ["x"], part, "train", dp_rank=0, client=c,
+                                                                fetch_timeout=1)]
+        assert first
+        c.clear_partition(part)
+        if made_again:
+            c.put({"x": np.arange(1000, 1016, dtype=np.int64)}, partition_id=part)
+            c.mark_done(part)
+        out = []
+
+        def run():
+            try:
+                out.extend(d["x"].tolist() for d, _ in lag)
+                out.append("end")
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        th.join(60)
+        assert not th.is_alive(), "the lagging rank waited for the partition cleared"
+    assert out[-1] == "end", out
+    assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the partition made again: {out}"
+    assert got[0] not in first

@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import tq
@@ -942,11 +943,45 @@ def test_fetch_must_exist_needs_the_feature():
         assert wire.FETCH not in seen
 
 
+def test_fetch_partition_gen_needs_the_feature():
+    """A fetch with partition_gen goes only to a controller whose HELLO
+    lists "fetch_partition_gen": an older one would ignore the field, and
+    wait for a partition cleared or serve the one made again. The client
+    refuses it itself, naming the feature, and sends no FETCH; the
+    replies of such a controller name no generation (0)."""
+    seen = []
+    with tq.Client(_old_controller(seen), timeout=10) as c:
+        with pytest.raises(tq.NotSupportedError) as e:
+            c.get_meta(["x"], 1, "p", "fetch", "t", wait=True, partition_gen=7)
+        assert "'fetch_partition_gen'" in e.value.message
+        assert wire.FETCH not in seen
+        assert c.get_meta(["x"], 1, "p", "fetch", "t").partition_gen == 0
+        assert wire.FETCH in seen
+
+
+def test_fetch_partition_gen(server, part):
+    """A fetch's meta names the partition's generation; a fetch naming it
+    is served, and once the partition is cleared and made again one
+    naming the old generation raises DoneError naming it, at once."""
+    with server.client() as c:
+        c.put({"x": np.arange(4, dtype=np.int64)}, partition_id=part)
+        m = c.get_meta(["x"], 1, part, "fetch", "t", wait=True, timeout=60)
+        gen = m.partition_gen
+        assert gen > 0
+        assert c.get_meta(["x"], 1, part, "fetch", "t", wait=True, timeout=60, partition_gen=gen).partition_gen == gen
+        c.clear_partition(part)
+        c.put({"x": np.arange(4, dtype=np.int64)}, partition_id=part)
+        with pytest.raises(tq.DoneError) as e:
+            c.get_meta(["x"], 1, part, "fetch", "t", wait=True, timeout=60, partition_gen=gen)
+        assert f'partition "{part}" generation {gen} was cleared' in str(e.value)
+        assert c.get_meta(["x"], 1, part, "fetch", "t", wait=True, timeout=60).partition_gen not in (0, gen)
+
+
 def test_controller_lists_its_features(server):
     conn = wire.Conn(server.address, token=server.token, timeout=10)
     try:
         assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP,
-                                             wire.FEATURE_FETCH_MUST_EXIST}
+                                             wire.FEATURE_FETCH_MUST_EXIST, wire.FEATURE_FETCH_PARTITION_GEN}
     finally:
         conn.close()
 

@@ -1128,7 +1128,7 @@ class Client:
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
                  token_budget: int | None = None, end_when_consumed: bool = False,
-                 partition_must_exist: bool = False,
+                 partition_must_exist: bool = False, partition_gen: int = 0,
                  _fetch_key: bytes | None = None, _hold: bool = False,
                  _hold_group: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
@@ -1162,6 +1162,16 @@ class Client:
         at once instead, wait or not. It needs a controller whose HELLO
         lists "fetch_must_exist" (else :class:`NotSupportedError`, and
         nothing is sent: an older one would wait).
+        A fetch's meta has the generation of the partition that served it
+        (``meta.partition_gen``; new each time a partition of that id is
+        made, kept across the controller's restarts; 0: not known).
+        ``partition_gen`` (not 0) is the generation the caller has been
+        reading: a partition of another one (cleared and made again), or
+        none (cleared), raises :class:`DoneError` naming the partition and
+        the generation at once, wait or not, and so does a fetch waiting
+        when its partition is cleared. It needs a controller whose HELLO
+        lists "fetch_partition_gen" (else :class:`NotSupportedError`, and
+        nothing is sent).
         """
         if isinstance(data_fields, str):
             data_fields = [data_fields]
@@ -1201,9 +1211,11 @@ class Client:
                                        key=_fetch_key or os.urandom(16), end_when_consumed=end_when_consumed,
                                        hold=bool(_hold and _fetch_key),
                                        hold_group=(_hold_group or b"") if _hold and _fetch_key else b"",
-                                       partition_must_exist=partition_must_exist)
+                                       partition_must_exist=partition_must_exist,
+                                       partition_gen=int(partition_gen))
         need = tuple(f for f, on in ((wire.FEATURE_HOLD_GROUP, req.hold_group),
-                                     (wire.FEATURE_FETCH_MUST_EXIST, req.partition_must_exist)) if on)
+                                     (wire.FEATURE_FETCH_MUST_EXIST, req.partition_must_exist),
+                                     (wire.FEATURE_FETCH_PARTITION_GEN, req.partition_gen)) if on)
         if token_budget is not None:
             if int(token_budget) <= 0:
                 raise errors.InvalidError(f"token_budget {token_budget}: must be positive", op=ctx["op_name"])
@@ -1242,6 +1254,7 @@ class Client:
                     self._wait_to_repeat(e, again, deadline)
                     continue
                 m = self._meta_of(rep.meta, before)
+                m.partition_gen = rep.partition_gen
                 if wait and not req.wait and m.size == 0:
                     raise errors.DeadlineError(f"wait for {batch_size} rows for task {task_name!r}: "
                                                f"none in {timeout:g} s", op=ctx["op_name"], partition=partition_id)

@@ -35,6 +35,16 @@ at once (``get_meta``'s ``partition_must_exist``), and the loop gets it; a
 partition given to :meth:`StreamIterator.step` must then exist too when
 the loader fetches from it.
 
+A partition cleared under the loader ends its iteration, as one done and
+drained does: the loader remembers the partition's generation from its
+first batch of it (``meta.partition_gen``) and names it in its later
+fetches (``get_meta``'s ``partition_gen``; :meth:`StreamIterator.step`
+forgets it), so that when a data-parallel peer that finished first clears
+the partition, this rank's next fetch, or the one waiting, ends the loop
+(StopIteration) instead of waiting for the partition for good or reading
+the rows of one made again under the same id. Until it has had a batch of
+a partition the loader waits for it to be made, as above.
+
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
 first ``__iter__``; nothing is pickled but the settings) and
@@ -129,6 +139,7 @@ class StreamIterator:
         self.partition_must_exist = partition_must_exist
         self._waiting_since = None  # time.monotonic() of the first fetch that came back empty since a batch
         self._partition_checked = None  # the partition id looked up in the controller's list
+        self._partition_gen = 0  # the generation of partition_id its batches came from (0: none yet)
         self._address, self._token, self._transport = address, token, transport
         self._client = client
         self._own_client = False
@@ -165,6 +176,7 @@ class StreamIterator:
         """Drop the buffer and go on with another partition."""
         self.buffer, self.batch_index, self._micro_yielded, self.partition_id = [], 0, 0, partition_id
         self._waiting_since = None
+        self._partition_gen = 0
 
     def _waited(self) -> None:
         """A fetch came back without a batch: once the loader has waited
@@ -217,7 +229,8 @@ class StreamIterator:
                 meta = c.get_meta(self.data_fields, self.batch_size, self.partition_id, task_name=self.task_name,
                                   sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
                                   end_when_consumed=self.should_check_consumption_status,
-                                  partition_must_exist=self.partition_must_exist, _fetch_key=key,
+                                  partition_must_exist=self.partition_must_exist,
+                                  partition_gen=self._partition_gen, _fetch_key=key,
                                   _hold=True, _hold_group=self._hold_group)
             except (errors.DeadlineError, errors.NotFoundError):
                 return None
@@ -225,6 +238,8 @@ class StreamIterator:
                 return _DONE
             if meta.size == 0:
                 return None
+            if not self._partition_gen:
+                self._partition_gen = meta.partition_gen
             try:
                 data = c.get_data(meta, fields=self.data_fields, copy=self.copy)
             except BaseException:

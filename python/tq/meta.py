@@ -158,6 +158,10 @@ class BatchMeta:
     # its cells' unit ids name that cluster's units only (see
     # Client.get_data).
     _cluster = ""
+    # In a fetch's meta: the generation of the partition that served it
+    # (FETCH's MetaReply.partition_gen; 0: not known), new each time a
+    # partition of that id is made. get_meta's partition_gen takes it.
+    partition_gen = 0
 
     def __init__(self, global_indexes=(), partition_ids=(), keys=None, field_schema=None,
                  production_status=None, custom_meta=None, extra_info=None, cells=None):
