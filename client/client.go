@@ -218,6 +218,12 @@ type MetaRequest struct {
 	// serve the partition made again): else the Fetch fails with an error
 	// wrapping [engine.ErrNotSupported] and nothing is sent.
 	PartitionGen uint64
+	// Cluster, with PartitionGen, is the cluster whose controller gave
+	// the generation ([engine.BatchMeta.Cluster] of the same meta): a
+	// controller of another cluster, started anew without that cluster's
+	// state, fails the Fetch as for a partition cleared (see
+	// [engine.FetchRequest.Cluster]). "": not checked.
+	Cluster string
 }
 
 // GetMeta returns rows' meta in one of the three modes.
@@ -234,7 +240,7 @@ func (c *Client) GetMeta(ctx context.Context, req MetaRequest) (*engine.BatchMet
 			BatchSize: req.BatchSize, Options: req.Options, Wait: req.Wait,
 			Sampler: req.Sampler, TokenBudget: req.TokenBudget, Key: req.Key,
 			EndWhenConsumed: req.EndWhenConsumed, Hold: hold, HoldGroup: group,
-			PartitionMustExist: req.PartitionMustExist, PartitionGen: req.PartitionGen,
+			PartitionMustExist: req.PartitionMustExist, PartitionGen: req.PartitionGen, Cluster: req.Cluster,
 		})
 	case ForceFetch:
 		return c.meta.ForceFetch(ctx, req.Partition, req.Fields)

@@ -647,6 +647,7 @@ func (r *RemoteMeta) Fetch(ctx context.Context, req engine.FetchRequest) (*engin
 		HoldGroup:          []byte(req.HoldGroup),
 		PartitionMustExist: req.PartitionMustExist,
 		PartitionGen:       req.PartitionGen,
+		ClusterId:          req.Cluster,
 	}
 	var err error
 	if pb.Options.Params, err = wire.JSONToPB(req.Options.Params); err != nil {

@@ -544,8 +544,8 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 // below 0 or above math.MaxInt32, or, with PartitionMustExist, a
 // partition the controller does not have; [engine.ErrDone], with
 // PartitionGen, when the partition of that generation is gone (cleared,
-// perhaps made again), at once or as the fetch waits, naming the partition
-// and the generation; [engine.ErrNotFound] for a batch a
+// perhaps made again, or of another cluster: Cluster), at once or as the
+// fetch waits, naming the partition and the generation; [engine.ErrNotFound] for a batch a
 // caching sampler kept for the DP group, which a fetch of the group took,
 // when every row of it was cleared since (made again, it would not be
 // the rows the group's other ranks got); the sampler's errors; with
@@ -587,6 +587,13 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("a hold group without a held fetch: %w", engine.ErrInvalid))
 	case len(req.HoldGroup) > maxHoldGroupLen:
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("hold group of %d bytes, at most %d: %w", len(req.HoldGroup), maxHoldGroupLen, engine.ErrInvalid))
+	}
+	if req.PartitionGen != 0 && req.Cluster != "" && req.Cluster != c.cluster {
+		// This controller started without that cluster's state: the
+		// partition is gone with it, and a generation of this one's
+		// may match by chance.
+		return nil, opErr("fetch", req.Partition, fmt.Errorf("partition %q generation %d of cluster %s is gone: this controller is cluster %s, started without that cluster's state: %w",
+			req.Partition, req.PartitionGen, req.Cluster, c.cluster, engine.ErrDone))
 	}
 	smp, err := c.samplerFor(req.Sampler)
 	if err != nil {

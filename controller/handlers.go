@@ -176,7 +176,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
 		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,
-		PartitionMustExist: req.PartitionMustExist, PartitionGen: req.PartitionGen, HolderPID: fx.peerPID}
+		PartitionMustExist: req.PartitionMustExist, PartitionGen: req.PartitionGen, Cluster: req.ClusterId, HolderPID: fx.peerPID}
 	if req.Hold {
 		fr.HolderClient, fr.HoldGroup = clientID(fx.peer), string(req.HoldGroup)
 	}

@@ -166,3 +166,42 @@ func TestFetchPartitionGenAcrossRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchPartitionGenOfAnotherCluster: a fetch naming a generation of
+// another cluster's controller (this one started anew in memory, and its
+// "p" has by chance the same generation) is refused as for a partition
+// cleared, wait or not, naming both clusters; the same generation of this
+// cluster, or one without a cluster, is served.
+func TestFetchPartitionGenOfAnotherCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var gens [2]uint64
+	var cs [2]*Controller
+	for i := range cs {
+		cs[i] = newController(t, DefaultConfig())
+		m := insert(t, cs[i], "p", 3, "x")
+		commitDense(t, cs[i], "p", m.Indexes, "x")
+		first, err := cs[i].Fetch(ctx, genFetch(0))
+		require.NoError(t, err)
+		gens[i] = first.PartitionGen
+	}
+	require.Equal(t, gens[0], gens[1], "the test needs the generations to match")
+	old, now := cs[0].Info().ClusterID, cs[1].Info().ClusterID
+	require.NotEqual(t, old, now)
+	for _, wait := range []bool{false, true} {
+		req := genFetch(gens[0])
+		req.Cluster, req.Wait = old, wait
+		_, err := cs[1].Fetch(ctx, req)
+		require.ErrorIs(t, err, engine.ErrDone, "wait %v: served a partition of another cluster", wait)
+		assert.NotErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), `partition "p" generation `+itoa(gens[0])+` of cluster `+old)
+		assert.Contains(t, err.Error(), now)
+	}
+	for _, cluster := range []string{now, ""} {
+		req := genFetch(gens[1])
+		req.Cluster = cluster
+		m, err := cs[1].Fetch(ctx, req)
+		require.NoError(t, err, "cluster %q", cluster)
+		assert.Equal(t, 1, m.Len())
+	}
+}

@@ -77,6 +77,12 @@ type FetchRequest struct {
 	// loader ends with the partition, as with one done, instead of
 	// waiting for good or reading the rows of the partition made again.
 	PartitionGen uint64
+	// Cluster, with PartitionGen, is the cluster whose controller gave
+	// the generation ([BatchMeta.Cluster] of the same meta): a controller
+	// of another cluster (started anew without that cluster's state, its
+	// partitions numbered anew, so a generation may match by chance)
+	// fails the fetch as for a partition cleared. "": not checked.
+	Cluster string
 	// HolderPID, with Hold, is the process on the controller's host the
 	// rows are held for (0: unknown). Once it has exited, a fetch waiting
 	// at the end of a done partition for those rows has them given back

@@ -54,8 +54,11 @@
 // finished first clears the partition, this rank's next fetch, or the one
 // waiting, is told so (engine.ErrDone) instead of waiting for the
 // partition for good or reading the rows of one made again under the same
-// id. Until it has read a row of a partition the loader waits for it to
-// be made, as above.
+// id. It names the generation's cluster too (engine.FetchRequest.Cluster):
+// a controller that started anew in memory, as another cluster whose
+// generations start again and may match by chance, ends the partition so
+// as well. Until it has read a row of a partition the loader waits for it
+// to be made, as above.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

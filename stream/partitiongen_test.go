@@ -8,6 +8,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/embedded"
 )
 
 // TestLaggingRankEndsWithAClearedPartition: two DP ranks read a done
@@ -68,4 +71,49 @@ func TestLaggingRankEndsWithAClearedPartition(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestLoaderEndsAPartitionOfAControllerStartedAnew: a loader reads its
+// first micro-batch of "p" from a controller that keeps its state in
+// memory; the controller starts anew (another cluster) and a producer
+// makes a "p" there, whose generation is by chance the one the loader
+// remembers (each cluster numbers its partitions from 1). The loader's
+// next fetch ends the partition, as a cleared one: the old "p" cannot
+// exist in the new cluster. It used to be served the new "p"'s rows as
+// the rest of the old one's.
+func TestLoaderEndsAPartitionOfAControllerStartedAnew(t *testing.T) {
+	_, s, c := doneRemote(t) // "p": rows 0..31, done
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg := config("p")
+	cfg.Prefetch = 0
+	l, err := New(c, cfg)
+	require.NoError(t, err)
+	var got [][]int64
+	for b, err := range l.All(ctx) {
+		require.NoError(t, err)
+		got = append(got, values(t, b))
+		if len(got) > 1 {
+			continue
+		}
+		gen := b.Meta.PartitionGen
+		require.NotZero(t, gen)
+		// The controller starts anew, without the state of the last.
+		s.stop()
+		next, err := embedded.New(embedded.DefaultConfig())
+		require.NoError(t, err)
+		t.Cleanup(func() { next.Close() })
+		produce(t, next.Client, "p", 1000, 32, nil)
+		require.NoError(t, next.Client.MarkDone(ctx, "p"))
+		m, err := next.Client.GetMeta(ctx, client.MetaRequest{Mode: client.Fetch, Partition: "p", Task: "peek",
+			Fields: []string{"x"}, BatchSize: 1})
+		require.NoError(t, err)
+		require.Equal(t, gen, m.PartitionGen, "the new cluster's \"p\" has another generation: the test shows nothing")
+		s.e = next
+		s.start()
+	}
+	require.NoError(t, ctx.Err(), "the loader waited")
+	require.NoError(t, l.Err())
+	assert.Len(t, got, 1, "micro-batches of the new cluster's \"p\": %v", got[1:])
+	assert.Equal(t, Position{Step: 1}, l.Next())
 }

@@ -255,8 +255,8 @@ type Loader struct {
 	mu      sync.Mutex
 	next    Position // the first position not yet yielded
 	// gen is the generation of the partition at next.Step that the
-	// loader read (0: none yet; see fetch).
-	gen uint64
+	// loader read (zero: none yet; see fetch).
+	gen partGen
 	err error // what the last iteration could not yield (Err)
 
 	// The give-back's retries: tries, each bounded by giveBackTimeout,
@@ -321,7 +321,7 @@ var errRunning = errors.New("stream: the loader is already iterating")
 type item struct {
 	b   *Batch
 	key string
-	gen uint64 // with b: its partition's generation, as the loader knows it
+	gen partGen // with b: its partition's generation, as the loader knows it
 	err error
 	end bool
 	pos Position // with end: past the last partition
@@ -384,7 +384,7 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 			}
 			if it.end {
 				l.mu.Lock()
-				l.next, l.gen = it.pos, 0
+				l.next, l.gen = it.pos, partGen{}
 				l.mu.Unlock()
 				return
 			}
@@ -458,7 +458,7 @@ type source interface {
 type direct struct {
 	l   *Loader
 	pos Position
-	gen uint64
+	gen partGen
 }
 
 func (d *direct) next(ctx context.Context) item {
@@ -477,7 +477,7 @@ type prefetcher struct {
 	done  chan struct{} // closed when the goroutine exited
 }
 
-func (l *Loader) prefetch(ctx context.Context, pos Position, gen uint64) *prefetcher {
+func (l *Loader) prefetch(ctx context.Context, pos Position, gen partGen) *prefetcher {
 	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), slots: make(chan struct{}, l.cfg.Prefetch), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
@@ -587,15 +587,27 @@ func (l *Loader) giveBack(partition, key string, n int) error {
 	return err
 }
 
+// partGen is a partition's generation as a loader knows it: the
+// number its controller gave the partition (engine.BatchMeta.PartitionGen;
+// 0: none) and that controller's cluster (BatchMeta.Cluster; "": not
+// known). The cluster counts because a controller that keeps its state in
+// memory starts anew as another cluster and numbers its partitions from
+// the start again: a generation alone may match a partition of the new
+// cluster by chance.
+type partGen struct {
+	n       uint64
+	cluster string
+}
+
 // fetch gets the micro-batch at *pos (moving to the next partition when
 // one is drained) and advances *pos past it. *gen is the generation of
-// the partition at pos.Step the loader has read (0: none yet): fetches
-// name it, so that a partition cleared under the loader (a DP peer that
+// the partition at pos.Step the loader has read (zero: none yet), with
+// the cluster whose controller numbered it: fetches name both, so that a partition cleared under the loader (a DP peer that
 // finished first cleared it), perhaps made again, ends it as a drained
 // one does rather than keep the loader waiting or hand it the new
 // partition's rows. It is set from the first micro-batch of a partition
 // and reset with each new partition.
-func (l *Loader) fetch(ctx context.Context, pos *Position, gen *uint64) item {
+func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 	for {
 		if pos.Step >= len(l.cfg.Partitions) {
 			return item{end: true, pos: *pos}
@@ -605,7 +617,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *uint64) item {
 			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
 			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
 			EndWhenConsumed: l.cfg.EndWhenConsumed, PartitionMustExist: l.cfg.PartitionMustExist,
-			PartitionGen: *gen,
+			PartitionGen: gen.n, Cluster: gen.cluster,
 		}
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
@@ -660,7 +672,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *uint64) item {
 		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
-			*gen = 0
+			*gen = partGen{}
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
 				// (Following the partition, whichever is made next.)
 				select {
@@ -697,8 +709,8 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *uint64) item {
 			}
 			return item{err: err}
 		}
-		if *gen == 0 {
-			*gen = m.PartitionGen
+		if gen.n == 0 {
+			*gen = partGen{n: m.PartitionGen, cluster: m.Cluster}
 		}
 		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
 		pos.Index++

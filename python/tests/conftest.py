@@ -47,14 +47,17 @@ class Server:
         self.env = dict(os.environ, TQ_DATA_DIR=self.data_dir)
         self.env.pop("TQ_TOKEN", None)
         self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.proc = subprocess.Popen(
-            [_bin("TQ_BIN", "tq"), "serve", "--listen", f"127.0.0.1:{self.port}", "--socket-dir",
-             os.path.join(self.dir, "s"), "--data-dir", self.data_dir, "--capacity", "256MiB",
-             "--huge-pages=false", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        self.args = [_bin("TQ_BIN", "tq"), "serve", "--listen", f"127.0.0.1:{self.port}", "--socket-dir",
+                     os.path.join(self.dir, "s"), "--data-dir", self.data_dir, "--capacity", "256MiB",
+                     "--huge-pages=false", *extra]
+        self._start()
+
+    def _start(self):
+        start = self.log.tell()
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            self.log.seek(0)
+            self.log.seek(start)
             if "tq serve: ready" in self.log.read():
                 break
             if self.proc.poll() is not None:
@@ -68,6 +71,15 @@ class Server:
             raise RuntimeError("tq serve exited:\n" + self.log.read())
         with open(os.path.join(self.data_dir, "token")) as f:
             self.token = f.read().strip()
+
+    def restart(self):
+        """Stop the server and start it again at the same address, with the
+        same data directory (its token): one --in-memory starts anew, as
+        another cluster."""
+        self.proc.terminate()
+        self.proc.wait(15)
+        self.log.seek(0, os.SEEK_END)
+        self._start()
 
     def client(self, **kw):
         kw.setdefault("token", self.token)

@@ -732,3 +732,44 @@ def test_lagging_rank_ends_with_a_cleared_partition(rank_aware_server, part, mad
     assert out[-1] == "end", out
     assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the partition made again: {out}"
     assert got[0] not in first
+
+
+def test_loader_ends_a_partition_of_a_controller_started_anew(part):
+    """A loader reads its first batch of a partition from a controller that
+    keeps its state in memory; the controller starts anew (another cluster)
+    and a producer makes a partition of that id there, whose generation is
+    by chance the one the loader remembers (each cluster numbers its
+    partitions from 1). The loop ends, as for a partition cleared (the old
+    one cannot exist in the new cluster): it used to read the new
+    partition's rows as the rest of the old one's."""
+    from conftest import Server
+    s = Server(extra=["--in-memory"])
+    try:
+        with s.client() as c:
+            c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+            c.mark_done(part)
+            si = tq.StreamIterator(2, 2, ["x"], part, "train", client=c, fetch_timeout=1)
+            it = iter(si)
+            next(it)
+            s.restart()
+            with s.client() as p:
+                p.put({"x": np.arange(1000, 1016, dtype=np.int64)}, partition_id=part)
+                p.mark_done(part)
+                peek = p.get_meta(["x"], 1, part, task_name="peek")
+            assert peek.partition_gen == si._partition_gen != 0, "another generation: the test shows nothing"
+            out = []
+
+            def run():
+                try:
+                    out.extend(d["x"].tolist() for d, _ in it)
+                    out.append("end")
+                except Exception as e:  # noqa: BLE001
+                    out.append(e)
+            th = threading.Thread(target=run, daemon=True)
+            th.start()
+            th.join(60)
+            assert not th.is_alive(), "the loader waited"
+        assert out[-1] == "end", out
+        assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the new cluster's partition: {out}"
+    finally:
+        s.stop()

@@ -1128,7 +1128,7 @@ class Client:
                  task_name: str | None = None, sampling_config: dict | None = None, *,
                  wait: bool = False, timeout: float | None = None, sampler=None,
                  token_budget: int | None = None, end_when_consumed: bool = False,
-                 partition_must_exist: bool = False, partition_gen: int = 0,
+                 partition_must_exist: bool = False, partition_gen: int = 0, cluster_id: str = "",
                  _fetch_key: bytes | None = None, _hold: bool = False,
                  _hold_group: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
@@ -1171,7 +1171,12 @@ class Client:
         the generation at once, wait or not, and so does a fetch waiting
         when its partition is cleared. It needs a controller whose HELLO
         lists "fetch_partition_gen" (else :class:`NotSupportedError`, and
-        nothing is sent).
+        nothing is sent). ``cluster_id``, with ``partition_gen``, is the
+        cluster whose controller gave the generation (that meta's
+        ``_cluster``): a controller of another cluster (one that started
+        anew without that cluster's state, numbering its partitions anew,
+        so that a generation may match by chance) raises
+        :class:`DoneError` as for a partition cleared. "": not checked.
         """
         if isinstance(data_fields, str):
             data_fields = [data_fields]
@@ -1212,7 +1217,7 @@ class Client:
                                        hold=bool(_hold and _fetch_key),
                                        hold_group=(_hold_group or b"") if _hold and _fetch_key else b"",
                                        partition_must_exist=partition_must_exist,
-                                       partition_gen=int(partition_gen))
+                                       partition_gen=int(partition_gen), cluster_id=cluster_id or "")
         need = tuple(f for f, on in ((wire.FEATURE_HOLD_GROUP, req.hold_group),
                                      (wire.FEATURE_FETCH_MUST_EXIST, req.partition_must_exist),
                                      (wire.FEATURE_FETCH_PARTITION_GEN, req.partition_gen)) if on)

@@ -42,7 +42,10 @@ fetches (``get_meta``'s ``partition_gen``; :meth:`StreamIterator.step`
 forgets it), so that when a data-parallel peer that finished first clears
 the partition, this rank's next fetch, or the one waiting, ends the loop
 (StopIteration) instead of waiting for the partition for good or reading
-the rows of one made again under the same id. Until it has had a batch of
+the rows of one made again under the same id (the fetches name the
+generation's cluster too, ``get_meta``'s ``cluster_id``: a controller
+started anew in memory, whose generations start again, ends it so as
+well). Until it has had a batch of
 a partition the loader waits for it to be made, as above.
 
 When torch is importable, :class:`StreamingDataset` is a
@@ -140,6 +143,9 @@ class StreamIterator:
         self._waiting_since = None  # time.monotonic() of the first fetch that came back empty since a batch
         self._partition_checked = None  # the partition id looked up in the controller's list
         self._partition_gen = 0  # the generation of partition_id its batches came from (0: none yet)
+        # The cluster whose controller gave _partition_gen ("": not known):
+        # a controller started anew in memory numbers its partitions anew.
+        self._partition_cluster = ""
         self._address, self._token, self._transport = address, token, transport
         self._client = client
         self._own_client = False
@@ -176,7 +182,7 @@ class StreamIterator:
         """Drop the buffer and go on with another partition."""
         self.buffer, self.batch_index, self._micro_yielded, self.partition_id = [], 0, 0, partition_id
         self._waiting_since = None
-        self._partition_gen = 0
+        self._partition_gen, self._partition_cluster = 0, ""
 
     def _waited(self) -> None:
         """A fetch came back without a batch: once the loader has waited
@@ -230,7 +236,7 @@ class StreamIterator:
                                   sampling_config=sc, wait=wait, timeout=self.fetch_timeout,
                                   end_when_consumed=self.should_check_consumption_status,
                                   partition_must_exist=self.partition_must_exist,
-                                  partition_gen=self._partition_gen, _fetch_key=key,
+                                  partition_gen=self._partition_gen, cluster_id=self._partition_cluster, _fetch_key=key,
                                   _hold=True, _hold_group=self._hold_group)
             except (errors.DeadlineError, errors.NotFoundError):
                 return None
@@ -239,7 +245,7 @@ class StreamIterator:
             if meta.size == 0:
                 return None
             if not self._partition_gen:
-                self._partition_gen = meta.partition_gen
+                self._partition_gen, self._partition_cluster = meta.partition_gen, meta._cluster
             try:
                 data = c.get_data(meta, fields=self.data_fields, copy=self.copy)
             except BaseException:

@@ -715,7 +715,15 @@ type FetchRequest struct {
 	// naming the partition and the generation, at once, wait or not, and a
 	// fetch waiting when its partition is cleared ends so too. Needs the
 	// feature "fetch_partition_gen".
-	PartitionGen  uint64 `protobuf:"varint,15,opt,name=partition_gen,json=partitionGen,proto3" json:"partition_gen,omitempty"`
+	PartitionGen uint64 `protobuf:"varint,15,opt,name=partition_gen,json=partitionGen,proto3" json:"partition_gen,omitempty"`
+	// cluster_id, with partition_gen, is the cluster (the HELLO's
+	// cluster_id) whose controller gave partition_gen: a controller of
+	// another cluster (one that started without that cluster's state, and
+	// numbers its partitions anew) is CODE_DONE naming the partition, the
+	// generation and both clusters, as for a partition cleared, whatever
+	// its generations. "" is not checked. Under the feature
+	// "fetch_partition_gen".
+	ClusterId     string `protobuf:"bytes,16,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -853,6 +861,13 @@ func (x *FetchRequest) GetPartitionGen() uint64 {
 		return x.PartitionGen
 	}
 	return 0
+}
+
+func (x *FetchRequest) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 // SamplerSpec names a built-in sampler: "sequential", "rank_aware",
@@ -4401,7 +4416,7 @@ const file_control_proto_rawDesc = "" +
 	"\rInsertRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x16\n" +
-	"\x06fields\x18\x03 \x03(\tR\x06fields\"\xff\x03\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"\x9e\x04\n" +
 	"\fFetchRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x16\n" +
@@ -4421,7 +4436,9 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"hold_group\x18\r \x01(\fR\tholdGroup\x120\n" +
 	"\x14partition_must_exist\x18\x0e \x01(\bR\x12partitionMustExist\x12#\n" +
-	"\rpartition_gen\x18\x0f \x01(\x04R\fpartitionGen\"H\n" +
+	"\rpartition_gen\x18\x0f \x01(\x04R\fpartitionGen\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x10 \x01(\tR\tclusterId\"H\n" +
 	"\vSamplerSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +

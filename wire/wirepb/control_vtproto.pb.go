@@ -787,6 +787,15 @@ func (m *FetchRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.ClusterId) > 0 {
+		i -= len(m.ClusterId)
+		copy(dAtA[i:], m.ClusterId)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.ClusterId)))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x82
+	}
 	if m.PartitionGen != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PartitionGen))
 		i--
@@ -4566,6 +4575,10 @@ func (m *FetchRequest) SizeVT() (n int) {
 	}
 	if m.PartitionGen != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.PartitionGen))
+	}
+	l = len(m.ClusterId)
+	if l > 0 {
+		n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n
