@@ -500,13 +500,7 @@ func BenchmarkStats(b *testing.B) {
 func BenchmarkStatsPage(b *testing.B) {
 	for _, n := range []int{1 << 10, 1 << 16} {
 		b.Run(fmt.Sprintf("partitions=%d", n), func(b *testing.B) {
-			c, err := New(Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			s := NewServer(c, ServerConfig{})
-			defer s.Close()
+			c, s := benchServer(b, Config{})
 			for i := range n {
 				if _, err := c.CreatePartition(fmt.Sprintf("p-%08d", i)); err != nil {
 					b.Fatal(err)
@@ -524,13 +518,7 @@ func BenchmarkStatsPage(b *testing.B) {
 func BenchmarkListKeysPage(b *testing.B) {
 	for _, n := range []int{1 << 10, 1 << 16} {
 		b.Run(fmt.Sprintf("partitions=%d", n), func(b *testing.B) {
-			c, err := New(Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			s := NewServer(c, ServerConfig{})
-			defer s.Close()
+			c, s := benchServer(b, Config{})
 			for i := range n {
 				if _, err := c.CommitKeys(engine.KeysCommit{Partition: fmt.Sprintf("p-%08d", i), Keys: []string{"k"}, Tags: []engine.Tags{{"step": 1}}}); err != nil {
 					b.Fatal(err)
@@ -551,13 +539,7 @@ func BenchmarkListKeysPage(b *testing.B) {
 func BenchmarkDeleteTags(b *testing.B) {
 	for _, n := range []int{1 << 10, 1 << 13} {
 		b.Run(fmt.Sprintf("keys=names=%d", n), func(b *testing.B) {
-			c, err := New(Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			s := NewServer(c, ServerConfig{})
-			defer s.Close()
+			c, s := benchServer(b, Config{})
 			keys, names, tags := make([]string, n), make([]string, n), make([]engine.Tags, n)
 			for i := range n {
 				keys[i], names[i], tags[i] = fmt.Sprintf("k-%d", i), fmt.Sprintf("name-%d", i), engine.Tags{"step": 7}
@@ -577,11 +559,7 @@ func BenchmarkDeleteTags(b *testing.B) {
 func BenchmarkRefusedNewPartition(b *testing.B) {
 	for _, n := range []int{1 << 10, 1 << 13} {
 		b.Run(fmt.Sprintf("prealloc=%d", n), func(b *testing.B) {
-			c, err := New(Config{PreAlloc: n})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
+			c := benchController(b, Config{PreAlloc: n})
 			for range b.N {
 				if _, _, err := c.ResolveKeysCreated("p", []string{"k"}, []string{"x"}, true); !errors.Is(err, engine.ErrNotFound) {
 					b.Fatalf("got %v, want ErrNotFound", err)
@@ -600,11 +578,7 @@ func BenchmarkRefusedNewPartition(b *testing.B) {
 func BenchmarkClearRowsOfAKeyedFetch(b *testing.B) {
 	for _, n := range []int{1 << 10, 1 << 13} {
 		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
-			c, err := New(Config{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
+			c := benchController(b, Config{})
 			field := []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}
 			for i := range b.N {
 				b.StopTimer()
@@ -666,4 +640,25 @@ func BenchmarkFetchTableSharedRows(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*k), "ns/fetch")
 		})
 	}
+}
+
+// benchController is a controller of cfg for a benchmark, closed when it
+// ends.
+func benchController(b *testing.B, cfg Config) *Controller {
+	b.Helper()
+	c, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// benchServer is benchController's controller and a server of it, closed
+// before it.
+func benchServer(b *testing.B, cfg Config) (*Controller, *Server) {
+	c := benchController(b, cfg)
+	s := NewServer(c, ServerConfig{})
+	b.Cleanup(func() { s.Close() })
+	return c, s
 }

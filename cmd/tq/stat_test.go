@@ -172,24 +172,18 @@ func TestStatShowsQuarantinedHolds(t *testing.T) {
 		{ID: 2, Alive: true, Capacity: 16 << 20}, // no address: no answer
 	}}
 	s.fresh = freshUnitStats(ctx, s.units, "")
-	var out bytes.Buffer
-	require.NoError(t, s.print(&out))
-	t.Logf("tq stat:\n%s", out.String())
-	lines := strings.Split(out.String(), "\n")
-	i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "used / capacity") })
-	require.GreaterOrEqual(t, i, 0, "no unit table")
-	require.Greater(t, len(lines), i+2)
-	assert.Contains(t, lines[i], "quarantined", "the table's header")
-	assert.Contains(t, lines[i+1], "64 KiB (1 session)", "unit 1's line")
-	assert.Regexp(t, `^  2 +alive +0 B / 16 MiB +0% +- +0 `, lines[i+2], "unit 2's line")
+	table := unitTable(t, s, 2)
+	assert.Contains(t, table[0], "quarantined", "the table's header")
+	assert.Contains(t, table[1], "64 KiB (1 session)", "unit 1's line")
+	assert.Regexp(t, `^  2 +alive +0 B / 16 MiB +0% +- +0 `, table[2], "unit 2's line")
 
 	// --watch says it on the unit's line, and nothing where there is
 	// nothing to say.
 	var watch bytes.Buffer
 	require.NoError(t, s.printWatch(&watch, nil, time.Second))
 	t.Logf("tq stat --watch:\n%s", watch.String())
-	lines = strings.Split(watch.String(), "\n")
-	i = slices.Index(lines, "STORAGE UNITS")
+	lines := strings.Split(watch.String(), "\n")
+	i := slices.Index(lines, "STORAGE UNITS")
 	require.GreaterOrEqual(t, i, 0, "no unit lines")
 	require.Greater(t, len(lines), i+2)
 	assert.Regexp(t, `^  1 .* 64 KiB \(1 session\) in quarantine *$`, lines[i+1], "unit 1's line")
@@ -297,15 +291,24 @@ func TestStatShowsNoPageSizeForAUnitThatReportedNone(t *testing.T) {
 		{ID: 2, Alive: true, Capacity: 1 << 30, PageSize: 2 << 20, HugePages: true},
 		{ID: 3, Capacity: 1 << 30}, // from the log: never heard from since
 	}}
+	table := unitTable(t, s, 3)
+	assert.Contains(t, table[1], " 4 KiB pre-faulted ")
+	assert.Contains(t, table[2], " 2 MiB huge ")
+	assert.NotContains(t, table[3], "0 B pre-faulted")
+	assert.Regexp(t, `^  3 .* 0 +- +- +- *$`, table[3], "unit 3's segments, pages, host and name")
+}
+
+// unitTable prints s as tq stat does and returns its table of storage
+// units from its header line on, which must be followed by at least
+// units lines.
+func unitTable(t *testing.T, s *statSnapshot, units int) []string {
+	t.Helper()
 	var out bytes.Buffer
 	require.NoError(t, s.print(&out))
 	t.Logf("tq stat:\n%s", out.String())
 	lines := strings.Split(out.String(), "\n")
 	i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "used / capacity") })
 	require.GreaterOrEqual(t, i, 0, "no unit table")
-	require.Greater(t, len(lines), i+3)
-	assert.Contains(t, lines[i+1], " 4 KiB pre-faulted ")
-	assert.Contains(t, lines[i+2], " 2 MiB huge ")
-	assert.NotContains(t, lines[i+3], "0 B pre-faulted")
-	assert.Regexp(t, `^  3 .* 0 +- +- +- *$`, lines[i+3], "unit 3's segments, pages, host and name")
+	require.Greater(t, len(lines), i+units)
+	return lines[i:]
 }
