@@ -57,7 +57,7 @@ func TestControllerListsItsFeatures(t *testing.T) {
 	c, reply, err := wire.Dial(t.Context(), addr, &wirepb.Hello{Role: "client"}, wire.ConnConfig{})
 	require.NoError(t, err)
 	defer c.Close()
-	assert.ElementsMatch(t, []string{wire.FeatureClientHolds, wire.FeatureHoldGroup, wire.FeatureFetchMustExist, wire.FeatureFetchPartitionGen}, reply.Features)
+	assert.ElementsMatch(t, []string{wire.FeatureClientHolds, wire.FeatureHoldGroup, wire.FeatureFetchMustExist, wire.FeatureFetchPartitionGen, wire.FeatureUnconsumeRows}, reply.Features)
 	assert.True(t, c.Serves(wire.FeatureHoldGroup))
 	assert.False(t, c.Serves("no_such_feature"))
 	require.ErrorIs(t, c.Need("no_such_feature", "test"), engine.ErrNotSupported)

@@ -1022,6 +1022,74 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 	return nil
 }
 
+// UnconsumeRows gives back indexes, some of the rows of the fetch named
+// key, and the fetch keeps the others: held, a held fetch holds them
+// until Acknowledge keeps them or Unconsume gives them back; the key is
+// not spent. For a loader that yielded part of a fetched batch and
+// stopped. Rows of indexes the fetch took but does not hold for task (a
+// batch kept for a DP group, rows given back already, consumption reset
+// since) change nothing, so it is idempotent; an index the fetch never
+// took (or cleared since) is an error wrapping [engine.ErrInvalid] naming
+// it, as is a key the partition does not know ([engine.ErrNotFound]). A
+// fetch given back already changes nothing.
+func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64) error {
+	switch {
+	case task == "":
+		return opErr("unconsume", partition, fmt.Errorf("unconsume needs a task name: %w", engine.ErrInvalid))
+	case key == "":
+		return opErr("unconsume", partition, fmt.Errorf("unconsume needs a fetch key: %w", engine.ErrInvalid))
+	case len(indexes) == 0:
+		return opErr("unconsume", partition, fmt.Errorf("unconsume of rows names no row: %w", engine.ErrInvalid))
+	}
+	if err := checkFetchKey(key); err != nil {
+		return opErr("unconsume", partition, err)
+	}
+	p := c.lock(partition)
+	if p == nil {
+		return opErr("unconsume", partition, fmt.Errorf("rows of a fetch given back: %w", errUnknownPartition(partition)))
+	}
+	defer p.mu.Unlock()
+	now := time.Now()
+	c.expireHeld(p, now)
+	e := p.fetches.get(key, now)
+	switch {
+	case e == nil:
+		if b, ok := p.fetches.back.m[key]; ok && b.task == task {
+			return nil // given back whole already
+		}
+		return opErr("unconsume", partition, fmt.Errorf("rows of a fetch of task %q given back: no such fetch key (never made, or past its %v): %w", task, fetchKeyTTL, engine.ErrNotFound))
+	case e.task != task:
+		return opErr("unconsume", partition, fmt.Errorf("fetch key of task %q given back for task %q: %w", e.task, task, engine.ErrInvalid))
+	case e.spent:
+		return nil
+	}
+	var bad []uint64
+	for _, gi := range indexes {
+		if !slices.Contains(e.sampled, gi) && !slices.Contains(e.consumed, gi) {
+			bad = append(bad, gi)
+		}
+	}
+	if len(bad) > 0 {
+		return opErr("unconsume", partition, fmt.Errorf("rows %v given back are not rows of the fetch (it took %v): %w", bad, e.sampled, engine.ErrInvalid))
+	}
+	var give []uint64
+	for _, gi := range e.consumed {
+		if slices.Contains(indexes, gi) {
+			give = append(give, gi)
+		}
+	}
+	if len(give) == 0 {
+		return nil
+	}
+	p.unconsumeRows(task, key, give, now)
+	if c.logging() {
+		c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Unconsume{Unconsume: &wirepb.UnconsumeOp{
+			Partition: p.id, Gen: p.gen, Task: task, Key: []byte(key), Indexes: give, AtUnixMs: now.UnixMilli(), Rows: true,
+		}}})
+	}
+	return nil
+}
+
 // ForceFetch returns every row of the partition (pre-allocated ones
 // included) in index order, regardless of production and consumption, and
 // marks nothing consumed. With no fields it covers every produced field.

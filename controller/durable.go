@@ -647,6 +647,10 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 		if p == nil {
 			return nil
 		}
+		if o.Rows {
+			p.unconsumeRows(o.Task, string(o.Key), o.Indexes, time.UnixMilli(o.AtUnixMs))
+			return nil
+		}
 		p.unconsume(o.Task, string(o.Key), o.Indexes, time.UnixMilli(o.AtUnixMs))
 	case *wirepb.LogOp_ResetConsumption:
 		o := op.ResetConsumption

@@ -551,6 +551,45 @@ func (p *partition) unconsume(task, key string, indexes []uint64, at time.Time) 
 	}
 }
 
+// unconsumeRows marks the rows indexes of the fetch named key not
+// consumed by task and takes them out of the fetch, which keeps its
+// other rows (UnconsumeRows); a held fetch left with none holds nothing,
+// as in forgetRows. p is locked.
+func (p *partition) unconsumeRows(task, key string, indexes []uint64, at time.Time) {
+	e := p.fetches.get(key, at)
+	if e == nil || e.task != task || e.spent {
+		return
+	}
+	gone := make(map[uint64]struct{}, len(indexes))
+	for _, gi := range indexes {
+		gone[gi] = struct{}{}
+	}
+	left := withoutRows(e.consumed, gone)
+	if len(left) == len(e.consumed) {
+		return
+	}
+	if t, known := p.tasks[task]; known {
+		for _, gi := range indexes {
+			if r, ok := p.rows.get(gi); ok {
+				p.setConsumed(r, t, false)
+				if len(p.views) > 0 {
+					p.refreshRow(r)
+				}
+			}
+		}
+	}
+	p.fetches.unindex(e)
+	e.consumed = left // a new slice: a snapshot may still be writing the old
+	p.fetches.index(e)
+	if e.held && len(e.consumed) == 0 {
+		e.held = false
+		p.fetches.restart(e, at)
+		p.held = slices.DeleteFunc(p.held, func(x *fetchEntry) bool { return x == e })
+		p.heldCheck = time.Time{}
+	}
+	p.notify()
+}
+
 // spentKeys remembers keys given back for a partition that did not exist
 // yet: a keyed fetch still waiting for the partition to be created must
 // not take rows once it is. Entries live fetchKeyTTL, at most

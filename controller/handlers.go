@@ -841,6 +841,9 @@ func (s *Server) unconsume(_ context.Context, body []byte, _ *effects) (proto.Me
 	if err != nil {
 		return nil, err
 	}
+	if len(req.Indexes) > 0 {
+		return nil, s.c.UnconsumeRows(req.Partition, req.Task, string(req.Key), req.Indexes)
+	}
 	return nil, s.c.Unconsume(req.Partition, req.Task, string(req.Key))
 }
 

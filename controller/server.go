@@ -180,7 +180,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	ci := c.Info()
 	hello := &wirepb.Hello{
 		Role: "controller", HostId: hostid.ID(), Name: cfg.Name, ClusterId: ci.ClusterID, Epoch: ci.Epoch, LocalAddrs: cfg.LocalAddrs,
-		Features: []string{wire.FeatureClientHolds, wire.FeatureHoldGroup, wire.FeatureFetchMustExist, wire.FeatureFetchPartitionGen},
+		Features: []string{wire.FeatureClientHolds, wire.FeatureHoldGroup, wire.FeatureFetchMustExist, wire.FeatureFetchPartitionGen, wire.FeatureUnconsumeRows},
 	}
 	s.ws = wire.NewServer(wire.ServerConfig{
 		Hello:            hello,

@@ -275,6 +275,8 @@ const (
 	// FeatureFetchPartitionGen: FetchRequest.partition_gen and
 	// MetaReply.partition_gen.
 	FeatureFetchPartitionGen = "fetch_partition_gen"
+	// FeatureUnconsumeRows: UnconsumeRequest.indexes.
+	FeatureUnconsumeRows = "unconsume_rows"
 )
 
 // Serves reports whether the peer's HELLO reply listed feature (see

@@ -981,7 +981,8 @@ def test_controller_lists_its_features(server):
     conn = wire.Conn(server.address, token=server.token, timeout=10)
     try:
         assert set(conn.server.features) == {wire.FEATURE_CLIENT_HOLDS, wire.FEATURE_HOLD_GROUP,
-                                             wire.FEATURE_FETCH_MUST_EXIST, wire.FEATURE_FETCH_PARTITION_GEN}
+                                             wire.FEATURE_FETCH_MUST_EXIST, wire.FEATURE_FETCH_PARTITION_GEN,
+                                             wire.FEATURE_UNCONSUME_ROWS}
     finally:
         conn.close()
 

@@ -41,6 +41,7 @@ FEATURE_CLIENT_HOLDS = "client_holds"
 FEATURE_HOLD_GROUP = "hold_group"
 FEATURE_FETCH_MUST_EXIST = "fetch_must_exist"
 FEATURE_FETCH_PARTITION_GEN = "fetch_partition_gen"
+FEATURE_UNCONSUME_ROWS = "unconsume_rows"
 FLAG_REPLY = 1
 FLAG_ERROR = 2
 MAX_BODY = 64 << 20

@@ -163,7 +163,8 @@ type Hello struct {
 	// by name (wire/spec.md "Versioning"): "client_holds" (client_id),
 	// "hold_group" (FetchRequest.hold_group), "fetch_must_exist"
 	// (FetchRequest.partition_must_exist), "fetch_partition_gen"
-	// (FetchRequest.partition_gen, MetaReply.partition_gen). A field a receiver does not
+	// (FetchRequest.partition_gen, MetaReply.partition_gen),
+	// "unconsume_rows" (UnconsumeRequest.indexes). A field a receiver does not
 	// know is ignored, so a client refuses, itself, a request that needs a
 	// feature the reply lacks, rather than send it to a controller that
 	// would misread it.

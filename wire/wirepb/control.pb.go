@@ -982,12 +982,16 @@ func (x *MarkDoneRequest) GetPartition() string {
 // UnconsumeRequest (op UNCONSUME): the caller of the fetch named key gave up
 // before it received the rows. The rows that fetch marked consumed for task
 // become fetchable again; a fetch with that key that has not happened yet
-// never will. Idempotent.
+// never will. Idempotent. With indexes (feature "unconsume_rows"): only
+// those of the fetch's rows go back, and the fetch keeps the others (held,
+// until ACKNOWLEDGE keeps them or UNCONSUME gives them back); the key is
+// not spent. An index the fetch did not take is CODE_INVALID naming it.
 type UnconsumeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
 	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
 	Key           []byte                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	Indexes       []uint64               `protobuf:"varint,4,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1039,6 +1043,13 @@ func (x *UnconsumeRequest) GetTask() string {
 func (x *UnconsumeRequest) GetKey() []byte {
 	if x != nil {
 		return x.Key
+	}
+	return nil
+}
+
+func (x *UnconsumeRequest) GetIndexes() []uint64 {
+	if x != nil {
+		return x.Indexes
 	}
 	return nil
 }
@@ -4444,11 +4455,12 @@ const file_control_proto_rawDesc = "" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x17\n" +
 	"\adp_size\x18\x03 \x01(\x03R\x06dpSize\"/\n" +
 	"\x0fMarkDoneRequest\x12\x1c\n" +
-	"\tpartition\x18\x01 \x01(\tR\tpartition\"V\n" +
+	"\tpartition\x18\x01 \x01(\tR\tpartition\"p\n" +
 	"\x10UnconsumeRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
-	"\x03key\x18\x03 \x01(\fR\x03key\"X\n" +
+	"\x03key\x18\x03 \x01(\fR\x03key\x12\x18\n" +
+	"\aindexes\x18\x04 \x03(\x04R\aindexes\"X\n" +
 	"\x12AcknowledgeRequest\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +

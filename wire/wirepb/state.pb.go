@@ -1495,6 +1495,9 @@ func (x *KeptRef) GetBatchIndex() int64 {
 // task (those still in the partition), and the key is spent. An empty key:
 // the controller gave back a batch a DP group left behind (the sampler's
 // drop of it is the ConsumeOp just before, with no rows); no key is spent.
+// With rows: only indexes of the fetch's rows went back
+// (UnconsumeRequest.indexes); the fetch keeps the others (held, if it
+// was) and the key is not spent.
 type UnconsumeOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Partition     string                 `protobuf:"bytes,1,opt,name=partition,proto3" json:"partition,omitempty"`
@@ -1503,6 +1506,7 @@ type UnconsumeOp struct {
 	Indexes       []uint64               `protobuf:"varint,4,rep,packed,name=indexes,proto3" json:"indexes,omitempty"`
 	AtUnixMs      int64                  `protobuf:"varint,5,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
 	Gen           uint64                 `protobuf:"varint,6,opt,name=gen,proto3" json:"gen,omitempty"`
+	Rows          bool                   `protobuf:"varint,7,opt,name=rows,proto3" json:"rows,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1577,6 +1581,13 @@ func (x *UnconsumeOp) GetGen() uint64 {
 		return x.Gen
 	}
 	return 0
+}
+
+func (x *UnconsumeOp) GetRows() bool {
+	if x != nil {
+		return x.Rows
+	}
+	return false
 }
 
 // AckOp: the caller of the held fetch named key acknowledged its rows:
@@ -3442,7 +3453,7 @@ const file_state_proto_rawDesc = "" +
 	"\fsampler_spec\x18\x01 \x01(\tR\vsamplerSpec\x12\x17\n" +
 	"\adp_rank\x18\x02 \x01(\x03R\x06dpRank\x12\x1f\n" +
 	"\vbatch_index\x18\x03 \x01(\x03R\n" +
-	"batchIndex\"\x9b\x01\n" +
+	"batchIndex\"\xaf\x01\n" +
 	"\vUnconsumeOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\x10\n" +
@@ -3450,7 +3461,8 @@ const file_state_proto_rawDesc = "" +
 	"\aindexes\x18\x04 \x03(\x04R\aindexes\x12\x1c\n" +
 	"\n" +
 	"at_unix_ms\x18\x05 \x01(\x03R\batUnixMs\x12\x10\n" +
-	"\x03gen\x18\x06 \x01(\x04R\x03gen\"{\n" +
+	"\x03gen\x18\x06 \x01(\x04R\x03gen\x12\x12\n" +
+	"\x04rows\x18\a \x01(\bR\x04rows\"{\n" +
 	"\x05AckOp\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\tR\tpartition\x12\x10\n" +
 	"\x03gen\x18\x02 \x01(\x04R\x03gen\x12\x12\n" +

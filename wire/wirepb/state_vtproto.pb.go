@@ -1506,6 +1506,16 @@ func (m *UnconsumeOp) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Rows {
+		i--
+		if m.Rows {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.Gen != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Gen))
 		i--
@@ -3859,6 +3869,9 @@ func (m *UnconsumeOp) SizeVT() (n int) {
 	}
 	if m.Gen != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.Gen))
+	}
+	if m.Rows {
+		n += 2
 	}
 	n += len(m.unknownFields)
 	return n
