@@ -854,6 +854,30 @@ func (r *RemoteMeta) Unconsume(ctx context.Context, partition, task, key string)
 	return r.retry(ctx, "unconsume", wire.OpUnconsume, &wirepb.UnconsumeRequest{Partition: partition, Task: task, Key: []byte(key)}, nil)
 }
 
+// UnconsumeRows gives back indexes, some of the rows of the fetch named
+// key, to task, and the fetch keeps the others (held, until Acknowledge
+// keeps them or Unconsume gives them back): a loader that yielded the
+// first rows of a fetched batch and stopped hands the rest to the task's
+// other consumers. It needs a controller whose HELLO lists
+// [wire.FeatureUnconsumeRows] (an older one would give back the whole
+// fetch): against another it sends nothing and fails with an error
+// wrapping [engine.ErrNotSupported]. It repeats over a new connection as
+// reads do; see
+// [github.com/tqgo/tq/controller.Controller.UnconsumeRows].
+func (r *RemoteMeta) UnconsumeRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
+	if err := checkPartFields(partition, nil); err != nil {
+		return r.opErr("unconsume", err)
+	}
+	if err := checkName(nameTask, task); err != nil {
+		return r.opErr("unconsume", err)
+	}
+	if len(indexes) == 0 {
+		return r.opErr("unconsume", fmt.Errorf("rows of the fetch of task %q given back: no row named: %w", task, engine.ErrInvalid))
+	}
+	req := &wirepb.UnconsumeRequest{Partition: partition, Task: task, Key: []byte(key), Indexes: indexes}
+	return r.callNeeding(ctx, []string{wire.FeatureUnconsumeRows}, "unconsume", wire.OpUnconsume, req, nil, true)
+}
+
 // Acknowledge keeps the rows of the held fetch named key (see
 // [engine.FetchRequest.Hold]) for good; an error wrapping
 // [engine.ErrNotFound] says they were given back and must not be used. It

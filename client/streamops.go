@@ -17,6 +17,9 @@ import (
 type StreamService interface {
 	// Unconsume gives the rows the fetch named key took back to task.
 	Unconsume(ctx context.Context, partition, task, key string) error
+	// UnconsumeRows gives back indexes, some of the rows the fetch named
+	// key took, to task; the fetch keeps the others.
+	UnconsumeRows(ctx context.Context, partition, task, key string, indexes []uint64) error
 	// Acknowledge keeps the rows the held fetch named key took for task
 	// (see [engine.FetchRequest.Hold]).
 	Acknowledge(ctx context.Context, partition, task, key string) error
@@ -55,6 +58,14 @@ func (c checkedMeta) Unconsume(ctx context.Context, partition, task, key string)
 		return err
 	}
 	return ss.Unconsume(ctx, partition, task, key)
+}
+
+func (c checkedMeta) UnconsumeRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
+	ss, err := c.keyedStream("unconsume", partition, task)
+	if err != nil {
+		return err
+	}
+	return ss.UnconsumeRows(ctx, partition, task, key, indexes)
 }
 
 func (c checkedMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
@@ -98,6 +109,23 @@ func (c *Client) GiveBack(ctx context.Context, partition, task, key string) erro
 		return &engine.OpError{Op: "unconsume", Err: fmt.Errorf("metadata service %T cannot give back fetches: %w", c.meta, engine.ErrNotSupported)}
 	}
 	return ss.Unconsume(ctx, partition, task, key)
+}
+
+// GiveBackRows gives back indexes, some of the rows of the fetch named
+// key, to task: they become fetchable again, and the fetch keeps the
+// others (a held one until [Client.Acknowledge] keeps them or
+// [Client.GiveBack] gives them back). For a consumer that used the first
+// rows of a batch and stopped: each row is used once. An index the fetch
+// did not take is an error wrapping [engine.ErrInvalid] naming it, and
+// nothing goes back; a controller that cannot give back part of a fetch
+// (its HELLO does not list "unconsume_rows") is an error wrapping
+// [engine.ErrNotSupported], and nothing is sent. Idempotent.
+func (c *Client) GiveBackRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
+	ss, ok := c.meta.(StreamService)
+	if !ok {
+		return &engine.OpError{Op: "unconsume", Err: fmt.Errorf("metadata service %T cannot give back fetches: %w", c.meta, engine.ErrNotSupported)}
+	}
+	return ss.UnconsumeRows(ctx, partition, task, key, indexes)
 }
 
 // Acknowledge keeps the rows of the held fetch named key (a [MetaRequest]

@@ -144,6 +144,16 @@ func (l localMeta) Unconsume(ctx context.Context, partition, task, key string) e
 	return err
 }
 
+// UnconsumeRows gives some of a fetch's rows back; after its Cluster's
+// Close it does nothing, as Unconsume.
+func (l localMeta) UnconsumeRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
+	if l.open() != nil {
+		return nil
+	}
+	_, err := seen(ctx, l, struct{}{}, l.c.UnconsumeRows(partition, task, key, indexes))
+	return err
+}
+
 func (l localMeta) Acknowledge(ctx context.Context, partition, task, key string) error {
 	if err := l.open(); err != nil {
 		return err

@@ -465,6 +465,10 @@ func (s streamOps) Unconsume(ctx context.Context, partition, task, key string) e
 	return s.MetaService.(client.StreamService).Unconsume(ctx, partition, task, key)
 }
 
+func (s streamOps) UnconsumeRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
+	return s.MetaService.(client.StreamService).UnconsumeRows(ctx, partition, task, key, indexes)
+}
+
 func (s streamOps) Acknowledge(ctx context.Context, partition, task, key string) error {
 	return s.MetaService.(client.StreamService).Acknowledge(ctx, partition, task, key)
 }
