@@ -355,6 +355,27 @@ def test_acknowledge_of_rows_given_back_is_refused(client, part):
     assert client.check_consumption_status("t", part)
 
 
+def test_give_back_rows_of_a_held_fetch(client, part):
+    """UNCONSUME with indexes (_give_back_rows): two of the four rows of a
+    held fetch go back to the task, the fetch keeps the other two, and
+    once acknowledged they stay consumed: the next fetch gets exactly the
+    two given back and the two never fetched. A row the fetch did not
+    take is refused naming it, and nothing goes back."""
+    put = client.put({"x": np.arange(6, dtype=np.float32)}, partition_id=part)
+    key = b"r" * 16
+    m = client.get_meta(["x"], 4, part, task_name="t", _fetch_key=key, _hold=True)
+    assert m.size == 4
+    with pytest.raises(tq.InvalidError, match="99"):
+        client._give_back_rows(part, "t", key, [m.global_indexes[0], 99])
+    client._give_back_rows(part, "t", key, m.global_indexes[2:])
+    client._give_back_rows(part, "t", key, m.global_indexes[2:])  # idempotent
+    client._acknowledge(part, "t", key)
+    again = client.get_meta(["x"], 4, part, task_name="t")
+    fresh = sorted(set(put.global_indexes) - set(m.global_indexes))
+    assert sorted(again.global_indexes) == sorted(list(m.global_indexes[2:]) + fresh)
+    assert client.check_consumption_status("t", part)
+
+
 def test_dataloader_break_gives_back_what_workers_fetched_ahead(server, part):
     """A StreamingDataLoader with workers fetches ahead: batches sit in its
     queue when the loop breaks after the first. Those rows were never

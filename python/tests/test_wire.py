@@ -977,6 +977,22 @@ def test_fetch_partition_gen(server, part):
         assert c.get_meta(["x"], 1, part, "fetch", "t", wait=True, timeout=60).partition_gen not in (0, gen)
 
 
+def test_give_back_rows_needs_the_feature():
+    """A give-back of some rows of a fetch (UNCONSUME with indexes) goes
+    only to a controller whose HELLO lists "unconsume_rows": an older one
+    would ignore the indexes and give back the whole fetch, rows the
+    caller used included. The client refuses it itself, naming the
+    feature, and sends no UNCONSUME; a whole give-back still goes."""
+    seen = []
+    with tq.Client(_old_controller(seen), timeout=10) as c:
+        with pytest.raises(tq.NotSupportedError) as e:
+            c._give_back_rows("p", "t", b"k" * 16, [1, 2])
+        assert "'unconsume_rows'" in e.value.message and "upgrade" in e.value.message
+        assert wire.UNCONSUME not in seen
+        c._give_back("p", "t", b"k" * 16)
+        assert wire.UNCONSUME in seen
+
+
 def test_controller_lists_its_features(server):
     conn = wire.Conn(server.address, token=server.token, timeout=10)
     try:

@@ -1280,6 +1280,23 @@ class Client:
         self._call(wire.ACKNOWLEDGE, control_pb2.AcknowledgeRequest(partition=partition, task=task, key=key), None,
                    op_name="acknowledge", partition=partition)
 
+    def _give_back_rows(self, partition, task, key, indexes):
+        """Give back ``indexes``, some of the rows of the fetch named
+        ``key``, to ``task``; the fetch keeps the others (held, until
+        :meth:`_acknowledge` keeps them or :meth:`_give_back` gives them
+        back). As the Go client's UnconsumeRows: only to a controller whose
+        HELLO lists "unconsume_rows" (an older one would give back the whole
+        fetch), else :class:`NotSupportedError` and nothing is sent; a row
+        the fetch did not take is :class:`InvalidError` naming it, and
+        nothing goes back. Idempotent, so repeated over a new connection."""
+        idx = [int(i) for i in indexes]
+        if not idx:
+            raise errors.InvalidError(f"rows of the fetch of task {task!r} given back: no row named",
+                                      op="unconsume", partition=partition)
+        req = control_pb2.UnconsumeRequest(partition=partition, task=task, key=key, indexes=idx)
+        self._call(wire.UNCONSUME, req, None, op_name="unconsume", partition=partition,
+                   need=(wire.FEATURE_UNCONSUME_ROWS,))
+
     def _give_back(self, partition, task, key):
         """Give the rows of the fetch named ``key`` back to ``task``: now, or
         while the controller cannot be reached, from a thread that tries
