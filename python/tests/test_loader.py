@@ -536,12 +536,14 @@ def test_dataloader_reset_does_not_replay_a_dropped_batch(server, part):
 def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, workers, persistent, sampler):
     """Batches of 4 split into micro-batches of 2: a loop that breaks
     after the first micro-batch, then the loader iterated again, which
-    yields every row once (without workers, every row the loop has not
-    had). The batch the loop left half-taken is yielded
-    again whole (a fetch is kept or given back as a whole: UNCONSUME takes
-    no subset of its rows; a rank-aware sampler hands the batch index the
-    same batch again), so its first micro-batch comes twice and no row is
-    lost; a reset() after replays every row once. The main process used to
+    yields every row the loop has not had, once. With workers the main
+    process gives back the other rows of the batch it left half-taken
+    (UNCONSUME with indexes) and keeps the two it yielded; under a
+    rank-aware sampler, which keeps the batch for the group (not held),
+    the batch index is yielded again whole (its first micro-batch twice,
+    no row lost). A reset() after replays every row once. With workers
+    the whole batch used to be given back under any sampler, so its first
+    micro-batch came twice. The main process used to
     keep (acknowledge) a worker's batch as it took the first micro-batch,
     and without workers the iterator went on past the batch: its other
     micro-batch was never yielded, yet its rows stayed consumed for the
@@ -568,11 +570,13 @@ def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, worker
         return got
     rest = epoch()
     assert len(taken) == 2
-    if workers:
+    if workers and sampler == "rank-aware":
         assert sorted(rest) == list(range(16)), f"took {taken}, then {rest}"
     else:
-        # Without workers the iterator goes on after the micro-batches
-        # it yielded (test_iterator_break_mid_batch_goes_on_after_...).
+        # The rows the loop has not had, each once: without workers the
+        # iterator goes on after the micro-batches it yielded
+        # (test_iterator_break_mid_batch_goes_on_after_...); with workers
+        # the main process gave back the batch's other rows alone.
         assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"
     if persistent or not workers:
         dl.reset()

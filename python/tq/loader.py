@@ -65,7 +65,8 @@ import time
 
 import numpy as np
 
-from . import errors
+from . import errors, wire
+from ._pb import control_pb2
 from .client import Client
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,11 @@ class StreamIterator:
     buffer keeps each batch until :meth:`step`). A loop that stops inside
     a batch (a break after one of its micro-batches) goes on, at its next
     iteration, with the batch's micro-batches it has not had: each row
-    once. (Through a :class:`StreamingDataLoader` with workers it gets the
-    batch again, whole: see :class:`StreamingDataset`.)"""
+    once. (Through a :class:`StreamingDataLoader` with workers, each row
+    once under the controller's default sampler, whose fetches are held;
+    under one that keeps batches for a DP group (rank_aware, grpo, ...),
+    or a controller without "unconsume_rows", the batch comes again
+    whole: see :class:`StreamingDataset`.)"""
 
     def __init__(self, batch_size: int, micro_batch_size: int, data_fields, partition_id: str, task_name: str,
                  dp_rank: int = 0, should_check_consumption_status: bool = False, *, address: str | None = None,
@@ -440,11 +444,24 @@ class _Controls:
             self._over[0] = 1
             self._cond.notify_all()
 
-    def drop(self, worker: int, seq: int) -> None:
+    def drop(self, worker: int, seq: int, kept_rows: int = 0) -> None:
         """The main process dropped worker's batch seq, which it had taken
-        (keep): its rows went back to the task."""
+        (keep): its rows went back to the task, but for its first
+        kept_rows, which it yielded (the batch is trimmed to them)."""
         if self._drops is not None:
-            self._drops[worker].put(seq)
+            self._drops[worker].put((seq, kept_rows))
+
+    def keep_part(self, worker: int, seq: int) -> bool:
+        """The main process takes part of worker's batch seq (it gives
+        back the rest itself): False when the worker gave it back
+        already. Unlike keep, the batch index is not marked taken: a batch
+        a shared sampler keeps for the group is asked for again."""
+        with self._cond:
+            if seq <= self._holds[2 * worker + 1]:
+                return False
+            self._holds[2 * worker] = max(seq, self._holds[2 * worker])
+            self._cond.notify_all()
+            return True
 
     def dropped(self, worker: int) -> list:
         """The batches of worker's that the main process dropped since
@@ -576,8 +593,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         # in the DataLoader's hold group) and each micro-batch goes out
         # tagged with its fetch; the main process (StreamingDataLoader's
         # iterator) marks the fetch taken, and acknowledges it, as it takes
-        # the batch's last micro-batch (a fetch is kept or given back
-        # whole: a loop that stops inside a batch leaves it untaken, to be
+        # the batch's last micro-batch; a loop that stops inside a batch
+        # has the main process give back the rows it did not yield and
+        # keep the others (_Kept._settle_parts: a held fetch only; a batch
+        # a shared sampler keeps for the group is left untaken, to be
         # yielded again whole, rather than lose the rest of its rows),
         # and the worker gives back
         # (UNCONSUME) every fetch the main process did not take when it
@@ -614,7 +633,8 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                 parts = split(data, meta, self.micro_batch_size)
                 for i, (d, m) in enumerate(parts):
                     last = i == len(parts) - 1
-                    tag = None if h is None else (self._worker, h[0], h[1], h[2] if last else None, h[4])
+                    tag = None if h is None else (self._worker, h[0], h[1], h[2], h[4], last,
+                                                  None if last else meta.global_indexes)
                     yield self._convert(d), m, tag
 
         def _give_back_at_exit(self) -> None:
@@ -641,8 +661,21 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
         def _forget_dropped(self) -> None:
             """Forget the batches the main process dropped (a replay must
-            not yield them: their rows went back to the task)."""
-            self._forget(self._controls.dropped(self._worker))
+            not yield them: their rows went back to the task), and trim
+            those it took part of to the rows it took (the others went
+            back)."""
+            gone = []
+            for seq, n in self._controls.dropped(self._worker):
+                if n == 0:
+                    gone.append(seq)
+                    continue
+                meta = self._by_seq.get(seq)
+                for i, (d, m) in enumerate(self.buffer):
+                    if m is meta:
+                        m2 = m.select_samples(range(n))
+                        self.buffer[i] = ({k: v[:n] for k, v in d.items()}, m2)
+                        self._by_seq[seq] = m2
+            self._forget(gone)
 
         def _forget(self, seqs) -> None:
             """Take the batches of these fetch counts out of the buffer."""
@@ -760,6 +793,9 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
 
         def __init__(self, it, ds, controls):
             self._it, self._ds, self._controls = it, ds, controls
+            # Per worker, the batch the loop has had some micro-batches
+            # of: (seq, partition, key, its rows, how many yielded).
+            self._part = {}
 
         def __iter__(self):
             return self
@@ -768,22 +804,63 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             while True:
                 data, meta, tag = next(self._it)
                 if tag is not None:
-                    w, seq, part, key, index = tag
-                    if key is None:
+                    w, seq, part, key, index, last, rows = tag
+                    if not last:
                         # Not the batch's last micro-batch: yielded unless
                         # the worker gave the batch back already.
                         if self._controls.given_back(w, seq):
                             continue
-                    elif not self._controls.keep(w, seq, index):
-                        continue
-                    elif not StreamingDataLoader._acknowledge(self._ds, part, key):
-                        self._controls.drop(w, seq)
-                        continue
+                        p = self._part.get(w)
+                        n = (p[4] if p is not None and p[0] == seq else 0) + meta.size
+                        self._part[w] = (seq, part, key, rows, n)
+                    else:
+                        self._part.pop(w, None)
+                        if not self._controls.keep(w, seq, index):
+                            continue
+                        if not StreamingDataLoader._acknowledge(self._ds, part, key):
+                            self._controls.drop(w, seq)
+                            continue
                 return data, meta
+
+        def _settle_parts(self) -> None:
+            """The loop stopped inside batches (a break): give back the rows
+            it has not had (UNCONSUME with indexes) and keep the ones it had
+            (ACKNOWLEDGE), so each row is yielded once. Only for a batch the
+            controller holds for this fetch (the default sampler's): one a
+            shared sampler keeps for the group (rank_aware, grpo, ...) is
+            not held, its rows cannot go back, and it is left to its worker,
+            whose batch index is asked for again (the batch comes again
+            whole). Against a controller without "unconsume_rows" the batch
+            goes back whole, as before."""
+            parts, self._part = self._part, {}
+            if not parts:
+                return
+            c = self._ds._get_client()
+            task = self._ds.task_name
+            for w, (seq, part, key, rows, n) in parts.items():
+                held = set(c._call(wire.CONSUMPTION_STATUS,
+                                   control_pb2.ConsumptionStatusRequest(partition=part, task=task),
+                                   control_pb2.ConsumptionStatusReply, op_name="consumption status",
+                                   partition=part).held)
+                if not all(i in held for i in rows) or not self._controls.keep_part(w, seq):
+                    continue
+                try:
+                    c._give_back_rows(part, task, key, rows[n:])
+                except errors.NotSupportedError:
+                    c._give_back(part, task, key)
+                    self._controls.drop(w, seq)
+                    continue
+                if StreamingDataLoader._acknowledge(self._ds, part, key):
+                    self._controls.drop(w, seq, n)
+                else:
+                    self._controls.drop(w, seq)
 
         def __del__(self):
             try:
-                self._controls.end()
+                try:
+                    self._settle_parts()
+                finally:
+                    self._controls.end()
             except Exception:  # noqa: BLE001 - at interpreter exit
                 pass
 else:
