@@ -94,6 +94,11 @@ type Client struct {
 	dtypes  dtypeCache     // spares reserved puts their dtype round trip
 	room    roomBook       // the units' free bytes, as placement estimates them
 	io      chan struct{}  // unit I/O slots (Config.MaxUnitIO)
+
+	// closed is set by the Close of a client that holds connections
+	// (Connect's), before it closes them: a read that fails from then on
+	// failed because of it (see readErr), not for the unit.
+	closed atomic.Bool
 }
 
 // New returns a client over a metadata service and the storage units it

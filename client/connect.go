@@ -441,6 +441,9 @@ func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 func (c *Client) Close() error {
 	c.closeMu.Lock()
 	defer c.closeMu.Unlock()
+	if len(c.closers) > 0 {
+		c.closed.Store(true) // before the connections go: see readErr
+	}
 	var errs []error
 	for _, f := range c.closers {
 		errs = append(errs, f())

@@ -50,7 +50,9 @@ func (v *View) Release() {
 // buffer.
 //
 // Errors: [engine.ErrNotReady] naming unproduced cells, [engine.ErrLost]
-// when a unit no longer holds the cells.
+// when a unit no longer holds the cells (it closed, cannot be reached,
+// or lost them), [engine.ErrClosed] without ErrLost when this client was
+// closed (the cells are not known lost).
 func (c *Client) Get(ctx context.Context, meta *engine.BatchMeta) (*engine.Batch, error) {
 	if c.cfg.CopyGets || !c.lendsViews(meta) {
 		return c.GetCopy(ctx, meta)
@@ -261,11 +263,19 @@ func (c *Client) getRuns(ctx context.Context, meta *engine.BatchMeta, mode getMo
 }
 
 // readErr says why a read of storage unit id's cells failed with err
-// (the caller's context still live): the cells are lost to this read
-// (engine.ErrLost) whatever the reason, but a unit that answered is not
-// called unreachable.
-func readErr(id engine.UnitID, err error) error {
+// (the caller's context still live). When this client was closed the
+// read failed for that, and the cells are not known lost: the error
+// wraps [engine.ErrClosed], not [engine.ErrLost]. Otherwise the cells
+// are lost to this read (engine.ErrLost) whatever the reason, but a unit
+// that answered is not called unreachable, nor is one that closed (its
+// memory went with it).
+func (c *Client) readErr(id engine.UnitID, err error) error {
 	switch {
+	case c.closed.Load():
+		if errors.Is(err, engine.ErrClosed) {
+			return fmt.Errorf("read of storage unit %d's cells stopped: the client was closed: %w", id, err)
+		}
+		return fmt.Errorf("read of storage unit %d's cells stopped: the client was closed: %w: %w", id, engine.ErrClosed, err)
 	case errors.Is(err, engine.ErrNotFound):
 		return fmt.Errorf("cells are gone from storage unit %d: %w: %w", id, engine.ErrLost, err)
 	case errors.Is(err, engine.ErrInvalid), errors.Is(err, engine.ErrCorrupt):
@@ -273,6 +283,8 @@ func readErr(id engine.UnitID, err error) error {
 		// RDMA completion that says the request was wrong, a reply that
 		// does not fit it).
 		return fmt.Errorf("storage unit %d refused the read of its cells, lost to this read: %w: %w", id, engine.ErrLost, err)
+	case errors.Is(err, engine.ErrClosed):
+		return fmt.Errorf("storage unit %d is closed (its memory went with it), its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
 	default:
 		return fmt.Errorf("storage unit %d is unreachable, its cells are lost to this read: %w: %w", id, engine.ErrLost, err)
 	}
@@ -319,7 +331,7 @@ func (c *Client) leaseAll(ctx context.Context, cluster string, ranges map[engine
 		case ctx.Err() != nil:
 			// The caller gave up; nothing is known about the cells.
 		default:
-			err = readErr(id, err)
+			err = c.readErr(id, err)
 		}
 		return &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
 	})

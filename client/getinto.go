@@ -102,7 +102,7 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				err = fmt.Errorf("read from storage unit %d: %w: %w", id, engine.ErrLost, err)
+				err = c.readErr(id, err)
 			}
 			return &engine.OpError{Op: "get into", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
 		}

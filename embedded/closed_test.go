@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -58,5 +59,33 @@ func TestCallsAfterCloseSayClosed(t *testing.T) {
 		if name != "put" && name != "get" { // the units say so, naming themselves
 			require.ErrorContains(t, err, "embedded cluster closed", name)
 		}
+	}
+}
+
+// TestReadAfterCloseSaysTheUnitIsClosed: a read of cells after the
+// cluster's Close says the unit is closed and its cells lost with its
+// memory (engine.ErrLost, keeping the unit's engine.ErrClosed), rather
+// than call the unit unreachable.
+func TestReadAfterCloseSaysTheUnitIsClosed(t *testing.T) {
+	ctx := context.Background()
+	c, err := New(smallConfig(1))
+	require.NoError(t, err)
+	col, err := engine.DenseOf([]int64{1, 2, 3, 4}, 1)
+	require.NoError(t, err)
+	m, err := c.Client.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+
+	for name, read := range map[string]func() error{
+		"get":      func() error { _, err := c.Client.Get(ctx, m); return err },
+		"get copy": func() error { _, err := c.Client.GetCopy(ctx, m); return err },
+		"get view": func() error { _, err := c.Client.GetView(ctx, m); return err },
+		"get into": func() error { _, err := c.Client.GetInto(ctx, m, make([]byte, 1<<10)); return err },
+	} {
+		err := read()
+		require.ErrorIs(t, err, engine.ErrClosed, name)
+		require.ErrorIs(t, err, engine.ErrLost, name)
+		require.ErrorContains(t, err, fmt.Sprintf("storage unit %d is closed", m.Cells["x"][0].Unit), name)
+		require.NotContains(t, err.Error(), "unreachable", name)
 	}
 }
