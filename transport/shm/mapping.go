@@ -240,9 +240,10 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 		case <-exchanged:
 		}
 	}
+	hook := testHookFdWatch.Load() // as the exchange starts, not as the goroutine does
 	go func() {
-		if h := testHookFdWatch.Load(); h != nil {
-			(*h)(watch)
+		if hook != nil {
+			(*hook)(watch)
 			return
 		}
 		watch()
