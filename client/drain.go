@@ -87,7 +87,8 @@ const maxStuckPasses = 3
 // cannot move cells (an embedded controller); [engine.ErrNotFound] for an
 // unknown unit; [engine.ErrCapacity] when no other unit takes
 // placements or none has room; [engine.ErrLost] when the unit cannot be
-// read.
+// read; [engine.ErrClosed] without ErrLost when this client was closed
+// while it read.
 func (c *Client) Drain(ctx context.Context, id engine.UnitID, cfg DrainConfig) (DrainStats, error) {
 	var st DrainStats
 	mv, ok := c.meta.(cellMover)
@@ -256,7 +257,9 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 
 // read reads the cells' bytes from the draining unit, all at once, or
 // one by one when some are gone (replaced or cleared since they were
-// listed: those are left out).
+// listed: those are left out). A failed read says why, as a get's does
+// (see Client.readErr): the cells are lost to it (engine.ErrLost), unless
+// the client was closed meanwhile (engine.ErrClosed).
 func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.UnitCell, [][]byte, error) {
 	data := make([][]byte, len(cells))
 	var addrs []engine.RemoteAddr
@@ -276,7 +279,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 		return cells, data, nil
 	}
 	if !errors.Is(err, engine.ErrNotFound) {
-		return nil, nil, fmt.Errorf("read %d cells from storage unit %d: %w: %w", len(addrs), m.src.ID(), engine.ErrLost, err)
+		return nil, nil, fmt.Errorf("drain read of %d cells: %w", len(addrs), m.c.readErr(m.src.ID(), err))
 	}
 	keep := cells[:0:0]
 	var kept [][]byte
@@ -293,7 +296,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 		case errors.Is(err, engine.ErrNotFound):
 			m.st.Skipped++ // changed since it was listed: the next pass sees it as it is now
 		default:
-			return nil, nil, fmt.Errorf("read a cell from storage unit %d: %w: %w", m.src.ID(), engine.ErrLost, err)
+			return nil, nil, fmt.Errorf("drain read of a cell: %w", m.c.readErr(m.src.ID(), err))
 		}
 	}
 	return keep, kept, nil
