@@ -488,3 +488,51 @@ def test_a_unit_that_does_not_answer_holds_up_no_lookup(tmp_path):
         if c is not None:
             c.close()
         s.stop()
+
+
+def _closed_reads(monkeypatch, before=None):
+    """Have every read of a unit (READ, ACQUIRE) answered CODE_CLOSED, as a
+    unit shutting down answers the requests that reach it (the Go wire
+    server's refuseDraining); ``before``, when given, runs first."""
+    from tq import errors, wire
+    real = wire.Conn.call
+
+    def call(self, op, req, reply_cls=None, **kw):
+        if op in (wire.READ, wire.ACQUIRE):
+            if before is not None:
+                before()
+            raise errors.from_code(errors.ClosedError.code, "server is shutting down: engine: closed",
+                                   op=kw.get("op_name"))
+        return real(self, op, req, reply_cls, **kw)
+    monkeypatch.setattr(wire.Conn, "call", call)
+
+
+def test_a_read_of_a_closed_unit_says_its_cells_are_lost(client, part, monkeypatch):
+    """A unit that answers a read CODE_CLOSED (it is shutting down, its
+    memory going with it) leaves the cells lost to the read, as the Go
+    client says (ErrLost, "storage unit N is closed"): UnitLostError
+    naming the unit and that it closed. It was a plain ClosedError, which
+    says nothing of the cells and reads as this client's own close."""
+    client.kv_batch_put(["k"], part, {"x": np.ones((1, 1 << 17))})
+    uid = int(client.kv_retrieve_meta(["k"], part)._cells["x"].unit[0])
+    _closed_reads(monkeypatch)
+    with pytest.raises(tq.UnitLostError) as e:
+        client.kv_batch_get(["k"], part)
+    assert isinstance(e.value, tq.LostError) and isinstance(e.value, tq.UnavailableError)
+    assert f"storage unit {uid} is closed" in str(e.value), e.value
+
+
+def test_a_read_by_a_client_closed_meanwhile_stays_closed(server, transport, part, monkeypatch):
+    """A read that fails once this client was closed, while it ran, is
+    ClosedError, not UnitLostError, whatever the unit answered (here
+    CODE_CLOSED, the answer that is a lost unit otherwise): the read
+    failed for the close, and the unit may well hold the cells."""
+    c = server.client(transport=transport)
+    try:
+        c.kv_batch_put(["k"], part, {"x": np.ones((1, 1 << 17))})
+        _closed_reads(monkeypatch, before=c.close)
+        with pytest.raises(tq.ClosedError) as e:
+            c.kv_batch_get(["k"], part)
+        assert not isinstance(e.value, tq.LostError), e.value
+    finally:
+        c.close()

@@ -166,9 +166,10 @@ class UnavailableError(TQError, ConnectionError):
 
 class UnitLostError(UnavailableError, LostError):
     """The storage unit holding the cells a read needs cannot be reached (it
-    died, or its host is gone): the cells are lost unless it comes back. Both
-    an UnavailableError and a LostError, as the Go client's error wraps both
-    sentinels."""
+    died, or its host is gone), or answered that it is closed (shutting
+    down, its memory going with it): the cells are lost unless it comes
+    back. Both an UnavailableError and a LostError, as the Go client's error
+    wraps both sentinels."""
 
 
 _BY_CODE = {c.code: c for c in (

@@ -96,6 +96,11 @@ class Pool:
                 self._calling.discard(c)
             self.give(c)
 
+    @property
+    def closed(self) -> bool:
+        """Whether close() was called."""
+        return self._closed
+
     def keep(self) -> None:
         """Keep a live connection to the peer for a client it must see
         connected (the controller gives back the rows a client holds once
@@ -240,7 +245,10 @@ def _recv_fd_once(path: str, segment: int, token: str, incarnation: int = 0):
 
 def _stale(fn):
     """Unit reads: a range the unit no longer holds is a StaleError; a unit
-    that cannot be reached is a UnitLostError."""
+    that cannot be reached, or that answered closed (it is shutting down),
+    is a UnitLostError, as the Go client's read says ErrLost. A
+    ClosedError once this client closed the unit (Client.close, or the unit
+    leaving its table) stays one: the cells are not known lost."""
     import functools
 
     @functools.wraps(fn)
@@ -255,6 +263,11 @@ def _stale(fn):
             raise
         except errors.UnavailableError as e:
             raise errors.UnitLostError(f"storage unit {a[0].id} is unreachable: {e.message}", op=e.op) from None
+        except errors.ClosedError as e:
+            if a[0].pool.closed:
+                raise  # this client (or its table) closed the unit: the read failed for that
+            raise errors.UnitLostError(f"storage unit {a[0].id} is closed (its memory went with it), its cells "
+                                       f"are lost to this read: {e.message}", op=e.op) from None
     return wrapped
 
 
