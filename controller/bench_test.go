@@ -662,3 +662,29 @@ func benchServer(b *testing.B, cfg Config) (*Controller, *Server) {
 	b.Cleanup(func() { s.Close() })
 	return c, s
 }
+
+// BenchmarkUnconsumeRows: an UNCONSUME with indexes naming each row of a
+// held fetch of n rows, as the server answers it (the first gives them
+// back, the others check them and change nothing): it costs the fetch's
+// rows and the indexes, not their product.
+func BenchmarkUnconsumeRows(b *testing.B) {
+	for _, n := range []int{1 << 10, 1 << 14} {
+		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
+			c, s := benchServer(b, Config{})
+			m, err := c.Insert("p", n, []string{"x"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			req := engine.CommitRequest{Partition: "p", Indexes: m.Indexes,
+				Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}}
+			if _, err := c.Commit(req); err != nil {
+				b.Fatal(err)
+			}
+			f, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: n, Key: "k", Hold: true})
+			if err != nil || f.Len() != n {
+				b.Fatalf("fetch: %d rows, %v", f.Len(), err)
+			}
+			benchCall(b, s, wire.OpUnconsume, &wirepb.UnconsumeRequest{Partition: "p", Task: "t", Key: []byte("k"), Indexes: f.Indexes}, n)
+		})
+	}
+}

@@ -1030,8 +1030,9 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 // batch kept for a DP group, rows given back already, consumption reset
 // since) change nothing, so it is idempotent; an index the fetch never
 // took (or cleared since) is an error wrapping [engine.ErrInvalid] naming
-// it, as is a key the partition does not know ([engine.ErrNotFound]). A
-// fetch given back already changes nothing.
+// it (the first few such, and how many), as is a key the partition does
+// not know ([engine.ErrNotFound]). A fetch given back already changes
+// nothing. It costs the fetch's rows and indexes, not their product.
 func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64) error {
 	switch {
 	case task == "":
@@ -1063,18 +1064,34 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	case e.spent:
 		return nil
 	}
+	// Sets, not a search of one list for each of the other's: both are
+	// bounded only by the body and the batch, and the partition is locked.
+	took := make(map[uint64]struct{}, len(e.sampled)+len(e.consumed))
+	for _, gi := range e.sampled {
+		took[gi] = struct{}{}
+	}
+	for _, gi := range e.consumed {
+		took[gi] = struct{}{}
+	}
+	named := make(map[uint64]struct{}, min(len(indexes), len(took)))
 	var bad []uint64
+	nbad := 0
 	for _, gi := range indexes {
-		if !slices.Contains(e.sampled, gi) && !slices.Contains(e.consumed, gi) {
+		if _, ok := took[gi]; ok {
+			named[gi] = struct{}{}
+			continue
+		}
+		if nbad++; len(bad) < maxNamedRows {
 			bad = append(bad, gi)
 		}
 	}
-	if len(bad) > 0 {
-		return opErr("unconsume", partition, fmt.Errorf("rows %v given back are not rows of the fetch (it took %v): %w", bad, e.sampled, engine.ErrInvalid))
+	if nbad > 0 {
+		return opErr("unconsume", partition, fmt.Errorf("rows %v given back are not rows of the fetch (%d such rows named; it took %d): %w",
+			bad, nbad, len(e.sampled), engine.ErrInvalid))
 	}
 	var give []uint64
 	for _, gi := range e.consumed {
-		if slices.Contains(indexes, gi) {
+		if _, ok := named[gi]; ok {
 			give = append(give, gi)
 		}
 	}
@@ -1089,6 +1106,9 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	}
 	return nil
 }
+
+// maxNamedRows bounds the rows an error lists (it says how many in all).
+const maxNamedRows = 8
 
 // ForceFetch returns every row of the partition (pre-allocated ones
 // included) in index order, regardless of production and consumption, and
