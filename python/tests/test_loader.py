@@ -584,6 +584,42 @@ def test_dataloader_break_mid_batch_yields_the_batch_again(request, part, worker
         assert sorted(replay) == list(range(16)), f"replayed {replay}"
 
 
+@pytest.mark.parametrize("persistent", [False, True], ids=["new", "persistent"])
+def test_dataloader_break_mid_batch_failed_give_back_loses_nothing(server, part, monkeypatch, persistent):
+    """With a worker, a loop that breaks inside a held batch has the main
+    process give back the rows it did not yield; when that fails (here
+    every partial give-back raises UnavailableError), the batch goes back
+    whole and the next iteration yields every row (the first micro-batch's
+    again: at least once, none lost). It used to leave the batch taken
+    from its worker and held until the hold's TTL: with a persistent
+    worker (which does not exit, so does not give back its fetches) the
+    next iteration ended without the batch's rows ([0, 1], then 4..15)."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+
+    calls = []
+
+    def fail(*a, **kw):
+        calls.append(a)
+        raise tq.UnavailableError("controller unreachable (the test's)")
+    monkeypatch.setattr(tq.Client, "_give_back_rows", fail)
+    _done_rows(server, part, 16)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, prefetch_factor=2, persistent_workers=persistent)
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        break
+    got = []
+    th = threading.Thread(target=lambda: got.extend(x for data, _ in dl for x in data["x"].tolist()), daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), f"the iteration never ended (took {taken}, then {got})"
+    assert len(taken) == 2
+    assert calls, "the partial give-back was never tried: the test shows nothing"
+    assert sorted(got) == list(range(16)), f"took {taken}, then {got}"
+
+
 def test_dataloader_spawned_workers(server, part):
     """A StreamingDataLoader whose workers are spawned (not forked) yields
     every row once. The default collate_fn was a lambda, which spawn

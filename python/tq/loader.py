@@ -838,22 +838,31 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             c = self._ds._get_client()
             task = self._ds.task_name
             for w, (seq, part, key, rows, n) in parts.items():
-                held = set(c._call(wire.CONSUMPTION_STATUS,
-                                   control_pb2.ConsumptionStatusRequest(partition=part, task=task),
-                                   control_pb2.ConsumptionStatusReply, op_name="consumption status",
-                                   partition=part).held)
+                try:
+                    held = set(c._call(wire.CONSUMPTION_STATUS,
+                                       control_pb2.ConsumptionStatusRequest(partition=part, task=task),
+                                       control_pb2.ConsumptionStatusReply, op_name="consumption status",
+                                       partition=part).held)
+                except errors.TQError:
+                    continue  # left to its worker, which gives it back whole
                 if not all(i in held for i in rows) or not self._controls.keep_part(w, seq):
                     continue
+                # Taken from the worker: whatever fails from here, the
+                # batch goes back whole (its rows may come again, none is
+                # lost) and the other workers' batches are still settled.
                 try:
                     c._give_back_rows(part, task, key, rows[n:])
-                except errors.NotSupportedError:
-                    c._give_back(part, task, key)
-                    self._controls.drop(w, seq)
-                    continue
-                if StreamingDataLoader._acknowledge(self._ds, part, key):
+                    kept = StreamingDataLoader._acknowledge(self._ds, part, key)
+                except errors.TQError:
+                    kept = False
+                if kept:
                     self._controls.drop(w, seq, n)
-                else:
-                    self._controls.drop(w, seq)
+                    continue
+                try:
+                    c._give_back(part, task, key)
+                except errors.TQError:
+                    pass  # the controller gives it back at the hold's TTL
+                self._controls.drop(w, seq)
 
         def __del__(self):
             try:
