@@ -834,3 +834,36 @@ def test_loader_ends_a_partition_of_a_controller_started_anew(part):
         assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the new cluster's partition: {out}"
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("in_body", [False, True], ids=["after-the-break", "in-the-loop"])
+@pytest.mark.parametrize("persistent", [False, True], ids=["new", "persistent"])
+def test_dataloader_ends_with_a_partition_cleared_after_a_break(server, part, persistent, in_body):
+    """With a worker, a loop that breaks after its first micro-batch, the
+    partition cleared (in the loop or after it), then the loader iterated
+    again: that iteration ends, as it does without workers or with
+    persistent ones. New workers (no persistent_workers) started from the
+    dataset as the main process has it, which had never fetched, so had no
+    partition generation to name: they waited for the partition to be made
+    again, for good. The main process now learns the generation from the
+    micro-batches it takes."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    _done_rows(server, part, 16)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, prefetch_factor=2, persistent_workers=persistent)
+    c = ds._get_client()
+    taken = []
+    for data, _ in dl:
+        taken += data["x"].tolist()
+        if in_body:
+            c.clear_partition(part)
+        break
+    if not in_body:
+        c.clear_partition(part)
+    got = []
+    th = threading.Thread(target=lambda: got.extend(x for data, _ in dl for x in data["x"].tolist()), daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), f"the iteration after the clear waits for the partition (took {taken}, then {got})"
+    assert len(taken) == 2 and not got, f"took {taken}, then {got}"

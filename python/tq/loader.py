@@ -796,6 +796,8 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             # Per worker, the batch the loop has had some micro-batches
             # of: (seq, partition, key, its rows, how many yielded).
             self._part = {}
+            # The dataset's reset() and step() calls at the start (_learn).
+            self._seen = ds._controls_seen
 
         def __iter__(self):
             return self
@@ -820,7 +822,23 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                         if not StreamingDataLoader._acknowledge(self._ds, part, key):
                             self._controls.drop(w, seq)
                             continue
+                    self._learn(part, meta)
                 return data, meta
+
+        def _learn(self, part, meta) -> None:
+            """The workers learn the partition's generation from their
+            first batch of it, and the main process's dataset from the
+            micro-batches it takes: new workers (each iteration's, without
+            persistent_workers) start from the main process's copy, and so
+            name the generation too (a partition cleared since ends their
+            iteration instead of being waited for). Not once step() or
+            reset() was called during this iteration: the next one is of
+            another partition, or of the same one anew."""
+            ds = self._ds
+            if ds._partition_gen or not meta.partition_gen or part != ds.partition_id \
+                    or ds._controls_seen != self._seen:
+                return
+            ds._partition_gen, ds._partition_cluster = meta.partition_gen, meta._cluster
 
         def _settle_parts(self) -> None:
             """The loop stopped inside batches (a break): give back the rows

@@ -253,6 +253,7 @@ class BatchMeta:
                         [_copy.deepcopy(self.custom_meta[p]) for p in pos], self.extra_info,
                         {k: c.take(ipos) for k, c in self._cells.items()})
         out._cluster = self._cluster
+        out.partition_gen = self.partition_gen  # the same rows, of the same partition
         return out
 
     def __getitem__(self, i):
