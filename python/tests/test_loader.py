@@ -867,3 +867,28 @@ def test_dataloader_ends_with_a_partition_cleared_after_a_break(server, part, pe
     th.join(60)
     assert not th.is_alive(), f"the iteration after the clear waits for the partition (took {taken}, then {got})"
     assert len(taken) == 2 and not got, f"took {taken}, then {got}"
+
+
+def test_dataloader_iterator_alive_at_the_next_iteration_yields_each_row_once(server, part):
+    """With a persistent worker, a loop that takes one micro-batch of a
+    batch from an iterator it keeps (not garbage yet), then iterates the
+    loader again: every row once. Torch resumes the same workers for the
+    new iteration, and the worker gave back the half-taken batch whole, as
+    the old iterator had not settled it yet (it does so when it is
+    garbage): its first micro-batch came twice ([0, 1], then 0..15). The
+    loader now settles the last iteration's half-taken batches as the next
+    one starts."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    _done_rows(server, part, 16)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, prefetch_factor=2, persistent_workers=True)
+    it = iter(dl)
+    taken = next(it)[0]["x"].tolist()
+    got = []
+    th = threading.Thread(target=lambda: got.extend(x for data, _ in dl for x in data["x"].tolist()), daemon=True)
+    th.start()
+    th.join(60)
+    del it
+    assert not th.is_alive(), f"the iteration never ended (took {taken}, then {got})"
+    assert sorted(taken + got) == list(range(16)), f"took {taken}, then {got}"

@@ -62,6 +62,7 @@ import logging
 import math
 import os
 import time
+import weakref
 
 import numpy as np
 
@@ -757,10 +758,19 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             if isinstance(ds, StreamingDataset) and ds._controls is not None and not ds._controls.persistent:
                 # Before the workers start (they take the dataset with them).
                 ds._controls = ds._controls.for_new_workers()
+            last = self.__dict__.pop("_last_kept", lambda: None)()
+            if last is not None and last._controls.persistent:
+                # Torch resumes the same workers (and its same iterator):
+                # the last iteration's iterator, still alive (kept in a
+                # variable), settles its half-taken batches now, before
+                # the workers give back what it did not take, whole.
+                last._settle_parts()
             it = super().__iter__()
             if not isinstance(ds, StreamingDataset) or ds._controls is None:
                 return it
-            return _Kept(it, ds, ds._controls)
+            kept = _Kept(it, ds, ds._controls)
+            self._last_kept = weakref.ref(kept)
+            return kept
 
         @staticmethod
         def _acknowledge(ds, part, key) -> bool:
