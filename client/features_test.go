@@ -76,13 +76,7 @@ func TestControllerListsItsFeatures(t *testing.T) {
 // misspelled id). The client refuses it itself, naming the feature, and
 // sends nothing.
 func TestFetchMustExistNeedsTheFeature(t *testing.T) {
-	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller", Features: []string{wire.FeatureHoldGroup}}})
-	var fetches atomic.Int32
-	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
-		fetches.Add(1)
-		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
-	})
-	r := dialFake(t, srv)
+	r, fetches := oldFetchController(t, wire.FeatureHoldGroup)
 
 	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, PartitionMustExist: true}
 	_, err := r.Fetch(t.Context(), req)
@@ -126,13 +120,7 @@ func TestFetchMustExist(t *testing.T) {
 // made again. The client refuses it itself, naming the feature, and sends
 // nothing.
 func TestFetchPartitionGenNeedsTheFeature(t *testing.T) {
-	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller", Features: []string{wire.FeatureFetchMustExist}}})
-	var fetches atomic.Int32
-	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
-		fetches.Add(1)
-		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
-	})
-	r := dialFake(t, srv)
+	r, fetches := oldFetchController(t, wire.FeatureFetchMustExist)
 
 	req := engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, PartitionGen: 7}
 	_, err := r.Fetch(t.Context(), req)
@@ -175,4 +163,18 @@ func TestFetchPartitionGen(t *testing.T) {
 	require.ErrorIs(t, err, engine.ErrDone)
 	assert.NotErrorIs(t, err, context.DeadlineExceeded)
 	assert.Contains(t, err.Error(), fmt.Sprintf(`partition "p" generation %d was cleared`, gen))
+}
+
+// oldFetchController dials a stand-in controller whose HELLO lists only
+// features, answering each FETCH with an empty meta; fetches counts the
+// FETCHes it got.
+func oldFetchController(t *testing.T, features ...string) (r *client.RemoteMeta, fetches *atomic.Int32) {
+	t.Helper()
+	srv := wire.NewServer(wire.ServerConfig{Hello: &wirepb.Hello{Role: "controller", Features: features}})
+	fetches = new(atomic.Int32)
+	srv.Handle(wire.OpFetch, func(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
+		fetches.Add(1)
+		rw.Reply(&wirepb.MetaReply{Meta: &wirepb.BatchMeta{}}, nil, nil)
+	})
+	return dialFake(t, srv), fetches
 }

@@ -677,6 +677,25 @@ def test_stream_warns_of_a_partition_the_controller_does_not_list(server, part, 
         assert caplog.records == []
 
 
+def _batches_to_the_end(it, waited):
+    """The x values of each batch it yields, on a thread, then "end" (or
+    the exception that ended it); fails saying waited if it does not end
+    within 60 s."""
+    out = []
+
+    def run():
+        try:
+            out.extend(d["x"].tolist() for d, _ in it)
+            out.append("end")
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), waited
+    return out
+
+
 def _must_exist_fails(it_factory, missing):
     """Run the loop of it_factory() on a thread; the InvalidError it ends
     with, or a failure when it still waited after 60 s (before, it waited
@@ -778,18 +797,7 @@ def test_lagging_rank_ends_with_a_cleared_partition(rank_aware_server, part, mad
         if made_again:
             c.put({"x": np.arange(1000, 1016, dtype=np.int64)}, partition_id=part)
             c.mark_done(part)
-        out = []
-
-        def run():
-            try:
-                out.extend(d["x"].tolist() for d, _ in lag)
-                out.append("end")
-            except Exception as e:  # noqa: BLE001
-                out.append(e)
-        th = threading.Thread(target=run, daemon=True)
-        th.start()
-        th.join(60)
-        assert not th.is_alive(), "the lagging rank waited for the partition cleared"
+        out = _batches_to_the_end(lag, "the lagging rank waited for the partition cleared")
     assert out[-1] == "end", out
     assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the partition made again: {out}"
     assert got[0] not in first
@@ -818,18 +826,7 @@ def test_loader_ends_a_partition_of_a_controller_started_anew(part):
                 p.mark_done(part)
                 peek = p.get_meta(["x"], 1, part, task_name="peek")
             assert peek.partition_gen == si._partition_gen != 0, "another generation: the test shows nothing"
-            out = []
-
-            def run():
-                try:
-                    out.extend(d["x"].tolist() for d, _ in it)
-                    out.append("end")
-                except Exception as e:  # noqa: BLE001
-                    out.append(e)
-            th = threading.Thread(target=run, daemon=True)
-            th.start()
-            th.join(60)
-            assert not th.is_alive(), "the loader waited"
+            out = _batches_to_the_end(it, "the loader waited")
         assert out[-1] == "end", out
         assert not [b for b in out[:-1] if any(x >= 1000 for x in b)], f"rows of the new cluster's partition: {out}"
     finally:
