@@ -260,6 +260,17 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 // listed: those are left out). A failed read says why, as a get's does
 // (see Client.readErr): the cells are lost to it (engine.ErrLost), unless
 // the client was closed meanwhile (engine.ErrClosed).
+// readErr says why a read of the draining unit failed with err, as a
+// get's does (Client.readErr), but for a drain whose caller gave up
+// (ctx ended): nothing is known about the cells then, and the error is
+// the read's, not engine.ErrLost.
+func (m *mover) readErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("storage unit %d: %w", m.src.ID(), err)
+	}
+	return m.c.readErr(m.src.ID(), err)
+}
+
 func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.UnitCell, [][]byte, error) {
 	data := make([][]byte, len(cells))
 	var addrs []engine.RemoteAddr
@@ -279,7 +290,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 		return cells, data, nil
 	}
 	if !errors.Is(err, engine.ErrNotFound) {
-		return nil, nil, fmt.Errorf("drain read of %d cells: %w", len(addrs), m.c.readErr(m.src.ID(), err))
+		return nil, nil, fmt.Errorf("drain read of %d cells: %w", len(addrs), m.readErr(ctx, err))
 	}
 	keep := cells[:0:0]
 	var kept [][]byte
@@ -296,7 +307,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 		case errors.Is(err, engine.ErrNotFound):
 			m.st.Skipped++ // changed since it was listed: the next pass sees it as it is now
 		default:
-			return nil, nil, fmt.Errorf("drain read of a cell: %w", m.c.readErr(m.src.ID(), err))
+			return nil, nil, fmt.Errorf("drain read of a cell: %w", m.readErr(ctx, err))
 		}
 	}
 	return keep, kept, nil

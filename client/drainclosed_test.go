@@ -50,3 +50,42 @@ func TestDrainReadByAClosedClientIsNotLost(t *testing.T) {
 		assert.ErrorContains(t, err, "storage unit 7", name)
 	}
 }
+
+// cancelledUnit is a draining unit whose drain's caller gives up while it
+// reads: its first gone reads say the cells are gone, the next ends the
+// context and fails as a read whose context ended does.
+type cancelledUnit struct {
+	DataUnit
+	cancel context.CancelFunc
+	gone   int
+}
+
+func (u *cancelledUnit) ID() engine.UnitID { return 7 }
+
+func (u *cancelledUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	if u.gone > 0 {
+		u.gone--
+		return fmt.Errorf("no extent: %w", engine.ErrNotFound)
+	}
+	u.cancel()
+	return fmt.Errorf("read: %w", ctx.Err())
+}
+
+// TestDrainReadCancelledIsNotLost: a drain whose caller gives up while it
+// reads the draining unit's cells fails with the context's error, not
+// engine.ErrLost ("unreachable"), as a get does: the unit still holds
+// the cells.
+func TestDrainReadCancelledIsNotLost(t *testing.T) {
+	cells := []engine.UnitCell{
+		{Loc: engine.CellLoc{Addr: engine.RemoteAddr{Len: 4}}},
+		{Loc: engine.CellLoc{Addr: engine.RemoteAddr{Len: 4}}},
+	}
+	for name, gone := range map[string]int{"all at once": 0, "one by one": 1} {
+		ctx, cancel := context.WithCancel(t.Context())
+		m := mover{c: &Client{}, src: &cancelledUnit{cancel: cancel, gone: gone}, st: &DrainStats{}}
+		_, _, err := m.read(ctx, cells)
+		require.ErrorIs(t, err, context.Canceled, name)
+		assert.NotErrorIs(t, err, engine.ErrLost, name)
+		assert.ErrorContains(t, err, "storage unit 7", name)
+	}
+}
