@@ -11,24 +11,23 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// closingUnit is a draining unit whose client is closed while it reads:
-// its first gone reads say the cells are gone (engine.ErrNotFound), the
-// next closes the client and fails as a closed client's connection does.
-type closingUnit struct {
+// failingUnit is a draining unit whose read fails partway: its first
+// gone reads say the cells are gone (engine.ErrNotFound), the next fails
+// with what fail returns (after doing what makes it fail).
+type failingUnit struct {
 	DataUnit
-	c    *Client
 	gone int
+	fail func(ctx context.Context) error
 }
 
-func (u *closingUnit) ID() engine.UnitID { return 7 }
+func (u *failingUnit) ID() engine.UnitID { return 7 }
 
-func (u *closingUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+func (u *failingUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
 	if u.gone > 0 {
 		u.gone--
 		return fmt.Errorf("no extent: %w", engine.ErrNotFound)
 	}
-	u.c.closed.Store(true) // what Close does first
-	return fmt.Errorf("storage unit 7: client closed: %w", engine.ErrClosed)
+	return u.fail(ctx)
 }
 
 // TestDrainReadByAClosedClientIsNotLost: a drain whose client is closed
@@ -42,33 +41,17 @@ func TestDrainReadByAClosedClientIsNotLost(t *testing.T) {
 	}
 	for name, gone := range map[string]int{"all at once": 0, "one by one": 1} {
 		c := &Client{}
-		m := mover{c: c, src: &closingUnit{c: c, gone: gone}, st: &DrainStats{}}
+		closing := func(context.Context) error {
+			c.closed.Store(true) // what Close does first
+			return fmt.Errorf("storage unit 7: client closed: %w", engine.ErrClosed)
+		}
+		m := mover{c: c, src: &failingUnit{gone: gone, fail: closing}, st: &DrainStats{}}
 		_, _, err := m.read(t.Context(), cells)
 		require.ErrorIs(t, err, engine.ErrClosed, name)
 		assert.NotErrorIs(t, err, engine.ErrLost, name)
 		assert.ErrorContains(t, err, "client was closed", name)
 		assert.ErrorContains(t, err, "storage unit 7", name)
 	}
-}
-
-// cancelledUnit is a draining unit whose drain's caller gives up while it
-// reads: its first gone reads say the cells are gone, the next ends the
-// context and fails as a read whose context ended does.
-type cancelledUnit struct {
-	DataUnit
-	cancel context.CancelFunc
-	gone   int
-}
-
-func (u *cancelledUnit) ID() engine.UnitID { return 7 }
-
-func (u *cancelledUnit) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
-	if u.gone > 0 {
-		u.gone--
-		return fmt.Errorf("no extent: %w", engine.ErrNotFound)
-	}
-	u.cancel()
-	return fmt.Errorf("read: %w", ctx.Err())
 }
 
 // TestDrainReadCancelledIsNotLost: a drain whose caller gives up while it
@@ -82,7 +65,11 @@ func TestDrainReadCancelledIsNotLost(t *testing.T) {
 	}
 	for name, gone := range map[string]int{"all at once": 0, "one by one": 1} {
 		ctx, cancel := context.WithCancel(t.Context())
-		m := mover{c: &Client{}, src: &cancelledUnit{cancel: cancel, gone: gone}, st: &DrainStats{}}
+		cancelling := func(ctx context.Context) error {
+			cancel()
+			return fmt.Errorf("read: %w", ctx.Err())
+		}
+		m := mover{c: &Client{}, src: &failingUnit{gone: gone, fail: cancelling}, st: &DrainStats{}}
 		_, _, err := m.read(ctx, cells)
 		require.ErrorIs(t, err, context.Canceled, name)
 		assert.NotErrorIs(t, err, engine.ErrLost, name)

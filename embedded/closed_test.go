@@ -18,12 +18,7 @@ import (
 // controller's memory (a fetch that takes rows no read can get).
 func TestCallsAfterCloseSayClosed(t *testing.T) {
 	ctx := context.Background()
-	c, err := New(smallConfig(1))
-	require.NoError(t, err)
-	col, err := engine.DenseOf([]int64{1, 2, 3, 4}, 1)
-	require.NoError(t, err)
-	m, err := c.Client.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
-	require.NoError(t, err)
+	c, col, m := clusterWithRows(t)
 	first, err := col.Slice(0, 1)
 	require.NoError(t, err)
 	one := engine.MustBatch(engine.Field{Name: "x", Col: first})
@@ -68,12 +63,7 @@ func TestCallsAfterCloseSayClosed(t *testing.T) {
 // than call the unit unreachable.
 func TestReadAfterCloseSaysTheUnitIsClosed(t *testing.T) {
 	ctx := context.Background()
-	c, err := New(smallConfig(1))
-	require.NoError(t, err)
-	col, err := engine.DenseOf([]int64{1, 2, 3, 4}, 1)
-	require.NoError(t, err)
-	m, err := c.Client.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
-	require.NoError(t, err)
+	c, _, m := clusterWithRows(t)
 	require.NoError(t, c.Close())
 
 	for name, read := range map[string]func() error{
@@ -88,4 +78,17 @@ func TestReadAfterCloseSaysTheUnitIsClosed(t *testing.T) {
 		require.ErrorContains(t, err, fmt.Sprintf("storage unit %d is closed", m.Cells["x"][0].Unit), name)
 		require.NotContains(t, err.Error(), "unreachable", name)
 	}
+}
+
+// clusterWithRows is a cluster of one unit (closed by the test itself)
+// with rows 1..4 of field x put in partition "p": their column and meta.
+func clusterWithRows(t *testing.T) (*Cluster, *engine.Column, *engine.BatchMeta) {
+	t.Helper()
+	c, err := New(smallConfig(1))
+	require.NoError(t, err)
+	col, err := engine.DenseOf([]int64{1, 2, 3, 4}, 1)
+	require.NoError(t, err)
+	m, err := c.Client.PutNew(context.Background(), "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+	return c, col, m
 }
