@@ -42,7 +42,8 @@ import (
 type Config struct {
 	// Partitions are consumed in order, one per global step: the loader
 	// moves to the next when the current one has nothing left for this
-	// rank (its producer marked it done and it is drained). At least one.
+	// rank (its producer marked it done and it is drained). At least
+	// one, each named once.
 	Partitions []string
 	// Task is the consumer's name; consumption is tracked per task.
 	Task string
@@ -142,6 +143,10 @@ func (c Config) Validate() error {
 		return bad("no partitions")
 	case slices.Contains(c.Partitions, ""):
 		return bad("an empty partition name in %q", c.Partitions)
+	case engine.RepeatedKeys(c.Partitions) != nil:
+		// A step of its own each time: a shared sampler would yield the
+		// batches it kept for the group again, a private one nothing.
+		return bad("partition %q appears twice in %q", engine.RepeatedKeys(c.Partitions)[0], c.Partitions)
 	case c.Task == "":
 		return bad("no task name")
 	case len(c.Fields) == 0:
