@@ -770,11 +770,11 @@ func (j *Journal) flush(opt *pebble.WriteOptions) {
 		err := b.Commit(opt)
 		b.Close()
 		j.groups.Add(1)
-		if j.cfg.OnWrite != nil {
-			j.cfg.OnWrite(time.Since(start), len(group))
-		}
-
 		if err == nil {
+			// A failed group reached no disk: not counted as written.
+			if j.cfg.OnWrite != nil {
+				j.cfg.OnWrite(time.Since(start), len(group))
+			}
 			j.noteAcked(first + uint64(len(group)) - 1)
 		}
 
