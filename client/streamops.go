@@ -115,11 +115,13 @@ func (c *Client) GiveBack(ctx context.Context, partition, task, key string) erro
 // key, to task: they become fetchable again, and the fetch keeps the
 // others (a held one until [Client.Acknowledge] keeps them or
 // [Client.GiveBack] gives them back). For a consumer that used the first
-// rows of a batch and stopped: each row is used once. An index the fetch
-// did not take is an error wrapping [engine.ErrInvalid] naming it, and
-// nothing goes back; a controller that cannot give back part of a fetch
-// (its HELLO does not list "unconsume_rows") is an error wrapping
-// [engine.ErrNotSupported], and nothing is sent. Idempotent.
+// rows of a batch and stopped: each row is used once. A row the fetch
+// took that was cleared since gives nothing back (it is gone), and the
+// others still go back; an index the fetch never took is an error
+// wrapping [engine.ErrInvalid] naming it, and nothing goes back; a
+// controller that cannot give back part of a fetch (its HELLO does not
+// list "unconsume_rows") is an error wrapping [engine.ErrNotSupported],
+// and nothing is sent. Idempotent.
 func (c *Client) GiveBackRows(ctx context.Context, partition, task, key string, indexes []uint64) error {
 	ss, ok := c.meta.(StreamService)
 	if !ok {

@@ -49,6 +49,35 @@ func TestUnconsumeRowsOverTheWire(t *testing.T) {
 	assert.Zero(t, rest.Len(), "rows left: %v", rest.Indexes)
 }
 
+// TestUnconsumeRowsOfAFetchARowOfWhichWasCleared: a loader gives back
+// the rows of a held fetch it did not yield (the path of
+// Client.GiveBackRows), one of which was cleared since the fetch: the
+// others go back and the cleared one is just gone. Before, the give-back
+// was refused whole (a row "not of the fetch") and the loader gave the
+// batch back whole, its yielded rows too.
+func TestUnconsumeRowsOfAFetchARowOfWhichWasCleared(t *testing.T) {
+	ctrl := newController(t)
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	r := dialMeta(t, addr, client.RemoteConfig{})
+	ctx := t.Context()
+	produce(t, r, "p", 4)
+
+	m, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 4, Key: "k", Hold: true})
+	require.NoError(t, err)
+	require.Equal(t, 4, m.Len())
+	_, err = ctrl.ClearRows("p", m.Indexes[1:2])
+	require.NoError(t, err)
+
+	require.NoError(t, r.UnconsumeRows(ctx, "p", "t", "k", m.Indexes[1:]), "the rows not yielded, one cleared since")
+	require.NoError(t, r.Acknowledge(ctx, "p", "t", "k"))
+	again, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 2})
+	require.NoError(t, err)
+	assert.ElementsMatch(t, m.Indexes[2:], again.Indexes, "the rows given back")
+	rest, err := r.Fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1})
+	require.NoError(t, err)
+	assert.Zero(t, rest.Len(), "rows left (the one yielded?): %v", rest.Indexes)
+}
+
 // TestUnconsumeRowsNeedsTheFeature: a give-back of some rows goes only to
 // a controller whose HELLO lists "unconsume_rows": an older one would
 // ignore the indexes and give back the whole fetch, its rows the caller

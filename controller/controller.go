@@ -1028,10 +1028,12 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 // not spent. For a loader that yielded part of a fetched batch and
 // stopped. Rows of indexes the fetch took but does not hold for task (a
 // batch kept for a DP group, rows given back already, consumption reset
-// since) change nothing, so it is idempotent; an index the fetch never
-// took (or cleared since) is an error wrapping [engine.ErrInvalid] naming
-// it (the first few such, and how many), as is a key the partition does
-// not know ([engine.ErrNotFound]). A fetch given back already changes
+// since) change nothing, so it is idempotent, and so do rows the fetch
+// took that a clear removed since (nothing to give back; a new row at
+// the index is not the fetch's); an index the fetch never took is an
+// error wrapping [engine.ErrInvalid] naming it (the first few such, and
+// how many), as is a key the partition does not know
+// ([engine.ErrNotFound]). A fetch given back already changes
 // nothing. It costs the fetch's rows and indexes, not their product.
 func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64) error {
 	switch {
@@ -1066,12 +1068,15 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	}
 	// Sets, not a search of one list for each of the other's: both are
 	// bounded only by the body and the batch, and the partition is locked.
-	took := make(map[uint64]struct{}, len(e.sampled)+len(e.consumed))
-	for _, gi := range e.sampled {
-		took[gi] = struct{}{}
-	}
-	for _, gi := range e.consumed {
-		took[gi] = struct{}{}
+	// Rows cleared since count as taken: the loader that did not yield
+	// one names it, and the others must still go back. Only e.consumed
+	// is given back, which no longer names them: a new row at the index
+	// is not the fetch's.
+	took := make(map[uint64]struct{}, len(e.sampled)+len(e.consumed)+len(e.cleared))
+	for _, rows := range [3][]uint64{e.sampled, e.consumed, e.cleared} {
+		for _, gi := range rows {
+			took[gi] = struct{}{}
+		}
 	}
 	named := make(map[uint64]struct{}, min(len(indexes), len(took)))
 	var bad []uint64
@@ -1087,7 +1092,7 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	}
 	if nbad > 0 {
 		return opErr("unconsume", partition, fmt.Errorf("rows %v given back are not rows of the fetch (%d such rows named; it took %d): %w",
-			bad, nbad, len(e.sampled), engine.ErrInvalid))
+			bad, nbad, len(e.sampled)+len(e.cleared), engine.ErrInvalid))
 	}
 	var give []uint64
 	for _, gi := range e.consumed {

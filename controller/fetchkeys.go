@@ -29,7 +29,11 @@ package controller
 // rows. So a clear takes the rows it removes out of every entry (live and
 // in replay, which finds them through the table's index by row): the
 // fetch asked again must not answer with a new row at a reused index,
-// nor give it back (Unconsume) while another fetch holds it.
+// nor give it back (Unconsume) while another fetch holds it. The entry
+// remembers the indexes it lost so (cleared): a give-back of some of its
+// rows (UnconsumeRows) naming one, from a loader that did not yield the
+// row, gives nothing back for it, where an index the fetch never took is
+// refused. The two look alike once the index is reused.
 
 import (
 	"cmp"
@@ -68,6 +72,9 @@ type fetchEntry struct {
 	pid      int32  // the holder's process on this host (0: unknown); not logged
 	client   string // the holder client's id ("": unknown); not logged
 	group    string // the hold's group (engine.FetchRequest.HoldGroup)
+	// cleared: the rows of sampled and consumed a clear removed since
+	// the fetch (forgetRows), each once: at most the fetch's rows.
+	cleared []uint64
 	// seq orders the entries of a row (fetchRefs): the table's count of
 	// links when index last linked it.
 	seq uint64
@@ -376,6 +383,7 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 		gone[gi] = struct{}{}
 	}
 	for _, e := range hit {
+		e.cleared = appendCleared(e.cleared, e.sampled, e.consumed, gone)
 		e.sampled = withoutRows(e.sampled, gone)
 		e.consumed = withoutRows(e.consumed, gone)
 		if e.held && len(e.consumed) == 0 {
@@ -430,6 +438,40 @@ func (t *fetchTable) reset(task string, now time.Time) {
 	}
 }
 
+// appendCleared returns cleared (an entry's, whose slice a snapshot may
+// still be writing: a new one when it adds) with the rows of sampled and
+// then consumed that are in gone, each once. An entry's sampled and
+// consumed no longer name a row it cleared (byRow does not link it), so
+// a row is in cleared at most once however often its index is reused
+// and cleared again.
+func appendCleared(cleared, sampled, consumed []uint64, gone map[uint64]struct{}) []uint64 {
+	var add []uint64
+	for _, gi := range sampled {
+		if _, ok := gone[gi]; ok {
+			add = append(add, gi)
+		}
+	}
+	var seen map[uint64]struct{} // a set: both lists can be a large fetch's
+	if len(add) > 0 && len(consumed) > 0 {
+		seen = make(map[uint64]struct{}, len(add))
+		for _, gi := range add {
+			seen[gi] = struct{}{}
+		}
+	}
+	for _, gi := range consumed {
+		if _, ok := gone[gi]; !ok {
+			continue
+		}
+		if _, dup := seen[gi]; !dup {
+			add = append(add, gi)
+		}
+	}
+	if len(add) == 0 {
+		return cleared
+	}
+	return append(slices.Clip(cleared), add...)
+}
+
 // withoutRows returns rows less those in gone: rows itself when it has
 // none of them, else a new slice.
 func withoutRows(rows []uint64, gone map[uint64]struct{}) []uint64 {
@@ -457,7 +499,7 @@ func (t *fetchTable) copyState(now time.Time) ([]*wirepb.StateFetch, []*wirepb.S
 		}
 		out = append(out, &wirepb.StateFetch{
 			Key: []byte(e.key), Task: e.task, Sampled: e.sampled, Consumed: e.consumed, Spent: e.spent, AtUnixMs: e.at.UnixMilli(),
-			Kept: e.kept.pb(), Held: e.held, HoldGroup: heldGroup(e.held, e.group),
+			Kept: e.kept.pb(), Held: e.held, HoldGroup: heldGroup(e.held, e.group), Cleared: e.cleared,
 		})
 	}
 	var back []*wirepb.StateGivenBack
@@ -488,7 +530,7 @@ func (p *partition) loadFetches(fs []*wirepb.StateFetch, back []*wirepb.StateGiv
 		if err != nil {
 			return fmt.Errorf("partition %q: %w", p.id, err)
 		}
-		e := &fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref}
+		e := &fetchEntry{key: string(f.Key), task: f.Task, sampled: f.Sampled, consumed: f.Consumed, cleared: f.Cleared, spent: f.Spent, at: time.UnixMilli(f.AtUnixMs), kept: ref}
 		p.fetches.add(e)
 		if f.Held && !f.Spent {
 			e.group = string(f.HoldGroup)

@@ -132,3 +132,65 @@ func TestUnconsumeRowsManyRows(t *testing.T) {
 	}
 	require.NoError(t, c.Acknowledge("p", "t", "k"))
 }
+
+// A loader gives back the rows of a held fetch it did not yield after a
+// clear removed one of them: the cleared row is gone, nothing to give
+// back, and the others go back. Before, the clear took the row out of
+// the fetch's record, so the give-back named a row "not of the fetch"
+// and was refused whole, and the loader, falling back to giving the
+// batch back whole, had the rows it yielded come again. A new row at
+// the cleared index (another fetch's) is not given back; an index the
+// fetch never took is still refused, naming it; after a restart (the
+// log replayed, or a snapshot loaded) as live.
+func TestUnconsumeRowsOfAFetchARowOfWhichWasCleared(t *testing.T) {
+	ways := append([]struct {
+		name string
+		stop func(t *testing.T, c *Controller)
+	}{{"live", nil}}, restartWays...)
+	for _, way := range ways {
+		t.Run(way.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, Config{})
+			m := insert(t, c, "p", 8, "x")
+			commitDense(t, c, "p", m.Indexes, "x")
+			held := heldFetch(t, c, "k", 8)
+			require.Equal(t, []uint64{0, 1, 2, 3, 4, 5, 6, 7}, held.Indexes)
+			_, err := c.ClearRows("p", []uint64{3})
+			require.NoError(t, err)
+			reused := insert(t, c, "p", 1, "x")
+			require.Equal(t, []uint64{3}, reused.Indexes, "the cleared index is reused")
+			commitDense(t, c, "p", reused.Indexes, "x")
+			other := heldFetch(t, c, "k2", 1)
+			require.Equal(t, []uint64{3}, other.Indexes, "another fetch holds the new row")
+			require.NoError(t, c.MarkDone("p"))
+			if way.stop != nil {
+				require.NoError(t, c.WaitDurable(context.Background()))
+				want := stateBytes(t, c)
+				way.stop(t, c)
+				c = openDurable(t, dir, Config{})
+				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+			}
+			defer c.Close()
+
+			again, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8, Key: "k", Hold: true})
+			require.NoError(t, err)
+			require.Equal(t, []uint64{0, 1, 2, 4, 5, 6, 7}, again.Indexes, "asked again: the rows still here")
+
+			err = c.UnconsumeRows("p", "t", "k", []uint64{2, 3, 8})
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			require.ErrorContains(t, err, "rows [8]", "an index the fetch never took")
+			require.NoError(t, c.UnconsumeRows("p", "t", "k", []uint64{2, 3, 5}))
+			require.NoError(t, c.UnconsumeRows("p", "t", "k", []uint64{2, 3, 5}), "given back again: nothing more")
+
+			got, err := peerFetch(c, 5*time.Second)
+			require.NoError(t, err)
+			require.Equal(t, []uint64{2, 5}, got.Indexes, "the rows given back, not the new row at the cleared index")
+			_, err = peerFetch(c, 300*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded, "the fetches still hold their other rows")
+			require.NoError(t, c.Acknowledge("p", "t", "k"))
+			require.NoError(t, c.Acknowledge("p", "t", "k2"))
+			_, err = peerFetch(c, 5*time.Second)
+			require.ErrorIs(t, err, engine.ErrDone)
+		})
+	}
+}

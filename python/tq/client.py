@@ -1287,8 +1287,9 @@ class Client:
         back). As the Go client's UnconsumeRows: only to a controller whose
         HELLO lists "unconsume_rows" (an older one would give back the whole
         fetch), else :class:`NotSupportedError` and nothing is sent; a row
-        the fetch did not take is :class:`InvalidError` naming it, and
-        nothing goes back. Idempotent, so repeated over a new connection."""
+        the fetch took that was cleared since gives nothing back (it is
+        gone) and the others still go back; a row the fetch never took is
+        :class:`InvalidError` naming it, and nothing goes back. Idempotent, so repeated over a new connection."""
         idx = [int(i) for i in indexes]
         if not idx:
             raise errors.InvalidError(f"rows of the fetch of task {task!r} given back: no row named",

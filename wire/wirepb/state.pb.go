@@ -2861,16 +2861,21 @@ func (x *StateField) GetDtype() string {
 // StateFetch: a recent keyed fetch, so a repeated FETCH or an UNCONSUME
 // after a restart finds it; spent keys were given back.
 type StateFetch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	Task          string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
-	Sampled       []uint64               `protobuf:"varint,3,rep,packed,name=sampled,proto3" json:"sampled,omitempty"`
-	Consumed      []uint64               `protobuf:"varint,4,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
-	Spent         bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
-	AtUnixMs      int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
-	Kept          *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`                            // the kept batch it took, while followed
-	Held          bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled; with spent (written before StatePartition.given_back): a held fetch given back
-	HoldGroup     []byte                 `protobuf:"bytes,9,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"` // the hold's group (FetchRequest.hold_group)
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Key       []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Task      string                 `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	Sampled   []uint64               `protobuf:"varint,3,rep,packed,name=sampled,proto3" json:"sampled,omitempty"`
+	Consumed  []uint64               `protobuf:"varint,4,rep,packed,name=consumed,proto3" json:"consumed,omitempty"`
+	Spent     bool                   `protobuf:"varint,5,opt,name=spent,proto3" json:"spent,omitempty"`
+	AtUnixMs  int64                  `protobuf:"varint,6,opt,name=at_unix_ms,json=atUnixMs,proto3" json:"at_unix_ms,omitempty"`
+	Kept      *KeptRef               `protobuf:"bytes,7,opt,name=kept,proto3" json:"kept,omitempty"`                            // the kept batch it took, while followed
+	Held      bool                   `protobuf:"varint,8,opt,name=held,proto3" json:"held,omitempty"`                           // its rows are held for its caller (ConsumeOp.hold), not yet settled; with spent (written before StatePartition.given_back): a held fetch given back
+	HoldGroup []byte                 `protobuf:"bytes,9,opt,name=hold_group,json=holdGroup,proto3" json:"hold_group,omitempty"` // the hold's group (FetchRequest.hold_group)
+	// cleared: the rows of the fetch (indexes) a clear removed since, out of
+	// sampled and consumed; a give-back of some rows (UnconsumeOp.rows)
+	// naming one gives nothing back for it. A state from before it was kept
+	// has none: such a give-back is refused, as it was then.
+	Cleared       []uint64 `protobuf:"varint,10,rep,packed,name=cleared,proto3" json:"cleared,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2964,6 +2969,13 @@ func (x *StateFetch) GetHeld() bool {
 func (x *StateFetch) GetHoldGroup() []byte {
 	if x != nil {
 		return x.HoldGroup
+	}
+	return nil
+}
+
+func (x *StateFetch) GetCleared() []uint64 {
+	if x != nil {
+		return x.Cleared
 	}
 	return nil
 }
@@ -3582,7 +3594,7 @@ const file_state_proto_rawDesc = "" +
 	"\n" +
 	"StateField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\xf8\x01\n" +
+	"\x05dtype\x18\x02 \x01(\tR\x05dtype\"\x92\x02\n" +
 	"\n" +
 	"StateFetch\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x12\n" +
@@ -3595,7 +3607,9 @@ const file_state_proto_rawDesc = "" +
 	"\x04kept\x18\a \x01(\v2\x13.tq.wire.v1.KeptRefR\x04kept\x12\x12\n" +
 	"\x04held\x18\b \x01(\bR\x04held\x12\x1d\n" +
 	"\n" +
-	"hold_group\x18\t \x01(\fR\tholdGroup\"5\n" +
+	"hold_group\x18\t \x01(\fR\tholdGroup\x12\x18\n" +
+	"\acleared\x18\n" +
+	" \x03(\x04R\acleared\"5\n" +
 	"\tStateRows\x12(\n" +
 	"\x04rows\x18\x01 \x03(\v2\x14.tq.wire.v1.StateRowR\x04rows\"\xa7\x02\n" +
 	"\bStateRow\x12\x14\n" +
