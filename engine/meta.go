@@ -140,7 +140,10 @@ type BatchMeta struct {
 	// another), kept across the controller's restarts (a checkpoint load
 	// numbers the partitions it loads anew). 0: not known (a controller
 	// from before it; metas other than a fetch's). A later fetch passes
-	// it as [FetchRequest.PartitionGen].
+	// it as [FetchRequest.PartitionGen]. A meta made from one (Clone,
+	// SelectRows, SelectFields, Chunk, Union with a meta that has none)
+	// keeps it; ConcatMetas of rows of several generations, or a Union of
+	// two that differ, has none.
 	PartitionGen uint64 `json:"partition_gen,omitempty"`
 }
 

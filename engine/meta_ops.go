@@ -52,6 +52,8 @@ func (m *BatchMeta) Clone() *BatchMeta {
 		Tags:       cloneTagList(m.Tags),
 		Extra:      cloneExtra(m.Extra),
 		Cluster:    m.Cluster,
+
+		PartitionGen: m.PartitionGen,
 	}
 	if m.Schema != nil {
 		out.Schema = make(map[string]FieldSchema, len(m.Schema))
@@ -117,6 +119,8 @@ func (m *BatchMeta) SelectFields(names []string) (*BatchMeta, error) {
 		Tags:       cloneTagList(m.Tags),
 		Extra:      cloneExtra(m.Extra),
 		Cluster:    m.Cluster,
+
+		PartitionGen: m.PartitionGen,
 	}
 	for _, name := range names {
 		out.Schema[name] = m.Schema[name].Clone()
@@ -275,6 +279,14 @@ func (m *BatchMeta) Union(other *BatchMeta) (*BatchMeta, error) {
 			out.Cluster = "" // of several clusters: not checked
 		}
 	}
+	// The rows' generation: the one side's when the other knows none
+	// (a put's meta), none when the two differ.
+	switch {
+	case out.PartitionGen == 0:
+		out.PartitionGen = other.PartitionGen
+	case other.PartitionGen != 0 && other.PartitionGen != out.PartitionGen:
+		out.PartitionGen = 0
+	}
 	for i, r := range other.Ready {
 		out.Ready[i] = out.Ready[i] && r
 	}
@@ -351,10 +363,15 @@ func ConcatMetas(metas ...*BatchMeta) (*BatchMeta, error) {
 		Ready:      make([]bool, 0, rows),
 		Tags:       make([]Tags, 0, rows),
 		Cluster:    first.Cluster,
+
+		PartitionGen: first.PartitionGen,
 	}
 	for _, p := range parts {
-		if p.Cluster != out.Cluster {
+		if p.Cluster != first.Cluster {
 			out.Cluster = "" // of several clusters: not checked
+		}
+		if p.Cluster != first.Cluster || p.PartitionGen != first.PartitionGen {
+			out.PartitionGen = 0 // rows of several generations
 		}
 	}
 	if hasKeys {
@@ -552,6 +569,8 @@ func (m *BatchMeta) take(pos []int) *BatchMeta {
 		Tags:       make([]Tags, len(pos)),
 		Extra:      cloneExtra(m.Extra),
 		Cluster:    m.Cluster,
+
+		PartitionGen: m.PartitionGen,
 	}
 	if m.Keys != nil {
 		out.Keys = pick(m.Keys, pos)
