@@ -384,7 +384,12 @@ func jsonSize(v any) int {
 		return quotedSize(x)
 	case int, int64, int32, int16, int8, uint, uint64, uint32, uint16, uint8:
 		return 20
-	case float64, float32:
+	case float64:
+		// The longest encoding/json writes: a negative number in
+		// [1e-6, 1e-5) with 17 significant digits, without an exponent
+		// ("-0.0000012345678901234567").
+		return 25
+	case float32:
 		return 24
 	case json.Number:
 		return len(x)

@@ -257,3 +257,30 @@ func TestMergedJSONSize(t *testing.T) {
 		assert.Equal(t, c.a.Merge(c.b).JSONSize(), c.a.MergedJSONSize(c.b), "%v + %v", c.a, c.b)
 	}
 }
+
+// TestJSONSizeBoundsTheJSON: JSONSize bounds the JSON from above for
+// every number, so that a key's tags measured within MaxTagsBytes, and
+// a page of keys measured to fit a reply, are so once written. The
+// longest float64 encoding/json writes is a negative one between 1e-6
+// and 1e-5 with 17 significant digits, written without an exponent:
+// "-0.0000012345678901234567", 25 bytes.
+func TestJSONSizeBoundsTheJSON(t *testing.T) {
+	for _, v := range []any{
+		-1.2345678901234567e-6, 1.2345678901234567e-6, -9.999999999999999e-6,
+		-1.2345678901234567e-308, -math.MaxFloat64, -123456789012345680000.0,
+		-math.SmallestNonzeroFloat64, float32(-1.2345678e-6), float32(-math.MaxFloat32),
+		int64(math.MinInt64), uint64(math.MaxUint64), int(math.MinInt),
+	} {
+		one, err := json.Marshal(v)
+		assert.NoError(t, err)
+		list := make([]any, 1000)
+		for i := range list {
+			list[i] = v
+		}
+		tags := Tags{"v": v, "list": list}
+		b, err := json.Marshal(tags)
+		assert.NoError(t, err)
+		assert.GreaterOrEqual(t, tags.JSONSize(), len(b), "tags holding %T %s", v, one)
+		assert.GreaterOrEqual(t, Tags(nil).MergedJSONSize(tags), len(b), "merged tags holding %T %s", v, one)
+	}
+}
