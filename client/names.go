@@ -2,8 +2,9 @@ package client
 
 // Names — keys, partition ids, field names, task names — are checked
 // before a request leaves the client: one that is not valid UTF-8 (which
-// the wire's protobuf strings cannot carry) or empty where a name is
-// required is an error wrapping engine.ErrInvalid that quotes it and says
+// the wire's protobuf strings cannot carry), empty where a name is
+// required, or longer than [engine.MaxNameBytes] is an error wrapping
+// engine.ErrInvalid that quotes it (a long one, its first bytes) and says
 // what it is. RemoteMeta checks its own requests (it is also used alone,
 // as by tq stat); [New] wraps any other metadata service, such as the
 // embedded controller, in checkedMeta, so both paths refuse the same
@@ -28,7 +29,8 @@ const (
 	nameTag       = "tag"
 )
 
-// checkName refuses an empty name, or one that is not valid UTF-8.
+// checkName refuses an empty name, one that is not valid UTF-8, or one
+// longer than engine.MaxNameBytes.
 func checkName(kind, s string) error { return checkAt(kind, s, "") }
 
 // checkAt is checkName with where the name is in a list ("" or " (2 of
@@ -39,6 +41,12 @@ func checkAt(kind, s, at string) error {
 			return fmt.Errorf("empty key%s: %w", at, engine.ErrInvalid)
 		}
 		return fmt.Errorf("empty %s name%s: %w", kind, at, engine.ErrInvalid)
+	}
+	if err := engine.CheckNameSize(kind, s); err != nil {
+		if at != "" {
+			return fmt.Errorf("%s%s: %w", kind, at, err)
+		}
+		return err
 	}
 	if !utf8.ValidString(s) {
 		return fmt.Errorf("%s %q%s is not valid UTF-8: %w", kind, s, at, engine.ErrInvalid)
@@ -59,7 +67,7 @@ func checkUTF8(kind, s string) error {
 // checkNames runs checkName on each of names.
 func checkNames(kind string, names []string) error {
 	for i, s := range names {
-		if s != "" && utf8.ValidString(s) {
+		if s != "" && len(s) <= engine.MaxNameBytes && utf8.ValidString(s) {
 			continue
 		}
 		at := ""

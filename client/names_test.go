@@ -220,3 +220,69 @@ func namesClient(t *testing.T, path string) *client.Client {
 	require.NoError(t, err)
 	return c
 }
+
+// Names longer than engine.MaxNameBytes are refused before anything is
+// sent, as names the wire cannot carry are: an error wrapping
+// engine.ErrInvalid that says which name, its length and the limit, and
+// quotes only the name's first bytes.
+func TestLongNamesRefusedUpFront(t *testing.T) {
+	long := strings.Repeat("n", engine.MaxNameBytes+1)
+	ok := []string{"k0", "k1"}
+	batch := func(field string) *engine.Batch {
+		col, err := engine.DenseOf([]int64{1, 2}, 1)
+		require.NoError(t, err)
+		b, err := engine.NewBatch(engine.Field{Name: field, Col: col})
+		require.NoError(t, err)
+		return b
+	}
+	good := batch("x")
+	for _, tc := range []struct {
+		name, what string
+		op         func(ctx context.Context, c *client.Client, kv *kvapi.KV) error
+	}{
+		{"batch put: key", "key", func(ctx context.Context, _ *client.Client, kv *kvapi.KV) error {
+			_, err := kv.BatchPut(ctx, "p", []string{"k0", long}, good, nil)
+			return err
+		}},
+		{"batch put: partition", "partition", func(ctx context.Context, _ *client.Client, kv *kvapi.KV) error {
+			_, err := kv.BatchPut(ctx, long, ok, good, nil)
+			return err
+		}},
+		{"batch put: field", "field", func(ctx context.Context, _ *client.Client, kv *kvapi.KV) error {
+			_, err := kv.BatchPut(ctx, "p", ok, batch(long), nil)
+			return err
+		}},
+		{"put keys: tags only", "key", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.PutKeys(ctx, "p", []string{long}, nil, []engine.Tags{{"a": 1}})
+			return err
+		}},
+		{"put new: partition", "partition", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.PutNew(ctx, long, good)
+			return err
+		}},
+		{"meta by keys: key", "key", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.MetaByKeys(ctx, "p", []string{long}, nil, true)
+			return err
+		}},
+		{"fetch: task", "task", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Task: long, Fields: []string{"x"}, BatchSize: 1})
+			return err
+		}},
+		{"insert: partition", "partition", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.GetMeta(ctx, client.MetaRequest{Mode: client.Insert, Partition: long, Fields: []string{"x"}, BatchSize: 1})
+			return err
+		}},
+	} {
+		for _, path := range []string{"embedded", "remote"} {
+			t.Run(path+"/"+tc.name, func(t *testing.T) {
+				c := namesClient(t, path)
+				err := tc.op(t.Context(), c, kvapi.New(c))
+				require.ErrorIs(t, err, engine.ErrInvalid)
+				assert.False(t, errors.Is(err, engine.ErrClosed), "the request reached the closed connection: %v", err)
+				msg := err.Error()
+				assert.Contains(t, msg, fmt.Sprintf("%s %q… is %d bytes long, past the limit of %d", tc.what, long[:32], len(long), engine.MaxNameBytes))
+				assert.Less(t, len(msg), 1024, "the error quotes only the name's first bytes")
+			})
+		}
+	}
+}

@@ -189,12 +189,15 @@ const maxFields = 1<<16 - 1
 
 // checkDTypes refuses fields whose dtype differs from the one the
 // partition's produced cells of that field have, and new fields past
-// maxFields.
+// maxFields or named with more than [engine.MaxNameBytes].
 func (p *partition) checkDTypes(fields []engine.CommitField) error {
 	added := 0
 	for _, cf := range fields {
 		f, ok := p.fields[cf.Name]
 		if !ok {
+			if err := engine.CheckNameSize("field", cf.Name); err != nil {
+				return err
+			}
 			if added++; len(p.order)+added > maxFields {
 				return fmt.Errorf("field %q would be partition %q's field number %d, past the limit of %d: %w", cf.Name, p.id, len(p.order)+added, maxFields, engine.ErrCapacity)
 			}

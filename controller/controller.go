@@ -290,6 +290,12 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 			c.mu.Unlock()
 			continue
 		}
+		// Only a new one: a partition of a longer id from before the
+		// bound stays usable.
+		if err := engine.CheckNameSize("partition", id); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
 		// New ones count, refused yet or not: two requests cannot both
 		// take the last slot.
 		if max := c.maxPartitions(); max > 0 && len(c.parts) >= max {
@@ -1311,10 +1317,17 @@ func (p *partition) lookupKeys(keys []string) (rows []*row, missing []int) {
 }
 
 // createKeys gives keys[i], for each position i in at, a new row of p and
-// stores it in rows[i]. On error no key is created.
+// stores it in rows[i]. On error no key is created: a key longer than
+// [engine.MaxNameBytes] is refused ([engine.ErrInvalid]) here, where every
+// request that makes keys makes them.
 func (c *Controller) createKeys(p *partition, keys []string, at []int, rows []*row) error {
 	if len(at) == 0 {
 		return nil
+	}
+	for _, i := range at {
+		if err := engine.CheckNameSize("key", keys[i]); err != nil {
+			return err
+		}
 	}
 	nr, err := c.allocRows(p, len(at))
 	if err != nil {

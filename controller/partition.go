@@ -505,9 +505,17 @@ const (
 )
 
 // roomForTask refuses a task the partition does not keep once it keeps
-// maxTasks, with an error wrapping [engine.ErrCapacity]. p is locked.
+// maxTasks, with an error wrapping [engine.ErrCapacity], and a new task
+// named with more than [engine.MaxNameBytes] ([engine.ErrInvalid]). p is
+// locked.
 func (p *partition) roomForTask(task string) error {
-	if _, known := p.tasks[task]; !known && len(p.tasks) >= maxTasks {
+	_, known := p.tasks[task]
+	if !known {
+		if err := engine.CheckNameSize("task", task); err != nil {
+			return err
+		}
+	}
+	if !known && len(p.tasks) >= maxTasks {
 		return fmt.Errorf("partition %q keeps the consumption of %d tasks, the most it does, and task %q would be one more: %w",
 			p.id, len(p.tasks), task, engine.ErrCapacity)
 	}

@@ -41,8 +41,9 @@ func NewOneKey(c *controller.Controller, units ...*storage.Unit) *OneKey {
 }
 
 // Name reports a partition, key or field name the fast paths take as it
-// is; the general path refuses the others with its errors.
-func Name(s string) bool { return s != "" && utf8.ValidString(s) }
+// is; the general path refuses the others with its errors (before a byte
+// is written).
+func Name(s string) bool { return s != "" && len(s) <= engine.MaxNameBytes && utf8.ValidString(s) }
 
 // UnitFor returns the unit a put of key writes to: one picked by the
 // key's hash among the units not draining, nil when every unit is.

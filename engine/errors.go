@@ -51,6 +51,9 @@ type OpError struct {
 	Err       error
 }
 
+// maxPeerBytes bounds how much of OpError.Peer its message shows.
+const maxPeerBytes = 256
+
 func (e *OpError) Error() string {
 	var b strings.Builder
 	b.WriteString(e.Op)
@@ -59,8 +62,15 @@ func (e *OpError) Error() string {
 		b.WriteString(e.Transport)
 	}
 	if e.Peer != "" {
+		// A partition id may be up to MaxNameBytes long: its first bytes
+		// say which.
 		b.WriteString(" ")
-		b.WriteString(e.Peer)
+		if len(e.Peer) > maxPeerBytes {
+			b.WriteString(namePrefix(e.Peer, maxPeerBytes))
+			b.WriteString("…")
+		} else {
+			b.WriteString(e.Peer)
+		}
 	}
 	b.WriteString(": ")
 	if e.Err != nil {

@@ -3,6 +3,7 @@ package kvapi
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -57,4 +58,25 @@ func TestInvalidUTF8Names(t *testing.T) {
 		})
 	}
 	assert.Empty(t, e.Controller.Partitions(), "nothing was created")
+}
+
+// Names of exactly engine.MaxNameBytes are names like any other: a key,
+// partition and field that long are put, read back and listed whole.
+func TestLongestNames(t *testing.T) {
+	kv, _ := newKV(t)
+	name := func(c string) string { return strings.Repeat(c, engine.MaxNameBytes) }
+	partition, key, field := name("p"), name("k"), name("f")
+	ids, err := engine.DenseOf([]int64{7}, 1)
+	require.NoError(t, err)
+	_, err = kv.Put(t.Context(), partition, key, engine.MustBatch(engine.Field{Name: field, Col: ids}), nil)
+	require.NoError(t, err)
+	got, err := kv.BatchGetCopy(t.Context(), partition, []string{key}, field)
+	require.NoError(t, err)
+	col := got.Col(field)
+	require.NotNil(t, col, "the field comes back under its whole name")
+	assert.Equal(t, []int64{7}, must[[]int64](t)(engine.Values[int64](col)))
+	listed, err := kv.List(t.Context(), partition)
+	require.NoError(t, err)
+	require.Len(t, listed[partition], 1)
+	assert.Equal(t, key, listed[partition][0].Key)
 }
