@@ -368,12 +368,14 @@ func (c *conn) listed(key string) string {
 }
 
 // nameProblem says why name cannot be a TQ key, field or partition
-// (what): TQ names them with non-empty UTF-8 text, where Redis takes any
-// bytes. nil when it can.
+// (what): TQ names them with non-empty UTF-8 text of at most
+// [engine.MaxNameBytes], where Redis takes any bytes. nil when it can.
 func nameProblem(what string, name []byte) error {
 	switch {
 	case len(name) == 0:
 		return fmt.Errorf("empty %s; TQ's keys, fields and partitions are non-empty UTF-8 text: %w", what, engine.ErrInvalid)
+	case len(name) > engine.MaxNameBytes:
+		return fmt.Errorf("%s %q… is %d bytes long; TQ's keys, fields and partitions are at most %d bytes: %w", what, name[:32], len(name), engine.MaxNameBytes, engine.ErrInvalid)
 	case !utf8.Valid(name):
 		return fmt.Errorf("%s %q is not valid UTF-8; TQ's keys, fields and partitions are non-empty UTF-8 text: %w", what, clip(name), engine.ErrInvalid)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // TestGlobMatchesRedis checks globMatch against what redis-server's KEYS
@@ -75,7 +77,7 @@ func TestKeysAndScanBoundGlobWork(t *testing.T) {
 	ctx := context.Background()
 	e := newEndpoint(t, Config{})
 	rc := e.client(t, &redis.Options{ReadTimeout: time.Minute})
-	long := strings.Repeat("a", 64<<10)
+	long := strings.Repeat("a", engine.MaxNameBytes-1) // keys of the longest length
 	for i := range 2 {
 		require.NoError(t, rc.Set(ctx, strconv.Itoa(i)+long, "v", 0).Err())
 	}

@@ -2,6 +2,8 @@ package resp
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -181,4 +183,53 @@ func TestClientSetinfoChecksAsRedis(t *testing.T) {
 		assert.Equal(t, c.want, err.Error())
 	}
 	require.NoError(t, rc.Ping(ctx).Err())
+}
+
+// A key, field or partition longer than engine.MaxNameBytes is refused
+// as one TQ cannot name is: an error reply that says which, its length
+// and the limit, quoting only its first bytes; the connection goes on.
+// Before, SET took a key of any length up to the frame limit, which every
+// KEYS and SCAN then sent back whole.
+func TestNamesOverTheBound(t *testing.T) {
+	ctx := context.Background()
+	e := newEndpoint(t, Config{})
+	rc := e.client(t, nil)
+	long := strings.Repeat("n", engine.MaxNameBytes+1)
+	want := fmt.Sprintf(`is %d bytes long; TQ's keys, fields and partitions are at most %d bytes`, len(long), engine.MaxNameBytes)
+	for _, tc := range []struct {
+		what string
+		cmd  []any
+	}{
+		{"key", []any{"SET", long, "v"}},
+		{"key", []any{"MSET", "ok", "v", long, "v"}},
+		{"key", []any{"HSET", long, "f", "v"}},
+		{"key", []any{"GET", long}},
+		{"key", []any{"TQ.TAG", long, "t", "v"}},
+		{"field", []any{"HSET", "h", long, "v"}},
+		{"field", []any{"HMSET", "h", "f", "v", long, "v"}},
+		{"partition id", []any{"SET", "{" + long + "}k", "v"}},
+		{"partition id", []any{"SELECT", long}},
+		{"partition id", []any{"TQ.PARTITION", long}},
+	} {
+		err := rc.Do(ctx, tc.cmd...).Err()
+		require.Error(t, err, "%s of %d bytes", tc.cmd[0], len(long))
+		msg := err.Error()
+		assert.True(t, strings.HasPrefix(msg, "ERR "), msg)
+		assert.Contains(t, msg, tc.what+` "nnnn`, "%s", tc.cmd[0])
+		assert.Contains(t, msg, want, "%s", tc.cmd[0])
+		assert.Less(t, len(msg), 512, "%s: the reply quotes only the name's first bytes", tc.cmd[0])
+	}
+	keys, err := rc.Keys(ctx, "*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys, "nothing was stored")
+	// The longest name is a name like any other, and the connection
+	// goes on in the partition it had.
+	most := strings.Repeat("m", engine.MaxNameBytes)
+	require.NoError(t, rc.Set(ctx, most, "v", 0).Err())
+	require.NoError(t, rc.HSet(ctx, "h", most, "w").Err())
+	assert.Equal(t, "v", rc.Get(ctx, most).Val())
+	assert.Equal(t, "w", rc.HGet(ctx, "h", most).Val())
+	keys, err = rc.Keys(ctx, "*").Result()
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{most, "h"}, keys)
 }
