@@ -1574,3 +1574,32 @@ def test_module_calls_say_whether_tq_was_never_initialized_or_closed(server, par
         tq.close()
     with pytest.raises(tq.ClosedError, match=r"closed by tq\.close\(\)"):
         tq.kv_list(part)
+
+
+def test_name_over_the_bound_is_invalid_before_anything_is_sent(client, part, monkeypatch):
+    """A key, partition id, field or task name longer than 64 KiB (Go's
+    engine.MaxNameBytes) was sent, and kept by a controller that did not
+    bound it, then listed whole. Now InvalidError naming which name, its
+    length and the limit, quoting only its first bytes; nothing is sent.
+    A name of exactly the limit is taken."""
+    most = "m" * tq.MAX_NAME_BYTES
+    client.kv_put(most, part, {most: np.ones(4)})
+    assert list(client.kv_list(part)[part]) == [most]
+    long = "n" * (tq.MAX_NAME_BYTES + 1)
+    x = np.ones((1, 4))
+
+    def no_request(*a, **kw):
+        raise AssertionError("a request went out")
+    monkeypatch.setattr(tq.wire.Conn, "call", no_request)
+    monkeypatch.setattr(tq.wire.Conn, "send_only", no_request)
+    for what, call in (("key", lambda: client.kv_batch_put(["a", long], part, {"x": np.ones((2, 4))})),
+                       ("key", lambda: client.kv_put(long, part, {"x": x[0]})),
+                       ("key", lambda: client.kv_batch_put([long], part, tags=[{"a": 1}])),
+                       ("partition", lambda: client.kv_batch_put(["a"], long, {"x": x})),
+                       ("partition", lambda: client.get_meta(["x"], 1, long, mode="insert")),
+                       ("field name", lambda: client.kv_batch_put(["a"], part, {long: x})),
+                       ("task_name", lambda: client.get_meta(["x"], 1, part, task_name=long))):
+        with pytest.raises(tq.InvalidError, match=f"{what} 'nnnn.* is {len(long)} bytes long, past the limit of "
+                                                  f"{tq.MAX_NAME_BYTES}") as ei:
+            call()
+        assert len(str(ei.value)) < 1024

@@ -23,7 +23,7 @@ import urllib.parse
 
 from . import errors
 from .client import ABSENT, Client, View, tag_conditions
-from .columns import Typed, as_dtype, bfloat16, float8_e4m3fn, float8_e5m2
+from .columns import MAX_NAME_BYTES, Typed, as_dtype, bfloat16, float8_e4m3fn, float8_e5m2
 from .errors import (CanceledError, CapacityError, ClosedError, CorruptError, DeadlineError, DoneError, DTypeMismatchError,
                      InternalError, InvalidError, LostError, NotFoundError, NotReadyError, NotSupportedError, StaleError,
                      ServerUnprovenError, TQError, UnauthenticatedError, UnavailableError, UnitLostError)
@@ -37,7 +37,7 @@ __all__ = [
     "async_kv_list", "async_kv_clear", "save_checkpoint", "load_checkpoint", "list_checkpoints",
     "Client", "TransferQueueClient",
     "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator",
-    "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "Typed", "ABSENT", "tag_conditions", "errors",
+    "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "MAX_NAME_BYTES", "Typed", "ABSENT", "tag_conditions", "errors",
     "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
     "LostError", "CorruptError", "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError",
     "UnavailableError", "UnitLostError", "DoneError",

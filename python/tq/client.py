@@ -86,23 +86,30 @@ def _as_keys(keys, partition, op=""):
                 except UnicodeEncodeError as e:
                     raise errors.InvalidError(f"key {k!r} ({i + 1} of {len(keys)}) is not UTF-8 text: {e.reason}",
                                               op=op, keys=[k]) from None
+    if max(map(len, keys), default=0) > _cols.MAX_NAME_BYTES // 4:
+        for i, k in enumerate(keys):
+            _cols.check_name_size("key", k, f" ({i + 1} of {len(keys)})" if len(keys) > 1 else "", op=op, keys=[k])
     _text(partition, "partition_id", op, "partition")
     return keys
 
 
-def _text(v, arg: str, op: str, name: str = "", *, optional: bool = False):
+def _text(v, arg: str, op: str, name: str = "", *, optional: bool = False, bounded: bool = True):
     """``v`` (argument ``arg`` of ``op``) when it is text a request can
-    carry: a str of UTF-8 text, or None when ``optional``. Anything else
-    (an int, bytes, None) is InvalidError naming the argument and the type,
-    raised before anything is sent, not a bare TypeError from deep in
-    protobuf as the request is built. ``name``: what the argument is, in a
-    message about its text (``arg`` when empty)."""
+    carry: a str of UTF-8 text, or None when ``optional``; with
+    ``bounded`` (a key, partition id or task name), of at most
+    MAX_NAME_BYTES. Anything else (an int, bytes, None) is InvalidError
+    naming the argument and the type, raised before anything is sent, not
+    a bare TypeError from deep in protobuf as the request is built.
+    ``name``: what the argument is, in a message about its text (``arg``
+    when empty)."""
     if isinstance(v, str):
         if not v.isascii():
             try:
                 v.encode()
             except UnicodeEncodeError as e:
                 raise errors.InvalidError(f"{name or arg} {v!r} is not UTF-8 text: {e.reason}", op=op) from None
+        if bounded:
+            _cols.check_name_size(name or arg, v, op=op)
         return v
     if v is None and optional:
         return v
@@ -1601,7 +1608,7 @@ class Client:
         if not key:
             raise errors.InvalidError("empty key", op="compare_and_set_tag", keys=[""])
         _text(partition_id, "partition_id", "compare_and_set_tag", "partition")
-        _text(name, "name", "compare_and_set_tag")
+        _text(name, "name", "compare_and_set_tag", bounded=False)  # a tag name: the tags' bound holds
         req = control_pb2.CompareAndSetTagRequest(
             partition=partition_id, key=key, name=name,
             old_value=b"" if old_absent else value_to_json(old, f"tag {name!r}: old value"),

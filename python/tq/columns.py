@@ -336,10 +336,28 @@ def rows_of(name: str, v) -> int:
     return int(shape[0])
 
 
+# The longest key, partition id, field or task name, in UTF-8 bytes: Go's
+# engine.MaxNameBytes, which the controller enforces too.
+MAX_NAME_BYTES = 64 << 10
+
+
+def check_name_size(what: str, name: str, at: str = "", **info) -> None:
+    """InvalidError if ``name`` (UTF-8 text) is longer than
+    MAX_NAME_BYTES, saying ``what`` it is (``at``: where in a list), its
+    length and the limit, quoting only its first characters."""
+    if len(name) <= MAX_NAME_BYTES // 4:  # at most 4 bytes a character
+        return
+    n = len(name) if name.isascii() else len(name.encode())
+    if n > MAX_NAME_BYTES:
+        raise errors.InvalidError(f"{what} {name[:32]!r}…{at} is {n} bytes long, past the limit of {MAX_NAME_BYTES}",
+                                  **info)
+
+
 def check_name(name) -> None:
     """InvalidError unless ``name`` can name a field: a non-empty str the
-    request carries as UTF-8. Checked before any byte of a put is written
-    (protobuf would refuse it only once they were on a unit)."""
+    request carries as UTF-8, of at most MAX_NAME_BYTES. Checked before
+    any byte of a put is written (protobuf would refuse it only once they
+    were on a unit)."""
     if not isinstance(name, str):
         raise errors.InvalidError(f"field name {name!r} is a {type(name).__name__}, not a str", fields=[name])
     if not name:
@@ -348,6 +366,7 @@ def check_name(name) -> None:
         name.encode()
     except UnicodeEncodeError as e:
         raise errors.InvalidError(f"field name {name!r} is not UTF-8 text: {e.reason}", fields=[name]) from None
+    check_name_size("field name", name, fields=[name])
 
 
 def _to_column(name: str, v, n: int) -> Column:

@@ -72,17 +72,23 @@ class TQError(Exception):
         if self.op:
             parts.append(self.op)
         if self.partition:
-            parts.append(f"partition {self.partition!r}")
+            parts.append(f"partition {_clip(self.partition)!r}")
         head = " ".join(parts)
         s = f"{head}: {self.message}" if head else self.message
         if self.keys:
-            s += f" (keys {self.keys[:16]!r}{'…' if len(self.keys) > 16 else ''})"
+            s += f" (keys {[_clip(k) for k in self.keys[:16]]!r}{'…' if len(self.keys) > 16 else ''})"
         if self.fields:
-            s += f" (fields {self.fields!r})"
+            s += f" (fields {[_clip(f) for f in self.fields]!r})"
         return s
 
     # KeyError's __str__ quotes its argument; keep ours.
     __repr__ = Exception.__repr__
+
+
+def _clip(name):
+    """A name as a message shows it: its first 256 characters, for a name
+    may be up to 64 KiB long (MAX_NAME_BYTES)."""
+    return name[:256] + "…" if isinstance(name, str) and len(name) > 256 else name
 
 
 class InvalidError(TQError, ValueError):
