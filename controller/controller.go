@@ -1922,23 +1922,52 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 		st.Fields = append(st.Fields, engine.FieldStats{Name: f.name, DType: f.dtype, Kind: f.kind, Shape: f.shape.Clone(), Produced: f.produced})
 	}
 	sort.Slice(st.Fields, func(i, j int) bool { return st.Fields[i].Name < st.Fields[j].Name })
-	for t, name := range p.taskName {
-		if consumed[t] == 0 {
-			// A task that has consumed nothing (a fetch that took
-			// nothing yet, or rows all given back) is not listed.
-			continue
-		}
-		ts := engine.TaskStats{Task: name, Consumed: consumed[t], Held: held[name]}
-		if total > 0 {
-			ts.Progress = float64(consumed[t]) / float64(total)
-		}
-		st.Tasks = append(st.Tasks, ts)
-	}
-	// By name: slots follow first use, which a replay may order otherwise.
-	slices.SortFunc(st.Tasks, func(a, b engine.TaskStats) int { return strings.Compare(a.Task, b.Task) })
+	st.Tasks = p.taskStats(consumed, held, total, false)
 	p.mu.Unlock()
 	st.IndexesUse, st.IndexesFree = c.idx.stats()
 	return st, nil
+}
+
+// Tasks describes every task a partition knows, sorted by name: those
+// with rows consumed, as [Controller.Stats] lists them, and those with
+// none (a fetch that took nothing yet, rows all given back, a consumption
+// reset), which Stats leaves out. A task stays known while the partition
+// exists. It costs O(tasks + held fetches), no walk of the rows.
+func (c *Controller) Tasks(partition string) ([]engine.TaskStats, error) {
+	p := c.lock(partition)
+	if p == nil {
+		return nil, opErr("tasks", partition, errUnknownPartition(partition))
+	}
+	defer p.mu.Unlock()
+	c.expireHeld(p, time.Now()) // as Stats does
+	return p.taskStats(p.consumedN, p.heldCounts(), p.rows.len(), true), nil
+}
+
+// taskStats lists the partition's tasks by name, given each slot's
+// consumed count, the held counts by task and the rows (reserved ones
+// included) that progress is of (consumed may be shorter than the
+// slots); those with nothing consumed only with all. p is locked.
+func (p *partition) taskStats(consumed []int, held map[string]int, total int, all bool) []engine.TaskStats {
+	var out []engine.TaskStats
+	for t, name := range p.taskName {
+		n := 0
+		if t < len(consumed) { // consumedN grows as tasks consume
+			n = consumed[t]
+		}
+		if n == 0 && !all {
+			// Stats does not list a task that has consumed nothing (a
+			// fetch that took nothing yet, or rows all given back).
+			continue
+		}
+		ts := engine.TaskStats{Task: name, Consumed: n, Held: held[name]}
+		if total > 0 {
+			ts.Progress = float64(n) / float64(total)
+		}
+		out = append(out, ts)
+	}
+	// By name: slots follow first use, which a replay may order otherwise.
+	slices.SortFunc(out, func(a, b engine.TaskStats) int { return strings.Compare(a.Task, b.Task) })
+	return out
 }
 
 func opErr(op, partition string, err error) error {

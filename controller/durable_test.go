@@ -906,3 +906,37 @@ func TestFetchOfNothingMakesItsTaskAsReplayDoes(t *testing.T) {
 		}
 	}
 }
+
+// Tasks lists every task the partition knows, those Stats leaves out
+// (nothing consumed: a fetch that took nothing, a reset) at 0, and the
+// same after a crash: the metrics keep a task's series at 0 by it.
+func TestTasksListsTasksWithNothingConsumed(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	m := insert(t, c, "p", 2, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	require.Equal(t, 2, fetch(t, c, "p", "reset", 2, "x").Len())
+	got, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "idle", Fields: []string{"x"}, BatchSize: 3})
+	require.NoError(t, err)
+	require.Zero(t, got.Len())
+	require.Equal(t, 1, fetch(t, c, "p", "late", 1, "x").Len())
+	require.NoError(t, c.ResetConsumption("p", "reset"))
+
+	want := []engine.TaskStats{{Task: "idle"}, {Task: "late", Consumed: 1, Progress: 0.5}, {Task: "reset"}}
+	tasks, err := c.Tasks("p")
+	require.NoError(t, err)
+	require.Equal(t, want, tasks)
+	st, err := c.Stats("p")
+	require.NoError(t, err)
+	require.Equal(t, want[1:2], st.Tasks, "Stats lists the tasks with rows consumed")
+	_, err = c.Tasks("nope")
+	require.ErrorContains(t, err, `"nope"`)
+
+	require.NoError(t, c.WaitDurable(context.Background()))
+	crash(t, c)
+	d := openDurable(t, dir, Config{})
+	defer d.Close()
+	tasks, err = d.Tasks("p")
+	require.NoError(t, err)
+	assert.Equal(t, want, tasks, "Tasks after the crash")
+}

@@ -24,7 +24,7 @@ var (
 	descProduced      = desc("tq_partition_produced_rows", "Rows of a partition with at least one produced field.", "partition")
 	descFields        = desc("tq_partition_fields", "Fields of a partition (those past MaxFieldSeries have no tq_partition_field_produced_rows series).", "partition")
 	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced, for the first MaxFieldSeries (64) fields of the partition by name.", "partition", "field")
-	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed.", "partition", "task")
+	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed, for every task the partition knows (0 for one with nothing consumed).", "partition", "task")
 	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back.", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
 	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
@@ -173,7 +173,14 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 			clear(seen)
-			for _, t := range st.Tasks {
+			// Every task the partition knows, those with nothing consumed
+			// too (Stats leaves them out): a series that vanished at 0
+			// would drop the task from panels and alerts.
+			tasks, err := s.c.Tasks(id)
+			if err != nil {
+				continue // cleared since
+			}
+			for _, t := range tasks {
 				task := nameLabel(t.Task)
 				if !seen.add(task) {
 					continue
