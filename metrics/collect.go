@@ -24,8 +24,9 @@ var (
 	descProduced      = desc("tq_partition_produced_rows", "Rows of a partition with at least one produced field.", "partition")
 	descFields        = desc("tq_partition_fields", "Fields of a partition (those past MaxFieldSeries have no tq_partition_field_produced_rows series).", "partition")
 	descFieldProduced = desc("tq_partition_field_produced_rows", "Rows of a partition in which a field is produced, for the first MaxFieldSeries (64) fields of the partition by name.", "partition", "field")
-	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed, for every task the partition knows (0 for one with nothing consumed).", "partition", "task")
-	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back.", "partition", "task")
+	descTasks         = desc("tq_partition_tasks", "Tasks a partition knows (those past MaxTaskSeries have no tq_task_ series).", "partition")
+	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed, for the first MaxTaskSeries (64) tasks the partition knows by name (0 for one with nothing consumed).", "partition", "task")
+	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back (the tasks of tq_task_consumed_rows).", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
 	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
 	descDraining      = desc("tq_unit_draining", "1 for a storage unit the controller reports draining (no new placements; tq unit drain), 0 for a live one that is not (a dead unit not draining has no series).", "unit")
@@ -53,7 +54,7 @@ type ctrlCollector struct{ r *Registry }
 
 func (c *ctrlCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPartitions, descRows, descReserved, descKeys, descProduced, descFields, descFieldProduced,
-		descConsumed, descHeld, descIndexes, descUnits, descDraining, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
+		descTasks, descConsumed, descHeld, descIndexes, descUnits, descDraining, descBlocked, descCtrlConns, descLogIndex, descLogBytes} {
 		ch <- d
 	}
 }
@@ -72,6 +73,13 @@ func counter(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels 
 // up to 65535 in a partition, and a series each would put that many in
 // every scrape; tq_partition_fields counts them all.
 const MaxFieldSeries = 64
+
+// MaxTaskSeries bounds the tasks of one partition that get the
+// tq_task_consumed_rows and tq_task_held_rows series: the first ones by
+// name, as [MaxFieldSeries] does fields. Tasks are named by the workload,
+// up to 1024 in a partition, two series each; tq_partition_tasks counts
+// them all.
+const MaxTaskSeries = 64
 
 // maxLabelLen bounds a label value taken from a name (a partition, a
 // task, a field), in bytes. Names have no bound of their own, and a
@@ -180,7 +188,8 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			if err != nil {
 				continue // cleared since
 			}
-			for _, t := range tasks {
+			gauge(ch, descTasks, float64(len(tasks)), p)
+			for _, t := range tasks[:min(len(tasks), MaxTaskSeries)] { // by name
 				task := nameLabel(t.Task)
 				if !seen.add(task) {
 					continue

@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -77,4 +78,33 @@ func TestTaskSeriesStayAtZero(t *testing.T) {
 	consumed, held = taskSeries(t, reg, "p")
 	assert.Equal(t, map[string]float64{"reset": 0, "idle": 0}, consumed, "tq_task_consumed_rows after the reset")
 	assert.Equal(t, map[string]float64{"reset": 0, "idle": 0}, held, "tq_task_held_rows after the reset")
+}
+
+// TestTaskSeriesAreBounded: tasks are named by the workload, up to 1024
+// per partition, and each had two series (consumed, held) of its own,
+// unbounded where fields were bounded: at most MaxTaskSeries tasks of a
+// partition (the first by name) get them; tq_partition_tasks counts them
+// all.
+func TestTaskSeriesAreBounded(t *testing.T) {
+	c, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	commitRows(t, c, "p", 1)
+	const n = 3 * metrics.MaxTaskSeries
+	for i := range n {
+		// Each fetch asks for two rows of one: it takes nothing, and
+		// makes its task known.
+		_, err := c.Fetch(t.Context(), engine.FetchRequest{Partition: "p", Task: fmt.Sprintf("task%04d", n-1-i), Fields: []string{"x"}, BatchSize: 2})
+		require.NoError(t, err)
+	}
+
+	reg := metrics.New()
+	reg.AddController(c, nil)
+	consumed, held := taskSeries(t, reg, "p")
+	assert.Equal(t, metrics.MaxTaskSeries, len(consumed), "tq_task_consumed_rows series of one partition")
+	assert.Equal(t, metrics.MaxTaskSeries, len(held), "tq_task_held_rows series of one partition")
+	assert.Contains(t, consumed, "task0000", "the first task by name")
+	assert.Contains(t, consumed, fmt.Sprintf("task%04d", metrics.MaxTaskSeries-1), "the last task with a series")
+	cl := &cluster{reg: reg}
+	assert.Equal(t, float64(n), cl.value(t, "tq_partition_tasks", "partition", "p"), "tq_partition_tasks")
 }
