@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -1903,15 +1904,26 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 	st.Produced = p.rows.producedRows()
 	if invariants.Enabled {
 		walked := 0
+		onUnit := map[engine.UnitID]int{}
 		p.rows.all(func(r *row) {
 			produced := false
-			p.rows.cells(r, func(int, cell) { produced = true })
+			p.rows.cells(r, func(_ int, cl cell) {
+				produced = true
+				if cl.len > 0 {
+					onUnit[engine.UnitID(cl.unit&^producedBit)]++
+				}
+			})
 			if produced {
 				walked++
 			}
 		})
 		if walked != st.Produced {
 			panic(fmt.Sprintf("partition %q: %d rows produced by the count, %d by a walk", p.id, st.Produced, walked))
+		}
+		counted := map[engine.UnitID]int{}
+		p.rows.unitsWithCells(func(u engine.UnitID, n int) { counted[u] = n })
+		if !maps.Equal(onUnit, counted) {
+			panic(fmt.Sprintf("partition %q: cells by unit %v by the count, %v by a walk", p.id, counted, onUnit))
 		}
 	}
 	total := p.rows.len()

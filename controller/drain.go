@@ -154,6 +154,23 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 	return out, next, nil
 }
 
+// CellsByUnit counts the stored cells (of non-zero length) the
+// partitions list on each unit, for the units that hold any: those of a
+// dead unit are lost. Each partition keeps its counts as its cells
+// change, so this costs O(partitions × units holding cells), no walk.
+func (c *Controller) CellsByUnit() map[engine.UnitID]int {
+	out := make(map[engine.UnitID]int)
+	for _, id := range c.partitionIDs(true) {
+		p := c.lock(id)
+		if p == nil {
+			continue
+		}
+		p.rows.unitsWithCells(func(u engine.UnitID, n int) { out[u] += n })
+		p.mu.Unlock()
+	}
+	return out
+}
+
 // moveTable remembers where recently moved cells went, for readers that
 // hold the old locations (see [Controller.Moved]). A durable controller's
 // snapshots hold its newest maxSavedMoves and replaying the log's moves

@@ -27,6 +27,8 @@ package controller
 
 import (
 	"slices"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // pageSize is the rows per page: small enough that a page sparsely used
@@ -47,6 +49,9 @@ type rowTable struct {
 	// produced counts the rows with at least one produced cell (each
 	// row's count is row.cells), so stats need not walk the rows.
 	produced int
+	// onUnit counts the stored cells (produced, of non-zero length) by
+	// unit id, so that the units holding cells are known without a walk.
+	onUnit map[uint32]int
 	// last caches the most recently used page: consecutive lookups hit it.
 	lastKey  uint64
 	lastPage *rowPage
@@ -104,8 +109,33 @@ func (t *rowTable) add(gi uint64) *row {
 func (t *rowTable) clearCells(p *rowPage, i uint64) {
 	for _, col := range p.cols {
 		if col != nil {
+			t.countOnUnit(col[i], -1)
 			col[i] = cell{}
 		}
+	}
+}
+
+// countOnUnit adds d to the count of c's unit if c is a stored cell.
+func (t *rowTable) countOnUnit(c cell, d int) {
+	if !c.produced() || c.len == 0 {
+		return
+	}
+	u := c.unit &^ producedBit
+	if n := t.onUnit[u] + d; n > 0 {
+		if t.onUnit == nil {
+			t.onUnit = make(map[uint32]int)
+		}
+		t.onUnit[u] = n
+	} else {
+		delete(t.onUnit, u)
+	}
+}
+
+// unitsWithCells calls fn with each unit that holds stored cells of the
+// table and their count.
+func (t *rowTable) unitsWithCells(fn func(engine.UnitID, int)) {
+	for u, n := range t.onUnit {
+		fn(engine.UnitID(u), n)
 	}
 }
 
@@ -185,6 +215,10 @@ func (t *rowTable) set(r *row, slot int, c cell) {
 		p.cols[slot] = col
 	}
 	i := r.index % pageSize
+	if old := col[i]; old.unit != c.unit || (old.len == 0) != (c.len == 0) {
+		t.countOnUnit(old, -1)
+		t.countOnUnit(c, 1)
+	}
 	switch was := col[i].produced(); {
 	case c.produced() && !was:
 		if r.cells++; r.cells == 1 {

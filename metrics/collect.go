@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tqgo/tq/engine"
 )
 
 // The controller's and the units' figures, read at scrape time.
@@ -28,7 +30,7 @@ var (
 	descConsumed      = desc("tq_task_consumed_rows", "Rows of a partition a task has consumed, for the first MaxTaskSeries (64) tasks the partition knows by name (0 for one with nothing consumed).", "partition", "task")
 	descHeld          = desc("tq_task_held_rows", "Of a task's consumed rows, those held fetches (a loader's, fetched ahead) hold, not settled yet: they may still come back (the tasks of tq_task_consumed_rows).", "partition", "task")
 	descIndexes       = desc("tq_global_indexes", "Global row indexes: allocated to rows, or free for reuse.", "state")
-	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout).", "state")
+	descUnits         = desc("tq_units", "Storage units registered with the controller, by state (alive: heartbeat within the timeout; dead: none, and the controller lists cells on it, lost; gone: none, holding no cells).", "state")
 	descDraining      = desc("tq_unit_draining", "1 for a storage unit the controller reports draining (no new placements; tq unit drain), 0 for a live one that is not (a dead unit not draining has no series).", "unit")
 	descBlocked       = desc("tq_fetches_blocked", "Fetches waiting for rows to be ready.")
 	descCtrlConns     = desc("tq_controller_connections", "Connections the controller's wire server holds open.")
@@ -205,12 +207,25 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(ch, descLogBytes, float64(ci.LogBytes))
 		}
 		if s.srv != nil {
-			alive, dead := 0, 0
+			// A dead unit counts as dead while the partitions list cells
+			// on it (their bytes lost), else as gone: dead units stay
+			// listed until the registry fills, and one rolling update
+			// would keep "dead" above 0 for good.
+			var held map[engine.UnitID]int
+			alive, dead, gone := 0, 0, 0
 			for _, u := range s.srv.Units() {
-				if u.Alive {
+				switch {
+				case u.Alive:
 					alive++
-				} else {
-					dead++
+				default:
+					if held == nil {
+						held = s.c.CellsByUnit()
+					}
+					if held[u.ID] > 0 {
+						dead++
+					} else {
+						gone++
+					}
 				}
 				// A dead unit gets no series unless it drains: ids are
 				// never reused and dead units stay listed until the
@@ -225,6 +240,7 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			gauge(ch, descUnits, float64(alive), "alive")
 			gauge(ch, descUnits, float64(dead), "dead")
+			gauge(ch, descUnits, float64(gone), "gone")
 			gauge(ch, descCtrlConns, float64(s.srv.Conns()))
 		}
 	}

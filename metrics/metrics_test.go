@@ -293,8 +293,8 @@ func TestGlobalIndexesWithoutPartitions(t *testing.T) {
 // its next run registers under a new id) leaves no tq_unit_draining
 // series behind unless it was draining: ids are never reused and the
 // controller lists dead units until its registry fills, so every restart
-// of a unit would add a series for good. tq_units{state="dead"} counts
-// them.
+// of a unit would add a series for good. tq_units{state="gone"} counts
+// them (dead, holding no cells).
 func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
 	ctx := t.Context()
 	reg := metrics.New()
@@ -331,8 +331,9 @@ func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
 	stop()
 
 	require.Eventually(t, func() bool {
-		return cl.value(t, "tq_units", "state", "dead") == 4
-	}, 10*time.Second, 10*time.Millisecond, "the stopped units are dead")
+		return cl.value(t, "tq_units", "state", "gone") == 4
+	}, 10*time.Second, 10*time.Millisecond, "the stopped units are dead, holding no cells")
+	assert.Equal(t, 0.0, cl.value(t, "tq_units", "state", "dead"), "dead units holding cells")
 	name := func(id engine.UnitID) string { return strconv.FormatUint(uint64(id), 10) }
 	assert.Equal(t, 0.0, cl.value(t, "tq_unit_draining", "unit", name(alive)), "the live unit")
 	assert.Equal(t, 1.0, cl.value(t, "tq_unit_draining", "unit", name(drained)), "the dead unit that was draining")

@@ -1,0 +1,71 @@
+package metrics_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/metrics"
+	"github.com/tqgo/tq/storage"
+)
+
+// tq_units{state="dead"} counts the dead units that still hold cells the
+// controller lists (their bytes lost); a dead unit holding none (a unit
+// process replaced in a rolling update, its cells cleared) is "gone".
+// Dead units stay registered until the registry fills, and "dead" used
+// to count them all: after one rolling update a dead-units panel, or an
+// alert on > 0, stayed non-zero for good.
+func TestDeadUnitsAreThoseWithCells(t *testing.T) {
+	ctx := t.Context()
+	reg := metrics.New()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	defer ctrl.Close()
+	cs := controller.NewServer(ctrl, controller.ServerConfig{HeartbeatInterval: 20 * time.Millisecond})
+	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
+	reg.AddController(ctrl, cs)
+	cl := &cluster{reg: reg}
+
+	join := func() (engine.UnitID, func()) {
+		ucfg := storage.DefaultConfig()
+		ucfg.Capacity = 1 << 20
+		u, err := storage.NewUnit(0, ucfg)
+		require.NoError(t, err)
+		id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+		require.NoError(t, err)
+		mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://127.0.0.1:1"}})
+		require.NoError(t, err)
+		return id, func() { mem.Close(); u.Close() }
+	}
+	holder, stopHolder := join()
+	_, stopEmpty := join()
+	m, err := ctrl.Insert("p", 2, []string{"x"})
+	require.NoError(t, err)
+	_, err = ctrl.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{{
+		Name: "x", DType: engine.Uint8, Kind: engine.Dense, Shape: engine.Shape{8},
+		Locs: []engine.CellLoc{
+			{Unit: holder, Addr: engine.RemoteAddr{Segment: 1, Offset: 0, Len: 8}},
+			{Unit: holder, Addr: engine.RemoteAddr{Segment: 1, Offset: 8, Len: 8}},
+		},
+	}}})
+	require.NoError(t, err)
+	stopHolder()
+	stopEmpty()
+
+	require.Eventually(t, func() bool {
+		return cl.value(t, "tq_units", "state", "alive") == 0
+	}, 10*time.Second, 10*time.Millisecond, "the stopped units are dead")
+	require.Equal(t, 1.0, cl.value(t, "tq_units", "state", "dead"), "the dead unit that holds cells")
+	require.Equal(t, 1.0, cl.value(t, "tq_units", "state", "gone"), "the dead unit that holds none")
+
+	_, err = ctrl.ClearRows("p", m.Indexes[:1])
+	require.NoError(t, err)
+	require.Equal(t, 1.0, cl.value(t, "tq_units", "state", "dead"), "a cell left")
+	_, err = ctrl.ClearRows("p", m.Indexes[1:])
+	require.NoError(t, err)
+	require.Equal(t, 0.0, cl.value(t, "tq_units", "state", "dead"), "no cell left")
+	require.Equal(t, 2.0, cl.value(t, "tq_units", "state", "gone"), "no cell left")
+}
