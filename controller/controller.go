@@ -1206,6 +1206,9 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
+		err = checkLocs(req.Fields)
+	}
+	if err == nil {
 		err = c.checkFences(req.Fields)
 	}
 	if err == nil {

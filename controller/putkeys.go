@@ -43,6 +43,9 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 		// Before the partition is made: a rejected put creates none.
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
 	}
+	if err == nil {
+		err = checkLocs(req.Fields)
+	}
 	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)
 	}
