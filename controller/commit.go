@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -183,30 +184,46 @@ func checkLens(partition string, fields []engine.CommitField, row func(i int) st
 	return nil
 }
 
-// checkLocs refuses a stored location naming a unit id above
-// [engine.LostUnit]: ids are handed out below it, and a cell keeps its
-// unit in 31 bits (producedBit is the 32nd), so unit 2^31+1 would be
-// recorded as unit 1, past the fences and draining mark checked under the
-// id as sent. Not in checkFields: a log written before the rule may hold
-// such a commit, and replaying it keeps the log loadable. The fields must
-// have passed checkFields.
-func checkLocs(fields []engine.CommitField) error {
+// checkLocs refuses a stored location no unit can hold:
+//   - one naming a unit id above [engine.LostUnit]: ids are handed out
+//     below it, and a cell keeps its unit in 31 bits (producedBit is the
+//     32nd), so unit 2^31+1 would be recorded as unit 1, past the fences
+//     and draining mark checked under the id as sent;
+//   - one whose bytes end past 2^64, a run's (First.Offset + Count ×
+//     First.Len) included: its end would read as a small offset, and
+//     a run's later cells ([engine.CellRun.Cell]) would wrap around onto
+//     the start of the segment. The wire decoder refuses these, so this
+//     guards the Go API (an embedded client) and keeps the log, which is
+//     written in the wire's form, loadable.
+//
+// Not in checkFields: a log written before the unit rule may hold such a
+// commit, and replaying it keeps the log loadable. row names row i in the
+// error. The fields must have passed checkFields.
+func checkLocs(fields []engine.CommitField, row func(i int) string) error {
 	for fi := range fields {
 		cf := &fields[fi]
-		check := func(u engine.UnitID) error {
+		unit := func(u engine.UnitID) error {
 			if u > engine.LostUnit {
 				return fmt.Errorf("field %q: location on storage unit %d, past the highest unit id %d: %w", cf.Name, u, engine.LostUnit-1, engine.ErrInvalid)
 			}
 			return nil
 		}
 		for _, r := range cf.Runs {
-			if err := check(r.Unit); err != nil {
+			if err := unit(r.Unit); err != nil {
 				return err
 			}
+			if n, c := r.First.Len, uint64(r.Count); r.Unit != 0 && n > 0 && (c > math.MaxUint64/n || r.First.Offset > math.MaxUint64-c*n) {
+				return fmt.Errorf("field %q: run of %d cells of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
+					cf.Name, r.Count, n, r.First.Offset, r.Unit, engine.ErrInvalid)
+			}
 		}
-		for _, l := range cf.Locs {
-			if err := check(l.Unit); err != nil {
+		for i, l := range cf.Locs {
+			if err := unit(l.Unit); err != nil {
 				return err
+			}
+			if a := l.Addr; l.Stored() && a.Offset > math.MaxUint64-a.Len {
+				return fmt.Errorf("field %q, %s: location of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
+					cf.Name, row(i), a.Len, a.Offset, l.Unit, engine.ErrInvalid)
 			}
 		}
 	}

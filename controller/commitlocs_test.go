@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -54,4 +55,58 @@ func TestCommitRefusesUnitIDsPastLostUnit(t *testing.T) {
 	assert.Contains(t, err.Error(), "storage unit 2147483649")
 	_, err = c.ProductionStatus("q", []string{"v"})
 	assert.ErrorIs(t, err, engine.ErrNotFound, "nothing committed: the partition has no field v")
+}
+
+// TestCommitRefusesLocationsEndingPast2To64 commits, through the Go API
+// (Controller.Commit and CommitKeys, which an embedded client calls with
+// no wire decoding in between), cells whose bytes end past 2^64: a run of
+// 3 cells of 8 bytes from 2^64-8, whose cells 1 and 2 (CellRun.Cell)
+// wrapped around to offsets 0 and 8, another key's bytes at the start of
+// the segment; a run whose Count × Len itself overflows; and a cell from
+// 2^64-8 of 16 bytes. They were taken, and, logged in the form the wire
+// decoder refuses ("address run overflows"), made the controller's log
+// unloadable: the next start failed. They are refused, naming the field,
+// row or key, and the bound, and nothing is logged.
+func TestCommitRefusesLocationsEndingPast2To64(t *testing.T) {
+	const top = ^uint64(0) - 7 // 2^64 - 8
+	at := func(off, n uint64) engine.RemoteAddr {
+		return engine.RemoteAddr{Segment: 1, Gen: 1, Offset: off, Len: n}
+	}
+	dense := func(cf engine.CommitField) engine.CommitField {
+		cf.Name, cf.DType, cf.Kind = "x", engine.Int64, engine.Dense
+		return cf
+	}
+	opaque := func(cf engine.CommitField) engine.CommitField {
+		cf.Name, cf.DType, cf.Kind = "x", engine.Bytes, engine.Opaque
+		return cf
+	}
+	for _, tc := range []struct {
+		name string
+		cf   engine.CommitField
+		want string
+	}{
+		{"run wrapping around", dense(engine.CommitField{Runs: []engine.CellRun{{Unit: 1, First: at(top, 8), Count: 3}}}),
+			`field "x": run of 3 cells of 8 bytes from offset 18446744073709551608 on storage unit 1 ends past 2^64`},
+		{"second run wrapping around", dense(engine.CommitField{Runs: []engine.CellRun{{Unit: 1, First: at(0, 8), Count: 1}, {Unit: 1, First: at(top, 8), Count: 2}}}),
+			`field "x": run of 2 cells of 8 bytes from offset 18446744073709551608 on storage unit 1 ends past 2^64`},
+		{"run whose count times length overflows", opaque(engine.CommitField{Runs: []engine.CellRun{{Unit: 1, First: at(0, 1<<63), Count: 3}}}),
+			`field "x": run of 3 cells of 9223372036854775808 bytes from offset 0 on storage unit 1 ends past 2^64`},
+		{"cell wrapping around", opaque(engine.CommitField{Locs: []engine.CellLoc{{Unit: 1, Addr: at(0, 8)}, {Unit: 1, Addr: at(top, 16)}, {Unit: 1, Addr: at(8, 8)}}}),
+			`field "x", %s: location of 16 bytes from offset 18446744073709551608 on storage unit 1 ends past 2^64`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, DefaultConfig())
+			m := insert(t, c, "p", 3, "x")
+			_, err := c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: []engine.CommitField{tc.cf}})
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			assert.Contains(t, err.Error(), strings.ReplaceAll(tc.want, "%s", "row 1"))
+			_, err = c.CommitKeys(engine.KeysCommit{Partition: "k", Keys: []string{"a", "b", "c"}, Fields: []engine.CommitField{tc.cf}})
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			assert.Contains(t, err.Error(), strings.ReplaceAll(tc.want, "%s", `key "b"`))
+			crash(t, c) // the log alone, as after a killed process
+			c = openDurable(t, dir, DefaultConfig())
+			require.NoError(t, c.Close())
+		})
+	}
 }

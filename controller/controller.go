@@ -1188,8 +1188,9 @@ func (c *Controller) checkCluster(cluster string) error {
 // bits flip, field schemas update, blocked fetches wake. It returns the
 // locations of cells the commit replaced, whose storage the caller frees.
 // A commit that fails validation (unknown rows, dtype conflict, malformed
-// shapes, a location whose length is not the bytes its row's shape needs)
-// changes nothing.
+// shapes, a location whose length is not the bytes its row's shape needs,
+// one ending past 2^64 or on a unit id above [engine.LostUnit]) changes
+// nothing.
 func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) {
 	if err := c.checkCluster(req.Cluster); err != nil {
 		return nil, opErr("commit", req.Partition, err)
@@ -1206,7 +1207,7 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
-		err = checkLocs(req.Fields)
+		err = checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
 		err = c.checkFences(req.Fields)
