@@ -230,6 +230,64 @@ func checkLocs(fields []engine.CommitField, row func(i int) string) error {
 	return nil
 }
 
+// checkUnitBounds refuses a stored location whose bytes end (Offset +
+// Len; a run's First.Offset + Count × First.Len) past the capacity its
+// unit registered with: a unit's extents lie within its segments, which
+// together never exceed its capacity. A reader over TCP allocates a
+// cell's length before the unit checks anything, so a cell of 1 TiB on a
+// unit of 1 GiB killed every reader of it for lack of memory.
+//
+// Only registered units that reported a capacity are checked: not
+// [engine.LostUnit], which names no unit, nor a unit evicted
+// (checkDraining refuses it), nor a unit id the registry does not know
+// (a client made with client.New may name units it made itself). Like checkLocs, not run on replay: a log written before the rule
+// may hold such a commit. row names row i in the error. The fields must
+// have passed checkFields and checkLocs (no end wraps around).
+func (c *Controller) checkUnitBounds(fields []engine.CommitField, row func(i int) string) error {
+	b := c.units.bounds()
+	var last engine.UnitID
+	var capacity uint64
+	// check checks the bytes of a location (count 0) or of the run of
+	// count cells from row i, on unit u.
+	check := func(cf *engine.CommitField, i int, u engine.UnitID, a engine.RemoteAddr, count int) error {
+		if u == 0 || u == engine.LostUnit {
+			return nil
+		}
+		if u != last {
+			last, capacity = u, b.caps[u]
+		}
+		end := a.Offset + a.Len
+		if count > 0 {
+			end = a.Offset + uint64(count)*a.Len
+		}
+		if capacity == 0 || end <= capacity {
+			return nil
+		}
+		what := fmt.Sprintf("location of %d bytes", a.Len)
+		if count > 0 {
+			what = fmt.Sprintf("run of %d cells of %d bytes", count, a.Len)
+		}
+		return fmt.Errorf("field %q, %s: %s from offset %d on storage unit %d ends at byte %d, past the unit's capacity of %d bytes: %w",
+			cf.Name, row(i), what, a.Offset, u, end, capacity, engine.ErrInvalid)
+	}
+	for fi := range fields {
+		cf := &fields[fi]
+		i := 0
+		for _, r := range cf.Runs {
+			if err := check(cf, i, r.Unit, r.First, r.Count); err != nil {
+				return err
+			}
+			i += r.Count
+		}
+		for i, l := range cf.Locs {
+			if err := check(cf, i, l.Unit, l.Addr, 0); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // maxFields bounds a partition's fields (a row counts its produced cells
 // in 16 bits).
 const maxFields = 1<<16 - 1

@@ -1189,8 +1189,8 @@ func (c *Controller) checkCluster(cluster string) error {
 // locations of cells the commit replaced, whose storage the caller frees.
 // A commit that fails validation (unknown rows, dtype conflict, malformed
 // shapes, a location whose length is not the bytes its row's shape needs,
-// one ending past 2^64 or on a unit id above [engine.LostUnit]) changes
-// nothing.
+// one ending past 2^64 or past the capacity its unit registered with, or
+// on a unit id above [engine.LostUnit]) changes nothing.
 func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) {
 	if err := c.checkCluster(req.Cluster); err != nil {
 		return nil, opErr("commit", req.Partition, err)
@@ -1208,6 +1208,9 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	}
 	if err == nil {
 		err = checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
+	}
+	if err == nil {
+		err = c.checkUnitBounds(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
 		err = c.checkFences(req.Fields)

@@ -76,6 +76,9 @@ type Registry struct {
 	// gone is set once some unit was evicted: an id below next that is
 	// not registered.
 	gone atomic.Bool
+	// view is what a commit checks its cells' units against without mu
+	// (see [Registry.bounds]); nil once a change under mu made it stale.
+	view atomic.Pointer[unitBounds]
 	// evictWatch are told each unit evicted, in evictLocked or in replay,
 	// with mu held: what is kept per unit elsewhere goes with it (see
 	// watchEvictions).
@@ -161,6 +164,9 @@ func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error
 	defer r.mu.Unlock()
 	if old, ok := r.units[u.ID]; ok && known && u.ID != 0 && old.Incarnation == u.Incarnation {
 		changed := old.Host != u.Host || old.Name != u.Name || old.Capacity != u.Capacity || !slices.Equal(old.Addrs, u.Addrs)
+		if old.Capacity != u.Capacity {
+			r.view.Store(nil)
+		}
 		old.Host, old.Name, old.Capacity, old.Addrs = u.Host, u.Name, u.Capacity, slices.Clone(u.Addrs)
 		old.LastHeartbeat = now
 		if changed {
@@ -178,6 +184,7 @@ func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error
 	e.ID, e.LastHeartbeat = r.next, now
 	r.next++
 	r.units[e.ID] = &e
+	r.view.Store(nil)
 	r.drainingChange(nil, &e)
 	r.record(&e)
 	return e.ID, nil
@@ -213,6 +220,7 @@ func (r *Registry) apply(op *wirepb.UnitOp) error {
 	r.drainingChange(r.units[id], &u)
 	r.units[id] = &u
 	r.next = max(r.next, id+1)
+	r.view.Store(nil)
 	return nil
 }
 
@@ -258,6 +266,7 @@ func (r *Registry) restore(next uint32, units []*wirepb.UnitOp) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.units, r.next = fresh.units, max(engine.UnitID(next), 1)
+	r.view.Store(nil)
 	r.draining.Store(fresh.draining.Load())
 	// Ids are handed out in turn and never again: one below next that is
 	// missing was evicted.
@@ -280,6 +289,7 @@ func (r *Registry) evictLocked(now time.Time) bool {
 		return false
 	}
 	delete(r.units, victim.ID)
+	r.view.Store(nil)
 	r.drainingChange(victim, nil)
 	r.evictedLocked(victim.ID)
 	// Recorded like a registration: a restart that replayed the unit's
@@ -301,6 +311,7 @@ func (r *Registry) applyEvicted(op *wirepb.UnitEvictedOp) error {
 		return corrupt("unit %d (incarnation %x) evicted, but it is not registered", op.UnitId, op.Incarnation)
 	}
 	delete(r.units, id)
+	r.view.Store(nil)
 	r.drainingChange(u, nil)
 	r.evictedLocked(id)
 	return nil
@@ -321,6 +332,9 @@ func (r *Registry) Heartbeat(hb engine.UnitInfo) error {
 	u, ok := r.units[hb.ID]
 	if !ok || u.Incarnation != hb.Incarnation {
 		return fmt.Errorf("storage unit %d (incarnation %x) is not registered: %w", hb.ID, hb.Incarnation, engine.ErrNotFound)
+	}
+	if u.Capacity != hb.Capacity {
+		r.view.Store(nil)
 	}
 	u.Capacity, u.Used, u.Segments, u.PageSize, u.HugePages = hb.Capacity, hb.Used, hb.Segments, hb.PageSize, hb.HugePages
 	u.LastHeartbeat = now
@@ -440,6 +454,40 @@ func (r *Registry) refusing(id engine.UnitID) (draining, evicted bool) {
 	defer r.mu.Unlock()
 	u, ok := r.units[id]
 	return ok && u.Draining, !ok && id < r.next
+}
+
+// unitBounds is an immutable copy of what a commit checks its cells'
+// units against (checkUnitBounds): the capacity each registered unit
+// reported. A unit's segments, and so any extent it
+// hands out, lie within its capacity (storage: mapped bytes never exceed
+// Config.Capacity).
+type unitBounds struct {
+	caps map[engine.UnitID]uint64 // registered units with a capacity (absent: none reported, unchecked)
+}
+
+// bounds returns the registry's unitBounds as of now. It takes the lock
+// only to make a new copy, the first time it is asked after a unit was
+// registered or evicted or reported another capacity (all rare), so a
+// commit takes no lock for it.
+func (r *Registry) bounds() *unitBounds {
+	if b := r.view.Load(); b != nil {
+		return b
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b := r.view.Load(); b != nil {
+		return b
+	}
+	b := &unitBounds{caps: make(map[engine.UnitID]uint64, len(r.units))}
+	for id, u := range r.units {
+		if u.Capacity > 0 {
+			b.caps[id] = uint64(u.Capacity)
+		}
+	}
+	// Under mu: a change made after this copy (under mu too) stores nil
+	// after it, never before.
+	r.view.Store(b)
+	return b
 }
 
 // takeLocked checks that the units of locs still take cells: each is
