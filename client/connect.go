@@ -211,6 +211,7 @@ func Connect(ctx context.Context, addr string, cfg ConnectConfig) (*Client, erro
 	c.room.learn(units)
 	t := c.tbl.Load() // no one else has c yet
 	t.draining = drainingOf(append(units, down...))
+	t.caps = capsOf(append(units, down...))
 	t.cluster, t.inc = cluster, map[engine.UnitID]uint64{}
 	for _, u := range append(units, down...) {
 		t.inc[u.ID] = u.Incarnation

@@ -272,6 +272,24 @@ func (m *mover) readErr(ctx context.Context, err error) error {
 }
 
 func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.UnitCell, [][]byte, error) {
+	// Before the cells' bytes are allocated: a cell past the unit's
+	// capacity (no unit holds one) would have the drain allocate its
+	// length, 1 TiB as well as 1 KiB.
+	var capacity uint64
+	var known bool
+	if t := m.c.tbl.Load(); t != nil {
+		capacity, known = t.caps[m.src.ID()]
+	}
+	if r, ok := m.src.(roomer); ok && !known {
+		n, _ := r.Room()
+		capacity, known = uint64(n), n > 0
+	}
+	for _, cl := range cells {
+		if known && checkCapacity(m.src.ID(), capacity, []engine.RemoteAddr{cl.Loc.Addr}) != nil {
+			return nil, nil, fmt.Errorf("drain read: field %q of row %d of partition %q: cell of %d bytes from offset %d on storage unit %d ends past the unit's capacity of %d bytes: %w",
+				cl.Field, cl.Index, cl.Partition, cl.Loc.Addr.Len, cl.Loc.Addr.Offset, m.src.ID(), capacity, engine.ErrCorrupt)
+		}
+	}
 	data := make([][]byte, len(cells))
 	var addrs []engine.RemoteAddr
 	var dst [][]byte

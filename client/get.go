@@ -316,6 +316,10 @@ func (c *Client) leaseAll(ctx context.Context, cluster string, ranges map[engine
 		if err != nil {
 			return &engine.OpError{Op: "get", Err: err}
 		}
+		// Before a read over TCP allocates the cells' bytes.
+		if err := c.tbl.Load().checkCapacity(id, addrs); err != nil {
+			return &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
+		}
 		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
 			got[i], err = readOwned(ctx, addrs, u.ReadInto)
 		} else {

@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"fmt"
+	"math"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/hostid"
@@ -67,6 +69,12 @@ func readOwned(ctx context.Context, addrs []engine.RemoteAddr, read func(context
 	l := &ownedLease{offs: make([]uint64, len(addrs)+1)}
 	for i, a := range addrs {
 		l.offs[i+1] = l.offs[i] + a.Len
+		if l.offs[i+1] < l.offs[i] || l.offs[i+1] > math.MaxInt {
+			// No unit holds these: their lengths add up past what one
+			// buffer can hold (wrapping around, the buffer would be
+			// too short for them).
+			return nil, fmt.Errorf("read of %d cells of %d bytes and more: %w", len(addrs), l.offs[i], engine.ErrCorrupt)
+		}
 	}
 	l.mem = make([]byte, l.offs[len(addrs)])
 	dst := make([][]byte, len(addrs))

@@ -61,6 +61,45 @@ type unitTable struct {
 	// incarnation: a unit id names one unit within one cluster only.
 	cluster string
 	inc     map[engine.UnitID]uint64
+	// caps is the capacity each listed unit registered with (absent: none
+	// reported, or a unit not listed by a controller). A unit hands out
+	// no extent past it, so a read refuses a cell that ends past it
+	// before allocating its bytes (see checkCapacity).
+	caps map[engine.UnitID]uint64
+}
+
+// checkCapacity refuses a read of addrs on unit id, before anything is
+// allocated for it, when one ends past the unit's capacity: no unit holds
+// such a cell, and a reader over TCP would allocate its length (a cell of
+// 1 TiB, committed by a broken or hostile client, killed every reader of
+// it for lack of memory). Units of unknown capacity are not checked.
+func (t *unitTable) checkCapacity(id engine.UnitID, addrs []engine.RemoteAddr) error {
+	capacity, ok := t.caps[id]
+	if !ok {
+		return nil
+	}
+	return checkCapacity(id, capacity, addrs)
+}
+
+func checkCapacity(id engine.UnitID, capacity uint64, addrs []engine.RemoteAddr) error {
+	for _, a := range addrs {
+		if a.Len > capacity || a.Offset > capacity-a.Len {
+			return fmt.Errorf("cell of %d bytes from offset %d of segment %d on storage unit %d ends past the unit's capacity of %d bytes: %w",
+				a.Len, a.Offset, a.Segment, id, capacity, engine.ErrCorrupt)
+		}
+	}
+	return nil
+}
+
+// capsOf returns the capacities infos report.
+func capsOf(infos []engine.UnitInfo) map[engine.UnitID]uint64 {
+	caps := make(map[engine.UnitID]uint64, len(infos))
+	for _, u := range infos {
+		if u.Capacity > 0 {
+			caps[u.ID] = uint64(u.Capacity)
+		}
+	}
+	return caps
 }
 
 func newUnitTable(units []DataUnit, host string, dead map[engine.UnitID]bool) (*unitTable, error) {
@@ -341,6 +380,12 @@ func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
 	}
 	t.draining = drainingOf(infos)
 	t.cluster, t.inc = cluster, inc
+	t.caps = capsOf(infos)
+	for id, n := range old.caps {
+		if _, ok := t.caps[id]; !ok && inc[id] != 0 && inc[id] == old.inc[id] {
+			t.caps[id] = n // kept, and not listed now
+		}
+	}
 	d.mu.Lock()
 	closed := d.closed
 	if !closed {
