@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/testenv"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -318,21 +320,13 @@ func killHeldClient(t *testing.T, network string) {
 	c := newController(t, Config{HeldClientGrace: 200 * time.Millisecond})
 	doneWith(t, c, 4)
 	_, addr := startServer(t, c, ServerConfig{}, network)
-	child := exec.Command(os.Args[0], "-test.run=^TestHeldFetchOfAKilledClientProcessGoesBack$", "-test.count=1")
-	child.Env = append(os.Environ(), "TQ_HELD_CLIENT_ADDR="+addr)
+	id := ""
 	if network == "tcp" {
-		child.Env = append(child.Env, "TQ_HELD_CLIENT_ID=0123456789abcdef")
+		id = "0123456789abcdef"
 	}
-	out, err := child.StdoutPipe()
-	require.NoError(t, err)
-	child.Stderr = os.Stderr
-	require.NoError(t, child.Start())
-	defer child.Process.Kill()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err, "the child's report")
-	require.Equal(t, "held 4\n", line)
+	child := startHeldClient(t, nil, addr, id)
 
-	_, err = peerFetch(c, time.Second)
+	_, err := peerFetch(c, time.Second)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "the client lives: its rows may come back")
 	require.NoError(t, child.Process.Kill())
 	child.Wait()
@@ -341,6 +335,55 @@ func killHeldClient(t *testing.T, network string) {
 	require.NoError(t, err)
 	assert.Equal(t, seq(0, 4), got.Indexes)
 	assert.Less(t, time.Since(start), 5*time.Second, "given back at the next look, not after the TTL")
+}
+
+// startHeldClient runs heldClientProcess (through wrapper, if any) against
+// the controller at addr, as client id, and returns once it holds every
+// row of "p"; it is killed when the test ends.
+func startHeldClient(t *testing.T, wrapper []string, addr, id string) *exec.Cmd {
+	t.Helper()
+	argv := append(slices.Clone(wrapper), os.Args[0], "-test.run=^TestHeldFetchOfAKilledClientProcessGoesBack$", "-test.count=1")
+	child := exec.Command(argv[0], argv[1:]...)
+	child.Env = append(os.Environ(), "TQ_HELD_CLIENT_ADDR="+addr, "TQ_HELD_CLIENT_ID="+id)
+	out, err := child.StdoutPipe()
+	require.NoError(t, err)
+	child.Stderr = os.Stderr
+	require.NoError(t, child.Start())
+	t.Cleanup(func() {
+		child.Process.Kill()
+		child.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err, "the child's report")
+	require.Equal(t, "held 4\n", line)
+	return child
+}
+
+// A client whose host drops off the network (it crashed, or its link went
+// down) closes nothing: the controller takes it for gone once the host
+// has not answered for the peer timeout (TCP keepalive and
+// TCP_USER_TIMEOUT on its connection, wire.ServerConfig.PeerTimeout),
+// and gives back what it held after the grace, as for a client that
+// closed its connections — not after the held-fetch TTL (10 minutes).
+func TestHeldFetchOfAHostThatDroppedOffGoesBack(t *testing.T) {
+	g := testenv.NewGuest(t)
+	c := newController(t, Config{HeldClientGrace: 200 * time.Millisecond})
+	doneWith(t, c, 4)
+	l, err := net.Listen("tcp", net.JoinHostPort(g.HostIP, "0"))
+	require.NoError(t, err)
+	s := NewServer(c, ServerConfig{PeerTimeout: 2 * time.Second})
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	startHeldClient(t, g.In(), wire.FormatAddr("tcp", l.Addr().String()), "0123456789abcdef")
+
+	_, err = peerFetch(c, 3*time.Second)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the client's host answers: its rows may come back")
+	g.Unplug(t)
+	start := time.Now()
+	got, err := peerFetch(c, 15*time.Second)
+	require.NoError(t, err, "the rows of a client whose host is gone")
+	assert.Equal(t, seq(0, 4), got.Indexes)
+	t.Logf("given back %v after the host dropped off", time.Since(start).Round(time.Millisecond))
 }
 
 // heldClientProcess fetches every row of "p" for task "t", held, through

@@ -87,6 +87,13 @@ type ServerConfig struct {
 	// metadata operations; with one, only pings. 0 means half the CPUs,
 	// at least one; negative, none.
 	Loops int
+	// PeerTimeout is how long the host of a peer on TCP may go without
+	// answering before its connections end as the peer's doing (see
+	// [wire.ServerConfig.PeerTimeout]): a client there counts as one that
+	// closed its connections, and what it held goes back after
+	// Config.HeldClientGrace. 0 means [wire.DefaultPeerTimeout];
+	// negative keeps the system's keepalive.
+	PeerTimeout time.Duration
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -190,6 +197,7 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 		Logger:           cfg.Logger,
 		Observer:         cfg.Observer,
 		Loops:            cfg.Loops,
+		PeerTimeout:      cfg.PeerTimeout,
 		CheckHello:       s.checkHello,
 		OnConnect:        func(peer *wirepb.Hello) { c.clients.connected(clientID(peer)) },
 		OnDisconnect: func(peer *wirepb.Hello, byPeer bool) {

@@ -39,6 +39,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
@@ -133,6 +134,17 @@ type ServerConfig struct {
 	// IdleTimeout). Clients ping every few seconds, so only dead peers
 	// hit it.
 	IdleTimeout time.Duration
+	// PeerTimeout is how long the host of a TCP peer may go without
+	// answering before the connection ends as the peer's doing
+	// (OnDisconnect's byPeer): the kernel probes a connection that went
+	// quiet (TCP keepalive, from half of it on) and gives up on bytes the
+	// peer does not acknowledge (TCP_USER_TIMEOUT) once it has passed. A
+	// host that crashed or dropped off the network closes nothing: this
+	// is how the server learns its peers there are gone — a controller
+	// then gives back what their clients held after its grace, not after
+	// the held-fetch TTL. 0 means DefaultPeerTimeout; negative keeps the
+	// listener's own settings (Go's keepalive: about 2.5 min to give up).
+	PeerTimeout time.Duration
 	// FrameTimeout bounds the wait for the rest of a frame once its header
 	// arrived: the whole body must arrive within it, and each 4 MiB of a
 	// payload a handler reads or skips (0: DefaultFrameTimeout). A peer
@@ -186,7 +198,7 @@ type ServerConfig struct {
 	// OnDisconnect, if set, runs when a connection ends, with the peer's
 	// Hello (nil if the handshake never completed), and whether the peer
 	// ended it: it closed the connection (its process exited, or closed
-	// it) or reset it. False when the server closed it (idle, shutting
+	// it) or reset it, or its host stopped answering (PeerTimeout). False when the server closed it (idle, shutting
 	// down, a broken frame, a reply not read in time).
 	OnDisconnect func(peer *wirepb.Hello, byPeer bool)
 	// NewSession, if set, runs once a connection's handshake succeeded and
@@ -234,6 +246,13 @@ type Served struct {
 	// that is not an error.
 	Code wirepb.Code
 }
+
+// DefaultPeerTimeout is ServerConfig.PeerTimeout's default: a live host
+// answers the kernel's probes within a round trip, however busy its
+// process, so only a host that is down or cut off for this long is taken
+// for gone; half a minute more than the default grace for clients that
+// left, far under the held-fetch TTL.
+const DefaultPeerTimeout = 30 * time.Second
 
 // DefaultFrameTimeout is ServerConfig.FrameTimeout's default: long enough
 // for a 64 MiB body over a slow link (about 2 MiB/s), short enough that a
@@ -383,6 +402,9 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = DefaultFrameTimeout
+	}
+	if cfg.PeerTimeout == 0 {
+		cfg.PeerTimeout = DefaultPeerTimeout
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
@@ -604,6 +626,9 @@ const maxRefusing = 64
 // MaxHandshakes the oldest connection in its handshake is evicted to make
 // room (see [ServerConfig.MaxHandshakes]).
 func (s *Server) admit(nc net.Conn) *serverConn {
+	if err := setPeerTimeout(nc, s.cfg.PeerTimeout); err != nil {
+		s.log.Debug("wire: cannot set the peer timeout", "peer", nc.RemoteAddr(), "err", err)
+	}
 	sc := newServerConn(s, nc)
 	s.mu.Lock()
 	if s.draining {
@@ -1191,10 +1216,43 @@ func (r *connReader) Read(p []byte) (int, error) {
 }
 
 // closedByPeer reports whether err, from a read or a write of a
-// connection, says that the peer closed or reset it.
+// connection, says that the peer closed or reset it, or that its host
+// stopped answering (ETIMEDOUT: the kernel gave up on it, see
+// ServerConfig.PeerTimeout; a deadline the server set is
+// os.ErrDeadlineExceeded, not this).
 func closedByPeer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ETIMEDOUT)
+}
+
+// setPeerTimeout makes the kernel give up on nc's peer, if nc is TCP,
+// once its host has not answered for d (ServerConfig.PeerTimeout): the
+// connection is probed from d/2 of quiet on (TCP keepalive, at most four
+// probes), and bytes sent and not acknowledged for d end it
+// (TCP_USER_TIMEOUT, which also ends the probing at d). Either way the
+// connection's next read or write fails with ETIMEDOUT. d ≤ 0 changes
+// nothing.
+func setPeerTimeout(nc net.Conn, d time.Duration) error {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok || d <= 0 {
+		return nil
+	}
+	// Whole seconds, at least one (Linux's unit for both).
+	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: max(d/2, time.Second), Interval: max(d/8, time.Second), Count: 4}); err != nil {
+		return err
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {

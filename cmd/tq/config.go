@@ -61,6 +61,7 @@ type serveConfig struct {
 	KeptBatchTTL      time.Duration `yaml:"kept_batch_ttl"`
 	HeldFetchTTL      time.Duration `yaml:"held_fetch_ttl"`
 	HeldClientGrace   time.Duration `yaml:"held_client_grace"`
+	PeerTimeout       time.Duration `yaml:"peer_timeout"`
 	MaxPartitions     int           `yaml:"max_partitions"`
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
@@ -113,6 +114,7 @@ func defaultServeConfig() serveConfig {
 		KeptBatchTTL:      controller.DefaultKeptBatchTTL,
 		HeldFetchTTL:      controller.DefaultHeldFetchTTL,
 		HeldClientGrace:   controller.DefaultHeldClientGrace,
+		PeerTimeout:       wire.DefaultPeerTimeout,
 		ReconcileInterval: storage.DefaultReconcileInterval,
 		ReconcileGrace:    storage.DefaultReconcileGrace,
 		ShmQuarantine:     storage.DefaultQuarantine,
@@ -150,6 +152,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxPartitions, "max-partitions", c.MaxPartitions, "the most partitions the controller holds: a request that would create one more is refused (CODE_CAPACITY) until one is cleared; a log or checkpoint that holds more still loads (0: the default; negative: no limit)")
 	fs.DurationVar(&c.KeptBatchTTL, "kept-batch-ttl", c.KeptBatchTTL, "how long a batch kept for a data-parallel group (rank-aware, grpo) may go unfetched before, if the group left it behind, its rows go back to the task (0: the default; negative: never)")
 	fs.DurationVar(&c.HeldFetchTTL, "held-fetch-ttl", c.HeldFetchTTL, "how long rows a loader fetched ahead stay held for it (its task's other consumers wait for them rather than end) before, neither kept nor given back, they go back to the task (0: the default; negative: never)")
+	fs.DurationVar(&c.PeerTimeout, "peer-timeout", c.PeerTimeout, "how long the host of a client on TCP may go without answering before the controller takes it for gone, as a client that closed its connections (see --held-client-grace): a host that crashed or dropped off the network closes nothing (0: the default; negative: the system's TCP keepalive, minutes)")
 	fs.DurationVar(&c.HeldClientGrace, "held-client-grace", c.HeldClientGrace, "how long a client that closed its every connection (killed, or exited) has to connect again before the rows it held go back to the task, as soon as another consumer waits at the end for them, rather than after --held-fetch-ttl (0: the default; negative: never)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval (from 10ms to 1m), for the controller, which tells its units; a unit silent for five is reported dead")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (0: the default)")
@@ -693,6 +696,7 @@ var roleFlags = []struct {
 	{"kept-batch-ttl", "all controller", func(c *serveConfig) any { return c.KeptBatchTTL }},
 	{"held-fetch-ttl", "all controller", func(c *serveConfig) any { return c.HeldFetchTTL }},
 	{"held-client-grace", "all controller", func(c *serveConfig) any { return c.HeldClientGrace }},
+	{"peer-timeout", "all controller", func(c *serveConfig) any { return c.PeerTimeout }},
 	{"max-partitions", "all controller", func(c *serveConfig) any { return c.MaxPartitions }},
 	// A unit heartbeats at the interval its controller tells it.
 	{"heartbeat", "all controller", func(c *serveConfig) any { return c.HeartbeatInterval }},

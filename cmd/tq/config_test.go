@@ -23,6 +23,7 @@ import (
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
 )
 
 // The Redis protocol's unix socket (--resp-socket) lives in a directory
@@ -1102,6 +1103,7 @@ func TestCheckConfigPrintsTheDefaultDurations(t *testing.T) {
 		"kept_batch_ttl":     controller.DefaultKeptBatchTTL,
 		"held_fetch_ttl":     controller.DefaultHeldFetchTTL,
 		"held_client_grace":  controller.DefaultHeldClientGrace,
+		"peer_timeout":       wire.DefaultPeerTimeout,
 		"reconcile_interval": storage.DefaultReconcileInterval,
 		"reconcile_grace":    storage.DefaultReconcileGrace,
 		"shm_quarantine":     storage.DefaultQuarantine,

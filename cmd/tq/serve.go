@@ -654,6 +654,7 @@ func (s *server) startController() error {
 		Observer:          s.observer(tqmetrics.RoleController),
 		MetricsAddrs:      s.metricsAddrs(),
 		Loops:             s.cfg.Loops,
+		PeerTimeout:       s.cfg.PeerTimeout,
 	})
 	if s.metrics != nil {
 		s.metrics.AddController(ctrl, s.ctrlSrv)

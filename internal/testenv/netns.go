@@ -149,3 +149,61 @@ func (h *Hosts) Unplug(t testing.TB, i int) {
 		t.Fatalf("unplug host %d: %v: %s", i, err, out)
 	}
 }
+
+// Guest is a network namespace made by a test, joined to the test's own
+// (the machine's) by a veth pair on a subnet of their own: a process run
+// in it (In) is a host of its own that the test process reaches at
+// GuestIP and that reaches the test process at HostIP. Removed when the
+// test ends, the pair with it.
+type Guest struct {
+	Name            string
+	HostIP, GuestIP string
+	link            string // the guest's end of the pair
+}
+
+// NewGuest makes the namespace, or skips the test when it cannot (not
+// root, no iproute2, no namespace support).
+func NewGuest(t testing.TB) *Guest {
+	t.Helper()
+	needIP(t)
+	id := os.Getpid() % 10000
+	g := &Guest{
+		Name:   fmt.Sprintf("tqG%d", id),
+		HostIP: fmt.Sprintf("10.215.%d.1", id%250), GuestIP: fmt.Sprintf("10.215.%d.2", id%250),
+		link: fmt.Sprintf("tqg%d", id),
+	}
+	host := fmt.Sprintf("tqv%d", id)
+	if err := ip("netns", "add", g.Name); err != nil {
+		t.Skipf("ip netns does not work here: %v", err)
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", g.Name).Run() // takes the pair with it
+		exec.Command("ip", "link", "del", host).Run()
+	})
+	for _, args := range [][]string{
+		{"link", "add", host, "type", "veth", "peer", "name", g.link, "netns", g.Name},
+		{"addr", "add", g.HostIP + "/30", "dev", host},
+		{"link", "set", host, "up"},
+		{"-n", g.Name, "addr", "add", g.GuestIP + "/30", "dev", g.link},
+		{"-n", g.Name, "link", "set", g.link, "up"},
+		{"-n", g.Name, "link", "set", "lo", "up"},
+	} {
+		if err := ip(args...); err != nil {
+			t.Skipf("cannot join a namespace to this one: %v", err)
+		}
+	}
+	return g
+}
+
+// In is the command prefix that runs a program in the guest.
+func (g *Guest) In() []string { return []string{"ip", "netns", "exec", g.Name} }
+
+// Unplug takes the guest off the network, as a host that crashed: its
+// link goes down, so packets to and from it are dropped (the test's end
+// sees its peers there stop answering, not close).
+func (g *Guest) Unplug(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("ip", "-n", g.Name, "link", "set", g.link, "down").CombinedOutput(); err != nil {
+		t.Fatalf("unplug %s: %v: %s", g.Name, err, out)
+	}
+}
