@@ -188,7 +188,9 @@ func randSuffix() string {
 // returns the locations of the cells it replaced, whose storage the caller
 // frees. The whole file is decoded and validated before anything is
 // replaced: a bad checkpoint (wrapping [engine.ErrCorrupt], or an
-// *os.PathError for a missing one) leaves the controller as it was. Cells
+// *os.PathError for a missing one; [engine.ErrInvalid] for one saved
+// with a sampler that keeps state, into a controller whose sampler keeps
+// none) leaves the controller as it was. Cells
 // whose storage unit is not registered under the incarnation that held
 // them at Save become lost (reading them fails with [engine.ErrLost]): a
 // checkpoint never serves bytes another unit (or a later run of the same
@@ -272,7 +274,8 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 	if len(ls.head.Sampler) > 0 {
 		ss, ok := c.sampler.(engine.StatefulSampler)
 		if !ok {
-			return nil, corrupt("checkpoint has sampler state but the sampler %T keeps none", c.sampler)
+			// Not damage: a whole file saved with another sampler.
+			return nil, fmt.Errorf("the checkpoint was saved with a sampler that keeps state, and sampler %T keeps none (load it into a controller with the sampler it was saved with): %w", c.sampler, engine.ErrInvalid)
 		}
 		if err := ss.LoadState(ls.head.Sampler); err != nil {
 			return nil, fmt.Errorf("sampler state: %w", err)
