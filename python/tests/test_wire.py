@@ -103,6 +103,28 @@ def test_addresses():
         wire.parse_addr("nope")
 
 
+@pytest.mark.parametrize("addr,why", [
+    ("127.0.0.1:70000", "port 70000"),
+    ("tcp://127.0.0.1:65536", "port 65536"),
+    ("http://127.0.0.1:80", "scheme"),
+    ("unix://", "path"),
+    ("127.0.0.1:\u0663", "tcp://host:port"),
+    ("::1", "brackets"),
+    ("fe80::1:7370", "brackets"),
+    ("[::1:7370", "brackets"),
+])
+def test_a_bad_address_is_refused_naming_it(addr, why):
+    # Before: a port past 65535 escaped as socket's OverflowError, which
+    # names neither the address nor is a TQError; an unknown scheme or an
+    # unbracketed IPv6 address was dialed as a host name (UnavailableError,
+    # which callers retry); Arabic-Indic digits passed isdigit().
+    with pytest.raises(tq.InvalidError) as e:
+        wire.parse_addr(addr)
+    assert repr(addr) in str(e.value) and why in str(e.value)
+    with pytest.raises(tq.InvalidError):
+        wire.Conn(addr, token="")
+
+
 def test_token_file_rules(tmp_path, monkeypatch):
     monkeypatch.delenv("TQ_TOKEN", raising=False)
     monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))

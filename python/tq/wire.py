@@ -233,15 +233,33 @@ def find_token(explicit: str | None = None) -> str:
 
 
 def parse_addr(addr: str):
-    """``tcp://host:port``, ``unix:///path`` or ``host:port`` → (family, sockaddr)."""
+    """``tcp://host:port``, ``unix:///path`` or ``host:port`` → (family,
+    sockaddr); InvalidError naming ``addr`` for anything else (another
+    scheme, no socket path, a port that is not a number of 0-65535, an
+    IPv6 address not in brackets), as wire.ParseAddr and net.Dial refuse
+    them."""
     if addr.startswith("unix://"):
-        return socket.AF_UNIX, addr[len("unix://"):]
-    if addr.startswith("tcp://"):
-        addr = addr[len("tcp://"):]
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
+        path = addr[len("unix://"):]
+        if not path:
+            raise errors.InvalidError(f"address {addr!r}: no socket path after unix://")
+        return socket.AF_UNIX, path
+    rest = addr[len("tcp://"):] if addr.startswith("tcp://") else addr
+    if "://" in rest:
+        raise errors.InvalidError(f"address {addr!r}: unknown scheme (want tcp://host:port or unix:///path)")
+    host, sep, port = rest.rpartition(":")
+    # isdigit alone takes other scripts' digits ("\u0663"), and int reads them.
+    if not sep or not port.isascii() or not port.isdigit():
         raise errors.InvalidError(f"address {addr!r}: want tcp://host:port or unix:///path")
-    host = host.strip("[]") or "127.0.0.1"
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise errors.InvalidError(f"address {addr!r}: unbalanced brackets around the host")
+        host = host[1:-1]
+    elif ":" in host:
+        # "fe80::1:7370": which colon starts the port is a guess.
+        raise errors.InvalidError(f"address {addr!r}: an IPv6 address goes in brackets ([host]:port)")
+    if int(port) > 65535:
+        raise errors.InvalidError(f"address {addr!r}: port {int(port)} is out of range (0-65535)")
+    host = host or "127.0.0.1"
     return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port))
 
 
