@@ -493,3 +493,15 @@ def test_close_ends_a_blocking_fetch_in_flight(server, part):
     th.join(30)
     assert not th.is_alive(), "the fetch still waits after close"
     assert len(out) == 1 and isinstance(out[0], tq.ClosedError), out
+
+
+@pytest.mark.parametrize("positions", [[True, False, True], np.array([True, False, True]), [0.9, 2], ["1"]])
+def test_select_samples_refuses_positions_that_are_not_integers(positions):
+    # Before: each position went through int(), so a boolean mask selected
+    # rows 1, 0, 1 (not 0 and 2), 0.9 row 0 and "1" row 1, silently: a put
+    # with that meta writes the batch's data into other rows.
+    m = tq.BatchMeta([10, 11, 12], ["p"] * 3)
+    with pytest.raises(tq.InvalidError, match="position"):
+        m.select_samples(positions)
+    assert m.select_samples(np.flatnonzero(np.array([True, False, True]))).global_indexes == [10, 12]
+    assert m.select_samples([np.int64(2), -1]).global_indexes == [12, 12]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import json
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -235,7 +236,19 @@ class BatchMeta:
             mine.update(new or {})
 
     def select_samples(self, positions) -> "BatchMeta":
-        pos = [int(p) for p in positions]
+        """The rows at ``positions`` (integers, negative ones from the end;
+        one may repeat), in that order. A position that is not an integer
+        (a bool, as in a mask, a float, a str) is InvalidError: int() of it
+        would pick another row."""
+        pos = []
+        for i, p in enumerate(positions):
+            try:
+                if isinstance(p, (bool, np.bool_)):
+                    raise TypeError
+                pos.append(operator.index(p))
+            except TypeError:
+                mask = " (for a mask, select np.flatnonzero(mask))" if isinstance(p, (bool, np.bool_)) else ""
+                raise errors.InvalidError(f"position {p!r} (argument {i}) is not an integer{mask}") from None
         for p in pos:
             if not -self.size <= p < self.size:
                 raise errors.InvalidError(f"position {p} out of range for {self.size} rows")
