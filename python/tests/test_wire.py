@@ -125,6 +125,45 @@ def test_a_bad_address_is_refused_naming_it(addr, why):
         wire.Conn(addr, token="")
 
 
+def test_a_host_name_is_dialed_at_its_ipv6_addresses(monkeypatch):
+    # Before: a host name was dialed with an AF_INET socket, so a name
+    # with only IPv6 addresses (a service name in an IPv6-only cluster)
+    # could not be dialed at all ("Name or service not known").
+    try:
+        ls = socket.socket(socket.AF_INET6)
+        ls.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    ls.listen(1)
+    port = ls.getsockname()[1]
+    real = socket.getaddrinfo
+
+    def resolve(host, *a, **kw):
+        if host == "v6only.tq.test":
+            fam = a[1] if len(a) > 1 else kw.get("family", 0)
+            if fam not in (0, socket.AF_INET6):
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            op, rid, _ = _read_frame(c)
+            _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", cluster_id="v6"))
+            c.recv(1)
+        finally:
+            c.close()
+            ls.close()
+    threading.Thread(target=run, daemon=True).start()
+    c = wire.Conn(f"tcp://v6only.tq.test:{port}", token="")
+    try:
+        assert c.server.cluster_id == "v6" and c.family == socket.AF_INET6
+    finally:
+        c.close()
+
+
 def test_token_file_rules(tmp_path, monkeypatch):
     monkeypatch.delenv("TQ_TOKEN", raising=False)
     monkeypatch.setenv("TQ_DATA_DIR", str(tmp_path))

@@ -365,9 +365,27 @@ class Conn:
         self.sock = None
         _fork.reinit_in_child(self)
         try:
-            self.sock = s = socket.socket(self.family, socket.SOCK_STREAM)
-            s.settimeout(timeout)
-            s.connect(sockaddr)
+            if self.family == socket.AF_UNIX:
+                targets = [(socket.AF_UNIX, sockaddr)]
+            else:
+                # Each address the host has, IPv6 ones included, in the
+                # resolver's order, as net.Dial does: parse_addr's family is
+                # only a literal's, and a name may have only IPv6 addresses.
+                targets = [(fam, sa) for fam, _, _, _, sa in
+                           socket.getaddrinfo(sockaddr[0], sockaddr[1], 0, socket.SOCK_STREAM)]
+            for i, (fam, sa) in enumerate(targets):
+                self.sock = s = socket.socket(fam, socket.SOCK_STREAM)
+                try:
+                    s.settimeout(timeout)
+                    s.connect(sa)
+                except OSError:
+                    if i == len(targets) - 1:
+                        raise
+                    self.sock = None
+                    s.close()
+                    continue
+                self.family = fam
+                break
         except OSError as e:
             self.close()
             raise errors.UnavailableError(f"dial {addr}: {e}") from None
