@@ -505,3 +505,17 @@ def test_select_samples_refuses_positions_that_are_not_integers(positions):
         m.select_samples(positions)
     assert m.select_samples(np.flatnonzero(np.array([True, False, True]))).global_indexes == [10, 12]
     assert m.select_samples([np.int64(2), -1]).global_indexes == [12, 12]
+
+
+def test_select_fields_takes_one_name_and_refuses_unknown_ones():
+    # Before: a str was iterated (select_fields("resp") kept fields "r",
+    # "e", "s", "p") and unknown names were dropped, so both gave a meta
+    # with no fields, whose get_data is {}; the Go SelectFields refuses them.
+    m = tq.BatchMeta([10, 11], ["p"] * 2, field_schema={"resp": {"dtype": "int64", "kind": "dense", "shape": ()},
+                                                         "x": {"dtype": "int64", "kind": "dense", "shape": ()}})
+    m.partition_gen = 7
+    one = m.select_fields("resp")
+    assert one.field_names == ["resp"] and one.partition_gen == 7
+    with pytest.raises(tq.NotFoundError) as e:
+        m.select_fields(["resp", "respons", "y"])
+    assert e.value.fields == ["respons", "y"]

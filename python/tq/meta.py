@@ -277,7 +277,16 @@ class BatchMeta:
         raise TypeError(f"BatchMeta indices must be int or slice, not {type(i).__name__}")
 
     def select_fields(self, names) -> "BatchMeta":
-        keep = [n for n in names if n in self.field_schema]
+        """The rows with only the fields ``names`` (one name as a str). A
+        name the meta has no field of is NotFoundError listing every such
+        name, as the Go SelectFields refuses it (TransferQueue's drops it,
+        leaving a meta whose get_data is empty)."""
+        names = [names] if isinstance(names, str) else list(names)
+        missing = list(dict.fromkeys(n for n in names if n not in self.field_schema))
+        if missing:
+            raise errors.NotFoundError(f"fields {missing} not in the meta (it has {self.field_names})",
+                                       op="select_fields", fields=missing)
+        keep = names
         m = self.select_samples(range(self.size))
         m.field_schema = {k: m.field_schema[k] for k in keep}
         m._cells = {k: v for k, v in m._cells.items() if k in keep}
