@@ -152,10 +152,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 	}
 	r := &Reservation{c: c, id: reply.Reservation, bufs: make([][]byte, len(sizes))}
 	c.held.Add(1) // until it ends
-	addrs, err := wire.RangesFromPB(reply.Extents)
-	if err == nil && len(addrs) != len(sizes) {
-		err = fmt.Errorf("unit reserved %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
-	}
+	addrs, err := reservedExtents(reply.Extents, us)
 	if err == nil {
 		err = ctx.Err()
 	}
@@ -163,8 +160,6 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 	for i := 0; err == nil && i < len(sizes); i++ {
 		a := addrs[i]
 		switch {
-		case a.Len != us[i]:
-			err = fmt.Errorf("unit reserved extent %d with %d bytes, asked for %d: %w", i, a.Len, us[i], engine.ErrCorrupt)
 		case a.Len == 0:
 			r.bufs[i] = []byte{}
 		default:
@@ -179,6 +174,21 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		return nil, err
 	}
 	return r, nil
+}
+
+// reservedExtents decodes the extents of a RESERVE reply, checking that
+// they are one of each size asked for.
+func reservedExtents(extents *wirepb.Addrs, sizes []uint64) ([]engine.RemoteAddr, error) {
+	addrs, err := wire.RangesFromPB(extents)
+	if err == nil && len(addrs) != len(sizes) {
+		err = fmt.Errorf("unit reserved %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
+	}
+	for i := 0; err == nil && i < len(sizes); i++ {
+		if addrs[i].Len != sizes[i] {
+			err = fmt.Errorf("unit reserved extent %d with %d bytes, asked for %d: %w", i, addrs[i].Len, sizes[i], engine.ErrCorrupt)
+		}
+	}
+	return addrs, err
 }
 
 // Len returns the number of extents.

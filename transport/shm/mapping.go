@@ -268,7 +268,28 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 			unix.Close(fd)
 		}
 	}
-	rep, err := wire.ParseFdReply(buf[:n])
+	rep, err := decodeFdReply(buf[:n], len(fds), flags&unix.MSG_CTRUNC != 0, ferr)
+	if err == nil {
+		err = c.checkMemfd(fds[0], rep)
+	}
+	if err != nil {
+		closeAll()
+		return -1, 0, err
+	}
+	if end() {
+		closeAll()
+		return -1, 0, c.fetchErr(ctx, wc, os.ErrDeadlineExceeded)
+	}
+	return fds[0], int(rep.Size), nil
+}
+
+// decodeFdReply decodes what the fd socket answered: the reply's bytes b,
+// the number of fds that came with them, whether the kernel cut the
+// control data (MSG_CTRUNC: more fds than room was made for), and the
+// error parsing the control data gave. It succeeds only for an FdOK
+// reply with exactly one fd; an FdBusy one is an fdBusyError.
+func decodeFdReply(b []byte, nfds int, ctrunc bool, ferr error) (wire.FdReply, error) {
+	rep, err := wire.ParseFdReply(b)
 	if err == nil {
 		err = ferr
 	}
@@ -280,35 +301,28 @@ func (c *Conn) exchange(ctx context.Context, uc *net.UnixConn, req wire.FdReques
 	}
 	switch {
 	case err != nil:
-	case flags&unix.MSG_CTRUNC != 0:
+	case ctrunc:
 		// Room is made for one: the kernel closed the ones past it.
 		err = fmt.Errorf("fd reply carries more fds than the one it may: %w", wire.ErrFrame)
-	case len(fds) != 1:
-		err = fmt.Errorf("fd reply carries %d fds, not one: %w", len(fds), wire.ErrFrame)
+	case nfds != 1:
+		err = fmt.Errorf("fd reply carries %d fds, not one: %w", nfds, wire.ErrFrame)
 	}
-	if err != nil {
-		closeAll()
-		return -1, 0, err
-	}
+	return rep, err
+}
+
+// checkMemfd checks the memfd fd that came with rep, an FdOK reply: it
+// must hold rep.Size bytes, no more than this host's memory, and be
+// sealed against resizing.
+func (c *Conn) checkMemfd(fd int, rep wire.FdReply) error {
 	var st unix.Stat_t
-	if err := unix.Fstat(fds[0], &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
-		closeAll()
-		return -1, 0, fmt.Errorf("unit %d: memfd of %d bytes for a region of %d: %w", c.unit, st.Size, rep.Size, engine.ErrCorrupt)
+	if err := unix.Fstat(fd, &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
+		return fmt.Errorf("unit %d: memfd of %d bytes for a region of %d: %w", c.unit, st.Size, rep.Size, engine.ErrCorrupt)
 	}
 	if limit := segmentLimit(); rep.Size > limit {
-		closeAll()
-		return -1, 0, fmt.Errorf("unit %d: memfd of %d bytes, more than this host's memory (%d bytes): %w", c.unit, rep.Size, limit, engine.ErrCorrupt)
+		return fmt.Errorf("unit %d: memfd of %d bytes, more than this host's memory (%d bytes): %w", c.unit, rep.Size, limit, engine.ErrCorrupt)
 	}
 	// The size holds only if nobody can shrink the memfd.
-	if err := checkSealed(fds[0]); err != nil {
-		closeAll()
-		return -1, 0, err
-	}
-	if end() {
-		closeAll()
-		return -1, 0, c.fetchErr(ctx, wc, os.ErrDeadlineExceeded)
-	}
-	return fds[0], int(rep.Size), nil
+	return checkSealed(fd)
 }
 
 // checkSealed fails unless fd is a memfd sealed against shrinking and
