@@ -3,6 +3,7 @@ package shmring
 import (
 	"encoding/binary"
 	"os"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -200,7 +201,7 @@ func TestMapRefusesHostileRegions(t *testing.T) {
 			require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
 			t.Cleanup(func() { unix.Close(p[0]); unix.Close(p[1]) })
 			return p[0]
-		}, ErrCorrupt, "channel memfd of 0 bytes"},
+		}, ErrCorrupt, "channel fd is not a sealable memfd"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mem, err := Map(tc.fd(t))
@@ -211,4 +212,42 @@ func TestMapRefusesHostileRegions(t *testing.T) {
 			require.ErrorContains(t, err, tc.saying)
 		})
 	}
+}
+
+// TestMapRefusesMemfdShrunkWhileChecked: the creator of a channel's
+// memfd keeps it, and may shrink it while this side checks it, then seal
+// it; the size this side checked holds only if the memfd was sealed when
+// it was checked. Map checks the seals first, then the size; it ran the
+// other way round, and a memfd shrunk to nothing and sealed between the
+// two (here by a hook, as a racing peer would) was mapped at its old
+// size: reading its header was SIGBUS.
+func TestMapRefusesMemfdShrunkWhileChecked(t *testing.T) {
+	fd, err := unix.MemfdCreate("hostile", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	size := Size(MinRingSize)
+	require.NoError(t, unix.Ftruncate(fd, int64(size)))
+	b, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	require.NoError(t, err)
+	require.NoError(t, Format(b, MinRingSize))
+	require.NoError(t, unix.Munmap(b))
+	testHookMapChecks = func(fd int) {
+		unix.Ftruncate(fd, 0)
+		unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW)
+	}
+	defer func() { testHookMapChecks = nil }()
+
+	var mem []byte
+	faulted := func() (faulted bool) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() { faulted = recover() != nil }()
+		mem, err = Map(fd)
+		return false
+	}()
+	if mem != nil {
+		Unmap(mem)
+	}
+	require.False(t, faulted, "Map of a memfd shrunk while it was checked faulted (SIGBUS)")
+	require.ErrorIs(t, err, ErrCorrupt)
+	require.ErrorContains(t, err, "not sealed against resizing")
 }

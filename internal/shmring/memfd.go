@@ -49,21 +49,27 @@ func Create(ringSize int) (fd int, mem []byte, err error) {
 }
 
 // Map maps a channel's memfd received from its creator and checks its
-// header. The caller still owns fd and may close it at once.
+// header. The caller still owns fd and may close it at once. The memfd
+// must be sealed against resizing, and its seals are checked before its
+// size: the creator holds it too, and may shrink it until it seals it (a
+// mapping past a memfd's end is SIGBUS on every access).
 func Map(fd int) ([]byte, error) {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fmt.Errorf("channel fd is not a sealable memfd (F_GET_SEALS: %w): %w", err, ErrCorrupt)
+	}
+	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW; seals&want != want {
+		return nil, fmt.Errorf("channel memfd not sealed against resizing (seals %#x): %w", seals, ErrCorrupt)
+	}
+	if h := testHookMapChecks; h != nil {
+		h(fd)
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("fstat channel memfd: %w", err)
 	}
 	if st.Size < HeaderSize || st.Size > int64(Size(MaxRingSize)) {
 		return nil, fmt.Errorf("channel memfd of %d bytes: %w", st.Size, ErrCorrupt)
-	}
-	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
-	if err != nil {
-		return nil, fmt.Errorf("channel memfd seals: %w", err)
-	}
-	if want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW; seals&want != want {
-		return nil, fmt.Errorf("channel memfd not sealed against resizing (seals %#x): %w", seals, ErrCorrupt)
 	}
 	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
@@ -82,3 +88,7 @@ func Unmap(mem []byte) error {
 	}
 	return nil
 }
+
+// testHookMapChecks, if set, runs between Map's first check of a memfd
+// and its second: tests act there as the peer that sent it.
+var testHookMapChecks func(fd int)

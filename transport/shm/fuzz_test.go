@@ -109,7 +109,11 @@ func FuzzFdReply(f *testing.F) {
 			if !errors.Is(err, engine.ErrCorrupt) {
 				t.Fatalf("memfd refused with %v, not an error wrapping %v", err, engine.ErrCorrupt)
 			}
-			if rep.Size != m.size && !strings.Contains(err.Error(), fmt.Sprint(rep.Size)) {
+			if !strings.Contains(err.Error(), "unit 7") {
+				t.Fatalf("memfd refused with %q, which does not name the unit", err)
+			}
+			// An unsealed one is refused first: its size may change.
+			if m.sealed && rep.Size != m.size && !strings.Contains(err.Error(), fmt.Sprint(rep.Size)) {
 				t.Fatalf("memfd of the wrong size refused with %q, which does not name the size announced, %d", err, rep.Size)
 			}
 		}

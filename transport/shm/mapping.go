@@ -311,9 +311,18 @@ func decodeFdReply(b []byte, nfds int, ctrunc bool, ferr error) (wire.FdReply, e
 }
 
 // checkMemfd checks the memfd fd that came with rep, an FdOK reply: it
-// must hold rep.Size bytes, no more than this host's memory, and be
-// sealed against resizing.
+// must be sealed against resizing, hold rep.Size bytes, and no more than
+// this host's memory. Seals first: the peer that sent fd holds it too,
+// and may shrink it until it seals it, so a size read before the seals
+// were checked may no longer hold (a mapping past a memfd's end is SIGBUS
+// on every access).
 func (c *Conn) checkMemfd(fd int, rep wire.FdReply) error {
+	if err := checkSealed(fd); err != nil {
+		return fmt.Errorf("unit %d: %w", c.unit, err)
+	}
+	if h := testHookMemfdChecks; h != nil {
+		h(fd)
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || uint64(st.Size) != rep.Size || rep.Size == 0 {
 		return fmt.Errorf("unit %d: memfd of %d bytes for a region of %d: %w", c.unit, st.Size, rep.Size, engine.ErrCorrupt)
@@ -321,9 +330,12 @@ func (c *Conn) checkMemfd(fd int, rep wire.FdReply) error {
 	if limit := segmentLimit(); rep.Size > limit {
 		return fmt.Errorf("unit %d: memfd of %d bytes, more than this host's memory (%d bytes): %w", c.unit, rep.Size, limit, engine.ErrCorrupt)
 	}
-	// The size holds only if nobody can shrink the memfd.
-	return checkSealed(fd)
+	return nil
 }
+
+// testHookMemfdChecks, if set, runs between checkMemfd's first check of
+// a memfd and its second: tests act there as the peer that sent it.
+var testHookMemfdChecks func(fd int)
 
 // checkSealed fails unless fd is a memfd sealed against shrinking and
 // growing, so that no process can resize it under this one's mappings

@@ -59,3 +59,30 @@ func TestAnnouncedSizePastMemfdRefused(t *testing.T) {
 		assert.Contains(t, err.Error(), want)
 	}
 }
+
+// The peer that sends a memfd keeps it, and may shrink it while this
+// side checks it, then seal it: the size this side checked holds only if
+// the memfd was sealed when it was checked. The checks run seals first,
+// then size; they ran the other way round, and a memfd shrunk to nothing
+// and sealed between the two (here by a hook, as a racing peer would)
+// was mapped at its old size: the first read of a view was SIGBUS.
+func TestMemfdShrunkWhileCheckedRefused(t *testing.T) {
+	_, c, addr := socketConn(t)
+	const size = 1 << 20
+	memfd := sealedMemfd(t, size, false)
+	testHookMemfdChecks = func(int) {
+		unix.Ftruncate(memfd, 0)
+		unix.FcntlInt(uintptr(memfd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW)
+	}
+	t.Cleanup(func() { testHookMemfdChecks = nil })
+	c.fdSock = fakeFdSocket(t, wire.FdReply{Status: wire.FdOK, Size: size}, memfd)
+
+	l, err := c.View(t.Context(), []engine.RemoteAddr{addr})
+	if err == nil {
+		defer l.Release()
+		t.Fatalf("View mapped a memfd shrunk to 0 bytes as a segment of %d (reading its view faulted: %v); want an error wrapping %v",
+			size, faults(l.Bytes(0)), engine.ErrCorrupt)
+	}
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.Contains(t, err.Error(), "not sealed")
+}
