@@ -394,10 +394,10 @@ func WritePayload(extents [][][]byte) net.Buffers {
 // WrittenExtents decodes a WRITE reply and checks that it holds one
 // extent of each size asked for.
 func WrittenExtents(reply *wirepb.WriteReply, sizes []uint64) ([]engine.RemoteAddr, error) {
-	addrs, err := RangesFromPB(reply.Extents)
-	if err == nil && len(addrs) != len(sizes) {
-		err = fmt.Errorf("unit stored %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
+	if n := AddrCount(reply.Extents); n != uint64(len(sizes)) {
+		return nil, fmt.Errorf("unit stored %d extents, asked for %d: %w", n, len(sizes), engine.ErrCorrupt)
 	}
+	addrs, err := RangesFromPB(reply.Extents)
 	if err != nil {
 		return nil, err
 	}
@@ -416,6 +416,25 @@ func AddrsFromPB(a *wirepb.Addrs) ([]engine.CellLoc, error) {
 		return nil, err
 	}
 	return l.cells, nil
+}
+
+// AddrCount returns how many addresses a claims to hold — the length of
+// its flat arrays, or the sum of its run counts — without decoding them.
+// A reply that must hold a known number of addresses is refused on it
+// before decoding: the run form claims up to [MaxSegments] addresses in
+// a few bytes, and decoding allocates each.
+func AddrCount(a *wirepb.Addrs) uint64 {
+	if a == nil {
+		return 0
+	}
+	if len(a.RunCount) == 0 {
+		return uint64(len(a.Offset))
+	}
+	var n uint64
+	for _, c := range a.RunCount {
+		n += uint64(c)
+	}
+	return n
 }
 
 // RangesFromPB decodes byte ranges (ignoring unit ids).

@@ -2,8 +2,10 @@ package wire
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -181,4 +183,19 @@ func TestFlatAddressOverflowRefused(t *testing.T) {
 	a.Len[1] = math.MaxUint64 - 2048 // ends at 2^64-1 exactly: fits
 	_, err = RangesFromPB(a)
 	require.NoError(t, err)
+}
+
+// A WRITE reply's extents are counted before they are decoded: 20 bytes
+// of run form claim MaxSegments extents, and decoding them allocated
+// 96 MiB before the count was found wrong. It is refused as corrupt,
+// naming both counts, having allocated next to nothing.
+func TestWrittenExtentsRefusesClaimedCountBeforeDecoding(t *testing.T) {
+	reply := &wirepb.WriteReply{Extents: &wirepb.Addrs{RunCount: []uint32{MaxSegments}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{0}}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := WrittenExtents(reply, []uint64{0})
+	runtime.ReadMemStats(&after)
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.ErrorContains(t, err, fmt.Sprintf("unit stored %d extents, asked for 1", MaxSegments))
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20), "bytes allocated to refuse a 20-byte reply")
 }

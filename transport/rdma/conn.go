@@ -816,9 +816,13 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: sizes, NoWait: engine.NoWait(ctx)}, &reply); err != nil {
 		return nil, c.opErr("write", err)
 	}
-	addrs, err := wire.RangesFromPB(reply.Extents)
-	if err == nil && len(addrs) != len(extents) {
-		err = fmt.Errorf("unit reserved %d extents for %d: %w", len(addrs), len(extents), wire.ErrFrame)
+	var addrs []engine.RemoteAddr
+	var err error
+	// Counted before decoding, which allocates each extent claimed.
+	if n := wire.AddrCount(reply.Extents); n != uint64(len(extents)) {
+		err = fmt.Errorf("unit reserved %d extents for %d: %w", n, len(extents), wire.ErrFrame)
+	} else {
+		addrs, err = wire.RangesFromPB(reply.Extents)
 	}
 	for i := 0; err == nil && i < len(addrs); i++ {
 		if addrs[i].Len != sizes[i] {

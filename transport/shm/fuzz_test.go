@@ -154,6 +154,12 @@ func FuzzReserveReply(f *testing.F) {
 	}
 	f.Add(b, sizes(64, 64, 64, 64), uint32(4096))
 	f.Add(b, sizes(64), uint32(4096))
+	// 20 bytes claiming 4Mi extents (wire.MaxSegments) of one run.
+	b, err = proto.Marshal(&wirepb.ReserveReply{Extents: &wirepb.Addrs{RunCount: []uint32{wire.MaxSegments}, RunSegment: []uint32{1}, RunGen: []uint32{1}, RunOffset: []uint64{0}, RunLen: []uint64{0}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b, sizes(0), uint32(4096))
 
 	f.Fuzz(func(t *testing.T, body, rawSizes []byte, segSize uint32) {
 		var reply wirepb.ReserveReply

@@ -177,12 +177,13 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 }
 
 // reservedExtents decodes the extents of a RESERVE reply, checking that
-// they are one of each size asked for.
+// they are one of each size asked for. Their count is checked before
+// they are decoded, which allocates each one the reply claims.
 func reservedExtents(extents *wirepb.Addrs, sizes []uint64) ([]engine.RemoteAddr, error) {
-	addrs, err := wire.RangesFromPB(extents)
-	if err == nil && len(addrs) != len(sizes) {
-		err = fmt.Errorf("unit reserved %d extents, asked for %d: %w", len(addrs), len(sizes), engine.ErrCorrupt)
+	if n := wire.AddrCount(extents); n != uint64(len(sizes)) {
+		return nil, fmt.Errorf("unit reserved %d extents, asked for %d: %w", n, len(sizes), engine.ErrCorrupt)
 	}
+	addrs, err := wire.RangesFromPB(extents)
 	for i := 0; err == nil && i < len(sizes); i++ {
 		if addrs[i].Len != sizes[i] {
 			err = fmt.Errorf("unit reserved extent %d with %d bytes, asked for %d: %w", i, addrs[i].Len, sizes[i], engine.ErrCorrupt)
