@@ -507,6 +507,28 @@ def test_select_samples_refuses_positions_that_are_not_integers(positions):
     assert m.select_samples([np.int64(2), -1]).global_indexes == [12, 12]
 
 
+def test_batchmeta_index_takes_numpy_integers_and_position_lists():
+    # Before: __getitem__ took only int and slice, so m[np.int64(2)] (a
+    # position from np.flatnonzero or argsort) and m[[0, 2]] were TypeError.
+    m = tq.BatchMeta([10, 11, 12], ["p"] * 3)
+    assert m[np.int64(2)].global_indexes == [12]
+    assert m[np.int32(-1)].global_indexes == [12]
+    assert m[[2, 0]].global_indexes == [12, 10]
+    assert m[(0, 0)].global_indexes == [10, 10]
+    assert m[np.array([1, -1])].global_indexes == [11, 12]
+    assert m[np.flatnonzero(np.array([True, False, True]))].global_indexes == [10, 12]
+    assert m[range(1, 3)].global_indexes == [11, 12]
+    assert m[[]].size == 0
+    for bad in ([True, False, True], np.array([True, False, True]), True, np.bool_(False), [0.9, 2]):
+        with pytest.raises(tq.InvalidError, match="not an integer"):
+            m[bad]
+    with pytest.raises(tq.InvalidError, match="out of range"):
+        m[np.int64(3)]
+    for bad in (1.0, "1", None, {0: 1}):
+        with pytest.raises(TypeError, match="BatchMeta indices"):
+            m[bad]
+
+
 def test_select_fields_takes_one_name_and_refuses_unknown_ones():
     # Before: a str was iterated (select_fields("resp") kept fields "r",
     # "e", "s", "p") and unknown names were dropped, so both gave a meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc as _abc
 import copy as _copy
 import json
 import operator
@@ -270,11 +271,22 @@ class BatchMeta:
         return out
 
     def __getitem__(self, i):
+        """``meta[i]``: a slice, one integer position (numpy ones too), or a
+        sequence or array of positions, each a BatchMeta as select_samples
+        gives it; a bool, alone or in the positions, is InvalidError as
+        there."""
         if isinstance(i, slice):
             return self.select_samples(range(*i.indices(self.size)))
-        if isinstance(i, int):
-            return self.select_samples([i])
-        raise TypeError(f"BatchMeta indices must be int or slice, not {type(i).__name__}")
+        if isinstance(i, (bool, np.bool_)):
+            return self.select_samples([i])  # refused, naming the mask
+        if isinstance(i, (np.ndarray, _abc.Sequence)) and not isinstance(i, (str, bytes, bytearray)):
+            return self.select_samples(np.ravel(i) if isinstance(i, np.ndarray) and i.ndim == 0 else i)
+        try:
+            p = operator.index(i)
+        except TypeError:
+            raise TypeError(f"BatchMeta indices must be integers, slices or sequences of integers, "
+                            f"not {type(i).__name__}") from None
+        return self.select_samples([p])
 
     def select_fields(self, names) -> "BatchMeta":
         """The rows with only the fields ``names`` (one name as a str). A
