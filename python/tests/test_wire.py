@@ -1,5 +1,6 @@
 """The framing and handshake against fake servers, and the token file rules."""
 
+import errno
 import fcntl
 import os
 import socket
@@ -162,6 +163,76 @@ def test_a_host_name_is_dialed_at_its_ipv6_addresses(monkeypatch):
         assert c.server.cluster_id == "v6" and c.family == socket.AF_INET6
     finally:
         c.close()
+
+
+_BLACKHOLE = "192.0.2.1"  # TEST-NET-1: routed nowhere
+
+
+def _dial_through(monkeypatch, ports):
+    """Makes the name many.tq.test resolve to the blackhole, then to
+    127.0.0.1 at each of ports, and a connect to the blackhole time out
+    at once; returns the (address, timeout) of each connect."""
+    real_resolve, real_socket, tries = socket.getaddrinfo, socket.socket, []
+
+    def resolve(host, *a, **kw):
+        if host == "many.tq.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (h, p)) for h, p in
+                    [(_BLACKHOLE, ports[0])] + [("127.0.0.1", p) for p in ports]]
+        return real_resolve(host, *a, **kw)
+
+    class Socket(real_socket):
+        def connect(self, sa):
+            tries.append((sa[0], self.gettimeout()))
+            if sa[0] == _BLACKHOLE:
+                raise socket.timeout("timed out")  # its share of the deadline spent
+            return super().connect(sa)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "socket", Socket)
+    return tries
+
+
+@pytest.mark.parametrize("timeout,first", [(30.0, 15.0), (3.0, 2.0)])
+def test_a_dead_address_takes_only_its_share_of_the_dial_timeout(monkeypatch, timeout, first):
+    # Before: each of a name's addresses was dialed with the whole timeout,
+    # so a blackholed address ahead of a working one (a stale DNS record,
+    # an IPv6 address with no route) held the dial up for the whole timeout
+    # per such address. Now, as with Go's net.Dialer, each gets its share of
+    # the time left (at least 2 s, or what is left if less).
+    def h(c):
+        op, rid, _ = _read_frame(c)
+        _reply(c, op, rid, common_pb2.Hello(version=1, role="controller", cluster_id="many"))
+        c.recv(1)
+    port = int(_serve_once(h).rsplit(":", 1)[1])
+    tries = _dial_through(monkeypatch, [port])
+    c = wire.Conn(f"tcp://many.tq.test:{port}", token="", timeout=timeout)
+    try:
+        assert c.server.cluster_id == "many"
+        assert [a for a, _ in tries] == [_BLACKHOLE, "127.0.0.1"]
+        assert tries[0][1] == pytest.approx(first, abs=0.5), tries
+        assert tries[1][1] <= timeout
+        assert c.sock.gettimeout() == timeout  # the handshake's and calls' own
+    finally:
+        c.close()
+
+
+def test_a_dial_that_fails_names_each_address_and_its_error(monkeypatch):
+    # Before: only the last address's error was given ("[Errno 111]
+    # Connection refused"), naming no address, so the timeout at the first
+    # one could not be told from the rest.
+    dead = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead.append(s.getsockname()[1])
+        s.close()
+    _dial_through(monkeypatch, dead)
+    with pytest.raises(tq.UnavailableError) as e:
+        wire.Conn(f"tcp://many.tq.test:{dead[0]}", token="", timeout=5)
+    msg = str(e.value)
+    assert f"many.tq.test:{dead[0]}" in msg
+    assert f"{_BLACKHOLE}:{dead[0]}: timed out" in msg, msg
+    for p in dead:
+        assert f"127.0.0.1:{p}: [Errno {errno.ECONNREFUSED}]" in msg, msg
 
 
 def test_token_file_rules(tmp_path, monkeypatch):

@@ -263,6 +263,27 @@ def parse_addr(addr: str):
     return socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port))
 
 
+# The least time a dial gives each of a name's addresses (while that much
+# is left), as net.Dialer does, however many addresses share the timeout.
+DIAL_MIN_SHARE = 2.0
+
+
+def _dial_share(deadline, left: int):
+    """The connect timeout of the next of ``left`` addresses: the time
+    left to ``deadline`` split evenly, at least DIAL_MIN_SHARE, or all that
+    is left when less. None (no deadline) is None: blocking."""
+    if deadline is None:
+        return None
+    remaining = deadline - time.monotonic()
+    return max(remaining / left, min(DIAL_MIN_SHARE, remaining))
+
+
+def _sockaddr_str(sa) -> str:
+    if isinstance(sa, str):
+        return sa
+    return f"[{sa[0]}]:{sa[1]}" if ":" in sa[0] else f"{sa[0]}:{sa[1]}"
+
+
 RECV_BUF = 64 << 10  # bytes a connection's reply buffer holds
 # How long Conn.close waits, in seconds, for a request in flight on another
 # thread to let go of the connection once its socket is shut down.
@@ -323,7 +344,11 @@ class Conn:
     It belongs to the process that dialed it: a child forked without exec
     closes its copy of the socket as it starts (see _reinit_in_child) and
     sends nothing on the connection (a call fails as unavailable), lest the
-    two interleave requests and read each other's replies."""
+    two interleave requests and read each other's replies.
+
+    ``timeout`` bounds each socket operation; dialing a name, it is one
+    deadline for all the name's addresses, tried in the resolver's order,
+    each given its share of the time left (at least DIAL_MIN_SHARE)."""
 
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
                  unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0,
@@ -373,19 +398,32 @@ class Conn:
                 # only a literal's, and a name may have only IPv6 addresses.
                 targets = [(fam, sa) for fam, _, _, _, sa in
                            socket.getaddrinfo(sockaddr[0], sockaddr[1], 0, socket.SOCK_STREAM)]
+            # One deadline for them all, split as net.Dialer splits it: a
+            # dead address ahead of a live one costs its share of the time
+            # left, not the whole timeout.
+            deadline = None if timeout is None else time.monotonic() + timeout
+            failed = []  # (address, why) of each address that did not connect
             for i, (fam, sa) in enumerate(targets):
+                share = _dial_share(deadline, len(targets) - i)
+                if share is not None and share <= 0:
+                    failed.append((sa, "not tried: the dial timeout was spent"))
+                    continue
                 self.sock = s = socket.socket(fam, socket.SOCK_STREAM)
                 try:
-                    s.settimeout(timeout)
+                    s.settimeout(share)
                     s.connect(sa)
-                except OSError:
-                    if i == len(targets) - 1:
-                        raise
+                except OSError as e:
                     self.sock = None
                     s.close()
+                    failed.append((sa, e))
                     continue
+                s.settimeout(timeout)  # the handshake's and the calls' own
                 self.family = fam
                 break
+            else:
+                if len(failed) == 1 and isinstance(failed[0][1], OSError):
+                    raise failed[0][1]
+                raise OSError("; ".join(f"{_sockaddr_str(sa)}: {why}" for sa, why in failed))
         except OSError as e:
             self.close()
             raise errors.UnavailableError(f"dial {addr}: {e}") from None
