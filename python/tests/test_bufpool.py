@@ -161,3 +161,33 @@ def test_dropped_beyond_max_idle_are_let_go_at_once():
     alive = sum(r() is not None for r in maps)
     assert alive * MiB <= 2 * MiB, f"{alive} MiB of dropped mappings held, max_idle 2 MiB"
     assert p.idle_bytes == 2 * MiB
+
+
+def test_a_drop_while_another_thread_holds_the_lock_is_filed_as_it_lets_go():
+    """A mapping dropped while another thread holds the pool's lock (and
+    is past filing) is filed when that thread lets go. Before, it stayed
+    in the returned queue until the pool's next large get: one mapping
+    held past max_idle, for good in a process that makes no more."""
+    import threading
+    import weakref
+    p = BufferPool(0)
+    a = p.alloc(MiB)
+    m = weakref.ref(a.base.obj)
+    inside, go = threading.Event(), threading.Event()
+    real = p._file
+
+    def file():  # the other thread, holding the lock, past filing
+        real()
+        inside.set()
+        go.wait(30)
+    p._file = file
+    th = threading.Thread(target=lambda: p.idle_bytes)
+    th.start()
+    assert inside.wait(30)
+    del a  # dropped here, while the other thread holds the lock
+    assert m() is not None, "not filed while the lock is held"
+    p._file = real
+    go.set()
+    th.join(30)
+    assert not th.is_alive()
+    assert m() is None, "the dropped mapping is still held after the lock was let go"

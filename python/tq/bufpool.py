@@ -70,9 +70,12 @@ class BufferPool:
     @property
     def idle_bytes(self) -> int:
         """Bytes of dropped mappings the pool keeps (filed so far)."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._file()
             return self._idle_bytes
+        finally:
+            self._unlock()
 
     def alloc(self, n: int) -> np.ndarray:
         """n uninitialised bytes: a dropped mapping of n's size class if
@@ -82,7 +85,8 @@ class BufferPool:
             return np.empty(n, dtype=np.uint8)
         c = size_class(n)
         m = None
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._file()
             ids = self._by_class.get(c)
             if ids:
@@ -91,6 +95,8 @@ class BufferPool:
                 self.hits += 1
             else:
                 self.misses += 1
+        finally:
+            self._unlock()
         if m is None:
             m = mmap.mmap(-1, c, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
         a = np.frombuffer(m, dtype=np.uint8, count=n)
@@ -103,20 +109,37 @@ class BufferPool:
         # max_idle is let go at once rather than at the next large alloc
         # (which may never come). Never waits: this thread may hold the
         # lock already (a collection inside _file); what is dropped while
-        # another holds it is filed by that one, or else by the next call.
+        # another holds it is filed by that one as it lets go (_unlock).
         if self._lock.acquire(blocking=False):
             try:
                 self._file()
             finally:
+                self._unlock()
+
+    def _unlock(self):
+        """Releases _lock, then files what was dropped while it was held:
+        a drop that found the lock taken appended before the holder let
+        go, so the holder sees it here, or else a later holder does."""
+        while True:
+            self._lock.release()
+            if not self._returned or not self._lock.acquire(blocking=False):
+                return
+            try:
+                self._file()
+            except BaseException:
                 self._lock.release()
+                raise
 
     def clear(self) -> None:
         """Lets every idle mapping go."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             self._file()
             self._idle.clear()
             self._by_class.clear()
             self._idle_bytes = 0
+        finally:
+            self._unlock()
 
     def _file(self):
         """Files the returned mappings, then lets the oldest go until at
