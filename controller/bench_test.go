@@ -524,7 +524,7 @@ func BenchmarkListKeysPage(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			p := c.lock(fmt.Sprintf("p-%08d", n/2))
+			p, _ := c.lock(fmt.Sprintf("p-%08d", n/2))
 			cursor := encodeKeysCursor(p.id, p.gen, 1)
 			p.mu.Unlock()
 			benchCall(b, s, wire.OpListKeys, &wirepb.ListKeysRequest{Cursor: cursor, Limit: 16}, 16)

@@ -149,7 +149,7 @@ func TestReplayTakesALoggedCommitOfTheWrongLength(t *testing.T) {
 	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
 	m := insert(t, c, "p", 1, "x")
 	loc := engine.CellLoc{Unit: 1, Addr: engine.RemoteAddr{Segment: 1, Gen: 1, Len: 64}}
-	p := c.lock("p")
+	p, _ := c.lock("p")
 	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, m.Indexes, []engine.CommitField{
 		{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}, Locs: []engine.CellLoc{loc}},
 	})}})

@@ -404,7 +404,10 @@ func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, 
 	defer c.changeWaiters.Add(-1)
 	for {
 		var wake, dropped <-chan struct{}
-		p := c.lock(req.Partition)
+		p, err := c.lock(req.Partition)
+		if err != nil {
+			return engine.KeyChanges{}, opErr("key changes", req.Partition, err)
+		}
 		if p == nil {
 			if cur.gen != 0 {
 				// The partition the cursor saw was cleared.
@@ -439,7 +442,7 @@ func (c *Controller) keyChanges(ctx context.Context, req engine.ChangesRequest, 
 		case <-ctx.Done():
 			return engine.KeyChanges{}, opErr("key changes", req.Partition, fmt.Errorf("wait for a change: %w", ctx.Err()))
 		case <-c.done:
-			return engine.KeyChanges{}, opErr("key changes", req.Partition, engine.ErrClosed)
+			return engine.KeyChanges{}, opErr("key changes", req.Partition, errClosed)
 		}
 	}
 }

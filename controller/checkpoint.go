@@ -49,8 +49,12 @@ func (c *Controller) Save(dir string) error {
 		return opErr("save checkpoint", dir, err)
 	}
 	unlock := c.lockAll()
-	st := c.copyState()
-	err := c.samplerState(st.head) // under the locks, as of the same moment
+	err := c.closed() // a closed controller's state is no one's
+	var st *stateCopy
+	if err == nil {
+		st = c.copyState()
+		err = c.samplerState(st.head) // under the locks, as of the same moment
+	}
 	unlock()
 	if err != nil {
 		return opErr("save checkpoint", dir, err)
@@ -199,6 +203,9 @@ func randSuffix() string {
 // and look again. A durable controller snapshots the new state before
 // Load returns.
 func (c *Controller) Load(dir string) ([]engine.CellLoc, error) {
+	if err := c.closed(); err != nil {
+		return nil, opErr("load checkpoint", dir, err)
+	}
 	ls, err := readStateFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		return nil, opErr("load checkpoint", dir, err)
@@ -259,6 +266,9 @@ func (c *Controller) takeOver(ls *loadedState, written []engine.CellLoc) ([]engi
 	}
 	unlock := c.lockAll()
 	defer unlock()
+	if err := c.closed(); err != nil {
+		return nil, err
+	}
 	if err := c.units.takeLocked(written); err != nil {
 		return nil, err
 	}

@@ -245,8 +245,12 @@ func (s *Server) save(ctx context.Context, name, dir string, metadata []byte) (C
 	defer s.c.pins.Unlock()
 
 	unlock := s.c.lockAll()
-	st := s.c.copyState()
-	err := s.c.samplerState(st.head) // under the locks, as of the same moment
+	err := s.c.closed()
+	var st *stateCopy
+	if err == nil {
+		st = s.c.copyState()
+		err = s.c.samplerState(st.head) // under the locks, as of the same moment
+	}
 	unlock()
 	if err != nil {
 		return CheckpointInfo{}, err

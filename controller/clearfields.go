@@ -23,7 +23,10 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 	if err != nil {
 		return 0, nil, opErr("clear fields", partition, err)
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return 0, nil, opErr("clear fields", partition, err)
+	}
 	if p == nil {
 		return 0, nil, nil
 	}

@@ -213,7 +213,7 @@ func TestReplayTakesCommitsPastUnitCapacity(t *testing.T) {
 	_, err = c.Commit(engine.CommitRequest{Partition: "p", Indexes: m.Indexes, Fields: fields})
 	require.ErrorIs(t, err, engine.ErrInvalid, "refused now")
 	// Logged as the controller did before the rule.
-	p := c.lock("p")
+	p, _ := c.lock("p")
 	c.log(&wirepb.LogOp{Op: &wirepb.LogOp_Commit{Commit: commitOp(p, m.Indexes, fields)}})
 	p.mu.Unlock()
 	crash(t, c)

@@ -206,6 +206,7 @@ func New(cfg Config) (*Controller, error) {
 		done:    make(chan struct{}),
 	}
 	c.units.watchEvictions(c.fences.drop)
+	c.units.closed = c.closed
 	if cfg.Dir == "" {
 		c.cluster, c.epoch = newClusterID(), 1
 		c.noteStart(newNonce(), 0)
@@ -218,9 +219,13 @@ func New(cfg Config) (*Controller, error) {
 	return c, nil
 }
 
-// Close wakes every blocked fetch with [engine.ErrClosed] and, for a
-// durable controller, snapshots the state and closes the journal. Later
-// calls that wait return ErrClosed; Close is idempotent.
+// Close wakes every blocked fetch and change feed with [engine.ErrClosed]
+// and, for a durable controller, snapshots the state and closes the
+// journal. After it every call that can fail answers an error wrapping
+// ErrClosed ("controller closed"), in memory as with a journal: none
+// answers from, nor changes, the state Close let go of; those with no
+// error to answer (Partitions, ListKeys, HasKeys, KeyCell, ...) answer
+// nothing. Close is idempotent.
 func (c *Controller) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
@@ -250,17 +255,40 @@ func (c *Controller) get(id string) *partition {
 	return c.parts[id]
 }
 
+// errClosed is what a closed controller answers every call with.
+var errClosed = fmt.Errorf("controller closed: %w", engine.ErrClosed)
+
+// closed returns errClosed once Close has begun, else nil.
+func (c *Controller) closed() error {
+	select {
+	case <-c.done:
+		return errClosed
+	default:
+		return nil
+	}
+}
+
 // lock returns the partition locked, or nil if it does not exist. The
-// caller unlocks it.
-func (c *Controller) lock(id string) *partition {
+// caller unlocks it. After Close it returns errClosed, for a partition
+// that exists as for one that does not: every call on a partition goes
+// through lock (or lockOrCreate, which calls it), so none answers from
+// the state Close let go of. The check follows the partition's lock, so
+// a call that waited for it while Close snapshotted the state answers
+// errClosed too.
+func (c *Controller) lock(id string) (*partition, error) {
 	for {
 		p := c.get(id)
-		if p == nil {
-			return nil
+		if p != nil {
+			p.mu.Lock()
 		}
-		p.mu.Lock()
-		if !p.dropped {
-			return p
+		if err := c.closed(); err != nil {
+			if p != nil {
+				p.mu.Unlock()
+			}
+			return nil, err
+		}
+		if p == nil || !p.dropped {
+			return p, nil
 		}
 		p.mu.Unlock() // cleared while we waited: look again
 	}
@@ -281,10 +309,14 @@ func (c *Controller) lockOrCreate(id string) (*partition, error) {
 		return nil, fmt.Errorf("empty partition id: %w", engine.ErrInvalid)
 	}
 	for {
-		if p := c.lock(id); p != nil {
-			return p, nil
+		if p, err := c.lock(id); p != nil || err != nil {
+			return p, err
 		}
 		c.mu.Lock()
+		if err := c.closed(); err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
 		if _, ok := c.parts[id]; ok {
 			// Made meanwhile (or given up by a refused creator, which
 			// takes it out at once): lock looks again.
@@ -410,7 +442,13 @@ func (c *Controller) CreatePartition(id string) (bool, error) {
 
 // Partitions lists partition ids in sorted order. A partition its first
 // request is still making, which may be refused, is not listed yet.
-func (c *Controller) Partitions() []string { return c.partitionIDs(false) }
+// After Close it lists none.
+func (c *Controller) Partitions() []string {
+	if c.closed() != nil {
+		return nil
+	}
+	return c.partitionIDs(false)
+}
 
 // partitionIDs lists partition ids in sorted order; with pending, those
 // their first request is still making too. A walk that must see every
@@ -625,7 +663,10 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 	for {
 		var wake <-chan struct{}
 		var check time.Time // when kept batches may be given back (keptbatches.go)
-		p := c.lock(req.Partition)
+		p, err := c.lock(req.Partition)
+		if err != nil {
+			return nil, opErr("fetch", req.Partition, err)
+		}
 		if p == nil {
 			c.mu.RLock()
 			wake = c.created
@@ -708,7 +749,7 @@ func (c *Controller) waitFetch(ctx context.Context, wake <-chan struct{}, check 
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-c.done:
-		return engine.ErrClosed
+		return errClosed
 	}
 	return nil
 }
@@ -970,11 +1011,11 @@ func (p *partition) checkRows(idx []uint64) error {
 // marks key spent and returns nil: nothing was taken, and a fetch with the
 // key still waiting for the partition must take nothing once it exists.
 // The check and the mark are under c.mu, which partitions are made under,
-// so that one made meanwhile is seen.
-func (c *Controller) lockOrSpend(id, key string) *partition {
+// so that one made meanwhile is seen. After Close it returns errClosed.
+func (c *Controller) lockOrSpend(id, key string) (*partition, error) {
 	for {
-		if p := c.lock(id); p != nil {
-			return p
+		if p, err := c.lock(id); p != nil || err != nil {
+			return p, err
 		}
 		c.mu.RLock()
 		_, made := c.parts[id]
@@ -983,7 +1024,7 @@ func (c *Controller) lockOrSpend(id, key string) *partition {
 		}
 		c.mu.RUnlock()
 		if !made {
-			return nil
+			return nil, nil
 		}
 	}
 }
@@ -1004,7 +1045,10 @@ func (c *Controller) Unconsume(partition, task, key string) error {
 	if err := checkFetchKey(key); err != nil {
 		return opErr("unconsume", partition, err)
 	}
-	p := c.lockOrSpend(partition, key)
+	p, err := c.lockOrSpend(partition, key)
+	if err != nil {
+		return opErr("unconsume", partition, err)
+	}
 	if p == nil {
 		return nil
 	}
@@ -1054,7 +1098,10 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	if err := checkFetchKey(key); err != nil {
 		return opErr("unconsume", partition, err)
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return opErr("unconsume", partition, err)
+	}
 	if p == nil {
 		return opErr("unconsume", partition, fmt.Errorf("rows of a fetch given back: %w", errUnknownPartition(partition)))
 	}
@@ -1127,7 +1174,10 @@ const maxNamedRows = 8
 // marks nothing consumed. With no fields it covers every produced field.
 // Ready is set per row when all named fields are produced.
 func (c *Controller) ForceFetch(partition string, fields []string) (*engine.BatchMeta, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("force fetch", partition, err)
+	}
 	if p == nil {
 		return nil, opErr("force fetch", partition, errUnknownPartition(partition))
 	}
@@ -1141,7 +1191,10 @@ func (c *Controller) ForceFetch(partition string, fields []string) (*engine.Batc
 // RowsMeta returns the meta of the given rows over the named fields (every
 // produced field when fields is nil). Unknown rows are an error naming them.
 func (c *Controller) RowsMeta(partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("rows meta", partition, err)
+	}
 	if p == nil {
 		return nil, opErr("rows meta", partition, errUnknownPartition(partition))
 	}
@@ -1195,7 +1248,10 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	if err := c.checkCluster(req.Cluster); err != nil {
 		return nil, opErr("commit", req.Partition, err)
 	}
-	p := c.lock(req.Partition)
+	p, err := c.lock(req.Partition)
+	if err != nil {
+		return nil, opErr("commit", req.Partition, err)
+	}
 	if p == nil {
 		return nil, opErr("commit", req.Partition, errUnknownPartition(req.Partition))
 	}
@@ -1263,13 +1319,14 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 		return nil, nil, opErr("resolve keys", pid, err)
 	}
 	var p *partition
+	var err error
 	if create {
-		var err error
-		if p, err = c.lockOrCreate(pid); err != nil {
-			return nil, nil, opErr("resolve keys", pid, err)
-		}
-	} else if p = c.lock(pid); p == nil {
-		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid)))
+		p, err = c.lockOrCreate(pid)
+	} else if p, err = c.lock(pid); err == nil && p == nil {
+		err = fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid))
+	}
+	if err != nil {
+		return nil, nil, opErr("resolve keys", pid, err)
 	}
 	defer c.unlockNew(p)
 	rows, newAt := p.lookupKeys(keys)
@@ -1405,7 +1462,10 @@ func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error
 	if len(indexes) == 0 {
 		return nil, opErr("keys of", partition, fmt.Errorf("empty index list: %w", engine.ErrInvalid))
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("keys of", partition, err)
+	}
 	if p == nil {
 		return nil, opErr("keys of", partition, errUnknownPartition(partition))
 	}
@@ -1428,7 +1488,10 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	if err := checkTagMaps(tags, func(i int) string { return fmt.Sprintf("row %d", indexes[i]) }); err != nil {
 		return opErr("set tags", partition, err)
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return opErr("set tags", partition, err)
+	}
 	if p == nil {
 		return opErr("set tags", partition, errUnknownPartition(partition))
 	}
@@ -1550,6 +1613,10 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 	}
 	ids := slices.Values([]string{partition})
 	if partition == "" {
+		// Of all partitions: none may be left to look up.
+		if err := c.closed(); err != nil {
+			return nil, nil, opErr("list keys", partition, err)
+		}
 		ids = c.partitionsFrom(from, false)
 	} else if from != "" && from != partition {
 		return nil, nil, opErr("list keys", partition, fmt.Errorf("cursor of partition %q: %w", from, engine.ErrInvalid))
@@ -1557,7 +1624,10 @@ func (c *Controller) listKeysPage(partition string, where engine.TagFilter, curs
 	var out []PartitionKeys
 	n, size, scanned := 0, 0, 0
 	for id := range ids {
-		p := c.lock(id)
+		p, err := c.lock(id)
+		if err != nil {
+			return nil, nil, opErr("list keys", partition, err)
+		}
 		if p == nil {
 			continue
 		}
@@ -1625,7 +1695,10 @@ func decodeKeysCursor(b []byte) (id string, gen, seq uint64, err error) {
 // ProductionStatus reports production per row and field. Unknown fields
 // are an error naming them.
 func (c *Controller) ProductionStatus(partition string, fields []string) (engine.ProductionStatus, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return engine.ProductionStatus{}, opErr("production status", partition, err)
+	}
 	if p == nil {
 		return engine.ProductionStatus{}, opErr("production status", partition, errUnknownPartition(partition))
 	}
@@ -1657,7 +1730,10 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 	if task == "" {
 		return engine.ConsumptionStatus{}, opErr("consumption status", partition, fmt.Errorf("empty task name: %w", engine.ErrInvalid))
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return engine.ConsumptionStatus{}, opErr("consumption status", partition, err)
+	}
 	if p == nil {
 		return engine.ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
 	}
@@ -1707,7 +1783,10 @@ func (c *Controller) CheckConsumption(partition, task string) bool {
 // the task's DP groups (see [engine.TaskForgetter]): the new round's are
 // made afresh.
 func (c *Controller) ResetConsumption(partition, task string) error {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return opErr("reset consumption", partition, err)
+	}
 	if p == nil {
 		return opErr("reset consumption", partition, errUnknownPartition(partition))
 	}
@@ -1748,7 +1827,10 @@ const maxPrealloc = 1 << 20
 // It returns the locations of the cleared cells, whose storage the caller
 // frees.
 func (c *Controller) ClearRows(partition string, indexes []uint64) ([]engine.CellLoc, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("clear rows", partition, err)
+	}
 	if p == nil {
 		return nil, nil
 	}
@@ -1812,7 +1894,10 @@ func (c *Controller) ClearKeys(partition string, keys []string) ([]engine.CellLo
 // removed in one step, so a row index released meanwhile and taken by
 // another key is never cleared in its place.
 func (c *Controller) ClearKeysCounted(partition string, keys []string) (int, []engine.CellLoc, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return 0, nil, opErr("clear keys", partition, err)
+	}
 	if p == nil {
 		return 0, nil, nil
 	}
@@ -1840,6 +1925,9 @@ func (c *Controller) ClearPartition(partition string) ([]engine.CellLoc, error) 
 	// this one's cache, as in replay.
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.closed(); err != nil {
+		return nil, opErr("clear partition", partition, err)
+	}
 	p, ok := c.parts[partition]
 	if !ok {
 		return nil, nil
@@ -1881,7 +1969,10 @@ func (c *Controller) dropPartition(p *partition) []engine.CellLoc {
 // Fields describes a partition's fields (those with produced cells and
 // those registered but now empty), sorted by name. It costs O(fields).
 func (c *Controller) Fields(partition string) ([]engine.FieldStats, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("fields", partition, err)
+	}
 	if p == nil {
 		return nil, opErr("fields", partition, errUnknownPartition(partition))
 	}
@@ -1896,7 +1987,10 @@ func (c *Controller) Fields(partition string) ([]engine.FieldStats, error) {
 
 // Stats summarizes one partition.
 func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return engine.PartitionStats{}, opErr("stats", partition, err)
+	}
 	if p == nil {
 		return engine.PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
 	}
@@ -1953,7 +2047,10 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 // reset), which Stats leaves out. A task stays known while the partition
 // exists. It costs O(tasks + held fetches), no walk of the rows.
 func (c *Controller) Tasks(partition string) ([]engine.TaskStats, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, opErr("tasks", partition, err)
+	}
 	if p == nil {
 		return nil, opErr("tasks", partition, errUnknownPartition(partition))
 	}
@@ -2000,7 +2097,10 @@ func opErr(op, partition string, err error) error {
 // KeyCount returns the number of keys in a partition, without walking
 // them (Stats walks every row).
 func (c *Controller) KeyCount(partition string) (int, error) {
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return 0, opErr("key count", partition, err)
+	}
 	if p == nil {
 		return 0, opErr("key count", partition, errUnknownPartition(partition))
 	}
@@ -2009,10 +2109,10 @@ func (c *Controller) KeyCount(partition string) (int, error) {
 }
 
 // HasKeys reports, for each key, whether it is in the partition (false
-// for all of an unknown partition).
+// for all of an unknown partition, and after Close).
 func (c *Controller) HasKeys(partition string, keys []string) []bool {
 	out := make([]bool, len(keys))
-	p := c.lock(partition)
+	p, _ := c.lock(partition)
 	if p == nil {
 		return out
 	}
@@ -2035,7 +2135,7 @@ func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engi
 	// The partition's generation now: a scan's number is a creation
 	// number in whatever partition has the id (see above).
 	var gen uint64
-	if p := c.lock(partition); p != nil {
+	if p, _ := c.lock(partition); p != nil { // closed: ListKeysPage says so
 		gen = p.gen
 		p.mu.Unlock()
 	}
@@ -2055,10 +2155,11 @@ func (c *Controller) ScanKeys(partition string, after uint64, limit int) ([]engi
 }
 
 // KeyCell returns where one field of one key lives, and false when the
-// partition, the key or the field is unknown or the cell not produced:
-// a single read's lookup, with nothing else built.
+// partition, the key or the field is unknown or the cell not produced,
+// or the controller closed: a single read's lookup, with nothing else
+// built.
 func (c *Controller) KeyCell(partition, key, field string) (engine.CellLoc, bool) {
-	p := c.lock(partition)
+	p, _ := c.lock(partition)
 	if p == nil {
 		return engine.CellLoc{}, false
 	}
@@ -2089,11 +2190,12 @@ type KeyCell struct {
 
 // KeyCells appends to out the cells of fields of key, and returns false
 // when the partition or the key is unknown or any of the fields is
-// unknown or not produced for the key: the lookup of a one-key get, under
-// one lock, with nothing else built. A caller that gets false answers
-// the general way (ResolveKeys), which says what is missing.
+// unknown or not produced for the key (or the controller closed): the
+// lookup of a one-key get, under one lock, with nothing else built. A
+// caller that gets false answers the general way (ResolveKeys), which
+// says what is missing.
 func (c *Controller) KeyCells(partition, key string, fields []string, out []KeyCell) ([]KeyCell, bool) {
-	p := c.lock(partition)
+	p, _ := c.lock(partition)
 	if p == nil {
 		return out, false
 	}

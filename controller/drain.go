@@ -96,6 +96,9 @@ func decodeCellsCursor(b []byte) (string, uint64, error) {
 // Errors: [engine.ErrNotFound] for a unit not registered;
 // [engine.ErrInvalid] for a bad limit or a cursor that does not decode.
 func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, maxBytes int64) ([]engine.UnitCell, []byte, error) {
+	if err := c.closed(); err != nil {
+		return nil, nil, fmt.Errorf("cells of storage unit %d: %w", unit, err)
+	}
 	if _, ok := c.units.Unit(unit); !ok {
 		return nil, nil, fmt.Errorf("storage unit %d is not registered: %w", unit, engine.ErrNotFound)
 	}
@@ -125,7 +128,10 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 		if id < from {
 			continue
 		}
-		p := c.lock(id)
+		p, err := c.lock(id)
+		if err != nil {
+			return nil, nil, err
+		}
 		if p == nil {
 			continue
 		}
@@ -161,9 +167,9 @@ func (c *Controller) UnitCells(unit engine.UnitID, cursor []byte, limit int, max
 func (c *Controller) CellsByUnit() map[engine.UnitID]int {
 	out := make(map[engine.UnitID]int)
 	for _, id := range c.partitionIDs(true) {
-		p := c.lock(id)
+		p, _ := c.lock(id)
 		if p == nil {
-			continue
+			continue // cleared, or the controller closed
 		}
 		p.rows.unitsWithCells(func(u engine.UnitID, n int) { out[u] += n })
 		p.mu.Unlock()
@@ -284,7 +290,10 @@ func (c *Controller) MoveCells(partition string, moves []engine.CellMove) ([]boo
 		}
 		seen[k] = true
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, nil, opErr("move cells", partition, err)
+	}
 	if p == nil {
 		// Cleared since the mover listed it: no cell is at From.
 		return make([]bool, len(moves)), nil, nil

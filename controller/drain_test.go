@@ -271,7 +271,7 @@ func TestMoveCellsRefusesDeadTarget(t *testing.T) {
 func TestMoveCellsRefusesTargetMarkedDrainingMeanwhile(t *testing.T) {
 	c := newController(t, DefaultConfig())
 	m := drainSetup(t, c, 1)
-	p := c.lock("p") // the drain's listing of another unit holds it, say
+	p, _ := c.lock("p") // the drain's listing of another unit holds it, say
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := c.MoveCells("p", []engine.CellMove{{Index: m.Indexes[0], Field: "x", From: loc(1, 1, 1, 0, 8), To: loc(2, 1, 1, 0, 8)}})

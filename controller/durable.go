@@ -91,6 +91,9 @@ func (c *Controller) noteRemoved(idx uint64) {
 // wait for the next group's fsync because other puts were appended after
 // it. Errors as for [Controller.WaitDurable].
 func (c *Controller) WaitRead(ctx context.Context, partition string, keys []string) error {
+	if err := c.closed(); err != nil {
+		return err
+	}
 	if c.j == nil {
 		return nil
 	}
@@ -111,6 +114,9 @@ func (c *Controller) ReadIndex(partition string, keys []string) uint64 {
 // WaitIndex waits until log record index is durable (at once without a
 // log, or for 0). Errors as for [Controller.WaitDurable].
 func (c *Controller) WaitIndex(ctx context.Context, index uint64) error {
+	if err := c.closed(); err != nil {
+		return err
+	}
 	if c.j == nil || index == 0 {
 		return nil
 	}
@@ -120,7 +126,7 @@ func (c *Controller) WaitIndex(ctx context.Context, index uint64) error {
 // readIndex is the log index a read of keys of partition waits for.
 func (c *Controller) readIndex(partition string, keys []string) uint64 {
 	var idx uint64
-	if p := c.lock(partition); p != nil {
+	if p, _ := c.lock(partition); p != nil { // closed: the waits say so
 		for _, k := range keys {
 			if r, ok := p.keys[k]; ok {
 				idx = max(idx, r.logged)
@@ -150,9 +156,12 @@ func (c *Controller) Durable() bool { return c.j != nil }
 // WaitDurable waits until every change made so far (and so every change a
 // caller has seen) is durable. An in-memory controller returns at once.
 // Errors: the context's, one wrapping [journal.ErrFailed] when the log
-// cannot be written (the controller must then stop answering), or one
-// wrapping [engine.ErrClosed].
+// cannot be written (the controller must then stop answering), or, after
+// Close, in memory too, one wrapping [engine.ErrClosed].
 func (c *Controller) WaitDurable(ctx context.Context) error {
+	if err := c.closed(); err != nil {
+		return err
+	}
 	if c.j == nil {
 		return nil
 	}

@@ -190,7 +190,7 @@ func TestExpiredFetchKeyGoneLiveAndLoaded(t *testing.T) {
 	heldFetch(t, c, "h", 2)
 	require.NoError(t, c.Acknowledge("p", "t", "h"))
 	func() {
-		p := c.lock("p")
+		p, _ := c.lock("p")
 		defer p.mu.Unlock()
 		p.fetches.m["k"].at = p.fetches.m["k"].at.Add(-fetchKeyTTL - time.Minute) // fetched 11 minutes ago
 	}()

@@ -341,7 +341,10 @@ func (c *Controller) Acknowledge(partition, task, key string) error {
 	if err := checkFetchKey(key); err != nil {
 		return opErr("acknowledge", partition, err)
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return opErr("acknowledge", partition, err)
+	}
 	if p == nil {
 		return nil
 	}

@@ -639,7 +639,7 @@ func TestHoldGroupTakesBackAnExitedMembersHolds(t *testing.T) {
 // times included (stateBytes leaves them out).
 func fetchTableBytes(t *testing.T, c *Controller) []byte {
 	t.Helper()
-	p := c.lock("p")
+	p, _ := c.lock("p")
 	require.NotNil(t, p)
 	fs, back := p.fetches.copyState(time.Now())
 	p.mu.Unlock()
@@ -788,7 +788,7 @@ func TestHoldGroupWaitsForAMemberThatLeft(t *testing.T) {
 // some of its rows stays held.
 func TestHeldFetchOfClearedRowsIsNoLongerHeld(t *testing.T) {
 	heldKeys := func(c *Controller) []string {
-		p := c.lock("p")
+		p, _ := c.lock("p")
 		require.NotNil(t, p)
 		defer p.mu.Unlock()
 		var keys []string
@@ -853,7 +853,7 @@ func TestHeldFetchGivenBackLongAgo(t *testing.T) {
 	// age makes the fetch table's entry for key older than its TTL: as
 	// if 10 minutes had passed.
 	age := func(c *Controller, key string) {
-		p := c.lock("p")
+		p, _ := c.lock("p")
 		defer p.mu.Unlock()
 		e := p.fetches.m[key]
 		require.NotNil(t, e, "fetch %q", key)
@@ -926,7 +926,7 @@ func TestHeldFetchGivenBackLongAgoAskedAgain(t *testing.T) {
 	}
 	require.ErrorIs(t, again(), context.Canceled, "while the entry lives")
 	func() {
-		p := c.lock("p")
+		p, _ := c.lock("p")
 		defer p.mu.Unlock()
 		p.fetches.m["a"].at = p.fetches.m["a"].at.Add(-2 * fetchKeyTTL) // as if 10 minutes had passed
 	}()
@@ -956,7 +956,7 @@ func TestResetKeepsAnOldHoldsAnswer(t *testing.T) {
 			doneWith(t, c, 4)
 			a := heldFetch(t, c, "a", 2)
 			func() {
-				p := c.lock("p")
+				p, _ := c.lock("p")
 				defer p.mu.Unlock()
 				e := p.fetches.m["a"]
 				e.at = e.at.Add(-2 * fetchKeyTTL) // held for 20 minutes
@@ -995,7 +995,7 @@ func TestGivenBackKeysInTheirOwnSnapshotField(t *testing.T) {
 	heldFetch(t, c, "a", 4)
 	require.NoError(t, c.Unconsume("p", "t", "a"))
 	func() {
-		p := c.lock("p")
+		p, _ := c.lock("p")
 		defer p.mu.Unlock()
 		p.fetches.m["a"].at = p.fetches.m["a"].at.Add(-2 * fetchKeyTTL) // its entry gone: refused as given back alone
 	}()
@@ -1023,7 +1023,7 @@ func TestGivenBackKeysInTheirOwnSnapshotField(t *testing.T) {
 		d := newController(t, DefaultConfig())
 		_, err := d.Load(dir)
 		require.NoError(t, err)
-		p := d.lock("p")
+		p, _ := d.lock("p")
 		require.NotNil(t, p)
 		fs, back := p.fetches.copyState(time.Now())
 		p.mu.Unlock()

@@ -178,7 +178,7 @@ func TestKeptBatchBalancedPartAcrossRestart(t *testing.T) {
 // rank of task "t" of "p" under spec.
 func followedBatches(t *testing.T, c *Controller, spec engine.SamplerSpec, rank int) []int {
 	t.Helper()
-	p := c.lock("p")
+	p, _ := c.lock("p")
 	require.NotNil(t, p)
 	defer p.mu.Unlock()
 	var out []int

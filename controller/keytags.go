@@ -43,7 +43,10 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 	if err != nil {
 		return nil, nil, opErr("delete tags", partition, err)
 	}
-	p := c.lock(partition)
+	p, err := c.lock(partition)
+	if err != nil {
+		return nil, nil, opErr("delete tags", partition, err)
+	}
 	if p == nil {
 		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(partition)))
 	}
@@ -247,7 +250,9 @@ func (c *Controller) CompareAndSetTag(req engine.TagSwap) (engine.TagSwapped, er
 		if p, err = c.lockOrCreate(req.Partition); err != nil {
 			return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
 		}
-	} else if p = c.lock(req.Partition); p == nil {
+	} else if p, err = c.lock(req.Partition); err != nil {
+		return engine.TagSwapped{}, opErr("compare and set tag", req.Partition, err)
+	} else if p == nil {
 		// No partition, no key, no tag: only "absent" matches, and
 		// deleting what is absent changes nothing.
 		return engine.TagSwapped{Swapped: req.Old == nil}, nil

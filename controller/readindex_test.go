@@ -25,7 +25,7 @@ func TestReadIndexCoversAClearOfThePartitionMeanwhile(t *testing.T) {
 
 	// The clear waits for the partition's lock, holding c.mu; the read,
 	// which looked the key up before, waits behind it.
-	p := c.lock("p")
+	p, _ := c.lock("p")
 	cleared := make(chan error)
 	go func() {
 		_, err := c.ClearPartition("p")

@@ -236,6 +236,9 @@ type segGen struct{ seg, gen uint32 }
 // [engine.ErrNotReady] while a checkpoint is being saved (try again).
 func (c *Controller) Reconcile(req ReconcileRequest) (ReconcileResult, error) {
 	var res ReconcileResult
+	if err := c.closed(); err != nil {
+		return res, fmt.Errorf("reconcile of storage unit %d: %w", req.Unit, err)
+	}
 	if !c.units.bound(req.Unit, req.Incarnation) {
 		return res, fmt.Errorf("storage unit %d (incarnation %x) is not registered: %w", req.Unit, req.Incarnation, engine.ErrNotFound)
 	}
@@ -389,9 +392,9 @@ func (c *Controller) Unreferenced(unit engine.UnitID, extents []engine.RemoteAdd
 // collects for the partition.
 func (c *Controller) eachCellOf(unit engine.UnitID, fn func(p *partition, r *row, slot int, lost *[]*wirepb.LostOp)) {
 	for _, id := range c.partitionIDs(true) {
-		p := c.lock(id)
+		p, _ := c.lock(id)
 		if p == nil {
-			continue
+			continue // cleared, or the controller closed
 		}
 		var lost []*wirepb.LostOp
 		p.rows.all(func(r *row) {

@@ -375,7 +375,7 @@ func TestServerShutdownAnswersBlockedFetch(t *testing.T) {
 // fetchWaiting reports whether a fetch has registered a readiness view on
 // the partition, i.e. has looked at it at least once.
 func fetchWaiting(c *Controller, partition string) bool {
-	p := c.lock(partition)
+	p, _ := c.lock(partition)
 	if p == nil {
 		return false
 	}

@@ -112,7 +112,7 @@ func TestStatsPageHoldsNoLockAcrossThePage(t *testing.T) {
 	}
 	_, addr := startServer(t, c, ServerConfig{}, "unix")
 	conn := dialRaw(t, addr, "")
-	p := c.lock("b")
+	p, _ := c.lock("b")
 	paged := make(chan error, 1)
 	var r wirepb.StatsPageReply
 	go func() { paged <- do(conn, wire.OpStatsPage, &wirepb.StatsPageRequest{}, &r) }()

@@ -19,7 +19,7 @@ import (
 // which rows share one).
 func keyTags(t *testing.T, c *Controller, partition string, keys ...string) []engine.Tags {
 	t.Helper()
-	p := c.lock(partition)
+	p, _ := c.lock(partition)
 	require.NotNil(t, p, "partition %q", partition)
 	defer p.mu.Unlock()
 	rows, missing := p.lookupKeys(keys)

@@ -89,7 +89,7 @@ func TestUnconsumedCountFollowsChanges(t *testing.T) {
 						require.NoError(t, err)
 					}
 				}
-				p := c.lock("p")
+				p, _ := c.lock("p")
 				if p == nil {
 					continue
 				}

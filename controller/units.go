@@ -64,6 +64,9 @@ type Registry struct {
 	// controller's log; it is called with mu held, so records follow the
 	// changes' order.
 	log func(*wirepb.LogOp)
+	// closed, when set, refuses registrations, heartbeats and drains
+	// once the controller is closed (its error).
+	closed func() error
 
 	mu      sync.Mutex
 	next    engine.UnitID // the next id to assign; ids below it are taken
@@ -122,6 +125,16 @@ func NewRegistry(timeout time.Duration) *Registry {
 // Timeout returns the liveness timeout.
 func (r *Registry) Timeout() time.Duration { return r.timeout }
 
+// refuse returns the controller's error once it is closed: a
+// registration, heartbeat or drain of a closed controller would change a
+// state no one serves (and log it to a closed journal).
+func (r *Registry) refuse() error {
+	if r.closed == nil {
+		return nil
+	}
+	return r.closed()
+}
+
 func checkUnit(u *engine.UnitInfo) error {
 	switch {
 	case len(u.Host) > maxUnitString || len(u.Name) > maxUnitString:
@@ -153,6 +166,9 @@ func checkUnit(u *engine.UnitInfo) error {
 // or addresses; [engine.ErrCapacity] when the registry is full of live
 // units or the ids ran out.
 func (r *Registry) Register(u engine.UnitInfo, known bool) (engine.UnitID, error) {
+	if err := r.refuse(); err != nil {
+		return 0, fmt.Errorf("register storage unit %q: %w", u.Name, err)
+	}
 	if err := checkUnit(&u); err != nil {
 		return 0, err
 	}
@@ -323,6 +339,9 @@ func (r *Registry) applyEvicted(op *wirepb.UnitEvictedOp) error {
 // another incarnation, is an error wrapping [engine.ErrNotFound]: the unit
 // should register again.
 func (r *Registry) Heartbeat(hb engine.UnitInfo) error {
+	if err := r.refuse(); err != nil {
+		return fmt.Errorf("heartbeat of storage unit %d: %w", hb.ID, err)
+	}
 	if err := checkUnit(&engine.UnitInfo{Capacity: hb.Capacity, Used: hb.Used, Segments: hb.Segments, PageSize: hb.PageSize}); err != nil {
 		return err
 	}
@@ -393,6 +412,9 @@ func (r *Registry) Alive(id engine.UnitID) bool {
 // Errors: [engine.ErrNotFound] for an id not registered;
 // [engine.ErrCapacity] when no other live unit takes placements.
 func (r *Registry) SetDraining(id engine.UnitID, draining bool) (engine.UnitInfo, error) {
+	if err := r.refuse(); err != nil {
+		return engine.UnitInfo{}, fmt.Errorf("drain of storage unit %d: %w", id, err)
+	}
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
