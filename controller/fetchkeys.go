@@ -382,17 +382,28 @@ func (t *fetchTable) forgetRows(rows []uint64, now time.Time) (unheld bool) {
 	for _, gi := range rows {
 		gone[gi] = struct{}{}
 	}
+	var settled []*fetchEntry
 	for _, e := range hit {
 		e.cleared = appendCleared(e.cleared, e.sampled, e.consumed, gone)
 		e.sampled = withoutRows(e.sampled, gone)
 		e.consumed = withoutRows(e.consumed, gone)
 		if e.held && len(e.consumed) == 0 {
 			e.held = false
-			t.restart(e, now)
-			unheld = true
+			settled = append(settled, e)
 		}
 	}
-	return unheld
+	// They move to the end of the table in an order of their own (their
+	// time as snapshots keep it, then their key), not hit's: that is
+	// byRow's, the order index linked them in, which a snapshot's load
+	// rebuilds from the table's and so may differ from the live one's
+	// (unconsumeRows links a fetch again without moving it).
+	slices.SortFunc(settled, func(a, b *fetchEntry) int {
+		return cmp.Or(cmp.Compare(a.at.UnixMilli(), b.at.UnixMilli()), cmp.Compare(a.key, b.key))
+	})
+	for _, e := range settled {
+		t.restart(e, now)
+	}
+	return len(settled) > 0
 }
 
 // forgetRows takes rows removed from p out of its keyed fetches
