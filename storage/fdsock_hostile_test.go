@@ -18,8 +18,8 @@ import (
 
 // TestFdSocketHostilePeers: peers of the fd socket that send half a
 // request and stay, drip one slowly, or claim a token longer than they
-// send are cut off within fdRequestTimeout, and a well-behaved request is
-// answered at once meanwhile. A request is bounded by its u16 token
+// send are told so (FdBadRequest) and cut off within fdRequestTimeout,
+// and a well-behaved request is answered at once meanwhile. A request is bounded by its u16 token
 // length, so a claimed length costs at most 64 KiB.
 func TestFdSocketHostilePeers(t *testing.T) {
 	u, srv, path, seg := fdSocketWithSegment(t)
@@ -75,17 +75,15 @@ func TestFdSocketHostilePeers(t *testing.T) {
 		require.NoError(t, c.SetReadDeadline(time.Now().Add(fdRequestTimeout+10*time.Second))) // a safety limit
 		buf := make([]byte, wire.FdReplySize)
 		n, err := io.ReadFull(c, buf)
-		if err == nil {
-			rep, perr := wire.ParseFdReply(buf[:n])
-			require.NoError(t, perr)
-			require.Equal(t, wire.FdBadRequest, rep.Status, "peer %d", i)
-			t.Logf("peer %d answered %v", i, rep.Status.Err())
-			_, err = c.Read(buf)
-		}
 		var ne net.Error
 		if errors.As(err, &ne) {
 			require.False(t, ne.Timeout(), "peer %d was not cut off within %v", i, fdRequestTimeout+10*time.Second)
 		}
+		require.NoError(t, err, "peer %d is told why it is cut off", i)
+		rep, err := wire.ParseFdReply(buf[:n])
+		require.NoError(t, err)
+		require.Equal(t, wire.FdBadRequest, rep.Status, "peer %d", i)
+		_, err = c.Read(buf)
 		require.Error(t, err, "peer %d: the connection ends", i)
 	}
 	t.Logf("hostile peers cut off after %v", time.Since(start).Round(time.Millisecond))

@@ -539,6 +539,10 @@ func (s *Server) serveFd(c *net.UnixConn) {
 	fd := -1
 	switch {
 	case err != nil:
+		// Malformed, or not whole within fdRequestTimeout: that
+		// deadline has passed for the reply too, so give it its own,
+		// and the peer reads why it is cut off rather than EOF.
+		c.SetWriteDeadline(time.Now().Add(fdRequestTimeout))
 		rep.Status = wire.FdBadRequest
 	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1 &&
 		!(s.cfg.TrustPeerCred && wire.SameUser(c)):
