@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -146,4 +147,68 @@ func TestHTTPEndpointBoundsRequestHeaders(t *testing.T) {
 	}
 	require.Equal(t, http.StatusOK, send(1<<10))
 	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, send(64<<10))
+}
+
+// A peer that sends half a request header and stays, or drips one a byte
+// at a time, is cut off at readHeader (slowloris); peers that go in the
+// middle of a header cost nothing; a probe is answered throughout.
+func TestHTTPEndpointCutsOffSlowHeaders(t *testing.T) {
+	lim := metricsLimits
+	lim.readHeader = 200 * time.Millisecond
+	addr := serveLimited(t, lim)
+	probe := func(phase string) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err, phase)
+		defer c.Close()
+		require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second))) // a safety limit
+		get(t, c, bufio.NewReader(c))
+	}
+
+	half, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer half.Close()
+	_, err = io.WriteString(half, "GET /healthz HTTP/1.1\r\nHost: x\r\n")
+	require.NoError(t, err)
+
+	slow, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer slow.Close()
+	stop, dripped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(dripped)
+		for _, b := range []byte("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + strings.Repeat("a", 200) + "\r\n\r\n") {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if _, err := slow.Write([]byte{b}); err != nil {
+				return // cut off
+			}
+		}
+	}()
+	defer func() { close(stop); <-dripped }()
+
+	// Killed mid-header: gone before the header ends.
+	for range 50 {
+		c, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHo")
+		c.Close()
+	}
+	probe("while peers send headers slowly")
+
+	for name, c := range map[string]net.Conn{"half-sent": half, "slow": slow} {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second))) // a safety limit
+		b, err := io.ReadAll(c)
+		var ne net.Error
+		if errors.As(err, &ne) {
+			require.False(t, ne.Timeout(), "the %s header was not cut off", name)
+		}
+		if len(b) > 0 { // net/http answers 400 to a header cut off midway
+			require.Regexp(t, `^HTTP/1\.1 4\d\d `, string(b), "the %s header", name)
+		}
+	}
+	probe("after")
 }
