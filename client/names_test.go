@@ -177,11 +177,7 @@ func TestBadNamesRefusedUpFront(t *testing.T) {
 	} {
 		for _, path := range []string{"embedded", "remote"} {
 			t.Run(path+"/"+tc.name, func(t *testing.T) {
-				c := namesClient(t, path)
-				err := tc.op(t.Context(), c, kvapi.New(c))
-				require.ErrorIs(t, err, engine.ErrInvalid)
-				assert.False(t, errors.Is(err, engine.ErrClosed), "the request reached the closed connection: %v", err)
-				msg := err.Error()
+				msg := refusedUpFront(t, path, tc.op)
 				if tc.value == "" {
 					assert.Contains(t, msg, "empty "+tc.what, "the error says which name is empty")
 				} else {
@@ -191,6 +187,18 @@ func TestBadNamesRefusedUpFront(t *testing.T) {
 			})
 		}
 	}
+}
+
+// refusedUpFront runs op with a client of path (namesClient) and returns
+// its error's message: an error wrapping engine.ErrInvalid, raised before
+// the request was sent (it did not reach the closed connection).
+func refusedUpFront(t *testing.T, path string, op func(context.Context, *client.Client, *kvapi.KV) error) string {
+	t.Helper()
+	c := namesClient(t, path)
+	err := op(t.Context(), c, kvapi.New(c))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	assert.False(t, errors.Is(err, engine.ErrClosed), "the request reached the closed connection: %v", err)
+	return err.Error()
 }
 
 // namesClient returns a client over watched units, its metadata service
@@ -275,11 +283,7 @@ func TestLongNamesRefusedUpFront(t *testing.T) {
 	} {
 		for _, path := range []string{"embedded", "remote"} {
 			t.Run(path+"/"+tc.name, func(t *testing.T) {
-				c := namesClient(t, path)
-				err := tc.op(t.Context(), c, kvapi.New(c))
-				require.ErrorIs(t, err, engine.ErrInvalid)
-				assert.False(t, errors.Is(err, engine.ErrClosed), "the request reached the closed connection: %v", err)
-				msg := err.Error()
+				msg := refusedUpFront(t, path, tc.op)
 				assert.Contains(t, msg, fmt.Sprintf("%s %q… is %d bytes long, past the limit of %d", tc.what, long[:32], len(long), engine.MaxNameBytes))
 				assert.Less(t, len(msg), 1024, "the error quotes only the name's first bytes")
 			})

@@ -294,6 +294,16 @@ func (c *Controller) lock(id string) (*partition, error) {
 	}
 }
 
+// lockKnown is lock for a partition that must exist: one that does not is
+// an error (errUnknownPartition), as is a closed controller.
+func (c *Controller) lockKnown(id string) (*partition, error) {
+	p, err := c.lock(id)
+	if err == nil && p == nil {
+		err = errUnknownPartition(id)
+	}
+	return p, err
+}
+
 // lockOrCreate returns the partition locked, creating it (with its
 // pre-allocated rows) if needed: past Config.MaxPartitions, an error
 // wrapping [engine.ErrCapacity]. A partition it creates is new: listed in
@@ -1174,12 +1184,9 @@ const maxNamedRows = 8
 // marks nothing consumed. With no fields it covers every produced field.
 // Ready is set per row when all named fields are produced.
 func (c *Controller) ForceFetch(partition string, fields []string) (*engine.BatchMeta, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return nil, opErr("force fetch", partition, err)
-	}
-	if p == nil {
-		return nil, opErr("force fetch", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	if fields == nil {
@@ -1191,12 +1198,9 @@ func (c *Controller) ForceFetch(partition string, fields []string) (*engine.Batc
 // RowsMeta returns the meta of the given rows over the named fields (every
 // produced field when fields is nil). Unknown rows are an error naming them.
 func (c *Controller) RowsMeta(partition string, indexes []uint64, fields []string) (*engine.BatchMeta, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return nil, opErr("rows meta", partition, err)
-	}
-	if p == nil {
-		return nil, opErr("rows meta", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	rows, err := p.lookup(indexes)
@@ -1248,12 +1252,9 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 	if err := c.checkCluster(req.Cluster); err != nil {
 		return nil, opErr("commit", req.Partition, err)
 	}
-	p, err := c.lock(req.Partition)
+	p, err := c.lockKnown(req.Partition)
 	if err != nil {
 		return nil, opErr("commit", req.Partition, err)
-	}
-	if p == nil {
-		return nil, opErr("commit", req.Partition, errUnknownPartition(req.Partition))
 	}
 	defer p.mu.Unlock()
 	rows, err := p.validateCommit(&req)
@@ -1462,12 +1463,9 @@ func (c *Controller) KeysOf(partition string, indexes []uint64) ([]string, error
 	if len(indexes) == 0 {
 		return nil, opErr("keys of", partition, fmt.Errorf("empty index list: %w", engine.ErrInvalid))
 	}
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return nil, opErr("keys of", partition, err)
-	}
-	if p == nil {
-		return nil, opErr("keys of", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	out := make([]string, len(indexes))
@@ -1488,12 +1486,9 @@ func (c *Controller) SetTags(partition string, indexes []uint64, tags []engine.T
 	if err := checkTagMaps(tags, func(i int) string { return fmt.Sprintf("row %d", indexes[i]) }); err != nil {
 		return opErr("set tags", partition, err)
 	}
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return opErr("set tags", partition, err)
-	}
-	if p == nil {
-		return opErr("set tags", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	rows, err := p.lookup(indexes)
@@ -1695,12 +1690,9 @@ func decodeKeysCursor(b []byte) (id string, gen, seq uint64, err error) {
 // ProductionStatus reports production per row and field. Unknown fields
 // are an error naming them.
 func (c *Controller) ProductionStatus(partition string, fields []string) (engine.ProductionStatus, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return engine.ProductionStatus{}, opErr("production status", partition, err)
-	}
-	if p == nil {
-		return engine.ProductionStatus{}, opErr("production status", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	var unknown []string
@@ -1730,12 +1722,9 @@ func (c *Controller) ConsumptionStatus(partition, task string) (engine.Consumpti
 	if task == "" {
 		return engine.ConsumptionStatus{}, opErr("consumption status", partition, fmt.Errorf("empty task name: %w", engine.ErrInvalid))
 	}
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return engine.ConsumptionStatus{}, opErr("consumption status", partition, err)
-	}
-	if p == nil {
-		return engine.ConsumptionStatus{}, opErr("consumption status", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	// Rows a held fetch holds may still come back (holds.go); those of a
@@ -1783,12 +1772,9 @@ func (c *Controller) CheckConsumption(partition, task string) bool {
 // the task's DP groups (see [engine.TaskForgetter]): the new round's are
 // made afresh.
 func (c *Controller) ResetConsumption(partition, task string) error {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return opErr("reset consumption", partition, err)
-	}
-	if p == nil {
-		return opErr("reset consumption", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	now := time.Now()
@@ -1969,12 +1955,9 @@ func (c *Controller) dropPartition(p *partition) []engine.CellLoc {
 // Fields describes a partition's fields (those with produced cells and
 // those registered but now empty), sorted by name. It costs O(fields).
 func (c *Controller) Fields(partition string) ([]engine.FieldStats, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return nil, opErr("fields", partition, err)
-	}
-	if p == nil {
-		return nil, opErr("fields", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	out := make([]engine.FieldStats, 0, len(p.order))
@@ -1987,12 +1970,9 @@ func (c *Controller) Fields(partition string) ([]engine.FieldStats, error) {
 
 // Stats summarizes one partition.
 func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return engine.PartitionStats{}, opErr("stats", partition, err)
-	}
-	if p == nil {
-		return engine.PartitionStats{}, opErr("stats", partition, errUnknownPartition(partition))
 	}
 	st := engine.PartitionStats{Partition: p.id, Created: p.created, Reserved: p.reserved.Len(), Keys: len(p.keys), Done: p.done}
 	st.Rows = p.rows.len() - st.Reserved
@@ -2047,12 +2027,9 @@ func (c *Controller) Stats(partition string) (engine.PartitionStats, error) {
 // reset), which Stats leaves out. A task stays known while the partition
 // exists. It costs O(tasks + held fetches), no walk of the rows.
 func (c *Controller) Tasks(partition string) ([]engine.TaskStats, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return nil, opErr("tasks", partition, err)
-	}
-	if p == nil {
-		return nil, opErr("tasks", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	c.expireHeld(p, time.Now()) // as Stats does
@@ -2097,12 +2074,9 @@ func opErr(op, partition string, err error) error {
 // KeyCount returns the number of keys in a partition, without walking
 // them (Stats walks every row).
 func (c *Controller) KeyCount(partition string) (int, error) {
-	p, err := c.lock(partition)
+	p, err := c.lockKnown(partition)
 	if err != nil {
 		return 0, opErr("key count", partition, err)
-	}
-	if p == nil {
-		return 0, opErr("key count", partition, errUnknownPartition(partition))
 	}
 	defer p.mu.Unlock()
 	return len(p.keys), nil

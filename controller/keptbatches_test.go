@@ -232,6 +232,13 @@ func newRows(t *testing.T, cfg Config, n int) *Controller {
 
 // restartWays restarts a durable controller from its log alone (a crash)
 // and from the snapshot a clean close writes.
+// liveAndRestartWays are restartWays and "live", where stop is nil: no
+// restart.
+var liveAndRestartWays = append([]struct {
+	name string
+	stop func(t *testing.T, c *Controller)
+}{{"live", nil}}, restartWays...)
+
 var restartWays = []struct {
 	name string
 	stop func(t *testing.T, c *Controller)

@@ -16,11 +16,7 @@ import (
 // task's again, the first stay held until acknowledged; after a restart
 // (the log replayed, or a snapshot loaded) as live.
 func TestUnconsumeRowsGivesBackPartOfAHeldFetch(t *testing.T) {
-	ways := append([]struct {
-		name string
-		stop func(t *testing.T, c *Controller)
-	}{{"live", nil}}, restartWays...)
-	for _, way := range ways {
+	for _, way := range liveAndRestartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
 			c := openDurable(t, dir, Config{})
@@ -143,11 +139,7 @@ func TestUnconsumeRowsManyRows(t *testing.T) {
 // fetch never took is still refused, naming it; after a restart (the
 // log replayed, or a snapshot loaded) as live.
 func TestUnconsumeRowsOfAFetchARowOfWhichWasCleared(t *testing.T) {
-	ways := append([]struct {
-		name string
-		stop func(t *testing.T, c *Controller)
-	}{{"live", nil}}, restartWays...)
-	for _, way := range ways {
+	for _, way := range liveAndRestartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
 			c := openDurable(t, dir, Config{})

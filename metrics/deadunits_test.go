@@ -6,10 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/metrics"
-	"github.com/tqgo/tq/storage"
 )
 
 // tq_units{state="dead"} counts the dead units that still hold cells the
@@ -19,27 +16,7 @@ import (
 // to count them all: after one rolling update a dead-units panel, or an
 // alert on > 0, stayed non-zero for good.
 func TestDeadUnitsAreThoseWithCells(t *testing.T) {
-	ctx := t.Context()
-	reg := metrics.New()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
-	require.NoError(t, err)
-	defer ctrl.Close()
-	cs := controller.NewServer(ctrl, controller.ServerConfig{HeartbeatInterval: 20 * time.Millisecond})
-	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
-	reg.AddController(ctrl, cs)
-	cl := &cluster{reg: reg}
-
-	join := func() (engine.UnitID, func()) {
-		ucfg := storage.DefaultConfig()
-		ucfg.Capacity = 1 << 20
-		u, err := storage.NewUnit(0, ucfg)
-		require.NoError(t, err)
-		id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
-		require.NoError(t, err)
-		mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://127.0.0.1:1"}})
-		require.NoError(t, err)
-		return id, func() { mem.Close(); u.Close() }
-	}
+	ctrl, cl, join := unitsCluster(t)
 	holder, stopHolder := join()
 	_, stopEmpty := join()
 	m, err := ctrl.Insert("p", 2, []string{"x"})

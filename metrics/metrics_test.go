@@ -296,27 +296,8 @@ func TestGlobalIndexesWithoutPartitions(t *testing.T) {
 // of a unit would add a series for good. tq_units{state="gone"} counts
 // them (dead, holding no cells).
 func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
-	ctx := t.Context()
-	reg := metrics.New()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
-	require.NoError(t, err)
-	defer ctrl.Close()
-	cs := controller.NewServer(ctrl, controller.ServerConfig{HeartbeatInterval: 20 * time.Millisecond})
-	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
-	reg.AddController(ctrl, cs)
-	cl := &cluster{reg: reg}
-
-	join := func() (engine.UnitID, func()) {
-		ucfg := storage.DefaultConfig()
-		ucfg.Capacity = 1 << 20
-		u, err := storage.NewUnit(0, ucfg)
-		require.NoError(t, err)
-		id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
-		require.NoError(t, err)
-		mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://127.0.0.1:1"}})
-		require.NoError(t, err)
-		return id, func() { mem.Close(); u.Close() }
-	}
+	ctrl, cl, join := unitsCluster(t)
+	reg := cl.reg
 	alive, stop := join()
 	defer stop()
 	var gone []engine.UnitID
@@ -326,7 +307,7 @@ func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
 		gone = append(gone, id)
 	}
 	drained, stop := join()
-	_, err = ctrl.DrainUnit(drained, true)
+	_, err := ctrl.DrainUnit(drained, true)
 	require.NoError(t, err)
 	stop()
 
@@ -351,4 +332,31 @@ func TestDeadUnitsLeaveNoDrainingSeries(t *testing.T) {
 			}
 		}
 	}
+}
+
+// unitsCluster serves a controller that takes a unit for dead 300 ms
+// after its last heartbeat, its metrics in cl; join makes a storage unit
+// of 1 MiB that joins it and returns its id and what stops it.
+func unitsCluster(t *testing.T) (ctrl *controller.Controller, cl *cluster, join func() (engine.UnitID, func())) {
+	t.Helper()
+	ctx := t.Context()
+	reg := metrics.New()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	cs := controller.NewServer(ctrl, controller.ServerConfig{HeartbeatInterval: 20 * time.Millisecond})
+	addr := "tcp://" + serve(t, cs.Serve, cs.Close)
+	reg.AddController(ctrl, cs)
+	join = func() (engine.UnitID, func()) {
+		ucfg := storage.DefaultConfig()
+		ucfg.Capacity = 1 << 20
+		u, err := storage.NewUnit(0, ucfg)
+		require.NoError(t, err)
+		id, err := storage.AssignID(ctx, addr, u, storage.JoinConfig{})
+		require.NoError(t, err)
+		mem, err := storage.Join(ctx, addr, u, storage.JoinConfig{Addrs: []string{"tcp://127.0.0.1:1"}})
+		require.NoError(t, err)
+		return id, func() { mem.Close(); u.Close() }
+	}
+	return ctrl, &cluster{reg: reg}, join
 }
