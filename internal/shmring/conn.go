@@ -281,7 +281,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for space while the ring is full. It
 // fails with an error wrapping [ErrPeerClosed] or [ErrPeerGone] once the
-// peer closed or died, and [net.ErrClosed] after Close.
+// peer closed or died, and [net.ErrClosed] after Close; a Write that
+// put all of p in the ring returns len(p) and nil, whatever the peer did
+// meanwhile.
 func (c *Conn) Write(p []byte) (int, error) {
 	if err := c.enter(); err != nil {
 		return 0, err
@@ -304,7 +306,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if n > 0 {
 			c.ring(&c.out.data)
 			total += n
-			p = p[n:]
+			if p = p[n:]; len(p) == 0 {
+				// All of p is in the ring: a stop seen now (the peer
+				// closing after the last chunk) fails no byte of it.
+				return total, nil
+			}
 			continue
 		}
 		if err := c.wait(&c.out.space, &c.wdl, false); err != nil {

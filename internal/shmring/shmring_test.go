@@ -525,3 +525,44 @@ func ringMappings(t *testing.T) int {
 	}
 	return strings.Count(string(b), "/memfd:"+MemfdName+" ")
 }
+
+// hookLink is a liveness socket whose doorbell writes run onWrite instead
+// of reaching a peer; reads block until Close.
+type hookLink struct {
+	net.Conn
+	onWrite func()
+}
+
+func (l hookLink) Write(p []byte) (int, error) {
+	l.onWrite()
+	return len(p), nil
+}
+
+// TestWriteAllThenPeerCloses: a Write that has put every byte in the
+// ring succeeds even when the peer closes before the Write returns (here
+// at the doorbell that follows the last chunk): the bytes are there for
+// the peer to read, so reporting them as failed would make the caller
+// retry or give up on bytes already delivered.
+func TestWriteAllThenPeerCloses(t *testing.T) {
+	mem := make([]byte, Size(MinRingSize))
+	require.NoError(t, Format(mem, MinRingSize))
+	b, err := NewConn(mem, SideB, nil, nil, Config{Spin: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close() })
+	pa, pb := net.Pipe()
+	t.Cleanup(func() { pb.Close() })
+	a, err := NewConn(mem, SideA, hookLink{Conn: pa, onWrite: func() { b.Close() }}, nil, Config{Spin: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { a.Close() })
+
+	a.out.data.sleep.Store(1) // b "sleeps" on its inbound ring: a rings
+	msg := []byte("all of it")
+	n, err := a.Write(msg)
+	require.NoError(t, err, "Write whose bytes all went into the ring")
+	require.Equal(t, len(msg), n)
+	require.NotZero(t, a.closedW.Load()&a.peerBit, "the hook closed the peer")
+
+	// The next Write finds the peer closed.
+	_, err = a.Write([]byte{1})
+	require.ErrorIs(t, err, ErrPeerClosed)
+}
