@@ -143,9 +143,16 @@ func ReadFdRequest(rd io.Reader) (FdRequest, error) {
 	if _, err := io.ReadFull(rd, tl[:]); err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request: %w", err)
 	}
-	tok := make([]byte, binary.LittleEndian.Uint16(tl[:]))
-	if _, err := io.ReadFull(rd, tok); err != nil {
+	// Read the token as it comes: a buffer of the claimed length (up to
+	// 64 KiB) made before a byte of it arrived would let every half-sent
+	// request hold that much.
+	n := int(binary.LittleEndian.Uint16(tl[:]))
+	tok, err := io.ReadAll(io.LimitReader(rd, int64(n)))
+	if err != nil {
 		return FdRequest{}, fmt.Errorf("read fd request token: %w", err)
+	}
+	if len(tok) < n {
+		return FdRequest{}, fmt.Errorf("read fd request token of %d bytes, %d came: %w", n, len(tok), io.ErrUnexpectedEOF)
 	}
 	r.Token = string(tok)
 	return r, nil
