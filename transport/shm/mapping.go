@@ -383,19 +383,26 @@ func (c *Conn) fetchErr(ctx context.Context, wc *wire.Conn, err error) error {
 	return fmt.Errorf("fd socket: %w: %w", wire.ErrUnavailable, err)
 }
 
-// receivedFds returns the fds of SCM_RIGHTS messages in oob.
+// receivedFds returns the fds of SCM_RIGHTS messages in oob. If part of
+// oob does not parse it closes the fds of the messages before that part
+// (the kernel installed them in this process) and returns an error; the
+// part that does not parse is left alone, as its words may not be fds
+// this process was given.
 func receivedFds(oob []byte) ([]int, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("parse control message: %w", err)
-	}
 	var fds []int
-	for _, m := range msgs {
-		got, err := unix.ParseUnixRights(&m)
+	for rest := oob; len(rest) >= unix.CmsgLen(0); {
+		h, data, next, err := unix.ParseOneSocketControlMessage(rest)
 		if err != nil {
-			continue
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			return nil, fmt.Errorf("parse control message at byte %d of %d: %w", len(oob)-len(rest), len(oob), err)
 		}
-		fds = append(fds, got...)
+		got, err := unix.ParseUnixRights(&unix.SocketControlMessage{Header: h, Data: data})
+		if err == nil {
+			fds = append(fds, got...)
+		}
+		rest = next
 	}
 	return fds, nil
 }
