@@ -346,7 +346,8 @@ func RequireServerProof(explicit bool) (bool, error) { return auth.RequireServer
 
 // ShmPeer returns how to reach a unit through shared memory: its unix
 // socket, when it runs on this host (its host id is host) and advertises
-// a reachable fd socket ("shm:///path"). Otherwise it returns an error
+// a reachable fd socket ("shm:///path"), both in a directory of this
+// user's that nobody else may write to (auth.CheckPeerSocket). Otherwise it returns an error
 // wrapping [engine.ErrNotSupported] that says why.
 func ShmPeer(u engine.UnitInfo, host string) (engine.PeerInfo, error) {
 	peer := engine.PeerInfo{Unit: u.ID, Incarnation: u.Incarnation, Host: u.Host, Transport: "shm"}
@@ -356,7 +357,7 @@ func ShmPeer(u engine.UnitInfo, host string) (engine.PeerInfo, error) {
 	var fdSock string
 	for _, a := range u.Addrs {
 		if path, ok := strings.CutPrefix(a, "shm://"); ok {
-			if _, err := os.Stat(path); err == nil {
+			if auth.CheckPeerSocket(path) == nil {
 				fdSock = path
 			}
 		}
@@ -366,7 +367,7 @@ func ShmPeer(u engine.UnitInfo, host string) (engine.PeerInfo, error) {
 	}
 	for _, a := range u.Addrs {
 		if path, ok := strings.CutPrefix(a, "unix://"); ok {
-			if _, err := os.Stat(path); err == nil {
+			if auth.CheckPeerSocket(path) == nil {
 				peer.Addr = a
 				return peer, nil
 			}
@@ -411,13 +412,15 @@ func liveUnits(ctx context.Context, meta *RemoteMeta, wait bool) (live, dead []e
 }
 
 // PickAddr chooses how to reach a unit: its unix socket when it runs on
-// this host and the socket exists, else its first TCP address.
+// this host and the socket exists in a directory of this user's that
+// nobody else may write to (auth.CheckPeerSocket), else its first TCP
+// address.
 func PickAddr(u engine.UnitInfo, host string) (engine.PeerInfo, string, bool) {
 	peer := engine.PeerInfo{Unit: u.ID, Incarnation: u.Incarnation, Host: u.Host}
 	if u.Host == host {
 		for _, a := range u.Addrs {
 			if path, ok := strings.CutPrefix(a, "unix://"); ok {
-				if _, err := os.Stat(path); err == nil {
+				if auth.CheckPeerSocket(path) == nil {
 					peer.Addr, peer.Transport = a, "unix"
 					return peer, "unix", true
 				}

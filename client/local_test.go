@@ -2,6 +2,7 @@ package client
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -72,6 +73,54 @@ func TestDialMovesToLocalSocket(t *testing.T) {
 
 	// Given a unix address, the client stays there.
 	assert.Equal(t, "unix", network(t, "unix://"+sock, RemoteConfig{}))
+
+	// The path is in a directory others may write to (the controller's
+	// /tmp/tq-$UID as seen from another mount namespace, made by another
+	// user): what answers there may be a relay to the real controller,
+	// passing its handshake through, then answering for it. The client
+	// keeps to TCP, though the socket answers as the same controller.
+	open := filepath.Join(dir, "open")
+	require.NoError(t, os.Mkdir(open, 0o700))
+	require.NoError(t, os.Chmod(open, 0o777))
+	planted := filepath.Join(open, "c.sock")
+	addr4, _ := serve(t, "c1", []string{"unix://" + planted}, planted)
+	assert.Equal(t, "tcp", network(t, addr4, RemoteConfig{}), "a socket in a directory others may write to")
+}
+
+// TestPickAddrPrivateSocket: a unit's unix socket (and its fd socket) on
+// this host is used only in a directory of this user's that nobody else
+// may write to; elsewhere the client goes to the unit's TCP address (and
+// has no shared memory), as it does when the socket is missing.
+func TestPickAddrPrivateSocket(t *testing.T) {
+	listen := func(dir string) (sock, fd string) {
+		sock, fd = filepath.Join(dir, "u.sock"), filepath.Join(dir, "u.sock.shm")
+		for _, p := range []string{sock, fd} {
+			l, err := net.Listen("unix", p)
+			require.NoError(t, err)
+			t.Cleanup(func() { l.Close() })
+		}
+		return sock, fd
+	}
+	unit := func(sock, fd string) engine.UnitInfo {
+		return engine.UnitInfo{ID: 1, Host: "h", Addrs: []string{"tcp://127.0.0.1:1", "unix://" + sock, "shm://" + fd}}
+	}
+	private := t.TempDir()
+	sock, fd := listen(private)
+	_, tr, ok := PickAddr(unit(sock, fd), "h")
+	require.True(t, ok)
+	assert.Equal(t, "unix", tr, "a private directory")
+	_, err := ShmPeer(unit(sock, fd), "h")
+	assert.NoError(t, err)
+
+	open := filepath.Join(t.TempDir(), "open")
+	require.NoError(t, os.Mkdir(open, 0o700))
+	require.NoError(t, os.Chmod(open, 0o1777))
+	sock, fd = listen(open)
+	_, tr, ok = PickAddr(unit(sock, fd), "h")
+	require.True(t, ok)
+	assert.Equal(t, "tcp", tr, "a directory others may write to")
+	_, err = ShmPeer(unit(sock, fd), "h")
+	assert.ErrorIs(t, err, engine.ErrNotSupported)
 }
 
 // TestValueSchemaShortcut: the reply schema of an opaque bytes value, as

@@ -12,7 +12,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -164,11 +163,13 @@ func newClientID() []byte {
 //
 // Every connection is opened at addr. When the controller's handshake
 // reply says it runs on this host and serves a unix socket too (its
-// local_addrs), the connection moves there: the client opens the socket,
-// shakes hands again, and keeps the new connection when that reply names
-// the same cluster and epoch (else the one at addr). A request then costs
-// about half the CPU it costs over loopback TCP, and the client need not
-// be told the socket's path.
+// local_addrs) in a directory of this user's that nobody else may write
+// to (auth.CheckPeerSocket: elsewhere another user may have put a socket
+// that relays the handshake), the connection moves there: the client
+// opens the socket, shakes hands again, and keeps the new connection when
+// that reply names the same cluster and epoch (else the one at addr). A
+// request then costs about half the CPU it costs over loopback TCP, and
+// the client need not be told the socket's path.
 func DialMeta(ctx context.Context, addr string, cfg RemoteConfig) (*RemoteMeta, error) {
 	network, address, err := wire.ParseAddr(addr)
 	if err != nil {
@@ -421,8 +422,8 @@ func (r *RemoteMeta) dial(ctx context.Context) (*wire.Conn, *wirepb.Hello, error
 		if !ok || !filepath.IsAbs(path) {
 			continue
 		}
-		if _, err := os.Stat(path); err != nil {
-			continue
+		if auth.CheckPeerSocket(path) != nil {
+			continue // missing, or where another user may have put it
 		}
 		lc, lreply, err := r.handshake(ctx, a)
 		if err != nil {

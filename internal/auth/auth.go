@@ -88,6 +88,26 @@ func CheckPrivateDir(path string) error {
 	return nil
 }
 
+// CheckPeerSocket checks a unix socket path that a peer named (a
+// controller's local_addrs, a unit's unix:// and shm:// addresses, a unit's
+// fd socket) before a client dials it instead of a TCP address: it must
+// exist and sit in a directory [CheckPrivateDir] takes. tq serve puts its
+// sockets in such a directory of its user's; a path elsewhere, where
+// another user may create what is found there (/tmp/tq-$UID as seen from a
+// mount namespace other than the server's — another container on the
+// node, a service with its own /tmp — made by someone else), may hold a
+// socket of theirs that relays the handshake to the real server over TCP
+// and then answers the rest itself. The error says which check failed.
+func CheckPeerSocket(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	if err := CheckPrivateDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("socket %s: its directory is not this user's alone: %w", path, err)
+	}
+	return nil
+}
+
 // lastName returns path without the trailing slashes and "/." that make
 // the kernel follow a symbolic link in the last place ("link/" is the
 // directory link leads to): the name that is itself the directory when

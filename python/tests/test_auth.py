@@ -3,6 +3,7 @@ on the wire, and a server that cannot prove it knows the token is refused."""
 
 import hashlib
 import hmac
+import os
 import socket
 import threading
 
@@ -342,3 +343,47 @@ def test_require_server_proof_against_tq_serve(server, monkeypatch, transport):
         p = "p-proof-" + transport
         # Writes go to a unit: its connection is made with the setting.
         c.kv_put("k", p, {"x": __import__("numpy").arange(3, dtype="int64")})
+
+
+def test_peer_socket_only_in_private_dir(tmp_path):
+    """A unit's unix socket on this host is dialed (with shared memory, and
+    its fd socket sent the token) only in a directory of this user's that
+    nobody else may write to; elsewhere the unit is reached over TCP. Before,
+    any socket that existed at the path the controller named was dialed: in
+    /tmp/tq-$UID seen from another mount namespace (a container, a service
+    with its own /tmp), another user may have made the directory and put a
+    socket there that relays the handshake to the real unit over TCP, then
+    names its own fd socket and is sent the token in clear."""
+    from tq._pb import cluster_pb2
+    from tq.unit import Unit
+
+    def unit_at(d):
+        d.mkdir()
+        socks = []
+        for name in ("u.sock", "u.sock.shm"):
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(d / name))
+            s.listen()
+            socks.append(s)
+        info = cluster_pb2.UnitInfo(unit_id=1, host_id="h", alive=True, addrs=[
+            "tcp://127.0.0.1:1", f"unix://{d / 'u.sock'}", f"shm://{d / 'u.sock.shm'}"])
+        return info, socks
+
+    info, socks = unit_at(tmp_path / "open")
+    os.chmod(tmp_path / "open", 0o1777)
+    try:
+        assert not wire.private_socket(str(tmp_path / "open" / "u.sock"))
+        u = Unit(info, token=TOKEN, name="t", host="h", transport="auto", timeout=1)
+        assert (u.transport, u.addr) == ("tcp", "tcp://127.0.0.1:1")
+    finally:
+        for s in socks:
+            s.close()
+
+    _, socks = unit_at(tmp_path / "private")
+    os.chmod(tmp_path / "private", 0o700)
+    try:
+        assert wire.private_socket(str(tmp_path / "private" / "u.sock"))
+        assert not wire.private_socket(str(tmp_path / "private" / "gone.sock"))
+    finally:
+        for s in socks:
+            s.close()

@@ -420,7 +420,8 @@ class Client:
     def _dial_controller_at(self) -> "wire.Conn":
         """A connection to the controller: at the address given, moved to
         the unix socket the controller names (local_addrs) when it runs on
-        this host and that socket's controller is the same one (cluster id
+        this host, the socket is in a directory only this user may write to
+        (wire.private_socket), and that socket's controller is the same one (cluster id
         and epoch), as the Go client does."""
         c = wire.Conn(self.address, token=self.token, name=self.name, timeout=self.timeout,
                       require_server_proof=self.require_server_proof)
@@ -428,8 +429,8 @@ class Client:
             return c
         for a in c.server.local_addrs:
             path = a[len("unix://"):] if a.startswith("unix://") else ""
-            if not os.path.isabs(path) or not os.path.exists(path):
-                continue
+            if not os.path.isabs(path) or not wire.private_socket(path):
+                continue  # missing, or where another user may have put it
             try:
                 lc = wire.Conn(a, token=self.token, name=self.name, timeout=self.timeout,
                                require_server_proof=self.require_server_proof)

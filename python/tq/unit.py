@@ -410,7 +410,9 @@ class Unit:
         self._fd_token = ""  # what the fd socket is sent for the token
         addr = None
         if transport in ("auto", "shm") and info.host_id == host:
-            ux = [a for a in info.addrs if a.startswith("unix://") and os.path.exists(a[7:])]
+            # Sockets only in a directory no other user may write to (see
+            # wire.private_socket): elsewhere, TCP.
+            ux = [a for a in info.addrs if a.startswith("unix://") and wire.private_socket(a[7:])]
             if ux and any(a.startswith("shm://") for a in info.addrs):
                 addr = ux[0]
                 self.shm = True
@@ -435,8 +437,9 @@ class Unit:
                 rep = c.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
                 # The fd socket gets the token in clear, at the path the unit
                 # names: only a unit that proved it knows the token may have
-                # it (one that did not has no token, and asks for none).
-                self._fd_token = token if c.server_proved else ""
+                # it (one that did not has no token, and asks for none), and
+                # only at a socket no other user may have put there.
+                self._fd_token = token if c.server_proved and wire.private_socket(rep.fd_socket) else ""
             finally:
                 self.pool.give(c)
             self.fd_socket = rep.fd_socket

@@ -232,6 +232,24 @@ def find_token(explicit: str | None = None) -> str:
     return tok
 
 
+def private_socket(path: str) -> bool:
+    """Whether a unix socket a peer named (a controller's local_addrs, a
+    unit's unix:// and shm:// addresses, its fd socket) may be dialed
+    instead of a TCP address, as Go's auth.CheckPeerSocket: it exists, in a
+    directory (not a symbolic link) this user owns and nobody else may write
+    to. tq serve puts its sockets in such a directory; elsewhere (its
+    /tmp/tq-$UID seen from another mount namespace, made by another user)
+    a socket may be someone else's that relays the handshake to the real
+    server and then answers the rest itself."""
+    if not os.path.exists(path):
+        return False
+    try:
+        st = os.lstat(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def parse_addr(addr: str):
     """``tcp://host:port``, ``unix:///path`` or ``host:port`` → (family,
     sockaddr); InvalidError naming ``addr`` for anything else (another

@@ -49,6 +49,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/internal/connset"
 	"github.com/tqgo/tq/internal/hostid"
 	"github.com/tqgo/tq/wire"
@@ -183,7 +184,9 @@ type Conn struct {
 	fdSock string
 	unit   engine.UnitID // the unit's id, as its handshake gave it
 	// fdToken is what the fd socket is sent for the token: the token, to
-	// a unit whose handshake proved it knows it, else nothing. The fd
+	// a unit whose handshake proved it knows it and whose fd socket is in
+	// a directory only this user may write to (auth.CheckPeerSocket),
+	// else nothing. The fd
 	// socket's path is the unit's to name, and the token goes there in
 	// clear: a peer that answered the HELLO without the challenge (as a
 	// unit without a token does, and as any peer can) must not get it.
@@ -251,6 +254,11 @@ func (c *Conn) dial(ctx context.Context, unit engine.UnitID, inc uint64) error {
 		return fmt.Errorf("shm segments: %w", err)
 	}
 	c.fdSock = segs.FdSocket
+	if auth.CheckPeerSocket(c.fdSock) != nil {
+		// The token goes there in clear: not to a socket another user
+		// may have put there (it may not exist yet: then the dial fails).
+		c.fdToken = ""
+	}
 	if c.cfg.Control == ControlSocket {
 		return nil
 	}
