@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -179,7 +180,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 // not an integer for an integer key (yaml.v3 would truncate 3.9 to 3)
 // and a second document (after ---, which would be ignored) are errors.
 func (c *serveConfig) loadYAML(path string) error {
-	b, err := os.ReadFile(path)
+	b, fi, err := readConfigFile(path)
 	if err != nil {
 		// "--config PATH: open: no such file or directory", not the
 		// path twice.
@@ -211,6 +212,43 @@ func (c *serveConfig) loadYAML(path string) error {
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if c.Token != "" {
+		return configTokenPrivate(path, fi)
+	}
+	return nil
+}
+
+// readConfigFile reads the --config file, and stats what it read.
+func readConfigFile(path string) ([]byte, fs.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := io.ReadAll(f)
+	return b, fi, err
+}
+
+// configTokenPrivate refuses a --config file with a token key that is not
+// private as auth.ReadToken wants a token file: owned by this user, and
+// neither readable nor writable by group or others. A config file is
+// often left 0644, which would give every user of the host the token.
+func configTokenPrivate(path string, fi fs.FileInfo) error {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if euid := os.Geteuid(); int(st.Uid) != euid {
+			return fmt.Errorf("--config %s has a token key but is owned by uid %d, not by this user (uid %d), who can change the token: "+
+				"move the token to $%s or the data directory's token file, or own the file", path, st.Uid, euid, auth.EnvToken)
+		}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("--config %s has mode %04o (%v) and a token key: other users can read the token: fix with chmod 600 %s, "+
+			"or move the token to $%s or the data directory's token file (and consider it leaked: choose a new one)",
+			path, uint32(perm), perm, path, auth.EnvToken)
 	}
 	return nil
 }

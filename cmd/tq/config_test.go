@@ -93,6 +93,42 @@ func TestCheckExposure(t *testing.T) {
 	}
 }
 
+// A --config file with a token key is refused, as a token file is, when
+// group or others may read or write it, or another user owns it: before,
+// a tq.yaml left 0644 (as config files are) handed the cluster's token to
+// every user of the host, while the same token in the token file at 0644
+// was refused. A config file without the key may be anyone's to read.
+func TestConfigFileTokenMustBePrivate(t *testing.T) {
+	t.Setenv(auth.EnvToken, "")
+	os.Unsetenv(auth.EnvToken)
+	dir := t.TempDir()
+	args := func(file string) []string {
+		return []string{"--config", file, "--data-dir", filepath.Join(t.TempDir(), "data"), "--socket-dir", filepath.Join(t.TempDir(), "sock")}
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620} {
+		file := filepath.Join(dir, fmt.Sprintf("tq-%o.yaml", mode))
+		require.NoError(t, os.WriteFile(file, []byte("token: s3cret-in-yaml\n"), 0o600))
+		require.NoError(t, os.Chmod(file, mode))
+		_, _, err := parseServeConfig(args(file), io.Discard)
+		require.Error(t, err, "mode %04o", mode)
+		assert.Contains(t, err.Error(), fmt.Sprintf("--config %s has mode %04o", file, mode))
+		assert.Contains(t, err.Error(), "chmod 600 "+file)
+		assert.NotContains(t, err.Error(), "s3cret-in-yaml", "the error never names the token")
+	}
+
+	private := filepath.Join(dir, "private.yaml")
+	require.NoError(t, os.WriteFile(private, []byte("token: s3cret-in-yaml\n"), 0o600))
+	c, _, err := parseServeConfig(args(private), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "s3cret-in-yaml", c.Token)
+
+	public := filepath.Join(dir, "public.yaml")
+	require.NoError(t, os.WriteFile(public, []byte("units: 2\n"), 0o600))
+	require.NoError(t, os.Chmod(public, 0o644))
+	_, _, err = parseServeConfig(args(public), io.Discard)
+	require.NoError(t, err, "no token key: any mode")
+}
+
 // A token: key in the --config file is reported as coming from there, at
 // start and by --check-config; it used to be reported as "--token", which
 // was not given. A --token flag still wins over the key and is named.
