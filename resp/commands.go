@@ -466,7 +466,7 @@ func (c *conn) auth(args [][]byte) {
 	}
 	if !c.authenticate(user, pass) {
 		if !c.quit {
-			c.writeError(errWrongPass)
+			c.wrongPass()
 		}
 		return
 	}
@@ -495,7 +495,7 @@ func (c *conn) hello(args [][]byte) {
 		case strings.EqualFold(opt, "AUTH") && more >= 2:
 			if !c.authenticate(args[i+1], args[i+2]) {
 				if !c.quit {
-					c.writeError(errWrongPass)
+					c.wrongPass()
 				}
 				return
 			}

@@ -366,6 +366,73 @@ func TestAuth(t *testing.T) {
 	assert.Error(t, err, "the connection is closed")
 }
 
+// TestAuthFailuresClose: a connection whose third AUTH (or HELLO … AUTH)
+// fails is answered so and closed, on a loop and on its own goroutine,
+// so that one connection cannot try tokens for its whole 10 s; a client
+// that mistyped authenticates after, and one that does not is unaffected.
+func TestAuthFailuresClose(t *testing.T) {
+	for _, loops := range []int{0, -1} {
+		t.Run(fmt.Sprintf("Loops=%d", loops), func(t *testing.T) {
+			ctx := context.Background()
+			e := newEndpoint(t, Config{Token: "s3cret", Loops: loops})
+
+			nc, rr := e.raw(t)
+			for i := range maxAuthFailures - 1 {
+				io.WriteString(nc, cmdline("AUTH", "wrong"))
+				assert.Equal(t, "-"+errWrongPass, rr.line(t), "failure %d", i+1)
+			}
+			io.WriteString(nc, cmdline("HELLO", "2", "AUTH", "default", "wrong"))
+			last := rr.line(t)
+			assert.True(t, strings.HasPrefix(last, "-WRONGPASS "), last)
+			assert.Contains(t, last, "too many failed AUTH attempts (3); closing")
+			io.WriteString(nc, cmdline("AUTH", "s3cret")) // may fail: closed
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			l, err := rr.r.line(1 << 20)
+			require.Error(t, err, "the connection is closed after its third failure, yet answered %q", l)
+
+			// Pipelined: never more than three answers, the last that it
+			// closes (fewer may reach the client if the close resets).
+			nc, rr = e.raw(t)
+			io.WriteString(nc, strings.Repeat(cmdline("AUTH", "wrong"), 4)+cmdline("AUTH", "s3cret"))
+			nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var got []string
+			for {
+				l, err := rr.r.line(1 << 20)
+				if err != nil {
+					break
+				}
+				got = append(got, string(l))
+			}
+			require.LessOrEqual(t, len(got), maxAuthFailures, "%q", got)
+			for i, l := range got {
+				if i < maxAuthFailures-1 {
+					assert.Equal(t, "-"+errWrongPass, l)
+				} else {
+					assert.Contains(t, l, "too many failed AUTH attempts")
+				}
+			}
+
+			// Mistyped twice, then right: authenticated.
+			nc, rr = e.raw(t)
+			io.WriteString(nc, cmdline("AUTH", "wrong")+cmdline("AUTH", "default", "wrong")+cmdline("AUTH", "s3cret")+cmdline("SET", "a", "1"))
+			for _, want := range []string{"-" + errWrongPass, "-" + errWrongPass, "+OK", "+OK"} {
+				assert.Equal(t, want, rr.line(t))
+			}
+
+			// A client with the token, and one with a wrong one, as
+			// often as they connect.
+			for range 5 {
+				good := e.client(t, &redis.Options{Password: "s3cret"})
+				require.NoError(t, good.Set(ctx, "x", "y", 0).Err())
+				bad := e.client(t, &redis.Options{Password: "wrong"})
+				err := bad.Get(ctx, "x").Err()
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), "WRONGPASS")
+			}
+		})
+	}
+}
+
 func TestHostileClients(t *testing.T) {
 	e := newEndpoint(t, Config{MaxValue: 1 << 20, CommandTimeout: 300 * time.Millisecond, AuthTimeout: 300 * time.Millisecond, MaxClients: 8})
 

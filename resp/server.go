@@ -488,6 +488,8 @@ type conn struct {
 	armedFor uint64
 	armedBy  time.Time
 	authBy   time.Time
+	// authFails counts the AUTHs that failed (see maxAuthFailures).
+	authFails int
 	// unauthedAt is c's element of s.unauthed while it is listed there
 	// (under s.mu); evicted is set, under s.mu too, once it was evicted
 	// from there past MaxUnauthenticated: it is answered evictedMsg and
@@ -1020,3 +1022,24 @@ func notNow(err error, once bool) bool {
 }
 
 var errWrongPass = "WRONGPASS invalid username-password pair or user is disabled."
+
+// maxAuthFailures is how many AUTHs (HELLO … AUTH counting as one) a
+// connection may fail: the last is answered that the connection closes,
+// and it does. A client that mistyped may try again; one that tries
+// tokens must connect again for every few, which MaxUnauthenticated and
+// MaxClients bound.
+const maxAuthFailures = 3
+
+// wrongPass answers an AUTH that failed, and past maxAuthFailures
+// closes the connection: with WRONGPASS still first, so that clients
+// take it for a wrong token as before (redis-py raises
+// AuthenticationError and drops the connection after any).
+func (c *conn) wrongPass() {
+	c.authFails++
+	if c.authFails < maxAuthFailures {
+		c.writeError(errWrongPass)
+		return
+	}
+	c.writeError(fmt.Sprintf("WRONGPASS invalid username-password pair or user is disabled; too many failed AUTH attempts (%d); closing", maxAuthFailures))
+	c.quit = true
+}
