@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"container/list"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/storage"
 )
@@ -977,7 +977,7 @@ func (c *conn) authenticate(user, pass []byte) bool {
 		return false
 	}
 	tok := c.s.cfg.Token
-	if tok == "" || subtle.ConstantTimeCompare(pass, []byte(tok)) == 1 {
+	if tok == "" || auth.Equal(tok, string(pass)) {
 		if !c.authed {
 			if !c.s.authenticated(c) {
 				// Evicted past MaxUnauthenticated first: it ends.

@@ -42,7 +42,6 @@ package storage
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +52,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/internal/shmring"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -544,7 +544,7 @@ func (s *Server) serveFd(c *net.UnixConn) {
 		// and the peer reads why it is cut off rather than EOF.
 		c.SetWriteDeadline(time.Now().Add(fdRequestTimeout))
 		rep.Status = wire.FdBadRequest
-	case s.cfg.Token != "" && subtle.ConstantTimeCompare([]byte(s.cfg.Token), []byte(req.Token)) != 1 &&
+	case s.cfg.Token != "" && !auth.Equal(s.cfg.Token, req.Token) &&
 		!(s.cfg.TrustPeerCred && wire.SameUser(c)):
 		// A client of this user is admitted without the token here as
 		// on the wire socket, which its segments and ring come with.

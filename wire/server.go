@@ -24,7 +24,6 @@ import (
 	"container/list"
 	"context"
 	"crypto/hmac"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +42,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -1628,7 +1628,7 @@ func (c *serverConn) handshake() error {
 		return err
 	case hello.Token != "":
 		// An older client: the token in clear.
-		if subtle.ConstantTimeCompare([]byte(t), []byte(hello.Token)) != 1 && !c.sameUser() {
+		if !auth.Equal(t, hello.Token) && !c.sameUser() {
 			return c.unauthenticated(h, &hello)
 		}
 	case len(hello.AuthNonce) != 0:

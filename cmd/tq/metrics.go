@@ -3,8 +3,6 @@ package main
 import (
 	"container/list"
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +17,7 @@ import (
 
 	"golang.org/x/net/netutil"
 
+	"github.com/tqgo/tq/internal/auth"
 	tqmetrics "github.com/tqgo/tq/metrics"
 	"github.com/tqgo/tq/wire"
 )
@@ -163,7 +162,6 @@ func requireBearer(token string, h http.Handler) http.Handler {
 	if token == "" {
 		return h
 	}
-	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var why string
 		switch got := r.Header.Get("Authorization"); {
@@ -172,8 +170,7 @@ func requireBearer(token string, h http.Handler) http.Handler {
 		case len(got) < 7 || !strings.EqualFold(got[:7], "Bearer "):
 			why = "its Authorization header is not a Bearer token"
 		default:
-			sum := sha256.Sum256([]byte(strings.TrimSpace(got[7:])))
-			if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			if auth.Equal(token, strings.TrimSpace(got[7:])) {
 				h.ServeHTTP(w, r)
 				return
 			}
