@@ -3,13 +3,11 @@ package client_test
 import (
 	"runtime"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -23,10 +21,7 @@ import (
 // field and row), and allocate far less than the cell's length.
 func TestReadOfACellPastItsUnitsCapacityAllocatesNothing(t *testing.T) {
 	ctx := t.Context()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	ctrl, addr := servedController(t)
 	joinUnit(t, addr, true)
 	joinUnit(t, addr, true) // where a drain of the other moves its cells
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{Transport: client.TransportTCP})

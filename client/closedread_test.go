@@ -2,13 +2,11 @@ package client_test
 
 import (
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -18,10 +16,7 @@ import (
 // another client reads.
 func TestReadAfterCloseIsNotLost(t *testing.T) {
 	ctx := t.Context()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	_, addr := servedController(t)
 	joinUnit(t, addr, true)
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{})
 	require.NoError(t, err)

@@ -35,6 +35,19 @@ func newController(t testing.TB) *controller.Controller {
 	return c
 }
 
+// servedController makes a controller (units dead after a minute without
+// a heartbeat) and serves it on a unix socket; both close at cleanup.
+func servedController(t *testing.T) (*controller.Controller, string) {
+	t.Helper()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	return ctrl, addr
+}
+
 // serveController serves c on a fresh "unix" or "tcp" listener and
 // returns the server and its address; the server closes at cleanup.
 func serveController(t testing.TB, c *controller.Controller, cfg controller.ServerConfig, network string) (*controller.Server, string) {

@@ -194,81 +194,58 @@ func checkLens(partition string, fields []engine.CommitField, row func(i int) st
 //     a run's later cells ([engine.CellRun.Cell]) would wrap around onto
 //     the start of the segment. The wire decoder refuses these, so this
 //     guards the Go API (an embedded client) and keeps the log, which is
-//     written in the wire's form, loadable.
+//     written in the wire's form, loadable;
+//   - one whose bytes end past the capacity its unit registered with: a
+//     unit's extents lie within its segments, which together never exceed
+//     its capacity, and a reader over TCP allocates a cell's length
+//     before the unit checks anything (a cell of 1 TiB on a unit of 1 GiB
+//     killed every reader of it for lack of memory). Only registered
+//     units that reported a capacity are checked so: not
+//     [engine.LostUnit], which names no unit, nor a unit evicted
+//     (checkDraining refuses it), nor a unit id the registry does not
+//     know (a client made with client.New may name units it made
+//     itself).
 //
-// Not in checkFields: a log written before the unit rule may hold such a
-// commit, and replaying it keeps the log loadable. row names row i in the
-// error. The fields must have passed checkFields.
-func checkLocs(fields []engine.CommitField, row func(i int) string) error {
-	for fi := range fields {
-		cf := &fields[fi]
-		unit := func(u engine.UnitID) error {
-			if u > engine.LostUnit {
-				return fmt.Errorf("field %q: location on storage unit %d, past the highest unit id %d: %w", cf.Name, u, engine.LostUnit-1, engine.ErrInvalid)
-			}
-			return nil
-		}
-		for _, r := range cf.Runs {
-			if err := unit(r.Unit); err != nil {
-				return err
-			}
-			if n, c := r.First.Len, uint64(r.Count); r.Unit != 0 && n > 0 && (c > math.MaxUint64/n || r.First.Offset > math.MaxUint64-c*n) {
-				return fmt.Errorf("field %q: run of %d cells of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
-					cf.Name, r.Count, n, r.First.Offset, r.Unit, engine.ErrInvalid)
-			}
-		}
-		for i, l := range cf.Locs {
-			if err := unit(l.Unit); err != nil {
-				return err
-			}
-			if a := l.Addr; l.Stored() && a.Offset > math.MaxUint64-a.Len {
-				return fmt.Errorf("field %q, %s: location of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
-					cf.Name, row(i), a.Len, a.Offset, l.Unit, engine.ErrInvalid)
-			}
-		}
-	}
-	return nil
-}
-
-// checkUnitBounds refuses a stored location whose bytes end (Offset +
-// Len; a run's First.Offset + Count × First.Len) past the capacity its
-// unit registered with: a unit's extents lie within its segments, which
-// together never exceed its capacity. A reader over TCP allocates a
-// cell's length before the unit checks anything, so a cell of 1 TiB on a
-// unit of 1 GiB killed every reader of it for lack of memory.
-//
-// Only registered units that reported a capacity are checked: not
-// [engine.LostUnit], which names no unit, nor a unit evicted
-// (checkDraining refuses it), nor a unit id the registry does not know
-// (a client made with client.New may name units it made itself). Like checkLocs, not run on replay: a log written before the rule
-// may hold such a commit. row names row i in the error. The fields must
-// have passed checkFields and checkLocs (no end wraps around).
-func (c *Controller) checkUnitBounds(fields []engine.CommitField, row func(i int) string) error {
+// Not in checkFields, and not run on replay: a log written before these
+// rules may hold such a commit, and replaying it keeps the log loadable.
+// row names row i in the error. The fields must have passed checkFields.
+func (c *Controller) checkLocs(fields []engine.CommitField, row func(i int) string) error {
 	b := c.units.bounds()
 	var last engine.UnitID
 	var capacity uint64
 	// check checks the bytes of a location (count 0) or of the run of
 	// count cells from row i, on unit u.
 	check := func(cf *engine.CommitField, i int, u engine.UnitID, a engine.RemoteAddr, count int) error {
-		if u == 0 || u == engine.LostUnit {
+		if u > engine.LostUnit {
+			return fmt.Errorf("field %q: location on storage unit %d, past the highest unit id %d: %w", cf.Name, u, engine.LostUnit-1, engine.ErrInvalid)
+		}
+		if u == 0 {
+			return nil // not stored
+		}
+		n, k := a.Len, max(uint64(count), 1)
+		if n > 0 && (k > math.MaxUint64/n || a.Offset > math.MaxUint64-k*n) {
+			if count > 0 {
+				return fmt.Errorf("field %q: run of %d cells of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
+					cf.Name, count, n, a.Offset, u, engine.ErrInvalid)
+			}
+			return fmt.Errorf("field %q, %s: location of %d bytes from offset %d on storage unit %d ends past 2^64: %w",
+				cf.Name, row(i), n, a.Offset, u, engine.ErrInvalid)
+		}
+		if u == engine.LostUnit {
 			return nil
 		}
 		if u != last {
 			last, capacity = u, b.caps[u]
 		}
-		end := a.Offset + a.Len
-		if count > 0 {
-			end = a.Offset + uint64(count)*a.Len
+		if end := a.Offset + k*n; capacity != 0 && end > capacity {
+			what := fmt.Sprintf("location of %d bytes", n)
+			if count > 0 {
+				what = fmt.Sprintf("run of %d cells of %d bytes", count, n)
+			}
+			return fmt.Errorf("field %q, %s: %s from offset %d on storage unit %d ends at byte %d, past the unit's capacity of %d bytes: %w",
+				cf.Name, row(i), what, a.Offset, u, end, capacity, engine.ErrInvalid)
 		}
-		if capacity == 0 || end <= capacity {
-			return nil
-		}
-		what := fmt.Sprintf("location of %d bytes", a.Len)
-		if count > 0 {
-			what = fmt.Sprintf("run of %d cells of %d bytes", count, a.Len)
-		}
-		return fmt.Errorf("field %q, %s: %s from offset %d on storage unit %d ends at byte %d, past the unit's capacity of %d bytes: %w",
-			cf.Name, row(i), what, a.Offset, u, end, capacity, engine.ErrInvalid)
+		return nil
 	}
 	for fi := range fields {
 		cf := &fields[fi]

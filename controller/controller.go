@@ -1264,10 +1264,7 @@ func (c *Controller) Commit(req engine.CommitRequest) ([]engine.CellLoc, error) 
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
-		err = checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
-	}
-	if err == nil {
-		err = c.checkUnitBounds(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
+		err = c.checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("row %d", req.Indexes[i]) })
 	}
 	if err == nil {
 		err = c.checkFences(req.Fields)

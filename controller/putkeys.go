@@ -44,10 +44,7 @@ func (c *Controller) commitKeys(req engine.KeysCommit, shared bool) (engine.Keys
 		err = checkLens(req.Partition, req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
 	}
 	if err == nil {
-		err = checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
-	}
-	if err == nil {
-		err = c.checkUnitBounds(req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
+		err = c.checkLocs(req.Fields, func(i int) string { return fmt.Sprintf("key %q", req.Keys[i]) })
 	}
 	if err != nil {
 		return engine.KeysCommitted{}, opErr("commit keys", req.Partition, err)

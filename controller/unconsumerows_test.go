@@ -27,13 +27,7 @@ func TestUnconsumeRowsGivesBackPartOfAHeldFetch(t *testing.T) {
 			require.Equal(t, 4, m.Len())
 			require.NoError(t, c.UnconsumeRows("p", "t", "k", m.Indexes[2:]))
 			require.NoError(t, c.UnconsumeRows("p", "t", "k", m.Indexes[2:]), "given back again: nothing more")
-			if way.stop != nil {
-				require.NoError(t, c.WaitDurable(context.Background()))
-				want := stateBytes(t, c)
-				way.stop(t, c)
-				c = openDurable(t, dir, Config{})
-				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
-			}
+			c = restartedAlike(t, c, dir, way.stop)
 			defer c.Close()
 			got, err := peerFetch(c, 5*time.Second)
 			require.NoError(t, err)
@@ -155,13 +149,7 @@ func TestUnconsumeRowsOfAFetchARowOfWhichWasCleared(t *testing.T) {
 			other := heldFetch(t, c, "k2", 1)
 			require.Equal(t, []uint64{3}, other.Indexes, "another fetch holds the new row")
 			require.NoError(t, c.MarkDone("p"))
-			if way.stop != nil {
-				require.NoError(t, c.WaitDurable(context.Background()))
-				want := stateBytes(t, c)
-				way.stop(t, c)
-				c = openDurable(t, dir, Config{})
-				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
-			}
+			c = restartedAlike(t, c, dir, way.stop)
 			defer c.Close()
 
 			again, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 8, Key: "k", Hold: true})
@@ -185,4 +173,20 @@ func TestUnconsumeRowsOfAFetchARowOfWhichWasCleared(t *testing.T) {
 			require.ErrorIs(t, err, engine.ErrDone)
 		})
 	}
+}
+
+// restartedAlike stops c with stop (nil: it goes on, and is returned)
+// once what it did is durable, opens the controller of dir again and
+// checks it came back with the state c had.
+func restartedAlike(t *testing.T, c *Controller, dir string, stop func(t *testing.T, c *Controller)) *Controller {
+	t.Helper()
+	if stop == nil {
+		return c
+	}
+	require.NoError(t, c.WaitDurable(context.Background()))
+	want := stateBytes(t, c)
+	stop(t, c)
+	c = openDurable(t, dir, Config{})
+	require.Equal(t, want, stateBytes(t, c), "the state after the restart")
+	return c
 }

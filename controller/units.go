@@ -479,7 +479,7 @@ func (r *Registry) refusing(id engine.UnitID) (draining, evicted bool) {
 }
 
 // unitBounds is an immutable copy of what a commit checks its cells'
-// units against (checkUnitBounds): the capacity each registered unit
+// units against (checkLocs): the capacity each registered unit
 // reported. A unit's segments, and so any extent it
 // hands out, lie within its capacity (storage: mapped bytes never exceed
 // Config.Capacity).

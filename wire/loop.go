@@ -151,9 +151,9 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 		c.s.inflight.Add(-x.unflushed) // their replies are dropped
 		return nil, nil, false
 	}
-	// net.FileConn gave the socket Go's own keepalive: the peer timeout
-	// again (TCP_USER_TIMEOUT stays).
-	if err := setPeerTimeout(nc, c.s.cfg.PeerTimeout); err != nil {
+	// net.FileConn gave the socket Go's own keepalive: the peer
+	// timeout's again (TCP_USER_TIMEOUT stays with the socket).
+	if err := setKeepAlive(nc, c.s.cfg.PeerTimeout); err != nil {
 		c.s.log.Debug("wire: cannot set the peer timeout", "peer", nc.RemoteAddr(), "err", err)
 	}
 	c.ncMu.Lock()

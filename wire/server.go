@@ -1228,18 +1228,16 @@ func closedByPeer(err error) bool {
 
 // setPeerTimeout makes the kernel give up on nc's peer, if nc is TCP,
 // once its host has not answered for d (ServerConfig.PeerTimeout): the
-// connection is probed from d/2 of quiet on (TCP keepalive, at most four
-// probes), and bytes sent and not acknowledged for d end it
-// (TCP_USER_TIMEOUT, which also ends the probing at d). Either way the
-// connection's next read or write fails with ETIMEDOUT. d ≤ 0 changes
-// nothing.
+// connection is probed from d/2 of quiet on (setKeepAlive), and bytes
+// sent and not acknowledged for d end it (TCP_USER_TIMEOUT, which also
+// ends the probing at d). Either way the connection's next read or write
+// fails with ETIMEDOUT. d ≤ 0 changes nothing.
 func setPeerTimeout(nc net.Conn, d time.Duration) error {
 	tc, ok := nc.(*net.TCPConn)
 	if !ok || d <= 0 {
 		return nil
 	}
-	// Whole seconds, at least one (Linux's unit for both).
-	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: max(d/2, time.Second), Interval: max(d/8, time.Second), Count: 4}); err != nil {
+	if err := setKeepAlive(tc, d); err != nil {
 		return err
 	}
 	rc, err := tc.SyscallConn()
@@ -1253,6 +1251,19 @@ func setPeerTimeout(nc net.Conn, d time.Duration) error {
 		return err
 	}
 	return serr
+}
+
+// setKeepAlive has the kernel probe nc, if it is TCP, from d/2 of quiet
+// on, at most four times, d/8 apart (whole seconds, at least one:
+// Linux's unit); d ≤ 0 changes nothing. It is the part of setPeerTimeout
+// that net.FileConn undoes (see serverConn.toLoop); TCP_USER_TIMEOUT
+// stays with the socket.
+func setKeepAlive(nc net.Conn, d time.Duration) error {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok || d <= 0 {
+		return nil
+	}
+	return tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: max(d/2, time.Second), Interval: max(d/8, time.Second), Count: 4})
 }
 
 func refuseDraining(_ context.Context, _ *Request, rw *ReplyWriter) {
