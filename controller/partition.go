@@ -736,11 +736,17 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 }
 
 // meta builds a BatchMeta for rows over the named fields. Unknown fields
-// get no schema and make every row not ready. The rows' tags are copies,
-// or, with shared (for a server that encodes the meta at once), the rows'
-// own maps, to read and not change.
+// get no schema and make every row not ready. A field named twice is
+// collected once: the meta keys its cells by name, and a request naming
+// one field a million times would otherwise cost rows × names. The rows'
+// tags are copies, or, with shared (for a server that encodes the meta at
+// once), the rows' own maps, to read and not change.
 func (p *partition) meta(rows []*row, names []string, shared bool) *engine.BatchMeta {
-	fs := make([]*field, 0, len(names))
+	fs := make([]*field, 0, min(len(names), len(p.fields)))
+	var seen map[*field]struct{} // for long lists; short ones search fs
+	if len(names) > metaShortNames {
+		seen = make(map[*field]struct{}, len(fs))
+	}
 	allKnown := true
 	for _, name := range names {
 		f, ok := p.fields[name]
@@ -748,10 +754,22 @@ func (p *partition) meta(rows []*row, names []string, shared bool) *engine.Batch
 			allKnown = false
 			continue
 		}
+		if seen != nil {
+			if _, dup := seen[f]; dup {
+				continue
+			}
+			seen[f] = struct{}{}
+		} else if slices.Contains(fs, f) {
+			continue
+		}
 		fs = append(fs, f)
 	}
 	return p.buildMeta(rows, fs, allKnown, false, shared)
 }
+
+// metaShortNames is the longest field list meta checks for repeats by
+// searching what it collected so far rather than with a set.
+const metaShortNames = 16
 
 // commonMeta is meta over the fields every row has produced (none for no
 // rows), found in the same pass over the cells that collects them.
