@@ -1687,6 +1687,13 @@ func decodeKeysCursor(b []byte) (id string, gen, seq uint64, err error) {
 // ProductionStatus reports production per row and field. Unknown fields
 // are an error naming them.
 func (c *Controller) ProductionStatus(partition string, fields []string) (engine.ProductionStatus, error) {
+	return c.productionStatus(partition, fields, 0)
+}
+
+// productionStatus is ProductionStatus; with maxCells (not 0: the
+// server's, a reply frame's bytes, at least one a cell), a status of more
+// rows × fields is refused before its table is made.
+func (c *Controller) productionStatus(partition string, fields []string, maxCells int) (engine.ProductionStatus, error) {
 	p, err := c.lockKnown(partition)
 	if err != nil {
 		return engine.ProductionStatus{}, opErr("production status", partition, err)
@@ -1701,13 +1708,20 @@ func (c *Controller) ProductionStatus(partition string, fields []string) (engine
 	if len(unknown) > 0 {
 		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %q: %w", unknown, engine.ErrNotFound))
 	}
+	if n := p.rows.len(); maxCells > 0 && len(fields) > 0 && n > maxCells/len(fields) {
+		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("%d rows × %d fields exceed the %d cells of a reply; ask for fewer fields: %w", n, len(fields), maxCells, engine.ErrInvalid))
+	}
+	slots := make([]int, len(fields))
+	for j, f := range fields {
+		slots[j] = p.fields[f].slot
+	}
 	rows := p.sortedRows()
 	st := engine.ProductionStatus{Indexes: make([]uint64, len(rows)), Fields: slices.Clone(fields), Produced: make([][]bool, len(rows))}
 	for i, r := range rows {
 		st.Indexes[i] = r.index
 		st.Produced[i] = make([]bool, len(fields))
-		for j, f := range fields {
-			st.Produced[i][j] = p.has(r, p.fields[f].slot)
+		for j, slot := range slots {
+			st.Produced[i][j] = p.has(r, slot)
 		}
 	}
 	return st, nil

@@ -473,7 +473,9 @@ func (s *Server) productionStatus(_ context.Context, body []byte, _ *effects) (p
 	if err := wire.CheckCount("fields", len(req.Fields)); err != nil {
 		return nil, err
 	}
-	st, err := s.c.ProductionStatus(req.Partition, req.Fields)
+	// A packed bool a cell: a status of more cells than a frame's bytes
+	// could not be answered.
+	st, err := s.c.productionStatus(req.Partition, req.Fields, wire.MaxBodyLen)
 	if err != nil {
 		return nil, err
 	}

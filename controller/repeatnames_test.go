@@ -7,8 +7,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // allocated returns the bytes f allocates (all goroutines; the tests that
@@ -57,4 +60,39 @@ func TestRepeatedFieldNamesCostOnce(t *testing.T) {
 		require.LessOrEqualf(t, got, 2*base+uint64(len(many))*16, "%s naming a field %d times allocated %d bytes, once %d", name, len(many), got, base)
 		_ = mOnce
 	}
+}
+
+// PRODUCTION_STATUS answers a bool per row and named field: a request
+// whose rows × fields could not fit a reply frame is refused before the
+// table is made. A peer naming one field 70,000 times (210 KB of
+// request) over 1,000 rows used to make a 70 MB table, only for the
+// reply to be refused as too large; over a million rows, 70 GB.
+func TestProductionStatusBeyondAReplyIsRefusedFirst(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	const rows = 1000
+	insert(t, c, "p", rows, "a")
+	commitDense(t, c, "p", seq(0, rows), "a")
+	s := NewServer(c, ServerConfig{})
+	t.Cleanup(func() { s.Close() })
+	call := func(fields []string) (proto.Message, error) {
+		body, err := proto.Marshal(&wirepb.ProductionStatusRequest{Partition: "p", Fields: fields})
+		require.NoError(t, err)
+		return s.productionStatus(context.Background(), body, &effects{})
+	}
+	many := slices.Repeat([]string{"a"}, wire.MaxBodyLen/rows+1)
+	var err error
+	got := allocated(func() { _, err = call(many) })
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, "1000 rows")
+	// Decoding the names costs some tens of bytes each; the table, a
+	// thousand each.
+	require.LessOrEqualf(t, got, uint64(len(many))*128, "a refused status allocated %d bytes", got)
+
+	// Within the frame, the answer is as before, one column per name.
+	rep, err := call([]string{"a", "a"})
+	require.NoError(t, err)
+	st := rep.(*wirepb.ProductionStatusReply)
+	require.Equal(t, []string{"a", "a"}, st.Fields)
+	require.Len(t, st.Produced, 2*rows)
+	require.NotContains(t, st.Produced, false)
 }
