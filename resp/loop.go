@@ -2,12 +2,14 @@ package resp
 
 import (
 	"bytes"
+	"net"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/internal/evloop"
+	"github.com/tqgo/tq/wire"
 )
 
 // A loop serves the connections given to it from one goroutine, as
@@ -276,6 +278,12 @@ func loopNumber(in []byte) (int, []byte, bool) {
 
 // leave hands c to a goroutine of its own, which reads in (input the
 // loop did not serve) before the socket, after writing c.out.
+//
+// The goroutine's net.Conn is a descriptor more (see [evloop.Give]).
+// Out of descriptors for a moment, the connection waits for one on a
+// goroutine, as the accept loop does (5 ms, doubling up to 1 s), until
+// the server closes or CommandTimeout passes: its commands and replies
+// wait with it, and the loop goes on.
 func (lp *loop) leave(c *conn, in []byte) {
 	lp.remove(c)
 	c.leave = false
@@ -291,8 +299,47 @@ func (lp *loop) leave(c *conn, in []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.fd, c.lp = -1, nil
+	c.pre = bytes.Clone(in)
+	if err != nil && evloop.OutOfFds(err) && !s.closed {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			nc, err := s.giveWaiting(fd)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.resume(c, fd, nc, err)
+		}()
+		return
+	}
+	s.resume(c, fd, nc, err)
+}
+
+// giveWaiting is [evloop.Give] for a connection leaving its loop while
+// the process is out of descriptors: it tries again until one frees,
+// the server closes or CommandTimeout passes.
+func (s *Server) giveWaiting(fd int) (net.Conn, error) {
+	until := time.Now().Add(s.cfg.CommandTimeout)
+	var delay time.Duration
+	for {
+		delay = wire.BackOffAccept(delay, s.stop.Done())
+		nc, err := evloop.Give(fd, "resp")
+		switch {
+		case err == nil:
+			return nc, nil
+		case !evloop.OutOfFds(err), s.stop.Err() != nil, time.Now().After(until):
+			return nil, err
+		}
+	}
+}
+
+// resume serves c, which left its loop, on a goroutine of its own
+// through nc, the net.Conn Give made of fd; or, when Give failed (err)
+// or the server is closing, closes it. s.mu is held.
+func (s *Server) resume(c *conn, fd int, nc net.Conn, err error) {
 	if err != nil {
-		s.cfg.Logger.Warn("resp: a connection could not leave its loop; closing it", "err", err)
+		if !s.closed {
+			s.cfg.Logger.Warn("resp: a connection could not leave its loop; closing it", "err", err)
+		}
 		unix.Close(fd)
 		s.unlist(c)
 		return
@@ -303,7 +350,6 @@ func (lp *loop) leave(c *conn, in []byte) {
 		return
 	}
 	c.nc = nc
-	c.pre = bytes.Clone(in)
 	if !c.authed {
 		nc.SetReadDeadline(c.authBy)
 	}

@@ -2,7 +2,6 @@ package wire
 
 import (
 	"bytes"
-	"errors"
 	"net"
 	"sync"
 	"time"
@@ -212,9 +211,7 @@ func (c *serverConn) give(fd int) (net.Conn, error) {
 
 // outOfFds reports whether err says the process or the system is out of
 // descriptors or of the memory for one, for now.
-func outOfFds(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOBUFS)
-}
+func outOfFds(err error) bool { return evloop.OutOfFds(err) }
 
 // pickLoop returns the next loop, starting the loops the first time; nil
 // when there are none or the server is draining.

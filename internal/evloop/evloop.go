@@ -212,6 +212,13 @@ func Give(fd int, name string) (net.Conn, error) {
 	return nc, nil
 }
 
+// OutOfFds reports whether err says the process or the system is out of
+// descriptors or of the memory for one, for now: a [Give] that failed so
+// may succeed once some are closed.
+func OutOfFds(err error) bool {
+	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) || errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.ENOBUFS)
+}
+
 // The loops' sockets never block: their reads and writes, and a look for
 // events that does not wait, go to the kernel without the scheduler's
 // bookkeeping for calls that may block.
