@@ -394,7 +394,18 @@ func WritePayload(extents [][][]byte) net.Buffers {
 // WrittenExtents decodes a WRITE reply and checks that it holds one
 // extent of each size asked for.
 func WrittenExtents(reply *wirepb.WriteReply, sizes []uint64) ([]engine.RemoteAddr, error) {
+	return WrittenExtentsAt(reply, sizes, -1)
+}
+
+// WrittenExtentsAt is [WrittenExtents] for a WRITE request that carries
+// part of a larger write (a stripe), from the write's extent first on:
+// its errors name the extents by their index in the whole write. A
+// negative first means the request is the whole write.
+func WrittenExtentsAt(reply *wirepb.WriteReply, sizes []uint64, first int) ([]engine.RemoteAddr, error) {
 	if n := AddrCount(reply.Extents); n != uint64(len(sizes)) {
+		if first >= 0 {
+			return nil, fmt.Errorf("unit stored %d extents for the write's extents %d to %d, asked for %d: %w", n, first, first+len(sizes)-1, len(sizes), engine.ErrCorrupt)
+		}
 		return nil, fmt.Errorf("unit stored %d extents, asked for %d: %w", n, len(sizes), engine.ErrCorrupt)
 	}
 	addrs, err := RangesFromPB(reply.Extents)
@@ -403,7 +414,7 @@ func WrittenExtents(reply *wirepb.WriteReply, sizes []uint64) ([]engine.RemoteAd
 	}
 	for i, a := range addrs {
 		if a.Len != sizes[i] {
-			return nil, fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", i, a.Len, sizes[i], engine.ErrCorrupt)
+			return nil, fmt.Errorf("unit stored extent %d with %d bytes, asked for %d: %w", max(first, 0)+i, a.Len, sizes[i], engine.ErrCorrupt)
 		}
 	}
 	return addrs, nil

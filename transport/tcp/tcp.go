@@ -416,7 +416,11 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 	done := make([]bool, len(cuts)-1)
 	err := c.run(ctx, len(cuts)-1, false, func(ctx context.Context, wc *wire.Conn, k int) error {
 		lo, hi := cuts[k], cuts[k+1]
-		if err := c.writeStripe(ctx, wc, extents[lo:hi], sizes[lo:hi], out[lo:hi]); err != nil {
+		first := lo // the stripe's errors name the caller's extents
+		if len(cuts) == 2 {
+			first = -1 // the whole write
+		}
+		if err := c.writeStripe(ctx, wc, extents[lo:hi], sizes[lo:hi], out[lo:hi], first); err != nil {
 			return err
 		}
 		done[k] = true
@@ -472,7 +476,9 @@ func (c *Conn) freeStored(out []engine.RemoteAddr, cuts []int, done []bool) {
 	c.Free(ctx, stored)
 }
 
-func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byte, sizes []uint64, out []engine.RemoteAddr) error {
+// writeStripe writes extents, the caller's from first on (negative: the
+// whole write), in one request.
+func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byte, sizes []uint64, out []engine.RemoteAddr, first int) error {
 	payload := wire.WritePayload(extents)
 	// The unit commits what it has read whether or not we wait, so a
 	// caller that gives up only stops the wait after the grace period.
@@ -484,7 +490,7 @@ func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byt
 	if err := wc.DoGrace(ctx, grace, wire.OpWrite, &wirepb.WriteRequest{Sizes: sizes, NoWait: engine.NoWait(ctx)}, payload, &reply); err != nil {
 		return err
 	}
-	addrs, err := wire.WrittenExtents(&reply, sizes)
+	addrs, err := wire.WrittenExtentsAt(&reply, sizes, first)
 	if err != nil {
 		return err
 	}
