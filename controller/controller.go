@@ -556,8 +556,19 @@ func (c *Controller) allocRows(p *partition, n int) ([]*row, error) {
 
 // Insert allocates n new rows in a partition (created if needed) and
 // returns their meta: the named fields with placeholder schemas for fields
-// not produced yet, no row ready.
+// not produced yet, no row ready. It has no bound on n × fields: the
+// server's INSERT has (a reply frame's, see insert).
 func (c *Controller) Insert(partition string, n int, fields []string) (*engine.BatchMeta, error) {
+	return c.insert(partition, n, fields, 0)
+}
+
+// insert is Insert; with maxReply (not 0: the server's, a reply frame's
+// bytes), an insert whose meta takes more is refused before anything
+// changes. A row takes at least 4 bytes and its partition id's (index,
+// partition, ready), and a byte a field it has: the meta holds a cell
+// location (32 bytes) a row and known field, whatever the reply's runs
+// make of them, bounded as PRODUCTION_STATUS bounds its cells.
+func (c *Controller) insert(partition string, n int, fields []string, maxReply int) (*engine.BatchMeta, error) {
 	if n <= 0 {
 		return nil, opErr("insert", partition, fmt.Errorf("batch size %d: must be positive: %w", n, engine.ErrInvalid))
 	}
@@ -566,6 +577,13 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 		return nil, opErr("insert", partition, err)
 	}
 	defer c.unlockNew(p)
+	if maxReply > 0 {
+		k := p.knownFields(fields)
+		if per := 4 + len(partition) + k; n > maxReply/per {
+			return nil, opErr("insert", partition, fmt.Errorf("%d rows × %d fields: a meta of at least %d bytes (%d a row), beyond the %d of a reply; insert fewer rows: %w",
+				n, k, n*per, per, maxReply, engine.ErrInvalid))
+		}
+	}
 	rows, err := c.allocRows(p, n)
 	if err != nil {
 		return nil, opErr("insert", partition, err)

@@ -140,7 +140,9 @@ func (s *Server) insert(_ context.Context, body []byte, _ *effects) (proto.Messa
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.c.Insert(req.Partition, n, req.Fields)
+	// An insert whose answer could not be sent is refused before its
+	// rows are made, not after.
+	m, err := s.c.insert(req.Partition, n, req.Fields, wire.MaxBodyLen)
 	if err != nil {
 		return nil, err
 	}

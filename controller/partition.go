@@ -767,6 +767,18 @@ func (p *partition) meta(rows []*row, names []string, shared bool) *engine.Batch
 	return p.buildMeta(rows, fs, allKnown, false, shared)
 }
 
+// knownFields is how many distinct fields of p names names (the fields
+// meta collects for them).
+func (p *partition) knownFields(names []string) int {
+	seen := make(map[*field]struct{}, min(len(names), len(p.fields)))
+	for _, name := range names {
+		if f, ok := p.fields[name]; ok {
+			seen[f] = struct{}{}
+		}
+	}
+	return len(seen)
+}
+
 // metaShortNames is the longest field list meta checks for repeats by
 // searching what it collected so far rather than with a set.
 const metaShortNames = 16
