@@ -562,12 +562,22 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 	return c.insert(partition, n, fields, 0)
 }
 
+// checkMetaReply refuses a meta of n rows of partition and fields
+// (distinct) cells a row that could not fit maxReply bytes: a row takes
+// at least 4 bytes and its partition id's (index, partition, ready), and
+// a cell location counts a byte (the meta holds one of 32 bytes, whatever
+// the reply's runs make of them), as PRODUCTION_STATUS counts its cells.
+func checkMetaReply(n int, partition string, fields, maxReply int) error {
+	if per := 4 + len(partition) + fields; n > maxReply/per {
+		return fmt.Errorf("%d rows × %d fields: a meta of at least %d bytes (%d a row), beyond the %d of a reply; ask for fewer rows: %w",
+			n, fields, n*per, per, maxReply, engine.ErrInvalid)
+	}
+	return nil
+}
+
 // insert is Insert; with maxReply (not 0: the server's, a reply frame's
 // bytes), an insert whose meta takes more is refused before anything
-// changes. A row takes at least 4 bytes and its partition id's (index,
-// partition, ready), and a byte a field it has: the meta holds a cell
-// location (32 bytes) a row and known field, whatever the reply's runs
-// make of them, bounded as PRODUCTION_STATUS bounds its cells.
+// changes (checkMetaReply, over the distinct known fields named).
 func (c *Controller) insert(partition string, n int, fields []string, maxReply int) (*engine.BatchMeta, error) {
 	if n <= 0 {
 		return nil, opErr("insert", partition, fmt.Errorf("batch size %d: must be positive: %w", n, engine.ErrInvalid))
@@ -578,10 +588,8 @@ func (c *Controller) insert(partition string, n int, fields []string, maxReply i
 	}
 	defer c.unlockNew(p)
 	if maxReply > 0 {
-		k := p.knownFields(fields)
-		if per := 4 + len(partition) + k; n > maxReply/per {
-			return nil, opErr("insert", partition, fmt.Errorf("%d rows × %d fields: a meta of at least %d bytes (%d a row), beyond the %d of a reply; insert fewer rows: %w",
-				n, k, n*per, per, maxReply, engine.ErrInvalid))
+		if err := checkMetaReply(n, partition, p.knownFields(fields), maxReply); err != nil {
+			return nil, opErr("insert", partition, err)
 		}
 	}
 	rows, err := c.allocRows(p, n)

@@ -149,6 +149,18 @@ func (s *Server) insert(_ context.Context, body []byte, _ *effects) (proto.Messa
 	return metaReply(m)
 }
 
+// distinct is how many different names names holds.
+func distinct(names []string) int {
+	if len(names) < 2 {
+		return len(names)
+	}
+	seen := make(map[string]struct{}, len(names))
+	for _, n := range names {
+		seen[n] = struct{}{}
+	}
+	return len(seen)
+}
+
 func optionsFromPB(p *wirepb.SamplingOptions) (engine.SamplingOptions, error) {
 	if p == nil {
 		return engine.SamplingOptions{}, nil
@@ -175,6 +187,11 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 	opts, err := optionsFromPB(req.Options)
 	if err != nil {
 		return nil, err
+	}
+	// A batch whose answer could not be sent is refused before its rows
+	// are consumed, not after. Every row fetched has every named field.
+	if err := checkMetaReply(n, req.Partition, distinct(req.Fields), wire.MaxBodyLen); err != nil {
+		return nil, opErr("fetch", req.Partition, err)
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
 		TokenBudget: req.TokenBudget, Sampler: wire.SamplerSpecFromPB(req.Sampler), EndWhenConsumed: req.EndWhenConsumed, Hold: req.Hold,

@@ -62,3 +62,32 @@ func TestInsertBoundCountsKnownFieldsOnce(t *testing.T) {
 	_, err = c.Insert("p", 11, []string{"a", "b"})
 	require.NoError(t, err)
 }
+
+// A FETCH whose batch could not fit a reply frame is refused before the
+// sampler runs: 1,024 rows of a partition whose id is 64 KiB used to be
+// consumed for the task, and their meta then refused as over the frame
+// limit; the task never saw them.
+func TestFetchBeyondAReplyIsRefusedFirst(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	t.Cleanup(func() { s.Close() })
+	long := strings.Repeat("p", engine.MaxNameBytes)
+	n := wire.MaxBodyLen/(len(long)+4+1) + 1
+	insert(t, c, long, n, "a")
+	commitDense(t, c, long, seq(0, uint64(n)), "a")
+	call := func(batch int, fields ...string) (proto.Message, error) {
+		body, err := proto.Marshal(&wirepb.FetchRequest{Partition: long, Task: "t", Fields: fields, BatchSize: int64(batch)})
+		require.NoError(t, err)
+		return s.call(context.Background(), wire.OpFetch, body, &effects{})
+	}
+	_, err := call(n, "a", "a")
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, fmt.Sprintf("%d rows × 1 fields", n))
+	st, err := c.ConsumptionStatus(long, "t")
+	require.NoError(t, err)
+	require.NotContains(t, st.Consumed, true, "a refused fetch consumed rows")
+
+	rep, err := call(n-1, "a")
+	require.NoError(t, err)
+	require.Len(t, rep.(*wirepb.MetaReply).Meta.Indexes, n-1)
+}
