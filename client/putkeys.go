@@ -13,6 +13,7 @@ import (
 	"hash/fnv"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -135,9 +136,9 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		return engine.KeysCommitted{}, err
 	}
 	req.Fields = commitFields(fields, all, locs)
-	out, err := c.meta.CommitKeys(ctx, req)
+	out, maybe, err := c.commitKeys(ctx, req)
 	if err != nil {
-		if !refused(err) {
+		if maybe {
 			done = nil // the commit may have happened
 		}
 		return engine.KeysCommitted{}, err
@@ -145,13 +146,61 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	return out, nil
 }
 
+// commitGrace is how long a KV put whose context ended while the
+// controller commits it keeps waiting for the answer.
+const commitGrace = time.Second
+
+// ctxErr reports whether err is a context's.
+func ctxErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// commitKeys asks the controller to commit a KV put whose rows are
+// written, and reports whether, on error, the commit may have happened
+// (what the put wrote must then stay). A put whose ctx ended before (a
+// unit's write waits out its grace for the answer) and that a remote
+// controller is therefore not sent changed nothing: the caller frees what
+// it wrote rather than leave it allocated until the units'
+// reconciliation. One whose ctx ends while the commit is on its way waits
+// up to commitGrace more for the answer, so that it learns whether the
+// put happened: committed, it succeeds (an acknowledged put is not
+// reported as canceled); refused, the caller frees. Only without an
+// answer by then is the outcome unknown, and the error says so.
+func (c *Client) commitKeys(ctx context.Context, req engine.KeysCommit) (_ engine.KeysCommitted, maybe bool, _ error) {
+	if ctx.Err() != nil {
+		// Sent as it is: a controller in this process heeds no ctx (an
+		// event loop's is ended already), and a remote one is sent
+		// nothing (see wire.Conn.Do): its ctx's error means nothing
+		// happened.
+		out, err := c.meta.CommitKeys(ctx, req)
+		if err != nil && ctxErr(err) {
+			return engine.KeysCommitted{}, false, fmt.Errorf("canceled before its commit, the put changed nothing: %w", err)
+		}
+		return out, err != nil && !refused(err), err
+	}
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(commitGrace, cancel) })
+	defer stop()
+	out, err := c.meta.CommitKeys(gctx, req)
+	switch {
+	case err == nil:
+		return out, false, nil
+	case refused(err):
+		return engine.KeysCommitted{}, false, err
+	case gctx.Err() != nil && ctx.Err() != nil:
+		return engine.KeysCommitted{}, true, fmt.Errorf("canceled during its commit, with no answer from the controller %v later: the put may have happened: %w", commitGrace, context.Cause(ctx))
+	}
+	return engine.KeysCommitted{}, true, err
+}
+
 // commitKeysOn commits a KV put whose rows were all written to unit u,
 // one extent per field.
 func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, exts []engine.RemoteAddr) (engine.KeysCommitted, error) {
 	req.Fields = extentFields(fields, u.ID(), exts, true)
-	out, err := c.meta.CommitKeys(ctx, req)
+	out, maybe, err := c.commitKeys(ctx, req)
 	if err != nil {
-		if !refused(err) {
+		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
 		return engine.KeysCommitted{}, errors.Join(err, u.Free(context.WithoutCancel(ctx), fieldAddrs(req.Fields)))

@@ -57,6 +57,12 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 // controller: a reader never sees the one without the other. A put of
 // tags alone makes tag-only keys (no fields), which [KV.List] lists,
 // [KV.Clear] clears and [KV.Changes] reports like any other.
+//
+// A put whose ctx ends before its commit changes nothing and frees what
+// it wrote (the error wraps ctx's); one whose ctx ends while the
+// controller commits it waits up to a second more for the answer and
+// reports what happened. Only when none comes (or the connection breaks)
+// may a failed put have happened: read the keys and decide.
 func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) (*engine.KVMeta, error) {
 	if err := checkKeys(partition, keys); err != nil {
 		return nil, opErr("batch put", partition, err)
