@@ -46,6 +46,9 @@ type RDMATarget interface {
 }
 
 // setRDMA makes c the session's queue pairs, closing the previous ones.
+// It does so before RDMA_CONNECT is answered: a client whose WRITEs failed
+// reconnects before it aborts their reservation, and counts on the answer
+// meaning none of them can land any more.
 func (s *session) setRDMA(c io.Closer) error {
 	s.mu.Lock()
 	if s.closed {

@@ -10,7 +10,8 @@ package rdma
 //	        segments (address, size, rkey); our QPs go INIT → RTR → RTS.
 //	Write   RESERVE(sizes) → extents; RDMA WRITE each slice from the
 //	        caller's registered memory, or through a staging slot;
-//	        RESERVE_COMMIT. Any failure: RESERVE_ABORT.
+//	        RESERVE_COMMIT. Any failure: RESERVE_ABORT, once none of the
+//	        call's WRITEs can land any more (see abortWrite).
 //	Read    ACQUIRE(ranges) → lease; RDMA READ each slice into the
 //	        caller's registered memory or a staging slot (then copied
 //	        out); RELEASE (not waited for).
@@ -74,10 +75,13 @@ type Conn struct {
 	// RDMA_CONNECT under it may wait on a slow unit).
 	connecting chan struct{}
 
-	mu    sync.RWMutex // guards wc while dialing, set and segs; posting and polling hold it for reading
+	mu    sync.RWMutex // guards wc while dialing, set, segs and parked; posting and polling hold it for reading
 	set   *clientQPs
 	segs  map[uint32]remoteSeg
 	waves chan struct{}
+	// parked: reservations of failed writes whose RESERVE_ABORT waits for
+	// the next bring-up of queue pairs (see abortWrite).
+	parked []uint64
 
 	wmu     sync.Mutex
 	pending map[uint64]*waiter
@@ -275,7 +279,10 @@ func (c *Conn) qps(ctx context.Context) (*clientQPs, error) {
 	for _, s := range reply.Segments {
 		c.segs[s.Id] = remoteSeg{addr: s.Addr, size: s.Size, rkey: s.Rkey}
 	}
+	parked := c.parked
+	c.parked = nil
 	c.mu.Unlock()
+	c.abortParked(parked)
 	return set, nil
 }
 
@@ -296,10 +303,12 @@ func (c *Conn) breakQPs(gen int64, cause error) {
 		return
 	}
 	c.set = nil
-	for _, q := range set.qps {
-		q.Fail()
+	if testHookBreakQPs == nil || !testHookBreakQPs(set) {
+		for _, q := range set.qps {
+			q.Fail()
+		}
+		set.Close()
 	}
-	set.Close()
 	c.mu.Unlock()
 	torn := &tornDown{cause}
 	c.wmu.Lock()
@@ -312,6 +321,12 @@ func (c *Conn) breakQPs(gen int64, cause error) {
 	}
 	c.wmu.Unlock()
 }
+
+// testHookBreakQPs, if set, runs in breakQPs before the queue pairs go to
+// the error state; when it returns true they are left connected and the
+// test destroys them: a WRITE posted on them then is one still in the
+// network when they were torn down.
+var testHookBreakQPs func(set *clientQPs) (keep bool)
 
 // tornDown fails the work requests of calls whose queue pairs another
 // call tore down; they did not run, and their wave may go again on new
@@ -434,10 +449,12 @@ type job struct {
 }
 
 // transfer moves every job's bytes with RDMA op (OpRead: unit → buf;
-// OpWrite: buf → unit).
-func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
+// OpWrite: buf → unit). When it fails, exposed is the newest generation of
+// queue pairs on which a wave of it posted work requests that did not all
+// complete (0: none): those may still reach the unit (see abortWrite).
+func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) (exposed int64, err error) {
 	if err := c.learnSegments(ctx, jobs); err != nil {
-		return err
+		return 0, err
 	}
 	if testHookLearned != nil {
 		testHookLearned(c)
@@ -452,11 +469,11 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 		seg, ok := c.segs[j.addr.Segment]
 		if !ok {
 			c.mu.RUnlock()
-			return fmt.Errorf("range %d+%d in segment %d, which the unit has not described: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, engine.ErrCorrupt)
+			return 0, fmt.Errorf("range %d+%d in segment %d, which the unit has not described: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, engine.ErrCorrupt)
 		}
 		if j.addr.Offset > seg.size || j.addr.Len > seg.size-j.addr.Offset {
 			c.mu.RUnlock()
-			return fmt.Errorf("range %d+%d outside segment %d of %d bytes: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, seg.size, engine.ErrCorrupt)
+			return 0, fmt.Errorf("range %d+%d outside segment %d of %d bytes: %w", j.addr.Offset, j.addr.Len, j.addr.Segment, seg.size, engine.ErrCorrupt)
 		}
 		lkey, direct := c.t.lookup(j.buf)
 		for off := 0; off < len(j.buf); off += st.slot {
@@ -472,17 +489,18 @@ func (c *Conn) transfer(ctx context.Context, op Opcode, jobs []job) error {
 	}
 	c.mu.RUnlock()
 	for retries := 0; len(pending) > 0; {
-		n, err := c.wave(ctx, op, pending)
+		n, gen, err := c.wave(ctx, op, pending)
 		if err != nil {
+			exposed = max(exposed, gen)
 			if retries < maxWaveRetries && ctx.Err() == nil && retryable(err) {
 				retries++
 				continue
 			}
-			return err
+			return exposed, err
 		}
 		pending = pending[n:]
 	}
-	return nil
+	return 0, nil
 }
 
 // maxWaveRetries bounds how often a wave goes again after other calls'
@@ -528,18 +546,19 @@ func (c *Conn) learnSegments(ctx context.Context, jobs []job) error {
 }
 
 // wave posts up to waveWRsPerQP slices per queue pair from pending, waits
-// for them and returns how many it moved.
-func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error) {
+// for them and returns how many it moved. When it fails after posting,
+// gen is the generation of the queue pairs it posted on.
+func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (n int, gen int64, err error) {
 	set, err := c.qps(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	select {
 	case c.waves <- struct{}{}:
 	case <-ctx.Done():
-		return 0, context.Cause(ctx)
+		return 0, 0, context.Cause(ctx)
 	case <-c.done:
-		return 0, c.errClosed()
+		return 0, 0, c.errClosed()
 	}
 	defer func() { <-c.waves }()
 	st := c.t.staging
@@ -550,7 +569,6 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 		}
 	}()
 	limit := min(len(pending), waveWRsPerQP*len(set.qps))
-	n := 0
 	for ; n < limit; n++ {
 		s := &pending[n]
 		if s.user == nil {
@@ -561,9 +579,9 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 			select { // the first slot is worth waiting for
 			case slot = <-st.free:
 			case <-ctx.Done():
-				return 0, context.Cause(ctx)
+				return 0, 0, context.Cause(ctx)
 			case <-c.done:
-				return 0, c.errClosed()
+				return 0, 0, c.errClosed()
 			}
 		} else {
 			select {
@@ -583,7 +601,7 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 	}
 	batch := pending[:n]
 	if err := c.post(ctx, set, op, batch); err != nil {
-		return 0, err
+		return 0, set.gen, err
 	}
 	if op == OpRead {
 		for _, s := range batch {
@@ -597,7 +615,7 @@ func (c *Conn) wave(ctx context.Context, op Opcode, pending []slice) (int, error
 			batch[i].local = nil // the slot goes back to the pool
 		}
 	}
-	return n, nil
+	return n, 0, nil
 }
 
 // post posts batch spread over the queue pairs and waits for every
@@ -817,6 +835,7 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		return nil, c.opErr("write", err)
 	}
 	var addrs []engine.RemoteAddr
+	var exposed int64
 	var err error
 	// Counted before decoding, which allocates each extent claimed.
 	if n := wire.AddrCount(reply.Extents); n != uint64(len(extents)) {
@@ -838,7 +857,7 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 				a.Offset += uint64(len(p))
 			}
 		}
-		err = c.transfer(ctx, OpWrite, jobs)
+		exposed, err = c.transfer(ctx, OpWrite, jobs)
 	}
 	if err == nil {
 		err = c.doHeld(ctx, wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: reply.Reservation}, &wirepb.Empty{})
@@ -847,8 +866,60 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		}
 		return addrs, nil
 	}
-	c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: reply.Reservation})
+	c.abortWrite(ctx, reply.Reservation, exposed, err)
 	return nil, c.opErr("write", err)
+}
+
+// abortWrite gives back the reservation of a write that failed with
+// cause. When WRITEs of it went out on queue pairs that were then torn
+// down (generation exposed), some may still be in the network (held by
+// PFC pauses, say), and the unit's queue pairs, which know nothing of the
+// teardown, would take them into the extents the abort frees, which
+// another writer may hold by then. So the RESERVE_ABORT goes only once
+// the unit has dropped those queue pairs: once an RDMA_CONNECT newer than
+// them was answered (the unit destroys a session's old queue pairs before
+// it answers one), which this call makes unless another call made it
+// already. This is the bring-up the next call would need anyway, and it
+// leaves other calls' queue pairs alone, which tearing down the unit's
+// on every abort would not. When it fails, the abort waits for the next
+// bring-up that succeeds (see qps); the connection's end gives it back
+// meanwhile.
+func (c *Conn) abortWrite(ctx context.Context, reservation uint64, exposed int64, cause error) {
+	req := &wirepb.ReservationRequest{Reservation: reservation}
+	if exposed != 0 {
+		// Torn down already, unless another call's poll has their error
+		// and has not torn them down yet.
+		c.breakQPs(exposed, cause)
+		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.Grace, cancel) })
+		_, err := c.qps(fctx)
+		stop()
+		cancel()
+		if err != nil {
+			c.mu.Lock()
+			if c.set == nil { // none newer than exposed
+				c.parked = append(c.parked, reservation)
+				c.mu.Unlock()
+				return
+			}
+			c.mu.Unlock()
+		}
+	}
+	c.cleanup(wire.OpReserveAbort, req)
+}
+
+// abortParked sends the RESERVE_ABORTs that waited for new queue pairs
+// (see abortWrite), from a goroutine of its own.
+func (c *Conn) abortParked(reservations []uint64) {
+	if len(reservations) == 0 || c.begin(context.Background()) != nil {
+		return
+	}
+	go func() {
+		defer c.ops.Done()
+		for _, r := range reservations {
+			c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r})
+		}
+	}()
 }
 
 // Read copies each range into dst[i] (len(dst[i]) == ranges[i].Len) with
@@ -873,7 +944,9 @@ func (c *Conn) Read(ctx context.Context, ranges []engine.RemoteAddr, dst [][]byt
 	for i, r := range ranges {
 		jobs[i] = job{buf: dst[i], addr: r}
 	}
-	err := c.transfer(ctx, OpRead, jobs)
+	// A READ still in the network when the call failed reads the unit's
+	// memory into none of ours: this side's queue pairs are gone.
+	_, err := c.transfer(ctx, OpRead, jobs)
 	c.release(reply.Lease)
 	if err != nil {
 		return c.opErr("read", err)
