@@ -349,8 +349,13 @@ func retryable(err error) bool {
 }
 
 // fail records err and ends one work request. The caller holds c.wmu.
+// The call fails with its first error that is its own: a flush or a
+// teardown (retryable) says only that the queue pairs broke, and one that
+// came first (a flush on one queue pair, handed out before the error on
+// another that broke it or the call) would make the wave go again and
+// hide the real error behind engine.ErrUnavailable.
 func (w *waiter) fail(err error) {
-	if w.err == nil {
+	if w.err == nil || retryable(w.err) && !retryable(err) {
 		w.err = err
 	}
 	w.finish()
@@ -380,7 +385,7 @@ func (c *Conn) poll(set *clientQPs) error {
 			return nil
 		}
 		c.wmu.Lock()
-		var werr error
+		var werr error // the batch's first error, a flush only when all are
 		for _, wc := range wcs[:n] {
 			w := c.pending[wc.ID]
 			if w == nil {
@@ -388,8 +393,11 @@ func (c *Conn) poll(set *clientQPs) error {
 			}
 			delete(c.pending, wc.ID)
 			if wc.Status != WCSuccess {
-				werr = c.wcError(w, wc)
-				w.fail(werr)
+				err := c.wcError(w, wc)
+				if werr == nil || wc.Status != WCFlushErr && IsCompletion(werr, WCFlushErr) {
+					werr = err // what the calls it tears down are told
+				}
+				w.fail(err)
 				continue
 			}
 			w.finish()
