@@ -563,16 +563,22 @@ func (c *Controller) Insert(partition string, n int, fields []string) (*engine.B
 }
 
 // checkMetaReply refuses a meta of n rows of partition and fields
-// (distinct) cells a row that could not fit maxReply bytes: a row takes
-// at least 4 bytes and its partition id's (index, partition, ready), and
-// a cell location counts a byte (the meta holds one of 32 bytes, whatever
-// the reply's runs make of them), as PRODUCTION_STATUS counts its cells.
-func checkMetaReply(n int, partition string, fields, maxReply int) error {
-	if per := 4 + len(partition) + fields; n > maxReply/per {
+// (distinct) cells a row, whose rows' keys take keyBytes in all, that
+// could not fit maxReply bytes: a row takes at least 4 bytes and its
+// partition id's (index, partition, ready), and a cell location counts a
+// byte (the meta holds one of 32 bytes, whatever the reply's runs make of
+// them), as PRODUCTION_STATUS counts its cells.
+func checkMetaReply(n int, partition string, fields, keyBytes, maxReply int) error {
+	per := 4 + len(partition) + fields
+	if n <= (maxReply-keyBytes)/per && keyBytes <= maxReply {
+		return nil
+	}
+	if keyBytes == 0 {
 		return fmt.Errorf("%d rows × %d fields: a meta of at least %d bytes (%d a row), beyond the %d of a reply; ask for fewer rows: %w",
 			n, fields, n*per, per, maxReply, engine.ErrInvalid)
 	}
-	return nil
+	return fmt.Errorf("%d rows × %d fields and %d bytes of keys: a meta of at least %d bytes (%d a row and the keys), beyond the %d of a reply; ask for fewer rows: %w",
+		n, fields, keyBytes, n*per+keyBytes, per, maxReply, engine.ErrInvalid)
 }
 
 // insert is Insert; with maxReply (not 0: the server's, a reply frame's
@@ -588,7 +594,7 @@ func (c *Controller) insert(partition string, n int, fields []string, maxReply i
 	}
 	defer c.unlockNew(p)
 	if maxReply > 0 {
-		if err := checkMetaReply(n, partition, p.knownFields(fields), maxReply); err != nil {
+		if err := checkMetaReply(n, partition, p.knownFields(fields), 0, maxReply); err != nil {
 			return nil, opErr("insert", partition, err)
 		}
 	}

@@ -190,7 +190,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 	}
 	// A batch whose answer could not be sent is refused before its rows
 	// are consumed, not after. Every row fetched has every named field.
-	if err := checkMetaReply(n, req.Partition, distinct(req.Fields), wire.MaxBodyLen); err != nil {
+	if err := checkMetaReply(n, req.Partition, distinct(req.Fields), 0, wire.MaxBodyLen); err != nil {
 		return nil, opErr("fetch", req.Partition, err)
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),
@@ -327,6 +327,18 @@ func (s *Server) resolveKeys(_ context.Context, body []byte, fx *effects) (proto
 	}
 	if !req.Create {
 		fx.read = &keysRead{req.Partition, req.Keys}
+	} else {
+		// Keys whose answer could not be sent are refused before they
+		// get rows, not after. The meta holds each row's key, and each
+		// named field (every one produced, or the call fails); with all
+		// fields, the fields every row has: none, once one is new.
+		keyBytes := 0
+		for _, k := range req.Keys {
+			keyBytes += len(k)
+		}
+		if err := checkMetaReply(len(req.Keys), req.Partition, distinct(fields), keyBytes, wire.MaxBodyLen); err != nil {
+			return nil, opErr("resolve keys", req.Partition, err)
+		}
 	}
 	m, created, err := s.c.resolveKeys(req.Partition, req.Keys, fields, req.Create, true)
 	if err != nil {

@@ -91,3 +91,43 @@ func TestFetchBeyondAReplyIsRefusedFirst(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, rep.(*wirepb.MetaReply).Meta.Indexes, n-1)
 }
+
+// A RESOLVE_KEYS with create whose meta could not fit a reply frame is
+// refused before a key gets a row. The meta repeats the partition id and
+// holds the key of each row: 1,024 keys of 32 KiB in a partition whose id
+// is 32 KiB (a request of 33 MB) made a reply of 67 MB, which the server
+// used to refuse only once the keys had their rows.
+func TestResolveKeysBeyondAReplyIsRefusedFirst(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	t.Cleanup(func() { s.Close() })
+	half := engine.MaxNameBytes / 2
+	pid := strings.Repeat("p", half)
+	keys := func(n int) []string {
+		ks := make([]string, n)
+		for i := range ks {
+			ks[i] = fmt.Sprintf("%0*d", half, i)
+		}
+		return ks
+	}
+	call := func(ks []string) (proto.Message, error) {
+		body, err := proto.Marshal(&wirepb.ResolveKeysRequest{Partition: pid, Keys: ks, Create: true})
+		require.NoError(t, err)
+		return s.call(context.Background(), wire.OpResolveKeys, body, &effects{})
+	}
+	// Without the keys' bytes the rows alone (4 + 32 KiB each) would fit.
+	n := 1024
+	require.Less(t, n*(4+len(pid)), wire.MaxBodyLen)
+	_, err := call(keys(n))
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, fmt.Sprintf("%d rows × 0 fields and %d bytes of keys", n, n*half))
+	require.ErrorContains(t, err, fmt.Sprint(wire.MaxBodyLen))
+	require.Empty(t, c.Partitions(), "a refused resolve made its partition")
+	allocated, _ := c.Indexes()
+	require.Zero(t, allocated, "a refused resolve made rows")
+
+	// Within a frame it answers as before.
+	rep, err := call(keys(n - 1))
+	require.NoError(t, err)
+	require.Len(t, rep.(*wirepb.ResolveKeysReply).Created, n-1)
+}
