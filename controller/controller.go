@@ -638,7 +638,7 @@ func (c *Controller) Indexes() (allocated, free int) { return c.idx.stats() }
 // the rows the group's other ranks got); the sampler's errors; with
 // Wait, the context's error or [engine.ErrClosed].
 func (c *Controller) Fetch(ctx context.Context, req engine.FetchRequest) (*engine.BatchMeta, error) {
-	return c.fetch(ctx, req, false)
+	return c.fetch(ctx, req, nil)
 }
 
 // requestChecker is a sampler that can tell a request it refuses whatever
@@ -647,10 +647,11 @@ type requestChecker interface {
 	Check(req engine.SampleRequest) error
 }
 
-// fetch is Fetch; with shared, for the server, which encodes the meta at
-// once, the rows' tags in it are their own maps (to read, not change)
-// rather than copies.
-func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared bool) (*engine.BatchMeta, error) {
+// fetch is Fetch; with out, for the server, the meta is encoded into out
+// while the partition is locked, and one that could not fit out.max gives
+// back what the fetch took (fetchreply.go); the rows' tags in the meta
+// are then their own maps (to read, not change) rather than copies.
+func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, out *fetchReply) (*engine.BatchMeta, error) {
 	switch {
 	case req.Task == "":
 		return nil, opErr("fetch", req.Partition, fmt.Errorf("fetch needs a task name: %w", engine.ErrInvalid))
@@ -739,7 +740,7 @@ func (c *Controller) fetch(ctx context.Context, req engine.FetchRequest, shared 
 				if err := ctx.Err(); err != nil && req.Wait {
 					return nil, fmt.Errorf("wait for %d rows for task %q: %w", req.BatchSize, req.Task, err)
 				}
-				m, err := c.tryFetch(p, &req, smp, shared)
+				m, err := c.tryFetch(p, &req, smp, out)
 				wake, check = p.changedChan(), p.nextCheck()
 				if m != nil && !p.pending.Load() {
 					// (A new partition's gen goes back if it is not
@@ -798,8 +799,9 @@ func (c *Controller) waitFetch(ctx context.Context, wake <-chan struct{}, check 
 
 // tryFetch runs the sampler if enough rows are ready (or the partition is
 // done and no more will be); nil meta means "not yet". p is locked.
-func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler, shared bool) (*engine.BatchMeta, error) {
+func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine.Sampler, out *fetchReply) (*engine.BatchMeta, error) {
 	now := time.Now()
+	shared := out != nil
 	// Holds past their TTL go back first: a held fetch asked again after
 	// its TTL must hear that its rows were given back, not get them as
 	// if still held while the next look hands them to another.
@@ -843,7 +845,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 					rows = append(rows, r)
 				}
 			}
-			return p.meta(rows, req.Fields, shared), nil
+			return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), e.consumed, out, now)
 		}
 	}
 	spec := ""
@@ -1015,11 +1017,11 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 		ref = p.took(gk, req.Options.BatchIndex, now, c.keptLook())
 	}
 	hold := false
+	back := consumed // what giving the fetch back gives back
+	if kept {
+		back = nil
+	}
 	if req.Key != "" {
-		back := consumed
-		if kept {
-			back = nil
-		}
 		e := &fetchEntry{key: req.Key, task: req.Task, sampled: sampled, consumed: back, at: now, kept: ref, pid: req.HolderPID, client: req.HolderClient}
 		if req.Hold {
 			e.group = req.HoldGroup
@@ -1036,7 +1038,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			Hold: hold, HoldGroup: heldGroup(hold, req.HoldGroup),
 		}}})
 	}
-	return p.meta(rows, req.Fields, shared), nil
+	return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), back, out, now)
 }
 
 // checkRows reports a sampler's row that is not in p.

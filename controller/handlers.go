@@ -204,16 +204,21 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 		ctx, cancel = s.waitCtx(ctx, req.TimeoutMs)
 		defer cancel()
 	}
-	m, err := s.c.fetch(ctx, fr, true)
+	// The rows' keys and tags may still make a meta too large: the
+	// controller encodes it, and gives back rows it could not answer.
+	out := fetchReply{max: wire.MaxBodyLen}
+	m, err := s.c.fetch(ctx, fr, &out)
 	if err != nil {
 		if cause := context.Cause(ctx); cause == errShuttingDown {
 			return nil, opErr("fetch", req.Partition, cause)
 		}
 		return nil, err
 	}
-	p, err := wire.MetaToPB(m)
-	if err != nil {
-		return nil, err
+	p := out.meta
+	if p == nil { // no rows taken (an empty meta)
+		if p, err = wire.MetaToPB(m); err != nil {
+			return nil, err
+		}
 	}
 	return &wirepb.MetaReply{Meta: p, PartitionGen: m.PartitionGen}, nil
 }

@@ -131,3 +131,66 @@ func TestResolveKeysBeyondAReplyIsRefusedFirst(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, rep.(*wirepb.ResolveKeysReply).Created, n-1)
 }
+
+// A FETCH whose rows' keys and tags make a meta beyond a reply frame,
+// which no bound on the batch size can know before the sampler chose,
+// gives its rows back (as UNCONSUME of its key would) and is refused. It
+// used to consume them and then have its reply refused: the task never
+// saw them, and the same fetch key asked again answered the same
+// too-large meta.
+func TestFetchWhoseKeysOutgrowAReplyGivesItsRowsBack(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, DefaultConfig())
+	s := NewServer(c, ServerConfig{})
+	n := wire.MaxBodyLen / engine.MaxNameBytes // keys of 64 KiB: 64 MiB and more
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%0*d", engine.MaxNameBytes, i)
+	}
+	m, err := c.ResolveKeys("p", keys, nil, true)
+	require.NoError(t, err)
+	commitDense(t, c, "p", m.Indexes, "a")
+	call := func(req *wirepb.FetchRequest) (proto.Message, error) {
+		req.Partition, req.Task, req.Fields = "p", "t", []string{"a"}
+		body, err := proto.Marshal(req)
+		require.NoError(t, err)
+		return s.call(context.Background(), wire.OpFetch, body, &effects{})
+	}
+	consumed := func(c *Controller) int {
+		st, err := c.ConsumptionStatus("p", "t")
+		require.NoError(t, err)
+		return trues(st.Consumed)
+	}
+
+	_, err = call(&wirepb.FetchRequest{BatchSize: int64(n)})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.ErrorContains(t, err, fmt.Sprintf("%d rows", n))
+	require.ErrorContains(t, err, "keys and tags")
+	require.Zero(t, consumed(c), "a fetch whose reply was refused kept its rows")
+
+	// Keyed and held: given back as UNCONSUME of the key gives them back,
+	// the key spent (asked again, it is given back, not the same meta).
+	_, err = call(&wirepb.FetchRequest{BatchSize: int64(n), Key: []byte("k"), Hold: true})
+	require.ErrorIs(t, err, engine.ErrInvalid)
+	require.Zero(t, consumed(c), "a keyed fetch whose reply was refused kept its rows")
+	_, err = call(&wirepb.FetchRequest{BatchSize: int64(n), Key: []byte("k"), Hold: true})
+	require.ErrorIs(t, err, context.Canceled)
+	st, err := c.ConsumptionStatus("p", "t")
+	require.NoError(t, err)
+	require.Empty(t, st.Held, "a fetch whose reply was refused holds rows")
+
+	// A smaller batch answers, and takes only its rows.
+	rep, err := call(&wirepb.FetchRequest{BatchSize: int64(n / 2), Key: []byte("k2")})
+	require.NoError(t, err)
+	require.Len(t, rep.(*wirepb.MetaReply).Meta.Indexes, n/2)
+	require.Equal(t, n/2, consumed(c))
+
+	// The log agrees: a restart has the same consumption and fetch keys.
+	want := stateBytes(t, c)
+	require.NoError(t, s.Close())
+	crash(t, c)
+	c2 := openDurable(t, dir, DefaultConfig())
+	t.Cleanup(func() { c2.Close() })
+	require.Equal(t, n/2, consumed(c2))
+	require.Equal(t, want, stateBytes(t, c2))
+}

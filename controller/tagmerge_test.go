@@ -305,7 +305,7 @@ func TestFetchAndResolveSharedTags(t *testing.T) {
 	r.Tags[1]["status"] = "changed"
 	assert.Equal(t, []engine.Tags{one, one, one}, keyTags(t, c, "p", keys...))
 
-	m, err = c.fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"v"}, BatchSize: 3}, true)
+	m, err = c.fetch(ctx, engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"v"}, BatchSize: 3}, &fetchReply{max: wire.MaxBodyLen})
 	require.NoError(t, err)
 	r, _, err = c.resolveKeys("p", keys, []string{"v"}, false, true)
 	require.NoError(t, err)
