@@ -43,6 +43,14 @@ func (c *Client) keyPlanner(keys []string) (*planner, []uint64) {
 // once. It returns what the controller reported: each key's tags after
 // the merge and the fields every key holds.
 //
+// A put whose ctx ends before its commit changes nothing and frees what
+// it wrote (the error wraps ctx's); one whose ctx ends while the
+// controller commits it waits up to a second more for the answer and
+// reports what happened. The outcome is unknown only when no answer comes
+// by then, the connection breaks, or a controller in this process took
+// the commit and ctx ended its wait for the commit's record: the error
+// then says the put may have happened, and what it wrote stays.
+//
 // Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated, not
 // valid UTF-8), a partition or field name that is empty or not valid
 // UTF-8 (refused before any byte moves), a row or tag count that does not
@@ -150,33 +158,34 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 // controller commits it keeps waiting for the answer.
 const commitGrace = time.Second
 
-// ctxErr reports whether err is a context's.
-func ctxErr(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
-}
-
 // commitKeys asks the controller to commit a KV put whose rows are
 // written, and reports whether, on error, the commit may have happened
-// (what the put wrote must then stay). A put whose ctx ended before (a
-// unit's write waits out its grace for the answer) and that a remote
-// controller is therefore not sent changed nothing: the caller frees what
-// it wrote rather than leave it allocated until the units'
-// reconciliation. One whose ctx ends while the commit is on its way waits
+// (what the put wrote must then stay; otherwise the caller frees it at
+// once rather than leave it allocated, named by no cell, until the units'
+// reconciliation).
+//
+// A put whose ctx ended before (a unit's write waits out its grace for
+// the answer) is asked all the same: a controller in this process takes
+// the change whatever ctx says (an event loop's is ended already) and
+// waits for its record with ctx, so its ctx's error means the put may
+// have happened; a remote one is sent nothing ([errNotSent]), and the put
+// changed nothing. One whose ctx ends while the commit is on its way waits
 // up to commitGrace more for the answer, so that it learns whether the
 // put happened: committed, it succeeds (an acknowledged put is not
 // reported as canceled); refused, the caller frees. Only without an
 // answer by then is the outcome unknown, and the error says so.
 func (c *Client) commitKeys(ctx context.Context, req engine.KeysCommit) (_ engine.KeysCommitted, maybe bool, _ error) {
 	if ctx.Err() != nil {
-		// Sent as it is: a controller in this process heeds no ctx (an
-		// event loop's is ended already), and a remote one is sent
-		// nothing (see wire.Conn.Do): its ctx's error means nothing
-		// happened.
 		out, err := c.meta.CommitKeys(ctx, req)
-		if err != nil && ctxErr(err) {
+		switch {
+		case err == nil:
+			return out, false, nil
+		case errors.Is(err, errNotSent):
 			return engine.KeysCommitted{}, false, fmt.Errorf("canceled before its commit, the put changed nothing: %w", err)
+		case refused(err):
+			return engine.KeysCommitted{}, false, err
 		}
-		return out, err != nil && !refused(err), err
+		return engine.KeysCommitted{}, true, fmt.Errorf("canceled before its commit, which the controller may have taken: the put may have happened: %w", err)
 	}
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()

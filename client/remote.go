@@ -305,6 +305,11 @@ func (r *RemoteMeta) opErr(op string, err error) error {
 	return &engine.OpError{Op: op, Transport: r.transport, Peer: r.peer, Err: err}
 }
 
+// errNotSent marks the error of a call made with a context that had
+// ended: the controller was sent nothing, so nothing of the call
+// happened (see [commitWritten]).
+var errNotSent = errors.New("not sent, its context had ended")
+
 var errMetaClosed = fmt.Errorf("controller connection closed: %w", engine.ErrClosed)
 
 // connect returns the first lane's connection, dialing a new one when the
@@ -483,6 +488,10 @@ func (r *RemoteMeta) call(ctx context.Context, name string, op wire.Op, req, rep
 // fails with an error wrapping [engine.ErrNotSupported]. Each connection
 // is checked, a redial's too.
 func (r *RemoteMeta) callNeeding(ctx context.Context, needs []string, name string, op wire.Op, req, reply proto.Message, repeat bool) error {
+	if err := ctx.Err(); err != nil {
+		// Never sent (see wire.Conn.Do): nothing of it happened.
+		return r.opErr(name, fmt.Errorf("%w: %w", errNotSent, err))
+	}
 	if reply == nil {
 		reply = &wirepb.Empty{}
 	}

@@ -61,8 +61,10 @@ func (kv *KV) Put(ctx context.Context, partition, key string, fields *engine.Bat
 // A put whose ctx ends before its commit changes nothing and frees what
 // it wrote (the error wraps ctx's); one whose ctx ends while the
 // controller commits it waits up to a second more for the answer and
-// reports what happened. Only when none comes (or the connection breaks)
-// may a failed put have happened: read the keys and decide.
+// reports what happened. Only when none comes, the connection breaks, or
+// the controller is in this process and ctx ended its wait for the
+// commit's record, may a failed put have happened (the error says so):
+// read the keys and decide.
 func (kv *KV) BatchPut(ctx context.Context, partition string, keys []string, fields *engine.Batch, tags []engine.Tags) (*engine.KVMeta, error) {
 	if err := checkKeys(partition, keys); err != nil {
 		return nil, opErr("batch put", partition, err)
