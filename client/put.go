@@ -36,6 +36,14 @@ import (
 // partitions commits them one after another in name order, and an error
 // names the partitions committed before it.
 //
+// A put whose ctx ends before its commit changes nothing and frees what
+// it wrote (the error wraps ctx's); one whose ctx ends while the
+// controller commits it waits up to a second more for the answer and
+// reports what happened. The outcome is unknown only when no answer comes
+// by then, the connection breaks, or a controller in this process took
+// the commit and ctx ended its wait for the commit's record: the error
+// then says the put may have happened, and what it wrote stays.
+//
 // Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
 // [engine.ErrDTypeMismatch] when a field already has another dtype,
 // [engine.ErrCapacity] when storage stays full until ctx ends.
@@ -95,7 +103,9 @@ func (c *Client) placeAgain(ctx context.Context, err error) bool {
 	return true
 }
 
-// PutNew allocates len(b) new rows in a partition and writes b into them.
+// PutNew allocates len(b) new rows in a partition and writes b into them
+// as [Client.Put] does; a put that fails (its ctx ended included) gives
+// the rows back.
 func (c *Client) PutNew(ctx context.Context, partition string, b *engine.Batch) (*engine.BatchMeta, error) {
 	if b == nil || b.NumFields() == 0 || b.Rows() == 0 {
 		return nil, &engine.OpError{Op: "put", Peer: partition, Err: fmt.Errorf("put of an empty batch: %w", engine.ErrInvalid)}
@@ -234,14 +244,71 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 		req.Indexes[i] = meta.Indexes[p]
 	}
 	req.Fields = commitFields(fields, pos, locs)
-	if err := c.meta.Commit(ctx, req); err != nil {
-		if !refused(err) {
+	if maybe, err := c.commit(ctx, req); err != nil {
+		if maybe {
 			done = nil // the commit may have happened: the cells stay
 		}
 		return "", err
 	}
 	done = nil
 	return p.cluster, nil
+}
+
+// commit asks the controller to commit the cells of a put whose bytes
+// are written, as [commitWritten] does.
+func (c *Client) commit(ctx context.Context, req engine.CommitRequest) (maybe bool, _ error) {
+	_, maybe, err := commitWritten(ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, c.meta.Commit(ctx, req) })
+	return maybe, err
+}
+
+// commitGrace is how long a put whose context ended while the controller
+// commits it keeps waiting for the answer.
+const commitGrace = time.Second
+
+// commitWritten asks the controller, through commit, to commit a put
+// whose bytes are written, and reports whether, on error, the commit may
+// have happened (what the put wrote must then stay; otherwise the caller
+// frees it at once rather than leave it allocated, named by no cell,
+// until the units' reconciliation).
+//
+// A put whose ctx ended before (a unit's write waits out its grace for
+// the answer) is asked all the same: a controller in this process takes
+// the change whatever ctx says (an event loop's is ended already) and
+// waits for its record with ctx, so its ctx's error means the put may
+// have happened; a remote one is sent nothing ([errNotSent]), and the put
+// changed nothing. One whose ctx ends while the commit is on its way
+// waits up to commitGrace more for the answer, so that it learns whether
+// the put happened: committed, it succeeds (an acknowledged put is not
+// reported as canceled); refused, the caller frees. Only without an
+// answer by then is the outcome unknown, and the error says so.
+func commitWritten[T any](ctx context.Context, commit func(context.Context) (T, error)) (_ T, maybe bool, _ error) {
+	var zero T
+	if ctx.Err() != nil {
+		out, err := commit(ctx)
+		switch {
+		case err == nil:
+			return out, false, nil
+		case errors.Is(err, errNotSent):
+			return zero, false, fmt.Errorf("canceled before its commit, the put changed nothing: %w", err)
+		case refused(err):
+			return zero, false, err
+		}
+		return zero, true, fmt.Errorf("canceled before its commit, which the controller may have taken: the put may have happened: %w", err)
+	}
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(commitGrace, cancel) })
+	defer stop()
+	out, err := commit(gctx)
+	switch {
+	case err == nil:
+		return out, false, nil
+	case refused(err):
+		return zero, false, err
+	case gctx.Err() != nil && ctx.Err() != nil:
+		return zero, true, fmt.Errorf("canceled during its commit, with no answer from the controller %v later: the put may have happened: %w", commitGrace, context.Cause(ctx))
+	}
+	return zero, true, err
 }
 
 // writeRows writes rows of fields to unit u, one extent per field, and

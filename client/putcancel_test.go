@@ -107,9 +107,41 @@ var cancelKeys = []string{"a", "b", "c"}
 
 var cancelPuts = []cancelPut{
 	{
+		name: "put",
+		put: func(t *testing.T, ctx context.Context, c *client.Client) error {
+			_, err := c.PutNew(ctx, "p", xBatch(t, 3))
+			return err
+		},
+		rows: readyRows,
+	},
+	{
 		name: "put keys",
 		put: func(t *testing.T, ctx context.Context, c *client.Client) error {
 			_, err := c.PutKeys(ctx, "p", cancelKeys, xBatch(t, 3), nil)
+			return err
+		},
+		rows: keyRows,
+	},
+	{
+		name: "reserve put",
+		put: func(t *testing.T, ctx context.Context, c *client.Client) error {
+			meta, err := c.Meta().Insert(context.Background(), "p", 3, []string{"x"})
+			require.NoError(t, err)
+			pb, err := c.ReservePut(ctx, meta, client.FieldSpec{Name: "x", DType: engine.Int64})
+			require.NoError(t, err)
+			fillX(t, pb.Column("x"))
+			_, err = pb.Commit(ctx)
+			return err
+		},
+		rows: readyRows,
+	},
+	{
+		name: "reserve put keys",
+		put: func(t *testing.T, ctx context.Context, c *client.Client) error {
+			pb, err := c.ReservePutKeys(ctx, "p", cancelKeys, nil, client.FieldSpec{Name: "x", DType: engine.Int64})
+			require.NoError(t, err)
+			fillX(t, pb.Column("x"))
+			_, err = pb.Commit(ctx)
 			return err
 		},
 		rows: keyRows,

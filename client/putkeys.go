@@ -13,7 +13,6 @@ import (
 	"hash/fnv"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -41,15 +40,9 @@ func (c *Client) keyPlanner(keys []string) (*planner, []uint64) {
 // that fails leaves nothing behind: no key created, no cell written. The
 // rows may spread over several units (see place.go), written to them at
 // once. It returns what the controller reported: each key's tags after
-// the merge and the fields every key holds.
-//
-// A put whose ctx ends before its commit changes nothing and frees what
-// it wrote (the error wraps ctx's); one whose ctx ends while the
-// controller commits it waits up to a second more for the answer and
-// reports what happened. The outcome is unknown only when no answer comes
-// by then, the connection breaks, or a controller in this process took
-// the commit and ctx ended its wait for the commit's record: the error
-// then says the put may have happened, and what it wrote stays.
+// the merge and the fields every key holds. A put whose ctx ends at its
+// commit fares as [Client.Put]'s does: only where the error says that the
+// put may have happened may it have changed its keys.
 //
 // Errors: [engine.ErrInvalid] for bad keys (none, empty, repeated, not
 // valid UTF-8), a partition or field name that is empty or not valid
@@ -144,7 +137,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		return engine.KeysCommitted{}, err
 	}
 	req.Fields = commitFields(fields, all, locs)
-	out, maybe, err := c.commitKeys(ctx, req)
+	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
 	if err != nil {
 		if maybe {
 			done = nil // the commit may have happened
@@ -154,60 +147,11 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	return out, nil
 }
 
-// commitGrace is how long a KV put whose context ended while the
-// controller commits it keeps waiting for the answer.
-const commitGrace = time.Second
-
-// commitKeys asks the controller to commit a KV put whose rows are
-// written, and reports whether, on error, the commit may have happened
-// (what the put wrote must then stay; otherwise the caller frees it at
-// once rather than leave it allocated, named by no cell, until the units'
-// reconciliation).
-//
-// A put whose ctx ended before (a unit's write waits out its grace for
-// the answer) is asked all the same: a controller in this process takes
-// the change whatever ctx says (an event loop's is ended already) and
-// waits for its record with ctx, so its ctx's error means the put may
-// have happened; a remote one is sent nothing ([errNotSent]), and the put
-// changed nothing. One whose ctx ends while the commit is on its way waits
-// up to commitGrace more for the answer, so that it learns whether the
-// put happened: committed, it succeeds (an acknowledged put is not
-// reported as canceled); refused, the caller frees. Only without an
-// answer by then is the outcome unknown, and the error says so.
-func (c *Client) commitKeys(ctx context.Context, req engine.KeysCommit) (_ engine.KeysCommitted, maybe bool, _ error) {
-	if ctx.Err() != nil {
-		out, err := c.meta.CommitKeys(ctx, req)
-		switch {
-		case err == nil:
-			return out, false, nil
-		case errors.Is(err, errNotSent):
-			return engine.KeysCommitted{}, false, fmt.Errorf("canceled before its commit, the put changed nothing: %w", err)
-		case refused(err):
-			return engine.KeysCommitted{}, false, err
-		}
-		return engine.KeysCommitted{}, true, fmt.Errorf("canceled before its commit, which the controller may have taken: the put may have happened: %w", err)
-	}
-	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(commitGrace, cancel) })
-	defer stop()
-	out, err := c.meta.CommitKeys(gctx, req)
-	switch {
-	case err == nil:
-		return out, false, nil
-	case refused(err):
-		return engine.KeysCommitted{}, false, err
-	case gctx.Err() != nil && ctx.Err() != nil:
-		return engine.KeysCommitted{}, true, fmt.Errorf("canceled during its commit, with no answer from the controller %v later: the put may have happened: %w", commitGrace, context.Cause(ctx))
-	}
-	return engine.KeysCommitted{}, true, err
-}
-
 // commitKeysOn commits a KV put whose rows were all written to unit u,
 // one extent per field.
 func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, exts []engine.RemoteAddr) (engine.KeysCommitted, error) {
 	req.Fields = extentFields(fields, u.ID(), exts, true)
-	out, maybe, err := c.commitKeys(ctx, req)
+	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
 	if err != nil {
 		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
@@ -375,8 +319,9 @@ func (d *dtypeCache) learn(partition string, names []string, dtypes []engine.DTy
 // keys' cells and tags to the controller in one step, then frees the cells
 // the commit replaced. On failure the extents are given back and no key
 // this put created stays. A commit the controller refuses as lost (see
-// [PutBuffer.Commit]) is put again elsewhere. A second Commit, or Commit
-// after Abort, fails with [engine.ErrInvalid].
+// [PutBuffer.Commit]) is put again elsewhere; one whose ctx ends fares as
+// [PutBuffer.Commit]'s does. A second Commit, or Commit after Abort, fails
+// with [engine.ErrInvalid].
 func (b *KeysPutBuffer) Commit(ctx context.Context) (engine.KeysCommitted, error) {
 	out, err := b.commit(ctx)
 	if err != nil {
@@ -393,9 +338,10 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 	if err != nil {
 		return engine.KeysCommitted{}, err
 	}
-	out, err := b.c.meta.CommitKeys(ctx, engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags, Cluster: b.cluster})
+	req := engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags, Cluster: b.cluster}
+	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return b.c.meta.CommitKeys(ctx, req) })
 	if err != nil {
-		if !refused(err) {
+		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
 		err = b.writeAgain(ctx, err, cfs, func(again *engine.Batch) (err error) {

@@ -470,6 +470,9 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 // A commit the controller refuses as lost (the unit was marked draining,
 // or its generation fenced, after the reservation) is not a failure: the
 // bytes are read back from the unit and put again elsewhere.
+// A Commit whose ctx ends fares as a put's commit does (see [Client.Put]):
+// only where the error says that the put may have happened do the
+// extents stay, for the cells that may name them.
 // A second Commit, or Commit after Abort, fails with [engine.ErrInvalid].
 func (b *PutBuffer) Commit(ctx context.Context) (*engine.BatchMeta, error) {
 	out, err := b.commit(ctx)
@@ -487,8 +490,9 @@ func (b *PutBuffer) commit(ctx context.Context) (*engine.BatchMeta, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := b.c.meta.Commit(ctx, engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs, Cluster: b.cluster}); err != nil {
-		if !refused(err) {
+	req := engine.CommitRequest{Partition: b.part, Indexes: b.meta.Indexes, Fields: cfs, Cluster: b.cluster}
+	if maybe, err := b.c.commit(ctx, req); err != nil {
+		if maybe {
 			return nil, err // the commit may have happened: the cells stay
 		}
 		// The extents are committed on the unit but no row points at
