@@ -54,11 +54,14 @@
 // finished first clears the partition, this rank's next fetch, or the one
 // waiting, is told so (engine.ErrDone) instead of waiting for the
 // partition for good or reading the rows of one made again under the same
-// id. It names the generation's cluster too (engine.FetchRequest.Cluster):
-// a controller that started anew in memory, as another cluster whose
-// generations start again and may match by chance, ends the partition so
-// as well. Until it has read a row of a partition the loader waits for it
-// to be made, as above.
+// id. A read of fetched rows that the clear removed before the loader
+// read them ends the partition so too: the failed read makes the loader
+// fetch again, once, naming their generation. The loader names the
+// generation's cluster too (engine.FetchRequest.Cluster): a controller
+// that started anew in memory, as another cluster whose generations start
+// again and may match by chance, ends the partition so as well. Until it
+// has read a row of a partition the loader waits for it to be made, as
+// above.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

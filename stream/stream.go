@@ -613,6 +613,9 @@ type partGen struct {
 // partition's rows. It is set from the first micro-batch of a partition
 // and reset with each new partition.
 func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
+	// reread is set once a read of fetched rows failed: the fetch is asked
+	// again, naming the rows' generation, once.
+	reread := false
 	for {
 		if pos.Step >= len(l.cfg.Partitions) {
 			return item{end: true, pos: *pos}
@@ -677,7 +680,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
-			*gen = partGen{}
+			*gen, reread = partGen{}, false
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
 				// (Following the partition, whichever is made next.)
 				select {
@@ -709,11 +712,23 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 			err = fmt.Errorf("stream: read %d rows of %q: %w", m.Len(), part, err)
 			if l.private {
 				if gerr := l.giveBack(part, req.Key, m.Len()); gerr != nil {
-					err = fmt.Errorf("%w (and %w)", err, gerr)
+					return item{err: fmt.Errorf("%w (and %w)", err, gerr)}
 				}
+			}
+			if !reread && m.PartitionGen != 0 && ctx.Err() == nil {
+				// A DP peer may have cleared the partition between the
+				// fetch and the read: the fetch, asked again naming the
+				// rows' generation, says so (the partition ends as a
+				// drained one does), or the read fails again.
+				reread = true
+				if gen.n == 0 {
+					*gen = partGen{n: m.PartitionGen, cluster: m.Cluster}
+				}
+				continue
 			}
 			return item{err: err}
 		}
+		reread = false
 		if gen.n == 0 {
 			*gen = partGen{n: m.PartitionGen, cluster: m.Cluster}
 		}
