@@ -832,24 +832,27 @@ class Client:
         (LostError: a unit marked draining since this client last listed the
         units, or a generation its unit fenced) changed nothing: the pieces
         are freed and the put is placed again once, on the units as they
-        are now."""
+        are now. So are they when the put fails, or is interrupted
+        (KeyboardInterrupt, an exception from a signal handler), before
+        any of its commit was sent: it changed nothing."""
         for attempt in (0, 1):
             self.units()
             req.cluster_id = self._units_cluster  # before placement: never younger than the units it picks
             pieces, locs = self._place_and_write(h, cols)
-            del req.fields[:]
-            req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
+            sending = wire.Sending()
             try:
-                return self._call(op, req, reply_cls, **ctx)
+                del req.fields[:]
+                req.fields.extend(c.commit_field(_addrs.to_pb(l)) for c, l in zip(cols, locs))
+                return self._call(op, req, reply_cls, sending=sending, **ctx)
             except errors.LostError as e:
-                if not _refused(e):
+                if not _refused(e) and sending.started:
                     raise
                 self._free_pieces(pieces)
-                if attempt:
+                if attempt or not _refused(e):
                     raise
                 self.units(refresh=True)
-            except errors.TQError as e:
-                if _refused(e):
+            except BaseException as e:
+                if not sending.started or isinstance(e, errors.TQError) and _refused(e):
                     self._free_pieces(pieces)
                 raise  # else the commit may have happened: reconciliation frees what no cell names
 

@@ -329,6 +329,19 @@ def _recv_exact(sock: socket.socket, buf) -> None:
         got += k
 
 
+class Sending:
+    """Passed to :meth:`Conn.call` as ``sending``: ``started`` turns true
+    just before the request's first byte goes out. A caller that meets an
+    error or an interrupt (KeyboardInterrupt, an exception a signal handler
+    raised) tells by it whether the server may have seen the request:
+    while false, nothing of it was sent."""
+
+    __slots__ = ("started",)
+
+    def __init__(self):
+        self.started = False
+
+
 class _Ended(Exception):
     """A connection error from the server (an error reply with request id 0):
     it ends the connection over something this side sent, and says what."""
@@ -670,7 +683,7 @@ class Conn:
                 i += 1
 
     def call(self, op: int, req, reply_cls=None, *, payload=None, into=None, max_payload=None,
-             op_name: str = "", timeout: float | None = None, err_ctx=None, need=""):
+             op_name: str = "", timeout: float | None = None, err_ctx=None, need="", sending=None):
         """Send one request and wait for its reply.
 
         ``need``: a feature (or a tuple of them) the server's HELLO reply
@@ -686,6 +699,9 @@ class Conn:
         nothing is allocated for it). Returns the decoded reply (or
         ``(reply, payload)`` when the reply carries a payload or ``into`` was
         given).
+
+        ``sending``: a :class:`Sending`, marked started just before the
+        request goes out (a call that fails while it is not was not sent).
         """
         err_ctx = err_ctx or {}
         for need in (need,) if isinstance(need, str) else need:
@@ -710,6 +726,8 @@ class Conn:
             try:
                 self._settimeout(timeout if timeout is not None else self.timeout)
                 self._drain()
+                if sending is not None:
+                    sending.started = True
                 try:
                     self._send(op, rid, body, payload)
                 except (BrokenPipeError, ConnectionResetError) as e:
