@@ -605,7 +605,10 @@ class Unit:
                 except errors.TQError as e:
                     return None, e
             groups = _stripes(sizes)
-            results = _parallel(caught, groups)
+            # A caller interrupted while the stripes are written frees
+            # each stripe written after it gave up, as it ends.
+            results = _parallel(caught, groups, abandon=lambda r: r[0] is not None and len(r[0]) and
+                                self._free_quietly(r[0]))
             failed = [e for _, e in results if e is not None]
             if failed:
                 # One stripe refused (no room, a broken connection): the
@@ -699,6 +702,14 @@ class Unit:
             self.release(conn, lease)
         return buf
 
+    def _free_quietly(self, cells: _addrs.Cells) -> None:
+        """free, its error dropped (the unit's reconciliation frees what no
+        cell names)."""
+        try:
+            self.free(cells)
+        except errors.TQError:
+            pass
+
     def free(self, cells: _addrs.Cells) -> None:
         self.pool.call(wire.FREE, data_pb2.FreeRequest(cells=_addrs.to_pb(cells, with_unit=False)), None,
                        op_name="free")
@@ -742,7 +753,17 @@ _executor = None
 _executor_lock = threading.Lock()
 
 
-def _parallel(fn, groups):
+def _parallel(fn, groups, abandon=None):
+    """[fn(g) for g in groups], on the stripe threads when there are
+    several; a group's error is raised (the first in order) once all
+    ended. A caller that stops waiting (an interrupt: KeyboardInterrupt, an
+    exception a signal handler raised) must not leave threads working for
+    it: a group not started by then is not run; with ``abandon``, the
+    result of each group that ended, or ends, well is handed to it (on the
+    thread that ran it when it ends later), for what the group made to be
+    undone; without, the caller waits for the groups running to end before
+    the interrupt goes on, so that none still copies into or out of memory
+    the caller may reuse or give back."""
     if len(groups) == 1:
         return [fn(groups[0])]
     global _executor
@@ -750,8 +771,68 @@ def _parallel(fn, groups):
         if _executor is None:
             from concurrent.futures import ThreadPoolExecutor
             _executor = ThreadPoolExecutor(max_workers=2 * STRIPES, thread_name_prefix="tq-stripe")
-    futs = [_executor.submit(fn, g) for g in groups]
-    return [f.result() for f in futs]
+    st = _Stripes(fn, len(groups), abandon)
+    try:
+        for i, g in enumerate(groups):
+            # The stripe, not the future, tells whether its caller is
+            # still there: an interrupt may land inside submit, after the
+            # work was queued and before its future was handed back.
+            _executor.submit(st.run, i, g)
+        with st.cond:
+            while st.ended < len(groups):
+                st.cond.wait()
+        for e in st.errors:
+            if e is not None:
+                raise e
+        return st.results
+    except BaseException:
+        with st.cond:
+            st.gave_up = True
+            ok = [r for r, d, e in zip(st.results, st.done, st.errors) if d and e is None]
+        if abandon is not None:
+            for r in ok:
+                abandon(r)
+        else:
+            while True:  # through further interrupts: the first one goes on once they ended
+                try:
+                    with st.cond:
+                        while st.running:
+                            st.cond.wait()
+                    break
+                except BaseException:
+                    continue
+        raise
+
+
+class _Stripes:
+    """The groups of one _parallel call, as their threads and its caller
+    see them (under cond)."""
+
+    def __init__(self, fn, n, abandon):
+        self.fn, self.abandon = fn, abandon
+        self.cond = threading.Condition(threading.Lock())
+        self.results, self.errors, self.done = [None] * n, [None] * n, [False] * n
+        self.ended = self.running = 0
+        self.gave_up = False
+
+    def run(self, i, g):
+        with self.cond:
+            if self.gave_up:
+                return
+            self.running += 1
+        r = e = None
+        try:
+            r = self.fn(g)
+        except BaseException as x:  # noqa: B036 (handed to the caller, as a future does)
+            e = x
+        with self.cond:
+            self.running -= 1
+            self.ended += 1
+            self.results[i], self.errors[i], self.done[i] = r, e, True
+            late = self.gave_up and e is None and self.abandon is not None
+            self.cond.notify_all()
+        if late:
+            self.abandon(r)
 
 
 # Copies of more than PCOPY_MIN bytes are split over threads (numpy releases
