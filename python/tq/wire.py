@@ -864,10 +864,3 @@ class Conn:
             if rrid == 0:
                 raise _Ended(common_pb2.Error.FromString(body))
             self._read_into(bytearray(plen))
-
-    def cancel(self, rid: int) -> None:
-        """Send CANCEL for request ``rid`` (no reply comes)."""
-        body = common_pb2.Cancel(id=rid).SerializeToString()
-        with self._lock:
-            if self.sock is not None and not self._closing:
-                self._send(CANCEL, 0, body, None)
