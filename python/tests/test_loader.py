@@ -203,19 +203,24 @@ def test_stream_gives_back_a_batch_it_could_not_read(server, part):
     """A batch whose rows were fetched but whose read failed (a unit that
     could not be reached) is given back to the task, as the Go loader
     does: iterating again gets its rows. They stayed consumed, and the
-    iteration ended without them."""
+    iteration ended without them. (A failed read has the loader fetch
+    again once, in case a peer cleared the partition: the unit fails that
+    read too, and the iteration ends with its error.)"""
     with server.client() as c:
         c.put({"x": np.arange(4, dtype=np.float32)}, partition_id=part)
         c.mark_done(part)
-        get_data = c.get_data
+        get_data, reads = c.get_data, []
 
         def unreachable(meta, **kw):
-            c.get_data = get_data
+            reads.append(meta.size)
+            if len(reads) == 2:
+                c.get_data = get_data
             raise tq.UnavailableError("storage unit unreachable", op="get_data")
         c.get_data = unreachable
         it = tq.StreamIterator(4, 2, ["x"], part, "train", client=c, fetch_timeout=5)
         with pytest.raises(tq.UnavailableError):
             next(iter(it))
+        assert reads == [4, 4], "the rows given back were not fetched again"
         seen = [x for data, _ in it for x in data["x"].tolist()]
         assert sorted(seen) == [0.0, 1.0, 2.0, 3.0]
 
@@ -301,7 +306,9 @@ def test_peer_waits_for_rows_a_failed_read_gives_back(server, part):
     batch is slow and then fails; meanwhile B takes the rest and finds
     nothing left. B must wait rather than end: A's fetch holds its rows
     until A keeps them, and A gives them back, so B gets them. B used to
-    end at once, and A's rows reached no one."""
+    end at once, and A's rows reached no one. (A fetches again once after
+    its failed read: it gets the rows again, fails to read them again and
+    gives them back, or finds B has them, and ends.)"""
     with server.client() as c:
         c.put({"x": np.arange(6, dtype=np.float32)}, partition_id=part)
         c.mark_done(part)
@@ -310,7 +317,6 @@ def test_peer_waits_for_rows_a_failed_read_gives_back(server, part):
             reading, fail = threading.Event(), threading.Event()
 
             def slow_then_unreachable(meta, **kw):
-                ca.get_data = get_data
                 reading.set()
                 fail.wait(10)
                 raise tq.UnavailableError("storage unit unreachable", op="get_data")
@@ -321,7 +327,7 @@ def test_peer_waits_for_rows_a_failed_read_gives_back(server, part):
             def run_a():
                 try:
                     next(iter(a))
-                except tq.UnavailableError as e:
+                except (tq.UnavailableError, StopIteration) as e:
                     a_err.append(e)
             th = threading.Thread(target=run_a)
             th.start()
@@ -889,3 +895,71 @@ def test_dataloader_iterator_alive_at_the_next_iteration_yields_each_row_once(se
     del it
     assert not th.is_alive(), f"the iteration never ended (took {taken}, then {got})"
     assert sorted(taken + got) == list(range(16)), f"took {taken}, then {got}"
+
+
+@pytest.mark.parametrize("sampler", ["default", "rank-aware"])
+def test_lagging_rank_ends_when_its_read_meets_the_clear(request, part, transport, sampler):
+    """A lagging rank's fetch gets rows, then a DP peer that finished first
+    clears the partition before the rank reads them: the loop ends
+    (StopIteration), as for a partition cleared before the fetch. Its read
+    failed ("cells are gone from storage unit ... freed") and the loop
+    ended with that error. The clear comes right after the second fetch's
+    answer (get_meta wrapped), and the rank reads once the unit has freed
+    the rows (it frees them in the background)."""
+    server = request.getfixturevalue("rank_aware_server" if sampler == "rank-aware" else "server")
+    with server.client(transport=transport) as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+        get_meta, fetches = c.get_meta, []
+
+        def clear_after_the_second(*a, **kw):
+            meta = get_meta(*a, **kw)
+            fetches.append(meta.size)
+            if len(fetches) == 2:
+                c.clear_partition(part)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        c.get_data(meta)
+                    except tq.StaleError:
+                        break
+                    time.sleep(0.01)
+                else:
+                    pytest.fail("the rows of the partition cleared can still be read after 30 s")
+            return meta
+        c.get_meta = clear_after_the_second
+        it = tq.StreamIterator(2, 2, ["x"], part, "train", dp_rank=1, client=c, fetch_timeout=1)
+        out = _batches_to_the_end(it, "the lagging rank waited for the partition cleared")
+    assert fetches[:2] == [2, 2], f"the clear came after no rows: fetches {fetches}"
+    assert out[-1] == "end", out
+    assert len(out) == 2, f"batches after the clear: {out}"
+
+
+def test_dataloader_worker_ends_when_its_read_meets_the_clear(server, part, monkeypatch):
+    """As test_lagging_rank_ends_when_its_read_meets_the_clear, in a
+    StreamingDataLoader's (forked) worker: the iteration ends instead of
+    raising the read's error."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    _done_rows(server, part, 8)
+    get_meta, fetches = tq.Client.get_meta, []
+
+    def clear_after_the_second(self, *a, **kw):
+        meta = get_meta(self, *a, **kw)
+        fetches.append(meta.size)
+        if len(fetches) == 2:
+            self.clear_partition(part)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    self.get_data(meta)
+                except tq.StaleError:
+                    break
+                time.sleep(0.01)
+        return meta
+    monkeypatch.setattr(tq.Client, "get_meta", clear_after_the_second)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, multiprocessing_context="fork")
+    out = _batches_to_the_end(dl, "the worker waited for the partition cleared")
+    assert out[-1] == "end", out
+    assert len(out) == 2, f"batches after the clear: {out}"

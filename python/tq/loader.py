@@ -45,8 +45,11 @@ the partition, this rank's next fetch, or the one waiting, ends the loop
 the rows of one made again under the same id (the fetches name the
 generation's cluster too, ``get_meta``'s ``cluster_id``: a controller
 started anew in memory, whose generations start again, ends it so as
-well). Until it has had a batch of
-a partition the loader waits for it to be made, as above.
+well). A rank whose fetch got rows that the clear removed before it read
+them ends so too: the failed read gives the rows back and makes the
+loader fetch again, once, naming their generation (a read that fails
+again raises its error into the loop). Until it has had a batch of a
+partition the loader waits for it to be made, as above.
 
 When torch is importable, :class:`StreamingDataset` is a
 ``torch.utils.data.IterableDataset`` (each DataLoader worker connects on its
@@ -230,6 +233,9 @@ class StreamIterator:
         c = self._get_client()
         index = self._first + self.batch_index * self._stride
         sc = dict(self.sampling_config, dp_rank=self.dp_rank, batch_index=index)
+        # Set once a read of fetched rows failed: the fetch is asked again,
+        # naming the rows' generation, once.
+        reread = False
         while True:
             key = os.urandom(16)
             try:
@@ -253,14 +259,22 @@ class StreamIterator:
                 self._partition_gen, self._partition_cluster = meta.partition_gen, meta._cluster
             try:
                 data = c.get_data(meta, fields=self.data_fields, copy=self.copy)
-            except BaseException:
+            except BaseException as e:
                 # The rows were fetched and never yielded: back to the task
                 # (as the Go loader does), or they would stay consumed for
                 # it. A batch a shared sampler keeps for the group stays
                 # kept (the controller's give-back returns nothing of it),
                 # and the same batch index gets it again.
                 c._give_back(self.partition_id, self.task_name, key)
-                raise
+                if reread or not meta.partition_gen or not isinstance(e, errors.TQError):
+                    raise
+                # A DP peer may have cleared the partition between the
+                # fetch and the read: the fetch, asked again naming the
+                # rows' generation (_partition_gen, set above), says so
+                # (_DONE: the partition ends as a drained one does), or
+                # the read fails again and raises.
+                reread = True
+                continue
             if self._hold_group is not None:
                 self._fetched(key, meta, index)
                 return data, meta
