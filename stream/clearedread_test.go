@@ -91,7 +91,8 @@ func (u *failingReads) ReadInto(ctx context.Context, addrs []engine.RemoteAddr, 
 
 // A read that fails while the partition stays as it was (not cleared) is
 // asked again once and then ends the iteration with the read's error,
-// naming the partition; a private fetch's rows go back to the task.
+// naming the partition and the task; a private fetch's rows go back to
+// the task.
 func TestReadFailureWithoutAClearEnds(t *testing.T) {
 	for _, smp := range []string{engine.SamplerRankAware, engine.SamplerSequential} {
 		t.Run(smp, func(t *testing.T) {
@@ -114,7 +115,7 @@ func TestReadFailureWithoutAClearEnds(t *testing.T) {
 				last = err
 			}
 			require.ErrorIs(t, last, engine.ErrLost)
-			require.ErrorContains(t, last, `read 4 rows of "p"`)
+			require.ErrorContains(t, last, `stream: read 4 rows of "p" for task "train": `)
 			require.NoError(t, ctx.Err())
 			if smp == engine.SamplerSequential {
 				require.Zero(t, consumedRows(t, e, "p"), "the rows went back to the task")

@@ -14,9 +14,10 @@ import (
 
 // TestPartitionMustExist: a loader with PartitionMustExist that gets to a
 // partition the controller does not have (a misspelled name) fails with an
-// error naming it that wraps ErrInvalid, in process and over the wire,
-// with a shared sampler and a private one, instead of waiting for a
-// producer to make it; the partitions before it are read as usual.
+// error naming it, and the loader's task, that wraps ErrInvalid, in
+// process and over the wire, with a shared sampler and a private one,
+// instead of waiting for a producer to make it; the partitions before it
+// are read as usual.
 func TestPartitionMustExist(t *testing.T) {
 	for _, remote := range []bool{false, true} {
 		for _, smp := range []string{engine.SamplerRankAware, engine.SamplerSequential} {
@@ -44,6 +45,7 @@ func TestPartitionMustExist(t *testing.T) {
 				require.ErrorIs(t, last, engine.ErrInvalid)
 				assert.NotErrorIs(t, last, context.DeadlineExceeded)
 				assert.Contains(t, last.Error(), `partition "trian_1" does not exist`)
+				assert.Contains(t, last.Error(), `stream: fetch from "trian_1" for task "train": `)
 			})
 		}
 	}

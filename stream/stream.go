@@ -436,7 +436,7 @@ func (l *Loader) keep(ctx context.Context, it item) (bool, error) {
 		it.b.Data.Release()
 		return false, nil
 	}
-	err = fmt.Errorf("stream: acknowledge %d rows of %q: %w", it.b.Meta.Len(), it.b.Partition, err)
+	err = fmt.Errorf("stream: acknowledge %d rows of %q for task %q: %w", it.b.Meta.Len(), it.b.Partition, l.cfg.Task, err)
 	if derr := l.dispose(it); derr != nil {
 		err = fmt.Errorf("%w (and %w)", err, derr)
 	}
@@ -650,13 +650,13 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 			// without the controller is no reason to end).
 			if l.private {
 				if gerr := l.giveBack(part, req.Key, -1); gerr != nil {
-					return item{err: fmt.Errorf("stream: give back a timed-out fetch from %q: %w", part, gerr)}
+					return item{err: fmt.Errorf("stream: give back a timed-out fetch from %q for task %q: %w", part, l.cfg.Task, gerr)}
 				}
 			}
 			// No rows for a while: has the task consumed them all?
 			all, cerr := l.c.CheckConsumption(ctx, part, l.cfg.Task)
 			if cerr != nil {
-				return item{err: fmt.Errorf("stream: consumption of %q: %w", part, cerr)}
+				return item{err: fmt.Errorf("stream: consumption of %q for task %q: %w", part, l.cfg.Task, cerr)}
 			}
 			if !all {
 				continue
@@ -697,7 +697,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 			// rows its client gives back only in the background: give
 			// them back before the iteration ends, or a loader started
 			// at Next could find the partition consumed without them.
-			err = fmt.Errorf("stream: fetch from %q: %w", part, err)
+			err = fmt.Errorf("stream: fetch from %q for task %q: %w", part, l.cfg.Task, err)
 			if l.private {
 				if gerr := l.giveBack(part, req.Key, -1); gerr != nil {
 					err = fmt.Errorf("%w (and %w)", err, gerr)
@@ -709,7 +709,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 		}
 		data, err := l.c.Get(ctx, m)
 		if err != nil {
-			err = fmt.Errorf("stream: read %d rows of %q: %w", m.Len(), part, err)
+			err = fmt.Errorf("stream: read %d rows of %q for task %q: %w", m.Len(), part, l.cfg.Task, err)
 			if l.private {
 				if gerr := l.giveBack(part, req.Key, m.Len()); gerr != nil {
 					return item{err: fmt.Errorf("%w (and %w)", err, gerr)}
