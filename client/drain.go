@@ -81,7 +81,9 @@ const maxStuckPasses = 3
 //
 // Running Drain again after it failed or was killed carries on: the cells
 // it moved stay moved, and copies it left uncommitted are freed by their
-// unit.
+// unit. A drain whose ctx ends frees at once the copies it had not yet
+// asked the controller to take; one whose ctx ends while the controller
+// moves cells waits up to a second more for the answer, as a put does.
 //
 // Errors: [engine.ErrNotSupported] when the client's metadata service
 // cannot move cells (an embedded controller); [engine.ErrNotFound] for an
@@ -221,7 +223,11 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 			cl := cells[lo+i]
 			moves[i] = engine.CellMove{Index: cl.Index, Field: cl.Field, From: cl.Loc, To: to[lo+i]}
 		}
-		ok, err := m.mv.MoveCells(ctx, cells[lo].Partition, moves, m.cluster)
+		// Committed as a put's cells are: a move whose ctx ended is not
+		// sent to a remote controller, and changed nothing.
+		ok, maybe, err := commitWritten(ctx, "move", func(ctx context.Context) ([]bool, error) {
+			return m.mv.MoveCells(ctx, cells[lo].Partition, moves, m.cluster)
+		})
 		if errors.Is(err, engine.ErrLost) {
 			// The target's reconcile fenced the copies (this page took
 			// longer than its grace) and frees them: the cells stay where
@@ -229,11 +235,11 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 			return moved, m.free(ctx, target, notTaken)
 		}
 		if err != nil {
-			// Refused: nothing of this request was taken, free its copies
-			// and those of the rest. Otherwise the request may have been
-			// applied: its copies stay (a reconcile frees the ones no
-			// cell took).
-			if refused(err) {
+			// Refused or never sent: nothing of this request was taken,
+			// free its copies and those of the rest. Otherwise the request
+			// may have been applied: its copies stay (a reconcile frees
+			// the ones no cell took).
+			if !maybe {
 				for _, t := range to[lo:] {
 					notTaken = append(notTaken, t.Addr)
 				}

@@ -257,19 +257,20 @@ func (c *Client) putPartition(ctx context.Context, b *engine.Batch, meta *engine
 // commit asks the controller to commit the cells of a put whose bytes
 // are written, as [commitWritten] does.
 func (c *Client) commit(ctx context.Context, req engine.CommitRequest) (maybe bool, _ error) {
-	_, maybe, err := commitWritten(ctx, func(ctx context.Context) (struct{}, error) { return struct{}{}, c.meta.Commit(ctx, req) })
+	_, maybe, err := commitWritten(ctx, "put", func(ctx context.Context) (struct{}, error) { return struct{}{}, c.meta.Commit(ctx, req) })
 	return maybe, err
 }
 
-// commitGrace is how long a put whose context ended while the controller
-// commits it keeps waiting for the answer.
+// commitGrace is how long a put (or a drain's move) whose context ended
+// while the controller commits it keeps waiting for the answer.
 const commitGrace = time.Second
 
 // commitWritten asks the controller, through commit, to commit a put
 // whose bytes are written, and reports whether, on error, the commit may
 // have happened (what the put wrote must then stay; otherwise the caller
 // frees it at once rather than leave it allocated, named by no cell,
-// until the units' reconciliation).
+// until the units' reconciliation). what names the change in its errors
+// ("put"; a drain's copies, committed the same way, are a "move").
 //
 // A put whose ctx ended before (a unit's write waits out its grace for
 // the answer) is asked all the same: a controller in this process takes
@@ -281,7 +282,7 @@ const commitGrace = time.Second
 // the put happened: committed, it succeeds (an acknowledged put is not
 // reported as canceled); refused, the caller frees. Only without an
 // answer by then is the outcome unknown, and the error says so.
-func commitWritten[T any](ctx context.Context, commit func(context.Context) (T, error)) (_ T, maybe bool, _ error) {
+func commitWritten[T any](ctx context.Context, what string, commit func(context.Context) (T, error)) (_ T, maybe bool, _ error) {
 	var zero T
 	if ctx.Err() != nil {
 		out, err := commit(ctx)
@@ -289,11 +290,11 @@ func commitWritten[T any](ctx context.Context, commit func(context.Context) (T, 
 		case err == nil:
 			return out, false, nil
 		case errors.Is(err, errNotSent):
-			return zero, false, fmt.Errorf("canceled before its commit, the put changed nothing: %w", err)
+			return zero, false, fmt.Errorf("canceled before its commit, the %s changed nothing: %w", what, err)
 		case refused(err):
 			return zero, false, err
 		}
-		return zero, true, fmt.Errorf("canceled before its commit, which the controller may have taken: the put may have happened: %w", err)
+		return zero, true, fmt.Errorf("canceled before its commit, which the controller may have taken: the %s may have happened: %w", what, err)
 	}
 	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
@@ -306,7 +307,7 @@ func commitWritten[T any](ctx context.Context, commit func(context.Context) (T, 
 	case refused(err):
 		return zero, false, err
 	case gctx.Err() != nil && ctx.Err() != nil:
-		return zero, true, fmt.Errorf("canceled during its commit, with no answer from the controller %v later: the put may have happened: %w", commitGrace, context.Cause(ctx))
+		return zero, true, fmt.Errorf("canceled during its commit, with no answer from the controller %v later: the %s may have happened: %w", commitGrace, what, context.Cause(ctx))
 	}
 	return zero, true, err
 }

@@ -137,7 +137,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		return engine.KeysCommitted{}, err
 	}
 	req.Fields = commitFields(fields, all, locs)
-	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
+	out, maybe, err := commitWritten(ctx, "put", func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
 	if err != nil {
 		if maybe {
 			done = nil // the commit may have happened
@@ -151,7 +151,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 // one extent per field.
 func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCommit, fields []engine.Field, exts []engine.RemoteAddr) (engine.KeysCommitted, error) {
 	req.Fields = extentFields(fields, u.ID(), exts, true)
-	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
+	out, maybe, err := commitWritten(ctx, "put", func(ctx context.Context) (engine.KeysCommitted, error) { return c.meta.CommitKeys(ctx, req) })
 	if err != nil {
 		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
@@ -339,7 +339,7 @@ func (b *KeysPutBuffer) commit(ctx context.Context) (engine.KeysCommitted, error
 		return engine.KeysCommitted{}, err
 	}
 	req := engine.KeysCommit{Partition: b.part, Keys: b.keys, Fields: cfs, Tags: b.tags, Cluster: b.cluster}
-	out, maybe, err := commitWritten(ctx, func(ctx context.Context) (engine.KeysCommitted, error) { return b.c.meta.CommitKeys(ctx, req) })
+	out, maybe, err := commitWritten(ctx, "put", func(ctx context.Context) (engine.KeysCommitted, error) { return b.c.meta.CommitKeys(ctx, req) })
 	if err != nil {
 		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
