@@ -174,6 +174,8 @@ const (
 // MetaRequest asks the controller for rows.
 type MetaRequest struct {
 	Partition string
+	// Fields names each field once: a field named twice is refused
+	// (engine.ErrInvalid naming it) before anything is sent.
 	Fields    []string
 	BatchSize int
 	Mode      Mode

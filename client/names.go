@@ -5,7 +5,8 @@ package client
 // the wire's protobuf strings cannot carry), empty where a name is
 // required, or longer than [engine.MaxNameBytes] is an error wrapping
 // engine.ErrInvalid that quotes it (a long one, its first bytes) and says
-// what it is. RemoteMeta checks its own requests (it is also used alone,
+// what it is; so is a field named twice in one list (a get's, a fetch's,
+// an insert's). RemoteMeta checks its own requests (it is also used alone,
 // as by tq stat); [New] wraps any other metadata service, such as the
 // embedded controller, in checkedMeta, so both paths refuse the same
 // names. Puts check their field names and keys before any byte goes to a
@@ -79,11 +80,21 @@ func checkNames(kind string, names []string) error {
 	return nil
 }
 
+// checkPartFields checks a partition and a list of its fields, which
+// names each field once: a selection naming one twice would come back
+// holding it once (a meta keys its cells by field), which the caller did
+// not ask for, so it is refused as a key named twice is.
 func checkPartFields(partition string, fields []string) error {
 	if err := checkName(namePartition, partition); err != nil {
 		return err
 	}
-	return checkNames(nameField, fields)
+	if err := checkNames(nameField, fields); err != nil {
+		return err
+	}
+	if dups := engine.RepeatedKeys(fields); dups != nil {
+		return fmt.Errorf("field %q appears twice: %w", dups[0], engine.ErrInvalid)
+	}
+	return nil
 }
 
 func checkPartKeys(partition string, keys, fields []string) error {

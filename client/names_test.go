@@ -290,3 +290,54 @@ func TestLongNamesRefusedUpFront(t *testing.T) {
 		}
 	}
 }
+
+// A field list that names a field twice — a get's selection, a fetch's,
+// an insert's — is refused before anything is sent, naming the field, as
+// a key named twice is: the meta would quietly hold the field once.
+func TestRepeatedFieldRefusedUpFront(t *testing.T) {
+	twice := []string{"x", "y", "x"}
+	for _, tc := range []struct {
+		name string
+		op   func(ctx context.Context, c *client.Client, kv *kvapi.KV) error
+	}{
+		{"batch get", func(ctx context.Context, _ *client.Client, kv *kvapi.KV) error {
+			_, err := kv.BatchGet(ctx, "p", []string{"k0"}, twice...)
+			return err
+		}},
+		{"batch get copy", func(ctx context.Context, _ *client.Client, kv *kvapi.KV) error {
+			_, err := kv.BatchGetCopy(ctx, "p", []string{"k0"}, twice...)
+			return err
+		}},
+		{"get keys", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, _, err := c.GetKeys(ctx, "p", []string{"k0"}, twice)
+			return err
+		}},
+		{"meta by keys", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.MetaByKeys(ctx, "p", []string{"k0"}, twice, false)
+			return err
+		}},
+		{"fetch", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Task: "t", Fields: twice, BatchSize: 1})
+			return err
+		}},
+		{"force fetch", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.ForceFetch, Fields: twice})
+			return err
+		}},
+		{"insert", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.GetMeta(ctx, client.MetaRequest{Partition: "p", Mode: client.Insert, Fields: twice, BatchSize: 1})
+			return err
+		}},
+		{"production status", func(ctx context.Context, c *client.Client, _ *kvapi.KV) error {
+			_, err := c.ProductionStatus(ctx, "p", twice)
+			return err
+		}},
+	} {
+		for _, path := range []string{"embedded", "remote"} {
+			t.Run(path+"/"+tc.name, func(t *testing.T) {
+				msg := refusedUpFront(t, path, tc.op)
+				assert.Contains(t, msg, `field "x" appears twice`)
+			})
+		}
+	}
+}

@@ -99,7 +99,8 @@ func checkKeys(partition string, keys []string) error {
 // BatchGet reads keys' fields, rows in key order. With no fields named it
 // reads the fields every key holds. Unknown keys or fields are an error
 // naming them ([engine.ErrNotFound]); a named field some key has not
-// produced is [engine.ErrNotReady] naming the keys.
+// produced is [engine.ErrNotReady] naming the keys; a key or a field
+// named twice is [engine.ErrInvalid] naming it.
 //
 // Over shared memory the result is read-only views into storage (no copy)
 // until [engine.Batch.Release]; elsewhere it is a copy the caller owns (see

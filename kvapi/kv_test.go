@@ -434,3 +434,30 @@ func TestPutOfNoFieldsSaysSo(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, l)
 }
+
+// A get that names a field twice is refused, naming it, as one that names
+// a key twice is: it does not quietly return the field once. Every form
+// of the get, on keys that hold the field.
+func TestGetOfAFieldNamedTwiceIsRefused(t *testing.T) {
+	kv, _ := newKV(t)
+	ctx := context.Background()
+	meta := must[*engine.KVMeta](t)(kv.BatchPut(ctx, "p", demoKeys, demoBatch(t), demoTags()))
+	fields := []string{"input_ids", "attention_mask", "input_ids"}
+	for name, get := range map[string]func() error{
+		"batch get":      func() error { _, err := kv.BatchGet(ctx, "p", demoKeys, fields...); return err },
+		"batch get copy": func() error { _, err := kv.BatchGetCopy(ctx, "p", demoKeys, fields...); return err },
+		"batch get view": func() error { _, err := kv.BatchGetView(ctx, "p", demoKeys, fields...); return err },
+		"batch get into": func() error {
+			_, err := kv.BatchGetInto(ctx, "p", demoKeys, make([]byte, 1<<10), fields...)
+			return err
+		},
+		"size of": func() error { _, err := kv.SizeOf(ctx, "p", demoKeys, fields...); return err },
+		"by meta": func() error { _, err := kv.BatchGetByMeta(ctx, meta, fields...); return err },
+		"one key": func() error { _, err := kv.BatchGet(ctx, "p", demoKeys[:1], "input_ids", "input_ids"); return err },
+		"async":   func() error { _, err := kv.BatchGetAsync(ctx, "p", demoKeys, fields...).Wait(ctx); return err },
+	} {
+		err := get()
+		require.ErrorIs(t, err, engine.ErrInvalid, name)
+		require.ErrorContains(t, err, `field "input_ids" appears twice`, name)
+	}
+}
