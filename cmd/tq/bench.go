@@ -75,6 +75,9 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
+	if err := refuseRepeats(fs, args); err != nil {
+		return cfg, err
+	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("bench takes no arguments, got %q", fs.Args())
 	}

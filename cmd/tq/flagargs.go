@@ -4,36 +4,46 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
+	"strings"
 )
 
 // parseArgs parses args with fs, flags before, between and after the
 // positional arguments (`tq stat ADDR --json`), and returns those
 // arguments. Go's flag package stops at the first one; "--" still ends
-// the flags. The usage that -h or --help asks for goes to stdout (see
-// parseFlags).
+// the flags. The usage that -h or --help asks for goes to stdout, and a
+// flag given twice is refused (see parseFlags).
 func parseArgs(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
 	var pos []string
-	for {
-		if err := parseFlags(fs, args, stdout); err != nil {
+	for all := args; ; {
+		if err := parseOnce(fs, args, stdout); err != nil {
 			return nil, err
 		}
 		rest := fs.Args()
 		if len(rest) == 0 {
-			return pos, nil
+			return pos, refuseRepeats(fs, all)
 		}
 		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-			return append(pos, rest...), nil
+			return append(pos, rest...), refuseRepeats(fs, all)
 		}
 		pos, args = append(pos, rest[0]), rest[1:]
 	}
 }
 
 // parseFlags is fs.Parse(args), except that the usage -h or --help asks
-// for goes to stdout (see flagOutputTo). A bad flag's error and the usage
-// after it go to fs.Output() as before, which must be where fs.Usage
-// writes.
+// for goes to stdout (see flagOutputTo), and that a flag given twice is
+// refused (see refuseRepeats). A bad flag's error and the usage after it
+// go to fs.Output() as before, which must be where fs.Usage writes.
 func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	if err := parseOnce(fs, args, stdout); err != nil {
+		return err
+	}
+	return refuseRepeats(fs, args)
+}
+
+// parseOnce is parseFlags without the check for repeats.
+func parseOnce(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	stderr := fs.Output()
 	var out bytes.Buffer
 	fs.SetOutput(&out)
@@ -53,4 +63,37 @@ func flagOutputTo(out []byte, err error, stdout, stderr io.Writer) error {
 	}
 	w.Write(out)
 	return err
+}
+
+// refuseRepeats returns an error naming a flag of fs that args, already
+// parsed by fs, give more than once: the flag package keeps the last
+// value and drops the others without a word (two --metadata, and the
+// checkpoint keeps only the second; two --controller, and the drain goes
+// to the second). A value that looks like a flag (--metadata --x) is a
+// value, and nothing after "--" is a flag. The values are not shown: one
+// may be a token.
+func refuseRepeats(fs *flag.FlagSet, args []string) error {
+	seen := map[string]bool{}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			continue // an argument: parseArgs reads flags after it too
+		}
+		name, _, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		f := fs.Lookup(name)
+		if f == nil {
+			continue // fs.Parse refused it already (or it is -h)
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); !hasValue && !(ok && b.IsBoolFlag()) {
+			i++ // its value is the next argument
+		}
+		if seen[f.Name] {
+			return fmt.Errorf("%s: --%s is given more than once: give it once (else only the last would count)", fs.Name(), f.Name)
+		}
+		seen[f.Name] = true
+	}
+	return nil
 }

@@ -190,3 +190,38 @@ func TestUnitNamesTheArgumentsItDidNotWant(t *testing.T) {
 		}
 	}
 }
+
+// A flag given twice is refused, naming it, before anything is dialed or
+// started: the flag package would keep the last value and drop the first
+// without a word (`tq checkpoint save ADDR NAME --metadata A --metadata B`
+// saved B and lost A; `tq unit drain --controller X ... --controller Y`
+// drained on Y).
+func TestCommandsRefuseAFlagGivenTwice(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	t.Setenv("TQ_CONTROLLER", "")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"stat", "--limit", "5", "tcp://127.0.0.1:1", "--limit", "0"}, "stat: --limit is given more than once"},
+		{[]string{"stat", "--json", "tcp://127.0.0.1:1", "-json"}, "stat: --json is given more than once"},
+		{[]string{"checkpoint", "save", "tcp://127.0.0.1:1", "c", "--metadata", `{"a":1}`, "--metadata={\"b\":2}"}, "checkpoint: --metadata is given more than once"},
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "3", "--controller", "tcp://127.0.0.1:2"}, "unit: --controller is given more than once"},
+		{[]string{"demo", "--units", "1", "--units", "3"}, "demo: --units is given more than once"},
+		{[]string{"bench", "--iters", "1", "--iters", "2"}, "bench: --iters is given more than once"},
+	} {
+		t.Run(tc.args[0], func(t *testing.T) {
+			err := run(t.Context(), tc.args, io.Discard, io.Discard)
+			require.Error(t, err, "%q", tc.args)
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		})
+	}
+	// A value that looks like a flag is a value, and after "--" nothing
+	// is a flag: neither counts.
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	meta := fs.String("metadata", "", "")
+	pos, err := parseArgs(fs, []string{"--metadata", "--metadata", "ADDR", "--", "--metadata"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "--metadata", *meta)
+	assert.Equal(t, []string{"ADDR", "--metadata"}, pos)
+}
