@@ -34,7 +34,7 @@ saved bytes; the cells the state held before are freed.
 `
 
 // checkpointCmd runs `tq checkpoint`.
-func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("checkpoint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
@@ -63,8 +63,9 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return fmt.Errorf("checkpoint %s: %w", verb, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel, explain := flagTimeout(ctx, "checkpoint "+verb, *timeout)
 	defer cancel()
+	defer func() { err = explain(err) }()
 	m, err := client.DialMeta(ctx, rest[0], client.RemoteConfig{Token: *token, Name: "tq-checkpoint"})
 	if err != nil {
 		return err

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // parseArgs parses args with fs, flags before, between and after the
@@ -96,4 +98,20 @@ func refuseRepeats(fs *flag.FlagSet, args []string) error {
 		seen[f.Name] = true
 	}
 	return nil
+}
+
+// flagTimeout is context.WithTimeout(ctx, d) for a command's --timeout
+// (cmd names the command: "checkpoint save"). explain turns an error that
+// the timeout caused, which says only "context deadline exceeded", into
+// one that names the flag and its value; other errors it returns as they
+// are.
+func flagTimeout(ctx context.Context, cmd string, d time.Duration) (_ context.Context, cancel context.CancelFunc, explain func(error) error) {
+	cause := fmt.Errorf("%s: gave up after --timeout %v", cmd, d)
+	ctx, cancel = context.WithTimeoutCause(ctx, d, cause)
+	return ctx, cancel, func(err error) error {
+		if err == nil || errors.Is(err, cause) || !errors.Is(err, context.DeadlineExceeded) || context.Cause(ctx) != cause {
+			return err
+		}
+		return fmt.Errorf("%w: %w", cause, err)
+	}
 }

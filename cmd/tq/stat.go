@@ -73,19 +73,20 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	dctx, cancel, explain := flagTimeout(ctx, "stat", *timeout)
 	m, err := client.DialMeta(dctx, addr, client.RemoteConfig{Token: tok, Name: "tq-stat"})
+	err = explain(err)
 	cancel()
 	if err != nil {
 		return err
 	}
 	defer m.Close()
 	take := func() (*statSnapshot, error) {
-		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		ctx, cancel, explain := flagTimeout(ctx, "stat", *timeout)
 		defer cancel()
 		s, err := takeSnapshot(ctx, m, addr, tok)
 		if err != nil {
-			return nil, err
+			return nil, explain(err)
 		}
 		s.match(*glob)
 		s.limit = *limit

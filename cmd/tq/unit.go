@@ -31,7 +31,7 @@ takes placements at once: adding capacity needs no command.
 `
 
 // unitCmd runs `tq unit`.
-func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("unit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("controller", os.Getenv("TQ_CONTROLLER"), "the controller's address (default $TQ_CONTROLLER)")
@@ -106,8 +106,9 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel, explain := flagTimeout(ctx, "unit "+verb, *timeout)
 	defer cancel()
+	defer func() { err = explain(err) }()
 	if verb == "undrain" || *cancelDrain {
 		m, err := client.DialMeta(ctx, *addr, client.RemoteConfig{Token: tok, Name: "tq-unit"})
 		if err != nil {
@@ -206,7 +207,7 @@ func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout i
 }
 
 // rebalance runs `tq unit rebalance`.
-func rebalance(ctx context.Context, addr, token, transport string, cfg client.RebalanceConfig, timeout time.Duration, stdout io.Writer) error {
+func rebalance(ctx context.Context, addr, token, transport string, cfg client.RebalanceConfig, timeout time.Duration, stdout io.Writer) (err error) {
 	// NaN passes neither comparison: it is refused too.
 	if !(cfg.Tolerance >= 0 && cfg.Tolerance < 1) {
 		return fmt.Errorf("unit rebalance: --tolerance %v: want a fraction from 0 to below 1 (0: the default, 0.05)", cfg.Tolerance)
@@ -218,8 +219,9 @@ func rebalance(ctx context.Context, addr, token, transport string, cfg client.Re
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel, explain := flagTimeout(ctx, "unit rebalance", timeout)
 	defer cancel()
+	defer func() { err = explain(err) }()
 	c, err := client.Connect(ctx, addr, client.ConnectConfig{Token: tok, Name: "tq-unit-rebalance", Transport: transport})
 	if err != nil {
 		return err
