@@ -56,6 +56,9 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *metadata != "" && verb != "save" {
 		return fmt.Errorf("checkpoint %s: --metadata is for save; %s does not use it", verb, verb)
 	}
+	if err := checkDialAddr("checkpoint "+verb, "address", rest[0]); err != nil {
+		return err
+	}
 	if verb != "list" {
 		// Checked here, as the controller would, so that a bad name is
 		// named whatever the controller's state (down: "connection refused").

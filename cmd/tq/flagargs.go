@@ -7,8 +7,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tqgo/tq/wire"
 )
 
 // parseArgs parses args with fs, flags before, between and after the
@@ -114,4 +118,35 @@ func flagTimeout(ctx context.Context, cmd string, d time.Duration) (_ context.Co
 		}
 		return fmt.Errorf("%w: %w", cause, err)
 	}
+}
+
+// checkDialAddr refuses a controller address that no dial could reach,
+// before any dial, saying where it came from (from: "--controller",
+// "$TQ_CONTROLLER", "address") and what is wanted: an unknown scheme, a
+// TCP address with no port, or a port out of range (the dial would say
+// "connection refused" for port 0, and "invalid port" for 70000 without
+// naming the flag or the variable that held it). A service name as the
+// port (host:http) is left to the dial.
+func checkDialAddr(cmd, from, addr string) error {
+	network, address, err := wire.ParseAddr(addr)
+	if err != nil {
+		what := "unknown scheme"
+		if strings.HasPrefix(addr, "tcp://") || strings.HasPrefix(addr, "unix://") {
+			what = "nothing after the scheme"
+		}
+		return fmt.Errorf("%s: %s %q: %s: want tcp://HOST:PORT or unix:///PATH", cmd, from, addr, what)
+	}
+	if network != "tcp" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(address)
+	if err != nil || port == "" {
+		return fmt.Errorf("%s: %s %q: want tcp://HOST:PORT or unix:///PATH", cmd, from, addr)
+	}
+	n, err := strconv.ParseUint(port, 10, 64)
+	digits := strings.Trim(port, "0123456789") == ""
+	if (err == nil && (n == 0 || n > 65535)) || (err != nil && digits) {
+		return fmt.Errorf("%s: %s %q: port %q: want a number from 1 to 65535", cmd, from, addr, port)
+	}
+	return nil
 }

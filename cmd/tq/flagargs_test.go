@@ -225,3 +225,30 @@ func TestCommandsRefuseAFlagGivenTwice(t *testing.T) {
 	assert.Equal(t, "--metadata", *meta)
 	assert.Equal(t, []string{"ADDR", "--metadata"}, pos)
 }
+
+// A controller address that cannot be dialed (an unknown scheme, a port
+// out of range) is refused before any dial, naming where it came from:
+// --controller, $TQ_CONTROLLER (which the user may have forgotten is
+// set), or tq stat's and tq checkpoint's ADDR.
+func TestClientCommandsNameABadControllerAddress(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	for _, tc := range []struct {
+		env  string
+		args []string
+		want string
+	}{
+		{"http://x:1", []string{"unit", "drain", "3"}, `unit drain: $TQ_CONTROLLER "http://x:1": unknown scheme`},
+		{"tcp://127.0.0.1:99999", []string{"unit", "rebalance"}, `unit rebalance: $TQ_CONTROLLER "tcp://127.0.0.1:99999": port "99999": want a number from 1 to 65535`},
+		{"tcp://127.0.0.1:1", []string{"unit", "undrain", "--controller", "http://x:1", "3"}, `unit undrain: --controller "http://x:1": unknown scheme`},
+		{"", []string{"unit", "drain", "--controller", "tcp://127.0.0.1", "3"}, `unit drain: --controller "tcp://127.0.0.1": want tcp://HOST:PORT`},
+		{"", []string{"stat", "tcp://127.0.0.1:0"}, `stat: address "tcp://127.0.0.1:0": port "0": want a number from 1 to 65535`},
+		{"", []string{"checkpoint", "list", "127.0.0.1:70000"}, `checkpoint list: address "127.0.0.1:70000": port "70000": want a number from 1 to 65535`},
+	} {
+		t.Run(tc.args[0], func(t *testing.T) {
+			t.Setenv("TQ_CONTROLLER", tc.env)
+			err := run(t.Context(), tc.args, io.Discard, io.Discard)
+			require.Error(t, err, "%q", tc.args)
+			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
+		})
+	}
+}

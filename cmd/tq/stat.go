@@ -69,6 +69,9 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--partition %q: %w", *glob, err)
 	}
 	addr := pos[0]
+	if err := checkDialAddr("stat", "address", addr); err != nil {
+		return err
+	}
 	tok, err := client.FindToken(*token)
 	if err != nil {
 		return err

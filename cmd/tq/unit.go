@@ -87,7 +87,7 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 			return fmt.Errorf("unit rebalance: takes no unit id, got %s", argsString(pos))
 		}
 		cfg := client.RebalanceConfig{Tolerance: *tolerance, PageCells: *pageCells, Progress: report("rebalance")}
-		return rebalance(ctx, *addr, *token, *transport, cfg, *timeout, stdout)
+		return rebalance(ctx, *addr, controllerFrom(fs), *token, *transport, cfg, *timeout, stdout)
 	}
 	if len(pos) != 1 {
 		fs.Usage()
@@ -101,6 +101,9 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if *addr == "" {
 		fs.Usage()
 		return fmt.Errorf("unit %s: no controller address: give --controller ADDR or set $TQ_CONTROLLER", verb)
+	}
+	if err := checkDialAddr("unit "+verb, controllerFrom(fs), *addr); err != nil {
+		return err
 	}
 	tok, err := client.FindToken(*token)
 	if err != nil {
@@ -206,14 +209,30 @@ func waitEmpty(ctx context.Context, c *client.Client, id engine.UnitID, stdout i
 	}
 }
 
-// rebalance runs `tq unit rebalance`.
-func rebalance(ctx context.Context, addr, token, transport string, cfg client.RebalanceConfig, timeout time.Duration, stdout io.Writer) (err error) {
+// controllerFrom says where tq unit's controller address came from, for
+// an error about it: --controller, else $TQ_CONTROLLER.
+func controllerFrom(fs *flag.FlagSet) string {
+	from := "$TQ_CONTROLLER"
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "controller" {
+			from = "--controller"
+		}
+	})
+	return from
+}
+
+// rebalance runs `tq unit rebalance`; addrFrom says where addr came
+// from (see controllerFrom).
+func rebalance(ctx context.Context, addr, addrFrom, token, transport string, cfg client.RebalanceConfig, timeout time.Duration, stdout io.Writer) (err error) {
 	// NaN passes neither comparison: it is refused too.
 	if !(cfg.Tolerance >= 0 && cfg.Tolerance < 1) {
 		return fmt.Errorf("unit rebalance: --tolerance %v: want a fraction from 0 to below 1 (0: the default, 0.05)", cfg.Tolerance)
 	}
 	if addr == "" {
 		return errors.New("unit rebalance: no controller address: give --controller ADDR or set $TQ_CONTROLLER")
+	}
+	if err := checkDialAddr("unit rebalance", addrFrom, addr); err != nil {
+		return err
 	}
 	tok, err := client.FindToken(token)
 	if err != nil {
