@@ -61,14 +61,24 @@
 // that started anew in memory, as another cluster whose generations start
 // again and may match by chance, ends the partition so as well. Until it
 // has read a row of a partition the loader waits for it to be made, as
-// above.
+// above, unless it started at a Position that names the partition's
+// generation: [Loader.Next] names the generation of the partition at its
+// Step (Position.Gen and Cluster) once the loader had a micro-batch of
+// it, and a loader started with Config.Start set to it names the
+// generation in its fetches of that partition, so that a rank that
+// restarts (a new process) after a DP peer cleared the partition moves on
+// to the next one rather than wait for good, or read the rows of one made
+// again. The generation is of the partition at Step alone: the loader
+// drops it as it moves on, and a Position whose Step is changed by hand
+// must have Gen and Cluster zeroed.
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a
 // private sampler (sequential, grpo) its rows are given back to the task
 // (any consumer of the task may fetch them again); with a shared one they
 // stay cached for the group's batch index, and a rank that restarts with
-// Config.Start set to [Loader.Next] gets exactly those micro-batches.
+// Config.Start set to [Loader.Next] gets exactly those micro-batches (or,
+// the partition cleared meanwhile, goes on with the next, as above).
 //
 // A private sampler's fetches hold their rows for the loader
 // (engine.FetchRequest.Hold) until the loop takes the micro-batch, which

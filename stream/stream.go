@@ -99,7 +99,11 @@ type Config struct {
 	Prefetch int
 	// Start is where the iteration begins: a rank that restarts passes
 	// the Loader.Next its previous run ended at, and gets the micro-batches
-	// of a shared sampler that it never yielded.
+	// of a shared sampler that it never yielded. With a generation
+	// (Position.Gen), the partition at Start.Step ends for the loader, as
+	// a drained one does, when that generation of it is gone (cleared,
+	// perhaps made again, or of a controller started anew in memory),
+	// rather than be waited for as one not made yet.
 	Start Position
 	// PollInterval is how long the loader waits before looking again at a
 	// drained partition in continuous mode, and how long a wait for rows
@@ -111,9 +115,28 @@ type Config struct {
 }
 
 // Position is a place in the stream: the partition (its index in
-// Config.Partitions) and the micro-batch index within it.
+// Config.Partitions) and the micro-batch index within it, with the
+// generation of that partition once the loader has had a micro-batch of
+// it. Positions compare with == and print with %v.
 type Position struct {
 	Step, Index int
+	// Gen is the generation of the partition at Step that the loader read
+	// (engine.BatchMeta.PartitionGen of its micro-batches; 0: not known,
+	// as before the loader's first micro-batch of it or from a controller
+	// that names none). A loader started at a Position with one names it
+	// in its fetches of that partition (engine.FetchRequest.PartitionGen),
+	// so that the partition, cleared meanwhile by a DP peer that finished
+	// first, ends for it as a drained one does rather than be waited for
+	// as one not made yet. It belongs to Step alone: a Position whose Step
+	// is changed by hand must have Gen and Cluster zeroed, or its
+	// partition would end at once as a cleared one.
+	Gen uint64
+	// Cluster is the cluster whose controller gave Gen
+	// (engine.BatchMeta.Cluster; "": not known; only with Gen). It counts
+	// because a controller that keeps its state in memory starts anew as
+	// another cluster and numbers its partitions from the start again: a
+	// generation alone may match a partition of the new cluster by chance.
+	Cluster string
 }
 
 // MaxPrefetch bounds Config.Prefetch.
@@ -169,6 +192,11 @@ func (c Config) Validate() error {
 		return bad("start position %+v is negative", c.Start)
 	case c.Start.Step > len(c.Partitions):
 		return bad("start step %d is past the %d partitions", c.Start.Step, len(c.Partitions))
+	case c.Start.Gen != 0 && c.Start.Step == len(c.Partitions):
+		// (Loader.Next gives none past the last partition.)
+		return bad("start position %+v names a generation past the %d partitions: it is of the partition at Step", c.Start, len(c.Partitions))
+	case c.Start.Cluster != "" && c.Start.Gen == 0:
+		return bad("start position %+v names a cluster without a generation", c.Start)
 	case c.PollInterval < 0:
 		return bad("poll interval %v is negative", c.PollInterval)
 	}
@@ -233,7 +261,8 @@ func shared(s engine.SamplerSpec) bool {
 
 // Batch is one micro-batch.
 type Batch struct {
-	// Position is where the micro-batch is in the stream.
+	// Position is where the micro-batch is in the stream, with its
+	// partition's generation when the controller names one.
 	Position
 	// Partition is Config.Partitions[Step].
 	Partition string
@@ -258,11 +287,10 @@ type Loader struct {
 
 	running atomic.Bool
 	mu      sync.Mutex
-	next    Position // the first position not yet yielded
-	// gen is the generation of the partition at next.Step that the
-	// loader read (zero: none yet; see fetch).
-	gen partGen
-	err error // what the last iteration could not yield (Err)
+	// next is the first position not yet yielded, with the generation of
+	// the partition at next.Step that the loader read (see fetch).
+	next Position
+	err  error // what the last iteration could not yield (Err)
 
 	// The give-back's retries: tries, each bounded by giveBackTimeout,
 	// with a backoff from giveBackBackoff doubling up to 2 s between them.
@@ -298,6 +326,8 @@ func New(c *client.Client, cfg Config) (*Loader, error) {
 
 // Next returns the position of the first micro-batch not yet yielded: a
 // rank that stops (or fails) and starts again passes it as Config.Start.
+// Once the loader has had a micro-batch of the partition at Step, the
+// position names its generation (Position.Gen and Cluster).
 func (l *Loader) Next() Position {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -326,7 +356,6 @@ var errRunning = errors.New("stream: the loader is already iterating")
 type item struct {
 	b   *Batch
 	key string
-	gen partGen // with b: its partition's generation, as the loader knows it
 	err error
 	end bool
 	pos Position // with end: past the last partition
@@ -359,13 +388,13 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 		l.err = nil
 		l.mu.Unlock()
 		l.mu.Lock()
-		pos, gen := l.next, l.gen
+		pos := l.next
 		l.mu.Unlock()
 		var src source
 		if l.cfg.Prefetch == 0 {
-			src = &direct{l: l, pos: pos, gen: gen}
+			src = &direct{l: l, pos: pos}
 		} else {
-			src = l.prefetch(ctx, pos, gen)
+			src = l.prefetch(ctx, pos)
 		}
 		var lost error // a give-back of a batch not yielded after a cancel that failed
 		defer func() {
@@ -389,7 +418,7 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 			}
 			if it.end {
 				l.mu.Lock()
-				l.next, l.gen = it.pos, partGen{}
+				l.next = it.pos
 				l.mu.Unlock()
 				return
 			}
@@ -407,7 +436,8 @@ func (l *Loader) All(ctx context.Context) iter.Seq2[*Batch, error] {
 				continue
 			}
 			l.mu.Lock()
-			l.next, l.gen = Position{Step: it.b.Step, Index: it.b.Index + 1}, it.gen
+			l.next = it.b.Position // with its partition's generation
+			l.next.Index++
 			l.mu.Unlock()
 			if !yieldBatch(yield, it.b) {
 				return
@@ -463,12 +493,10 @@ type source interface {
 type direct struct {
 	l   *Loader
 	pos Position
-	gen partGen
 }
 
 func (d *direct) next(ctx context.Context) item {
-	it := d.l.fetch(ctx, &d.pos, &d.gen)
-	return it
+	return d.l.fetch(ctx, &d.pos)
 }
 
 func (d *direct) stop(*Loader) error { return nil }
@@ -482,7 +510,7 @@ type prefetcher struct {
 	done  chan struct{} // closed when the goroutine exited
 }
 
-func (l *Loader) prefetch(ctx context.Context, pos Position, gen partGen) *prefetcher {
+func (l *Loader) prefetch(ctx context.Context, pos Position) *prefetcher {
 	p := &prefetcher{ch: make(chan item, l.cfg.Prefetch), slots: make(chan struct{}, l.cfg.Prefetch), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
@@ -492,7 +520,7 @@ func (l *Loader) prefetch(ctx context.Context, pos Position, gen partGen) *prefe
 			case <-ctx.Done():
 				return
 			}
-			it := l.fetch(ctx, &pos, &gen)
+			it := l.fetch(ctx, &pos)
 			p.ch <- it
 			if it.end || it.err != nil {
 				return
@@ -592,27 +620,16 @@ func (l *Loader) giveBack(partition, key string, n int) error {
 	return err
 }
 
-// partGen is a partition's generation as a loader knows it: the
-// number its controller gave the partition (engine.BatchMeta.PartitionGen;
-// 0: none) and that controller's cluster (BatchMeta.Cluster; "": not
-// known). The cluster counts because a controller that keeps its state in
-// memory starts anew as another cluster and numbers its partitions from
-// the start again: a generation alone may match a partition of the new
-// cluster by chance.
-type partGen struct {
-	n       uint64
-	cluster string
-}
-
 // fetch gets the micro-batch at *pos (moving to the next partition when
-// one is drained) and advances *pos past it. *gen is the generation of
-// the partition at pos.Step the loader has read (zero: none yet), with
-// the cluster whose controller numbered it: fetches name both, so that a partition cleared under the loader (a DP peer that
-// finished first cleared it), perhaps made again, ends it as a drained
-// one does rather than keep the loader waiting or hand it the new
-// partition's rows. It is set from the first micro-batch of a partition
-// and reset with each new partition.
-func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
+// one is drained) and advances *pos past it. pos.Gen is the generation of
+// the partition at pos.Step the loader has read (0: none yet), with the
+// cluster whose controller numbered it (pos.Cluster): fetches name both,
+// so that a partition cleared under the loader (a DP peer that finished
+// first cleared it), perhaps made again, ends it as a drained one does
+// rather than keep the loader waiting or hand it the new partition's
+// rows. They are set from the first micro-batch of a partition (or come
+// with Config.Start) and dropped with each new partition.
+func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 	// reread is set once a read of fetched rows failed: the fetch is asked
 	// again, naming the rows' generation, once.
 	reread := false
@@ -625,7 +642,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 			Mode: client.Fetch, Partition: part, Task: l.cfg.Task, Fields: l.cfg.Fields,
 			BatchSize: l.cfg.MicroBatchSize, TokenBudget: l.cfg.TokenBudget, Sampler: l.spec, Wait: true,
 			EndWhenConsumed: l.cfg.EndWhenConsumed, PartitionMustExist: l.cfg.PartitionMustExist,
-			PartitionGen: gen.n, Cluster: gen.cluster,
+			PartitionGen: pos.Gen, Cluster: pos.Cluster,
 		}
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
@@ -680,7 +697,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
-			*gen, reread = partGen{}, false
+			pos.Gen, pos.Cluster, reread = 0, "", false
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
 				// (Following the partition, whichever is made next.)
 				select {
@@ -721,20 +738,20 @@ func (l *Loader) fetch(ctx context.Context, pos *Position, gen *partGen) item {
 				// rows' generation, says so (the partition ends as a
 				// drained one does), or the read fails again.
 				reread = true
-				if gen.n == 0 {
-					*gen = partGen{n: m.PartitionGen, cluster: m.Cluster}
+				if pos.Gen == 0 {
+					pos.Gen, pos.Cluster = m.PartitionGen, m.Cluster
 				}
 				continue
 			}
 			return item{err: err}
 		}
 		reread = false
-		if gen.n == 0 {
-			*gen = partGen{n: m.PartitionGen, cluster: m.Cluster}
+		if pos.Gen == 0 && m.PartitionGen != 0 {
+			pos.Gen, pos.Cluster = m.PartitionGen, m.Cluster
 		}
 		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
 		pos.Index++
-		return item{b: b, key: req.Key, gen: *gen}
+		return item{b: b, key: req.Key}
 	}
 }
 

@@ -202,7 +202,9 @@ func TestBreakLosesNothing(t *testing.T) {
 					break
 				}
 			}
-			require.Equal(t, Position{Index: 2}, l.Next())
+			next := l.Next()
+			require.Equal(t, Position{Index: 2}, Position{Step: next.Step, Index: next.Index})
+			require.NotZero(t, next.Gen, "the generation of the partition it read")
 			// Restart: a new loader at Next, as a restarted process would.
 			cfg.Start = l.Next()
 			again, err := New(e.Client, cfg)
@@ -313,6 +315,8 @@ func TestBadConfig(t *testing.T) {
 		{func(c *Config) { c.DPRank = 2; c.DPSize = 2 }, "dp rank 2 out of range [0, 2)"},
 		{func(c *Config) { c.Prefetch = -1 }, "prefetch depth -1"},
 		{func(c *Config) { c.Start.Index = -1 }, "start position"},
+		{func(c *Config) { c.Start = Position{Step: 1, Gen: 3} }, "start position {Step:1 Index:0 Gen:3 Cluster:} names a generation past the 1 partitions"},
+		{func(c *Config) { c.Start.Cluster = "c1" }, "start position {Step:0 Index:0 Gen:0 Cluster:c1} names a cluster without a generation"},
 		{func(c *Config) { c.Sampler.Name = "random" }, `sampler "random" is not a built-in one`},
 		{func(c *Config) { c.TokenBudget = 10 }, "a token budget needs the token_budget sampler"},
 		{func(c *Config) { c.Sampler.Name = engine.SamplerTokenBudget }, "needs a token budget"},
