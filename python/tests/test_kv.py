@@ -1463,6 +1463,49 @@ def test_bad_keys_are_invalid_before_anything_is_sent(client, part, transport, m
         client.compare_and_set_tag("", part, "t", new=1)
 
 
+def test_field_named_twice_is_invalid_before_anything_is_sent(client, part, transport, monkeypatch):
+    """A field list naming a field twice went out as it was:
+    get_meta(["x", "y", "x"], ...) (insert, fetch, force fetch) answered a
+    meta of x and y, get_data(meta, fields=["x", "y", "x"]) a dict of x and
+    y, get_production_status a column per name, x's twice, and
+    kv_batch_get was refused only by the controller, once the request was
+    out. The Go client refuses such a list (field "x" appears twice,
+    ErrInvalid) before anything is sent, as a key named twice is. Now
+    every call taking a field list raises InvalidError naming the field,
+    and sends nothing; so does a loader built with such data_fields."""
+    client.kv_put("a", part, {"x": np.ones(4), "y": np.zeros(4)})
+    meta = client.kv_retrieve_meta(["a"], part)
+    fields = ["x", "y", "x"]
+
+    def no_request(*a, **kw):
+        raise AssertionError("a request went out")
+    monkeypatch.setattr(tq.wire.Conn, "call", no_request)
+    monkeypatch.setattr(tq.wire.Conn, "send_only", no_request)
+    calls = [  # (op the error names, call)
+        ("kv_batch_get", lambda: client.kv_batch_get(["a"], part, fields)),
+        ("kv_batch_get", lambda: client.kv_batch_get(["a"], part, fields, copy=False)),
+        ("kv_batch_get", lambda: client.kv_batch_get(["a"], part, fields, device="cpu")),
+        ("kv_batch_get", lambda: asyncio.run(client.async_kv_batch_get(["a"], part, fields))),
+        ("get_meta(insert)", lambda: client.get_meta(fields, 1, part, mode="insert")),
+        ("get_meta(fetch)", lambda: client.get_meta(fields, 1, part, task_name="t")),
+        ("get_meta(fetch)", lambda: asyncio.run(client.async_get_meta(fields, 1, part, task_name="t"))),
+        ("get_meta(force_fetch)", lambda: client.get_meta(fields, 1, part, mode="force_fetch")),
+        ("get_data", lambda: client.get_data(meta, fields=fields)),
+        ("get_data", lambda: client.get_data(meta, fields=fields, copy=False)),
+        ("get_production_status", lambda: client.get_production_status(fields, part)),
+        ("get_production_status", lambda: client.check_production_status(fields, part)),
+        ("StreamingDataset", lambda: tq.StreamingDataset(1, 1, fields, part, "t", client=client)),
+    ]
+    for i, (op, call) in enumerate(calls):
+        with pytest.raises(tq.InvalidError, match="field 'x' appears twice") as ei:
+            call()
+        assert (ei.value.op, ei.value.fields) == (op, ["x"]), i
+    # The check takes each name as a str (a set of them is how it finds
+    # one named twice): anything else is refused naming its place and type.
+    with pytest.raises(tq.InvalidError, match="field 2 of 2 must be a str, not list"):
+        client.kv_batch_get(["a"], part, ["x", ["y"]])
+
+
 _WRITE_THROUGH_A_VIEW = """
 import sys
 import numpy as np

@@ -48,6 +48,32 @@ def _sel(fields):
     return control_pb2.FieldSelection(names=list(fields))
 
 
+def _field_list(fields, op: str):
+    """``fields`` (one name as a str; None stays None) as a list naming
+    each field once. A name that is not a str, or a field named twice, is
+    InvalidError naming it, raised before anything is sent, as the Go
+    client (checkPartFields) refuses it and as a key named twice is: the
+    controller keeps a repeated field once, so a get, fetch or insert
+    naming one twice would answer it once, not what the caller asked
+    for."""
+    if fields is None:
+        return None
+    if isinstance(fields, str):
+        return [fields]
+    fields = list(fields)
+    for i, f in enumerate(fields):
+        if not isinstance(f, str):
+            raise errors.InvalidError(f"field {i + 1} of {len(fields)} must be a str, not {type(f).__name__}",
+                                      op=op, fields=[f])
+    if len(set(fields)) != len(fields):
+        seen = set()
+        for f in fields:
+            if f in seen:
+                raise errors.InvalidError(f"field {f!r} appears twice", op=op, fields=[f])
+            seen.add(f)
+    return fields
+
+
 def _as_keys(keys, partition, op=""):
     """keys as a list of str, and ``partition`` checked too. A key
     or a partition id that is not UTF-8 text (a lone surrogate) is
@@ -886,7 +912,9 @@ class Client:
                      device=None):
         """The fields of ``keys``, rows in key order: a dict field → value
         (a TensorDict when ``tensordict`` is importable and every field is
-        dense). Without ``select_fields``: the fields every key holds.
+        dense). ``select_fields``: the fields to read (one as a str), each
+        named once: a field named twice is :class:`InvalidError` naming it,
+        and nothing is sent. Without it: the fields every key holds.
         ``copy=False`` returns a :class:`View` over shared memory.
         ``into``: a dict field → a C-contiguous numpy array of the field's
         dtype and shape that the cells are read into (a buffer the caller
@@ -904,8 +932,7 @@ class Client:
         keys = _as_keys(keys, partition_id, "kv_batch_get")
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_get")
-        if isinstance(select_fields, str):
-            select_fields = [select_fields]
+        select_fields = _field_list(select_fields, "kv_batch_get")
         dev = _device(device, into, copy, "kv_batch_get")
         ctx = {"op_name": "kv_batch_get", "partition": partition_id}
         # A put that replaces the keys' cells between the lookup and the
@@ -1144,6 +1171,9 @@ class Client:
                  _hold_group: bytes | None = None) -> BatchMeta:
         """Rows of ``partition_id``.
 
+        ``data_fields``: the fields (one as a str), each named once: a
+        field named twice is :class:`InvalidError` naming it, and nothing
+        is sent (as a key named twice is refused).
         ``mode="fetch"``: ``batch_size`` rows produced for every one of
         ``data_fields`` and not yet consumed by ``task_name``, chosen by the
         controller's sampler and marked consumed; without ``wait`` an empty
@@ -1189,10 +1219,9 @@ class Client:
         so that a generation may match by chance) raises
         :class:`DoneError` as for a partition cleared. "": not checked.
         """
-        if isinstance(data_fields, str):
-            data_fields = [data_fields]
         ctx = {"op_name": f"get_meta({mode})", "partition": partition_id}
         _text(partition_id, "partition_id", ctx["op_name"], "partition")
+        data_fields = _field_list(data_fields, ctx["op_name"])
         _text(task_name, "task_name", ctx["op_name"], optional=True)
         before = self._cluster_now
         if mode == "insert":
@@ -1378,13 +1407,17 @@ class Client:
 
     def get_data(self, metadata: BatchMeta, *, copy: bool = True, fields=None, into=None, device=None):
         """The fields of ``metadata``'s rows, in its row order (dict, or
-        TensorDict when importable). ``copy=False``: a :class:`View`.
+        TensorDict when importable). ``fields``: those to read (one as a
+        str; default: every field of the meta), each named once: a field
+        named twice is :class:`InvalidError` naming it, and nothing is read.
+        ``copy=False``: a :class:`View`.
         ``into``: arrays to read dense fields into, and ``device``: a torch
         device to return tensors on, as for :meth:`kv_batch_get`.
         Cells a drain (``tq unit drain``) moved since the meta was taken are
         read where they went; the meta is left as it is."""
         dev = _device(device, into, copy, "get_data")
-        names = list(into) if into is not None else list(fields) if fields is not None else metadata.field_names
+        fields = _field_list(fields, "get_data")
+        names = list(into) if into is not None else fields if fields is not None else metadata.field_names
         if into is None and (metadata.size == 0 or not names):
             return View({}, []) if not copy else {}
         keys = metadata.keys if metadata.keys is not None else metadata.global_indexes
@@ -1538,10 +1571,13 @@ class Client:
         return list(self._call(wire.PARTITIONS, None, control_pb2.PartitionsReply, op_name="partitions").partitions)
 
     def get_production_status(self, data_fields, partition_id: str):
-        """(global indexes, produced) — produced is an int8 array rows × fields."""
+        """(global indexes, produced) — produced is an int8 array rows ×
+        ``data_fields``, which names each field once (a field named twice is
+        :class:`InvalidError` naming it, and nothing is sent)."""
         _text(partition_id, "partition_id", "get_production_status", "partition")
+        fields = _field_list(data_fields, "get_production_status")
         rep = self._call(wire.PRODUCTION_STATUS, control_pb2.ProductionStatusRequest(
-            partition=partition_id, fields=list(data_fields)), control_pb2.ProductionStatusReply,
+            partition=partition_id, fields=list(fields)), control_pb2.ProductionStatusReply,
             op_name="get_production_status", partition=partition_id)
         idx = np.asarray(rep.indexes, dtype=np.int64)
         prod = np.asarray(rep.produced, dtype=np.int8).reshape(len(idx), len(rep.fields)) if len(idx) else \

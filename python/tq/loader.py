@@ -71,7 +71,7 @@ import numpy as np
 
 from . import errors, wire
 from ._pb import control_pb2
-from .client import Client
+from .client import Client, _field_list
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ class StreamIterator:
         if dp_rank < 0:
             raise errors.InvalidError(f"dp_rank {dp_rank} is negative")
         self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
-        self.data_fields = [data_fields] if isinstance(data_fields, str) else list(data_fields)
+        # Refused here, not at the first fetch: a field named twice.
+        self.data_fields = _field_list(data_fields, type(self).__name__)
         self.partition_id, self.task_name, self.dp_rank = partition_id, task_name, dp_rank
         self.should_check_consumption_status = should_check_consumption_status
         self.fetch_timeout = fetch_timeout
