@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -61,6 +62,9 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %v: must be positive", *timeout)
+	}
+	if err := checkStatFlags(fs, *watch); err != nil {
+		return err
 	}
 	if *limit < 0 {
 		return fmt.Errorf("--limit %d: must not be negative (0 shows every partition)", *limit)
@@ -137,6 +141,22 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		case <-t.C:
 		}
 	}
+}
+
+// checkStatFlags refuses --interval without --watch, as tq unit refuses
+// a flag its verb does not use: the one-shot view takes one look, and
+// `tq stat --interval 1s ADDR` would print it once and exit, the interval
+// dropped without a word. (--limit with --json is not refused: --json
+// lists every partition whatever --limit says, on purpose -- it is for
+// scripts, which want them all -- as -h and README say.)
+func checkStatFlags(fs *flag.FlagSet, watch bool) error {
+	var err error
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "interval" && !watch {
+			err = errors.New("stat: --interval is for --watch; without --watch it does nothing")
+		}
+	})
+	return err
 }
 
 // printable is s as the human views print it: as is when every rune is

@@ -108,6 +108,10 @@ func TestStatRefusesBadFlags(t *testing.T) {
 		{[]string{"--partition", "train-[", "tcp://127.0.0.1:1"}, `--partition "train-[": syntax error in pattern`},
 		{[]string{"--partition", `a\`, "tcp://127.0.0.1:1"}, `--partition "a\\": syntax error in pattern`},
 		{[]string{"--limit", "-1", "tcp://127.0.0.1:1"}, "--limit -1: must not be negative"},
+		// --interval paces --watch; without it, it would do nothing.
+		{[]string{"--interval", "1s", "tcp://127.0.0.1:1"}, "stat: --interval is for --watch; without --watch it does nothing"},
+		{[]string{"--json", "--interval=5s", "tcp://127.0.0.1:1"}, "stat: --interval is for --watch"},
+		{[]string{"--watch=false", "--interval", "1s", "tcp://127.0.0.1:1"}, "stat: --interval is for --watch"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out, errb bytes.Buffer
