@@ -15,12 +15,14 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 const checkpointUsage = `usage:
   tq checkpoint save ADDR NAME [--metadata JSON]
                                  save the cluster's metadata and every cell's bytes as NAME,
-                                 with a JSON object of your own kept beside them
+                                 with a JSON object of your own kept beside them; a
+                                 checkpoint NAME saved before is replaced (and named)
   tq checkpoint load ADDR NAME   replace the cluster's state with checkpoint NAME
   tq checkpoint list ADDR        list the saved checkpoints (with their JSON objects); one
                                  a load refuses (another build wrote it, or its state file
@@ -76,6 +78,7 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer m.Close()
 	switch verb {
 	case "save":
+		old := existingCheckpoint(ctx, m, rest[1])
 		start := time.Now()
 		info, err := m.SaveCheckpoint(ctx, rest[1], []byte(*metadata))
 		if err != nil {
@@ -83,6 +86,9 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		fmt.Fprintf(stdout, "tq checkpoint: saved %s in %v: %d cells, %s%s\n", rest[1], time.Since(start).Round(time.Millisecond),
 			info.Cells, bytesString(info.Bytes), lostString(info.LostCells))
+		if old != nil {
+			fmt.Fprintf(stdout, "tq checkpoint: replaced the earlier checkpoint %s (%s)\n", printable(old.Name), describeCheckpoint(old))
+		}
 	case "load":
 		start := time.Now()
 		info, err := m.LoadCheckpoint(ctx, rest[1])
@@ -124,6 +130,42 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 	}
 	return nil
+}
+
+// existingCheckpoint is the checkpoint a save of name would replace, as
+// a listing before the save finds it (nil: none, or the listing failed).
+// The controller replaces it by design (the swap is atomic), and its
+// reply says nothing of it: this is so that tq checkpoint save can say
+// so. The listing reads each checkpoint's state header, a small read
+// beside the save's copy of every cell; a save racing this one under the
+// same name goes unmentioned.
+func existingCheckpoint(ctx context.Context, m *client.RemoteMeta, name string) *wirepb.CheckpointInfo {
+	list, err := m.Checkpoints(ctx)
+	if err != nil {
+		return nil // the save says what is wrong, if anything is
+	}
+	for _, c := range list {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// describeCheckpoint says what a replaced checkpoint held: when it was
+// saved, its cells and bytes, and its metadata; or why a load refused it.
+func describeCheckpoint(c *wirepb.CheckpointInfo) string {
+	if c.Unusable != "" {
+		return "unusable: " + printable(c.Unusable)
+	}
+	d := fmt.Sprintf("saved %s, %d cells, %s", time.UnixMilli(c.SavedUnixMs).Format(time.RFC3339), c.Cells, bytesString(c.Bytes))
+	if c.LostCells > 0 {
+		d += fmt.Sprintf(", %d lost", c.LostCells)
+	}
+	if len(c.Metadata) > 0 {
+		d += ", metadata " + compactJSON(c.Metadata)
+	}
+	return d
 }
 
 // checkpointArgs splits tq checkpoint's positional arguments into the

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 )
 
@@ -64,4 +67,42 @@ func TestCheckpointNamesTheArgumentsItRefuses(t *testing.T) {
 			assert.Contains(t, stderr.String(), "usage:", "the usage goes with the error")
 		})
 	}
+}
+
+// tq checkpoint save over a checkpoint of the same name replaces it (by
+// design: the swap is atomic) and says so, with what the old one held;
+// it used to print only "saved NAME", as if the name had been free.
+func TestCheckpointSaveSaysWhatItReplaced(t *testing.T) {
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	_, err = ctrl.Insert("train", 3, nil)
+	require.NoError(t, err)
+	srv := controller.NewServer(ctrl, controller.ServerConfig{Token: statTestToken, CheckpointDir: t.TempDir()})
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "c.sock"))
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { srv.Serve(l); close(served) }()
+	t.Cleanup(func() { srv.Close(); <-served; ctrl.Close() })
+	addr := "unix://" + l.Addr().String()
+	save := func(name string, args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		err := run(t.Context(), append([]string{"checkpoint", "save", "--token", statTestToken, addr, name}, args...), &out, io.Discard)
+		require.NoError(t, err)
+		t.Logf("tq checkpoint save %s: %s", name, out.String())
+		return out.String()
+	}
+
+	out := save("ck", "--metadata", `{"step": 100}`)
+	assert.Contains(t, out, "saved ck")
+	assert.NotContains(t, out, "replaced", "the name was free")
+
+	out = save("ck", "--metadata", `{"step": 200}`)
+	assert.Contains(t, out, "saved ck")
+	assert.Contains(t, out, "replaced the earlier checkpoint ck (saved ")
+	assert.Contains(t, out, `metadata {"step":100}`, "what the old one held")
+	assert.NotContains(t, out, `"step":200`, "the old one's metadata, not the new")
+
+	out = save("other")
+	assert.NotContains(t, out, "replaced", "another name")
 }
