@@ -91,7 +91,9 @@ func (m *BatchMeta) SelectRows(pos []int) (*BatchMeta, error) {
 // cell locations; the rows, tags and Extra are copied unchanged. Unlike the
 // reference implementation, which drops unknown names silently, a name
 // that is not in m's schema is an error wrapping [ErrNotFound] that lists
-// every such name. A name may repeat.
+// every such name. A name listed twice is an error wrapping [ErrInvalid]
+// that names it, as [Batch.Select] and the clients' gets refuse one: the
+// meta would hold the field once, not what the caller listed.
 //
 // Ready is kept as it is: a row whose fields are all produced also has
 // every subset of them produced. (A row that is not ready may have all the
@@ -109,6 +111,9 @@ func (m *BatchMeta) SelectFields(names []string) (*BatchMeta, error) {
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("fields %q not in meta: %w", missing, ErrNotFound)
+	}
+	if d := duplicates(names); len(d) > 0 {
+		return nil, fmt.Errorf("select fields: field %q appears twice: %w", d[0], ErrInvalid)
 	}
 	out := &BatchMeta{
 		Indexes:    slices.Clone(m.Indexes),

@@ -280,7 +280,7 @@ func TestSelectRows(t *testing.T) {
 // differ: an unknown field is an error.
 func TestSelectFields(t *testing.T) {
 	m := testMeta()
-	got, err := m.SelectFields([]string{"ids", "resp", "ids"})
+	got, err := m.SelectFields([]string{"ids", "resp"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,6 +316,22 @@ func TestSelectFields(t *testing.T) {
 
 	_, err = m.SelectFields([]string{"ids", "nope", "gone"})
 	wantErrIs(t, err, ErrNotFound)
+}
+
+// A field named twice is refused, naming it, as Batch.Select and the
+// clients' get and fetch refuse it: the meta would hold it once, not what
+// the caller listed.
+func TestSelectFieldsRefusesAFieldNamedTwice(t *testing.T) {
+	m := testMeta()
+	for _, names := range [][]string{{"ids", "resp", "ids"}, {"text", "text"}} {
+		got, err := m.SelectFields(names)
+		require.ErrorIs(t, err, ErrInvalid, "%q", names)
+		require.ErrorContains(t, err, fmt.Sprintf("field %q appears twice", names[len(names)-1]), "%q", names)
+		require.Nil(t, got)
+	}
+	// A repeat of a field the meta lacks names the missing field first.
+	_, err := m.SelectFields([]string{"nope", "nope"})
+	require.ErrorIs(t, err, ErrNotFound)
 }
 
 func TestReorder(t *testing.T) {

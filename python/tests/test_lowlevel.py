@@ -541,3 +541,14 @@ def test_select_fields_takes_one_name_and_refuses_unknown_ones():
     with pytest.raises(tq.NotFoundError) as e:
         m.select_fields(["resp", "respons", "y"])
     assert e.value.fields == ["respons", "y"]
+
+
+def test_select_fields_refuses_a_field_named_twice():
+    # Before: select_fields(["resp", "x", "resp"]) gave a meta of resp and
+    # x, the repeat dropped; the Go SelectFields and get_data's fields
+    # refuse it.
+    m = tq.BatchMeta([10, 11], ["p"] * 2, field_schema={"resp": {"dtype": "int64", "kind": "dense", "shape": ()},
+                                                         "x": {"dtype": "int64", "kind": "dense", "shape": ()}})
+    with pytest.raises(tq.InvalidError, match="field 'resp' appears twice") as e:
+        m.select_fields(["resp", "x", "resp"])
+    assert e.value.fields == ["resp"]

@@ -292,12 +292,19 @@ class BatchMeta:
         """The rows with only the fields ``names`` (one name as a str). A
         name the meta has no field of is NotFoundError listing every such
         name, as the Go SelectFields refuses it (TransferQueue's drops it,
-        leaving a meta whose get_data is empty)."""
+        leaving a meta whose get_data is empty). A field named twice is
+        InvalidError naming it, as get_data's fields refuse one: the meta
+        would hold it once, not what was listed."""
         names = [names] if isinstance(names, str) else list(names)
         missing = list(dict.fromkeys(n for n in names if n not in self.field_schema))
         if missing:
             raise errors.NotFoundError(f"fields {missing} not in the meta (it has {self.field_names})",
                                        op="select_fields", fields=missing)
+        seen = set()
+        for n in names:
+            if n in seen:
+                raise errors.InvalidError(f"field {n!r} appears twice", op="select_fields", fields=[n])
+            seen.add(n)
         keep = names
         m = self.select_samples(range(self.size))
         m.field_schema = {k: m.field_schema[k] for k in keep}
