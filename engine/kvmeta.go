@@ -128,12 +128,13 @@ func (m *KVMeta) Reorder(pos []int) (*KVMeta, error) {
 
 // Chunk splits m into n metas of consecutive keys, the first Len%n one key
 // longer; when n > Len the last chunks have no keys. Each chunk keeps the
-// partition, fields and Extra. n <= 0 is an error wrapping [ErrInvalid].
+// partition, fields and Extra. n <= 0, or n past both Len and
+// [MaxChunks], is an error wrapping [ErrInvalid].
 func (m *KVMeta) Chunk(n int) ([]*KVMeta, error) {
-	if n <= 0 {
-		return nil, fmt.Errorf("chunk into %d parts: %w", n, ErrInvalid)
-	}
 	m = orEmptyKV(m)
+	if err := checkChunks(n, m.Len()); err != nil {
+		return nil, err
+	}
 	if err := m.check(); err != nil {
 		return nil, err
 	}

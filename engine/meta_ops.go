@@ -156,13 +156,13 @@ func (m *BatchMeta) Reorder(pos []int) (*BatchMeta, error) {
 
 // Chunk splits m into n metas of consecutive rows. Sizes differ by at most
 // one: the first Len%n chunks get one extra row. When n > Len the last
-// chunks have no rows (they keep the schema and Extra). n <= 0 is an error
-// wrapping [ErrInvalid].
+// chunks have no rows (they keep the schema and Extra). n <= 0, or n past
+// both Len and [MaxChunks], is an error wrapping [ErrInvalid].
 func (m *BatchMeta) Chunk(n int) ([]*BatchMeta, error) {
-	if n <= 0 {
-		return nil, fmt.Errorf("chunk into %d parts: %w", n, ErrInvalid)
-	}
 	m = orEmpty(m)
+	if err := checkChunks(n, m.Len()); err != nil {
+		return nil, err
+	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
@@ -632,6 +632,24 @@ func span(lo, hi int) []int {
 		out[i] = lo + i
 	}
 	return out
+}
+
+// MaxChunks bounds the parts Chunk splits a meta into beyond its rows: a
+// meta of fewer rows splits into at most MaxChunks parts (the last ones
+// empty), one of more into at most as many parts as it has rows.
+const MaxChunks = 1 << 20
+
+// checkChunks refuses to split rows into n parts when n is not positive,
+// or when it is past both the rows and MaxChunks: each part is a meta of
+// its own, and a count such as 1<<40 would allocate them all.
+func checkChunks(n, rows int) error {
+	switch {
+	case n <= 0:
+		return fmt.Errorf("chunk into %d parts: %w", n, ErrInvalid)
+	case n > max(rows, MaxChunks):
+		return fmt.Errorf("chunk %d rows into %d parts: more than the rows and the limit of %d parts: %w", rows, n, MaxChunks, ErrInvalid)
+	}
+	return nil
 }
 
 // chunkBounds splits size rows into n [lo, hi) ranges, the first size%n
