@@ -69,7 +69,12 @@ func (o *OneKey) UnitFor(key string) *storage.Unit {
 // are set here) and merges tags (may be nil) into its tags. It returns
 // once the commit's record is durable, then frees the cells it replaced.
 // A commit the controller refuses (a dtype the partition holds otherwise)
-// frees the extents and changes nothing. r is ended either way.
+// frees the extents and changes nothing. r is ended either way. The
+// controller in this process takes a change whatever ctx says; ctx bounds
+// the wait for its record only, so a commit whose ctx ends (or whose log
+// fails) before that record is durable returns an error saying that the
+// put may have happened, as the general path's
+// ([github.com/tqgo/tq/client.Client.PutKeys]) does.
 //
 // A commit refused because u was marked draining after [OneKey.UnitFor]
 // picked it is made once more: on u, if the drain was lifted meanwhile,
@@ -171,7 +176,12 @@ func (o *OneKey) commit(ctx context.Context, u *storage.Unit, r *storage.Reserva
 		*owed = replaced
 		return out, len(replaced), nil
 	}
-	return out, len(replaced), o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced)
+	if err := o.meta.freeAfterKeys(ctx, partition, req.Keys, replaced); err != nil {
+		// The controller took the change whatever ctx says: only its
+		// record is not known durable.
+		return engine.KeysCommitted{}, 0, fmt.Errorf("key %q: the controller took the put, whose record is not known to be durable: the put may have happened: %w", key, err)
+	}
+	return out, len(replaced), nil
 }
 
 // moveOff copies the extents at addrs, committed on from (a draining
