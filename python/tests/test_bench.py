@@ -1,5 +1,7 @@
 """The benchmark harness (python3 -m tq.bench)."""
 
+import pytest
+
 
 def test_bench_harness(server):
     """python3 -m tq.bench runs end to end (the tiny workload, no Go side)."""
@@ -55,3 +57,26 @@ def test_bench_rows(server):
                        "--iters", "2"])
     assert [r[0] for r in rows] == ["python shm", "python tcp"]
     assert all(set(v) == {"put", "get", "list"} and all(x[0] > 0 for x in v.values()) for _, v in rows)
+
+
+def test_time_ops_percentiles_are_nearest_rank(monkeypatch):
+    """_time_ops's p50 and p99 are nearest-rank percentiles, as the Go
+    benchmarks' (reportLatency): of 100 calls taking 1..100 µs, p50 is 50
+    µs and p99 is 99 µs, not the upper median (51) and the maximum (100);
+    the rate is the calls over the time they took. (A clock of our own: no
+    timing.)"""
+    import types
+
+    from tq import bench
+    now = [0.0]
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def op(i):
+        now[0] += (100 - i % 100) * 1e-6  # 100, 99, ..., 1 µs
+
+    ops, p50, p99 = bench._time_ops({"x": op}, 100)["x"]
+    assert ops == pytest.approx(100 / 5050e-6)
+    assert p50 == pytest.approx(50)
+    assert p99 == pytest.approx(99)
+    # One call: every percentile is it.
+    assert bench._time_ops({"x": lambda i: op(99)}, 1)["x"][1:] == (pytest.approx(1), pytest.approx(1))

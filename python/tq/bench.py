@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -293,7 +294,8 @@ def _free_port() -> int:
 
 def _time_ops(ops, n):
     """Runs each op of ops (name → f(i)) n times after a warm-up, in turn
-    (so that all see the same load): name → (ops/s, p50 µs, p99 µs)."""
+    (so that all see the same load): name → (ops/s, p50 µs, p99 µs), the
+    percentiles nearest-rank ones (_rank)."""
     for f in ops.values():
         for i in range(min(n, 200)):
             f(i)
@@ -306,8 +308,15 @@ def _time_ops(ops, n):
     out = {}
     for name, xs in lat.items():
         xs.sort()
-        out[name] = (len(xs) / sum(xs), xs[len(xs) // 2] * 1e6, xs[int(len(xs) * 0.99)] * 1e6)
+        out[name] = (len(xs) / sum(xs), _rank(xs, 0.50) * 1e6, _rank(xs, 0.99) * 1e6)
     return out
+
+
+def _rank(xs, q):
+    """The nearest-rank q-quantile of sorted xs, the ceil(q·n)-th smallest,
+    as the Go benchmarks take theirs (bench's reportLatency): of 100
+    samples p99 is the 99th, not the maximum."""
+    return xs[min(max(math.ceil(q * len(xs)) - 1, 0), len(xs) - 1)]
 
 
 def bench_values(c, part, n):
