@@ -34,14 +34,14 @@ func BenchmarkRedisBenchmark(b *testing.B) {
 	redisAddr, redisPID := startRedis(b)
 	const requests = 100000
 	for _, clients := range []int{16, 64} {
-		redisRPS := map[string]float64{}
+		var redisRPS baselineRuns
 		for _, store := range []string{"redis", "tq"} {
 			b.Run(fmt.Sprintf("store=%s/clients=%d", store, clients), func(b *testing.B) {
 				addr, pid := redisAddr, redisPID
 				if store == "tq" {
 					addr, pid = srv.resp, srv.pid
 				}
-				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET", "GET"},
+				cpu := runRedisBenchmark(b, rb, addr, pid, &redisRPS, store == "redis", []string{"SET", "GET"},
 					"-t", "set,get", "-n", strconv.Itoa(requests), "-c", strconv.Itoa(clients), "-d", "1024", "-r", "10000")
 				reportCPU(b, cpu, 2*requests*b.N, "server_us/req")
 			})
@@ -72,14 +72,14 @@ func BenchmarkDurablePipeline(b *testing.B) {
 	redisAddr, _, redisPID := startRedisSock(b, "--appendonly", "yes", "--appendfsync", "always")
 	const requests = 20000
 	for _, depth := range []int{1, 16, 64} {
-		redisRPS := map[string]float64{}
+		var redisRPS baselineRuns
 		for _, store := range []string{"redis", "tq"} {
 			b.Run(fmt.Sprintf("store=%s/pipeline=%d", store, depth), func(b *testing.B) {
 				addr, pid := redisAddr, redisPID
 				if store == "tq" {
 					addr, pid = srv.resp, srv.pid
 				}
-				cpu := runRedisBenchmark(b, rb, addr, pid, redisRPS, store == "redis", []string{"SET"},
+				cpu := runRedisBenchmark(b, rb, addr, pid, &redisRPS, store == "redis", []string{"SET"},
 					"-t", "set", "-n", strconv.Itoa(requests), "-c", "1", "-P", strconv.Itoa(depth), "-d", "1024", "-r", "10000")
 				reportCPU(b, cpu, requests*b.N, "server_us/req")
 			})
@@ -90,8 +90,9 @@ func BenchmarkDurablePipeline(b *testing.B) {
 // runRedisBenchmark runs redis-benchmark with args against the server at
 // addr (process pid) b.N times and reports, for each of tests, the median
 // over the runs of its requests per second and of its p50/p99 latencies, and the ratio to redisRPS's
-// (which a run with baseline fills). It returns the server's CPU time.
-func runRedisBenchmark(b *testing.B, rb, addr string, pid int, redisRPS map[string]float64, baseline bool, tests []string, args ...string) time.Duration {
+// (which a run with baseline fills; under -count, its run of the same number). It returns the
+// server's CPU time.
+func runRedisBenchmark(b *testing.B, rb, addr string, pid int, redisRPS *baselineRuns, baseline bool, tests []string, args ...string) time.Duration {
 	host, port, _ := strings.Cut(addr, ":")
 	res := map[string][]rbResult{}
 	var cpu time.Duration
@@ -128,9 +129,9 @@ func runRedisBenchmark(b *testing.B, rb, addr string, pid int, redisRPS map[stri
 		b.ReportMetric(m.p50*1000, name+"_p50_us")
 		b.ReportMetric(m.p99*1000, name+"_p99_us")
 		if baseline {
-			redisRPS[test] = m.rps
+			redisRPS.set(test, b, m.rps)
 		} else {
-			reportRatio(b, m.rps, redisRPS[test], name+"_tq/redis", "the store=redis row of the same configuration")
+			reportRatio(b, m.rps, redisRPS.of(test, b), name+"_tq/redis", "the store=redis row of the same configuration")
 		}
 	}
 	return cpu

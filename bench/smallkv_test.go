@@ -40,7 +40,8 @@ const smallKVKeys = 4
 // batch, then kv.BatchGet of that key; Redis: SET, GET), and reports ops/s
 // counting a SET and a GET as two ops, latency percentiles of each, and
 // for TQ its ops/s over Redis's at the same value size and concurrency in
-// this run (the latest redis run of that configuration). Every GET is
+// this run (under -count, each run over the redis row's run of the same
+// number: baselineRuns). Every GET is
 // checked: its length and a stamp at both ends that the SET before it
 // wrote.
 //
@@ -132,7 +133,7 @@ func BenchmarkSmallKV(b *testing.B) {
 		}
 		return rawConns[:n]
 	}
-	redisOps := map[string]float64{}
+	var redisOps baselineRuns
 	trips := map[string]func(*testing.B){}
 	for _, size := range []int{1 << 10, 1 << 20} {
 		for _, clients := range []int{16, 64} {
@@ -172,11 +173,11 @@ func BenchmarkSmallKV(b *testing.B) {
 					}
 					var ops float64
 					serverCPU(b, pid, func() { ops = run() })
+					base := fmt.Sprintf("store=redis/transport=%s/client=%s/%s", rc.transport, rc.client, conf)
 					if rc.store == "redis" {
-						redisOps[rc.transport+rc.client+conf] = ops
+						redisOps.set(base, b, ops)
 					} else {
-						reportRatio(b, ops, redisOps[rc.transport+rc.client+conf], "tq/redis",
-							fmt.Sprintf("store=redis/transport=%s/client=%s/%s", rc.transport, rc.client, conf))
+						reportRatio(b, ops, redisOps.of(base, b), "tq/redis", base)
 					}
 				})
 			}
@@ -187,7 +188,8 @@ func BenchmarkSmallKV(b *testing.B) {
 				conns := rawTQs(b, clients)
 				var ops float64
 				serverCPU(b, srv.pid, func() { ops = runRawTQSmallKV(b, conns, size) })
-				reportRatio(b, ops, redisOps["resp"+"raw"+conf], "tq/redis", "store=redis/transport=resp/client=raw/"+conf)
+				base := "store=redis/transport=resp/client=raw/" + conf
+				reportRatio(b, ops, redisOps.of(base, b), "tq/redis", base)
 			})
 			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
 				// go: a client (and connections) per caller, as Redis has
@@ -212,11 +214,12 @@ func BenchmarkSmallKV(b *testing.B) {
 						// over tcp also against redis-server through
 						// go-redis, the client a Go program would use (the
 						// minimal RESP client does less than any real one).
-						reportRatio(b, ops, redisOps["resp"+"raw"+conf], "tq/redis", "store=redis/transport=resp/client=raw/"+conf)
+						ratio := func(metric, base string) { reportRatio(b, ops, redisOps.of(base, b), metric, base) }
+						ratio("tq/redis", "store=redis/transport=resp/client=raw/"+conf)
 						if tr == client.TransportTCP {
-							reportRatio(b, ops, redisOps["resp"+"go-redis"+conf], "tq/redis-goredis", "store=redis/transport=resp/client=go-redis/"+conf)
+							ratio("tq/redis-goredis", "store=redis/transport=resp/client=go-redis/"+conf)
 						} else {
-							reportRatio(b, ops, redisOps["unix"+"raw"+conf], "tq/redis-unix", "store=redis/transport=unix/client=raw/"+conf)
+							ratio("tq/redis-unix", "store=redis/transport=unix/client=raw/"+conf)
 						}
 					})
 				}
@@ -283,6 +286,48 @@ func reportRatio(b *testing.B, ops, base float64, metric, baseline string) {
 		return
 	}
 	b.ReportMetric(ops/base, metric)
+}
+
+// baselineRuns pairs the runs (-count) of a row with those of its
+// baseline row. The testing package runs a sub-benchmark's runs one
+// after another, so every run of a redis row comes before the runs of
+// the TQ rows compared with it: the i-th run of a row is compared with
+// the i-th run of its baseline (the latest one when the baseline ran
+// fewer times), as "ratios per run against redis-server in the same run"
+// means. A run is one *testing.B, whose function the testing package
+// calls again with growing b.N; the run's figure is its last call's.
+type baselineRuns struct {
+	runs map[string][]*testing.B // per row, the B of each of its runs in the order they began
+	figs map[*testing.B]float64  // per baseline run, its latest figure
+}
+
+// run returns the number of b's run of the row named key (from 0).
+func (r *baselineRuns) run(key string, b *testing.B) int {
+	if r.runs == nil {
+		r.runs, r.figs = map[string][]*testing.B{}, map[*testing.B]float64{}
+	}
+	if i := slices.Index(r.runs[key], b); i >= 0 {
+		return i
+	}
+	r.runs[key] = append(r.runs[key], b)
+	return len(r.runs[key]) - 1
+}
+
+// set records v as the figure of b's run of the baseline row named key.
+func (r *baselineRuns) set(key string, b *testing.B, v float64) {
+	r.run(key, b)
+	r.figs[b] = v
+}
+
+// of returns the figure of the baseline row named key that b's run of
+// the row it measures is compared with, or 0 when that row has not run.
+func (r *baselineRuns) of(key string, b *testing.B) float64 {
+	i := r.run("compared "+b.Name(), b)
+	runs := r.runs[key]
+	if len(runs) == 0 {
+		return 0
+	}
+	return r.figs[runs[min(i, len(runs)-1)]]
 }
 
 // cpuTime is a process's CPU time so far.
