@@ -161,6 +161,29 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 	}
 }
 
+// serveArgs is defaults, each one "--name=value" (or "--name" for a bool)
+// argument, with those that args name too left out, then args: a test
+// overrides a helper's default rather than repeating the flag, which tq
+// serve refuses. A value in args that looks like a flag (--resp-loops -1)
+// names no default.
+func serveArgs(defaults []string, args ...string) []string {
+	given := map[string]bool{}
+	for _, a := range args {
+		if name, ok := strings.CutPrefix(a, "-"); ok {
+			name, _, _ = strings.Cut(strings.TrimPrefix(name, "-"), "=")
+			given[name] = true
+		}
+	}
+	var out []string
+	for _, d := range defaults {
+		name, _, _ := strings.Cut(strings.TrimLeft(d, "-"), "=")
+		if !given[name] {
+			out = append(out, d)
+		}
+	}
+	return append(out, args...)
+}
+
 // kill sends SIGKILL and waits for the process to be gone (at once if it
 // already is).
 func (p *serveProc) kill() {
@@ -647,10 +670,11 @@ func TestServeRejectsBadConfig(t *testing.T) {
 		{"token file others can read", "", []string{"--listen", "0.0.0.0:0", "--data-dir"}, openToken, "mode 0644"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			args := append([]string{"serve", "--socket-dir", t.TempDir()}, tc.args...)
+			args := slices.Clone(tc.args)
 			if tc.dir != nil {
 				args = append(args, tc.dir(t))
 			}
+			args = append([]string{"serve"}, serveArgs([]string{"--socket-dir=" + t.TempDir()}, args...)...)
 			if tc.yaml != "" {
 				os.WriteFile(cfgFile, []byte(tc.yaml), 0o644)
 				args = append(args, "--config", cfgFile)

@@ -31,7 +31,8 @@ func startRESP(t *testing.T, bin string, args ...string) (*serveProc, string) {
 	t.Helper()
 	// A socket directory of its own: the default one is shared by every
 	// tq serve of this user, concurrent test runs included.
-	args = append([]string{"--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0", "--capacity", "256MiB", "--socket-dir", t.TempDir()}, args...)
+	// args replace these (tq serve refuses a flag given twice).
+	args = serveArgs([]string{"--listen=127.0.0.1:0", "--resp=127.0.0.1:0", "--capacity=256MiB", "--socket-dir=" + t.TempDir()}, args...)
 	p := startServe(t, nil, bin, args...)
 	require.NotEmpty(t, p.resp, "tq serve printed no Redis-protocol address")
 	return p, p.token(t)

@@ -43,7 +43,7 @@ func startRestartable(t *testing.T, bin string, args ...string) *restartable {
 	require.NoError(t, err)
 	addr := l.Addr().String()
 	l.Close()
-	r := &restartable{bin: bin, data: t.TempDir(), args: append([]string{"--listen", "", "--resp", addr, "--capacity", "64MiB", "--socket-dir", t.TempDir()}, args...)}
+	r := &restartable{bin: bin, data: t.TempDir(), args: serveArgs([]string{"--listen=", "--resp=" + addr, "--capacity=64MiB", "--socket-dir=" + t.TempDir()}, args...)}
 	r.start(t)
 	require.Equal(t, addr, r.p.resp)
 	return r

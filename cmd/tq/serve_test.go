@@ -455,7 +455,8 @@ func TestServeNamesTheFlagOfAnAddressItCannotBind(t *testing.T) {
 	defer held.Close()
 	taken := held.Addr().String()
 	dataDir := t.TempDir()
-	base := []string{"--data-dir", dataDir, "--units", "1", "--capacity", "16MiB", "--huge-pages=false", "--listen", "127.0.0.1:0"}
+	// A case's flag replaces base's (tq serve refuses a flag given twice).
+	base := []string{"--data-dir=" + dataDir, "--units=1", "--capacity=16MiB", "--huge-pages=false", "--listen=127.0.0.1:0"}
 	for _, tc := range []struct{ flag, addr, want string }{
 		{"--listen", taken, "address already in use"},
 		{"--unit-listen", taken, "address already in use"},
@@ -466,7 +467,7 @@ func TestServeNamesTheFlagOfAnAddressItCannotBind(t *testing.T) {
 	} {
 		t.Run(tc.flag+" "+tc.addr, func(t *testing.T) {
 			var out strings.Builder
-			err := serve(t.Context(), append(base, "--socket-dir", t.TempDir(), tc.flag, tc.addr), &out, io.Discard)
+			err := serve(t.Context(), serveArgs(base, "--socket-dir", t.TempDir(), tc.flag, tc.addr), &out, io.Discard)
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), fmt.Sprintf("%s %q: ", tc.flag, tc.addr))
 			assert.Contains(t, err.Error(), tc.want)
@@ -480,7 +481,7 @@ func TestServeNamesTheFlagOfAnAddressItCannotBind(t *testing.T) {
 	defer cancel()
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, append(base, "--socket-dir", t.TempDir()), &out, io.Discard) }()
+	go func() { done <- serve(ctx, serveArgs(base, "--socket-dir", t.TempDir()), &out, io.Discard) }()
 	require.Eventually(t, func() bool {
 		select {
 		case err := <-done:

@@ -24,11 +24,12 @@ import (
 
 // startInProcess starts tq serve's servers in the test's process: a
 // controller and one storage unit on unix sockets, in memory, without a
-// token, with the flags of args added. The caller shuts them down; close
-// runs at cleanup.
+// token, with the flags of args added (one of these that args give too
+// is args', not repeated: tq serve refuses that). The caller shuts them
+// down; close runs at cleanup.
 func startInProcess(t *testing.T, args ...string) *server {
 	t.Helper()
-	args = append([]string{"--insecure", "--in-memory", "--listen", "", "--socket-dir", t.TempDir(), "--data-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB"}, args...)
+	args = serveArgs([]string{"--insecure", "--in-memory", "--listen=", "--socket-dir=" + t.TempDir(), "--data-dir=" + t.TempDir(), "--units=1", "--capacity=64MiB"}, args...)
 	cfg, _, err := parseServeConfig(args, io.Discard)
 	require.NoError(t, err)
 	require.NoError(t, cfg.secure())

@@ -41,7 +41,7 @@ func (l *lockedBuffer) String() string {
 // (--listen "" leaves a controller on its unix socket only). The
 // caller closes it.
 func startDurable(data, socks string, log *slog.Logger, args ...string) (*server, error) {
-	args = append([]string{"--insecure", "--socket-dir", socks, "--data-dir", data}, args...)
+	args = serveArgs([]string{"--insecure", "--socket-dir=" + socks, "--data-dir=" + data}, args...)
 	cfg, once, err := parseServeConfig(args, io.Discard)
 	if err != nil {
 		return nil, err

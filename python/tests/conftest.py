@@ -36,6 +36,14 @@ def _free_port():
     return p
 
 
+def serve_args(defaults, extra):
+    """`tq serve` flags: defaults, each one "--name=value" (or "--name" for
+    a bool), less those that extra names too, then extra. A test overrides a
+    default rather than repeating the flag, which tq serve refuses."""
+    given = {a.lstrip("-").split("=", 1)[0] for a in extra if a.startswith("-")}
+    return [d for d in defaults if d.lstrip("-").split("=", 1)[0] not in given] + list(extra)
+
+
 class Server:
     """A running `tq serve --role all` with its own data and socket dirs."""
 
@@ -47,9 +55,10 @@ class Server:
         self.env = dict(os.environ, TQ_DATA_DIR=self.data_dir)
         self.env.pop("TQ_TOKEN", None)
         self.log = open(os.path.join(self.dir, "log"), "w+")
-        self.args = [_bin("TQ_BIN", "tq"), "serve", "--listen", f"127.0.0.1:{self.port}", "--socket-dir",
-                     os.path.join(self.dir, "s"), "--data-dir", self.data_dir, "--capacity", "256MiB",
-                     "--huge-pages=false", *extra]
+        # extra replaces a default it names (tq serve refuses a flag given twice).
+        self.args = [_bin("TQ_BIN", "tq"), "serve", *serve_args(
+            [f"--listen=127.0.0.1:{self.port}", "--socket-dir=" + os.path.join(self.dir, "s"),
+             "--data-dir=" + self.data_dir, "--capacity=256MiB", "--huge-pages=false"], extra)]
         self._start()
 
     def _start(self):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import tq
-from conftest import _bin, _free_port
+from conftest import _bin, _free_port, serve_args
 
 
 class Split:
@@ -45,8 +45,9 @@ class Split:
     def _start(self, name, args):
         logp = os.path.join(self.dir, name + ".log")
         log = open(logp, "w+")
-        p = subprocess.Popen([_bin("TQ_BIN", "tq"), "serve", "--socket-dir", os.path.join(self.dir, "s" + name),
-                              "--data-dir", os.path.join(self.dir, "d"), *args],
+        p = subprocess.Popen([_bin("TQ_BIN", "tq"), "serve", *serve_args(
+                                 ["--socket-dir=" + os.path.join(self.dir, "s" + name),
+                                  "--data-dir=" + os.path.join(self.dir, "d")], args)],
                              stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.procs.append(p)
         for _ in range(600):
