@@ -4,8 +4,10 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -251,4 +253,38 @@ func TestClientCommandsNameABadControllerAddress(t *testing.T) {
 			assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
 		})
 	}
+}
+
+// tq serve refuses a flag given twice too, naming it, before it makes or
+// binds anything: `tq serve --capacity 1GiB --capacity 2GiB` started with
+// 2GiB and dropped the first without a word. A --config file's key or a
+// $TQ_ variable under a flag is a layer the flag overrides, not a repeat.
+func TestServeRefusesAFlagGivenTwice(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer held.Close()
+	data, socks := filepath.Join(t.TempDir(), "data"), t.TempDir()
+	t.Setenv("TQ_DATA_DIR", data)
+	for _, args := range [][]string{
+		{"--listen", held.Addr().String(), "--socket-dir", socks, "--capacity", "1GiB", "--capacity", "2GiB"},
+		{"--check-config", "--capacity=1GiB", "--listen", "127.0.0.1:0", "-capacity", "2GiB"},
+		{"--config", "a.yaml", "--config", "b.yaml"},
+	} {
+		name := strings.TrimLeft(args[len(args)-2], "-")
+		err := run(t.Context(), append([]string{"serve"}, args...), io.Discard, io.Discard)
+		require.Error(t, err, "%q", args)
+		assert.Contains(t, err.Error(), "serve: --"+name+" is given more than once", "%q", args)
+	}
+	assert.NoDirExists(t, data, "tq serve made its data directory before refusing")
+	entries, err := os.ReadDir(socks)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "tq serve made sockets before refusing")
+
+	// The file's capacity and $TQ_DATA_DIR under flags: the flags win.
+	file := filepath.Join(t.TempDir(), "tq.yaml")
+	require.NoError(t, os.WriteFile(file, []byte("capacity: 1GiB\n"), 0o600))
+	cfg, _, err := parseServeConfig([]string{"--check-config", "--config", file, "--capacity", "2GiB", "--data-dir", socks}, io.Discard)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2<<30, cfg.Capacity)
+	assert.Equal(t, socks, cfg.DataDir)
 }

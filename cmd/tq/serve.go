@@ -136,6 +136,12 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		if fs.NArg() > 0 {
 			return "", once, fmt.Errorf("serve takes flags only, no arguments: unexpected %q", fs.Arg(0))
 		}
+		// Two of a flag on the command line are refused (the flag
+		// package keeps the last); a --config key or a $TQ_ variable
+		// under a flag is a layer the flag overrides, not a repeat.
+		if err := refuseRepeats(fs, args); err != nil {
+			return "", once, err
+		}
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if set["token"] {
