@@ -1,0 +1,127 @@
+package wire
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+
+	_ "github.com/tqgo/tq/wire/wirepb"
+)
+
+// specOpRow matches a row of spec.md's op tables: | 16 | `INSERT` | request | reply | …
+var specOpRow = regexp.MustCompile("(?m)^\\| (\\d+) \\| `([A-Z_]+)` \\|(.*)$")
+
+// specOps reads spec.md's op tables: each op's name by number, and the
+// rest of its row.
+func specOps(t *testing.T) (names map[Op]string, rows map[Op]string) {
+	t.Helper()
+	spec, err := os.ReadFile("spec.md")
+	require.NoError(t, err)
+	names, rows = map[Op]string{}, map[Op]string{}
+	for _, m := range specOpRow.FindAllStringSubmatch(string(spec), -1) {
+		n, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		op := Op(n)
+		_, twice := names[op]
+		require.False(t, twice, "spec.md lists op %d twice", n)
+		names[op], rows[op] = m[2], m[3]
+	}
+	return names, rows
+}
+
+// spec.md's op tables list every op of ops.go, under its number and name,
+// and no other: a client written from the document speaks what the code
+// serves.
+func TestSpecListsEveryOp(t *testing.T) {
+	names, _ := specOps(t)
+	assert.Equal(t, opNames, names)
+}
+
+// specMessage matches a message named with its fields in spec.md:
+// InsertRequest{partition, n, fields}.
+var specMessage = regexp.MustCompile(`\b([A-Z][A-Za-z]*)\{`)
+
+// Every field spec.md's op tables name in a message's braces is a field of
+// that message in wire/proto, every message they name exists, and every
+// field of such a message is in its braces: a field added to a proto
+// message is described where a client's author looks.
+func TestSpecMessageFieldsExist(t *testing.T) {
+	_, rows := specOps(t)
+	for op, row := range rows {
+		for _, loc := range specMessage.FindAllStringSubmatchIndex(row, -1) {
+			name := row[loc[2]:loc[3]]
+			fields, ok := braced(row[loc[1]:])
+			require.True(t, ok, "%v: %s{ is not closed", op, name)
+			d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName("tq.wire.v1." + name))
+			if !assert.NoError(t, err, "%v names message %s", op, name) {
+				continue
+			}
+			md, ok := d.(protoreflect.MessageDescriptor)
+			if !assert.True(t, ok, "%v: %s is not a message", op, name) {
+				continue
+			}
+			for _, f := range fields {
+				if f == "…" {
+					continue
+				}
+				assert.NotNil(t, md.Fields().ByName(protoreflect.Name(f)), "%v: spec.md names field %s.%s, which wire/proto lacks", op, name, f)
+			}
+			for i := range md.Fields().Len() {
+				f := string(md.Fields().Get(i).Name())
+				assert.Contains(t, fields, f, "%v: wire/proto's %s has field %s, which spec.md leaves out of %s{…}", op, name, f, name)
+			}
+		}
+	}
+}
+
+// braced returns the names listed at the top level of s up to the brace
+// that closes it ("a, b[C{x}], c}" gives a, b, c).
+func braced(s string) ([]string, bool) {
+	var names []string
+	depth, start := 0, 0
+	for i, r := range s {
+		switch r {
+		case '{', '[':
+			if depth == 0 {
+				names = append(names, strings.TrimSpace(s[start:i]))
+				start = -1
+			}
+			depth++
+		case ']':
+			depth--
+		case '}':
+			if depth == 0 {
+				if start >= 0 {
+					names = append(names, strings.TrimSpace(s[start:i]))
+				}
+				return nonEmpty(names), true
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				if start >= 0 {
+					names = append(names, strings.TrimSpace(s[start:i]))
+				}
+				start = i + 1
+			}
+		}
+	}
+	return nil, false
+}
+
+func nonEmpty(ss []string) []string {
+	out := ss[:0]
+	for _, s := range ss {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
