@@ -2,14 +2,19 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"math/bits"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -76,4 +81,62 @@ func TestSpecListsEveryHelloFeature(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	assert.ElementsMatch(t, documented, hello.Features)
+}
+
+// The controller's limits are the numbers protocol.md and wire/spec.md
+// state: each phrase, made from the constant, is in the documents (white
+// space folded), so a limit changed in the code fails here until the
+// documents say so too.
+func TestProtocolDocsStateTheLimits(t *testing.T) {
+	var docs []string
+	for _, f := range []string{"protocol.md", "durability.md", "../wire/spec.md"} {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		docs = append(docs, strings.Join(strings.Fields(string(b)), " "))
+	}
+	all := strings.Join(docs, "\n")
+	mib := func(n int) string { return fmt.Sprintf("%d MiB", n>>20) }
+	for _, phrase := range []string{
+		fmt.Sprintf("%d by default, negative for no limit", DefaultMaxPartitions),
+		fmt.Sprintf("at most %d tasks and at most %d ready views", maxTasks, maxViews),
+		fmt.Sprintf("A fetch may carry a `key`: 1 to %d bytes", maxFetchKeyLen),
+		fmt.Sprintf("at most %d keys per partition", maxFetchKeys),
+		fmt.Sprintf("the last %s held fetches", commas(maxGivenBack)),
+		fmt.Sprintf("`hold_group` (with `hold`; at most %d bytes", maxHoldGroupLen),
+		fmt.Sprintf("one per spec (at most %d)", maxNamedSamplers),
+		"(0: the server's limit, 5 min by default;",
+		fmt.Sprintf("(0: %d; at most %d) and about %s", DefaultKeysPage, maxKeysPage, mib(maxKeysPageBytes)),
+		fmt.Sprintf("no more than %d keys", maxKeysScan),
+		fmt.Sprintf("(0 or above %d: %d) and about %s", maxStatsPage, maxStatsPage, mib(statsPageBytes)),
+		fmt.Sprintf("(0 or above %d: %d) and about %s", maxCheckpointsPage, maxCheckpointsPage, mib(checkpointsPageBytes)),
+		fmt.Sprintf("a JSON object of at most %d KiB", MaxCheckpointMetadata>>10),
+		fmt.Sprintf("nesting at most %d deep", maxMetadataDepth),
+		fmt.Sprintf("At most %s of payload", mib(MaxKVPayload)),
+		fmt.Sprintf("a key's tags ≤ %s as JSON", mib(engine.MaxTagsBytes)),
+		fmt.Sprintf("more than %s of its keys' tags", mib(maxReplyTagsBytes)),
+		fmt.Sprintf("≤ %s fields", commas(maxFields)),
+		fmt.Sprintf("names ≤ %d addresses, and its host id, name and each address are ≤ %d bytes", maxUnitAddrs, maxUnitString),
+		fmt.Sprintf("longer than %d bytes (which the controller ignores)", maxClientID),
+		fmt.Sprintf("The registry holds at most %d units", MaxUnits),
+		fmt.Sprintf("(≤ %d s)", int(maxUnitSyncWait/time.Second)),
+		fmt.Sprintf("the newest %d", maxCleared),
+		fmt.Sprintf("the last 2^%d moves", bits.Len(maxMoves)-1),
+		fmt.Sprintf("the last 2^%d before it", bits.Len(maxSavedMoves)-1),
+		fmt.Sprintf("at most `limit` cells (0: %d; ≤ %d) and about `max_bytes` of them (0: %s)", DefaultUnitCellsPage, MaxUnitCellsPage, mib(DefaultUnitCellsBytes)),
+		"10 minutes by default; negative: never",
+		fmt.Sprintf("`tq serve --held-client-grace`, %d s", int(DefaultHeldClientGrace/time.Second)),
+	} {
+		assert.True(t, strings.Contains(all, phrase), "protocol.md, durability.md and wire/spec.md do not state %q", phrase)
+	}
+	assert.Equal(t, 10*time.Minute, DefaultHeldFetchTTL, "the held-fetch TTL protocol.md states")
+	assert.Equal(t, 5*time.Minute, ServerConfig{}.withDefaults().MaxFetchWait, "the fetch wait limit protocol.md states")
+}
+
+// commas writes n with thousands separators, as the documents do: 65,536.
+func commas(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

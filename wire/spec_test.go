@@ -1,11 +1,14 @@
 package wire
 
 import (
+	"fmt"
+	"math/bits"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -124,4 +127,41 @@ func nonEmpty(ss []string) []string {
 		}
 	}
 	return out
+}
+
+// The limits and defaults of this package are the numbers spec.md states:
+// each phrase, made from the constant, is in it (white space folded).
+func TestSpecStatesTheLimits(t *testing.T) {
+	b, err := os.ReadFile("spec.md")
+	require.NoError(t, err)
+	spec := strings.Join(strings.Fields(string(b)), " ")
+	mib := func(n int) string { return fmt.Sprintf("%d MiB", n>>20) }
+	for _, phrase := range []string{
+		fmt.Sprintf("| body length | ≤ %s |", mib(MaxBodyLen)),
+		fmt.Sprintf("| payload length | ≤ 2^%d |", bits.Len(MaxPayloadLen)-1),
+		fmt.Sprintf("body ≤ %s; payload ≤ 2^%d bytes", mib(MaxBodyLen), bits.Len(MaxPayloadLen)-1),
+		fmt.Sprintf("a `HELLO` body ≤ %d bytes", MaxHelloLen),
+		fmt.Sprintf("listed in one body ≤ %s each", commas(MaxSegments)),
+		fmt.Sprintf("(%d by default). A connection past the limit", DefaultMaxConns),
+		fmt.Sprintf("(`MaxHandshakes`: %d by default", DefaultMaxHandshakes),
+		fmt.Sprintf("At most %d connections are being refused, and at most %d evicted", maxRefusing, maxRefusing),
+		fmt.Sprintf("a server runs at most %d requests of one connection at once", DefaultMaxInFlight),
+		fmt.Sprintf("a server runs at most %d requests of all connections together (`MaxRequests`", DefaultMaxRequests),
+		fmt.Sprintf("≤ %s per connection and ≤ %d GiB in all", mib(DefaultMaxConnBuffered), DefaultMaxBuffered>>30),
+		fmt.Sprintf("its whole body must arrive within %d s", int(DefaultFrameTimeout/time.Second)),
+		fmt.Sprintf("within %d s (the *write timeout*", int(DefaultWriteTimeout/time.Second)),
+		fmt.Sprintf("(`tq serve --peer-timeout`, %d s)", int(DefaultPeerTimeout/time.Second)),
+		fmt.Sprintf("each frame whole in what one read returns and its body and payload each ≤ %d KiB", loopMax>>10),
+	} {
+		assert.True(t, strings.Contains(spec, phrase), "spec.md does not state %q", phrase)
+	}
+}
+
+// commas writes n with thousands separators, as spec.md does: 4,194,304.
+func commas(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
