@@ -33,7 +33,7 @@ const (
 	Code_CODE_NOT_FOUND       Code = 2  // unknown key, field, partition, task, row
 	Code_CODE_DTYPE_MISMATCH  Code = 3  // a field already has another dtype
 	Code_CODE_NOT_READY       Code = 4  // cells not produced yet
-	Code_CODE_CAPACITY        Code = 5  // storage full until the deadline
+	Code_CODE_CAPACITY        Code = 5  // a bounded resource is full (storage until the deadline, a limit the message names)
 	Code_CODE_CLOSED          Code = 6  // the server is shutting down
 	Code_CODE_NOT_SUPPORTED   Code = 7  // an op or feature this server lacks
 	Code_CODE_LOST            Code = 8  // cells whose storage unit is gone
