@@ -84,10 +84,13 @@ func TestInfoSectionsAsRedis(t *testing.T) {
 // value at ',' and '=' (go-redis leaves the text to the caller). A
 // partition named with ':', ',', '=', a space or a line break broke the
 // line apart or added lines of its own (a name "x\r\nrole:master" made a
-// field of its own). Such a name is written percent-encoded.
+// field of its own), and one that starts with '#' was read as a section
+// header and dropped by both parsers (redis-py's parse_info skips such
+// lines, go-redis's InfoMap starts a section). Such a name is written
+// percent-encoded.
 func TestInfoKeyspaceNamesParse(t *testing.T) {
 	e := newEndpoint(t, Config{})
-	names := []string{"plain", "a:b", "c,d=e", "sp ace", "x\r\nrole:master", "pct%41", "ü"}
+	names := []string{"plain", "a:b", "c,d=e", "sp ace", "x\r\nrole:master", "pct%41", "ü", "#x"}
 	for _, p := range names {
 		_, err := e.e.Controller.CreatePartition(p)
 		require.NoError(t, err)
@@ -115,6 +118,11 @@ func TestInfoKeyspaceNamesParse(t *testing.T) {
 		assert.True(t, seen[p], "partition %q not listed as itself: %q", p, got)
 	}
 	assert.Contains(t, got, "\r\nplain:keys=0,rows=0\r\n", "a plain name stays as it is")
+	// go-redis's InfoMap files each line under the section above it.
+	sections, err := e.client(t, nil).InfoMap(context.Background(), "keyspace").Result()
+	require.NoError(t, err)
+	assert.Len(t, sections, 1, "sections: %v", sections)
+	assert.Len(t, sections["Keyspace"], len(names), "Keyspace: %v", sections["Keyspace"])
 }
 
 // INFO keyspace lists the first maxInfoPartitions partitions and counts

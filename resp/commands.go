@@ -652,12 +652,14 @@ func (c *conn) info(args [][]byte) {
 const maxInfoPartitions = 1024
 
 // infoName writes a partition's name for an INFO line: as it is when
-// every byte is printable ASCII other than space, ':', ',', '=' and '%',
-// else with those bytes percent-encoded (%3A), so that a parser that
+// every byte is printable ASCII other than space, ':', ',', '=', '%' and
+// '#', else with those bytes percent-encoded (%3A), so that a parser that
 // splits the line at its first ':' and the value at ',' and '=' (redis-py's
-// parse_info) reads it back, and no name makes a line of its own.
+// parse_info) reads it back, no name makes a line of its own, and no line
+// starts with '#', which both redis-py and go-redis's InfoMap read as a
+// section header.
 func infoName(p string) string {
-	plain := func(b byte) bool { return b > ' ' && b < 0x7f && !strings.ContainsRune(":,=%", rune(b)) }
+	plain := func(b byte) bool { return b > ' ' && b < 0x7f && !strings.ContainsRune(":,=%#", rune(b)) }
 	i := 0
 	for i < len(p) && plain(p[i]) {
 		i++
