@@ -62,6 +62,20 @@ func (e *extent) commit(now int64) {
 	e.live = e.liveOne[:1:1]
 }
 
+// holders returns how many leases' entries and reservations reach e's
+// bytes: its references less the cells' one, or 1 while it is reserved
+// (placed, open, or kept after its reservation expired while held).
+func (e *extent) holders() int {
+	switch {
+	case e.state == extentReserved:
+		return 1
+	case len(e.live) > 0:
+		return e.refs - 1
+	default:
+		return e.refs
+	}
+}
+
 // liveSpan returns the index of the live span holding all of [lo, hi), or
 // -1. hi > lo.
 func (e *extent) liveSpan(lo, hi int64) int {

@@ -9,9 +9,10 @@ import (
 )
 
 // Lease pins committed ranges for reading: while it is held, freeing their
-// cells does not let the unit reuse the bytes. Bytes returns views into
-// the unit's memory (no copy), read-only by contract and valid until
-// Release. Release is safe to call from any goroutine, and more than once.
+// cells does not let the unit reuse the bytes, nor [Unit.Close] unmap
+// them. Bytes returns views into the unit's memory (no copy), read-only
+// by contract and valid until Release. Release is safe to call from any
+// goroutine, and more than once.
 type Lease struct {
 	u        *Unit
 	ents     []leaseEntry
@@ -55,6 +56,7 @@ func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 	for i, a := range addrs {
 		if i > 0 && i%lockChunk == 0 {
 			if u.relock() {
+				u.unrefAll(l.ents[:i], false) // unpins them (see Close)
 				return nil, u.opErr("acquire", fmt.Errorf("%d ranges: %w", len(addrs), engine.ErrClosed))
 			}
 			e = nil
@@ -86,28 +88,31 @@ func (u *Unit) Acquire(addrs []engine.RemoteAddr) (*Lease, error) {
 
 // unrefAll drops the references of ents (in quarantine or not), lockChunk
 // at a time, letting go of u.mu between chunks, and wakes waiting
-// Reserves if extents went back. It reports false, having stopped, when
-// the unit closed meanwhile. u.mu is held.
+// Reserves if extents went back. After Close (before the call or between
+// chunks) it unpins the entries left instead (see Unit.Close), and
+// reports false. u.mu is held.
 func (u *Unit) unrefAll(ents []leaseEntry, quarantined bool) bool {
 	released := false
 	for i, ent := range ents {
-		if i > 0 && i%lockChunk == 0 {
+		if !u.closed && i > 0 && i%lockChunk == 0 {
 			if released {
 				u.signal()
 				released = false
 			}
-			if u.relock() {
-				return false
-			}
+			u.relock()
 		}
-		if ent.e != nil && u.unref(ent.e, quarantined) {
+		switch {
+		case ent.e == nil:
+		case u.closed:
+			u.unpin(ent.e)
+		case u.unref(ent.e, quarantined):
 			released = true
 		}
 	}
 	if released {
 		u.signal()
 	}
-	return true
+	return !u.closed
 }
 
 // Len returns the number of ranges.
@@ -123,9 +128,10 @@ func (l *Lease) Bytes(i int) []byte {
 }
 
 // Release ends the lease; extents whose cells were all freed meanwhile go
-// back to the pool. Release is idempotent and does nothing after
-// [Unit.Close]. It drops the ranges lockChunk at a time, letting go of
-// the unit's lock between chunks.
+// back to the pool. Release is idempotent. After [Unit.Close] it lets go
+// of the ranges' memory, which the unit unmaps once nothing else reaches
+// it. It drops the ranges lockChunk at a time, letting go of the unit's
+// lock between chunks.
 func (l *Lease) Release() {
 	if !l.released.CompareAndSwap(false, true) {
 		return
@@ -133,15 +139,10 @@ func (l *Lease) Release() {
 	u := l.u
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.closed {
-		return
-	}
 	// l.quarantined holds still: quarantineHolds skips a released lease.
-	if !u.unrefAll(l.ents, l.quarantined) {
-		return
-	}
+	u.unrefAll(l.ents, l.quarantined)
 	u.leases--
-	if invariants.Enabled {
+	if invariants.Enabled && !u.closed {
 		u.checkLocked()
 	}
 }

@@ -115,6 +115,9 @@ func TestStatsQuarantinedMatchesWalk(t *testing.T) {
 		}
 		require.Equal(t, quarantinedWalk(u), u.Stats().Quarantined, "step %d: quarantined bytes", step)
 	}
+	for _, l := range leases {
+		l.Release()
+	}
 }
 
 // setRelockHook runs f each time a long call lets go of the unit's lock

@@ -87,14 +87,19 @@ func (r *Reservation) Addr(i int) engine.RemoteAddr {
 // by its cells (see [Unit.Free]). Commit fails with an error wrapping
 // [engine.ErrInvalid] when the reservation was committed or aborted
 // already, including by the timeout; the caller must then treat the put as
-// failed. After [Unit.Close] it returns [engine.ErrClosed].
+// failed. After [Unit.Close] it returns [engine.ErrClosed], and ends an
+// open reservation as Abort does.
 func (r *Reservation) Commit() error {
 	u := r.u
 	now := time.Now()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if err := r.errLocked(now, "reservation", engine.ErrInvalid); err != nil {
-		if r.state == reservationOpen && !u.closed {
+		switch {
+		case r.state != reservationOpen:
+		case u.closed:
+			u.abortLocked(r, reservationAborted)
+		default:
 			u.abortLocked(r, reservationReaped) // its deadline passed
 		}
 		return u.opErr("commit", err)
@@ -176,14 +181,14 @@ func (r *Reservation) describe() string {
 	return fmt.Sprintf("reservation of %s (%d bytes, the first at %s)", s, size, fmtAddr(r.Addr(first)))
 }
 
-// Abort frees the extents. It is idempotent and does nothing after Commit
-// or Close.
+// Abort frees the extents. It is idempotent and does nothing after
+// Commit. After [Unit.Close] it lets go of the extents' memory, which the
+// unit unmaps once nothing else reaches it.
 func (r *Reservation) Abort() {
 	u := r.u
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	switch {
-	case u.closed:
 	case r.state == reservationOpen:
 		u.abortLocked(r, reservationAborted)
 	case r.state == reservationExpired:

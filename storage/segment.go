@@ -62,6 +62,10 @@ type segment struct {
 	// Unit.WatchSegments); it takes no new extent and is dropped once
 	// empty, as when gen reaches maxGen.
 	unwatched bool
+	// pins, after the unit closed, counts the lease entries and reserved
+	// extents that still reach the segment (see Unit.Close); the last
+	// to go unmaps it.
+	pins int
 	// faulting, if set, is the background prefault (see prefault):
 	// stop asks it to end early, faulted is closed when it has.
 	faulting *backgroundFault

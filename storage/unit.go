@@ -52,7 +52,8 @@ import (
 //
 // Memory returned by [Reservation.Buf] and [Lease.Bytes] belongs to the
 // unit; it is valid until the reservation is committed or aborted, or the
-// lease released, and never after [Unit.Close], which unmaps it.
+// lease released, even across [Unit.Close], which unmaps a segment only
+// once no lease or reservation reaches it.
 type Unit struct {
 	ident       atomic.Pointer[identity]
 	identMu     sync.Mutex // serializes changes of ident
@@ -91,6 +92,7 @@ type Unit struct {
 	spaceGen   uint64         // counts signal calls: space came back
 	killGen    uint64         // bumped whenever live cell bytes may have been freed
 	lateErrs   []error        // teardown errors of dropped segments, for Close
+	lingering  int            // after Close: segments still mapped for their holders
 	watch      SegmentWatcher // told of segments mapped and dropped; nil: none
 }
 
@@ -560,20 +562,23 @@ func fillPoison(b []byte) {
 // completed, waking waiters if others could have seen them taken. It lets
 // go of u.mu between chunks of lockChunk extents, and reports whether
 // anyone else gave space back meanwhile (a caller about to wait must not
-// sleep through it). After Close the extents are left to Close.
+// sleep through it). After Close (before the call or between chunks) it
+// unpins the extents left instead (see Unit.Close).
 func (u *Unit) rollback(r *Reservation) (missed bool) {
 	gen, n := u.spaceGen, 0
 	for i, e := range r.exts {
 		if e == nil {
 			continue
 		}
-		if n > 0 && n%lockChunk == 0 {
+		if !u.closed && n > 0 && n%lockChunk == 0 {
 			r.visible = true
-			if u.relock() {
-				break
-			}
+			u.relock()
 		}
-		u.release(e, false)
+		if u.closed {
+			u.unpin(e)
+		} else {
+			u.release(e, false)
+		}
 		r.exts[i] = nil
 		n++
 	}
@@ -785,8 +790,9 @@ func (u *Unit) expireLocked(r *Reservation) {
 // releaseReservedLocked frees the extents of a reservation already off the
 // open list, leaving it in state. The reservation takes that state at
 // once; its extents go back lockChunk at a time, u.mu let go of between
-// chunks (after Close they are left to Close). r.exts stays as it is:
-// Buf and Addr read it without the lock.
+// chunks; after Close (before the call or between chunks) it unpins the
+// extents left instead (see Unit.Close). r.exts stays as it is: Buf and
+// Addr read it without the lock.
 func (u *Unit) releaseReservedLocked(r *Reservation, state reservationState) {
 	r.state = state
 	if r.quarantined {
@@ -798,14 +804,16 @@ func (u *Unit) releaseReservedLocked(r *Reservation, state reservationState) {
 		if e == nil {
 			continue
 		}
-		if n > 0 && n%lockChunk == 0 {
+		if !u.closed && n > 0 && n%lockChunk == 0 {
 			if released {
 				u.signal()
 				released = false
 			}
-			if u.relock() {
-				return
-			}
+			u.relock()
+		}
+		if u.closed {
+			u.unpin(e)
+			continue
 		}
 		u.release(e, true)
 		released = true
@@ -814,7 +822,7 @@ func (u *Unit) releaseReservedLocked(r *Reservation, state reservationState) {
 	if released {
 		u.signal()
 	}
-	if invariants.Enabled {
+	if invariants.Enabled && !u.closed {
 		u.checkLocked()
 	}
 }
@@ -1130,8 +1138,16 @@ func (u *Unit) Segments() []SegmentInfo {
 
 // Close stops the reaper, waits for it, then unmaps every segment and
 // closes its memfd. Waiting Reserve calls return [engine.ErrClosed], as do
-// later calls. Slices from [Reservation.Buf] and [Lease.Bytes] must not be
-// touched after Close. Close is idempotent.
+// later calls (a Commit too).
+//
+// A segment that a live [Lease] or a reservation not yet ended (open, or
+// expired while held) still reaches stays mapped until the last of them
+// is released, committed or aborted: its holder may be copying out of
+// [Lease.Bytes] or into [Reservation.Buf] outside the unit's lock, and
+// those bytes stay valid until then. A lease never released, or a
+// reservation never committed or aborted (the reaper ends none after
+// Close), keeps its segments mapped for good: the caller's leak, not a
+// crash. Close is idempotent.
 func (u *Unit) Close() error {
 	u.mu.Lock()
 	if u.closed {
@@ -1140,21 +1156,48 @@ func (u *Unit) Close() error {
 	}
 	u.closed = true
 	close(u.done)
+	var segs []*segment // those nothing reaches any more
 	for _, s := range u.segs {
 		u.dropped(s)
+		for _, e := range s.byGen {
+			s.pins += e.holders()
+		}
+		if s.pins == 0 {
+			segs = append(segs, s)
+		} else {
+			u.lingering++
+		}
 	}
 	u.watch = nil
-	segs := append(u.segs, u.retired...)
+	segs = append(segs, u.retired...)
 	errs := u.lateErrs
 	u.segs, u.retired, u.byID, u.lateErrs = nil, nil, nil, nil
 	u.mu.Unlock()
 
-	// Memory is only touched under mu by callers that saw closed == false,
-	// so nothing uses the segments any more; wait for the reaper (rule:
-	// every goroutine's owner waits for it) before tearing down.
+	// No holder reaches segs, and nothing else touches their memory
+	// after closed is set; wait for the reaper (rule: every goroutine's
+	// owner waits for it) before tearing down.
 	<-u.reaperDone
 	for _, s := range segs {
 		errs = append(errs, s.close())
 	}
 	return errors.Join(errs...)
+}
+
+// unpin drops a closed unit's hold on e's segment for one lease entry or
+// reserved extent that reached it (see Close), and unmaps the segment
+// when it was the last. u.mu is held.
+func (u *Unit) unpin(e *extent) {
+	s := e.seg
+	s.pins--
+	if invariants.Enabled && s.pins < 0 {
+		panic(fmt.Sprintf("storage: segment %d unpinned more often than pinned at Close", s.id))
+	}
+	if s.pins == 0 {
+		u.lingering--
+		// Dropped: munmap of our own mapping and close of our own fd
+		// fail only on a bug, and Close, which returned already, was the
+		// one to tell; the unit has no logger.
+		_ = s.close()
+	}
 }

@@ -409,9 +409,11 @@ func TestReserveTimeout(t *testing.T) {
 		}
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		if _, err := u.Acquire([]engine.RemoteAddr{ok.Addr(0)}); err != nil {
+		l, err := u.Acquire([]engine.RemoteAddr{ok.Addr(0)})
+		if err != nil {
 			t.Fatalf("Acquire of a committed extent after the timeout: %v", err)
 		}
+		l.Release()
 	})
 }
 
@@ -1053,9 +1055,11 @@ func TestStaleGenerationRefused(t *testing.T) {
 	_, err = u.Acquire([]engine.RemoteAddr{old})
 	wantErr(t, "Acquire(stale)", err, engine.ErrNotFound)
 	wantErr(t, "Free(stale)", u.Free([]engine.RemoteAddr{old}), engine.ErrNotFound)
-	if _, err := u.Acquire([]engine.RemoteAddr{fresh}); err != nil {
+	l, err := u.Acquire([]engine.RemoteAddr{fresh})
+	if err != nil {
 		t.Fatalf("current address refused: %v", err)
 	}
+	l.Release()
 }
 
 // TestIdentity: every unit draws its own nonzero incarnation; SetID
@@ -1234,7 +1238,10 @@ func TestRollbackAfterCloseLeavesSegmentsToClose(t *testing.T) {
 		go func() {
 			// The small extent takes segment 1's last generation; the
 			// large one maps a new segment with the lock released.
-			_, err := u.Reserve(t.Context(), []int64{100, 32 << 20})
+			r, err := u.Reserve(t.Context(), []int64{100, 32 << 20})
+			if err == nil {
+				r.Abort() // it won the race with Close
+			}
 			done <- err
 		}()
 		for range trial % 50 {
