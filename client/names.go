@@ -134,7 +134,7 @@ func checkCommitKeys(req engine.KeysCommit) error {
 	if err := checkPartKeys(req.Partition, req.Keys, nil); err != nil {
 		return err
 	}
-	if err := checkTags(req.Tags); err != nil {
+	if err := checkKeyTags(req.Keys, req.Tags); err != nil {
 		return err
 	}
 	return checkCommitFields(req.Fields)
@@ -142,14 +142,21 @@ func checkCommitKeys(req engine.KeysCommit) error {
 
 // checkTags refuses tags that JSON would change on the way (a name or
 // string that is not UTF-8, which encoding/json rewrites) or cannot carry
-// (NaN), as a controller in process refuses them: see [engine.Tags.Check].
-func checkTags(tags []engine.Tags) error {
+// (NaN), as a controller in process refuses them (see [engine.Tags.Check]),
+// naming the i'th map's owner by who(i) as the controller does.
+func checkTags(tags []engine.Tags, who func(int) string) error {
 	for i, t := range tags {
 		if err := t.Check(); err != nil {
-			return fmt.Errorf("tags of row %d: %w", i, err)
+			return fmt.Errorf("%s: %w", who(i), err)
 		}
 	}
 	return nil
+}
+
+// checkKeyTags is checkTags for tags[i] of keys[i]: "key %q", as the
+// controller (and a one-key put in its process) names them.
+func checkKeyTags(keys []string, tags []engine.Tags) error {
+	return checkTags(tags, func(i int) string { return fmt.Sprintf("key %q", keys[i]) })
 }
 
 // checkBatchNames refuses a batch whose field names the wire cannot carry.

@@ -81,7 +81,7 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 	if err := checkBatchNames(b); err != nil {
 		return engine.KeysCommitted{}, err
 	}
-	if err := checkTags(tags); err != nil {
+	if err := checkKeyTags(keys, tags); err != nil {
 		return engine.KeysCommitted{}, err
 	}
 	req := engine.KeysCommit{Partition: partition, Keys: keys, Tags: tags}
@@ -204,7 +204,7 @@ func (c *Client) reservePutKeys(ctx context.Context, partition string, keys []st
 		return nil, err
 	}
 	// Before the caller fills anything: Commit would refuse them after.
-	if err := checkTags(tags); err != nil {
+	if err := checkKeyTags(keys, tags); err != nil {
 		return nil, err
 	}
 	kinds, sizes, dtypes, err := checkSpecs(fields, len(keys))

@@ -1046,7 +1046,13 @@ func (r *RemoteMeta) SetTags(ctx context.Context, partition string, indexes []ui
 	if err := checkName(namePartition, partition); err != nil {
 		return r.opErr("set tags", err)
 	}
-	if err := checkTags(tags); err != nil {
+	// Each row named as the controller names it.
+	if err := checkTags(tags, func(i int) string {
+		if i < len(indexes) {
+			return fmt.Sprintf("row %d", indexes[i])
+		}
+		return fmt.Sprintf("tag map %d (of %d for %d rows)", i, len(tags), len(indexes))
+	}); err != nil {
 		return r.opErr("set tags", err)
 	}
 	tb, err := wire.TagsToPB(tags)

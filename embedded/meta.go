@@ -471,6 +471,11 @@ func (k kvData) putOne(ctx context.Context, partition string, keys []string, b *
 	if len(keys) != 1 || b == nil || b.Rows() != 1 || b.NumFields() == 0 || (tags != nil && len(tags) != 1) || !Name(partition) || !Name(keys[0]) {
 		return engine.KeysCommitted{}, false, nil
 	}
+	if tags != nil && tags[0].Check() != nil {
+		// Refused by the client, with its error, before a byte is
+		// written.
+		return engine.KeysCommitted{}, false, nil
+	}
 	fs := b.Fields()
 	sizes := make([]int64, len(fs))
 	cfs := make([]engine.CommitField, len(fs))
