@@ -5,6 +5,14 @@
 // [client.MetaService] and [client.DataUnit] for callers that wire their
 // own.
 //
+// An in-process controller makes a change it is asked for (through
+// [Meta] or [OneKey], and so through a Cluster's Client) whatever the
+// caller's context says, even one that has ended: the context bounds only
+// the wait for the change to be durable, where the controller has a
+// journal (as in tq serve; a Cluster's lives in memory and does not
+// wait). A put whose context ends during that wait returns an error
+// saying it may have happened, and it has: the change stands. See [Meta].
+//
 // This package links the controller and storage servers into the program.
 // A program that only reaches a cluster over the network needs package
 // client alone.

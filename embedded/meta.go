@@ -19,6 +19,16 @@ import (
 // them (as a controller server frees them on its units). A controller with
 // a journal (as in tq serve) answers each call once what it changed and
 // saw is durable, and frees dropped cells only then, as its server does.
+//
+// The controller makes a change (a commit, insert, clear, tag change…)
+// whatever ctx says, even if it has ended: ctx bounds only the wait for
+// the change's record to be durable (in memory there is none, and a
+// change with an ended ctx succeeds). A change whose call returns ctx's
+// error was made all the same and stands, its dropped cells freed once
+// its record is durable; a put's error says it may have happened (see
+// [client.Client.PutKeys] and [OneKey.Commit]). A fetch is the
+// exception: ctx bounds its wait for rows too, and one whose wait for
+// its record fails gives back the rows it took.
 func Meta(c *controller.Controller, units ...*storage.Unit) client.MetaService {
 	l := localMeta{c: c, units: map[engine.UnitID]*storage.Unit{}}
 	for _, u := range units {
