@@ -4,48 +4,15 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/testenv"
 )
-
-// exhaustFds makes every new descriptor of the process fail with EMFILE
-// (a soft RLIMIT_NOFILE lowered to what is open, and what is left under
-// it taken) until the function it returns is called.
-func exhaustFds(t *testing.T) (restore func()) {
-	t.Helper()
-	var lim unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
-	low := lim
-	low.Cur = 64
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
-	var held []int
-	for {
-		fd, err := unix.Dup(2)
-		if err != nil {
-			require.ErrorIs(t, err, unix.EMFILE)
-			break
-		}
-		held = append(held, fd)
-	}
-	var once sync.Once
-	restore = func() {
-		once.Do(func() {
-			for _, fd := range held {
-				unix.Close(fd)
-			}
-			unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
-		})
-	}
-	t.Cleanup(restore)
-	return restore
-}
 
 // TestLoopLeavesUnderFdExhaustion: a connection leaving its loop for a
 // goroutine (here for a reply over 64 KiB) needs a descriptor for its
@@ -65,7 +32,7 @@ func TestLoopLeavesUnderFdExhaustion(t *testing.T) {
 	require.Equal(t, "+PONG", rr.line(t))
 	require.Equal(t, 1, e.onLoop(), "the connection is not on a loop")
 
-	restore := exhaustFds(t)
+	restore := testenv.ExhaustFds(t)
 	time.AfterFunc(300*time.Millisecond, restore)
 	io.WriteString(nc, cmdline("ECHO", "before")+cmdline("GET", "big")+cmdline("ECHO", "after"))
 	assert.Equal(t, "before", string(rr.bulk(t)))

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,39 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/internal/evloop"
+	"github.com/tqgo/tq/internal/testenv"
 )
-
-// exhaustFds makes every new descriptor of the process fail with EMFILE
-// (a soft RLIMIT_NOFILE lowered to what is open, and what is left under
-// it taken) until the function it returns is called.
-func exhaustFds(t *testing.T) (restore func()) {
-	t.Helper()
-	var lim unix.Rlimit
-	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
-	low := lim
-	low.Cur = 64
-	require.NoError(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &low))
-	var held []int
-	for {
-		fd, err := unix.Dup(2)
-		if err != nil {
-			require.ErrorIs(t, err, unix.EMFILE)
-			break
-		}
-		held = append(held, fd)
-	}
-	var once sync.Once
-	restore = func() {
-		once.Do(func() {
-			for _, fd := range held {
-				unix.Close(fd)
-			}
-			unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
-		})
-	}
-	t.Cleanup(restore)
-	return restore
-}
 
 // TestLoopGivesBackUnderFdExhaustion: a connection a loop gives back to
 // its goroutine (here for a request with a handler of its own) needs a
@@ -64,7 +32,7 @@ func TestLoopGivesBackUnderFdExhaustion(t *testing.T) {
 	}
 	require.Positive(t, n.on.Load(), "the connection is not on a loop")
 
-	restore := exhaustFds(t)
+	restore := testenv.ExhaustFds(t)
 	time.AfterFunc(300*time.Millisecond, restore)
 	p := bytes.Repeat([]byte{7}, 100)
 	got, err := roundTrip(ctx, c, p)
