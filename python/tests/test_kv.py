@@ -1506,6 +1506,19 @@ def test_field_named_twice_is_invalid_before_anything_is_sent(client, part, tran
         client.kv_batch_get(["a"], part, ["x", ["y"]])
 
 
+def test_production_status_without_fields_is_invalid(client, part):
+    """get_production_status(None, part) raised a bare TypeError from
+    list(None) deep in the request's making; the status is per named
+    field, so no fields is InvalidError naming the argument, and nothing
+    is sent."""
+    client.kv_put("a", part, {"x": np.ones(4)})
+    for call in (lambda: client.get_production_status(None, part),
+                 lambda: client.check_production_status(None, part)):
+        with pytest.raises(tq.InvalidError, match="data_fields") as ei:
+            call()
+        assert ei.value.op == "get_production_status"
+
+
 _WRITE_THROUGH_A_VIEW = """
 import sys
 import numpy as np

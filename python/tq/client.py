@@ -1572,10 +1572,13 @@ class Client:
 
     def get_production_status(self, data_fields, partition_id: str):
         """(global indexes, produced) — produced is an int8 array rows ×
-        ``data_fields``, which names each field once (a field named twice is
-        :class:`InvalidError` naming it, and nothing is sent)."""
+        ``data_fields``, which names each field once (a field named twice, or
+        no list at all, is :class:`InvalidError`, and nothing is sent)."""
         _text(partition_id, "partition_id", "get_production_status", "partition")
         fields = _field_list(data_fields, "get_production_status")
+        if fields is None:
+            raise errors.InvalidError("data_fields is None: the status is per named field; name them",
+                                      op="get_production_status")
         rep = self._call(wire.PRODUCTION_STATUS, control_pb2.ProductionStatusRequest(
             partition=partition_id, fields=list(fields)), control_pb2.ProductionStatusReply,
             op_name="get_production_status", partition=partition_id)
