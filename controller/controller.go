@@ -581,6 +581,16 @@ func checkMetaReply(n int, partition string, fields, keyBytes, maxReply int) err
 		n, fields, keyBytes, n*per+keyBytes, per, maxReply, engine.ErrInvalid)
 }
 
+// checkMetaFields is checkMetaReply for fields as named: counted as given
+// first (no fewer than count(fields), and no allocation), and only when
+// that is over maxReply as count says (the distinct ones a meta collects).
+func checkMetaFields(n int, partition string, fields []string, count func([]string) int, maxReply int) error {
+	if checkMetaReply(n, partition, len(fields), 0, maxReply) == nil {
+		return nil
+	}
+	return checkMetaReply(n, partition, count(fields), 0, maxReply)
+}
+
 // insert is Insert; with maxReply (not 0: the server's, a reply frame's
 // bytes), an insert whose meta takes more is refused before anything
 // changes (checkMetaReply, over the distinct known fields named).
@@ -594,7 +604,7 @@ func (c *Controller) insert(partition string, n int, fields []string, maxReply i
 	}
 	defer c.unlockNew(p)
 	if maxReply > 0 {
-		if err := checkMetaReply(n, partition, p.knownFields(fields), 0, maxReply); err != nil {
+		if err := checkMetaFields(n, partition, fields, p.knownFields, maxReply); err != nil {
 			return nil, opErr("insert", partition, err)
 		}
 	}

@@ -190,7 +190,7 @@ func (s *Server) fetch(ctx context.Context, body []byte, fx *effects) (proto.Mes
 	}
 	// A batch whose answer could not be sent is refused before its rows
 	// are consumed, not after. Every row fetched has every named field.
-	if err := checkMetaReply(n, req.Partition, distinct(req.Fields), 0, wire.MaxBodyLen); err != nil {
+	if err := checkMetaFields(n, req.Partition, req.Fields, distinct, wire.MaxBodyLen); err != nil {
 		return nil, opErr("fetch", req.Partition, err)
 	}
 	fr := engine.FetchRequest{Partition: req.Partition, Task: req.Task, Fields: req.Fields, BatchSize: n, Options: opts, Wait: req.Wait, Key: string(req.Key),

@@ -304,7 +304,7 @@ func (lp *loop) leave(c *conn, in []byte) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			nc, err := s.giveWaiting(fd)
+			nc, err := evloop.GiveWaiting(fd, "resp", s.stop.Done(), s.cfg.CommandTimeout, wire.BackOffAccept)
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			s.resume(c, fd, nc, err)
@@ -312,24 +312,6 @@ func (lp *loop) leave(c *conn, in []byte) {
 		return
 	}
 	s.resume(c, fd, nc, err)
-}
-
-// giveWaiting is [evloop.Give] for a connection leaving its loop while
-// the process is out of descriptors: it tries again until one frees,
-// the server closes or CommandTimeout passes.
-func (s *Server) giveWaiting(fd int) (net.Conn, error) {
-	until := time.Now().Add(s.cfg.CommandTimeout)
-	var delay time.Duration
-	for {
-		delay = wire.BackOffAccept(delay, s.stop.Done())
-		nc, err := evloop.Give(fd, "resp")
-		switch {
-		case err == nil:
-			return nc, nil
-		case !evloop.OutOfFds(err), s.stop.Err() != nil, time.Now().After(until):
-			return nil, err
-		}
-	}
 }
 
 // resume serves c, which left its loop, on a goroutine of its own

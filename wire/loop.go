@@ -180,38 +180,12 @@ func (c *serverConn) toLoop() (nc net.Conn, pre []byte, ok bool) {
 // connection closes or FrameTimeout passes: the input and replies the
 // loop handed over wait with it. fd is closed when it fails.
 func (c *serverConn) give(fd int) (net.Conn, error) {
-	var delay time.Duration
-	var until time.Time
-	for {
-		nc, err := evloop.Give(fd, "wire")
-		if err == nil {
-			return nc, nil
-		}
-		if !outOfFds(err) {
-			unix.Close(fd)
-			return nil, err
-		}
-		now := time.Now()
-		if until.IsZero() {
-			until = now.Add(c.s.cfg.FrameTimeout)
-		}
-		select {
-		case <-c.done:
-			unix.Close(fd)
-			return nil, err
-		default:
-		}
-		if now.After(until) {
-			unix.Close(fd)
-			return nil, err
-		}
-		delay = BackOffAccept(delay, c.done)
+	nc, err := evloop.GiveWaiting(fd, "wire", c.done, c.s.cfg.FrameTimeout, BackOffAccept)
+	if err != nil {
+		unix.Close(fd)
 	}
+	return nc, err
 }
-
-// outOfFds reports whether err says the process or the system is out of
-// descriptors or of the memory for one, for now.
-func outOfFds(err error) bool { return evloop.OutOfFds(err) }
 
 // pickLoop returns the next loop, starting the loops the first time; nil
 // when there are none or the server is draining.
@@ -232,7 +206,7 @@ func (s *Server) pickLoop() *loop {
 			s.loopsWG.Go(lp.run)
 		}
 		if s.loops == nil {
-			if outOfFds(err) {
+			if evloop.OutOfFds(err) {
 				// For now: the next connection tries again, rather than
 				// every connection keeping a goroutine for good.
 				s.log.Debug("wire: no event loop yet, out of descriptors; this connection keeps a goroutine", "err", err)

@@ -212,6 +212,35 @@ func Give(fd int, name string) (net.Conn, error) {
 	return nc, nil
 }
 
+// GiveWaiting is [Give] that waits out a shortage of descriptors (see
+// [OutOfFds]): after each such failure it waits as wait says (the accept
+// loops' back-off) and tries again, until one frees, stop is closed or
+// limit has passed since the first failure. On failure fd stays open, the
+// caller's to close.
+func GiveWaiting(fd int, name string, stop <-chan struct{}, limit time.Duration, wait func(time.Duration, <-chan struct{}) time.Duration) (net.Conn, error) {
+	var delay time.Duration
+	var until time.Time
+	for {
+		nc, err := Give(fd, name)
+		if err == nil || !OutOfFds(err) {
+			return nc, err
+		}
+		now := time.Now()
+		if until.IsZero() {
+			until = now.Add(limit)
+		}
+		select {
+		case <-stop:
+			return nil, err
+		default:
+		}
+		if now.After(until) {
+			return nil, err
+		}
+		delay = wait(delay, stop)
+	}
+}
+
 // OutOfFds reports whether err says the process or the system is out of
 // descriptors or of the memory for one, for now: a [Give] that failed so
 // may succeed once some are closed.
