@@ -55,7 +55,10 @@ import (
 // when the connection or the server closes, and, for a handler that runs
 // in a goroutine of its own ([Server.Handle]), when the client cancels the
 // request: then context.Cause(ctx) wraps context.Canceled, and an error
-// reply with ctx.Err() says CODE_CANCELED.
+// reply with ctx.Err() says CODE_CANCELED. The request, its Body and rw
+// are the server's again once the handler returns (a loop serves its next
+// request in them): a handler keeps none of them, and copies what it
+// needs to keep.
 type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
 
 // TryFunc serves a request in place if it can do so without waiting:
