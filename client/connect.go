@@ -332,9 +332,11 @@ func leaveUnits(units []DataUnit) {
 // empty, else $TQ_TOKEN, else (when $TQ_TOKEN is unset) the token file in
 // this user's data directory ($TQ_DATA_DIR, else $XDG_STATE_HOME/tq, else
 // ~/.local/state/tq) that tq serve creates on first start; "" when there
-// is none. A token file others may read, or that another user owns, and
-// $TQ_TOKEN set but empty (as tq serve refuses it) are errors wrapping
-// [engine.ErrInvalid] rather than a token to send.
+// is none. A token file others may read, or that another user owns, one
+// that cannot be read (EACCES: it may be there, so it is not taken for
+// none), and $TQ_TOKEN set but empty
+// (as tq serve refuses it) are errors wrapping [engine.ErrInvalid] that
+// name the path or the variable, rather than a token to send.
 func FindToken(explicit string) (string, error) { return auth.FindToken(explicit) }
 
 // RequireServerProof returns whether a client requires the servers to

@@ -164,8 +164,9 @@ func NewToken() (string, error) {
 // ReadToken reads a token file, refusing one that is not a regular file
 // (a symbolic link included), is not owned by the effective user, or that
 // group or other may read or write: such a token protects nothing. A
-// missing file is an error wrapping [fs.ErrNotExist]; refusals wrap
-// [engine.ErrInvalid].
+// missing file is an error wrapping [fs.ErrNotExist]; one that cannot be
+// opened or read (EACCES, ENOTDIR) names the path and wraps the cause;
+// refusals wrap [engine.ErrInvalid].
 func ReadToken(path string) (string, error) {
 	// O_NOFOLLOW and fstat: the checks are of the file that is read.
 	// O_NONBLOCK: a named pipe in its place would block the open until
@@ -176,12 +177,12 @@ func ReadToken(path string) (string, error) {
 		return "", fmt.Errorf("token file %s is a symbolic link: %w", path, engine.ErrInvalid)
 	}
 	if err != nil {
-		return "", err
+		return "", unreadable(path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", err
+		return "", unreadable(path, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("token file %s is not a regular file (mode %v): %w", path, fi.Mode(), engine.ErrInvalid)
@@ -199,7 +200,7 @@ func ReadToken(path string) (string, error) {
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
 	if err != nil {
-		return "", err
+		return "", unreadable(path, err)
 	}
 	if len(b) > maxTokenFile {
 		return "", fmt.Errorf("token file %s is larger than %d bytes: %w", path, maxTokenFile, engine.ErrInvalid)
@@ -212,6 +213,17 @@ func ReadToken(path string) (string, error) {
 		return "", fmt.Errorf("token file %s holds more than one word: %w", path, engine.ErrInvalid)
 	}
 	return tok, nil
+}
+
+// unreadable is ReadToken's error for a token file it could not open or
+// read: the path once (not again in an [fs.PathError]'s words) and the
+// cause, which it wraps.
+func unreadable(path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("token file %s cannot be read: %w", path, err)
 }
 
 // LoadOrCreateToken returns the token in dataDir's token file, creating
@@ -300,7 +312,13 @@ const EmptyEnvToken = "$" + EnvToken + " is set but empty (a Secret with an empt
 // FindToken returns the token a client presents: explicit when it is not
 // empty, else $TQ_TOKEN, else (when $TQ_TOKEN is unset) the token file in
 // [DefaultDataDir] — the one tq serve of the same user made. With none of
-// them it returns "" (a server run with --insecure needs none). A token
+// them it returns "" (a server run with --insecure needs none): only a
+// token file that is not there ([fs.ErrNotExist], or ENOTDIR: its path
+// goes through something that is not a directory) counts as none. One
+// that may be there but cannot be read (its directory closed to this
+// user; the file another user's) is an error naming
+// the path and the cause, which it wraps: taken as none, the client sent
+// no token and the server's refusal pointed nowhere near the file. A token
 // file that exists but is not safe to use ([ReadToken]), an explicit token
 // or $TQ_TOKEN that [CheckToken] refuses, or $TQ_TOKEN set but empty
 // ([EmptyEnvToken], as tq serve refuses it) is an error wrapping
@@ -326,8 +344,15 @@ func FindToken(explicit string) (string, error) {
 		return "", nil
 	}
 	tok, err := ReadToken(filepath.Join(dir, TokenFile))
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ENOTDIR) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		// ENOTDIR: a component of the path is not a directory, so no
+		// file can be there ($TQ_DATA_DIR pointing into /dev/null, as
+		// tests do to say "no data directory").
 		return "", nil
+	case err != nil && !errors.Is(err, engine.ErrInvalid):
+		return "", fmt.Errorf("%w: pass the token, set $%s, or set $%s to a directory of this user's "+
+			"(one without a token file, for a server run with --insecure): %w", err, EnvToken, EnvDataDir, engine.ErrInvalid)
 	}
 	return tok, err
 }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -384,4 +386,76 @@ func TestCheckPrivateDirTrailingSlash(t *testing.T) {
 	}
 	_, err := os.Stat(filepath.Join(real, TokenFile))
 	require.ErrorIs(t, err, fs.ErrNotExist, "no token made through the link")
+}
+
+// TestFindTokenUnreadable: a token file that may be there but cannot be
+// read is an error naming its path and why, not a missing one. Taken as
+// missing, the client sent no token and the server's refusal sent the
+// user looking for a token, not at the file that held it.
+func TestFindTokenUnreadable(t *testing.T) {
+	t.Setenv(EnvToken, "")
+	require.NoError(t, os.Unsetenv(EnvToken))
+	t.Run("the data directory is a file", func(t *testing.T) {
+		// No token file can be there: none, as for a missing one (tests
+		// point $TQ_DATA_DIR into /dev/null to say so).
+		notDir := filepath.Join(t.TempDir(), "file")
+		require.NoError(t, os.WriteFile(notDir, []byte("x"), 0o600))
+		t.Setenv(EnvDataDir, notDir)
+		tok, err := FindToken("")
+		require.NoError(t, err)
+		assert.Empty(t, tok)
+		_, err = ReadToken(filepath.Join(notDir, TokenFile))
+		require.ErrorIs(t, err, syscall.ENOTDIR, "ReadToken itself still says why")
+		assert.Contains(t, err.Error(), "token file "+filepath.Join(notDir, TokenFile)+" cannot be read: not a directory")
+	})
+	t.Run("a directory in the token file's place", func(t *testing.T) {
+		dir := t.TempDir()
+		require.NoError(t, os.Mkdir(filepath.Join(dir, TokenFile), 0o700))
+		t.Setenv(EnvDataDir, dir)
+		_, err := FindToken("")
+		require.ErrorIs(t, err, engine.ErrInvalid)
+		assert.Contains(t, err.Error(), "token file "+filepath.Join(dir, TokenFile)+" is not a regular file")
+	})
+	t.Run("another user's", func(t *testing.T) {
+		// Root reads whatever the mode bits say: the lookup runs in a
+		// copy of this test binary as another user.
+		needRoot(t)
+		shared, err := os.MkdirTemp("", "tq-auth-")
+		require.NoError(t, err)
+		t.Cleanup(func() { os.RemoveAll(shared) })
+		require.NoError(t, os.Chmod(shared, 0o755))
+		bin := filepath.Join(shared, "auth.test")
+		b, err := os.ReadFile(os.Args[0])
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(bin, b, 0o755))
+		// Its directory is this user's, which the other may not enter.
+		closed := filepath.Join(t.TempDir(), "data")
+		_, err = LoadOrCreateToken(closed)
+		require.NoError(t, err)
+		// Its directory may be entered, the file (0600, this user's) not read.
+		open := filepath.Join(shared, "data")
+		_, err = LoadOrCreateToken(open)
+		require.NoError(t, err)
+		require.NoError(t, os.Chmod(open, 0o755))
+		for _, dir := range []string{closed, open} {
+			cmd := exec.Command(bin, "-test.run=^TestFindTokenHelper$")
+			cmd.Dir = shared
+			cmd.Env = append(os.Environ(), "TQ_AUTH_HELPER=find", EnvDataDir+"="+dir, "HOME="+shared)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "FindToken: token file "+filepath.Join(dir, TokenFile)+" cannot be read", "%s", out)
+			assert.Contains(t, string(out), "permission denied", "%s", out)
+		}
+	})
+}
+
+// TestFindTokenHelper is TestFindTokenUnreadable's lookup as another user.
+func TestFindTokenHelper(t *testing.T) {
+	if os.Getenv("TQ_AUTH_HELPER") != "find" {
+		t.Skip("a helper of TestFindTokenUnreadable")
+	}
+	os.Unsetenv(EnvToken)
+	tok, err := FindToken("")
+	fmt.Printf("FindToken: %v (a token of %d bytes)\n", err, len(tok))
 }

@@ -3,8 +3,10 @@
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 
@@ -1176,3 +1178,66 @@ def test_segment_size_bounded_before_mapping(tmp_path, monkeypatch):
             os.close(mfd)
     held = [fd for fd in os.listdir("/proc/self/fd") if name in _readlink(f"/proc/self/fd/{fd}")]
     assert held == []
+
+
+def _find_token_as_nobody(data_dir):
+    """wire.find_token() in a forked child as uid 65534 (root reads
+    whatever the mode bits say): its error's text, or "token of N bytes"."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.environ.pop("TQ_TOKEN", None)
+            os.environ["TQ_DATA_DIR"] = data_dir
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                out = f"token of {len(wire.find_token())} bytes"
+            except Exception as e:  # noqa: BLE001: the parent looks at it
+                out = f"{type(e).__name__}: {e}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_token_file_unreadable_is_not_missing(tmp_path, monkeypatch):
+    """A token file that may be there but cannot be read is an error
+    naming its path and why, as Go clients say it (auth.FindToken), not a
+    missing one: taken as missing, the client sent no token and the
+    server's refusal pointed nowhere near the file."""
+    monkeypatch.delenv("TQ_TOKEN", raising=False)
+    not_dir = tmp_path / "file"
+    not_dir.write_text("x")
+    monkeypatch.setenv("TQ_DATA_DIR", str(not_dir))
+    assert wire.find_token() == ""  # no file can be there: none, as Go clients take it
+    d = tmp_path / "d"
+    (d / "token").mkdir(parents=True)
+    monkeypatch.setenv("TQ_DATA_DIR", str(d))
+    with pytest.raises(tq.InvalidError, match="is not a regular file"):
+        wire.find_token()
+    if os.geteuid() != 0:
+        return  # the rest needs another user
+    closed = tmp_path / "closed"  # tmp_path: 0700, root's
+    closed.mkdir(mode=0o700)
+    (closed / "token").write_text("abc\n")
+    os.chmod(closed / "token", 0o600)
+    shared = tempfile.mkdtemp(prefix="tq-wire-")
+    try:
+        os.chmod(shared, 0o755)
+        opened = os.path.join(shared, "d")  # enterable, the file root's 0600
+        os.mkdir(opened, 0o755)
+        with open(os.path.join(opened, "token"), "w") as f:
+            f.write("abc\n")
+        os.chmod(os.path.join(opened, "token"), 0o600)
+        for dd in (str(closed), opened):
+            out = _find_token_as_nobody(dd)
+            assert out.startswith(f"InvalidError: token file {os.path.join(dd, 'token')} cannot be read: "
+                                  "permission denied"), out
+    finally:
+        shutil.rmtree(shared)

@@ -182,8 +182,13 @@ def find_token(explicit: str | None = None) -> str:
     """The token a client presents: ``explicit``, else $TQ_TOKEN, else
     (when $TQ_TOKEN is unset) the token file in :func:`data_dir` (the one
     ``tq serve`` of this user made), else "" (a server run with --insecure
-    needs none). A token file that another user owns, or that group or
-    others may read, is refused; so is an explicit token or $TQ_TOKEN that
+    needs none): only a token file that is not there (or whose path goes
+    through something that is not a directory) counts as none. One that
+    may be there but cannot be read (its directory closed to this user;
+    the file another user's) is an
+    :class:`InvalidError` naming the path and why, as Go clients say it.
+    A token file that another user owns, or that group or others may
+    read, is refused; so is an explicit token or $TQ_TOKEN that
     is not one word (:func:`check_token`), and $TQ_TOKEN set but empty (a
     Kubernetes Secret with an empty value), as ``tq serve`` and Go clients
     refuse it: taken as unset, the token file's token, some other one, was
@@ -204,12 +209,19 @@ def find_token(explicit: str | None = None) -> str:
         # O_NONBLOCK: a named pipe there would block the open until a
         # writer came; it is refused below instead.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return ""
-    except (PermissionError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError):
+        # ENOTDIR: the path goes through something that is not a
+        # directory, so no file can be there (tests point $TQ_DATA_DIR
+        # into /dev/null to say so), as Go clients take it.
         return ""
     except OSError as e:
-        raise errors.InvalidError(f"token file {path}: {e}") from None
+        # EACCES: the file may be there. Taken as none, the client sent no
+        # token and the server's refusal pointed nowhere near it.
+        why = e.strerror or str(e)
+        raise errors.InvalidError(
+            f"token file {path} cannot be read: {why[:1].lower()}{why[1:]}: pass the token, set ${ENV_TOKEN}, "
+            f"or set ${ENV_DATA_DIR} to a directory of this user's (one without a token file, "
+            "for a server run with --insecure)") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
