@@ -94,6 +94,52 @@ func TestMetricsTokenResolved(t *testing.T) {
 		assert.Contains(t, err.Error(), "--metrics-token-file")
 		assert.Contains(t, err.Error(), "mode 0644")
 	})
+	t.Run("a bad file is named, with advice for it", func(t *testing.T) {
+		// Each refusal names the flag and the path, and says how to fix
+		// it: not the cluster token file's advice, since tq serve makes no
+		// metrics token (an empty file was "remove it, and tq serve makes
+		// a new one", after which the start failed on the missing file).
+		dir := t.TempDir()
+		write := func(name, body string, mode os.FileMode) string {
+			path := filepath.Join(dir, name)
+			require.NoError(t, os.WriteFile(path, []byte(body), mode))
+			require.NoError(t, os.Chmod(path, mode))
+			return path
+		}
+		link := filepath.Join(dir, "link")
+		require.NoError(t, os.Symlink(write("target", "tok\n", 0o600), link))
+		sub := filepath.Join(dir, "sub")
+		require.NoError(t, os.Mkdir(sub, 0o700))
+		notDir := write("notdir", "x", 0o600)
+		for _, tc := range []struct {
+			name, path, want string
+		}{
+			{"empty", write("empty", "", 0o600), "is empty: write the token into it"},
+			{"only a newline", write("nl", "\n", 0o600), "is empty: write the token into it"},
+			{"two words", write("two", "a b\n", 0o600), "holds more than one word"},
+			{"others may read", write("open", "tok\n", 0o644), "has mode 0644 (-rw-r--r--): other users can read the token: fix with chmod 600 " + filepath.Join(dir, "open") + " (and consider the token leaked: choose a new one)"},
+			{"a symbolic link", link, "is a symbolic link: name the file itself"},
+			{"a directory", sub, "is not a regular file (mode drwx------)"},
+			{"missing", filepath.Join(dir, "missing"), "cannot be read: no such file or directory"},
+			{"its directory a file", filepath.Join(notDir, "mt"), "cannot be read: not a directory"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				_, err := secure(t, func(c *serveConfig) { c.MetricsTokenFile = tc.path })
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), "--metrics-token-file "+tc.path+" "+tc.want)
+				assert.NotContains(t, err.Error(), "tq serve makes a new one")
+				assert.NotContains(t, err.Error(), "restart tq serve")
+				assert.NotContains(t, err.Error(), "token file "+tc.path, "named as the cluster's token file")
+			})
+		}
+		if os.Geteuid() == 0 {
+			path := write("theirs", "tok\n", 0o600)
+			require.NoError(t, os.Chown(path, 65534, 65534))
+			_, err := secure(t, func(c *serveConfig) { c.MetricsTokenFile = path })
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			assert.Contains(t, err.Error(), "--metrics-token-file "+path+" is owned by uid 65534, not by this user (uid 0): chown it, or name a file of this user's")
+		}
+	})
 	t.Run("pprof beyond loopback without one", func(t *testing.T) {
 		t.Setenv(envMetricsToken, "")
 		_, err := secure(t, func(c *serveConfig) { c.Pprof = "0.0.0.0:6060" })

@@ -354,9 +354,9 @@ func (c *serveConfig) secure() error {
 	}
 	switch {
 	case c.MetricsTokenFile != "":
-		tok, err := auth.ReadToken(c.MetricsTokenFile)
+		tok, err := auth.ReadTokenFile(c.MetricsTokenFile, "--metrics-token-file")
 		if err != nil {
-			return fmt.Errorf("--metrics-token-file: %w", err)
+			return err
 		}
 		c.metricsToken = tok
 	default:

@@ -166,64 +166,98 @@ func NewToken() (string, error) {
 // group or other may read or write: such a token protects nothing. A
 // missing file is an error wrapping [fs.ErrNotExist]; one that cannot be
 // opened or read (EACCES, ENOTDIR) names the path and wraps the cause;
-// refusals wrap [engine.ErrInvalid].
+// refusals wrap [engine.ErrInvalid]. Its errors call path the token file
+// and advise as for the data directory's, which tq serve makes.
 func ReadToken(path string) (string, error) {
+	return readToken(path, tokenFileAdvice{
+		name:  "token file",
+		owner: "remove it, or pass the token explicitly",
+		leak:  "remove the file and restart tq serve for a new one",
+		empty: "remove it, and tq serve makes a new one",
+	})
+}
+
+// ReadTokenFile is [ReadToken] for a file of a token other than the
+// cluster's, that the user writes (tq serve's --metrics-token-file): the
+// same checks, errors that call path what ("--metrics-token-file") and
+// advise for a file that nothing remakes.
+func ReadTokenFile(path, what string) (string, error) {
+	return readToken(path, tokenFileAdvice{
+		name:    what,
+		symlink: ": name the file itself",
+		owner:   "chown it, or name a file of this user's",
+		leak:    "choose a new one",
+		empty:   "write the token into it",
+	})
+}
+
+// tokenFileAdvice is what readToken's errors call the file, and how they
+// say to fix it.
+type tokenFileAdvice struct {
+	name    string // what the file is: "token file"
+	symlink string // after "is a symbolic link", with its separator
+	owner   string // for a file of another user's
+	leak    string // for one others may read, after chmod 600
+	empty   string // for an empty one
+}
+
+func readToken(path string, a tokenFileAdvice) (string, error) {
 	// O_NOFOLLOW and fstat: the checks are of the file that is read.
 	// O_NONBLOCK: a named pipe in its place would block the open until
 	// a writer came; it is refused below instead (reads of a regular
 	// file ignore the flag).
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, syscall.ELOOP) {
-		return "", fmt.Errorf("token file %s is a symbolic link: %w", path, engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s is a symbolic link%s: %w", a.name, path, a.symlink, engine.ErrInvalid)
 	}
 	if err != nil {
-		return "", unreadable(path, err)
+		return "", unreadable(a.name, path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return "", unreadable(path, err)
+		return "", unreadable(a.name, path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("token file %s is not a regular file (mode %v): %w", path, fi.Mode(), engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s is not a regular file (mode %v): %w", a.name, path, fi.Mode(), engine.ErrInvalid)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		if euid := os.Geteuid(); int(st.Uid) != euid {
-			return "", fmt.Errorf("token file %s is owned by uid %d, not by this user (uid %d): remove it, or pass the token explicitly: %w",
-				path, st.Uid, euid, engine.ErrInvalid)
+			return "", fmt.Errorf("%s %s is owned by uid %d, not by this user (uid %d): %s: %w",
+				a.name, path, st.Uid, euid, a.owner, engine.ErrInvalid)
 		}
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return "", fmt.Errorf("token file %s has mode %04o (%v): other users can read the token: fix with chmod 600 %s "+
-			"(and consider the token leaked: remove the file and restart tq serve for a new one): %w",
-			path, uint32(perm), perm, path, engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s has mode %04o (%v): other users can read the token: fix with chmod 600 %s "+
+			"(and consider the token leaked: %s): %w",
+			a.name, path, uint32(perm), perm, path, a.leak, engine.ErrInvalid)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
 	if err != nil {
-		return "", unreadable(path, err)
+		return "", unreadable(a.name, path, err)
 	}
 	if len(b) > maxTokenFile {
-		return "", fmt.Errorf("token file %s is larger than %d bytes: %w", path, maxTokenFile, engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s is larger than %d bytes: %w", a.name, path, maxTokenFile, engine.ErrInvalid)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty: remove it, and tq serve makes a new one: %w", path, engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s is empty: %s: %w", a.name, path, a.empty, engine.ErrInvalid)
 	}
 	if strings.ContainsFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return "", fmt.Errorf("token file %s holds more than one word: %w", path, engine.ErrInvalid)
+		return "", fmt.Errorf("%s %s holds more than one word: %w", a.name, path, engine.ErrInvalid)
 	}
 	return tok, nil
 }
 
-// unreadable is ReadToken's error for a token file it could not open or
-// read: the path once (not again in an [fs.PathError]'s words) and the
-// cause, which it wraps.
-func unreadable(path string, err error) error {
+// unreadable is readToken's error for a file it could not open or read:
+// the path once (not again in an [fs.PathError]'s words) and the cause,
+// which it wraps.
+func unreadable(name, path string, err error) error {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return fmt.Errorf("token file %s cannot be read: %w", path, err)
+	return fmt.Errorf("%s %s cannot be read: %w", name, path, err)
 }
 
 // LoadOrCreateToken returns the token in dataDir's token file, creating
