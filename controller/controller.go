@@ -855,7 +855,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 					rows = append(rows, r)
 				}
 			}
-			return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), e.consumed, out, now)
+			return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), e.consumed, e.kept, out, now)
 		}
 	}
 	spec := ""
@@ -1048,7 +1048,7 @@ func (c *Controller) tryFetch(p *partition, req *engine.FetchRequest, smp engine
 			Hold: hold, HoldGroup: heldGroup(hold, req.HoldGroup),
 		}}})
 	}
-	return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), back, out, now)
+	return c.replyFetch(p, req, p.meta(rows, req.Fields, shared), back, ref, out, now)
 }
 
 // checkRows reports a sampler's row that is not in p.

@@ -50,6 +50,13 @@ package controller
 // than its peers did. The fetch is refused, naming the batch
 // (checkKeptGone).
 //
+// A server's fetch of a kept batch whose meta is beyond a reply
+// (replyFetch) gives the batch back at once, TTL or not, as one left
+// behind: every fetch of the batch index would answer the same meta
+// (the sampler keeps it whatever the batch size asked for). The group's
+// next fetch of it makes a batch afresh, and its peers get that one; a
+// peer that took the dropped batch before keeps what it got.
+//
 // With a negative TTL nothing is given back, but batches are followed
 // all the same (a part is still moved to its rank at the end), and one
 // the group went past is forgotten DefaultKeptBatchTTL after a fetch last
@@ -319,6 +326,12 @@ func keptRefOf(task string, pb *wirepb.KeptRef) (*keptRef, error) {
 		}
 	}
 	return &keptRef{group: groupKey{spec: pb.SamplerSpec, task: task, rank: int(pb.DpRank)}, batch: int(pb.BatchIndex)}, nil
+}
+
+// follows reports whether the group's batch ref is followed.
+func (p *partition) follows(ref keptRef) bool {
+	g := p.groups[ref.group]
+	return g != nil && g.batches[ref.batch] != nil
 }
 
 // forget stops following a group's batch.

@@ -194,3 +194,75 @@ func TestFetchWhoseKeysOutgrowAReplyGivesItsRowsBack(t *testing.T) {
 	require.Equal(t, n/2, consumed(c2))
 	require.Equal(t, want, stateBytes(t, c2))
 }
+
+// A batch a caching sampler keeps for a DP group whose meta is beyond a
+// reply is dropped from the sampler and its rows given back, so that the
+// group asking again (for a smaller batch) gets one. It used to stay kept:
+// every fetch of the batch index, by the rank or its peers and whatever
+// the batch size, answered the same too-large meta, and the rows stayed
+// consumed for the task. A sampler that splits a batch between the ranks
+// drops the rank's part; the other ranks' parts stay theirs.
+func TestKeptBatchWhoseMetaOutgrowsAReplyIsDropped(t *testing.T) {
+	for _, tc := range []struct {
+		spec engine.SamplerSpec
+		rows int
+		left int // rows consumed once the rank's batch is dropped: the other ranks' parts
+	}{
+		{rankAware, 8, 0},
+		{engine.SamplerSpec{Name: engine.SamplerSeqlenBalanced, N: 1, DPSize: 2}, 16, 8},
+	} {
+		t.Run(tc.spec.Name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := openDurable(t, dir, DefaultConfig())
+			keys := make([]string, tc.rows)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("%01000d", i) // 1,000 bytes each
+			}
+			m, err := c.ResolveKeys("p", keys, nil, true)
+			require.NoError(t, err)
+			commitDense(t, c, "p", m.Indexes, "x")
+			ctx := context.Background()
+			const maxReply = 4000 // three rows' keys fit, eight do not
+			fetch := func(rank, size int, key string) (*engine.BatchMeta, error) {
+				req := specFetch(tc.spec, rank, 0, size)
+				req.Key = key
+				return c.fetch(ctx, req, &fetchReply{max: maxReply})
+			}
+			consumed := func(c *Controller) int {
+				st, err := c.ConsumptionStatus("p", "t")
+				require.NoError(t, err)
+				return trues(st.Consumed)
+			}
+
+			_, err = fetch(0, 8, "k0")
+			require.ErrorIs(t, err, engine.ErrInvalid)
+			require.ErrorContains(t, err, "fetch p:")
+			require.ErrorContains(t, err, `task "t"`)
+			require.ErrorContains(t, err, "8 rows")
+			require.ErrorContains(t, err, fmt.Sprint(maxReply))
+			require.ErrorContains(t, err, "batch 0 kept for DP rank 0 was dropped")
+			require.Equal(t, tc.left, consumed(c), "a kept batch whose reply was refused kept its rows")
+			_, err = fetch(0, 8, "k0")
+			require.ErrorIs(t, err, context.Canceled, "the refused fetch's key is spent")
+
+			// The rank (or a peer) asking again for a smaller batch gets
+			// one, and the group's peers get the same.
+			a, err := fetch(0, 2, "k1")
+			require.NoError(t, err)
+			require.Equal(t, 2, a.Len())
+			peer, err := fetch(0, 8, "k2")
+			require.NoError(t, err)
+			require.Equal(t, a.Indexes, peer.Indexes, "the group's peer got another batch")
+			require.Equal(t, tc.left+2, consumed(c))
+
+			// The log agrees: a restart has the same state.
+			require.NoError(t, c.WaitDurable(ctx))
+			want := stateBytes(t, c)
+			crash(t, c)
+			c2 := openDurable(t, dir, DefaultConfig())
+			t.Cleanup(func() { c2.Close() })
+			require.Equal(t, tc.left+2, consumed(c2))
+			require.Equal(t, want, stateBytes(t, c2))
+		})
+	}
+}

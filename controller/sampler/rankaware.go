@@ -28,7 +28,9 @@ const rankAwareKind = "rank_aware"
 // nothing. Entries stay cached until [RankAware.ClearCache], until
 // [RankAware.ForgetTask] (the task's consumption was reset), or until
 // [RankAware.DropBatch] (the controller drops a batch its group left
-// behind).
+// behind, or one whose meta is beyond a server's reply). A call for a
+// dropped key makes a batch afresh, which the group's peers asking after
+// it get; a peer that got the dropped batch keeps what it got.
 //
 // RankAware is safe for concurrent use.
 type RankAware struct {

@@ -50,7 +50,8 @@ const MaxLength = 1 << 40
 // from the rows ready then, and its peers the same, as a group whose
 // cached batch was cleared does with [GRPO].
 // A rank's part that the controller drops ([SeqlenBalanced.DropBatch]: the
-// rank never fetched it) is empty from then on, and the rank, asking for
+// rank never fetched it, or its meta was beyond a server's reply) is empty
+// from then on, the other ranks' parts stay theirs, and the rank, asking for
 // it after all, gets a part of its own the same way. At the end of a done
 // partition, with no rows ready for such a part, the controller moves the
 // rank's part of a later batch that it never fetched into the batch it
