@@ -42,6 +42,12 @@ type Poller struct {
 	deadline time.Time // f's read deadline, if set
 	events   []unix.EpollEvent
 	ready    []int
+	// look is Wait's callback for rc.Read, made once (a closure per wait
+	// was an allocation per pass of a loop that found nothing ready), and
+	// n, err what its last call of epoll_wait returned.
+	look func(uintptr) bool
+	n    int
+	err  error
 	// closeMu orders Poke against Close: a Poke after Close would write
 	// into whatever file has taken the eventfd's number since.
 	closeMu sync.RWMutex
@@ -77,7 +83,12 @@ func NewPoller() (*Poller, error) {
 		unix.Close(wake)
 		return nil, err
 	}
-	return &Poller{ep: ep, wake: wake, f: f, rc: rc, events: make([]unix.EpollEvent, 128)}, nil
+	p := &Poller{ep: ep, wake: wake, f: f, rc: rc, events: make([]unix.EpollEvent, 128)}
+	p.look = func(uintptr) bool {
+		p.n, p.err = rawEpollWait(p.ep, p.events)
+		return p.n > 0 || p.err != nil && p.err != unix.EINTR
+	}
+	return p, nil
 }
 
 // Add watches fd for input (and for the peer closing).
@@ -109,10 +120,8 @@ func (p *Poller) Wait(timeoutMs int) ([]int, error) {
 	n, err := rawEpollWait(p.ep, p.events)
 	if n == 0 && (err == nil || err == unix.EINTR) {
 		p.setDeadline(timeoutMs)
-		rerr := p.rc.Read(func(uintptr) bool {
-			n, err = rawEpollWait(p.ep, p.events)
-			return n > 0 || err != nil && err != unix.EINTR
-		})
+		rerr := p.rc.Read(p.look)
+		n, err = p.n, p.err
 		if errors.Is(rerr, os.ErrDeadlineExceeded) {
 			return nil, nil
 		}

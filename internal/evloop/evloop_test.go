@@ -104,3 +104,22 @@ func TestFlushAndGive(t *testing.T) {
 	assert.NoError(t, err, "nothing to write")
 	assert.Empty(t, out)
 }
+
+// A wait that finds nothing ready, and blocks in Go's poller until its
+// deadline, allocates nothing: a loop waits so on every idle pass.
+func TestPollerIdleWaitAllocatesNothing(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Wait(1) // the deadline's timer is made once
+	allocs := testing.AllocsPerRun(20, func() {
+		if ready, err := p.Wait(1); err != nil || len(ready) != 0 {
+			t.Fatalf("idle wait: ready %v, err %v", ready, err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("an idle wait allocated %.1f times; want none", allocs)
+	}
+}
