@@ -552,3 +552,33 @@ def test_select_fields_refuses_a_field_named_twice():
     with pytest.raises(tq.InvalidError, match="field 'resp' appears twice") as e:
         m.select_fields(["resp", "x", "resp"])
     assert e.value.fields == ["resp"]
+
+
+@pytest.mark.parametrize("kw, what", [
+    ({"keys": ["a"]}, "1 keys"),
+    ({"production_status": [1]}, "1 production statuses"),
+    ({"custom_meta": [{"x": 1}]}, "1 custom_meta dicts"),
+    ({"field_schema": {"resp": {"dtype": "int64", "kind": "ragged", "shape": (), "shapes": [(1,)]}}},
+     "field 'resp' has 1 ragged row shapes"),
+    ({"global_indexes": [10, 1.5]}, r"global index 1\.5 \(row 1\) is not an integer"),
+    ({"global_indexes": [10, "11"]}, r"global index '11' \(row 1\) is not an integer"),
+    ({"partition_ids": ["p", 7]}, r"partition id 7 \(row 1\) is a int, not a str"),
+    ({"custom_meta": [{}, "ab"]}, r"custom_meta of row 1 is a str, not a dict"),
+])
+def test_batchmeta_built_by_hand_with_per_row_lists_that_do_not_fit_is_invalid(kw, what):
+    # Before: only partition_ids' length was checked. keys, production
+    # statuses, custom_meta and ragged shapes of another length were kept:
+    # production_status [1] for 2 rows made is_ready True, custom_meta of
+    # one dict for 2 rows tagged row 0 only on put (zip stopped short),
+    # select_samples failed with an IndexError. A global index of 1.5 was
+    # row 1 (int()), "11" row 11, a partition id 7 a TypeError from
+    # protobuf at put, custom_meta "ab" a bare ValueError from dict().
+    args = {"global_indexes": [10, 11], "partition_ids": ["p", "p"], **kw}
+    with pytest.raises(tq.InvalidError, match=what):
+        tq.BatchMeta(**args)
+    # The forms a meta is legitimately built from still are.
+    m = tq.BatchMeta(np.arange(10, 12), ("p", "p"), keys=["a", None], production_status=np.ones(2),
+                     custom_meta=[{"x": 1}, {}],
+                     field_schema={"resp": {"dtype": "int64", "kind": "ragged", "shape": (), "shapes": [(1,), (2,)]}})
+    assert m.global_indexes == [10, 11] and type(m.global_indexes[0]) is int and m.is_ready
+    assert m.select_samples([1, 0]).keys == [None, "a"]

@@ -145,6 +145,29 @@ def _parse_objects(bs) -> list:
     return [tags_from_json(b) for b in bs]
 
 
+def _indexes(idx) -> list:
+    """idx as a list of ints. An index that is not an integer (1.5, "11",
+    a bool) is InvalidError naming it and its row: int() would have made
+    it another row's."""
+    if isinstance(idx, np.ndarray) and idx.dtype.kind in "iu":
+        return idx.reshape(-1).tolist()
+    out = []
+    for i, x in enumerate(idx):
+        try:
+            if isinstance(x, (bool, np.bool_)):
+                raise TypeError
+            out.append(operator.index(x))
+        except TypeError:
+            raise errors.InvalidError(f"global index {x!r} (row {i}) is not an integer") from None
+    return out
+
+
+def _check_len(rows, what: str, n: int) -> None:
+    """InvalidError unless the per-row list ``rows`` has one entry a row."""
+    if len(rows) != n:
+        raise errors.InvalidError(f"{len(rows)} {what} for {n} rows")
+
+
 class BatchMeta:
     """Rows of one or more partitions and where their cells live.
 
@@ -152,8 +175,10 @@ class BatchMeta:
     key), ``field_schema`` (field → ``{"dtype", "kind", "shape"}`` with
     ``"shapes"``, one per row, for ragged fields), ``production_status``
     (numpy int8, 1 when every field of the schema is produced for the row),
-    ``custom_meta`` (each row's tags), ``extra_info``. Not safe for
-    concurrent mutation.
+    ``custom_meta`` (each row's tags), ``extra_info``. Built by hand, each
+    per-row list must have one entry a row, each index be an integer and
+    each partition id a str: else InvalidError naming the list or the row.
+    Not safe for concurrent mutation.
     """
 
     # The cluster whose controller answered with this meta ("": unknown):
@@ -167,16 +192,33 @@ class BatchMeta:
 
     def __init__(self, global_indexes=(), partition_ids=(), keys=None, field_schema=None,
                  production_status=None, custom_meta=None, extra_info=None, cells=None):
-        self.global_indexes = [int(i) for i in global_indexes]
+        self.global_indexes = _indexes(global_indexes)
         n = len(self.global_indexes)
         self.partition_ids = list(partition_ids)
-        if len(self.partition_ids) != n:
-            raise errors.InvalidError(f"{len(self.partition_ids)} partition ids for {n} rows")
+        _check_len(self.partition_ids, "partition ids", n)
+        for i, p in enumerate(self.partition_ids):
+            if type(p) is not str:
+                raise errors.InvalidError(f"partition id {p!r} (row {i}) is a {type(p).__name__}, not a str")
         self.keys = list(keys) if keys is not None else None
+        if self.keys is not None:
+            _check_len(self.keys, "keys", n)
         self.field_schema = dict(field_schema or {})
-        self.production_status = (np.asarray(production_status, dtype=np.int8) if production_status is not None
-                                  else np.zeros(n, dtype=np.int8))
-        self.custom_meta = [dict(t) for t in custom_meta] if custom_meta is not None else [{} for _ in range(n)]
+        for name, s in self.field_schema.items():
+            if isinstance(s, dict) and s.get("shapes") is not None and len(s["shapes"]) != n:
+                raise errors.InvalidError(f"field {name!r} has {len(s['shapes'])} ragged row shapes for {n} rows",
+                                          fields=[name])
+        self.production_status = (np.asarray(production_status, dtype=np.int8).reshape(-1)
+                                  if production_status is not None else np.zeros(n, dtype=np.int8))
+        _check_len(self.production_status, "production statuses", n)
+        if custom_meta is not None:
+            custom_meta = list(custom_meta)
+            _check_len(custom_meta, "custom_meta dicts", n)
+            for i, t in enumerate(custom_meta):
+                if not isinstance(t, dict):
+                    raise errors.InvalidError(f"custom_meta of row {i} is a {type(t).__name__}, not a dict")
+            self.custom_meta = [dict(t) for t in custom_meta]
+        else:
+            self.custom_meta = [{} for _ in range(n)]
         self.extra_info = dict(extra_info or {})
         self._cells = dict(cells or {})  # field → addrs.Cells
 
