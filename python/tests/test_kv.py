@@ -1659,3 +1659,30 @@ def test_name_over_the_bound_is_invalid_before_anything_is_sent(client, part, mo
                                                   f"{tq.MAX_NAME_BYTES}") as ei:
             call()
         assert len(str(ei.value)) < 1024
+
+
+@pytest.mark.parametrize("rows, what", [
+    (["x", None], r"row 1 is None, not str or bytes"),
+    ([b"x", 3], r"row 1 is a int, not str or bytes"),
+    (["ok", "caf\udce9"], r"row 1 is not valid Unicode text \(surrogates not allowed"),
+    ([np.arange(2), None], r"row 1 is None"),
+    ([np.arange(2), np.array([None])], r"row 1: an array of object"),
+    ([1, 2 ** 70], r"row 1: an array of object"),
+    ([np.arange(2.), np.arange(2)], r"mixes dtypes \['float64', 'int64'\] \(row 0 float64, row 1 int64\)"),
+])
+def test_bad_row_of_a_list_field_names_its_row_and_nothing_is_stored(client, part, rows, what):
+    # Before: a list field's bad row was named by nothing but the field:
+    # ["x", None] said "an array of <U1 is not a tensor field (use a list
+    # of str or bytes)" (the None was the fault, the str row the one
+    # named), [arr, None] "an array of object", and a str with a lone
+    # surrogate (a filename decoded with surrogateescape) raised a bare
+    # UnicodeEncodeError naming neither the field nor the row.
+    with pytest.raises(tq.InvalidError, match=what) as ei:
+        client.kv_batch_put(["a", "b"], part, {"myfield": rows})
+    assert ei.value.fields == ["myfield"] and "field 'myfield'" in str(ei.value)
+    assert client.kv_list(part) == {}
+    # Good rows of each kind round-trip as they were.
+    client.kv_batch_put(["a", "b"], part, {"s": ["é日", b"\x00\xff"], "r": [np.arange(2)[::-1], np.int64(3)]})
+    got = client.kv_batch_get(["a", "b"], part)
+    assert got["s"] == ["é日".encode(), b"\x00\xff"]
+    assert [r.tolist() for r in got["r"]] == [[1, 0], 3]

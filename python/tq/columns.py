@@ -11,6 +11,10 @@ A field's value for n rows is one of:
   sequences take.
 * **opaque**: a list of n ``str`` or ``bytes`` (str is stored as UTF-8).
 
+A row a list cannot take (None, a str among arrays, a str with a lone
+surrogate, which UTF-8 cannot carry) is an InvalidError naming the field
+and the row; nothing is sent.
+
 numpy has no bfloat16 or float8 types. TQ stores them bit-exact and numpy
 holds their bit patterns: :data:`bfloat16` is a ``uint16`` dtype and
 :data:`float8_e4m3fn`/:data:`float8_e5m2` are ``uint8`` dtypes, each marked
@@ -369,6 +373,46 @@ def check_name(name) -> None:
     check_name_size("field name", name, fields=[name])
 
 
+_OPAQUE = (str, bytes, bytearray, memoryview)
+
+
+def _bad_text(v) -> None:
+    """InvalidError naming the first row of v, a list of str and bytes,
+    that is a str UTF-8 cannot carry (a lone surrogate, as a name decoded
+    with surrogateescape holds)."""
+    for i, x in enumerate(v):
+        if isinstance(x, str):
+            try:
+                x.encode()
+            except UnicodeEncodeError as e:
+                raise errors.InvalidError(f"row {i} is not valid Unicode text ({e.reason}: "
+                                          f"{e.object[e.start:e.end]!r} at {e.start}): pass its bytes") from None
+
+
+def _what(x) -> str:
+    return "None" if x is None else f"a {type(x).__name__}"
+
+
+def _row_arrays(v) -> list:
+    """_array of each row of v, a list field's value; a row it cannot take
+    is an InvalidError naming the row. A row of str or bytes (which no
+    array holds) among others says so: the field is opaque only when
+    every row is."""
+    text = next((i for i, x in enumerate(v) if isinstance(x, (str, bytes))), None)
+    if text is not None:
+        i, x = next((i, x) for i, x in enumerate(v) if not isinstance(x, _OPAQUE))
+        raise errors.InvalidError(f"row {i} is {_what(x)}, not str or bytes as row {text} is")
+    out = []
+    for i, x in enumerate(v):
+        if x is None:
+            raise errors.InvalidError(f"row {i} is None")
+        try:
+            out.append(_array(x))
+        except errors.InvalidError as e:
+            raise errors.InvalidError(f"row {i}: {e.message}") from None
+    return out
+
+
 def _to_column(name: str, v, n: int) -> Column:
     check_name(name)
     if _is_nested(v):
@@ -395,17 +439,25 @@ def _to_column(name: str, v, n: int) -> Column:
     if isinstance(v, (list, tuple)):
         if len(v) != n:
             raise errors.InvalidError(f"field {name!r} has {len(v)} rows, want {n}", fields=[name])
-        if n and all(isinstance(x, (str, bytes, bytearray, memoryview)) for x in v):
-            rows = [x.encode() if isinstance(x, str) else bytes(x) for x in v]
+        if n and all(isinstance(x, _OPAQUE) for x in v):
+            try:
+                rows = [x.encode() if isinstance(x, str) else bytes(x) for x in v]
+            except UnicodeEncodeError:
+                _bad_text(v)
+                raise
             return Column(name, "bytes", "opaque", None, None, [len(r) for r in rows], [b"".join(rows)])
         rows = _plain_rows(v)
         if rows is not None:
             dt = tq_dtype(rows[0].dtype)
         else:
-            arrs = [_array(x) for x in v]
+            arrs = _row_arrays(v)
             dts = {d for _, d in arrs}
             if len(dts) != 1:
-                raise errors.InvalidError(f"ragged field {name!r} mixes dtypes {sorted(dts)}", fields=[name])
+                first = {}
+                for i, (_, d) in enumerate(arrs):
+                    first.setdefault(d, i)
+                at = ", ".join(f"row {first[d]} {d}" for d in sorted(dts))
+                raise errors.InvalidError(f"ragged field {name!r} mixes dtypes {sorted(dts)} ({at})", fields=[name])
             dt = dts.pop()
             rows = [a for a, _ in arrs]
         lens = [a.nbytes for a in rows]
