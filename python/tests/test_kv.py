@@ -1686,3 +1686,30 @@ def test_bad_row_of_a_list_field_names_its_row_and_nothing_is_stored(client, par
     got = client.kv_batch_get(["a", "b"], part)
     assert got["s"] == ["é日".encode(), b"\x00\xff"]
     assert [r.tolist() for r in got["r"]] == [[1, 0], 3]
+
+
+def test_typed_and_as_dtype_refuse_what_has_no_bits_and_take_torch_tensors(client, part):
+    # Before: tq.Typed(np.array([None, None]), "uint64") was made, and the
+    # put raised a bare TypeError from numpy ("Cannot change data-type for
+    # object array"), naming no field; tq.Typed(np.array(["ab", "cd"]),
+    # "float64") stored the str's UCS-4 code points as float64 bits,
+    # silently; tq.Typed of a torch bfloat16 tensor raised torch's bare
+    # "Got unsupported ScalarType BFloat16"; tq.as_dtype(a, "bf16") a bare
+    # KeyError.
+    for bad, want in ((np.array([None, None]), "an array of object"), (np.array(["ab", "cd"]), "an array of <U2"),
+                      ([b"abcdefgh"], "an array of |S8")):
+        with pytest.raises(tq.InvalidError, match=want):
+            tq.Typed(bad, "float64")
+        with pytest.raises(tq.InvalidError, match=want):
+            tq.as_dtype(bad, "float64")
+    with pytest.raises(tq.InvalidError, match="unknown TQ dtype 'bf16'"):
+        tq.as_dtype(np.zeros(2, np.uint16), "bf16")
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([[1.0, -2.5], [0.0, 3.0]], dtype=torch.bfloat16)
+    bits = t.view(torch.int16).numpy().view(np.uint16)
+    client.kv_batch_put(["a", "b"], part, {"t": tq.Typed(t.t(), "bfloat16"),
+                                           "u": tq.Typed(t.view(torch.int16), "bfloat16")})
+    assert tq.as_dtype(t, "bfloat16").view(np.uint16).tolist() == bits.tolist()
+    got = client.kv_batch_get(["a", "b"], part)
+    assert got["t"].view(np.uint16).tolist() == bits.T.tolist()
+    assert got["u"].view(np.uint16).tolist() == bits.tolist()

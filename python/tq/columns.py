@@ -59,14 +59,17 @@ _BY_KIND = {(d.kind, d.itemsize): name for name, d in DTYPES.items() if d.metada
 
 
 class Typed:
-    """An array with an explicit TQ dtype: ``Typed(bits_uint16, "bfloat16")``."""
+    """An array with an explicit TQ dtype: ``Typed(bits_uint16, "bfloat16")``.
+    ``array``: anything np.asarray takes, or a torch tensor (its values
+    brought to the host); an array of objects, str or bytes, whose memory
+    holds no values' bits, is InvalidError."""
 
     __slots__ = ("array", "dtype")
 
     def __init__(self, array, dtype: str):
         if dtype not in DTYPES:
             raise errors.InvalidError(f"unknown TQ dtype {dtype!r}")
-        a = np.asarray(array)
+        a = _bits(array)
         want = DTYPES[dtype]
         if a.dtype.itemsize != want.itemsize:
             raise errors.InvalidError(f"a {a.dtype} array cannot hold {dtype} ({want.itemsize}-byte elements)")
@@ -77,11 +80,29 @@ def as_dtype(array, dtype: str) -> np.ndarray:
     """``array``'s values' bits as an array of TQ dtype ``dtype``: a view of
     a C-contiguous little-endian array (no copy), else of a C-contiguous
     little-endian copy (a big-endian ``>u2`` array keeps its values)."""
-    a = _little(np.asarray(array))
+    if dtype not in DTYPES:
+        raise errors.InvalidError(f"unknown TQ dtype {dtype!r}")
+    a = _little(_bits(array))
     want = DTYPES[dtype]
     if a.dtype.itemsize != want.itemsize:
         raise errors.InvalidError(f"a {a.dtype} array cannot hold {dtype}")
     return a.view(want)
+
+
+def _bits(v) -> np.ndarray:
+    """v as a numpy array whose bits a TQ dtype may be given (Typed,
+    as_dtype): a torch tensor's values on the host (bfloat16 and float8 as
+    their bits), anything else by np.asarray. An array of objects, str,
+    bytes or records has no such bits: InvalidError naming its dtype."""
+    if is_tensor(v):
+        return _from_tensor(v)
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError) as e:
+        raise errors.InvalidError(f"a {type(v).__name__} that numpy cannot make an array of: {e}") from None
+    if a.dtype.kind in "OUSV":
+        raise errors.InvalidError(f"an array of {a.dtype} has no bits a TQ dtype can be given")
+    return a
 
 
 def tq_dtype(dt: np.dtype) -> str:
