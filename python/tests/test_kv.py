@@ -1713,3 +1713,19 @@ def test_typed_and_as_dtype_refuse_what_has_no_bits_and_take_torch_tensors(clien
     got = client.kv_batch_get(["a", "b"], part)
     assert got["t"].view(np.uint16).tolist() == bits.T.tolist()
     assert got["u"].view(np.uint16).tolist() == bits.tolist()
+
+
+def test_masked_array_is_refused_and_nothing_is_stored(client, part):
+    # Before: np.asarray took a masked array's data and dropped its mask,
+    # so the value it hid (2 here) was stored as if valid, without a word.
+    masked = np.ma.array([1, 2], mask=[0, 1])
+    with pytest.raises(tq.InvalidError, match=r"a masked array \(1 of 2 values masked\)"):
+        client.kv_batch_put(["a", "b"], part, {"f": masked})
+    with pytest.raises(tq.InvalidError, match=r"row 1: a masked array \(1 of 2 values masked\)"):
+        client.kv_batch_put(["a", "b"], part, {"f": [np.ma.array([1.0]), np.ma.array([2.0, 3.0], mask=[1, 0])]})
+    with pytest.raises(tq.InvalidError, match=r"a masked array \(1 of 2 values masked\)"):
+        tq.Typed(masked, "int64")
+    assert client.kv_list(part) == {}
+    # One that masks nothing loses nothing: it is stored as its data.
+    client.kv_batch_put(["a", "b"], part, {"f": np.ma.array([1, 2])})
+    assert client.kv_batch_get(["a", "b"], part)["f"].tolist() == [1, 2]

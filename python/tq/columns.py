@@ -96,6 +96,7 @@ def _bits(v) -> np.ndarray:
     bytes or records has no such bits: InvalidError naming its dtype."""
     if is_tensor(v):
         return _from_tensor(v)
+    _unmasked(v)
     try:
         a = np.asarray(v)
     except (ValueError, TypeError) as e:
@@ -227,6 +228,7 @@ def _array(v):
     if is_tensor(v):
         a = _from_tensor(v)
     else:
+        _unmasked(v)
         try:
             a = np.asarray(v)
         except (ValueError, TypeError) as e:  # rows of unequal lengths, say
@@ -234,6 +236,15 @@ def _array(v):
     if a.dtype.kind in "OUSV":
         raise errors.InvalidError(f"an array of {a.dtype} is not a tensor field (use a list of str or bytes)")
     return _little(a), tq_dtype(a.dtype)
+
+
+def _unmasked(v) -> None:
+    """InvalidError for a numpy masked array that masks a value: np.asarray
+    takes its data and drops the mask, so the values it hides would be
+    stored as if valid. One that masks nothing is its data."""
+    if isinstance(v, np.ma.MaskedArray) and np.ma.count_masked(v):
+        raise errors.InvalidError(f"a masked array ({np.ma.count_masked(v)} of {v.size} values masked) would be stored "
+                                  "without its mask: pass a.filled(value), or the rows without masked values")
 
 
 def _little(a: np.ndarray) -> np.ndarray:
