@@ -582,3 +582,14 @@ def test_batchmeta_built_by_hand_with_per_row_lists_that_do_not_fit_is_invalid(k
                      field_schema={"resp": {"dtype": "int64", "kind": "ragged", "shape": (), "shapes": [(1,), (2,)]}})
     assert m.global_indexes == [10, 11] and type(m.global_indexes[0]) is int and m.is_ready
     assert m.select_samples([1, 0]).keys == [None, "a"]
+
+
+def test_update_custom_meta_refuses_a_row_that_is_not_tags_and_changes_nothing():
+    # Before: update_custom_meta([{"a": 1}, 5]) updated row 0 and then
+    # raised a bare TypeError from dict.update, naming no row.
+    m = tq.BatchMeta([10, 11], ["p", "p"], custom_meta=[{"x": 1}, {}])
+    with pytest.raises(tq.InvalidError, match="tags of row 1 are a int, not a dict"):
+        m.update_custom_meta([{"a": 1}, 5])
+    assert m.custom_meta == [{"x": 1}, {}]
+    m.update_custom_meta([None, {"y": 2}])
+    assert m.custom_meta == [{"x": 1}, {"y": 2}]

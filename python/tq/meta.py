@@ -275,6 +275,9 @@ class BatchMeta:
     def update_custom_meta(self, tags) -> None:
         if len(tags) != self.size:
             raise errors.InvalidError(f"{len(tags)} tag dicts for {self.size} rows")
+        for i, new in enumerate(tags):
+            if new is not None and not isinstance(new, _abc.Mapping):
+                raise errors.InvalidError(f"tags of row {i} are a {type(new).__name__}, not a dict")
         for mine, new in zip(self.custom_meta, tags):
             mine.update(new or {})
 
