@@ -593,3 +593,22 @@ def test_update_custom_meta_refuses_a_row_that_is_not_tags_and_changes_nothing()
     assert m.custom_meta == [{"x": 1}, {}]
     m.update_custom_meta([None, {"y": 2}])
     assert m.custom_meta == [{"x": 1}, {"y": 2}]
+
+
+@pytest.mark.parametrize("args, what", [
+    (("int64", "dense", (2,), None, None, 2, bytes(24)), r"2 dense rows of int64\[2\] take 32 bytes, not 24"),
+    (("int64", "dense", (2,), None, None, 2, bytes(40)), r"take 32 bytes, not 40"),
+    (("int32", "ragged", (), [(1,), (2,)], None, 2, bytes(8)), r"2 ragged rows of int32: 2 shapes of 12 bytes over 8"),
+    (("int32", "ragged", (), [(1,)], None, 2, bytes(4)), r"2 ragged rows of int32: 1 shapes"),
+    (("bytes", "opaque", (), None, [3, 4], 2, b"abcde"), r"2 opaque rows: 2 row lengths of 7 bytes over 5 bytes"),
+    (("bytes", "opaque", (), None, [3], 2, b"abc"), r"2 opaque rows: 1 row lengths"),
+])
+def test_from_bytes_refuses_a_buffer_that_is_not_what_its_rows_take(args, what):
+    # Before: a short opaque buffer gave short rows silently, a long dense
+    # or ragged one was read for its prefix, a short one raised numpy's
+    # bare ValueError: a reply that disagrees with its metadata.
+    from tq import columns
+    with pytest.raises(tq.CorruptError, match=what):
+        columns.from_bytes(*args)
+    good = columns.from_bytes("int64", "dense", (2,), None, None, 2, np.arange(4, dtype="<i8").tobytes())
+    assert good.tolist() == [[0, 1], [2, 3]]

@@ -521,9 +521,14 @@ def columns(fields, n: int):
 def from_bytes(dtype: str, kind: str, shape, shapes, row_lens, n: int, buf, *, owned=True):
     """A field's value over ``buf`` (the field's rows back to back): a dense
     array, a list of arrays (ragged) or a list of bytes (opaque). The arrays
-    alias ``buf``."""
+    alias ``buf``. A ``buf`` whose length is not what the rows take (or
+    row lengths or shapes that are not one a row) is CorruptError: a reply
+    that does not agree with its metadata."""
     mv = memoryview(buf).cast("B") if not isinstance(buf, np.ndarray) else buf
     if kind == "opaque":
+        if len(row_lens) != n or sum(row_lens) != len(mv):
+            raise errors.CorruptError(f"{n} opaque rows: {len(row_lens)} row lengths of {sum(row_lens)} bytes "
+                                      f"over {len(mv)} bytes")
         out, at = [], 0
         for L in row_lens:
             out.append(bytes(mv[at:at + L]))
@@ -532,11 +537,17 @@ def from_bytes(dtype: str, kind: str, shape, shapes, row_lens, n: int, buf, *, o
     dt = numpy_dtype(dtype)
     if kind == "dense":
         shape = tuple(shape)
+        if n * math.prod(shape) * dt.itemsize != len(mv):
+            raise errors.CorruptError(f"{n} dense rows of {dtype}{list(shape)} take {n * math.prod(shape) * dt.itemsize} "
+                                      f"bytes, not {len(mv)}")
         return np.frombuffer(mv, dtype=dt, count=n * math.prod(shape)).reshape((n,) + shape)
     if kind == "ragged":
         # One array over all rows, sliced a row at a time (a slice costs
         # a fifth of a frombuffer); reshaped only where a row is not 1-D.
         counts = [math.prod(s) for s in shapes]
+        if len(shapes) != n or sum(counts) * dt.itemsize != len(mv):
+            raise errors.CorruptError(f"{n} ragged rows of {dtype}: {len(shapes)} shapes of {sum(counts) * dt.itemsize} "
+                                      f"bytes over {len(mv)} bytes")
         flat = np.frombuffer(mv, dtype=dt, count=sum(counts))
         out, at = [], 0
         for s, cnt in zip(shapes, counts):
