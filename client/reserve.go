@@ -164,7 +164,12 @@ func checkSpecs(fields []FieldSpec, n int) ([]engine.Kind, []int64, []engine.DTy
 // columns over them.
 func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n int, kinds []engine.Kind, sizes []int64) (*reserved, error) {
 	rv, ok := u.(Reserver)
-	if !ok {
+	switch {
+	case !ok && c.closed.Load():
+		// Not the transport: no put of any kind goes out from a closed
+		// client, and the caller must hear why.
+		return nil, fmt.Errorf("reserve on storage unit %d: the client was closed: %w", u.ID(), engine.ErrClosed)
+	case !ok:
 		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.ID(), u.Transport(), engine.ErrNotSupported)
 	}
 	res, err := rv.ReserveExtents(ctx, sizes)
