@@ -19,7 +19,7 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 }
 
 var (
-	descPartitions    = desc("tq_partitions", "Partitions the controller holds.")
+	descPartitions    = desc("tq_partitions", "Partitions the controller holds (those past MaxPartitionSeries have no tq_partition_ and tq_task_ series).")
 	descRows          = desc("tq_partition_rows", "Active rows of a partition (written or being written).", "partition")
 	descReserved      = desc("tq_partition_reserved_rows", "Pre-allocated rows of a partition not yet written.", "partition")
 	descKeys          = desc("tq_partition_keys", "Keys of a partition (KV API).", "partition")
@@ -82,6 +82,16 @@ const MaxFieldSeries = 64
 // up to 1024 in a partition, two series each; tq_partition_tasks counts
 // them all.
 const MaxTaskSeries = 64
+
+// MaxPartitionSeries bounds the partitions that get series of their own
+// (tq_partition_rows and the rest of the tq_partition_ and tq_task_
+// families): the first ones by name, as [MaxFieldSeries] does fields.
+// Partitions are named by the workload (a Redis {tag} per user, a KV put
+// to a new partition each), up to the controller's MaxPartitions (65536
+// by default), and with up to MaxFieldSeries fields and MaxTaskSeries
+// tasks each a partition has some 200 series: every scrape would hold
+// millions. tq_partitions counts them all; RESP's INFO lists as many.
+const MaxPartitionSeries = 1024
 
 // maxLabelLen bounds a label value taken from a name (a partition, a
 // task, a field), in bytes. Names have no bound of their own, and a
@@ -162,7 +172,10 @@ func (c *ctrlCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(ch, descIndexes, float64(allocated), "allocated")
 		gauge(ch, descIndexes, float64(free), "free")
 		seenParts := labelSet{}
-		for _, id := range parts {
+		for _, id := range parts { // by name
+			if len(seenParts) == MaxPartitionSeries {
+				break
+			}
 			st, err := s.c.Stats(id)
 			if err != nil {
 				continue // cleared since

@@ -13,6 +13,9 @@
 // _seconds, _bytes); labels take bounded values only: partitions, tasks,
 // fields, unit ids, ops (those a peer sends without a name share the op
 // "unknown"), networks, transports, error codes — never a key or a row.
+// Names chosen by the workload get series up to a bound: the first
+// [MaxPartitionSeries] partitions by name, and of each the first
+// [MaxFieldSeries] fields and [MaxTaskSeries] tasks.
 //
 // Usage, as tq serve wires it:
 //
