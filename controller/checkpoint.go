@@ -178,6 +178,45 @@ func sweepTemps(dir string) {
 	}
 }
 
+// openRegular opens path for reading and returns it with its FileInfo,
+// refusing anything but a regular file (followed through symbolic
+// links) as damaged, naming it and what it is. Opening a named pipe
+// would block until something wrote to it (a listing, or a load holding
+// the checkpoint lock, hung for good), and a device or a directory has
+// no size to read a state by.
+func openRegular(path string) (*os.File, fs.FileInfo, error) {
+	// O_NONBLOCK: an open of a named pipe returns at once; it changes
+	// nothing for a regular file.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = corrupt("%s is %s, not a regular file", filepath.Base(path), fileKind(fi.Mode()))
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+// fileKind says what a file that is not a regular one is.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "of type " + m.Type().String()
+}
+
 func corrupt(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, engine.ErrCorrupt)...)
 }

@@ -489,7 +489,7 @@ func (s *Server) load(ctx context.Context, dir string, head **wirepb.StateHeader
 	// is taken over: no reconcile may reclaim them meanwhile.
 	s.c.pins.Lock()
 	defer s.c.pins.Unlock()
-	f, err := os.Open(filepath.Join(dir, dataFile))
+	f, fi, err := openRegular(filepath.Join(dir, dataFile))
 	if errors.Is(err, fs.ErrNotExist) {
 		// The checkpoint is there (its state was read), damaged: not a
 		// missing checkpoint (see loadCheckpointFreed).
@@ -499,10 +499,6 @@ func (s *Server) load(ctx context.Context, dir string, head **wirepb.StateHeader
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	if fi.Size() != ls.head.DataBytes {
 		return nil, corrupt("%s holds %d bytes, the state says %d", dataFile, fi.Size(), ls.head.DataBytes)
 	}
@@ -695,15 +691,11 @@ func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []Chec
 
 // readStateHeader reads the first message of a state file.
 func readStateHeader(path string) (*wirepb.StateHeader, error) {
-	f, err := os.Open(path)
+	f, st, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	sr := newStateReader(f, st.Size(), 64<<10)
 	head := &wirepb.StateHeader{}
 	if err := sr.next(head, "header"); err != nil {

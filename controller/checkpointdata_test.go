@@ -464,3 +464,100 @@ func TestCheckpointMetadataOthersCanRead(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ok, string(info.Metadata))
 }
+
+// TestCheckpointFilesThatAreNotFiles: a checkpoint whose state.pb or
+// data.bin is a named pipe (or a device, or a directory) is refused as
+// damaged, naming the file and what it is, and the load changes nothing.
+// Opening a named pipe blocked until something wrote to it: a listing
+// (and tq checkpoint save, which lists first) hung, and a load hung
+// holding the checkpoint lock, so every later save and load hung too.
+func TestCheckpointFilesThatAreNotFiles(t *testing.T) {
+	// unblock opens a pipe for writing, so that an open for reading
+	// blocked on it returns (the test fails, and does not hang).
+	unblock := func(path string) {
+		if fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			unix.Close(fd)
+		}
+	}
+	// within runs f, failing the test if it does not return in a
+	// generous while.
+	within := func(t *testing.T, pipe, what string, f func()) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() { defer close(done); f() }()
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				for !func() bool {
+					unblock(pipe)
+					select {
+					case <-done:
+						return true
+					default:
+						return false
+					}
+				}() {
+					time.Sleep(10 * time.Millisecond)
+				}
+				t.Fatalf("%s blocks on the named pipe %s", what, filepath.Base(pipe))
+			}
+		}
+	}
+	t.Run("state file a pipe", func(t *testing.T) {
+		c, s, unit, dir := ckptWithData(t)
+		pipe := filepath.Join(dir, "ck", stateFile)
+		require.NoError(t, os.Remove(pipe))
+		require.NoError(t, unix.Mkfifo(pipe, 0o600))
+		within(t, pipe, "a listing", func() {
+			list, err := s.Checkpoints()
+			require.NoError(t, err)
+			require.Len(t, list, 1)
+			assert.Contains(t, list[0].Unusable, stateFile+" is a named pipe")
+		})
+		within(t, pipe, "CheckCheckpoint", func() {
+			err := CheckCheckpoint(dir, "ck")
+			assert.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, stateFile+" is a named pipe")
+		})
+		within(t, pipe, "a load", func() {
+			err := s.LoadCheckpoint(context.Background(), "ck")
+			assert.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, stateFile+" is a named pipe")
+		})
+		assert.Empty(t, unit.written(), "the load wrote to the unit")
+		assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+	})
+	t.Run("data file a pipe", func(t *testing.T) {
+		c, s, unit, dir := ckptWithData(t)
+		pipe := filepath.Join(dir, "ck", dataFile)
+		require.NoError(t, os.Remove(pipe))
+		require.NoError(t, unix.Mkfifo(pipe, 0o600))
+		within(t, pipe, "a load", func() {
+			err := s.LoadCheckpoint(context.Background(), "ck")
+			assert.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, dataFile+" is a named pipe")
+		})
+		assert.Empty(t, unit.written(), "the load wrote to the unit")
+		assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+	})
+	t.Run("state file a device or a directory", func(t *testing.T) {
+		c, s, unit, dir := ckptWithData(t)
+		path := filepath.Join(dir, "ck", stateFile)
+		for what, make := range map[string]func() error{
+			"a device":    func() error { return os.Symlink("/dev/zero", path) },
+			"a directory": func() error { return os.Mkdir(path, 0o700) },
+		} {
+			require.NoError(t, os.RemoveAll(path))
+			require.NoError(t, make())
+			err := s.LoadCheckpoint(context.Background(), "ck")
+			assert.ErrorIs(t, err, engine.ErrCorrupt, what)
+			assert.ErrorContains(t, err, stateFile+" is "+what)
+		}
+		assert.Empty(t, unit.written(), "the load wrote to the unit")
+		assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+	})
+}

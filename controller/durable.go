@@ -346,15 +346,11 @@ func readSnapshot(s journal.Snapshot) (*loadedState, error) {
 }
 
 func readStateFile(path string) (*loadedState, error) {
-	f, err := os.Open(path)
+	f, st, err := openRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	ls, err := readState(f, st.Size())
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
