@@ -202,7 +202,9 @@ func CheckCheckpoint(dir, name string) error {
 // SaveCheckpoint saves the controller's state and every cell's bytes as
 // checkpoint name (see the file comment), with metadata (a JSON object,
 // or nil) kept beside them, replacing a checkpoint of that name
-// atomically. It returns what it saved.
+// atomically (one that is a symbolic link to a checkpoint elsewhere is
+// replaced by the new checkpoint's directory; what the link named stays
+// as it was). It returns what it saved.
 func (s *Server) SaveCheckpoint(ctx context.Context, name string, metadata []byte) (CheckpointInfo, error) {
 	dir, err := s.checkpointPath(name)
 	if err == nil {
@@ -661,7 +663,7 @@ func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []Chec
 	var out []CheckpointInfo
 	size := 0
 	for _, e := range entries { // sorted by name
-		if !e.IsDir() || !checkpointName.MatchString(e.Name()) || e.Name() <= after {
+		if !checkpointName.MatchString(e.Name()) || e.Name() <= after || !isDirEntry(s.cfg.CheckpointDir, e) {
 			continue
 		}
 		head, err := readStateHeader(filepath.Join(s.cfg.CheckpointDir, e.Name(), stateFile))
@@ -687,6 +689,17 @@ func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []Chec
 		size += n
 	}
 	return out, "", nil
+}
+
+// isDirEntry reports whether e, an entry of dir, is a directory or a
+// symbolic link to one: a checkpoint moved elsewhere and linked to is
+// listed, as a load finds it.
+func isDirEntry(dir string, e fs.DirEntry) bool {
+	if e.Type()&fs.ModeSymlink == 0 {
+		return e.IsDir()
+	}
+	fi, err := os.Stat(filepath.Join(dir, e.Name()))
+	return err == nil && fi.IsDir()
 }
 
 // readStateHeader reads the first message of a state file.

@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -222,4 +226,46 @@ func TestCheckpointsListDamaged(t *testing.T) {
 	if err := do(c, wire.OpLoadCheckpoint, &wirepb.CheckpointRequest{Name: "damaged"}, nil); err == nil {
 		t.Error("the damaged checkpoint loads")
 	}
+}
+
+// TestCheckpointsListLinkedCheckpoints: a checkpoint that is a symbolic
+// link to a checkpoint directory elsewhere (moved to a bigger disk) is
+// listed, as a load finds it; stray entries beside it are not: a link to
+// a file, a dangling link, a file, a named pipe. The listing skipped
+// every link: tq checkpoint list did not show a checkpoint that tq
+// checkpoint load NAME loaded.
+func TestCheckpointsListLinkedCheckpoints(t *testing.T) {
+	root, elsewhere := t.TempDir(), t.TempDir()
+	c := newController(t, DefaultConfig())
+	insert(t, c, "p", 1, "x")
+	require.NoError(t, c.Save(filepath.Join(elsewhere, "moved")))
+	require.NoError(t, c.Save(filepath.Join(root, "here")))
+	require.NoError(t, os.Symlink(filepath.Join(elsewhere, "moved"), filepath.Join(root, "linked")))
+	require.NoError(t, os.Symlink(filepath.Join(elsewhere, "moved", stateFile), filepath.Join(root, "to-a-file")))
+	require.NoError(t, os.Symlink(filepath.Join(elsewhere, "gone"), filepath.Join(root, "dangling")))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "a-file"), []byte("x"), 0o600))
+	require.NoError(t, unix.Mkfifo(filepath.Join(root, "a-pipe"), 0o600))
+	s := NewServer(c, ServerConfig{CheckpointDir: root})
+	t.Cleanup(func() { s.Close() })
+	list, err := s.Checkpoints()
+	require.NoError(t, err)
+	var names []string
+	for _, ci := range list {
+		assert.Empty(t, ci.Unusable, ci.Name)
+		names = append(names, ci.Name)
+	}
+	assert.Equal(t, []string{"here", "linked"}, names)
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "linked"))
+
+	// A save of that name replaces the link, not what it names.
+	insert(t, c, "q", 1, "x")
+	_, err = s.SaveCheckpoint(context.Background(), "linked", nil)
+	require.NoError(t, err)
+	fi, err := os.Lstat(filepath.Join(root, "linked"))
+	require.NoError(t, err)
+	assert.True(t, fi.IsDir(), "linked is %v", fi.Mode())
+	d := newController(t, DefaultConfig())
+	_, err = d.Load(filepath.Join(elsewhere, "moved"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"p"}, d.Partitions(), "what the link named")
 }
