@@ -69,12 +69,37 @@ func (c *Controller) Save(dir string) error {
 }
 
 // checkReplaceable refuses a dir that Save must not replace: one that
-// holds files but no checkpoint (Save moves dir aside and deletes it).
+// holds files but no checkpoint (Save moves dir aside and deletes it), or
+// that is no directory (a file, a named pipe, a symbolic link that leads
+// nowhere), naming it and what it is. A symbolic link to a checkpoint is
+// replaced (the link, not what it names).
 func checkReplaceable(dir string) error {
-	entries, err := os.ReadDir(dir)
+	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		if fi, err = os.Stat(dir); err != nil {
+			// A rename cannot put a directory in its place either.
+			target, _ := os.Readlink(dir)
+			why := "which is not there"
+			if !errors.Is(err, fs.ErrNotExist) {
+				why = fmt.Sprintf("which cannot be followed (%v)", err)
+			}
+			return fmt.Errorf("%s is a symbolic link to %s, %s; refusing to replace it: %w", dir, target, why, engine.ErrInvalid)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("inspect checkpoint directory: %w", err)
+	}
+	if !fi.IsDir() {
+		what := "a file"
+		if !fi.Mode().IsRegular() {
+			what = fileKind(fi.Mode())
+		}
+		return fmt.Errorf("%s is %s, not a checkpoint directory; refusing to replace it: %w", dir, what, engine.ErrInvalid)
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("inspect checkpoint directory: %w", err)
 	}

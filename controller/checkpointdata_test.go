@@ -561,3 +561,52 @@ func TestCheckpointFilesThatAreNotFiles(t *testing.T) {
 		assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
 	})
 }
+
+// TestCheckpointSaveOverWhatIsNoCheckpoint: a save under a name that is
+// a dangling symbolic link, a file or a named pipe is refused
+// (engine.ErrInvalid), naming it and what it is, and leaves it and the
+// directory as they were. Over a dangling link the save failed as it
+// renamed its finished checkpoint into place, with "rename
+// .../.NAME.tmp-... .../NAME: not a directory", naming a directory the
+// user never saw; over a file, as "inspect checkpoint directory: open
+// ...: not a directory".
+func TestCheckpointSaveOverWhatIsNoCheckpoint(t *testing.T) {
+	root := t.TempDir()
+	c := newController(t, DefaultConfig())
+	insert(t, c, "p", 1, "x")
+	s := NewServer(c, ServerConfig{CheckpointDir: root})
+	t.Cleanup(func() { s.Close() })
+	gone := filepath.Join(t.TempDir(), "gone")
+	require.NoError(t, os.Symlink(gone, filepath.Join(root, "dangling")))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "file"), []byte("mine"), 0o600))
+	require.NoError(t, unix.Mkfifo(filepath.Join(root, "pipe"), 0o600))
+	before := func() []string {
+		entries, err := os.ReadDir(root)
+		require.NoError(t, err)
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.Name()+" "+e.Type().String())
+		}
+		return out
+	}()
+	for name, want := range map[string]string{
+		"dangling": "is a symbolic link to " + gone + ", which is not there",
+		"file":     "is a file, not a checkpoint directory",
+		"pipe":     "is a named pipe, not a checkpoint directory",
+	} {
+		_, err := s.SaveCheckpoint(context.Background(), name, nil)
+		require.ErrorIs(t, err, engine.ErrInvalid, name)
+		assert.ErrorContains(t, err, filepath.Join(root, name)+" "+want)
+		assert.NotContains(t, err.Error(), ".tmp-", "names the temporary directory")
+	}
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	var after []string
+	for _, e := range entries {
+		after = append(after, e.Name()+" "+e.Type().String())
+	}
+	assert.Equal(t, before, after)
+	b, err := os.ReadFile(filepath.Join(root, "file"))
+	require.NoError(t, err)
+	assert.Equal(t, "mine", string(b))
+}
