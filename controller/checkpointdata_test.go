@@ -610,3 +610,130 @@ func TestCheckpointSaveOverWhatIsNoCheckpoint(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "mine", string(b))
 }
+
+// unreadableUnit is a unit whose reads fail: a save cut short half-way.
+type unreadableUnit struct{ *ckptUnit }
+
+func (unreadableUnit) Read(context.Context, []engine.RemoteAddr, [][]byte) error {
+	return fmt.Errorf("injected read failure: %w", engine.ErrUnavailable)
+}
+
+// checkpointFiles returns the files under dir, by path below it, with
+// their bytes.
+func checkpointFiles(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	require.NoError(t, filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		rel, _ := filepath.Rel(dir, path)
+		out[rel] = string(b)
+		return err
+	}))
+	return out
+}
+
+// TestCheckpointFailedSaveKeepsThePreviousOne: a save over a checkpoint
+// that fails half-way (a unit's read fails while data.bin is being
+// filled) leaves the previous checkpoint as it was, byte for byte, and
+// nothing else in the directory (no partial checkpoint under any name),
+// and the previous one still loads.
+func TestCheckpointFailedSaveKeepsThePreviousOne(t *testing.T) {
+	c, s, unit, dir := ckptWithData(t)
+	before := checkpointFiles(t, dir)
+	require.Contains(t, before, filepath.Join("ck", dataFile))
+	failing := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(context.Context, engine.UnitInfo) (engine.DataConn, error) {
+		return unreadableUnit{unit}, nil
+	}})
+	t.Cleanup(func() { failing.Close() })
+	_, err := failing.SaveCheckpoint(context.Background(), "ck", []byte(`{"step": 2}`))
+	require.ErrorIs(t, err, engine.ErrUnavailable)
+	assert.ErrorContains(t, err, "save checkpoint ck: read cells of storage unit")
+	assert.Equal(t, before, checkpointFiles(t, dir), "the directory after the failed save")
+	list, err := s.Checkpoints()
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	assert.Empty(t, list[0].Metadata, "the failed save's metadata is listed")
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"))
+}
+
+// TestCheckpointLoadRefusesADamagedStateFile: a checkpoint whose
+// state.pb is empty, cut short, has a bit flipped or is no state file at
+// all is refused as damaged (engine.ErrCorrupt), naming the checkpoint,
+// state.pb and what is wrong, before anything is written to a unit or
+// the state replaced. The listing, which reads state headers alone,
+// marks it unusable where its header is damaged.
+func TestCheckpointLoadRefusesADamagedStateFile(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		damage       func([]byte) []byte
+		want         string
+		headerDamage bool
+	}{
+		{"empty", func([]byte) []byte { return nil }, "an empty file", true},
+		{"cut short", func(b []byte) []byte { return b[:len(b)-3] }, "left in the file", false},
+		{"a bit flipped", func(b []byte) []byte { b[len(b)/2] ^= 0x04; return b }, "checksum", false},
+		{"another format", func([]byte) []byte { return []byte(`{"format": "something else"}`) }, "header at byte 0", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s, unit, dir := ckptWithData(t)
+			path := filepath.Join(dir, "ck", stateFile)
+			b, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(path, tc.damage(b), 0o600))
+
+			err = s.LoadCheckpoint(context.Background(), "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, "load checkpoint ck: state.pb: ")
+			assert.ErrorContains(t, err, tc.want)
+			assert.Empty(t, unit.written(), "the load wrote to the unit")
+			assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+			assert.Equal(t, []string{"p"}, c.Partitions())
+			list, err := s.Checkpoints()
+			require.NoError(t, err)
+			require.Len(t, list, 1)
+			if tc.headerDamage {
+				assert.Contains(t, list[0].Unusable, stateFile+": ")
+			} else {
+				assert.Empty(t, list[0].Unusable, "the header is whole")
+			}
+		})
+	}
+}
+
+// TestCheckpointConcurrentSavesOfOneName: saves of one name at once
+// (and listings meanwhile) each succeed, one after the other: what is
+// left under the name is one of them whole, and nothing beside it.
+func TestCheckpointConcurrentSavesOfOneName(t *testing.T) {
+	_, s, _, dir := ckptWithData(t)
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = s.SaveCheckpoint(context.Background(), "ck", fmt.Appendf(nil, `{"save": %d}`, i))
+		})
+		wg.Go(func() {
+			_, err := s.Checkpoints()
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		assert.NoError(t, err, "save %d", i)
+	}
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "left beside the checkpoint: %v", entries)
+	list, err := s.Checkpoints()
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	assert.Empty(t, list[0].Unusable)
+	assert.Regexp(t, `^\{"save": [0-7]\}$`, string(list[0].Metadata))
+	b, err := os.ReadFile(filepath.Join(dir, "ck", dataFile))
+	require.NoError(t, err)
+	assert.Equal(t, "AAAAAAAAyyyy0000BBBBBBBByyyy1111", string(b))
+	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"))
+}
