@@ -77,8 +77,11 @@ func remoteClient(t *testing.T, e *embedded.Cluster, s *ctrlServer, retryFor tim
 // rows with batches fetched ahead, stops the controller's server after the
 // first micro-batch, while the prefetcher holds the next ones, and breaks
 // out of the loop: the give-back of those batches meets no controller.
-// It returns the rows yielded.
-func breakWithPrefetched(t *testing.T, l *Loader, s *ctrlServer, e *embedded.Cluster) []int64 {
+// stopped, if not nil, runs once the server is stopped (to bring it back
+// later: a timer started before the stop could fire first on a loaded
+// machine, and start a second server over the first). It returns the
+// rows yielded.
+func breakWithPrefetched(t *testing.T, l *Loader, s *ctrlServer, e *embedded.Cluster, stopped func()) []int64 {
 	var got []int64
 	for b, err := range l.All(context.Background()) {
 		require.NoError(t, err)
@@ -86,6 +89,9 @@ func breakWithPrefetched(t *testing.T, l *Loader, s *ctrlServer, e *embedded.Clu
 		// The prefetcher took every other row.
 		require.Eventually(t, func() bool { return consumedRows(t, e, "p") == 32 }, 10*time.Second, 5*time.Millisecond)
 		s.stop()
+		if stopped != nil {
+			stopped()
+		}
 		break
 	}
 	return got
@@ -138,9 +144,15 @@ func TestGiveBackRetriedWhileTheControllerIsAway(t *testing.T) {
 	l, err := New(c, privateConfig())
 	require.NoError(t, err)
 	l.giveBackTimeout, l.giveBackBackoff, l.giveBackTries = 100*time.Millisecond, 50*time.Millisecond, 20
-	back := time.AfterFunc(400*time.Millisecond, s.start) // the controller comes back
-	defer back.Stop()
-	got := breakWithPrefetched(t, l, s, e)
+	var back *time.Timer
+	defer func() {
+		if back != nil {
+			back.Stop()
+		}
+	}()
+	got := breakWithPrefetched(t, l, s, e, func() {
+		back = time.AfterFunc(400*time.Millisecond, s.start) // the controller comes back
+	})
 	require.NoError(t, l.Err(), "the give-back succeeded once the controller was back")
 	require.Equal(t, len(got), consumedRows(t, e, "p"), "the unyielded rows were given back")
 	again, err := New(e.Client, privateConfig())
@@ -165,7 +177,7 @@ func TestGiveBackFailureReported(t *testing.T) {
 	l, err := New(c, cfg)
 	require.NoError(t, err)
 	l.giveBackTimeout, l.giveBackBackoff, l.giveBackTries = 100*time.Millisecond, 20*time.Millisecond, 3
-	got := breakWithPrefetched(t, l, s, e)
+	got := breakWithPrefetched(t, l, s, e, nil)
 	err = l.Err()
 	require.Error(t, err, "the failed give-back must be reported")
 	require.ErrorContains(t, err, "give back")
