@@ -174,7 +174,7 @@ func FuzzClientConn(f *testing.F) {
 		}()
 		select {
 		case err := <-done:
-			want, ok := replyTo(data, 1, 1<<10)
+			want, ok := replyTo(data, opEcho, 1, 1<<10)
 			switch {
 			case ok && err != nil:
 				t.Fatalf("the bytes answer the call (payload %q) but it failed: %v", want, err)
@@ -196,12 +196,13 @@ func FuzzClientConn(f *testing.F) {
 	})
 }
 
-// replyTo says, independently of Conn, whether stream answers call id
-// with success: a run of well-formed reply frames (others' skipped, but
-// none with id 0: that ends the connection) up to one for id that is not
-// an error, whose body is a Ping and whose payload, at most max bytes, it
+// replyTo says, independently of Conn, whether stream answers call id,
+// of op op, with success: a run of well-formed reply frames (others'
+// skipped, but none with id 0: that ends the connection) up to one for id
+// that is of op op (a reply of another op is corrupt), is not an error,
+// and whose body is a Ping and whose payload, at most max bytes, it
 // returns.
-func replyTo(stream []byte, id uint64, max uint64) ([]byte, bool) {
+func replyTo(stream []byte, op Op, id uint64, max uint64) ([]byte, bool) {
 	for len(stream) >= HeaderSize {
 		h, err := DecodeHeader(stream[:HeaderSize])
 		if err != nil || h.Flags&FlagReply == 0 {
@@ -216,7 +217,7 @@ func replyTo(stream []byte, id uint64, max uint64) ([]byte, bool) {
 			return nil, false // a connection error
 		}
 		if h.ID == id {
-			if h.Flags&FlagError != 0 || proto.Unmarshal(body, &wirepb.Ping{}) != nil || h.PayloadLen > max {
+			if h.Op != op || h.Flags&FlagError != 0 || proto.Unmarshal(body, &wirepb.Ping{}) != nil || h.PayloadLen > max {
 				return nil, false
 			}
 			return payload, true
