@@ -54,7 +54,11 @@ func readStalledInFetch(t *testing.T, c *Conn, addr engine.RemoteAddr) (<-chan e
 func TestCloseUnblocksSegmentFetch(t *testing.T) {
 	tu, addr := unitWithExtent(t)
 
-	tr := New(Config{Control: ControlSocket, Conn: wire.ConnConfig{KeepAlive: 100 * time.Millisecond, PingTimeout: 300 * time.Millisecond}})
+	// Pings go while the fetch hangs: the unit's socket is alive. A pong
+	// may take the wire default, as outside tests; with 300 ms a loaded
+	// machine could fail the connection first, and the fetch would end
+	// with it (ErrUnavailable), not by Close.
+	tr := New(Config{Control: ControlSocket, Conn: wire.ConnConfig{KeepAlive: 100 * time.Millisecond}})
 	defer tr.Close()
 	c, err := tr.DialConn(t.Context(), engine.PeerInfo{Unit: tu.u.ID(), Addr: tu.addr})
 	if err != nil {
