@@ -12,7 +12,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -400,25 +399,21 @@ func TestDeafPeerFailsTheChannel(t *testing.T) {
 			if tc.name == "write" {
 				r = ringAt(mem, 1, size) // what b writes
 			}
-			var stop atomic.Bool
-			peerDone := make(chan struct{})
-			go func() {
-				defer close(peerDone)
-				for !stop.Load() {
-					tc.peer(r)
-				}
-			}()
-			defer func() {
-				stop.Store(true)
-				<-peerDone
-			}()
-			// Each call returns by its deadline (the peer rings no bell
-			// of its own: a call that waits for it times out), until the
-			// channel fails; before, one blocked in the doorbell's write
-			// for good.
+			// The peer sets its sleep word before each call, so that each
+			// call rings it once, until the liveness socket is full and
+			// the channel fails; before, one blocked in the doorbell's
+			// write for good. The peer used to set it from a goroutine of
+			// its own, spinning: a call rang only when the scheduler had
+			// run that goroutine since the last, and under load (race
+			// build, -cpu 1, a loaded machine) the socket took more than
+			// the minute below to fill ("writes of a deaf peer: still
+			// blocked after 1m0s"). A call that waits for the peer all
+			// the same returns by its deadline (the peer rings no bell of
+			// its own).
 			done := make(chan error, 1)
 			go func() {
 				for i := 0; ; i++ {
+					tc.peer(r)
 					b.SetDeadline(time.Now().Add(100 * time.Millisecond))
 					if err := tc.op(b); err != nil && !os.IsTimeout(err) || i > 10_000_000 {
 						done <- err
