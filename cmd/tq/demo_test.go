@@ -1,13 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -76,5 +83,73 @@ func TestDemoRefusesBadArguments(t *testing.T) {
 		require.Error(t, err, "%q ran:\n%s", tc.args, out.String())
 		assert.Contains(t, err.Error(), tc.want, "%q", tc.args)
 		assert.Empty(t, out.String(), "%q started a cluster", tc.args)
+	}
+}
+
+// `tq demo --stream | head -1`, or a demo killed outright, ends the tq
+// serve it started: the demo used to die of SIGPIPE at its second line
+// of output and leave tq serve running for good, reparented to init,
+// with its temporary directory (the token, the sockets) behind.
+func TestDemoStreamEndsItsServerWhenItsOutputCloses(t *testing.T) {
+	bin := tqBinary(t)
+	for _, how := range []string{"stdout closed", "killed"} {
+		t.Run(how, func(t *testing.T) {
+			// Short: t.TempDir's would make tq serve's socket paths too long.
+			tmp, err := os.MkdirTemp("", "tqd-")
+			require.NoError(t, err)
+			t.Cleanup(func() { os.RemoveAll(tmp) })
+			cmd := exec.Command(bin, "demo", "--stream")
+			cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+			// A file, not a pipe: tq serve, which shares it, must not
+			// hold up cmd.Wait.
+			stderrFile, err := os.CreateTemp(t.TempDir(), "stderr")
+			require.NoError(t, err)
+			defer stderrFile.Close()
+			cmd.Stderr = stderrFile
+			stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
+			stdout, err := cmd.StdoutPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			first, err := bufio.NewReader(stdout).ReadString('\n')
+			require.NoError(t, err, "stderr:\n%s", stderr())
+			m := regexp.MustCompile(`tq serve \(pid (\d+)\)`).FindStringSubmatch(first)
+			require.NotNil(t, m, "first line %q", first)
+			pid, err := strconv.Atoi(m[1])
+			require.NoError(t, err)
+			isServe := func() bool {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				return err == nil && strings.Contains(string(b), "serve")
+			}
+			t.Cleanup(func() {
+				if isServe() {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			})
+			if how == "killed" {
+				require.NoError(t, cmd.Process.Kill())
+			} else {
+				require.NoError(t, stdout.Close())
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				if how == "stdout closed" {
+					// An error that says so, not death by SIGPIPE.
+					require.Error(t, err)
+					assert.Contains(t, stderr(), "stdout")
+				}
+			case <-time.After(time.Minute):
+				cmd.Process.Kill()
+				t.Fatalf("tq demo --stream still runs a minute after its output closed\nstderr:\n%s", stderr())
+			}
+			require.Eventually(t, func() bool { return !isServe() }, 30*time.Second, 50*time.Millisecond,
+				"tq serve (pid %d) outlived tq demo --stream", pid)
+			if how == "stdout closed" {
+				left, err := filepath.Glob(filepath.Join(tmp, "tq-demo-stream-*"))
+				require.NoError(t, err)
+				assert.Empty(t, left, "the demo's temporary directory is left behind")
+			}
+		})
 	}
 }

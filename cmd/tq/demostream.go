@@ -22,10 +22,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/tqgo/tq/client"
@@ -58,6 +60,18 @@ func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	env := append(os.Environ(), auth.EnvDataDir+"="+dir+"/data")
+
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	// Output that nobody reads any more (`tq demo --stream | head -1`)
+	// ends the demo as an error: tq serve stopped, the directory removed.
+	// Without this the write would end this process at once with SIGPIPE
+	// and leave tq serve running for good.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
+	outw := &demoOut{w: stdout, cancel: cancel}
+	stdout = outw
 	out := &printer{w: stdout}
 	var mu sync.Mutex // one line at a time
 	say := func(who, line string) {
@@ -66,11 +80,11 @@ func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  %-9s %s\n", who+":", line)
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
 	srv := exec.CommandContext(ctx, exe, "serve", "--listen", "", "--socket-dir", dir+"/sock", "--units", "1",
 		"--capacity", "64MiB", "--in-memory")
 	srv.Env, srv.Stderr = env, stderr
+	// Should this process die all the same (SIGKILL), tq serve goes too.
+	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	srvOut, err := srv.StdoutPipe()
 	if err != nil {
 		return err
@@ -108,6 +122,7 @@ func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		cmd := exec.CommandContext(ctx, exe, "demo", "--stream-role", role)
 		cmd.Env, cmd.Stderr = append(slices.Clone(env), fmt.Sprintf("%s=%d", demoRankEnv, w.rank)), stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		pipe, err := cmd.StdoutPipe()
 		if err != nil {
 			return err
@@ -127,6 +142,9 @@ func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 		})
 	}
 	wg.Wait()
+	if err := outw.failed(); err != nil {
+		return err // the workers' errors are of their being stopped
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -165,6 +183,38 @@ func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 	}
 	out.step("ok: the ranks of each DP group saw identical micro-batches, and each of the %d rows reached exactly one group", demoRows)
+	return outw.failed()
+}
+
+// demoOut is the demo's stdout: its first failed write (the reader went
+// away) cancels the demo, and failed says so.
+type demoOut struct {
+	w      io.Writer
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	err    error
+}
+
+func (o *demoOut) Write(b []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.w.Write(b)
+	if err != nil {
+		o.err = err
+		o.cancel()
+	}
+	return n, err
+}
+
+func (o *demoOut) failed() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return fmt.Errorf("demo --stream: stopped: stdout cannot be written (closed by its reader?): %w", o.err)
+	}
 	return nil
 }
 
