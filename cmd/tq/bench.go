@@ -114,6 +114,37 @@ func parseBenchFlags(args []string, stderr io.Writer) (benchConfig, error) {
 	return cfg, nil
 }
 
+// checkBenchOutputs refuses, before the benchmark runs (minutes with
+// --workload medium), a --plot or --markdown file that could not be
+// written at its end: one in a directory that is not there or not
+// writable, one that is a directory, or the two flags naming one file
+// (the Markdown would overwrite the chart). Nothing is created.
+func checkBenchOutputs(cfg benchConfig) error {
+	if cfg.plot != "" && cfg.markdown != "" && filepath.Clean(cfg.plot) == filepath.Clean(cfg.markdown) {
+		return fmt.Errorf("--plot and --markdown name the same file, %q: the Markdown would overwrite the chart", cfg.plot)
+	}
+	for _, f := range []struct{ flag, path string }{{"--plot", cfg.plot}, {"--markdown", cfg.markdown}} {
+		if f.path == "" {
+			continue
+		}
+		if fi, err := os.Stat(f.path); err == nil && fi.IsDir() {
+			return fmt.Errorf("%s %q: is a directory: want a file to write", f.flag, f.path)
+		}
+		dir := filepath.Dir(f.path)
+		fi, err := os.Stat(dir)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s %q: directory %s: %w", f.flag, f.path, dir, errors.Unwrap(err))
+		case !fi.IsDir():
+			return fmt.Errorf("%s %q: %s is not a directory", f.flag, f.path, dir)
+		}
+		if err := unix.Access(dir, unix.W_OK); err != nil {
+			return fmt.Errorf("%s %q: directory %s is not writable: %w", f.flag, f.path, dir, err)
+		}
+	}
+	return nil
+}
+
 // listFlag expands a comma-separated value v of flagName ("shm,tcp"), each
 // item through lookup ("all" expands to several), dropping repeats. An
 // error names the flag and its value, then the item refused.
@@ -139,6 +170,9 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var flagOut bytes.Buffer
 	cfg, err := parseBenchFlags(args, &flagOut)
 	if err = flagOutputTo(flagOut.Bytes(), err, stdout, stderr); err != nil {
+		return err
+	}
+	if err := checkBenchOutputs(cfg); err != nil {
 		return err
 	}
 	for _, tr := range cfg.transports {

@@ -313,3 +313,39 @@ func TestBenchQuietWhenPiped(t *testing.T) {
 		t.Errorf("piped stderr is not quiet:\n%s", got)
 	}
 }
+
+// `tq bench` refuses a --plot or --markdown file it could not write, and
+// the two flags naming the same file, before anything runs: it used to
+// run the whole benchmark (minutes with --workload medium) and only then
+// fail on "open /no/such/dir/r.md", or let the Markdown overwrite the
+// chart.
+func TestBenchRefusesOutputFilesItCannotWriteUpFront(t *testing.T) {
+	if testing.Short() {
+		t.Skip("would start processes when not refused")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--plot", "/no/such/dir/r.png"}, `--plot "/no/such/dir/r.png": directory /no/such/dir: `},
+		{[]string{"--markdown", "/no/such/dir/r.md"}, `--markdown "/no/such/dir/r.md": directory /no/such/dir: `},
+		{[]string{"--markdown", filepath.Join(file, "r.md")}, fmt.Sprintf("--markdown %q: %s is not a directory", filepath.Join(file, "r.md"), file)},
+		{[]string{"--markdown", dir}, fmt.Sprintf("--markdown %q: is a directory", dir)},
+		{[]string{"--plot", filepath.Join(dir, "r.png"), "--markdown", filepath.Join(dir, ".", "r.png")}, "--plot and --markdown name the same file"},
+	} {
+		args := append([]string{"bench", "--workload", "tiny", "--transport", "tcp", "--case", "simple", "--iters", "1"}, tc.args...)
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, &out, &errb)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got error %v, want one containing %q", tc.args, err, tc.want)
+		}
+		if out.Len() > 0 || strings.Contains(errb.String(), "done in") {
+			t.Errorf("%q: the benchmark ran:\n%s%s", tc.args, out.String(), errb.String())
+		}
+	}
+}
