@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
@@ -51,12 +53,16 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return demoStream(ctx, stdout, stderr)
 	}
+	if err := checkDemoFlags(int64(capacity), *partition); err != nil {
+		return err
+	}
 	cfg := embedded.DefaultConfig()
 	cfg.Units = *units
 	cfg.Storage.Capacity = int64(capacity)
 	e, err := embedded.New(cfg)
 	if err != nil {
-		return err
+		// Too small a capacity, say, which the storage unit judges.
+		return fmt.Errorf("demo --units %d --capacity %d bytes: %w", *units, int64(capacity), err)
 	}
 	defer e.Close()
 	kv := kvapi.New(e.Client)
@@ -163,6 +169,26 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out.step("clear %d keys: partition %q holds %d keys, storage holds %s", len(all), p, len(left[p]), bytesString(usedBytes))
 	fmt.Fprintln(stdout)
 	fmt.Fprintln(stdout, "done.")
+	return nil
+}
+
+// checkDemoFlags refuses a --capacity or a --partition that the cluster
+// would refuse, naming the flag, before it starts: else the error came
+// from deep inside ("batch put: empty partition id", after the title)
+// without a word of the flag.
+func checkDemoFlags(capacity int64, partition string) error {
+	if capacity <= 0 {
+		return fmt.Errorf("--capacity %d bytes: must be positive", capacity)
+	}
+	switch {
+	case partition == "":
+		return errors.New(`--partition "": empty partition name`)
+	case !utf8.ValidString(partition):
+		return fmt.Errorf("--partition %q: partition %q is not valid UTF-8", partition, partition)
+	}
+	if err := engine.CheckNameSize("partition", partition); err != nil {
+		return fmt.Errorf("--partition: %w", err)
+	}
 	return nil
 }
 

@@ -77,6 +77,10 @@ func TestDemoRefusesBadArguments(t *testing.T) {
 		{[]string{"demo", "--units", "0"}, "--units 0: need at least one"},
 		{[]string{"demo", "--units", "-3"}, "--units -3: need at least one"},
 		{[]string{"demo", "--stream", "--units", "3", "--partition", "p"}, "demo --stream takes none of --partition, --units"},
+		{[]string{"demo", "--capacity", "0"}, "--capacity 0 bytes: must be positive"},
+		{[]string{"demo", "--capacity", "100"}, "demo --units 2 --capacity 100 bytes: start storage unit: storage config: capacity 100 is below the smallest segment"},
+		{[]string{"demo", "--partition", ""}, `--partition "": empty partition name`},
+		{[]string{"demo", "--partition", "\xff"}, `--partition "\xff": partition "\xff" is not valid UTF-8`},
 	} {
 		var out bytes.Buffer
 		err := run(t.Context(), tc.args, &out, io.Discard)
