@@ -380,6 +380,7 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 		if !c.tryHandle(c.ctx, try, req) {
 			// It would wait: the connection's goroutine runs it.
 			s.inflight.Done()
+			lp.req = Request{}
 			return false
 		}
 		c.served(req)
@@ -387,7 +388,9 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 		c.handle(c.ctx, req)
 	}
 	s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
-	req.mem = nil
+	// Cleared, so that between requests the loop keeps nothing alive
+	// through it (the connection, a reply's view of a value).
+	lp.req = Request{}
 	c.unflushed++
 	return true
 }
