@@ -27,24 +27,33 @@ func smallUnit(t *testing.T, scfg storage.ServerConfig) *testUnit {
 // write through a reservation it holds, and the unit keeps the extents
 // out of reuse until the quarantine ends. It used to give them to the
 // next put at once, and the client's writes landed in that put's bytes.
+// The quarantine is an hour while the test checks that it holds, so that
+// a loaded machine cannot end it first, and 100 ms on a second unit that
+// checks that the space comes back when it ends.
 func TestBrokenSessionQuarantinesReservation(t *testing.T) {
 	for _, control := range []Control{ControlRing, ControlSocket} {
 		t.Run("control="+control.String(), func(t *testing.T) {
-			tu := smallUnit(t, storage.ServerConfig{Quarantine: time.Second})
-			u := tu.u
-			c := dialUnit(t, tu, Config{Control: control})
-			r, err := c.Reserve(t.Context(), []int64{1 << 20})
-			require.NoError(t, err)
-			c.mu.RLock()
-			wc := c.wc
-			c.mu.RUnlock()
-			wc.Close() // no goodbye
-			spinUntil(t, "the unit to end the session", func() bool { return u.Stats().QuarantinedSessions == 1 })
+			// breakSession reserves all of tu's one segment and breaks the
+			// connection under the reservation.
+			breakSession := func(tu *testUnit) *Reservation {
+				c := dialUnit(t, tu, Config{Control: control})
+				r, err := c.Reserve(t.Context(), []int64{1 << 20})
+				require.NoError(t, err)
+				c.mu.RLock()
+				wc := c.wc
+				c.mu.RUnlock()
+				wc.Close() // no goodbye
+				spinUntil(t, "the unit to end the session", func() bool { return tu.u.Stats().QuarantinedSessions == 1 })
+				return r
+			}
 
+			tu := smallUnit(t, storage.ServerConfig{Quarantine: time.Hour})
+			u := tu.u
+			r := breakSession(tu)
 			// The client lives on and still writes its reservation.
 			buf := r.Buf(0)
 			buf[0], buf[len(buf)-1] = 'A', 'A'
-			_, err = u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
+			_, err := u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
 			require.ErrorIs(t, err, engine.ErrCapacity, "another put got the extents of a live client's reservation")
 			st := u.Stats()
 			assert.Equal(t, int64(1<<20), st.Quarantined, "quarantined bytes")
@@ -54,11 +63,13 @@ func TestBrokenSessionQuarantinesReservation(t *testing.T) {
 			assert.Equal(t, int64(1<<20), n, "bytes the quarantined sessions hold")
 
 			// The quarantine ends: the space is the unit's again.
-			spinUntil(t, "the quarantine's end", func() bool { return u.Stats().Quarantined == 0 })
-			r2, err := u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
+			short := smallUnit(t, storage.ServerConfig{Quarantine: 100 * time.Millisecond})
+			breakSession(short)
+			spinUntil(t, "the quarantine's end", func() bool { return short.u.Stats().Quarantined == 0 })
+			r2, err := short.u.Reserve(engine.WithoutWait(t.Context()), []int64{1 << 20})
 			require.NoError(t, err)
 			r2.Abort()
-			sessions, _ = tu.srv.Quarantined()
+			sessions, _ = short.srv.Quarantined()
 			assert.Zero(t, sessions, "quarantined sessions after the quarantine")
 		})
 	}
@@ -75,9 +86,22 @@ func TestIdleTimeoutSparesAHoldingSession(t *testing.T) {
 		t.Run("control="+control.String(), func(t *testing.T) {
 			const idle = 50 * time.Millisecond
 			tu := smallUnit(t, storage.ServerConfig{IdleTimeout: idle, Quarantine: time.Hour})
-			c := dialUnit(t, tu, Config{Control: control, Conn: wire.ConnConfig{KeepAlive: -1}})
-			r, err := c.Reserve(t.Context(), []int64{4096})
-			require.NoError(t, err)
+			// Until its RESERVE is served the session holds nothing, and
+			// the unit may rightly end it if the machine holds the test up
+			// for an idle timeout between the dial and the RESERVE: dial
+			// again then.
+			var c *Conn
+			var r *Reservation
+			for attempt := 1; ; attempt++ {
+				c = dialUnit(t, tu, Config{Control: control, Conn: wire.ConnConfig{KeepAlive: -1}})
+				var err error
+				r, err = c.Reserve(t.Context(), []int64{4096})
+				if err == nil {
+					break
+				}
+				require.True(t, c.Gone() && attempt < 20, "reserve on a session that holds nothing yet (attempt %d): %v", attempt, err)
+				t.Logf("attempt %d: the unit ended the session before its RESERVE: %v", attempt, err)
+			}
 			time.Sleep(5 * idle)
 			require.False(t, c.Gone(), "the unit ended a session that holds a reservation")
 			require.NoError(t, r.Commit(t.Context()))
