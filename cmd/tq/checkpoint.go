@@ -40,7 +40,7 @@ func checkpointCmd(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := flag.NewFlagSet("checkpoint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
-	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	timeout := durationFlag(fs, "timeout", 10*time.Minute, "give up after this `duration`")
 	metadata := fs.String("metadata", "", "with save: a JSON object (at most 64 KiB) kept with the checkpoint, such as the training step it belongs to; list and load show it")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), checkpointUsage); fs.PrintDefaults() }
 	pos, err := parseArgs(fs, args, stdout)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -149,4 +150,70 @@ func checkDialAddr(cmd, from, addr string) error {
 		return fmt.Errorf("%s: %s %q: port %q: want a number from 1 to 65535", cmd, from, addr, port)
 	}
 	return nil
+}
+
+// durationValue is the flag.Value of every duration flag of tq's
+// commands: time.ParseDuration's syntax, as flag.Duration takes, but a
+// value it refuses is named with what is wrong and how to write one (the
+// flag package says only "parse error", also for a number given without
+// its unit). Define one with durationVar.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+
+func (d *durationValue) Get() any { return time.Duration(*d) }
+
+func (d *durationValue) Set(s string) error {
+	v, err := parseDurationFlag(s)
+	if err != nil {
+		return err
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+// durationVar defines a duration flag of fs stored in p, which starts as
+// value. usage names its type, shown in -h, in backquotes (`duration`):
+// the flag package names only its own types.
+func durationVar(fs *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var((*durationValue)(p), name, usage)
+}
+
+// durationFlag is durationVar with a new variable, as fs.Duration.
+func durationFlag(fs *flag.FlagSet, name string, value time.Duration, usage string) *time.Duration {
+	p := new(time.Duration)
+	durationVar(fs, p, name, value, usage)
+	return p
+}
+
+// parseDurationFlag is time.ParseDuration with errors that say what is
+// wrong with s and how to write a duration (the flag package puts the
+// flag and s before them).
+func parseDurationFlag(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err == nil {
+		return d, nil
+	}
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return 0, errors.New("empty: a duration is a number and a unit, like 5s or 500ms")
+	}
+	if _, nerr := strconv.ParseFloat(t, 64); nerr == nil {
+		return 0, errors.New("a duration needs a unit, like 5s or 500ms")
+	}
+	// The first number's unit: what follows its digits and point.
+	num := strings.TrimLeft(t, "+-")
+	unit := strings.TrimLeft(num, "0123456789.")
+	noNumber := unit == num
+	if end := strings.IndexAny(unit, "0123456789."); end >= 0 {
+		unit = unit[:end]
+	}
+	switch {
+	case noNumber, slices.Contains([]string{"ns", "us", "µs", "μs", "ms", "s", "m", "h"}, unit):
+		// No number first, or a unit time.ParseDuration takes: what is
+		// wrong is elsewhere.
+		return 0, errors.New("not a duration: want a number and a unit, like 5s, 500ms or 1h30m")
+	}
+	return 0, fmt.Errorf("unknown unit %q: want ns, us, ms, s, m or h, like 5s or 500ms", unit)
 }

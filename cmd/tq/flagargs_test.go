@@ -288,3 +288,48 @@ func TestServeRefusesAFlagGivenTwice(t *testing.T) {
 	assert.EqualValues(t, 2<<30, cfg.Capacity)
 	assert.Equal(t, socks, cfg.DataDir)
 }
+
+// A duration flag given without its unit, or as no duration at all, is
+// refused saying what is wrong and how to write one; every command's
+// duration flags used to fail with the flag package's bare `invalid
+// value "5" for flag -timeout: parse error`. Their -h still names them
+// durations.
+func TestDurationFlagsSayHowToWriteADuration(t *testing.T) {
+	t.Setenv("TQ_TOKEN", "t")
+	for _, tc := range []struct {
+		args []string
+		want []string // each in the error
+	}{
+		{[]string{"stat", "--timeout", "5", "tcp://127.0.0.1:1"}, []string{`"5"`, "-timeout", "a duration needs a unit, like 5s or 500ms"}},
+		{[]string{"stat", "--watch", "--interval", "2", "tcp://127.0.0.1:1"}, []string{`"2"`, "-interval", "a duration needs a unit"}},
+		{[]string{"checkpoint", "--timeout", "10", "list", "tcp://127.0.0.1:1"}, []string{"-timeout", "a duration needs a unit"}},
+		{[]string{"unit", "drain", "--controller", "tcp://127.0.0.1:1", "--timeout", "-3", "2"}, []string{`"-3"`, "a duration needs a unit"}},
+		{[]string{"unit", "rebalance", "--controller", "tcp://127.0.0.1:1", "--progress", "1"}, []string{"-progress", "a duration needs a unit"}},
+		{[]string{"serve", "--shutdown-timeout", "30"}, []string{"-shutdown-timeout", "a duration needs a unit"}},
+		{[]string{"serve", "--heartbeat", "1"}, []string{"-heartbeat", "a duration needs a unit"}},
+		{[]string{"serve", "--shm-quarantine", "soon"}, []string{`"soon"`, "not a duration: want a number and a unit, like 5s, 500ms or 1h30m"}},
+		{[]string{"stat", "--timeout", "5sec", "tcp://127.0.0.1:1"}, []string{`unknown unit "sec"`, "ns, us, ms, s, m or h"}},
+		{[]string{"stat", "--timeout=", "tcp://127.0.0.1:1"}, []string{"-timeout", "empty"}},
+	} {
+		var stderr strings.Builder
+		err := run(t.Context(), tc.args, io.Discard, &stderr)
+		if assert.Error(t, err, "%q", tc.args) {
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w, "%q", tc.args)
+			}
+			assert.NotContains(t, err.Error(), "parse error", "%q", tc.args)
+		}
+	}
+	for cmd, names := range map[string][]string{
+		"stat":       {"timeout", "interval"},
+		"checkpoint": {"timeout"},
+		"unit":       {"timeout", "progress"},
+		"serve":      {"kept-batch-ttl", "held-fetch-ttl", "peer-timeout", "held-client-grace", "heartbeat-interval", "heartbeat", "reconcile-interval", "reconcile-grace", "shutdown-timeout", "controller-wait", "shm-quarantine"},
+	} {
+		var usage strings.Builder
+		run(t.Context(), []string{cmd, "-h"}, &usage, &usage)
+		for _, name := range names {
+			assert.Regexp(t, `(?m)^  -`+name+` duration\n`, usage.String(), "tq %s -h: --%s", cmd, name)
+		}
+	}
+}

@@ -129,7 +129,7 @@ func parseServeConfig(args []string, stderr io.Writer) (cfg serveConfig, once se
 		// config key of its own: its own variable, so that both given
 		// with different values are refused rather than the last taken.
 		heartbeat := c.HeartbeatInterval
-		fs.DurationVar(&heartbeat, "heartbeat", heartbeat, "the same as --heartbeat-interval (give one of the two)")
+		durationVar(fs, &heartbeat, "heartbeat", heartbeat, "the same as --heartbeat-interval, a `duration` (give one of the two)")
 		if err := fs.Parse(args); err != nil {
 			return "", once, err
 		}

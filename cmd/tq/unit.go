@@ -38,9 +38,9 @@ func unitCmd(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	token := fs.String("token", "", "the cluster's shared secret (default: $TQ_TOKEN, else the token file in this user's data directory). Prefer $TQ_TOKEN: other users of this host see a command line (ps).")
 	cancelDrain := fs.Bool("cancel", false, "with drain: return the unit to service instead (cells already moved stay where they are)")
 	wait := fs.Bool("wait", false, "with drain: after the cells are moved, wait until the unit reports holding no bytes (its frees applied)")
-	timeout := fs.Duration("timeout", time.Hour, "give up after this long")
+	timeout := durationFlag(fs, "timeout", time.Hour, "give up after this `duration`")
 	transport := fs.String("transport", "", "how to reach the units' data: tcp, shm, rdma (default: the best for each)")
-	progress := fs.Duration("progress", time.Second, "with drain or rebalance: report progress at most this often (0: after every page)")
+	progress := durationFlag(fs, "progress", time.Second, "with drain or rebalance: report progress at most once in this `duration` (0: after every page)")
 	pageCells := fs.Int("page-cells", 0, "with drain or rebalance: cells moved per step (0: 4096)")
 	tolerance := fs.Float64("tolerance", 0.05, "with rebalance: the fraction of its capacity by which a unit's use may exceed the cluster's mean before cells move off it, from 0 to below 1 (0: the default, 0.05)")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), unitUsage); fs.PrintDefaults() }
