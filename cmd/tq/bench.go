@@ -390,11 +390,19 @@ type progressPrinter struct {
 
 func newProgressPrinter(w io.Writer, lines bool) *progressPrinter {
 	p := &progressPrinter{w: w, lines: lines, start: time.Now()}
-	if f, ok := w.(*os.File); ok {
-		_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-		p.tty = err == nil
-	}
+	p.tty = isTerminal(w)
 	return p
+}
+
+// isTerminal reports whether w is a terminal: an *os.File that takes a
+// terminal's ioctl. A pipe, a file or any other writer is not.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func (p *progressPrinter) update(pr bench.Progress) {

@@ -28,7 +28,9 @@ import (
 // progress per task, and its storage units with their capacity; with
 // --watch it redraws that view every --interval with progress bars and
 // the rates since the last refresh, and with --json it prints the same
-// figures as JSON (one object per line with --watch). The text views
+// figures as JSON (one object per line with --watch); --watch into a
+// pipe or a file puts a line with the time, not the escape codes that
+// clear a terminal, before each refresh. The text views
 // show the --limit partitions with the most rows and say how many more
 // there are; --json lists every partition. --partition GLOB keeps only
 // the partitions it matches, in every view.
@@ -110,6 +112,15 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return s.print(stdout)
 	}
 	var prev *statSnapshot
+	// Each refresh clears a terminal's screen; into a pipe or a file,
+	// where escape codes are noise, a line with the time comes before it.
+	tty := isTerminal(stdout)
+	frame := func() string {
+		if tty {
+			return clearScreen
+		}
+		return fmt.Sprintf("--- %s ---\n", time.Now().Format(time.TimeOnly))
+	}
 	t := time.NewTicker(*interval)
 	defer t.Stop()
 	for {
@@ -122,14 +133,14 @@ func stat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		case err != nil:
 			// A controller that went away for a moment: say so and retry.
-			fmt.Fprintf(stdout, "%s%s: %s (retrying every %v)\n", clearScreen, time.Now().Format(time.TimeOnly), printable(err.Error()), *interval)
+			fmt.Fprintf(stdout, "%s%s: %s (retrying every %v)\n", frame(), time.Now().Format(time.TimeOnly), printable(err.Error()), *interval)
 		case *asJSON:
 			if err := writeJSONLine(stdout, s.json(prev)); err != nil {
 				return err
 			}
 			prev = s
 		default:
-			fmt.Fprint(stdout, clearScreen)
+			fmt.Fprint(stdout, frame())
 			if err := s.printWatch(stdout, prev, *interval); err != nil {
 				return err
 			}
@@ -180,7 +191,8 @@ func printables(ss []string) []string {
 	return out
 }
 
-// clearScreen moves the cursor home and clears the terminal (ANSI).
+// clearScreen moves the cursor home and clears the terminal (ANSI):
+// tq stat --watch writes it before each refresh on a terminal.
 const clearScreen = "\x1b[H\x1b[2J"
 
 // statSnapshot is what one look at the cluster found.

@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
@@ -78,9 +81,12 @@ func TestStatJSONAndWatch(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, lines, 2, "--watch --json refreshes")
 
+	// Into a pipe, as into a file: no escape codes, a line with the time
+	// before each refresh.
 	text := string(watch(addr))
-	require.Contains(t, text, clearScreen)
-	frames := strings.Split(text, clearScreen)
+	require.NotContains(t, text, "\x1b", "escape codes into a pipe")
+	frames := regexp.MustCompile(`(?m)^--- \d\d:\d\d:\d\d ---\n`).Split(text, -1)
+	require.GreaterOrEqual(t, len(frames), 3, "a separator line before each refresh:\n%s", text)
 	last := frames[len(frames)-1]
 	t.Logf("tq stat --watch:\n%s", last)
 	require.Contains(t, last, "produced  ["+strings.Repeat("#", 24)+"]  30/30 100%")
@@ -311,4 +317,33 @@ func unitTable(t *testing.T, s *statSnapshot, units int) []string {
 	require.GreaterOrEqual(t, i, 0, "no unit table")
 	require.Greater(t, len(lines), i+units)
 	return lines[i:]
+}
+
+// isTerminal tells a terminal (a pseudo-terminal here) from a pipe, a
+// file or a writer that is no file: tq stat --watch clears the screen
+// only on a terminal.
+func TestIsTerminal(t *testing.T) {
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	require.NoError(t, unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0))
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	require.NoError(t, err)
+	tty, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	require.NoError(t, err)
+	defer tty.Close()
+	assert.True(t, isTerminal(tty), "a pseudo-terminal")
+
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	defer w.Close()
+	assert.False(t, isTerminal(w), "a pipe")
+	f, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	require.NoError(t, err)
+	defer f.Close()
+	assert.False(t, isTerminal(f), "a file")
+	assert.False(t, isTerminal(&bytes.Buffer{}), "a buffer")
 }
