@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/transport/rdma"
@@ -334,4 +335,24 @@ func reportResult(b *testing.B, r Result) {
 	b.ReportMetric(r.Ratio(r.Put.Median), "put/"+base)
 	b.ReportMetric(r.Ratio(r.GetCopy.Median), "get_copy/"+base)
 	b.ReportMetric(r.Ratio(r.Total.Median), "total/"+base)
+}
+
+// A child that dies says how it ended (the signal, or its exit status)
+// after the broken pipe and its stderr: a killed reader used to report
+// only `reader process: EOF`.
+func TestDeadChildSaysHowItEnded(t *testing.T) {
+	for _, tc := range []struct {
+		script string
+		want   []string
+	}{
+		{"kill -KILL $$", []string{"reader process: EOF", "signal: killed"}},
+		{"echo boom >&2; exit 3", []string{"reader process: EOF", "exit status 3", "boom"}},
+	} {
+		_, _, err := startProc("/bin/sh", []string{"-c", tc.script}, roleReader, childConfig{})
+		if assert.Error(t, err, "%s", tc.script) {
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w, "%s", tc.script)
+			}
+		}
+	}
 }

@@ -357,6 +357,9 @@ type proc struct {
 	dec    *json.Decoder
 	stderr *tailBuffer
 	exited chan struct{}
+	// waitErr is cmd.Wait's error (how the child ended: "signal:
+	// killed", "exit status 3"), set before exited is closed.
+	waitErr error
 }
 
 // startProc re-executes exe (with args) as role and waits for its ready
@@ -385,7 +388,7 @@ func startProc(exe string, args []string, role string, cfg childConfig) (*proc, 
 	if err := cmd.Start(); err != nil {
 		return nil, flowResp{}, fmt.Errorf("start %s: %w", role, err)
 	}
-	go func() { cmd.Wait(); close(p.exited) }()
+	go func() { p.waitErr = cmd.Wait(); close(p.exited) }()
 	p.enc = json.NewEncoder(p.stdin)
 	p.dec = json.NewDecoder(stdout)
 	ready, err := p.recv()
@@ -421,16 +424,24 @@ func (p *proc) call(req flowReq) (flowResp, error) {
 	return p.recv()
 }
 
-// died explains a broken pipe to a child with what it wrote on stderr.
+// died explains a broken pipe to a child with how it ended, if it did
+// within a few seconds ("signal: killed", "exit status 3"), and what it
+// wrote on stderr.
 func (p *proc) died(err error) error {
+	err = fmt.Errorf("%s process: %w", p.role, err)
 	select {
 	case <-p.exited:
+		if p.waitErr != nil {
+			err = fmt.Errorf("%w (%v)", err, p.waitErr)
+		} else {
+			err = fmt.Errorf("%w (it exited)", err)
+		}
 	case <-time.After(2 * time.Second):
 	}
 	if tail := bytes.TrimSpace(p.stderr.Bytes()); len(tail) > 0 {
-		return fmt.Errorf("%s process: %w: %s", p.role, err, tail)
+		return fmt.Errorf("%w: %s", err, tail)
 	}
-	return fmt.Errorf("%s process: %w", p.role, err)
+	return err
 }
 
 // close ends the child: EOF on its stdin, then SIGKILL if it has not
