@@ -157,3 +157,22 @@ func TestDemoStreamEndsItsServerWhenItsOutputCloses(t *testing.T) {
 		})
 	}
 }
+
+// The internal --stream-role names an unknown role, and a worker started
+// by hand rather than by tq demo --stream names the variable it lacks;
+// both used to fail dialing, with `dial: address "" is empty`.
+func TestDemoStreamRoleNamesWhatIsWrong(t *testing.T) {
+	t.Setenv(demoAddrEnv, "")
+	for _, tc := range []struct {
+		role string
+		want string
+	}{
+		{"bogus", `--stream-role "bogus": want producer or rank`},
+		{"producer", "$" + demoAddrEnv + " is not set"},
+	} {
+		err := run(t.Context(), []string{"demo", "--stream-role", tc.role}, io.Discard, io.Discard)
+		if assert.Error(t, err, tc.role) {
+			assert.Contains(t, err.Error(), tc.want, tc.role)
+		}
+	}
+}

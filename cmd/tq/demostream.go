@@ -245,9 +245,18 @@ func serveAddr(r io.Reader) (string, error) {
 
 // demoWorker is a producer or a trainer rank of tq demo --stream.
 func demoWorker(ctx context.Context, role string, stdout io.Writer) error {
+	// What the worker is and where tq demo --stream's tq serve is, before
+	// any dial (which would say only that the address is empty).
+	if role != "producer" && role != "rank" {
+		return fmt.Errorf("demo: --stream-role %q: want producer or rank (a worker of tq demo --stream, which starts them)", role)
+	}
+	addr := os.Getenv(demoAddrEnv)
+	if addr == "" {
+		return fmt.Errorf("demo: --stream-role %s: $%s is not set: the workers are started by tq demo --stream, which sets it", role, demoAddrEnv)
+	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	c, err := client.Connect(ctx, os.Getenv(demoAddrEnv), client.ConnectConfig{WaitForUnits: true, Name: "demo-" + role})
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Name: "demo-" + role})
 	if err != nil {
 		return err
 	}
@@ -317,7 +326,6 @@ func demoWorker(ctx context.Context, role string, stdout io.Writer) error {
 			n, tokens = n+1, tokens+t
 		}
 		fmt.Fprintf(stdout, "done: %d micro-batches, %d tokens\n", n, tokens)
-		return nil
 	}
-	return fmt.Errorf("unknown stream role %q", role)
+	return nil
 }
