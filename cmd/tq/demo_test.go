@@ -64,6 +64,21 @@ func TestDemoStream(t *testing.T) {
 	}
 }
 
+// Under a $TMPDIR long enough that tq serve's sockets could not be bound
+// there, the demo makes its directory under /tmp: it used to fail with
+// tq serve's refusal of a --socket-dir the user never gave.
+func TestDemoStreamUnderALongTMPDIR(t *testing.T) {
+	bin := tqBinary(t)
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 60), strings.Repeat("e", 60))
+	require.NoError(t, os.MkdirAll(long, 0o700))
+	cmd := exec.Command(bin, "demo", "--stream")
+	cmd.Env = append(os.Environ(), "TMPDIR="+long)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "ok: the ranks of each DP group saw identical micro-batches")
+	assert.NotContains(t, string(out), "--socket-dir")
+}
+
 // tq demo takes no arguments and at least one unit: a stray word (which
 // also hid every flag after it: `tq demo stray --units 1` ran two units)
 // or --units 0 (which ran the default two) is an error naming it, before

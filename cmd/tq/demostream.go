@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"time"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
 	"github.com/tqgo/tq/stream"
@@ -48,13 +50,38 @@ const (
 // demoLength is row i's token count.
 func demoLength(i int) int { return 16 + (i*37)%97 }
 
+// demoStreamDir makes the demo's temporary directory, whose sock/ holds
+// tq serve's sockets (--socket-dir): under $TMPDIR, else under /tmp when
+// $TMPDIR's would make a socket's path longer than a unix socket allows
+// (tq serve would refuse a --socket-dir the user never gave).
+func demoStreamDir() (string, error) {
+	const pattern = "tq-demo-stream-"
+	// The longest socket path in it, as checkSocketPaths counts it; the
+	// directory's random suffix is at most 10 digits.
+	longest := func(parent string) int {
+		return len(filepath.Join(parent, pattern+"0123456789", "sock", fmt.Sprintf("unit-%d.sock.shm", controller.MaxUnits)))
+	}
+	parent := os.TempDir()
+	if longest(parent) > maxSocketPath {
+		if longest("/tmp") > maxSocketPath {
+			return "", fmt.Errorf("demo --stream: no directory for tq serve's sockets: under $TMPDIR (%s) a socket's path would pass the %d bytes a unix socket allows", parent, maxSocketPath)
+		}
+		parent = "/tmp"
+	}
+	dir, err := os.MkdirTemp(parent, pattern)
+	if err != nil {
+		return "", fmt.Errorf("demo --stream: make its temporary directory: %w", err)
+	}
+	return dir, nil
+}
+
 // demoStream runs the orchestrating process.
 func demoStream(ctx context.Context, stdout, stderr io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find this binary: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "tq-demo-stream-")
+	dir, err := demoStreamDir()
 	if err != nil {
 		return err
 	}
