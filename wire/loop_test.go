@@ -300,43 +300,315 @@ func TestLoopShutdownAndClose(t *testing.T) {
 	})
 }
 
-// FuzzLoop feeds arbitrary bytes, in two writes, to an authenticated
-// connection over a real socket, so that a loop reads them first (over
-// net.Pipe, FuzzServerConn's, there is no socket to lend a loop). The
-// server must neither panic nor hang: once the client closes, the
-// connection ends, wherever it was served.
+// FuzzLoop drives a connection served by a loop over a real socket (over
+// net.Pipe, FuzzServerConn's, there is no socket to lend a loop) with a
+// program (loopProgram): well-formed requests to echo handlers, inline
+// and as a TryFunc (served where they were read, on the loop or on the
+// connection's goroutine) and with a goroutine of their own, and PINGs,
+// sent back to back, in writes cut anywhere (inside a header, a body, a
+// payload), with or without waiting for the replies in between. Every
+// reply must be what its request asked for: its body and payload, and,
+// from the handlers that serve requests in place, the body of the
+// previous such request on the connection, which they keep (a copy,
+// per [HandlerFunc]); a handler that kept the request's Body itself would
+// reply with whatever the loop's read buffer holds by then. Then raw
+// bytes follow, in two writes, as a hostile peer sends them: the server
+// must neither panic nor hang, and once the client closes, the connection
+// ends wherever it was served.
 func FuzzLoop(f *testing.F) {
 	inline := func(id uint64, n int) []byte {
 		return frame(opInlineEcho, 0, id, &wirepb.Ping{}, bytes.Repeat([]byte{7}, n))
 	}
-	f.Add(slices.Concat(inline(2, 10), inline(3, 0), frame(OpPing, 0, 4, &wirepb.Ping{}, nil)), uint(0))
-	f.Add(slices.Concat(inline(2, 10), frame(opEcho, 0, 3, &wirepb.Ping{}, []byte("x")), inline(4, 1)), uint(200))
-	f.Add(slices.Concat(inline(2, 10), cancelFrame(2), inline(3, loopMax+1)), uint(90))
-	f.Add(slices.Concat(inline(2, 10), inline(3, 100)), uint(80))
-	f.Add(slices.Concat(inline(2, 10), []byte("TQ\x01\x00\x02\x00\x00\x00\x01\x00\x00\x00")), uint(0))
-	f.Add(slices.Concat(inline(2, 10), frame(OpCancel, 0, 0, &wirepb.Ping{Nonce: 1}, []byte("p"))), uint(0))
-	s := NewServer(ServerConfig{HandshakeTimeout: time.Second, IdleTimeout: time.Second, Loops: 1})
-	s.Handle(opEcho, echo)
-	s.HandleInline(opInlineEcho, echo)
-	path := filepath.Join(f.TempDir(), "s.sock")
-	l, err := net.Listen("unix", path)
-	require.NoError(f, err)
-	go s.Serve(l)
-	f.Cleanup(func() { s.Close() })
-	hello := frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil)
-	f.Fuzz(func(t *testing.T, data []byte, split uint) {
-		cli, err := net.Dial("unix", path)
-		require.NoError(t, err)
-		go io.Copy(io.Discard, cli) // whatever the server answers
-		cli.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		cli.Write(hello)
-		k := int(split % uint(len(data)+1))
-		cli.Write(data[:k])
-		cli.Write(data[k:])
-		cli.Close()
+	for _, seed := range []struct {
+		prog, raw []byte
+		split     uint
+	}{
+		{nil, slices.Concat(inline(2, 10), inline(3, 0), frame(OpPing, 0, 4, &wirepb.Ping{}, nil)), 0},
+		{nil, slices.Concat(inline(2, 10), frame(opEcho, 0, 3, &wirepb.Ping{}, []byte("x")), inline(4, 1)), 200},
+		{nil, slices.Concat(inline(2, 10), cancelFrame(2), inline(3, loopMax+1)), 90},
+		{nil, slices.Concat(inline(2, 10), []byte("TQ\x01\x00\x02\x00\x00\x00\x01\x00\x00\x00")), 0},
+		{nil, slices.Concat(inline(2, 10), frame(OpCancel, 0, 0, &wirepb.Ping{Nonce: 1}, []byte("p"))), 0},
+		// Inline requests, each written and answered before the next.
+		{[]byte{0, 5, 'a', 'b', 'c', 'd', 'e', 3, 6, 1, 5, 'v', 'w', 'x', 'y', 'z', 4, 6, 0, 2, 'q', 'r', 0, 6}, nil, 0},
+		// Pipelined: inline, try (taken, declined), async, PING, big
+		// payloads; writes cut inside frames.
+		{[]byte{0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 100, 2, 3, 1, 1, 1, 10, 2, 2, 4, 4, 0, 5, 30, 3, 4, 'a', 'b', 'c', 'd', 250, 4, 0, 1, 3, 'x', 'y', 'z', 253, 5, 77, 7, 0, 1, 'k', 0, 6}, nil, 0},
+		{[]byte{1, 40, 2, 2, 5, 17, 0, 3, 'a', 'a', 'a', 252, 5, 3, 6, 2, 1, 8, 0, 5, 200, 7, 1, 2, 'm', 'n', 9}, slices.Concat(inline(2, 3)), 20},
+	} {
+		f.Add(seed.prog, seed.raw, seed.split)
+	}
+	s, path := loopEchoServer(f)
+	f.Fuzz(func(t *testing.T, prog, raw []byte, split uint) {
+		runLoopProgram(t, path, parseLoopProgram(prog), raw, split)
 		require.Eventually(t, func() bool { return s.Conns() == 0 }, 5*time.Second, time.Millisecond,
 			"server connection still open 5 s after the client closed")
 	})
+}
+
+// The ops of loopEchoServer's handlers. Each replies with a Ping whose
+// nonce is len(prev)<<32 | len(req.Body) and a payload of prev, the
+// request's body and its payload, prev being the body of the previous
+// request on the connection that opLoopEchoInline or opLoopEchoTry served
+// in place (none for opLoopEchoAsync and for a request the TryFunc
+// declined, which its handler serves in a goroutine of its own).
+const (
+	opLoopEchoInline Op = 250
+	opLoopEchoTry    Op = 251
+	opLoopEchoAsync  Op = 252
+)
+
+// loopEchoDeclines reports whether opLoopEchoTry's TryFunc declines a
+// request with body.
+func loopEchoDeclines(body []byte) bool { return len(body) == 0 || body[0]%4 == 0 }
+
+// loopEchoServer serves FuzzLoop's echo handlers (and echo, inline and
+// not, for its raw bytes) on one loop, on a unix socket at path.
+func loopEchoServer(tb testing.TB) (*Server, string) {
+	var mu sync.Mutex
+	prev := map[*wirepb.Hello][]byte{} // per connection
+	reply := func(req *Request, rw *ReplyWriter, keep bool) {
+		var last []byte
+		if keep {
+			mu.Lock()
+			last = prev[req.Peer]
+			prev[req.Peer] = bytes.Clone(req.Body)
+			mu.Unlock()
+		}
+		n := len(last) + len(req.Body)
+		buf := make([]byte, n+int(req.PayloadLen))
+		copy(buf[copy(buf, last):], req.Body)
+		if err := req.ReadPayloadTo(buf[n:]); err != nil {
+			rw.Error(err)
+			return
+		}
+		rw.ReplyBytes(&wirepb.Ping{Nonce: uint64(len(last))<<32 | uint64(len(req.Body))}, buf, nil)
+	}
+	s := NewServer(ServerConfig{HandshakeTimeout: time.Second, IdleTimeout: time.Second, Loops: 1,
+		OnDisconnect: func(peer *wirepb.Hello, _ bool) {
+			mu.Lock()
+			delete(prev, peer)
+			mu.Unlock()
+		}})
+	s.Handle(opEcho, echo)
+	s.HandleInline(opInlineEcho, echo)
+	s.HandleInline(opLoopEchoInline, func(_ context.Context, req *Request, rw *ReplyWriter) { reply(req, rw, true) })
+	s.HandleTry(opLoopEchoTry, func(_ context.Context, req *Request, rw *ReplyWriter) bool {
+		if loopEchoDeclines(req.Body) {
+			return false
+		}
+		reply(req, rw, true)
+		return true
+	}, func(_ context.Context, req *Request, rw *ReplyWriter) { reply(req, rw, false) })
+	s.Handle(opLoopEchoAsync, func(_ context.Context, req *Request, rw *ReplyWriter) { reply(req, rw, false) })
+	path := filepath.Join(tb.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	require.NoError(tb, err)
+	go s.Serve(l)
+	tb.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+// loopRequest is one request of a loopProgram and the reply it must get.
+type loopRequest struct {
+	op                Op
+	id                uint64
+	body, payload     []byte
+	wantBody, wantPay []byte
+}
+
+// loopStep is one step of a loopProgram: a write of the program's frames
+// up to end, then, with wait, a wait for the replies to the first wait
+// requests.
+type loopStep struct {
+	end  int
+	wait int
+}
+
+// loopProgram is what runLoopProgram sends: reqs's frames, back to back
+// in stream, in steps.
+type loopProgram struct {
+	reqs   []loopRequest
+	stream []byte
+	steps  []loopStep
+}
+
+// parseLoopProgram reads a program from b, a byte at a time (0 past its
+// end): an instruction c, whose c % 8 is
+//
+//	0, 1  a request to opLoopEchoInline;
+//	2     to opLoopEchoTry (declined when its body starts with a multiple of 4);
+//	3     to opLoopEchoAsync;
+//	4     a PING;
+//	5     a write of the frames so far, cut short by the next byte
+//	      (mod their length + 1): the rest waits for the next write;
+//	6     a write of the frames so far, then a wait for their replies;
+//	7     a write of the frames so far.
+//
+// A request's next byte is its body's length (mod 48), as many bytes its
+// body (a PING's body is a Ping), the next its payload's length: below
+// 224, that many bytes, else 1000, 4096, nearly or just over loopMax.
+// The frames left at the end are written, and every reply waited for.
+func parseLoopProgram(b []byte) loopProgram {
+	next := func() byte {
+		if len(b) == 0 {
+			return 0
+		}
+		c := b[0]
+		b = b[1:]
+		return c
+	}
+	var p loopProgram
+	var prev []byte // the last body opLoopEchoInline or opLoopEchoTry served in place
+	written := 0
+	write := func(end int, wait bool) {
+		if end <= written && !wait {
+			return
+		}
+		written = max(written, end)
+		s := loopStep{end: written}
+		if wait {
+			s.end, written = len(p.stream), len(p.stream)
+			s.wait = len(p.reqs)
+		}
+		p.steps = append(p.steps, s)
+	}
+	for len(b) > 0 && len(p.reqs) < 48 {
+		c := next() % 8
+		switch {
+		case c == 5:
+			write(written+int(next())%(len(p.stream)-written+1), false)
+			continue
+		case c == 6:
+			write(len(p.stream), true)
+			continue
+		case c == 7:
+			write(len(p.stream), false)
+			continue
+		}
+		r := loopRequest{op: []Op{opLoopEchoInline, opLoopEchoInline, opLoopEchoTry, opLoopEchoAsync, OpPing}[c], id: uint64(len(p.reqs)) + 2}
+		r.body = make([]byte, next()%48)
+		for i := range r.body {
+			r.body[i] = next()
+		}
+		n := int(next())
+		if n >= 224 {
+			n = []int{1000, 4096, loopMax - 200, loopMax + 1}[n%4]
+		}
+		r.payload = make([]byte, n)
+		for i := range r.payload {
+			r.payload[i] = byte(r.id*31 + uint64(i))
+		}
+		if r.op == OpPing {
+			r.body, _ = proto.Marshal(&wirepb.Ping{Nonce: r.id})
+			r.payload = nil
+			r.wantBody = r.body
+		} else {
+			var last []byte
+			if r.op == opLoopEchoInline || r.op == opLoopEchoTry && !loopEchoDeclines(r.body) {
+				last, prev = prev, r.body
+			}
+			r.wantBody, _ = proto.Marshal(&wirepb.Ping{Nonce: uint64(len(last))<<32 | uint64(len(r.body))})
+			r.wantPay = slices.Concat(last, r.body, r.payload)
+		}
+		h := Header{Version: Version, Op: r.op, ID: r.id, BodyLen: uint32(len(r.body)), PayloadLen: uint64(len(r.payload))}
+		p.stream = slices.Concat(h.Append(p.stream), r.body, r.payload)
+		p.reqs = append(p.reqs, r)
+	}
+	write(len(p.stream), true)
+	return p
+}
+
+// runLoopProgram runs p on a new connection to the server at path and
+// checks every reply, then sends raw (split in two at split) and closes
+// the connection.
+func runLoopProgram(t *testing.T, path string, p loopProgram, raw []byte, split uint) {
+	cli, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer cli.Close()
+	cli.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = cli.Write(frame(OpHello, 0, 1, &wirepb.Hello{Version: Version}, nil))
+	require.NoError(t, err)
+	h, _, _ := readLoopReply(t, cli)
+	require.Zero(t, h.Flags&FlagError, "handshake refused")
+
+	var answered atomic.Int64
+	tick := make(chan struct{}, 1)
+	done := make(chan struct{})
+	defer close(done)
+	wrote := make(chan error, 1)
+	go func() {
+		from := 0
+		for _, s := range p.steps {
+			if _, err := cli.Write(p.stream[from:s.end]); err != nil {
+				wrote <- fmt.Errorf("write of bytes %d to %d: %w", from, s.end, err)
+				return
+			}
+			from = s.end
+			for answered.Load() < int64(s.wait) {
+				select {
+				case <-tick:
+				case <-done:
+					wrote <- nil
+					return
+				}
+			}
+		}
+		wrote <- nil
+	}()
+	got := make([]bool, len(p.reqs))
+	for range p.reqs {
+		h, body, payload := readLoopReply(t, cli)
+		i := int(h.ID) - 2
+		require.True(t, i >= 0 && i < len(p.reqs) && !got[i], "a reply to request id %d, which was not asked or was answered already", h.ID)
+		got[i] = true
+		r := p.reqs[i]
+		if h.Flags&FlagError != 0 {
+			var e wirepb.Error
+			proto.Unmarshal(body, &e)
+			t.Fatalf("request %d (op %v, body %d bytes, payload %d bytes) answered with an error: %v", r.id, r.op, len(r.body), len(r.payload), FromReply(&e))
+		}
+		require.Equal(t, r.op, h.Op, "request %d: the reply's op", r.id)
+		require.Equal(t, r.wantBody, body, "request %d (op %v): the reply's body", r.id, r.op)
+		if !bytes.Equal(r.wantPay, payload) {
+			t.Fatalf("request %d (op %v, body %q, payload %d bytes): the reply's payload is not the previous body, the body and the payload it sent:\n got %q\nwant %q",
+				r.id, r.op, r.body, len(r.payload), trimmed(payload), trimmed(r.wantPay))
+		}
+		answered.Add(1)
+		select {
+		case tick <- struct{}{}:
+		default:
+		}
+	}
+	require.NoError(t, <-wrote)
+	go io.Copy(io.Discard, cli) // whatever the server answers raw with
+	k := int(split % uint(len(raw)+1))
+	cli.Write(raw[:k])
+	cli.Write(raw[k:])
+}
+
+// trimmed is b, its middle cut out when it is long.
+func trimmed(b []byte) []byte {
+	if len(b) <= 160 {
+		return b
+	}
+	return slices.Concat(b[:80], []byte("…"), b[len(b)-80:])
+}
+
+// readLoopReply reads one frame with its payload.
+func readLoopReply(t *testing.T, nc net.Conn) (h Header, body, payload []byte) {
+	t.Helper()
+	hb := make([]byte, HeaderSize)
+	_, err := io.ReadFull(nc, hb)
+	require.NoError(t, err, "read a reply's header")
+	h, err = DecodeHeader(hb)
+	require.NoError(t, err)
+	body = make([]byte, h.BodyLen)
+	_, err = io.ReadFull(nc, body)
+	require.NoError(t, err, "read a reply's body")
+	payload = make([]byte, h.PayloadLen)
+	_, err = io.ReadFull(nc, payload)
+	require.NoError(t, err, "read a reply's payload")
+	return h, body, payload
 }
 
 const opTry Op = 211
