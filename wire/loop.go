@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tqgo/tq/internal/evloop"
+	"github.com/tqgo/tq/internal/invariants"
 )
 
 // A loop serves many connections from one goroutine while they send only
@@ -54,6 +55,7 @@ type loop struct {
 
 	// Used by the loop's goroutine only.
 	buf      []byte
+	read     int     // the bytes of buf the last read filled (invariants only)
 	req      Request // the request being served (see next)
 	now      time.Time
 	scanned  time.Time
@@ -308,7 +310,18 @@ func (lp *loop) run() {
 // serve reads what arrived on c and runs the complete requests in it;
 // their replies are written at the end of the pass (answered).
 func (lp *loop) serve(c *serverConn) {
+	if invariants.Enabled {
+		// The requests of the last read were served: a Body a handler
+		// kept reads poison now, not another frame's bytes by chance.
+		for i := range lp.buf[:lp.read] {
+			lp.buf[i] = 0xdb
+		}
+		lp.read = 0
+	}
 	n, err := evloop.Read(c.fd, lp.buf)
+	if invariants.Enabled {
+		lp.read = max(n, 0)
+	}
 	switch {
 	case err == unix.EAGAIN || err == unix.EINTR:
 		return
@@ -380,7 +393,11 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 		if !c.tryHandle(c.ctx, try, req) {
 			// It would wait: the connection's goroutine runs it.
 			s.inflight.Done()
-			lp.req = Request{}
+			if invariants.Enabled {
+				req.kill()
+			} else {
+				lp.req = Request{}
+			}
 			return false
 		}
 		c.served(req)
@@ -390,7 +407,11 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 	s.bytesIn.Add(int64(HeaderSize) + int64(h.BodyLen) + int64(h.PayloadLen))
 	// Cleared, so that between requests the loop keeps nothing alive
 	// through it (the connection, a reply's view of a value).
-	lp.req = Request{}
+	if invariants.Enabled {
+		req.kill()
+	} else {
+		lp.req = Request{}
+	}
 	c.unflushed++
 	return true
 }
@@ -402,8 +423,14 @@ func (lp *loop) request(c *serverConn, h Header, frame []byte) bool {
 // holds still until the next read: serving a small request allocates
 // nothing here. (A new request per frame was more than half of the bytes
 // the controller allocated for a 1 KiB KV_SET or KV_GET_VALUE, which its
-// garbage collector paid for.)
+// garbage collector paid for.) With invariants, every request is one of
+// its own, which the loop kills once served (see [Request.kill]), so that
+// a handler that kept it and uses it later panics rather than reads
+// another request.
 func (lp *loop) next(body []byte) *Request {
+	if invariants.Enabled {
+		return &Request{Body: body[:len(body):len(body)]}
+	}
 	lp.req = Request{}
 	lp.req.Body = body[:len(body):len(body)]
 	return &lp.req

@@ -43,6 +43,7 @@ import (
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/internal/invariants"
 	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -58,7 +59,9 @@ import (
 // reply with ctx.Err() says CODE_CANCELED. The request, its Body and rw
 // are the server's again once the handler returns (a loop serves its next
 // request in them): a handler keeps none of them, and copies what it
-// needs to keep.
+// needs to keep. (In builds with the invariants or race tag, a loop serves
+// each request in a Request of its own, and a handler that uses one after
+// it returned panics: "wire: request OP used after its handler returned".)
 type HandlerFunc func(ctx context.Context, req *Request, rw *ReplyWriter)
 
 // TryFunc serves a request in place if it can do so without waiting:
@@ -1776,13 +1779,29 @@ type Request struct {
 	rw       ReplyWriter
 	handler  HandlerFunc
 	draining bool                    // answered CODE_CLOSED, not counted in flight
+	dead     bool                    // served by a loop, its handler returned (invariants only)
 	cancel   context.CancelCauseFunc // nil for a request run on the read loop
 	start    time.Time               // header read; set only with an Observer
+}
+
+// kill marks r, which a loop served, dead (invariants only): its handler
+// returned, so r, its Body and its ReplyWriter are the server's again,
+// and what a handler that kept them calls on them panics (usedDead).
+func (r *Request) kill() {
+	r.Body, r.mem, r.dead, r.rw.dead = nil, nil, true, true
+}
+
+// usedDead panics: a handler used the request op after it returned.
+func usedDead(op Op, what string) {
+	panic(fmt.Sprintf("wire: request %v used after its handler returned (%s)", op, what))
 }
 
 // Decode unmarshals the request body; a malformed body is an error
 // wrapping [engine.ErrInvalid].
 func (r *Request) Decode(m proto.Message) error {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.Decode")
+	}
 	if err := proto.Unmarshal(r.Body, m); err != nil {
 		return fmt.Errorf("decode %v request: %v: %w", r.Op, err.Error(), engine.ErrInvalid)
 	}
@@ -1791,7 +1810,12 @@ func (r *Request) Decode(m proto.Message) error {
 
 // ReadPayload reads the whole payload into dst, whose lengths must add up
 // to the payload length. It can be called once.
-func (r *Request) ReadPayload(dst [][]byte) error { return r.ReadPayloadAtRate(dst, 0) }
+func (r *Request) ReadPayload(dst [][]byte) error {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.ReadPayload")
+	}
+	return r.ReadPayloadAtRate(dst, 0)
+}
 
 // ReadPayloadAtRate is [Request.ReadPayload] for a payload that must also
 // come as a whole at no less than minRate bytes a second: within
@@ -1805,6 +1829,9 @@ func (r *Request) ReadPayload(dst [][]byte) error { return r.ReadPayloadAtRate(d
 // error (a connection error, CODE_DEADLINE) and closes it, the stream
 // being cut inside the payload.
 func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.ReadPayloadAtRate")
+	}
 	return r.ReadPayloadWhile(dst, minRate, nil)
 }
 
@@ -1820,6 +1847,9 @@ func (r *Request) ReadPayloadAtRate(dst [][]byte, minRate int64) error {
 // live runs on the handler's goroutine, between socket reads, never
 // while one writes into dst.
 func (r *Request) ReadPayloadWhile(dst [][]byte, minRate int64, live func() error) error {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.ReadPayloadWhile")
+	}
 	var total uint64
 	for _, b := range dst {
 		total += uint64(len(b))
@@ -1891,7 +1921,12 @@ func (r *Request) brokenOff() {
 }
 
 // ReadPayloadTo is [Request.ReadPayload] into one buffer.
-func (r *Request) ReadPayloadTo(dst []byte) error { return r.ReadPayload([][]byte{dst}) }
+func (r *Request) ReadPayloadTo(dst []byte) error {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.ReadPayloadTo")
+	}
+	return r.ReadPayload([][]byte{dst})
+}
 
 // rateTime is how long n bytes take at rate bytes a second (> 0),
 // saturated.
@@ -1937,6 +1972,9 @@ func (r *Request) clearDeadline() {
 // DiscardPayload skips whatever payload is left unread. After the payload
 // was consumed (or its read failed) it does nothing.
 func (r *Request) DiscardPayload() {
+	if invariants.Enabled && r.dead {
+		usedDead(r.Op, "Request.DiscardPayload")
+	}
 	select {
 	case <-r.consumed:
 		return // the read loop owns the stream again
@@ -1982,6 +2020,7 @@ type ReplyWriter struct {
 	// loop: the request came from a loop, which writes the reply with
 	// the others it collects (c.out) once it served what it read.
 	loop bool
+	dead bool      // its request is dead (see [Request.kill])
 	one  [1][]byte // ReplyBytes's payload, as net.Buffers
 }
 
@@ -1992,17 +2031,26 @@ type ReplyWriter struct {
 // payload's buffers belong to the writer until after runs, which may be
 // on another goroutine.
 func (rw *ReplyWriter) Reply(body proto.Message, payload net.Buffers, after func()) {
+	if invariants.Enabled && rw.dead {
+		usedDead(rw.h.Op, "ReplyWriter.Reply")
+	}
 	rw.send(0, body, payload, after)
 }
 
 // ReplyBytes is [ReplyWriter.Reply] with a payload of one buffer.
 func (rw *ReplyWriter) ReplyBytes(body proto.Message, payload []byte, after func()) {
+	if invariants.Enabled && rw.dead {
+		usedDead(rw.h.Op, "ReplyWriter.ReplyBytes")
+	}
 	rw.one[0] = payload
 	rw.send(0, body, rw.one[:], after)
 }
 
 // Error sends an error reply classifying err.
 func (rw *ReplyWriter) Error(err error) {
+	if invariants.Enabled && rw.dead {
+		usedDead(rw.h.Op, "ReplyWriter.Error")
+	}
 	rw.send(FlagError, ErrorReply(err), nil, nil)
 }
 
