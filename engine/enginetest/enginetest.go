@@ -445,13 +445,12 @@ func testCanceled(t *testing.T, mk MakePair) {
 			"free": func() error { return conn.Free(c.ctx, addrs) },
 		}
 		for op, f := range ops {
-			start := time.Now()
-			err := f()
+			// bound, not a second: a loaded machine may take that long
+			// to run the call, and what it guards against is a call that
+			// waits for the unit or forever.
+			err := within(t, fmt.Sprintf("%s with a %s context", op, c.name), bound, f)
 			if !errors.Is(err, c.want) {
 				t.Errorf("%s with a %s context: got %v, want an error wrapping %v", op, c.name, err, c.want)
-			}
-			if d := time.Since(start); d > time.Second {
-				t.Errorf("%s with a %s context took %v", op, c.name, d)
 			}
 		}
 	}
@@ -664,7 +663,7 @@ func testCloseUnblocks(t *testing.T, mk MakePair) {
 		},
 	}
 	for op, f := range checks {
-		if err := within(t, op+" after Close", time.Second, f); !errors.Is(err, engine.ErrClosed) {
+		if err := within(t, op+" after Close", bound, f); !errors.Is(err, engine.ErrClosed) {
 			t.Errorf("%s after Close: got %v, want an error wrapping %v", op, err, engine.ErrClosed)
 		}
 	}
