@@ -19,6 +19,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/stream"
 )
 
@@ -26,11 +27,13 @@ import (
 // helper processes, configured through the environment:
 //
 //	producer: TQ_PART, TQ_ROWS, TQ_CHUNK, TQ_PAUSE (between chunks),
-//	          TQ_DONE (mark the partition done at the end)
+//	          TQ_DONE (mark the partition done at the end), TQ_WAIT_READY
+//	          (write nothing until that many consumers said READY)
 //	consumer: TQ_PART, TQ_DP_RANK, TQ_DP_SIZE, TQ_BREAK_AFTER (stop after
 //	          that many micro-batches and print NEXT step:index),
 //	          TQ_START (step:index), TQ_CONTINUOUS with TQ_WANT (stop
-//	          after that many rows)
+//	          after that many rows), TQ_READY (a key it puts in partition
+//	          readyPart once its loader is made)
 //
 // A consumer prints each micro-batch as "BATCH step index x,x,...".
 func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role string) {
@@ -41,6 +44,16 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 	part := os.Getenv("TQ_PART")
 	switch role {
 	case "stream-producer":
+		if n := env("TQ_WAIT_READY"); n > 0 {
+			// Rows written before every consumer fetches would go to
+			// the DP group whose processes started first.
+			kv := kvapi.New(c)
+			require.Eventually(t, func() bool {
+				keys, err := kv.List(ctx, readyPart)
+				require.NoError(t, err)
+				return len(keys[readyPart]) >= n
+			}, 60*time.Second, 5*time.Millisecond, "%d consumers READY", n)
+		}
 		rows, chunk := env("TQ_ROWS"), env("TQ_CHUNK")
 		for lo := 0; lo < rows; lo += chunk {
 			n := min(chunk, rows-lo)
@@ -68,6 +81,10 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 		}
 		l, err := stream.New(c, cfg)
 		require.NoError(t, err)
+		if k := os.Getenv("TQ_READY"); k != "" {
+			_, err := kvapi.New(c).Put(ctx, readyPart, k, nil, engine.Tags{"ready": "1"})
+			require.NoError(t, err)
+		}
 		stop, want, rows, n := env("TQ_BREAK_AFTER"), env("TQ_WANT"), 0, 0
 		for b, err := range l.All(ctx) {
 			require.NoError(t, err)
@@ -90,6 +107,9 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 		fmt.Printf("NEXT %d:%d\n", next.Step, next.Index)
 	}
 }
+
+// readyPart is the partition stream consumers put their TQ_READY key in.
+const readyPart = "stream-helpers-ready"
 
 // streamRun runs helper processes and returns each one's BATCH lines and
 // NEXT position.
@@ -165,10 +185,14 @@ func TestStreamProcesses(t *testing.T) {
 			e := append(append(slices.Clone(env), part...), fmt.Sprintf("TQ_DP_RANK=%d", rank/2), "TQ_DP_SIZE=2")
 			return helper(t, nil, "stream-consumer", append(e, extra...)...)
 		}
+		// The producer waits for the four consumers: a group whose
+		// processes started late found the other group had taken every
+		// row but 8 (CI, 2026-12-07), and rank 1 never got to its third
+		// micro-batch.
 		cmds := []*exec.Cmd{
 			helper(t, nil, "stream-producer", append(append(slices.Clone(env), part...),
-				fmt.Sprintf("TQ_ROWS=%d", rows), "TQ_CHUNK=16", "TQ_PAUSE=20", "TQ_DONE=1")...),
-			consumer(0), consumer(1, "TQ_BREAK_AFTER=3"), consumer(2), consumer(3),
+				fmt.Sprintf("TQ_ROWS=%d", rows), "TQ_CHUNK=16", "TQ_PAUSE=20", "TQ_DONE=1", "TQ_WAIT_READY=4")...),
+			consumer(0, "TQ_READY=c0"), consumer(1, "TQ_BREAK_AFTER=3", "TQ_READY=c1"), consumer(2, "TQ_READY=c2"), consumer(3, "TQ_READY=c3"),
 		}
 		outs := runStreamHelpers(t, cmds...)
 		require.Len(t, outs[2].batches, 3)
