@@ -48,18 +48,7 @@ func TestLaggingRankEndsWithAClearedPartition(t *testing.T) {
 					if len(got) > 1 {
 						continue
 					}
-					// Rank 0 finishes first and clears the partition.
-					var first []int64
-					for b, err := range rank(0, "p").All(ctx) {
-						require.NoError(t, err)
-						first = append(first, values(t, b)...)
-					}
-					require.NotEmpty(t, first)
-					require.NoError(t, e.Client.ClearPartition(ctx, "p"))
-					if again {
-						produce(t, e.Client, "p", 1000, 32, nil)
-						require.NoError(t, e.Client.MarkDone(ctx, "p"))
-					}
+					peerClears(t, ctx, e, rank(0, "p"), again)
 				}
 				require.NoError(t, ctx.Err(), "the lagging rank waited")
 				require.GreaterOrEqual(t, len(got), 2)
@@ -98,22 +87,46 @@ func TestLoaderEndsAPartitionOfAControllerStartedAnew(t *testing.T) {
 		}
 		gen := b.Meta.PartitionGen
 		require.NotZero(t, gen)
-		// The controller starts anew, without the state of the last.
-		s.stop()
-		next, err := embedded.New(embedded.DefaultConfig())
-		require.NoError(t, err)
-		t.Cleanup(func() { next.Close() })
-		produce(t, next.Client, "p", 1000, 32, nil)
-		require.NoError(t, next.Client.MarkDone(ctx, "p"))
-		m, err := next.Client.GetMeta(ctx, client.MetaRequest{Mode: client.Fetch, Partition: "p", Task: "peek",
-			Fields: []string{"x"}, BatchSize: 1})
-		require.NoError(t, err)
-		require.Equal(t, gen, m.PartitionGen, "the new cluster's \"p\" has another generation: the test shows nothing")
-		s.e = next
-		s.start()
+		startAnew(t, ctx, s, gen)
 	}
 	require.NoError(t, ctx.Err(), "the loader waited")
 	require.NoError(t, l.Err())
 	assert.Len(t, got, 1, "micro-batches of the new cluster's \"p\": %v", got[1:])
 	assert.Equal(t, Position{Step: 1}, l.Next())
+}
+
+// peerClears has rank 0 (peer, of partition "p") read all it has, then
+// clears "p"; with again, a producer makes a "p" of 32 rows again, done.
+func peerClears(t *testing.T, ctx context.Context, e *embedded.Cluster, peer *Loader, again bool) {
+	t.Helper()
+	var got []int64
+	for b, err := range peer.All(ctx) {
+		require.NoError(t, err)
+		got = append(got, values(t, b)...)
+	}
+	require.NotEmpty(t, got)
+	require.NoError(t, e.Client.ClearPartition(ctx, "p"))
+	if again {
+		produce(t, e.Client, "p", 1000, 32, nil)
+		require.NoError(t, e.Client.MarkDone(ctx, "p"))
+	}
+}
+
+// startAnew stops s's controller and serves at its address a new
+// in-memory cluster (without the last one's state) whose "p", 32 rows
+// and done, has generation gen, as the first "p" of a cluster does.
+func startAnew(t *testing.T, ctx context.Context, s *ctrlServer, gen uint64) {
+	t.Helper()
+	s.stop()
+	next, err := embedded.New(embedded.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { next.Close() })
+	produce(t, next.Client, "p", 1000, 32, nil)
+	require.NoError(t, next.Client.MarkDone(ctx, "p"))
+	m, err := next.Client.GetMeta(ctx, client.MetaRequest{Mode: client.Fetch, Partition: "p", Task: "peek",
+		Fields: []string{"x"}, BatchSize: 1})
+	require.NoError(t, err)
+	require.Equal(t, gen, m.PartitionGen, "the new cluster's \"p\" has another generation: the test shows nothing")
+	s.e = next
+	s.start()
 }

@@ -8,9 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/embedded"
 )
 
 // TestRestartedRankEndsWithAClearedPartition: rank 1 of two DP groups
@@ -51,18 +48,7 @@ func TestRestartedRankEndsWithAClearedPartition(t *testing.T) {
 				require.Equal(t, 0, pos.Step)
 				require.Equal(t, 1, pos.Index)
 				require.NotZero(t, pos.Gen, "Next names the generation of the partition it read: %+v", pos)
-				// Rank 0 finishes first and clears the partition.
-				var peer []int64
-				for b, err := range rank(0, Position{}, "p").All(ctx) {
-					require.NoError(t, err)
-					peer = append(peer, values(t, b)...)
-				}
-				require.NotEmpty(t, peer)
-				require.NoError(t, e.Client.ClearPartition(ctx, "p"))
-				if again {
-					produce(t, e.Client, "p", 1000, 32, nil)
-					require.NoError(t, e.Client.MarkDone(ctx, "p"))
-				}
+				peerClears(t, ctx, e, rank(0, Position{}, "p"), again)
 				restarted := rank(1, pos, "p", "q")
 				var got [][]int64
 				var parts []string
@@ -104,19 +90,7 @@ func TestRestartedLoaderEndsAPartitionOfAControllerStartedAnew(t *testing.T) {
 	pos := l.Next()
 	require.NotZero(t, pos.Gen, "Next names the generation of the partition it read: %+v", pos)
 	require.Equal(t, e.Controller.Info().ClusterID, pos.Cluster, "Next names the generation's cluster: %+v", pos)
-	// The controller starts anew, without the state of the last.
-	s.stop()
-	next, err := embedded.New(embedded.DefaultConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { next.Close() })
-	produce(t, next.Client, "p", 1000, 32, nil)
-	require.NoError(t, next.Client.MarkDone(ctx, "p"))
-	m, err := next.Client.GetMeta(ctx, client.MetaRequest{Mode: client.Fetch, Partition: "p", Task: "peek",
-		Fields: []string{"x"}, BatchSize: 1})
-	require.NoError(t, err)
-	require.Equal(t, pos.Gen, m.PartitionGen, "the new cluster's \"p\" has another generation: the test shows nothing")
-	s.e = next
-	s.start()
+	startAnew(t, ctx, s, pos.Gen)
 
 	cfg.Start = pos
 	again, err := New(c, cfg)

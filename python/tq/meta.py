@@ -151,14 +151,24 @@ def _indexes(idx) -> list:
     it another row's."""
     if isinstance(idx, np.ndarray) and idx.dtype.kind in "iu":
         return idx.reshape(-1).tolist()
+    return _integers(idx, "global index", "row")
+
+
+def _integers(xs, what: str, where: str, bool_hint: str = "") -> list:
+    """xs as a list of ints. One that is not an integer (a bool, a float, a
+    str) is InvalidError naming it, ``what`` it is and its place (``where``
+    and its number), with ``bool_hint`` for a bool: int() of it would have
+    made it another row."""
     out = []
-    for i, x in enumerate(idx):
+    for i, x in enumerate(xs):
+        is_bool = isinstance(x, (bool, np.bool_))
         try:
-            if isinstance(x, (bool, np.bool_)):
+            if is_bool:
                 raise TypeError
             out.append(operator.index(x))
         except TypeError:
-            raise errors.InvalidError(f"global index {x!r} (row {i}) is not an integer") from None
+            raise errors.InvalidError(f"{what} {x!r} ({where} {i}) is not an integer"
+                                      f"{bool_hint if is_bool else ''}") from None
     return out
 
 
@@ -286,15 +296,7 @@ class BatchMeta:
         one may repeat), in that order. A position that is not an integer
         (a bool, as in a mask, a float, a str) is InvalidError: int() of it
         would pick another row."""
-        pos = []
-        for i, p in enumerate(positions):
-            try:
-                if isinstance(p, (bool, np.bool_)):
-                    raise TypeError
-                pos.append(operator.index(p))
-            except TypeError:
-                mask = " (for a mask, select np.flatnonzero(mask))" if isinstance(p, (bool, np.bool_)) else ""
-                raise errors.InvalidError(f"position {p!r} (argument {i}) is not an integer{mask}") from None
+        pos = _integers(positions, "position", "argument", " (for a mask, select np.flatnonzero(mask))")
         for p in pos:
             if not -self.size <= p < self.size:
                 raise errors.InvalidError(f"position {p} out of range for {self.size} rows")
