@@ -242,7 +242,9 @@ var errClosed = fmt.Errorf("shmring: %w", net.ErrClosed)
 // Read reads what the peer wrote, up to len(p) bytes, waiting while there
 // is nothing. After the peer closed it returns what is left, then io.EOF;
 // after the peer died, what is left, then an error wrapping
-// [ErrPeerGone]; after Close, an error wrapping [net.ErrClosed].
+// [ErrPeerGone]; after Close, an error wrapping [net.ErrClosed]. A ring
+// found corrupt fails with an error wrapping [ErrCorrupt] instead, whether
+// or not the peer is still there.
 func (c *Conn) Read(p []byte) (int, error) {
 	if err := c.enter(); err != nil {
 		return 0, err
@@ -266,8 +268,17 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return n, nil
 		}
 		if err := c.stopErr(true); err != nil {
-			// Bytes published before the stop are still owed.
-			if n, rerr := c.in.read(p); rerr == nil && n > 0 {
+			if h := testHookDrain; h != nil {
+				h()
+			}
+			// Bytes published before the stop are still owed. A ring
+			// found corrupt on the way says more than the stop: the
+			// peer scribbled on it before it closed or died.
+			n, rerr := c.in.read(p)
+			if rerr != nil {
+				return 0, c.corrupt(rerr)
+			}
+			if n > 0 {
 				c.ring(&c.in.space)
 				return n, nil
 			}
@@ -445,6 +456,11 @@ func (c *Conn) sleepWait(b *bell, dl *atomic.Int64, read bool) error {
 		}
 	}
 }
+
+// testHookDrain, if set, runs in Read between finding the ring empty and
+// the channel stopped and draining the ring once more: tests act there
+// as a peer that scribbles on the ring as it goes.
+var testHookDrain func()
 
 // pollEvery is how often a Conn without a liveness socket looks at its
 // rings while it waits.
