@@ -764,7 +764,7 @@ func (p *partition) meta(rows []*row, names []string, shared bool) *engine.Batch
 		}
 		fs = append(fs, f)
 	}
-	return p.buildMeta(rows, fs, allKnown, false, shared)
+	return p.buildMeta(rows, fs, allKnown, shared)
 }
 
 // knownFields is how many distinct fields of p names names (the fields
@@ -784,24 +784,43 @@ func (p *partition) knownFields(names []string) int {
 const metaShortNames = 16
 
 // commonMeta is meta over the fields every row has produced (none for no
-// rows), found in the same pass over the cells that collects them.
+// rows). Which fields those are is found first, each field's cells read
+// until one is missing: its cells are collected, and room made for them,
+// only for the fields kept. Room for every field of the partition cost a
+// get of n keys n × its fields (keys of fields of their own: n²), however
+// few it answers with.
 func (p *partition) commonMeta(rows []*row, shared bool) *engine.BatchMeta {
 	var fs []*field
 	if len(rows) > 0 {
 		for _, f := range p.order {
-			if f.produced > 0 {
+			if f.produced > 0 && p.everyRowHas(rows, f) {
 				fs = append(fs, f)
 			}
 		}
 	}
-	return p.buildMeta(rows, fs, true, true, shared)
+	return p.buildMeta(rows, fs, true, shared)
+}
+
+// everyRowHas reports whether each of rows has produced its cell of f,
+// reading f's cells a page at a time and stopping at the first missing.
+func (p *partition) everyRowHas(rows []*row, f *field) bool {
+	var col []cell // f's cells of the page of the row before
+	colPage := ^uint64(0)
+	for _, r := range rows {
+		if k := r.index / pageSize; k != colPage {
+			col, colPage = p.rows.column(r.index, f.slot), k
+		}
+		if col == nil || !col[r.index%pageSize].produced() {
+			return false
+		}
+	}
+	return true
 }
 
 // buildMeta builds rows' meta over fields fs. A cell not produced makes
-// its row not ready, or, with common, leaves its field out of the meta.
-// Each field's cells are collected in one pass over the rows. shared: as
-// for meta.
-func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common, shared bool) *engine.BatchMeta {
+// its row not ready. Each field's cells are collected in one pass over
+// the rows. shared: as for meta.
+func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, shared bool) *engine.BatchMeta {
 	n := len(rows)
 	m := &engine.BatchMeta{
 		Indexes:    make([]uint64, n),
@@ -813,10 +832,8 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common, shared
 	}
 	var missing []bool // a field's cell of the row is not produced (nil: none)
 	slab := make([]engine.CellLoc, n*len(fs))
-	kept := 0
-	for _, f := range fs {
-		locs := slab[kept*n : (kept+1)*n : (kept+1)*n]
-		whole := true
+	for fi, f := range fs {
+		locs := slab[fi*n : (fi+1)*n : (fi+1)*n]
 		var col []cell // f's cells of the page of the row before
 		colPage := ^uint64(0)
 		for i, r := range rows {
@@ -829,22 +846,13 @@ func (p *partition) buildMeta(rows []*row, fs []*field, allKnown, common, shared
 					continue
 				}
 			}
-			if common {
-				whole = false
-				break
-			}
 			if missing == nil {
 				missing = make([]bool, n)
 			}
 			missing[i] = true
 		}
-		if !whole {
-			clear(locs) // the next field takes this part of the slab
-			continue
-		}
 		m.Schema[f.name] = p.schemaFor(f, rows)
 		m.Cells[f.name] = locs
-		kept++
 	}
 	hasKey := false
 	for i, r := range rows {
