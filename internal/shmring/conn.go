@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,7 +35,8 @@ type Config struct {
 	Spin time.Duration
 }
 
-// Addr is a channel's address: the liveness socket's, under [Network].
+// Addr is a channel's address under [Network]: the liveness socket's,
+// and for the remote end the peer's pid as well (see [Conn.RemoteAddr]).
 type Addr string
 
 // Network returns [Network].
@@ -65,6 +67,7 @@ type Conn struct {
 	link     net.Conn     // the liveness socket; nil in tests
 	release  func() error // unmaps the region; run by Close
 	addr     Addr
+	raddr    Addr          // addr's path (or the socket's peer's) and the peer's pid
 	state    atomic.Uint32 // st* bits
 	rdl, wdl atomic.Int64  // deadlines in Unix ns, 0: none
 	watchOut chan struct{} // closed when the link watcher exits
@@ -115,6 +118,7 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 		link:     link,
 		release:  release,
 		addr:     Network,
+		raddr:    Network,
 		watchOut: make(chan struct{}),
 	}
 	for i := range c.wake {
@@ -133,10 +137,18 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 	c.in.mine = c.in.head.Load()
 	c.out.mine = c.out.tail.Load()
 	if link != nil {
-		c.addr = Addr(link.LocalAddr().String())
+		local := addrName(link.LocalAddr())
+		c.addr = Addr(local)
+		remote := addrName(link.RemoteAddr())
+		if remote == "" {
+			remote = local // a unit's end: the client's has no name
+		}
 		if sc, ok := link.(syscall.Conn); ok {
 			if c.raw, err = sc.SyscallConn(); err != nil {
 				return nil, fmt.Errorf("liveness socket: %w", err)
+			}
+			if pid := peerPid(c.raw); pid > 0 {
+				remote = strings.TrimSpace(fmt.Sprintf("%s pid %d", remote, pid))
 			}
 			for i := range c.bellFns {
 				c.bellFns[i] = func(fd uintptr) bool {
@@ -150,11 +162,37 @@ func NewConn(b []byte, side Side, link net.Conn, release func() error, cfg Confi
 				}
 			}
 		}
+		c.raddr = Addr(remote)
 		go c.watch()
 	} else {
 		close(c.watchOut)
 	}
 	return c, nil
+}
+
+// addrName returns a's name, or "" for none (an unnamed unix socket's
+// end, which Go names "@").
+func addrName(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if s := a.String(); s != "@" {
+		return s
+	}
+	return ""
+}
+
+// peerPid returns the pid of the process at the other end of raw, a unix
+// socket, as the kernel recorded it when the socket was connected
+// (SO_PEERCRED); 0 when it will not say.
+func peerPid(raw syscall.RawConn) int32 {
+	var pid int32
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = cred.Pid
+		}
+	})
+	return pid
 }
 
 // watch reads the liveness socket until it breaks, then marks the channel
@@ -501,9 +539,12 @@ func (c *Conn) Link() net.Conn { return c.link }
 // LocalAddr returns the liveness socket's local address under [Network].
 func (c *Conn) LocalAddr() net.Addr { return c.addr }
 
-// RemoteAddr returns the same address as LocalAddr: the channel has one
-// name.
-func (c *Conn) RemoteAddr() net.Addr { return c.addr }
+// RemoteAddr names the peer: the liveness socket's path (on a storage
+// unit, which accepted it, the unit's own socket's, as LocalAddr) and the
+// peer's pid as the kernel knows it (SO_PEERCRED), as in
+// "/run/tq/unit.sock pid 1234", so that a unit's logs about a client say
+// which process it is. It is computed once, by NewConn.
+func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
 
 // SetDeadline sets both deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -558,4 +559,36 @@ func TestWriteAllThenPeerCloses(t *testing.T) {
 	// The next Write finds the peer closed.
 	_, err = a.Write([]byte{1})
 	require.ErrorIs(t, err, ErrPeerClosed)
+}
+
+// TestRemoteAddrNamesThePeersPid: a ring set up over a unix socket, as a
+// storage unit and its client do, names the peer's pid in RemoteAddr
+// (both ends are this process here), beside the socket's path; LocalAddr
+// stays the socket's own name. Before, a unit's RemoteAddr was its own
+// socket's path, the same for every client, so its logs about a client
+// named the unit.
+func TestRemoteAddrNamesThePeersPid(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "unit.sock")
+	l, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	defer l.Close()
+	client, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	unit, err := l.Accept()
+	require.NoError(t, err)
+	want := fmt.Sprintf("%s pid %d", path, os.Getpid())
+
+	mem := make([]byte, Size(MinRingSize))
+	require.NoError(t, Format(mem, MinRingSize))
+	b, err := NewConn(mem, SideB, unit, nil, Config{})
+	require.NoError(t, err)
+	defer b.Close()
+	a, err := NewConn(mem, SideA, client, nil, Config{})
+	require.NoError(t, err)
+	defer a.Close()
+
+	require.Equal(t, Network, b.RemoteAddr().Network())
+	require.Equal(t, want, b.RemoteAddr().String(), "the unit's side names the client")
+	require.Equal(t, path, b.LocalAddr().String())
+	require.Equal(t, want, a.RemoteAddr().String(), "the client's side names the unit")
 }
