@@ -149,7 +149,7 @@ func TestPrometheusScrapesServe(t *testing.T) {
 			}
 		}
 		for _, e := range exprs {
-			q := strings.ReplaceAll(e.expr, "$__rate_interval", "10s")
+			q := strings.NewReplacer("$__rate_interval", "10s", "$__range", "1h").Replace(e.expr)
 			if _, n, err := promQuery(promAddr, q); err != nil || n == 0 {
 				problems = append(problems, fmt.Sprintf("panel %q: %s: %d series, err %v", e.panel, q, n, err))
 			}
@@ -300,6 +300,11 @@ func dashboardExprs(t *testing.T) []panelExpr {
 		for _, tg := range p.Targets {
 			if strings.Contains(tg.Expr, "rate(") || strings.Contains(tg.Expr, "deriv(") {
 				require.Contains(t, tg.Expr, "[$__rate_interval]", "panel %q: %s", p.Title, tg.Expr)
+			}
+			if strings.Contains(tg.Expr, "_total") && !strings.Contains(tg.Expr, "rate(") {
+				// A counter restarts at zero with its process: a panel
+				// sums what it did over the range, not a raw count.
+				require.Contains(t, tg.Expr, "increase(", "panel %q: %s", p.Title, tg.Expr)
 			}
 			out = append(out, panelExpr{p.Title, tg.Expr})
 		}
