@@ -88,7 +88,10 @@ func (s *Server) kvData() KVData {
 // in-memory controller's KV_PUT runs on the connection's read loop with
 // it, so it takes room that is free now or fails at once
 // (engine.ErrCapacity), and the client puts through the units, where
-// waiting for room blocks nobody else.
+// waiting for room blocks nobody else. A put with a body too large to
+// run inline (wire.DefaultInlineMaxBody) runs in a goroutine of its own
+// with it all the same: it fails for want of room as a small one does,
+// and, never waiting, loses nothing by not seeing a CANCEL.
 var noWait = func() context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -209,8 +209,10 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 	// waits for its fsync: a goroutine each; a get waits only for the
 	// records of the keys it read that are not on disk yet, mostly none:
 	// it runs where it was read unless it has to wait. In memory both
-	// take microseconds and run on the read loop; a put then never waits
-	// for room (the client puts through the units instead, which wait).
+	// take microseconds and run on the read loop (one with a body over
+	// wire.DefaultInlineMaxBody, a goroutine of its own); a put then never
+	// waits for room (the client puts through the units instead, which
+	// wait).
 	if c.Durable() {
 		s.ws.Handle(wire.OpKVPut, s.kvPut)
 		s.ws.Handle(wire.OpKVSet, s.kvSet)
@@ -245,7 +247,11 @@ func NewServer(c *Controller, cfg ServerConfig) *Server {
 			s.ws.Handle(op, s.adapt(op))
 		default:
 			// Metadata operations take microseconds: run them on the
-			// connection's read loop, with no goroutine hand-off.
+			// connection's read loop, with no goroutine hand-off. One
+			// with a large body (wire.DefaultInlineMaxBody) runs in a
+			// goroutine of its own, so that the connection's pings are
+			// answered meanwhile: these handlers run so in a durable
+			// controller anyway.
 			s.ws.HandleInline(op, s.adapt(op))
 		}
 	}

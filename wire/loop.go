@@ -28,7 +28,8 @@ import (
 // until the loop gives it back. The loop gives it back, with the input it
 // read but did not serve and the replies it could not write, for anything
 // it does not serve: a request for a handler that runs in a goroutine of
-// its own or over loopMax bytes, a frame cut short by the network or
+// its own (an inline one's with a body over InlineMaxBody included) or
+// over loopMax bytes, a frame cut short by the network or
 // malformed (the goroutine's reader names what was wrong), replies the
 // socket does not take at once, a server shutting down. From there the
 // goroutine serves it as before, with its deadlines, limits and budgets,
@@ -94,7 +95,7 @@ const (
 
 // loopable reports whether a loop serves requests like h.
 func (s *Server) loopable(h Header) bool {
-	return (s.isInline(h.Op) || s.try(h.Op) != nil || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
+	return (s.inlines(h) || s.try(h.Op) != nil || h.Op == OpPing || h.Op == OpCancel) && h.BodyLen <= loopMax && h.PayloadLen <= loopMax
 }
 
 // mayLoop reports whether the connection may go to a loop now: it has no

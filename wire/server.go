@@ -3,9 +3,13 @@ package wire
 // Server is the serving side. Per connection, one goroutine reads frames;
 // each request runs its handler in a goroutine of its own, so a slow
 // request (a blocking fetch) does not hold up the others — or, for
-// handlers registered with HandleInline, right on the read loop. A
-// request in a goroutine has a context of its own, which a CANCEL from
-// the client ends. A request's payload is still on the socket when its
+// handlers registered with HandleInline, right on the read loop, unless
+// its body is over ServerConfig.InlineMaxBody: decoding and applying a
+// large body takes long enough (seconds for tens of MiB under load or
+// -race) that the connection's PINGs would go unanswered and its client
+// take the server for dead, so such a request runs in a goroutine of its
+// own as any other. A request in a goroutine has a context of its own,
+// which a CANCEL from the client ends. A request's payload is still on the socket when its
 // handler starts: the handler reads it straight into its destination
 // (ReadPayload), and the read loop waits until the payload is consumed
 // before it reads the next frame.
@@ -54,7 +58,8 @@ import (
 // connection reads nothing else, so it should wait on nothing unbounded
 // before: a CANCEL, or the peer closing, cannot reach it until then. ctx ends
 // when the connection or the server closes, and, for a handler that runs
-// in a goroutine of its own ([Server.Handle]), when the client cancels the
+// in a goroutine of its own ([Server.Handle], and [Server.HandleInline]
+// for a body over InlineMaxBody), when the client cancels the
 // request: then context.Cause(ctx) wraps context.Canceled, and an error
 // reply with ctx.Err() says CODE_CANCELED. The request, its Body and rw
 // are the server's again once the handler returns (a loop serves its next
@@ -227,6 +232,15 @@ type ServerConfig struct {
 	// a goroutine serves each connection throughout. A connection with a
 	// session (NewSession) is never on a loop.
 	Loops int
+	// InlineMaxBody is the largest body of a request that a handler
+	// registered with HandleInline serves on the connection's read loop
+	// (or a loop); a request with a larger body runs in a goroutine of its
+	// own, with a context a CANCEL ends, as a Handle handler's does, and
+	// the connection goes on reading (its PINGs answered) meanwhile. Its
+	// payload does not count: the read loop waits for a payload to be
+	// read wherever its handler runs. 0 means DefaultInlineMaxBody;
+	// negative, no limit.
+	InlineMaxBody int
 }
 
 // Observer sees the requests a [Server] answered (see
@@ -252,6 +266,16 @@ type Served struct {
 	// that is not an error.
 	Code wirepb.Code
 }
+
+// DefaultInlineMaxBody is ServerConfig.InlineMaxBody's default: far
+// above the small requests inline handlers are for (a metadata operation
+// or KV put of a few keys is well under a KiB, and every request a loop
+// serves, up to 64 KiB, stays within it), far below a body whose decoding
+// and applying hold the read loop long: a 256 KiB body of some 16k keys
+// decodes in under 2 ms (under 10 ms with -race), against the client's
+// 10 s ping timeout, and a goroutine hand-off (microseconds) is nothing
+// beside that.
+const DefaultInlineMaxBody = 256 << 10
 
 // DefaultPeerTimeout is ServerConfig.PeerTimeout's default: a live host
 // answers the kernel's probes within a round trip, however busy its
@@ -445,6 +469,9 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Loops == 0 {
 		cfg.Loops = max(1, runtime.GOMAXPROCS(0)/2)
 	}
+	if cfg.InlineMaxBody == 0 {
+		cfg.InlineMaxBody = DefaultInlineMaxBody
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:       cfg,
@@ -491,14 +518,22 @@ func (s *Server) handler(op Op) HandlerFunc {
 	return s.handlers[op]
 }
 
-// isInline reports whether op's handler runs on the read loop.
-func (s *Server) isInline(op Op) bool { return op < maxOps && s.inline[op] }
+// inlines reports whether a request like h runs on the read loop: its
+// op's handler was registered with HandleInline and its body is within
+// InlineMaxBody.
+func (s *Server) inlines(h Header) bool {
+	return h.Op < maxOps && s.inline[h.Op] && (s.cfg.InlineMaxBody < 0 || int64(h.BodyLen) <= int64(s.cfg.InlineMaxBody))
+}
 
 // HandleInline registers a handler that runs on the connection's read
 // loop: no goroutine hand-off, so a small request costs the least, but the
 // connection reads nothing else until it returns (a CANCEL for it included:
 // its context is the connection's). Use it for handlers that never wait on
-// anything slow.
+// anything slow. A request whose body is over
+// [ServerConfig.InlineMaxBody] runs in a goroutine of its own instead, as
+// [Server.Handle]'s do (a CANCEL ends its context), so h must be safe to
+// run concurrently with the connection's other requests, and a client
+// must not count on it finishing before the requests sent after it.
 func (s *Server) HandleInline(op Op, h HandlerFunc) {
 	s.handlers[checkOp(op)] = h
 	s.inline[op] = true
@@ -1084,7 +1119,7 @@ func (c *serverConn) serve() {
 		if h.Op == OpPing {
 			c.handle(ctx, req)
 			c.unhold(held)
-		} else if c.s.isInline(h.Op) {
+		} else if c.s.inlines(h) {
 			c.run(ctx, req)
 		} else if try := c.s.try(h.Op); try != nil && !req.draining && c.tryHandle(ctx, try, req) {
 			c.served(req)
