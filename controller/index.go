@@ -14,10 +14,14 @@ import (
 type indexAllocator struct {
 	mu       sync.Mutex
 	next     uint64   // next never-used index
-	reusable []uint64 // FIFO queue of released indexes; head at reusable[head]
+	reusable []uint64 // FIFO queue of released indexes; head at reusable[head] (stale entries too during replay: see markUsed)
 	head     int
 	inUse    bitset // indexes handed out and not released
 	used     int    // how many
+	// work counts the queue entries replay walks to drop stale ones
+	// (standing): a test reads it to see that a replay costs the indexes
+	// it marks, not indexes × the queue.
+	work int
 }
 
 func newIndexAllocator() *indexAllocator { return &indexAllocator{} }
@@ -156,11 +160,15 @@ func (a *indexAllocator) stats() (allocated, reusable int) {
 }
 
 // markUsed records indexes as handed out (replaying the durable state):
-// next moves past them. The reuse queue is rebuilt once replay ends.
-//
-// An index taken again after a release left the reuse queue from its head
-// (alloc reuses in release order), so it is looked for there first: the
-// queue after a replay is the queue the live controller had.
+// next moves past them. It leaves them in the reuse queue: release puts an
+// index it frees again at the queue's tail, so an entry stands only where
+// it is its index's last and the index is free (standing), and rebuild
+// drops the rest once replay ends. Searching the queue for each index
+// instead cost the queue's length per index: a replay whose log took
+// reused indexes in another order than the queue's (a pre-allocation
+// logged after later inserts) was quadratic. When stale entries could
+// outnumber the standing ones (the queue is longer than twice next), they
+// go at once, so the queue stays bounded by the indexes.
 func (a *indexAllocator) markUsed(idx []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -170,16 +178,30 @@ func (a *indexAllocator) markUsed(idx []uint64) {
 		}
 		a.inUse.set(i)
 		a.used++
-		if i >= a.next {
-			a.next = i + 1
-			continue
-		}
-		if a.head < len(a.reusable) && a.reusable[a.head] == i {
-			a.head++
-		} else if k := slices.Index(a.reusable[a.head:], i); k >= 0 {
-			a.reusable = slices.Delete(a.reusable, a.head+k, a.head+k+1)
+		a.next = max(a.next, i+1)
+	}
+	if len(a.reusable)-a.head > 2*int(a.next)+1024 {
+		a.reusable, _ = a.standing(nil)
+		a.head = 0
+	}
+}
+
+// standing returns the entries of the reuse queue that stand, in order,
+// and the set of their indexes: an index's last entry, where it is below
+// next, free and not in held (see markUsed).
+func (a *indexAllocator) standing(held bitset) ([]uint64, bitset) {
+	var queued bitset
+	q := make([]uint64, 0, min(len(a.reusable)-a.head, int(a.next)))
+	for k := len(a.reusable) - 1; k >= a.head; k-- {
+		i := a.reusable[k]
+		if i < a.next && !a.inUse.has(i) && !held.has(i) && !queued.has(i) {
+			queued.set(i)
+			q = append(q, i)
 		}
 	}
+	a.work += len(a.reusable) - a.head
+	slices.Reverse(q)
+	return q, queued
 }
 
 // restore starts from a state file's allocator: next, the reuse queue,
@@ -197,8 +219,8 @@ func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
 
 // rebuild makes the allocator agree with the indexes the partitions hold
 // (used) once the durable state is replayed: in use are exactly those;
-// the reuse queue keeps its order for indexes still free and ends with the
-// other free indexes below next, ascending.
+// the reuse queue keeps its standing entries (see markUsed) in order and
+// ends with the other free indexes below next, ascending.
 func (a *indexAllocator) rebuild(used []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -207,14 +229,8 @@ func (a *indexAllocator) rebuild(used []uint64) {
 		inUse.set(i)
 		a.next = max(a.next, i+1)
 	}
-	var queued bitset
-	q := make([]uint64, 0, int(a.next)-len(used))
-	for _, i := range a.reusable[a.head:] {
-		if i < a.next && !inUse.has(i) && !queued.has(i) {
-			queued.set(i)
-			q = append(q, i)
-		}
-	}
+	q, queued := a.standing(inUse)
+	q = slices.Grow(q, max(0, int(a.next)-len(used)-len(q)))
 	for i := uint64(0); i < a.next; i++ {
 		if !inUse.has(i) && !queued.has(i) {
 			q = append(q, i)
