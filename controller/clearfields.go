@@ -10,8 +10,9 @@ import (
 // ClearFields drops the cells of fields from each of keys, in one change:
 // the keys stay, with their other fields and tags (Redis's HDEL). It
 // returns how many cells were dropped and their locations, to be freed
-// once the change is durable. A field a key does not hold is skipped; an
-// unknown partition or key drops nothing.
+// once the change is durable. A field a key does not hold is skipped, a
+// field named again is cleared once; an unknown partition or key drops
+// nothing.
 //
 // Errors: [engine.ErrInvalid] for no keys, an empty or repeated key, or no
 // fields.
@@ -35,12 +36,17 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 	var touched []*row
 	var freed []engine.CellLoc
 	var names []string
+	asked := make(map[string]struct{}, len(fields))
 	for _, name := range fields {
 		f, ok := p.fields[name]
-		if !ok {
-			continue
+		if _, again := asked[name]; again || !ok {
+			continue // a name given again walks the keys once
 		}
+		asked[name] = struct{}{}
 		names = append(names, name)
+		if testHookClearFieldsWalk != nil {
+			testHookClearFieldsWalk(len(rows))
+		}
 		for _, r := range rows {
 			if r == nil || !p.has(r, f.slot) {
 				continue
@@ -66,6 +72,10 @@ func (c *Controller) ClearFields(partition string, keys, fields []string) (int, 
 	}
 	return len(freed), freed, nil
 }
+
+// testHookClearFieldsWalk, when set (by tests only), runs each time
+// ClearFields walks the keys' rows for a field, with how many.
+var testHookClearFieldsWalk func(rows int)
 
 // clearCell drops row r's cell of field f.
 func (p *partition) clearCell(f *field, r *row) {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -80,4 +81,41 @@ func TestClearFields(t *testing.T) {
 			assert.Zero(t, f.Produced)
 		}
 	}
+}
+
+// TestClearFieldsOfARepeatedNameWalksTheKeysOnce: a field named many
+// times is cleared from the keys once, so clearing it named 4× as often
+// from 4× the keys walks 4× the rows, not 16× (each name walked every
+// key, so repeats cost keys × repeats).
+func TestClearFieldsOfARepeatedNameWalksTheKeysOnce(t *testing.T) {
+	walked := 0
+	testHookClearFieldsWalk = func(rows int) { walked += rows }
+	t.Cleanup(func() { testHookClearFieldsWalk = nil })
+	clear := func(n int) int {
+		c := newController(t, DefaultConfig())
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = fmt.Sprintf("k%d", i)
+		}
+		_, err := c.CommitKeys(keysCommit("p", keys, 1, "f", "g"))
+		require.NoError(t, err)
+		fields := make([]string, 0, n+1)
+		for range n {
+			fields = append(fields, "f")
+		}
+		fields = append(fields, "g")
+		walked = 0
+		cleared, freed, err := c.ClearFields("p", keys, fields)
+		require.NoError(t, err)
+		require.Equal(t, 2*n, cleared, "each key's f and g")
+		require.Len(t, freed, 2*n)
+		for _, k := range keys[:3] {
+			m, err := c.ResolveKeys("p", []string{k}, nil, false)
+			require.NoError(t, err)
+			require.Empty(t, m.FieldNames(), "key %s after its fields were cleared", k)
+		}
+		return walked
+	}
+	small, large := clear(256), clear(1024)
+	require.LessOrEqualf(t, large, 5*small, "clearing a name repeated 256 times from 256 keys walked %d rows, 1024 from 1024 walked %d", small, large)
 }
