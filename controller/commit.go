@@ -316,7 +316,7 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 			// Dense cells of the shape the field has (or a field with none
 			// produced): the schema tracking only counts them.
 			if f.produced == 0 {
-				f.dtype, f.kind, f.shape, f.shapes, f.counts = cf.DType, engine.Dense, cf.Shape.Clone(), nil, nil
+				f.dtype, f.kind, f.shape, f.shapes, f.counts, f.base = cf.DType, engine.Dense, cf.Shape.Clone(), nil, nil, nil
 			}
 			kept := 0
 			for i, r := range rows {
@@ -383,19 +383,22 @@ func (p *partition) recordCell(f *field, gi uint64, dt engine.DType, opaque bool
 		if s.Equal(f.shape) {
 			return
 		}
-		// Promote: every produced row so far had f.shape.
-		f.shapes = newShapeTable(f.produced)
-		p.rows.all(func(r *row) {
-			if r.index != gi && p.has(r, f.slot) {
-				f.shapes.put(r.index, f.shape)
-			}
-		})
+		// Promote: every produced row so far had f.shape, which becomes
+		// the base, so that the table starts empty: copying every row's
+		// shape into it cost the partition's rows each time a row took
+		// another shape (and dropped back to dense when it took the
+		// field's shape again).
+		f.shapes = newShapeTable(0)
 		f.counts = map[string]int{shapeKey(f.shape): f.produced - 1}
-		f.kind, f.shape = engine.Ragged, nil
+		f.kind, f.base, f.shape = engine.Ragged, f.shape, nil
 	}
-	f.shapes.put(gi, s)
+	if s.Equal(f.base) {
+		f.shapes.del(gi)
+	} else {
+		f.shapes.put(gi, s)
+	}
 	f.counts[shapeKey(s)]++
 	if len(f.counts) == 1 {
-		f.kind, f.shape, f.shapes, f.counts = engine.Dense, s.Clone(), nil, nil
+		f.kind, f.shape, f.shapes, f.counts, f.base = engine.Dense, s.Clone(), nil, nil, nil
 	}
 }

@@ -2243,8 +2243,7 @@ func (c *Controller) KeyCells(partition, key string, fields []string, out []KeyC
 		case engine.Dense:
 			kc.Shape = f.shape.Clone()
 		case engine.Ragged:
-			sh, _ := f.shapes.get(r.index)
-			kc.Kind, kc.Shape = engine.Dense, sh.Clone()
+			kc.Kind, kc.Shape = engine.Dense, f.rowShape(r.index)
 		case engine.Opaque:
 		default:
 			return out, false

@@ -273,9 +273,19 @@ type field struct {
 	dtype    engine.DType
 	kind     engine.Kind    // Dense, Ragged or Opaque
 	shape    engine.Shape   // Dense: the shape every produced row has
-	shapes   *shapeTable    // Ragged: per-row shapes
+	shapes   *shapeTable    // Ragged: the shapes of the rows whose shape is not base
+	base     engine.Shape   // Ragged: the shape of every other produced row (the shape the field had when it turned ragged)
 	counts   map[string]int // produced rows per distinct shape (not for opaque)
 	produced int
+}
+
+// rowShape returns the shape of ragged field f's produced cell in row gi
+// (a new slice).
+func (f *field) rowShape(gi uint64) engine.Shape {
+	if s, ok := f.shapes.get(gi); ok {
+		return s
+	}
+	return f.base.Clone()
 }
 
 // shapeKey encodes a shape as a map key.
@@ -685,20 +695,27 @@ func (p *partition) forgetCell(f *field, gi uint64) {
 	f.produced--
 	if f.produced == 0 {
 		// No rows left: the field keeps its slot but forgets dtype and shape.
-		f.dtype, f.kind, f.shape, f.shapes, f.counts = engine.InvalidDType, engine.InvalidKind, nil, nil, nil
+		f.dtype, f.kind, f.shape, f.shapes, f.counts, f.base = engine.InvalidDType, engine.InvalidKind, nil, nil, nil, nil
 		return
 	}
 	if f.kind != engine.Ragged {
 		return
 	}
-	k := f.shapes.key(gi)
-	f.shapes.del(gi)
+	k := shapeKey(f.base)
+	if f.shapes.has(gi) {
+		k = f.shapes.key(gi)
+		f.shapes.del(gi)
+	}
 	if f.counts[k]--; f.counts[k] == 0 {
 		delete(f.counts, k)
 	}
 	if len(f.counts) == 1 {
-		f.shape = f.shapes.any()
-		f.kind, f.shapes, f.counts = engine.Dense, nil, nil
+		// One shape left: the table's, or the base's when it holds none.
+		f.shape = f.base
+		if f.shapes.len() > 0 {
+			f.shape = f.shapes.any()
+		}
+		f.kind, f.shapes, f.counts, f.base = engine.Dense, nil, nil, nil
 	}
 }
 
@@ -717,7 +734,7 @@ func (p *partition) schemaFor(f *field, rows []*row) engine.FieldSchema {
 			if !p.has(r, f.slot) {
 				continue
 			}
-			sh, _ := f.shapes.get(r.index)
+			sh := f.rowShape(r.index)
 			shapes[i] = sh
 			if !seen {
 				first, seen = sh, true

@@ -238,5 +238,29 @@ func TestSchemaTrackingModel(t *testing.T) {
 		if d := cmp.Diff(want, got, cmpopts.EquateEmpty()); d != "" {
 			t.Fatalf("step %d: field x (-model +controller):\n%s", step, d)
 		}
+		// And each key's shape, in the meta of the keys that hold x.
+		var held []string
+		for _, k := range keys {
+			if _, ok := model[k]; ok {
+				held = append(held, k)
+			}
+		}
+		if len(held) == 0 {
+			continue
+		}
+		m, err := c.ResolveKeys("p", held, []string{"x"}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantSchema := engine.FieldSchema{DType: engine.Float32, Kind: engine.Dense, Shape: model[held[0]]}
+		if len(distinct) > 1 {
+			wantSchema = engine.FieldSchema{DType: engine.Float32, Kind: engine.Ragged}
+			for _, k := range held {
+				wantSchema.Shapes = append(wantSchema.Shapes, model[k])
+			}
+		}
+		if d := cmp.Diff(wantSchema, m.Schema["x"], cmpopts.EquateEmpty()); d != "" {
+			t.Fatalf("step %d: the schema of x over %v (-model +controller):\n%s", step, held, d)
+		}
 	}
 }

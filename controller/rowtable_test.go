@@ -121,7 +121,7 @@ func TestShapeTableMatchesMap(t *testing.T) {
 		probe := uint64(rng.IntN(64))
 		got, ok := tab.get(probe)
 		want, wok := ref[probe]
-		if ok != wok || !got.Equal(want) {
+		if ok != wok || !got.Equal(want) || tab.has(probe) != wok {
 			t.Fatalf("step %d: get(%d) = %v %v, want %v %v", i, probe, got, ok, want, wok)
 		}
 		if ok && tab.key(probe) != shapeKey(want) {

@@ -1,9 +1,10 @@
 package controller
 
-// shapeTable holds a ragged field's per-row shapes without a pointer per
-// row (see rowtable.go for why): a shape of up to inlineDims dimensions,
-// nearly every one (a token sequence is one), sits by value in a map the
-// garbage collector does not scan; longer shapes go to a map of slices.
+// shapeTable holds a ragged field's per-row shapes (those other than its
+// base: see field) without a pointer per row (see rowtable.go for why): a
+// shape of up to inlineDims dimensions, nearly every one (a token sequence
+// is one), sits by value in a map the garbage collector does not scan;
+// longer shapes go to a map of slices.
 // It is not safe for concurrent use (the partition's lock guards it).
 
 import (
@@ -66,6 +67,12 @@ func (t *shapeTable) key(gi uint64) string {
 		return string(b)
 	}
 	return shapeKey(t.long[gi])
+}
+
+func (t *shapeTable) has(gi uint64) bool {
+	_, short := t.short[gi]
+	_, long := t.long[gi]
+	return short || long
 }
 
 func (t *shapeTable) del(gi uint64) {

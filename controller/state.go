@@ -142,7 +142,7 @@ func (p *partition) copyState(now time.Time) *partCopy {
 			case engine.Dense:
 				cc.shape = f.shape
 			case engine.Ragged:
-				cc.shape, _ = f.shapes.get(r.index)
+				cc.shape = f.rowShape(r.index)
 			}
 			slab = append(slab, cc)
 		})
