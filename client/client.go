@@ -25,8 +25,10 @@ const (
 	// place.go.
 	LocalFirst Placement = iota
 	// Hash spreads a put's rows over the units (those that are not down:
-	// see [Connect]) by bytes: each row, largest first, goes to the unit
-	// that is least full with it.
+	// see [Connect]) by bytes: the rows, in order, are cut into one
+	// contiguous stretch per unit, sized so that after the put every unit
+	// is as full as the others (used bytes over capacity), within one row;
+	// a unit already fuller than that gets none. See place.go.
 	Hash
 )
 
