@@ -17,8 +17,9 @@
 //	done, _ := kv.ListWhere(ctx, "", kvapi.In("status", "finished", "failure")) // filtered in the controller
 //	cs, _ := kv.Changes(ctx, "prompts", cursor)                                 // waits for keys that changed
 //
-// Every put, get, list and clear has an Async form returning a [Future].
-// Unlike the reference
+// [KV.BatchPut], [KV.Put], [KV.BatchGet], [KV.BatchGetByMeta], [KV.List] and
+// [KV.Clear] have an Async form returning a [Future] (the other gets, the
+// tag operations and [KV.ReservePut] do not). Unlike the reference
 // system, unknown keys and unknown selected fields are errors that name
 // them ([engine.ErrNotFound]), never silently dropped.
 package kvapi
