@@ -137,7 +137,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Controller, "controller", c.Controller, "the controller's address, for --role unit (tcp://host:port or unix:///path)")
 	fs.IntVar(&c.Units, "units", c.Units, "storage units to run, for --role all")
 	fs.StringVar(&c.UnitListen, "unit-listen", c.UnitListen, "storage units' TCP address (port 0: any free port)")
-	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register with the controller for their TCP address, with each unit's own port (default: the --unit-listen address; a wildcard replaced by --advertise's host if set, else by this host's address on its default route)")
+	fs.StringVar(&c.UnitAdvertise, "unit-advertise", c.UnitAdvertise, "the HOST storage units register with the controller for their TCP address, with each unit's own port, and the host printed for --metrics and --pprof (default: the address each listens on; a wildcard replaced by --advertise's host if set, else by this host's address on its default route)")
 	fs.StringVar(&c.SocketDir, "socket-dir", c.SocketDir, "directory for unix sockets, created 0700; refused unless owned by this user and writable by nobody else")
 	fs.Var(&c.Capacity, "capacity", "bytes per storage unit (e.g. 512MiB, 4GiB)")
 	fs.BoolVar(&c.HugePages, "huge-pages", c.HugePages, "store in 2 MiB huge pages when the kernel has them reserved (vm.nr_hugepages), else in pre-faulted 4 KiB pages; tq stat shows which")
