@@ -14,8 +14,12 @@ package controller
 // into data.bin mapped in memory (github.com/edsrzf/mmap-go), each cell's
 // CRC-32C taken as soon as its read lands, then state.pb is written and
 // the directory renamed into place. Cells of a unit that is not alive are
-// recorded as lost (readers of them get engine.ErrLost already); a unit
-// that is alive but fails the read fails the save.
+// recorded as lost (readers of them get engine.ErrLost already). A live
+// unit that cannot be reached is waited for (Server.reach) until it
+// answers or is declared dead, its cells then recorded as lost: right
+// after a controller restart, units gone with the old process count as
+// alive for one unit timeout. One still alive and unreachable after
+// that, or a unit that fails the read, fails the save.
 //
 // Load: state.pb is read and validated, data.bin mapped read-only, every
 // cell's bytes checked against its CRC-32C (a checkpoint saved before
@@ -38,6 +42,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -205,6 +210,14 @@ func CheckCheckpoint(dir, name string) error {
 // atomically (one that is a symbolic link to a checkpoint elsewhere is
 // replaced by the new checkpoint's directory; what the link named stays
 // as it was). It returns what it saved.
+//
+// A storage unit that holds cells, counts as alive and cannot be reached
+// (right after a controller restart, one that went with the old process)
+// is waited for, at most the unit timeout ([Config.UnitTimeout]) and a
+// second, until it answers or is declared dead; the cells of a dead unit
+// are saved as lost. One that still heartbeats but cannot be reached
+// then fails the save with an error naming it that wraps
+// [engine.ErrUnavailable]; the end of ctx ends the wait, with its error.
 func (s *Server) SaveCheckpoint(ctx context.Context, name string, metadata []byte) (CheckpointInfo, error) {
 	dir, err := s.checkpointPath(name)
 	if err == nil {
@@ -261,13 +274,39 @@ func (s *Server) save(ctx context.Context, name, dir string, metadata []byte) (C
 	st.head.Data = withData
 	st.head.UserMetadata = metadata
 
-	// Lay data.bin out: every stored cell of a live unit, in state order.
 	alive := map[engine.UnitID]engine.UnitInfo{}
 	for _, u := range s.c.units.Units() {
 		if u.Alive {
 			alive[u.ID] = u
 		}
 	}
+	// Reach every live unit that holds cells first: one that cannot be
+	// reached is waited for until it answers or is declared dead.
+	var conns map[engine.UnitID]engine.DataConn
+	if withData {
+		held := map[engine.UnitID]bool{}
+		for _, pc := range st.parts {
+			for i := range pc.rows {
+				for _, cc := range pc.rows[i].cells {
+					if u := engine.UnitID(cc.c.unit &^ producedBit); u != 0 {
+						if _, ok := alive[u]; ok {
+							held[u] = true
+						}
+					}
+				}
+			}
+		}
+		if conns, err = s.reach(ctx, alive, held); err != nil {
+			return CheckpointInfo{}, err
+		}
+		defer func() {
+			for _, dc := range conns {
+				dc.Close()
+			}
+		}()
+	}
+
+	// Lay data.bin out: every stored cell of a live unit, in state order.
 	spotOf := map[*cellCopy]int{}
 	var spots []fileSpot
 	lost := map[*cellCopy]bool{}
@@ -305,7 +344,7 @@ func (s *Server) save(ctx context.Context, name, dir string, metadata []byte) (C
 		if withData {
 			err := withMappedFile(filepath.Join(tmp, dataFile), int64(size), func(m []byte) error {
 				for id, refs := range byUnit {
-					if err := s.readCells(ctx, alive[id], refs, spots, m); err != nil {
+					if err := readCells(ctx, id, conns[id], refs, spots, m); err != nil {
 						return err
 					}
 				}
@@ -335,17 +374,86 @@ func (s *Server) save(ctx context.Context, name, dir string, metadata []byte) (C
 	return CheckpointInfo{Name: name, Saved: time.UnixMilli(st.head.SavedUnixMs), Bytes: int64(size), Cells: cells, Lost: lostN, Metadata: metadata}, nil
 }
 
-// readCells reads a unit's cells into m (data.bin mapped) at their spots,
-// and records each cell's CRC-32C there as soon as its bytes are in (while
-// they are still in the cache: a second pass over data.bin would read it
-// all again). Cells that lie back to back both in one extent and in the
-// file are read as one range.
-func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRead, spots []fileSpot, m []byte) error {
-	dc, err := s.cfg.Dial(ctx, u)
-	if err != nil {
-		return fmt.Errorf("reach storage unit %d: %w", u.ID, err)
+// reachMargin is how long past the unit timeout a save waits for a unit
+// it cannot reach before it fails (see [Server.reach]).
+const reachMargin = time.Second
+
+// reach dials the data plane of each unit of held (all in alive) and
+// returns the connections. A unit that cannot be reached is dialled
+// again until it answers or the registry no longer counts it alive (no
+// heartbeat for the unit timeout): right after a controller restart the
+// units that went with the old process count as alive for one timeout,
+// and without the wait a save would fail or succeed by when it ran. A
+// unit found dead is dropped from alive, so that its cells are saved as
+// lost, as those of a unit dead when the save began. One still alive
+// and unreachable a unit timeout and reachMargin after the first failed
+// dial (it heartbeats, but this host cannot reach its data plane) fails
+// the save with an error naming it that wraps [engine.ErrUnavailable]
+// and the dial's error; so does the end of ctx or of the server, with
+// their cause.
+func (s *Server) reach(ctx context.Context, alive map[engine.UnitID]engine.UnitInfo, held map[engine.UnitID]bool) (conns map[engine.UnitID]engine.DataConn, err error) {
+	conns = map[engine.UnitID]engine.DataConn{}
+	defer func() {
+		if err != nil {
+			for _, dc := range conns {
+				dc.Close()
+			}
+			conns = nil
+		}
+	}()
+	timeout := s.c.units.Timeout()
+	retry := min(max(timeout/20, 10*time.Millisecond), 250*time.Millisecond)
+	var deadline time.Time // one for all units: set at the first failed dial
+	for _, id := range slices.Sorted(maps.Keys(held)) {
+		u := alive[id]
+		for {
+			dc, err := s.cfg.Dial(ctx, u)
+			if err == nil {
+				conns[id] = dc
+				break
+			}
+			ended := func(c context.Context) error {
+				return fmt.Errorf("wait for storage unit %d (%s), unreachable (%w) and not yet declared dead: %w", id, u.Name, err, context.Cause(c))
+			}
+			switch {
+			case ctx.Err() != nil:
+				return nil, ended(ctx)
+			case s.stop.Err() != nil:
+				return nil, ended(s.stop)
+			}
+			now := time.Now()
+			if deadline.IsZero() {
+				deadline = now.Add(timeout + reachMargin)
+			}
+			if !s.c.units.Alive(id) {
+				delete(alive, id) // its cells are saved lost
+				break
+			}
+			if !now.Before(deadline) {
+				return nil, fmt.Errorf("storage unit %d (%s) still heartbeats but its data plane cannot be reached from the controller's host (its cells are not lost; check that this host reaches its addresses %v): %w: %w",
+					id, u.Name, u.Addrs, engine.ErrUnavailable, err)
+			}
+			t := time.NewTimer(retry)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ended(ctx)
+			case <-s.stop.Done():
+				t.Stop()
+				return nil, ended(s.stop)
+			}
+		}
 	}
-	defer dc.Close()
+	return conns, nil
+}
+
+// readCells reads unit id's cells (over dc) into m (data.bin mapped) at
+// their spots, and records each cell's CRC-32C there as soon as its bytes
+// are in (while they are still in the cache: a second pass over data.bin
+// would read it all again). Cells that lie back to back both in one
+// extent and in the file are read as one range.
+func readCells(ctx context.Context, id engine.UnitID, dc engine.DataConn, refs []cellRead, spots []fileSpot, m []byte) error {
 	var ranges []engine.RemoteAddr
 	var offs []uint64
 	var batch uint64
@@ -359,7 +467,7 @@ func (s *Server) readCells(ctx context.Context, u engine.UnitInfo, refs []cellRe
 			dst[i] = m[offs[i] : offs[i]+r.Len]
 		}
 		if err := dc.Read(ctx, ranges, dst); err != nil {
-			return fmt.Errorf("read cells of storage unit %d: %w", u.ID, err)
+			return fmt.Errorf("read cells of storage unit %d: %w", id, err)
 		}
 		for _, c := range refs[first:end] {
 			sp := &spots[c.spot]

@@ -154,6 +154,12 @@ func TestCheckpointWithDataAcrossRestarts(t *testing.T) {
 	// The same data directory: the controller remembers p1/x, but the unit
 	// that held it is gone, so reading it is ErrLost, never other bytes.
 	p = startServeIn(t, data, nil, bin, args...)
+	// A save at once, while the old unit still counts as alive (one unit
+	// timeout), waits for it to be declared dead and saves its cells as
+	// lost: it does not fail or pass by when it ran.
+	out, err = runTQ(t, p, bin, "checkpoint", "save", addr, "ck-restarted")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "cells lost when it was saved")
 	c = connectTo(t, p, addr)
 	kv = kvapi.New(c)
 	_, err = getInt(t, kv, "p1", "x")
