@@ -9,10 +9,10 @@ package wire
 // -race) that the connection's PINGs would go unanswered and its client
 // take the server for dead, so such a request runs in a goroutine of its
 // own as any other. A request in a goroutine has a context of its own,
-// which a CANCEL from the client ends. A request's payload is still on the socket when its
-// handler starts: the handler reads it straight into its destination
-// (ReadPayload), and the read loop waits until the payload is consumed
-// before it reads the next frame.
+// which a CANCEL from the client ends. A request's payload is still on
+// the socket when its handler starts: the handler reads it straight into
+// its destination (ReadPayload), and the read loop waits until the
+// payload is consumed before it reads the next frame.
 // Replies go through the connection's combining writer (frameWriter).
 //
 // A malformed frame closes its connection only; the server goes on serving
