@@ -316,7 +316,7 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 			// Dense cells of the shape the field has (or a field with none
 			// produced): the schema tracking only counts them.
 			if f.produced == 0 {
-				f.dtype, f.kind, f.shape, f.shapes, f.counts, f.base = cf.DType, engine.Dense, cf.Shape.Clone(), nil, nil, nil
+				f.dtype, f.kind, f.shape, f.shapes, f.counts, f.base = cf.DType, engine.Dense, scalarIfNil(cf.Shape.Clone()), nil, nil, nil
 			}
 			kept := 0
 			for i, r := range rows {
@@ -338,9 +338,9 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 			var s engine.Shape
 			switch cf.Kind {
 			case engine.Dense:
-				s = cf.Shape
+				s = scalarIfNil(cf.Shape)
 			case engine.Ragged:
-				s = cf.Shapes[i]
+				s = scalarIfNil(cf.Shapes[i])
 			}
 			p.recordCell(f, r.index, cf.DType, cf.Kind == engine.Opaque, s)
 		}
@@ -361,6 +361,17 @@ func (p *partition) applyCommit(req *engine.CommitRequest, rows []*row) []engine
 	p.madeBy(activated)
 	p.notify()
 	return replaced
+}
+
+// scalarIfNil returns s, or the scalar shape () for nil: a commit may
+// give a scalar cell's shape as nil (its bytes are counted as ()'s), and
+// a nil shape reads as unknown on the wire (wire.ShapeToPB), so the
+// schema tracking records (), as a state file's cells come back.
+func scalarIfNil(s engine.Shape) engine.Shape {
+	if s == nil {
+		return engine.Shape{}
+	}
+	return s
 }
 
 // recordCell updates f's schema tracking for a newly produced cell: the
