@@ -385,12 +385,15 @@ const reachMargin = time.Second
 // units that went with the old process count as alive for one timeout,
 // and without the wait a save would fail or succeed by when it ran. A
 // unit found dead is dropped from alive, so that its cells are saved as
-// lost, as those of a unit dead when the save began. One still alive
-// and unreachable a unit timeout and reachMargin after the first failed
-// dial (it heartbeats, but this host cannot reach its data plane) fails
-// the save with an error naming it that wraps [engine.ErrUnavailable]
-// and the dial's error; so does the end of ctx or of the server, with
-// their cause.
+// lost, as those of a unit dead when the save began. Each dial is
+// bounded by a unit timeout and reachMargin (a host that went down may
+// drop the connection's packets rather than refuse it: its dial would
+// fail only at the kernel's connect timeout). One still alive and
+// unreachable a unit timeout and reachMargin after the start of the
+// first failed dial (it heartbeats, but this host cannot reach its data
+// plane) fails the save with an error naming it that wraps
+// [engine.ErrUnavailable] and the dial's error; so does the end of ctx
+// or of the server, with their cause.
 func (s *Server) reach(ctx context.Context, alive map[engine.UnitID]engine.UnitInfo, held map[engine.UnitID]bool) (conns map[engine.UnitID]engine.DataConn, err error) {
 	conns = map[engine.UnitID]engine.DataConn{}
 	defer func() {
@@ -407,10 +410,22 @@ func (s *Server) reach(ctx context.Context, alive map[engine.UnitID]engine.UnitI
 	for _, id := range slices.Sorted(maps.Keys(held)) {
 		u := alive[id]
 		for {
-			dc, err := s.cfg.Dial(ctx, u)
+			// A dial of a host that drops what is sent to it (one that
+			// went down) fails only at the kernel's connect timeout,
+			// minutes: each is bounded by what the wait is at first.
+			start := time.Now()
+			dctx, cancel := context.WithDeadline(ctx, start.Add(timeout+reachMargin))
+			stop := context.AfterFunc(s.stop, cancel)
+			dc, err := s.cfg.Dial(dctx, u)
+			timedOut := dctx.Err() != nil && ctx.Err() == nil && s.stop.Err() == nil
+			stop()
+			cancel()
 			if err == nil {
 				conns[id] = dc
 				break
+			}
+			if timedOut && errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("no answer from %v in %v", u.Addrs, time.Since(start).Round(time.Millisecond))
 			}
 			ended := func(c context.Context) error {
 				return fmt.Errorf("wait for storage unit %d (%s), unreachable (%w) and not yet declared dead: %w", id, u.Name, err, context.Cause(c))
@@ -423,7 +438,9 @@ func (s *Server) reach(ctx context.Context, alive map[engine.UnitID]engine.UnitI
 			}
 			now := time.Now()
 			if deadline.IsZero() {
-				deadline = now.Add(timeout + reachMargin)
+				// From the first failed dial's start: a unit not heard
+				// from since is declared dead a timeout after it.
+				deadline = start.Add(timeout + reachMargin)
 			}
 			if !s.c.units.Alive(id) {
 				delete(alive, id) // its cells are saved lost

@@ -20,8 +20,9 @@ import (
 // "gone", whose data plane refuses connections (its process went with a
 // controller restart's old one), and unit "up", reachable, each holding
 // the cells of one field of partition "p" (2 rows). beat, while the test
-// runs, heartbeats the units it names.
-func reachCluster(t *testing.T, beat func(name string) bool) (*Controller, *Server, string) {
+// runs, heartbeats the units it names. goneDial, if set, is how a dial of
+// unit "gone" fails instead of refused.
+func reachCluster(t *testing.T, beat func(name string) bool, goneDial ...func(context.Context) error) (*Controller, *Server, string) {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.UnitTimeout = 5 * time.Second
@@ -59,8 +60,11 @@ func reachCluster(t *testing.T, beat func(name string) bool) (*Controller, *Serv
 	}()
 	t.Cleanup(func() { close(stop); <-done })
 	dir := t.TempDir()
-	s := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(_ context.Context, u engine.UnitInfo) (engine.DataConn, error) {
+	s := NewServer(c, ServerConfig{CheckpointDir: dir, Dial: func(ctx context.Context, u engine.UnitInfo) (engine.DataConn, error) {
 		if u.ID == ids["gone"] {
+			if len(goneDial) > 0 {
+				return nil, goneDial[0](ctx)
+			}
 			return nil, fmt.Errorf("dial %s: %w", u.Addrs[0], syscall.ECONNREFUSED)
 		}
 		return up, nil
@@ -117,5 +121,47 @@ func TestCheckpointSaveWaitEndsWithItsContext(t *testing.T) {
 		_, err := s.SaveCheckpoint(ctx, "ck", nil)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.ErrorContains(t, err, "storage unit 1 (gone)")
+	})
+}
+
+// blackholed is a dial of a host that drops what is sent to it: it
+// fails only when its context ends (the kernel's own connect timeout is
+// minutes).
+func blackholed(ctx context.Context) error {
+	<-ctx.Done()
+	return fmt.Errorf("dial tcp 127.0.0.1:1: %w", ctx.Err())
+}
+
+// TestCheckpointSaveBoundsADialThatHangs: a dial of a unit whose host is
+// gone (its packets dropped: no refusal comes) hangs until its context
+// ends. The save bounds each dial by its wait, so such a unit that no
+// longer heartbeats is declared dead within a unit timeout and its cells
+// saved lost, and one that still heartbeats fails the save then, naming
+// it, rather than the save hanging as long as the dial does (here until
+// the save's own 10-minute context ends).
+func TestCheckpointSaveBoundsADialThatHangs(t *testing.T) {
+	t.Run("dead", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, s, dir := reachCluster(t, func(name string) bool { return name == "up" }, blackholed)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			info, err := s.SaveCheckpoint(ctx, "ck", nil)
+			require.NoError(t, err)
+			assert.Equal(t, int64(2), info.Lost, "cells lost (those of the unreachable unit)")
+			b, err := os.ReadFile(filepath.Join(dir, "ck", dataFile))
+			require.NoError(t, err)
+			assert.Equal(t, "AAAAAAAABBBBBBBB", string(b), "data.bin")
+		})
+	})
+	t.Run("heartbeating", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			_, s, _ := reachCluster(t, func(string) bool { return true }, blackholed)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			_, err := s.SaveCheckpoint(ctx, "ck", nil)
+			require.ErrorIs(t, err, engine.ErrUnavailable)
+			assert.NoError(t, ctx.Err(), "the save's context")
+			assert.ErrorContains(t, err, "storage unit 1 (gone) still heartbeats")
+		})
 	})
 }
