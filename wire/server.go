@@ -238,8 +238,9 @@ type ServerConfig struct {
 	// own, with a context a CANCEL ends, as a Handle handler's does, and
 	// the connection goes on reading (its PINGs answered) meanwhile. Its
 	// payload does not count: the read loop waits for a payload to be
-	// read wherever its handler runs. 0 means DefaultInlineMaxBody;
-	// negative, no limit.
+	// read wherever its handler runs, so a handler that decodes a large
+	// body before it takes its payload holds the connection's reading up
+	// until it does. 0 means DefaultInlineMaxBody; negative, no limit.
 	InlineMaxBody int
 }
 
