@@ -2,7 +2,6 @@ package controller
 
 import (
 	"fmt"
-	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -10,16 +9,13 @@ import (
 	"github.com/tqgo/tq/engine"
 )
 
-// bytesOf is how many bytes fn allocates: the least of three calls, so
-// that another goroutine's allocations in one of them do not count.
+// bytesOf is how many bytes fn allocates: the least of three calls (see
+// allocated), so that another goroutine's allocations in one of them do
+// not count. fn must be safe to call three times.
 func bytesOf(fn func()) uint64 {
 	least := ^uint64(0)
 	for range 3 {
-		var before, after runtime.MemStats
-		runtime.ReadMemStats(&before)
-		fn()
-		runtime.ReadMemStats(&after)
-		least = min(least, after.TotalAlloc-before.TotalAlloc)
+		least = min(least, allocated(fn))
 	}
 	return least
 }
