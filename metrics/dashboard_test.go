@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/internal/testenv"
 )
 
 // exported returns the metrics a Registry exports, each with its label
@@ -59,12 +61,7 @@ func exported(t *testing.T) (labels map[string][]string, histograms map[string]b
 }
 
 var (
-	metricName = regexp.MustCompile(`\b((?:tq|go|process)_[a-zA-Z0-9_]+)\b`)
-	// by (a, b), on (a), without (...), ignoring (...), group_left (...)
-	grouping = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)`)
-	matcher  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"`)
-	selector = regexp.MustCompile(`\{([^}]*)\}`)
-	legend   = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
+	legend = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
 )
 
 // checkDashboard checks every panel target of a Grafana dashboard: each
@@ -110,8 +107,7 @@ func checkExpr(panel, expr, legendFormat string, labels map[string][]string, his
 	var errs []string
 	allowed := map[string]bool{"instance": true, "job": true}
 	names := 0
-	for _, m := range metricName.FindAllStringSubmatch(expr, -1) {
-		name := m[1]
+	for _, name := range testenv.PromMetrics(expr) {
 		ls, ok := labels[name]
 		if !ok {
 			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
@@ -135,19 +131,7 @@ func checkExpr(panel, expr, legendFormat string, labels map[string][]string, his
 	if names == 0 {
 		return errs
 	}
-	var used []string
-	for _, m := range grouping.FindAllStringSubmatch(expr, -1) {
-		for l := range strings.SplitSeq(m[1], ",") {
-			if l = strings.TrimSpace(l); l != "" {
-				used = append(used, l)
-			}
-		}
-	}
-	for _, sel := range selector.FindAllStringSubmatch(expr, -1) {
-		for _, m := range matcher.FindAllStringSubmatch(sel[1], -1) {
-			used = append(used, m[1])
-		}
-	}
+	used := testenv.PromLabels(expr)
 	for _, m := range legend.FindAllStringSubmatch(legendFormat, -1) {
 		used = append(used, m[1])
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/testenv"
 )
 
 // family is what a scrape says of one metric: its type and the label
@@ -77,10 +78,6 @@ func parseScrape(r io.Reader) (map[string]*family, error) {
 }
 
 var (
-	promName     = regexp.MustCompile(`\b((?:tq|go|process)_[a-zA-Z0-9_]+)\b`)
-	promGrouping = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)`)
-	promSelector = regexp.MustCompile(`\{([^}]*)\}`)
-	promMatcher  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)\s*"`)
 	// A function over a range and the metric it is given.
 	promRangeFn = regexp.MustCompile(`\b(rate|irate|increase|deriv|delta|idelta|predict_linear)\s*\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)`)
 )
@@ -94,10 +91,10 @@ var (
 func checkScraped(expr string, fams map[string]*family) []string {
 	var errs []string
 	allowed := map[string]bool{"instance": true, "job": true}
-	for _, m := range promName.FindAllStringSubmatch(expr, -1) {
-		f, ok := fams[m[1]]
+	for _, name := range testenv.PromMetrics(expr) {
+		f, ok := fams[name]
 		if !ok {
-			errs = append(errs, fmt.Sprintf("metric %s is not in the scrape", m[1]))
+			errs = append(errs, fmt.Sprintf("metric %s is not in the scrape", name))
 			continue
 		}
 		for l := range f.labels {
@@ -116,20 +113,7 @@ func checkScraped(expr string, fams map[string]*family) []string {
 			errs = append(errs, fmt.Sprintf("%s(%s): %s is a %s, not a gauge", fn, m[2], m[2], f.typ))
 		}
 	}
-	var used []string
-	for _, m := range promGrouping.FindAllStringSubmatch(expr, -1) {
-		for l := range strings.SplitSeq(m[1], ",") {
-			if l = strings.TrimSpace(l); l != "" {
-				used = append(used, l)
-			}
-		}
-	}
-	for _, sel := range promSelector.FindAllStringSubmatch(expr, -1) {
-		for _, m := range promMatcher.FindAllStringSubmatch(sel[1], -1) {
-			used = append(used, m[1])
-		}
-	}
-	for _, l := range used {
+	for _, l := range testenv.PromLabels(expr) {
 		if !allowed[l] {
 			errs = append(errs, fmt.Sprintf("label %s is not one of its metrics'", l))
 		}
