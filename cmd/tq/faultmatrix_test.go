@@ -60,11 +60,11 @@ var buildTQRace = sync.OnceValues(func() (string, error) {
 	if !raceEnabled {
 		return buildTQ()
 	}
-	dir, err := os.MkdirTemp("", "tq-bin-race-")
+	dir, err := binDir()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "tq")
+	bin := filepath.Join(dir, "tq-race")
 	tags := "invariants"
 	if rdma.Supported {
 		tags += " rdma"

@@ -22,5 +22,13 @@ func TestMain(m *testing.M) {
 		os.Setenv(auth.EnvDataDir, "/dev/null/tq-tests-name-a-data-dir")
 		os.Unsetenv(auth.EnvToken)
 	}
-	leaktest.Main(m)
+	leaktest.Main(removingBins{m})
+}
+
+// removingBins runs the tests and then removes the binaries they built.
+type removingBins struct{ m *testing.M }
+
+func (r removingBins) Run() int {
+	defer removeBinDir()
+	return r.m.Run()
 }

@@ -32,8 +32,20 @@ import (
 	"github.com/tqgo/tq/wire"
 )
 
+// binDir holds the tq binaries the tests build; TestMain removes it (each
+// is tens of megabytes, and make test builds them on every run).
+var binDir = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "tq-bin-") })
+
+// removeBinDir removes binDir (making it first when no test did, which
+// costs less than keeping track).
+func removeBinDir() {
+	if dir, err := binDir(); err == nil {
+		os.RemoveAll(dir)
+	}
+}
+
 var buildTQ = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "tq-bin-")
+	dir, err := binDir()
 	if err != nil {
 		return "", err
 	}
