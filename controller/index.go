@@ -9,15 +9,25 @@ import (
 )
 
 // indexAllocator hands out global row indexes shared by all partitions.
-// Released indexes are reused first, oldest release first (FIFO); new ones
-// are minted from a counter. It is safe for concurrent use.
+// Released indexes are reused first, oldest release first (FIFO); then
+// loose ones (free below next without a release: see unalloc), lowest
+// first; new ones are minted from a counter. It is safe for concurrent
+// use.
+//
+// A replay of the log must leave the allocator as the live one left it
+// (the next inserts get the same indexes), though the log records only
+// the indexes partitions took and released: so every free index below
+// next is in the queue where a release put it, or loose, which a replay
+// works out as what is neither in use nor queued (rebuild, restore).
 type indexAllocator struct {
-	mu       sync.Mutex
-	next     uint64   // next never-used index
-	reusable []uint64 // FIFO queue of released indexes; head at reusable[head] (stale entries too during replay: see markUsed)
-	head     int
-	inUse    bitset // indexes handed out and not released
-	used     int    // how many
+	mu        sync.Mutex
+	next      uint64   // next never-used index
+	reusable  []uint64 // FIFO queue of released indexes; head at reusable[head] (stale entries too during replay: see markUsed)
+	head      int
+	loose     []uint64 // free indexes below next that no release queued, ascending; head at loose[looseHead]
+	looseHead int
+	inUse     bitset // indexes handed out and not released
+	used      int    // how many
 	// work counts the queue entries replay walks to drop stale ones
 	// (standing): a test reads it to see that a replay costs the indexes
 	// it marks, not indexes × the queue.
@@ -53,26 +63,24 @@ func (a *indexAllocator) alloc(n int) ([]uint64, error) {
 	return out, err
 }
 
-// allocReused is alloc, and tells how many of the indexes (the first
-// ones) came from the reuse queue.
-func (a *indexAllocator) allocReused(n int) ([]uint64, int, error) {
+// taken says where the indexes an alloc returned came from: the first
+// queued from the reuse queue, the next loose from the loose ones, the
+// rest minted.
+type taken struct{ queued, loose int }
+
+// allocReused is alloc, and tells where the indexes came from (for
+// unalloc).
+func (a *indexAllocator) allocReused(n int) ([]uint64, taken, error) {
 	if n <= 0 {
-		return nil, 0, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
+		return nil, taken{}, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make([]uint64, 0, n)
-	for len(out) < n && a.head < len(a.reusable) {
-		out = append(out, a.reusable[a.head])
-		a.head++
-	}
-	if a.head == len(a.reusable) {
-		a.reusable, a.head = a.reusable[:0], 0
-	} else if a.head > 1024 && a.head > len(a.reusable)/2 {
-		a.reusable = append(a.reusable[:0], a.reusable[a.head:]...)
-		a.head = 0
-	}
-	reused := len(out)
+	a.reusable, a.head = takeFIFO(&out, n, a.reusable, a.head)
+	queued := len(out)
+	a.loose, a.looseHead = takeFIFO(&out, n, a.loose, a.looseHead)
+	t := taken{queued: queued, loose: len(out) - queued}
 	for len(out) < n {
 		out = append(out, a.next)
 		a.next++
@@ -81,7 +89,23 @@ func (a *indexAllocator) allocReused(n int) ([]uint64, int, error) {
 		a.inUse.set(i)
 	}
 	a.used += len(out)
-	return out, reused, nil
+	return out, t, nil
+}
+
+// takeFIFO moves entries of q from head on to *out until it holds n, and
+// returns q and its head, compacted once most of q is taken.
+func takeFIFO(out *[]uint64, n int, q []uint64, head int) ([]uint64, int) {
+	for len(*out) < n && head < len(q) {
+		*out = append(*out, q[head])
+		head++
+	}
+	if head == len(q) {
+		return q[:0], 0
+	}
+	if head > 1024 && head > len(q)/2 {
+		return append(q[:0], q[head:]...), 0
+	}
+	return q, head
 }
 
 // release returns indexes to the tail of the reuse queue, in the given
@@ -99,14 +123,14 @@ func (a *indexAllocator) release(idx []uint64) {
 	}
 }
 
-// unalloc undoes an alloc that returned idx, the first reused of them
-// from the reuse queue, for a new partition whose first request was
-// refused (its pre-allocation): the reused ones go back to the head of
-// the queue, in order, where alloc took them from, and the fresh ones
-// take next back where nothing was allocated after them (else they join
-// the queue's tail, as a replay's rebuild puts free indexes below next).
-// Indexes not in use are ignored.
-func (a *indexAllocator) unalloc(idx []uint64, reused int) {
+// unalloc undoes an alloc that returned idx, taken from where t says,
+// for a new partition whose first request was refused (its
+// pre-allocation), as a replay of the log, which never sees them, leaves
+// the allocator: the queued ones go back to the head of the queue, in
+// order, where alloc took them from; the loose ones back among the loose;
+// the minted ones take next back where nothing was minted after them,
+// else they are loose too. Indexes not in use are ignored.
+func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	free := func(i uint64) bool {
@@ -117,21 +141,32 @@ func (a *indexAllocator) unalloc(idx []uint64, reused int) {
 		a.used--
 		return true
 	}
-	fresh := idx[reused:]
-	if n := uint64(len(fresh)); n > 0 && fresh[0]+n == a.next && fresh[n-1] == a.next-1 {
-		for _, i := range fresh {
+	var loose []uint64
+	for _, i := range idx[t.queued : t.queued+t.loose] {
+		if free(i) {
+			loose = append(loose, i)
+		}
+	}
+	minted := idx[t.queued+t.loose:]
+	if n := uint64(len(minted)); n > 0 && minted[0]+n == a.next && minted[n-1] == a.next-1 {
+		for _, i := range minted {
 			free(i)
 		}
-		a.next = fresh[0]
+		a.next = minted[0]
 	} else {
-		for _, i := range fresh {
+		for _, i := range minted {
 			if free(i) {
-				a.reusable = append(a.reusable, i)
+				loose = append(loose, i)
 			}
 		}
 	}
+	if len(loose) > 0 {
+		a.loose = slices.Concat(a.loose[a.looseHead:], loose)
+		slices.Sort(a.loose)
+		a.looseHead = 0
+	}
 	var back []uint64
-	for _, i := range idx[:reused] {
+	for _, i := range idx[:t.queued] {
 		if free(i) {
 			back = append(back, i)
 		}
@@ -147,6 +182,9 @@ type indexState struct {
 	Reusable []uint64 `json:"reusable"`
 }
 
+// snapshot returns next and the reuse queue, what a state file keeps:
+// the loose indexes are the others below next not in use, which restore
+// works out.
 func (a *indexAllocator) snapshot() indexState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -156,7 +194,7 @@ func (a *indexAllocator) snapshot() indexState {
 func (a *indexAllocator) stats() (allocated, reusable int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.used, len(a.reusable) - a.head
+	return a.used, len(a.reusable) - a.head + len(a.loose) - a.looseHead
 }
 
 // markUsed records indexes as handed out (replaying the durable state):
@@ -205,7 +243,8 @@ func (a *indexAllocator) standing(held bitset) ([]uint64, bitset) {
 }
 
 // restore starts from a state file's allocator: next, the reuse queue,
-// and the indexes its partitions hold.
+// and the indexes its partitions hold; the other indexes below next are
+// loose. (A state file from before loose indexes has them in its queue.)
 func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -215,12 +254,17 @@ func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
 		a.inUse.set(i)
 		a.next = max(a.next, i+1)
 	}
+	var queued bitset
+	for _, i := range a.reusable {
+		queued.set(i)
+	}
+	a.loose, a.looseHead = a.looseBelowNext(a.inUse, queued, len(a.reusable)), 0
 }
 
 // rebuild makes the allocator agree with the indexes the partitions hold
 // (used) once the durable state is replayed: in use are exactly those;
-// the reuse queue keeps its standing entries (see markUsed) in order and
-// ends with the other free indexes below next, ascending.
+// the reuse queue keeps its standing entries (see markUsed) in order; the
+// other free indexes below next are loose.
 func (a *indexAllocator) rebuild(used []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -230,13 +274,23 @@ func (a *indexAllocator) rebuild(used []uint64) {
 		a.next = max(a.next, i+1)
 	}
 	q, queued := a.standing(inUse)
-	q = slices.Grow(q, max(0, int(a.next)-len(used)-len(q)))
+	a.loose, a.looseHead = a.looseBelowNext(inUse, queued, len(used)+len(q)), 0
+	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
+}
+
+// looseBelowNext returns the indexes below next neither in use nor
+// queued, ascending; notLoose (how many are one or the other) sizes it.
+func (a *indexAllocator) looseBelowNext(inUse, queued bitset, notLoose int) []uint64 {
+	var out []uint64
+	if n := int(a.next) - notLoose; n > 0 {
+		out = make([]uint64, 0, n)
+	}
 	for i := uint64(0); i < a.next; i++ {
 		if !inUse.has(i) && !queued.has(i) {
-			q = append(q, i)
+			out = append(out, i)
 		}
 	}
-	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
+	return out
 }
 
 // indexSet is a set of global indexes as a bitmap in 64 Ki-index pages,

@@ -79,40 +79,47 @@ func (o *oldReplay) rebuild(used []uint64) indexState {
 // rows and partitions (logged, then released), and snapshots between
 // them; churn on few indexes makes markUsed drop stale entries mid-replay.
 // Replaying the log from the start and from every snapshot must leave the
-// allocator the old replay (oldReplay) leaves, and the live allocator's
-// queue, next and indexes in use, except where a given-back
-// pre-allocation's fresh indexes joined the live queue's tail (a replay,
-// which never saw them, puts them after every release, ascending).
+// allocator the old replay (oldReplay) leaves, the free indexes coming back
+// in the same order, and the live allocator's queue, loose indexes, next
+// and indexes in use, so that the next inserts get the same indexes: also
+// where a given-back pre-allocation's minted indexes could not take next
+// back (they joined the live queue's tail, where a replay, which never saw
+// them, put them after every later release).
 func TestReplayOfIndexesMatchesTheLiveAllocator(t *testing.T) {
 	for seed := range uint64(6) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) { indexReplayModel(t, seed) })
 	}
 }
 
+// indexRec is a log record of the model: indexes taken or released.
+type indexRec struct {
+	release bool
+	idx     []uint64
+}
+
+// indexSnap is the live allocator at a state file of the model.
+type indexSnap struct {
+	at    int // log records before it
+	st    indexState
+	loose []uint64 // the live allocator's, which no state file keeps
+	used  []uint64 // the indexes the partitions hold
+}
+
 func indexReplayModel(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 7))
-	type rec struct {
-		release bool
-		idx     []uint64
-	}
-	type snap struct {
-		at   int // log records before it
-		st   indexState
-		used []uint64
-	}
 	type flight struct {
 		part       int
 		idx        []uint64
-		reused     int
+		reused     taken
 		prealloc   bool
 		cancelable bool
 	}
 	live := newIndexAllocator()
-	var log []rec
+	var log []indexRec
 	held := map[int][]uint64{} // partition → indexes its logged rows hold
 	var flights []flight
-	snaps := []snap{{}}
-	exactFrom := 0 // replays from snaps[exactFrom:] leave the live queue
+	snaps := []indexSnap{{st: live.snapshot(), loose: looseOf(live)}}
+	givenBackLoose := 0 // pre-allocations given back after later ones were minted
 	usedNow := func() []uint64 {
 		var out []uint64
 		for _, idx := range held {
@@ -127,7 +134,7 @@ func indexReplayModel(t *testing.T, seed uint64) {
 	land := func(k int) {
 		f := flights[k]
 		flights = slices.Delete(flights, k, k+1)
-		log = append(log, rec{idx: f.idx})
+		log = append(log, indexRec{idx: f.idx})
 		held[f.part] = append(held[f.part], f.idx...)
 	}
 	parts := 1 + rng.IntN(4)
@@ -152,9 +159,8 @@ func indexReplayModel(t *testing.T, seed uint64) {
 				break
 			}
 			flights = slices.Delete(flights, k, k+1)
-			fresh := f.idx[f.reused:]
-			if st := live.snapshot(); len(fresh) > 0 && fresh[len(fresh)-1]+1 != st.Next {
-				exactFrom = len(snaps) // fresh ones join the live queue's tail
+			if minted := f.idx[f.reused.queued+f.reused.loose:]; len(minted) > 0 && minted[len(minted)-1]+1 != live.snapshot().Next {
+				givenBackLoose++
 			}
 			live.unalloc(f.idx, f.reused)
 		case op < 10 && len(held[p]) > 0: // clear some rows: logged, then released
@@ -163,71 +169,87 @@ func indexReplayModel(t *testing.T, seed uint64) {
 			n := 1 + rng.IntN(len(idx))
 			out := slices.Clone(idx[:n])
 			held[p] = idx[n:]
-			log = append(log, rec{release: true, idx: out})
+			log = append(log, indexRec{release: true, idx: out})
 			live.release(out)
 		case op < 11 && len(held[p]) > 0 && rng.IntN(3) == 0: // clear a partition
 			out := slices.Sorted(slices.Values(held[p]))
 			delete(held, p)
-			log = append(log, rec{release: true, idx: out})
+			log = append(log, indexRec{release: true, idx: out})
 			live.release(out)
 		case op == 11 && rng.IntN(10) == 0: // a snapshot sees no request in flight (it takes every lock)
 			for len(flights) > 0 {
 				land(rng.IntN(len(flights)))
 			}
-			snaps = append(snaps, snap{at: len(log), st: live.snapshot(), used: usedNow()})
+			snaps = append(snaps, indexSnap{at: len(log), st: live.snapshot(), loose: looseOf(live), used: usedNow()})
 		}
 	}
 	for len(flights) > 0 {
 		land(rng.IntN(len(flights)))
 	}
-	want := live.snapshot()
-	used := usedNow()
+	snaps = append(snaps, indexSnap{at: len(log), st: live.snapshot(), loose: looseOf(live), used: usedNow()})
 	wantUsed, _ := live.stats()
-	require.Len(t, used, wantUsed, "the indexes the partitions hold")
+	require.Len(t, snaps[len(snaps)-1].used, wantUsed, "the indexes the partitions hold")
+	// From every snapshot to every later one (and to the end): a replay
+	// compared as it ends, not only after the rest of the log, where the
+	// next inserts may have taken the indexes it ordered differently.
 	compactions := 0
-	for k, s := range snaps {
-		exact := k >= exactFrom
-		r, o := newIndexAllocator(), &oldReplay{}
-		r.restore(s.st.Next, s.st.Reusable, s.used)
-		o.restore(s.st.Next, s.st.Reusable, s.used)
-		for _, e := range log[s.at:] {
-			if e.release {
-				r.release(e.idx)
-				o.release(e.idx)
-				continue
-			}
-			before := len(r.reusable) - r.head
-			r.markUsed(e.idx)
-			o.markUsed(e.idx)
-			if len(r.reusable)-r.head < before {
-				compactions++
-			}
-		}
-		r.rebuild(used)
-		got := r.snapshot()
-		require.Equal(t, o.rebuild(used), got, "replay from log record %d of %d: the queue and next, against the old replay", s.at, len(log))
-		if exact {
-			require.Equal(t, want, got, "replay from log record %d of %d: the queue and next, against the live allocator", s.at, len(log))
-		} else {
-			require.ElementsMatch(t, want.Reusable, got.Reusable, "replay from log record %d of %d: the free indexes", s.at, len(log))
-			require.Equal(t, want.Next, got.Next, "replay from log record %d of %d: next", s.at, len(log))
-		}
-		a, q := r.stats()
-		require.Equal(t, [2]int{wantUsed, len(want.Reusable)}, [2]int{a, q}, "replay from log record %d: indexes in use and free", s.at)
-		for _, i := range used {
-			require.True(t, r.inUse.has(i), "replay from log record %d: index %d is held, not in use", s.at, i)
-		}
-		// The next inserts get the indexes the live allocator would give.
-		if exact {
-			l2 := newIndexAllocator()
-			l2.restore(want.Next, want.Reusable, used)
-			n := len(want.Reusable) + 2
-			a, err := l2.alloc(n)
-			require.NoError(t, err)
-			b, err := r.alloc(n)
-			require.NoError(t, err)
-			require.Equal(t, a, b, "replay from log record %d: the next %d indexes", s.at, n)
+	for k, from := range snaps {
+		for _, to := range snaps[k:] {
+			compactions += replayIndexes(t, from, to, log[from.at:to.at])
 		}
 	}
-	t.Logf("%d log records, %d snapshots (%d compared exactly with the live queue), next %d, %d mid-replay compactions", len(log), len(snaps), len(snaps)-exactFrom, want.Next, compactions)
+	t.Logf("%d log records, %d snapshots, next %d, %d pre-allocations given back loose, %d mid-replay compactions", len(log), len(snaps), live.next, givenBackLoose, compactions)
+}
+
+// looseOf returns a's loose indexes.
+func looseOf(a *indexAllocator) []uint64 { return append([]uint64{}, a.loose[a.looseHead:]...) }
+
+// replayIndexes restores an allocator from the state file at from,
+// replays log (the records from there to to), and requires that it agree
+// with the old replay and with the live allocator at to: the queue, the
+// loose indexes, next, and the next indexes handed out. It returns how
+// often markUsed dropped stale queue entries.
+func replayIndexes(t *testing.T, from, to indexSnap, log []indexRec) (compactions int) {
+	t.Helper()
+	r, o := newIndexAllocator(), &oldReplay{}
+	r.restore(from.st.Next, from.st.Reusable, from.used)
+	o.restore(from.st.Next, from.st.Reusable, from.used)
+	for _, e := range log {
+		if e.release {
+			r.release(e.idx)
+			o.release(e.idx)
+			continue
+		}
+		before := len(r.reusable) - r.head
+		r.markUsed(e.idx)
+		o.markUsed(e.idx)
+		if len(r.reusable)-r.head < before {
+			compactions++
+		}
+	}
+	want, wantLoose, used := to.st, to.loose, to.used
+	r.rebuild(used)
+	got := r.snapshot()
+	at := fmt.Sprintf("replay of log records %d to %d", from.at, to.at)
+	old := o.rebuild(used)
+	require.Equal(t, old.Next, got.Next, "%s: next, against the old replay", at)
+	require.Equal(t, old.Reusable, append(append([]uint64{}, got.Reusable...), looseOf(r)...), "%s: the free indexes in the order they come back, against the old replay", at)
+	require.Equal(t, want, got, "%s: the queue and next, against the live allocator", at)
+	require.Equal(t, wantLoose, looseOf(r), "%s: the loose indexes, against the live allocator", at)
+	a, q := r.stats()
+	require.Equal(t, [2]int{len(used), len(want.Reusable) + len(wantLoose)}, [2]int{a, q}, "%s: indexes in use and free", at)
+	for _, i := range used {
+		require.True(t, r.inUse.has(i), "%s: index %d is held, not in use", at, i)
+	}
+	// The next inserts get the indexes the live allocator would give,
+	// after the live allocator's state file too.
+	l2 := newIndexAllocator()
+	l2.restore(want.Next, want.Reusable, used)
+	n := len(want.Reusable) + len(wantLoose) + 2
+	a2, err := l2.alloc(n)
+	require.NoError(t, err)
+	b, err := r.alloc(n)
+	require.NoError(t, err)
+	require.Equal(t, a2, b, "%s: the next %d indexes", at, n)
+	return compactions
 }

@@ -371,9 +371,9 @@ type partition struct {
 	// creation.
 	pending  atomic.Bool
 	preAlloc []uint64
-	// preReused: how many of preAlloc (the first) came from the
-	// allocator's reuse queue, for unlockNew to put them back.
-	preReused int
+	// preReused: where preAlloc's indexes came from in the allocator,
+	// for unlockNew to put them back.
+	preReused taken
 	done      bool // its producer marked it done (MarkDone)
 	// removed is the log index of the last record that took rows or
 	// keys out of the partition: a read that found a key absent waits
