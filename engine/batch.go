@@ -19,14 +19,16 @@ type Field struct {
 // A batch may alias memory it does not own — a get over shared memory
 // returns views into the storage unit's arena, read-only — in which case
 // [Batch.Release] gives that memory back; for a batch that owns its
-// columns, Release does nothing.
+// columns, Release does nothing. [Batch.Select] and [Batch.Slice] of such a
+// batch alias the same memory and share its release; [Batch.Take] and
+// [Batch.Clone] copy, and own what they return.
 type Batch struct {
 	names []string
 	cols  []*Column
 	index map[string]int // name to position; nil for a few fields, which Col scans
 	rows  int
 
-	release *releaser // nil: owns its columns
+	release *releaser // nil: owns its columns; shared by Select and Slice
 }
 
 type releaser struct {
@@ -46,10 +48,12 @@ func (b *Batch) Views(release func()) *Batch {
 // gives back: its columns are read-only and valid until then.
 func (b *Batch) Aliased() bool { return b.release != nil }
 
-// Release gives back the memory a batch of views aliases; its columns, and
-// batches derived from it by Select or Slice, must not be used afterwards.
-// Release is idempotent and does nothing for a batch that owns its
-// columns.
+// Release gives back the memory a batch of views aliases. A batch of views
+// and the batches derived from it by Select or Slice share one release:
+// Release on any of them gives the memory back, once, and none of their
+// columns may be used afterwards; so a caller that keeps only a selection
+// releases the selection. Release is idempotent, safe to call from several
+// goroutines, and does nothing for a batch that owns its columns.
 func (b *Batch) Release() {
 	if b != nil && b.release != nil {
 		b.release.once.Do(b.release.f)
@@ -165,8 +169,9 @@ func (b *Batch) Fields() []Field {
 	return out
 }
 
-// Select returns a batch with only the named fields, in the given order.
-// Unknown names are an error that lists them.
+// Select returns a batch with only the named fields, in the given order,
+// aliasing b: over views, it shares b's [Batch.Release]. Unknown names are
+// an error that lists them.
 func (b *Batch) Select(names ...string) (*Batch, error) {
 	var missing []string
 	fs := make([]Field, 0, len(names))
@@ -181,10 +186,11 @@ func (b *Batch) Select(names ...string) (*Batch, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("fields %q not in batch: %w", missing, ErrNotFound)
 	}
-	return NewBatch(fs...)
+	return b.derived(NewBatch(fs...))
 }
 
-// Take returns a batch of rows[i] of every column (copied).
+// Take returns a batch of rows[i] of every column, copied: it owns its
+// columns even when b is a batch of views.
 func (b *Batch) Take(rows []int) (*Batch, error) {
 	fs := make([]Field, len(b.cols))
 	for i, c := range b.cols {
@@ -197,7 +203,8 @@ func (b *Batch) Take(rows []int) (*Batch, error) {
 	return NewBatch(fs...)
 }
 
-// Slice returns rows [lo, hi) of every column, aliasing b.
+// Slice returns rows [lo, hi) of every column, aliasing b: over views, it
+// shares b's [Batch.Release].
 func (b *Batch) Slice(lo, hi int) (*Batch, error) {
 	fs := make([]Field, len(b.cols))
 	for i, c := range b.cols {
@@ -207,10 +214,20 @@ func (b *Batch) Slice(lo, hi int) (*Batch, error) {
 		}
 		fs[i] = Field{b.names[i], s}
 	}
-	return NewBatch(fs...)
+	return b.derived(NewBatch(fs...))
 }
 
-// Clone returns a deep copy of b.
+// derived gives a batch built over b's columns b's release, so that it
+// lends the same memory as b and gives it back as b does.
+func (b *Batch) derived(d *Batch, err error) (*Batch, error) {
+	if err != nil {
+		return nil, err
+	}
+	d.release = b.release
+	return d, nil
+}
+
+// Clone returns a deep copy of b, which owns its columns.
 func (b *Batch) Clone() *Batch {
 	fs := make([]Field, len(b.cols))
 	for i, c := range b.cols {
