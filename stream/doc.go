@@ -63,14 +63,16 @@
 // has read a row of a partition the loader waits for it to be made, as
 // above, unless it started at a Position that names the partition's
 // generation: [Loader.Next] names the generation of the partition at its
-// Step (Position.Gen and Cluster) once the loader had a micro-batch of
+// Step (Position.Gen, GenOf and Cluster) once the loader had a micro-batch of
 // it, and a loader started with Config.Start set to it names the
 // generation in its fetches of that partition, so that a rank that
 // restarts (a new process) after a DP peer cleared the partition moves on
 // to the next one rather than wait for good, or read the rows of one made
 // again. The generation is of the partition at Step alone: the loader
 // drops it as it moves on, and a Position whose Step is changed by hand
-// must have Gen and Cluster zeroed.
+// must have Gen, GenOf and Cluster zeroed; [New] refuses a start position
+// whose GenOf is not the partition at its Step (the partition there would
+// end at once, as a cleared one, and be skipped).
 //
 // Breaking out of the loop, or canceling ctx, stops the prefetcher. What
 // it fetched and the loop never saw is not lost for the task: with a

@@ -128,9 +128,16 @@ type Position struct {
 	// so that the partition, cleared meanwhile by a DP peer that finished
 	// first, ends for it as a drained one does rather than be waited for
 	// as one not made yet. It belongs to Step alone: a Position whose Step
-	// is changed by hand must have Gen and Cluster zeroed, or its
-	// partition would end at once as a cleared one.
+	// is changed by hand must have Gen, GenOf and Cluster zeroed, or New
+	// refuses it (see GenOf).
 	Gen uint64
+	// GenOf is the partition Gen is of (Config.Partitions[Step] when the
+	// loader set it; "" without Gen). A start position whose GenOf is not
+	// the partition at its Step, as one whose Step was changed by hand,
+	// is refused: fetched under another partition's generation, the
+	// partition at Step would end at once as a cleared one, and the
+	// loader skip it.
+	GenOf string
 	// Cluster is the cluster whose controller gave Gen
 	// (engine.BatchMeta.Cluster; "": not known; only with Gen). It counts
 	// because a controller that keeps its state in memory starts anew as
@@ -197,6 +204,14 @@ func (c Config) Validate() error {
 		return bad("start position %+v names a generation past the %d partitions: it is of the partition at Step", c.Start, len(c.Partitions))
 	case c.Start.Cluster != "" && c.Start.Gen == 0:
 		return bad("start position %+v names a cluster without a generation", c.Start)
+	case c.Start.GenOf != "" && c.Start.Gen == 0:
+		return bad("start position %+v names the partition of a generation without one", c.Start)
+	case c.Start.Gen != 0 && c.Start.GenOf == "":
+		return bad("start position %+v: step %d is partition %q, but generation %d names no partition (GenOf): zero Gen and Cluster, or set GenOf",
+			c.Start, c.Start.Step, c.Partitions[c.Start.Step], c.Start.Gen)
+	case c.Start.Gen != 0 && c.Start.GenOf != c.Partitions[c.Start.Step]:
+		return bad("start position %+v: step %d is partition %q, but generation %d is of partition %q: a Position whose Step is changed by hand must have Gen, GenOf and Cluster zeroed",
+			c.Start, c.Start.Step, c.Partitions[c.Start.Step], c.Start.Gen, c.Start.GenOf)
 	case c.PollInterval < 0:
 		return bad("poll interval %v is negative", c.PollInterval)
 	}
@@ -327,7 +342,7 @@ func New(c *client.Client, cfg Config) (*Loader, error) {
 // Next returns the position of the first micro-batch not yet yielded: a
 // rank that stops (or fails) and starts again passes it as Config.Start.
 // Once the loader has had a micro-batch of the partition at Step, the
-// position names its generation (Position.Gen and Cluster).
+// position names its generation (Position.Gen, GenOf and Cluster).
 func (l *Loader) Next() Position {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -622,10 +637,11 @@ func (l *Loader) giveBack(partition, key string, n int) error {
 
 // fetch gets the micro-batch at *pos (moving to the next partition when
 // one is drained) and advances *pos past it. pos.Gen is the generation of
-// the partition at pos.Step the loader has read (0: none yet), with the
-// cluster whose controller numbered it (pos.Cluster): fetches name both,
-// so that a partition cleared under the loader (a DP peer that finished
-// first cleared it), perhaps made again, ends it as a drained one does
+// the partition at pos.Step the loader has read (0: none yet; pos.GenOf
+// names that partition), with the cluster whose controller numbered it
+// (pos.Cluster): fetches name the generation and cluster, so that a
+// partition cleared under the loader (a DP peer that finished first
+// cleared it), perhaps made again, ends it as a drained one does
 // rather than keep the loader waiting or hand it the new partition's
 // rows. They are set from the first micro-batch of a partition (or come
 // with Config.Start) and dropped with each new partition.
@@ -697,7 +713,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		}
 		switch {
 		case errors.Is(err, engine.ErrDone):
-			pos.Gen, pos.Cluster, reread = 0, "", false
+			pos.Gen, pos.GenOf, pos.Cluster, reread = 0, "", "", false
 			if pos.Step == len(l.cfg.Partitions)-1 && l.cfg.Continuous {
 				// (Following the partition, whichever is made next.)
 				select {
@@ -739,7 +755,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 				// drained one does), or the read fails again.
 				reread = true
 				if pos.Gen == 0 {
-					pos.Gen, pos.Cluster = m.PartitionGen, m.Cluster
+					pos.Gen, pos.GenOf, pos.Cluster = m.PartitionGen, part, m.Cluster
 				}
 				continue
 			}
@@ -747,7 +763,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 		}
 		reread = false
 		if pos.Gen == 0 && m.PartitionGen != 0 {
-			pos.Gen, pos.Cluster = m.PartitionGen, m.Cluster
+			pos.Gen, pos.GenOf, pos.Cluster = m.PartitionGen, part, m.Cluster
 		}
 		b := &Batch{Position: *pos, Partition: part, Meta: m, Data: data}
 		pos.Index++
