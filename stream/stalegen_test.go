@@ -71,9 +71,11 @@ func TestStartWithAStaleGenRefused(t *testing.T) {
 			}
 		})
 	}
-	// The position as Next gave it, or with Step changed and the
-	// generation zeroed, starts.
-	for _, pos := range []Position{at(0), {Step: 1}} {
+	// The position as Next gave it, or as a loader before GenOf gave it,
+	// or with Step changed and the generation zeroed, starts.
+	old := at(0)
+	old.GenOf = ""
+	for _, pos := range []Position{at(0), old, {Step: 1}} {
 		cfg := config(parts...)
 		cfg.Start = pos
 		_, err := New(e.Client, cfg)

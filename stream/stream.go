@@ -136,7 +136,8 @@ type Position struct {
 	// the partition at its Step, as one whose Step was changed by hand,
 	// is refused: fetched under another partition's generation, the
 	// partition at Step would end at once as a cleared one, and the
-	// loader skip it.
+	// loader skip it. (A Position without GenOf, as loaders before it
+	// gave, is taken as it was: its Gen of the partition at Step.)
 	GenOf string
 	// Cluster is the cluster whose controller gave Gen
 	// (engine.BatchMeta.Cluster; "": not known; only with Gen). It counts
@@ -206,10 +207,7 @@ func (c Config) Validate() error {
 		return bad("start position %+v names a cluster without a generation", c.Start)
 	case c.Start.GenOf != "" && c.Start.Gen == 0:
 		return bad("start position %+v names the partition of a generation without one", c.Start)
-	case c.Start.Gen != 0 && c.Start.GenOf == "":
-		return bad("start position %+v: step %d is partition %q, but generation %d names no partition (GenOf): zero Gen and Cluster, or set GenOf",
-			c.Start, c.Start.Step, c.Partitions[c.Start.Step], c.Start.Gen)
-	case c.Start.Gen != 0 && c.Start.GenOf != c.Partitions[c.Start.Step]:
+	case c.Start.GenOf != "" && c.Start.GenOf != c.Partitions[c.Start.Step]:
 		return bad("start position %+v: step %d is partition %q, but generation %d is of partition %q: a Position whose Step is changed by hand must have Gen, GenOf and Cluster zeroed",
 			c.Start, c.Start.Step, c.Partitions[c.Start.Step], c.Start.Gen, c.Start.GenOf)
 	case c.PollInterval < 0:

@@ -318,7 +318,6 @@ func TestBadConfig(t *testing.T) {
 		{func(c *Config) { c.Start = Position{Step: 1, Gen: 3, GenOf: "p"} }, "start position {Step:1 Index:0 Gen:3 GenOf:p Cluster:} names a generation past the 1 partitions"},
 		{func(c *Config) { c.Start.Cluster = "c1" }, "start position {Step:0 Index:0 Gen:0 GenOf: Cluster:c1} names a cluster without a generation"},
 		{func(c *Config) { c.Start.GenOf = "p" }, "start position {Step:0 Index:0 Gen:0 GenOf:p Cluster:} names the partition of a generation without one"},
-		{func(c *Config) { c.Start.Gen = 3 }, `step 0 is partition "p", but generation 3 names no partition (GenOf)`},
 		{func(c *Config) { c.Start = Position{Gen: 3, GenOf: "q"} }, `step 0 is partition "p", but generation 3 is of partition "q"`},
 		{func(c *Config) { c.Sampler.Name = "random" }, `sampler "random" is not a built-in one`},
 		{func(c *Config) { c.TokenBudget = 10 }, "a token budget needs the token_budget sampler"},
