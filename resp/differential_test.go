@@ -27,7 +27,11 @@ import (
 // of a hash, HSET of a string). TQ is sent pipelines of 1 to 8 commands
 // on connections that are reopened now and then (so they start on an
 // event loop again), by an endpoint in memory and by one with the
-// durable log, seed by seed.
+// durable log, seed by seed. Now and then a few commands go in a
+// MULTI … EXEC (as redis-py's default pipeline sends them), compared
+// there as QUEUED and then as the elements of EXEC's array, while
+// redis-server runs them one by one: "runs them in order and answers
+// their replies as an array, as Redis does" (Commands, MULTI).
 //
 // Where wire/resp.md says TQ differs on purpose, the test normalizes,
 // each case citing its line:
@@ -108,6 +112,12 @@ func TestDataCommandsMatchRedis(t *testing.T) {
 			d.must(d.rd, "FLUSHALL")
 			for d.i = range commands {
 				args := d.command()
+				if d.txnLeft == 0 && d.rnd.IntN(20) == 0 {
+					d.begin(1 + d.rnd.IntN(5))
+				}
+				if strings.EqualFold(args[0], "SCAN") {
+					d.exec() // a walk is round trips of its own
+				}
 				if d.rnd.IntN(25) == 0 || strings.EqualFold(args[0], "SCAN") || len(d.batch) >= d.pipe {
 					d.flush()
 				}
@@ -122,8 +132,15 @@ func TestDataCommandsMatchRedis(t *testing.T) {
 					continue
 				}
 				d.step(args)
+				if d.txnLeft > 0 {
+					if d.txnLeft--; d.txnLeft == 0 {
+						d.exec()
+					}
+				}
 			}
+			d.exec()
 			d.flush()
+			t.Logf("%d commands; %d transactions of %d commands for TQ (reconciling ones too)", commands, d.txns, d.inTxns)
 		})
 	}
 }
@@ -139,6 +156,13 @@ type differ struct {
 	// pipe commands, with the replies redis-server's state calls for.
 	batch []tqCommand
 	pipe  int
+	// txn holds the commands of a MULTI being built (begin), sent in
+	// batch as MULTI, the commands, EXEC once txnLeft more are made.
+	txn     []tqCommand
+	txnLeft int
+	inTxn   bool
+	txns    int // transactions sent
+	inTxns  int // commands in them
 }
 
 // tqCommand is a command for TQ with the reply it should get.
@@ -147,6 +171,41 @@ type tqCommand struct {
 	args      []string
 	want      string
 	reconcile bool // sent to TQ only, to undo a documented difference
+	// exec, for an EXEC, is the transaction's commands (not nil): the
+	// reply's elements are theirs, each compared with its want.
+	exec []tqCommand
+}
+
+// begin starts a transaction of the next n commands (and what reconciles
+// them, which TQ runs inside it too).
+func (d *differ) begin(n int) { d.inTxn, d.txnLeft = true, n }
+
+// exec ends the transaction being built, if any: MULTI, its commands
+// (each answered QUEUED) and EXEC go to the batch.
+func (d *differ) exec() {
+	if !d.inTxn {
+		return
+	}
+	txn := d.txn
+	d.txn, d.inTxn, d.txnLeft = nil, false, 0
+	d.txns++
+	d.batch = append(d.batch, tqCommand{i: d.i, args: []string{"MULTI"}, want: "+OK\r\n"})
+	d.inTxns += len(txn)
+	for _, c := range txn {
+		q := c
+		q.want = "+QUEUED\r\n"
+		d.batch = append(d.batch, q)
+	}
+	d.batch = append(d.batch, tqCommand{i: d.i, args: []string{"EXEC"}, exec: append([]tqCommand{}, txn...)})
+}
+
+// queue adds c to the transaction being built, or to the batch.
+func (d *differ) queue(c tqCommand) {
+	if d.inTxn {
+		d.txn = append(d.txn, c)
+		return
+	}
+	d.batch = append(d.batch, c)
 }
 
 func (d *differ) connect() {
@@ -183,25 +242,59 @@ func (d *differ) flush() {
 		var out strings.Builder
 		err := d.tq.reply(&out)
 		require.NoError(d.t, err, "seed %d, command %d: %s", d.seed, c.i, showArgs(c.args))
-		got, want := out.String(), c.want
-		switch strings.ToUpper(c.args[0]) {
-		case "HGETALL":
-			got = sortedPairs(got)
-		case "HKEYS", "KEYS":
-			got = sortedArray(got)
+		if c.exec == nil {
+			d.compare(c, out.String(), fmt.Sprintf("in a pipeline of %d", len(batch)))
+			continue
 		}
-		if os.Getenv("TQ_DIFF_DEBUG") != "" {
-			d.t.Logf("%d %s -> %s", c.i, showArgs(c.args), clipReply(got))
+		elems, ok := arrayElems(out.String())
+		if !ok || len(elems) != len(c.exec) {
+			d.t.Fatalf("seed %d, command %d: EXEC of %d commands answers %s", d.seed, c.i, len(c.exec), clipReply(out.String()))
 		}
-		if got != want {
-			what := "TQ answers %s, redis-server %s"
-			if c.reconcile {
-				what = "reconciling: TQ answers %s, want %s"
-			}
-			d.t.Fatalf("seed %d, command %d (in a pipeline of %d): %s: "+what, d.seed, c.i, len(batch), showArgs(c.args), clipReply(got), clipReply(want))
+		for k, e := range c.exec {
+			d.compare(e, elems[k], fmt.Sprintf("reply %d of %d of an EXEC", k+1, len(c.exec)))
 		}
 	}
 	require.NoError(d.t, <-written)
+}
+
+// compare checks TQ's reply got to c, normalized as wire/resp.md says.
+func (d *differ) compare(c tqCommand, got, where string) {
+	switch strings.ToUpper(c.args[0]) {
+	case "HGETALL":
+		got = sortedPairs(got)
+	case "HKEYS", "KEYS":
+		got = sortedArray(got)
+	}
+	if os.Getenv("TQ_DIFF_DEBUG") != "" {
+		d.t.Logf("%d %s -> %s", c.i, showArgs(c.args), clipReply(got))
+	}
+	if got != c.want {
+		what := "TQ answers %s, redis-server %s"
+		if c.reconcile {
+			what = "reconciling: TQ answers %s, want %s"
+		}
+		d.t.Fatalf("seed %d, command %d (%s): %s: "+what, d.seed, c.i, where, showArgs(c.args), clipReply(got), clipReply(c.want))
+	}
+}
+
+// arrayElems splits an array reply into its elements' replies.
+func arrayElems(r string) ([]string, bool) {
+	end := strings.Index(r, "\r\n")
+	if end < 1 || r[0] != '*' {
+		return nil, false
+	}
+	n, err := strconv.Atoi(r[1:end])
+	if err != nil || n < 0 {
+		return nil, false
+	}
+	rest := r[end+2:]
+	out := make([]string, 0, n)
+	for range n {
+		_, after := decodeAt(rest)
+		out = append(out, rest[:len(rest)-len(after)])
+		rest = after
+	}
+	return out, rest == ""
 }
 
 // scan runs a SCAN walk (its own round trips) on both servers.
@@ -212,6 +305,7 @@ func (d *differ) scan(args []string) {
 }
 
 func (d *differ) close() {
+	d.exec()
 	d.flush()
 	d.tq.Close()
 	d.rd.Close()
@@ -366,7 +460,7 @@ func (d *differ) must(c *rawConn, args ...string) {
 
 // expect queues a command for TQ alone, with the reply it should get.
 func (d *differ) expect(want string, args ...string) {
-	d.batch = append(d.batch, tqCommand{i: d.i, args: args, want: want, reconcile: true})
+	d.queue(tqCommand{i: d.i, args: args, want: want, reconcile: true})
 }
 
 // view is a key as TQ holds it, read from redis-server: a string is the
@@ -433,7 +527,7 @@ func (d *differ) step(args []string) {
 	case "HKEYS", "KEYS":
 		want = sortedArray(want)
 	}
-	d.batch = append(d.batch, tqCommand{i: d.i, args: args, want: want})
+	d.queue(tqCommand{i: d.i, args: args, want: want})
 	// The differences wire/resp.md documents, undone on TQ.
 	for _, k := range slices.Sorted(maps.Keys(hashFields)) {
 		// SET leaves a hash's other fields (Commands, SET).
