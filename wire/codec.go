@@ -9,7 +9,6 @@ package wire
 // varints over 64 bits), as both spend their time allocating the message.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"slices"
@@ -113,9 +112,13 @@ func decodeKeyField(b []byte, withMax bool) (partition, key, field string, maxBy
 // (FuzzDecodeCommitKeysReply compares them). A put's answer holds only
 // tags and fields, which it decodes by hand; a body with anything else in
 // it (the overwritten addresses, an unknown field) goes to proto.Unmarshal.
+//
+// A first pass counts the tag maps, fields and tag bytes, so the lists
+// are made at their sizes and the tag maps' bytes copied into one buffer:
+// a one-key answer of one field (a KV_SET's) is one allocation (two with
+// tags), rather than lists grown entry by entry and a copy per tag map.
 func DecodeCommitKeysReply(b []byte, m *wirepb.CommitKeysReply) error {
-	var tags [][]byte
-	var fields []string
+	var ntags, nfields, tagBytes int
 	for rest := b; len(rest) > 0; {
 		num, typ, n := protowire.ConsumeTag(rest)
 		if n < 0 || typ != protowire.BytesType || num < 2 || num > 3 {
@@ -127,13 +130,48 @@ func DecodeCommitKeysReply(b []byte, m *wirepb.CommitKeysReply) error {
 		}
 		rest = rest[n+k:]
 		if num == 2 {
-			tags = append(tags, bytes.Clone(v))
+			ntags++
+			tagBytes += len(v)
 			continue
 		}
 		if !utf8.Valid(v) {
 			return fmt.Errorf("field name %q is not valid UTF-8", v)
 		}
+		nfields++
+	}
+	var tags [][]byte
+	var fields []string
+	switch {
+	case ntags == 0 && nfields == 0:
+	case ntags <= 1 && nfields <= 1:
+		mem := new(struct {
+			tags   [1][]byte
+			fields [1]string
+		})
+		tags, fields = mem.tags[:0:ntags], mem.fields[:0:nfields]
+	default:
+		tags, fields = make([][]byte, 0, ntags), make([]string, 0, nfields)
+	}
+	// Never nil, so that an empty tag map decodes, as by proto.Unmarshal,
+	// to empty bytes rather than nil (no allocation when all are empty).
+	tagBuf := make([]byte, 0, tagBytes)
+	for rest := b; len(rest) > 0; {
+		num, _, n := protowire.ConsumeTag(rest)
+		v, k := protowire.ConsumeBytes(rest[n:])
+		rest = rest[n+k:]
+		if num == 2 {
+			start := len(tagBuf)
+			tagBuf = append(tagBuf, v...)
+			tags = append(tags, tagBuf[start:len(tagBuf):len(tagBuf)])
+			continue
+		}
 		fields = append(fields, string(v))
+	}
+	if ntags == 0 {
+		tags = nil
+	}
+	if nfields == 0 {
+		fields = nil
 	}
 	proto.Reset(m)
 	m.Tags, m.Fields = tags, fields

@@ -2,12 +2,14 @@ package wire
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -318,4 +320,34 @@ func FuzzDecodeCommitKeysReply(f *testing.F) {
 			t.Fatalf("%x: decoded %v, want %v", b, &got, &want)
 		}
 	})
+}
+
+// TestDecodeCommitKeysReplyAllocs: a one-key put's answer decodes in one
+// allocation (its tag map and field in one block), and one for 64 tagged
+// keys in four (the lists made at their sizes, the tag maps' bytes in
+// one buffer), not an allocation per entry.
+func TestDecodeCommitKeysReplyAllocs(t *testing.T) {
+	many := &wirepb.CommitKeysReply{Fields: []string{"a", "b", "c"}}
+	for i := range 64 {
+		many.Tags = append(many.Tags, fmt.Appendf(nil, `{"i":%d}`, i))
+	}
+	for _, c := range []struct {
+		name string
+		m    *wirepb.CommitKeysReply
+		most float64
+	}{
+		{"one key", &wirepb.CommitKeysReply{Tags: [][]byte{nil}, Fields: []string{"v"}}, 1},
+		{"64 tagged keys", many, 4},
+	} {
+		body, err := proto.Marshal(c.m)
+		require.NoError(t, err)
+		var got wirepb.CommitKeysReply
+		n := testing.AllocsPerRun(100, func() {
+			if err := DecodeCommitKeysReply(body, &got); err != nil {
+				t.Fatal(err)
+			}
+		})
+		require.True(t, proto.Equal(&got, c.m), "%s: decoded %v, want %v", c.name, &got, c.m)
+		assert.LessOrEqual(t, n, c.most, "%s: allocations per decode", c.name)
+	}
 }
