@@ -18,7 +18,11 @@ import (
 // (the next inserts get the same indexes), though the log records only
 // the indexes partitions took and released: so every free index below
 // next is in the queue where a release put it, or loose, which a replay
-// works out as what is neither in use nor queued (rebuild, restore).
+// works out as what is neither in use nor queued (rebuild, restore); and
+// the index below next is in use or queued, never loose, as a replay's
+// next is one past the highest index it saw taken: a given-back
+// pre-allocation takes next back past the loose ones at the top
+// (unalloc).
 type indexAllocator struct {
 	mu        sync.Mutex
 	next      uint64   // next never-used index
@@ -127,9 +131,10 @@ func (a *indexAllocator) release(idx []uint64) {
 // for a new partition whose first request was refused (its
 // pre-allocation), as a replay of the log, which never sees them, leaves
 // the allocator: the queued ones go back to the head of the queue, in
-// order, where alloc took them from; the loose ones back among the loose;
-// the minted ones take next back where nothing was minted after them,
-// else they are loose too. Indexes not in use are ignored.
+// order, where alloc took them from; the loose and minted ones are loose,
+// and next goes back past the loose ones just below it (a replay's next
+// is past the indexes it saw taken, and no other). Indexes not in use
+// are ignored.
 func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -142,28 +147,19 @@ func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 		return true
 	}
 	var loose []uint64
-	for _, i := range idx[t.queued : t.queued+t.loose] {
+	for _, i := range idx[t.queued:] {
 		if free(i) {
 			loose = append(loose, i)
-		}
-	}
-	minted := idx[t.queued+t.loose:]
-	if n := uint64(len(minted)); n > 0 && minted[0]+n == a.next && minted[n-1] == a.next-1 {
-		for _, i := range minted {
-			free(i)
-		}
-		a.next = minted[0]
-	} else {
-		for _, i := range minted {
-			if free(i) {
-				loose = append(loose, i)
-			}
 		}
 	}
 	if len(loose) > 0 {
 		a.loose = slices.Concat(a.loose[a.looseHead:], loose)
 		slices.Sort(a.loose)
 		a.looseHead = 0
+		for len(a.loose) > 0 && a.loose[len(a.loose)-1] == a.next-1 {
+			a.loose = a.loose[:len(a.loose)-1]
+			a.next--
+		}
 	}
 	var back []uint64
 	for _, i := range idx[:t.queued] {
