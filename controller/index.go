@@ -24,10 +24,17 @@ import (
 // pre-allocation takes next back past the loose ones at the top
 // (unalloc).
 type indexAllocator struct {
-	mu        sync.Mutex
-	next      uint64   // next never-used index
-	reusable  []uint64 // FIFO queue of released indexes; head at reusable[head] (stale entries too during replay: see markUsed)
-	head      int
+	mu       sync.Mutex
+	next     uint64   // next never-used index
+	reusable []uint64 // FIFO queue of released indexes; head at reusable[head] (stale entries too during replay: see markUsed)
+	head     int
+	// released counts the indexes release queued, and so numbers its
+	// releases: reusable[k] is release number released-(len(reusable)-k),
+	// but for the first len(backSeqs) from head on, which unalloc put
+	// back at the queue's head and whose numbers backSeqs holds (lower
+	// than the rest's: see unalloc).
+	released  int
+	backSeqs  []int
 	loose     []uint64 // free indexes below next that no release queued, ascending; head at loose[looseHead]
 	looseHead int
 	inUse     bitset // indexes handed out and not released
@@ -63,28 +70,47 @@ func (b bitset) clear(i uint64) { b[i/64] &^= 1 << (i % 64) }
 
 // alloc returns n indexes: reused ones first, then fresh ones.
 func (a *indexAllocator) alloc(n int) ([]uint64, error) {
-	out, _, err := a.allocReused(n)
+	out, _, err := a.allocFrom(n, false)
 	return out, err
 }
 
 // taken says where the indexes an alloc returned came from: the first
-// queued from the reuse queue, the next loose from the loose ones, the
-// rest minted.
-type taken struct{ queued, loose int }
+// queued from the reuse queue (seqs: their release counts, for unalloc to
+// put them back in the queue's order), the next loose from the loose
+// ones, the rest minted.
+type taken struct {
+	queued, loose int
+	seqs          []int
+}
 
 // allocReused is alloc, and tells where the indexes came from (for
 // unalloc).
 func (a *indexAllocator) allocReused(n int) ([]uint64, taken, error) {
+	return a.allocFrom(n, true)
+}
+
+// allocFrom is alloc; with seqs, the release numbers of the queued ones
+// too (taken.seqs).
+func (a *indexAllocator) allocFrom(n int, withSeqs bool) ([]uint64, taken, error) {
 	if n <= 0 {
 		return nil, taken{}, fmt.Errorf("allocate %d rows: count must be positive: %w", n, engine.ErrInvalid)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := make([]uint64, 0, n)
+	var seqs []int
+	for k := a.head; withSeqs && k < len(a.reusable) && len(seqs) < n; k++ {
+		if j := k - a.head; j < len(a.backSeqs) {
+			seqs = append(seqs, a.backSeqs[j])
+		} else {
+			seqs = append(seqs, a.released-(len(a.reusable)-k))
+		}
+	}
+	a.backSeqs = a.backSeqs[min(n, len(a.reusable)-a.head, len(a.backSeqs)):]
 	a.reusable, a.head = takeFIFO(&out, n, a.reusable, a.head)
 	queued := len(out)
 	a.loose, a.looseHead = takeFIFO(&out, n, a.loose, a.looseHead)
-	t := taken{queued: queued, loose: len(out) - queued}
+	t := taken{queued: queued, loose: len(out) - queued, seqs: seqs}
 	for len(out) < n {
 		out = append(out, a.next)
 		a.next++
@@ -124,17 +150,19 @@ func (a *indexAllocator) release(idx []uint64) {
 		a.inUse.clear(i)
 		a.used--
 		a.reusable = append(a.reusable, i)
+		a.released++
 	}
 }
 
 // unalloc undoes an alloc that returned idx, taken from where t says,
 // for a new partition whose first request was refused (its
 // pre-allocation), as a replay of the log, which never sees them, leaves
-// the allocator: the queued ones go back to the head of the queue, in
-// order, where alloc took them from; the loose and minted ones are loose,
-// and next goes back past the loose ones just below it (a replay's next
-// is past the indexes it saw taken, and no other). Indexes not in use
-// are ignored.
+// the allocator: the queued ones go back into the queue in the order of
+// their releases, among the ones other given-back pre-allocations put
+// back at its head (every index queued since was released after them,
+// so behind them); the loose and minted ones are loose, and next goes
+// back past the loose ones just below it (a replay's next is past the
+// indexes it saw taken, and no other). Indexes not in use are ignored.
 func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -161,15 +189,27 @@ func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 			a.next--
 		}
 	}
+	// The given-back ones at the head (backSeqs) and these, merged by
+	// release count; the rest of the queue follows.
+	nb := len(a.backSeqs)
 	var back []uint64
-	for _, i := range idx[:t.queued] {
-		if free(i) {
-			back = append(back, i)
+	var seqs []int
+	k := 0
+	for j, i := range idx[:t.queued] {
+		if !free(i) {
+			continue
 		}
+		for ; k < nb && a.backSeqs[k] < t.seqs[j]; k++ {
+			back, seqs = append(back, a.reusable[a.head+k]), append(seqs, a.backSeqs[k])
+		}
+		back, seqs = append(back, i), append(seqs, t.seqs[j])
 	}
 	if len(back) > 0 {
-		a.reusable = append(back, a.reusable[a.head:]...)
-		a.head = 0
+		for ; k < nb; k++ {
+			back, seqs = append(back, a.reusable[a.head+k]), append(seqs, a.backSeqs[k])
+		}
+		a.reusable = append(back, a.reusable[a.head+nb:]...)
+		a.head, a.backSeqs = 0, seqs
 	}
 }
 
@@ -245,6 +285,7 @@ func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.next, a.reusable, a.head = next, slices.Clone(reusable), 0
+	a.released, a.backSeqs = len(a.reusable), nil
 	a.inUse, a.used = nil, len(used)
 	for _, i := range used {
 		a.inUse.set(i)
@@ -272,6 +313,7 @@ func (a *indexAllocator) rebuild(used []uint64) {
 	q, queued := a.standing(inUse)
 	a.loose, a.looseHead = a.looseBelowNext(inUse, queued, len(used)+len(q)), 0
 	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
+	a.released, a.backSeqs = len(q), nil
 }
 
 // looseBelowNext returns the indexes below next neither in use nor

@@ -270,6 +270,31 @@ func replayOf(a *indexAllocator) *indexAllocator {
 	return r
 }
 
+// TestGivenBackPreAllocationsKeepTheQueueOrder: two new partitions take
+// the queue's first indexes for their pre-allocations, one after the
+// other, and both are refused, the first first. A replay, which never saw
+// them, has the queue as the releases left it; the live queue gave the
+// second's back in front of the first's.
+func TestGivenBackPreAllocationsKeepTheQueueOrder(t *testing.T) {
+	a := newIndexAllocator()
+	idx, err := a.alloc(6)
+	require.NoError(t, err)
+	a.release(idx[:4]) // the queue: 0 1 2 3
+	first, t1, err := a.allocReused(1)
+	require.NoError(t, err)
+	second, t2, err := a.allocReused(2)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{0}, first)
+	require.Equal(t, []uint64{1, 2}, second)
+	a.unalloc(first, t1)
+	a.unalloc(second, t2)
+	require.Equal(t, indexState{Next: 6, Reusable: []uint64{0, 1, 2, 3}}, a.snapshot(), "the queue after both are given back")
+	require.Equal(t, replayOf(a).snapshot(), a.snapshot())
+	got, err := a.alloc(4)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{0, 1, 2, 3}, got, "the next inserts")
+}
+
 // TestGivenBackPreAllocationsTakeNextBack: two new partitions mint
 // indexes for their pre-allocations, the second after the first, and both
 // are refused, the first first: its indexes are loose (minted after them,
