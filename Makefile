@@ -135,7 +135,11 @@ pycheck:
 pytest: pycheck
 	$(GO) build -tags '$(TAGS)' -o bin/tq ./cmd/tq
 	$(GO) build -o bin/tqxlang ./internal/xlang
-	cd python && TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider tests
+	@# In a temporary directory of their own, removed when they pass (kept, and named, when they fail):
+	@# torch's DataLoader workers leave multiprocessing's pymp-* directories behind.
+	tmp=$$(mktemp -d /tmp/tqpy.XXXXXX) && rc=0 && \
+	(cd python && TMPDIR=$$tmp TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider tests) || rc=$$?; \
+	if [ $$rc = 0 ]; then rm -rf $$tmp; else echo "the Python tests' temporary files are in $$tmp"; fi; exit $$rc
 
 tidy:
 	$(GO) mod tidy
