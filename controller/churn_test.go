@@ -215,9 +215,13 @@ func TestChurnLeavesNothing(t *testing.T) {
 				require.LessOrEqualf(t, v, max(2*at.f[k], 64), "%s after %d steps (%d after warm-up)", k, steps, at.f[k])
 			}
 			require.Zero(t, end.f["parts"], "partitions left")
-			require.LessOrEqual(t, end.heap, at.heap+4<<20, "heap in use after %d steps", steps)
 			if durable {
+				// The heap holds the log's memtables too, which grow
+				// as Pebble sizes them (up to 16 MiB each, journal.go):
+				// the snapshot says what the controller keeps.
 				require.LessOrEqual(t, end.snap, at.snap+1024, "snapshot bytes after %d steps", steps)
+			} else {
+				require.LessOrEqual(t, end.heap, at.heap+4<<20, "heap in use after %d steps", steps)
 			}
 		})
 	}
