@@ -46,7 +46,9 @@ import (
 //
 // Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
 // [engine.ErrDTypeMismatch] when a field already has another dtype,
-// [engine.ErrCapacity] when storage stays full until ctx ends.
+// [engine.ErrCapacity] when storage stays full until ctx ends or, on a
+// unit in another process, through its reserve wait (5 s by default,
+// storage.ServerConfig.ReserveWait), whichever comes first.
 func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta) (*engine.BatchMeta, error) {
 	if err := c.checkPut(b, meta); err != nil {
 		return nil, &engine.OpError{Op: "put", Err: err}

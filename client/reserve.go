@@ -364,7 +364,8 @@ type PutBuffer struct {
 // no or several layouts, a row-count mismatch, an empty meta or rows of
 // more than one partition; [engine.ErrDTypeMismatch] when a field already
 // has another dtype; [engine.ErrNotSupported] when the chosen unit cannot
-// reserve; [engine.ErrCapacity] when the unit stays full until ctx ends.
+// reserve; [engine.ErrCapacity] when the unit stays full until ctx ends
+// or through a remote unit's reserve wait, as for [Client.Put].
 // On error nothing stays reserved.
 func (c *Client) ReservePut(ctx context.Context, meta *engine.BatchMeta, fields ...FieldSpec) (*PutBuffer, error) {
 	b, err := c.reservePut(ctx, meta, fields)
