@@ -872,6 +872,48 @@ def test_dataloader_ends_with_a_partition_cleared_after_a_break(server, part, pe
     assert len(taken) == 2 and not got, f"took {taken}, then {got}"
 
 
+def test_dataloader_worker_exits_when_the_iterator_is_dropped_after_a_clear(server, part, tmp_path, monkeypatch):
+    """A worker (no persistent_workers) exits as the iterator is dropped,
+    after a loop that took one micro-batch, cleared the partition and
+    broke, and leaves no multiprocessing temp dir behind. The iterator's
+    settling asked the consumption status of the cleared partition, and
+    the client's NotFoundError came back in a reference cycle (the error
+    and the frame of Client._wait_to_repeat, which re-raised it), whose
+    traceback kept the iterator's frames, so the iterator, alive. Torch's
+    iterator was then freed by the cyclic collector, which stops its
+    queues' feeder threads before torch stops the workers: the worker
+    never read its end, and was killed 5 s later, its pymp dir (the
+    listener passing its tensors' fds) left behind."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    import gc
+    import multiprocessing
+    import tempfile
+    # The worker makes its own temp dir (pymp-*) here, to share its
+    # tensors' fds, and removes it as it exits.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delitem(multiprocessing.current_process()._config, "tempdir", raising=False)
+    _done_rows(server, part, 16)
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, prefetch_factor=2, persistent_workers=False)
+    c = ds._get_client()
+    before = set(multiprocessing.active_children())
+    it = iter(dl)
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+    assert len(workers) == 1
+    for _ in it:
+        c.clear_partition(part)
+        break
+    gc.disable()  # the iterator must go as its last reference does
+    try:
+        del it
+        workers[0].join(10)
+    finally:
+        gc.enable()
+    assert workers[0].exitcode is not None, "the worker still runs after the iterator was dropped"
+    assert not list(tmp_path.glob("pymp-*")), "the worker left its multiprocessing temp dir"
+
+
 def test_dataloader_iterator_alive_at_the_next_iteration_yields_each_row_once(server, part):
     """With a persistent worker, a loop that takes one micro-batch of a
     batch from an iterator it keeps (not garbage yet), then iterates the

@@ -612,3 +612,34 @@ def test_from_bytes_refuses_a_buffer_that_is_not_what_its_rows_take(args, what):
         columns.from_bytes(*args)
     good = columns.from_bytes("int64", "dense", (2,), None, None, 2, np.arange(4, dtype="<i8").tobytes())
     assert good.tolist() == [[0, 1], [2, 3]]
+
+
+def test_failed_repeatable_call_keeps_nothing_of_its_caller(client, part):
+    """A call safe to repeat that fails (here with NotFoundError) leaves no
+    reference cycle: what its caller's frame held is freed as the caller
+    returns, not only when the cyclic collector runs. The error, re-raised
+    by Client._wait_to_repeat, held that frame, which held the error, and
+    its traceback every frame it came through: a DataLoader's iterator so
+    kept went to the collector, which stopped its workers' queues first."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    def caller(held):
+        try:
+            client.get_consumption_status("train", part + "-missing")
+        except tq.NotFoundError:
+            return True
+        return False
+
+    gc.disable()
+    try:
+        held = Held()
+        ref = weakref.ref(held)
+        assert caller(held), "get_consumption_status of a missing partition did not raise NotFoundError"
+        del held
+        assert ref() is None, "the failed call's error kept its caller's frame alive"
+    finally:
+        gc.enable()

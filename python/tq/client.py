@@ -509,18 +509,25 @@ class Client:
         connection and retry_for has not passed since its first failure
         (nor ``deadline``, time.monotonic(), come), else raises the error
         the call ends with. As the Go client's waitToRepeat."""
-        if self.retry_for <= 0 or self._closed or not _conn_lost(e):
-            raise e
-        now = time.monotonic()
-        if again.give_up is None:
-            again.give_up = now + self.retry_for
-        if now >= again.give_up:
-            raise errors.UnavailableError(f"controller unreachable for {self.retry_for:g} s: {e.message}",
-                                          op=e.op, partition=e.partition) from e
-        if deadline is not None and now + again.pause >= deadline:
-            raise e
-        time.sleep(again.pause)
-        again.pause = min(2 * again.pause, 1.0)
+        try:
+            if self.retry_for <= 0 or self._closed or not _conn_lost(e):
+                raise e
+            now = time.monotonic()
+            if again.give_up is None:
+                again.give_up = now + self.retry_for
+            if now >= again.give_up:
+                raise errors.UnavailableError(f"controller unreachable for {self.retry_for:g} s: {e.message}",
+                                              op=e.op, partition=e.partition) from e
+            if deadline is not None and now + again.pause >= deadline:
+                raise e
+            time.sleep(again.pause)
+            again.pause = min(2 * again.pause, 1.0)
+        finally:
+            # The error raised here holds this frame (its traceback), and
+            # so, through e, itself: a reference cycle that kept the
+            # caller's frames and all they hold (a loader's iterator, a
+            # batch's arrays) until the cyclic collector ran.
+            del e
 
     def units(self, refresh: bool = False):
         """The storage units the controller knows: unit id → :class:`Unit`
