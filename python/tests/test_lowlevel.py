@@ -643,3 +643,63 @@ def test_failed_repeatable_call_keeps_nothing_of_its_caller(client, part):
         assert ref() is None, "the failed call's error kept its caller's frame alive"
     finally:
         gc.enable()
+
+
+def _freed_after(call):
+    """Whether the object call(held) is given is freed once call returns,
+    with the cyclic collector off: no reference cycle kept it. (A thread
+    pool's worker may drop its work item a moment after the call saw it
+    end: up to 5 s are allowed for that.)"""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    gc.disable()
+    try:
+        held = Held()
+        ref = weakref.ref(held)
+        call(held)
+        del held
+        deadline = time.monotonic() + 5
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ref() is None
+    finally:
+        gc.enable()
+
+
+def test_view_release_error_keeps_nothing_of_the_view():
+    """A View whose lease fails to release raises the error without a
+    reference cycle: the view, and the arrays it holds, are freed as the
+    caller drops them. The error, raised from release's frame, held that
+    frame (its traceback), which held the error and the view."""
+    class FailingLease:
+        def release(self):
+            raise tq.UnavailableError("the unit went away")
+
+    def call(held):
+        v = tq.client.View({"x": held}, [FailingLease()], partition="p", keys=["k"])
+        with pytest.raises(tq.UnavailableError):
+            v.release()
+
+    assert _freed_after(call), "a failed release kept its view alive"
+
+
+def test_failed_stripe_keeps_nothing_of_its_caller():
+    """A striped call (unit._parallel) with a group that fails raises its
+    error without a reference cycle: the groups, their results and what the
+    caller's frame held are freed as it returns. The error, raised from
+    _parallel's frame, held the frame, which held the error (and the
+    stripes' results)."""
+    def fn(g):
+        if g[0] == 1:
+            raise tq.UnavailableError("stripe 1 failed")
+        return g
+
+    def call(held):
+        with pytest.raises(tq.UnavailableError):
+            tq.unit._parallel(fn, [[0, held], [1, held], [2, held]])
+
+    assert _freed_after(call), "a failed stripe kept its caller's objects alive"

@@ -236,7 +236,10 @@ class View:
             except errors.TQError as e:
                 err = err or e
         if err is not None:
-            raise err
+            try:
+                raise err
+            finally:
+                del err  # raised, it holds this frame: no cycle through it (see _wait_to_repeat)
 
     def __enter__(self):
         return self

@@ -802,6 +802,21 @@ def _parallel(fn, groups, abandon=None):
                 except BaseException:
                     continue
         raise
+    finally:
+        # An error raised here holds this frame (its traceback) and the
+        # stripe thread's frames, whose callers' (f_back: the executor's
+        # work item) hold st: neither may lead back to the error, or the
+        # reference cycle kept the frames, the stripes' results and the
+        # caller's buffers until the cyclic collector ran (see
+        # client._wait_to_repeat).
+        with st.cond:
+            st.errors = [None if x is None else _FAILED for x in st.errors]
+        st = e = None
+
+
+# What a stripe's error becomes in its _Stripes once _parallel is done
+# with it (see there).
+_FAILED = object()
 
 
 class _Stripes:
@@ -833,6 +848,9 @@ class _Stripes:
             self.cond.notify_all()
         if late:
             self.abandon(r)
+        # An error's traceback holds this frame, which must not lead back
+        # to it (e, self.errors): see _parallel.
+        del self, e
 
 
 # Copies of more than PCOPY_MIN bytes are split over threads (numpy releases
