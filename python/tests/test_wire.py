@@ -417,6 +417,52 @@ def test_answer_before_close_wins_over_failed_send(family, tmp_path):
     assert conn.closed  # the request was cut short: the stream is out of step
 
 
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_failed_send_keeps_nothing_of_the_call(family, tmp_path):
+    # A server that reads a large request's header and closes without a
+    # word: the send fails, then the read, and the call raises
+    # UnavailableError. Nothing of the call is kept by a reference cycle
+    # (the collector off): the payload is freed once the caller lets the
+    # error go. The send's error, raised again from the frame that held
+    # it, held that frame, and so the payload, until the collector ran.
+    import gc
+    import weakref
+    if family == "tcp":
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    else:
+        ls = socket.socket(socket.AF_UNIX)
+        ls.bind(str(tmp_path / "s"))
+        addr = f"unix://{tmp_path / 's'}"
+    ls.listen(1)
+
+    def run():
+        c, _ = ls.accept()
+        try:
+            op, rid, body = _read_frame(c)  # the HELLO
+            _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+            hdr = b""
+            while len(hdr) < 32:
+                hdr += c.recv(32 - len(hdr))
+        finally:
+            c.close()
+            ls.close()
+    threading.Thread(target=run, daemon=True).start()
+    conn = wire.Conn(addr, timeout=10)
+    gc.disable()
+    try:
+        payload = np.zeros(64 << 20, dtype=np.uint8)
+        ref = weakref.ref(payload)
+        with pytest.raises(tq.UnavailableError):
+            conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, payload=[payload], op_name="ping")
+        del payload
+        assert ref() is None, "the failed call kept its payload"
+    finally:
+        gc.enable()
+        conn.close()
+
+
 def test_claimed_reply_body_costs_what_arrives():
     # A server that claims a 64 MiB reply body and sends 1 KiB of it: the
     # client allocates about what came while it waits for the rest.

@@ -757,7 +757,10 @@ class Conn:
                     magic, ver, flags, rop, _, rrid, blen, _, plen = self._read_header()
                 except (OSError, ConnectionError):
                     if send_err is not None:
-                        raise send_err from None
+                        try:
+                            raise send_err from None
+                        finally:
+                            send_err = None  # raised, it holds this frame: no cycle (client._wait_to_repeat)
                     raise
                 self._check_header(magic, ver, flags, rrid, rid, blen, plen, MAX_PAYLOAD)
                 rbody = self._read_bytes(blen)
