@@ -83,11 +83,13 @@ func TestKeysAndScanBoundGlobWork(t *testing.T) {
 	}
 	slow := "*" + strings.Repeat("a", 32<<10) + "b"
 	for _, cmd := range [][]any{{"KEYS", slow}, {"SCAN", "0", "MATCH", slow, "COUNT", "100"}} {
-		start := time.Now()
+		// The error says the match stopped at its step budget (glob.go
+		// counts the steps): no wall-clock bound, which a loaded machine
+		// broke (1.3 s for SCAN under make test with other work beside).
 		err := rc.Do(ctx, cmd...).Err()
 		require.Error(t, err, "%s", cmd[0])
 		assert.Contains(t, err.Error(), "ERR MATCH pattern", "%s", cmd[0])
-		assert.Less(t, time.Since(start), time.Second, "%s", cmd[0])
+		assert.Contains(t, err.Error(), "steps", "%s", cmd[0])
 	}
 	keys, err := rc.Keys(ctx, "1*a").Result()
 	require.NoError(t, err)
