@@ -15,8 +15,14 @@ package shm
 // The fd is received close-on-exec (Go's ReadMsgUnix passes
 // MSG_CMSG_CLOEXEC), so no child inherits it, and closed as soon as it is
 // mapped: the mappings keep the pages alive. Segment ids are never reused
-// by a unit, so a mapping never goes stale; a segment the unit dropped
-// stays mapped (and its pages alive) until Close. A unit restarted at the
+// by a unit, so a mapping never goes stale. A unit drops an empty segment
+// to map a larger one (or one that ran out of generations), but its pages
+// go only with the last process that maps it: so a Conn that maps
+// segments asks the unit for its live ones (SHM_SEGMENTS) every
+// sweepEvery (5 s), and at once after it mapped a new one (the unit grew,
+// and drops when it grows), and unmaps the ones the unit dropped (sweep).
+// No view can reach those: a lease or a reservation keeps its segment on
+// the unit. A unit restarted at the
 // same paths numbers them afresh, so a segment fetched once the
 // connection has ended is not mapped: it may be the new unit's.
 
@@ -24,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"os"
@@ -35,6 +42,7 @@ import (
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 type segment struct {
@@ -103,6 +111,10 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	c.mu.Lock()
 	c.segs[id] = s // Close waits for c.ops, so it has not unmapped yet
 	c.mu.Unlock()
+	select {
+	case c.sweepKick <- struct{}{}: // the unit grew: it may have dropped some
+	default:
+	}
 	return s, nil
 }
 
@@ -405,4 +417,72 @@ func receivedFds(oob []byte) ([]int, error) {
 		rest = next
 	}
 	return fds, nil
+}
+
+// sweepEvery is how often a Conn that maps segments asks the unit which
+// of them it still has (see sweep). A variable: tests lower it.
+var sweepEvery = 5 * time.Second
+
+// sweepLoop runs sweep every so often (sweepEvery), and at once when a call mapped
+// a new segment (the unit grew, which is when it drops empty segments
+// too), until the Conn closes or its connection ends (then the watch in
+// DialConn unmaps everything).
+func (c *Conn) sweepLoop(every time.Duration, ended <-chan struct{}) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-ended:
+			return
+		case <-t.C:
+		case <-c.sweepKick:
+		}
+		c.sweep()
+	}
+}
+
+// sweep unmaps the segments this Conn maps that the unit dropped. It
+// asks the unit for its live segments (SHM_SEGMENTS) and unmaps those
+// mapped before it asked that the answer does not name. That is safe
+// while views are held: a lease or a reservation of this Conn keeps its
+// extents, and so their segment, on the unit, so a segment the unit
+// dropped holds nothing this Conn may still touch; and segment ids are
+// never reused, so a dropped segment never comes back. A segment mapped
+// after the question may be newer than the answer, and is left alone.
+func (c *Conn) sweep() {
+	c.mu.RLock()
+	mapped := maps.Clone(c.segs)
+	c.mu.RUnlock()
+	if len(mapped) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	if c.begin(ctx) != nil {
+		return
+	}
+	defer c.end()
+	var reply wirepb.ShmSegmentsReply
+	if c.do(ctx, wire.OpShmSegments, &wirepb.Empty{}, &reply) != nil {
+		return // the next sweep asks again; a connection that ended unmaps all
+	}
+	live := make(map[uint32]bool, len(reply.Segments))
+	for _, sg := range reply.Segments {
+		live[sg.Id] = true
+	}
+	var drops []*segment
+	c.mu.Lock()
+	for id, s := range mapped {
+		// Unless dropSegments took it meanwhile.
+		if !live[id] && c.segs[id] == s {
+			delete(c.segs, id)
+			drops = append(drops, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range drops {
+		s.unmap()
+	}
 }

@@ -135,7 +135,7 @@ func (t *Transport) Dial(ctx context.Context, peer engine.PeerInfo) (engine.Data
 // peer.Unit is set, a server that answers as another unit is an error
 // wrapping [engine.ErrLost].
 func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, error) {
-	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]*segment{}, mapping: make(chan struct{}, 1)}
+	c := &Conn{t: t, cfg: t.cfg, addr: peer.Addr, done: make(chan struct{}), segs: map[uint32]*segment{}, mapping: make(chan struct{}, 1), sweepKick: make(chan struct{}, 1)}
 	if !strings.HasPrefix(peer.Addr, "unix://") {
 		return nil, c.opErr("dial", fmt.Errorf("address %q is not a unix socket: %w", peer.Addr, engine.ErrNotSupported))
 	}
@@ -160,6 +160,8 @@ func (t *Transport) DialConn(ctx context.Context, peer engine.PeerInfo) (*Conn, 
 		case <-c.done:
 		}
 	})
+	every := sweepEvery
+	c.watch.Go(func() { c.sweepLoop(every, wc.Done()) })
 	return c, nil
 }
 
@@ -208,6 +210,9 @@ type Conn struct {
 	// one slot, which a caller waits for only as long as its context
 	// lets it (the fetch under it may wait on a slow unit).
 	mapping chan struct{}
+	// sweepKick asks sweepLoop to look for segments the unit dropped
+	// now (mapping.go): a call mapped a new one.
+	sweepKick chan struct{}
 
 	// held counts what may touch the mappings: calls in flight (begin),
 	// leases not released and reservations not ended. Once the connection
@@ -217,7 +222,7 @@ type Conn struct {
 	// every dead unit's memory it ever read.
 	held  atomic.Int64
 	gone  atomic.Bool
-	watch sync.WaitGroup // the goroutine that sees the connection end
+	watch sync.WaitGroup // the goroutines that see the connection end and sweep
 }
 
 var _ engine.DataConn = (*Conn)(nil)
