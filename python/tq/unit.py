@@ -399,7 +399,9 @@ class Unit:
         self.draining = info.draining
         self.token = token
         self.shm = False
-        self._segs = {}  # segment id → (read-write mmap, read-only mmap)
+        # segment id → (read-write mmap, read-only mmap), of the unit's
+        # live segments and of the ones it dropped since the last new one.
+        self._segs = {}
         # (conn, lease) of leases that ended as garbage: Lease.__del__
         # appends (a deque's append and popleft are atomic, and take no lock
         # the collector could find held), give_back_orphans pops.
@@ -504,7 +506,31 @@ class Unit:
             finally:
                 os.close(fd)
             self._segs[seg] = ms = (rw, ro)
+            self._forget_dropped(seg)
             return ms
+
+    def _forget_dropped(self, new: int) -> None:
+        """Unmap the segments the unit dropped: it drops empty ones when it
+        maps a larger one (as it just did: segment ``new`` is mapped), and a
+        memfd's pages go back to the host only when no process maps it, so
+        a client that lives for days would keep every segment it ever
+        mapped. It asks the unit for its live segments (SHM_SEGMENTS) and
+        closes the mappings of the others. No lease or reservation reaches
+        those (its extents keep their segment on the unit), and ids are not
+        reused; a mapping an array still views refuses to close
+        (BufferError) and goes when that array does. Best-effort: the next
+        new segment asks again. Called with _seg_lock held."""
+        try:
+            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+        except errors.TQError:
+            return
+        live = {s.id for s in rep.segments}
+        for seg in [s for s in self._segs if s != new and s not in live]:
+            for m in self._segs.pop(seg):
+                try:
+                    m.close()
+                except BufferError:
+                    pass
 
     def seg_view(self, seg: int, offset: int, nbytes: int, holder) -> np.ndarray:
         """A read-only uint8 array over ``nbytes`` of segment ``seg`` at
