@@ -2,6 +2,7 @@
 put, get_data, clears, tags, production and consumption status, and
 checkpoints."""
 
+import os
 import socket
 import threading
 import time
@@ -703,3 +704,38 @@ def test_failed_stripe_keeps_nothing_of_its_caller():
             tq.unit._parallel(fn, [[0, held], [1, held], [2, held]])
 
     assert _freed_after(call), "a failed stripe kept its caller's objects alive"
+
+
+def test_dropped_client_closes_its_connections_at_once(server, transport, part):
+    """A Client dropped without close() (a StreamingDataset's own client,
+    one per partition) is freed as its last reference goes, and with it
+    its connections and the units' mappings: no reference cycle keeps them
+    until the cyclic collector runs. Before, the client held its controller
+    pool, whose dial was the client's bound method, and each unit held its
+    pool, whose dial and before_take held the unit: a dropped client kept
+    its sockets (5 fds over shm, 2 over tcp) and its memfd mappings open."""
+    import gc
+    import weakref
+
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = fds()
+        c = server.client(transport=transport)
+        c.kv_batch_put(["a", "b"], part, {"x": np.ones((2, 3), np.float32)})
+        assert c.kv_batch_get(["a"], part)["x"].tolist() == [[1.0, 1.0, 1.0]]
+        with c.kv_batch_get(["b"], part, copy=False) as v:
+            assert v["x"].tolist() == [[1.0, 1.0, 1.0]]
+        del v
+        units = [weakref.ref(u) for u in c._units.values()]
+        assert units, "the client dialed no unit"
+        ref = weakref.ref(c)
+        del c
+        assert ref() is None, "a dropped client was kept alive by a reference cycle"
+        assert all(u() is None for u in units), "a dropped client's unit was kept alive by a reference cycle"
+        assert fds() == before, "a dropped client left its connections open"
+    finally:
+        gc.enable()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import fcntl
+import inspect
 import mmap
 import os
 import socket
@@ -25,16 +26,37 @@ from . import wire
 from ._pb import control_pb2, data_pb2
 
 
+def _weakly(f):
+    """``f``, holding its object weakly when it is a bound method. A pool
+    is its owner's (a client's, a unit's), and its dial is the owner's
+    method: held as it is, owner and pool made a reference cycle, and an
+    owner dropped without close() kept its connections and mappings open
+    until the cyclic collector ran. Called once the owner is gone, it
+    raises ClosedError."""
+    if f is None or not inspect.ismethod(f):
+        return f
+    m = weakref.WeakMethod(f)
+    what = f"{type(f.__self__).__name__}.{f.__name__}"
+
+    def call():
+        g = m()
+        if g is None:
+            raise errors.ClosedError(f"{what}: its {what.split('.')[0]} was dropped (garbage)")
+        return g()
+    return call
+
+
 class Pool:
     """Idle connections to one address, handed out one caller at a time.
     ``before_take``, when given, runs (outside the pool's lock) before each
     connection is handed out. A forked child never gets one its parent
     dialed (it closed its copies of the parent's sockets, see wire.Conn):
-    it dials its own."""
+    it dials its own. A bound method given as either is held weakly (see
+    _weakly)."""
 
     def __init__(self, dial, before_take=None):
-        self._dial = dial
-        self._before_take = before_take
+        self._dial = _weakly(dial)
+        self._before_take = _weakly(before_take)
         self._idle = []
         # Connections a call() is in flight on, which close() closes too
         # (not those taken by take(): a lease holds its connection past
@@ -429,10 +451,8 @@ class Unit:
         self.transport = "shm" if self.shm else "tcp"
         # Every call on the unit takes a connection: it first gives the
         # orphaned leases back.
-        self.pool = Pool(lambda: wire.Conn(addr, token=token, name=name, unit_id=self.id,
-                                           incarnation=self.incarnation, timeout=timeout,
-                                           require_server_proof=require_server_proof),
-                         before_take=self.give_back_orphans)
+        self._dial_args = dict(token=token, name=name, timeout=timeout, require_server_proof=require_server_proof)
+        self.pool = Pool(self._dial, before_take=self.give_back_orphans)
         if self.shm:
             c = self.pool.take()
             try:
@@ -445,6 +465,9 @@ class Unit:
             finally:
                 self.pool.give(c)
             self.fd_socket = rep.fd_socket
+
+    def _dial(self) -> wire.Conn:
+        return wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation, **self._dial_args)
 
     def _reinit_in_child(self) -> None:
         # The mappings stay: the child inherited them, views included.
