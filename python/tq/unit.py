@@ -5,7 +5,6 @@ same host, over its unix socket with its memfd segments mapped (wire/spec.md,
 from __future__ import annotations
 
 import collections
-import ctypes
 import fcntl
 import inspect
 import mmap
@@ -407,6 +406,21 @@ class Lease:
             self.unit.orphans.append((self.conn, self.lease))
 
 
+class _Leased:
+    """The base of an array that views ``pin``'s bytes: it holds ``pin``
+    (the mapping) and ``lease`` as long as the array, or an array taken
+    from it, lives. (Not a ctypes array: each length would make a ctypes
+    type, which only the cyclic collector frees, a type referring to
+    itself.)"""
+
+    __slots__ = ("__array_interface__", "_pin", "_lease")
+
+    def __init__(self, pin: np.ndarray, lease):
+        self._pin, self._lease = pin, lease
+        self.__array_interface__ = {"version": 3, "shape": pin.shape, "typestr": "|u1",
+                                    "data": (pin.__array_interface__["data"][0], True)}
+
+
 class Unit:
     """One storage unit. Safe for concurrent use."""
 
@@ -562,11 +576,10 @@ class Unit:
         if nbytes == 0:
             return np.empty(0, dtype=np.uint8)
         # pin holds the mapping open (an mmap with an export refuses to
-        # close) as long as the array does; b carries the lease.
+        # close) as long as the array does; the array's base carries the
+        # lease.
         pin = np.frombuffer(self._window(seg, offset, nbytes, ro=True), dtype=np.uint8, count=nbytes, offset=offset)
-        b = (ctypes.c_ubyte * nbytes).from_address(pin.ctypes.data)
-        b._tq_pin, b._tq_lease = pin, holder
-        a = np.frombuffer(b, dtype=np.uint8)
+        a = np.asarray(_Leased(pin, holder))
         a.flags.writeable = False
         return a
 
