@@ -815,11 +815,14 @@ def test_churn_leaves_nothing_behind(server, transport):
 
     try:
         # The warm-up: the units dialed, their segments mapped, the lease
-        # sweeper started, and an idle connection to each unit (a round's
-        # rows may all go to one).
+        # sweeper started, and two idle connections to each unit (a
+        # round's rows may all go to one; a call that maps a new segment
+        # asks the unit for its live ones on a second).
         round_(0)
         for u in c._units.values():
-            u.pool.give(u.pool.take())
+            a, b = u.pool.take(), u.pool.take()
+            u.pool.give(a)
+            u.pool.give(b)
         gc.collect()
         before = state()
         gc.disable()
