@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/storage"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // droppingUnitConfig is a unit of 8 MiB in 1 MiB segments, prefaulted
@@ -185,4 +187,53 @@ func TestViewOutlivesDropSweep(t *testing.T) {
 	require.NotContains(t, liveIDs(tu.u), addrs[0].Segment)
 	requireFollowsUnit(t, c, tu.u)
 	require.NoError(t, other.Free(ctx, got))
+}
+
+// TestSweepKeepsHeldSegments: a sweep never unmaps a segment that a
+// lease's view or a reservation's buffer of this Conn reaches, whatever
+// the unit answers. A unit closed while its server still serves (a
+// storage.Server whose Unit was closed first) answers SHM_SEGMENTS with
+// no segment at all, as a buggy or hostile unit may; the sweep used to
+// unmap every segment then, under the views the caller still reads and
+// the buffer it still fills, and the next touch was a SIGSEGV of the
+// whole process.
+func TestSweepKeepsHeldSegments(t *testing.T) {
+	defer func(d time.Duration) { sweepEvery = d }(sweepEvery)
+	sweepEvery = 10 * time.Millisecond
+	for _, control := range []Control{ControlSocket, ControlRing} {
+		t.Run("control="+control.String(), func(t *testing.T) {
+			tu := startUnit(t, droppingUnitConfig(), storage.ServerConfig{})
+			c := dialUnit(t, tu, Config{Control: control})
+			ctx := t.Context()
+			want := bytes.Repeat([]byte("view"), 1<<18) // 1 MiB
+			addrs, err := c.Write(ctx, [][][]byte{{want}})
+			require.NoError(t, err)
+			l, err := c.View(ctx, addrs)
+			require.NoError(t, err)
+			defer l.Release()
+			r, err := c.Reserve(ctx, []int64{2 << 20})
+			require.NoError(t, err)
+			defer r.abort()
+			held := []uint32{addrs[0].Segment, r.Addr(0).Segment}
+
+			require.NoError(t, tu.u.Close()) // the server answers on
+			reply := func() (int, error) {
+				var rep wirepb.ShmSegmentsReply
+				err := c.wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &rep, nil)
+				return len(rep.Segments), err
+			}
+			n, err := reply()
+			require.NoError(t, err)
+			require.Zero(t, n, "a closed unit's SHM_SEGMENTS")
+			for range 3 { // sweeps that heard the empty answer
+				c.sweepKick <- struct{}{}
+			}
+			time.Sleep(20 * sweepEvery)
+			for _, id := range held {
+				require.Contains(t, mappedIDs(c), id, "segment %d, which a held view or reservation reaches", id)
+			}
+			require.True(t, bytes.Equal(l.Bytes(0), want), "a held view changed")
+			clear(r.Buf(0)) // faults if unmapped
+		})
+	}
 }

@@ -20,6 +20,8 @@ type Lease struct {
 	c        *Conn
 	id       uint64
 	views    [][]byte
+	segs     []*segment // pinned until Release (see segment.pins)
+	seg1     [1]*segment
 	released atomic.Bool
 }
 
@@ -50,6 +52,7 @@ func (c *Conn) acquire(ctx context.Context, ranges []engine.RemoteAddr) (*Lease,
 		return nil, err
 	}
 	l := &Lease{c: c, id: reply.Lease, views: make([][]byte, len(ranges))}
+	l.segs = l.seg1[:0]
 	c.held.Add(1) // until Release
 	err := ctx.Err()
 	for i, a := range ranges {
@@ -62,6 +65,7 @@ func (c *Conn) acquire(ctx context.Context, ranges []engine.RemoteAddr) (*Lease,
 		}
 		var s *segment
 		if s, err = c.segment(ctx, a.Segment); err == nil {
+			l.segs = append(l.segs, s)
 			l.views[i], err = window(s.ro, a)
 		}
 	}
@@ -93,6 +97,7 @@ func (l *Lease) Release() {
 	if !l.released.CompareAndSwap(false, true) {
 		return
 	}
+	unpin(l.segs)
 	l.c.unhold()
 	if l.c.begin(context.Background()) != nil {
 		return
@@ -116,6 +121,8 @@ type Reservation struct {
 	id    uint64
 	addrs []engine.RemoteAddr
 	bufs  [][]byte
+	segs  []*segment // pinned until it ends (see segment.pins)
+	seg1  [1]*segment
 	ended atomic.Bool
 }
 
@@ -151,6 +158,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		return nil, err
 	}
 	r := &Reservation{c: c, id: reply.Reservation, bufs: make([][]byte, len(sizes))}
+	r.segs = r.seg1[:0]
 	c.held.Add(1) // until it ends
 	addrs, err := reservedExtents(reply.Extents, us)
 	if err == nil {
@@ -165,6 +173,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		default:
 			var s *segment
 			if s, err = c.segment(ctx, a.Segment); err == nil {
+				r.segs = append(r.segs, s)
 				r.bufs[i], err = window(s.rw, a)
 			}
 		}
@@ -221,6 +230,7 @@ func (r *Reservation) commit(ctx context.Context) error {
 	if !r.ended.CompareAndSwap(false, true) {
 		return fmt.Errorf("reservation ended already: %w", engine.ErrInvalid)
 	}
+	unpin(r.segs)
 	r.c.unhold()
 	if err := ctx.Err(); err != nil {
 		r.c.cleanup(wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: r.id})
@@ -243,6 +253,7 @@ func (r *Reservation) Abort(ctx context.Context) error {
 	if !r.ended.CompareAndSwap(false, true) {
 		return nil
 	}
+	unpin(r.segs)
 	r.c.unhold()
 	select {
 	case <-r.c.done:

@@ -21,8 +21,13 @@ package shm
 // segments asks the unit for its live ones (SHM_SEGMENTS) every
 // sweepEvery (5 s), and at once after it mapped a new one (the unit grew,
 // and drops when it grows), and unmaps the ones the unit dropped (sweep).
-// No view can reach those: a lease or a reservation keeps its segment on
-// the unit. A unit restarted at the
+// No view should reach those: a lease or a reservation keeps its segment
+// on the unit. But the sweep does not take the unit's word for it: each
+// segment counts the leases and reservations of this Conn whose views
+// reach it (pins), and one still pinned stays mapped whatever the unit
+// answers (a closed unit, or a hostile one, names no segment at all).
+// Only Close, and a connection that ended once nothing is held, unmap
+// every segment. A unit restarted at the
 // same paths numbers them afresh, so a segment fetched once the
 // connection has ended is not mapped: it may be the new unit's.
 
@@ -47,6 +52,18 @@ import (
 
 type segment struct {
 	ro, rw []byte
+	// pins counts the leases and reservations of the Conn whose views
+	// reach this segment: sweep leaves a pinned segment mapped. Taken
+	// under the Conn's mu (read-locked will do) while the segment is in
+	// its table, so that a sweep, which unmaps under mu, sees it.
+	pins atomic.Int64
+}
+
+// unpin drops one pin of each segment in segs.
+func unpin(segs []*segment) {
+	for _, s := range segs {
+		s.pins.Add(-1)
+	}
 }
 
 func (s *segment) unmap() error {
@@ -63,12 +80,10 @@ func window(m []byte, a engine.RemoteAddr) ([]byte, error) {
 }
 
 // segment returns segment id's mappings, fetching and mapping it on first
-// use. The caller holds c.ops.
+// use, pinned (see segment.pins): the caller unpins it when its lease or
+// reservation ends. The caller holds c.ops.
 func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
-	c.mu.RLock()
-	s := c.segs[id]
-	c.mu.RUnlock()
-	if s != nil {
+	if s := c.pinned(id); s != nil {
 		return s, nil
 	}
 	select {
@@ -79,10 +94,7 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	case <-c.done:
 		return nil, c.errClosed()
 	}
-	c.mu.RLock()
-	s = c.segs[id]
-	c.mu.RUnlock()
-	if s != nil {
+	if s := c.pinned(id); s != nil {
 		return s, nil
 	}
 	fd, size, err := c.fetch(ctx, id)
@@ -98,7 +110,7 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 		return nil, fmt.Errorf("segment %d: connection to the unit ended before it was mapped (the fd socket may serve another unit now): %w", id, c.wc.Err())
 	default:
 	}
-	s, err = mapSegment(fd, size)
+	s, err := mapSegment(fd, size)
 	if cerr := unix.Close(fd); err == nil && cerr != nil {
 		err = fmt.Errorf("close memfd: %w", cerr)
 		if s != nil {
@@ -108,6 +120,7 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("segment %d: %w", id, err)
 	}
+	s.pins.Store(1)
 	c.mu.Lock()
 	c.segs[id] = s // Close waits for c.ops, so it has not unmapped yet
 	c.mu.Unlock()
@@ -116,6 +129,18 @@ func (c *Conn) segment(ctx context.Context, id uint32) (*segment, error) {
 	default:
 	}
 	return s, nil
+}
+
+// pinned returns segment id's mappings pinned, or nil if it is not
+// mapped.
+func (c *Conn) pinned(id uint32) *segment {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	s := c.segs[id]
+	if s != nil {
+		s.pins.Add(1)
+	}
+	return s
 }
 
 // segmentLimit returns the largest segment a Conn maps: this host's
@@ -445,12 +470,14 @@ func (c *Conn) sweepLoop(every time.Duration, ended <-chan struct{}) {
 
 // sweep unmaps the segments this Conn maps that the unit dropped. It
 // asks the unit for its live segments (SHM_SEGMENTS) and unmaps those
-// mapped before it asked that the answer does not name. That is safe
-// while views are held: a lease or a reservation of this Conn keeps its
+// mapped before it asked that the answer does not name and that no lease
+// or reservation of this Conn pins. A lease or a reservation keeps its
 // extents, and so their segment, on the unit, so a segment the unit
-// dropped holds nothing this Conn may still touch; and segment ids are
-// never reused, so a dropped segment never comes back. A segment mapped
-// after the question may be newer than the answer, and is left alone.
+// dropped should hold nothing this Conn may still touch; the pins make
+// sure of it whatever the unit says (a closed unit's answer names no
+// segment). Segment ids are never reused, so a dropped segment never
+// comes back. A segment mapped after the question may be newer than the
+// answer, and is left alone; so is a pinned one, until a later sweep.
 func (c *Conn) sweep() {
 	c.mu.RLock()
 	mapped := maps.Clone(c.segs)
@@ -475,8 +502,8 @@ func (c *Conn) sweep() {
 	var drops []*segment
 	c.mu.Lock()
 	for id, s := range mapped {
-		// Unless dropSegments took it meanwhile.
-		if !live[id] && c.segs[id] == s {
+		// Unless dropSegments took it meanwhile, or a view reaches it.
+		if !live[id] && c.segs[id] == s && s.pins.Load() == 0 {
 			delete(c.segs, id)
 			drops = append(drops, s)
 		}
