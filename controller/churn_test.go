@@ -98,16 +98,8 @@ func heapInUse() uint64 {
 func churnStep(t *testing.T, c *Controller, rng *rand.Rand, step int) {
 	ctx := context.Background()
 	p := fmt.Sprintf("step-%d", step)
-	const n = 8
-	keys := make([]string, n)
-	tags := make([]engine.Tags, n)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("s%d-k%d", step, i)
-		tags[i] = engine.Tags{"status": "new", "len": int64(rng.IntN(100))}
-	}
-	_, err := c.CommitKeys(engine.KeysCommit{Partition: p, Keys: keys, Tags: tags,
-		Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}})
-	require.NoError(t, err)
+	keys := commitStep(t, c, rng, p, step)
+	n := len(keys)
 
 	// A change feed: a cursor waiting for the next change.
 	first, err := c.KeyChanges(ctx, engine.ChangesRequest{Partition: p})
@@ -231,17 +223,10 @@ func TestChurnLeavesNothing(t *testing.T) {
 // step's keys from it: the same consumers as churnStep, batch index step.
 func longStep(t *testing.T, c *Controller, rng *rand.Rand, step int) {
 	ctx := context.Background()
-	const p, n = "train", 8
-	keys := make([]string, n)
-	tags := make([]engine.Tags, n)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("s%d-k%d", step, i)
-		tags[i] = engine.Tags{"status": "new", "len": int64(rng.IntN(100))}
-	}
-	_, err := c.CommitKeys(engine.KeysCommit{Partition: p, Keys: keys, Tags: tags,
-		Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}})
-	require.NoError(t, err)
-	_, err = c.KeyChanges(ctx, engine.ChangesRequest{Partition: p})
+	const p = "train"
+	keys := commitStep(t, c, rng, p, step)
+	n := len(keys)
+	_, err := c.KeyChanges(ctx, engine.ChangesRequest{Partition: p})
 	require.NoError(t, err)
 	a, err := c.Fetch(ctx, engine.FetchRequest{Partition: p, Task: "actor", Fields: []string{"x"}, BatchSize: 4,
 		Key: fmt.Sprintf("a-%d", step), Hold: true})
@@ -300,4 +285,19 @@ func keptCount(p *partition) int {
 		n += len(g.batches)
 	}
 	return n
+}
+
+// commitStep commits a step's 8 keys to partition p (tags status and a
+// random len, a dense float32 field x) and returns the keys.
+func commitStep(t *testing.T, c *Controller, rng *rand.Rand, p string, step int) []string {
+	keys := make([]string, 8)
+	tags := make([]engine.Tags, len(keys))
+	for i := range keys {
+		keys[i] = fmt.Sprintf("s%d-k%d", step, i)
+		tags[i] = engine.Tags{"status": "new", "len": int64(rng.IntN(100))}
+	}
+	_, err := c.CommitKeys(engine.KeysCommit{Partition: p, Keys: keys, Tags: tags,
+		Fields: []engine.CommitField{{Name: "x", DType: engine.Float32, Kind: engine.Dense, Shape: engine.Shape{2}}}})
+	require.NoError(t, err)
+	return keys
 }

@@ -18,10 +18,17 @@ from tq import wire
 from tq._pb import common_pb2, control_pb2
 
 
-def _serve_once(handler):
-    """A TCP server that runs handler(conn) on its first connection."""
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
+def _serve_once(handler, family="tcp", path=None):
+    """A server that runs handler(conn) on its first connection: over TCP,
+    or a unix socket at path."""
+    if family == "tcp":
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    else:
+        ls = socket.socket(socket.AF_UNIX)
+        ls.bind(str(path))
+        addr = f"unix://{path}"
     ls.listen(1)
 
     def run():
@@ -32,7 +39,7 @@ def _serve_once(handler):
             c.close()
             ls.close()
     threading.Thread(target=run, daemon=True).start()
-    return f"tcp://127.0.0.1:{ls.getsockname()[1]}"
+    return addr
 
 
 def _read_frame(c):
@@ -49,6 +56,17 @@ def _read_frame(c):
 def _reply(c, op, rid, msg, flags=wire.FLAG_REPLY, payload=b""):
     body = msg.SerializeToString()
     c.sendall(wire.HEADER.pack(wire.MAGIC, 1, flags, op, 0, rid, len(body), 0, len(payload)) + body + payload)
+
+
+def _hello_then_header(c):
+    """Answers the HELLO on c, then reads the next request's header (and
+    nothing of its body) and returns it."""
+    op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
+    hdr = b""
+    while len(hdr) < 32:
+        hdr += c.recv(32 - len(hdr))
+    return hdr
 
 
 def test_hello_carries_host_and_never_the_token():
@@ -385,32 +403,11 @@ def test_answer_before_close_wins_over_failed_send(family, tmp_path):
     # closes without reading the payload: the send fails (a broken pipe,
     # or a reset on TCP), and the caller gets the server's reason, not
     # the broken pipe.
-    if family == "tcp":
-        ls = socket.socket()
-        ls.bind(("127.0.0.1", 0))
-        addr = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
-    else:
-        ls = socket.socket(socket.AF_UNIX)
-        ls.bind(str(tmp_path / "s"))
-        addr = f"unix://{tmp_path / 's'}"
-    ls.listen(1)
-
-    def run():
-        c, _ = ls.accept()
-        try:
-            op, rid, body = _read_frame(c)  # the HELLO
-            _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
-            hdr = b""
-            while len(hdr) < 32:
-                hdr += c.recv(32 - len(hdr))
-            _, _, _, op, _, rid, _, _, _ = wire.HEADER.unpack(hdr)
-            _reply(c, op, rid, common_pb2.Error(code=1, message="a payload of 64 MiB is over this server's 1 MiB"),
-                   flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
-        finally:
-            c.close()
-            ls.close()
-    threading.Thread(target=run, daemon=True).start()
-    conn = wire.Conn(addr, timeout=10)
+    def h(c):
+        _, _, _, op, _, rid, _, _, _ = wire.HEADER.unpack(_hello_then_header(c))
+        _reply(c, op, rid, common_pb2.Error(code=1, message="a payload of 64 MiB is over this server's 1 MiB"),
+               flags=wire.FLAG_REPLY | wire.FLAG_ERROR)
+    conn = wire.Conn(_serve_once(h, family, tmp_path / "s"), timeout=10)
     with pytest.raises(tq.InvalidError) as e:
         conn.call(wire.PING, common_pb2.Ping(), common_pb2.Ping, payload=[bytes(64 << 20)], op_name="ping")
     assert "over this server's 1 MiB" in e.value.message
@@ -427,29 +424,7 @@ def test_failed_send_keeps_nothing_of_the_call(family, tmp_path):
     # it, held that frame, and so the payload, until the collector ran.
     import gc
     import weakref
-    if family == "tcp":
-        ls = socket.socket()
-        ls.bind(("127.0.0.1", 0))
-        addr = f"tcp://127.0.0.1:{ls.getsockname()[1]}"
-    else:
-        ls = socket.socket(socket.AF_UNIX)
-        ls.bind(str(tmp_path / "s"))
-        addr = f"unix://{tmp_path / 's'}"
-    ls.listen(1)
-
-    def run():
-        c, _ = ls.accept()
-        try:
-            op, rid, body = _read_frame(c)  # the HELLO
-            _reply(c, op, rid, common_pb2.Hello(version=1, role="controller"))
-            hdr = b""
-            while len(hdr) < 32:
-                hdr += c.recv(32 - len(hdr))
-        finally:
-            c.close()
-            ls.close()
-    threading.Thread(target=run, daemon=True).start()
-    conn = wire.Conn(addr, timeout=10)
+    conn = wire.Conn(_serve_once(_hello_then_header, family, tmp_path / "s"), timeout=10)
     gc.disable()
     try:
         payload = np.zeros(64 << 20, dtype=np.uint8)
