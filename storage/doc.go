@@ -27,7 +27,10 @@
 //
 // Everything above works in one process; the segments are memfds so that
 // a unit server can hand them to colocated clients by fd, and addresses
-// are plain [engine.RemoteAddr] descriptors.
+// are plain [engine.RemoteAddr] descriptors. A segment the unit drops (an
+// empty one, as it grows) keeps its pages until every client that mapped
+// it unmaps it, as transport/shm and the Python client do once the unit
+// no longer names it (SHM_SEGMENTS).
 //
 // # On the network
 //

@@ -7,6 +7,12 @@
 // over a socket (a ring's doorbell is one byte on it, sent only when the
 // other side stopped spinning and parked).
 //
+// A unit drops an empty segment as it grows, but its pages go only with
+// the last process that maps it: a Conn asks the unit for its live
+// segments every 5 s, and at once after it maps a new one, and unmaps
+// the ones it dropped. A segment a lease or reservation of the Conn still
+// reaches stays mapped until that ends; Close unmaps them all.
+//
 //	tr := shm.New(shm.Config{Token: token})
 //	defer tr.Close()
 //	conn, err := tr.DialConn(ctx, engine.PeerInfo{Unit: id, Addr: "unix:///run/tq/unit-1.sock"})
