@@ -151,7 +151,11 @@ class View:
     unchanged (even if the keys are overwritten or cleared) until
     :meth:`release`, the end of the ``with`` block, or — when neither
     happens — until the view and every array taken from it are garbage.
-    Do not use the arrays after :meth:`release`. Values that could not be
+    Do not use the arrays after :meth:`release`. They are read-only:
+    numpy refuses to flag one writable (ValueError), and a write through
+    a torch tensor over one (:meth:`tensors`) faults. Each array keeps its
+    segment's mapping open as long as it lives, even once the view is
+    released and the unit dropped the segment. Values that could not be
     viewed (cells scattered over several places) are owned copies. Over TCP
     every value is an owned copy and :meth:`release` does nothing.
 
@@ -353,6 +357,11 @@ class Client:
     the token (as a server run with --insecure does, and as any peer can);
     it needs a token. Default $TQ_REQUIRE_SERVER_PROOF ("1"), else off: a
     token found by itself would otherwise refuse every --insecure server.
+
+    A client dropped without :meth:`close` closes its connections and
+    unmaps its units' memory as soon as it is garbage (nothing holds it in
+    a reference cycle); what a live view holds (its lease, its unit's
+    mappings) stays until the view and its arrays are garbage too.
     """
 
     def __init__(self, address: str | None = None, *, token: str | None = None, name: str = "tq-python",
