@@ -20,8 +20,10 @@ var (
 	ErrDTypeMismatch = errors.New("engine: dtype mismatch")
 	// ErrNotReady reports a read of cells that have not been produced yet.
 	ErrNotReady = errors.New("engine: not ready")
-	// ErrCapacity reports a storage unit that cannot fit a write before its
-	// deadline.
+	// ErrCapacity reports a bounded resource that is full: a storage unit
+	// that cannot fit a write within its reserve wait or the caller's
+	// deadline, or another limit the error names (partitions, fields, the
+	// unit registry).
 	ErrCapacity = errors.New("engine: capacity exceeded")
 	// ErrClosed reports a call on a closed object.
 	ErrClosed = errors.New("engine: closed")
