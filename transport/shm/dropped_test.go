@@ -3,6 +3,7 @@ package shm
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,12 +33,7 @@ func droppingUnitConfig() storage.Config {
 func mappedIDs(c *Conn) []uint32 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	ids := make([]uint32, 0, len(c.segs))
-	for id := range c.segs {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
+	return slices.Sorted(maps.Keys(c.segs))
 }
 
 func liveIDs(u *storage.Unit) []uint32 {
