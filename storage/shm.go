@@ -246,7 +246,11 @@ func (s *Server) shmSegments(_ context.Context, req *wire.Request, rw *wire.Repl
 		rw.Error(fmt.Errorf("unit serves no fd socket: %w", engine.ErrNotSupported))
 		return
 	}
-	segs := s.u.Segments()
+	segs, err := s.u.liveSegments()
+	if err != nil {
+		rw.Error(err)
+		return
+	}
 	m := &wirepb.ShmSegmentsReply{FdSocket: path, Segments: make([]*wirepb.ShmSegment, len(segs))}
 	for i, sg := range segs {
 		m.Segments[i] = &wirepb.ShmSegment{Id: sg.ID, Size: uint64(sg.Size), HugePages: sg.HugePages}

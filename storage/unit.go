@@ -1125,15 +1125,28 @@ func (u *Unit) Stats() Stats {
 }
 
 // Segments describes the unit's live segments, in the order they were
-// mapped. The result is a fresh slice; see [SegmentInfo] for the fds.
+// mapped: none once the unit is closed. The result is a fresh slice; see
+// [SegmentInfo] for the fds.
 func (u *Unit) Segments() []SegmentInfo {
+	segs, _ := u.liveSegments()
+	return segs
+}
+
+// liveSegments is [Unit.Segments], with an error wrapping
+// [engine.ErrClosed] once the unit is closed: a closed unit has no live
+// segment, and a client told so (SHM_SEGMENTS) would drop every mapping
+// it holds, where the truth is that the unit no longer answers.
+func (u *Unit) liveSegments() ([]SegmentInfo, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.closed {
+		return nil, u.opErr("segments", engine.ErrClosed)
+	}
 	out := make([]SegmentInfo, len(u.segs))
 	for i, s := range u.segs {
 		out[i] = SegmentInfo{ID: s.id, Size: s.size(), Fd: s.fd, HugePages: s.huge}
 	}
-	return out
+	return out, nil
 }
 
 // Close stops the reaper, waits for it, then unmaps every segment and

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -187,12 +188,13 @@ func TestViewOutlivesDropSweep(t *testing.T) {
 
 // TestSweepKeepsHeldSegments: a sweep never unmaps a segment that a
 // lease's view or a reservation's buffer of this Conn reaches, whatever
-// the unit answers. A unit closed while its server still serves (a
-// storage.Server whose Unit was closed first) answers SHM_SEGMENTS with
-// no segment at all, as a buggy or hostile unit may; the sweep used to
-// unmap every segment then, under the views the caller still reads and
-// the buffer it still fills, and the next touch was a SIGSEGV of the
-// whole process.
+// the unit answers. A buggy or hostile unit may answer SHM_SEGMENTS with
+// no segment at all; the sweep used to unmap every segment then, under
+// the views the caller still reads and the buffer it still fills, and the
+// next touch was a SIGSEGV of the whole process. A unit closed while its
+// server still serves (a storage.Server whose Unit was closed first) used
+// to answer so too; it answers ErrClosed now, and the sweep unmaps
+// nothing.
 func TestSweepKeepsHeldSegments(t *testing.T) {
 	defer func(d time.Duration) { sweepEvery = d }(sweepEvery)
 	sweepEvery = 10 * time.Millisecond
@@ -212,24 +214,36 @@ func TestSweepKeepsHeldSegments(t *testing.T) {
 			defer r.abort()
 			held := []uint32{addrs[0].Segment, r.Addr(0).Segment}
 
-			require.NoError(t, tu.u.Close()) // the server answers on
-			reply := func() (int, error) {
-				var rep wirepb.ShmSegmentsReply
-				err := c.wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &rep, nil)
-				return len(rep.Segments), err
+			// An answer that names no segment: the unpinned ones go.
+			c.mu.RLock()
+			mapped := maps.Clone(c.segs)
+			var pinned []uint32
+			for id, s := range mapped {
+				if s.pins.Load() > 0 {
+					pinned = append(pinned, id)
+				}
 			}
-			n, err := reply()
-			require.NoError(t, err)
-			require.Zero(t, n, "a closed unit's SHM_SEGMENTS")
-			for range 3 { // sweeps that heard the empty answer
-				c.sweepKick <- struct{}{}
-			}
-			time.Sleep(20 * sweepEvery)
+			c.mu.RUnlock()
+			slices.Sort(pinned)
+			c.unmapDropped(mapped, &wirepb.ShmSegmentsReply{})
+			require.Equal(t, pinned, mappedIDs(c), "segments mapped after an answer that names none")
 			for _, id := range held {
-				require.Contains(t, mappedIDs(c), id, "segment %d, which a held view or reservation reaches", id)
+				require.Contains(t, pinned, id, "segment %d, which a held view or reservation reaches", id)
 			}
 			require.True(t, bytes.Equal(l.Bytes(0), want), "a held view changed")
 			clear(r.Buf(0)) // faults if unmapped
+
+			// A closed unit answers ErrClosed, and sweeps keep every mapping.
+			require.NoError(t, tu.u.Close()) // the server answers on
+			err = c.wc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &wirepb.ShmSegmentsReply{}, nil)
+			require.ErrorIs(t, err, engine.ErrClosed, "a closed unit's SHM_SEGMENTS")
+			for range 3 { // sweeps that heard it
+				c.sweepKick <- struct{}{}
+			}
+			time.Sleep(20 * sweepEvery)
+			require.Equal(t, pinned, mappedIDs(c), "segments mapped after sweeps of a closed unit")
+			require.True(t, bytes.Equal(l.Bytes(0), want), "a held view changed")
+			clear(r.Buf(0))
 		})
 	}
 }

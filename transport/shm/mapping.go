@@ -474,10 +474,11 @@ func (c *Conn) sweepLoop(every time.Duration, ended <-chan struct{}) {
 // or reservation of this Conn pins. A lease or a reservation keeps its
 // extents, and so their segment, on the unit, so a segment the unit
 // dropped should hold nothing this Conn may still touch; the pins make
-// sure of it whatever the unit says (a closed unit's answer names no
-// segment). Segment ids are never reused, so a dropped segment never
-// comes back. A segment mapped after the question may be newer than the
-// answer, and is left alone; so is a pinned one, until a later sweep.
+// sure of it whatever the unit says (a closed unit answers ErrClosed, but
+// a buggy or hostile one may name no segment). Segment ids are never
+// reused, so a dropped segment never comes back. A segment mapped after
+// the question may be newer than the answer, and is left alone; so is a
+// pinned one, until a later sweep.
 func (c *Conn) sweep() {
 	c.mu.RLock()
 	mapped := maps.Clone(c.segs)
@@ -495,6 +496,13 @@ func (c *Conn) sweep() {
 	if c.do(ctx, wire.OpShmSegments, &wirepb.Empty{}, &reply) != nil {
 		return // the next sweep asks again; a connection that ended unmaps all
 	}
+	c.unmapDropped(mapped, &reply)
+}
+
+// unmapDropped unmaps those of mapped (the segments this Conn mapped
+// before it asked) that reply does not name, that are still the Conn's,
+// and that nothing pins.
+func (c *Conn) unmapDropped(mapped map[uint32]*segment, reply *wirepb.ShmSegmentsReply) {
 	live := make(map[uint32]bool, len(reply.Segments))
 	for _, sg := range reply.Segments {
 		live[sg.Id] = true
