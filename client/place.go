@@ -36,7 +36,12 @@ package client
 // figures may be stale: frees reach the unit list a heartbeat later).
 // Only rows that every unit refused are written to their first choice in
 // the ordinary way, waiting there for room: a put waits only while no
-// unit has room.
+// unit has room. A unit in this process waits until the put's ctx ends;
+// one in another process answers ErrCapacity after its reserve wait
+// (storage.ServerConfig.ReserveWait), and then, while ctx has time, the
+// put lists the units again (a unit may have joined, or frees made room
+// on one) and places the rows it has left as at first, at most once per
+// learnEvery, until they are written or ctx ends (see [planner.again]).
 
 import (
 	"context"
@@ -48,6 +53,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tqgo/tq/engine"
 )
@@ -135,6 +141,11 @@ type planner struct {
 	gone []error
 	// draining are the units left out of the plan for draining.
 	draining []engine.UnitID
+	// seed chooses among local units (see [Client.newPlanner]), kept for
+	// a plan made again (see [planner.again]).
+	seed uint64
+	// left are the units of gone: a plan made again leaves them out too.
+	left map[engine.UnitID]bool
 }
 
 // unreachable reports whether a write that failed with err certainly
@@ -156,9 +167,14 @@ func (p *planner) exclude(slots []int, errs []error) {
 			p.gone = append(p.gone, errs[i])
 		}
 	}
+	if p.left == nil {
+		p.left = map[engine.UnitID]bool{}
+	}
 	kept := p.slots[:0]
 	for i, s := range p.slots {
-		if !drop[i] {
+		if drop[i] {
+			p.left[s.u.ID()] = true
+		} else {
 			kept = append(kept, s)
 		}
 	}
@@ -170,7 +186,7 @@ func (p *planner) exclude(slots []int, errs []error) {
 // among local units.
 func (c *Client) newPlanner(seed uint64) *planner {
 	units, local, cluster, draining := c.writable()
-	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0, cluster: cluster, draining: draining}
+	p := &planner{c: c, hash: c.cfg.Placement == Hash || len(local) == 0, cluster: cluster, draining: draining, seed: seed}
 	c.room.mu.Lock()
 	snap := func(u DataUnit) slot {
 		s := slot{u: u, free: math.MaxInt64}
@@ -513,8 +529,10 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 		return nil, err
 	}
 	var done []written
+	var full error // the refusal of the last write that waited out its unit's reserve wait
 	pending := rows
 	for len(pending) > 0 {
+		began := time.Now()
 		groups := p.place(pending, sizes, seeds)
 		// A write that waits in its unit for room (no unit has any) takes
 		// no I/O slot: held while it waits, the slots would starve this
@@ -532,6 +550,7 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 		pending = nil
 		var failed, goneErrs []error
 		var gone []int
+		outwaited := false
 		for i, g := range groups {
 			u := p.slots[g.slot].u
 			switch err := errs[i]; {
@@ -541,6 +560,15 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 			case !g.wait && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
 				p.refused(g.slot, g.bytes)
 				pending = append(pending, g.rows...)
+			case g.wait && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
+				// A unit in another process waited out its reserve wait
+				// and wrote nothing: the rows wait again, placed anew.
+				full, outwaited = err, true
+				pending = append(pending, g.rows...)
+			case (g.wait || full != nil) && ctx.Err() != nil:
+				// Cut short by ctx while no unit had room (or just
+				// after).
+				failed = append(failed, waitedOut(ctx, err, len(g.rows)))
 			case unreachable(ctx, err):
 				// The unit may have died after the client listed it (the
 				// controller counts it alive until its UnitTimeout): its
@@ -560,9 +588,54 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 				return done, err
 			}
 		}
+		if outwaited {
+			if err := p.again(ctx, began, full); err != nil {
+				return done, err
+			}
+		}
 		slices.Sort(pending)
 	}
 	return done, nil
+}
+
+// waitedOut is the error of a write that waited for room (no unit had
+// any), or came after such a wait, and failed with err once ctx ended:
+// one that ctx cut short wraps [engine.ErrCapacity] and ctx's error (a
+// unit in another process cut short answers ctx's alone).
+func waitedOut(ctx context.Context, err error, rows int) error {
+	if errors.Is(err, engine.ErrCapacity) || !errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return fmt.Errorf("no storage unit had room for %d rows before ctx ended: %w: %w", rows, engine.ErrCapacity, err)
+}
+
+// again makes the plan again for a put whose write, begun at began,
+// waited out the reserve wait of a unit in another process (full is its
+// refusal) while ctx has time left: no unit had room then, but one may
+// have joined since, or frees made room. It lets learnEvery pass since
+// began (a unit that refuses at once, or one whose reserve wait is short,
+// is not asked again and again, nor is the controller), lists the units
+// (see [Client.relearn]) and places on them as a new put would: this
+// put's refusals are forgotten. When ctx ends first, the error wraps full
+// and ctx's. A controller that started anew meanwhile refuses the commit
+// of what the put wrote: the error wraps [engine.ErrLost], and the put
+// is placed again from the start (see [Client.placeAgain]).
+func (p *planner) again(ctx context.Context, began time.Time, full error) error {
+	t := time.NewTimer(learnEvery - time.Since(began))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w; ctx ended while the put waited for room: %w", full, context.Cause(ctx))
+	case <-t.C:
+	}
+	p.c.relearn(ctx)
+	q := p.c.newPlanner(p.seed)
+	if q.cluster != p.cluster {
+		return fmt.Errorf("the controller started anew as cluster %s while the put waited for room on the units of cluster %s: %w", q.cluster, p.cluster, engine.ErrLost)
+	}
+	p.slots = slices.DeleteFunc(q.slots, func(s slot) bool { return p.left[s.u.ID()] })
+	p.hash, p.draining = q.hash, q.draining
+	return p.noUnit()
 }
 
 // parallel runs fn(0) … fn(n-1), at most [Config.MaxUnitIO] of this

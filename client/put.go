@@ -46,9 +46,12 @@ import (
 //
 // Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
 // [engine.ErrDTypeMismatch] when a field already has another dtype,
-// [engine.ErrCapacity] when storage stays full until ctx ends or, on a
-// unit in another process, through its reserve wait (5 s by default,
-// storage.ServerConfig.ReserveWait), whichever comes first.
+// [engine.ErrCapacity] (with ctx's error) when storage stays full until
+// ctx ends. A put waits for room as long as ctx allows: a unit in another
+// process answers a waiting write after its reserve wait (5 s by default,
+// storage.ServerConfig.ReserveWait), and the put then lists the units
+// again and places its rows anew, on a unit that joined or one where
+// frees made room (see place.go), at most once a second.
 func (c *Client) Put(ctx context.Context, b *engine.Batch, meta *engine.BatchMeta) (*engine.BatchMeta, error) {
 	if err := c.checkPut(b, meta); err != nil {
 		return nil, &engine.OpError{Op: "put", Err: err}

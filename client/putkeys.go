@@ -50,7 +50,7 @@ func (c *Client) keyPlanner(keys []string) (*planner, []uint64) {
 // match the keys, or an empty batch;
 // [engine.ErrDTypeMismatch] when a field already has another dtype in the
 // partition; [engine.ErrCapacity] when storage stays full until ctx ends
-// or through a remote unit's reserve wait, as for [Client.Put].
+// (a put waits for room as long as ctx allows, as for [Client.Put]).
 func (c *Client) PutKeys(ctx context.Context, partition string, keys []string, b *engine.Batch, tags []engine.Tags) (engine.KeysCommitted, error) {
 	out, err := c.putKeys(ctx, partition, keys, b, tags)
 	if c.placeAgain(ctx, err) {

@@ -364,8 +364,9 @@ type PutBuffer struct {
 // no or several layouts, a row-count mismatch, an empty meta or rows of
 // more than one partition; [engine.ErrDTypeMismatch] when a field already
 // has another dtype; [engine.ErrNotSupported] when the chosen unit cannot
-// reserve; [engine.ErrCapacity] when the unit stays full until ctx ends
-// or through a remote unit's reserve wait, as for [Client.Put].
+// reserve; [engine.ErrCapacity] when storage stays full until ctx ends
+// (a reserved put waits for room as long as ctx allows, as for
+// [Client.Put]).
 // On error nothing stays reserved.
 func (c *Client) ReservePut(ctx context.Context, meta *engine.BatchMeta, fields ...FieldSpec) (*PutBuffer, error) {
 	b, err := c.reservePut(ctx, meta, fields)
@@ -417,7 +418,8 @@ func (c *Client) reservePut(ctx context.Context, meta *engine.BatchMeta, fields 
 // seeded by seed: without waiting where the estimate says there is room,
 // on another unit when that one refuses or cannot be reached (see
 // [unreachable]; each unit is left out at most once), and waiting for
-// room only when no unit has it.
+// room only when no unit has it, until ctx ends: after a unit in another
+// process waited out its reserve wait, placed anew (see [planner.again]).
 func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldSpec, n int, kinds []engine.Kind, sizes []int64) (*reserved, error) {
 	var total int64
 	for _, s := range sizes {
@@ -430,7 +432,9 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 	if most := p.largest(); most > 0 && total > most {
 		return nil, fmt.Errorf("a reserved put of %d bytes goes to one unit, more than the largest storage unit's capacity (%d bytes): %w", total, most, engine.ErrCapacity)
 	}
+	var full error // the refusal of the last reservation that waited out its unit's reserve wait
 	for {
+		began := time.Now()
 		s, room := p.pickOne(total, seed)
 		u := p.slots[s].u
 		rctx := ctx
@@ -453,6 +457,15 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 			if err := p.noUnit(); err != nil {
 				return nil, err
 			}
+		case !room && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
+			// A unit in another process waited out its reserve wait: the
+			// put waits again, placed anew (see place.go).
+			full = err
+			if err := p.again(ctx, began, full); err != nil {
+				return nil, err
+			}
+		case (!room || full != nil) && ctx.Err() != nil:
+			return nil, waitedOut(ctx, err, n)
 		case !room || ctx.Err() != nil:
 			return nil, err
 		case errors.Is(err, engine.ErrCapacity):

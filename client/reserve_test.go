@@ -286,12 +286,18 @@ func shmClient(t *testing.T, cfg client.Config) (*client.Client, *storage.Unit) 
 // shmClientOn is shmClient with the unit's config.
 func shmClientOn(t *testing.T, cfg client.Config, scfg storage.Config) (*client.Client, *storage.Unit) {
 	t.Helper()
+	return shmClientServed(t, cfg, scfg, storage.ServerConfig{})
+}
+
+// shmClientServed is shmClientOn with the unit's server config.
+func shmClientServed(t *testing.T, cfg client.Config, scfg storage.Config, srvcfg storage.ServerConfig) (*client.Client, *storage.Unit) {
+	t.Helper()
 	u, err := storage.NewUnit(7, scfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { u.Close() })
-	srv := storage.NewServer(u, storage.ServerConfig{})
+	srv := storage.NewServer(u, srvcfg)
 	dir := t.TempDir()
 	l, err := net.Listen("unix", filepath.Join(dir, "unit.sock"))
 	if err != nil {

@@ -223,6 +223,23 @@ func (c *Client) unreachable() {
 	}
 }
 
+// relearn lists the units for a put that waited out a unit's reserve
+// wait (see [planner.again]), so that it sees a unit that joined and the
+// room the units report, unless the last list is younger than learnEvery.
+// A list that fails leaves the table as it was.
+func (c *Client) relearn(ctx context.Context) {
+	d := c.disc
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	due := time.Since(d.last) >= learnEvery
+	d.mu.Unlock()
+	if due {
+		d.learn(ctx, c, false)
+	}
+}
+
 // discovery is how a connected client learns of units.
 type discovery struct {
 	list func(ctx context.Context) ([]engine.UnitInfo, error)
