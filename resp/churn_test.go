@@ -181,7 +181,7 @@ func churnRound(t *testing.T, e *endpoint, rng *rand.Rand, round int) {
 	c.Close()
 
 	// Clients that leave half-way.
-	switch round % 7 {
+	switch round % 8 {
 	case 0: // half a bulk string
 		c := churnDial(t, e, true)
 		_, err := c.Write([]byte("*3\r\n$3\r\nSET\r\n$4\r\ngone\r\n$100\r\nabc"))
@@ -226,12 +226,18 @@ func churnRound(t *testing.T, e *endpoint, rng *rand.Rand, round int) {
 		_, err := c.Write(b.Bytes())
 		require.NoError(t, err)
 		c.Close()
+	case 7: // waiting for a change (TQ.CHANGES … TIMEOUT), then gone
+		c := churnDial(t, e, true)
+		require.Equal(t, "+OK\r\n", churnDo(t, c, "SELECT", part))
+		_, err := c.Write(respCommand("TQ.CHANGES", "0", "TIMEOUT", "300000"))
+		require.NoError(t, err)
+		c.Close()
 	}
 }
 
 // TestRESPChurnLeavesNothing: clients that work, and clients that
 // leave mid-command, mid-MULTI, after failed AUTHs, over the frame
-// bound, round after round. What the endpoint holds (goroutines,
+// bound, while waiting in TQ.CHANGES, round after round. What the endpoint holds (goroutines,
 // descriptors, the units' bytes, the controller's partitions and keys,
 // its tables of connections, its budget for large values) is back where
 // it was after a warm-up, and a value written first reads back
@@ -257,7 +263,7 @@ func TestRESPChurnLeavesNothing(t *testing.T) {
 			require.Equal(t, "+OK\r\n", churnDo(t, c, "SET", "{keep}first", string(first)))
 			c.Close()
 
-			const warm = 14
+			const warm = 16
 			for i := range warm {
 				churnRound(t, e, rng, i)
 			}

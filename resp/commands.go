@@ -1681,8 +1681,9 @@ func (c *conn) tqList(args [][]byte) {
 }
 
 // maxChangesWait bounds TQ.CHANGES's TIMEOUT, as the controller bounds a
-// blocking fetch: a client that went away holds its connection's
-// goroutine no longer than this.
+// blocking fetch. A client that closes its connection ends its wait at
+// once (see conn.watchGone); one that went away without a word (its host
+// gone) holds its connection's goroutine no longer than this.
 const maxChangesWait = 5 * time.Minute
 
 // tqChanges answers TQ.CHANGES cursor [TIMEOUT ms]: the keys of the
@@ -1753,14 +1754,28 @@ func (c *conn) changes(cursor []byte, wait time.Duration) (engine.KeyChanges, er
 	// A wait of zero still answers what is already there: give the
 	// controller a moment to say so. Shutdown ends the wait as its
 	// timeout would (see Server.Shutdown).
+	// A client that closes its connection meanwhile ends the wait too
+	// (see watchGone), and the connection with it.
 	ctx, cancel := context.WithTimeout(c.ctx, max(wait, time.Millisecond))
 	stop := context.AfterFunc(c.s.drain, cancel)
+	var gone atomic.Bool
+	unwatch := func() {}
+	if wait > 0 {
+		unwatch = c.watchGone(func() {
+			gone.Store(true)
+			cancel()
+		})
+	}
 	cs, err := c.s.st.ctrl.KeyChanges(ctx, engine.ChangesRequest{Partition: c.partition, Cursor: cursor, Wait: true})
+	unwatch()
 	stop()
 	cancel()
+	if gone.Load() {
+		c.quit = true
+	}
 	if err != nil {
-		if errors.Is(err, context.Canceled) && c.s.drain.Err() != nil && c.ctx.Err() == nil {
-			err = context.DeadlineExceeded // nothing changed before the shutdown
+		if errors.Is(err, context.Canceled) && (c.s.drain.Err() != nil || gone.Load()) && c.ctx.Err() == nil {
+			err = context.DeadlineExceeded // nothing changed before the shutdown, or the client left
 		}
 		return cs, err
 	}

@@ -872,6 +872,53 @@ func (c *conn) writeReadingAhead(b []byte) error {
 	return err
 }
 
+// watchGone watches for the client closing its connection while a
+// command waits for something other than the client (TQ.CHANGES's wait
+// for a change, up to minutes): it reads what the client sends meanwhile
+// into c.pre, as writeReadingAhead does (up to MaxValue; past it, or past
+// the budget, it stops watching), and calls gone once the read meets the
+// end of the stream or fails, as Redis frees a client blocked in BLPOP
+// that closes. The returned unwatch ends the watch; it must be called
+// before the connection is read or written again.
+func (c *conn) watchGone(gone func()) (unwatch func()) {
+	if c.nc == nil {
+		return func() {}
+	}
+	// The command is read whole: its read deadline (armed while it
+	// arrived) no longer applies, and the wait is bounded otherwise.
+	c.nc.SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			if len(c.pre) == cap(c.pre) && !c.growAhead(int(c.s.cfg.MaxValue)) {
+				return // a client that does not wait for its reply: watched no more
+			}
+			n, err := c.nc.Read(c.pre[len(c.pre):cap(c.pre)])
+			c.pre = c.pre[:len(c.pre)+n]
+			if err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					gone() // the end of the stream, a reset, or the server closed it
+				}
+				return
+			}
+		}
+	}()
+	return func() {
+		c.nc.SetReadDeadline(time.Unix(1, 0)) // ends the read
+		<-done
+		if c.armed {
+			c.nc.SetReadDeadline(c.armedBy)
+		} else {
+			c.nc.SetReadDeadline(c.authBy)
+		}
+		if len(c.pre) == 0 {
+			c.pre = nil
+			c.releaseAhead()
+		}
+	}
+}
+
 // growAhead makes room in c.pre for more of what is read ahead, up to
 // limit bytes in all, charging its buffer past aheadFree; false when
 // there is no room.
