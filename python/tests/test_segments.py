@@ -1,7 +1,8 @@
 """A client's mappings of a unit's memfd segments follow the unit's: once
 the unit dropped a segment (to map a larger one) and no view of the
-client reads it, the client unmaps it, so that the memory goes back to
-the host while the client lives on."""
+client reads it, the client unmaps it (it asks the unit as it maps a new
+segment, and every SEGMENT_SWEEP_S), so that the memory goes back to the
+host while the client lives on."""
 
 import os
 
@@ -79,3 +80,51 @@ def test_dropped_segments_unmapped(small_server, part):
         c.clear_partition(part)
     finally:
         c.close()
+
+
+def test_segments_dropped_later_unmapped_without_a_new_one(small_server, part, monkeypatch):
+    """A client that mapped segments the unit drops afterwards (another
+    client made it grow), and that maps no new segment since, unmaps them
+    within the sweep period (SEGMENT_SWEEP_S) all the same, whether it
+    calls the unit again or not. The client used to ask the unit for its
+    live segments only when it mapped a new one: a trainer that had mapped
+    every segment the unit then had kept the dropped ones (and their
+    memory) mapped until it closed."""
+    import time
+    import tq.unit
+    monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.2)
+    monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.2)
+    c, other = small_server.client(transport="shm"), small_server.client(transport="shm")
+    try:
+        # c maps 64 MiB segments, and empties them.
+        fields = {f"f{i}": np.full((1, 64 << 20), i + 1, np.uint8) for i in range(2)}
+        m = c.put(fields, partition_id=part)
+        got = c.get_data(m)
+        assert all(np.array_equal(np.asarray(got[k]), v) for k, v in fields.items())
+        del got
+        c.clear_partition(part)
+        (u,) = [u for u in c.units().values() if u.shm]
+        mapped = set(u._segs)
+        # The other client makes the unit grow: it drops c's segments.
+        big = {"g": np.full((1, 100 << 20), 9, np.uint8)}
+        m2 = other.put(big, partition_id=part + "-o")
+        (uo,) = [x for x in other.units().values() if x.shm]
+        live = _live(uo)
+        assert mapped - live, f"the unit kept every segment c maps ({sorted(mapped)}; it has {sorted(live)})"
+        # c maps nothing new, and calls nothing: its mappings of the
+        # dropped segments go within the period all the same (the sweep
+        # takes them from the table, then unmaps them).
+        def gone():
+            return set(u._segs) <= live and _stale_maps(live) == 0 and _stale_memfds(live) == 0
+        deadline = time.monotonic() + 30
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(u._segs) <= live, f"client maps segments {sorted(u._segs)}, the unit has {sorted(live)}"
+        assert _stale_maps(live) == 0
+        assert _stale_memfds(live) == 0
+        other.clear_partition(part + "-o")
+        del m2
+    finally:
+        other.close()
+        c.close()
+

@@ -1185,6 +1185,7 @@ def test_segment_size_bounded_before_mapping(tmp_path, monkeypatch):
         u.id, u.incarnation, u.fd_socket, u._fd_token = 7, 0, path, ""
         u._segs, u._seg_lock = {}, threading.Lock()
         u._forget_dropped = lambda new: None  # no unit to ask for its live segments
+        u._watched = True  # nor a sweeper to ask it
         try:
             if want is None:
                 rw, ro = u._mappings(3)

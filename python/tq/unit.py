@@ -296,31 +296,49 @@ def _stale(fn):
 # on units no call used since (see Lease).
 ORPHAN_SWEEP_S = 1.0
 
+# How often a unit whose segments this process maps is asked which of them
+# it still has, so that the mappings of those it dropped go (see
+# Unit._forget_dropped), besides at once after a new segment is mapped: the
+# unit drops empty segments when it grows, which another client may make it
+# do, and this one, having mapped every segment the unit had, may never map
+# a new one. The sweeper thread asks, not the caller's calls. As the Go
+# client's sweepEvery.
+SEGMENT_SWEEP_S = 5.0
+
 _sweep_lock = threading.Lock()
-# Units that handed out a Lease, closed ones too (a view may outlive its
-# client): they leave when they are garbage. Guarded by _sweep_lock.
+# Units that handed out a Lease or map segments, closed ones too (a view
+# may outlive its client): they leave when they are garbage. Guarded by
+# _sweep_lock.
 _sweep_units = weakref.WeakSet()
-_sweeper = None  # the sweeper thread, started by the first Lease
+_sweeper = None  # the sweeper thread, started by the first Lease or mapping
 
 
 def _sweep_forever():
     while True:
-        time.sleep(ORPHAN_SWEEP_S)
+        time.sleep(min(ORPHAN_SWEEP_S, SEGMENT_SWEEP_S))
         with _sweep_lock:
             if _sweeper is not threading.current_thread():
                 return  # replaced (a test): one sweeper runs at a time
             units = list(_sweep_units)
         for u in units:
+            # Each is best-effort: the sweeper goes on; the unit's next
+            # call meets the error, and the next round asks again.
             if u.orphans:
                 try:
                     u.give_back_orphans()
-                except Exception:  # the sweeper goes on; the unit's next call meets it
+                except Exception:
                     pass
+            try:
+                if u.segments_due():
+                    u._forget_dropped()
+            except Exception:
+                pass
         del units
 
 
 def _sweep(unit) -> None:
-    """Have the sweeper look at ``unit``'s orphans, starting it if need be."""
+    """Have the sweeper look at ``unit``'s orphans and segments, starting it
+    if need be."""
     global _sweeper
     with _sweep_lock:
         _sweep_units.add(unit)
@@ -436,8 +454,13 @@ class Unit:
         self.token = token
         self.shm = False
         # segment id → (read-write mmap, read-only mmap), of the unit's
-        # live segments and of the ones it dropped since the last new one.
+        # live segments and of the ones it dropped since this client last
+        # asked (_forget_dropped).
         self._segs = {}
+        # When this client last asked the unit for its live segments, and
+        # whether the sweeper of this process looks at the unit.
+        self._looked = time.monotonic()
+        self._watched = False
         # (conn, lease) of leases that ended as garbage: Lease.__del__
         # appends (a deque's append and popleft are atomic, and take no lock
         # the collector could find held), give_back_orphans pops.
@@ -464,9 +487,9 @@ class Unit:
         self.addr = addr
         self.transport = "shm" if self.shm else "tcp"
         # Every call on the unit takes a connection: it first gives the
-        # orphaned leases back.
+        # orphaned leases back (_before_call).
         self._dial_args = dict(token=token, name=name, timeout=timeout, require_server_proof=require_server_proof)
-        self.pool = Pool(self._dial, before_take=self.give_back_orphans)
+        self.pool = Pool(self._dial, before_take=self._before_call)
         if self.shm:
             c = self.pool.take()
             try:
@@ -484,8 +507,37 @@ class Unit:
         return wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation, **self._dial_args)
 
     def _reinit_in_child(self) -> None:
-        # The mappings stay: the child inherited them, views included.
+        # The mappings stay: the child inherited them, views included. The
+        # child's sweeper (none yet) looks at the unit once the child
+        # calls it (_before_call) or maps a segment of its own: a forked
+        # worker that never calls the unit dials it for no sweep.
         self._seg_lock = threading.Lock()
+        self._watched = False
+
+    def _before_call(self) -> None:
+        """Run as each call takes a connection: give the orphaned leases
+        back, and have this process's sweeper look at a unit whose
+        segments it maps (a forked child's, after fork)."""
+        self.give_back_orphans()
+        if self._segs and not self._watched:
+            self._watch()
+
+    def _watch(self) -> None:
+        """Have the sweeper look at this unit (its segments). Best-effort:
+        a sweeper that cannot start (no thread left to the process, for a
+        moment) is tried again at the next call."""
+        try:
+            _sweep(self)
+        except Exception:
+            return
+        self._watched = True
+
+    def segments_due(self) -> bool:
+        """Whether the unit should be asked for its live segments: this
+        client maps some, it is open, and SEGMENT_SWEEP_S passed since it
+        last asked."""
+        return bool(self._segs) and not self.pool.closed and \
+            time.monotonic() - self._looked >= SEGMENT_SWEEP_S
 
     def close(self) -> None:
         self.give_back_orphans()
@@ -543,31 +595,50 @@ class Unit:
             finally:
                 os.close(fd)
             self._segs[seg] = ms = (rw, ro)
-            self._forget_dropped(seg)
-            return ms
+        self._watch()
+        self._forget_dropped(seg)
+        return ms
 
-    def _forget_dropped(self, new: int) -> None:
+    def _forget_dropped(self, new: int | None = None) -> None:
         """Unmap the segments the unit dropped: it drops empty ones when it
-        maps a larger one (as it just did: segment ``new`` is mapped), and a
-        memfd's pages go back to the host only when no process maps it, so
-        a client that lives for days would keep every segment it ever
-        mapped. It asks the unit for its live segments (SHM_SEGMENTS) and
-        closes the mappings of the others. No lease or reservation reaches
-        those (its extents keep their segment on the unit), and ids are not
-        reused; a mapping an array still views refuses to close
-        (BufferError) and goes when that array does. Best-effort: the next
-        new segment asks again. Called with _seg_lock held."""
+        grows, and a memfd's pages go back to the host only when no process
+        maps it, so a client that lives for days would keep every segment
+        it ever mapped. Asked right after a new segment (``new``) is mapped
+        (the unit grew), and by the sweeper every SEGMENT_SWEEP_S (another
+        client may have made it grow). It asks the unit for its live
+        segments (SHM_SEGMENTS) and closes the mappings, made before it
+        asked, of the others: a segment mapped since may be newer than the
+        answer. No lease or reservation reaches those (its extents keep
+        their segment on the unit), and ids are not reused; a mapping an
+        array still views refuses to close (BufferError) and goes when that
+        array does. An answer naming no segment at all closes nothing: a
+        closing unit names none, while its leases and reservations still
+        reach theirs. Best-effort: the next sweep asks
+        again. Called without _seg_lock (the call waits on the unit)."""
+        with self._seg_lock:
+            mapped = dict(self._segs)
+        if not mapped:
+            return
+        self._looked = time.monotonic()
         try:
             rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
         except errors.TQError:
             return
         live = {s.id for s in rep.segments}
-        for seg in [s for s in self._segs if s != new and s not in live]:
-            for m in self._segs.pop(seg):
-                try:
-                    m.close()
-                except BufferError:
-                    pass
+        if not live:
+            return
+        drops = []
+        with self._seg_lock:
+            for seg, ms in mapped.items():
+                # Unless mapped anew (or closed) meanwhile.
+                if seg != new and seg not in live and self._segs.get(seg) is ms:
+                    del self._segs[seg]
+                    drops.extend(ms)
+        for m in drops:
+            try:
+                m.close()
+            except BufferError:
+                pass
 
     def seg_view(self, seg: int, offset: int, nbytes: int, holder) -> np.ndarray:
         """A read-only uint8 array over ``nbytes`` of segment ``seg`` at
