@@ -128,3 +128,51 @@ def test_segments_dropped_later_unmapped_without_a_new_one(small_server, part, m
         other.close()
         c.close()
 
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_mapping_closed_under_a_read_is_fetched_again(small_server, part, copy):
+    """A sweep that took a wrong answer for its word (the unit names none of
+    the segments a read's lease reaches) closes the mapping another thread
+    has just taken from the client's table, before it reads through it:
+    the read fetches the segment again, and gets its bytes. It used to fail
+    with numpy's bare ValueError (mmap closed or invalid), naming no unit
+    or segment."""
+    c = small_server.client(transport="shm")
+    try:
+        x = np.arange(1 << 16, dtype=np.int64).reshape(4, -1)
+        m = c.put({"x": x}, partition_id=part)
+        assert np.array_equal(np.asarray(c.get_data(m)["x"]), x)  # mapped
+        (u,) = [u for u in c.units().values() if u.shm]
+        real_call = u.pool.call
+
+        def wrong(op, *a, **kw):
+            if op == wire.SHM_SEGMENTS:
+                return data_pb2.ShmSegmentsReply(segments=[data_pb2.ShmSegment(id=1 << 31)])
+            return real_call(op, *a, **kw)
+
+        class Racy(dict):
+            """The table, whose first lookup that finds a mapping has a
+            sweep with the wrong answer run right after it."""
+            armed = True
+
+            def get(self, k, d=None):
+                v = dict.get(self, k, d)
+                if v is not None and Racy.armed:
+                    Racy.armed = False
+                    u.pool.call = wrong
+                    try:
+                        u._forget_dropped()
+                    finally:
+                        del u.pool.call
+                    assert all(mm.closed for mm in v), "the sweep left the mapping open"
+                return v
+        with u._seg_lock:
+            u._segs = Racy(u._segs)
+        got = c.get_data(m, copy=copy)
+        assert not Racy.armed
+        assert np.array_equal(np.asarray(got["x"]), x)
+        if not copy:
+            got.release()
+        del got
+    finally:
+        c.close()

@@ -649,7 +649,7 @@ class Unit:
         # pin holds the mapping open (an mmap with an export refuses to
         # close) as long as the array does; the array's base carries the
         # lease.
-        pin = np.frombuffer(self._window(seg, offset, nbytes, ro=True), dtype=np.uint8, count=nbytes, offset=offset)
+        pin = self._array(seg, offset, nbytes, ro=True)
         a = np.asarray(_Leased(pin, holder))
         a.flags.writeable = False
         return a
@@ -675,17 +675,43 @@ class Unit:
         """A uint8 array over ``nbytes`` of segment ``seg`` at ``offset``."""
         if nbytes == 0:
             return np.empty(0, dtype=np.uint8)  # an empty cell names no segment
-        return np.frombuffer(self._window(seg, offset, nbytes), dtype=np.uint8, count=nbytes, offset=offset)
+        return self._array(seg, offset, nbytes)
 
-    def _window(self, seg: int, offset: int, nbytes: int, ro: bool = False) -> mmap.mmap:
-        """Segment ``seg``'s mapping (read-only with ``ro``), once ``nbytes``
-        at ``offset`` are checked to lie in it (CorruptError naming the range
-        otherwise)."""
-        m = self._mappings(seg)[1 if ro else 0]
-        if offset < 0 or nbytes < 0 or offset + nbytes > len(m):
-            raise errors.CorruptError(f"storage unit {self.id}: range [segment {seg} offset {offset} len {nbytes}] "
-                                      f"outside the segment's {len(m)} bytes")
-        return m
+    def _array(self, seg: int, offset: int, nbytes: int, ro: bool = False) -> np.ndarray:
+        """A uint8 array over ``nbytes`` of segment ``seg``'s mapping
+        (read-only with ``ro``) at ``offset``, once the range is checked to
+        lie in it (CorruptError naming the range otherwise). The array's
+        export holds the mapping open: a sweep's close refuses it.
+
+        The table is read without the lock, so a sweep may close the
+        mapping between that read and the array. It closes only segments
+        the unit says it dropped, which no lease or reservation reaches: a
+        correct unit names every segment the caller's lease or reservation
+        reaches, so only a wrong answer does that. The segment is then
+        fetched again: a unit that still has it hands it over, one that has
+        not says so naming it (NotFoundError, a read's StaleError). Closed
+        by Unit.close, it is ClosedError."""
+        for _ in range(2):
+            m = self._mappings(seg)[1 if ro else 0]
+            try:
+                size = len(m)
+                if offset < 0 or nbytes < 0 or offset + nbytes > size:
+                    raise errors.CorruptError(f"storage unit {self.id}: range [segment {seg} offset {offset} len "
+                                              f"{nbytes}] outside the segment's {size} bytes")
+                return np.frombuffer(m, dtype=np.uint8, count=nbytes, offset=offset)
+            except ValueError:
+                if not m.closed:
+                    raise
+            if self.pool.closed:
+                raise errors.ClosedError(f"storage unit {self.id} is closed (Client.close()), its segment {seg} "
+                                         f"unmapped")
+            with self._seg_lock:
+                ms = self._segs.get(seg)
+                if ms is not None and m in ms:
+                    del self._segs[seg]  # closed and left there: fetched afresh
+        raise errors.CorruptError(f"storage unit {self.id}: segment {seg}: its mapping was closed under this call "
+                                  f"twice (the unit said it dropped the segment, which this call's lease or "
+                                  f"reservation reaches)")
 
     # ---- data plane ----------------------------------------------------
 
