@@ -147,7 +147,10 @@ def test_blocking_fetch_asks_again_when_the_servers_limit_runs_out():
             c.get_meta(["x"], 1, "p", task_name="t", wait=True, timeout=0.6)
         took = time.monotonic() - t0
     ls.close()
-    assert 0.55 < took < 1.5
+    # It waits out the caller's timeout, not the server's limit; the upper
+    # bound only catches a fetch that kept asking after it (a loaded
+    # machine can add a second).
+    assert 0.55 < took < 5
     assert len(fetches) >= 4
     assert len({f.key for _, f in fetches}) == 1
     for at, f in fetches:

@@ -611,10 +611,11 @@ class Unit:
         answer. No lease or reservation reaches those (its extents keep
         their segment on the unit), and ids are not reused; a mapping an
         array still views refuses to close (BufferError) and goes when that
-        array does. An answer naming no segment at all closes nothing: a
-        closing unit names none, while its leases and reservations still
-        reach theirs. Best-effort: the next sweep asks
-        again. Called without _seg_lock (the call waits on the unit)."""
+        array does. An answer naming no segment at all closes nothing (a
+        unit that dropped every segment and is mapping a new one names
+        none, as would a wrong unit; a closed one answers ClosedError): a
+        later sweep asks again, as it does after any failed ask. Called
+        without _seg_lock (the call waits on the unit)."""
         with self._seg_lock:
             mapped = dict(self._segs)
         if not mapped:
