@@ -560,7 +560,7 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 			case !g.wait && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
 				p.refused(g.slot, g.bytes)
 				pending = append(pending, g.rows...)
-			case g.wait && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
+			case g.wait && outwaitedReserve(ctx, u, err):
 				// A unit in another process waited out its reserve wait
 				// and wrote nothing: the rows wait again, placed anew.
 				full, outwaited = err, true
@@ -596,6 +596,20 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 		slices.Sort(pending)
 	}
 	return done, nil
+}
+
+// outwaitedReserve reports whether err, the ErrCapacity of a write or
+// reservation that was to wait on u for room, is the refusal of a unit in
+// another process whose reserve wait ended while the caller may still
+// wait (ctx has time left and is not [engine.WithoutWait]): the put may
+// then be placed again. A unit in this process waits as long as ctx
+// allows, so its ErrCapacity with ctx alive is final (the request cannot
+// fit), as is any unit's for a caller that may not wait.
+func outwaitedReserve(ctx context.Context, u DataUnit, err error) bool {
+	if _, local := u.(roomer); local || engine.NoWait(ctx) || ctx.Err() != nil {
+		return false
+	}
+	return errors.Is(err, engine.ErrCapacity)
 }
 
 // waitedOut is the error of a write that waited for room (no unit had

@@ -224,3 +224,26 @@ func TestReservePutWaitsPastTheReserveWait(t *testing.T) {
 	assert.Equal(t, want.Col("v").Data(), b.Col("v").Data(), "the put's bytes do not read back")
 	assert.Positive(t, u.Stats().Used)
 }
+
+// A put that may not wait (engine.WithoutWait) on a full unit in another
+// process is refused at once, as before waiting puts were placed again:
+// its unit's refusal is final, not a reason to place it anew until ctx
+// ends (a caller with no deadline would wait for good).
+func TestPutWithoutWaitOnAFullUnitIsRefused(t *testing.T) {
+	ctx := t.Context()
+	_, u, c, filler := shortWaitCluster(t)
+	fillUnit(t, filler)
+	before := u.Stats().Used
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.PutNew(engine.WithoutWait(ctx), "p", opaque([]int{64 << 10}))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, engine.ErrCapacity)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a put that may not wait was still placed again after 30 s")
+	}
+	assert.Equal(t, before, u.Stats().Used, "the refused put left bytes on its unit")
+}

@@ -457,7 +457,7 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 			if err := p.noUnit(); err != nil {
 				return nil, err
 			}
-		case !room && errors.Is(err, engine.ErrCapacity) && ctx.Err() == nil:
+		case !room && outwaitedReserve(ctx, u, err):
 			// A unit in another process waited out its reserve wait: the
 			// put waits again, placed anew (see place.go).
 			full = err
