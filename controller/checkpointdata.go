@@ -184,8 +184,10 @@ func CheckCheckpointName(name string) error { return checkName(name) }
 // [engine.ErrInvalid] for a name that is no checkpoint name,
 // [engine.ErrNotFound] for a checkpoint that is not there,
 // [engine.ErrNotSupported] for one another build wrote (another state
-// version) and [engine.ErrCorrupt] for a damaged header. A checkpoint it
-// passes may still fail to load (damage past the header).
+// version) and [engine.ErrCorrupt] for a damaged header or a data file
+// missing or not the size the state says (a copy cut short). A
+// checkpoint it passes may still fail to load (damage past the header, or
+// in the data file's bytes).
 func CheckCheckpoint(dir, name string) error {
 	if err := checkName(name); err != nil {
 		return fmt.Errorf("checkpoint in %s: %w", dir, err)
@@ -197,7 +199,7 @@ func CheckCheckpoint(dir, name string) error {
 	case err != nil:
 		err = fmt.Errorf("checkpoint %q in %s: %w", name, dir, err)
 	default:
-		if err = checkVersion(head); err != nil {
+		if err = checkLoadable(filepath.Join(dir, name), head); err != nil {
 			err = fmt.Errorf("checkpoint %q in %s: %w", name, dir, err)
 		}
 	}
@@ -616,19 +618,11 @@ func (s *Server) load(ctx context.Context, dir string, head **wirepb.StateHeader
 	// is taken over: no reconcile may reclaim them meanwhile.
 	s.c.pins.Lock()
 	defer s.c.pins.Unlock()
-	f, fi, err := openRegular(filepath.Join(dir, dataFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		// The checkpoint is there (its state was read), damaged: not a
-		// missing checkpoint (see loadCheckpointFreed).
-		return nil, corrupt("the state has data (%d bytes) but there is no %s", ls.head.DataBytes, dataFile)
-	}
+	f, fi, err := openDataFile(dir, ls.head)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if fi.Size() != ls.head.DataBytes {
-		return nil, corrupt("%s holds %d bytes, the state says %d", dataFile, fi.Size(), ls.head.DataBytes)
-	}
 	var m mmap.MMap
 	if fi.Size() > 0 {
 		if m, err = mmap.Map(f, mmap.RDONLY, 0); err != nil {
@@ -802,7 +796,7 @@ func (s *Server) checkpointsPage(after string, limit, maxBytes int) (list []Chec
 			ci = CheckpointInfo{Name: e.Name(), Saved: time.UnixMilli(0), Unusable: fmt.Sprintf("%s: %v", stateFile, err)}
 		default:
 			ci = infoOf(e.Name(), head)
-			if err := checkVersion(head); err != nil {
+			if err := checkLoadable(filepath.Join(s.cfg.CheckpointDir, e.Name()), head); err != nil {
 				ci.Unusable = err.Error()
 			}
 		}
@@ -825,6 +819,40 @@ func isDirEntry(dir string, e fs.DirEntry) bool {
 	}
 	fi, err := os.Stat(filepath.Join(dir, e.Name()))
 	return err == nil && fi.IsDir()
+}
+
+// openDataFile opens the data file of the checkpoint in dir whose state
+// header is head (one with data), failing as damaged when it is missing
+// or is not the size the state says (a copy cut short): the checkpoint is
+// there (its state was read), so not a missing one (see
+// loadCheckpointFreed).
+func openDataFile(dir string, head *wirepb.StateHeader) (*os.File, fs.FileInfo, error) {
+	f, fi, err := openRegular(filepath.Join(dir, dataFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, corrupt("the state has data (%d bytes) but there is no %s", head.DataBytes, dataFile)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if fi.Size() != head.DataBytes {
+		f.Close()
+		return nil, nil, corrupt("%s holds %d bytes, the state says %d", dataFile, fi.Size(), head.DataBytes)
+	}
+	return f, fi, nil
+}
+
+// checkLoadable reports, from the state header of the checkpoint in dir
+// and the size of its data file alone, whether this build can load it:
+// damage past the header, and in the data file's bytes, shows at load.
+func checkLoadable(dir string, head *wirepb.StateHeader) error {
+	if err := checkVersion(head); err != nil || !head.Data {
+		return err
+	}
+	f, _, err := openDataFile(dir, head)
+	if err == nil {
+		f.Close()
+	}
+	return err
 }
 
 // readStateHeader reads the first message of a state file.

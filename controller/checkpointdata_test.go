@@ -737,3 +737,38 @@ func TestCheckpointConcurrentSavesOfOneName(t *testing.T) {
 	assert.Equal(t, "AAAAAAAAyyyy0000BBBBBBBByyyy1111", string(b))
 	require.NoError(t, s.LoadCheckpoint(context.Background(), "ck"))
 }
+
+// TestCheckpointWithItsDataFileCutShortIsUnusable: a checkpoint whose
+// data.bin is not the size its state says (a copy cut short, data.bin
+// the big file of the two) or is missing is listed unusable, naming
+// data.bin, and CheckCheckpoint (tq serve --restore's check before it
+// listens) refuses it as damaged. Both read the state header alone, so
+// such a checkpoint was listed as loadable and passed the check: tq serve
+// --restore listened, held clients back, waited for units, and only then
+// failed the load.
+func TestCheckpointWithItsDataFileCutShortIsUnusable(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(path string) error
+		want   string
+	}{
+		{"cut short", func(path string) error { return os.Truncate(path, 16) }, "data.bin holds 16 bytes, the state says 32"},
+		{"missing", os.Remove, "no data.bin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, s, _, dir := ckptWithData(t)
+			require.NoError(t, tc.damage(filepath.Join(dir, "ck", dataFile)))
+			list, err := s.Checkpoints()
+			require.NoError(t, err)
+			require.Len(t, list, 1)
+			assert.Contains(t, list[0].Unusable, tc.want)
+			err = CheckCheckpoint(dir, "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, `checkpoint "ck" in `+dir)
+			assert.ErrorContains(t, err, tc.want)
+			err = s.LoadCheckpoint(context.Background(), "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
+}
