@@ -95,6 +95,29 @@ func TestGroupCommit(t *testing.T) {
 	t.Logf("%d records in %d groups", st.Durable, st.Groups)
 }
 
+// TestFsyncAlwaysWritesEachRecordAlone: with FsyncAlways concurrent
+// records share no write: each is written and synced on its own, as
+// tq serve --fsync always says.
+func TestFsyncAlwaysWritesEachRecordAlone(t *testing.T) {
+	j := open(t, t.TempDir(), FsyncAlways)
+	const writers, each = 8, 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				if err := j.Wait(context.Background(), j.Append(rec(w*each+i))); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := j.Stats()
+	assert.Equal(t, uint64(writers*each), st.Durable)
+	assert.Equal(t, int64(writers*each), st.Groups, "one write per record")
+}
+
 func TestWaitContext(t *testing.T) {
 	j := open(t, t.TempDir(), FsyncBatch)
 	ctx, cancel := context.WithCancel(context.Background())
