@@ -225,19 +225,16 @@ func (c *Client) unreachable() {
 
 // relearn lists the units for a put that waited out a unit's reserve
 // wait (see [planner.again]), so that it sees a unit that joined and the
-// room the units report, unless the last list is younger than learnEvery.
-// A list that fails leaves the table as it was.
+// room the units report, unless the last list is younger than learnEvery
+// when its turn comes: many puts waiting at once share one list (each
+// listing after the other's, they listed the units several times a
+// second). A list that fails leaves the table as it was.
 func (c *Client) relearn(ctx context.Context) {
 	d := c.disc
 	if d == nil {
 		return
 	}
-	d.mu.Lock()
-	due := time.Since(d.last) >= learnEvery
-	d.mu.Unlock()
-	if due {
-		d.learn(ctx, c, false)
-	}
+	d.learnAfter(ctx, c, time.Now().Add(-learnEvery))
 }
 
 // discovery is how a connected client learns of units.
@@ -302,11 +299,19 @@ func (c *Client) learnSoon(now bool) {
 // is not: the read's unit may have registered after it (a learn a moment
 // earlier made reads of a new unit's cells fail as lost).
 func (d *discovery) learn(ctx context.Context, c *Client, read bool) error {
-	asked := time.Now()
+	if read {
+		return d.learnAfter(ctx, c, time.Now())
+	}
+	return d.learnAfter(ctx, c, time.Time{})
+}
+
+// learnAfter is learn where a list asked for at or after after (zero:
+// none) is enough, unless the controller started anew since.
+func (d *discovery) learnAfter(ctx context.Context, c *Client, after time.Time) error {
 	d.learning.Lock()
 	defer d.learning.Unlock()
 	d.mu.Lock()
-	skip := d.closed || (read && !d.last.Before(asked) && !d.stale(c.tbl.Load()))
+	skip := d.closed || (!after.IsZero() && !d.last.Before(after) && !d.stale(c.tbl.Load()))
 	d.mu.Unlock()
 	if skip {
 		return nil

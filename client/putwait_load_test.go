@@ -1,0 +1,127 @@
+package client_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/wire"
+)
+
+// countingProxy forwards unix connections to the controller at addr and
+// counts the requests of op its clients send.
+func countingProxy(t *testing.T, addr string, op wire.Op) (string, *atomic.Int64) {
+	t.Helper()
+	network, target, err := wire.ParseAddr(addr)
+	require.NoError(t, err)
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "proxy.sock"))
+	require.NoError(t, err)
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial(network, target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, in, out)
+			mu.Unlock()
+			wg.Go(func() { io.Copy(in, out); in.Close() })
+			wg.Go(func() {
+				defer out.Close()
+				h := make([]byte, wire.HeaderSize)
+				for {
+					if _, err := io.ReadFull(in, h); err != nil {
+						return
+					}
+					hd, err := wire.DecodeHeader(h)
+					if err != nil {
+						return
+					}
+					if hd.Op == op && hd.Flags&wire.FlagReply == 0 {
+						n.Add(1)
+					}
+					if _, err := out.Write(h); err != nil {
+						return
+					}
+					if _, err := io.CopyN(out, in, int64(hd.BodyLen)+int64(hd.PayloadLen)); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	return wire.FormatAddr("unix", l.Addr().String()), &n
+}
+
+// Many puts of one client waiting on a full unit whose reserve wait is
+// short list the units with the controller about once a second all
+// together, not once a second each.
+func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinShortUnit(t, addr)
+	filler, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { filler.Close() })
+	paddr, lists := countingProxy(t, addr, wire.OpUnits)
+	c, err := client.Connect(ctx, paddr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	metas := fillUnit(t, filler)
+
+	const puts = 8
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	errs := make([]error, puts)
+	for i := range puts {
+		wg.Go(func() {
+			_, errs[i] = c.PutNew(pctx, "p", opaque([]int{64 << 10}))
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // every put waits
+	from, began := lists.Load(), time.Now()
+	time.Sleep(4 * time.Second)
+	n, secs := lists.Load()-from, time.Since(began).Seconds()
+	// Room for every put: they all get through.
+	for _, m := range metas[:puts] {
+		require.NoError(t, filler.Clear(ctx, m))
+	}
+	wg.Wait()
+	cancel()
+	for i, err := range errs {
+		assert.NoError(t, err, "put %d", i)
+	}
+	assert.LessOrEqual(t, float64(n), secs+2,
+		"%d puts waiting on a unit with a %v reserve wait listed the units %d times in %.1f s", puts, shortWait, n, secs)
+}
