@@ -613,14 +613,19 @@ func outwaitedReserve(ctx context.Context, u DataUnit, err error) bool {
 }
 
 // waitedOut is the error of a write that waited for room (no unit had
-// any), or came after such a wait, and failed with err once ctx ended:
-// one that ctx cut short wraps [engine.ErrCapacity] and ctx's error (a
-// unit in another process cut short answers ctx's alone).
+// any), or came after such a wait, and failed with err once ctx ended: it
+// wraps [engine.ErrCapacity] and ctx's error, whichever of them err
+// lacks (a unit in another process cut short answers ctx's alone; one
+// whose reserve wait ended as ctx did, ErrCapacity alone).
 func waitedOut(ctx context.Context, err error, rows int) error {
-	if errors.Is(err, engine.ErrCapacity) || !errors.Is(err, ctx.Err()) {
-		return err
+	capacity, ended := errors.Is(err, engine.ErrCapacity), errors.Is(err, ctx.Err())
+	switch {
+	case capacity && !ended:
+		return fmt.Errorf("%w; ctx ended while the put waited for room: %w", err, context.Cause(ctx))
+	case ended && !capacity:
+		return fmt.Errorf("no storage unit had room for %d rows before ctx ended: %w: %w", rows, engine.ErrCapacity, err)
 	}
-	return fmt.Errorf("no storage unit had room for %d rows before ctx ended: %w: %w", rows, engine.ErrCapacity, err)
+	return err
 }
 
 // again makes the plan again for a put whose write, begun at began,

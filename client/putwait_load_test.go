@@ -15,6 +15,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -124,4 +125,26 @@ func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
 	}
 	assert.LessOrEqual(t, float64(n), secs+2,
 		"%d puts waiting on a unit with a %v reserve wait listed the units %d times in %.1f s", puts, shortWait, n, secs)
+}
+
+// A waiting put whose ctx is canceled (not timed out) fails with
+// ErrCapacity and context.Canceled, names what it could not place and
+// says it waited for room, and frees what it wrote.
+func TestPutWaitingForRoomCanceled(t *testing.T) {
+	ctx := t.Context()
+	_, u, c, filler := shortWaitCluster(t)
+	metas := fillUnit(t, filler)
+	require.NoError(t, filler.Clear(ctx, metas[0]))
+	require.Eventually(t, func() bool { return u.Stats().Extents == len(metas)-1 }, 10*time.Second, 10*time.Millisecond)
+	before := u.Stats().Used
+	for _, after := range []time.Duration{shortWait / 2, 3 * shortWait, 1200 * time.Millisecond, 1500 * time.Millisecond} {
+		pctx, cancel := context.WithCancel(ctx)
+		time.AfterFunc(after, cancel)
+		_, err := c.PutNew(pctx, "p", opaque(repeat(4, 64<<10)))
+		require.ErrorIs(t, err, engine.ErrCapacity, "canceled after %v", after)
+		require.ErrorIs(t, err, context.Canceled, "canceled after %v", after)
+		assert.Contains(t, err.Error(), "room", "canceled after %v", after)
+		require.Eventually(t, func() bool { return u.Stats().Used == before }, 10*time.Second, 10*time.Millisecond,
+			"the unit's used bytes after the put canceled after %v: want %d as before", after, before)
+	}
 }
