@@ -16,6 +16,7 @@ import (
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -114,9 +115,16 @@ func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
 	from, began := lists.Load(), time.Now()
 	time.Sleep(4 * time.Second)
 	n, secs := lists.Load()-from, time.Since(began).Seconds()
-	// Room for every put: they all get through.
+	// The waiting puts hold none of the client's I/O slots: its reads
+	// and frees go on, among them those that make room for the puts.
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = c.GetCopy(rctx, metas[len(metas)-1])
+	rcancel()
+	require.NoError(t, err, "a read of the client whose puts wait")
 	for _, m := range metas[:puts] {
-		require.NoError(t, filler.Clear(ctx, m))
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		require.NoError(t, c.Clear(rctx, m), "a free of the client whose puts wait")
+		rcancel()
 	}
 	wg.Wait()
 	cancel()
@@ -147,4 +155,103 @@ func TestPutWaitingForRoomCanceled(t *testing.T) {
 		require.Eventually(t, func() bool { return u.Stats().Used == before }, 10*time.Second, 10*time.Millisecond,
 			"the unit's used bytes after the put canceled after %v: want %d as before", after, before)
 	}
+}
+
+// spanCluster is shortWaitCluster whose one unit (full) is joined by a
+// second, empty one (b) once the first is full: a put of more than b
+// holds writes part of its rows to b and waits for room for the rest.
+func spanCluster(t *testing.T) (ctrl *controller.Controller, a, b *storage.Unit, c, filler *client.Client, fill []*engine.BatchMeta) {
+	t.Helper()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	a = joinShortUnit(t, addr)
+	filler, err = client.Connect(t.Context(), addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { filler.Close() })
+	fill = fillUnit(t, filler)
+	b = joinShortUnit(t, addr)
+	c, err = client.Connect(t.Context(), addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return ctrl, a, b, c, filler, fill
+}
+
+// A put whose rows span two units, one full: the rows the other took
+// are freed when ctx ends, and committed once when room comes.
+func TestPutWaitingAcrossUnits(t *testing.T) {
+	ctx := t.Context()
+	for _, succeed := range []bool{false, true} {
+		_, a, b, c, filler, fill := spanCluster(t)
+		usedA := a.Stats().Used
+		want := opaque(repeat(20, 64<<10)) // b holds 16
+		done := make(chan error, 1)
+		var got *engine.BatchMeta
+		pctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if !succeed {
+			pctx, cancel = context.WithTimeout(ctx, 1500*time.Millisecond)
+		}
+		go func() {
+			defer cancel()
+			var err error
+			got, err = c.PutNew(pctx, "p", want)
+			done <- err
+		}()
+		if !succeed {
+			err := <-done
+			require.ErrorIs(t, err, engine.ErrCapacity)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			require.Eventually(t, func() bool { return b.Stats().Used == 0 && a.Stats().Used == usedA }, 10*time.Second, 10*time.Millisecond,
+				"used bytes after the failed put: unit a %d (want %d), unit b %d (want 0)", a.Stats().Used, usedA, b.Stats().Used)
+			st, err := c.Stats(ctx, "p")
+			if err == nil {
+				assert.Zero(t, st.Rows+st.Reserved, "rows of the failed put in the controller")
+			}
+			continue
+		}
+		stillWaits(t, done)
+		for _, m := range fill[:6] {
+			require.NoError(t, filler.Clear(ctx, m))
+		}
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("the put still waits after rows were cleared")
+		}
+		st, err := c.Stats(ctx, "p")
+		require.NoError(t, err)
+		assert.Equal(t, 20, st.Rows, "rows of the put in the controller")
+		g, err := c.GetCopy(ctx, got)
+		require.NoError(t, err)
+		assert.Equal(t, want.Col("v").Data(), g.Col("v").Data(), "the put's bytes do not read back")
+		assert.Equal(t, int64(16<<16), b.Stats().Used, "unit b's used bytes")
+		assert.Equal(t, usedA-2<<16, a.Stats().Used, "unit a's used bytes: 6 rows cleared, 4 put")
+	}
+}
+
+// A put waiting on a full unit that is set draining meanwhile waits on
+// the other units (full too) and, when ctx ends, frees what it wrote.
+func TestPutWaitingOnAUnitThatDrains(t *testing.T) {
+	ctx := t.Context()
+	_, a, b, c, _, _ := spanCluster(t)
+	usedA := a.Stats().Used
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.PutNew(pctx, "p", opaque(repeat(20, 64<<10)))
+		done <- err
+	}()
+	stillWaits(t, done)
+	rm, ok := c.Meta().(*client.RemoteMeta)
+	require.True(t, ok)
+	_, err := rm.DrainUnit(ctx, a.ID(), true)
+	require.NoError(t, err)
+	err = <-done
+	require.ErrorIs(t, err, engine.ErrCapacity)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Eventually(t, func() bool { return b.Stats().Used == 0 && a.Stats().Used == usedA }, 10*time.Second, 10*time.Millisecond,
+		"used bytes after the failed put: unit a %d (want %d), unit b %d (want 0)", a.Stats().Used, usedA, b.Stats().Used)
 }
