@@ -176,3 +176,42 @@ def test_mapping_closed_under_a_read_is_fetched_again(small_server, part, copy):
         del got
     finally:
         c.close()
+
+
+def test_sweeper_keeps_no_dropped_clients_unit(small_server, part, monkeypatch):
+    """A client dropped without close(), whose unit the sweeper has looked
+    at, goes as its last reference does, and with it the unit and its
+    mappings: the sweeper holds its units weakly between rounds. It used to
+    keep the last unit of a round in its loop variable through the sleep
+    and into the next round, which took it from the weak set again: a
+    process's only unit was never freed, its memfd segments mapped and its
+    connections open until exit."""
+    import gc
+    import time
+    import weakref
+    import tq.unit
+    monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.02)
+    monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.02)
+    gc.collect()
+    gc.disable()  # the unit must go as its last reference does
+    try:
+        c = small_server.client(transport="shm")
+        m = c.put({"x": np.ones((2, 8), np.float32)}, partition_id=part)
+        assert np.asarray(c.get_data(m)["x"]).sum() == 16
+        (u,) = [u for u in c.units().values() if u.shm]
+        assert u._segs, "the client mapped no segment"
+        # The sweeper asks the unit (a round held it), twice over.
+        for _ in range(2):
+            looked = u._looked
+            deadline = time.monotonic() + 30
+            while u._looked == looked and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert u._looked != looked, "the sweeper never asked the unit"
+        ref = weakref.ref(u)
+        del u, c, m
+        deadline = time.monotonic() + 30
+        while ref() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ref() is None, "the sweeper kept a dropped client's unit alive"
+    finally:
+        gc.enable()

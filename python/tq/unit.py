@@ -320,20 +320,27 @@ def _sweep_forever():
             if _sweeper is not threading.current_thread():
                 return  # replaced (a test): one sweeper runs at a time
             units = list(_sweep_units)
-        for u in units:
-            # Each is best-effort: the sweeper goes on; the unit's next
-            # call meets the error, and the next round asks again.
-            if u.orphans:
-                try:
-                    u.give_back_orphans()
-                except Exception:
-                    pass
-            try:
-                if u.segments_due():
-                    u._forget_dropped()
-            except Exception:
-                pass
-        del units
+        # Popped, each held only while it is swept: a loop variable would
+        # hold the round's last unit through the sleep and into the next
+        # round, and a dropped client's unit (its mappings, connections)
+        # would never go.
+        while units:
+            _sweep_one(units.pop())
+
+
+def _sweep_one(u) -> None:
+    # Each is best-effort: the sweeper goes on; the unit's next call meets
+    # the error, and the next round asks again.
+    if u.orphans:
+        try:
+            u.give_back_orphans()
+        except Exception:
+            pass
+    try:
+        if u.segments_due():
+            u._forget_dropped()
+    except Exception:
+        pass
 
 
 def _sweep(unit) -> None:
