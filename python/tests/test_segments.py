@@ -215,3 +215,53 @@ def test_sweeper_keeps_no_dropped_clients_unit(small_server, part, monkeypatch):
         assert ref() is None, "the sweeper kept a dropped client's unit alive"
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("idle", [True, False], ids=["idle-conn", "dial"])
+def test_stopped_unit_holds_the_sweeper_briefly(part, monkeypatch, idle):
+    """A unit that takes the sweep's ask and never answers (its process
+    stopped) holds the process's one sweeper for SEGMENT_ASK_S, not for
+    the client's timeout, whether the ask goes on an idle connection or
+    dials one (whose handshake goes unanswered): the orphaned leases of
+    the other units are given back all the same. The ask used to wait out
+    the connection's timeout (30 s by default, 120 s here), round after
+    round, and another unit's orphaned lease waited with it."""
+    import signal
+    import time
+    import tq.unit
+    monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.05)
+    monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.05)
+    a, b = Server(extra=["--units=1"]), Server(extra=["--units=1"])
+    ca = a.client(transport="shm", timeout=120)
+    cb = b.client(transport="shm", timeout=120)
+    stopped = False
+    try:
+        ca.put({"x": np.ones((2, 8), np.float32)}, partition_id=part)
+        m = cb.put({"x": np.ones((2, 8), np.float32)}, partition_id=part)
+        (ua,) = [u for u in ca.units().values() if u.shm]
+        (ub,) = [u for u in cb.units().values() if u.shm]
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        stopped = True
+        if not idle:
+            ua.pool.drop_idle()
+        # The sweeper has asked the stopped unit since it stopped.
+        looked = ua._looked
+        deadline = time.monotonic() + 30
+        while ua._looked == looked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ua._looked != looked, "the sweeper never asked the stopped unit"
+        v = cb.get_data(m, copy=False)
+        assert np.asarray(v["x"]).sum() == 16
+        del v  # its lease is orphaned: the sweeper gives it back
+        assert ub.orphans, "the dropped view's lease was not handed to its unit"
+        deadline = time.monotonic() + 30
+        while ub.orphans and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not ub.orphans, "a stopped unit's sweep held another unit's orphaned lease"
+    finally:
+        if stopped:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        cb.close()
+        ca.close()
+        a.stop()
+        b.stop()

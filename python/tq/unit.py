@@ -72,7 +72,9 @@ class Pool:
         self._calling = set()
         self._lock = threading.Lock()
 
-    def take(self) -> wire.Conn:
+    def take(self, dial=None) -> wire.Conn:
+        """An idle connection, or one ``dial`` (the pool's own dial if
+        None) makes."""
         if self._before_take is not None:
             self._before_take()
         with self._lock:
@@ -83,7 +85,7 @@ class Pool:
                 if not c.closed and c.pid == os.getpid() and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
                     return c
                 c.close()
-        return self._dial()
+        return (dial or self._dial)()
 
     def give(self, c: wire.Conn) -> None:
         with self._lock:
@@ -97,8 +99,9 @@ class Pool:
                 return
             self._idle.append(c)
 
-    def call(self, *args, **kw):
-        c = self.take()
+    def call(self, *args, dial=None, **kw):
+        """Call on a connection of take(dial)'s."""
+        c = self.take(dial)
         with self._lock:
             closed = self._closed
             self._calling.add(c)
@@ -305,6 +308,14 @@ ORPHAN_SWEEP_S = 1.0
 # client's sweepEvery.
 SEGMENT_SWEEP_S = 5.0
 
+# How long the sweeper waits for a unit's answer to that ask (and for a
+# connection to it, when none is idle), not the client's timeout: the
+# sweeper is one thread for every unit of the process, and a unit that
+# takes the ask and never answers (its process stopped) would hold the
+# other units' sweeps (their orphaned leases) for the whole timeout,
+# round after round.
+SEGMENT_ASK_S = 2.0
+
 _sweep_lock = threading.Lock()
 # Units that handed out a Lease or map segments, closed ones too (a view
 # may outlive its client): they leave when they are garbage. Guarded by
@@ -338,7 +349,7 @@ def _sweep_one(u) -> None:
             pass
     try:
         if u.segments_due():
-            u._forget_dropped()
+            u._forget_dropped(timeout=SEGMENT_ASK_S)
     except Exception:
         pass
 
@@ -513,6 +524,14 @@ class Unit:
     def _dial(self) -> wire.Conn:
         return wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation, **self._dial_args)
 
+    def _dial_within(self, timeout: float) -> wire.Conn:
+        """A connection dialed (handshake included) within ``timeout``,
+        whose calls then wait the client's timeout, as _dial's do."""
+        c = wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation,
+                      **dict(self._dial_args, timeout=timeout))
+        c.timeout = self._dial_args["timeout"]
+        return c
+
     def _reinit_in_child(self) -> None:
         # The mappings stay: the child inherited them, views included. The
         # child's sweeper (none yet) looks at the unit once the child
@@ -606,7 +625,7 @@ class Unit:
         self._forget_dropped(seg)
         return ms
 
-    def _forget_dropped(self, new: int | None = None) -> None:
+    def _forget_dropped(self, new: int | None = None, timeout: float | None = None) -> None:
         """Unmap the segments the unit dropped: it drops empty ones when it
         grows, and a memfd's pages go back to the host only when no process
         maps it, so a client that lives for days would keep every segment
@@ -621,15 +640,19 @@ class Unit:
         array does. An answer naming no segment at all closes nothing (a
         unit that dropped every segment and is mapping a new one names
         none, as would a wrong unit; a closed one answers ClosedError): a
-        later sweep asks again, as it does after any failed ask. Called
-        without _seg_lock (the call waits on the unit)."""
+        later sweep asks again, as it does after any failed ask. With
+        ``timeout`` (the sweeper's SEGMENT_ASK_S), the ask, and a dial if
+        no connection is idle, wait that long, not the client's timeout.
+        Called without _seg_lock (the call waits on the unit)."""
         with self._seg_lock:
             mapped = dict(self._segs)
         if not mapped:
             return
         self._looked = time.monotonic()
         try:
-            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments")
+            rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments",
+                                 timeout=timeout,
+                                 dial=None if timeout is None else (lambda: self._dial_within(timeout)))
         except errors.TQError:
             return
         live = {s.id for s in rep.segments}
