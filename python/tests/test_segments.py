@@ -265,3 +265,136 @@ def test_stopped_unit_holds_the_sweeper_briefly(part, monkeypatch, idle):
         ca.close()
         a.stop()
         b.stop()
+
+
+def test_fork_while_the_sweep_asks(small_server, part, monkeypatch):
+    """Children forked while the parent's sweeper asks its unit (a sweep
+    every 0.5 ms: one is in flight at most forks, holding the segment
+    table's lock or a connection's) neither hang nor read wrong bytes: one
+    that reads (copies and a view) starts its own sweeper, one that never
+    calls the unit dials nothing for it, and the parent reads on, its
+    mappings its own, after they all exit."""
+    import signal
+    import time
+    import tq.unit
+    monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.0005)
+    monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.0005)
+
+    def sockets():
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+        return n
+
+    c = small_server.client(transport="shm")
+    try:
+        x = np.arange(1 << 12, dtype=np.int64).reshape(4, -1)
+        m = c.put({"x": x}, partition_id=part)
+        assert np.array_equal(np.asarray(c.get_data(m)["x"]), x)
+        for i in range(50):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    if i % 2:
+                        before = sockets()
+                        time.sleep(0.02)
+                        code = 0 if sockets() == before else 3
+                    else:
+                        ok = np.array_equal(np.asarray(c.get_data(m)["x"]), x)
+                        with c.get_data(m, copy=False) as v:
+                            ok = ok and np.array_equal(np.asarray(v["x"]), x)
+                        time.sleep(0.01)  # its sweeper asks
+                        code = 0 if ok else 4
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 60
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail(f"child {i} hung (forked while the sweep asked)")
+                time.sleep(0.001)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, \
+                f"child {i}: {'dialed a unit it never called' if i % 2 else 'read wrong bytes or failed'} ({status})"
+        assert np.array_equal(np.asarray(c.get_data(m)["x"]), x)
+        with c.get_data(m, copy=False) as v:
+            assert np.array_equal(np.asarray(v["x"]), x)
+        c.clear_partition(part)
+    finally:
+        c.close()
+
+
+def test_calls_race_the_sweep_as_the_unit_drops_segments(part, monkeypatch):
+    """Puts, copies and views on three threads, a sweep every 10 ms, and
+    another client that makes the unit drop its segments and map new ones
+    round after round (two 60 MiB fields, then one of 100 MiB): every read
+    gets the bytes put, and no call fails (no ValueError of a mapping the
+    sweep closed, no CorruptError)."""
+    import threading
+    import time
+    import tq
+    import tq.unit
+    monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.01)
+    monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.01)
+    # A unit of its own: 64 MiB segments to begin with, as the rounds need.
+    server = Server(extra=["--capacity=128MiB", "--units=1"])
+    c, other = server.client(transport="shm"), server.client(transport="shm")
+    stop = time.monotonic() + float(os.environ.get("TQ_RACE_S", "3"))
+    errs, seen = [], set()
+
+    def calls(k):
+        try:
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                p = f"{part}-{k}-{i % 4}"
+                x = np.full((2, (1 + (i * 7 + k) % 300) << 10), (i + k) % 251, np.uint8)
+                m = c.put({"x": x}, partition_id=p)
+                for copy in (True, False):
+                    got = c.get_data(m, copy=copy)
+                    if not np.array_equal(np.asarray(got["x"]), x):
+                        errs.append(f"thread {k} round {i} copy={copy}: wrong bytes")
+                    if not copy:
+                        got.release()
+                    del got
+                c.clear_partition(p)
+                if i % 4 == 0:
+                    time.sleep(0.05)  # the unit empties: it may drop every segment
+        except BaseException as e:
+            errs.append(f"thread {k}: {e!r}")
+
+    def churn():
+        try:
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                n, f = (100 << 20, 1) if i % 2 else (60 << 20, 2)
+                try:
+                    other.put({f"g{j}": np.full((1, n), 9, np.uint8) for j in range(f)}, partition_id=part + "-o")
+                except tq.CapacityError:
+                    pass  # the callers' cells were in the way
+                other.clear_partition(part + "-o")
+                for u in c.units().values():
+                    seen.update(u._segs)
+        except BaseException as e:
+            errs.append(f"churn: {e!r}")
+
+    ts = [threading.Thread(target=calls, args=(k,)) for k in range(3)] + [threading.Thread(target=churn)]
+    try:
+        for t in ts:
+            t.start()
+    finally:
+        for t in ts:
+            t.join()
+        other.close()
+        c.close()
+        server.stop()
+    assert not errs, errs[:5]
+    assert len(seen) > 2, f"the unit dropped no segment the client mapped (it mapped {sorted(seen)})"
