@@ -137,7 +137,8 @@ type ServerConfig struct {
 	// one is closed at once, so that evictions hold no more sockets than
 	// refusals do. Evictions are logged once per episode.
 	MaxHandshakes int
-	// HandshakeTimeout bounds the wait for the first frame (0: 10 s).
+	// HandshakeTimeout bounds the wait for the first frame (0:
+	// DefaultHandshakeTimeout).
 	HandshakeTimeout time.Duration
 	// IdleTimeout closes a connection with no frame for this long, or up
 	// to a quarter longer (0: 5 min), unless its session is a [Holder]
@@ -277,6 +278,10 @@ type Served struct {
 // 10 s ping timeout, and a goroutine hand-off (microseconds) is nothing
 // beside that.
 const DefaultInlineMaxBody = 256 << 10
+
+// DefaultHandshakeTimeout is ServerConfig.HandshakeTimeout's default: a
+// peer that has not authenticated within it is closed.
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // DefaultPeerTimeout is ServerConfig.PeerTimeout's default: a live host
 // answers the kernel's probes within a round trip, however busy its
@@ -426,7 +431,7 @@ func NewServer(cfg ServerConfig) *Server {
 		cfg.MaxInFlight = DefaultMaxInFlight
 	}
 	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 10 * time.Second
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 5 * time.Minute

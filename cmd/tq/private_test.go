@@ -15,6 +15,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/internal/linger"
 	"github.com/tqgo/tq/wire"
 )
 
@@ -88,4 +89,25 @@ func TestServeKeepsItsFilesPrivate(t *testing.T) {
 	require.NoError(t, err)
 	c.Close()
 	p.stop(t)
+}
+
+// The limits the README's Security section gives misbehaving peers are the
+// ones tq serve's servers use: each phrase, made from the constant, is in
+// the section (white space folded).
+func TestReadmeSecurityStatesTheLimits(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, sec, ok := strings.Cut(string(b), "\n## Security\n")
+	require.True(t, ok, "README.md has no Security section")
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	sec = strings.Join(strings.Fields(sec), " ")
+	for _, phrase := range []string{
+		fmt.Sprintf("a small handshake (%d KiB, within %d s)", wire.MaxHelloLen>>10, int(wire.DefaultHandshakeTimeout/time.Second)),
+		fmt.Sprintf("each frame must arrive within %d s", int(wire.DefaultFrameTimeout/time.Second)),
+		fmt.Sprintf("a per-connection (%d MiB) and a server-wide (%d GiB) bound", wire.DefaultMaxConnBuffered>>20, wire.DefaultMaxBuffered>>30),
+		fmt.Sprintf("at most %d connections are held", wire.DefaultMaxConns),
+		fmt.Sprintf("for up to %d s before it closes", int(linger.Time/time.Second)),
+	} {
+		assert.Contains(t, sec, phrase)
+	}
 }
