@@ -127,6 +127,16 @@ func TestConfigFileTokenMustBePrivate(t *testing.T) {
 	require.NoError(t, os.Chmod(public, 0o644))
 	_, _, err = parseServeConfig(args(public), io.Discard)
 	require.NoError(t, err, "no token key: any mode")
+
+	if os.Geteuid() == 0 { // giving the file away needs root
+		theirs := filepath.Join(dir, "theirs.yaml")
+		require.NoError(t, os.WriteFile(theirs, []byte("token: s3cret-in-yaml\n"), 0o600))
+		require.NoError(t, os.Chown(theirs, 65534, 65534))
+		_, _, err = parseServeConfig(args(theirs), io.Discard)
+		require.Error(t, err, "another user's file with a token key")
+		assert.Contains(t, err.Error(), fmt.Sprintf("--config %s has a token key but is owned by uid 65534", theirs))
+		assert.NotContains(t, err.Error(), "s3cret-in-yaml", "the error never names the token")
+	}
 }
 
 // A token: key in the --config file is reported as coming from there, at
