@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
@@ -757,15 +760,31 @@ func TestOtherUserNeedsToken(t *testing.T) {
 	if len(p.units) != 1 {
 		t.Fatalf("unit addresses: %v", p.units)
 	}
-	var unitTCP, unitUnix string
+	var unitTCP, unitUnix, unitFd string
 	for _, a := range p.units[0] {
 		switch {
 		case strings.HasPrefix(a, "tcp://"):
 			unitTCP = a
 		case strings.HasPrefix(a, "unix://"):
 			unitUnix = a
+		case strings.HasPrefix(a, "shm://"):
+			unitFd = a
 		}
 	}
+	// The same user without the token, over the unix sockets: admitted
+	// by SO_PEERCRED (it could read the token file), shared memory too.
+	t.Run("same user over unix sockets", func(t *testing.T) {
+		unsetEnv(t, auth.EnvToken)
+		t.Setenv(auth.EnvDataDir, t.TempDir())
+		mine, err := client.Connect(ctx, p.addr("unix"), client.ConnectConfig{Transport: client.TransportShm, WaitForUnits: true, Name: "same-user"})
+		require.NoError(t, err, "the owner's user without the token")
+		defer mine.Close()
+		got, err := kvapi.New(mine).BatchGetCopy(ctx, "p", helperKeys(0, 4))
+		require.NoError(t, err)
+		for _, f := range want.Fields() {
+			require.True(t, got.Col(f.Name).Equal(f.Col), "field %s over shared memory", f.Name)
+		}
+	})
 	env := []string{"TQ_CTRL_TCP=" + p.addr("tcp"), "TQ_CTRL_UNIX=" + p.addr("unix"),
 		"TQ_UNIT_TCP=" + unitTCP, "TQ_UNIT_UNIX=" + unitUnix}
 	// The same user without the token (a client that lost it).
@@ -785,10 +804,25 @@ func TestOtherUserNeedsToken(t *testing.T) {
 		other := filepath.Join(shared, "home")
 		os.Mkdir(other, 0o700)
 		os.Chown(other, 65534, 65534)
-		cmd := exec.Command(bin, "-test.run=^TestHelperProcess$", "-test.v")
-		cmd.Env = append(append(environWithout(auth.EnvToken), "TQ_HELPER=intruder", auth.EnvDataDir+"="+filepath.Join(other, "tq"), "HOME="+other), env...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		runHelpers(t, cmd)
+		intruder := func(extra ...string) *exec.Cmd {
+			cmd := exec.Command(bin, "-test.run=^TestHelperProcess$", "-test.v")
+			cmd.Env = append(append(append(environWithout(auth.EnvToken), "TQ_HELPER=intruder", auth.EnvDataDir+"="+filepath.Join(other, "tq"), "HOME="+other), env...), extra...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			return cmd
+		}
+		runHelpers(t, intruder())
+		// Behind the private directory, each unix socket asks for the
+		// token too: opened to the other user (as a socket directory
+		// made open by hand would be), the controller's and the unit's
+		// sockets refuse its handshake, and the unit's fd socket hands
+		// it neither a segment nor a control ring.
+		for _, d := range []string{filepath.Dir(dir), dir} {
+			require.NoError(t, os.Chmod(d, 0o711))
+		}
+		for _, a := range []string{p.addr("unix"), unitUnix, unitFd} {
+			require.NoError(t, os.Chmod(a[strings.Index(a, "://")+3:], 0o666))
+		}
+		runHelpers(t, intruder("TQ_INTRUDER_OPEN=1", "TQ_UNIT_FD="+unitFd))
 	}
 
 	got, err := kv.BatchGet(ctx, "p", helperKeys(0, 4))
@@ -814,9 +848,11 @@ func intrude(ctx context.Context, t *testing.T) {
 	// the TCP listeners are tried. Run as another user, it meets private
 	// socket directories (no permission) and missing tokens everywhere.
 	sameUser := os.Getenv("TQ_INTRUDER_SAME_UID") != ""
+	// Opened to it, the sockets are reached: only the token check stands.
+	opened := os.Getenv("TQ_INTRUDER_OPEN") != ""
 	unauthenticated := func(what string, err error) {
 		t.Helper()
-		if errors.Is(err, wire.ErrUnauthenticated) || (!sameUser && errors.Is(err, os.ErrPermission)) {
+		if errors.Is(err, wire.ErrUnauthenticated) || (!sameUser && !opened && errors.Is(err, os.ErrPermission)) {
 			return
 		}
 		t.Errorf("%s without the token: got %v, want an error wrapping %v", what, err, wire.ErrUnauthenticated)
@@ -853,6 +889,40 @@ func intrude(ctx context.Context, t *testing.T) {
 	defer st.Close()
 	_, err := st.DialConn(ctx, engine.PeerInfo{Addr: os.Getenv("TQ_UNIT_UNIX")})
 	unauthenticated("shared memory of the unit", err)
+	if fdSock, ok := strings.CutPrefix(os.Getenv("TQ_UNIT_FD"), "shm://"); ok {
+		for _, req := range []wire.FdRequest{{Segment: 1}, {Ring: true}} {
+			unauthenticated(fmt.Sprintf("the unit's fd socket %s for %+v", fdSock, req), askFdSocket(fdSock, req))
+		}
+	}
+}
+
+// askFdSocket sends req to the fd socket at path and returns the error
+// its reply's status says, or why there was no reply; an fd handed over
+// is an error too.
+func askFdSocket(path string, req wire.FdRequest) error {
+	nc, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	uc := nc.(*net.UnixConn)
+	uc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := uc.Write(req.Append(nil)); err != nil {
+		return err
+	}
+	buf, oob := make([]byte, wire.FdReplySize), make([]byte, 64)
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return err
+	}
+	if oobn > 0 {
+		return fmt.Errorf("the fd socket handed over a descriptor (status of %d bytes)", n)
+	}
+	rep, err := wire.ParseFdReply(buf[:n])
+	if err != nil {
+		return err
+	}
+	return rep.Status.Err()
 }
 
 // A storage unit killed with SIGKILL: readers of its cells get ErrLost
