@@ -146,12 +146,28 @@ func (s *server) startPprof() error {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	url, err := s.serveHTTP("--pprof", s.bound.pprof, addr, requireBearer(s.cfg.metricsToken, mux), pprofLimits)
+	url, err := s.serveHTTP("--pprof", s.bound.pprof, addr, requireBearer(s.cfg.metricsToken, capProfileSeconds(mux)), pprofLimits)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(s.out, "tq serve: profiles on %s/debug/pprof/\n", url)
 	return nil
+}
+
+// capProfileSeconds refuses a CPU profile, trace or delta profile
+// (?seconds=N) longer than pprofMaxSeconds with 400, at once; h serves
+// the others. net/http/pprof's own bound is the write timeout, which
+// leaves room past pprofMaxSeconds for the profile to be written.
+func capProfileSeconds(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.URL.Query().Get("seconds"); v != "" {
+			if sec, err := strconv.ParseFloat(v, 64); err == nil && sec > pprofMaxSeconds {
+				http.Error(w, fmt.Sprintf("seconds=%s: profiles and traces run at most %d s", v, pprofMaxSeconds), http.StatusBadRequest)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // requireBearer serves h only to requests that carry token as

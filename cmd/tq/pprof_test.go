@@ -54,3 +54,32 @@ func TestTokenFlagHelpWarnsOfTheProcessList(t *testing.T) {
 		})
 	}
 }
+
+// --pprof serves CPU profiles, traces and delta profiles of up to 300 s,
+// as README says: a longer one is refused at once, naming the limit. The
+// write timeout (330 s) used to be the only bound, so seconds=301 to 329
+// ran for that long.
+func TestPprofRefusesProfilesPast300s(t *testing.T) {
+	var out bytes.Buffer
+	cfg := defaultServeConfig()
+	cfg.Pprof = "127.0.0.1:0"
+	bound, err := cfg.bindTCP()
+	require.NoError(t, err)
+	t.Cleanup(bound.close)
+	s := &server{cfg: cfg, out: &out, log: slog.New(slog.DiscardHandler), bound: bound}
+	require.NoError(t, s.startPprof())
+	t.Cleanup(func() {
+		for _, c := range s.closers {
+			c()
+		}
+	})
+	_, url, ok := strings.Cut(strings.TrimSpace(out.String()), "profiles on ")
+	require.True(t, ok, "announced: %q", out.String())
+	for _, path := range []string{"profile?seconds=301", "trace?seconds=300.5", "heap?seconds=329", "allocs?seconds=1000"} {
+		code, body := probe(t, url+path)
+		require.Equal(t, http.StatusBadRequest, code, "%s: %s", path, body)
+		require.Contains(t, body, "at most 300 s", path)
+	}
+	code, body := probe(t, url+"heap?seconds=1")
+	require.Equal(t, http.StatusOK, code, "a short delta profile is served: %s", body)
+}
