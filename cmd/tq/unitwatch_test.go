@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,4 +148,40 @@ func TestRestoreWaitsForAUnitHeardFrom(t *testing.T) {
 	v, err := getInt(t, kvapi.New(c), "p", "k")
 	require.NoError(t, err)
 	assert.Equal(t, []int64{7}, v)
+}
+
+// A storage unit process stopped (SIGSTOP) past the heartbeat timeout and
+// then continued: the controller logs it registered, lost and back, once
+// each, as README says.
+func TestControllerLogsUnitLostAndBackOnce(t *testing.T) {
+	bin := tqBinary(t)
+	var stderr syncBuffer
+	ctrl, err := spawnServe(t.TempDir(), nil, &stderr, func(l string) { t.Logf("serve: %s", l) }, bin,
+		"--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "100ms")
+	require.NoError(t, err)
+	t.Cleanup(ctrl.kill)
+	unit := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", ctrl.addr("tcp"), "--socket-dir", "",
+		"--capacity", "16MiB")
+	waitLog := func(msg string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(stderr.String(), msg) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the controller never logged %q:\n%s", msg, stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog(`msg="storage unit registered"`)
+	require.NoError(t, unit.cmd.Process.Signal(syscall.SIGSTOP))
+	t.Cleanup(func() { unit.cmd.Process.Signal(syscall.SIGCONT) })
+	waitLog(`msg="storage unit lost: no heartbeat`)
+	time.Sleep(500 * time.Millisecond) // several of the watch's checks with the unit still silent
+	require.NoError(t, unit.cmd.Process.Signal(syscall.SIGCONT))
+	waitLog(`msg="storage unit back"`)
+	time.Sleep(500 * time.Millisecond) // several more checks with it alive
+	logs := stderr.String()
+	for _, msg := range []string{"storage unit registered", "storage unit lost", "storage unit back"} {
+		assert.Equal(t, 1, strings.Count(logs, `msg="`+msg), "%q logged once:\n%s", msg, logs)
+	}
 }
