@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -206,4 +207,33 @@ func TestServeMetricsToken(t *testing.T) {
 	assert.Equal(t, 200, code)
 	code, _ = get(base+"/readyz", "")
 	assert.Equal(t, 200, code)
+}
+
+// `tq serve --metrics` beyond loopback with no metrics token starts,
+// warns on stderr that it listens beyond the host without one, and
+// /metrics asks for none.
+func TestServeWarnsOfMetricsWithoutAToken(t *testing.T) {
+	bin := tqBinary(t)
+	unsetEnv(t, envMetricsToken)
+	var stderr syncBuffer
+	var metricsURL string
+	p, err := spawnServe(t.TempDir(), nil, &stderr, func(l string) {
+		if rest, ok := strings.CutPrefix(l, "tq serve: metrics on "); ok {
+			metricsURL = rest
+		}
+	}, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "16MiB", "--metrics", "0.0.0.0:0")
+	require.NoError(t, err)
+	t.Cleanup(p.kill)
+	// stderr is copied by a goroutine of its own: the warning, written
+	// before "ready", may land a moment after it.
+	const warning = "tq serve: WARNING: --metrics 0.0.0.0:0 listens beyond this host without a token"
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stderr.String(), warning) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.Contains(t, stderr.String(), warning)
+	require.NotEmpty(t, metricsURL)
+	code, body := probe(t, metricsURL)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "tq_partitions")
 }
