@@ -169,3 +169,34 @@ func TestDashboardQueriesExportedMetrics(t *testing.T) {
 		require.Contains(t, err.Error(), tc.want)
 	}
 }
+
+// The dashboard's rows are those README lists ("Rows: cluster overview,
+// per-partition progress, ..."), in its order, and its uid is the one
+// README gives.
+func TestDashboardRowsAreREADMEs(t *testing.T) {
+	b, err := os.ReadFile("../deploy/grafana/tq.json")
+	require.NoError(t, err)
+	var d struct {
+		UID    string `json:"uid"`
+		Panels []struct {
+			Type, Title string
+		} `json:"panels"`
+	}
+	require.NoError(t, json.Unmarshal(b, &d))
+	var rows []string
+	for _, p := range d.Panels {
+		if p.Type == "row" {
+			rows = append(rows, strings.ToLower(p.Title))
+		}
+	}
+	readme, err := os.ReadFile("../README.md")
+	require.NoError(t, err)
+	m := regexp.MustCompile("is `deploy/grafana/tq.json` \\(uid `([^`]+)`\\)(?s:.*?)Rows: ([^.]+)\\.").FindSubmatch(readme)
+	require.NotNil(t, m, "README names the dashboard's uid and rows")
+	require.Equal(t, string(m[1]), d.UID)
+	var want []string
+	for r := range strings.SplitSeq(strings.ReplaceAll(string(m[2]), "\n", " "), ",") {
+		want = append(want, strings.TrimSpace(r))
+	}
+	require.Equal(t, want, rows)
+}
