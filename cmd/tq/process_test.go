@@ -342,8 +342,10 @@ func TestHelperProcess(t *testing.T) {
 		fmt.Println("HELPER OK")
 		return
 	}
+	// $TQ_HOST: another host identity, as a client on another host (it
+	// keeps to the address given).
 	c, err := client.Connect(ctx, os.Getenv("TQ_ADDR"), client.ConnectConfig{Token: os.Getenv("TQ_TOKEN"), WaitForUnits: true, Name: role,
-		Transport: os.Getenv("TQ_TRANSPORT"), RDMA: rdma.Config{Device: os.Getenv("TQ_RDMA_DEVICE")}})
+		Transport: os.Getenv("TQ_TRANSPORT"), RDMA: rdma.Config{Device: os.Getenv("TQ_RDMA_DEVICE")}, Client: client.Config{Host: os.Getenv("TQ_HOST")}})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

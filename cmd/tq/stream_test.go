@@ -5,6 +5,7 @@ package main
 // — consume it with stream.Loader.
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -12,15 +13,19 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/stream"
+	"github.com/tqgo/tq/wire"
 )
 
 // streamHelper is the body of the stream-producer and stream-consumer
@@ -33,7 +38,10 @@ import (
 //	          that many micro-batches and print NEXT step:index),
 //	          TQ_START (step:index), TQ_CONTINUOUS with TQ_WANT (stop
 //	          after that many rows), TQ_READY (a key it puts in partition
-//	          readyPart once its loader is made)
+//	          readyPart once its loader is made), TQ_SAMPLER (its name;
+//	          default rank_aware), TQ_HANG_AFTER (after that many
+//	          micro-batches print HANGING and wait, in the loop's body,
+//	          to be killed)
 //
 // A consumer prints each micro-batch as "BATCH step index x,x,...".
 func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role string) {
@@ -75,6 +83,7 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 		cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = []string{part}, "train", []string{"x"}, 4
 		cfg.DPRank, cfg.DPSize, cfg.Prefetch = env("TQ_DP_RANK"), max(env("TQ_DP_SIZE"), 1), 3
 		cfg.Continuous = os.Getenv("TQ_CONTINUOUS") != ""
+		cfg.Sampler.Name = os.Getenv("TQ_SAMPLER")
 		if s := os.Getenv("TQ_START"); s != "" {
 			_, err := fmt.Sscanf(s, "%d:%d", &cfg.Start.Step, &cfg.Start.Index)
 			require.NoError(t, err)
@@ -85,7 +94,7 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 			_, err := kvapi.New(c).Put(ctx, readyPart, k, nil, engine.Tags{"ready": "1"})
 			require.NoError(t, err)
 		}
-		stop, want, rows, n := env("TQ_BREAK_AFTER"), env("TQ_WANT"), 0, 0
+		stop, want, hang, rows, n := env("TQ_BREAK_AFTER"), env("TQ_WANT"), env("TQ_HANG_AFTER"), 0, 0
 		for b, err := range l.All(ctx) {
 			require.NoError(t, err)
 			xs, err := engine.Values[int64](b.Data.Col("x"))
@@ -97,6 +106,10 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 			fmt.Printf("BATCH %d %d %s\n", b.Step, b.Index, strings.Join(strs, ","))
 			n++
 			rows += len(xs)
+			if n == hang {
+				fmt.Println("HANGING")
+				select {}
+			}
 			if n == stop || (want > 0 && rows >= want) {
 				// Let the prefetcher fetch ahead before the break.
 				time.Sleep(100 * time.Millisecond)
@@ -229,4 +242,100 @@ func TestStreamProcesses(t *testing.T) {
 		}
 		require.Equal(t, want, got, "every row, in order, as it was written")
 	})
+}
+
+// The durations the README's streaming loader section gives (how long a
+// dead loader's held fetch, a client gone quiet, a host dropped off, and a
+// batch a group left behind are waited for) are the ones tq serve uses:
+// each phrase, made from the constant, is in the section (white space
+// folded).
+func TestReadmeStreamStatesTheDefaults(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, sec, ok := strings.Cut(string(b), "\n## The streaming loader\n")
+	require.True(t, ok, "README.md has no streaming loader section")
+	sec, _, _ = strings.Cut(sec, "\n## ")
+	sec = strings.Join(strings.Fields(sec), " ")
+	for _, phrase := range []string{
+		fmt.Sprintf("`tq serve --held-fetch-ttl` (%d min; `controller.Config.HeldFetchTTL`)", int(controller.DefaultHeldFetchTTL/time.Minute)),
+		fmt.Sprintf("`tq serve --held-client-grace` (%d s;", int(controller.DefaultHeldClientGrace/time.Second)),
+		fmt.Sprintf("`tq serve --peer-timeout`, %d s,", int(wire.DefaultPeerTimeout/time.Second)),
+		fmt.Sprintf("`tq serve --kept-batch-ttl` (%d min; `controller.Config.KeptBatchTTL`; negative: never)", int(controller.DefaultKeptBatchTTL/time.Minute)),
+	} {
+		assert.Contains(t, sec, phrase)
+	}
+}
+
+// The README: a loader that dies holding prefetched rows (a private
+// sampler's held fetches) does not hold them until the held-fetch TTL
+// when another consumer waits at the end for them: over tq serve's unix
+// socket the controller sees its process gone, over TCP its client
+// closed every connection and did not come back within
+// --held-client-grace (a client on another host). A sequential loader process takes 2 micro-batches
+// of a done partition of 32 rows, with 3 more prefetched and held, and is
+// killed (SIGKILL) in the loop's body; a second one then reads the rest,
+// the killed one's prefetched rows included: each row reaches one of the
+// two, once, long before the 10 min TTL.
+func TestStreamKilledLoaderGivesBackItsPrefetched(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1",
+		"--capacity", "64MiB", "--held-client-grace", "200ms")
+	for _, scheme := range []string{"unix", "tcp"} {
+		t.Run(scheme, func(t *testing.T) {
+			env := append(p.env(), "TQ_ADDR="+p.addr(scheme), "TQ_PART=killed-"+scheme, "TQ_SAMPLER=sequential")
+			if scheme == "tcp" {
+				// As from another host: the controller knows no pid.
+				env = append(env, "TQ_HOST=another-host")
+			}
+			runStreamHelpers(t, helper(t, nil, "stream-producer", append(slices.Clone(env), "TQ_ROWS=32", "TQ_CHUNK=32", "TQ_DONE=1")...))
+
+			killed := helper(t, nil, "stream-consumer", append(slices.Clone(env), "TQ_HANG_AFTER=2")...)
+			out, err := killed.StdoutPipe()
+			require.NoError(t, err)
+			require.NoError(t, killed.Start())
+			exited := make(chan struct{})
+			t.Cleanup(func() { killed.Process.Kill(); <-exited })
+			var first []string
+			hanging := make(chan struct{})
+			go func() {
+				defer close(exited)
+				sc := bufio.NewScanner(out)
+				for sc.Scan() {
+					if rest, ok := strings.CutPrefix(sc.Text(), "BATCH "); ok {
+						first = append(first, rest)
+					}
+					if sc.Text() == "HANGING" {
+						close(hanging)
+					}
+				}
+				killed.Wait()
+			}()
+			select {
+			case <-hanging:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the first loader did not take 2 micro-batches in 60 s")
+			}
+			// Its prefetcher fills its 3 slots, held, while the body waits.
+			c, err := client.Connect(t.Context(), p.addr("unix"), client.ConnectConfig{Token: p.token(t), WaitForUnits: true})
+			require.NoError(t, err)
+			defer c.Close()
+			require.Eventually(t, func() bool {
+				st, err := c.ConsumptionStatus(t.Context(), "killed-"+scheme, "train")
+				require.NoError(t, err)
+				return len(st.Held) == 12
+			}, 30*time.Second, 5*time.Millisecond, "the killed loader's prefetched rows held")
+			require.NoError(t, killed.Process.Signal(syscall.SIGKILL))
+			<-exited
+			require.Len(t, first, 2)
+
+			rest := runStreamHelpers(t, helper(t, nil, "stream-consumer", env...))[0]
+			all := append(rowsOf(t, first), rowsOf(t, rest.batches)...)
+			slices.Sort(all)
+			want := make([]int, 32)
+			for i := range want {
+				want[i] = i
+			}
+			require.Equal(t, want, all, "every row reaches one of the two loaders, once")
+		})
+	}
 }
