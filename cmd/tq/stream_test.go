@@ -7,6 +7,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -34,9 +35,11 @@ import (
 //	producer: TQ_PART, TQ_ROWS, TQ_CHUNK, TQ_PAUSE (between chunks),
 //	          TQ_DONE (mark the partition done at the end), TQ_WAIT_READY
 //	          (write nothing until that many consumers said READY)
-//	consumer: TQ_PART, TQ_DP_RANK, TQ_DP_SIZE, TQ_BREAK_AFTER (stop after
-//	          that many micro-batches and print NEXT step:index),
-//	          TQ_START (step:index), TQ_CONTINUOUS with TQ_WANT (stop
+//	consumer: TQ_PART (a comma-separated list: one partition a step),
+//	          TQ_DP_RANK, TQ_DP_SIZE, TQ_BREAK_AFTER (stop after
+//	          that many micro-batches and print NEXT step:index, and
+//	          POSITION with the whole position in JSON),
+//	          TQ_START (step:index, or a POSITION's JSON), TQ_CONTINUOUS with TQ_WANT (stop
 //	          after that many rows), TQ_READY (a key it puts in partition
 //	          readyPart once its loader is made), TQ_SAMPLER (its name;
 //	          default rank_aware), TQ_HANG_AFTER (after that many
@@ -80,11 +83,13 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 		}
 	case "stream-consumer":
 		cfg := stream.DefaultConfig()
-		cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = []string{part}, "train", []string{"x"}, 4
+		cfg.Partitions, cfg.Task, cfg.Fields, cfg.MicroBatchSize = strings.Split(part, ","), "train", []string{"x"}, 4
 		cfg.DPRank, cfg.DPSize, cfg.Prefetch = env("TQ_DP_RANK"), max(env("TQ_DP_SIZE"), 1), 3
 		cfg.Continuous = os.Getenv("TQ_CONTINUOUS") != ""
 		cfg.Sampler.Name = os.Getenv("TQ_SAMPLER")
-		if s := os.Getenv("TQ_START"); s != "" {
+		if s := os.Getenv("TQ_START"); strings.HasPrefix(s, "{") {
+			require.NoError(t, json.Unmarshal([]byte(s), &cfg.Start))
+		} else if s != "" {
 			_, err := fmt.Sscanf(s, "%d:%d", &cfg.Start.Step, &cfg.Start.Index)
 			require.NoError(t, err)
 		}
@@ -118,6 +123,9 @@ func streamHelper(ctx context.Context, t *testing.T, c *client.Client, role stri
 		}
 		next := l.Next()
 		fmt.Printf("NEXT %d:%d\n", next.Step, next.Index)
+		js, err := json.Marshal(next)
+		require.NoError(t, err)
+		fmt.Printf("POSITION %s\n", js)
 	}
 }
 
@@ -127,8 +135,9 @@ const readyPart = "stream-helpers-ready"
 // streamRun runs helper processes and returns each one's BATCH lines and
 // NEXT position.
 type streamOut struct {
-	batches []string // "step index xs"
-	next    string
+	batches  []string // "step index xs"
+	next     string
+	position string // JSON
 }
 
 func runStreamHelpers(t *testing.T, cmds ...*exec.Cmd) []streamOut {
@@ -158,6 +167,9 @@ func runStreamHelpers(t *testing.T, cmds ...*exec.Cmd) []streamOut {
 				}
 				if rest, ok := strings.CutPrefix(l, "NEXT "); ok {
 					outs[r.i].next = rest
+				}
+				if rest, ok := strings.CutPrefix(l, "POSITION "); ok {
+					outs[r.i].position = rest
 				}
 			}
 		case <-time.After(90 * time.Second):
@@ -338,4 +350,48 @@ func TestStreamKilledLoaderGivesBackItsPrefetched(t *testing.T) {
 			require.Equal(t, want, all, "every row reaches one of the two loaders, once")
 		})
 	}
+}
+
+// The README: a rank that restarts in a new process with Config.Start =
+// l.Next() (the whole position, kept with its checkpoint) after a DP peer
+// cleared the partition moves on to the next one rather than wait for
+// good. Rank 1 of 2 DP groups, a process, takes one micro-batch of "gp"
+// and stops; rank 0, another, reads all it has of "gp"; "gp" is cleared;
+// rank 1 starts again as a new process at the position it printed, and
+// reads "gq" alone.
+func TestStreamRestartedProcessMovesPastAClearedPartition(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1", "--capacity", "64MiB")
+	env := append(p.env(), "TQ_ADDR="+p.addr("unix"))
+	with := func(extra ...string) []string { return append(slices.Clone(env), extra...) }
+	runStreamHelpers(t,
+		helper(t, nil, "stream-producer", with("TQ_PART=gp", "TQ_ROWS=32", "TQ_CHUNK=32", "TQ_DONE=1")...),
+		helper(t, nil, "stream-producer", with("TQ_PART=gq", "TQ_ROWS=8", "TQ_CHUNK=8", "TQ_DONE=1")...))
+	rank := func(r int, parts string, extra ...string) *exec.Cmd {
+		return helper(t, nil, "stream-consumer", with(append([]string{"TQ_PART=" + parts, fmt.Sprintf("TQ_DP_RANK=%d", r), "TQ_DP_SIZE=2"}, extra...)...)...)
+	}
+	first := runStreamHelpers(t, rank(1, "gp,gq", "TQ_BREAK_AFTER=1"))[0]
+	require.Len(t, first.batches, 1)
+	require.Equal(t, "0:1", first.next)
+	var pos stream.Position
+	require.NoError(t, json.Unmarshal([]byte(first.position), &pos))
+	require.NotZero(t, pos.Gen, "the position names the generation of \"gp\": %s", first.position)
+
+	peer := runStreamHelpers(t, rank(0, "gp"))[0]
+	require.NotEmpty(t, peer.batches)
+	c, err := client.Connect(t.Context(), p.addr("unix"), client.ConnectConfig{Token: p.token(t), WaitForUnits: true})
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.ClearPartition(t.Context(), "gp"))
+
+	again := runStreamHelpers(t, rank(1, "gp,gq", "TQ_START="+first.position))[0]
+	require.NotEmpty(t, again.batches, "the restarted rank read nothing of \"gq\"")
+	for _, b := range again.batches {
+		require.True(t, strings.HasPrefix(b, "1 "), "a micro-batch of the cleared \"gp\": %q", b)
+	}
+	for _, x := range rowsOf(t, again.batches) {
+		require.GreaterOrEqual(t, x, 0)
+		require.Less(t, x, 8)
+	}
+	require.Equal(t, "2:0", again.next, "finite mode ended past the last partition")
 }
