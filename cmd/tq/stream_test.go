@@ -395,3 +395,35 @@ func TestStreamRestartedProcessMovesPastAClearedPartition(t *testing.T) {
 	}
 	require.Equal(t, "2:0", again.next, "finite mode ended past the last partition")
 }
+
+// The README: a fetch names its sampler, so clients of one tq serve use
+// different samplers side by side; tq serve --sampler only sets the
+// default. Served with --sampler rank_aware, two fetches naming none for
+// the same DP group and batch index get the same rows (a batch kept for
+// the group), while two naming sequential get disjoint ones.
+func TestServeSamplerIsOnlyTheDefault(t *testing.T) {
+	bin := tqBinary(t)
+	p := startServe(t, nil, bin, "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--units", "1",
+		"--capacity", "64MiB", "--sampler", "rank_aware")
+	ctx := t.Context()
+	c, err := client.Connect(ctx, p.addr("unix"), client.ConnectConfig{Token: p.token(t), WaitForUnits: true})
+	require.NoError(t, err)
+	defer c.Close()
+	xs := make([]int64, 16)
+	col, err := engine.DenseOf(xs, 1)
+	require.NoError(t, err)
+	_, err = c.PutNew(ctx, "p", engine.MustBatch(engine.Field{Name: "x", Col: col}))
+	require.NoError(t, err)
+
+	fetch := func(task, sampler string) []uint64 {
+		m, err := c.GetMeta(ctx, client.MetaRequest{Mode: client.Fetch, Partition: "p", Task: task, Fields: []string{"x"}, BatchSize: 4,
+			Sampler: engine.SamplerSpec{Name: sampler}, Options: engine.SamplingOptions{HasRank: true, DPRank: 0, BatchIndex: 0}})
+		require.NoError(t, err)
+		require.Equal(t, 4, m.Len())
+		return m.Indexes
+	}
+	first := fetch("default", "")
+	assert.Equal(t, first, fetch("default", ""), "the default, rank_aware, keeps the group's batch")
+	seq := fetch("sequential", engine.SamplerSequential)
+	assert.NotEqual(t, seq, fetch("sequential", engine.SamplerSequential), "a fetch naming sequential gets it")
+}
