@@ -103,7 +103,9 @@ type Config struct {
 	// (Position.Gen), the partition at Start.Step ends for the loader, as
 	// a drained one does, when that generation of it is gone (cleared,
 	// perhaps made again, or of a controller started anew in memory),
-	// rather than be waited for as one not made yet.
+	// rather than be waited for as one not made yet. A remote controller
+	// must then list the feature "fetch_partition_gen": else the
+	// iteration fails with an error wrapping [engine.ErrNotSupported].
 	Start Position
 	// PollInterval is how long the loader waits before looking again at a
 	// drained partition in continuous mode, and how long a wait for rows
