@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -40,4 +41,38 @@ func TestSeqlenBalancedLoaderBalancesTheGroups(t *testing.T) {
 	assert.Equal(t, []int{11, 11}, sums, "tokens per group")
 	slices.Sort(all)
 	assert.Equal(t, upTo(4), all)
+}
+
+// The README: ranks that pass the same DPRank get identical micro-batches
+// and the groups disjoint ones with token_budget too, each micro-batch
+// within the budget.
+func TestTokenBudgetGroups(t *testing.T) {
+	e := cluster(t)
+	ctx := context.Background()
+	length := func(i int) int { return 10 + i%4*10 } // 10, 20, 30, 40
+	produce(t, e.Client, "p", 0, 64, length)
+	require.NoError(t, e.Client.MarkDone(ctx, "p"))
+	got := make([][][]int64, 4)
+	var wg sync.WaitGroup
+	for r := range 4 {
+		cfg := config("p")
+		cfg.DPRank, cfg.DPSize = r/2, 2
+		cfg.MicroBatchSize, cfg.TokenBudget, cfg.Sampler = 0, 100, engine.SamplerSpec{Name: engine.SamplerTokenBudget}
+		l, err := New(e.Client, cfg)
+		require.NoError(t, err)
+		wg.Go(func() { got[r] = collect(t, ctx, l) })
+	}
+	wg.Wait()
+	require.Equal(t, got[0], got[1], "ranks of group 0")
+	require.Equal(t, got[2], got[3], "ranks of group 1")
+	for _, b := range append(slices.Clone(got[0]), got[2]...) {
+		sum := 0
+		for _, x := range b {
+			sum += length(int(x))
+		}
+		assert.LessOrEqual(t, sum, 100, "micro-batch %v", b)
+	}
+	all := append(flat(got[0]), flat(got[2])...)
+	slices.Sort(all)
+	require.Equal(t, upTo(64), all, "every row to exactly one group")
 }
