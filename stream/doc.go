@@ -80,7 +80,11 @@
 // (any consumer of the task may fetch them again); with a shared one they
 // stay cached for the group's batch index, and a rank that restarts with
 // Config.Start set to [Loader.Next] gets exactly those micro-batches (or,
-// the partition cleared meanwhile, goes on with the next, as above).
+// the partition cleared meanwhile, goes on with the next, as above). The
+// loader gives its fetches of them back all the same (the batches stay
+// kept), so that if the group never comes back for them, and no peer of
+// the group took them, they go back to the task for the other groups
+// after the controller's Config.KeptBatchTTL.
 //
 // A private sampler's fetches hold their rows for the loader
 // (engine.FetchRequest.Hold) until the loop takes the micro-batch, which

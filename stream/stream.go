@@ -18,9 +18,16 @@ package stream
 // given back to the task (UNCONSUME by the fetch's key). A private fetch
 // the cancellation cut short (or that failed) is given back by its key
 // too, before the iteration returns: its client does that only in the
-// background. Batches of a shared sampler (one that
-// keeps batches for DP peers) are not given back: they stay with the
-// group's batch index, and a rank that restarts at Loader.Next gets them.
+// background. A shared sampler's batch (one kept for DP peers) stays with
+// the group's batch index whatever its fetch's give-back, and a rank that
+// restarts at Loader.Next gets it; its fetch is keyed and given back all
+// the same, once (a failure changes nothing: the batch stays kept), so
+// that the controller knows no rank of this loader will take it: a batch
+// every fetch of which was given back and that nobody fetches again for
+// the controller's kept-batch TTL goes back to the task for the other
+// groups (the group never came back). Not given back, a prefetched batch
+// below the last index the prefetcher asked for counted as one the group
+// went past, consumed for good.
 
 import (
 	"context"
@@ -585,17 +592,39 @@ const (
 	maxBackoff      = 2 * time.Second
 )
 
-// dispose releases an item nobody will yield and gives back its rows
-// (private samplers only: a shared sampler keeps them for the group).
+// dispose releases an item nobody will yield and gives back its rows: a
+// private sampler's to the task; a shared sampler's batch stays kept for
+// the group, and its fetch is given back once, best effort (see
+// giveBackKept).
 func (l *Loader) dispose(it item) error {
 	if it.b == nil {
 		return nil
 	}
 	it.b.Data.Release()
-	if l.private && it.key != "" {
+	switch {
+	case it.key == "":
+	case l.private:
 		return l.giveBack(it.b.Partition, it.key, it.b.Meta.Len())
+	default:
+		l.giveBackKept(it.b.Partition, it.key)
 	}
 	return nil
+}
+
+// giveBackKept gives back a shared sampler's fetch named key, once: the
+// controller keeps the batch for the group (a rank restarting at Next
+// gets it), and lets it go back to the task for the other groups once
+// every fetch of it was given back and nobody fetched it for its
+// kept-batch TTL. A failure is logged and changes nothing else: the
+// batch stays kept, as before the give-back, and the group's next fetch
+// of its index gets it.
+func (l *Loader) giveBackKept(partition, key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.giveBackTimeout)
+	defer cancel()
+	if err := l.c.GiveBack(ctx, partition, l.cfg.Task, key); err != nil && !errors.Is(err, engine.ErrNotSupported) {
+		l.cfg.Logger.Warn("stream: a prefetched micro-batch of a shared sampler could not be given back: it stays kept for the DP group until the group fetches it",
+			"partition", partition, "task", l.cfg.Task, "dp_rank", l.cfg.DPRank, "err", err)
+	}
 }
 
 // giveBack returns the rows of the fetch named key (n of them, -1 when
@@ -660,13 +689,15 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			EndWhenConsumed: l.cfg.EndWhenConsumed, PartitionMustExist: l.cfg.PartitionMustExist,
 			PartitionGen: pos.Gen, Cluster: pos.Cluster,
 		}
+		// Keyed, to be given back if never yielded (dispose).
+		req.Key = newKey()
 		if !l.private {
 			req.Options = engine.SamplingOptions{HasRank: true, DPRank: l.cfg.DPRank, BatchIndex: pos.Index}
 		} else {
 			// Held until the loop takes the batch (keep): till then the
 			// task's other consumers wait rather than end without the
 			// rows, should this loader give them back.
-			req.Key, req.Hold = newKey(), true
+			req.Hold = true
 		}
 		fctx, cancel := ctx, context.CancelFunc(func() {})
 		if l.cfg.EndWhenConsumed {
@@ -703,9 +734,7 @@ func (l *Loader) fetch(ctx context.Context, pos *Position) item {
 			// micro-batch. Ask once more, without waiting: rows mean the
 			// batch, none the end.
 			req.Wait = false
-			if l.private {
-				req.Key = newKey()
-			}
+			req.Key = newKey()
 			m, err = l.c.GetMeta(ctx, req)
 			if err == nil && m.Empty() {
 				err = fmt.Errorf("partition %q consumed: %w", part, engine.ErrDone)
