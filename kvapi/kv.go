@@ -103,8 +103,9 @@ func checkKeys(partition string, keys []string) error {
 // named twice is [engine.ErrInvalid] naming it.
 //
 // Over shared memory the result is read-only views into storage (no copy)
-// until [engine.Batch.Release]; elsewhere it is a copy the caller owns (see
-// [client.Client.Get]). Calling Release when done is right either way.
+// until [engine.Batch.Release] (a unit's part of at most 16 KiB comes in
+// its answer instead, as a copy); elsewhere it is a copy the caller owns
+// (see [client.Client.Get]). Calling Release when done is right either way.
 func (kv *KV) BatchGet(ctx context.Context, partition string, keys []string, fields ...string) (*engine.Batch, error) {
 	return reread(func() (*engine.Batch, error) { return kv.batchGet(ctx, partition, keys, fields) })
 }
