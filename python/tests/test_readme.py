@@ -212,3 +212,23 @@ def test_auto_transport_is_shm_on_the_units_host_and_tcp_forces_tcp(server, part
             assert not v["x"].flags.writeable
         with tcp.kv_batch_get(["a"], part, copy=False) as v:
             assert v["x"].flags.writeable and v["x"][0, 0] == 1.0
+
+
+def test_defaults_address_and_token_file(tmp_path, monkeypatch):
+    """tq.init()'s defaults: $TQ_ADDRESS, else tcp://127.0.0.1:7370; the
+    token from $TQ_TOKEN, else ~/.local/state/tq/token."""
+    for v in ("TQ_ADDRESS", "TQ_TOKEN", "TQ_DATA_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    d = tmp_path / ".local" / "state" / "tq"
+    d.mkdir(parents=True)
+    (d / "token").write_text("fromfile\n")
+    os.chmod(d / "token", 0o600)
+    assert tq.wire.find_token() == "fromfile"
+    monkeypatch.setenv("TQ_TOKEN", "fromenv")
+    assert tq.wire.find_token() == "fromenv"
+    with pytest.raises(tq.TQError) as e:
+        tq.Client(retry_for=0, timeout=2).kv_list()
+    if not isinstance(e.value, tq.UnavailableError):  # another token's cluster answers there
+        pytest.skip(f"a tq serve listens at 127.0.0.1:7370: {e.value}")
+    assert "127.0.0.1:7370" in str(e.value)
