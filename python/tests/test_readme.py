@@ -55,19 +55,37 @@ def test_readme_kv_example_runs_as_written(server):
         assert c.kv_list("test") == {}
 
 
-def test_readme_streaming_example_runs_as_written(server, part):
+NO_TORCH = "import sys; sys.modules['torch'] = None  # import torch fails\n"
+
+
+@pytest.mark.parametrize("torch", ["torch", "no torch"])
+def test_readme_streaming_example_runs_as_written(server, part, torch):
     """The StreamingDataset example yields every row once and its put adds
-    log_prob to the rows it read."""
+    log_prob to the rows it read: a torch IterableDataset, and without
+    torch a plain iterator (tq.StreamIterator)."""
+    if torch == "torch":
+        pytest.importorskip("torch")
     code = readme_python_blocks()[1]
     assert "tq.StreamingDataset" in code and '"train"' in code
     with server.client() as c:
         c.kv_batch_put([f"k{i}" for i in range(16)], part,
                        {"prompt": np.arange(16 * 3, dtype=np.int64).reshape(16, 3),
                         "reward": np.arange(16, dtype=np.float32)})
-        prelude = textwrap.dedent("""
+        prelude = "import sys\n" + (NO_TORCH if torch == "no torch" else "") + textwrap.dedent("""
             import numpy as np
             import tq
             tq.init()
+            if "torch" in sys.modules and sys.modules["torch"] is not None:
+                assert isinstance(tq.StreamingDataset, type) and issubclass(
+                    tq.StreamingDataset, sys.modules["torch"].utils.data.IterableDataset)
+            else:
+                assert tq.StreamingDataset is tq.StreamIterator
+                try:
+                    tq.StreamingDataLoader(None)
+                except tq.NotSupportedError:
+                    pass
+                else:
+                    raise AssertionError("StreamingDataLoader without torch")
             def compute(data):
                 return np.asarray(data["reward"]) * 2
             """)
@@ -232,3 +250,16 @@ def test_defaults_address_and_token_file(tmp_path, monkeypatch):
     if not isinstance(e.value, tq.UnavailableError):  # another token's cluster answers there
         pytest.skip(f"a tq serve listens at 127.0.0.1:7370: {e.value}")
     assert "127.0.0.1:7370" in str(e.value)
+
+
+def test_view_arrays_cannot_be_flagged_writable(server, part):
+    """Over shared memory numpy refuses to flag a view's array writable,
+    ragged rows too; the view can be released by a with block."""
+    with server.client(transport="shm") as c:
+        c.kv_batch_put(["a", "b"], part, {"x": np.ones((2, 50_000), np.float32),
+                                          "r": [np.ones(50_000, np.float32), np.ones(3, np.float32)]})
+        with c.kv_batch_get(["a", "b"], part, copy=False) as v:
+            for a in (v["x"], v["r"][0]):
+                with pytest.raises(ValueError):
+                    a.setflags(write=True)
+        assert v.released
