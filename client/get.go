@@ -320,11 +320,15 @@ func (c *Client) leaseAll(ctx context.Context, cluster string, ranges map[engine
 		if err := c.tbl.Load().checkCapacity(id, addrs); err != nil {
 			return &engine.OpError{Op: "get", Transport: u.Transport(), Peer: fmt.Sprint(id), Err: err}
 		}
-		if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
-			got[i], err = readOwned(ctx, addrs, u.ReadInto)
-		} else {
-			got[i], err = u.Acquire(ctx, addrs)
-		}
+		err = c.watchDead(ctx, id, func(ctx context.Context) error {
+			var err error
+			if in, ok := u.(inliner); ok && mode != views && in.Inline(rangesLen(addrs)) {
+				got[i], err = readOwned(ctx, addrs, u.ReadInto)
+			} else {
+				got[i], err = u.Acquire(ctx, addrs)
+			}
+			return err
+		})
 		if err == nil {
 			return nil
 		}

@@ -95,11 +95,14 @@ func (c *Client) getInto(ctx context.Context, meta *engine.BatchMeta, buf []byte
 		if err != nil {
 			return &engine.OpError{Op: "get into", Err: err}
 		}
-		err = u.ReadInto(ctx, t.addrs, t.dst)
-		if errors.Is(err, engine.ErrNotFound) {
-			// Merged ranges can straddle extents: read cell by cell.
-			err = c.readCells(ctx, u, meta, names, id, buf)
-		}
+		err = c.watchDead(ctx, id, func(ctx context.Context) error {
+			err := u.ReadInto(ctx, t.addrs, t.dst)
+			if errors.Is(err, engine.ErrNotFound) {
+				// Merged ranges can straddle extents: read cell by cell.
+				err = c.readCells(ctx, u, meta, names, id, buf)
+			}
+			return err
+		})
 		if err != nil {
 			if ctx.Err() == nil {
 				err = c.readErr(id, err)

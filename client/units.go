@@ -30,7 +30,10 @@ package client
 //     when a read needs its cells: it may just have missed heartbeats (a
 //     restarted controller waits for its units to come back), and as
 //     long as it answers under its incarnation its bytes are there. Its
-//     cells read as lost (engine.ErrLost) when it cannot be reached.
+//     cells read as lost (engine.ErrLost) when it cannot be reached, or
+//     when it does not answer a read within deadCheck and the controller
+//     reports it dead (a unit silent with its connections open, see
+//     deadread.go).
 
 import (
 	"context"

@@ -4,15 +4,22 @@ package main
 // test held.
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/client"
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/kvapi"
 )
 
 // A bare `tq serve` is, as the README's first example says, a controller
@@ -36,4 +43,68 @@ func TestServeDefaultsAreTheReadmes(t *testing.T) {
 	} {
 		assert.Contains(t, out.String(), "\n"+line+"\n")
 	}
+}
+
+// A unit that goes silent without dying (SIGSTOP: its connections stay
+// open, nothing answers on them, as of a host cut off the network) is
+// shown LOST by tq stat within five heartbeats; then a read of its cells
+// by a client that has not re-listed the units fails with engine.ErrLost
+// rather than wait for its deadline, and puts go to the other unit.
+func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
+	addr := ctrl.addr("tcp")
+	var units []*serveProc
+	for range 2 {
+		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB")
+		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
+		units = append(units, u)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var c *client.Client
+	require.Eventually(t, func() bool {
+		if c != nil {
+			c.Close()
+		}
+		var err error
+		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
+		return err == nil && len(c.Units()) == 2
+	}, 20*time.Second, 50*time.Millisecond, "two units registered")
+	defer c.Close()
+	kv := kvapi.New(c)
+	keys := helperKeys(0, 8)
+	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
+	require.NoError(t, err)
+	on := unitsOf(ctx, t, c, "p", keys)
+	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
+	var silent engine.UnitID
+	for id := range on {
+		silent = id
+	}
+	// Each start waits for its unit to register: unit 1 is units[0].
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
+
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := ctrl.tqStat(bin, addr)
+		if strings.Contains(string(out), "LOST") {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer rcancel()
+	_, err = kv.BatchGet(rctx, "p", keys)
+	require.Error(t, err, "a read of the silent unit's cells")
+	assert.True(t, errors.Is(err, engine.ErrLost), "a read of the silent unit's cells: %v, want ErrLost", err)
+	assert.NoError(t, rctx.Err(), "the read waited for its deadline")
+
+	more := helperKeys(100, 8)
+	pctx, pcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer pcancel()
+	_, err = kv.BatchPut(pctx, "q", more, helperBatch(0, 8), nil)
+	require.NoError(t, err, "a put with unit %d LOST", silent)
+	on = unitsOf(ctx, t, c, "q", more)
+	assert.Zero(t, on[silent], "a put after unit %d was LOST placed cells on it: %v", silent, on)
 }
