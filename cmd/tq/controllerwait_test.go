@@ -59,3 +59,25 @@ func TestUnitStartsBeforeController(t *testing.T) {
 	require.NoError(t, err, "%s", st)
 	require.True(t, strings.Contains(string(st), "alive"), "tq stat shows no live unit:\n%s", st)
 }
+
+// A unit keeps trying to reach its controller for all of --controller-wait
+// before it exits, as the README says; it gave up as soon as its next
+// backoff would pass the deadline: after 0.7 s of a 1 s wait, 1.5 s of
+// 3 s (and up to 2 s short of the default 2 min).
+func TestUnitWaitsAllOfControllerWait(t *testing.T) {
+	bin := tqBinary(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close() // nothing listens there: every try is refused at once
+	const wait = time.Second
+	cmd := exec.Command(bin, "serve", "--role", "unit", "--controller", "tcp://"+addr, "--unit-listen", "127.0.0.1:0",
+		"--socket-dir", "", "--token", "controller-wait-token", "--capacity", "16MiB", "--controller-wait", wait.String())
+	cmd.Env = append(os.Environ(), auth.EnvDataDir+"="+t.TempDir())
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	require.Error(t, err, "a unit with no controller: %s", out)
+	require.Contains(t, string(out), "still unreachable after --controller-wait 1s")
+	require.GreaterOrEqual(t, took, wait, "the unit gave up before --controller-wait %v ran out:\n%s", wait, out)
+}

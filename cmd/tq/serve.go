@@ -702,17 +702,19 @@ func (s *server) rdmaDevice() (*rdma.Device, error) {
 }
 
 // assignID asks the controller for the unit's id. A controller that
-// cannot be reached yet is asked again, with a backoff, for up to
-// --controller-wait: units and their controller start in any order (a
-// Kubernetes DaemonSet's units come up beside a controller still
-// starting, and without this crash-looped until it answered). A refusal
-// (a wrong token, say) fails at once.
+// cannot be reached yet is asked again, with a backoff, until
+// --controller-wait has passed (the last time at its end): units and
+// their controller start in any order (a Kubernetes DaemonSet's units
+// come up beside a controller still starting, and without this
+// crash-looped until it answered). A refusal (a wrong token, say) fails
+// at once.
 func (s *server) assignID(ctx context.Context, controllerAddr string, u *storage.Unit, jcfg storage.JoinConfig) (engine.UnitID, error) {
 	deadline := time.Now().Add(s.cfg.ControllerWait)
 	backoff := 100 * time.Millisecond
 	for logged := false; ; {
 		id, err := storage.AssignID(ctx, controllerAddr, u, jcfg)
-		if err == nil || !errors.Is(err, engine.ErrUnavailable) || time.Now().Add(backoff).After(deadline) {
+		left := time.Until(deadline)
+		if err == nil || !errors.Is(err, engine.ErrUnavailable) || left <= 0 {
 			if err != nil && logged {
 				err = fmt.Errorf("still unreachable after --controller-wait %v: %w", s.cfg.ControllerWait, err)
 			}
@@ -725,7 +727,7 @@ func (s *server) assignID(ctx context.Context, controllerAddr string, u *storage
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-time.After(backoff):
+		case <-time.After(min(backoff, left)): // the last try at the deadline
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
