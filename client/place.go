@@ -571,8 +571,10 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 				failed = append(failed, waitedOut(ctx, err, len(g.rows)))
 			case unreachable(ctx, err):
 				// The unit may have died after the client listed it (the
-				// controller counts it alive until its UnitTimeout): its
-				// write wrote nothing, so its rows go to the other units.
+				// controller counts it alive until its UnitTimeout), or
+				// gone silent and been reported dead since (watchDead):
+				// its write wrote nothing the put will commit, so its
+				// rows go to the other units.
 				gone, goneErrs = append(gone, g.slot), append(goneErrs, err)
 				pending = append(pending, g.rows...)
 			default:

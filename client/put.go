@@ -325,7 +325,12 @@ func (c *Client) writeRows(ctx context.Context, u DataUnit, fields []engine.Fiel
 	for i, f := range fields {
 		extents[i] = pieces(f.Col, rows)
 	}
-	addrs, err := u.Write(ctx, extents)
+	var addrs []engine.RemoteAddr
+	err := c.watchDead(ctx, u.ID(), func(ctx context.Context) error {
+		var err error
+		addrs, err = u.Write(ctx, extents)
+		return err
+	})
 	if err != nil && ctx.Err() == nil && !errors.Is(err, engine.ErrCapacity) {
 		c.unreachable() // the unit may be dead: placement asks which are alive
 	}

@@ -33,7 +33,7 @@ package client
 //     cells read as lost (engine.ErrLost) when it cannot be reached, or
 //     when it does not answer a read within deadCheck and the controller
 //     reports it dead (a unit silent with its connections open, see
-//     deadread.go).
+//     deadwatch.go).
 
 import (
 	"context"
