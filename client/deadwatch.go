@@ -52,10 +52,13 @@ func (c *Client) watchDead(ctx context.Context, id engine.UnitID, call func(cont
 	var check func()
 	check = func() {
 		defer checks.Done()
-		// A list asked for from now on: the table's dead flags are then
-		// at most as old as this call's wait.
+		// A list asked for within learnEvery, so after this call began
+		// (deadCheck ago): its dead flags are no older than this call's
+		// wait, and the client's slow calls, however many, share one
+		// list a learnEvery (large reads over a slow network may all
+		// take longer than deadCheck).
 		lctx, lcancel := context.WithTimeout(rctx, learnTimeout)
-		err := c.disc.learnAfter(lctx, c, time.Now())
+		err := c.disc.learnAfter(lctx, c, time.Now().Add(-learnEvery))
 		lcancel()
 		if err == nil && c.tbl.Load().dead[id] {
 			cancel(fmt.Errorf("storage unit %d did not answer in %v, and the controller reports it dead: %w", id, deadCheck, engine.ErrUnavailable))

@@ -255,3 +255,44 @@ func TestPutWaitingOnAUnitThatDrains(t *testing.T) {
 	require.Eventually(t, func() bool { return b.Stats().Used == 0 && a.Stats().Used == usedA }, 10*time.Second, 10*time.Millisecond,
 		"used bytes after the failed put: unit a %d (want %d), unit b %d (want 0)", a.Stats().Used, usedA, b.Stats().Used)
 }
+
+// A request to a unit that runs past deadCheck asks the controller
+// whether the unit is alive, and again every deadCheck (see
+// deadwatch.go). Many slow requests of one client, begun at different
+// times (writes waiting for room on a unit whose reserve wait is long,
+// as large reads over a slow network would be), share one list of the
+// units a second: each used to ask for a list of its own, 8 requests
+// begun a quarter of a second apart about 4 a second.
+func TestSlowRequestsListTheUnitsAboutOnceASecond(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	joinWaitingUnit(t, addr, time.Minute)
+	filler, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { filler.Close() })
+	paddr, lists := countingProxy(t, addr, wire.OpUnits)
+	c, err := client.Connect(ctx, paddr, client.ConnectConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	fillUnit(t, filler)
+
+	const puts = 8
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range puts {
+		wg.Go(func() {
+			c.PutNew(pctx, "p", opaque([]int{64 << 10})) // canceled below
+		})
+		time.Sleep(250 * time.Millisecond)
+	}
+	from, began := lists.Load(), time.Now()
+	time.Sleep(4 * time.Second)
+	n, secs := lists.Load()-from, time.Since(began).Seconds()
+	cancel()
+	wg.Wait()
+	assert.LessOrEqual(t, float64(n), secs+2,
+		"%d writes waiting on a unit with a 1 min reserve wait listed the units %d times in %.1f s", puts, n, secs)
+}

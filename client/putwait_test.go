@@ -23,6 +23,12 @@ const shortWait = 50 * time.Millisecond
 // wait shortWait for room before they are answered CODE_CAPACITY.
 func joinShortUnit(t *testing.T, ctrlAddr string) *storage.Unit {
 	t.Helper()
+	return joinWaitingUnit(t, ctrlAddr, shortWait)
+}
+
+// joinWaitingUnit is joinShortUnit with a reserve wait of wait.
+func joinWaitingUnit(t *testing.T, ctrlAddr string, wait time.Duration) *storage.Unit {
+	t.Helper()
 	ctx := t.Context()
 	cfg := storage.DefaultConfig()
 	cfg.Capacity = 1 << 20
@@ -32,7 +38,7 @@ func joinShortUnit(t *testing.T, ctrlAddr string) *storage.Unit {
 	t.Cleanup(func() { u.Close() })
 	_, err = storage.AssignID(ctx, ctrlAddr, u, storage.JoinConfig{})
 	require.NoError(t, err)
-	s := &servedUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{ReserveWait: shortWait})}
+	s := &servedUnit{u: u, srv: storage.NewServer(u, storage.ServerConfig{ReserveWait: wait})}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	s.addr = l.Addr().String()
