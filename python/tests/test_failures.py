@@ -537,3 +537,67 @@ def test_a_read_by_a_client_closed_meanwhile_stays_closed(server, transport, par
         assert not isinstance(e.value, tq.LostError), e.value
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_silent_unit_is_lost_and_takes_no_writes(split, transport):
+    """A unit that goes silent with its connections open (SIGSTOP here; a
+    hung process, a host cut off the network) is reported dead by the
+    controller after five heartbeats. A client that has not listed the
+    units since (a reader never does) used to wait on it for the socket's
+    timeout (30 s, whatever the client's) and fail with DeadlineError:
+    reads of its cells now fail as UnitLostError naming it, and puts placed
+    on it go to the other unit, once the controller is asked (after 2 s)."""
+    import zlib
+    reader = tq.Client(split.address, token=split.token, transport=transport)
+    writer = tq.Client(split.address, token=split.token, transport=transport)
+    try:
+        big = np.arange(100000, dtype=np.float64).reshape(1, 100000)  # through the units, not inline
+        for k in range(8):
+            reader.kv_batch_put([f"a{k}"], "p", {"x": big + k})
+        where = {k: int(reader.kv_retrieve_meta([f"a{k}"], "p")._cells["x"].unit[0]) for k in range(8)}
+        assert set(where.values()) == set(split.units), where
+        ids = sorted(split.units)
+        dead = where[0]
+        gone = [k for k, u in where.items() if u == dead]
+        left = [k for k, u in where.items() if u != dead]
+        meta = reader.kv_retrieve_meta([f"a{gone[0]}"], "p")
+        # A put that placement sends to the dead unit: by its first key, by its first row.
+        kv_key = next(f"b{i}" for i in range(1000) if ids[zlib.crc32(f"b{i}".encode()) % len(ids)] == dead)
+        rows = next(m for m in iter(lambda: writer.get_meta(["x"], 1, "q", mode="insert"), None)
+                    if ids[m.global_indexes[0] % len(ids)] == dead)
+        for c in (reader, writer):  # connected to both units, their table fresh
+            for k in (gone[0], left[0]):
+                c.kv_batch_get([f"a{k}"], "p")
+            c.units(refresh=True)
+        wrote = {}
+
+        def write():  # at once, the unit not yet known dead: placed on it
+            try:
+                writer.kv_batch_put([kv_key], "p", {"x": big - 1})
+                wrote["kv"] = writer.kv_retrieve_meta([kv_key], "p")
+                wrote["put"] = writer.put({"x": big - 2}, metadata=rows)
+            except Exception as e:
+                wrote["error"] = e
+        split.units[dead].send_signal(signal.SIGSTOP)
+        try:
+            w = threading.Thread(target=write)
+            w.start()
+            for read in (lambda: reader.kv_batch_get([f"a{gone[0]}"], "p"),
+                         lambda: reader.kv_batch_get([f"a{gone[-1]}"], "p", copy=False),
+                         lambda: reader.get_data(meta)):
+                with pytest.raises(tq.UnitLostError) as e:
+                    read()
+                assert f"storage unit {dead}" in e.value.message, e.value.message
+            np.testing.assert_array_equal(reader.kv_batch_get([f"a{left[0]}"], "p")["x"], big + left[0])
+            w.join(90)
+            assert "error" not in wrote, wrote
+            assert int(wrote["kv"]._cells["x"].unit[0]) != dead
+            np.testing.assert_array_equal(writer.kv_batch_get([kv_key], "p")["x"], big - 1)
+            assert int(wrote["put"]._cells["x"].unit[0]) != dead
+            np.testing.assert_array_equal(writer.get_data(wrote["put"])["x"], big - 2)
+        finally:
+            split.units[dead].send_signal(signal.SIGCONT)
+    finally:
+        reader.close()
+        writer.close()

@@ -38,6 +38,12 @@ MOVED_CHUNK = 1 << 16
 # How often the client asks the controller which storage units are alive
 # (when it places a put): a unit that died stops taking writes within this.
 UNITS_REFRESH_S = 1.0
+# How long a call to a storage unit waits before the client asks the
+# controller whether the unit is dead (then again as often): see
+# Client._watch_unit.
+DEAD_CHECK_S = 2.0
+DEAD_LOOK_S = 0.5  # how often the thread that does so looks at the calls in flight
+DEAD_IDLE_S = 5.0  # and how long it goes on without calls before it ends
 
 
 def _sel(fields):
@@ -398,6 +404,11 @@ class Client:
         self._no_kv_data = False
         self._no_value = False  # the controller answers KV_SET/KV_GET_VALUE NOT_SUPPORTED
         self._closed = False
+        # The calls to units in flight (see _watch_unit), and the thread
+        # that asks about the units of those that wait long.
+        self._waits = {}
+        self._waits_cond = threading.Condition(threading.Lock())
+        self._watcher = None  # (pid, thread)
         # Fail early on a wrong address or token.
         c = self._ctl.take()
         self.cluster_id, self.epoch = c.server.cluster_id, c.server.epoch
@@ -408,6 +419,9 @@ class Client:
     def _reinit_in_child(self) -> None:
         self._units_lock = threading.Lock()
         self._listing = threading.Lock()
+        self._waits = {}
+        self._waits_cond = threading.Condition(threading.Lock())
+        self._watcher = None
         # The parent's keeper is not in the child (a fork copies one
         # thread): the child starts its own with its first held fetch.
         self._keeper = None
@@ -488,6 +502,8 @@ class Client:
             return
         self._closed = True
         self._keeper_stop.set()
+        with self._waits_cond:
+            self._waits_cond.notify_all()  # the watcher ends
         self._ctl.close()
         with self._units_lock:
             units, self._units = list(self._units.values()), {}
@@ -566,6 +582,8 @@ class Client:
             if u is not None and u.incarnation == info.incarnation:
                 u.alive = info.alive
                 u.draining = info.draining
+                if info.alive:
+                    u.silent = False  # it answers again (SIGCONT, the network back)
                 fresh[info.unit_id] = u
                 continue
             if not info.alive:
@@ -575,6 +593,7 @@ class Client:
             try:
                 u = Unit(info, token=self.token, name=self.name, host=self.host, transport=self.transport,
                          timeout=self.timeout, require_server_proof=self.require_server_proof)
+                u.watcher = _weak_watcher(self)
                 fresh[info.unit_id] = made[info.unit_id] = u
             except errors.NotSupportedError:
                 for u in made.values():
@@ -597,6 +616,81 @@ class Client:
                     u.close()
             self._units, self._units_cluster = fresh, cluster
             return dict(fresh)
+
+    # ---- units that go silent --------------------------------------------
+    #
+    # A storage unit that goes silent with its connections open (a hung
+    # process, SIGSTOP, a host cut off the network) would hold a call to it
+    # for the socket's timeout (the client's; over TCP a read's or write's
+    # at least 30 s, whatever the client's) and fail it as a DeadlineError:
+    # not as the lost cells the README promises, nor as a unit to place a
+    # put elsewhere from. A client that has not listed the units since the controller
+    # reported the unit dead (a reader never lists them) still calls it. So,
+    # as the Go client does (client/deadwatch.go), a call to a unit that has
+    # not ended after DEAD_CHECK_S asks the controller about its unit, and
+    # again every DEAD_CHECK_S while it waits: the client's slow calls share
+    # one list a UNITS_REFRESH_S, which is after each began. Once the unit
+    # is reported dead (silent for five heartbeats) its connections are
+    # closed under the calls, which fail naming the unit: a read as
+    # UnitLostError (its cells are lost), a write as UnavailableError (the
+    # put places its rows on the other units). The unit stays marked silent
+    # until a list reports it alive: a call to it meanwhile asks for a list
+    # (at most one a UNITS_REFRESH_S) and fails at once if it is still dead.
+    # A unit the controller counts alive is never cut off, however long its
+    # call takes; a call that ends sooner costs no round trip.
+
+    def _watch_unit(self, u: Unit, what: str, call):
+        """Run ``call``, a request to unit ``u`` (``what``: the Unit method),
+        watched as above."""
+        if u.silent:
+            try:
+                self.units()
+            except errors.TQError:
+                pass
+            if u.silent:
+                raise self._silent_error(u, what)
+        w = [time.monotonic(), False]  # when last checked (at first: began), cut off
+        with self._waits_cond:
+            self._waits[id(w)] = (w, u)
+            if self._watcher is None or self._watcher[0] != os.getpid():
+                t = threading.Thread(target=_watch_dead, args=(weakref.ref(self), self._waits_cond),
+                                     name="tq-dead-units", daemon=True)
+                self._watcher = (os.getpid(), t)
+                t.start()
+        try:
+            return call()
+        except errors.TQError:
+            if w[1] or u.silent:
+                raise self._silent_error(u, what) from None
+            raise
+        finally:
+            with self._waits_cond:
+                self._waits.pop(id(w), None)
+
+    @staticmethod
+    def _silent_error(u: Unit, what: str) -> errors.TQError:
+        msg = f"storage unit {u.id} did not answer in {DEAD_CHECK_S:g} s, and the controller reports it dead"
+        if what == "write":
+            return errors.UnavailableError(msg, op="write")
+        return errors.UnitLostError(msg + ": its cells are lost to this read", op="read")
+
+    def _check_dead(self, due) -> None:
+        """Ask the controller about the units of ``due``, calls that waited
+        DEAD_CHECK_S, and cut off those to a unit it reports dead."""
+        try:
+            table = self.units()  # listed within UNITS_REFRESH_S: after each due call began
+        except errors.TQError:
+            table = None
+        now = time.monotonic()
+        for w, u in due:
+            w[0] = now
+            if table is None or table.get(u.id) is u and u.alive:
+                continue
+            if table.get(u.id) is not None and table.get(u.id) is not u:
+                continue  # another incarnation: the list closed this one, its calls fail so
+            u.silent = True
+            w[1] = True
+            u.pool.cut()
 
     def _unit(self, uid: int, of: str = "") -> Unit:
         """The unit ``uid`` of the table; ``of``, when not "", the cluster of
@@ -1906,6 +2000,52 @@ def _async_twin(name):
         twin.__doc__ += (" Cancelled, a read into ``into=`` arrays raises CancelledError only once the read "
                          "ended: nothing writes into them after.")
     return twin
+
+
+def _weak_watcher(client):
+    """Client._watch_unit, holding the client weakly (a unit is the
+    client's: a strong hold would keep a dropped client's connections open
+    until the cyclic collector ran)."""
+    ref = weakref.ref(client)
+
+    def watcher(u, what, call):
+        c = ref()
+        if c is None:
+            return call()
+        return c._watch_unit(u, what, call)
+    return watcher
+
+
+def _watch_dead(ref, cond):
+    """The thread that asks about the units of a client's calls that waited
+    DEAD_CHECK_S (see Client._watch_unit). It looks at them every
+    DEAD_LOOK_S (a call registers without waking it: a fast call costs no
+    switch to this thread), holds the client weakly, and not while it
+    waits; it ends with the client, or after DEAD_IDLE_S without calls."""
+    idle_since = time.monotonic()
+    while True:
+        c = ref()
+        if c is None:
+            return
+        with cond:
+            if c._closed:
+                return
+            now = time.monotonic()
+            waits = list(c._waits.values())
+            if waits:
+                idle_since = now
+            elif now - idle_since >= DEAD_IDLE_S:
+                c._watcher = None  # the next call starts another
+                return
+            due = [(w, u) for w, u in waits if now - w[0] >= DEAD_CHECK_S and not w[1]]
+            if not due:
+                wait = min([DEAD_LOOK_S] + [w[0] + DEAD_CHECK_S - now for w, _ in waits])
+                del c, waits
+                cond.wait(max(0.01, wait))
+                continue
+        del waits
+        c._check_dead(due)
+        del c, due
 
 
 def _next_page(after: str, nxt: str, op: str) -> str:

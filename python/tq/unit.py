@@ -61,6 +61,9 @@ class Pool:
         # (not those taken by take(): a lease holds its connection past
         # close, its view valid until released).
         self._calling = set()
+        # Connections handed out by take() and not given back yet (calls,
+        # leases, reservations): cut() closes them.
+        self._out = set()
         self._lock = threading.Lock()
         self._closed = False
         _fork.reinit_in_child(self)
@@ -70,6 +73,7 @@ class Pool:
         # the parent's sockets, see wire.Conn): take drops them, and give
         # keeps none of them. The parent's calls in flight are not here.
         self._calling = set()
+        self._out = set()
         self._lock = threading.Lock()
 
     def take(self, dial=None) -> wire.Conn:
@@ -83,12 +87,17 @@ class Pool:
             while self._idle:
                 c = self._idle.pop()
                 if not c.closed and c.pid == os.getpid() and time.monotonic() - c.last_used < wire.IDLE_REDIAL_S:
+                    self._out.add(c)
                     return c
                 c.close()
-        return (dial or self._dial)()
+        c = (dial or self._dial)()
+        with self._lock:
+            self._out.add(c)
+        return c
 
     def give(self, c: wire.Conn) -> None:
         with self._lock:
+            self._out.discard(c)
             if any(x is c for x in self._idle):
                 # Given back twice (a caller's bug, as two threads ending
                 # one lease or reservation were): kept once, or two
@@ -150,6 +159,17 @@ class Pool:
         with self._lock:
             idle, self._idle = self._idle, []
         for c in idle:
+            c.close()
+
+    def cut(self) -> None:
+        """Close every connection of the pool, idle or handed out: each call
+        in flight on one wakes and fails (ClosedError). The pool stays open:
+        the next call dials afresh. For a peer that went silent with its
+        connections open (see Unit.silent)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            out = list(self._out)
+        for c in idle + out:
             c.close()
 
     def close(self) -> None:
@@ -293,6 +313,27 @@ def _stale(fn):
             raise errors.UnitLostError(f"storage unit {a[0].id} is closed (its memory went with it), its cells "
                                        f"are lost to this read: {e.message}", op=e.op) from None
     return wrapped
+
+
+def _watched(fn):
+    """Unit calls that wait on the unit (reads, leases, writes): run under
+    the client's watcher (Unit.watcher, see Client._watch_unit), which cuts
+    the call off once the controller reports the unit dead while the call
+    waits, and fails it with an error naming the unit."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(self, *a, **kw):
+        w = self.watcher
+        if w is None or self.shm and fn.__name__ in _SHM_LEASED:
+            return fn(self, *a, **kw)
+        return w(self, fn.__name__, lambda: fn(self, *a, **kw))
+    return wrapped
+
+
+# Reads that, over shared memory, wait on the unit only in acquire (itself
+# watched): watched over TCP only, a call watched once.
+_SHM_LEASED = ("read", "read_many")
 
 
 # How often the sweeper thread gives back the leases that ended as garbage
@@ -469,6 +510,13 @@ class Unit:
         # A draining unit (tq unit drain) takes no new placements; its
         # cells are being moved off, and it stays readable.
         self.draining = info.draining
+        # Set by the client when the controller reported the unit dead
+        # while a call to it went unanswered (a hung process, a host cut
+        # off the network, its connections open), cleared when a list
+        # reports it alive again; and the client's watcher, through which
+        # each call that waits on the unit runs (see _watched).
+        self.silent = False
+        self.watcher = None
         self.token = token
         self.shm = False
         # segment id → (read-write mmap, read-only mmap), of the unit's
@@ -746,6 +794,7 @@ class Unit:
 
     # ---- data plane ----------------------------------------------------
 
+    @_watched
     def write(self, cols, no_wait=False):
         """Put each column's bytes in an extent of its own; returns one
         (segment, gen, offset) per column. Over shm: RESERVE, copy into the
@@ -817,6 +866,7 @@ class Unit:
         return ext
 
     @_stale
+    @_watched
     def read(self, cells: _addrs.Cells, into=None):
         """The bytes of ``cells`` back to back (into ``into`` when given)."""
         total = int(cells.len.sum())
@@ -831,6 +881,7 @@ class Unit:
         return buf
 
     @_stale
+    @_watched
     def read_many(self, cells_list, bufs) -> None:
         """Read each Cells of ``cells_list`` into the matching buffer of
         ``bufs`` (exactly its size): one READ, or one lease over shm."""
@@ -858,6 +909,7 @@ class Unit:
         _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
 
     @_stale
+    @_watched
     def acquire(self, cells):
         """Lease ``cells`` (a Cells or a list of them) for reading in place:
         (conn, lease id)."""
