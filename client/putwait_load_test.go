@@ -83,23 +83,34 @@ func countingProxy(t *testing.T, addr string, op wire.Op) (string, *atomic.Int64
 	return wire.FormatAddr("unix", l.Addr().String()), &n
 }
 
-// Many puts of one client waiting on a full unit whose reserve wait is
-// short list the units with the controller about once a second all
-// together, not once a second each.
-func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
+// listCountedCluster is a controller in its own server with one unit of
+// joinWaitingUnit (reserve wait wait), a client c that reaches the
+// controller through countingProxy, whose UNITS requests lists counts, and
+// a client that fills and frees.
+func listCountedCluster(t *testing.T, wait time.Duration) (c, filler *client.Client, lists *atomic.Int64) {
+	t.Helper()
 	ctx := t.Context()
 	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(func() { ctrl.Close() })
 	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	joinShortUnit(t, addr)
-	filler, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	joinWaitingUnit(t, addr, wait)
+	filler, err = client.Connect(ctx, addr, client.ConnectConfig{})
 	require.NoError(t, err)
 	t.Cleanup(func() { filler.Close() })
 	paddr, lists := countingProxy(t, addr, wire.OpUnits)
-	c, err := client.Connect(ctx, paddr, client.ConnectConfig{})
+	c, err = client.Connect(ctx, paddr, client.ConnectConfig{})
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
+	return c, filler, lists
+}
+
+// Many puts of one client waiting on a full unit whose reserve wait is
+// short list the units with the controller about once a second all
+// together, not once a second each.
+func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
+	ctx := t.Context()
+	c, filler, lists := listCountedCluster(t, shortWait)
 	metas := fillUnit(t, filler)
 
 	const puts = 8
@@ -118,7 +129,7 @@ func TestWaitingPutsListTheUnitsAboutOnceASecond(t *testing.T) {
 	// The waiting puts hold none of the client's I/O slots: its reads
 	// and frees go on, among them those that make room for the puts.
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.GetCopy(rctx, metas[len(metas)-1])
+	_, err := c.GetCopy(rctx, metas[len(metas)-1])
 	rcancel()
 	require.NoError(t, err, "a read of the client whose puts wait")
 	for _, m := range metas[:puts] {
@@ -264,23 +275,11 @@ func TestPutWaitingOnAUnitThatDrains(t *testing.T) {
 // units a second: each used to ask for a list of its own, 8 requests
 // begun a quarter of a second apart about 4 a second.
 func TestSlowRequestsListTheUnitsAboutOnceASecond(t *testing.T) {
-	ctx := t.Context()
-	ctrl, err := controller.New(controller.Config{UnitTimeout: time.Minute})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	joinWaitingUnit(t, addr, time.Minute)
-	filler, err := client.Connect(ctx, addr, client.ConnectConfig{})
-	require.NoError(t, err)
-	t.Cleanup(func() { filler.Close() })
-	paddr, lists := countingProxy(t, addr, wire.OpUnits)
-	c, err := client.Connect(ctx, paddr, client.ConnectConfig{})
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
+	c, filler, lists := listCountedCluster(t, time.Minute)
 	fillUnit(t, filler)
 
 	const puts = 8
-	pctx, cancel := context.WithCancel(ctx)
+	pctx, cancel := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
 	for range puts {
 		wg.Go(func() {

@@ -13,9 +13,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// --pprof asks for no token, so it does not serve the command line, which
-// may carry --token; the profiles it does serve.
-func TestPprofServesNoCommandLine(t *testing.T) {
+// startPprof starts tq serve's --pprof server alone on a loopback port
+// and returns the URL it announces.
+func startPprof(t *testing.T) string {
+	t.Helper()
 	var out bytes.Buffer
 	cfg := defaultServeConfig()
 	cfg.Pprof = "127.0.0.1:0"
@@ -31,6 +32,13 @@ func TestPprofServesNoCommandLine(t *testing.T) {
 	})
 	_, url, ok := strings.Cut(strings.TrimSpace(out.String()), "profiles on ")
 	require.True(t, ok, "announced: %q", out.String())
+	return url
+}
+
+// --pprof asks for no token, so it does not serve the command line, which
+// may carry --token; the profiles it does serve.
+func TestPprofServesNoCommandLine(t *testing.T) {
+	url := startPprof(t)
 
 	code, body := probe(t, url+"cmdline")
 	require.Equal(t, http.StatusNotFound, code)
@@ -60,21 +68,7 @@ func TestTokenFlagHelpWarnsOfTheProcessList(t *testing.T) {
 // write timeout (330 s) used to be the only bound, so seconds=301 to 329
 // ran for that long.
 func TestPprofRefusesProfilesPast300s(t *testing.T) {
-	var out bytes.Buffer
-	cfg := defaultServeConfig()
-	cfg.Pprof = "127.0.0.1:0"
-	bound, err := cfg.bindTCP()
-	require.NoError(t, err)
-	t.Cleanup(bound.close)
-	s := &server{cfg: cfg, out: &out, log: slog.New(slog.DiscardHandler), bound: bound}
-	require.NoError(t, s.startPprof())
-	t.Cleanup(func() {
-		for _, c := range s.closers {
-			c()
-		}
-	})
-	_, url, ok := strings.Cut(strings.TrimSpace(out.String()), "profiles on ")
-	require.True(t, ok, "announced: %q", out.String())
+	url := startPprof(t)
 	for _, path := range []string{"profile?seconds=301", "trace?seconds=300.5", "heap?seconds=329", "allocs?seconds=1000"} {
 		code, body := probe(t, url+path)
 		require.Equal(t, http.StatusBadRequest, code, "%s: %s", path, body)
