@@ -13,7 +13,8 @@ package client
 // controller reports the unit dead (silent for five heartbeats), the
 // request stops with an error wrapping engine.ErrUnavailable: a read's
 // cells read as lost (engine.ErrLost, see readErr), a write's rows are
-// placed on the other units (see writePlaced; bytes the unit took before
+// placed on the other units (see writePlaced; a reserved put, see
+// reservePlaced, reserves on another; bytes the unit took before
 // it went silent are never committed, and its reconciliation frees them).
 // A unit that is answering is not cut off while the controller counts it
 // alive, however long its request takes (a write waiting for room

@@ -172,7 +172,15 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 	case !ok:
 		return nil, fmt.Errorf("unit %d (%s) cannot reserve memory for a put: %w", u.ID(), u.Transport(), engine.ErrNotSupported)
 	}
-	res, err := rv.ReserveExtents(ctx, sizes)
+	// Under watchDead: a unit gone silent with its connections open and
+	// reported dead since ends the reservation as unreachable, and the
+	// put reserves on another unit (see deadwatch.go).
+	var res Reserved
+	err := c.watchDead(ctx, u.ID(), func(ctx context.Context) error {
+		var err error
+		res, err = rv.ReserveExtents(ctx, sizes)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
 	}

@@ -110,3 +110,60 @@ func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
 	assert.True(t, errors.Is(err, engine.ErrLost), "a read of the silent unit's cells: %v, want ErrLost", err)
 	assert.NoError(t, rctx.Err(), "the read waited for its deadline")
 }
+
+// TestSilentUnitTakesNoReservedPuts: a put filled in place in shared
+// memory (ReservePutKeys) whose placement picks a unit that went silent
+// with its connections open (SIGSTOP) and that the controller reports
+// dead reserves on the other unit instead of waiting for its deadline.
+func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
+	addr := ctrl.addr("tcp")
+	var units []*serveProc
+	for range 2 {
+		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", t.TempDir(), "--capacity", "16MiB")
+		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
+		units = append(units, u)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var c *client.Client
+	require.Eventually(t, func() bool {
+		if c != nil {
+			c.Close()
+		}
+		var err error
+		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
+		return err == nil && len(c.Units()) == 2
+	}, 20*time.Second, 50*time.Millisecond, "two units registered")
+	defer c.Close()
+	spec := client.FieldSpec{Name: "v", DType: engine.Int64, Shape: engine.Shape{4}}
+	keys := helperKeys(0, 8)
+	kb, err := c.ReservePutKeys(ctx, "p", keys, nil, spec)
+	require.NoError(t, err)
+	require.Equal(t, "shm", kb.Unit().Transport(), "the reservation is in shared memory")
+	silent := kb.Unit().ID()
+	_, err = kb.Commit(ctx)
+	require.NoError(t, err)
+	// Each start waits for its unit to register: unit 1 is units[0].
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := ctrl.tqStat(bin, addr)
+		if strings.Contains(string(out), "LOST") {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The same first key: placement picks the same unit first, if the
+	// client has not re-listed the units since.
+	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer pcancel()
+	kb, err = c.ReservePutKeys(pctx, "q", keys, []engine.Tags{{"n": int64(1)}, nil, nil, nil, nil, nil, nil, nil}, spec)
+	require.NoError(t, err, "a reserved put with unit %d LOST", silent)
+	assert.NotEqual(t, silent, kb.Unit().ID(), "the reserved put went to the LOST unit")
+	_, err = kb.Commit(pctx)
+	require.NoError(t, err)
+	on := unitsOf(ctx, t, c, "q", keys)
+	assert.Equal(t, map[engine.UnitID]int{kb.Unit().ID(): len(keys)}, on)
+}
