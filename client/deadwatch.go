@@ -18,12 +18,16 @@ package client
 // it went silent are never committed, and its reconciliation frees them).
 // A unit that is answering is not cut off while the controller counts it
 // alive, however long its request takes (a write waiting for room
-// included); one that ends sooner costs a timer and no round trip.
+// included). One that ends sooner costs its context and an entry in the
+// client's set of watched requests, no timer and no round trip: one
+// goroutine a client, running while requests are in flight, looks at them
+// every watchTick and asks for the units when some have waited deadCheck
+// (a timer a request cost about twice as much, 8 allocations to 3, some
+// 4% of a small get over TCP).
 
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/tqgo/tq/engine"
@@ -33,65 +37,127 @@ import (
 // the controller whether the unit is alive (then again as often).
 const deadCheck = 2 * time.Second
 
+// watchTick is how often the client's watcher looks at its requests in
+// flight: a request is first checked between deadCheck and deadCheck +
+// watchTick after it began.
+const watchTick = deadCheck / 4
+
+// watched is a request to a unit under watchDead.
+type watched struct {
+	id     engine.UnitID
+	next   time.Time // when the watcher checks it next (the watcher's)
+	cancel context.CancelCauseFunc
+}
+
+// deadWatch is a client's set of requests under watchDead, guarded by
+// its discovery's mu.
+type deadWatch struct {
+	reqs    map[*watched]struct{}
+	running bool // the watcher goroutine runs (in discovery's wg)
+	ctx     context.Context
+	stop    context.CancelFunc // on close
+	due     []*watched         // the watcher's, reused
+}
+
 // watchDead runs call, a request to unit id, with a context that ends,
 // with an error wrapping engine.ErrUnavailable, when the controller
 // reports the unit dead while the call has gone on for deadCheck or
 // longer. It returns call's error, or that one when it is why call ended
 // (the caller's ctx still live).
 func (c *Client) watchDead(ctx context.Context, id engine.UnitID, call func(context.Context) error) error {
-	if c.disc == nil {
+	d := c.disc
+	if d == nil {
 		return call(ctx) // no controller to ask
 	}
 	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var (
-		mu      sync.Mutex
-		stopped bool
-		timer   *time.Timer
-		checks  sync.WaitGroup // a check armed or running
-	)
-	var check func()
-	check = func() {
-		defer checks.Done()
-		// A list asked for within learnEvery, so after this call began
-		// (deadCheck ago): its dead flags are no older than this call's
-		// wait, and the client's slow calls, however many, share one
-		// list a learnEvery (large reads over a slow network may all
-		// take longer than deadCheck).
-		lctx, lcancel := context.WithTimeout(rctx, learnTimeout)
-		err := c.disc.learnAfter(lctx, c, time.Now().Add(-learnEvery))
-		lcancel()
-		if err == nil && c.tbl.Load().dead[id] {
-			cancel(fmt.Errorf("storage unit %d did not answer in %v, and the controller reports it dead: %w", id, deadCheck, engine.ErrUnavailable))
+	w := &watched{id: id, next: time.Now().Add(deadCheck), cancel: cancel}
+	if !d.watchAdd(c, w) {
+		cancel(nil)
+		return call(ctx) // closed: no controller to ask
+	}
+	err := call(rctx)
+	d.watchRemove(w)
+	if err != nil && ctx.Err() == nil && rctx.Err() != nil {
+		err = context.Cause(rctx)
+	}
+	cancel(nil)
+	return err
+}
+
+// watchAdd adds w to the requests the watcher looks at, starting it if
+// it does not run; false after close.
+func (d *discovery) watchAdd(c *Client, w *watched) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	dw := &d.watch
+	if dw.reqs == nil {
+		dw.reqs = map[*watched]struct{}{}
+		dw.ctx, dw.stop = context.WithCancel(context.Background())
+	}
+	dw.reqs[w] = struct{}{}
+	if !dw.running {
+		dw.running = true
+		d.wg.Go(func() { d.watcher(c) })
+	}
+	return true
+}
+
+func (d *discovery) watchRemove(w *watched) {
+	d.mu.Lock()
+	delete(d.watch.reqs, w)
+	d.mu.Unlock()
+}
+
+// watcher checks the requests in flight every watchTick until none is
+// left or the client closes: those that have waited deadCheck since they
+// began or were last checked share one list of the units asked within
+// learnEvery (so after they began), and those whose unit it reports dead
+// are canceled.
+func (d *discovery) watcher(c *Client) {
+	dw := &d.watch
+	t := time.NewTimer(watchTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-dw.ctx.Done():
+			d.mu.Lock()
+			dw.running = false
+			d.mu.Unlock()
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		d.mu.Lock()
+		if len(dw.reqs) == 0 {
+			dw.running = false
+			d.mu.Unlock()
 			return
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if !stopped {
-			checks.Add(1)
-			timer = time.AfterFunc(deadCheck, check)
+		due := dw.due[:0]
+		for w := range dw.reqs {
+			if !now.Before(w.next) {
+				due = append(due, w)
+			}
 		}
+		dw.due = due
+		d.mu.Unlock()
+		if len(due) > 0 {
+			lctx, lcancel := context.WithTimeout(dw.ctx, learnTimeout)
+			err := d.learnAfter(lctx, c, now.Add(-learnEvery))
+			lcancel()
+			dead := c.tbl.Load().dead
+			next := time.Now().Add(deadCheck)
+			for _, w := range due {
+				if err == nil && dead[w.id] {
+					w.cancel(fmt.Errorf("storage unit %d did not answer in %v, and the controller reports it dead: %w", w.id, deadCheck, engine.ErrUnavailable))
+				}
+				w.next = next
+			}
+			clear(due)
+		}
+		t.Reset(watchTick)
 	}
-	mu.Lock()
-	checks.Add(1)
-	timer = time.AfterFunc(deadCheck, check)
-	mu.Unlock()
-
-	err := call(rctx)
-	var cause error
-	if err != nil && ctx.Err() == nil && rctx.Err() != nil {
-		cause = context.Cause(rctx)
-	}
-	cancel(nil) // a check under way stops asking
-	mu.Lock()
-	stopped = true
-	if timer.Stop() {
-		checks.Done() // armed, never ran
-	}
-	mu.Unlock()
-	checks.Wait()
-	if cause != nil {
-		return cause
-	}
-	return err
 }

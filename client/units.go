@@ -254,7 +254,8 @@ type discovery struct {
 	due    bool       // a write found a unit unreachable: ask at once
 	busy   bool       // a background learn is running
 	closed bool
-	wg     sync.WaitGroup // the background learn
+	wg     sync.WaitGroup // the background learn, the dead watcher
+	watch  deadWatch      // see deadwatch.go
 }
 
 // stale reports whether t was listed by another cluster than the one the
@@ -434,6 +435,9 @@ func (d *discovery) learnAfter(ctx context.Context, c *Client, after time.Time) 
 func (d *discovery) close(c *Client) error {
 	d.mu.Lock()
 	d.closed = true
+	if d.watch.stop != nil {
+		d.watch.stop()
+	}
 	d.mu.Unlock()
 	d.wg.Wait()
 	closeUnits(c.tbl.Load().units)
