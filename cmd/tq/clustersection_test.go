@@ -167,3 +167,94 @@ func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
 	on := unitsOf(ctx, t, c, "q", keys)
 	assert.Equal(t, map[engine.UnitID]int{kb.Unit().ID(): len(keys)}, on)
 }
+
+// TestSilentUnitFreesWhatItTookOnceItResumes: a put placed on a unit
+// that went silent (SIGSTOP) and is reported dead moves to the other
+// unit, each row once; once the unit resumes (SIGCONT) it is alive
+// again, its old cells read, and what the abandoned write left on it is
+// freed, never committed.
+func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
+	addr := ctrl.addr("tcp")
+	var units []*serveProc
+	for range 2 {
+		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB",
+			"--reconcile-interval", "200ms", "--reconcile-grace", "1s")
+		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
+		units = append(units, u)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var c *client.Client
+	require.Eventually(t, func() bool {
+		if c != nil {
+			c.Close()
+		}
+		var err error
+		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
+		return err == nil && len(c.Units()) == 2
+	}, 20*time.Second, 50*time.Millisecond, "two units registered")
+	defer c.Close()
+	meta, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: ctrl.token(t)})
+	require.NoError(t, err)
+	defer meta.Close()
+	used := func(id engine.UnitID) (int64, bool) {
+		infos, err := meta.Units(ctx)
+		require.NoError(t, err)
+		for _, u := range infos {
+			if u.ID == id {
+				return u.Used, u.Alive
+			}
+		}
+		t.Fatalf("unit %d not listed", id)
+		return 0, false
+	}
+	kv := kvapi.New(c)
+	keys := helperKeys(0, 8)
+	_, err = kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
+	require.NoError(t, err)
+	on := unitsOf(ctx, t, c, "p", keys)
+	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
+	var silent engine.UnitID
+	for id := range on {
+		silent = id
+	}
+	time.Sleep(500 * time.Millisecond) // a few heartbeats report the put
+	before, _ := used(silent)
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
+	require.Eventually(t, func() bool { _, alive := used(silent); return !alive }, 20*time.Second, 50*time.Millisecond, "unit %d reported dead", silent)
+
+	// The same first key: the put goes to the silent unit first.
+	big := make([]string, 64)
+	for i := range big {
+		big[i] = fmt.Sprintf("sample_%d", i)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer pcancel()
+	_, err = kv.BatchPut(pctx, "q", big, helperBatch(0, 64), nil)
+	require.NoError(t, err, "a put with unit %d LOST", silent)
+	on = unitsOf(ctx, t, c, "q", big)
+	assert.Zero(t, on[silent], "a put after unit %d was LOST placed cells on it: %v", silent, on)
+	st, err := c.Stats(ctx, "q")
+	require.NoError(t, err)
+	assert.Equal(t, 64, st.Rows, "rows of q")
+
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGCONT))
+	require.Eventually(t, func() bool { _, alive := used(silent); return alive }, 20*time.Second, 50*time.Millisecond, "unit %d alive again", silent)
+	rctx, rcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer rcancel()
+	_, err = kv.BatchGet(rctx, "p", keys)
+	require.NoError(t, err, "a read of unit %d's cells once it answers again", silent)
+	var now int64
+	require.Eventually(t, func() bool { now, _ = used(silent); return now == before }, 30*time.Second, 100*time.Millisecond,
+		"unit %d's used bytes after the abandoned write: %d, %d before", silent, now, before)
+	_, err = kv.BatchGet(rctx, "q", big)
+	require.NoError(t, err)
+	// Puts reach it again.
+	for i := range 20 {
+		k := []string{fmt.Sprintf("again_%d", i)}
+		_, err := kv.BatchPut(ctx, "r", k, helperBatch(i, 1), nil)
+		require.NoError(t, err)
+	}
+}
