@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -257,4 +259,82 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 		_, err := kv.BatchPut(ctx, "r", k, helperBatch(i, 1), nil)
 		require.NoError(t, err)
 	}
+}
+
+// TestSilentUnitsLeaseIsGivenBackOnceItResumes: a view read over shared
+// memory from a unit gone silent (SIGSTOP) and reported dead fails with
+// ErrLost; once the unit resumes (SIGCONT) and answers the lease the
+// client gave up on, the lease is given back: the unit holds none.
+func TestSilentUnitsLeaseIsGivenBackOnceItResumes(t *testing.T) {
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
+	addr := ctrl.addr("tcp")
+	var units []*serveProc
+	for range 2 {
+		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", t.TempDir(), "--capacity", "16MiB",
+			"--metrics", "127.0.0.1:0")
+		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
+		units = append(units, u)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var c *client.Client
+	require.Eventually(t, func() bool {
+		if c != nil {
+			c.Close()
+		}
+		var err error
+		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t), Transport: client.TransportShm})
+		return err == nil && len(c.Units()) == 2
+	}, 20*time.Second, 50*time.Millisecond, "two units registered")
+	defer c.Close()
+	kv := kvapi.New(c)
+	keys := helperKeys(0, 8)
+	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
+	require.NoError(t, err)
+	on := unitsOf(ctx, t, c, "p", keys)
+	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
+	var silent engine.UnitID
+	for id := range on {
+		silent = id
+	}
+	leases := func() string {
+		resp, err := http.Get(units[silent-1].metricsURL)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(l, "tq_unit_leases") {
+				return l[strings.LastIndexByte(l, ' ')+1:]
+			}
+		}
+		return "none"
+	}
+	meta, err := c.MetaByKeys(ctx, "p", keys, nil, false)
+	require.NoError(t, err)
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := ctrl.tqStat(bin, addr)
+		if strings.Contains(string(out), "LOST") {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 8*time.Second)
+	defer rcancel()
+	_, err = c.GetView(rctx, meta)
+	require.ErrorIs(t, err, engine.ErrLost, "a view of the silent unit's cells")
+	require.NoError(t, rctx.Err(), "the read waited for its deadline")
+
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGCONT))
+	var n string
+	require.Eventually(t, func() bool { n = leases(); return n == "0" }, 30*time.Second, 100*time.Millisecond,
+		"unit %d's leases after the view it answered late: %s", silent, n)
+	v, err := c.GetView(ctx, meta)
+	require.NoError(t, err, "a view of unit %d's cells once it answers again", silent)
+	v.Release()
+	require.Eventually(t, func() bool { n = leases(); return n == "0" }, 30*time.Second, 100*time.Millisecond,
+		"unit %d's leases after a view released: %s", silent, n)
 }
