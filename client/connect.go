@@ -236,9 +236,10 @@ type unitDialer struct {
 }
 
 // dial connects to a unit: over shared memory when it can (and always
-// with TransportShm), else over its unix socket or TCP address.
+// with TransportShm; never with TransportRDMA, which requires RDMA on
+// the unit's host too), else over RDMA or its unix socket or TCP address.
 func (d unitDialer) dial(ctx context.Context, u engine.UnitInfo) (DataUnit, error) {
-	if d.transport != TransportTCP {
+	if d.transport == TransportAuto || d.transport == TransportShm {
 		sc, err := dialShm(ctx, d.shm, u, d.host)
 		if err == nil {
 			return ShmUnit(u.ID, u.Host, sc), nil

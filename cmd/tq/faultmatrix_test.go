@@ -225,7 +225,9 @@ func (c *fmCluster) startUnit(i int) {
 			"--socket-dir", c.socks, "--capacity", "64MiB",
 			"--reconcile-interval", "500ms", "--reconcile-grace", "2s", "--name", fmt.Sprintf("u%d", i)}
 		if rdma.Supported { // consumer 1 reads over RDMA (the emulated device)
+			// RDMA's control requests go over the unit's TCP connection.
 			args = append(args, "--rdma-device", "emu0")
+			args[slices.Index(args, "--unit-listen")+1] = "127.0.0.1:0"
 		}
 		c.units[i], err = c.serve(fmt.Sprintf("unit%d", i), args...)
 		if err == nil {
