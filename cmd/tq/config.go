@@ -331,8 +331,11 @@ func (c *serveConfig) validate() error {
 	}
 	// (--role all's units serve the controller's KV path and --resp in
 	// the process, without an address of their own.)
-	if c.Role == "unit" && c.UnitListen == "" && c.SocketDir == "" && c.RDMADevice == "" {
-		bad(`--unit-listen "" and --socket-dir "": a storage unit of --role unit needs an address clients can reach: --unit-listen, --socket-dir or --rdma-device`)
+	if c.Role == "unit" && c.UnitListen == "" && c.SocketDir == "" {
+		bad(`--unit-listen "" and --socket-dir "": a storage unit of --role unit needs an address clients can reach: --unit-listen or --socket-dir`)
+	}
+	if c.Role != "controller" && c.RDMADevice != "" && c.UnitListen == "" {
+		bad(`--rdma-device %s with --unit-listen "": RDMA's control requests go over the storage unit's TCP connection, which --unit-listen gives it`, c.RDMADevice)
 	}
 	if c.Role == "all" && c.Units < 1 {
 		bad("--units %d: need at least one storage unit", c.Units)

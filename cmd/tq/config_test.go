@@ -630,10 +630,13 @@ func TestRelativeSocketPathsAreGivenOutAbsolute(t *testing.T) {
 }
 
 // A storage unit with neither a TCP listener (--unit-listen "") nor unix
-// sockets (--socket-dir "") nor --rdma-device registered with no address
-// at all, and reported ready: no client could reach it, yet placement
-// could pick it. It is refused, as a controller that listens nowhere is;
-// any one of the three is enough.
+// sockets (--socket-dir "") registered with no address a client could
+// dial, and reported ready: no client could reach it, yet placement could
+// pick it. It is refused, as a controller that listens nowhere is; either
+// one is enough. --rdma-device is not: RDMA's control requests go over
+// the unit's TCP connection, so a unit with --rdma-device and
+// --unit-listen "" advertised rdma:// that no client could use (one with
+// no other address was unreachable); it is refused, in every role.
 func TestAUnitThatListensNowhereIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	unit := []string{"--check-config", "--role", "unit", "--controller", "tcp://h:1", "--data-dir", dir}
@@ -648,10 +651,20 @@ func TestAUnitThatListensNowhereIsRefused(t *testing.T) {
 	for _, args := range [][]string{
 		{"--unit-listen", ""},
 		{"--socket-dir", ""},
-		{"--unit-listen", "", "--socket-dir", "", "--rdma-device", "emu0"},
+		{"--socket-dir", "", "--rdma-device", "emu0"},
 	} {
 		_, _, err := parseServeConfig(append(unit, args...), io.Discard)
 		assert.NoError(t, err, "%q", args)
+	}
+	for _, args := range [][]string{
+		append(slices.Clone(unit), "--unit-listen", "", "--socket-dir", "", "--rdma-device", "emu0"),
+		append(slices.Clone(unit), "--unit-listen", "", "--rdma-device", "emu0"),
+		{"--check-config", "--data-dir", dir, "--unit-listen", "", "--rdma-device", "emu0"},
+	} {
+		_, _, err := parseServeConfig(args, io.Discard)
+		if assert.Error(t, err, "%q", args) {
+			assert.Contains(t, err.Error(), `--rdma-device emu0 with --unit-listen "": RDMA's control requests go over the storage unit's TCP connection`)
+		}
 	}
 }
 
