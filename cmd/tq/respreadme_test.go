@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -107,4 +108,26 @@ func TestRESPMaxPartitions(t *testing.T) {
 	out, ok = redisCLI(t, cli, p, tok, in.String())
 	require.True(t, ok, "%s", out)
 	assert.Equal(t, strings.Repeat("OK\n", 4)+"OK", out, "no limit")
+}
+
+// TestRESPSocketLeftByAKilledServe: the --resp-socket a tq serve killed
+// with SIGKILL leaves behind is replaced by the next tq serve on the
+// same path, which redis-cli -s then reaches.
+func TestRESPSocketLeftByAKilledServe(t *testing.T) {
+	cli := needTool(t, "redis-cli")
+	bin := tqBinary(t)
+	sock := filepath.Join(t.TempDir(), "tq-resp.sock")
+	p, _ := startRESP(t, bin, "--resp-socket", sock)
+	p.kill()
+	fi, err := os.Lstat(sock)
+	require.NoError(t, err, "SIGKILL left no socket to replace")
+	require.Equal(t, os.ModeSocket, fi.Mode().Type())
+
+	p, tok := startRESP(t, bin, "--resp-socket", sock)
+	require.Equal(t, sock, p.respSock)
+	cmd := exec.Command(cli, "-s", sock, "--user", "default", "PING")
+	cmd.Env = append(os.Environ(), "REDISCLI_AUTH="+tok)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, "PONG\n", string(out))
 }
