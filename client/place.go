@@ -565,9 +565,9 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 				// and wrote nothing: the rows wait again, placed anew.
 				full, outwaited = err, true
 				pending = append(pending, g.rows...)
-			case (g.wait || full != nil) && ctx.Err() != nil:
+			case ctx.Err() != nil && (g.wait || full != nil || errors.Is(err, engine.ErrCapacity)):
 				// Cut short by ctx while no unit had room (or just
-				// after).
+				// after), or refused for room as ctx ended.
 				failed = append(failed, waitedOut(ctx, err, len(g.rows)))
 			case unreachable(ctx, err):
 				// The unit may have died after the client listed it (the

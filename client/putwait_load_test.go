@@ -157,9 +157,19 @@ func TestPutWaitingForRoomCanceled(t *testing.T) {
 	require.Eventually(t, func() bool { return u.Stats().Extents == len(metas)-1 }, 10*time.Second, 10*time.Millisecond)
 	before := u.Stats().Used
 	for _, after := range []time.Duration{shortWait / 2, 3 * shortWait, 1200 * time.Millisecond, 1500 * time.Millisecond} {
+		// Canceled once it waits in the unit, when it knows the unit is
+		// full (canceled before it reached the unit, a put has only
+		// ctx's error to give; on a loaded machine 25 ms may pass first).
 		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.PutNew(pctx, "p", opaque(repeat(4, 64<<10)))
+			done <- err
+		}()
+		require.Eventually(t, func() bool { return u.Stats().Waiting > 0 }, 10*time.Second, time.Millisecond,
+			"the put to cancel after %v never waited in its unit", after)
 		time.AfterFunc(after, cancel)
-		_, err := c.PutNew(pctx, "p", opaque(repeat(4, 64<<10)))
+		err := <-done
 		require.ErrorIs(t, err, engine.ErrCapacity, "canceled after %v", after)
 		require.ErrorIs(t, err, context.Canceled, "canceled after %v", after)
 		assert.Contains(t, err.Error(), "room", "canceled after %v", after)

@@ -116,6 +116,7 @@ type Stats struct {
 	Extents          int
 	OpenReservations int
 	Leases           int
+	Waiting          int   // Reserve calls (a WRITE's included) waiting for room
 	HugePages        bool  // new segments use hugetlb pages
 	PageSize         int64 // page size of new segments: 4 KiB or 2 MiB
 	// Quarantined is the bytes that only the quarantine of same-host
@@ -1117,6 +1118,7 @@ func (u *Unit) Stats() Stats {
 		Extents:             u.extents,
 		OpenReservations:    u.open,
 		Leases:              u.leases,
+		Waiting:             u.waiters,
 		HugePages:           u.hugetlb,
 		PageSize:            u.segPage,
 		Quarantined:         u.quarRes + u.quarLeased,
