@@ -47,6 +47,61 @@ func TestServeDefaultsAreTheReadmes(t *testing.T) {
 	}
 }
 
+// silentPair is a controller (1 s heartbeats cut to 50 ms) and two units
+// of 16 MiB as tq serve processes, and a client of them, for the tests
+// of a unit that goes silent (SIGSTOP) with its connections open.
+type silentPair struct {
+	bin, addr string
+	ctrl      *serveProc
+	units     []*serveProc // unit i+1 is units[i]: each start waits for its unit to register
+	c         *client.Client
+}
+
+// startSilentPair starts a silentPair whose units serve shared memory
+// (a socket directory) with shm, over TCP alone without, with extra unit
+// flags, and whose client uses transport ("": automatic).
+func startSilentPair(t *testing.T, shm bool, transport string, extra []string) *silentPair {
+	t.Helper()
+	bin := tqBinary(t)
+	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
+	addr := ctrl.addr("tcp")
+	var units []*serveProc
+	for range 2 {
+		dir := ""
+		if shm {
+			dir = t.TempDir()
+		}
+		args := append([]string{"--role", "unit", "--controller", addr, "--socket-dir", dir, "--capacity", "16MiB"}, extra...)
+		u := startServeIn(t, ctrl.dataDir, nil, bin, args...)
+		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
+		units = append(units, u)
+	}
+	var c *client.Client
+	require.Eventually(t, func() bool {
+		if c != nil {
+			c.Close()
+		}
+		var err error
+		c, err = client.Connect(t.Context(), addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t), Transport: transport})
+		return err == nil && len(c.Units()) == 2
+	}, 20*time.Second, 50*time.Millisecond, "two units registered")
+	t.Cleanup(func() { c.Close() })
+	return &silentPair{bin: bin, addr: addr, ctrl: ctrl, units: units, c: c}
+}
+
+// waitLost waits until tq stat shows a unit LOST.
+func (sc *silentPair) waitLost(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _ := sc.ctrl.tqStat(sc.bin, sc.addr)
+		if strings.Contains(string(out), "LOST") {
+			return
+		}
+		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // A unit that goes silent without dying (SIGSTOP: its connections stay
 // open, nothing answers on them, as of a host cut off the network) is
 // shown LOST by tq stat within five heartbeats; then, by a client that
@@ -54,27 +109,10 @@ func TestServeDefaultsAreTheReadmes(t *testing.T) {
 // read of its cells fails with engine.ErrLost, neither waiting for its
 // deadline.
 func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
-	bin := tqBinary(t)
-	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
-	addr := ctrl.addr("tcp")
-	var units []*serveProc
-	for range 2 {
-		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB")
-		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
-		units = append(units, u)
-	}
+	sc := startSilentPair(t, false, "", nil)
+	units, c := sc.units, sc.c
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var c *client.Client
-	require.Eventually(t, func() bool {
-		if c != nil {
-			c.Close()
-		}
-		var err error
-		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
-		return err == nil && len(c.Units()) == 2
-	}, 20*time.Second, 50*time.Millisecond, "two units registered")
-	defer c.Close()
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
 	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
@@ -88,14 +126,7 @@ func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
 	// Each start waits for its unit to register: unit 1 is units[0].
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
 
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		out, _ := ctrl.tqStat(bin, addr)
-		if strings.Contains(string(out), "LOST") {
-			break
-		}
-		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
-		time.Sleep(50 * time.Millisecond)
-	}
+	sc.waitLost(t)
 	// A put whose first key is the first put's goes to the same unit
 	// first, if the client has not re-listed the units since.
 	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
@@ -118,27 +149,10 @@ func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
 // with its connections open (SIGSTOP) and that the controller reports
 // dead reserves on the other unit instead of waiting for its deadline.
 func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
-	bin := tqBinary(t)
-	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
-	addr := ctrl.addr("tcp")
-	var units []*serveProc
-	for range 2 {
-		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", t.TempDir(), "--capacity", "16MiB")
-		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
-		units = append(units, u)
-	}
+	sc := startSilentPair(t, true, "", nil)
+	units, c := sc.units, sc.c
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var c *client.Client
-	require.Eventually(t, func() bool {
-		if c != nil {
-			c.Close()
-		}
-		var err error
-		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
-		return err == nil && len(c.Units()) == 2
-	}, 20*time.Second, 50*time.Millisecond, "two units registered")
-	defer c.Close()
 	spec := client.FieldSpec{Name: "v", DType: engine.Int64, Shape: engine.Shape{4}}
 	keys := helperKeys(0, 8)
 	kb, err := c.ReservePutKeys(ctx, "p", keys, nil, spec)
@@ -149,14 +163,7 @@ func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
 	require.NoError(t, err)
 	// Each start waits for its unit to register: unit 1 is units[0].
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		out, _ := ctrl.tqStat(bin, addr)
-		if strings.Contains(string(out), "LOST") {
-			break
-		}
-		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
-		time.Sleep(50 * time.Millisecond)
-	}
+	sc.waitLost(t)
 	// The same first key: placement picks the same unit first, if the
 	// client has not re-listed the units since.
 	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
@@ -176,29 +183,11 @@ func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
 // again, its old cells read, and what the abandoned write left on it is
 // freed, never committed.
 func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
-	bin := tqBinary(t)
-	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
-	addr := ctrl.addr("tcp")
-	var units []*serveProc
-	for range 2 {
-		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", "", "--capacity", "16MiB",
-			"--reconcile-interval", "200ms", "--reconcile-grace", "1s")
-		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
-		units = append(units, u)
-	}
+	sc := startSilentPair(t, false, "", []string{"--reconcile-interval", "200ms", "--reconcile-grace", "1s"})
+	units, c := sc.units, sc.c
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	var c *client.Client
-	require.Eventually(t, func() bool {
-		if c != nil {
-			c.Close()
-		}
-		var err error
-		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t)})
-		return err == nil && len(c.Units()) == 2
-	}, 20*time.Second, 50*time.Millisecond, "two units registered")
-	defer c.Close()
-	meta, err := client.DialMeta(ctx, addr, client.RemoteConfig{Token: ctrl.token(t)})
+	meta, err := client.DialMeta(ctx, sc.addr, client.RemoteConfig{Token: sc.ctrl.token(t)})
 	require.NoError(t, err)
 	defer meta.Close()
 	used := func(id engine.UnitID) (int64, bool) {
@@ -266,28 +255,10 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 // ErrLost; once the unit resumes (SIGCONT) and answers the lease the
 // client gave up on, the lease is given back: the unit holds none.
 func TestSilentUnitsLeaseIsGivenBackOnceItResumes(t *testing.T) {
-	bin := tqBinary(t)
-	ctrl := startServe(t, nil, bin, "--role", "controller", "--listen", "127.0.0.1:0", "--socket-dir", t.TempDir(), "--heartbeat", "50ms")
-	addr := ctrl.addr("tcp")
-	var units []*serveProc
-	for range 2 {
-		u := startServeIn(t, ctrl.dataDir, nil, bin, "--role", "unit", "--controller", addr, "--socket-dir", t.TempDir(), "--capacity", "16MiB",
-			"--metrics", "127.0.0.1:0")
-		t.Cleanup(u.kill) // SIGKILL ends a stopped process too
-		units = append(units, u)
-	}
+	sc := startSilentPair(t, true, client.TransportShm, []string{"--metrics", "127.0.0.1:0"})
+	units, c := sc.units, sc.c
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	var c *client.Client
-	require.Eventually(t, func() bool {
-		if c != nil {
-			c.Close()
-		}
-		var err error
-		c, err = client.Connect(ctx, addr, client.ConnectConfig{WaitForUnits: true, Token: ctrl.token(t), Transport: client.TransportShm})
-		return err == nil && len(c.Units()) == 2
-	}, 20*time.Second, 50*time.Millisecond, "two units registered")
-	defer c.Close()
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
 	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
@@ -314,14 +285,7 @@ func TestSilentUnitsLeaseIsGivenBackOnceItResumes(t *testing.T) {
 	meta, err := c.MetaByKeys(ctx, "p", keys, nil, false)
 	require.NoError(t, err)
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		out, _ := ctrl.tqStat(bin, addr)
-		if strings.Contains(string(out), "LOST") {
-			break
-		}
-		require.False(t, time.Now().After(deadline), "tq stat never showed the stopped unit LOST:\n%s", out)
-		time.Sleep(50 * time.Millisecond)
-	}
+	sc.waitLost(t)
 	rctx, rcancel := context.WithTimeout(ctx, 8*time.Second)
 	defer rcancel()
 	_, err = c.GetView(rctx, meta)
