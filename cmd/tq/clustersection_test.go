@@ -102,6 +102,20 @@ func (sc *silentPair) waitLost(t *testing.T) {
 	}
 }
 
+// putOnOne puts keys to partition p through kv and returns the one unit
+// that holds them all (local-first placement puts a small put on one).
+func (sc *silentPair) putOnOne(ctx context.Context, t *testing.T, kv *kvapi.KV, p string, keys []string) engine.UnitID {
+	t.Helper()
+	_, err := kv.BatchPut(ctx, p, keys, helperBatch(0, len(keys)), nil)
+	require.NoError(t, err)
+	on := unitsOf(ctx, t, sc.c, p, keys)
+	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
+	for id := range on {
+		return id
+	}
+	panic("unreachable")
+}
+
 // A unit that goes silent without dying (SIGSTOP: its connections stay
 // open, nothing answers on them, as of a host cut off the network) is
 // shown LOST by tq stat within five heartbeats; then, by a client that
@@ -115,14 +129,7 @@ func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
 	defer cancel()
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
-	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
-	require.NoError(t, err)
-	on := unitsOf(ctx, t, c, "p", keys)
-	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
-	var silent engine.UnitID
-	for id := range on {
-		silent = id
-	}
+	silent := sc.putOnOne(ctx, t, kv, "p", keys)
 	// Each start waits for its unit to register: unit 1 is units[0].
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
 
@@ -131,9 +138,9 @@ func TestSilentUnitIsLostAndTakesNoWrites(t *testing.T) {
 	// first, if the client has not re-listed the units since.
 	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
 	defer pcancel()
-	_, err = kv.BatchPut(pctx, "q", keys, helperBatch(0, 8), nil)
+	_, err := kv.BatchPut(pctx, "q", keys, helperBatch(0, 8), nil)
 	require.NoError(t, err, "a put with unit %d LOST", silent)
-	on = unitsOf(ctx, t, c, "q", keys)
+	on := unitsOf(ctx, t, c, "q", keys)
 	assert.Zero(t, on[silent], "a put after unit %d was LOST placed cells on it: %v", silent, on)
 
 	rctx, rcancel := context.WithTimeout(ctx, 8*time.Second)
@@ -203,14 +210,7 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 	}
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
-	_, err = kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
-	require.NoError(t, err)
-	on := unitsOf(ctx, t, c, "p", keys)
-	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
-	var silent engine.UnitID
-	for id := range on {
-		silent = id
-	}
+	silent := sc.putOnOne(ctx, t, kv, "p", keys)
 	time.Sleep(500 * time.Millisecond) // a few heartbeats report the put
 	before, _ := used(silent)
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
@@ -225,7 +225,7 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 	defer pcancel()
 	_, err = kv.BatchPut(pctx, "q", big, helperBatch(0, 64), nil)
 	require.NoError(t, err, "a put with unit %d LOST", silent)
-	on = unitsOf(ctx, t, c, "q", big)
+	on := unitsOf(ctx, t, c, "q", big)
 	assert.Zero(t, on[silent], "a put after unit %d was LOST placed cells on it: %v", silent, on)
 	st, err := c.Stats(ctx, "q")
 	require.NoError(t, err)
@@ -261,14 +261,7 @@ func TestSilentUnitsLeaseIsGivenBackOnceItResumes(t *testing.T) {
 	defer cancel()
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
-	_, err := kv.BatchPut(ctx, "p", keys, helperBatch(0, 8), nil)
-	require.NoError(t, err)
-	on := unitsOf(ctx, t, c, "p", keys)
-	require.Len(t, on, 1, "local-first puts the rows on one unit: %v", on)
-	var silent engine.UnitID
-	for id := range on {
-		silent = id
-	}
+	silent := sc.putOnOne(ctx, t, kv, "p", keys)
 	leases := func() string {
 		resp, err := http.Get(units[silent-1].metricsURL)
 		require.NoError(t, err)
