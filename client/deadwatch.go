@@ -15,7 +15,9 @@ package client
 // cells read as lost (engine.ErrLost, see readErr), a write's rows are
 // placed on the other units (see writePlaced; a reserved put, see
 // reservePlaced, reserves on another; bytes the unit took before
-// it went silent are never committed, and its reconciliation frees them).
+// it went silent are never committed, and its reconciliation frees them;
+// a reserved put's commit or abort on it, and the frees after a failed
+// put, end as unreachable).
 // A unit that is answering is not cut off while the controller counts it
 // alive, however long its request takes (a write waiting for room
 // included). One that ends sooner costs its context and an entry in the

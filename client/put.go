@@ -432,11 +432,19 @@ func (c *Client) freeWritten(ctx context.Context, done []written, locs [][]engin
 				addrs = append(addrs, fl[r].Addr)
 			}
 		}
-		if err := w.unit.Free(ctx, addrs); err != nil {
+		if err := c.freeOn(ctx, w.unit, addrs); err != nil {
 			return fmt.Errorf("free what a failed put wrote to unit %d: %w", w.unit.ID(), err)
 		}
 		return nil
 	})...)
+}
+
+// freeOn frees cells on u under watchDead: a free after a failed put runs
+// WithoutCancel, with no deadline, and a unit gone silent would hold it
+// until the data connection's liveness check (its reconciliation frees
+// the cells once it answers again).
+func (c *Client) freeOn(ctx context.Context, u DataUnit, cells []engine.RemoteAddr) error {
+	return c.watchDead(ctx, u.ID(), func(ctx context.Context) error { return u.Free(ctx, cells) })
 }
 
 // commitFields describes the cells of rows pos of fields, whose locations

@@ -157,7 +157,7 @@ func (c *Client) commitKeysOn(ctx context.Context, u DataUnit, req engine.KeysCo
 		if maybe {
 			return engine.KeysCommitted{}, err // the commit may have happened
 		}
-		return engine.KeysCommitted{}, errors.Join(err, u.Free(context.WithoutCancel(ctx), fieldAddrs(req.Fields)))
+		return engine.KeysCommitted{}, errors.Join(err, c.freeOn(context.WithoutCancel(ctx), u, fieldAddrs(req.Fields)))
 	}
 	return out, nil
 }
@@ -364,7 +364,7 @@ func (b *KeysPutBuffer) Abort(ctx context.Context) error {
 	if !b.end() {
 		return nil
 	}
-	if err := b.res.Abort(ctx); err != nil {
+	if err := b.abortExtents(ctx); err != nil {
 		return &engine.OpError{Op: "reserve put", Peer: b.part, Err: err}
 	}
 	return nil

@@ -264,11 +264,15 @@ func (b *reserved) commitUnit(ctx context.Context, runs bool) ([]engine.CommitFi
 	cfs := extentFields(b.fields, b.unit.ID(), exts, runs)
 	batch, err := engine.NewBatch(b.fields...)
 	if err != nil {
-		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+		return nil, nil, errors.Join(err, b.abortExtents(context.WithoutCancel(ctx)))
 	}
-	if err := b.res.Commit(ctx); err != nil {
+	// Under watchDead, as the reservation was: a unit gone silent since
+	// ends the commit (and the abort after it) as unreachable rather than
+	// at the caller's deadline; the unit frees the extents after its
+	// reserve timeout once it answers again.
+	if err := b.c.watchDead(ctx, b.unit.ID(), b.res.Commit); err != nil {
 		err = fmt.Errorf("commit on unit %d: %w", b.unit.ID(), err)
-		return nil, nil, errors.Join(err, b.res.Abort(context.WithoutCancel(ctx)))
+		return nil, nil, errors.Join(err, b.abortExtents(context.WithoutCancel(ctx)))
 	}
 	return cfs, batch, nil
 }
@@ -329,7 +333,7 @@ func (b *reserved) writeAgain(ctx context.Context, err error, cfs []engine.Commi
 
 // free gives back the cells of a unit commit the controller refused.
 func (b *reserved) free(ctx context.Context, cfs []engine.CommitField) error {
-	return b.unit.Free(context.WithoutCancel(ctx), fieldAddrs(cfs))
+	return b.c.freeOn(context.WithoutCancel(ctx), b.unit, fieldAddrs(cfs))
 }
 
 // abort gives the extents back if the buffer is still open.
@@ -337,7 +341,14 @@ func (b *reserved) abort(ctx context.Context) error {
 	if !b.end() {
 		return nil
 	}
-	return b.res.Abort(ctx)
+	return b.abortExtents(ctx)
+}
+
+// abortExtents gives the extents back under watchDead: an abort after a
+// failure runs WithoutCancel, with no deadline, and a unit gone silent
+// would hold it until the data connection's liveness check.
+func (b *reserved) abortExtents(ctx context.Context) error {
+	return b.c.watchDead(ctx, b.unit.ID(), b.res.Abort)
 }
 
 // PutBuffer is a put in progress whose bytes the caller writes straight

@@ -102,6 +102,26 @@ func (sc *silentPair) waitLost(t *testing.T) {
 	}
 }
 
+// usedBytes returns a function that tells, from the controller's list of
+// units, the bytes a unit holds and whether it counts it alive.
+func (sc *silentPair) usedBytes(ctx context.Context, t *testing.T) func(engine.UnitID) (int64, bool) {
+	t.Helper()
+	meta, err := client.DialMeta(ctx, sc.addr, client.RemoteConfig{Token: sc.ctrl.token(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { meta.Close() })
+	return func(id engine.UnitID) (int64, bool) {
+		infos, err := meta.Units(ctx)
+		require.NoError(t, err)
+		for _, u := range infos {
+			if u.ID == id {
+				return u.Used, u.Alive
+			}
+		}
+		t.Fatalf("unit %d not listed", id)
+		return 0, false
+	}
+}
+
 // putOnOne puts keys to partition p through kv and returns the one unit
 // that holds them all (local-first placement puts a small put on one).
 func (sc *silentPair) putOnOne(ctx context.Context, t *testing.T, kv *kvapi.KV, p string, keys []string) engine.UnitID {
@@ -184,6 +204,61 @@ func TestSilentUnitTakesNoReservedPuts(t *testing.T) {
 	assert.Equal(t, map[engine.UnitID]int{kb.Unit().ID(): len(keys)}, on)
 }
 
+// TestSilentUnitEndsAReservedPutsCommitAndAbort: a put filled in place
+// in shared memory whose unit goes silent (SIGSTOP) after the reservation
+// and is reported dead fails its Commit, and its Abort, as unavailable
+// rather than at the caller's deadline; once the unit resumes, the
+// keys of the failed commit read as missing.
+func TestSilentUnitEndsAReservedPutsCommitAndAbort(t *testing.T) {
+	sc := startSilentPair(t, true, "", []string{"--reconcile-interval", "200ms", "--reconcile-grace", "1s"})
+	units, c := sc.units, sc.c
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	used := sc.usedBytes(ctx, t)
+	spec := client.FieldSpec{Name: "v", DType: engine.Int64, Shape: engine.Shape{4}}
+	keys := helperKeys(0, 8)
+	commit, err := c.ReservePutKeys(ctx, "p", keys, nil, spec)
+	require.NoError(t, err)
+	require.Equal(t, "shm", commit.Unit().Transport(), "the reservation is in shared memory")
+	silent := commit.Unit().ID()
+	// The same first key: placement picks the same unit first.
+	abort, err := c.ReservePutKeys(ctx, "q", keys, nil, spec)
+	require.NoError(t, err)
+	require.Equal(t, silent, abort.Unit().ID(), "both reservations on one unit")
+	vals, err := engine.Values[int64](commit.Column("v"))
+	require.NoError(t, err)
+	for i := range vals {
+		vals[i] = int64(i)
+	}
+	time.Sleep(500 * time.Millisecond) // a few heartbeats report the reservations
+	_, alive := used(silent)
+	require.True(t, alive)
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
+	sc.waitLost(t)
+
+	for _, step := range []struct {
+		name string
+		end  func(context.Context) error
+	}{
+		{"commit", func(ctx context.Context) error { _, err := commit.Commit(ctx); return err }},
+		{"abort", abort.Abort},
+	} {
+		sctx, scancel := context.WithTimeout(ctx, 8*time.Second)
+		err := step.end(sctx)
+		assert.ErrorIs(t, err, engine.ErrUnavailable, "%s on the silent unit %d", step.name, silent)
+		assert.NoError(t, sctx.Err(), "%s waited for its deadline", step.name)
+		scancel()
+	}
+
+	// The reservations' connections closed under them without a goodbye:
+	// the unit quarantines the extents for its reserve timeout (30 s)
+	// before it frees them, which this test does not wait for.
+	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGCONT))
+	require.Eventually(t, func() bool { _, alive = used(silent); return alive }, 20*time.Second, 50*time.Millisecond, "unit %d alive again", silent)
+	_, err = kvapi.New(c).BatchGet(ctx, "p", keys)
+	assert.ErrorIs(t, err, engine.ErrNotFound, "keys of a commit that failed")
+}
+
 // TestSilentUnitFreesWhatItTookOnceItResumes: a put placed on a unit
 // that went silent (SIGSTOP) and is reported dead moves to the other
 // unit, each row once; once the unit resumes (SIGCONT) it is alive
@@ -194,20 +269,7 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 	units, c := sc.units, sc.c
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	meta, err := client.DialMeta(ctx, sc.addr, client.RemoteConfig{Token: sc.ctrl.token(t)})
-	require.NoError(t, err)
-	defer meta.Close()
-	used := func(id engine.UnitID) (int64, bool) {
-		infos, err := meta.Units(ctx)
-		require.NoError(t, err)
-		for _, u := range infos {
-			if u.ID == id {
-				return u.Used, u.Alive
-			}
-		}
-		t.Fatalf("unit %d not listed", id)
-		return 0, false
-	}
+	used := sc.usedBytes(ctx, t)
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
 	silent := sc.putOnOne(ctx, t, kv, "p", keys)
@@ -223,7 +285,7 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 	}
 	pctx, pcancel := context.WithTimeout(ctx, 8*time.Second)
 	defer pcancel()
-	_, err = kv.BatchPut(pctx, "q", big, helperBatch(0, 64), nil)
+	_, err := kv.BatchPut(pctx, "q", big, helperBatch(0, 64), nil)
 	require.NoError(t, err, "a put with unit %d LOST", silent)
 	on := unitsOf(ctx, t, c, "q", big)
 	assert.Zero(t, on[silent], "a put after unit %d was LOST placed cells on it: %v", silent, on)
