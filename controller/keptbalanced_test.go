@@ -138,7 +138,7 @@ func TestKeptBatchBalancedPartAcrossRestart(t *testing.T) {
 		for _, way := range restartWays {
 			t.Run(tc.spec.Name+"/"+way.name, func(t *testing.T) {
 				dir := t.TempDir()
-				cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+				cfg := Config{KeptBatchTTL: keptTTL}
 				c := openRows(t, dir, cfg, 8)
 				ctx := context.Background()
 				a, err := c.Fetch(ctx, tc.fetch(0, 0)) // rank 1 never fetches its part
@@ -150,7 +150,7 @@ func TestKeptBatchBalancedPartAcrossRestart(t *testing.T) {
 
 				c = openDurable(t, dir, cfg)
 				require.Equal(t, want, stateBytes(t, c), "the state after the restart")
-				time.Sleep(100 * time.Millisecond) // a TTL after the restart
+				time.Sleep(pastKeptTTL) // a TTL after the restart
 				b, err := c.Fetch(ctx, tc.fetch(0, 1))
 				require.NoError(t, err)
 				require.NotZero(t, b.Len(), "batch 1 is made from the rows rank 1 left behind too")

@@ -100,13 +100,13 @@ func TestKeptBatchTakenStaysConsumed(t *testing.T) {
 // still fetchable and the sampler no longer keeps the batch for the group.
 func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	cfg := Config{KeptBatchTTL: keptTTL}
 	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.NoError(t, err)
 	require.NoError(t, c.Unconsume("p", "t", "k"))
-	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	time.Sleep(pastKeptTTL) // past the TTL: the next fetch gives the batch back
 	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes)
@@ -132,14 +132,14 @@ func TestKeptBatchGivenBackSurvivesRestart(t *testing.T) {
 // after a replay are the live ones.
 func TestKeptBatchLeftBehindKeysReplayed(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	cfg := Config{KeptBatchTTL: keptTTL}
 	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	for _, key := range []string{"k1", "k2"} { // two peers of group 0; neither gives its fetch back
 		_, err := c.Fetch(ctx, keyedFetch(0, 0, 4, key))
 		require.NoError(t, err)
 	}
-	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	time.Sleep(pastKeptTTL) // past the TTL: the next fetch gives the batch back
 	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
@@ -188,13 +188,13 @@ func TestKeptBatchSlowStepStaysConsumed(t *testing.T) {
 // restart too.
 func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	cfg := Config{KeptBatchTTL: keptTTL}
 	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 4), a.Indexes)
-	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	time.Sleep(pastKeptTTL) // past the TTL: the next fetch gives the batch back
 	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 4), b.Indexes, "group 1 took the rows group 0 left behind")
@@ -209,6 +209,18 @@ func TestKeptBatchGivenBackSpendsItsFetches(t *testing.T) {
 	again, err = c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
 	require.ErrorIs(t, err, context.Canceled, "after a restart, group 0's fetch asked again got %v", again)
 }
+
+// keptTTL is the kept-batch TTL of the tests that restart a durable
+// controller (real time, where synctest cannot follow the log's I/O):
+// long enough that the fetches a test makes one after another fall
+// within it on a loaded machine (20 ms did not: a rank's batch went back
+// between its fetch and the next, and was served again), and
+// pastKeptTTL, a sleep that outlasts it (and the first look's wait after
+// a restart).
+const (
+	keptTTL     = 200 * time.Millisecond
+	pastKeptTTL = 500 * time.Millisecond
+)
 
 // openRows opens a durable controller in dir whose partition "p" holds n
 // committed rows of field "x", indexes 0 to n-1.
@@ -256,7 +268,7 @@ func TestKeptBatchFetchFollowedAcrossRestart(t *testing.T) {
 	for _, way := range restartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			cfg := Config{KeptBatchTTL: keptTTL}
 			c := openRows(t, dir, cfg, 8)
 			ctx := context.Background()
 			a, err := c.Fetch(ctx, keyedFetch(0, 0, 4, "k"))
@@ -273,7 +285,7 @@ func TestKeptBatchFetchFollowedAcrossRestart(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, seq(0, 4), peer.Indexes, "the group's peer gets the kept batch")
 			require.NoError(t, c.Unconsume("p", "t", "k2"))
-			time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+			time.Sleep(pastKeptTTL) // past the TTL: the next fetch gives the batch back
 			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
 			require.NoError(t, err)
 			require.Equal(t, seq(0, 4), b.Indexes, "group 1 took the rows group 0 left behind")
@@ -289,7 +301,7 @@ func TestKeptBatchLeftBehindAcrossRestart(t *testing.T) {
 	for _, way := range restartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			cfg := Config{KeptBatchTTL: keptTTL}
 			c := openRows(t, dir, cfg, 8)
 			ctx := context.Background()
 			_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
@@ -299,7 +311,7 @@ func TestKeptBatchLeftBehindAcrossRestart(t *testing.T) {
 
 			c = openDurable(t, dir, cfg)
 			defer c.Close()
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(pastKeptTTL)
 			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 			require.NoError(t, err)
 			require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
@@ -314,7 +326,7 @@ func TestKeptBatchAskSurvivesRestart(t *testing.T) {
 	for _, way := range restartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+			cfg := Config{KeptBatchTTL: keptTTL}
 			c := openRows(t, dir, cfg, 4)
 			ctx := context.Background()
 			a, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4))
@@ -332,7 +344,7 @@ func TestKeptBatchAskSurvivesRestart(t *testing.T) {
 			require.Equal(t, want, stateBytes(t, c), "the state after the restart")
 			m := insert(t, c, "p", 4, "x")
 			commitDense(t, c, "p", m.Indexes, "x")
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(pastKeptTTL)
 			b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 4))
 			require.NoError(t, err)
 			require.Equal(t, seq(4, 8), b.Indexes, "group 0's batch 0 stays consumed")
@@ -368,7 +380,7 @@ func TestKeptBatchWaitCountsFromRestart(t *testing.T) {
 // A checkpoint holds what is followed: a batch a group took before the
 // save and left behind goes back once the checkpoint is loaded.
 func TestKeptBatchFollowedThroughCheckpoint(t *testing.T) {
-	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	cfg := Config{KeptBatchTTL: keptTTL}
 	c := newController(t, cfg)
 	m := insert(t, c, "p", 8, "x")
 	commitDense(t, c, "p", m.Indexes, "x")
@@ -381,7 +393,7 @@ func TestKeptBatchFollowedThroughCheckpoint(t *testing.T) {
 	d := newController(t, cfg)
 	_, err = d.Load(dir)
 	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(pastKeptTTL)
 	b, err := d.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes, "group 1 gets the rows group 0 left behind too")
@@ -403,7 +415,7 @@ func TestKeptBatchOptionsOutOfRange(t *testing.T) {
 		for _, way := range restartWays {
 			t.Run(tc.name+"/"+way.name, func(t *testing.T) {
 				dir := t.TempDir()
-				cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+				cfg := Config{KeptBatchTTL: keptTTL}
 				c := openRows(t, dir, cfg, 8)
 				ctx := context.Background()
 				_, err := c.Fetch(ctx, keyedFetch(1, 0, 4, "k1"))
@@ -449,12 +461,12 @@ func logPrefix(t *testing.T, dir, dir2 string, n uint64) {
 // forever, the leak following was for. Both are one record.
 func TestKeptBatchGivenBackIsOneRecord(t *testing.T) {
 	dir := t.TempDir()
-	cfg := Config{KeptBatchTTL: 20 * time.Millisecond}
+	cfg := Config{KeptBatchTTL: keptTTL}
 	c := openRows(t, dir, cfg, 8)
 	ctx := context.Background()
 	_, err := c.Fetch(ctx, specFetch(rankAware, 0, 0, 4)) // group 0 stops here
 	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond) // past the TTL: the next fetch gives the batch back
+	time.Sleep(pastKeptTTL) // past the TTL: the next fetch gives the batch back
 	b, err := c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes)
@@ -482,7 +494,7 @@ func TestKeptBatchGivenBackIsOneRecord(t *testing.T) {
 	logPrefix(t, dir, dir2, before)
 	c = openDurable(t, dir2, cfg)
 	defer c.Close()
-	time.Sleep(100 * time.Millisecond) // a TTL after the restart
+	time.Sleep(pastKeptTTL) // a TTL after the restart
 	b, err = c.Fetch(ctx, specFetch(rankAware, 1, 0, 8))
 	require.NoError(t, err)
 	require.Equal(t, seq(0, 8), b.Indexes, "group 0's batch went back after the restart (log of %d records)", before)
