@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -267,22 +268,34 @@ func (r *reader) line(limit int) ([]byte, error) {
 func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 	var out []byte
 	for {
-		frag, err := r.br.ReadSlice('\n')
-		if len(out)+len(frag) > limit+2 {
-			return nil, false, protoErr("line longer than %d bytes", limit)
-		}
-		if err == nil {
-			if out == nil {
-				out = frag
-			} else {
-				out = append(out, frag...)
-			}
-			break
-		}
-		if !errors.Is(err, bufio.ErrBufferFull) {
+		// What has arrived is looked at before waiting for more, so a
+		// line past the limit with no LF yet is refused at once, as
+		// Redis refuses it, not once the buffer fills or the command
+		// times out.
+		if _, err := r.br.Peek(1); err != nil {
 			return nil, false, unexpected(err)
 		}
-		out = append(out, frag...)
+		buf, _ := r.br.Peek(r.br.Buffered())
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			// Past the limit only a CR, before the LF to come, may wait.
+			if n := len(out) + len(buf); n > limit+1 || n == limit+1 && buf[len(buf)-1] != '\r' {
+				return nil, false, protoErr("line longer than %d bytes", limit)
+			}
+			out = append(out, buf...)
+			r.br.Discard(len(buf))
+			continue
+		}
+		if len(out)+i+1 > limit+2 {
+			return nil, false, protoErr("line longer than %d bytes", limit)
+		}
+		if out == nil {
+			out = buf[:i+1]
+		} else {
+			out = append(out, buf[:i+1]...)
+		}
+		r.br.Discard(i + 1)
+		break
 	}
 	out = out[:len(out)-1]
 	if len(out) > 0 && out[len(out)-1] == '\r' {

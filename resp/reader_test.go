@@ -2,9 +2,11 @@ package resp
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -73,4 +75,89 @@ func TestManyEmptyArgumentsAreCharged(t *testing.T) {
 	assert.GreaterOrEqual(t, charged, int64(n*24), "bytes charged to the budget")
 	r.done()
 	assert.LessOrEqual(t, cap(r.args), argsFree, "argument slices kept after the command")
+}
+
+// errWaited is what stalled returns once its parts are read: the reader
+// waited for bytes the client has not sent.
+var errWaited = errors.New("the reader waited for more")
+
+// stalled gives its parts one read each, then errWaited, as a client
+// that sent them and then nothing.
+type stalled struct{ parts [][]byte }
+
+func (s *stalled) Read(p []byte) (int, error) {
+	if len(s.parts) == 0 {
+		return 0, errWaited
+	}
+	n := copy(p, s.parts[0])
+	if s.parts[0] = s.parts[0][n:]; len(s.parts[0]) == 0 {
+		s.parts = s.parts[1:]
+	}
+	return n, nil
+}
+
+// TestLineOverTheLimitRefusedBeforeItsLF checks that a line one byte
+// past its limit, its LF not sent, is refused as soon as those bytes
+// arrive, as Redis refuses "too big inline request": before, the reader
+// waited for its 16 KiB buffer to fill, so 64 KiB + 1 bytes of an inline
+// command (or 34 digits of a length) drew no answer until the command
+// timed out. A line at its limit still waits for its CRLF.
+func TestLineOverTheLimitRefusedBeforeItsLF(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		authed bool
+		in     string
+		err    string
+	}{
+		{"inline", true, strings.Repeat("a", maxInline+1), "line longer than 65536 bytes"},
+		{"inline before AUTH", false, strings.Repeat("a", maxUnauthBulk+1), "line longer than 4096 bytes"},
+		{"count", true, "*" + strings.Repeat("1", 34), "line longer than 32 bytes"},
+		{"size", true, "*1\r\n$" + strings.Repeat("1", 34), "line longer than 32 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReader(&stalled{parts: [][]byte{[]byte(tc.in)}}, DefaultMaxValue)
+			r.authed = tc.authed
+			_, err := r.next()
+			var perr *errProtocol
+			require.ErrorAs(t, err, &perr)
+			assert.Equal(t, "Protocol error: "+tc.err, perr.Error())
+		})
+	}
+	t.Run("at the limit", func(t *testing.T) {
+		line := "ECHO " + strings.Repeat("a", maxInline-5)
+		// Sent in pieces, the CR with the line and the LF after: the
+		// reader waits for the LF and takes the line.
+		r := newReader(&stalled{parts: [][]byte{[]byte(line[:40000]), []byte(line[40000:] + "\r"), []byte("\n")}}, DefaultMaxValue)
+		r.authed = true
+		args, err := r.next()
+		require.NoError(t, err)
+		require.Len(t, args, 2)
+		assert.Len(t, args[1], maxInline-5)
+		_, err = r.next()
+		assert.ErrorIs(t, err, errWaited)
+	})
+}
+
+// TestLineOverTheLimitOverTheWire is TestLineOverTheLimitRefusedBeforeItsLF
+// as a client meets it, on a loop and on a goroutine: 64 KiB + 1 bytes of
+// an inline command, and no line end, are answered the error at once, not
+// when the command times out (30 s).
+func TestLineOverTheLimitOverTheWire(t *testing.T) {
+	for _, served := range []struct {
+		name string
+		cfg  Config
+	}{{"loop", Config{}}, {"goroutine", Config{Loops: -1}}} {
+		t.Run(served.name, func(t *testing.T) {
+			e := newEndpoint(t, served.cfg)
+			c, err := dialRaw(e.addr)
+			require.NoError(t, err)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second)) // a hang is the failure
+			_, err = c.Write(bytes.Repeat([]byte("a"), maxInline+1))
+			require.NoError(t, err)
+			line, err := c.r.ReadString('\n')
+			require.NoError(t, err)
+			assert.Equal(t, "-ERR Protocol error: line longer than 65536 bytes\r\n", line)
+		})
+	}
 }
