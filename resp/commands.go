@@ -1630,7 +1630,9 @@ func tagConditions(args [][]byte) ([]engine.TagCondition, error) {
 			return nil, fmt.Errorf("condition '%s': want EQ, IN, EXISTS or ABSENT", clip(args[i]))
 		}
 		if i+need >= len(args) {
-			return nil, fmt.Errorf("%s needs %d arguments", op, need)
+			return nil, fmt.Errorf("%s needs %s", op, map[string]string{
+				"EQ": "a tag name and a value", "IN": "a tag name, a count and that many values",
+				"EXISTS": "a tag name", "ABSENT": "a tag name"}[op])
 		}
 		name := string(args[i+1])
 		switch op {

@@ -692,6 +692,20 @@ func TestTagCommands(t *testing.T) {
 	err = rc.Do(ctx, "TQ.LIST", "LIKE", "status", "r*").Err()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "want EQ, IN, EXISTS or ABSENT")
+	// A condition cut short names what it lacks.
+	for _, tc := range []struct {
+		args []any
+		want string
+	}{
+		{[]any{"EQ", "status"}, "ERR TQ.LIST EQ needs a tag name and a value"},
+		{[]any{"IN"}, "ERR TQ.LIST IN needs a tag name, a count and that many values"},
+		{[]any{"EQ", "status", "running", "EXISTS"}, "ERR TQ.LIST EXISTS needs a tag name"},
+		{[]any{"absent"}, "ERR TQ.LIST ABSENT needs a tag name"},
+	} {
+		err := rc.Do(ctx, append([]any{"TQ.LIST"}, tc.args...)...).Err()
+		require.Error(t, err, "%q", tc.args)
+		assert.Equal(t, tc.want, err.Error(), "%q", tc.args)
+	}
 
 	assert.Equal(t, int64(1), rc.Do(ctx, "TQ.TAGDEL", "s2", "owner", "nope").Val())
 	assert.Equal(t, int64(0), rc.Do(ctx, "TQ.TAGDEL", "nokey", "owner").Val())
