@@ -3,7 +3,10 @@ package resp
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/url"
+	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -138,4 +141,97 @@ func TestInfoKeyspaceBounded(t *testing.T) {
 	assert.Equal(t, maxInfoPartitions, strings.Count(got, ":keys="))
 	assert.Contains(t, got, "\r\ntq_partitions_not_listed:3\r\n")
 	assert.Contains(t, got, fmt.Sprintf("p%05d:keys=0", maxInfoPartitions-1))
+}
+
+// TestClientInfoFieldsAndPartition checks CLIENT INFO as wire/resp.md
+// gives it: every field redis-server 7.0 gives, in its order (compared
+// with a real one where it is installed); db the partition's number
+// where its name is one, else 0; tq-partition the partition where its
+// name is printable with no space or '='.
+func TestClientInfoFieldsAndPartition(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	tq, err := dialRaw(e.addr)
+	require.NoError(t, err)
+	defer tq.Close()
+	// info is CLIENT INFO's fields, key=value each, in order.
+	info := func(t *testing.T, c *rawConn) []string {
+		out, err := c.do("CLIENT", "INFO")
+		require.NoError(t, err)
+		_, line, ok := strings.Cut(out, "\r\n")
+		require.True(t, ok, "%q", out)
+		return strings.Fields(line)
+	}
+	keys := func(fields []string) []string {
+		var out []string
+		for _, f := range fields {
+			k, _, _ := strings.Cut(f, "=")
+			out = append(out, k)
+		}
+		return out
+	}
+	redis70 := []string{"id", "addr", "laddr", "fd", "name", "age", "idle", "flags", "db", "sub", "psub", "ssub", "multi", "qbuf", "qbuf-free", "argv-mem", "multi-mem", "rbs", "rbp", "obl", "oll", "omem", "tot-mem", "events", "cmd", "user", "redir", "resp"}
+	t.Run("fields", func(t *testing.T) {
+		assert.Equal(t, append(slices.Clone(redis70), "tq-partition"), keys(info(t, tq)))
+		if _, err := exec.LookPath("redis-server"); err != nil {
+			t.Skip("redis-server is not installed")
+		}
+		rd, err := dialRaw(startRedis(t))
+		require.NoError(t, err)
+		defer rd.Close()
+		if v, _ := rd.do("INFO", "server"); !strings.Contains(v, "redis_version:7.0.") {
+			t.Skipf("redis-server is not 7.0: %.60q", v)
+		}
+		assert.Equal(t, redis70, keys(info(t, rd)), "redis-server 7.0's fields")
+	})
+	for _, tc := range []struct {
+		partition string
+		db        string
+		tq        string // "" for none
+	}{
+		{"3", "db=3", "tq-partition=3"},
+		{"trainer-a", "db=0", "tq-partition=trainer-a"},
+		{"a b", "db=0", ""},
+		{"k=v", "db=0", ""},
+		{"é", "db=0", ""},
+	} {
+		t.Run(tc.partition, func(t *testing.T) {
+			r, err := tq.do("SELECT", tc.partition)
+			require.NoError(t, err)
+			require.Equal(t, "+OK\r\n", r)
+			fields := info(t, tq)
+			assert.Contains(t, fields, tc.db)
+			var got string
+			for _, f := range fields {
+				if strings.HasPrefix(f, "tq-partition=") {
+					got = f
+				}
+			}
+			assert.Equal(t, tc.tq, got)
+		})
+	}
+}
+
+// TestCommandTable checks COMMAND as wire/resp.md gives it: COMMAND and
+// COMMAND DOCS an empty array (clients work without a command table),
+// other subcommands Redis has an empty array too, and COMMAND COUNT the
+// number of commands TQ serves.
+func TestCommandTable(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	c, err := dialRaw(e.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	for _, args := range [][]string{{"COMMAND"}, {"COMMAND", "DOCS"}, {"command", "docs", "get"}, {"COMMAND", "INFO", "GET"}, {"COMMAND", "LIST"}} {
+		got, err := c.do(args...)
+		require.NoError(t, err)
+		assert.Equal(t, "*0\r\n", got, "%q", args)
+	}
+	got, err := c.do("COMMAND", "COUNT")
+	require.NoError(t, err)
+	assert.Equal(t, fmt.Sprintf(":%d\r\n", len(commands)), got)
+	// The table of wire/resp.md, "Commands", and no other.
+	documented := strings.Fields(`PING ECHO QUIT HELLO AUTH SELECT COMMAND CONFIG INFO CLIENT DBSIZE
+		FLUSHDB FLUSHALL SET GET MSET MGET DEL UNLINK EXISTS TYPE KEYS SCAN HSET HMSET HGET HMGET
+		HGETALL HKEYS HLEN HEXISTS HDEL MULTI EXEC DISCARD TQ.PARTITION TQ.PARTITIONS TQ.TAG TQ.TAGS
+		TQ.TAGDEL TQ.TAGCAS TQ.LIST TQ.CHANGES TQ.FIELDS`)
+	assert.ElementsMatch(t, documented, slices.Collect(maps.Keys(commands)))
 }
