@@ -233,3 +233,48 @@ func TestNamesOverTheBound(t *testing.T) {
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []string{most, "h"}, keys)
 }
+
+// TestTQCommandsArity checks each TQ.* command given too few or too many
+// arguments: it answers an error naming the command (Redis's arity error,
+// or one naming what is missing) and the connection goes on, changing
+// nothing.
+func TestTQCommandsArity(t *testing.T) {
+	e := newEndpoint(t, Config{})
+	c, err := dialRaw(e.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	arity := func(name string) string {
+		return "-ERR wrong number of arguments for '" + strings.ToLower(name) + "' command\r\n"
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"TQ.PARTITION", "a", "b"}, arity("TQ.PARTITION")},
+		{[]string{"TQ.PARTITIONS", "x"}, arity("TQ.PARTITIONS")},
+		{[]string{"TQ.TAG", "k"}, arity("TQ.TAG")},
+		{[]string{"TQ.TAG", "k", "a"}, arity("TQ.TAG")},
+		{[]string{"TQ.TAG", "k", "a", "b", "c"}, arity("TQ.TAG")},
+		{[]string{"TQ.TAGS"}, arity("TQ.TAGS")},
+		{[]string{"TQ.TAGS", "k", "x"}, arity("TQ.TAGS")},
+		{[]string{"TQ.TAGDEL", "k"}, arity("TQ.TAGDEL")},
+		{[]string{"TQ.TAGCAS", "k"}, arity("TQ.TAGCAS")},
+		{[]string{"TQ.TAGCAS", "k", "n", "OLD", "a"}, "-ERR TQ.TAGCAS needs the old value (OLD, OLDJSON or ABSENT) and the new one (NEW, NEWJSON or DELETE)\r\n"},
+		{[]string{"TQ.TAGCAS", "k", "n", "ABSENT", "NEW"}, "-ERR TQ.TAGCAS NEW needs a value\r\n"},
+		{[]string{"TQ.LIST", "EQ", "a"}, "-ERR TQ.LIST EQ needs a tag name and a value\r\n"},
+		{[]string{"TQ.CHANGES"}, arity("TQ.CHANGES")},
+		{[]string{"TQ.CHANGES", "0", "TIMEOUT"}, "-ERR TQ.CHANGES cursor [TIMEOUT ms]\r\n"},
+		{[]string{"TQ.CHANGES", "0", "TIMEOUT", "1", "x"}, "-ERR TQ.CHANGES cursor [TIMEOUT ms]\r\n"},
+		{[]string{"TQ.FIELDS", "a", "b"}, arity("TQ.FIELDS")},
+	} {
+		got, err := c.do(tc.args...)
+		require.NoError(t, err, "%q", tc.args)
+		assert.Equal(t, tc.want, got, "%q", tc.args)
+	}
+	got, err := c.do("PING")
+	require.NoError(t, err)
+	assert.Equal(t, "+PONG\r\n", got, "the connection goes on")
+	got, err = c.do("TQ.PARTITIONS")
+	require.NoError(t, err)
+	assert.Equal(t, "*0\r\n", got, "nothing was made")
+}
