@@ -130,4 +130,11 @@ func TestRESPSocketLeftByAKilledServe(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Equal(t, "PONG\n", string(out))
+
+	// wire/resp.md: the socket is mode 0600, and asks for AUTH as TCP does.
+	fi, err = os.Stat(sock)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "--resp-socket's mode")
+	out, _ = exec.Command(cli, "-s", sock, "GET", "k").CombinedOutput()
+	assert.Contains(t, string(out), "NOAUTH", "a command before AUTH over the socket")
 }
