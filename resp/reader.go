@@ -59,6 +59,10 @@ type reader struct {
 	arena    []byte // backs the small arguments of the last command
 	maxValue int64
 	authed   bool
+	// unauthBulk bounds an argument before AUTH: maxUnauthBulk, or the
+	// token's length where that is longer, so that any token tq serve
+	// takes can be sent.
+	unauthBulk int
 	// large is called before an argument larger than smallArg is read
 	// with its size; it returns an error to refuse it (the budget for
 	// large values is spent). Its bytes are given back by the server
@@ -76,7 +80,7 @@ type reader struct {
 }
 
 func newReader(r io.Reader, maxValue int64) *reader {
-	return &reader{br: bufio.NewReaderSize(r, 16<<10), maxValue: maxValue}
+	return &reader{br: bufio.NewReaderSize(r, 16<<10), maxValue: maxValue, unauthBulk: maxUnauthBulk}
 }
 
 // next reads one command. Its arguments are valid until the next call.
@@ -168,7 +172,7 @@ func (r *reader) authHint() string {
 func (r *reader) checkBulk(size int64) error {
 	limit := r.maxValue
 	if !r.authed {
-		limit = maxUnauthBulk
+		limit = int64(r.unauthBulk)
 	}
 	if size > limit {
 		return protoErr("argument of %d bytes exceeds the limit of %d%s", size, limit, r.authHint())
@@ -309,7 +313,7 @@ func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 func (r *reader) inline() ([][]byte, error) {
 	limit := maxInline
 	if !r.authed {
-		limit = maxUnauthBulk
+		limit = r.unauthBulk
 	}
 	line, err := r.line(limit)
 	if err != nil {

@@ -366,6 +366,46 @@ func TestAuth(t *testing.T) {
 	assert.Error(t, err, "the connection is closed")
 }
 
+// TestAuthWithALongToken: a token longer than the 4 KiB an argument may
+// have before AUTH (tq serve takes any length from $TQ_TOKEN or --token)
+// is still sent by AUTH and HELLO … AUTH, by go-redis and by hand, on a
+// loop and on a goroutine; an argument longer than the token is refused
+// as before. Before, every AUTH of such a token was a protocol error and
+// the endpoint served no client.
+func TestAuthWithALongToken(t *testing.T) {
+	ctx := context.Background()
+	token := strings.Repeat("t", 5000)
+	for _, served := range []struct {
+		name string
+		cfg  Config
+	}{{"loop", Config{Token: token}}, {"goroutine", Config{Token: token, Loops: -1}}} {
+		t.Run(served.name, func(t *testing.T) {
+			e := newEndpoint(t, served.cfg)
+			rc := e.client(t, &redis.Options{Password: token})
+			require.NoError(t, rc.Set(ctx, "x", "y", 0).Err())
+			assert.Equal(t, "y", rc.Get(ctx, "x").Val())
+			bad := e.client(t, &redis.Options{Password: strings.Repeat("u", 5000)})
+			err := bad.Get(ctx, "x").Err()
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "WRONGPASS")
+
+			c, err := dialRaw(e.addr)
+			require.NoError(t, err)
+			defer c.Close()
+			got, err := c.do("HELLO", "2", "AUTH", "default", token)
+			require.NoError(t, err)
+			assert.True(t, strings.HasPrefix(got, "*"), "HELLO … AUTH: %.40q", got)
+			got, err = c.do("GET", "x")
+			require.NoError(t, err)
+			assert.Equal(t, "$1\r\ny\r\n", got)
+
+			nc, rr := e.raw(t)
+			fmt.Fprintf(nc, "*2\r\n$4\r\nAUTH\r\n$%d\r\n", len(token)+1)
+			assert.Equal(t, "-ERR Protocol error: argument of 5001 bytes exceeds the limit of 5000 before AUTH", rr.line(t))
+		})
+	}
+}
+
 // TestAuthFailuresClose: a connection whose third AUTH (or HELLO … AUTH)
 // fails is answered so and closed, on a loop and on its own goroutine,
 // so that one connection cannot try tokens for its whole 10 s; a client

@@ -580,6 +580,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), local: nc.LocalAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
 	c.rd = newReader(deadlineReader{c}, s.cfg.MaxValue)
 	c.rd.large = c.takeLarge
+	c.rd.unauthBulk = max(maxUnauthBulk, len(s.cfg.Token))
 	c.authed = s.cfg.Token == ""
 	c.rd.authed = c.authed
 	if !c.authed {
