@@ -425,6 +425,10 @@ func (c *serveConfig) validate() error {
 			bad("--resp-partition: empty partition id")
 		} else if strings.Contains(c.RESPPartition, "}") {
 			bad("--resp-partition %q: a '}' cannot be written in a key's {partition} form", c.RESPPartition)
+		} else if err := resp.CheckPartition(c.RESPPartition); err != nil {
+			// Not UTF-8, or too long: the start would fail once the
+			// units are up.
+			bad("--resp-partition: %s", strings.TrimSuffix(err.Error(), ": "+engine.ErrInvalid.Error()))
 		}
 		if c.RESPMaxValue <= 0 {
 			bad("--resp-max-value %v: must be positive", c.RESPMaxValue)

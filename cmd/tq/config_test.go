@@ -463,6 +463,8 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"loops below -1", []string{"--loops", "-7"}, []string{"--loops -7"}},
 		{"RESP loops below -1", []string{"--resp-loops", "-2"}, []string{"--resp-loops -2"}},
 		{"a RESP partition with a brace", []string{"--resp", "127.0.0.1:0", "--resp-partition", "a}b"}, []string{`--resp-partition "a}b": a '}' cannot`}},
+		{"a RESP partition not UTF-8", []string{"--resp", "127.0.0.1:0", "--resp-partition", "a\xff"}, []string{`--resp-partition: partition id "a\xff" is not valid UTF-8`}},
+		{"a RESP partition too long", []string{"--resp", "127.0.0.1:0", "--resp-partition", strings.Repeat("p", 65537)}, []string{`--resp-partition: partition id "pppp`, `is 65537 bytes long; TQ's keys, fields and partitions are at most 65536 bytes`}},
 		{"a listen port past 65535", []string{"--listen", "127.0.0.1:99999"}, []string{`--listen "127.0.0.1:99999"`, `port "99999"`}},
 		{"a unit listen port past 65535", []string{"--unit-listen", "127.0.0.1:65536"}, []string{`--unit-listen "127.0.0.1:65536"`}},
 		{"a RESP port past 65535", []string{"--resp", ":70000"}, []string{`--resp ":70000"`}},
