@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -402,6 +403,43 @@ func TestAuthWithALongToken(t *testing.T) {
 			nc, rr := e.raw(t)
 			fmt.Fprintf(nc, "*2\r\n$4\r\nAUTH\r\n$%d\r\n", len(token)+1)
 			assert.Equal(t, "-ERR Protocol error: argument of 5001 bytes exceeds the limit of 5000 before AUTH", rr.line(t))
+		})
+	}
+}
+
+// TestBoundsBeforeAuthAtAndOnePast: before AUTH a command of 8
+// arguments of 4 KiB each is read (and answered NOAUTH or its error);
+// one of 9, or an argument of 4097 bytes, is answered a protocol error
+// naming the bound and closed, on a loop and on a goroutine.
+func TestBoundsBeforeAuthAtAndOnePast(t *testing.T) {
+	for _, served := range []struct {
+		name string
+		cfg  Config
+	}{{"loop", Config{Token: "s3cret"}}, {"goroutine", Config{Token: "s3cret", Loops: -1}}} {
+		t.Run(served.name, func(t *testing.T) {
+			e := newEndpoint(t, served.cfg)
+			at := slices.Repeat([]string{strings.Repeat("a", maxUnauthBulk)}, maxUnauthArgs-1)
+			for _, tc := range []struct {
+				args   []string
+				want   string
+				closed bool
+			}{
+				{append([]string{"GET"}, at...), "-ERR wrong number of arguments for 'get' command", false},
+				{append([]string{"MGET"}, at...), "-NOAUTH Authentication required.", false},
+				{append([]string{"MGET", "k"}, at...), "-ERR Protocol error: command of 9 arguments exceeds the limit of 8 before AUTH", true},
+				{[]string{"AUTH", strings.Repeat("a", maxUnauthBulk+1)}, "-ERR Protocol error: argument of 4097 bytes exceeds the limit of 4096 before AUTH", true},
+			} {
+				nc, rr := e.raw(t)
+				io.WriteString(nc, cmdline(tc.args...))
+				assert.Equal(t, tc.want, rr.line(t), "%d arguments", len(tc.args))
+				if tc.closed {
+					_, err := rr.r.line(100)
+					assert.Error(t, err, "closed after")
+				} else {
+					io.WriteString(nc, cmdline("PING"))
+					assert.Equal(t, "+PONG", rr.line(t), "the connection goes on")
+				}
+			}
 		})
 	}
 }
