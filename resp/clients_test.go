@@ -189,6 +189,8 @@ func TestClientInfoFieldsAndPartition(t *testing.T) {
 		tq        string // "" for none
 	}{
 		{"3", "db=3", "tq-partition=3"},
+		{"03", "db=0", "tq-partition=03"},
+		{"+3", "db=0", "tq-partition=+3"},
 		{"trainer-a", "db=0", "tq-partition=trainer-a"},
 		{"a b", "db=0", ""},
 		{"k=v", "db=0", ""},

@@ -733,7 +733,9 @@ func (c *conn) client(args [][]byte) {
 // between spaces; the counters TQ does not keep are 0.
 func (c *conn) clientInfo() string {
 	db := 0
-	if n, err := strconv.Atoi(c.partition); err == nil && n >= 0 {
+	// Only the number's own spelling: "03" and "+3" are partitions of
+	// their own, not SELECT 3's.
+	if n, err := strconv.Atoi(c.partition); err == nil && n >= 0 && strconv.Itoa(n) == c.partition {
 		db = n
 	}
 	multi := -1
