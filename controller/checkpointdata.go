@@ -632,7 +632,8 @@ func (s *Server) load(ctx context.Context, dir string, head **wirepb.StateHeader
 	}
 	for _, fc := range ls.inFile {
 		if fc.off > uint64(len(m)) || fc.len > uint64(len(m))-fc.off {
-			return nil, corrupt("a cell at %d+%d is outside %s (%d bytes)", fc.off, fc.len, dataFile, len(m))
+			return nil, corrupt("the cell at byte %d (%d bytes) of partition %q, field %q, row %d is outside %s (%d bytes)",
+				fc.off, fc.len, fc.p.id, fc.p.order[fc.slot].name, fc.r.index, dataFile, len(m))
 		}
 	}
 	// Every cell's bytes are checked before any is written: a damaged

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -185,6 +186,38 @@ func TestCheckpointLoadRefusesDamagedData(t *testing.T) {
 			err = s.LoadCheckpoint(context.Background(), "ck")
 			require.ErrorIs(t, err, engine.ErrCorrupt)
 			assert.ErrorContains(t, err, tc.want)
+			assert.Empty(t, unit.written(), "the load wrote to the unit")
+			assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
+			assert.Equal(t, []uint32{2, 2}, segmentsOf(t, c, "y"), "the state was replaced")
+		})
+	}
+}
+
+// TestCheckpointLoadRefusesACellOutsideItsDataFile: a state file (its
+// checksum good) whose cell lies past the end of data.bin, or wraps
+// around, fails the load with engine.ErrCorrupt naming data.bin and the
+// cell, before anything is written to a unit or the state replaced.
+func TestCheckpointLoadRefusesACellOutsideItsDataFile(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		off, len uint64
+	}{
+		{"past the end", 28, 8},
+		{"at the end", 32, 1},
+		{"wrapping", math.MaxUint64 - 3, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s, unit, dir := ckptWithData(t)
+			path := filepath.Join(dir, "ck", stateFile)
+			head, parts, rows := readStateMessages(t, path)
+			cell := rows[0][1].Cells[1] // y of row 1
+			require.True(t, cell.InFile)
+			cell.FileOffset, cell.Len = tc.off, tc.len
+			writeStateFile(t, path, head, parts, rows, nil)
+
+			err := s.LoadCheckpoint(context.Background(), "ck")
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, fmt.Sprintf(`the cell at byte %d (%d bytes) of partition "p", field "y", row 1 is outside data.bin (32 bytes)`, tc.off, tc.len))
 			assert.Empty(t, unit.written(), "the load wrote to the unit")
 			assert.Equal(t, []uint32{1, 1}, segmentsOf(t, c, "x"), "the state was replaced")
 			assert.Equal(t, []uint32{2, 2}, segmentsOf(t, c, "y"), "the state was replaced")
