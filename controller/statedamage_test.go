@@ -232,3 +232,50 @@ func TestSnapshotWhoseIndexDisagreesWithItsNameIsSetAside(t *testing.T) {
 	assert.Contains(t, log.all()[0], fmt.Sprintf("record %d", snaps[0].Index), "the line says what the file holds")
 	assert.FileExists(t, misnamed+".bad")
 }
+
+// durability.md, "Snapshots": a snapshot from another version of TQ is
+// not damage. The start fails, naming the file and the versions, and sets
+// nothing aside (falling back to the older snapshot would throw away the
+// newest state for a file another build reads whole); the same files
+// start once that build's snapshot is back.
+func TestSnapshotOfAnotherVersionStopsTheStart(t *testing.T) {
+	dir := t.TempDir()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	insert(t, c, "p", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "q", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "r", 5, "x")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	snaps := c.j.Snapshots()
+	require.Len(t, snaps, 2)
+	crash(t, c)
+
+	newest := snaps[0].Path
+	orig, err := os.ReadFile(newest)
+	require.NoError(t, err)
+	head, parts, rows := readStateMessages(t, newest)
+	head.Version = stateVersion + 1
+	writeStateFile(t, newest, head, parts, rows, nil)
+
+	for range 2 {
+		var log logLines
+		_, err = New(Config{Dir: dir, Logf: log.logf})
+		require.ErrorIs(t, err, engine.ErrNotSupported)
+		assert.NotErrorIs(t, err, engine.ErrCorrupt)
+		assert.ErrorContains(t, err, fmt.Sprintf("%s: header at byte 0: state version %d, this build reads %d", filepath.Base(newest), stateVersion+1, stateVersion))
+		assert.Empty(t, log.all(), "nothing set aside")
+		bad, err := filepath.Glob(filepath.Join(filepath.Dir(newest), "*.bad"))
+		require.NoError(t, err)
+		assert.Empty(t, bad)
+		assert.FileExists(t, newest)
+	}
+
+	require.NoError(t, os.WriteFile(newest, orig, 0o600))
+	d := openDurable(t, dir, Config{})
+	defer d.Close()
+	for _, p := range []string{"p", "q", "r"} {
+		require.Contains(t, d.parts, p)
+		assert.Len(t, d.parts[p].sortedRows(), 5, "rows of partition %q", p)
+	}
+}
