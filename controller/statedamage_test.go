@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -277,5 +278,58 @@ func TestSnapshotOfAnotherVersionStopsTheStart(t *testing.T) {
 	for _, p := range []string{"p", "q", "r"} {
 		require.Contains(t, d.parts, p)
 		assert.Len(t, d.parts[p].sortedRows(), 5, "rows of partition %q", p)
+	}
+}
+
+// durability.md, "State files": a state file cut short at any byte, with
+// any byte changed, or with bytes after its trailer, is refused as
+// damaged (engine.ErrCorrupt), naming the file and a byte offset, and a
+// load of it changes nothing. Every message is hit: the header, each
+// partition, its rows chunks and the trailer.
+func TestStateFileDamagedAnywhereIsRefused(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	m := insert(t, c, "p", 3, "x")
+	commitDense(t, c, "p", m.Indexes, "x")
+	putTags(t, c, "q", []string{"a", "b"}, engine.Tags{"s": "new"}, engine.Tags{"n": 2})
+	_, err := c.Fetch(context.Background(), engine.FetchRequest{Partition: "p", Task: "t", Fields: []string{"x"}, BatchSize: 1, Key: "k"})
+	require.NoError(t, err)
+	dir := filepath.Join(t.TempDir(), "ck")
+	require.NoError(t, c.Save(dir))
+	path := filepath.Join(dir, stateFile)
+	orig, err := os.ReadFile(path)
+	require.NoError(t, err)
+	_, err = readState(bytes.NewReader(orig), int64(len(orig)))
+	require.NoError(t, err, "the file as saved")
+
+	d := newController(t, DefaultConfig())
+	insert(t, d, "keep", 2, "y")
+	want := stateBytes(t, d)
+	refused := func(b []byte, what string) {
+		t.Helper()
+		_, err := readState(bytes.NewReader(b), int64(len(b)))
+		require.ErrorIs(t, err, engine.ErrCorrupt, what)
+		require.Regexp(t, ` at byte \d+|^an empty file`, err.Error(), what)
+	}
+	for n := range len(orig) {
+		refused(orig[:n], fmt.Sprintf("cut to %d of %d bytes", n, len(orig)))
+	}
+	for i := range orig {
+		for _, bit := range []byte{0x01, 0x80} {
+			b := append([]byte{}, orig...)
+			b[i] ^= bit
+			refused(b, fmt.Sprintf("byte %d of %d ^ %#x", i, len(orig), bit))
+		}
+	}
+	for _, extra := range [][]byte{{0}, {1, 0}, {0x80}, orig} {
+		refused(append(append([]byte{}, orig...), extra...), fmt.Sprintf("%d bytes after the trailer", len(extra)))
+	}
+
+	// And through a load, which names the file and keeps the state.
+	for _, b := range [][]byte{orig[:len(orig)/2], append(append([]byte{}, orig...), 0)} {
+		require.NoError(t, os.WriteFile(path, b, 0o600))
+		_, err = d.Load(dir)
+		require.ErrorIs(t, err, engine.ErrCorrupt)
+		assert.Contains(t, err.Error(), stateFile)
+		assert.Equal(t, want, stateBytes(t, d), "a refused load changed the state")
 	}
 }
