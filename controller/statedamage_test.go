@@ -333,3 +333,90 @@ func TestStateFileDamagedAnywhereIsRefused(t *testing.T) {
 		assert.Equal(t, want, stateBytes(t, d), "a refused load changed the state")
 	}
 }
+
+// durability.md, "State files": a reader checks everything before it
+// replaces anything. Each check, met in a file whose bytes are intact (its
+// checksum good), is refused as damage with an error naming what is
+// wrong and where, and the load changes nothing.
+func TestStateFileContentChecksNameWhatIsWrong(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	insert(t, c, "keep", 2, "x")
+	want := stateBytes(t, c)
+	head := func(edit func(*wirepb.StateHeader)) *wirepb.StateHeader {
+		h := &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextIndex: 9, NextGen: 5, NextUnitId: 2}
+		if edit != nil {
+			edit(h)
+		}
+		return h
+	}
+	dense := func() []*wirepb.StateField { return []*wirepb.StateField{{Name: "x", Dtype: "float32"}} }
+	cell := func() *wirepb.StateCell { return &wirepb.StateCell{Field: 0, Unit: 1, Len: 4, Shape: &wirepb.Shape{}} }
+	row := func(i uint64, edit func(*wirepb.StateRow)) *wirepb.StateRow {
+		r := &wirepb.StateRow{Index: i}
+		if edit != nil {
+			edit(r)
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name  string
+		head  *wirepb.StateHeader
+		parts []*wirepb.StatePartition
+		rows  [][]*wirepb.StateRow
+		want  string
+	}{
+		{name: "reusable index twice", head: head(func(h *wirepb.StateHeader) { h.Reusable = []uint64{3, 3} }),
+			want: "header at byte 0: reusable index 3 appears twice"},
+		{name: "reusable index past next", head: head(func(h *wirepb.StateHeader) { h.Reusable = []uint64{9} }),
+			want: "header at byte 0: reusable index 9 is beyond next index 9"},
+		{name: "next unit id past the lost unit", head: head(func(h *wirepb.StateHeader) { h.NextUnitId = 1 << 31 }),
+			want: "next unit id 2147483648 is beyond 2147483647"},
+		{name: "partition twice", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1}, {Partition: "p", Gen: 2}},
+			want: `partition "p" appears twice`},
+		{name: "partition without an id", head: head(nil), parts: []*wirepb.StatePartition{{Gen: 1}},
+			want: "partition with an empty id"},
+		{name: "field twice", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: append(dense(), dense()...)}},
+			want: `partition "p": field "x" appears twice`},
+		{name: "field without a name", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: []*wirepb.StateField{{Dtype: "int64"}}}},
+			want: `partition "p": field with an empty name`},
+		{name: "task twice", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Tasks: []string{"t", "t"}}},
+			want: `partition "p": bad or repeated task "t"`},
+		{name: "key twice", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, KeySeq: 2}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Key, r.Seq = "a", 1 }), row(6, func(r *wirepb.StateRow) { r.Key, r.Seq = "a", 2 })}},
+			want: `partition "p": key "a" appears twice`},
+		{name: "key past the partition's creation number", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, KeySeq: 1}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Key, r.Seq = "a", 2 })}},
+			want: `partition "p": key "a" has creation number 2, the partition's last is 1`},
+		{name: "row consumed by an unknown task", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Consumed = []uint32{0} })}},
+			want: `partition "p" row 5: consumed by unknown task 0`},
+		{name: "cells on a reserved row", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: dense()}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Reserved, r.Cells = true, []*wirepb.StateCell{cell()} })}},
+			want: `partition "p": reserved row 5 has cells`},
+		{name: "opaque cell with a shape", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: []*wirepb.StateField{{Name: "b", Dtype: "bytes"}}}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Cells = []*wirepb.StateCell{cell()} })}},
+			want: `partition "p" row 5: opaque field "b" has a shape`},
+		{name: "cells of a field without a dtype", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: []*wirepb.StateField{{Name: "x"}}}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Cells = []*wirepb.StateCell{cell()} })}},
+			want: `partition "p": field "x" has cells but no dtype`},
+		{name: "a field stored twice in a row", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: dense()}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { r.Cells = []*wirepb.StateCell{cell(), cell()} })}},
+			want: `partition "p" row 5: field "x" stored twice`},
+		{name: "unit id out of range", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: dense()}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { c := cell(); c.Unit = 1 << 31; r.Cells = []*wirepb.StateCell{c} })}},
+			want: `partition "p" row 5: unit id 2147483648 out of range`},
+		{name: "a cell in a data file the state lacks", head: head(nil), parts: []*wirepb.StatePartition{{Partition: "p", Gen: 1, Fields: dense()}},
+			rows: [][]*wirepb.StateRow{{row(5, func(r *wirepb.StateRow) { c := cell(); c.InFile = true; r.Cells = []*wirepb.StateCell{c} })}},
+			want: `partition "p" row 5: a cell in a data file, but the state has none`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeStateFile(t, filepath.Join(dir, stateFile), tc.head, tc.parts, tc.rows, nil)
+			_, err := c.Load(dir)
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			assert.ErrorContains(t, err, tc.want)
+			assert.Regexp(t, `state\.pb: \w+ at byte \d+: `, err.Error())
+			assert.Equal(t, want, stateBytes(t, c), "a refused load changed the state")
+		})
+	}
+}
