@@ -37,6 +37,22 @@ func TestProtocolLimitsAtAndOnePast(t *testing.T) {
 		require.NoError(t, fetch(strings.Repeat("k", 64)))
 	})
 
+	t.Run("sampler parameters", func(t *testing.T) {
+		fetch := func(spec *wirepb.SamplerSpec) error {
+			return do(c, wire.OpFetch, &wirepb.FetchRequest{Partition: "p", Task: "s", Fields: []string{"x"}, BatchSize: 1 << 16, Sampler: spec}, &wirepb.MetaReply{})
+		}
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "grpo", N: 65537}), `sampler "grpo": group size 65537 or dp size 0 above 65536`)
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "seqlen_balanced", DpSize: 65537}), "dp size 65537 above 65536")
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "grpo", N: 1 << 40}), "above 65536")
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "grpo", N: -1}), "negative group size -1")
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "sequential", N: 2}), `sampler "sequential" takes no group size`)
+		invalid(t, fetch(&wirepb.SamplerSpec{Name: "no-such"}), `sampler "no-such": unknown`)
+		var st wirepb.ConsumptionStatusReply
+		require.NoError(t, do(c, wire.OpConsumptionStatus, &wirepb.ConsumptionStatusRequest{Partition: "p", Task: "s"}, &st))
+		assert.Equal(t, []bool{false, false, false}, st.Consumed, "the refused fetches consumed nothing")
+		require.NoError(t, fetch(&wirepb.SamplerSpec{Name: "grpo", N: 65536}), "a group size at the limit")
+	})
+
 	t.Run("checkpoint name", func(t *testing.T) {
 		require.NoError(t, do(c, wire.OpSaveCheckpoint, &wirepb.CheckpointRequest{Name: strings.Repeat("n", 128)}, &wirepb.CheckpointInfo{}))
 		for _, name := range []string{strings.Repeat("n", 129), "-x", ".x", "a/b", "a b"} {
