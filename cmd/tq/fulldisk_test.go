@@ -87,3 +87,59 @@ func TestControllerOnAFullDiskStopsAndKeepsWhatItAcknowledged(t *testing.T) {
 		require.True(t, got[k], "key %s was acknowledged before the disk filled, and is gone after the restart", k)
 	}
 }
+
+// durability.md, "Snapshots": the snapshot a clean shutdown takes may
+// not fit the disk (the log did). The shutdown says so, and a restart
+// replays the log: every put acknowledged is there, and the snapshot's
+// partial file is not left behind.
+func TestShutdownSnapshotOnAFullDiskKeepsTheLog(t *testing.T) {
+	bin := tqBinary(t)
+	data, socks := t.TempDir(), t.TempDir()
+	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=2m,mode=0700"); err != nil {
+		t.Skipf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+	args := []string{"--listen", "", "--socket-dir", socks, "--capacity", "16MiB"}
+	var out syncBuilder
+	ctrl, err := spawnServe(data, nil, &out, func(l string) { t.Logf("serve: %s", l); out.Write([]byte(l + "\n")) }, bin, args...)
+	require.NoError(t, err)
+	t.Cleanup(ctrl.kill)
+	c, err := client.Connect(t.Context(), "unix://"+filepath.Join(socks, "controller.sock"),
+		client.ConnectConfig{Token: ctrl.token(t), Name: "fulldisk", WaitForUnits: true})
+	require.NoError(t, err)
+	kv := kvapi.New(c)
+	// About 1.3 MiB of log: the state's snapshot, as large, does not fit
+	// beside it.
+	pad := strings.Repeat("x", 4<<10)
+	const n = 300
+	for i := range n {
+		_, err := kv.Put(t.Context(), "p", fmt.Sprintf("k%05d", i), nil, engine.Tags{"i": i, "pad": pad})
+		require.NoError(t, err, "put %d", i)
+	}
+	c.Close()
+	require.NoError(t, ctrl.cmd.Process.Signal(unix.SIGTERM))
+	select {
+	case err = <-ctrl.done:
+		ctrl.done <- err
+	case <-time.After(30 * time.Second):
+		t.Fatal("tq serve still running 30 s after SIGTERM")
+	}
+	require.NoError(t, err, "tq serve after SIGTERM")
+	assert.Regexp(t, `close the controller: write snapshot: .*: no space left on device`, out.String(), "the shutdown says why its snapshot failed")
+	tmp, err := filepath.Glob(filepath.Join(data, "controller", "snap-*"))
+	require.NoError(t, err)
+	assert.Empty(t, tmp, "a snapshot, or what is left of one")
+
+	require.NoError(t, unix.Mount("tmpfs", data, "tmpfs", unix.MS_REMOUNT, "size=64m,mode=0700"))
+	ctrl = startServeIn(t, data, nil, bin, args...)
+	c, err = client.Connect(t.Context(), "unix://"+filepath.Join(socks, "controller.sock"),
+		client.ConnectConfig{Token: ctrl.token(t), Name: "fulldisk", WaitForUnits: true})
+	require.NoError(t, err)
+	defer c.Close()
+	all, err := kvapi.New(c).List(t.Context(), "p")
+	require.NoError(t, err)
+	require.Len(t, all["p"], n)
+	for i, e := range all["p"] {
+		assert.Equal(t, fmt.Sprintf("k%05d", i), e.Key)
+	}
+}
