@@ -2,7 +2,9 @@ package journal
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -175,4 +177,46 @@ func TestDamagedTableIsAnError(t *testing.T) {
 			assert.Contains(t, err.Error(), name, "the error names the damaged file")
 		})
 	}
+}
+
+// The acked mark is 8 bytes of index and their CRC-32C: a mark that
+// cannot be read (cut short by a crash during its write, or damaged)
+// counts as none and refuses nothing, and the next record acknowledged
+// makes it good again; a whole one past the log's end refuses the start,
+// naming it.
+func TestAckedMarkThatCannotBeReadCountsAsNone(t *testing.T) {
+	markOf := func(i uint64) []byte {
+		b := make([]byte, 12)
+		binary.BigEndian.PutUint64(b, i)
+		binary.BigEndian.PutUint32(b[8:], crc32.Checksum(b[:8], castagnoli))
+		return b
+	}
+	badCRC := markOf(11)
+	badCRC[11] ^= 1
+	for name, b := range map[string][]byte{
+		"empty":        {},
+		"cut short":    markOf(11)[:7],
+		"bad checksum": badCRC,
+		"too long":     append(markOf(11), 0),
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeAcked(t, dir, 10)
+			mark := filepath.Join(dir, ackedFile)
+			require.NoError(t, os.WriteFile(mark, b, 0o600))
+			j, err := Open(Config{Dir: dir})
+			require.NoError(t, err)
+			assert.Len(t, replayAll(t, j, 0), 10)
+			require.NoError(t, j.Wait(context.Background(), j.Append(rec(11))))
+			require.NoError(t, j.Close())
+			assert.Equal(t, uint64(11), readAcked(mark), "the mark once a record was acknowledged")
+		})
+	}
+	dir := t.TempDir()
+	writeAcked(t, dir, 10)
+	mark := filepath.Join(dir, ackedFile)
+	require.NoError(t, os.WriteFile(mark, markOf(11), 0o600))
+	_, err := Open(Config{Dir: dir})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.ErrorContains(t, err, "the log ends at record 10, but "+mark+" says records up to 11 were acknowledged: records 11 to 11 are lost")
 }

@@ -266,6 +266,11 @@ func Open(cfg Config) (*Journal, error) {
 			db.Close()
 			return nil, fmt.Errorf("open %s: %w", ackedFile, err)
 		}
+		// A mark is written in place: bytes past its 12 (damage) would
+		// keep every later one unreadable.
+		if fi, err := j.acked.Stat(); err == nil && fi.Size() > 12 {
+			j.acked.Truncate(12)
+		}
 	}
 	if torn != nil && cfg.Logf != nil {
 		cfg.Logf("journal: %s", torn.describe(last, cfg.Fsync))
