@@ -829,13 +829,20 @@ func (c *Controller) snapshotter() {
 			return
 		case <-t.C:
 		}
-		if c.j.SinceSnapshot() < max(c.cfg.SnapshotBytes, c.lastSnapBytes.Load()) {
+		if !c.snapshotDue() {
 			continue
 		}
 		if err := c.snapshot(); err != nil && c.cfg.Logf != nil {
 			c.cfg.Logf("controller: snapshot: %v", err)
 		}
 	}
+}
+
+// snapshotDue reports whether the log since the last snapshot outgrew
+// both SnapshotBytes and that snapshot: a state larger than the bound is
+// not written again for every bound's worth of log.
+func (c *Controller) snapshotDue() bool {
+	return c.j.SinceSnapshot() >= max(c.cfg.SnapshotBytes, c.lastSnapBytes.Load())
 }
 
 // closeJournal stops the snapshotter, snapshots what was logged since the

@@ -940,3 +940,51 @@ func TestTasksListsTasksWithNothingConsumed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want, tasks, "Tasks after the crash")
 }
+
+// durability.md, "Snapshots": a snapshot is due once the log written since
+// the last one outgrows both SnapshotBytes and that snapshot, after a
+// restart too (the records replayed count, and the snapshot's size is
+// read from its file).
+func TestSnapshotDueOnceTheLogOutgrowsBoth(t *testing.T) {
+	dir := t.TempDir()
+	const bound = 64 << 10
+	// The test asks when a snapshot is due; none is taken meanwhile.
+	open := func() *Controller {
+		c := openDurable(t, dir, Config{SnapshotBytes: bound})
+		close(c.snapStop)
+		<-c.snapDone
+		c.snapStop = make(chan struct{}) // for Close
+		return c
+	}
+	c := open()
+	defer func() { c.Close() }()
+	idx := insert(t, c, "p", 64, "x").Indexes
+	tags := make([]engine.Tags, len(idx))
+	for i := range tags {
+		tags[i] = engine.Tags{"v": strings.Repeat("s", 8<<10)}
+	}
+	require.NoError(t, c.SetTags("p", idx, tags)) // a state of about 512 KiB
+	require.NoError(t, c.snapshot())
+	snap := c.lastSnapBytes.Load()
+	require.Greater(t, snap, int64(8*bound))
+	require.False(t, c.snapshotDue())
+
+	small := strings.Repeat("t", 16<<10)
+	setTag := func() {
+		require.NoError(t, c.SetTags("p", idx[:1], []engine.Tags{{"w": small}}))
+		require.NoError(t, c.WaitDurable(context.Background()))
+	}
+	for c.j.SinceSnapshot() < 2*bound {
+		setTag()
+	}
+	assert.False(t, c.snapshotDue(), "%d bytes logged since a snapshot of %d: past SnapshotBytes, not past the snapshot", c.j.SinceSnapshot(), snap)
+
+	crash(t, c)
+	c = open()
+	assert.Equal(t, snap, c.lastSnapBytes.Load(), "the snapshot's size, read at the restart")
+	assert.False(t, c.snapshotDue(), "after the restart")
+	for c.j.SinceSnapshot() < snap {
+		setTag()
+	}
+	assert.True(t, c.snapshotDue(), "%d bytes logged since a snapshot of %d", c.j.SinceSnapshot(), snap)
+}
