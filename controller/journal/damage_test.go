@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -219,4 +221,30 @@ func TestAckedMarkThatCannotBeReadCountsAsNone(t *testing.T) {
 	_, err := Open(Config{Dir: dir})
 	require.ErrorIs(t, err, engine.ErrCorrupt)
 	assert.ErrorContains(t, err, "the log ends at record 10, but "+mark+" says records up to 11 were acknowledged: records 11 to 11 are lost")
+}
+
+// A start refused for acknowledged records a torn tail dropped says where
+// in which file the tail was cut: Pebble recycles the file as it opens,
+// so the next start, with the mark removed, has nothing left to report.
+func TestRefusedStartSaysWhereTheTornTailWas(t *testing.T) {
+	dir := t.TempDir()
+	j, err := Open(Config{Dir: dir})
+	require.NoError(t, err)
+	for i := 1; i <= 50; i++ {
+		r := string(rec(i))
+		if i == 50 {
+			r += strings.Repeat("y", 2000) // the write the cut tears
+		}
+		require.NoError(t, j.Wait(context.Background(), j.Append([]byte(r))))
+	}
+	require.NoError(t, j.Close())
+	wal := newestLog(t, dir)
+	fi, err := os.Stat(wal)
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(wal, fi.Size()-1000))
+
+	_, err = Open(Config{Dir: dir})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	assert.ErrorContains(t, err, "records 50 to 50 are lost")
+	assert.Regexp(t, regexp.QuoteMeta(wal)+` at offset \d+ of `+strconv.FormatInt(fi.Size()-1000, 10)+` bytes \(read as a torn write, and dropped\)`, err.Error())
 }

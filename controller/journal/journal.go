@@ -256,8 +256,13 @@ func Open(cfg Config) (*Journal, error) {
 	markPath := filepath.Join(cfg.Dir, ackedFile)
 	if mark := readAcked(markPath); mark > last {
 		db.Close()
+		where := newest
+		if torn != nil {
+			// Said now or never: Pebble has recycled the file.
+			where = fmt.Sprintf("%s at offset %d of %d bytes (read as a torn write, and dropped)", torn.file, torn.offset, torn.size)
+		}
 		return nil, fmt.Errorf("the log ends at record %d, but %s says records up to %d were acknowledged: records %d to %d are lost, to damage in %s "+
-			"(remove %s to start without them): %w", last, markPath, mark, last+1, mark, newest, markPath, engine.ErrCorrupt)
+			"(remove %s to start without them): %w", last, markPath, mark, last+1, mark, where, markPath, engine.ErrCorrupt)
 	}
 	if cfg.Fsync != FsyncNever {
 		// With FsyncNever a machine's crash may lose what was
