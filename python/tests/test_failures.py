@@ -19,9 +19,11 @@ from conftest import _bin, _free_port, serve_args
 
 
 class Split:
-    """A controller and two storage units, each a process of its own."""
+    """A controller and storage units (two of 64 MiB unless told), each a
+    process of its own. ``heartbeat``: the controller's, which reports a
+    unit silent for five of them dead."""
 
-    def __init__(self):
+    def __init__(self, units=2, capacity="64MiB", heartbeat="100ms"):
         self.dir = tempfile.mkdtemp(prefix="tqpy-split-")
         port = _free_port()
         self.address = f"tcp://127.0.0.1:{port}"
@@ -31,16 +33,22 @@ class Split:
         self.procs, self.logs = [], []
         # The units heartbeat at the interval their controller tells them.
         self.controller_args = ["--role", "controller", "--listen", f"127.0.0.1:{port}", "--in-memory",
-                                "--heartbeat", "100ms"]
+                                "--heartbeat", heartbeat]
         self.controller, _ = self._start("c", self.controller_args)
         self.units = {}
-        for name in ("u1", "u2"):
-            p, log = self._start(name, ["--role", "unit", "--controller", self.address, "--capacity", "64MiB",
-                                        "--huge-pages=false"])
-            uid = int(re.search(r"storage unit (\d+)", log).group(1))
-            self.units[uid] = p
+        self.capacity = capacity
+        for _ in range(units):
+            self.add_unit()
         with open(os.path.join(d, "token")) as f:
             self.token = f.read().strip()
+
+    def add_unit(self) -> int:
+        """Start one more storage unit; returns its id."""
+        p, log = self._start(f"u{len(self.units) + 1}", ["--role", "unit", "--controller", self.address,
+                                                          "--capacity", self.capacity, "--huge-pages=false"])
+        uid = int(re.search(r"storage unit (\d+)", log).group(1))
+        self.units[uid] = p
+        return uid
 
     def _start(self, name, args):
         logp = os.path.join(self.dir, name + ".log")
@@ -601,3 +609,29 @@ def test_silent_unit_is_lost_and_takes_no_writes(split, transport):
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_read_from_a_silent_unit_ends_with_the_clients_timeout():
+    """A read over TCP from a unit that stops answering (SIGSTOP) while the
+    controller still counts it alive (its heartbeat is long) fails with
+    DeadlineError after the client's timeout: a read used to wait at least
+    30 s, whatever the client's timeout."""
+    s = Split(units=1, heartbeat="20s")  # reported dead after 100 s
+    c = tq.Client(s.address, token=s.token, transport="tcp", timeout=2)
+    try:
+        big = np.arange(1 << 20, dtype=np.float64).reshape(1, 1 << 20)  # through the unit, not inline
+        c.kv_batch_put(["k"], "p", {"x": big})
+        np.testing.assert_array_equal(c.kv_batch_get(["k"], "p")["x"], big)  # connected to the unit
+        unit = next(iter(s.units.values()))
+        unit.send_signal(signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(tq.DeadlineError):
+                c.kv_batch_get(["k"], "p")
+            took = time.monotonic() - began
+            assert took < 15, f"the read of a silent unit took {took:.1f} s with a client timeout of 2 s"
+        finally:
+            unit.send_signal(signal.SIGCONT)
+    finally:
+        c.close()
+        s.stop()

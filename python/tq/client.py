@@ -621,8 +621,7 @@ class Client:
     #
     # A storage unit that goes silent with its connections open (a hung
     # process, SIGSTOP, a host cut off the network) would hold a call to it
-    # for the socket's timeout (the client's; over TCP a read's or write's
-    # at least 30 s, whatever the client's) and fail it as a DeadlineError:
+    # for the socket's timeout (the client's) and fail it as a DeadlineError:
     # not as the lost cells the README promises, nor as a unit to place a
     # put elsewhere from. A client that has not listed the units since the controller
     # reported the unit dead (a reader never lists them) still calls it. So,

@@ -793,20 +793,28 @@ class Unit:
                                   f"reservation reaches)")
 
     # ---- data plane ----------------------------------------------------
+    #
+    # A call waits the client's timeout (Client(timeout=)) for each socket
+    # operation, over TCP as over shm: the timeout bounds each send and
+    # recv, not the transfer, so a large read or write that keeps moving
+    # needs no floor by its size, and a unit that stops answering fails the
+    # call (DeadlineError) within the client's timeout.
 
     @_watched
-    def write(self, cols, no_wait=False):
+    def write(self, cols, no_wait=False, timeout=None):
         """Put each column's bytes in an extent of its own; returns one
         (segment, gen, offset) per column. Over shm: RESERVE, copy into the
         mapping, RESERVE_COMMIT; over tcp: one WRITE. With ``no_wait`` a
         full unit refuses at once (CapacityError) instead of waiting for
-        room, and nothing of the write stays."""
+        room (up to its reserve wait, 5 s), and nothing of the write stays.
+        ``timeout``: what each socket operation waits, instead of the
+        client's timeout (a put waiting for room with less time left)."""
         sizes = [c.nbytes for c in cols]
         if self.shm:
             conn = self.pool.take()
             try:
                 rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes, no_wait=no_wait),
-                                data_pb2.ReserveReply, op_name="reserve")
+                                data_pb2.ReserveReply, op_name="reserve", timeout=timeout)
                 try:
                     ext = _addrs.expand(rep.extents, len(cols), self.id)
                     for i, c in enumerate(cols):
@@ -836,7 +844,7 @@ class Unit:
                 payload = [b for i in group for b in cols[i].bufs]
                 gs = [sizes[i] for i in group]
                 rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs, no_wait=no_wait), data_pb2.WriteReply,
-                                     payload=payload, op_name="write", timeout=max(30.0, sum(gs) / (4 << 20) * 30))
+                                     payload=payload, op_name="write", timeout=timeout)
                 return _addrs.expand(rep.extents, len(group), self.id)
             def caught(group):
                 try:
@@ -876,8 +884,7 @@ class Unit:
         if self.shm:
             return self._read_shm(cells, buf)
         req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb([cells]))
-        self.pool.call(wire.READ, req, None, into=buf, op_name="read",
-                       timeout=max(30.0, total / (4 << 20) * 30))
+        self.pool.call(wire.READ, req, None, into=buf, op_name="read")
         return buf
 
     @_stale
@@ -904,8 +911,7 @@ class Unit:
             if total == 0:
                 return
             req = data_pb2.ReadRequest(ranges=_addrs.ranges_pb(parts))
-            self.pool.call(wire.READ, req, None, into=[bufs[i] for i in group if len(bufs[i])], op_name="read",
-                           timeout=max(30.0, total / (4 << 20) * 30))
+            self.pool.call(wire.READ, req, None, into=[bufs[i] for i in group if len(bufs[i])], op_name="read")
         _parallel(one, _stripes([int(c.len.sum()) for c in cells_list]))
 
     @_stale
