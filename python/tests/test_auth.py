@@ -238,7 +238,7 @@ def test_fd_socket_gets_no_token_from_an_unproven_unit(tmp_path):
     ts = [threading.Thread(target=f, daemon=True) for f in (fd_socket, unit)]
     for t in ts:
         t.start()
-    info = types.SimpleNamespace(unit_id=3, incarnation=9, host_id="h", alive=True, draining=False,
+    info = types.SimpleNamespace(unit_id=3, incarnation=9, host_id="h", alive=True, draining=False, capacity=0,
                                  addrs=["unix://" + unit_path, "shm://" + fd_path])
     u = Unit(info, token=TOKEN, name="n", host="h", transport="shm", timeout=5)
     try:

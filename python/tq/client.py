@@ -289,6 +289,20 @@ _REPEATABLE = frozenset((
     wire.CHECKPOINTS, wire.CLUSTER_INFO, wire.KV_GET, wire.KV_GET_VALUE))
 
 
+def _pause_round(began, deadline) -> bool:
+    """Sleep until UNITS_REFRESH_S after ``began``, the start of a round of
+    a put that waited for room, before the put is placed anew: no unit,
+    nor the controller, is asked again and again. False, after sleeping
+    until it, when ``deadline`` (time.monotonic(); None: none) comes
+    first."""
+    until = began + UNITS_REFRESH_S
+    if deadline is not None and until >= deadline:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        return False
+    time.sleep(max(0.0, until - time.monotonic()))
+    return True
+
+
 def _conn_lost(e: BaseException) -> bool:
     """Whether e says the connection failed (the request may or may not
     have reached the controller), or that the controller is shutting down
@@ -837,13 +851,13 @@ class Client:
 
     # ---- writing cells -------------------------------------------------
 
-    def _write(self, unit: Unit, cols, no_wait=False):
+    def _write(self, unit: Unit, cols, no_wait=False, timeout=None):
         """Write cols to unit; returns each column's per-row Cells."""
-        ext = unit.write(cols, no_wait=no_wait)
+        ext = unit.write(cols, no_wait=no_wait, timeout=timeout)
         return [_addrs.run(unit.id, int(ext.segment[i]), int(ext.gen[i]), int(ext.offset[i]), c.row_lens)
                 for i, c in enumerate(cols)]
 
-    def _place_and_write(self, h: int, cols):
+    def _place_and_write(self, h: int, cols, deadline=None):
         """Write cols to the units placement picks for hash h; returns the
         pieces written, (unit, locs), and each column's cells over all of
         them. A unit that cannot be reached is skipped for another (nothing
@@ -853,11 +867,12 @@ class Client:
         put, its rows are split in halves, each placed the same way, so a
         put that fits the cluster never fails for lack of room on one unit
         (as the Go client spills); only a single row that every unit
-        refused waits for room on its first choice. A failure frees the
-        pieces already written."""
+        refused waits for room on its first choice, until ``deadline``
+        (time.monotonic(); None: for ever), see _place_rows. A failure
+        frees the pieces already written."""
         pieces = []
         try:
-            self._place_rows(h, cols, pieces)
+            self._place_rows(h, cols, pieces, deadline)
         except BaseException:
             for unit, locs in pieces:
                 self._free_quietly(unit, locs)
@@ -866,33 +881,91 @@ class Client:
             return pieces, pieces[0][1]
         return pieces, [_addrs.Cells.concat([locs[i] for _, locs in pieces]) for i in range(len(cols))]
 
-    def _place_rows(self, h: int, cols, pieces):
+    def _place_rows(self, h: int, cols, pieces, deadline=None):
+        """_place_and_write's placement of cols. A row that no unit has
+        room for waits for it on its first choice, which answers after its
+        reserve wait (5 s, the unit's process bounds it) with CapacityError;
+        then, while ``deadline`` has not come, the row is placed anew as at
+        first, a UNITS_REFRESH_S after that round began, on the units as
+        listed then (one list a UNITS_REFRESH_S, shared by the client's
+        waiting puts): one that joined meanwhile, or one where frees made
+        room, takes it. As the Go client's planner.again."""
         n = len(cols[0].row_lens) if cols else 0
-        tried, full = set(), set()
+        tried = set()  # units that could not be reached: left out of every round
+        waited = last = None  # when the row began to wait for room, and the last refusal's text
         while True:
-            try:
-                unit = self._pick(h, exclude=tried | full)
-            except errors.UnavailableError:
-                if not full:
-                    raise
-                if n > 1:  # no unit takes it whole: halves may fit where the whole did not
-                    half = n // 2
-                    self._place_rows(h, [c.rows(0, half) for c in cols], pieces)
-                    self._place_rows(h + 1, [c.rows(half, n) for c in cols], pieces)
+            full = set()
+            while True:
+                try:
+                    unit = self._pick(h, exclude=tried | full)
+                except errors.UnavailableError:
+                    if not full:
+                        raise
+                    if n > 1:  # no unit takes it whole: halves may fit where the whole did not
+                        half = n // 2
+                        self._place_rows(h, [c.rows(0, half) for c in cols], pieces, deadline)
+                        self._place_rows(h + 1, [c.rows(half, n) for c in cols], pieces, deadline)
+                        return
+                    unit = self._pick(h, exclude=tried)
+                    break  # no unit has room: wait for it
+                try:
+                    pieces.append((unit, self._write(unit, cols, no_wait=True)))
                     return
-                unit = self._pick(h, exclude=tried)
-                pieces.append((unit, self._write(unit, cols)))  # no unit has room: wait for it
-                return
+                except errors.CapacityError:
+                    full.add(unit.id)
+                except errors.UnavailableError:
+                    tried.add(unit.id)
+                    if len(tried) >= 3:
+                        raise
+                    self.units(refresh=True)
+            self._too_big(cols)
+            began = time.monotonic()
+            if waited is None:
+                waited = began
+            left = None if deadline is None else deadline - began
+            if left is not None and left <= 0:
+                raise self._waited_out(cols, waited, last)
             try:
-                pieces.append((unit, self._write(unit, cols, no_wait=True)))
+                pieces.append((unit, self._write(unit, cols, timeout=left)))
                 return
-            except errors.CapacityError:
-                full.add(unit.id)
-            except errors.UnavailableError:
-                tried.add(unit.id)
-                if len(tried) >= 3:
-                    raise
-                self.units(refresh=True)
+            except (errors.CapacityError, errors.DeadlineError) as e:
+                # CapacityError: the unit waited out its reserve wait and
+                # wrote nothing. DeadlineError: the put's time ran out in
+                # the wait (the connection is dropped, and the unit gives
+                # its reservation back).
+                if deadline is None and isinstance(e, errors.DeadlineError):
+                    raise  # the unit's, not a timeout of this client's
+                if isinstance(e, errors.DeadlineError) or deadline is not None and time.monotonic() >= deadline:
+                    raise self._waited_out(cols, waited, str(e)) from e
+                last = str(e)  # not e: its traceback holds this frame, a cycle
+            if not _pause_round(began, deadline):
+                raise self._waited_out(cols, waited, last)
+
+    def _too_big(self, cols) -> None:
+        """CapacityError naming a row of cols larger than the largest
+        unit's capacity: it would wait for room that never comes."""
+        most = max((u.capacity for u in self.units().values() if u.alive), default=0)
+        if not most:
+            return
+        sizes = np.zeros(len(cols[0].row_lens), dtype=np.int64)
+        for c in cols:
+            sizes += np.asarray(c.row_lens, dtype=np.int64)
+        big = np.flatnonzero(sizes > most)
+        if len(big):
+            raise errors.CapacityError(f"a row of {int(sizes[big[0]])} bytes, more than the largest storage unit's "
+                                       f"capacity ({most} bytes)", op="put")
+
+    def _waited_out(self, cols, waited, last) -> errors.CapacityError:
+        """The error of a put whose rows ``cols`` waited for room from
+        ``waited`` (time.monotonic()) until the client's timeout came;
+        ``last``: the error of its last try, if any, as text."""
+        n = len(cols[0].row_lens) if cols else 0
+        msg = (f"no storage unit had room for {n} row{'s' if n != 1 else ''} of {sum(c.nbytes for c in cols)} bytes: "
+               f"the put waited for room {time.monotonic() - waited:.1f} s, until the client's timeout "
+               f"({self.timeout:g} s) ended it")
+        if last is not None:
+            msg += f"; the last try: {last}"
+        return errors.CapacityError(msg, op="put")
 
     def _free_pieces(self, pieces):
         for unit, locs in pieces:
@@ -909,7 +982,10 @@ class Client:
 
     def kv_batch_put(self, keys, partition_id: str, fields=None, tags=None) -> KVBatchMeta:
         """Write row i of ``fields`` to ``keys[i]`` and merge ``tags[i]`` into
-        its tags, creating missing keys; readers see the whole put or none."""
+        its tags, creating missing keys; readers see the whole put or none.
+        A put that no storage unit has room for waits for room as long as
+        the client's timeout allows (see _place_rows), then fails with
+        CapacityError and frees what it wrote."""
         keys = _as_keys(keys, partition_id, "kv_batch_put")
         if not keys:
             raise errors.InvalidError("Received an empty list as keys.", op="kv_batch_put", partition=partition_id)
@@ -973,10 +1049,12 @@ class Client:
         are now. So are they when the put fails, or is interrupted
         (KeyboardInterrupt, an exception from a signal handler), before
         any of its commit was sent: it changed nothing."""
+        # A put waits for room (no unit has any) until the client's timeout.
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         for attempt in (0, 1):
             self.units()
             req.cluster_id = self._units_cluster  # before placement: never younger than the units it picks
-            pieces, locs = self._place_and_write(h, cols)
+            pieces, locs = self._place_and_write(h, cols, deadline)
             sending = wire.Sending()
             try:
                 del req.fields[:]
@@ -1480,7 +1558,8 @@ class Client:
 
     def put(self, data, metadata: BatchMeta | None = None, partition_id: str | None = None) -> BatchMeta:
         """Write the fields of ``data`` to the rows of ``metadata`` (new rows
-        of ``partition_id`` when None); returns the rows' meta afterwards."""
+        of ``partition_id`` when None); returns the rows' meta afterwards.
+        It waits for room as :meth:`kv_batch_put` does."""
         if not hasattr(data, "items"):
             raise errors.InvalidError("data must be a dict of name → value", op="put")
         n = _rows_of(data)
@@ -1601,7 +1680,8 @@ class Client:
         in the storage unit's memory; :meth:`Reservation.commit` makes them
         the keys' values (with tags), :meth:`Reservation.abort` gives the
         memory back. Needs a storage unit on this host
-        (:class:`NotSupportedError` otherwise)."""
+        (:class:`NotSupportedError` otherwise). With no room there it waits
+        for room as :meth:`kv_batch_put` does."""
         keys = _as_keys(keys, partition_id, "reserve_kv_put")
         if not keys or not specs:
             raise errors.InvalidError("a reservation needs keys and fields", op="reserve_kv_put")
@@ -1613,22 +1693,7 @@ class Client:
             npdt = _cols.numpy_dtype(dname)
             row = npdt.itemsize * math.prod(shape)
             fields.append(_cols.Column(name, dname, "dense", shape, None, [row] * n, []))
-        self.units()
-        cluster = self._units_cluster  # before placement, for the commit
-        unit = self._pick(zlib.crc32(keys[0].encode()))
-        if not unit.shm:
-            local = [u for u in self.units().values() if u.shm and u.alive and not u.draining]
-            if not local:
-                raise errors.NotSupportedError("no storage unit on this host serves shared memory",
-                                               op="reserve_kv_put")
-            unit = local[zlib.crc32(keys[0].encode()) % len(local)]
-        conn = unit.pool.take()
-        try:
-            rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields]),
-                            data_pb2.ReserveReply, op_name="reserve_kv_put")
-        except BaseException:
-            unit.pool.give(conn)
-            raise
+        unit, conn, rep, cluster = self._reserve(keys, partition_id, fields)
         try:
             ext = _addrs.expand(rep.extents, len(fields), unit.id)
             arrays = {}
@@ -1646,6 +1711,55 @@ class Client:
                 pass  # the error that ended it says more
             raise
         return Reservation(self, unit, conn, rep.reservation, keys, partition_id, fields, ext, arrays, cluster)
+
+    def _reserve(self, keys, partition, fields):
+        """reserve_kv_put's RESERVE on a unit on this host that serves
+        shared memory: (unit, conn, reply, the cluster of the unit table).
+        A unit with no room answers after its reserve wait (5 s); the
+        reservation then waits on, placed anew a UNITS_REFRESH_S after each
+        round began on the units as listed then, until the client's timeout
+        (as a put, see _place_rows)."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        h = zlib.crc32(keys[0].encode())
+        size = sum(c.nbytes for c in fields)
+        most = max((u.capacity for u in self.units().values() if u.alive), default=0)
+        if most and size > most:  # it would wait for room that never comes
+            raise errors.CapacityError(f"a reservation of {size} bytes, more than the largest storage unit's "
+                                       f"capacity ({most} bytes)", op="reserve_kv_put", partition=partition)
+        waited = None
+        while True:
+            self.units()
+            cluster = self._units_cluster  # before placement, for the commit
+            unit = self._pick(h)
+            if not unit.shm:
+                local = [u for u in self.units().values() if u.shm and u.alive and not u.draining]
+                if not local:
+                    raise errors.NotSupportedError("no storage unit on this host serves shared memory",
+                                                   op="reserve_kv_put")
+                unit = local[h % len(local)]
+            began = time.monotonic()
+            if waited is None:
+                waited = began
+            conn = unit.pool.take()
+            try:
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields]),
+                                data_pb2.ReserveReply, op_name="reserve_kv_put",
+                                timeout=None if deadline is None else max(deadline - began, 0.001))
+            except (errors.CapacityError, errors.DeadlineError) as e:
+                unit.pool.give(conn)
+                if deadline is None and isinstance(e, errors.DeadlineError):
+                    raise  # the unit's, not a timeout of this client's
+                if isinstance(e, errors.DeadlineError) or not _pause_round(began, deadline):
+                    raise errors.CapacityError(
+                        f"no storage unit on this host had room for {size} bytes: the "
+                        f"reservation waited for room {time.monotonic() - waited:.1f} s, until the client's timeout "
+                        f"({self.timeout:g} s) ended it; the last try: {e}", op="reserve_kv_put",
+                        partition=partition) from e
+                continue
+            except BaseException:
+                unit.pool.give(conn)
+                raise
+            return unit, conn, rep, cluster
 
     def set_custom_meta(self, metadata: BatchMeta) -> None:
         """Merge each row's ``custom_meta`` into its tags."""

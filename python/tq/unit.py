@@ -505,6 +505,7 @@ class Unit:
                  require_server_proof: bool = False):
         self.id = info.unit_id
         self.incarnation = info.incarnation
+        self.capacity = info.capacity  # bytes: a row larger than every unit's never fits
         self.host_id = info.host_id
         self.alive = info.alive
         # A draining unit (tq unit drain) takes no new placements; its

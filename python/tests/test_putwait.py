@@ -1,0 +1,145 @@
+"""A put that no unit has room for waits for room as long as the client's
+timeout allows: a unit in another process answers a waiting write after
+its reserve wait (5 s), and the client then places the rows anew, once a
+UNITS_REFRESH_S, until they are written or the timeout ends the put."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tq
+from test_failures import Split
+
+ROW = 1 << 20  # bytes a row: through the units, not inline
+RESERVE_WAIT = 5.0  # a unit's reserve wait (storage.DefaultReserveWait)
+
+
+@pytest.fixture
+def small():
+    """A controller and one storage unit of 8 MiB."""
+    s = Split(units=1, capacity="8MiB")
+    yield s
+    s.stop()
+
+
+def row(v, n=1):
+    return {"x": np.full((n, ROW // 8), v, dtype=np.float64)}
+
+
+def fill(c, part):
+    """Put rows of ROW bytes, one a put, until the cluster has no room;
+    returns their keys. ``c``'s timeout is short: the put that finds no
+    room fails after it."""
+    keys = []
+    while True:
+        k = f"fill{len(keys)}"
+        try:
+            c.kv_batch_put([k], part, row(len(keys)))
+        except tq.CapacityError:
+            assert keys, "an empty unit had no room"
+            return keys
+        keys.append(k)
+
+
+def put_on_thread(c, how, keys, part, want):
+    """Put ``want`` (field x) on a thread of its own, ``how``: kv_batch_put,
+    put (the batch API) or reserve_kv_put; returns the thread and a dict
+    where it leaves "read" (reading the rows back) or "error"."""
+    done = {}
+
+    def run():
+        try:
+            if how == "kv":
+                c.kv_batch_put(keys, part, {"x": want})
+                done["read"] = lambda: c.kv_batch_get(keys, part)["x"]
+            elif how == "put":
+                m = c.put({"x": want}, partition_id=part)
+                done["read"] = lambda: c.get_data(m)["x"]
+            else:
+                with c.reserve_kv_put(keys, part, {"x": ("float64", want.shape[1:])}) as r:
+                    r.fields["x"][:] = want
+                    r.commit()
+                done["read"] = lambda: c.kv_batch_get(keys, part)["x"]
+        except Exception as e:
+            done["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    return t, done
+
+
+@pytest.mark.parametrize("transport,how", [("tcp", "kv"), ("shm", "kv"), ("tcp", "put"), ("shm", "reserve")])
+def test_put_waits_past_the_reserve_wait(small, transport, how):
+    """A put on a full unit outlives the unit's reserve wait, and room a
+    clear makes later takes it: the rows it wrote at once and those it
+    waited for read back, committed once."""
+    filler = tq.Client(small.address, token=small.token, transport=transport, timeout=2)
+    c = tq.Client(small.address, token=small.token, transport=transport, timeout=60)
+    try:
+        keys = fill(filler, "f")
+        filler.kv_clear(keys[:1], "f")  # room for one row: a put writes it at once and waits for the rest
+        want = np.arange(4 * ROW // 8, dtype=np.float64).reshape(4, ROW // 8)
+        t, done = put_on_thread(c, how, [f"p{i}" for i in range(4)], "p", want)
+        t.join(RESERVE_WAIT + 2)
+        assert t.is_alive(), f"the put ended after its unit's reserve wait, with 60 s to go: {done}"
+        filler.kv_clear(keys[1:], "f")
+        t.join(30)
+        assert not t.is_alive(), "the put still waits after the rows were cleared"
+        assert "error" not in done, done
+        np.testing.assert_array_equal(done["read"](), want)
+    finally:
+        c.close()
+        filler.close()
+
+
+def test_put_waiting_for_room_ends_with_the_timeout(small):
+    """A put whose rows no unit has room for until the client's timeout
+    fails then with CapacityError saying it waited and how long, and frees
+    what it wrote: the room it took at once takes another row again."""
+    filler = tq.Client(small.address, token=small.token, timeout=2)
+    timeout = RESERVE_WAIT + 3
+    c = tq.Client(small.address, token=small.token, timeout=timeout)
+    again = tq.Client(small.address, token=small.token, timeout=30)
+    try:
+        keys = fill(filler, "f")
+        filler.kv_clear(keys[:1], "f")  # room for one row: the put writes it at once and waits for the rest
+        began = time.monotonic()
+        with pytest.raises(tq.CapacityError) as e:
+            c.kv_batch_put([f"p{i}" for i in range(4)], "p", row(7, 4))
+        took = time.monotonic() - began
+        assert "waited for room" in e.value.message and f"({timeout:g} s)" in e.value.message, e.value.message
+        # Not cut short at the unit's reserve wait: it waited its timeout.
+        assert took >= timeout - 0.5, f"the put gave up after {took:.1f} s of its {timeout} s"
+        with pytest.raises(tq.NotFoundError):
+            c.kv_batch_get(["p0"], "p")
+        # What it wrote was freed: a row fits again (a row it left behind
+        # would have this put wait 30 s and fail).
+        again.kv_batch_put(["again"], "f", row(9))
+    finally:
+        again.close()
+        c.close()
+        filler.close()
+
+
+def test_waiting_put_takes_a_unit_that_joins(small):
+    """A put waiting on a full unit is placed anew when a unit joins: its
+    rows land there."""
+    filler = tq.Client(small.address, token=small.token, timeout=2)
+    c = tq.Client(small.address, token=small.token, timeout=60)
+    try:
+        fill(filler, "f")
+        t, done = put_on_thread(c, "kv", ["a", "b"], "p", row(3, 2)["x"])
+        t.join(RESERVE_WAIT + 2)
+        assert t.is_alive(), f"the put ended after its unit's reserve wait, with 60 s to go: {done}"
+        uid = small.add_unit()
+        t.join(30)
+        assert not t.is_alive(), "the put still waits after a unit joined"
+        assert "error" not in done, done
+        m = c.kv_retrieve_meta(["a", "b"], "p")
+        assert set(m._cells["x"].unit.tolist()) == {uid}
+        np.testing.assert_array_equal(done["read"](), row(3, 2)["x"])
+    finally:
+        c.close()
+        filler.close()
+
