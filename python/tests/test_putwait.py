@@ -143,3 +143,29 @@ def test_waiting_put_takes_a_unit_that_joins(small):
         c.close()
         filler.close()
 
+
+
+def test_threads_that_find_the_unit_table_stale_share_one_list(server):
+    """Threads that find the unit table stale at once (puts waiting for
+    room, placed anew each second) list the units once between them, not
+    one after another."""
+    c = server.client()
+    try:
+        c.units()
+        lists = []
+        slow = c._list_units
+
+        def counted():
+            lists.append(1)
+            time.sleep(0.2)  # the others queue meanwhile
+            return slow()
+        c._list_units = counted
+        time.sleep(1.1)  # UNITS_REFRESH_S: the table is stale
+        ts = [threading.Thread(target=c.units) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        assert len(lists) == 1, f"{len(lists)} lists of the units for 8 threads at once"
+    finally:
+        c.close()

@@ -581,6 +581,13 @@ class Client:
                     and self._units_cluster == self._cluster_now):
                 return dict(self._units)
         with self._listing:
+            # Looked at again in its turn: threads that found the table
+            # stale at once (puts waiting for room) share the one list the
+            # first of them made, as the Go client's learnAfter.
+            with self._units_lock:
+                if (self._units and not refresh and time.monotonic() - self._units_at < UNITS_REFRESH_S
+                        and self._units_cluster == self._cluster_now):
+                    return dict(self._units)
             return self._list_units()
 
     def _list_units(self):
