@@ -382,16 +382,16 @@ func nameProblem(what string, name []byte) error {
 	return nil
 }
 
-// partitionProblem is nameProblem for a partition a connection moves to
-// (SELECT, TQ.PARTITION, the starting one): a '}' in it could not be
-// written in a key's {partition} form, so its keys that start with '{'
-// would be listed under names that reach another partition's keys.
 // CheckPartition reports why name cannot be the partition connections
 // start in (Config.Partition, tq serve's --resp-partition): what SELECT
 // refuses. NewServer refuses it too; this lets a caller check its flags
 // before it starts anything.
 func CheckPartition(name string) error { return partitionProblem([]byte(name)) }
 
+// partitionProblem is nameProblem for a partition a connection moves to
+// (SELECT, TQ.PARTITION, the starting one): a '}' in it could not be
+// written in a key's {partition} form, so its keys that start with '{'
+// would be listed under names that reach another partition's keys.
 func partitionProblem(name []byte) error {
 	if err := nameProblem("partition id", name); err != nil {
 		return err
