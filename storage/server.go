@@ -128,6 +128,9 @@ type Server struct {
 	u   *Unit
 	cfg ServerConfig
 	ws  *wire.Server
+	// reserveWaited is why a write waiting for room ends at the reserve
+	// wait: its refusal says so, and for how long it waited.
+	reserveWaited error
 
 	// The fd socket (see ServeShm).
 	mu      sync.Mutex
@@ -168,6 +171,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.ReserveWait <= 0 {
 		cfg.ReserveWait = DefaultReserveWait
 	}
+	reserveWaited := fmt.Errorf("no room within the unit's reserve wait of %v: %w", cfg.ReserveWait, context.DeadlineExceeded)
 	if cfg.MinWriteRate == 0 {
 		cfg.MinWriteRate = DefaultMinWriteRate
 	}
@@ -177,7 +181,7 @@ func NewServer(u *Unit, cfg ServerConfig) *Server {
 	if cfg.Quarantine == 0 {
 		cfg.Quarantine = DefaultQuarantine
 	}
-	s := &Server{u: u, cfg: cfg, fdStop: make(chan struct{}), fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}, maxFdPending: maxFdPending}
+	s := &Server{u: u, cfg: cfg, reserveWaited: reserveWaited, fdStop: make(chan struct{}), fdLs: map[*net.UnixListener]struct{}{}, fdConns: map[*net.UnixConn]struct{}{}, maxFdPending: maxFdPending}
 	s.quar.max, s.quar.maxProc = MaxQuarantined, MaxQuarantinedPerProcess
 	s.ws = wire.NewServer(wire.ServerConfig{
 		// Each handshake is answered with the unit's identity as it is
@@ -327,7 +331,7 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Error(err)
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	rctx, cancel := context.WithTimeoutCause(ctx, s.cfg.ReserveWait, s.reserveWaited)
 	if m.NoWait {
 		rctx = engine.WithoutWait(rctx)
 	}

@@ -295,9 +295,12 @@ func TestServerWriteValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := remoteWrite(ctx, c, make([]byte, 1<<20)); !errors.Is(err, engine.ErrCapacity) {
+	_, err = remoteWrite(ctx, c, make([]byte, 1<<20))
+	if !errors.Is(err, engine.ErrCapacity) {
 		t.Errorf("write to a full unit: got %v, want an error wrapping %v", err, engine.ErrCapacity)
 	}
+	// And says why: the reserve wait, named with its length.
+	assert.ErrorContains(t, err, "no room within the unit's reserve wait of 20ms", "write to a full unit")
 	if err := remoteFree(ctx, c, fill...); err != nil {
 		t.Fatal(err)
 	}

@@ -274,7 +274,7 @@ func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyW
 		rw.Error(err)
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.ReserveWait)
+	rctx, cancel := context.WithTimeoutCause(ctx, s.cfg.ReserveWait, s.reserveWaited)
 	if m.NoWait {
 		rctx = engine.WithoutWait(rctx)
 	}

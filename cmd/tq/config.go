@@ -67,6 +67,7 @@ type serveConfig struct {
 	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	ReconcileInterval time.Duration `yaml:"reconcile_interval"`
 	ReconcileGrace    time.Duration `yaml:"reconcile_grace"`
+	ReserveWait       time.Duration `yaml:"reserve_wait"` // storage.ServerConfig.ReserveWait
 	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
 	ControllerWait    time.Duration `yaml:"controller_wait"`
 	ShmQuarantine     time.Duration `yaml:"shm_quarantine"` // storage.ServerConfig.Quarantine
@@ -118,6 +119,7 @@ func defaultServeConfig() serveConfig {
 		PeerTimeout:       wire.DefaultPeerTimeout,
 		ReconcileInterval: storage.DefaultReconcileInterval,
 		ReconcileGrace:    storage.DefaultReconcileGrace,
+		ReserveWait:       storage.DefaultReserveWait,
 		ShmQuarantine:     storage.DefaultQuarantine,
 		HeartbeatInterval: time.Second,
 		ShutdownTimeout:   10 * time.Second,
@@ -158,6 +160,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	durationVar(fs, &c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "storage unit heartbeat interval, a `duration` (from 10ms to 1m), for the controller, which tells its units; a unit silent for five is reported dead")
 	durationVar(fs, &c.ReconcileInterval, "reconcile-interval", c.ReconcileInterval, "how often (a `duration`) a storage unit reports the extents the controller has not confirmed, so those no cell references are freed (0: the default)")
 	durationVar(fs, &c.ReconcileGrace, "reconcile-grace", c.ReconcileGrace, "how long (a `duration`) after its write an extent may wait for its commit before reconciliation may free it; a commit later than that is refused (0: the default)")
+	durationVar(fs, &c.ReserveWait, "reserve-wait", c.ReserveWait, "how long (a `duration`) a write to a storage unit with no room waits for room before the unit refuses it (CODE_CAPACITY) and the client places it anew; at most 8s, as the connection answers nothing else meanwhile and clients take a unit silent for 10s for gone (0: the default)")
 	durationVar(fs, &c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long (a `duration`) SIGTERM waits for requests in flight and for puts written to this process's units to commit")
 	durationVar(fs, &c.ControllerWait, "controller-wait", c.ControllerWait, "with --role unit: how long (a `duration`) a starting unit keeps trying to reach a controller that does not answer yet (one started after its units, as a Kubernetes deployment does); 0: fail at once")
 	durationVar(fs, &c.ShmQuarantine, "shm-quarantine", c.ShmQuarantine, "how long (a `duration`) a storage unit keeps the reservations and leases of a same-host session that ended without the client's goodbye (the connection broke, or the unit refused what the client sent) out of reuse while the client process lives, since it may still be copying into them; they come back earlier when it exits; tq stat shows them as quarantined (0: the default; negative: no quarantine, they come back when the session ends)")
@@ -362,13 +365,16 @@ func (c *serveConfig) validate() error {
 		// its intervals (past ~512409h, overflowing to its 5 s default).
 		bad("--heartbeat %v: must be at most %v (storage units heartbeat no slower)", c.HeartbeatInterval, maxHeartbeat)
 	}
+	if c.ReserveWait > maxReserveWait {
+		bad("--reserve-wait %v: must be at most %v (the connection answers nothing else meanwhile, and a client takes a unit silent for 10s for gone)", c.ReserveWait, maxReserveWait)
+	}
 	// --shm-quarantine is not among these: every duration is valid there,
 	// read as storage.ServerConfig.Quarantine reads it (0: the default;
 	// negative: no quarantine).
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"--shutdown-timeout", c.ShutdownTimeout}, {"--reconcile-interval", c.ReconcileInterval}, {"--reconcile-grace", c.ReconcileGrace}} {
+	}{{"--shutdown-timeout", c.ShutdownTimeout}, {"--reconcile-interval", c.ReconcileInterval}, {"--reconcile-grace", c.ReconcileGrace}, {"--reserve-wait", c.ReserveWait}} {
 		if d.v < 0 {
 			bad("%s %v: must not be negative", d.name, d.v)
 		}
@@ -757,8 +763,14 @@ var roleFlags = []struct {
 	{"rdma-device", "all unit", func(c *serveConfig) any { return c.RDMADevice }},
 	{"reconcile-interval", "all unit", func(c *serveConfig) any { return c.ReconcileInterval }},
 	{"reconcile-grace", "all unit", func(c *serveConfig) any { return c.ReconcileGrace }},
+	{"reserve-wait", "all unit", func(c *serveConfig) any { return c.ReserveWait }},
 	{"shm-quarantine", "all unit", func(c *serveConfig) any { return c.ShmQuarantine }},
 }
+
+// maxReserveWait bounds --reserve-wait below a client's ping timeout
+// (wire.ConnConfig.PingTimeout, 10 s): a WRITE waiting for room holds its
+// connection, pongs included.
+const maxReserveWait = 8 * time.Second
 
 // checkRoleFlags refuses a flag the role does not use, set to other than
 // its default: it would be ignored. A default value passes, so that

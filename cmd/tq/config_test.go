@@ -453,6 +453,8 @@ func TestServeConfigRefusesWhatItWouldTakeWrongly(t *testing.T) {
 		{"a second YAML document", []string{"--config", yamlFile("two.yaml", "units: 3\n---\nunits: 9\n")}, []string{"2 YAML documents"}},
 		{"a negative shutdown timeout", []string{"--shutdown-timeout", "-5s"}, []string{"--shutdown-timeout -5s: must not be negative"}},
 		{"a negative reconcile interval", []string{"--reconcile-interval", "-1s"}, []string{"--reconcile-interval -1s: must not be negative"}},
+		{"a negative reserve wait", []string{"--reserve-wait", "-1s"}, []string{"--reserve-wait -1s: must not be negative"}},
+		{"a reserve wait past a client's ping timeout", []string{"--reserve-wait", "9s"}, []string{"--reserve-wait 9s: must be at most 8s"}},
 		{"a negative reconcile grace", []string{"--reconcile-grace", "-1s"}, []string{"--reconcile-grace -1s: must not be negative"}},
 		{"a quarantine that is no duration", []string{"--shm-quarantine", "soon"}, []string{`invalid value "soon" for flag -shm-quarantine`}},
 		{"a quarantine without its unit", []string{"--shm-quarantine", "30"}, []string{`invalid value "30" for flag -shm-quarantine`}},
@@ -1167,15 +1169,16 @@ func TestCheckConfigPrintsTheDefaultDurations(t *testing.T) {
 		"peer_timeout":       wire.DefaultPeerTimeout,
 		"reconcile_interval": storage.DefaultReconcileInterval,
 		"reconcile_grace":    storage.DefaultReconcileGrace,
+		"reserve_wait":       storage.DefaultReserveWait,
 		"shm_quarantine":     storage.DefaultQuarantine,
 	} {
 		assert.Contains(t, out, "\n"+key+": "+d.String()+"\n")
 	}
 	assert.NotRegexp(t, `(?m)^[a-z_]+: 0s$`, out, "a duration printed as 0s")
 
-	given := []string{"--kept-batch-ttl", "3m", "--held-fetch-ttl", "-1s", "--held-client-grace", "5s", "--reconcile-interval", "2s", "--reconcile-grace", "90s", "--shm-quarantine", "-1s"}
+	given := []string{"--kept-batch-ttl", "3m", "--held-fetch-ttl", "-1s", "--held-client-grace", "5s", "--reconcile-interval", "2s", "--reconcile-grace", "90s", "--reserve-wait", "1500ms", "--shm-quarantine", "-1s"}
 	outGiven := checkConfig(given...)
-	for _, line := range []string{"kept_batch_ttl: 3m0s", "held_fetch_ttl: -1s", "held_client_grace: 5s", "reconcile_interval: 2s", "reconcile_grace: 1m30s", "shm_quarantine: -1s"} {
+	for _, line := range []string{"kept_batch_ttl: 3m0s", "held_fetch_ttl: -1s", "held_client_grace: 5s", "reconcile_interval: 2s", "reconcile_grace: 1m30s", "reserve_wait: 1.5s", "shm_quarantine: -1s"} {
 		assert.Contains(t, outGiven, "\n"+line+"\n")
 	}
 

@@ -324,7 +324,7 @@ func TestDurationFlagsSayHowToWriteADuration(t *testing.T) {
 		"stat":       {"timeout", "interval"},
 		"checkpoint": {"timeout"},
 		"unit":       {"timeout", "progress"},
-		"serve":      {"kept-batch-ttl", "held-fetch-ttl", "peer-timeout", "held-client-grace", "heartbeat-interval", "heartbeat", "reconcile-interval", "reconcile-grace", "shutdown-timeout", "controller-wait", "shm-quarantine"},
+		"serve":      {"kept-batch-ttl", "held-fetch-ttl", "peer-timeout", "held-client-grace", "heartbeat-interval", "heartbeat", "reconcile-interval", "reconcile-grace", "reserve-wait", "shutdown-timeout", "controller-wait", "shm-quarantine"},
 	} {
 		var usage strings.Builder
 		run(t.Context(), []string{cmd, "-h"}, &usage, &usage)

@@ -753,7 +753,7 @@ func (s *server) startUnit(ctx context.Context, controllerAddr string) error {
 		return fmt.Errorf("storage unit: ask %s for an id: %w", controllerAddr, err)
 	}
 	srvCfg := storage.ServerConfig{Token: s.cfg.Token, Name: s.cfg.Name, TrustPeerCred: true, RefuseClearToken: s.cfg.RefuseClearToken, Logger: s.log, Observer: s.observer(tqmetrics.RoleUnit),
-		Quarantine: s.cfg.ShmQuarantine}
+		Quarantine: s.cfg.ShmQuarantine, ReserveWait: s.cfg.ReserveWait}
 	ru := &runningUnit{u: u}
 	var tl net.Listener // --unit-listen's, bound for this unit
 	if i := len(s.units); i < len(s.bound.units) {
