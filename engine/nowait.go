@@ -1,6 +1,9 @@
 package engine
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // noWaitKey marks a context whose writes must not wait for room.
 type noWaitKey struct{}
@@ -30,3 +33,23 @@ func NoWait(ctx context.Context) bool {
 	v, _ := ctx.Value(noWaitKey{}).(bool)
 	return v
 }
+
+// RoomWaitMillis is how long, in milliseconds, a storage unit in another
+// process may keep a write or reservation under ctx waiting for room (as
+// WriteRequest.wait_ms and ReserveRequest.wait_ms): a little less than
+// ctx has left, so that the unit's refusal arrives before ctx ends and
+// the connection stays in step; 0 (the unit's own reserve wait) when ctx
+// has no deadline.
+func RoomWaitMillis(ctx context.Context) uint64 {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return 0
+	}
+	left := time.Until(d)
+	left -= min(left/4, roomWaitMargin)
+	return uint64(max(left/time.Millisecond, 1))
+}
+
+// roomWaitMargin is the most of ctx's time RoomWaitMillis leaves for the
+// refusal's way back.
+const roomWaitMargin = 250 * time.Millisecond

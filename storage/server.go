@@ -319,6 +319,20 @@ func (s *Server) closeFd() error {
 // kernel's boot id).
 func HostID() string { return hostid.ID() }
 
+// roomWait is the context a WRITE or RESERVE waits for room under: the
+// unit's reserve wait, or the request's wait_ms where shorter, its end
+// naming which; with noWait, none.
+func (s *Server) roomWait(ctx context.Context, noWait bool, waitMs uint64) (context.Context, context.CancelFunc) {
+	if noWait {
+		return engine.WithoutWait(ctx), func() {}
+	}
+	if waitMs > 0 && waitMs < uint64(s.cfg.ReserveWait/time.Millisecond) {
+		wait := time.Duration(waitMs) * time.Millisecond
+		return context.WithTimeoutCause(ctx, wait, fmt.Errorf("no room within the request's wait of %v: %w", wait, context.DeadlineExceeded))
+	}
+	return context.WithTimeoutCause(ctx, s.cfg.ReserveWait, s.reserveWaited)
+}
+
 // write serves WRITE: WriteRequest + the extents back to back → WriteReply.
 func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWriter) {
 	var m wirepb.WriteRequest
@@ -331,10 +345,7 @@ func (s *Server) write(ctx context.Context, req *wire.Request, rw *wire.ReplyWri
 		rw.Error(err)
 		return
 	}
-	rctx, cancel := context.WithTimeoutCause(ctx, s.cfg.ReserveWait, s.reserveWaited)
-	if m.NoWait {
-		rctx = engine.WithoutWait(rctx)
-	}
+	rctx, cancel := s.roomWait(ctx, m.NoWait, m.WaitMs)
 	r, err := s.u.ReserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {

@@ -274,10 +274,7 @@ func (s *Server) reserve(ctx context.Context, req *wire.Request, rw *wire.ReplyW
 		rw.Error(err)
 		return
 	}
-	rctx, cancel := context.WithTimeoutCause(ctx, s.cfg.ReserveWait, s.reserveWaited)
-	if m.NoWait {
-		rctx = engine.WithoutWait(rctx)
-	}
+	rctx, cancel := s.roomWait(ctx, m.NoWait, m.WaitMs)
 	r, err := s.u.ReserveHeld(rctx, sizes)
 	cancel()
 	if err != nil {

@@ -21,9 +21,10 @@ from conftest import _bin, _free_port, serve_args
 class Split:
     """A controller and storage units (two of 64 MiB unless told), each a
     process of its own. ``heartbeat``: the controller's, which reports a
-    unit silent for five of them dead."""
+    unit silent for five of them dead; ``reserve_wait``: the units'
+    (tq serve --reserve-wait)."""
 
-    def __init__(self, units=2, capacity="64MiB", heartbeat="100ms"):
+    def __init__(self, units=2, capacity="64MiB", heartbeat="100ms", reserve_wait=None):
         self.dir = tempfile.mkdtemp(prefix="tqpy-split-")
         port = _free_port()
         self.address = f"tcp://127.0.0.1:{port}"
@@ -37,6 +38,7 @@ class Split:
         self.controller, _ = self._start("c", self.controller_args)
         self.units = {}
         self.capacity = capacity
+        self.unit_args = [] if reserve_wait is None else ["--reserve-wait", reserve_wait]
         for _ in range(units):
             self.add_unit()
         with open(os.path.join(d, "token")) as f:
@@ -45,7 +47,8 @@ class Split:
     def add_unit(self) -> int:
         """Start one more storage unit; returns its id."""
         p, log = self._start(f"u{len(self.units) + 1}", ["--role", "unit", "--controller", self.address,
-                                                          "--capacity", self.capacity, "--huge-pages=false"])
+                                                          "--capacity", self.capacity, "--huge-pages=false",
+                                                          *self.unit_args])
         uid = int(re.search(r"storage unit (\d+)", log).group(1))
         self.units[uid] = p
         return uid

@@ -1,7 +1,8 @@
 """A put that no unit has room for waits for room as long as the client's
 timeout allows: a unit in another process answers a waiting write after
-its reserve wait (5 s), and the client then places the rows anew, once a
-UNITS_REFRESH_S, until they are written or the timeout ends the put."""
+its reserve wait (5 s by default; 1 s here), and the client then places
+the rows anew, once a UNITS_REFRESH_S, until they are written or the
+timeout ends the put."""
 
 import threading
 import time
@@ -13,13 +14,13 @@ import tq
 from test_failures import Split
 
 ROW = 1 << 20  # bytes a row: through the units, not inline
-RESERVE_WAIT = 5.0  # a unit's reserve wait (storage.DefaultReserveWait)
+RESERVE_WAIT = 1.0  # the units' reserve wait (tq serve --reserve-wait; 5 s by default)
 
 
 @pytest.fixture
 def small():
     """A controller and one storage unit of 8 MiB."""
-    s = Split(units=1, capacity="8MiB")
+    s = Split(units=1, capacity="8MiB", reserve_wait=f"{RESERVE_WAIT:g}s")
     yield s
     s.stop()
 
@@ -74,14 +75,14 @@ def test_put_waits_past_the_reserve_wait(small, transport, how):
     """A put on a full unit outlives the unit's reserve wait, and room a
     clear makes later takes it: the rows it wrote at once and those it
     waited for read back, committed once."""
-    filler = tq.Client(small.address, token=small.token, transport=transport, timeout=2)
+    filler = tq.Client(small.address, token=small.token, transport=transport, timeout=RESERVE_WAIT + 0.5)
     c = tq.Client(small.address, token=small.token, transport=transport, timeout=60)
     try:
         keys = fill(filler, "f")
         filler.kv_clear(keys[:1], "f")  # room for one row: a put writes it at once and waits for the rest
         want = np.arange(4 * ROW // 8, dtype=np.float64).reshape(4, ROW // 8)
         t, done = put_on_thread(c, how, [f"p{i}" for i in range(4)], "p", want)
-        t.join(RESERVE_WAIT + 2)
+        t.join(RESERVE_WAIT + 1)
         assert t.is_alive(), f"the put ended after its unit's reserve wait, with 60 s to go: {done}"
         filler.kv_clear(keys[1:], "f")
         t.join(30)
@@ -97,10 +98,10 @@ def test_put_waiting_for_room_ends_with_the_timeout(small):
     """A put whose rows no unit has room for until the client's timeout
     fails then with CapacityError saying it waited and how long, and frees
     what it wrote: the room it took at once takes another row again."""
-    filler = tq.Client(small.address, token=small.token, timeout=2)
-    timeout = RESERVE_WAIT + 3
+    filler = tq.Client(small.address, token=small.token, timeout=RESERVE_WAIT + 0.5)
+    timeout = RESERVE_WAIT * 3.5  # the last round has less time left than the unit's reserve wait
     c = tq.Client(small.address, token=small.token, timeout=timeout)
-    again = tq.Client(small.address, token=small.token, timeout=30)
+    again = tq.Client(small.address, token=small.token, timeout=RESERVE_WAIT + 2)
     try:
         keys = fill(filler, "f")
         filler.kv_clear(keys[:1], "f")  # room for one row: the put writes it at once and waits for the rest
@@ -109,12 +110,18 @@ def test_put_waiting_for_room_ends_with_the_timeout(small):
             c.kv_batch_put([f"p{i}" for i in range(4)], "p", row(7, 4))
         took = time.monotonic() - began
         assert "waited for room" in e.value.message and f"({timeout:g} s)" in e.value.message, e.value.message
+        # The last refusal is the unit's: each write told the unit to wait
+        # no longer than the put had left (wait_ms), so no wait was cut
+        # off by the timeout, its connection dropped with the unit still
+        # waiting to take the next room for nobody.
+        assert "no room within the request's wait" in e.value.message, e.value.message
         # Not cut short at the unit's reserve wait: it waited its timeout.
         assert took >= timeout - 0.5, f"the put gave up after {took:.1f} s of its {timeout} s"
         with pytest.raises(tq.NotFoundError):
             c.kv_batch_get(["p0"], "p")
-        # What it wrote was freed: a row fits again (a row it left behind
-        # would have this put wait 30 s and fail).
+        # What it wrote was freed and nothing took it: a row fits again
+        # (a row it left behind, or a reservation its dropped connection
+        # left to the unit, would have this put wait and fail).
         again.kv_batch_put(["again"], "f", row(9))
     finally:
         again.close()
@@ -125,12 +132,12 @@ def test_put_waiting_for_room_ends_with_the_timeout(small):
 def test_waiting_put_takes_a_unit_that_joins(small):
     """A put waiting on a full unit is placed anew when a unit joins: its
     rows land there."""
-    filler = tq.Client(small.address, token=small.token, timeout=2)
+    filler = tq.Client(small.address, token=small.token, timeout=RESERVE_WAIT + 0.5)
     c = tq.Client(small.address, token=small.token, timeout=60)
     try:
         fill(filler, "f")
         t, done = put_on_thread(c, "kv", ["a", "b"], "p", row(3, 2)["x"])
-        t.join(RESERVE_WAIT + 2)
+        t.join(RESERVE_WAIT + 1)
         assert t.is_alive(), f"the put ended after its unit's reserve wait, with 60 s to go: {done}"
         uid = small.add_unit()
         t.join(30)

@@ -26,7 +26,7 @@ from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
 from .meta import BatchMeta, KVBatchMeta, tags_from_json_list, tags_to_json, tags_to_json_list, value_to_json
-from .unit import Lease, Pool, Unit, alloc
+from .unit import Lease, Pool, Unit, alloc, room_wait_ms
 
 # The most bytes a KV put or get moves through the controller in one round
 # trip (KV_PUT, KV_GET; KV_SET and KV_GET_VALUE for one value of one key);
@@ -943,7 +943,9 @@ class Client:
                 if deadline is None and isinstance(e, errors.DeadlineError):
                     raise  # the unit's, not a timeout of this client's
                 if isinstance(e, errors.DeadlineError) or deadline is not None and time.monotonic() >= deadline:
-                    raise self._waited_out(cols, waited, str(e)) from e
+                    # A unit's refusal says more than the timeout's cut.
+                    raise self._waited_out(cols, waited, last if isinstance(e, errors.DeadlineError) and last
+                                           else str(e)) from e
                 last = str(e)  # not e: its traceback holds this frame, a cycle
             if not _pause_round(began, deadline):
                 raise self._waited_out(cols, waited, last)
@@ -1749,9 +1751,10 @@ class Client:
                 waited = began
             conn = unit.pool.take()
             try:
-                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields]),
-                                data_pb2.ReserveReply, op_name="reserve_kv_put",
-                                timeout=None if deadline is None else max(deadline - began, 0.001))
+                left = None if deadline is None else max(deadline - began, 0.001)
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields],
+                                                                      wait_ms=room_wait_ms(left)),
+                                data_pb2.ReserveReply, op_name="reserve_kv_put", timeout=left)
             except (errors.CapacityError, errors.DeadlineError) as e:
                 unit.pool.give(conn)
                 if deadline is None and isinstance(e, errors.DeadlineError):

@@ -498,6 +498,17 @@ class _Leased:
                                     "data": (pin.__array_interface__["data"][0], True)}
 
 
+def room_wait_ms(timeout) -> int:
+    """WriteRequest.wait_ms (ReserveRequest's) for a call that waits at
+    most ``timeout`` seconds (None: the unit's reserve wait, 0): a little
+    less, so that a unit with no room refuses (CapacityError) before the
+    call gives up and drops its connection, which would leave the unit to
+    take the room that comes next for nobody."""
+    if timeout is None:
+        return 0
+    return max(1, int((timeout - min(timeout / 4, 0.25)) * 1000))
+
+
 class Unit:
     """One storage unit. Safe for concurrent use."""
 
@@ -811,10 +822,12 @@ class Unit:
         ``timeout``: what each socket operation waits, instead of the
         client's timeout (a put waiting for room with less time left)."""
         sizes = [c.nbytes for c in cols]
+        wait_ms = room_wait_ms(self._dial_args["timeout"] if timeout is None else timeout)
         if self.shm:
             conn = self.pool.take()
             try:
-                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes, no_wait=no_wait),
+                rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=sizes, no_wait=no_wait,
+                                                                      wait_ms=wait_ms),
                                 data_pb2.ReserveReply, op_name="reserve", timeout=timeout)
                 try:
                     ext = _addrs.expand(rep.extents, len(cols), self.id)
@@ -844,7 +857,8 @@ class Unit:
             def one(group):
                 payload = [b for i in group for b in cols[i].bufs]
                 gs = [sizes[i] for i in group]
-                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs, no_wait=no_wait), data_pb2.WriteReply,
+                rep = self.pool.call(wire.WRITE, data_pb2.WriteRequest(sizes=gs, no_wait=no_wait,
+                                                                       wait_ms=wait_ms), data_pb2.WriteReply,
                                      payload=payload, op_name="write", timeout=timeout)
                 return _addrs.expand(rep.extents, len(group), self.id)
             def caught(group):

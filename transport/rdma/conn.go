@@ -839,7 +839,7 @@ func (c *Conn) Write(ctx context.Context, extents [][][]byte) ([]engine.RemoteAd
 		}
 	}
 	var reply wirepb.ReserveReply
-	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: sizes, NoWait: engine.NoWait(ctx)}, &reply); err != nil {
+	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: sizes, NoWait: engine.NoWait(ctx), WaitMs: engine.RoomWaitMillis(ctx)}, &reply); err != nil {
 		return nil, c.opErr("write", err)
 	}
 	var addrs []engine.RemoteAddr

@@ -154,7 +154,7 @@ func (c *Conn) reserve(ctx context.Context, sizes []int64) (*Reservation, error)
 		us[i] = uint64(n)
 	}
 	var reply wirepb.ReserveReply
-	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: us, NoWait: engine.NoWait(ctx)}, nil, &reply); err != nil {
+	if err := c.doHeld(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: us, NoWait: engine.NoWait(ctx), WaitMs: engine.RoomWaitMillis(ctx)}, nil, &reply); err != nil {
 		return nil, err
 	}
 	r := &Reservation{c: c, id: reply.Reservation, bufs: make([][]byte, len(sizes))}

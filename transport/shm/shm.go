@@ -518,7 +518,7 @@ func (c *Conn) writeInline(ctx context.Context, extents [][][]byte, sizes []int6
 		usizes[i] = uint64(n)
 	}
 	var reply wirepb.WriteReply
-	if err := c.doHeld(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: usizes, NoWait: engine.NoWait(ctx)}, wire.WritePayload(extents), &reply); err != nil {
+	if err := c.doHeld(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: usizes, NoWait: engine.NoWait(ctx), WaitMs: engine.RoomWaitMillis(ctx)}, wire.WritePayload(extents), &reply); err != nil {
 		return nil, err
 	}
 	return wire.WrittenExtents(&reply, usizes)

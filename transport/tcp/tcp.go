@@ -487,7 +487,7 @@ func (c *Conn) writeStripe(ctx context.Context, wc *wire.Conn, extents [][][]byt
 		grace = -1
 	}
 	var reply wirepb.WriteReply
-	if err := wc.DoGrace(ctx, grace, wire.OpWrite, &wirepb.WriteRequest{Sizes: sizes, NoWait: engine.NoWait(ctx)}, payload, &reply); err != nil {
+	if err := wc.DoGrace(ctx, grace, wire.OpWrite, &wirepb.WriteRequest{Sizes: sizes, NoWait: engine.NoWait(ctx), WaitMs: engine.RoomWaitMillis(ctx)}, payload, &reply); err != nil {
 		return err
 	}
 	addrs, err := wire.WrittenExtentsAt(&reply, sizes, first)

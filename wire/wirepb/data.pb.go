@@ -31,7 +31,12 @@ type WriteRequest struct {
 	Sizes []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
 	// no_wait: a unit without room answers CODE_CAPACITY at once instead of
 	// waiting for frees (a client that can place the rows elsewhere).
-	NoWait        bool `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
+	NoWait bool `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
+	// wait_ms: without no_wait, wait for room at most this long when less
+	// than the unit's reserve wait (0: the reserve wait): a client with
+	// less time left hears CODE_CAPACITY before it gives up, rather than
+	// dropping a connection whose unit may then take room for nobody.
+	WaitMs        uint64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -78,6 +83,13 @@ func (x *WriteRequest) GetNoWait() bool {
 		return x.NoWait
 	}
 	return false
+}
+
+func (x *WriteRequest) GetWaitMs() uint64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
 }
 
 // WriteReply gives one range per extent (unit left empty).
@@ -483,8 +495,9 @@ func (x *ShmSegment) GetHugePages() bool {
 type ReserveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Sizes []uint64               `protobuf:"varint,1,rep,packed,name=sizes,proto3" json:"sizes,omitempty"`
-	// no_wait: as WriteRequest.no_wait.
-	NoWait        bool `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
+	// no_wait, wait_ms: as WriteRequest's.
+	NoWait        bool   `protobuf:"varint,2,opt,name=no_wait,json=noWait,proto3" json:"no_wait,omitempty"`
+	WaitMs        uint64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +544,13 @@ func (x *ReserveRequest) GetNoWait() bool {
 		return x.NoWait
 	}
 	return false
+}
+
+func (x *ReserveRequest) GetWaitMs() uint64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
 }
 
 // ReserveReply: the reservation's id on this connection and one range per
@@ -1208,10 +1228,11 @@ const file_data_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
 	"data.proto\x12\n" +
-	"tq.wire.v1\x1a\rcontrol.proto\"=\n" +
+	"tq.wire.v1\x1a\rcontrol.proto\"V\n" +
 	"\fWriteRequest\x12\x14\n" +
 	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\x12\x17\n" +
-	"\ano_wait\x18\x02 \x01(\bR\x06noWait\"9\n" +
+	"\ano_wait\x18\x02 \x01(\bR\x06noWait\x12\x17\n" +
+	"\await_ms\x18\x03 \x01(\x04R\x06waitMs\"9\n" +
 	"\n" +
 	"WriteReply\x12+\n" +
 	"\aextents\x18\x01 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\"8\n" +
@@ -1243,10 +1264,11 @@ const file_data_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x1d\n" +
 	"\n" +
-	"huge_pages\x18\x03 \x01(\bR\thugePages\"?\n" +
+	"huge_pages\x18\x03 \x01(\bR\thugePages\"X\n" +
 	"\x0eReserveRequest\x12\x14\n" +
 	"\x05sizes\x18\x01 \x03(\x04R\x05sizes\x12\x17\n" +
-	"\ano_wait\x18\x02 \x01(\bR\x06noWait\"]\n" +
+	"\ano_wait\x18\x02 \x01(\bR\x06noWait\x12\x17\n" +
+	"\await_ms\x18\x03 \x01(\x04R\x06waitMs\"]\n" +
 	"\fReserveReply\x12 \n" +
 	"\vreservation\x18\x01 \x01(\x04R\vreservation\x12+\n" +
 	"\aextents\x18\x02 \x01(\v2\x11.tq.wire.v1.AddrsR\aextents\"6\n" +

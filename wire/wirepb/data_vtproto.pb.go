@@ -46,6 +46,11 @@ func (m *WriteRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.WaitMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.WaitMs))
+		i--
+		dAtA[i] = 0x18
+	}
 	if m.NoWait {
 		i--
 		if m.NoWait {
@@ -445,6 +450,11 @@ func (m *ReserveRequest) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.WaitMs != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.WaitMs))
+		i--
+		dAtA[i] = 0x18
 	}
 	if m.NoWait {
 		i--
@@ -1082,6 +1092,9 @@ func (m *WriteRequest) SizeVT() (n int) {
 	if m.NoWait {
 		n += 2
 	}
+	if m.WaitMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.WaitMs))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1231,6 +1244,9 @@ func (m *ReserveRequest) SizeVT() (n int) {
 	}
 	if m.NoWait {
 		n += 2
+	}
+	if m.WaitMs != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.WaitMs))
 	}
 	n += len(m.unknownFields)
 	return n

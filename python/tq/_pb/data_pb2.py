@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 from . import control_pb2 as control__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ndata.proto\x12\ntq.wire.v1\x1a\rcontrol.proto\".\n\x0cWriteRequest\x12\r\n\x05sizes\x18\x01 \x03(\x04\x12\x0f\n\x07no_wait\x18\x02 \x01(\x08\"0\n\nWriteReply\x12\"\n\x07\x65xtents\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"0\n\x0bReadRequest\x12!\n\x06ranges\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"/\n\x0b\x46reeRequest\x12 \n\x05\x63\x65lls\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"\x86\x02\n\tUnitStats\x12\x0f\n\x07unit_id\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x03\x12\x0e\n\x06mapped\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x10\n\x08reserved\x18\x05 \x01(\x03\x12\x10\n\x08segments\x18\x06 \x01(\x03\x12\x0f\n\x07\x65xtents\x18\x07 \x01(\x03\x12\x19\n\x11open_reservations\x18\x08 \x01(\x03\x12\x0e\n\x06leases\x18\t \x01(\x03\x12\x12\n\nhuge_pages\x18\n \x01(\x08\x12\x11\n\tpage_size\x18\x0b \x01(\x03\x12\x13\n\x0bquarantined\x18\x0c \x01(\x03\x12\x1c\n\x14quarantined_sessions\x18\r \x01(\x03\"O\n\x10ShmSegmentsReply\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.tq.wire.v1.ShmSegment\x12\x11\n\tfd_socket\x18\x02 \x01(\t\":\n\nShmSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nhuge_pages\x18\x03 \x01(\x08\"0\n\x0eReserveRequest\x12\r\n\x05sizes\x18\x01 \x03(\x04\x12\x0f\n\x07no_wait\x18\x02 \x01(\x08\"G\n\x0cReserveReply\x12\x13\n\x0breservation\x18\x01 \x01(\x04\x12\"\n\x07\x65xtents\x18\x02 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\")\n\x12ReservationRequest\x12\x13\n\x0breservation\x18\x01 \x01(\x04\"3\n\x0e\x41\x63quireRequest\x12!\n\x06ranges\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"\x1d\n\x0c\x41\x63quireReply\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x1f\n\x0eReleaseRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\"B\n\x0cRdmaEndpoint\x12\x0b\n\x03lid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\x0c\x12\x0b\n\x03qpn\x18\x03 \x01(\r\x12\x0b\n\x03psn\x18\x04 \x01(\r\"\xc3\x01\n\x12RdmaConnectRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08\x65mulated\x18\x02 \x01(\x08\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12%\n\x03qps\x18\x04 \x03(\x0b\x32\x18.tq.wire.v1.RdmaEndpoint\x12\x0f\n\x07timeout\x18\x05 \x01(\r\x12\x11\n\tretry_cnt\x18\x06 \x01(\r\x12\x1b\n\x13max_qp_init_rd_atom\x18\x07 \x01(\r\x12\x16\n\x0emax_qp_rd_atom\x18\x08 \x01(\r\"\xc8\x01\n\x10RdmaConnectReply\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08\x65mulated\x18\x02 \x01(\x08\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12%\n\x03qps\x18\x04 \x03(\x0b\x32\x18.tq.wire.v1.RdmaEndpoint\x12)\n\x08segments\x18\x05 \x03(\x0b\x32\x17.tq.wire.v1.RdmaSegment\x12\x1b\n\x13max_qp_init_rd_atom\x18\x06 \x01(\r\x12\x16\n\x0emax_qp_rd_atom\x18\x07 \x01(\r\"C\n\x0bRdmaSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04rkey\x18\x04 \x01(\r\"\"\n\x13RdmaSegmentsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\">\n\x11RdmaSegmentsReply\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.tq.wire.v1.RdmaSegmentB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ndata.proto\x12\ntq.wire.v1\x1a\rcontrol.proto\"?\n\x0cWriteRequest\x12\r\n\x05sizes\x18\x01 \x03(\x04\x12\x0f\n\x07no_wait\x18\x02 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x04\"0\n\nWriteReply\x12\"\n\x07\x65xtents\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"0\n\x0bReadRequest\x12!\n\x06ranges\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"/\n\x0b\x46reeRequest\x12 \n\x05\x63\x65lls\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"\x86\x02\n\tUnitStats\x12\x0f\n\x07unit_id\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x03\x12\x0e\n\x06mapped\x18\x03 \x01(\x03\x12\x0c\n\x04used\x18\x04 \x01(\x03\x12\x10\n\x08reserved\x18\x05 \x01(\x03\x12\x10\n\x08segments\x18\x06 \x01(\x03\x12\x0f\n\x07\x65xtents\x18\x07 \x01(\x03\x12\x19\n\x11open_reservations\x18\x08 \x01(\x03\x12\x0e\n\x06leases\x18\t \x01(\x03\x12\x12\n\nhuge_pages\x18\n \x01(\x08\x12\x11\n\tpage_size\x18\x0b \x01(\x03\x12\x13\n\x0bquarantined\x18\x0c \x01(\x03\x12\x1c\n\x14quarantined_sessions\x18\r \x01(\x03\"O\n\x10ShmSegmentsReply\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.tq.wire.v1.ShmSegment\x12\x11\n\tfd_socket\x18\x02 \x01(\t\":\n\nShmSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x12\n\nhuge_pages\x18\x03 \x01(\x08\"A\n\x0eReserveRequest\x12\r\n\x05sizes\x18\x01 \x03(\x04\x12\x0f\n\x07no_wait\x18\x02 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x03 \x01(\x04\"G\n\x0cReserveReply\x12\x13\n\x0breservation\x18\x01 \x01(\x04\x12\"\n\x07\x65xtents\x18\x02 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\")\n\x12ReservationRequest\x12\x13\n\x0breservation\x18\x01 \x01(\x04\"3\n\x0e\x41\x63quireRequest\x12!\n\x06ranges\x18\x01 \x01(\x0b\x32\x11.tq.wire.v1.Addrs\"\x1d\n\x0c\x41\x63quireReply\x12\r\n\x05lease\x18\x01 \x01(\x04\"\x1f\n\x0eReleaseRequest\x12\r\n\x05lease\x18\x01 \x01(\x04\"B\n\x0cRdmaEndpoint\x12\x0b\n\x03lid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\x0c\x12\x0b\n\x03qpn\x18\x03 \x01(\r\x12\x0b\n\x03psn\x18\x04 \x01(\r\"\xc3\x01\n\x12RdmaConnectRequest\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08\x65mulated\x18\x02 \x01(\x08\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12%\n\x03qps\x18\x04 \x03(\x0b\x32\x18.tq.wire.v1.RdmaEndpoint\x12\x0f\n\x07timeout\x18\x05 \x01(\r\x12\x11\n\tretry_cnt\x18\x06 \x01(\r\x12\x1b\n\x13max_qp_init_rd_atom\x18\x07 \x01(\r\x12\x16\n\x0emax_qp_rd_atom\x18\x08 \x01(\r\"\xc8\x01\n\x10RdmaConnectReply\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x10\n\x08\x65mulated\x18\x02 \x01(\x08\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12%\n\x03qps\x18\x04 \x03(\x0b\x32\x18.tq.wire.v1.RdmaEndpoint\x12)\n\x08segments\x18\x05 \x03(\x0b\x32\x17.tq.wire.v1.RdmaSegment\x12\x1b\n\x13max_qp_init_rd_atom\x18\x06 \x01(\r\x12\x16\n\x0emax_qp_rd_atom\x18\x07 \x01(\r\"C\n\x0bRdmaSegment\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04rkey\x18\x04 \x01(\r\"\"\n\x13RdmaSegmentsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\r\">\n\x11RdmaSegmentsReply\x12)\n\x08segments\x18\x01 \x03(\x0b\x32\x17.tq.wire.v1.RdmaSegmentB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'data_pb2', globals())
@@ -23,41 +23,41 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'Z\036github.com/tqgo/tq/wire/wirepb'
   _WRITEREQUEST._serialized_start=41
-  _WRITEREQUEST._serialized_end=87
-  _WRITEREPLY._serialized_start=89
-  _WRITEREPLY._serialized_end=137
-  _READREQUEST._serialized_start=139
-  _READREQUEST._serialized_end=187
-  _FREEREQUEST._serialized_start=189
-  _FREEREQUEST._serialized_end=236
-  _UNITSTATS._serialized_start=239
-  _UNITSTATS._serialized_end=501
-  _SHMSEGMENTSREPLY._serialized_start=503
-  _SHMSEGMENTSREPLY._serialized_end=582
-  _SHMSEGMENT._serialized_start=584
-  _SHMSEGMENT._serialized_end=642
-  _RESERVEREQUEST._serialized_start=644
-  _RESERVEREQUEST._serialized_end=692
-  _RESERVEREPLY._serialized_start=694
-  _RESERVEREPLY._serialized_end=765
-  _RESERVATIONREQUEST._serialized_start=767
-  _RESERVATIONREQUEST._serialized_end=808
-  _ACQUIREREQUEST._serialized_start=810
-  _ACQUIREREQUEST._serialized_end=861
-  _ACQUIREREPLY._serialized_start=863
-  _ACQUIREREPLY._serialized_end=892
-  _RELEASEREQUEST._serialized_start=894
-  _RELEASEREQUEST._serialized_end=925
-  _RDMAENDPOINT._serialized_start=927
-  _RDMAENDPOINT._serialized_end=993
-  _RDMACONNECTREQUEST._serialized_start=996
-  _RDMACONNECTREQUEST._serialized_end=1191
-  _RDMACONNECTREPLY._serialized_start=1194
-  _RDMACONNECTREPLY._serialized_end=1394
-  _RDMASEGMENT._serialized_start=1396
-  _RDMASEGMENT._serialized_end=1463
-  _RDMASEGMENTSREQUEST._serialized_start=1465
-  _RDMASEGMENTSREQUEST._serialized_end=1499
-  _RDMASEGMENTSREPLY._serialized_start=1501
-  _RDMASEGMENTSREPLY._serialized_end=1563
+  _WRITEREQUEST._serialized_end=104
+  _WRITEREPLY._serialized_start=106
+  _WRITEREPLY._serialized_end=154
+  _READREQUEST._serialized_start=156
+  _READREQUEST._serialized_end=204
+  _FREEREQUEST._serialized_start=206
+  _FREEREQUEST._serialized_end=253
+  _UNITSTATS._serialized_start=256
+  _UNITSTATS._serialized_end=518
+  _SHMSEGMENTSREPLY._serialized_start=520
+  _SHMSEGMENTSREPLY._serialized_end=599
+  _SHMSEGMENT._serialized_start=601
+  _SHMSEGMENT._serialized_end=659
+  _RESERVEREQUEST._serialized_start=661
+  _RESERVEREQUEST._serialized_end=726
+  _RESERVEREPLY._serialized_start=728
+  _RESERVEREPLY._serialized_end=799
+  _RESERVATIONREQUEST._serialized_start=801
+  _RESERVATIONREQUEST._serialized_end=842
+  _ACQUIREREQUEST._serialized_start=844
+  _ACQUIREREQUEST._serialized_end=895
+  _ACQUIREREPLY._serialized_start=897
+  _ACQUIREREPLY._serialized_end=926
+  _RELEASEREQUEST._serialized_start=928
+  _RELEASEREQUEST._serialized_end=959
+  _RDMAENDPOINT._serialized_start=961
+  _RDMAENDPOINT._serialized_end=1027
+  _RDMACONNECTREQUEST._serialized_start=1030
+  _RDMACONNECTREQUEST._serialized_end=1225
+  _RDMACONNECTREPLY._serialized_start=1228
+  _RDMACONNECTREPLY._serialized_end=1428
+  _RDMASEGMENT._serialized_start=1430
+  _RDMASEGMENT._serialized_end=1497
+  _RDMASEGMENTSREQUEST._serialized_start=1499
+  _RDMASEGMENTSREQUEST._serialized_end=1533
+  _RDMASEGMENTSREPLY._serialized_start=1535
+  _RDMASEGMENTSREPLY._serialized_end=1597
 # @@protoc_insertion_point(module_scope)
