@@ -812,14 +812,18 @@ def test_churn_leaves_nothing_behind(server, transport):
         # read-only), each with an fd of its own (Python's mmap dups it).
         # Beyond them, nothing more may be held.
         mapped = 2 * sum(len(u._segs) for u in c._units.values())
-        # The client's dead-unit watcher (Client._watch_unit) runs while
+        # A client's dead-unit watcher (Client._watch_unit) runs while
         # calls to units are in flight and ends 5 s after the last: there
-        # or not by timing alone, so counted apart, at most one.
+        # or not by timing alone, so counted apart: at most one of this
+        # client's (its thread's first argument is a weak reference to
+        # its client), and none of other clients' (earlier tests', still
+        # ending) in the count of threads.
         threads = threading.enumerate()
-        watchers = sum(t.name == "tq-dead-units" for t in threads)
+        watchers = [t for t in threads if t.name == "tq-dead-units"]
+        mine = sum(t._args[0]() is c for t in watchers)
         return {"fds beyond the mappings": len(os.listdir("/proc/self/fd")) - mapped,
                 "memfd maps beyond the units' segments": maps - mapped,
-                "threads": len(threads) - watchers, "at most one dead-unit watcher": watchers <= 1,
+                "threads": len(threads) - len(watchers), "at most one dead-unit watcher": mine <= 1,
                 "units": len(c._units), "tq objects": dict(objs)}
 
     try:
