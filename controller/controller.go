@@ -1374,9 +1374,10 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 	rows, newAt := p.lookupKeys(keys)
 	// Both what is missing of the keys and of the fields, in one error:
 	// a caller that mends one should not learn of the other only then.
-	var missing []string
+	var missing, unknownKeys []string
 	if !create && len(newAt) > 0 {
-		missing = append(missing, fmt.Sprintf("keys %q", pick(keys, newAt)))
+		unknownKeys = pick(keys, newAt)
+		missing = append(missing, "keys "+engine.QuoteKeys(unknownKeys))
 	}
 	if fields != nil {
 		var unknown []string
@@ -1390,7 +1391,11 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 		}
 	}
 	if len(missing) > 0 {
-		return nil, nil, opErr("resolve keys", pid, fmt.Errorf("%s not in partition %q: %w", strings.Join(missing, " and "), pid, engine.ErrNotFound))
+		err := fmt.Errorf("%s not in partition %q: %w", strings.Join(missing, " and "), pid, engine.ErrNotFound)
+		if unknownKeys != nil {
+			err = &engine.KeysError{Keys: unknownKeys, Err: err}
+		}
+		return nil, nil, opErr("resolve keys", pid, err)
 	}
 	if err := c.createKeys(p, keys, newAt, rows); err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)

@@ -57,7 +57,8 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 		for j, i := range missing {
 			unknown[j] = keys[i]
 		}
-		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q not in partition %q: %w", unknown, partition, engine.ErrNotFound))
+		return nil, nil, opErr("delete tags", partition, &engine.KeysError{Keys: unknown,
+			Err: fmt.Errorf("keys %s not in partition %q: %w", engine.QuoteKeys(unknown), partition, engine.ErrNotFound)})
 	}
 	// The answer holds every key's tags after: bounded as a put's is.
 	if err := checkTagsGrowth(p, rows, nil, true, func(i int) string { return fmt.Sprintf("key %q", keys[i]) }); err != nil {

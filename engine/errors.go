@@ -2,6 +2,8 @@ package engine
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -84,3 +86,46 @@ func (e *OpError) Error() string {
 }
 
 func (e *OpError) Unwrap() error { return e.Err }
+
+// KeysError names the keys an error is about: the unknown keys of a
+// lookup ([ErrNotFound]). It crosses the wire (Error.keys, the first
+// [MaxErrorKeys]), so a caller finds which keys were missing with
+// [errors.As] rather than by reading the message; Err's text names the
+// first few and how many there were.
+type KeysError struct {
+	Keys []string
+	Err  error
+}
+
+func (e *KeysError) Error() string { return e.Err.Error() }
+func (e *KeysError) Unwrap() error { return e.Err }
+
+// MaxErrorKeys is the most keys an error reply names in Error.keys.
+const MaxErrorKeys = 1024
+
+// maxMessageKeys is the most keys [QuoteKeys] spells out.
+const maxMessageKeys = 16
+
+// QuoteKeys spells keys for an error's message: the first 16, each cut
+// to its first bytes, and how many more there are (a lookup may miss
+// millions of keys of up to 64 KiB, more than a reply may carry).
+func QuoteKeys(keys []string) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, k := range keys[:min(len(keys), maxMessageKeys)] {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if len(k) > maxPeerBytes {
+			b.WriteString(strconv.Quote(namePrefix(k, maxPeerBytes)))
+			b.WriteString("…")
+		} else {
+			b.WriteString(strconv.Quote(k))
+		}
+	}
+	b.WriteByte(']')
+	if n := len(keys) - maxMessageKeys; n > 0 {
+		fmt.Fprintf(&b, " and %d more", n)
+	}
+	return b.String()
+}

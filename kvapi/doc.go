@@ -21,5 +21,6 @@
 // [KV.Clear] have an Async form returning a [Future] (the other gets, the
 // tag operations and [KV.ReservePut] do not). Unlike the reference
 // system, unknown keys and unknown selected fields are errors that name
-// them ([engine.ErrNotFound]), never silently dropped.
+// them ([engine.ErrNotFound]), never silently dropped; an
+// [engine.KeysError] in the error lists the unknown keys.
 package kvapi

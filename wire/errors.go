@@ -78,15 +78,27 @@ func (e *RemoteError) Unwrap() error {
 	return nil
 }
 
-// ErrorReply builds the body of an error reply.
+// ErrorReply builds the body of an error reply; the keys an
+// [engine.KeysError] in err names go along (the first
+// [engine.MaxErrorKeys]).
 func ErrorReply(err error) *wirepb.Error {
-	return &wirepb.Error{Code: CodeOf(err), Message: err.Error()}
+	e := &wirepb.Error{Code: CodeOf(err), Message: err.Error()}
+	if ke, ok := errors.AsType[*engine.KeysError](err); ok {
+		e.Keys = ke.Keys[:min(len(ke.Keys), engine.MaxErrorKeys)]
+	}
+	return e
 }
 
-// FromReply turns an error reply body into a Go error.
+// FromReply turns an error reply body into a Go error: a
+// [*RemoteError], inside an [engine.KeysError] where the reply names
+// keys.
 func FromReply(e *wirepb.Error) error {
 	if e == nil {
 		return fmt.Errorf("error reply without a body: %w", engine.ErrCorrupt)
 	}
-	return &RemoteError{Code: e.Code, Message: e.Message}
+	re := &RemoteError{Code: e.Code, Message: e.Message}
+	if len(e.Keys) > 0 {
+		return &engine.KeysError{Keys: e.Keys, Err: re}
+	}
+	return re
 }

@@ -131,6 +131,16 @@ def test_errors_name_what_was_wrong(client, part):
         client.kv_batch_get(["a", "nope"], part)
     assert "nope" in str(e.value) and e.value.partition == part and e.value.code == 2
     assert isinstance(e.value, KeyError)
+    # The unknown keys as data too (the server's Error.keys), whichever way
+    # the get goes: KV_GET, RESOLVE_KEYS (views), one field of one key.
+    assert e.value.keys == ["nope"]
+    for want, get in ((["nope", "nope2"], lambda: client.kv_batch_get(["a", "nope", "b", "nope2"], part, copy=False)),
+                      (["nope"], lambda: client.kv_batch_get(["nope"], part, select_fields=["x"])),
+                      (["nope"], lambda: client.kv_batch_get(["nope", "a"], part,
+                                                             into={"x": np.zeros((2, 2), np.float32)}))):
+        with pytest.raises(tq.NotFoundError) as e:
+            get()
+        assert e.value.keys == want
     with pytest.raises(tq.NotFoundError):
         client.kv_batch_get(["a"], part, select_fields=["nofield"])
     with pytest.raises(tq.DTypeMismatchError) as e:

@@ -5,8 +5,8 @@ client maps the code to a class below and never looks at the message text.
 Each exception carries what the client knows about what was wrong: the
 operation (``op``), the partition, and the offending ``keys`` and
 ``fields`` where the client can tell them (for example the keys a
-``kv_batch_get`` found not produced). ``message`` is the server's text,
-meant for people.
+``kv_batch_get`` found not produced, or the unknown keys the server names,
+the first 1024). ``message`` is the server's text, meant for people.
 
     TQError
     ├── InvalidError          (also a ValueError)   CODE_INVALID

@@ -817,6 +817,8 @@ class Conn:
             if err.code == 0:
                 raise errors.CorruptError(f"a {op_name or op} error reply without a code (message {err.message!r})",
                                           op=op_name, **err_ctx)
+            if err.keys:  # the keys the server names (the unknown keys of a lookup)
+                err_ctx = dict(err_ctx, keys=list(err.keys))
             raise errors.from_code(err.code, err.message, op=op_name, **err_ctx)
         reply = reply_cls.FromString(rbody) if reply_cls is not None else None
         if rpay is not None or into is not None:
