@@ -526,3 +526,35 @@ func TestWaitingPutsDoNotStarveGets(t *testing.T) {
 		t.Fatalf("a get while puts wait for room: %v", err)
 	}
 }
+
+// A row's fields always go to one unit, under either placement, when a
+// put spills over several units and when the fields' sizes differ (a
+// planner that placed each field on its own would cut them at different
+// rows).
+func TestRowFieldsShareAUnit(t *testing.T) {
+	ctx := t.Context()
+	rows := 40
+	small := make([][]byte, rows)
+	large := make([][]byte, rows)
+	for i := range rows {
+		small[i] = make([]byte, 1<<10)
+		large[i] = make([]byte, (i%5+1)*100<<10)
+	}
+	b := engine.MustBatch(
+		engine.Field{Name: "small", Col: engine.BytesOf(small)},
+		engine.Field{Name: "large", Col: engine.BytesOf(large)},
+	)
+	for _, placement := range []client.Placement{client.LocalFirst, client.Hash} {
+		t.Run(placement.String(), func(t *testing.T) {
+			cfg := client.DefaultConfig()
+			cfg.Placement = placement
+			_, c := unitCluster(t, 3, 8<<20, cfg, nil) // 12 MiB spills over them
+			m, err := c.PutNew(ctx, "p", b)
+			require.NoError(t, err)
+			require.Greater(t, len(cellsPerUnit(m, "large")), 1, "the put spans units")
+			for i := range rows {
+				assert.Equal(t, m.Cells["large"][i].Unit, m.Cells["small"][i].Unit, "row %d's fields", i)
+			}
+		})
+	}
+}
