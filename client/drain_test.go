@@ -139,7 +139,13 @@ func TestRebalanceSplitsTheExcess(t *testing.T) {
 		return err == nil && len(us) == 2 && us[0].Used >= rows*4096
 	}, 10*time.Second, 50*time.Millisecond, "the units' heartbeats report their use")
 
-	st, err := c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 0.001})
+	// A tolerance of 0 is the default, 0.05: the excess, half of 256 KiB,
+	// is under 0.05 of 16 MiB, and nothing moves.
+	st, err := c.Rebalance(ctx, client.RebalanceConfig{})
+	require.NoError(t, err)
+	assert.Zero(t, st.Moved, "a rebalance within the default tolerance")
+
+	st, err = c.Rebalance(ctx, client.RebalanceConfig{Tolerance: 0.001})
 	require.NoError(t, err)
 	onU2 := 0
 	for _, id := range unitsOf(t, c, "p", keys) {
