@@ -355,3 +355,29 @@ func TestReservedPutOnADrainingUnitGoesElsewhere(t *testing.T) {
 	rows.Release()
 	drainedKeepsNothing(pb.Unit().ID())
 }
+
+// A drain with the default settle lists the unit until a pass finds it
+// empty at least three seconds after it was marked (twice the clients'
+// once-a-second re-listing, and a second): a put placed by a client that
+// had not re-listed yet lands within that time, and the drain would
+// return before it had it listed.
+func TestDrainSettlesThreeSeconds(t *testing.T) {
+	ctx := t.Context()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u1 := joinUnit(t, addr, true)
+	joinUnit(t, addr, true)
+	c, err := client.Connect(ctx, addr, client.ConnectConfig{})
+	require.NoError(t, err)
+	defer c.Close()
+
+	began := time.Now()
+	st, err := c.Drain(ctx, u1.u.ID(), client.DrainConfig{})
+	took := time.Since(began)
+	require.NoError(t, err)
+	assert.Zero(t, st.Moved, "an empty unit")
+	assert.GreaterOrEqual(t, took, 3*time.Second, "the drain of an empty unit returned after %v", took)
+	assert.Greater(t, st.Passes, 1, "passes listing the unit")
+}
