@@ -8,6 +8,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/kvapi"
 )
 
 // hostUnit is a real unit that says it runs on host: units of another
@@ -80,5 +81,36 @@ func TestLocalFirstPrefersThisHostThenSpills(t *testing.T) {
 		}
 		assert.Equal(t, tc.want, got, "%d MiB: rows per unit, local (true) and the other host's (false)", tc.rows/8)
 		require.NoError(t, c.Clear(ctx, m))
+	}
+}
+
+// A KV put chooses its local unit by its first key's hash, as the
+// README's Placement section says: one-key puts of different keys spread
+// over the host's units, and a key put again goes where it went before,
+// whatever else was put in between.
+func TestLocalFirstChoosesByTheFirstKey(t *testing.T) {
+	ctx := t.Context()
+	_, c := unitCluster(t, 2, 8<<20, client.DefaultConfig(), func(i int, u client.DataUnit) client.DataUnit {
+		return hostUnit{u, client.HostID()}
+	})
+	kv := kvapi.New(c)
+	keys := keyRange("k", 16)
+	unitOf := func(part, key string) engine.UnitID {
+		t.Helper()
+		_, err := kv.BatchPut(ctx, part, []string{key}, xBatch(t, 1), nil)
+		require.NoError(t, err)
+		on := unitsOf(t, c, part, []string{key})
+		require.Len(t, on, 1)
+		return on[0]
+	}
+	first := map[string]engine.UnitID{}
+	seen := map[engine.UnitID]bool{}
+	for _, k := range keys {
+		first[k] = unitOf("a", k)
+		seen[first[k]] = true
+	}
+	assert.Len(t, seen, 2, "units of 16 one-key puts")
+	for i := len(keys) - 1; i >= 0; i-- {
+		assert.Equal(t, first[keys[i]], unitOf("b", keys[i]), "key %s put again", keys[i])
 	}
 }
