@@ -178,3 +178,29 @@ func checkReadmeInvocations(t *testing.T, readme string) {
 	}
 	require.Positive(t, checked, "no flags found in the README's tq command lines")
 }
+
+// The commands tq's help lists are those the README's Layout names for
+// cmd/tq, and those whose flags the README tests check: a new command is
+// neither missing from the map nor left out of the flag checks.
+func TestReadmeLayoutNamesEveryCommand(t *testing.T) {
+	var help bytes.Buffer
+	require.NoError(t, run(t.Context(), []string{"help"}, &help, &help))
+	var listed []string
+	for _, m := range regexp.MustCompile(`(?m)^  tq ([a-z]+)`).FindAllStringSubmatch(help.String(), -1) {
+		if m[1] != "help" {
+			listed = append(listed, m[1])
+		}
+	}
+	require.NotEmpty(t, listed, "no commands read from tq help")
+
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	row := regexp.MustCompile("(?m)^\\| `cmd/tq` \\| (.*) \\|$").FindStringSubmatch(string(b))
+	require.NotNil(t, row, "the README's Layout has no cmd/tq row")
+	var named []string
+	for _, m := range regexp.MustCompile("`tq ([a-z]+)`").FindAllStringSubmatch(row[1], -1) {
+		named = append(named, m[1])
+	}
+	assert.ElementsMatch(t, listed, named, "tq help's commands, and those the README's Layout names for cmd/tq")
+	assert.ElementsMatch(t, listed, readmeCommands, "tq help's commands, and readmeCommands")
+}
