@@ -558,3 +558,27 @@ func TestRowFieldsShareAUnit(t *testing.T) {
 		})
 	}
 }
+
+// Hash placement cuts a put's rows into one contiguous stretch per unit
+// (a get then reads one range per field from each), whatever the rows'
+// sizes.
+func TestHashCutsOneStretchPerUnit(t *testing.T) {
+	ctx := t.Context()
+	_, c := unitCluster(t, 4, 16<<20, client.Config{Placement: client.Hash}, nil)
+	sizes := make([]int, 40)
+	for i := range sizes {
+		sizes[i] = (i%7 + 1) << 10
+	}
+	for put := range 5 {
+		m, err := c.PutNew(ctx, "p", opaque(sizes))
+		require.NoError(t, err)
+		rows := map[engine.UnitID][]int{}
+		for i, l := range m.Cells["v"] {
+			rows[l.Unit] = append(rows[l.Unit], i)
+		}
+		require.Greater(t, len(rows), 1, "put %d spans units", put)
+		for u, rs := range rows {
+			assert.Equal(t, len(rs), rs[len(rs)-1]-rs[0]+1, "put %d: rows on unit %d are %v, not one stretch", put, u, rs)
+		}
+	}
+}
