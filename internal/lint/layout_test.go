@@ -34,14 +34,33 @@ func readmeLayout(t *testing.T, root string) map[string]string {
 
 // checkoutFiles lists the checkout's files as git sees them, tracked or
 // new but not ignored (as make lint does), so that build outputs (bin/)
-// and caches are not taken for the repository's folders.
+// and caches are not taken for the repository's folders. Outside a git
+// checkout (a source archive) it walks the tree, short of hidden folders,
+// bin/ and caches.
 func checkoutFiles(t *testing.T, root string) []string {
 	t.Helper()
 	cmd := exec.Command("git", "ls-files", "--cached", "--others", "--exclude-standard")
 	cmd.Dir = root
-	out, err := cmd.Output()
-	require.NoError(t, err, "git ls-files in %s", root)
-	return strings.Split(strings.TrimSpace(string(out)), "\n")
+	if out, err := cmd.Output(); err == nil {
+		return strings.Split(strings.TrimSpace(string(out)), "\n")
+	}
+	var files []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() && p != root && (strings.HasPrefix(d.Name(), ".") || d.Name() == "__pycache__" || rel == "bin") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() {
+			files = append(files, rel)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return files
 }
 
 // The README's Layout table is a map of the tree that stays true: every
