@@ -134,6 +134,7 @@ def test_errors_name_what_was_wrong(client, part):
     # The unknown keys as data too (the server's Error.keys), whichever way
     # the get goes: KV_GET, RESOLVE_KEYS (views), one field of one key.
     assert e.value.keys == ["nope"]
+    assert str(e.value).count("nope") == 1, f"named twice: {e.value}"
     for want, get in ((["nope", "nope2"], lambda: client.kv_batch_get(["a", "nope", "b", "nope2"], part, copy=False)),
                       (["nope"], lambda: client.kv_batch_get(["nope"], part, select_fields=["x"])),
                       (["nope"], lambda: client.kv_batch_get(["nope", "a"], part,

@@ -75,7 +75,9 @@ class TQError(Exception):
             parts.append(f"partition {_clip(self.partition)!r}")
         head = " ".join(parts)
         s = f"{head}: {self.message}" if head else self.message
-        if self.keys:
+        # The server's message may name the keys itself (an unknown key's
+        # lookup names the first 16): not twice.
+        if self.keys and not all(isinstance(k, str) and _clip(k) in self.message for k in self.keys[:16]):
             s += f" (keys {[_clip(k) for k in self.keys[:16]]!r}{'…' if len(self.keys) > 16 else ''})"
         if self.fields:
             s += f" (fields {[_clip(f) for f in self.fields]!r})"
