@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +26,8 @@ func FuzzReader(f *testing.F) {
 		"*1\r\n$4\r\nPING\r\n", "PING\r\n", "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
 		"*-1\r\n", "*0\r\n", "*1\r\n$-1\r\n", "SET \"a\\x41\" 'b'\n", "*2\r\n$1\r\na\r\n$99999999999\r\n",
 		"*1\r\n$3\r\nab", "\"open\r\n", "*1\r\n+x\r\n",
+		"PING\r\nPING\nECHO x\r\n*1\r\n$4\r\nPING\r\n", "*1\r\n$4\r\nPI\rG\r\n", "PING a\rb\r\n",
+		"*1\r\n$" + strings.Repeat("1", 32) + "\r\n", "*1\r\n$" + strings.Repeat("1", 33) + "\r\n", "*" + strings.Repeat("1", 31) + "\r\r\n",
 	} {
 		f.Add([]byte(s), true)
 	}
@@ -70,6 +73,39 @@ func FuzzReader(f *testing.F) {
 				require.True(t, bytes.Equal(args[i], back[i]))
 			}
 		}
+	})
+}
+
+// FuzzReaderSplit reads arbitrary bytes whole, cut in three reads, and a
+// byte a read: the reader reads the same commands, or refuses the same
+// line, each way (a line's CR may come in one read, its LF in the next).
+// The bound on a line before AUTH is small, so that lines reach it.
+func FuzzReaderSplit(f *testing.F) {
+	for _, s := range []struct {
+		in     string
+		c1, c2 uint16
+		limit  uint8
+	}{
+		{"PING aaaaaaaaaaa\r\n", 17, 18, 16}, {"PING aaaaaaaaaaa\n", 16, 17, 16}, {"PING aaaaaaaaaaaa\n", 17, 17, 16},
+		{"PING aaaaaaaaaaa\r\r\n", 17, 18, 16}, {"PING aaaaaaaaaaa\rx\r\n", 16, 17, 16}, {"PING aaaaaaaaaaa\r", 17, 17, 16},
+		{"*1\r\n$4\r\nPING\r\nPING\nPING\r\n", 17, 22, 8}, {"*1\r\n$99999999999999999999999999999999\r\n", 37, 38, 8},
+		{"*1\r\n$999999999999999999999999999999999\n", 38, 39, 8}, {"*2\r\n$4\r\nECHO\r\n$2\nhi\r\n", 18, 19, 8},
+	} {
+		f.Add([]byte(s.in), s.c1, s.c2, false, s.limit)
+		f.Add([]byte(s.in), s.c1, s.c2, true, s.limit)
+	}
+	f.Fuzz(func(t *testing.T, in []byte, c1, c2 uint16, authed bool, limit uint8) {
+		if len(in) > 4096 {
+			return
+		}
+		n := max(int(limit)%48, 1)
+		whole := readPieces(t, authed, n, in)
+		require.Equal(t, whole, readPieces(t, authed, n, cut(in, int(c1), int(c2))...), "cut at %d and %d", c1, c2)
+		var bytes [][]byte
+		for i := range in {
+			bytes = append(bytes, in[i:i+1])
+		}
+		require.Equal(t, whole, readPieces(t, authed, n, bytes...), "a byte a read")
 	})
 }
 

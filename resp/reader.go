@@ -305,6 +305,11 @@ func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 	if len(out) > 0 && out[len(out)-1] == '\r' {
 		return out[:len(out)-1], true, nil
 	}
+	// The limit is on what is before the LF, as where the LF has yet to
+	// come.
+	if len(out) > limit {
+		return nil, false, protoErr("line longer than %d bytes", limit)
+	}
 	return out, false, nil
 }
 
