@@ -2,7 +2,6 @@ package resp
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +54,7 @@ func protoErr(format string, args ...any) error {
 // checks every length before it allocates for it.
 type reader struct {
 	br       *bufio.Reader
+	src      gate // what br reads: the client, shut while lineEnd looks
 	args     [][]byte
 	arena    []byte // backs the small arguments of the last command
 	maxValue int64
@@ -80,7 +80,9 @@ type reader struct {
 }
 
 func newReader(r io.Reader, maxValue int64) *reader {
-	return &reader{br: bufio.NewReaderSize(r, 16<<10), maxValue: maxValue, unauthBulk: maxUnauthBulk}
+	rd := &reader{src: gate{r: r}, maxValue: maxValue, unauthBulk: maxUnauthBulk}
+	rd.br = bufio.NewReaderSize(&rd.src, 16<<10)
+	return rd
 }
 
 // next reads one command. Its arguments are valid until the next call.
@@ -275,31 +277,39 @@ func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 		// What has arrived is looked at before waiting for more, so a
 		// line past the limit with no LF yet is refused at once, as
 		// Redis refuses it, not once the buffer fills or the command
-		// times out.
-		if _, err := r.br.Peek(1); err != nil {
-			return nil, false, unexpected(err)
-		}
-		buf, _ := r.br.Peek(r.br.Buffered())
-		i := bytes.IndexByte(buf, '\n')
-		if i < 0 {
-			// Past the limit only a CR, before the LF to come, may wait.
-			if n := len(out) + len(buf); n > limit+1 || n == limit+1 && buf[len(buf)-1] != '\r' {
+		// times out. The gate shut, ReadSlice cannot wait: it takes a
+		// line whose LF is buffered (most, at the cost the reader had
+		// before), or hands back what is buffered without one; only
+		// a line within its limit then waits for more.
+		r.src.shut = true
+		frag, err := r.br.ReadSlice('\n')
+		r.src.shut = false
+		if err == nil {
+			if len(out)+len(frag) > limit+2 {
 				return nil, false, protoErr("line longer than %d bytes", limit)
 			}
-			out = append(out, buf...)
-			r.br.Discard(len(buf))
-			continue
+			if out == nil {
+				out = frag
+			} else {
+				out = append(out, frag...)
+			}
+			break
 		}
-		if len(out)+i+1 > limit+2 {
-			return nil, false, protoErr("line longer than %d bytes", limit)
+		if len(frag) > 0 {
+			// Past the limit only a CR, before the LF to come, may wait.
+			if n := len(out) + len(frag); n > limit+1 || n == limit+1 && frag[len(frag)-1] != '\r' {
+				return nil, false, protoErr("line longer than %d bytes", limit)
+			}
+			out = append(out, frag...)
 		}
-		if out == nil {
-			out = buf[:i+1]
-		} else {
-			out = append(out, buf[:i+1]...)
+		switch {
+		case err == errGateShut:
+			if _, err := r.br.Peek(1); err != nil {
+				return nil, false, unexpected(err)
+			}
+		case !errors.Is(err, bufio.ErrBufferFull):
+			return nil, false, unexpected(err)
 		}
-		r.br.Discard(i + 1)
-		break
 	}
 	out = out[:len(out)-1]
 	if len(out) > 0 && out[len(out)-1] == '\r' {
@@ -311,6 +321,22 @@ func (r *reader) lineEnd(limit int) (line []byte, crlf bool, err error) {
 		return nil, false, protoErr("line longer than %d bytes", limit)
 	}
 	return out, false, nil
+}
+
+// gate is the source a reader's buffer reads: while shut, a read returns
+// errGateShut rather than wait for the client.
+type gate struct {
+	r    io.Reader
+	shut bool
+}
+
+var errGateShut = errors.New("resp: a read would wait for the client")
+
+func (g *gate) Read(p []byte) (int, error) {
+	if g.shut {
+		return 0, errGateShut
+	}
+	return g.r.Read(p)
 }
 
 // inline reads a command typed as a line, split into words as Redis
