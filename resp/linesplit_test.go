@@ -27,11 +27,12 @@ func (p *pieces) Read(b []byte) (int, error) {
 }
 
 // readPieces reads the commands of parts, sent as that many reads, with
-// limit as the bound on a line before AUTH (authed false), and says
-// what it read: each command's arguments, then the error that ended it.
+// limit as the bound on an inline line before AUTH (authed false), and
+// says what it read: each command's arguments, then the error that ended
+// it.
 func readPieces(t testing.TB, authed bool, limit int, parts ...[]byte) string {
 	r := newReader(&pieces{parts: parts}, 1<<16)
-	r.authed, r.unauthBulk = authed, limit
+	r.authed, r.unauthBulk = authed, limit-unauthInlineRoom
 	var out strings.Builder
 	for range 1000 {
 		args, err := r.next()
@@ -122,12 +123,12 @@ func TestLineLimitWithABareLF(t *testing.T) {
 	for _, tc := range []struct {
 		authed bool
 		limit  int
-	}{{false, maxUnauthBulk}, {true, maxInline}} {
+	}{{false, maxUnauthBulk + unauthInlineRoom}, {true, maxInline}} {
 		for _, end := range []string{"\n", "\r\n"} {
 			line := "PING " + strings.Repeat("a", tc.limit-5)
-			got := readPieces(t, tc.authed, maxUnauthBulk, []byte(line+end))
+			got := readPieces(t, tc.authed, maxUnauthBulk+unauthInlineRoom, []byte(line+end))
 			assert.True(t, strings.HasSuffix(got, "error EOF"), "%d bytes and %q: %s", len(line), end, short(got))
-			got = readPieces(t, tc.authed, maxUnauthBulk, []byte(line+"a"+end))
+			got = readPieces(t, tc.authed, maxUnauthBulk+unauthInlineRoom, []byte(line+"a"+end))
 			assert.Equal(t, fmt.Sprintf("error Protocol error: line longer than %d bytes", tc.limit), short(got),
 				"%d bytes and %q", len(line)+1, end)
 		}

@@ -21,6 +21,10 @@ const (
 	// is seven arguments.
 	maxUnauthArgs = 8
 	maxUnauthBulk = 4 << 10
+	// An inline command before AUTH may be this much longer than an
+	// argument: room for the words around a token as long as the bound
+	// ("HELLO 3 AUTH default ", quotes).
+	unauthInlineRoom = 32
 	// Arguments up to this size are read into a buffer the connection
 	// reuses (its arena); larger ones get their own allocation, counted
 	// against the server's budget for large values in flight.
@@ -344,7 +348,7 @@ func (g *gate) Read(p []byte) (int, error) {
 func (r *reader) inline() ([][]byte, error) {
 	limit := maxInline
 	if !r.authed {
-		limit = r.unauthBulk
+		limit = r.unauthBulk + unauthInlineRoom
 	}
 	line, err := r.line(limit)
 	if err != nil {

@@ -111,7 +111,7 @@ func TestLineOverTheLimitRefusedBeforeItsLF(t *testing.T) {
 		err    string
 	}{
 		{"inline", true, strings.Repeat("a", maxInline+1), "line longer than 65536 bytes"},
-		{"inline before AUTH", false, strings.Repeat("a", maxUnauthBulk+1), "line longer than 4096 bytes"},
+		{"inline before AUTH", false, strings.Repeat("a", maxUnauthBulk+unauthInlineRoom+1), "line longer than 4128 bytes"},
 		{"count", true, "*" + strings.Repeat("1", 34), "line longer than 32 bytes"},
 		{"size", true, "*1\r\n$" + strings.Repeat("1", 34), "line longer than 32 bytes"},
 	} {

@@ -400,9 +400,38 @@ func TestAuthWithALongToken(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "$1\r\ny\r\n", got)
 
+			// Typed inline too, as in telnet.
 			nc, rr := e.raw(t)
+			fmt.Fprintf(nc, "AUTH %s\r\nGET x\r\n", token)
+			assert.Equal(t, "+OK", rr.line(t), "inline AUTH of a %d-byte token", len(token))
+			assert.Equal(t, "$1", rr.line(t))
+
+			nc, rr = e.raw(t)
 			fmt.Fprintf(nc, "*2\r\n$4\r\nAUTH\r\n$%d\r\n", len(token)+1)
 			assert.Equal(t, "-ERR Protocol error: argument of 5001 bytes exceeds the limit of 5000 before AUTH", rr.line(t))
+		})
+	}
+}
+
+// TestInlineAuthOfATokenAtTheBound: a token as long as an argument may
+// be before AUTH (4 KiB), typed inline as "AUTH <token>" or "HELLO 3 AUTH
+// default <token>", fits the line before AUTH (before, the line had the
+// argument's bound, so tokens from 4092 bytes up could not be typed).
+func TestInlineAuthOfATokenAtTheBound(t *testing.T) {
+	token := strings.Repeat("t", maxUnauthBulk)
+	for _, served := range []struct {
+		name string
+		cfg  Config
+	}{{"loop", Config{Token: token}}, {"goroutine", Config{Token: token, Loops: -1}}} {
+		t.Run(served.name, func(t *testing.T) {
+			e := newEndpoint(t, served.cfg)
+			nc, rr := e.raw(t)
+			fmt.Fprintf(nc, "AUTH %s\r\nPING\r\n", token)
+			assert.Equal(t, "+OK", rr.line(t))
+			assert.Equal(t, "+PONG", rr.line(t))
+			nc, rr = e.raw(t)
+			fmt.Fprintf(nc, "HELLO 2 AUTH default \"%s\"\r\n", token)
+			assert.True(t, strings.HasPrefix(rr.line(t), "*"), "HELLO 2 AUTH default <token>")
 		})
 	}
 }
