@@ -4,6 +4,7 @@ its reserve wait (5 s by default; 1 s here), and the client then places
 the rows anew, once a UNITS_REFRESH_S, until they are written or the
 timeout ends the put."""
 
+import subprocess
 import threading
 import time
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import tq
+from conftest import _bin
 from test_failures import Split
 
 ROW = 1 << 20  # bytes a row: through the units, not inline
@@ -146,6 +148,38 @@ def test_waiting_put_takes_a_unit_that_joins(small):
         m = c.kv_retrieve_meta(["a", "b"], "p")
         assert set(m._cells["x"].unit.tolist()) == {uid}
         np.testing.assert_array_equal(done["read"](), row(3, 2)["x"])
+    finally:
+        c.close()
+        filler.close()
+
+
+def test_a_draining_unit_takes_no_put_the_others_have_no_room_for(small):
+    """A draining unit (here larger than the other) is no room for a put:
+    a row only it could hold fails at once, naming the other's capacity,
+    and a put the other unit is full for waits for room there, rather than
+    land on the draining unit and have its commit refused (LostError)."""
+    small.capacity = "32MiB"
+    drained = small.add_unit()
+    out = subprocess.run([_bin("TQ_BIN", "tq"), "unit", "drain", "--controller", small.address, str(drained)],
+                         env=small.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    filler = tq.Client(small.address, token=small.token, timeout=RESERVE_WAIT + 0.5)
+    c = tq.Client(small.address, token=small.token, timeout=60)
+    try:
+        assert c.units(refresh=True)[drained].draining
+        with pytest.raises(tq.CapacityError) as e:
+            c.kv_batch_put(["big"], "p", {"x": np.zeros((1, 16 * ROW // 8))})
+        assert "capacity (8388608 bytes)" in e.value.message, e.value.message
+        keys = fill(filler, "f")
+        t, done = put_on_thread(c, "kv", ["a"], "p", row(3)["x"])
+        t.join(RESERVE_WAIT + 1)
+        assert t.is_alive(), f"the put ended with room only on the draining unit: {done}"
+        filler.kv_clear(keys[:1], "f")
+        t.join(30)
+        assert not t.is_alive(), "the put still waits after a clear made room"
+        assert "error" not in done, done
+        assert set(c.kv_retrieve_meta(["a"], "p")._cells["x"].unit.tolist()) != {drained}
+        np.testing.assert_array_equal(done["read"](), row(3)["x"])
     finally:
         c.close()
         filler.close()

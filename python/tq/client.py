@@ -747,17 +747,23 @@ class Client:
         """Local-first placement: a unit on this host (by hash ``h`` among
         several), else any alive unit by hash; never a draining one while
         another is alive."""
-        units = self.units()
-        alive = sorted((u for u in units.values() if u.alive and u.id not in exclude), key=lambda u: u.id)
+        alive = sorted((u for u in self._placeable() if u.id not in exclude), key=lambda u: u.id)
         if not alive:
-            alive = sorted((u for u in self.units(refresh=True).values() if u.alive and u.id not in exclude),
-                           key=lambda u: u.id)
+            alive = sorted((u for u in self._placeable(refresh=True) if u.id not in exclude), key=lambda u: u.id)
             if not alive:
                 raise errors.UnavailableError("no storage unit is alive", op="put")
-        alive = [u for u in alive if not u.draining] or alive
         local = [u for u in alive if u.host_id == self.host]
         pool = local or alive
         return pool[h % len(pool)]
+
+    def _placeable(self, refresh=False) -> list:
+        """The units placement may pick: the alive ones that are not
+        draining, or, with none, the alive ones. Whether a unit is draining
+        is judged before a put leaves out those full or unreachable: one
+        put on a draining unit has its commit refused (LostError), however
+        full the others are."""
+        alive = [u for u in self.units(refresh=refresh).values() if u.alive]
+        return [u for u in alive if not u.draining] or alive
 
     # ---- reading cells -------------------------------------------------
 
@@ -953,7 +959,7 @@ class Client:
     def _too_big(self, cols) -> None:
         """CapacityError naming a row of cols larger than the largest
         unit's capacity: it would wait for room that never comes."""
-        most = max((u.capacity for u in self.units().values() if u.alive), default=0)
+        most = max((u.capacity for u in self._placeable()), default=0)  # a draining unit's room is for nobody
         if not most:
             return
         sizes = np.zeros(len(cols[0].row_lens), dtype=np.int64)
@@ -1731,7 +1737,7 @@ class Client:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         h = zlib.crc32(keys[0].encode())
         size = sum(c.nbytes for c in fields)
-        most = max((u.capacity for u in self.units().values() if u.alive), default=0)
+        most = max((u.capacity for u in self._placeable()), default=0)
         if most and size > most:  # it would wait for room that never comes
             raise errors.CapacityError(f"a reservation of {size} bytes, more than the largest storage unit's "
                                        f"capacity ({most} bytes)", op="reserve_kv_put", partition=partition)
