@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import tq
+import tq.client
+import tq.unit
 from conftest import _bin
 from test_failures import Split
 
@@ -183,6 +185,39 @@ def test_a_draining_unit_takes_no_put_the_others_have_no_room_for(small):
     finally:
         c.close()
         filler.close()
+
+
+@pytest.mark.parametrize("transport,how", [("tcp", "kv"), ("tcp", "put")])
+def test_a_unit_answering_past_the_timeout_is_heard(transport, how, monkeypatch):
+    """A waiting write the unit answers a little after the put's timeout
+    (here: a unit that ignores wait_ms, as a loaded host may answer late)
+    is heard, as the Go client's grace: its room granted then is the put's,
+    not held for a connection dropped at the timeout (quarantined, or an
+    extent nobody commits). Over shm the unit sees the dropped connection
+    and stops waiting; a TCP WRITE's payload keeps it from looking."""
+    s = Split(units=1, capacity="8MiB", reserve_wait="2s", heartbeat="1s")
+    monkeypatch.setattr(tq.unit, "room_wait_ms", lambda timeout: 0)  # the unit's own 2 s
+    monkeypatch.setattr(tq.client, "room_wait_ms", lambda timeout: 0)
+    filler = tq.Client(s.address, token=s.token, timeout=3)
+    c = tq.Client(s.address, token=s.token, transport=transport, timeout=0.5)
+    try:
+        keys = fill(filler, "f")
+        t, done = put_on_thread(c, how, ["a"], "p", row(3)["x"])
+        time.sleep(0.8)  # past c's timeout, within the unit's wait and ROOM_GRACE
+        filler.kv_clear(keys[:1], "f")
+        t.join(30)
+        assert not t.is_alive()
+        if "error" not in done:
+            np.testing.assert_array_equal(done["read"](), row(3)["x"])
+        time.sleep(0.3)  # a late commit or free
+        st = [u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats) for u in filler.units().values()]
+        assert sum(u.quarantined for u in st) == 0, st
+        rows = len(keys) - 1 + ("error" not in done)
+        assert sum(u.used for u in st) == rows * ROW, (done, st)
+    finally:
+        c.close()
+        filler.close()
+        s.stop()
 
 
 

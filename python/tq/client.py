@@ -26,7 +26,7 @@ from . import errors
 from . import wire
 from ._pb import cluster_pb2, control_pb2, data_pb2
 from .meta import BatchMeta, KVBatchMeta, tags_from_json_list, tags_to_json, tags_to_json_list, value_to_json
-from .unit import Lease, Pool, Unit, alloc, room_wait_ms
+from .unit import ROOM_GRACE, Lease, Pool, Unit, alloc, room_wait_ms
 
 # The most bytes a KV put or get moves through the controller in one round
 # trip (KV_PUT, KV_GET; KV_SET and KV_GET_VALUE for one value of one key);
@@ -1760,7 +1760,8 @@ class Client:
                 left = None if deadline is None else max(deadline - began, 0.001)
                 rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields],
                                                                       wait_ms=room_wait_ms(left)),
-                                data_pb2.ReserveReply, op_name="reserve_kv_put", timeout=left)
+                                data_pb2.ReserveReply, op_name="reserve_kv_put",
+                                timeout=None if left is None else left + ROOM_GRACE)
             except (errors.CapacityError, errors.DeadlineError) as e:
                 unit.pool.give(conn)
                 if deadline is None and isinstance(e, errors.DeadlineError):

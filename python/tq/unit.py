@@ -498,6 +498,14 @@ class _Leased:
                                     "data": (pin.__array_interface__["data"][0], True)}
 
 
+# How long past its timeout a write that waits for room still waits for
+# the unit's answer (as the Go transports' grace): a unit that answers late
+# (a loaded host) may have taken room for it, which a dropped connection
+# would leave to nobody (an extent written over TCP stays until
+# reconciliation frees it).
+ROOM_GRACE = 1.0
+
+
 def room_wait_ms(timeout) -> int:
     """WriteRequest.wait_ms (ReserveRequest's) for a call that waits at
     most ``timeout`` seconds (None: the unit's reserve wait, 0): a little
@@ -822,7 +830,11 @@ class Unit:
         ``timeout``: what each socket operation waits, instead of the
         client's timeout (a put waiting for room with less time left)."""
         sizes = [c.nbytes for c in cols]
-        wait_ms = room_wait_ms(self._dial_args["timeout"] if timeout is None else timeout)
+        if timeout is None:
+            timeout = self._dial_args["timeout"]
+        wait_ms = room_wait_ms(timeout)
+        if not no_wait and timeout is not None:
+            timeout += ROOM_GRACE
         if self.shm:
             conn = self.pool.take()
             try:
