@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,12 @@ func TestReserveWaitBoundsAWaitingWrite(t *testing.T) {
 		{0, "no room within the unit's reserve wait of 300ms"},
 		{5000, "no room within the unit's reserve wait of 300ms"}, // longer than the unit's: the unit's
 		{50, "no room within the request's wait of 50ms"},
+		{1, "no room within the request's wait of 1ms"},
+		{299, "no room within the request's wait of 299ms"},
+		{300, "no room within the unit's reserve wait of 300ms"},
+		{301, "no room within the unit's reserve wait of 300ms"},
+		{math.MaxUint64, "no room within the unit's reserve wait of 300ms"}, // no overflow into a short or negative wait
+		{math.MaxUint64 / uint64(time.Millisecond), "no room within the unit's reserve wait of 300ms"},
 	} {
 		code, msg := write(&wirepb.WriteRequest{Sizes: []uint64{256 << 10}, WaitMs: tc.waitMs})
 		assert.Equal(t, wirepb.Code_CODE_CAPACITY, code, "wait_ms %d: %s", tc.waitMs, msg)
