@@ -7,6 +7,7 @@ timeout ends the put."""
 import subprocess
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -185,6 +186,30 @@ def test_a_draining_unit_takes_no_put_the_others_have_no_room_for(small):
     finally:
         c.close()
         filler.close()
+
+
+def test_a_reservation_takes_room_on_another_unit_before_it_waits():
+    """reserve_kv_put whose first choice is full takes room another unit
+    on the host has, as a put does, rather than wait on the full one for
+    its whole timeout."""
+    s = Split(units=2, capacity="8MiB", reserve_wait=f"{RESERVE_WAIT:g}s")
+    filler = tq.Client(s.address, token=s.token, timeout=RESERVE_WAIT + 0.5)
+    c = tq.Client(s.address, token=s.token, timeout=3 * RESERVE_WAIT)
+    try:
+        keys = fill(filler, "f")
+        held = filler.kv_retrieve_meta(keys, "f")._cells["x"].unit.tolist()
+        first, other = sorted(set(held))
+        filler.kv_clear([k for k, u in zip(keys, held) if u == other], "f")
+        key = next(k for k in (f"k{i}" for i in range(64)) if c._pick(zlib.crc32(k.encode())).id == first)
+        with c.reserve_kv_put([key], "p", {"x": ("float64", (ROW // 8,))}) as r:
+            r.fields["x"][:] = 3
+            r.commit()
+        assert c.kv_retrieve_meta([key], "p")._cells["x"].unit.tolist() == [other]
+        np.testing.assert_array_equal(c.kv_batch_get([key], "p")["x"], row(3)["x"])
+    finally:
+        c.close()
+        filler.close()
+        s.stop()
 
 
 @pytest.mark.parametrize("transport,how", [("tcp", "kv"), ("tcp", "put")])

@@ -1729,8 +1729,9 @@ class Client:
 
     def _reserve(self, keys, partition, fields):
         """reserve_kv_put's RESERVE on a unit on this host that serves
-        shared memory: (unit, conn, reply, the cluster of the unit table).
-        A unit with no room answers after its reserve wait (5 s); the
+        shared memory: (unit, conn, reply, the cluster of the unit table),
+        the first of them with room. With none, it waits for room on its
+        first choice, which answers after its reserve wait (5 s); the
         reservation then waits on, placed anew a UNITS_REFRESH_S after each
         round began on the units as listed then, until the client's timeout
         (as a put, see _place_rows)."""
@@ -1752,6 +1753,23 @@ class Client:
                     raise errors.NotSupportedError("no storage unit on this host serves shared memory",
                                                    op="reserve_kv_put")
                 unit = local[h % len(local)]
+            # Offered first without waiting to each unit here that serves
+            # shared memory, the first choice first: one full unit must not
+            # keep the reservation waiting while another has room.
+            local = sorted((u for u in self._placeable() if u.shm and u.id != unit.id), key=lambda u: u.id)
+            for u in [unit] + local[h % len(local):] + local[:h % len(local)] if local else [unit]:
+                conn = u.pool.take()
+                try:
+                    rep = conn.call(wire.RESERVE, data_pb2.ReserveRequest(sizes=[c.nbytes for c in fields],
+                                                                          no_wait=True),
+                                    data_pb2.ReserveReply, op_name="reserve_kv_put")
+                except errors.CapacityError:
+                    u.pool.give(conn)
+                    continue
+                except BaseException:
+                    u.pool.give(conn)
+                    raise
+                return u, conn, rep, cluster
             began = time.monotonic()
             if waited is None:
                 waited = began
