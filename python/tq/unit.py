@@ -828,7 +828,8 @@ class Unit:
         full unit refuses at once (CapacityError) instead of waiting for
         room (up to its reserve wait, 5 s), and nothing of the write stays.
         ``timeout``: what each socket operation waits, instead of the
-        client's timeout (a put waiting for room with less time left)."""
+        client's timeout (a put waiting for room with less time left); a
+        write that waits for room waits ROOM_GRACE more for the answer."""
         sizes = [c.nbytes for c in cols]
         if timeout is None:
             timeout = self._dial_args["timeout"]
