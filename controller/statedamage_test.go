@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/controller/journal"
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
 )
@@ -76,16 +77,7 @@ func (l *logLines) all() []string {
 // error said only which records were missing.
 func TestSetAsideSnapshotsAreReported(t *testing.T) {
 	dir := t.TempDir()
-	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
-	insert(t, c, "p", 5, "x")
-	require.NoError(t, c.snapshot())
-	insert(t, c, "q", 5, "x")
-	require.NoError(t, c.snapshot())
-	insert(t, c, "r", 5, "x")
-	require.NoError(t, c.WaitDurable(context.Background()))
-	snaps := c.j.Snapshots()
-	require.Len(t, snaps, 2)
-	crash(t, c)
+	snaps := twoSnapshotsAndACrash(t, dir)
 
 	damage := func(path string) {
 		b, err := os.ReadFile(path)
@@ -241,16 +233,7 @@ func TestSnapshotWhoseIndexDisagreesWithItsNameIsSetAside(t *testing.T) {
 // start once that build's snapshot is back.
 func TestSnapshotOfAnotherVersionStopsTheStart(t *testing.T) {
 	dir := t.TempDir()
-	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
-	insert(t, c, "p", 5, "x")
-	require.NoError(t, c.snapshot())
-	insert(t, c, "q", 5, "x")
-	require.NoError(t, c.snapshot())
-	insert(t, c, "r", 5, "x")
-	require.NoError(t, c.WaitDurable(context.Background()))
-	snaps := c.j.Snapshots()
-	require.Len(t, snaps, 2)
-	crash(t, c)
+	snaps := twoSnapshotsAndACrash(t, dir)
 
 	newest := snaps[0].Path
 	orig, err := os.ReadFile(newest)
@@ -419,4 +402,22 @@ func TestStateFileContentChecksNameWhatIsWrong(t *testing.T) {
 			assert.Equal(t, want, stateBytes(t, c), "a refused load changed the state")
 		})
 	}
+}
+
+// twoSnapshotsAndACrash leaves in dir the log of a controller that took
+// two snapshots (after partitions "p" and "q" of 5 rows each), logged "r"
+// after them and crashed; it returns the snapshots, newest first.
+func twoSnapshotsAndACrash(t *testing.T, dir string) []journal.Snapshot {
+	t.Helper()
+	c := openDurable(t, dir, Config{SnapshotBytes: 1 << 40})
+	insert(t, c, "p", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "q", 5, "x")
+	require.NoError(t, c.snapshot())
+	insert(t, c, "r", 5, "x")
+	require.NoError(t, c.WaitDurable(context.Background()))
+	snaps := c.j.Snapshots()
+	require.Len(t, snaps, 2)
+	crash(t, c)
+	return snaps
 }

@@ -27,11 +27,7 @@ import (
 // tmpfs: the test needs to be able to mount one.
 func TestControllerOnAFullDiskStopsAndKeepsWhatItAcknowledged(t *testing.T) {
 	bin := tqBinary(t)
-	data, socks := t.TempDir(), t.TempDir()
-	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=2m,mode=0700"); err != nil {
-		t.Skipf("mount a small tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+	data, socks := smallTmpfs(t), t.TempDir()
 	args := []string{"--listen", "", "--socket-dir", socks, "--capacity", "16MiB"}
 	var stderr syncBuilder
 	ctrl, err := spawnServe(data, nil, &stderr, func(l string) { t.Logf("serve: %s", l) }, bin, args...)
@@ -94,11 +90,7 @@ func TestControllerOnAFullDiskStopsAndKeepsWhatItAcknowledged(t *testing.T) {
 // partial file is not left behind.
 func TestShutdownSnapshotOnAFullDiskKeepsTheLog(t *testing.T) {
 	bin := tqBinary(t)
-	data, socks := t.TempDir(), t.TempDir()
-	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=2m,mode=0700"); err != nil {
-		t.Skipf("mount a small tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+	data, socks := smallTmpfs(t), t.TempDir()
 	args := []string{"--listen", "", "--socket-dir", socks, "--capacity", "16MiB"}
 	var out syncBuilder
 	ctrl, err := spawnServe(data, nil, &out, func(l string) { t.Logf("serve: %s", l); out.Write([]byte(l + "\n")) }, bin, args...)
@@ -142,4 +134,17 @@ func TestShutdownSnapshotOnAFullDiskKeepsTheLog(t *testing.T) {
 	for i, e := range all["p"] {
 		assert.Equal(t, fmt.Sprintf("k%05d", i), e.Key)
 	}
+}
+
+// smallTmpfs mounts a tmpfs of 2 MiB for a data directory whose disk
+// fills (the test skips where it cannot mount one), unmounted at cleanup;
+// a remount with a larger size makes room again.
+func smallTmpfs(t *testing.T) string {
+	t.Helper()
+	data := t.TempDir()
+	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=2m,mode=0700"); err != nil {
+		t.Skipf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+	return data
 }
