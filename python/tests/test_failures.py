@@ -79,6 +79,28 @@ class Split:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def sigstop(p):
+    """SIGSTOP process p and wait until every thread of it is stopped: the
+    stop reaches the threads only once one of them has run to take the
+    signal, and on a loaded machine the others may meanwhile serve a
+    request sent after the kill (a put this test meant for a silent unit,
+    answered)."""
+    p.send_signal(signal.SIGSTOP)
+    task = f"/proc/{p.pid}/task"
+    for _ in range(2000):
+        states = []
+        for tid in os.listdir(task):
+            try:
+                with open(f"{task}/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                pass
+        if states and all(st in "tT" for st in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {p.pid} not stopped 10 s after SIGSTOP: thread states {states}")
+
+
 @pytest.fixture
 def split():
     s = Split()
@@ -272,7 +294,7 @@ def test_a_controller_without_its_state_is_a_new_cluster(split):
         split.controller.kill()
         split.controller.wait()
         # Unit 1 waits while unit 2 registers with the new controller, as 1.
-        split.units[1].send_signal(signal.SIGSTOP)
+        sigstop(split.units[1])
         try:
             split._start("c2", split.controller_args)
             fresh = tq.Client(split.address, token=split.token, transport="tcp")
@@ -329,7 +351,7 @@ def test_cells_read_after_their_controller_started_anew_are_lost(split, how):
                 done.append(1)
                 split.controller.kill()
                 split.controller.wait()
-                split.units[1].send_signal(signal.SIGSTOP)  # unit 2 registers first, as 1
+                sigstop(split.units[1])  # unit 2 registers first, as 1
                 try:
                     split._start("c2", split.controller_args)
                     fresh = tq.Client(split.address, token=split.token, transport="tcp")
@@ -590,7 +612,7 @@ def test_silent_unit_is_lost_and_takes_no_writes(split, transport):
                 wrote["put"] = writer.put({"x": big - 2}, metadata=rows)
             except Exception as e:
                 wrote["error"] = e
-        split.units[dead].send_signal(signal.SIGSTOP)
+        sigstop(split.units[dead])
         try:
             w = threading.Thread(target=write)
             w.start()
@@ -626,7 +648,7 @@ def test_a_read_from_a_silent_unit_ends_with_the_clients_timeout():
         c.kv_batch_put(["k"], "p", {"x": big})
         np.testing.assert_array_equal(c.kv_batch_get(["k"], "p")["x"], big)  # connected to the unit
         unit = next(iter(s.units.values()))
-        unit.send_signal(signal.SIGSTOP)
+        sigstop(unit)
         try:
             began = time.monotonic()
             with pytest.raises(tq.DeadlineError):
