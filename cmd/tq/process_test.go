@@ -126,19 +126,26 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 		return nil, err
 	}
 	p := &serveProc{cmd: cmd, lines: make(chan string, 64), dataDir: dataDir, done: make(chan error, 1)}
+	// done reports the exit only once every line printed has gone to
+	// logLine: a test that reads what the process said after it exited
+	// sees its last lines too.
+	logged := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			p.lines <- sc.Text()
 		}
 		close(p.lines)
-		p.done <- cmd.Wait()
+		err := cmd.Wait()
+		<-logged
+		p.done <- err
 	}()
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
 		case l, ok := <-p.lines:
 			if !ok {
+				close(logged)
 				p.kill()
 				return nil, errors.New("tq serve exited before it was ready")
 			}
@@ -166,10 +173,16 @@ func spawnServe(dataDir string, wrapper []string, stderr io.Writer, logLine func
 					for l := range p.lines {
 						logLine(l)
 					}
+					close(logged)
 				}()
 				return p, nil
 			}
 		case <-deadline:
+			go func() {
+				for range p.lines {
+				}
+				close(logged)
+			}()
 			p.kill()
 			return nil, errors.New("tq serve not ready after 20 s")
 		}
