@@ -34,6 +34,39 @@ import (
 // smallKVKeys is how many keys each client rotates over.
 const smallKVKeys = 4
 
+// The rows of BenchmarkSmallKV: value sizes, numbers of clients, the rows
+// through a RESP client, and TQ's Go client's transports and kinds.
+var (
+	smallKVSizes    = []int{1 << 10, 1 << 20}
+	smallKVClients  = []int{16, 64}
+	smallKVRESPRows = []struct{ store, transport, client string }{
+		{"redis", "resp", "raw"}, {"redis", "unix", "raw"}, {"tq", "resp", "raw"}, {"tq", "unix", "raw"},
+		{"redis", "resp", "go-redis"}, {"tq", "resp", "go-redis"},
+	}
+	smallKVGoTransports = []string{client.TransportTCP, client.TransportShm}
+	smallKVGoClients    = []string{"go", "go-shared"}
+)
+
+// smallKVRows names every row BenchmarkSmallKV runs, in its order.
+func smallKVRows() []string {
+	var rows []string
+	for _, size := range smallKVSizes {
+		for _, clients := range smallKVClients {
+			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
+			for _, rc := range smallKVRESPRows {
+				rows = append(rows, fmt.Sprintf("store=%s/transport=%s/client=%s/%s", rc.store, rc.transport, rc.client, conf))
+			}
+			rows = append(rows, "store=tq/transport=tcp/client=raw/"+conf)
+			for _, tr := range smallKVGoTransports {
+				for _, cl := range smallKVGoClients {
+					rows = append(rows, fmt.Sprintf("store=tq/transport=%s/client=%s/%s", tr, cl, conf))
+				}
+			}
+		}
+	}
+	return rows
+}
+
 // BenchmarkSmallKV runs clients concurrent clients (TQ: also as callers
 // sharing one client, client=go-shared), each with its own
 // connections, doing SET then GET of one key (TQ: kv.Put of a one-row
@@ -135,18 +168,24 @@ func BenchmarkSmallKV(b *testing.B) {
 	}
 	var redisOps baselineRuns
 	trips := map[string]func(*testing.B){}
-	for _, size := range []int{1 << 10, 1 << 20} {
-		for _, clients := range []int{16, 64} {
+	// Every row it runs is one of smallKVRows, which the test of the
+	// docs' -bench patterns matches them against.
+	rows := smallKVRows()
+	run := func(name string, f func(b *testing.B)) {
+		if !slices.Contains(rows, name) {
+			b.Fatalf("row %s is not in smallKVRows", name)
+		}
+		b.Run(name, f)
+	}
+	for _, size := range smallKVSizes {
+		for _, clients := range smallKVClients {
 			conf := fmt.Sprintf("value=%s/clients=%d", sizeName(size), clients)
 			// The same RESP client against redis-server and TQ's endpoint
 			// over TCP, and both over their unix sockets (redis-server's is the
 			// same-host baseline of TQ's shm transport).
-			for _, rc := range []struct{ store, transport, client string }{
-				{"redis", "resp", "raw"}, {"redis", "unix", "raw"}, {"tq", "resp", "raw"}, {"tq", "unix", "raw"},
-				{"redis", "resp", "go-redis"}, {"tq", "resp", "go-redis"},
-			} {
+			for _, rc := range smallKVRESPRows {
 				name := fmt.Sprintf("store=%s/transport=%s/client=%s/%s", rc.store, rc.transport, rc.client, conf)
-				b.Run(name, func(b *testing.B) {
+				run(name, func(b *testing.B) {
 					addr, pid := srv.resp, srv.pid
 					if rc.transport == "unix" {
 						addr = srv.respSock
@@ -184,20 +223,20 @@ func BenchmarkSmallKV(b *testing.B) {
 			// TQ's own protocol through a minimal client (rawTQ), as the
 			// RESP rows' client: what the server costs without the Go
 			// client's own.
-			b.Run(fmt.Sprintf("store=tq/transport=tcp/client=raw/%s", conf), func(b *testing.B) {
+			run(fmt.Sprintf("store=tq/transport=tcp/client=raw/%s", conf), func(b *testing.B) {
 				conns := rawTQs(b, clients)
 				var ops float64
 				serverCPU(b, srv.pid, func() { ops = runRawTQSmallKV(b, conns, size) })
 				base := "store=redis/transport=resp/client=raw/" + conf
 				reportRatio(b, ops, redisOps.of(base, b), "tq/redis", base)
 			})
-			for _, tr := range []string{client.TransportTCP, client.TransportShm} {
+			for _, tr := range smallKVGoTransports {
 				// go: a client (and connections) per caller, as Redis has
 				// a connection per client; go-shared: one client for
 				// every caller, as the goroutines of one Go process share
 				// it (their requests share frames and syscalls).
-				for _, cl := range []string{"go", "go-shared"} {
-					b.Run(fmt.Sprintf("store=tq/transport=%s/client=%s/%s", tr, cl, conf), func(b *testing.B) {
+				for _, cl := range smallKVGoClients {
+					run(fmt.Sprintf("store=tq/transport=%s/client=%s/%s", tr, cl, conf), func(b *testing.B) {
 						kvs := pool(b, tr)[:clients]
 						if cl == "go-shared" {
 							kvs = slices.Repeat(kvs[:1], clients)
