@@ -85,15 +85,16 @@ func TestControllerOnAFullDiskStopsAndKeepsWhatItAcknowledged(t *testing.T) {
 }
 
 // durability.md, "Snapshots": the snapshot a clean shutdown takes may
-// not fit the disk (the log did). The shutdown says so, and a restart
-// replays the log: every put acknowledged is there, and the snapshot's
-// partial file is not left behind.
+// not fit the disk (the log did). The shutdown runs to its end and says
+// why on standard error, exiting with status 1 so that a supervisor sees
+// it; a restart replays the log: every put acknowledged is there, and the
+// snapshot's partial file is not left behind.
 func TestShutdownSnapshotOnAFullDiskKeepsTheLog(t *testing.T) {
 	bin := tqBinary(t)
 	data, socks := smallTmpfs(t), t.TempDir()
 	args := []string{"--listen", "", "--socket-dir", socks, "--capacity", "16MiB"}
-	var out syncBuilder
-	ctrl, err := spawnServe(data, nil, &out, func(l string) { t.Logf("serve: %s", l); out.Write([]byte(l + "\n")) }, bin, args...)
+	var stderr syncBuilder
+	ctrl, err := spawnServe(data, nil, &stderr, func(l string) { t.Logf("serve: %s", l) }, bin, args...)
 	require.NoError(t, err)
 	t.Cleanup(ctrl.kill)
 	c, err := client.Connect(t.Context(), "unix://"+filepath.Join(socks, "controller.sock"),
@@ -116,8 +117,10 @@ func TestShutdownSnapshotOnAFullDiskKeepsTheLog(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("tq serve still running 30 s after SIGTERM")
 	}
-	require.NoError(t, err, "tq serve after SIGTERM")
-	assert.Regexp(t, `close the controller: write snapshot: .*: no space left on device`, out.String(), "the shutdown says why its snapshot failed")
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "tq serve after SIGTERM: %v; want an exit status saying the shutdown failed", err)
+	assert.Equal(t, 1, exit.ExitCode(), "stderr:\n%s", stderr.String())
+	assert.Regexp(t, `tq: shutdown incomplete: close the controller: write snapshot: .*: no space left on device`, stderr.String(), "the shutdown says why its snapshot failed")
 	tmp, err := filepath.Glob(filepath.Join(data, "controller", "snap-*"))
 	require.NoError(t, err)
 	assert.Empty(t, tmp, "a snapshot, or what is left of one")

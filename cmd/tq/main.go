@@ -49,9 +49,23 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tq:", terminalSafe(err.Error()))
-		os.Exit(2)
+		code := 2
+		if es := (exitStatus{}); errors.As(err, &es) {
+			code = es.code
+		}
+		os.Exit(code)
 	}
 }
+
+// exitStatus is an error that ends tq with a status other than 2: `tq
+// serve` exits 1 when its shutdown ran to its end but some of it failed.
+type exitStatus struct {
+	code int
+	err  error
+}
+
+func (e exitStatus) Error() string { return e.err.Error() }
+func (e exitStatus) Unwrap() error { return e.err }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {

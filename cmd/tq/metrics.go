@@ -277,7 +277,10 @@ func (s *server) serveHTTP(flag string, l net.Listener, addr string, h http.Hand
 		defer cancel()
 		err := hs.Shutdown(ctx)
 		<-done
-		return err
+		if err != nil {
+			return fmt.Errorf("stop the %s endpoint: %w", flag, err)
+		}
+		return nil
 	})
 	return "http://" + adv, nil
 }

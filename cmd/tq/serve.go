@@ -41,7 +41,7 @@ import (
 // down gracefully: stop accepting, finish requests in flight within the
 // shutdown timeout, close. With --check-config it only reports the
 // configuration (see checkConfig).
-func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	var flagOut bytes.Buffer
 	cfg, once, err := parseServeConfig(args, &flagOut)
 	if err = flagOutputTo(flagOut.Bytes(), err, stdout, stderr); err != nil {
@@ -76,7 +76,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer bound.close()                                      // after s.close: those not served yet
 	log, _ := newLogger(stderr, cfg.LogFormat, cfg.LogLevel) // validated
 	s := &server{cfg: cfg, out: stdout, log: log, restoreForce: once.restoreForce, bound: bound}
-	defer s.close()
+	stopping := false
+	defer func() {
+		err = errors.Join(err, s.close())
+		if stopping && err != nil {
+			// Everything was closed all the same; the status tells a
+			// supervisor that some of it failed (the shutdown's snapshot
+			// not written, say), apart from a start that failed (2).
+			err = exitStatus{1, fmt.Errorf("shutdown incomplete: %w", err)}
+		}
+	}()
 	if err := s.startMetrics(); err != nil {
 		return err
 	}
@@ -99,6 +108,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout, "tq serve: ready")
 	<-ctx.Done()
 	s.state.Store(stateStopping)
+	stopping = true
 	fmt.Fprintln(stdout, "tq serve: shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -988,36 +998,40 @@ func (s *server) settlePuts(ctx context.Context) {
 	}
 }
 
-func (s *server) close() {
+// close closes what is left, all of it, and returns what failed.
+func (s *server) close() error {
+	var errs []error
+	fail := func(what string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
 	if s.resp != nil {
-		s.resp.Close()
+		fail("close the Redis endpoint", s.resp.Close())
 	}
 	for _, ru := range s.units {
 		if ru.mem != nil {
 			ru.mem.Close()
 		}
-		ru.srv.Close()
-		ru.u.Close() // deregisters the segments
+		fail(fmt.Sprintf("close storage unit %d's server", ru.u.ID()), ru.srv.Close())
+		fail(fmt.Sprintf("close storage unit %d", ru.u.ID()), ru.u.Close()) // deregisters the segments
 		if ru.rdma != nil {
-			ru.rdma.Close()
+			fail(fmt.Sprintf("close storage unit %d's RDMA target", ru.u.ID()), ru.rdma.Close())
 		}
 	}
 	if s.rdmaDev != nil {
-		if err := s.rdmaDev.Close(); err != nil {
-			fmt.Fprintf(s.out, "tq serve: close RDMA device %s: %v\n", s.cfg.RDMADevice, err)
-		}
+		fail("close RDMA device "+s.cfg.RDMADevice, s.rdmaDev.Close())
 	}
 	if s.ctrlSrv != nil {
-		s.ctrlSrv.Close()
+		fail("close the controller's server", s.ctrlSrv.Close())
 	}
 	for _, f := range s.closers {
-		f()
+		errs = append(errs, f())
 	}
 	if s.ctrl != nil {
-		if err := s.ctrl.Close(); err != nil {
-			fmt.Fprintf(s.out, "tq serve: close the controller: %v\n", err)
-		}
+		fail("close the controller", s.ctrl.Close())
 	}
+	return errors.Join(errs...)
 }
 
 // logf reports background trouble (a failed snapshot, a journal that

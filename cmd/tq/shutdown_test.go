@@ -37,7 +37,7 @@ func startInProcess(t *testing.T, args ...string) *server {
 	require.NoError(t, err)
 	t.Cleanup(bound.close)
 	s := &server{cfg: cfg, out: io.Discard, log: slog.New(slog.DiscardHandler), bound: bound}
-	t.Cleanup(s.close)
+	t.Cleanup(func() { assert.NoError(t, s.close()) })
 	require.NoError(t, s.start(context.Background()))
 	require.NoError(t, s.serveKV())
 	return s
