@@ -436,6 +436,16 @@ func checkStateSum(r io.Reader, size int64) error {
 	return nil
 }
 
+// fits refuses a count of things (what) the rest of the file cannot
+// hold, at a byte each at least. A stream of unknown length bounds
+// nothing here: what a count sizes in advance is capped on its own.
+func (sr *stateReader) fits(count uint64, what string) error {
+	if sr.left >= 0 && count > uint64(sr.left) {
+		return corrupt("%d %s claimed, more than the %d bytes left in the file can hold", count, what, sr.left)
+	}
+	return nil
+}
+
 // uvarintLen is the length of n as a varint.
 func uvarintLen(n uint64) int {
 	var b [binary.MaxVarintLen64]byte
@@ -489,12 +499,21 @@ func (sr *stateReader) readState() (*loadedState, error) {
 	case head.NextUnitId > uint32(engine.LostUnit):
 		return nil, corrupt("next unit id %d is beyond %d", head.NextUnitId, engine.LostUnit)
 	}
+	// Each partition, and each row, takes at least a byte of what is
+	// left: a count the file cannot hold is damage, refused before it
+	// sizes anything.
+	if err := sr.fits(head.Partitions, "partitions"); err != nil {
+		return nil, err
+	}
 	ls := &loadedState{head: head, parts: make(map[string]*partition, min(head.Partitions, 1<<16))}
 	var used indexSet
 	var n struct{ rows, cells uint64 }
 	for range head.Partitions {
 		sp := &wirepb.StatePartition{}
 		if err := sr.next(sp, "partition"); err != nil {
+			return nil, err
+		}
+		if err := sr.fits(sp.Rows, fmt.Sprintf("rows of partition %q", sp.Partition)); err != nil {
 			return nil, err
 		}
 		at := sr.at
