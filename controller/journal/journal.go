@@ -254,7 +254,8 @@ func Open(cfg Config) (*Journal, error) {
 		}
 	}
 	markPath := filepath.Join(cfg.Dir, ackedFile)
-	if mark := readAcked(markPath); mark > last {
+	mark := readAcked(markPath)
+	if mark > last {
 		db.Close()
 		where := newest
 		if torn != nil {
@@ -278,7 +279,7 @@ func Open(cfg Config) (*Journal, error) {
 		}
 	}
 	if torn != nil && cfg.Logf != nil {
-		cfg.Logf("journal: %s", torn.describe(last, cfg.Fsync))
+		cfg.Logf("journal: %s", torn.describe(last, markPath, mark))
 	}
 	j.written = last
 	j.last.Store(last)
@@ -346,8 +347,13 @@ type torn struct {
 	count uint32
 }
 
-// describe says what was dropped; last is the log's last record.
-func (t *torn) describe(last uint64, mode Fsync) string {
+// describe says what was dropped; last is the log's last record, mark
+// the last one markPath marks acknowledged (0: none). It says only what is
+// known: the mode this start runs with need not be the one that wrote the
+// write (a run with --fsync never acknowledges records it never synced,
+// and keeps no mark), nor can a write cut short be told from damage to
+// its end after its fsync, which a lagging or missing mark lets through.
+func (t *torn) describe(last uint64, markPath string, mark uint64) string {
 	var held string
 	switch {
 	case t.count == 1:
@@ -355,12 +361,14 @@ func (t *torn) describe(last uint64, mode Fsync) string {
 	case t.count > 1:
 		held = fmt.Sprintf(" (by its header, %d records: record %d to %d)", t.count, t.first, t.first+uint64(t.count)-1)
 	}
-	lost := "no record in it was acknowledged (--fsync " + mode.String() + ")"
-	if mode == FsyncNever {
-		lost = "with --fsync never, acknowledged records may be among them"
+	known := fmt.Sprintf("%s marks no record acknowledged", markPath)
+	if mark > 0 {
+		known = fmt.Sprintf("%s marks records up to %d acknowledged, and the log holds them", markPath, mark)
 	}
-	return fmt.Sprintf("log file %s ends in a torn write at offset %d of %d bytes: the write%s is dropped and the log ends at record %d; %s",
-		t.file, t.offset, t.size, held, last, lost)
+	return fmt.Sprintf("log file %s ends in a torn write at offset %d of %d bytes: the write%s is dropped and the log ends at record %d; %s "+
+		"(a write cut short by a crash under --fsync batch or always was not acknowledged; one under --fsync never, "+
+		"which keeps no mark, or damaged after its fsync may have been)",
+		t.file, t.offset, t.size, held, last, known)
 }
 
 // tornTail reads the newest write-ahead file in dir, the one Pebble

@@ -110,3 +110,53 @@ func TestKilledInReusedFileIsNotTorn(t *testing.T) {
 	assert.Len(t, replayAll(t, k, 0), i)
 	assert.Empty(t, logs.all())
 }
+
+// TestTornTailSaysOnlyWhatIsKnown: the line about a torn tail says what
+// the mark of acknowledged records says, not what the mode of this start
+// would imply: a log written with --fsync never acknowledged records it
+// never synced, and a start with --fsync batch after it used to say that
+// no record of the torn write was acknowledged.
+func TestTornTailSaysOnlyWhatIsKnown(t *testing.T) {
+	for _, marked := range []int{0, 10} {
+		t.Run(fmt.Sprintf("marked %d", marked), func(t *testing.T) {
+			dir := t.TempDir()
+			i := 0
+			write := func(mode Fsync, n int) {
+				j, err := Open(Config{Dir: dir, Fsync: mode})
+				require.NoError(t, err)
+				for range n {
+					i++
+					r := string(rec(i))
+					if i == marked+40 {
+						r += strings.Repeat("y", 2000) // the torn write
+					}
+					require.NoError(t, j.Wait(context.Background(), j.Append([]byte(r))))
+				}
+				require.NoError(t, j.Close())
+			}
+			if marked > 0 {
+				write(FsyncBatch, marked)
+			}
+			write(FsyncNever, 40)
+			wal := newestLog(t, dir)
+			fi, err := os.Stat(wal)
+			require.NoError(t, err)
+			require.NoError(t, os.Truncate(wal, fi.Size()-1000))
+
+			var logs logLines
+			j, err := Open(Config{Dir: dir, Fsync: FsyncBatch, Logf: logs.logf})
+			require.NoError(t, err)
+			defer j.Close()
+			got := logs.all()
+			assert.Contains(t, got, fmt.Sprintf("the log ends at record %d", i-1))
+			assert.NotContains(t, got, "no record in it was acknowledged", "record %d was acknowledged, written with --fsync never", i)
+			mark := filepath.Join(dir, ackedFile)
+			if marked == 0 {
+				assert.Contains(t, got, mark+" marks no record acknowledged")
+			} else {
+				assert.Contains(t, got, fmt.Sprintf("%s marks records up to %d acknowledged, and the log holds them", mark, marked))
+			}
+			assert.Contains(t, got, "one under --fsync never")
+		})
+	}
+}
