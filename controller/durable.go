@@ -249,18 +249,25 @@ func (c *Controller) recover() (abandoned bool, err error) {
 	var setAside []string // this start's, with why
 	defer func() {
 		if err != nil && len(setAside) > 0 {
-			err = fmt.Errorf("%w (snapshots set aside, renamed .bad: %s)", err, strings.Join(setAside, "; "))
+			err = fmt.Errorf("%w (snapshots set aside: %s)", err, strings.Join(setAside, "; "))
 		}
 	}()
 	for _, s := range c.j.Snapshots() {
 		ls, err := readSnapshot(s)
 		if errors.Is(err, engine.ErrCorrupt) {
-			if derr := c.j.Discard(s); derr != nil {
+			// A file of another record's state (renamed, copied in) is
+			// not this snapshot, damaged: its name says nothing of what
+			// the log must hold.
+			setAsideAs, set := badSuffix, c.j.Discard
+			if errors.Is(err, errMisnamed) {
+				setAsideAs, set = ".misnamed", c.j.SetAsideMisnamed
+			}
+			if derr := set(s); derr != nil {
 				return false, errors.Join(err, derr)
 			}
-			setAside = append(setAside, err.Error()) // names the file
+			setAside = append(setAside, fmt.Sprintf("renamed %s: %v", setAsideAs, err)) // names the file
 			if c.cfg.Logf != nil {
-				c.cfg.Logf("controller: snapshot set aside as %s.bad, recovering without it: %v", filepath.Base(s.Path), err)
+				c.cfg.Logf("controller: snapshot set aside as %s%s, recovering without it: %v", filepath.Base(s.Path), setAsideAs, err)
 			}
 			continue
 		}
@@ -340,10 +347,17 @@ func (c *Controller) replaced(index uint64) error {
 func readSnapshot(s journal.Snapshot) (*loadedState, error) {
 	ls, err := readStateFile(s.Path)
 	if err == nil && ls.head.LogIndex != s.Index {
-		return nil, corrupt("%s holds the state through log record %d, its name says %d", filepath.Base(s.Path), ls.head.LogIndex, s.Index)
+		return nil, fmt.Errorf("%s holds the state through log record %d, its name says %d: %w", filepath.Base(s.Path), ls.head.LogIndex, s.Index, errMisnamed)
 	}
 	return ls, err
 }
+
+// errMisnamed is a snapshot whose file holds another record's state.
+var errMisnamed = fmt.Errorf("not the snapshot its name gives: %w", engine.ErrCorrupt)
+
+// badSuffix is what a snapshot set aside as damaged is renamed with
+// (journal.Journal.Discard).
+const badSuffix = ".bad"
 
 func readStateFile(path string) (*loadedState, error) {
 	f, st, err := openRegular(path)

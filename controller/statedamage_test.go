@@ -223,7 +223,70 @@ func TestSnapshotWhoseIndexDisagreesWithItsNameIsSetAside(t *testing.T) {
 	require.Len(t, log.all(), 1)
 	assert.Contains(t, log.all()[0], filepath.Base(misnamed))
 	assert.Contains(t, log.all()[0], fmt.Sprintf("record %d", snaps[0].Index), "the line says what the file holds")
-	assert.FileExists(t, misnamed+".bad")
+	assert.FileExists(t, misnamed+".misnamed")
+}
+
+// A file named as a snapshot of a record past the log's end, which holds
+// an older state (renamed by hand), is set aside as misnamed: its name
+// is no record's, so nothing is lost, and the start goes on with the
+// state it would have had without it, as does the next (which says it
+// ignores the file). It was set aside as damaged, and every start then
+// failed, saying that the records up to its name's were lost and naming,
+// to remove, a file the rename had taken away.
+func TestMisnamedSnapshotPastTheLogDoesNotStopTheStart(t *testing.T) {
+	dir := t.TempDir()
+	snaps := twoSnapshotsAndACrash(t, dir)
+	misnamed := filepath.Join(dir, fmt.Sprintf("snap-%016x.pb", snaps[0].Index+1000))
+	require.NoError(t, os.Rename(snaps[0].Path, misnamed))
+	for start := range 2 {
+		var log logLines
+		d, err := New(Config{Dir: dir, Logf: log.logf})
+		require.NoError(t, err, "start %d", start)
+		for _, p := range []string{"p", "q", "r"} {
+			require.Contains(t, d.parts, p)
+			assert.Len(t, d.parts[p].sortedRows(), 5, "rows of partition %q", p)
+		}
+		require.NoError(t, d.Close())
+		require.Len(t, log.all(), 1)
+		if start == 0 {
+			assert.Contains(t, log.all()[0], filepath.Base(misnamed)+".misnamed")
+		} else {
+			assert.Contains(t, log.all()[0], "ignoring "+filepath.Base(misnamed)+".misnamed")
+		}
+	}
+}
+
+// durability.md, "Files": a file in the controller's directory that it
+// does not recognise (a snapshot renamed by hand) is ignored with a line
+// naming it, at every start; a start that fails for want of the records
+// such a file held names it. Renamed files were ignored without a word,
+// and the start failed saying only that records were missing.
+func TestRenamedSnapshotsAreNamed(t *testing.T) {
+	dir := t.TempDir()
+	snaps := twoSnapshotsAndACrash(t, dir)
+	for _, s := range snaps {
+		require.NoError(t, os.Rename(s.Path, s.Path+".orig"))
+	}
+	var log logLines
+	_, err := New(Config{Dir: dir, Logf: log.logf})
+	require.ErrorIs(t, err, engine.ErrCorrupt)
+	require.Len(t, log.all(), 2)
+	for i, s := range snaps {
+		name := filepath.Base(s.Path) + ".orig"
+		assert.Contains(t, err.Error(), name, "the error names the renamed snapshot")
+		assert.Contains(t, log.all()[1-i], "ignoring "+name)
+	}
+
+	// The older one back: the start goes on from it, the newest still
+	// ignored (and said so).
+	require.NoError(t, os.Rename(snaps[1].Path+".orig", snaps[1].Path))
+	log = logLines{}
+	d, err := New(Config{Dir: dir, Logf: log.logf})
+	require.NoError(t, err)
+	defer d.Close()
+	assert.Len(t, d.parts, 3)
+	require.Len(t, log.all(), 1)
+	assert.Contains(t, log.all()[0], "ignoring "+filepath.Base(snaps[0].Path)+".orig")
 }
 
 // durability.md, "Snapshots": a snapshot from another version of TQ is

@@ -138,8 +138,9 @@ type Journal struct {
 	// reach is the newest snapshot at Open, set aside or not: a replay
 	// from an older one must get to its index (see Replay).
 	reach    Snapshot
-	appended int64 // bytes of every record appended since Open
-	snapAt   int64 // appended when the newest snapshot's state was taken
+	ignored  []string // files in Dir the journal does not read, by name
+	appended int64    // bytes of every record appended since Open
+	snapAt   int64    // appended when the newest snapshot's state was taken
 
 	last    atomic.Uint64 // index of the last appended record
 	durable atomic.Uint64 // index of the last durable record
@@ -168,6 +169,10 @@ type Pos struct {
 }
 
 const snapPrefix, snapSuffix, badSuffix = "snap-", ".pb", ".bad"
+
+// misnamedSuffix marks a file named as a snapshot that holds the state
+// through another record (see [Journal.SetAsideMisnamed]): not read again.
+const misnamedSuffix = ".misnamed"
 
 // keepSetAside is how many snapshots set aside (.bad) are kept: the
 // newest; older ones are removed, so that a controller that keeps
@@ -236,9 +241,15 @@ func Open(cfg Config) (*Journal, error) {
 		writerDone: make(chan struct{}),
 	}
 	j.undone.Store(math.MaxUint64)
-	if j.snaps, j.setAside, err = listSnapshots(cfg.Dir); err != nil {
+	if j.snaps, j.setAside, j.ignored, err = listSnapshots(cfg.Dir); err != nil {
 		db.Close()
 		return nil, err
+	}
+	for _, name := range j.ignored {
+		// A snapshot renamed (snap-N.pb.orig, say) is read no more:
+		// its state is the log's, or lost with it (see Replay).
+		j.logf("journal: ignoring %s in %s: not a file of the controller's (a snapshot is read only as %s<16 hex digits>%s)",
+			name, cfg.Dir, snapPrefix, snapSuffix)
 	}
 	last, err := j.lastKey()
 	if err != nil {
@@ -518,16 +529,20 @@ func (j *Journal) lastKey() (uint64, error) {
 }
 
 // listSnapshots returns the snapshot files in dir and those set aside
-// (.bad), each newest first, and removes temporary files a crash left
-// behind.
-func listSnapshots(dir string) (snaps, bad []Snapshot, err error) {
+// (.bad), each newest first, and the names of the files it does not
+// recognise; it removes temporary files a crash left behind.
+func listSnapshots(dir string) (snaps, bad []Snapshot, ignored []string, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list snapshots: %w", err)
+		return nil, nil, nil, fmt.Errorf("list snapshots: %w", err)
 	}
 	for _, e := range entries {
 		name := e.Name()
+		if name == "log" || name == ackedFile {
+			continue
+		}
 		if !strings.HasPrefix(name, snapPrefix) {
+			ignored = append(ignored, name)
 			continue
 		}
 		if strings.Contains(name, ".tmp-") {
@@ -540,18 +555,16 @@ func listSnapshots(dir string) (snaps, bad []Snapshot, err error) {
 			list, num = &bad, n
 		}
 		num, ok := strings.CutSuffix(num, snapSuffix)
-		if !ok {
-			continue
-		}
 		idx, err := strconv.ParseUint(num, 16, 64)
-		if err != nil {
+		if !ok || err != nil {
+			ignored = append(ignored, name)
 			continue
 		}
 		*list = append(*list, Snapshot{Index: idx, Path: filepath.Join(dir, name)})
 	}
 	slices.SortFunc(snaps, newestFirst)
 	slices.SortFunc(bad, newestFirst)
-	return snaps, bad, nil
+	return snaps, bad, ignored, nil
 }
 
 // newestFirst orders snapshots by index, the newest first.
@@ -580,6 +593,9 @@ func (j *Journal) Discard(s Snapshot) error {
 	if err := os.Rename(s.Path, bad.Path); err != nil {
 		return fmt.Errorf("set aside unreadable snapshot: %w", err)
 	}
+	if j.reach == s {
+		j.reach = bad // the file a failed replay names
+	}
 	j.setAside = slices.DeleteFunc(j.setAside, func(x Snapshot) bool { return x == bad }) // replaced by the rename
 	j.setAside = append(j.setAside, bad)
 	slices.SortFunc(j.setAside, newestFirst)
@@ -592,6 +608,30 @@ func (j *Journal) Discard(s Snapshot) error {
 		}
 		j.logf("journal: removed %s, an older snapshot set aside: the newest %d are kept", old.Path, keepSetAside)
 		j.setAside = j.setAside[:len(j.setAside)-1]
+	}
+	return nil
+}
+
+// SetAsideMisnamed sets aside a snapshot whose file holds the state
+// through another record than its name gives (renamed, or copied in): it
+// is renamed with a .misnamed suffix, read no more, and, its name being
+// no record's, a replay need not reach it.
+func (j *Journal) SetAsideMisnamed(s Snapshot) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	path := s.Path + misnamedSuffix
+	if err := os.Rename(s.Path, path); err != nil {
+		return fmt.Errorf("set aside misnamed snapshot: %w", err)
+	}
+	j.snaps = slices.DeleteFunc(j.snaps, func(x Snapshot) bool { return x == s })
+	j.ignored = append(j.ignored, filepath.Base(path))
+	if j.reach == s {
+		j.reach = Snapshot{}
+		for _, l := range [][]Snapshot{j.snaps, j.setAside} {
+			if len(l) > 0 && l[0].Index > j.reach.Index {
+				j.reach = l[0]
+			}
+		}
 	}
 	return nil
 }
@@ -637,7 +677,13 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		}
 		i := binary.BigEndian.Uint64(it.Key())
 		if i != want {
-			return fmt.Errorf("log record %d follows %d; records %d to %d are missing: %w", i, want-1, want, i-1, engine.ErrCorrupt)
+			var unread string
+			if want == after+1 && len(j.ignored) > 0 {
+				// A snapshot renamed may be what held them.
+				unread = fmt.Sprintf(" (files in %s not read: %s; a snapshot is read only as %s<16 hex digits>%s)",
+					j.cfg.Dir, strings.Join(j.ignored, ", "), snapPrefix, snapSuffix)
+			}
+			return fmt.Errorf("log record %d follows %d; records %d to %d are missing%s: %w", i, want-1, want, i-1, unread, engine.ErrCorrupt)
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {

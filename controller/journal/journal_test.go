@@ -474,6 +474,9 @@ func TestReplayPastALostSnapshotMustReachIt(t *testing.T) {
 	err = j2.Replay(snaps[1].Index, func(i uint64, _ []byte) error { got = append(got, i); return nil })
 	require.ErrorIs(t, err, engine.ErrCorrupt, "replayed %v: the state through record 20 is lost", got)
 	assert.Contains(t, err.Error(), filepath.Base(snaps[0].Path), "the error names the snapshot set aside")
+	// The file to remove is the one set aside: it named the snapshot's
+	// old path, gone with the rename.
+	assert.Contains(t, err.Error(), "(remove "+snaps[0].Path+badSuffix+" to start without them)")
 	require.NoError(t, j2.Close())
 
 	j3 := open(t, dir, FsyncNever)
