@@ -98,6 +98,48 @@ def test_blocking_fetch_with_no_time_left_does_not_wait(server, part):
         assert c.get_meta(["x"], 2, part, task_name="t", wait=True, timeout=0).size == 2
 
 
+@pytest.mark.parametrize("kw,want", [
+    ({"timeout": float("inf")}, "timeout inf must be finite"),
+    ({"timeout": float("nan")}, "timeout nan is not a number"),
+    ({"timeout": -1}, "timeout -1 must not be negative"),
+    ({"timeout": 0}, "timeout 0 must be more than 0"),
+    ({"timeout": "30"}, "timeout must be a number, not str ('30')"),
+    ({"timeout": None}, "timeout must be a number, not NoneType (None)"),
+    ({"timeout": True}, "timeout must be a number, not bool (True)"),
+    ({"retry_for": float("nan")}, "retry_for nan is not a number"),
+    ({"retry_for": "60"}, "retry_for must be a number, not str ('60')"),
+])
+def test_client_refuses_a_bad_timeout_naming_it(server, kw, want):
+    """tq.Client's timeout and retry_for were taken as given: an infinite
+    timeout was an OverflowError from the socket once the client dialed,
+    NaN a wait that never ended, a str a TypeError at the first failed
+    call. Each is now refused where the client is built, naming the
+    argument and its value; retry_for may be infinite (try for ever) or
+    0 or less (never), as documented."""
+    with pytest.raises(tq.InvalidError) as ei:
+        tq.Client(server.address, token=server.token, **kw)
+    assert want in str(ei.value) and isinstance(ei.value, ValueError)
+    for retry_for in (float("inf"), -1, 0):
+        tq.Client(server.address, token=server.token, retry_for=retry_for, timeout=5).close()
+
+
+@pytest.mark.parametrize("kw,want", [
+    ({"batch_size": 1.5}, "batch_size must be an int, not float (1.5)"),
+    ({"batch_size": -1}, "batch_size -1 must not be negative"),
+    ({"timeout": float("inf"), "wait": True}, "timeout inf must be finite"),
+    ({"timeout": float("nan"), "wait": True}, "timeout nan is not a number"),
+    ({"timeout": -0.5, "wait": True}, "timeout -0.5 must not be negative"),
+])
+def test_get_meta_refuses_a_bad_batch_size_or_timeout(client, part, kw, want):
+    """get_meta's batch_size and timeout were unchecked: an infinite or
+    NaN timeout failed deep in the wait (OverflowError, ValueError from
+    int()), a float batch_size as protobuf's TypeError naming no argument."""
+    kw = {"batch_size": 1, **kw}
+    with pytest.raises(tq.InvalidError) as ei:
+        client.get_meta(["x"], kw.pop("batch_size"), part, task_name="t", **kw)
+    assert want in str(ei.value)
+
+
 def test_blocking_fetch_asks_again_when_the_servers_limit_runs_out():
     """A blocking fetch whose wait the server ends (CODE_DEADLINE) well
     before the caller's timeout, its own limit being shorter, is asked

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import random
 import socket
@@ -146,6 +147,26 @@ def _text(v, arg: str, op: str, name: str = "", *, optional: bool = False, bound
     if v is None and optional:
         return v
     raise errors.InvalidError(f"{arg} must be a str, not {type(v).__name__}", op=op)
+
+
+def _number(v, arg: str, op: str, *, zero: bool = True, negative: bool = False, inf: bool = False,
+            integer: bool = False):
+    """``v`` (argument ``arg`` of ``op``) when it is a number that argument
+    takes: an integer (not a bool) when ``integer``, else a real; not
+    NaN; infinite only with ``inf``, negative only with ``negative``, 0
+    only with ``zero``. Anything else is InvalidError (a ValueError) naming
+    the argument and the value, raised where it is given, not an
+    OverflowError or a wait that never ends deep inside a later call."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real):
+        raise errors.InvalidError(f"{arg} must be {'an int' if integer else 'a number'}, "
+                                  f"not {type(v).__name__} ({v!r})", op=op)
+    why = ("is not a number" if math.isnan(v) else
+           "must be finite" if math.isinf(v) and not inf else
+           "must not be negative" if v < 0 and not negative else
+           "must be more than 0" if v == 0 and not zero else "")
+    if why:
+        raise errors.InvalidError(f"{arg} {v!r} {why}", op=op)
+    return v
 
 
 class View:
@@ -365,7 +386,9 @@ class Client:
     ``token``: default $TQ_TOKEN (refused when set but empty), else the
     token file in this user's data directory. ``transport``: ``"auto"`` (shared memory with units on this
     host, TCP with the others), ``"tcp"``, or ``"shm"`` (fail where shared
-    memory is impossible). ``retry_for``: how long, in seconds, a call
+    memory is impossible). ``timeout``: how long, in seconds, each send
+    and receive waits for its peer (a finite number above 0; anything
+    else is :class:`InvalidError` naming it). ``retry_for``: how long, in seconds, a call
     that is safe to repeat (a read, a listing, a fetch, giving rows back,
     mark_done) keeps being sent again, with backoff, over new connections
     while the controller cannot be reached (it restarted, the network
@@ -389,6 +412,10 @@ class Client:
                  require_server_proof: bool | None = None):
         if transport not in ("auto", "tcp", "shm"):
             raise errors.InvalidError(f"transport {transport!r}: want auto, tcp or shm")
+        # Checked first: a socket takes an infinite timeout as an
+        # OverflowError, NaN as a wait that never ends.
+        timeout = float(_number(timeout, "timeout", "Client", zero=False))
+        retry_for = float(_number(retry_for, "retry_for", "Client", negative=True, inf=True))
         self.address = address or os.environ.get(wire.ENV_ADDRESS) or wire.DEFAULT_ADDRESS
         self.token = wire.find_token(token)
         self.require_server_proof = wire.find_require_server_proof(require_server_proof)
@@ -1428,6 +1455,9 @@ class Client:
         _text(partition_id, "partition_id", ctx["op_name"], "partition")
         data_fields = _field_list(data_fields, ctx["op_name"])
         _text(task_name, "task_name", ctx["op_name"], optional=True)
+        batch_size = int(_number(batch_size, "batch_size", ctx["op_name"], integer=True))
+        if timeout is not None:
+            _number(timeout, "timeout", ctx["op_name"])
         before = self._cluster_now
         if mode == "insert":
             if data_fields is None:
