@@ -450,6 +450,30 @@ def test_unit_that_refuses_its_hello_is_left_out(server, tmp_path, code):
         ls.close()
 
 
+def test_a_put_no_unit_can_take_names_each_unit_and_its_error(server, monkeypatch):
+    """A put whose units all failed to be reached (a refused connection,
+    a dial's timeout) failed "no storage unit is alive": what went wrong
+    on each unit was lost. As the Go client's, the error names each unit
+    tried and its error."""
+    c = server.client(transport="tcp")
+    try:
+        ids = sorted(c.units(refresh=True))
+
+        def refused(self, cols, **kw):
+            raise tq.UnavailableError(f"dial tcp://192.0.2.{self.id}:7371: [Errno 111] Connection refused",
+                                      op="write")
+        monkeypatch.setattr(tq.unit.Unit, "write", refused)
+        with pytest.raises(tq.UnavailableError) as ei:
+            c.kv_batch_put(["k"], "p-unreachable", {"x": np.ones((1, 1 << 17), np.float32)})  # not inline
+        msg = str(ei.value)
+        assert "every one it tried is unreachable" in msg, msg
+        tried = [uid for uid in ids if f"storage unit {uid}: write: dial tcp://192.0.2.{uid}:7371: " in msg]
+        assert tried and len(tried) == min(len(ids), 3), msg
+        assert msg.count("Connection refused") == len(tried), msg
+    finally:
+        c.close()
+
+
 def test_a_read_takes_its_unit_from_the_table_it_checked():
     """A read looks a unit up by id only in a table of the cluster the
     controller answers for now. _unit took the unit from the table it

@@ -931,14 +931,16 @@ class Client:
         waiting puts): one that joined meanwhile, or one where frees made
         room, takes it. As the Go client's planner.again."""
         n = len(cols[0].row_lens) if cols else 0
-        tried = set()  # units that could not be reached: left out of every round
+        tried = {}  # units that could not be reached, left out of every round: id → their error, as text
         waited = last = None  # when the row began to wait for room, and the last refusal's text
         while True:
             full = set()
             while True:
                 try:
-                    unit = self._pick(h, exclude=tried | full)
-                except errors.UnavailableError:
+                    unit = self._pick(h, exclude=tried.keys() | full)
+                except errors.UnavailableError as e:
+                    if tried and not full:
+                        raise self._unreachable(tried) from e
                     if not full:
                         raise
                     if n > 1:  # no unit takes it whole: halves may fit where the whole did not
@@ -953,10 +955,10 @@ class Client:
                     return
                 except errors.CapacityError:
                     full.add(unit.id)
-                except errors.UnavailableError:
-                    tried.add(unit.id)
+                except errors.UnavailableError as e:
+                    tried[unit.id] = str(e)
                     if len(tried) >= 3:
-                        raise
+                        raise self._unreachable(tried) from e
                     self.units(refresh=True)
             self._too_big(cols)
             began = time.monotonic()
@@ -982,6 +984,16 @@ class Client:
                 last = str(e)  # not e: its traceback holds this frame, a cycle
             if not _pause_round(began, deadline):
                 raise self._waited_out(cols, waited, last)
+
+    @staticmethod
+    def _unreachable(tried) -> errors.UnavailableError:
+        """The error of a put that found no unit it could reach, naming
+        each unit it tried (``tried``: id → its error, as text) and what
+        went wrong there, as the Go client's does: "no unit is alive" alone
+        hid a refused connection or a dial's timeout."""
+        why = "; ".join(f"storage unit {uid}: {e}" for uid, e in tried.items())
+        return errors.UnavailableError(f"no storage unit left to place the put on: every one it tried is "
+                                       f"unreachable, nothing was written: {why}", op="put")
 
     def _too_big(self, cols) -> None:
         """CapacityError naming a row of cols larger than the largest
