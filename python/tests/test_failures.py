@@ -474,6 +474,38 @@ def test_a_put_no_unit_can_take_names_each_unit_and_its_error(server, monkeypatc
         c.close()
 
 
+def test_a_row_is_too_big_only_when_every_units_capacity_is_known():
+    """A put or reservation larger than the largest unit's capacity fails
+    at once (it would wait for room that never comes). With a unit whose
+    capacity is unknown (0: listed by an older controller) the largest
+    known one was taken, and a row that unit may hold was refused; the Go
+    client (planner.largest) skips the check then, as this one does now."""
+    import types
+
+    c = tq.Client.__new__(tq.Client)
+    c.timeout = 5.0
+    units = [types.SimpleNamespace(capacity=1 << 20), types.SimpleNamespace(capacity=0)]
+    c._placeable = lambda refresh=False: units
+    c.units = lambda refresh=False: {}
+    c._units_cluster = ""
+
+    class Placed(Exception):
+        pass
+
+    def pick(*a, **kw):
+        raise Placed
+    c._pick = pick
+    row = np.ones((1, 2 << 20), np.uint8)
+    c._too_big(tq.columns.columns({"x": row}, 1))  # unit 2 may hold it
+    with pytest.raises(Placed):
+        c.reserve_kv_put(["k"], "p", {"x": ("uint8", (2 << 20,))})
+    units[1].capacity = 1 << 20
+    with pytest.raises(tq.CapacityError, match=r"more than the largest storage unit's capacity \(1048576 bytes\)"):
+        c._too_big(tq.columns.columns({"x": row}, 1))
+    with pytest.raises(tq.CapacityError, match=r"more than the largest storage unit's capacity \(1048576 bytes\)"):
+        c.reserve_kv_put(["k"], "p", {"x": ("uint8", (2 << 20,))})
+
+
 def test_a_read_takes_its_unit_from_the_table_it_checked():
     """A read looks a unit up by id only in a table of the cluster the
     controller answers for now. _unit took the unit from the table it

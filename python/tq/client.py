@@ -995,10 +995,19 @@ class Client:
         return errors.UnavailableError(f"no storage unit left to place the put on: every one it tried is "
                                        f"unreachable, nothing was written: {why}", op="put")
 
+    def _largest(self) -> int:
+        """The largest capacity of the units placement may pick (a
+        draining unit's room is for nobody), or 0 when one's is unknown (an
+        older controller's list): that unit may be larger, and a row
+        refused for the others' capacity would fit it. As the Go client's
+        planner.largest."""
+        caps = [u.capacity for u in self._placeable()]
+        return 0 if not caps or 0 in caps else max(caps)
+
     def _too_big(self, cols) -> None:
         """CapacityError naming a row of cols larger than the largest
         unit's capacity: it would wait for room that never comes."""
-        most = max((u.capacity for u in self._placeable()), default=0)  # a draining unit's room is for nobody
+        most = self._largest()
         if not most:
             return
         sizes = np.zeros(len(cols[0].row_lens), dtype=np.int64)
@@ -1780,7 +1789,7 @@ class Client:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         h = zlib.crc32(keys[0].encode())
         size = sum(c.nbytes for c in fields)
-        most = max((u.capacity for u in self._placeable()), default=0)
+        most = self._largest()
         if most and size > most:  # it would wait for room that never comes
             raise errors.CapacityError(f"a reservation of {size} bytes, more than the largest storage unit's "
                                        f"capacity ({most} bytes)", op="reserve_kv_put", partition=partition)
