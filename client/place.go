@@ -156,6 +156,19 @@ func unreachable(ctx context.Context, err error) bool {
 	return err != nil && ctx.Err() == nil && errors.Is(err, engine.ErrUnavailable) && !errors.Is(err, engine.ErrClosed)
 }
 
+// settle waits, after a call to a unit failed, for ctx to end when its
+// deadline has passed: the call may have been cut by that deadline (a
+// dial's or a read's own timer) a moment before ctx's timer set
+// ctx.Err(), and the put would take the end of its own time for a unit
+// that cannot be reached (leaving a live unit out, and failing with
+// [engine.ErrUnavailable] rather than [engine.ErrCapacity] and ctx's
+// error).
+func settle(ctx context.Context) {
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		<-ctx.Done()
+	}
+}
+
 // exclude leaves the units of slots (indexes, any order, repeats allowed)
 // out of the plan for the rest of the put, each with the error its write
 // met: each unit is left out at most once, so a put's re-placements end.

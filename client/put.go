@@ -47,7 +47,10 @@ import (
 // Errors: [engine.ErrInvalid] for a row-count mismatch or an empty batch,
 // [engine.ErrDTypeMismatch] when a field already has another dtype,
 // [engine.ErrCapacity] (with ctx's error) when storage stays full until
-// ctx ends. A put waits for room as long as ctx allows: a unit in another
+// ctx ends: a unit refused the put's rows for room, or they waited for
+// it; a put whose ctx ends before it learned whether a unit had room (at
+// its call to the controller, or with its write on the way) fails with
+// ctx's error alone. A put waits for room as long as ctx allows: a unit in another
 // process answers a waiting write after its reserve wait (5 s by default,
 // storage.ServerConfig.ReserveWait), and the put then lists the units
 // again and places its rows anew, on a unit that joined or one where
@@ -331,13 +334,19 @@ func (c *Client) writeRows(ctx context.Context, u DataUnit, fields []engine.Fiel
 		addrs, err = u.Write(ctx, extents)
 		return err
 	})
+	if err != nil {
+		settle(ctx)
+	}
 	if err != nil && ctx.Err() == nil && !errors.Is(err, engine.ErrCapacity) {
 		c.unreachable() // the unit may be dead: placement asks which are alive
 	}
-	if errors.Is(err, engine.ErrUnavailable) {
+	switch {
+	case err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+		// Cut by ctx's deadline (a dial's timeout), not by the unit.
+		return nil, fmt.Errorf("write to unit %d: %w; ctx ended: %w", u.ID(), err, context.Cause(ctx))
+	case errors.Is(err, engine.ErrUnavailable) && ctx.Err() == nil:
 		return nil, fmt.Errorf("storage unit %d is unreachable, nothing was written: %w", u.ID(), err)
-	}
-	if err != nil {
+	case err != nil:
 		return nil, fmt.Errorf("write to unit %d: %w", u.ID(), err)
 	}
 	for i, f := range fields {

@@ -118,8 +118,12 @@ func (c *Client) putKeys(ctx context.Context, partition string, keys []string, b
 		switch {
 		case unreachable(ctx, err):
 			p.exclude([]int{s}, []error{err}) // nothing written: the rows go to the others
-		case !errors.Is(err, engine.ErrCapacity) || ctx.Err() != nil:
+		case !errors.Is(err, engine.ErrCapacity):
 			return engine.KeysCommitted{}, err
+		case ctx.Err() != nil:
+			// Refused for room as ctx ended: ErrCapacity with ctx's
+			// error, as writePlaced's.
+			return engine.KeysCommitted{}, waitedOut(ctx, err, len(keys))
 		default:
 			p.refused(s, int64(b.Size())) // the rows spill
 		}

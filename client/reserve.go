@@ -182,6 +182,11 @@ func (c *Client) reserve(ctx context.Context, u DataUnit, fields []FieldSpec, n 
 		return err
 	})
 	if err != nil {
+		settle(ctx)
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			// Cut by ctx's deadline (a dial's timeout), not by the unit.
+			return nil, fmt.Errorf("reserve on unit %d: %w; ctx ended: %w", u.ID(), err, context.Cause(ctx))
+		}
 		return nil, fmt.Errorf("reserve on unit %d: %w", u.ID(), err)
 	}
 	b := &reserved{c: c, unit: u, res: res, fields: make([]engine.Field, len(fields))}
@@ -483,7 +488,9 @@ func (c *Client) reservePlaced(ctx context.Context, seed uint64, fields []FieldS
 			if err := p.again(ctx, began, full); err != nil {
 				return nil, err
 			}
-		case (!room || full != nil) && ctx.Err() != nil:
+		case (!room || full != nil || errors.Is(err, engine.ErrCapacity)) && ctx.Err() != nil:
+			// Refused for room as ctx ended, too: ErrCapacity with
+			// ctx's error, as writePlaced's.
 			return nil, waitedOut(ctx, err, n)
 		case !room || ctx.Err() != nil:
 			return nil, err
