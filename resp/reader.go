@@ -64,8 +64,8 @@ type reader struct {
 	maxValue int64
 	authed   bool
 	// unauthBulk bounds an argument before AUTH: maxUnauthBulk, or the
-	// token's length where that is longer, so that any token tq serve
-	// takes can be sent.
+	// token's length where that is longer (a token is at most
+	// auth.MaxToken, as NewServer checks), so that the token can be sent.
 	unauthBulk int
 	// large is called before an argument larger than smallArg is read
 	// with its size; it returns an error to refuse it (the budget for

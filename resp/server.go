@@ -30,7 +30,9 @@ import (
 
 // Config configures a RESP endpoint.
 type Config struct {
-	// Token is the secret AUTH must give; "" lets every client in.
+	// Token is the secret AUTH must give; "" lets every client in. At
+	// most 4096 bytes (auth.MaxToken): an argument before AUTH may be
+	// as long.
 	Token string
 	// Partition is the partition a connection starts with (SELECT 0);
 	// default "default".
@@ -173,6 +175,11 @@ func NewServer(ctrl *controller.Controller, units []*storage.Unit, cfg Config) (
 	cfg = cfg.withDefaults()
 	if err := partitionProblem([]byte(cfg.Partition)); err != nil {
 		return nil, fmt.Errorf("resp: starting partition: %w", err)
+	}
+	if len(cfg.Token) > auth.MaxToken {
+		// An argument before AUTH may be as long as the token: a peer
+		// that never authenticates would make the server buffer as much.
+		return nil, fmt.Errorf("resp: Token of %d bytes, longer than the %d a token may have: %w", len(cfg.Token), auth.MaxToken, engine.ErrInvalid)
 	}
 	st, err := newStore(ctrl, units, cfg.CommandTimeout)
 	if err != nil {

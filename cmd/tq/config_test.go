@@ -928,6 +928,8 @@ func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
 			{[]string{"--token", "s3 cret"}, "--token: white space or a control character inside the token (7 bytes)"},
 			{[]string{"--token", "s3\ncret\n"}, "--token: white space or a control character inside the token"},
 			{[]string{"--token", "s3\x7fcret"}, "--token: white space or a control character inside the token"},
+			{[]string{"--token", strings.Repeat("s3", 2049)}, "--token: the token is 4098 bytes, longer than the 4096 a token may have"},
+			{[]string{"--token", strings.Repeat("s3", 2048)}, ""},
 			{[]string{"--role", "unit", "--controller", "tcp://h:1", "--token", "s3cret\r\n"}, "--token: white space around the token"},
 			{[]string{"--token", "s3cret"}, ""},
 		})
@@ -937,6 +939,16 @@ func TestATokenThatIsNotOneWordIsRefused(t *testing.T) {
 		checkConfigCases(t, []configCase{
 			{nil, "$TQ_TOKEN: white space around the token (7 bytes"},
 			{[]string{"--token", "s3cret"}, ""}, // $TQ_TOKEN is not used
+		})
+	})
+	t.Run("$TQ_TOKEN too long", func(t *testing.T) {
+		// The RESP endpoint (--resp) bounds an argument before AUTH by
+		// the token's length: a token of any length let a peer that
+		// never authenticates make it buffer as much.
+		t.Setenv(auth.EnvToken, strings.Repeat("s3", 1<<20))
+		checkConfigCases(t, []configCase{
+			{nil, "$TQ_TOKEN: the token is 2097152 bytes, longer than the 4096 a token may have"},
+			{[]string{"--token", "s3cret"}, ""},
 		})
 	})
 	_, _, err := parseServeConfig([]string{"--check-config", "--token", "s3cret\n"}, io.Discard)

@@ -33,8 +33,15 @@ const (
 	TokenFile = "token"
 )
 
+// MaxToken bounds a token, however it is given (a token file, $TQ_TOKEN,
+// --token, a client's explicit token): servers read a client's token
+// before it is authenticated (the RESP endpoint's bound on an argument
+// before AUTH is as long as the token), so a token of any length would
+// let an unauthenticated peer make them buffer as much.
+const MaxToken = 4096
+
 // maxTokenFile bounds what is read of a token file.
-const maxTokenFile = 4096
+const maxTokenFile = MaxToken
 
 // DefaultDataDir returns this user's data directory: $TQ_DATA_DIR when
 // set, else $XDG_STATE_HOME/tq when $XDG_STATE_HOME is an absolute path,
@@ -321,13 +328,17 @@ func renameNoReplace(oldpath, newpath string) error {
 // tq serve's --token) that is not one word: white space around it (a
 // trailing newline, from a file read whole into a variable or a
 // Kubernetes Secret made from one) or inside it, or a control character
-// — the rule [ReadToken] applies to a token file after trimming it. Such
+// — the rule [ReadToken] applies to a token file after trimming it — or
+// that is longer than [MaxToken], as a token file may not be. Such
 // a token is refused rather than trimmed, by tq serve and by clients
 // alike, so that the two never disagree on it. The error names the
 // token's length and the fault, never the token, nor where it came from
 // (the caller adds that).
 func CheckToken(tok string) error {
 	bad := func(r rune) bool { return r <= ' ' || r == 0x7f }
+	if len(tok) > MaxToken {
+		return fmt.Errorf("the token is %d bytes, longer than the %d a token may have (as a token file)", len(tok), MaxToken)
+	}
 	switch trimmed := strings.TrimSpace(tok); {
 	case trimmed != tok && !strings.ContainsFunc(trimmed, bad):
 		return fmt.Errorf("white space around the token (%d bytes; a trailing newline, as from a file?): strip it where the token is set", len(tok))

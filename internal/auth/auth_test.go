@@ -337,6 +337,10 @@ func TestFindToken(t *testing.T) {
 			{"$TQ_TOKEN, CRLF", "", "s3cret\r\n", "$TQ_TOKEN: white space around the token (8 bytes"},
 			{"$TQ_TOKEN, leading space", "", " s3cret", "$TQ_TOKEN: white space around the token"},
 			{"$TQ_TOKEN, newline inside", "", "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"},
+			// Longer than a token file may be: the RESP endpoint's bound
+			// on an argument before AUTH is the token's length.
+			{"explicit, too long", strings.Repeat("s3", MaxToken/2+1), "", "the token given explicitly: the token is 4098 bytes, longer than the 4096 a token may have"},
+			{"$TQ_TOKEN, too long", "", strings.Repeat("s3", 1<<20), "$TQ_TOKEN: the token is 2097152 bytes, longer than the 4096 a token may have"},
 			// A Kubernetes Secret with an empty value: taken as unset, the
 			// client used the token file (another token) while tq serve
 			// refuses it (cmd/tq's validate), with the same words.
@@ -350,6 +354,16 @@ func TestFindToken(t *testing.T) {
 				assert.NotContains(t, err.Error(), "s3", "the token is not printed")
 			})
 		}
+	})
+	t.Run("a token as long as a token file may be is taken", func(t *testing.T) {
+		long := strings.Repeat("t", MaxToken)
+		t.Setenv(EnvToken, long)
+		got, err := FindToken("")
+		require.NoError(t, err)
+		assert.Equal(t, long, got)
+		got, err = FindToken(long)
+		require.NoError(t, err)
+		assert.Equal(t, long, got)
 	})
 	t.Run("a given token wins over an empty $TQ_TOKEN", func(t *testing.T) {
 		t.Setenv(EnvToken, "")

@@ -896,6 +896,13 @@ def test_range_outside_a_segment_is_corrupt():
     (None, " s3cret", "$TQ_TOKEN: white space around the token"),
     (None, "s3cret\xa0", "$TQ_TOKEN: white space around the token (8 bytes"),
     (None, "s3\ncret\n", "$TQ_TOKEN: white space or a control character inside"),
+    # Longer than a token file may be, as Go clients and tq serve refuse it
+    # (the RESP endpoint's bound on an argument before AUTH is the token's
+    # length).
+    pytest.param("s3" * 2049, None, "the token argument: the token is 4098 bytes, longer than the 4096 a token may have",
+                 id="explicit-too-long"),
+    pytest.param(None, "s3" * (1 << 20), "$TQ_TOKEN: the token is 2097152 bytes, longer than the 4096 a token may have",
+                 id="env-too-long"),
     # A Kubernetes Secret with an empty value: taken as unset, the token
     # file (another token) was used while tq serve refuses it.
     (None, "", "$TQ_TOKEN is set but empty (a Secret with an empty value?): set it to the cluster's token, "
@@ -919,6 +926,7 @@ def test_given_token_not_one_word_refused(tmp_path, monkeypatch, explicit, env, 
     assert want in e.value.message
     assert "s3" not in e.value.message  # the token is not printed
     assert wire.find_token("s3cret\xa0x") == "s3cret\xa0x"  # as Go: U+00A0 inside is not white space it refuses
+    assert wire.find_token("t" * 4096) == "t" * 4096  # as long as a token file may be
 
 
 def test_token_file_too_large_or_not_text(tmp_path, monkeypatch):

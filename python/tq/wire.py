@@ -150,6 +150,11 @@ _WHITE_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
                 "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
+# The most bytes a token may have, however it is given (auth.MaxToken):
+# servers read a token before the peer is authenticated.
+MAX_TOKEN = 4096
+
+
 def _bad_token_char(c: str) -> bool:
     return c <= " " or c == "\x7f"
 
@@ -162,11 +167,15 @@ def check_token(tok: str, where: str) -> None:
     a variable or a Kubernetes Secret made from one) or inside it, or a
     control character. It is refused rather than trimmed, so that servers
     and clients never disagree on it. The message names ``where`` and the
-    token's length, never the token."""
+    token's length, never the token. So is a token longer than
+    MAX_TOKEN bytes, as a token file may not be (auth.MaxToken)."""
     try:
         n = len(os.fsencode(tok))  # $TQ_TOKEN's bytes, as Go counts them
     except UnicodeError:
         n = len(tok.encode("utf-8", "surrogatepass"))
+    if n > MAX_TOKEN:
+        raise errors.InvalidError(
+            f"{where}: the token is {n} bytes, longer than the {MAX_TOKEN} a token may have (as a token file)")
     trimmed = tok.strip(_WHITE_SPACE)
     if trimmed != tok and not any(map(_bad_token_char, trimmed)):
         raise errors.InvalidError(
@@ -230,11 +239,11 @@ def find_token(explicit: str | None = None) -> str:
             raise errors.InvalidError(f"token file {path} is owned by uid {st.st_uid}, not by this user")
         if st.st_mode & 0o077:
             raise errors.InvalidError(f"token file {path} has mode {st.st_mode & 0o777:04o}: chmod 600 it")
-        b = os.read(fd, 4097)
+        b = os.read(fd, MAX_TOKEN + 1)
     finally:
         os.close(fd)
-    if len(b) > 4096:
-        raise errors.InvalidError(f"token file {path} is larger than 4096 bytes")
+    if len(b) > MAX_TOKEN:
+        raise errors.InvalidError(f"token file {path} is larger than {MAX_TOKEN} bytes")
     try:
         tok = b.decode().strip(_WHITE_SPACE)
     except UnicodeDecodeError:
