@@ -62,3 +62,17 @@ func TestDialFindsToken(t *testing.T) {
 		}
 	}
 }
+
+// A token as long as a token may be (auth.MaxToken, 4 KiB, the bound of
+// a whole HELLO) authenticates a client with a long name: the HELLO
+// carries a proof of the token (wire/spec.md, "Handshake"), never the
+// token, so its length costs the HELLO nothing.
+func TestATokenAsLongAsATokenMayBeConnects(t *testing.T) {
+	token := strings.Repeat("t", auth.MaxToken)
+	_, addr := serveController(t, newController(t), controller.ServerConfig{Token: token}, "tcp")
+	m, err := client.DialMeta(t.Context(), addr, client.RemoteConfig{Token: token, Name: strings.Repeat("n", 2048)})
+	if err != nil {
+		t.Fatalf("dial with a token of %d bytes: %v", len(token), err)
+	}
+	m.Close()
+}
