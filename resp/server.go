@@ -584,7 +584,8 @@ func (o *owed) settle(ctx context.Context, st *store) error {
 }
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), local: nc.LocalAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition, ctx: s.stop}
+	c := &conn{s: s, nc: nc, fd: -1, remote: nc.RemoteAddr().String(), local: nc.LocalAddr().String(), id: s.ids.Add(1), partition: s.cfg.Partition}
+	c.ctx = context.WithValue(s.stop, connKey{}, c) // see whileWaiting
 	c.rd = newReader(deadlineReader{c}, s.cfg.MaxValue)
 	c.rd.large = c.takeLarge
 	c.rd.unauthBulk = max(maxUnauthBulk, len(s.cfg.Token))

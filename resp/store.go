@@ -162,7 +162,41 @@ func (st *store) reserveAll(ctx context.Context, u *storage.Unit, sizes []int64,
 	}
 	ctx, cancel := context.WithTimeout(ctx, st.wait)
 	defer cancel()
+	ctx, unwatch := whileWaiting(ctx)
+	defer unwatch()
 	return u.Reserve(ctx, sizes)
+}
+
+// connKey is the key under which a connection's commands' context holds
+// the connection (see whileWaiting).
+type connKey struct{}
+
+// whileWaiting returns ctx, ended also once the client of the connection
+// whose command waits (the one ctx holds, on its own goroutine) closes
+// it or it is reset: a write waiting for room, up to CommandTimeout,
+// would otherwise wait on, and may then write, for a client gone (see
+// conn.watchGone). A reservation is watched only once it would wait; the
+// general way's put throughout, as the client's put waits inside. Call
+// unwatch before the connection is read or written again; a client gone
+// ends the connection.
+func whileWaiting(ctx context.Context) (_ context.Context, unwatch func()) {
+	c, _ := ctx.Value(connKey{}).(*conn)
+	if c == nil || c.lp != nil {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var gone atomic.Bool
+	stop := c.watchGone(func() {
+		gone.Store(true)
+		cancel()
+	})
+	return ctx, func() {
+		stop()
+		cancel()
+		if gone.Load() {
+			c.quit = true
+		}
+	}
 }
 
 // hset writes fields (each named once) of one key, vals[j][0] the value
@@ -312,6 +346,8 @@ func (st *store) put(ctx context.Context, partition string, keys, fields []strin
 	}
 	ctx, cancel := context.WithTimeout(ctx, st.wait)
 	defer cancel()
+	ctx, unwatch := whileWaiting(ctx)
+	defer unwatch()
 	_, err := st.kv.BatchPut(ctx, partition, keys, b, tags)
 	return err
 }

@@ -1,0 +1,82 @@
+package resp
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/controller"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/storage"
+)
+
+// TestWaitForRoomEndsWhenClientLeaves: a SET (an MSET, the general way)
+// that waits for room on a full unit ends once its client closes the
+// connection (or resets it), not CommandTimeout (30 s) later, and leaves
+// nothing behind: the room later freed is not taken by it. It waited on,
+// and would then have written its value for a client gone.
+func TestWaitForRoomEndsWhenClientLeaves(t *testing.T) {
+	for _, tc := range []struct{ name, cmd string }{
+		{"SET close", "SET"}, {"SET reset", "SET"}, {"MSET close", "MSET"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctrl, err := controller.New(controller.DefaultConfig())
+			require.NoError(t, err)
+			t.Cleanup(func() { ctrl.Close() })
+			scfg := storage.DefaultConfig()
+			scfg.Capacity, scfg.SegmentSize = 64<<10, 64<<10 // one slab: 64 cells of 1 KiB
+			u, err := storage.NewUnit(0, scfg)
+			require.NoError(t, err)
+			t.Cleanup(func() { u.Close() })
+			id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
+			require.NoError(t, err)
+			u.SetID(id)
+			srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
+			require.NoError(t, err)
+			require.Equal(t, 30*time.Second, srv.cfg.CommandTimeout)
+			e := &endpoint{addr: serve(t, srv), srv: srv}
+
+			val := strings.Repeat("v", 1000)
+			w, wr := e.raw(t)
+			var fill strings.Builder
+			for i := range 64 {
+				fill.WriteString(cmdline("SET", fmt.Sprint("f", i), val))
+			}
+			_, err = io.WriteString(w, fill.String())
+			require.NoError(t, err)
+			for i := range 64 {
+				require.Equal(t, "+OK", wr.line(t), "filler %d", i)
+			}
+			used := u.Stats().Used
+			require.Equal(t, scfg.Capacity, used)
+
+			nc, _ := e.raw(t)
+			_, err = io.WriteString(nc, cmdline(tc.cmd, "late", val))
+			require.NoError(t, err)
+			require.Eventually(t, func() bool { return u.Stats().Waiting == 1 }, 10*time.Second, 5*time.Millisecond, "the %s never waited for room", tc.cmd)
+			if tc.name == "SET reset" {
+				require.NoError(t, nc.(*net.TCPConn).SetLinger(0))
+			}
+			require.NoError(t, nc.Close())
+			// A hang check only: the wait would otherwise last 30 s.
+			require.Eventually(t, func() bool { return u.Stats().Waiting == 0 }, 10*time.Second, 5*time.Millisecond, "the %s kept waiting after its client left", tc.cmd)
+
+			// Room freed now is not taken by the write abandoned.
+			_, err = io.WriteString(w, cmdline("DEL", "f0"))
+			require.NoError(t, err)
+			require.Equal(t, ":1", wr.line(t))
+			_, ok := ctrl.KeyCells("default", "late", []string{"value"}, nil)
+			require.False(t, ok, "the abandoned write was made")
+			_, err = io.WriteString(w, cmdline("EXISTS", "late"))
+			require.NoError(t, err)
+			require.Equal(t, ":0", wr.line(t))
+			require.Eventually(t, func() bool { return u.Stats().Used < used }, 10*time.Second, 5*time.Millisecond, "the DEL freed nothing")
+			require.Equal(t, 0, u.Stats().Waiting)
+		})
+	}
+}
