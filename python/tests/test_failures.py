@@ -628,6 +628,38 @@ def test_a_read_by_a_client_closed_meanwhile_stays_closed(server, transport, par
         c.close()
 
 
+def test_silent_unit_cuts_off_a_dial_in_progress(split):
+    """A read that dials a unit gone silent with its connections open
+    (SIGSTOP: the kernel accepts the connection, nothing answers its
+    handshake) fails as UnitLostError once the controller reports the unit
+    dead, as a call on a connection dialed before does: cutting the unit's
+    connections off missed the one being dialed, and the read waited out
+    the client's timeout (60 s here)."""
+    writer = tq.Client(split.address, token=split.token, transport="tcp")
+    reader = tq.Client(split.address, token=split.token, transport="tcp", timeout=60)
+    try:
+        big = np.arange(100000, dtype=np.float64).reshape(1, 100000)  # through the units, not inline
+        where = {}
+        for k in range(8):
+            writer.kv_batch_put([f"a{k}"], "p", {"x": big + k})
+            where[k] = int(writer.kv_retrieve_meta([f"a{k}"], "p")._cells["x"].unit[0])
+        dead = where[0]
+        reader.units(refresh=True)  # the reader has dialed no unit yet (tcp)
+        sigstop(split.units[dead])
+        try:
+            began = time.monotonic()
+            with pytest.raises(tq.UnitLostError) as e:
+                reader.kv_batch_get(["a0"], "p")
+            took = time.monotonic() - began
+            assert f"storage unit {dead}" in e.value.message, e.value.message
+            assert took < 40, f"the read waited {took:.1f} s, out the client's timeout"  # a hang check only
+        finally:
+            split.units[dead].send_signal(signal.SIGCONT)
+    finally:
+        reader.close()
+        writer.close()
+
+
 @pytest.mark.parametrize("transport", ["tcp", "shm"])
 def test_silent_unit_is_lost_and_takes_no_writes(split, transport):
     """A unit that goes silent with its connections open (SIGSTOP here; a

@@ -678,7 +678,9 @@ class Client:
     # again every DEAD_CHECK_S while it waits: the client's slow calls share
     # one list a UNITS_REFRESH_S, which is after each began. Once the unit
     # is reported dead (silent for five heartbeats) its connections are
-    # closed under the calls, which fail naming the unit: a read as
+    # closed under the calls, those still in their handshake included
+    # (the kernel of a stopped process accepts a dial; nothing answers
+    # it), which fail naming the unit: a read as
     # UnitLostError (its cells are lost), a write as UnavailableError (the
     # put places its rows on the other units). The unit stays marked silent
     # until a list reports it alive: a call to it meanwhile asks for a list

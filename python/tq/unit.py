@@ -37,11 +37,11 @@ def _weakly(f):
     m = weakref.WeakMethod(f)
     what = f"{type(f.__self__).__name__}.{f.__name__}"
 
-    def call():
+    def call(*args, **kw):
         g = m()
         if g is None:
             raise errors.ClosedError(f"{what}: its {what.split('.')[0]} was dropped (garbage)")
-        return g()
+        return g(*args, **kw)
     return call
 
 
@@ -51,10 +51,16 @@ class Pool:
     connection is handed out. A forked child never gets one its parent
     dialed (it closed its copies of the parent's sockets, see wire.Conn):
     it dials its own. A bound method given as either is held weakly (see
-    _weakly)."""
+    _weakly). With ``cut_dials``, each dial (the pool's, or take's) is
+    called with ``on_connect`` (see wire.Conn), so that cut() closes the
+    dials in progress too."""
 
-    def __init__(self, dial, before_take=None):
+    def __init__(self, dial, before_take=None, cut_dials=False):
         self._dial = _weakly(dial)
+        self._cut_dials = cut_dials
+        # Connections being dialed (their handshake not done): cut()
+        # closes them too, with cut_dials.
+        self._dialing = set()
         self._before_take = _weakly(before_take)
         self._idle = []
         # Connections a call() is in flight on, which close() closes too
@@ -74,6 +80,7 @@ class Pool:
         # keeps none of them. The parent's calls in flight are not here.
         self._calling = set()
         self._out = set()
+        self._dialing = set()
         self._lock = threading.Lock()
 
     def take(self, dial=None) -> wire.Conn:
@@ -90,10 +97,30 @@ class Pool:
                     self._out.add(c)
                     return c
                 c.close()
-        c = (dial or self._dial)()
+        c = self._dial_watched(dial or self._dial)
         with self._lock:
             self._out.add(c)
         return c
+
+    def _dial_watched(self, dial) -> wire.Conn:
+        """dial(), with cut_dials one that cut() closes while it dials: a
+        peer gone silent with its connections open (see Unit.silent)
+        accepts a connection but never answers its handshake, which would
+        wait out the client's timeout."""
+        if not self._cut_dials:
+            return dial()
+        mine = []
+
+        def started(c):
+            with self._lock:
+                self._dialing.add(c)
+                mine.append(c)
+        try:
+            return dial(on_connect=started)
+        finally:
+            with self._lock:
+                for c in mine:
+                    self._dialing.discard(c)
 
     def give(self, c: wire.Conn) -> None:
         with self._lock:
@@ -168,7 +195,7 @@ class Pool:
         connections open (see Unit.silent)."""
         with self._lock:
             idle, self._idle = self._idle, []
-            out = list(self._out)
+            out = list(self._out) + list(self._dialing)
         for c in idle + out:
             c.close()
 
@@ -575,7 +602,7 @@ class Unit:
         # Every call on the unit takes a connection: it first gives the
         # orphaned leases back (_before_call).
         self._dial_args = dict(token=token, name=name, timeout=timeout, require_server_proof=require_server_proof)
-        self.pool = Pool(self._dial, before_take=self._before_call)
+        self.pool = Pool(self._dial, before_take=self._before_call, cut_dials=True)
         if self.shm:
             c = self.pool.take()
             try:
@@ -589,14 +616,14 @@ class Unit:
                 self.pool.give(c)
             self.fd_socket = rep.fd_socket
 
-    def _dial(self) -> wire.Conn:
-        return wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation, **self._dial_args)
+    def _dial(self, **kw) -> wire.Conn:
+        return wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation, **self._dial_args, **kw)
 
-    def _dial_within(self, timeout: float) -> wire.Conn:
+    def _dial_within(self, timeout: float, **kw) -> wire.Conn:
         """A connection dialed (handshake included) within ``timeout``,
         whose calls then wait the client's timeout, as _dial's do."""
         c = wire.Conn(self.addr, unit_id=self.id, incarnation=self.incarnation,
-                      **dict(self._dial_args, timeout=timeout))
+                      **dict(self._dial_args, timeout=timeout), **kw)
         c.timeout = self._dial_args["timeout"]
         return c
 
@@ -720,7 +747,7 @@ class Unit:
         try:
             rep = self.pool.call(wire.SHM_SEGMENTS, None, data_pb2.ShmSegmentsReply, op_name="shm segments",
                                  timeout=timeout,
-                                 dial=None if timeout is None else (lambda: self._dial_within(timeout)))
+                                 dial=None if timeout is None else (lambda **kw: self._dial_within(timeout, **kw)))
         except errors.TQError:
             return
         live = {s.id for s in rep.segments}

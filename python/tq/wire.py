@@ -404,7 +404,11 @@ class Conn:
 
     def __init__(self, addr: str, *, token: str = "", name: str = "tq-python",
                  unit_id: int = 0, incarnation: int = 0, timeout: float = 30.0,
-                 require_server_proof: bool = False):
+                 require_server_proof: bool = False, on_connect=None):
+        # on_connect, when given, is called with the connection once its
+        # socket is connected, before the handshake: a pool that must cut
+        # its connections off (see unit.Pool.cut) reaches a dial in
+        # progress too, whose handshake close() then ends.
         self.addr = addr
         # require_server_proof: refuse (ServerUnprovenError) a server that
         # answers the HELLO without the challenge, proving nothing about the
@@ -483,6 +487,8 @@ class Conn:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.last_used = time.monotonic()
         try:
+            if on_connect is not None:
+                on_connect(self)
             self.server = self._hello(token, common_pb2.Hello(
                 version=VERSION, role="client", host_id=host_id(), name=name,
                 unit_id=unit_id, incarnation=incarnation, client_id=_client_id))
