@@ -274,7 +274,7 @@ func refused(err error) bool {
 	if errors.As(err, &re) {
 		switch re.Code {
 		case wirepb.Code_CODE_INVALID, wirepb.Code_CODE_NOT_FOUND, wirepb.Code_CODE_DTYPE_MISMATCH,
-			wirepb.Code_CODE_NOT_READY, wirepb.Code_CODE_LOST, wirepb.Code_CODE_CAPACITY:
+			wirepb.Code_CODE_NOT_READY, wirepb.Code_CODE_LOST, wirepb.Code_CODE_CAPACITY, wirepb.Code_CODE_TOO_LARGE:
 			return true
 		}
 		return false

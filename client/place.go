@@ -582,6 +582,10 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 				// Cut short by ctx while no unit had room (or just
 				// after), or refused for room as ctx ended.
 				failed = append(failed, waitedOut(ctx, err, len(g.rows)))
+			case errors.Is(err, engine.ErrTooLarge):
+				// The unit could not hold the rows even empty: waiting
+				// for room, or placing them again, does not help.
+				failed = append(failed, tooLargeFor(u, p.slots[g.slot].cap, g.rows, sizes, err))
 			case unreachable(ctx, err):
 				// The unit may have died after the client listed it (the
 				// controller counts it alive until its UnitTimeout), or
@@ -620,11 +624,37 @@ func (c *Client) writePlaced(ctx context.Context, p *planner, fields []engine.Fi
 // then be placed again. A unit in this process waits as long as ctx
 // allows, so its ErrCapacity with ctx alive is final (the request cannot
 // fit), as is any unit's for a caller that may not wait.
+// A unit's refusal of a request it could not hold even empty
+// ([engine.ErrTooLarge], CODE_TOO_LARGE over the wire) is final wherever
+// the unit is: the put waited for room until ctx ended.
 func outwaitedReserve(ctx context.Context, u DataUnit, err error) bool {
 	if _, local := u.(roomer); local || engine.NoWait(ctx) || ctx.Err() != nil {
 		return false
 	}
-	return errors.Is(err, engine.ErrCapacity)
+	return errors.Is(err, engine.ErrCapacity) && !errors.Is(err, engine.ErrTooLarge)
+}
+
+// tooLargeFor is the error of a write of rows (of sizes) that unit u, of
+// capacity bytes (0: unknown), refused as more than it could hold even
+// empty (err, [engine.ErrTooLarge]): the rows' bytes fit the capacity, but
+// not once the unit rounds each extent up to its blocks.
+func tooLargeFor(u DataUnit, capacity int64, rows []int, sizes []int64, err error) error {
+	var total int64
+	big := rows[0]
+	for _, r := range rows {
+		total += sizes[r]
+		if sizes[r] > sizes[big] {
+			big = r
+		}
+	}
+	of := fmt.Sprintf("storage unit %d", u.ID())
+	if capacity > 0 {
+		of = fmt.Sprintf("storage unit %d (capacity %d bytes)", u.ID(), capacity)
+	}
+	if len(rows) == 1 {
+		return fmt.Errorf("row %d of %d bytes is more than %s could ever hold, its extents rounded to the unit's blocks: %w", big, total, of, err)
+	}
+	return fmt.Errorf("%d rows of %d bytes (row %d the largest, %d bytes) are more than %s could ever hold at once, their extents rounded to the unit's blocks: %w", len(rows), total, big, sizes[big], of, err)
 }
 
 // waitedOut is the error of a write that waited for room (no unit had

@@ -27,6 +27,10 @@ var (
 	// deadline, or another limit the error names (partitions, fields, the
 	// unit registry).
 	ErrCapacity = errors.New("engine: capacity exceeded")
+	// ErrTooLarge reports a storage request that the unit could not hold
+	// even empty (extents past its capacity once rounded to its blocks):
+	// waiting for room does not help. It wraps ErrCapacity.
+	ErrTooLarge = fmt.Errorf("engine: larger than the unit could ever hold: %w", ErrCapacity)
 	// ErrClosed reports a call on a closed object.
 	ErrClosed = errors.New("engine: closed")
 	// ErrNotSupported reports a capability this build or machine lacks.

@@ -233,7 +233,8 @@ func (u *Unit) opErr(op string, err error) error {
 // When the unit is full, Reserve waits until frees make room, ctx ends, or
 // the unit closes. It fails with an error wrapping [engine.ErrCapacity]
 // (and the context's error) when ctx ends first, and at once when the
-// request could not fit even in an empty unit, when the host has no
+// request could not fit even in an empty unit ([engine.ErrTooLarge], which
+// wraps ErrCapacity), when the host has no
 // memory for the new segment it needs (its mmap or memfd fails with
 // ENOMEM), or when ctx comes from
 // [engine.WithoutWait] (a client that spills to other units). Waiting is all or nothing:
@@ -337,7 +338,7 @@ func (u *Unit) reserve(ctx context.Context, sizes []int64, held bool) (*Reservat
 		if u.extents == 0 && u.growing == 0 {
 			u.mu.Unlock()
 			return nil, u.opErr("reserve", fmt.Errorf("%d extents of %d bytes do not fit in an empty unit: %w",
-				len(sizes), need, engine.ErrCapacity))
+				len(sizes), need, engine.ErrTooLarge))
 		}
 		if engine.NoWait(ctx) {
 			u.mu.Unlock()
@@ -389,12 +390,12 @@ func (u *Unit) checkSizes(sizes []int64) (int64, error) {
 		case n == 0:
 			continue
 		case n > u.cfg.Capacity:
-			return 0, fmt.Errorf("extent %d of %d bytes exceeds capacity %d: %w", i, n, u.cfg.Capacity, engine.ErrCapacity)
+			return 0, fmt.Errorf("extent %d of %d bytes exceeds capacity %d: %w", i, n, u.cfg.Capacity, engine.ErrTooLarge)
 		}
 		need = min(need, math.MaxInt64-blockSize(n)) + blockSize(n) // saturates
 	}
 	if need > u.cfg.Capacity {
-		return 0, fmt.Errorf("%d extents of %d bytes exceed capacity %d: %w", len(sizes), need, u.cfg.Capacity, engine.ErrCapacity)
+		return 0, fmt.Errorf("%d extents of %d bytes exceed capacity %d: %w", len(sizes), need, u.cfg.Capacity, engine.ErrTooLarge)
 	}
 	return need, nil
 }

@@ -1310,6 +1310,8 @@ func TestCapacityErrorNamesSizes(t *testing.T) {
 	} {
 		_, err := u.Reserve(t.Context(), tc.sizes)
 		wantErr(t, fmt.Sprintf("Reserve(%v)", tc.sizes), err, engine.ErrCapacity)
+		// Final: no wait would help (CODE_TOO_LARGE over the wire).
+		wantErr(t, fmt.Sprintf("Reserve(%v)", tc.sizes), err, engine.ErrTooLarge)
 		if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Reserve(%v): got error %q, want it to say %q", tc.sizes, err, tc.want)
 		}

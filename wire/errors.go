@@ -32,6 +32,8 @@ var codeErrs = []struct {
 	{wirepb.Code_CODE_NOT_FOUND, engine.ErrNotFound},
 	{wirepb.Code_CODE_DTYPE_MISMATCH, engine.ErrDTypeMismatch},
 	{wirepb.Code_CODE_NOT_READY, engine.ErrNotReady},
+	// Before CODE_CAPACITY: ErrTooLarge wraps ErrCapacity.
+	{wirepb.Code_CODE_TOO_LARGE, engine.ErrTooLarge},
 	{wirepb.Code_CODE_CAPACITY, engine.ErrCapacity},
 	{wirepb.Code_CODE_CLOSED, engine.ErrClosed},
 	{wirepb.Code_CODE_NOT_SUPPORTED, engine.ErrNotSupported},

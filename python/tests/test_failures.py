@@ -748,3 +748,33 @@ def test_a_read_from_a_silent_unit_ends_with_the_clients_timeout():
     finally:
         c.close()
         s.stop()
+
+
+def test_row_a_unit_could_never_hold_fails_at_once():
+    """A row whose bytes fit the unit's capacity but whose extents, rounded
+    to the unit's blocks, do not is refused by the unit as TooLargeError
+    (CODE_TOO_LARGE) and the put fails at once: as a CapacityError it was
+    taken for a unit that waited out its reserve wait, and the put waited
+    for room for good."""
+    split = Split(units=1, capacity="1MiB")
+    c = tq.Client(split.address, token=split.token, transport="tcp")
+    try:
+        half = 1 << 19
+        got = {}
+
+        def put():
+            try:
+                c.kv_batch_put(["k"], "p", {"a": np.zeros((1, half + 1), np.uint8),
+                                            "b": np.zeros((1, half - 1), np.uint8)})
+            except Exception as e:
+                got["error"] = e
+        t = threading.Thread(target=put, daemon=True)
+        t.start()
+        t.join(30)  # a hang check only
+        assert not t.is_alive(), "the put of a row its unit could never hold waited for room"
+        assert isinstance(got.get("error"), tq.TooLargeError), got
+        assert isinstance(got["error"], tq.CapacityError)
+        assert "1048576" in got["error"].message, got["error"].message
+    finally:
+        c.close()
+        split.stop()

@@ -26,7 +26,7 @@ from .client import ABSENT, Client, View, tag_conditions
 from .columns import MAX_NAME_BYTES, Typed, as_dtype, bfloat16, float8_e4m3fn, float8_e5m2
 from .errors import (CanceledError, CapacityError, ClosedError, CorruptError, DeadlineError, DoneError, DTypeMismatchError,
                      InternalError, InvalidError, LostError, NotFoundError, NotReadyError, NotSupportedError, StaleError,
-                     ServerUnprovenError, TQError, UnauthenticatedError, UnavailableError, UnitLostError)
+                     ServerUnprovenError, TooLargeError, TQError, UnauthenticatedError, UnavailableError, UnitLostError)
 from .meta import BatchMeta, KVBatchMeta
 
 __version__ = "0.1.0"
@@ -38,7 +38,7 @@ __all__ = [
     "Client", "TransferQueueClient",
     "BatchMeta", "KVBatchMeta", "View", "StreamingDataset", "StreamingDataLoader", "StreamIterator",
     "bfloat16", "float8_e4m3fn", "float8_e5m2", "as_dtype", "MAX_NAME_BYTES", "Typed", "ABSENT", "tag_conditions", "errors",
-    "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "ClosedError", "NotSupportedError",
+    "TQError", "InvalidError", "NotFoundError", "StaleError", "DTypeMismatchError", "NotReadyError", "CapacityError", "TooLargeError", "ClosedError", "NotSupportedError",
     "LostError", "CorruptError", "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError",
     "UnavailableError", "UnitLostError", "DoneError",
 ]

@@ -972,6 +972,8 @@ class Client:
             try:
                 pieces.append((unit, self._write(unit, cols, timeout=left)))
                 return
+            except errors.TooLargeError:
+                raise  # the unit could not hold the rows even empty: no wait helps
             except (errors.CapacityError, errors.DeadlineError) as e:
                 # CapacityError: the unit waited out its reserve wait and
                 # wrote nothing. DeadlineError: the put's time ran out in

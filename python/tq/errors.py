@@ -17,6 +17,8 @@ the first 1024). ``message`` is the server's text, meant for people.
     ├── DTypeMismatchError    (also a TypeError)    CODE_DTYPE_MISMATCH
     ├── NotReadyError                               CODE_NOT_READY
     ├── CapacityError                               CODE_CAPACITY
+    │   └── TooLargeError                           CODE_TOO_LARGE: more than the
+    │                                               unit could hold even empty
     ├── ClosedError                                 CODE_CLOSED
     ├── NotSupportedError                           CODE_NOT_SUPPORTED
     ├── LostError                                   CODE_LOST
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 __all__ = [
     "TQError", "InvalidError", "NotFoundError", "DTypeMismatchError", "NotReadyError",
-    "StaleError", "CapacityError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
+    "StaleError", "CapacityError", "TooLargeError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
     "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError",
     "UnavailableError", "UnitLostError", "from_code",
 ]
@@ -122,6 +124,13 @@ class CapacityError(TQError):
     code = 5
 
 
+class TooLargeError(CapacityError):
+    """A storage unit refused a write it could not hold even empty (its
+    extents, rounded to the unit's blocks, past its capacity): waiting for
+    room does not help."""
+    code = 15
+
+
 class ClosedError(TQError):
     code = 6
 
@@ -181,7 +190,7 @@ class UnitLostError(UnavailableError, LostError):
 
 
 _BY_CODE = {c.code: c for c in (
-    InvalidError, NotFoundError, DTypeMismatchError, NotReadyError, CapacityError,
+    InvalidError, NotFoundError, DTypeMismatchError, NotReadyError, CapacityError, TooLargeError,
     ClosedError, NotSupportedError, LostError, CorruptError, DeadlineError,
     CanceledError, UnauthenticatedError, InternalError, DoneError)}
 

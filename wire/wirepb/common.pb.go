@@ -43,6 +43,7 @@ const (
 	Code_CODE_UNAUTHENTICATED Code = 12 // missing or wrong token, or no handshake
 	Code_CODE_INTERNAL        Code = 13 // a bug on the server
 	Code_CODE_DONE            Code = 14 // a fetch from a partition marked done that has nothing left for the caller
+	Code_CODE_TOO_LARGE       Code = 15 // a storage request larger than the unit could ever hold, even empty: waiting does not help
 )
 
 // Enum value maps for Code.
@@ -63,6 +64,7 @@ var (
 		12: "CODE_UNAUTHENTICATED",
 		13: "CODE_INTERNAL",
 		14: "CODE_DONE",
+		15: "CODE_TOO_LARGE",
 	}
 	Code_value = map[string]int32{
 		"CODE_UNSPECIFIED":     0,
@@ -80,6 +82,7 @@ var (
 		"CODE_UNAUTHENTICATED": 12,
 		"CODE_INTERNAL":        13,
 		"CODE_DONE":            14,
+		"CODE_TOO_LARGE":       15,
 	}
 )
 
@@ -496,7 +499,7 @@ const file_common_proto_rawDesc = "" +
 	"\x05Error\x12$\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x10.tq.wire.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
-	"\x04keys\x18\x03 \x03(\tR\x04keys*\xae\x02\n" +
+	"\x04keys\x18\x03 \x03(\tR\x04keys*\xc2\x02\n" +
 	"\x04Code\x12\x14\n" +
 	"\x10CODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fCODE_INVALID\x10\x01\x12\x12\n" +
@@ -513,7 +516,8 @@ const file_common_proto_rawDesc = "" +
 	"\rCODE_CANCELED\x10\v\x12\x18\n" +
 	"\x14CODE_UNAUTHENTICATED\x10\f\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\r\x12\r\n" +
-	"\tCODE_DONE\x10\x0eB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
+	"\tCODE_DONE\x10\x0e\x12\x12\n" +
+	"\x0eCODE_TOO_LARGE\x10\x0fB Z\x1egithub.com/tqgo/tq/wire/wirepbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once
