@@ -883,7 +883,7 @@ func (c *conn) writeReadingAhead(b []byte) error {
 
 // watchGone watches for the client closing its connection while a
 // command waits for something other than the client (TQ.CHANGES's wait
-// for a change, up to minutes): it reads what the client sends meanwhile
+// for a change, up to minutes; a write's for room, see whileWaiting): it reads what the client sends meanwhile
 // into c.pre, as writeReadingAhead does (up to MaxValue; past it, or past
 // the budget, it stops watching), and calls gone once the read meets the
 // end of the stream or fails, as Redis frees a client blocked in BLPOP

@@ -63,8 +63,10 @@ func TestWaitForRoomEndsWhenClientLeaves(t *testing.T) {
 				require.NoError(t, nc.(*net.TCPConn).SetLinger(0))
 			}
 			require.NoError(t, nc.Close())
-			// A hang check only: the wait would otherwise last 30 s.
-			require.Eventually(t, func() bool { return u.Stats().Waiting == 0 }, 10*time.Second, 5*time.Millisecond, "the %s kept waiting after its client left", tc.cmd)
+			// The command ended, and its connection with it (a hang check
+			// only: the wait would otherwise last 30 s).
+			require.Eventually(t, func() bool { return conns(srv) == 1 }, 10*time.Second, 5*time.Millisecond, "the %s kept waiting after its client left", tc.cmd)
+			require.Equal(t, 0, u.Stats().Waiting)
 
 			// Room freed now is not taken by the write abandoned.
 			_, err = io.WriteString(w, cmdline("DEL", "f0"))
