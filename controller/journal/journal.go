@@ -138,7 +138,8 @@ type Journal struct {
 	// reach is the newest snapshot at Open, set aside or not: a replay
 	// from an older one must get to its index (see Replay).
 	reach    Snapshot
-	ignored  []string // files in Dir the journal does not read, by name
+	ignored  []string // files in Dir the journal does not recognise, by name
+	misnamed []string // snapshots set aside as misnamed, by name (not read)
 	appended int64    // bytes of every record appended since Open
 	snapAt   int64    // appended when the newest snapshot's state was taken
 
@@ -241,7 +242,7 @@ func Open(cfg Config) (*Journal, error) {
 		writerDone: make(chan struct{}),
 	}
 	j.undone.Store(math.MaxUint64)
-	if j.snaps, j.setAside, j.ignored, err = listSnapshots(cfg.Dir); err != nil {
+	if j.snaps, j.setAside, j.ignored, j.misnamed, err = listSnapshots(cfg.Dir); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -529,12 +530,13 @@ func (j *Journal) lastKey() (uint64, error) {
 }
 
 // listSnapshots returns the snapshot files in dir and those set aside
-// (.bad), each newest first, and the names of the files it does not
-// recognise; it removes temporary files a crash left behind.
-func listSnapshots(dir string) (snaps, bad []Snapshot, ignored []string, err error) {
+// (.bad), each newest first, the names of the files it does not
+// recognise and of the snapshots set aside as misnamed; it removes
+// temporary files a crash left behind.
+func listSnapshots(dir string) (snaps, bad []Snapshot, ignored, misnamed []string, err error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("list snapshots: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("list snapshots: %w", err)
 	}
 	for _, e := range entries {
 		name := e.Name()
@@ -551,6 +553,13 @@ func listSnapshots(dir string) (snaps, bad []Snapshot, ignored []string, err err
 		}
 		list := &snaps
 		num := strings.TrimPrefix(name, snapPrefix)
+		if n, ok := strings.CutSuffix(num, snapSuffix+misnamedSuffix); ok {
+			if _, err := strconv.ParseUint(n, 16, 64); err == nil {
+				// Set aside by an earlier start, which said so.
+				misnamed = append(misnamed, name)
+				continue
+			}
+		}
 		if n, ok := strings.CutSuffix(num, badSuffix); ok {
 			list, num = &bad, n
 		}
@@ -564,7 +573,7 @@ func listSnapshots(dir string) (snaps, bad []Snapshot, ignored []string, err err
 	}
 	slices.SortFunc(snaps, newestFirst)
 	slices.SortFunc(bad, newestFirst)
-	return snaps, bad, ignored, nil
+	return snaps, bad, ignored, misnamed, nil
 }
 
 // newestFirst orders snapshots by index, the newest first.
@@ -624,7 +633,7 @@ func (j *Journal) SetAsideMisnamed(s Snapshot) error {
 		return fmt.Errorf("set aside misnamed snapshot: %w", err)
 	}
 	j.snaps = slices.DeleteFunc(j.snaps, func(x Snapshot) bool { return x == s })
-	j.ignored = append(j.ignored, filepath.Base(path))
+	j.misnamed = append(j.misnamed, filepath.Base(path))
 	if j.reach == s {
 		j.reach = Snapshot{}
 		for _, l := range [][]Snapshot{j.snaps, j.setAside} {
@@ -678,10 +687,10 @@ func (j *Journal) Replay(after uint64, fn func(index uint64, rec []byte) error) 
 		i := binary.BigEndian.Uint64(it.Key())
 		if i != want {
 			var unread string
-			if want == after+1 && len(j.ignored) > 0 {
+			if names := slices.Concat(j.ignored, j.misnamed); want == after+1 && len(names) > 0 {
 				// A snapshot renamed may be what held them.
 				unread = fmt.Sprintf(" (files in %s not read: %s; a snapshot is read only as %s<16 hex digits>%s)",
-					j.cfg.Dir, strings.Join(j.ignored, ", "), snapPrefix, snapSuffix)
+					j.cfg.Dir, strings.Join(names, ", "), snapPrefix, snapSuffix)
 			}
 			return fmt.Errorf("log record %d follows %d; records %d to %d are missing%s: %w", i, want-1, want, i-1, unread, engine.ErrCorrupt)
 		}
