@@ -165,9 +165,20 @@ func unreachable(ctx context.Context, err error) bool {
 // error).
 func settle(ctx context.Context) {
 	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-		<-ctx.Done()
+		// Not for long: a Context of another kind may report a deadline
+		// and never end (a nil Done).
+		t := time.NewTimer(settleMax)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
 	}
 }
+
+// settleMax bounds settle's wait: ctx's own timer fires well within
+// it; one that never ends costs a failed call this much.
+const settleMax = time.Second
 
 // exclude leaves the units of slots (indexes, any order, repeats allowed)
 // out of the plan for the rest of the put, each with the error its write

@@ -144,3 +144,52 @@ func TestPutKeysEndedByCtxAtItsUnitWrapsCtxsError(t *testing.T) {
 		})
 	}
 }
+
+// stuckCtx is a ctx whose deadline has passed and whose Done never
+// closes (nil, as a Context of one's own that reports a deadline may
+// have): nothing waits on it for long.
+type stuckCtx struct{ context.Context }
+
+func (stuckCtx) Deadline() (time.Time, bool) { return time.Now().Add(-time.Second), true }
+func (stuckCtx) Done() <-chan struct{}       { return nil }
+func (stuckCtx) Err() error                  { return nil }
+
+// A put whose unit call failed, with a ctx whose deadline has passed but
+// which never ends, returns: the client waited for that ctx to end (to
+// tell a dial cut by its deadline from a unit that cannot be reached)
+// and hung for good.
+func TestPutWithAPassedDeadlineThatNeverEndsReturns(t *testing.T) {
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u, err := storage.NewUnit(1, storage.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	c, err := client.New(dialMeta(t, addr, client.RemoteConfig{}), []client.DataUnit{timedOutUnit{embedded.Unit(u)}}, client.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	row := opaque([]int{client.KVInlineMax + 1})
+	for _, put := range []struct {
+		name string
+		f    func(ctx context.Context) error
+	}{
+		{"PutKeys", func(ctx context.Context) error {
+			_, err := c.PutKeys(ctx, "k", []string{"a"}, row, nil)
+			return err
+		}},
+		{"ReservePutKeys", func(ctx context.Context) error {
+			_, err := c.ReservePutKeys(ctx, "k", []string{"a"}, nil, client.FieldSpec{Name: "x", DType: engine.Int64})
+			return err
+		}},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- put.f(stuckCtx{t.Context()}) }()
+		select {
+		case err := <-done:
+			require.ErrorIs(t, err, engine.ErrUnavailable, put.name)
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s still waiting 20 s on a ctx that never ends", put.name)
+		}
+	}
+}
