@@ -79,6 +79,30 @@ def test_bad_arguments():
         tq.StreamIterator(4, 2, ["x"], "p", "t", dp_rank=-1)
 
 
+@pytest.mark.parametrize("arg,value", [
+    ("batch_size", 2.5), ("batch_size", "4"), ("batch_size", True), ("batch_size", 0),
+    ("micro_batch_size", 1.5), ("micro_batch_size", -2),
+    ("dp_rank", 0.5),
+    ("fetch_timeout", float("nan")), ("fetch_timeout", -1.0), ("fetch_timeout", float("inf")), ("fetch_timeout", "1"),
+    ("missing_partition_warn_s", float("nan")), ("missing_partition_warn_s", -5),
+])
+def test_bad_loader_arguments_are_named(arg, value):
+    """Refused where the loader is built, naming the argument: a float
+    batch size was taken (and its batches split at float indexes), a NaN
+    or negative timeout or warning time a wait, or a warning at once."""
+    kw = {"batch_size": 4, "micro_batch_size": 2}
+    kw[arg] = value
+    with pytest.raises(tq.InvalidError, match=arg):
+        tq.StreamIterator(data_fields=["x"], partition_id="p", task_name="t", **kw)
+
+
+def test_loader_arguments_that_are_fine():
+    it = tq.StreamIterator(np.int64(4), 2, ["x"], "p", "t", dp_rank=np.int32(1), fetch_timeout=0,
+                           missing_partition_warn_s=float("inf"))
+    assert (it.batch_size, it.dp_rank) == (4, 1) and type(it.batch_size) is int
+    assert tq.StreamIterator(4, 2, ["x"], "p", "t", fetch_timeout=None, missing_partition_warn_s=None)
+
+
 def test_split():
     meta = tq.BatchMeta(range(5), ["p"] * 5)
     parts = loader.split({"x": np.arange(5), "s": list("abcde")}, meta, 2)

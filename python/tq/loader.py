@@ -71,7 +71,7 @@ import numpy as np
 
 from . import errors, wire
 from ._pb import control_pb2
-from .client import Client, _field_list
+from .client import Client, _field_list, _number
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,18 @@ class StreamIterator:
                  client: Client | None = None, token: str | None = None, transport: str = "auto",
                  fetch_timeout: float = 1.0, sampling_config: dict | None = None, copy: bool = True,
                  missing_partition_warn_s: float | None = 60.0, partition_must_exist: bool = False):
-        if micro_batch_size < 1:
-            raise errors.InvalidError(f"micro_batch_size {micro_batch_size} must be at least 1")
-        if batch_size < 1:
-            raise errors.InvalidError(f"batch_size {batch_size} must be at least 1")
+        # Checked here, naming the argument, not at the first fetch (a NaN
+        # timeout) or never (a float batch size, a negative warning time).
+        op = type(self).__name__
+        batch_size = int(_number(batch_size, "batch_size", op, zero=False, integer=True))
+        micro_batch_size = int(_number(micro_batch_size, "micro_batch_size", op, zero=False, integer=True))
+        dp_rank = int(_number(dp_rank, "dp_rank", op, integer=True))
+        if fetch_timeout is not None:
+            _number(fetch_timeout, "fetch_timeout", op)
+        if missing_partition_warn_s is not None:
+            _number(missing_partition_warn_s, "missing_partition_warn_s", op, inf=True)
         if not data_fields:
             raise errors.InvalidError("data_fields is empty")
-        if dp_rank < 0:
-            raise errors.InvalidError(f"dp_rank {dp_rank} is negative")
         self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
         # Refused here, not at the first fetch: a field named twice.
         self.data_fields = _field_list(data_fields, type(self).__name__)
