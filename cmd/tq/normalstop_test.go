@@ -116,7 +116,7 @@ func TestSIGTERMWithEverythingInUseExitsZero(t *testing.T) {
 			res.Body.Close()
 		}
 	}()
-	time.Sleep(200 * time.Millisecond) // the profile under way
+	time.Sleep(time.Second) // the profile under way (it runs 20 s)
 	termExitsZero(t, p, &stderr)
 	cancel()
 	<-profiling
