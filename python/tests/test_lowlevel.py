@@ -190,9 +190,10 @@ def test_blocking_fetch_asks_again_when_the_servers_limit_runs_out():
         took = time.monotonic() - t0
     ls.close()
     # It waits out the caller's timeout, not the server's limit; the upper
-    # bound only catches a fetch that kept asking after it (a loaded
-    # machine can add a second).
-    assert 0.55 < took < 5
+    # bound only catches a fetch that kept asking after it, for good (a
+    # loaded machine added 4.5 s once: the fake controller shares this
+    # process's GIL).
+    assert 0.55 < took < 30
     assert len(fetches) >= 4
     assert len({f.key for _, f in fetches}) == 1
     for at, f in fetches:
