@@ -109,11 +109,13 @@ func TestHeldFetchExpires(t *testing.T) {
 	cfg.HeldFetchTTL = 100 * time.Millisecond
 	c := newController(t, cfg)
 	doneWith(t, c, 4)
-	held := heldFetch(t, c, "a", 4)
+	// Timed from before the hold began: its TTL cannot end sooner, however
+	// late this goroutine runs after the fetch.
 	start := time.Now()
+	held := heldFetch(t, c, "a", 4)
 	m, err := peerFetch(c, 10*time.Second)
 	require.NoError(t, err, "a waiting fetch wakes when the hold expires")
-	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
+	assert.GreaterOrEqual(t, time.Since(start), cfg.HeldFetchTTL)
 	assert.ElementsMatch(t, held.Indexes, m.Indexes)
 	err = c.Acknowledge("p", "t", "a")
 	require.ErrorIs(t, err, engine.ErrNotFound)
@@ -861,15 +863,28 @@ func TestHeldFetchGivenBackLongAgo(t *testing.T) {
 		require.NotNil(t, e, "fetch %q", key)
 		e.at = e.at.Add(-2 * fetchKeyTTL)
 	}
+	// outlive makes key's hold older than its TTL. The TTL is long in
+	// real time: "kept" must be acknowledged within it, and a loaded
+	// machine took more than a short one between its fetch and its ack.
+	const ttl = time.Minute
+	outlive := func(c *Controller, key string) {
+		p, _ := c.lock("p")
+		defer p.mu.Unlock()
+		e := p.fetches.m[key]
+		require.NotNil(t, e, "fetch %q", key)
+		e.heldFrom = e.heldFrom.Add(-2 * ttl)
+		p.heldCheck = time.Time{}
+	}
 	for _, way := range restartWays {
 		t.Run(way.name, func(t *testing.T) {
 			dir := t.TempDir()
-			cfg := Config{HeldFetchTTL: 100 * time.Millisecond}
+			cfg := Config{HeldFetchTTL: ttl}
 			c := openDurable(t, dir, cfg)
 			doneWith(t, c, 6)
 			heldFetch(t, c, "kept", 2)
 			require.NoError(t, c.Acknowledge("p", "t", "kept"))
 			held := heldFetch(t, c, "a", 4)
+			outlive(c, "a")
 			got, err := peerFetch(c, 10*time.Second)
 			require.NoError(t, err, "given back by the TTL")
 			require.Equal(t, held.Indexes, got.Indexes)
