@@ -273,8 +273,16 @@ func TestSilentUnitFreesWhatItTookOnceItResumes(t *testing.T) {
 	kv := kvapi.New(c)
 	keys := helperKeys(0, 8)
 	silent := sc.putOnOne(ctx, t, kv, "p", keys)
-	time.Sleep(500 * time.Millisecond) // a few heartbeats report the put
-	before, _ := used(silent)
+	// The put's bytes reach the controller with the unit's heartbeats:
+	// wait until two reads a few heartbeats apart agree on some (a fixed
+	// wait read none on a loaded machine).
+	var before int64
+	require.Eventually(t, func() bool {
+		a, _ := used(silent)
+		time.Sleep(200 * time.Millisecond)
+		before, _ = used(silent)
+		return before > 0 && before == a
+	}, 20*time.Second, 50*time.Millisecond, "unit %d's heartbeats report the put", silent)
 	require.NoError(t, units[silent-1].cmd.Process.Signal(syscall.SIGSTOP))
 	require.Eventually(t, func() bool { _, alive := used(silent); return !alive }, 20*time.Second, 50*time.Millisecond, "unit %d reported dead", silent)
 
