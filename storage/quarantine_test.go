@@ -136,7 +136,9 @@ func quarantineServer(t *testing.T, u *Unit, cfg ServerConfig) (*Server, string)
 // until the quarantine ended.
 func TestQuarantinedReservationIsNotInFlight(t *testing.T) {
 	cfg := testConfig()
-	cfg.ReserveTimeout = 50 * time.Millisecond
+	// The held reservation must be listed before it expires: a loaded
+	// machine may take more than 50 ms between the two calls.
+	cfg.ReserveTimeout = time.Second
 	u, err := NewUnit(1, cfg)
 	require.NoError(t, err)
 	defer u.Close()
