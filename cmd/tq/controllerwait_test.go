@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/internal/auth"
+	"github.com/tqgo/tq/internal/testenv"
 )
 
 // A unit started before its controller (as a Kubernetes DaemonSet's
@@ -19,10 +20,7 @@ import (
 // --controller-wait 0 it fails at once, naming the controller.
 func TestUnitStartsBeforeController(t *testing.T) {
 	bin := tqBinary(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeLoopbackAddr(t)
 	const token = "controller-wait-token"
 	unitArgs := []string{"--role", "unit", "--controller", "tcp://" + addr, "--unit-listen", "127.0.0.1:0",
 		"--socket-dir", t.TempDir(), "--token", token, "--capacity", "16MiB"}

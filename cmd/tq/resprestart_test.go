@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +20,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/internal/testenv"
 )
 
 // restartable is a durable tq serve (not --in-memory) with the Redis
@@ -39,10 +40,7 @@ type restartable struct {
 
 func startRestartable(t *testing.T, bin string, args ...string) *restartable {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeLoopbackAddr(t)
 	r := &restartable{bin: bin, data: t.TempDir(), args: serveArgs([]string{"--listen=", "--resp=" + addr, "--capacity=64MiB", "--socket-dir=" + t.TempDir()}, args...)}
 	r.start(t)
 	require.Equal(t, addr, r.p.resp)

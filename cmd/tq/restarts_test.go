@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/testenv"
 	"github.com/tqgo/tq/kvapi"
 )
 
@@ -20,10 +20,7 @@ import (
 // process that must come back at the same address after a restart.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	return testenv.FreeLoopbackAddr(t)
 }
 
 // unitsByID lists the controller's storage units, by id.

@@ -2,6 +2,7 @@
 and clients over each transport."""
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -29,11 +30,29 @@ def _bin(env, name):
 
 
 def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A loopback port nothing listens on now, below the kernel's
+    ephemeral range (as Go's testenv.FreeLoopbackAddr): a port picked by
+    binding :0 is in that range, and a connection made before the server
+    meant for it binds it (a client redialing, any other process) may take
+    it as its local port."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    if lo <= 11000:
+        lo = 65536
+    for _ in range(200):
+        p = random.randrange(10000, lo)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return p
+    raise RuntimeError(f"no free loopback port below {lo}")
 
 
 def serve_args(defaults, extra):
