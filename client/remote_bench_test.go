@@ -142,3 +142,39 @@ func BenchmarkRemotePutControl(b *testing.B) {
 	b.ReportMetric(us(keysPut), "commit_keys_us")
 	b.ReportMetric(us(keysPutIn), "commit_keys_inproc_us")
 }
+
+// BenchmarkRemoteListKeysTags lists a partition of 20k keys, each with
+// its own tags (a 240-byte string, an integer, a fraction), over a unix
+// socket to a controller in this process: what a replay buffer's poll of
+// its partitions costs, mostly the tags' JSON on both sides.
+func BenchmarkRemoteListKeysTags(b *testing.B) {
+	c, err := controller.New(controller.DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	const n = 20_000
+	keys := make([]string, n)
+	tags := make([]engine.Tags, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%07d", i)
+		tags[i] = engine.Tags{"note": fmt.Sprintf("%0240d", i), "step": int64(i), "reward": float64(i) + 0.5}
+	}
+	m, err := c.ResolveKeys("p", keys, nil, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := c.SetTags("p", m.Indexes, tags); err != nil {
+		b.Fatal(err)
+	}
+	_, addr := serveController(b, c, controller.ServerConfig{}, "unix")
+	r := dialMeta(b, addr, client.RemoteConfig{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		got, err := r.ListKeys(ctx, "p")
+		if err != nil || len(got["p"]) != n {
+			b.Fatal(len(got["p"]), err)
+		}
+	}
+}
