@@ -476,6 +476,15 @@ func JSONFromPB(b []byte) (map[string]any, error) {
 	if len(b) == 0 {
 		return nil, nil
 	}
+	if m, ok := flatJSON(b); ok {
+		return m, nil
+	}
+	return jsonFromPBSlow(b)
+}
+
+// jsonFromPBSlow is [JSONFromPB] by encoding/json, for what flatJSON
+// leaves.
+func jsonFromPBSlow(b []byte) (map[string]any, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var m map[string]any
