@@ -462,6 +462,9 @@ func JSONToPB(m map[string]any) ([]byte, error) {
 	if m == nil {
 		return nil, nil
 	}
+	if b, ok := appendFlatJSON(nil, m); ok {
+		return b, nil
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode tags: %w: %w", engine.ErrInvalid, err)

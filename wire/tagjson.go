@@ -3,6 +3,9 @@ package wire
 import (
 	"bytes"
 	"encoding/json"
+	"math"
+	"slices"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/tqgo/tq/engine"
@@ -146,4 +149,92 @@ func numberEnd(b []byte, i int) (int, bool) {
 		i = j
 	}
 	return i, true
+}
+
+// appendFlatJSON appends m as json.Marshal writes it when its names and
+// string values are printable ASCII that encoding/json writes as is, and
+// its values strings, int64s, ints, float64s, bools or nil: the
+// controller encodes each key's tags in a listing. ok is false for
+// anything else, left to json.Marshal.
+func appendFlatJSON(b []byte, m map[string]any) (_ []byte, ok bool) {
+	keys := make([]string, 0, len(m))
+	size := 2 // room for it all, so that b grows once
+	for k, v := range m {
+		if !plainASCII(k) {
+			return nil, false
+		}
+		keys = append(keys, k)
+		size += len(k) + 4 + 24
+		if s, ok := v.(string); ok {
+			size += len(s)
+		}
+	}
+	slices.Sort(keys)
+	b = slices.Grow(b, size)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, k...)
+		b = append(b, '"', ':')
+		switch v := m[k].(type) {
+		case string:
+			if !plainASCII(v) {
+				return nil, false
+			}
+			b = append(b, '"')
+			b = append(b, v...)
+			b = append(b, '"')
+		case int64:
+			b = strconv.AppendInt(b, v, 10)
+		case int:
+			b = strconv.AppendInt(b, int64(v), 10)
+		case float64:
+			if b, ok = appendFloat(b, v); !ok {
+				return nil, false
+			}
+		case bool:
+			b = strconv.AppendBool(b, v)
+		case nil:
+			b = append(b, "null"...)
+		default:
+			return nil, false
+		}
+	}
+	return append(b, '}'), true
+}
+
+// plainASCII reports whether encoding/json writes s between quotes as it
+// is: printable ASCII but for the quote, backslash and what it escapes
+// for HTML.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendFloat writes f as encoding/json's float64 encoder does; NaN and
+// the infinities, which it refuses, are not ok.
+func appendFloat(b []byte, f float64) ([]byte, bool) {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, false
+	}
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' {
+		// e-09 is written e-9
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b, true
 }

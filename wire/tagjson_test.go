@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"encoding/json"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -63,5 +65,47 @@ func FuzzJSONFromPB(f *testing.F) {
 		}
 		require.NoError(t, err, "%q", b)
 		require.Equal(t, want, got, "%q", b)
+	})
+}
+
+// JSONToPB writes exactly the bytes json.Marshal does, by appendFlatJSON
+// where it can: the wire and the estimates of engine.Tags.JSONSize are
+// json.Marshal's.
+func TestJSONToPBAsMarshal(t *testing.T) {
+	for _, m := range []map[string]any{
+		{},
+		{"note": "plain ~text 0123", "step": int64(-42), "n": 7, "t": true, "f": false, "z": nil},
+		{"b": 1.0, "a": 0.5, "c": -0.0, "d": 1e-7, "e": 1e21, "g": 123456789e-15, "h": 1e20, "i": 5e-324, "j": math.MaxFloat64},
+		{"html": "<a&b>", "q": `"`, "bs": `\`, "ctl": "\x01", "del": "\x7f", "u": "é", "ls": "\u2028", "bad": "\xff"},
+		{"<k>": 1}, {"k\n": 1}, {"é": 1},
+		{"f32": float32(0.1), "u": uint8(3), "num": json.Number("12"), "l": []any{1}, "o": map[string]any{"b": 1, "a": 2}},
+	} {
+		want, err := json.Marshal(m)
+		require.NoError(t, err)
+		got, err := JSONToPB(m)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), string(got), "%#v", m)
+	}
+	for _, f := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+		_, err := JSONToPB(map[string]any{"a": "x", "f": f})
+		assert.ErrorContains(t, err, "unsupported value", "%v", f)
+	}
+}
+
+// FuzzJSONToPB: appendFlatJSON writes what json.Marshal writes.
+func FuzzJSONToPB(f *testing.F) {
+	f.Add("note", "x", "step", int64(3), 0.5)
+	f.Add("<", "\u2028", "", int64(-1), 1e-7)
+	f.Add("a", "b&c", "a", int64(0), 1e21)
+	f.Fuzz(func(t *testing.T, k1, v1, k2 string, n int64, x float64) {
+		m := map[string]any{k1: v1, k2: n, k1 + k2: x, v1: nil}
+		want, wantErr := json.Marshal(m)
+		got, err := JSONToPB(m)
+		if wantErr != nil {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(got), "%#v", m)
 	})
 }
