@@ -1,7 +1,9 @@
 package wire
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"math/bits"
 	"os"
 	"regexp"
@@ -15,7 +17,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
-	_ "github.com/tqgo/tq/wire/wirepb"
+	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/linger"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // specOpRow matches a row of spec.md's op tables: | 16 | `INSERT` | request | reply | …
@@ -136,6 +140,7 @@ func TestSpecStatesTheLimits(t *testing.T) {
 	require.NoError(t, err)
 	spec := strings.Join(strings.Fields(string(b)), " ")
 	mib := func(n int) string { return fmt.Sprintf("%d MiB", n>>20) }
+	conf := ConnConfig{}.withDefaults()
 	for _, phrase := range []string{
 		fmt.Sprintf("| body length | ≤ %s |", mib(MaxBodyLen)),
 		fmt.Sprintf("| payload length | ≤ 2^%d |", bits.Len(MaxPayloadLen)-1),
@@ -152,6 +157,20 @@ func TestSpecStatesTheLimits(t *testing.T) {
 		fmt.Sprintf("within %d s (the *write timeout*", int(DefaultWriteTimeout/time.Second)),
 		fmt.Sprintf("(`tq serve --peer-timeout`, %d s)", int(DefaultPeerTimeout/time.Second)),
 		fmt.Sprintf("each frame whole in what one read returns and its body and payload each ≤ %d KiB", loopMax>>10),
+		fmt.Sprintf("Every frame is a %d-byte header", HeaderSize),
+		fmt.Sprintf("| version | `%d` |", Version),
+		fmt.Sprintf("bit %d `REPLY`, bit %d `ERROR`; other bits zero", bits.Len(uint(FlagReply))-1, bits.Len(uint(FlagError))-1),
+		fmt.Sprintf("sent whole within %d s of connecting", int(DefaultHandshakeTimeout/time.Second)),
+		fmt.Sprintf("it must send its `HELLO` within %d s", int(refuseTimeout/time.Second)),
+		fmt.Sprintf("until the client closes or for %d s", int(linger.Time/time.Second)),
+		fmt.Sprintf("with a body of at most %d KiB", DefaultInlineMaxBody>>10),
+		fmt.Sprintf("both nonces are exactly %d bytes", AuthNonceLen),
+		fmt.Sprintf("waits at most %d s for its answer", int(giveUpWait/time.Second)),
+		fmt.Sprintf("Servers close connections that send nothing for %d minutes", int(NewServer(ServerConfig{}).cfg.IdleTimeout/time.Minute)),
+		fmt.Sprintf("pings every %d s and treats a connection whose ping goes unanswered for %d s as dead", int(conf.KeepAlive/time.Second), int(conf.PingTimeout/time.Second)),
+		fmt.Sprintf("(%d s at most, in the Go and Python clients)", int(writeFailGrace/time.Second)),
+		fmt.Sprintf("its payload at least %s per %d s", mib(payloadChunk), int(DefaultFrameTimeout/time.Second)),
+		fmt.Sprintf("take each %s of its replies within %d s", mib(writeChunk), int(DefaultWriteTimeout/time.Second)),
 	} {
 		assert.True(t, strings.Contains(spec, phrase), "spec.md does not state %q", phrase)
 	}
@@ -164,4 +183,84 @@ func commas(n int) string {
 		s = s[:i] + "," + s[i:]
 	}
 	return s
+}
+
+// specCodeRow matches a row of spec.md's error table: | 5 `CODE_CAPACITY` | …
+var specCodeRow = regexp.MustCompile("(?m)^\\| (\\d+) `(CODE_[A-Z_]+)` \\|")
+
+// spec.md's error table lists every code of common.proto, under its
+// number, and no other: a client written from the document knows every
+// code a server may send.
+func TestSpecListsEveryCode(t *testing.T) {
+	spec, err := os.ReadFile("spec.md")
+	require.NoError(t, err)
+	got := map[int32]string{}
+	for _, m := range specCodeRow.FindAllStringSubmatch(string(spec), -1) {
+		n, err := strconv.Atoi(m[1])
+		require.NoError(t, err)
+		_, twice := got[int32(n)]
+		require.False(t, twice, "spec.md lists code %d twice", n)
+		got[int32(n)] = m[2]
+	}
+	want := maps.Clone(wirepb.Code_name)
+	delete(want, int32(wirepb.Code_CODE_UNSPECIFIED)) // no error reply carries it
+	assert.Equal(t, want, got)
+}
+
+// Every code but CODE_INTERNAL stands for one Go error, both ways: a
+// server's error wrapping it is sent as that code, the reply unwraps to
+// it, and a RemoteError passed on (a server relaying a peer's refusal)
+// keeps its code. CODE_INTERNAL, and a code this side does not know,
+// unwrap to nothing: an error no caller takes for one it could retry.
+func TestCodesMapBothWays(t *testing.T) {
+	for n, name := range wirepb.Code_name {
+		code := wirepb.Code(n)
+		if code == wirepb.Code_CODE_UNSPECIFIED {
+			continue
+		}
+		re := &RemoteError{Code: code, Message: "m"}
+		sentinel := re.Unwrap()
+		if code == wirepb.Code_CODE_INTERNAL {
+			assert.Nil(t, sentinel, name)
+			assert.Equal(t, code, CodeOf(errors.New("a bug")), name)
+			assert.Equal(t, code, CodeOf(re), name)
+			continue
+		}
+		if !assert.NotNil(t, sentinel, "%s unwraps to no Go error", name) {
+			continue
+		}
+		assert.Equal(t, code, CodeOf(fmt.Errorf("what was wrong: %w", sentinel)), "%s: the error it unwraps to is sent as another code", name)
+		assert.Equal(t, code, CodeOf(re), "%s: relayed as another code", name)
+		back := FromReply(ErrorReply(fmt.Errorf("what was wrong: %w", sentinel)))
+		assert.ErrorIs(t, back, sentinel, name)
+		assert.Equal(t, "what was wrong: "+sentinel.Error(), back.Error(), name)
+	}
+	// The relations the table states.
+	assert.ErrorIs(t, &RemoteError{Code: wirepb.Code_CODE_TOO_LARGE}, engine.ErrCapacity)
+	assert.NotErrorIs(t, &RemoteError{Code: wirepb.Code_CODE_CAPACITY}, engine.ErrTooLarge)
+	assert.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, CodeOf(ErrServerUnproven))
+	unknown := &RemoteError{Code: 99, Message: "m"}
+	assert.Nil(t, unknown.Unwrap())
+	assert.Equal(t, wirepb.Code_CODE_INTERNAL, CodeOf(unknown))
+}
+
+// An error about keys carries them in Error.keys, the first 1024, and its
+// message spells out the first 16 and how many more (spec.md "Errors").
+func TestErrorReplyCarriesTheKeys(t *testing.T) {
+	keys := make([]string, 2000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	err := &engine.KeysError{Keys: keys, Err: fmt.Errorf("keys %s not in partition \"p\": %w", engine.QuoteKeys(keys), engine.ErrNotFound)}
+	e := ErrorReply(err)
+	assert.Equal(t, wirepb.Code_CODE_NOT_FOUND, e.Code)
+	assert.Equal(t, keys[:engine.MaxErrorKeys], e.Keys)
+	assert.Contains(t, e.Message, `"k15"] and 1984 more`)
+	assert.NotContains(t, e.Message, `"k16"`)
+	ke, ok := errors.AsType[*engine.KeysError](FromReply(e))
+	require.True(t, ok)
+	assert.Equal(t, keys[:engine.MaxErrorKeys], ke.Keys)
+	assert.ErrorIs(t, ke, engine.ErrNotFound)
+	_, ok = errors.AsType[*engine.KeysError](FromReply(&wirepb.Error{Code: wirepb.Code_CODE_NOT_FOUND, Message: "m"}))
+	assert.False(t, ok, "a reply without keys is no KeysError")
 }

@@ -1,0 +1,50 @@
+package controller
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/controller/sampler"
+	"github.com/tqgo/tq/engine"
+)
+
+// readSpec returns wire/spec.md with its white space folded.
+func readSpec(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../wire/spec.md")
+	require.NoError(t, err)
+	return strings.Join(strings.Fields(string(b)), " ")
+}
+
+// The controller's limits and defaults are the numbers wire/spec.md
+// states in its own words (TestProtocolDocsStateTheLimits finds others
+// in any of the documents): each phrase, made from the constant, is in it.
+func TestSpecStatesTheControllerLimits(t *testing.T) {
+	spec := readSpec(t)
+	mib := func(n int) string { return fmt.Sprintf("%d MiB", n>>20) }
+	for _, phrase := range []string{
+		fmt.Sprintf("a controller keeps at most %d such samplers", maxNamedSamplers),
+		fmt.Sprintf("`n` and `dp_size` of 0 mean 1, at most %d", sampler.MaxSpecParam),
+		fmt.Sprintf("With a `key` (1–%d bytes;", maxFetchKeyLen),
+		fmt.Sprintf("(`tq serve --held-fetch-ttl`, %d minutes by default)", int(DefaultHeldFetchTTL/time.Minute)),
+		fmt.Sprintf("(`tq serve --max-partitions`, %d by default)", DefaultMaxPartitions),
+		fmt.Sprintf("a partition's %d tasks or ready views, or its %s fields", maxTasks, commas(maxFields)),
+		fmt.Sprintf("hold at most `max_bytes` (at most %s)", mib(MaxKVPayload)),
+		fmt.Sprintf("the payload (at most %s)", mib(MaxKVPayload)),
+		fmt.Sprintf("a JSON object of at most %d KiB in valid UTF-8, nested at most %d deep", MaxCheckpointMetadata>>10, maxMetadataDepth),
+		fmt.Sprintf("≤ %s bytes (%d KiB; Go's `engine.MaxNameBytes`)", commas(engine.MaxNameBytes), engine.MaxNameBytes>>10),
+		fmt.Sprintf("a key's tags ≤ %s as JSON (Go's `engine.MaxTagsBytes`)", mib(engine.MaxTagsBytes)),
+		fmt.Sprintf("A request holds at most %d conditions", engine.MaxTagConditions),
+		fmt.Sprintf("present and equal to one of 1–%d values", engine.MaxTagValues),
+		fmt.Sprintf("the first %d, and the message spells out the first 16", engine.MaxErrorKeys),
+	} {
+		assert.True(t, strings.Contains(spec, phrase), "wire/spec.md does not state %q", phrase)
+	}
+	assert.Equal(t, maxTasks, maxViews)
+}
