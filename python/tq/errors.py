@@ -42,7 +42,7 @@ from __future__ import annotations
 __all__ = [
     "TQError", "InvalidError", "NotFoundError", "DTypeMismatchError", "NotReadyError",
     "StaleError", "CapacityError", "TooLargeError", "ClosedError", "NotSupportedError", "LostError", "CorruptError",
-    "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError",
+    "DeadlineError", "CanceledError", "UnauthenticatedError", "ServerUnprovenError", "InternalError", "DoneError",
     "UnavailableError", "UnitLostError", "from_code",
 ]
 
