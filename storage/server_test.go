@@ -284,7 +284,7 @@ func TestServerWriteValidation(t *testing.T) {
 		{"size overflowing int64", []uint64{math.MaxUint64, 1}, 0, engine.ErrInvalid},
 		{"sizes overflowing their sum", []uint64{math.MaxInt64, math.MaxInt64, 2}, 0, engine.ErrInvalid},
 		{"too many extents", make([]uint64, wire.MaxSegments+1), 0, engine.ErrInvalid},
-		{"extent beyond capacity", []uint64{uint64(cfg.Capacity) + 1}, int(cfg.Capacity) + 1, engine.ErrCapacity},
+		{"extent beyond capacity", []uint64{uint64(cfg.Capacity) + 1}, int(cfg.Capacity) + 1, engine.ErrTooLarge},
 	} {
 		if err := do(tc.sizes, make([]byte, tc.payload)); !errors.Is(err, tc.want) {
 			t.Errorf("%s: got %v, want an error wrapping %v", tc.name, err, tc.want)
@@ -321,6 +321,17 @@ func TestServerWriteValidation(t *testing.T) {
 	err = patient.Do(nctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{1 << 20}, NoWait: true}, nil, &wirepb.ReserveReply{}, nil)
 	if !errors.Is(err, engine.ErrCapacity) || nctx.Err() != nil {
 		t.Errorf("no-wait reserve on a full unit: got %v, want an error wrapping %v at once", err, engine.ErrCapacity)
+	}
+	// A WRITE or RESERVE the unit could not hold even empty is
+	// CODE_TOO_LARGE at once, wait or not (wire/spec.md): no free helps.
+	half := uint64(cfg.Capacity)/2 + 1
+	err = patient.Do(nctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: []uint64{half, half}}, net.Buffers{make([]byte, 2*half)}, &wirepb.WriteReply{}, nil)
+	if !errors.Is(err, engine.ErrTooLarge) || nctx.Err() != nil {
+		t.Errorf("write past the capacity: got %v, want an error wrapping %v at once", err, engine.ErrTooLarge)
+	}
+	err = patient.Do(nctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{half, half}}, nil, &wirepb.ReserveReply{}, nil)
+	if !errors.Is(err, engine.ErrTooLarge) || nctx.Err() != nil {
+		t.Errorf("reserve past the capacity: got %v, want an error wrapping %v at once", err, engine.ErrTooLarge)
 	}
 	if err := remoteFree(ctx, patient, fill...); err != nil {
 		t.Fatal(err)
