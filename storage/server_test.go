@@ -333,6 +333,12 @@ func TestServerWriteValidation(t *testing.T) {
 	if !errors.Is(err, engine.ErrTooLarge) || nctx.Err() != nil {
 		t.Errorf("reserve past the capacity: got %v, want an error wrapping %v at once", err, engine.ErrTooLarge)
 	}
+	// wait_ms shorter than the reserve wait is how long it waits instead:
+	// then CODE_CAPACITY (not CODE_DEADLINE), naming the wait.
+	slow := dialUnit(t, serve(t, u, ServerConfig{ReserveWait: 10 * time.Second}), "")
+	err = slow.Do(ctx, wire.OpWrite, &wirepb.WriteRequest{Sizes: []uint64{1 << 20}, WaitMs: 50}, net.Buffers{make([]byte, 1<<20)}, &wirepb.WriteReply{}, nil)
+	assert.ErrorIs(t, err, engine.ErrCapacity, "write with wait_ms to a full unit")
+	assert.ErrorContains(t, err, "no room within the request's wait of 50ms")
 	if err := remoteFree(ctx, patient, fill...); err != nil {
 		t.Fatal(err)
 	}
