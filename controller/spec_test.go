@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/tqgo/tq/controller/sampler"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // readSpec returns wire/spec.md with its white space folded.
@@ -47,4 +50,19 @@ func TestSpecStatesTheControllerLimits(t *testing.T) {
 		assert.True(t, strings.Contains(spec, phrase), "wire/spec.md does not state %q", phrase)
 	}
 	assert.Equal(t, maxTasks, maxViews)
+}
+
+// A DELETE_TAGS naming unknown keys names them, in Error.keys over the
+// wire (wire/spec.md "Errors"), and changes nothing.
+func TestDeleteTagsNamesTheUnknownKeys(t *testing.T) {
+	c := newController(t, DefaultConfig())
+	_, err := c.CommitKeys(keysCommit("p", []string{"a"}, 1, "x"))
+	require.NoError(t, err)
+	_, addr := startServer(t, c, ServerConfig{}, "unix")
+	conn := dialRaw(t, addr, "")
+	err = do(conn, wire.OpDeleteTags, &wirepb.DeleteTagsRequest{Partition: "p", Keys: []string{"a", "b", "c"}, Names: []string{"t"}}, &wirepb.DeleteTagsReply{})
+	ke, ok := errors.AsType[*engine.KeysError](err)
+	require.True(t, ok, "%v", err)
+	assert.Equal(t, []string{"b", "c"}, ke.Keys)
+	assert.ErrorIs(t, err, engine.ErrNotFound)
 }

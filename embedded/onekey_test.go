@@ -421,3 +421,20 @@ func TestSetValueSlowerThanTheReserveTimeoutSparesOtherPuts(t *testing.T) {
 	release()
 	assert.Equal(t, 1, u.Stats().Extents, "the slow put's extent is given back")
 }
+
+// A KV_GET of unknown keys names them in a KeysError (Error.keys over the
+// wire, wire/spec.md "Errors"), one key (the one-key path) or several.
+func TestKVGetNamesTheUnknownKeys(t *testing.T) {
+	_, _, kd, cl := kvPair(t)
+	ctx := context.Background()
+	vals := engine.MustBatch(engine.Field{Name: "v", Col: engine.BytesOf([][]byte{[]byte("x")})})
+	_, err := cl.PutKeys(ctx, "p", []string{"a"}, vals, nil)
+	require.NoError(t, err)
+	for _, keys := range [][]string{{"nope"}, {"a", "nope", "gone"}} {
+		_, _, err := kd.GetKeys(ctx, "p", keys, []string{"v"}, 1<<20)
+		ke, ok := errors.AsType[*engine.KeysError](err)
+		require.True(t, ok, "%v: %v", keys, err)
+		assert.Equal(t, keys[len(keys)/2:], ke.Keys)
+		assert.ErrorIs(t, err, engine.ErrNotFound)
+	}
+}
