@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
@@ -263,4 +264,54 @@ func TestErrorReplyCarriesTheKeys(t *testing.T) {
 	assert.ErrorIs(t, ke, engine.ErrNotFound)
 	_, ok = errors.AsType[*engine.KeysError](FromReply(&wirepb.Error{Code: wirepb.Code_CODE_NOT_FOUND, Message: "m"}))
 	assert.False(t, ok, "a reply without keys is no KeysError")
+}
+
+// The HELLO refusals spec.md's Handshake names, each with its code, in a
+// reply to the HELLO's own request id: another version is
+// CODE_NOT_SUPPORTED, a client nonce of another length than 32 bytes
+// CODE_INVALID, a wrong token or a wrong proof CODE_UNAUTHENTICATED.
+func TestSpecHelloRefusals(t *testing.T) {
+	_, addr := startServer(t, ServerConfig{Token: "secret"}, "tcp")
+	for _, tc := range []struct {
+		name  string
+		hello *wirepb.Hello
+		want  wirepb.Code
+	}{
+		{"version 2", &wirepb.Hello{Version: 2, Token: "secret"}, wirepb.Code_CODE_NOT_SUPPORTED},
+		{"nonce of 16 bytes", &wirepb.Hello{Version: Version, AuthNonce: make([]byte, 16)}, wirepb.Code_CODE_INVALID},
+		{"nonce of 33 bytes", &wirepb.Hello{Version: Version, AuthNonce: make([]byte, 33)}, wirepb.Code_CODE_INVALID},
+		{"wrong token", &wirepb.Hello{Version: Version, Token: "guess"}, wirepb.Code_CODE_UNAUTHENTICATED},
+		{"no token", &wirepb.Hello{Version: Version}, wirepb.Code_CODE_UNAUTHENTICATED},
+	} {
+		nc := rawDial(t, addr, nil)
+		_, err := nc.Write(frame(OpHello, 0, 7, tc.hello, nil))
+		require.NoError(t, err)
+		h, body := readFrame(t, nc)
+		require.Equal(t, FlagReply|FlagError, h.Flags, tc.name)
+		assert.Equal(t, uint64(7), h.ID, tc.name)
+		assert.Equal(t, OpHello, h.Op, tc.name)
+		var e wirepb.Error
+		require.NoError(t, proto.Unmarshal(body, &e))
+		assert.Equal(t, tc.want, e.Code, "%s: %s", tc.name, e.Message)
+	}
+
+	// A wrong proof after the challenge: CODE_UNAUTHENTICATED, to the
+	// second HELLO's id.
+	nc := rawDial(t, addr, nil)
+	_, err := nc.Write(frame(OpHello, 0, 1, &wirepb.Hello{Version: Version, AuthNonce: make([]byte, AuthNonceLen)}, nil))
+	require.NoError(t, err)
+	h, body := readFrame(t, nc)
+	require.Equal(t, FlagReply, h.Flags)
+	var challenge wirepb.Hello
+	require.NoError(t, proto.Unmarshal(body, &challenge))
+	assert.Len(t, challenge.AuthNonce, AuthNonceLen)
+	assert.NotEmpty(t, challenge.AuthProof)
+	_, err = nc.Write(frame(OpHello, 0, 2, &wirepb.Hello{Version: Version, AuthProof: make([]byte, 32)}, nil))
+	require.NoError(t, err)
+	h, body = readFrame(t, nc)
+	require.Equal(t, FlagReply|FlagError, h.Flags)
+	assert.Equal(t, uint64(2), h.ID)
+	var e wirepb.Error
+	require.NoError(t, proto.Unmarshal(body, &e))
+	assert.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, e.Code, e.Message)
 }
