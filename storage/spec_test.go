@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -9,9 +10,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/internal/shmring"
 	"github.com/tqgo/tq/wire"
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // A storage unit's limits, defaults and fd socket statuses are the ones
@@ -46,4 +50,44 @@ func TestSpecStatesTheUnitsLimits(t *testing.T) {
 	} {
 		assert.True(t, strings.Contains(spec, phrase), "wire/spec.md does not state %q", phrase)
 	}
+}
+
+// The shared-memory ops' refusals wire/spec.md names: an unknown
+// reservation or lease is CODE_NOT_FOUND; after SHM_GOODBYE, RESERVE and
+// ACQUIRE are CODE_CLOSED; on a connection that is not a unix socket, to a
+// unit without RDMA, SHM_SEGMENTS, RESERVE and ACQUIRE are
+// CODE_NOT_SUPPORTED.
+func TestSpecShmRefusals(t *testing.T) {
+	u := newTestUnit(t, testConfig())
+	ctx := t.Context()
+	c := dialUnit(t, serve(t, u, ServerConfig{}), "")
+	addrs, err := remoteWrite(ctx, c, []byte("committed"))
+	require.NoError(t, err)
+	ranges := wire.RangesToPB(addrs)
+
+	for _, tc := range []struct {
+		op  wire.Op
+		req proto.Message
+	}{
+		{wire.OpReserveCommit, &wirepb.ReservationRequest{Reservation: 99}},
+		{wire.OpReserveAbort, &wirepb.ReservationRequest{Reservation: 99}},
+		{wire.OpRelease, &wirepb.ReleaseRequest{Lease: 99}},
+	} {
+		assert.ErrorIs(t, c.Do(ctx, tc.op, tc.req, nil, &wirepb.Empty{}, nil), engine.ErrNotFound, "%v of an unknown id", tc.op)
+	}
+
+	srv := NewServer(u, ServerConfig{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	served := make(chan struct{})
+	go func() { defer close(served); srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close(); <-served })
+	tc := dialUnit(t, "tcp://"+l.Addr().String(), "")
+	assert.ErrorIs(t, tc.Do(ctx, wire.OpShmSegments, &wirepb.Empty{}, nil, &wirepb.ShmSegmentsReply{}, nil), engine.ErrNotSupported, "SHM_SEGMENTS over TCP")
+	assert.ErrorIs(t, tc.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{1}}, nil, &wirepb.ReserveReply{}, nil), engine.ErrNotSupported, "RESERVE over TCP")
+	assert.ErrorIs(t, tc.Do(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: ranges}, nil, &wirepb.AcquireReply{}, nil), engine.ErrNotSupported, "ACQUIRE over TCP")
+
+	require.NoError(t, c.Do(ctx, wire.OpShmGoodbye, &wirepb.Empty{}, nil, &wirepb.Empty{}, nil))
+	assert.ErrorIs(t, c.Do(ctx, wire.OpReserve, &wirepb.ReserveRequest{Sizes: []uint64{1}}, nil, &wirepb.ReserveReply{}, nil), engine.ErrClosed, "RESERVE after SHM_GOODBYE")
+	assert.ErrorIs(t, c.Do(ctx, wire.OpAcquire, &wirepb.AcquireRequest{Ranges: ranges}, nil, &wirepb.AcquireReply{}, nil), engine.ErrClosed, "ACQUIRE after SHM_GOODBYE")
 }
