@@ -76,3 +76,15 @@ def test_limits_are_the_specs(spec):
     assert f"({wire.WRITE_FAIL_GRACE:g} s at most, in the Go and Python clients)" in flat
     assert f"a connection idle for {wire.IDLE_REDIAL_S / 60:g} minutes is closed rather than used again" in flat
     assert "Servers close connections that send nothing for 5 minutes" in flat and wire.IDLE_REDIAL_S < 300
+
+
+def test_room_wait_is_the_specs(spec):
+    """wait_ms: a little short of the time the call has left, "less a
+    quarter, at most 250 ms", as the Go client's; 0 (the unit's own reserve
+    wait) for a call that waits for good."""
+    from tq.unit import room_wait_ms
+    assert "(both TQ clients: less a quarter, at most 250 ms)" in " ".join(spec.split())
+    assert room_wait_ms(None) == 0
+    assert room_wait_ms(0.4) == 300
+    assert room_wait_ms(2.0) == 1750
+    assert room_wait_ms(0.0001) == 1
