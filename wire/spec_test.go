@@ -315,3 +315,12 @@ func TestSpecHelloRefusals(t *testing.T) {
 	require.NoError(t, proto.Unmarshal(body, &e))
 	assert.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, e.Code, e.Message)
 }
+
+// MaxHandshakes: 256 by default, or a quarter of the connection limit
+// where that is smaller (spec.md "Handshake").
+func TestSpecMaxHandshakesDefault(t *testing.T) {
+	assert.Equal(t, DefaultMaxHandshakes, NewServer(ServerConfig{}).cfg.MaxHandshakes)
+	assert.Equal(t, DefaultMaxHandshakes, NewServer(ServerConfig{MaxConns: 4 * DefaultMaxHandshakes}).cfg.MaxHandshakes)
+	assert.Equal(t, 25, NewServer(ServerConfig{MaxConns: 100}).cfg.MaxHandshakes)
+	assert.Equal(t, 1, NewServer(ServerConfig{MaxConns: 2}).cfg.MaxHandshakes)
+}
