@@ -1,10 +1,12 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
 	"math/bits"
+	"net"
 	"os"
 	"regexp"
 	"strconv"
@@ -323,4 +325,43 @@ func TestSpecMaxHandshakesDefault(t *testing.T) {
 	assert.Equal(t, DefaultMaxHandshakes, NewServer(ServerConfig{MaxConns: 4 * DefaultMaxHandshakes}).cfg.MaxHandshakes)
 	assert.Equal(t, 25, NewServer(ServerConfig{MaxConns: 100}).cfg.MaxHandshakes)
 	assert.Equal(t, 1, NewServer(ServerConfig{MaxConns: 2}).cfg.MaxHandshakes)
+}
+
+// A HELLO reply with auth_nonce or auth_proof is a challenge (spec.md
+// "The challenge"): one without its proof is a server that did not prove
+// the token; one to a client that asked for none, or one answering the
+// client's proof, is corrupt.
+func TestSpecChallengeReplies(t *testing.T) {
+	nonce := bytes.Repeat([]byte{7}, AuthNonceLen)
+	for _, tc := range []struct {
+		name   string
+		token  string
+		answer func(nc net.Conn, h Header, body []byte)
+		want   error
+	}{
+		{"a nonce without a proof", authToken, func(nc net.Conn, h Header, _ []byte) {
+			writeReply(nc, h, &wirepb.Hello{Version: Version, AuthNonce: nonce}, FlagReply)
+		}, ErrServerUnproven},
+		{"a challenge to a HELLO that asked for none", "", func(nc net.Conn, h Header, _ []byte) {
+			writeReply(nc, h, &wirepb.Hello{Version: Version, AuthNonce: nonce, AuthProof: nonce}, FlagReply)
+		}, engine.ErrCorrupt},
+		{"a challenge answering the proof", authToken, func(nc net.Conn, h Header, body []byte) {
+			var hello wirepb.Hello
+			if proto.Unmarshal(body, &hello) != nil {
+				return
+			}
+			challenge := &wirepb.Hello{Version: Version, AuthNonce: nonce, AuthProof: serverProof(authToken, hello.AuthNonce, nonce)}
+			writeReply(nc, h, challenge, FlagReply)
+			if h2, _, err := readAuthFrame(nc); err == nil {
+				writeReply(nc, h2, challenge, FlagReply)
+			}
+		}, engine.ErrCorrupt},
+	} {
+		rs := startRecording(t, tc.answer)
+		c, _, err := Dial(t.Context(), rs.addr, &wirepb.Hello{Role: "client", Token: tc.token}, ConnConfig{})
+		if err == nil {
+			c.Close()
+		}
+		assert.ErrorIs(t, err, tc.want, tc.name)
+	}
 }

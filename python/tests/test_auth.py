@@ -387,3 +387,33 @@ def test_peer_socket_only_in_private_dir(tmp_path):
     finally:
         for s in socks:
             s.close()
+
+
+def _nonce_only(c):
+    _, op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, common_pb2.Hello(version=1, auth_nonce=b"\x07" * 32))
+
+
+def _challenge_twice(c):
+    _, op, rid, body = _read_frame(c)
+    cn, sn = common_pb2.Hello.FromString(body).auth_nonce, b"\x07" * 32
+    challenge = common_pb2.Hello(version=1, auth_nonce=sn, auth_proof=_mac(TOKEN, b"tq-server", cn, sn))
+    _reply(c, op, rid, challenge)
+    _, op, rid, _ = _read_frame(c)
+    _reply(c, op, rid, challenge)
+
+
+@pytest.mark.parametrize("handler,token,cls", [
+    (_nonce_only, TOKEN, errors.ServerUnprovenError),
+    (_forged, "", errors.CorruptError),
+    (_challenge_twice, TOKEN, errors.CorruptError),
+], ids=["nonce-without-proof", "challenge-unasked", "challenge-answering-the-proof"])
+def test_challenge_replies(handler, token, cls):
+    """A HELLO reply with auth_nonce or auth_proof is a challenge
+    (wire/spec.md): without its proof the server proved nothing; one to a
+    client that asked for none, or one answering the client's proof, is
+    corrupt. As the Go client."""
+    r = _Recorder(handler)
+    with pytest.raises(cls):
+        wire.Conn(r.addr, token=token)
+    r.wait()
