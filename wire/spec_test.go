@@ -318,15 +318,6 @@ func TestSpecHelloRefusals(t *testing.T) {
 	assert.Equal(t, wirepb.Code_CODE_UNAUTHENTICATED, e.Code, e.Message)
 }
 
-// MaxHandshakes: 256 by default, or a quarter of the connection limit
-// where that is smaller (spec.md "Handshake").
-func TestSpecMaxHandshakesDefault(t *testing.T) {
-	assert.Equal(t, DefaultMaxHandshakes, NewServer(ServerConfig{}).cfg.MaxHandshakes)
-	assert.Equal(t, DefaultMaxHandshakes, NewServer(ServerConfig{MaxConns: 4 * DefaultMaxHandshakes}).cfg.MaxHandshakes)
-	assert.Equal(t, 25, NewServer(ServerConfig{MaxConns: 100}).cfg.MaxHandshakes)
-	assert.Equal(t, 1, NewServer(ServerConfig{MaxConns: 2}).cfg.MaxHandshakes)
-}
-
 // A HELLO reply with auth_nonce or auth_proof is a challenge (spec.md
 // "The challenge"): one without its proof is a server that did not prove
 // the token; one to a client that asked for none, or one answering the
