@@ -161,6 +161,7 @@ func TestSpecStatesTheLimits(t *testing.T) {
 		fmt.Sprintf("(`tq serve --peer-timeout`, %d s)", int(DefaultPeerTimeout/time.Second)),
 		fmt.Sprintf("each frame whole in what one read returns and its body and payload each ≤ %d KiB", loopMax>>10),
 		fmt.Sprintf("Every frame is a %d-byte header", HeaderSize),
+		fmt.Sprintf("a cell with unit `%d` (2^%d − 1, no unit has it) is produced but its bytes are lost for good", engine.LostUnit, bits.Len32(uint32(engine.LostUnit))),
 		fmt.Sprintf("| version | `%d` |", Version),
 		fmt.Sprintf("bit %d `REPLY`, bit %d `ERROR`; other bits zero", bits.Len(uint(FlagReply))-1, bits.Len(uint(FlagError))-1),
 		fmt.Sprintf("sent whole within %d s of connecting", int(DefaultHandshakeTimeout/time.Second)),

@@ -88,3 +88,9 @@ def test_room_wait_is_the_specs(spec):
     assert room_wait_ms(0.4) == 300
     assert room_wait_ms(2.0) == 1750
     assert room_wait_ms(0.0001) == 1
+
+
+def test_lost_unit_is_the_specs(spec):
+    from tq.addrs import UNIT_LOST
+    assert UNIT_LOST == 2**31 - 1
+    assert f"a cell with unit `{UNIT_LOST}` (2^31 − 1, no unit has it)" in " ".join(spec.split())
