@@ -94,3 +94,17 @@ def test_lost_unit_is_the_specs(spec):
     from tq.addrs import UNIT_LOST
     assert UNIT_LOST == 2**31 - 1
     assert f"a cell with unit `{UNIT_LOST}` (2^31 − 1, no unit has it)" in " ".join(spec.split())
+
+
+def test_dtypes_are_the_specs(spec):
+    """Python reads and writes every dtype spec.md lists (bytes: opaque
+    rows), with each element's size as the spec's "Cell bytes" gives it."""
+    from tq.columns import DTYPES
+    listed = re.search(r"\*\*dtype\*\* strings: `([^`]*)`", " ".join(spec.split())).group(1).split()
+    assert set(listed) == set(DTYPES) | {"bytes"}
+    sizes = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+             "complex64": 8, "complex128": 16, "bool": 1}
+    for name, dt in DTYPES.items():
+        want = sizes.get(name) or int(re.search(r"\d+", name).group()) // 8
+        assert dt.itemsize == want, name
+        assert dt.str[0] in "<|", f"{name} is not little-endian"
