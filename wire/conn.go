@@ -862,6 +862,12 @@ func (c *Conn) fill(br *bufio.Reader, h Header, body []byte, cl *call) (cerr, er
 		return fmt.Errorf("%v reply to a %v request: %w", h.Op, cl.op, engine.ErrCorrupt), discard()
 	}
 	if h.Flags&FlagError != 0 {
+		if h.PayloadLen != 0 {
+			// An error reply's payload is empty (spec.md "Frames"): the
+			// stream is out of step, and nothing is read for the claim.
+			err := fmt.Errorf("%v error reply with %d payload bytes: %w", h.Op, h.PayloadLen, ErrFrame)
+			return err, err
+		}
 		var e wirepb.Error
 		if err := proto.Unmarshal(body, &e); err != nil {
 			return fmt.Errorf("decode %v error reply: %v: %w", h.Op, err.Error(), ErrFrame), discard()

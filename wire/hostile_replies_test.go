@@ -4,12 +4,14 @@ package wire
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
@@ -121,4 +123,25 @@ func TestEmptyErrorReplyIsNamed(t *testing.T) {
 	require.Error(t, err)
 	assert.NotEmpty(t, err.Error(), "an error reply without a message must still say what failed")
 	assert.ErrorIs(t, err, engine.ErrCorrupt, "an error reply with no code is malformed")
+}
+
+// An error reply's payload is empty (spec.md "Frames"): one that claims
+// a payload is corrupt, naming it, with nothing read for the claim (up
+// to 2^40 bytes that may never come), and the connection, out of step,
+// ends. As the Python client. It was the error of its body, after the
+// payload was read: for 2^40 bytes, a wait for bytes that never came.
+func TestErrorReplyWithAPayloadIsCorrupt(t *testing.T) {
+	for _, plen := range []uint64{5, MaxPayloadLen} {
+		c := fakeServer(t, func(h Header) []byte {
+			body, _ := proto.Marshal(&wirepb.Error{Code: wirepb.Code_CODE_NOT_FOUND, Message: "range no longer held"})
+			out := Header{Version: Version, Flags: FlagReply | FlagError, Op: h.Op, ID: h.ID, BodyLen: uint32(len(body)), PayloadLen: plen}.Append(nil)
+			return append(append(out, body...), "xxxxx"...)
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := c.Do(ctx, opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil)
+		cancel()
+		require.ErrorIs(t, err, engine.ErrCorrupt, "payload of %d bytes", plen)
+		assert.ErrorContains(t, err, fmt.Sprintf("error reply with %d payload bytes", plen))
+		assert.Error(t, c.Do(context.Background(), opEcho, &wirepb.Ping{}, nil, &wirepb.Ping{}, nil), "the connection ended")
+	}
 }
