@@ -261,11 +261,6 @@ func (m *mover) page(ctx context.Context, cells []engine.UnitCell) (int, error) 
 	return moved, m.free(ctx, target, notTaken)
 }
 
-// read reads the cells' bytes from the draining unit, all at once, or
-// one by one when some are gone (replaced or cleared since they were
-// listed: those are left out). A failed read says why, as a get's does
-// (see Client.readErr): the cells are lost to it (engine.ErrLost), unless
-// the client was closed meanwhile (engine.ErrClosed).
 // readErr says why a read of the draining unit failed with err, as a
 // get's does (Client.readErr), but for a drain whose caller gave up
 // (ctx ended): nothing is known about the cells then, and the error is
@@ -277,6 +272,21 @@ func (m *mover) readErr(ctx context.Context, err error) error {
 	return m.c.readErr(m.src.ID(), err)
 }
 
+// readFrom reads addrs of the draining unit into dst under watchDead, as
+// a get's reads: a unit gone silent (stopped, its connections open) and
+// reported dead ends the read, where it (or the dial under it) waited
+// for the drain's deadline.
+func (m *mover) readFrom(ctx context.Context, addrs []engine.RemoteAddr, dst [][]byte) error {
+	return m.c.watchDead(ctx, m.src.ID(), func(ctx context.Context) error {
+		return m.src.ReadInto(ctx, addrs, dst)
+	})
+}
+
+// read reads the cells' bytes from the draining unit, all at once, or
+// one by one when some are gone (replaced or cleared since they were
+// listed: those are left out). A failed read says why, as a get's does
+// (see Client.readErr): the cells are lost to it (engine.ErrLost), unless
+// the client was closed meanwhile (engine.ErrClosed).
 func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.UnitCell, [][]byte, error) {
 	// Before the cells' bytes are allocated: a cell past the unit's
 	// capacity (no unit holds one) would have the drain allocate its
@@ -309,7 +319,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 	if len(addrs) == 0 {
 		return cells, data, nil
 	}
-	err := m.src.ReadInto(ctx, addrs, dst)
+	err := m.readFrom(ctx, addrs, dst)
 	if err == nil {
 		return cells, data, nil
 	}
@@ -320,7 +330,7 @@ func (m *mover) read(ctx context.Context, cells []engine.UnitCell) ([]engine.Uni
 	var kept [][]byte
 	for i, cl := range cells {
 		if cl.Loc.Addr.Len > 0 {
-			err = m.src.ReadInto(ctx, []engine.RemoteAddr{cl.Loc.Addr}, data[i:i+1])
+			err = m.readFrom(ctx, []engine.RemoteAddr{cl.Loc.Addr}, data[i:i+1])
 		} else {
 			err = nil
 		}
