@@ -8,10 +8,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/client"
-	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/embedded"
 	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/storage"
 )
 
 // givingUpUnit is a unit whose write is where its caller gives up.
@@ -30,13 +28,7 @@ func (g givingUpUnit) Write(ctx context.Context, _ [][][]byte) ([]engine.RemoteA
 // and left rows that would never be produced in the partition (a
 // consumer waiting for the partition's end waited for them for good).
 func TestPutNewGivenUpGivesItsRowsBack(t *testing.T) {
-	ctrl, err := controller.New(controller.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	u, err := storage.NewUnit(1, storage.DefaultConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
+	ctrl, addr, u := servedControllerAndUnit(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	c, err := client.New(dialMeta(t, addr, client.RemoteConfig{}), []client.DataUnit{givingUpUnit{embedded.Unit(u), cancel}}, client.DefaultConfig())
 	require.NoError(t, err)

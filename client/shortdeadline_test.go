@@ -99,13 +99,7 @@ func (c *lateCtx) Err() error {
 }
 
 func TestPutKeysEndedByCtxAtItsUnitWrapsCtxsError(t *testing.T) {
-	ctrl, err := controller.New(controller.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	u, err := storage.NewUnit(1, storage.DefaultConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
+	_, addr, u := servedControllerAndUnit(t)
 	row := opaque([]int{client.KVInlineMax + 1})
 	for _, tc := range []struct {
 		name string
@@ -159,13 +153,7 @@ func (stuckCtx) Err() error                  { return nil }
 // tell a dial cut by its deadline from a unit that cannot be reached)
 // and hung for good.
 func TestPutWithAPassedDeadlineThatNeverEndsReturns(t *testing.T) {
-	ctrl, err := controller.New(controller.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { ctrl.Close() })
-	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
-	u, err := storage.NewUnit(1, storage.DefaultConfig())
-	require.NoError(t, err)
-	t.Cleanup(func() { u.Close() })
+	_, addr, u := servedControllerAndUnit(t)
 	c, err := client.New(dialMeta(t, addr, client.RemoteConfig{}), []client.DataUnit{timedOutUnit{embedded.Unit(u)}}, client.DefaultConfig())
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
@@ -192,4 +180,19 @@ func TestPutWithAPassedDeadlineThatNeverEndsReturns(t *testing.T) {
 			t.Fatalf("%s still waiting 20 s on a ctx that never ends", put.name)
 		}
 	}
+}
+
+// servedControllerAndUnit is a controller served on a unix socket (its
+// address) and a storage unit in this process, for a client.New of
+// units of the test's own making over it.
+func servedControllerAndUnit(t *testing.T) (*controller.Controller, string, *storage.Unit) {
+	t.Helper()
+	ctrl, err := controller.New(controller.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { ctrl.Close() })
+	_, addr := serveController(t, ctrl, controller.ServerConfig{}, "unix")
+	u, err := storage.NewUnit(1, storage.DefaultConfig())
+	require.NoError(t, err)
+	t.Cleanup(func() { u.Close() })
+	return ctrl, addr, u
 }

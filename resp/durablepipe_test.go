@@ -16,8 +16,6 @@ import (
 
 	"github.com/tqgo/tq/controller"
 	"github.com/tqgo/tq/controller/journal"
-	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/storage"
 )
 
 // slowLog makes each write of the controller's log take at least d (as a
@@ -177,20 +175,7 @@ func TestDurablePipelineFullUnit(t *testing.T) {
 		t.Run(cmd, func(t *testing.T) {
 			cfg := controller.DefaultConfig()
 			cfg.Dir, cfg.Fsync = t.TempDir(), journal.FsyncBatch
-			ctrl, err := controller.New(cfg)
-			require.NoError(t, err)
-			t.Cleanup(func() { ctrl.Close() })
-			scfg := storage.DefaultConfig()
-			scfg.Capacity, scfg.SegmentSize = 64<<10, 64<<10 // one slab: 64 cells of 1 KiB
-			u, err := storage.NewUnit(0, scfg)
-			require.NoError(t, err)
-			t.Cleanup(func() { u.Close() })
-			id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
-			require.NoError(t, err)
-			u.SetID(id)
-			srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{CommandTimeout: 2 * time.Second})
-			require.NoError(t, err)
-			e := &endpoint{addr: serve(t, srv), srv: srv}
+			e, _, u := endpointOnOneUnit(t, cfg, 64<<10, Config{CommandTimeout: 2 * time.Second}) // one slab: 64 cells of 1 KiB
 
 			val := strings.Repeat("v", 1000)
 			w, wr := e.raw(t)
@@ -199,7 +184,7 @@ func TestDurablePipelineFullUnit(t *testing.T) {
 				fill.WriteString(cmdline("SET", fmt.Sprint("f", i), val))
 			}
 			fill.WriteString(cmdline("HSET", "h", "x", val)) // all but one cell taken
-			_, err = io.WriteString(w, fill.String())
+			_, err := io.WriteString(w, fill.String())
 			require.NoError(t, err)
 			for i := range 62 {
 				require.Equal(t, "+OK", wr.line(t), "filler %d", i)

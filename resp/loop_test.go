@@ -261,18 +261,27 @@ func newDurableEndpoint(t *testing.T, fsync journal.Fsync, opts ...func(*control
 	for _, o := range opts {
 		o(&cfg)
 	}
-	ctrl, err := controller.New(cfg)
+	e, _, _ := endpointOnOneUnit(t, cfg, 16<<20, Config{})
+	return e
+}
+
+// endpointOnOneUnit serves an endpoint (cfg) over a controller (ccfg)
+// and one storage unit of capacity bytes in one segment, which it
+// returns too.
+func endpointOnOneUnit(t *testing.T, ccfg controller.Config, capacity int64, cfg Config) (*endpoint, *controller.Controller, *storage.Unit) {
+	t.Helper()
+	ctrl, err := controller.New(ccfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { ctrl.Close() })
 	scfg := storage.DefaultConfig()
-	scfg.Capacity, scfg.SegmentSize = 16<<20, 16<<20
+	scfg.Capacity, scfg.SegmentSize = capacity, capacity
 	u, err := storage.NewUnit(0, scfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { u.Close() })
 	id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
 	require.NoError(t, err)
 	u.SetID(id)
-	srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
+	srv, err := NewServer(ctrl, []*storage.Unit{u}, cfg)
 	require.NoError(t, err)
-	return &endpoint{addr: serve(t, srv), srv: srv}
+	return &endpoint{addr: serve(t, srv), srv: srv}, ctrl, u
 }

@@ -11,8 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tqgo/tq/controller"
-	"github.com/tqgo/tq/engine"
-	"github.com/tqgo/tq/storage"
 )
 
 // TestWaitForRoomEndsWhenClientLeaves: a SET (an MSET, the general way)
@@ -25,21 +23,9 @@ func TestWaitForRoomEndsWhenClientLeaves(t *testing.T) {
 		{"SET close", "SET"}, {"SET reset", "SET"}, {"MSET close", "MSET"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctrl, err := controller.New(controller.DefaultConfig())
-			require.NoError(t, err)
-			t.Cleanup(func() { ctrl.Close() })
-			scfg := storage.DefaultConfig()
-			scfg.Capacity, scfg.SegmentSize = 64<<10, 64<<10 // one slab: 64 cells of 1 KiB
-			u, err := storage.NewUnit(0, scfg)
-			require.NoError(t, err)
-			t.Cleanup(func() { u.Close() })
-			id, err := ctrl.Units().Register(engine.UnitInfo{Incarnation: u.Incarnation(), Host: "h", Name: "u", Capacity: scfg.Capacity}, true)
-			require.NoError(t, err)
-			u.SetID(id)
-			srv, err := NewServer(ctrl, []*storage.Unit{u}, Config{})
-			require.NoError(t, err)
-			require.Equal(t, 30*time.Second, srv.cfg.CommandTimeout)
-			e := &endpoint{addr: serve(t, srv), srv: srv}
+			const capacity = 64 << 10 // one slab: 64 cells of 1 KiB
+			e, ctrl, u := endpointOnOneUnit(t, controller.DefaultConfig(), capacity, Config{})
+			require.Equal(t, 30*time.Second, e.srv.cfg.CommandTimeout)
 
 			val := strings.Repeat("v", 1000)
 			w, wr := e.raw(t)
@@ -47,13 +33,13 @@ func TestWaitForRoomEndsWhenClientLeaves(t *testing.T) {
 			for i := range 64 {
 				fill.WriteString(cmdline("SET", fmt.Sprint("f", i), val))
 			}
-			_, err = io.WriteString(w, fill.String())
+			_, err := io.WriteString(w, fill.String())
 			require.NoError(t, err)
 			for i := range 64 {
 				require.Equal(t, "+OK", wr.line(t), "filler %d", i)
 			}
 			used := u.Stats().Used
-			require.Equal(t, scfg.Capacity, used)
+			require.Equal(t, int64(capacity), used)
 
 			nc, _ := e.raw(t)
 			_, err = io.WriteString(nc, cmdline(tc.cmd, "late", val))
@@ -65,7 +51,7 @@ func TestWaitForRoomEndsWhenClientLeaves(t *testing.T) {
 			require.NoError(t, nc.Close())
 			// The command ended, and its connection with it (a hang check
 			// only: the wait would otherwise last 30 s).
-			require.Eventually(t, func() bool { return conns(srv) == 1 }, 10*time.Second, 5*time.Millisecond, "the %s kept waiting after its client left", tc.cmd)
+			require.Eventually(t, func() bool { return conns(e.srv) == 1 }, 10*time.Second, 5*time.Millisecond, "the %s kept waiting after its client left", tc.cmd)
 			require.Equal(t, 0, u.Stats().Waiting)
 
 			// Room freed now is not taken by the write abandoned.
