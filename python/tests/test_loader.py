@@ -737,12 +737,10 @@ def _must_exist_fails(it_factory, missing):
             for _ in it_factory():
                 out.append("batch")
         except tq.TQError as e:
-            # Kept without its traceback: its frames hold the loader's
-            # iterator, and e (in out, in this closure) them, a cycle that
-            # kept the iterator until the cyclic collector ran, in a later
-            # test, where torch's shutdown of its worker (the queues'
-            # feeder threads stopped first) waited 5 s for it.
-            e.__traceback__ = None
+            # Kept with its traceback, whose frames hold the loader's
+            # iterator (a cycle, through out): the failed iteration
+            # stopped its workers already, so the collector that frees it
+            # later, in whatever test, has none to wait for (it did, 5 s).
             out.append(e)
     th = threading.Thread(target=run, daemon=True)
     th.start()
@@ -784,6 +782,73 @@ def test_streaming_data_loader_partition_must_exist(server, part):
                                  fetch_timeout=30, partition_must_exist=True)
         _must_exist_fails(lambda: tq.StreamingDataLoader(ds, num_workers=workers, multiprocessing_context="spawn"
                                                          if workers else None), missing)
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
+def test_dataloader_failed_iteration_stops_its_workers(server, part, persistent):
+    """An iteration that ends with an error (a worker's, which torch
+    raises in the loop: here a partition that does not exist) stops its
+    workers before the loop gets it, while the error, whose traceback's
+    frames hold the iterator, is still held. They used to live until the
+    iterator was freed: by the cyclic collector, later, in whatever thread
+    ran it, where torch's shutdown waited up to 5 s for them. The next
+    iteration starts new workers (persistent ones too: torch would have
+    resumed the stopped ones) and reads the partition, once made."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "t", address=server.address, token=server.token,
+                             fetch_timeout=0.3, partition_must_exist=True)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, persistent_workers=persistent)
+    it = iter(dl)
+    with pytest.raises(tq.InvalidError, match="does not exist") as e:
+        for _ in it:
+            pass
+    assert e.value.__traceback__ is not None
+    workers = it._it._workers
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+    assert not any(w.is_alive() for w in workers), "the failed iteration's workers are still running"
+    with pytest.raises(StopIteration):
+        next(it)
+    with server.client() as c:
+        c.put({"x": np.arange(8, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    assert sorted(x for data, _ in dl for x in data["x"].tolist()) == list(range(8))
+    assert e.value.__traceback__ is not None
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
+def test_dataloader_iteration_failed_in_the_main_process_loses_nothing(server, part, monkeypatch, persistent):
+    """An iteration that fails in the main process (here its second
+    batch's keep raises), after it took a batch, stops its workers, which
+    give back what they fetched ahead; the next iteration's new workers
+    yield every other row. Persistent workers stopped so are replaced by
+    new ones with a record of their own: the old record (the old workers'
+    fetches, given back, by their counts) had the main process drop the
+    new workers' first batches as given back."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(16, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    keep, calls = tq.loader._Controls.keep, []
+
+    def failing_keep(self, *a):
+        calls.append(a)
+        if len(calls) == 2:
+            raise RuntimeError("planted keep failure")
+        return keep(self, *a)
+    monkeypatch.setattr(tq.loader._Controls, "keep", failing_keep)
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=persistent)
+    taken = []
+    with pytest.raises(RuntimeError, match="planted keep failure"):
+        for data, _ in dl:
+            taken += data["x"].tolist()
+    rest = [x for data, _ in dl for x in data["x"].tolist()]
+    assert len(taken) == 2
+    assert sorted(taken + rest) == list(range(16)), f"took {taken}, then {rest}"
 
 
 @pytest.mark.parametrize("sampler", ["default", "rank-aware"])

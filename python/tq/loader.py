@@ -422,23 +422,32 @@ class _Controls:
         self._drops = [(context or multiprocessing).SimpleQueue() for _ in range(self.workers)] \
             if persistent else None
 
-    def for_new_workers(self) -> "_Controls":
+    def for_new_workers(self, context=None) -> "_Controls":
         """These controls for an iteration that starts new workers (no
-        persistent_workers): the same calls, and a record of held fetches
-        and a hold group of their own. A new worker counts its fetches
-        from 1 again, so the last iteration's record would have the main
-        process drop the new workers' first batches as given back, and
-        the workers forget them as taken (left held). And the last
-        iteration's workers may still hold batches as they exit (they give
-        back what the main process did not take): in the same group the
-        new workers would end without waiting for those rows."""
+        persistent_workers, or persistent ones after an iteration that
+        failed stopped the last: _Kept._stop): the same calls, and a record
+        of held fetches and a hold group of their own. A new worker counts
+        its fetches from 1 again, so the last iteration's record would
+        have the main process drop the new workers' first batches as
+        given back, and the workers forget them as taken (left held). And
+        the last iteration's workers may still hold batches as they exit
+        (they give back what the main process did not take): in the same
+        group the new workers would end without waiting for those rows.
+        For persistent workers, the record of dropped batches is new too
+        (context: the DataLoader's multiprocessing_context): the old
+        workers' counts would have the new ones forget their own."""
         import copy
         import ctypes
+        import multiprocessing
         from multiprocessing import sharedctypes
         new = copy.copy(self)
         new._holds = sharedctypes.RawArray(ctypes.c_int64, len(self._holds))
         new._over = sharedctypes.RawArray(ctypes.c_int64, 1)
         new.group = os.urandom(16)
+        if self._drops is not None:
+            if isinstance(context, str):
+                context = multiprocessing.get_context(context)
+            new._drops = [(context or multiprocessing).SimpleQueue() for _ in range(self.workers)]
         return new
 
     def keep(self, worker: int, seq: int, index: int) -> bool:
@@ -787,7 +796,7 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             it = super().__iter__()
             if not isinstance(ds, StreamingDataset) or ds._controls is None:
                 return it
-            kept = _Kept(it, ds, ds._controls)
+            kept = _Kept(it, ds, ds._controls, self)
             self._last_kept = weakref.ref(kept)
             return kept
 
@@ -818,10 +827,12 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         a batch its worker gave back already is dropped. Not a generator:
         dropped (a break, or never iterated), it ends the iteration for
         the workers (_Controls.end) before torch's iterator, which it
-        holds, stops them and waits for them to exit."""
+        holds, stops them and waits for them to exit. An iteration that
+        fails stops them at once (_stop)."""
 
-        def __init__(self, it, ds, controls):
-            self._it, self._ds, self._controls = it, ds, controls
+        def __init__(self, it, ds, controls, loader):
+            self._it, self._ds, self._controls, self._loader = it, ds, controls, loader
+            self._stopped = False
             # Per worker, the batch the loop has had some micro-batches
             # of: (seq, partition, key, its rows, how many yielded).
             self._part = {}
@@ -832,6 +843,45 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             return self
 
         def __next__(self):
+            if self._stopped:
+                raise StopIteration
+            try:
+                return self._next()
+            except StopIteration:
+                raise
+            except BaseException:
+                self._stop()
+                raise
+
+        def _stop(self) -> None:
+            """The iteration failed (a worker's error, which torch raises
+            here, or one of this iterator's): end it for the workers and
+            stop them now. Left to __del__, they lived as long as anything
+            held the error's traceback, whose frames hold this iterator:
+            kept (a logged exc_info, a list of errors), the cyclic
+            collector freed it later, at any point of any thread, where
+            torch's shutdown joined the workers for up to 5 s."""
+            self._stopped = True
+            try:
+                try:
+                    self._settle_parts()
+                finally:
+                    self._controls.end()
+            except Exception:  # noqa: BLE001 - the loop gets the first error
+                pass
+            shutdown = getattr(self._it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            loader = self._loader
+            if loader._iterator is self._it:
+                # Persistent workers: torch would resume these, stopped, at
+                # the next iter(loader); it starts new ones instead, which
+                # need a record of their own (as each iteration's do
+                # without persistent_workers).
+                loader._iterator = None
+                self._ds._controls = self._controls.for_new_workers(loader.multiprocessing_context)
+
+        def _next(self):
             while True:
                 data, meta, tag = next(self._it)
                 if tag is not None:
