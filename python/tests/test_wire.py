@@ -88,6 +88,32 @@ def test_hello_carries_host_and_never_the_token():
     conn.close()
 
 
+def test_hello_over_the_bound_is_refused_before_it_is_sent(server):
+    """A HELLO over the 4 KiB a server reads (wire/spec.md "Handshake":
+    here a long client name) is an InvalidError naming the name's length
+    and the bound, raised before it is sent, as the Go client's (the
+    server used to refuse it, ending the connection). One of exactly 4096
+    bytes is sent, and the server takes it."""
+    base = common_pb2.Hello(version=wire.VERSION, role="client", host_id=wire.host_id(),
+                            client_id=wire._client_id, auth_nonce=bytes(wire.AUTH_NONCE_LEN)).ByteSize()
+    fits = wire.MAX_HELLO - base - 3  # the name's tag and 2-byte length
+    with server.client(name="n" * fits):
+        pass
+    with pytest.raises(tq.InvalidError) as e:
+        server.client(name="n" * (fits + 1))
+    assert f"client name is {fits + 1} bytes" in str(e.value) and "4096" in str(e.value), str(e.value)
+    sent, done = [], threading.Event()
+
+    def h(c):
+        c.settimeout(30)
+        sent.append(c.recv(1))  # b"": closed without a byte
+        done.set()
+    addr = _serve_once(h)
+    with pytest.raises(tq.InvalidError):
+        wire.Conn(addr, name="n" * 5000, timeout=5)
+    assert done.wait(30) and sent == [b""], f"the HELLO was sent: {sent}"
+
+
 @pytest.mark.parametrize("code,cls", [(12, tq.UnauthenticatedError), (5, tq.CapacityError),
                                       (7, tq.NotSupportedError), (99, tq.TQError)])
 def test_refused_hello(code, cls):

@@ -46,6 +46,10 @@ FLAG_REPLY = 1
 FLAG_ERROR = 2
 MAX_BODY = 64 << 20
 MAX_PAYLOAD = 1 << 40
+# The most body bytes a connection's first HELLO may have (wire.MaxHelloLen):
+# servers read it before the peer is authenticated, and end a connection
+# that claims more.
+MAX_HELLO = 4 << 10
 
 # Ops (wire/spec.md).
 HELLO, PING, CANCEL = 1, 2, 3
@@ -507,6 +511,13 @@ class Conn:
         if token:
             cn = hello.auth_nonce = os.urandom(AUTH_NONCE_LEN)
         first = hello.SerializeToString()
+        if len(first) > MAX_HELLO:
+            # Refused here, naming the cause, as the Go client refuses it:
+            # the server would only end the connection.
+            raise errors.InvalidError(
+                f"connect to {self.addr}: the HELLO is {len(first)} bytes, over the {MAX_HELLO} a server reads "
+                f"(wire/spec.md \"Handshake\"): its client name is {len(hello.name.encode())} bytes, its host "
+                f"id {len(hello.host_id.encode())} (a shorter name= fits)", op="hello")
         reply = self.call(HELLO, _Encoded(first), common_pb2.Hello, op_name="hello")
         if not (reply.auth_nonce or reply.auth_proof):
             if self.require_server_proof:
