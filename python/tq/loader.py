@@ -761,7 +761,9 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         """A torch DataLoader over a :class:`StreamingDataset` that yields
         its ``(data, meta)`` pairs as they are (no batching, no collation).
         With workers, :meth:`reset` and :meth:`step` reach them at the next
-        iteration (see :class:`StreamingDataset`)."""
+        iteration (see :class:`StreamingDataset`). An iteration that ends
+        with an error stops its workers before the loop gets it; the next
+        one starts new workers, persistent ones too (with empty buffers)."""
 
         def __init__(self, dataset, num_workers=0, collate_fn=None, pin_memory=False, worker_init_fn=None,
                      multiprocessing_context=None, prefetch_factor=None, persistent_workers=False,
@@ -831,7 +833,10 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         fails stops them at once (_stop)."""
 
         def __init__(self, it, ds, controls, loader):
-            self._it, self._ds, self._controls, self._loader = it, ds, controls, loader
+            self._it, self._ds, self._controls = it, ds, controls
+            # Weak: a kept error's traceback holds this iterator, and so
+            # would hold the loader, with its next iteration's workers.
+            self._loader = weakref.ref(loader)
             self._stopped = False
             # Per worker, the batch the loop has had some micro-batches
             # of: (seq, partition, key, its rows, how many yielded).
@@ -872,8 +877,8 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             shutdown = getattr(self._it, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
-            loader = self._loader
-            if loader._iterator is self._it:
+            loader = self._loader()
+            if loader is not None and loader._iterator is self._it:
                 # Persistent workers: torch would resume these, stopped, at
                 # the next iter(loader); it starts new ones instead, which
                 # need a record of their own (as each iteration's do
