@@ -1,6 +1,7 @@
 """Fixtures: a real `tq serve` (bin/tq, built by make test) for the session,
 and clients over each transport."""
 
+import gc
 import os
 import random
 import shutil
@@ -153,3 +154,35 @@ def part():
 @pytest.fixture
 def xlang_bin():
     return _bin("TQ_XLANG", "tqxlang")
+
+
+# TQ_TEST_GC_PROBE=1: after each test, a gc.collect(), timed, then another
+# (no garbage left: what walking the heap costs alone); the tests whose
+# garbage took over GC_PROBE_SLOW_S more than that to collect are listed
+# at the end of the session. Garbage in a reference cycle is freed when
+# the cyclic collector next runs, in whatever later test and thread, and
+# a slow finalizer there (torch's DataLoader iterator joining its workers,
+# 5 s each) looks like that test's stall.
+GC_PROBE_SLOW_S = 0.5
+_gc_slow = []  # (test id, seconds the first collection took, the second)
+
+if os.environ.get("TQ_TEST_GC_PROBE") == "1":
+    @pytest.fixture(autouse=True)
+    def _gc_probe(request):
+        yield
+        t0 = time.monotonic()
+        gc.collect()
+        t1 = time.monotonic()
+        gc.collect()
+        t2 = time.monotonic()
+        if (t1 - t0) - (t2 - t1) > GC_PROBE_SLOW_S:
+            _gc_slow.append((request.node.nodeid, t1 - t0, t2 - t1))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("TQ_TEST_GC_PROBE") != "1":
+        return
+    terminalreporter.write_sep("=", f"TQ_TEST_GC_PROBE: {len(_gc_slow)} tests left garbage that took over "
+                                    f"{GC_PROBE_SLOW_S} s to collect")
+    for nodeid, took, walk in _gc_slow:
+        terminalreporter.write_line(f"{took:6.2f} s (heap walk {walk:.2f} s)  {nodeid}")
