@@ -191,12 +191,24 @@ func CheckTagName(name string) error {
 // that a float64 would round (12345678901234567890 would come back as
 // 12345678901234567168: nothing stored is changed unsaid).
 func JSONNumber(n json.Number) (any, error) {
-	if i, err := n.Int64(); err == nil {
-		return i, nil
+	// With a fraction or an exponent neither strconv.ParseInt nor
+	// big.Int.SetString takes it: skip both (a listing reads one such
+	// number a key, and ParseInt's error alone allocates twice).
+	integer := true
+	for i := 0; i < len(n) && integer; i++ {
+		integer = n[i] != '.' && n[i] != 'e' && n[i] != 'E'
+	}
+	if integer {
+		if i, err := n.Int64(); err == nil {
+			return i, nil
+		}
 	}
 	f, err := n.Float64()
 	if err != nil || math.IsInf(f, 0) {
 		return nil, fmt.Errorf("number %s is not one a float64 holds", n)
+	}
+	if !integer {
+		return f, nil
 	}
 	if i, ok := new(big.Int).SetString(string(n), 10); ok {
 		if exact, _ := new(big.Float).SetFloat64(f).Int(nil); exact.Cmp(i) != 0 {
