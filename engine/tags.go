@@ -425,18 +425,50 @@ func jsonSize(v any) int {
 }
 
 func quotedSize(s string) int {
-	n := 2
-	for i := range len(s) {
-		switch b := s[i]; {
-		case b < 0x20, b == '"', b == '\\', b == '<', b == '>', b == '&':
-			n += 6
-		case b >= 0x80:
-			n += 2
-		default:
-			n++
+	n, i := 2, 0
+	// Eight bytes at a time where none is escaped or past ASCII: a
+	// listing's page bound sizes every key's tags, mostly plain text.
+	for ; i+8 <= len(s); i += 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if x&hiBits != 0 || byteBelow(x, 0x20) || byteIs(x, '"') || byteIs(x, '\\') ||
+			byteIs(x, '<') || byteIs(x, '>') || byteIs(x, '&') {
+			for j := i; j < i+8; j++ {
+				n += quotedByteSize(s[j])
+			}
+		} else {
+			n += 8
 		}
 	}
+	for ; i < len(s); i++ {
+		n += quotedByteSize(s[i])
+	}
 	return n
+}
+
+func quotedByteSize(b byte) int {
+	switch {
+	case b < 0x20, b == '"', b == '\\', b == '<', b == '>', b == '&':
+		return 6
+	case b >= 0x80:
+		return 2
+	}
+	return 1
+}
+
+const (
+	loBits = 0x0101010101010101
+	hiBits = 0x8080808080808080
+)
+
+// byteBelow reports whether a byte of x, all of whose bytes are below
+// 0x80, is below c (at most 0x80).
+func byteBelow(x uint64, c byte) bool { return (x-loBits*uint64(c))&^x&hiBits != 0 }
+
+// byteIs reports whether a byte of x is c.
+func byteIs(x uint64, c byte) bool {
+	y := x ^ loBits*uint64(c)
+	return (y-loBits)&^y&hiBits != 0
 }
 
 // Keys returns the tag names (unordered).

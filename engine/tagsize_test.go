@@ -5,10 +5,42 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 )
+
+// quotedSizeSlow is quotedSize a byte at a time, as it was.
+func quotedSizeSlow(s string) int {
+	n := 2
+	for i := range len(s) {
+		switch b := s[i]; {
+		case b < 0x20, b == '"', b == '\\', b == '<', b == '>', b == '&':
+			n += 6
+		case b >= 0x80:
+			n += 2
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// quotedSize counts eight plain bytes at a time and the rest one by one:
+// the same as a byte at a time wherever an escaped or non-ASCII byte sits
+// in a word.
+func FuzzQuotedSize(f *testing.F) {
+	plain := strings.Repeat("0123456789abcdef", 4)
+	for _, c := range []string{"\x00", "\x1f", " ", "\"", "\\", "<", ">", "&", "\x7f", "\x80", "é", "\xff", "=", "?", "%", "'"} {
+		for _, at := range []int{0, 3, 7, 8, 15, 63} {
+			f.Add(plain[:at] + c + plain[at:])
+		}
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		require.Equal(t, quotedSizeSlow(s), quotedSize(s), "%q", s)
+	})
+}
 
 // jsonNumberSlow is JSONNumber trying strconv and math/big on every
 // number.
@@ -54,8 +86,15 @@ func FuzzJSONNumber(f *testing.F) {
 	})
 }
 
-// A number of client's BenchmarkRemoteListKeysTags's tags, as a listing
-// reads it back for every key, and an integer.
+// The tags of client's BenchmarkRemoteListKeysTags: what a listing sizes
+// (JSONSize) and reads back (JSONNumber) for every key.
+func BenchmarkJSONSize(b *testing.B) {
+	t := Tags{"note": fmt.Sprintf("%0240d", 12345), "step": int64(12345), "reward": 12345.5}
+	for b.Loop() {
+		t.JSONSize()
+	}
+}
+
 func BenchmarkJSONNumber(b *testing.B) {
 	for _, n := range []json.Number{"12345", "12345.5"} {
 		b.Run(string(n), func(b *testing.B) {
