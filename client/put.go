@@ -130,7 +130,7 @@ func (c *Client) PutNew(ctx context.Context, partition string, b *engine.Batch) 
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clearTimeout)
 		defer cancel()
 		if cerr := c.meta.ClearRows(cctx, partition, meta.Indexes); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("the put's fresh rows %v stay in partition %q: %w", meta.Indexes, partition, cerr))
+			err = errors.Join(err, fmt.Errorf("the put's fresh rows %s stay in partition %q: %w", engine.RowList(meta.Indexes), partition, cerr))
 		}
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func committedBefore(err error, done []string) error {
 	if len(done) == 0 {
 		return err
 	}
-	return fmt.Errorf("%w (the rows of partitions %q before it were committed)", err, done)
+	return fmt.Errorf("%w (the rows of partitions %s before it were committed)", err, engine.QuoteKeys(done))
 }
 
 // indexPlanner returns the planner of a put into rows pos of meta: its

@@ -686,7 +686,7 @@ func checkFetchReply(req engine.FetchRequest, m *engine.BatchMeta) error {
 		return err
 	}
 	if !sameFields(m, req.Fields) {
-		return fmt.Errorf("%d rows with fields %q, asked for %q", m.Len(), m.FieldNames(), req.Fields)
+		return fmt.Errorf("%d rows with fields %s, asked for %s", m.Len(), engine.QuoteKeys(m.FieldNames()), engine.QuoteKeys(req.Fields))
 	}
 	if n, ok := fetchMax(req); ok && m.Len() > n {
 		return fmt.Errorf("%d rows, asked for at most %d (sampler %s)", m.Len(), n, req.Sampler.Name)

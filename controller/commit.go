@@ -48,7 +48,7 @@ func (p *partition) validateCommit(req *engine.CommitRequest) ([]*row, error) {
 		rows[i] = r
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("rows %v are not in partition %q: %w", missing, p.id, engine.ErrNotFound)
+		return nil, fmt.Errorf("rows %s are not in partition %q: %w", engine.RowList(missing), p.id, engine.ErrNotFound)
 	}
 	if err := checkFields(req.Fields, n); err != nil {
 		return nil, err

@@ -1188,19 +1188,16 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	}
 	named := make(map[uint64]struct{}, min(len(indexes), len(took)))
 	var bad []uint64
-	nbad := 0
 	for _, gi := range indexes {
 		if _, ok := took[gi]; ok {
 			named[gi] = struct{}{}
 			continue
 		}
-		if nbad++; len(bad) < maxNamedRows {
-			bad = append(bad, gi)
-		}
+		bad = append(bad, gi)
 	}
-	if nbad > 0 {
-		return opErr("unconsume", partition, fmt.Errorf("rows %v given back are not rows of the fetch (%d such rows named; it took %d): %w",
-			bad, nbad, len(e.sampled)+len(e.cleared), engine.ErrInvalid))
+	if len(bad) > 0 {
+		return opErr("unconsume", partition, fmt.Errorf("rows %s given back are not rows of the fetch (it took %d): %w",
+			engine.RowList(bad), len(e.sampled)+len(e.cleared), engine.ErrInvalid))
 	}
 	var give []uint64
 	for _, gi := range e.consumed {
@@ -1219,9 +1216,6 @@ func (c *Controller) UnconsumeRows(partition, task, key string, indexes []uint64
 	}
 	return nil
 }
-
-// maxNamedRows bounds the rows an error lists (it says how many in all).
-const maxNamedRows = 8
 
 // ForceFetch returns every row of the partition (pre-allocated ones
 // included) in index order, regardless of production and consumption, and
@@ -1269,7 +1263,7 @@ func (p *partition) lookup(indexes []uint64) ([]*row, error) {
 		rows[i] = r
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("rows %v are not in partition %q: %w", missing, p.id, engine.ErrNotFound)
+		return nil, fmt.Errorf("rows %s are not in partition %q: %w", engine.RowList(missing), p.id, engine.ErrNotFound)
 	}
 	return rows, nil
 }
@@ -1365,7 +1359,7 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 	if create {
 		p, err = c.lockOrCreate(pid)
 	} else if p, err = c.lock(pid); err == nil && p == nil {
-		err = fmt.Errorf("keys %q: %w", keys, errUnknownPartition(pid))
+		err = fmt.Errorf("keys %s: %w", engine.QuoteKeys(keys), errUnknownPartition(pid))
 	}
 	if err != nil {
 		return nil, nil, opErr("resolve keys", pid, err)
@@ -1387,7 +1381,7 @@ func (c *Controller) resolveKeys(pid string, keys []string, fields []string, cre
 			}
 		}
 		if len(unknown) > 0 {
-			missing = append(missing, fmt.Sprintf("fields %q", unknown))
+			missing = append(missing, "fields "+engine.QuoteKeys(unknown))
 		}
 	}
 	if len(missing) > 0 {
@@ -1498,7 +1492,7 @@ func checkKeys(keys []string) error {
 		}
 	}
 	if dups := engine.RepeatedKeys(keys); len(dups) > 0 {
-		return fmt.Errorf("duplicate keys %q: %w", dups, engine.ErrInvalid)
+		return fmt.Errorf("duplicate keys %s: %w", engine.QuoteKeys(dups), engine.ErrInvalid)
 	}
 	return nil
 }
@@ -1755,7 +1749,7 @@ func (c *Controller) productionStatus(partition string, fields []string, maxCell
 		}
 	}
 	if len(unknown) > 0 {
-		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %q: %w", unknown, engine.ErrNotFound))
+		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("fields %s: %w", engine.QuoteKeys(unknown), engine.ErrNotFound))
 	}
 	if n := p.rows.len(); maxCells > 0 && len(fields) > 0 && n > maxCells/len(fields) {
 		return engine.ProductionStatus{}, opErr("production status", partition, fmt.Errorf("%d rows × %d fields exceed the %d cells of a reply; ask for fewer fields: %w", n, len(fields), maxCells, engine.ErrInvalid))

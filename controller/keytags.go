@@ -48,7 +48,7 @@ func (c *Controller) DeleteTagsCounted(partition string, keys, names []string) (
 		return nil, nil, opErr("delete tags", partition, err)
 	}
 	if p == nil {
-		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %q: %w", keys, errUnknownPartition(partition)))
+		return nil, nil, opErr("delete tags", partition, fmt.Errorf("keys %s: %w", engine.QuoteKeys(keys), errUnknownPartition(partition)))
 	}
 	defer p.mu.Unlock()
 	rows, missing := p.lookupKeys(keys)

@@ -184,7 +184,7 @@ func (b *Batch) Select(names ...string) (*Batch, error) {
 		fs = append(fs, Field{n, c})
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("fields %q not in batch: %w", missing, ErrNotFound)
+		return nil, fmt.Errorf("fields %s not in batch: %w", QuoteKeys(missing), ErrNotFound)
 	}
 	return b.derived(NewBatch(fs...))
 }

@@ -107,29 +107,42 @@ func (e *KeysError) Unwrap() error { return e.Err }
 // MaxErrorKeys is the most keys an error reply names in Error.keys.
 const MaxErrorKeys = 1024
 
-// maxMessageKeys is the most keys [QuoteKeys] spells out.
-const maxMessageKeys = 16
+// maxMessageItems is the most items [MessageList] spells out.
+const maxMessageItems = 16
 
-// QuoteKeys spells keys for an error's message: the first 16, each cut
-// to its first bytes, and how many more there are (a lookup may miss
-// millions of keys of up to 64 KiB, more than a reply may carry).
-func QuoteKeys(keys []string) string {
+// MessageList spells items for an error's message as %v spells a slice,
+// but only the first 16, and then how many more there are: a request may
+// name millions of rows or keys, and its error (a wire reply's message
+// too) stays short. spell writes one item. Data that callers rely on
+// goes in the error's fields ([KeysError]), whole.
+func MessageList[T any](items []T, spell func(T) string) string {
 	var b strings.Builder
 	b.WriteByte('[')
-	for i, k := range keys[:min(len(keys), maxMessageKeys)] {
+	for i, it := range items[:min(len(items), maxMessageItems)] {
 		if i > 0 {
 			b.WriteByte(' ')
 		}
-		if len(k) > maxPeerBytes {
-			b.WriteString(strconv.Quote(namePrefix(k, maxPeerBytes)))
-			b.WriteString("…")
-		} else {
-			b.WriteString(strconv.Quote(k))
-		}
+		b.WriteString(spell(it))
 	}
 	b.WriteByte(']')
-	if n := len(keys) - maxMessageKeys; n > 0 {
+	if n := len(items) - maxMessageItems; n > 0 {
 		fmt.Fprintf(&b, " and %d more", n)
 	}
 	return b.String()
+}
+
+// RowList is [MessageList] of row indexes.
+func RowList(rows []uint64) string {
+	return MessageList(rows, func(r uint64) string { return strconv.FormatUint(r, 10) })
+}
+
+// QuoteKeys is [MessageList] of keys (or names), each quoted and cut to
+// its first bytes (a key may be 64 KiB long).
+func QuoteKeys(keys []string) string {
+	return MessageList(keys, func(k string) string {
+		if len(k) > maxPeerBytes {
+			return strconv.Quote(namePrefix(k, maxPeerBytes)) + "…"
+		}
+		return strconv.Quote(k)
+	})
 }

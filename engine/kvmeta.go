@@ -20,10 +20,10 @@ func NewKVMeta(partition string, keys []string, tags []Tags, fields []string) (*
 		return nil, fmt.Errorf("kv meta with %d keys and %d tag maps: %w", len(keys), len(tags), ErrInvalid)
 	}
 	if d := duplicates(keys); len(d) > 0 {
-		return nil, fmt.Errorf("kv meta keys %q appear more than once: %w", d, ErrInvalid)
+		return nil, fmt.Errorf("kv meta keys %s appear more than once: %w", QuoteKeys(d), ErrInvalid)
 	}
 	if d := duplicates(fields); len(d) > 0 {
-		return nil, fmt.Errorf("kv meta fields %q appear more than once: %w", d, ErrInvalid)
+		return nil, fmt.Errorf("kv meta fields %s appear more than once: %w", QuoteKeys(d), ErrInvalid)
 	}
 	var m *KVMeta
 	if len(keys) == 1 && len(fields) <= oneKeyFields {
@@ -90,7 +90,7 @@ func (m *KVMeta) SelectKeys(keys []string) (*KVMeta, error) {
 		return nil, err
 	}
 	if d := duplicates(keys); len(d) > 0 {
-		return nil, fmt.Errorf("select keys %q more than once: %w", d, ErrInvalid)
+		return nil, fmt.Errorf("select keys %s more than once: %w", QuoteKeys(d), ErrInvalid)
 	}
 	at := make(map[string]int, len(m.Keys))
 	for i, k := range m.Keys {
@@ -108,7 +108,7 @@ func (m *KVMeta) SelectKeys(keys []string) (*KVMeta, error) {
 		pos[i] = p
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("keys %q not in meta: %w", missing, ErrNotFound)
+		return nil, fmt.Errorf("keys %s not in meta: %w", QuoteKeys(missing), ErrNotFound)
 	}
 	return m.take(pos), nil
 }
@@ -210,7 +210,7 @@ func ConcatKV(metas ...*KVMeta) (*KVMeta, error) {
 		}
 	}
 	if d := duplicates(out.Keys); len(d) > 0 {
-		return nil, fmt.Errorf("concat kv: keys %q appear in more than one meta: %w", d, ErrInvalid)
+		return nil, fmt.Errorf("concat kv: keys %s appear in more than one meta: %w", QuoteKeys(d), ErrInvalid)
 	}
 	return out, nil
 }

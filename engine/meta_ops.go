@@ -110,7 +110,7 @@ func (m *BatchMeta) SelectFields(names []string) (*BatchMeta, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("fields %q not in meta: %w", missing, ErrNotFound)
+		return nil, fmt.Errorf("fields %s not in meta: %w", QuoteKeys(missing), ErrNotFound)
 	}
 	if d := duplicates(names); len(d) > 0 {
 		return nil, fmt.Errorf("select fields: field %q appears twice: %w", d[0], ErrInvalid)

@@ -203,7 +203,7 @@ func (kv *KV) BatchGetByMeta(ctx context.Context, meta *engine.KVMeta, fields ..
 			}
 		}
 		if len(unknown) > 0 {
-			return nil, opErr("batch get", meta.Partition, fmt.Errorf("fields %q are not in the meta's fields %q: %w", unknown, meta.Fields, engine.ErrNotFound))
+			return nil, opErr("batch get", meta.Partition, fmt.Errorf("fields %s are not in the meta's fields %s: %w", engine.QuoteKeys(unknown), engine.QuoteKeys(meta.Fields), engine.ErrNotFound))
 		}
 	}
 	return kv.BatchGet(ctx, meta.Partition, meta.Keys, fields...)
@@ -240,7 +240,7 @@ func notProduced(partition string, keys, sel []string, meta *engine.BatchMeta) e
 				}
 			}
 			if len(ks) > 0 {
-				missing = append(missing, fmt.Sprintf("%s for keys %q", f, ks))
+				missing = append(missing, fmt.Sprintf("%s for keys %s", f, engine.QuoteKeys(ks)))
 			}
 		}
 		return opErr("batch get", partition, fmt.Errorf("not produced: %s: %w", strings.Join(missing, "; "), engine.ErrNotReady))
