@@ -2,6 +2,7 @@ package controller
 
 import (
 	"fmt"
+	"math/bits"
 	"slices"
 	"sync"
 
@@ -33,9 +34,13 @@ type indexAllocator struct {
 	// but for the first len(backSeqs) from head on, which unalloc put
 	// back at the queue's head and whose numbers backSeqs holds (lower
 	// than the rest's: see unalloc).
-	released  int
-	backSeqs  []int
-	loose     []uint64 // free indexes below next that no release queued, ascending; head at loose[looseHead]
+	released int
+	backSeqs []int
+	// loose holds the free indexes below next that no release queued,
+	// as ascending runs, head at loose[looseHead]: a state file may set
+	// next to billions with few indexes in use, and the runs cost what
+	// is in use or queued, not next.
+	loose     []span
 	looseHead int
 	inUse     bitset // indexes handed out and not released
 	used      int    // how many
@@ -46,6 +51,9 @@ type indexAllocator struct {
 }
 
 func newIndexAllocator() *indexAllocator { return &indexAllocator{} }
+
+// span is the indexes [lo, hi).
+type span struct{ lo, hi uint64 }
 
 // maxIndexes bounds the index space a checkpoint may claim (its bitset
 // takes one bit per index up to the highest in use).
@@ -109,7 +117,7 @@ func (a *indexAllocator) allocFrom(n int, withSeqs bool) ([]uint64, taken, error
 	a.backSeqs = a.backSeqs[min(n, len(a.reusable)-a.head, len(a.backSeqs)):]
 	a.reusable, a.head = takeFIFO(&out, n, a.reusable, a.head)
 	queued := len(out)
-	a.loose, a.looseHead = takeFIFO(&out, n, a.loose, a.looseHead)
+	a.takeLoose(&out, n)
 	t := taken{queued: queued, loose: len(out) - queued, seqs: seqs}
 	for len(out) < n {
 		out = append(out, a.next)
@@ -138,6 +146,26 @@ func takeFIFO(out *[]uint64, n int, q []uint64, head int) ([]uint64, int) {
 	return q, head
 }
 
+// takeLoose moves loose indexes, lowest first, to *out until it holds n.
+func (a *indexAllocator) takeLoose(out *[]uint64, n int) {
+	for len(*out) < n && a.looseHead < len(a.loose) {
+		s := &a.loose[a.looseHead]
+		for len(*out) < n && s.lo < s.hi {
+			*out = append(*out, s.lo)
+			s.lo++
+		}
+		if s.lo == s.hi {
+			a.looseHead++
+		}
+	}
+	switch h := a.looseHead; {
+	case h == len(a.loose):
+		a.loose, a.looseHead = a.loose[:0], 0
+	case h > 1024 && h > len(a.loose)/2:
+		a.loose, a.looseHead = append(a.loose[:0], a.loose[h:]...), 0
+	}
+}
+
 // release returns indexes to the tail of the reuse queue, in the given
 // order. Indexes not in use are ignored (clears are idempotent).
 func (a *indexAllocator) release(idx []uint64) {
@@ -152,6 +180,29 @@ func (a *indexAllocator) release(idx []uint64) {
 		a.reusable = append(a.reusable, i)
 		a.released++
 	}
+}
+
+// mergeLoose returns the runs of runs and idx (ascending, none in both)
+// together, adjacent ones joined.
+func mergeLoose(runs []span, idx []uint64) []span {
+	out := make([]span, 0, len(runs)+len(idx))
+	add := func(s span) {
+		if n := len(out); n > 0 && out[n-1].hi == s.lo {
+			out[n-1].hi = s.hi
+		} else {
+			out = append(out, s)
+		}
+	}
+	for len(runs) > 0 || len(idx) > 0 {
+		if len(idx) == 0 || len(runs) > 0 && runs[0].lo < idx[0] {
+			add(runs[0])
+			runs = runs[1:]
+		} else {
+			add(span{idx[0], idx[0] + 1})
+			idx = idx[1:]
+		}
+	}
+	return out
 }
 
 // unalloc undoes an alloc that returned idx, taken from where t says,
@@ -181,12 +232,11 @@ func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 		}
 	}
 	if len(loose) > 0 {
-		a.loose = slices.Concat(a.loose[a.looseHead:], loose)
-		slices.Sort(a.loose)
-		a.looseHead = 0
-		for len(a.loose) > 0 && a.loose[len(a.loose)-1] == a.next-1 {
+		slices.Sort(loose)
+		a.loose, a.looseHead = mergeLoose(a.loose[a.looseHead:], loose), 0
+		for len(a.loose) > 0 && a.loose[len(a.loose)-1].hi == a.next {
+			a.next = a.loose[len(a.loose)-1].lo
 			a.loose = a.loose[:len(a.loose)-1]
-			a.next--
 		}
 	}
 	// The given-back ones at the head (backSeqs) and these, merged by
@@ -230,7 +280,11 @@ func (a *indexAllocator) snapshot() indexState {
 func (a *indexAllocator) stats() (allocated, reusable int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.used, len(a.reusable) - a.head + len(a.loose) - a.looseHead
+	reusable = len(a.reusable) - a.head
+	for _, s := range a.loose[a.looseHead:] {
+		reusable += int(s.hi - s.lo)
+	}
+	return a.used, reusable
 }
 
 // markUsed records indexes as handed out (replaying the durable state):
@@ -295,7 +349,7 @@ func (a *indexAllocator) restore(next uint64, reusable, used []uint64) {
 	for _, i := range a.reusable {
 		queued.set(i)
 	}
-	a.loose, a.looseHead = a.looseBelowNext(a.inUse, queued, len(a.reusable)), 0
+	a.loose, a.looseHead = a.looseBelowNext(a.inUse, queued), 0
 }
 
 // rebuild makes the allocator agree with the indexes the partitions hold
@@ -311,23 +365,40 @@ func (a *indexAllocator) rebuild(used []uint64) {
 		a.next = max(a.next, i+1)
 	}
 	q, queued := a.standing(inUse)
-	a.loose, a.looseHead = a.looseBelowNext(inUse, queued, len(used)+len(q)), 0
+	a.loose, a.looseHead = a.looseBelowNext(inUse, queued), 0
 	a.inUse, a.used, a.reusable, a.head = inUse, len(used), q, 0
 	a.released, a.backSeqs = len(q), nil
 }
 
 // looseBelowNext returns the indexes below next neither in use nor
-// queued, ascending; notLoose (how many are one or the other) sizes it.
-func (a *indexAllocator) looseBelowNext(inUse, queued bitset, notLoose int) []uint64 {
-	var out []uint64
-	if n := int(a.next) - notLoose; n > 0 {
-		out = make([]uint64, 0, n)
-	}
-	for i := uint64(0); i < a.next; i++ {
-		if !inUse.has(i) && !queued.has(i) {
-			out = append(out, i)
+// queued, as ascending runs: it walks the words the sets hold, and the
+// rest up to next is one run.
+func (a *indexAllocator) looseBelowNext(inUse, queued bitset) []span {
+	var out []span
+	add := func(lo, hi uint64) {
+		if n := len(out); n > 0 && out[n-1].hi == lo {
+			out[n-1].hi = hi
+		} else if lo < hi {
+			out = append(out, span{lo, hi})
 		}
 	}
+	word := func(b bitset, w int) uint64 {
+		if w < len(b) {
+			return b[w]
+		}
+		return 0
+	}
+	i := uint64(0)
+	for w := 0; w < max(len(inUse), len(queued)) && i < a.next; w++ {
+		for free := ^(word(inUse, w) | word(queued, w)); free != 0; {
+			lo := bits.TrailingZeros64(free)
+			n := bits.TrailingZeros64(^(free >> lo))
+			add(min(i+uint64(lo), a.next), min(i+uint64(lo+n), a.next))
+			free &^= (1<<n - 1) << lo
+		}
+		i += 64
+	}
+	add(min(i, a.next), a.next)
 	return out
 }
 

@@ -1,9 +1,13 @@
 package controller
 
 import (
+	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tqgo/tq/wire/wirepb"
 )
 
 // TestReplayOfReusedIndexesCostsTheIndexes: a replay marks each index a
@@ -92,4 +96,32 @@ func TestReplayOfChurnKeepsTheQueueBounded(t *testing.T) {
 	r.rebuild(used)
 	require.Equal(t, live.snapshot(), r.snapshot(), "the queue and next after replay")
 	require.LessOrEqualf(t, longest, 3*int(live.next)+1024+8, "the queue reached %d entries for %d indexes", longest, live.next)
+}
+
+// TestLoadOfAHighNextCostsTheIndexesInUse: a state file may set the
+// allocator's next to maxIndexes with a few rows in use. Loading it must
+// cost what is in use and queued, not next (the loose indexes below it
+// were a slice of them: 32 GiB), and the next inserts get the queue,
+// then the lowest loose indexes.
+func TestLoadOfAHighNextCostsTheIndexesInUse(t *testing.T) {
+	dir := t.TempDir()
+	head := &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextIndex: maxIndexes, NextGen: 5, NextUnitId: 1,
+		Reusable: []uint64{7, 3}}
+	parts := []*wirepb.StatePartition{{Partition: "p", Gen: 1}}
+	writeStateFile(t, filepath.Join(dir, stateFile), head, parts, [][]*wirepb.StateRow{{{Index: 1}, {Index: 5}}}, nil)
+	c := newController(t, DefaultConfig())
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := c.Load(dir)
+	require.NoError(t, err)
+	runtime.ReadMemStats(&after)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<20), "bytes allocated loading a state file with next %d and 2 rows in use", head.NextIndex)
+
+	allocated, free := c.Indexes()
+	require.Equal(t, [2]int{2, maxIndexes - 2}, [2]int{allocated, free}, "indexes allocated and free")
+	m := insert(t, c, "p", 7, "x")
+	require.Equal(t, []uint64{7, 3, 0, 2, 4, 6, 8}, m.Indexes, "the queue, then the lowest loose indexes")
+	require.Equal(t, uint64(maxIndexes), c.idx.snapshot().Next, "next")
 }

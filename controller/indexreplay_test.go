@@ -202,7 +202,15 @@ func indexReplayModel(t *testing.T, seed uint64) {
 }
 
 // looseOf returns a's loose indexes.
-func looseOf(a *indexAllocator) []uint64 { return append([]uint64{}, a.loose[a.looseHead:]...) }
+func looseOf(a *indexAllocator) []uint64 {
+	out := []uint64{}
+	for _, s := range a.loose[a.looseHead:] {
+		for i := s.lo; i < s.hi; i++ {
+			out = append(out, i)
+		}
+	}
+	return out
+}
 
 // replayIndexes restores an allocator from the state file at from,
 // replays log (the records from there to to), and requires that it agree
