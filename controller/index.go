@@ -55,26 +55,106 @@ func newIndexAllocator() *indexAllocator { return &indexAllocator{} }
 // span is the indexes [lo, hi).
 type span struct{ lo, hi uint64 }
 
-// maxIndexes bounds the index space a checkpoint may claim (its bitset
-// takes one bit per index up to the highest in use).
+// maxIndexes bounds the index space a checkpoint may claim.
 const maxIndexes = 1 << 32
 
-// bitset is a set of indexes below a few billion: indexes are minted from
-// a counter and reused, so they stay dense and a bit each is the cheapest
-// way to know which are taken.
+// bitset is a set of indexes: indexes are minted from a counter and
+// reused, so they stay dense and a bit each is the cheapest way to know
+// which are taken. The bits are in pages of 64 Ki indexes, made as
+// indexes arrive, so that a lone high index (a state file's or a log's)
+// costs a page and a directory entry per page below it, not a bit per
+// index. One slice holds it all, so copying the slice copies the set:
+// b[0] is the directory's length d, b[1+p] where page p's words start
+// in b (0: no page), and the pages follow the directory.
 type bitset []uint64
 
-func (b bitset) has(i uint64) bool { return i/64 < uint64(len(b)) && b[i/64]&(1<<(i%64)) != 0 }
+const (
+	pageShift = 16
+	pageWords = 1 << (pageShift - 6)
+)
 
-func (b *bitset) set(i uint64) {
-	w := i / 64
-	if w >= uint64(len(*b)) {
-		*b = append(*b, make([]uint64, int(w)+1-len(*b))...)
+// page returns page p's words, nil where it has none.
+func (b bitset) page(p uint64) []uint64 {
+	if len(b) == 0 || p >= b[0] || b[1+p] == 0 {
+		return nil
 	}
-	(*b)[w] |= 1 << (i % 64)
+	return b[b[1+p]:][:pageWords]
 }
 
-func (b bitset) clear(i uint64) { b[i/64] &^= 1 << (i % 64) }
+func (b bitset) has(i uint64) bool {
+	if p := i >> pageShift; len(b) > 0 && p < b[0] {
+		if at := b[1+p]; at != 0 {
+			return b[at+i>>6&(pageWords-1)]&(1<<(i&63)) != 0
+		}
+	}
+	return false
+}
+
+// setAll sets each of idx: alloc's hot path, its pages mostly made.
+func (b *bitset) setAll(idx []uint64) {
+	s := *b
+	for _, i := range idx {
+		if len(s) > 0 && i>>pageShift < s[0] {
+			if at := s[1+i>>pageShift]; at != 0 {
+				s[at+i>>6&(pageWords-1)] |= 1 << (i & 63)
+				continue
+			}
+		}
+		b.set(i)
+		s = *b
+	}
+}
+
+func (b *bitset) set(i uint64) {
+	p := i >> pageShift
+	if len(*b) == 0 || p >= (*b)[0] {
+		b.grow(p + 1)
+	}
+	s := *b
+	at := s[1+p]
+	if at == 0 {
+		at = uint64(len(s))
+		s[1+p] = at
+		s = append(s, make([]uint64, pageWords)...)
+		*b = s
+	}
+	s[at+i>>6&(pageWords-1)] |= 1 << (i & 63)
+}
+
+// clear removes i and reports whether it was there.
+func (b bitset) clear(i uint64) bool {
+	if p := i >> pageShift; len(b) > 0 && p < b[0] {
+		if at := b[1+p]; at != 0 {
+			w, bit := &b[at+i>>6&(pageWords-1)], uint64(1)<<(i&63)
+			had := *w&bit != 0
+			*w &^= bit
+			return had
+		}
+	}
+	return false
+}
+
+// grow makes the directory at least d long, doubling it up to the
+// pages of maxIndexes (so that pages move a bounded number of times as
+// indexes grow).
+func (b *bitset) grow(d uint64) {
+	old := uint64(0)
+	if len(*b) > 0 {
+		old = (*b)[0]
+	}
+	d = max(d, min(2*old, maxIndexes>>pageShift))
+	nb := make(bitset, 1+d, 1+d+uint64(len(*b))-min(1+old, uint64(len(*b))))
+	nb[0] = d
+	for p := uint64(0); p < old; p++ {
+		if at := (*b)[1+p]; at != 0 {
+			nb[1+p] = at + d - old
+		}
+	}
+	if old > 0 {
+		nb = append(nb, (*b)[1+old:]...)
+	}
+	*b = nb
+}
 
 // alloc returns n indexes: reused ones first, then fresh ones.
 func (a *indexAllocator) alloc(n int) ([]uint64, error) {
@@ -123,9 +203,7 @@ func (a *indexAllocator) allocFrom(n int, withSeqs bool) ([]uint64, taken, error
 		out = append(out, a.next)
 		a.next++
 	}
-	for _, i := range out {
-		a.inUse.set(i)
-	}
+	a.inUse.setAll(out)
 	a.used += len(out)
 	return out, t, nil
 }
@@ -172,10 +250,9 @@ func (a *indexAllocator) release(idx []uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, i := range idx {
-		if !a.inUse.has(i) {
+		if !a.inUse.clear(i) {
 			continue
 		}
-		a.inUse.clear(i)
 		a.used--
 		a.reusable = append(a.reusable, i)
 		a.released++
@@ -218,10 +295,9 @@ func (a *indexAllocator) unalloc(idx []uint64, t taken) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	free := func(i uint64) bool {
-		if !a.inUse.has(i) {
+		if !a.inUse.clear(i) {
 			return false
 		}
-		a.inUse.clear(i)
 		a.used--
 		return true
 	}
@@ -371,34 +447,50 @@ func (a *indexAllocator) rebuild(used []uint64) {
 }
 
 // looseBelowNext returns the indexes below next neither in use nor
-// queued, as ascending runs: it walks the words the sets hold, and the
+// queued, as ascending runs: it walks the pages the sets hold, and the
 // rest up to next is one run.
 func (a *indexAllocator) looseBelowNext(inUse, queued bitset) []span {
 	var out []span
 	add := func(lo, hi uint64) {
+		lo, hi = min(lo, a.next), min(hi, a.next)
 		if n := len(out); n > 0 && out[n-1].hi == lo {
 			out[n-1].hi = hi
 		} else if lo < hi {
 			out = append(out, span{lo, hi})
 		}
 	}
-	word := func(b bitset, w int) uint64 {
-		if w < len(b) {
-			return b[w]
+	pages := uint64(0)
+	for _, b := range []bitset{inUse, queued} {
+		if len(b) > 0 {
+			pages = max(pages, b[0])
 		}
-		return 0
 	}
 	i := uint64(0)
-	for w := 0; w < max(len(inUse), len(queued)) && i < a.next; w++ {
-		for free := ^(word(inUse, w) | word(queued, w)); free != 0; {
-			lo := bits.TrailingZeros64(free)
-			n := bits.TrailingZeros64(^(free >> lo))
-			add(min(i+uint64(lo), a.next), min(i+uint64(lo+n), a.next))
-			free &^= (1<<n - 1) << lo
+	for p := uint64(0); p < pages && i < a.next; p++ {
+		u, q := inUse.page(p), queued.page(p)
+		if u == nil && q == nil {
+			add(i, i+1<<pageShift)
+			i += 1 << pageShift
+			continue
 		}
-		i += 64
+		for w := range pageWords {
+			var taken uint64
+			if u != nil {
+				taken = u[w]
+			}
+			if q != nil {
+				taken |= q[w]
+			}
+			for free := ^taken; free != 0; {
+				lo := bits.TrailingZeros64(free)
+				n := bits.TrailingZeros64(^(free >> lo))
+				add(i+uint64(lo), i+uint64(lo+n))
+				free &^= (1<<n - 1) << lo
+			}
+			i += 64
+		}
 	}
-	add(min(i, a.next), a.next)
+	add(i, a.next)
 	return out
 }
 

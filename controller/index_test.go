@@ -1,8 +1,10 @@
 package controller
 
 import (
+	"math/rand/v2"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -99,16 +101,18 @@ func TestReplayOfChurnKeepsTheQueueBounded(t *testing.T) {
 }
 
 // TestLoadOfAHighNextCostsTheIndexesInUse: a state file may set the
-// allocator's next to maxIndexes with a few rows in use. Loading it must
-// cost what is in use and queued, not next (the loose indexes below it
-// were a slice of them: 32 GiB), and the next inserts get the queue,
-// then the lowest loose indexes.
+// allocator's next to maxIndexes with a few rows in use, one of them
+// (and one queued) just below it. Loading it must cost what is in use
+// and queued, not next (the loose indexes below it were a slice of them:
+// 32 GiB; the indexes in use a bit each up to the highest: 512 MiB), and
+// the next inserts get the queue, then the lowest loose indexes.
 func TestLoadOfAHighNextCostsTheIndexesInUse(t *testing.T) {
 	dir := t.TempDir()
 	head := &wirepb.StateHeader{Format: stateFormat, Version: stateVersion, NextIndex: maxIndexes, NextGen: 5, NextUnitId: 1,
-		Reusable: []uint64{7, 3}}
+		Reusable: []uint64{7, maxIndexes - 2, 3}}
 	parts := []*wirepb.StatePartition{{Partition: "p", Gen: 1}}
-	writeStateFile(t, filepath.Join(dir, stateFile), head, parts, [][]*wirepb.StateRow{{{Index: 1}, {Index: 5}}}, nil)
+	rows := [][]*wirepb.StateRow{{{Index: 1}, {Index: maxIndexes - 1}, {Index: 5}}}
+	writeStateFile(t, filepath.Join(dir, stateFile), head, parts, rows, nil)
 	c := newController(t, DefaultConfig())
 
 	var before, after runtime.MemStats
@@ -117,11 +121,66 @@ func TestLoadOfAHighNextCostsTheIndexesInUse(t *testing.T) {
 	_, err := c.Load(dir)
 	require.NoError(t, err)
 	runtime.ReadMemStats(&after)
-	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<20), "bytes allocated loading a state file with next %d and 2 rows in use", head.NextIndex)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<20), "bytes allocated loading a state file with next %d and 3 rows in use", head.NextIndex)
 
 	allocated, free := c.Indexes()
-	require.Equal(t, [2]int{2, maxIndexes - 2}, [2]int{allocated, free}, "indexes allocated and free")
+	require.Equal(t, [2]int{3, maxIndexes - 3}, [2]int{allocated, free}, "indexes allocated and free")
 	m := insert(t, c, "p", 7, "x")
-	require.Equal(t, []uint64{7, 3, 0, 2, 4, 6, 8}, m.Indexes, "the queue, then the lowest loose indexes")
+	require.Equal(t, []uint64{7, maxIndexes - 2, 3, 0, 2, 4, 6}, m.Indexes, "the queue, then the lowest loose indexes")
 	require.Equal(t, uint64(maxIndexes), c.idx.snapshot().Next, "next")
+}
+
+// TestReplayOfAHighIndexCostsTheIndexesInUse: a log may take an index
+// just below maxIndexes among a few low ones. The replay, and the
+// allocator it rebuilds, cost the indexes in use (a page of bits each
+// here), not a bit or an entry for every index below next.
+func TestReplayOfAHighIndexCostsTheIndexesInUse(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r := newIndexAllocator()
+	r.markUsed([]uint64{maxIndexes - 1, 3, 9})
+	r.release([]uint64{9, 3})
+	r.rebuild([]uint64{maxIndexes - 1})
+	runtime.ReadMemStats(&after)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(16<<20), "bytes allocated replaying index %d", uint64(maxIndexes-1))
+	require.Equal(t, indexState{Next: maxIndexes, Reusable: []uint64{9, 3}}, r.snapshot())
+	idx, err := r.alloc(4)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{9, 3, 0, 1}, idx, "the queue, then the lowest loose indexes")
+}
+
+// TestBitsetPages: a bitset in pages made as indexes arrive, in any
+// order, holds what a map would; a lone high index costs its page and
+// the directory, and a copy of the slice is a copy of the set.
+func TestBitsetPages(t *testing.T) {
+	var b bitset
+	b.set(maxIndexes - 1)
+	require.LessOrEqual(t, len(b), 1+maxIndexes>>pageShift+pageWords, "words for one index at %d", uint64(maxIndexes-1))
+	want := map[uint64]bool{maxIndexes - 1: true}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		i := rng.Uint64N(1 << 22)
+		if rng.IntN(3) == 0 {
+			require.Equal(t, want[i], b.clear(i), "clear %d", i)
+			delete(want, i)
+			continue
+		}
+		if rng.IntN(2) == 0 {
+			b.set(i)
+		} else {
+			b.setAll([]uint64{i})
+		}
+		want[i] = true
+	}
+	cp := slices.Clone(b)
+	cp.set(5)
+	cp.clear(maxIndexes - 1)
+	for i := range uint64(1 << 22) {
+		if b.has(i) != want[i] {
+			t.Fatalf("index %d: has %v, want %v", i, b.has(i), want[i])
+		}
+	}
+	require.True(t, b.has(maxIndexes-1))
+	require.Equal(t, want[5], b.has(5), "the copy's changes stay in the copy")
 }
