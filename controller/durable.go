@@ -465,10 +465,12 @@ func (c *Controller) apply(lop *wirepb.LogOp) error {
 		if o.Gen == 0 || c.parts[o.Partition] != nil {
 			return corrupt("partition %q created twice (gen %d)", o.Partition, o.Gen)
 		}
+		if err := c.idx.markUsed(o.Reserved); err != nil {
+			return fmt.Errorf("partition %q reserves rows: %w", o.Partition, err)
+		}
 		p := newPartition(o.Partition, o.Gen)
 		p.created = time.UnixMilli(o.CreatedUnixMs)
 		p.addRows(o.Reserved, false)
-		c.idx.markUsed(o.Reserved)
 		c.putPart(p)
 		c.nextGen = max(c.nextGen, o.Gen+1)
 	case *wirepb.LogOp_ClearPartition:
@@ -505,8 +507,10 @@ func (c *Controller) applyPartitionOp(lop *wirepb.LogOp) error {
 				r.active = true
 				p.reserved.Delete(gi)
 			} else {
+				if err := c.idx.markUsed([]uint64{gi}); err != nil {
+					return fmt.Errorf("rows of partition %q: %w", o.Partition, err)
+				}
 				r = p.addRows([]uint64{gi}, true)[0]
-				c.idx.markUsed([]uint64{gi})
 			}
 			made[i] = r
 			if len(o.Keys) > 0 {

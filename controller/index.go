@@ -55,7 +55,7 @@ func newIndexAllocator() *indexAllocator { return &indexAllocator{} }
 // span is the indexes [lo, hi).
 type span struct{ lo, hi uint64 }
 
-// maxIndexes bounds the index space a checkpoint may claim.
+// maxIndexes bounds the index space a checkpoint or the log may claim.
 const maxIndexes = 1 << 32
 
 // bitset is a set of indexes: indexes are minted from a counter and
@@ -373,7 +373,15 @@ func (a *indexAllocator) stats() (allocated, reusable int) {
 // logged after later inserts) was quadratic. When stale entries could
 // outnumber the standing ones (the queue is longer than twice next), they
 // go at once, so the queue stays bounded by the indexes.
-func (a *indexAllocator) markUsed(idx []uint64) {
+//
+// An index at or beyond maxIndexes is the log's damage: refused before
+// anything changes, as a state file's is.
+func (a *indexAllocator) markUsed(idx []uint64) error {
+	for _, i := range idx {
+		if i >= maxIndexes {
+			return corrupt("index %d is not below %d", i, uint64(maxIndexes))
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, i := range idx {
@@ -388,6 +396,7 @@ func (a *indexAllocator) markUsed(idx []uint64) {
 		a.reusable, _ = a.standing(nil)
 		a.head = 0
 	}
+	return nil
 }
 
 // standing returns the entries of the reuse queue that stand, in order,

@@ -1,14 +1,17 @@
 package controller
 
 import (
+	"context"
 	"math/rand/v2"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tqgo/tq/engine"
 	"github.com/tqgo/tq/wire/wirepb"
 )
 
@@ -183,4 +186,38 @@ func TestBitsetPages(t *testing.T) {
 	}
 	require.True(t, b.has(maxIndexes-1))
 	require.Equal(t, want[5], b.has(5), "the copy's changes stay in the copy")
+}
+
+// TestReplayRefusesAnIndexBeyondMaxIndexes: a log record that takes an
+// index at or beyond maxIndexes (a partition's reserved rows, or rows
+// inserted) is damage, refused with the index named, as a state file's
+// is: it made the allocator's bitset a bit for every index below it (at
+// 2^62, a slice too large to make: a panic), and its next could wrap.
+func TestReplayRefusesAnIndexBeyondMaxIndexes(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		index uint64
+		op    func(keepGen uint64) *wirepb.LogOp
+	}{
+		{"reserved", 1 << 62, func(uint64) *wirepb.LogOp {
+			return &wirepb.LogOp{Op: &wirepb.LogOp_Partition{Partition: &wirepb.PartitionOp{Partition: "new", Gen: 7, Reserved: []uint64{2, 1 << 62}}}}
+		}},
+		{"inserted", maxIndexes, func(gen uint64) *wirepb.LogOp {
+			return &wirepb.LogOp{Op: &wirepb.LogOp_Rows{Rows: &wirepb.RowsOp{Partition: "keep", Gen: gen, Indexes: []uint64{maxIndexes}}}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := Config{SnapshotBytes: 1 << 40}
+			c := openDurable(t, dir, cfg)
+			insert(t, c, "keep", 2, "x")
+			c.log(tc.op(c.parts["keep"].gen))
+			require.NoError(t, c.WaitDurable(context.Background()))
+			crash(t, c)
+			cfg.Dir = dir
+			_, err := New(cfg)
+			require.ErrorIs(t, err, engine.ErrCorrupt)
+			require.ErrorContains(t, err, "index "+strconv.FormatUint(tc.index, 10)+" is not below 4294967296")
+		})
+	}
 }
