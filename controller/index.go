@@ -185,6 +185,17 @@ func (a *indexAllocator) allocFrom(n int, withSeqs bool) ([]uint64, taken, error
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// Minting stops at maxIndexes, past which no state file or log would
+	// load.
+	if a.next+uint64(n) > maxIndexes {
+		free := uint64(len(a.reusable)-a.head) + maxIndexes - a.next
+		for _, s := range a.loose[a.looseHead:] {
+			free += s.hi - s.lo
+		}
+		if uint64(n) > free {
+			return nil, taken{}, fmt.Errorf("allocate %d rows: %d of the %d indexes are free: %w", n, free, uint64(maxIndexes), engine.ErrCapacity)
+		}
+	}
 	out := make([]uint64, 0, n)
 	var seqs []int
 	for k := a.head; withSeqs && k < len(a.reusable) && len(seqs) < n; k++ {

@@ -221,3 +221,23 @@ func TestReplayRefusesAnIndexBeyondMaxIndexes(t *testing.T) {
 		})
 	}
 }
+
+// TestAllocStopsAtMaxIndexes: minting stops at maxIndexes (no state file
+// or log past it would load): an alloc that needs more than the free
+// indexes is refused whole, and one that fits still gets them.
+func TestAllocStopsAtMaxIndexes(t *testing.T) {
+	a := &indexAllocator{next: maxIndexes - 2}
+	_, err := a.alloc(3)
+	require.ErrorIs(t, err, engine.ErrCapacity)
+	require.ErrorContains(t, err, "allocate 3 rows: 2 of the 4294967296 indexes are free")
+	idx, err := a.alloc(2)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{maxIndexes - 2, maxIndexes - 1}, idx)
+	_, err = a.alloc(1)
+	require.ErrorIs(t, err, engine.ErrCapacity)
+	a.release(idx[:1])
+	idx, err = a.alloc(1)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{maxIndexes - 2}, idx, "a released one")
+	require.Equal(t, uint64(maxIndexes), a.snapshot().Next)
+}
