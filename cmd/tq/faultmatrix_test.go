@@ -43,6 +43,7 @@ import (
 
 	"github.com/tqgo/tq/client"
 	"github.com/tqgo/tq/engine"
+	"github.com/tqgo/tq/internal/invariants"
 	"github.com/tqgo/tq/kvapi"
 	"github.com/tqgo/tq/transport/rdma"
 	"github.com/tqgo/tq/transport/tcp"
@@ -54,8 +55,15 @@ var (
 	faultsSoak     = flag.Duration("faults.soak", 0, "TestFaultMatrix: when set, run seeds from the first of -faults.seeds on until this much time has passed")
 )
 
+// asTQ, set in its environment, makes this test binary tq: TestMain runs
+// main instead of the tests.
+const asTQ = "TQ_TEST_AS_TQ"
+
 // buildTQRace builds tq with the race detector when this test binary has
-// it (the fault matrix wants the servers' races too).
+// it (the fault matrix wants the servers' races too). A test binary with
+// the race detector and the invariants is that tq already (package main,
+// with the same tags): then it is a script that runs this binary as tq,
+// which spares a build of tens of seconds under make test.
 var buildTQRace = sync.OnceValues(func() (string, error) {
 	if !raceEnabled {
 		return buildTQ()
@@ -65,6 +73,14 @@ var buildTQRace = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "tq-race")
+	if invariants.Enabled {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		script := fmt.Sprintf("#!/bin/sh\nexport %s=1\nexec '%s' \"$@\"\n", asTQ, strings.ReplaceAll(exe, "'", `'\''`))
+		return bin, os.WriteFile(bin, []byte(script), 0o755)
+	}
 	tags := "invariants"
 	if rdma.Supported {
 		tags += " rdma"

@@ -10,6 +10,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(asTQ) != "" {
+		main() // TestFaultMatrix's tq (buildTQRace)
+		os.Exit(0)
+	}
 	bench.ChildMain() // the writer and reader processes of `tq bench`
 	if role := os.Getenv("TQ_FM_ROLE"); role != "" {
 		os.Exit(fmMain(role)) // a client process of TestFaultMatrix
