@@ -115,8 +115,10 @@ generate:
 # pycheck (part of make test) fails when it is not in step with wire/proto.
 # pytest runs python/tests with Debian's python3 against a tq serve its
 # fixture starts (apt-get install python3-numpy python3-protobuf
-# python3-pytest python3-zmq).
+# python3-pytest python3-zmq; python3-pytest-timeout fails a test that
+# hangs, after 300 s, with its stacks, rather than stalling make test).
 PYTHON   ?= /usr/bin/python3
+PYTIMEOUT = $(shell $(PYTHON) -c 'import pytest_timeout' 2>/dev/null && echo --timeout=300)
 PYPB     := python/tq/_pb
 PYPROTOS := wire/proto/common.proto wire/proto/control.proto wire/proto/data.proto wire/proto/cluster.proto
 pygen:
@@ -138,7 +140,7 @@ pytest: pycheck
 	@# In a temporary directory of their own, removed when they pass (kept, and named, when they fail):
 	@# torch's DataLoader workers leave multiprocessing's pymp-* directories behind.
 	tmp=$$(mktemp -d /tmp/tqpy.XXXXXX) && rc=0 && \
-	(cd python && TMPDIR=$$tmp TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider tests) || rc=$$?; \
+	(cd python && TMPDIR=$$tmp TQ_BIN=$(CURDIR)/bin/tq TQ_XLANG=$(CURDIR)/bin/tqxlang $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTIMEOUT) tests) || rc=$$?; \
 	if [ $$rc = 0 ]; then rm -rf $$tmp; else echo "the Python tests' temporary files are in $$tmp"; fi; exit $$rc
 
 tidy:

@@ -1,14 +1,18 @@
 """Fixtures: a real `tq serve` (bin/tq, built by make test) for the session,
 and clients over each transport."""
 
+import faulthandler
 import gc
+import multiprocessing
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -186,3 +190,34 @@ def pytest_terminal_summary(terminalreporter):
                                     f"{GC_PROBE_SLOW_S} s to collect")
     for nodeid, took, walk in _gc_slow:
         terminalreporter.write_line(f"{took:6.2f} s (heap walk {walk:.2f} s)  {nodeid}")
+
+
+# A test that hangs: make pytest runs the suite with pytest-timeout
+# (Debian's python3-pytest-timeout) and --timeout=300, which fails it
+# with the stacks of this process's threads. A hang in a process this
+# one forked (a torch DataLoader worker that never sends its batch)
+# shows only as the main thread's wait, so a little before that each
+# forked child dumps its own threads too: they inherit this SIGUSR2
+# handler, and the stderr pytest captures for the test.
+HANG_DUMP_S = 240
+faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+
+def _dump_hung():
+    sys.stderr.write(f"conftest: test still running after {HANG_DUMP_S} s; stacks follow\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)
+    for p in multiprocessing.active_children():
+        try:
+            os.kill(p.pid, signal.SIGUSR2)
+        except OSError:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _hang_dump():
+    t = threading.Timer(HANG_DUMP_S, _dump_hung)
+    t.daemon = True
+    t.start()
+    yield
+    t.cancel()
