@@ -1435,6 +1435,16 @@ def test_partition_task_or_key_that_is_not_a_str_is_invalid_before_anything_is_s
         assert f"{arg} must be a str, not {type(bad).__name__}" in str(ei.value), op
 
 
+def test_many_duplicate_keys_name_16_and_how_many_more(client, part):
+    """The duplicate keys' message named the first 16 and no count; now it
+    says how many more there are, as the Go server's checkKeys. e.keys
+    holds every one."""
+    keys = [f"k{i}" for i in range(100)] * 2
+    with pytest.raises(tq.InvalidError, match=r"duplicate keys \['k0', .*'k15'\] and 84 more") as ei:
+        client.kv_batch_get(keys, part)
+    assert ei.value.keys == keys[:100]
+
+
 @pytest.mark.parametrize("keys,what", [(["a", "b", "a"], "duplicate keys \\['a'\\]"), (["a", ""], "empty key"),
                                        (["a", 1], "key 2 of 2 must be a str, not int"),
                                        (["a", b"b"], "key 2 of 2 must be a str, not bytes")],

@@ -599,6 +599,26 @@ def test_select_fields_takes_one_name_and_refuses_unknown_ones():
     assert e.value.fields == ["respons", "y"]
 
 
+def test_error_messages_name_at_most_16_items_and_how_many_more():
+    """A message named every key, field or field name of a request (an
+    error's "(fields [...])", select_fields' unknown names and the meta's):
+    a request of 100k names gave a message of megabytes. Now the first 16
+    and "and N more", as the Go server's messages; the attributes hold
+    every one."""
+    names = [f"f{i:05}" for i in range(100_000)]
+    e = tq.TQError("bad", op="put", keys=names, fields=names)
+    assert len(str(e)) < 1000 and str(e).count("and 99984 more") == 2, str(e)[:2000]
+    assert "'f00015'" in str(e) and "'f00016'" not in str(e)
+    assert e.keys == names and e.fields == names
+    m = tq.BatchMeta([10], ["p"], field_schema={n: {"dtype": "int64", "kind": "dense", "shape": ()} for n in names})
+    with pytest.raises(tq.NotFoundError) as ei:
+        m.select_fields(["x" + n for n in names])
+    assert len(str(ei.value)) < 2000 and str(ei.value).count("and 99984 more") == 3, str(ei.value)[:2000]
+    assert len(ei.value.fields) == len(names)
+    short = tq.TQError("bad", fields=["a", "b"])  # a short list reads as its repr
+    assert str(short) == "bad (fields ['a', 'b'])"
+
+
 def test_select_fields_refuses_a_field_named_twice():
     # Before: select_fields(["resp", "x", "resp"]) gave a meta of resp and
     # x, the repeat dropped; the Go SelectFields and get_data's fields

@@ -107,7 +107,7 @@ def _as_keys(keys, partition, op=""):
             if k in seen and k not in dups:
                 dups.append(k)
             seen.add(k)
-        raise errors.InvalidError(f"duplicate keys {dups[:16]!r}", op=op, keys=dups)
+        raise errors.InvalidError(f"duplicate keys {errors.message_list(dups)}", op=op, keys=dups)
     joined = "".join(keys)
     if not joined.isascii():
         try:

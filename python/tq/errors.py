@@ -79,14 +79,32 @@ class TQError(Exception):
         s = f"{head}: {self.message}" if head else self.message
         # The server's message may name the keys itself (an unknown key's
         # lookup names the first 16): not twice.
-        if self.keys and not all(isinstance(k, str) and _clip(k) in self.message for k in self.keys[:16]):
-            s += f" (keys {[_clip(k) for k in self.keys[:16]]!r}{'…' if len(self.keys) > 16 else ''})"
+        if self.keys and not all(isinstance(k, str) and _clip(k) in self.message for k in self.keys[:MAX_MESSAGE_ITEMS]):
+            s += f" (keys {message_list(self.keys)})"
         if self.fields:
-            s += f" (fields {[_clip(f) for f in self.fields]!r})"
+            s += f" (fields {message_list(self.fields)})"
         return s
 
     # KeyError's __str__ quotes its argument; keep ours.
     __repr__ = Exception.__repr__
+
+
+# The most items message_list spells out (as the Go engine.MessageList).
+MAX_MESSAGE_ITEMS = 16
+
+
+def message_list(items, spell=None) -> str:
+    """items (a sequence) for an error's message as repr spells a list, but
+    only the first 16, and then how many more there are, as the Go
+    server's messages name rows and keys ("['a', 'b'] and 3 more"): a
+    request may name millions of keys, rows or fields, and its message
+    stays short. Each item is spell(item), by default the repr of its
+    _clip. The exception's attributes (keys, fields) hold them whole."""
+    spell = spell or (lambda x: repr(_clip(x)))
+    s = "[" + ", ".join(spell(x) for x in items[:MAX_MESSAGE_ITEMS]) + "]"
+    if len(items) > MAX_MESSAGE_ITEMS:
+        s += f" and {len(items) - MAX_MESSAGE_ITEMS} more"
+    return s
 
 
 def _clip(name):

@@ -337,15 +337,17 @@ class BatchMeta:
 
     def select_fields(self, names) -> "BatchMeta":
         """The rows with only the fields ``names`` (one name as a str). A
-        name the meta has no field of is NotFoundError listing every such
-        name, as the Go SelectFields refuses it (TransferQueue's drops it,
-        leaving a meta whose get_data is empty). A field named twice is
-        InvalidError naming it, as get_data's fields refuse one: the meta
-        would hold it once, not what was listed."""
+        name the meta has no field of is NotFoundError whose ``fields`` lists
+        every such name (its message the first 16), as the Go SelectFields
+        refuses it (TransferQueue's drops it, leaving a meta whose get_data
+        is empty). A field named twice is InvalidError naming it, as
+        get_data's fields refuse one: the meta would hold it once, not what
+        was listed."""
         names = [names] if isinstance(names, str) else list(names)
         missing = list(dict.fromkeys(n for n in names if n not in self.field_schema))
         if missing:
-            raise errors.NotFoundError(f"fields {missing} not in the meta (it has {self.field_names})",
+            raise errors.NotFoundError(f"fields {errors.message_list(missing)} not in the meta (it has "
+                                       f"{errors.message_list(self.field_names)})",
                                        op="select_fields", fields=missing)
         seen = set()
         for n in names:
