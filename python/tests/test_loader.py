@@ -976,7 +976,7 @@ def test_dataloader_ends_with_a_partition_cleared_after_a_break(server, part, pe
     assert len(taken) == 2 and not got, f"took {taken}, then {got}"
 
 
-def test_dataloader_worker_exits_when_the_iterator_is_dropped_after_a_clear(server, part, tmp_path, monkeypatch):
+def test_dataloader_worker_exits_when_the_iterator_is_dropped_after_a_clear(server, part, monkeypatch):
     """A worker (no persistent_workers) exits as the iterator is dropped,
     after a loop that took one micro-batch, cleared the partition and
     broke, and leaves no multiprocessing temp dir behind. The iterator's
@@ -991,9 +991,15 @@ def test_dataloader_worker_exits_when_the_iterator_is_dropped_after_a_clear(serv
     pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
     import gc
     import multiprocessing
+    import pathlib
+    import shutil
     import tempfile
     # The worker makes its own temp dir (pymp-*) here, to share its
-    # tensors' fds, and removes it as it exits.
+    # tensors' fds, and removes it as it exits. Not pytest's tmp_path: the
+    # fd listener's socket path (pymp-*/listener-*) past 107 bytes failed
+    # to bind in the worker's queue feeder, which dropped the batch, and
+    # the loop waited for it for good (a $TMPDIR of 25 bytes did it).
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="tqpy-"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delitem(multiprocessing.current_process()._config, "tempdir", raising=False)
     _done_rows(server, part, 16)
@@ -1016,6 +1022,7 @@ def test_dataloader_worker_exits_when_the_iterator_is_dropped_after_a_clear(serv
         gc.enable()
     assert workers[0].exitcode is not None, "the worker still runs after the iterator was dropped"
     assert not list(tmp_path.glob("pymp-*")), "the worker left its multiprocessing temp dir"
+    shutil.rmtree(tmp_path)
 
 
 def test_dataloader_iterator_alive_at_the_next_iteration_yields_each_row_once(server, part):
