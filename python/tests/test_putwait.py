@@ -221,12 +221,16 @@ def test_a_unit_answering_past_the_timeout_is_heard(transport, how, monkeypatch)
     extent nobody commits). Over shm the unit sees the dropped connection
     and stops waiting; a TCP WRITE's payload keeps it from looking."""
     s = Split(units=1, capacity="8MiB", reserve_wait="2s", heartbeat="1s")
+    # Filled before the writes stop telling the unit how long to wait: the
+    # put that finds no room ends at its client's timeout (the unit
+    # answers then), not after the unit's 2 s and a round more.
+    with tq.Client(s.address, token=s.token, timeout=1) as f:
+        keys = fill(f, "f")
     monkeypatch.setattr(tq.unit, "room_wait_ms", lambda timeout: 0)  # the unit's own 2 s
     monkeypatch.setattr(tq.client, "room_wait_ms", lambda timeout: 0)
     filler = tq.Client(s.address, token=s.token, timeout=3)
     c = tq.Client(s.address, token=s.token, transport=transport, timeout=0.5)
     try:
-        keys = fill(filler, "f")
         t, done = put_on_thread(c, how, ["a"], "p", row(3)["x"])
         time.sleep(0.8)  # past c's timeout, within the unit's wait and ROOM_GRACE
         filler.kv_clear(keys[:1], "f")
