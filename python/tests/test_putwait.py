@@ -273,7 +273,7 @@ def test_threads_that_find_the_unit_table_stale_share_one_list(server):
             time.sleep(0.2)  # the others queue meanwhile
             return slow()
         c._list_units = counted
-        time.sleep(1.1)  # UNITS_REFRESH_S: the table is stale
+        c._units_at -= tq.client.UNITS_REFRESH_S  # the table is stale, as a second later
         ts = [threading.Thread(target=c.units) for _ in range(8)]
         for t in ts:
             t.start()
