@@ -14,6 +14,8 @@ import tq
 from tq import wire
 from tq._pb import common_pb2, control_pb2
 
+from conftest import Server
+
 
 def test_insert_put_fetch_get(client, part):
     m = client.get_meta(["prompt", "len"], 4, part, mode="insert")
@@ -290,12 +292,30 @@ def test_checkpoint_save_load(client, part):
         client.load_checkpoint("no-such-" + name)
 
 
-def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch):
+@pytest.fixture(scope="module")
+def small_server():
+    """A server holding only what its tests put: a checkpoint of the
+    session's writes, and a load rewrites, every cell the suite left there
+    (seconds, late in the suite)."""
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def small_client(small_server, transport):
+    with small_server.client(transport=transport) as c:
+        yield c
+
+
+def test_save_checkpoint_takes_the_references_keywords(small_client, part, monkeypatch):
     """save_checkpoint takes TransferQueue's keywords (verl passes
     metadata={"global_steps": step}): metadata is kept with the checkpoint
     (it used to be dropped with a warning), listed and returned by a load;
     include_storage=False, which a TQ checkpoint cannot honour, warns once
-    per process instead of being dropped silently."""
+    per process instead of being dropped silently. (On a server of its
+    own: test_checkpoint_save_load saves and loads the session's.)"""
+    client = small_client
     monkeypatch.setattr(tq.client, "_warned", set(), raising=False)
     name = "ck-meta-" + part
     import warnings
@@ -306,8 +326,6 @@ def test_save_checkpoint_takes_the_references_keywords(client, part, monkeypatch
     listed = {c["name"]: c for c in client.list_checkpoints()}
     assert listed[name]["metadata"] == {"global_steps": 3, "tags": ["a", "é"]}
     assert listed[name]["unusable"] is None, "saved by this build: it loads"
-    # One load only: a load writes every cell of the shared test server
-    # again before the old ones are freed.
     assert client.load_checkpoint(name) == {"global_steps": 3, "tags": ["a", "é"]}
     with pytest.warns(UserWarning, match="include_storage=False"):
         client.save_checkpoint(name, include_storage=False)
