@@ -32,7 +32,9 @@ def test_puts_avoid_a_draining_unit():
             got = c.kv_batch_get(keys, part)
             np.testing.assert_array_equal(np.asarray(got["x"]), rows)
             assert {int(u) for u in c.kv_retrieve_meta(keys, part)._cells["x"].unit} == {2}
-            time.sleep(1.2)  # the client re-lists the units at most once a second
+            # The client re-lists the units at most once a second: as a
+            # second later, its table stale.
+            c._units_at -= tq.client.UNITS_REFRESH_S
             fresh = [f"n{i}" for i in range(8)]
             c.kv_batch_put(fresh, part, {"x": rows})
             assert {int(u) for u in c.kv_retrieve_meta(fresh, part)._cells["x"].unit} == {2}
