@@ -231,6 +231,7 @@ def test_stopped_unit_holds_the_sweeper_briefly(part, monkeypatch, idle):
     import tq.unit
     monkeypatch.setattr(tq.unit, "SEGMENT_SWEEP_S", 0.05)
     monkeypatch.setattr(tq.unit, "ORPHAN_SWEEP_S", 0.05)
+    monkeypatch.setattr(tq.unit, "SEGMENT_ASK_S", 0.5)  # 2 s by default, the timeout 120 s here
     a, b = Server(extra=["--units=1"]), Server(extra=["--units=1"])
     ca = a.client(transport="shm", timeout=120)
     cb = b.client(transport="shm", timeout=120)
