@@ -53,7 +53,8 @@ class TQError(Exception):
     Attributes: ``code`` (the wire code, 0 for client-side errors), ``message``
     (the server's or the client's text), ``op`` (the operation, e.g.
     ``"kv_batch_get"``), ``partition``, ``keys`` and ``fields`` (the offending
-    names when known, else empty lists).
+    names when known, else empty lists), whole; ``str()`` names the first
+    16 of each and how many more.
     """
 
     code = 0
