@@ -37,16 +37,25 @@ def row(v, n=1):
 def fill(c, part):
     """Put rows of ROW bytes, one a put, until the cluster has no room;
     returns their keys. ``c``'s timeout is short: the put that finds no
-    room fails after it."""
+    room fails after it. Once no unit taking placements has a row's room
+    left, as its stats count, the puts go through a client of a shorter
+    timeout still, which that put waits out."""
     keys = []
-    while True:
-        k = f"fill{len(keys)}"
-        try:
-            c.kv_batch_put([k], part, row(len(keys)))
-        except tq.CapacityError:
-            assert keys, "an empty unit had no room"
-            return keys
-        keys.append(k)
+    quick = tq.Client(c.address, token=c.token, transport=c.transport, timeout=RESERVE_WAIT / 2)
+    try:
+        while True:
+            k = f"fill{len(keys)}"
+            units = [u for u in c.units(refresh=True).values() if not u.draining]
+            stats = [u.pool.call(tq.wire.UNIT_STATS, None, tq._pb.data_pb2.UnitStats) for u in units]
+            full = all(st.capacity - st.used < ROW for st in stats)
+            try:
+                (quick if full else c).kv_batch_put([k], part, row(len(keys)))
+            except tq.CapacityError:
+                assert keys, "an empty unit had no room"
+                return keys
+            keys.append(k)
+    finally:
+        quick.close()
 
 
 def put_on_thread(c, how, keys, part, want):
