@@ -827,6 +827,35 @@ def test_dataloader_failed_iteration_stops_its_workers(server, part, persistent)
     assert ref() is None, "the failed iteration's iterator holds the loader"
 
 
+def test_dataloader_timeout_ends_a_wait_for_rows_and_stops_the_workers(server, part):
+    """timeout (torch's) bounds the loop's wait for a worker's next
+    micro-batch: a partition whose rows are never produced fails the loop
+    after it (RuntimeError), which stops the worker; the rows, once
+    there, are read by the next iteration. Without it the loop waits as
+    long as the rows do not come."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "t", address=server.address, token=server.token,
+                             fetch_timeout=0.3, missing_partition_warn_s=None)
+    dl = tq.StreamingDataLoader(ds, num_workers=1, timeout=1)
+    it = iter(dl)
+    with pytest.raises(RuntimeError, match="timed out"):
+        next(it)
+    deadline = time.monotonic() + 30
+    for w in it._it._workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+    assert not any(w.is_alive() for w in it._it._workers), "the timed-out iteration's worker still runs"
+    _done_rows(server, part, 4)
+    assert sorted(x for data, _ in dl for x in data["x"].tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1", None])
+def test_dataloader_timeout_is_checked(server, part, bad):
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    ds = tq.StreamingDataset(2, 2, ["x"], part, "t", address=server.address, token=server.token)
+    with pytest.raises(tq.InvalidError, match="timeout"):
+        tq.StreamingDataLoader(ds, num_workers=1, timeout=bad)
+
+
 @pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
 def test_dataloader_iteration_failed_in_the_main_process_loses_nothing(server, part, monkeypatch, persistent):
     """An iteration that fails in the main process (here its second

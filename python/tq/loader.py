@@ -763,11 +763,23 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
         With workers, :meth:`reset` and :meth:`step` reach them at the next
         iteration (see :class:`StreamingDataset`). An iteration that ends
         with an error stops its workers before the loop gets it; the next
-        one starts new workers, persistent ones too (with empty buffers)."""
+        one starts new workers, persistent ones too (with empty buffers).
+
+        ``timeout`` (seconds, 0: none) is torch's: how long the loop waits
+        for a worker's next micro-batch before it fails (RuntimeError) and
+        so stops the workers. A worker waits for rows as long as they are
+        not produced, so set it above the longest a producer may lag; it
+        bounds too a batch a worker fetched and could not send (torch's
+        queue drops what it fails to pickle: a tensor's fd too long a path
+        for a unix socket under a long $TMPDIR), which the loop would
+        otherwise wait for without end."""
 
         def __init__(self, dataset, num_workers=0, collate_fn=None, pin_memory=False, worker_init_fn=None,
                      multiprocessing_context=None, prefetch_factor=None, persistent_workers=False,
-                     pin_memory_device=""):
+                     pin_memory_device="", timeout=0):
+            # torch's own check lets NaN through (a wait that never ends)
+            # and takes inf to a queue that refuses it.
+            _number(timeout, "timeout", type(self).__name__)
             # prefetch_factor None is torch's own default from 2.0; before,
             # the default was 2 and None (or any other value with no
             # workers) was refused: pass it only when set.
@@ -775,7 +787,8 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
             super().__init__(dataset, batch_size=None, num_workers=num_workers,
                              collate_fn=collate_fn or _as_is, pin_memory=pin_memory,
                              worker_init_fn=worker_init_fn, multiprocessing_context=multiprocessing_context,
-                             persistent_workers=persistent_workers, pin_memory_device=pin_memory_device, **extra)
+                             persistent_workers=persistent_workers, pin_memory_device=pin_memory_device,
+                             timeout=timeout, **extra)
             self.dataset_ref = dataset
             # Before the workers start (they take the dataset with them).
             if isinstance(dataset, StreamingDataset):
