@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -105,5 +106,29 @@ func BenchmarkJSONNumber(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// JSONSize bounds what encoding/json writes for strings as it does for
+// numbers: valid UTF-8 with every byte it escapes ('<', '>', '&' by
+// default, U+2028 and U+2029, controls), 0x7f, multi-byte characters,
+// at every length (eight bytes at a time and the rest), as values, keys
+// and list elements.
+func TestJSONSizeBoundsTheStrings(t *testing.T) {
+	alpha := []string{"a", "<", ">", "&", "\x7f", "\x00", "\x1f", "\"", "\\", "é", "\u2028", "\u2029", "😀", "\t", "\n", "~", " "}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		var sb strings.Builder
+		for range rng.IntN(40) {
+			sb.WriteString(alpha[rng.IntN(len(alpha))])
+		}
+		s := sb.String()
+		b, err := json.Marshal(s)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, quotedSize(s), len(b), "%q", s)
+		tags := Tags{s: s, "list": []any{s, s}}
+		b, err = json.Marshal(tags)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, tags.JSONSize(), len(b), "tags holding %q", s)
 	}
 }
