@@ -114,6 +114,26 @@ def test_hello_over_the_bound_is_refused_before_it_is_sent(server):
     assert done.wait(30) and sent == [b""], f"the HELLO was sent: {sent}"
 
 
+@pytest.mark.parametrize("char", ["\u00e9", "\u20ac", "\U0001f600"])
+def test_hello_bound_counts_a_multibyte_name_in_utf8_bytes(server, char):
+    """The HELLO's bound is the server's: body bytes, so a name's UTF-8
+    bytes, not its characters. A name of 2-, 3- and 4-byte characters that
+    makes a HELLO of exactly 4096 bytes is taken; one byte more is refused
+    before it is sent, naming the name's bytes."""
+    base = common_pb2.Hello(version=wire.VERSION, role="client", host_id=wire.host_id(),
+                            client_id=wire._client_id, auth_nonce=bytes(wire.AUTH_NONCE_LEN)).ByteSize()
+    fits = wire.MAX_HELLO - base - 3  # the name's tag and 2-byte length
+    w = len(char.encode())
+    name = char * (fits // w) + "n" * (fits % w)
+    assert len(name.encode()) == fits and len(name) < fits
+    with server.client(name=name):
+        pass
+    over = char * (fits // w) + "n" * (fits % w + 1)
+    with pytest.raises(tq.InvalidError) as e:
+        server.client(name=over)
+    assert f"client name is {fits + 1} bytes" in str(e.value) and "4096" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("code,cls", [(12, tq.UnauthenticatedError), (5, tq.CapacityError),
                                       (7, tq.NotSupportedError), (99, tq.TQError)])
 def test_refused_hello(code, cls):
