@@ -827,6 +827,58 @@ def test_dataloader_failed_iteration_stops_its_workers(server, part, persistent)
     assert ref() is None, "the failed iteration's iterator holds the loader"
 
 
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "new-workers"])
+@pytest.mark.parametrize("fail_at", [(1, 1), (2, 1), (1, 3)])
+@pytest.mark.parametrize("where", ["keep", "acknowledge"])
+def test_dataloader_fails_twice_mid_batch_then_breaks_and_loses_nothing(server, part, monkeypatch, persistent,
+                                                                       fail_at, where):
+    """Two iterations in a row fail in the main process as they take a
+    batch of 4 whose first micro-batch of 2 they yielded (its keep raises,
+    or its acknowledge: a controller that did not answer), each stopping
+    its workers (persistent ones replaced, with a record of their own,
+    twice); a third breaks after its first micro-batch; a fourth reads
+    on. Every row comes once: the half-taken batch's yielded rows used to
+    come again (forgotten before it was kept, it was left to its worker,
+    which gave it back whole, or to the hold's TTL)."""
+    pytest.importorskip("torch", reason="torch is not installed: the torch DataLoader is untested here")
+    with server.client() as c:
+        c.put({"x": np.arange(32, dtype=np.int64)}, partition_id=part)
+        c.mark_done(part)
+    # The nth batch each failing iteration takes fails (fail_at), once.
+    at = {"n": 0, "fail": 0}
+
+    def planted(real):
+        def f(*a):
+            at["n"] += 1
+            if at["n"] == at["fail"]:
+                at["fail"] = 0
+                if where == "keep":
+                    raise RuntimeError("planted failure")
+                raise tq.UnavailableError("planted failure")
+            return real(*a)
+        return f
+    if where == "keep":
+        monkeypatch.setattr(tq.loader._Controls, "keep", planted(tq.loader._Controls.keep))
+    else:
+        monkeypatch.setattr(tq.StreamingDataLoader, "_acknowledge",
+                            staticmethod(planted(tq.StreamingDataLoader._acknowledge)))
+    ds = tq.StreamingDataset(4, 2, ["x"], part, "train", address=server.address, token=server.token,
+                             fetch_timeout=0.3)
+    dl = tq.StreamingDataLoader(ds, num_workers=2, prefetch_factor=2, persistent_workers=persistent)
+    got, errs = [], []
+    for n in fail_at:
+        at["n"], at["fail"] = 0, n
+        with pytest.raises((RuntimeError, tq.UnavailableError), match="planted failure") as e:
+            for data, _ in dl:
+                got += data["x"].tolist()
+        errs.append(e.value)  # held: their tracebacks hold the failed iterators
+    for data, _ in dl:
+        got += data["x"].tolist()
+        break
+    got += [x for data, _ in dl for x in data["x"].tolist()]
+    assert sorted(got) == list(range(32)), f"got {got}"
+
+
 def test_dataloader_timeout_ends_a_wait_for_rows_and_stops_the_workers(server, part):
     """timeout (torch's) bounds the loop's wait for a worker's next
     micro-batch: a partition whose rows are never produced fails the loop

@@ -913,12 +913,19 @@ if _torch is not None:  # pragma: no cover - exercised only where torch is insta
                         n = (p[4] if p is not None and p[0] == seq else 0) + meta.size
                         self._part[w] = (seq, part, key, rows, n)
                     else:
-                        self._part.pop(w, None)
+                        # Forgotten once kept or dropped: a failure before
+                        # (keep's, the acknowledge's, an interrupt) leaves
+                        # the micro-batches yielded to _settle_parts, which
+                        # keeps them and gives back the rest (the worker
+                        # would give the batch back whole: rows twice).
                         if not self._controls.keep(w, seq, index):
+                            self._part.pop(w, None)
                             continue
                         if not StreamingDataLoader._acknowledge(self._ds, part, key):
+                            self._part.pop(w, None)
                             self._controls.drop(w, seq)
                             continue
+                        self._part.pop(w, None)
                     self._learn(part, meta)
                 return data, meta
 
