@@ -877,6 +877,10 @@ def test_dataloader_fails_twice_mid_batch_then_breaks_and_loses_nothing(server, 
         break
     got += [x for data, _ in dl for x in data["x"].tolist()]
     assert sorted(got) == list(range(32)), f"got {got}"
+    # Freed now with its persistent workers: errs' tracebacks hold this
+    # frame (a cycle), which the collector would free in a later test,
+    # where torch's shutdown waited 5 s for each worker.
+    del dl
 
 
 def test_dataloader_timeout_ends_a_wait_for_rows_and_stops_the_workers(server, part):
